@@ -1,0 +1,1 @@
+"""The streaming benchmark (`make bench`)."""

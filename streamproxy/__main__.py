@@ -1,0 +1,3 @@
+from streamproxy.cli import main
+
+main()

@@ -1,0 +1,242 @@
+"""The YAML configuration: load, validate, and the embedded default.
+
+A config error names the file, the key and the reason (`ConfigError`), never a traceback.
+Provider-specific keys are validated by the provider type itself (`Provider.check_options`), so
+adding a provider never touches this file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8787
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        super().__init__(f"{source}: {key}: {reason}" if key else f"{source}: {reason}")
+        self.source, self.key, self.reason = source, key, reason
+
+
+@dataclass(slots=True, frozen=True)
+class Timeouts:
+    """Seconds. `first_token`: from sending the request to the first upstream event (for a
+    non-streamed request, to the whole answer). `idle`: the longest gap between two upstream
+    reads once streaming. `total`: optional cap on the whole request; None = no cap, so long
+    generations are never cut."""
+
+    connect: float = 10.0
+    first_token: float = 600.0
+    idle: float = 300.0
+    total: float | None = None
+
+    def merged(self, override: dict[str, Any]) -> Timeouts:
+        return replace(self, **{k: v for k, v in override.items() if v is not None})
+
+
+@dataclass(slots=True, frozen=True)
+class ProviderConfig:
+    name: str
+    type: str
+    base_url: str | None = None
+    api_key: str | None = None  # the secret itself, resolved from api_key / api_key_env
+    headers: dict[str, str] = field(default_factory=dict)
+    default_model: str | None = None
+    models: tuple[str, ...] = ()
+    timeouts: dict[str, float | None] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # type-specific keys
+
+    def __repr__(self) -> str:  # never print a key
+        return f"ProviderConfig(name={self.name!r}, type={self.type!r})"
+
+
+@dataclass(slots=True, frozen=True)
+class ServerConfig:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_event_bytes: int = 16 * 1024 * 1024
+    max_messages: int = 10_000
+    max_tools: int = 512
+    max_json_depth: int = 64
+    timeouts: Timeouts = Timeouts()
+    log_level: str = "info"
+
+
+@dataclass(slots=True, frozen=True)
+class Config:
+    server: ServerConfig
+    providers: dict[str, ProviderConfig]
+    default_provider: str | None
+    source: str = "<embedded default>"
+    sections: dict[str, Any] = field(default_factory=dict)  # later sections, validated by owners
+
+
+_COMMON_PROVIDER_KEYS = {"type", "base_url", "api_key", "api_key_env", "headers",
+                         "default_model", "models", "timeouts"}
+_TIMEOUT_KEYS = {"connect", "first_token", "idle", "total"}
+# Top-level sections owned by other modules; each validates its own.
+EXTRA_SECTIONS: set[str] = set()
+
+EMBEDDED_DEFAULT = """
+# streamproxy's embedded default: works with no API keys.
+providers:
+  mock:                 # served in-process; speaks Anthropic's wire format
+    type: mock
+    default_model: fast
+    models: [fast, slow, paced, tool, tools, error]
+  mock-openai:          # the same mock, speaking OpenAI's format (pass-through path)
+    type: mock
+    wire: openai
+    default_model: fast
+    models: [fast, slow, tool]
+  openai:
+    type: openai
+    base_url: https://api.openai.com/v1
+    api_key_env: OPENAI_API_KEY   # unset: the client's own key is forwarded
+    default_model: gpt-4o-mini
+  anthropic:
+    type: anthropic
+    base_url: https://api.anthropic.com
+    api_key_env: ANTHROPIC_API_KEY
+    default_model: claude-sonnet-4-5
+default_provider: mock
+"""
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    if path is None:
+        return parse_config(yaml.safe_load(EMBEDDED_DEFAULT), "<embedded default>")
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(source, "", f"cannot read file: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else ""
+        raise ConfigError(source, where, f"invalid YAML: {getattr(e, 'problem', e)}") from None
+    return parse_config(data, source)
+
+
+def parse_config(data: Any, source: str) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, "", "the top level must be a mapping")
+    known = {"server", "providers", "default_provider"} | EXTRA_SECTIONS
+    for key in data:
+        if key not in known:
+            raise ConfigError(source, str(key), f"unknown key (known: {', '.join(sorted(known))})")
+    server = _parse_server(data.get("server") or {}, source)
+    providers_raw = data.get("providers")
+    if not isinstance(providers_raw, dict) or not providers_raw:
+        raise ConfigError(source, "providers", "must be a non-empty mapping of name → provider")
+    providers = {str(n): _parse_provider(str(n), p, source) for n, p in providers_raw.items()}
+    default = data.get("default_provider")
+    if default is not None and default not in providers:
+        raise ConfigError(source, "default_provider",
+                          f"'{default}' is not a configured provider "
+                          f"(configured: {', '.join(providers)})")
+    sections = {k: data[k] for k in EXTRA_SECTIONS if k in data}
+    return Config(server=server, providers=providers, default_provider=default, source=source,
+                  sections=sections)
+
+
+def _number(value: Any, source: str, key: str, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(source, key, "must be a positive number of seconds")
+    return float(value)
+
+
+def parse_timeouts(raw: Any, source: str, key: str) -> dict[str, float | None]:
+    if not isinstance(raw, dict):
+        raise ConfigError(source, key, "must be a mapping")
+    out: dict[str, float | None] = {}
+    for k, v in raw.items():
+        if k not in _TIMEOUT_KEYS:
+            raise ConfigError(source, f"{key}.{k}",
+                              f"unknown timeout (known: {', '.join(sorted(_TIMEOUT_KEYS))})")
+        out[k] = _number(v, source, f"{key}.{k}", allow_none=(k == "total"))
+    return out
+
+
+def _parse_server(raw: Any, source: str) -> ServerConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(source, "server", "must be a mapping")
+    ints = {"port", "max_body_bytes", "max_event_bytes", "max_messages", "max_tools",
+            "max_json_depth"}
+    kwargs: dict[str, Any] = {}
+    for k, v in raw.items():
+        key = f"server.{k}"
+        if k in ints:
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ConfigError(source, key, "must be a positive integer")
+            kwargs[k] = v
+        elif k == "host":
+            if not isinstance(v, str):
+                raise ConfigError(source, key, "must be a string")
+            kwargs[k] = v
+        elif k == "log_level":
+            if v not in ("debug", "info", "warning", "error"):
+                raise ConfigError(source, key, "must be one of debug, info, warning, error")
+            kwargs[k] = v
+        elif k == "timeouts":
+            kwargs[k] = Timeouts().merged(parse_timeouts(v, source, key))
+        else:
+            raise ConfigError(source, key, "unknown key")
+    return ServerConfig(**kwargs)
+
+
+def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
+    from streamproxy.providers.registry import PROVIDER_TYPES
+
+    where = f"providers.{name}"
+    if "/" in name or not name:
+        raise ConfigError(source, where, "a provider name may not be empty or contain '/'")
+    if not isinstance(raw, dict):
+        raise ConfigError(source, where, "must be a mapping")
+    ptype = raw.get("type")
+    if ptype not in PROVIDER_TYPES:
+        raise ConfigError(source, f"{where}.type",
+                          f"unknown provider type {ptype!r} "
+                          f"(known: {', '.join(sorted(PROVIDER_TYPES))})")
+    cls = PROVIDER_TYPES[ptype]
+    options = {k: v for k, v in raw.items() if k not in _COMMON_PROVIDER_KEYS}
+    cls.check_options(options, source, where)
+    for key in ("base_url", "api_key", "api_key_env", "default_model"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise ConfigError(source, f"{where}.{key}", "must be a string")
+    headers = raw.get("headers") or {}
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise ConfigError(source, f"{where}.headers", "must be a mapping of strings")
+    models = raw.get("models") or []
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise ConfigError(source, f"{where}.models", "must be a list of model names")
+    api_key = raw.get("api_key")
+    if api_key is None and raw.get("api_key_env"):
+        api_key = os.environ.get(raw["api_key_env"]) or None
+    base_url = raw.get("base_url") or cls.default_base_url
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        raise ConfigError(source, f"{where}.base_url", "must start with http:// or https://")
+    return ProviderConfig(
+        name=name,
+        type=ptype,
+        base_url=base_url.rstrip("/") if base_url else None,
+        api_key=api_key,
+        headers={str(k): v for k, v in headers.items()},
+        default_model=raw.get("default_model"),
+        models=tuple(models),
+        timeouts=parse_timeouts(raw.get("timeouts") or {}, source, f"{where}.timeouts"),
+        options=options,
+    )

@@ -1,0 +1,181 @@
+"""The one error tree. Every error knows its HTTP status and its OpenAI error type.
+
+    ProxyError                          500 api_error
+    ├── InvalidRequest                  400 invalid_request_error
+    │   └── UnknownProvider             400 invalid_request_error  code=unknown_provider
+    ├── AuthenticationFailed            401 authentication_error
+    ├── PermissionDenied                403 permission_error
+    ├── NotFound                        404 not_found_error
+    ├── PayloadTooLarge                 413 invalid_request_error  code=request_too_large
+    ├── RateLimited                     429 rate_limit_error       (carries retry_after)
+    ├── Overloaded                      503 api_error              (carries retry_after)
+    ├── UpstreamStatusError             <upstream status>          provider's message carried over
+    ├── UpstreamUnreachable             502 api_error              code=upstream_unreachable
+    ├── UpstreamTimeout                 504 api_error              code=upstream_timeout
+    └── UpstreamProtocolError           502 api_error              code=upstream_protocol_error
+        ├── StreamDecodeError               malformed framing (SSE, NDJSON, event-stream)
+        │   └── BufferOverflow              an incomplete event grew past its cap
+        └── StreamTruncated                 the upstream closed before its end-of-stream event
+
+Foreign exceptions (aiohttp, asyncio) are mapped into this tree at one boundary each
+(`upstream/client.py`); errors become JSON only at the server boundary (`server/errors.py`).
+Messages never contain API keys: upstream bodies are parsed for their message field only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ProxyError(Exception):
+    status: int = 500
+    error_type: str = "api_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        if error_type is not None:
+            self.error_type = error_type
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    @property
+    def retryable(self) -> bool:
+        """Whether trying again (or elsewhere) could help; the router's default policy."""
+        return self.status in (408, 409, 429) or self.status >= 500
+
+
+class InvalidRequest(ProxyError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class UnknownProvider(InvalidRequest):
+    code = "unknown_provider"
+
+
+class AuthenticationFailed(ProxyError):
+    status = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(ProxyError):
+    status = 403
+    error_type = "permission_error"
+
+
+class NotFound(ProxyError):
+    status = 404
+    error_type = "not_found_error"
+
+
+class PayloadTooLarge(ProxyError):
+    status = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class _RetryAfter(ProxyError):
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class RateLimited(_RetryAfter):
+    status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class Overloaded(_RetryAfter):
+    status = 503
+    error_type = "api_error"
+    code = "overloaded"
+
+
+# OpenAI's error type for an upstream status, used when the provider's body has none we keep.
+_TYPE_FOR_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class UpstreamStatusError(ProxyError):
+    """The provider answered with an HTTP error; the client gets the same status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        provider: str = "",
+        code: str | None = None,
+        param: str | None = None,
+        error_type: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            status=status,
+            code=code,
+            param=param,
+            error_type=error_type or _TYPE_FOR_STATUS.get(status, "api_error"),
+        )
+        self.provider = provider
+        self.retry_after = retry_after
+
+
+class UpstreamUnreachable(ProxyError):
+    status = 502
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(ProxyError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamProtocolError(ProxyError):
+    status = 502
+    code = "upstream_protocol_error"
+
+
+class StreamDecodeError(UpstreamProtocolError):
+    pass
+
+
+class BufferOverflow(StreamDecodeError):
+    pass
+
+
+class StreamTruncated(UpstreamProtocolError):
+    code = "upstream_stream_truncated"

@@ -1,0 +1,215 @@
+"""The client-facing stream: `ChunkSink`, what translators write to, and `ChunkEncoder`, the sink
+that turns it into OpenAI `chat.completion.chunk` SSE frames.
+
+Translators speak in OpenAI delta terms (content, tool call start, argument fragment, finish,
+usage) and never build chunk objects or bytes themselves. The encoder fixes the envelope (`id`,
+`created`, `model`) once per stream as pre-encoded bytes and splices each delta into it, so a
+text delta costs one `orjson.dumps` of a string and a few byte copies. Frames from one upstream
+read accumulate in one buffer and leave in one write (`take()`).
+
+What observers need (finish reason, usage, chunk count, error) is kept as O(1) counters on the
+encoder; storage and caching that need the content wrap it (`TeeSink`) only when switched on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import orjson
+
+from streamproxy.errors import ProxyError
+
+_dumps = orjson.dumps
+
+DONE_FRAME = b"data: [DONE]\n\n"
+
+
+class ChunkSink(Protocol):
+    """What a stream translator emits, in OpenAI's terms. One response, choice index 0."""
+
+    def start(self, model: str | None = None) -> None:
+        """The first chunk: `delta: {role: "assistant", content: ""}`."""
+
+    def content(self, text: str) -> None: ...
+
+    def reasoning(self, text: str) -> None:
+        """`delta.reasoning_content` (DeepSeek / LiteLLM convention)."""
+
+    def thinking_block(self, block: dict[str, Any]) -> None:
+        """`delta.thinking_blocks: [block]` — opaque reasoning state (signatures, redacted
+        thinking) that the client must send back for the next turn."""
+
+    def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None: ...
+
+    def tool_call_args(self, index: int, fragment: str) -> None: ...
+
+    def finish(self, reason: str) -> None: ...
+
+    def usage(self, usage: dict[str, Any]) -> None:
+        """Latest cumulative usage in OpenAI's shape; the last call wins."""
+
+    def end(self) -> None:
+        """Normal end: the usage chunk (when the client asked for it), then `[DONE]`."""
+
+    def error(self, err: ProxyError) -> None:
+        """Abnormal end: one `data: {"error": …}` frame and no `[DONE]`."""
+
+    def raw(self, data: bytes, finish_reason: str | None = None) -> None:
+        """An already-OpenAI chunk (pass-through), forwarded without re-encoding; the finish
+        reason it carries, when the translator looked, is recorded for observers."""
+
+
+def make_usage(
+    prompt: int,
+    completion: int,
+    *,
+    cached: int | None = None,
+    reasoning: int | None = None,
+    total: int | None = None,
+) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion if total is None else total,
+    }
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    if reasoning is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return usage
+
+
+def error_frame(err: ProxyError) -> bytes:
+    return b"data: " + _dumps(err.to_dict()) + b"\n\n"
+
+
+class ChunkEncoder:
+    """ChunkSink → SSE bytes. Also the per-stream record that logs and metrics read."""
+
+    __slots__ = (
+        "_buf", "_content_tail", "_prefix", "_tail", "chunks", "completion_id", "created",
+        "ended", "failure", "finish_reason", "include_usage", "model", "usage_data",
+    )
+
+    def __init__(
+        self, *, completion_id: str, created: int, model: str, include_usage: bool
+    ) -> None:
+        self.completion_id = completion_id
+        self.created = created
+        self.model = model
+        self.include_usage = include_usage
+        self._buf = bytearray()
+        self._prefix = b""  # built at the first frame: the model may come from the upstream
+        self._tail = b""
+        self._content_tail = b""
+        self.chunks = 0
+        self.finish_reason: str | None = None
+        self.usage_data: dict[str, Any] | None = None
+        self.failure: ProxyError | None = None
+        self.ended = False
+
+    # -- output ------------------------------------------------------------------------------
+    def take(self) -> bytes:
+        """Everything encoded since the last call, for one write."""
+        if not self._buf:
+            return b""
+        out = bytes(self._buf)
+        self._buf.clear()
+        return out
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._buf)
+
+    # -- envelope ----------------------------------------------------------------------------
+    def _envelope(self) -> None:
+        self._prefix = b"".join((
+            b'data: {"id":', _dumps(self.completion_id),
+            b',"object":"chat.completion.chunk","created":', str(self.created).encode(),
+            b',"model":', _dumps(self.model),
+            b',"system_fingerprint":null,"choices":[{"index":0,"delta":',
+        ))
+        self._tail = b',"logprobs":null,"finish_reason":null}]' + (
+            b',"usage":null}\n\n' if self.include_usage else b"}\n\n"
+        )
+        self._content_tail = b"}" + self._tail
+
+    def _frame(self, delta: bytes) -> None:
+        if not self._prefix:
+            self._envelope()
+        self._buf += self._prefix
+        self._buf += delta
+        self._buf += self._tail
+        self.chunks += 1
+
+    # -- ChunkSink ---------------------------------------------------------------------------
+    def start(self, model: str | None = None) -> None:
+        if model and not self._prefix:
+            self.model = model
+        self._frame(b'{"role":"assistant","content":""}')
+
+    def content(self, text: str) -> None:
+        if not self._prefix:
+            self._envelope()
+        buf = self._buf
+        buf += self._prefix
+        buf += b'{"content":'
+        buf += _dumps(text)
+        buf += self._content_tail
+        self.chunks += 1
+
+    def reasoning(self, text: str) -> None:
+        self._frame(b'{"reasoning_content":' + _dumps(text) + b"}")
+
+    def thinking_block(self, block: dict[str, Any]) -> None:
+        self._frame(_dumps({"thinking_blocks": [block]}))
+
+    def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None:
+        self._frame(_dumps({"tool_calls": [{
+            "index": index, "id": call_id, "type": "function",
+            "function": {"name": name, "arguments": arguments},
+        }]}))
+
+    def tool_call_args(self, index: int, fragment: str) -> None:
+        self._frame(b'{"tool_calls":[{"index":%d,"function":{"arguments":%b}}]}'
+                    % (index, _dumps(fragment)))
+
+    def finish(self, reason: str) -> None:
+        if not self._prefix:
+            self._envelope()
+        self.finish_reason = reason
+        self._buf += self._prefix
+        self._buf += b'{},"logprobs":null,"finish_reason":' + _dumps(reason) + b"}]"
+        self._buf += b',"usage":null}\n\n' if self.include_usage else b"}\n\n"
+        self.chunks += 1
+
+    def usage(self, usage: dict[str, Any]) -> None:
+        self.usage_data = usage
+
+    def end(self) -> None:
+        if self.ended:
+            return
+        if self.include_usage and self.usage_data is not None:
+            if not self._prefix:
+                self._envelope()
+            # The usage chunk: same envelope, `choices: []`.
+            head = self._prefix[: self._prefix.rindex(b'"choices":')]
+            self._buf += head + b'"choices":[],"usage":' + _dumps(self.usage_data) + b"}\n\n"
+            self.chunks += 1
+        self._buf += DONE_FRAME
+        self.ended = True
+
+    def error(self, err: ProxyError) -> None:
+        if self.ended:
+            return
+        self.failure = err
+        self._buf += error_frame(err)
+        self.ended = True
+
+    def raw(self, data: bytes, finish_reason: str | None = None) -> None:
+        if finish_reason:
+            self.finish_reason = finish_reason
+        self._buf += b"data: "
+        self._buf += data
+        self._buf += b"\n\n"
+        self.chunks += 1

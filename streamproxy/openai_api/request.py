@@ -1,0 +1,191 @@
+"""Parse and validate an incoming Chat Completions request body.
+
+Validation is shallow on purpose: enough that every translator can trust the shape it reads
+(types of the fields it touches), with a 400 that names the parameter, as OpenAI does. Values a
+provider may reject (temperature ranges, model names) are left to the provider, whose message is
+carried back to the client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from streamproxy.errors import InvalidRequest
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# Fields the gateway consumes; they never reach a provider.
+GATEWAY_FIELDS = ("fallback_models", "retries")
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    body: dict[str, Any]  # the client's body minus gateway fields
+    raw: bytes  # the client's bytes, forwarded unchanged when nothing must change
+    stream: bool
+    include_usage: bool
+    fallback_models: list[str] = field(default_factory=list)
+    retries: int | None = None
+
+    @property
+    def model(self) -> str | None:
+        return self.body.get("model")
+
+
+@dataclass(slots=True, frozen=True)
+class Limits:
+    max_messages: int = 10_000
+    max_tools: int = 512
+    max_json_depth: int = 64
+
+
+def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InvalidRequest(
+            f"We could not parse the JSON body of your request: {e}", code="invalid_json"
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    _check_depth(body, limits.max_json_depth)
+    _validate(body, limits)
+    gateway = {k: body.pop(k) for k in GATEWAY_FIELDS if k in body}
+    fallback = gateway.get("fallback_models") or []
+    if not isinstance(fallback, list) or not all(isinstance(m, str) for m in fallback):
+        raise InvalidRequest("'fallback_models' must be an array of strings.",
+                             param="fallback_models")
+    retries = gateway.get("retries")
+    if retries is not None and (not _is_int(retries) or not 0 <= retries <= 10):
+        raise InvalidRequest("'retries' must be an integer from 0 to 10.", param="retries")
+    opts = body.get("stream_options") or {}
+    return ChatRequest(
+        body=body,
+        raw=raw,
+        stream=bool(body.get("stream")),
+        include_usage=bool(opts.get("include_usage")),
+        fallback_models=fallback,
+        retries=retries,
+    )
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _type_error(param: str, expected: str) -> InvalidRequest:
+    return InvalidRequest(f"Invalid type for '{param}': expected {expected}.", param=param,
+                          code="invalid_type")
+
+
+_SCALARS: dict[str, tuple[Any, str]] = {
+    "model": (lambda v: isinstance(v, str), "a string"),
+    "stream": (lambda v: isinstance(v, bool), "a boolean"),
+    "max_tokens": (_is_int, "an integer"),
+    "max_completion_tokens": (_is_int, "an integer"),
+    "n": (_is_int, "an integer"),
+    "temperature": (_is_num, "a number"),
+    "top_p": (_is_num, "a number"),
+    "user": (lambda v: isinstance(v, str), "a string"),
+    "stream_options": (lambda v: isinstance(v, dict), "an object"),
+    "tools": (lambda v: isinstance(v, list), "an array"),
+    "stop": (lambda v: isinstance(v, str) or (isinstance(v, list)
+                                              and all(isinstance(s, str) for s in v)),
+             "a string or an array of strings"),
+    "response_format": (lambda v: isinstance(v, dict), "an object"),
+    "parallel_tool_calls": (lambda v: isinstance(v, bool), "a boolean"),
+    "metadata": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def _validate(body: dict[str, Any], limits: Limits) -> None:
+    for name, (ok, expected) in _SCALARS.items():
+        value = body.get(name)
+        if value is not None and not ok(value):
+            raise _type_error(name, expected)
+    for name in ("max_tokens", "max_completion_tokens", "n"):
+        if body.get(name) is not None and body[name] < 1:
+            raise InvalidRequest(f"'{name}' must be at least 1.", param=name,
+                                 code="invalid_value")
+    if "messages" not in body:
+        raise InvalidRequest("Missing required parameter: 'messages'.", param="messages",
+                             code="missing_required_parameter")
+    messages = body["messages"]
+    if not isinstance(messages, list):
+        raise _type_error("messages", "an array")
+    if not messages:
+        raise InvalidRequest("'messages' must contain at least one message.", param="messages",
+                             code="empty_array")
+    if len(messages) > limits.max_messages:
+        raise InvalidRequest(f"'messages' has more than {limits.max_messages} entries.",
+                             param="messages", code="array_above_max_length")
+    for i, m in enumerate(messages):
+        _validate_message(i, m)
+    tools = body.get("tools")
+    if tools:
+        if len(tools) > limits.max_tools:
+            raise InvalidRequest(f"'tools' has more than {limits.max_tools} entries.",
+                                 param="tools", code="array_above_max_length")
+        for i, t in enumerate(tools):
+            fn = t.get("function") if isinstance(t, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise InvalidRequest(f"'tools[{i}].function.name' is required.",
+                                     param=f"tools[{i}].function.name",
+                                     code="missing_required_parameter")
+    tc = body.get("tool_choice")
+    if tc is not None and not (
+        tc in ("auto", "none", "required")
+        or (isinstance(tc, dict) and isinstance((tc.get("function") or {}).get("name"), str))
+    ):
+        raise InvalidRequest("'tool_choice' must be 'auto', 'none', 'required' or "
+                             "{'type': 'function', 'function': {'name': ...}}.",
+                             param="tool_choice", code="invalid_value")
+
+
+def _validate_message(i: int, m: Any) -> None:
+    where = f"messages[{i}]"
+    if not isinstance(m, dict):
+        raise _type_error(where, "an object")
+    role = m.get("role")
+    if role not in ROLES:
+        raise InvalidRequest(
+            f"Invalid value for '{where}.role': expected one of "
+            f"{', '.join(sorted(ROLES))}.", param=f"{where}.role", code="invalid_value")
+    content = m.get("content")
+    if content is not None and not isinstance(content, str | list):
+        raise _type_error(f"{where}.content", "a string or an array of content parts")
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise _type_error(f"{where}.content[{j}]", "an object with a 'type'")
+    if role == "tool" and not isinstance(m.get("tool_call_id"), str):
+        raise InvalidRequest(f"Missing required parameter: '{where}.tool_call_id'.",
+                             param=f"{where}.tool_call_id", code="missing_required_parameter")
+    calls = m.get("tool_calls")
+    if calls is not None:
+        if not isinstance(calls, list):
+            raise _type_error(f"{where}.tool_calls", "an array")
+        for j, c in enumerate(calls):
+            fn = c.get("function") if isinstance(c, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise _type_error(f"{where}.tool_calls[{j}].function", "an object with a name")
+
+
+def _check_depth(obj: Any, limit: int) -> None:
+    """Reject absurdly nested JSON before any recursive translator walks it."""
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            raise InvalidRequest(f"The request JSON is nested deeper than {limit} levels.",
+                                 code="json_too_deep")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))

@@ -1,0 +1,49 @@
+"""Anthropic Messages API (`type: anthropic`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
+
+from streamproxy.openai_api.chunks import ChunkSink
+from streamproxy.providers.anthropic.request import DROPPED, to_anthropic
+from streamproxy.providers.anthropic.response import to_completion
+from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
+from streamproxy.providers.base import Provider, StreamTranslator, UpstreamRequest
+
+if TYPE_CHECKING:
+    from streamproxy.openai_api.request import ChatRequest
+    from streamproxy.routing.target import Target
+
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+class AnthropicProvider(Provider):
+    type_name: ClassVar[str] = "anthropic"
+    default_base_url: ClassVar[str | None] = "https://api.anthropic.com"
+    option_keys: ClassVar[frozenset[str]] = frozenset({"anthropic_version", "anthropic_beta"})
+    dropped_params: ClassVar[frozenset[str]] = DROPPED
+
+    def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
+        body = to_anthropic(target.apply_overrides(req.body), self.model_for(target))
+        headers = {
+            "content-type": "application/json",
+            "anthropic-version": self.cfg.options.get("anthropic_version", ANTHROPIC_VERSION),
+            **self.cfg.headers,
+            **target.headers,
+        }
+        beta = self.cfg.options.get("anthropic_beta")
+        if beta:
+            headers["anthropic-beta"] = beta if isinstance(beta, str) else ",".join(beta)
+        if target.api_key:
+            headers["x-api-key"] = target.api_key
+        return UpstreamRequest(f"{self.base_url}/v1/messages", orjson.dumps(body), headers)
+
+    def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
+        return AnthropicStreamTranslator(out, self.max_event_bytes, self.name)
+
+    def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
+                           created: int) -> dict[str, Any]:
+        return to_completion(body, completion_id=completion_id, created=created,
+                             model=req.model or "")

@@ -1,0 +1,225 @@
+"""OpenAI Chat Completions request → Anthropic Messages request (pure).
+
+Choices (README "Anthropic"):
+- every system/developer message is joined, in order, into the top-level `system`;
+- consecutive tool results become one user message of `tool_result` blocks; consecutive
+  messages of one role are merged, since Anthropic wants alternating turns;
+- `max_tokens` defaults to DEFAULT_MAX_TOKENS (Anthropic requires one);
+- `reasoning_effort` low/medium/high → a thinking budget of 1024/4096/16384 tokens;
+- `response_format` json_schema → `output_config.format` (structured outputs); json_object →
+  a system instruction to answer with one JSON object;
+- assistant `thinking_blocks` (as we stream them) are sent back as thinking blocks;
+- parameters in DROPPED are dropped; `n` > 1 is rejected (one answer per request).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from streamproxy.errors import InvalidRequest
+
+DEFAULT_MAX_TOKENS = 4096
+THINKING_BUDGET = {"low": 1024, "medium": 4096, "high": 16384}
+# OpenAI parameters with no Anthropic equivalent: dropped, never forwarded.
+DROPPED = frozenset({
+    "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs", "seed",
+    "store", "metadata", "modalities", "audio", "prediction", "service_tier",
+    "web_search_options", "functions", "function_call", "verbosity", "safety_identifier",
+    "prompt_cache_key", "stream_options",
+})
+# Anthropic-native parameters a client may pass through (e.g. openai SDK `extra_body`).
+PASSTHROUGH = ("top_k", "thinking")
+
+
+def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
+    if (body.get("n") or 1) > 1:
+        raise InvalidRequest("Anthropic returns one choice per request; 'n' must be 1.",
+                             param="n", code="unsupported_value")
+    system, messages = _messages(body["messages"])
+    out: dict[str, Any] = {"model": model, "messages": messages}
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    effort = body.get("reasoning_effort")
+    budget = THINKING_BUDGET.get(effort) if isinstance(effort, str) else None
+    if budget:
+        out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        max_tokens = max_tokens or budget + DEFAULT_MAX_TOKENS
+    out["max_tokens"] = max_tokens or DEFAULT_MAX_TOKENS
+    for key in ("temperature", "top_p", *PASSTHROUGH):
+        if body.get(key) is not None:
+            out[key] = body[key]
+    stop = body.get("stop")
+    if stop:
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else stop
+    if body.get("user"):
+        out["metadata"] = {"user_id": body["user"]}
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise InvalidRequest("'response_format.json_schema.schema' must be an object.",
+                                 param="response_format.json_schema.schema")
+        out["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+    elif fmt.get("type") == "json_object":
+        system.append({"type": "text",
+                       "text": "Respond with a single valid JSON object and nothing else."})
+    if system:
+        out["system"] = system
+    _tools(body, out)
+    if body.get("stream"):
+        out["stream"] = True
+    return out
+
+
+def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
+    tools = body.get("tools")
+    if tools:
+        out["tools"] = [_tool(t["function"]) for t in tools]
+    choice = body.get("tool_choice")
+    mapped: dict[str, Any] | None = None
+    if choice == "auto":
+        mapped = {"type": "auto"}
+    elif choice == "none":
+        mapped = {"type": "none"}
+    elif choice == "required":
+        mapped = {"type": "any"}
+    elif isinstance(choice, dict):
+        mapped = {"type": "tool", "name": choice["function"]["name"]}
+    if body.get("parallel_tool_calls") is False and tools:
+        mapped = mapped or {"type": "auto"}
+        if mapped["type"] != "none":
+            mapped["disable_parallel_tool_use"] = True
+    if mapped is not None and (tools or mapped["type"] == "none"):
+        out["tool_choice"] = mapped
+
+
+def _tool(fn: dict[str, Any]) -> dict[str, Any]:
+    schema = fn.get("parameters") or {"type": "object", "properties": {}}
+    tool = {"name": fn["name"], "input_schema": schema}
+    if fn.get("description"):
+        tool["description"] = fn["description"]
+    return tool
+
+
+def _messages(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    system: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(msgs):
+        role = m["role"]
+        if role in ("system", "developer"):
+            system.extend(_text_blocks(m.get("content"), f"messages[{i}].content"))
+            continue
+        if role == "user":
+            blocks = _user_blocks(m.get("content"), i)
+            role_out = "user"
+        elif role == "assistant":
+            blocks = _assistant_blocks(m, i)
+            role_out = "assistant"
+        elif role == "tool":
+            blocks = [_tool_result(m, i)]
+            role_out = "user"
+        else:  # legacy "function" role: no tool_call_id to pair it with
+            raise InvalidRequest("The legacy 'function' role is not supported; use 'tool'.",
+                                 param=f"messages[{i}].role", code="unsupported_value")
+        if not blocks:
+            continue
+        if out and out[-1]["role"] == role_out:
+            # Tool results must lead the user turn that follows a tool_use turn.
+            prev = out[-1]["content"]
+            if role == "tool" and prev and prev[-1].get("type") != "tool_result":
+                out[-1]["content"] = [b for b in prev if b.get("type") == "tool_result"] + \
+                    blocks + [b for b in prev if b.get("type") != "tool_result"]
+            else:
+                prev.extend(blocks)
+        else:
+            out.append({"role": role_out, "content": blocks})
+    return system, out
+
+
+def _text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks = []
+    for j, part in enumerate(content):
+        if part.get("type") == "text":
+            if part.get("text"):
+                blocks.append({"type": "text", "text": part["text"]})
+        elif part.get("type") == "refusal":
+            continue
+        else:
+            raise InvalidRequest(f"Content part type '{part.get('type')}' is not allowed here.",
+                                 param=f"{where}[{j}].type", code="unsupported_value")
+    return blocks
+
+
+def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
+    if not isinstance(content, list):
+        return _text_blocks(content, f"messages[{i}].content")
+    blocks = []
+    for j, part in enumerate(content):
+        kind = part.get("type")
+        where = f"messages[{i}].content[{j}]"
+        if kind == "text":
+            if part.get("text"):
+                blocks.append({"type": "text", "text": part["text"]})
+        elif kind == "image_url":
+            url = (part.get("image_url") or {}).get("url")
+            blocks.append({"type": "image", "source": _source(url, f"{where}.image_url.url")})
+        elif kind == "file":
+            data = (part.get("file") or {}).get("file_data")
+            blocks.append({"type": "document", "source": _source(data, f"{where}.file.file_data",
+                                                                 remote=False)})
+        else:
+            raise InvalidRequest(f"Content part type '{kind}' is not supported by Anthropic.",
+                                 param=f"{where}.type", code="unsupported_value")
+    return blocks
+
+
+def _source(url: Any, where: str, *, remote: bool = True) -> dict[str, Any]:
+    if isinstance(url, str) and url.startswith("data:"):
+        head, _, data = url.partition(",")
+        media_type = head[5:].split(";")[0]
+        if ";base64" not in head or not media_type or not data:
+            raise InvalidRequest("A data: URL must look like data:<mime>;base64,<data>.",
+                                 param=where, code="invalid_value")
+        return {"type": "base64", "media_type": media_type, "data": data}
+    if remote and isinstance(url, str) and url.startswith(("http://", "https://")):
+        return {"type": "url", "url": url}
+    raise InvalidRequest("Expected a data: URL" + (" or an http(s) URL." if remote else "."),
+                         param=where, code="invalid_value")
+
+
+def _assistant_blocks(m: dict[str, Any], i: int) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    for tb in m.get("thinking_blocks") or []:
+        if isinstance(tb, dict) and tb.get("type") in ("thinking", "redacted_thinking"):
+            blocks.append(tb)
+    blocks.extend(_text_blocks(m.get("content"), f"messages[{i}].content"))
+    for j, call in enumerate(m.get("tool_calls") or []):
+        fn = call["function"]
+        args = fn.get("arguments") or "{}"
+        try:
+            parsed = orjson.loads(args) if isinstance(args, str) else args
+        except orjson.JSONDecodeError:
+            raise InvalidRequest(
+                "Tool call arguments must be a JSON object string.",
+                param=f"messages[{i}].tool_calls[{j}].function.arguments",
+                code="invalid_value") from None
+        if not isinstance(parsed, dict):
+            parsed = {"value": parsed}
+        blocks.append({"type": "tool_use", "id": call.get("id") or f"toolu_{i}_{j}",
+                       "name": fn["name"], "input": parsed})
+    return blocks
+
+
+def _tool_result(m: dict[str, Any], i: int) -> dict[str, Any]:
+    content = m.get("content")
+    result: dict[str, Any] = {"type": "tool_result", "tool_use_id": m["tool_call_id"]}
+    if isinstance(content, list):
+        result["content"] = _text_blocks(content, f"messages[{i}].content")
+    else:
+        result["content"] = content or ""
+    return result

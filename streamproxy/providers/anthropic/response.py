@@ -1,0 +1,40 @@
+"""Anthropic non-streamed Message → OpenAI `chat.completion` (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from streamproxy.errors import UpstreamProtocolError
+from streamproxy.openai_api.completion import CompletionBuilder
+from streamproxy.providers.anthropic.stream import FINISH_REASONS, map_usage
+
+
+def to_completion(body: bytes, *, completion_id: str, created: int, model: str) -> dict[str, Any]:
+    try:
+        msg = orjson.loads(body)
+        blocks = msg["content"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise UpstreamProtocolError("the upstream answered with a malformed message") from None
+    out = CompletionBuilder()
+    out.start(msg.get("model"))
+    tools = 0
+    for block in blocks:
+        kind = block.get("type")
+        if kind == "text":
+            out.content(block.get("text", ""))
+        elif kind == "tool_use":
+            out.tool_call_start(tools, block["id"], block["name"],
+                                orjson.dumps(block.get("input") or {}).decode())
+            tools += 1
+        elif kind == "thinking":
+            out.reasoning(block.get("thinking", ""))
+            out.thinking_block({"type": "thinking", "thinking": block.get("thinking", ""),
+                                "signature": block.get("signature", "")})
+        elif kind == "redacted_thinking":
+            out.thinking_block({"type": "redacted_thinking", "data": block.get("data", "")})
+    out.finish(FINISH_REASONS.get(msg.get("stop_reason") or "end_turn", "stop"))
+    if msg.get("usage"):
+        out.usage(map_usage(msg["usage"]))
+    return out.completion(completion_id=completion_id, created=created, model=model)

@@ -1,0 +1,150 @@
+"""Anthropic Messages stream → ChunkSink (pure). provider-streams.md §3.3 to §3.4.
+
+- Tool-call `index` is the running count of tool_use blocks, not Anthropic's block index
+  (text and thinking blocks count there too).
+- A tool_use block that ends with no argument fragment gets "{}" so the arguments parse.
+- Usage values are cumulative: the latest message_delta overwrites message_start, field by
+  field; prompt_tokens = input + cache read + cache creation.
+- An `error` event ends the stream with an OpenAI error frame and no [DONE].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamproxy.decode.sse import SSEEvent
+from streamproxy.errors import StreamDecodeError, UpstreamStatusError
+from streamproxy.openai_api.chunks import ChunkSink, make_usage
+from streamproxy.providers.base import SSETranslator, load_event_json
+
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+# Anthropic error type → HTTP status, for errors that arrive inside a stream.
+ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+
+
+def map_usage(u: dict[str, Any]) -> dict[str, Any]:
+    cache_read = u.get("cache_read_input_tokens") or 0
+    cache_write = u.get("cache_creation_input_tokens") or 0
+    prompt = (u.get("input_tokens") or 0) + cache_read + cache_write
+    return make_usage(prompt, u.get("output_tokens") or 0, cached=cache_read)
+
+
+def stream_error(err: dict[str, Any], provider: str) -> UpstreamStatusError:
+    etype = err.get("type") if isinstance(err, dict) else None
+    message = err.get("message") if isinstance(err, dict) else None
+    return UpstreamStatusError(
+        ERROR_STATUS.get(etype or "", 502),
+        message or "the provider reported an error mid-stream",
+        provider=provider,
+        code=etype,
+    )
+
+
+class AnthropicStreamTranslator(SSETranslator):
+    def __init__(self, out: ChunkSink, max_event_bytes: int, provider: str = "anthropic") -> None:
+        super().__init__(out, max_event_bytes)
+        self._provider = provider
+        self._tool_of_block: dict[int, int] = {}  # block index → tool ordinal
+        self._args_seen: set[int] = set()  # block indices that got a non-empty fragment
+        self._usage: dict[str, Any] = {}
+        self._started = False
+        self._thinking: list[str] = []  # the current thinking block's text, for its signature
+
+    def on_event(self, event: SSEEvent) -> None:
+        msg = load_event_json(event.data)
+        try:
+            self._dispatch(msg)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise StreamDecodeError(
+                f"the upstream sent a malformed {msg.get('type')!r} event ({e!r})") from None
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        if kind == "content_block_delta":  # the hot case first
+            delta = msg["delta"]
+            dtype = delta["type"]
+            if dtype == "text_delta":
+                self.out.content(delta["text"])
+            elif dtype == "input_json_delta":
+                fragment = delta["partial_json"]
+                tool = self._tool_of_block.get(msg["index"])
+                if fragment and tool is not None:
+                    self._args_seen.add(msg["index"])
+                    self.out.tool_call_args(tool, fragment)
+            elif dtype == "thinking_delta":
+                self._thinking.append(delta["thinking"])
+                self.out.reasoning(delta["thinking"])
+            elif dtype == "signature_delta":
+                # The signature covers the whole thinking text: send both, so the client can
+                # return the block unchanged on its next turn.
+                self.out.thinking_block({"type": "thinking", "thinking": "".join(self._thinking),
+                                         "signature": delta["signature"]})
+            # citations_delta and future delta types have no OpenAI slot: dropped.
+        elif kind == "content_block_start":
+            self._block_start(msg["index"], msg["content_block"])
+        elif kind == "content_block_stop":
+            index = msg["index"]
+            tool = self._tool_of_block.get(index)
+            if tool is not None and index not in self._args_seen:
+                self.out.tool_call_args(tool, "{}")
+        elif kind == "message_start":
+            message = msg["message"]
+            self._usage.update(message.get("usage") or {})
+            self._start(message.get("model"))
+        elif kind == "message_delta":
+            self._start(None)
+            self._usage.update(msg.get("usage") or {})
+            reason = (msg.get("delta") or {}).get("stop_reason")
+            if reason:
+                self.out.finish(FINISH_REASONS.get(reason, "stop"))
+        elif kind == "message_stop":
+            self._start(None)
+            if self._usage:
+                self.out.usage(map_usage(self._usage))
+            self.out.end()
+            self.done = True
+        elif kind == "error":
+            self.out.error(stream_error(msg.get("error") or {}, self._provider))
+            self.done = True
+        # ping and unknown event types: nothing to emit.
+
+    def _start(self, model: str | None) -> None:
+        if not self._started:
+            self._started = True
+            self.out.start(model)
+
+    def _block_start(self, index: int, block: dict[str, Any]) -> None:
+        self._start(None)
+        btype = block["type"]
+        if btype == "tool_use":
+            tool = len(self._tool_of_block)
+            self._tool_of_block[index] = tool
+            # Never serialise the placeholder `input: {}` into the arguments.
+            self.out.tool_call_start(tool, block["id"], block["name"])
+        elif btype == "text":
+            if block.get("text"):
+                self.out.content(block["text"])
+        elif btype == "thinking":
+            self._thinking = [block.get("thinking") or ""]
+            if block.get("thinking"):
+                self.out.reasoning(block["thinking"])
+        elif btype == "redacted_thinking":
+            self.out.thinking_block({"type": "redacted_thinking", "data": block["data"]})

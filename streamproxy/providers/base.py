@@ -1,0 +1,175 @@
+"""What every provider type implements, and the helpers they share.
+
+A provider is four pure translations around one HTTP exchange:
+
+    build_request(ChatRequest, Target)        -> UpstreamRequest   (OpenAI → provider)
+    stream_translator(ChatRequest, ChunkSink) -> StreamTranslator  (provider bytes → sink)
+    translate_response(bytes, ...)            -> chat.completion    (non-streamed answer)
+    parse_error(status, bytes)                -> UpstreamStatusError
+
+None of them does I/O; `routing/executor.py` and `relay.py` own the sockets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
+
+from streamproxy.config import ConfigError, ProviderConfig
+from streamproxy.decode.sse import SSEDecoder, SSEEvent
+from streamproxy.errors import (
+    InvalidRequest,
+    ProxyError,
+    StreamDecodeError,
+    StreamTruncated,
+    UpstreamStatusError,
+)
+from streamproxy.openai_api.chunks import ChunkSink
+
+if TYPE_CHECKING:
+    from streamproxy.openai_api.request import ChatRequest
+    from streamproxy.routing.target import Target
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    url: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    method: str = "POST"
+
+
+class StreamTranslator:
+    """Provider stream bytes → ChunkSink calls. `done` turns true at the provider's end-of-stream
+    event; `close()` at EOF raises StreamTruncated if that never came (never a fake `stop`)."""
+
+    done: bool = False
+
+    def feed(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class SSETranslator(StreamTranslator):
+    """Base for SSE-framed providers: subclasses implement `on_event(SSEEvent)`."""
+
+    def __init__(self, out: ChunkSink, max_event_bytes: int) -> None:
+        self.out = out
+        self.done = False
+        self._decoder = SSEDecoder(max_event_bytes)
+
+    def feed(self, data: bytes) -> None:
+        for event in self._decoder.feed(data):
+            if self.done:
+                return
+            self.on_event(event)
+
+    def close(self) -> None:
+        for event in self._decoder.close():
+            if self.done:
+                break
+            self.on_event(event)
+        if not self.done:
+            raise StreamTruncated("the upstream closed the stream before it was complete")
+
+    def on_event(self, event: SSEEvent) -> None:
+        raise NotImplementedError
+
+
+def load_event_json(data: bytes) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise StreamDecodeError("the upstream sent an event that is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise StreamDecodeError("the upstream sent an event that is not a JSON object")
+    return obj
+
+
+class Provider:
+    type_name: ClassVar[str]
+    default_base_url: ClassVar[str | None] = None
+    option_keys: ClassVar[frozenset[str]] = frozenset()
+    # OpenAI parameters this provider cannot take and silently drops (documented in README).
+    dropped_params: ClassVar[frozenset[str]] = frozenset()
+    # Client request headers copied to the upstream request (e.g. the mock's knobs).
+    forwarded_client_headers: ClassVar[tuple[str, ...]] = ()
+    # True when the upstream already streams OpenAI chunks, forwarded as they are; the
+    # translator then forwards the usage chunk itself and the encoder must not add one.
+    passthrough: bool = False
+
+    def __init__(self, cfg: ProviderConfig, *, max_event_bytes: int = 16 * 1024 * 1024) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.max_event_bytes = max_event_bytes
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any], source: str, where: str) -> None:
+        for key in options:
+            if key not in cls.option_keys:
+                known = sorted(cls.option_keys)
+                raise ConfigError(source, f"{where}.{key}",
+                                  f"unknown key for type {cls.type_name}"
+                                  + (f" (type-specific keys: {', '.join(known)})" if known else ""))
+
+    @property
+    def base_url(self) -> str:
+        if not self.cfg.base_url:
+            raise ProxyError(f"provider '{self.name}' has no base_url")
+        return self.cfg.base_url
+
+    def model_for(self, target: Target) -> str:
+        model = target.model or self.cfg.default_model
+        if not model:
+            raise InvalidRequest(
+                f"No model given and provider '{self.name}' has no default_model.",
+                param="model", code="missing_required_parameter")
+        return model
+
+    def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
+        raise NotImplementedError
+
+    def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
+        raise NotImplementedError
+
+    def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
+                           created: int) -> dict[str, Any] | bytes:
+        raise NotImplementedError
+
+    def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
+        return generic_error(status, body, self.name)
+
+
+def generic_error(status: int, body: bytes, provider: str) -> UpstreamStatusError:
+    """Read an error body by its JSON fields: OpenAI's `{"error": {...}}`, Anthropic's
+    `{"type": "error", "error": {...}}`, or a bare `{"message": ...}`. A body that is not JSON
+    is not echoed (it may be an HTML page from some intermediary)."""
+    message, code, etype, param = None, None, None, None
+    try:
+        obj = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        obj = None
+    if isinstance(obj, list) and obj and isinstance(obj[0], dict):
+        obj = obj[0]  # Gemini sometimes wraps its error in an array
+    if isinstance(obj, dict):
+        err = obj.get("error", obj)
+        if isinstance(err, dict):
+            message = err.get("message") or err.get("msg")
+            code = err.get("code")
+            etype = err.get("type") or err.get("status")
+            param = err.get("param")
+        elif isinstance(err, str):
+            message = err
+    if not isinstance(message, str) or not message:
+        message = f"provider '{provider}' returned HTTP {status}"
+    return UpstreamStatusError(
+        status,
+        message,
+        provider=provider,
+        code=str(code) if code is not None else (etype if isinstance(etype, str) else None),
+        param=param if isinstance(param, str) else None,
+    )

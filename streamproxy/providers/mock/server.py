@@ -1,0 +1,359 @@
+"""A deterministic fake upstream speaking Anthropic's and OpenAI's wire formats.
+
+Knobs per request, from the model name (`fast`, `slow:tokens=40`, `tokens=500,tps=50`) and the
+`x-mock-options` header (same `k=v,k=v` syntax, applied last):
+
+    tokens          text deltas to send
+    tps             deltas per second (0 = all at once)
+    ttft_ms         delay before the first delta
+    tool_calls      tool calls after the text
+    error_after     send an error event after N deltas
+    truncate_after  close the connection abruptly after N deltas
+    status          answer with this HTTP error status
+    stall_ms        delay before the response headers
+
+Unpaced bodies are built once per distinct request shape and cached, so the mock is never the
+bottleneck of a benchmark: a 200-delta stream is one cached bytes object and one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, fields, replace
+from functools import lru_cache
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {"tokens": 200},
+    "slow": {"tokens": 20, "tps": 10},
+    "paced": {"tokens": 50, "tps": 50},
+    "tool": {"tokens": 10, "tool_calls": 1},
+    "tools": {"tokens": 5, "tool_calls": 2},
+    "error": {"tokens": 20, "error_after": 5},
+}
+WORDS = ("Hello", " from", " the", " streamproxy", " mock", ",", " token", " by", " token", ".")
+TOOL_ARGS = ('{"city": ', '"Paris"', ', "unit": "c"}')
+
+
+@dataclass(frozen=True, slots=True)
+class MockOptions:
+    tokens: int = 200
+    tps: float = 0.0
+    ttft_ms: float = 0.0
+    tool_calls: int = 0
+    error_after: int = -1
+    truncate_after: int = -1
+    status: int = 200
+    stall_ms: float = 0.0
+
+    @classmethod
+    def parse(cls, model: str, header: str | None) -> MockOptions:
+        opts = cls()
+        for spec in (model, header or ""):
+            preset, _, rest = spec.partition(":") if ":" in spec or "=" not in spec else ("", "",
+                                                                                         spec)
+            if preset:
+                opts = replace(opts, **PRESETS.get(preset, {}))
+            opts = replace(opts, **_kv(rest))
+        return opts
+
+
+_FIELD_TYPES = {f.name: (float if f.type == "float" else int) for f in fields(MockOptions)}
+
+
+def _kv(spec: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        key, _, value = item.partition("=")
+        kind = _FIELD_TYPES.get(key)
+        if kind is None:
+            raise web.HTTPBadRequest(text=f"unknown mock option {key!r}")
+        try:
+            out[key] = kind(value)
+        except ValueError:
+            raise web.HTTPBadRequest(text=f"bad value for mock option {key!r}") from None
+    return out
+
+
+def token(i: int) -> str:
+    return WORDS[i % len(WORDS)]
+
+
+def mock_text(n: int) -> str:
+    return "".join(token(i) for i in range(n))
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """A deterministic stand-in for tokenisation: ~4 characters per token."""
+    size = 0
+    for m in body.get("messages") or []:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, str):
+            size += len(content)
+        elif isinstance(content, list):
+            size += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+    return size // 4 + 1
+
+
+# -- Anthropic wire -----------------------------------------------------------------------------
+
+def _sse(event: str, payload: dict[str, Any]) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+def anthropic_prelude(model: str, prompt: int) -> bytes:
+    return _sse("message_start", {"type": "message_start", "message": {
+        "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+        "content": [], "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": prompt, "cache_creation_input_tokens": 0,
+                  "cache_read_input_tokens": 0, "output_tokens": 1}}}) + _sse(
+        "content_block_start", {"type": "content_block_start", "index": 0,
+                                "content_block": {"type": "text", "text": ""}})
+
+
+def anthropic_delta(i: int) -> bytes:
+    return _sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                        "delta": {"type": "text_delta", "text": token(i)}})
+
+
+def anthropic_error() -> bytes:
+    return _sse("error", {"type": "error",
+                          "error": {"type": "overloaded_error", "message": "Overloaded"}})
+
+
+def anthropic_epilogue(opts: MockOptions) -> bytes:
+    parts = [_sse("content_block_stop", {"type": "content_block_stop", "index": 0})]
+    for k in range(opts.tool_calls):
+        idx = k + 1
+        parts.append(_sse("content_block_start", {
+            "type": "content_block_start", "index": idx, "content_block": {
+                "type": "tool_use", "id": f"toolu_mock_{k}", "name": "get_weather",
+                "input": {}}}))
+        for frag in ("", *TOOL_ARGS):
+            parts.append(_sse("content_block_delta", {
+                "type": "content_block_delta", "index": idx,
+                "delta": {"type": "input_json_delta", "partial_json": frag}}))
+        parts.append(_sse("content_block_stop", {"type": "content_block_stop", "index": idx}))
+    parts.append(_sse("message_delta", {
+        "type": "message_delta",
+        "delta": {"stop_reason": "tool_use" if opts.tool_calls else "end_turn",
+                  "stop_sequence": None},
+        "usage": {"output_tokens": opts.tokens + 10 * opts.tool_calls}}))
+    parts.append(_sse("message_stop", {"type": "message_stop"}))
+    return b"".join(parts)
+
+
+def anthropic_message(opts: MockOptions, model: str, prompt: int) -> dict[str, Any]:
+    content: list[dict[str, Any]] = [{"type": "text", "text": mock_text(opts.tokens)}]
+    for k in range(opts.tool_calls):
+        content.append({"type": "tool_use", "id": f"toolu_mock_{k}", "name": "get_weather",
+                        "input": orjson.loads("".join(TOOL_ARGS))})
+    return {"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+            "content": content, "stop_reason": "tool_use" if opts.tool_calls else "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": prompt, "output_tokens": opts.tokens + 10 * opts.tool_calls,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}
+
+
+# -- OpenAI wire --------------------------------------------------------------------------------
+
+def _chunk(model: str, delta: dict[str, Any], finish: str | None = None,
+           usage: bool = False) -> dict[str, Any]:
+    out = {"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1700000000,
+           "model": model, "system_fingerprint": None,
+           "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+    if usage:
+        out["usage"] = None
+    return out
+
+
+def _data(obj: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def openai_prelude(model: str, usage: bool) -> bytes:
+    return _data(_chunk(model, {"role": "assistant", "content": "", "refusal": None},
+                        usage=usage))
+
+
+def openai_delta(i: int, model: str, usage: bool) -> bytes:
+    return _data(_chunk(model, {"content": token(i)}, usage=usage))
+
+
+def openai_error() -> bytes:
+    return _data({"error": {"message": "Overloaded", "type": "server_error",
+                            "code": "overloaded"}})
+
+
+def openai_epilogue(opts: MockOptions, model: str, prompt: int, usage: bool) -> bytes:
+    parts = []
+    for k in range(opts.tool_calls):
+        parts.append(_data(_chunk(model, {"tool_calls": [{
+            "index": k, "id": f"call_mock_{k}", "type": "function",
+            "function": {"name": "get_weather", "arguments": ""}}]}, usage=usage)))
+        for frag in TOOL_ARGS:
+            parts.append(_data(_chunk(model, {"tool_calls": [{
+                "index": k, "function": {"arguments": frag}}]}, usage=usage)))
+    parts.append(_data(_chunk(model, {}, "tool_calls" if opts.tool_calls else "stop",
+                              usage=usage)))
+    if usage:
+        completion = opts.tokens + 10 * opts.tool_calls
+        parts.append(_data({"id": "chatcmpl-mock", "object": "chat.completion.chunk",
+                            "created": 1700000000, "model": model, "choices": [],
+                            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                                      "total_tokens": prompt + completion}}))
+    parts.append(b"data: [DONE]\n\n")
+    return b"".join(parts)
+
+
+def openai_completion(opts: MockOptions, model: str, prompt: int) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": mock_text(opts.tokens),
+                               "refusal": None}
+    if opts.tool_calls:
+        message["tool_calls"] = [{"id": f"call_mock_{k}", "type": "function", "function": {
+            "name": "get_weather", "arguments": "".join(TOOL_ARGS)}}
+            for k in range(opts.tool_calls)]
+    completion = opts.tokens + 10 * opts.tool_calls
+    return {"id": "chatcmpl-mock", "object": "chat.completion", "created": 1700000000,
+            "model": model, "choices": [{"index": 0, "message": message, "logprobs": None,
+                                         "finish_reason": "tool_calls" if opts.tool_calls
+                                         else "stop"}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                      "total_tokens": prompt + completion}}
+
+
+# -- serving ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class _Wire:
+    name: str
+    content_type: str
+
+    def prelude(self, model: str, prompt: int, usage: bool) -> bytes:
+        return anthropic_prelude(model, prompt) if self.name == "anthropic" else \
+            openai_prelude(model, usage)
+
+    def delta(self, i: int, model: str, usage: bool) -> bytes:
+        return anthropic_delta(i) if self.name == "anthropic" else openai_delta(i, model, usage)
+
+    def error(self) -> bytes:
+        return anthropic_error() if self.name == "anthropic" else openai_error()
+
+    def epilogue(self, opts: MockOptions, model: str, prompt: int, usage: bool) -> bytes:
+        return anthropic_epilogue(opts) if self.name == "anthropic" else \
+            openai_epilogue(opts, model, prompt, usage)
+
+    def message(self, opts: MockOptions, model: str, prompt: int) -> dict[str, Any]:
+        return anthropic_message(opts, model, prompt) if self.name == "anthropic" else \
+            openai_completion(opts, model, prompt)
+
+    def error_body(self, status: int) -> dict[str, Any]:
+        msg = f"mock error status {status}"
+        if self.name == "anthropic":
+            return {"type": "error", "error": {"type": "rate_limit_error" if status == 429
+                                               else "api_error", "message": msg}}
+        return {"error": {"message": msg, "type": "server_error", "param": None, "code": None}}
+
+
+ANTHROPIC = _Wire("anthropic", "text/event-stream; charset=utf-8")
+OPENAI = _Wire("openai", "text/event-stream; charset=utf-8")
+
+
+@lru_cache(maxsize=512)
+def unpaced_body(wire: _Wire, opts: MockOptions, model: str, prompt: int, usage: bool) -> bytes:
+    parts = [wire.prelude(model, prompt, usage)]
+    for i in range(opts.tokens):
+        if i == opts.error_after:
+            parts.append(wire.error())
+            return b"".join(parts)
+        parts.append(wire.delta(i, model, usage))
+    if opts.error_after == opts.tokens:
+        parts.append(wire.error())
+        return b"".join(parts)
+    parts.append(wire.epilogue(opts, model, prompt, usage))
+    return b"".join(parts)
+
+
+async def _serve(request: web.Request, wire: _Wire) -> web.StreamResponse:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return web.json_response(wire.error_body(400), status=400)
+    model = body.get("model")
+    messages = body.get("messages")
+    if not isinstance(model, str) or not isinstance(messages, list) or not messages or (
+            wire is ANTHROPIC and not isinstance(body.get("max_tokens"), int)):
+        return web.json_response(wire.error_body(400), status=400)
+    opts = MockOptions.parse(model, request.headers.get("x-mock-options"))
+    if opts.stall_ms:
+        await asyncio.sleep(opts.stall_ms / 1000)
+    if opts.status != 200:
+        return web.Response(body=orjson.dumps(wire.error_body(opts.status)), status=opts.status,
+                            content_type="application/json", headers={"retry-after": "1"})
+    prompt = prompt_tokens(body)
+    if not body.get("stream"):
+        return web.Response(body=orjson.dumps(wire.message(opts, model, prompt)),
+                            content_type="application/json")
+    usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    resp = web.StreamResponse(headers={"content-type": wire.content_type,
+                                       "cache-control": "no-cache"})
+    await resp.prepare(request)
+    if opts.tps <= 0 and opts.ttft_ms <= 0 and opts.truncate_after < 0:
+        await resp.write(unpaced_body(wire, opts, model, prompt, usage))
+        await resp.write_eof()
+        return resp
+    await _paced(request, resp, wire, opts, model, prompt, usage)
+    return resp
+
+
+async def _paced(request: web.Request, resp: web.StreamResponse, wire: _Wire, opts: MockOptions,
+                 model: str, prompt: int, usage: bool) -> None:
+    await resp.write(wire.prelude(model, prompt, usage))
+    if opts.ttft_ms:
+        await asyncio.sleep(opts.ttft_ms / 1000)
+    gap = 1 / opts.tps if opts.tps > 0 else 0
+    for i in range(opts.tokens):
+        if i == opts.truncate_after:
+            request.transport.close()  # type: ignore[union-attr]  # an abrupt reset
+            return
+        if i == opts.error_after:
+            await resp.write(wire.error())
+            await resp.write_eof()
+            return
+        if i and gap:
+            await asyncio.sleep(gap)
+        await resp.write(wire.delta(i, model, usage))
+    if opts.truncate_after == opts.tokens:
+        request.transport.close()  # type: ignore[union-attr]
+        return
+    await resp.write(wire.epilogue(opts, model, prompt, usage))
+    await resp.write_eof()
+
+
+async def anthropic_messages(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, ANTHROPIC)
+
+
+async def openai_chat(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, OPENAI)
+
+
+def create_mock_app() -> web.Application:
+    app = web.Application()
+    app.router.add_post("/v1/messages", anthropic_messages)
+    app.router.add_post("/v1/chat/completions", openai_chat)
+    return app
+
+
+async def start_mock_server(host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, str]:
+    """Serve the mock on loopback; returns the runner and its base URL."""
+    runner = web.AppRunner(create_mock_app(), access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    sock = site._server.sockets[0]  # type: ignore[union-attr]
+    bound_host, bound_port = sock.getsockname()[:2]
+    return runner, f"http://{bound_host}:{bound_port}"

@@ -1,0 +1,127 @@
+"""OpenAI-compatible upstreams (`type: openai`): the pass-through path.
+
+A streamed answer is already in the client's format, so each event's bytes are re-framed and
+forwarded without touching the JSON. Only the few events that matter to the gateway are parsed,
+picked out by a cheap byte search first: the usage chunk, finish chunks, error objects and
+empty-`choices` chunks. The request always asks the upstream for usage
+(`stream_options.include_usage`) so logs and metrics have token counts; the usage chunk is
+forwarded only when the client asked for it itself.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
+
+from streamproxy.decode.sse import SSEEvent
+from streamproxy.errors import UpstreamStatusError
+from streamproxy.openai_api.chunks import ChunkSink
+from streamproxy.providers.base import (
+    Provider,
+    SSETranslator,
+    StreamTranslator,
+    UpstreamRequest,
+    load_event_json,
+)
+
+if TYPE_CHECKING:
+    from streamproxy.openai_api.request import ChatRequest
+    from streamproxy.routing.target import Target
+
+# Byte patterns that mark an event worth parsing. A false positive only costs a parse.
+_INTERESTING = (b'"usage":{', b'"usage": {', b'"error"', b'"finish_reason":"',
+                b'"finish_reason": "', b'"choices":[]', b'"choices":null', b'"choices": []',
+                b'"choices": null')
+
+
+class PassthroughTranslator(SSETranslator):
+    def __init__(self, out: ChunkSink, max_event_bytes: int, *, provider: str,
+                 client_wants_usage: bool) -> None:
+        super().__init__(out, max_event_bytes)
+        self._provider = provider
+        self._forward_usage = client_wants_usage
+
+    def on_event(self, event: SSEEvent) -> None:
+        data = event.data
+        if data[:6] == b"[DONE]":
+            self.out.end()
+            self.done = True
+            return
+        for pattern in _INTERESTING:
+            if pattern in data:
+                self._inspect(data)
+                return
+        self.out.raw(data)
+
+    def _inspect(self, data: bytes) -> None:
+        chunk = load_event_json(data)
+        error = chunk.get("error")
+        if error:
+            self.out.error(_stream_error(error, self._provider))
+            self.done = True
+            return
+        usage = chunk.get("usage")
+        if usage:
+            self.out.usage(usage)
+        choices = chunk.get("choices")
+        if not choices:
+            # The usage chunk (vLLM sends `choices: null`), or Azure's prompt-filter preamble.
+            if usage and self._forward_usage:
+                if choices is None:
+                    chunk["choices"] = []
+                    data = orjson.dumps(chunk)
+                self.out.raw(data)
+            return
+        reason = choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
+        self.out.raw(data, reason)
+
+
+def _stream_error(error: Any, provider: str) -> UpstreamStatusError:
+    if not isinstance(error, dict):
+        error = {"message": str(error)}
+    code = error.get("code")
+    status = code if isinstance(code, int) and 400 <= code < 600 else 502
+    return UpstreamStatusError(status, error.get("message") or "the provider reported an error",
+                               provider=provider,
+                               code=str(code) if code is not None else error.get("type"))
+
+
+class OpenAIProvider(Provider):
+    type_name: ClassVar[str] = "openai"
+    default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"
+    option_keys: ClassVar[frozenset[str]] = frozenset({"organization", "project"})
+    passthrough = True
+
+    def auth_headers(self, api_key: str | None) -> dict[str, str]:
+        return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def chat_url(self, model: str) -> str:
+        return f"{self.base_url}/chat/completions"
+
+    def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
+        model = self.model_for(target)
+        body = target.apply_overrides(req.body)
+        changed = (model != req.model or body is not req.body or req.fallback_models
+                   or req.retries is not None)
+        if req.stream and not req.include_usage:
+            body = {**body, "stream_options": {**(body.get("stream_options") or {}),
+                                               "include_usage": True}}
+            changed = True
+        raw = orjson.dumps({**body, "model": model}) if changed else req.raw
+        headers = {"content-type": "application/json", **self.auth_headers(target.api_key)}
+        if self.cfg.options.get("organization"):
+            headers["openai-organization"] = self.cfg.options["organization"]
+        if self.cfg.options.get("project"):
+            headers["openai-project"] = self.cfg.options["project"]
+        headers.update(self.cfg.headers)
+        headers.update(target.headers)
+        return UpstreamRequest(self.chat_url(model), raw, headers)
+
+    def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
+        return PassthroughTranslator(out, self.max_event_bytes, provider=self.name,
+                                     client_wants_usage=req.include_usage)
+
+    def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
+                           created: int) -> bytes:
+        return body  # already a chat.completion: forwarded byte for byte

@@ -1,0 +1,1 @@
+"""Which upstream serves a request: targets, the planner, the executor."""

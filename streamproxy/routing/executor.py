@@ -1,0 +1,179 @@
+"""The executor: tries planned targets in order until an upstream stream *opens*.
+
+"Opens" means the upstream answered 2xx and its first event translated into output — the
+commit point. Until then nothing has reached the client, so a failure (an error status, a
+refused connection, a timeout, an upstream that says 200 and then sends an error event or
+closes) moves on to the next target. After it, failures belong to the relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from streamproxy.errors import ProxyError, UpstreamStatusError
+from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.openai_api.request import ChatRequest
+from streamproxy.providers.base import StreamTranslator
+from streamproxy.record import RequestRecord
+from streamproxy.routing.target import Target
+from streamproxy.upstream.client import UpstreamClient, map_client_error
+from streamproxy.upstream.deadline import Deadline
+
+
+def new_completion_id() -> str:
+    return "chatcmpl-" + os.urandom(12).hex()
+
+
+@dataclass(slots=True)
+class OpenedStream:
+    target: Target
+    response: aiohttp.ClientResponse
+    translator: StreamTranslator
+    encoder: ChunkEncoder
+    deadline: Deadline
+
+
+def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
+    ms = resp.headers.get("retry-after-ms")
+    try:
+        if ms is not None:
+            return float(ms) / 1000
+        value = resp.headers.get("retry-after")
+        return float(value) if value is not None else None
+    except ValueError:
+        return None  # an HTTP-date: treated as absent
+
+
+class Executor:
+    def __init__(self, client: UpstreamClient) -> None:
+        self.client = client
+
+    async def _send(self, req: ChatRequest, target: Target) -> aiohttp.ClientResponse:
+        provider = target.provider
+        upstream = provider.build_request(req, target)
+        resp = await self.client.send(upstream, connect_timeout=target.timeouts.connect,
+                                      provider=provider.name)
+        if resp.status >= 400:
+            try:
+                body = await resp.read()
+            finally:
+                resp.close()
+            err = provider.parse_error(resp.status, body)
+            err.retry_after = _retry_after(resp)
+            raise err
+        return resp
+
+    async def open_stream(self, req: ChatRequest, targets: list[Target],
+                          record: RequestRecord) -> OpenedStream:
+        return await self._first_success(req, targets, record, self._open_one)
+
+    async def complete(self, req: ChatRequest, targets: list[Target],
+                       record: RequestRecord) -> bytes:
+        return await self._first_success(req, targets, record, self._complete_one)
+
+    async def _first_success(self, req: ChatRequest, targets: list[Target],
+                             record: RequestRecord, attempt: Any) -> Any:
+        last: ProxyError | None = None
+        for index, target in enumerate(targets):
+            record.attempts += 1
+            record.provider = target.provider.name
+            record.model = target.model or target.provider.cfg.default_model
+            try:
+                result = await attempt(req, target, record)
+            except ProxyError as e:
+                last = e
+                if not e.retryable:
+                    raise
+                continue
+            record.target_index = index
+            return result
+        assert last is not None, "no targets planned"
+        raise last
+
+    async def _open_one(self, req: ChatRequest, target: Target,
+                        record: RequestRecord) -> OpenedStream:
+        provider = target.provider
+        deadline = Deadline(target.timeouts, provider.name)
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            resp = await self._send(req, target)
+            encoder = ChunkEncoder(
+                completion_id=record.completion_id or new_completion_id(),
+                created=int(time.time()),
+                model=target.model or provider.cfg.default_model or "",
+                include_usage=req.include_usage and not provider.passthrough,
+            )
+            translator = provider.stream_translator(req, encoder)
+            read = resp.content.readany
+            while not encoder.pending:
+                data = await read()
+                if not data:
+                    translator.close()
+                    break
+                translator.feed(data)
+            if encoder.failure is not None:
+                raise encoder.failure
+            deadline.first_event()
+            return OpenedStream(target, resp, translator, encoder, deadline)
+        except asyncio.CancelledError:
+            _abandon(deadline, resp)
+            if deadline.owns():
+                raise deadline.expired from None  # type: ignore[misc]
+            raise
+        except BaseException as e:
+            _abandon(deadline, resp)
+            if isinstance(e, Exception):
+                raise map_client_error(e, provider.name, before_response=resp is None) from None
+            raise
+
+    async def _complete_one(self, req: ChatRequest, target: Target,
+                            record: RequestRecord) -> bytes:
+        provider = target.provider
+        deadline = Deadline(target.timeouts, provider.name)
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            resp = await self._send(req, target)
+            body = await resp.read()
+        except asyncio.CancelledError:
+            _abandon(deadline, resp)
+            if deadline.owns():
+                raise deadline.expired from None  # type: ignore[misc]
+            raise
+        except BaseException as e:
+            _abandon(deadline, resp)
+            if isinstance(e, Exception):
+                raise map_client_error(e, provider.name, before_response=resp is None) from None
+            raise
+        deadline.cancel()
+        resp.release()
+        completion_id = record.completion_id or new_completion_id()
+        result = provider.translate_response(body, req, completion_id=completion_id,
+                                             created=int(time.time()))
+        if isinstance(result, bytes):
+            record.usage = _usage_of(result)
+            return result
+        record.usage = result.get("usage")
+        record.finish_reason = (result.get("choices") or [{}])[0].get("finish_reason")
+        return orjson.dumps(result)
+
+
+def _usage_of(body: bytes) -> dict[str, Any] | None:
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UpstreamStatusError(502, "the provider answered with a body that is not JSON",
+                                  code="upstream_protocol_error") from None
+    return obj.get("usage") if isinstance(obj, dict) else None
+
+
+def _abandon(deadline: Deadline, resp: aiohttp.ClientResponse | None) -> None:
+    deadline.cancel()
+    if resp is not None:
+        resp.close()

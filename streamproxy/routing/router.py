@@ -1,0 +1,83 @@
+"""Which provider and model a request names (pure; no sockets).
+
+Order: the `x-portkey-provider` header; a model prefix `@name/model` or `name/model` where
+`name` is a configured provider (stripped before the request goes upstream); otherwise the
+configured `default_provider`. With the header set, a model prefix naming that same provider
+is stripped too; any other slash in a model name is left alone (`meta-llama/Llama-3` is a
+model name on several providers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from streamproxy.config import Timeouts
+from streamproxy.errors import UnknownProvider
+from streamproxy.providers.base import Provider
+from streamproxy.routing.target import Target
+
+PROVIDER_HEADER = "x-portkey-provider"
+
+
+def client_key(headers: Mapping[str, str]) -> str | None:
+    """The client's own provider key, forwarded when a provider has none configured
+    (Portkey's convention: `Authorization: Bearer <provider key>`)."""
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return headers.get("x-api-key") or headers.get("api-key") or None
+
+
+class Router:
+    def __init__(self, providers: dict[str, Provider], default: str | None,
+                 timeouts: Timeouts) -> None:
+        self.providers = providers
+        self.default = default
+        self.timeouts = timeouts
+
+    def split_model(self, model: str | None) -> tuple[str | None, str | None]:
+        """`@name/model` / `name/model` → (name, model) when name is a configured provider."""
+        if not model or "/" not in model:
+            return None, model
+        head, _, rest = model.partition("/")
+        name = head[1:] if head.startswith("@") else head
+        if name in self.providers:
+            return name, rest or None
+        if head.startswith("@"):
+            raise self._unknown(name)
+        return None, model
+
+    def resolve(self, headers: Mapping[str, str], model: str | None) -> Target:
+        header = headers.get(PROVIDER_HEADER)
+        prefix, bare = self.split_model(model)
+        if header:
+            name = header.removeprefix("@")
+            if name not in self.providers:
+                raise self._unknown(name)
+            upstream_model = bare if prefix == name else model
+        elif prefix:
+            name, upstream_model = prefix, bare
+        elif self.default:
+            name, upstream_model = self.default, model
+        else:
+            raise UnknownProvider(
+                "No provider given: set the x-portkey-provider header or prefix the model with "
+                f"a provider name. Configured providers: {', '.join(self.providers)}.",
+                param="model")
+        return self.target(name, upstream_model, headers)
+
+    def target(self, name: str, model: str | None, headers: Mapping[str, str]) -> Target:
+        provider = self.providers[name]
+        forwarded = {h: headers[h] for h in provider.forwarded_client_headers if h in headers}
+        return Target(
+            provider=provider,
+            model=model,
+            api_key=provider.cfg.api_key or client_key(headers),
+            headers=forwarded,
+            timeouts=self.timeouts.merged(provider.cfg.timeouts),
+        )
+
+    def _unknown(self, name: str) -> UnknownProvider:
+        return UnknownProvider(
+            f"Unknown provider '{name}'. Configured providers: {', '.join(self.providers)}.",
+            param="model")

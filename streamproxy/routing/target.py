@@ -1,0 +1,30 @@
+"""A `Target`: one concrete way to serve a request — a provider, a model, a key, overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from streamproxy.config import Timeouts
+
+if TYPE_CHECKING:
+    from streamproxy.providers.base import Provider
+
+
+@dataclass(slots=True)
+class Target:
+    provider: Provider
+    model: str | None  # the upstream model name (prefix stripped); None = provider default
+    api_key: str | None = None  # resolved secret: configured key, else the client's
+    override_params: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # extra upstream headers
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    def apply_overrides(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The body with this target's `override_params` on top (a new dict only if needed)."""
+        if not self.override_params:
+            return body
+        return {**body, **self.override_params}
+
+    def __repr__(self) -> str:  # never print a key
+        return f"Target(provider={self.provider.name!r}, model={self.model!r})"

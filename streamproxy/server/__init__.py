@@ -1,0 +1,1 @@
+"""The HTTP server: app assembly, handlers, error responses (request in, response out)."""

@@ -1,0 +1,50 @@
+"""The server boundary where errors become OpenAI-shaped JSON responses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from streamproxy.errors import NotFound, PayloadTooLarge, ProxyError
+
+log = logging.getLogger("streamproxy.server")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(err: ProxyError) -> web.Response:
+    headers = {}
+    retry_after = getattr(err, "retry_after", None)
+    if retry_after is not None:
+        headers["retry-after"] = str(max(1, round(retry_after)))
+    return web.Response(body=orjson.dumps(err.to_dict()), status=err.status,
+                        content_type="application/json", headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ProxyError as e:
+        request["record_error"] = e
+        return error_response(e)
+    except web.HTTPRequestEntityTooLarge as e:
+        return error_response(PayloadTooLarge(
+            f"The request body exceeds the limit of {e.max_size} bytes."))  # type: ignore[attr-defined]
+    except web.HTTPNotFound:
+        return error_response(NotFound(f"Unknown path: {request.method} {request.path}",
+                                       code="unknown_url"))
+    except web.HTTPMethodNotAllowed:
+        return error_response(ProxyError(f"Method {request.method} is not allowed on "
+                                         f"{request.path}.", status=405,
+                                         error_type="invalid_request_error",
+                                         code="method_not_allowed"))
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("unhandled error serving %s %s", request.method, request.path)
+        return error_response(ProxyError("The server had an error while processing your "
+                                         "request.", code="internal_error"))

@@ -1,0 +1,1 @@
+"""The aiohttp client boundary: sessions, timeouts, exception mapping."""

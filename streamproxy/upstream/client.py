@@ -1,0 +1,84 @@
+"""One aiohttp ClientSession per worker, and the one place aiohttp errors become ours.
+
+Timeouts: aiohttp's default 5-minute total would cut long generations, so the session has no
+total; the connect timeout is aiohttp's, and first-token / idle / total deadlines are enforced
+by `Deadline` (relay.py) with one timer per stream rather than one per read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from streamproxy.errors import (
+    ProxyError,
+    StreamTruncated,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from streamproxy.providers.base import UpstreamRequest
+
+
+class UpstreamClient:
+    def __init__(self, *, limit_per_host: int = 0, keepalive_timeout: float = 30.0) -> None:
+        self._limit_per_host = limit_per_host
+        self._keepalive = keepalive_timeout
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=0,  # admission control, not the pool, limits concurrency
+            limit_per_host=self._limit_per_host,
+            keepalive_timeout=self._keepalive,
+            ttl_dns_cache=300,
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    async def send(self, req: UpstreamRequest, *, connect_timeout: float,
+                   provider: str) -> aiohttp.ClientResponse:
+        """Send the request and return once the response headers are in. The caller owns the
+        response and must `release()` or `close()` it."""
+        assert self.session is not None, "UpstreamClient.start() was not awaited"
+        try:
+            return await self.session.request(
+                req.method, req.url, data=req.body, headers=req.headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
+                                              connect=connect_timeout),
+                allow_redirects=False,
+            )
+        except Exception as e:
+            raise map_client_error(e, provider, before_response=True) from None
+
+
+def map_client_error(exc: BaseException, provider: str, *, before_response: bool) -> ProxyError:
+    """aiohttp/asyncio exception → our error tree. Messages name the provider, never a URL with
+    credentials or a header."""
+    if isinstance(exc, ProxyError):
+        return exc
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        phase = "connecting to" if before_response else "reading from"
+        return UpstreamTimeout(f"timed out {phase} provider '{provider}'")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return StreamTruncated(f"provider '{provider}' closed the connection mid-response")
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientOSError
+                  | aiohttp.ServerDisconnectedError | ConnectionError):
+        if before_response:
+            return UpstreamUnreachable(f"could not reach provider '{provider}': "
+                                       f"{type(exc).__name__}")
+        return StreamTruncated(f"provider '{provider}' closed the connection mid-response")
+    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientError):
+        return UpstreamProtocolError(f"bad response from provider '{provider}': "
+                                     f"{type(exc).__name__}")
+    raise exc

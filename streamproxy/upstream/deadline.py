@@ -1,0 +1,73 @@
+"""Per-stream deadlines — first token, idle gap, total — with one timer per stream.
+
+A read only stores the loop's clock (`progress()`); the timer, when it fires, compares the
+clock with the latest read and re-arms itself for the new due time instead of expiring. So a
+stream that reads 10,000 times schedules a handful of timers, not 10,000. On expiry it cancels
+the task that carries the stream and records why, so the task can tell its own timeout from a
+client disconnect (`owns()`), as asyncio.timeout does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from streamproxy.config import Timeouts
+from streamproxy.errors import UpstreamTimeout
+
+
+class Deadline:
+    __slots__ = ("_handle", "_last", "_loop", "_provider", "_start", "_streaming", "_task",
+                 "_timeouts", "expired")
+
+    def __init__(self, timeouts: Timeouts, provider: str) -> None:
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._timeouts = timeouts
+        self._provider = provider
+        self._start = self._last = self._loop.time()
+        self._streaming = False
+        self.expired: UpstreamTimeout | None = None
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(self._due(), self._fire)
+
+    def _due(self) -> float:
+        t = self._timeouts
+        due = self._last + t.idle if self._streaming else self._start + t.first_token
+        if t.total is not None:
+            due = min(due, self._start + t.total)
+        return due
+
+    def progress(self) -> None:
+        """Called after each upstream read."""
+        self._last = self._loop.time()
+
+    def first_event(self) -> None:
+        """The first upstream event arrived: from now on the idle gap applies."""
+        self._streaming = True
+        self._last = self._loop.time()
+
+    def _fire(self) -> None:
+        now = self._loop.time()
+        due = self._due()
+        if now + 0.001 < due:
+            self._handle = self._loop.call_at(due, self._fire)
+            return
+        self._handle = None
+        if self._timeouts.total is not None and now >= self._start + self._timeouts.total:
+            what = f"the total timeout of {self._timeouts.total:g}s"
+        elif self._streaming:
+            what = f"the idle timeout of {self._timeouts.idle:g}s between events"
+        else:
+            what = f"the first-token timeout of {self._timeouts.first_token:g}s"
+        self.expired = UpstreamTimeout(f"provider '{self._provider}' exceeded {what}")
+        self._task.cancel()
+
+    def owns(self, exc: asyncio.CancelledError) -> bool:
+        """True when `exc` is our own expiry and nobody else also cancelled the task."""
+        return self.expired is not None and self._task.uncancel() == 0
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

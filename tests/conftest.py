@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from streamproxy.config import Config
+from streamproxy.server.app import create_app
+from tests.helpers import FakeUpstream, make_config
+
+
+@pytest.fixture
+async def proxy(aiohttp_client: Any) -> Callable[[Config], Awaitable[TestClient]]:
+    """Start the proxy for a config; the server cancels handlers on disconnect as in prod."""
+
+    async def start(config: Config) -> TestClient:
+        server = TestServer(create_app(config), handler_cancellation=True)
+        return await aiohttp_client(server)
+
+    return start
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any) -> FakeUpstream:
+    fake = FakeUpstream()
+    server = await aiohttp_server(fake.app())
+    fake.url = str(server.make_url("")).rstrip("/")
+    return fake
+
+
+@pytest.fixture
+def default_proxy(proxy: Any) -> Callable[[], Awaitable[TestClient]]:
+    """The embedded default config (in-process mock)."""
+    from streamproxy.config import load_config
+
+    async def start() -> TestClient:
+        return await proxy(load_config(None))
+
+    return start
+
+
+def provider_config(kind: str, url: str, **extra: Any) -> Config:
+    return make_config({"up": {"type": kind, "base_url": url, "api_key": "sk-test-secret",
+                               "default_model": "m", **extra}}, default="up")

@@ -1,0 +1,180 @@
+"""Test helpers: read the proxy's output the way an OpenAI client does, and fake upstreams."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from streamproxy.config import Config, parse_config
+from streamproxy.decode.sse import SSEDecoder
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def fixture_bytes(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def jsonl_to_sse(data: bytes, *, event_names: bool = True, crlf: bool = False) -> bytes:
+    """Payload-only JSON lines (vercel/ai recordings) → SSE as the provider sends it."""
+    out = []
+    for line in data.splitlines():
+        if not line.strip():
+            continue
+        event = orjson.loads(line).get("type") if event_names else None
+        frame = (b"event: " + event.encode() + b"\n" if event else b"") + b"data: " + line + b"\n\n"
+        out.append(frame)
+    body = b"".join(out)
+    return body.replace(b"\n", b"\r\n") if crlf else body
+
+
+def random_splits(data: bytes, rng: random.Random, max_piece: int = 64) -> list[bytes]:
+    pieces, i = [], 0
+    while i < len(data):
+        n = rng.randint(1, max_piece)
+        pieces.append(data[i : i + n])
+        i += n
+    return pieces
+
+
+def sse_chunks(body: bytes) -> list[Any]:
+    """The proxy's SSE output → parsed JSON chunks, with "[DONE]" kept as the string."""
+    dec = SSEDecoder()
+    events = dec.feed(body) + dec.close()
+    out: list[Any] = []
+    for ev in events:
+        out.append("[DONE]" if ev.data == b"[DONE]" else orjson.loads(ev.data))
+    return out
+
+
+@dataclass
+class Collected:
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    done: bool = False
+    ids: set[str] = field(default_factory=set)
+    created: set[int] = field(default_factory=set)
+    roles: int = 0
+    thinking_blocks: list[dict[str, Any]] = field(default_factory=list)
+    chunks: int = 0
+
+    def args(self, i: int) -> Any:
+        return orjson.loads(self.tool_calls[i]["arguments"])
+
+
+def collect(chunks: list[Any]) -> Collected:
+    """Accumulate chunks as a strict OpenAI client would, checking the invariants on the way."""
+    c = Collected()
+    for chunk in chunks:
+        assert not c.done, "nothing may follow [DONE]"
+        assert c.error is None, "nothing may follow an error frame"
+        if chunk == "[DONE]":
+            c.done = True
+            continue
+        if "error" in chunk:
+            c.error = chunk["error"]
+            continue
+        c.chunks += 1
+        assert chunk["object"] == "chat.completion.chunk"
+        c.ids.add(chunk["id"])
+        c.created.add(chunk["created"])
+        if not chunk["choices"]:
+            assert chunk.get("usage"), "an empty-choices chunk must be the usage chunk"
+            c.usage = chunk["usage"]
+            continue
+        choice = chunk["choices"][0]
+        assert choice["index"] == 0
+        delta = choice.get("delta") or {}
+        if delta.get("role"):
+            c.roles += 1
+        c.content += delta.get("content") or ""
+        c.reasoning += delta.get("reasoning_content") or ""
+        c.thinking_blocks += delta.get("thinking_blocks") or []
+        for tc in delta.get("tool_calls") or []:
+            i = tc["index"]
+            if i == len(c.tool_calls):
+                assert tc.get("id") and tc["function"].get("name"), "first fragment has id+name"
+                c.tool_calls.append({"id": tc["id"], "name": tc["function"]["name"],
+                                     "arguments": tc["function"].get("arguments") or ""})
+            else:
+                assert i < len(c.tool_calls), f"tool index {i} skipped ahead"
+                assert "id" not in tc or tc["id"] == c.tool_calls[i]["id"]
+                c.tool_calls[i]["arguments"] += tc["function"].get("arguments") or ""
+        if choice.get("finish_reason"):
+            assert c.finish_reason is None, "finish_reason must come once"
+            c.finish_reason = choice["finish_reason"]
+    return c
+
+
+def make_config(providers: dict[str, dict[str, Any]], default: str | None = None,
+                **sections: Any) -> Config:
+    data: dict[str, Any] = {"providers": providers, **sections}
+    if default:
+        data["default_provider"] = default
+    return parse_config(data, "<test>")
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+class FakeUpstream:
+    """A scripted upstream on loopback: answers with `body` split into `pieces` (each piece one
+    write, with a yield in between so they arrive as separate reads), and records requests."""
+
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self.status = 200
+        self.content_type = "text/event-stream"
+        self.body: bytes = b""
+        self.pieces: list[bytes] | None = None
+        self.extra_headers: dict[str, str] = {}
+        self.delay_before_headers = 0.0
+        self.hold_open = False  # keep the connection open after the body (a stall)
+        self.closed = asyncio.Event()  # set when a streaming response's connection closed
+        self.url = ""
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(Received(request.path_qs, dict(request.headers),
+                                      await request.read()))
+        if self.delay_before_headers:
+            await asyncio.sleep(self.delay_before_headers)
+        if self.status >= 400 or self.content_type.startswith("application/json"):
+            return web.Response(body=self.body, status=self.status,
+                                content_type=self.content_type.split(";")[0],
+                                headers=self.extra_headers)
+        resp = web.StreamResponse(status=self.status,
+                                  headers={"content-type": self.content_type,
+                                           **self.extra_headers})
+        await resp.prepare(request)
+        try:
+            for piece in self.pieces if self.pieces is not None else [self.body]:
+                await resp.write(piece)
+                await asyncio.sleep(0)
+            if self.hold_open:
+                await asyncio.sleep(3600)
+            await resp.write_eof()
+        finally:
+            self.closed.set()
+        return resp

@@ -1,0 +1,147 @@
+"""Recorded Anthropic and OpenAI streams (tests/fixtures, from ../shared/fixtures) translate to
+exactly the results listed in tests/fixtures/SOURCES.md — whole, split at random byte
+boundaries, with LF and CRLF line endings; through the pure pipeline and through the proxy."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.openai_api.request import parse_chat_request
+from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
+from streamproxy.providers.openai_compat import PassthroughTranslator
+from tests.conftest import provider_config
+from tests.helpers import collect, fixture_bytes, jsonl_to_sse, random_splits, sse_chunks
+
+
+@dataclass
+class Golden:
+    kind: str  # provider type
+    body: bytes
+    content: str
+    finish: str
+    usage: tuple[int, int, int]
+    tools: list[tuple[str, str, Any]]  # (id, name, parsed args)
+    reasoning_len: int = 0
+
+
+GOLDEN = {
+    "anthropic-tool-use": Golden(
+        "anthropic", fixture_bytes("anthropic/sdk-python_tool_use_response.sse"),
+        "I'll check the current weather in Paris for you.", "tool_calls", (377, 65, 442),
+        [("toolu_01NRLabsLyVHZPKxbKvkfSMn", "get_weather", {"location": "Paris"})]),
+    "anthropic-thinking": Golden(
+        "anthropic", fixture_bytes("anthropic/llm-anthropic_test_thinking_prompt.response0.sse"),
+        "Scoop and Beaky", "stop", (45, 94, 139), [], reasoning_len=310),
+    "anthropic-text": Golden(
+        "anthropic", jsonl_to_sse(fixture_bytes("anthropic/vercel-ai_anthropic-text.chunks.jsonl")),
+        "Hello! I'm doing well, thank you for asking. How are you doing today? Is there anything "
+        "I can help you with?", "stop", (12, 30, 42), []),
+    "openai-tool": Golden(
+        "openai", fixture_bytes("openai/pydantic-ai_run_stream_sync.response0.sse"),
+        "", "tool_calls", (53, 15, 68),
+        [("call_ZR5UUuTt3pf61kjwAJIYdVMj", "get_capital", {"country": "UK"})]),
+    "openai-text": Golden(
+        "openai", fixture_bytes("openai/pydantic-ai_run_stream_sync.response1.sse"),
+        "The capital of the UK is London.", "stop", (78, 9, 87), []),
+}
+
+
+def check(golden: Golden, out: bytes) -> None:
+    c = collect(sse_chunks(out))
+    assert c.error is None
+    assert c.done
+    assert len(c.ids) == 1 and len(c.created) == 1
+    assert c.roles == 1
+    assert c.content == golden.content
+    assert c.finish_reason == golden.finish
+    assert c.usage is not None
+    assert (c.usage["prompt_tokens"], c.usage["completion_tokens"],
+            c.usage["total_tokens"]) == golden.usage
+    assert [(t["id"], t["name"]) for t in c.tool_calls] == [(i, n) for i, n, _ in golden.tools]
+    assert [c.args(i) for i in range(len(c.tool_calls))] == [a for _, _, a in golden.tools]
+    assert len(c.reasoning) == golden.reasoning_len
+
+
+def translate(golden: Golden, pieces: list[bytes]) -> bytes:
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m",
+                       include_usage=golden.kind == "anthropic")
+    if golden.kind == "anthropic":
+        tr = AnthropicStreamTranslator(enc, 1 << 20)
+    else:
+        tr = PassthroughTranslator(enc, 1 << 20, provider="p", client_wants_usage=True)
+    out = b""
+    for piece in pieces:
+        tr.feed(piece)
+        out += enc.take()
+    tr.close()
+    return out + enc.take()
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+@pytest.mark.parametrize("eol", ["lf", "crlf"])
+def test_pure_pipeline_whole_and_random_splits(name: str, eol: str) -> None:
+    golden = GOLDEN[name]
+    body = golden.body if eol == "lf" else golden.body.replace(b"\n", b"\r\n")
+    check(golden, translate(golden, [body]))
+    rng = random.Random(name + eol)
+    for _ in range(25):
+        check(golden, translate(golden, random_splits(body, rng, max_piece=rng.choice([3, 50]))))
+
+
+def test_thinking_signature_survives_for_the_next_turn() -> None:
+    golden = GOLDEN["anthropic-thinking"]
+    c = collect(sse_chunks(translate(golden, [golden.body])))
+    [block] = c.thinking_blocks
+    assert block["type"] == "thinking" and len(block["signature"]) == 312
+    assert block["thinking"] == c.reasoning  # the signed text, complete
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+@pytest.mark.parametrize("eol", ["lf", "crlf"])
+async def test_through_the_proxy_at_random_splits(name: str, eol: str, proxy: Any,
+                                                  upstream: Any) -> None:
+    golden = GOLDEN[name]
+    body = golden.body if eol == "lf" else golden.body.replace(b"\n", b"\r\n")
+    upstream.pieces = random_splits(body, random.Random(name), max_piece=40)
+    client = await proxy(provider_config(golden.kind, upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": True, "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status == 200
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    assert resp.headers["cache-control"] == "no-cache"
+    assert resp.headers["x-accel-buffering"] == "no"
+    assert "content-encoding" not in resp.headers
+    check(golden, await resp.read())
+
+
+async def test_passthrough_forwards_event_bytes_unchanged(proxy: Any, upstream: Any) -> None:
+    golden = GOLDEN["openai-text"]
+    upstream.body = golden.body
+    client = await proxy(provider_config("openai", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": True, "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "hi"}]})
+    assert await resp.read() == golden.body
+
+
+async def test_passthrough_hides_the_usage_chunk_the_client_did_not_ask_for(
+        proxy: Any, upstream: Any) -> None:
+    upstream.body = GOLDEN["openai-text"].body
+    client = await proxy(provider_config("openai", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    c = collect(sse_chunks(await resp.read()))
+    assert c.usage is None and c.done and c.content == GOLDEN["openai-text"].content
+    sent = upstream.requests[0].json()
+    assert sent["stream_options"] == {"include_usage": True}  # asked upstream for the counts
+
+
+def test_request_parse_keeps_raw_bytes() -> None:
+    raw = b'{"model":"m","messages":[{"role":"user","content":"x"}]}'
+    assert parse_chat_request(raw).raw is raw

@@ -1,0 +1,99 @@
+"""The SSE decoder against the WHATWG rules, whole, byte by byte, and at any split."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamproxy.decode.sse import SSEDecoder, SSEEvent
+from streamproxy.errors import BufferOverflow
+from tests.helpers import FIXTURES
+
+
+def decode(*pieces: bytes) -> list[SSEEvent]:
+    dec = SSEDecoder()
+    out: list[SSEEvent] = []
+    for p in pieces:
+        out += dec.feed(p)
+    return out + dec.close()
+
+
+def test_lf_crlf_and_cr_line_endings_decode_alike() -> None:
+    for eol in (b"\n", b"\r\n", b"\r"):
+        body = eol.join([b"event: a", b"data: 1", b"", b"data: 2", b"", b""])
+        assert decode(body) == [SSEEvent(b"1", b"a"), SSEEvent(b"2")]
+
+
+def test_cr_at_end_of_read_pairs_with_lf_at_start_of_next() -> None:
+    # Had the CR and LF been taken as two line ends, `data: 2` would join event 1.
+    assert decode(b"data: 1\r", b"\n\r\ndata: 2\r\n\r\n") == [SSEEvent(b"1"), SSEEvent(b"2")]
+    assert decode(b"data: 1\r", b"\r") == [SSEEvent(b"1")]
+
+
+def test_multiline_data_joins_with_lf_and_comments_are_ignored() -> None:
+    body = b": keep-alive\ndata: a\n:comment\ndata:b\ndata\n\n"
+    assert decode(body) == [SSEEvent(b"a\nb\n")]
+
+
+def test_only_one_space_after_colon_is_dropped() -> None:
+    assert decode(b"data:  x\n\n") == [SSEEvent(b" x")]
+
+
+def test_bom_dropped_only_at_start_even_when_split() -> None:
+    assert decode(b"\xef", b"\xbb", b"\xbfdata: 1\n\n") == [SSEEvent(b"1")]
+    assert decode(b"data: \xef\xbb\xbf\n\n") == [SSEEvent(b"\xef\xbb\xbf")]
+
+
+def test_event_without_data_is_not_dispatched_and_event_name_resets() -> None:
+    assert decode(b"event: ping\n\ndata: x\n\n") == [SSEEvent(b"x")]
+
+
+def test_id_persists_and_nul_ids_are_ignored() -> None:
+    events = decode(b"id: 7\ndata: a\n\ndata: b\n\nid: x\x00y\ndata: c\n\n")
+    assert [e.id for e in events] == [b"7", b"7", b"7"]
+
+
+def test_unterminated_last_event_is_flushed_at_close() -> None:
+    assert decode(b"data: [DONE]") == [SSEEvent(b"[DONE]")]
+    assert decode(b"data: [DONE]\n") == [SSEEvent(b"[DONE]")]
+
+
+def test_utf8_split_across_reads_stays_intact() -> None:
+    body = "data: héllo ✓\n\n".encode()
+    pieces = [body[i : i + 1] for i in range(len(body))]
+    assert decode(*pieces)[0].data.decode() == "héllo ✓"
+
+
+def test_incomplete_event_over_the_cap_is_a_typed_error() -> None:
+    dec = SSEDecoder(max_event_bytes=100)
+    dec.feed(b"data: " + b"x" * 60 + b"\n")
+    with pytest.raises(BufferOverflow):
+        dec.feed(b"data: " + b"y" * 60)
+
+
+def test_u2028_is_not_a_line_break() -> None:
+    assert decode("data: a\u2028b\n\n".encode()) == [SSEEvent("a\u2028b".encode())]
+
+
+RECORDED = [
+    (FIXTURES / "anthropic" / "sdk-python_tool_use_response.sse").read_bytes(),
+    (FIXTURES / "anthropic" / "llm-anthropic_test_thinking_prompt.response0.sse").read_bytes(),
+    (FIXTURES / "openai" / "pydantic-ai_run_stream_sync.response0.sse").read_bytes(),
+]
+VARIANTS = [b for r in RECORDED for b in (r, r.replace(b"\n", b"\r\n"), r.replace(b"\n", b"\r"))]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(VARIANTS), st.lists(st.integers(min_value=0, max_value=4000),
+                                           max_size=40))
+def test_any_split_of_a_recorded_stream_gives_the_same_events(body: bytes,
+                                                              cuts: list[int]) -> None:
+    points = sorted({c % (len(body) + 1) for c in cuts})
+    pieces = [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
+    assert decode(*pieces) == decode(body)
+
+
+def test_byte_by_byte_equals_whole() -> None:
+    for body in VARIANTS:
+        assert decode(*[body[i : i + 1] for i in range(len(body))]) == decode(body)
