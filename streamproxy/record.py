@@ -30,6 +30,11 @@ class RequestRecord:
     client_disconnected: bool = False
     metadata: dict[str, Any] | None = None
     completion_id: str | None = None
+    # Set before routing by features that need the whole answer (store, cache fill): the
+    # executor then tees the stream into `builder`; a non-streamed answer lands in `response`.
+    capture: bool = False
+    builder: Any = None  # CompletionBuilder when captured
+    response: dict[str, Any] | None = None
 
     @property
     def ttft(self) -> float | None:

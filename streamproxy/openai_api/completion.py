@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from streamproxy.errors import ProxyError
 
 
@@ -65,9 +67,37 @@ class CompletionBuilder:
         self.ended = True
 
     def raw(self, data: bytes, finish_reason: str | None = None) -> None:
+        self.raw_chunk(data, finish_reason)
+
+    def raw_chunk(self, data: bytes, finish_reason: str | None = None) -> None:
+        """A pass-through chunk: parsed and accumulated like a client would (capture only)."""
         self.raw_chunks += 1
-        if finish_reason:
-            self.finish_reason = finish_reason
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        if chunk.get("model"):
+            self.model = chunk["model"]
+        if chunk.get("usage"):
+            self.usage_data = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                self._text.append(delta["content"])
+            if delta.get("reasoning_content"):
+                self.reasoning_parts.append(delta["reasoning_content"])
+            for tc in delta.get("tool_calls") or []:
+                index = tc.get("index", 0)
+                fn = tc.get("function") or {}
+                if tc.get("id"):
+                    self.tool_call_start(index, tc["id"], fn.get("name") or "",
+                                         fn.get("arguments") or "")
+                elif fn.get("arguments") and index < len(self._args):
+                    self._args[index].append(fn["arguments"])
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
 
     def message(self) -> dict[str, Any]:
         msg: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
@@ -100,3 +130,58 @@ class CompletionBuilder:
         if self.usage_data is not None:
             out["usage"] = self.usage_data
         return out
+
+
+class TeeSink:
+    """Feeds one stream to the encoder and to a CompletionBuilder. Used only when something
+    needs the whole answer (store: true, a cache fill), so the plain path pays nothing."""
+
+    __slots__ = ("builder", "encoder")
+
+    def __init__(self, encoder: Any, builder: CompletionBuilder) -> None:
+        self.encoder = encoder
+        self.builder = builder
+
+    def start(self, model: str | None = None) -> None:
+        self.encoder.start(model)
+        self.builder.start(model)
+
+    def content(self, text: str) -> None:
+        self.encoder.content(text)
+        self.builder.content(text)
+
+    def reasoning(self, text: str) -> None:
+        self.encoder.reasoning(text)
+        self.builder.reasoning(text)
+
+    def thinking_block(self, block: dict[str, Any]) -> None:
+        self.encoder.thinking_block(block)
+        self.builder.thinking_block(block)
+
+    def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None:
+        self.encoder.tool_call_start(index, call_id, name, arguments)
+        self.builder.tool_call_start(index, call_id, name, arguments)
+
+    def tool_call_args(self, index: int, fragment: str) -> None:
+        self.encoder.tool_call_args(index, fragment)
+        self.builder.tool_call_args(index, fragment)
+
+    def finish(self, reason: str) -> None:
+        self.encoder.finish(reason)
+        self.builder.finish(reason)
+
+    def usage(self, usage: dict[str, Any]) -> None:
+        self.encoder.usage(usage)
+        self.builder.usage(usage)
+
+    def end(self) -> None:
+        self.encoder.end()
+        self.builder.end()
+
+    def error(self, err: Any) -> None:
+        self.encoder.error(err)
+        self.builder.error(err)
+
+    def raw(self, data: bytes, finish_reason: str | None = None) -> None:
+        self.encoder.raw(data, finish_reason)
+        self.builder.raw_chunk(data, finish_reason)

@@ -19,6 +19,7 @@ import orjson
 
 from streamproxy.errors import ProxyError, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.providers.base import StreamTranslator
 from streamproxy.record import RequestRecord
@@ -110,7 +111,11 @@ class Executor:
                 model=target.model or provider.cfg.default_model or "",
                 include_usage=req.include_usage and not provider.passthrough,
             )
-            translator = provider.stream_translator(req, encoder)
+            sink: Any = encoder
+            if record.capture:
+                record.builder = CompletionBuilder()
+                sink = TeeSink(encoder, record.builder)
+            translator = provider.stream_translator(req, sink)
             read = resp.content.readany
             while not encoder.pending:
                 data = await read()
@@ -157,20 +162,25 @@ class Executor:
         result = provider.translate_response(body, req, completion_id=completion_id,
                                              created=int(time.time()))
         if isinstance(result, bytes):
-            record.usage = _usage_of(result)
+            parsed = _parse_body(result)
+            record.usage = parsed.get("usage")
+            if record.capture:
+                record.response = parsed
             return result
+        if record.capture:
+            record.response = result
         record.usage = result.get("usage")
         record.finish_reason = (result.get("choices") or [{}])[0].get("finish_reason")
         return orjson.dumps(result)
 
 
-def _usage_of(body: bytes) -> dict[str, Any] | None:
+def _parse_body(body: bytes) -> dict[str, Any]:
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise UpstreamStatusError(502, "the provider answered with a body that is not JSON",
                                   code="upstream_protocol_error") from None
-    return obj.get("usage") if isinstance(obj, dict) else None
+    return obj if isinstance(obj, dict) else {}
 
 
 def _abandon(deadline: Deadline, resp: aiohttp.ClientResponse | None) -> None:
