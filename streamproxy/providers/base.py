@@ -116,6 +116,11 @@ class Provider:
                                   f"unknown key for type {cls.type_name}"
                                   + (f" (type-specific keys: {', '.join(known)})" if known else ""))
 
+    @classmethod
+    def check_entry(cls, entry: dict[str, Any], source: str, where: str) -> None:
+        """Checks that need the whole provider entry, not only its type-specific keys (e.g. a
+        type without a default base URL requires `base_url`). Raises ConfigError."""
+
     @property
     def base_url(self) -> str:
         if not self.cfg.base_url:
@@ -129,6 +134,11 @@ class Provider:
                 f"No model given and provider '{self.name}' has no default_model.",
                 param="model", code="missing_required_parameter")
         return model
+
+    async def prepare(self, target: Target) -> None:
+        """Async work a request needs before `build_request`, such as a credential refreshed
+        by running a command (Vertex `token_command`); cached, so it normally returns at
+        once. The executor awaits it; translations stay pure. No-op by default."""
 
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
         raise NotImplementedError

@@ -1,0 +1,170 @@
+"""Incremental decoder for the AWS binary event-stream framing
+(`application/vnd.amazon.eventstream`, used by Bedrock ConverseStream). provider-streams.md §5.2.
+
+Sans-IO: `feed(bytes) -> list[EventStreamMessage]`, `close()`. Every frame is, big-endian:
+
+    total_length:u32  headers_length:u32  prelude_crc:u32  headers  payload  message_crc:u32
+
+Frames are cut by `total_length`, never by searching. The lengths are trusted only after the
+prelude CRC matched, and a length above the cap is refused right there (BufferOverflow), before a
+single payload byte is buffered. The message CRC covers everything before it; a frame whose CRC
+does not match raises instead of yielding an event, so a flipped byte can never become a wrong
+event. A frame that spans reads costs one prelude check: its length is remembered
+(`_need`), so later reads only compare sizes and never rescan the bytes already held.
+
+Header blocks repeat verbatim across frames of one event type (Bedrock sends the same three
+string headers on every delta), so parsed header blocks are memoised by their bytes; the
+mappings handed out are read-only because they are shared.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+import zlib
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import NamedTuple
+
+from streamproxy.errors import BufferOverflow, StreamDecodeError, StreamTruncated
+
+# AWS caps a message at 16 MiB of payload plus 128 KiB of headers (botocore allows 24 MiB).
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024 + 128 * 1024
+_PRELUDE = struct.Struct(">III")
+_PRELUDE_LEN = 12
+_MIN_FRAME = _PRELUDE_LEN + 4  # no headers, no payload
+_HEADER_CACHE_SIZE = 64
+
+HeaderValue = bool | int | bytes | str | datetime | uuid.UUID
+
+
+class EventStreamCRCError(StreamDecodeError):
+    """A prelude or message CRC-32 did not match: the bytes were damaged in transit."""
+
+
+class EventStreamMessage(NamedTuple):
+    headers: Mapping[str, HeaderValue]  # read-only, may be shared between messages
+    payload: bytes
+
+
+class EventStreamDecoder:
+    __slots__ = ("_buf", "_header_cache", "_max", "_need")
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self._max = max_frame_bytes
+        self._buf = bytearray()
+        self._need = 0  # total length of the frame at the head of _buf, once its prelude passed
+        self._header_cache: dict[bytes, Mapping[str, HeaderValue]] = {}
+
+    def feed(self, data: bytes) -> list[EventStreamMessage]:
+        buf = self._buf
+        buf += data
+        have = len(buf)
+        need = self._need
+        if have < (need or _PRELUDE_LEN):
+            return []
+        out: list[EventStreamMessage] = []
+        pos = 0
+        with memoryview(buf) as view:
+            while True:
+                if not need:
+                    if have - pos < _PRELUDE_LEN:
+                        break
+                    need = self._prelude(view, pos)
+                if have - pos < need:
+                    break
+                out.append(self._message(view, pos, need))
+                pos += need
+                need = 0
+        self._need = need
+        del buf[:pos]  # O(1) at the front of a bytearray
+        return out
+
+    def close(self) -> list[EventStreamMessage]:
+        """End of stream: bytes left over are a frame cut short."""
+        if self._buf:
+            held = len(self._buf)
+            self._buf.clear()
+            self._need = 0
+            raise StreamTruncated(f"the event stream ended inside a frame ({held} bytes held)")
+        return []
+
+    def _prelude(self, view: memoryview, pos: int) -> int:
+        total, headers_len, crc = _PRELUDE.unpack_from(view, pos)
+        if zlib.crc32(view[pos : pos + 8]) != crc:
+            raise EventStreamCRCError("event-stream prelude CRC mismatch")
+        if total > self._max:
+            raise BufferOverflow(f"an event-stream frame declares {total} bytes, "
+                                 f"above the {self._max}-byte cap")
+        if total < _MIN_FRAME or headers_len > total - _MIN_FRAME:
+            raise StreamDecodeError(f"event-stream frame lengths are inconsistent "
+                                    f"(total {total}, headers {headers_len})")
+        return total
+
+    def _message(self, view: memoryview, pos: int, total: int) -> EventStreamMessage:
+        end = pos + total
+        if zlib.crc32(view[pos : end - 4]) != int.from_bytes(view[end - 4 : end]):
+            raise EventStreamCRCError("event-stream message CRC mismatch")
+        headers_len = int.from_bytes(view[pos + 4 : pos + 8])
+        start = pos + _PRELUDE_LEN
+        block = bytes(view[start : start + headers_len])
+        headers = self._header_cache.get(block)
+        if headers is None:
+            headers = MappingProxyType(parse_headers(block))
+            if len(self._header_cache) < _HEADER_CACHE_SIZE:
+                self._header_cache[block] = headers
+        return EventStreamMessage(headers, bytes(view[start + headers_len : end - 4]))
+
+
+def _bytes(block: bytes, i: int, n: int) -> bytes:
+    if i + n > len(block):
+        raise StreamDecodeError("an event-stream header runs past its block")
+    return block[i : i + n]
+
+
+def _int(block: bytes, i: int, n: int) -> int:
+    return int.from_bytes(_bytes(block, i, n), signed=True)
+
+
+def parse_headers(block: bytes) -> dict[str, HeaderValue]:
+    """One header block: repeated `name_len:u8 name type:u8 value` (value types 0 to 9)."""
+    headers: dict[str, HeaderValue] = {}
+    i, n = 0, len(block)
+    try:
+        while i < n:
+            name_len = block[i]
+            if not name_len:
+                raise StreamDecodeError("an event-stream header has an empty name")
+            name = _bytes(block, i + 1, name_len).decode()
+            i += 1 + name_len
+            kind = _bytes(block, i, 1)[0]
+            i += 1
+            value: HeaderValue
+            if kind == 7 or kind == 6:  # string / byte array: u16 length + bytes
+                size = int.from_bytes(_bytes(block, i, 2))
+                raw = _bytes(block, i + 2, size)
+                value = raw.decode() if kind == 7 else raw
+                i += 2 + size
+            elif kind <= 1:  # bool true / false: no value bytes
+                value = kind == 0
+            elif kind <= 5:  # int8, int16, int32, int64
+                size = 1 << (kind - 2)
+                value = _int(block, i, size)
+                i += size
+            elif kind == 8:  # timestamp: int64 milliseconds since the epoch
+                value = datetime.fromtimestamp(_int(block, i, 8) / 1000, UTC)
+                i += 8
+            elif kind == 9:
+                value = uuid.UUID(bytes=_bytes(block, i, 16))
+                i += 16
+            else:
+                raise StreamDecodeError(f"unknown event-stream header value type {kind}")
+            if name in headers:
+                raise StreamDecodeError(f"duplicate event-stream header {name!r}")
+            headers[name] = value
+    except UnicodeDecodeError:
+        raise StreamDecodeError("an event-stream header is not valid UTF-8") from None
+    except (OverflowError, ValueError) as e:  # an out-of-range timestamp
+        raise StreamDecodeError(f"an event-stream header value is invalid ({e})") from None
+    return headers

@@ -1,0 +1,102 @@
+"""AWS Bedrock Converse / ConverseStream (`type: bedrock`).
+
+    POST {base}/model/{url-encoded model id}/converse-stream   (stream: AWS event-stream frames)
+    POST {base}/model/{url-encoded model id}/converse          (non-stream: JSON)
+
+`base` defaults to `https://bedrock-runtime.{region}.amazonaws.com`. The URL is normalised the
+way aiohttp will send it before it is signed, so the signed path is the path on the wire
+(a `:` in a model id travels as `:`, a `/` in an ARN as `%2F`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
+
+import orjson
+from yarl import URL
+
+from streamproxy.config import ConfigError, ProviderConfig
+from streamproxy.errors import UpstreamStatusError
+from streamproxy.openai_api.chunks import ChunkSink
+from streamproxy.providers.base import Provider, StreamTranslator, UpstreamRequest
+from streamproxy.providers.bedrock import auth
+from streamproxy.providers.bedrock.request import DROPPED, to_converse
+from streamproxy.providers.bedrock.response import to_completion
+from streamproxy.providers.bedrock.stream import BedrockStreamTranslator
+
+if TYPE_CHECKING:
+    from streamproxy.openai_api.request import ChatRequest
+    from streamproxy.routing.target import Target
+
+
+NO_REGION = "no AWS region: set region, AWS_REGION / AWS_DEFAULT_REGION, or one in the profile"
+
+
+class BedrockProvider(Provider):
+    type_name: ClassVar[str] = "bedrock"
+    option_keys: ClassVar[frozenset[str]] = auth.OPTION_KEYS
+    dropped_params: ClassVar[frozenset[str]] = DROPPED
+
+    def __init__(self, cfg: ProviderConfig, **kw: Any) -> None:
+        super().__init__(cfg, **kw)
+        region = auth.resolve_region(cfg.options)
+        if not region:
+            raise ConfigError("config", f"providers.{cfg.name}.region", NO_REGION)
+        self.region = region
+        self.auth = auth.BedrockAuth(cfg, region)
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any], source: str, where: str) -> None:
+        super().check_options(options, source, where)
+        auth.check_options(options, source, where)
+
+    @classmethod
+    def check_entry(cls, entry: dict[str, Any], source: str, where: str) -> None:
+        options = {k: v for k, v in entry.items() if k in cls.option_keys}
+        if not auth.resolve_region(options):
+            raise ConfigError(source, f"{where}.region", NO_REGION)
+
+    @property
+    def base_url(self) -> str:
+        return self.cfg.base_url or f"https://bedrock-runtime.{self.region}.amazonaws.com"
+
+    async def prepare(self, target: Target) -> None:
+        if self.auth.needs_io():  # the first credential lookup, or a renewal: off the loop
+            await asyncio.to_thread(self.auth.load)
+
+    def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
+        model = self.model_for(target)
+        body = orjson.dumps(to_converse(target.apply_overrides(req.body), model))
+        action = "converse-stream" if req.stream else "converse"
+        url = str(URL(f"{self.base_url}/model/{quote(model, safe='')}/{action}"))
+        headers = {"content-type": "application/json", **self.cfg.headers, **target.headers}
+        return UpstreamRequest(url, body, self.auth.sign(url, body, headers, target.api_key))
+
+    def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
+        return BedrockStreamTranslator(out, self.max_event_bytes, self.name)
+
+    def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
+                           created: int) -> dict[str, Any]:
+        return to_completion(body, completion_id=completion_id, created=created,
+                             model=req.model or "")
+
+    def parse_error(self, status: int, body: bytes,
+                    error_type: str | None = None) -> UpstreamStatusError:
+        """`{"message": ...}` with the same status. The error's name travels in the
+        `x-amzn-errortype` header (`error_type`, when the caller has it; `Name:namespace`) or,
+        from some endpoints, a `__type` field; it becomes the OpenAI error `code`."""
+        message = None
+        try:
+            obj = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            obj = None  # not echoed: it may be an HTML page from an intermediary
+        if isinstance(obj, dict):
+            message = obj.get("message") or obj.get("Message")
+            error_type = error_type or obj.get("__type")
+        name = error_type.split(":", 1)[0].rsplit("#", 1)[-1] if isinstance(error_type, str) \
+            else None
+        if not isinstance(message, str) or not message:
+            message = f"provider '{self.name}' returned HTTP {status}"
+        return UpstreamStatusError(status, message, provider=self.name, code=name or None)

@@ -1,0 +1,171 @@
+"""Bedrock authentication: a Bedrock API key (`Authorization: Bearer`) or AWS SigV4.
+
+Which one, in order (docs/providers/bedrock.md):
+1. the provider's `api_key` / `api_key_env` → Bearer;
+2. `aws_access_key_id` + `aws_secret_access_key` (+ `aws_session_token`), each also as `*_env`
+   naming an environment variable → SigV4 with those static keys;
+3. `profile` → SigV4 with that profile of the AWS config files (botocore resolves it: static
+   keys, assume-role, SSO, credential_process);
+4. the `AWS_BEARER_TOKEN_BEDROCK` environment variable → Bearer;
+5. botocore's default credential chain (environment, config files, container, instance role)
+   → SigV4; when it finds nothing, the client's own key (if it sent one) → Bearer.
+
+Signing is pure CPU and happens in `build_request`. Credentials are resolved once per provider
+and cached; botocore's refreshable credentials renew themselves. Both the first lookup and a
+renewal do I/O (instance metadata, STS, SSO): the provider's async `prepare()` runs them in a
+worker thread when `needs_io()` says so, so `build_request` finds them ready. The signed
+headers are those the request carries (content-type, configured extras) plus `Host`, which
+aiohttp sets to the same value.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import botocore.session
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from botocore.exceptions import BotoCoreError, ClientError
+
+from streamproxy.config import ConfigError, ProviderConfig
+from streamproxy.errors import AuthenticationFailed
+
+BEARER_ENV = "AWS_BEARER_TOKEN_BEDROCK"
+SIGNING_SERVICE = "bedrock"
+KEY_OPTIONS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+OPTION_KEYS = frozenset({"region", "profile", *KEY_OPTIONS, *(f"{k}_env" for k in KEY_OPTIONS)})
+_RETRY_CHAIN_AFTER = 60.0  # seconds before looking for credentials again after finding none
+
+# botocore logs the canonical request at DEBUG, and with temporary credentials that includes
+# the session token: keep it out of our logs even when the proxy runs at debug level.
+logging.getLogger("botocore.auth").setLevel(logging.INFO)
+
+
+def check_options(options: dict[str, Any], source: str, where: str) -> None:
+    for key, value in options.items():
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(source, f"{where}.{key}", "must be a string")
+    for key in KEY_OPTIONS:
+        if options.get(key) and options.get(f"{key}_env"):
+            raise ConfigError(source, f"{where}.{key}", f"give {key} or {key}_env, not both")
+    keys = static_keys(options)
+    if bool(keys[0]) != bool(keys[1]):
+        raise ConfigError(source, f"{where}.aws_access_key_id",
+                          "aws_access_key_id and aws_secret_access_key go together (set or "
+                          "named by *_env); one of them is missing or its variable is unset")
+    if keys[0] and options.get("profile"):
+        raise ConfigError(source, f"{where}.profile", "give static keys or a profile, not both")
+
+
+def static_keys(options: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """(access key id, secret, session token) from the options or the variables they name."""
+    values = []
+    for key in KEY_OPTIONS:
+        value = options.get(key)
+        if not value and options.get(f"{key}_env"):
+            value = os.environ.get(options[f"{key}_env"])
+        values.append(value or None)
+    return values[0], values[1], values[2]
+
+
+def resolve_region(options: dict[str, Any]) -> str | None:
+    region = (options.get("region") or os.environ.get("AWS_REGION")
+              or os.environ.get("AWS_DEFAULT_REGION"))
+    if not region and options.get("profile"):
+        try:
+            region = botocore.session.Session(profile=options["profile"]).get_config_variable(
+                "region")
+        except BotoCoreError:  # an unknown profile: reported when credentials are loaded
+            region = None
+    return region or None
+
+
+class BedrockAuth:
+    def __init__(self, cfg: ProviderConfig, region: str) -> None:
+        options = cfg.options
+        self.region = region
+        self._provider = cfg.name
+        self._bearer = cfg.api_key
+        access_key, secret, token = static_keys(options)
+        self._profile: str | None = options.get("profile")
+        self._credentials: Any = None  # botocore (Refreshable)Credentials once resolved
+        self._looked_at: float | None = None  # when the chain last came back empty
+        self._lock = threading.Lock()  # one chain lookup at a time
+        if not self._bearer and access_key and secret:
+            self._credentials = Credentials(access_key, secret, token)
+        elif not self._bearer and not self._profile:
+            self._bearer = os.environ.get(BEARER_ENV) or None
+
+    @property
+    def mode(self) -> str:
+        return "bearer" if self._bearer else "sigv4"
+
+    def __repr__(self) -> str:  # never print a key
+        return f"BedrockAuth(provider={self._provider!r}, mode={self.mode!r})"
+
+    def sign(self, url: str, body: bytes, headers: dict[str, str],
+             client_key: str | None) -> dict[str, str]:
+        """The headers to send: `headers` plus the authentication for this exact url and body."""
+        if self._bearer:
+            return {**headers, "authorization": f"Bearer {self._bearer}"}
+        credentials = self._resolve()
+        if credentials is None:
+            if client_key:
+                return {**headers, "authorization": f"Bearer {client_key}"}
+            raise AuthenticationFailed(
+                f"provider '{self._provider}' found no AWS credentials (options, profile, "
+                f"{BEARER_ENV}, or the AWS credential chain) and the client sent no key")
+        with self._loading():  # no I/O here once prepare() has run
+            frozen = credentials.get_frozen_credentials()
+        request = AWSRequest(method="POST", url=url, data=body, headers=headers)
+        SigV4Auth(frozen, SIGNING_SERVICE, self.region).add_auth(request)
+        return dict(request.headers.items())
+
+    def needs_io(self) -> bool:
+        """Whether signing would first have to look credentials up or renew them: network or
+        file I/O (instance metadata, STS, SSO), which `load()` does off the event loop."""
+        if self._bearer:
+            return False
+        credentials = self._credentials
+        if credentials is None:
+            return not self._recently_empty()
+        refresh_needed = getattr(credentials, "refresh_needed", None)  # refreshable ones only
+        return refresh_needed is not None and refresh_needed()
+
+    def load(self) -> None:
+        """Resolve, or renew, the credentials now (blocking; run in a worker thread)."""
+        credentials = self._resolve()
+        if credentials is not None:
+            with self._loading():
+                credentials.get_frozen_credentials()  # renews when inside the expiry window
+
+    def _recently_empty(self) -> bool:
+        return (self._looked_at is not None
+                and time.monotonic() - self._looked_at < _RETRY_CHAIN_AFTER)
+
+    def _resolve(self) -> Any:
+        with self._lock:
+            if self._credentials is not None or self._recently_empty():
+                return self._credentials
+            with self._loading():
+                session = botocore.session.Session(profile=self._profile)
+                self._credentials = session.get_credentials()
+            if self._credentials is None:
+                self._looked_at = time.monotonic()
+            return self._credentials
+
+    @contextmanager
+    def _loading(self) -> Iterator[None]:
+        try:
+            yield
+        except (BotoCoreError, ClientError) as e:  # e.g. an unknown profile, a failed renewal
+            raise AuthenticationFailed(  # the type only: botocore messages may name ARNs
+                f"provider '{self._provider}': AWS credentials could not be loaded "
+                f"({type(e).__name__})") from None

@@ -1,0 +1,300 @@
+"""OpenAI Chat Completions request → Bedrock Converse request (pure). provider-streams.md §5.1.
+
+Choices (docs/providers/bedrock.md):
+- system/developer messages → `system: [{text}]`, in order;
+- consecutive tool results become one user message of `toolResult` blocks, placed before any
+  other user content; consecutive messages of one role are merged (Converse wants alternation);
+- images are `data:` URLs (→ `image.source.bytes`, base64 as the JSON protocol carries blobs) or
+  `s3://` URIs (→ `s3Location`); http(s) image URLs are refused: the proxy fetches nothing;
+- `tool_choice`: auto → `{auto}`, required → `{any}`, a named function → `{tool}`. Converse has
+  no "none": the tools are left out instead — unless the conversation already holds toolUse /
+  toolResult blocks, where Bedrock requires a `toolConfig`, so the tools stay and "none" is not
+  enforced. A conversation with tool blocks and no `tools` gets name-only tool specs;
+- `reasoning_effort` low/medium/high → `additionalModelRequestFields.thinking` with a budget of
+  1024/4096/16384 tokens for Claude models (`anthropic.claude` in the model id); dropped for
+  other models;
+- assistant `thinking_blocks` (as we stream them) go back as `reasoningContent` blocks;
+- `response_format` json_object / json_schema → a system instruction (not enforced by Bedrock);
+- Converse-native fields a client may pass (openai SDK `extra_body`) are forwarded: PASSTHROUGH;
+- OpenAI parameters in DROPPED are dropped; `n` > 1 is rejected.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from streamproxy.errors import InvalidRequest
+
+DEFAULT_MAX_TOKENS = 4096
+THINKING_BUDGET = {"low": 1024, "medium": 4096, "high": 16384}
+# OpenAI parameters with no Converse equivalent: dropped, never forwarded.
+DROPPED = frozenset({
+    "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs", "seed",
+    "store", "metadata", "modalities", "audio", "prediction", "service_tier",
+    "web_search_options", "functions", "function_call", "verbosity", "safety_identifier",
+    "prompt_cache_key", "stream_options", "user", "parallel_tool_calls",
+})
+# Converse request fields a client may set itself, forwarded as given.
+PASSTHROUGH = ("additionalModelRequestFields", "additionalModelResponseFieldPaths",
+               "guardrailConfig", "performanceConfig", "promptVariables", "requestMetadata")
+IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg",
+                 "image/gif": "gif", "image/webp": "webp"}
+IMAGE_EXTENSIONS = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "gif": "gif", "webp": "webp"}
+DOCUMENT_FORMATS = {
+    "application/pdf": "pdf", "text/csv": "csv", "application/msword": "doc",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
+    "application/vnd.ms-excel": "xls",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx",
+    "text/html": "html", "text/plain": "txt", "text/markdown": "md",
+}
+# Converse document names allow letters, digits, whitespace, hyphens, parentheses, brackets.
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9\s\-()\[\]]+")
+
+
+def is_claude(model: str) -> bool:
+    return "anthropic.claude" in model
+
+
+def to_converse(body: dict[str, Any], model: str) -> dict[str, Any]:
+    if (body.get("n") or 1) > 1:
+        raise InvalidRequest("Bedrock returns one choice per request; 'n' must be 1.",
+                             param="n", code="unsupported_value")
+    system, messages, tool_names = _messages(body["messages"])
+    out: dict[str, Any] = {"messages": messages}
+    for key in PASSTHROUGH:
+        if body.get(key) is not None:
+            out[key] = body[key]
+    inference = _inference_config(body, model, out)
+    if inference:
+        out["inferenceConfig"] = inference
+    _response_format(body, system)
+    if system:
+        out["system"] = system
+    tool_config = _tool_config(body, tool_names)
+    if tool_config:
+        out["toolConfig"] = tool_config
+    return out
+
+
+def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    effort = body.get("reasoning_effort")
+    budget = THINKING_BUDGET.get(effort) if isinstance(effort, str) else None
+    if budget and is_claude(model):
+        fields = dict(out.get("additionalModelRequestFields") or {})
+        fields.setdefault("thinking", {"type": "enabled", "budget_tokens": budget})
+        out["additionalModelRequestFields"] = fields
+        max_tokens = max_tokens or budget + DEFAULT_MAX_TOKENS  # Claude wants max > budget
+    if max_tokens:
+        config["maxTokens"] = max_tokens
+    if body.get("temperature") is not None:
+        config["temperature"] = body["temperature"]
+    if body.get("top_p") is not None:
+        config["topP"] = body["top_p"]
+    stop = body.get("stop")
+    if stop:
+        config["stopSequences"] = [stop] if isinstance(stop, str) else stop
+    return config
+
+
+def _response_format(body: dict[str, Any], system: list[dict[str, Any]]) -> None:
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_object":
+        system.append({"text": "Respond with a single valid JSON object and nothing else."})
+    elif fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise InvalidRequest("'response_format.json_schema.schema' must be an object.",
+                                 param="response_format.json_schema.schema")
+        system.append({"text": "Respond with a single valid JSON object and nothing else, "
+                               "matching this JSON Schema: " + orjson.dumps(schema).decode()})
+
+
+def _tool_config(body: dict[str, Any], history_tools: list[str]) -> dict[str, Any] | None:
+    tools = body.get("tools") or []
+    choice = body.get("tool_choice")
+    if choice == "none" and not history_tools:
+        return None  # Converse has no "none": offering no tools is the equivalent
+    specs = [_tool_spec(t["function"]) for t in tools]
+    if not specs:
+        # Bedrock rejects toolUse / toolResult blocks without a toolConfig.
+        specs = [{"toolSpec": {"name": name, "inputSchema": {"json": {"type": "object"}}}}
+                 for name in dict.fromkeys(history_tools)]
+    if not specs:
+        return None
+    config: dict[str, Any] = {"tools": specs}
+    if choice == "auto":
+        config["toolChoice"] = {"auto": {}}
+    elif choice == "required":
+        config["toolChoice"] = {"any": {}}
+    elif isinstance(choice, dict):
+        config["toolChoice"] = {"tool": {"name": choice["function"]["name"]}}
+    return config
+
+
+def _tool_spec(fn: dict[str, Any]) -> dict[str, Any]:
+    schema = fn.get("parameters") or {"type": "object", "properties": {}}
+    spec: dict[str, Any] = {"name": fn["name"], "inputSchema": {"json": schema}}
+    if fn.get("description"):
+        spec["description"] = fn["description"]
+    return {"toolSpec": spec}
+
+
+def _messages(msgs: list[dict[str, Any]]
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    system: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
+    tool_names: list[str] = []  # tools the history uses, for a toolConfig when none is given
+    for i, m in enumerate(msgs):
+        role = m["role"]
+        if role in ("system", "developer"):
+            system.extend(_text_blocks(m.get("content"), f"messages[{i}].content"))
+            continue
+        if role == "user":
+            blocks = _user_blocks(m.get("content"), i)
+        elif role == "assistant":
+            blocks = _assistant_blocks(m, i, tool_names)
+        elif role == "tool":
+            blocks = [_tool_result(m, i)]
+        else:  # legacy "function" role: no tool_call_id to pair it with
+            raise InvalidRequest("The legacy 'function' role is not supported; use 'tool'.",
+                                 param=f"messages[{i}].role", code="unsupported_value")
+        if not blocks:
+            continue  # Converse rejects a message without content
+        role_out = "assistant" if role == "assistant" else "user"
+        if out and out[-1]["role"] == role_out:
+            prev = out[-1]["content"]
+            if role == "tool" and prev and "toolResult" not in prev[-1]:
+                # Tool results must lead the user turn that follows a toolUse turn.
+                out[-1]["content"] = [b for b in prev if "toolResult" in b] + blocks + \
+                    [b for b in prev if "toolResult" not in b]
+            else:
+                prev.extend(blocks)
+        else:
+            out.append({"role": role_out, "content": blocks})
+    return system, out, tool_names
+
+
+def _text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"text": content}] if content else []  # Converse rejects blank text blocks
+    blocks = []
+    for j, part in enumerate(content):
+        if part.get("type") == "text":
+            if part.get("text"):
+                blocks.append({"text": part["text"]})
+        elif part.get("type") == "refusal":
+            continue
+        else:
+            raise InvalidRequest(f"Content part type '{part.get('type')}' is not allowed here.",
+                                 param=f"{where}[{j}].type", code="unsupported_value")
+    return blocks
+
+
+def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
+    if not isinstance(content, list):
+        return _text_blocks(content, f"messages[{i}].content")
+    blocks = []
+    for j, part in enumerate(content):
+        kind = part.get("type")
+        where = f"messages[{i}].content[{j}]"
+        if kind == "text":
+            if part.get("text"):
+                blocks.append({"text": part["text"]})
+        elif kind == "image_url":
+            url = (part.get("image_url") or {}).get("url")
+            blocks.append({"image": _image(url, f"{where}.image_url.url")})
+        elif kind == "file":
+            blocks.append({"document": _document(part.get("file") or {}, f"{where}.file", i, j)})
+        else:
+            raise InvalidRequest(f"Content part type '{kind}' is not supported by Bedrock.",
+                                 param=f"{where}.type", code="unsupported_value")
+    return blocks
+
+
+def _data_url(url: Any, where: str) -> tuple[str, str]:
+    """`data:<mime>;base64,<data>` → (mime, base64 data). The base64 text is forwarded as is:
+    the Converse JSON protocol carries `bytes` fields as base64."""
+    head, _, data = url.partition(",")
+    media_type = head[5:].split(";")[0].lower()
+    if ";base64" not in head or not media_type or not data:
+        raise InvalidRequest("A data: URL must look like data:<mime>;base64,<data>.",
+                             param=where, code="invalid_value")
+    return media_type, data
+
+
+def _image(url: Any, where: str) -> dict[str, Any]:
+    if isinstance(url, str) and url.startswith("data:"):
+        media_type, data = _data_url(url, where)
+        fmt = IMAGE_FORMATS.get(media_type)
+        if fmt is None:
+            raise InvalidRequest(f"Bedrock takes png, jpeg, gif or webp images, not {media_type}.",
+                                 param=where, code="unsupported_value")
+        return {"format": fmt, "source": {"bytes": data}}
+    if isinstance(url, str) and url.startswith("s3://"):
+        fmt = IMAGE_EXTENSIONS.get(url.rsplit(".", 1)[-1].lower())
+        if fmt is None:
+            raise InvalidRequest("An s3:// image URI must end in .png, .jpg, .jpeg, .gif or "
+                                 ".webp.", param=where, code="invalid_value")
+        return {"format": fmt, "source": {"s3Location": {"uri": url}}}
+    raise InvalidRequest("Bedrock takes images as data: URLs or s3:// URIs; the proxy does not "
+                         "fetch http(s) URLs.", param=where, code="invalid_value")
+
+
+def _document(file: dict[str, Any], where: str, i: int, j: int) -> dict[str, Any]:
+    data = file.get("file_data")
+    if not isinstance(data, str) or not data.startswith("data:"):
+        raise InvalidRequest("Bedrock takes files as file_data data: URLs.",
+                             param=f"{where}.file_data", code="invalid_value")
+    media_type, payload = _data_url(data, f"{where}.file_data")
+    fmt = DOCUMENT_FORMATS.get(media_type)
+    if fmt is None:
+        raise InvalidRequest(f"Bedrock does not take documents of type {media_type}.",
+                             param=f"{where}.file_data", code="unsupported_value")
+    stem = str(file.get("filename") or "").rsplit(".", 1)[0]
+    name = " ".join(_NAME_UNSAFE.sub("-", stem).split()) or f"document-{i}-{j}"
+    return {"format": fmt, "name": name, "source": {"bytes": payload}}
+
+
+def _assistant_blocks(m: dict[str, Any], i: int, tool_names: list[str]) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    for tb in m.get("thinking_blocks") or []:  # signed reasoning first, as Claude requires
+        if not isinstance(tb, dict):
+            continue
+        if tb.get("type") == "thinking" and tb.get("signature"):
+            blocks.append({"reasoningContent": {"reasoningText": {
+                "text": tb.get("thinking") or "", "signature": tb["signature"]}}})
+        elif tb.get("type") == "redacted_thinking" and tb.get("data"):
+            blocks.append({"reasoningContent": {"redactedContent": tb["data"]}})
+    blocks.extend(_text_blocks(m.get("content"), f"messages[{i}].content"))
+    for j, call in enumerate(m.get("tool_calls") or []):
+        fn = call["function"]
+        args = fn.get("arguments") or "{}"
+        try:
+            parsed = orjson.loads(args) if isinstance(args, str) else args
+        except orjson.JSONDecodeError:
+            raise InvalidRequest(
+                "Tool call arguments must be a JSON object string.",
+                param=f"messages[{i}].tool_calls[{j}].function.arguments",
+                code="invalid_value") from None
+        if not isinstance(parsed, dict):
+            parsed = {"value": parsed}
+        tool_names.append(fn["name"])
+        blocks.append({"toolUse": {"toolUseId": call.get("id") or f"tooluse_{i}_{j}",
+                                   "name": fn["name"], "input": parsed}})
+    return blocks
+
+
+def _tool_result(m: dict[str, Any], i: int) -> dict[str, Any]:
+    content = m.get("content")
+    if isinstance(content, list):
+        blocks = _text_blocks(content, f"messages[{i}].content")
+    else:
+        blocks = [{"text": content or ""}]
+    return {"toolResult": {"toolUseId": m["tool_call_id"], "content": blocks}}

@@ -1,0 +1,53 @@
+"""Bedrock Converse response (non-streamed) → OpenAI `chat.completion` (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from streamproxy.errors import UpstreamProtocolError
+from streamproxy.openai_api.completion import CompletionBuilder
+from streamproxy.providers.bedrock.stream import FINISH_REASONS, map_usage
+
+
+def to_completion(body: bytes, *, completion_id: str, created: int, model: str) -> dict[str, Any]:
+    try:
+        answer = orjson.loads(body)
+        blocks = answer["output"]["message"]["content"]
+        out = _translate(blocks, answer)
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise UpstreamProtocolError("the upstream answered with a malformed message") from None
+    return out.completion(completion_id=completion_id, created=created, model=model)
+
+
+def _translate(blocks: list[dict[str, Any]], answer: dict[str, Any]) -> CompletionBuilder:
+    out = CompletionBuilder()
+    out.start(None)
+    tools = 0
+    for block in blocks:
+        if "text" in block:
+            out.content(block["text"])
+        elif "toolUse" in block:
+            call = block["toolUse"]
+            out.tool_call_start(tools, call["toolUseId"], call["name"],
+                                orjson.dumps(call.get("input") or {}).decode())
+            tools += 1
+        elif "reasoningContent" in block:
+            _reasoning(block["reasoningContent"], out)
+        # citationsContent, image, document... have no OpenAI slot in an answer: dropped.
+    out.finish(FINISH_REASONS.get(answer.get("stopReason") or "end_turn", "stop"))
+    if answer.get("usage"):
+        out.usage(map_usage(answer["usage"]))
+    return out
+
+
+def _reasoning(content: dict[str, Any], out: CompletionBuilder) -> None:
+    text = content.get("reasoningText")
+    if text:
+        out.reasoning(text.get("text") or "")
+        if text.get("signature"):
+            out.thinking_block({"type": "thinking", "thinking": text.get("text") or "",
+                                "signature": text["signature"]})
+    elif content.get("redactedContent"):
+        out.thinking_block({"type": "redacted_thinking", "data": content["redactedContent"]})

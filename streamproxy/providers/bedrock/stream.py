@@ -1,0 +1,199 @@
+"""Bedrock ConverseStream (AWS event-stream frames) → ChunkSink (pure). provider-streams.md §5.3.
+
+- Dispatch is on the frame headers (`:message-type`, then `:event-type` / `:exception-type`),
+  never on which keys a payload happens to hold; the `"p"` padding key is ignored.
+- Tool-call `index` is the running count of toolUse blocks, not `contentBlockIndex` (a text block
+  before the tool takes index 0 there). A toolUse block with no input fragment gets "{}".
+- Reasoning text goes to `reasoning_content`; the block's signature (Claude) is emitted with the
+  whole signed text as a `thinking_blocks` entry, so the client can send it back (request.py).
+- Bedrock sends `metadata` (usage) *after* `messageStop`; metadata is the end of the stream.
+  A stream that closes after messageStop without metadata is reported as truncated: the answer
+  is complete, but nothing tells a cut connection from a finished one there, so we do not guess.
+- Exception frames end the stream with one OpenAI error frame and no [DONE].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from streamproxy.decode.eventstream import EventStreamDecoder, EventStreamMessage
+from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
+from streamproxy.openai_api.chunks import ChunkSink, make_usage
+from streamproxy.providers.base import StreamTranslator, load_event_json
+
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "guardrail_intervened": "content_filter",
+    "content_filtered": "content_filter",
+}
+
+# AWS error shape name (lower-cased) → HTTP status, for exception frames (camelCase names) and
+# HTTP error bodies (`x-amzn-errortype: ValidationException:...`). AWS Bedrock API reference.
+ERROR_STATUS = {
+    "validationexception": 400,
+    "servicequotaexceededexception": 400,
+    "accessdeniedexception": 403,
+    "unrecognizedclientexception": 403,
+    "resourcenotfoundexception": 404,
+    "modeltimeoutexception": 408,
+    "conflictexception": 409,
+    "modelerrorexception": 424,
+    "throttlingexception": 429,
+    "modelnotreadyexception": 429,
+    "internalserverexception": 500,
+    "modelstreamerrorexception": 500,
+    "serviceunavailableexception": 503,
+}
+
+
+def aws_error(kind: Any, message: Any, provider: str) -> UpstreamStatusError:
+    """An AWS error name + message from a stream → our error; an unknown name is a 502."""
+    name = kind if isinstance(kind, str) else ""
+    status = ERROR_STATUS.get(name.lower(), 502)
+    text = message if isinstance(message, str) and message else (
+        f"provider '{provider}' reported {name or 'an error'}")
+    return UpstreamStatusError(status, text, provider=provider, code=name or None)
+
+
+def map_usage(u: dict[str, Any]) -> dict[str, Any]:
+    cache_read = u.get("cacheReadInputTokens") or 0
+    cache_write = u.get("cacheWriteInputTokens") or 0
+    prompt = (u.get("inputTokens") or 0) + cache_read + cache_write
+    return make_usage(prompt, u.get("outputTokens") or 0, cached=cache_read)
+
+
+def _message_of(payload: bytes) -> Any:
+    """An exception payload's `message`; a payload that is not JSON still ends the stream with
+    the exception's status, not with a decode error that would hide it."""
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return body.get("message") or body.get("Message") if isinstance(body, dict) else None
+
+
+class BedrockStreamTranslator(StreamTranslator):
+    def __init__(self, out: ChunkSink, max_frame_bytes: int, provider: str = "bedrock") -> None:
+        self.out = out
+        self.done = False
+        self._provider = provider
+        self._decoder = EventStreamDecoder(max_frame_bytes)
+        self._tool_of_block: dict[int, int] = {}  # contentBlockIndex → tool ordinal
+        self._args_seen: set[int] = set()  # block indices that got a non-empty input fragment
+        self._started = False
+        self._stopped = False  # messageStop seen
+        self._thinking_block: int | None = None  # block index the reasoning text belongs to
+        self._thinking: list[str] = []
+
+    def feed(self, data: bytes) -> None:
+        for message in self._decoder.feed(data):
+            if self.done:
+                return
+            self._on_message(message)
+
+    def close(self) -> None:
+        self._decoder.close()  # raises StreamTruncated if a frame was cut short
+        if not self.done:
+            what = "metadata" if self._stopped else "messageStop"
+            raise StreamTruncated(f"the upstream closed the stream before its {what} event")
+
+    def _on_message(self, message: EventStreamMessage) -> None:
+        headers = message.headers
+        kind = headers.get(":message-type")
+        if kind == "event":
+            event = headers.get(":event-type")
+            body = load_event_json(message.payload)
+            try:
+                self._event(event, body)
+            except (KeyError, TypeError, AttributeError) as e:
+                raise StreamDecodeError(
+                    f"the upstream sent a malformed {event!r} event ({e!r})") from None
+        elif kind == "exception":
+            self._fail(aws_error(headers.get(":exception-type"), _message_of(message.payload),
+                                 self._provider))
+        elif kind == "error":  # protocol-level error: code and message are headers
+            self._fail(aws_error(headers.get(":error-code"), headers.get(":error-message"),
+                                 self._provider))
+        else:
+            raise StreamDecodeError(f"event-stream frame with :message-type {kind!r}")
+
+    def _fail(self, err: UpstreamStatusError) -> None:
+        self.out.error(err)
+        self.done = True
+
+    def _event(self, event: Any, body: dict[str, Any]) -> None:
+        if event == "contentBlockDelta":  # the hot case first
+            self._delta(body["contentBlockIndex"], body["delta"])
+        elif event == "contentBlockStart":
+            self._start()
+            tool = body["start"].get("toolUse")
+            if tool is not None:
+                ordinal = len(self._tool_of_block)
+                self._tool_of_block[body["contentBlockIndex"]] = ordinal
+                self.out.tool_call_start(ordinal, tool["toolUseId"], tool["name"])
+        elif event == "contentBlockStop":
+            index = body["contentBlockIndex"]
+            tool = self._tool_of_block.get(index)
+            if tool is not None and index not in self._args_seen:
+                self.out.tool_call_args(tool, "{}")
+        elif event == "messageStart":
+            self._start()
+        elif event == "messageStop":
+            self._start()
+            self._stopped = True
+            self.out.finish(FINISH_REASONS.get(body.get("stopReason") or "end_turn", "stop"))
+        elif event == "metadata":
+            self._start()
+            if body.get("usage"):
+                self.out.usage(map_usage(body["usage"]))
+            self.out.end()
+            self.done = True
+        # Unknown event types (new additions to the API) carry nothing we can map.
+
+    def _start(self) -> None:
+        if not self._started:
+            self._started = True
+            self.out.start(None)  # ConverseStream names no model; the encoder keeps ours
+
+    def _delta(self, index: int, delta: dict[str, Any]) -> None:
+        if not self._started:
+            self._start()
+        text = delta.get("text")
+        if text is not None:
+            if text:
+                self.out.content(text)
+            return
+        tool_use = delta.get("toolUse")
+        if tool_use is not None:
+            fragment = tool_use.get("input")
+            tool = self._tool_of_block.get(index)
+            if fragment and tool is not None:
+                self._args_seen.add(index)
+                self.out.tool_call_args(tool, fragment)
+            return
+        reasoning = delta.get("reasoningContent")
+        if reasoning is not None:
+            self._reasoning(index, reasoning)
+        # citation, image, toolResult deltas have no OpenAI slot: dropped.
+
+    def _reasoning(self, index: int, reasoning: dict[str, Any]) -> None:
+        if index != self._thinking_block:
+            self._thinking_block = index
+            self._thinking = []
+        if reasoning.get("text"):
+            self._thinking.append(reasoning["text"])
+            self.out.reasoning(reasoning["text"])
+        if reasoning.get("signature"):
+            # The signature covers the block's whole text: send both, so the client can return
+            # the block unchanged on its next turn.
+            self.out.thinking_block({"type": "thinking", "thinking": "".join(self._thinking),
+                                     "signature": reasoning["signature"]})
+        if reasoning.get("redactedContent"):
+            self.out.thinking_block({"type": "redacted_thinking",
+                                     "data": reasoning["redactedContent"]})

@@ -1,0 +1,698 @@
+"""Bedrock ConverseStream: the recorded stream translates exactly (fixtures/README.md) at random
+splits, pure and through the proxy; exception frames and truncation end in an error frame; the
+request a fake Bedrock receives is the right Converse body, signed with SigV4 (verified here by
+an independent implementation of the algorithm) or carrying a Bedrock API key; the openai SDK
+works end to end. Streams not in the recordings are built with tests/eventstream_frames.py."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import random
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import botocore.session
+import openai
+import orjson
+import pytest
+from botocore.credentials import RefreshableCredentials
+
+from streamproxy.config import ConfigError
+from streamproxy.errors import AuthenticationFailed, InvalidRequest, ProxyError
+from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.openai_api.request import parse_chat_request
+from streamproxy.providers.bedrock import BedrockProvider
+from streamproxy.providers.bedrock.request import DROPPED, to_converse
+from streamproxy.providers.bedrock.stream import BedrockStreamTranslator
+from streamproxy.routing.target import Target
+from tests.eventstream_frames import encode_frame, event, exception, split_frames
+from tests.helpers import Received, collect, fixture_bytes, make_config, random_splits, sse_chunks
+
+RECORDING = fixture_bytes("bedrock/pydantic-ai_bedrock_model_iter_stream.converse-stream.bin")
+EXCEPTION = fixture_bytes("bedrock/vercel-ai_model-stream-error-exception.eventstream.bin")
+CONTENT = ("<thinking> To find the temperature of the capital of France, I first need to "
+           "determine the capital of France. Then, I can use the temperature tool to get the "
+           "current temperature in that city. </thinking>\n")
+EVENTSTREAM = "application/vnd.amazon.eventstream"
+MODEL = "amazon.nova-micro-v1:0"
+AKID, SECRET = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+TOKEN = "FwoGZXIvYXdzEXAMPLE"
+CHAT = "/v1/chat/completions"
+
+
+def bedrock_config(url: str, **extra: Any) -> Any:
+    provider = {"type": "bedrock", "base_url": url, "region": "us-west-2",
+                "aws_access_key_id": AKID, "aws_secret_access_key": SECRET,
+                "default_model": MODEL, **extra}
+    return make_config({"aws": {k: v for k, v in provider.items() if v is not None}},
+                       default="aws")
+
+
+def translate(pieces: list[bytes], include_usage: bool = True) -> bytes:
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m",
+                       include_usage=include_usage)
+    tr = BedrockStreamTranslator(enc, 1 << 20)
+    out = b""
+    try:
+        for piece in pieces:
+            tr.feed(piece)
+            out += enc.take()
+        tr.close()
+    except ProxyError as e:  # what the relay does with a failure after commit
+        enc.error(e)
+    return out + enc.take()
+
+
+def check_recording(out: bytes) -> None:
+    c = collect(sse_chunks(out))
+    assert c.error is None and c.done
+    assert len(c.ids) == 1 and c.roles == 1
+    assert c.content == CONTENT
+    assert c.tool_calls == [{"id": "tooluse_QjQX34XORLu0wJVplWWHGQ", "name": "get_capital",
+                             "arguments": '{"country":"France"}'}]
+    assert c.finish_reason == "tool_calls"
+    assert c.usage is not None
+    assert (c.usage["prompt_tokens"], c.usage["completion_tokens"],
+            c.usage["total_tokens"]) == (489, 59, 548)
+
+
+# -- the stream, pure -------------------------------------------------------------------------
+
+def test_recording_whole_byte_by_byte_and_at_random_splits() -> None:
+    check_recording(translate([RECORDING]))
+    check_recording(translate([RECORDING[i : i + 1] for i in range(len(RECORDING))]))
+    rng = random.Random(7)
+    for _ in range(40):
+        check_recording(translate(random_splits(RECORDING, rng, rng.choice([5, 64, 700]))))
+
+
+def test_exception_frame_is_one_error_frame_with_its_status_type() -> None:
+    chunks = sse_chunks(translate([EXCEPTION]))
+    assert chunks == [{"error": {"message": "Model Stream Error", "type": "api_error",
+                                 "param": None, "code": "modelStreamErrorException"}}]
+
+
+@pytest.mark.parametrize(("kind", "error_type"), [
+    ("throttlingException", "rate_limit_error"),
+    ("validationException", "invalid_request_error"),
+    ("serviceUnavailableException", "api_error"),
+])
+def test_exception_after_content_ends_without_finish_or_done(kind: str, error_type: str) -> None:
+    frames = split_frames(RECORDING)
+    c = collect(sse_chunks(translate([b"".join(frames[:6]) + exception(kind, "nope")])))
+    assert c.content == "<thinking> To find the"
+    assert c.error == {"message": "nope", "type": error_type, "param": None, "code": kind}
+    assert c.finish_reason is None and not c.done
+
+
+def test_protocol_error_frames_and_unknown_exceptions() -> None:
+    start = event("messageStart", {})
+    error = encode_frame({":message-type": "error", ":error-code": "InternalFailure",
+                          ":error-message": "boom"}, b"")
+    c = collect(sse_chunks(translate([start + error])))
+    assert c.error == {"message": "boom", "type": "api_error", "param": None,
+                       "code": "InternalFailure"}
+    odd = encode_frame({":message-type": "exception", ":exception-type": "newException"},
+                       b"not json")
+    c = collect(sse_chunks(translate([start + odd])))
+    assert c.error is not None and c.error["code"] == "newException" and not c.done
+
+
+def test_truncation_anywhere_is_an_error_never_a_stop() -> None:
+    rng = random.Random(3)
+    for _ in range(30):
+        cut = rng.randrange(1, len(RECORDING))
+        c = collect(sse_chunks(translate([RECORDING[:cut]])))
+        assert c.error is not None and c.error["code"] == "upstream_stream_truncated"
+        assert not c.done and c.finish_reason in (None, "tool_calls")
+
+
+def test_message_stop_without_metadata_is_reported_as_truncated() -> None:
+    frames = split_frames(RECORDING)
+    c = collect(sse_chunks(translate([b"".join(frames[:-1])])))
+    assert c.finish_reason == "tool_calls" and c.tool_calls  # the answer itself arrived
+    assert c.error is not None and "metadata" in c.error["message"] and not c.done
+
+
+def test_dispatch_is_on_headers_not_on_payload_keys() -> None:
+    body = b"".join([
+        event("messageStart", {"role": "assistant"}),
+        # A messageStop whose payload also has usage and delta keys: only its stop reason counts.
+        event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "hi"},
+                                    "usage": {"inputTokens": 999}}),
+        event("messageStop", {"stopReason": "max_tokens", "delta": {"text": "no"},
+                              "usage": {"inputTokens": 999}}),
+        event("someFutureEvent", {"delta": {"text": "no"}}),
+        event("metadata", {"usage": {"inputTokens": 3, "outputTokens": 2, "totalTokens": 5}}),
+    ])
+    c = collect(sse_chunks(translate([body])))
+    assert c.content == "hi" and c.finish_reason == "length" and c.done
+    assert c.usage["prompt_tokens"] == 3
+
+
+def test_unknown_message_type_is_a_decode_error() -> None:
+    frame = encode_frame({":message-type": "surprise"}, b"{}")
+    c = collect(sse_chunks(translate([event("messageStart", {}) + frame])))
+    assert c.error is not None and c.error["code"] == "upstream_protocol_error"
+
+
+def test_tool_indices_are_ordinals_and_argless_tools_get_empty_object() -> None:
+    body = b"".join([
+        event("messageStart", {"role": "assistant"}),
+        event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Two."}}),
+        event("contentBlockStop", {"contentBlockIndex": 0}),
+        event("contentBlockStart", {"contentBlockIndex": 1, "start": {
+            "toolUse": {"toolUseId": "t1", "name": "now"}}}),
+        event("contentBlockStop", {"contentBlockIndex": 1}),
+        event("contentBlockStart", {"contentBlockIndex": 2, "start": {
+            "toolUse": {"toolUseId": "t2", "name": "add"}}}),
+        event("contentBlockDelta", {"contentBlockIndex": 2,
+                                    "delta": {"toolUse": {"input": '{"a"'}}}),
+        event("contentBlockDelta", {"contentBlockIndex": 2,
+                                    "delta": {"toolUse": {"input": ":1}"}}}),
+        event("contentBlockStop", {"contentBlockIndex": 2}),
+        event("messageStop", {"stopReason": "tool_use"}),
+        event("metadata", {"usage": {"inputTokens": 10, "outputTokens": 5,
+                                     "cacheReadInputTokens": 100, "cacheWriteInputTokens": 7}}),
+    ])
+    c = collect(sse_chunks(translate([body])))
+    assert [(t["id"], t["name"]) for t in c.tool_calls] == [("t1", "now"), ("t2", "add")]
+    assert c.args(0) == {} and c.args(1) == {"a": 1}
+    assert c.finish_reason == "tool_calls"
+    assert c.usage == {"prompt_tokens": 117, "completion_tokens": 5, "total_tokens": 122,
+                       "prompt_tokens_details": {"cached_tokens": 100}}
+
+
+@pytest.mark.parametrize(("reason", "finish"), [
+    ("end_turn", "stop"), ("stop_sequence", "stop"), ("max_tokens", "length"),
+    ("tool_use", "tool_calls"), ("guardrail_intervened", "content_filter"),
+    ("content_filtered", "content_filter"),
+])
+def test_stop_reasons(reason: str, finish: str) -> None:
+    body = event("messageStart", {}) + event("messageStop", {"stopReason": reason}) + \
+        event("metadata", {"usage": {"inputTokens": 1, "outputTokens": 1}})
+    assert collect(sse_chunks(translate([body]))).finish_reason == finish
+
+
+THINKING = [
+    event("messageStart", {"role": "assistant"}),
+    event("contentBlockDelta", {"contentBlockIndex": 0,
+                                "delta": {"reasoningContent": {"text": "Paris is "}}}),
+    event("contentBlockDelta", {"contentBlockIndex": 0,
+                                "delta": {"reasoningContent": {"text": "the capital."}}}),
+    event("contentBlockDelta", {"contentBlockIndex": 0,
+                                "delta": {"reasoningContent": {"signature": "SIG=="}}}),
+    event("contentBlockStop", {"contentBlockIndex": 0}),
+    event("contentBlockDelta", {"contentBlockIndex": 1,
+                                "delta": {"reasoningContent": {"redactedContent": "UkVE"}}}),
+    event("contentBlockDelta", {"contentBlockIndex": 2, "delta": {"text": "Paris."}}),
+    event("messageStop", {"stopReason": "end_turn"}),
+    event("metadata", {"usage": {"inputTokens": 4, "outputTokens": 9}}),
+]
+
+
+def test_reasoning_and_its_signature_come_out_for_the_next_turn() -> None:
+    c = collect(sse_chunks(translate([b"".join(THINKING)])))
+    assert c.reasoning == "Paris is the capital." and c.content == "Paris."
+    assert c.thinking_blocks == [
+        {"type": "thinking", "thinking": "Paris is the capital.", "signature": "SIG=="},
+        {"type": "redacted_thinking", "data": "UkVE"},
+    ]
+    # ... and go back to Bedrock as reasoningContent blocks, first in the assistant turn.
+    sent = to_converse({"messages": [
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": c.content, "thinking_blocks": c.thinking_blocks},
+        {"role": "user", "content": "Thanks"}]}, "us.anthropic.claude-sonnet-4-20250514-v1:0")
+    assert sent["messages"][1]["content"] == [
+        {"reasoningContent": {"reasoningText": {"text": "Paris is the capital.",
+                                                "signature": "SIG=="}}},
+        {"reasoningContent": {"redactedContent": "UkVE"}},
+        {"text": "Paris."},
+    ]
+
+
+# -- the request, pure ------------------------------------------------------------------------
+
+PNG = "data:image/png;base64,iVBORw0KGgo="
+TOOLS = [{"type": "function", "function": {
+    "name": "get_capital", "description": "Capital of a country",
+    "parameters": {"type": "object", "properties": {"country": {"type": "string"}}}}}]
+
+
+def conversation() -> list[dict[str, Any]]:
+    return [
+        {"role": "system", "content": "Be brief."},
+        {"role": "developer", "content": [{"type": "text", "text": "Use tools."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Capitals?"},
+                                     {"type": "image_url", "image_url": {"url": PNG}}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "tu1", "type": "function",
+             "function": {"name": "get_capital", "arguments": '{"country":"France"}'}},
+            {"id": "tu2", "type": "function",
+             "function": {"name": "get_capital", "arguments": '{"country":"Peru"}'}}]},
+        {"role": "tool", "tool_call_id": "tu1", "content": "Paris"},
+        {"role": "tool", "tool_call_id": "tu2", "content": [{"type": "text", "text": "Lima"}]},
+        {"role": "user", "content": "And the temperature?"},
+    ]
+
+
+def test_full_request_translation() -> None:
+    body = {"model": "x", "messages": conversation(), "tools": TOOLS, "tool_choice": "required",
+            "max_tokens": 300, "temperature": 0.2, "top_p": 0.9, "stop": "END",
+            "seed": 1, "user": "u", "logprobs": True, "parallel_tool_calls": False,
+            "guardrailConfig": {"guardrailIdentifier": "g", "guardrailVersion": "1"}}
+    assert to_converse(body, MODEL) == {
+        "system": [{"text": "Be brief."}, {"text": "Use tools."}],
+        "messages": [
+            {"role": "user", "content": [
+                {"text": "Capitals?"},
+                {"image": {"format": "png", "source": {"bytes": "iVBORw0KGgo="}}}]},
+            {"role": "assistant", "content": [
+                {"toolUse": {"toolUseId": "tu1", "name": "get_capital",
+                             "input": {"country": "France"}}},
+                {"toolUse": {"toolUseId": "tu2", "name": "get_capital",
+                             "input": {"country": "Peru"}}}]},
+            {"role": "user", "content": [  # both results, then the text, in one user turn
+                {"toolResult": {"toolUseId": "tu1", "content": [{"text": "Paris"}]}},
+                {"toolResult": {"toolUseId": "tu2", "content": [{"text": "Lima"}]}},
+                {"text": "And the temperature?"}]},
+        ],
+        "inferenceConfig": {"maxTokens": 300, "temperature": 0.2, "topP": 0.9,
+                            "stopSequences": ["END"]},
+        "toolConfig": {"tools": [{"toolSpec": {
+            "name": "get_capital", "description": "Capital of a country",
+            "inputSchema": {"json": TOOLS[0]["function"]["parameters"]}}}],
+            "toolChoice": {"any": {}}},
+        "guardrailConfig": {"guardrailIdentifier": "g", "guardrailVersion": "1"},
+    }
+    assert {"seed", "user", "logprobs", "parallel_tool_calls"} <= DROPPED
+
+
+@pytest.mark.parametrize(("choice", "expected"), [
+    ("auto", {"auto": {}}), ("required", {"any": {}}),
+    ({"type": "function", "function": {"name": "get_capital"}}, {"tool": {"name": "get_capital"}}),
+    (None, None),
+])
+def test_tool_choice(choice: Any, expected: Any) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "tools": TOOLS}
+    if choice is not None:
+        body["tool_choice"] = choice
+    config = to_converse(body, MODEL)["toolConfig"]
+    assert config.get("toolChoice") == expected
+
+
+def test_tool_choice_none_drops_tools_unless_the_history_needs_a_tool_config() -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "tools": TOOLS,
+            "tool_choice": "none"}
+    assert "toolConfig" not in to_converse(body, MODEL)
+    body["messages"] = conversation()
+    config = to_converse(body, MODEL)["toolConfig"]
+    assert config == {"tools": [{"toolSpec": {
+        "name": "get_capital", "description": "Capital of a country",
+        "inputSchema": {"json": TOOLS[0]["function"]["parameters"]}}}]}
+
+
+def test_history_with_tool_blocks_but_no_tools_gets_name_only_specs() -> None:
+    config = to_converse({"messages": conversation()}, MODEL)["toolConfig"]
+    assert config == {"tools": [{"toolSpec": {"name": "get_capital",
+                                              "inputSchema": {"json": {"type": "object"}}}}]}
+
+
+def test_reasoning_effort_is_claude_thinking_and_dropped_elsewhere() -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "medium"}
+    claude = to_converse(body, "us.anthropic.claude-3-7-sonnet-20250219-v1:0")
+    assert claude["additionalModelRequestFields"] == {
+        "thinking": {"type": "enabled", "budget_tokens": 4096}}
+    assert claude["inferenceConfig"] == {"maxTokens": 4096 + 4096}
+    nova = to_converse(body, MODEL)
+    assert "additionalModelRequestFields" not in nova and "inferenceConfig" not in nova
+
+
+def test_documents_json_mode_and_rejections() -> None:
+    pdf = {"type": "file", "file": {"filename": "Q3 report (final).pdf",
+                                    "file_data": "data:application/pdf;base64,JVBERi0="}}
+    out = to_converse({"messages": [{"role": "user", "content": [pdf]}],
+                       "response_format": {"type": "json_object"}}, MODEL)
+    assert out["messages"][0]["content"] == [{"document": {
+        "format": "pdf", "name": "Q3 report (final)", "source": {"bytes": "JVBERi0="}}}]
+    assert "JSON" in out["system"][0]["text"]
+    s3 = to_converse({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "s3://bucket/cat.JPG"}}]}]}, MODEL)
+    assert s3["messages"][0]["content"] == [{"image": {
+        "format": "jpeg", "source": {"s3Location": {"uri": "s3://bucket/cat.JPG"}}}}]
+    for bad in ({"messages": [{"role": "user", "content": "x"}], "n": 2},
+                {"messages": [{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": "https://x/cat.png"}}]}]},
+                {"messages": [{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": "data:image/bmp;base64,AA"}}]}]}):
+        with pytest.raises(InvalidRequest):
+            to_converse(bad, MODEL)
+
+
+# -- auth and configuration ---------------------------------------------------------------------
+
+def verify_sigv4(received: Received, secret: str, region: str) -> dict[str, str]:
+    """Recompute the SigV4 signature of what the fake upstream received, from the spec (not
+    botocore): the canonical URI is the path as it came over the wire, URI-encoded once more,
+    as AWS does for every service but S3."""
+    h = {k.lower(): v for k, v in received.headers.items()}
+    m = re.fullmatch(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
+                     r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})", h["authorization"])
+    assert m, h["authorization"]
+    akid, date, reg, service, signed, signature = m.groups()
+    assert (reg, service) == (region, "bedrock")
+    assert h["x-amz-date"].startswith(date)
+    names = signed.split(";")
+    assert "host" in names and "x-amz-date" in names and "content-type" in names
+    path, _, query = received.path.partition("?")
+    canonical = "\n".join([
+        "POST", quote(path, safe="/~"), query,
+        "".join(f"{n}:{' '.join(h[n].split())}\n" for n in names), signed,
+        hashlib.sha256(received.body).hexdigest()])
+    scope = f"{date}/{region}/bedrock/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", h["x-amz-date"], scope,
+                         hashlib.sha256(canonical.encode()).hexdigest()])
+    key = ("AWS4" + secret).encode()
+    for part in (date, region, "bedrock", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    assert hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest() == signature
+    return {"akid": akid, **h}
+
+
+async def stream_request(client: Any, **body: Any) -> Any:
+    return await client.post(CHAT, json={
+        "model": MODEL, "stream": True, "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "What is the temperature of the capital?"}],
+        **body})
+
+
+async def test_through_the_proxy_signed_with_sigv4(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = EVENTSTREAM
+    upstream.pieces = random_splits(RECORDING, random.Random(11), max_piece=300)
+    client = await proxy(bedrock_config(upstream.url, aws_session_token=TOKEN))
+    resp = await stream_request(client, tools=TOOLS, tool_choice="auto", max_tokens=64)
+    assert resp.status == 200
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    check_recording(await resp.read())
+    [received] = upstream.requests
+    assert received.path == "/model/amazon.nova-micro-v1:0/converse-stream"
+    headers = verify_sigv4(received, SECRET, "us-west-2")
+    assert headers["akid"] == AKID
+    assert headers["x-amz-security-token"] == TOKEN
+    assert "x-amz-security-token" in headers["authorization"]  # signed too
+    sent = received.json()
+    assert sent["inferenceConfig"] == {"maxTokens": 64}
+    assert sent["toolConfig"]["toolChoice"] == {"auto": {}}
+    assert "model" not in sent and "stream" not in sent
+
+
+async def test_arn_model_ids_are_encoded_and_signed_as_sent(proxy: Any, upstream: Any) -> None:
+    arn = "arn:aws:bedrock:us-west-2:123456789012:inference-profile/us.amazon.nova-micro-v1:0"
+    upstream.content_type = EVENTSTREAM
+    upstream.body = RECORDING
+    client = await proxy(bedrock_config(upstream.url, default_model=arn))
+    resp = await stream_request(client, model=None)
+    check_recording(await resp.read())
+    [received] = upstream.requests
+    assert received.path == ("/model/arn:aws:bedrock:us-west-2:123456789012:inference-profile"
+                             "%2Fus.amazon.nova-micro-v1:0/converse-stream")
+    verify_sigv4(received, SECRET, "us-west-2")
+
+
+async def test_credentials_from_env_variables_named_in_options(
+        proxy: Any, upstream: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_AK", "AKIDFROMENV")
+    monkeypatch.setenv("MY_SK", "secret-from-env")
+    upstream.content_type = EVENTSTREAM
+    upstream.body = RECORDING
+    client = await proxy(bedrock_config(
+        upstream.url, aws_access_key_id=None, aws_secret_access_key=None,
+        aws_access_key_id_env="MY_AK", aws_secret_access_key_env="MY_SK", region="eu-west-3"))
+    check_recording(await (await stream_request(client)).read())
+    assert verify_sigv4(upstream.requests[0], "secret-from-env", "eu-west-3")["akid"] == \
+        "AKIDFROMENV"
+
+
+def hermetic_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No AWS credentials anywhere the default chain looks, and no instance-metadata calls."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_BEARER_TOKEN_BEDROCK",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+async def test_default_chain_from_environment(proxy: Any, upstream: Any,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    hermetic_aws_env(monkeypatch)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDCHAIN")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "chain-secret")
+    upstream.content_type = EVENTSTREAM
+    upstream.body = RECORDING
+    client = await proxy(bedrock_config(upstream.url, aws_access_key_id=None,
+                                        aws_secret_access_key=None))
+    check_recording(await (await stream_request(client)).read())
+    assert verify_sigv4(upstream.requests[0], "chain-secret", "us-west-2")["akid"] == "AKIDCHAIN"
+
+
+@pytest.mark.parametrize("where", ["api_key", "env"])
+async def test_bedrock_api_key_as_bearer(where: str, proxy: Any, upstream: Any,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    hermetic_aws_env(monkeypatch)
+    extra: dict[str, Any] = {"aws_access_key_id": None, "aws_secret_access_key": None}
+    if where == "api_key":
+        extra["api_key"] = "bedrock-api-key-1"
+    else:
+        monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", "bedrock-api-key-1")
+    upstream.content_type = EVENTSTREAM
+    upstream.body = RECORDING
+    client = await proxy(bedrock_config(upstream.url, **extra))
+    check_recording(await (await stream_request(client)).read())
+    headers = {k.lower(): v for k, v in upstream.requests[0].headers.items()}
+    assert headers["authorization"] == "Bearer bedrock-api-key-1"
+    assert "x-amz-date" not in headers
+
+
+async def test_no_credentials_uses_the_client_key_or_fails_401(
+        proxy: Any, upstream: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    hermetic_aws_env(monkeypatch)
+    upstream.content_type = EVENTSTREAM
+    upstream.body = RECORDING
+    client = await proxy(bedrock_config(upstream.url, aws_access_key_id=None,
+                                        aws_secret_access_key=None))
+    resp = await stream_request(client)
+    assert resp.status == 401
+    assert (await resp.json())["error"]["type"] == "authentication_error"
+    resp = await client.post(CHAT, headers={"authorization": "Bearer client-bedrock-key"},
+                             json={"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                                   "stream": True})
+    check_recording_no_usage(await resp.read())
+    assert upstream.requests[0].headers["Authorization"] == "Bearer client-bedrock-key"
+
+
+def check_recording_no_usage(out: bytes) -> None:
+    c = collect(sse_chunks(out))
+    assert c.done and c.content == CONTENT and c.usage is None
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError, match="go together"):
+        bedrock_config("http://x", aws_secret_access_key=None)
+    with pytest.raises(ConfigError, match="unknown key"):
+        bedrock_config("http://x", regoin="us-east-1")
+    with pytest.raises(ConfigError, match="not both"):
+        bedrock_config("http://x", profile="dev")
+
+
+def test_missing_region_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    with pytest.raises(ConfigError, match="region") as info:
+        bedrock_config("http://x", region=None)
+    assert info.value.key == "providers.aws.region"
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
+    config = bedrock_config(None, region=None)  # type: ignore[arg-type]
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    with pytest.raises(ConfigError, match="region"):  # checked again when the provider starts
+        BedrockProvider(config.providers["aws"])
+    monkeypatch.setenv("AWS_REGION", "ap-south-1")
+    provider = BedrockProvider(config.providers["aws"])
+    assert provider.base_url == "https://bedrock-runtime.ap-south-1.amazonaws.com"
+
+
+async def test_credential_lookup_and_renewal_happen_in_prepare_not_in_signing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    now = datetime.now(UTC)
+    renewals = []
+
+    def renew() -> dict[str, str]:
+        renewals.append(1)
+        return {"access_key": "AKIDNEW", "secret_key": "new-secret", "token": "t2",
+                "expiry_time": (now + timedelta(hours=1)).isoformat()}
+
+    expiring = RefreshableCredentials.create_from_metadata(
+        {"access_key": "AKIDOLD", "secret_key": "old", "token": "t1",
+         "expiry_time": (now + timedelta(minutes=5)).isoformat()}, renew, "test")
+    lookups = []
+    monkeypatch.setattr(botocore.session.Session, "get_credentials",
+                        lambda self: lookups.append(1) or expiring)
+    provider = BedrockProvider(bedrock_config("https://h", aws_access_key_id=None,
+                                              aws_secret_access_key=None).providers["aws"])
+    target = Target(provider, MODEL)
+    assert provider.auth.needs_io()  # nothing looked up yet
+    await provider.prepare(target)
+    assert lookups == [1] and renewals == [1]  # looked up, and renewed: it expired within 10 min
+    assert not provider.auth.needs_io()
+    req = parse_chat_request(b'{"model":"m","messages":[{"role":"user","content":"x"}]}')
+    headers = provider.build_request(req, target).headers
+    assert "Credential=AKIDNEW/" in headers["Authorization"]
+    assert headers["X-Amz-Security-Token"] == "t2"
+    assert lookups == [1] and renewals == [1]  # signing did no I/O
+
+
+def test_secrets_stay_out_of_logs_reprs_and_errors(caplog: pytest.LogCaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    caplog.set_level(logging.DEBUG)
+    provider = BedrockProvider(bedrock_config("https://h", aws_session_token=TOKEN)
+                               .providers["aws"])
+    req = parse_chat_request(b'{"model":"m","messages":[{"role":"user","content":"x"}]}')
+    signed = provider.build_request(req, Target(provider, MODEL))
+    assert signed.headers["X-Amz-Security-Token"] == TOKEN
+    text = caplog.text + repr(provider.auth) + repr(provider.cfg)
+    assert SECRET not in text and TOKEN not in text
+    hermetic_aws_env(monkeypatch)
+    bare = BedrockProvider(bedrock_config("https://h", aws_access_key_id=None,
+                                          aws_secret_access_key=None).providers["aws"])
+    with pytest.raises(AuthenticationFailed) as info:
+        bare.build_request(req, Target(bare, MODEL))
+    assert "no AWS credentials" in str(info.value)
+
+
+# -- non-stream, errors, and the openai SDK -----------------------------------------------------
+
+CONVERSE_ANSWER = {
+    "output": {"message": {"role": "assistant", "content": [
+        {"reasoningContent": {"reasoningText": {"text": "Think.", "signature": "S1"}}},
+        {"text": "Calling the tool."},
+        {"toolUse": {"toolUseId": "tooluse_1", "name": "get_capital",
+                     "input": {"country": "France"}}}]}},
+    "stopReason": "tool_use",
+    "usage": {"inputTokens": 20, "outputTokens": 10, "totalTokens": 30,
+              "cacheReadInputTokens": 5},
+    "metrics": {"latencyMs": 100},
+}
+
+
+async def test_non_stream_converse(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps(CONVERSE_ANSWER)
+    client = await proxy(bedrock_config(upstream.url))
+    resp = await client.post(CHAT, json={"model": MODEL, "messages": [
+        {"role": "user", "content": "hi"}]})
+    assert resp.status == 200
+    out = await resp.json()
+    assert upstream.requests[0].path == "/model/amazon.nova-micro-v1:0/converse"
+    verify_sigv4(upstream.requests[0], SECRET, "us-west-2")
+    choice = out["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] == "Calling the tool."
+    assert choice["message"]["reasoning_content"] == "Think."
+    assert choice["message"]["thinking_blocks"] == [
+        {"type": "thinking", "thinking": "Think.", "signature": "S1"}]
+    assert choice["message"]["tool_calls"] == [{
+        "id": "tooluse_1", "type": "function",
+        "function": {"name": "get_capital", "arguments": '{"country":"France"}'}}]
+    assert out["usage"] == {"prompt_tokens": 25, "completion_tokens": 10, "total_tokens": 35,
+                            "prompt_tokens_details": {"cached_tokens": 5}}
+
+
+@pytest.mark.parametrize(("status", "kind"), [(400, "ValidationException"),
+                                              (429, "ThrottlingException"),
+                                              (403, "AccessDeniedException")])
+async def test_error_bodies_keep_status_and_message(status: int, kind: str, proxy: Any,
+                                                    upstream: Any) -> None:
+    upstream.status = status
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({"message": f"{kind} happened"})
+    upstream.extra_headers = {"x-amzn-errortype": f"{kind}:http://internal.amazon.com/coral/"}
+    client = await proxy(bedrock_config(upstream.url))
+    resp = await stream_request(client)
+    assert resp.status == status
+    assert (await resp.json())["error"]["message"] == f"{kind} happened"
+    provider = BedrockProvider(bedrock_config(upstream.url).providers["aws"])
+    err = provider.parse_error(status, upstream.body, f"{kind}:http://internal.amazon.com/")
+    assert (err.status, err.code) == (status, kind)
+    assert provider.parse_error(500, b"<html>oops</html>").message == \
+        "provider 'aws' returned HTTP 500"
+
+
+async def test_exception_as_first_frame_is_an_error_response(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = EVENTSTREAM
+    upstream.body = EXCEPTION
+    client = await proxy(bedrock_config(upstream.url))
+    resp = await stream_request(client)
+    assert resp.status == 500  # nothing was committed yet: a plain error response
+    assert (await resp.json())["error"]["code"] == "modelStreamErrorException"
+
+
+async def test_exception_and_truncation_after_commit_through_the_proxy(proxy: Any,
+                                                                       upstream: Any) -> None:
+    frames = split_frames(RECORDING)
+    upstream.content_type = EVENTSTREAM
+    client = await proxy(bedrock_config(upstream.url))
+    upstream.pieces = [b"".join(frames[:4]), b"".join(frames[4:8]),
+                       exception("throttlingException", "slow down")]
+    c = collect(sse_chunks(await (await stream_request(client)).read()))
+    assert c.content == "<thinking> To find the temperature of"
+    assert c.error is not None and c.error["code"] == "throttlingException"
+    assert c.finish_reason is None and not c.done
+    upstream.pieces = [b"".join(frames[:4]), RECORDING[sum(map(len, frames[:4])):][:777]]
+    c = collect(sse_chunks(await (await stream_request(client)).read()))
+    assert c.error is not None and c.error["code"] == "upstream_stream_truncated"
+    assert c.finish_reason is None and not c.done
+
+
+async def test_openai_sdk_streaming_end_to_end(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = EVENTSTREAM
+    upstream.pieces = random_splits(RECORDING, random.Random(5), max_piece=500)
+    client = await proxy(bedrock_config(upstream.url))
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    stream = await sdk.chat.completions.create(
+        model=MODEL, stream=True, stream_options={"include_usage": True}, tools=TOOLS,
+        messages=[{"role": "user", "content": "What is the temperature of the capital?"}])
+    content, args, finish, usage, ids = "", "", None, None, set()
+    async for chunk in stream:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            for tc in choice.delta.tool_calls or []:
+                assert tc.index == 0
+                ids.add(tc.id) if tc.id else None
+                args += tc.function.arguments or ""
+            finish = choice.finish_reason or finish
+    assert content == CONTENT and orjson.loads(args) == {"country": "France"}
+    assert ids == {"tooluse_QjQX34XORLu0wJVplWWHGQ"} and finish == "tool_calls"
+    assert usage is not None and usage.total_tokens == 548
+    await sdk.close()
+
+
+async def test_openai_sdk_non_streaming_end_to_end(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps(CONVERSE_ANSWER)
+    client = await proxy(bedrock_config(upstream.url))
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    answer = await sdk.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], tools=TOOLS)
+    message = answer.choices[0].message
+    assert message.content == "Calling the tool."
+    assert message.tool_calls[0].function.name == "get_capital"
+    assert orjson.loads(message.tool_calls[0].function.arguments) == {"country": "France"}
+    assert answer.choices[0].finish_reason == "tool_calls" and answer.usage.prompt_tokens == 25
+    await sdk.close()
