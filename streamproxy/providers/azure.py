@@ -1,0 +1,104 @@
+"""Azure OpenAI (`type: azure`): the OpenAI pass-through with Azure's URL, auth and chunks.
+
+URL: `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version={api_version}`,
+where endpoint is `https://{resource}.openai.azure.com` or the configured `base_url` (a
+trailing `/openai` is tolerated), and the deployment is the `deployment` option or else the
+request's model name. Auth: the `api-key` header, or `Authorization: Bearer` when
+`auth: entra` says the key is a Microsoft Entra ID token.
+
+Azure's stream differs from OpenAI's in two ways that break naive clients
+(provider-streams.md §8), both normalised here:
+- the first chunk can be `{"id": "", "model": "", "choices": [], "prompt_filter_results": …}`:
+  no delta and no usage, so the pass-through already drops it (openai_compat.py);
+- with the asynchronous content filter, chunks arrive whose choice has no `delta` (only
+  `content_filter_results` / offsets, often with an empty id and model). One without a
+  finish_reason carries nothing a client can use and is dropped; one with a finish_reason gets
+  `delta: {}` so `choices[0].delta` exists, as in every OpenAI chunk.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
+
+import orjson
+
+from streamproxy.config import ConfigError
+from streamproxy.decode.sse import SSEEvent
+from streamproxy.openai_api.chunks import ChunkSink
+from streamproxy.providers.base import StreamTranslator, load_event_json
+from streamproxy.providers.openai_compat import OpenAIProvider, PassthroughTranslator
+
+if TYPE_CHECKING:
+    from streamproxy.openai_api.request import ChatRequest
+
+AUTH_MODES = ("api-key", "entra")
+
+
+class AzureTranslator(PassthroughTranslator):
+    def on_event(self, event: SSEEvent) -> None:
+        data = event.data
+        # Cheap test first: every OpenAI chunk with a choice has a "delta" key.
+        if b'"delta"' in data or data[:6] == b"[DONE]":
+            super().on_event(event)
+            return
+        chunk = load_event_json(data)
+        choices = chunk.get("choices")
+        if not choices or not isinstance(choices[0], dict) or "delta" in choices[0]:
+            super().on_event(event)  # the preamble, the usage chunk, an error…
+            return
+        choice = choices[0]
+        if not choice.get("finish_reason"):
+            return  # filter annotations only
+        choice["delta"] = {}
+        if not chunk.get("object"):
+            chunk["object"] = "chat.completion.chunk"
+        self.on_chunk(chunk, orjson.dumps(chunk))
+
+
+class AzureOpenAIProvider(OpenAIProvider):
+    type_name: ClassVar[str] = "azure"
+    default_base_url: ClassVar[str | None] = None
+    option_keys: ClassVar[frozenset[str]] = frozenset(
+        {"resource", "deployment", "api_version", "auth"})
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any], source: str, where: str) -> None:
+        super().check_options(options, source, where)
+        version = options.get("api_version")
+        if not isinstance(version, str) or not version:
+            raise ConfigError(source, f"{where}.api_version",
+                              "required for type azure (e.g. 2024-10-21)")
+        for key in ("resource", "deployment"):
+            if key in options and (not isinstance(options[key], str) or not options[key]):
+                raise ConfigError(source, f"{where}.{key}", "must be a non-empty string")
+        if options.get("auth", "api-key") not in AUTH_MODES:
+            raise ConfigError(source, f"{where}.auth", f"must be one of {', '.join(AUTH_MODES)}")
+
+    @classmethod
+    def check_entry(cls, entry: dict[str, Any], source: str, where: str) -> None:
+        if not entry.get("resource") and not entry.get("base_url"):
+            raise ConfigError(source, f"{where}.resource",
+                              "required for type azure (or a base_url for the endpoint)")
+
+    @property
+    def base_url(self) -> str:
+        if self.cfg.base_url:
+            return self.cfg.base_url.removesuffix("/openai")
+        return f"https://{self.cfg.options['resource']}.openai.azure.com"
+
+    def chat_url(self, model: str) -> str:
+        deployment = self.cfg.options.get("deployment") or model
+        return (f"{self.base_url}/openai/deployments/{quote(deployment, safe='')}"
+                f"/chat/completions?api-version={quote(self.cfg.options['api_version'])}")
+
+    def auth_headers(self, api_key: str | None) -> dict[str, str]:
+        if not api_key:
+            return {}
+        if self.cfg.options.get("auth") == "entra":
+            return {"authorization": f"Bearer {api_key}"}
+        return {"api-key": api_key}
+
+    def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
+        return AzureTranslator(out, self.max_event_bytes, provider=self.name,
+                               client_wants_usage=req.include_usage)

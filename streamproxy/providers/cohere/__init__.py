@@ -1,0 +1,38 @@
+"""Cohere v2 chat (`type: cohere`): `POST {base}/v2/chat`, SSE stream, bearer key."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
+
+from streamproxy.openai_api.chunks import ChunkSink
+from streamproxy.providers.base import Provider, StreamTranslator, UpstreamRequest
+from streamproxy.providers.cohere.request import DROPPED, to_cohere
+from streamproxy.providers.cohere.response import to_completion
+from streamproxy.providers.cohere.stream import CohereStreamTranslator
+
+if TYPE_CHECKING:
+    from streamproxy.openai_api.request import ChatRequest
+    from streamproxy.routing.target import Target
+
+
+class CohereProvider(Provider):
+    type_name: ClassVar[str] = "cohere"
+    default_base_url: ClassVar[str | None] = "https://api.cohere.com"
+    dropped_params: ClassVar[frozenset[str]] = DROPPED
+
+    def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
+        body = to_cohere(target.apply_overrides(req.body), self.model_for(target))
+        headers = {"content-type": "application/json", **self.cfg.headers, **target.headers}
+        if target.api_key:
+            headers["authorization"] = f"Bearer {target.api_key}"
+        return UpstreamRequest(f"{self.base_url}/v2/chat", orjson.dumps(body), headers)
+
+    def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
+        return CohereStreamTranslator(out, self.max_event_bytes, self.name)
+
+    def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
+                           created: int) -> dict[str, Any]:
+        return to_completion(body, completion_id=completion_id, created=created,
+                             model=req.model or "", provider=self.name)

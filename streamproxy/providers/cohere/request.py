@@ -1,0 +1,178 @@
+"""OpenAI Chat Completions request → Cohere v2 `/v2/chat` request (pure).
+
+Choices (docs/providers/others.md "cohere"):
+- system and developer messages stay in place as `system` messages;
+- user content parts: text, and `image_url` (data: or http(s) URLs, for vision models);
+- an assistant turn with tool calls sends its text (or its `reasoning_content`, which is where
+  we stream Cohere's tool plan) back as `tool_plan`, the calls in v2 shape (arguments stay a JSON
+  string); tool results are `tool` messages with `tool_call_id` and string content;
+- tool_choice "required" → "REQUIRED", "none" → "NONE", "auto" → omitted; a named tool_choice
+  (Cohere has none) → "REQUIRED" with only that tool sent, which forces exactly that call;
+- max tokens, temperature, top_p → p, stop → stop_sequences, seed and the penalties map 1:1;
+- response_format json_object → {"type": "json_object"}, json_schema → the same with
+  `json_schema: <schema>`;
+- reasoning_effort → `thinking` ("none" → disabled, otherwise enabled with a token budget);
+- Cohere-native parameters in PASSTHROUGH may come from the client (openai SDK `extra_body`);
+- parameters in DROPPED are dropped; `n` > 1 is rejected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from streamproxy.errors import InvalidRequest
+
+DROPPED = frozenset({
+    "logit_bias", "logprobs", "top_logprobs", "user", "store", "metadata", "modalities",
+    "audio", "prediction", "service_tier", "web_search_options", "functions", "function_call",
+    "verbosity", "safety_identifier", "prompt_cache_key", "stream_options",
+    "parallel_tool_calls",
+})
+PASSTHROUGH = ("k", "safety_mode", "documents", "citation_options", "strict_tools", "thinking")
+SAME_NAME = ("temperature", "seed", "frequency_penalty", "presence_penalty")
+THINKING_BUDGET = {"minimal": 512, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768}
+
+
+def to_cohere(body: dict[str, Any], model: str) -> dict[str, Any]:
+    if (body.get("n") or 1) > 1:
+        raise InvalidRequest("Cohere returns one choice per request; 'n' must be 1.",
+                             param="n", code="unsupported_value")
+    out: dict[str, Any] = {"model": model, "messages": _messages(body["messages"])}
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if max_tokens:
+        out["max_tokens"] = max_tokens
+    for key in SAME_NAME:
+        if body.get(key) is not None:
+            out[key] = body[key]
+    if body.get("top_p") is not None:
+        out["p"] = body["top_p"]
+    stop = body.get("stop")
+    if stop:
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else stop
+    _response_format(body, out)
+    effort = body.get("reasoning_effort")
+    if effort == "none":
+        out["thinking"] = {"type": "disabled"}
+    elif isinstance(effort, str) and effort in THINKING_BUDGET:
+        out["thinking"] = {"type": "enabled", "token_budget": THINKING_BUDGET[effort]}
+    for key in PASSTHROUGH:
+        if body.get(key) is not None:
+            out[key] = body[key]
+    _tools(body, out)
+    if body.get("stream"):
+        out["stream"] = True
+    return out
+
+
+def _response_format(body: dict[str, Any], out: dict[str, Any]) -> None:
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_object":
+        out["response_format"] = {"type": "json_object"}
+    elif fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise InvalidRequest("'response_format.json_schema.schema' must be an object.",
+                                 param="response_format.json_schema.schema")
+        out["response_format"] = {"type": "json_object", "json_schema": schema}
+
+
+def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
+    tools = body.get("tools") or []
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        name = choice["function"]["name"]
+        tools = [t for t in tools if t["function"]["name"] == name]
+        if not tools:
+            raise InvalidRequest(f"tool_choice names '{name}', which is not in 'tools'.",
+                                 param="tool_choice", code="invalid_value")
+        choice = "required"
+    if tools:
+        out["tools"] = [{"type": "function", "function": {
+            k: v for k, v in t["function"].items() if k in ("name", "description", "parameters")
+        }} for t in tools]
+    if choice == "required" and tools:
+        out["tool_choice"] = "REQUIRED"
+    elif choice == "none":
+        out["tool_choice"] = "NONE"
+
+
+def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(msgs):
+        role = m["role"]
+        if role in ("system", "developer"):
+            out.append({"role": "system", "content": _text(m.get("content"), i)})
+        elif role == "user":
+            out.append({"role": "user", "content": _user(m.get("content"), i)})
+        elif role == "assistant":
+            out.append(_assistant(m, i))
+        elif role == "tool":
+            out.append({"role": "tool", "tool_call_id": m["tool_call_id"],
+                        "content": _text(m.get("content"), i)})
+        else:
+            raise InvalidRequest("The legacy 'function' role is not supported; use 'tool'.",
+                                 param=f"messages[{i}].role", code="unsupported_value")
+    return out
+
+
+def _assistant(m: dict[str, Any], i: int) -> dict[str, Any]:
+    text = _text(m.get("content"), i)
+    calls = m.get("tool_calls") or []
+    if not calls:
+        return {"role": "assistant", "content": text}
+    msg: dict[str, Any] = {"role": "assistant", "tool_calls": [{
+        "id": call.get("id") or f"call_{i}_{j}",
+        "type": "function",
+        "function": {"name": call["function"]["name"],
+                     "arguments": _arguments(call["function"].get("arguments"))},
+    } for j, call in enumerate(calls)]}
+    plan = m.get("reasoning_content") or text
+    if isinstance(plan, str) and plan:
+        msg["tool_plan"] = plan
+    return msg
+
+
+def _arguments(args: Any) -> str:
+    if isinstance(args, str):
+        return args or "{}"
+    return orjson.dumps(args if args is not None else {}).decode()
+
+
+def _text(content: Any, i: int) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    parts = []
+    for j, part in enumerate(content):
+        if part.get("type") == "text":
+            parts.append(part.get("text") or "")
+        elif part.get("type") != "refusal":
+            raise InvalidRequest(f"Content part type '{part.get('type')}' is not allowed here.",
+                                 param=f"messages[{i}].content[{j}].type",
+                                 code="unsupported_value")
+    return "".join(parts)
+
+
+def _user(content: Any, i: int) -> Any:
+    if not isinstance(content, list):
+        return content or ""
+    parts: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
+        kind = part.get("type")
+        if kind == "text":
+            parts.append({"type": "text", "text": part.get("text") or ""})
+        elif kind == "image_url":
+            image = part.get("image_url") or {}
+            url = image.get("url")
+            if not isinstance(url, str) or not url.startswith(("data:", "http://", "https://")):
+                raise InvalidRequest("Expected a data: URL or an http(s) URL.",
+                                     param=f"messages[{i}].content[{j}].image_url.url",
+                                     code="invalid_value")
+            parts.append({"type": "image_url", "image_url": {
+                k: v for k, v in image.items() if k in ("url", "detail")}})
+        else:
+            raise InvalidRequest(f"Content part type '{kind}' is not supported by Cohere.",
+                                 param=f"messages[{i}].content[{j}].type",
+                                 code="unsupported_value")
+    return parts

@@ -1,0 +1,45 @@
+"""Cohere v2 non-streamed chat response → OpenAI `chat.completion` (pure).
+
+Same mapping as the stream: text → content, thinking blocks and the tool plan →
+reasoning_content, tool calls with their JSON-string arguments ("{}" when empty), finish
+reasons, usage; ERROR/TIMEOUT → an error with the same status the stream would give.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from streamproxy.errors import UpstreamProtocolError
+from streamproxy.openai_api.completion import CompletionBuilder
+from streamproxy.providers.cohere.stream import FAILED, FINISH_REASONS, failure, map_usage
+
+
+def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
+                  provider: str) -> dict[str, Any]:
+    try:
+        resp = orjson.loads(body)
+        message = resp["message"]
+        reason = resp.get("finish_reason") or "COMPLETE"
+        if reason in FAILED:
+            raise failure(reason, resp.get("error"), provider)
+        out = CompletionBuilder()
+        if message.get("tool_plan"):
+            out.reasoning(message["tool_plan"])
+        for block in message.get("content") or ():
+            if block.get("type") == "text":
+                out.content(block.get("text") or "")
+            elif block.get("type") == "thinking":
+                out.reasoning(block.get("thinking") or "")
+        calls = message.get("tool_calls") or ()
+        for i, call in enumerate(calls):
+            out.tool_call_start(i, call["id"], call["function"]["name"],
+                                call["function"].get("arguments") or "{}")
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise UpstreamProtocolError("the upstream answered with a malformed message") from None
+    finish = FINISH_REASONS.get(reason, "stop")
+    out.finish("tool_calls" if calls and finish == "stop" else finish)
+    if resp.get("usage"):
+        out.usage(map_usage(resp["usage"]))
+    return out.completion(completion_id=completion_id, created=created, model=model)

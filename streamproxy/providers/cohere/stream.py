@@ -1,0 +1,140 @@
+"""Cohere v2 chat stream → ChunkSink (pure). provider-streams.md §6.
+
+- Events are SSE whose JSON carries `type`; `[DONE]` and empty events are tolerated (the
+  Cohere SDK does the same).
+- `content-delta` text → content; a `thinking` content block (reasoning models) → reasoning.
+- `tool-plan-delta` → reasoning_content. The plan ("I will use the weather tool…") is the
+  model's reasoning before it calls tools; OpenAI's schema has no slot for it, and
+  `reasoning_content` is where OpenAI-compatible clients already look for text that is not the
+  answer — putting it in `content` would make a tool turn look like a text answer.
+- `tool-call-start` (its `tool_calls` is one object, not an array) → tool_call_start. Cohere's
+  `index` is already a dense tool ordinal, but we keep our own (running count, mapped from
+  Cohere's index) so a gap or a shared content/tool numbering can never make a client merge two
+  calls. `tool-call-delta` → argument fragments; `tool-call-end` with no fragment → "{}".
+- `message-end`: finish COMPLETE/STOP_SEQUENCE → stop, MAX_TOKENS → length, TOOL_CALL →
+  tool_calls; ERROR/TIMEOUT → an OpenAI error frame (never a fake finish). Usage: prompt =
+  tokens.input_tokens, completion = tokens.output_tokens (billed_units when `tokens` is
+  absent), cached = cached_tokens. EOF before message-end → StreamTruncated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamproxy.decode.sse import SSEEvent
+from streamproxy.errors import StreamDecodeError, UpstreamStatusError
+from streamproxy.openai_api.chunks import ChunkSink, make_usage
+from streamproxy.providers.base import SSETranslator, load_event_json
+
+FINISH_REASONS = {
+    "COMPLETE": "stop",
+    "STOP_SEQUENCE": "stop",
+    "MAX_TOKENS": "length",
+    "TOOL_CALL": "tool_calls",
+}
+# Finish reasons that mean the answer failed: HTTP status of the error frame.
+FAILED = {"ERROR": 502, "TIMEOUT": 504}
+
+
+def map_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    counts = usage.get("tokens") or usage.get("billed_units") or {}
+    cached = usage.get("cached_tokens")
+    return make_usage(int(counts.get("input_tokens") or 0), int(counts.get("output_tokens") or 0),
+                      cached=int(cached) if cached is not None else None)
+
+
+def failure(reason: str, message: Any, provider: str) -> UpstreamStatusError:
+    text = message if isinstance(message, str) and message else \
+        f"the provider ended the answer with finish_reason {reason}"
+    return UpstreamStatusError(FAILED[reason], text, provider=provider, code=reason.lower())
+
+
+class CohereStreamTranslator(SSETranslator):
+    def __init__(self, out: ChunkSink, max_event_bytes: int, provider: str = "cohere") -> None:
+        super().__init__(out, max_event_bytes)
+        self._provider = provider
+        self._tool_of: dict[int, int] = {}  # Cohere tool index → our ordinal
+        self._args_seen: set[int] = set()  # ordinals that got a non-empty fragment
+        self._started = False
+
+    def on_event(self, event: SSEEvent) -> None:
+        data = event.data
+        if not data.strip() or data[:6] == b"[DONE]":
+            return
+        msg = load_event_json(data)
+        try:
+            self._dispatch(msg)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise StreamDecodeError(
+                f"the upstream sent a malformed {msg.get('type')!r} event ({e!r})") from None
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "content-delta":  # the hot case first
+            content = msg["delta"]["message"]["content"]
+            if content.get("text"):
+                self.out.content(content["text"])
+            elif content.get("thinking"):
+                self.out.reasoning(content["thinking"])
+        elif kind == "tool-call-delta":
+            fragment = msg["delta"]["message"]["tool_calls"]["function"].get("arguments")
+            tool = self._tool_of[msg["index"]]
+            if fragment:
+                self._args_seen.add(tool)
+                self.out.tool_call_args(tool, fragment)
+        elif kind == "tool-plan-delta":
+            self._start()
+            plan = msg["delta"]["message"].get("tool_plan")
+            if plan:
+                self.out.reasoning(plan)
+        elif kind == "tool-call-start":
+            self._tool_start(msg)
+        elif kind == "tool-call-end":
+            tool = self._tool_of[msg["index"]]
+            if tool not in self._args_seen:
+                self.out.tool_call_args(tool, "{}")
+        elif kind == "message-start":
+            self._start()
+        elif kind == "content-start":
+            self._start()
+            content = msg["delta"]["message"]["content"]
+            if content.get("text"):
+                self.out.content(content["text"])
+            elif content.get("thinking"):
+                self.out.reasoning(content["thinking"])
+        elif kind == "message-end":
+            self._end(msg.get("delta") or {})
+        elif kind is None and msg.get("message"):  # an error body sent as an event
+            self.out.error(UpstreamStatusError(502, str(msg["message"]),
+                                               provider=self._provider))
+            self.done = True
+        # content-end, citation-start/-end and unknown types: nothing to emit.
+
+    def _start(self) -> None:
+        if not self._started:
+            self._started = True
+            self.out.start(None)  # Cohere's events carry no model name
+
+    def _tool_start(self, msg: dict[str, Any]) -> None:
+        self._start()
+        call = msg["delta"]["message"]["tool_calls"]
+        tool = len(self._tool_of)
+        self._tool_of[msg["index"]] = tool
+        arguments = call["function"].get("arguments") or ""
+        if arguments:
+            self._args_seen.add(tool)
+        self.out.tool_call_start(tool, call["id"], call["function"]["name"], arguments)
+
+    def _end(self, delta: dict[str, Any]) -> None:
+        self._start()
+        reason = delta.get("finish_reason") or "COMPLETE"
+        if reason in FAILED:
+            self.out.error(failure(reason, delta.get("error"), self._provider))
+            self.done = True
+            return
+        finish = FINISH_REASONS.get(reason, "stop")
+        self.out.finish("tool_calls" if self._tool_of and finish == "stop" else finish)
+        if delta.get("usage"):
+            self.out.usage(map_usage(delta["usage"]))
+        self.out.end()
+        self.done = True

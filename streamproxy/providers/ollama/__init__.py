@@ -1,0 +1,71 @@
+"""Ollama's native chat API (`type: ollama`): `POST {base}/api/chat`, NDJSON stream."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
+
+from streamproxy.config import ConfigError
+from streamproxy.errors import UpstreamProtocolError
+from streamproxy.openai_api.chunks import ChunkSink
+from streamproxy.openai_api.completion import CompletionBuilder
+from streamproxy.providers.base import (
+    Provider,
+    StreamTranslator,
+    UpstreamRequest,
+    load_event_json,
+)
+from streamproxy.providers.ollama.request import DROPPED, to_ollama
+from streamproxy.providers.ollama.stream import OllamaStreamTranslator
+
+if TYPE_CHECKING:
+    from streamproxy.openai_api.request import ChatRequest
+    from streamproxy.routing.target import Target
+
+
+class OllamaProvider(Provider):
+    type_name: ClassVar[str] = "ollama"
+    default_base_url: ClassVar[str | None] = "http://127.0.0.1:11434"
+    # keep_alive: how long Ollama keeps the model loaded; options: default model options
+    # (e.g. num_ctx) under the request's own.
+    option_keys: ClassVar[frozenset[str]] = frozenset({"keep_alive", "options"})
+    dropped_params: ClassVar[frozenset[str]] = DROPPED
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any], source: str, where: str) -> None:
+        super().check_options(options, source, where)
+        if not isinstance(options.get("options", {}), dict):
+            raise ConfigError(source, f"{where}.options", "must be a mapping of Ollama options")
+        if not isinstance(options.get("keep_alive", ""), str | int):
+            raise ConfigError(source, f"{where}.keep_alive",
+                              "must be a duration string (e.g. 5m) or a number of seconds")
+
+    def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
+        body = to_ollama(target.apply_overrides(req.body), self.model_for(target),
+                         stream=req.stream, defaults=self.cfg.options.get("options"))
+        if "keep_alive" not in body and self.cfg.options.get("keep_alive") is not None:
+            body["keep_alive"] = self.cfg.options["keep_alive"]
+        headers = {"content-type": "application/json", **self.cfg.headers, **target.headers}
+        if target.api_key:  # Ollama itself takes none; a reverse proxy or ollama.com may
+            headers["authorization"] = f"Bearer {target.api_key}"
+        return UpstreamRequest(f"{self.base_url}/api/chat", orjson.dumps(body), headers)
+
+    def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
+        return OllamaStreamTranslator(out, self.max_event_bytes, self.name)
+
+    def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
+                           created: int) -> dict[str, Any]:
+        # A non-streamed answer is one object of the streamed shape, with `done: true`.
+        builder = CompletionBuilder()
+        translator = OllamaStreamTranslator(builder, 0, self.name)
+        try:
+            translator.handle(load_event_json(body))
+        except UpstreamProtocolError:
+            raise UpstreamProtocolError("the upstream answered with a malformed message") from None
+        if builder.failure is not None:
+            raise builder.failure
+        if not translator.done:
+            raise UpstreamProtocolError("the upstream answered without `done: true`")
+        return builder.completion(completion_id=completion_id, created=created,
+                                  model=req.model or "")

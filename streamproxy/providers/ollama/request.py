@@ -1,0 +1,183 @@
+"""OpenAI Chat Completions request → Ollama `/api/chat` request (pure).
+
+Choices (docs/providers/others.md "ollama"):
+- system and developer messages stay in place as `system` messages;
+- images: `image_url` parts must be `data:` URLs, sent as the message's base64 `images` list
+  (Ollama takes no URLs, and the proxy fetches nothing on a client's behalf);
+- assistant tool calls go back with their arguments as objects; a tool result carries the
+  function's name (`tool_name`), looked up from the assistant call it answers;
+- `tool_choice: "none"` sends no tools; a named tool_choice sends only that tool; Ollama has no
+  way to force a call, so `"required"` is best effort (documented);
+- `response_format` json_object → `format: "json"`, json_schema → `format: <schema>`;
+- max tokens, temperature, top_p, stop, seed and the penalties go in `options`; a client's
+  native `options` (extra_body) and the provider's configured `options` sit underneath;
+- `reasoning_effort` → `think` ("none" → false, "minimal" → "low"); a client's own `think` wins;
+- parameters in DROPPED are dropped; `n` > 1 is rejected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from streamproxy.errors import InvalidRequest
+
+DROPPED = frozenset({
+    "logit_bias", "logprobs", "top_logprobs", "user", "store", "metadata", "modalities",
+    "audio", "prediction", "service_tier", "web_search_options", "functions", "function_call",
+    "verbosity", "safety_identifier", "prompt_cache_key", "stream_options",
+    "parallel_tool_calls",
+})
+# Parameters that go into `options` under the same name (top_k: a common extra_body key).
+OPTIONS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty", "top_k")
+THINK = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
+         "xhigh": "high"}
+
+
+def to_ollama(body: dict[str, Any], model: str, *, stream: bool,
+              defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`defaults`: the provider's configured `options` (e.g. num_ctx)."""
+    if (body.get("n") or 1) > 1:
+        raise InvalidRequest("Ollama returns one choice per request; 'n' must be 1.",
+                             param="n", code="unsupported_value")
+    native = body.get("options") or {}
+    if not isinstance(native, dict):
+        raise InvalidRequest("'options' must be an object.", param="options",
+                             code="invalid_type")
+    out: dict[str, Any] = {"model": model, "messages": _messages(body["messages"]),
+                           "stream": stream}
+    options = {**(defaults or {}), **native}
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if max_tokens:
+        options["num_predict"] = max_tokens
+    for key in OPTIONS:
+        if body.get(key) is not None:
+            options[key] = body[key]
+    stop = body.get("stop")
+    if stop:
+        options["stop"] = [stop] if isinstance(stop, str) else stop
+    if options:
+        out["options"] = options
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_object":
+        out["format"] = "json"
+    elif fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise InvalidRequest("'response_format.json_schema.schema' must be an object.",
+                                 param="response_format.json_schema.schema")
+        out["format"] = schema
+    if "think" in body:
+        out["think"] = body["think"]
+    elif isinstance(body.get("reasoning_effort"), str) and body["reasoning_effort"] in THINK:
+        out["think"] = THINK[body["reasoning_effort"]]
+    if body.get("keep_alive") is not None:
+        out["keep_alive"] = body["keep_alive"]
+    tools = _tools(body)
+    if tools:
+        out["tools"] = tools
+    return out
+
+
+def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:
+    tools = body.get("tools") or []
+    choice = body.get("tool_choice")
+    if choice == "none":
+        return []
+    if isinstance(choice, dict):
+        name = choice["function"]["name"]
+        tools = [t for t in tools if t["function"]["name"] == name]
+        if not tools:
+            raise InvalidRequest(f"tool_choice names '{name}', which is not in 'tools'.",
+                                 param="tool_choice", code="invalid_value")
+    return [{"type": "function", "function": {
+        k: v for k, v in t["function"].items() if k in ("name", "description", "parameters")
+    }} for t in tools]
+
+
+def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    names: dict[str, str] = {}  # tool call id → function name, for tool results
+    for i, m in enumerate(msgs):
+        role = m["role"]
+        if role in ("system", "developer"):
+            out.append({"role": "system", "content": _text(m.get("content"), i)})
+        elif role == "user":
+            out.append(_user(m.get("content"), i))
+        elif role == "assistant":
+            msg: dict[str, Any] = {"role": "assistant", "content": _text(m.get("content"), i)}
+            calls = []
+            for j, call in enumerate(m.get("tool_calls") or []):
+                fn = call["function"]
+                names[call.get("id") or ""] = fn["name"]
+                calls.append({"function": {"name": fn["name"],
+                                           "arguments": _arguments(fn.get("arguments"), i, j)}})
+            if calls:
+                msg["tool_calls"] = calls
+            out.append(msg)
+        elif role == "tool":
+            msg = {"role": "tool", "content": _text(m.get("content"), i)}
+            name = names.get(m["tool_call_id"])
+            if name:
+                msg["tool_name"] = name
+            out.append(msg)
+        else:
+            raise InvalidRequest("The legacy 'function' role is not supported; use 'tool'.",
+                                 param=f"messages[{i}].role", code="unsupported_value")
+    return out
+
+
+def _arguments(args: Any, i: int, j: int) -> Any:
+    if not isinstance(args, str):
+        return args if args is not None else {}
+    try:
+        return orjson.loads(args) if args else {}
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("Tool call arguments must be a JSON object string.",
+                             param=f"messages[{i}].tool_calls[{j}].function.arguments",
+                             code="invalid_value") from None
+
+
+def _text(content: Any, i: int) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    parts = []
+    for j, part in enumerate(content):
+        if part.get("type") == "text":
+            parts.append(part.get("text") or "")
+        elif part.get("type") != "refusal":
+            raise InvalidRequest(f"Content part type '{part.get('type')}' is not allowed here.",
+                                 param=f"messages[{i}].content[{j}].type",
+                                 code="unsupported_value")
+    return "".join(parts)
+
+
+def _user(content: Any, i: int) -> dict[str, Any]:
+    if not isinstance(content, list):
+        return {"role": "user", "content": content or ""}
+    text, images = [], []
+    for j, part in enumerate(content):
+        kind = part.get("type")
+        if kind == "text":
+            text.append(part.get("text") or "")
+        elif kind == "image_url":
+            images.append(_image(part, f"messages[{i}].content[{j}].image_url.url"))
+        else:
+            raise InvalidRequest(f"Content part type '{kind}' is not supported by Ollama.",
+                                 param=f"messages[{i}].content[{j}].type",
+                                 code="unsupported_value")
+    msg: dict[str, Any] = {"role": "user", "content": "\n".join(text)}
+    if images:
+        msg["images"] = images
+    return msg
+
+
+def _image(part: dict[str, Any], where: str) -> str:
+    url = (part.get("image_url") or {}).get("url")
+    if isinstance(url, str) and url.startswith("data:"):
+        head, _, data = url.partition(",")
+        if ";base64" in head and data:
+            return data
+    raise InvalidRequest("Ollama takes images as data: URLs (data:<mime>;base64,<data>).",
+                         param=where, code="invalid_value")

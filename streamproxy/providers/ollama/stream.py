@@ -1,0 +1,107 @@
+"""Ollama `/api/chat` NDJSON lines → ChunkSink (pure). provider-streams.md §7.
+
+- Every line is `{model, message: {content, thinking?, tool_calls?}, done}`; `content` →
+  content, `thinking` → reasoning_content.
+- A tool call arrives whole, its `arguments` a JSON object: one tool_call_start carrying the
+  serialised arguments. Calls are accumulated across lines (not only the last); the index is
+  the running count; an id is generated when Ollama gives none.
+- `done: true` ends the answer: finish `tool_calls` if any call was seen, else `length` for
+  `done_reason: "length"`, else `stop`; usage = prompt_eval_count / eval_count.
+- A line with `error` ends the stream with an OpenAI error frame. EOF before `done` (or inside
+  a line) is StreamTruncated, never a fake `stop`.
+
+The same translator reads a non-streamed answer (one such line) into a CompletionBuilder.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orjson
+
+from streamproxy.decode.ndjson import NDJSONDecoder
+from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
+from streamproxy.openai_api.chunks import ChunkSink, make_usage
+from streamproxy.providers.base import StreamTranslator, load_event_json
+
+
+def new_call_id() -> str:
+    return "call_" + os.urandom(12).hex()
+
+
+def arguments_json(arguments: Any) -> str:
+    if isinstance(arguments, str):  # already serialised (not Ollama's documented shape)
+        return arguments or "{}"
+    return orjson.dumps(arguments if arguments is not None else {}).decode()
+
+
+class OllamaStreamTranslator(StreamTranslator):
+    def __init__(self, out: ChunkSink, max_line_bytes: int, provider: str = "ollama") -> None:
+        self.out = out
+        self.done = False
+        self._decoder = NDJSONDecoder(max_line_bytes)
+        self._provider = provider
+        self._started = False
+        self._tools = 0
+
+    def feed(self, data: bytes) -> None:
+        for line in self._decoder.feed(data):
+            if self.done:
+                return
+            self._line(line)
+
+    def close(self) -> None:
+        if not self.done:
+            for line in self._decoder.close():
+                try:
+                    self._line(line)
+                except StreamDecodeError:  # EOF inside a line: a cut, not bad JSON
+                    raise StreamTruncated("the upstream closed the stream mid-line") from None
+        if not self.done:
+            raise StreamTruncated("the upstream closed the stream before it was complete")
+
+    def _line(self, line: bytes) -> None:
+        self.handle(load_event_json(line))
+
+    def handle(self, msg: dict[str, Any]) -> None:
+        """One parsed line (also a whole non-streamed answer)."""
+        try:
+            self._dispatch(msg)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise StreamDecodeError(f"the upstream sent a malformed line ({e!r})") from None
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        if "error" in msg:
+            error = msg["error"]
+            text = error if isinstance(error, str) else (error or {}).get("message")
+            self.out.error(UpstreamStatusError(
+                502, text or "the provider reported an error mid-stream",
+                provider=self._provider))
+            self.done = True
+            return
+        if not self._started:
+            self._started = True
+            self.out.start(msg.get("model"))
+        message = msg.get("message") or {}
+        if message.get("thinking"):
+            self.out.reasoning(message["thinking"])
+        if message.get("content"):
+            self.out.content(message["content"])
+        for call in message.get("tool_calls") or ():
+            fn = call["function"]
+            self.out.tool_call_start(self._tools, call.get("id") or new_call_id(), fn["name"],
+                                     arguments_json(fn.get("arguments")))
+            self._tools += 1
+        if msg.get("done"):
+            if self._tools:
+                reason = "tool_calls"
+            elif msg.get("done_reason") == "length":
+                reason = "length"
+            else:
+                reason = "stop"
+            self.out.finish(reason)
+            self.out.usage(make_usage(msg.get("prompt_eval_count") or 0,
+                                      msg.get("eval_count") or 0))
+            self.out.end()
+            self.done = True

@@ -1,0 +1,223 @@
+"""OpenAI-compatible providers by name (`type: groq`, `mistral`, …): the pass-through path with
+a default base URL, and each provider's known quirks (provider-streams.md §8) normalised where
+they would break an OpenAI client.
+
+Stream quirks, handled by `CompatTranslator` (on the few chunks the pass-through parses anyway —
+usage, finish and error chunks; every other chunk is still forwarded byte for byte):
+- usage riding on a content/finish chunk (xAI sends it on the second-to-last chunk, then an
+  empty-choices chunk; Mistral on the finish chunk) or only in Groq's `x_groq.usage`: the counts
+  are taken for logs and, when the client asked for usage, sent as OpenAI's own usage chunk
+  (`choices: []`) just before `[DONE]` — unless the upstream sent one itself, so usage is never
+  duplicated. Usage on a chunk with choices is removed from it (a client summing would count
+  it twice); a trailing empty-choices chunk without usage is dropped by the pass-through.
+- finish reasons outside OpenAI's set are mapped (`eos` → stop, `model_length` → length);
+  those that mean the answer failed (`error`, DeepSeek's `insufficient_system_resource`) end
+  the stream with an OpenAI error frame instead of a finish that looks complete.
+- OpenRouter's `: OPENROUTER PROCESSING` keep-alives are SSE comments (the decoder skips them);
+  its mid-stream `data: {"error": …}` becomes an error frame (the pass-through does that).
+- vLLM's usage chunk with `choices: null` is forwarded with `choices: []` (the pass-through).
+
+Request quirks: Mistral (see MistralProvider).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
+
+from streamproxy.config import ConfigError
+from streamproxy.errors import InvalidRequest, UpstreamStatusError
+from streamproxy.openai_api.chunks import ChunkSink
+from streamproxy.providers.base import StreamTranslator
+from streamproxy.providers.openai_compat import OpenAIProvider, PassthroughTranslator
+
+if TYPE_CHECKING:
+    from streamproxy.openai_api.request import ChatRequest
+
+# Envelope keys copied from the upstream's chunk onto a usage chunk we build.
+_ENVELOPE = ("id", "object", "created", "model", "system_fingerprint")
+
+
+class CompatTranslator(PassthroughTranslator):
+    def __init__(self, out: ChunkSink, max_event_bytes: int, *, provider: str,
+                 client_wants_usage: bool, finish_reasons: dict[str, str],
+                 failed_finishes: dict[str, int]) -> None:
+        super().__init__(out, max_event_bytes, provider=provider,
+                         client_wants_usage=client_wants_usage)
+        self._finish_reasons = finish_reasons
+        self._failed = failed_finishes
+        self._moved_usage: dict[str, Any] | None = None  # counts taken off a choices chunk
+        self._usage_chunk_seen = False  # the upstream sent a proper usage chunk
+        self._envelope: dict[str, Any] = {}
+
+    def on_chunk(self, chunk: dict[str, Any], data: bytes) -> None:
+        choices = chunk.get("choices")
+        if chunk.get("error") or not choices or not isinstance(choices[0], dict):
+            if chunk.get("usage") and not chunk.get("error"):
+                self._usage_chunk_seen = True
+            super().on_chunk(chunk, data)
+            return
+        changed = self._take_usage(chunk)
+        reason = choices[0].get("finish_reason")
+        if reason in self._failed:
+            self.out.error(UpstreamStatusError(
+                self._failed[reason], f"the provider ended the answer with finish_reason "
+                f"'{reason}'", provider=self._provider, code=reason))
+            self.done = True
+            return
+        if reason in self._finish_reasons:
+            choices[0]["finish_reason"] = self._finish_reasons[reason]
+            changed = True
+        super().on_chunk(chunk, orjson.dumps(chunk) if changed else data)
+
+    def _take_usage(self, chunk: dict[str, Any]) -> bool:
+        """Keep usage found on a chunk with choices; True if it was removed from the chunk."""
+        usage = chunk.get("usage")
+        removed = bool(usage)
+        if removed:
+            del chunk["usage"]
+        else:
+            x_groq = chunk.get("x_groq")
+            usage = x_groq.get("usage") if isinstance(x_groq, dict) else None
+        if usage:
+            self._moved_usage = usage
+            self._envelope = {k: chunk[k] for k in _ENVELOPE if k in chunk}
+            self.out.usage(usage)
+        return removed
+
+    def on_done(self) -> None:
+        if self._moved_usage and self._forward_usage and not self._usage_chunk_seen:
+            usage_chunk = {**self._envelope, "choices": [], "usage": self._moved_usage}
+            usage_chunk["object"] = "chat.completion.chunk"
+            self.out.raw(orjson.dumps(usage_chunk))
+        super().on_done()
+
+
+class CompatProvider(OpenAIProvider):
+    """Base of the presets: OpenAI's wire format under another name and URL."""
+
+    option_keys: ClassVar[frozenset[str]] = frozenset()
+    # Non-OpenAI finish reasons → OpenAI's; and those that mean failure → the error's status.
+    finish_reasons: ClassVar[dict[str, str]] = {}
+    failed_finishes: ClassVar[dict[str, int]] = {}
+
+    def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
+        return CompatTranslator(out, self.max_event_bytes, provider=self.name,
+                                client_wants_usage=req.include_usage,
+                                finish_reasons=self.finish_reasons,
+                                failed_finishes=self.failed_finishes)
+
+
+class GroqProvider(CompatProvider):
+    type_name: ClassVar[str] = "groq"
+    default_base_url: ClassVar[str | None] = "https://api.groq.com/openai/v1"
+
+
+# The keys Mistral's message schemas take; anything else (an echoed `refusal: null`, a user
+# `name`, `reasoning_content`) is a 422 there.
+_MISTRAL_MESSAGE_KEYS = {
+    "system": ("content",),
+    "user": ("content",),
+    "assistant": ("content", "tool_calls", "prefix"),
+    "tool": ("content", "tool_call_id", "name"),
+}
+
+
+def _mistral_message(m: dict[str, Any]) -> dict[str, Any]:
+    role = "system" if m["role"] == "developer" else m["role"]
+    keys = _MISTRAL_MESSAGE_KEYS.get(role)
+    if keys is None:  # the legacy function role: Mistral's own error says why
+        return m
+    out = {"role": role}
+    out.update((k, m[k]) for k in keys if k in m)
+    return out
+
+
+class MistralProvider(CompatProvider):
+    """Mistral validates strictly (unknown fields are a 422) and differs from OpenAI in names:
+    `stream_options` is not accepted (usage comes anyway, on the finish chunk), max tokens is
+    `max_tokens` only, `seed` is `random_seed`, there is no `developer` role (→ system),
+    tool_choice "required" is "any" and a named tool_choice does not exist (→ "any" with only
+    the named tool sent, which forces exactly that call). Message keys Mistral does not know
+    and the parameters in `dropped_params` are dropped."""
+
+    type_name: ClassVar[str] = "mistral"
+    default_base_url: ClassVar[str | None] = "https://api.mistral.ai/v1"
+    asks_stream_usage: ClassVar[bool] = False
+    finish_reasons: ClassVar[dict[str, str]] = {"model_length": "length"}
+    failed_finishes: ClassVar[dict[str, int]] = {"error": 502}
+    dropped_params: ClassVar[frozenset[str]] = frozenset({
+        "stream_options", "logit_bias", "logprobs", "top_logprobs", "user", "store",
+        "metadata", "modalities", "audio", "service_tier", "web_search_options", "functions",
+        "function_call", "verbosity", "safety_identifier", "prompt_cache_key",
+        "reasoning_effort",
+    })
+
+    def adapt_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in body.items() if k not in self.dropped_params}
+        out["messages"] = [_mistral_message(m) for m in body["messages"]]
+        if out.get("max_completion_tokens") is not None:
+            out["max_tokens"] = out.pop("max_completion_tokens")
+        out.pop("max_completion_tokens", None)
+        if out.get("seed") is not None:
+            out["random_seed"] = out.pop("seed")
+        choice = out.get("tool_choice")
+        if choice == "required":
+            out["tool_choice"] = "any"
+        elif isinstance(choice, dict):
+            name = choice["function"]["name"]
+            tools = [t for t in out.get("tools") or [] if t["function"]["name"] == name]
+            if not tools:
+                raise InvalidRequest(f"tool_choice names '{name}', which is not in 'tools'.",
+                                     param="tool_choice", code="invalid_value")
+            out["tools"], out["tool_choice"] = tools, "any"
+        return out
+
+
+class DeepSeekProvider(CompatProvider):
+    """`delta.reasoning_content` (reasoner models) passes through untouched."""
+
+    type_name: ClassVar[str] = "deepseek"
+    default_base_url: ClassVar[str | None] = "https://api.deepseek.com"
+    failed_finishes: ClassVar[dict[str, int]] = {"insufficient_system_resource": 503}
+
+
+class TogetherProvider(CompatProvider):
+    type_name: ClassVar[str] = "together"
+    default_base_url: ClassVar[str | None] = "https://api.together.xyz/v1"
+    finish_reasons: ClassVar[dict[str, str]] = {"eos": "stop"}
+
+
+class FireworksProvider(CompatProvider):
+    type_name: ClassVar[str] = "fireworks"
+    default_base_url: ClassVar[str | None] = "https://api.fireworks.ai/inference/v1"
+
+
+class OpenRouterProvider(CompatProvider):
+    type_name: ClassVar[str] = "openrouter"
+    default_base_url: ClassVar[str | None] = "https://openrouter.ai/api/v1"
+    failed_finishes: ClassVar[dict[str, int]] = {"error": 502}
+
+
+class XAIProvider(CompatProvider):
+    type_name: ClassVar[str] = "xai"
+    default_base_url: ClassVar[str | None] = "https://api.x.ai/v1"
+
+
+class VLLMProvider(CompatProvider):
+    """A self-hosted server: no default URL (`base_url` is required), the key is optional."""
+
+    type_name: ClassVar[str] = "vllm"
+
+    @classmethod
+    def check_entry(cls, entry: dict[str, Any], source: str, where: str) -> None:
+        if not entry.get("base_url"):
+            raise ConfigError(source, f"{where}.base_url",
+                              "required for type vllm (e.g. http://127.0.0.1:8000/v1)")
+
+
+PRESETS: tuple[type[CompatProvider], ...] = (
+    GroqProvider, MistralProvider, DeepSeekProvider, TogetherProvider, FireworksProvider,
+    OpenRouterProvider, XAIProvider, VLLMProvider,
+)

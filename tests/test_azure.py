@@ -1,0 +1,217 @@
+"""Azure OpenAI (`type: azure`).
+
+No recorded Azure stream is in tests/fixtures, so the streams here are built from Azure's
+documented chunk shapes (provider-streams.md §8; Azure OpenAI content-filtering docs): a first
+chunk with `choices: []`, empty id/model and `prompt_filter_results`; `content_filter_results`
+on each choice; and, in asynchronous filter mode, choices without `delta` that carry only
+filter results and offsets.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from streamproxy.config import ConfigError
+from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.openai_api.request import parse_chat_request
+from streamproxy.providers.azure import AzureOpenAIProvider
+from streamproxy.providers.openai_compat import PassthroughTranslator
+from streamproxy.routing.target import Target
+from tests.conftest import provider_config
+from tests.helpers import collect, make_config, random_splits, sse_chunks
+
+VERSION = "2024-10-21"
+SAFE = {"hate": {"filtered": False, "severity": "safe"},
+        "self_harm": {"filtered": False, "severity": "safe"}}
+ENVELOPE = {"created": 1727000000, "id": "chatcmpl-A1", "model": "gpt-4o-2024-08-06",
+            "object": "chat.completion.chunk", "system_fingerprint": "fp_1"}
+PREAMBLE = {"choices": [], "created": 0, "id": "", "model": "", "object": "",
+            "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": SAFE}]}
+
+
+def choice(delta: dict[str, Any] | None, finish: str | None = None) -> dict[str, Any]:
+    c: dict[str, Any] = {"content_filter_results": SAFE, "finish_reason": finish, "index": 0,
+                         "logprobs": None}
+    if delta is not None:
+        c["delta"] = delta
+    return c
+
+
+def sse(*chunks: dict[str, Any]) -> bytes:
+    return b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+
+
+USAGE = {"completion_tokens": 3, "prompt_tokens": 10, "total_tokens": 13}
+STREAM = sse(
+    PREAMBLE,
+    {**ENVELOPE, "choices": [choice({"content": "", "refusal": None, "role": "assistant"})]},
+    {**ENVELOPE, "choices": [choice({"content": "Hello"})]},
+    {**ENVELOPE, "choices": [choice({"content": " there!"})]},
+    {**ENVELOPE, "choices": [choice({}, "stop")]},
+    {**ENVELOPE, "choices": [], "usage": USAGE},
+)
+# Asynchronous filter mode: annotations arrive as choices without a delta (often with an empty
+# envelope), and the finish can come that way too.
+ANNOTATION = {"choices": [{"content_filter_offsets": {"check_offset": 0, "start_offset": 0,
+                                                      "end_offset": 12},
+                           "content_filter_results": SAFE, "finish_reason": None, "index": 0}],
+              "created": 0, "id": "", "model": "", "object": ""}
+ASYNC_STREAM = sse(
+    PREAMBLE,
+    {**ENVELOPE, "choices": [choice({"content": "", "role": "assistant"})]},
+    {**ENVELOPE, "choices": [choice({"content": "Hello"})]},
+    ANNOTATION,
+    {**ENVELOPE, "choices": [choice(None, "stop")]},
+    ANNOTATION,
+    {**ENVELOPE, "choices": [], "usage": USAGE},
+)
+STREAM_REQ = {"model": "m", "stream": True, "stream_options": {"include_usage": True},
+              "messages": [{"role": "user", "content": "hi"}]}
+
+
+def azure_config(url: str, **extra: Any) -> Any:
+    return provider_config("azure", url, api_version=VERSION, **extra)
+
+
+def check(out: bytes, content: str) -> None:
+    chunks = sse_chunks(out)
+    c = collect(chunks)  # one id, one role, finish once, usage only on a choices:[] chunk
+    assert c.error is None and c.done
+    assert c.ids == {"chatcmpl-A1"}
+    assert c.content == content
+    assert c.finish_reason == "stop"
+    assert c.usage == USAGE
+    for chunk in chunks[:-1]:
+        assert chunk["object"] == "chat.completion.chunk"
+        assert all("delta" in ch for ch in chunk["choices"])
+
+
+def test_the_plain_passthrough_already_drops_the_prompt_filter_preamble() -> None:
+    enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    tr = PassthroughTranslator(enc, 1 << 20, provider="p", client_wants_usage=True)
+    tr.feed(STREAM)
+    tr.close()
+    check(enc.take(), "Hello there!")
+
+
+@pytest.mark.parametrize("body", [STREAM, ASYNC_STREAM], ids=["sync-filter", "async-filter"])
+async def test_stream_through_the_proxy_at_random_splits(proxy: Any, upstream: Any,
+                                                         body: bytes) -> None:
+    rng = random.Random(len(body))
+    client = await proxy(azure_config(upstream.url))
+    for _ in range(3):
+        upstream.pieces = random_splits(body, rng, max_piece=rng.choice([5, 50]))
+        resp = await client.post("/v1/chat/completions", json=STREAM_REQ)
+        assert resp.status == 200
+        check(await resp.read(), "Hello there!" if body is STREAM else "Hello")
+
+
+async def test_async_filter_finish_without_delta_gets_an_empty_delta(proxy: Any,
+                                                                    upstream: Any) -> None:
+    upstream.body = ASYNC_STREAM
+    client = await proxy(azure_config(upstream.url))
+    resp = await client.post("/v1/chat/completions", json=STREAM_REQ)
+    chunks = sse_chunks(await resp.read())
+    [finish] = [c for c in chunks[:-1] if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert finish["choices"][0]["delta"] == {}
+    assert finish["choices"][0]["content_filter_results"] == SAFE  # kept for who reads it
+    assert not any(c["id"] == "" for c in chunks[:-1])  # annotation chunks dropped
+
+
+async def test_url_api_key_header_and_body(proxy: Any, upstream: Any) -> None:
+    upstream.body = STREAM
+    client = await proxy(azure_config(upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "gpt4o-prod", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    await resp.read()
+    [sent] = upstream.requests
+    assert sent.path == f"/openai/deployments/gpt4o-prod/chat/completions?api-version={VERSION}"
+    assert sent.headers["api-key"] == "sk-test-secret"
+    assert "Authorization" not in sent.headers
+    assert sent.json() == {"model": "gpt4o-prod", "stream": True,
+                           "messages": [{"role": "user", "content": "hi"}],
+                           "stream_options": {"include_usage": True}}
+
+
+async def test_deployment_option_and_entra_token(proxy: Any, upstream: Any) -> None:
+    upstream.body = STREAM
+    client = await proxy(azure_config(upstream.url + "/openai", deployment="my deploy",
+                                      auth="entra"))
+    resp = await client.post("/v1/chat/completions", json=STREAM_REQ)
+    await resp.read()
+    [sent] = upstream.requests
+    assert sent.path == (f"/openai/deployments/my%20deploy/chat/completions"
+                         f"?api-version={VERSION}")
+    assert sent.headers["Authorization"] == "Bearer sk-test-secret"
+    assert "api-key" not in sent.headers
+
+
+def test_resource_builds_the_endpoint() -> None:
+    config = make_config({"az": {"type": "azure", "resource": "contoso",
+                                 "api_version": "2025-01-01-preview", "api_key": "k"}})
+    provider = AzureOpenAIProvider(config.providers["az"])
+    req = parse_chat_request(b'{"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}')
+    up = provider.build_request(req, Target(provider, "gpt-4o", api_key="k"))
+    assert up.url == ("https://contoso.openai.azure.com/openai/deployments/gpt-4o/"
+                      "chat/completions?api-version=2025-01-01-preview")
+    assert up.headers["api-key"] == "k"
+    assert up.body is req.raw  # nothing to change: the client's bytes go as they are
+
+
+@pytest.mark.parametrize(("entry", "key"), [
+    ({"resource": "r"}, "providers.az.api_version"),
+    ({"api_version": VERSION}, "providers.az.resource"),
+    ({"resource": "r", "api_version": VERSION, "auth": "oauth"}, "providers.az.auth"),
+    ({"resource": "r", "api_version": VERSION, "deployment": 3}, "providers.az.deployment"),
+])
+def test_config_errors_name_the_key(entry: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config({"az": {"type": "azure", **entry}})
+    assert info.value.key == key
+
+
+async def test_truncated_stream_is_an_error_frame(proxy: Any, upstream: Any) -> None:
+    cut = STREAM.rindex(b"data: ", 0, STREAM.index(b'"finish_reason":"stop"'))
+    upstream.body = STREAM[:cut]
+    client = await proxy(azure_config(upstream.url))
+    resp = await client.post("/v1/chat/completions", json=STREAM_REQ)
+    chunks = sse_chunks(await resp.read())
+    c = collect(chunks)
+    assert c.content == "Hello there!"
+    assert c.error is not None and c.error["code"] == "upstream_stream_truncated"
+    assert "[DONE]" not in chunks and c.finish_reason is None
+
+
+async def test_content_filter_error_body_keeps_status(proxy: Any, upstream: Any) -> None:
+    upstream.status = 400
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({"error": {
+        "message": "The response was filtered due to the prompt triggering Azure OpenAI's "
+                   "content management policy.", "type": None, "param": "prompt",
+        "code": "content_filter", "status": 400}})
+    client = await proxy(azure_config(upstream.url))
+    resp = await client.post("/v1/chat/completions", json=STREAM_REQ)
+    assert resp.status == 400
+    err = (await resp.json())["error"]
+    assert err["code"] == "content_filter" and "content management policy" in err["message"]
+
+
+async def test_openai_sdk_streams_through_azure(proxy: Any, upstream: Any) -> None:
+    upstream.body = ASYNC_STREAM
+    client = openai.AsyncOpenAI(base_url=str((await proxy(azure_config(upstream.url)))
+                                             .make_url("/v1")), api_key="x", max_retries=0)
+    stream = await client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], stream=True,
+        stream_options={"include_usage": True})
+    text, finish, usage = "", None, None
+    async for chunk in stream:
+        usage = chunk.usage or usage
+        for ch in chunk.choices:  # naive client code: delta is always there
+            text += ch.delta.content or ""
+            finish = ch.finish_reason or finish
+    assert (text, finish, usage.total_tokens if usage else None) == ("Hello", "stop", 13)

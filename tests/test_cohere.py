@@ -1,0 +1,344 @@
+"""Cohere v2 (`type: cohere`).
+
+The recorded stream (tests/fixtures/cohere/vercel-ai_cohere-tool-call.chunks.jsonl) is
+payload-only JSON lines; `jsonl_to_sse` rebuilds the SSE framing Cohere sends (`event:` +
+`data:` lines). Text, thinking, error and truncated streams are built from the documented
+event shapes (provider-streams.md §6).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from streamproxy.errors import StreamTruncated
+from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.openai_api.request import parse_chat_request
+from streamproxy.providers.cohere.request import to_cohere
+from streamproxy.providers.cohere.stream import CohereStreamTranslator
+from tests.conftest import provider_config
+from tests.helpers import collect, fixture_bytes, jsonl_to_sse, random_splits, sse_chunks
+
+TOOL_SSE = jsonl_to_sse(fixture_bytes("cohere/vercel-ai_cohere-tool-call.chunks.jsonl"))
+PLAN = ("I will use the weather tool to find the weather in San Francisco and the "
+        "cityAttractions tool to find attractions in San Francisco.")
+USAGE = {"prompt_tokens": 1549, "completion_tokens": 95, "total_tokens": 1644,
+         "prompt_tokens_details": {"cached_tokens": 1504}}
+STREAM_REQ = {"model": "m", "stream": True, "stream_options": {"include_usage": True},
+              "messages": [{"role": "user", "content": "hi"}]}
+
+
+def events(*payloads: dict[str, Any]) -> bytes:
+    return jsonl_to_sse(b"\n".join(orjson.dumps(p) for p in payloads))
+
+
+START = {"id": "x", "type": "message-start", "delta": {"message": {
+    "role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}}
+
+
+def text_delta(text: str, index: int = 0) -> dict[str, Any]:
+    return {"type": "content-delta", "index": index,
+            "delta": {"message": {"content": {"text": text}}}}
+
+
+def end(reason: str = "COMPLETE", **extra: Any) -> dict[str, Any]:
+    return {"type": "message-end", "delta": {"finish_reason": reason, **extra, "usage": {
+        "billed_units": {"input_tokens": 12, "output_tokens": 7},
+        "tokens": {"input_tokens": 507, "output_tokens": 10}, "cached_tokens": 448}}}
+
+
+TEXT_SSE = events(
+    START,
+    {"type": "content-start", "index": 0,
+     "delta": {"message": {"content": {"type": "thinking", "thinking": ""}}}},
+    {"type": "content-delta", "index": 0, "delta": {"message": {"content": {"thinking": "Hm."}}}},
+    {"type": "content-end", "index": 0},
+    {"type": "content-start", "index": 1,
+     "delta": {"message": {"content": {"type": "text", "text": ""}}}},
+    text_delta("The capital", 1), text_delta(" is Paris.", 1),
+    {"type": "content-end", "index": 1},
+    end(),
+)
+
+
+def translate(pieces: list[bytes], *, include_usage: bool = True) -> bytes:
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m",
+                       include_usage=include_usage)
+    tr = CohereStreamTranslator(enc, 1 << 20)
+    out = b""
+    for piece in pieces:
+        tr.feed(piece)
+        out += enc.take()
+    tr.close()
+    return out + enc.take()
+
+
+def check_tool_golden(out: bytes) -> None:
+    c = collect(sse_chunks(out))
+    assert c.error is None and c.done
+    assert len(c.ids) == 1 and c.roles == 1
+    assert c.content == ""
+    assert c.reasoning == PLAN
+    assert [(t["id"], t["name"], t["arguments"]) for t in c.tool_calls] == [
+        ("weather_e8p4pn45zt0t", "weather", '{"location": "San Francisco"}'),
+        ("cityAttractions_pyxssbwnq9fq", "cityAttractions", '{"city": "San Francisco"}'),
+    ]
+    assert c.finish_reason == "tool_calls"
+    assert c.usage == USAGE
+
+
+@pytest.mark.parametrize("eol", ["lf", "crlf"])
+def test_recorded_tool_stream_whole_and_at_random_splits(eol: str) -> None:
+    body = TOOL_SSE if eol == "lf" else TOOL_SSE.replace(b"\n", b"\r\n")
+    check_tool_golden(translate([body]))
+    rng = random.Random(eol)
+    for _ in range(30):
+        check_tool_golden(translate(random_splits(body, rng, max_piece=rng.choice([2, 9, 60]))))
+
+
+def test_tool_index_is_our_own_dense_ordinal() -> None:
+    # Cohere's index is dense in practice; a gap must still give the client 0, 1.
+    body = TOOL_SSE.replace(b'"index":1', b'"index":7')
+    check_tool_golden(translate([body]))
+
+
+async def test_recorded_tool_stream_through_the_proxy(proxy: Any, upstream: Any) -> None:
+    upstream.pieces = random_splits(TOOL_SSE, random.Random(3), max_piece=40)
+    client = await proxy(provider_config("cohere", upstream.url))
+    resp = await client.post("/v1/chat/completions", json=STREAM_REQ)
+    assert resp.status == 200
+    check_tool_golden(await resp.read())
+
+
+def test_text_and_thinking_stream() -> None:
+    c = collect(sse_chunks(translate([TEXT_SSE])))
+    assert c.content == "The capital is Paris."
+    assert c.reasoning == "Hm."
+    assert c.finish_reason == "stop" and c.done
+    assert c.usage == {"prompt_tokens": 507, "completion_tokens": 10, "total_tokens": 517,
+                       "prompt_tokens_details": {"cached_tokens": 448}}
+
+
+def test_usage_falls_back_to_billed_units_and_max_tokens_is_length() -> None:
+    body = events(START, text_delta("a"), {"type": "message-end", "delta": {
+        "finish_reason": "MAX_TOKENS",
+        "usage": {"billed_units": {"input_tokens": 12, "output_tokens": 7}}}})
+    c = collect(sse_chunks(translate([body])))
+    assert c.finish_reason == "length"
+    assert c.usage == {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
+
+
+def test_tool_call_without_arguments_gets_an_empty_object() -> None:
+    body = events(
+        START,
+        {"type": "tool-call-start", "index": 0, "delta": {"message": {"tool_calls": {
+            "id": "currentTime_1", "type": "function",
+            "function": {"name": "currentTime", "arguments": ""}}}}},
+        {"type": "tool-call-end", "index": 0},
+        end("TOOL_CALL"))
+    c = collect(sse_chunks(translate([body])))
+    assert c.tool_calls == [{"id": "currentTime_1", "name": "currentTime", "arguments": "{}"}]
+    assert c.finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize(("reason", "status"), [("ERROR", 502), ("TIMEOUT", 504)])
+def test_error_finish_is_an_error_frame(reason: str, status: int) -> None:
+    body = events(START, text_delta("partial"), end(reason, error="the model broke"))
+    c = collect(sse_chunks(translate([body])))
+    assert c.content == "partial"
+    assert c.error is not None and c.error["code"] == reason.lower()
+    assert "the model broke" in c.error["message"]
+    assert c.finish_reason is None and not c.done
+
+
+def test_eof_before_message_end_raises_truncated() -> None:
+    body = events(START, text_delta("partial"))
+    enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=True)
+    tr = CohereStreamTranslator(enc, 1 << 20)
+    tr.feed(body)
+    with pytest.raises(StreamTruncated):
+        tr.close()
+
+
+async def test_truncated_stream_through_the_proxy_ends_in_an_error_frame(
+        proxy: Any, upstream: Any) -> None:
+    upstream.body = TOOL_SSE[: TOOL_SSE.index(b"event: message-end")]
+    client = await proxy(provider_config("cohere", upstream.url))
+    resp = await client.post("/v1/chat/completions", json=STREAM_REQ)
+    chunks = sse_chunks(await resp.read())
+    c = collect(chunks)
+    assert c.error is not None and c.error["code"] == "upstream_stream_truncated"
+    assert not c.done and "[DONE]" not in chunks
+    assert c.finish_reason is None  # never a fake stop
+
+
+async def test_request_translation_on_the_wire(proxy: Any, upstream: Any) -> None:
+    upstream.body = TEXT_SSE
+    client = await proxy(provider_config("cohere", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "command-a-03-2025", "stream": True,
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "Weather?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+            {"role": "assistant", "content": None, "reasoning_content": "I will look it up.",
+             "tool_calls": [{"id": "w_1", "type": "function",
+                             "function": {"name": "weather", "arguments": '{"city":"SF"}'}}]},
+            {"role": "tool", "tool_call_id": "w_1", "content": "sunny"},
+        ],
+        "tools": [{"type": "function", "function": {
+            "name": "weather", "description": "Weather", "strict": True,
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+        "tool_choice": "required", "max_completion_tokens": 100, "temperature": 0.2,
+        "top_p": 0.9, "stop": "END", "seed": 7,
+        "response_format": {"type": "json_object"},
+        "logit_bias": {"1": 2}, "user": "u1", "parallel_tool_calls": False,
+    })
+    assert resp.status == 200
+    await resp.read()
+    [sent] = upstream.requests
+    assert sent.path == "/v2/chat"
+    assert sent.headers["Authorization"] == "Bearer sk-test-secret"
+    assert sent.json() == {
+        "model": "command-a-03-2025",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "Weather?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+            {"role": "assistant", "tool_plan": "I will look it up.", "tool_calls": [
+                {"id": "w_1", "type": "function",
+                 "function": {"name": "weather", "arguments": '{"city":"SF"}'}}]},
+            {"role": "tool", "tool_call_id": "w_1", "content": "sunny"},
+        ],
+        "max_tokens": 100, "temperature": 0.2, "seed": 7, "p": 0.9,
+        "stop_sequences": ["END"], "response_format": {"type": "json_object"},
+        "tools": [{"type": "function", "function": {
+            "name": "weather", "description": "Weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+        "tool_choice": "REQUIRED", "stream": True,
+    }
+
+
+def _body(**extra: Any) -> dict[str, Any]:
+    return parse_chat_request(orjson.dumps({
+        "model": "m", "messages": [{"role": "user", "content": "x"}], **extra})).body
+
+
+def test_named_tool_choice_sends_only_that_tool_as_required() -> None:
+    tools = [{"type": "function", "function": {"name": n}} for n in ("a", "b")]
+    out = to_cohere(_body(tools=tools, tool_choice={"type": "function",
+                                                    "function": {"name": "b"}}), "m")
+    assert out["tools"] == [{"type": "function", "function": {"name": "b"}}]
+    assert out["tool_choice"] == "REQUIRED"
+    out = to_cohere(_body(tools=tools, tool_choice="none"), "m")
+    assert out["tool_choice"] == "NONE" and len(out["tools"]) == 2
+    assert "tool_choice" not in to_cohere(_body(tools=tools, tool_choice="auto"), "m")
+
+
+def test_json_schema_and_reasoning_effort() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    out = to_cohere(_body(response_format={"type": "json_schema", "json_schema": {
+        "name": "x", "schema": schema}}, reasoning_effort="low"), "m")
+    assert out["response_format"] == {"type": "json_object", "json_schema": schema}
+    assert out["thinking"] == {"type": "enabled", "token_budget": 1024}
+    assert to_cohere(_body(reasoning_effort="none"), "m")["thinking"] == {"type": "disabled"}
+
+
+@pytest.mark.parametrize("status", [400, 401, 429, 500])
+async def test_error_body_keeps_status_and_message(proxy: Any, upstream: Any,
+                                                   status: int) -> None:
+    upstream.status = status
+    upstream.content_type = "application/json"
+    upstream.body = b'{"message":"invalid request: model not found"}'
+    client = await proxy(provider_config("cohere", upstream.url))
+    resp = await client.post("/v1/chat/completions", json=STREAM_REQ)
+    assert resp.status == status
+    body = await resp.json()
+    assert body["error"]["message"] == "invalid request: model not found"
+    assert "sk-test-secret" not in orjson.dumps(body).decode()
+
+
+NON_STREAM = {
+    "id": "f201af17", "finish_reason": "TOOL_CALL",
+    "message": {"role": "assistant", "tool_plan": "I will use the weather tool.",
+                "tool_calls": [{"id": "weather_1", "type": "function", "function": {
+                    "name": "weather", "arguments": '{"location":"San Francisco"}'}}]},
+    "usage": {"billed_units": {"input_tokens": 119, "output_tokens": 52},
+              "tokens": {"input_tokens": 1549, "output_tokens": 103}, "cached_tokens": 992},
+}
+
+
+async def test_non_stream_response(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps(NON_STREAM)
+    client = await proxy(provider_config("cohere", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status == 200
+    done = await resp.json()
+    assert "stream" not in upstream.requests[0].json()
+    msg = done["choices"][0]["message"]
+    assert msg["reasoning_content"] == "I will use the weather tool."
+    assert msg["tool_calls"] == [{"id": "weather_1", "type": "function", "function": {
+        "name": "weather", "arguments": '{"location":"San Francisco"}'}}]
+    assert done["choices"][0]["finish_reason"] == "tool_calls"
+    assert done["usage"] == {"prompt_tokens": 1549, "completion_tokens": 103,
+                             "total_tokens": 1652, "prompt_tokens_details": {"cached_tokens": 992}}
+
+
+def sdk(client: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+
+
+async def test_openai_sdk_streams_the_recorded_tool_calls(proxy: Any, upstream: Any) -> None:
+    upstream.body = TOOL_SSE
+    client = sdk(await proxy(provider_config("cohere", upstream.url)))
+    stream = await client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], stream=True,
+        stream_options={"include_usage": True})
+    calls: dict[int, list[str]] = {}
+    finish, usage = None, None
+    async for chunk in stream:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for tc in choice.delta.tool_calls or []:
+                call = calls.setdefault(tc.index, [tc.id or "", tc.function.name or "", ""])
+                call[2] += tc.function.arguments or ""
+    assert calls == {0: ["weather_e8p4pn45zt0t", "weather", '{"location": "San Francisco"}'],
+                     1: ["cityAttractions_pyxssbwnq9fq", "cityAttractions",
+                         '{"city": "San Francisco"}']}
+    assert finish == "tool_calls"
+    assert usage is not None and usage.prompt_tokens == 1549
+    assert usage.prompt_tokens_details.cached_tokens == 1504
+
+
+async def test_openai_sdk_non_streaming(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({
+        "id": "t", "finish_reason": "COMPLETE",
+        "message": {"role": "assistant", "content": [{"type": "text", "text": "Paris."}]},
+        "usage": {"tokens": {"input_tokens": 5, "output_tokens": 2}}})
+    client = sdk(await proxy(provider_config("cohere", upstream.url)))
+    done = await client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}])
+    assert done.choices[0].message.content == "Paris."
+    assert done.choices[0].finish_reason == "stop"
+    assert done.usage.total_tokens == 7
+
+
+async def test_non_stream_error_finish_is_an_error_status(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({"id": "t", "finish_reason": "TIMEOUT",
+                                  "message": {"role": "assistant", "content": []}})
+    client = await proxy(provider_config("cohere", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status == 504
+    assert (await resp.json())["error"]["code"] == "timeout"

@@ -1,0 +1,96 @@
+"""The NDJSON decoder: whole, byte by byte, any split (Hypothesis), CRLF, the cap."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamproxy.decode.ndjson import NDJSONDecoder
+from streamproxy.errors import BufferOverflow, StreamDecodeError
+
+STREAM = (b'{"message":{"content":"caf\xc3\xa9 \xe2\x80\xa8 ok"},"done":false}\n'
+          b'\n'
+          b'{"message":{"content":"a\\nb\\r"},"done":false}\r\n'
+          b'{"done":true,"eval_count":3}\n')
+LINES = [b'{"message":{"content":"caf\xc3\xa9 \xe2\x80\xa8 ok"},"done":false}',
+         b'{"message":{"content":"a\\nb\\r"},"done":false}',
+         b'{"done":true,"eval_count":3}']
+
+
+def decode(pieces: list[bytes], cap: int = 1 << 20) -> list[bytes]:
+    dec = NDJSONDecoder(cap)
+    out: list[bytes] = []
+    for piece in pieces:
+        out += dec.feed(piece)
+    return out + dec.close()
+
+
+def test_whole() -> None:
+    assert decode([STREAM]) == LINES
+
+
+def test_byte_by_byte() -> None:
+    assert decode([STREAM[i : i + 1] for i in range(len(STREAM))]) == LINES
+
+
+def test_lines_come_out_as_soon_as_they_end() -> None:
+    dec = NDJSONDecoder()
+    assert dec.feed(b'{"a":1}\n{"b"') == [b'{"a":1}']
+    assert dec.feed(b":2}") == []
+    assert dec.feed(b"\n") == [b'{"b":2}']
+    assert dec.close() == []
+
+
+def test_unterminated_last_line_is_returned_at_close() -> None:
+    assert decode([b'{"a":1}\n{"done":true}']) == [b'{"a":1}', b'{"done":true}']
+    assert decode([b'{"a":1}\r\n{"done":true}\r']) == [b'{"a":1}', b'{"done":true}']
+
+
+def test_lone_cr_and_unicode_separators_do_not_split() -> None:
+    assert decode([b'{"a":"x\ry"}\n{"b":"\xe2\x80\xa9"}\n']) == [b'{"a":"x\ry"}',
+                                                                   b'{"b":"\xe2\x80\xa9"}']
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_any_split_gives_the_same_lines(data: st.DataObject) -> None:
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(STREAM)), max_size=20)))
+    bounds = [0, *cuts, len(STREAM)]
+    pieces = [STREAM[a:b] for a, b in pairwise(bounds)]
+    assert decode(pieces) == LINES
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=8),
+       st.data())
+def test_any_lines_any_split(lines: list[bytes], data: st.DataObject) -> None:
+    body = b"".join(line + b"\n" for line in lines)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=10)))
+    bounds = [0, *cuts, len(body)]
+    pieces = [body[a:b] for a, b in pairwise(bounds)]
+    expected = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+    assert decode(pieces) == [line for line in expected if line]
+
+
+def test_cap_on_an_incomplete_line_is_a_typed_error() -> None:
+    dec = NDJSONDecoder(max_line_bytes=16)
+    assert dec.feed(b'{"ok":1}\n' + b"x" * 16) == [b'{"ok":1}']
+    with pytest.raises(BufferOverflow) as info:
+        dec.feed(b"y")
+    assert isinstance(info.value, StreamDecodeError)
+    assert info.value.status == 502
+
+
+def test_cap_counts_a_line_growing_over_many_reads() -> None:
+    dec = NDJSONDecoder(max_line_bytes=100)
+    with pytest.raises(BufferOverflow):
+        for _ in range(101):
+            dec.feed(b"z")
+
+
+def test_a_long_line_in_one_read_is_fine() -> None:
+    line = b'{"x":"' + b"a" * 500 + b'"}'
+    assert decode([line + b"\n"], cap=100) == [line]

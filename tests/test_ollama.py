@@ -1,0 +1,317 @@
+"""Ollama native `/api/chat` (`type: ollama`).
+
+No recorded Ollama stream exists (tests/fixtures/SOURCES.md), so the streams here are built from
+Ollama's documented NDJSON format (docs/api.md "Generate a chat completion": one object per
+line, `done: false` lines with `message.content` / `message.thinking` / `message.tool_calls`
+whose arguments are objects, a final `done: true` line with `done_reason` and eval counts; an
+`{"error": …}` line on failure).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from streamproxy.errors import StreamTruncated
+from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.providers.ollama.stream import OllamaStreamTranslator
+from tests.conftest import provider_config
+from tests.helpers import collect, make_config, random_splits, sse_chunks
+
+NDJSON = "application/x-ndjson"
+CREATED = "2024-07-22T20:33:28.123648Z"
+
+
+def line(content: str = "", *, done: bool = False, **message: Any) -> dict[str, Any]:
+    return {"model": "llama3.2", "created_at": CREATED,
+            "message": {"role": "assistant", "content": content, **message}, "done": done}
+
+
+def final(reason: str = "stop", **extra: Any) -> dict[str, Any]:
+    return {**line(done=True), "done_reason": reason, "total_duration": 4883583458,
+            "load_duration": 1334875, "prompt_eval_count": 26,
+            "prompt_eval_duration": 342546000, "eval_count": 282,
+            "eval_duration": 4535599000, **extra}
+
+
+def ndjson(*objs: dict[str, Any]) -> bytes:
+    return b"".join(orjson.dumps(o) + b"\n" for o in objs)
+
+
+TEXT = ndjson(line("The"), line(" sky is"), line(" blue — \u2028 because"), line("."), final())
+TOOLS = ndjson(
+    line(thinking="Need the weather."),
+    line(tool_calls=[{"function": {"name": "get_weather", "arguments": {"city": "Toronto"}}}]),
+    line(tool_calls=[{"function": {"name": "get_weather",
+                                   "arguments": {"city": "Paris", "unit": "c"}}},
+                     {"function": {"name": "get_time", "arguments": {}}}]),
+    final(),
+)
+USAGE = {"prompt_tokens": 26, "completion_tokens": 282, "total_tokens": 308}
+STREAM_REQ = {"model": "m", "stream": True, "stream_options": {"include_usage": True},
+              "messages": [{"role": "user", "content": "hi"}]}
+
+
+def translate(pieces: list[bytes]) -> bytes:
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
+    tr = OllamaStreamTranslator(enc, 1 << 20)
+    out = b""
+    for piece in pieces:
+        tr.feed(piece)
+        out += enc.take()
+    tr.close()
+    return out + enc.take()
+
+
+def check_text(out: bytes) -> None:
+    c = collect(sse_chunks(out))
+    assert c.error is None and c.done and c.roles == 1 and len(c.ids) == 1
+    assert c.content == "The sky is blue — \u2028 because."
+    assert c.finish_reason == "stop"
+    assert c.usage == USAGE
+
+
+def check_tools(out: bytes) -> None:
+    c = collect(sse_chunks(out))
+    assert c.error is None and c.done
+    assert c.reasoning == "Need the weather."
+    assert [(t["name"], c.args(i)) for i, t in enumerate(c.tool_calls)] == [
+        ("get_weather", {"city": "Toronto"}),
+        ("get_weather", {"city": "Paris", "unit": "c"}),
+        ("get_time", {}),
+    ]
+    ids = [t["id"] for t in c.tool_calls]
+    assert len(set(ids)) == 3 and all(i.startswith("call_") for i in ids)
+    assert c.finish_reason == "tool_calls"
+    assert c.usage == USAGE
+
+
+@pytest.mark.parametrize(("body", "check"), [(TEXT, check_text), (TOOLS, check_tools)])
+@pytest.mark.parametrize("eol", ["lf", "crlf"])
+def test_stream_whole_and_at_random_splits(body: bytes, check: Any, eol: str) -> None:
+    if eol == "crlf":
+        body = body.replace(b"\n", b"\r\n")
+    check(translate([body]))
+    rng = random.Random(eol)
+    for _ in range(30):
+        check(translate(random_splits(body, rng, max_piece=rng.choice([1, 7, 80]))))
+
+
+@pytest.mark.parametrize(("body", "check"), [(TEXT, check_text), (TOOLS, check_tools)])
+async def test_stream_through_the_proxy(proxy: Any, upstream: Any, body: bytes,
+                                        check: Any) -> None:
+    upstream.content_type = NDJSON
+    upstream.pieces = random_splits(body, random.Random(5), max_piece=30)
+    client = await proxy(provider_config("ollama", upstream.url))
+    resp = await client.post("/v1/chat/completions", json=STREAM_REQ)
+    assert resp.status == 200
+    check(await resp.read())
+
+
+def test_done_reason_length() -> None:
+    c = collect(sse_chunks(translate([ndjson(line("a"), final("length"))])))
+    assert c.finish_reason == "length" and c.content == "a"
+
+
+def test_error_line_is_an_error_frame() -> None:
+    c = collect(sse_chunks(translate([ndjson(line("a")) + b'{"error":"model crashed"}\n'])))
+    assert c.content == "a"
+    assert c.error is not None and c.error["message"] == "model crashed"
+    assert not c.done and c.finish_reason is None
+
+
+@pytest.mark.parametrize("cut", ["before_done", "mid_line"])
+def test_eof_before_done_raises_truncated(cut: str) -> None:
+    body = ndjson(line("a"), line("b"))
+    if cut == "mid_line":
+        body += ndjson(final())[:30]
+    enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=True)
+    tr = OllamaStreamTranslator(enc, 1 << 20)
+    tr.feed(body)
+    with pytest.raises(StreamTruncated):
+        tr.close()
+
+
+@pytest.mark.parametrize("cut", ["before_done", "mid_line"])
+async def test_truncated_stream_through_the_proxy(proxy: Any, upstream: Any, cut: str) -> None:
+    upstream.content_type = NDJSON
+    upstream.body = TEXT[: TEXT.rindex(b"\n", 0, TEXT.index(b'"done":true')) + 1]
+    if cut == "mid_line":
+        upstream.body += ndjson(final())[:40]
+    client = await proxy(provider_config("ollama", upstream.url))
+    resp = await client.post("/v1/chat/completions", json=STREAM_REQ)
+    chunks = sse_chunks(await resp.read())
+    c = collect(chunks)
+    assert c.content == "The sky is blue — \u2028 because."
+    assert c.error is not None and c.error["code"] == "upstream_stream_truncated"
+    assert "[DONE]" not in chunks and c.finish_reason is None
+
+
+async def test_request_translation_on_the_wire(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = NDJSON
+    upstream.body = TEXT
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    client = await proxy(provider_config("ollama", upstream.url, keep_alive="10m",
+                                         options={"num_ctx": 8192}))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "llama3.2", "stream": True,
+        "messages": [
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0K"}}]},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "c1", "type": "function",
+                 "function": {"name": "lookup", "arguments": '{"q":"cat"}'}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "a cat"},
+        ],
+        "tools": [{"type": "function", "function": {
+            "name": "lookup", "description": "Look up", "strict": True,
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}],
+        "max_tokens": 50, "temperature": 0.1, "top_p": 0.8, "stop": ["\n\n"], "seed": 3,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x",
+                                                                    "schema": schema}},
+        "reasoning_effort": "medium", "logprobs": True, "user": "u",
+    })
+    assert resp.status == 200
+    await resp.read()
+    [sent] = upstream.requests
+    assert sent.path == "/api/chat"
+    assert sent.headers["Authorization"] == "Bearer sk-test-secret"
+    assert sent.json() == {
+        "model": "llama3.2", "stream": True,
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "What is this?", "images": ["iVBORw0K"]},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"function": {"name": "lookup", "arguments": {"q": "cat"}}}]},
+            {"role": "tool", "content": "a cat", "tool_name": "lookup"},
+        ],
+        "options": {"num_ctx": 8192, "num_predict": 50, "temperature": 0.1, "top_p": 0.8,
+                    "seed": 3, "stop": ["\n\n"]},
+        "format": schema, "think": "medium", "keep_alive": "10m",
+        "tools": [{"type": "function", "function": {
+            "name": "lookup", "description": "Look up",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}],
+    }
+
+
+async def test_no_key_no_auth_header_and_json_mode(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = NDJSON
+    upstream.body = TEXT
+    client = await proxy(make_config({"local": {"type": "ollama", "base_url": upstream.url,
+                                                "default_model": "m"}}, default="local"))
+    resp = await client.post("/v1/chat/completions", json={
+        **STREAM_REQ, "response_format": {"type": "json_object"}, "tool_choice": "none",
+        "tools": [{"type": "function", "function": {"name": "f"}}]})
+    await resp.read()
+    [sent] = upstream.requests
+    assert "Authorization" not in sent.headers
+    body = sent.json()
+    assert body["format"] == "json" and "tools" not in body
+
+
+async def test_remote_image_url_is_rejected(proxy: Any, upstream: Any) -> None:
+    client = await proxy(provider_config("ollama", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "messages": [
+        {"role": "user", "content": [{"type": "image_url",
+                                      "image_url": {"url": "http://example.com/a.png"}}]}]})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == "messages[0].content[0].image_url.url"
+    assert upstream.requests == []
+
+
+async def test_error_body_keeps_status(proxy: Any, upstream: Any) -> None:
+    upstream.status = 404
+    upstream.content_type = "application/json"
+    upstream.body = b'{"error":"model \\"nope\\" not found, try pulling it first"}'
+    client = await proxy(provider_config("ollama", upstream.url))
+    resp = await client.post("/v1/chat/completions", json=STREAM_REQ)
+    assert resp.status == 404
+    assert (await resp.json())["error"]["message"] == \
+        'model "nope" not found, try pulling it first'
+
+
+NON_STREAM = {**line("Hello!", thinking="greet"), "done": True, "done_reason": "stop",
+              "prompt_eval_count": 9, "eval_count": 3}
+
+
+async def test_non_stream_response(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps(NON_STREAM)
+    client = await proxy(provider_config("ollama", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status == 200
+    done = await resp.json()
+    assert upstream.requests[0].json()["stream"] is False
+    assert done["object"] == "chat.completion"
+    assert done["choices"][0]["message"]["content"] == "Hello!"
+    assert done["choices"][0]["message"]["reasoning_content"] == "greet"
+    assert done["choices"][0]["finish_reason"] == "stop"
+    assert done["usage"] == {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+
+
+async def test_non_stream_without_done_is_a_protocol_error(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps(line("Hel"))
+    client = await proxy(provider_config("ollama", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status == 502
+
+
+def sdk(client: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+
+
+async def test_openai_sdk_streaming_tool_calls(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = NDJSON
+    upstream.body = TOOLS
+    client = sdk(await proxy(provider_config("ollama", upstream.url)))
+    stream = await client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], stream=True,
+        stream_options={"include_usage": True})
+    calls: dict[int, list[str]] = {}
+    finish, usage = None, None
+    async for chunk in stream:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for tc in choice.delta.tool_calls or []:
+                call = calls.setdefault(tc.index, [tc.function.name or "", ""])
+                call[1] += tc.function.arguments or ""
+    assert {i: (name, orjson.loads(args)) for i, (name, args) in calls.items()} == {
+        0: ("get_weather", {"city": "Toronto"}),
+        1: ("get_weather", {"city": "Paris", "unit": "c"}),
+        2: ("get_time", {})}
+    assert finish == "tool_calls"
+    assert usage is not None and usage.total_tokens == 308
+
+
+async def test_openai_sdk_non_streaming(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps(NON_STREAM)
+    client = sdk(await proxy(provider_config("ollama", upstream.url)))
+    done = await client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}])
+    assert done.choices[0].message.content == "Hello!"
+    assert done.usage.completion_tokens == 3
+
+
+async def test_openai_sdk_sees_a_truncated_stream_as_an_error(proxy: Any,
+                                                              upstream: Any) -> None:
+    upstream.content_type = NDJSON
+    upstream.body = ndjson(line("partial"))
+    client = sdk(await proxy(provider_config("ollama", upstream.url)))
+    stream = await client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+    text = ""
+    with pytest.raises(openai.APIError, match="closed the stream"):
+        async for chunk in stream:
+            text += chunk.choices[0].delta.content or "" if chunk.choices else ""
+    assert text == "partial"

@@ -1,0 +1,275 @@
+"""OpenAI-compatible presets (`type: groq`, `mistral`, `deepseek`, `together`, `fireworks`,
+`openrouter`, `xai`, `vllm`): default URLs and auth, each handled quirk, and the `openai` SDK
+end to end for every type.
+
+The quirky streams are built from the documented/reported shapes in provider-streams.md §8
+(Groq `x_groq.usage`, xAI usage on the second-to-last chunk then an empty-choices chunk —
+BerriAI/litellm#17136, Mistral usage on the finish chunk and its 422 on `stream_options`,
+OpenRouter keep-alive comments and `data: {"error": …}`, vLLM `choices: null`, DeepSeek
+`reasoning_content` and `insufficient_system_resource`, Together `eos`).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from streamproxy.config import ConfigError
+from streamproxy.openai_api.request import parse_chat_request
+from streamproxy.providers.registry import PROVIDER_TYPES
+from streamproxy.routing.target import Target
+from tests.conftest import provider_config
+from tests.helpers import collect, fixture_bytes, make_config, random_splits, sse_chunks
+
+DEFAULT_URLS = {
+    "groq": "https://api.groq.com/openai/v1",
+    "mistral": "https://api.mistral.ai/v1",
+    "deepseek": "https://api.deepseek.com",
+    "together": "https://api.together.xyz/v1",
+    "fireworks": "https://api.fireworks.ai/inference/v1",
+    "openrouter": "https://openrouter.ai/api/v1",
+    "xai": "https://api.x.ai/v1",
+}
+PRESETS = [*DEFAULT_URLS, "vllm"]
+USAGE = {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}
+HI = [{"role": "user", "content": "hi"}]
+
+
+def chunk(choices: list[dict[str, Any]] | None, **extra: Any) -> dict[str, Any]:
+    return {"id": "gen-1", "object": "chat.completion.chunk", "created": 1700000000,
+            "model": "up-model", "choices": choices, **extra}
+
+
+def choice(finish: str | None = None, **delta: Any) -> dict[str, Any]:
+    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+
+def sse(*items: dict[str, Any] | bytes, done: bool = True) -> bytes:
+    out = b"".join(i if isinstance(i, bytes) else b"data: " + orjson.dumps(i) + b"\n\n"
+                   for i in items)
+    return out + (b"data: [DONE]\n\n" if done else b"")
+
+
+HEAD = (chunk([choice(role="assistant", content="")]), chunk([choice(content="Hello")]),
+        chunk([choice(content=" world")]))
+
+
+def build(kind: str, **extra: Any) -> tuple[Any, Any]:
+    config = make_config({"p": {"type": kind, "api_key": "k", **extra}})
+    provider = PROVIDER_TYPES[kind](config.providers["p"])
+    return provider, Target(provider, "some-model", api_key="k")
+
+
+def request(**body: Any) -> Any:
+    return parse_chat_request(orjson.dumps({"model": "some-model", "messages": HI, **body}))
+
+
+@pytest.mark.parametrize("kind", DEFAULT_URLS)
+def test_default_url_and_bearer_auth(kind: str) -> None:
+    provider, target = build(kind)
+    up = provider.build_request(request(), target)
+    assert up.url == DEFAULT_URLS[kind] + "/chat/completions"
+    assert up.headers["authorization"] == "Bearer k"
+    assert provider.passthrough
+
+
+def test_vllm_requires_base_url_and_takes_no_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config({"local": {"type": "vllm"}})
+    assert info.value.key == "providers.local.base_url"
+    config = make_config({"local": {"type": "vllm", "base_url": "http://127.0.0.1:8000/v1"}})
+    provider = PROVIDER_TYPES["vllm"](config.providers["local"])
+    up = provider.build_request(request(), Target(provider, "m"))
+    assert up.url == "http://127.0.0.1:8000/v1/chat/completions"
+    assert "authorization" not in up.headers
+
+
+def test_presets_take_no_openai_only_options() -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config({"g": {"type": "groq", "organization": "org-1"}})
+    assert info.value.key == "providers.g.organization"
+
+
+async def stream(proxy: Any, upstream: Any, kind: str, body: bytes, *,
+                 usage: bool = True, **req: Any) -> list[Any]:
+    upstream.pieces = random_splits(body, random.Random(kind), max_piece=23)
+    client = await proxy(provider_config(kind, upstream.url))
+    payload: dict[str, Any] = {"model": "m", "stream": True, "messages": HI, **req}
+    if usage:
+        payload["stream_options"] = {"include_usage": True}
+    resp = await client.post("/v1/chat/completions", json=payload)
+    assert resp.status == 200
+    return sse_chunks(await resp.read())
+
+
+def usage_chunks(chunks: list[Any]) -> list[Any]:
+    return [c for c in chunks if isinstance(c, dict) and c.get("usage")]
+
+
+# -- usage where OpenAI would not put it ------------------------------------------------------
+XAI = sse(*HEAD, chunk([choice("stop")], usage=USAGE), chunk([]))  # usage, then empty choices
+MISTRAL = sse(*HEAD, chunk([choice("stop", content="")], usage=USAGE))
+GROQ = sse(*HEAD, chunk([choice("stop")], x_groq={"id": "req_1", "usage": {
+    **USAGE, "queue_time": 0.01, "total_time": 0.2}}))
+
+
+@pytest.mark.parametrize(("kind", "body"), [("xai", XAI), ("mistral", MISTRAL), ("groq", GROQ)])
+async def test_usage_is_moved_to_one_usage_chunk_before_done(proxy: Any, upstream: Any,
+                                                             kind: str, body: bytes) -> None:
+    chunks = await stream(proxy, upstream, kind, body)
+    c = collect(chunks)
+    assert c.content == "Hello world" and c.finish_reason == "stop" and c.done
+    [only] = usage_chunks(chunks)
+    assert only["choices"] == [] and only["id"] == "gen-1"
+    assert {k: only["usage"][k] for k in USAGE} == USAGE
+    assert chunks[-2] is only  # right before [DONE]
+
+
+@pytest.mark.parametrize(("kind", "body"), [("xai", XAI), ("mistral", MISTRAL), ("groq", GROQ)])
+async def test_no_usage_chunk_when_the_client_did_not_ask(proxy: Any, upstream: Any,
+                                                          kind: str, body: bytes) -> None:
+    chunks = await stream(proxy, upstream, kind, body, usage=False)
+    c = collect(chunks)
+    assert c.done and c.usage is None and usage_chunks(chunks) == []
+
+
+async def test_groq_usage_is_not_duplicated_when_a_usage_chunk_also_comes(
+        proxy: Any, upstream: Any) -> None:
+    body = sse(*HEAD, chunk([choice("stop")], x_groq={"id": "r", "usage": USAGE}),
+               chunk([], usage=USAGE, x_groq={"id": "r", "usage": USAGE}))
+    chunks = await stream(proxy, upstream, "groq", body)
+    assert len(usage_chunks(chunks)) == 1 and collect(chunks).usage == USAGE
+
+
+async def test_vllm_usage_chunk_with_null_choices(proxy: Any, upstream: Any) -> None:
+    body = sse(*HEAD, chunk([choice("stop")]), chunk(None, usage=USAGE))
+    chunks = await stream(proxy, upstream, "vllm", body)
+    c = collect(chunks)
+    assert c.usage == USAGE and c.done
+    assert usage_chunks(chunks)[0]["choices"] == []
+
+
+# -- finish reasons ---------------------------------------------------------------------------
+@pytest.mark.parametrize(("kind", "upstream_reason", "reason"), [
+    ("together", "eos", "stop"), ("mistral", "model_length", "length"),
+    ("fireworks", "length", "length"),
+])
+async def test_finish_reasons_are_mapped(proxy: Any, upstream: Any, kind: str,
+                                         upstream_reason: str, reason: str) -> None:
+    body = sse(*HEAD, chunk([choice(upstream_reason)]), chunk([], usage=USAGE))
+    c = collect(await stream(proxy, upstream, kind, body))
+    assert c.finish_reason == reason and c.done and c.usage == USAGE
+
+
+@pytest.mark.parametrize(("kind", "upstream_reason", "status"), [
+    ("deepseek", "insufficient_system_resource", 503), ("openrouter", "error", 502),
+    ("mistral", "error", 502),
+])
+async def test_failure_finishes_become_error_frames(proxy: Any, upstream: Any, kind: str,
+                                                    upstream_reason: str, status: int) -> None:
+    body = sse(*HEAD, chunk([choice(upstream_reason)]), chunk([], usage=USAGE))
+    chunks = await stream(proxy, upstream, kind, body)
+    c = collect(chunks)
+    assert c.content == "Hello world"
+    assert c.error is not None and c.error["code"] == upstream_reason
+    assert c.finish_reason is None and not c.done and "[DONE]" not in chunks
+
+
+# -- OpenRouter ---------------------------------------------------------------------------------
+async def test_openrouter_keepalives_and_mid_stream_error(proxy: Any, upstream: Any) -> None:
+    body = sse(b": OPENROUTER PROCESSING\n\n", HEAD[0], b": OPENROUTER PROCESSING\n\n",
+               HEAD[1], chunk([choice("error", content="")], error={
+                   "code": 502, "message": "Provider disconnected unexpectedly"}), done=False)
+    chunks = await stream(proxy, upstream, "openrouter", body)
+    c = collect(chunks)
+    assert c.content == "Hello"
+    assert c.error == {"message": "Provider disconnected unexpectedly", "type": "api_error",
+                       "param": None, "code": "502"}
+    assert "[DONE]" not in chunks
+
+
+# -- DeepSeek --------------------------------------------------------------------------------
+async def test_deepseek_reasoning_content_passes_through_unchanged(proxy: Any,
+                                                                   upstream: Any) -> None:
+    thinking = chunk([choice(content=None, reasoning_content="Think.")])
+    upstream.body = sse(chunk([choice(role="assistant", content=None, reasoning_content="")]),
+                        thinking, chunk([choice(content="Done.", reasoning_content=None)]),
+                        chunk([choice("stop", content="")]), chunk([], usage=USAGE))
+    client = await proxy(provider_config("deepseek", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "deepseek-reasoner", "stream": True, "messages": HI,
+        "stream_options": {"include_usage": True}})
+    out = await resp.read()
+    assert b"data: " + orjson.dumps(thinking) + b"\n\n" in out  # forwarded byte for byte
+    c = collect(sse_chunks(out))
+    assert (c.reasoning, c.content, c.finish_reason, c.usage) == ("Think.", "Done.", "stop",
+                                                                  USAGE)
+
+
+# -- Mistral request -------------------------------------------------------------------------
+TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
+         for n in ("a", "b")]
+
+
+async def test_mistral_request_on_the_wire(proxy: Any, upstream: Any) -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "a", "arguments": "{}"}}
+    messages = [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": "hi", "name": "ann"},
+        {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call],
+         "reasoning_content": "r"},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+    ]
+    await stream(proxy, upstream, "mistral", MISTRAL, tools=TOOLS, tool_choice="required",
+                 max_completion_tokens=64, seed=5, user="u1", logprobs=True,
+                 parallel_tool_calls=False, temperature=0.3, messages=messages)
+    [sent] = upstream.requests
+    assert sent.path == "/chat/completions"
+    assert sent.headers["Authorization"] == "Bearer sk-test-secret"
+    assert sent.json() == {
+        "model": "m", "stream": True, "tools": TOOLS, "tool_choice": "any", "max_tokens": 64,
+        "random_seed": 5, "parallel_tool_calls": False, "temperature": 0.3,
+        "messages": [{"role": "system", "content": "Be brief."},
+                     {"role": "user", "content": "hi"},
+                     {"role": "assistant", "content": None, "tool_calls": [call]},
+                     {"role": "tool", "content": "ok", "tool_call_id": "c1"}]}
+
+
+def test_mistral_named_tool_choice_is_any_with_only_that_tool() -> None:
+    provider, target = build("mistral")
+    up = provider.build_request(request(tools=TOOLS, tool_choice={
+        "type": "function", "function": {"name": "b"}}), target)
+    body = orjson.loads(up.body)
+    assert body["tool_choice"] == "any" and body["tools"] == [TOOLS[1]]
+    assert "stream_options" not in body
+
+
+def test_other_presets_ask_for_stream_usage() -> None:
+    provider, target = build("xai")
+    body = orjson.loads(provider.build_request(request(stream=True), target).body)
+    assert body["stream_options"] == {"include_usage": True}
+
+
+# -- the openai SDK, every preset ------------------------------------------------------------
+@pytest.mark.parametrize("kind", PRESETS)
+async def test_openai_sdk_streams_through_every_preset(proxy: Any, upstream: Any,
+                                                       kind: str) -> None:
+    upstream.body = fixture_bytes("openai/pydantic-ai_run_stream_sync.response1.sse")
+    test_client = await proxy(provider_config(kind, upstream.url))
+    client = openai.AsyncOpenAI(base_url=str(test_client.make_url("/v1")), api_key="x",
+                                max_retries=0)
+    out = await client.chat.completions.create(model="m", messages=HI, stream=True,
+                                               stream_options={"include_usage": True})
+    text, finish, usage = "", None, None
+    async for c in out:
+        usage = c.usage or usage
+        for ch in c.choices:
+            text += ch.delta.content or ""
+            finish = ch.finish_reason or finish
+    assert (text, finish) == ("The capital of the UK is London.", "stop")
+    assert usage is not None and usage.total_tokens == 87
+    assert upstream.requests[0].path == "/chat/completions"
