@@ -147,6 +147,7 @@ class FakeUpstream:
         self.extra_headers: dict[str, str] = {}
         self.delay_before_headers = 0.0
         self.hold_open = False  # keep the connection open after the body (a stall)
+        self.piece_delay = 0.0  # seconds between pieces, so each one is a separate read
         self.closed = asyncio.Event()  # set when a streaming response's connection closed
         self.url = ""
 
@@ -171,7 +172,7 @@ class FakeUpstream:
         try:
             for piece in self.pieces if self.pieces is not None else [self.body]:
                 await resp.write(piece)
-                await asyncio.sleep(0)
+                await asyncio.sleep(self.piece_delay)
             if self.hold_open:
                 await asyncio.sleep(3600)
             await resp.write_eof()

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 
 from streamproxy.config import Timeouts
-from streamproxy.errors import UpstreamTimeout
+from streamproxy.errors import ProxyError, UpstreamTimeout
 
 
 class Deadline:
-    __slots__ = ("_handle", "_last", "_loop", "_provider", "_start", "_streaming", "_task",
-                 "_timeouts", "expired")
+    __slots__ = ("_handle", "_last", "_loop", "_provider", "_since", "_start", "_streaming",
+                 "_task", "_timeouts", "expired", "max_gap", "reads")
 
     def __init__(self, timeouts: Timeouts, provider: str) -> None:
         self._loop = asyncio.get_running_loop()
@@ -28,7 +28,10 @@ class Deadline:
         self._provider = provider
         self._start = self._last = self._loop.time()
         self._streaming = False
-        self.expired: UpstreamTimeout | None = None
+        self._since = self._start
+        self.reads = 0  # reads after the first event, and the largest gap between two reads:
+        self.max_gap = 0.0  # kept here because progress() already has the clock (metrics)
+        self.expired: ProxyError | None = None  # an UpstreamTimeout, or why abort() ended it
         self._handle: asyncio.TimerHandle | None = self._loop.call_at(self._due(), self._fire)
 
     def _due(self) -> float:
@@ -40,12 +43,21 @@ class Deadline:
 
     def progress(self) -> None:
         """Called after each upstream read."""
-        self._last = self._loop.time()
+        now = self._loop.time()
+        gap = now - self._last
+        if gap > self.max_gap:
+            self.max_gap = gap
+        self._last = now
+        self.reads += 1
 
     def first_event(self) -> None:
         """The first upstream event arrived: from now on the idle gap applies."""
         self._streaming = True
-        self._last = self._loop.time()
+        self._last = self._since = self._loop.time()
+        due = self._due()  # the idle due time may come before the armed first-token one
+        if self._handle is not None and due < self._handle.when():
+            self._handle.cancel()
+            self._handle = self._loop.call_at(due, self._fire)
 
     def _fire(self) -> None:
         now = self._loop.time()
@@ -63,9 +75,23 @@ class Deadline:
         self.expired = UpstreamTimeout(f"provider '{self._provider}' exceeded {what}")
         self._task.cancel()
 
-    def owns(self, exc: asyncio.CancelledError) -> bool:
+    def abort(self, err: ProxyError) -> None:
+        """End the stream now with `err` (the worker is shutting down): the task sees it as
+        it sees an expiry, so the relay sends one error frame."""
+        if self.expired is None:
+            self.cancel()
+            self.expired = err
+            self._task.cancel()
+
+    def owns(self, exc: asyncio.CancelledError | None = None) -> bool:
         """True when `exc` is our own expiry and nobody else also cancelled the task."""
         return self.expired is not None and self._task.uncancel() == 0
+
+    def gap_stats(self) -> tuple[int, float | None, float | None]:
+        """(reads, largest gap, mean gap) since the first event; gaps None without a read."""
+        if not self.reads:
+            return 0, None, None
+        return self.reads, self.max_gap, (self._last - self._since) / self.reads
 
     def cancel(self) -> None:
         if self._handle is not None:

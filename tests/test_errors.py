@@ -1,0 +1,184 @@
+"""Bad input and upstream failures: OpenAI-shaped errors with the right status, before the
+stream; one error frame and no [DONE] after it has started."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+
+from tests.conftest import provider_config
+from tests.helpers import collect, make_config, sse_chunks
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+def assert_openai_error(body: dict[str, Any]) -> dict[str, Any]:
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["message"]
+    return body["error"]
+
+
+@pytest.mark.parametrize(("payload", "param", "fragment"), [
+    (b"{not json", None, "parse the JSON"),
+    (b"[1, 2]", None, "JSON object"),
+    (b'{"model": "mock/fast"}', "messages", "Missing required parameter"),
+    (b'{"messages": []}', "messages", "at least one"),
+    (b'{"messages": "hi"}', "messages", "expected an array"),
+    (b'{"messages": [{"role": "wizard", "content": "x"}]}', "messages[0].role", "role"),
+    (b'{"messages": [{"role": "user", "content": 5}]}', "messages[0].content", "content"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}', "stream", "boolean"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}', "max_tokens", "least"),
+    (b'{"messages": [{"role": "tool", "content": "x"}]}', "messages[0].tool_call_id", "tool_call"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}',
+     "tools[0].function.name", "required"),
+])
+async def test_invalid_requests_are_400(default_proxy: Any, payload: bytes, param: str | None,
+                                        fragment: str) -> None:
+    client = await default_proxy()
+    resp = await client.post("/v1/chat/completions", data=payload,
+                             headers={"content-type": "application/json"})
+    assert resp.status == 400
+    err = assert_openai_error(await resp.json())
+    assert err["type"] == "invalid_request_error"
+    assert err["param"] == param
+    assert fragment in err["message"]
+
+
+async def test_unknown_provider_lists_the_configured_ones(default_proxy: Any) -> None:
+    client = await default_proxy()
+    for headers, model in (({"x-portkey-provider": "nope"}, "x"), ({}, "@nope/x")):
+        resp = await client.post("/v1/chat/completions", headers=headers,
+                                 json={"model": model, "messages": USER})
+        assert resp.status == 400
+        err = assert_openai_error(await resp.json())
+        assert err["code"] == "unknown_provider"
+        assert "mock, mock-openai, openai, anthropic" in err["message"]
+
+
+async def test_body_over_the_limit_is_413(proxy: Any) -> None:
+    config = make_config({"mock": {"type": "mock", "default_model": "fast"}}, default="mock",
+                         server={"max_body_bytes": 1000})
+    client = await proxy(config)
+    big = [{"role": "user", "content": "x" * 2000}]
+    resp = await client.post("/v1/chat/completions", json={"messages": big})
+    assert resp.status == 413
+    assert assert_openai_error(await resp.json())["code"] == "request_too_large"
+
+
+async def test_unknown_path_and_method_are_openai_shaped(default_proxy: Any) -> None:
+    client = await default_proxy()
+    resp = await client.get("/v1/nothing")
+    assert resp.status == 404
+    assert_openai_error(await resp.json())
+    resp = await client.put("/v1/models")
+    assert resp.status == 405
+    assert_openai_error(await resp.json())
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize(("status", "etype"), [(429, "rate_limit_error"), (500, "api_error"),
+                                               (401, "authentication_error")])
+async def test_upstream_error_status_and_message_are_carried_over(
+        proxy: Any, upstream: Any, status: int, etype: str, stream: bool) -> None:
+    upstream.status = status
+    upstream.content_type = "application/json"
+    upstream.body = (b'{"type":"error","error":{"type":"some_error",'
+                     b'"message":"upstream says no"}}')
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": stream})
+    assert resp.status == status
+    err = assert_openai_error(await resp.json())
+    assert err["message"] == "upstream says no"
+    assert err["type"] == etype
+
+
+async def test_unreachable_upstream_is_502(proxy: Any) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = await proxy(provider_config("anthropic", f"http://127.0.0.1:{port}"))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True})
+    assert resp.status == 502
+    err = assert_openai_error(await resp.json())
+    assert err["code"] == "upstream_unreachable"
+    assert "sk-test-secret" not in err["message"]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_upstream_first_token_timeout_is_504(proxy: Any, upstream: Any,
+                                                   stream: bool) -> None:
+    upstream.delay_before_headers = 5
+    client = await proxy(provider_config("anthropic", upstream.url,
+                                         timeouts={"first_token": 0.3}))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": stream})
+    assert resp.status == 504
+    err = assert_openai_error(await resp.json())
+    assert err["code"] == "upstream_timeout"
+    assert "first-token" in err["message"]
+
+
+START = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","model":"m",'
+         b'"usage":{"input_tokens":3,"output_tokens":1}}}\n\n'
+         b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+         b'"content_block":{"type":"text","text":""}}\n\n'
+         b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+         b'"delta":{"type":"text_delta","text":"partial"}}\n\n')
+
+
+async def mid_stream(proxy: Any, upstream: Any, **provider: Any) -> Any:
+    upstream.piece_delay = 0.1  # the first piece commits the stream before the failure
+    client = await proxy(provider_config("anthropic", upstream.url, **provider))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True})
+    assert resp.status == 200
+    return collect(sse_chunks(await resp.read()))
+
+
+async def test_upstream_closing_mid_stream_ends_with_an_error_frame(proxy: Any,
+                                                                   upstream: Any) -> None:
+    upstream.pieces = [START]  # then the body ends: no message_stop
+    c = await mid_stream(proxy, upstream)
+    assert c.content == "partial"
+    assert c.error is not None and c.error["code"] == "upstream_stream_truncated"
+    assert not c.done and c.finish_reason is None  # never a fake stop
+
+
+async def test_malformed_event_mid_stream_ends_with_an_error_frame(proxy: Any,
+                                                                  upstream: Any) -> None:
+    upstream.pieces = [START, b"event: content_block_delta\ndata: {not json}\n\n"]
+    c = await mid_stream(proxy, upstream)
+    assert c.error is not None and c.error["code"] == "upstream_protocol_error"
+    assert not c.done
+
+
+async def test_idle_timeout_mid_stream_ends_with_an_error_frame(proxy: Any,
+                                                                upstream: Any) -> None:
+    upstream.pieces = [START]
+    upstream.hold_open = True
+    c = await mid_stream(proxy, upstream, timeouts={"idle": 0.3})
+    assert c.content == "partial"
+    assert c.error is not None and c.error["code"] == "upstream_timeout"
+    assert "idle" in c.error["message"]
+    assert not c.done
+
+
+async def test_anthropic_error_event_mid_stream(proxy: Any, upstream: Any) -> None:
+    upstream.pieces = [START, b'event: error\ndata: {"type":"error","error":'
+                              b'{"type":"overloaded_error","message":"Overloaded"}}\n\n']
+    c = await mid_stream(proxy, upstream)
+    assert c.content == "partial"
+    assert c.error == {"message": "Overloaded", "type": "api_error", "param": None,
+                       "code": "overloaded_error"}
+    assert not c.done and c.finish_reason is None
+
+
+async def test_error_before_any_output_is_an_http_error_not_a_stream(proxy: Any,
+                                                                     upstream: Any) -> None:
+    upstream.body = (b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
+                     b'"message":"Overloaded"}}\n\n')
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True})
+    assert resp.status == 529
+    assert assert_openai_error(await resp.json())["message"] == "Overloaded"

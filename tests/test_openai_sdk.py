@@ -1,0 +1,91 @@
+"""The official `openai` SDK as a real client, through the proxy on its embedded default."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import pytest
+
+from streamproxy.providers.mock.server import mock_text
+
+USER = [{"role": "user", "content": "Hello there"}]
+
+
+def sdk(client: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="sk-client",
+                              max_retries=0)
+
+
+@pytest.mark.parametrize("model", ["mock/fast:tokens=40", "mock-openai/fast:tokens=40"])
+async def test_streams_text_with_usage(default_proxy: Any, model: str) -> None:
+    client = sdk(await default_proxy())
+    stream = await client.chat.completions.create(
+        model=model, messages=USER, stream=True, stream_options={"include_usage": True})
+    text, finish, usage, ids = "", None, None, set()
+    async for chunk in stream:
+        ids.add(chunk.id)
+        if chunk.usage:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            finish = choice.finish_reason or finish
+    assert text == mock_text(40)
+    assert finish == "stop"
+    assert usage is not None and usage.completion_tokens == 40
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert len(ids) == 1
+
+
+async def test_streams_parallel_tool_calls(default_proxy: Any) -> None:
+    client = sdk(await default_proxy())
+    stream = await client.chat.completions.create(model="mock/tools", messages=USER,
+                                                  stream=True)
+    calls: dict[int, dict[str, str]] = {}
+    finish = None
+    async for chunk in stream:
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for tc in choice.delta.tool_calls or []:
+                call = calls.setdefault(tc.index, {"id": "", "name": "", "args": ""})
+                call["id"] = tc.id or call["id"]
+                call["name"] = (tc.function.name if tc.function else None) or call["name"]
+                call["args"] += (tc.function.arguments if tc.function else None) or ""
+    assert finish == "tool_calls"
+    assert sorted(calls) == [0, 1]
+    assert {c["id"] for c in calls.values()} == {"toolu_mock_0", "toolu_mock_1"}
+    for call in calls.values():
+        assert call["name"] == "get_weather"
+        assert call["args"] == '{"city": "Paris", "unit": "c"}'
+
+
+async def test_non_streaming_text_and_tool_call(default_proxy: Any) -> None:
+    client = sdk(await default_proxy())
+    done = await client.chat.completions.create(model="mock/tool", messages=USER)
+    assert done.object == "chat.completion"
+    assert done.choices[0].message.content == mock_text(10)
+    assert done.choices[0].finish_reason == "tool_calls"
+    [call] = done.choices[0].message.tool_calls
+    assert call.function.name == "get_weather"
+    assert call.function.arguments == '{"city":"Paris","unit":"c"}'
+    assert done.usage.completion_tokens == 20
+
+
+async def test_mid_stream_error_raises_in_the_sdk(default_proxy: Any) -> None:
+    client = sdk(await default_proxy())
+    stream = await client.chat.completions.create(model="mock/error:tps=500", messages=USER,
+                                                  stream=True)
+    text = ""
+    with pytest.raises(openai.APIError, match="Overloaded"):
+        async for chunk in stream:
+            text += chunk.choices[0].delta.content or "" if chunk.choices else ""
+    assert text == mock_text(5)  # what arrived before the error was real
+
+
+async def test_error_before_the_stream_is_an_http_error(default_proxy: Any) -> None:
+    client = sdk(await default_proxy())
+    with pytest.raises(openai.RateLimitError) as info:
+        await client.chat.completions.create(model="mock/fast:status=429", messages=USER,
+                                             stream=True)
+    assert info.value.status_code == 429
+    assert "mock error status 429" in str(info.value)
