@@ -1,0 +1,173 @@
+"""Google Gemini: AI Studio (`type: gemini`) and Vertex AI (`type: vertex`).
+
+Both take the same request body and answer with the same stream (`alt=sse`, CRLF framing, no
+`[DONE]`), so they share every translation; they differ in URL and authentication only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
+
+from streamproxy.config import ConfigError, ProviderConfig
+from streamproxy.errors import InvalidRequest, UpstreamStatusError
+from streamproxy.openai_api.chunks import ChunkSink
+from streamproxy.providers.base import Provider, StreamTranslator, UpstreamRequest
+from streamproxy.providers.gemini.auth import CommandToken, TokenUnavailable
+from streamproxy.providers.gemini.errors import google_error
+from streamproxy.providers.gemini.request import DROPPED, to_gemini
+from streamproxy.providers.gemini.response import to_completion
+from streamproxy.providers.gemini.stream import GeminiStreamTranslator
+
+if TYPE_CHECKING:
+    from streamproxy.openai_api.request import ChatRequest
+    from streamproxy.routing.target import Target
+
+# A model name (or a resource path such as `tunedModels/x`) goes into the URL path: allow only
+# plain segments, so a client cannot steer the request to another Google endpoint.
+_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*(?:/[A-Za-z0-9][A-Za-z0-9._@-]*)*")
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+DEFAULT_TOKEN_REFRESH = 300.0
+
+
+class GeminiProvider(Provider):
+    type_name: ClassVar[str] = "gemini"
+    default_base_url: ClassVar[str | None] = "https://generativelanguage.googleapis.com"
+    option_keys: ClassVar[frozenset[str]] = frozenset({"api_version"})
+    dropped_params: ClassVar[frozenset[str]] = DROPPED
+    default_api_version: ClassVar[str] = "v1beta"
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any], source: str, where: str) -> None:
+        super().check_options(options, source, where)
+        version = options.get("api_version")
+        if version is not None and not (isinstance(version, str) and _SEGMENT.fullmatch(version)):
+            raise ConfigError(source, f"{where}.api_version", "must be a version like v1beta")
+
+    @property
+    def api_version(self) -> str:
+        return self.cfg.options.get("api_version") or self.default_api_version
+
+    def model_url(self, model: str) -> str:
+        path = model if "/" in model else f"models/{model}"
+        return f"{self.base_url}/{self.api_version}/{path}"
+
+    def auth_headers(self, target: Target) -> dict[str, str]:
+        return {"x-goog-api-key": target.api_key} if target.api_key else {}
+
+    def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
+        model = self.model_for(target)
+        if not _MODEL.fullmatch(model):
+            raise InvalidRequest(f"'{model}' is not a valid Gemini model name.", param="model",
+                                 code="invalid_value")
+        body = to_gemini(target.apply_overrides(req.body), model)
+        method = "streamGenerateContent?alt=sse" if req.stream else "generateContent"
+        headers = {"content-type": "application/json", **self.cfg.headers, **target.headers,
+                   **self.auth_headers(target)}
+        return UpstreamRequest(f"{self.model_url(model)}:{method}", orjson.dumps(body), headers)
+
+    def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
+        return GeminiStreamTranslator(out, self.max_event_bytes, self.name)
+
+    def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
+                           created: int) -> dict[str, Any]:
+        return to_completion(body, completion_id=completion_id, created=created,
+                             model=req.model or "", provider=self.name)
+
+    def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
+        return google_error(status, body, self.name)
+
+
+class VertexProvider(GeminiProvider):
+    """Vertex AI. The bearer token comes from `token_command`, else the environment variable
+    named by `token_env`, else the provider key (`api_key` / `api_key_env`, or the client's own
+    `Authorization: Bearer` key when none is configured)."""
+
+    type_name: ClassVar[str] = "vertex"
+    default_base_url: ClassVar[str | None] = None  # derived from `location`
+    option_keys: ClassVar[frozenset[str]] = frozenset({
+        "api_version", "project", "location", "token_env", "token_command", "token_refresh"})
+    default_api_version: ClassVar[str] = "v1"
+
+    def __init__(self, cfg: ProviderConfig, **kw: Any) -> None:
+        super().__init__(cfg, **kw)
+        opts = cfg.options
+        self.project: str = opts["project"]
+        self.location: str = opts["location"]
+        self._token_env: str | None = opts.get("token_env")
+        command = opts.get("token_command")
+        self.token_command: CommandToken | None = None
+        if command:
+            argv = shlex.split(command) if isinstance(command, str) else list(command)
+            self.token_command = CommandToken(
+                argv, float(opts.get("token_refresh") or DEFAULT_TOKEN_REFRESH), provider=self.name)
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any], source: str, where: str) -> None:
+        super().check_options(options, source, where)
+        for key in ("project", "location"):
+            value = options.get(key)
+            if not (isinstance(value, str) and _SEGMENT.fullmatch(value)):
+                raise ConfigError(source, f"{where}.{key}",
+                                  "is required for type vertex (a Google Cloud "
+                                  + ("project id" if key == "project" else "region, or global")
+                                  + ")")
+        command = options.get("token_command")
+        if command is not None and not (
+                (isinstance(command, str) and shlex.split(command))
+                or (isinstance(command, list) and command
+                    and all(isinstance(a, str) for a in command))):
+            raise ConfigError(source, f"{where}.token_command",
+                              "must be a command line or a non-empty list of arguments")
+        if command is not None and options.get("token_env") is not None:
+            raise ConfigError(source, f"{where}.token_env",
+                              "set either token_env or token_command, not both")
+        if options.get("token_env") is not None and not isinstance(options["token_env"], str):
+            raise ConfigError(source, f"{where}.token_env", "must be an environment variable name")
+        refresh = options.get("token_refresh")
+        if refresh is not None and (isinstance(refresh, bool)
+                                    or not isinstance(refresh, int | float) or refresh <= 0):
+            raise ConfigError(source, f"{where}.token_refresh", "must be a positive number of "
+                                                                "seconds")
+
+    @property
+    def base_url(self) -> str:
+        if self.cfg.base_url:
+            return self.cfg.base_url
+        if self.location == "global":
+            return "https://aiplatform.googleapis.com"
+        return f"https://{self.location}-aiplatform.googleapis.com"
+
+    def model_url(self, model: str) -> str:
+        path = model if "/" in model else f"publishers/google/models/{model}"
+        return (f"{self.base_url}/{self.api_version}/projects/{self.project}"
+                f"/locations/{self.location}/{path}")
+
+    async def prepare(self, target: Target) -> None:
+        if self.token_command is not None:
+            await self.token_command.get()  # cached: returns at once but every `refresh` s
+
+    def auth_headers(self, target: Target) -> dict[str, str]:
+        token: str | None
+        if self.token_command is not None:
+            token = self.token_command.cached
+            if token is None:  # prepare() was not awaited, or the token was just dropped
+                raise TokenUnavailable(f"provider '{self.name}': no access token yet from "
+                                       "token_command")
+        elif self._token_env:
+            token = os.environ.get(self._token_env)
+            if not token:
+                raise TokenUnavailable(f"provider '{self.name}': the environment variable "
+                                       f"{self._token_env} is not set")
+        else:
+            token = target.api_key
+        return {"authorization": f"Bearer {token}"} if token else {}
+
+    def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
+        if status == 401 and self.token_command is not None:
+            self.token_command.invalidate()
+        return super().parse_error(status, body)

@@ -1,0 +1,42 @@
+"""Google error bodies → our error tree, by their JSON fields.
+
+Google answers `{"error": {"code": 400, "message": "…", "status": "INVALID_ARGUMENT"}}`, and
+the streaming endpoint sometimes wraps that object in a one-element array. The client gets the
+same HTTP status, Google's message, and Google's status string as the OpenAI `code`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from streamproxy.errors import UpstreamStatusError
+from streamproxy.providers.base import generic_error
+
+
+def google_error(status: int, body: bytes, provider: str) -> UpstreamStatusError:
+    try:
+        obj = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        obj = None
+    if isinstance(obj, list) and obj:
+        obj = obj[0]
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if not isinstance(err, dict):
+        return generic_error(status, body, provider)
+    return error_from_object(err, status, provider)
+
+
+def error_from_object(err: dict[str, Any], status: int, provider: str) -> UpstreamStatusError:
+    """`status` is the HTTP status; an error that arrives inside a 200 stream passes 0 and
+    takes Google's numeric `code` (502 when that is missing or not an HTTP error status)."""
+    if not status:
+        code = err.get("code")
+        status = code if isinstance(code, int) and 400 <= code < 600 else 502
+    message = err.get("message")
+    if not isinstance(message, str) or not message:
+        message = f"provider '{provider}' returned HTTP {status}"
+    google_status = err.get("status")
+    return UpstreamStatusError(status, message, provider=provider,
+                               code=google_status if isinstance(google_status, str) else None)

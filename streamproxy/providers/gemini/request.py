@@ -1,0 +1,332 @@
+"""OpenAI Chat Completions request → Gemini `GenerateContentRequest` (pure).
+provider-streams.md §4.2; choices documented in docs/providers/gemini.md.
+
+- system/developer messages are joined, in order, into `systemInstruction`;
+- consecutive messages of one role are merged into one `content` (Gemini wants alternating
+  turns, and all function responses of a turn in one content);
+- a tool result's function name is looked up from the assistant `tool_calls` that asked for it;
+  a result that is not a JSON object is wrapped as `{"output": …}` (the key Google documents);
+- thought signatures come back from the client in three accepted forms (see
+  `_signatures`) and are put back on the part they were received with;
+- ids we generated for Gemini calls that had none (`call_…`) are never sent upstream;
+- parameters in DROPPED are dropped; `n` > 1 is rejected.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from typing import Any
+
+import orjson
+
+from streamproxy.errors import InvalidRequest
+
+# OpenAI parameters with no Gemini equivalent: dropped, never forwarded.
+DROPPED = frozenset({
+    "logit_bias", "logprobs", "top_logprobs", "store", "metadata", "modalities", "audio",
+    "prediction", "service_tier", "web_search_options", "functions", "function_call",
+    "verbosity", "safety_identifier", "prompt_cache_key", "stream_options", "user",
+    "parallel_tool_calls",
+})
+# Gemini-native settings a client may pass (openai SDK `extra_body`), forwarded as given.
+PASSTHROUGH_TOP = {"safety_settings": "safetySettings", "cached_content": "cachedContent"}
+# The tool-call id suffix LiteLLM uses to carry a signature; accepted on the way in.
+LITELLM_SIGNATURE_SEP = "__thought__"
+SIGNATURE_BLOCK = "thought_signature"  # `thinking_blocks[].type` we emit and read back
+GENERATED_ID_PREFIX = "call_"  # ids the proxy made up for calls Gemini sent without one
+DEFAULT_IMAGE_MIME = "image/jpeg"  # for an image URL whose extension names no type
+# reasoning_effort → Gemini 2.x thinking budget / Gemini 3 thinking level.
+THINKING_BUDGET = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
+THINKING_LEVEL = {"none": "minimal", "minimal": "minimal", "low": "low", "medium": "medium",
+                  "high": "high"}
+
+
+def to_gemini(body: dict[str, Any], model: str) -> dict[str, Any]:
+    if (body.get("n") or 1) > 1:
+        raise InvalidRequest("Gemini returns one choice per request here; 'n' must be 1.",
+                             param="n", code="unsupported_value")
+    system, contents = _contents(body["messages"])
+    out: dict[str, Any] = {"contents": contents}
+    if system:
+        out["systemInstruction"] = {"parts": system}
+    config = _generation_config(body, model)
+    if config:
+        out["generationConfig"] = config
+    _tools(body, out)
+    for key, native in PASSTHROUGH_TOP.items():
+        if body.get(key) is not None:
+            out[native] = body[key]
+    return out
+
+
+def _generation_config(body: dict[str, Any], model: str) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if max_tokens:
+        config["maxOutputTokens"] = max_tokens
+    for key, native in (("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK"),
+                        ("presence_penalty", "presencePenalty"),
+                        ("frequency_penalty", "frequencyPenalty"), ("seed", "seed")):
+        if body.get(key) is not None:
+            config[native] = body[key]
+    if body.get("n") == 1:
+        config["candidateCount"] = 1
+    stop = body.get("stop")
+    if stop:
+        config["stopSequences"] = [stop] if isinstance(stop, str) else stop
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_object":
+        config["responseMimeType"] = "application/json"
+    elif fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise InvalidRequest("'response_format.json_schema.schema' must be an object.",
+                                 param="response_format.json_schema.schema")
+        config["responseMimeType"] = "application/json"
+        config["responseJsonSchema"] = schema
+    thinking = _thinking(body, model)
+    if thinking is not None:
+        config["thinkingConfig"] = thinking
+    return config
+
+
+def _thinking(body: dict[str, Any], model: str) -> dict[str, Any] | None:
+    if body.get("thinking_config") is not None:  # native, wins over reasoning_effort
+        return body["thinking_config"]
+    effort = body.get("reasoning_effort")
+    if not isinstance(effort, str) or effort not in THINKING_BUDGET:
+        return None
+    # Gemini 2.x takes a token budget; Gemini 3 a level (it rejects both together).
+    if "gemini-2" in model:
+        config: dict[str, Any] = {"thinkingBudget": THINKING_BUDGET[effort]}
+    else:
+        config = {"thinkingLevel": THINKING_LEVEL[effort]}
+    if effort != "none":
+        config["includeThoughts"] = True  # thought summaries → reasoning_content
+    return config
+
+
+def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
+    tools = body.get("tools")
+    if tools:
+        out["tools"] = [{"functionDeclarations": [_declaration(t["function"]) for t in tools]}]
+    choice = body.get("tool_choice")
+    mode: dict[str, Any] | None = None
+    if choice == "auto":
+        mode = {"mode": "AUTO"}
+    elif choice == "none":
+        mode = {"mode": "NONE"}
+    elif choice == "required":
+        mode = {"mode": "ANY"}
+    elif isinstance(choice, dict):
+        mode = {"mode": "ANY", "allowedFunctionNames": [choice["function"]["name"]]}
+    if mode is not None and tools:
+        out["toolConfig"] = {"functionCallingConfig": mode}
+
+
+def _declaration(fn: dict[str, Any]) -> dict[str, Any]:
+    decl: dict[str, Any] = {"name": fn["name"]}
+    if fn.get("description"):
+        decl["description"] = fn["description"]
+    if fn.get("parameters"):
+        # Full JSON Schema (`parameters` is an OpenAPI subset that rejects additionalProperties).
+        decl["parametersJsonSchema"] = fn["parameters"]
+    return decl
+
+
+# -- messages -------------------------------------------------------------------------------
+
+def _contents(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    system: list[dict[str, Any]] = []
+    contents: list[dict[str, Any]] = []
+    calls: dict[str, tuple[str, str | None]] = {}  # tool_call_id → (name, Gemini's id or None)
+    for i, m in enumerate(msgs):
+        role = m["role"]
+        if role in ("system", "developer"):
+            system.extend(_text_parts(m.get("content"), f"messages[{i}].content"))
+            continue
+        if role == "user":
+            parts, role_out = _user_parts(m.get("content"), i), "user"
+        elif role == "assistant":
+            parts, role_out = _model_parts(m, i, calls), "model"
+        elif role == "tool":
+            parts, role_out = [_function_response(m, i, calls)], "user"
+        else:  # legacy "function" role: no tool_call_id to pair it with
+            raise InvalidRequest("The legacy 'function' role is not supported; use 'tool'.",
+                                 param=f"messages[{i}].role", code="unsupported_value")
+        if not parts:
+            continue
+        if contents and contents[-1]["role"] == role_out:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": role_out, "parts": parts})
+    return system, contents
+
+
+def _text_parts(content: Any, where: str) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"text": content}] if content else []
+    parts = []
+    for j, part in enumerate(content):
+        kind = part.get("type")
+        if kind == "text":
+            if part.get("text"):
+                parts.append({"text": part["text"]})
+        elif kind != "refusal":
+            raise InvalidRequest(f"Content part type '{kind}' is not allowed here.",
+                                 param=f"{where}[{j}].type", code="unsupported_value")
+    return parts
+
+
+def _user_parts(content: Any, i: int) -> list[dict[str, Any]]:
+    if not isinstance(content, list):
+        return _text_parts(content, f"messages[{i}].content")
+    parts = []
+    for j, part in enumerate(content):
+        kind = part.get("type")
+        where = f"messages[{i}].content[{j}]"
+        if kind == "text":
+            if part.get("text"):
+                parts.append({"text": part["text"]})
+        elif kind == "image_url":
+            url = (part.get("image_url") or {}).get("url")
+            parts.append(_media(url, f"{where}.image_url.url", DEFAULT_IMAGE_MIME))
+        elif kind == "input_audio":
+            audio = part.get("input_audio") or {}
+            if not isinstance(audio.get("data"), str) or not isinstance(audio.get("format"), str):
+                raise InvalidRequest("'input_audio' needs 'data' (base64) and 'format'.",
+                                     param=f"{where}.input_audio", code="invalid_value")
+            parts.append({"inlineData": {"mimeType": f"audio/{audio['format']}",
+                                         "data": audio["data"]}})
+        elif kind == "file":
+            file = part.get("file") or {}
+            parts.append(_media(file.get("file_data") or file.get("file_id"),
+                                f"{where}.file.file_data", None, file.get("filename")))
+        else:
+            raise InvalidRequest(f"Content part type '{kind}' is not supported by Gemini.",
+                                 param=f"{where}.type", code="unsupported_value")
+    return parts
+
+
+def _media(url: Any, where: str, default_mime: str | None,
+           filename: str | None = None) -> dict[str, Any]:
+    """A data: URL → `inlineData`; an http(s) or gs:// URL → `fileData` (Google fetches it;
+    the translator does no I/O), its MIME type guessed from the file extension."""
+    if isinstance(url, str) and url.startswith("data:"):
+        head, _, data = url.partition(",")
+        mime = head[5:].split(";")[0]
+        if ";base64" not in head or not mime or not data:
+            raise InvalidRequest("A data: URL must look like data:<mime>;base64,<data>.",
+                                 param=where, code="invalid_value")
+        return {"inlineData": {"mimeType": mime, "data": data}}
+    if isinstance(url, str) and url.startswith(("http://", "https://", "gs://")):
+        path = url.split("?", 1)[0].split("#", 1)[0]
+        mime = mimetypes.guess_type(filename or path, strict=False)[0] or default_mime
+        if mime is None:
+            raise InvalidRequest("Cannot tell this file's MIME type from its name; send it as "
+                                 "a data: URL.", param=where, code="invalid_value")
+        return {"fileData": {"mimeType": mime, "fileUri": url}}
+    raise InvalidRequest("Expected a data: URL or an http(s)/gs:// URL.", param=where,
+                         code="invalid_value")
+
+
+def split_call_id(call_id: str) -> tuple[str, str | None]:
+    """`<id>__thought__<signature>` (LiteLLM's encoding) → (id, signature)."""
+    base, sep, signature = call_id.partition(LITELLM_SIGNATURE_SEP)
+    return (base, signature or None) if sep else (call_id, None)
+
+
+def _upstream_id(call_id: str) -> str | None:
+    """The id to send Gemini: its own ids go back, ids we (or OpenAI) made up do not."""
+    return None if call_id.startswith(GENERATED_ID_PREFIX) else call_id
+
+
+def _signatures(m: dict[str, Any]) -> tuple[dict[str, str], str | None]:
+    """Signatures the client sent back with an assistant message: our `thinking_blocks`
+    entries `{"type": "thought_signature", "signature", "tool_call_id"?}`. Returns
+    (tool_call_id → signature, the signature of the text part)."""
+    by_call: dict[str, str] = {}
+    text_signature = None
+    for block in m.get("thinking_blocks") or []:
+        if not isinstance(block, dict) or block.get("type") != SIGNATURE_BLOCK:
+            continue
+        signature = block.get("signature")
+        if not isinstance(signature, str) or not signature:
+            continue
+        call_id = block.get("tool_call_id")
+        if isinstance(call_id, str) and call_id:
+            by_call[call_id] = signature
+        elif text_signature is None:
+            text_signature = signature
+    return by_call, text_signature
+
+
+def _model_parts(m: dict[str, Any], i: int,
+                 calls: dict[str, tuple[str, str | None]]) -> list[dict[str, Any]]:
+    by_call, text_signature = _signatures(m)
+    parts = _text_parts(m.get("content"), f"messages[{i}].content")
+    if parts and text_signature:
+        parts[0]["thoughtSignature"] = text_signature
+    for j, call in enumerate(m.get("tool_calls") or []):
+        fn = call["function"]
+        call_id = call.get("id") or ""
+        base_id, signature = split_call_id(call_id)
+        google = (call.get("extra_content") or {}).get("google") or {}
+        signature = by_call.get(call_id) or by_call.get(base_id) or signature or \
+            google.get("thought_signature")
+        upstream_id = _upstream_id(base_id) if base_id else None
+        if call_id:
+            calls[call_id] = calls[base_id] = (fn["name"], upstream_id)
+        function_call: dict[str, Any] = {"name": fn["name"],
+                                         "args": _arguments(fn.get("arguments"), i, j)}
+        if upstream_id:
+            function_call["id"] = upstream_id
+        part: dict[str, Any] = {"functionCall": function_call}
+        if signature:
+            part["thoughtSignature"] = signature
+        parts.append(part)
+    return parts
+
+
+def _arguments(args: Any, i: int, j: int) -> dict[str, Any]:
+    if not args:
+        return {}
+    try:
+        parsed = orjson.loads(args) if isinstance(args, str) else args
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("Tool call arguments must be a JSON object string.",
+                             param=f"messages[{i}].tool_calls[{j}].function.arguments",
+                             code="invalid_value") from None
+    return parsed if isinstance(parsed, dict) else {"value": parsed}
+
+
+def _function_response(m: dict[str, Any], i: int,
+                       calls: dict[str, tuple[str, str | None]]) -> dict[str, Any]:
+    call_id = m["tool_call_id"]
+    known = calls.get(call_id) or calls.get(split_call_id(call_id)[0])
+    name = known[0] if known else m.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest(
+            f"messages[{i}].tool_call_id '{split_call_id(call_id)[0]}' matches no earlier "
+            "assistant tool call, so the function name Gemini needs is unknown.",
+            param=f"messages[{i}].tool_call_id", code="invalid_value")
+    response: dict[str, Any] = {"name": name, "response": _result(m.get("content"), i)}
+    if known and known[1]:
+        response["id"] = known[1]
+    return {"functionResponse": response}
+
+
+def _result(content: Any, i: int) -> dict[str, Any]:
+    if isinstance(content, list):
+        content = "".join(p["text"] for p in _text_parts(content, f"messages[{i}].content"))
+    text = content or ""
+    if text.lstrip()[:1] == "{":
+        try:
+            parsed = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return parsed
+    return {"output": text}

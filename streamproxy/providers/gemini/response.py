@@ -1,0 +1,35 @@
+"""Gemini non-streamed `generateContent` answer → OpenAI `chat.completion` (pure).
+
+The answer is one `GenerateContentResponse`, the same object a stream chunk is, so it goes
+through the stream translator's message handler into a CompletionBuilder: one mapping for both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from streamproxy.errors import StreamTruncated, UpstreamProtocolError
+from streamproxy.openai_api.completion import CompletionBuilder
+from streamproxy.providers.gemini.stream import GeminiStreamTranslator
+
+
+def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
+                  provider: str = "gemini") -> dict[str, Any]:
+    try:
+        msg = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        msg = None
+    if not isinstance(msg, dict):
+        raise UpstreamProtocolError("the upstream answered with a malformed response")
+    out = CompletionBuilder()
+    translator = GeminiStreamTranslator(out, 0, provider)
+    translator.on_message(msg)
+    if out.failure is not None:
+        raise out.failure
+    try:
+        translator.end_of_stream()
+    except StreamTruncated:
+        raise UpstreamProtocolError("the upstream answered without a finish reason") from None
+    return out.completion(completion_id=completion_id, created=created, model=model)

@@ -1,0 +1,189 @@
+"""Gemini `streamGenerateContent?alt=sse` → ChunkSink (pure). provider-streams.md §4.3 to §4.5.
+
+- The stream has no end event: it ends at EOF, after a chunk that carried a `finishReason` (or
+  a `promptFeedback.blockReason`). The finish chunk goes out when that reason arrives; usage and
+  `[DONE]` only at EOF (`close()`), because the last usage snapshot may come after the reason.
+  EOF before any reason is a truncation (StreamTruncated), never a fake `stop`.
+- `functionCall` parts arrive whole: one `tool_call_start` with the full JSON arguments. Tool
+  index = running count of calls over the whole response; Gemini's id when it gives one, else
+  a generated `call_…` (never sent back upstream).
+- `thought: true` text parts → reasoning. A `thoughtSignature` → a `thinking_blocks` entry
+  `{"type": "thought_signature", "signature", "tool_call_id"?}` for the client to send back.
+- `usageMetadata` is a snapshot repeated on chunks and not monotonic: the last one wins whole.
+- Once a finish reason was emitted, later parts are ignored (Gemini sends none): the client
+  has already been told the answer is complete.
+- A chunk `{"error": {...}}` ends the stream with an OpenAI error frame and no `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from streamproxy.decode.sse import SSEEvent
+from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
+from streamproxy.openai_api.chunks import ChunkSink, make_usage
+from streamproxy.providers.base import SSETranslator, load_event_json
+from streamproxy.providers.gemini.errors import error_from_object
+from streamproxy.providers.gemini.request import GENERATED_ID_PREFIX, SIGNATURE_BLOCK
+
+_FILTERED = "content_filter"
+FINISH_REASONS = {
+    "STOP": "stop",  # becomes tool_calls when the response made a function call
+    "MAX_TOKENS": "length",
+    "SAFETY": _FILTERED,
+    "RECITATION": _FILTERED,
+    "LANGUAGE": _FILTERED,
+    "BLOCKLIST": _FILTERED,
+    "PROHIBITED_CONTENT": _FILTERED,
+    "SPII": _FILTERED,
+    "IMAGE_SAFETY": _FILTERED,
+    "IMAGE_PROHIBITED_CONTENT": _FILTERED,
+    "IMAGE_RECITATION": _FILTERED,
+    "IMAGE_OTHER": _FILTERED,
+    "OTHER": _FILTERED,  # "unknown reason": cut short, so never reported as a clean stop
+    "NO_IMAGE": "stop",
+    "FINISH_REASON_UNSPECIFIED": "stop",
+}
+# Reasons that mean no usable answer was produced: an error, never a finish. Before the first
+# byte reaches the client that is an HTTP error (and the router may try elsewhere).
+FAILED_REASONS = {
+    "MALFORMED_FUNCTION_CALL": 502,
+    "UNEXPECTED_TOOL_CALL": 502,
+    "TOO_MANY_TOOL_CALLS": 502,
+    "MALFORMED_RESPONSE": 502,
+    "MISSING_THOUGHT_SIGNATURE": 400,  # the client did not send a signature back
+}
+
+
+def map_usage(u: dict[str, Any]) -> dict[str, Any]:
+    prompt = (u.get("promptTokenCount") or 0) + (u.get("toolUsePromptTokenCount") or 0)
+    thoughts = u.get("thoughtsTokenCount") or 0
+    completion = (u.get("candidatesTokenCount") or 0) + thoughts
+    total = u.get("totalTokenCount")
+    return make_usage(prompt, completion, cached=u.get("cachedContentTokenCount") or 0,
+                      reasoning=thoughts, total=total if isinstance(total, int) else None)
+
+
+def dump_args(args: Any) -> str:
+    # Python's default separators (`{"type": "funny"}`), as the reference translation has them;
+    # one call per tool call, so the stdlib's speed does not matter here.
+    return json.dumps(args if args is not None else {}, ensure_ascii=False)
+
+
+def new_call_id() -> str:
+    return GENERATED_ID_PREFIX + os.urandom(12).hex()
+
+
+def failed_finish(reason: str, candidate: dict[str, Any], provider: str) -> UpstreamStatusError:
+    detail = candidate.get("finishMessage")
+    message = f"Gemini ended the answer with {reason}" + (f": {detail}" if detail else ".")
+    if reason == "MISSING_THOUGHT_SIGNATURE":
+        message += (" Send back the assistant message's thinking_blocks (type "
+                    "thought_signature) with the conversation.")
+    return UpstreamStatusError(FAILED_REASONS[reason], message, provider=provider,
+                               code=reason.lower())
+
+
+class GeminiStreamTranslator(SSETranslator):
+    def __init__(self, out: ChunkSink, max_event_bytes: int, provider: str = "gemini") -> None:
+        super().__init__(out, max_event_bytes)
+        self._provider = provider
+        self._started = False
+        self.finished = False  # a finish reason (or a prompt block) was emitted
+        self._tools = 0
+        self._usage: dict[str, Any] | None = None
+
+    def on_event(self, event: SSEEvent) -> None:
+        self.on_message(load_event_json(event.data))
+
+    def on_message(self, msg: dict[str, Any]) -> None:
+        """One `GenerateContentResponse` (a stream chunk, or the whole non-streamed answer)."""
+        try:
+            if "error" in msg:
+                self.out.error(error_from_object(msg["error"], 0, self._provider))
+                self.done = True
+                return
+            usage = msg.get("usageMetadata")
+            if usage is not None:
+                self._usage = usage  # a snapshot: replace, never merge
+            if not self._started:
+                self._started = True
+                self.out.start(msg.get("modelVersion"))
+            if self.finished:
+                return
+            candidates = msg.get("candidates")
+            if candidates:
+                candidate = candidates[0]
+                content = candidate.get("content")
+                if content:
+                    parts = content.get("parts")
+                    if parts:
+                        self._parts(parts)
+                reason = candidate.get("finishReason")
+                if reason:
+                    self._finish(reason, candidate)
+            else:
+                feedback = msg.get("promptFeedback")
+                if feedback and feedback.get("blockReason"):
+                    self.out.finish(_FILTERED)
+                    self.finished = True
+        except (KeyError, TypeError, AttributeError) as e:
+            raise StreamDecodeError(f"the upstream sent a malformed chunk ({e!r})") from None
+
+    def close(self) -> None:
+        for event in self._decoder.close():
+            if self.done:
+                break
+            self.on_event(event)
+        if not self.done:
+            self.end_of_stream()
+
+    def end_of_stream(self) -> None:
+        """Gemini's end is EOF: complete only if a finish reason came before it."""
+        if not self.finished:
+            raise StreamTruncated("the upstream closed the stream before a finish reason")
+        if self._usage is not None:
+            self.out.usage(map_usage(self._usage))
+        self.out.end()
+        self.done = True
+
+    def _parts(self, parts: list[dict[str, Any]]) -> None:
+        out = self.out
+        for part in parts:
+            text = part.get("text")
+            if text is not None and len(part) == 1:  # the hot case: a plain text part
+                if text:
+                    out.content(text)
+                continue
+            call_id = None
+            if text is not None:
+                if text:
+                    if part.get("thought"):
+                        out.reasoning(text)
+                    else:
+                        out.content(text)
+            elif "functionCall" in part:
+                call = part["functionCall"]
+                call_id = call.get("id") or new_call_id()
+                out.tool_call_start(self._tools, call_id, call["name"], dump_args(call.get("args")))
+                self._tools += 1
+            # inlineData, executableCode, codeExecutionResult: no OpenAI slot, dropped.
+            signature = part.get("thoughtSignature")
+            if signature:
+                block = {"type": SIGNATURE_BLOCK, "signature": signature}
+                if call_id:
+                    block["tool_call_id"] = call_id
+                out.thinking_block(block)
+
+    def _finish(self, reason: str, candidate: dict[str, Any]) -> None:
+        if reason in FAILED_REASONS:
+            self.out.error(failed_finish(reason, candidate, self._provider))
+            self.done = True
+            return
+        mapped = FINISH_REASONS.get(reason, "stop")
+        if mapped == "stop" and self._tools:
+            mapped = "tool_calls"
+        self.out.finish(mapped)
+        self.finished = True

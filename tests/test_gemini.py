@@ -1,0 +1,674 @@
+"""Gemini / Vertex streams → OpenAI chunks: the recorded fixtures (tests/fixtures/gemini, from
+../shared/fixtures) give exactly the results listed in its README, whole and at random byte
+splits, through the pure pipeline and through the proxy; hand-built streams cover the rest.
+
+How the fixture bodies are built:
+- `llm-gemini_…response0.json` was recorded WITHOUT `alt=sse` (one JSON array sent
+  incrementally). The proxy always asks for `alt=sse`, whose framing is one `data: <element>`
+  per array element with CRLF separators and no `[DONE]` (provider-streams.md §1.1, §4.1), so
+  the SSE body is built from the array's elements: `data: <element>\r\n\r\n`.
+- `vercel-ai_…prompt-block.chunks.jsonl` keeps only the JSON payloads; they are framed the same
+  way.
+- Vertex AI has no recording: its streams here are built from the same documented format
+  (Vertex answers the same `GenerateContentResponse` chunks, §4.1).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamproxy.errors import ProxyError
+from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.providers.gemini.stream import GeminiStreamTranslator
+from tests.conftest import provider_config
+from tests.helpers import collect, fixture_bytes, make_config, random_splits, sse_chunks
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+def gemini_sse(elements: list[Any]) -> bytes:
+    """`alt=sse` framing as Gemini sends it: one compact JSON per event, CRLF, no [DONE]."""
+    return b"".join(b"data: " + orjson.dumps(e) + b"\r\n\r\n" for e in elements)
+
+
+def jsonl_elements(data: bytes) -> list[Any]:
+    return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+
+
+TOOL_ELEMENTS = orjson.loads(
+    fixture_bytes("gemini/llm-gemini_test_stream_events_tool_calls.response0.json"))
+BLOCK_ELEMENTS = jsonl_elements(
+    fixture_bytes("gemini/vercel-ai_issue-19758-prompt-block.chunks.jsonl"))
+SIGNATURE = TOOL_ELEMENTS[0]["candidates"][0]["content"]["parts"][0]["thoughtSignature"]
+
+
+@dataclass
+class Golden:
+    body: bytes
+    content: str
+    finish: str
+    usage: tuple[int, int, int]
+    tools: list[tuple[str, str, str]]  # (id, name, exact arguments string)
+
+
+GOLDEN = {
+    "tool-call": Golden(gemini_sse(TOOL_ELEMENTS), "", "tool_calls", (295 - 267, 267, 295),
+                        [("c9bjmkfz", "pelican_name_generator", '{"type": "funny"}')]),
+    "prompt-block": Golden(gemini_sse(BLOCK_ELEMENTS), "", "content_filter", (9, 0, 9), []),
+}
+
+
+def translate(pieces: list[bytes], *, include_usage: bool = True) -> bytes:
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m",
+                       include_usage=include_usage)
+    tr = GeminiStreamTranslator(enc, 1 << 20)
+    out = b""
+    for piece in pieces:
+        tr.feed(piece)
+        out += enc.take()
+    try:
+        tr.close()
+    except ProxyError as e:  # StreamTruncated, StreamDecodeError: what the relay does with it
+        enc.error(e)
+    return out + enc.take()
+
+
+def assert_finish_last(chunks: list[Any]) -> None:
+    """The finish chunk comes once, after every content/reasoning/tool delta."""
+    seen_finish = False
+    for chunk in chunks:
+        if chunk == "[DONE]" or "error" in chunk or not chunk["choices"]:
+            continue
+        choice = chunk["choices"][0]
+        if seen_finish:
+            raise AssertionError(f"a delta after the finish chunk: {choice}")
+        seen_finish = choice["finish_reason"] is not None
+
+
+def check(golden: Golden, out: bytes) -> Any:
+    chunks = sse_chunks(out)
+    c = collect(chunks)
+    assert_finish_last(chunks)
+    assert c.error is None
+    assert c.done and chunks[-1] == "[DONE]"
+    assert len(c.ids) == 1 and len(c.created) == 1
+    assert c.roles == 1
+    assert c.content == golden.content
+    assert c.finish_reason == golden.finish
+    assert c.usage is not None
+    assert (c.usage["prompt_tokens"], c.usage["completion_tokens"],
+            c.usage["total_tokens"]) == golden.usage
+    assert [(t["id"], t["name"], t["arguments"]) for t in c.tool_calls] == golden.tools
+    return c
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+def test_fixture_whole_and_at_random_splits(name: str) -> None:
+    golden = GOLDEN[name]
+    check(golden, translate([golden.body]))
+    rng = random.Random(name)
+    for _ in range(25):
+        check(golden, translate(random_splits(golden.body, rng, max_piece=rng.choice([3, 50]))))
+    check(golden, translate([golden.body[i:i + 1] for i in range(len(golden.body))]))
+
+
+def test_fixture_tool_call_details() -> None:
+    c = check(GOLDEN["tool-call"], translate([GOLDEN["tool-call"].body]))
+    assert c.usage["completion_tokens_details"] == {"reasoning_tokens": 248}
+    assert c.usage["prompt_tokens_details"] == {"cached_tokens": 0}
+    # The thought signature reaches the client, tied to its call, for the next turn.
+    assert c.thinking_blocks == [{"type": "thought_signature", "signature": SIGNATURE,
+                                  "tool_call_id": "c9bjmkfz"}]
+    chunks = sse_chunks(translate([GOLDEN["tool-call"].body]))
+    assert chunks[0]["model"] == "gemini-3-flash-preview"  # modelVersion
+
+
+def test_usage_chunk_only_when_asked() -> None:
+    c = collect(sse_chunks(translate([GOLDEN["tool-call"].body], include_usage=False)))
+    assert c.usage is None and c.done and c.finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+async def test_fixture_through_the_proxy_at_random_splits(name: str, proxy: Any,
+                                                          upstream: Any) -> None:
+    golden = GOLDEN[name]
+    upstream.pieces = random_splits(golden.body, random.Random(name), max_piece=40)
+    client = await proxy(provider_config("gemini", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": True, "stream_options": {"include_usage": True},
+        "messages": USER})
+    assert resp.status == 200
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    check(golden, await resp.read())
+
+
+# -- hand-built streams ---------------------------------------------------------------------
+
+def chunk(parts: list[dict[str, Any]] | None = None, *, finish: str | None = None,
+          usage: dict[str, int] | None = None) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"index": 0}
+    if parts is not None:
+        candidate["content"] = {"role": "model", "parts": parts}
+    if finish:
+        candidate["finishReason"] = finish
+    out: dict[str, Any] = {"candidates": [candidate], "modelVersion": "gemini-2.5-flash"}
+    if usage:
+        out["usageMetadata"] = usage
+    return out
+
+
+MULTI = [
+    chunk([{"text": "Let me think about the weather.", "thought": True}],
+          usage={"promptTokenCount": 55, "candidatesTokenCount": 3, "totalTokenCount": 80}),
+    chunk([{"text": "Checking "}, {"text": "two cities."}],
+          usage={"promptTokenCount": 55, "candidatesTokenCount": 9, "totalTokenCount": 90}),
+    chunk([{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}, "id": "g1"},
+            "thoughtSignature": "c2lnLTE="}],
+          usage={"promptTokenCount": 10, "candidatesTokenCount": 2, "totalTokenCount": 12}),
+    chunk([{"functionCall": {"name": "get_weather", "args": {"city": "Zürich", "n": [1, 2]}}}]),
+    chunk([{"text": ""}], finish="STOP",
+          usage={"promptTokenCount": 165, "candidatesTokenCount": 30, "totalTokenCount": 240,
+                 "thoughtsTokenCount": 40, "toolUsePromptTokenCount": 5,
+                 "cachedContentTokenCount": 100}),
+]
+
+
+def test_multi_chunk_stream_text_thought_two_calls_last_usage_wins() -> None:
+    body = gemini_sse(MULTI)
+    rng = random.Random(7)
+    for pieces in ([body], *(random_splits(body, rng, max_piece=20) for _ in range(20))):
+        chunks = sse_chunks(translate(pieces))
+        assert_finish_last(chunks)
+        c = collect(chunks)
+        assert c.reasoning == "Let me think about the weather."
+        assert c.content == "Checking two cities."
+        assert [t["name"] for t in c.tool_calls] == ["get_weather", "get_weather"]
+        assert c.tool_calls[0]["id"] == "g1"
+        assert c.tool_calls[1]["id"].startswith("call_") and len(c.tool_calls[1]["id"]) == 29
+        assert c.args(0) == {"city": "Paris"}
+        assert c.args(1) == {"city": "Zürich", "n": [1, 2]}
+        assert c.finish_reason == "tool_calls"
+        assert c.thinking_blocks == [{"type": "thought_signature", "signature": "c2lnLTE=",
+                                      "tool_call_id": "g1"}]
+        # Only the last snapshot counts (the third one went *down*); nothing is summed.
+        assert c.usage == {"prompt_tokens": 170, "completion_tokens": 70, "total_tokens": 240,
+                           "prompt_tokens_details": {"cached_tokens": 100},
+                           "completion_tokens_details": {"reasoning_tokens": 40}}
+        assert c.done
+
+
+@settings(max_examples=150, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=len(gemini_sse(MULTI))), max_size=12))
+def test_any_split_gives_the_same_answer(cuts: list[int]) -> None:
+    body = gemini_sse(MULTI)
+    bounds = [0, *sorted(cuts), len(body)]
+    c = collect(sse_chunks(translate([body[a:b] for a, b in itertools.pairwise(bounds)])))
+    c.tool_calls[1]["id"] = "generated"
+    whole = collect(sse_chunks(translate([body])))
+    whole.tool_calls[1]["id"] = "generated"
+    assert c == whole
+
+
+def test_tool_indices_count_across_chunks() -> None:
+    chunks = sse_chunks(translate([gemini_sse(MULTI)]))
+    indices = [tc["index"] for ch in chunks if ch != "[DONE]" and ch["choices"]
+               for tc in ch["choices"][0]["delta"].get("tool_calls") or []]
+    assert indices == [0, 1]
+
+
+def test_finish_before_the_last_usage_snapshot() -> None:
+    body = gemini_sse([
+        chunk([{"text": "Hello"}], usage={"promptTokenCount": 4, "candidatesTokenCount": 1,
+                                          "totalTokenCount": 5}),
+        chunk([{"text": ""}], finish="STOP"),
+        {"usageMetadata": {"promptTokenCount": 4, "candidatesTokenCount": 2,
+                           "totalTokenCount": 6}},
+    ])
+    chunks = sse_chunks(translate([body]))
+    assert_finish_last(chunks)
+    c = collect(chunks)
+    assert c.content == "Hello" and c.finish_reason == "stop" and c.done
+    assert (c.usage["prompt_tokens"], c.usage["completion_tokens"]) == (4, 2)
+
+
+def test_a_signature_on_a_text_part_is_kept() -> None:
+    body = gemini_sse([chunk([{"text": "Hi", "thoughtSignature": "dGV4dA=="}], finish="STOP")])
+    c = collect(sse_chunks(translate([body])))
+    assert c.content == "Hi" and c.finish_reason == "stop"
+    assert c.thinking_blocks == [{"type": "thought_signature", "signature": "dGV4dA=="}]
+
+
+def test_a_call_without_arguments_gets_an_empty_object() -> None:
+    body = gemini_sse([chunk([{"functionCall": {"name": "now"}}], finish="STOP")])
+    c = collect(sse_chunks(translate([body])))
+    assert c.tool_calls[0]["arguments"] == "{}" and c.finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize(("reason", "expected"), [
+    ("STOP", "stop"), ("MAX_TOKENS", "length"), ("SAFETY", "content_filter"),
+    ("RECITATION", "content_filter"), ("PROHIBITED_CONTENT", "content_filter"),
+    ("BLOCKLIST", "content_filter"), ("SPII", "content_filter"), ("LANGUAGE", "content_filter"),
+    ("IMAGE_SAFETY", "content_filter"), ("OTHER", "content_filter"),
+    ("FINISH_REASON_UNSPECIFIED", "stop"), ("SOMETHING_NEW", "stop"),
+])
+def test_finish_reasons(reason: str, expected: str) -> None:
+    # A finish with no parts at all (SAFETY does that) must not crash either.
+    body = gemini_sse([chunk([{"text": "Some"}]), chunk(None, finish=reason)])
+    c = collect(sse_chunks(translate([body])))
+    assert c.finish_reason == expected and c.content == "Some" and c.done
+
+
+@pytest.mark.parametrize("reason", ["MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL",
+                                    "TOO_MANY_TOOL_CALLS", "MALFORMED_RESPONSE"])
+def test_failed_finish_reasons_are_errors_not_stops(reason: str) -> None:
+    failed = chunk(None, finish=reason)
+    failed["candidates"][0]["finishMessage"] = "Malformed function call: foo("
+    c = collect(sse_chunks(translate([gemini_sse([chunk([{"text": "x"}]), failed])])))
+    assert c.finish_reason is None and not c.done
+    assert c.error is not None and reason in c.error["message"]
+    assert "Malformed function call: foo(" in c.error["message"]
+    assert c.error["code"] == reason.lower()
+
+
+@pytest.mark.parametrize("cut", ["before-finish", "mid-json", "empty"])
+def test_truncated_stream_is_an_error_never_a_stop(cut: str) -> None:
+    body = gemini_sse(MULTI)
+    if cut == "before-finish":
+        body = gemini_sse(MULTI[:-1])
+    elif cut == "mid-json":
+        body = body[: len(body) - 30]
+    else:
+        body = b""
+    chunks = sse_chunks(translate([body]))
+    c = collect(chunks)
+    assert c.error is not None and c.error["code"] in ("upstream_stream_truncated",
+                                                       "upstream_protocol_error")
+    assert not c.done and c.finish_reason is None
+    assert "[DONE]" not in chunks
+
+
+def test_error_object_mid_stream() -> None:
+    body = gemini_sse([chunk([{"text": "partial"}]),
+                       {"error": {"code": 503, "message": "The model is overloaded.",
+                                  "status": "UNAVAILABLE"}}])
+    c = collect(sse_chunks(translate([body])))
+    assert c.content == "partial" and not c.done
+    assert c.error == {"message": "The model is overloaded.", "type": "api_error",
+                       "param": None, "code": "UNAVAILABLE"}
+
+
+# -- through the proxy ----------------------------------------------------------------------
+
+async def test_truncated_stream_through_the_proxy(proxy: Any, upstream: Any) -> None:
+    upstream.pieces = random_splits(gemini_sse(MULTI[:-1]), random.Random(3), max_piece=30)
+    client = await proxy(provider_config("gemini", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "stream": True,
+                                                           "messages": USER})
+    assert resp.status == 200  # committed: content went out before the cut
+    chunks = sse_chunks(await resp.read())
+    c = collect(chunks)
+    assert c.content == "Checking two cities." and len(c.tool_calls) == 2
+    assert c.error is not None and c.error["code"] == "upstream_stream_truncated"
+    assert c.finish_reason is None and "[DONE]" not in chunks
+
+
+async def test_failed_finish_before_any_output_is_an_http_error(proxy: Any,
+                                                                upstream: Any) -> None:
+    upstream.body = gemini_sse([chunk(None, finish="MALFORMED_FUNCTION_CALL")])
+    client = await proxy(provider_config("gemini", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "stream": True,
+                                                           "messages": USER})
+    # Nothing was committed yet, so the client gets an HTTP error (and a router may fall back).
+    assert resp.status == 502
+    err = (await resp.json())["error"]
+    assert "MALFORMED_FUNCTION_CALL" in err["message"]
+    assert err["code"] == "malformed_function_call"
+
+
+GOOGLE_429 = orjson.dumps([{"error": {
+    "code": 429, "message": "Resource has been exhausted (e.g. check quota).",
+    "status": "RESOURCE_EXHAUSTED"}}])
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_upstream_error_status_and_message_carried_over(stream: bool, proxy: Any,
+                                                              upstream: Any) -> None:
+    upstream.status = 429
+    upstream.content_type = "application/json"
+    upstream.body = GOOGLE_429  # wrapped in a list, as the streaming endpoint does
+    client = await proxy(provider_config("gemini", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "stream": stream,
+                                                           "messages": USER})
+    assert resp.status == 429
+    err = (await resp.json())["error"]
+    assert err["message"] == "Resource has been exhausted (e.g. check quota)."
+    assert err["type"] == "rate_limit_error" and err["code"] == "RESOURCE_EXHAUSTED"
+    assert "sk-test-secret" not in await resp.text()
+
+
+async def test_plain_object_error_body(proxy: Any, upstream: Any) -> None:
+    upstream.status = 400
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({"error": {"code": 400, "message": "API key not valid.",
+                                            "status": "INVALID_ARGUMENT"}})
+    client = await proxy(provider_config("gemini", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "messages": USER})
+    assert resp.status == 400
+    assert (await resp.json())["error"] == {"message": "API key not valid.",
+                                            "type": "invalid_request_error", "param": None,
+                                            "code": "INVALID_ARGUMENT"}
+
+
+# -- non-streamed answers -------------------------------------------------------------------
+
+def whole_answer() -> dict[str, Any]:
+    """A `generateContent` answer, built from the recorded stream's elements (same shape)."""
+    answer = orjson.loads(orjson.dumps(TOOL_ELEMENTS[0]))
+    answer["candidates"][0]["finishReason"] = "STOP"
+    return answer
+
+
+async def test_non_streamed_answer(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps(whole_answer())
+    client = await proxy(provider_config("gemini", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "messages": USER})
+    assert resp.status == 200
+    body = await resp.json()
+    assert upstream.requests[0].path == "/v1beta/models/m:generateContent"
+    assert body["object"] == "chat.completion" and body["model"] == "gemini-3-flash-preview"
+    [choice] = body["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    msg = choice["message"]
+    assert msg["content"] is None
+    assert msg["tool_calls"] == [{"id": "c9bjmkfz", "type": "function", "function": {
+        "name": "pelican_name_generator", "arguments": '{"type": "funny"}'}}]
+    assert msg["thinking_blocks"] == [{"type": "thought_signature", "signature": SIGNATURE,
+                                       "tool_call_id": "c9bjmkfz"}]
+    assert (body["usage"]["prompt_tokens"], body["usage"]["completion_tokens"],
+            body["usage"]["total_tokens"]) == (28, 267, 295)
+
+
+async def test_non_streamed_blocked_prompt(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps(BLOCK_ELEMENTS[0])
+    client = await proxy(provider_config("gemini", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "messages": USER})
+    body = await resp.json()
+    assert body["choices"][0]["finish_reason"] == "content_filter"
+    assert body["choices"][0]["message"]["content"] is None
+    assert body["usage"]["total_tokens"] == 9
+
+
+async def test_non_streamed_answer_without_finish_reason_is_an_error(proxy: Any,
+                                                                      upstream: Any) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps(TOOL_ELEMENTS[0])  # no finishReason
+    client = await proxy(provider_config("gemini", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "messages": USER})
+    assert resp.status == 502
+
+
+# -- the official openai SDK end to end -----------------------------------------------------
+
+def sdk(client: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+
+
+SDK_STREAM = [
+    chunk([{"text": "Pondering.", "thought": True}]),
+    chunk([{"text": "The weather "}, {"text": "in Paris:"}]),
+    chunk([{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]),
+    chunk([{"functionCall": {"name": "get_time", "args": {}}}]),
+    chunk([{"text": ""}], finish="STOP", usage={
+        "promptTokenCount": 12, "candidatesTokenCount": 20, "thoughtsTokenCount": 8,
+        "totalTokenCount": 40}),
+]
+
+
+@pytest.mark.parametrize("kind", ["gemini", "vertex"])
+async def test_openai_sdk_streaming(kind: str, proxy: Any, upstream: Any) -> None:
+    upstream.pieces = random_splits(gemini_sse(SDK_STREAM), random.Random(kind), max_piece=25)
+    extra = {"project": "p", "location": "europe-west4"} if kind == "vertex" else {}
+    client = sdk(await proxy(provider_config(kind, upstream.url, **extra)))
+    async with client:
+        stream = await client.chat.completions.create(
+            model="gemini-2.5-flash", messages=USER, stream=True,
+            stream_options={"include_usage": True})
+        text, reasoning, finish, usage = "", "", None, None
+        calls: dict[int, dict[str, str]] = {}
+        async for ch in stream:
+            if ch.usage:
+                usage = ch.usage
+            for choice in ch.choices:
+                text += choice.delta.content or ""
+                reasoning += (choice.delta.model_extra or {}).get("reasoning_content") or ""
+                finish = choice.finish_reason or finish
+                for tc in choice.delta.tool_calls or []:
+                    call = calls.setdefault(tc.index, {"id": "", "name": "", "args": ""})
+                    call["id"] = tc.id or call["id"]
+                    call["name"] = tc.function.name or call["name"]
+                    call["args"] += tc.function.arguments or ""
+    assert text == "The weather in Paris:"
+    assert reasoning == "Pondering."
+    assert finish == "tool_calls"
+    assert sorted(calls) == [0, 1]
+    assert [calls[0]["name"], calls[1]["name"]] == ["get_weather", "get_time"]
+    assert [orjson.loads(calls[i]["args"]) for i in (0, 1)] == [{"city": "Paris"}, {}]
+    assert all(c["id"].startswith("call_") for c in calls.values())
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (12, 28, 40)
+    assert usage.completion_tokens_details.reasoning_tokens == 8
+    sent = upstream.requests[0]
+    if kind == "gemini":
+        assert sent.path == "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    else:
+        assert sent.path == ("/v1/projects/p/locations/europe-west4/publishers/google/models/"
+                             "gemini-2.5-flash:streamGenerateContent?alt=sse")
+
+
+async def test_openai_sdk_non_streaming_and_error(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({
+        "candidates": [{"content": {"role": "model", "parts": [{"text": "Hello!"}]},
+                        "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 2,
+                          "totalTokenCount": 5},
+        "modelVersion": "gemini-2.5-flash"})
+    client = sdk(await proxy(provider_config("gemini", upstream.url)))
+    async with client:
+        done = await client.chat.completions.create(model="gemini-2.5-flash", messages=USER)
+        assert done.choices[0].message.content == "Hello!"
+        assert done.choices[0].finish_reason == "stop"
+        assert done.model == "gemini-2.5-flash"
+        assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (3, 2)
+        upstream.status = 429
+        upstream.body = GOOGLE_429
+        with pytest.raises(openai.RateLimitError) as info:
+            await client.chat.completions.create(model="gemini-2.5-flash", messages=USER)
+        assert "Resource has been exhausted" in str(info.value)
+
+
+async def test_openai_sdk_sees_a_truncation_as_an_error(proxy: Any, upstream: Any) -> None:
+    upstream.body = gemini_sse(SDK_STREAM[:-1])
+    client = sdk(await proxy(provider_config("gemini", upstream.url)))
+    async with client:
+        stream = await client.chat.completions.create(model="m", messages=USER, stream=True)
+        with pytest.raises(openai.APIError):
+            async for _ in stream:
+                pass
+
+
+# -- request translation on what the upstream received --------------------------------------
+
+def headers(received: Any) -> dict[str, str]:
+    return {k.lower(): v for k, v in received.headers.items()}
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather",
+                                           "parameters": {"type": "object", "properties": {
+                                               "city": {"type": "string"}},
+                                               "additionalProperties": False}}}]
+
+
+async def test_gemini_request_on_the_wire(proxy: Any, upstream: Any) -> None:
+    upstream.body = gemini_sse([chunk([{"text": "ok"}], finish="STOP")])
+    client = await proxy(provider_config("gemini", upstream.url,
+                                         headers={"x-extra": "1"}))
+    resp = await client.post("/v1/chat/completions", headers={"authorization": "Bearer client"},
+                             json={
+        "model": "gemini-2.5-flash", "stream": True, "max_tokens": 100, "temperature": 0.2,
+        "top_p": 0.9, "stop": "END", "n": 1, "tools": TOOLS, "tool_choice": "required",
+        "response_format": {"type": "json_object"}, "logit_bias": {"1": 2}, "user": "u1",
+        "messages": [{"role": "system", "content": "Be brief."},
+                     {"role": "user", "content": "Weather?"}]})
+    assert resp.status == 200
+    await resp.read()
+    [sent] = upstream.requests
+    assert sent.path == "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    assert headers(sent)["x-goog-api-key"] == "sk-test-secret"  # the configured key wins
+    assert "authorization" not in headers(sent)
+    assert headers(sent)["x-extra"] == "1"
+    assert headers(sent)["content-type"] == "application/json"
+    assert sent.json() == {
+        "contents": [{"role": "user", "parts": [{"text": "Weather?"}]}],
+        "systemInstruction": {"parts": [{"text": "Be brief."}]},
+        "generationConfig": {"maxOutputTokens": 100, "temperature": 0.2, "topP": 0.9,
+                             "candidateCount": 1, "stopSequences": ["END"],
+                             "responseMimeType": "application/json"},
+        "tools": [{"functionDeclarations": [{
+            "name": "get_weather", "description": "Weather",
+            "parametersJsonSchema": TOOLS[0]["function"]["parameters"]}]}],
+        "toolConfig": {"functionCallingConfig": {"mode": "ANY"}},
+    }
+
+
+async def test_gemini_forwards_the_client_key_when_none_is_configured(proxy: Any,
+                                                                       upstream: Any) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps(chunk([{"text": "ok"}], finish="STOP"))
+    client = await proxy(make_config({"g": {"type": "gemini", "base_url": upstream.url}},
+                                     default="g"))
+    resp = await client.post("/v1/chat/completions", headers={"authorization": "Bearer ck"},
+                             json={"model": "gemini-2.5-pro", "messages": USER})
+    assert (await resp.json())["choices"][0]["message"]["content"] == "ok"
+    assert headers(upstream.requests[0])["x-goog-api-key"] == "ck"
+    assert upstream.requests[0].path == "/v1beta/models/gemini-2.5-pro:generateContent"
+
+
+async def test_vertex_request_on_the_wire_with_the_provider_key(proxy: Any,
+                                                                upstream: Any) -> None:
+    upstream.body = gemini_sse([chunk([{"text": "ok"}], finish="STOP")])
+    client = await proxy(provider_config("vertex", upstream.url, project="my-proj",
+                                         location="us-central1"))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "gemini-2.5-flash", "stream": True, "messages": USER,
+        "response_format": {"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"type": "object"}}}})
+    assert collect(sse_chunks(await resp.read())).content == "ok"
+    [sent] = upstream.requests
+    assert sent.path == ("/v1/projects/my-proj/locations/us-central1/publishers/google/models/"
+                         "gemini-2.5-flash:streamGenerateContent?alt=sse")
+    assert headers(sent)["authorization"] == "Bearer sk-test-secret"
+    assert "x-goog-api-key" not in headers(sent)
+    assert sent.json()["generationConfig"] == {"responseMimeType": "application/json",
+                                               "responseJsonSchema": {"type": "object"}}
+
+
+async def test_vertex_token_from_env(proxy: Any, upstream: Any,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SP_TEST_VERTEX_TOKEN", "ya29.env-token")
+    upstream.body = gemini_sse([chunk([{"text": "ok"}], finish="STOP")])
+    client = await proxy(provider_config("vertex", upstream.url, project="p", location="global",
+                                         token_env="SP_TEST_VERTEX_TOKEN"))
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "stream": True,
+                                                           "messages": USER})
+    await resp.read()
+    assert headers(upstream.requests[0])["authorization"] == "Bearer ya29.env-token"
+    monkeypatch.delenv("SP_TEST_VERTEX_TOKEN")
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "messages": USER})
+    assert resp.status == 502
+    assert "SP_TEST_VERTEX_TOKEN" in (await resp.json())["error"]["message"]
+    assert len(upstream.requests) == 1  # nothing sent without a token
+
+
+async def test_vertex_token_command_is_cached_and_refetched_after_a_401(
+        proxy: Any, upstream: Any, tmp_path: Any) -> None:
+    counter = tmp_path / "runs"
+    script = ("import pathlib, sys; p = pathlib.Path(sys.argv[1]); "
+              "n = int(p.read_text()) + 1 if p.exists() else 1; p.write_text(str(n)); "
+              "print(f'ya29.token-{n}')")
+    upstream.body = gemini_sse([chunk([{"text": "ok"}], finish="STOP")])
+    config = provider_config("vertex", upstream.url, project="p", location="us-east5",
+                             token_command=[sys.executable, "-c", script, str(counter)],
+                             token_refresh=3600)
+    client = await proxy(config)
+    for _ in range(3):
+        resp = await client.post("/v1/chat/completions", json={"model": "m", "stream": True,
+                                                               "messages": USER})
+        assert collect(sse_chunks(await resp.read())).done
+    assert [headers(r)["authorization"] for r in upstream.requests] == \
+        ["Bearer ya29.token-1"] * 3
+    upstream.status = 401
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({"error": {"code": 401, "message": "Request had invalid "
+                                            "authentication credentials.",
+                                            "status": "UNAUTHENTICATED"}})
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "messages": USER})
+    assert resp.status == 401
+    assert (await resp.json())["error"]["code"] == "UNAUTHENTICATED"
+    upstream.status = 200
+    upstream.content_type = "text/event-stream"
+    upstream.body = gemini_sse([chunk([{"text": "ok"}], finish="STOP")])
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "stream": True,
+                                                           "messages": USER})
+    await resp.read()
+    assert headers(upstream.requests[-1])["authorization"] == "Bearer ya29.token-2"
+    assert counter.read_text() == "2"
+
+
+async def test_vertex_token_command_failure_is_a_clear_error(proxy: Any, upstream: Any) -> None:
+    config = provider_config("vertex", upstream.url, project="p", location="us-east5",
+                             token_command=[sys.executable, "-c", "import sys; sys.exit(3)"])
+    client = await proxy(config)
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "messages": USER})
+    assert resp.status == 502
+    err = (await resp.json())["error"]
+    assert err["code"] == "upstream_credentials_unavailable"
+    assert "exited with status 3" in err["message"]
+    assert not upstream.requests
+
+
+async def test_openai_sdk_thought_signature_round_trip(proxy: Any, upstream: Any) -> None:
+    """The documented round trip: the client sends the assistant message back as it got it
+    (here the SDK's own message object, whose `thinking_blocks` extra field rides along), and
+    Gemini receives the signature on the function call it belongs to."""
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps(whole_answer())
+    client = sdk(await proxy(provider_config("gemini", upstream.url)))
+    async with client:
+        first = await client.chat.completions.create(model="gemini-3-flash-preview",
+                                                     messages=USER)
+        message = first.choices[0].message
+        upstream.body = orjson.dumps(chunk([{"text": "Sir Pouch-a-lot"}], finish="STOP"))
+        second = await client.chat.completions.create(model="gemini-3-flash-preview", messages=[
+            *USER, message,
+            {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": "Pouchy"}])
+    assert second.choices[0].message.content == "Sir Pouch-a-lot"
+    contents = upstream.requests[1].json()["contents"]
+    assert contents[1] == {"role": "model", "parts": [{
+        "functionCall": {"name": "pelican_name_generator", "args": {"type": "funny"},
+                         "id": "c9bjmkfz"},
+        "thoughtSignature": SIGNATURE}]}
+    assert contents[2] == {"role": "user", "parts": [{"functionResponse": {
+        "name": "pelican_name_generator", "response": {"output": "Pouchy"}, "id": "c9bjmkfz"}}]}

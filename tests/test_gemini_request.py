@@ -1,0 +1,326 @@
+"""OpenAI request → Gemini request (pure), the Vertex token helper, and the config checks."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import pytest
+
+from streamproxy.config import ConfigError
+from streamproxy.errors import InvalidRequest
+from streamproxy.providers.gemini.auth import CommandToken, TokenUnavailable
+from streamproxy.providers.gemini.request import DROPPED, to_gemini
+from tests.helpers import make_config
+
+SIG = "EosJCogJAb4+9vvm/sig=="
+
+
+def translate(messages: list[dict[str, Any]], model: str = "gemini-3-flash-preview",
+              **params: Any) -> dict[str, Any]:
+    return to_gemini({"model": model, "messages": messages, **params}, model)
+
+
+def test_roles_system_and_merging() -> None:
+    out = translate([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "a"},
+        {"role": "developer", "content": [{"type": "text", "text": "Use metric."}]},
+        {"role": "user", "content": [{"type": "text", "text": "b"}]},
+        {"role": "assistant", "content": "c"},
+        {"role": "assistant", "content": None},
+        {"role": "user", "content": "d"},
+    ])
+    assert out["systemInstruction"] == {"parts": [{"text": "Be brief."}, {"text": "Use metric."}]}
+    assert out["contents"] == [
+        {"role": "user", "parts": [{"text": "a"}, {"text": "b"}]},
+        {"role": "model", "parts": [{"text": "c"}]},
+        {"role": "user", "parts": [{"text": "d"}]},
+    ]
+    assert "generationConfig" not in out and "tools" not in out
+
+
+def tool_turn(call_id: str, **extra: Any) -> dict[str, Any]:
+    return {"role": "assistant", "content": None, "tool_calls": [
+        {"id": call_id, "type": "function", **extra,
+         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}
+
+
+def test_tool_round_trip_with_signature_in_thinking_blocks() -> None:
+    assistant = tool_turn("c9bjmkfz")
+    assistant["thinking_blocks"] = [
+        {"type": "thought_signature", "signature": SIG, "tool_call_id": "c9bjmkfz"},
+        {"type": "thinking", "thinking": "from another provider", "signature": "x"}]
+    out = translate([
+        {"role": "user", "content": "Weather?"},
+        assistant,
+        {"role": "tool", "tool_call_id": "c9bjmkfz", "content": "sunny"},
+    ])
+    assert out["contents"][1:] == [
+        {"role": "model", "parts": [{
+            "functionCall": {"name": "get_weather", "args": {"city": "Paris"}, "id": "c9bjmkfz"},
+            "thoughtSignature": SIG}]},
+        {"role": "user", "parts": [{"functionResponse": {
+            "name": "get_weather", "response": {"output": "sunny"}, "id": "c9bjmkfz"}}]},
+    ]
+
+
+def test_signature_from_google_extra_content_and_from_a_litellm_id_suffix() -> None:
+    google = tool_turn("g1", extra_content={"google": {"thought_signature": SIG}})
+    litellm = tool_turn(f"g2__thought__{SIG}")
+    out = translate([{"role": "user", "content": "x"}, google,
+                     {"role": "tool", "tool_call_id": "g1", "content": "{}"},
+                     litellm,
+                     {"role": "tool", "tool_call_id": f"g2__thought__{SIG}", "content": "1"}])
+    first, second = out["contents"][1], out["contents"][3]
+    assert first["parts"][0]["thoughtSignature"] == SIG
+    assert first["parts"][0]["functionCall"]["id"] == "g1"
+    assert second["parts"][0] == {"functionCall": {"name": "get_weather",
+                                                   "args": {"city": "Paris"}, "id": "g2"},
+                                  "thoughtSignature": SIG}
+    assert out["contents"][4]["parts"][0]["functionResponse"]["id"] == "g2"
+
+
+def test_generated_ids_are_not_sent_upstream_and_results_are_wrapped() -> None:
+    out = translate([
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": "Checking.", "tool_calls": [
+            {"id": "call_0123456789abcdef01234567", "type": "function",
+             "function": {"name": "a", "arguments": ""}},
+            {"id": "call_2", "type": "function", "function": {"name": "b", "arguments": "[1]"}}]},
+        {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "42"}]},
+        {"role": "tool", "tool_call_id": "call_0123456789abcdef01234567",
+         "content": ' {"temp": 21}'},
+        {"role": "user", "content": "thanks"},
+    ])
+    model, results = out["contents"][1], out["contents"][2]
+    assert model["parts"] == [
+        {"text": "Checking."},
+        {"functionCall": {"name": "a", "args": {}}},
+        {"functionCall": {"name": "b", "args": {"value": [1]}}},
+    ]
+    # Both results in one user turn, in order, then the user's text.
+    assert results == {"role": "user", "parts": [
+        {"functionResponse": {"name": "b", "response": {"output": "42"}}},
+        {"functionResponse": {"name": "a", "response": {"temp": 21}}},
+        {"text": "thanks"},
+    ]}
+
+
+def test_text_signature_goes_back_on_the_text_part() -> None:
+    out = translate([{"role": "user", "content": "x"},
+                     {"role": "assistant", "content": "Hi",
+                      "thinking_blocks": [{"type": "thought_signature", "signature": SIG}]},
+                     {"role": "user", "content": "y"}])
+    assert out["contents"][1]["parts"] == [{"text": "Hi", "thoughtSignature": SIG}]
+
+
+def test_unknown_tool_call_id_is_a_400_unless_the_message_names_the_function() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        translate([{"role": "user", "content": "x"},
+                   {"role": "tool", "tool_call_id": "nope", "content": "1"}])
+    assert info.value.param == "messages[1].tool_call_id"
+    out = translate([{"role": "user", "content": "x"},
+                     {"role": "tool", "tool_call_id": "nope", "name": "f", "content": "1"}])
+    assert out["contents"][0]["parts"][1]["functionResponse"]["name"] == "f"
+
+
+def test_bad_tool_arguments_are_a_400() -> None:
+    turn = tool_turn("g1")
+    turn["tool_calls"][0]["function"]["arguments"] = "{not json"
+    with pytest.raises(InvalidRequest) as info:
+        translate([{"role": "user", "content": "x"}, turn])
+    assert info.value.param == "messages[1].tool_calls[0].function.arguments"
+
+
+def test_images_audio_and_files() -> None:
+    out = translate([{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.webp?size=2"}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/render"}},
+        {"type": "image_url", "image_url": {"url": "gs://bucket/dog.png"}},
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+        {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=",
+                                  "filename": "a.pdf"}},
+    ]}])
+    assert out["contents"][0]["parts"] == [
+        {"text": "What is this?"},
+        {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}},
+        {"fileData": {"mimeType": "image/webp", "fileUri": "https://example.com/cat.webp?size=2"}},
+        {"fileData": {"mimeType": "image/jpeg", "fileUri": "https://example.com/render"}},
+        {"fileData": {"mimeType": "image/png", "fileUri": "gs://bucket/dog.png"}},
+        {"inlineData": {"mimeType": "audio/wav", "data": "UklGRg=="}},
+        {"inlineData": {"mimeType": "application/pdf", "data": "JVBERi0="}},
+    ]
+
+
+@pytest.mark.parametrize("url", ["ftp://x/y.png", "data:image/png,raw", "not a url", None])
+def test_bad_image_urls_are_a_400(url: Any) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        translate([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}])
+    assert info.value.param == "messages[0].content[0].image_url.url"
+
+
+@pytest.mark.parametrize(("choice", "config"), [
+    ("auto", {"mode": "AUTO"}),
+    ("none", {"mode": "NONE"}),
+    ("required", {"mode": "ANY"}),
+    ({"type": "function", "function": {"name": "f"}},
+     {"mode": "ANY", "allowedFunctionNames": ["f"]}),
+])
+def test_tool_choice(choice: Any, config: dict[str, Any]) -> None:
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    out = translate([{"role": "user", "content": "x"}], tools=tools, tool_choice=choice)
+    assert out["tools"] == [{"functionDeclarations": [{"name": "f"}]}]
+    assert out["toolConfig"] == {"functionCallingConfig": config}
+
+
+def test_generation_config_and_json_schema() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}},
+              "additionalProperties": False}
+    out = translate([{"role": "user", "content": "x"}], max_completion_tokens=50, max_tokens=9,
+                    stop=["a", "b"], seed=3, presence_penalty=0.5, frequency_penalty=0.1,
+                    top_k=40, response_format={"type": "json_schema", "json_schema": {
+                        "name": "s", "schema": schema, "strict": True}})
+    assert out["generationConfig"] == {
+        "maxOutputTokens": 50, "topK": 40, "presencePenalty": 0.5, "frequencyPenalty": 0.1,
+        "seed": 3, "stopSequences": ["a", "b"], "responseMimeType": "application/json",
+        "responseJsonSchema": schema}
+
+
+def test_n_above_one_is_a_400() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        translate([{"role": "user", "content": "x"}], n=2)
+    assert info.value.param == "n" and info.value.status == 400
+
+
+def test_dropped_parameters_never_reach_gemini() -> None:
+    params = {name: 1 for name in DROPPED}
+    out = translate([{"role": "user", "content": "x"}], **params)
+    assert set(out) == {"contents"}
+
+
+@pytest.mark.parametrize(("model", "effort", "thinking"), [
+    ("gemini-2.5-flash", "none", {"thinkingBudget": 0}),
+    ("gemini-2.5-pro", "high", {"thinkingBudget": 24576, "includeThoughts": True}),
+    ("gemini-3-pro-preview", "low", {"thinkingLevel": "low", "includeThoughts": True}),
+])
+def test_reasoning_effort(model: str, effort: str, thinking: dict[str, Any]) -> None:
+    out = translate([{"role": "user", "content": "x"}], model=model, reasoning_effort=effort)
+    assert out["generationConfig"] == {"thinkingConfig": thinking}
+
+
+def test_native_passthrough() -> None:
+    out = translate([{"role": "user", "content": "x"}], reasoning_effort="high",
+                    thinking_config={"thinkingBudget": 128},
+                    safety_settings=[{"category": "HARM_CATEGORY_HATE_SPEECH",
+                                      "threshold": "BLOCK_NONE"}],
+                    cached_content="cachedContents/abc")
+    assert out["generationConfig"] == {"thinkingConfig": {"thinkingBudget": 128}}
+    assert out["safetySettings"][0]["threshold"] == "BLOCK_NONE"
+    assert out["cachedContent"] == "cachedContents/abc"
+
+
+# -- provider URLs and config ---------------------------------------------------------------
+
+def provider(kind: str, **extra: Any) -> Any:
+    from streamproxy.server.app import build_providers
+
+    return build_providers(make_config({"g": {"type": kind, **extra}}))["g"]
+
+
+def test_default_urls() -> None:
+    gemini = provider("gemini")
+    assert gemini.model_url("gemini-2.5-flash") == \
+        "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash"
+    assert gemini.model_url("tunedModels/mine") == \
+        "https://generativelanguage.googleapis.com/v1beta/tunedModels/mine"
+    vertex = provider("vertex", project="proj", location="europe-west4")
+    assert vertex.model_url("gemini-2.5-pro") == (
+        "https://europe-west4-aiplatform.googleapis.com/v1/projects/proj/locations/"
+        "europe-west4/publishers/google/models/gemini-2.5-pro")
+    glob = provider("vertex", project="proj", location="global")
+    assert glob.model_url("m").startswith(
+        "https://aiplatform.googleapis.com/v1/projects/proj/locations/global/")
+
+
+@pytest.mark.parametrize("model", ["../files", "models/../x", "a b", "m:generateContent?x=1",
+                                   "/abs"])
+def test_model_names_cannot_leave_the_model_path(model: str) -> None:
+    from streamproxy.openai_api.request import parse_chat_request
+    from streamproxy.routing.target import Target
+
+    gemini = provider("gemini")
+    req = parse_chat_request(b'{"messages":[{"role":"user","content":"x"}]}')
+    with pytest.raises(InvalidRequest):
+        gemini.build_request(req, Target(gemini, model))
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    ({"location": "us-central1"}, "project"),
+    ({"project": "p"}, "location"),
+    ({"project": "p/../x", "location": "l"}, "project"),
+    ({"project": "p", "location": "l", "token_env": "A", "token_command": "x"}, "token_env"),
+    ({"project": "p", "location": "l", "token_command": []}, "token_command"),
+    ({"project": "p", "location": "l", "token_refresh": 0}, "token_refresh"),
+    ({"project": "p", "location": "l", "colour": "red"}, "colour"),
+])
+def test_vertex_config_errors(extra: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config({"v": {"type": "vertex", **extra}})
+    assert info.value.key == f"providers.v.{key}"
+
+
+def test_gemini_rejects_vertex_options() -> None:
+    with pytest.raises(ConfigError):
+        make_config({"g": {"type": "gemini", "project": "p"}})
+
+
+# -- the token command helper ---------------------------------------------------------------
+
+def printer(tmp_path: Any) -> list[str]:
+    counter = tmp_path / "n"
+    script = ("import pathlib, sys; p = pathlib.Path(sys.argv[1]); "
+              "n = int(p.read_text()) + 1 if p.exists() else 1; p.write_text(str(n)); "
+              "print(f'tok-{n}')")
+    return [sys.executable, "-c", script, str(counter)]
+
+
+async def test_concurrent_first_requests_share_one_run(tmp_path: Any) -> None:
+    source = CommandToken(printer(tmp_path), 3600, provider="v")
+    tokens = await asyncio.gather(*(source.get() for _ in range(5)))
+    assert tokens == ["tok-1"] * 5 and source.runs == 1
+    assert await source.get() == "tok-1" and source.runs == 1
+
+
+async def test_a_stale_token_is_served_while_one_refresh_runs(tmp_path: Any) -> None:
+    source = CommandToken(printer(tmp_path), 3600, provider="v")
+    assert await source.get() == "tok-1"
+    source._stale_at = 0.0  # as if the refresh interval had passed
+    assert await source.get() == "tok-1"  # no wait: the old token, a refresh in background
+    running = source._running
+    assert running is not None
+    assert await source.get() == "tok-1" and source._running is running  # one refresh only
+    assert await running == "tok-2" and source.runs == 2
+    assert await source.get() == "tok-2"
+
+
+async def test_a_failing_command_backs_off(tmp_path: Any) -> None:
+    source = CommandToken([sys.executable, "-c", "import sys; sys.exit(1)"], 60, provider="v")
+    with pytest.raises(TokenUnavailable, match="exited with status 1"):
+        await source.get()
+    with pytest.raises(TokenUnavailable, match="exited with status 1"):
+        await source.get()
+    assert source.runs == 1  # the second request did not run it again right away
+
+
+async def test_missing_command_and_timeout(tmp_path: Any) -> None:
+    missing = CommandToken([str(tmp_path / "no-such-command")], 60, provider="v")
+    with pytest.raises(TokenUnavailable, match="could not run"):
+        await missing.get()
+    slow = CommandToken([sys.executable, "-c", "import time; time.sleep(30)"], 60,
+                        provider="v", timeout=0.5)
+    with pytest.raises(TokenUnavailable, match="took more than"):
+        await slow.get()
