@@ -5,7 +5,7 @@ VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
 BIN := $(VENV)/bin
 PORT ?= 8787
 
-.PHONY: run test lint bench bench-micro loadtest clean
+.PHONY: run test lint bench bench-micro loadtest clean redis-server-present
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,24 @@ $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed-base
 	$(BIN)/streamproxy serve --port $(PORT)
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test redis-server-present
 	$(BIN)/ruff check streamproxy tests bench loadtests
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The Redis cache tests start their own redis-server (tests/redis_server.py): install it when
+# missing (apt-get, as root), else stop with what to do. A missing Redis fails, never skips.
+redis-server-present:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing redis-server (the Redis cache tests need one)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else \
+	    echo "make test needs redis-server on PATH (the Redis cache tests start their own):" \
+	         "install it, e.g. 'sudo apt-get install -y redis-server', or run make test as root" \
+	         "on a Debian/Ubuntu machine" >&2; \
+	    exit 1; \
+	  fi; }
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check streamproxy tests bench loadtests

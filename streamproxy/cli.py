@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import sys
 
 from streamproxy.config import DEFAULT_HOST, DEFAULT_PORT, ConfigError, load_config
@@ -28,16 +27,20 @@ def _load(path: str | None):
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from streamproxy.server.app import serve
+    from streamproxy.observe.access_log import configure_logging
+    from streamproxy.server.workers import run
 
     config = _load(args.config)
-    logging.basicConfig(level=config.server.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
     host = args.host or config.server.host
     port = args.port or config.server.port
     _install_uvloop()
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config, host, port))
+    try:
+        configure_logging(config)
+        with contextlib.suppress(KeyboardInterrupt):
+            sys.exit(run(args.config, config, host, port, args.workers))
+    except ConfigError as e:  # sections validated when the app is built (auth, logging, ...)
+        print(f"streamproxy: config error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def cmd_mock(args: argparse.Namespace) -> None:
@@ -57,14 +60,50 @@ def cmd_mock(args: argparse.Namespace) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> None:
-    config = _load(args.file)
+    """Validate as `serve` would — the app is built, so every section's owner checks it — and
+    print what would be served. Errors: `file: key: reason` on stderr, exit status 2."""
+    from streamproxy.observe.access_log import log_level, parse_logging
+    from streamproxy.server.app import create_app
+    from streamproxy.server.auth import describe, parse_auth
+
+    try:
+        config = load_config(args.file)
+        create_app(config)
+        auth, logs, level = parse_auth(config), parse_logging(config), log_level(config)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)
+    s = config.server
     print(f"{config.source}: OK")
-    print(f"listen: {config.server.host}:{config.server.port}")
+    print(f"listen: {s.host}:{s.port}")
     for name, p in config.providers.items():
         default = " (default)" if name == config.default_provider else ""
         key = "configured key" if p.api_key else "client's key"
         print(f"provider {name}{default}: type={p.type} base_url={p.base_url or 'in-process'} "
               f"auth={key} models={', '.join(p.models) or p.default_model or '-'}")
+    print(f"default provider: {config.default_provider or 'none (requests must name one)'}")
+    for section, value in config.sections.items():
+        if section not in ("auth", "logging"):
+            print(f"{section}: {_summary(value)}")
+    print(describe(auth))
+    print(f"logging: level={level} access_log={'on' if logs.access_log else 'off'} "
+          f"request_bodies={'on' if logs.log_bodies else 'off'}")
+    print(f"limits: body={s.max_body_bytes}B header_field={s.max_header_bytes}B "
+          f"headers={s.max_headers} messages={s.max_messages} tools={s.max_tools} "
+          f"json_depth={s.max_json_depth} upstream_event={s.max_event_bytes}B "
+          f"concurrent_streams={s.max_concurrent_streams}/worker")
+
+
+def _summary(value: object) -> str:
+    """A section owned by another module, generically: its names, not its contents (which
+    may hold secrets)."""
+    if isinstance(value, dict):
+        return ", ".join(map(str, value)) or "(empty)"
+    if isinstance(value, list):
+        names = [str(v.get("name") or v.get("id") or "?") if isinstance(v, dict) else "?"
+                 for v in value]
+        return f"{len(value)} entries" + (f": {', '.join(names)}" if value else "")
+    return type(value).__name__
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,6 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--config", help="YAML config file (default: the embedded default)")
     serve.add_argument("--host", default=None, help=f"listen address (default {DEFAULT_HOST})")
     serve.add_argument("--port", type=int, default=None, help=f"port (default {DEFAULT_PORT})")
+    serve.add_argument("--workers", type=int, default=None,
+                       help="worker processes (default: one per CPU; 1 = a single process, "
+                            "no master)")
     serve.set_defaults(func=cmd_serve)
     mock = sub.add_parser("mock", help="run the mock upstream alone (benchmarks)")
     mock.add_argument("--host", default="127.0.0.1")

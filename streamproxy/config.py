@@ -65,8 +65,16 @@ class ServerConfig:
     max_messages: int = 10_000
     max_tools: int = 512
     max_json_depth: int = 64
+    max_concurrent_streams: int = 10_000  # per worker; beyond it 503 + Retry-After
+    max_header_bytes: int = 8190  # one request line or header field (aiohttp's parser)
+    max_headers: int = 128
     timeouts: Timeouts = Timeouts()
     log_level: str = "info"
+    # Seconds without a first upstream event after which SSE comments keep the client's
+    # connection alive. Off by default: sending one commits the response, so no fallback
+    # can happen after it (README "Timeouts and keep-alives").
+    keepalive_interval: float | None = None
+    shutdown_grace: float = 30.0  # seconds running requests get on SIGTERM (server/drain.py)
 
 
 @dataclass(slots=True, frozen=True)
@@ -82,7 +90,11 @@ _COMMON_PROVIDER_KEYS = {"type", "base_url", "api_key", "api_key_env", "headers"
                          "default_model", "models", "timeouts"}
 _TIMEOUT_KEYS = {"connect", "first_token", "idle", "total"}
 # Top-level sections owned by other modules; each validates its own.
-EXTRA_SECTIONS: set[str] = set()
+EXTRA_SECTIONS: set[str] = {"auth", "logging",  # server/auth.py, observe/access_log.py
+                             "storage", "cache",  # storage/config.py, cache/config.py
+                             # routing/gateway.py
+                             "configs", "routes", "default_config", "virtual_keys",
+                             "allowed_custom_hosts"}
 
 EMBEDDED_DEFAULT = """
 # streamproxy's embedded default: works with no API keys.
@@ -175,7 +187,7 @@ def _parse_server(raw: Any, source: str) -> ServerConfig:
     if not isinstance(raw, dict):
         raise ConfigError(source, "server", "must be a mapping")
     ints = {"port", "max_body_bytes", "max_event_bytes", "max_messages", "max_tools",
-            "max_json_depth"}
+            "max_json_depth", "max_concurrent_streams", "max_header_bytes", "max_headers"}
     kwargs: dict[str, Any] = {}
     for k, v in raw.items():
         key = f"server.{k}"
@@ -193,6 +205,12 @@ def _parse_server(raw: Any, source: str) -> ServerConfig:
             kwargs[k] = v
         elif k == "timeouts":
             kwargs[k] = Timeouts().merged(parse_timeouts(v, source, key))
+        elif k == "keepalive_interval":
+            kwargs[k] = _number(v, source, key, allow_none=True)
+        elif k == "shutdown_grace":
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                raise ConfigError(source, key, "must be a number of seconds, 0 or more")
+            kwargs[k] = float(v)
         else:
             raise ConfigError(source, key, "unknown key")
     return ServerConfig(**kwargs)
@@ -214,6 +232,7 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
     cls = PROVIDER_TYPES[ptype]
     options = {k: v for k, v in raw.items() if k not in _COMMON_PROVIDER_KEYS}
     cls.check_options(options, source, where)
+    cls.check_entry(raw, source, where)
     for key in ("base_url", "api_key", "api_key_env", "default_model"):
         if raw.get(key) is not None and not isinstance(raw[key], str):
             raise ConfigError(source, f"{where}.{key}", "must be a string")

@@ -8,6 +8,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamproxy.errors import (
+    BufferOverflow,
+    StreamDecodeError,
+    StreamTruncated,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+
 
 @dataclass(slots=True)
 class RequestRecord:
@@ -20,7 +30,9 @@ class RequestRecord:
     first_byte: float | None = None  # monotonic time the first byte went to the client
     finished: float | None = None
     attempts: int = 0  # upstream requests sent, retries and fallbacks included
-    target_index: int | None = None  # which planned target served the answer
+    target_index: int | None = None  # which planned attempt served the answer
+    option_path: str | None = None  # where that attempt sits in the config, for the header
+    fallbacks: int = 0  # moves to another planned target after a failure
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     chunks: int = 0
@@ -35,6 +47,18 @@ class RequestRecord:
     capture: bool = False
     builder: Any = None  # CompletionBuilder when captured
     response: dict[str, Any] | None = None
+    # What end-of-request features noted before routing, for their observers (store: the
+    # request and owner to persist; cache: the key to fill). Keyed by feature name.
+    pending: dict[str, Any] | None = None
+    # Operations (observe/, server/auth.py): who asked, how much, how the stream flowed.
+    auth_key_name: str | None = None  # the proxy key's configured name, never the key
+    request_body: bytes | None = None  # only when the operator opts in (logging.log_bodies)
+    bytes_in: int = 0  # request body bytes from the client
+    upstream_reads: int = 0  # upstream reads after the commit point (relay)
+    gap_max: float | None = None  # largest gap between two of those reads, seconds
+    gap_mean: float | None = None
+    # (provider, kind) of every upstream failure, retried or final (see upstream_error_kind).
+    upstream_errors: list[tuple[str, str]] | None = None
 
     @property
     def ttft(self) -> float | None:
@@ -44,5 +68,33 @@ class RequestRecord:
     def duration(self) -> float | None:
         return None if self.finished is None else self.finished - self.started
 
+    def note_upstream_error(self, err: BaseException) -> None:
+        """Remember an upstream failure for metrics; errors of our own making are skipped."""
+        kind = upstream_error_kind(err)
+        if kind is not None:
+            if self.upstream_errors is None:
+                self.upstream_errors = []
+            self.upstream_errors.append((self.provider or "", kind))
+
+
+def upstream_error_kind(err: BaseException) -> str | None:
+    """A small, bounded label for an upstream failure; None when the provider is not to blame."""
+    if isinstance(err, UpstreamStatusError):
+        return f"status_{err.status}"  # an HTTP error, or an error event mid-stream
+    for cls, kind in _UPSTREAM_KINDS:
+        if isinstance(err, cls):
+            return kind
+    return None
+
+
+# Most specific first.
+_UPSTREAM_KINDS = (
+    (UpstreamTimeout, "timeout"),
+    (UpstreamUnreachable, "unreachable"),
+    (BufferOverflow, "buffer_overflow"),
+    (StreamDecodeError, "decode_error"),
+    (StreamTruncated, "truncated"),
+    (UpstreamProtocolError, "protocol_error"),
+)
 
 Observer = Callable[[RequestRecord], None]

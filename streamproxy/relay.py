@@ -77,6 +77,8 @@ async def relay(stream: OpenedStream, client: web.StreamResponse, record: Reques
         record.chunks = encoder.chunks
         record.finish_reason = encoder.finish_reason
         record.usage = encoder.usage_data
+        record.upstream_reads, record.gap_max, record.gap_mean = deadline.gap_stats()
         if encoder.failure is not None:
             record.error_type = encoder.failure.error_type
             record.error_code = encoder.failure.code
+            record.note_upstream_error(encoder.failure)

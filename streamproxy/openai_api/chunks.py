@@ -87,8 +87,8 @@ class ChunkEncoder:
     """ChunkSink → SSE bytes. Also the per-stream record that logs and metrics read."""
 
     __slots__ = (
-        "_buf", "_content_tail", "_prefix", "_tail", "chunks", "completion_id", "created",
-        "ended", "failure", "finish_reason", "include_usage", "model", "usage_data",
+        "_buf", "_content_head", "_content_tail", "_prefix", "_tail", "chunks", "completion_id",
+        "created", "ended", "failure", "finish_reason", "include_usage", "model", "usage_data",
     )
 
     def __init__(
@@ -101,6 +101,7 @@ class ChunkEncoder:
         self._buf = bytearray()
         self._prefix = b""  # built at the first frame: the model may come from the upstream
         self._tail = b""
+        self._content_head = b""
         self._content_tail = b""
         self.chunks = 0
         self.finish_reason: str | None = None
@@ -132,6 +133,7 @@ class ChunkEncoder:
         self._tail = b',"logprobs":null,"finish_reason":null}]' + (
             b',"usage":null}\n\n' if self.include_usage else b"}\n\n"
         )
+        self._content_head = self._prefix + b'{"content":'
         self._content_tail = b"}" + self._tail
 
     def _frame(self, delta: bytes) -> None:
@@ -152,9 +154,20 @@ class ChunkEncoder:
         if not self._prefix:
             self._envelope()
         buf = self._buf
-        buf += self._prefix
-        buf += b'{"content":'
+        buf += self._content_head
         buf += _dumps(text)
+        buf += self._content_tail
+        self.chunks += 1
+
+    def content_json(self, literal: bytes) -> None:
+        """`content()` for text that is already one valid JSON string literal, quotes
+        included (a translator's fast path lifts it from the upstream's bytes): spliced into
+        the frame as is, with no decode and no re-encode."""
+        if not self._prefix:
+            self._envelope()
+        buf = self._buf
+        buf += self._content_head
+        buf += literal
         buf += self._content_tail
         self.chunks += 1
 

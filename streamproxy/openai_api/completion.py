@@ -2,6 +2,11 @@
 
 Used where the whole answer is wanted — stored completions, the response cache, non-streamed
 answers built from a stream — never on the plain streaming path. Memory is the answer's size.
+
+Besides the parts, it keeps the order they came in as `runs` — `[kind, index, count]`, one entry
+per change of kind, not per delta — so the cache can replay a stream with its original chunk
+boundaries (`cache/entry.py`). Kinds: c content, r reasoning, t thinking block, s tool call
+start, S tool call start carrying its first argument fragment, a argument fragment.
 """
 
 from __future__ import annotations
@@ -26,6 +31,29 @@ class CompletionBuilder:
         self.failure: ProxyError | None = None
         self.ended = False
         self.raw_chunks = 0
+        self.runs: list[list[Any]] = []
+        # The envelope the client saw: set from the encoder by TeeSink, or from a pass-through
+        # stream's first chunk (the upstream's own id).
+        self.id: str | None = None
+        self.created: int | None = None
+
+    def _step(self, kind: str, index: int = 0) -> None:
+        runs = self.runs
+        if runs:
+            last = runs[-1]
+            if last[0] == kind and last[1] == index:
+                last[2] += 1
+                return
+        runs.append([kind, index, 1])
+
+    @property
+    def content_parts(self) -> list[str]:
+        return self._text
+
+    @property
+    def tool_args(self) -> list[list[str]]:
+        """Each tool call's argument fragments, in order (a start's inline arguments first)."""
+        return self._args
 
     def start(self, model: str | None = None) -> None:
         if model:
@@ -33,12 +61,15 @@ class CompletionBuilder:
 
     def content(self, text: str) -> None:
         self._text.append(text)
+        self._step("c")
 
     def reasoning(self, text: str) -> None:
         self.reasoning_parts.append(text)
+        self._step("r")
 
     def thinking_block(self, block: dict[str, Any]) -> None:
         self.thinking_blocks.append(block)
+        self._step("t")
 
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None:
         while len(self.tool_calls) <= index:
@@ -49,9 +80,11 @@ class CompletionBuilder:
         self.tool_calls[index]["function"]["name"] = name
         if arguments:
             self._args[index].append(arguments)
+        self._step("S" if arguments else "s", index)
 
     def tool_call_args(self, index: int, fragment: str) -> None:
         self._args[index].append(fragment)
+        self._step("a", index)
 
     def finish(self, reason: str) -> None:
         self.finish_reason = reason
@@ -76,6 +109,11 @@ class CompletionBuilder:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
             return
+        if self.raw_chunks == 1:  # a pass-through stream: the client saw the upstream's ids
+            if isinstance(chunk.get("id"), str) and chunk["id"]:
+                self.id = chunk["id"]
+            if isinstance(chunk.get("created"), int):
+                self.created = chunk["created"]
         if chunk.get("model"):
             self.model = chunk["model"]
         if chunk.get("usage"):
@@ -85,9 +123,9 @@ class CompletionBuilder:
                 continue
             delta = choice.get("delta") or {}
             if delta.get("content"):
-                self._text.append(delta["content"])
+                self.content(delta["content"])
             if delta.get("reasoning_content"):
-                self.reasoning_parts.append(delta["reasoning_content"])
+                self.reasoning(delta["reasoning_content"])
             for tc in delta.get("tool_calls") or []:
                 index = tc.get("index", 0)
                 fn = tc.get("function") or {}
@@ -95,7 +133,7 @@ class CompletionBuilder:
                     self.tool_call_start(index, tc["id"], fn.get("name") or "",
                                          fn.get("arguments") or "")
                 elif fn.get("arguments") and index < len(self._args):
-                    self._args[index].append(fn["arguments"])
+                    self.tool_call_args(index, fn["arguments"])
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
 
@@ -141,6 +179,8 @@ class TeeSink:
     def __init__(self, encoder: Any, builder: CompletionBuilder) -> None:
         self.encoder = encoder
         self.builder = builder
+        builder.id = encoder.completion_id
+        builder.created = encoder.created
 
     def start(self, model: str | None = None) -> None:
         self.encoder.start(model)

@@ -138,10 +138,15 @@ def _validate(body: dict[str, Any], limits: Limits) -> None:
                 raise InvalidRequest(f"'tools[{i}].function.name' is required.",
                                      param=f"tools[{i}].function.name",
                                      code="missing_required_parameter")
+            _check_fields(fn, f"tools[{i}].function", _FUNCTION_FIELDS)
+    fmt = body.get("response_format")
+    if fmt is not None:
+        _check_fields(fmt, "response_format", _FORMAT_FIELDS)
     tc = body.get("tool_choice")
     if tc is not None and not (
         tc in ("auto", "none", "required")
-        or (isinstance(tc, dict) and isinstance((tc.get("function") or {}).get("name"), str))
+        or (isinstance(tc, dict) and isinstance(tc.get("function"), dict)
+            and isinstance(tc["function"].get("name"), str))
     ):
         raise InvalidRequest("'tool_choice' must be 'auto', 'none', 'required' or "
                              "{'type': 'function', 'function': {'name': ...}}.",
@@ -153,7 +158,7 @@ def _validate_message(i: int, m: Any) -> None:
     if not isinstance(m, dict):
         raise _type_error(where, "an object")
     role = m.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:  # (a list is not hashable)
         raise InvalidRequest(
             f"Invalid value for '{where}.role': expected one of "
             f"{', '.join(sorted(ROLES))}.", param=f"{where}.role", code="invalid_value")
@@ -164,9 +169,12 @@ def _validate_message(i: int, m: Any) -> None:
         for j, part in enumerate(content):
             if not isinstance(part, dict) or not isinstance(part.get("type"), str):
                 raise _type_error(f"{where}.content[{j}]", "an object with a 'type'")
+            _check_part(part, f"{where}.content[{j}]")
     if role == "tool" and not isinstance(m.get("tool_call_id"), str):
         raise InvalidRequest(f"Missing required parameter: '{where}.tool_call_id'.",
                              param=f"{where}.tool_call_id", code="missing_required_parameter")
+    if m.get("thinking_blocks") is not None and not isinstance(m["thinking_blocks"], list):
+        raise _type_error(f"{where}.thinking_blocks", "an array")
     calls = m.get("tool_calls")
     if calls is not None:
         if not isinstance(calls, list):
@@ -175,6 +183,41 @@ def _validate_message(i: int, m: Any) -> None:
             fn = c.get("function") if isinstance(c, dict) else None
             if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
                 raise _type_error(f"{where}.tool_calls[{j}].function", "an object with a name")
+            _check_fields(c, f"{where}.tool_calls[{j}]", _CALL_FIELDS)
+
+
+# The nested fields translators read, with the type they may rely on when present.
+_IS_STR = (lambda v: isinstance(v, str), "a string")
+_IS_OBJ = (lambda v: isinstance(v, dict), "an object")
+_FUNCTION_FIELDS = {"description": _IS_STR, "parameters": _IS_OBJ}
+_CALL_FIELDS = {"id": _IS_STR}
+_FORMAT_FIELDS = {"type": _IS_STR, "json_schema": _IS_OBJ}
+_PART_FIELDS = {  # by content part type; unknown part types are left to the translators
+    "text": {"text": _IS_STR},
+    "image_url": {"image_url": _IS_OBJ},
+    "input_audio": {"input_audio": _IS_OBJ},
+    "file": {"file": _IS_OBJ},
+}
+
+
+def _check_fields(obj: dict[str, Any], where: str, fields: dict[str, Any]) -> None:
+    for name, (ok, expected) in fields.items():
+        value = obj.get(name)
+        if value is not None and not ok(value):
+            raise _type_error(f"{where}.{name}", expected)
+
+
+def _check_part(part: dict[str, Any], where: str) -> None:
+    fields = _PART_FIELDS.get(part["type"])
+    if fields is None:
+        return
+    for name in fields:
+        if part.get(name) is None:
+            raise InvalidRequest(f"Missing required parameter: '{where}.{name}'.",
+                                 param=f"{where}.{name}", code="missing_required_parameter")
+    _check_fields(part, where, fields)
+    if part["type"] == "image_url" and not isinstance(part["image_url"].get("url"), str):
+        raise _type_error(f"{where}.image_url.url", "a string")
 
 
 def _check_depth(obj: Any, limit: int) -> None:

@@ -12,7 +12,8 @@ None of them does I/O; `routing/executor.py` and `relay.py` own the sockets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
@@ -134,6 +135,12 @@ class Provider:
                 f"No model given and provider '{self.name}' has no default_model.",
                 param="model", code="missing_required_parameter")
         return model
+
+    def with_base_url(self, base_url: str) -> Provider:
+        """This provider aimed at another host (a config's allowed `custom_host`)."""
+        clone = copy.copy(self)
+        clone.cfg = replace(self.cfg, base_url=base_url)
+        return clone
 
     async def prepare(self, target: Target) -> None:
         """Async work a request needs before `build_request`, such as a credential refreshed

@@ -52,6 +52,10 @@ class PassthroughTranslator(SSETranslator):
         if _INTERESTING.search(data) is not None:
             self.on_chunk(load_event_json(data), data)
             return
+        if data[:1] != b"{" or data[-1:] != b"}":
+            # Not framed like a JSON object: a cut or garbled event is an error, never forwarded
+            # (the parse, only on this rare path, still lets padded JSON through).
+            load_event_json(data)
         self.out.raw(data)
 
     def on_done(self) -> None:

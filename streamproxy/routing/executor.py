@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,9 @@ from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.providers.base import StreamTranslator
 from streamproxy.record import RequestRecord
+from streamproxy.routing.breaker import CircuitBreakers
+from streamproxy.routing.planner import Attempt, Plan
+from streamproxy.routing.retry import retry_delay
 from streamproxy.routing.target import Target
 from streamproxy.upstream.client import UpstreamClient, map_client_error
 from streamproxy.upstream.deadline import Deadline
@@ -53,11 +57,15 @@ def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
 
 
 class Executor:
-    def __init__(self, client: UpstreamClient) -> None:
+    def __init__(self, client: UpstreamClient, breakers: CircuitBreakers | None = None,
+                 rng: random.Random | None = None) -> None:
         self.client = client
+        self.breakers = breakers or CircuitBreakers()
+        self.rng = rng or random.Random()
 
     async def _send(self, req: ChatRequest, target: Target) -> aiohttp.ClientResponse:
         provider = target.provider
+        await provider.prepare(target)
         upstream = provider.build_request(req, target)
         resp = await self.client.send(upstream, connect_timeout=target.timeouts.connect,
                                       provider=provider.name)
@@ -71,32 +79,57 @@ class Executor:
             raise err
         return resp
 
-    async def open_stream(self, req: ChatRequest, targets: list[Target],
+    async def open_stream(self, req: ChatRequest, plan: Plan,
                           record: RequestRecord) -> OpenedStream:
-        return await self._first_success(req, targets, record, self._open_one)
+        return await self._run(req, plan, record, self._open_one)
 
-    async def complete(self, req: ChatRequest, targets: list[Target],
-                       record: RequestRecord) -> bytes:
-        return await self._first_success(req, targets, record, self._complete_one)
+    async def complete(self, req: ChatRequest, plan: Plan, record: RequestRecord) -> bytes:
+        return await self._run(req, plan, record, self._complete_one)
 
-    async def _first_success(self, req: ChatRequest, targets: list[Target],
-                             record: RequestRecord, attempt: Any) -> Any:
-        last: ProxyError | None = None
-        for index, target in enumerate(targets):
-            record.attempts += 1
-            record.provider = target.provider.name
-            record.model = target.model or target.provider.cfg.default_model
+    async def _run(self, req: ChatRequest, plan: Plan, record: RequestRecord,
+                   once: Any) -> Any:
+        """Try the plan's attempts in order until one opens; a failure moves to where the
+        plan's fallback structure says (`Plan.next_after`), or ends the request."""
+        index = 0
+        while True:
+            attempt = plan.attempts[index]
             try:
-                result = await attempt(req, target, record)
+                result = await self._with_retries(req, attempt, record, once)
             except ProxyError as e:
-                last = e
-                if not e.retryable:
+                following = plan.next_after(index, e.status)
+                if following is None:
                     raise
+                record.fallbacks += 1
+                index = following
                 continue
             record.target_index = index
+            record.option_path = attempt.path
             return result
-        assert last is not None, "no targets planned"
-        raise last
+
+    async def _with_retries(self, req: ChatRequest, attempt: Attempt, record: RequestRecord,
+                            once: Any) -> Any:
+        target, spec = attempt.target, attempt.retry
+        record.provider = target.provider.name
+        record.model = target.model or target.provider.cfg.default_model
+        retry = 0
+        while True:
+            record.attempts += 1
+            try:
+                result = await once(req, target, record)
+            except ProxyError as e:
+                record.note_upstream_error(e)  # metrics: upstream errors by kind
+                self.breakers.record(attempt.breaker_key, attempt.breaker, e.status)
+                if retry >= spec.attempts or e.status not in spec.on_status_codes:
+                    raise
+                delay = retry_delay(retry, self.rng, getattr(e, "retry_after", None),
+                                    spec.use_retry_after_header)
+                if delay is None:
+                    raise
+                retry += 1
+                await asyncio.sleep(delay)
+                continue
+            self.breakers.record(attempt.breaker_key, attempt.breaker, None)
+            return result
 
     async def _open_one(self, req: ChatRequest, target: Target,
                         record: RequestRecord) -> OpenedStream:

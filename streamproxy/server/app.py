@@ -15,10 +15,17 @@ from streamproxy.providers.mock import MockProvider
 from streamproxy.providers.mock.server import start_mock_server
 from streamproxy.providers.registry import PROVIDER_TYPES
 from streamproxy.record import Observer
+from streamproxy.routing.breaker import CircuitBreakers
 from streamproxy.routing.executor import Executor
+from streamproxy.routing.gateway import Gateway, load_settings
 from streamproxy.routing.router import Router
 from streamproxy.server import handlers
+from streamproxy.server.admission import ADMISSION, Admission
+from streamproxy.server.auth import auth_middleware, parse_auth
+from streamproxy.server.drain import Drain
 from streamproxy.server.errors import error_middleware
+from streamproxy.server.observing import install_observers
+from streamproxy.server.store_and_cache import install as install_store_and_cache
 from streamproxy.upstream.client import UpstreamClient
 
 log = logging.getLogger("streamproxy")
@@ -32,11 +39,22 @@ class AppState:
     router: Router
     executor: Executor
     limits: Limits
+    gateway: Gateway
+    breakers: CircuitBreakers
     observers: list[Observer] = field(default_factory=list)
     mock_runner: web.AppRunner | None = None
+    drain: Drain = field(default_factory=Drain)  # graceful shutdown (server/workers.py)
 
 
 STATE = web.AppKey("streamproxy_state", AppState)
+
+
+def http_limits(config: Config) -> dict[str, int]:
+    """aiohttp's request-parser limits (AppRunner / TestServer keyword arguments): beyond them
+    the request is refused with 400 before any handler runs."""
+    server = config.server
+    return {"max_line_size": server.max_header_bytes, "max_field_size": server.max_header_bytes,
+            "max_headers": server.max_headers}
 
 
 def build_providers(config: Config) -> dict[str, Provider]:
@@ -50,18 +68,29 @@ def create_app(config: Config) -> web.Application:
     server = config.server
     providers = build_providers(config)
     client = UpstreamClient()
+    router = Router(providers, config.default_provider, server.timeouts)
+    breakers = CircuitBreakers()
     state = AppState(
         config=config,
         providers=providers,
         client=client,
-        router=Router(providers, config.default_provider, server.timeouts),
-        executor=Executor(client),
+        router=router,
+        executor=Executor(client, breakers),
+        gateway=Gateway(router, load_settings(config), breakers),
+        breakers=breakers,
         limits=Limits(server.max_messages, server.max_tools, server.max_json_depth),
     )
+    auth = parse_auth(config)
+    admission = Admission(server.max_concurrent_streams)
     app = web.Application(client_max_size=server.max_body_bytes,
-                          middlewares=[error_middleware])
+                          middlewares=[error_middleware,
+                                       *([auth_middleware(auth)] if auth else []),
+                                       admission.middleware])
     app[STATE] = state
+    app[ADMISSION] = admission
+    install_observers(app, state)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
+    install_store_and_cache(app, state)  # stored completions' routes, the cache
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/healthz", handlers.healthz)
     app.on_startup.append(_startup)
@@ -88,7 +117,8 @@ async def _cleanup(app: web.Application) -> None:
 
 async def serve(config: Config, host: str, port: int) -> None:
     """Run until cancelled (Ctrl-C / SIGTERM)."""
-    runner = web.AppRunner(create_app(config), handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(create_app(config), handler_cancellation=True, access_log=None,
+                           **http_limits(config))
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=2048)
     await site.start()

@@ -29,11 +29,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ProxyError as e:
-        request["record_error"] = e
         return error_response(e)
-    except web.HTTPRequestEntityTooLarge as e:
+    except web.HTTPRequestEntityTooLarge:  # aiohttp's exception keeps no max_size attribute
         return error_response(PayloadTooLarge(
-            f"The request body exceeds the limit of {e.max_size} bytes."))  # type: ignore[attr-defined]
+            f"The request body exceeds the limit of {request.client_max_size} bytes."))
     except web.HTTPNotFound:
         return error_response(NotFound(f"Unknown path: {request.method} {request.path}",
                                        code="unknown_url"))

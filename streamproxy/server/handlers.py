@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import TYPE_CHECKING
@@ -9,15 +10,25 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from streamproxy.errors import ProxyError
-from streamproxy.openai_api.request import parse_chat_request
+from streamproxy.openai_api.chunks import error_frame
+from streamproxy.openai_api.request import ChatRequest, parse_chat_request
 from streamproxy.record import RequestRecord
 from streamproxy.relay import relay
+from streamproxy.routing.executor import OpenedStream
+from streamproxy.routing.gateway import parse_metadata
+from streamproxy.routing.planner import Plan
 from streamproxy.routing.target import Target
+from streamproxy.server.auth import allowed_targets
+from streamproxy.server.drain import shutdown_error
+from streamproxy.server.errors import error_response
+from streamproxy.server.observing import read_body
+from streamproxy.server.store_and_cache import before_upstream
 
 if TYPE_CHECKING:
     from streamproxy.server.app import AppState
 
 TRACE_HEADER = "x-portkey-trace-id"
+PLAN = web.RequestKey("streamproxy_plan", Plan)  # read by the cache for the config's `cache`
 SSE_HEADERS = {
     "content-type": "text/event-stream; charset=utf-8",
     "cache-control": "no-cache",
@@ -37,56 +48,128 @@ def _response_headers(record: RequestRecord, target: Target | None) -> dict[str,
         headers["x-portkey-provider"] = target.provider.name
     if record.attempts:
         headers["x-portkey-retry-attempt-count"] = str(record.attempts - 1)
-    if record.target_index is not None:
-        headers["x-portkey-last-used-option-index"] = str(record.target_index)
+    if record.option_path is not None:
+        headers["x-portkey-last-used-option-index"] = record.option_path
     return headers
+
+
+def _only_allowed(request: web.Request, plan: Plan) -> None:
+    """Drop the attempts the proxy key may not use (403 when none is left)."""
+    allowed = {id(t) for t in allowed_targets(request, [a.target for a in plan.attempts])}
+    plan.attempts = [a for a in plan.attempts if id(a.target) in allowed]
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     record = RequestRecord(trace_id=request.headers.get(TRACE_HEADER) or uuid.uuid4().hex)
+    state.drain.enter()
     try:
-        req = parse_chat_request(await request.read(), state.limits)
+        if state.drain.draining:
+            return _refuse_while_draining(record)
+        req = parse_chat_request(await read_body(request, record), state.limits)
         record.stream = req.stream
-        targets = [state.router.resolve(request.headers, req.model)]
+        record.metadata = parse_metadata(request.headers)
+        plan = state.gateway.plan(request.headers, req, record.metadata)
+        _only_allowed(request, plan)
+        request[PLAN] = plan
+        # Stored completions and the response cache (issue 7): a cache hit is answered here.
+        cached = await before_upstream(request, req, plan.attempts[0].target, record)
+        if cached is not None:
+            return cached
         if req.stream:
-            return await _stream(request, state, req, targets, record)
-        body = await state.executor.complete(req, targets, record)
+            return await _stream(request, state, req, plan, record)
+        body = await state.executor.complete(req, plan, record)
         record.first_byte = time.monotonic()
+        record.bytes_out = len(body)
+        served = plan.attempts[record.target_index or 0].target
         return web.Response(body=body, content_type="application/json",
-                            headers=_response_headers(record, targets[record.target_index or 0]))
+                            headers=_response_headers(record, served))
     except ProxyError as e:
         record.status = e.status
         record.error_type, record.error_code = e.error_type, e.code
         raise
-    except BaseException:
+    except asyncio.CancelledError:
+        if state.drain.owns():  # the shutdown grace ran out before this request committed
+            err = shutdown_error()
+            record.status, record.error_type, record.error_code = 503, err.error_type, err.code
+            raise err from None
         record.client_disconnected = True
         raise
+    except BaseException as e:
+        if isinstance(e, Exception):
+            record.status = 500  # a bug; error_middleware answers 500
+        else:
+            record.client_disconnected = True
+        raise
     finally:
+        state.drain.leave()
         record.finished = time.monotonic()
         for observe in state.observers:
             observe(record)
 
 
-async def _stream(request: web.Request, state: AppState, req, targets: list[Target],
+async def _stream(request: web.Request, state: AppState, req: ChatRequest, plan: Plan,
                   record: RequestRecord) -> web.StreamResponse:
-    stream = await state.executor.open_stream(req, targets, record)
-    response = web.StreamResponse(headers={**SSE_HEADERS,
-                                           **_response_headers(record, stream.target)})
-    try:
-        await response.prepare(request)  # the commit point: headers are gone
-    except BaseException:
-        stream.deadline.cancel()
-        stream.response.close()
-        raise
+    interval = state.config.server.keepalive_interval
+    if interval:
+        stream, response = await _open_with_keepalives(request, state, req, plan, record,
+                                                        interval)
+        if stream is None:
+            return response
+    else:
+        stream, response = await state.executor.open_stream(req, plan, record), None
+    if response is None:
+        response = web.StreamResponse(headers={**SSE_HEADERS,
+                                               **_response_headers(record, stream.target)})
+        try:
+            await response.prepare(request)  # the commit point: headers are gone
+        except BaseException:
+            stream.deadline.cancel()
+            stream.response.close()
+            raise
     record.first_byte = time.monotonic()
-    await relay(stream, response, record)
+    state.drain.committed(stream.deadline)  # a shutdown now ends it with an error frame
+    try:
+        await relay(stream, response, record)
+    finally:
+        state.drain.leave()
     if not record.client_disconnected:
         try:
             await response.write_eof()
         except ConnectionError:
             record.client_disconnected = True
     return response
+
+
+async def _open_with_keepalives(request: web.Request, state: AppState, req: ChatRequest,
+                                plan: Plan, record: RequestRecord, interval: float,
+                                ) -> tuple[OpenedStream | None, web.StreamResponse | None]:
+    """Open the upstream while sending `: keep-alive` comments every `interval` seconds once
+    the first event is late. The first comment commits the response (200, SSE headers), so a
+    failure after it is an error frame, not a fallback."""
+    opening = asyncio.ensure_future(state.executor.open_stream(req, plan, record))
+    response: web.StreamResponse | None = None
+    try:
+        while not (await asyncio.wait({opening}, timeout=interval))[0]:
+            if response is None:
+                response = web.StreamResponse(headers={**SSE_HEADERS,
+                                                       **_response_headers(record, None)})
+                await response.prepare(request)
+            await response.write(b": keep-alive\n\n")
+        try:
+            stream = opening.result()
+        except ProxyError as e:
+            if response is None:
+                raise
+            await response.write(error_frame(e))
+            await response.write_eof()
+            record.error_type, record.error_code = e.error_type, e.code
+            return None, response
+        stream.deadline.rebind()
+        return stream, response
+    finally:
+        if not opening.done():
+            opening.cancel()  # the client went away while we waited
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -101,5 +184,16 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
+def _refuse_while_draining(record: RequestRecord) -> web.Response:
+    """A request on a kept-alive connection after SIGTERM: 503, and the connection closes."""
+    err = shutdown_error()
+    record.status, record.error_type, record.error_code = err.status, err.error_type, err.code
+    response = error_response(err)
+    response.force_close()
+    return response
+
+
 async def healthz(request: web.Request) -> web.Response:
+    if _state(request).drain.draining:  # load balancers: stop sending here
+        return web.json_response({"status": "draining"}, status=503)
     return web.json_response({"status": "ok"})

@@ -83,6 +83,12 @@ class Deadline:
             self.expired = err
             self._task.cancel()
 
+    def rebind(self) -> None:
+        """The stream moved to the current task (opened in a helper task, relayed here)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+
     def owns(self, exc: asyncio.CancelledError | None = None) -> bool:
         """True when `exc` is our own expiry and nobody else also cancelled the task."""
         return self.expired is not None and self._task.uncancel() == 0

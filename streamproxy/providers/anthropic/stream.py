@@ -6,6 +6,10 @@
 - Usage values are cumulative: the latest message_delta overwrites message_start, field by
   field; prompt_tokens = input + cache read + cache creation.
 - An `error` event ends the stream with an OpenAI error frame and no [DONE].
+
+Speed: nearly every event is a text delta, so `on_event` tests for it first, inline, before
+the general dispatch. (Splicing the text's JSON literal from the upstream bytes, without a
+parse, was measured: validating it safely costs as much as orjson's parse of the event.)
 """
 
 from __future__ import annotations
@@ -67,10 +71,16 @@ class AnthropicStreamTranslator(SSETranslator):
         self._usage: dict[str, Any] = {}
         self._started = False
         self._thinking: list[str] = []  # the current thinking block's text, for its signature
+        self._content = out.content
 
     def on_event(self, event: SSEEvent) -> None:
         msg = load_event_json(event.data)
         try:
+            if msg["type"] == "content_block_delta":  # the hot case, inline
+                delta = msg["delta"]
+                if delta["type"] == "text_delta":
+                    self._content(delta["text"])
+                    return
             self._dispatch(msg)
         except (KeyError, TypeError, AttributeError) as e:
             raise StreamDecodeError(

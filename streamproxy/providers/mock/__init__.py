@@ -7,6 +7,7 @@ in-process on an ephemeral loopback port started with the proxy (`attach_local`)
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from streamproxy.config import ConfigError, ProviderConfig
@@ -43,6 +44,11 @@ class MockProvider(Provider):
         if self._wire.passthrough:
             base_url += "/v1"  # OpenAI's base URL convention includes the version
         self._wire.cfg = ProviderConfig(**{**_fields(self.cfg), "base_url": base_url})
+
+    def with_base_url(self, base_url: str) -> Provider:
+        clone = copy.copy(self)
+        clone._wire = self._wire.with_base_url(base_url)
+        return clone
 
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
         return self._wire.build_request(req, target)

@@ -11,6 +11,7 @@ Knobs per request, from the model name (`fast`, `slow:tokens=40`, `tokens=500,tp
     truncate_after  close the connection abruptly after N deltas
     status          answer with this HTTP error status
     stall_ms        delay before the response headers
+    reset_first     1: send 200 headers, then reset the connection before any event
 
 Unpaced bodies are built once per distinct request shape and cached, so the mock is never the
 bottleneck of a benchmark: a 200-delta stream is one cached bytes object and one write.
@@ -48,6 +49,7 @@ class MockOptions:
     truncate_after: int = -1
     status: int = 200
     stall_ms: float = 0.0
+    reset_first: int = 0  # 1: send the headers, then reset before any event
 
     @classmethod
     def parse(cls, model: str, header: str | None) -> MockOptions:
@@ -301,6 +303,9 @@ async def _serve(request: web.Request, wire: _Wire) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"content-type": wire.content_type,
                                        "cache-control": "no-cache"})
     await resp.prepare(request)
+    if opts.reset_first:
+        request.transport.close()  # type: ignore[union-attr]
+        return resp
     if opts.tps <= 0 and opts.ttft_ms <= 0 and opts.truncate_after < 0:
         await resp.write(unpaced_body(wire, opts, model, prompt, usage))
         await resp.write_eof()

@@ -1,0 +1,561 @@
+"""`make bench`: the streaming benchmark, on loopback, bounded in time.
+
+Processes: the mock upstream (`streamproxy mock`) and the bench-only upstream
+(bench/upstreams.py) and this load generator share one core; the proxy under test gets the
+other (when the machine has two). Every scenario starts a fresh proxy (`serve --workers 1`,
+so its peak RSS is its own), measures it, then measures a **direct** run (load generator →
+upstream, the same streams and the same event counting) in the same invocation.
+
+Figures per run: streams/s and events/s (SSE events the client received, counted on raw
+bytes), server CPU µs per event (/proc/PID/stat utime+stime over the window ÷ events: the proxy
+for proxied rows, the upstream for direct rows), TTFT (request sent → first text-bearing event)
+p50/p99, stream duration p50/p99, peak RSS (VmHWM, reset when the window starts), errors
+(failed, cut or short streams; every stream's ending and event count are checked), and the
+harness CPU% (load generator + upstream on their shared core: near 100 % means the harness,
+not the proxy, was the limit).
+
+Usage: python -m bench [--quick] [--only NAME,...] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench import loadgen
+from bench.loadgen import Stats, Target
+from bench.procs import Proc, cores, cpu_seconds, free_port, open_fds, raise_fd_limit, start
+
+ROOT = Path(__file__).resolve().parent
+PROXY_TOKEN = b'"delta":{"content":"'  # the first content chunk of an OpenAI stream
+SSE = b"\n\n"
+
+
+@dataclass
+class Plan:
+    quick: bool
+
+    @property
+    def window(self) -> float:
+        return 1.5 if self.quick else 4.0
+
+    @property
+    def warmup(self) -> float:
+        return 0.3 if self.quick else 0.5
+
+    @property
+    def paced_window(self) -> float:
+        return 2.5 if self.quick else 8.0
+
+    @property
+    def slow_streams(self) -> int:
+        return 1000 if self.quick else 10_000
+
+    @property
+    def slow_tokens(self) -> int:
+        return 8 if self.quick else 30
+
+
+@dataclass
+class Env:
+    plan: Plan
+    logdir: Path
+    proxy_core: set[int] | None
+    harness_core: set[int] | None
+    mock: Proc
+    mock_port: int
+    upstream: Proc
+    upstream_port: int
+    types: set[str]
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+
+# -- requests -------------------------------------------------------------------------------------
+
+def chat_body(model: str) -> bytes:
+    return orjson.dumps({"model": model, "stream": True, "max_tokens": 1024,
+                         "messages": [{"role": "user", "content": "Say hello, token by token."}]})
+
+
+def proxied(port: int, model: str, expect: int | None = None) -> Target:
+    return Target("127.0.0.1", port, "/v1/chat/completions", chat_body(model), SSE, PROXY_TOKEN,
+                  b"data: [DONE]\n\n", expect)
+
+
+def direct_anthropic(port: int, preset: str, expect: int | None) -> Target:
+    return Target("127.0.0.1", port, "/v1/messages", chat_body(preset), SSE, b'"text_delta"',
+                  b"event: message_stop", expect)
+
+
+def direct_openai(port: int, preset: str, expect: int | None) -> Target:
+    return Target("127.0.0.1", port, "/v1/chat/completions", chat_body(preset), SSE, PROXY_TOKEN,
+                  b"data: [DONE]\n\n", expect)
+
+
+# -- one measured run -----------------------------------------------------------------------------
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] * 1000
+
+
+async def measure(target: Target, conc: int, plan: Plan, server: Proc, harness: list[Proc],
+                  window: float, spread: float = 0.0) -> dict[str, Any]:
+    """`conc` users stream back to back; counters run for `window` seconds after a warm-up.
+    `spread`: user start times spread evenly over that many seconds, so that users that
+    would otherwise all send at once (same stream length) arrive as independent clients do."""
+    stats = Stats()
+    warmup = plan.warmup + spread
+    stop_at = time.perf_counter() + warmup + window
+    users = [asyncio.create_task(loadgen.user(target, stats, stop_at, i * spread / conc))
+             for i in range(conc)]
+    await asyncio.sleep(warmup)
+    server.reset_peak()
+    cpu0, harness0, gen0 = server.cpu(), sum(p.cpu() for p in harness), time.process_time()
+    t0 = time.perf_counter()
+    stats.measuring = True
+    await asyncio.sleep(window)
+    stats.measuring = False
+    elapsed = time.perf_counter() - t0
+    cpu = server.cpu() - cpu0
+    harness_cpu = sum(p.cpu() for p in harness) - harness0 + time.process_time() - gen0
+    await asyncio.wait(users, timeout=30)
+    return summary(stats, elapsed, cpu, harness_cpu, server.peak_rss_kb(), conc)
+
+
+def summary(stats: Stats, elapsed: float, cpu: float, harness_cpu: float, peak_kb: int,
+            conc: int) -> dict[str, Any]:
+    return {
+        "concurrency": conc,
+        "streams_per_s": stats.streams / elapsed,
+        "events_per_s": stats.events / elapsed,
+        "server_cpu_us_per_event": cpu / stats.events * 1e6 if stats.events else None,
+        "server_cpu_pct": cpu / elapsed * 100,
+        "harness_cpu_pct": harness_cpu / elapsed * 100,
+        "ttft_p50_ms": pct(stats.ttft, 50),
+        "ttft_p99_ms": pct(stats.ttft, 99),
+        "duration_p50_ms": pct(stats.duration, 50),
+        "duration_p99_ms": pct(stats.duration, 99),
+        "peak_rss_mb": peak_kb / 1024,
+        "streams": stats.streams,
+        "events": stats.events,
+        "errors": stats.errors_total,
+        "error_samples": stats.error_samples,
+    }
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def added(a: float | None, b: float | None) -> float | None:
+    return a - b if a is not None and b is not None else None
+
+
+# -- the proxy under test -------------------------------------------------------------------------
+
+def write_config(env: Env, providers: dict[str, dict[str, Any]]) -> Path:
+    path = env.logdir / "proxy.yaml"
+    data = {"server": {"log_level": "warning", "max_concurrent_streams": 20_000},
+            "providers": providers,
+            "default_provider": next(iter(providers))}
+    path.write_text(json.dumps(data))  # JSON is YAML
+    return path
+
+
+def start_proxy(env: Env, providers: dict[str, dict[str, Any]], workers: int = 1,
+                pin: set[int] | None = None) -> tuple[Proc, int]:
+    port = free_port()
+    config = write_config(env, providers)
+    proc = start("proxy", ["-m", "streamproxy", "serve", "--config", str(config), "--port",
+                           str(port), "--workers", str(workers)],
+                 pin=pin or env.proxy_core, logdir=env.logdir, port=port)
+    return proc, port
+
+
+def mock_providers(env: Env) -> dict[str, dict[str, Any]]:
+    base = f"http://127.0.0.1:{env.mock_port}"
+    return {"mock": {"type": "mock", "base_url": base, "default_model": "fast"},
+            "mock-openai": {"type": "mock", "wire": "openai", "base_url": base + "/v1",
+                            "default_model": "fast"}}
+
+
+# -- scenarios ------------------------------------------------------------------------------------
+
+def record(env: Env, name: str, what: str, proxy: dict[str, Any] | None,
+           direct: dict[str, Any] | None, note: str = "", **extra: Any) -> None:
+    row: dict[str, Any] = {"scenario": name, "what": what, "proxied": proxy, "direct": direct,
+                           "note": note, **extra}
+    if proxy and direct:
+        row["ratio"] = {
+            "streams_per_s": ratio(proxy["streams_per_s"], direct["streams_per_s"]),
+            "events_per_s": ratio(proxy["events_per_s"], direct["events_per_s"]),
+        }
+        row["added"] = {k: added(proxy.get(k), direct.get(k)) for k in (
+            "ttft_p50_ms", "ttft_p99_ms", "duration_p50_ms", "duration_p99_ms")}
+    env.results.append(row)
+    print_row(row)
+
+
+async def pair(env: Env, name: str, what: str, providers: dict[str, dict[str, Any]],
+               via_proxy: Callable[[int], Target], direct: Target, direct_server: Proc,
+               conc: int, window: float, spread: float = 0.0) -> None:
+    proxy, port = start_proxy(env, providers)
+    try:
+        p = await measure(via_proxy(port), conc, env.plan, proxy, [direct_server], window,
+                          spread)
+    finally:
+        proxy.stop()
+    d = await measure(direct, conc, env.plan, direct_server, [], window, spread)
+    record(env, name, what, p, d)
+
+
+async def throughput(env: Env, conc: int) -> None:
+    await pair(env, f"anthropic-c{conc}", "200-delta Anthropic streams, translated",
+               mock_providers(env), lambda port: proxied(port, "mock/fast", 203),
+               direct_anthropic(env.mock_port, "fast", 205), env.mock, conc, env.plan.window)
+
+
+async def latency(env: Env) -> None:
+    await pair(env, "paced-c16", "50 deltas 20 ms apart, translated", mock_providers(env),
+               lambda port: proxied(port, "mock/paced", 53),
+               direct_anthropic(env.mock_port, "paced", 55), env.mock, 16,
+               env.plan.paced_window, spread=1.0)
+
+
+async def passthrough(env: Env) -> None:
+    await pair(env, "openai-c32", "200-delta OpenAI streams, pass-through", mock_providers(env),
+               lambda port: proxied(port, "mock-openai/fast", 203),
+               direct_openai(env.mock_port, "fast", 203), env.mock, 32, env.plan.window)
+
+
+async def translated(env: Env, kind: str) -> None:
+    name = f"{kind}-c32"
+    if kind not in env.types:
+        print(f"  {name}: skipped: provider type {kind!r} is not registered yet")
+        record(env, name, f"200-delta {kind} streams, translated", None, None,
+               note=f"skipped: provider type {kind!r} not registered")
+        return
+    base = f"http://127.0.0.1:{env.upstream_port}"
+    if kind == "gemini":
+        provider = {"type": "gemini", "base_url": base, "api_key": "bench",
+                    "default_model": "gemini-bench"}
+        direct = Target("127.0.0.1", env.upstream_port,
+                        "/v1beta/models/gemini-bench:streamGenerateContent?alt=sse",
+                        b'{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}',
+                        b"\r\n\r\n", b'"text"', b'"finishReason":"STOP"', 200)
+    else:
+        provider = {"type": "bedrock", "base_url": base, "api_key": "bench",
+                    "region": "us-east-1", "default_model": "bench.model-v1:0"}
+        direct = Target("127.0.0.1", env.upstream_port, "/model/bench.model-v1%3A0/converse-stream",
+                        b'{"messages":[{"role":"user","content":[{"text":"hi"}]}]}',
+                        b":message-type", b"contentBlockDelta", b'"latencyMs"', 204)
+    try:
+        await pair(env, name, f"200-delta {kind} streams, translated", {kind: provider},
+                   lambda port: proxied(port, f"{kind}/{provider['default_model']}"),
+                   direct, env.upstream, 32, env.plan.window)
+    except RuntimeError as e:  # the provider exists but refused the bench config
+        print(f"  {name}: skipped: the proxy did not start: {str(e).splitlines()[-1]}")
+        record(env, name, f"200-delta {kind} streams, translated", None, None,
+               note=f"skipped: {e}")
+
+
+async def slow_many(env: Env) -> None:
+    """Many concurrent 1-token-per-second streams on one worker: errors and memory."""
+    fd_limit = raise_fd_limit()
+    proxy, port = start_proxy(env, mock_providers(env))
+    # The proxy holds two sockets per stream (client + upstream); keep within its fd limit.
+    budget = (fd_limit - open_fds(proxy.pid) - 64) // 2
+    n = min(env.plan.slow_streams, budget)
+    tokens = env.plan.slow_tokens
+    model = f"slow:tokens={tokens},tps=1"
+    note = "" if n == env.plan.slow_streams else (
+        f"{n} streams, not {env.plan.slow_streams}: the fd hard limit is {fd_limit} and the "
+        f"proxy needs two sockets per stream")
+    # Direct first: the mock's memory per stream is only meaningful from a fresh mock.
+    try:
+        d = await hold(direct_anthropic(env.mock_port, model, tokens + 5), n, env.mock, tokens)
+        p = await hold(proxied(port, f"mock/{model}", tokens + 3), n, proxy, tokens)
+    finally:
+        proxy.stop()
+    record(env, "slow-10k", f"{n} concurrent streams at 1 token/s ({tokens} tokens), one worker",
+           p, d, note=note)
+
+
+async def hold(target: Target, n: int, server: Proc, tokens: int) -> dict[str, Any]:
+    stats = Stats(measuring=True)
+    await asyncio.sleep(0.3)
+    baseline = server.rss_kb()
+    t0 = time.perf_counter()
+    conns = await loadgen.open_many(target, stats, n)
+    tasks = [asyncio.create_task(c.run_once()) for c in conns]
+    # Wait until every stream has had its first token: all of them are open at once then.
+    deadline = t0 + tokens - 2
+    while time.perf_counter() < deadline and sum(c.got_token for c in conns) < len(conns):
+        await asyncio.sleep(0.25)
+    opened = sum(c.got_token for c in conns)
+    ramp = time.perf_counter() - t0
+    plateau = server.rss_kb()
+    fds = open_fds(server.pid)
+    results = await asyncio.gather(*tasks)
+    for c in conns:
+        if c.transport is not None:
+            c.transport.close()
+    elapsed = time.perf_counter() - t0
+    out = summary(stats, elapsed, 0.0, 0.0, server.peak_rss_kb(), n)
+    out.update({
+        "streams_ok": sum(results), "streams_open_at_once": opened, "ramp_s": ramp,
+        "baseline_rss_mb": baseline / 1024, "rss_all_open_mb": plateau / 1024,
+        "rss_per_stream_kb": (plateau - baseline) / max(opened, 1), "open_fds": fds,
+        "errors": stats.errors_total + (n - len(conns)),
+    })
+    out.pop("server_cpu_us_per_event")
+    return out
+
+
+async def workers_scaling(env: Env) -> None:
+    """2 workers, both pinned to the proxy core, 128 connections: per-worker CPU shows how the
+    load splits and what each event costs; with a core per worker, the busier worker saturates
+    first, so the projected throughput is events / max(worker CPU)."""
+    single = next((r for r in env.results if r["scenario"] == "anthropic-c128"
+                   and r["proxied"]), None)
+    if env.proxy_core is None or single is None:
+        print("  workers-2: skipped (needs two cores and the anthropic-c128 run)")
+        return
+    master, port = start_proxy(env, mock_providers(env), workers=2, pin=env.proxy_core)
+    try:
+        children = await worker_pids(master.pid, 2)
+        for pid in children:
+            os.sched_setaffinity(pid, env.proxy_core)
+        stats = Stats()
+        target = proxied(port, "mock/fast", 203)
+        stop_at = time.perf_counter() + env.plan.warmup + env.plan.window
+        users = [asyncio.create_task(loadgen.user(target, stats, stop_at)) for _ in range(128)]
+        await asyncio.sleep(env.plan.warmup)
+        cpu0 = [cpu_seconds(pid) for pid in children]
+        stats.measuring = True
+        await asyncio.sleep(env.plan.window)
+        stats.measuring = False
+        cpu = [cpu_seconds(pid) - c for pid, c in zip(children, cpu0, strict=True)]
+        await asyncio.wait(users, timeout=30)
+    finally:
+        master.stop()
+    one = single["proxied"]
+    per_cpu_1 = one["events"] / (one["server_cpu_us_per_event"] * one["events"] / 1e6)
+    projected_2 = stats.events / max(cpu)
+    row = {"scenario": "workers-2", "what": "2 workers sharing one core, 128 connections",
+           "proxied": None, "direct": None,
+           "note": "scaling projected for one core per worker (see docs/performance.md)",
+           "workers": {"events": stats.events, "errors": stats.errors_total,
+                       "worker_cpu_s": cpu, "load_share": [c / sum(cpu) for c in cpu],
+                       "us_per_event": [c / stats.events * 1e6 * len(cpu) for c in cpu],
+                       "one_worker_events_per_cpu_s": per_cpu_1,
+                       "two_workers_projected_events_per_s": projected_2,
+                       "scaling": projected_2 / per_cpu_1}}
+    env.results.append(row)
+    w = row["workers"]
+    print(f"  workers-2: load split {w['load_share'][0]:.0%}/{w['load_share'][1]:.0%}, "
+          f"{stats.events / sum(cpu) / 1000:.0f}k events per worker-CPU-s, projected "
+          f"{projected_2 / 1000:.0f}k events/s = {w['scaling']:.2f}x one worker "
+          f"({per_cpu_1 / 1000:.0f}k), errors {stats.errors_total}")
+
+
+async def worker_pids(master: int, count: int, timeout: float = 15.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            text = Path(f"/proc/{master}/task/{master}/children").read_text()
+        except OSError:
+            text = ""
+        pids = [int(p) for p in text.split()]
+        if len(pids) >= count:
+            return pids[:count]
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the workers did not start")
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+HEADER = (f"{'scenario':<15}{'path':<9}{'conc':>6}{'streams/s':>11}{'events/s':>10}"
+          f"{'µs/ev':>7}{'TTFT50':>8}{'TTFT99':>8}{'dur50':>8}{'peakMB':>8}{'err':>5}"
+          f"{'harn%':>6}")
+
+
+def fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_row(row: dict[str, Any]) -> None:
+    for path in ("proxied", "direct"):
+        r = row.get(path)
+        if not r:
+            continue
+        print(f"{row['scenario']:<15}{path:<9}{r['concurrency']:>6}"
+              f"{fmt(r['streams_per_s'], '.0f'):>11}{fmt(r['events_per_s'], '.0f'):>10}"
+              f"{fmt(r.get('server_cpu_us_per_event'), '.2f'):>7}"
+              f"{fmt(r['ttft_p50_ms'], '.2f'):>8}{fmt(r['ttft_p99_ms'], '.2f'):>8}"
+              f"{fmt(r['duration_p50_ms'], '.1f'):>8}{fmt(r['peak_rss_mb'], '.1f'):>8}"
+              f"{r['errors']:>5}{fmt(r.get('harness_cpu_pct'), '.0f'):>6}", flush=True)
+    if row.get("ratio"):
+        a, ra = row["added"], row["ratio"]
+        print(f"{'':<15}{'ratio':<9}{'':>6}{fmt(ra['streams_per_s'], '.1%'):>11}"
+              f"{fmt(ra['events_per_s'], '.1%'):>10}{'':>7}"
+              f"{fmt(a['ttft_p50_ms'], '+.2f'):>8}{fmt(a['ttft_p99_ms'], '+.2f'):>8}"
+              f"{fmt(a['duration_p50_ms'], '+.1f'):>8}", flush=True)
+    p = row.get("proxied") or {}
+    if "rss_per_stream_kb" in p:
+        d = row["direct"]
+        print(f"{'':<15}memory: proxy {p['streams_open_at_once']} streams open at once, "
+              f"RSS {p['baseline_rss_mb']:.1f} → {p['rss_all_open_mb']:.1f} MB = "
+              f"{p['rss_per_stream_kb']:.1f} KB/stream, {p['errors']} errors "
+              f"(direct: mock {d['rss_per_stream_kb']:.1f} KB/stream, {d['errors']} errors)",
+              flush=True)
+    if row.get("note"):
+        print(f"{'':<15}note: {row['note']}", flush=True)
+
+
+def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by = {r["scenario"]: r for r in results}
+    out: list[dict[str, Any]] = []
+
+    def check(what: str, value: float | None, limit: float, unit: str, higher: bool) -> None:
+        held = None if value is None else (value >= limit if higher else value <= limit)
+        out.append({"target": what, "value": value, "limit": limit, "unit": unit, "held": held})
+
+    c32 = by.get("anthropic-c32") or {}
+    check("c32 translated throughput vs direct (streams/s)",
+          (c32.get("ratio") or {}).get("streams_per_s"), 0.90, "ratio", True)
+    check("c32 proxy CPU per translated event",
+          (c32.get("proxied") or {}).get("server_cpu_us_per_event"), 4.0, "µs", False)
+    paced = (by.get("paced-c16") or {}).get("added") or {}
+    check("added TTFT p50 (paced, c16)", paced.get("ttft_p50_ms"), 0.5, "ms", False)
+    check("added TTFT p99 (paced, c16)", paced.get("ttft_p99_ms"), 2.0, "ms", False)
+    c128 = (by.get("anthropic-c128") or {}).get("proxied") or {}
+    check("peak RSS at 128 streams", c128.get("peak_rss_mb"), 64.0, "MB", False)
+    slow = (by.get("slow-10k") or {}).get("proxied") or {}
+    check("slow streams: errors", slow.get("errors"), 0, "errors", False)
+    check("slow streams: RSS per stream", slow.get("rss_per_stream_kb"), 25.0, "KB", False)
+    workers = (by.get("workers-2") or {}).get("workers") or {}
+    check("2 workers vs 1 (projected, one core each)", workers.get("scaling"), 1.7, "x", True)
+    return out
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+SCENARIOS = ("anthropic-c1", "anthropic-c32", "anthropic-c128", "paced-c16", "openai-c32",
+             "gemini-c32", "bedrock-c32", "slow-10k", "workers-2")
+
+
+async def run(env: Env, only: set[str]) -> None:
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("anthropic-c1", lambda: throughput(env, 1)),
+        ("anthropic-c32", lambda: throughput(env, 32)),
+        ("anthropic-c128", lambda: throughput(env, 128)),
+        ("paced-c16", lambda: latency(env)),
+        ("openai-c32", lambda: passthrough(env)),
+        ("gemini-c32", lambda: translated(env, "gemini")),
+        ("bedrock-c32", lambda: translated(env, "bedrock")),
+        ("slow-10k", lambda: slow_many(env)),
+        ("workers-2", lambda: workers_scaling(env)),
+    ]
+    for name, step in steps:
+        if not only or name in only:
+            await step()
+
+
+def registered_types() -> set[str]:
+    from streamproxy.providers.registry import PROVIDER_TYPES
+    return set(PROVIDER_TYPES)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short windows, 1,000 slow streams "
+                        "(about a minute)")
+    parser.add_argument("--only", default="", help=f"comma-separated: {', '.join(SCENARIOS)}")
+    parser.add_argument("--out", default=str(ROOT / "results" / "latest.json"))
+    args = parser.parse_args(argv)
+    only = {s for s in args.only.split(",") if s}
+    if only - set(SCENARIOS):
+        parser.error(f"unknown scenario(s): {', '.join(sorted(only - set(SCENARIOS)))}")
+    if "workers-2" in only:
+        only.add("anthropic-c128")
+    plan = Plan(quick=args.quick)
+    raise_fd_limit()
+    proxy_core, harness_core = cores()
+    if harness_core:
+        os.sched_setaffinity(0, harness_core)
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="streamproxy-bench-") as tmp:
+        logdir = Path(tmp)
+        mock_port, upstream_port = free_port(), free_port()
+        mock = start("mock", ["-m", "streamproxy", "mock", "--port", str(mock_port)],
+                     pin=harness_core, logdir=logdir, port=mock_port)
+        upstream = start("upstream", ["-m", "bench.upstreams", "--port", str(upstream_port)],
+                         pin=harness_core, logdir=logdir, port=upstream_port)
+        env = Env(plan, logdir, proxy_core, harness_core, mock, mock_port, upstream,
+                  upstream_port, registered_types())
+        pinning = (f"proxy on CPU {sorted(proxy_core)}, load generator + upstreams on CPU "
+                   f"{sorted(harness_core)}" if proxy_core and harness_core else "no pinning "
+                   "(fewer than two CPUs)")
+        print(f"streamproxy bench ({'quick' if plan.quick else 'full'}): {pinning}; "
+              f"load average {load_before[0]:.2f}")
+        print(HEADER)
+        try:
+            _install_loop()
+            asyncio.run(run(env, only))
+        finally:
+            mock.stop()
+            upstream.stop()
+    checks = targets(env.results)
+    print("\ntargets (issue 5):")
+    for c in checks:
+        state = {True: "held", False: "MISSED", None: "not measured"}[c["held"]]
+        value = "-" if c["value"] is None else f"{c['value']:.3g}"
+        print(f"  {state:<13}{c['target']}: {value} (limit {c['limit']:g} {c['unit']})")
+    elapsed = time.monotonic() - started
+    print(f"\ntotal {elapsed:.0f}s; load average before {load_before[0]:.2f}, after "
+          f"{os.getloadavg()[0]:.2f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "mode": "quick" if plan.quick else "full", "seconds": elapsed, "pinning": pinning,
+        "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                    "platform": platform.platform()},
+        "commit": _commit(), "scenarios": env.results, "targets": checks,
+    }, indent=2))
+    print(f"results: {out}")
+
+
+def _install_loop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=ROOT, timeout=5).stdout.strip() or None
+    except OSError:
+        return None
+

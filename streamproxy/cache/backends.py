@@ -1,0 +1,115 @@
+"""Where cached answers live: an in-process LRU (the default) or Redis (shared by instances).
+
+A backend maps a key to an entry dict (`cache/entry.py`) for `ttl` seconds. Backend trouble
+never fails a request: a Redis that is down or slow reads as a miss, and a failed write is
+logged and forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from typing import Any, Protocol
+
+import orjson
+
+log = logging.getLogger("streamproxy.cache")
+
+
+class CacheBackend(Protocol):
+    async def get(self, key: str) -> dict[str, Any] | None: ...
+
+    async def set(self, key: str, entry: dict[str, Any], ttl: float) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryCache:
+    """LRU bounded by entry count and by encoded size. Entries are kept decoded: a hit costs a
+    dict lookup, no JSON parse."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        # key → (entry, size, expires at, monotonic)
+        self._items: OrderedDict[str, tuple[dict[str, Any], int, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        if item[2] <= time.monotonic():
+            self._drop(key)
+            return None
+        self._items.move_to_end(key)
+        return item[0]
+
+    async def set(self, key: str, entry: dict[str, Any], ttl: float) -> None:
+        size = len(orjson.dumps(entry))
+        if size > self.max_bytes:
+            return
+        if key in self._items:
+            self._drop(key)
+        self._items[key] = (entry, size, time.monotonic() + ttl)
+        self.bytes += size
+        while len(self._items) > self.max_entries or self.bytes > self.max_bytes:
+            self._drop(next(iter(self._items)))  # the least recently used
+
+    def _drop(self, key: str) -> None:
+        _, size, _ = self._items.pop(key)
+        self.bytes -= size
+
+    async def close(self) -> None:
+        self._items.clear()
+        self.bytes = 0
+
+
+class RedisCache:
+    """Entries as orjson bytes under `streamproxy:cache:<key>`, expiring with Redis's own TTL."""
+
+    PREFIX = "streamproxy:cache:"
+
+    def __init__(self, url: str, *, timeout: float = 1.0) -> None:
+        import redis.asyncio as redis
+
+        self._errors = (redis.RedisError, OSError, asyncio.TimeoutError)
+        self._redis = redis.Redis.from_url(url, socket_timeout=timeout,
+                                           socket_connect_timeout=timeout)
+        self._last_warning = 0.0
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        try:
+            raw = await self._redis.get(self.PREFIX + key)
+        except self._errors as e:
+            self._warn("read", e)
+            return None
+        if raw is None:
+            return None
+        try:
+            entry = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        return entry if isinstance(entry, dict) else None
+
+    async def set(self, key: str, entry: dict[str, Any], ttl: float) -> None:
+        try:
+            await self._redis.set(self.PREFIX + key, orjson.dumps(entry),
+                                  px=max(1, int(ttl * 1000)))
+        except self._errors as e:
+            self._warn("write", e)
+
+    def _warn(self, what: str, err: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= 60:  # at most once a minute, not once a request
+            self._last_warning = now
+            log.warning("redis cache %s failed (a miss; logged once a minute): %s: %s", what,
+                        type(err).__name__, err)
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,115 @@
+"""Where caching is configured.
+
+Per request, in Portkey's form: the config's `cache: {mode: simple, max_age: <seconds>}` —
+today read from the `x-portkey-config` header's JSON (`cache_config_for`, the one place to
+switch to the routing module's parsed config when it lands).
+
+The operator's defaults and the backend, in the `cache:` top-level YAML section:
+
+    cache:
+      backend: memory            # memory (per process, LRU) | redis (shared by instances)
+      redis_url: redis://127.0.0.1:6379/0
+      max_entries: 10000         # memory: LRU bound on entries…
+      max_bytes: 268435456       # …and on their encoded size
+      default_max_age: 604800    # seconds, when a config says no max_age (Portkey: 7 days)
+      mode: simple               # optional: cache every request, with no config needed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from streamproxy.config import Config, ConfigError
+from streamproxy.errors import InvalidRequest
+
+CONFIG_HEADER = "x-portkey-config"
+FORCE_REFRESH_HEADER = "x-portkey-cache-force-refresh"
+NAMESPACE_HEADER = "x-portkey-cache-namespace"
+MODES = ("simple",)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    backend: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    max_entries: int = 10_000
+    max_bytes: int = 256 * 1024 * 1024
+    default_max_age: float = 7 * 24 * 3600.0
+    mode: str | None = None
+    redis_timeout: float = 1.0  # seconds for one Redis command; a slow Redis is a miss
+
+
+_KEYS = ("backend", "redis_url", "max_entries", "max_bytes", "default_max_age", "mode",
+         "redis_timeout")
+
+
+def parse_cache_settings(config: Config) -> CacheSettings:
+    raw: Any = config.sections.get("cache")
+    if raw is None:
+        raw = {}
+    source = config.source
+    if not isinstance(raw, dict):
+        raise ConfigError(source, "cache", "must be a mapping")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        where = f"cache.{key}"
+        if key == "backend":
+            if value not in ("memory", "redis"):
+                raise ConfigError(source, where, "must be 'memory' or 'redis'")
+        elif key == "redis_url":
+            if not isinstance(value, str) or not value.startswith(("redis://", "rediss://",
+                                                                   "unix://")):
+                raise ConfigError(source, where, "must be a redis://, rediss:// or unix:// URL")
+        elif key in ("max_entries", "max_bytes"):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(source, where, "must be a positive integer")
+        elif key in ("default_max_age", "redis_timeout"):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(source, where, "must be a positive number of seconds")
+            value = float(value)
+        elif key == "mode":
+            if value not in MODES:
+                raise ConfigError(source, where, f"must be one of {', '.join(MODES)}")
+        else:
+            raise ConfigError(source, where, f"unknown key (known: {', '.join(_KEYS)})")
+        out[key] = value
+    return CacheSettings(**out)
+
+
+def cache_config_for(request: web.Request) -> dict[str, Any] | None:
+    """The request's Portkey `cache` object: the top-level `cache` key of the `x-portkey-config`
+    header when it holds JSON (a named config is not ours to resolve). None when absent."""
+    value = request.headers.get(CONFIG_HEADER)
+    if not value or value.lstrip()[:1] != "{":
+        return None
+    try:
+        config = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None  # the config's owner reports malformed JSON; the cache just stays off
+    cache = config.get("cache") if isinstance(config, dict) else None
+    if cache is not None and not isinstance(cache, dict):
+        raise InvalidRequest("The config's 'cache' must be an object like "
+                             '{"mode": "simple", "max_age": 60}.', param="cache")
+    return cache
+
+
+def max_age_for(cache: dict[str, Any] | None, settings: CacheSettings) -> float | None:
+    """Seconds an answer may be served from cache for this request; None = caching is off."""
+    if cache is None:
+        return settings.default_max_age if settings.mode else None
+    mode = cache.get("mode")
+    if mode not in MODES:
+        raise InvalidRequest(f"Unsupported cache mode {mode!r}: streamproxy supports "
+                             "'simple' (exact match) only.", param="cache.mode",
+                             code="unsupported_value")
+    max_age = cache.get("max_age")
+    if max_age is None:
+        return settings.default_max_age
+    if isinstance(max_age, bool) or not isinstance(max_age, int | float) or max_age <= 0:
+        raise InvalidRequest("'cache.max_age' must be a positive number of seconds.",
+                             param="cache.max_age", code="invalid_value")
+    return float(max_age)

@@ -1,0 +1,35 @@
+"""The cache key: a SHA-256 of the normalized request (pure).
+
+Two requests share a key when they would ask the same upstream the same question: same
+provider, same upstream model, same messages and same output-changing parameters (temperature,
+tools, response_format, max_tokens, seed, n, …, and the target's override_params and forwarded
+headers). Left out, because they do not change the answer: how it is delivered (`stream`,
+`stream_options`) and bookkeeping (`user`, `metadata`, `store`, `prompt_cache_key`,
+`safety_identifier`). The namespace — the proxy auth key's name and `x-portkey-cache-namespace`
+— partitions the cache, so one tenant's answers are never served to another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+NOT_IN_KEY = frozenset({"model", "stream", "stream_options", "user", "metadata", "store",
+                        "prompt_cache_key", "safety_identifier"})
+_VERSION = 1  # bump when the normalization changes: old entries then simply miss
+
+
+def cache_key(*, namespace: str, provider: str, model: str | None, body: Mapping[str, Any],
+              headers: Mapping[str, str] | None = None) -> str:
+    material = {
+        "v": _VERSION,
+        "ns": namespace,
+        "provider": provider,
+        "model": model,
+        "body": {k: v for k, v in body.items() if k not in NOT_IN_KEY},
+        "headers": dict(headers or {}),
+    }
+    return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -1,0 +1,165 @@
+"""The response cache around one chat request.
+
+Before routing (`before_upstream`): no cache config → DISABLED. Otherwise the key is computed
+and, unless `x-portkey-cache-force-refresh: true` (REFRESH), looked up: a fresh entry is a HIT
+and is answered right here — a stream replayed as SSE in one write, or the completion object —
+with no upstream call. A MISS (or REFRESH) sets `record.capture`, so the executor tees the
+answer into a CompletionBuilder as it streams past, and notes the key in `record.pending`.
+After the request (`observe`): a complete, successful answer is written in a background task;
+an errored, truncated, cancelled or disconnected one is never cached.
+The status goes out as `x-portkey-cache-status` on every chat response (`on_response_prepare`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from streamproxy.cache import entry as cached
+from streamproxy.cache.backends import CacheBackend, MemoryCache, RedisCache
+from streamproxy.cache.config import (
+    FORCE_REFRESH_HEADER,
+    NAMESPACE_HEADER,
+    CacheSettings,
+    cache_config_for,
+    max_age_for,
+)
+from streamproxy.cache.key import cache_key
+from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.openai_api.request import ChatRequest
+from streamproxy.record import RequestRecord
+from streamproxy.routing.executor import new_completion_id
+from streamproxy.routing.target import Target
+from streamproxy.storage.service import owner_of
+
+log = logging.getLogger("streamproxy.cache")
+
+STATUS_HEADER = "x-portkey-cache-status"
+# Request state: the status, for on_response_prepare (RequestKey from aiohttp 3.13 on).
+_STATUS: Any = (web.RequestKey("streamproxy_cache_status", str) if hasattr(web, "RequestKey")
+                else "streamproxy.cache_status")
+
+
+@dataclass(slots=True, frozen=True)
+class CacheFill:
+    key: str
+    max_age: float
+
+
+def make_backend(settings: CacheSettings) -> CacheBackend:
+    if settings.backend == "redis":
+        return RedisCache(settings.redis_url, timeout=settings.redis_timeout)
+    return MemoryCache(settings.max_entries, settings.max_bytes)
+
+
+class ResponseCache:
+    def __init__(self, settings: CacheSettings, backend: CacheBackend | None = None) -> None:
+        self.settings = settings
+        self.backend = backend or make_backend(settings)
+        self._writes: set[asyncio.Task[None]] = set()
+
+    async def before_upstream(self, request: web.Request, req: ChatRequest, target: Target,
+                              record: RequestRecord) -> web.StreamResponse | None:
+        max_age = max_age_for(cache_config_for(request), self.settings)
+        if max_age is None or (req.body.get("n") or 1) > 1:
+            request[_STATUS] = "DISABLED"  # (n > 1: a replay carries one choice)
+            return None
+        provider = target.provider
+        key = cache_key(
+            namespace=owner_of(request) + "\n" + request.headers.get(NAMESPACE_HEADER, ""),
+            provider=provider.name, model=target.model or provider.cfg.default_model,
+            body=target.apply_overrides(req.body), headers=target.headers)
+        refresh = request.headers.get(FORCE_REFRESH_HEADER, "").strip().lower() == "true"
+        if not refresh:
+            entry = await self.backend.get(key)
+            if entry is not None and cached.is_fresh(entry, max_age):
+                request[_STATUS] = "HIT"
+                return await self._answer(request, req, target, record, entry)
+        request[_STATUS] = "REFRESH" if refresh else "MISS"
+        record.capture = True
+        pending = record.pending if record.pending is not None else {}
+        pending["cache"] = CacheFill(key, max_age)
+        record.pending = pending
+        return None
+
+    async def _answer(self, request: web.Request, req: ChatRequest, target: Target,
+                      record: RequestRecord, entry: dict[str, Any]) -> web.StreamResponse:
+        from streamproxy.server.handlers import SSE_HEADERS, TRACE_HEADER  # (server imports us)
+
+        completion_id, created = new_completion_id(), int(time.time())
+        record.provider = target.provider.name
+        record.model = target.model or target.provider.cfg.default_model
+        model = cached.model_of(entry) or record.model or ""
+        headers = {TRACE_HEADER: record.trace_id, "x-portkey-provider": target.provider.name}
+        storing = record.pending is not None and "store" in record.pending
+        if not req.stream:
+            completion = cached.completion_from(entry, completion_id=completion_id,
+                                                created=created, model=model)
+            record.first_byte = time.monotonic()
+            record.finish_reason = (completion.get("choices") or [{}])[0].get("finish_reason")
+            record.usage = completion.get("usage")
+            if storing:
+                record.response = completion
+            return web.Response(body=orjson.dumps(completion), content_type="application/json",
+                                headers=headers)
+        encoder = ChunkEncoder(completion_id=completion_id, created=created, model=model,
+                               include_usage=req.include_usage)
+        cached.replay(entry, encoder)
+        body = encoder.take()
+        response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+        await response.prepare(request)
+        record.first_byte = time.monotonic()
+        await response.write(body)
+        await response.write_eof()
+        record.chunks, record.bytes_out = encoder.chunks, len(body)
+        record.finish_reason, record.usage = encoder.finish_reason, encoder.usage_data
+        if storing:
+            record.response = cached.completion_from(entry, completion_id=completion_id,
+                                                     created=created, model=model)
+        return response
+
+    def observe(self, record: RequestRecord) -> None:
+        fill = record.pending.get("cache") if record.pending else None
+        if fill is None or not _succeeded(record):
+            return
+        try:
+            if record.response is not None:
+                entry = cached.from_completion(record.response)
+            else:
+                builder = record.builder
+                if builder is None or not builder.ended or builder.failure is not None:
+                    return
+                entry = cached.from_builder(builder)
+            task = asyncio.get_running_loop().create_task(
+                self.backend.set(fill.key, entry, fill.max_age))
+        except Exception:
+            log.exception("could not prepare a cache entry")
+            return
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def drain(self) -> None:
+        """Wait for the cache writes under way (shutdown, tests)."""
+        if self._writes:
+            await asyncio.wait(list(self._writes), timeout=10)
+
+    async def on_response_prepare(self, request: web.Request,
+                                  response: web.StreamResponse) -> None:
+        status = request.get(_STATUS)
+        if status is not None:
+            response.headers[STATUS_HEADER] = status
+
+    async def close(self) -> None:
+        await self.drain()
+        await self.backend.close()
+
+
+def _succeeded(record: RequestRecord) -> bool:
+    return (record.status < 400 and record.error_type is None
+            and not record.client_disconnected)

@@ -1,0 +1,181 @@
+"""The structured access log: one JSON line per request, written when it ends (an observer).
+
+A line holds facts about the request (who, where, how long, how many tokens, how it ended) and
+never a key: the record carries the proxy key's configured *name* only, and no header is read
+here. Message bodies stay out unless the operator sets `logging.log_bodies: true`, which puts
+the client's request body in `request_body`.
+
+Config (validated here; the section is listed in config.EXTRA_SECTIONS):
+
+    logging:
+      access_log: true     # one line per request on stdout (default true)
+      log_bodies: false    # include the request body (default false)
+
+The diagnostic log level is `server.log_level`, overridden by env STREAMPROXY_LOG_LEVEL; it
+does not silence the access log, which has its own switch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp.http_exceptions import HttpProcessingError
+
+from streamproxy.config import Config, ConfigError
+from streamproxy.record import RequestRecord
+
+ACCESS_LOGGER = logging.getLogger("streamproxy.access")
+log = logging.getLogger("streamproxy.observe")
+
+LEVEL_ENV = "STREAMPROXY_LOG_LEVEL"
+LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    access_log: bool = True
+    log_bodies: bool = False
+
+
+def parse_logging(config: Config) -> LoggingSettings:
+    raw = config.sections.get("logging")
+    if raw is None:
+        return LoggingSettings()
+    if not isinstance(raw, dict):
+        raise ConfigError(config.source, "logging", "must be a mapping")
+    known = {f.name for f in fields(LoggingSettings)}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(config.source, f"logging.{key}",
+                              f"unknown key (known: {', '.join(sorted(known))})")
+        if not isinstance(value, bool):
+            raise ConfigError(config.source, f"logging.{key}", "must be true or false")
+    return LoggingSettings(**raw)
+
+
+def log_level(config: Config) -> str:
+    """The diagnostic log level: env STREAMPROXY_LOG_LEVEL, else server.log_level."""
+    env = os.environ.get(LEVEL_ENV)
+    if env is None or env == "":
+        return config.server.log_level
+    if env.lower() not in LEVELS:
+        raise ConfigError(f"env {LEVEL_ENV}", "", f"must be one of {', '.join(LEVELS)}")
+    return env.lower()
+
+
+def configure_logging(config: Config) -> None:
+    """Process-wide logging for `serve`: diagnostics as text on stderr at the configured
+    level; access lines as bare JSON on stdout, whatever that level."""
+    logging.basicConfig(level=log_level(config).upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    ACCESS_LOGGER.handlers[:] = [handler]
+    ACCESS_LOGGER.propagate = False
+    ACCESS_LOGGER.setLevel(logging.INFO)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ParserErrorFilter) for f in server_log.filters):
+        server_log.addFilter(ParserErrorFilter())
+
+
+class ParserErrorFilter(logging.Filter):
+    """aiohttp logs a request its parser refused (a header over the limits, bad framing) as
+    an error with a traceback that quotes the first 100 bytes of the offending line, which may
+    be an Authorization header. Keep one line naming the error instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "refused a malformed request: %s (HTTP %s)", (
+                type(exc).__name__, exc.code)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def _count(usage: dict[str, Any], key: str) -> int | None:
+    n = usage.get(key)
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def access_entry(r: RequestRecord, now: float | None = None) -> dict[str, Any]:
+    """The log line's fields, always the same keys (null when unknown)."""
+    usage = r.usage if isinstance(r.usage, dict) else {}
+    details = usage.get("prompt_tokens_details")
+    cached = _count(details, "cached_tokens") if isinstance(details, dict) else None
+    ts = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    entry: dict[str, Any] = {
+        "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "trace_id": r.trace_id,
+        "auth_key": r.auth_key_name,
+        "provider": r.provider,
+        "model": r.model,
+        "status": r.status,
+        "stream": r.stream,
+        "ttft_ms": _ms(r.ttft) if r.stream else None,
+        "duration_ms": _ms(r.duration),
+        "prompt_tokens": _count(usage, "prompt_tokens"),
+        "completion_tokens": _count(usage, "completion_tokens"),
+        "cached_tokens": cached,
+        "finish_reason": r.finish_reason,
+        "attempts": r.attempts,
+        "target_index": r.target_index,
+        "fallbacks": r.fallbacks,
+        "client_disconnected": r.client_disconnected,
+        "error_type": r.error_type,
+        "error_code": r.error_code,
+        "upstream_errors": [f"{p}:{k}" for p, k in r.upstream_errors or ()],
+        "bytes_in": r.bytes_in,
+        "bytes_out": r.bytes_out,
+        "chunks": r.chunks,
+        "max_gap_ms": _ms(r.gap_max),
+    }
+    if r.request_body is not None:
+        entry["request_body"] = _body(r.request_body)
+    return entry
+
+
+def _body(raw: bytes) -> Any:
+    # Re-encoded compactly: a pretty-printed body must not break one-line-per-request.
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode("utf-8", "replace")
+
+
+class AccessLog:
+    """The observer that writes one line per request."""
+
+    def __init__(self, logger: logging.Logger = ACCESS_LOGGER) -> None:
+        self.logger = logger
+
+    def __call__(self, r: RequestRecord) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        try:
+            entry = access_entry(r)
+            try:
+                line = orjson.dumps(entry).decode()
+            except orjson.JSONEncodeError:  # a header with undecodable bytes (trace id)
+                line = orjson.dumps({k: _scrub(v) for k, v in entry.items()}).decode()
+        except Exception:  # an observer must never break the response it observes
+            log.exception("access log observer failed")
+            return
+        self.logger.info(line)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    return value

@@ -1,0 +1,200 @@
+"""Prometheus metrics, fed once per request from its `RequestRecord` (an observer), never per
+chunk. The relay only keeps counters it has anyway (bytes, chunks, reads, the largest gap
+between reads); this module turns them into samples when the request ends.
+
+Multi-process: with `PROMETHEUS_MULTIPROC_DIR` set, prometheus-client writes every sample to
+per-process files in that directory and `/metrics` in any worker serves the aggregate of all
+of them. The value class is chosen when a metric child is created, so metrics are built lazily
+(first `create_app` in the worker) after the master has set the variable; see operations.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+    values,
+)
+
+from streamproxy.config import ConfigError
+from streamproxy.record import RequestRecord
+
+log = logging.getLogger("streamproxy.metrics")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Clients choose model names: past this many distinct ones per process, the rest are "other",
+# so a client cannot grow the series count (and Prometheus' memory) without bound.
+MAX_MODEL_LABELS = 100
+MAX_LABEL_CHARS = 100
+CIRCUIT_STATES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
+
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120)
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
+GAP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+class Metrics:
+    """Every streamproxy_ metric, registered once per process."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        pm = ("provider", "model")
+        self.requests = Counter("streamproxy_requests", "Chat requests by final HTTP status.",
+                                [*pm, "status", "stream"], registry=r)
+        self.active_streams = Gauge("streamproxy_active_streams",
+                                    "Chat requests in flight (streamed or not), per the "
+                                    "admission limit.", registry=r,
+                                    multiprocess_mode="livesum")
+        self.ttft = Histogram("streamproxy_time_to_first_token_seconds",
+                              "Streams: request received to first chunk sent.", pm,
+                              buckets=TTFT_BUCKETS, registry=r)
+        self.duration = Histogram("streamproxy_request_duration_seconds",
+                                  "Request received to response complete (stream=true: the "
+                                  "stream duration).", [*pm, "stream"],
+                                  buckets=DURATION_BUCKETS, registry=r)
+        self.gap_max = Histogram("streamproxy_stream_max_gap_seconds",
+                                 "Per stream: the longest gap between two upstream reads after "
+                                 "the first event.", pm, buckets=GAP_BUCKETS, registry=r)
+        self.gap_mean = Histogram("streamproxy_stream_mean_gap_seconds",
+                                  "Per stream: the mean gap between upstream reads after the "
+                                  "first event.", pm, buckets=GAP_BUCKETS, registry=r)
+        self.tokens = Counter("streamproxy_tokens", "Tokens reported by providers; cached is "
+                              "the part of input served from the provider's prompt cache.",
+                              [*pm, "type"], registry=r)
+        self.upstream_errors = Counter("streamproxy_upstream_errors",
+                                       "Upstream failures by kind, retried or final.",
+                                       ["provider", "kind"], registry=r)
+        self.retries = Counter("streamproxy_retries",
+                               "Upstream attempts that repeated a target after a failure.",
+                               ["provider"], registry=r)
+        self.fallbacks = Counter("streamproxy_fallbacks",
+                                 "Moves to another planned target after a failure.",
+                                 ["provider"], registry=r)
+        self.disconnects = Counter("streamproxy_client_disconnects",
+                                   "Requests whose client went away before the end.",
+                                   ["provider"], registry=r)
+        self.rejected = Counter("streamproxy_rejected_requests",
+                                "Requests refused before routing.", ["reason"], registry=r)
+        self.circuit = Gauge("streamproxy_circuit_breaker_state",
+                             "0 closed, 1 half-open, 2 open (workers: the worst live state).",
+                             ["target"], registry=r, multiprocess_mode="livemax")
+        self.bytes_in = Counter("streamproxy_bytes_in", "Request body bytes from clients.",
+                                ["provider"], registry=r)
+        self.bytes_out = Counter("streamproxy_bytes_out", "Response bytes sent to clients.",
+                                 ["provider"], registry=r)
+        self._models: set[str] = set()
+
+    def model_label(self, model: str | None) -> str:
+        if not model:
+            return ""
+        model = model[:MAX_LABEL_CHARS]
+        if model not in self._models:
+            if len(self._models) >= MAX_MODEL_LABELS:
+                return "other"
+            self._models.add(model)
+        return model
+
+    def observe(self, r: RequestRecord) -> None:
+        """The observer: every sample of one request, at its end."""
+        try:
+            self._observe(r)
+        except Exception:  # an observer must never break the response it observes
+            log.exception("metrics observer failed")
+
+    def _observe(self, r: RequestRecord) -> None:
+        provider = r.provider or ""
+        model = self.model_label(r.model)
+        stream = "true" if r.stream else "false"
+        self.requests.labels(provider, model, str(r.status), stream).inc()
+        if r.duration is not None:
+            self.duration.labels(provider, model, stream).observe(r.duration)
+        if r.stream and r.ttft is not None:
+            self.ttft.labels(provider, model).observe(r.ttft)
+        if r.upstream_reads and r.gap_max is not None and r.gap_mean is not None:
+            self.gap_max.labels(provider, model).observe(r.gap_max)
+            self.gap_mean.labels(provider, model).observe(r.gap_mean)
+        self._tokens(provider, model, r.usage)
+        for where, kind in r.upstream_errors or ():
+            self.upstream_errors.labels(where, kind).inc()
+        retries = r.attempts - 1 - r.fallbacks  # every fallback move is one more attempt
+        if retries > 0:
+            self.retries.labels(provider).inc(retries)
+        if r.fallbacks > 0:
+            self.fallbacks.labels(provider).inc(r.fallbacks)
+        if r.client_disconnected:
+            self.disconnects.labels(provider).inc()
+        if r.bytes_in:
+            self.bytes_in.labels(provider).inc(r.bytes_in)
+        if r.bytes_out:
+            self.bytes_out.labels(provider).inc(r.bytes_out)
+
+    def _tokens(self, provider: str, model: str, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        details = usage.get("prompt_tokens_details")
+        counts = (("input", usage.get("prompt_tokens")),
+                  ("output", usage.get("completion_tokens")),
+                  ("cached", details.get("cached_tokens") if isinstance(details, dict) else 0))
+        for kind, n in counts:
+            # Pass-through usage is the provider's JSON: count only plausible integers.
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                self.tokens.labels(provider, model, kind).inc(n)
+
+
+_metrics: Metrics | None = None
+
+
+def metrics() -> Metrics:
+    """The process's metrics, created on first use (after the master set the multiprocess
+    directory, whatever imported prometheus_client earlier)."""
+    global _metrics
+    if _metrics is None:
+        path = multiprocess_dir()
+        if path is not None:
+            if not os.path.isdir(path):
+                raise ConfigError(f"env {MULTIPROC_ENV}", "", f"{path!r} is not a directory")
+            values.ValueClass = values.get_value_class()
+        disable_created_metrics()  # `_created` series would double the series count
+        _metrics = Metrics(REGISTRY)
+    return _metrics
+
+
+def set_circuit_state(target_key: str, state: str) -> None:
+    """For the circuit breakers (routing/): `state` is closed, half_open or open."""
+    try:
+        value = CIRCUIT_STATES[state]
+    except KeyError:
+        raise ValueError(f"unknown circuit state {state!r}") from None
+    metrics().circuit.labels(target_key[:MAX_LABEL_CHARS]).set(value)
+
+
+def render() -> bytes:
+    """The exposition text: this process's registry, or every worker's files aggregated."""
+    if multiprocess_dir() is not None:
+        registry = CollectorRegistry()  # per scrape, as prometheus-client recommends
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    # Rendering reads every series (and, multi-process, every worker's files): off the loop.
+    body = await asyncio.to_thread(render)
+    return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})

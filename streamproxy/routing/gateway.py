@@ -1,0 +1,262 @@
+"""Gateway controls: which config tree a request runs, and how its leaves become Targets.
+
+YAML sections owned here:
+
+    configs:              # named Portkey configs; `x-portkey-config: <name>` selects one
+      resilient: {strategy: {mode: fallback}, targets: [...]}
+    routes:               # a model alias → a named config (`model: "smart"`)
+      smart: resilient
+    default_config: resilient   # for requests that name no provider and no config
+    virtual_keys:         # `virtual_key: openai-prod` in a config → provider + secret
+      openai-prod: {provider: openai, api_key_env: OPENAI_PROD_KEY}
+    allowed_custom_hosts: [api.example.com, "127.0.0.1:9000"]   # custom_host allow-list
+
+Precedence for a request: the `x-portkey-config` header; a route for its model; an explicit
+provider (header or model prefix); `default_config`; the plain default provider. OneLLM's
+body fields `fallback_models` / `retries` build an implicit fallback config when no config
+applies.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from streamproxy.config import Config, ConfigError, Timeouts
+from streamproxy.errors import InvalidRequest
+from streamproxy.openai_api.request import ChatRequest
+from streamproxy.providers.base import Provider
+from streamproxy.routing.breaker import CircuitBreakers
+from streamproxy.routing.planner import Plan, plan, single
+from streamproxy.routing.portkey_config import ConfigNode, RetrySpec, parse_config
+from streamproxy.routing.router import Router, client_key
+from streamproxy.routing.target import Target
+
+CONFIG_HEADER = "x-portkey-config"
+METADATA_HEADER = "x-portkey-metadata"
+TIMEOUT_HEADER = "x-portkey-request-timeout"  # milliseconds until the answer starts
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualKey:
+    provider: str
+    api_key: str | None
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"VirtualKey(provider={self.provider!r})"
+
+
+@dataclass(slots=True)
+class GatewaySettings:
+    configs: dict[str, ConfigNode] = field(default_factory=dict)
+    routes: dict[str, str] = field(default_factory=dict)
+    default_config: str | None = None
+    virtual_keys: dict[str, VirtualKey] = field(default_factory=dict)
+    allowed_hosts: frozenset[str] = frozenset()
+
+
+def load_settings(config: Config) -> GatewaySettings:
+    src, sections = config.source, config.sections
+    settings = GatewaySettings()
+    raw_configs = sections.get("configs") or {}
+    if not isinstance(raw_configs, dict):
+        raise ConfigError(src, "configs", "must be a mapping of name → Portkey config")
+    for name, raw in raw_configs.items():
+        try:
+            settings.configs[str(name)] = parse_config(raw, "config")
+        except InvalidRequest as e:
+            raise ConfigError(src, f"configs.{name}", e.message) from None
+    for key in ("routes",):
+        raw = sections.get(key) or {}
+        if not isinstance(raw, dict) or not all(v in settings.configs for v in raw.values()):
+            raise ConfigError(src, key, "must map model aliases to names under configs")
+        settings.routes = {str(k): v for k, v in raw.items()}
+    default = sections.get("default_config")
+    if default is not None and default not in settings.configs:
+        raise ConfigError(src, "default_config", f"'{default}' is not under configs")
+    settings.default_config = default
+    raw_keys = sections.get("virtual_keys") or {}
+    if not isinstance(raw_keys, dict):
+        raise ConfigError(src, "virtual_keys", "must be a mapping")
+    for name, raw in raw_keys.items():
+        where = f"virtual_keys.{name}"
+        if not isinstance(raw, dict) or raw.get("provider") not in config.providers:
+            raise ConfigError(src, f"{where}.provider",
+                              f"must name a configured provider ({', '.join(config.providers)})")
+        secret = raw.get("api_key") or (os.environ.get(raw["api_key_env"])
+                                        if raw.get("api_key_env") else None)
+        settings.virtual_keys[str(name)] = VirtualKey(raw["provider"], secret)
+    hosts = sections.get("allowed_custom_hosts") or []
+    if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+        raise ConfigError(src, "allowed_custom_hosts", "must be a list of host[:port] names")
+    settings.allowed_hosts = frozenset(h.lower() for h in hosts)
+    for name, node in settings.configs.items():
+        for leaf in node.leaves():
+            _check_leaf_static(leaf, settings, config, f"configs.{name}")
+    return settings
+
+
+def _check_leaf_static(leaf: ConfigNode, settings: GatewaySettings, config: Config,
+                       where: str) -> None:
+    provider = (leaf.provider or "").removeprefix("@")
+    if provider and provider not in config.providers:
+        raise ConfigError(config.source, f"{where}: {leaf.path}.provider",
+                          f"'{provider}' is not a configured provider")
+    if leaf.virtual_key and leaf.virtual_key not in settings.virtual_keys:
+        raise ConfigError(config.source, f"{where}: {leaf.path}.virtual_key",
+                          f"'{leaf.virtual_key}' is not under virtual_keys")
+
+
+def _host_of(url: str) -> str:
+    parts = urlsplit(url if "://" in url else f"https://{url}")
+    return (parts.netloc or "").lower()
+
+
+class Gateway:
+    """Turns a request into a Plan. Pure apart from the RNG and the breakers it is given."""
+
+    def __init__(self, router: Router, settings: GatewaySettings, breakers: CircuitBreakers,
+                 rng: random.Random | None = None) -> None:
+        self.router = router
+        self.settings = settings
+        self.breakers = breakers
+        self.rng = rng or random.Random()
+
+    # -- which tree ----------------------------------------------------------------------------
+    def root_for(self, headers: Mapping[str, str], req: ChatRequest) -> ConfigNode | None:
+        header = headers.get(CONFIG_HEADER)
+        if header:
+            return self._header_config(header)
+        model = req.model
+        if model in self.settings.routes:
+            return self.settings.configs[self.settings.routes[model]]
+        explicit = headers.get("x-portkey-provider") or self.router.split_model(model)[0]
+        if req.fallback_models:
+            leaves = [{"override_params": {"model": m}} if m else {}
+                      for m in [model, *req.fallback_models]]
+            raw: dict[str, Any] = {"strategy": {"mode": "fallback"}, "targets": leaves}
+            if req.retries:
+                raw["retry"] = {"attempts": req.retries}
+            return parse_config(raw, "config")
+        if not explicit and self.settings.default_config:
+            return self.settings.configs[self.settings.default_config]
+        return None
+
+    def _header_config(self, header: str) -> ConfigNode:
+        text = header.strip()
+        if not text.startswith("{"):
+            if text in self.settings.configs:
+                return self.settings.configs[text]
+            raise InvalidRequest(f"Unknown config '{text[:64]}' in {CONFIG_HEADER}; named "
+                                 f"configs: {', '.join(self.settings.configs) or 'none'}.",
+                                 param=CONFIG_HEADER, code="unknown_config")
+        try:
+            raw = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raise InvalidRequest(f"{CONFIG_HEADER} is not valid JSON.", param=CONFIG_HEADER,
+                                 code="invalid_config") from None
+        return parse_config(raw, "config")
+
+    # -- the plan ------------------------------------------------------------------------------
+    def plan(self, headers: Mapping[str, str], req: ChatRequest,
+             metadata: dict[str, Any] | None) -> Plan:
+        request_timeouts = _request_timeouts(headers)
+        root = self.root_for(headers, req)
+        if root is None:  # the plain path: one target, no planner
+            target = self.router.resolve(headers, req.model)
+            if request_timeouts:
+                target.timeouts = target.timeouts.merged(request_timeouts)
+            return single(target, RetrySpec(req.retries or 0))
+
+        def resolve(leaf: ConfigNode) -> Target:
+            return self.resolve_leaf(leaf, headers, req, request_timeouts)
+
+        return plan(root, resolve, rng=self.rng, breakers=self.breakers,
+                    metadata=metadata, params=req.body)
+
+    def resolve_leaf(self, leaf: ConfigNode, headers: Mapping[str, str], req: ChatRequest,
+                     request_timeouts: dict[str, float | None]) -> Target:
+        params = dict(leaf.override_params)
+        model_param = params.pop("model", None)
+        vkey = None
+        if leaf.virtual_key:
+            vkey = self.settings.virtual_keys.get(leaf.virtual_key)
+            if vkey is None:
+                raise InvalidRequest(f"Unknown virtual_key '{leaf.virtual_key}'.",
+                                     param=f"{leaf.path}.virtual_key", code="invalid_config")
+        name = (leaf.provider or "").removeprefix("@") or (vkey.provider if vkey else None)
+        model = model_param if model_param is not None else req.model
+        if name:
+            if name not in self.router.providers:
+                raise InvalidRequest(
+                    f"Unknown provider '{name}' at '{leaf.path}.provider'. Configured "
+                    f"providers: {', '.join(self.router.providers)}.",
+                    param=f"{leaf.path}.provider", code="unknown_provider")
+            prefix, bare = self.router.split_model(model)
+            target = self.router.target(name, bare if prefix == name else model, headers)
+        else:
+            target = self.router.resolve({k: v for k, v in headers.items()
+                                          if k.lower() != "x-portkey-provider"}
+                                         if model_param else headers, model)
+        provider = target.provider
+        secret = leaf.api_key or (vkey.api_key if vkey else None)
+        target.api_key = secret or provider.cfg.api_key or client_key(headers)
+        if leaf.custom_host:
+            provider = self._custom_host(provider, leaf)
+            target.provider = provider
+        target.override_params = params
+        target.headers = {**target.headers,
+                          **{h: headers[h] for h in leaf.forward_headers if h in headers}}
+        target.timeouts = _merge(target.timeouts, leaf.timeouts, request_timeouts)
+        return target
+
+    def _custom_host(self, provider: Provider, leaf: ConfigNode) -> Provider:
+        host = _host_of(leaf.custom_host or "")
+        if host not in self.settings.allowed_hosts:
+            raise InvalidRequest(
+                f"custom_host '{host}' at '{leaf.path}.custom_host' is not allowed by this "
+                "gateway (allowed_custom_hosts in its config).",
+                param=f"{leaf.path}.custom_host", code="custom_host_not_allowed")
+        url = leaf.custom_host if "://" in (leaf.custom_host or "") else f"https://{host}"
+        return provider.with_base_url(url.rstrip("/"))
+
+
+def _merge(base: Timeouts, *overrides: dict[str, float | None]) -> Timeouts:
+    for override in overrides:
+        if override:
+            base = base.merged(override)
+    return base
+
+
+def _request_timeouts(headers: Mapping[str, str]) -> dict[str, float | None]:
+    value = headers.get(TIMEOUT_HEADER)
+    if value is None:
+        return {}
+    try:
+        ms = float(value)
+    except ValueError:
+        ms = -1
+    if ms <= 0:
+        raise InvalidRequest(f"{TIMEOUT_HEADER} must be a positive number of milliseconds.",
+                             param=TIMEOUT_HEADER, code="invalid_value")
+    return {"first_token": ms / 1000}
+
+
+def parse_metadata(headers: Mapping[str, str]) -> dict[str, Any] | None:
+    value = headers.get(METADATA_HEADER)
+    if not value:
+        return None
+    try:
+        metadata = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        metadata = None
+    if not isinstance(metadata, dict):
+        raise InvalidRequest(f"{METADATA_HEADER} must be a JSON object.",
+                             param=METADATA_HEADER, code="invalid_metadata")
+    return metadata

@@ -1,0 +1,132 @@
+"""The planner (pure): (config tree, request, seeded RNG, breaker states) → ordered attempts.
+
+Load-balance choices are drawn and conditions evaluated here, once, so the plan is a flat
+list of leaf attempts in the order they may be tried. Fallback structure survives as each
+attempt's `groups` — its chain of enclosing fallback groups (id, child position, trigger
+codes) — which is all `next_after` needs to find where a failure moves to:
+
+    fallback(fallback(A, B; on 429), C)      A fails with 500 → the inner group does not act
+                                              on 500, so it fails as a whole → C (not B).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from streamproxy.errors import InvalidRequest
+from streamproxy.routing.breaker import CircuitBreakers
+from streamproxy.routing.conditions import matches
+from streamproxy.routing.portkey_config import BreakerSpec, ConfigNode, RetrySpec
+from streamproxy.routing.target import Target
+
+NO_RETRY = RetrySpec()
+Group = tuple[int, int, frozenset[int] | None]  # (group id, child position, trigger codes)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    target: Target
+    path: str  # where the leaf sits in the config, e.g. "config.targets[1]"
+    retry: RetrySpec = NO_RETRY
+    breaker: BreakerSpec | None = None
+    groups: tuple[Group, ...] = ()
+
+    @property
+    def breaker_key(self) -> str:
+        t = self.target
+        return f"{t.provider.name}|{t.model or ''}|{t.provider.cfg.base_url or ''}"
+
+
+@dataclass(slots=True)
+class Plan:
+    attempts: list[Attempt]
+    cache: dict[str, Any] | None = None
+
+    def next_after(self, index: int, status: int) -> int | None:
+        """The attempt to try after `index` failed with `status`, or None: the request fails."""
+        groups = self.attempts[index].groups
+        for depth in range(len(groups) - 1, -1, -1):
+            gid, position, codes = groups[depth]
+            if codes is not None and status not in codes:
+                continue  # this group does not act on the status: it fails as a whole
+            for j in range(index + 1, len(self.attempts)):
+                other = self.attempts[j].groups
+                if len(other) > depth and other[depth][0] == gid and other[depth][1] > position:
+                    return j
+        return None
+
+
+def single(target: Target, retry: RetrySpec = NO_RETRY) -> Plan:
+    return Plan([Attempt(target, "config", retry)])
+
+
+Resolve = Callable[[ConfigNode], Target]
+
+
+@dataclass(slots=True)
+class _Walk:
+    resolve: Resolve
+    rng: random.Random
+    breakers: CircuitBreakers
+    metadata: dict[str, Any]
+    params: dict[str, Any]
+    targets: dict[str, Target]
+    next_group: int = 0
+
+    def attempts(self, node: ConfigNode, groups: tuple[Group, ...]) -> list[Attempt]:
+        if node.is_leaf:
+            return [Attempt(self.targets[node.path], node.path, node.retry, node.breaker,
+                            groups)]
+        if node.mode == "fallback":
+            gid = self.next_group
+            self.next_group += 1
+            return [a for i, child in enumerate(node.targets)
+                    for a in self.attempts(child, (*groups, (gid, i, node.on_status_codes)))]
+        return self.attempts(self.choose(node), groups)
+
+    def choose(self, node: ConfigNode) -> ConfigNode:
+        if node.mode == "single":
+            return node.targets[0]
+        if node.mode == "conditional":
+            return self.condition(node)
+        healthy = [c for c in node.targets if c.weight > 0 and not self.all_open(c)]
+        candidates = healthy or [c for c in node.targets if c.weight > 0]
+        point = self.rng.random() * sum(c.weight for c in candidates)
+        for child in candidates:
+            point -= child.weight
+            if point < 0:
+                return child
+        return candidates[-1]
+
+    def condition(self, node: ConfigNode) -> ConfigNode:
+        by_name = {c.name: c for c in node.targets if c.name}
+        for cond in node.conditions:
+            if matches(cond.query, self.metadata, self.params):
+                return by_name[cond.then]
+        if node.default is None:
+            raise InvalidRequest(f"No condition of '{node.path}' matched the request and the "
+                                 "strategy has no default.", param=f"{node.path}.strategy",
+                                 code="no_condition_matched")
+        return by_name[node.default]
+
+    def all_open(self, node: ConfigNode) -> bool:
+        return all(self.breakers.is_open(_key(self.targets[leaf.path]), leaf.breaker)
+                   for leaf in node.leaves())
+
+
+def _key(target: Target) -> str:
+    return Attempt(target, "").breaker_key
+
+
+def plan(root: ConfigNode, resolve: Resolve, *, rng: random.Random,
+         breakers: CircuitBreakers, metadata: dict[str, Any] | None = None,
+         params: dict[str, Any] | None = None) -> Plan:
+    # Every leaf is resolved up front, so a bad target is a 400 whatever the draw.
+    targets = {leaf.path: resolve(leaf) for leaf in root.leaves()}
+    walk = _Walk(resolve, rng, breakers, metadata or {}, params or {}, targets)
+    attempts = walk.attempts(root, ())
+    closed = [a for a in attempts if not breakers.is_open(a.breaker_key, a.breaker)]
+    return Plan(closed or attempts, root.cache)

@@ -1,0 +1,275 @@
+"""Portkey's gateway config schema → a validated tree of `ConfigNode`s (pure).
+
+Accepted from the `x-portkey-config` header (inline JSON), by name from the YAML `configs:`
+section, or as a route's default. Every invalid field is a 400 naming its path
+(`config.targets[1].weight`). Inheritance follows Portkey: a target inherits `retry`,
+`request_timeout`, `timeouts`, `cb_config`, `forward_headers`, `provider`/`api_key`/
+`virtual_key` from its parent, and `override_params` merge parent-first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from streamproxy.errors import InvalidRequest
+from streamproxy.routing.conditions import validate_query
+
+MODES = ("single", "fallback", "loadbalance", "conditional")
+DEFAULT_RETRY_CODES = frozenset({429, 500, 502, 503, 504})
+RETRY_ATTEMPTS_MAX = 10
+_TIMEOUT_KEYS = ("connect", "first_token", "idle", "total")
+
+_NODE_KEYS = {"strategy", "targets", "name", "weight", "provider", "api_key", "virtual_key",
+              "override_params", "forward_headers", "request_timeout", "timeouts",
+              "custom_host", "retry", "cache", "cb_config"}
+# Portkey fields we accept and ignore (they configure Portkey's hosted features).
+_IGNORED_KEYS = {"before_request_hooks", "after_request_hooks", "input_guardrails",
+                 "output_guardrails", "id", "strict_open_ai_compliance"}
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySpec:
+    attempts: int = 0
+    on_status_codes: frozenset[int] = DEFAULT_RETRY_CODES
+    use_retry_after_header: bool = True  # Portkey defaults to false; honouring is kinder
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSpec:
+    failure_threshold: int | None = None
+    failure_threshold_percentage: float | None = None
+    cooldown_interval: float = 30.0  # seconds (Portkey gives milliseconds; converted)
+    failure_status_codes: frozenset[int] | None = None  # None: any status ≥ 500
+    minimum_requests: int = 1
+
+    def is_failure(self, status: int) -> bool:
+        if self.failure_status_codes is None:
+            return status >= 500
+        return status in self.failure_status_codes
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    query: dict[str, Any]
+    then: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigNode:
+    path: str
+    mode: str | None = None  # None: a leaf target
+    targets: tuple[ConfigNode, ...] = ()
+    on_status_codes: frozenset[int] | None = None  # fallback triggers; None = any error
+    conditions: tuple[Condition, ...] = ()
+    default: str | None = None
+    name: str | None = None
+    weight: float = 1.0
+    provider: str | None = None
+    api_key: str | None = None
+    virtual_key: str | None = None
+    override_params: dict[str, Any] = field(default_factory=dict)
+    forward_headers: tuple[str, ...] = ()
+    custom_host: str | None = None
+    timeouts: dict[str, float | None] = field(default_factory=dict)
+    retry: RetrySpec = RetrySpec()
+    breaker: BreakerSpec | None = None
+    cache: dict[str, Any] | None = None
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.mode is None
+
+    def leaves(self) -> list[ConfigNode]:
+        if self.is_leaf:
+            return [self]
+        return [leaf for t in self.targets for leaf in t.leaves()]
+
+
+def _bad(path: str, reason: str) -> InvalidRequest:
+    return InvalidRequest(f"Invalid config: '{path}' {reason}.", param=path,
+                          code="invalid_config")
+
+
+def _codes(value: Any, path: str) -> frozenset[int]:
+    if not isinstance(value, list) or not all(
+            isinstance(c, int) and not isinstance(c, bool) and 100 <= c <= 599 for c in value):
+        raise _bad(path, "must be an array of HTTP status codes")
+    return frozenset(value)
+
+
+def _number(value: Any, path: str, *, minimum: float = 0) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        raise _bad(path, f"must be a number ≥ {minimum:g}")
+    return float(value)
+
+
+def _retry(raw: Any, path: str) -> RetrySpec:
+    if not isinstance(raw, dict):
+        raise _bad(path, "must be an object")
+    for key in raw:
+        if key not in ("attempts", "on_status_codes", "use_retry_after_header"):
+            raise _bad(f"{path}.{key}", "is not a retry field")
+    attempts = raw.get("attempts", 0)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not (
+            0 <= attempts <= RETRY_ATTEMPTS_MAX):
+        raise _bad(f"{path}.attempts", f"must be an integer from 0 to {RETRY_ATTEMPTS_MAX}")
+    codes = raw.get("on_status_codes")
+    use_header = raw.get("use_retry_after_header", True)
+    if not isinstance(use_header, bool):
+        raise _bad(f"{path}.use_retry_after_header", "must be a boolean")
+    return RetrySpec(attempts, _codes(codes, f"{path}.on_status_codes") if codes is not None
+                     else DEFAULT_RETRY_CODES, use_header)
+
+
+def _breaker(raw: Any, path: str) -> BreakerSpec:
+    if not isinstance(raw, dict):
+        raise _bad(path, "must be an object")
+    known = ("failure_threshold", "failure_threshold_percentage", "cooldown_interval",
+             "failure_status_codes", "minimum_requests")
+    for key in raw:
+        if key not in known:
+            raise _bad(f"{path}.{key}", "is not a cb_config field")
+    threshold = raw.get("failure_threshold")
+    pct = raw.get("failure_threshold_percentage")
+    if threshold is None and pct is None:
+        raise _bad(path, "needs failure_threshold or failure_threshold_percentage")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int)
+                                  or threshold < 1):
+        raise _bad(f"{path}.failure_threshold", "must be a positive integer")
+    if pct is not None and not 0 < _number(pct, f"{path}.failure_threshold_percentage") <= 100:
+        raise _bad(f"{path}.failure_threshold_percentage", "must be in (0, 100]")
+    minimum = raw.get("minimum_requests", 1)
+    if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 1:
+        raise _bad(f"{path}.minimum_requests", "must be a positive integer")
+    cooldown_ms = _number(raw.get("cooldown_interval", 30_000), f"{path}.cooldown_interval",
+                          minimum=1)
+    codes = raw.get("failure_status_codes")
+    return BreakerSpec(threshold, pct, cooldown_ms / 1000,
+                       _codes(codes, f"{path}.failure_status_codes") if codes is not None
+                       else None, minimum)
+
+
+def _timeouts(raw: Any, path: str) -> dict[str, float | None]:
+    if not isinstance(raw, dict):
+        raise _bad(path, "must be an object")
+    out: dict[str, float | None] = {}
+    for key, value in raw.items():
+        if key not in _TIMEOUT_KEYS:
+            raise _bad(f"{path}.{key}", f"is not a timeout (known: {', '.join(_TIMEOUT_KEYS)})")
+        out[key] = _number(value, f"{path}.{key}", minimum=0.001)
+    return out
+
+
+def _string(raw: dict[str, Any], key: str, path: str) -> str | None:
+    value = raw.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise _bad(f"{path}.{key}", "must be a non-empty string")
+    return value
+
+
+def parse_config(raw: Any, path: str = "config", parent: ConfigNode | None = None) -> ConfigNode:
+    if not isinstance(raw, dict):
+        raise _bad(path, "must be a JSON object")
+    for key in raw:
+        if key not in _NODE_KEYS and key not in _IGNORED_KEYS:
+            raise _bad(f"{path}.{key}", "is not a config field")
+    base = parent or ConfigNode(path=path)
+    node = replace(
+        base, path=path, mode=None, targets=(), on_status_codes=None, conditions=(),
+        default=None, name=_string(raw, "name", path), weight=1.0, custom_host=None,
+        cache=None)
+    if "weight" in raw:
+        node = replace(node, weight=_number(raw["weight"], f"{path}.weight"))
+    node = _leaf_fields(node, raw, path)
+    if "strategy" in raw or "targets" in raw:
+        node = _strategy(node, raw, path)
+    # A leaf without provider or virtual_key routes like a plain request (model prefix,
+    # x-portkey-provider, default provider): a config may only add cache, retry, timeouts.
+    return node
+
+
+def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode:
+    changes: dict[str, Any] = {}
+    for key in ("provider", "api_key", "virtual_key", "custom_host"):
+        value = _string(raw, key, path)
+        if value is not None:
+            changes[key] = value
+    if "virtual_key" in raw and "provider" not in raw:
+        changes["provider"] = None  # the virtual key names its own provider
+    if "override_params" in raw:
+        params = raw["override_params"]
+        if not isinstance(params, dict):
+            raise _bad(f"{path}.override_params", "must be an object")
+        changes["override_params"] = {**node.override_params, **params}
+    if "forward_headers" in raw:
+        headers = raw["forward_headers"]
+        if not isinstance(headers, list) or not all(isinstance(h, str) for h in headers):
+            raise _bad(f"{path}.forward_headers", "must be an array of header names")
+        changes["forward_headers"] = tuple(h.lower() for h in headers)
+    if "request_timeout" in raw:  # Portkey: milliseconds until the answer starts
+        ms = _number(raw["request_timeout"], f"{path}.request_timeout", minimum=1)
+        changes["timeouts"] = {**node.timeouts, "first_token": ms / 1000}
+    if "timeouts" in raw:
+        changes["timeouts"] = {**changes.get("timeouts", node.timeouts),
+                               **_timeouts(raw["timeouts"], f"{path}.timeouts")}
+    if "retry" in raw:
+        changes["retry"] = _retry(raw["retry"], f"{path}.retry")
+    if "cb_config" in raw:
+        changes["breaker"] = _breaker(raw["cb_config"], f"{path}.cb_config")
+    if "cache" in raw:
+        cache = raw["cache"]
+        if not isinstance(cache, dict):
+            raise _bad(f"{path}.cache", "must be an object")
+        changes["cache"] = cache
+    return replace(node, **changes)
+
+
+def _strategy(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode:
+    strategy = raw.get("strategy")
+    if not isinstance(strategy, dict):
+        raise _bad(f"{path}.strategy", "must be an object with a mode")
+    mode = strategy.get("mode")
+    if mode not in MODES:
+        raise _bad(f"{path}.strategy.mode", f"must be one of {', '.join(MODES)}")
+    for key in strategy:
+        if key not in ("mode", "on_status_codes", "conditions", "default", "cb_config"):
+            raise _bad(f"{path}.strategy.{key}", "is not a strategy field")
+    changes: dict[str, Any] = {"mode": mode}
+    if "on_status_codes" in strategy:
+        changes["on_status_codes"] = _codes(strategy["on_status_codes"],
+                                            f"{path}.strategy.on_status_codes")
+    if "cb_config" in strategy:
+        changes["breaker"] = _breaker(strategy["cb_config"], f"{path}.strategy.cb_config")
+    node = replace(node, **changes)
+    targets = raw.get("targets")
+    if not isinstance(targets, list) or not targets:
+        raise _bad(f"{path}.targets", "must be a non-empty array")
+    children = tuple(parse_config(t, f"{path}.targets[{i}]", node)
+                     for i, t in enumerate(targets))
+    node = replace(node, targets=children)
+    if mode == "loadbalance" and sum(c.weight for c in children) <= 0:
+        raise _bad(f"{path}.targets", "needs at least one target with a positive weight")
+    if mode == "conditional":
+        node = _conditions(node, strategy, path)
+    return node
+
+
+def _conditions(node: ConfigNode, strategy: dict[str, Any], path: str) -> ConfigNode:
+    names = {c.name for c in node.targets if c.name}
+    raw = strategy.get("conditions")
+    if not isinstance(raw, list) or not raw:
+        raise _bad(f"{path}.strategy.conditions", "must be a non-empty array")
+    conditions = []
+    for i, cond in enumerate(raw):
+        where = f"{path}.strategy.conditions[{i}]"
+        if not isinstance(cond, dict) or not isinstance(cond.get("query"), dict):
+            raise _bad(f"{where}.query", "must be an object")
+        if cond.get("then") not in names:
+            raise _bad(f"{where}.then", f"must name a target (names: {', '.join(sorted(names))})")
+        validate_query(cond["query"], f"{where}.query")
+        conditions.append(Condition(cond["query"], cond["then"]))
+    default = strategy.get("default")
+    if default is not None and default not in names:
+        raise _bad(f"{path}.strategy.default", "must name a target")
+    return replace(node, conditions=tuple(conditions), default=default)

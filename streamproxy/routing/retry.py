@@ -1,0 +1,19 @@
+"""Retry timing (pure): exponential backoff with full jitter, or the upstream's Retry-After."""
+
+from __future__ import annotations
+
+import random
+
+BACKOFF_BASE = 0.25  # seconds before the first retry, doubled each time
+BACKOFF_CAP = 8.0
+RETRY_AFTER_CAP = 30.0  # an upstream asking for longer is treated as failed, not waited on
+
+
+def retry_delay(retry_number: int, rng: random.Random, retry_after: float | None,
+                use_retry_after: bool) -> float | None:
+    """Seconds to wait before retry `retry_number` (0-based); None = do not retry (the upstream
+    asked for a wait beyond RETRY_AFTER_CAP)."""
+    if use_retry_after and retry_after is not None:
+        return None if retry_after > RETRY_AFTER_CAP else max(0.0, retry_after)
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** retry_number))
+    return ceiling / 2 + rng.random() * ceiling / 2  # jitter in [ceiling/2, ceiling]

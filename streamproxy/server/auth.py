@@ -1,0 +1,269 @@
+"""Proxy authentication: optional keys that clients must present, each with a name, the
+providers it may use and a request rate (token bucket, per worker process).
+
+    auth:
+      keys:
+        - name: team-a
+          key_env: TEAM_A_PROXY_KEY      # or `key: ...` inline
+          allowed_providers: [openai]    # optional; absent = every provider
+          rate_limit: {requests_per_minute: 600, burst: 50}   # optional
+
+A client presents a key as `x-portkey-api-key: <key>` or `Authorization: Bearer <key>`. With the
+`x-portkey-api-key` header, `Authorization` stays the client's provider key (Portkey's
+convention); when the proxy key came in `Authorization`, that header is removed from the request
+before routing, so it is never forwarded to a provider as a provider key.
+
+Comparison hashes the presented key and compares it with every configured key's hash using
+`hmac.compare_digest`, without stopping at a match: the time taken does not depend on which key
+matched, how many characters matched, or the key lengths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from streamproxy.config import Config, ConfigError
+from streamproxy.errors import AuthenticationFailed, InvalidRequest, PermissionDenied, RateLimited
+from streamproxy.routing.target import Target
+from streamproxy.server.observing import AUTH_KEY, observe_rejection
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
+PROXY_KEY_HEADER = "x-portkey-api-key"
+OPEN_PATHS = frozenset({"/healthz"})  # load balancers probe without a key
+_KEY_FIELDS = {"name", "key", "key_env", "allowed_providers", "rate_limit"}
+
+
+class TokenBucket:
+    """`burst` requests at once, refilled at `per_minute` / 60 per second."""
+
+    __slots__ = ("burst", "per_minute", "rate", "stamp", "tokens")
+
+    def __init__(self, per_minute: float, burst: int) -> None:
+        self.per_minute = per_minute
+        self.rate = per_minute / 60.0
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp: float | None = None
+
+    def take(self, now: float) -> float | None:
+        """Take one token: None when granted, else the seconds until one is available."""
+        if self.stamp is not None:
+            self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return None
+        return (1.0 - self.tokens) / self.rate
+
+
+@dataclass(slots=True, eq=False)
+class ProxyKey:
+    name: str
+    digest: bytes  # sha256 of the key; the key itself is not kept
+    allowed_providers: frozenset[str] | None = None  # None = every provider
+    bucket: TokenBucket | None = None
+
+    def __repr__(self) -> str:
+        return f"ProxyKey(name={self.name!r})"
+
+
+@dataclass(slots=True)
+class Auth:
+    keys: tuple[ProxyKey, ...]
+
+    def identify(self, presented: str) -> ProxyKey | None:
+        digest = _digest(presented)
+        found = None
+        for key in self.keys:  # every key, no early exit
+            if hmac.compare_digest(digest, key.digest):
+                found = key
+        return found
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+
+
+# -- config ---------------------------------------------------------------------------------
+
+def parse_auth(config: Config) -> Auth | None:
+    """The `auth:` section, or None when absent (no proxy authentication)."""
+    raw = config.sections.get("auth")
+    if raw is None:
+        return None
+    src = config.source
+    if not isinstance(raw, dict) or set(raw) - {"keys"}:
+        raise ConfigError(src, "auth", "must be a mapping with one key, `keys`")
+    entries = raw.get("keys")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(src, "auth.keys", "must be a non-empty list (remove the auth "
+                                            "section to turn proxy authentication off)")
+    keys, names, digests = [], set(), set()
+    for i, entry in enumerate(entries):
+        key = _parse_key(entry, f"auth.keys[{i}]", config)
+        if key.name in names:
+            raise ConfigError(src, f"auth.keys[{i}].name", f"duplicate name {key.name!r}")
+        if key.digest in digests:
+            raise ConfigError(src, f"auth.keys[{i}]", "the same key is configured twice")
+        names.add(key.name)
+        digests.add(key.digest)
+        keys.append(key)
+    return Auth(tuple(keys))
+
+
+def _parse_key(entry: Any, where: str, config: Config) -> ProxyKey:
+    src = config.source
+    if not isinstance(entry, dict):
+        raise ConfigError(src, where, "must be a mapping")
+    for k in entry:
+        if k not in _KEY_FIELDS:
+            raise ConfigError(src, f"{where}.{k}",
+                              f"unknown key (known: {', '.join(sorted(_KEY_FIELDS))})")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(src, f"{where}.name", "a non-empty string is required")
+    if ("key" in entry) == ("key_env" in entry):
+        raise ConfigError(src, where, "give exactly one of `key` or `key_env`")
+    if "key" in entry:
+        secret = entry["key"]
+        if not isinstance(secret, str) or not secret:
+            raise ConfigError(src, f"{where}.key", "must be a non-empty string")
+    else:
+        env = entry["key_env"]
+        if not isinstance(env, str) or not env:
+            raise ConfigError(src, f"{where}.key_env", "must be an environment variable name")
+        secret = os.environ.get(env) or ""
+        if not secret:  # fail closed: never serve with a key that silently vanished
+            raise ConfigError(src, f"{where}.key_env", f"environment variable {env} is not set")
+    return ProxyKey(name=name, digest=_digest(secret),
+                    allowed_providers=_parse_allowed(entry.get("allowed_providers"),
+                                                     f"{where}.allowed_providers", config),
+                    bucket=_parse_rate(entry.get("rate_limit"), f"{where}.rate_limit", src))
+
+
+def _parse_allowed(raw: Any, where: str, config: Config) -> frozenset[str] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw or not all(isinstance(p, str) for p in raw):
+        raise ConfigError(config.source, where, "must be a non-empty list of provider names")
+    for name in raw:
+        if name not in config.providers:
+            raise ConfigError(config.source, where,
+                              f"{name!r} is not a configured provider "
+                              f"(configured: {', '.join(config.providers)})")
+    return frozenset(raw)
+
+
+def _parse_rate(raw: Any, where: str, source: str) -> TokenBucket | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"requests_per_minute", "burst"}:
+        raise ConfigError(source, where, "must be a mapping of requests_per_minute and burst")
+    rpm = raw.get("requests_per_minute")
+    if isinstance(rpm, bool) or not isinstance(rpm, int | float) or rpm <= 0:
+        raise ConfigError(source, f"{where}.requests_per_minute", "must be a positive number")
+    burst = raw.get("burst", max(1, math.ceil(rpm)))
+    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+        raise ConfigError(source, f"{where}.burst", "must be a positive integer")
+    return TokenBucket(float(rpm), burst)
+
+
+# -- the middleware and the provider check --------------------------------------------------
+
+def presented_key(headers: Any) -> tuple[str | None, bool]:
+    """(the proxy key the client presented, whether it came in `Authorization`)."""
+    key = headers.get(PROXY_KEY_HEADER)
+    if key:
+        return key.strip(), False
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None, True
+    return None, False
+
+
+def _is_open(request: web.Request) -> bool:
+    resource = request.match_info.route.resource
+    return resource is not None and resource.canonical in OPEN_PATHS
+
+
+def auth_middleware(auth: Auth) -> Middleware:
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if _is_open(request):
+            return await handler(request)
+        presented, in_authorization = presented_key(request.headers)
+        key = auth.identify(presented) if presented else None
+        if key is None:
+            err = AuthenticationFailed(
+                "Invalid proxy API key." if presented else
+                "Missing proxy API key: send `Authorization: Bearer <key>` or "
+                "`x-portkey-api-key: <key>`.")
+            observe_rejection(request, err, "unauthenticated")
+            raise err
+        if key.bucket is not None:
+            wait = key.bucket.take(time.monotonic())
+            if wait is not None:
+                err = RateLimited(f"Rate limit of {key.bucket.per_minute:g} requests per minute "
+                                  f"reached for proxy key '{key.name}'.",
+                                  retry_after=math.ceil(wait))
+                observe_rejection(request, err, "rate_limited", key.name)
+                raise err
+        request[AUTH_KEY] = key
+        if in_authorization:
+            request = _without_authorization(request)
+        return await handler(request)
+
+    return authenticate
+
+
+def _without_authorization(request: web.Request) -> web.Request:
+    """The request minus the header that carried the proxy key, so that routing never takes it
+    for the client's provider key."""
+    headers = CIMultiDict(request.headers)
+    del headers["authorization"]
+    try:
+        return request.clone(headers=headers)  # type: ignore[return-value]
+    except UnicodeEncodeError:  # aiohttp re-encodes headers as UTF-8 when cloning
+        raise InvalidRequest("Request headers must be valid UTF-8.",
+                             code="invalid_header") from None
+
+
+def allowed_targets(request: web.Request, targets: list[Target]) -> list[Target]:
+    """The planned targets this request's proxy key may use (all of them without auth or
+    without `allowed_providers`); 403 when none is left."""
+    key: ProxyKey | None = request.get(AUTH_KEY)
+    if key is None or key.allowed_providers is None:
+        return targets
+    allowed = [t for t in targets if t.provider.name in key.allowed_providers]
+    if not allowed:
+        denied = targets[0].provider.name if targets else "?"
+        raise PermissionDenied(f"The proxy key '{key.name}' may not use provider '{denied}'.",
+                               code="provider_not_allowed")
+    return allowed
+
+
+def describe(auth: Auth | None) -> str:
+    """One line for check-config: key names and limits, never the keys."""
+    if auth is None:
+        return "auth: off (no proxy keys: any client may use the proxy)"
+    parts = []
+    for key in auth.keys:
+        extra = []
+        if key.allowed_providers is not None:
+            extra.append("providers=" + ",".join(sorted(key.allowed_providers)))
+        if key.bucket is not None:
+            extra.append(f"rate={key.bucket.per_minute:g}/min burst={key.bucket.burst}")
+        parts.append(key.name + (f" ({' '.join(extra)})" if extra else ""))
+    return f"auth: on, {len(auth.keys)} key(s): " + "; ".join(parts)

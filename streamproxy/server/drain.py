@@ -1,0 +1,82 @@
+"""Graceful shutdown of one worker: stop taking work, let running requests finish up to a grace
+period, then end the rest with an OpenAI error instead of cutting them.
+
+The handler registers each chat request (`enter`/`leave`, per request, never per chunk) and,
+at the commit point, the stream's `Deadline` (`committed`). Ending a committed stream goes
+through that deadline (`Deadline.abort`), so the relay writes one error frame exactly as it
+does for a timeout. A request that has not committed yet is cancelled and answers 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from streamproxy.errors import Overloaded
+from streamproxy.upstream.deadline import Deadline
+
+
+def shutdown_error() -> Overloaded:
+    return Overloaded("The proxy is shutting down; retry the request.", code="shutting_down",
+                      retry_after=1)
+
+
+class Drain:
+    __slots__ = ("_idle", "_requests", "aborted", "draining")
+
+    def __init__(self) -> None:
+        self.draining = False  # /healthz answers 503 and new chat requests are refused
+        self.aborted = False  # the grace period is over: what is left gets an error
+        self._requests: dict[asyncio.Task[object], Deadline | None] = {}
+        self._idle: asyncio.Event | None = None
+
+    @property
+    def active(self) -> int:
+        return len(self._requests)
+
+    def enter(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._requests[task] = None
+
+    def committed(self, deadline: Deadline) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._requests[task] = deadline
+
+    def leave(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._requests.pop(task, None)
+        if self._idle is not None and not self._requests:
+            self._idle.set()
+
+    def owns(self) -> bool:
+        """In a handler that caught CancelledError: was it our abort, and only ours?"""
+        task = asyncio.current_task()
+        return self.aborted and task is not None and task.uncancel() == 0
+
+    def start(self) -> None:
+        self.draining = True
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no chat request is running, at most `timeout` seconds."""
+        if not self._requests:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def abort_all(self) -> int:
+        """End every running request now: committed streams with an error frame, the others
+        with a 503. Returns how many were running."""
+        self.aborted = True
+        running = list(self._requests.items())
+        for task, deadline in running:
+            if deadline is not None:
+                deadline.abort(shutdown_error())
+            else:
+                task.cancel()
+        return len(running)

@@ -1,0 +1,72 @@
+"""Wiring between the server and the observers (metrics, access log): installing them, the
+request-level facts the chat handler notes in its record, and records for requests refused
+before the handler ran (auth, rate limit, admission), so those are counted and logged too."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from streamproxy.errors import PayloadTooLarge, ProxyError
+from streamproxy.observe.access_log import ACCESS_LOGGER, AccessLog, LoggingSettings, parse_logging
+from streamproxy.observe.metrics import metrics, metrics_handler, set_circuit_state
+from streamproxy.record import RequestRecord
+
+if TYPE_CHECKING:
+    from streamproxy.server.app import AppState
+
+LOGGING = web.AppKey("streamproxy_logging", LoggingSettings)
+TRACE_HEADER = "x-portkey-trace-id"
+# Request state: the ProxyKey that authenticated the request (server/auth.py).
+AUTH_KEY: web.RequestKey[Any] = web.RequestKey("streamproxy_auth_key", object)
+
+
+def install_observers(app: web.Application, state: AppState) -> None:
+    """Validate `logging:`, register the metrics and access-log observers, serve /metrics."""
+    settings = parse_logging(state.config)
+    app[LOGGING] = settings
+    state.observers.append(metrics().observe)
+    state.breakers.listeners.append(set_circuit_state)
+    if settings.access_log:
+        if ACCESS_LOGGER.level == 0:  # not configured by the CLI: don't let root's level hide it
+            ACCESS_LOGGER.setLevel("INFO")
+        state.observers.append(AccessLog())
+    app.router.add_get("/metrics", metrics_handler)
+
+
+async def read_body(request: web.Request, record: RequestRecord) -> bytes:
+    """The request body, with its facts noted in the record: size, the proxy key's name, and the
+    body itself when the operator opted in. Too large a body is a typed 413 here, so the record
+    gets the right status rather than looking like a disconnect."""
+    key = request.get(AUTH_KEY)
+    record.auth_key_name = key.name if key is not None else None
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as e:
+        raise PayloadTooLarge(f"The request body exceeds the limit of "
+                              f"{request.client_max_size} bytes.") from e
+    record.bytes_in = len(raw)
+    settings = request.app.get(LOGGING)
+    if settings is not None and settings.log_bodies:
+        record.request_body = raw
+    return raw
+
+
+def observe_rejection(request: web.Request, err: ProxyError, reason: str,
+                      auth_key_name: str | None = None) -> None:
+    """Count and log a request refused before any handler ran."""
+    from streamproxy.server.app import STATE
+
+    metrics().rejected.labels(reason).inc()
+    state = request.app.get(STATE)
+    if state is None:
+        return
+    record = RequestRecord(trace_id=request.headers.get(TRACE_HEADER) or uuid.uuid4().hex,
+                           status=err.status, error_type=err.error_type, error_code=err.code,
+                           auth_key_name=auth_key_name)
+    record.finished = time.monotonic()
+    for observe in state.observers:
+        observe(record)

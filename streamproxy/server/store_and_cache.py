@@ -1,0 +1,59 @@
+"""Stored completions and the response cache, wired into the app (issue 7).
+
+`install` (from `create_app`) builds both from the config's `storage:` and `cache:` sections,
+adds the stored-completion routes, the end-of-request observers and the cache-status header.
+`before_upstream` (from the chat handler, once the first target is known) lets storage mark the
+request for capture and lets the cache answer a hit before any upstream is asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from streamproxy.cache.config import parse_cache_settings
+from streamproxy.cache.service import ResponseCache
+from streamproxy.openai_api.request import ChatRequest
+from streamproxy.record import RequestRecord
+from streamproxy.routing.target import Target
+from streamproxy.storage.config import parse_storage_config
+from streamproxy.storage.service import StoredCompletions
+
+if TYPE_CHECKING:
+    from streamproxy.server.app import AppState
+
+
+@dataclass(slots=True)
+class StoreAndCache:
+    storage: StoredCompletions
+    cache: ResponseCache
+
+
+FEATURES = web.AppKey("streamproxy_store_and_cache", StoreAndCache)
+
+
+def install(app: web.Application, state: AppState) -> None:
+    features = StoreAndCache(StoredCompletions(parse_storage_config(state.config)),
+                             ResponseCache(parse_cache_settings(state.config)))
+    app[FEATURES] = features
+    features.storage.add_routes(app)
+    state.observers.append(features.storage.observe)
+    state.observers.append(features.cache.observe)
+    app.on_response_prepare.append(features.cache.on_response_prepare)
+    app.on_cleanup.append(_close)
+
+
+async def before_upstream(request: web.Request, req: ChatRequest, target: Target,
+                          record: RequestRecord) -> web.StreamResponse | None:
+    """A response when the cache answers; None when the request goes upstream."""
+    features = request.app[FEATURES]
+    features.storage.before_upstream(request, req, record)
+    return await features.cache.before_upstream(request, req, target, record)
+
+
+async def _close(app: web.Application) -> None:
+    features = app[FEATURES]
+    await features.cache.close()
+    await features.storage.close()

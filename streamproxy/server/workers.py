@@ -1,0 +1,408 @@
+"""Serving processes: one worker, or a prefork master supervising N of them.
+
+A **worker** is one asyncio process serving the app. It listens on its own socket; with
+several workers every one binds the same port with `SO_REUSEPORT` and the kernel spreads new
+connections across them. On SIGTERM (or SIGINT when it runs alone) it drains (server/drain.py):
+stops accepting, `/healthz` answers 503, running requests get `server.shutdown_grace` seconds,
+then the rest end with an OpenAI error. SIGQUIT drains with no grace.
+
+The **master** (`--workers N`, N > 1) forks the workers before any event loop exists and only
+supervises them; it never serves. It has no asyncio loop either: signal handlers set flags and
+wake a `select()` through a self-pipe.
+
+- A worker that dies is replaced, after a backoff that doubles while it keeps dying young.
+- SIGHUP re-reads the config file and starts a new generation of workers next to the old
+  ones; once every new worker listens, the old ones drain. A config that does not load, or
+  new workers that do not come up, are reported and the old workers keep serving.
+- SIGTERM / SIGINT: every worker drains, the master exits 0 when they are gone. A second
+  signal ends the streams at once (SIGQUIT to the workers); SIGKILL after grace + 10 s.
+
+`SO_REUSEPORT` caveat: connections still waiting in a draining worker's accept queue are reset
+when it closes its socket (Linux ≥ 5.14 can migrate them: sysctl net.ipv4.tcp_migrate_req=1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import select
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from streamproxy.config import Config, ConfigError, load_config
+
+log = logging.getLogger("streamproxy.workers")
+
+READY_TIMEOUT = 30.0  # seconds a new worker has to start listening
+BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
+YOUNG = 10.0  # a worker that dies younger than this counts as crash-looping
+KILL_AFTER = 10.0  # seconds past the grace period before a stuck worker is killed
+PROMETHEUS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Called in the master with the pid of every worker that exits (e.g. metrics cleanup).
+CHILD_EXIT_HOOKS: list[Callable[[int], None]] = []
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+
+
+def raise_fd_limit() -> None:
+    """Every stream holds two sockets; take the whole fd allowance the system grants."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def run(config_path: str | None, config: Config, host: str, port: int,
+        workers: int | None = None) -> int:
+    """Serve until stopped; returns the process exit status."""
+    raise_fd_limit()
+    workers = default_workers() if workers is None else workers
+    if workers <= 1:
+        return run_worker(config, host, port)
+    if port == 0:
+        print("streamproxy: --workers > 1 needs a fixed --port (each worker binds it)",
+              file=sys.stderr)
+        return 2
+    return Master(config_path, config, host, port, workers).run()
+
+
+# -- a worker -------------------------------------------------------------------------------------
+
+def run_worker(config: Config, host: str, port: int, *, reuse_port: bool = False,
+               ready_fd: int | None = None, supervised: bool = False) -> int:
+    try:
+        asyncio.run(_serve(config, host, port, reuse_port, ready_fd, supervised))
+    except KeyboardInterrupt:
+        pass
+    except OSError as e:
+        print(f"streamproxy: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_fd: int | None,
+                 supervised: bool) -> None:
+    from streamproxy.server.app import STATE, create_app, http_limits
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    grace = [config.server.shutdown_grace]
+
+    def quit_now() -> None:
+        grace[0] = 0.0
+        stop.set()
+        drain = app[STATE].drain
+        if drain.draining:
+            drain.abort_all()
+
+    app = create_app(config)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGQUIT, quit_now)
+    if supervised:  # the master relays Ctrl-C as SIGTERM; the terminal's SIGINT is not ours
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    else:
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=5.0, **http_limits(config))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, backlog=2048, reuse_port=reuse_port or None)
+        await site.start()
+        if ready_fd is not None:
+            os.write(ready_fd, b"1")
+            os.close(ready_fd)
+        log.info("streamproxy worker %d listening on http://%s:%d (config: %s)", os.getpid(),
+                 host, port, config.source)
+        await stop.wait()
+        await drain_and_stop(app, site, grace)
+    finally:
+        await runner.cleanup()
+
+
+async def drain_and_stop(app: web.Application, site: web.TCPSite, grace: list[float]) -> None:
+    """Stop accepting, give running requests the grace period, then end the rest."""
+    from streamproxy.server.app import STATE
+
+    drain = app[STATE].drain
+    drain.start()
+    await site.stop()
+    log.info("worker %d draining: %d request(s) running, grace %gs", os.getpid(), drain.active,
+             grace[0])
+    if not await drain.wait_idle(grace[0]):
+        ended = drain.abort_all()
+        log.warning("worker %d: grace period over, ended %d request(s) with an error",
+                    os.getpid(), ended)
+        await drain.wait_idle(5.0)
+
+
+# -- the master -----------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Worker:
+    pid: int
+    slot: int
+    generation: int
+    started: float
+    ready_fd: int | None  # read end of the pipe the worker writes to once it listens
+    ready: bool = False
+    stopping: bool = False
+
+
+class Master:
+    def __init__(self, config_path: str | None, config: Config, host: str, port: int,
+                 count: int) -> None:
+        self.path, self.config = config_path, config
+        self.host, self.port, self.count = host, port, count
+        self.workers: dict[int, Worker] = {}
+        self.generation = 0
+        self.booting = True  # until the first generation listens: a failure is fatal
+        self.reload: tuple[int, Config, float] | None = None  # (generation, config, deadline)
+        self.restarts: dict[int, float] = {}  # slot → when to start it again
+        self.failures: dict[int, int] = {}  # slot → consecutive young deaths
+        self.stopping: float | None = None  # when the stop began
+        self.exit_status = 0
+        self._signals: list[int] = []
+        self._wake: tuple[int, int] | None = None
+        self._metrics_dir: str | None = None
+
+    # -- main loop --------------------------------------------------------------------------------
+    def run(self) -> int:
+        if PROMETHEUS_ENV not in os.environ:  # per-worker sample files, aggregated on scrape
+            self._metrics_dir = tempfile.mkdtemp(prefix="streamproxy-metrics-")
+            os.environ[PROMETHEUS_ENV] = self._metrics_dir
+        wake_r, wake_w = self._wake = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, self._on_signal)
+        log.info("streamproxy master %d: %d workers on http://%s:%d (config: %s)", os.getpid(),
+                 self.count, self.host, self.port, self.config.source)
+        try:
+            for slot in range(self.count):
+                self._spawn(slot, self.generation, self.config)
+            while self.workers or (self.stopping is None and self.restarts):
+                self._wait(wake_r)
+                self._handle_signals()
+                self._reap()
+                self._check_ready()
+                self._tick()
+        finally:
+            signal.set_wakeup_fd(-1)
+            os.close(wake_r)
+            os.close(wake_w)
+            if self._metrics_dir:
+                shutil.rmtree(self._metrics_dir, ignore_errors=True)
+        return self.exit_status
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._signals.append(signum)
+
+    def _wait(self, wake_r: int) -> None:
+        fds = [wake_r] + [w.ready_fd for w in self.workers.values() if w.ready_fd is not None]
+        timeout = 1.0
+        if self.restarts:
+            timeout = max(0.0, min(timeout, min(self.restarts.values()) - time.monotonic()))
+        try:
+            readable, _, _ = select.select(fds, [], [], timeout)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries select
+            return
+        if wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_r, 512)
+
+    def _handle_signals(self) -> None:
+        signals, self._signals = self._signals, []
+        for sig in signals:
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                self._stop()
+            elif sig == signal.SIGHUP and self.stopping is None:
+                self._start_reload()
+
+    # -- workers ----------------------------------------------------------------------------------
+    def _spawn(self, slot: int, generation: int, config: Config) -> None:
+        ready_r, ready_w = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            status = 1
+            try:
+                os.close(ready_r)
+                self._become_worker()
+                status = run_worker(config, self.host, self.port, reuse_port=True,
+                                    ready_fd=ready_w, supervised=True)
+            except ConfigError as e:
+                print(f"streamproxy: config error: {e}", file=sys.stderr)
+                status = 2
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(status)
+        os.close(ready_w)
+        os.set_blocking(ready_r, False)
+        self.workers[pid] = Worker(pid, slot, generation, time.monotonic(), ready_r)
+        log.info("started worker %d (slot %d, generation %d)", pid, slot, generation)
+
+    def _become_worker(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        fds = [w.ready_fd for w in self.workers.values() if w.ready_fd is not None]
+        for fd in [*fds, *(self._wake or ())]:  # the master's pipes are not the worker's
+            os.close(fd)
+
+    def _check_ready(self) -> None:
+        for w in self.workers.values():
+            if w.ready_fd is None:
+                continue
+            try:
+                data = os.read(w.ready_fd, 1)
+            except BlockingIOError:
+                continue
+            os.close(w.ready_fd)  # a byte: listening; EOF: it exited before (reaped apart)
+            w.ready_fd = None
+            w.ready = bool(data)
+        if self.booting and all(w.ready for w in self.workers.values()) and self.workers:
+            self.booting = False
+            log.info("all %d workers listening", len(self.workers))
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue
+            if worker.ready_fd is not None:
+                os.close(worker.ready_fd)
+            for hook in CHILD_EXIT_HOOKS:
+                with contextlib.suppress(Exception):
+                    hook(pid)
+            _mark_metrics_dead(pid)
+            self._worker_exited(worker, status)
+
+    def _worker_exited(self, w: Worker, status: int) -> None:
+        how = (f"signal {signal.Signals(-os.waitstatus_to_exitcode(status)).name}"
+               if os.WIFSIGNALED(status) else f"status {os.waitstatus_to_exitcode(status)}")
+        if w.stopping or self.stopping is not None:
+            log.info("worker %d exited (%s)", w.pid, how)
+            return
+        if self.booting:
+            log.error("worker %d failed to start (%s); stopping", w.pid, how)
+            self.exit_status = os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1
+            self.exit_status = self.exit_status or 1
+            self._stop()
+            return
+        if self.reload is not None and w.generation == self.reload[0]:
+            log.error("reload failed: new worker %d exited (%s); the old workers keep serving",
+                      w.pid, how)
+            self._abandon_reload()
+            return
+        if w.generation != self.generation:
+            return
+        young = time.monotonic() - w.started < YOUNG
+        failures = self.failures.get(w.slot, 0) + 1 if young else 0
+        self.failures[w.slot] = failures
+        delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** max(0, failures - 1)) if young else 0.0
+        log.warning("worker %d died (%s); restarting slot %d in %.1fs", w.pid, how, w.slot, delay)
+        self.restarts[w.slot] = time.monotonic() + delay
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self.stopping is None:
+            for slot, when in list(self.restarts.items()):
+                if when <= now:
+                    del self.restarts[slot]
+                    self._spawn(slot, self.generation, self.config)
+        if self.reload is not None:
+            generation, config, deadline = self.reload
+            new = [w for w in self.workers.values() if w.generation == generation]
+            if new and all(w.ready for w in new) and len(new) == self.count:
+                old = [w for w in self.workers.values() if w.generation != generation]
+                self.generation, self.config, self.reload = generation, config, None
+                self.restarts.clear()
+                for w in old:
+                    self._signal(w, signal.SIGTERM)
+                log.info("reloaded: generation %d serving, %d old workers draining",
+                         generation, len(old))
+            elif now > deadline:
+                log.error("reload failed: new workers did not listen within %gs; the old "
+                          "workers keep serving", READY_TIMEOUT)
+                self._abandon_reload()
+        if (self.stopping is not None
+                and now - self.stopping > self.config.server.shutdown_grace + KILL_AFTER):
+            for w in self.workers.values():
+                self._signal(w, signal.SIGKILL)
+
+    # -- reload and stop --------------------------------------------------------------------------
+    def _start_reload(self) -> None:
+        if self.reload is not None:
+            log.warning("SIGHUP ignored: a reload is already in progress")
+            return
+        try:
+            config = load_config(self.path)
+        except ConfigError as e:
+            log.error("reload failed: config error: %s; the old workers keep serving", e)
+            return
+        generation = self.generation + 1
+        self.reload = (generation, config, time.monotonic() + READY_TIMEOUT)
+        log.info("SIGHUP: reloading %s (generation %d)", config.source, generation)
+        for slot in range(self.count):
+            self._spawn(slot, generation, config)
+
+    def _abandon_reload(self) -> None:
+        assert self.reload is not None
+        generation = self.reload[0]
+        self.reload = None
+        for w in self.workers.values():
+            if w.generation == generation:
+                self._signal(w, signal.SIGTERM)
+
+    def _stop(self) -> None:
+        if self.stopping is not None:  # a second signal: end the streams now
+            for w in self.workers.values():
+                self._signal(w, signal.SIGQUIT)
+            return
+        self.stopping = time.monotonic()
+        self.restarts.clear()
+        log.info("stopping: %d workers draining", len(self.workers))
+        for w in self.workers.values():
+            self._signal(w, signal.SIGTERM)
+
+    def _signal(self, w: Worker, sig: int) -> None:
+        w.stopping = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(w.pid, sig)
+
+
+def _mark_metrics_dead(pid: int) -> None:
+    """prometheus-client's multi-process mode keeps a dead worker's live gauges otherwise."""
+    if os.environ.get(PROMETHEUS_ENV):
+        with contextlib.suppress(Exception):
+            from prometheus_client import multiprocess
+            multiprocess.mark_process_dead(pid)
+

@@ -1,0 +1,183 @@
+"""`store: true` end to end: the decision before routing, the write after the request, and the
+`/v1/chat/completions` list / retrieve / update / delete / messages endpoints.
+
+Before routing (`before_upstream`): a request to store has its body snapshotted, its `metadata`
+checked, and `record.capture` set so the executor tees the answer into a CompletionBuilder. The
+proxy consumes `store` and, when it stores, `metadata`: neither is forwarded to any provider.
+After the request (`observe`, an AppState observer): a successful, complete answer is queued
+for the backend's background writer; an errored, truncated, cancelled or disconnected one is not
+stored at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from streamproxy.errors import InvalidRequest, NotFound
+from streamproxy.openai_api.request import ChatRequest
+from streamproxy.record import RequestRecord
+from streamproxy.server.observing import AUTH_KEY
+from streamproxy.storage.base import CompletionStore, StoredCompletion
+from streamproxy.storage.config import StorageConfig
+from streamproxy.storage.objects import (
+    check_metadata,
+    completion_object,
+    deleted_object,
+    message_objects,
+    messages_page,
+    page,
+    parse_list_query,
+    parse_page,
+)
+from streamproxy.storage.sqlite import SQLiteStore
+
+log = logging.getLogger("streamproxy.storage")
+
+
+def owner_of(request: Mapping[str, Any]) -> str:
+    """The name of the proxy key that authenticated the request (server/auth.py), "" when
+    auth is off: the scope of every stored completion and cache entry."""
+    key = request.get(AUTH_KEY)
+    if key is not None:
+        return key.name
+    return request.get("auth_key_name") or ""
+
+
+@dataclass(slots=True)
+class StoreTicket:
+    owner: str
+    request: dict[str, Any]
+    metadata: dict[str, str]
+
+
+class StoredCompletions:
+    def __init__(self, cfg: StorageConfig, store: CompletionStore | None = None) -> None:
+        self.cfg = cfg
+        self.store: CompletionStore = store or SQLiteStore(cfg.path,
+                                                           max_pending=cfg.max_pending)
+
+    # -- the chat request --------------------------------------------------------------------
+    def before_upstream(self, request: web.Request, req: ChatRequest,
+                        record: RequestRecord) -> None:
+        body = req.body
+        wanted = body.get("store") is True or self.cfg.force_store
+        if not wanted:
+            if "store" in body:  # store: false — ours to consume too
+                del body["store"]
+                req.raw = orjson.dumps(body)
+            return
+        metadata = check_metadata(body.get("metadata"))
+        snapshot = {k: v for k, v in body.items() if k != "store"}
+        body.pop("store", None)
+        body.pop("metadata", None)
+        req.raw = orjson.dumps(body)
+        record.capture = True
+        pending = record.pending if record.pending is not None else {}
+        pending["store"] = StoreTicket(owner_of(request), snapshot, dict(metadata))
+        record.pending = pending
+
+    def observe(self, record: RequestRecord) -> None:
+        ticket = record.pending.get("store") if record.pending else None
+        if ticket is None or not _succeeded(record):
+            return
+        try:
+            item = self._stored(record, ticket)
+        except Exception:
+            log.exception("could not prepare a completion for storage")
+            return
+        if item is not None:
+            self.store.add(item)
+
+    def _stored(self, record: RequestRecord, ticket: StoreTicket) -> StoredCompletion | None:
+        answer = record.response
+        if answer is None:
+            builder = record.builder
+            if builder is None or not builder.ended or builder.failure is not None:
+                return None
+            if (ticket.request.get("n") or 1) > 1:
+                return None  # the builder keeps choice 0 only: never store half an answer
+            answer = builder.completion(completion_id=builder.id or record.completion_id or "",
+                                        created=builder.created or int(time.time()),
+                                        model=record.model or "")
+        if not answer.get("id"):
+            return None
+        return StoredCompletion(
+            id=answer["id"], owner=ticket.owner, created=int(answer.get("created") or 0),
+            model=str(answer.get("model") or record.model or ""),
+            request_model=ticket.request.get("model"), metadata=ticket.metadata,
+            request=ticket.request, response=answer)
+
+    # -- the endpoints -----------------------------------------------------------------------
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/v1/chat/completions", self.list_completions)
+        r.add_get("/v1/chat/completions/{completion_id}", self.retrieve)
+        r.add_post("/v1/chat/completions/{completion_id}", self.update)
+        r.add_delete("/v1/chat/completions/{completion_id}", self.delete)
+        r.add_get("/v1/chat/completions/{completion_id}/messages", self.list_messages)
+
+    async def list_completions(self, request: web.Request) -> web.Response:
+        items, has_more = await self.store.list(owner_of(request),
+                                                parse_list_query(request.query))
+        return _json(page([completion_object(i) for i in items], has_more))
+
+    async def retrieve(self, request: web.Request) -> web.Response:
+        return _json(completion_object(await self._get(request)))
+
+    async def update(self, request: web.Request) -> web.Response:
+        try:
+            body = orjson.loads(await request.read() or b"{}")
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict) or "metadata" not in body:
+            raise InvalidRequest("Only 'metadata' can be updated on a stored chat completion.",
+                                 param="metadata", code="missing_required_parameter")
+        metadata = check_metadata(body["metadata"])
+        cid = request.match_info["completion_id"]
+        item = await self.store.update_metadata(owner_of(request), cid, metadata)
+        if item is None:
+            raise _not_found(cid)
+        return _json(completion_object(item))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        cid = request.match_info["completion_id"]
+        if not await self.store.delete(owner_of(request), cid):
+            raise _not_found(cid)
+        return _json(deleted_object(cid))
+
+    async def list_messages(self, request: web.Request) -> web.Response:
+        after, limit, order = parse_page(request.query)
+        item = await self._get(request)
+        return _json(messages_page(message_objects(item), after, limit, order))
+
+    async def _get(self, request: web.Request) -> StoredCompletion:
+        cid = request.match_info["completion_id"]
+        item = await self.store.get(owner_of(request), cid)
+        if item is None:
+            raise _not_found(cid)
+        return item
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+def _not_found(cid: str) -> NotFound:
+    # The same answer for "never existed" and "another key's": ids reveal nothing.
+    return NotFound(f"No stored chat completion found with id '{cid}'.", param="completion_id",
+                    code="not_found")
+
+
+def _json(obj: Any) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), content_type="application/json")
+
+
+def _succeeded(record: RequestRecord) -> bool:
+    return (record.status < 400 and record.error_type is None
+            and not record.client_disconnected)

@@ -1,0 +1,248 @@
+"""The embedded backend: one SQLite file, owned by one background thread.
+
+Every operation runs on that thread, in submission order, on its one connection — so there is
+no locking, the event loop never touches the disk, and a read issued after a write sees it.
+Writes queued by observers are drained in batches: each batch is one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from streamproxy.errors import InvalidRequest, ProxyError
+from streamproxy.storage.base import ListQuery, StoredCompletion
+
+log = logging.getLogger("streamproxy.storage")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS stored_completions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- insertion order: the list's sort and cursor
+    owner TEXT NOT NULL,
+    id TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    request_model TEXT,
+    metadata TEXT NOT NULL,
+    request TEXT NOT NULL,
+    response TEXT NOT NULL,
+    UNIQUE (owner, id)
+);
+CREATE INDEX IF NOT EXISTS stored_completions_owner_seq ON stored_completions (owner, seq);
+"""
+_COLUMNS = "id, owner, created, model, request_model, metadata, request, response"
+_STOP = object()
+_BATCH_MAX = 256
+
+
+class StorageUnavailable(ProxyError):
+    code = "storage_error"
+
+
+class SQLiteStore:
+    def __init__(self, path: str, *, max_pending: int = 10_000) -> None:
+        self.path = path
+        self.max_pending = max_pending
+        self.dropped = 0
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._open_error: Exception | None = None
+
+    # -- the loop side ---------------------------------------------------------------------
+    def _ensure_started(self) -> None:
+        # Lazy: a proxy that never stores anything never creates the file.
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="streamproxy-sqlite",
+                                            daemon=True)
+            self._thread.start()
+
+    def add(self, item: StoredCompletion) -> bool:
+        self._ensure_started()
+        if self._queue.qsize() >= self.max_pending:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("storage is behind: %d stored completions dropped so far",
+                            self.dropped)
+            return False
+        self._queue.put(item)
+        return True
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self._ensure_started()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put((fn, args, future, loop))
+        return await future
+
+    async def get(self, owner: str, completion_id: str) -> StoredCompletion | None:
+        return await self._call(_get, owner, completion_id)
+
+    async def list(self, owner: str, query: ListQuery) -> tuple[list[StoredCompletion], bool]:
+        return await self._call(_list, owner, query)
+
+    async def update_metadata(self, owner: str, completion_id: str,
+                              metadata: dict[str, str]) -> StoredCompletion | None:
+        return await self._call(_update_metadata, owner, completion_id, metadata)
+
+    async def delete(self, owner: str, completion_id: str) -> bool:
+        return await self._call(_delete, owner, completion_id)
+
+    async def flush(self) -> None:
+        await self._call(_noop)
+
+    async def close(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        self._queue.put(_STOP)  # after every queued write: those still land
+        await asyncio.to_thread(thread.join, 30)
+        self._thread = None
+
+    # -- the thread side -------------------------------------------------------------------
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = _connect(self.path)
+        except (sqlite3.Error, OSError) as e:
+            self._open_error = e
+            log.error("cannot open the storage database %s: %s", self.path, e)
+        carried: Any = None
+        while True:
+            job = carried if carried is not None else self._queue.get()
+            carried = None
+            if job is _STOP:
+                break
+            if isinstance(job, StoredCompletion):
+                batch = [job]
+                while len(batch) < _BATCH_MAX:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(more, StoredCompletion):
+                        batch.append(more)
+                    else:
+                        carried = more  # a read or the stop: after this batch, in order
+                        break
+                self._write(conn, batch)
+            else:
+                self._answer(conn, *job)
+        if conn is not None:
+            conn.close()
+
+    def _write(self, conn: sqlite3.Connection | None, batch: list[StoredCompletion]) -> None:
+        if conn is None:
+            return  # the open error was logged once
+        try:
+            with conn:
+                conn.executemany(
+                    f"INSERT OR REPLACE INTO stored_completions ({_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [_row(item) for item in batch])
+        except (sqlite3.Error, TypeError) as e:
+            log.error("could not store %d completions: %s", len(batch), e)
+
+    def _answer(self, conn: sqlite3.Connection | None, fn: Callable[..., Any],
+                args: tuple[Any, ...], future: asyncio.Future[Any],
+                loop: asyncio.AbstractEventLoop) -> None:
+        result: Any = None
+        error: BaseException | None = None
+        if conn is None:
+            error = StorageUnavailable(f"stored completions are unavailable: {self._open_error}")
+        else:
+            try:
+                result = fn(conn, *args)
+            except ProxyError as e:
+                error = e
+            except Exception:  # the thread must survive: every waiter gets an answer
+                log.exception("storage query failed")
+                error = StorageUnavailable("the stored completions database failed")
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            loop.call_soon_threadsafe(_resolve, future, result, error)
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(SCHEMA)
+    conn.isolation_level = ""  # `with conn:` = one transaction per batch
+    return conn
+
+
+def _row(item: StoredCompletion) -> tuple[Any, ...]:
+    return (item.id, item.owner, item.created, item.model, item.request_model,
+            orjson.dumps(item.metadata).decode(), orjson.dumps(item.request).decode(),
+            orjson.dumps(item.response).decode())
+
+
+def _item(row: tuple[Any, ...]) -> StoredCompletion:
+    cid, owner, created, model, request_model, metadata, request, response = row
+    return StoredCompletion(cid, owner, created, model, request_model, orjson.loads(metadata),
+                            orjson.loads(request), orjson.loads(response))
+
+
+def _noop(conn: sqlite3.Connection) -> None:
+    return None
+
+
+def _get(conn: sqlite3.Connection, owner: str, cid: str) -> StoredCompletion | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM stored_completions WHERE owner = ? AND id = ?",
+                       (owner, cid)).fetchone()
+    return _item(row) if row else None
+
+
+def _list(conn: sqlite3.Connection, owner: str,
+          q: ListQuery) -> tuple[list[StoredCompletion], bool]:
+    where, params = ["owner = ?"], [owner]
+    if q.model:
+        where.append("(model = ? OR request_model = ?)")
+        params += [q.model, q.model]
+    for key, value in q.metadata.items():
+        where.append("EXISTS (SELECT 1 FROM json_each(stored_completions.metadata) AS m "
+                     "WHERE m.key = ? AND m.value = ?)")
+        params += [key, value]
+    if q.after:
+        row = conn.execute("SELECT seq FROM stored_completions WHERE owner = ? AND id = ?",
+                           (owner, q.after)).fetchone()
+        if row is None:
+            raise InvalidRequest(f"No stored chat completion found with id '{q.after}'.",
+                                 param="after", code="invalid_value")
+        where.append("seq > ?" if q.order == "asc" else "seq < ?")
+        params.append(row[0])
+    direction = "ASC" if q.order == "asc" else "DESC"
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM stored_completions WHERE {' AND '.join(where)} "
+        f"ORDER BY seq {direction} LIMIT ?", (*params, q.limit + 1)).fetchall()
+    return [_item(r) for r in rows[: q.limit]], len(rows) > q.limit
+
+
+def _update_metadata(conn: sqlite3.Connection, owner: str, cid: str,
+                     metadata: dict[str, str]) -> StoredCompletion | None:
+    with conn:
+        cur = conn.execute("UPDATE stored_completions SET metadata = ? WHERE owner = ? AND id = ?",
+                           (orjson.dumps(metadata).decode(), owner, cid))
+    return _get(conn, owner, cid) if cur.rowcount else None
+
+
+def _delete(conn: sqlite3.Connection, owner: str, cid: str) -> bool:
+    with conn:
+        cur = conn.execute("DELETE FROM stored_completions WHERE owner = ? AND id = ?",
+                           (owner, cid))
+    return cur.rowcount > 0

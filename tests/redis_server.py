@@ -1,0 +1,66 @@
+"""A real, throwaway `redis-server` for tests: its own port, no persistence, bounded start-up,
+killed at teardown. A missing binary is a test failure with instructions, never a skip."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+MISSING = ("redis-server is not installed, and the Redis cache tests need a real one. "
+           "`make test` installs it when run as root (apt-get); otherwise install it yourself, "
+           "e.g. `sudo apt-get install -y redis-server`.")
+START_TIMEOUT = 10.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """Start redis-server on a free loopback port; yield its URL."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail(MISSING, pytrace=False)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--daemonize", "no", "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _answers_ping(port):
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                pytest.fail(f"redis-server exited at start-up: {err.strip()}", pytrace=False)
+            if time.monotonic() > deadline:
+                pytest.fail(f"redis-server did not answer within {START_TIMEOUT:g}s",
+                            pytrace=False)
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr:
+            proc.stderr.close()

@@ -1,0 +1,214 @@
+"""The JSON access log: one line per request, the documented fields, no secret anywhere in any
+log, bodies only when the operator opts in."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+import pytest
+
+from streamproxy.config import ConfigError
+from streamproxy.observe.access_log import (
+    ACCESS_LOGGER,
+    ParserErrorFilter,
+    access_entry,
+    configure_logging,
+    log_level,
+    parse_logging,
+)
+from streamproxy.record import RequestRecord
+from tests.helpers import collect, make_config, sse_chunks
+
+FIELDS = {"ts", "trace_id", "auth_key", "provider", "model", "status", "stream", "ttft_ms",
+          "duration_ms", "prompt_tokens", "completion_tokens", "cached_tokens", "finish_reason",
+          "attempts", "target_index", "fallbacks", "client_disconnected", "error_type",
+          "error_code", "upstream_errors", "bytes_in", "bytes_out", "chunks", "max_gap_ms"}
+USER = [{"role": "user", "content": "a fairly private question"}]
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [orjson.loads(r.getMessage()) for r in caplog.records if r.name == ACCESS_LOGGER.name]
+
+
+def mock_config(**sections: Any) -> Any:
+    return make_config({"mock": {"type": "mock", "default_model": "fast"}}, default="mock",
+                       **sections)
+
+
+async def test_one_line_per_request_with_the_documented_fields(
+        proxy: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    client = await proxy(mock_config())
+    body = await (await client.post("/v1/chat/completions", headers={
+        "x-portkey-trace-id": "trace-stream-1"}, json={
+        "model": "fast:tokens=7", "stream": True, "messages": USER})).read()
+    assert collect(sse_chunks(body)).done
+    await (await client.post("/v1/chat/completions", json={
+        "model": "fast:tokens=3", "messages": USER})).read()
+    await (await client.post("/v1/chat/completions", data=b"[]")).read()
+    await (await client.get("/healthz")).read()
+
+    streamed, plain, bad = access_lines(caplog)
+    for line in (streamed, plain, bad):
+        assert set(line) == FIELDS
+        assert line["ts"].endswith("Z")
+    assert streamed["trace_id"] == "trace-stream-1"
+    assert (streamed["provider"], streamed["model"], streamed["status"]) == ("mock",
+                                                                           "fast:tokens=7", 200)
+    assert streamed["stream"] is True and streamed["finish_reason"] == "stop"
+    assert streamed["completion_tokens"] == 7 and streamed["prompt_tokens"] >= 1
+    assert streamed["ttft_ms"] >= 0 and streamed["duration_ms"] >= streamed["ttft_ms"]
+    assert streamed["attempts"] == 1 and streamed["target_index"] == 0
+    assert streamed["fallbacks"] == 0 and streamed["client_disconnected"] is False
+    assert streamed["bytes_out"] == len(body) and streamed["bytes_in"] > 0
+    assert plain["stream"] is False and plain["ttft_ms"] is None
+    assert plain["completion_tokens"] == 3
+    assert (bad["status"], bad["error_type"], bad["error_code"]) == (400,
+                                                                     "invalid_request_error",
+                                                                     "invalid_json")
+    assert "request_body" not in streamed  # not opted in
+
+
+async def test_bodies_only_when_opted_in(proxy: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    client = await proxy(mock_config(logging={"log_bodies": True}))
+    await (await client.post("/v1/chat/completions", data=b'{\n "model": "fast:tokens=2",\n'
+                             b' "messages": [{"role": "user", "content": "hi"}]\n}')).read()
+    await (await client.post("/v1/chat/completions", data=b"{broken")).read()
+    good, broken = access_lines(caplog)
+    assert good["request_body"] == {"model": "fast:tokens=2",
+                                    "messages": [{"role": "user", "content": "hi"}]}
+    assert broken["request_body"] == "{broken"
+    assert all("\n" not in r.getMessage() for r in caplog.records)
+
+
+async def test_access_log_can_be_switched_off(proxy: Any,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    client = await proxy(mock_config(logging={"access_log": False}))
+    await (await client.post("/v1/chat/completions", json={"model": "fast:tokens=1",
+                                                           "messages": USER})).read()
+    assert access_lines(caplog) == []
+
+
+async def test_no_secret_in_any_log_metric_or_response(
+        proxy: Any, upstream: Any, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys of every origin — configured provider key, proxy keys, the client's own provider
+    key, a wrong proxy key — never reach a log line, /metrics or an error message."""
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("SECRET_PROXY_KEY_ENV", "proxy-SECRET-from-env-0001")
+    secrets = ["sk-upstream-SECRET-0002", "proxy-SECRET-inline-0003", "sk-client-SECRET-0004",
+               "proxy-WRONG-SECRET-0005", "proxy-SECRET-from-env-0001"]
+    upstream.status = 401
+    upstream.content_type = "application/json"
+    upstream.body = b'{"error": {"message": "bad key", "type": "invalid_request_error"}}'
+    config = make_config({
+        "keyed": {"type": "openai", "base_url": upstream.url, "api_key": secrets[0],
+                  "default_model": "m"},
+        "clientkey": {"type": "openai", "base_url": upstream.url, "default_model": "m"},
+        "mock": {"type": "mock", "default_model": "fast"},
+    }, default="mock", auth={"keys": [
+        {"name": "inline", "key": secrets[1]},
+        {"name": "from-env", "key_env": "SECRET_PROXY_KEY_ENV"}]},
+        logging={"access_log": True})
+    client = await proxy(config)
+    bodies = []
+
+    async def call(headers: dict[str, str], **json: Any) -> None:
+        resp = await client.post("/v1/chat/completions", headers=headers,
+                                 json={"messages": USER, **json})
+        bodies.append(await resp.read())
+
+    await call({"authorization": f"Bearer {secrets[1]}"}, model="mock/fast:tokens=3",
+               stream=True)
+    await call({"x-portkey-api-key": secrets[4], "authorization": f"Bearer {secrets[2]}"},
+               model="clientkey/m")
+    await call({"authorization": f"Bearer {secrets[1]}"}, model="keyed/m", stream=True)
+    await call({"authorization": f"Bearer {secrets[3]}"}, model="mock/fast")
+    await call({"x-portkey-api-key": secrets[3]}, model="mock/fast")
+    metrics_text = await (await client.get(
+        "/metrics", headers={"authorization": f"Bearer {secrets[1]}"})).text()
+
+    # The requests did reach the upstream with the right keys...
+    sent = [{k.lower(): v for k, v in r.headers.items()}.get("authorization")
+            for r in upstream.requests]
+    assert sent == [f"Bearer {secrets[2]}", f"Bearer {secrets[0]}"]
+    # ...and no key appears anywhere we write.
+    lines = access_lines(caplog)
+    assert len(lines) == 5
+    assert {line["auth_key"] for line in lines} == {"inline", "from-env", None}
+    everything = "\n".join([r.getMessage() for r in caplog.records]
+                           + [caplog.text, metrics_text] + [b.decode() for b in bodies])
+    for secret in secrets:
+        assert secret not in everything
+        assert secret[-8:] not in everything
+
+
+def test_entry_of_a_rejected_request_is_complete() -> None:
+    r = RequestRecord(trace_id="t", status=401, error_type="authentication_error",
+                      error_code="invalid_api_key")
+    r.finished = r.started
+    entry = access_entry(r, now=0.0)
+    assert set(entry) == FIELDS
+    assert entry["ts"] == "1970-01-01T00:00:00.000Z"
+    assert entry["provider"] is None and entry["duration_ms"] == 0.0
+
+
+def test_logging_section_is_validated() -> None:
+    assert parse_logging(mock_config()).log_bodies is False
+    assert parse_logging(mock_config(logging={"log_bodies": True})).log_bodies is True
+    for bad, key in (({"log_bodies": "yes"}, "logging.log_bodies"),
+                     ({"level": "debug"}, "logging.level"), ([1], "logging")):
+        with pytest.raises(ConfigError) as e:
+            parse_logging(mock_config(logging=bad))
+        assert e.value.key == key
+
+
+def test_log_level_from_config_or_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = make_config({"mock": {"type": "mock"}}, server={"log_level": "warning"})
+    monkeypatch.delenv("STREAMPROXY_LOG_LEVEL", raising=False)
+    assert log_level(config) == "warning"
+    monkeypatch.setenv("STREAMPROXY_LOG_LEVEL", "DEBUG")
+    assert log_level(config) == "debug"
+    monkeypatch.setenv("STREAMPROXY_LOG_LEVEL", "loud")
+    with pytest.raises(ConfigError, match="STREAMPROXY_LOG_LEVEL"):
+        log_level(config)
+
+
+def test_configure_logging_sends_access_lines_to_stdout_whatever_the_level(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("STREAMPROXY_LOG_LEVEL", "error")
+    saved = (ACCESS_LOGGER.handlers[:], ACCESS_LOGGER.propagate, ACCESS_LOGGER.level)
+    root = logging.getLogger()
+    root_saved = (root.handlers[:], root.level)
+    try:
+        root.handlers[:] = []
+        configure_logging(mock_config())
+        assert root.level == logging.ERROR
+        ACCESS_LOGGER.info('{"trace_id":"x"}')
+        logging.getLogger("streamproxy.test").info("hidden at level error")
+        out, err = capsys.readouterr()
+        assert out.strip() == '{"trace_id":"x"}'
+        assert "hidden" not in err
+    finally:
+        ACCESS_LOGGER.handlers[:], ACCESS_LOGGER.propagate, _ = saved
+        ACCESS_LOGGER.setLevel(saved[2])
+        root.handlers[:] = root_saved[0]
+        root.setLevel(root_saved[1])
+
+
+def test_a_refused_oversized_header_is_logged_without_its_content() -> None:
+    from aiohttp.http_exceptions import LineTooLong
+
+    try:
+        raise LineTooLong(b"Bearer sk-SECRET-in-a-huge-header", "8190")
+    except LineTooLong as e:
+        exc_info = (type(e), e, e.__traceback__)
+    record = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1,
+                               "Error handling request", (), exc_info)
+    assert ParserErrorFilter().filter(record)
+    text = logging.Formatter().format(record)
+    assert "SECRET" not in text and "LineTooLong" in text and "400" in text

@@ -1,0 +1,209 @@
+"""Proxy authentication: keys in `Authorization` or `x-portkey-api-key`, every endpoint but
+/healthz, per-key providers (403) and rate limits (429 + Retry-After), OpenAI-shaped errors, and
+a proxy key in `Authorization` is never forwarded as the provider key."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+import pytest
+
+from streamproxy.config import ConfigError
+from streamproxy.server.auth import TokenBucket, parse_auth, presented_key
+from tests.helpers import make_config
+
+USER = [{"role": "user", "content": "hi"}]
+KEY_A, KEY_B = "proxy-key-team-a-0123456789", "proxy-key-team-b-9876543210"
+COMPLETION = orjson.dumps({
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+
+def config(upstream_url: str, **key_a: Any) -> Any:
+    return make_config({
+        "up": {"type": "openai", "base_url": upstream_url, "default_model": "m"},
+        "mock": {"type": "mock", "default_model": "fast"},
+    }, default="up", auth={"keys": [{"name": "team-a", "key": KEY_A, **key_a},
+                                    {"name": "team-b", "key": KEY_B}]})
+
+
+@pytest.fixture
+def json_upstream(upstream: Any) -> Any:
+    upstream.content_type = "application/json"
+    upstream.body = COMPLETION
+    return upstream
+
+
+def assert_error(body: dict[str, Any], status_type: str, code: str | None) -> str:
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["type"] == status_type
+    assert body["error"]["code"] == code
+    return body["error"]["message"]
+
+
+def sent_auth(upstream: Any) -> list[str | None]:
+    return [{k.lower(): v for k, v in r.headers.items()}.get("authorization")
+            for r in upstream.requests]
+
+
+async def test_every_endpoint_but_healthz_needs_a_key(proxy: Any, json_upstream: Any) -> None:
+    client = await proxy(config(json_upstream.url))
+    assert (await client.get("/healthz")).status == 200
+    for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/models"),
+                         ("GET", "/metrics"), ("GET", "/nowhere")):
+        resp = await client.request(method, path, json={"messages": USER})
+        assert resp.status == 401, path
+        message = assert_error(await resp.json(), "authentication_error", "invalid_api_key")
+        assert "Missing proxy API key" in message
+    resp = await client.get("/v1/models", headers={"authorization": "Bearer wrong"})
+    assert resp.status == 401
+    assert "Invalid proxy API key" in assert_error(await resp.json(), "authentication_error",
+                                                   "invalid_api_key")
+    for headers in ({"authorization": f"Bearer {KEY_A}"}, {"x-portkey-api-key": KEY_B},
+                    {"authorization": f"bearer   {KEY_A}  "}):
+        assert (await client.get("/v1/models", headers=headers)).status == 200
+        assert (await client.get("/metrics", headers=headers)).status == 200
+    assert json_upstream.requests == []
+
+
+async def test_a_proxy_key_in_authorization_is_not_forwarded_upstream(
+        proxy: Any, json_upstream: Any) -> None:
+    client = await proxy(config(json_upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER},
+                             headers={"authorization": f"Bearer {KEY_A}"})
+    assert resp.status == 200
+    # With x-portkey-api-key carrying the proxy key, Authorization is the provider key.
+    resp = await client.post("/v1/chat/completions", json={"messages": USER},
+                             headers={"x-portkey-api-key": KEY_A,
+                                      "authorization": "Bearer sk-provider"})
+    assert resp.status == 200
+    assert sent_auth(json_upstream) == [None, "Bearer sk-provider"]
+
+
+async def test_without_auth_the_client_key_is_forwarded_as_before(
+        proxy: Any, json_upstream: Any) -> None:
+    client = await proxy(make_config({"up": {"type": "openai", "base_url": json_upstream.url,
+                                             "default_model": "m"}}, default="up"))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER},
+                             headers={"authorization": "Bearer sk-provider"})
+    assert resp.status == 200
+    assert sent_auth(json_upstream) == ["Bearer sk-provider"]
+
+
+async def test_allowed_providers_is_enforced_after_routing(proxy: Any,
+                                                           json_upstream: Any) -> None:
+    client = await proxy(config(json_upstream.url, allowed_providers=["mock"]))
+    a = {"authorization": f"Bearer {KEY_A}"}
+    resp = await client.post("/v1/chat/completions", headers=a,
+                             json={"model": "up/m", "messages": USER})
+    assert resp.status == 403
+    message = assert_error(await resp.json(), "permission_error", "provider_not_allowed")
+    assert "'team-a'" in message and "'up'" in message
+    resp = await client.post("/v1/chat/completions", headers={**a, "x-portkey-provider": "up"},
+                             json={"model": "m", "messages": USER})
+    assert resp.status == 403
+    resp = await client.post("/v1/chat/completions", headers=a,
+                             json={"model": "mock/fast:tokens=2", "messages": USER})
+    assert resp.status == 200
+    resp = await client.post("/v1/chat/completions", headers={"authorization": f"Bearer {KEY_B}"},
+                             json={"model": "up/m", "messages": USER})
+    assert resp.status == 200  # team-b has no provider restriction
+    assert len(json_upstream.requests) == 1
+
+
+async def test_rate_limit_per_key_is_429_with_retry_after(proxy: Any,
+                                                          json_upstream: Any) -> None:
+    client = await proxy(config(json_upstream.url,
+                                rate_limit={"requests_per_minute": 6, "burst": 2}))
+    a = {"authorization": f"Bearer {KEY_A}"}
+    statuses = []
+    for _ in range(3):
+        resp = await client.post("/v1/chat/completions", headers=a, json={"messages": USER})
+        statuses.append(resp.status)
+        last = resp
+    assert statuses == [200, 200, 429]
+    assert 1 <= int(last.headers["retry-after"]) <= 10  # one token per 10 s
+    message = assert_error(await last.json(), "rate_limit_error", "rate_limit_exceeded")
+    assert "team-a" in message and KEY_A not in message
+    # Another key has its own bucket.
+    resp = await client.post("/v1/chat/completions", headers={"x-portkey-api-key": KEY_B},
+                             json={"messages": USER})
+    assert resp.status == 200
+
+
+def test_token_bucket_refills_at_its_rate() -> None:
+    bucket = TokenBucket(per_minute=60, burst=2)  # one per second
+    assert bucket.take(100.0) is None
+    assert bucket.take(100.0) is None
+    assert bucket.take(100.0) == pytest.approx(1.0)
+    assert bucket.take(100.5) == pytest.approx(0.5)
+    assert bucket.take(101.0) is None
+    assert bucket.take(1000.0) is None and bucket.take(1000.0) is None  # capped at burst
+    assert bucket.take(1000.0) is not None
+
+
+def test_identify_compares_against_every_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    auth = parse_auth(config("http://x"))
+    assert auth is not None
+    assert auth.identify(KEY_A).name == "team-a"  # type: ignore[union-attr]
+    assert auth.identify(KEY_B).name == "team-b"  # type: ignore[union-attr]
+    for wrong in (KEY_A[:-1], KEY_A + "x", "", KEY_A.upper(), "\udcff"):
+        assert auth.identify(wrong) is None
+    calls = []
+    import hmac
+    real = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
+    auth.identify(KEY_A)
+    assert len(calls) == 2  # no early exit on the first match
+    assert "proxy-key" not in repr(auth)
+
+
+def test_presented_key() -> None:
+    assert presented_key({"authorization": "Bearer k"}) == ("k", True)
+    assert presented_key({"x-portkey-api-key": "k", "authorization": "Bearer p"}) == ("k", False)
+    assert presented_key({"authorization": "Basic abc"}) == (None, False)
+    assert presented_key({"authorization": "Bearer "}) == (None, True)
+    assert presented_key({}) == (None, False)
+
+
+@pytest.mark.parametrize(("auth", "key", "fragment"), [
+    ({"keys": []}, "auth.keys", "non-empty"),
+    ({"keys": [{"key": "k"}]}, "auth.keys[0].name", "required"),
+    ({"keys": [{"name": "a"}]}, "auth.keys[0]", "exactly one"),
+    ({"keys": [{"name": "a", "key": "k", "key_env": "E"}]}, "auth.keys[0]", "exactly one"),
+    ({"keys": [{"name": "a", "key_env": "STREAMPROXY_TEST_UNSET"}]}, "auth.keys[0].key_env",
+     "not set"),
+    ({"keys": [{"name": "a", "key": "k"}, {"name": "a", "key": "j"}]}, "auth.keys[1].name",
+     "duplicate"),
+    ({"keys": [{"name": "a", "key": "k"}, {"name": "b", "key": "k"}]}, "auth.keys[1]",
+     "twice"),
+    ({"keys": [{"name": "a", "key": "k", "allowed_providers": ["nope"]}]},
+     "auth.keys[0].allowed_providers", "not a configured provider"),
+    ({"keys": [{"name": "a", "key": "k", "rate_limit": {"requests_per_minute": 0}}]},
+     "auth.keys[0].rate_limit.requests_per_minute", "positive"),
+    ({"keys": [{"name": "a", "key": "k", "rate_limit": {"requests_per_minute": 5,
+                                                         "burst": 1.5}}]},
+     "auth.keys[0].rate_limit.burst", "positive integer"),
+    ({"keys": [{"name": "a", "key": "k", "role": "admin"}]}, "auth.keys[0].role", "unknown"),
+    ({"tokens": []}, "auth", "one key"),
+])
+def test_auth_config_errors(auth: Any, key: str, fragment: str,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STREAMPROXY_TEST_UNSET", raising=False)
+    cfg = make_config({"mock": {"type": "mock"}}, auth=auth)
+    with pytest.raises(ConfigError) as e:
+        parse_auth(cfg)
+    assert e.value.key == key
+    assert fragment in e.value.reason
+    assert "'k'" not in str(e.value)
+
+
+def test_default_burst_is_a_minute_of_requests() -> None:
+    auth = parse_auth(make_config({"mock": {"type": "mock"}}, auth={"keys": [
+        {"name": "a", "key": "k", "rate_limit": {"requests_per_minute": 2.5}}]}))
+    assert auth is not None and auth.keys[0].bucket is not None
+    assert auth.keys[0].bucket.burst == math.ceil(2.5)

@@ -1,0 +1,459 @@
+"""The response cache: Portkey's `cache: {mode: simple, max_age}` config and headers, streamed
+hits replayed byte for byte (modulo a fresh id and created), non-streamed hits, expiry, what is
+never cached, the LRU bound, and two proxy instances sharing hits through a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from streamproxy.cache import entry as cached
+from streamproxy.cache.backends import MemoryCache, RedisCache
+from streamproxy.cache.config import parse_cache_settings
+from streamproxy.cache.key import cache_key
+from streamproxy.config import ConfigError
+from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
+from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
+from streamproxy.providers.openai_compat import PassthroughTranslator
+from streamproxy.server.store_and_cache import FEATURES
+from tests.helpers import (
+    collect,
+    fixture_bytes,
+    jsonl_to_sse,
+    make_config,
+    random_splits,
+    sse_chunks,
+)
+from tests.redis_server import redis_server
+
+USER = [{"role": "user", "content": "Hello"}]
+STATUS = "x-portkey-cache-status"
+ANTHROPIC_FIXTURES = {
+    "text": jsonl_to_sse(fixture_bytes("anthropic/vercel-ai_anthropic-text.chunks.jsonl")),
+    "thinking": fixture_bytes("anthropic/llm-anthropic_test_thinking_prompt.response0.sse"),
+    "tool-use": fixture_bytes("anthropic/sdk-python_tool_use_response.sse"),
+}
+OPENAI_FIXTURES = {
+    "text": fixture_bytes("openai/pydantic-ai_run_stream_sync.response1.sse"),
+    "tool": fixture_bytes("openai/pydantic-ai_run_stream_sync.response0.sse"),
+}
+
+
+def cache_header(**cache: Any) -> dict[str, str]:
+    return {"x-portkey-config": orjson.dumps({"cache": {"mode": "simple", **cache}}).decode()}
+
+
+def config(upstream_url: str | None = None, kind: str = "anthropic", **sections: Any) -> Any:
+    providers: dict[str, Any] = {
+        "mock": {"type": "mock", "default_model": "fast"},
+        "mock-openai": {"type": "mock", "wire": "openai", "default_model": "fast"},
+    }
+    if upstream_url:
+        providers["up"] = {"type": kind, "base_url": upstream_url, "api_key": "sk-secret",
+                           "default_model": "m"}
+    return make_config(providers, default="mock", **sections)
+
+
+async def post(client: Any, body: dict[str, Any], headers: dict[str, str] | None = None,
+               **extra: Any) -> tuple[Any, bytes]:
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, **body, **extra},
+                             headers=headers or {})
+    return resp, await resp.read()
+
+
+async def drained(client: Any) -> None:
+    """Wait for the cache writes of finished requests (they run in background tasks)."""
+    await client.server.app[FEATURES].cache.drain()
+
+
+_ENVELOPE = re.compile(rb'"id":"chatcmpl-[0-9a-f]+"|"created":\d+')
+
+
+def envelope_free(body: bytes) -> bytes:
+    return _ENVELOPE.sub(b"", body)
+
+
+def ids(body: bytes) -> set[str]:
+    return collect(sse_chunks(body)).ids
+
+
+# -- through the proxy ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("model", ["mock/fast:tokens=40", "mock/tools", "mock/tool"])
+@pytest.mark.parametrize("usage", [True, False])
+async def test_a_streamed_hit_replays_the_same_bytes_with_a_fresh_id(proxy: Any, model: str,
+                                                                    usage: bool) -> None:
+    client = await proxy(config())
+    body = {"model": model, "stream": True, "stream_options": {"include_usage": usage}}
+    miss, first = await post(client, body, cache_header())
+    assert miss.status == 200 and miss.headers[STATUS] == "MISS"
+    await drained(client)
+    hit, second = await post(client, body, cache_header())
+    assert hit.status == 200 and hit.headers[STATUS] == "HIT"
+    assert hit.headers["content-type"].startswith("text/event-stream")
+    assert hit.headers["x-portkey-provider"] == "mock"
+    assert envelope_free(second) == envelope_free(first)  # every delta, byte for byte
+    assert ids(first).isdisjoint(ids(second)) and len(ids(second)) == 1
+    again = collect(sse_chunks(second))
+    assert again.done and again.finish_reason and (again.usage is not None) == usage
+    assert max(again.created) >= max(collect(sse_chunks(first)).created)
+
+
+@pytest.mark.parametrize("name", ANTHROPIC_FIXTURES)
+async def test_a_recorded_anthropic_stream_replays_byte_for_byte(name: str, proxy: Any,
+                                                                 upstream: Any) -> None:
+    upstream.pieces = random_splits(ANTHROPIC_FIXTURES[name], random.Random(name), 40)
+    client = await proxy(config(upstream.url))
+    body = {"model": "up/m", "stream": True, "stream_options": {"include_usage": True}}
+    _, first = await post(client, body, cache_header())
+    await drained(client)
+    hit, second = await post(client, body, cache_header())
+    assert hit.headers[STATUS] == "HIT"
+    assert len(upstream.requests) == 1  # the hit asked nobody
+    assert envelope_free(second) == envelope_free(first)
+
+
+@pytest.mark.parametrize("name", OPENAI_FIXTURES)
+async def test_a_passthrough_stream_replays_the_same_deltas(name: str, proxy: Any,
+                                                            upstream: Any) -> None:
+    upstream.body = OPENAI_FIXTURES[name]
+    client = await proxy(config(upstream.url, kind="openai"))
+    body = {"model": "up/m", "stream": True, "stream_options": {"include_usage": True}}
+    _, first = await post(client, body, cache_header())
+    await drained(client)
+    hit, second = await post(client, body, cache_header())
+    assert hit.headers[STATUS] == "HIT" and len(upstream.requests) == 1
+    assert deltas(second) == deltas(first)
+    a, b = collect(sse_chunks(first)), collect(sse_chunks(second))
+    assert (b.content, b.tool_calls, b.finish_reason, b.usage) == (
+        a.content, a.tool_calls, a.finish_reason, a.usage)
+    assert a.ids.isdisjoint(b.ids)
+
+
+def deltas(body: bytes) -> list[Any]:
+    """Each chunk's delta content, reasoning and tool-call pieces, in order."""
+    out = []
+    for chunk in sse_chunks(body):
+        if chunk == "[DONE]" or not chunk.get("choices"):
+            continue
+        d = chunk["choices"][0].get("delta") or {}
+        for key in ("content", "reasoning_content"):
+            if d.get(key):
+                out.append((key, d[key]))
+        for tc in d.get("tool_calls") or []:
+            out.append(("tool", tc.get("index"), tc.get("id"),
+                        (tc.get("function") or {}).get("name"),
+                        (tc.get("function") or {}).get("arguments")))
+    return out
+
+
+async def test_force_refresh_and_disabled(proxy: Any, upstream: Any) -> None:
+    upstream.body = ANTHROPIC_FIXTURES["text"]
+    client = await proxy(config(upstream.url))
+    body = {"model": "up/m", "stream": True}
+    resp, _ = await post(client, body)
+    assert resp.headers[STATUS] == "DISABLED"
+    resp, _ = await post(client, body)
+    assert resp.headers[STATUS] == "DISABLED" and len(upstream.requests) == 2
+    resp, _ = await post(client, body, cache_header())
+    assert resp.headers[STATUS] == "MISS" and len(upstream.requests) == 3
+    await drained(client)
+    refresh = {**cache_header(), "x-portkey-cache-force-refresh": "true"}
+    resp, _ = await post(client, body, refresh)
+    assert resp.headers[STATUS] == "REFRESH" and len(upstream.requests) == 4
+    await drained(client)
+    resp, _ = await post(client, body, cache_header())
+    assert resp.headers[STATUS] == "HIT" and len(upstream.requests) == 4
+
+
+async def test_a_non_streamed_hit_is_the_object_with_a_fresh_id(proxy: Any) -> None:
+    client = await proxy(config())
+    body = {"model": "mock/tools"}
+    miss, first = await post(client, body, cache_header())
+    await drained(client)
+    hit, second = await post(client, body, cache_header())
+    assert (miss.headers[STATUS], hit.headers[STATUS]) == ("MISS", "HIT")
+    a, b = orjson.loads(first), orjson.loads(second)
+    assert a["id"] != b["id"] and b["id"].startswith("chatcmpl-")
+    assert b["choices"] == a["choices"] and b["usage"] == a["usage"]
+
+
+async def test_streamed_and_non_streamed_requests_share_entries(proxy: Any) -> None:
+    client = await proxy(config())
+    _, streamed = await post(client, {"model": "mock/tool", "stream": True}, cache_header())
+    await drained(client)
+    hit, whole = await post(client, {"model": "mock/tool"}, cache_header())
+    assert hit.headers[STATUS] == "HIT"
+    s, message = collect(sse_chunks(streamed)), orjson.loads(whole)["choices"][0]["message"]
+    assert message["content"] == s.content
+    assert [(t["id"], t["function"]["name"], t["function"]["arguments"])
+            for t in message["tool_calls"]] == [(t["id"], t["name"], t["arguments"])
+                                                for t in s.tool_calls]
+    _, whole = await post(client, {"model": "mock/fast:tokens=3"}, cache_header())
+    await drained(client)
+    hit, streamed = await post(client, {"model": "mock/fast:tokens=3", "stream": True},
+                               cache_header())
+    assert hit.headers[STATUS] == "HIT"
+    assert collect(sse_chunks(streamed)).content == (
+        orjson.loads(whole)["choices"][0]["message"]["content"])
+
+
+async def test_what_changes_the_answer_changes_the_key(proxy: Any, upstream: Any) -> None:
+    upstream.body = ANTHROPIC_FIXTURES["text"]
+    client = await proxy(config(upstream.url))
+    base = {"model": "up/m", "stream": True, "temperature": 0.2}
+    await post(client, base, cache_header())
+    await drained(client)
+    same = [{"user": "u2"}, {"metadata": {"a": "b"}}, {"stream_options": {"include_usage": True}},
+            {"store": False}]
+    for extra in same:
+        resp, _ = await post(client, {**base, **extra}, cache_header())
+        assert resp.headers[STATUS] == "HIT", extra
+    resp, _ = await post(client, {**base, "temperature": 0.3}, cache_header())
+    assert resp.headers[STATUS] == "MISS"
+    resp, _ = await post(client, base, {**cache_header(), "x-portkey-cache-namespace": "n2"})
+    assert resp.headers[STATUS] == "MISS"
+
+
+async def test_max_age_expires_entries(proxy: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = await proxy(config())
+    body = {"model": "mock/fast:tokens=3", "stream": True}
+    await post(client, body, cache_header(max_age=60))
+    await drained(client)
+    resp, _ = await post(client, body, cache_header(max_age=60))
+    assert resp.headers[STATUS] == "HIT"
+    real = cached.time.time
+    monkeypatch.setattr(cached.time, "time", lambda: real() + 61)
+    resp, _ = await post(client, body, cache_header(max_age=60))
+    assert resp.headers[STATUS] == "MISS"
+    resp, _ = await post(client, body, cache_header(max_age=3600))  # a longer max_age still
+    assert resp.headers[STATUS] == "HIT"                              # accepts the old entry
+
+
+async def test_failed_answers_are_never_cached(proxy: Any) -> None:
+    client = await proxy(config())
+    failing = [({"model": "mock/error", "stream": True}, {}),
+               ({"model": "mock/fast", "stream": True}, {"x-mock-options": "truncate_after=2"}),
+               ({"model": "mock/fast"}, {"x-mock-options": "status=500"})]
+    for body, headers in failing:
+        for _ in range(2):
+            resp, out = await post(client, body, {**cache_header(), **headers})
+            assert resp.headers[STATUS] == "MISS", body
+            # before the commit point an error status, after it an error frame
+            assert resp.status >= 400 or collect(sse_chunks(out)).error is not None
+            await drained(client)
+
+
+async def test_bad_cache_configs_are_400(proxy: Any) -> None:
+    client = await proxy(config())
+    for cache in ({"mode": "semantic"}, {"mode": "simple", "max_age": -1}, "simple"):
+        resp = await client.post("/v1/chat/completions", json={"model": "mock/fast",
+                                                               "messages": USER},
+                                 headers={"x-portkey-config": orjson.dumps({"cache": cache})
+                                          .decode()})
+        assert resp.status == 400, cache
+
+
+async def test_yaml_mode_caches_every_request(proxy: Any) -> None:
+    client = await proxy(config(cache={"mode": "simple", "default_max_age": 30}))
+    resp, _ = await post(client, {"model": "mock/fast:tokens=2"})
+    assert resp.headers[STATUS] == "MISS"
+    await drained(client)
+    resp, _ = await post(client, {"model": "mock/fast:tokens=2"})
+    assert resp.headers[STATUS] == "HIT"
+
+
+async def test_store_and_cache_together(proxy: Any, tmp_path: Any) -> None:
+    client = await proxy(config(storage={"path": str(tmp_path / "s.sqlite3")}))
+    body = {"model": "mock/fast:tokens=4", "stream": True, "store": True}
+    _, first = await post(client, body, cache_header())
+    await drained(client)
+    hit, second = await post(client, body, cache_header())
+    assert hit.headers[STATUS] == "HIT"
+    storage = client.server.app[FEATURES].storage.store
+    await storage.flush()
+    for out in (first, second):
+        [cid] = ids(out)
+        item = await storage.get("", cid)
+        assert item is not None
+        assert item.response["choices"][0]["message"]["content"] == collect(
+            sse_chunks(out)).content
+
+
+async def test_the_portkey_sdk_drives_the_cache(proxy: Any) -> None:
+    from portkey_ai import AsyncPortkey
+
+    client = await proxy(config())
+    pk = AsyncPortkey(base_url=str(client.make_url("/v1")), api_key="pk-unused",
+                      config={"cache": {"mode": "simple", "max_age": 60}})
+    first = await pk.chat.completions.create(model="mock/fast:tokens=5", messages=USER)
+    await drained(client)
+    second = await pk.chat.completions.create(model="mock/fast:tokens=5", messages=USER)
+    assert second.get_headers()["cache-status"] == "HIT"
+    assert second.choices[0].message.content == first.choices[0].message.content
+    assert second.id != first.id
+    refreshed = AsyncPortkey(base_url=str(client.make_url("/v1")), api_key="pk-unused",
+                             config={"cache": {"mode": "simple"}}, cache_force_refresh=True)
+    third = await refreshed.chat.completions.create(model="mock/fast:tokens=5", messages=USER)
+    assert third.get_headers()["cache-status"] == "REFRESH"
+
+
+# -- Redis: one cache, two proxy instances --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
+
+
+async def test_two_proxies_share_hits_through_redis(proxy: Any, upstream: Any,
+                                                    redis_url: str) -> None:
+    upstream.body = ANTHROPIC_FIXTURES["tool-use"]
+    cfg = config(upstream.url, cache={"backend": "redis", "redis_url": redis_url})
+    one, two = await proxy(cfg), await proxy(cfg)
+    assert one.server.app is not two.server.app
+    body = {"model": "up/m", "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": f"redis {random.random()}"}]}
+    miss, first = await post(one, body, cache_header(max_age=30))
+    assert miss.headers[STATUS] == "MISS"
+    await drained(one)
+    hit, second = await post(two, body, cache_header(max_age=30))
+    assert hit.headers[STATUS] == "HIT" and len(upstream.requests) == 1
+    assert envelope_free(second) == envelope_free(first)
+    whole, obj = await post(two, {**body, "stream": False}, cache_header(max_age=30))
+    assert whole.headers[STATUS] == "HIT" and len(upstream.requests) == 1
+    assert orjson.loads(obj)["choices"][0]["finish_reason"] == "tool_calls"
+
+
+async def test_redis_entries_expire_with_max_age(redis_url: str) -> None:
+    backend = RedisCache(redis_url)
+    try:
+        await backend.set("k-expiring", cached.from_completion({"id": "x"}), 0.05)
+        await backend.set("k-kept", cached.from_completion({"id": "y"}), 60)
+        assert (await backend.get("k-expiring"))["completion"]["id"] == "x"
+        for _ in range(100):  # Redis expires on its own clock: a bounded wait
+            if await backend.get("k-expiring") is None:
+                break
+            await asyncio.sleep(0.02)
+        assert await backend.get("k-expiring") is None
+        assert (await backend.get("k-kept"))["completion"]["id"] == "y"
+    finally:
+        await backend.close()
+
+
+async def test_an_unreachable_redis_is_a_miss_not_a_failure(proxy: Any) -> None:
+    from tests.redis_server import _free_port
+
+    cfg = config(cache={"backend": "redis", "redis_timeout": 0.5,
+                        "redis_url": f"redis://127.0.0.1:{_free_port()}/0"})
+    client = await proxy(cfg)
+    for _ in range(2):
+        resp, out = await post(client, {"model": "mock/fast:tokens=3", "stream": True},
+                               cache_header())
+        assert resp.status == 200 and resp.headers[STATUS] == "MISS"
+        assert collect(sse_chunks(out)).done
+        await drained(client)
+
+
+# -- pure parts -----------------------------------------------------------------------------
+
+def _tee(body: bytes, kind: str, pieces: list[bytes]) -> tuple[bytes, CompletionBuilder]:
+    # (as the executor does: a pass-through stream forwards its own usage chunk)
+    enc = ChunkEncoder(completion_id="chatcmpl-x", created=7, model="m",
+                       include_usage=kind == "anthropic")
+    builder = CompletionBuilder()
+    sink = TeeSink(enc, builder)
+    tr: Any = (AnthropicStreamTranslator(sink, 1 << 20) if kind == "anthropic" else
+               PassthroughTranslator(sink, 1 << 20, provider="p", client_wants_usage=True))
+    out = b""
+    for piece in pieces:
+        tr.feed(piece)
+        out += enc.take()
+    tr.close()
+    return out + enc.take(), builder
+
+
+@pytest.mark.parametrize("name", ANTHROPIC_FIXTURES)
+def test_replay_of_a_captured_stream_is_identical_at_any_split(name: str) -> None:
+    body = ANTHROPIC_FIXTURES[name]
+    rng = random.Random(name)
+    for _ in range(10):
+        original, builder = _tee(body, "anthropic", random_splits(body, rng, rng.choice([3, 60])))
+        entry = orjson.loads(orjson.dumps(cached.from_builder(builder)))  # as Redis keeps it
+        enc = ChunkEncoder(completion_id="chatcmpl-x", created=7, model="m", include_usage=True)
+        cached.replay(entry, enc)
+        assert enc.take() == original
+
+
+@pytest.mark.parametrize("name", OPENAI_FIXTURES)
+def test_replay_of_a_passthrough_stream_keeps_its_deltas(name: str) -> None:
+    body = OPENAI_FIXTURES[name]
+    original, builder = _tee(body, "openai", [body])
+    enc = ChunkEncoder(completion_id="chatcmpl-y", created=8, model="m", include_usage=True)
+    cached.replay(cached.from_builder(builder), enc)
+    replayed = enc.take()
+    assert deltas(replayed) == deltas(original)
+    assert collect(sse_chunks(replayed)).usage == collect(sse_chunks(original)).usage
+    assert builder.id == collect(sse_chunks(original)).ids.pop()  # the id the client saw
+
+
+def test_a_builder_keeps_order_as_runs_not_per_delta() -> None:
+    b = CompletionBuilder()
+    for _ in range(100):
+        b.content("x")
+    b.tool_call_start(0, "c0", "f", '{"a"')
+    b.tool_call_args(0, ": 1}")
+    b.tool_call_start(1, "c1", "g")
+    b.tool_call_args(1, "{}")
+    assert b.runs == [["c", 0, 100], ["S", 0, 1], ["a", 0, 1], ["s", 1, 1], ["a", 1, 1]]
+
+
+def test_the_key_ignores_delivery_and_bookkeeping() -> None:
+    body = {"messages": USER, "temperature": 0.1, "tools": [{"type": "function",
+                                                             "function": {"name": "f"}}]}
+    key = cache_key(namespace="", provider="p", model="m", body=body)
+    for extra in ({"stream": True}, {"stream_options": {"include_usage": True}}, {"user": "u"},
+                  {"metadata": {"a": "b"}}, {"store": True}, {"model": "p/m"}):
+        assert cache_key(namespace="", provider="p", model="m", body={**body, **extra}) == key
+    assert cache_key(namespace="", provider="p", model="m",
+                     body=dict(reversed(list(body.items())))) == key  # order-free
+    for other in (dict(namespace="team-b", provider="p", model="m", body=body),
+                  dict(namespace="", provider="q", model="m", body=body),
+                  dict(namespace="", provider="p", model="m2", body=body),
+                  dict(namespace="", provider="p", model="m", body={**body, "seed": 1}),
+                  dict(namespace="", provider="p", model="m", body=body,
+                       headers={"x-mock-options": "tokens=3"})):
+        assert cache_key(**other) != key  # type: ignore[arg-type]
+
+
+async def test_the_memory_lru_is_bounded_by_entries_and_bytes() -> None:
+    lru = MemoryCache(max_entries=2, max_bytes=10_000)
+    for k in ("a", "b"):
+        await lru.set(k, {"v": k}, 60)
+    assert await lru.get("a") is not None  # now b is the least recently used
+    await lru.set("c", {"v": "c"}, 60)
+    assert await lru.get("b") is None and len(lru) == 2
+    assert await lru.get("a") is not None and await lru.get("c") is not None
+    small = MemoryCache(max_entries=100, max_bytes=100)
+    for i in range(10):
+        await small.set(str(i), {"v": "x" * 30}, 60)
+    assert len(small) == 2 and small.bytes <= 100
+    await small.set("huge", {"v": "x" * 1000}, 60)  # bigger than the whole cache: not kept
+    assert await small.get("huge") is None and len(small) == 2
+    await small.set("gone", {"v": 1}, 0)
+    assert await small.get("gone") is None
+
+
+def test_cache_settings_are_validated() -> None:
+    assert parse_cache_settings(config()).backend == "memory"
+    for bad in ({"backend": "memcached"}, {"max_entries": 0}, {"redis_url": "http://x"},
+                {"mode": "semantic"}, {"default_max_age": "1d"}, {"nope": 1}, []):
+        with pytest.raises(ConfigError, match="cache"):
+            parse_cache_settings(config(cache=bad))

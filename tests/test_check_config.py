@@ -1,0 +1,100 @@
+"""`streamproxy check-config FILE`: prints what would be served (key names, never keys), or
+`file: key: reason` and a non-zero exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streamproxy.cli import main
+
+GOOD = """
+server: {port: 9999, max_concurrent_streams: 50}
+providers:
+  mock: {type: mock, default_model: fast, models: [fast, slow]}
+  openai: {type: openai, api_key: sk-configured-SECRET-1}
+default_provider: mock
+auth:
+  keys:
+    - name: team-a
+      key: proxy-SECRET-2
+      allowed_providers: [mock]
+      rate_limit: {requests_per_minute: 120, burst: 10}
+    - {name: team-b, key_env: CHECK_CONFIG_TEAM_B}
+logging: {log_bodies: true}
+"""
+
+
+def run(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    path = tmp_path / "proxy.yaml"
+    path.write_text(text)
+    try:
+        main(["check-config", str(path)])
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out.replace(str(path), "FILE"), err.replace(str(path), "FILE")
+
+
+def test_prints_what_it_would_serve(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHECK_CONFIG_TEAM_B", "proxy-SECRET-3")
+    code, out, err = run(tmp_path, GOOD, capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "FILE: OK"
+    assert "listen: 127.0.0.1:9999" in lines
+    assert any(line.startswith("provider mock (default): type=mock") and "fast, slow" in line
+               for line in lines)
+    assert any(line.startswith("provider openai: type=openai") and "configured key" in line
+               for line in lines)
+    assert "default provider: mock" in lines
+    assert ("auth: on, 2 key(s): team-a (providers=mock rate=120/min burst=10); team-b"
+            in lines)
+    assert "logging: level=info access_log=on request_bodies=on" in lines
+    assert any(line.startswith("limits:") and "concurrent_streams=50/worker" in line
+               for line in lines)
+    assert "SECRET" not in out + err
+
+
+def test_auth_off_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(tmp_path, "providers: {mock: {type: mock}}\n", capsys)
+    assert code == 0
+    assert any(line.startswith("auth: off") for line in out.splitlines())
+    assert "default provider: none (requests must name one)" in out
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("providers: {mock: {type: nope}}\n", "FILE: providers.mock.type: unknown provider type"),
+    ("providers: {mock: {type: mock}}\nserver: {max_concurrent_streams: 0}\n",
+     "FILE: server.max_concurrent_streams: must be a positive integer"),
+    ("providers: {mock: {type: mock}}\nauth: {keys: [{name: a, key_env: CHECK_CONFIG_UNSET}]}\n",
+     "FILE: auth.keys[0].key_env: environment variable CHECK_CONFIG_UNSET is not set"),
+    ("providers: {mock: {type: mock}}\nlogging: {log_bodies: maybe}\n",
+     "FILE: logging.log_bodies: must be true or false"),
+    ("providers: {mock: {type: mock}}\nauth: {keys: [{name: a, key: k, allowed_providers: [x]}]}"
+     "\n", "FILE: auth.keys[0].allowed_providers: 'x' is not a configured provider"),
+    ("providers: [\n", "FILE: line"),
+])
+def test_errors_name_file_key_and_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch, text: str,
+                                         expected: str) -> None:
+    monkeypatch.delenv("CHECK_CONFIG_UNSET", raising=False)
+    code, out, err = run(tmp_path, text, capsys)
+    assert code == 2
+    assert out == ""
+    assert err.startswith(expected), err
+
+
+def test_the_installed_command(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("providers: {mock: {type: mock}}\nauth: {keys: []}\n")
+    proc = subprocess.run([sys.executable, "-m", "streamproxy", "check-config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"{path}: auth.keys: must be a non-empty list (remove the "
+                                   "auth section to turn proxy authentication off)")

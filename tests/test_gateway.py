@@ -1,0 +1,339 @@
+"""Gateway controls end to end: fault-injecting upstreams on loopback, each strategy, the
+commit point, retries, breakers, headers, and the portkey-ai / openai SDKs as clients."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any
+
+import openai
+import pytest
+
+from streamproxy.providers.mock.server import mock_text
+from tests.helpers import collect, make_config, sse_chunks
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gateway_config(**sections: Any) -> Any:
+    return make_config({
+        "mock": {"type": "mock", "default_model": "fast"},
+        "mock2": {"type": "mock", "default_model": "fast"},
+        "down": {"type": "anthropic", "base_url": f"http://127.0.0.1:{closed_port()}",
+                 "api_key": "sk-down", "default_model": "m"},
+    }, default="mock", **sections)
+
+
+def leaf(model: str, provider: str = "mock", **extra: Any) -> dict[str, Any]:
+    return {"provider": provider, "override_params": {"model": model}, **extra}
+
+
+def fallback(*targets: dict[str, Any], **strategy: Any) -> str:
+    return json.dumps({"strategy": {"mode": "fallback", **strategy}, "targets": list(targets)})
+
+
+async def post(client: Any, config: str | None = None, stream: bool = True,
+               headers: dict[str, str] | None = None, **body: Any) -> Any:
+    hdrs = dict(headers or {})
+    if config is not None:
+        hdrs["x-portkey-config"] = config
+    return await client.post("/v1/chat/completions", headers=hdrs,
+                             json={"messages": USER, "stream": stream, **body})
+
+
+FAULTS = {
+    "429 with Retry-After": leaf("fast:status=429"),
+    "500": leaf("fast:status=500"),
+    "503": leaf("fast:status=503"),
+    "connection refused": {"provider": "down"},
+    "reset before the first event": leaf("fast:reset_first=1"),
+    "stall before the first byte": leaf("fast:stall_ms=5000", request_timeout=300),
+    "200 then an error event at once": leaf("fast:error_after=0"),
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+async def test_fallback_streams_the_second_target_for_every_fault_before_commit(
+        proxy: Any, fault: str) -> None:
+    client = await proxy(gateway_config())
+    resp = await post(client, fallback(FAULTS[fault], leaf("fast:tokens=7", "mock2")),
+                      stream_options={"include_usage": True})
+    assert resp.status == 200
+    c = collect(sse_chunks(await resp.read()))
+    assert c.error is None and c.done
+    assert c.content == mock_text(7) and c.finish_reason == "stop"
+    assert c.usage["completion_tokens"] == 7
+    assert resp.headers["x-portkey-provider"] == "mock2"
+    assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
+    assert resp.headers["x-portkey-retry-attempt-count"] == "1"
+    assert len(resp.headers["x-portkey-trace-id"]) == 32
+
+
+async def test_fallback_for_a_non_streamed_request(proxy: Any) -> None:
+    client = await proxy(gateway_config())
+    resp = await post(client, fallback(leaf("fast:status=500"), leaf("fast:tokens=3")),
+                      stream=False)
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["choices"][0]["message"]["content"] == mock_text(3)
+    assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
+
+
+@pytest.mark.parametrize("fault", ["fast:tokens=50,tps=20,truncate_after=3",
+                                   "fast:tokens=50,tps=20,error_after=3"])
+async def test_after_commit_a_failure_is_one_error_frame_not_a_fallback(
+        proxy: Any, fault: str) -> None:
+    client = await proxy(gateway_config())
+    resp = await post(client, fallback(leaf(fault), leaf("fast:tokens=2", "mock2")))
+    assert resp.status == 200
+    assert resp.headers["x-portkey-provider"] == "mock"
+    c = collect(sse_chunks(await resp.read()))
+    assert c.content == mock_text(3)
+    assert c.error is not None and not c.done and c.finish_reason is None
+
+
+async def test_stall_mid_stream_hits_the_idle_timeout(proxy: Any) -> None:
+    config = make_config({"mock": {"type": "mock", "default_model": "fast",
+                                   "timeouts": {"idle": 0.3}}}, default="mock")
+    client = await proxy(config)
+    resp = await post(client, model="mock/fast:tokens=5,tps=0.5")
+    c = collect(sse_chunks(await resp.read()))
+    assert c.error is not None and c.error["code"] == "upstream_timeout"
+
+
+async def test_every_target_failing_returns_the_last_error(proxy: Any) -> None:
+    client = await proxy(gateway_config())
+    resp = await post(client, fallback(leaf("fast:status=503"), {"provider": "down"}))
+    assert resp.status == 502
+    assert (await resp.json())["error"]["code"] == "upstream_unreachable"
+
+
+async def test_fallback_on_status_codes_limits_what_falls_back(proxy: Any) -> None:
+    client = await proxy(gateway_config())
+    resp = await post(client, fallback(leaf("fast:status=500"), leaf("fast"),
+                                       on_status_codes=[429]))
+    assert resp.status == 500
+
+
+async def test_retries_honour_retry_after_then_succeed_elsewhere(proxy: Any) -> None:
+    client = await proxy(gateway_config())
+    config = fallback(leaf("fast:status=429", retry={"attempts": 1}), leaf("fast:tokens=2"))
+    started = time.monotonic()
+    resp = await post(client, config)
+    elapsed = time.monotonic() - started
+    assert resp.status == 200
+    assert elapsed >= 0.95  # the mock answers 429 with `retry-after: 1`
+    assert resp.headers["x-portkey-retry-attempt-count"] == "2"  # two on the first target
+
+
+async def test_retry_without_retry_after_uses_backoff(proxy: Any) -> None:
+    client = await proxy(gateway_config())
+    config = json.dumps(leaf("fast:status=503", retry={"attempts": 2,
+                                                       "use_retry_after_header": False}))
+    started = time.monotonic()
+    resp = await post(client, config)
+    assert resp.status == 503
+    assert resp.headers.get("retry-after") == "1"
+    assert time.monotonic() - started < 2.5  # backoff ≤ 0.25 + 0.5, not the 1s header
+
+
+async def test_an_open_circuit_is_skipped(proxy: Any) -> None:
+    client = await proxy(gateway_config())
+    config = json.dumps({
+        "strategy": {"mode": "fallback",
+                     "cb_config": {"failure_threshold": 2, "cooldown_interval": 60000}},
+        "targets": [{"provider": "down"}, leaf("fast:tokens=2", "mock2")]})
+    for _ in range(2):  # two failures trip the breaker of `down`
+        resp = await post(client, config)
+        assert resp.headers["x-portkey-retry-attempt-count"] == "1"
+    resp = await post(client, config)
+    assert resp.status == 200
+    assert resp.headers["x-portkey-retry-attempt-count"] == "0"  # `down` was not tried
+    assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
+
+
+async def test_loadbalance_through_the_proxy_uses_every_weighted_target(proxy: Any) -> None:
+    client = await proxy(gateway_config())
+    config = json.dumps({"strategy": {"mode": "loadbalance"},
+                         "targets": [leaf("fast:tokens=1", "mock", weight=1),
+                                     leaf("fast:tokens=1", "mock2", weight=1)]})
+    seen = set()
+    for _ in range(30):
+        resp = await post(client, config, stream=False)
+        seen.add(resp.headers["x-portkey-provider"])
+    assert seen == {"mock", "mock2"}
+
+
+async def test_conditional_on_metadata_header(proxy: Any) -> None:
+    client = await proxy(gateway_config())
+    config = json.dumps({
+        "strategy": {"mode": "conditional",
+                     "conditions": [{"query": {"metadata.tier": "gold"}, "then": "gold"}],
+                     "default": "base"},
+        "targets": [{"name": "gold", **leaf("fast:tokens=3", "mock2")},
+                    {"name": "base", **leaf("fast:tokens=1")}]})
+    gold = await post(client, config, headers={"x-portkey-metadata": '{"tier": "gold"}'})
+    base = await post(client, config)
+    assert gold.headers["x-portkey-provider"] == "mock2"
+    assert base.headers["x-portkey-provider"] == "mock"
+    bad = await post(client, config, headers={"x-portkey-metadata": "[1]"})
+    assert bad.status == 400 and (await bad.json())["error"]["param"] == "x-portkey-metadata"
+
+
+async def test_trace_id_is_echoed(proxy: Any) -> None:
+    client = await proxy(gateway_config())
+    resp = await post(client, headers={"x-portkey-trace-id": "trace-123"}, model="mock/fast")
+    assert resp.headers["x-portkey-trace-id"] == "trace-123"
+
+
+async def test_invalid_config_header_is_a_400_naming_the_field(proxy: Any) -> None:
+    client = await proxy(gateway_config())
+    resp = await post(client, '{"strategy": {"mode": "fallback"}, "targets": [{"weight": "x"}]}')
+    assert resp.status == 400
+    err = (await resp.json())["error"]
+    assert err["param"] == "config.targets[0].weight"
+    for value in ("{not json", "no-such-config"):
+        resp = await post(client, value)
+        assert resp.status == 400
+
+
+async def test_custom_host_only_for_allowed_hosts(proxy: Any, upstream: Any) -> None:
+    upstream.body = (await _anthropic_body())
+    host = upstream.url.split("://")[1]
+    client = await proxy(gateway_config(allowed_custom_hosts=[host]))
+    ok = await post(client, json.dumps({"provider": "down", "custom_host": upstream.url}))
+    assert ok.status == 200
+    assert upstream.requests[0].path == "/v1/messages"
+    denied = await post(client, json.dumps({"provider": "down",
+                                            "custom_host": "http://169.254.169.254"}))
+    assert denied.status == 400
+    assert (await denied.json())["error"]["code"] == "custom_host_not_allowed"
+
+
+async def _anthropic_body() -> bytes:
+    from tests.helpers import fixture_bytes
+
+    return fixture_bytes("anthropic/sdk-python_tool_use_response.sse")
+
+
+async def test_named_configs_routes_virtual_keys_and_forward_headers(
+        proxy: Any, upstream: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("VK_SECRET", "sk-virtual")
+    upstream.body = await _anthropic_body()
+    config = make_config(
+        {"mock": {"type": "mock", "default_model": "fast"},
+         "claude": {"type": "anthropic", "base_url": upstream.url, "default_model": "m"}},
+        default="mock",
+        virtual_keys={"claude-prod": {"provider": "claude", "api_key_env": "VK_SECRET"}},
+        configs={"smart": {"strategy": {"mode": "fallback"}, "targets": [
+            {"provider": "mock", "override_params": {"model": "fast:status=500"}},
+            {"virtual_key": "claude-prod", "forward_headers": ["x-team"],
+             "override_params": {"model": "claude-x", "temperature": 0.5}}]}},
+        routes={"smart": "smart"})
+    client = await proxy(config)
+    resp = await post(client, model="smart", headers={"x-team": "blue"})
+    assert resp.status == 200
+    assert resp.headers["x-portkey-provider"] == "claude"
+    sent = upstream.requests[0]
+    assert sent.headers["x-api-key"] == "sk-virtual"
+    assert sent.headers["x-team"] == "blue"
+    assert sent.json()["model"] == "claude-x" and sent.json()["temperature"] == 0.5
+    by_name = await post(client, "smart", model="whatever")
+    assert by_name.status == 200
+
+
+async def test_request_timeout_header_bounds_the_first_token(proxy: Any) -> None:
+    client = await proxy(gateway_config())
+    resp = await post(client, model="mock/fast:stall_ms=3000",
+                      headers={"x-portkey-request-timeout": "200"})
+    assert resp.status == 504
+
+
+def sdk(client: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+
+
+async def test_onellm_fallback_models_and_retries_through_the_openai_sdk(
+        proxy: Any, upstream: Any) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = json.dumps({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test",
+        "content": [{"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"a": 1}}],
+        "stop_reason": "tool_use", "usage": {"input_tokens": 5, "output_tokens": 2}}).encode()
+    config = make_config({"mock": {"type": "mock", "default_model": "fast"},
+                          "claude": {"type": "anthropic", "base_url": upstream.url,
+                                     "api_key": "k"}}, default="mock")
+    client = sdk(await proxy(config))
+    raw = await client.chat.completions.with_raw_response.create(
+        model="mock/fast:status=503", messages=USER, stream=False,
+        extra_body={"fallback_models": ["claude/claude-test"], "retries": 1})
+    done = raw.parse()
+    assert raw.headers["x-portkey-provider"] == "claude"
+    assert raw.headers["x-portkey-retry-attempt-count"] == "2"  # 1 retry + 1 fallback
+    assert done.choices[0].finish_reason == "tool_calls"
+    assert done.choices[0].message.tool_calls[0].function.arguments == '{"a":1}'
+    sent = upstream.requests[0].json()
+    assert sent["model"] == "claude-test"
+    assert "fallback_models" not in sent and "retries" not in sent
+
+
+async def test_portkey_sdk_streams_through_a_fallback_config(proxy: Any) -> None:
+    from portkey_ai import AsyncPortkey
+
+    client = await proxy(gateway_config())
+    portkey = AsyncPortkey(base_url=str(client.make_url("/v1")), api_key="pk-local",
+                           config={"strategy": {"mode": "fallback"},
+                                   "targets": [leaf("fast:status=500"),
+                                               leaf("fast:tokens=6", "mock2")]},
+                           max_retries=0)
+    stream = await portkey.chat.completions.create(model="ignored", messages=USER, stream=True)
+    text = ""
+    async for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+    assert text == mock_text(6)
+    scoped = portkey.with_options(config={"provider": "mock2",
+                                          "override_params": {"model": "fast:tokens=2"}})
+    done = await scoped.chat.completions.create(model="x", messages=USER)
+    assert done.choices[0].message.content == mock_text(2)
+
+
+def keepalive_config() -> Any:
+    return make_config({"mock": {"type": "mock", "default_model": "fast",
+                                 "timeouts": {"first_token": 1.0}}},
+                       default="mock", server={"keepalive_interval": 0.1})
+
+
+async def test_keepalives_while_the_first_token_is_late(proxy: Any) -> None:
+    client = await proxy(keepalive_config())
+    resp = await post(client, model="mock/fast:tokens=3,stall_ms=450")
+    body = await resp.read()
+    assert resp.status == 200
+    assert body.startswith(b": keep-alive\n\n")
+    assert body.count(b": keep-alive\n\n") >= 3
+    c = collect(sse_chunks(body))
+    assert c.content == mock_text(3) and c.done
+
+
+async def test_failure_after_a_keepalive_is_an_error_frame(proxy: Any) -> None:
+    client = await proxy(keepalive_config())
+    resp = await post(client, model="mock/fast:stall_ms=3000")
+    assert resp.status == 200  # committed by the keep-alives
+    c = collect(sse_chunks(await resp.read()))
+    assert c.error is not None and c.error["code"] == "upstream_timeout" and not c.done
+
+
+async def test_no_keepalive_when_the_first_token_is_fast(proxy: Any) -> None:
+    client = await proxy(keepalive_config())
+    resp = await post(client, model="mock/fast:tokens=2")
+    body = await resp.read()
+    assert not body.startswith(b":")
+    assert resp.headers["x-portkey-provider"] == "mock"

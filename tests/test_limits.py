@@ -1,0 +1,187 @@
+"""Admission control and input limits: each a clear 4xx/503 in OpenAI's error shape (aiohttp's
+own 400 for header limits, refused before any handler); the SSE decoder's cap bounds what an
+upstream can make us buffer."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestServer
+
+from streamproxy.decode.sse import SSEDecoder
+from streamproxy.errors import BufferOverflow
+from streamproxy.server.admission import ADMISSION
+from streamproxy.server.app import create_app, http_limits
+from tests.helpers import collect, make_config, sse_chunks
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+def mock_config(**server: Any) -> Any:
+    return make_config({"mock": {"type": "mock", "default_model": "fast"}}, default="mock",
+                       server=server)
+
+
+def error_of(body: bytes) -> dict[str, Any]:
+    obj = orjson.loads(body)
+    assert set(obj) == {"error"} and set(obj["error"]) == {"message", "type", "param", "code"}
+    return obj["error"]
+
+
+async def test_admission_refuses_beyond_the_limit_with_503(proxy: Any) -> None:
+    client = await proxy(mock_config(max_concurrent_streams=2))
+    admission = client.server.app[ADMISSION]
+    slow = {"model": "fast:tokens=100,tps=20", "stream": True, "messages": USER}
+    held = [await client.post("/v1/chat/completions", json=slow) for _ in range(2)]
+    for resp in held:
+        assert resp.status == 200
+        await resp.content.readany()  # streaming
+    assert admission.active == 2
+    refused = await client.post("/v1/chat/completions", json=slow)
+    assert refused.status == 503
+    assert refused.headers["retry-after"] == "1"
+    err = error_of(await refused.read())
+    assert (err["type"], err["code"]) == ("api_error", "overloaded")
+    # What must keep answering when full does.
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/v1/models")).status == 200
+    assert (await client.get("/metrics")).status == 200
+    for resp in held:
+        resp.close()  # client disconnects free the slots
+    for _ in range(200):
+        if admission.active == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert admission.active == 0
+    resp = await client.post("/v1/chat/completions", json={**slow, "model": "fast:tokens=2"})
+    assert resp.status == 200
+    assert collect(sse_chunks(await resp.read())).done
+
+
+async def test_body_over_the_limit_is_413(proxy: Any) -> None:
+    client = await proxy(mock_config(max_body_bytes=2000))
+    big = orjson.dumps({"messages": [{"role": "user", "content": "x" * 5000}]})
+    resp = await client.post("/v1/chat/completions", data=big)
+    assert resp.status == 413
+    err = error_of(await resp.read())
+    assert (err["type"], err["code"]) == ("invalid_request_error", "request_too_large")
+    assert "2000" in err["message"]
+    resp = await client.post("/v1/chat/completions",
+                             json={"model": "fast:tokens=1", "messages": USER})
+    assert resp.status == 200
+
+
+@pytest.mark.parametrize(("body", "code", "param"), [
+    ({"messages": USER * 6}, "array_above_max_length", "messages"),
+    ({"messages": USER, "tools": [{"type": "function", "function": {"name": f"f{i}"}}
+                                  for i in range(4)]}, "array_above_max_length", "tools"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "x",
+                                                 "n": [[[[[[[[[1]]]]]]]]]}]}]},
+     "json_too_deep", None),
+])
+async def test_counts_and_depth_are_400(proxy: Any, body: dict[str, Any], code: str,
+                                        param: str | None) -> None:
+    client = await proxy(mock_config(max_messages=5, max_tools=3, max_json_depth=8))
+    resp = await client.post("/v1/chat/completions", json=body)
+    assert resp.status == 400
+    err = error_of(await resp.read())
+    assert (err["type"], err["code"], err["param"]) == ("invalid_request_error", code, param)
+
+
+async def test_nesting_beyond_the_json_parser_is_400(default_proxy: Any) -> None:
+    client = await default_proxy()
+    resp = await client.post("/v1/chat/completions", data=b"[" * 5000 + b"]" * 5000)
+    assert resp.status == 400
+    assert error_of(await resp.read())["code"] == "invalid_json"
+
+
+async def raw_request(port: int, head: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(4096), 10)
+    finally:
+        writer.close()
+
+
+async def test_header_limits_come_from_the_config() -> None:
+    config = mock_config(max_header_bytes=1024, max_headers=20)
+    server = TestServer(create_app(config))
+    await server.start_server(**http_limits(config))  # as serve() passes them to AppRunner
+    try:
+        port = server.port
+        assert port is not None
+        ok = await raw_request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nx-a: "
+                               + b"a" * 900 + b"\r\n\r\n")
+        assert ok.startswith(b"HTTP/1.1 200")
+        long_field = await raw_request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nx-a: "
+                                       + b"a" * 1500 + b"\r\n\r\n")
+        assert long_field.startswith(b"HTTP/1.0 400") and b"1024 bytes" in long_field
+        many = b"".join(b"x-h%d: 1\r\n" % i for i in range(40))
+        too_many = await raw_request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many
+                                     + b"\r\n")
+        assert too_many.startswith(b"HTTP/1.0 400") and b"Too many headers" in too_many
+        long_url = await raw_request(port, b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\nHost: x"
+                                     b"\r\n\r\n")
+        assert long_url.startswith(b"HTTP/1.0 400")
+    finally:
+        await server.close()
+
+
+ANTHROPIC_START = (
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","type":"message",'
+    b'"role":"assistant","model":"m","content":[],"usage":{"input_tokens":1,"output_tokens":1}}}'
+    b'\n\nevent: content_block_start\ndata: {"type":"content_block_start","index":0,'
+    b'"content_block":{"type":"text","text":""}}\n\n'
+)
+
+
+async def test_an_endless_upstream_event_is_an_error_frame_not_memory(
+        proxy: Any, upstream: Any) -> None:
+    cap = 64 * 1024
+    upstream.pieces = [ANTHROPIC_START] + [b"data: " + b"x" * 16384] * 64  # 1 MiB, no newline
+    upstream.hold_open = True
+    client = await proxy(_anthropic(upstream.url, cap))
+    resp = await client.post("/v1/chat/completions",
+                             json={"model": "m", "stream": True, "messages": USER})
+    assert resp.status == 200
+    body = await asyncio.wait_for(resp.read(), 10)
+    c = collect(sse_chunks(body))
+    assert c.error is not None and c.error["code"] == "upstream_protocol_error"
+    assert str(cap) in c.error["message"]
+    assert not c.done and c.finish_reason is None
+    await asyncio.wait_for(upstream.closed.wait(), 10)  # the upstream connection was dropped
+
+
+async def test_an_endless_first_event_is_a_502_before_the_stream(proxy: Any,
+                                                                 upstream: Any) -> None:
+    upstream.pieces = [b"data: " + b"x" * 16384] * 64
+    upstream.hold_open = True
+    client = await proxy(_anthropic(upstream.url, 64 * 1024))
+    resp = await client.post("/v1/chat/completions",
+                             json={"model": "m", "stream": True, "messages": USER})
+    assert resp.status == 502
+    assert error_of(await resp.read())["code"] == "upstream_protocol_error"
+
+
+def _anthropic(url: str, max_event_bytes: int) -> Any:
+    return make_config({"up": {"type": "anthropic", "base_url": url, "api_key": "k",
+                               "default_model": "m"}}, default="up",
+                       server={"max_event_bytes": max_event_bytes})
+
+
+def test_sse_decoder_never_holds_more_than_its_cap_plus_one_read() -> None:
+    cap, piece = 64 * 1024, 4096
+    decoder = SSEDecoder(cap)
+    fed = 0
+    with pytest.raises(BufferOverflow):
+        decoder.feed(b"data: ")
+        for _ in range(10_000):
+            decoder.feed(b"y" * piece)
+            fed += piece
+    assert cap - piece <= fed <= cap + piece
+

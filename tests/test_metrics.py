@@ -1,0 +1,208 @@
+"""Prometheus metrics: fed once per request from its record; `/metrics` shows them after a
+streamed request; multi-process aggregation when PROMETHEUS_MULTIPROC_DIR is set."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamproxy.config import Timeouts
+from streamproxy.errors import StreamTruncated, UpstreamStatusError, UpstreamTimeout
+from streamproxy.observe.metrics import MAX_MODEL_LABELS, metrics, set_circuit_state
+from streamproxy.record import RequestRecord
+from streamproxy.upstream.deadline import Deadline
+from tests.helpers import collect, sse_chunks
+
+ROOT = Path(__file__).parent.parent
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_metrics_after_a_streamed_request(default_proxy: Any) -> None:
+    client = await default_proxy()
+    lbl = {"provider": "mock", "model": "paced"}
+    before = {
+        "req": sample("streamproxy_requests_total", **lbl, status="200", stream="true"),
+        "ttft": sample("streamproxy_time_to_first_token_seconds_count", **lbl),
+        "dur": sample("streamproxy_request_duration_seconds_count", **lbl, stream="true"),
+        "gap": sample("streamproxy_stream_max_gap_seconds_count", **lbl),
+        "gap_sum": sample("streamproxy_stream_max_gap_seconds_sum", **lbl),
+        "in": sample("streamproxy_tokens_total", **lbl, type="input"),
+        "out": sample("streamproxy_tokens_total", **lbl, type="output"),
+        "bytes_in": sample("streamproxy_bytes_in_total", provider="mock"),
+        "bytes_out": sample("streamproxy_bytes_out_total", provider="mock"),
+    }
+    body = await (await client.post("/v1/chat/completions", json={
+        "model": "mock/paced", "stream": True,
+        "messages": [{"role": "user", "content": "hello there"}]})).read()
+    c = collect(sse_chunks(body))
+    assert c.done and c.finish_reason == "stop"
+
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    assert resp.headers["content-type"].startswith("text/plain")
+    text = await resp.text()
+    families = {f.name for f in text_string_to_metric_families(text)}
+    for name in ("streamproxy_requests", "streamproxy_active_streams",
+                 "streamproxy_time_to_first_token_seconds", "streamproxy_request_duration_seconds",
+                 "streamproxy_stream_max_gap_seconds", "streamproxy_stream_mean_gap_seconds",
+                 "streamproxy_tokens", "streamproxy_bytes_in", "streamproxy_bytes_out",
+                 "streamproxy_upstream_errors", "streamproxy_retries", "streamproxy_fallbacks",
+                 "streamproxy_circuit_breaker_state"):
+        assert name in families, name
+    assert 'streamproxy_requests_total{model="paced",provider="mock",status="200",' \
+           'stream="true"}' in text
+
+    assert sample("streamproxy_requests_total", **lbl, status="200", stream="true") \
+        == before["req"] + 1
+    assert sample("streamproxy_time_to_first_token_seconds_count", **lbl) == before["ttft"] + 1
+    assert sample("streamproxy_request_duration_seconds_count", **lbl, stream="true") \
+        == before["dur"] + 1
+    assert sample("streamproxy_stream_max_gap_seconds_count", **lbl) == before["gap"] + 1
+    # The mock paces 50 deltas at 50/s: some gap between reads is at least a few ms.
+    assert sample("streamproxy_stream_max_gap_seconds_sum", **lbl) - before["gap_sum"] > 0.005
+    assert sample("streamproxy_tokens_total", **lbl, type="input") > before["in"]
+    assert sample("streamproxy_tokens_total", **lbl, type="output") == before["out"] + 50
+    assert sample("streamproxy_bytes_in_total", provider="mock") > before["bytes_in"]
+    assert sample("streamproxy_bytes_out_total", provider="mock") \
+        == before["bytes_out"] + len(body)
+    assert sample("streamproxy_active_streams") == 0
+
+
+async def test_non_streamed_request_counts_without_ttft(default_proxy: Any) -> None:
+    client = await default_proxy()
+    lbl = {"provider": "mock", "model": "tool"}
+    ttft = sample("streamproxy_time_to_first_token_seconds_count", **lbl)
+    req = sample("streamproxy_requests_total", **lbl, status="200", stream="false")
+    out = sample("streamproxy_bytes_out_total", provider="mock")
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "mock/tool", "messages": [{"role": "user", "content": "x"}]})
+    body = await resp.read()
+    assert resp.status == 200
+    assert sample("streamproxy_requests_total", **lbl, status="200", stream="false") == req + 1
+    assert sample("streamproxy_time_to_first_token_seconds_count", **lbl) == ttft
+    assert sample("streamproxy_bytes_out_total", provider="mock") == out + len(body)
+
+
+async def test_an_invalid_request_counts_with_its_status(default_proxy: Any) -> None:
+    client = await default_proxy()
+    before = sample("streamproxy_requests_total", provider="", model="", status="400",
+                    stream="false")
+    resp = await client.post("/v1/chat/completions", data=b"{nope")
+    assert resp.status == 400
+    assert sample("streamproxy_requests_total", provider="", model="", status="400",
+                  stream="false") == before + 1
+
+
+def test_retries_fallbacks_errors_and_cached_tokens_from_the_record() -> None:
+    m = metrics()
+    r = RequestRecord(trace_id="t", provider="rec-b", model="m1", stream=True, attempts=4,
+                      fallbacks=1, target_index=1, status=200, client_disconnected=True,
+                      usage={"prompt_tokens": 10, "completion_tokens": 4,
+                             "prompt_tokens_details": {"cached_tokens": 6}})
+    r.provider = "rec-a"
+    r.note_upstream_error(UpstreamStatusError(429, "slow down"))
+    r.note_upstream_error(UpstreamTimeout("late"))
+    r.note_upstream_error(ValueError("ours, not the provider's"))
+    r.provider = "rec-b"
+    r.note_upstream_error(StreamTruncated("cut"))
+    r.finished = r.started + 1.5
+    m.observe(r)
+    assert sample("streamproxy_upstream_errors_total", provider="rec-a", kind="status_429") == 1
+    assert sample("streamproxy_upstream_errors_total", provider="rec-a", kind="timeout") == 1
+    assert sample("streamproxy_upstream_errors_total", provider="rec-b", kind="truncated") == 1
+    assert sample("streamproxy_retries_total", provider="rec-b") == 2
+    assert sample("streamproxy_fallbacks_total", provider="rec-b") == 1
+    assert sample("streamproxy_client_disconnects_total", provider="rec-b") == 1
+    assert sample("streamproxy_tokens_total", provider="rec-b", model="m1", type="cached") == 6
+    assert sample("streamproxy_request_duration_seconds_sum", provider="rec-b", model="m1",
+                  stream="true") == pytest.approx(1.5)
+
+
+def test_odd_usage_from_a_passthrough_provider_is_ignored() -> None:
+    r = RequestRecord(trace_id="t", provider="rec-odd", model="m",
+                      usage={"prompt_tokens": "12", "completion_tokens": True,
+                             "prompt_tokens_details": 3})
+    metrics().observe(r)  # must not raise
+    assert sample("streamproxy_tokens_total", provider="rec-odd", model="m", type="input") == 0
+    metrics().observe(RequestRecord(trace_id="t", provider="rec-odd", usage=7))  # type: ignore
+
+
+def test_model_labels_are_capped() -> None:
+    m = metrics()
+    labels = {m.model_label(f"cap-model-{i}") for i in range(MAX_MODEL_LABELS + 50)}
+    assert "other" in labels
+    assert len(labels) <= MAX_MODEL_LABELS + 1
+    assert m.model_label("x" * 500) in ("x" * 100, "other")
+
+
+def test_circuit_state() -> None:
+    set_circuit_state("openai/gpt-4o", "open")
+    assert sample("streamproxy_circuit_breaker_state", target="openai/gpt-4o") == 2
+    set_circuit_state("openai/gpt-4o", "half_open")
+    assert sample("streamproxy_circuit_breaker_state", target="openai/gpt-4o") == 1
+    set_circuit_state("openai/gpt-4o", "closed")
+    assert sample("streamproxy_circuit_breaker_state", target="openai/gpt-4o") == 0
+    with pytest.raises(ValueError):
+        set_circuit_state("openai/gpt-4o", "ajar")
+
+
+async def test_deadline_tracks_read_gaps_without_a_timer_per_read() -> None:
+    deadline = Deadline(Timeouts(first_token=30, idle=30), "p")
+    assert deadline.gap_stats() == (0, None, None)
+    deadline.first_event()
+    for pause in (0.0, 0.05, 0.0):
+        await asyncio.sleep(pause)
+        deadline.progress()
+    reads, gap_max, gap_mean = deadline.gap_stats()
+    deadline.cancel()
+    assert reads == 3
+    assert gap_max is not None and gap_mean is not None
+    assert 0.04 <= gap_max < 5
+    assert gap_mean <= gap_max
+
+
+MULTIPROCESS_SCRIPT = textwrap.dedent("""
+    import os, sys
+    import prometheus_client  # imported before the env is set: metrics() must still comply
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+    from prometheus_client import multiprocess
+    from streamproxy.observe.metrics import metrics, render
+    from streamproxy.record import RequestRecord
+
+    def one():
+        metrics().observe(RequestRecord(trace_id="t", provider="mp", model="m", stream=True))
+
+    one()
+    pid = os.fork()
+    if pid == 0:  # a second worker
+        one()
+        metrics().active_streams.inc()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    print(render().decode())
+    print("---")
+    multiprocess.mark_process_dead(pid)  # the master's job when a worker exits
+    print(render().decode())
+""")
+
+
+def test_multiprocess_mode_aggregates_workers(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", MULTIPROCESS_SCRIPT, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    live, _, after = proc.stdout.partition("---")
+    line = 'streamproxy_requests_total{model="m",provider="mp",status="200",stream="true"}'
+    assert f"{line} 2.0" in live  # both processes' samples, from either one
+    assert "streamproxy_active_streams 1.0" in live
+    assert "streamproxy_active_streams 0.0" in after  # livesum drops the dead worker

@@ -1,0 +1,266 @@
+"""The pure side of gateway controls: config validation, planning, conditions, breakers,
+retry timing — no sockets."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from streamproxy.errors import InvalidRequest
+from streamproxy.routing.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreakers
+from streamproxy.routing.conditions import matches
+from streamproxy.routing.planner import plan
+from streamproxy.routing.portkey_config import BreakerSpec, ConfigNode, parse_config
+from streamproxy.routing.retry import RETRY_AFTER_CAP, retry_delay
+from streamproxy.routing.target import Target
+
+
+class FakeProvider:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.cfg = type("Cfg", (), {"base_url": None, "default_model": None})()
+
+
+def resolver(leaf: ConfigNode) -> Target:
+    return Target(provider=FakeProvider(leaf.provider or "p"),  # type: ignore[arg-type]
+                  model=leaf.override_params.get("model"))
+
+
+def names(p: Any) -> list[str]:
+    return [a.target.provider.name for a in p.attempts]
+
+
+def make(raw: dict[str, Any], seed: int = 0, breakers: CircuitBreakers | None = None,
+         **kw: Any) -> Any:
+    return plan(parse_config(raw), resolver, rng=random.Random(seed),
+                breakers=breakers or CircuitBreakers(), **kw)
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("raw", "param"), [
+    ({"strategy": {"mode": "roundrobin"}, "targets": [{"provider": "a"}]}, "config.strategy.mode"),
+    ({"strategy": {"mode": "fallback"}, "targets": []}, "config.targets"),
+    ({"strategy": {"mode": "loadbalance"}, "targets": [{"provider": "a", "weight": -1}]},
+     "config.targets[0].weight"),
+    ({"strategy": {"mode": "fallback", "on_status_codes": ["500"]},
+      "targets": [{"provider": "a"}]}, "config.strategy.on_status_codes"),
+    ({"strategy": {"mode": "fallback"}, "targets": [{"provider": "a", "retry": {"attempts": 99}}]},
+     "config.targets[0].retry.attempts"),
+    ({"strategy": {"mode": "fallback"}, "targets": [{"provider": "a", "bogus": 1}]},
+     "config.targets[0].bogus"),
+    ({"strategy": {"mode": "conditional", "conditions": [{"query": {}, "then": "x"}]},
+      "targets": [{"provider": "a", "name": "y"}]}, "config.strategy.conditions[0].then"),
+    ({"strategy": {"mode": "conditional", "conditions": [
+        {"query": {"metadata.x": {"$near": 1}}, "then": "y"}]},
+      "targets": [{"provider": "a", "name": "y"}]},
+     "config.strategy.conditions[0].query.metadata.x.$near"),
+    ({"strategy": {"mode": "fallback", "cb_config": {"cooldown_interval": 1000}},
+      "targets": [{"provider": "a"}]}, "config.strategy.cb_config"),
+    ({"provider": "a", "request_timeout": "soon"}, "config.request_timeout"),
+    ({"targets": [{"provider": "a"}]}, "config.strategy"),
+])
+def test_invalid_configs_name_the_bad_field(raw: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_config(raw)
+    assert info.value.param == param
+    assert info.value.status == 400
+    assert param in info.value.message
+
+
+def test_targets_inherit_retry_timeouts_and_merge_override_params() -> None:
+    root = parse_config({
+        "retry": {"attempts": 3}, "request_timeout": 2500,
+        "override_params": {"temperature": 0.1, "max_tokens": 5},
+        "strategy": {"mode": "fallback"},
+        "targets": [{"provider": "a", "override_params": {"max_tokens": 9}},
+                    {"provider": "b", "retry": {"attempts": 0}}]})
+    a, b = root.targets
+    assert a.retry.attempts == 3 and b.retry.attempts == 0
+    assert a.timeouts == {"first_token": 2.5}
+    assert a.override_params == {"temperature": 0.1, "max_tokens": 9}
+    assert b.override_params == {"temperature": 0.1, "max_tokens": 5}
+
+
+# -- planning -----------------------------------------------------------------------------------
+
+def test_loadbalance_1_2_7_splits_10000_plans_within_2_percent() -> None:
+    raw = {"strategy": {"mode": "loadbalance"},
+           "targets": [{"provider": "a", "weight": 1}, {"provider": "b", "weight": 2},
+                       {"provider": "c", "weight": 7}]}
+    rng = random.Random(1234)
+    root = parse_config(raw)
+    counts = Counter(names(plan(root, resolver, rng=rng, breakers=CircuitBreakers()))[0]
+                     for _ in range(10_000))
+    for name, share in (("a", 0.1), ("b", 0.2), ("c", 0.7)):
+        assert abs(counts[name] / 10_000 - share) < 0.02, counts
+
+
+def test_loadbalance_is_reproducible_with_a_seed() -> None:
+    raw = {"strategy": {"mode": "loadbalance"},
+           "targets": [{"provider": "a"}, {"provider": "b"}]}
+    assert [names(make(raw, seed=s)) for s in range(20)] == \
+           [names(make(raw, seed=s)) for s in range(20)]
+
+
+def test_zero_weight_is_never_chosen() -> None:
+    raw = {"strategy": {"mode": "loadbalance"},
+           "targets": [{"provider": "a", "weight": 0}, {"provider": "b", "weight": 1}]}
+    assert {names(make(raw, seed=s))[0] for s in range(200)} == {"b"}
+
+
+def test_fallback_orders_leaves_and_next_after_respects_nested_codes() -> None:
+    raw = {"strategy": {"mode": "fallback"}, "targets": [
+        {"strategy": {"mode": "fallback", "on_status_codes": [429]},
+         "targets": [{"provider": "a"}, {"provider": "b"}]},
+        {"provider": "c"}]}
+    p = make(raw)
+    assert names(p) == ["a", "b", "c"]
+    assert p.next_after(0, 429) == 1  # the inner fallback acts on 429
+    assert p.next_after(0, 500) == 2  # it does not act on 500: the outer moves on to c
+    assert p.next_after(1, 500) == 2
+    assert p.next_after(2, 500) is None
+    assert [a.path for a in p.attempts] == ["config.targets[0].targets[0]",
+                                            "config.targets[0].targets[1]", "config.targets[1]"]
+
+
+def test_fallback_with_status_codes_stops_on_others() -> None:
+    p = make({"strategy": {"mode": "fallback", "on_status_codes": [503]},
+              "targets": [{"provider": "a"}, {"provider": "b"}]})
+    assert p.next_after(0, 503) == 1
+    assert p.next_after(0, 400) is None
+
+
+def test_single_uses_the_first_target_and_loadbalance_inside_fallback() -> None:
+    assert names(make({"strategy": {"mode": "single"},
+                       "targets": [{"provider": "a"}, {"provider": "b"}]})) == ["a"]
+    raw = {"strategy": {"mode": "fallback"}, "targets": [
+        {"strategy": {"mode": "loadbalance"},
+         "targets": [{"provider": "x"}, {"provider": "y"}]},
+        {"provider": "z"}]}
+    for seed in range(10):
+        p = make(raw, seed=seed)
+        assert len(p.attempts) == 2 and names(p)[1] == "z" and names(p)[0] in ("x", "y")
+        assert p.next_after(0, 500) == 1
+
+
+CONDITIONAL = {
+    "strategy": {"mode": "conditional", "conditions": [
+        {"query": {"metadata.plan": {"$eq": "paid"}, "params.max_tokens": {"$gte": 100}},
+         "then": "big"},
+        {"query": {"$or": [{"metadata.region": {"$in": ["eu", "uk"]}},
+                           {"params.model": {"$regex": "^eu-"}}]}, "then": "eu"}],
+        "default": "small"},
+    "targets": [{"name": "big", "provider": "big"}, {"name": "eu", "provider": "eu"},
+                {"name": "small", "provider": "small"}]}
+
+
+@pytest.mark.parametrize(("metadata", "params", "expected"), [
+    ({"plan": "paid"}, {"max_tokens": 500}, "big"),
+    ({"plan": "paid"}, {"max_tokens": 50}, "small"),
+    ({"region": "uk"}, {}, "eu"),
+    ({}, {"model": "eu-large"}, "eu"),
+    ({"region": "us"}, {"model": "us-large"}, "small"),
+])
+def test_conditional_routing(metadata: dict[str, Any], params: dict[str, Any],
+                             expected: str) -> None:
+    assert names(make(CONDITIONAL, metadata=metadata, params=params)) == [expected]
+
+
+def test_conditional_without_match_or_default_is_a_400() -> None:
+    raw = {"strategy": {"mode": "conditional",
+                        "conditions": [{"query": {"metadata.x": 1}, "then": "a"}]},
+           "targets": [{"name": "a", "provider": "a"}]}
+    with pytest.raises(InvalidRequest, match="No condition"):
+        make(raw, metadata={"x": 2})
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ({"metadata.n": {"$gt": 3, "$lt": 10}}, True),
+    ({"metadata.n": {"$lte": 4}}, False),
+    ({"metadata.n": {"$ne": 5}}, False),
+    ({"metadata.missing": {"$ne": 5}}, True),
+    ({"metadata.missing": {"$eq": 5}}, False),
+    ({"metadata.tags": {"$nin": ["a"]}}, True),
+    ({"metadata.n": "5"}, False),
+    ({"metadata.s": {"$gt": 3}}, False),  # incomparable: false, not an error
+    ({"$and": [{"metadata.n": 5}, {"params.a.b": True}]}, True),
+])
+def test_query_operators(query: dict[str, Any], expected: bool) -> None:
+    assert matches(query, {"n": 5, "s": "x", "tags": "b"}, {"a": {"b": True}}) is expected
+
+
+# -- circuit breakers ---------------------------------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_at_the_threshold_cools_down_and_closes_on_success() -> None:
+    clock = Clock()
+    cb = CircuitBreakers(clock)
+    spec = BreakerSpec(failure_threshold=2, cooldown_interval=30)
+    changes: list[tuple[str, str]] = []
+    cb.listeners.append(lambda key, state: changes.append((key, state)))
+    cb.record("k", spec, 500)
+    assert cb.state("k", spec) == CLOSED
+    cb.record("k", spec, 429)  # not a failure by default (only ≥ 500)
+    cb.record("k", spec, 502)
+    assert cb.state("k", spec) == OPEN and cb.is_open("k", spec)
+    clock.now = 31
+    assert cb.state("k", spec) == HALF_OPEN and not cb.is_open("k", spec)
+    cb.record("k", spec, 500)  # a failed trial opens it again
+    assert cb.state("k", spec) == OPEN
+    clock.now = 62
+    cb.record("k", spec, None)
+    assert cb.state("k", spec) == CLOSED
+    assert changes == [("k", OPEN), ("k", OPEN), ("k", CLOSED)]
+
+
+def test_breaker_percentage_waits_for_minimum_requests() -> None:
+    cb = CircuitBreakers(Clock())
+    spec = BreakerSpec(failure_threshold_percentage=50, minimum_requests=4,
+                       failure_status_codes=frozenset({429}))
+    for status in (429, None, 429):
+        cb.record("k", spec, status)
+    assert cb.state("k", spec) == CLOSED  # 3 requests < minimum 4
+    cb.record("k", spec, 429)
+    assert cb.state("k", spec) == OPEN  # 3/4 failed
+
+
+def test_open_targets_are_skipped_unless_all_are_open() -> None:
+    clock = Clock()
+    cb = CircuitBreakers(clock)
+    raw = {"strategy": {"mode": "fallback",
+                        "cb_config": {"failure_threshold": 1, "cooldown_interval": 60000}},
+           "targets": [{"provider": "a"}, {"provider": "b"}]}
+    first = make(raw, breakers=cb)
+    cb.record(first.attempts[0].breaker_key, first.attempts[0].breaker, 500)
+    assert names(make(raw, breakers=cb)) == ["b"]
+    cb.record(first.attempts[1].breaker_key, first.attempts[1].breaker, 500)
+    assert names(make(raw, breakers=cb)) == ["a", "b"]  # all open: breakers bypassed
+    lb = {**raw, "strategy": {**raw["strategy"], "mode": "loadbalance"}}
+    cb2 = CircuitBreakers(clock)
+    cb2.record(first.attempts[0].breaker_key, first.attempts[0].breaker, 500)
+    assert {names(make(lb, seed=s, breakers=cb2))[0] for s in range(50)} == {"b"}
+
+
+# -- retry timing -------------------------------------------------------------------------------
+
+def test_backoff_grows_with_jitter_and_retry_after_wins_up_to_the_cap() -> None:
+    rng = random.Random(7)
+    first = [retry_delay(0, rng, None, True) for _ in range(200)]
+    third = [retry_delay(2, rng, None, True) for _ in range(200)]
+    assert 0.125 <= min(first) and max(first) <= 0.25
+    assert 0.5 <= min(third) and max(third) <= 1.0
+    assert len(set(first)) > 100  # jittered
+    assert retry_delay(0, rng, 1.5, True) == 1.5
+    assert retry_delay(0, rng, 1.5, False) <= 0.25
+    assert retry_delay(0, rng, RETRY_AFTER_CAP + 1, True) is None

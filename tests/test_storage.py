@@ -1,0 +1,316 @@
+"""Stored completions (`store: true`) through the real `openai` SDK: create (streamed and not,
+through the in-process mock and a fake Anthropic upstream), list with filters and pagination,
+retrieve, update metadata, delete, list messages — scoped by proxy key — and the SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from streamproxy.config import ConfigError
+from streamproxy.errors import ProxyError
+from streamproxy.providers.mock.server import mock_text
+from streamproxy.storage.base import ListQuery, StoredCompletion
+from streamproxy.storage.config import parse_storage_config
+from streamproxy.storage.sqlite import SQLiteStore
+from tests.helpers import fixture_bytes, jsonl_to_sse, make_config
+
+USER = [{"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Hello"},
+                                     {"type": "text", "text": " there"}]}]
+ANTHROPIC_TEXT = jsonl_to_sse(fixture_bytes("anthropic/vercel-ai_anthropic-text.chunks.jsonl"))
+ANTHROPIC_TEXT_CONTENT = ("Hello! I'm doing well, thank you for asking. How are you doing "
+                          "today? Is there anything I can help you with?")
+ANTHROPIC_MESSAGE = (b'{"id":"msg_1","type":"message","role":"assistant","model":"claude-x",'
+                     b'"content":[{"type":"text","text":"Bonjour"}],"stop_reason":"end_turn",'
+                     b'"stop_sequence":null,"usage":{"input_tokens":5,"output_tokens":2}}')
+
+
+def config(tmp_path: Path, upstream_url: str | None = None, **sections: Any) -> Any:
+    providers: dict[str, Any] = {
+        "mock": {"type": "mock", "default_model": "fast"},
+        "mock-openai": {"type": "mock", "wire": "openai", "default_model": "fast"},
+    }
+    if upstream_url:
+        providers["claude"] = {"type": "anthropic", "base_url": upstream_url,
+                               "api_key": "sk-ant-secret", "default_model": "claude-x"}
+    sections.setdefault("storage", {"path": str(tmp_path / "store.sqlite3")})
+    return make_config(providers, default="mock", **sections)
+
+
+def sdk(client: Any, key: str = "sk-client") -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=key,
+                              max_retries=0)
+
+
+async def stream_text(api: openai.AsyncOpenAI, **kw: Any) -> tuple[str, str]:
+    """(completion id, text) of a streamed create."""
+    stream = await api.chat.completions.create(stream=True, **kw)
+    ids, text = set(), ""
+    async for chunk in stream:
+        ids.add(chunk.id)
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+    [cid] = ids
+    return cid, text
+
+
+async def stored(api: openai.AsyncOpenAI, cid: str) -> Any:
+    """The stored completion once written: the write follows the stream's end (bounded wait)."""
+    for _ in range(200):
+        try:
+            return await api.chat.completions.retrieve(cid)
+        except openai.NotFoundError:
+            await asyncio.sleep(0.025)
+    raise AssertionError(f"{cid} was never stored")
+
+
+async def test_store_list_retrieve_update_delete_with_the_sdk(proxy: Any,
+                                                              tmp_path: Path) -> None:
+    api = sdk(await proxy(config(tmp_path)))
+    a, text_a = await stream_text(api, model="mock/fast:tokens=5", messages=USER, store=True,
+                                  metadata={"topic": "a", "run": "1"})
+    assert text_a == mock_text(5)
+    b = await api.chat.completions.create(model="mock/fast:tokens=7", messages=USER,
+                                          store=True, metadata={"topic": "b"})
+    c, _ = await stream_text(api, model="mock/fast:tokens=5", messages=USER, store=True,
+                             metadata={"topic": "a"})
+    await stream_text(api, model="mock/fast:tokens=5", messages=USER)  # not stored
+    got = await stored(api, a)
+    await stored(api, c)
+    assert got.id == a and got.object == "chat.completion"
+    assert got.choices[0].message.content == text_a
+    assert got.choices[0].finish_reason == "stop"
+    assert got.usage is not None and got.usage.completion_tokens == 5
+    assert got.metadata == {"topic": "a", "run": "1"}
+
+    page = await api.chat.completions.list()
+    assert [x.id for x in page.data] == [a, b.id, c] and page.has_more is False
+    assert [x.choices[0].message.content for x in page.data] == [text_a, mock_text(7), text_a]
+    page = await api.chat.completions.list(order="desc")
+    assert [x.id for x in page.data] == [c, b.id, a]
+    page = await api.chat.completions.list(model="mock/fast:tokens=7")
+    assert [x.id for x in page.data] == [b.id]
+    page = await api.chat.completions.list(metadata={"topic": "a"})
+    assert [x.id for x in page.data] == [a, c]
+    page = await api.chat.completions.list(metadata={"topic": "a", "run": "1"})
+    assert [x.id for x in page.data] == [a]
+
+    first = await api.chat.completions.list(limit=2)
+    assert [x.id for x in first.data] == [a, b.id] and first.has_more is True
+    assert first.model_extra["first_id"] == a and first.model_extra["last_id"] == b.id
+    assert [x.id async for x in api.chat.completions.list(limit=1)] == [a, b.id, c]
+    assert [x.id async for x in api.chat.completions.list(limit=1, order="desc")] == [
+        c, b.id, a]
+
+    updated = await api.chat.completions.update(b.id, metadata={"topic": "z"})
+    assert updated.id == b.id and updated.metadata == {"topic": "z"}
+    page = await api.chat.completions.list(metadata={"topic": "z"})
+    assert [x.id for x in page.data] == [b.id]
+
+    messages = await api.chat.completions.messages.list(a)
+    assert [m.id for m in messages.data] == [f"{a}-0", f"{a}-1"]
+    assert messages.data[0].role == "system" and messages.data[0].content == "Be brief."
+    assert messages.data[1].content == "Hello there"
+    assert [p.text for p in messages.data[1].content_parts] == ["Hello", " there"]
+    assert [m.id async for m in api.chat.completions.messages.list(a, limit=1)] == [
+        f"{a}-0", f"{a}-1"]
+    newest = await api.chat.completions.messages.list(a, order="desc", limit=1)
+    assert [m.id for m in newest.data] == [f"{a}-1"] and newest.has_more is True
+
+    deleted = await api.chat.completions.delete(a)
+    assert (deleted.id, deleted.deleted, deleted.object) == (a, True, "chat.completion.deleted")
+    with pytest.raises(openai.NotFoundError):
+        await api.chat.completions.retrieve(a)
+    with pytest.raises(openai.NotFoundError):
+        await api.chat.completions.delete(a)
+    with pytest.raises(openai.NotFoundError):
+        await api.chat.completions.messages.list(a)
+    assert [x.id for x in (await api.chat.completions.list()).data] == [b.id, c]
+
+
+async def test_anthropic_upstream_streamed_and_not(proxy: Any, upstream: Any,
+                                                   tmp_path: Path) -> None:
+    api = sdk(await proxy(config(tmp_path, upstream.url)))
+    upstream.body = ANTHROPIC_TEXT
+    cid, text = await stream_text(api, model="claude/claude-x", messages=USER, store=True,
+                                  metadata={"k": "v"}, temperature=0.5, user="u-1")
+    assert text == ANTHROPIC_TEXT_CONTENT
+    upstream.content_type, upstream.body = "application/json", ANTHROPIC_MESSAGE
+    whole = await api.chat.completions.create(model="claude/claude-x", messages=USER,
+                                              store=True)
+    for sent in upstream.requests:  # the proxy consumed store and metadata
+        assert "store" not in sent.json()
+        assert sent.json().get("metadata", {}).get("k") is None
+    assert upstream.requests[0].json()["metadata"] == {"user_id": "u-1"}  # from `user`
+    got = await stored(api, cid)
+    assert got.choices[0].message.content == ANTHROPIC_TEXT_CONTENT
+    assert got.usage.total_tokens == 42
+    assert got.model_extra["temperature"] == 0.5
+    assert got.model_extra["input_user"] == "u-1"
+    got = await stored(api, whole.id)
+    assert got.choices[0].message.content == "Bonjour"
+    assert got.metadata == {}
+    page = await api.chat.completions.list(model="claude/claude-x")
+    assert [x.id for x in page.data] == [cid, whole.id]
+
+
+async def test_openai_wire_keeps_the_id_the_client_saw(proxy: Any, tmp_path: Path) -> None:
+    api = sdk(await proxy(config(tmp_path)))
+    cid, text = await stream_text(api, model="mock-openai/fast:tokens=4", messages=USER,
+                                  store=True)
+    got = await stored(api, cid)
+    assert got.choices[0].message.content == text == mock_text(4)
+    whole = await api.chat.completions.create(model="mock-openai/fast:tokens=3",
+                                              messages=USER, store=True)
+    assert (await stored(api, whole.id)).choices[0].message.content == mock_text(3)
+
+
+async def test_tool_calls_are_stored(proxy: Any, tmp_path: Path) -> None:
+    api = sdk(await proxy(config(tmp_path)))
+    stream = await api.chat.completions.create(model="mock/tools", messages=USER, stream=True,
+                                               store=True)
+    cid = ""
+    async for chunk in stream:
+        cid = chunk.id
+    calls = (await stored(api, cid)).choices[0].message.tool_calls
+    assert [c.id for c in calls] == ["toolu_mock_0", "toolu_mock_1"]
+    assert all(c.function.arguments == '{"city": "Paris", "unit": "c"}' for c in calls)
+
+
+async def test_failed_answers_are_not_stored(proxy: Any, tmp_path: Path) -> None:
+    client = await proxy(config(tmp_path))
+    api = sdk(client)
+    with pytest.raises(openai.APIError):
+        await stream_text(api, model="mock/error", messages=USER, store=True)
+    with pytest.raises(openai.APIStatusError):
+        await api.chat.completions.create(model="mock/fast", messages=USER, store=True,
+                                          extra_headers={"x-mock-options": "status=500"})
+    ok = await api.chat.completions.create(model="mock/fast:tokens=2", messages=USER,
+                                           store=True)
+    await stored(api, ok.id)  # a later write has landed: the failed ones would be before it
+    assert [x.id for x in (await api.chat.completions.list()).data] == [ok.id]
+
+
+async def test_force_store_and_store_false(proxy: Any, tmp_path: Path) -> None:
+    cfg = config(tmp_path, storage={"path": str(tmp_path / "f.sqlite3"), "force_store": True})
+    api = sdk(await proxy(cfg))
+    cid, _ = await stream_text(api, model="mock/fast:tokens=2", messages=USER)
+    assert (await stored(api, cid)).id == cid
+
+
+async def test_invalid_metadata_is_a_400_before_any_upstream(proxy: Any,
+                                                             tmp_path: Path) -> None:
+    api = sdk(await proxy(config(tmp_path)))
+    with pytest.raises(openai.BadRequestError):
+        await api.chat.completions.create(model="mock/fast", messages=USER, store=True,
+                                          metadata={"k": 1})  # type: ignore[dict-item]
+    with pytest.raises(openai.BadRequestError):
+        await api.chat.completions.create(model="mock/fast", messages=USER, store=True,
+                                          metadata={f"k{i}": "v" for i in range(17)})
+    with pytest.raises(openai.BadRequestError):
+        await api.chat.completions.list(limit=101)
+    with pytest.raises(openai.BadRequestError):
+        await api.chat.completions.list(after="chatcmpl-nope")
+
+
+async def test_each_proxy_key_sees_only_its_own(proxy: Any, tmp_path: Path) -> None:
+    client = await proxy(config(tmp_path, auth={"keys": [{"name": "team-a", "key": "ka"},
+                                                         {"name": "team-b", "key": "kb"}]}))
+    a, b = sdk(client, "ka"), sdk(client, "kb")
+    cid, _ = await stream_text(a, model="mock/fast:tokens=2", messages=USER, store=True)
+    mine = await b.chat.completions.create(model="mock/fast:tokens=2", messages=USER,
+                                           store=True)
+    await stored(a, cid)
+    await stored(b, mine.id)
+    assert [x.id for x in (await a.chat.completions.list()).data] == [cid]
+    assert [x.id for x in (await b.chat.completions.list()).data] == [mine.id]
+    for call in (b.chat.completions.retrieve(cid), b.chat.completions.delete(cid),
+                 b.chat.completions.update(cid, metadata={"x": "y"}),
+                 b.chat.completions.messages.list(cid)):
+        with pytest.raises(openai.NotFoundError):
+            await call
+    assert (await a.chat.completions.retrieve(cid)).metadata == {}
+    with pytest.raises(openai.AuthenticationError):
+        await sdk(client, "nope").chat.completions.list()
+
+
+def _item(cid: str, owner: str = "", **metadata: str) -> StoredCompletion:
+    return StoredCompletion(cid, owner, 1, "m", "p/m", metadata,
+                            {"messages": [{"role": "user", "content": "x"}]},
+                            {"id": cid, "object": "chat.completion", "choices": []})
+
+
+async def test_sqlite_store_batches_persists_and_reopens(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sqlite3")
+    store = SQLiteStore(path)
+    for i in range(600):  # more than one batch
+        assert store.add(_item(f"c{i}", "o" if i % 2 else "", n=str(i % 3)))
+    await store.flush()
+    items, more = await store.list("o", ListQuery(limit=100))
+    assert len(items) == 100 and more and items[0].id == "c1"
+    items, more = await store.list("o", ListQuery(limit=100, metadata={"n": "0"},
+                                                  after="c291"))
+    assert [i.id for i in items] == [f"c{i}" for i in range(297, 600, 6)] and not more
+    await store.close()
+    reopened = SQLiteStore(path)
+    assert (await reopened.get("", "c0")).request["messages"][0]["content"] == "x"
+    assert await reopened.get("o", "c0") is None
+    assert await reopened.delete("", "c0") and not await reopened.delete("", "c0")
+    await reopened.close()
+
+
+async def test_sqlite_store_drops_writes_beyond_max_pending(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"), max_pending=1)
+    entered, release = threading.Event(), threading.Event()
+
+    def block(conn: Any) -> None:  # hold the writer thread busy
+        entered.set()
+        release.wait(10)
+
+    busy = asyncio.ensure_future(store._call(block))
+    assert await asyncio.to_thread(entered.wait, 10)
+    assert store.add(_item("kept")) is True
+    assert store.add(_item("dropped")) is False and store.dropped == 1
+    release.set()
+    await busy
+    assert await store.get("", "kept") is not None and await store.get("", "dropped") is None
+    await store.close()
+
+
+async def test_an_unopenable_database_is_a_clear_error(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "missing-dir" / "s.sqlite3"))
+    with pytest.raises(ProxyError, match="unavailable"):
+        await store.get("", "x")
+    assert store.add(_item("x"))  # accepted, then logged and dropped by the writer
+    await store.close()
+
+
+def test_storage_config_is_validated(tmp_path: Path) -> None:
+    assert parse_storage_config(config(tmp_path, storage={})).path == "./streamproxy.sqlite3"
+    for bad in ({"path": 3}, {"force_store": "yes"}, {"nope": 1}, {"backend": "postgres"},
+                {"max_pending": 0}, "x"):
+        with pytest.raises(ConfigError, match="storage"):
+            parse_storage_config(config(tmp_path, storage=bad))
+
+
+async def test_openai_upstream_gets_neither_store_nor_metadata(proxy: Any, upstream: Any,
+                                                               tmp_path: Path) -> None:
+    upstream.body = fixture_bytes("openai/pydantic-ai_run_stream_sync.response1.sse")
+    cfg = make_config({"oa": {"type": "openai", "base_url": upstream.url, "api_key": "sk-x",
+                              "default_model": "gpt"}}, default="oa",
+                      storage={"path": str(tmp_path / "s.sqlite3")})
+    api = sdk(await proxy(cfg))
+    cid, text = await stream_text(api, model="gpt", messages=USER, store=True,
+                                  metadata={"k": "v"})
+    sent = upstream.requests[0].json()
+    assert "store" not in sent and "metadata" not in sent
+    got = await stored(api, cid)  # the id is the upstream's: what the client saw
+    assert got.choices[0].message.content == text == "The capital of the UK is London."
+    await stream_text(api, model="gpt", messages=USER, store=False)
+    assert "store" not in upstream.requests[1].json()
