@@ -1,0 +1,156 @@
+"""OpenAI request → Anthropic Messages request, checked on what the upstream received."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import provider_config
+from tests.helpers import fixture_bytes, make_config
+
+TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather",
+                                         "parameters": {"type": "object", "properties": {
+                                             "city": {"type": "string"}}}}}
+
+
+async def sent_for(proxy: Any, upstream: Any, body: dict[str, Any],
+                   headers: dict[str, str] | None = None, **provider: Any) -> Any:
+    upstream.body = fixture_bytes("anthropic/sdk-python_tool_use_response.sse")
+    client = await proxy(provider_config("anthropic", upstream.url, **provider))
+    resp = await client.post("/v1/chat/completions", json={"stream": True, **body},
+                             headers=headers or {})
+    assert resp.status == 200, await resp.text()
+    await resp.read()
+    return upstream.requests[-1]
+
+
+async def test_conversation_with_tools_images_and_tool_results(proxy: Any,
+                                                               upstream: Any) -> None:
+    sent = await sent_for(proxy, upstream, {
+        "model": "up/claude-x",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "developer", "content": [{"type": "text", "text": "Use tools."}]},
+            {"role": "user", "content": [
+                {"type": "text", "text": "Weather here and there?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0"}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.jpg"}}]},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+                {"id": "call_2", "type": "function",
+                 "function": {"name": "get_weather", "arguments": ""}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+            {"role": "tool", "tool_call_id": "call_2",
+             "content": [{"type": "text", "text": "rain"}]},
+            {"role": "user", "content": "Thanks"}],
+        "tools": [TOOL], "tool_choice": "required", "parallel_tool_calls": False,
+        "stop": "END", "temperature": 0.2, "top_p": 0.9, "user": "u-1",
+        "frequency_penalty": 1.0, "logprobs": True, "seed": 3, "store": True,
+        "fallback_models": [], "stream_options": {"include_usage": True}})
+    body = sent.json()
+    assert sent.path == "/v1/messages"
+    assert sent.headers["x-api-key"] == "sk-test-secret"
+    assert sent.headers["anthropic-version"] == "2023-06-01"
+    assert "authorization" not in {k.lower() for k in sent.headers}
+    assert body["model"] == "claude-x"  # provider prefix stripped
+    assert body["system"] == [{"type": "text", "text": "Be brief."},
+                              {"type": "text", "text": "Use tools."}]
+    assert body["max_tokens"] == 4096 and body["stream"] is True
+    assert body["stop_sequences"] == ["END"]
+    assert body["temperature"] == 0.2 and body["top_p"] == 0.9
+    assert body["metadata"] == {"user_id": "u-1"}
+    assert body["tools"] == [{"name": "get_weather", "description": "Weather",
+                              "input_schema": TOOL["function"]["parameters"]}]
+    assert body["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
+    for dropped in ("frequency_penalty", "logprobs", "seed", "store", "stream_options",
+                    "fallback_models", "parallel_tool_calls", "tool_calls", "user", "stop"):
+        assert dropped not in body
+    user, assistant, results = body["messages"]
+    assert user["content"][1] == {"type": "image", "source": {
+        "type": "base64", "media_type": "image/png", "data": "iVBORw0"}}
+    assert user["content"][2] == {"type": "image", "source": {
+        "type": "url", "url": "https://example.com/a.jpg"}}
+    assert assistant == {"role": "assistant", "content": [
+        {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}},
+        {"type": "tool_use", "id": "call_2", "name": "get_weather", "input": {}}]}
+    # Consecutive tool results become one user turn, and the next user text joins it.
+    assert results["role"] == "user"
+    assert results["content"][:2] == [
+        {"type": "tool_result", "tool_use_id": "call_1", "content": "sunny"},
+        {"type": "tool_result", "tool_use_id": "call_2",
+         "content": [{"type": "text", "text": "rain"}]}]
+    assert results["content"][2:] == [{"type": "text", "text": "Thanks"}]
+
+
+@pytest.mark.parametrize(("choice", "expected"), [
+    ("auto", {"type": "auto"}), ("none", {"type": "none"}),
+    ({"type": "function", "function": {"name": "get_weather"}},
+     {"type": "tool", "name": "get_weather"})])
+async def test_tool_choice(proxy: Any, upstream: Any, choice: Any, expected: Any) -> None:
+    sent = await sent_for(proxy, upstream, {"messages": [{"role": "user", "content": "x"}],
+                                            "tools": [TOOL], "tool_choice": choice})
+    assert sent.json()["tool_choice"] == expected
+
+
+async def test_max_tokens_reasoning_and_response_format(proxy: Any, upstream: Any) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    sent = (await sent_for(proxy, upstream, {
+        "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 77,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "s",
+                                                                   "schema": schema}}})).json()
+    assert sent["max_tokens"] == 77
+    assert sent["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
+    sent = (await sent_for(proxy, upstream, {
+        "messages": [{"role": "user", "content": "x"}], "reasoning_effort": "medium",
+        "response_format": {"type": "json_object"}})).json()
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 4096}
+    assert sent["max_tokens"] > 4096
+    assert "JSON" in sent["system"][-1]["text"]
+
+
+async def test_thinking_blocks_are_sent_back(proxy: Any, upstream: Any) -> None:
+    block = {"type": "thinking", "thinking": "hmm", "signature": "sig=="}
+    sent = (await sent_for(proxy, upstream, {"messages": [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a", "thinking_blocks": [block]},
+        {"role": "user", "content": "q2"}]})).json()
+    assert sent["messages"][1]["content"] == [block, {"type": "text", "text": "a"}]
+
+
+async def test_client_key_is_forwarded_when_none_is_configured(proxy: Any,
+                                                               upstream: Any) -> None:
+    upstream.body = fixture_bytes("anthropic/sdk-python_tool_use_response.sse")
+    config = make_config({"claude": {"type": "anthropic", "base_url": upstream.url}})
+    client = await proxy(config)
+    resp = await client.post("/v1/chat/completions",
+                             headers={"x-portkey-provider": "claude",
+                                      "authorization": "Bearer sk-ant-client"},
+                             json={"model": "claude-y", "stream": True,
+                                   "messages": [{"role": "user", "content": "x"}]})
+    assert resp.status == 200
+    assert upstream.requests[0].headers["x-api-key"] == "sk-ant-client"
+    assert upstream.requests[0].json()["model"] == "claude-y"
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"n": 2}, "n"),
+    ({"messages": [{"role": "user", "content": [{"type": "input_audio",
+                                                 "input_audio": {}}]}]},
+     "messages[0].content[0].type"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url",
+                                                 "image_url": {"url": "ftp://x"}}]}]},
+     "messages[0].content[0].image_url.url"),
+    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{bad"}}]}]},
+     "messages[1].tool_calls[0].function.arguments"),
+])
+async def test_untranslatable_requests_are_400(proxy: Any, upstream: Any, body: dict[str, Any],
+                                               param: str) -> None:
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "x"}], **body})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == param
+    assert not upstream.requests

@@ -1,0 +1,122 @@
+"""The YAML config: errors name file, key and reason; routing order; /v1/models; the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamproxy.config import ConfigError, load_config
+from streamproxy.errors import UnknownProvider
+from streamproxy.routing.router import Router
+from streamproxy.server.app import build_providers
+from tests.helpers import make_config
+
+EXAMPLE = """
+server:
+  port: 9999
+  max_body_bytes: 2097152
+  timeouts: {connect: 5, first_token: 60, idle: 30}
+providers:
+  claude:
+    type: anthropic
+    base_url: https://api.anthropic.com
+    api_key_env: ANTHROPIC_API_KEY
+    default_model: claude-sonnet-4-5
+  gpt:
+    type: openai
+    api_key: sk-inline
+    headers: {x-extra: "1"}
+    models: [gpt-4o, gpt-4o-mini]
+default_provider: claude
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "streamproxy.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_readme_example_loads(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-env")
+    config = load_config(write(tmp_path, EXAMPLE))
+    assert config.server.port == 9999
+    assert config.server.timeouts.first_token == 60 and config.server.timeouts.total is None
+    assert config.providers["claude"].api_key == "sk-ant-env"
+    assert config.providers["gpt"].base_url == "https://api.openai.com/v1"
+    assert "sk-" not in repr(config.providers["gpt"])
+
+
+@pytest.mark.parametrize(("text", "key", "reason"), [
+    ("providers: {x: {type: nope}}", "providers.x.type", "unknown provider type"),
+    ("providers: {x: {type: openai, base_url: ftp://a}}", "providers.x.base_url", "http"),
+    ("providers: {x: {type: openai, bogus: 1}}", "providers.x.bogus", "unknown key"),
+    ("providers: {x: {type: openai}}\ndefault_provider: y", "default_provider", "not a"),
+    ("providers: {x: {type: openai}}\nserver: {port: -1}", "server.port", "positive"),
+    ("providers: {x: {type: openai, timeouts: {soon: 1}}}", "providers.x.timeouts.soon",
+     "unknown timeout"),
+    ("providers: {}", "providers", "non-empty"),
+    ("providers: [a", "line", "invalid YAML"),
+    ("nonsense: 1\nproviders: {x: {type: openai}}", "nonsense", "unknown key"),
+])
+def test_config_errors_name_the_file_key_and_reason(tmp_path: Path, text: str, key: str,
+                                                    reason: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    assert key in info.value.key
+    assert reason in info.value.reason
+
+
+def test_serve_reports_a_config_error_without_a_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, "providers: {x: {type: nope}}")
+    proc = subprocess.run([sys.executable, "-m", "streamproxy", "serve", "--config", str(path)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert f"{path}: providers.x.type: unknown provider type" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def router() -> Router:
+    config = make_config({"mock": {"type": "mock"}, "openai": {"type": "openai"},
+                          "claude": {"type": "anthropic"}}, default="mock")
+    return Router(build_providers(config), config.default_provider,
+                  config.server.timeouts)
+
+
+@pytest.mark.parametrize(("headers", "model", "provider", "upstream_model"), [
+    ({}, "gpt-4o", "mock", "gpt-4o"),
+    ({}, "openai/gpt-4o", "openai", "gpt-4o"),
+    ({}, "@claude/claude-x", "claude", "claude-x"),
+    ({}, "meta-llama/Llama-3", "mock", "meta-llama/Llama-3"),  # not a provider name
+    ({"x-portkey-provider": "claude"}, "openai/gpt-4o", "claude", "openai/gpt-4o"),
+    ({"x-portkey-provider": "@openai"}, "openai/gpt-4o", "openai", "gpt-4o"),
+    ({"x-portkey-provider": "openai"}, None, "openai", None),
+])
+def test_routing_order(headers: dict[str, str], model: str | None, provider: str,
+                       upstream_model: str | None) -> None:
+    target = router().resolve(headers, model)
+    assert target.provider.name == provider
+    assert target.model == upstream_model
+
+
+def test_unknown_provider_names_the_configured_ones() -> None:
+    with pytest.raises(UnknownProvider, match="mock, openai, claude"):
+        router().resolve({"x-portkey-provider": "nope"}, "m")
+
+
+async def test_models_lists_the_configured_models(default_proxy: Any) -> None:
+    client = await default_proxy()
+    resp = await client.get("/v1/models")
+    data = (await resp.json())["data"]
+    ids = {m["id"] for m in data}
+    assert {"mock/fast", "mock/tool", "mock-openai/fast", "openai/gpt-4o-mini",
+            "anthropic/claude-sonnet-4-5"} <= ids
+    assert all(m["object"] == "model" for m in data)
+    health = await client.get("/healthz")
+    assert (await health.json()) == {"status": "ok"}

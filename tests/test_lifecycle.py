@@ -1,0 +1,53 @@
+"""A client that goes away cancels its upstream request promptly; nothing is left open."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import provider_config
+
+START = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","model":"m",'
+         b'"usage":{"input_tokens":3,"output_tokens":1}}}\n\n'
+         b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+         b'"delta":{"type":"text_delta","text":"one"}}\n\n')
+
+
+async def test_client_disconnect_mid_stream_closes_the_upstream_within_a_second(
+        proxy: Any, upstream: Any) -> None:
+    upstream.pieces = [START]
+    upstream.hold_open = True  # the upstream would stream forever
+    client = await proxy(provider_config("anthropic", upstream.url))
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(client.make_url("/v1/chat/completions"), json={
+            "messages": [{"role": "user", "content": "hi"}], "stream": True})
+        first = await resp.content.readany()
+        assert b'"content":"one"' in first or b"role" in first
+        resp.close()  # the client goes away mid-stream
+    await asyncio.wait_for(upstream.closed.wait(), timeout=1.0)
+
+
+async def test_client_disconnect_while_waiting_for_the_first_event(proxy: Any,
+                                                                   upstream: Any) -> None:
+    upstream.delay_before_headers = 30
+    client = await proxy(provider_config("anthropic", upstream.url))
+    async with aiohttp.ClientSession() as session:
+        task = asyncio.ensure_future(session.post(client.make_url("/v1/chat/completions"),
+                                                  json={"messages": [{"role": "user",
+                                                                      "content": "hi"}],
+                                                        "stream": True}))
+        while not upstream.requests:
+            await asyncio.sleep(0.01)
+        task.cancel()
+    # The proxy's upstream connection closes: the fake's handler sees the cancel.
+    proxy_app = client.server.app
+    from streamproxy.server.app import STATE
+
+    connector = proxy_app[STATE].client.session.connector  # type: ignore[union-attr]
+    for _ in range(100):
+        if not connector._acquired:  # type: ignore[attr-defined]
+            break
+        await asyncio.sleep(0.01)
+    assert not connector._acquired  # type: ignore[attr-defined]
