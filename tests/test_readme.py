@@ -1,0 +1,48 @@
+"""The README's provider table says exactly which parameters each provider drops."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from streamproxy.providers.registry import PROVIDER_TYPES
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def _common() -> set[str]:
+    paragraph = README.split('"Common" below stands for')[1].split("(`store`")[0]
+    return set(re.findall(r"`([a-z_]+)`", paragraph))
+
+
+def _rows() -> dict[str, str]:
+    rows = {}
+    for line in README.splitlines():
+        if line.startswith("| `") and line.count("|") == 6:
+            first, _url, _auth, _supported, dropped = line.split("|")[1:6]
+            for name in re.findall(r"`([a-z]+)`", first):
+                rows[name] = dropped
+    return rows
+
+
+@pytest.mark.parametrize("type_name", sorted(PROVIDER_TYPES))
+def test_readme_lists_each_providers_dropped_parameters(type_name: str) -> None:
+    rows = _rows()
+    assert type_name in rows, f"provider type {type_name} missing from the README table"
+    cell = rows[type_name]
+    if type_name == "mock":
+        return  # "as its wire"
+    listed = set(re.findall(r"`([a-z_]+)`", cell))
+    if "common except" in cell:
+        excepted = set(re.findall(r"except `([a-z_]+)`", cell))
+        listed = (listed - excepted) | (_common() - excepted)
+    elif "common" in cell:
+        listed |= _common()
+    assert listed == set(PROVIDER_TYPES[type_name].dropped_params)
+
+
+def test_readme_shows_the_two_commands() -> None:
+    first_screen = README[:1500]
+    assert "make run" in first_screen and "make test" in first_screen
