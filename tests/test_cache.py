@@ -21,6 +21,7 @@ from streamproxy.config import ConfigError
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
 from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
+from streamproxy.providers.mock.server import mock_text
 from streamproxy.providers.openai_compat import PassthroughTranslator
 from streamproxy.server.store_and_cache import FEATURES
 from tests.helpers import (
@@ -457,3 +458,34 @@ def test_cache_settings_are_validated() -> None:
                 {"mode": "semantic"}, {"default_max_age": "1d"}, {"nope": 1}, []):
         with pytest.raises(ConfigError, match="cache"):
             parse_cache_settings(config(cache=bad))
+
+
+async def test_named_configs_and_routes_carry_cache_settings(proxy: Any) -> None:
+    cfg = config(configs={"cached": {"provider": "mock",
+                                     "override_params": {"model": "fast:tokens=3"},
+                                     "cache": {"mode": "simple", "max_age": 60}}},
+                 routes={"cheap-and-cached": "cached"})
+    client = await proxy(cfg)
+    named = {"x-portkey-config": "cached"}
+    resp, _ = await post(client, {"model": "anything", "stream": True}, named)
+    assert resp.headers[STATUS] == "MISS"
+    await drained(client)
+    resp, out = await post(client, {"model": "anything", "stream": True}, named)
+    assert resp.headers[STATUS] == "HIT"
+    assert collect(sse_chunks(out)).content == mock_text(3)
+    # The route runs the same config: the same upstream question, so the same entry.
+    resp, out = await post(client, {"model": "cheap-and-cached", "stream": True})
+    assert resp.headers[STATUS] == "HIT"
+    assert collect(sse_chunks(out)).content == mock_text(3)
+
+
+async def test_proxy_keys_do_not_share_cached_answers(proxy: Any) -> None:
+    client = await proxy(config(auth={"keys": [{"name": "team-a", "key": "ka"},
+                                               {"name": "team-b", "key": "kb"}]}))
+    body = {"model": "mock/fast:tokens=3", "stream": True}
+    statuses = []
+    for key in ("ka", "kb", "ka", "kb"):
+        resp, _ = await post(client, body, {**cache_header(), "x-portkey-api-key": key})
+        statuses.append(resp.headers[STATUS])
+        await drained(client)
+    assert statuses == ["MISS", "MISS", "HIT", "HIT"]

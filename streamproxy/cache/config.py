@@ -1,8 +1,8 @@
 """Where caching is configured.
 
-Per request, in Portkey's form: the config's `cache: {mode: simple, max_age: <seconds>}` —
-today read from the `x-portkey-config` header's JSON (`cache_config_for`, the one place to
-switch to the routing module's parsed config when it lands).
+Per request, in Portkey's form: the config's `cache: {mode: simple, max_age: <seconds>}`,
+whichever way the config came (`x-portkey-config` header JSON or name, a route, the default
+config: routing/gateway.py), read through `cache_config_for`.
 
 The operator's defaults and the backend, in the `cache:` top-level YAML section:
 
@@ -81,8 +81,14 @@ def parse_cache_settings(config: Config) -> CacheSettings:
 
 
 def cache_config_for(request: web.Request) -> dict[str, Any] | None:
-    """The request's Portkey `cache` object: the top-level `cache` key of the `x-portkey-config`
-    header when it holds JSON (a named config is not ours to resolve). None when absent."""
+    """The request's Portkey `cache` object: the `cache` of the config its plan came from
+    (the `x-portkey-config` header, a named YAML config, a route's or the default config).
+    Without a plan, the top-level `cache` of the header's JSON. None when absent."""
+    from streamproxy.server.handlers import PLAN  # (the handler imports this module)
+
+    plan = request.get(PLAN)
+    if plan is not None:
+        return plan.cache
     value = request.headers.get(CONFIG_HEADER)
     if not value or value.lstrip()[:1] != "{":
         return None

@@ -41,9 +41,7 @@ from streamproxy.storage.service import owner_of
 log = logging.getLogger("streamproxy.cache")
 
 STATUS_HEADER = "x-portkey-cache-status"
-# Request state: the status, for on_response_prepare (RequestKey from aiohttp 3.13 on).
-_STATUS: Any = (web.RequestKey("streamproxy_cache_status", str) if hasattr(web, "RequestKey")
-                else "streamproxy.cache_status")
+_STATUS = web.RequestKey("streamproxy_cache_status", str)  # for on_response_prepare
 
 
 @dataclass(slots=True, frozen=True)
@@ -97,17 +95,17 @@ class ResponseCache:
         record.model = target.model or target.provider.cfg.default_model
         model = cached.model_of(entry) or record.model or ""
         headers = {TRACE_HEADER: record.trace_id, "x-portkey-provider": target.provider.name}
-        storing = record.pending is not None and "store" in record.pending
+        if record.pending is not None and "store" in record.pending:  # stored under this id
+            record.response = cached.completion_from(entry, completion_id=completion_id,
+                                                     created=created, model=model)
         if not req.stream:
-            completion = cached.completion_from(entry, completion_id=completion_id,
-                                                created=created, model=model)
+            completion = record.response or cached.completion_from(
+                entry, completion_id=completion_id, created=created, model=model)
+            body = orjson.dumps(completion)
             record.first_byte = time.monotonic()
             record.finish_reason = (completion.get("choices") or [{}])[0].get("finish_reason")
-            record.usage = completion.get("usage")
-            if storing:
-                record.response = completion
-            return web.Response(body=orjson.dumps(completion), content_type="application/json",
-                                headers=headers)
+            record.usage, record.bytes_out = completion.get("usage"), len(body)
+            return web.Response(body=body, content_type="application/json", headers=headers)
         encoder = ChunkEncoder(completion_id=completion_id, created=created, model=model,
                                include_usage=req.include_usage)
         cached.replay(entry, encoder)
@@ -115,13 +113,13 @@ class ResponseCache:
         response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
         await response.prepare(request)
         record.first_byte = time.monotonic()
-        await response.write(body)
-        await response.write_eof()
+        try:
+            await response.write(body)  # the whole answer: one write
+            await response.write_eof()
+        except ConnectionError:
+            record.client_disconnected = True
         record.chunks, record.bytes_out = encoder.chunks, len(body)
         record.finish_reason, record.usage = encoder.finish_reason, encoder.usage_data
-        if storing:
-            record.response = cached.completion_from(entry, completion_id=completion_id,
-                                                     created=created, model=model)
         return response
 
     def observe(self, record: RequestRecord) -> None:

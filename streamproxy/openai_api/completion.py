@@ -31,20 +31,28 @@ class CompletionBuilder:
         self.failure: ProxyError | None = None
         self.ended = False
         self.raw_chunks = 0
-        self.runs: list[list[Any]] = []
+        self._runs: list[list[Any]] = []  # closed runs; the open one is the three below
+        self._kind: str | None = None
+        self._index = 0
+        self._count = 0
         # The envelope the client saw: set from the encoder by TeeSink, or from a pass-through
         # stream's first chunk (the upstream's own id).
         self.id: str | None = None
         self.created: int | None = None
 
     def _step(self, kind: str, index: int = 0) -> None:
-        runs = self.runs
-        if runs:
-            last = runs[-1]
-            if last[0] == kind and last[1] == index:
-                last[2] += 1
-                return
-        runs.append([kind, index, 1])
+        if self._kind == kind and self._index == index:
+            self._count += 1
+            return
+        if self._kind is not None:
+            self._runs.append([self._kind, self._index, self._count])
+        self._kind, self._index, self._count = kind, index, 1
+
+    @property
+    def runs(self) -> list[list[Any]]:
+        if self._kind is None:
+            return list(self._runs)
+        return [*self._runs, [self._kind, self._index, self._count]]
 
     @property
     def content_parts(self) -> list[str]:
@@ -61,11 +69,17 @@ class CompletionBuilder:
 
     def content(self, text: str) -> None:
         self._text.append(text)
-        self._step("c")
+        if self._kind == "c":  # the common case, kept to one compare per delta
+            self._count += 1
+        else:
+            self._step("c")
 
     def reasoning(self, text: str) -> None:
         self.reasoning_parts.append(text)
-        self._step("r")
+        if self._kind == "r":
+            self._count += 1
+        else:
+            self._step("r")
 
     def thinking_block(self, block: dict[str, Any]) -> None:
         self.thinking_blocks.append(block)
