@@ -44,3 +44,10 @@ def default_proxy(proxy: Any) -> Callable[[], Awaitable[TestClient]]:
 def provider_config(kind: str, url: str, **extra: Any) -> Config:
     return make_config({"up": {"type": kind, "base_url": url, "api_key": "sk-test-secret",
                                "default_model": "m", **extra}}, default="up")
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path: Any, monkeypatch: Any) -> None:
+    """Tests run in a temporary directory, so defaults that write files (the stored
+    completions' SQLite database) never touch the checkout."""
+    monkeypatch.chdir(tmp_path)
