@@ -160,6 +160,41 @@ def test_unknown_message_type_is_a_decode_error() -> None:
     assert c.error is not None and c.error["code"] == "upstream_protocol_error"
 
 
+@pytest.mark.parametrize("payload", [
+    {"delta": {"text": "x"}}, {"contentBlockIndex": 0, "delta": "x"}, {"contentBlockIndex": 0},
+    {"contentBlockIndex": 0, "delta": None}, [1, 2],
+])
+def test_a_malformed_delta_after_the_first_text_delta_is_a_decode_error(payload: Any) -> None:
+    # From the second text delta on, deltas take the translator's inline path: the same
+    # checks must hold there as in the general dispatch.
+    text = {"contentBlockIndex": 0, "delta": {"text": "a"}}
+    body = b"".join([event("messageStart", {}), event("contentBlockDelta", text),
+                     event("contentBlockDelta", text), event("contentBlockDelta", payload)])
+    c = collect(sse_chunks(translate([body])))
+    assert c.content == "aa"
+    assert c.error is not None and c.error["code"] == "upstream_protocol_error" and not c.done
+
+
+def test_other_deltas_with_the_text_deltas_headers_still_map() -> None:
+    body = b"".join([
+        event("messageStart", {}),
+        event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "a"}}),
+        event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": ""}}),
+        event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "b"}}),
+        event("contentBlockDelta", {"contentBlockIndex": 1,
+                                    "delta": {"reasoningContent": {"text": "hmm"}}}),
+        event("contentBlockStart", {"contentBlockIndex": 2,
+                                    "start": {"toolUse": {"toolUseId": "t1", "name": "f"}}}),
+        event("contentBlockDelta", {"contentBlockIndex": 2,
+                                    "delta": {"toolUse": {"input": '{"x": 1}'}}}),
+        event("messageStop", {"stopReason": "tool_use"}),
+        event("metadata", {"usage": {"inputTokens": 3, "outputTokens": 2}}),
+    ])
+    c = collect(sse_chunks(translate([body])))
+    assert c.content == "ab" and c.reasoning == "hmm" and c.done
+    assert c.tool_calls == [{"id": "t1", "name": "f", "arguments": '{"x": 1}'}]
+
+
 def test_tool_indices_are_ordinals_and_argless_tools_get_empty_object() -> None:
     body = b"".join([
         event("messageStart", {"role": "assistant"}),

@@ -16,6 +16,7 @@ How the fixture bodies are built:
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import sys
 from dataclasses import dataclass
@@ -672,3 +673,236 @@ async def test_openai_sdk_thought_signature_round_trip(proxy: Any, upstream: Any
         "thoughtSignature": SIGNATURE}]}
     assert contents[2] == {"role": "user", "parts": [{"functionResponse": {
         "name": "pelican_name_generator", "response": {"output": "Pouchy"}, "id": "c9bjmkfz"}}]}
+
+
+# -- the fast path for plain text chunks (providers/gemini/stream.py, "Speed") ----------------
+# Gemini writes `": "` between a key and its value and a bare `,` between items; the translator
+# recognises a plain one-text-part chunk by that exact text. `google_sse` frames elements as
+# Gemini writes them (so they can take the fast path); `gemini_sse` (orjson's compact form)
+# never does, so its translation is the reference every fast-path stream must equal, byte for
+# byte.
+
+def google_sse(elements: list[Any], *, ascii_only: bool = False) -> bytes:
+    return b"".join(
+        b"data: " + json.dumps(e, separators=(",", ": "), ensure_ascii=ascii_only).encode()
+        + b"\r\n\r\n" for e in elements)
+
+
+def text_chunk(text: str, candidates_tokens: int = 19) -> dict[str, Any]:
+    """A plain text chunk in the recorded chunk's own envelope: its key order, its
+    usageMetadata (with `candidatesTokenCount` set), modelVersion and responseId."""
+    element = orjson.loads(orjson.dumps(TOOL_ELEMENTS[1]))
+    candidate = element["candidates"][0]
+    candidate["content"]["parts"] = [{"text": text}]
+    del candidate["finishReason"]
+    element["usageMetadata"]["candidatesTokenCount"] = candidates_tokens
+    return element
+
+
+FINISH = TOOL_ELEMENTS[1]  # the recorded finish chunk: `{"text": ""}` + STOP, with usage
+
+
+def translate_counting(pieces: list[bytes]) -> tuple[bytes, int]:
+    """`translate`, also counting the chunks that went through the full parse."""
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
+    tr = GeminiStreamTranslator(enc, 1 << 20)
+    parsed = 0
+    full_parse = tr.on_message
+
+    def counting(msg: dict[str, Any]) -> None:
+        nonlocal parsed
+        parsed += 1
+        full_parse(msg)
+
+    tr.on_message = counting  # type: ignore[method-assign]
+    out = b""
+    try:  # as the relay does: any typed error, from feed() or close(), ends in an error frame
+        for piece in pieces:
+            tr.feed(piece)
+            out += enc.take()
+        tr.close()
+    except ProxyError as e:
+        enc.error(e)
+    return out + enc.take(), parsed
+
+
+def test_the_fast_path_shape_is_the_recorded_key_order() -> None:
+    # The recording (made without alt=sse) is pretty-printed; its key order, written with the
+    # separators Gemini's alt=sse output uses, is the fast path's prefix up to `finishReason`.
+    recorded = google_sse([FINISH])
+    assert recorded.startswith(b'data: {"candidates": [{"content": {"parts": [{"text": ""}],'
+                               b'"role": "model"},"finishReason": "STOP","index": 0}],'
+                               b'"usageMetadata": {')
+    assert google_sse([text_chunk("Hi")]).startswith(
+        b'data: {"candidates": [{"content": {"parts": [{"text": "Hi"}],"role": "model"},'
+        b'"index": 0}],"usageMetadata": {')
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+def test_fixtures_in_geminis_own_separators(name: str) -> None:
+    elements = TOOL_ELEMENTS if name == "tool-call" else BLOCK_ELEMENTS
+    body = google_sse(elements)
+    rng = random.Random(name)
+    for pieces in ([body], *(random_splits(body, rng, max_piece=40) for _ in range(10))):
+        check(GOLDEN[name], translate(pieces))
+
+
+TRICKY_TEXTS = [
+    "Hello", "", " world", 'say "hi"', "ends in a backslash \\", "\\", '"', "\\\"",
+    '"}],"role": "model"},"index": 0}],"usageMetadata": {',
+    '\\"}],"role": "model"},"index": 0}],"usageMetadata": {',
+    "line\nbreak\ttab\r", "Zürich ✓ 😀", "<b>&amp;</b>='", "\u2028\u2029", "\x00\x1f",
+]
+
+
+@pytest.mark.parametrize("ascii_only", [False, True])
+def test_fast_path_text_stream_equals_the_full_parse(ascii_only: bool) -> None:
+    elements = [text_chunk(t, i) for i, t in enumerate(TRICKY_TEXTS)] + [FINISH]
+    reference = translate([gemini_sse(elements)])
+    c = collect(sse_chunks(reference))
+    assert c.content == "".join(TRICKY_TEXTS) and c.finish_reason == "stop" and c.done
+    assert c.usage["completion_tokens"] == 19 + 248  # the recorded finish chunk's snapshot
+    body = google_sse(elements, ascii_only=ascii_only)
+    rng = random.Random(int(ascii_only))
+    for pieces in ([body], *(random_splits(body, rng, max_piece=60) for _ in range(10))):
+        out, parsed = translate_counting(pieces)
+        assert out == reference
+        assert parsed == 2  # the first chunk (it starts the stream) and the finish chunk
+
+
+def test_fast_path_decodes_googles_html_escapes() -> None:
+    elements = [text_chunk("a"), text_chunk("<b> & 'c'="), FINISH]
+    body = google_sse(elements).replace(b"<", b"\\u003c").replace(b">", b"\\u003e") \
+        .replace(b"&", b"\\u0026").replace(b"'", b"\\u0027").replace(b"=", b"\\u003d")
+    assert b"\\u003cb\\u003e \\u0026 \\u0027c\\u0027\\u003d" in body
+    out, parsed = translate_counting([body])
+    assert out == translate([gemini_sse(elements)]) and parsed == 2
+
+
+def near_miss(change: str) -> dict[str, Any]:
+    """A chunk that starts exactly like a plain text chunk but is not one."""
+    element = text_chunk("x")
+    candidate = element["candidates"][0]
+    parts = candidate["content"]["parts"]
+    if change == "thought":
+        parts[0]["thought"] = True
+    elif change == "thought-then-text":  # `_TEXT_END` follows the *second* part's text
+        parts.insert(0, {"text": "pondering", "thought": True})
+    elif change == "two-text-parts":
+        parts.append({"text": "y"})
+    elif change == "signature":
+        parts[0]["thoughtSignature"] = "dGV4dA=="
+    elif change == "finish":
+        element["candidates"][0] = {"content": candidate["content"], "finishReason": "STOP",
+                                    "index": 0}
+    elif change == "max-tokens":
+        element["candidates"][0] = {"content": candidate["content"],
+                                    "finishReason": "MAX_TOKENS", "index": 0}
+    elif change == "second-index":
+        candidate["index"] = 1
+    elif change == "safety-ratings":
+        candidate["safetyRatings"] = [{"category": "HARM_CATEGORY_HATE_SPEECH",
+                                       "probability": "NEGLIGIBLE"}]
+    elif change == "two-candidates":
+        element["candidates"].append({"content": {"parts": [{"text": "other"}],
+                                                  "role": "model"}, "index": 1})
+    elif change == "no-usage":
+        del element["usageMetadata"]
+    elif change == "error-after-candidates":
+        del element["usageMetadata"]
+        element["error"] = {"code": 503, "message": "The model is overloaded.",
+                            "status": "UNAVAILABLE"}
+    else:
+        raise AssertionError(change)
+    return element
+
+
+NEAR_MISSES = ["thought", "thought-then-text", "two-text-parts", "signature", "finish",
+               "max-tokens", "second-index", "safety-ratings", "two-candidates", "no-usage",
+               "error-after-candidates"]
+
+
+@pytest.mark.parametrize("change", NEAR_MISSES)
+def test_near_misses_take_the_full_parse(change: str) -> None:
+    elements = [text_chunk("a"), text_chunk("b"), near_miss(change), text_chunk("c"), FINISH]
+    body = google_sse(elements)
+    assert body.split(b"\r\n\r\n")[2].startswith(
+        b'data: {"candidates": [{"content": {"parts": [{"text": "')
+    reference = translate([gemini_sse(elements)])
+    out, parsed = translate_counting([body])
+    assert out == reference
+    # Fully parsed: the first chunk, the near miss, the finish chunk; after a finish, every
+    # chunk (here "c" too); after an error, nothing more.
+    assert parsed == {"finish": 4, "max-tokens": 4, "error-after-candidates": 2}.get(change, 3)
+    c = collect(sse_chunks(out))
+    if change in ("thought", "thought-then-text"):
+        assert c.reasoning.endswith(("x", "pondering"))
+    if change == "signature":
+        assert c.thinking_blocks == [{"type": "thought_signature", "signature": "dGV4dA=="}]
+    if change in ("finish", "max-tokens"):  # the finish comes where it was sent
+        assert c.content == "abx" and c.done
+    if change == "error-after-candidates":
+        assert c.error is not None and not c.done
+
+
+def test_the_last_snapshot_may_be_an_unread_one() -> None:
+    finish_without_usage = orjson.loads(orjson.dumps(FINISH))
+    del finish_without_usage["usageMetadata"]
+    elements = [text_chunk("a", 1), text_chunk("b", 7), text_chunk("c", 5), finish_without_usage]
+    out, parsed = translate_counting([google_sse(elements)])
+    assert out == translate([gemini_sse(elements)]) and parsed == 2
+    c = collect(sse_chunks(out))
+    assert c.content == "abc" and c.done
+    assert c.usage["completion_tokens"] == 5 + 248  # the third chunk's, although it went down
+    # A usage-only chunk after the finish replaces it, as any later snapshot does.
+    late = {"usageMetadata": {"promptTokenCount": 4, "candidatesTokenCount": 2,
+                              "totalTokenCount": 6}}
+    c = collect(sse_chunks(translate([google_sse([*elements, late])])))
+    assert (c.usage["prompt_tokens"], c.usage["completion_tokens"]) == (4, 2)
+
+
+def test_a_malformed_last_snapshot_is_an_error_not_a_clean_end() -> None:
+    finish_without_usage = orjson.loads(orjson.dumps(FINISH))
+    del finish_without_usage["usageMetadata"]
+    body = google_sse([text_chunk("a"), text_chunk("b"), finish_without_usage])
+    chunks = body.split(b"\r\n\r\n")
+    chunks[1] = chunks[1].replace(b'"promptTokenCount": 28', b'"promptTokenCount": 2 8')
+    chunks = sse_chunks(translate([b"\r\n\r\n".join(chunks)]))
+    c = collect(chunks)
+    assert c.content == "ab" and c.finish_reason == "stop"
+    assert c.error is not None and c.error["code"] == "upstream_protocol_error"
+    assert not c.done and "[DONE]" not in chunks
+
+
+def test_a_replaced_snapshot_is_never_read() -> None:
+    # By design: a plain text chunk's keys after its text are read only if its snapshot is the
+    # last one, so damage there is not seen once a later snapshot replaced it.
+    body = google_sse([text_chunk("a"), text_chunk("b"), FINISH])
+    chunks = body.split(b"\r\n\r\n")
+    chunks[1] = chunks[1].replace(b'"promptTokenCount": 28', b'"promptTokenCount": 2 8')
+    c = collect(sse_chunks(translate([b"\r\n\r\n".join(chunks)])))
+    assert c.content == "ab" and c.done and c.usage["total_tokens"] == 295
+
+
+@pytest.mark.parametrize("literal", [b'"bad \\q escape"', b'"raw \x01 control"',
+                                     b'"cut short'])
+def test_an_invalid_text_literal_is_an_error(literal: bytes) -> None:
+    body = google_sse([text_chunk("a"), text_chunk("PLACEHOLDER"), FINISH])
+    body = body.replace(b'"PLACEHOLDER"', literal)
+    c = collect(sse_chunks(translate_counting([body])[0]))
+    assert c.content == "a"
+    assert c.error is not None and c.error["code"] == "upstream_protocol_error"
+    assert not c.done
+
+
+@settings(max_examples=120, deadline=None)
+@given(texts=st.lists(st.text(max_size=12), min_size=1, max_size=6), ascii_only=st.booleans(),
+       cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=8))
+def test_any_text_through_the_fast_path_equals_the_full_parse(
+        texts: list[str], ascii_only: bool, cuts: list[int]) -> None:
+    elements = [text_chunk(t, i) for i, t in enumerate(texts)] + [FINISH]
+    body = google_sse(elements, ascii_only=ascii_only)
+    bounds = [0, *sorted(min(cut, len(body)) for cut in cuts), len(body)]
+    out, parsed = translate_counting([body[a:b] for a, b in itertools.pairwise(bounds)])
+    assert out == translate([gemini_sse(elements)])
+    assert parsed == 2

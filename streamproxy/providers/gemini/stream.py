@@ -13,6 +13,16 @@
 - Once a finish reason was emitted, later parts are ignored (Gemini sends none): the client
   has already been told the answer is complete.
 - A chunk `{"error": {...}}` ends the stream with an OpenAI error frame and no `[DONE]`.
+
+Speed: nearly every chunk is one plain text part, and Gemini writes those byte for byte alike:
+`{"candidates": [{"content": {"parts": [{"text": "…"}],"role": "model"},"index": 0}],
+"usageMetadata": {…},"modelVersion": …}`. `feed` recognises that exact prefix (up to
+`"usageMetadata"`) on the bytes and decodes only the text's JSON string. The rest is per-chunk
+bookkeeping (the usage snapshot, modelVersion, responseId) and is left unread: the next
+snapshot replaces this one, so it is parsed at EOF only if it was the last (damage inside a
+snapshot that was replaced therefore goes unseen). Anything else (a second part, `thought`, a
+signature, a finish reason, another key order or other separators, the first chunk) takes the
+full parse.
 """
 
 from __future__ import annotations
@@ -20,6 +30,8 @@ from __future__ import annotations
 import json
 import os
 from typing import Any
+
+import orjson
 
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
@@ -57,6 +69,16 @@ FAILED_REASONS = {
 }
 
 
+# The plain text chunk, as Gemini serialises it (§4.3; Google's `": "` and bare `,`): the text
+# literal sits between these two, and the chunk's remaining keys follow the second.
+_TEXT_HEAD = b'{"candidates": [{"content": {"parts": [{"text": "'
+_TEXT_END = b'"}],"role": "model"},"index": 0}],"usageMetadata": {'
+_USAGE_KEY = b'"usageMetadata": {'
+_TEXT_AT = len(_TEXT_HEAD)  # the first byte of the text, after its opening quote
+_loads = orjson.loads
+_DecodeError = orjson.JSONDecodeError
+
+
 def map_usage(u: dict[str, Any]) -> dict[str, Any]:
     prompt = (u.get("promptTokenCount") or 0) + (u.get("toolUsePromptTokenCount") or 0)
     thoughts = u.get("thoughtsTokenCount") or 0
@@ -64,6 +86,13 @@ def map_usage(u: dict[str, Any]) -> dict[str, Any]:
     total = u.get("totalTokenCount")
     return make_usage(prompt, completion, cached=u.get("cachedContentTokenCount") or 0,
                       reasoning=thoughts, total=total if isinstance(total, int) else None)
+
+
+def unread_usage(chunk: bytes) -> Any:
+    """The usage snapshot of a plain text chunk the fast path took: its keys after the text,
+    parsed as an object of their own."""
+    rest = chunk[chunk.index(_TEXT_END, _TEXT_AT) + len(_TEXT_END) - len(_USAGE_KEY) :]
+    return load_event_json(b"{" + rest)["usageMetadata"]
 
 
 def dump_args(args: Any) -> str:
@@ -94,8 +123,31 @@ class GeminiStreamTranslator(SSETranslator):
         self.finished = False  # a finish reason (or a prompt block) was emitted
         self._tools = 0
         self._usage: dict[str, Any] | None = None
+        # The plain text chunk whose unread usage snapshot is the latest one, if it is.
+        self._usage_chunk: bytes | None = None
+        self._plain = False  # a plain text chunk may take the fast path (started, not finished)
+        self._content = out.content
 
-    def on_event(self, event: SSEEvent) -> None:
+    def feed(self, data: bytes) -> None:
+        for event in self._decoder.feed(data):
+            if self.done:
+                return
+            chunk = event.data
+            if self._plain and chunk.startswith(_TEXT_HEAD):  # the fast path (docstring)
+                end = chunk.find(_TEXT_END, _TEXT_AT)
+                if end > 0:
+                    try:  # parses only as one whole JSON string: `end` closes the text
+                        text = _loads(chunk[_TEXT_AT - 1 : end + 1])
+                    except _DecodeError:  # not a plain part: more keys, or a second part
+                        text = None
+                    if text is not None:
+                        if text:
+                            self._content(text)
+                        self._usage_chunk = chunk  # its unread snapshot is now the latest
+                        continue
+            self.on_message(load_event_json(chunk))
+
+    def on_event(self, event: SSEEvent) -> None:  # close()'s events: the full parse only
         self.on_message(load_event_json(event.data))
 
     def on_message(self, msg: dict[str, Any]) -> None:
@@ -108,6 +160,7 @@ class GeminiStreamTranslator(SSETranslator):
             usage = msg.get("usageMetadata")
             if usage is not None:
                 self._usage = usage  # a snapshot: replace, never merge
+                self._usage_chunk = None
             if not self._started:
                 self._started = True
                 self.out.start(msg.get("modelVersion"))
@@ -129,6 +182,7 @@ class GeminiStreamTranslator(SSETranslator):
                 if feedback and feedback.get("blockReason"):
                     self.out.finish(_FILTERED)
                     self.finished = True
+            self._plain = not self.finished
         except (KeyError, TypeError, AttributeError) as e:
             raise StreamDecodeError(f"the upstream sent a malformed chunk ({e!r})") from None
 
@@ -144,8 +198,14 @@ class GeminiStreamTranslator(SSETranslator):
         """Gemini's end is EOF: complete only if a finish reason came before it."""
         if not self.finished:
             raise StreamTruncated("the upstream closed the stream before a finish reason")
-        if self._usage is not None:
-            self.out.usage(map_usage(self._usage))
+        chunk = self._usage_chunk
+        usage = self._usage if chunk is None else unread_usage(chunk)
+        if usage is not None:
+            try:
+                self.out.usage(map_usage(usage))
+            except (TypeError, AttributeError) as e:
+                raise StreamDecodeError(f"the upstream sent a malformed usageMetadata ({e!r})"
+                                        ) from None
         self.out.end()
         self.done = True
 
