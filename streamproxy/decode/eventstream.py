@@ -33,6 +33,8 @@ from streamproxy.errors import BufferOverflow, StreamDecodeError, StreamTruncate
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024 + 128 * 1024
 _PRELUDE = struct.Struct(">III")
 _PRELUDE_LEN = 12
+_TAIL = struct.Struct(">II")
+_U32 = struct.Struct(">I")
 _MIN_FRAME = _PRELUDE_LEN + 4  # no headers, no payload
 _HEADER_CACHE_SIZE = 64
 
@@ -46,6 +48,9 @@ class EventStreamCRCError(StreamDecodeError):
 class EventStreamMessage(NamedTuple):
     headers: Mapping[str, HeaderValue]  # read-only, may be shared between messages
     payload: bytes
+
+
+_make = tuple.__new__
 
 
 class EventStreamDecoder:
@@ -66,6 +71,8 @@ class EventStreamDecoder:
             return []
         out: list[EventStreamMessage] = []
         pos = 0
+        cache = self._header_cache
+        crc32 = zlib.crc32
         with memoryview(buf) as view:
             while True:
                 if not need:
@@ -74,11 +81,25 @@ class EventStreamDecoder:
                     need = self._prelude(view, pos)
                 if have - pos < need:
                     break
-                out.append(self._message(view, pos, need))
-                pos += need
+                end = pos + need
+                headers_len, prelude_crc = _TAIL.unpack_from(view, pos + 4)
+                # The message CRC continues from the (verified) prelude CRC.
+                message_crc = _U32.unpack_from(view, end - 4)[0]
+                if crc32(view[pos + 8 : end - 4], prelude_crc) != message_crc:
+                    raise EventStreamCRCError("event-stream message CRC mismatch")
+                start = pos + _PRELUDE_LEN
+                block = bytes(view[start : start + headers_len])
+                headers = cache.get(block)
+                if headers is None:
+                    headers = MappingProxyType(parse_headers(block))
+                    if len(cache) < _HEADER_CACHE_SIZE:
+                        cache[block] = headers
+                payload = bytes(view[start + headers_len : end - 4])
+                out.append(_make(EventStreamMessage, (headers, payload)))
+                pos = end
                 need = 0
         self._need = need
-        del buf[:pos]  # O(1) at the front of a bytearray
+        del buf[:pos]
         return out
 
     def close(self) -> list[EventStreamMessage]:
@@ -101,20 +122,6 @@ class EventStreamDecoder:
             raise StreamDecodeError(f"event-stream frame lengths are inconsistent "
                                     f"(total {total}, headers {headers_len})")
         return total
-
-    def _message(self, view: memoryview, pos: int, total: int) -> EventStreamMessage:
-        end = pos + total
-        if zlib.crc32(view[pos : end - 4]) != int.from_bytes(view[end - 4 : end]):
-            raise EventStreamCRCError("event-stream message CRC mismatch")
-        headers_len = int.from_bytes(view[pos + 4 : pos + 8])
-        start = pos + _PRELUDE_LEN
-        block = bytes(view[start : start + headers_len])
-        headers = self._header_cache.get(block)
-        if headers is None:
-            headers = MappingProxyType(parse_headers(block))
-            if len(self._header_cache) < _HEADER_CACHE_SIZE:
-                self._header_cache[block] = headers
-        return EventStreamMessage(headers, bytes(view[start + headers_len : end - 4]))
 
 
 def _bytes(block: bytes, i: int, n: int) -> bytes:
