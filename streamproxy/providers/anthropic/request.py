@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import InvalidRequest
+from streamproxy.openai_api.content import parse_data_url, texts
 
 DEFAULT_MAX_TOKENS = 4096
 THINKING_BUDGET = {"low": 1024, "medium": 4096, "high": 16384}
@@ -138,22 +139,7 @@ def _messages(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
 
 
 def _text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    blocks = []
-    for j, part in enumerate(content):
-        if part.get("type") == "text":
-            if part.get("text"):
-                blocks.append({"type": "text", "text": part["text"]})
-        elif part.get("type") == "refusal":
-            continue
-        else:
-            raise InvalidRequest(f"Content part type '{part.get('type')}' is not allowed here.",
-                                 param=f"{where}[{j}].type", code="unsupported_value")
-    return blocks
-
+    return [{"type": "text", "text": t} for t in texts(content, where)]
 
 def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
     if not isinstance(content, list):
@@ -180,11 +166,7 @@ def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
 
 def _source(url: Any, where: str, *, remote: bool = True) -> dict[str, Any]:
     if isinstance(url, str) and url.startswith("data:"):
-        head, _, data = url.partition(",")
-        media_type = head[5:].split(";")[0]
-        if ";base64" not in head or not media_type or not data:
-            raise InvalidRequest("A data: URL must look like data:<mime>;base64,<data>.",
-                                 param=where, code="invalid_value")
+        media_type, data = parse_data_url(url, where)
         return {"type": "base64", "media_type": media_type, "data": data}
     if remote and isinstance(url, str) and url.startswith(("http://", "https://")):
         return {"type": "url", "url": url}

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import InvalidRequest
+from streamproxy.openai_api.content import parse_data_url, texts
 
 DEFAULT_MAX_TOKENS = 4096
 THINKING_BUDGET = {"low": 1024, "medium": 4096, "high": 16384}
@@ -180,22 +181,7 @@ def _messages(msgs: list[dict[str, Any]]
 
 
 def _text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"text": content}] if content else []  # Converse rejects blank text blocks
-    blocks = []
-    for j, part in enumerate(content):
-        if part.get("type") == "text":
-            if part.get("text"):
-                blocks.append({"text": part["text"]})
-        elif part.get("type") == "refusal":
-            continue
-        else:
-            raise InvalidRequest(f"Content part type '{part.get('type')}' is not allowed here.",
-                                 param=f"{where}[{j}].type", code="unsupported_value")
-    return blocks
-
+    return [{"text": t} for t in texts(content, where)]  # Converse rejects blank text blocks
 
 def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
     if not isinstance(content, list):
@@ -218,20 +204,9 @@ def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
     return blocks
 
 
-def _data_url(url: Any, where: str) -> tuple[str, str]:
-    """`data:<mime>;base64,<data>` → (mime, base64 data). The base64 text is forwarded as is:
-    the Converse JSON protocol carries `bytes` fields as base64."""
-    head, _, data = url.partition(",")
-    media_type = head[5:].split(";")[0].lower()
-    if ";base64" not in head or not media_type or not data:
-        raise InvalidRequest("A data: URL must look like data:<mime>;base64,<data>.",
-                             param=where, code="invalid_value")
-    return media_type, data
-
-
 def _image(url: Any, where: str) -> dict[str, Any]:
     if isinstance(url, str) and url.startswith("data:"):
-        media_type, data = _data_url(url, where)
+        media_type, data = parse_data_url(url, where)
         fmt = IMAGE_FORMATS.get(media_type)
         if fmt is None:
             raise InvalidRequest(f"Bedrock takes png, jpeg, gif or webp images, not {media_type}.",
@@ -252,7 +227,7 @@ def _document(file: dict[str, Any], where: str, i: int, j: int) -> dict[str, Any
     if not isinstance(data, str) or not data.startswith("data:"):
         raise InvalidRequest("Bedrock takes files as file_data data: URLs.",
                              param=f"{where}.file_data", code="invalid_value")
-    media_type, payload = _data_url(data, f"{where}.file_data")
+    media_type, payload = parse_data_url(data, f"{where}.file_data")
     fmt = DOCUMENT_FORMATS.get(media_type)
     if fmt is None:
         raise InvalidRequest(f"Bedrock does not take documents of type {media_type}.",

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import InvalidRequest
+from streamproxy.openai_api.content import parse_data_url, texts
 
 # OpenAI parameters with no Gemini equivalent: dropped, never forwarded.
 DROPPED = frozenset({
@@ -164,21 +165,7 @@ def _contents(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
 
 
 def _text_parts(content: Any, where: str) -> list[dict[str, Any]]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"text": content}] if content else []
-    parts = []
-    for j, part in enumerate(content):
-        kind = part.get("type")
-        if kind == "text":
-            if part.get("text"):
-                parts.append({"text": part["text"]})
-        elif kind != "refusal":
-            raise InvalidRequest(f"Content part type '{kind}' is not allowed here.",
-                                 param=f"{where}[{j}].type", code="unsupported_value")
-    return parts
-
+    return [{"text": t} for t in texts(content, where)]
 
 def _user_parts(content: Any, i: int) -> list[dict[str, Any]]:
     if not isinstance(content, list):
@@ -215,11 +202,7 @@ def _media(url: Any, where: str, default_mime: str | None,
     """A data: URL → `inlineData`; an http(s) or gs:// URL → `fileData` (Google fetches it;
     the translator does no I/O), its MIME type guessed from the file extension."""
     if isinstance(url, str) and url.startswith("data:"):
-        head, _, data = url.partition(",")
-        mime = head[5:].split(";")[0]
-        if ";base64" not in head or not mime or not data:
-            raise InvalidRequest("A data: URL must look like data:<mime>;base64,<data>.",
-                                 param=where, code="invalid_value")
+        mime, data = parse_data_url(url, where)
         return {"inlineData": {"mimeType": mime, "data": data}}
     if isinstance(url, str) and url.startswith(("http://", "https://", "gs://")):
         path = url.split("?", 1)[0].split("#", 1)[0]
