@@ -160,16 +160,8 @@ class Executor:
                 raise encoder.failure
             deadline.first_event()
             return OpenedStream(target, resp, translator, encoder, deadline)
-        except asyncio.CancelledError:
-            _abandon(deadline, resp)
-            if deadline.owns():
-                raise deadline.expired from None  # type: ignore[misc]
-            raise
         except BaseException as e:
-            _abandon(deadline, resp)
-            if isinstance(e, Exception):
-                raise map_client_error(e, provider.name, before_response=resp is None) from None
-            raise
+            raise _failure(e, deadline, resp, provider.name) from None
 
     async def _complete_one(self, req: ChatRequest, target: Target,
                             record: RequestRecord) -> bytes:
@@ -179,16 +171,8 @@ class Executor:
         try:
             resp = await self._send(req, target)
             body = await resp.read()
-        except asyncio.CancelledError:
-            _abandon(deadline, resp)
-            if deadline.owns():
-                raise deadline.expired from None  # type: ignore[misc]
-            raise
         except BaseException as e:
-            _abandon(deadline, resp)
-            if isinstance(e, Exception):
-                raise map_client_error(e, provider.name, before_response=resp is None) from None
-            raise
+            raise _failure(e, deadline, resp, provider.name) from None
         deadline.cancel()
         resp.release()
         completion_id = record.completion_id or new_completion_id()
@@ -216,7 +200,15 @@ def _parse_body(body: bytes) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
-def _abandon(deadline: Deadline, resp: aiohttp.ClientResponse | None) -> None:
+def _failure(exc: BaseException, deadline: Deadline, resp: aiohttp.ClientResponse | None,
+             provider: str) -> BaseException:
+    """An attempt failed before the commit point: release it, and say what to raise — our
+    timeout when the cancel was our deadline's, our error tree for aiohttp's errors."""
     deadline.cancel()
     if resp is not None:
         resp.close()
+    if isinstance(exc, asyncio.CancelledError):
+        return deadline.expired if deadline.owns() and deadline.expired else exc
+    if isinstance(exc, Exception):
+        return map_client_error(exc, provider, before_response=resp is None)
+    return exc
