@@ -82,7 +82,7 @@ def cmd_check_config(args: argparse.Namespace) -> None:
         print(f"provider {name}{default}: type={p.type} base_url={p.base_url or 'in-process'} "
               f"auth={key} models={', '.join(p.models) or p.default_model or '-'}")
     print(f"default provider: {config.default_provider or 'none (requests must name one)'}")
-    for section, value in config.sections.items():
+    for section, value in sorted(config.sections.items()):
         if section not in ("auth", "logging"):
             print(f"{section}: {_summary(value)}")
     print(describe(auth))
@@ -95,15 +95,15 @@ def cmd_check_config(args: argparse.Namespace) -> None:
 
 
 def _summary(value: object) -> str:
-    """A section owned by another module, generically: its names, not its contents (which
-    may hold secrets)."""
+    """A section owned by another module, generically: names, never a mapping's values (a
+    cache URL or a virtual key may hold a secret)."""
     if isinstance(value, dict):
         return ", ".join(map(str, value)) or "(empty)"
     if isinstance(value, list):
-        names = [str(v.get("name") or v.get("id") or "?") if isinstance(v, dict) else "?"
-                 for v in value]
-        return f"{len(value)} entries" + (f": {', '.join(names)}" if value else "")
-    return type(value).__name__
+        names = [v if isinstance(v, str) else str(v.get("name") or v.get("id") or "?")
+                 if isinstance(v, dict) else "?" for v in value]
+        return ", ".join(names) or "(empty)"
+    return str(value)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -84,6 +84,17 @@ async def test_a_proxy_key_in_authorization_is_not_forwarded_upstream(
     assert sent_auth(json_upstream) == [None, "Bearer sk-provider"]
 
 
+async def test_request_state_set_downstream_survives_the_header_removal(
+        proxy: Any, json_upstream: Any) -> None:
+    client = await proxy(config(json_upstream.url))
+    for headers in ({"authorization": f"Bearer {KEY_A}"}, {"x-portkey-api-key": KEY_A}):
+        resp = await client.post("/v1/chat/completions", json={"messages": USER},
+                                 headers=headers)
+        assert resp.status == 200
+        # Set by the response cache on the request, read when the response is prepared.
+        assert resp.headers["x-portkey-cache-status"] == "DISABLED"
+
+
 async def test_without_auth_the_client_key_is_forwarded_as_before(
         proxy: Any, json_upstream: Any) -> None:
     client = await proxy(make_config({"up": {"type": "openai", "base_url": json_upstream.url,

@@ -61,6 +61,25 @@ def test_prints_what_it_would_serve(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "SECRET" not in out + err
 
 
+def test_sections_of_other_modules_are_named_not_dumped(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(tmp_path, """
+providers:
+  mock: {type: mock, default_model: fast}
+  openai: {type: openai}
+configs:
+  resilient: {strategy: {mode: fallback}, targets: [{provider: openai}, {provider: mock}]}
+routes: {gpt-4o: resilient}
+virtual_keys:
+  team-openai: {provider: openai, api_key: sk-vk-SECRET-4}
+""", capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert "configs: resilient" in lines and "routes: gpt-4o" in lines
+    assert "virtual_keys: team-openai" in lines
+    assert "SECRET" not in out
+
+
 def test_auth_off_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(tmp_path, "providers: {mock: {type: mock}}\n", capsys)
     assert code == 0

@@ -18,6 +18,7 @@ from streamproxy.config import Timeouts
 from streamproxy.errors import StreamTruncated, UpstreamStatusError, UpstreamTimeout
 from streamproxy.observe.metrics import MAX_MODEL_LABELS, metrics, set_circuit_state
 from streamproxy.record import RequestRecord
+from streamproxy.server.app import STATE
 from streamproxy.upstream.deadline import Deadline
 from tests.helpers import collect, sse_chunks
 
@@ -155,6 +156,13 @@ def test_circuit_state() -> None:
     assert sample("streamproxy_circuit_breaker_state", target="openai/gpt-4o") == 0
     with pytest.raises(ValueError):
         set_circuit_state("openai/gpt-4o", "ajar")
+    set_circuit_state("p|m|https://user:pw@llm.internal/v1", "open")
+    assert sample("streamproxy_circuit_breaker_state", target="p|m|https://llm.internal/v1") == 2
+
+
+async def test_circuit_breakers_report_their_changes(default_proxy: Any) -> None:
+    client = await default_proxy()
+    assert set_circuit_state in client.server.app[STATE].breakers.listeners
 
 
 async def test_deadline_tracks_read_gaps_without_a_timer_per_read() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from typing import Any
 
 from aiohttp import web
@@ -40,6 +41,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MAX_MODEL_LABELS = 100
 MAX_LABEL_CHARS = 100
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
+_USERINFO = re.compile(r"://[^/@|]*@")
 
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120)
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
@@ -100,6 +102,7 @@ class Metrics:
         self.bytes_out = Counter("streamproxy_bytes_out", "Response bytes sent to clients.",
                                  ["provider"], registry=r)
         self._models: set[str] = set()
+        self._children: dict[tuple[Any, ...], Any] = {}
 
     def model_label(self, model: str | None) -> str:
         if not model:
@@ -119,31 +122,42 @@ class Metrics:
             log.exception("metrics observer failed")
 
     def _observe(self, r: RequestRecord) -> None:
+        c = self._child
         provider = r.provider or ""
         model = self.model_label(r.model)
         stream = "true" if r.stream else "false"
-        self.requests.labels(provider, model, str(r.status), stream).inc()
+        c(self.requests, provider, model, str(r.status), stream).inc()
         if r.duration is not None:
-            self.duration.labels(provider, model, stream).observe(r.duration)
+            c(self.duration, provider, model, stream).observe(r.duration)
         if r.stream and r.ttft is not None:
-            self.ttft.labels(provider, model).observe(r.ttft)
+            c(self.ttft, provider, model).observe(r.ttft)
         if r.upstream_reads and r.gap_max is not None and r.gap_mean is not None:
-            self.gap_max.labels(provider, model).observe(r.gap_max)
-            self.gap_mean.labels(provider, model).observe(r.gap_mean)
+            c(self.gap_max, provider, model).observe(r.gap_max)
+            c(self.gap_mean, provider, model).observe(r.gap_mean)
         self._tokens(provider, model, r.usage)
         for where, kind in r.upstream_errors or ():
-            self.upstream_errors.labels(where, kind).inc()
+            c(self.upstream_errors, where, kind).inc()
         retries = r.attempts - 1 - r.fallbacks  # every fallback move is one more attempt
         if retries > 0:
-            self.retries.labels(provider).inc(retries)
+            c(self.retries, provider).inc(retries)
         if r.fallbacks > 0:
-            self.fallbacks.labels(provider).inc(r.fallbacks)
+            c(self.fallbacks, provider).inc(r.fallbacks)
         if r.client_disconnected:
-            self.disconnects.labels(provider).inc()
+            c(self.disconnects, provider).inc()
         if r.bytes_in:
-            self.bytes_in.labels(provider).inc(r.bytes_in)
+            c(self.bytes_in, provider).inc(r.bytes_in)
         if r.bytes_out:
-            self.bytes_out.labels(provider).inc(r.bytes_out)
+            c(self.bytes_out, provider).inc(r.bytes_out)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, memoised: prometheus-client's own lookup takes a lock and
+        validates the labels on every call, several times the cost of the sample itself. Every
+        label is bounded (configured names, capped models, statuses, kinds), so is this."""
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def _tokens(self, provider: str, model: str, usage: Any) -> None:
         if not isinstance(usage, dict):
@@ -155,7 +169,7 @@ class Metrics:
         for kind, n in counts:
             # Pass-through usage is the provider's JSON: count only plausible integers.
             if isinstance(n, int) and not isinstance(n, bool) and n > 0:
-                self.tokens.labels(provider, model, kind).inc(n)
+                self._child(self.tokens, provider, model, kind).inc(n)
 
 
 _metrics: Metrics | None = None
@@ -182,7 +196,9 @@ def set_circuit_state(target_key: str, state: str) -> None:
         value = CIRCUIT_STATES[state]
     except KeyError:
         raise ValueError(f"unknown circuit state {state!r}") from None
-    metrics().circuit.labels(target_key[:MAX_LABEL_CHARS]).set(value)
+    # A breaker key may hold a base URL: never expose credentials written into one.
+    target = _USERINFO.sub("://", target_key)[:MAX_LABEL_CHARS]
+    metrics().circuit.labels(target).set(value)
 
 
 def render() -> bytes:

@@ -26,8 +26,8 @@ import orjson
 from streamproxy.config import ConfigError
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.openai_api.chunks import ChunkSink
-from streamproxy.providers.base import StreamTranslator, load_event_json
-from streamproxy.providers.openai_compat import OpenAIProvider, PassthroughTranslator
+from streamproxy.providers.base import StreamTranslator
+from streamproxy.providers.openai_compat import OpenAIProvider, PassthroughTranslator, load_chunk
 
 if TYPE_CHECKING:
     from streamproxy.openai_api.request import ChatRequest
@@ -42,7 +42,7 @@ class AzureTranslator(PassthroughTranslator):
         if b'"delta"' in data or data[:6] == b"[DONE]":
             super().on_event(event)
             return
-        chunk = load_event_json(data)
+        chunk = load_chunk(data)
         choices = chunk.get("choices")
         if not choices or not isinstance(choices[0], dict) or "delta" in choices[0]:
             super().on_event(event)  # the preamble, the usage chunk, an error…

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import orjson
 
 from streamproxy.decode.sse import SSEEvent
-from streamproxy.errors import UpstreamStatusError
+from streamproxy.errors import StreamDecodeError, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.base import (
     Provider,
@@ -50,7 +50,7 @@ class PassthroughTranslator(SSETranslator):
             self.on_done()
             return
         if _INTERESTING.search(data) is not None:
-            self.on_chunk(load_event_json(data), data)
+            self.on_chunk(load_chunk(data), data)
             return
         if data[:1] != b"{" or data[-1:] != b"}":
             # Not framed like a JSON object: a cut or garbled event is an error, never forwarded
@@ -85,6 +85,16 @@ class PassthroughTranslator(SSETranslator):
             return
         reason = choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
         self.out.raw(data, reason)
+
+
+def load_chunk(data: bytes) -> dict[str, Any]:
+    """An OpenAI chunk event, parsed: a JSON object whose `choices`, when present, is an array
+    (so `choices[0]` is safe wherever a chunk is inspected)."""
+    chunk = load_event_json(data)
+    choices = chunk.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        raise StreamDecodeError("the upstream sent a chunk whose 'choices' is not an array")
+    return chunk
 
 
 def _stream_error(error: Any, provider: str) -> UpstreamStatusError:

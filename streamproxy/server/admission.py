@@ -32,9 +32,9 @@ class Admission:
         self._gauge = metrics().active_streams
 
     def admits(self, request: web.Request) -> bool:
-        """Only generation endpoints (POST under /v1/) count; /healthz, /metrics and model lists
-        must keep answering when the proxy is full."""
-        return request.method == "POST" and request.path.startswith("/v1/")
+        """Only generation requests count; /healthz, /metrics, model lists and the stored
+        completions API must keep answering when the proxy is full."""
+        return request.method == "POST" and request.path == "/v1/chat/completions"
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:

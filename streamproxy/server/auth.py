@@ -221,9 +221,15 @@ def auth_middleware(auth: Auth) -> Middleware:
                 observe_rejection(request, err, "rate_limited", key.name)
                 raise err
         request[AUTH_KEY] = key
-        if in_authorization:
-            request = _without_authorization(request)
-        return await handler(request)
+        if not in_authorization:
+            return await handler(request)
+        clone = _without_authorization(request)
+        try:
+            return await handler(clone)
+        finally:
+            # aiohttp prepares the returned response with the original request: what handlers
+            # noted on the clone (e.g. for on_response_prepare signals) must be there too.
+            request.update(clone)
 
     return authenticate
 
