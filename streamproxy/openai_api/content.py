@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from streamproxy.errors import InvalidRequest
 
 
@@ -34,3 +36,27 @@ def parse_data_url(url: str, where: str) -> tuple[str, str]:
         raise InvalidRequest("A data: URL must look like data:<mime>;base64,<data>.",
                              param=where, code="invalid_value")
     return mime, data
+
+
+def tool_call_input(arguments: Any, i: int, j: int) -> dict[str, Any]:
+    """An assistant tool call's `arguments` (a JSON string; "" means no arguments) → the
+    object providers take as input. A non-object JSON value is wrapped as {"value": …}."""
+    if not arguments:
+        return {}
+    try:
+        parsed = orjson.loads(arguments) if isinstance(arguments, str) else arguments
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("Tool call arguments must be a JSON object string.",
+                             param=f"messages[{i}].tool_calls[{j}].function.arguments",
+                             code="invalid_value") from None
+    return parsed if isinstance(parsed, dict) else {"value": parsed}
+
+
+# OpenAI request fields that no translated provider can take: every translating provider
+# drops them (the README's "common" list). `store` and `stream_options.include_usage` are
+# honoured by the proxy itself.
+OPENAI_ONLY = frozenset({
+    "audio", "function_call", "functions", "logit_bias", "logprobs", "metadata", "modalities",
+    "prediction", "prompt_cache_key", "safety_identifier", "service_tier", "store",
+    "stream_options", "top_logprobs", "verbosity", "web_search_options",
+})

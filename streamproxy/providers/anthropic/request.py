@@ -16,20 +16,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from streamproxy.errors import InvalidRequest
-from streamproxy.openai_api.content import parse_data_url, texts
+from streamproxy.openai_api.content import OPENAI_ONLY, parse_data_url, texts, tool_call_input
 
 DEFAULT_MAX_TOKENS = 4096
 THINKING_BUDGET = {"low": 1024, "medium": 4096, "high": 16384}
 # OpenAI parameters with no Anthropic equivalent: dropped, never forwarded.
-DROPPED = frozenset({
-    "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs", "seed",
-    "store", "metadata", "modalities", "audio", "prediction", "service_tier",
-    "web_search_options", "functions", "function_call", "verbosity", "safety_identifier",
-    "prompt_cache_key", "stream_options",
-})
+DROPPED = OPENAI_ONLY | {"frequency_penalty", "presence_penalty", "seed"}
 # Anthropic-native parameters a client may pass through (e.g. openai SDK `extra_body`).
 PASSTHROUGH = ("top_k", "thinking")
 
@@ -182,18 +175,9 @@ def _assistant_blocks(m: dict[str, Any], i: int) -> list[dict[str, Any]]:
     blocks.extend(_text_blocks(m.get("content"), f"messages[{i}].content"))
     for j, call in enumerate(m.get("tool_calls") or []):
         fn = call["function"]
-        args = fn.get("arguments") or "{}"
-        try:
-            parsed = orjson.loads(args) if isinstance(args, str) else args
-        except orjson.JSONDecodeError:
-            raise InvalidRequest(
-                "Tool call arguments must be a JSON object string.",
-                param=f"messages[{i}].tool_calls[{j}].function.arguments",
-                code="invalid_value") from None
-        if not isinstance(parsed, dict):
-            parsed = {"value": parsed}
         blocks.append({"type": "tool_use", "id": call.get("id") or f"toolu_{i}_{j}",
-                       "name": fn["name"], "input": parsed})
+                       "name": fn["name"],
+                       "input": tool_call_input(fn.get("arguments"), i, j)})
     return blocks
 
 

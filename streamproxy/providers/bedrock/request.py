@@ -27,17 +27,13 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import InvalidRequest
-from streamproxy.openai_api.content import parse_data_url, texts
+from streamproxy.openai_api.content import OPENAI_ONLY, parse_data_url, texts, tool_call_input
 
 DEFAULT_MAX_TOKENS = 4096
 THINKING_BUDGET = {"low": 1024, "medium": 4096, "high": 16384}
 # OpenAI parameters with no Converse equivalent: dropped, never forwarded.
-DROPPED = frozenset({
-    "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs", "seed",
-    "store", "metadata", "modalities", "audio", "prediction", "service_tier",
-    "web_search_options", "functions", "function_call", "verbosity", "safety_identifier",
-    "prompt_cache_key", "stream_options", "user", "parallel_tool_calls",
-})
+DROPPED = OPENAI_ONLY | {"frequency_penalty", "presence_penalty", "seed", "user",
+                        "parallel_tool_calls"}
 # Converse request fields a client may set itself, forwarded as given.
 PASSTHROUGH = ("additionalModelRequestFields", "additionalModelResponseFieldPaths",
                "guardrailConfig", "performanceConfig", "promptVariables", "requestMetadata")
@@ -250,16 +246,7 @@ def _assistant_blocks(m: dict[str, Any], i: int, tool_names: list[str]) -> list[
     blocks.extend(_text_blocks(m.get("content"), f"messages[{i}].content"))
     for j, call in enumerate(m.get("tool_calls") or []):
         fn = call["function"]
-        args = fn.get("arguments") or "{}"
-        try:
-            parsed = orjson.loads(args) if isinstance(args, str) else args
-        except orjson.JSONDecodeError:
-            raise InvalidRequest(
-                "Tool call arguments must be a JSON object string.",
-                param=f"messages[{i}].tool_calls[{j}].function.arguments",
-                code="invalid_value") from None
-        if not isinstance(parsed, dict):
-            parsed = {"value": parsed}
+        parsed = tool_call_input(fn.get("arguments"), i, j)
         tool_names.append(fn["name"])
         blocks.append({"toolUse": {"toolUseId": call.get("id") or f"tooluse_{i}_{j}",
                                    "name": fn["name"], "input": parsed}})

@@ -23,13 +23,9 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import InvalidRequest
+from streamproxy.openai_api.content import OPENAI_ONLY
 
-DROPPED = frozenset({
-    "logit_bias", "logprobs", "top_logprobs", "user", "store", "metadata", "modalities",
-    "audio", "prediction", "service_tier", "web_search_options", "functions", "function_call",
-    "verbosity", "safety_identifier", "prompt_cache_key", "stream_options",
-    "parallel_tool_calls",
-})
+DROPPED = OPENAI_ONLY | {"user", "parallel_tool_calls"}
 PASSTHROUGH = ("k", "safety_mode", "documents", "citation_options", "strict_tools", "thinking")
 SAME_NAME = ("temperature", "seed", "frequency_penalty", "presence_penalty")
 THINKING_BUDGET = {"minimal": 512, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768}

@@ -20,15 +20,10 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import InvalidRequest
-from streamproxy.openai_api.content import parse_data_url, texts
+from streamproxy.openai_api.content import OPENAI_ONLY, parse_data_url, texts, tool_call_input
 
 # OpenAI parameters with no Gemini equivalent: dropped, never forwarded.
-DROPPED = frozenset({
-    "logit_bias", "logprobs", "top_logprobs", "store", "metadata", "modalities", "audio",
-    "prediction", "service_tier", "web_search_options", "functions", "function_call",
-    "verbosity", "safety_identifier", "prompt_cache_key", "stream_options", "user",
-    "parallel_tool_calls",
-})
+DROPPED = OPENAI_ONLY | {"user", "parallel_tool_calls"}
 # Gemini-native settings a client may pass (openai SDK `extra_body`), forwarded as given.
 PASSTHROUGH_TOP = {"safety_settings": "safetySettings", "cached_content": "cachedContent"}
 # The tool-call id suffix LiteLLM uses to carry a signature; accepted on the way in.
@@ -263,7 +258,7 @@ def _model_parts(m: dict[str, Any], i: int,
         if call_id:
             calls[call_id] = calls[base_id] = (fn["name"], upstream_id)
         function_call: dict[str, Any] = {"name": fn["name"],
-                                         "args": _arguments(fn.get("arguments"), i, j)}
+                                         "args": tool_call_input(fn.get("arguments"), i, j)}
         if upstream_id:
             function_call["id"] = upstream_id
         part: dict[str, Any] = {"functionCall": function_call}
@@ -271,18 +266,6 @@ def _model_parts(m: dict[str, Any], i: int,
             part["thoughtSignature"] = signature
         parts.append(part)
     return parts
-
-
-def _arguments(args: Any, i: int, j: int) -> dict[str, Any]:
-    if not args:
-        return {}
-    try:
-        parsed = orjson.loads(args) if isinstance(args, str) else args
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("Tool call arguments must be a JSON object string.",
-                             param=f"messages[{i}].tool_calls[{j}].function.arguments",
-                             code="invalid_value") from None
-    return parsed if isinstance(parsed, dict) else {"value": parsed}
 
 
 def _function_response(m: dict[str, Any], i: int,

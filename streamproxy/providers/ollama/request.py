@@ -22,13 +22,9 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import InvalidRequest
+from streamproxy.openai_api.content import OPENAI_ONLY
 
-DROPPED = frozenset({
-    "logit_bias", "logprobs", "top_logprobs", "user", "store", "metadata", "modalities",
-    "audio", "prediction", "service_tier", "web_search_options", "functions", "function_call",
-    "verbosity", "safety_identifier", "prompt_cache_key", "stream_options",
-    "parallel_tool_calls",
-})
+DROPPED = OPENAI_ONLY | {"user", "parallel_tool_calls"}
 # Parameters that go into `options` under the same name (top_k: a common extra_body key).
 OPTIONS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty", "top_k")
 THINK = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
