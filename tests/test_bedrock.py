@@ -660,7 +660,9 @@ async def test_error_bodies_keep_status_and_message(status: int, kind: str, prox
     client = await proxy(bedrock_config(upstream.url))
     resp = await stream_request(client)
     assert resp.status == status
-    assert (await resp.json())["error"]["message"] == f"{kind} happened"
+    error = (await resp.json())["error"]
+    assert error["message"] == f"{kind} happened"
+    assert error["code"] == kind  # from the x-amzn-errortype header, through the proxy
     provider = BedrockProvider(bedrock_config(upstream.url).providers["aws"])
     err = provider.parse_error(status, upstream.body, f"{kind}:http://internal.amazon.com/")
     assert (err.status, err.code) == (status, kind)

@@ -13,6 +13,7 @@ None of them does I/O; `routing/executor.py` and `relay.py` own the sockets.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -159,6 +160,12 @@ class Provider:
 
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
         return generic_error(status, body, self.name)
+
+    def error_from_response(self, status: int, body: bytes,
+                            headers: Mapping[str, str]) -> UpstreamStatusError:
+        """An upstream HTTP error → our error; override when the headers say something the
+        body does not (Bedrock's `x-amzn-errortype`)."""
+        return self.parse_error(status, body)
 
 
 def generic_error(status: int, body: bytes, provider: str) -> UpstreamStatusError:

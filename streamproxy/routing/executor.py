@@ -74,7 +74,7 @@ class Executor:
                 body = await resp.read()
             finally:
                 resp.close()
-            err = provider.parse_error(resp.status, body)
+            err = provider.error_from_response(resp.status, body, resp.headers)
             err.retry_after = _retry_after(resp)
             raise err
         return resp

@@ -11,6 +11,7 @@ way aiohttp will send it before it is signed, so the signed path is the path on 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
@@ -81,6 +82,10 @@ class BedrockProvider(Provider):
                            created: int) -> dict[str, Any]:
         return to_completion(body, completion_id=completion_id, created=created,
                              model=req.model or "")
+
+    def error_from_response(self, status: int, body: bytes,
+                            headers: Mapping[str, str]) -> UpstreamStatusError:
+        return self.parse_error(status, body, headers.get("x-amzn-errortype"))
 
     def parse_error(self, status: int, body: bytes,
                     error_type: str | None = None) -> UpstreamStatusError:
