@@ -23,7 +23,7 @@ from tests.helpers import collect, make_config, sse_chunks
 
 FIELDS = {"ts", "trace_id", "auth_key", "provider", "model", "status", "stream", "ttft_ms",
           "duration_ms", "prompt_tokens", "completion_tokens", "cached_tokens", "finish_reason",
-          "attempts", "target_index", "fallbacks", "client_disconnected", "error_type",
+          "attempts", "target_index", "option", "fallbacks", "client_disconnected", "error_type",
           "error_code", "upstream_errors", "bytes_in", "bytes_out", "chunks", "max_gap_ms"}
 USER = [{"role": "user", "content": "a fairly private question"}]
 
@@ -42,7 +42,7 @@ async def test_one_line_per_request_with_the_documented_fields(
     caplog.set_level(logging.INFO)
     client = await proxy(mock_config())
     body = await (await client.post("/v1/chat/completions", headers={
-        "x-portkey-trace-id": "trace-stream-1"}, json={
+        "x-portkey-trace-id": "trace-stream-1", "x-portkey-metadata": '{"team": "blue"}'}, json={
         "model": "fast:tokens=7", "stream": True, "messages": USER})).read()
     assert collect(sse_chunks(body)).done
     await (await client.post("/v1/chat/completions", json={
@@ -51,6 +51,7 @@ async def test_one_line_per_request_with_the_documented_fields(
     await (await client.get("/healthz")).read()
 
     streamed, plain, bad = access_lines(caplog)
+    assert streamed.pop("metadata") == {"team": "blue"}  # only when the client sent some
     for line in (streamed, plain, bad):
         assert set(line) == FIELDS
         assert line["ts"].endswith("Z")
@@ -61,6 +62,7 @@ async def test_one_line_per_request_with_the_documented_fields(
     assert streamed["completion_tokens"] == 7 and streamed["prompt_tokens"] >= 1
     assert streamed["ttft_ms"] >= 0 and streamed["duration_ms"] >= streamed["ttft_ms"]
     assert streamed["attempts"] == 1 and streamed["target_index"] == 0
+    assert streamed["option"] == "config"
     assert streamed["fallbacks"] == 0 and streamed["client_disconnected"] is False
     assert streamed["bytes_out"] == len(body) and streamed["bytes_in"] > 0
     assert plain["stream"] is False and plain["ttft_ms"] is None

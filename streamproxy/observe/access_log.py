@@ -131,6 +131,7 @@ def access_entry(r: RequestRecord, now: float | None = None) -> dict[str, Any]:
         "finish_reason": r.finish_reason,
         "attempts": r.attempts,
         "target_index": r.target_index,
+        "option": r.option_path,  # the config target that answered
         "fallbacks": r.fallbacks,
         "client_disconnected": r.client_disconnected,
         "error_type": r.error_type,
@@ -141,6 +142,8 @@ def access_entry(r: RequestRecord, now: float | None = None) -> dict[str, Any]:
         "chunks": r.chunks,
         "max_gap_ms": _ms(r.gap_max),
     }
+    if r.metadata:  # the client's x-portkey-metadata, as Portkey logs it
+        entry["metadata"] = r.metadata
     if r.request_body is not None:
         entry["request_body"] = _body(r.request_body)
     return entry
