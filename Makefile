@@ -24,7 +24,7 @@ run: $(VENV)/.installed-base
 
 test: $(VENV)/.installed-test redis-server-present
 	$(BIN)/ruff check streamproxy tests bench loadtests
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --benchmark-disable
 
 # The Redis cache tests start their own redis-server (tests/redis_server.py): install it when
 # missing (apt-get, as root), else stop with what to do. A missing Redis fails, never skips.
@@ -44,8 +44,18 @@ redis-server-present:
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check streamproxy tests bench loadtests
 
+# The streaming benchmark (about 3 minutes; BENCH_ARGS=--quick: about one).
 bench: $(VENV)/.installed-test
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The decoder/translator micro-benchmarks, timed (make test runs them once, untimed).
+bench-micro: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_bench_micro.py --benchmark-only \
+	  --benchmark-columns=min,median,ops --benchmark-sort=name
+
+# A bounded (30 s) headless locust run against the proxy on its embedded default.
+loadtest: $(VENV)/.installed-load
+	$(BIN)/python loadtests/run.py
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache .ruff_cache .hypothesis

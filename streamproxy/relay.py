@@ -31,10 +31,11 @@ async def relay(stream: OpenedStream, client: web.StreamResponse, record: Reques
     sent = 0
     try:
         try:
-            first = encoder.take()
-            sent += len(first)
-            await write(first)
+            out = encoder.take()
+            sent += len(out)
+            await write(out)
             while not translator.done:
+                data = out = b""  # nothing held while an idle stream waits (10,000 of them)
                 data = await read()
                 if not data:
                     translator.close()  # raises StreamTruncated if the end never came

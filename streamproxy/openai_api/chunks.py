@@ -159,18 +159,6 @@ class ChunkEncoder:
         buf += self._content_tail
         self.chunks += 1
 
-    def content_json(self, literal: bytes) -> None:
-        """`content()` for text that is already one valid JSON string literal, quotes
-        included (a translator's fast path lifts it from the upstream's bytes): spliced into
-        the frame as is, with no decode and no re-encode."""
-        if not self._prefix:
-            self._envelope()
-        buf = self._buf
-        buf += self._content_head
-        buf += literal
-        buf += self._content_tail
-        self.chunks += 1
-
     def reasoning(self, text: str) -> None:
         self._frame(b'{"reasoning_content":' + _dumps(text) + b"}")
 

@@ -21,12 +21,13 @@ def shutdown_error() -> Overloaded:
 
 
 class Drain:
-    __slots__ = ("_idle", "_requests", "aborted", "draining")
+    __slots__ = ("_cancelled", "_idle", "_requests", "aborted", "draining")
 
     def __init__(self) -> None:
         self.draining = False  # /healthz answers 503 and new chat requests are refused
         self.aborted = False  # the grace period is over: what is left gets an error
         self._requests: dict[asyncio.Task[object], Deadline | None] = {}
+        self._cancelled: set[asyncio.Task[object]] = set()  # aborted before their commit
         self._idle: asyncio.Event | None = None
 
     @property
@@ -51,9 +52,13 @@ class Drain:
             self._idle.set()
 
     def owns(self) -> bool:
-        """In a handler that caught CancelledError: was it our abort, and only ours?"""
+        """In a handler that caught CancelledError: was it our abort of a request that had not
+        committed, and nobody else's cancel?"""
         task = asyncio.current_task()
-        return self.aborted and task is not None and task.uncancel() == 0
+        if task is None or task not in self._cancelled:
+            return False
+        self._cancelled.discard(task)
+        return task.uncancel() == 0
 
     def start(self) -> None:
         self.draining = True
@@ -78,5 +83,6 @@ class Drain:
             if deadline is not None:
                 deadline.abort(shutdown_error())
             else:
+                self._cancelled.add(task)
                 task.cancel()
         return len(running)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import resource
@@ -49,6 +50,7 @@ BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
 YOUNG = 10.0  # a worker that dies younger than this counts as crash-looping
 KILL_AFTER = 10.0  # seconds past the grace period before a stuck worker is killed
 PROMETHEUS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+GC_THRESHOLD = 10_000  # net container allocations between young collections (CPython: 700)
 
 # Called in the master with the pid of every worker that exits (e.g. metrics cleanup).
 CHILD_EXIT_HOOKS: list[Callable[[int], None]] = []
@@ -120,9 +122,12 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     else:
         loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: log.warning(
+            "SIGHUP ignored: reloading the config needs a master (--workers 2 or more)"))
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=5.0, **http_limits(config))
     await runner.setup()
+    _tune_gc()
     try:
         site = web.TCPSite(runner, host, port, backlog=2048, reuse_port=reuse_port or None)
         await site.start()
@@ -135,6 +140,16 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
         await drain_and_stop(app, site, grace)
     finally:
         await runner.cleanup()
+
+
+def _tune_gc() -> None:
+    """What the app built at start-up lives until exit: freeze it out of the collector's scans.
+    Streams allocate short-lived dicts by the million (parsed events), which would run a
+    young-generation collection every 700 allocations; a larger threshold runs it less often,
+    and each collection only scans what the requests in flight hold."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
 
 
 async def drain_and_stop(app: web.Application, site: web.TCPSite, grace: list[float]) -> None:

@@ -357,7 +357,7 @@ async def start_mock_server(host: str = "127.0.0.1", port: int = 0) -> tuple[web
     """Serve the mock on loopback; returns the runner and its base URL."""
     runner = web.AppRunner(create_mock_app(), access_log=None, handler_cancellation=True)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, backlog=4096)  # benchmarks open thousands at once
     await site.start()
     sock = site._server.sockets[0]  # type: ignore[union-attr]
     bound_host, bound_port = sock.getsockname()[:2]

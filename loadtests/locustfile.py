@@ -1,0 +1,193 @@
+"""Locust load test for streamproxy's streaming chat completions.
+
+Locust times whole requests only; a streaming user needs more. Each stream reports, as locust
+statistics (request type STREAM, so they sit in the same tables, CSVs and charts):
+
+    <scenario> TTFT            request sent → first content token (ms)
+    <scenario> inter-token     gap between two content chunks (ms), one sample per chunk
+    <scenario> stream          request sent → end of the stream (ms); a failure when the
+                               stream is cut, ends with an error frame or without [DONE]
+    <scenario> tokens/s        completion tokens per second of the stream — the "response
+                               time" columns hold tokens/s here, not ms
+
+Configuration, all by environment variable (see loadtests/README.md):
+
+    SP_SCENARIOS   comma-separated scenarios to run, default "translated,passthrough":
+                   translated   the built-in mock in Anthropic's format (translation path)
+                   passthrough  the built-in mock in OpenAI's format (pass-through path)
+                   custom       SP_MODEL against whatever the proxy routes it to
+    SP_MODEL       model for `custom` (e.g. "claude/claude-sonnet-4-5")
+    SP_MOCK        mock knobs for the two mock scenarios, default "tokens=100,tps=100"
+    SP_PROMPT      the user message, default a short one
+    SP_MAX_TOKENS  max_tokens, default 256
+    SP_API_KEY     sent as `Authorization: Bearer` (a proxy key, or a provider key)
+    SP_HEADERS     extra headers, JSON object (e.g. '{"x-portkey-provider": "openai"}')
+    SP_WAIT        seconds each user waits between streams, default 0
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from locust import HttpUser, constant, events, task
+
+STREAM_TYPE = "STREAM"
+PATH = "/v1/chat/completions"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+MOCK = _env("SP_MOCK", "tokens=100,tps=100")
+MODELS = {
+    "translated": f"mock/{MOCK}",
+    "passthrough": f"mock-openai/{MOCK}",
+    "custom": os.environ.get("SP_MODEL", ""),
+}
+SCENARIOS = [s.strip() for s in _env("SP_SCENARIOS", "translated,passthrough").split(",")
+             if s.strip()]
+for _name in SCENARIOS:
+    if _name not in MODELS:
+        raise SystemExit(f"SP_SCENARIOS: unknown scenario {_name!r} (known: {', '.join(MODELS)})")
+    if not MODELS[_name]:
+        raise SystemExit("SP_SCENARIOS=custom needs SP_MODEL")
+
+
+def _headers() -> dict[str, str]:
+    headers = {"content-type": "application/json", "accept": "text/event-stream"}
+    if os.environ.get("SP_API_KEY"):
+        headers["authorization"] = f"Bearer {os.environ['SP_API_KEY']}"
+    headers.update(json.loads(os.environ.get("SP_HEADERS") or "{}"))
+    return headers
+
+
+class StreamFailed(Exception):
+    pass
+
+
+class StreamReader:
+    """Splits the response into SSE events and keeps the per-stream figures."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.buffer = b""
+        self.first_token: float | None = None
+        self.last_token: float | None = None
+        self.gaps: list[float] = []
+        self.chunks = 0  # chunks that carried content
+        self.usage_tokens: int | None = None
+        self.done = False
+        self.error: str | None = None
+
+    def feed(self, data: bytes, now: float) -> None:
+        self.buffer += data
+        *events, self.buffer = self.buffer.replace(b"\r\n", b"\n").split(b"\n\n")
+        for event in events:
+            self.event(event, now)
+
+    def event(self, event: bytes, now: float) -> None:
+        payload = b"\n".join(line[5:].lstrip() for line in event.split(b"\n")
+                             if line.startswith(b"data:"))
+        if not payload:
+            return
+        if payload == b"[DONE]":
+            self.done = True
+            return
+        chunk = json.loads(payload)
+        if "error" in chunk:
+            self.error = str(chunk["error"].get("message") or chunk["error"])
+            return
+        if chunk.get("usage"):
+            self.usage_tokens = chunk["usage"].get("completion_tokens")
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"):
+                if self.first_token is None:
+                    self.first_token = now
+                else:
+                    self.gaps.append(now - self.last_token)  # type: ignore[operator]
+                self.last_token = now
+                self.chunks += 1
+
+
+def _report(name: str, ms: float, length: int = 0, exception: Exception | None = None) -> None:
+    events.request.fire(request_type=STREAM_TYPE, name=name, response_time=ms,
+                        response_length=length, exception=exception, context={})
+
+
+class _StreamingUser(HttpUser):
+    abstract = True
+    scenario = ""
+    wait_time = constant(float(_env("SP_WAIT", "0")))
+
+    def on_start(self) -> None:
+        self.body = json.dumps({
+            "model": MODELS[self.scenario], "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": int(_env("SP_MAX_TOKENS", "256")),
+            "messages": [{"role": "user", "content": _env(
+                "SP_PROMPT", "Write two sentences about load testing.")}],
+        })
+        self.headers = _headers()
+
+    @task
+    def stream(self) -> None:
+        name = self.scenario
+        started = time.perf_counter()
+        reader = StreamReader(started)
+        try:
+            with self.client.post(PATH, data=self.body, headers=self.headers, stream=True,
+                                  name=f"{name} POST (headers)", catch_response=True) as resp:
+                if resp.status_code != 200:
+                    resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                    raise StreamFailed(f"HTTP {resp.status_code}")
+                resp.success()
+                for data in resp.iter_content(chunk_size=None):
+                    reader.feed(data, time.perf_counter())
+        except StreamFailed as e:
+            _report(f"{name} stream", (time.perf_counter() - started) * 1000, exception=e)
+            return
+        except Exception as e:  # connection reset, bad JSON, …: a stream error
+            _report(f"{name} stream", (time.perf_counter() - started) * 1000,
+                    exception=StreamFailed(f"{type(e).__name__}: {e}"))
+            return
+        self.report(name, reader, time.perf_counter())
+
+    def report(self, name: str, r: StreamReader, ended: float) -> None:
+        total_ms = (ended - r.started) * 1000
+        failure = None
+        if r.error is not None:
+            failure = StreamFailed(f"error frame: {r.error}")
+        elif not r.done:
+            failure = StreamFailed("stream ended without [DONE]")
+        elif r.first_token is None:
+            failure = StreamFailed("no content token")
+        tokens = r.usage_tokens or r.chunks
+        _report(f"{name} stream", total_ms, tokens, failure)
+        if r.first_token is None:
+            return
+        _report(f"{name} TTFT", (r.first_token - r.started) * 1000)
+        for gap in r.gaps:
+            _report(f"{name} inter-token", gap * 1000)
+        generating = (r.last_token or r.first_token) - r.first_token
+        if tokens > 1 and generating > 0:
+            _report(f"{name} tokens/s", (tokens - 1) / generating)
+
+
+class TranslatedUser(_StreamingUser):
+    scenario = "translated"
+    abstract = "translated" not in SCENARIOS
+
+
+class PassthroughUser(_StreamingUser):
+    scenario = "passthrough"
+    abstract = "passthrough" not in SCENARIOS
+
+
+class CustomUser(_StreamingUser):
+    scenario = "custom"
+    abstract = "custom" not in SCENARIOS
+

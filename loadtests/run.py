@@ -1,0 +1,83 @@
+"""`make loadtest`: the proxy on its embedded default (in-process mock, no keys), a bounded
+headless locust run against it, locust's percentile tables, then everything stopped.
+
+Environment: LOADTEST_USERS (default 20), LOADTEST_TIME (default 30s), LOADTEST_PORT
+(default a free port), and the SP_* variables of loadtests/locustfile.py (e.g.
+SP_SCENARIOS=translated). Exit status: locust's (1 when any request or stream failed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proxy: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proxy.poll() is not None:
+            raise SystemExit(f"the proxy exited with status {proxy.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"the proxy did not answer {url}/healthz within {timeout:g}s")
+
+
+def main() -> int:
+    users = os.environ.get("LOADTEST_USERS", "20")
+    run_time = os.environ.get("LOADTEST_TIME", "30s")
+    port = int(os.environ.get("LOADTEST_PORT") or free_port())
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.NamedTemporaryFile(prefix="streamproxy-loadtest-", suffix=".log",
+                                     delete=False) as log:
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "streamproxy", "serve", "--port", str(port)],
+            stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL)
+    try:
+        wait_healthy(url, proxy)
+        print(f"proxy on {url} (embedded default config; its log: {log.name})", flush=True)
+        locust = [sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"),
+                  "--headless", "--only-summary", "--host", url, "-u", users, "-r", users,
+                  "-t", run_time, "--stop-timeout", "5", "--loglevel", "WARNING"]
+        print(" ".join(locust[1:]), flush=True)
+        try:
+            return subprocess.run(locust, timeout=_seconds(run_time) + 60).returncode
+        except subprocess.TimeoutExpired:
+            print("locust did not finish in time", file=sys.stderr)
+            return 1
+    finally:
+        proxy.send_signal(signal.SIGTERM)
+        try:
+            proxy.wait(15)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+            proxy.wait(5)
+
+
+def _seconds(spec: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    if spec[-1:] in units:
+        return float(spec[:-1]) * units[spec[-1]]
+    return float(spec)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""A client that stops reading must stop the upstream too: the relay awaits each write, aiohttp's
+write waits for the client's socket buffer to drain, so the proxy stops reading, the upstream's
+TCP window closes and its own writes block. Without that, a slow client would make the proxy
+buffer the whole generation in memory.
+
+The fake upstream streams text deltas without end (up to a cap, so a broken proxy fails the
+test instead of eating the machine's memory) and counts the bytes its writes got through."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from streamproxy.providers.mock.server import anthropic_delta, anthropic_prelude, openai_delta
+from tests.conftest import provider_config
+
+SMALL_BUFFER = 32 * 1024  # socket buffers at both ends we control, so the kernel holds little
+CAP = 512 * 1024 * 1024  # an unbounded proxy would drain this much in well under a minute
+
+
+class EndlessUpstream:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.written = 0
+        self.url = ""
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        sock = request.transport.get_extra_info("socket")  # type: ignore[union-attr]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        if self.kind == "anthropic":
+            await resp.write(anthropic_prelude("m", 1))
+            batch = b"".join(anthropic_delta(i) for i in range(500))
+        else:
+            batch = b"".join(openai_delta(i, "m", False) for i in range(500))
+        try:
+            while self.written < CAP:
+                await resp.write(batch)  # returns only once the transport has room again
+                self.written += len(batch)
+        except (ConnectionError, RuntimeError):
+            pass  # the proxy went away with the client
+        return resp
+
+
+async def open_slow_client(port: int, body: bytes) -> tuple[asyncio.StreamReader, Any]:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=SMALL_BUFFER)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                 % (len(body), body))
+    return reader, writer
+
+
+async def until_flat(upstream: EndlessUpstream, timeout: float = 15.0) -> int:
+    """Wait until the upstream's count has not grown for a whole second; returns it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    samples = [-3, -2, -1]
+    while samples[-1] != samples[-2] or samples[-2] != samples[-3]:
+        assert loop.time() < deadline, f"the upstream kept writing: {upstream.written} bytes"
+        await asyncio.sleep(0.5)
+        samples.append(upstream.written)
+    return samples[-1]
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "openai"])
+async def test_a_client_that_stops_reading_stops_the_upstream(kind: str, proxy: Any,
+                                                              aiohttp_server: Any) -> None:
+    upstream = EndlessUpstream(kind)
+    server = await aiohttp_server(upstream.app())
+    client = await proxy(provider_config(kind, str(server.make_url("")).rstrip("/")))
+    body = orjson.dumps({"model": "m", "stream": True,
+                         "messages": [{"role": "user", "content": "hi"}]})
+    reader, writer = await open_slow_client(client.server.port, body)
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert b"chat.completion.chunk" in await asyncio.wait_for(reader.read(4096), 10)
+        # The client reads nothing more. The upstream gets ahead by what the buffers on the
+        # way hold (kernel socket buffers, the proxy's transport, its read buffer)...
+        stalled_at = await until_flat(upstream)
+        # ...and then its writes block, far below what it would have sent.
+        assert stalled_at < 64 * 1024 * 1024, f"{stalled_at} bytes got through"
+        await asyncio.sleep(1.0)
+        assert upstream.written == stalled_at
+        # Reading again releases it: the stream was paused, not broken.
+        for _ in range(50):
+            await asyncio.wait_for(reader.read(1 << 20), 10)
+        await asyncio.sleep(0.2)
+        assert upstream.written > stalled_at
+    finally:
+        writer.close()

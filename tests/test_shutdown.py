@@ -1,0 +1,133 @@
+"""Graceful shutdown of a worker (server/drain.py, workers.drain_and_stop): stop accepting,
+/healthz says draining, running streams finish within the grace period, the rest end with one
+OpenAI error frame, and a request that has not started streaming gets a 503."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from streamproxy.server.app import STATE, create_app
+from streamproxy.server.workers import drain_and_stop
+from tests.helpers import collect, make_config, sse_chunks
+
+TEST_TIMEOUT = 20  # seconds: a broken drain fails the test instead of hanging the suite
+
+
+@dataclass
+class Running:
+    app: web.Application
+    site: web.TCPSite
+    url: str
+
+    async def drain(self, grace: float) -> float:
+        """SIGTERM's work; returns how long it took."""
+        t0 = time.monotonic()
+        await drain_and_stop(self.app, self.site, [grace])
+        return time.monotonic() - t0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Running]:
+    """The proxy on a real socket (the embedded mock in-process), as a worker runs it."""
+    config = make_config({"mock": {"type": "mock", "default_model": "fast"}}, default="mock")
+    app = create_app(config)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=2.0)
+    await runner.setup()
+    port = _free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield Running(app, site, f"http://127.0.0.1:{port}")
+    finally:
+        await runner.cleanup()
+
+
+def chat(model: str) -> dict[str, Any]:
+    return {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_stream_that_ends_within_the_grace_period_completes(running: Running) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT), aiohttp.ClientSession() as session, session.post(
+            running.url + "/v1/chat/completions", json=chat("mock/tokens=10,tps=20")) as resp:
+        first = await resp.content.readany()  # streaming: the commit point is behind us
+        took, rest = await asyncio.gather(running.drain(grace=10.0), resp.read())
+    c = collect(sse_chunks(first + rest))
+    assert c.done and c.error is None and c.finish_reason == "stop"
+    assert c.content.startswith("Hello from the streamproxy mock")
+    assert took < 5.0  # it returned when the stream ended, not at the end of the grace period
+
+
+async def test_streams_still_running_after_the_grace_period_end_with_an_error_frame(
+        running: Running) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT), aiohttp.ClientSession() as session, session.post(
+            running.url + "/v1/chat/completions", json=chat("mock/tokens=200,tps=20")) as resp:
+        first = await resp.content.readany()
+        took, rest = await asyncio.gather(running.drain(grace=0.3), resp.read())
+    chunks = sse_chunks(first + rest)
+    c = collect(chunks)  # the strict client: nothing after the error frame, no [DONE]
+    assert c.error is not None and not c.done
+    assert c.error["code"] == "shutting_down" and c.error["type"] == "api_error"
+    assert chunks[-1] == {"error": c.error}
+    assert 0 < len(c.content) < len("Hello from the streamproxy mock") * 20  # cut, not silent
+    assert 0.3 <= took < 3.0
+
+
+async def test_draining_health_and_new_requests_on_kept_alive_connections(
+        running: Running) -> None:
+    url = running.url
+    async with (asyncio.timeout(TEST_TIMEOUT), aiohttp.ClientSession() as idle,
+                aiohttp.ClientSession() as busy):
+        resp = await idle.get(url + "/healthz")  # leaves a kept-alive connection in `idle`
+        assert resp.status == 200 and await resp.json() == {"status": "ok"}
+        async with busy.post(url + "/v1/chat/completions",
+                             json=chat("mock/tokens=40,tps=20")) as stream:
+            await stream.content.readany()
+            drain = asyncio.create_task(running.drain(grace=10.0))
+            await wait_for(lambda: running.app[STATE].drain.draining)
+            health = await idle.get(url + "/healthz")
+            assert health.status == 503 and await health.json() == {"status": "draining"}
+            refused = await idle.post(url + "/v1/chat/completions", json=chat("mock/fast"))
+            assert refused.status == 503
+            assert refused.headers.get("connection", "").lower() == "close"
+            assert (await refused.json())["error"]["code"] == "shutting_down"
+            with pytest.raises(aiohttp.ClientConnectionError):  # no longer accepting
+                await busy.get(url + "/healthz")
+            c = collect(sse_chunks(await stream.read()))
+        assert c.done  # the running stream was left to finish
+        await drain
+
+
+async def test_a_request_not_yet_streaming_when_the_grace_ends_gets_a_503(
+        running: Running) -> None:
+    drain_state = running.app[STATE].drain
+    async with asyncio.timeout(TEST_TIMEOUT), aiohttp.ClientSession() as session:
+        pending = asyncio.create_task(session.post(  # the mock holds its headers for 5 s
+            running.url + "/v1/chat/completions", json=chat("mock/fast:stall_ms=5000")))
+        await wait_for(lambda: drain_state.active == 1)
+        took = await running.drain(grace=0.2)
+        resp = await pending
+        assert resp.status == 503
+        assert (await resp.json())["error"]["code"] == "shutting_down"
+    assert took < 3.0

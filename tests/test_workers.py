@@ -1,0 +1,158 @@
+"""`streamproxy serve --workers 2` as a real process tree: the master forks two SO_REUSEPORT
+workers, replaces one that is killed, reloads on SIGHUP (and keeps the old workers when the new
+config is bad), and drains on SIGTERM. Every wait is bounded; the tree is always killed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.helpers import collect, sse_chunks
+
+CONFIG = """
+server:
+  shutdown_grace: {grace}
+providers:
+  mock:
+    type: mock
+    default_model: fast
+    models: [{models}]
+default_provider: mock
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Tree:
+    def __init__(self, config: Path, port: int) -> None:
+        self.config, self.port = config, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = config.with_suffix(".log")
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streamproxy", "serve", "--config", str(config),
+                 "--port", str(port), "--workers", "2"],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def workers(self) -> set[int]:
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        try:
+            return {int(p) for p in path.read_text().split()}
+        except OSError:
+            return set()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+
+async def until(check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def healthy(url: str) -> bool:
+    try:
+        async with aiohttp.ClientSession() as s, s.get(url + "/healthz") as r:
+            return r.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+async def stream_ok(url: str, model: str = "mock/fast:tokens=20") -> bool:
+    """A fresh connection (so the kernel may pick either worker) and a whole stream."""
+    async with aiohttp.ClientSession() as s, s.post(url + "/v1/chat/completions", json={
+            "model": model, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}) as r:
+        c = collect(sse_chunks(await r.read()))
+    return r.status == 200 and c.done and c.finish_reason == "stop"
+
+
+@pytest.fixture
+async def tree(tmp_path: Path) -> AsyncIterator[Tree]:
+    config = tmp_path / "proxy.yaml"
+    config.write_text(CONFIG.format(grace=0.5, models="fast"))
+    t = Tree(config, _free_port())
+    try:
+        await until(lambda: len(t.workers()) == 2 and healthy(t.url), "two workers listening")
+        yield t
+    finally:
+        t.kill()
+
+
+async def test_requests_succeed_and_a_killed_worker_is_replaced(tree: Tree) -> None:
+    for _ in range(6):
+        assert await stream_ok(tree.url)
+    before = tree.workers()
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    replaced = await until(lambda: (w := tree.workers()) and victim not in w and len(w) == 2
+                           and w, "the killed worker to be replaced")
+    assert len(replaced - before) == 1
+    await until(lambda: healthy(tree.url), "health after the restart")
+    results = await asyncio.gather(*(stream_ok(tree.url) for _ in range(8)))
+    assert all(results)
+    assert "died (signal SIGKILL); restarting slot" in tree.output()
+
+
+async def test_sighup_reloads_and_a_bad_config_keeps_the_old_workers(tree: Tree) -> None:
+    old = tree.workers()
+    tree.config.write_text("providers: [this is not: valid")
+    tree.proc.send_signal(signal.SIGHUP)
+    await until(lambda: "reload failed" in tree.output(), "the reload error in the log")
+    assert tree.workers() == old and await stream_ok(tree.url)
+
+    tree.config.write_text(CONFIG.format(grace=0.5, models="fast, newmodel"))
+    tree.proc.send_signal(signal.SIGHUP)
+    new = await until(lambda: (w := tree.workers()) and not (w & old) and len(w) == 2 and w,
+                      "a new generation of workers")
+    assert new.isdisjoint(old)
+
+    async def models() -> list[str]:
+        async with aiohttp.ClientSession() as s, s.get(tree.url + "/v1/models") as r:
+            return [m["id"] for m in (await r.json())["data"]]
+
+    assert "mock/newmodel" in await models()
+    assert await stream_ok(tree.url)
+
+
+async def test_sigterm_drains_then_exits_zero(tree: Tree) -> None:
+    async with aiohttp.ClientSession() as s, s.post(tree.url + "/v1/chat/completions", json={
+            "model": "mock/tokens=400,tps=40", "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}) as r:
+        first = await r.content.readany()
+        t0 = time.monotonic()
+        tree.proc.send_signal(signal.SIGTERM)
+        rest = await asyncio.wait_for(r.read(), 10)
+    c = collect(sse_chunks(first + rest))
+    assert c.error is not None and c.error["code"] == "shutting_down"  # grace 0.5 s < 10 s
+    status = await asyncio.to_thread(tree.proc.wait, 10)
+    assert status == 0
+    assert time.monotonic() - t0 < 8.0
+    assert not await healthy(tree.url)
