@@ -87,14 +87,15 @@ class Env:
 
 # -- requests -------------------------------------------------------------------------------------
 
-def chat_body(model: str) -> bytes:
+def chat_body(model: str, **extra: Any) -> bytes:
     return orjson.dumps({"model": model, "stream": True, "max_tokens": 1024,
-                         "messages": [{"role": "user", "content": "Say hello, token by token."}]})
+                         "messages": [{"role": "user", "content": "Say hello, token by token."}],
+                         **extra})
 
 
-def proxied(port: int, model: str, expect: int | None = None) -> Target:
-    return Target("127.0.0.1", port, "/v1/chat/completions", chat_body(model), SSE, PROXY_TOKEN,
-                  b"data: [DONE]\n\n", expect)
+def proxied(port: int, model: str, expect: int | None = None, **extra: Any) -> Target:
+    return Target("127.0.0.1", port, "/v1/chat/completions", chat_body(model, **extra), SSE,
+                  PROXY_TOKEN, b"data: [DONE]\n\n", expect)
 
 
 def direct_anthropic(port: int, preset: str, expect: int | None) -> Target:
@@ -171,19 +172,19 @@ def added(a: float | None, b: float | None) -> float | None:
 
 # -- the proxy under test -------------------------------------------------------------------------
 
-def write_config(env: Env, providers: dict[str, dict[str, Any]]) -> Path:
+def write_config(env: Env, providers: dict[str, dict[str, Any]], **sections: Any) -> Path:
     path = env.logdir / "proxy.yaml"
     data = {"server": {"log_level": "warning", "max_concurrent_streams": 20_000},
             "providers": providers,
-            "default_provider": next(iter(providers))}
+            "default_provider": next(iter(providers)), **sections}
     path.write_text(json.dumps(data))  # JSON is YAML
     return path
 
 
 def start_proxy(env: Env, providers: dict[str, dict[str, Any]], workers: int = 1,
-                pin: set[int] | None = None) -> tuple[Proc, int]:
+                pin: set[int] | None = None, **sections: Any) -> tuple[Proc, int]:
     port = free_port()
-    config = write_config(env, providers)
+    config = write_config(env, providers, **sections)
     proc = start("proxy", ["-m", "streamproxy", "serve", "--config", str(config), "--port",
                            str(port), "--workers", str(workers)],
                  pin=pin or env.proxy_core, logdir=env.logdir, port=port)
@@ -238,6 +239,22 @@ async def latency(env: Env) -> None:
                lambda port: proxied(port, "mock/paced", 53),
                direct_anthropic(env.mock_port, "paced", 55), env.mock, 16,
                env.plan.paced_window, spread=1.0)
+
+
+async def store_cost(env: Env) -> None:
+    """`store: true` against the same streams without it, on one proxy in one invocation: the
+    `direct` row here is the proxy *without* store (issue 7: store costs <= 10 %)."""
+    storage = {"path": str(env.logdir / "store.sqlite3")}
+    proxy, port = start_proxy(env, mock_providers(env), storage=storage)
+    try:
+        plain = await measure(proxied(port, "mock/fast", 203), 32, env.plan, proxy, [env.mock],
+                              env.plan.window)
+        stored = await measure(proxied(port, "mock/fast", 203, store=True), 32, env.plan, proxy,
+                               [env.mock], env.plan.window)
+    finally:
+        proxy.stop()
+    record(env, "store-c32", "200-delta Anthropic streams with store: true (vs without)",
+           stored, plain, note="direct row = the same proxy without store")
 
 
 async def passthrough(env: Env) -> None:
@@ -502,6 +519,9 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     slow = (by.get("slow-10k") or {}).get("proxied") or {}
     check("slow streams: errors", slow.get("errors"), 0, "errors", False)
     check("slow streams: RSS per stream", slow.get("rss_per_stream_kb"), 25.0, "KB", False)
+    store = by.get("store-c32") or {}
+    check("store: true throughput vs without (c32)",
+          (store.get("ratio") or {}).get("events_per_s"), 0.90, "ratio", True)
     workers = (by.get("workers-2") or {}).get("workers") or {}
     check("2 workers vs 1 (projected, one core each)", workers.get("scaling"), 1.7, "x", True)
     return out
@@ -509,7 +529,8 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # -- main -----------------------------------------------------------------------------------------
 
-SCENARIOS = ("anthropic-c1", "anthropic-c32", "anthropic-c128", "paced-c16", "openai-c32",
+SCENARIOS = ("anthropic-c1", "anthropic-c32", "anthropic-c128", "paced-c16", "store-c32",
+             "openai-c32",
              "gemini-c32", "bedrock-c32", "slow-10k", "workers-2")
 
 
@@ -519,6 +540,7 @@ async def run(env: Env, only: set[str]) -> None:
         ("anthropic-c32", lambda: throughput(env, 32)),
         ("anthropic-c128", lambda: throughput(env, 128)),
         ("paced-c16", lambda: latency(env)),
+        ("store-c32", lambda: store_cost(env)),
         ("openai-c32", lambda: passthrough(env)),
         ("gemini-c32", lambda: translated(env, "gemini")),
         ("bedrock-c32", lambda: translated(env, "bedrock")),
