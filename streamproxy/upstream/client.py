@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+from yarl import URL
 
 from streamproxy.errors import (
     ProxyError,
@@ -26,6 +27,10 @@ class UpstreamClient:
         self._limit_per_host = limit_per_host
         self._keepalive = keepalive_timeout
         self.session: aiohttp.ClientSession | None = None
+        # Per-request objects aiohttp would otherwise rebuild every time (URL parsing is the
+        # costly one); both maps stay small: one entry per upstream URL / timeout value.
+        self._urls: dict[str, URL] = {}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -39,6 +44,9 @@ class UpstreamClient:
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=True,
             skip_auto_headers=("User-Agent",),
+            # A proxy must never carry one client's upstream cookies into another's request;
+            # the dummy jar also skips aiohttp's per-request cookie filtering.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def close(self) -> None:
@@ -51,11 +59,18 @@ class UpstreamClient:
         """Send the request and return once the response headers are in. The caller owns the
         response and must `release()` or `close()` it."""
         assert self.session is not None, "UpstreamClient.start() was not awaited"
+        url = self._urls.get(req.url)
+        if url is None:
+            if len(self._urls) > 1024:  # per-request URLs (e.g. a model in the path): bound it
+                self._urls.clear()
+            url = self._urls[req.url] = URL(req.url)
+        timeout = self._timeouts.get(connect_timeout)
+        if timeout is None:
+            timeout = self._timeouts[connect_timeout] = aiohttp.ClientTimeout(
+                total=None, sock_connect=connect_timeout, connect=connect_timeout)
         try:
             return await self.session.request(
-                req.method, req.url, data=req.body, headers=req.headers,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
-                                              connect=connect_timeout),
+                req.method, url, data=req.body, headers=req.headers, timeout=timeout,
                 allow_redirects=False,
             )
         except Exception as e:
