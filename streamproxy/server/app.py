@@ -24,6 +24,7 @@ from streamproxy.server.admission import ADMISSION, Admission
 from streamproxy.server.auth import auth_middleware, parse_auth
 from streamproxy.server.drain import Drain
 from streamproxy.server.errors import error_middleware
+from streamproxy.server.header_limits import BACKSTOP, header_limits
 from streamproxy.server.observing import install_observers
 from streamproxy.server.store_and_cache import install as install_store_and_cache
 from streamproxy.upstream.client import UpstreamClient
@@ -50,11 +51,13 @@ STATE = web.AppKey("streamproxy_state", AppState)
 
 
 def http_limits(config: Config) -> dict[str, int]:
-    """aiohttp's request-parser limits (AppRunner / TestServer keyword arguments): beyond them
-    the request is refused with 400 before any handler runs."""
+    """aiohttp's request-parser limits (AppRunner / TestServer keyword arguments): a backstop
+    above the configured limits, which `header_limits` enforces with an OpenAI-shaped 431;
+    beyond the backstop aiohttp refuses with a plain 400 before any handler runs."""
     server = config.server
-    return {"max_line_size": server.max_header_bytes, "max_field_size": server.max_header_bytes,
-            "max_headers": server.max_headers}
+    return {"max_line_size": BACKSTOP * server.max_header_bytes,
+            "max_field_size": BACKSTOP * server.max_header_bytes,
+            "max_headers": BACKSTOP * server.max_headers}
 
 
 def build_providers(config: Config) -> dict[str, Provider]:
@@ -84,6 +87,8 @@ def create_app(config: Config) -> web.Application:
     admission = Admission(server.max_concurrent_streams)
     app = web.Application(client_max_size=server.max_body_bytes,
                           middlewares=[error_middleware,
+                                       header_limits(server.max_header_bytes,
+                                                     server.max_headers),
                                        *([auth_middleware(auth)] if auth else []),
                                        admission.middleware])
     app[STATE] = state

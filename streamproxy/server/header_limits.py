@@ -1,0 +1,41 @@
+"""Header limits with an OpenAI-shaped answer.
+
+aiohttp's own parser limits refuse a request with a plain-text 400 before any middleware
+runs, so they are set to a looser backstop (BACKSTOP times ours) and this middleware enforces the
+configured `server.max_header_bytes` (the request line or one header field) and
+`server.max_headers` with a 431 in OpenAI's error shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from streamproxy.errors import ProxyError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+BACKSTOP = 4
+
+
+def too_large(what: str) -> ProxyError:
+    return ProxyError(f"Request header fields too large: {what}.", status=431,
+                      error_type="invalid_request_error", code="request_header_fields_too_large")
+
+
+def header_limits(max_field_bytes: int, max_headers: int) -> Callable[..., Awaitable[object]]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        raw = request.raw_headers
+        if len(raw) > max_headers:
+            raise too_large(f"{len(raw)} headers, the limit is {max_headers}")
+        if len(request.raw_path) > max_field_bytes:
+            raise too_large(f"the request target is over {max_field_bytes} bytes")
+        for name, value in raw:
+            if len(name) + len(value) + 2 > max_field_bytes:
+                # The header's name only: its value may be a key.
+                raise too_large(f"header '{name.decode('latin-1')[:64]}' is over "
+                                f"{max_field_bytes} bytes")
+        return await handler(request)
+
+    return middleware
