@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
 BIN := $(VENV)/bin
 PORT ?= 8787
+AIOHTTP_CLIENT_TESTS = tests/test_golden_core.py tests/test_errors.py tests/test_gateway.py \
+	tests/test_lifecycle.py tests/test_openai_sdk.py tests/test_bedrock.py tests/test_faults.py
 
 .PHONY: run test lint bench bench-micro loadtest clean redis-server-present
 
@@ -25,6 +27,9 @@ run: $(VENV)/.installed-base
 test: $(VENV)/.installed-test redis-server-present
 	$(BIN)/ruff check streamproxy tests bench loadtests
 	$(BIN)/python -m pytest -q -p no:cacheprovider --benchmark-disable
+	@# The core paths once more on the alternative upstream client (aiohttp's).
+	STREAMPROXY_UPSTREAM_CLIENT=aiohttp $(BIN)/python -m pytest -q -p no:cacheprovider \
+		--benchmark-disable $(AIOHTTP_CLIENT_TESTS)
 
 # The Redis cache tests start their own redis-server (tests/redis_server.py): install it when
 # missing (apt-get, as root), else stop with what to do. A missing Redis fails, never skips.

@@ -75,6 +75,9 @@ class ServerConfig:
     # can happen after it (README "Timeouts and keep-alives").
     keepalive_interval: float | None = None
     shutdown_grace: float = 30.0  # seconds running requests get on SIGTERM (server/drain.py)
+    # The HTTP client for upstream requests: the lean one in upstream/http11.py, or aiohttp's
+    # (env STREAMPROXY_UPSTREAM_CLIENT overrides this; upstream/client.py).
+    upstream_client: str = "native"
 
 
 @dataclass(slots=True, frozen=True)
@@ -207,6 +210,10 @@ def _parse_server(raw: Any, source: str) -> ServerConfig:
             kwargs[k] = Timeouts().merged(parse_timeouts(v, source, key))
         elif k == "keepalive_interval":
             kwargs[k] = _number(v, source, key, allow_none=True)
+        elif k == "upstream_client":
+            if v not in ("aiohttp", "native"):
+                raise ConfigError(source, key, "must be one of aiohttp, native")
+            kwargs[k] = v
         elif k == "shutdown_grace":
             if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
                 raise ConfigError(source, key, "must be a number of seconds, 0 or more")

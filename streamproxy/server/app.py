@@ -70,7 +70,7 @@ def build_providers(config: Config) -> dict[str, Provider]:
 def create_app(config: Config) -> web.Application:
     server = config.server
     providers = build_providers(config)
-    client = UpstreamClient()
+    client = UpstreamClient(kind=server.upstream_client)
     router = Router(providers, config.default_provider, server.timeouts)
     breakers = CircuitBreakers()
     state = AppState(

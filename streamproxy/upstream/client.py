@@ -1,13 +1,22 @@
-"""One aiohttp ClientSession per worker, and the one place aiohttp errors become ours.
+"""The upstream HTTP client of a worker, and the one place client errors become ours.
+
+By default the lean HTTP/1.1 client in `upstream/http11.py` (one asyncio Protocol per
+connection, a sans-IO parser, a keep-alive pool): against aiohttp's client it cuts the
+critical path to the first upstream byte and the memory of an open stream
+(docs/performance.md). `server.upstream_client: aiohttp` (or the environment variable
+`STREAMPROXY_UPSTREAM_CLIENT`, which wins over the config) selects aiohttp's client instead.
 
 Timeouts: aiohttp's default 5-minute total would cut long generations, so the session has no
 total; the connect timeout is aiohttp's, and first-token / idle / total deadlines are enforced
 by `Deadline` (relay.py) with one timer per stream rather than one per read.
+
+Both responses offer the same attributes, so nothing past `send()` knows which one it got.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 
 import aiohttp
 from yarl import URL
@@ -20,10 +29,20 @@ from streamproxy.errors import (
     UpstreamUnreachable,
 )
 from streamproxy.providers.base import UpstreamRequest
+from streamproxy.upstream.http11 import HTTP11Client, MalformedResponse
+
+CLIENT_ENV = "STREAMPROXY_UPSTREAM_CLIENT"
+CLIENT_KINDS = ("aiohttp", "native")
 
 
 class UpstreamClient:
-    def __init__(self, *, limit_per_host: int = 0, keepalive_timeout: float = 30.0) -> None:
+    def __init__(self, *, limit_per_host: int = 0, keepalive_timeout: float = 30.0,
+                 kind: str = "native") -> None:
+        kind = os.environ.get(CLIENT_ENV) or kind
+        if kind not in CLIENT_KINDS:
+            raise ValueError(f"{CLIENT_ENV} must be one of {', '.join(CLIENT_KINDS)}")
+        self.kind = kind
+        self.native: HTTP11Client | None = None
         self._limit_per_host = limit_per_host
         self._keepalive = keepalive_timeout
         self.session: aiohttp.ClientSession | None = None
@@ -33,6 +52,9 @@ class UpstreamClient:
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     async def start(self) -> None:
+        if self.kind == "native":
+            self.native = HTTP11Client(keepalive_timeout=self._keepalive)
+            return
         connector = aiohttp.TCPConnector(
             limit=0,  # admission control, not the pool, limits concurrency
             limit_per_host=self._limit_per_host,
@@ -50,6 +72,9 @@ class UpstreamClient:
         )
 
     async def close(self) -> None:
+        if self.native is not None:
+            await self.native.close()
+            self.native = None
         if self.session is not None:
             await self.session.close()
             self.session = None
@@ -58,6 +83,12 @@ class UpstreamClient:
                    provider: str) -> aiohttp.ClientResponse:
         """Send the request and return once the response headers are in. The caller owns the
         response and must `release()` or `close()` it."""
+        if self.native is not None:
+            try:
+                return await self.native.send(  # type: ignore[return-value]
+                    req.method, req.url, req.body, req.headers, connect_timeout=connect_timeout)
+            except Exception as e:
+                raise map_client_error(e, provider, before_response=True) from None
         assert self.session is not None, "UpstreamClient.start() was not awaited"
         url = self._urls.get(req.url)
         if url is None:
@@ -85,6 +116,9 @@ def map_client_error(exc: BaseException, provider: str, *, before_response: bool
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         phase = "connecting to" if before_response else "reading from"
         return UpstreamTimeout(f"timed out {phase} provider '{provider}'")
+    if isinstance(exc, MalformedResponse):  # the native client's; before ConnectionError
+        return UpstreamProtocolError(f"bad response from provider '{provider}': "
+                                     f"{type(exc).__name__}")
     if isinstance(exc, aiohttp.ClientPayloadError):
         return StreamTruncated(f"provider '{provider}' closed the connection mid-response")
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientOSError

@@ -1,0 +1,706 @@
+"""A lean asyncio HTTP/1.1 client for upstream requests (`server.upstream_client: native`).
+
+Why: aiohttp's client costs ~350 µs from writing a request to having its headers, and its
+per-connection objects are a large part of the memory an open stream holds. Upstream calls are
+one shape only — a request with a bytes body, a streamed response read chunk by chunk — so this
+client is small: one `asyncio.Protocol` per connection (no StreamReader layering), the request
+written as one bytes write, a sans-IO parser (`ResponseParser`, `ChunkedDecoder`), and a
+per-(scheme, host, port) pool of idle keep-alive connections.
+
+The response offers what the proxy uses of aiohttp's: `status`, `headers` (a CIMultiDict),
+`content.readany()` / `content.at_eof()`, `read()`, `release()`, `close()`.
+
+Errors: connection failures are `ConnectionError`s (`ConnectFailed`, `Disconnected`) and a
+malformed response is `MalformedResponse` (also a `ConnectionError`, so every path that catches
+OSError sees it); `upstream/client.py` maps them. No HTTP-proxy support (`HTTPS_PROXY`): use
+the aiohttp client for that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import zlib
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+MAX_HEAD_BYTES = 64 * 1024  # status line + headers of one response
+MAX_HEADERS = 256
+MAX_CHUNK_LINE = 4096  # a chunk-size line with its extensions
+PAUSE_AT = 64 * 1024  # unread body bytes beyond which the socket stops being read
+KEEPALIVE_TIMEOUT = 30.0  # like aiohttp's connector
+MAX_IDLE_PER_HOST = 1024
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+class ConnectFailed(ConnectionError):
+    """The connection could not be opened (refused, DNS, TLS handshake)."""
+
+
+class Disconnected(ConnectionError):
+    """The upstream closed the connection before the response ended."""
+
+    def __init__(self, msg: str, *, nothing_received: bool = False) -> None:
+        super().__init__(msg)
+        self.nothing_received = nothing_received  # a stale pooled connection: safe to retry
+
+
+class MalformedResponse(ConnectionError):
+    """The upstream's bytes are not valid HTTP/1.1."""
+
+
+class HeadTooLarge(MalformedResponse):
+    pass
+
+
+class InvalidChunk(MalformedResponse):
+    pass
+
+
+# -- sans-IO parsing ------------------------------------------------------------------------------
+
+_HEXDIGITS = b"0123456789abcdefABCDEF"
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_STATUS = re.compile(rb"HTTP/1\.([01]) (\d{3})(?: (.*))?")
+
+
+def _chunk_size(line: bytes) -> int:
+    """A chunk-size line (without CRLF) → the size; extensions are ignored."""
+    if b";" in line:
+        line = line.split(b";", 1)[0].rstrip(b" \t")
+    # int(x, 16) alone would also take "0x1f", "+5", "1_0" and spaces.
+    if not line or len(line) > 16 or line.translate(None, _HEXDIGITS):
+        raise InvalidChunk("invalid chunk size")
+    return int(line, 16)
+
+
+class ChunkedDecoder:
+    """Transfer-Encoding: chunked → body bytes. `feed` returns the data bytes found in its input
+    (b"" when none); `done` turns true after the last chunk and its trailers; `rest` holds any
+    bytes after that."""
+
+    __slots__ = ("_line", "_need", "_state", "done", "rest")
+
+    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+
+    def __init__(self) -> None:
+        self._state = self._SIZE
+        self._need = 0  # data bytes left in the current chunk
+        self._line = b""  # a partial size / CRLF / trailer line
+        self.done = False
+        self.rest = b""
+
+    def feed(self, data: bytes) -> bytes:
+        if self.done:
+            self.rest += data
+            return b""
+        # Fast path: the whole input is the middle of a chunk (no copy).
+        if self._state == self._DATA and len(data) < self._need:
+            self._need -= len(data)
+            return data
+        out: list[bytes] = []
+        pos, end = 0, len(data)
+        while pos < end:
+            state = self._state
+            if state == self._SIZE and not self._line:
+                # Fast path: a size line whole in this read, and usually its whole chunk too.
+                nl = data.find(b"\r\n", pos, pos + MAX_CHUNK_LINE)
+                if nl >= 0:
+                    line = data[pos:nl]
+                    if 0 < len(line) <= 16 and not line.translate(None, _HEXDIGITS):
+                        size = int(line, 16)  # the common shape, checked inline
+                    else:
+                        size = _chunk_size(line)
+                    start = nl + 2
+                    stop = start + size
+                    if size and stop + 2 <= end:
+                        if data[stop:stop + 2] != b"\r\n":
+                            raise InvalidChunk("chunk data longer than its size")
+                        out.append(data[start:stop])
+                        pos = stop + 2
+                        continue
+                    pos = start
+                    self._need = size
+                    self._state = self._DATA if size else self._TRAILER
+                    continue
+            if state == self._DATA:
+                take = min(self._need, end - pos)
+                out.append(data[pos:pos + take])
+                pos += take
+                self._need -= take
+                if not self._need:
+                    self._state = self._DATA_END
+                continue
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                self._line += data[pos:]
+                if len(self._line) > MAX_CHUNK_LINE:
+                    raise InvalidChunk("chunk line too long")
+                break
+            line = self._line + data[pos:nl + 1]
+            self._line = b""
+            pos = nl + 1
+            if len(line) > MAX_CHUNK_LINE:
+                raise InvalidChunk("chunk line too long")
+            if not line.endswith(b"\r\n"):
+                raise InvalidChunk("chunk line not ended by CRLF")
+            line = line[:-2]
+            if state == self._SIZE:
+                self._need = _chunk_size(line)
+                self._state = self._DATA if self._need else self._TRAILER
+            elif state == self._DATA_END:
+                if line:
+                    raise InvalidChunk("chunk data longer than its size")
+                self._state = self._SIZE
+            elif not line:  # the empty line that ends the trailers
+                self.done = True
+                self.rest = data[pos:]
+                break
+        if len(out) == 1:
+            return out[0]
+        return b"".join(out)
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    status: int
+    reason: str
+    headers: CIMultiDictProxy[str]
+    keep_alive: bool
+    chunked: bool
+    length: int | None  # Content-Length; None with chunked or read-until-close
+    encoding: str  # Content-Encoding: "" (identity), "gzip" or "deflate"
+
+
+def parse_head(head: bytes, *, head_request: bool = False) -> ResponseHead:
+    """One response head (status line + header lines, without the final empty line)."""
+    lines = head.split(b"\r\n")
+    m = _STATUS.fullmatch(lines[0])
+    if m is None:
+        raise MalformedResponse("invalid status line")
+    minor, status = m.group(1), int(m.group(2))
+    if len(lines) - 1 > MAX_HEADERS:
+        raise HeadTooLarge(f"more than {MAX_HEADERS} headers")
+    fields: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN.fullmatch(name):
+            raise MalformedResponse("invalid header line")
+        fields.append((name.decode("ascii"),
+                       value.strip(b" \t").decode("utf-8", "surrogateescape")))
+    headers = CIMultiDictProxy(CIMultiDict(fields))
+    conn = ",".join(headers.getall("connection", ())).lower()
+    keep_alive = "close" not in conn if minor == b"1" else "keep-alive" in conn
+    chunked, length = False, None
+    te = headers.getall("transfer-encoding", ())
+    if te:
+        codings = [c.strip().lower() for c in ",".join(te).split(",")]
+        chunked = codings[-1] == "chunked"
+        if not chunked:
+            keep_alive = False  # RFC 9112 6.3: read until close
+    else:
+        lengths = {v.strip() for v in headers.getall("content-length", ())}
+        if len(lengths) > 1:
+            raise MalformedResponse("conflicting Content-Length headers")
+        if lengths:
+            value = lengths.pop()
+            if not value.isdigit() or not value.isascii():
+                raise MalformedResponse("invalid Content-Length")
+            length = int(value)
+    encoding = headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        encoding = ""
+    elif encoding == "x-gzip":
+        encoding = "gzip"
+    elif encoding not in ("gzip", "deflate"):
+        # We ask for identity; gzip/deflate are decoded anyway (aiohttp did), others refused.
+        raise MalformedResponse("unsupported Content-Encoding")
+    if head_request or status in (204, 304):
+        chunked, length = False, 0
+    elif not chunked and length is None:
+        keep_alive = False  # the body ends when the connection does
+    return ResponseHead(status, m.group(3).decode("latin-1") if m.group(3) else "",
+                        headers, keep_alive, chunked, length, encoding)
+
+
+class ResponseParser:
+    """Bytes → one response: `feed` returns body bytes (b"" when none); `head` is set when the
+    head is complete (1xx interim responses are skipped), `done` when the body ended, `extra`
+    is true when bytes followed the end (the connection is then not reused). `eof()` is called
+    when the connection closes and raises `Disconnected` when the body was cut."""
+
+    __slots__ = ("_buf", "_chunked", "_head_request", "_inflate", "_left", "done", "extra",
+                 "head", "received")
+
+    def __init__(self, *, head_request: bool = False) -> None:
+        self._buf = b""
+        self._head_request = head_request
+        self._chunked: ChunkedDecoder | None = None
+        self._left: int | None = None  # Content-Length bytes left; None = until close
+        self._inflate: zlib._Decompress | None = None  # a compressed body (rare)
+        self.head: ResponseHead | None = None
+        self.done = False
+        self.extra = False
+        self.received = False  # any byte at all (a stale connection gets none)
+
+    def feed(self, data: bytes) -> bytes:
+        body = self._feed(data)
+        if self._inflate is not None and body:
+            try:
+                return self._inflate.decompress(body)
+            except zlib.error:
+                raise MalformedResponse("invalid compressed body") from None
+        return body
+
+    def _feed(self, data: bytes) -> bytes:
+        if data:
+            self.received = True
+        if self.head is None:
+            data = self._feed_head(data)
+            if self.head is None or not data:
+                return b""
+        if self.done:
+            self.extra = self.extra or bool(data)
+            return b""
+        if self._chunked is not None:
+            body = self._chunked.feed(data)
+            if self._chunked.done:
+                self.done = True
+                self.extra = bool(self._chunked.rest)
+            return body
+        left = self._left
+        if left is None:
+            return data
+        if len(data) < left:
+            self._left = left - len(data)
+            return data
+        self._left = 0
+        self.done = True
+        self.extra = len(data) > left
+        return data[:left] if self.extra else data
+
+    def _feed_head(self, data: bytes) -> bytes:
+        buf = self._buf + data if self._buf else data
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD_BYTES:
+                    raise HeadTooLarge(f"response head over {MAX_HEAD_BYTES} bytes")
+                self._buf = buf
+                return b""
+            if end > MAX_HEAD_BYTES:
+                raise HeadTooLarge(f"response head over {MAX_HEAD_BYTES} bytes")
+            head = parse_head(buf[:end], head_request=self._head_request)
+            buf = buf[end + 4:]
+            if 100 <= head.status < 200:
+                if head.status == 101:
+                    raise MalformedResponse("unexpected protocol switch")
+                continue  # an interim response: the real one follows
+            self._buf = b""
+            self.head = head
+            if head.encoding:
+                self._inflate = zlib.decompressobj(
+                    16 + zlib.MAX_WBITS if head.encoding == "gzip" else zlib.MAX_WBITS)
+            if head.chunked:
+                self._chunked = ChunkedDecoder()
+            elif head.length is not None:
+                self._left = head.length
+                self.done = head.length == 0
+            return buf
+
+    def eof(self) -> None:
+        if self.done:
+            return
+        if self.head is not None and self._chunked is None and self._left is None:
+            self.done = True  # read-until-close: this is the end
+            return
+        if self.head is None:
+            raise Disconnected("the connection closed before a response",
+                               nothing_received=not self.received)
+        raise Disconnected("the connection closed mid-response")
+
+
+# -- the connection -------------------------------------------------------------------------------
+
+class _Connection(asyncio.Protocol):
+    __slots__ = ("_head_waiter", "_loop", "_paused", "busy", "closed", "idle_since", "key",
+                 "parser", "pool", "response", "transport")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, key: tuple[str, str, int],
+                 pool: Pool) -> None:
+        self._loop = loop
+        self.key = key
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser: ResponseParser | None = None
+        self.response: Response | None = None
+        self._head_waiter: asyncio.Future[Response] | None = None
+        self._paused = False
+        self.busy = False  # a request is on it (counted in pool.busy)
+        self.closed = False
+        self.idle_since = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        if parser is None:  # bytes on an idle connection: it cannot be trusted any more
+            self.close()
+            return
+        try:
+            body = parser.feed(data)
+        except MalformedResponse as e:
+            self._fail(e)
+            return
+        response = self.response
+        if response is None:
+            head = parser.head
+            if head is None:
+                return
+            response = self.response = Response(self, head)
+            waiter = self._head_waiter
+            self._head_waiter = None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(response)
+        if body:
+            response._push(body)
+            if response._buffered > PAUSE_AT and not self._paused and self.transport:
+                self._paused = True
+                self.transport.pause_reading()
+        if parser.done:
+            if parser.extra:
+                parser.done = False  # unsolicited bytes: not trusted, not reused
+                self._fail(MalformedResponse("bytes after the end of the response"))
+                return
+            response._finish(None)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost does the rest
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        parser = self.parser
+        if parser is None:
+            return
+        try:
+            parser.eof()
+        except Disconnected as e:
+            self._fail(e)
+            return
+        if self.response is not None:
+            self.response._finish(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        waiter = self._head_waiter
+        self._head_waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        if self.response is not None:
+            self.response._finish(exc)
+        self.close()
+
+    def resume(self) -> None:
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
+
+    async def request(self, data: bytes | tuple[bytes, bytes], head_request: bool) -> Response:
+        transport = self.transport
+        if transport is None or self.closed or transport.is_closing():
+            raise Disconnected("stale connection", nothing_received=True)
+        self.parser = ResponseParser(head_request=head_request)
+        self.response = None
+        self._set_busy(True)
+        waiter = self._head_waiter = self._loop.create_future()
+        if type(data) is bytes:
+            transport.write(data)
+        else:
+            transport.writelines(data)
+        try:
+            return await waiter
+        except BaseException:
+            self.close()  # cancelled or failed: the connection is not reusable
+            raise
+
+    def _set_busy(self, busy: bool) -> None:
+        if busy != self.busy:
+            self.busy = busy
+            self.pool.busy += 1 if busy else -1
+
+    def close(self) -> None:
+        self.closed = True
+        self.parser = None
+        self._set_busy(False)
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Response:
+    """One upstream response; also its own `content` (aiohttp's StreamReader role)."""
+
+    __slots__ = ("_buffered", "_chunks", "_conn", "_eof", "_error", "_released", "_waiter",
+                 "content", "headers", "reason", "status")
+
+    def __init__(self, conn: _Connection, head: ResponseHead) -> None:
+        self._conn = conn
+        self.status = head.status
+        self.reason = head.reason
+        self.headers = head.headers
+        self.content = self
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._eof = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._released = False
+
+    # Called by the connection.
+    def _push(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        if self._eof:
+            return
+        self._eof = True
+        self._error = exc
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # The reader side.
+    async def readany(self) -> bytes:
+        """The body bytes available now (waiting for some), b"" at the end."""
+        while not self._chunks:
+            if self._eof:
+                if self._error is not None:
+                    raise self._error
+                return b""
+            waiter = self._waiter = self._conn._loop.create_future()
+            try:
+                await waiter
+            except BaseException:
+                self.close()  # a cancelled read drops the connection
+                raise
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._chunks = []
+        self._buffered = 0
+        self._conn.resume()
+        return data
+
+    def at_eof(self) -> bool:
+        return self._eof and not self._chunks
+
+    async def read(self) -> bytes:
+        parts = []
+        while True:
+            data = await self.readany()
+            if not data:
+                return b"".join(parts)
+            parts.append(data)
+
+    def release(self) -> None:
+        """Back to the pool when the body was read to its end; otherwise closed."""
+        if self._released:
+            return
+        self._released = True
+        conn = self._conn
+        parser = conn.parser
+        if (self._eof and self._error is None and not self._chunks and parser is not None
+                and parser.done and parser.head is not None and parser.head.keep_alive
+                and not conn.closed):
+            conn.parser = None
+            conn.response = None
+            conn._set_busy(False)
+            conn.resume()
+            conn.pool.put(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        if not self._released:
+            self._released = True
+            self._conn.close()
+        self._finish(self._error)
+
+
+# -- the pool and the client ----------------------------------------------------------------------
+
+class Pool:
+    """Idle keep-alive connections per (scheme, host, port), newest first; a connection idle
+    longer than `keepalive` is closed by one sweep timer for the whole pool."""
+
+    def __init__(self, *, keepalive: float = KEEPALIVE_TIMEOUT,
+                 max_idle_per_host: int = MAX_IDLE_PER_HOST) -> None:
+        self.keepalive = keepalive
+        self.max_idle = max_idle_per_host
+        self.idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self.opened = 0  # connections ever opened (tests, metrics)
+        self.busy = 0  # connections carrying a request now
+        self._ssl: ssl.SSLContext | None = None
+        self._sweep: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def take(self, key: tuple[str, str, int]) -> _Connection | None:
+        conns = self.idle.get(key)
+        if not conns:
+            return None
+        now = asyncio.get_running_loop().time()
+        while conns:
+            conn = conns.pop()
+            if conn.closed or conn.transport is None or conn.transport.is_closing():
+                continue
+            if now - conn.idle_since > self.keepalive:
+                conn.close()
+                continue
+            return conn
+        return None
+
+    def put(self, conn: _Connection) -> None:
+        conns = self.idle.setdefault(conn.key, [])
+        if self._closed or len(conns) >= self.max_idle:
+            conn.close()
+            return
+        loop = asyncio.get_running_loop()
+        conn.idle_since = loop.time()
+        conns.append(conn)
+        if self._sweep is None:
+            self._sweep = loop.call_later(self.keepalive / 2, self._sweep_idle)
+
+    def _sweep_idle(self) -> None:
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        horizon = loop.time() - self.keepalive
+        left = False
+        for key, conns in list(self.idle.items()):
+            keep = []
+            for conn in conns:
+                if conn.closed:
+                    continue
+                if conn.idle_since < horizon:
+                    conn.close()
+                else:
+                    keep.append(conn)
+            if keep:
+                self.idle[key] = keep
+                left = True
+            else:
+                del self.idle[key]
+        if left:
+            self._sweep = loop.call_later(self.keepalive / 2, self._sweep_idle)
+
+    async def connect(self, key: tuple[str, str, int], timeout: float) -> _Connection:
+        scheme, host, port = key
+        loop = asyncio.get_running_loop()
+        conn = _Connection(loop, key, self)
+        context = None
+        if scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            context = self._ssl
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.create_connection(lambda: conn, host, port, ssl=context,
+                                             server_hostname=host if context else None)
+        except TimeoutError:
+            raise
+        except OSError as e:
+            raise ConnectFailed(f"{type(e).__name__}: {e.strerror or e}") from e
+        self.opened += 1
+        return conn
+
+    def close(self) -> None:
+        self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        for conns in self.idle.values():
+            for conn in conns:
+                conn.close()
+        self.idle.clear()
+
+
+@dataclass(slots=True, frozen=True)
+class _Url:
+    key: tuple[str, str, int]
+    target: str  # path + query
+    host_header: str
+
+
+_DROPPED = frozenset({"host", "content-length", "connection", "transfer-encoding",
+                      "accept-encoding", "keep-alive", "te", "upgrade"})
+
+
+def _split_url(url: str) -> _Url:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"unsupported upstream URL scheme {scheme!r}")
+    default = 443 if scheme == "https" else 80
+    port = parts.port or default
+    host = parts.hostname
+    shown = f"[{host}]" if ":" in host else host
+    host_header = shown if port == default else f"{shown}:{port}"
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return _Url((scheme, host, port), target, host_header)
+
+
+class HTTP11Client:
+    """`send()` → a `Response` once its head is in; the caller `release()`s or `close()`s it."""
+
+    def __init__(self, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+                 max_idle_per_host: int = MAX_IDLE_PER_HOST) -> None:
+        self.pool = Pool(keepalive=keepalive_timeout, max_idle_per_host=max_idle_per_host)
+        self._urls: dict[str, _Url] = {}
+
+    def _url(self, url: str) -> _Url:
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) > 1024:  # per-request URLs (a model in the path): bound it
+                self._urls.clear()
+            parsed = self._urls[url] = _split_url(url)
+        return parsed
+
+    async def send(self, method: str, url: str, body: bytes, headers: dict[str, str], *,
+                   connect_timeout: float) -> Response:
+        u = self._url(url)
+        lines = [f"{method} {u.target} HTTP/1.1\r\nHost: {u.host_header}\r\n"
+                 f"Content-Length: {len(body)}\r\nAccept-Encoding: identity\r\n"
+                 "Connection: keep-alive\r\n"]
+        for name, value in headers.items():
+            if name.lower() in _DROPPED:
+                continue
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
+                raise ValueError("newline or colon in an upstream header")
+            lines.append(f"{name}: {value}\r\n")
+        lines.append("\r\n")
+        head = "".join(lines).encode("utf-8")
+        # One write: a small body is joined (one send); a large one is not copied.
+        data = head + body if len(body) <= 65536 else (head, body)
+        head_request = method == "HEAD"
+        conn = self.pool.take(u.key)
+        if conn is not None:
+            try:
+                return await conn.request(data, head_request)
+            except Disconnected as e:
+                if not e.nothing_received:
+                    raise
+            # The pooled connection had been closed by the upstream: retry once on a new one.
+        conn = await self.pool.connect(u.key, connect_timeout)
+        return await conn.request(data, head_request)
+
+    async def close(self) -> None:
+        self.pool.close()

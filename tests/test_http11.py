@@ -1,0 +1,596 @@
+"""The native HTTP/1.1 upstream client (`streamproxy/upstream/http11.py`): the parser and the
+chunked decoder without sockets, then end to end against aiohttp servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import random
+import socket
+import ssl
+import subprocess
+from typing import Any
+
+import pytest
+from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamproxy.config import ConfigError, parse_config
+from streamproxy.errors import (
+    StreamTruncated,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from streamproxy.server.app import STATE
+from streamproxy.upstream.client import CLIENT_ENV, UpstreamClient, map_client_error
+from streamproxy.upstream.http11 import (
+    PAUSE_AT,
+    ChunkedDecoder,
+    ConnectFailed,
+    Disconnected,
+    HeadTooLarge,
+    HTTP11Client,
+    InvalidChunk,
+    MalformedResponse,
+    ResponseParser,
+)
+from tests.helpers import (
+    FakeUpstream,
+    collect,
+    fixture_bytes,
+    jsonl_to_sse,
+    random_splits,
+    sse_chunks,
+)
+
+TEST_TIMEOUT = 10
+
+CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-Dup: a\r\nx-dup: b\r\n"
+           b"Transfer-Encoding: chunked\r\n\r\n"
+           b"5\r\nhello\r\n1;ext=1\r\n \r\n10\r\n0123456789abcdef\r\n0\r\nTrailer: x\r\n\r\n")
+CHUNKED_BODY = b"hello 0123456789abcdef"
+
+
+def parse_all(pieces: list[bytes]) -> tuple[ResponseParser, bytes]:
+    parser = ResponseParser()
+    body = b"".join(parser.feed(p) for p in pieces)
+    return parser, body
+
+
+# -- sans-IO --------------------------------------------------------------------------------------
+
+def test_parser_content_length_whole_and_byte_by_byte() -> None:
+    raw = b"HTTP/1.1 201 Created\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nabcde"
+    for pieces in ([raw], [raw[i:i + 1] for i in range(len(raw))]):
+        parser, body = parse_all(pieces)
+        assert parser.head is not None and parser.head.status == 201
+        assert parser.head.reason == "Created" and parser.head.keep_alive
+        assert body == b"abcde" and parser.done and not parser.extra
+
+
+def test_parser_chunked_headers_and_trailers() -> None:
+    for pieces in ([CHUNKED], [CHUNKED[i:i + 1] for i in range(len(CHUNKED))]):
+        parser, body = parse_all(pieces)
+        assert body == CHUNKED_BODY and parser.done and not parser.extra
+        head = parser.head
+        assert head is not None and head.chunked and head.keep_alive
+        assert head.headers["content-type"] == "text/event-stream"
+        assert head.headers.getall("X-DUP") == ["a", "b"]
+
+
+def test_parser_skips_interim_responses() -> None:
+    raw = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n"
+           b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    parser, body = parse_all([raw])
+    assert parser.head is not None and parser.head.status == 200 and body == b"ok"
+
+
+def test_parser_read_until_close_and_connection_close() -> None:
+    parser, body = parse_all([b"HTTP/1.1 200 OK\r\n\r\nsome", b" more"])
+    assert body == b"some more" and not parser.done
+    assert parser.head is not None and not parser.head.keep_alive
+    parser.eof()
+    assert parser.done
+    parser, _ = parse_all([b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"])
+    assert parser.done and parser.head is not None and not parser.head.keep_alive
+    parser, _ = parse_all([b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"])
+    assert parser.head is not None and not parser.head.keep_alive
+
+
+def test_parser_no_body_statuses_and_extra_bytes() -> None:
+    parser, body = parse_all([b"HTTP/1.1 204 No Content\r\n\r\n"])
+    assert parser.done and body == b""
+    parser, body = parse_all([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA"])
+    assert body == b"ok" and parser.done and parser.extra
+
+
+def test_parser_decodes_gzip_and_refuses_unknown_encodings() -> None:
+    packed = gzip.compress(b"data: hello\n\n" * 50)
+    raw = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(packed), packed)
+    parser, body = parse_all([raw[i:i + 7] for i in range(0, len(raw), 7)])
+    assert body == b"data: hello\n\n" * 50 and parser.done
+    with pytest.raises(MalformedResponse):
+        ResponseParser().feed(b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\n\r\n")
+    with pytest.raises(MalformedResponse):
+        ResponseParser().feed(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\nnot gzip")
+
+
+def test_parser_truncation_is_typed() -> None:
+    parser, _ = parse_all([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"])
+    with pytest.raises(Disconnected):
+        parser.eof()
+    parser, _ = parse_all([CHUNKED[:-10]])
+    with pytest.raises(Disconnected):
+        parser.eof()
+    parser = ResponseParser()
+    with pytest.raises(Disconnected) as info:
+        parser.eof()
+    assert info.value.nothing_received
+    parser.feed(b"HTTP/1.1 2")
+    with pytest.raises(Disconnected) as info:
+        parser.eof()
+    assert not info.value.nothing_received
+
+
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 OK\r\n\r\n",
+    b"HTTP/2 200 OK\r\n\r\n",
+    b"garbage\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nno-colon\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n folded: x\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0x10\r\n\r\n",
+    b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+])
+def test_parser_malformed_head(raw: bytes) -> None:
+    with pytest.raises(MalformedResponse):
+        ResponseParser().feed(raw)
+
+
+def test_parser_head_size_cap() -> None:
+    parser = ResponseParser()
+    parser.feed(b"HTTP/1.1 200 OK\r\n")
+    with pytest.raises(HeadTooLarge):
+        for _ in range(100):
+            parser.feed(b"X-Filler: " + b"a" * 1000 + b"\r\n")
+    many = b"HTTP/1.1 200 OK\r\n" + b"A: b\r\n" * 300 + b"\r\n"
+    with pytest.raises(HeadTooLarge):
+        ResponseParser().feed(many)
+    assert issubclass(HeadTooLarge, MalformedResponse)
+
+
+@pytest.mark.parametrize("raw", [
+    b"zz\r\nab\r\n0\r\n\r\n",  # not hex
+    b"+5\r\nhello\r\n0\r\n\r\n",
+    b"0x5\r\nhello\r\n0\r\n\r\n",
+    b"2\r\nabc\r\n0\r\n\r\n",  # data longer than its size
+    b"2\nab\r\n0\r\n\r\n",  # bare LF
+    b"1" * 5000,  # a size line without end
+])
+def test_chunked_malformed(raw: bytes) -> None:
+    with pytest.raises(InvalidChunk):
+        ChunkedDecoder().feed(raw)
+
+
+def test_chunked_rest_after_end() -> None:
+    decoder = ChunkedDecoder()
+    assert decoder.feed(b"3\r\nabc\r\n0\r\n\r\nNEXT") == b"abc"
+    assert decoder.done and decoder.rest == b"NEXT"
+
+
+def _chunked(pieces: list[bytes]) -> bytes:
+    out = b"".join(b"%x;e=1\r\n%s\r\n" % (len(p), p) for p in pieces if p)
+    return out + b"0\r\nT: 1\r\n\r\n"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=8), st.randoms(use_true_random=False))
+def test_chunked_any_split(pieces: list[bytes], rng: random.Random) -> None:
+    wire = _chunked(pieces)
+    decoder = ChunkedDecoder()
+    out = b"".join(decoder.feed(p) for p in random_splits(wire, rng, max_piece=40))
+    assert out == b"".join(pieces) and decoder.done and decoder.rest == b""
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(max_size=200), max_size=6), st.randoms(use_true_random=False),
+       st.booleans())
+def test_parser_any_split(pieces: list[bytes], rng: random.Random, chunked: bool) -> None:
+    body = b"".join(pieces)
+    if chunked:
+        wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + _chunked(pieces)
+    else:
+        wire = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    parser, out = parse_all(random_splits(wire, rng, max_piece=30))
+    assert out == body and parser.done and not parser.extra
+
+
+def test_error_mapping() -> None:
+    assert isinstance(map_client_error(ConnectFailed("x"), "p", before_response=True),
+                      UpstreamUnreachable)
+    assert isinstance(map_client_error(Disconnected("x"), "p", before_response=False),
+                      StreamTruncated)
+    assert isinstance(map_client_error(InvalidChunk("x"), "p", before_response=False),
+                      UpstreamProtocolError)
+    assert isinstance(map_client_error(TimeoutError(), "p", before_response=True),
+                      UpstreamTimeout)
+
+
+# -- end to end -----------------------------------------------------------------------------------
+
+class Upstream:
+    """An aiohttp server on loopback that counts its connections."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.handler_cancelled = asyncio.Event()
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/length", self.length)
+        app.router.add_post("/chunked", self.chunked)
+        app.router.add_post("/close", self.until_close)
+        app.router.add_post("/hang", self.hang)
+        app.router.add_post("/big", self.big)
+        return app
+
+    async def length(self, request: web.Request) -> web.Response:
+        self.requests.append((dict(request.headers), await request.read()))
+        return web.Response(body=b"x" * 1000, headers={"X-Test": "1"})
+
+    async def chunked(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(20):
+            await resp.write(b"data: %d\n\n" % i)
+        await resp.write_eof()
+        return resp
+
+    async def until_close(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Connection": "close"})
+        resp.force_close()
+        await resp.prepare(request)
+        await resp.write(b"part one ")
+        await resp.write(b"part two")
+        await resp.write_eof()
+        return resp
+
+    async def hang(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(b"started")
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.handler_cancelled.set()
+            raise
+        return resp
+
+    async def big(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_length = 8 * 1024 * 1024
+        await resp.prepare(request)
+        for _ in range(128):
+            await resp.write(b"b" * 65536)
+        return resp
+
+
+@pytest.fixture
+async def server(aiohttp_server: Any) -> tuple[Upstream, str]:
+    up = Upstream()
+    srv = await aiohttp_server(up.app())  # handler_cancellation is on in TestServer
+    return up, str(srv.make_url("")).rstrip("/")
+
+
+async def post(client: HTTP11Client, url: str, body: bytes = b"{}", **kw: Any) -> Any:
+    return await client.send("POST", url, body, {"Content-Type": "application/json", **kw},
+                             connect_timeout=5)
+
+
+async def test_content_length_and_request_shape(server: tuple[Upstream, str]) -> None:
+    up, base = server
+    client = HTTP11Client()
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            resp = await post(client, base + "/length?x=1", b'{"a":1}', **{"X-Key": "v"})
+            assert resp.status == 200 and resp.headers["x-test"] == "1"
+            assert await resp.read() == b"x" * 1000 and resp.content.at_eof()
+            resp.release()
+    finally:
+        await client.close()
+    headers, body = up.requests[0]
+    assert body == b'{"a":1}' and headers["X-Key"] == "v"
+    assert headers["Accept-Encoding"] == "identity" and headers["Content-Length"] == "7"
+    assert headers["Host"] == base.removeprefix("http://")
+
+
+async def test_large_request_body(server: tuple[Upstream, str]) -> None:
+    up, base = server
+    client = HTTP11Client()
+    body = bytes(range(256)) * 1000  # over the size that is joined to the head
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            resp = await post(client, base + "/length", body)
+            await resp.read()
+            resp.release()
+    finally:
+        await client.close()
+    assert up.requests[0][1] == body
+
+
+async def test_idle_connection_closed_by_the_upstream(aiohttp_server: Any) -> None:
+    """The upstream's keep-alive ends before ours: the pooled connection is found closed and
+    the next request opens a new one without an error."""
+    up = Upstream()
+    srv = await aiohttp_server(up.app(), keepalive_timeout=0.05)
+    client = HTTP11Client()
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            for _ in range(2):
+                resp = await post(client, str(srv.make_url("/length")))
+                assert await resp.read() == b"x" * 1000
+                resp.release()
+                await asyncio.sleep(0.3)
+    finally:
+        await client.close()
+    assert client.pool.opened == 2 and len(up.requests) == 2
+
+
+async def test_chunked_and_until_close(server: tuple[Upstream, str]) -> None:
+    _, base = server
+    client = HTTP11Client()
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            resp = await post(client, base + "/chunked")
+            parts = []
+            while data := await resp.content.readany():
+                parts.append(data)
+            assert b"".join(parts) == b"".join(b"data: %d\n\n" % i for i in range(20))
+            resp.release()
+            assert client.pool.idle  # reusable
+            resp = await post(client, base + "/close")
+            assert await resp.read() == b"part one part two"
+            resp.release()
+            # The keep-alive connection served both; `Connection: close` ended it.
+            assert client.pool.opened == 1 and not any(client.pool.idle.values())
+    finally:
+        await client.close()
+
+
+async def test_keep_alive_reuse(server: tuple[Upstream, str]) -> None:
+    up, base = server
+    client = HTTP11Client()
+    peers = set()
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            for _ in range(5):
+                resp = await post(client, base + "/length")
+                await resp.read()
+                resp.release()
+            # Two at once need two connections, both pooled afterwards.
+            a, b = await asyncio.gather(post(client, base + "/length"),
+                                        post(client, base + "/length"))
+            for r in (a, b):
+                await r.read()
+                r.release()
+                peers.add(id(r._conn))
+    finally:
+        await client.close()
+    assert client.pool.opened == 2 and len(peers) == 2 and len(up.requests) == 7
+    assert client.pool.busy == 0
+
+
+async def test_stale_pooled_connection_is_retried(server: tuple[Upstream, str]) -> None:
+    up, base = server
+    client = HTTP11Client()
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            resp = await post(client, base + "/length")
+            await resp.read()
+            resp.release()
+            ((conn,),) = client.pool.idle.values()
+            # Pretend the upstream's close has not been noticed yet: the write goes out on a
+            # socket the peer shuts, and the request is retried once on a new connection.
+            sock = conn.transport.get_extra_info("socket")
+            sock.shutdown(socket.SHUT_RDWR)
+            conn.closed = False
+            resp = await post(client, base + "/length")
+            assert await resp.read() == b"x" * 1000
+            resp.release()
+    finally:
+        await client.close()
+    assert client.pool.opened == 2 and len(up.requests) == 2
+
+
+async def test_connection_refused_and_connect_timeout() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: refused
+        client = HTTP11Client()
+        with pytest.raises(ConnectFailed):
+            await post(client, f"http://127.0.0.1:{port}/x")
+    # A listener whose backlog is full never completes a handshake... portably, a connect
+    # timeout of 0 expires before any connection can complete.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        with pytest.raises(TimeoutError):
+            await client.send("POST", f"http://127.0.0.1:{s.getsockname()[1]}/x", b"", {},
+                              connect_timeout=0)
+    await client.close()
+
+
+async def test_cancellation_closes_the_connection(server: tuple[Upstream, str]) -> None:
+    up, base = server
+    client = HTTP11Client()
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            resp = await post(client, base + "/hang")
+            assert await resp.content.readany() == b"started"
+            task = asyncio.ensure_future(resp.content.readany())
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert resp._conn.closed and client.pool.busy == 0
+            await up.handler_cancelled.wait()  # the upstream saw the disconnect
+            assert not any(client.pool.idle.values())
+    finally:
+        await client.close()
+
+
+async def test_cancel_while_waiting_for_head_closes(server: tuple[Upstream, str]) -> None:
+    up, base = server
+    client = HTTP11Client()
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            resp = await post(client, base + "/hang")  # headers come at once; hang the body
+            resp.close()
+            await up.handler_cancelled.wait()
+            up.handler_cancelled.clear()
+            task = asyncio.ensure_future(post(client, base + "/hang"))
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert client.pool.busy == 0
+    finally:
+        await client.close()
+
+
+async def test_backpressure_bounds_the_buffer(server: tuple[Upstream, str]) -> None:
+    _, base = server
+    client = HTTP11Client()
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            resp = await post(client, base + "/big")
+            await asyncio.sleep(0.3)  # the upstream writes 8 MiB as fast as it can; we don't read
+            # Paused past PAUSE_AT: at most one more socket read lands after it.
+            assert PAUSE_AT < resp._buffered < PAUSE_AT + 512 * 1024
+            total = 0
+            while data := await resp.content.readany():
+                total += len(data)
+                assert resp._buffered < PAUSE_AT + 512 * 1024
+            assert total == 8 * 1024 * 1024
+            resp.release()
+    finally:
+        await client.close()
+
+
+async def test_truncated_body_raises_disconnected(aiohttp_server: Any) -> None:
+    async def cut(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_length = 100
+        await resp.prepare(request)
+        await resp.write(b"short")
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/cut", cut)
+    srv = await aiohttp_server(app)
+    client = HTTP11Client()
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            resp = await post(client, str(srv.make_url("/cut")))
+            with pytest.raises(Disconnected):
+                await resp.read()
+            resp.close()
+    finally:
+        await client.close()
+
+
+# -- selection: the config key and the environment variable ---------------------------------------
+
+def _config(server: dict[str, Any]) -> Any:
+    return parse_config({"server": server, "providers": {"m": {"type": "mock"}}}, "<t>")
+
+
+def test_config_key_and_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CLIENT_ENV, raising=False)
+    assert _config({}).server.upstream_client == "native"
+    config = _config({"upstream_client": "aiohttp"})
+    assert UpstreamClient(kind=config.server.upstream_client).kind == "aiohttp"
+    with pytest.raises(ConfigError, match="upstream_client"):
+        _config({"upstream_client": "curl"})
+    monkeypatch.setenv(CLIENT_ENV, "aiohttp")
+    assert UpstreamClient(kind="native").kind == "aiohttp"
+    monkeypatch.setenv(CLIENT_ENV, "bogus")
+    with pytest.raises(ValueError, match=CLIENT_ENV):
+        UpstreamClient()
+
+
+async def test_through_the_proxy(proxy: Any, upstream: FakeUpstream,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A translated stream end to end with `upstream_client: native`, twice on one pooled
+    connection, and the upstream never asked for a compressed body."""
+    monkeypatch.delenv(CLIENT_ENV, raising=False)
+    upstream.body = jsonl_to_sse(fixture_bytes("anthropic/vercel-ai_anthropic-text.chunks.jsonl"))
+    config = parse_config({"server": {"upstream_client": "native"},
+                           "providers": {"up": {"type": "anthropic", "base_url": upstream.url,
+                                                "api_key": "sk-test-secret",
+                                                "default_model": "m"}},
+                           "default_provider": "up"}, "<t>")
+    client = await proxy(config)
+    state = client.server.app[STATE]
+    for _ in range(2):
+        resp = await client.post("/v1/chat/completions", json={
+            "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+        assert resp.status == 200
+        got = collect(sse_chunks(await resp.read()))
+        assert got.content and got.finish_reason
+    assert state.client.native is not None and state.client.native.pool.opened == 1
+    assert upstream.requests[0].headers["Accept-Encoding"] == "identity"
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+def _self_signed(tmp: Any) -> tuple[str, str]:
+    """A certificate for localhost / 127.0.0.1 made with the openssl CLI."""
+    cert, key = str(tmp / "cert.pem"), str(tmp / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", key, "-out", cert, "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+async def test_https_with_sni_and_certificate_checks(aiohttp_server: Any, tmp_path: Any) -> None:
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    seen_sni: list[str | None] = []
+    server_ctx.sni_callback = lambda sock, name, ctx: seen_sni.append(name)  # type: ignore[assignment]
+    up = Upstream()
+    srv = await aiohttp_server(up.app(), ssl=server_ctx)
+    url = f"https://localhost:{srv.port}/chunked"
+    client = HTTP11Client()
+    trusting = ssl.create_default_context(cafile=cert)
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            # The system CA store does not know this certificate: a refused handshake is a
+            # connection failure (the proxy's "unreachable"), never a silent plain connection.
+            with pytest.raises(ConnectionError):
+                await post(client, url)
+            client.pool._ssl = trusting  # what a deployment's CA store would provide
+            for _ in range(2):
+                resp = await post(client, url)
+                parts = []
+                while data := await resp.content.readany():
+                    parts.append(data)
+                assert b"".join(parts) == b"".join(b"data: %d\n\n" % i for i in range(20))
+                resp.release()
+    finally:
+        await client.close()
+    assert seen_sni and seen_sni[-1] == "localhost"
+    assert client.pool.opened == 1  # the TLS connection was kept alive and reused
