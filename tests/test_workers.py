@@ -101,6 +101,9 @@ async def tree(tmp_path: Path) -> AsyncIterator[Tree]:
     t = Tree(config, _free_port())
     try:
         await until(lambda: len(t.workers()) == 2 and healthy(t.url), "two workers listening")
+        # Healthy is not enough: until the master has read both workers' ready signals, a
+        # worker that dies counts as a failed start-up (which stops the server by design).
+        await until(lambda: "all 2 workers listening" in t.output(), "the master's ready log")
         yield t
     finally:
         t.kill()

@@ -313,7 +313,12 @@ class Master:
             if worker is None:
                 continue
             if worker.ready_fd is not None:
+                # Its ready byte may be waiting unread: then it had been listening, and its
+                # death is a crash to restart, not a failed start-up.
+                with contextlib.suppress(BlockingIOError):
+                    worker.ready = worker.ready or bool(os.read(worker.ready_fd, 1))
                 os.close(worker.ready_fd)
+                worker.ready_fd = None
             for hook in CHILD_EXIT_HOOKS:
                 with contextlib.suppress(Exception):
                     hook(pid)
@@ -326,7 +331,7 @@ class Master:
         if w.stopping or self.stopping is not None:
             log.info("worker %d exited (%s)", w.pid, how)
             return
-        if self.booting:
+        if self.booting and not w.ready:
             log.error("worker %d failed to start (%s); stopping", w.pid, how)
             self.exit_status = os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1
             self.exit_status = self.exit_status or 1
