@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -118,17 +117,3 @@ async def _cleanup(app: web.Application) -> None:
     await state.client.close()
     if state.mock_runner is not None:
         await state.mock_runner.cleanup()
-
-
-async def serve(config: Config, host: str, port: int) -> None:
-    """Run until cancelled (Ctrl-C / SIGTERM)."""
-    runner = web.AppRunner(create_app(config), handler_cancellation=True, access_log=None,
-                           **http_limits(config))
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048)
-    await site.start()
-    log.info("streamproxy listening on http://%s:%d (config: %s)", host, port, config.source)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
