@@ -134,6 +134,7 @@ def _messages(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
 def _text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     return [{"type": "text", "text": t} for t in texts(content, where)]
 
+
 def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
     if not isinstance(content, list):
         return _text_blocks(content, f"messages[{i}].content")

@@ -179,6 +179,7 @@ def _messages(msgs: list[dict[str, Any]]
 def _text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     return [{"text": t} for t in texts(content, where)]  # Converse rejects blank text blocks
 
+
 def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
     if not isinstance(content, list):
         return _text_blocks(content, f"messages[{i}].content")

@@ -162,6 +162,7 @@ def _contents(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
 def _text_parts(content: Any, where: str) -> list[dict[str, Any]]:
     return [{"text": t} for t in texts(content, where)]
 
+
 def _user_parts(content: Any, i: int) -> list[dict[str, Any]]:
     if not isinstance(content, list):
         return _text_parts(content, f"messages[{i}].content")

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import InvalidRequest
-from streamproxy.openai_api.content import OPENAI_ONLY
+from streamproxy.openai_api.content import OPENAI_ONLY, texts
 
 DROPPED = OPENAI_ONLY | {"user", "parallel_tool_calls"}
 # Parameters that go into `options` under the same name (top_k: a common extra_body key).
@@ -136,17 +136,7 @@ def _arguments(args: Any, i: int, j: int) -> Any:
 
 
 def _text(content: Any, i: int) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    parts = []
-    for j, part in enumerate(content):
-        if part.get("type") == "text":
-            parts.append(part.get("text") or "")
-        elif part.get("type") != "refusal":
-            raise InvalidRequest(f"Content part type '{part.get('type')}' is not allowed here.",
-                                 param=f"messages[{i}].content[{j}].type",
-                                 code="unsupported_value")
-    return "".join(parts)
+    return "".join(texts(content, f"messages[{i}].content"))
 
 
 def _user(content: Any, i: int) -> dict[str, Any]:
