@@ -97,3 +97,58 @@ def test_any_split_of_a_recorded_stream_gives_the_same_events(body: bytes,
 def test_byte_by_byte_equals_whole() -> None:
     for body in VARIANTS:
         assert decode(*[body[i : i + 1] for i in range(len(body))]) == decode(body)
+
+
+def reference_decode(body: bytes) -> list[SSEEvent]:
+    """The WHATWG algorithm, line by line, written for clarity rather than speed (plus our
+    rule that an unterminated last event is dispatched at the end)."""
+    lines: list[bytes] = []
+    start = i = 0
+    while i < len(body):
+        if body[i] in b"\r\n":
+            lines.append(body[start:i])
+            i += 2 if body[i : i + 2] == b"\r\n" else 1
+            start = i
+        else:
+            i += 1
+    tail = body[start:]
+    events: list[SSEEvent] = []
+    data: list[bytes] = []
+    event, last_id = b"", b""
+    for line in [*lines, *([tail] if tail else []), b""]:
+        if not line:
+            if data:
+                events.append(SSEEvent(b"\n".join(data), event, last_id))
+            data, event = [], b""
+            continue
+        if line[:1] == b":":
+            continue
+        name, _, value = line.partition(b":")
+        value = value[1:] if value[:1] == b" " else value
+        if name == b"data":
+            data.append(value)
+        elif name == b"event":
+            event = value
+        elif name == b"id" and b"\x00" not in value:
+            last_id = value
+    return events
+
+
+FIELD_LINES = st.sampled_from([b"data: {\"a\": 1}", b"data: x", b"data:y", b"data", b"event: e",
+                               b"id: 7", b": keep-alive", b"retry: 5"])
+EOLS = st.sampled_from([b"\r\n", b"\r\n", b"\n", b"\r"])  # mostly CRLF: the fast path's case
+BLOCKS = st.tuples(st.lists(st.tuples(FIELD_LINES, EOLS), min_size=0, max_size=3), EOLS)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(BLOCKS, max_size=12), st.lists(st.integers(min_value=0, max_value=400),
+                                                max_size=12))
+def test_mixed_line_endings_at_any_split_match_the_reference(
+        blocks: list[tuple[list[tuple[bytes, bytes]], bytes]], cuts: list[int]) -> None:
+    # CRLF-framed data events take a fast path that must agree with the general one, whatever
+    # endings surround them and wherever the reads are cut.
+    body = b"".join(b"".join(line + eol for line, eol in lines) + blank
+                    for lines, blank in blocks)
+    points = sorted({c % (len(body) + 1) for c in cuts})
+    pieces = [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
+    assert decode(*pieces) == reference_decode(body)

@@ -10,7 +10,7 @@ prelude CRC matched, and a length above the cap is refused right there (BufferOv
 single payload byte is buffered. The message CRC covers everything before it; a frame whose CRC
 does not match raises instead of yielding an event, so a flipped byte can never become a wrong
 event. A frame that spans reads costs one prelude check: its length is remembered
-(`_need`), so later reads only compare sizes and never rescan the bytes already held.
+(`_need`), so later reads only add up sizes, and the reads are joined once, when it is whole.
 
 Header blocks repeat verbatim across frames of one event type (Bedrock sends the same three
 string headers on every delta), so parsed header blocks are memoised by their bytes; the
@@ -54,74 +54,79 @@ _make = tuple.__new__
 
 
 class EventStreamDecoder:
-    __slots__ = ("_buf", "_header_cache", "_max", "_need")
+    __slots__ = ("_header_cache", "_max", "_need", "_parts", "_size")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self._max = max_frame_bytes
-        self._buf = bytearray()
-        self._need = 0  # total length of the frame at the head of _buf, once its prelude passed
+        self._parts: list[bytes] = []  # an unfinished frame: the reads it spans so far
+        self._size = 0  # their length
+        self._need = 0  # total length of the frame at the head of _parts, once its prelude passed
         self._header_cache: dict[bytes, Mapping[str, HeaderValue]] = {}
 
     def feed(self, data: bytes) -> list[EventStreamMessage]:
-        buf = self._buf
-        buf += data
-        have = len(buf)
-        need = self._need
-        if have < (need or _PRELUDE_LEN):
-            return []
+        if self._parts:  # joined once, when the frame is complete: O(size), not O(size * reads)
+            self._parts.append(data)
+            self._size += len(data)
+            if self._size < (self._need or _PRELUDE_LEN):
+                return []
+            data = b"".join(self._parts)
+            self._parts = []
+        have = len(data)
+        need = self._need  # the head frame's length, if its prelude was checked in an earlier read
         out: list[EventStreamMessage] = []
         pos = 0
         cache = self._header_cache
         crc32 = zlib.crc32
-        with memoryview(buf) as view:
-            while True:
-                if not need:
-                    if have - pos < _PRELUDE_LEN:
-                        break
-                    need = self._prelude(view, pos)
-                if have - pos < need:
-                    break
-                end = pos + need
-                headers_len, prelude_crc = _TAIL.unpack_from(view, pos + 4)
-                # The message CRC continues from the (verified) prelude CRC.
-                message_crc = _U32.unpack_from(view, end - 4)[0]
-                if crc32(view[pos + 8 : end - 4], prelude_crc) != message_crc:
-                    raise EventStreamCRCError("event-stream message CRC mismatch")
-                start = pos + _PRELUDE_LEN
-                block = bytes(view[start : start + headers_len])
-                headers = cache.get(block)
-                if headers is None:
-                    headers = MappingProxyType(parse_headers(block))
-                    if len(cache) < _HEADER_CACHE_SIZE:
-                        cache[block] = headers
-                payload = bytes(view[start + headers_len : end - 4])
-                out.append(_make(EventStreamMessage, (headers, payload)))
-                pos = end
-                need = 0
+        prelude_from = _PRELUDE.unpack_from
+        u32_from = _U32.unpack_from
+        cap = self._max
+        while have - pos >= _PRELUDE_LEN:
+            total, headers_len, prelude_crc = prelude_from(data, pos)
+            if not need:
+                if crc32(data[pos : pos + 8]) != prelude_crc:
+                    raise EventStreamCRCError("event-stream prelude CRC mismatch")
+                if not (_MIN_FRAME <= total <= cap and headers_len <= total - _MIN_FRAME):
+                    self._bad_lengths(total, headers_len)
+                need = total
+            if have - pos < total:
+                break
+            end = pos + total
+            # The message CRC continues from the (verified) prelude CRC.
+            if crc32(data[pos + 8 : end - 4], prelude_crc) != u32_from(data, end - 4)[0]:
+                raise EventStreamCRCError("event-stream message CRC mismatch")
+            start = pos + _PRELUDE_LEN
+            block = data[start : start + headers_len]
+            headers = cache.get(block)
+            if headers is None:
+                headers = MappingProxyType(parse_headers(block))
+                if len(cache) < _HEADER_CACHE_SIZE:
+                    cache[block] = headers
+            out.append(_make(EventStreamMessage, (headers, data[start + headers_len : end - 4])))
+            pos = end
+            need = 0
         self._need = need
-        del buf[:pos]
+        if pos < have:
+            rest = data[pos:] if pos else data
+            self._parts = [rest]
+            self._size = len(rest)
         return out
 
     def close(self) -> list[EventStreamMessage]:
         """End of stream: bytes left over are a frame cut short."""
-        if self._buf:
-            held = len(self._buf)
-            self._buf.clear()
+        if self._parts:
+            held = self._size
+            self._parts = []
+            self._size = 0
             self._need = 0
             raise StreamTruncated(f"the event stream ended inside a frame ({held} bytes held)")
         return []
 
-    def _prelude(self, view: memoryview, pos: int) -> int:
-        total, headers_len, crc = _PRELUDE.unpack_from(view, pos)
-        if zlib.crc32(view[pos : pos + 8]) != crc:
-            raise EventStreamCRCError("event-stream prelude CRC mismatch")
+    def _bad_lengths(self, total: int, headers_len: int) -> None:
         if total > self._max:
             raise BufferOverflow(f"an event-stream frame declares {total} bytes, "
                                  f"above the {self._max}-byte cap")
-        if total < _MIN_FRAME or headers_len > total - _MIN_FRAME:
-            raise StreamDecodeError(f"event-stream frame lengths are inconsistent "
-                                    f"(total {total}, headers {headers_len})")
-        return total
+        raise StreamDecodeError(f"event-stream frame lengths are inconsistent "
+                                f"(total {total}, headers {headers_len})")
 
 
 def _bytes(block: bytes, i: int, n: int) -> bytes:

@@ -5,9 +5,12 @@ never with str.splitlines() (which also splits on U+2028). `data` stays bytes: J
 bytes, so UTF-8 is decoded once, by the JSON parser, and a character split across reads is
 never seen half-decoded.
 
-Line endings: CRLF, LF and a lone CR all end a line. Each read is normalised to LF with two
+Line endings: CRLF, LF and a lone CR all end a line. A read is normalised to LF with two
 C-level replaces; a CR that ends a read is remembered, so an LF that starts the next read is
-recognised as the second half of that CRLF rather than as a blank line.
+recognised as the second half of that CRLF rather than as a blank line. CRLF-framed `data:`
+events (Gemini's whole stream) skip the copy: a read is cut at `\r\n\r\n` and each block that
+holds no other CR or LF is an event as it stands; only what follows the first other block is
+normalised.
 
 Speed: after normalisation an event is the block of lines between two blank lines, so a read
 is cut at `\n\n` in C (`bytes.split`) and each block handled whole. The two shapes providers
@@ -59,10 +62,21 @@ class SSEDecoder:
                 chunk = chunk[1:]
                 if not chunk:
                     return []
-        if b"\r" in chunk:
-            self._pending_cr = chunk[-1] == 0x0D
-            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         events: list[SSEEvent] = []
+        if b"\r" in chunk:
+            if self._parts:  # finish the pending block alone, so that the rest takes the fast path
+                end = chunk.find(b"\r\n\r\n") + 4
+                if 4 <= end < len(chunk):
+                    events = self.feed(chunk[:end])
+                    events += self.feed(chunk[end:])
+                    return events
+            else:
+                chunk = self._crlf_data_events(chunk, events)
+                if not chunk:
+                    return events
+            if b"\r" in chunk:
+                self._pending_cr = chunk[-1] == 0x0D
+                chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if self._parts:
             chunk = self._complete(chunk, events)
             if chunk is None:
@@ -87,6 +101,21 @@ class SSEDecoder:
             self._parts.append(rest)
             self._size = len(rest)
         return events
+
+    def _crlf_data_events(self, chunk: bytes, events: list[SSEEvent]) -> bytes:
+        """CRLF framing without normalising (Gemini): the leading `data: …` blocks that hold no
+        other CR or LF are events as they stand. Returns the rest of the read, from the first
+        block that is anything else (or the unfinished last one), for the general path."""
+        blocks = chunk.split(b"\r\n\r\n")
+        last = len(blocks) - 1
+        i = 0
+        while i < last:
+            block = blocks[i]
+            if block[:6] != b"data: " or b"\r" in block or b"\n" in block:
+                return b"\r\n\r\n".join(blocks[i:])
+            events.append(_make_event(SSEEvent, (block[6:], b"", self._last_id)))
+            i += 1
+        return blocks[last]
 
     def close(self) -> list[SSEEvent]:
         """End of stream. The spec discards an event that was not ended by a blank line; we end
