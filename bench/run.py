@@ -524,6 +524,12 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
           (store.get("ratio") or {}).get("events_per_s"), 0.90, "ratio", True)
     workers = (by.get("workers-2") or {}).get("workers") or {}
     check("2 workers vs 1 (projected, one core each)", workers.get("scaling"), 1.7, "x", True)
+    anthropic_cost = (c32.get("proxied") or {}).get("server_cpu_us_per_event")
+    for kind in ("gemini", "bedrock"):  # issue 3: translators within 1.5x of Anthropic's
+        cost = ((by.get(f"{kind}-c32") or {}).get("proxied") or {}).get(
+            "server_cpu_us_per_event")
+        check(f"{kind} CPU per event vs anthropic (c32)", ratio(cost, anthropic_cost), 1.5,
+              "ratio", False)
     return out
 
 
@@ -596,7 +602,7 @@ def main(argv: list[str] | None = None) -> None:
             mock.stop()
             upstream.stop()
     checks = targets(env.results)
-    print("\ntargets (issue 5):")
+    print("\ntargets (issue 5; the last two: issue 3):")
     for c in checks:
         state = {True: "held", False: "MISSED", None: "not measured"}[c["held"]]
         value = "-" if c["value"] is None else f"{c['value']:.3g}"
