@@ -70,8 +70,10 @@ async def relay(stream: OpenedStream, client: web.StreamResponse, record: Reques
         record.client_disconnected = True
     finally:
         deadline.cancel()
-        if translator.done and upstream.content.at_eof():
-            upstream.release()  # the connection goes back to the pool
+        if translator.done:
+            # Back to the pool; the native client first reads the body's end if it is still
+            # on its way (typically the chunked terminator, one read behind the last event).
+            upstream.release()
         else:
             upstream.close()
         record.bytes_out = sent

@@ -594,3 +594,121 @@ async def test_https_with_sni_and_certificate_checks(aiohttp_server: Any, tmp_pa
         await client.close()
     assert seen_sni and seen_sni[-1] == "localhost"
     assert client.pool.opened == 1  # the TLS connection was kept alive and reused
+
+
+# -- a body released before its framing ended ----------------------------------------------------
+
+HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n")
+
+
+async def scripted_server(script: list[bytes | float]) -> tuple[asyncio.Server, str,
+                                                                 list[asyncio.Event]]:
+    """A raw upstream: per request, writes each bytes item and sleeps each float. The list of
+    events gets one per connection, set when the proxy side closed it."""
+    closed: list[asyncio.Event] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        gone = asyncio.Event()
+        closed.append(gone)
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                await reader.readexactly(2)  # the body: b"{}"
+                for step in script:
+                    if isinstance(step, float):
+                        await asyncio.sleep(step)
+                    else:
+                        writer.write(step)
+                        await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            gone.set()
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}/", closed
+
+
+async def read_event(resp: Any) -> bytes:
+    data = b""
+    while b"\n\n" not in data:
+        data += await resp.content.readany()
+    return data
+
+
+async def test_released_before_the_terminator_is_pooled_when_it_arrives() -> None:
+    server, url, closed = await scripted_server([HEAD, b"9\r\ndata: x\n\n\r\n", 0.05,
+                                                 b"0\r\n\r\n"])
+    client = HTTP11Client()
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            for _ in range(3):
+                resp = await post(client, url)
+                assert await read_event(resp) == b"data: x\n\n"
+                resp.release()  # the last event is in; the terminator is 50 ms away
+                assert client.pool.busy == 1  # not closed: still reading to the end
+                while client.pool.busy:
+                    await asyncio.sleep(0.01)
+                assert len(client.pool.idle[next(iter(client.pool.idle))]) == 1
+    finally:
+        await client.close()
+        server.close()
+    assert client.pool.opened == 1 and len(closed) == 1
+
+
+@pytest.mark.parametrize("tail", ["never", "too_much"])
+async def test_a_released_body_that_does_not_end_is_closed(
+        tail: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamproxy.upstream import http11
+    monkeypatch.setattr(http11, "LINGER_SECONDS", 0.1)
+    script: list[bytes | float] = [HEAD, b"9\r\ndata: x\n\n\r\n"]
+    if tail == "too_much":  # more than LINGER_MAX_BYTES after the release, no end
+        script += [0.02, b"%x\r\n%s\r\n" % (70_000, b"y" * 70_000), 5.0]
+    else:
+        script += [5.0]
+    server, url, _ = await scripted_server(script)
+    client = HTTP11Client()
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            resp = await post(client, url)
+            await read_event(resp)
+            resp.release()
+            assert client.pool.busy == 1  # reading on, for the end that does not come
+            started = asyncio.get_running_loop().time()
+            while client.pool.busy:
+                await asyncio.sleep(0.005)
+            waited = asyncio.get_running_loop().time() - started
+            # Closed at the linger deadline (0.1 s), or at once on too many bytes.
+            assert waited < 0.09 if tail == "too_much" else 0.09 < waited < 2.0
+            assert resp._conn.closed and not any(client.pool.idle.values())
+    finally:
+        await client.close()
+        server.close()
+
+
+async def test_through_the_proxy_the_terminator_a_read_later_keeps_the_connection(
+        proxy: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunked terminator often arrives a read after the last event (here 50 ms after):
+    the connection must still go back to the pool, not be closed and replaced."""
+    monkeypatch.delenv(CLIENT_ENV, raising=False)
+    text = fixture_bytes("anthropic/vercel-ai_anthropic-text.chunks.jsonl")
+    upstream.pieces = [jsonl_to_sse(text)]
+    upstream.piece_delay = 0.05
+    config = parse_config({"server": {"upstream_client": "native"},
+                           "providers": {"up": {"type": "anthropic", "base_url": upstream.url,
+                                                "api_key": "sk-test-secret",
+                                                "default_model": "m"}},
+                           "default_provider": "up"}, "<t>")
+    client = await proxy(config)
+    pool = client.server.app[STATE].client.native.pool
+    for _ in range(3):
+        resp = await client.post("/v1/chat/completions", json={
+            "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+        got = collect(sse_chunks(await resp.read()))
+        assert got.content and got.finish_reason
+        async with asyncio.timeout(TEST_TIMEOUT):
+            while pool.busy:
+                await asyncio.sleep(0.01)
+    assert pool.opened == 1

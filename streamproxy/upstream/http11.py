@@ -33,6 +33,10 @@ MAX_CHUNK_LINE = 4096  # a chunk-size line with its extensions
 PAUSE_AT = 64 * 1024  # unread body bytes beyond which the socket stops being read
 KEEPALIVE_TIMEOUT = 30.0  # like aiohttp's connector
 MAX_IDLE_PER_HOST = 1024
+# A body released before its framing ended (the last event was read, the chunked terminator
+# was not yet): it is read and dropped for up to this long / this many bytes, then pooled.
+LINGER_SECONDS = 1.0
+LINGER_MAX_BYTES = 64 * 1024
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -443,8 +447,8 @@ class _Connection(asyncio.Protocol):
 class Response:
     """One upstream response; also its own `content` (aiohttp's StreamReader role)."""
 
-    __slots__ = ("_buffered", "_chunks", "_conn", "_eof", "_error", "_released", "_waiter",
-                 "content", "headers", "reason", "status")
+    __slots__ = ("_buffered", "_chunks", "_conn", "_eof", "_error", "_linger", "_released",
+                 "_waiter", "content", "headers", "reason", "status")
 
     def __init__(self, conn: _Connection, head: ResponseHead) -> None:
         self._conn = conn
@@ -458,9 +462,16 @@ class Response:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._released = False
+        self._linger: asyncio.TimerHandle | None = None  # released, waiting for the body's end
 
     # Called by the connection.
     def _push(self, data: bytes) -> None:
+        if self._linger is not None:  # released: nobody reads these bytes any more
+            self._buffered += len(data)
+            if self._buffered > LINGER_MAX_BYTES:
+                self._stop_lingering()
+                self._conn.close()
+            return
         self._chunks.append(data)
         self._buffered += len(data)
         waiter = self._waiter
@@ -474,6 +485,10 @@ class Response:
             return
         self._eof = True
         self._error = exc
+        if self._linger is not None:
+            self._stop_lingering()
+            self._pool_or_close()
+            return
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -513,10 +528,22 @@ class Response:
             parts.append(data)
 
     def release(self) -> None:
-        """Back to the pool when the body was read to its end; otherwise closed."""
+        """Back to the pool once the body has been read to its end. A body whose framing has
+        not ended yet (the reader has all it needs, the last chunk's terminator is still on
+        its way) is read to that end and dropped, bounded in time and bytes, then pooled."""
         if self._released:
             return
         self._released = True
+        conn = self._conn
+        if not self._eof and not conn.closed and conn.parser is not None:
+            self._chunks = []
+            self._buffered = 0
+            self._linger = conn._loop.call_later(LINGER_SECONDS, self._linger_expired)
+            conn.resume()
+            return
+        self._pool_or_close()
+
+    def _pool_or_close(self) -> None:
         conn = self._conn
         parser = conn.parser
         if (self._eof and self._error is None and not self._chunks and parser is not None
@@ -530,7 +557,19 @@ class Response:
         else:
             conn.close()
 
+    def _stop_lingering(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+
+    def _linger_expired(self) -> None:
+        self._linger = None
+        self._conn.close()
+
     def close(self) -> None:
+        if self._linger is not None:
+            self._stop_lingering()
+            self._conn.close()
         if not self._released:
             self._released = True
             self._conn.close()
