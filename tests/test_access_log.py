@@ -12,6 +12,7 @@ import pytest
 from streamproxy.config import ConfigError
 from streamproxy.observe.access_log import (
     ACCESS_LOGGER,
+    AccessLog,
     ParserErrorFilter,
     access_entry,
     configure_logging,
@@ -214,3 +215,34 @@ def test_a_refused_oversized_header_is_logged_without_its_content() -> None:
     assert ParserErrorFilter().filter(record)
     text = logging.Formatter().format(record)
     assert "SECRET" not in text and "LineTooLong" in text and "400" in text
+
+
+def test_under_serve_access_lines_skip_the_log_record_unless_something_else_listens(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    saved = (ACCESS_LOGGER.handlers[:], ACCESS_LOGGER.propagate, ACCESS_LOGGER.level)
+    root = logging.getLogger()
+    root_saved = (root.handlers[:], root.level)
+    seen: list[str] = []
+
+    def remember(record: logging.LogRecord) -> bool:
+        seen.append(record.getMessage())
+        return True
+
+    try:
+        root.handlers[:] = []
+        configure_logging(mock_config())
+        with monkeypatch.context() as m:  # the direct path never builds a LogRecord
+            m.setattr(ACCESS_LOGGER, "makeRecord", lambda *a, **k: pytest.fail("LogRecord"))
+            AccessLog()(RequestRecord(trace_id="direct-1", status=200))
+        ACCESS_LOGGER.addFilter(remember)  # someone listens: the line goes through logging
+        AccessLog()(RequestRecord(trace_id="filtered-2", status=200))
+        ACCESS_LOGGER.removeFilter(remember)
+        lines = [orjson.loads(x) for x in capsys.readouterr().out.splitlines()]
+        assert [x["trace_id"] for x in lines] == ["direct-1", "filtered-2"]
+        assert lines[0].keys() == lines[1].keys() and lines[0]["status"] == 200
+        assert len(seen) == 1 and orjson.loads(seen[0])["trace_id"] == "filtered-2"
+    finally:
+        ACCESS_LOGGER.handlers[:], ACCESS_LOGGER.propagate, _ = saved
+        ACCESS_LOGGER.setLevel(saved[2])
+        root.handlers[:] = root_saved[0]
+        root.setLevel(root_saved[1])

@@ -69,14 +69,20 @@ def near_miss_block(draw: st.DrawFn) -> bytes:
     lines = [b"event: " + draw(VALUES)] if draw(st.booleans()) else []
     lines += [b"data: " + draw(VALUES) for _ in range(draw(st.integers(1, 3)))]
     lines += draw(st.lists(FIELD, max_size=2))
-    eol = draw(EOL)
-    return eol.join(lines) + eol + eol
+    if draw(st.booleans()):  # one line ending for the block, as providers write them
+        eol = draw(EOL)
+        return eol.join(lines) + eol + eol
+    # Mixed endings: a CRLF-framed block may hide a bare LF or CR (the CRLF fast path's trap).
+    return b"".join(line + draw(EOL) for line in lines) + draw(EOL)
 
 
 @st.composite
 def sse_streams(draw: st.DrawFn) -> bytes:
-    parts = draw(st.lists(st.one_of(
-        st.tuples(FIELD, EOL).map(lambda t: t[0] + t[1]), near_miss_block()), max_size=30))
+    if draw(st.booleans()):  # blocks only: the fast paths' own ground
+        parts = draw(st.lists(near_miss_block(), max_size=12))
+    else:
+        parts = draw(st.lists(st.one_of(
+            st.tuples(FIELD, EOL).map(lambda t: t[0] + t[1]), near_miss_block()), max_size=30))
     body = b"".join(parts)
     if draw(st.booleans()):
         body = b"\xef\xbb\xbf" + body
@@ -86,6 +92,10 @@ def sse_streams(draw: st.DrawFn) -> bytes:
 @settings(max_examples=400, deadline=None)
 @given(sse_streams(), st.lists(st.integers(min_value=0, max_value=2000), max_size=12))
 def test_block_decoder_matches_the_line_by_line_algorithm(body: bytes, cuts: list[int]) -> None:
+    assert_decodes_like_the_algorithm(body, cuts)
+
+
+def assert_decodes_like_the_algorithm(body: bytes, cuts: list[int]) -> None:
     points = sorted({c % (len(body) + 1) for c in cuts})
     dec = SSEDecoder()
     got: list[SSEEvent] = []
@@ -93,6 +103,27 @@ def test_block_decoder_matches_the_line_by_line_algorithm(body: bytes, cuts: lis
         got += dec.feed(body[a:b])
     got += dec.close()
     assert got == LineByLineDecoder().decode(body)
+
+
+CRLF_MOSTLY = st.sampled_from([b"\r\n", b"\r\n", b"\n", b"\r"])
+
+
+@st.composite
+def crlf_streams(draw: st.DrawFn) -> bytes:
+    """Gemini-like streams (CRLF-framed `data:` blocks) with stray bare LFs and CRs: the CRLF
+    fast path must hand every block it cannot take whole to the general path."""
+    blocks = []
+    for _ in range(draw(st.integers(0, 10))):
+        lines = [b"data: " + draw(VALUES) for _ in range(draw(st.integers(1, 2)))]
+        lines += draw(st.lists(FIELD, max_size=1))
+        blocks.append(b"".join(line + draw(CRLF_MOSTLY) for line in lines) + draw(CRLF_MOSTLY))
+    return b"".join(blocks)
+
+
+@settings(max_examples=400, deadline=None)
+@given(crlf_streams(), st.lists(st.integers(min_value=0, max_value=600), max_size=8))
+def test_crlf_fast_path_matches_the_line_by_line_algorithm(body: bytes, cuts: list[int]) -> None:
+    assert_decodes_like_the_algorithm(body, cuts)
 
 
 PATTERNS = (b'"usage":{', b'"usage": {', b'"error"', b'"finish_reason":"',

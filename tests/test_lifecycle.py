@@ -57,3 +57,36 @@ async def test_client_disconnect_while_waiting_for_the_first_event(proxy: Any,
             break
         await asyncio.sleep(0.01)
     assert not in_use()
+
+
+async def test_the_response_head_leaves_with_the_first_frame_in_one_write(
+        proxy: Any, upstream: Any, monkeypatch: Any) -> None:
+    """One write (one syscall, one TCP segment) carries the head and the first chunk, so the
+    first token is not a second send behind the head."""
+    from aiohttp import http_writer
+
+    writes: list[bytes] = []
+    original = http_writer.StreamWriter._write, http_writer.StreamWriter._writelines
+
+    def write(self: Any, chunk: bytes) -> None:
+        writes.append(bytes(chunk))
+        original[0](self, chunk)
+
+    def writelines(self: Any, chunks: Any) -> None:
+        chunks = list(chunks)
+        writes.append(b"".join(bytes(c) for c in chunks))
+        original[1](self, chunks)
+
+    monkeypatch.setattr(http_writer.StreamWriter, "_write", write)
+    monkeypatch.setattr(http_writer.StreamWriter, "_writelines", writelines)
+    upstream.pieces = [START]
+    upstream.hold_open = True
+    client = await proxy(provider_config("anthropic", upstream.url))
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(client.make_url("/v1/chat/completions"), json={
+            "messages": [{"role": "user", "content": "hi"}], "stream": True})
+        await resp.content.readany()
+        resp.close()
+    streamed = [w for w in writes if b"x-portkey-trace-id" in w.lower()]  # not the upstream
+    assert len(streamed) == 1 and streamed[0].startswith(b"HTTP/1.1 200")
+    assert b"data: {" in streamed[0]  # the first frame is in the head's write

@@ -88,7 +88,11 @@ class ResponseCache:
 
     async def _answer(self, request: web.Request, req: ChatRequest, target: Target,
                       record: RequestRecord, entry: dict[str, Any]) -> web.StreamResponse:
-        from streamproxy.server.handlers import SSE_HEADERS, TRACE_HEADER  # (server imports us)
+        from streamproxy.server.handlers import (  # (server imports us)
+            SSE_HEADERS,
+            TRACE_HEADER,
+            SSEResponse,
+        )
 
         completion_id, created = new_completion_id(), int(time.time())
         record.provider = target.provider.name
@@ -110,7 +114,7 @@ class ResponseCache:
                                include_usage=req.include_usage)
         cached.replay(entry, encoder)
         body = encoder.take()
-        response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+        response = SSEResponse(headers={**SSE_HEADERS, **headers})
         await response.prepare(request)
         record.first_byte = time.monotonic()
         try:

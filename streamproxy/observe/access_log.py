@@ -75,7 +75,7 @@ def configure_logging(config: Config) -> None:
     level; access lines as bare JSON on stdout, whatever that level."""
     logging.basicConfig(level=log_level(config).upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    handler = logging.StreamHandler(sys.stdout)
+    handler = AccessLineHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     ACCESS_LOGGER.handlers[:] = [handler]
     ACCESS_LOGGER.propagate = False
@@ -83,6 +83,19 @@ def configure_logging(config: Config) -> None:
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, ParserErrorFilter) for f in server_log.filters):
         server_log.addFilter(ParserErrorFilter())
+
+
+class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The access log's handler under `serve`. AccessLog hands it finished lines directly
+    (`write_line`) when it is the logger's only way out: a LogRecord, the caller lookup and
+    the formatter cost ~50 µs per request, more than the rest of the line's work."""
+
+    def write_line(self, line: str) -> None:
+        try:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        except Exception:  # logging's own rule: a failed log write never breaks the caller
+            self.handleError(logging.makeLogRecord({"msg": line}))
 
 
 class ParserErrorFilter(logging.Filter):
@@ -163,6 +176,16 @@ class AccessLog:
     def __init__(self, logger: logging.Logger = ACCESS_LOGGER) -> None:
         self.logger = logger
 
+    def _direct(self) -> AccessLineHandler | None:
+        """The handler to write to without a LogRecord, when nothing else would see one."""
+        logger = self.logger
+        handlers = logger.handlers
+        if len(handlers) == 1 and not logger.propagate and not logger.filters:
+            handler = handlers[0]
+            if type(handler) is AccessLineHandler and not handler.filters:
+                return handler
+        return None
+
     def __call__(self, r: RequestRecord) -> None:
         if not self.logger.isEnabledFor(logging.INFO):
             return
@@ -175,7 +198,11 @@ class AccessLog:
         except Exception:  # an observer must never break the response it observes
             log.exception("access log observer failed")
             return
-        self.logger.info(line)
+        direct = self._direct()
+        if direct is not None:
+            direct.write_line(line)
+        else:
+            self.logger.info(line)
 
 
 def _scrub(value: Any) -> Any:
