@@ -239,6 +239,25 @@ async def latency(env: Env) -> None:
                lambda port: proxied(port, "mock/paced", 53),
                direct_anthropic(env.mock_port, "paced", 55), env.mock, 16,
                env.plan.paced_window, spread=1.0)
+    # The floor: the same direct streams through a byte forwarder on the proxy's core.
+    port = free_port()
+    hop = start("forwarder", ["-m", "bench.forwarder", "--port", str(port), "--upstream-port",
+                              str(env.mock_port)], pin=env.proxy_core, logdir=env.logdir,
+                port=port)
+    try:
+        floor = await measure(direct_anthropic(port, "paced", 55), 16, env.plan, hop, [env.mock],
+                              env.plan.paced_window, spread=1.0)
+    finally:
+        hop.stop()
+    row = env.results[-1]
+    row["floor"] = floor
+    if row.get("direct"):
+        row["floor_added"] = {k: added(floor.get(k), row["direct"].get(k)) for k in (
+            "ttft_p50_ms", "ttft_p99_ms")}
+        a = row["floor_added"]
+        print(f"{'':<15}floor: a byte forwarder in the proxy's place adds TTFT "
+              f"{fmt(a['ttft_p50_ms'], '+.2f')} ms p50, {fmt(a['ttft_p99_ms'], '+.2f')} ms p99 "
+              f"({floor['errors']} errors)", flush=True)
 
 
 async def store_cost(env: Env) -> None:
