@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 _now = time.perf_counter
-_END_BYTES = 256
+_END_BYTES = 512  # the whole last event of every bench stream
 
 
 @dataclass(frozen=True, slots=True)

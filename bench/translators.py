@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from bench import upstreams
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
 from streamproxy.providers.base import StreamTranslator
@@ -47,24 +48,8 @@ def anthropic_body(deltas: int = DELTAS) -> bytes:
     return unpaced_body(ANTHROPIC, MockOptions(tokens=deltas), "m", 10, True)
 
 
-def gemini_chunk(i: int, text: str, finish: bool) -> bytes:
-    """One `alt=sse` event as Gemini writes it (key order and separators of real output)."""
-    candidate = {"content": {"parts": [{"text": text}], "role": "model"}}
-    if finish:
-        candidate["finishReason"] = "STOP"
-    candidate["index"] = 0
-    usage = {"promptTokenCount": 10, "candidatesTokenCount": i + 1, "totalTokenCount": 11 + i,
-             "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 10}]}
-    msg = {"candidates": [candidate], "usageMetadata": usage, "modelVersion": "gemini-2.5-flash",
-           "responseId": "5HTPaPmNLuS7nvgPx9u_kAk"}
-    # Google separates keys from values with `": "` and items with a bare `,` (no key or text
-    # here contains `":`, so a replace on orjson's compact output gives exactly that).
-    spaced = orjson.dumps(msg).replace(b'":', b'": ')
-    return b"data: " + spaced + b"\r\n\r\n"
-
-
 def gemini_body(deltas: int = DELTAS) -> bytes:
-    return b"".join(gemini_chunk(i, token(i), i == deltas - 1) for i in range(deltas))
+    return upstreams.gemini_body(deltas, tuple(token(i) for i in range(deltas)))
 
 
 def bedrock_body(deltas: int = DELTAS) -> bytes:

@@ -26,21 +26,26 @@ DELTAS = 200
 
 # -- Gemini -------------------------------------------------------------------------------------
 
-def gemini_chunk(i: int, last: bool) -> bytes:
-    candidate: dict[str, object] = {"content": {"parts": [{"text": WORDS[i % len(WORDS)]}],
-                                                "role": "model"}, "index": 0}
-    if last:
+def gemini_chunk(i: int, text: str, finish: bool) -> bytes:
+    """One `alt=sse` event as Gemini writes it: the key order and separators of real output
+    (provider-streams.md §4.3), which the translator's fast path recognises."""
+    candidate: dict[str, object] = {"content": {"parts": [{"text": text}], "role": "model"}}
+    if finish:
         candidate["finishReason"] = "STOP"
-    return orjson.dumps({
-        "candidates": [candidate],
-        "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": i + 1,
-                          "totalTokenCount": 10 + i},
-        "modelVersion": "gemini-bench", "responseId": "bench-response"})
+    candidate["index"] = 0
+    usage = {"promptTokenCount": 10, "candidatesTokenCount": i + 1, "totalTokenCount": 11 + i,
+             "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 10}]}
+    msg = {"candidates": [candidate], "usageMetadata": usage, "modelVersion": "gemini-2.5-flash",
+           "responseId": "5HTPaPmNLuS7nvgPx9u_kAk"}
+    # Google separates keys from values with `": "` and items with a bare `,` (no key or text
+    # here contains `":`, so a replace on orjson's compact output gives exactly that).
+    spaced = orjson.dumps(msg).replace(b'":', b'": ')
+    return b"data: " + spaced + b"\r\n\r\n"
 
 
 @cache
-def gemini_body(deltas: int = DELTAS) -> bytes:
-    return b"".join(b"data: " + gemini_chunk(i, i == deltas - 1) + b"\r\n\r\n"
+def gemini_body(deltas: int = DELTAS, texts: tuple[str, ...] = WORDS) -> bytes:
+    return b"".join(gemini_chunk(i, texts[i % len(texts)], i == deltas - 1)
                     for i in range(deltas))
 
 
