@@ -733,3 +733,35 @@ async def test_openai_sdk_non_streaming_end_to_end(proxy: Any, upstream: Any) ->
     assert orjson.loads(message.tool_calls[0].function.arguments) == {"country": "France"}
     assert answer.choices[0].finish_reason == "tool_calls" and answer.usage.prompt_tokens == 25
     await sdk.close()
+
+
+def test_botocore_is_imported_only_when_sigv4_signs() -> None:
+    """botocore costs ~8 MB of RSS per worker: a proxy without SigV4 must never load it."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from streamproxy.config import parse_config
+from streamproxy.openai_api.request import parse_chat_request
+from streamproxy.routing.target import Target
+from streamproxy.server.app import build_providers, create_app
+
+def config(auth):
+    return parse_config({"providers": {
+        "m": {"type": "mock", "default_model": "fast"},
+        "b": {"type": "bedrock", "region": "us-east-1", "default_model": "amazon.nova-micro-v1:0",
+              **auth}}, "default_provider": "m"}, "<t>")
+
+create_app(config({"api_key": "br-key"}))
+assert "botocore" not in sys.modules, "imported with an API-key Bedrock provider"
+provider = build_providers(config({"aws_access_key_id": "AKIDEXAMPLE",
+                                   "aws_secret_access_key": "secret"}))["b"]
+req = parse_chat_request(b'{"model": "x", "messages": [{"role": "user", "content": "hi"}]}')
+signed = provider.build_request(req, Target(provider, "amazon.nova-micro-v1:0"))
+assert signed.headers["Authorization"].startswith("AWS4-HMAC-SHA256")
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -10,7 +10,9 @@ Which one, in order (docs/providers/bedrock.md):
 5. botocore's default credential chain (environment, config files, container, instance role)
    → SigV4; when it finds nothing, the client's own key (if it sent one) → Bearer.
 
-Signing is pure CPU and happens in `build_request`. Credentials are resolved once per provider
+botocore (~8 MB, 0.1 s to import) is imported only when SigV4 is used: a proxy with no
+Bedrock provider, or one on an API key, never loads it. Signing is pure CPU and happens in
+`build_request`. Credentials are resolved once per provider
 and cached; botocore's refreshable credentials renew themselves. Both the first lookup and a
 renewal do I/O (instance metadata, STS, SSO): the provider's async `prepare()` runs them in a
 worker thread when `needs_io()` says so, so `build_request` finds them ready. The signed
@@ -27,12 +29,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-
-import botocore.session
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
-from botocore.exceptions import BotoCoreError, ClientError
 
 from streamproxy.config import ConfigError, ProviderConfig
 from streamproxy.errors import AuthenticationFailed
@@ -79,6 +75,9 @@ def resolve_region(options: dict[str, Any]) -> str | None:
     region = (options.get("region") or os.environ.get("AWS_REGION")
               or os.environ.get("AWS_DEFAULT_REGION"))
     if not region and options.get("profile"):
+        import botocore.session
+        from botocore.exceptions import BotoCoreError
+
         try:
             region = botocore.session.Session(profile=options["profile"]).get_config_variable(
                 "region")
@@ -99,6 +98,8 @@ class BedrockAuth:
         self._looked_at: float | None = None  # when the chain last came back empty
         self._lock = threading.Lock()  # one chain lookup at a time
         if not self._bearer and access_key and secret:
+            from botocore.credentials import Credentials
+
             self._credentials = Credentials(access_key, secret, token)
         elif not self._bearer and not self._profile:
             self._bearer = os.environ.get(BEARER_ENV) or None
@@ -122,6 +123,9 @@ class BedrockAuth:
             raise AuthenticationFailed(
                 f"provider '{self._provider}' found no AWS credentials (options, profile, "
                 f"{BEARER_ENV}, or the AWS credential chain) and the client sent no key")
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
         with self._loading():  # no I/O here once prepare() has run
             frozen = credentials.get_frozen_credentials()
         request = AWSRequest(method="POST", url=url, data=body, headers=headers)
@@ -155,6 +159,8 @@ class BedrockAuth:
             if self._credentials is not None or self._recently_empty():
                 return self._credentials
             with self._loading():
+                import botocore.session
+
                 session = botocore.session.Session(profile=self._profile)
                 self._credentials = session.get_credentials()
             if self._credentials is None:
@@ -163,6 +169,8 @@ class BedrockAuth:
 
     @contextmanager
     def _loading(self) -> Iterator[None]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         try:
             yield
         except (BotoCoreError, ClientError) as e:  # e.g. an unknown profile, a failed renewal
