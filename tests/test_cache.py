@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamproxy.cache import entry as cached
 from streamproxy.cache.backends import MemoryCache, RedisCache
@@ -414,6 +416,44 @@ def test_a_builder_keeps_order_as_runs_not_per_delta() -> None:
     b.tool_call_start(1, "c1", "g")
     b.tool_call_args(1, "{}")
     assert b.runs == [["c", 0, 100], ["S", 0, 1], ["a", 0, 1], ["s", 1, 1], ["a", 1, 1]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["c", "r", "t", "s", "S", "a"]), max_size=40),
+       st.booleans())
+def test_runs_are_one_entry_per_change_of_kind_through_a_tee(kinds: list[str],
+                                                            tee: bool) -> None:
+    """Content deltas are only appended (counted when the kind changes): whatever the
+    interleaving, the runs equal one [kind, index, count] per change, as a client saw it."""
+    b = CompletionBuilder()
+    enc = ChunkEncoder(completion_id="chatcmpl-r", created=1, model="m", include_usage=False)
+    sink: Any = TeeSink(enc, b) if tee else b
+    expected: list[list[Any]] = []
+    tools = 0
+    for kind in kinds:
+        index = 0
+        if kind == "c":
+            sink.content("x")
+        elif kind == "r":
+            sink.reasoning("y")
+        elif kind == "t":
+            sink.thinking_block({"type": "thinking", "thinking": "z", "signature": "s"})
+        elif kind in "sS":
+            index = tools
+            tools += 1
+            sink.tool_call_start(index, f"call_{index}", "f", "{" if kind == "S" else "")
+        elif not tools:
+            continue  # an argument fragment needs a tool call before it
+        else:
+            index = tools - 1
+            sink.tool_call_args(index, "}")
+        if expected and expected[-1][:2] == [kind, index]:
+            expected[-1][2] += 1
+        else:
+            expected.append([kind, index, 1])
+    assert b.runs == expected
+    assert b.runs == expected  # reading them changes nothing
+    assert b.content_parts == ["x"] * kinds.count("c")
 
 
 def test_the_key_ignores_delivery_and_bookkeeping() -> None:

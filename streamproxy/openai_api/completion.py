@@ -35,12 +35,27 @@ class CompletionBuilder:
         self._kind: str | None = None
         self._index = 0
         self._count = 0
+        self._mark = 0  # len(_text) when the runs last took it in (content() only appends)
         # The envelope the client saw: set from the encoder by TeeSink, or from a pass-through
         # stream's first chunk (the upstream's own id).
         self.id: str | None = None
         self.created: int | None = None
 
+    def _take_text(self) -> None:
+        """The content deltas appended since the last step, as (the rest of) a `c` run."""
+        n = len(self._text) - self._mark
+        if not n:
+            return
+        self._mark += n
+        if self._kind == "c":
+            self._count += n
+            return
+        if self._kind is not None:
+            self._runs.append([self._kind, self._index, self._count])
+        self._kind, self._index, self._count = "c", 0, n
+
     def _step(self, kind: str, index: int = 0) -> None:
+        self._take_text()
         if self._kind == kind and self._index == index:
             self._count += 1
             return
@@ -50,6 +65,7 @@ class CompletionBuilder:
 
     @property
     def runs(self) -> list[list[Any]]:
+        self._take_text()
         if self._kind is None:
             return list(self._runs)
         return [*self._runs, [self._kind, self._index, self._count]]
@@ -68,15 +84,13 @@ class CompletionBuilder:
             self.model = model
 
     def content(self, text: str) -> None:
+        # Only the append: the run is counted when the kind changes (_take_text), so TeeSink
+        # can call the list's append directly, with no Python frame per delta.
         self._text.append(text)
-        if self._kind == "c":  # the common case, kept to one compare per delta
-            self._count += 1
-        else:
-            self._step("c")
 
     def reasoning(self, text: str) -> None:
         self.reasoning_parts.append(text)
-        if self._kind == "r":
+        if self._kind == "r" and len(self._text) == self._mark:
             self._count += 1
         else:
             self._step("r")
@@ -188,21 +202,26 @@ class TeeSink:
     """Feeds one stream to the encoder and to a CompletionBuilder. Used only when something
     needs the whole answer (store: true, a cache fill), so the plain path pays nothing."""
 
-    __slots__ = ("builder", "encoder")
+    __slots__ = ("builder", "content", "encoder")
 
     def __init__(self, encoder: Any, builder: CompletionBuilder) -> None:
         self.encoder = encoder
         self.builder = builder
         builder.id = encoder.completion_id
         builder.created = encoder.created
+        # `content` runs once per delta: one closure calling the encoder and the builder's
+        # list append (a C call; CompletionBuilder.content is only that append).
+        encode, keep = encoder.content, builder.content_parts.append
+
+        def content(text: str) -> None:
+            encode(text)
+            keep(text)
+
+        self.content = content
 
     def start(self, model: str | None = None) -> None:
         self.encoder.start(model)
         self.builder.start(model)
-
-    def content(self, text: str) -> None:
-        self.encoder.content(text)
-        self.builder.content(text)
 
     def reasoning(self, text: str) -> None:
         self.encoder.reasoning(text)
