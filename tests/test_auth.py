@@ -126,6 +126,19 @@ async def test_allowed_providers_is_enforced_after_routing(proxy: Any,
     assert len(json_upstream.requests) == 1
 
 
+async def test_models_lists_only_the_providers_a_key_may_use(proxy: Any,
+                                                             json_upstream: Any) -> None:
+    client = await proxy(config(json_upstream.url, allowed_providers=["mock"]))
+
+    async def ids(key: str) -> set[str]:
+        resp = await client.get("/v1/models", headers={"authorization": f"Bearer {key}"})
+        assert resp.status == 200
+        return {m["id"] for m in (await resp.json())["data"]}
+
+    assert await ids(KEY_A) == {"mock/fast"}  # team-a: mock only
+    assert await ids(KEY_B) == {"mock/fast", "up/m"}  # team-b: every provider
+
+
 async def test_rate_limit_per_key_is_429_with_retry_after(proxy: Any,
                                                           json_upstream: Any) -> None:
     client = await proxy(config(json_upstream.url,

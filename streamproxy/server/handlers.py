@@ -21,7 +21,7 @@ from streamproxy.routing.target import Target
 from streamproxy.server.auth import allowed_targets
 from streamproxy.server.drain import shutdown_error
 from streamproxy.server.errors import error_response
-from streamproxy.server.observing import read_body
+from streamproxy.server.observing import AUTH_KEY, read_body
 from streamproxy.server.store_and_cache import before_upstream
 
 if TYPE_CHECKING:
@@ -181,9 +181,15 @@ async def _open_with_keepalives(request: web.Request, state: AppState, req: Chat
 
 
 async def list_models(request: web.Request) -> web.Response:
+    """The configured providers' models, as `provider/model`: only the providers the request's
+    proxy key may use (`allowed_providers`), like the chat endpoint."""
     config = _state(request).config
+    key = request.get(AUTH_KEY)
+    allowed = key.allowed_providers if key is not None else None
     data = []
     for name, cfg in config.providers.items():
+        if allowed is not None and name not in allowed:
+            continue
         models = list(cfg.models)
         if cfg.default_model and cfg.default_model not in models:
             models.insert(0, cfg.default_model)
