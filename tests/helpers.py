@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import openai
 import orjson
 from aiohttp import web
 
@@ -114,6 +115,36 @@ def collect(chunks: list[Any]) -> Collected:
             assert c.finish_reason is None, "finish_reason must come once"
             c.finish_reason = choice["finish_reason"]
     return c
+
+
+def openai_sdk(client: Any, key: str = "x") -> openai.AsyncOpenAI:
+    """The official SDK pointed at a test proxy (no retries: a failure must show)."""
+    return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=key, max_retries=0)
+
+
+@dataclass
+class SDKStream:
+    """What naive SDK client code gathers from a stream: every choice's deltas, joined."""
+
+    text: str = ""
+    finish: str | None = None
+    usage: Any = None
+    tool_calls: dict[int, list[str]] = field(default_factory=dict)  # index → [id, name, args]
+
+
+async def read_sdk_stream(stream: Any) -> SDKStream:
+    out = SDKStream()
+    async for chunk in stream:
+        out.usage = chunk.usage or out.usage
+        for choice in chunk.choices:
+            out.text += choice.delta.content or ""
+            out.finish = choice.finish_reason or out.finish
+            for tc in choice.delta.tool_calls or []:
+                call = out.tool_calls.setdefault(tc.index, ["", "", ""])
+                call[0] = call[0] or tc.id or ""
+                call[1] = call[1] or (tc.function.name or "")
+                call[2] += tc.function.arguments or ""
+    return out
 
 
 def make_config(providers: dict[str, dict[str, Any]], default: str | None = None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import openai
 import orjson
 import pytest
 
@@ -23,7 +22,14 @@ from streamproxy.providers.azure import AzureOpenAIProvider
 from streamproxy.providers.openai_compat import PassthroughTranslator
 from streamproxy.routing.target import Target
 from tests.conftest import provider_config
-from tests.helpers import collect, make_config, random_splits, sse_chunks
+from tests.helpers import (
+    collect,
+    make_config,
+    openai_sdk,
+    random_splits,
+    read_sdk_stream,
+    sse_chunks,
+)
 
 VERSION = "2024-10-21"
 SAFE = {"hate": {"filtered": False, "severity": "safe"},
@@ -203,15 +209,9 @@ async def test_content_filter_error_body_keeps_status(proxy: Any, upstream: Any)
 
 async def test_openai_sdk_streams_through_azure(proxy: Any, upstream: Any) -> None:
     upstream.body = ASYNC_STREAM
-    client = openai.AsyncOpenAI(base_url=str((await proxy(azure_config(upstream.url)))
-                                             .make_url("/v1")), api_key="x", max_retries=0)
-    stream = await client.chat.completions.create(
+    client = openai_sdk(await proxy(azure_config(upstream.url)))
+    got = await read_sdk_stream(await client.chat.completions.create(  # naive client code
         model="m", messages=[{"role": "user", "content": "hi"}], stream=True,
-        stream_options={"include_usage": True})
-    text, finish, usage = "", None, None
-    async for chunk in stream:
-        usage = chunk.usage or usage
-        for ch in chunk.choices:  # naive client code: delta is always there
-            text += ch.delta.content or ""
-            finish = ch.finish_reason or finish
+        stream_options={"include_usage": True}))
+    text, finish, usage = got.text, got.finish, got.usage
     assert (text, finish, usage.total_tokens if usage else None) == ("Hello", "stop", 13)

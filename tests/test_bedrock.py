@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import quote
 
 import botocore.session
-import openai
 import orjson
 import pytest
 from botocore.credentials import RefreshableCredentials
@@ -30,7 +29,15 @@ from streamproxy.providers.bedrock.request import DROPPED, to_converse
 from streamproxy.providers.bedrock.stream import BedrockStreamTranslator
 from streamproxy.routing.target import Target
 from tests.eventstream_frames import encode_frame, event, exception, split_frames
-from tests.helpers import Received, collect, fixture_bytes, make_config, random_splits, sse_chunks
+from tests.helpers import (
+    Received,
+    collect,
+    fixture_bytes,
+    make_config,
+    openai_sdk,
+    random_splits,
+    sse_chunks,
+)
 
 RECORDING = fixture_bytes("bedrock/pydantic-ai_bedrock_model_iter_stream.converse-stream.bin")
 EXCEPTION = fixture_bytes("bedrock/vercel-ai_model-stream-error-exception.eventstream.bin")
@@ -700,7 +707,7 @@ async def test_openai_sdk_streaming_end_to_end(proxy: Any, upstream: Any) -> Non
     upstream.content_type = EVENTSTREAM
     upstream.pieces = random_splits(RECORDING, random.Random(5), max_piece=500)
     client = await proxy(bedrock_config(upstream.url))
-    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    sdk = openai_sdk(client)
     stream = await sdk.chat.completions.create(
         model=MODEL, stream=True, stream_options={"include_usage": True}, tools=TOOLS,
         messages=[{"role": "user", "content": "What is the temperature of the capital?"}])
@@ -724,7 +731,7 @@ async def test_openai_sdk_non_streaming_end_to_end(proxy: Any, upstream: Any) ->
     upstream.content_type = "application/json"
     upstream.body = orjson.dumps(CONVERSE_ANSWER)
     client = await proxy(bedrock_config(upstream.url))
-    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    sdk = openai_sdk(client)
     answer = await sdk.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "hi"}], tools=TOOLS)
     message = answer.choices[0].message

@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import openai
 import orjson
 import pytest
 
@@ -21,7 +20,15 @@ from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.cohere.request import to_cohere
 from streamproxy.providers.cohere.stream import CohereStreamTranslator
 from tests.conftest import provider_config
-from tests.helpers import collect, fixture_bytes, jsonl_to_sse, random_splits, sse_chunks
+from tests.helpers import (
+    collect,
+    fixture_bytes,
+    jsonl_to_sse,
+    openai_sdk,
+    random_splits,
+    read_sdk_stream,
+    sse_chunks,
+)
 
 TOOL_SSE = jsonl_to_sse(fixture_bytes("cohere/vercel-ai_cohere-tool-call.chunks.jsonl"))
 PLAN = ("I will use the weather tool to find the weather in San Francisco and the "
@@ -292,25 +299,13 @@ async def test_non_stream_response(proxy: Any, upstream: Any) -> None:
                              "total_tokens": 1652, "prompt_tokens_details": {"cached_tokens": 992}}
 
 
-def sdk(client: Any) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
-
-
 async def test_openai_sdk_streams_the_recorded_tool_calls(proxy: Any, upstream: Any) -> None:
     upstream.body = TOOL_SSE
-    client = sdk(await proxy(provider_config("cohere", upstream.url)))
-    stream = await client.chat.completions.create(
+    client = openai_sdk(await proxy(provider_config("cohere", upstream.url)))
+    got = await read_sdk_stream(await client.chat.completions.create(
         model="m", messages=[{"role": "user", "content": "hi"}], stream=True,
-        stream_options={"include_usage": True})
-    calls: dict[int, list[str]] = {}
-    finish, usage = None, None
-    async for chunk in stream:
-        usage = chunk.usage or usage
-        for choice in chunk.choices:
-            finish = choice.finish_reason or finish
-            for tc in choice.delta.tool_calls or []:
-                call = calls.setdefault(tc.index, [tc.id or "", tc.function.name or "", ""])
-                call[2] += tc.function.arguments or ""
+        stream_options={"include_usage": True}))
+    calls, finish, usage = got.tool_calls, got.finish, got.usage
     assert calls == {0: ["weather_e8p4pn45zt0t", "weather", '{"location": "San Francisco"}'],
                      1: ["cityAttractions_pyxssbwnq9fq", "cityAttractions",
                          '{"city": "San Francisco"}']}
@@ -325,7 +320,7 @@ async def test_openai_sdk_non_streaming(proxy: Any, upstream: Any) -> None:
         "id": "t", "finish_reason": "COMPLETE",
         "message": {"role": "assistant", "content": [{"type": "text", "text": "Paris."}]},
         "usage": {"tokens": {"input_tokens": 5, "output_tokens": 2}}})
-    client = sdk(await proxy(provider_config("cohere", upstream.url)))
+    client = openai_sdk(await proxy(provider_config("cohere", upstream.url)))
     done = await client.chat.completions.create(
         model="m", messages=[{"role": "user", "content": "hi"}])
     assert done.choices[0].message.content == "Paris."

@@ -8,11 +8,10 @@ import socket
 import time
 from typing import Any
 
-import openai
 import pytest
 
 from streamproxy.providers.mock.server import mock_text
-from tests.helpers import collect, make_config, sse_chunks
+from tests.helpers import collect, make_config, openai_sdk, sse_chunks
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -257,10 +256,6 @@ async def test_request_timeout_header_bounds_the_first_token(proxy: Any) -> None
     assert resp.status == 504
 
 
-def sdk(client: Any) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
-
-
 async def test_onellm_fallback_models_and_retries_through_the_openai_sdk(
         proxy: Any, upstream: Any) -> None:
     upstream.content_type = "application/json"
@@ -271,7 +266,7 @@ async def test_onellm_fallback_models_and_retries_through_the_openai_sdk(
     config = make_config({"mock": {"type": "mock", "default_model": "fast"},
                           "claude": {"type": "anthropic", "base_url": upstream.url,
                                      "api_key": "k"}}, default="mock")
-    client = sdk(await proxy(config))
+    client = openai_sdk(await proxy(config))
     raw = await client.chat.completions.with_raw_response.create(
         model="mock/fast:status=503", messages=USER, stream=False,
         extra_body={"fallback_models": ["claude/claude-test"], "retries": 1})

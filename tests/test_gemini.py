@@ -32,7 +32,7 @@ from streamproxy.errors import ProxyError
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.providers.gemini.stream import GeminiStreamTranslator
 from tests.conftest import provider_config
-from tests.helpers import collect, fixture_bytes, make_config, random_splits, sse_chunks
+from tests.helpers import collect, fixture_bytes, make_config, openai_sdk, random_splits, sse_chunks
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -422,10 +422,6 @@ async def test_non_streamed_answer_without_finish_reason_is_an_error(proxy: Any,
 
 # -- the official openai SDK end to end -----------------------------------------------------
 
-def sdk(client: Any) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
-
-
 SDK_STREAM = [
     chunk([{"text": "Pondering.", "thought": True}]),
     chunk([{"text": "The weather "}, {"text": "in Paris:"}]),
@@ -441,7 +437,7 @@ SDK_STREAM = [
 async def test_openai_sdk_streaming(kind: str, proxy: Any, upstream: Any) -> None:
     upstream.pieces = random_splits(gemini_sse(SDK_STREAM), random.Random(kind), max_piece=25)
     extra = {"project": "p", "location": "europe-west4"} if kind == "vertex" else {}
-    client = sdk(await proxy(provider_config(kind, upstream.url, **extra)))
+    client = openai_sdk(await proxy(provider_config(kind, upstream.url, **extra)))
     async with client:
         stream = await client.chat.completions.create(
             model="gemini-2.5-flash", messages=USER, stream=True,
@@ -486,7 +482,7 @@ async def test_openai_sdk_non_streaming_and_error(proxy: Any, upstream: Any) -> 
         "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 2,
                           "totalTokenCount": 5},
         "modelVersion": "gemini-2.5-flash"})
-    client = sdk(await proxy(provider_config("gemini", upstream.url)))
+    client = openai_sdk(await proxy(provider_config("gemini", upstream.url)))
     async with client:
         done = await client.chat.completions.create(model="gemini-2.5-flash", messages=USER)
         assert done.choices[0].message.content == "Hello!"
@@ -502,7 +498,7 @@ async def test_openai_sdk_non_streaming_and_error(proxy: Any, upstream: Any) -> 
 
 async def test_openai_sdk_sees_a_truncation_as_an_error(proxy: Any, upstream: Any) -> None:
     upstream.body = gemini_sse(SDK_STREAM[:-1])
-    client = sdk(await proxy(provider_config("gemini", upstream.url)))
+    client = openai_sdk(await proxy(provider_config("gemini", upstream.url)))
     async with client:
         stream = await client.chat.completions.create(model="m", messages=USER, stream=True)
         with pytest.raises(openai.APIError):
@@ -656,7 +652,7 @@ async def test_openai_sdk_thought_signature_round_trip(proxy: Any, upstream: Any
     Gemini receives the signature on the function call it belongs to."""
     upstream.content_type = "application/json"
     upstream.body = orjson.dumps(whole_answer())
-    client = sdk(await proxy(provider_config("gemini", upstream.url)))
+    client = openai_sdk(await proxy(provider_config("gemini", upstream.url)))
     async with client:
         first = await client.chat.completions.create(model="gemini-3-flash-preview",
                                                      messages=USER)

@@ -20,7 +20,14 @@ from streamproxy.errors import StreamTruncated
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.providers.ollama.stream import OllamaStreamTranslator
 from tests.conftest import provider_config
-from tests.helpers import collect, make_config, random_splits, sse_chunks
+from tests.helpers import (
+    collect,
+    make_config,
+    openai_sdk,
+    random_splits,
+    read_sdk_stream,
+    sse_chunks,
+)
 
 NDJSON = "application/x-ndjson"
 CREATED = "2024-07-22T20:33:28.123648Z"
@@ -265,27 +272,15 @@ async def test_non_stream_without_done_is_a_protocol_error(proxy: Any, upstream:
     assert resp.status == 502
 
 
-def sdk(client: Any) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
-
-
 async def test_openai_sdk_streaming_tool_calls(proxy: Any, upstream: Any) -> None:
     upstream.content_type = NDJSON
     upstream.body = TOOLS
-    client = sdk(await proxy(provider_config("ollama", upstream.url)))
-    stream = await client.chat.completions.create(
+    client = openai_sdk(await proxy(provider_config("ollama", upstream.url)))
+    got = await read_sdk_stream(await client.chat.completions.create(
         model="m", messages=[{"role": "user", "content": "hi"}], stream=True,
-        stream_options={"include_usage": True})
-    calls: dict[int, list[str]] = {}
-    finish, usage = None, None
-    async for chunk in stream:
-        usage = chunk.usage or usage
-        for choice in chunk.choices:
-            finish = choice.finish_reason or finish
-            for tc in choice.delta.tool_calls or []:
-                call = calls.setdefault(tc.index, [tc.function.name or "", ""])
-                call[1] += tc.function.arguments or ""
-    assert {i: (name, orjson.loads(args)) for i, (name, args) in calls.items()} == {
+        stream_options={"include_usage": True}))
+    calls, finish, usage = got.tool_calls, got.finish, got.usage
+    assert {i: (name, orjson.loads(args)) for i, (_, name, args) in calls.items()} == {
         0: ("get_weather", {"city": "Toronto"}),
         1: ("get_weather", {"city": "Paris", "unit": "c"}),
         2: ("get_time", {})}
@@ -296,7 +291,7 @@ async def test_openai_sdk_streaming_tool_calls(proxy: Any, upstream: Any) -> Non
 async def test_openai_sdk_non_streaming(proxy: Any, upstream: Any) -> None:
     upstream.content_type = "application/json"
     upstream.body = orjson.dumps(NON_STREAM)
-    client = sdk(await proxy(provider_config("ollama", upstream.url)))
+    client = openai_sdk(await proxy(provider_config("ollama", upstream.url)))
     done = await client.chat.completions.create(
         model="m", messages=[{"role": "user", "content": "hi"}])
     assert done.choices[0].message.content == "Hello!"
@@ -307,7 +302,7 @@ async def test_openai_sdk_sees_a_truncated_stream_as_an_error(proxy: Any,
                                                               upstream: Any) -> None:
     upstream.content_type = NDJSON
     upstream.body = ndjson(line("partial"))
-    client = sdk(await proxy(provider_config("ollama", upstream.url)))
+    client = openai_sdk(await proxy(provider_config("ollama", upstream.url)))
     stream = await client.chat.completions.create(
         model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
     text = ""

@@ -8,18 +8,14 @@ import openai
 import pytest
 
 from streamproxy.providers.mock.server import mock_text
+from tests.helpers import openai_sdk
 
 USER = [{"role": "user", "content": "Hello there"}]
 
 
-def sdk(client: Any) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="sk-client",
-                              max_retries=0)
-
-
 @pytest.mark.parametrize("model", ["mock/fast:tokens=40", "mock-openai/fast:tokens=40"])
 async def test_streams_text_with_usage(default_proxy: Any, model: str) -> None:
-    client = sdk(await default_proxy())
+    client = openai_sdk(await default_proxy(), "sk-client")
     stream = await client.chat.completions.create(
         model=model, messages=USER, stream=True, stream_options={"include_usage": True})
     text, finish, usage, ids = "", None, None, set()
@@ -38,7 +34,7 @@ async def test_streams_text_with_usage(default_proxy: Any, model: str) -> None:
 
 
 async def test_streams_parallel_tool_calls(default_proxy: Any) -> None:
-    client = sdk(await default_proxy())
+    client = openai_sdk(await default_proxy(), "sk-client")
     stream = await client.chat.completions.create(model="mock/tools", messages=USER,
                                                   stream=True)
     calls: dict[int, dict[str, str]] = {}
@@ -60,7 +56,7 @@ async def test_streams_parallel_tool_calls(default_proxy: Any) -> None:
 
 
 async def test_non_streaming_text_and_tool_call(default_proxy: Any) -> None:
-    client = sdk(await default_proxy())
+    client = openai_sdk(await default_proxy(), "sk-client")
     done = await client.chat.completions.create(model="mock/tool", messages=USER)
     assert done.object == "chat.completion"
     assert done.choices[0].message.content == mock_text(10)
@@ -72,7 +68,7 @@ async def test_non_streaming_text_and_tool_call(default_proxy: Any) -> None:
 
 
 async def test_mid_stream_error_raises_in_the_sdk(default_proxy: Any) -> None:
-    client = sdk(await default_proxy())
+    client = openai_sdk(await default_proxy(), "sk-client")
     stream = await client.chat.completions.create(model="mock/error:tps=500", messages=USER,
                                                   stream=True)
     text = ""
@@ -83,7 +79,7 @@ async def test_mid_stream_error_raises_in_the_sdk(default_proxy: Any) -> None:
 
 
 async def test_error_before_the_stream_is_an_http_error(default_proxy: Any) -> None:
-    client = sdk(await default_proxy())
+    client = openai_sdk(await default_proxy(), "sk-client")
     with pytest.raises(openai.RateLimitError) as info:
         await client.chat.completions.create(model="mock/fast:status=429", messages=USER,
                                              stream=True)

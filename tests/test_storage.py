@@ -18,7 +18,7 @@ from streamproxy.providers.mock.server import mock_text
 from streamproxy.storage.base import ListQuery, StoredCompletion
 from streamproxy.storage.config import parse_storage_config
 from streamproxy.storage.sqlite import SQLiteStore
-from tests.helpers import fixture_bytes, jsonl_to_sse, make_config
+from tests.helpers import fixture_bytes, jsonl_to_sse, make_config, openai_sdk
 
 USER = [{"role": "system", "content": "Be brief."},
         {"role": "user", "content": [{"type": "text", "text": "Hello"},
@@ -41,11 +41,6 @@ def config(tmp_path: Path, upstream_url: str | None = None, **sections: Any) -> 
                                "api_key": "sk-ant-secret", "default_model": "claude-x"}
     sections.setdefault("storage", {"path": str(tmp_path / "store.sqlite3")})
     return make_config(providers, default="mock", **sections)
-
-
-def sdk(client: Any, key: str = "sk-client") -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=key,
-                              max_retries=0)
 
 
 async def stream_text(api: openai.AsyncOpenAI, **kw: Any) -> tuple[str, str]:
@@ -72,7 +67,7 @@ async def stored(api: openai.AsyncOpenAI, cid: str) -> Any:
 
 async def test_store_list_retrieve_update_delete_with_the_sdk(proxy: Any,
                                                               tmp_path: Path) -> None:
-    api = sdk(await proxy(config(tmp_path)))
+    api = openai_sdk(await proxy(config(tmp_path)), "sk-client")
     a, text_a = await stream_text(api, model="mock/fast:tokens=5", messages=USER, store=True,
                                   metadata={"topic": "a", "run": "1"})
     assert text_a == mock_text(5)
@@ -136,7 +131,7 @@ async def test_store_list_retrieve_update_delete_with_the_sdk(proxy: Any,
 
 async def test_anthropic_upstream_streamed_and_not(proxy: Any, upstream: Any,
                                                    tmp_path: Path) -> None:
-    api = sdk(await proxy(config(tmp_path, upstream.url)))
+    api = openai_sdk(await proxy(config(tmp_path, upstream.url)), "sk-client")
     upstream.body = ANTHROPIC_TEXT
     cid, text = await stream_text(api, model="claude/claude-x", messages=USER, store=True,
                                   metadata={"k": "v"}, temperature=0.5, user="u-1")
@@ -161,7 +156,7 @@ async def test_anthropic_upstream_streamed_and_not(proxy: Any, upstream: Any,
 
 
 async def test_openai_wire_keeps_the_id_the_client_saw(proxy: Any, tmp_path: Path) -> None:
-    api = sdk(await proxy(config(tmp_path)))
+    api = openai_sdk(await proxy(config(tmp_path)), "sk-client")
     cid, text = await stream_text(api, model="mock-openai/fast:tokens=4", messages=USER,
                                   store=True)
     got = await stored(api, cid)
@@ -172,7 +167,7 @@ async def test_openai_wire_keeps_the_id_the_client_saw(proxy: Any, tmp_path: Pat
 
 
 async def test_tool_calls_are_stored(proxy: Any, tmp_path: Path) -> None:
-    api = sdk(await proxy(config(tmp_path)))
+    api = openai_sdk(await proxy(config(tmp_path)), "sk-client")
     stream = await api.chat.completions.create(model="mock/tools", messages=USER, stream=True,
                                                store=True)
     cid = ""
@@ -185,7 +180,7 @@ async def test_tool_calls_are_stored(proxy: Any, tmp_path: Path) -> None:
 
 async def test_failed_answers_are_not_stored(proxy: Any, tmp_path: Path) -> None:
     client = await proxy(config(tmp_path))
-    api = sdk(client)
+    api = openai_sdk(client, "sk-client")
     with pytest.raises(openai.APIError):
         await stream_text(api, model="mock/error", messages=USER, store=True)
     with pytest.raises(openai.APIStatusError):
@@ -199,14 +194,14 @@ async def test_failed_answers_are_not_stored(proxy: Any, tmp_path: Path) -> None
 
 async def test_force_store_and_store_false(proxy: Any, tmp_path: Path) -> None:
     cfg = config(tmp_path, storage={"path": str(tmp_path / "f.sqlite3"), "force_store": True})
-    api = sdk(await proxy(cfg))
+    api = openai_sdk(await proxy(cfg), "sk-client")
     cid, _ = await stream_text(api, model="mock/fast:tokens=2", messages=USER)
     assert (await stored(api, cid)).id == cid
 
 
 async def test_invalid_metadata_is_a_400_before_any_upstream(proxy: Any,
                                                              tmp_path: Path) -> None:
-    api = sdk(await proxy(config(tmp_path)))
+    api = openai_sdk(await proxy(config(tmp_path)), "sk-client")
     with pytest.raises(openai.BadRequestError):
         await api.chat.completions.create(model="mock/fast", messages=USER, store=True,
                                           metadata={"k": 1})  # type: ignore[dict-item]
@@ -222,7 +217,7 @@ async def test_invalid_metadata_is_a_400_before_any_upstream(proxy: Any,
 async def test_each_proxy_key_sees_only_its_own(proxy: Any, tmp_path: Path) -> None:
     client = await proxy(config(tmp_path, auth={"keys": [{"name": "team-a", "key": "ka"},
                                                          {"name": "team-b", "key": "kb"}]}))
-    a, b = sdk(client, "ka"), sdk(client, "kb")
+    a, b = openai_sdk(client, "ka"), openai_sdk(client, "kb")
     cid, _ = await stream_text(a, model="mock/fast:tokens=2", messages=USER, store=True)
     mine = await b.chat.completions.create(model="mock/fast:tokens=2", messages=USER,
                                            store=True)
@@ -237,7 +232,7 @@ async def test_each_proxy_key_sees_only_its_own(proxy: Any, tmp_path: Path) -> N
             await call
     assert (await a.chat.completions.retrieve(cid)).metadata == {}
     with pytest.raises(openai.AuthenticationError):
-        await sdk(client, "nope").chat.completions.list()
+        await openai_sdk(client, "nope").chat.completions.list()
 
 
 def _item(cid: str, owner: str = "", **metadata: str) -> StoredCompletion:
@@ -305,7 +300,7 @@ async def test_openai_upstream_gets_neither_store_nor_metadata(proxy: Any, upstr
     cfg = make_config({"oa": {"type": "openai", "base_url": upstream.url, "api_key": "sk-x",
                               "default_model": "gpt"}}, default="oa",
                       storage={"path": str(tmp_path / "s.sqlite3")})
-    api = sdk(await proxy(cfg))
+    api = openai_sdk(await proxy(cfg), "sk-client")
     cid, text = await stream_text(api, model="gpt", messages=USER, store=True,
                                   metadata={"k": "v"})
     sent = upstream.requests[0].json()
