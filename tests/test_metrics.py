@@ -130,6 +130,32 @@ def test_retries_fallbacks_errors_and_cached_tokens_from_the_record() -> None:
                   stream="true") == pytest.approx(1.5)
 
 
+def test_histogram_buckets_match_prometheus_clients_own_observe() -> None:
+    """The observer feeds histogram values directly (bisection); every bucket, the boundaries
+    included, must hold what prometheus-client's `Histogram.observe` would put there."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from streamproxy.observe.metrics import DURATION_BUCKETS
+
+    reference = Histogram("ref_duration", "", buckets=DURATION_BUCKETS,
+                          registry=CollectorRegistry())
+    durations = [0.0, 0.05, 0.1, 0.1000001, 0.25, 1.0, 7.0, 1200.0, 5000.0]
+    for d in durations:
+        r = RequestRecord(trace_id="t", provider="hist", model="h", stream=False)
+        r.finished = r.started + d
+        metrics().observe(r)
+        reference.observe(r.duration)
+    for bound in (*(str(float(b)) for b in DURATION_BUCKETS), "+Inf"):
+        ours = sample("streamproxy_request_duration_seconds_bucket", provider="hist", model="h",
+                      stream="false", le=bound)
+        theirs = reference.collect()[0].samples
+        expected = next(s.value for s in theirs
+                        if s.name == "ref_duration_bucket" and s.labels["le"] == bound)
+        assert ours == expected, bound
+    assert sample("streamproxy_request_duration_seconds_count", provider="hist", model="h",
+                  stream="false") == len(durations)
+
+
 def test_odd_usage_from_a_passthrough_provider_is_ignored() -> None:
     r = RequestRecord(trace_id="t", provider="rec-odd", model="m",
                       usage={"prompt_tokens": "12", "completion_tokens": True,
