@@ -1,10 +1,12 @@
 """Graceful shutdown of one worker: stop taking work, let running requests finish up to a grace
 period, then end the rest with an OpenAI error instead of cutting them.
 
-The handler registers each chat request (`enter`/`leave`, per request, never per chunk) and,
-at the commit point, the stream's `Deadline` (`committed`). Ending a committed stream goes
-through that deadline (`Deadline.abort`), so the relay writes one error frame exactly as it
-does for a timeout. A request that has not committed yet is cancelled and answers 503.
+The handler registers each chat request's task (`enter`/`leave`, per request, never per chunk)
+and, at the commit point, the stream's `Deadline` (`committed`). The handler passes its task
+in: Python 3.11's `asyncio.current_task()` makes a getpid() system call each time. Ending a
+committed stream goes through that deadline (`Deadline.abort`), so the relay writes one error
+frame exactly as it does for a timeout. A request that has not committed yet is cancelled and
+answers 503.
 """
 
 from __future__ import annotations
@@ -34,20 +36,15 @@ class Drain:
     def active(self) -> int:
         return len(self._requests)
 
-    def enter(self) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._requests[task] = None
+    def enter(self, task: asyncio.Task[object]) -> None:
+        self._requests[task] = None
 
     def committed(self, deadline: Deadline) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._requests[task] = deadline
+        """The stream carried by `deadline`'s task has committed."""
+        self._requests[deadline.task] = deadline
 
-    def leave(self) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._requests.pop(task, None)
+    def leave(self, task: asyncio.Task[object]) -> None:
+        self._requests.pop(task, None)
         if self._idle is not None and not self._requests:
             self._idle.set()
 

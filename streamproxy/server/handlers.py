@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -69,8 +69,10 @@ def _only_allowed(request: web.Request, plan: Plan) -> None:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = _state(request)
-    record = RequestRecord(trace_id=request.headers.get(TRACE_HEADER) or uuid.uuid4().hex)
-    state.drain.enter()
+    record = RequestRecord(trace_id=request.headers.get(TRACE_HEADER) or os.urandom(16).hex())
+    task = asyncio.current_task()
+    assert task is not None
+    state.drain.enter(task)
     try:
         if state.drain.draining:
             return _refuse_while_draining(record)
@@ -110,7 +112,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             record.client_disconnected = True
         raise
     finally:
-        state.drain.leave()
+        state.drain.leave(task)
         record.finished = time.monotonic()
         for observe in state.observers:
             observe(record)
@@ -140,7 +142,7 @@ async def _stream(request: web.Request, state: AppState, req: ChatRequest, plan:
     try:
         await relay(stream, response, record)
     finally:
-        state.drain.leave()
+        state.drain.leave(stream.deadline.task)
     if not record.client_disconnected:
         try:
             await response.write_eof()

@@ -2,7 +2,9 @@
 
 A read only stores the loop's clock (`progress()`); the timer, when it fires, compares the
 clock with the latest read and re-arms itself for the new due time instead of expiring. So a
-stream that reads 10,000 times schedules a handful of timers, not 10,000. On expiry it cancels
+stream that reads 10,000 times schedules a handful of timers, not 10,000. The first timer is
+armed for the earliest time any deadline could fall due (the idle one cannot before
+`start + idle`), so a first event that comes sooner does not have to move it. On expiry it cancels
 the task that carries the stream and records why, so the task can tell its own timeout from a
 client disconnect (`owns()`), as asyncio.timeout does.
 """
@@ -32,7 +34,16 @@ class Deadline:
         self.reads = 0  # reads after the first event, and the largest gap between two reads:
         self.max_gap = 0.0  # kept here because progress() already has the clock (metrics)
         self.expired: ProxyError | None = None  # an UpstreamTimeout, or why abort() ended it
-        self._handle: asyncio.TimerHandle | None = self._loop.call_at(self._due(), self._fire)
+        first = min(timeouts.first_token, timeouts.idle)
+        if timeouts.total is not None:
+            first = min(first, timeouts.total)
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(self._start + first,
+                                                                      self._fire)
+
+    @property
+    def task(self) -> asyncio.Task[object]:
+        """The task that carries the stream (cancelled on expiry)."""
+        return self._task
 
     def _due(self) -> float:
         t = self._timeouts
@@ -54,7 +65,7 @@ class Deadline:
         """The first upstream event arrived: from now on the idle gap applies."""
         self._streaming = True
         self._last = self._since = self._loop.time()
-        due = self._due()  # the idle due time may come before the armed first-token one
+        due = self._due()  # later than the armed time, unless the timer already re-armed
         if self._handle is not None and due < self._handle.when():
             self._handle.cancel()
             self._handle = self._loop.call_at(due, self._fire)

@@ -1,0 +1,78 @@
+"""Per-stream deadlines with one timer: the first-token, idle and total timeouts each expire
+on time, whichever order they are configured in, and an early timer re-arms, never expires."""
+
+from __future__ import annotations
+
+import asyncio
+
+from streamproxy.config import Timeouts
+from streamproxy.errors import UpstreamTimeout
+from streamproxy.upstream.deadline import Deadline
+
+
+async def _run(timeouts: Timeouts, events_at: tuple[float, ...], wait: float,
+               ) -> tuple[float | None, str | None]:
+    """A task that receives events at the given offsets (the first calls first_event), then
+    waits; returns when its deadline cancelled it (seconds after start) and why."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    expired: list[tuple[float, str]] = []
+
+    async def stream() -> None:
+        deadline = Deadline(timeouts, "p")
+        try:
+            for i, at in enumerate(events_at):
+                await asyncio.sleep(max(0.0, start + at - loop.time()))
+                if i == 0:
+                    deadline.first_event()
+                else:
+                    deadline.progress()
+            await asyncio.sleep(wait)
+        except asyncio.CancelledError:
+            assert deadline.owns()
+            assert isinstance(deadline.expired, UpstreamTimeout)
+            expired.append((loop.time() - start, str(deadline.expired)))
+        finally:
+            deadline.cancel()
+
+    await asyncio.create_task(stream())
+    return expired[0] if expired else (None, None)
+
+
+async def test_first_token_timeout_longer_than_idle_waits_for_the_first_token() -> None:
+    # The timer is first armed at the idle time (0.1): it must re-arm, not expire.
+    at, why = await _run(Timeouts(first_token=0.4, idle=0.1), (), 1.0)
+    assert at is not None and 0.38 <= at < 0.8, at
+    assert "first-token" in (why or "")
+
+
+async def test_idle_timeout_after_the_first_event() -> None:
+    at, why = await _run(Timeouts(first_token=5, idle=0.15), (0.05, 0.1, 0.2), 1.0)
+    assert at is not None and 0.33 <= at < 0.7, at  # 0.15 after the last read (0.2)
+    assert "idle" in (why or "")
+
+
+async def test_idle_timeout_shorter_than_the_wait_for_the_first_event() -> None:
+    # first_token > idle and the first event comes after `idle`: no expiry before it.
+    at, why = await _run(Timeouts(first_token=1.0, idle=0.1), (0.25,), 0.5)
+    assert at is not None and 0.33 <= at < 0.7, at  # 0.1 after the first event (0.25)
+    assert "idle" in (why or "")
+
+
+async def test_first_token_timeout_shorter_than_idle() -> None:
+    at, why = await _run(Timeouts(first_token=0.1, idle=5), (), 1.0)
+    assert at is not None and 0.09 <= at < 0.5, at
+    assert "first-token" in (why or "")
+
+
+async def test_total_timeout_caps_a_flowing_stream() -> None:
+    reads = tuple(i * 0.05 for i in range(20))
+    at, why = await _run(Timeouts(first_token=5, idle=5, total=0.3), reads, 1.0)
+    assert at is not None and 0.29 <= at < 0.7, at
+    assert "total" in (why or "")
+
+
+async def test_a_stream_that_keeps_reading_never_expires() -> None:
+    reads = tuple(i * 0.03 for i in range(12))
+    at, _ = await _run(Timeouts(first_token=0.1, idle=0.1), reads, 0.0)
+    assert at is None
