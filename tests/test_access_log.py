@@ -4,10 +4,13 @@ log, bodies only when the operator opts in."""
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from streamproxy.config import ConfigError
 from streamproxy.observe.access_log import (
@@ -18,6 +21,7 @@ from streamproxy.observe.access_log import (
     configure_logging,
     log_level,
     parse_logging,
+    timestamp,
 )
 from streamproxy.record import RequestRecord
 from tests.helpers import collect, make_config, sse_chunks
@@ -246,3 +250,12 @@ def test_under_serve_access_lines_skip_the_log_record_unless_something_else_list
         ACCESS_LOGGER.setLevel(saved[2])
         root.handlers[:] = root_saved[0]
         root.setLevel(root_saved[1])
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+@example(1561545594.1459997)  # rounds up to the next millisecond, as datetime does
+@example(1700000000.9999996)  # rounds up to the next second
+def test_timestamp_is_datetimes_isoformat(now: float) -> None:
+    expected = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
+    assert timestamp(now) == expected.replace("+00:00", "Z")

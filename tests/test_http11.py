@@ -152,6 +152,22 @@ def test_parser_malformed_head(raw: bytes) -> None:
         ResponseParser().feed(raw)
 
 
+def test_framing_headers_in_any_case_and_repeated() -> None:
+    """Framing is read from the head's fields by lower-cased name (the header map itself is
+    built only when asked for): any case, repeated equal lengths, a coding list."""
+    parser, body = parse_all([b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 5\r\ncontent-length: 5\r\n"
+                              b"CONNECTION: Close\r\n\r\nhello"])
+    assert body == b"hello" and parser.done
+    assert parser.head is not None and not parser.head.keep_alive
+    assert parser.head.headers.getall("content-length") == ["5", "5"]
+    parser, body = parse_all([b"HTTP/1.1 200 OK\r\ntransfer-ENCODING: identity, Chunked\r\n\r\n"
+                              b"2\r\nhi\r\n0\r\n\r\n"])
+    assert body == b"hi" and parser.done and parser.head is not None and parser.head.keep_alive
+    parser, body = parse_all([b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
+                              b"Content-Length: 2\r\n\r\nok"])
+    assert parser.head is not None and parser.head.keep_alive and body == b"ok"
+
+
 def test_parser_head_size_cap() -> None:
     parser = ResponseParser()
     parser.feed(b"HTTP/1.1 200 OK\r\n")

@@ -90,12 +90,22 @@ class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     (`write_line`) when it is the logger's only way out: a LogRecord, the caller lookup and
     the formatter cost ~50 µs per request, more than the rest of the line's work."""
 
-    def write_line(self, line: str) -> None:
+    def write_line(self, line: bytes) -> None:
+        """One finished line, newline included, as bytes: to the binary buffer under the text
+        stream when there is one (no decode and re-encode), after anything the text layer
+        still holds."""
+        stream = self.stream
         try:
-            self.stream.write(line + "\n")
-            self.stream.flush()
+            buffer = getattr(stream, "buffer", None)
+            if buffer is None:
+                stream.write(line.decode())
+                stream.flush()
+            else:
+                stream.flush()
+                buffer.write(line)
+                buffer.flush()
         except Exception:  # logging's own rule: a failed log write never breaks the caller
-            self.handleError(logging.makeLogRecord({"msg": line}))
+            self.handleError(logging.makeLogRecord({"msg": line.decode(errors="replace")}))
 
 
 class ParserErrorFilter(logging.Filter):
@@ -122,14 +132,29 @@ def _count(usage: dict[str, Any], key: str) -> int | None:
     return n if isinstance(n, int) and not isinstance(n, bool) else None
 
 
+_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+
+
+def timestamp(now: float) -> str:
+    """ISO 8601 UTC with milliseconds. The date and time of day are formatted once per second
+    (datetime's isoformat per line cost more than the rest of the line's fields)."""
+    second = int(now)
+    micros = round((now - second) * 1e6)  # as datetime rounds, before isoformat truncates
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    if second != _second[0]:
+        _second[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second[0] = second
+    return f"{_second[1]}.{micros // 1000:03d}Z"
+
+
 def access_entry(r: RequestRecord, now: float | None = None) -> dict[str, Any]:
     """The log line's fields, always the same keys (null when unknown)."""
     usage = r.usage if isinstance(r.usage, dict) else {}
     details = usage.get("prompt_tokens_details")
     cached = _count(details, "cached_tokens") if isinstance(details, dict) else None
-    ts = datetime.fromtimestamp(time.time() if now is None else now, UTC)
     entry: dict[str, Any] = {
-        "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "ts": timestamp(time.time() if now is None else now),
         "trace_id": r.trace_id,
         "auth_key": r.auth_key_name,
         "provider": r.provider,
@@ -192,9 +217,10 @@ class AccessLog:
         try:
             entry = access_entry(r)
             try:
-                line = orjson.dumps(entry).decode()
+                line = orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
             except orjson.JSONEncodeError:  # a header with undecodable bytes (trace id)
-                line = orjson.dumps({k: _scrub(v) for k, v in entry.items()}).decode()
+                line = orjson.dumps({k: _scrub(v) for k, v in entry.items()},
+                                    option=orjson.OPT_APPEND_NEWLINE)
         except Exception:  # an observer must never break the response it observes
             log.exception("access log observer failed")
             return
@@ -202,7 +228,7 @@ class AccessLog:
         if direct is not None:
             direct.write_line(line)
         else:
-            self.logger.info(line)
+            self.logger.info(line[:-1].decode())
 
 
 def _scrub(value: Any) -> Any:

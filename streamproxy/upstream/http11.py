@@ -169,15 +169,32 @@ class ChunkedDecoder:
         return b"".join(out)
 
 
-@dataclass(slots=True)
 class ResponseHead:
-    status: int
-    reason: str
-    headers: CIMultiDictProxy[str]
-    keep_alive: bool
-    chunked: bool
-    length: int | None  # Content-Length; None with chunked or read-until-close
-    encoding: str  # Content-Encoding: "" (identity), "gzip" or "deflate"
+    """A parsed response head. `headers` is built on first use: only error paths (Retry-After,
+    Bedrock's error type) read an upstream's headers; framing reads its few fields here."""
+
+    __slots__ = ("_headers", "chunked", "encoding", "fields", "keep_alive", "length", "reason",
+                 "status")
+
+    def __init__(self, status: int, reason: str, fields: list[tuple[str, str]],
+                 keep_alive: bool, chunked: bool, length: int | None, encoding: str) -> None:
+        self.status = status
+        self.reason = reason
+        self.fields = fields
+        self.keep_alive = keep_alive
+        self.chunked = chunked
+        self.length = length  # Content-Length; None with chunked or read-until-close
+        self.encoding = encoding  # Content-Encoding: "" (identity), "gzip" or "deflate"
+        self._headers: CIMultiDictProxy[str] | None = None
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        if self._headers is None:
+            self._headers = CIMultiDictProxy(CIMultiDict(self.fields))
+        return self._headers
+
+
+_FRAMING = frozenset({"connection", "transfer-encoding", "content-length", "content-encoding"})
 
 
 def parse_head(head: bytes, *, head_request: bool = False) -> ResponseHead:
@@ -190,24 +207,27 @@ def parse_head(head: bytes, *, head_request: bool = False) -> ResponseHead:
     if len(lines) - 1 > MAX_HEADERS:
         raise HeadTooLarge(f"more than {MAX_HEADERS} headers")
     fields: list[tuple[str, str]] = []
+    framing: dict[str, list[str]] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
         if not sep or not _TOKEN.fullmatch(name):
             raise MalformedResponse("invalid header line")
-        fields.append((name.decode("ascii"),
-                       value.strip(b" \t").decode("utf-8", "surrogateescape")))
-    headers = CIMultiDictProxy(CIMultiDict(fields))
-    conn = ",".join(headers.getall("connection", ())).lower()
+        field = (name.decode("ascii"), value.strip(b" \t").decode("utf-8", "surrogateescape"))
+        fields.append(field)
+        lower = field[0].lower()
+        if lower in _FRAMING:
+            framing.setdefault(lower, []).append(field[1])
+    conn = ",".join(framing.get("connection", ())).lower()
     keep_alive = "close" not in conn if minor == b"1" else "keep-alive" in conn
     chunked, length = False, None
-    te = headers.getall("transfer-encoding", ())
+    te = framing.get("transfer-encoding")
     if te:
         codings = [c.strip().lower() for c in ",".join(te).split(",")]
         chunked = codings[-1] == "chunked"
         if not chunked:
             keep_alive = False  # RFC 9112 6.3: read until close
     else:
-        lengths = {v.strip() for v in headers.getall("content-length", ())}
+        lengths = {v.strip() for v in framing.get("content-length", ())}
         if len(lengths) > 1:
             raise MalformedResponse("conflicting Content-Length headers")
         if lengths:
@@ -215,7 +235,7 @@ def parse_head(head: bytes, *, head_request: bool = False) -> ResponseHead:
             if not value.isdigit() or not value.isascii():
                 raise MalformedResponse("invalid Content-Length")
             length = int(value)
-    encoding = headers.get("content-encoding", "").strip().lower()
+    encoding = framing.get("content-encoding", [""])[0].strip().lower()
     if encoding in ("", "identity"):
         encoding = ""
     elif encoding == "x-gzip":
@@ -228,7 +248,7 @@ def parse_head(head: bytes, *, head_request: bool = False) -> ResponseHead:
     elif not chunked and length is None:
         keep_alive = False  # the body ends when the connection does
     return ResponseHead(status, m.group(3).decode("latin-1") if m.group(3) else "",
-                        headers, keep_alive, chunked, length, encoding)
+                        fields, keep_alive, chunked, length, encoding)
 
 
 class ResponseParser:
@@ -447,14 +467,14 @@ class _Connection(asyncio.Protocol):
 class Response:
     """One upstream response; also its own `content` (aiohttp's StreamReader role)."""
 
-    __slots__ = ("_buffered", "_chunks", "_conn", "_eof", "_error", "_linger", "_released",
-                 "_waiter", "content", "headers", "reason", "status")
+    __slots__ = ("_buffered", "_chunks", "_conn", "_eof", "_error", "_head", "_linger",
+                 "_released", "_waiter", "content", "reason", "status")
 
     def __init__(self, conn: _Connection, head: ResponseHead) -> None:
         self._conn = conn
+        self._head = head
         self.status = head.status
         self.reason = head.reason
-        self.headers = head.headers
         self.content = self
         self._chunks: list[bytes] = []
         self._buffered = 0
@@ -463,6 +483,10 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._released = False
         self._linger: asyncio.TimerHandle | None = None  # released, waiting for the body's end
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        return self._head.headers
 
     # Called by the connection.
     def _push(self, data: bytes) -> None:
