@@ -21,25 +21,12 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench.procs import free_port
+from bench.procs import free_port, start
 
 _END = b"0\r\n\r\n"  # the last chunk of a chunked response
-
-
-def _wait_port(port: int, seconds: float) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"nothing listens on port {port} after {seconds:.0f} s")
 
 
 def _request(body: bytes) -> bytes:
@@ -91,37 +78,37 @@ def main(argv: list[str] | None = None) -> None:
             "messages": [{"role": "user", "content": "Say hello."}], **json.loads(args.body_json)}
     streamed = bool(body.get("stream"))
     with tempfile.TemporaryDirectory(prefix="streamproxy-instr-") as tmp:
+        logdir = Path(tmp)
         mock_port, proxy_port = free_port(), free_port()
-        mock = subprocess.Popen([sys.executable, "-m", "streamproxy", "mock", "--port",
-                                 str(mock_port)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        config = Path(tmp, "config.json")
+        mock = start("mock", ["-m", "streamproxy", "mock", "--port", str(mock_port)],
+                     pin=None, logdir=logdir, port=mock_port)
+        config = logdir / "config.json"
         config.write_text(json.dumps({
             "server": {"log_level": "warning"}, "default_provider": "mock",
             "providers": {"mock": {"type": "mock", "base_url": f"http://127.0.0.1:{mock_port}",
                                    "default_model": "fast"}},
             **json.loads(args.config_json)}))
-        out = Path(tmp, "callgrind.out")
-        proxy = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-             "-m", "streamproxy", "serve", "--config", str(config), "--port", str(proxy_port),
-             "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out = logdir / "callgrind.out"
         try:
-            _wait_port(mock_port, 30)
-            _wait_port(proxy_port, 300)  # the interpreter starts ~50x slower under valgrind
-            request = _request(json.dumps(body).encode())
-            _drive(proxy_port, request, args.warmup, streamed)
-            subprocess.run(["callgrind_control", "-z", str(proxy.pid)], check=True,
-                           capture_output=True)
-            _drive(proxy_port, request, args.n, streamed)
-            subprocess.run(["callgrind_control", "-d", str(proxy.pid)], check=True,
-                           capture_output=True)
+            # The interpreter starts ~50x slower under valgrind.
+            proxy = start("proxy", ["-m", "streamproxy", "serve", "--config", str(config),
+                                    "--port", str(proxy_port), "--workers", "1"],
+                          pin=None, logdir=logdir, port=proxy_port, timeout=300,
+                          wrapper=("valgrind", "--tool=callgrind",
+                                   f"--callgrind-out-file={out}"))
+            try:
+                request = _request(json.dumps(body).encode())
+                _drive(proxy_port, request, args.warmup, streamed)
+                subprocess.run(["callgrind_control", "-z", str(proxy.pid)], check=True,
+                               capture_output=True)
+                _drive(proxy_port, request, args.n, streamed)
+                subprocess.run(["callgrind_control", "-d", str(proxy.pid)], check=True,
+                               capture_output=True)
+            finally:
+                proxy.stop(60)
         finally:
-            proxy.terminate()
-            mock.terminate()
-            proxy.wait(60)
-            mock.wait(10)
-        dumps = sorted(Path(tmp).glob("callgrind.out.*"), key=lambda p: p.stat().st_mtime)
+            mock.stop()
+        dumps = sorted(logdir.glob("callgrind.out.*"), key=lambda p: p.stat().st_mtime)
         if not dumps:
             raise SystemExit("callgrind wrote no dump")
         per_request = _total_instructions(dumps[0]) / args.n

@@ -98,12 +98,14 @@ class Proc:
 
 
 def start(name: str, args: list[str], *, pin: set[int] | None, logdir: Path,
-          port: int, timeout: float = 20.0) -> Proc:
-    """Start `python args...`, pinned to `pin`, and wait until it accepts on `port`."""
+          port: int, timeout: float = 20.0, wrapper: tuple[str, ...] = ()) -> Proc:
+    """Start `python args...` (under `wrapper`, e.g. valgrind, when given), pinned to `pin`,
+    and wait until it accepts on `port`."""
     log = logdir / f"{name}.log"
     out = log.open("wb")
-    popen = subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    popen = subprocess.Popen([*wrapper, sys.executable, *args], stdout=out,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     out.close()
     proc = Proc(name, popen, log)
     if pin:
