@@ -4,11 +4,13 @@ chunked decoder without sockets, then end to end against aiohttp servers on loop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import random
 import socket
 import ssl
 import subprocess
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -51,6 +53,17 @@ CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-Dup: a\r\nx
            b"Transfer-Encoding: chunked\r\n\r\n"
            b"5\r\nhello\r\n1;ext=1\r\n \r\n10\r\n0123456789abcdef\r\n0\r\nTrailer: x\r\n\r\n")
 CHUNKED_BODY = b"hello 0123456789abcdef"
+
+
+@contextlib.asynccontextmanager
+async def native_client() -> AsyncIterator[HTTP11Client]:
+    """A native client for one test, closed after it, the test bounded by TEST_TIMEOUT."""
+    client = HTTP11Client()
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            yield client
+    finally:
+        await client.close()
 
 
 def parse_all(pieces: list[bytes]) -> tuple[ResponseParser, bytes]:
@@ -314,15 +327,11 @@ async def post(client: HTTP11Client, url: str, body: bytes = b"{}", **kw: Any) -
 
 async def test_content_length_and_request_shape(server: tuple[Upstream, str]) -> None:
     up, base = server
-    client = HTTP11Client()
-    try:
-        async with asyncio.timeout(TEST_TIMEOUT):
-            resp = await post(client, base + "/length?x=1", b'{"a":1}', **{"X-Key": "v"})
-            assert resp.status == 200 and resp.headers["x-test"] == "1"
-            assert await resp.read() == b"x" * 1000 and resp.content.at_eof()
-            resp.release()
-    finally:
-        await client.close()
+    async with native_client() as client:
+        resp = await post(client, base + "/length?x=1", b'{"a":1}', **{"X-Key": "v"})
+        assert resp.status == 200 and resp.headers["x-test"] == "1"
+        assert await resp.read() == b"x" * 1000 and resp.content.at_eof()
+        resp.release()
     headers, body = up.requests[0]
     assert body == b'{"a":1}' and headers["X-Key"] == "v"
     assert headers["Accept-Encoding"] == "identity" and headers["Content-Length"] == "7"
@@ -331,15 +340,11 @@ async def test_content_length_and_request_shape(server: tuple[Upstream, str]) ->
 
 async def test_large_request_body(server: tuple[Upstream, str]) -> None:
     up, base = server
-    client = HTTP11Client()
     body = bytes(range(256)) * 1000  # over the size that is joined to the head
-    try:
-        async with asyncio.timeout(TEST_TIMEOUT):
-            resp = await post(client, base + "/length", body)
-            await resp.read()
-            resp.release()
-    finally:
-        await client.close()
+    async with native_client() as client:
+        resp = await post(client, base + "/length", body)
+        await resp.read()
+        resp.release()
     assert up.requests[0][1] == body
 
 
@@ -348,82 +353,66 @@ async def test_idle_connection_closed_by_the_upstream(aiohttp_server: Any) -> No
     the next request opens a new one without an error."""
     up = Upstream()
     srv = await aiohttp_server(up.app(), keepalive_timeout=0.05)
-    client = HTTP11Client()
-    try:
-        async with asyncio.timeout(TEST_TIMEOUT):
-            for _ in range(2):
-                resp = await post(client, str(srv.make_url("/length")))
-                assert await resp.read() == b"x" * 1000
-                resp.release()
-                await asyncio.sleep(0.3)
-    finally:
-        await client.close()
+    async with native_client() as client:
+        for _ in range(2):
+            resp = await post(client, str(srv.make_url("/length")))
+            assert await resp.read() == b"x" * 1000
+            resp.release()
+            await asyncio.sleep(0.3)
     assert client.pool.opened == 2 and len(up.requests) == 2
 
 
 async def test_chunked_and_until_close(server: tuple[Upstream, str]) -> None:
     _, base = server
-    client = HTTP11Client()
-    try:
-        async with asyncio.timeout(TEST_TIMEOUT):
-            resp = await post(client, base + "/chunked")
-            parts = []
-            while data := await resp.content.readany():
-                parts.append(data)
-            assert b"".join(parts) == b"".join(b"data: %d\n\n" % i for i in range(20))
-            resp.release()
-            assert client.pool.idle  # reusable
-            resp = await post(client, base + "/close")
-            assert await resp.read() == b"part one part two"
-            resp.release()
-            # The keep-alive connection served both; `Connection: close` ended it.
-            assert client.pool.opened == 1 and not any(client.pool.idle.values())
-    finally:
-        await client.close()
+    async with native_client() as client:
+        resp = await post(client, base + "/chunked")
+        parts = []
+        while data := await resp.content.readany():
+            parts.append(data)
+        assert b"".join(parts) == b"".join(b"data: %d\n\n" % i for i in range(20))
+        resp.release()
+        assert client.pool.idle  # reusable
+        resp = await post(client, base + "/close")
+        assert await resp.read() == b"part one part two"
+        resp.release()
+        # The keep-alive connection served both; `Connection: close` ended it.
+        assert client.pool.opened == 1 and not any(client.pool.idle.values())
 
 
 async def test_keep_alive_reuse(server: tuple[Upstream, str]) -> None:
     up, base = server
-    client = HTTP11Client()
     peers = set()
-    try:
-        async with asyncio.timeout(TEST_TIMEOUT):
-            for _ in range(5):
-                resp = await post(client, base + "/length")
-                await resp.read()
-                resp.release()
-            # Two at once need two connections, both pooled afterwards.
-            a, b = await asyncio.gather(post(client, base + "/length"),
-                                        post(client, base + "/length"))
-            for r in (a, b):
-                await r.read()
-                r.release()
-                peers.add(id(r._conn))
-    finally:
-        await client.close()
+    async with native_client() as client:
+        for _ in range(5):
+            resp = await post(client, base + "/length")
+            await resp.read()
+            resp.release()
+        # Two at once need two connections, both pooled afterwards.
+        a, b = await asyncio.gather(post(client, base + "/length"),
+                                    post(client, base + "/length"))
+        for r in (a, b):
+            await r.read()
+            r.release()
+            peers.add(id(r._conn))
     assert client.pool.opened == 2 and len(peers) == 2 and len(up.requests) == 7
     assert client.pool.busy == 0
 
 
 async def test_stale_pooled_connection_is_retried(server: tuple[Upstream, str]) -> None:
     up, base = server
-    client = HTTP11Client()
-    try:
-        async with asyncio.timeout(TEST_TIMEOUT):
-            resp = await post(client, base + "/length")
-            await resp.read()
-            resp.release()
-            ((conn,),) = client.pool.idle.values()
-            # Pretend the upstream's close has not been noticed yet: the write goes out on a
-            # socket the peer shuts, and the request is retried once on a new connection.
-            sock = conn.transport.get_extra_info("socket")
-            sock.shutdown(socket.SHUT_RDWR)
-            conn.closed = False
-            resp = await post(client, base + "/length")
-            assert await resp.read() == b"x" * 1000
-            resp.release()
-    finally:
-        await client.close()
+    async with native_client() as client:
+        resp = await post(client, base + "/length")
+        await resp.read()
+        resp.release()
+        ((conn,),) = client.pool.idle.values()
+        # Pretend the upstream's close has not been noticed yet: the write goes out on a
+        # socket the peer shuts, and the request is retried once on a new connection.
+        sock = conn.transport.get_extra_info("socket")
+        sock.shutdown(socket.SHUT_RDWR)
+        conn.closed = False
+        resp = await post(client, base + "/length")
+        assert await resp.read() == b"x" * 1000
+        resp.release()
     assert client.pool.opened == 2 and len(up.requests) == 2
 
 
@@ -447,59 +436,47 @@ async def test_connection_refused_and_connect_timeout() -> None:
 
 async def test_cancellation_closes_the_connection(server: tuple[Upstream, str]) -> None:
     up, base = server
-    client = HTTP11Client()
-    try:
-        async with asyncio.timeout(TEST_TIMEOUT):
-            resp = await post(client, base + "/hang")
-            assert await resp.content.readany() == b"started"
-            task = asyncio.ensure_future(resp.content.readany())
-            await asyncio.sleep(0.05)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            assert resp._conn.closed and client.pool.busy == 0
-            await up.handler_cancelled.wait()  # the upstream saw the disconnect
-            assert not any(client.pool.idle.values())
-    finally:
-        await client.close()
+    async with native_client() as client:
+        resp = await post(client, base + "/hang")
+        assert await resp.content.readany() == b"started"
+        task = asyncio.ensure_future(resp.content.readany())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert resp._conn.closed and client.pool.busy == 0
+        await up.handler_cancelled.wait()  # the upstream saw the disconnect
+        assert not any(client.pool.idle.values())
 
 
 async def test_cancel_while_waiting_for_head_closes(server: tuple[Upstream, str]) -> None:
     up, base = server
-    client = HTTP11Client()
-    try:
-        async with asyncio.timeout(TEST_TIMEOUT):
-            resp = await post(client, base + "/hang")  # headers come at once; hang the body
-            resp.close()
-            await up.handler_cancelled.wait()
-            up.handler_cancelled.clear()
-            task = asyncio.ensure_future(post(client, base + "/hang"))
-            await asyncio.sleep(0)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            assert client.pool.busy == 0
-    finally:
-        await client.close()
+    async with native_client() as client:
+        resp = await post(client, base + "/hang")  # headers come at once; hang the body
+        resp.close()
+        await up.handler_cancelled.wait()
+        up.handler_cancelled.clear()
+        task = asyncio.ensure_future(post(client, base + "/hang"))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert client.pool.busy == 0
 
 
 async def test_backpressure_bounds_the_buffer(server: tuple[Upstream, str]) -> None:
     _, base = server
-    client = HTTP11Client()
-    try:
-        async with asyncio.timeout(TEST_TIMEOUT):
-            resp = await post(client, base + "/big")
-            await asyncio.sleep(0.3)  # the upstream writes 8 MiB as fast as it can; we don't read
-            # Paused past PAUSE_AT: at most one more socket read lands after it.
-            assert PAUSE_AT < resp._buffered < PAUSE_AT + 512 * 1024
-            total = 0
-            while data := await resp.content.readany():
-                total += len(data)
-                assert resp._buffered < PAUSE_AT + 512 * 1024
-            assert total == 8 * 1024 * 1024
-            resp.release()
-    finally:
-        await client.close()
+    async with native_client() as client:
+        resp = await post(client, base + "/big")
+        await asyncio.sleep(0.3)  # the upstream writes 8 MiB as fast as it can; we don't read
+        # Paused past PAUSE_AT: at most one more socket read lands after it.
+        assert PAUSE_AT < resp._buffered < PAUSE_AT + 512 * 1024
+        total = 0
+        while data := await resp.content.readany():
+            total += len(data)
+            assert resp._buffered < PAUSE_AT + 512 * 1024
+        assert total == 8 * 1024 * 1024
+        resp.release()
 
 
 async def test_truncated_body_raises_disconnected(aiohttp_server: Any) -> None:
@@ -515,15 +492,11 @@ async def test_truncated_body_raises_disconnected(aiohttp_server: Any) -> None:
     app = web.Application()
     app.router.add_post("/cut", cut)
     srv = await aiohttp_server(app)
-    client = HTTP11Client()
-    try:
-        async with asyncio.timeout(TEST_TIMEOUT):
-            resp = await post(client, str(srv.make_url("/cut")))
-            with pytest.raises(Disconnected):
-                await resp.read()
-            resp.close()
-    finally:
-        await client.close()
+    async with native_client() as client:
+        resp = await post(client, str(srv.make_url("/cut")))
+        with pytest.raises(Disconnected):
+            await resp.read()
+        resp.close()
 
 
 # -- selection: the config key and the environment variable ---------------------------------------
@@ -590,24 +563,20 @@ async def test_https_with_sni_and_certificate_checks(aiohttp_server: Any, tmp_pa
     up = Upstream()
     srv = await aiohttp_server(up.app(), ssl=server_ctx)
     url = f"https://localhost:{srv.port}/chunked"
-    client = HTTP11Client()
     trusting = ssl.create_default_context(cafile=cert)
-    try:
-        async with asyncio.timeout(TEST_TIMEOUT):
-            # The system CA store does not know this certificate: a refused handshake is a
-            # connection failure (the proxy's "unreachable"), never a silent plain connection.
-            with pytest.raises(ConnectionError):
-                await post(client, url)
-            client.pool._ssl = trusting  # what a deployment's CA store would provide
-            for _ in range(2):
-                resp = await post(client, url)
-                parts = []
-                while data := await resp.content.readany():
-                    parts.append(data)
-                assert b"".join(parts) == b"".join(b"data: %d\n\n" % i for i in range(20))
-                resp.release()
-    finally:
-        await client.close()
+    async with native_client() as client:
+        # The system CA store does not know this certificate: a refused handshake is a
+        # connection failure (the proxy's "unreachable"), never a silent plain connection.
+        with pytest.raises(ConnectionError):
+            await post(client, url)
+        client.pool._ssl = trusting  # what a deployment's CA store would provide
+        for _ in range(2):
+            resp = await post(client, url)
+            parts = []
+            while data := await resp.content.readany():
+                parts.append(data)
+            assert b"".join(parts) == b"".join(b"data: %d\n\n" % i for i in range(20))
+            resp.release()
     assert seen_sni and seen_sni[-1] == "localhost"
     assert client.pool.opened == 1  # the TLS connection was kept alive and reused
 
@@ -657,19 +626,15 @@ async def read_event(resp: Any) -> bytes:
 async def test_released_before_the_terminator_is_pooled_when_it_arrives() -> None:
     server, url, closed = await scripted_server([HEAD, b"9\r\ndata: x\n\n\r\n", 0.05,
                                                  b"0\r\n\r\n"])
-    client = HTTP11Client()
-    try:
-        async with asyncio.timeout(TEST_TIMEOUT):
-            for _ in range(3):
-                resp = await post(client, url)
-                assert await read_event(resp) == b"data: x\n\n"
-                resp.release()  # the last event is in; the terminator is 50 ms away
-                assert client.pool.busy == 1  # not closed: still reading to the end
-                while client.pool.busy:
-                    await asyncio.sleep(0.01)
-                assert len(client.pool.idle[next(iter(client.pool.idle))]) == 1
-    finally:
-        await client.close()
+    async with native_client() as client:
+        for _ in range(3):
+            resp = await post(client, url)
+            assert await read_event(resp) == b"data: x\n\n"
+            resp.release()  # the last event is in; the terminator is 50 ms away
+            assert client.pool.busy == 1  # not closed: still reading to the end
+            while client.pool.busy:
+                await asyncio.sleep(0.01)
+            assert len(client.pool.idle[next(iter(client.pool.idle))]) == 1
         server.close()
     assert client.pool.opened == 1 and len(closed) == 1
 
@@ -685,22 +650,18 @@ async def test_a_released_body_that_does_not_end_is_closed(
     else:
         script += [5.0]
     server, url, _ = await scripted_server(script)
-    client = HTTP11Client()
-    try:
-        async with asyncio.timeout(TEST_TIMEOUT):
-            resp = await post(client, url)
-            await read_event(resp)
-            resp.release()
-            assert client.pool.busy == 1  # reading on, for the end that does not come
-            started = asyncio.get_running_loop().time()
-            while client.pool.busy:
-                await asyncio.sleep(0.005)
-            waited = asyncio.get_running_loop().time() - started
-            # Closed at the linger deadline (0.1 s), or at once on too many bytes.
-            assert waited < 0.09 if tail == "too_much" else 0.09 < waited < 2.0
-            assert resp._conn.closed and not any(client.pool.idle.values())
-    finally:
-        await client.close()
+    async with native_client() as client:
+        resp = await post(client, url)
+        await read_event(resp)
+        resp.release()
+        assert client.pool.busy == 1  # reading on, for the end that does not come
+        started = asyncio.get_running_loop().time()
+        while client.pool.busy:
+            await asyncio.sleep(0.005)
+        waited = asyncio.get_running_loop().time() - started
+        # Closed at the linger deadline (0.1 s), or at once on too many bytes.
+        assert waited < 0.09 if tail == "too_much" else 0.09 < waited < 2.0
+        assert resp._conn.closed and not any(client.pool.idle.values())
         server.close()
 
 
