@@ -12,9 +12,11 @@ Knobs per request, from the model name (`fast`, `slow:tokens=40`, `tokens=500,tp
     status          answer with this HTTP error status
     stall_ms        delay before the response headers
     reset_first     1: send 200 headers, then reset the connection before any event
+    flush           1: write every event on its own, as providers flush them (no delay)
 
 Unpaced bodies are built once per distinct request shape and cached, so the mock is never the
-bottleneck of a benchmark: a 200-delta stream is one cached bytes object and one write.
+bottleneck of a benchmark: a 200-delta stream is one cached bytes object and one write. With
+`flush=1` the same stream is 205 writes, the shape a real provider's stream arrives in.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class MockOptions:
     status: int = 200
     stall_ms: float = 0.0
     reset_first: int = 0  # 1: send the headers, then reset before any event
+    flush: int = 0  # 1: one write per event even when unpaced
 
     @classmethod
     def parse(cls, model: str, header: str | None) -> MockOptions:
@@ -306,7 +309,7 @@ async def _serve(request: web.Request, wire: _Wire) -> web.StreamResponse:
     if opts.reset_first:
         request.transport.close()  # type: ignore[union-attr]
         return resp
-    if opts.tps <= 0 and opts.ttft_ms <= 0 and opts.truncate_after < 0:
+    if opts.tps <= 0 and opts.ttft_ms <= 0 and opts.truncate_after < 0 and not opts.flush:
         await resp.write(unpaced_body(wire, opts, model, prompt, usage))
         await resp.write_eof()
         return resp
