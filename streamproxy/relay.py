@@ -1,51 +1,50 @@
-"""The one async loop that carries a committed stream: read upstream → translate → write.
+"""Carry a committed stream: upstream read → translate → client write, until the end.
 
-One write per upstream read (every frame that read produced leaves together), no queues, no
-sleeps, no per-chunk timers. `await write()` is the backpressure: while a slow client's socket
-buffer is full we do not read, so the upstream's TCP window closes instead of memory growing.
-Any failure after commit becomes one OpenAI error frame and the stream ends; a client that goes
-away cancels this task, and leaving the `finally` closes the upstream connection.
+Two ways, one behaviour. **Piped** (the native upstream client): the work runs inside the
+upstream connection's `data_received`: translate the read, write the frames to the client's
+transport, return; no task wake-up and no await per read. The relay task only waits for the
+end, and for the client's buffer to drain when it is full. **Pulled** (the aiohttp client):
+`await read()`, translate, `await write()`.
+
+Either way: one write per upstream read (every frame that read produced leaves together), no
+queues, no sleeps, no per-chunk timers. Backpressure: while a slow client's socket buffer is
+full we do not read, so the upstream's TCP window closes instead of memory growing. Any failure
+after commit becomes one OpenAI error frame and the stream ends; a client that goes away
+cancels this task, and leaving the `finally` closes the upstream connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import aiohttp
-from aiohttp import web
 
 from streamproxy.errors import ProxyError
+from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.providers.base import StreamTranslator
 from streamproxy.record import RequestRecord
 from streamproxy.routing.executor import OpenedStream
+from streamproxy.server.sse_writer import SSEWriter
 from streamproxy.upstream.client import map_client_error
+from streamproxy.upstream.deadline import Deadline
+from streamproxy.upstream.http11 import Response
 
 log = logging.getLogger("streamproxy.relay")
 
 
-async def relay(stream: OpenedStream, client: web.StreamResponse, record: RequestRecord) -> None:
+async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord) -> None:
     encoder, translator, deadline = stream.encoder, stream.translator, stream.deadline
     upstream = stream.response
-    read = upstream.content.readany
-    write = client.write
-    sent = 0
     try:
         try:
-            out = encoder.take()
-            sent += len(out)
-            await write(out)
-            while not translator.done:
-                data = out = b""  # nothing held while an idle stream waits (10,000 of them)
-                data = await read()
-                if not data:
-                    translator.close()  # raises StreamTruncated if the end never came
-                    break
-                deadline.progress()
-                translator.feed(data)
-                out = encoder.take()
-                if out:
-                    sent += len(out)
-                    await write(out)
+            await client.write(encoder.take())  # the response head leaves with these frames
+            if isinstance(upstream, Response) and client.direct:
+                await _Pump(translator, encoder, deadline, client, upstream).run()
+            else:
+                await _pull(translator, encoder, deadline, upstream.content.readany,
+                            client.write)
         except asyncio.CancelledError:
             if not deadline.owns():
                 record.client_disconnected = True
@@ -64,8 +63,7 @@ async def relay(stream: OpenedStream, client: web.StreamResponse, record: Reques
             encoder.error(ProxyError("internal error while relaying the stream"))
         tail = encoder.take()
         if tail:
-            sent += len(tail)
-            await write(tail)
+            await client.write(tail)
     except (ConnectionResetError, BrokenPipeError):
         record.client_disconnected = True
     finally:
@@ -76,7 +74,7 @@ async def relay(stream: OpenedStream, client: web.StreamResponse, record: Reques
             upstream.release()
         else:
             upstream.close()
-        record.bytes_out = sent
+        record.bytes_out = encoder.bytes_taken
         record.chunks = encoder.chunks
         record.finish_reason = encoder.finish_reason
         record.usage = encoder.usage_data
@@ -85,3 +83,113 @@ async def relay(stream: OpenedStream, client: web.StreamResponse, record: Reques
             record.error_type = encoder.failure.error_type
             record.error_code = encoder.failure.code
             record.note_upstream_error(encoder.failure)
+
+
+async def _pull(translator: StreamTranslator, encoder: ChunkEncoder, deadline: Deadline,
+                read: Callable[[], Awaitable[bytes]],
+                write: Callable[[bytes], Awaitable[None]]) -> None:
+    while not translator.done:
+        data = out = b""  # nothing held while an idle stream waits (10,000 of them)
+        data = await read()
+        if not data:
+            translator.close()  # raises StreamTruncated if the end never came
+            return
+        deadline.progress()
+        translator.feed(data)
+        out = encoder.take()
+        if out:
+            await write(out)
+
+
+class _Pump:
+    """The piped relay: `data()` and `end()` run in the upstream connection's callbacks; the
+    task in `run()` sleeps until the stream ends or fails, or the client's buffer fills (then
+    reading pauses, reads already on their way are held, and the task resumes reading once
+    the client has drained)."""
+
+    __slots__ = ("_client", "_deadline", "_encoder", "_ended", "_held", "_outcome",
+                 "_translator", "_upstream", "_waiter")
+
+    def __init__(self, translator: StreamTranslator, encoder: ChunkEncoder, deadline: Deadline,
+                 client: SSEWriter, upstream: Response) -> None:
+        self._translator = translator
+        self._encoder = encoder
+        self._deadline = deadline
+        self._client = client
+        self._upstream = upstream
+        self._outcome: BaseException | bool | None = None  # True: ended; an error: failed
+        self._held: list[bytes] | None = None  # reads that came while the client was full
+        self._ended: tuple[BaseException | None] | None = None  # an end that came then
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self._upstream.pipe(self)
+            while self._outcome is None:
+                if self._held is not None:
+                    await self._client.drain()
+                    self._release_held()
+                    continue
+                self._waiter = loop.create_future()
+                await self._waiter
+                self._waiter = None
+        finally:
+            if self._outcome is None:  # cancelled: later reads are not ours to write
+                self._outcome = True
+        if self._outcome is not True:
+            raise self._outcome  # type: ignore[misc]
+
+    def data(self, data: bytes) -> None:
+        if self._outcome is not None:
+            return
+        if self._held is not None:
+            self._held.append(data)
+            return
+        try:
+            self._deadline.progress()
+            self._translator.feed(data)
+            out = self._encoder.take()
+            if out:
+                self._client.write_now(out)
+        except Exception as e:
+            self._stop(e)
+            return
+        if self._translator.done:
+            self._stop(True)
+        elif self._client.full:
+            self._held = []
+            self._upstream.pause_reading()
+            self._wake()
+
+    def end(self, exc: BaseException | None) -> None:
+        if self._outcome is not None:
+            return
+        if self._held is not None:
+            self._ended = (exc,)
+            return
+        if exc is None:
+            try:
+                self._translator.close()  # raises StreamTruncated if the end never came
+            except Exception as e:
+                exc = e
+        self._stop(exc or True)
+
+    def _release_held(self) -> None:
+        held, self._held = self._held or [], None
+        if held:
+            self.data(b"".join(held))
+        if self._held is None:
+            if self._ended is not None:
+                self.end(self._ended[0])
+            elif self._outcome is None:
+                self._upstream.resume_reading()
+
+    def _stop(self, outcome: BaseException | bool) -> None:
+        self._outcome = outcome
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)

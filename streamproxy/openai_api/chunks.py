@@ -87,8 +87,9 @@ class ChunkEncoder:
     """ChunkSink → SSE bytes. Also the per-stream record that logs and metrics read."""
 
     __slots__ = (
-        "_buf", "_content_head", "_content_tail", "_prefix", "_tail", "chunks", "completion_id",
-        "created", "ended", "failure", "finish_reason", "include_usage", "model", "usage_data",
+        "_buf", "_content_head", "_content_tail", "_prefix", "_tail", "bytes_taken", "chunks",
+        "completion_id", "created", "ended", "failure", "finish_reason", "include_usage", "model",
+        "usage_data",
     )
 
     def __init__(
@@ -104,6 +105,7 @@ class ChunkEncoder:
         self._content_head = b""
         self._content_tail = b""
         self.chunks = 0
+        self.bytes_taken = 0  # everything take() returned: the bytes sent to the client
         self.finish_reason: str | None = None
         self.usage_data: dict[str, Any] | None = None
         self.failure: ProxyError | None = None
@@ -116,6 +118,7 @@ class ChunkEncoder:
             return b""
         out = bytes(self._buf)
         self._buf.clear()
+        self.bytes_taken += len(out)
         return out
 
     @property

@@ -22,6 +22,7 @@ from streamproxy.server.auth import allowed_targets
 from streamproxy.server.drain import shutdown_error
 from streamproxy.server.errors import error_response
 from streamproxy.server.observing import AUTH_KEY, read_body
+from streamproxy.server.sse_writer import SSEWriter
 from streamproxy.server.store_and_cache import before_upstream
 
 if TYPE_CHECKING:
@@ -140,7 +141,7 @@ async def _stream(request: web.Request, state: AppState, req: ChatRequest, plan:
     record.first_byte = time.monotonic()
     state.drain.committed(stream.deadline)  # a shutdown now ends it with an error frame
     try:
-        await relay(stream, response, record)
+        await relay(stream, SSEWriter(request, response), record)
     finally:
         state.drain.leave(stream.deadline.task)
     if not record.client_disconnected:

@@ -8,7 +8,10 @@ written as one bytes write, a sans-IO parser (`ResponseParser`, `ChunkedDecoder`
 per-(scheme, host, port) pool of idle keep-alive connections.
 
 The response offers what the proxy uses of aiohttp's: `status`, `headers` (a CIMultiDict),
-`content.readany()` / `content.at_eof()`, `read()`, `release()`, `close()`.
+`content.readany()` / `content.at_eof()`, `read()`, `release()`, `close()`. And one thing
+aiohttp's cannot: `pipe(sink)` hands each read's body bytes to `sink` from inside the
+connection's `data_received`, so a relay can translate and write them with no task wake-up
+per read (`relay.py`).
 
 Errors: connection failures are `ConnectionError`s (`ConnectFailed`, `Disconnected`) and a
 malformed response is `MalformedResponse` (also a `ConnectionError`, so every path that catches
@@ -23,6 +26,7 @@ import re
 import ssl
 import zlib
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -464,11 +468,19 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+class BodySink(Protocol):
+    """Where a piped response delivers its body, called from the connection's callbacks."""
+
+    def data(self, data: bytes) -> None: ...
+
+    def end(self, exc: BaseException | None) -> None: ...
+
+
 class Response:
     """One upstream response; also its own `content` (aiohttp's StreamReader role)."""
 
     __slots__ = ("_buffered", "_chunks", "_conn", "_eof", "_error", "_head", "_linger",
-                 "_released", "_waiter", "content", "reason", "status")
+                 "_released", "_sink", "_waiter", "content", "reason", "status")
 
     def __init__(self, conn: _Connection, head: ResponseHead) -> None:
         self._conn = conn
@@ -483,6 +495,7 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._released = False
         self._linger: asyncio.TimerHandle | None = None  # released, waiting for the body's end
+        self._sink: BodySink | None = None  # piped: the body goes there, not to readany()
 
     @property
     def headers(self) -> CIMultiDictProxy[str]:
@@ -495,6 +508,9 @@ class Response:
             if self._buffered > LINGER_MAX_BYTES:
                 self._stop_lingering()
                 self._conn.close()
+            return
+        if self._sink is not None:
+            self._sink.data(data)
             return
         self._chunks.append(data)
         self._buffered += len(data)
@@ -512,6 +528,10 @@ class Response:
         if self._linger is not None:
             self._stop_lingering()
             self._pool_or_close()
+            return
+        if self._sink is not None:
+            sink, self._sink = self._sink, None
+            sink.end(exc)
             return
         waiter = self._waiter
         if waiter is not None:
@@ -543,6 +563,33 @@ class Response:
     def at_eof(self) -> bool:
         return self._eof and not self._chunks
 
+    # The push side.
+    def pipe(self, sink: BodySink) -> None:
+        """From now on each read's body bytes go to `sink.data` and the end (or the failure)
+        to `sink.end`, called from the connection's callbacks; bytes already buffered go
+        first. Until `release()` or `close()`."""
+        if self._chunks:
+            data = b"".join(self._chunks)
+            self._chunks = []
+            self._buffered = 0
+            sink.data(data)
+        if self._eof:
+            sink.end(self._error)
+            return
+        self._sink = sink
+        self._conn.resume()
+
+    def pause_reading(self) -> None:
+        """Stop reading the socket (the client's buffer is full): the upstream's TCP window
+        closes instead of our memory growing."""
+        conn = self._conn
+        if not conn._paused and conn.transport is not None and not conn.closed:
+            conn._paused = True
+            conn.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._conn.resume()
+
     async def read(self) -> bytes:
         parts = []
         while True:
@@ -558,6 +605,7 @@ class Response:
         if self._released:
             return
         self._released = True
+        self._sink = None
         conn = self._conn
         if not self._eof and not conn.closed and conn.parser is not None:
             self._chunks = []
@@ -591,6 +639,7 @@ class Response:
         self._conn.close()
 
     def close(self) -> None:
+        self._sink = None
         if self._linger is not None:
             self._stop_lingering()
             self._conn.close()

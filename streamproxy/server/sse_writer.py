@@ -1,0 +1,44 @@
+"""The client side of a committed stream: a prepared aiohttp response, written two ways.
+
+`write()` is aiohttp's own coroutine: the response head leaves with the first frame (see
+`SSEResponse`) and `write_eof()` ends the chunked body. `write_now()` writes straight to the
+transport, with the chunk framing the response declared, from a synchronous callback: a piped
+relay (relay.py) has no coroutine to await aiohttp's write in, and skipping it saves ~1 µs a
+read besides. Both go to the same transport, in call order.
+"""
+
+from __future__ import annotations
+
+from aiohttp import hdrs, web
+
+
+class SSEWriter:
+    __slots__ = ("_chunked", "_protocol", "_response", "_transport", "_writer", "direct")
+
+    def __init__(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
+        self._response = response
+        self._transport = request.transport
+        self._protocol = request.protocol
+        self._writer = request.writer
+        # Read after prepare(): aiohttp chose the framing (chunked for HTTP/1.1, raw for 1.0).
+        self._chunked = response.headers.get(hdrs.TRANSFER_ENCODING, "").lower() == "chunked"
+        # write_now() reproduces chunked or raw framing, not a compressed body.
+        self.direct = self._transport is not None and not response.compression
+
+    async def write(self, data: bytes) -> None:
+        await self._response.write(data)
+
+    def write_now(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+
+    @property
+    def full(self) -> bool:
+        """The client's socket buffer is over its high-water mark (reads should pause)."""
+        return self._protocol.writing_paused
+
+    async def drain(self) -> None:
+        """Wait until the client's socket buffer is back under its low-water mark."""
+        await self._writer.drain()
