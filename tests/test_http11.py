@@ -206,6 +206,27 @@ def test_chunked_malformed(raw: bytes) -> None:
         ChunkedDecoder().feed(raw)
 
 
+@pytest.mark.parametrize("raw", [b"zz\r\nab\r\n", b"+5\r\nhello\r\n", b"0x5\r\nhello\r\n",
+                                 b" 5\r\nhello\r\n", b"2\r\nabc\r\n",
+                                 b"1_0\r\n" + b"a" * 16 + b"\r\n"])
+def test_a_malformed_chunk_alone_in_a_read_is_refused(raw: bytes) -> None:
+    # One whole chunk per read takes a fast path (a provider's flushed event); same rules.
+    with pytest.raises(InvalidChunk):
+        ChunkedDecoder().feed(raw)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=300), max_size=8), st.booleans())
+def test_chunked_one_whole_chunk_per_read(pieces: list[bytes], upper: bool) -> None:
+    decoder = ChunkedDecoder()
+    out = []
+    for p in pieces:
+        size = (b"%X" if upper else b"%x") % len(p)
+        out.append(decoder.feed(size + b"\r\n" + p + b"\r\n"))
+    assert decoder.feed(b"0\r\n\r\n") == b"" and decoder.done
+    assert out == pieces
+
+
 def test_chunked_rest_after_end() -> None:
     decoder = ChunkedDecoder()
     assert decoder.feed(b"3\r\nabc\r\n0\r\n\r\nNEXT") == b"abc"

@@ -76,6 +76,9 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _STATUS = re.compile(rb"HTTP/1\.([01]) (\d{3})(?: (.*))?")
 
 
+_SIZES: dict[bytes, int] = {}  # chunk-size lines already validated → size; a stream has few
+
+
 def _chunk_size(line: bytes) -> int:
     """A chunk-size line (without CRLF) → the size; extensions are ignored."""
     if b";" in line:
@@ -106,10 +109,23 @@ class ChunkedDecoder:
         if self.done:
             self.rest += data
             return b""
+        state = self._state
         # Fast path: the whole input is the middle of a chunk (no copy).
-        if self._state == self._DATA and len(data) < self._need:
+        if state == self._DATA and len(data) < self._need:
             self._need -= len(data)
             return data
+        # Fast path: the input is exactly one whole chunk, as a provider's flushed event is.
+        if state == self._SIZE and not self._line and data.endswith(b"\r\n"):
+            nl = data.find(b"\r\n", 0, 18)
+            if nl > 0:
+                line = data[:nl]
+                size = _SIZES.get(line)
+                if size is None:
+                    size = _chunk_size(line)
+                    if len(_SIZES) < 4096:
+                        _SIZES[line] = size
+                if size and nl + 4 + size == len(data):
+                    return data[nl + 2 : -2]
         out: list[bytes] = []
         pos, end = 0, len(data)
         while pos < end:
@@ -276,6 +292,13 @@ class ResponseParser:
         self.received = False  # any byte at all (a stale connection gets none)
 
     def feed(self, data: bytes) -> bytes:
+        chunked = self._chunked
+        if chunked is not None and self._inflate is None and not self.done:  # most reads
+            body = chunked.feed(data)
+            if chunked.done:
+                self.done = True
+                self.extra = bool(chunked.rest)
+            return body
         body = self._feed(data)
         if self._inflate is not None and body:
             try:
@@ -396,7 +419,11 @@ class _Connection(asyncio.Protocol):
             if waiter is not None and not waiter.done():
                 waiter.set_result(response)
         if body:
-            response._push(body)
+            sink = response._sink
+            if sink is not None:  # piped: straight on, nothing buffered here
+                sink.data(body)
+            else:
+                response._push(body)
             if response._buffered > PAUSE_AT and not self._paused and self.transport:
                 self._paused = True
                 self.transport.pause_reading()
