@@ -44,6 +44,19 @@ def random_splits(data: bytes, rng: random.Random, max_piece: int = 64) -> list[
     return pieces
 
 
+def relay_reads(encoder: Any, translator: Any, reads: list[bytes]) -> bytes:
+    """What the relay sends for these upstream reads: feed and take per read, and the close
+    at EOF when the stream's end did not come."""
+    out = []
+    for read in reads:
+        translator.feed(read)
+        out.append(encoder.take())
+    if not translator.done:
+        translator.close()
+    out.append(encoder.take())
+    return b"".join(out)
+
+
 def sse_chunks(body: bytes) -> list[Any]:
     """The proxy's SSE output → parsed JSON chunks, with "[DONE]" kept as the string."""
     dec = SSEDecoder()

@@ -33,7 +33,7 @@ from streamproxy.providers.mock.server import (
 )
 from streamproxy.providers.openai_compat import PassthroughTranslator
 from tests.eventstream_frames import split_frames
-from tests.helpers import collect, sse_chunks
+from tests.helpers import collect, relay_reads, sse_chunks
 
 pytestmark = pytest.mark.benchmark
 
@@ -66,15 +66,7 @@ def bulk(body: bytes) -> list[bytes]:
 def relay_once(factory: Factory, reads: list[bytes]) -> bytes:
     enc = ChunkEncoder(completion_id="chatcmpl-bench", created=1, model="m",
                        include_usage=False)
-    translator = factory(enc)
-    out = []
-    for read in reads:
-        translator.feed(read)
-        out.append(enc.take())
-    if not translator.done:
-        translator.close()
-    out.append(enc.take())
-    return b"".join(out)
+    return relay_reads(enc, factory(enc), reads)
 
 
 @pytest.mark.parametrize("reads", ["bulk", "paced"])

@@ -18,7 +18,7 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamproxy.config import ConfigError, parse_config
+from streamproxy.config import Config, ConfigError, parse_config
 from streamproxy.errors import (
     StreamTruncated,
     UpstreamProtocolError,
@@ -540,17 +540,20 @@ def test_config_key_and_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
         UpstreamClient()
 
 
+def native_anthropic_config(url: str) -> Config:
+    return parse_config({"server": {"upstream_client": "native"},
+                         "providers": {"up": {"type": "anthropic", "base_url": url,
+                                              "api_key": "sk-test-secret", "default_model": "m"}},
+                         "default_provider": "up"}, "<t>")
+
+
 async def test_through_the_proxy(proxy: Any, upstream: FakeUpstream,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A translated stream end to end with `upstream_client: native`, twice on one pooled
     connection, and the upstream never asked for a compressed body."""
     monkeypatch.delenv(CLIENT_ENV, raising=False)
     upstream.body = jsonl_to_sse(fixture_bytes("anthropic/vercel-ai_anthropic-text.chunks.jsonl"))
-    config = parse_config({"server": {"upstream_client": "native"},
-                           "providers": {"up": {"type": "anthropic", "base_url": upstream.url,
-                                                "api_key": "sk-test-secret",
-                                                "default_model": "m"}},
-                           "default_provider": "up"}, "<t>")
+    config = native_anthropic_config(upstream.url)
     client = await proxy(config)
     state = client.server.app[STATE]
     for _ in range(2):
@@ -694,11 +697,7 @@ async def test_through_the_proxy_the_terminator_a_read_later_keeps_the_connectio
     text = fixture_bytes("anthropic/vercel-ai_anthropic-text.chunks.jsonl")
     upstream.pieces = [jsonl_to_sse(text)]
     upstream.piece_delay = 0.05
-    config = parse_config({"server": {"upstream_client": "native"},
-                           "providers": {"up": {"type": "anthropic", "base_url": upstream.url,
-                                                "api_key": "sk-test-secret",
-                                                "default_model": "m"}},
-                           "default_provider": "up"}, "<t>")
+    config = native_anthropic_config(upstream.url)
     client = await proxy(config)
     pool = client.server.app[STATE].client.native.pool
     for _ in range(3):

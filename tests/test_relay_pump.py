@@ -19,6 +19,7 @@ from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
 from streamproxy.providers.mock.server import ANTHROPIC, MockOptions, unpaced_body
 from streamproxy.relay import _Pump
 from streamproxy.upstream.http11 import Disconnected
+from tests.helpers import relay_reads
 
 BODY = unpaced_body(ANTHROPIC, MockOptions(tokens=40), "m", 7, True)
 
@@ -69,14 +70,7 @@ def parts() -> tuple[ChunkEncoder, AnthropicStreamTranslator]:
 
 def pulled(reads: list[bytes]) -> bytes:
     """What the pulled loop sends for these reads: feed, take, per read; the close at EOF."""
-    enc, tr = parts()
-    out = []
-    for read in reads:
-        tr.feed(read)
-        out.append(enc.take())
-    if not tr.done:
-        tr.close()
-    return b"".join(out) + enc.take()
+    return relay_reads(*parts(), reads)
 
 
 def random_reads(body: bytes, rng: random.Random) -> list[bytes]:
