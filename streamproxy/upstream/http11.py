@@ -292,14 +292,23 @@ class ResponseParser:
         self.received = False  # any byte at all (a stale connection gets none)
 
     def feed(self, data: bytes) -> bytes:
+        if self.head is None:
+            if data:
+                self.received = True
+            data = self._feed_head(data)
+            if self.head is None or not data:
+                return b""
+        if self.done:
+            self.extra = self.extra or bool(data)
+            return b""
         chunked = self._chunked
-        if chunked is not None and self._inflate is None and not self.done:  # most reads
+        if chunked is not None:  # most reads
             body = chunked.feed(data)
             if chunked.done:
                 self.done = True
                 self.extra = bool(chunked.rest)
-            return body
-        body = self._feed(data)
+        else:
+            body = self._feed_length(data)
         if self._inflate is not None and body:
             try:
                 return self._inflate.decompress(body)
@@ -307,22 +316,8 @@ class ResponseParser:
                 raise MalformedResponse("invalid compressed body") from None
         return body
 
-    def _feed(self, data: bytes) -> bytes:
-        if data:
-            self.received = True
-        if self.head is None:
-            data = self._feed_head(data)
-            if self.head is None or not data:
-                return b""
-        if self.done:
-            self.extra = self.extra or bool(data)
-            return b""
-        if self._chunked is not None:
-            body = self._chunked.feed(data)
-            if self._chunked.done:
-                self.done = True
-                self.extra = bool(self._chunked.rest)
-            return body
+    def _feed_length(self, data: bytes) -> bytes:
+        """A Content-Length body, or one read until the connection closes."""
         left = self._left
         if left is None:
             return data
@@ -528,16 +523,13 @@ class Response:
     def headers(self) -> CIMultiDictProxy[str]:
         return self._head.headers
 
-    # Called by the connection.
+    # Called by the connection (a piped body goes to the sink instead).
     def _push(self, data: bytes) -> None:
         if self._linger is not None:  # released: nobody reads these bytes any more
             self._buffered += len(data)
             if self._buffered > LINGER_MAX_BYTES:
                 self._stop_lingering()
                 self._conn.close()
-            return
-        if self._sink is not None:
-            self._sink.data(data)
             return
         self._chunks.append(data)
         self._buffered += len(data)
