@@ -18,13 +18,15 @@ The operator's defaults and the backend, in the `cache:` top-level YAML section:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from aiohttp import web
 
 from streamproxy.config import Config, ConfigError
 from streamproxy.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from streamproxy.server.exchange import Exchange
 
 CONFIG_HEADER = "x-portkey-config"
 FORCE_REFRESH_HEADER = "x-portkey-cache-force-refresh"
@@ -80,7 +82,7 @@ def parse_cache_settings(config: Config) -> CacheSettings:
     return CacheSettings(**out)
 
 
-def cache_config_for(request: web.Request) -> dict[str, Any] | None:
+def cache_config_for(request: Exchange) -> dict[str, Any] | None:
     """The request's Portkey `cache` object: the `cache` of the config its plan came from
     (the `x-portkey-config` header, a named YAML config, a route's or the default config).
     Without a plan, the top-level `cache` of the header's JSON. None when absent."""

@@ -36,6 +36,7 @@ from streamproxy.openai_api.request import ChatRequest
 from streamproxy.record import RequestRecord
 from streamproxy.routing.executor import new_completion_id
 from streamproxy.routing.target import Target
+from streamproxy.server.exchange import Exchange, HasHeaders
 from streamproxy.storage.service import owner_of
 
 log = logging.getLogger("streamproxy.cache")
@@ -62,12 +63,13 @@ class ResponseCache:
         self.backend = backend or make_backend(settings)
         self._writes: set[asyncio.Task[None]] = set()
 
-    async def before_upstream(self, request: web.Request, req: ChatRequest, target: Target,
-                              record: RequestRecord) -> web.StreamResponse | None:
+    async def before_upstream(self, request: Exchange, req: ChatRequest, target: Target,
+                              record: RequestRecord) -> bool:
+        """True when the cache answered the request (a hit)."""
         max_age = max_age_for(cache_config_for(request), self.settings)
         if max_age is None or (req.body.get("n") or 1) > 1:
             request[_STATUS] = "DISABLED"  # (n > 1: a replay carries one choice)
-            return None
+            return False
         provider = target.provider
         key = cache_key(
             namespace=owner_of(request) + "\n" + request.headers.get(NAMESPACE_HEADER, ""),
@@ -78,21 +80,18 @@ class ResponseCache:
             entry = await self.backend.get(key)
             if entry is not None and cached.is_fresh(entry, max_age):
                 request[_STATUS] = "HIT"
-                return await self._answer(request, req, target, record, entry)
+                await self._answer(request, req, target, record, entry)
+                return True
         request[_STATUS] = "REFRESH" if refresh else "MISS"
         record.capture = True
         pending = record.pending if record.pending is not None else {}
         pending["cache"] = CacheFill(key, max_age)
         record.pending = pending
-        return None
+        return False
 
-    async def _answer(self, request: web.Request, req: ChatRequest, target: Target,
-                      record: RequestRecord, entry: dict[str, Any]) -> web.StreamResponse:
-        from streamproxy.server.handlers import (  # (server imports us)
-            SSE_HEADERS,
-            TRACE_HEADER,
-            SSEResponse,
-        )
+    async def _answer(self, request: Exchange, req: ChatRequest, target: Target,
+                      record: RequestRecord, entry: dict[str, Any]) -> None:
+        from streamproxy.server.handlers import SSE_HEADERS, TRACE_HEADER  # (server imports us)
 
         completion_id, created = new_completion_id(), int(time.time())
         record.provider = target.provider.name
@@ -109,22 +108,21 @@ class ResponseCache:
             record.first_byte = time.monotonic()
             record.finish_reason = (completion.get("choices") or [{}])[0].get("finish_reason")
             record.usage, record.bytes_out = completion.get("usage"), len(body)
-            return web.Response(body=body, content_type="application/json", headers=headers)
+            request.reply(body, headers=headers)
+            return
         encoder = ChunkEncoder(completion_id=completion_id, created=created, model=model,
                                include_usage=req.include_usage)
         cached.replay(entry, encoder)
         body = encoder.take()
-        response = SSEResponse(headers={**SSE_HEADERS, **headers})
-        await response.prepare(request)
+        client = await request.start_events({**SSE_HEADERS, **headers})
         record.first_byte = time.monotonic()
         try:
-            await response.write(body)  # the whole answer: one write
-            await response.write_eof()
+            await client.write(body)  # the whole answer: one write
+            await client.write_eof()
         except ConnectionError:
             record.client_disconnected = True
         record.chunks, record.bytes_out = encoder.chunks, len(body)
         record.finish_reason, record.usage = encoder.finish_reason, encoder.usage_data
-        return response
 
     def observe(self, record: RequestRecord) -> None:
         fill = record.pending.get("cache") if record.pending else None
@@ -151,8 +149,8 @@ class ResponseCache:
         if self._writes:
             await asyncio.wait(list(self._writes), timeout=10)
 
-    async def on_response_prepare(self, request: web.Request,
-                                  response: web.StreamResponse) -> None:
+    async def on_response_prepare(self, request: web.Request | Exchange,
+                                  response: HasHeaders) -> None:
         status = request.get(_STATUS)
         if status is not None:
             response.headers[STATUS_HEADER] = status

@@ -11,12 +11,16 @@ its own rate limit (server/auth.py).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from streamproxy.errors import Overloaded
 from streamproxy.observe.metrics import metrics
 from streamproxy.server.observing import observe_rejection
+
+if TYPE_CHECKING:
+    from streamproxy.server.exchange import Exchange
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RETRY_AFTER_SECONDS = 1
@@ -36,10 +40,8 @@ class Admission:
         completions API must keep answering when the proxy is full."""
         return request.method == "POST" and request.path == "/v1/chat/completions"
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not self.admits(request):
-            return await handler(request)
+    def enter(self, request: web.Request | Exchange) -> None:
+        """Count one more request in, or refuse it (503, counted and logged)."""
         if self.active >= self.limit:
             err = Overloaded(f"The proxy is serving its limit of {self.limit} concurrent "
                              "requests; retry shortly.", retry_after=RETRY_AFTER_SECONDS)
@@ -47,11 +49,20 @@ class Admission:
             raise err
         self.active += 1
         self._gauge.inc()
+
+    def leave(self) -> None:
+        self.active -= 1
+        self._gauge.dec()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not self.admits(request):
+            return await handler(request)
+        self.enter(request)
         try:
             return await handler(request)
         finally:
-            self.active -= 1
-            self._gauge.dec()
+            self.leave()
 
 
 ADMISSION = web.AppKey("streamproxy_admission", Admission)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -13,7 +12,6 @@ from streamproxy.providers.base import Provider
 from streamproxy.providers.mock import MockProvider
 from streamproxy.providers.mock.server import start_mock_server
 from streamproxy.providers.registry import PROVIDER_TYPES
-from streamproxy.record import Observer
 from streamproxy.routing.breaker import CircuitBreakers
 from streamproxy.routing.executor import Executor
 from streamproxy.routing.gateway import Gateway, load_settings
@@ -21,32 +19,14 @@ from streamproxy.routing.router import Router
 from streamproxy.server import handlers
 from streamproxy.server.admission import ADMISSION, Admission
 from streamproxy.server.auth import auth_middleware, parse_auth
-from streamproxy.server.drain import Drain
 from streamproxy.server.errors import error_middleware
 from streamproxy.server.header_limits import BACKSTOP, header_limits
 from streamproxy.server.observing import install_observers
+from streamproxy.server.state import STATE, AppState
 from streamproxy.server.store_and_cache import install as install_store_and_cache
 from streamproxy.upstream.client import UpstreamClient
 
 log = logging.getLogger("streamproxy")
-
-
-@dataclass(slots=True)
-class AppState:
-    config: Config
-    providers: dict[str, Provider]
-    client: UpstreamClient
-    router: Router
-    executor: Executor
-    limits: Limits
-    gateway: Gateway
-    breakers: CircuitBreakers
-    observers: list[Observer] = field(default_factory=list)
-    mock_runner: web.AppRunner | None = None
-    drain: Drain = field(default_factory=Drain)  # graceful shutdown (server/workers.py)
-
-
-STATE = web.AppKey("streamproxy_state", AppState)
 
 
 def http_limits(config: Config) -> dict[str, int]:

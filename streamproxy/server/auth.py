@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -36,6 +36,9 @@ from streamproxy.config import Config, ConfigError
 from streamproxy.errors import AuthenticationFailed, InvalidRequest, PermissionDenied, RateLimited
 from streamproxy.routing.target import Target
 from streamproxy.server.observing import AUTH_KEY, observe_rejection
+
+if TYPE_CHECKING:
+    from streamproxy.server.exchange import Exchange
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
@@ -198,28 +201,35 @@ def _is_open(request: web.Request) -> bool:
     return resource is not None and resource.canonical in OPEN_PATHS
 
 
+def identify_client(auth: Auth, request: web.Request | Exchange) -> tuple[ProxyKey, bool]:
+    """The proxy key the request presents, and whether it came in `Authorization`. A missing
+    or unknown key (401) or one over its rate (429) is counted, logged and raised."""
+    presented, in_authorization = presented_key(request.headers)
+    key = auth.identify(presented) if presented else None
+    if key is None:
+        err = AuthenticationFailed(
+            "Invalid proxy API key." if presented else
+            "Missing proxy API key: send `Authorization: Bearer <key>` or "
+            "`x-portkey-api-key: <key>`.")
+        observe_rejection(request, err, "unauthenticated")
+        raise err
+    if key.bucket is not None:
+        wait = key.bucket.take(time.monotonic())
+        if wait is not None:
+            err = RateLimited(f"Rate limit of {key.bucket.per_minute:g} requests per minute "
+                              f"reached for proxy key '{key.name}'.",
+                              retry_after=math.ceil(wait))
+            observe_rejection(request, err, "rate_limited", key.name)
+            raise err
+    return key, in_authorization
+
+
 def auth_middleware(auth: Auth) -> Middleware:
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if _is_open(request):
             return await handler(request)
-        presented, in_authorization = presented_key(request.headers)
-        key = auth.identify(presented) if presented else None
-        if key is None:
-            err = AuthenticationFailed(
-                "Invalid proxy API key." if presented else
-                "Missing proxy API key: send `Authorization: Bearer <key>` or "
-                "`x-portkey-api-key: <key>`.")
-            observe_rejection(request, err, "unauthenticated")
-            raise err
-        if key.bucket is not None:
-            wait = key.bucket.take(time.monotonic())
-            if wait is not None:
-                err = RateLimited(f"Rate limit of {key.bucket.per_minute:g} requests per minute "
-                                  f"reached for proxy key '{key.name}'.",
-                                  retry_after=math.ceil(wait))
-                observe_rejection(request, err, "rate_limited", key.name)
-                raise err
+        key, in_authorization = identify_client(auth, request)
         request[AUTH_KEY] = key
         if not in_authorization:
             return await handler(request)
@@ -246,7 +256,7 @@ def _without_authorization(request: web.Request) -> web.Request:
                              code="invalid_header") from None
 
 
-def allowed_targets(request: web.Request, targets: list[Target]) -> list[Target]:
+def allowed_targets(request: web.Request | Exchange, targets: list[Target]) -> list[Target]:
     """The planned targets this request's proxy key may use (all of them without auth or
     without `allowed_providers`); 403 when none is left."""
     key: ProxyKey | None = request.get(AUTH_KEY)

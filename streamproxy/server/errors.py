@@ -15,13 +15,16 @@ log = logging.getLogger("streamproxy.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(err: ProxyError) -> web.Response:
-    headers = {}
+def error_headers(err: ProxyError) -> dict[str, str]:
     retry_after = getattr(err, "retry_after", None)
-    if retry_after is not None:
-        headers["retry-after"] = str(max(1, round(retry_after)))
+    if retry_after is None:
+        return {}
+    return {"retry-after": str(max(1, round(retry_after)))}
+
+
+def error_response(err: ProxyError) -> web.Response:
     return web.Response(body=orjson.dumps(err.to_dict()), status=err.status,
-                        content_type="application/json", headers=headers)
+                        content_type="application/json", headers=error_headers(err))
 
 
 @web.middleware

@@ -16,7 +16,8 @@ from streamproxy.observe.metrics import metrics, metrics_handler, set_circuit_st
 from streamproxy.record import RequestRecord
 
 if TYPE_CHECKING:
-    from streamproxy.server.app import AppState
+    from streamproxy.server.exchange import Exchange
+    from streamproxy.server.state import AppState
 
 LOGGING = web.AppKey("streamproxy_logging", LoggingSettings)
 TRACE_HEADER = "x-portkey-trace-id"
@@ -37,7 +38,7 @@ def install_observers(app: web.Application, state: AppState) -> None:
     app.router.add_get("/metrics", metrics_handler)
 
 
-async def read_body(request: web.Request, record: RequestRecord) -> bytes:
+async def read_body(request: Exchange, record: RequestRecord) -> bytes:
     """The request body, with its facts noted in the record: size, the proxy key's name, and the
     body itself when the operator opted in. Too large a body is a typed 413 here, so the record
     gets the right status rather than looking like a disconnect."""
@@ -55,10 +56,10 @@ async def read_body(request: web.Request, record: RequestRecord) -> bytes:
     return raw
 
 
-def observe_rejection(request: web.Request, err: ProxyError, reason: str,
+def observe_rejection(request: web.Request | Exchange, err: ProxyError, reason: str,
                       auth_key_name: str | None = None) -> None:
     """Count and log a request refused before any handler ran."""
-    from streamproxy.server.app import STATE
+    from streamproxy.server.state import STATE
 
     metrics().rejected.labels(reason).inc()
     state = request.app.get(STATE)

@@ -1,4 +1,5 @@
-"""The client side of a committed stream: a prepared aiohttp response, written two ways.
+"""The client side of a committed stream on the aiohttp front (the lean front has its own, in
+server/front.py): a prepared aiohttp response, written two ways.
 
 `write()` is aiohttp's own coroutine: the response head leaves with the first frame (see
 `SSEResponse`) and `write_eof()` ends the chunked body. `write_now()` writes straight to the
@@ -42,3 +43,6 @@ class SSEWriter:
     async def drain(self) -> None:
         """Wait until the client's socket buffer is back under its low-water mark."""
         await self._writer.drain()
+
+    async def write_eof(self) -> None:
+        await self._response.write_eof()

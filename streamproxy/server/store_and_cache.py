@@ -18,11 +18,12 @@ from streamproxy.cache.service import ResponseCache
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.record import RequestRecord
 from streamproxy.routing.target import Target
+from streamproxy.server.exchange import Exchange
 from streamproxy.storage.config import parse_storage_config
 from streamproxy.storage.service import StoredCompletions
 
 if TYPE_CHECKING:
-    from streamproxy.server.app import AppState
+    from streamproxy.server.state import AppState
 
 
 @dataclass(slots=True)
@@ -45,12 +46,12 @@ def install(app: web.Application, state: AppState) -> None:
     app.on_cleanup.append(_close)
 
 
-async def before_upstream(request: web.Request, req: ChatRequest, target: Target,
-                          record: RequestRecord) -> web.StreamResponse | None:
-    """A response when the cache answers; None when the request goes upstream."""
-    features = request.app[FEATURES]
-    features.storage.before_upstream(request, req, record)
-    return await features.cache.before_upstream(request, req, target, record)
+async def before_upstream(ex: Exchange, req: ChatRequest, target: Target,
+                          record: RequestRecord) -> bool:
+    """True when the cache answered; False when the request goes upstream."""
+    features = ex.app[FEATURES]
+    features.storage.before_upstream(ex, req, record)
+    return await features.cache.before_upstream(ex, req, target, record)
 
 
 async def _close(app: web.Application) -> None:

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -37,6 +37,9 @@ from streamproxy.storage.objects import (
     parse_page,
 )
 from streamproxy.storage.sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from streamproxy.server.exchange import Exchange
 
 log = logging.getLogger("streamproxy.storage")
 
@@ -64,7 +67,7 @@ class StoredCompletions:
                                                            max_pending=cfg.max_pending)
 
     # -- the chat request --------------------------------------------------------------------
-    def before_upstream(self, request: web.Request, req: ChatRequest,
+    def before_upstream(self, request: Exchange, req: ChatRequest,
                         record: RequestRecord) -> None:
         body = req.body
         wanted = body.get("store") is True or self.cfg.force_store

@@ -1,0 +1,119 @@
+"""One chat request as the handler sees it, whichever HTTP front received it.
+
+The chat path (handlers, auth, cache, storage) reads a request and answers it through this
+small surface, so it runs unchanged on aiohttp (`AiohttpExchange`, every route) and on the
+lean front for `POST /v1/chat/completions` (server/front.py, `LeanExchange`):
+
+- `headers` (case-insensitive), `app` (the application's keys), request-scoped state
+  (`get`, `[]`), `read()` the body, `client_max_size`;
+- `reply(body, status, headers)`: a whole JSON answer;
+- `await start_events(headers)`: the commit point of a stream. It returns the `EventWriter`
+  the relay writes to; the head leaves with the first frame, in one write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from streamproxy.server.sse_writer import SSEWriter
+
+
+class HasHeaders(Protocol):
+    """A response about to be sent, as `on_response_prepare` hooks see it."""
+
+    headers: MutableMapping[str, str]
+
+
+class EventWriter(Protocol):
+    """The client side of a committed stream (see relay.py)."""
+
+    direct: bool  # write_now() may be called from a synchronous callback
+
+    async def write(self, data: bytes) -> None: ...
+
+    def write_now(self, data: bytes) -> None: ...
+
+    @property
+    def full(self) -> bool: ...
+
+    async def drain(self) -> None: ...
+
+    async def write_eof(self) -> None: ...
+
+
+class Exchange(Protocol):
+    headers: Mapping[str, str]
+    app: web.Application
+    client_max_size: int
+
+    def get(self, key: Any, default: Any = None) -> Any: ...
+
+    def __getitem__(self, key: Any) -> Any: ...
+
+    def __setitem__(self, key: Any, value: Any) -> None: ...
+
+    async def read(self) -> bytes: ...
+
+    def reply(self, body: bytes, *, status: int = 200,
+              headers: Mapping[str, str] | None = None, close: bool = False) -> None:
+        """A whole JSON answer; `close`: the connection closes after it."""
+
+    async def start_events(self, headers: Mapping[str, str]) -> EventWriter: ...
+
+
+class SSEResponse(web.StreamResponse):
+    """An event stream whose head leaves with its first frame, in one write. (aiohttp sends a
+    prepared StreamResponse's head at once by default: one more syscall and TCP segment before
+    the first token. Every SSE response here writes a frame right after `prepare`.)"""
+
+    _send_headers_immediately = False
+
+
+class AiohttpExchange:
+    """The aiohttp front: a `web.Request`, and the response the route handler returns."""
+
+    __slots__ = ("request", "response")
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response: web.StreamResponse | None = None
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self.request.headers
+
+    @property
+    def app(self) -> web.Application:
+        return self.request.app
+
+    @property
+    def client_max_size(self) -> int:
+        return self.request.client_max_size
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self.request.get(key, default)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.request[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.request[key] = value  # where aiohttp's on_response_prepare hooks look
+
+    async def read(self) -> bytes:
+        return await self.request.read()
+
+    def reply(self, body: bytes, *, status: int = 200,
+              headers: Mapping[str, str] | None = None, close: bool = False) -> None:
+        self.response = web.Response(body=body, status=status, content_type="application/json",
+                                     headers=headers)
+        if close:
+            self.response.force_close()
+
+    async def start_events(self, headers: Mapping[str, str]) -> SSEWriter:
+        response = SSEResponse(headers=headers)
+        await response.prepare(self.request)
+        self.response = response
+        return SSEWriter(self.request, response)
