@@ -30,6 +30,9 @@ test: $(VENV)/.installed-test redis-server-present
 	@# The core paths once more on the alternative upstream client (aiohttp's).
 	STREAMPROXY_UPSTREAM_CLIENT=aiohttp $(BIN)/python -m pytest -q -p no:cacheprovider \
 		--benchmark-disable $(AIOHTTP_CLIENT_TESTS)
+	@# And on aiohttp's server front for chat requests (the lean front is the default).
+	STREAMPROXY_FRONT=aiohttp $(BIN)/python -m pytest -q -p no:cacheprovider \
+		--benchmark-disable $(AIOHTTP_CLIENT_TESTS) tests/test_auth.py tests/test_cache.py
 
 # The Redis cache tests start their own redis-server (tests/redis_server.py): install it when
 # missing (apt-get, as root), else stop with what to do. A missing Redis fails, never skips.

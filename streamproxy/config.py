@@ -78,6 +78,9 @@ class ServerConfig:
     # The HTTP client for upstream requests: the lean one in upstream/http11.py, or aiohttp's
     # (env STREAMPROXY_UPSTREAM_CLIENT overrides this; upstream/client.py).
     upstream_client: str = "native"
+    # The HTTP server side for POST /v1/chat/completions: the lean front (server/front.py), or
+    # aiohttp's for every request (env STREAMPROXY_FRONT overrides this).
+    front: str = "lean"
 
 
 @dataclass(slots=True, frozen=True)
@@ -213,6 +216,10 @@ def _parse_server(raw: Any, source: str) -> ServerConfig:
         elif k == "upstream_client":
             if v not in ("aiohttp", "native"):
                 raise ConfigError(source, key, "must be one of aiohttp, native")
+            kwargs[k] = v
+        elif k == "front":
+            if v not in ("aiohttp", "lean"):
+                raise ConfigError(source, key, "must be one of aiohttp, lean")
             kwargs[k] = v
         elif k == "shutdown_grace":
             if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:

@@ -4,11 +4,21 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from streamproxy.config import Config
 from streamproxy.server.app import create_app
+from streamproxy.server.front import make_runner
 from tests.helpers import FakeUpstream, make_config
+
+
+class ProxyTestServer(TestServer):
+    """aiohttp's TestServer with the runner production uses: the lean front for chat
+    requests unless the config or STREAMPROXY_FRONT says aiohttp."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return make_runner(self.app, **kwargs)
 
 
 @pytest.fixture
@@ -16,7 +26,7 @@ async def proxy(aiohttp_client: Any) -> Callable[[Config], Awaitable[TestClient]
     """Start the proxy for a config; the server cancels handlers on disconnect as in prod."""
 
     async def start(config: Config) -> TestClient:
-        server = TestServer(create_app(config), handler_cancellation=True)
+        server = ProxyTestServer(create_app(config), handler_cancellation=True)
         return await aiohttp_client(server)
 
     return start

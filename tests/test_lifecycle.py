@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.conftest import provider_config
 
@@ -59,14 +60,18 @@ async def test_client_disconnect_while_waiting_for_the_first_event(proxy: Any,
     assert not in_use()
 
 
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
 async def test_the_response_head_leaves_with_the_first_frame_in_one_write(
-        proxy: Any, upstream: Any, monkeypatch: Any) -> None:
+        proxy: Any, upstream: Any, monkeypatch: Any, front: str) -> None:
     """One write (one syscall, one TCP segment) carries the head and the first chunk, so the
     first token is not a second send behind the head."""
     from aiohttp import http_writer
 
+    from streamproxy.server import front as lean
+
     writes: list[bytes] = []
-    original = http_writer.StreamWriter._write, http_writer.StreamWriter._writelines
+    original = (http_writer.StreamWriter._write, http_writer.StreamWriter._writelines,
+                lean.Connection.write)
 
     def write(self: Any, chunk: bytes) -> None:
         writes.append(bytes(chunk))
@@ -77,8 +82,14 @@ async def test_the_response_head_leaves_with_the_first_frame_in_one_write(
         writes.append(b"".join(bytes(c) for c in chunks))
         original[1](self, chunks)
 
+    def lean_write(self: Any, data: bytes) -> None:
+        writes.append(data)
+        original[2](self, data)
+
+    monkeypatch.setenv(lean.FRONT_ENV, front)
     monkeypatch.setattr(http_writer.StreamWriter, "_write", write)
     monkeypatch.setattr(http_writer.StreamWriter, "_writelines", writelines)
+    monkeypatch.setattr(lean.Connection, "write", lean_write)
     upstream.pieces = [START]
     upstream.hold_open = True
     client = await proxy(provider_config("anthropic", upstream.url))

@@ -108,7 +108,7 @@ class ResponseCache:
             record.first_byte = time.monotonic()
             record.finish_reason = (completion.get("choices") or [{}])[0].get("finish_reason")
             record.usage, record.bytes_out = completion.get("usage"), len(body)
-            request.reply(body, headers=headers)
+            await request.reply(body, headers=headers)
             return
         encoder = ChunkEncoder(completion_id=completion_id, created=created, model=model,
                                include_usage=req.include_usage)

@@ -18,7 +18,7 @@ from streamproxy.routing.gateway import Gateway, load_settings
 from streamproxy.routing.router import Router
 from streamproxy.server import handlers
 from streamproxy.server.admission import ADMISSION, Admission
-from streamproxy.server.auth import auth_middleware, parse_auth
+from streamproxy.server.auth import AUTH, auth_middleware, parse_auth
 from streamproxy.server.errors import error_middleware
 from streamproxy.server.header_limits import BACKSTOP, header_limits
 from streamproxy.server.observing import install_observers
@@ -72,6 +72,8 @@ def create_app(config: Config) -> web.Application:
                                        admission.middleware])
     app[STATE] = state
     app[ADMISSION] = admission
+    if auth is not None:
+        app[AUTH] = auth
     install_observers(app, state)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     install_store_and_cache(app, state)  # stored completions' routes, the cache

@@ -25,7 +25,7 @@ import hmac
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -224,6 +224,9 @@ def identify_client(auth: Auth, request: web.Request | Exchange) -> tuple[ProxyK
     return key, in_authorization
 
 
+AUTH = web.AppKey("streamproxy_auth", Auth)  # absent when auth is off
+
+
 def auth_middleware(auth: Auth) -> Middleware:
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -244,11 +247,16 @@ def auth_middleware(auth: Auth) -> Middleware:
     return authenticate
 
 
-def _without_authorization(request: web.Request) -> web.Request:
-    """The request minus the header that carried the proxy key, so that routing never takes it
+def without_authorization(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    """The headers minus the one that carried the proxy key, so that routing never takes it
     for the client's provider key."""
-    headers = CIMultiDict(request.headers)
-    del headers["authorization"]
+    rest = CIMultiDict(headers)
+    del rest["authorization"]
+    return rest
+
+
+def _without_authorization(request: web.Request) -> web.Request:
+    headers = without_authorization(request.headers)
     try:
         return request.clone(headers=headers)  # type: ignore[return-value]
     except UnicodeEncodeError:  # aiohttp re-encodes headers as UTF-8 when cloning

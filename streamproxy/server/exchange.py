@@ -57,8 +57,8 @@ class Exchange(Protocol):
 
     async def read(self) -> bytes: ...
 
-    def reply(self, body: bytes, *, status: int = 200,
-              headers: Mapping[str, str] | None = None, close: bool = False) -> None:
+    async def reply(self, body: bytes, *, status: int = 200,
+                    headers: Mapping[str, str] | None = None, close: bool = False) -> None:
         """A whole JSON answer; `close`: the connection closes after it."""
 
     async def start_events(self, headers: Mapping[str, str]) -> EventWriter: ...
@@ -105,8 +105,8 @@ class AiohttpExchange:
     async def read(self) -> bytes:
         return await self.request.read()
 
-    def reply(self, body: bytes, *, status: int = 200,
-              headers: Mapping[str, str] | None = None, close: bool = False) -> None:
+    async def reply(self, body: bytes, *, status: int = 200,
+                    headers: Mapping[str, str] | None = None, close: bool = False) -> None:
         self.response = web.Response(body=body, status=status, content_type="application/json",
                                      headers=headers)
         if close:

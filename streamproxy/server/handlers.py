@@ -71,7 +71,7 @@ async def chat(ex: Exchange) -> None:
     state.drain.enter(task)
     try:
         if state.drain.draining:
-            _refuse_while_draining(ex, record)
+            await _refuse_while_draining(ex, record)
             return
         req = parse_chat_request(await read_body(ex, record), state.limits)
         record.stream = req.stream
@@ -89,7 +89,7 @@ async def chat(ex: Exchange) -> None:
         record.first_byte = time.monotonic()
         record.bytes_out = len(body)
         served = plan.attempts[record.target_index or 0].target
-        ex.reply(body, headers=_response_headers(record, served))
+        await ex.reply(body, headers=_response_headers(record, served))
     except ProxyError as e:
         record.status = e.status
         record.error_type, record.error_code = e.error_type, e.code
@@ -173,12 +173,12 @@ async def _open_with_keepalives(ex: Exchange, state: AppState, req: ChatRequest,
             opening.cancel()  # the client went away while we waited
 
 
-def _refuse_while_draining(ex: Exchange, record: RequestRecord) -> None:
+async def _refuse_while_draining(ex: Exchange, record: RequestRecord) -> None:
     """A request on a kept-alive connection after SIGTERM: 503, and the connection closes."""
     err = shutdown_error()
     record.status, record.error_type, record.error_code = err.status, err.error_type, err.code
-    ex.reply(orjson.dumps(err.to_dict()), status=err.status, headers=error_headers(err),
-             close=True)
+    await ex.reply(orjson.dumps(err.to_dict()), status=err.status, headers=error_headers(err),
+                   close=True)
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -102,6 +102,7 @@ def run_worker(config: Config, host: str, port: int, *, reuse_port: bool = False
 async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_fd: int | None,
                  supervised: bool) -> None:
     from streamproxy.server.app import STATE, create_app, http_limits
+    from streamproxy.server.front import make_runner
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -124,8 +125,8 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: log.warning(
             "SIGHUP ignored: reloading the config needs a master (--workers 2 or more)"))
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                           shutdown_timeout=5.0, **http_limits(config))
+    runner = make_runner(app, handler_cancellation=True, access_log=None,
+                         shutdown_timeout=5.0, **http_limits(config))
     await runner.setup()
     _tune_gc()
     try:

@@ -1,0 +1,467 @@
+"""The lean HTTP/1.1 front (`server.front: lean`, the default) for `POST /v1/chat/completions`.
+
+Why: aiohttp's server path for a request (parser, `Request`, router, middleware chain, the
+response's `prepare`/`write`/`write_eof`) is ~190k of the ~940k instructions a streamed request
+costs, and ~0.3 ms of an idle worker's time to first token. This front parses the request
+line and headers with a few bytes operations, runs the same chat handler, and writes the
+response head with the first frame, straight to the transport.
+
+Every connection starts here. A request it fully understands — exactly
+`POST /v1/chat/completions HTTP/1.1`, a Content-Length body within `server.max_body_bytes`,
+no Transfer-Encoding, Expect or Upgrade, headers within `server.max_headers` /
+`server.max_header_bytes`, well-formed lines — is served here, with what aiohttp's middlewares
+do for that route (auth, admission, OpenAI-shaped errors). At anything else (another path or
+method, HTTP/1.0, a chunked body, a limit exceeded, anything unusual) the connection, with
+every byte received so far, is handed to aiohttp's own protocol and stays there: every other
+route, and every refusal, is exactly aiohttp's.
+
+Like aiohttp: keep-alive with a 75 s idle close, `Connection: close` honoured, pipelined
+requests served in order (reading pauses while more than 64 KiB waits), and a client that goes
+away cancels its request's task (aiohttp's `handler_cancellation`), which cancels the upstream
+request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from streamproxy.config import ServerConfig
+from streamproxy.errors import ProxyError
+from streamproxy.server.admission import ADMISSION
+from streamproxy.server.auth import AUTH, identify_client, without_authorization
+from streamproxy.server.errors import error_headers
+from streamproxy.server.handlers import chat
+from streamproxy.server.observing import AUTH_KEY
+
+log = logging.getLogger("streamproxy.server")
+
+CHAT_LINE = b"POST /v1/chat/completions HTTP/1.1"
+KEEPALIVE_TIMEOUT = 75.0  # aiohttp's default
+PIPELINE_LIMIT = 64 * 1024  # bytes of later requests held before reading pauses
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110 token)
+_REFUSED = frozenset({b"transfer-encoding", b"expect", b"upgrade"})  # aiohttp's to handle
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_INTERNAL = ProxyError("The server had an error while processing your request.",
+                       code="internal_error")
+
+
+FRONT_ENV = "STREAMPROXY_FRONT"
+
+
+def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
+    """The app's runner, with the front the config asks for (the environment variable
+    STREAMPROXY_FRONT wins: CI runs the core tests on both)."""
+    from streamproxy.server.state import STATE
+
+    kind = os.environ.get(FRONT_ENV) or app[STATE].config.server.front
+    if kind not in ("aiohttp", "lean"):
+        raise ValueError(f"{FRONT_ENV} must be one of aiohttp, lean")
+    return FrontRunner(app, **kwargs) if kind == "lean" else web.AppRunner(app, **kwargs)
+
+
+class FrontRunner(web.AppRunner):
+    """An AppRunner whose sites accept connections into the lean front."""
+
+    async def _make_server(self) -> Any:
+        return Front(await super()._make_server(), self.app)
+
+
+class Front:
+    """The protocol factory the sites listen with, in place of aiohttp's `web.Server` (which
+    it keeps, for the connections it hands over)."""
+
+    def __init__(self, aiohttp_server: web.Server, app: web.Application) -> None:
+        from streamproxy.server.state import STATE
+
+        self.aiohttp_server = aiohttp_server
+        self.app = app
+        self.loop = asyncio.get_running_loop()
+        server: ServerConfig = app[STATE].config.server
+        self.max_headers = server.max_headers
+        self.max_field = server.max_header_bytes
+        self.max_head = (server.max_headers + 1) * (server.max_header_bytes + 2)
+        self.max_body = app._client_max_size
+        self.auth = app.get(AUTH)
+        self.admission = app[ADMISSION]
+        self.connections: set[Connection] = set()
+        self.stopping = False
+
+    def __call__(self) -> Connection:
+        return Connection(self)
+
+    @property
+    def requests_count(self) -> int:
+        return self.aiohttp_server.requests_count
+
+    def pre_shutdown(self) -> None:
+        self.stopping = True
+        for conn in list(self.connections):
+            conn.close_when_idle()
+        self.aiohttp_server.pre_shutdown()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        tasks = [c.task for c in self.connections if c.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+        for conn in list(self.connections):
+            conn.close()
+        await self.aiohttp_server.shutdown(timeout)
+
+    def parse_head(self, head: bytes) -> tuple[CIMultiDict[str], int, bool] | None:
+        """(headers, body length, close after) of a chat request head this front serves,
+        None for anything aiohttp should answer."""
+        lines = head.split(b"\r\n")
+        if lines[0] != CHAT_LINE or len(lines) - 1 > self.max_headers:
+            return None
+        headers: CIMultiDict[str] = CIMultiDict()
+        length = -1
+        close = False
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            if (not colon or len(line) > self.max_field or not _TOKEN.fullmatch(name)
+                    or b"\r" in line or b"\n" in line or b"\x00" in line):
+                return None
+            try:  # (aiohttp answers a head that is not UTF-8 as it does)
+                text = value.strip(b" \t").decode()
+            except UnicodeDecodeError:
+                return None
+            lower = name.lower()
+            if lower == b"content-length":
+                if length >= 0 or not text.isdigit() or not text.isascii():
+                    return None
+                length = int(text)
+            elif lower == b"connection":
+                tokens = text.lower()
+                if "upgrade" in tokens:
+                    return None
+                close = "close" in tokens
+            elif lower in _REFUSED:
+                return None
+            headers.add(name.decode(), text)
+        if length < 0 or length > self.max_body:
+            return None
+        return headers, length, close
+
+    async def serve(self, ex: LeanExchange) -> None:
+        """The chat route with what aiohttp's middlewares do for it: auth, admission, and
+        errors as OpenAI JSON (header limits were checked by `parse_head`)."""
+        try:
+            if self.auth is not None:
+                key, in_authorization = identify_client(self.auth, ex)
+                ex[AUTH_KEY] = key
+                if in_authorization:
+                    ex.headers = without_authorization(ex.headers)
+            self.admission.enter(ex)
+            try:
+                await chat(ex)
+            finally:
+                self.admission.leave()
+        except ProxyError as e:
+            await ex.fail(e)
+        except Exception:
+            log.exception("unhandled error serving POST /v1/chat/completions")
+            await ex.fail(_INTERNAL)
+
+
+class Connection(asyncio.Protocol):
+    """One client connection, until it closes or is handed to aiohttp."""
+
+    __slots__ = ("_buf", "_drain", "_front", "_head", "_idle", "_paused", "_scanned",
+                 "_writing_paused", "closing", "task", "transport")
+
+    def __init__(self, front: Front) -> None:
+        self._front = front
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._scanned = 0  # how far the buffer is known to hold no head end
+        self._head: tuple[CIMultiDict[str], int, int, bool] | None = None  # awaiting its body
+        self.task: asyncio.Task[None] | None = None  # the request being served
+        self._idle: asyncio.TimerHandle | None = None
+        self.closing = False  # close once the request being served is answered
+        self._paused = False  # reading paused: pipelined requests wait
+        self._writing_paused = False
+        self._drain: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._front.connections.add(self)
+        self._arm_idle()
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if self.task is None:
+            self._next()
+        elif len(self._buf) > PIPELINE_LIMIT and not self._paused and self.transport:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._front.connections.discard(self)
+        self.transport = None
+        if self._idle is not None:
+            self._idle.cancel()
+        if self.task is not None:
+            self.task.cancel()  # the client went away: so does its upstream request
+        self._wake_drain(ConnectionResetError("the client closed the connection"))
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._wake_drain(None)
+
+    # -- requests ------------------------------------------------------------------------------
+    def _next(self) -> None:
+        """Serve the next whole request in the buffer, hand the connection to aiohttp, or wait
+        for more bytes."""
+        buf = self._buf
+        head = self._head
+        if head is None:
+            if not buf:
+                return
+            end = buf.find(b"\r\n\r\n", self._scanned)
+            if end < 0:
+                # Not the chat line, a head too long or with bare-LF endings: aiohttp's.
+                if (not CHAT_LINE.startswith(bytes(buf[:len(CHAT_LINE)]))
+                        or len(buf) > self._front.max_head
+                        or buf.find(b"\n\n", self._scanned) >= 0):
+                    self._hand_off()
+                else:  # a head that arrives in pieces is scanned once, not once per piece
+                    self._scanned = max(0, len(buf) - 3)
+                return
+            self._scanned = 0
+            parsed = self._front.parse_head(bytes(buf[:end]))
+            if parsed is None:
+                self._hand_off()
+                return
+            headers, length, close = parsed
+            head = self._head = (headers, end + 4, length, close)
+        headers, start, length, close = head
+        if len(buf) < start + length:
+            return
+        body = bytes(buf[start:start + length])
+        del buf[:start + length]
+        self._head = None
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        ex = LeanExchange(self, headers, body, close or self._front.stopping)
+        self.task = self._front.loop.create_task(self._serve(ex))
+
+    async def _serve(self, ex: LeanExchange) -> None:
+        try:
+            await self._front.serve(ex)
+        finally:
+            self.task = None
+            transport = self.transport
+            if transport is not None:
+                if not ex.finished or ex.close or self.closing:
+                    transport.close()  # an unfinished answer cannot be followed by another
+                else:
+                    if self._paused:
+                        self._paused = False
+                        transport.resume_reading()
+                    self._arm_idle()
+                    self._next()
+
+    def _hand_off(self) -> None:
+        """From now on aiohttp serves this connection, from the bytes received so far."""
+        transport = self.transport
+        assert transport is not None and self.task is None
+        self._front.connections.discard(self)
+        if self._idle is not None:
+            self._idle.cancel()
+        data, self._buf = bytes(self._buf), bytearray()
+        self.transport = None
+        handler = self._front.aiohttp_server()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._writing_paused:
+            handler.pause_writing()
+        handler.data_received(data)
+
+    def _arm_idle(self) -> None:
+        self._idle = self._front.loop.call_later(KEEPALIVE_TIMEOUT, self.close_when_idle)
+
+    def close_when_idle(self) -> None:
+        if self.task is None:
+            self.close()
+        else:
+            self.closing = True
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- writing -------------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        transport.write(data)
+
+    @property
+    def full(self) -> bool:
+        return self._writing_paused
+
+    async def drain(self) -> None:
+        if not self._writing_paused:
+            return
+        if self.transport is None:
+            raise ConnectionResetError("the client closed the connection")
+        if self._drain is None:
+            self._drain = self._front.loop.create_future()
+        await self._drain
+
+    def _wake_drain(self, exc: Exception | None) -> None:
+        waiter, self._drain = self._drain, None
+        if waiter is not None and not waiter.done():
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
+
+
+class ResponseHead:
+    """A response about to leave, as `on_response_prepare` hooks see it (the cache adds its
+    status header)."""
+
+    __slots__ = ("headers", "status")
+
+    def __init__(self, status: int, headers: Mapping[str, str]) -> None:
+        self.status = status
+        self.headers: CIMultiDict[str] = CIMultiDict(headers)
+
+
+class LeanExchange:
+    """One chat request on the lean front (the `Exchange` of server/exchange.py)."""
+
+    __slots__ = ("_conn", "_state", "body", "close", "committed", "finished", "headers")
+
+    def __init__(self, conn: Connection, headers: CIMultiDict[str], body: bytes,
+                 close: bool) -> None:
+        self._conn = conn
+        self.headers: Mapping[str, str] = headers
+        self.body = body
+        self.close = close  # the connection closes after this answer
+        self._state: dict[Any, Any] = {}
+        self.committed = False  # a 200 head is on its way: no other answer is possible
+        self.finished = False  # the whole answer is written
+
+    @property
+    def app(self) -> web.Application:
+        return self._conn._front.app
+
+    @property
+    def client_max_size(self) -> int:
+        return self._conn._front.max_body
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._state.get(key, default)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._state[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._state[key] = value
+
+    async def read(self) -> bytes:
+        return self.body
+
+    async def reply(self, body: bytes, *, status: int = 200,
+                    headers: Mapping[str, str] | None = None, close: bool = False) -> None:
+        self.close = self.close or close
+        head = await self._prepare(status, {"content-type": "application/json; charset=utf-8",
+                                            **(headers or {})})
+        try:
+            self._conn.write(head + b"content-length: %d\r\n\r\n" % len(body) + body)
+        except ConnectionResetError:
+            return
+        self.finished = True
+
+    async def fail(self, err: ProxyError) -> None:
+        if self.committed:  # a stream already answered 200: only closing is left
+            return
+        await self.reply(orjson.dumps(err.to_dict()), status=err.status, headers=error_headers(err))
+
+    async def start_events(self, headers: Mapping[str, str]) -> LeanEvents:
+        head = await self._prepare(200, headers)
+        self.committed = True
+        return LeanEvents(self, head + b"transfer-encoding: chunked\r\n\r\n")
+
+    async def _prepare(self, status: int, headers: Mapping[str, str]) -> bytes:
+        """The head's status line and header lines (not its end), after the app's
+        on_response_prepare hooks."""
+        response = ResponseHead(status, headers)
+        for hook in self.app.on_response_prepare:
+            await hook(self, response)  # type: ignore[arg-type]
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+        for name, value in response.headers.items():
+            lines.append(b"%s: %s\r\n" % (name.encode(), value.encode()))
+        lines.append(b"date: %s\r\n" % _http_date())
+        if self.close:
+            lines.append(b"connection: close\r\n")
+        return b"".join(lines)
+
+
+class LeanEvents:
+    """The client side of a committed stream on the lean front (an `EventWriter`): chunked
+    framing; the head leaves with the first frame."""
+
+    __slots__ = ("_conn", "_ex", "_head")
+    direct = True
+
+    def __init__(self, ex: LeanExchange, head: bytes) -> None:
+        self._ex = ex
+        self._conn = ex._conn
+        self._head = head
+
+    async def write(self, data: bytes) -> None:
+        self.write_now(data)
+        if self._conn.full:
+            await self._conn.drain()
+
+    def write_now(self, data: bytes) -> None:
+        framed = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+        if self._head:
+            framed, self._head = self._head + framed, b""
+        if framed:
+            self._conn.write(framed)
+
+    @property
+    def full(self) -> bool:
+        return self._conn.full
+
+    async def drain(self) -> None:
+        await self._conn.drain()
+
+    async def write_eof(self) -> None:
+        self._conn.write(self._head + b"0\r\n\r\n")
+        self._head = b""
+        self._ex.finished = True
+
+
+_date: list[Any] = [0, b""]  # the last whole second, and its HTTP date
+
+
+def _http_date() -> bytes:
+    now = int(time.time())
+    if now != _date[0]:
+        _date[0], _date[1] = now, formatdate(now, usegmt=True).encode()
+    return _date[1]

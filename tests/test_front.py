@@ -1,0 +1,199 @@
+"""The lean HTTP/1.1 front (server/front.py), over raw sockets: what it serves itself, what it
+hands to aiohttp, and HTTP/1.1 connection behaviour (keep-alive, pipelining, close, idle)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from streamproxy.config import load_config, parse_config
+from streamproxy.server import front
+
+BODY = orjson.dumps({"model": "mock/tokens=2", "stream": True,
+                     "messages": [{"role": "user", "content": "hi"}]})
+
+
+def chat_request(body: bytes = BODY, extra: bytes = b"") -> bytes:
+    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n%b\r\n"
+            % (len(body), extra)) + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response: status, headers (lower-cased names), body (de-chunked)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lines = head[:-4].decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in lines[1:])}
+    if headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
+            chunk = await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            body += chunk[:-2]
+        return status, headers, body
+    return status, headers, await reader.readexactly(int(headers.get("content-length", 0)))
+
+
+@pytest.fixture
+async def lean(default_proxy: Any, monkeypatch: Any) -> Any:
+    """The embedded default (in-process mock) on the lean front; `served` counts the requests
+    the front answered itself."""
+    monkeypatch.delenv(front.FRONT_ENV, raising=False)
+    served: list[object] = []
+    serve = front.Front.serve
+
+    async def counting(self: front.Front, ex: front.LeanExchange) -> None:
+        served.append(ex)
+        await serve(self, ex)
+
+    monkeypatch.setattr(front.Front, "serve", counting)
+    client = await default_proxy()
+    client.served = served
+    return client
+
+
+async def connect(client: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(client.host, client.port)
+
+
+async def test_keep_alive_serves_requests_one_after_another(lean: Any) -> None:
+    reader, writer = await connect(lean)
+    for _ in range(3):
+        writer.write(chat_request())
+        status, headers, body = await read_response(reader)
+        assert status == 200 and headers["content-type"].startswith("text/event-stream")
+        assert body.endswith(b"data: [DONE]\n\n") and b'"content":"Hello"' in body
+        assert "date" in headers and headers["x-portkey-provider"] == "mock"
+    assert len(lean.served) == 3
+    writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(lean: Any) -> None:
+    reader, writer = await connect(lean)
+    small = orjson.dumps({"model": "mock/tokens=1", "messages": [{"role": "user", "content": "a"}]})
+    writer.write(chat_request() + chat_request(small) + chat_request())
+    answers = [await read_response(reader) for _ in range(3)]
+    assert [a[0] for a in answers] == [200, 200, 200]
+    assert answers[0][1]["content-type"].startswith("text/event-stream")
+    assert orjson.loads(answers[1][2])["object"] == "chat.completion"
+    assert answers[2][2].endswith(b"data: [DONE]\n\n")
+    writer.close()
+
+
+async def test_a_request_arriving_byte_by_byte(lean: Any) -> None:
+    reader, writer = await connect(lean)
+    for byte in chat_request():
+        writer.write(bytes([byte]))
+        await writer.drain()
+    status, _, body = await read_response(reader)
+    assert status == 200 and body.endswith(b"data: [DONE]\n\n")
+    assert len(lean.served) == 1
+    writer.close()
+
+
+async def test_connection_close_is_honoured(lean: Any) -> None:
+    reader, writer = await connect(lean)
+    writer.write(chat_request(extra=b"Connection: close\r\n"))
+    status, headers, _ = await read_response(reader)
+    assert status == 200 and headers["connection"] == "close"
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # the proxy closed it
+    writer.close()
+
+
+async def test_other_routes_go_to_aiohttp_on_the_same_connection(lean: Any) -> None:
+    reader, writer = await connect(lean)
+    writer.write(chat_request())
+    assert (await read_response(reader))[0] == 200
+    writer.write(b"GET /v1/models HTTP/1.1\r\nHost: t\r\n\r\n")
+    status, headers, body = await read_response(reader)
+    assert status == 200 and "aiohttp" in headers.get("server", "")
+    assert any(m["id"].startswith("mock/") for m in orjson.loads(body)["data"])
+    writer.write(chat_request())  # aiohttp owns the connection now, and serves chat too
+    status, _, body = await read_response(reader)
+    assert status == 200 and body.endswith(b"data: [DONE]\n\n")
+    assert len(lean.served) == 1
+    writer.close()
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+    chat_request().replace(b"HTTP/1.1", b"HTTP/1.0", 1),
+    chat_request().replace(b"POST /v1/chat/completions", b"POST /v1/chat/completions?x=1", 1),
+    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"%x\r\n%b\r\n0\r\n\r\n" % (len(BODY), BODY)),
+    chat_request(extra=b"X-Trace: \xff\xfe\r\n"),  # not UTF-8
+], ids=["healthz", "http1.0", "query", "chunked-body", "latin1-header"])
+async def test_what_the_front_does_not_serve_aiohttp_answers(lean: Any,
+                                                             request_bytes: bytes) -> None:
+    reader, writer = await connect(lean)
+    writer.write(request_bytes)
+    status, headers, body = await read_response(reader)
+    assert status == 200, body
+    assert "aiohttp" in headers.get("server", "")
+    assert lean.served == []
+    writer.close()
+
+
+async def test_a_body_over_the_limit_gets_aiohttps_413_in_openai_shape(proxy: Any) -> None:
+    config = parse_config({"server": {"max_body_bytes": 1000}, "default_provider": "mock",
+                           "providers": {"mock": {"type": "mock"}}}, "<test>")
+    client = await proxy(config)
+    reader, writer = await connect(client)
+    big = orjson.dumps({"messages": [{"role": "user", "content": "x" * 2000}]})
+    writer.write(chat_request(big))
+    status, _, body = await read_response(reader)
+    assert status == 413 and orjson.loads(body)["error"]["code"]
+    writer.close()
+
+
+async def test_a_header_over_the_limit_gets_431_in_openai_shape(proxy: Any) -> None:
+    config = parse_config({"server": {"max_header_bytes": 200}, "default_provider": "mock",
+                           "providers": {"mock": {"type": "mock"}}}, "<test>")
+    client = await proxy(config)
+    reader, writer = await connect(client)
+    writer.write(chat_request(extra=b"X-Long: " + b"a" * 300 + b"\r\n"))
+    status, _, body = await read_response(reader)
+    assert status == 431
+    assert orjson.loads(body)["error"]["code"] == "request_header_fields_too_large"
+    writer.close()
+
+
+async def test_errors_are_openai_shaped_and_keep_the_connection(lean: Any) -> None:
+    reader, writer = await connect(lean)
+    writer.write(chat_request(b"{not json"))
+    status, headers, body = await read_response(reader)
+    assert status == 400 and headers["content-type"].startswith("application/json")
+    assert set(orjson.loads(body)["error"]) == {"message", "type", "param", "code"}
+    writer.write(chat_request())
+    assert (await read_response(reader))[0] == 200
+    assert len(lean.served) == 2
+    writer.close()
+
+
+async def test_an_idle_connection_closes_after_the_keep_alive_timeout(
+        lean: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(front, "KEEPALIVE_TIMEOUT", 0.2)
+    reader, writer = await connect(lean)
+    writer.write(chat_request())
+    assert (await read_response(reader))[0] == 200
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+async def test_the_aiohttp_front_is_still_selectable(default_proxy: Any,
+                                                     monkeypatch: Any) -> None:
+    monkeypatch.setenv(front.FRONT_ENV, "aiohttp")
+    client = await default_proxy()
+    reader, writer = await connect(client)
+    writer.write(chat_request())
+    status, headers, body = await read_response(reader)
+    assert status == 200 and "aiohttp" in headers.get("server", "")
+    assert body.endswith(b"data: [DONE]\n\n")
+    writer.close()
+    assert load_config(None).server.front == "lean"
