@@ -197,3 +197,13 @@ async def test_the_aiohttp_front_is_still_selectable(default_proxy: Any,
     assert body.endswith(b"data: [DONE]\n\n")
     writer.close()
     assert load_config(None).server.front == "lean"
+
+
+def test_the_front_setting_is_validated() -> None:
+    from streamproxy.config import ConfigError
+
+    mock = {"mock": {"type": "mock"}}
+    config = parse_config({"server": {"front": "aiohttp"}, "providers": mock}, "<t>")
+    assert config.server.front == "aiohttp"
+    with pytest.raises(ConfigError, match="server.front: must be one of aiohttp, lean"):
+        parse_config({"server": {"front": "nginx"}, "providers": mock}, "<t>")
