@@ -205,5 +205,5 @@ def test_the_front_setting_is_validated() -> None:
     mock = {"mock": {"type": "mock"}}
     config = parse_config({"server": {"front": "aiohttp"}, "providers": mock}, "<t>")
     assert config.server.front == "aiohttp"
-    with pytest.raises(ConfigError, match="server.front: must be one of aiohttp, lean"):
+    with pytest.raises(ConfigError, match=r"server\.front: must be one of aiohttp, lean"):
         parse_config({"server": {"front": "nginx"}, "providers": mock}, "<t>")
