@@ -44,6 +44,7 @@ from streamproxy.server.auth import AUTH, identify_client, without_authorization
 from streamproxy.server.errors import error_headers
 from streamproxy.server.handlers import chat
 from streamproxy.server.observing import AUTH_KEY
+from streamproxy.server.state import STATE
 
 log = logging.getLogger("streamproxy.server")
 
@@ -63,8 +64,6 @@ FRONT_ENV = "STREAMPROXY_FRONT"
 def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
     """The app's runner, with the front the config asks for (the environment variable
     STREAMPROXY_FRONT wins: CI runs the core tests on both)."""
-    from streamproxy.server.state import STATE
-
     kind = os.environ.get(FRONT_ENV) or app[STATE].config.server.front
     if kind not in ("aiohttp", "lean"):
         raise ValueError(f"{FRONT_ENV} must be one of aiohttp, lean")
@@ -83,8 +82,6 @@ class Front:
     it keeps, for the connections it hands over)."""
 
     def __init__(self, aiohttp_server: web.Server, app: web.Application) -> None:
-        from streamproxy.server.state import STATE
-
         self.aiohttp_server = aiohttp_server
         self.app = app
         self.loop = asyncio.get_running_loop()
@@ -92,7 +89,7 @@ class Front:
         self.max_headers = server.max_headers
         self.max_field = server.max_header_bytes
         self.max_head = (server.max_headers + 1) * (server.max_header_bytes + 2)
-        self.max_body = app._client_max_size
+        self.max_body = server.max_body_bytes
         self.auth = app.get(AUTH)
         self.admission = app[ADMISSION]
         self.connections: set[Connection] = set()
@@ -100,10 +97,6 @@ class Front:
 
     def __call__(self) -> Connection:
         return Connection(self)
-
-    @property
-    def requests_count(self) -> int:
-        return self.aiohttp_server.requests_count
 
     def pre_shutdown(self) -> None:
         self.stopping = True
