@@ -150,3 +150,47 @@ def openai_chunks(draw: st.DrawFn) -> bytes:
 @given(openai_chunks())
 def test_passthrough_regex_picks_what_the_pattern_list_picked(data: bytes) -> None:
     assert (_INTERESTING.search(data) is not None) == any(p in data for p in PATTERNS)
+
+
+FAST_SHAPE = st.tuples(st.one_of(st.just(b""), VALUES.map(lambda v: b"event: " + v + b"\n")),
+                       VALUES).map(lambda t: t[0] + b"data: " + t[1] + b"\n\n")
+
+
+@st.composite
+def flushed_reads(draw: st.DrawFn) -> list[bytes]:
+    """A stream as a provider that flushes each event sends it: one block a read, many of them
+    the one-read fast path's shapes, the others near misses (an extra LF, a CR inside, `event:`
+    without data, a lone field, stray blank lines). Some reads are cut in two, so that a
+    whole-event read also comes after a pending block, a pending CR or a held BOM, and some
+    carry two blocks, as when the proxy falls behind."""
+    blocks = draw(st.lists(st.one_of(
+        FAST_SHAPE,
+        near_miss_block(),
+        st.tuples(FIELD, EOL).map(lambda t: t[0] + t[1] + t[1]),
+        st.sampled_from([b"\n", b"\r\n", b"data: x\n\n\n", b"event: a\n\n", b"data\n\n",
+                         b"event\ndata\n\n", b"data: a\ndata: b\n\n", b"data: x\r\n\n"]),
+    ), max_size=12))
+    if blocks and draw(st.booleans()):
+        blocks[0] = b"\xef\xbb\xbf" + blocks[0]
+    reads: list[bytes] = []
+    for block in blocks:
+        way = draw(st.integers(0, 5))
+        if way == 0 and len(block) > 1:
+            cut = draw(st.integers(1, len(block) - 1))
+            reads += [block[:cut], block[cut:]]
+        elif way == 1 and reads:
+            reads[-1] += block
+        else:
+            reads.append(block)
+    return reads
+
+
+@settings(max_examples=400, deadline=None)
+@given(flushed_reads())
+def test_one_event_per_read_matches_the_line_by_line_algorithm(reads: list[bytes]) -> None:
+    dec = SSEDecoder()
+    got: list[SSEEvent] = []
+    for read in reads:
+        got += dec.feed(read)
+    got += dec.close()
+    assert got == LineByLineDecoder().decode(b"".join(reads))

@@ -76,6 +76,34 @@ def test_u2028_is_not_a_line_break() -> None:
     assert decode("data: a\u2028b\n\n".encode()) == [SSEEvent("a\u2028b".encode())]
 
 
+ONE_READ_EVENTS = [  # a read each: the one-read fast path's shapes, and near misses
+    (b"event: e\ndata: x\n\n", [SSEEvent(b"x", b"e")]),
+    (b"data: x\n\n", [SSEEvent(b"x")]),
+    (b"data: \n\n", [SSEEvent(b"")]),
+    (b"data\n\n", [SSEEvent(b"")]),
+    (b"event\ndata\n\n", [SSEEvent(b"")]),
+    (b"data:x\n\n", [SSEEvent(b"x")]),
+    (b"event: e\n\n", []),
+    (b"event: a: b\ndata: c: d\n\n", [SSEEvent(b"c: d", b"a: b")]),
+    (b"event: e\ndata: x\ndata: y\n\n", [SSEEvent(b"x\ny", b"e")]),
+    (b"data: x\n\n\n", [SSEEvent(b"x")]),
+    (b"data: x\r\n\n", [SSEEvent(b"x")]),
+    (b"data: x\rdata: y\n\n", [SSEEvent(b"x\ny")]),
+    (b"event: e\ndata: x\n\ndata: y\n\n", [SSEEvent(b"x", b"e"), SSEEvent(b"y")]),
+]
+
+
+@pytest.mark.parametrize(("read", "events"), ONE_READ_EVENTS)
+def test_a_read_of_one_event_follows_the_rules(read: bytes, events: list[SSEEvent]) -> None:
+    assert SSEDecoder().feed(read) == events
+    assert decode(*[read[i : i + 1] for i in range(len(read))]) == events
+
+
+def test_id_persists_into_events_read_one_at_a_time() -> None:
+    events = decode(b"id: 7\ndata: a\n\n", b"data: b\n\n", b"event: e\ndata: c\n\n")
+    assert [e.id for e in events] == [b"7", b"7", b"7"]
+
+
 RECORDED = [
     (FIXTURES / "anthropic" / "sdk-python_tool_use_response.sse").read_bytes(),
     (FIXTURES / "anthropic" / "llm-anthropic_test_thinking_prompt.response0.sse").read_bytes(),

@@ -14,10 +14,16 @@ normalised.
 
 Speed: after normalisation an event is the block of lines between two blank lines, so a read
 is cut at `\n\n` in C (`bytes.split`) and each block handled whole. The two shapes providers
-actually send — `data: …` alone and `event: …` + `data: …` — are recognised with a couple of
-slices; any other block (comments, `id:`, multi-line data, no space after the colon) takes the
-line-by-line path, which applies every rule. An incomplete block is kept as a list of reads and
-joined once, when its end arrives, so a large event costs O(size), not O(size * reads).
+actually send — `data: …` alone and `event: …` + `data: …` — are recognised by partitioning a
+block at its first LF and each line at its first `": "` (a line without one is all name: for
+`data` and `event` the empty value the spec gives it); any other block (comments, `id:`,
+multi-line data, no space after the colon) takes the line-by-line path, which applies every
+rule. A read that is one whole event of those shapes, as a provider that flushes each event
+sends it, is recognised the same way before the split. An incomplete block is kept as a list of
+reads and joined once, when its end arrives, so a large event costs O(size), not O(size * reads).
+
+Byte tests are written `0x0A in chunk`, not `b"\n" in chunk`: CPython 3.11 first tries a bytes
+operand as an integer, raising and clearing a TypeError (~0.2 µs a test).
 """
 
 from __future__ import annotations
@@ -62,8 +68,21 @@ class SSEDecoder:
                 chunk = chunk[1:]
                 if not chunk:
                     return []
+        if not self._parts and chunk[-1] == 0x0A and 0x0D not in chunk:
+            # Perhaps one whole event. (The LF test spares a read cut mid-event, such as a large
+            # read of many events, the partitions' copies.)
+            line, _, after = chunk.partition(b"\n")
+            name, _, value = line.partition(b": ")
+            if name == b"event":
+                event = value
+                line, _, after = after.partition(b"\n")
+                name, _, value = line.partition(b": ")
+            else:
+                event = b""
+            if after == b"\n" and name == b"data":  # the blank line, and nothing after it
+                return [_make_event(SSEEvent, (value, event, self._last_id))]
         events: list[SSEEvent] = []
-        if b"\r" in chunk:
+        if 0x0D in chunk:
             if self._parts:  # finish the pending block alone, so that the rest takes the fast path
                 end = chunk.find(b"\r\n\r\n") + 4
                 if 4 <= end < len(chunk):
@@ -74,7 +93,7 @@ class SSEDecoder:
                 chunk = self._crlf_data_events(chunk, events)
                 if not chunk:
                     return events
-            if b"\r" in chunk:
+            if 0x0D in chunk:
                 self._pending_cr = chunk[-1] == 0x0D
                 chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if self._parts:
@@ -85,13 +104,16 @@ class SSEDecoder:
         rest = blocks.pop()
         last_id = self._last_id
         for block in blocks:  # _block(), inlined: this loop runs once per event
-            if block[:7] == b"event: ":
-                nl = block.find(b"\n")
-                if block[nl + 1 : nl + 7] == b"data: " and nl > 0 and block.find(b"\n", nl + 1) < 0:
-                    events.append(_make_event(SSEEvent, (block[nl + 7 :], block[7:nl], last_id)))
-                    continue
-            elif block[:6] == b"data: " and b"\n" not in block:
-                events.append(_make_event(SSEEvent, (block[6:], b"", last_id)))
+            line, _, after = block.partition(b"\n")
+            name, _, value = line.partition(b": ")
+            if name == b"event":
+                event = value
+                line, _, after = after.partition(b"\n")
+                name, _, value = line.partition(b": ")
+            else:
+                event = b""
+            if not after and name == b"data":
+                events.append(_make_event(SSEEvent, (value, event, last_id)))
                 continue
             self._lines(block, events)
             last_id = self._last_id
@@ -111,7 +133,7 @@ class SSEDecoder:
         i = 0
         while i < last:
             block = blocks[i]
-            if block[:6] != b"data: " or b"\r" in block or b"\n" in block:
+            if block[:6] != b"data: " or 0x0D in block or 0x0A in block:
                 return b"\r\n\r\n".join(blocks[i:])
             events.append(_make_event(SSEEvent, (block[6:], b"", self._last_id)))
             i += 1
@@ -160,16 +182,18 @@ class SSEDecoder:
         return chunk[end + 2 :]
 
     def _block(self, block: bytes, events: list[SSEEvent]) -> None:
-        """One complete event block: the fast shapes, else line by line."""
-        if block[:6] == b"data: ":
-            if b"\n" not in block:
-                events.append(_make_event(SSEEvent, (block[6:], b"", self._last_id)))
-                return
-        elif block[:7] == b"event: ":
-            nl = block.find(b"\n")
-            if block[nl + 1 : nl + 7] == b"data: " and nl > 0 and block.find(b"\n", nl + 1) < 0:
-                events.append(_make_event(SSEEvent, (block[nl + 7 :], block[7:nl], self._last_id)))
-                return
+        """One complete event block: the two common shapes, else line by line."""
+        line, _, after = block.partition(b"\n")
+        name, _, value = line.partition(b": ")
+        if name == b"event":
+            event = value
+            line, _, after = after.partition(b"\n")
+            name, _, value = line.partition(b": ")
+        else:
+            event = b""
+        if not after and name == b"data":
+            events.append(_make_event(SSEEvent, (value, event, self._last_id)))
+            return
         self._lines(block, events)
 
     def _lines(self, block: bytes, events: list[SSEEvent]) -> None:

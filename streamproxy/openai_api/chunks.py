@@ -5,7 +5,8 @@ Translators speak in OpenAI delta terms (content, tool call start, argument frag
 usage) and never build chunk objects or bytes themselves. The encoder fixes the envelope (`id`,
 `created`, `model`) once per stream as pre-encoded bytes and splices each delta into it, so a
 text delta costs one `orjson.dumps` of a string and a few byte copies. Frames from one upstream
-read accumulate in one buffer and leave in one write (`take()`).
+read accumulate as a list of pieces, joined once by `take()` for one write (cheaper than
+appending to a bytearray and copying it out with `bytes()`).
 
 What observers need (finish reason, usage, chunk count, error) is kept as O(1) counters on the
 encoder; storage and caching that need the content wrap it (`TeeSink`) only when switched on.
@@ -99,7 +100,7 @@ class ChunkEncoder:
         self.created = created
         self.model = model
         self.include_usage = include_usage
-        self._buf = bytearray()
+        self._buf: list[bytes] = []  # the frames' pieces since the last take(), joined there
         self._prefix = b""  # built at the first frame: the model may come from the upstream
         self._tail = b""
         self._content_head = b""
@@ -114,10 +115,11 @@ class ChunkEncoder:
     # -- output ------------------------------------------------------------------------------
     def take(self) -> bytes:
         """Everything encoded since the last call, for one write."""
-        if not self._buf:
+        buf = self._buf
+        if not buf:
             return b""
-        out = bytes(self._buf)
-        self._buf.clear()
+        out = b"".join(buf)
+        buf.clear()
         self.bytes_taken += len(out)
         return out
 
@@ -142,9 +144,7 @@ class ChunkEncoder:
     def _frame(self, delta: bytes) -> None:
         if not self._prefix:
             self._envelope()
-        self._buf += self._prefix
-        self._buf += delta
-        self._buf += self._tail
+        self._buf += (self._prefix, delta, self._tail)
         self.chunks += 1
 
     # -- ChunkSink ---------------------------------------------------------------------------
@@ -156,10 +156,7 @@ class ChunkEncoder:
     def content(self, text: str) -> None:
         if not self._prefix:
             self._envelope()
-        buf = self._buf
-        buf += self._content_head
-        buf += _dumps(text)
-        buf += self._content_tail
+        self._buf += (self._content_head, _dumps(text), self._content_tail)
         self.chunks += 1
 
     def reasoning(self, text: str) -> None:
@@ -182,9 +179,8 @@ class ChunkEncoder:
         if not self._prefix:
             self._envelope()
         self.finish_reason = reason
-        self._buf += self._prefix
-        self._buf += b'{},"logprobs":null,"finish_reason":' + _dumps(reason) + b"}]"
-        self._buf += b',"usage":null}\n\n' if self.include_usage else b"}\n\n"
+        self._buf += (self._prefix, b'{},"logprobs":null,"finish_reason":', _dumps(reason),
+                      b'}],"usage":null}\n\n' if self.include_usage else b"}]}\n\n")
         self.chunks += 1
 
     def usage(self, usage: dict[str, Any]) -> None:
@@ -198,22 +194,20 @@ class ChunkEncoder:
                 self._envelope()
             # The usage chunk: same envelope, `choices: []`.
             head = self._prefix[: self._prefix.rindex(b'"choices":')]
-            self._buf += head + b'"choices":[],"usage":' + _dumps(self.usage_data) + b"}\n\n"
+            self._buf += (head, b'"choices":[],"usage":', _dumps(self.usage_data), b"}\n\n")
             self.chunks += 1
-        self._buf += DONE_FRAME
+        self._buf.append(DONE_FRAME)
         self.ended = True
 
     def error(self, err: ProxyError) -> None:
         if self.ended:
             return
         self.failure = err
-        self._buf += error_frame(err)
+        self._buf.append(error_frame(err))
         self.ended = True
 
     def raw(self, data: bytes, finish_reason: str | None = None) -> None:
         if finish_reason:
             self.finish_reason = finish_reason
-        self._buf += b"data: "
-        self._buf += data
-        self._buf += b"\n\n"
+        self._buf += (b"data: ", data, b"\n\n")
         self.chunks += 1

@@ -89,6 +89,11 @@ def _chunk_size(line: bytes) -> int:
     return int(line, 16)
 
 
+# ChunkedDecoder's states; module constants, not class attributes, which Python 3.11 looks up
+# through the instance (unspecialised) on every read.
+_SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+
+
 class ChunkedDecoder:
     """Transfer-Encoding: chunked → body bytes. `feed` returns the data bytes found in its input
     (b"" when none); `done` turns true after the last chunk and its trailers; `rest` holds any
@@ -96,10 +101,8 @@ class ChunkedDecoder:
 
     __slots__ = ("_line", "_need", "_state", "done", "rest")
 
-    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
-
     def __init__(self) -> None:
-        self._state = self._SIZE
+        self._state = _SIZE
         self._need = 0  # data bytes left in the current chunk
         self._line = b""  # a partial size / CRLF / trailer line
         self.done = False
@@ -111,11 +114,11 @@ class ChunkedDecoder:
             return b""
         state = self._state
         # Fast path: the whole input is the middle of a chunk (no copy).
-        if state == self._DATA and len(data) < self._need:
+        if state == _DATA and len(data) < self._need:
             self._need -= len(data)
             return data
         # Fast path: the input is exactly one whole chunk, as a provider's flushed event is.
-        if state == self._SIZE and not self._line and data.endswith(b"\r\n"):
+        if state == _SIZE and not self._line and data.endswith(b"\r\n"):
             nl = data.find(b"\r\n", 0, 18)
             if nl > 0:
                 line = data[:nl]
@@ -130,7 +133,7 @@ class ChunkedDecoder:
         pos, end = 0, len(data)
         while pos < end:
             state = self._state
-            if state == self._SIZE and not self._line:
+            if state == _SIZE and not self._line:
                 # Fast path: a size line whole in this read, and usually its whole chunk too.
                 nl = data.find(b"\r\n", pos, pos + MAX_CHUNK_LINE)
                 if nl >= 0:
@@ -149,15 +152,15 @@ class ChunkedDecoder:
                         continue
                     pos = start
                     self._need = size
-                    self._state = self._DATA if size else self._TRAILER
+                    self._state = _DATA if size else _TRAILER
                     continue
-            if state == self._DATA:
+            if state == _DATA:
                 take = min(self._need, end - pos)
                 out.append(data[pos:pos + take])
                 pos += take
                 self._need -= take
                 if not self._need:
-                    self._state = self._DATA_END
+                    self._state = _DATA_END
                 continue
             nl = data.find(b"\n", pos)
             if nl < 0:
@@ -173,13 +176,13 @@ class ChunkedDecoder:
             if not line.endswith(b"\r\n"):
                 raise InvalidChunk("chunk line not ended by CRLF")
             line = line[:-2]
-            if state == self._SIZE:
+            if state == _SIZE:
                 self._need = _chunk_size(line)
-                self._state = self._DATA if self._need else self._TRAILER
-            elif state == self._DATA_END:
+                self._state = _DATA if self._need else _TRAILER
+            elif state == _DATA_END:
                 if line:
                     raise InvalidChunk("chunk data longer than its size")
-                self._state = self._SIZE
+                self._state = _SIZE
             elif not line:  # the empty line that ends the trailers
                 self.done = True
                 self.rest = data[pos:]
