@@ -102,21 +102,7 @@ class SSEDecoder:
                 return events
         blocks = chunk.split(b"\n\n")
         rest = blocks.pop()
-        last_id = self._last_id
-        for block in blocks:  # _block(), inlined: this loop runs once per event
-            line, _, after = block.partition(b"\n")
-            name, _, value = line.partition(b": ")
-            if name == b"event":
-                event = value
-                line, _, after = after.partition(b"\n")
-                name, _, value = line.partition(b": ")
-            else:
-                event = b""
-            if not after and name == b"data":
-                events.append(_make_event(SSEEvent, (value, event, last_id)))
-                continue
-            self._lines(block, events)
-            last_id = self._last_id
+        self._blocks(blocks, events)
         if rest:
             if len(rest) > self._max:
                 raise BufferOverflow(f"an SSE event exceeded {self._max} bytes before it ended")
@@ -167,7 +153,7 @@ class SSEDecoder:
         parts = self._parts
         if chunk[0] == 0x0A and parts[-1][-1] == 0x0A:  # the blank line starts this read
             self._parts, self._size = [], 0
-            self._block(b"".join(parts)[:-1], events)
+            self._blocks([b"".join(parts)[:-1]], events)
             return chunk[1:]
         end = chunk.find(b"\n\n")
         if end < 0:
@@ -178,23 +164,27 @@ class SSEDecoder:
             return None
         parts.append(chunk[:end])
         self._parts, self._size = [], 0
-        self._block(b"".join(parts), events)
+        self._blocks([b"".join(parts)], events)
         return chunk[end + 2 :]
 
-    def _block(self, block: bytes, events: list[SSEEvent]) -> None:
-        """One complete event block: the two common shapes, else line by line."""
-        line, _, after = block.partition(b"\n")
-        name, _, value = line.partition(b": ")
-        if name == b"event":
-            event = value
-            line, _, after = after.partition(b"\n")
+    def _blocks(self, blocks: list[bytes], events: list[SSEEvent]) -> None:
+        """Complete event blocks: the two common shapes here, any other line by line. (One
+        call per read; the loop runs once per event.)"""
+        last_id = self._last_id
+        for block in blocks:
+            line, _, after = block.partition(b"\n")
             name, _, value = line.partition(b": ")
-        else:
-            event = b""
-        if not after and name == b"data":
-            events.append(_make_event(SSEEvent, (value, event, self._last_id)))
-            return
-        self._lines(block, events)
+            if name == b"event":
+                event = value
+                line, _, after = after.partition(b"\n")
+                name, _, value = line.partition(b": ")
+            else:
+                event = b""
+            if not after and name == b"data":
+                events.append(_make_event(SSEEvent, (value, event, last_id)))
+                continue
+            self._lines(block, events)
+            last_id = self._last_id
 
     def _lines(self, block: bytes, events: list[SSEEvent]) -> None:
         """Every WHATWG field rule. A block holds no blank line, except leading or trailing
