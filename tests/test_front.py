@@ -140,27 +140,24 @@ async def test_what_the_front_does_not_serve_aiohttp_answers(lean: Any,
     writer.close()
 
 
-async def test_a_body_over_the_limit_gets_aiohttps_413_in_openai_shape(proxy: Any) -> None:
-    config = parse_config({"server": {"max_body_bytes": 1000}, "default_provider": "mock",
+@pytest.mark.parametrize(("server", "request_bytes", "status", "code"), [
+    ({"max_body_bytes": 1000},
+     chat_request(orjson.dumps({"messages": [{"role": "user", "content": "x" * 2000}]})),
+     413, "request_too_large"),
+    ({"max_header_bytes": 200}, chat_request(extra=b"X-Long: " + b"a" * 300 + b"\r\n"),
+     431, "request_header_fields_too_large"),
+], ids=["body", "header"])
+async def test_over_a_limit_aiohttp_answers_in_openai_shape(
+        proxy: Any, server: dict[str, int], request_bytes: bytes, status: int,
+        code: str) -> None:
+    config = parse_config({"server": server, "default_provider": "mock",
                            "providers": {"mock": {"type": "mock"}}}, "<test>")
     client = await proxy(config)
     reader, writer = await connect(client)
-    big = orjson.dumps({"messages": [{"role": "user", "content": "x" * 2000}]})
-    writer.write(chat_request(big))
-    status, _, body = await read_response(reader)
-    assert status == 413 and orjson.loads(body)["error"]["code"]
-    writer.close()
-
-
-async def test_a_header_over_the_limit_gets_431_in_openai_shape(proxy: Any) -> None:
-    config = parse_config({"server": {"max_header_bytes": 200}, "default_provider": "mock",
-                           "providers": {"mock": {"type": "mock"}}}, "<test>")
-    client = await proxy(config)
-    reader, writer = await connect(client)
-    writer.write(chat_request(extra=b"X-Long: " + b"a" * 300 + b"\r\n"))
-    status, _, body = await read_response(reader)
-    assert status == 431
-    assert orjson.loads(body)["error"]["code"] == "request_header_fields_too_large"
+    writer.write(request_bytes)
+    got, headers, body = await read_response(reader)
+    assert got == status and "aiohttp" in headers.get("server", "")
+    assert orjson.loads(body)["error"]["code"] == code
     writer.close()
 
 

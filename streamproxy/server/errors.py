@@ -22,6 +22,12 @@ def error_headers(err: ProxyError) -> dict[str, str]:
     return {"retry-after": str(max(1, round(retry_after)))}
 
 
+def internal_error() -> ProxyError:
+    """A bug's answer: the details go to the log, never to the client."""
+    return ProxyError("The server had an error while processing your request.",
+                      code="internal_error")
+
+
 def error_response(err: ProxyError) -> web.Response:
     return web.Response(body=orjson.dumps(err.to_dict()), status=err.status,
                         content_type="application/json", headers=error_headers(err))
@@ -48,5 +54,4 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     except Exception:
         log.exception("unhandled error serving %s %s", request.method, request.path)
-        return error_response(ProxyError("The server had an error while processing your "
-                                         "request.", code="internal_error"))
+        return error_response(internal_error())

@@ -16,8 +16,11 @@ from __future__ import annotations
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Protocol
 
+import orjson
 from aiohttp import web
 
+from streamproxy.errors import ProxyError
+from streamproxy.server.errors import error_headers
 from streamproxy.server.sse_writer import SSEWriter
 
 
@@ -62,6 +65,12 @@ class Exchange(Protocol):
         """A whole JSON answer; `close`: the connection closes after it."""
 
     async def start_events(self, headers: Mapping[str, str]) -> EventWriter: ...
+
+
+async def reply_error(ex: Exchange, err: ProxyError, *, close: bool = False) -> None:
+    """`err` as OpenAI's error JSON, with its status (and Retry-After when it has one)."""
+    await ex.reply(orjson.dumps(err.to_dict()), status=err.status, headers=error_headers(err),
+                   close=close)
 
 
 class SSEResponse(web.StreamResponse):

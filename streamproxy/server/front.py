@@ -33,7 +33,6 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
-import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -41,7 +40,8 @@ from streamproxy.config import ServerConfig
 from streamproxy.errors import ProxyError
 from streamproxy.server.admission import ADMISSION
 from streamproxy.server.auth import AUTH, identify_client, without_authorization
-from streamproxy.server.errors import error_headers
+from streamproxy.server.errors import internal_error
+from streamproxy.server.exchange import reply_error
 from streamproxy.server.handlers import chat
 from streamproxy.server.observing import AUTH_KEY
 from streamproxy.server.state import STATE
@@ -54,8 +54,6 @@ PIPELINE_LIMIT = 64 * 1024  # bytes of later requests held before reading pauses
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110 token)
 _REFUSED = frozenset({b"transfer-encoding", b"expect", b"upgrade"})  # aiohttp's to handle
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-_INTERNAL = ProxyError("The server had an error while processing your request.",
-                       code="internal_error")
 
 
 FRONT_ENV = "STREAMPROXY_FRONT"
@@ -167,7 +165,7 @@ class Front:
             await ex.fail(e)
         except Exception:
             log.exception("unhandled error serving POST /v1/chat/completions")
-            await ex.fail(_INTERNAL)
+            await ex.fail(internal_error())
 
 
 class Connection(asyncio.Protocol):
@@ -391,7 +389,7 @@ class LeanExchange:
     async def fail(self, err: ProxyError) -> None:
         if self.committed:  # a stream already answered 200: only closing is left
             return
-        await self.reply(orjson.dumps(err.to_dict()), status=err.status, headers=error_headers(err))
+        await reply_error(self, err)
 
     async def start_events(self, headers: Mapping[str, str]) -> LeanEvents:
         head = await self._prepare(200, headers)

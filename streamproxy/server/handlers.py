@@ -9,7 +9,6 @@ import asyncio
 import os
 import time
 
-import orjson
 from aiohttp import web
 
 from streamproxy.errors import ProxyError
@@ -23,8 +22,7 @@ from streamproxy.routing.planner import Plan
 from streamproxy.routing.target import Target
 from streamproxy.server.auth import allowed_targets
 from streamproxy.server.drain import shutdown_error
-from streamproxy.server.errors import error_headers
-from streamproxy.server.exchange import AiohttpExchange, EventWriter, Exchange
+from streamproxy.server.exchange import AiohttpExchange, EventWriter, Exchange, reply_error
 from streamproxy.server.observing import AUTH_KEY, read_body
 from streamproxy.server.state import STATE, AppState
 from streamproxy.server.store_and_cache import before_upstream
@@ -177,8 +175,7 @@ async def _refuse_while_draining(ex: Exchange, record: RequestRecord) -> None:
     """A request on a kept-alive connection after SIGTERM: 503, and the connection closes."""
     err = shutdown_error()
     record.status, record.error_type, record.error_code = err.status, err.error_type, err.code
-    await ex.reply(orjson.dumps(err.to_dict()), status=err.status, headers=error_headers(err),
-                   close=True)
+    await reply_error(ex, err, close=True)
 
 
 async def list_models(request: web.Request) -> web.Response:
