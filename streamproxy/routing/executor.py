@@ -9,7 +9,6 @@ closes) moves on to the next target. After it, failures belong to the relay.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import aiohttp
 import orjson
 
 from streamproxy.errors import ProxyError, UpstreamStatusError
+from streamproxy.ids import random_hex
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
 from streamproxy.openai_api.request import ChatRequest
@@ -33,7 +33,7 @@ from streamproxy.upstream.deadline import Deadline
 
 
 def new_completion_id() -> str:
-    return "chatcmpl-" + os.urandom(12).hex()
+    return "chatcmpl-" + random_hex(12)
 
 
 @dataclass(slots=True)

@@ -33,7 +33,7 @@ from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.providers.base import Provider
 from streamproxy.routing.breaker import CircuitBreakers
-from streamproxy.routing.planner import Plan, plan, single
+from streamproxy.routing.planner import NO_RETRY, Plan, plan, single
 from streamproxy.routing.portkey_config import ConfigNode, RetrySpec, parse_config
 from streamproxy.routing.router import Router, client_key
 from streamproxy.routing.target import Target
@@ -172,7 +172,7 @@ class Gateway:
             target = self.router.resolve(headers, req.model)
             if request_timeouts:
                 target.timeouts = target.timeouts.merged(request_timeouts)
-            return single(target, RetrySpec(req.retries or 0))
+            return single(target, RetrySpec(req.retries) if req.retries else NO_RETRY)
 
         def resolve(leaf: ConfigNode) -> Target:
             return self.resolve_leaf(leaf, headers, req, request_timeouts)

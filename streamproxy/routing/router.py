@@ -34,6 +34,9 @@ class Router:
         self.providers = providers
         self.default = default
         self.timeouts = timeouts
+        # Timeouts are frozen: each provider's merged set is built once, not per request.
+        self._provider_timeouts = {name: timeouts.merged(p.cfg.timeouts)
+                                   for name, p in providers.items()}
 
     def split_model(self, model: str | None) -> tuple[str | None, str | None]:
         """`@name/model` / `name/model` → (name, model) when name is a configured provider."""
@@ -74,7 +77,7 @@ class Router:
             model=model,
             api_key=provider.cfg.api_key or client_key(headers),
             headers=forwarded,
-            timeouts=self.timeouts.merged(provider.cfg.timeouts),
+            timeouts=self._provider_timeouts[name],
         )
 
     def _unknown(self, name: str) -> UnknownProvider:

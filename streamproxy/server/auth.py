@@ -265,7 +265,7 @@ def _without_authorization(request: web.Request) -> web.Request:
 
 
 def allowed_targets(request: web.Request | Exchange, targets: list[Target]) -> list[Target]:
-    """The planned targets this request's proxy key may use (all of them without auth or
+    """The planned targets this request's proxy key may use (`targets` itself without auth or
     without `allowed_providers`); 403 when none is left."""
     key: ProxyKey | None = request.get(AUTH_KEY)
     if key is None or key.allowed_providers is None:

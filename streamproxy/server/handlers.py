@@ -6,12 +6,12 @@ route and the lean front (server/front.py)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 from aiohttp import web
 
 from streamproxy.errors import ProxyError
+from streamproxy.ids import random_hex
 from streamproxy.openai_api.chunks import error_frame
 from streamproxy.openai_api.request import ChatRequest, parse_chat_request
 from streamproxy.record import RequestRecord
@@ -49,8 +49,11 @@ def _response_headers(record: RequestRecord, target: Target | None) -> dict[str,
 
 def _only_allowed(ex: Exchange, plan: Plan) -> None:
     """Drop the attempts the proxy key may not use (403 when none is left)."""
-    allowed = {id(t) for t in allowed_targets(ex, [a.target for a in plan.attempts])}
-    plan.attempts = [a for a in plan.attempts if id(a.target) in allowed]
+    targets = [a.target for a in plan.attempts]
+    allowed = allowed_targets(ex, targets)
+    if allowed is not targets:
+        kept = {id(t) for t in allowed}
+        plan.attempts = [a for a in plan.attempts if id(a.target) in kept]
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -63,7 +66,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def chat(ex: Exchange) -> None:
     state = ex.app[STATE]
-    record = RequestRecord(trace_id=ex.headers.get(TRACE_HEADER) or os.urandom(16).hex())
+    record = RequestRecord(trace_id=ex.headers.get(TRACE_HEADER) or random_hex(16))
     task = asyncio.current_task()
     assert task is not None
     state.drain.enter(task)
