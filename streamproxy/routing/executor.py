@@ -137,18 +137,12 @@ class Executor:
         deadline = Deadline(target.timeouts, provider.name)
         resp: aiohttp.ClientResponse | None = None
         try:
+            parts = _StreamParts(req, target, record)
+            # Scheduled now, run as soon as this task waits for the upstream's answer (its
+            # request written): building them is then off the time to first token.
+            asyncio.get_running_loop().call_soon(parts.build)
             resp = await self._send(req, target)
-            encoder = ChunkEncoder(
-                completion_id=record.completion_id or new_completion_id(),
-                created=int(time.time()),
-                model=target.model or provider.cfg.default_model or "",
-                include_usage=req.include_usage and not provider.passthrough,
-            )
-            sink: Any = encoder
-            if record.capture:
-                record.builder = CompletionBuilder()
-                sink = TeeSink(encoder, record.builder)
-            translator = provider.stream_translator(req, sink)
+            encoder, translator = parts.take()
             read = resp.content.readany
             while not encoder.pending:
                 data = await read()
@@ -189,6 +183,38 @@ class Executor:
         record.usage = result.get("usage")
         record.finish_reason = (result.get("choices") or [{}])[0].get("finish_reason")
         return orjson.dumps(result)
+
+
+class _StreamParts:
+    """A stream's encoder and translator: nothing in them depends on the response."""
+
+    __slots__ = ("_record", "_req", "_target", "built")
+
+    def __init__(self, req: ChatRequest, target: Target, record: RequestRecord) -> None:
+        self._req, self._target, self._record = req, target, record
+        self.built: tuple[ChunkEncoder, StreamTranslator] | None = None
+
+    def build(self) -> None:
+        if self.built is not None:
+            return
+        req, provider, record = self._req, self._target.provider, self._record
+        encoder = ChunkEncoder(
+            completion_id=record.completion_id or new_completion_id(),
+            created=int(time.time()),
+            model=self._target.model or provider.cfg.default_model or "",
+            include_usage=req.include_usage and not provider.passthrough,
+        )
+        sink: Any = encoder
+        if record.capture:
+            record.builder = CompletionBuilder()
+            sink = TeeSink(encoder, record.builder)
+        self.built = encoder, provider.stream_translator(req, sink)
+
+    def take(self) -> tuple[ChunkEncoder, StreamTranslator]:
+        """The parts, built now if the loop has not run `build` yet (the send did not wait)."""
+        self.build()
+        assert self.built is not None
+        return self.built
 
 
 def _parse_body(body: bytes) -> dict[str, Any]:
