@@ -90,6 +90,7 @@ class Front:
         self.max_body = server.max_body_bytes
         self.auth = app.get(AUTH)
         self.admission = app[ADMISSION]
+        self.prepare_hooks = tuple(app.on_response_prepare)  # the app is frozen by now
         self.connections: set[Connection] = set()
         self.stopping = False
 
@@ -400,15 +401,12 @@ class LeanExchange:
         """The head's status line and header lines (not its end), after the app's
         on_response_prepare hooks."""
         response = ResponseHead(status, headers)
-        for hook in self.app.on_response_prepare:
-            await hook(self, response)  # type: ignore[arg-type]
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
-        for name, value in response.headers.items():
-            lines.append(b"%s: %s\r\n" % (name.encode(), value.encode()))
-        lines.append(b"date: %s\r\n" % _http_date())
-        if self.close:
-            lines.append(b"connection: close\r\n")
-        return b"".join(lines)
+        for hook in self._conn._front.prepare_hooks:
+            await hook(self, response)
+        fields = "".join([f"{name}: {value}\r\n" for name, value in response.headers.items()])
+        return b"HTTP/1.1 %d %s\r\n%bdate: %b\r\n%b" % (
+            status, _REASONS.get(status, b"Unknown"), fields.encode(), _http_date(),
+            b"connection: close\r\n" if self.close else b"")
 
 
 class LeanEvents:
