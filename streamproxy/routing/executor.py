@@ -118,7 +118,8 @@ class Executor:
                 result = await once(req, target, record)
             except ProxyError as e:
                 record.note_upstream_error(e)  # metrics: upstream errors by kind
-                self.breakers.record(attempt.breaker_key, attempt.breaker, e.status)
+                if attempt.breaker is not None:
+                    self.breakers.record(attempt.breaker_key, attempt.breaker, e.status)
                 if retry >= spec.attempts or e.status not in spec.on_status_codes:
                     raise
                 delay = retry_delay(retry, self.rng, getattr(e, "retry_after", None),
@@ -128,7 +129,8 @@ class Executor:
                 retry += 1
                 await asyncio.sleep(delay)
                 continue
-            self.breakers.record(attempt.breaker_key, attempt.breaker, None)
+            if attempt.breaker is not None:  # (its key is built per call)
+                self.breakers.record(attempt.breaker_key, attempt.breaker, None)
             return result
 
     async def _open_one(self, req: ChatRequest, target: Target,
