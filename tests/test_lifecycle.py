@@ -101,3 +101,34 @@ async def test_the_response_head_leaves_with_the_first_frame_in_one_write(
     streamed = [w for w in writes if b"x-portkey-trace-id" in w.lower()]  # not the upstream
     assert len(streamed) == 1 and streamed[0].startswith(b"HTTP/1.1 200")
     assert b"data: {" in streamed[0]  # the first frame is in the head's write
+
+
+async def test_the_stream_is_set_up_while_the_upstream_thinks(
+        proxy: Any, upstream: Any, monkeypatch: Any) -> None:
+    """The encoder and translator are built after the upstream request is sent and before
+    its answer arrives, so their cost is not on the time to first token."""
+    from streamproxy.providers.anthropic import AnthropicProvider
+    from streamproxy.upstream.client import UpstreamClient
+
+    events: list[str] = []
+    send, make = UpstreamClient.send, AnthropicProvider.stream_translator
+
+    async def sending(self: Any, *args: Any, **kwargs: Any) -> Any:
+        events.append("send")
+        response = await send(self, *args, **kwargs)
+        events.append("answer")
+        return response
+
+    def building(self: Any, *args: Any) -> Any:
+        events.append("build")
+        return make(self, *args)
+
+    monkeypatch.setattr(UpstreamClient, "send", sending)
+    monkeypatch.setattr(AnthropicProvider, "stream_translator", building)
+    upstream.pieces = [START + b'event: message_stop\ndata: {"type":"message_stop"}\n\n']
+    upstream.delay_before_headers = 0.1
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "hi"}], "stream": True})
+    assert b'"content":"one"' in await resp.read()
+    assert events == ["send", "build", "answer"]
