@@ -23,7 +23,7 @@ class Deadline:
 
     def __init__(self, timeouts: Timeouts, provider: str) -> None:
         self._loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._loop)  # (given the loop: no second getpid() on 3.11)
         assert task is not None
         self._task = task
         self._timeouts = timeouts
