@@ -11,6 +11,7 @@ from typing import Any
 import openai
 import orjson
 from aiohttp import web
+from hypothesis import strategies as st
 
 from streamproxy.config import Config, parse_config
 from streamproxy.decode.sse import SSEDecoder
@@ -42,6 +43,40 @@ def random_splits(data: bytes, rng: random.Random, max_piece: int = 64) -> list[
         pieces.append(data[i : i + n])
         i += n
     return pieces
+
+
+# Header lines as a client or an upstream may send them, to check a fast path of head parsing
+# against its line-by-line rules: usual ones (framing headers among them, repeated, in any case,
+# with odd values), and odd ones (bytes that are not ASCII or not UTF-8, control bytes, CR or LF
+# alone, obs-fold, an empty value, whitespace around a value, no colon, a name not a token).
+_NAMES = st.sampled_from([b"Host", b"Content-Length", b"content-length", b"CONTENT-LENGTH",
+                          b"Connection", b"connection", b"Transfer-Encoding", b"Expect",
+                          b"UPGRADE", b"Content-Encoding", b"X-Trace", b"a", b"!#$%&'*+-.^_`|~"])
+_VALUES = st.sampled_from([b"123", b"0", b"5", b"12a", b"0x10", b"+5", b"close", b"Close",
+                           b"keep-alive", b"Upgrade, close", b"chunked", b"gzip",
+                           b"identity, chunked", b"a b\tc", b"a:b", b"Bearer sk-xyz", b"~"])
+_USUAL_LINES = st.tuples(_NAMES, st.sampled_from([b":", b": ", b":\t", b":  "]),
+                         _VALUES).map(b"".join)
+_ODD_LINES = st.one_of(
+    st.tuples(_NAMES | st.sampled_from([b"", b" Host", b"Bad Name", b"X-\xc3\xa9", b"X\x00"]),
+              st.sampled_from([b":", b": ", b" :"]),
+              st.sampled_from([b"", b" ", b"\t", b" 123 ", b"\xd9\xa3", b"\t x \t", b"a  ",
+                               b"caf\xc3\xa9", b"\xff", b"a\x00b", b"a\rb", b"a\nb", b"\x01",
+                               b"x\x7f", b"x\x0b"]) | st.binary(max_size=8)).map(b"".join),
+    st.builds(lambda name, value: (name + ": " + value).encode(),
+              st.text("!#$%&'*+-.^_`|~09AZaz", min_size=1, max_size=6), st.text(max_size=8)),
+    st.binary(max_size=12),  # anything, a line with no colon among it
+    st.sampled_from([b" folded", b"\tfolded: x", b"X-A: b\r", b"\n"]),
+)
+
+
+def header_lines(max_size: int = 8) -> st.SearchStrategy[bytes]:
+    """The header part of a head: CRLF and a header line, any number of times; usual lines, with
+    an odd one among them or not."""
+    usual = st.lists(_USUAL_LINES, max_size=max_size // 2)
+    odd = st.lists(_ODD_LINES, max_size=1)
+    return st.tuples(usual, odd, usual).map(
+        lambda parts: b"".join(b"\r\n" + line for lines in parts for line in lines))
 
 
 def relay_reads(encoder: Any, translator: Any, reads: list[bytes]) -> bytes:

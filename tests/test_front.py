@@ -8,9 +8,12 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamproxy.config import load_config, parse_config
 from streamproxy.server import front
+from tests.helpers import header_lines
 
 BODY = orjson.dumps({"model": "mock/tokens=2", "stream": True,
                      "messages": [{"role": "user", "content": "hi"}]})
@@ -204,3 +207,51 @@ def test_the_front_setting_is_validated() -> None:
     assert config.server.front == "aiohttp"
     with pytest.raises(ConfigError, match=r"server\.front: must be one of aiohttp, lean"):
         parse_config({"server": {"front": "nginx"}, "providers": mock}, "<t>")
+
+
+def bare_front(max_headers: int, max_field: int, max_body: int) -> front.Front:
+    """A Front for `parse_head` alone, which reads only its limits."""
+    f = front.Front.__new__(front.Front)
+    f.max_headers, f.max_field, f.max_body = max_headers, max_field, max_body
+    return f
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.just(front.CHAT_LINE) | st.sampled_from([front.CHAT_LINE + b" ", b"GET / HTTP/1.1"]),
+       header_lines(), st.sampled_from([b"\r\nContent-Length: 5", b"\r\ncontent-length:\t12", b""]),
+       st.integers(0, 12) | st.just(128), st.integers(10, 200) | st.just(8190),
+       st.integers(0, 20) | st.just(1000))
+def test_the_one_pass_head_reading_agrees_with_the_line_by_line_rules(
+        first: bytes, lines: bytes, length: bytes, max_headers: int, max_field: int,
+        max_body: int) -> None:
+    """`parse_head` reads a head of plain lines in one pass: whatever the head and the limits,
+    it gives what reading it line by line does (the same headers in order, or the hand-off)."""
+    head = first + lines + length
+    f = bare_front(max_headers, max_field, max_body)
+
+    def seen(parsed: tuple[Any, int, bool] | None) -> object:
+        return parsed if parsed is None else (list(parsed[0].items()), *parsed[1:])
+
+    assert seen(f.parse_head(head)) == seen(f.parse_head_exactly(head))
+
+
+def test_plain_heads_are_read_in_one_pass(monkeypatch: Any) -> None:
+    """The usual head does not need the line-by-line reading."""
+    monkeypatch.setattr(front.Front, "parse_head_exactly", None)
+    f = bare_front(128, 8190, 1000)
+    headers, length, close = f.parse_head(
+        front.CHAT_LINE + b"\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 123\r\nAuthorization: Bearer sk-xyz\r\nConnection: keep-alive")
+    assert length == 123 and not close and headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize("first, last", [(b"close", b"keep-alive"), (b"keep-alive", b"close")])
+def test_a_close_in_any_connection_header_closes(first: bytes, last: bytes) -> None:
+    """Repeated Connection headers are one list: `close` in any of them closes, on both the
+    one-pass and the line-by-line reading."""
+    head = (front.CHAT_LINE + b"\r\nConnection: " + first + b"\r\nContent-Length: 2\r\n"
+            b"Connection: " + last)
+    f = bare_front(128, 8190, 1000)
+    for parse in (f.parse_head, f.parse_head_exactly):
+        parsed = parse(head)
+        assert parsed is not None and parsed[2] is True

@@ -10,7 +10,7 @@ import asyncio
 import http.client
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamproxy.config import load_config, parse_config
-from streamproxy.errors import ProxyError
-from streamproxy.openai_api.request import parse_chat_request
+from streamproxy.errors import InvalidRequest, ProxyError
+from streamproxy.openai_api import request
+from streamproxy.openai_api.request import Limits, parse_chat_request
 from streamproxy.providers.registry import PROVIDER_TYPES
 from streamproxy.routing.target import Target
 from streamproxy.server.app import create_app, http_limits
@@ -250,6 +251,41 @@ def test_the_valid_template_itself_streams(live_port: int) -> None:
     status, ctype, body = post(live_port, orjson.dumps(VALID))
     assert status == 200 and ctype.startswith("text/event-stream")
     assert collect(sse_chunks(body)).done
+
+
+# -- validation's shortcuts, against checking every field -------------------------------------
+
+def outcome(check: Callable[[], object]) -> tuple[str, str | None, str | None] | None:
+    try:
+        check()
+    except InvalidRequest as e:
+        return e.message, e.param, e.code
+    return None
+
+
+@settings(FUZZ, max_examples=300 * SCALE)
+@given(body=BODY | st.dictionaries(st.sampled_from(sorted(request._SCALARS)), JSON, max_size=6)
+       .map(lambda fields: {"messages": [], **fields}))
+def test_validation_names_the_first_wrong_field_in_its_order(body: dict[str, Any]) -> None:
+    """`_validate` looks only at the fields a body has, in the body's order; the wrong one it
+    names is still the first of `_SCALARS`, as checking every one in order finds."""
+    first_wrong = outcome(lambda: request._check_scalars(body))
+    got = outcome(lambda: request._validate(body, Limits()))
+    if first_wrong is not None:
+        assert got == first_wrong
+    else:
+        assert got is None or got[1] not in request._SCALARS
+
+
+@settings(FUZZ, max_examples=300 * SCALE)
+@given(message=MESSAGE | st.fixed_dictionaries({
+    "role": st.sampled_from([*sorted(request.ROLES), "bot"]) | JSON,
+    "content": st.text(max_size=3) | JSON}))
+def test_a_message_passed_as_plain_is_valid_in_full(message: Any) -> None:
+    """`_validate` skips the checks of a role-and-text message: what it finds of any message is
+    what checking it in full does."""
+    assert (outcome(lambda: request._validate({"messages": [message]}, Limits()))
+            == outcome(lambda: request._validate_message(0, message)))
 
 
 # -- the translators' request side, directly ------------------------------------------------

@@ -37,11 +37,15 @@ from streamproxy.upstream.http11 import (
     InvalidChunk,
     MalformedResponse,
     ResponseParser,
+    _fields_exactly,
+    parse_head,
+    plain_fields,
 )
 from tests.helpers import (
     FakeUpstream,
     collect,
     fixture_bytes,
+    header_lines,
     jsonl_to_sse,
     random_splits,
     sse_chunks,
@@ -179,6 +183,28 @@ def test_framing_headers_in_any_case_and_repeated() -> None:
     parser, body = parse_all([b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
                               b"Content-Length: 2\r\n\r\nok"])
     assert parser.head is not None and parser.head.keep_alive and body == b"ok"
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from([b"HTTP/1.1 200 OK", b"HTTP/1.0 204 No Content", b"HTTP/1.1 200"]),
+       header_lines())
+def test_the_one_pass_field_reading_agrees_with_the_line_by_line_one(first: bytes,
+                                                                    lines: bytes) -> None:
+    """`plain_fields` reads a head of plain lines in one pass; when it reads one, reading it
+    line by line gives the same fields (and does not refuse it)."""
+    head = first + lines
+    fields = plain_fields(head, len(first))
+    if fields is not None:
+        assert fields == _fields_exactly(head.split(b"\r\n")[1:])
+
+
+def test_the_usual_response_head_is_read_in_one_pass() -> None:
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+            b"Transfer-Encoding: chunked\r\nDate: Sun, 22 Nov 2026 05:00:00 GMT\r\n"
+            b"Server: Python/3.11 aiohttp/3.10")
+    fields = plain_fields(head, len(b"HTTP/1.1 200 OK"))
+    assert fields is not None and fields[3] == ("Date", "Sun, 22 Nov 2026 05:00:00 GMT")
+    assert parse_head(head).chunked
 
 
 def test_parser_head_size_cap() -> None:

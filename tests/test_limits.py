@@ -10,9 +10,12 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamproxy.decode.sse import SSEDecoder
-from streamproxy.errors import BufferOverflow
+from streamproxy.errors import BufferOverflow, InvalidRequest
+from streamproxy.openai_api.request import Limits, parse_chat_request
 from streamproxy.server.admission import ADMISSION
 from streamproxy.server.app import create_app, http_limits
 from tests.helpers import collect, make_config, sse_chunks
@@ -89,6 +92,37 @@ async def test_counts_and_depth_are_400(proxy: Any, body: dict[str, Any], code: 
     assert resp.status == 400
     err = error_of(await resp.read())
     assert (err["type"], err["code"], err["param"]) == ("invalid_request_error", code, param)
+
+
+# Nested JSON, with brackets inside strings (which the shortcut counts as if they nested).
+NESTED = st.recursive(st.text("[]{}a", max_size=3) | st.integers(0, 9),
+                      lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.text("[{a", max_size=2), inner, max_size=3),
+                      max_leaves=24)
+
+
+def depth(value: Any) -> int:
+    """Levels of containers: 1 for `{}`, 2 for `[{}]`."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    elif not isinstance(value, list):
+        return 0
+    return 1 + max(map(depth, value), default=0)
+
+
+@settings(max_examples=500, deadline=None)
+@given(NESTED, st.integers(1, 9))
+def test_the_depth_limit_with_or_without_the_walk(value: Any, limit: int) -> None:
+    """A body with no more brackets than the limit is not walked: whatever the nesting and the
+    brackets in strings, what is refused as too deep is what is deeper than the limit."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "x": value}
+    try:
+        parse_chat_request(orjson.dumps(body), Limits(max_json_depth=limit))
+        too_deep = False
+    except InvalidRequest as e:
+        assert e.code == "json_too_deep"
+        too_deep = True
+    assert too_deep == (depth(body) > limit)
 
 
 async def test_nesting_beyond_the_json_parser_is_400(default_proxy: Any) -> None:

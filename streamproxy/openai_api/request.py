@@ -16,8 +16,7 @@ import orjson
 from streamproxy.errors import InvalidRequest
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-# Fields the gateway consumes; they never reach a provider.
-GATEWAY_FIELDS = ("fallback_models", "retries")
+_PLAIN_ROLES = ROLES - {"tool"}  # a tool message also needs its tool_call_id
 
 
 @dataclass(slots=True)
@@ -50,14 +49,18 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
         ) from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    _check_depth(body, limits.max_json_depth)
+    # Each level of nesting opens a bracket (one inside a string only adds to the count): a body
+    # with no more brackets than the limit is within it, and the walk is most of a small
+    # request's parsing.
+    if raw.count(b"{") + raw.count(b"[") > limits.max_json_depth:
+        _check_depth(body, limits.max_json_depth)
     _validate(body, limits)
-    gateway = {k: body.pop(k) for k in GATEWAY_FIELDS if k in body}
-    fallback = gateway.get("fallback_models") or []
+    # Fields the gateway consumes; they never reach a provider.
+    fallback = body.pop("fallback_models", None) or []
+    retries = body.pop("retries", None)
     if not isinstance(fallback, list) or not all(isinstance(m, str) for m in fallback):
         raise InvalidRequest("'fallback_models' must be an array of strings.",
                              param="fallback_models")
-    retries = gateway.get("retries")
     if retries is not None and (not _is_int(retries) or not 0 <= retries <= 10):
         raise InvalidRequest("'retries' must be an integer from 0 to 10.", param="retries")
     opts = body.get("stream_options") or {}
@@ -105,10 +108,12 @@ _SCALARS: dict[str, tuple[Any, str]] = {
 
 
 def _validate(body: dict[str, Any], limits: Limits) -> None:
-    for name, (ok, expected) in _SCALARS.items():
-        value = body.get(name)
-        if value is not None and not ok(value):
-            raise _type_error(name, expected)
+    # Only the fields a body has (a few of the 14) are looked at; when one is wrong, the one
+    # named is still the first wrong in `_SCALARS`'s order.
+    for name, value in body.items():
+        check = _SCALARS.get(name)
+        if check is not None and value is not None and not check[0](value):
+            _check_scalars(body)
     for name in ("max_tokens", "max_completion_tokens", "n"):
         if body.get(name) is not None and body[name] < 1:
             raise InvalidRequest(f"'{name}' must be at least 1.", param=name,
@@ -126,7 +131,11 @@ def _validate(body: dict[str, Any], limits: Limits) -> None:
         raise InvalidRequest(f"'messages' has more than {limits.max_messages} entries.",
                              param="messages", code="array_above_max_length")
     for i, m in enumerate(messages):
-        _validate_message(i, m)
+        # Most messages are a role and a string content, with nothing more to check (orjson's
+        # values are of exact types).
+        if not (type(m) is dict and len(m) == 2 and type(m.get("content")) is str
+                and type(m.get("role")) is str and m["role"] in _PLAIN_ROLES):
+            _validate_message(i, m)
     tools = body.get("tools")
     if tools:
         if len(tools) > limits.max_tools:
@@ -151,6 +160,14 @@ def _validate(body: dict[str, Any], limits: Limits) -> None:
         raise InvalidRequest("'tool_choice' must be 'auto', 'none', 'required' or "
                              "{'type': 'function', 'function': {'name': ...}}.",
                              param="tool_choice", code="invalid_value")
+
+
+def _check_scalars(body: dict[str, Any]) -> None:
+    """Raise for the first field of `_SCALARS`, in its order, that has the wrong type."""
+    for name, (ok, expected) in _SCALARS.items():
+        value = body.get(name)
+        if value is not None and not ok(value):
+            raise _type_error(name, expected)
 
 
 def _validate_message(i: int, m: Any) -> None:
@@ -220,15 +237,21 @@ def _check_part(part: dict[str, Any], where: str) -> None:
         raise _type_error(f"{where}.image_url.url", "a string")
 
 
+_CONTAINERS = (dict, list)
+
+
 def _check_depth(obj: Any, limit: int) -> None:
     """Reject absurdly nested JSON before any recursive translator walks it."""
-    stack = [(obj, 1)]
-    while stack:
-        node, depth = stack.pop()
+    level = [obj]  # the containers `depth` levels down, one level at a time
+    depth = 1
+    while level:
         if depth > limit:
             raise InvalidRequest(f"The request JSON is nested deeper than {limit} levels.",
                                  code="json_too_deep")
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
+        below = []
+        for node in level:
+            for v in node.values() if isinstance(node, dict) else node:
+                if isinstance(v, _CONTAINERS):
+                    below.append(v)
+        level = below
+        depth += 1

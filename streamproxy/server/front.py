@@ -45,10 +45,12 @@ from streamproxy.server.exchange import reply_error
 from streamproxy.server.handlers import chat
 from streamproxy.server.observing import AUTH_KEY
 from streamproxy.server.state import STATE
+from streamproxy.upstream.http11 import plain_fields
 
 log = logging.getLogger("streamproxy.server")
 
 CHAT_LINE = b"POST /v1/chat/completions HTTP/1.1"
+_CHAT_HEAD = CHAT_LINE + b"\r\n"
 KEEPALIVE_TIMEOUT = 75.0  # aiohttp's default
 PIPELINE_LIMIT = 64 * 1024  # bytes of later requests held before reading pauses
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110 token)
@@ -116,6 +118,35 @@ class Front:
     def parse_head(self, head: bytes) -> tuple[CIMultiDict[str], int, bool] | None:
         """(headers, body length, close after) of a chat request head this front serves,
         None for anything aiohttp should answer."""
+        # The usual head, of plain lines, is read in one pass, its framing headers looked up
+        # (a head no longer than a field has no line over the limit); any other, line by line.
+        fields = None
+        if len(head) <= self.max_field and head.startswith(_CHAT_HEAD):
+            fields = plain_fields(head, len(CHAT_LINE))
+        if fields is None:
+            return self.parse_head_exactly(head)
+        if len(fields) > self.max_headers:
+            return None
+        headers: CIMultiDict[str] = CIMultiDict(fields)
+        if "Transfer-Encoding" in headers or "Expect" in headers or "Upgrade" in headers:
+            return None  # (_REFUSED)
+        lengths = headers.getall("Content-Length", ())
+        if len(lengths) != 1 or not lengths[0].isdigit():  # (plain fields are ASCII)
+            return None
+        length = int(lengths[0])
+        if length > self.max_body:
+            return None
+        close = False
+        for value in headers.getall("Connection", ()):
+            tokens = value.lower()
+            if "upgrade" in tokens:
+                return None
+            close = close or "close" in tokens  # (a list: one close token is enough)
+        return headers, length, close
+
+    def parse_head_exactly(self, head: bytes) -> tuple[CIMultiDict[str], int, bool] | None:
+        """`parse_head`, line by line: the rules, for any head (`parse_head` is this for the
+        heads it does not read whole)."""
         lines = head.split(b"\r\n")
         if lines[0] != CHAT_LINE or len(lines) - 1 > self.max_headers:
             return None
@@ -140,7 +171,7 @@ class Front:
                 tokens = text.lower()
                 if "upgrade" in tokens:
                     return None
-                close = "close" in tokens
+                close = close or "close" in tokens  # (a list: one close token is enough)
             elif lower in _REFUSED:
                 return None
             headers.add(name.decode(), text)
