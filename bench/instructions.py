@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default="mock/tokens=1")
     ap.add_argument("--body-json", default="{}", help="extra request body fields")
     ap.add_argument("--config-json", default="{}", help="extra top-level config sections")
+    ap.add_argument("--keep", type=Path, help="copy the callgrind dump here (callgrind_annotate)")
     args = ap.parse_args(argv)
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         if not dumps:
             raise SystemExit("callgrind wrote no dump")
         per_request = _total_instructions(dumps[0]) / args.n
+        if args.keep:
+            shutil.copyfile(dumps[0], args.keep)
     print(f"{per_request / 1000:.1f}k instructions per request "
           f"({args.n} requests, model {args.model}, streamed={streamed})")
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from streamproxy.config import Config, ConfigError, load_config
+from streamproxy.server.heap import keep_heap_cushion
 
 log = logging.getLogger("streamproxy.workers")
 
@@ -129,6 +130,7 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
                          shutdown_timeout=5.0, **http_limits(config))
     await runner.setup()
     _tune_gc()
+    keep_heap_cushion()
     try:
         site = web.TCPSite(runner, host, port, backlog=2048, reuse_port=reuse_port or None)
         await site.start()
