@@ -20,7 +20,7 @@ from streamproxy.cache.backends import MemoryCache, RedisCache
 from streamproxy.cache.config import parse_cache_settings
 from streamproxy.cache.key import cache_key
 from streamproxy.config import ConfigError
-from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
 from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
 from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
 from streamproxy.providers.mock.server import mock_text
@@ -369,8 +369,8 @@ async def test_an_unreachable_redis_is_a_miss_not_a_failure(proxy: Any) -> None:
 
 def _tee(body: bytes, kind: str, pieces: list[bytes]) -> tuple[bytes, CompletionBuilder]:
     # (as the executor does: a pass-through stream forwards its own usage chunk)
-    enc = ChunkEncoder(completion_id="chatcmpl-x", created=7, model="m",
-                       include_usage=kind == "anthropic")
+    enc = RecordingChunkEncoder(completion_id="chatcmpl-x", created=7, model="m",
+                                include_usage=kind == "anthropic")
     builder = CompletionBuilder()
     sink = TeeSink(enc, builder)
     tr: Any = (AnthropicStreamTranslator(sink, 1 << 20) if kind == "anthropic" else
@@ -381,6 +381,22 @@ def _tee(body: bytes, kind: str, pieces: list[bytes]) -> tuple[bytes, Completion
         out += enc.take()
     tr.close()
     return out + enc.take(), builder
+
+
+@pytest.mark.parametrize("name", ANTHROPIC_FIXTURES)
+def test_a_tee_gives_the_client_the_plain_encoders_bytes_and_keeps_the_text(name: str) -> None:
+    body = ANTHROPIC_FIXTURES[name]
+    rng = random.Random(name)
+    plain = ChunkEncoder(completion_id="chatcmpl-x", created=7, model="m", include_usage=True)
+    tr = AnthropicStreamTranslator(plain, 1 << 20)
+    tr.feed(body)
+    tr.close()
+    expected = plain.take()
+    teed, builder = _tee(body, "anthropic", random_splits(body, rng, 40))
+    assert teed == expected
+    assert "".join(builder.content_parts) == collect(sse_chunks(expected)).content
+    assert builder.completion(completion_id="chatcmpl-x", created=7, model="m")[
+        "choices"][0]["message"]["content"] == (collect(sse_chunks(expected)).content or None)
 
 
 @pytest.mark.parametrize("name", ANTHROPIC_FIXTURES)
@@ -426,7 +442,8 @@ def test_runs_are_one_entry_per_change_of_kind_through_a_tee(kinds: list[str],
     """Content deltas are only appended (counted when the kind changes): whatever the
     interleaving, the runs equal one [kind, index, count] per change, as a client saw it."""
     b = CompletionBuilder()
-    enc = ChunkEncoder(completion_id="chatcmpl-r", created=1, model="m", include_usage=False)
+    enc = RecordingChunkEncoder(completion_id="chatcmpl-r", created=1, model="m",
+                                include_usage=False)
     sink: Any = TeeSink(enc, b) if tee else b
     expected: list[list[Any]] = []
     tools = 0

@@ -9,7 +9,8 @@ read accumulate as a list of pieces, joined once by `take()` for one write (chea
 appending to a bytearray and copying it out with `bytes()`).
 
 What observers need (finish reason, usage, chunk count, error) is kept as O(1) counters on the
-encoder; storage and caching that need the content wrap it (`TeeSink`) only when switched on.
+encoder; storage and caching that need the content use `RecordingChunkEncoder` behind a
+`TeeSink`, only when switched on.
 """
 
 from __future__ import annotations
@@ -211,3 +212,24 @@ class ChunkEncoder:
             self.finish_reason = finish_reason
         self._buf += (b"data: ", data, b"\n\n")
         self.chunks += 1
+
+
+class RecordingChunkEncoder(ChunkEncoder):
+    """A ChunkEncoder that also keeps each content delta's text in `texts` (a
+    CompletionBuilder's list, wired by TeeSink) for store: true and cache fills. Content is
+    nearly every event, so recording it here costs one call per delta where a tee in front of
+    the encoder cost two (a Python frame each: ~40 % of what storing a stream costs the loop).
+    `content` is the base one written out with the append, for the same reason."""
+
+    __slots__ = ("texts",)
+
+    def __init__(self, **envelope: Any) -> None:
+        super().__init__(**envelope)
+        self.texts: list[str] = []
+
+    def content(self, text: str) -> None:
+        if not self._prefix:
+            self._envelope()
+        self._buf += (self._content_head, _dumps(text), self._content_tail)
+        self.chunks += 1
+        self.texts.append(text)

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import ProxyError
+from streamproxy.openai_api.chunks import RecordingChunkEncoder
 
 
 class CompletionBuilder:
@@ -84,8 +85,8 @@ class CompletionBuilder:
             self.model = model
 
     def content(self, text: str) -> None:
-        # Only the append: the run is counted when the kind changes (_take_text), so TeeSink
-        # can call the list's append directly, with no Python frame per delta.
+        # Only the append: the run is counted when the kind changes (_take_text), so a
+        # RecordingChunkEncoder can append to this list itself, with no call here per delta.
         self._text.append(text)
 
     def reasoning(self, text: str) -> None:
@@ -200,24 +201,19 @@ class CompletionBuilder:
 
 class TeeSink:
     """Feeds one stream to the encoder and to a CompletionBuilder. Used only when something
-    needs the whole answer (store: true, a cache fill), so the plain path pays nothing."""
+    needs the whole answer (store: true, a cache fill), so the plain path pays nothing.
+    Content deltas go to the encoder alone, which records their text in the builder's list
+    (`RecordingChunkEncoder`): one call per delta; the rarer events are forwarded to both."""
 
     __slots__ = ("builder", "content", "encoder")
 
-    def __init__(self, encoder: Any, builder: CompletionBuilder) -> None:
+    def __init__(self, encoder: RecordingChunkEncoder, builder: CompletionBuilder) -> None:
         self.encoder = encoder
         self.builder = builder
         builder.id = encoder.completion_id
         builder.created = encoder.created
-        # `content` runs once per delta: one closure calling the encoder and the builder's
-        # list append (a C call; CompletionBuilder.content is only that append).
-        encode, keep = encoder.content, builder.content_parts.append
-
-        def content(text: str) -> None:
-            encode(text)
-            keep(text)
-
-        self.content = content
+        encoder.texts = builder.content_parts  # CompletionBuilder.content is only this append
+        self.content = encoder.content
 
     def start(self, model: str | None = None) -> None:
         self.encoder.start(model)

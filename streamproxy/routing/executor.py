@@ -19,7 +19,7 @@ import orjson
 
 from streamproxy.errors import ProxyError, UpstreamStatusError
 from streamproxy.ids import random_hex
-from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
 from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.providers.base import StreamTranslator
@@ -200,7 +200,7 @@ class _StreamParts:
         if self.built is not None:
             return
         req, provider, record = self._req, self._target.provider, self._record
-        encoder = ChunkEncoder(
+        encoder = (RecordingChunkEncoder if record.capture else ChunkEncoder)(
             completion_id=record.completion_id or new_completion_id(),
             created=int(time.time()),
             model=self._target.model or provider.cfg.default_model or "",
