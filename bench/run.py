@@ -690,8 +690,10 @@ def main(argv: list[str] | None = None) -> None:
         pinning = (f"proxy on CPU {sorted(proxy_core)}, load generator + upstreams on CPU "
                    f"{sorted(harness_core)}" if proxy_core and harness_core else "no pinning "
                    "(fewer than two CPUs)")
+        speed_before = calibrate(proxy_core)
         print(f"streamproxy bench ({'quick' if plan.quick else 'full'}): {pinning}; "
-              f"load average {load_before[0]:.2f}")
+              f"load average {load_before[0]:.2f}; VM speed: {fmt(speed_before, '.2f')} µs "
+              f"per event for the pure Anthropic translation on the proxy's core")
         print(HEADER)
         try:
             _install_loop()
@@ -699,12 +701,20 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             mock.stop()
             upstream.stop()
+    speed_after = calibrate(proxy_core)
     checks = targets(env.results)
     print("\ntargets (issue 5; the last two: issue 3):")
     for c in checks:
         state = {True: "held", False: "MISSED", None: "not measured"}[c["held"]]
         value = "-" if c["value"] is None else f"{c['value']:.3g}"
         print(f"  {state:<13}{c['target']}: {value} (limit {c['limit']:g} {c['unit']})")
+    c32 = next((r for r in env.results if r["scenario"] == "anthropic-c32"), None)
+    if c32 and speed_before and speed_after:
+        per_event = c32["proxied"]["server_cpu_us_per_event"]
+        print(f"\nVM speed: pure translation {speed_before:.2f} µs/event before, "
+              f"{speed_after:.2f} after; the proxy's c32 CPU per event is "
+              f"{per_event / ((speed_before + speed_after) / 2):.2f}x it (to compare runs of "
+              f"different hours)")
     elapsed = time.monotonic() - started
     print(f"\ntotal {elapsed:.0f}s; load average before {load_before[0]:.2f}, after "
           f"{os.getloadavg()[0]:.2f}")
@@ -715,9 +725,23 @@ def main(argv: list[str] | None = None) -> None:
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                     "platform": platform.platform()},
-        "commit": _commit(), "scenarios": env.results, "targets": checks,
+        "commit": _commit(), "calibration_us_per_event": [speed_before, speed_after],
+        "scenarios": env.results, "targets": checks,
     }, indent=2))
     print(f"results: {out}")
+
+
+def calibrate(core: set[int] | None) -> float | None:
+    """How fast this VM is now (its hours differ by up to ~60 %): `bench.translators
+    --calibrate`, the pure Anthropic translation's µs per event, on the proxy's core."""
+    pin = (lambda: os.sched_setaffinity(0, core)) if core else None
+    try:
+        done = subprocess.run([sys.executable, "-m", "bench.translators", "--calibrate"],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT.parent,
+                              preexec_fn=pin)
+        return float(done.stdout.strip())
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
 
 
 def _install_loop() -> None:

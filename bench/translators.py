@@ -17,6 +17,8 @@ interleaved within each repeat so that load from other processes hits them alike
 checked once before timing, so a broken translator cannot post a fast figure.
 
 Usage: python -m bench.translators [--quick]   (about 15 s; --quick about 5 s)
+       python -m bench.translators --calibrate (about 1 s: Anthropic, bulk reads, one number;
+       `make bench` runs it on the proxy's core to say how fast this VM is at that moment)
 """
 
 from __future__ import annotations
@@ -160,11 +162,23 @@ def measure(all_cases: list[Case], mode: str, budget: float, max_repeats: int) -
     return best
 
 
+def calibration() -> float:
+    """Anthropic's pure translation, bulk reads, µs per event: a yardstick for the VM's speed
+    at the moment (its hours differ by up to ~60 %), against which a proxy figure is read."""
+    anthropic = [c for c in cases() if c.name == "anthropic"]
+    return measure(anthropic, "bulk", 0.8, 8)["anthropic"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.translators",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (about 5 s)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="print only Anthropic's bulk µs per event (about 1 s)")
     args = parser.parse_args(argv)
+    if args.calibrate:
+        print(f"{calibration():.3f}")
+        return
     budget, repeats = (1.5, 5) if args.quick else (6.0, 15)
     all_cases = cases()
     print(f"translator CPU per upstream event (µs, best of up to {repeats} repeats; "
