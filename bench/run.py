@@ -207,6 +207,11 @@ def mock_providers(env: Env) -> dict[str, dict[str, Any]]:
 
 def record(env: Env, name: str, what: str, proxy: dict[str, Any] | None,
            direct: dict[str, Any] | None, note: str = "", **extra: Any) -> None:
+    if proxy and proxy["harness_cpu_pct"] >= 95 and proxy["server_cpu_pct"] < 95:
+        bound = (f"harness-bound: the load generator and upstream's core at "
+                 f"{proxy['harness_cpu_pct']:.0f} %, the proxy at {proxy['server_cpu_pct']:.0f} "
+                 f"%; the throughput ratio measures the harness, not the proxy")
+        note = f"{note}; {bound}" if note else bound
     row: dict[str, Any] = {"scenario": name, "what": what, "proxied": proxy, "direct": direct,
                            "note": note, **extra}
     if proxy and direct:
