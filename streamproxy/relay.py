@@ -123,7 +123,7 @@ class _Pump:
         self._waiter: asyncio.Future[None] | None = None
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._deadline.loop
         try:
             self._upstream.pipe(self)
             while self._outcome is None:

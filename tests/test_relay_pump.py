@@ -59,6 +59,9 @@ class Client:
 class Deadline:
     reads = 0
 
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+
     def progress(self) -> None:
         self.reads += 1
 

@@ -142,7 +142,7 @@ class Executor:
             parts = _StreamParts(req, target, record)
             # Scheduled now, run as soon as this task waits for the upstream's answer (its
             # request written): building them is then off the time to first token.
-            asyncio.get_running_loop().call_soon(parts.build)
+            deadline.loop.call_soon(parts.build)
             resp = await self._send(req, target)
             encoder, translator = parts.take()
             read = resp.content.readany

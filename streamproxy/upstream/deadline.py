@@ -18,17 +18,19 @@ from streamproxy.errors import ProxyError, UpstreamTimeout
 
 
 class Deadline:
-    __slots__ = ("_handle", "_last", "_loop", "_provider", "_since", "_start", "_streaming",
-                 "_task", "_timeouts", "expired", "max_gap", "reads")
+    __slots__ = ("_handle", "_last", "_provider", "_since", "_start", "_streaming",
+                 "_task", "_timeouts", "expired", "loop", "max_gap", "reads")
 
     def __init__(self, timeouts: Timeouts, provider: str) -> None:
-        self._loop = asyncio.get_running_loop()
-        task = asyncio.current_task(self._loop)  # (given the loop: no second getpid() on 3.11)
+        # The request's loop, for whoever needs it next (on 3.11 each asyncio lookup of the
+        # running loop is a getpid() system call).
+        self.loop = asyncio.get_running_loop()
+        task = asyncio.current_task(self.loop)  # (given the loop: no second getpid() on 3.11)
         assert task is not None
         self._task = task
         self._timeouts = timeouts
         self._provider = provider
-        self._start = self._last = self._loop.time()
+        self._start = self._last = self.loop.time()
         self._streaming = False
         self._since = self._start
         self.reads = 0  # reads after the first event, and the largest gap between two reads:
@@ -37,7 +39,7 @@ class Deadline:
         first = min(timeouts.first_token, timeouts.idle)
         if timeouts.total is not None:
             first = min(first, timeouts.total)
-        self._handle: asyncio.TimerHandle | None = self._loop.call_at(self._start + first,
+        self._handle: asyncio.TimerHandle | None = self.loop.call_at(self._start + first,
                                                                       self._fire)
 
     @property
@@ -54,7 +56,7 @@ class Deadline:
 
     def progress(self) -> None:
         """Called after each upstream read."""
-        now = self._loop.time()
+        now = self.loop.time()
         gap = now - self._last
         if gap > self.max_gap:
             self.max_gap = gap
@@ -64,17 +66,17 @@ class Deadline:
     def first_event(self) -> None:
         """The first upstream event arrived: from now on the idle gap applies."""
         self._streaming = True
-        self._last = self._since = self._loop.time()
+        self._last = self._since = self.loop.time()
         due = self._due()  # later than the armed time, unless the timer already re-armed
         if self._handle is not None and due < self._handle.when():
             self._handle.cancel()
-            self._handle = self._loop.call_at(due, self._fire)
+            self._handle = self.loop.call_at(due, self._fire)
 
     def _fire(self) -> None:
-        now = self._loop.time()
+        now = self.loop.time()
         due = self._due()
         if now + 0.001 < due:
-            self._handle = self._loop.call_at(due, self._fire)
+            self._handle = self.loop.call_at(due, self._fire)
             return
         self._handle = None
         if self._timeouts.total is not None and now >= self._start + self._timeouts.total:

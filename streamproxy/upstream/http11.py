@@ -718,7 +718,7 @@ class Pool:
         conns = self.idle.get(key)
         if not conns:
             return None
-        now = asyncio.get_running_loop().time()
+        now = conns[-1]._loop.time()  # the pool's loop, without asyncio's lookup (a getpid())
         while conns:
             conn = conns.pop()
             if conn.closed or conn.transport is None or conn.transport.is_closing():
@@ -734,7 +734,7 @@ class Pool:
         if self._closed or len(conns) >= self.max_idle:
             conn.close()
             return
-        loop = asyncio.get_running_loop()
+        loop = conn._loop
         conn.idle_since = loop.time()
         conns.append(conn)
         if self._sweep is None:
