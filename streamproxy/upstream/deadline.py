@@ -25,7 +25,7 @@ class Deadline:
         # The request's loop, for whoever needs it next (on 3.11 each asyncio lookup of the
         # running loop is a getpid() system call).
         self.loop = asyncio.get_running_loop()
-        task = asyncio.current_task(self.loop)  # (given the loop: no second getpid() on 3.11)
+        task = asyncio.current_task(self.loop)
         assert task is not None
         self._task = task
         self._timeouts = timeouts
@@ -40,7 +40,7 @@ class Deadline:
         if timeouts.total is not None:
             first = min(first, timeouts.total)
         self._handle: asyncio.TimerHandle | None = self.loop.call_at(self._start + first,
-                                                                      self._fire)
+                                                                     self._fire)
 
     @property
     def task(self) -> asyncio.Task[object]:
