@@ -81,6 +81,9 @@ class ServerConfig:
     # The HTTP server side for POST /v1/chat/completions: the lean front (server/front.py), or
     # aiohttp's for every request (env STREAMPROXY_FRONT overrides this).
     front: str = "lean"
+    # Egress proxy for upstream requests: "env" (HTTPS_PROXY / HTTP_PROXY / NO_PROXY), "none",
+    # or {"url": ..., "no_proxy": [...]} (upstream/egress.py).
+    upstream_proxy: str | dict[str, Any] = "env"
 
 
 @dataclass(slots=True, frozen=True)
@@ -217,6 +220,8 @@ def _parse_server(raw: Any, source: str) -> ServerConfig:
             if v not in ("aiohttp", "native"):
                 raise ConfigError(source, key, "must be one of aiohttp, native")
             kwargs[k] = v
+        elif k == "upstream_proxy":
+            kwargs[k] = _upstream_proxy(v, source, key)
         elif k == "front":
             if v not in ("aiohttp", "lean"):
                 raise ConfigError(source, key, "must be one of aiohttp, lean")
@@ -228,6 +233,29 @@ def _parse_server(raw: Any, source: str) -> ServerConfig:
         else:
             raise ConfigError(source, key, "unknown key")
     return ServerConfig(**kwargs)
+
+
+def _upstream_proxy(value: Any, source: str, key: str) -> str | dict[str, Any]:
+    from streamproxy.upstream.egress import parse_proxy_url
+
+    if value in ("env", "none"):
+        return str(value)
+    if isinstance(value, str):
+        value = {"url": value}
+    if not isinstance(value, dict) or set(value) - {"url", "no_proxy"} or "url" not in value:
+        raise ConfigError(source, key, "must be env, none, a proxy URL, or a mapping with "
+                          "url and (optionally) no_proxy")
+    try:
+        parse_proxy_url(str(value["url"]))
+    except ValueError as e:
+        raise ConfigError(source, f"{key}.url", str(e)) from None
+    no_proxy = value.get("no_proxy", [])
+    if isinstance(no_proxy, str):
+        no_proxy = no_proxy.split(",")
+    if not isinstance(no_proxy, list) or not all(isinstance(e, str) for e in no_proxy):
+        raise ConfigError(source, f"{key}.no_proxy", "must be a list of hosts, domains, "
+                          "addresses or CIDR blocks")
+    return {"url": str(value["url"]), "no_proxy": no_proxy}
 
 
 def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from aiohttp import web
 
-from streamproxy.config import Config
+from streamproxy.config import Config, ConfigError
 from streamproxy.openai_api.request import Limits
 from streamproxy.providers.base import Provider
 from streamproxy.providers.mock import MockProvider
@@ -25,6 +26,7 @@ from streamproxy.server.observing import install_observers
 from streamproxy.server.state import STATE, AppState
 from streamproxy.server.store_and_cache import install as install_store_and_cache
 from streamproxy.upstream.client import UpstreamClient
+from streamproxy.upstream.egress import EgressProxies, egress_from_setting
 
 log = logging.getLogger("streamproxy")
 
@@ -46,10 +48,17 @@ def build_providers(config: Config) -> dict[str, Provider]:
     }
 
 
+def _egress(config: Config) -> EgressProxies:
+    try:
+        return egress_from_setting(config.server.upstream_proxy, os.environ)
+    except ValueError as e:  # a malformed HTTPS_PROXY / HTTP_PROXY
+        raise ConfigError("environment", "HTTP(S)_PROXY", str(e)) from None
+
+
 def create_app(config: Config) -> web.Application:
     server = config.server
     providers = build_providers(config)
-    client = UpstreamClient(kind=server.upstream_client)
+    client = UpstreamClient(kind=server.upstream_client, egress=_egress(config))
     router = Router(providers, config.default_provider, server.timeouts)
     breakers = CircuitBreakers()
     state = AppState(

@@ -11,12 +11,16 @@ total; the connect timeout is aiohttp's, and first-token / idle / total deadline
 by `Deadline` (relay.py) with one timer per stream rather than one per read.
 
 Both responses offer the same attributes, so nothing past `send()` knows which one it got.
+Both go through the same egress proxies (`upstream/egress.py`) and read the system's trust
+store (`SSL_CERT_FILE` / `SSL_CERT_DIR` included) when the worker starts its client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import ssl
+from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -29,6 +33,7 @@ from streamproxy.errors import (
     UpstreamUnreachable,
 )
 from streamproxy.providers.base import UpstreamRequest
+from streamproxy.upstream.egress import NO_PROXIES, EgressProxies
 from streamproxy.upstream.http11 import HTTP11Client, MalformedResponse
 
 CLIENT_ENV = "STREAMPROXY_UPSTREAM_CLIENT"
@@ -37,7 +42,7 @@ CLIENT_KINDS = ("aiohttp", "native")
 
 class UpstreamClient:
     def __init__(self, *, limit_per_host: int = 0, keepalive_timeout: float = 30.0,
-                 kind: str = "native") -> None:
+                 kind: str = "native", egress: EgressProxies = NO_PROXIES) -> None:
         kind = os.environ.get(CLIENT_ENV) or kind
         if kind not in CLIENT_KINDS:
             raise ValueError(f"{CLIENT_ENV} must be one of {', '.join(CLIENT_KINDS)}")
@@ -45,17 +50,20 @@ class UpstreamClient:
         self.native: HTTP11Client | None = None
         self._limit_per_host = limit_per_host
         self._keepalive = keepalive_timeout
+        self.egress = egress
         self.session: aiohttp.ClientSession | None = None
         # Per-request objects aiohttp would otherwise rebuild every time (URL parsing is the
         # costly one); both maps stay small: one entry per upstream URL / timeout value.
         self._urls: dict[str, URL] = {}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._proxies: dict[str, dict[str, Any]] = {}  # aiohttp's proxy arguments per URL
 
     async def start(self) -> None:
         if self.kind == "native":
-            self.native = HTTP11Client(keepalive_timeout=self._keepalive)
+            self.native = HTTP11Client(keepalive_timeout=self._keepalive, egress=self.egress)
             return
         connector = aiohttp.TCPConnector(
+            ssl=ssl.create_default_context(),
             limit=0,  # admission control, not the pool, limits concurrency
             limit_per_host=self._limit_per_host,
             keepalive_timeout=self._keepalive,
@@ -94,18 +102,35 @@ class UpstreamClient:
         if url is None:
             if len(self._urls) > 1024:  # per-request URLs (e.g. a model in the path): bound it
                 self._urls.clear()
+                self._proxies.clear()
             url = self._urls[req.url] = URL(req.url)
+            self._proxies[req.url] = self._proxy_arguments(url)
         timeout = self._timeouts.get(connect_timeout)
         if timeout is None:
             timeout = self._timeouts[connect_timeout] = aiohttp.ClientTimeout(
                 total=None, sock_connect=connect_timeout, connect=connect_timeout)
+        proxy = self._proxies[req.url]
+        headers = {**req.headers, **proxy["headers"]} if "headers" in proxy else req.headers
         try:
             return await self.session.request(
-                req.method, url, data=req.body, headers=req.headers, timeout=timeout,
-                allow_redirects=False,
+                req.method, url, data=req.body, headers=headers, timeout=timeout,
+                allow_redirects=False, proxy=proxy.get("proxy"),
+                proxy_headers=proxy.get("proxy_headers"),  # type: ignore[arg-type]
             )
         except Exception as e:
             raise map_client_error(e, provider, before_response=True) from None
+
+    def _proxy_arguments(self, url: URL) -> dict[str, Any]:
+        route = self.egress.route(url.scheme, url.host or "", url.port or 0)
+        if route is None:
+            return {}
+        arguments: dict[str, Any] = {"proxy": route.url}
+        if route.authorization:
+            auth = {"Proxy-Authorization": route.authorization}
+            # aiohttp sends proxy_headers with a CONNECT only; an http upstream's request goes
+            # to the proxy itself, so the header travels with it.
+            arguments["proxy_headers" if url.scheme == "https" else "headers"] = auth
+        return arguments
 
 
 def map_client_error(exc: BaseException, provider: str, *, before_response: bool) -> ProxyError:
@@ -122,7 +147,8 @@ def map_client_error(exc: BaseException, provider: str, *, before_response: bool
     if isinstance(exc, aiohttp.ClientPayloadError):
         return StreamTruncated(f"provider '{provider}' closed the connection mid-response")
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientOSError
-                  | aiohttp.ServerDisconnectedError | ConnectionError):
+                  | aiohttp.ServerDisconnectedError | ConnectionError
+                  | aiohttp.ClientHttpProxyError):  # (an egress proxy refused the tunnel)
         if before_response:
             return UpstreamUnreachable(f"could not reach provider '{provider}': "
                                        f"{type(exc).__name__}")

@@ -15,8 +15,11 @@ per read (`relay.py`).
 
 Errors: connection failures are `ConnectionError`s (`ConnectFailed`, `Disconnected`) and a
 malformed response is `MalformedResponse` (also a `ConnectionError`, so every path that catches
-OSError sees it); `upstream/client.py` maps them. No HTTP-proxy support (`HTTPS_PROXY`): use
-the aiohttp client for that.
+OSError sees it); `upstream/client.py` maps them.
+
+Egress proxies (`upstream/egress.py`): an https upstream is reached through a CONNECT tunnel to
+the proxy (TLS to the upstream inside it, pooled per upstream as usual); an http one is sent to
+the proxy with its absolute URL as the request target (pooled per proxy).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from streamproxy.upstream.egress import NO_PROXIES, EgressProxies, ProxyRoute
 
 MAX_HEAD_BYTES = 64 * 1024  # status line + headers of one response
 MAX_HEADERS = 256
@@ -762,7 +767,9 @@ class Pool:
         if left:
             self._sweep = loop.call_later(self.keepalive / 2, self._sweep_idle)
 
-    async def connect(self, key: tuple[str, str, int], timeout: float) -> _Connection:
+    async def connect(self, key: tuple[str, str, int], timeout: float,
+                      tunnel: ProxyRoute | None = None) -> _Connection:
+        """A new connection for `key`; with `tunnel`, through a CONNECT to that proxy."""
         scheme, host, port = key
         loop = asyncio.get_running_loop()
         conn = _Connection(loop, key, self)
@@ -773,8 +780,12 @@ class Pool:
             context = self._ssl
         try:
             async with asyncio.timeout(timeout):
-                await loop.create_connection(lambda: conn, host, port, ssl=context,
-                                             server_hostname=host if context else None)
+                if tunnel is None:
+                    await loop.create_connection(lambda: conn, host, port, ssl=context,
+                                                 server_hostname=host if context else None)
+                else:  # (only https upstreams are tunnelled: see _split_url)
+                    assert context is not None
+                    await _open_tunnel(loop, conn, tunnel, host, port, context)
         except TimeoutError:
             raise
         except OSError as e:
@@ -793,18 +804,68 @@ class Pool:
         self.idle.clear()
 
 
+class _TunnelHandshake(asyncio.Protocol):
+    """Sends CONNECT and waits for the proxy's answer head (nothing may follow it: the
+    upstream speaks only after our TLS hello)."""
+
+    def __init__(self, request: bytes) -> None:
+        self._request = request
+        self._buf = b""
+        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(self._request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if not self.answer.done() and (b"\r\n\r\n" in self._buf
+                                       or len(self._buf) > MAX_HEAD_BYTES):
+            self.answer.set_result(self._buf)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(ConnectionResetError("the proxy closed the connection"))
+
+
+async def _open_tunnel(loop: asyncio.AbstractEventLoop, conn: _Connection, proxy: ProxyRoute,
+                       host: str, port: int, context: ssl.SSLContext) -> None:
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    auth = f"Proxy-Authorization: {proxy.authorization}\r\n" if proxy.authorization else ""
+    request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{auth}\r\n".encode()
+    transport, handshake = await loop.create_connection(lambda: _TunnelHandshake(request),
+                                                        proxy.host, proxy.port)
+    try:
+        answer = await handshake.answer
+        status_line = answer.split(b"\r\n", 1)[0]
+        parts = status_line.split(b" ", 2)
+        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        if not answer.endswith(b"\r\n\r\n") or not 200 <= status < 300:
+            reason = f"answered {status}" if status else "sent a malformed answer"
+            raise ConnectFailed(f"the egress proxy {proxy.host}:{proxy.port} {reason} to "
+                                f"CONNECT {authority}")
+        tls = await loop.start_tls(transport, conn, context, server_hostname=host)
+    except BaseException:
+        transport.close()
+        raise
+    assert tls is not None
+    conn.connection_made(tls)
+
+
 @dataclass(slots=True, frozen=True)
 class _Url:
-    key: tuple[str, str, int]
-    target: str  # path + query
+    key: tuple[str, str, int]  # the pool's: the upstream's, or an http proxy's
+    target: str  # path + query; the absolute URL when sent to an http proxy
     host_header: str
+    tunnel: ProxyRoute | None = None  # an https upstream behind this proxy
+    proxy_authorization: str | None = None  # an http upstream sent through a proxy
 
 
 _DROPPED = frozenset({"host", "content-length", "connection", "transfer-encoding",
-                      "accept-encoding", "keep-alive", "te", "upgrade"})
+                      "accept-encoding", "keep-alive", "te", "upgrade",
+                      "proxy-authorization"})
 
 
-def _split_url(url: str) -> _Url:
+def _split_url(url: str, egress: EgressProxies = NO_PROXIES) -> _Url:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname:
@@ -815,15 +876,23 @@ def _split_url(url: str) -> _Url:
     shown = f"[{host}]" if ":" in host else host
     host_header = shown if port == default else f"{shown}:{port}"
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return _Url((scheme, host, port), target, host_header)
+    proxy = egress.route(scheme, host, port)
+    if proxy is None:
+        return _Url((scheme, host, port), target, host_header)
+    if scheme == "https":
+        return _Url((scheme, host, port), target, host_header, tunnel=proxy)
+    return _Url(("http", proxy.host, proxy.port), f"http://{host_header}{target}", host_header,
+                proxy_authorization=proxy.authorization)
 
 
 class HTTP11Client:
     """`send()` → a `Response` once its head is in; the caller `release()`s or `close()`s it."""
 
     def __init__(self, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT,
-                 max_idle_per_host: int = MAX_IDLE_PER_HOST) -> None:
+                 max_idle_per_host: int = MAX_IDLE_PER_HOST,
+                 egress: EgressProxies = NO_PROXIES) -> None:
         self.pool = Pool(keepalive=keepalive_timeout, max_idle_per_host=max_idle_per_host)
+        self.egress = egress
         self._urls: dict[str, _Url] = {}
 
     def _url(self, url: str) -> _Url:
@@ -831,7 +900,7 @@ class HTTP11Client:
         if parsed is None:
             if len(self._urls) > 1024:  # per-request URLs (a model in the path): bound it
                 self._urls.clear()
-            parsed = self._urls[url] = _split_url(url)
+            parsed = self._urls[url] = _split_url(url, self.egress)
         return parsed
 
     async def send(self, method: str, url: str, body: bytes, headers: dict[str, str], *,
@@ -840,6 +909,8 @@ class HTTP11Client:
         lines = [f"{method} {u.target} HTTP/1.1\r\nHost: {u.host_header}\r\n"
                  f"Content-Length: {len(body)}\r\nAccept-Encoding: identity\r\n"
                  "Connection: keep-alive\r\n"]
+        if u.proxy_authorization:
+            lines.append(f"Proxy-Authorization: {u.proxy_authorization}\r\n")
         for name, value in headers.items():
             if name.lower() in _DROPPED:
                 continue
@@ -859,7 +930,7 @@ class HTTP11Client:
                 if not e.nothing_received:
                     raise
             # The pooled connection had been closed by the upstream: retry once on a new one.
-        conn = await self.pool.connect(u.key, connect_timeout)
+        conn = await self.pool.connect(u.key, connect_timeout, u.tunnel)
         return await conn.request(data, head_request)
 
     async def close(self) -> None:

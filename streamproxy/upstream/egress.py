@@ -1,0 +1,160 @@
+"""Which upstream requests leave through an egress (forward) proxy, and how to reach it.
+
+`server.upstream_proxy` (config.py): `env` (the default) reads `HTTPS_PROXY` / `HTTP_PROXY` /
+`NO_PROXY` (either case; the lowercase wins, as in curl), `none` never uses one, or a mapping
+`{url, no_proxy}` names one proxy for every scheme. Like Go's net/http, loopback upstreams
+(`localhost`, 127.0.0.0/8, ::1: the embedded mock, a local vLLM or Ollama) never go through a
+proxy. Only `http://` proxies: an https upstream is reached through a CONNECT tunnel, an http
+one with its absolute URL as the request target.
+
+A proxy URL's user info becomes a `Proxy-Authorization: Basic` header; it is never shown
+(`ProxyRoute.__repr__`, error messages name only the proxy's host and port).
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyRoute:
+    host: str
+    port: int
+    authorization: str | None = field(default=None, repr=False)  # "Basic …"
+
+    @property
+    def url(self) -> str:
+        """The proxy's URL without credentials (for aiohttp's `proxy=`)."""
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{shown}:{self.port}"
+
+    def __repr__(self) -> str:
+        return f"ProxyRoute({self.host}:{self.port})"
+
+
+def parse_proxy_url(value: str) -> ProxyRoute:
+    """`http://[user:pass@]host[:port]` (a bare `host:port` is read as http://, like curl)."""
+    text = value.strip()
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    if parts.scheme.lower() != "http":
+        raise ValueError(f"only http:// egress proxies are supported, not {parts.scheme}://")
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise ValueError("the proxy URL's port is not a number") from None
+    if not parts.hostname:
+        raise ValueError("the proxy URL has no host")
+    authorization = None
+    if parts.username is not None:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        authorization = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+    return ProxyRoute(parts.hostname, port, authorization)
+
+
+class _Bypass:
+    """A `NO_PROXY` list: `*`, host names (each also matching its subdomains; a leading dot
+    is allowed), IP addresses and CIDR blocks, each optionally with `:port`."""
+
+    def __init__(self, entries: list[str]) -> None:
+        self.everything = False
+        self.names: list[tuple[str, int | None]] = []
+        self.networks: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int | None]] = []
+        for raw in entries:
+            entry = raw.strip().lower()
+            if not entry:
+                continue
+            if entry == "*":
+                self.everything = True
+                continue
+            entry, port = _split_port(entry)
+            try:
+                self.networks.append((ipaddress.ip_network(entry.strip("[]"), strict=False),
+                                      port))
+            except ValueError:
+                self.names.append((entry.lstrip("*").lstrip("."), port))
+
+    def covers(self, host: str, port: int) -> bool:
+        if self.everything:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            address = None
+        if address is not None:
+            return any(address in net and p in (None, port) for net, p in self.networks)
+        return any((host == name or host.endswith("." + name)) and p in (None, port)
+                   for name, p in self.names)
+
+
+def _split_port(entry: str) -> tuple[str, int | None]:
+    """`host:port` / `[v6]:port` → (host, port); a bare IPv6 address or CIDR keeps its colons."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    head, sep, tail = entry.rpartition(":")
+    if sep and tail.isdigit() and ":" not in head:
+        return head, int(tail)
+    return entry, None
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class EgressProxies:
+    """Per upstream (scheme, host, port): the proxy to go through, or None."""
+
+    def __init__(self, http: ProxyRoute | None = None, https: ProxyRoute | None = None,
+                 no_proxy: list[str] | None = None) -> None:
+        self.http, self.https = http, https
+        self._bypass = _Bypass(no_proxy or [])
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> EgressProxies:
+        def read(name: str) -> str:
+            return environ.get(name.lower()) or environ.get(name.upper()) or ""
+
+        http, https = read("http_proxy"), read("https_proxy")
+        return cls(parse_proxy_url(http) if http else None,
+                   parse_proxy_url(https) if https else None,
+                   read("no_proxy").split(","))
+
+    @property
+    def active(self) -> bool:
+        return self.http is not None or self.https is not None
+
+    def route(self, scheme: str, host: str, port: int) -> ProxyRoute | None:
+        proxy = self.https if scheme == "https" else self.http
+        if proxy is None or is_loopback(host) or self._bypass.covers(host.lower(), port):
+            return None
+        return proxy
+
+
+NO_PROXIES = EgressProxies()
+
+
+def egress_from_setting(setting: str | dict[str, object],
+                        environ: Mapping[str, str]) -> EgressProxies:
+    """The proxies `server.upstream_proxy` names (validated by config.py)."""
+    if setting == "none":
+        return NO_PROXIES
+    if setting == "env":
+        return EgressProxies.from_environment(environ)
+    assert isinstance(setting, dict)
+    route = parse_proxy_url(str(setting["url"]))
+    no_proxy = setting.get("no_proxy") or []
+    assert isinstance(no_proxy, list)
+    return EgressProxies(route, route, [str(e) for e in no_proxy])

@@ -1,0 +1,288 @@
+"""Egress proxies: which upstreams go through one (pure), and both upstream clients through a
+real forward proxy on loopback — absolute-form for http upstreams, a CONNECT tunnel with TLS
+inside for https ones."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import ssl
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from streamproxy.config import ConfigError
+from streamproxy.upstream.client import CLIENT_ENV
+from streamproxy.upstream.egress import EgressProxies, egress_from_setting, parse_proxy_url
+from tests.helpers import FakeUpstream, collect, fixture_bytes, make_config, sse_chunks
+
+STREAM = fixture_bytes("anthropic/sdk-python_tool_use_response.sse")
+HOST = "api.example.test"  # never resolved: only the proxy is connected to
+SECRET = "pr0xy-s3cret"
+
+
+# -- which upstreams go through a proxy (pure) ---------------------------------------------------
+
+def _server(**server: Any) -> Any:
+    return make_config({"up": {"type": "anthropic", "base_url": "https://a.example"}}, "up",
+                       server=server)
+
+
+def test_environment_proxies_per_scheme_with_no_proxy() -> None:
+    e = EgressProxies.from_environment({
+        "HTTPS_PROXY": "http://proxy.corp:3128", "http_proxy": "proxy.corp:8080",
+        "NO_PROXY": ".internal.example, 10.0.0.0/8, api.x.com:8443, [fd00::1]"})
+    assert e.route("https", "api.openai.com", 443) == parse_proxy_url("http://proxy.corp:3128")
+    assert e.route("http", "api.openai.com", 80) == parse_proxy_url("http://proxy.corp:8080")
+    assert e.route("https", "internal.example", 443) is None
+    assert e.route("https", "a.b.internal.example", 443) is None
+    assert e.route("https", "notinternal.example", 443) is not None
+    assert e.route("https", "10.200.3.4", 443) is None
+    assert e.route("https", "11.0.0.1", 443) is not None
+    assert e.route("https", "api.x.com", 8443) is None
+    assert e.route("https", "api.x.com", 443) is not None
+    assert e.route("https", "fd00::1", 443) is None
+
+
+def test_lowercase_variable_wins_and_star_bypasses_everything() -> None:
+    e = EgressProxies.from_environment({"https_proxy": "http://low:1", "HTTPS_PROXY": "http://up:2"})
+    assert e.route("https", "h.example", 443) == parse_proxy_url("http://low:1")
+    assert EgressProxies.from_environment({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "*"}).route(
+        "https", "h.example", 443) is None
+    assert not EgressProxies.from_environment({}).active
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "127.9.9.9", "::1", "LocalHost"])
+def test_loopback_upstreams_never_use_a_proxy(host: str) -> None:
+    e = EgressProxies.from_environment({"HTTPS_PROXY": "http://p:1", "HTTP_PROXY": "http://p:1"})
+    assert e.route("https", host, 443) is None and e.route("http", host, 80) is None
+
+
+def test_proxy_credentials_become_a_basic_header_and_are_never_shown() -> None:
+    route = parse_proxy_url(f"http://alice:{SECRET.replace('-', '%2D')}@proxy.corp:3128")
+    assert route.authorization == "Basic " + base64.b64encode(
+        f"alice:{SECRET}".encode()).decode()
+    assert route.url == "http://proxy.corp:3128"
+    assert SECRET not in repr(route) and "alice" not in repr(route)
+
+
+@pytest.mark.parametrize("bad", ["https://proxy.corp:3128", "socks5://p:1", "http://p:port",
+                                 "http://:3128"])
+def test_unsupported_proxy_urls_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_proxy_url(bad)
+    with pytest.raises(ConfigError, match="upstream_proxy"):
+        _server(upstream_proxy=bad)
+
+
+def test_config_setting() -> None:
+    cfg = _server(upstream_proxy={"url": "http://p:3128", "no_proxy": ["internal.example"]})
+    e = egress_from_setting(cfg.server.upstream_proxy, {"HTTPS_PROXY": "http://ignored:1"})
+    assert e.route("https", "api.openai.com", 443) == parse_proxy_url("http://p:3128")
+    assert e.route("http", "api.openai.com", 80) == parse_proxy_url("http://p:3128")
+    assert e.route("https", "x.internal.example", 443) is None
+    none = _server(upstream_proxy="none").server.upstream_proxy
+    assert not egress_from_setting(none, {"HTTPS_PROXY": "http://p:1"}).active
+    assert _server().server.upstream_proxy == "env"
+    with pytest.raises(ConfigError, match="no_proxy"):
+        _server(upstream_proxy={"url": "http://p:1", "no_proxy": 3})
+
+
+# -- through a real forward proxy ----------------------------------------------------------------
+
+class ForwardProxy:
+    """A forward proxy on loopback that sends everything to one `destination`: a CONNECT is
+    answered `connect_status` and (on 200) spliced to it; any other request is passed on as
+    it came (absolute-form). Every request head it receives is kept."""
+
+    def __init__(self, destination: tuple[str, int], connect_status: int = 200) -> None:
+        self.destination = destination
+        self.connect_status = connect_status
+        self.heads: list[bytes] = []
+        self.port = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.heads.append(head)
+            connect = head.startswith(b"CONNECT ")
+            if connect and self.connect_status != 200:
+                writer.write(b"HTTP/1.1 %d Nope\r\nContent-Length: 0\r\n\r\n"
+                             % self.connect_status)
+                await writer.drain()
+                return
+            up_reader, up_writer = await asyncio.open_connection(*self.destination)
+            if connect:
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            else:
+                up_writer.write(head)
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass  # (cancelled by stop(): asyncio's server would log a cancelled handler)
+        finally:
+            writer.close()
+            self._tasks.discard(task)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: Any) -> tuple[Path, Path]:
+    """A self-signed certificate for HOST (openssl, as on any Debian machine)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={HOST}",
+                    "-addext", f"subjectAltName=DNS:{HOST}"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@contextlib.asynccontextmanager
+async def serve_fake(fake: FakeUpstream, tls: ssl.SSLContext | None = None) -> Any:
+    runner = web.AppRunner(fake.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
+    await site.start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture(params=["native", "aiohttp"])
+def client_kind(request: Any, monkeypatch: Any) -> str:
+    monkeypatch.setenv(CLIENT_ENV, request.param)
+    return str(request.param)
+
+
+def _config(base_url: str, proxy_port: int) -> Any:
+    return make_config(
+        {"up": {"type": "anthropic", "base_url": base_url, "api_key": "sk-ant-upstream",
+                "default_model": "m"}}, default="up",
+        server={"upstream_proxy": {"url": f"http://alice:{SECRET}@127.0.0.1:{proxy_port}"}})
+
+
+async def _stream(client: Any) -> Any:
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    return resp.status, await resp.read()
+
+
+def _basic() -> bytes:
+    return b"Proxy-Authorization: Basic " + base64.b64encode(f"alice:{SECRET}".encode())
+
+
+async def test_https_upstream_through_a_connect_tunnel(proxy: Any, client_kind: str,
+                                                       certificate: tuple[Path, Path],
+                                                       monkeypatch: Any) -> None:
+    cert, key = certificate
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the clients trust the test's certificate
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    fake = FakeUpstream()
+    fake.body = STREAM
+    async with serve_fake(fake, tls) as port:
+        forward = ForwardProxy(("127.0.0.1", port))
+        await forward.start()
+        try:
+            client = await proxy(_config(f"https://{HOST}", forward.port))
+            for _ in range(2):  # the second request reuses the tunnelled connection
+                status, body = await _stream(client)
+                assert status == 200
+                chunks = collect(sse_chunks(body))
+                assert chunks.done and chunks.tool_calls
+            await client.close()
+        finally:
+            await forward.stop()
+    assert len(forward.heads) == 1
+    head = forward.heads[0]
+    assert head.startswith(f"CONNECT {HOST}:443 HTTP/1.1\r\n".encode())
+    assert _basic() in head
+    assert b"sk-ant-upstream" not in head  # the provider key travels inside the TLS only
+    assert [r.headers["Host"] for r in fake.requests] == [HOST, HOST]
+    assert all("Proxy-Authorization" not in r.headers for r in fake.requests)
+    assert fake.requests[0].headers["x-api-key"] == "sk-ant-upstream"
+
+
+async def test_http_upstream_through_the_proxy_in_absolute_form(proxy: Any, client_kind: str,
+                                                                upstream: FakeUpstream) -> None:
+    upstream.body = STREAM
+    port = int(upstream.url.rsplit(":", 1)[1])
+    forward = ForwardProxy(("127.0.0.1", port))
+    await forward.start()
+    try:
+        client = await proxy(_config("http://api.example.test:8080", forward.port))
+        status, body = await _stream(client)
+        await client.close()
+    finally:
+        await forward.stop()
+    assert status == 200 and collect(sse_chunks(body)).done
+    head = forward.heads[0]
+    assert head.startswith(b"POST http://api.example.test:8080/v1/messages HTTP/1.1\r\n")
+    assert _basic() in head
+    assert upstream.requests[0].headers["Host"] == "api.example.test:8080"
+
+
+async def test_a_refused_tunnel_is_a_502_that_does_not_show_the_credentials(
+        proxy: Any, client_kind: str) -> None:
+    forward = ForwardProxy(("127.0.0.1", 9), connect_status=407)
+    await forward.start()
+    try:
+        client = await proxy(_config(f"https://{HOST}", forward.port))
+        status, body = await _stream(client)
+        await client.close()
+    finally:
+        await forward.stop()
+    assert status == 502
+    assert orjson.loads(body)["error"]["code"] == "upstream_unreachable"
+    assert SECRET.encode() not in body and b"alice" not in body
+
+
+async def test_loopback_upstreams_bypass_the_environment_proxy(
+        proxy: Any, client_kind: str, upstream: FakeUpstream, monkeypatch: Any) -> None:
+    upstream.body = STREAM
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    client = await proxy(make_config({"up": {"type": "anthropic", "base_url": upstream.url,
+                                             "api_key": "k", "default_model": "m"}}, "up"))
+    status, body = await _stream(client)
+    assert status == 200 and collect(sse_chunks(body)).done
+
+
+def test_a_malformed_environment_proxy_is_a_config_error(monkeypatch: Any) -> None:
+    from streamproxy.server.app import create_app
+
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://p:1")
+    with pytest.raises(ConfigError, match="only http://"):
+        create_app(_server())
+    assert os.environ["HTTPS_PROXY"] == "socks5://p:1"
