@@ -34,20 +34,25 @@ test: $(VENV)/.installed-test redis-server-present
 	STREAMPROXY_FRONT=aiohttp $(BIN)/python -m pytest -q -p no:cacheprovider \
 		--benchmark-disable $(AIOHTTP_CLIENT_TESTS) tests/test_auth.py tests/test_cache.py
 
-# The Redis cache tests start their own redis-server (tests/redis_server.py): install it when
-# missing (apt-get, as root), else stop with what to do. A missing Redis fails, never skips.
+# The Redis cache tests start their own redis-server (tests/redis_server.py) and the egress
+# proxy tests make a certificate with openssl: install them when missing (apt-get, as root),
+# else stop with what to do. A missing one fails the tests, never skips them.
 redis-server-present:
-	@command -v redis-server >/dev/null 2>&1 || { \
+	@missing=""; for tool in redis-server openssl; do \
+	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing redis-server (the Redis cache tests need one)"; \
+	    echo "installing$$missing (the tests need them)"; \
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "make test needs redis-server on PATH (the Redis cache tests start their own):" \
-	         "install it, e.g. 'sudo apt-get install -y redis-server', or run make test as root" \
-	         "on a Debian/Ubuntu machine" >&2; \
+	    echo "make test needs$$missing on PATH (the Redis cache tests start their own" \
+	         "redis-server; the egress tests make a certificate with openssl): install them," \
+	         "e.g. 'sudo apt-get install -y$$missing', or run make test as root on a" \
+	         "Debian/Ubuntu machine" >&2; \
 	    exit 1; \
-	  fi; }
+	  fi; \
+	fi
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check streamproxy tests bench loadtests
