@@ -159,3 +159,32 @@ async def test_sigterm_drains_then_exits_zero(tree: Tree) -> None:
     assert status == 0
     assert time.monotonic() - t0 < 8.0
     assert not await healthy(tree.url)
+
+
+RATE_LIMITED = CONFIG + """
+auth:
+  keys:
+    - name: team
+      key: sk-proxy-team
+      rate_limit: {{requests_per_minute: 1, burst: 4}}
+"""
+
+
+async def test_a_keys_rate_limit_is_shared_by_the_workers(tmp_path: Path) -> None:
+    """24 requests, each on a fresh connection so the kernel spreads them over both workers:
+    the key's burst of 4 is the instance's (per-worker buckets would grant up to 8)."""
+    config = tmp_path / "proxy.yaml"
+    config.write_text(RATE_LIMITED.format(grace=0.5, models="fast"))
+    t = Tree(config, _free_port())
+    try:
+        await until(lambda: len(t.workers()) == 2 and healthy(t.url), "two workers listening")
+        await until(lambda: "all 2 workers listening" in t.output(), "the master's ready log")
+        statuses = []
+        for _ in range(24):
+            async with aiohttp.ClientSession() as s, s.get(
+                    t.url + "/v1/models",
+                    headers={"authorization": "Bearer sk-proxy-team"}) as r:
+                statuses.append(r.status)
+        assert statuses.count(200) == 4 and statuses.count(429) == 20, statuses
+    finally:
+        t.kill()

@@ -19,10 +19,11 @@ from streamproxy.routing.gateway import Gateway, load_settings
 from streamproxy.routing.router import Router
 from streamproxy.server import handlers
 from streamproxy.server.admission import ADMISSION, Admission
-from streamproxy.server.auth import AUTH, auth_middleware, parse_auth
+from streamproxy.server.auth import AUTH, auth_middleware, parse_auth, share_buckets
 from streamproxy.server.errors import error_middleware
 from streamproxy.server.header_limits import BACKSTOP, header_limits
 from streamproxy.server.observing import install_observers
+from streamproxy.server.shared_rate import inherited
 from streamproxy.server.state import STATE, AppState
 from streamproxy.server.store_and_cache import install as install_store_and_cache
 from streamproxy.upstream.client import UpstreamClient
@@ -72,6 +73,8 @@ def create_app(config: Config) -> web.Application:
         limits=Limits(server.max_messages, server.max_tools, server.max_json_depth),
     )
     auth = parse_auth(config)
+    if auth is not None:
+        share_buckets(auth, inherited())  # with workers: one rate per key for all of them
     admission = Admission(server.max_concurrent_streams)
     app = web.Application(client_max_size=server.max_body_bytes,
                           middlewares=[error_middleware,

@@ -39,6 +39,7 @@ from streamproxy.server.observing import AUTH_KEY, observe_rejection
 
 if TYPE_CHECKING:
     from streamproxy.server.exchange import Exchange
+    from streamproxy.server.shared_rate import SharedBuckets
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
@@ -49,9 +50,10 @@ _KEY_FIELDS = {"name", "key", "key_env", "allowed_providers", "rate_limit"}
 
 
 class TokenBucket:
-    """`burst` requests at once, refilled at `per_minute` / 60 per second."""
+    """`burst` requests at once, refilled at `per_minute` / 60 per second. With workers, its
+    state is the generation's shared slot (server/shared_rate.py), not these fields."""
 
-    __slots__ = ("burst", "per_minute", "rate", "stamp", "tokens")
+    __slots__ = ("burst", "per_minute", "rate", "shared", "stamp", "tokens")
 
     def __init__(self, per_minute: float, burst: int) -> None:
         self.per_minute = per_minute
@@ -59,9 +61,13 @@ class TokenBucket:
         self.burst = burst
         self.tokens = float(burst)
         self.stamp: float | None = None
+        self.shared: tuple[SharedBuckets, int] | None = None
 
     def take(self, now: float) -> float | None:
         """Take one token: None when granted, else the seconds until one is available."""
+        if self.shared is not None:
+            buckets, slot = self.shared
+            return buckets.take(slot, self.burst, self.rate, now)
         if self.stamp is not None:
             self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
@@ -93,6 +99,17 @@ class Auth:
             if hmac.compare_digest(digest, key.digest):
                 found = key
         return found
+
+
+def share_buckets(auth: Auth, shared: SharedBuckets | None) -> None:
+    """With workers: each rate-limited key takes its tokens from the generation's shared
+    buckets, so its rate is the instance's and not each worker's."""
+    if shared is None:
+        return
+    for key in auth.keys:
+        slot = shared.slots.get(key.name)
+        if key.bucket is not None and slot is not None:
+            key.bucket.shared = (shared, slot)
 
 
 def _digest(key: str) -> bytes:

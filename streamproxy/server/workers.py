@@ -43,6 +43,7 @@ from aiohttp import web
 
 from streamproxy.config import Config, ConfigError, load_config
 from streamproxy.server.heap import keep_heap_cushion
+from streamproxy.server.shared_rate import SharedBuckets, inherit
 
 log = logging.getLogger("streamproxy.workers")
 
@@ -200,6 +201,7 @@ class Master:
         self._signals: list[int] = []
         self._wake: tuple[int, int] | None = None
         self._metrics_dir: str | None = None
+        self._rate_buckets: dict[int, SharedBuckets] = {}  # generation → its shared buckets
 
     # -- main loop --------------------------------------------------------------------------------
     def run(self) -> int:
@@ -256,6 +258,7 @@ class Master:
 
     # -- workers ----------------------------------------------------------------------------------
     def _spawn(self, slot: int, generation: int, config: Config) -> None:
+        self._share_rate_limits(generation, config)
         ready_r, ready_w = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -280,6 +283,16 @@ class Master:
         os.set_blocking(ready_r, False)
         self.workers[pid] = Worker(pid, slot, generation, time.monotonic(), ready_r)
         log.info("started worker %d (slot %d, generation %d)", pid, slot, generation)
+
+    def _share_rate_limits(self, generation: int, config: Config) -> None:
+        """The generation's shared rate-limit buckets, made once and inherited by each of its
+        workers (a replaced worker included); those of ended generations are let go."""
+        buckets = self._rate_buckets.get(generation)
+        if buckets is None:
+            live = {w.generation for w in self.workers.values()}
+            self._rate_buckets = {g: b for g, b in self._rate_buckets.items() if g in live}
+            buckets = self._rate_buckets[generation] = SharedBuckets.for_config(config)
+        inherit(buckets)
 
     def _become_worker(self) -> None:
         signal.set_wakeup_fd(-1)

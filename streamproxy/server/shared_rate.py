@@ -1,0 +1,76 @@
+"""Rate-limit buckets shared by the workers of one generation (`--workers N`).
+
+Without this, each worker would keep its own token bucket per proxy key and a key would get N
+times its `rate_limit`. The master makes, before it forks a generation of workers, one small
+shared file mapping with a (tokens, stamp) slot per rate-limited key; every worker of that
+generation takes its tokens there, under a POSIX record lock (`lockf`: per process, and
+released by the kernel if a worker dies holding it). A reload's new generation gets new
+buckets (its keys may differ). One worker alone keeps its buckets in memory (server/auth.py).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import struct
+import tempfile
+
+from streamproxy.config import Config, ConfigError
+
+_SLOT = struct.Struct("dd")  # tokens (negative: never used), stamp (time.monotonic())
+
+
+class SharedBuckets:
+    def __init__(self, names: list[str]) -> None:
+        self.slots = {name: i for i, name in enumerate(names)}
+        # Unlinked at once; the open fd (kept for the object's life) is what the workers share.
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115
+        size = max(1, len(names)) * _SLOT.size
+        self._file.truncate(size)
+        self._map = mmap.mmap(self._file.fileno(), size)
+        for i in range(len(names)):
+            _SLOT.pack_into(self._map, i * _SLOT.size, -1.0, 0.0)
+
+    @classmethod
+    def for_config(cls, config: Config) -> SharedBuckets:
+        from streamproxy.server.auth import parse_auth
+
+        try:
+            auth = parse_auth(config)
+        except ConfigError:  # the workers report it
+            auth = None
+        keys = auth.keys if auth is not None else ()
+        return cls([k.name for k in keys if k.bucket is not None])
+
+    def take(self, slot: int, burst: int, rate: float, now: float) -> float | None:
+        """`TokenBucket.take` on the shared slot: None when granted, else seconds to wait."""
+        offset = slot * _SLOT.size
+        fd = self._file.fileno()
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        try:
+            tokens, stamp = _SLOT.unpack_from(self._map, offset)
+            if tokens < 0:
+                tokens = float(burst)
+            elif now > stamp:  # (another worker may have read a later clock and written first)
+                tokens = min(float(burst), tokens + (now - stamp) * rate)
+            wait = None
+            if tokens >= 1.0:
+                tokens -= 1.0
+            else:
+                wait = (1.0 - tokens) / rate
+            _SLOT.pack_into(self._map, offset, tokens, max(now, stamp))
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+        return wait
+
+
+_inherited: list[SharedBuckets | None] = [None]
+
+
+def inherit(buckets: SharedBuckets | None) -> None:
+    """Set by the master just before it forks a worker: the buckets of that worker's generation."""
+    _inherited[0] = buckets
+
+
+def inherited() -> SharedBuckets | None:
+    return _inherited[0]

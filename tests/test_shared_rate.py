@@ -1,0 +1,66 @@
+"""Rate-limit buckets shared by a generation of workers: the same answers as a worker's own
+bucket, and one budget for several processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamproxy.server.auth import TokenBucket, parse_auth, share_buckets
+from streamproxy.server.shared_rate import SharedBuckets
+from tests.helpers import make_config
+
+
+@given(st.floats(0.5, 600), st.integers(1, 20),
+       st.lists(st.floats(0, 5, allow_nan=False), min_size=1, max_size=60))
+def test_a_shared_bucket_answers_as_a_local_one(rpm: float, burst: int,
+                                                gaps: list[float]) -> None:
+    local = TokenBucket(rpm, burst)
+    shared = TokenBucket(rpm, burst)
+    shared.shared = (SharedBuckets(["k"]), 0)
+    now = 1000.0
+    for gap in gaps:
+        now += gap
+        a, b = local.take(now), shared.take(now)
+        assert (a is None) == (b is None)
+        if a is not None and b is not None:
+            assert abs(a - b) < 1e-9
+
+
+def _spend(buckets: SharedBuckets, tries: int, granted: multiprocessing.Queue) -> None:
+    granted.put(sum(buckets.take(0, 50, 1e-9, time.monotonic()) is None for _ in range(tries)))
+
+
+def test_processes_share_one_budget() -> None:
+    buckets = SharedBuckets(["k"])  # burst 50, (almost) no refill
+    ctx = multiprocessing.get_context("fork")  # as the master forks its workers
+    granted: multiprocessing.Queue = ctx.Queue()
+    procs = [ctx.Process(target=_spend, args=(buckets, 40, granted)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(20)
+    assert sum(granted.get(timeout=5) for _ in procs) == 50  # not 40 each
+
+
+def test_only_rate_limited_keys_get_a_shared_slot() -> None:
+    config = make_config(
+        {"m": {"type": "mock"}}, "m",
+        auth={"keys": [{"name": "a", "key": "ka", "rate_limit": {"requests_per_minute": 6}},
+                       {"name": "b", "key": "kb"},
+                       {"name": "c", "key": "kc", "rate_limit": {"requests_per_minute": 1,
+                                                                  "burst": 2}}]})
+    shared = SharedBuckets.for_config(config)
+    assert shared.slots == {"a": 0, "c": 1}
+    auth = parse_auth(config)
+    assert auth is not None
+    share_buckets(auth, shared)
+    a, b, c = auth.keys
+    assert a.bucket is not None and a.bucket.shared == (shared, 0)
+    assert b.bucket is None
+    assert c.bucket is not None and c.bucket.shared == (shared, 1)
+    assert [c.bucket.take(10.0) for _ in range(3)][:2] == [None, None]
+    assert a.bucket.take(10.0) is None  # c's spending is not a's
