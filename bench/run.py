@@ -278,6 +278,38 @@ async def latency(env: Env) -> None:
         print(f"{'':<15}floor: a byte forwarder in the proxy's place adds TTFT "
               f"{fmt(a['ttft_p50_ms'], '+.2f')} ms p50, {fmt(a['ttft_p99_ms'], '+.2f')} ms p99 "
               f"({floor['errors']} errors)", flush=True)
+    if env.proxy_core:
+        await paced_awake(env, row)
+
+
+async def paced_awake(env: Env, row: dict[str, Any]) -> None:
+    """A diagnostic, not a target: the proxied paced run again with the proxy's core kept from
+    idling by a busy loop at SCHED_IDLE priority (it yields the core to the proxy at once). On
+    a VM an idle vCPU halts, and waking it costs the proxy's hops time a busy server would not
+    pay; the difference to the proxied row is that cost."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                               stdin=subprocess.DEVNULL)
+    try:
+        os.sched_setaffinity(spinner.pid, env.proxy_core)
+        os.sched_setscheduler(spinner.pid, os.SCHED_IDLE, os.sched_param(0))
+        proxy, port = start_proxy(env, mock_providers(env))
+        try:
+            awake = await measure(proxied(port, "mock/paced", 53), 16, env.plan, proxy,
+                                  [env.mock], env.plan.paced_window, spread=1.0)
+        finally:
+            proxy.stop()
+    finally:
+        spinner.kill()
+        spinner.wait(5)
+    row["awake"] = awake
+    if row.get("direct"):
+        row["awake_added"] = {k: added(awake.get(k), row["direct"].get(k)) for k in (
+            "ttft_p50_ms", "ttft_p99_ms")}
+        a = row["awake_added"]
+        print(f"{'':<15}awake: with the proxy's core kept from idling (a SCHED_IDLE busy loop) "
+              f"the proxy adds TTFT {fmt(a['ttft_p50_ms'], '+.2f')} ms p50, "
+              f"{fmt(a['ttft_p99_ms'], '+.2f')} ms p99 ({awake['errors']} errors; a "
+              f"diagnostic: an idle vCPU's wake-up is the difference)", flush=True)
 
 
 async def store_cost(env: Env) -> None:
