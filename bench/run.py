@@ -270,16 +270,22 @@ async def latency(env: Env) -> None:
     finally:
         hop.stop()
     row = env.results[-1]
-    row["floor"] = floor
-    if row.get("direct"):
-        row["floor_added"] = {k: added(floor.get(k), row["direct"].get(k)) for k in (
-            "ttft_p50_ms", "ttft_p99_ms")}
-        a = row["floor_added"]
-        print(f"{'':<15}floor: a byte forwarder in the proxy's place adds TTFT "
-              f"{fmt(a['ttft_p50_ms'], '+.2f')} ms p50, {fmt(a['ttft_p99_ms'], '+.2f')} ms p99 "
-              f"({floor['errors']} errors)", flush=True)
+    extra_line(row, "floor", floor, "a byte forwarder in the proxy's place adds TTFT", "")
     if env.proxy_core:
         await paced_awake(env, row)
+
+
+def extra_line(row: dict[str, Any], key: str, run: dict[str, Any], says: str,
+               note: str) -> None:
+    """A diagnostic run beside a scenario: kept in its row, and its TTFT against the row's
+    direct run printed under it."""
+    row[key] = run
+    if not row.get("direct"):
+        return
+    a = row[f"{key}_added"] = {k: added(run.get(k), row["direct"].get(k)) for k in (
+        "ttft_p50_ms", "ttft_p99_ms")}
+    print(f"{'':<15}{key}: {says} {fmt(a['ttft_p50_ms'], '+.2f')} ms p50, "
+          f"{fmt(a['ttft_p99_ms'], '+.2f')} ms p99 ({run['errors']} errors{note})", flush=True)
 
 
 async def paced_awake(env: Env, row: dict[str, Any]) -> None:
@@ -301,15 +307,9 @@ async def paced_awake(env: Env, row: dict[str, Any]) -> None:
     finally:
         spinner.kill()
         spinner.wait(5)
-    row["awake"] = awake
-    if row.get("direct"):
-        row["awake_added"] = {k: added(awake.get(k), row["direct"].get(k)) for k in (
-            "ttft_p50_ms", "ttft_p99_ms")}
-        a = row["awake_added"]
-        print(f"{'':<15}awake: with the proxy's core kept from idling (a SCHED_IDLE busy loop) "
-              f"the proxy adds TTFT {fmt(a['ttft_p50_ms'], '+.2f')} ms p50, "
-              f"{fmt(a['ttft_p99_ms'], '+.2f')} ms p99 ({awake['errors']} errors; a "
-              f"diagnostic: an idle vCPU's wake-up is the difference)", flush=True)
+    extra_line(row, "awake", awake, "with the proxy's core kept from idling (a SCHED_IDLE "
+               "busy loop) the proxy adds TTFT", "; a diagnostic: an idle vCPU's wake-up is the "
+               "difference")
 
 
 async def store_cost(env: Env) -> None:

@@ -5,6 +5,7 @@ config is bad), and drains on SIGTERM. Every wait is bounded; the tree is always
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -94,10 +95,10 @@ async def stream_ok(url: str, model: str = "mock/fast:tokens=20") -> bool:
     return r.status == 200 and c.done and c.finish_reason == "stop"
 
 
-@pytest.fixture
-async def tree(tmp_path: Path) -> AsyncIterator[Tree]:
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, template: str = CONFIG) -> AsyncIterator[Tree]:
     config = tmp_path / "proxy.yaml"
-    config.write_text(CONFIG.format(grace=0.5, models="fast"))
+    config.write_text(template.format(grace=0.5, models="fast"))
     t = Tree(config, _free_port())
     try:
         await until(lambda: len(t.workers()) == 2 and healthy(t.url), "two workers listening")
@@ -107,6 +108,12 @@ async def tree(tmp_path: Path) -> AsyncIterator[Tree]:
         yield t
     finally:
         t.kill()
+
+
+@pytest.fixture
+async def tree(tmp_path: Path) -> AsyncIterator[Tree]:
+    async with running(tmp_path) as t:
+        yield t
 
 
 async def test_requests_succeed_and_a_killed_worker_is_replaced(tree: Tree) -> None:
@@ -173,18 +180,11 @@ auth:
 async def test_a_keys_rate_limit_is_shared_by_the_workers(tmp_path: Path) -> None:
     """24 requests, each on a fresh connection so the kernel spreads them over both workers:
     the key's burst of 4 is the instance's (per-worker buckets would grant up to 8)."""
-    config = tmp_path / "proxy.yaml"
-    config.write_text(RATE_LIMITED.format(grace=0.5, models="fast"))
-    t = Tree(config, _free_port())
-    try:
-        await until(lambda: len(t.workers()) == 2 and healthy(t.url), "two workers listening")
-        await until(lambda: "all 2 workers listening" in t.output(), "the master's ready log")
+    async with running(tmp_path, RATE_LIMITED) as t:
         statuses = []
         for _ in range(24):
             async with aiohttp.ClientSession() as s, s.get(
                     t.url + "/v1/models",
                     headers={"authorization": "Bearer sk-proxy-team"}) as r:
                 statuses.append(r.status)
-        assert statuses.count(200) == 4 and statuses.count(429) == 20, statuses
-    finally:
-        t.kill()
+    assert statuses.count(200) == 4 and statuses.count(429) == 20, statuses
