@@ -273,3 +273,66 @@ async def test_openai_sdk_streams_through_every_preset(proxy: Any, upstream: Any
     assert (text, finish) == ("The capital of the UK is London.", "stop")
     assert usage is not None and usage.total_tokens == 87
     assert upstream.requests[0].path == "/chat/completions"
+
+
+# -- Mistral reasoning: content as a list of typed chunks ------------------------------------
+def thinking(text: str) -> dict[str, Any]:
+    return {"type": "thinking", "thinking": [{"type": "text", "text": text}]}
+
+
+# As Magistral and Mistral Small 4 with reasoning_effort stream them (docs.mistral.ai,
+# "Adjustable reasoning"): thinking chunks, then text chunks, usage on the finish chunk.
+MISTRAL_THINKING = sse(
+    chunk([choice(role="assistant", content="")]),
+    chunk([choice(content=[thinking("The user")])]),
+    chunk([choice(content=[thinking(" says hi.")])]),
+    chunk([choice(content=[{"type": "text", "text": "Hello"}])]),
+    chunk([choice(content=" world")]),
+    chunk([choice("stop", content=[{"type": "text", "text": "!"}])], usage=USAGE))
+
+
+async def test_mistral_thinking_chunks_become_reasoning_content(proxy: Any,
+                                                                upstream: Any) -> None:
+    chunks = await stream(proxy, upstream, "mistral", MISTRAL_THINKING, reasoning_effort="high")
+    assert upstream.requests[0].json()["reasoning_effort"] == "high"  # forwarded, not dropped
+    deltas = [c["choices"][0]["delta"] for c in chunks if isinstance(c, dict) and c["choices"]]
+    assert all(d.get("content") is None or isinstance(d["content"], str) for d in deltas)
+    c = collect(chunks)
+    assert c.reasoning == "The user says hi."
+    assert c.content == "Hello world!"
+    assert c.finish_reason == "stop" and c.usage == USAGE and c.done
+
+
+async def test_mistral_thinking_through_the_openai_sdk(proxy: Any, upstream: Any) -> None:
+    upstream.body = MISTRAL_THINKING
+    client = await proxy(provider_config("mistral", upstream.url))
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x",
+                             http_client=None)
+    text, reasoning = [], []
+    async with sdk:
+        async for part in await sdk.chat.completions.create(
+                model="m", messages=HI, stream=True, reasoning_effort="high"):
+            if part.choices:
+                delta = part.choices[0].delta
+                text.append(delta.content or "")
+                reasoning.append(getattr(delta, "reasoning_content", None) or "")
+    assert "".join(text) == "Hello world!" and "".join(reasoning) == "The user says hi."
+
+
+async def test_mistral_non_streamed_thinking(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({
+        "id": "x", "object": "chat.completion", "created": 1, "model": "m", "usage": USAGE,
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "tool_calls": None,
+            "content": [thinking("Hmm."), {"type": "text", "text": "Hi!"}]}}]})
+    client = await proxy(provider_config("mistral", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "messages": HI})
+    message = (await resp.json())["choices"][0]["message"]
+    assert message["content"] == "Hi!" and message["reasoning_content"] == "Hmm."
+
+
+def test_mistral_plain_answers_are_forwarded_byte_for_byte() -> None:
+    provider, _ = build("mistral")
+    body = orjson.dumps({"choices": [{"message": {"role": "assistant", "content": "Hi"}}]})
+    assert provider.translate_response(body, request(), completion_id="c", created=1) is body

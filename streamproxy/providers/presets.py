@@ -17,20 +17,27 @@ usage, finish and error chunks; every other chunk is still forwarded byte for by
   its mid-stream `data: {"error": …}` becomes an error frame (the pass-through does that).
 - vLLM's usage chunk with `choices: null` is forwarded with `choices: []` (the pass-through).
 
-Request quirks: Mistral (see MistralProvider).
+Request quirks: Mistral (see MistralProvider). Mistral's reasoning models also stream
+`delta.content` as a list of typed chunks, which becomes OpenAI's string (MistralTranslator).
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
 from streamproxy.config import ConfigError
+from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import InvalidRequest, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.base import StreamTranslator
-from streamproxy.providers.openai_compat import OpenAIProvider, PassthroughTranslator
+from streamproxy.providers.openai_compat import (
+    OpenAIProvider,
+    PassthroughTranslator,
+    load_chunk,
+)
 
 if TYPE_CHECKING:
     from streamproxy.openai_api.request import ChatRequest
@@ -134,13 +141,59 @@ def _mistral_message(m: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_LIST_CONTENT = re.compile(rb'"content": ?\[')
+
+
+def flatten_mistral_content(message: dict[str, Any]) -> bool:
+    """A message or delta whose `content` is Mistral's list of typed chunks (reasoning models:
+    `{"type": "thinking", "thinking": [{"type": "text", "text": …}]}` and `{"type": "text",
+    "text": …}`) gets OpenAI's shape: the text as the `content` string (None when there is
+    none), the thinking as `reasoning_content`. Other chunk types (references) are dropped.
+    True when it changed the message."""
+    parts = message.get("content")
+    if not isinstance(parts, list):
+        return False
+    texts: list[str] = []
+    thoughts: list[str] = []
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "text":
+            texts.append(str(part.get("text") or ""))
+        elif part.get("type") == "thinking":
+            thoughts.extend(str(inner.get("text") or "") for inner in part.get("thinking") or ()
+                            if isinstance(inner, dict) and inner.get("type", "text") == "text")
+    message["content"] = "".join(texts) if texts else None
+    if thoughts:
+        message["reasoning_content"] = "".join(thoughts)
+    return True
+
+
+class MistralTranslator(CompatTranslator):
+    """Only events whose content is a list are parsed for it (a byte search first)."""
+
+    def on_event(self, event: SSEEvent) -> None:
+        data = event.data
+        if _LIST_CONTENT.search(data) is None:
+            super().on_event(event)
+            return
+        chunk = load_chunk(data)
+        changed = False
+        for c in chunk.get("choices") or ():
+            if isinstance(c, dict) and isinstance(c.get("delta"), dict):
+                changed = flatten_mistral_content(c["delta"]) or changed
+        self.on_chunk(chunk, orjson.dumps(chunk) if changed else data)
+
+
 class MistralProvider(CompatProvider):
     """Mistral validates strictly (unknown fields are a 422) and differs from OpenAI in names:
     `stream_options` is not accepted (usage comes anyway, on the finish chunk), max tokens is
     `max_tokens` only, `seed` is `random_seed`, there is no `developer` role (→ system),
     tool_choice "required" is "any" and a named tool_choice does not exist (→ "any" with only
     the named tool sent, which forces exactly that call). Message keys Mistral does not know
-    and the parameters in `dropped_params` are dropped."""
+    and the parameters in `dropped_params` are dropped; `reasoning_effort` goes as is (Mistral
+    Small 4 and Medium 3.5 take it), and the thinking its answers then carry becomes
+    `reasoning_content`, streamed or not."""
 
     type_name: ClassVar[str] = "mistral"
     default_base_url: ClassVar[str | None] = "https://api.mistral.ai/v1"
@@ -151,8 +204,24 @@ class MistralProvider(CompatProvider):
         "stream_options", "logit_bias", "logprobs", "top_logprobs", "user", "store",
         "metadata", "modalities", "audio", "service_tier", "web_search_options", "functions",
         "function_call", "verbosity", "safety_identifier", "prompt_cache_key",
-        "reasoning_effort",
     })
+
+    def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
+        return MistralTranslator(out, self.max_event_bytes, provider=self.name,
+                                 client_wants_usage=req.include_usage,
+                                 finish_reasons=self.finish_reasons,
+                                 failed_finishes=self.failed_finishes)
+
+    def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
+                           created: int) -> bytes:
+        if _LIST_CONTENT.search(body) is None:
+            return body
+        answer = orjson.loads(body)
+        changed = False
+        for c in answer.get("choices") or ():
+            if isinstance(c, dict) and isinstance(c.get("message"), dict):
+                changed = flatten_mistral_content(c["message"]) or changed
+        return orjson.dumps(answer) if changed else body
 
     def adapt_body(self, body: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in body.items() if k not in self.dropped_params}
