@@ -55,7 +55,7 @@ def test_lowercase_variable_wins_and_star_bypasses_everything() -> None:
     assert e.route("https", "h.example", 443) == parse_proxy_url("http://low:1")
     assert EgressProxies.from_environment({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "*"}).route(
         "https", "h.example", 443) is None
-    assert not EgressProxies.from_environment({}).active
+    assert EgressProxies.from_environment({}).route("https", "h.example", 443) is None
 
 
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "127.9.9.9", "::1", "LocalHost"])
@@ -88,7 +88,8 @@ def test_config_setting() -> None:
     assert e.route("http", "api.openai.com", 80) == parse_proxy_url("http://p:3128")
     assert e.route("https", "x.internal.example", 443) is None
     none = _server(upstream_proxy="none").server.upstream_proxy
-    assert not egress_from_setting(none, {"HTTPS_PROXY": "http://p:1"}).active
+    assert egress_from_setting(none, {"HTTPS_PROXY": "http://p:1"}).route(
+        "https", "api.openai.com", 443) is None
     assert _server().server.upstream_proxy == "env"
     with pytest.raises(ConfigError, match="no_proxy"):
         _server(upstream_proxy={"url": "http://p:1", "no_proxy": 3})

@@ -132,10 +132,6 @@ class EgressProxies:
                    parse_proxy_url(https) if https else None,
                    read("no_proxy").split(","))
 
-    @property
-    def active(self) -> bool:
-        return self.http is not None or self.https is not None
-
     def route(self, scheme: str, host: str, port: int) -> ProxyRoute | None:
         proxy = self.https if scheme == "https" else self.http
         if proxy is None or is_loopback(host) or self._bypass.covers(host.lower(), port):
