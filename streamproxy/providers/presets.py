@@ -169,6 +169,15 @@ def flatten_mistral_content(message: dict[str, Any]) -> bool:
     return True
 
 
+def _flatten_choices(obj: dict[str, Any], field: str) -> bool:
+    """`flatten_mistral_content` on each choice's `delta` / `message`; True if any changed."""
+    changed = False
+    for c in obj.get("choices") or ():
+        if isinstance(c, dict) and isinstance(c.get(field), dict):
+            changed = flatten_mistral_content(c[field]) or changed
+    return changed
+
+
 class MistralTranslator(CompatTranslator):
     """Only events whose content is a list are parsed for it (a byte search first)."""
 
@@ -178,10 +187,7 @@ class MistralTranslator(CompatTranslator):
             super().on_event(event)
             return
         chunk = load_chunk(data)
-        changed = False
-        for c in chunk.get("choices") or ():
-            if isinstance(c, dict) and isinstance(c.get("delta"), dict):
-                changed = flatten_mistral_content(c["delta"]) or changed
+        changed = _flatten_choices(chunk, "delta")
         self.on_chunk(chunk, orjson.dumps(chunk) if changed else data)
 
 
@@ -217,11 +223,7 @@ class MistralProvider(CompatProvider):
         if _LIST_CONTENT.search(body) is None:
             return body
         answer = orjson.loads(body)
-        changed = False
-        for c in answer.get("choices") or ():
-            if isinstance(c, dict) and isinstance(c.get("message"), dict):
-                changed = flatten_mistral_content(c["message"]) or changed
-        return orjson.dumps(answer) if changed else body
+        return orjson.dumps(answer) if _flatten_choices(answer, "message") else body
 
     def adapt_body(self, body: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in body.items() if k not in self.dropped_params}

@@ -36,10 +36,10 @@ from streamproxy.config import Config, ConfigError
 from streamproxy.errors import AuthenticationFailed, InvalidRequest, PermissionDenied, RateLimited
 from streamproxy.routing.target import Target
 from streamproxy.server.observing import AUTH_KEY, observe_rejection
+from streamproxy.server.shared_rate import SharedBuckets, take_token
 
 if TYPE_CHECKING:
     from streamproxy.server.exchange import Exchange
-    from streamproxy.server.shared_rate import SharedBuckets
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
@@ -68,13 +68,9 @@ class TokenBucket:
         if self.shared is not None:
             buckets, slot = self.shared
             return buckets.take(slot, self.burst, self.rate, now)
-        if self.stamp is not None:
-            self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return None
-        return (1.0 - self.tokens) / self.rate
+        self.tokens, self.stamp, wait = take_token(self.tokens, self.stamp, self.burst,
+                                                   self.rate, now)
+        return wait
 
 
 @dataclass(slots=True, eq=False)

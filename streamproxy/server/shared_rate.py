@@ -49,19 +49,26 @@ class SharedBuckets:
         fcntl.lockf(fd, fcntl.LOCK_EX)
         try:
             tokens, stamp = _SLOT.unpack_from(self._map, offset)
-            if tokens < 0:
-                tokens = float(burst)
-            elif now > stamp:  # (another worker may have read a later clock and written first)
-                tokens = min(float(burst), tokens + (now - stamp) * rate)
-            wait = None
-            if tokens >= 1.0:
-                tokens -= 1.0
-            else:
-                wait = (1.0 - tokens) / rate
-            _SLOT.pack_into(self._map, offset, tokens, max(now, stamp))
+            fresh = tokens < 0
+            tokens, stamp, wait = take_token(float(burst) if fresh else tokens,
+                                             None if fresh else stamp, burst, rate, now)
+            _SLOT.pack_into(self._map, offset, tokens, stamp)
         finally:
             fcntl.lockf(fd, fcntl.LOCK_UN)
         return wait
+
+
+def take_token(tokens: float, stamp: float | None, burst: int, rate: float,
+               now: float) -> tuple[float, float, float | None]:
+    """One token bucket step: (tokens, stamp) after taking one at `now`, and None when granted,
+    else the seconds until a token is available. `stamp` None: never used. (Another worker may
+    have read a later clock and written first: time never runs back.)"""
+    if stamp is not None and now > stamp:
+        tokens = min(float(burst), tokens + (now - stamp) * rate)
+    stamp = now if stamp is None else max(now, stamp)
+    if tokens >= 1.0:
+        return tokens - 1.0, stamp, None
+    return tokens, stamp, (1.0 - tokens) / rate
 
 
 _inherited: list[SharedBuckets | None] = [None]
