@@ -211,17 +211,19 @@ MULTIPROCESS_SCRIPT = textwrap.dedent("""
     import prometheus_client  # imported before the env is set: metrics() must still comply
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
     from prometheus_client import multiprocess
-    from streamproxy.observe.metrics import metrics, render
+    from streamproxy.observe.metrics import metrics, render, set_circuit_state
     from streamproxy.record import RequestRecord
 
     def one():
         metrics().observe(RequestRecord(trace_id="t", provider="mp", model="m", stream=True))
 
     one()
+    set_circuit_state("down", "open")
     pid = os.fork()
     if pid == 0:  # a second worker
         one()
         metrics().active_streams.inc()
+        set_circuit_state("down", "closed")  # a later change of the shared breaker
         os._exit(0)
     os.waitpid(pid, 0)
     print(render().decode())
@@ -239,4 +241,6 @@ def test_multiprocess_mode_aggregates_workers(tmp_path: Path) -> None:
     line = 'streamproxy_requests_total{model="m",provider="mp",status="200",stream="true"}'
     assert f"{line} 2.0" in live  # both processes' samples, from either one
     assert "streamproxy_active_streams 1.0" in live
+    # The workers share the breakers: the latest change is the state, whoever made it.
+    assert 'streamproxy_circuit_breaker_state{target="down"} 0.0' in live
     assert "streamproxy_active_streams 0.0" in after  # livesum drops the dead worker

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from streamproxy.routing.planner import plan
 from streamproxy.routing.portkey_config import BreakerSpec, ConfigNode, parse_config
 from streamproxy.routing.retry import RETRY_AFTER_CAP, retry_delay
 from streamproxy.routing.target import Target
+from streamproxy.server.shared_breakers import SharedBreakerTable, SharedCircuitBreakers
 
 
 class FakeProvider:
@@ -203,9 +205,21 @@ class Clock:
         return self.now
 
 
-def test_breaker_opens_at_the_threshold_cools_down_and_closes_on_success() -> None:
+BreakersFactory = Callable[[Callable[[], float]], CircuitBreakers]
+
+
+@pytest.fixture(params=["in-process", "shared"])
+def new_breakers(request: pytest.FixtureRequest) -> BreakersFactory:
+    """Each breaker test runs on a worker's own states and on the workers' shared table."""
+    if request.param == "shared":
+        return lambda clock: SharedCircuitBreakers(SharedBreakerTable(slots=8), clock)
+    return CircuitBreakers
+
+
+def test_breaker_opens_at_the_threshold_cools_down_and_closes_on_success(
+        new_breakers: BreakersFactory) -> None:
     clock = Clock()
-    cb = CircuitBreakers(clock)
+    cb = new_breakers(clock)
     spec = BreakerSpec(failure_threshold=2, cooldown_interval=30)
     changes: list[tuple[str, str]] = []
     cb.listeners.append(lambda key, state: changes.append((key, state)))
@@ -224,8 +238,8 @@ def test_breaker_opens_at_the_threshold_cools_down_and_closes_on_success() -> No
     assert changes == [("k", OPEN), ("k", OPEN), ("k", CLOSED)]
 
 
-def test_breaker_percentage_waits_for_minimum_requests() -> None:
-    cb = CircuitBreakers(Clock())
+def test_breaker_percentage_waits_for_minimum_requests(new_breakers: BreakersFactory) -> None:
+    cb = new_breakers(Clock())
     spec = BreakerSpec(failure_threshold_percentage=50, minimum_requests=4,
                        failure_status_codes=frozenset({429}))
     for status in (429, None, 429):
@@ -235,9 +249,9 @@ def test_breaker_percentage_waits_for_minimum_requests() -> None:
     assert cb.state("k", spec) == OPEN  # 3/4 failed
 
 
-def test_open_targets_are_skipped_unless_all_are_open() -> None:
+def test_open_targets_are_skipped_unless_all_are_open(new_breakers: BreakersFactory) -> None:
     clock = Clock()
-    cb = CircuitBreakers(clock)
+    cb = new_breakers(clock)
     raw = {"strategy": {"mode": "fallback",
                         "cb_config": {"failure_threshold": 1, "cooldown_interval": 60000}},
            "targets": [{"provider": "a"}, {"provider": "b"}]}
@@ -247,7 +261,7 @@ def test_open_targets_are_skipped_unless_all_are_open() -> None:
     cb.record(first.attempts[1].breaker_key, first.attempts[1].breaker, 500)
     assert names(make(raw, breakers=cb)) == ["a", "b"]  # all open: breakers bypassed
     lb = {**raw, "strategy": {**raw["strategy"], "mode": "loadbalance"}}
-    cb2 = CircuitBreakers(clock)
+    cb2 = new_breakers(clock)
     cb2.record(first.attempts[0].breaker_key, first.attempts[0].breaker, 500)
     assert {names(make(lb, seed=s, breakers=cb2))[0] for s in range(50)} == {"b"}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -188,3 +189,38 @@ async def test_a_keys_rate_limit_is_shared_by_the_workers(tmp_path: Path) -> Non
                     headers={"authorization": "Bearer sk-proxy-team"}) as r:
                 statuses.append(r.status)
     assert statuses.count(200) == 4 and statuses.count(429) == 20, statuses
+
+
+BREAKER = """
+providers:
+  mock:
+    type: mock
+    default_model: fast
+  down:
+    type: anthropic
+    base_url: http://127.0.0.1:DOWN_PORT
+    api_key: sk-down
+    default_model: m
+default_provider: mock
+"""
+
+
+async def test_the_workers_share_circuit_breakers(tmp_path: Path) -> None:
+    """A fallback whose first target refuses connections, its breaker tripping after 2
+    failures: on fresh connections spread over both workers, only the first 2 requests try
+    it (per-worker breakers would let each worker try it twice)."""
+    config = json.dumps({
+        "strategy": {"mode": "fallback",
+                     "cb_config": {"failure_threshold": 2, "cooldown_interval": 600_000}},
+        "targets": [{"provider": "down"},
+                    {"provider": "mock", "override_params": {"model": "fast:tokens=2"}}]})
+    template = BREAKER.replace("DOWN_PORT", str(_free_port()))
+    async with running(tmp_path, template) as t:
+        tried = []
+        for _ in range(12):
+            async with aiohttp.ClientSession() as s, s.post(
+                    t.url + "/v1/chat/completions", headers={"x-portkey-config": config},
+                    json={"messages": [{"role": "user", "content": "hi"}]}) as r:
+                assert r.status == 200, await r.text()
+                tried.append(r.headers["x-portkey-retry-attempt-count"])
+    assert tried == ["1", "1"] + ["0"] * 10, tried

@@ -97,8 +97,9 @@ class Metrics:
         self.rejected = Counter("streamproxy_rejected_requests",
                                 "Requests refused before routing.", ["reason"], registry=r)
         self.circuit = Gauge("streamproxy_circuit_breaker_state",
-                             "0 closed, 1 half-open, 2 open (workers: the worst live state).",
-                             ["target"], registry=r, multiprocess_mode="livemax")
+                             "0 closed, 1 half-open, 2 open (workers share the breakers: the "
+                             "latest change any of them made).",
+                             ["target"], registry=r, multiprocess_mode="livemostrecent")
         self.bytes_in = Counter("streamproxy_bytes_in", "Request body bytes from clients.",
                                 ["provider"], registry=r)
         self.bytes_out = Counter("streamproxy_bytes_out", "Response bytes sent to clients.",

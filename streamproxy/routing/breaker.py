@@ -1,4 +1,4 @@
-"""Circuit breakers per target (Portkey 2.x `cb_config`), in process, with an injectable clock.
+"""Circuit breakers per target (Portkey 2.x `cb_config`), with an injectable clock.
 
 CLOSED counts requests and failures; it opens when the failures reach `failure_threshold`, or
 when their share reaches `failure_threshold_percentage` once `minimum_requests` were seen.
@@ -6,12 +6,18 @@ OPEN targets are skipped by fallback and load balancing; after `cooldown_interva
 breaker lets requests through again (HALF-OPEN): one success closes it and resets the
 counts, one failure opens it for another cooldown. If every target of a plan is open, the
 plan ignores the breakers (as Portkey does): failing fast on all of them helps nobody.
+
+The states live in this process (`CircuitBreakers`) or, with `--workers N`, in a table all
+the workers share (server/shared_breakers.py overrides `_load` / `_save` / `_locked`), so
+that a target trips after `failure_threshold` failures on the instance, not per worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from streamproxy.routing.portkey_config import BreakerSpec
@@ -20,7 +26,7 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
 @dataclass(slots=True)
-class _State:
+class BreakerState:
     requests: int = 0
     failures: int = 0
     opened_at: float | None = None
@@ -32,16 +38,11 @@ StateListener = Callable[[str, str], None]
 class CircuitBreakers:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._states: dict[str, _State] = {}
+        self._states: dict[str, BreakerState] = {}
         self.listeners: list[StateListener] = []  # (key, state) on every change; metrics
 
     def state(self, key: str, spec: BreakerSpec) -> str:
-        st = self._states.get(key)
-        if st is None or st.opened_at is None:
-            return CLOSED
-        if self._clock() - st.opened_at >= spec.cooldown_interval:
-            return HALF_OPEN
-        return OPEN
+        return self._phase(self._load(key), spec)
 
     def is_open(self, key: str, spec: BreakerSpec | None) -> bool:
         return spec is not None and self.state(key, spec) == OPEN
@@ -50,29 +51,48 @@ class CircuitBreakers:
         """One finished attempt: `status` None for success, else the error's HTTP status."""
         if spec is None:
             return
-        st = self._states.setdefault(key, _State())
         failed = status is not None and spec.is_failure(status)
-        before = self.state(key, spec)
-        if before == HALF_OPEN:
-            if failed:
-                st.opened_at = self._clock()
-            else:
-                st.requests = st.failures = 0
-                st.opened_at = None
-        elif before == CLOSED:
-            st.requests += 1
-            st.failures += failed
-            if failed and self._trips(st, spec):
-                st.opened_at = self._clock()
-        after = self.state(key, spec)
+        with self._locked():  # one read-modify-write, whoever else records at the same time
+            st = self._load(key) or BreakerState()
+            before = self._phase(st, spec)
+            if before == HALF_OPEN:
+                if failed:
+                    st.opened_at = self._clock()
+                else:
+                    st.requests = st.failures = 0
+                    st.opened_at = None
+            elif before == CLOSED:
+                st.requests += 1
+                st.failures += failed
+                if failed and self._trips(st, spec):
+                    st.opened_at = self._clock()
+            self._save(key, st)
+            after = self._phase(st, spec)
         if after != before:
             for listener in self.listeners:
                 listener(key, after)
 
+    def _phase(self, st: BreakerState | None, spec: BreakerSpec) -> str:
+        if st is None or st.opened_at is None:
+            return CLOSED
+        if self._clock() - st.opened_at >= spec.cooldown_interval:
+            return HALF_OPEN
+        return OPEN
+
     @staticmethod
-    def _trips(st: _State, spec: BreakerSpec) -> bool:
+    def _trips(st: BreakerState, spec: BreakerSpec) -> bool:
         if spec.failure_threshold is not None and st.failures >= spec.failure_threshold:
             return True
         pct = spec.failure_threshold_percentage
         return (pct is not None and st.requests >= spec.minimum_requests
                 and 100 * st.failures / st.requests >= pct)
+
+    # Where the states are kept: this process's memory.
+    def _load(self, key: str) -> BreakerState | None:
+        return self._states.get(key)
+
+    def _save(self, key: str, st: BreakerState) -> None:
+        self._states[key] = st
+
+    def _locked(self) -> AbstractContextManager[object]:
+        return contextlib.nullcontext()

@@ -23,7 +23,8 @@ from streamproxy.server.auth import AUTH, auth_middleware, parse_auth, share_buc
 from streamproxy.server.errors import error_middleware
 from streamproxy.server.header_limits import BACKSTOP, header_limits
 from streamproxy.server.observing import install_observers
-from streamproxy.server.shared_rate import inherited
+from streamproxy.server.shared_breakers import SharedCircuitBreakers
+from streamproxy.server.shared_memory import inherited
 from streamproxy.server.state import STATE, AppState
 from streamproxy.server.store_and_cache import install as install_store_and_cache
 from streamproxy.upstream.client import UpstreamClient
@@ -61,7 +62,9 @@ def create_app(config: Config) -> web.Application:
     providers = build_providers(config)
     client = UpstreamClient(kind=server.upstream_client, egress=_egress(config))
     router = Router(providers, config.default_provider, server.timeouts)
-    breakers = CircuitBreakers()
+    shared = inherited()  # with workers: what they share (breakers, rate-limit buckets)
+    breakers = (SharedCircuitBreakers(shared.breakers) if shared.breakers is not None
+                else CircuitBreakers())
     state = AppState(
         config=config,
         providers=providers,
@@ -74,7 +77,7 @@ def create_app(config: Config) -> web.Application:
     )
     auth = parse_auth(config)
     if auth is not None:
-        share_buckets(auth, inherited())  # with workers: one rate per key for all of them
+        share_buckets(auth, shared.buckets)  # with workers: one rate per key for all of them
     admission = Admission(server.max_concurrent_streams)
     app = web.Application(client_max_size=server.max_body_bytes,
                           middlewares=[error_middleware,

@@ -1,5 +1,6 @@
 """Proxy authentication: optional keys that clients must present, each with a name, the
-providers it may use and a request rate (token bucket, per worker process).
+providers it may use and a request rate (token bucket; shared by the workers, see
+server/shared_rate.py).
 
     auth:
       keys:

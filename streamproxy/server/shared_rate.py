@@ -2,20 +2,18 @@
 
 Without this, each worker would keep its own token bucket per proxy key and a key would get N
 times its `rate_limit`. The master makes, before it forks a generation of workers, one small
-shared file mapping with a (tokens, stamp) slot per rate-limited key; every worker of that
-generation takes its tokens there, under a POSIX record lock (`lockf`: per process, and
-released by the kernel if a worker dies holding it). A reload's new generation gets new
-buckets (its keys may differ). One worker alone keeps its buckets in memory (server/auth.py).
+shared region (server/shared_memory.py) with a (tokens, stamp) slot per rate-limited key;
+every worker of that generation takes its tokens there, under the region's lock. A reload's
+new generation gets new buckets (its keys may differ). One worker alone keeps its buckets in
+memory (server/auth.py).
 """
 
 from __future__ import annotations
 
-import fcntl
-import mmap
 import struct
-import tempfile
 
 from streamproxy.config import Config, ConfigError
+from streamproxy.server.shared_memory import SharedRegion
 
 _SLOT = struct.Struct("dd")  # tokens (negative: never used), stamp (time.monotonic())
 
@@ -23,13 +21,9 @@ _SLOT = struct.Struct("dd")  # tokens (negative: never used), stamp (time.monoto
 class SharedBuckets:
     def __init__(self, names: list[str]) -> None:
         self.slots = {name: i for i, name in enumerate(names)}
-        # Unlinked at once; the open fd (kept for the object's life) is what the workers share.
-        self._file = tempfile.TemporaryFile()  # noqa: SIM115
-        size = max(1, len(names)) * _SLOT.size
-        self._file.truncate(size)
-        self._map = mmap.mmap(self._file.fileno(), size)
+        self._region = SharedRegion(len(names) * _SLOT.size)
         for i in range(len(names)):
-            _SLOT.pack_into(self._map, i * _SLOT.size, -1.0, 0.0)
+            _SLOT.pack_into(self._region.map, i * _SLOT.size, -1.0, 0.0)
 
     @classmethod
     def for_config(cls, config: Config) -> SharedBuckets:
@@ -45,16 +39,12 @@ class SharedBuckets:
     def take(self, slot: int, burst: int, rate: float, now: float) -> float | None:
         """`TokenBucket.take` on the shared slot: None when granted, else seconds to wait."""
         offset = slot * _SLOT.size
-        fd = self._file.fileno()
-        fcntl.lockf(fd, fcntl.LOCK_EX)
-        try:
-            tokens, stamp = _SLOT.unpack_from(self._map, offset)
+        with self._region.locked() as region:
+            tokens, stamp = _SLOT.unpack_from(region, offset)
             fresh = tokens < 0
             tokens, stamp, wait = take_token(float(burst) if fresh else tokens,
                                              None if fresh else stamp, burst, rate, now)
-            _SLOT.pack_into(self._map, offset, tokens, stamp)
-        finally:
-            fcntl.lockf(fd, fcntl.LOCK_UN)
+            _SLOT.pack_into(region, offset, tokens, stamp)
         return wait
 
 
@@ -69,15 +59,3 @@ def take_token(tokens: float, stamp: float | None, burst: int, rate: float,
     if tokens >= 1.0:
         return tokens - 1.0, stamp, None
     return tokens, stamp, (1.0 - tokens) / rate
-
-
-_inherited: list[SharedBuckets | None] = [None]
-
-
-def inherit(buckets: SharedBuckets | None) -> None:
-    """Set by the master just before it forks a worker: the buckets of that worker's generation."""
-    _inherited[0] = buckets
-
-
-def inherited() -> SharedBuckets | None:
-    return _inherited[0]

@@ -43,7 +43,9 @@ from aiohttp import web
 
 from streamproxy.config import Config, ConfigError, load_config
 from streamproxy.server.heap import keep_heap_cushion
-from streamproxy.server.shared_rate import SharedBuckets, inherit
+from streamproxy.server.shared_breakers import SharedBreakerTable
+from streamproxy.server.shared_memory import Shared, inherit
+from streamproxy.server.shared_rate import SharedBuckets
 
 log = logging.getLogger("streamproxy.workers")
 
@@ -202,6 +204,7 @@ class Master:
         self._wake: tuple[int, int] | None = None
         self._metrics_dir: str | None = None
         self._rate_buckets: dict[int, SharedBuckets] = {}  # generation → its shared buckets
+        self._breakers = SharedBreakerTable()  # one for the master's life (reloads too)
 
     # -- main loop --------------------------------------------------------------------------------
     def run(self) -> int:
@@ -258,7 +261,7 @@ class Master:
 
     # -- workers ----------------------------------------------------------------------------------
     def _spawn(self, slot: int, generation: int, config: Config) -> None:
-        self._share_rate_limits(generation, config)
+        self._share_state(generation, config)
         ready_r, ready_w = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -284,15 +287,16 @@ class Master:
         self.workers[pid] = Worker(pid, slot, generation, time.monotonic(), ready_r)
         log.info("started worker %d (slot %d, generation %d)", pid, slot, generation)
 
-    def _share_rate_limits(self, generation: int, config: Config) -> None:
-        """The generation's shared rate-limit buckets, made once and inherited by each of its
-        workers (a replaced worker included); those of ended generations are let go."""
+    def _share_state(self, generation: int, config: Config) -> None:
+        """What the next worker shares with the others: the circuit breakers' table, and its
+        generation's rate-limit buckets, made once and inherited by each of its workers (a
+        replaced worker included); those of ended generations are let go."""
         buckets = self._rate_buckets.get(generation)
         if buckets is None:
             live = {w.generation for w in self.workers.values()}
             self._rate_buckets = {g: b for g, b in self._rate_buckets.items() if g in live}
             buckets = self._rate_buckets[generation] = SharedBuckets.for_config(config)
-        inherit(buckets)
+        inherit(Shared(buckets, self._breakers))
 
     def _become_worker(self) -> None:
         signal.set_wakeup_fd(-1)
