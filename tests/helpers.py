@@ -258,3 +258,13 @@ class FakeUpstream:
         finally:
             self.closed.set()
         return resp
+
+
+class Clock:
+    """A settable clock for code that takes one (`clock()` → seconds)."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

@@ -18,6 +18,7 @@ from streamproxy.routing.portkey_config import BreakerSpec, ConfigNode, parse_co
 from streamproxy.routing.retry import RETRY_AFTER_CAP, retry_delay
 from streamproxy.routing.target import Target
 from streamproxy.server.shared_breakers import SharedBreakerTable, SharedCircuitBreakers
+from tests.helpers import Clock
 
 
 class FakeProvider:
@@ -196,14 +197,6 @@ def test_query_operators(query: dict[str, Any], expected: bool) -> None:
 
 
 # -- circuit breakers ---------------------------------------------------------------------------
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 BreakersFactory = Callable[[Callable[[], float]], CircuitBreakers]
 

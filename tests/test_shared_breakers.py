@@ -10,20 +10,13 @@ import multiprocessing
 from streamproxy.routing.breaker import CLOSED, HALF_OPEN, OPEN
 from streamproxy.routing.portkey_config import BreakerSpec
 from streamproxy.server.shared_breakers import SharedBreakerTable, SharedCircuitBreakers
+from tests.helpers import Clock
 
 SPEC = BreakerSpec(failure_threshold=3, cooldown_interval=30)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_two_workers_count_toward_one_threshold_and_see_one_state() -> None:
-    table, clock = SharedBreakerTable(), Clock()
+    table, clock = SharedBreakerTable(), Clock(100.0)
     a, b = SharedCircuitBreakers(table, clock), SharedCircuitBreakers(table, clock)
     a.record("down", SPEC, 500)
     b.record("down", SPEC, 503)
@@ -56,7 +49,7 @@ def test_forked_workers_trip_the_breaker_together() -> None:
 
 
 def test_a_full_table_keeps_the_state_in_the_worker() -> None:
-    table, clock = SharedBreakerTable(slots=2), Clock()
+    table, clock = SharedBreakerTable(slots=2), Clock(100.0)
     a, b = SharedCircuitBreakers(table, clock), SharedCircuitBreakers(table, clock)
     keys = [f"provider-{i}|m|" for i in range(3)]
     for key in keys:
