@@ -253,6 +253,40 @@ def test_chunked_one_whole_chunk_per_read(pieces: list[bytes], upper: bool) -> N
     assert out == pieces
 
 
+# Data that looks like framing: CRLFs, hex digits, a lone CR at either end.
+_framing_like = st.lists(st.sampled_from([b"\r\n", b"\r", b"\n", b"0", b"5", b"a", b"x", b"3\r\n"]),
+                         min_size=1, max_size=12).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_framing_like, st.binary(min_size=1, max_size=40)), max_size=10),
+       st.lists(st.integers(1, 4), min_size=10, max_size=10), st.booleans())
+def test_chunked_several_whole_chunks_per_read(pieces: list[bytes], groups: list[int],
+                                               warm: bool) -> None:
+    # A loaded proxy reads a few flushed events at once (`_whole_chunks`). Data holding CRLFs
+    # must not pass for framing; sizes already seen (warm) take the split, others the loop.
+    chunks = [b"%x\r\n%b\r\n" % (len(p), p) for p in pieces] + [b"0\r\n\r\n"]
+    decoder = ChunkedDecoder()
+    if warm:
+        for c in chunks[:-1]:
+            ChunkedDecoder().feed(c)  # the sizes are now known
+    out, i = [], 0
+    for n in groups:
+        out.append(decoder.feed(b"".join(chunks[i:i + n])))
+        i += n
+    if i < len(chunks):
+        out.append(decoder.feed(b"".join(chunks[i:])))
+    assert b"".join(out) == b"".join(pieces) and decoder.done and decoder.rest == b""
+
+
+def test_a_chunk_whose_data_holds_a_crlf_is_not_cut_there() -> None:
+    # "3\r\nx" inside the data reads like a chunk of its own once the size is known.
+    ChunkedDecoder().feed(b"3\r\nabc\r\n")
+    ChunkedDecoder().feed(b"8\r\n12345678\r\n")
+    tricky = b"8\r\nx\r\n3\r\nab\r\n3\r\nabc\r\n"  # one 8-byte chunk, then "abc"
+    assert ChunkedDecoder().feed(tricky) == b"x\r\n3\r\nababc"
+
+
 def test_chunked_rest_after_end() -> None:
     decoder = ChunkedDecoder()
     assert decoder.feed(b"3\r\nabc\r\n0\r\n\r\nNEXT") == b"abc"
