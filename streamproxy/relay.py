@@ -150,7 +150,9 @@ class _Pump:
             self._deadline.progress()
             self._translator.feed(data)
             out = self._encoder.take()
-            if out:
+            if self._translator.done:
+                self._client.end_with(out)  # [DONE] and the body's end: one write
+            elif out:
                 self._client.write_now(out)
         except Exception as e:
             self._stop(e)

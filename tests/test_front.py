@@ -77,6 +77,29 @@ async def test_keep_alive_serves_requests_one_after_another(lean: Any) -> None:
     writer.close()
 
 
+async def test_the_last_frames_and_the_body_end_leave_in_one_write(lean: Any,
+                                                                    monkeypatch: Any) -> None:
+    writes: list[bytes] = []
+    write = front.Connection.write
+
+    def recording(self: front.Connection, data: bytes) -> None:
+        writes.append(data)
+        write(self, data)
+
+    monkeypatch.setattr(front.Connection, "write", recording)
+    reader, writer = await connect(lean)
+    paced = orjson.dumps({"model": "mock/tokens=3,tps=500", "stream": True,
+                          "messages": [{"role": "user", "content": "hi"}]})
+    for _ in range(2):  # the connection is reusable afterwards
+        writes.clear()
+        writer.write(chat_request(paced))
+        status, _, body = await read_response(reader)
+        assert status == 200 and body.endswith(b"data: [DONE]\n\n")
+        assert writes[-1].endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+        assert b"0\r\n\r\n" not in b"".join(writes[:-1])
+    writer.close()
+
+
 async def test_pipelined_requests_are_answered_in_order(lean: Any) -> None:
     reader, writer = await connect(lean)
     small = orjson.dumps({"model": "mock/tokens=1", "messages": [{"role": "user", "content": "a"}]})

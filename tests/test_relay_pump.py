@@ -45,10 +45,16 @@ class Client:
     def __init__(self) -> None:
         self.written: list[bytes] = []
         self.full = False
+        self.ended = False  # end_with() was called: the body's end went with the last frames
         self.drained = asyncio.Event()
 
     def write_now(self, data: bytes) -> None:
+        assert not self.ended
         self.written.append(data)
+
+    def end_with(self, data: bytes) -> None:
+        self.write_now(data)
+        self.ended = True
 
     async def drain(self) -> None:
         await self.drained.wait()
@@ -102,6 +108,8 @@ async def test_piped_bytes_equal_the_pulled_loop(seed: int) -> None:
     await asyncio.wait_for(task, 1)
     assert b"".join(client.written) + enc.take() == pulled(reads)
     assert up.pauses == 0
+    # The read that completes the stream sends [DONE] and the body's end together.
+    assert client.ended and client.written[-1].endswith(b"data: [DONE]\n\n")
 
 
 async def test_a_full_client_pauses_the_upstream_and_holds_the_rest_in_order() -> None:
@@ -181,6 +189,8 @@ async def test_a_client_gone_mid_write_ends_the_pump_with_its_error() -> None:
     class GoneClient(Client):
         def write_now(self, data: bytes) -> None:
             raise ConnectionResetError("the client closed the connection")
+
+        end_with = write_now
 
     pump, _up, _enc, task = await start(GoneClient())
     pump.data(BODY)

@@ -39,6 +39,10 @@ class EventWriter(Protocol):
 
     def write_now(self, data: bytes) -> None: ...
 
+    def end_with(self, data: bytes) -> None:
+        """The stream's last frames (may be b""), sent with the body's end where the writer
+        can: one write, not two (`write_eof()` then has nothing left to send)."""
+
     @property
     def full(self) -> bool: ...
 

@@ -464,6 +464,12 @@ class LeanEvents:
         if framed:
             self._conn.write(framed)
 
+    def end_with(self, data: bytes) -> None:
+        framed = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+        self._conn.write(self._head + framed + b"0\r\n\r\n")
+        self._head = b""
+        self._ex.finished = True
+
     @property
     def full(self) -> bool:
         return self._conn.full
@@ -472,9 +478,8 @@ class LeanEvents:
         await self._conn.drain()
 
     async def write_eof(self) -> None:
-        self._conn.write(self._head + b"0\r\n\r\n")
-        self._head = b""
-        self._ex.finished = True
+        if not self._ex.finished:
+            self.end_with(b"")
 
 
 _date: list[Any] = [0, b""]  # the last whole second, and its HTTP date

@@ -35,6 +35,10 @@ class SSEWriter:
             raise ConnectionResetError("the client closed the connection")
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
 
+    def end_with(self, data: bytes) -> None:
+        if data:
+            self.write_now(data)  # aiohttp's write_eof() sends the body's end
+
     @property
     def full(self) -> bool:
         """The client's socket buffer is over its high-water mark (reads should pause)."""
