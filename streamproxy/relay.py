@@ -7,7 +7,9 @@ end, and for the client's buffer to drain when it is full. **Pulled** (the aioht
 `await read()`, translate, `await write()`.
 
 Either way: one write per upstream read (every frame that read produced leaves together), no
-queues, no sleeps, no per-chunk timers. Backpressure: while a slow client's socket buffer is
+queues, no sleeps, no per-chunk timers; the body's end leaves with the last frames where the
+client's writer can frame it (the lean front), and a stream that came whole before the commit
+is one write, head to end. Backpressure: while a slow client's socket buffer is
 full we do not read, so the upstream's TCP window closes instead of memory growing. Any failure
 after commit becomes one OpenAI error frame and the stream ends; a client that goes away
 cancels this task, and leaving the `finally` closes the upstream connection.
@@ -39,10 +41,14 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord) 
     upstream = stream.response
     try:
         try:
-            await client.write(encoder.take())  # the response head leaves with these frames
-            if isinstance(upstream, Response) and client.direct:
+            first = encoder.take()  # the response head leaves with these frames
+            if translator.done:  # the whole stream came before the commit: one write
+                await client.finish(first)
+            elif isinstance(upstream, Response) and client.direct:
+                await client.write(first)
                 await _Pump(translator, encoder, deadline, client, upstream).run()
             else:
+                await client.write(first)
                 await _pull(translator, encoder, deadline, upstream.content.readany,
                             client.write)
         except asyncio.CancelledError:

@@ -77,8 +77,11 @@ async def test_keep_alive_serves_requests_one_after_another(lean: Any) -> None:
     writer.close()
 
 
-async def test_the_last_frames_and_the_body_end_leave_in_one_write(lean: Any,
-                                                                    monkeypatch: Any) -> None:
+@pytest.mark.parametrize("model", ["mock/tokens=3,tps=500", "mock/tokens=3"])
+async def test_the_last_frames_and_the_body_end_leave_in_one_write(lean: Any, monkeypatch: Any,
+                                                                    model: str) -> None:
+    # Paced: the read that ends the stream writes [DONE] and the end together. Unpaced, the
+    # whole stream is there before the commit: head, frames and end are one write.
     writes: list[bytes] = []
     write = front.Connection.write
 
@@ -88,15 +91,16 @@ async def test_the_last_frames_and_the_body_end_leave_in_one_write(lean: Any,
 
     monkeypatch.setattr(front.Connection, "write", recording)
     reader, writer = await connect(lean)
-    paced = orjson.dumps({"model": "mock/tokens=3,tps=500", "stream": True,
-                          "messages": [{"role": "user", "content": "hi"}]})
+    body = orjson.dumps({"model": model, "stream": True,
+                         "messages": [{"role": "user", "content": "hi"}]})
     for _ in range(2):  # the connection is reusable afterwards
         writes.clear()
-        writer.write(chat_request(paced))
-        status, _, body = await read_response(reader)
-        assert status == 200 and body.endswith(b"data: [DONE]\n\n")
+        writer.write(chat_request(body))
+        status, _, answer = await read_response(reader)
+        assert status == 200 and answer.endswith(b"data: [DONE]\n\n")
         assert writes[-1].endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
         assert b"0\r\n\r\n" not in b"".join(writes[:-1])
+        assert (len(writes) == 1) == ("tps" not in model)
     writer.close()
 
 

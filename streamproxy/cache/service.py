@@ -117,8 +117,7 @@ class ResponseCache:
         client = await request.start_events({**SSE_HEADERS, **headers})
         record.first_byte = time.monotonic()
         try:
-            await client.write(body)  # the whole answer: one write
-            await client.write_eof()
+            await client.finish(body)  # the whole answer and the end: one write
         except ConnectionError:
             record.client_disconnected = True
         record.chunks, record.bytes_out = encoder.chunks, len(body)

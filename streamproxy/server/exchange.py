@@ -40,8 +40,12 @@ class EventWriter(Protocol):
     def write_now(self, data: bytes) -> None: ...
 
     def end_with(self, data: bytes) -> None:
-        """The stream's last frames (may be b""), sent with the body's end where the writer
-        can: one write, not two (`write_eof()` then has nothing left to send)."""
+        """After a first `write()`: the stream's last frames (may be b""), sent with the
+        body's end where the writer can, in one write (`write_eof()` then has nothing left)."""
+
+    async def finish(self, data: bytes) -> None:
+        """The whole stream at once, the head with it on a fresh writer, and the body's end:
+        one write where the writer can (`write_eof()` then has nothing left to send)."""
 
     @property
     def full(self) -> bool: ...

@@ -477,6 +477,9 @@ class LeanEvents:
     async def drain(self) -> None:
         await self._conn.drain()
 
+    async def finish(self, data: bytes) -> None:
+        self.end_with(data)
+
     async def write_eof(self) -> None:
         if not self._ex.finished:
             self.end_with(b"")

@@ -48,5 +48,9 @@ class SSEWriter:
         """Wait until the client's socket buffer is back under its low-water mark."""
         await self._writer.drain()
 
+    async def finish(self, data: bytes) -> None:
+        await self._response.write(data)
+        await self._response.write_eof()
+
     async def write_eof(self) -> None:
         await self._response.write_eof()
