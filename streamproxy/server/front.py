@@ -44,6 +44,7 @@ from streamproxy.server.errors import internal_error
 from streamproxy.server.exchange import reply_error
 from streamproxy.server.handlers import chat
 from streamproxy.server.observing import AUTH_KEY
+from streamproxy.server.sse_writer import chunk
 from streamproxy.server.state import STATE
 from streamproxy.upstream.http11 import plain_fields
 
@@ -458,15 +459,14 @@ class LeanEvents:
             await self._conn.drain()
 
     def write_now(self, data: bytes) -> None:
-        framed = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+        framed = chunk(data)
         if self._head:
             framed, self._head = self._head + framed, b""
         if framed:
             self._conn.write(framed)
 
     def end_with(self, data: bytes) -> None:
-        framed = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
-        self._conn.write(self._head + framed + b"0\r\n\r\n")
+        self._conn.write(self._head + chunk(data) + b"0\r\n\r\n")
         self._head = b""
         self._ex.finished = True
 

@@ -13,6 +13,11 @@ from __future__ import annotations
 from aiohttp import hdrs, web
 
 
+def chunk(data: bytes) -> bytes:
+    """`data` as one HTTP/1.1 chunk (b"" for none: an empty chunk would end the body)."""
+    return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+
+
 class SSEWriter:
     __slots__ = ("_chunked", "_protocol", "_response", "_transport", "_writer", "direct")
 
@@ -33,7 +38,7 @@ class SSEWriter:
         transport = self._transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client closed the connection")
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        transport.write(chunk(data) if self._chunked else data)
 
     def end_with(self, data: bytes) -> None:
         if data:
