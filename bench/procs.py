@@ -41,8 +41,22 @@ def cores() -> tuple[set[int] | None, set[int] | None]:
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (and its reaped children, which it has none of)."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process: its user-space and its kernel time."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
+
+
+def syscalls(pid: int) -> tuple[int, int] | None:
+    """(read, write) system calls a process has made so far; None where /proc hides them."""
+    try:
+        io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+        return int(io["syscr"]), int(io["syscw"])
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def status_kb(pid: int, key: str) -> int:
@@ -68,6 +82,12 @@ class Proc:
 
     def cpu(self) -> float:
         return cpu_seconds(self.pid)
+
+    def kernel_cpu(self) -> float:
+        return cpu_split(self.pid)[1]
+
+    def syscalls(self) -> tuple[int, int] | None:
+        return syscalls(self.pid)
 
     def rss_kb(self) -> int:
         return status_kb(self.pid, "VmRSS")

@@ -135,24 +135,32 @@ async def measure(target: Target, conc: int, plan: Plan, server: Proc, harness: 
     await asyncio.sleep(warmup)
     server.reset_peak()
     cpu0, harness0, gen0 = server.cpu(), sum(p.cpu() for p in harness), time.process_time()
+    kernel0, calls0 = server.kernel_cpu(), server.syscalls()
     t0 = time.perf_counter()
     stats.measuring = True
     await asyncio.sleep(window)
     stats.measuring = False
     elapsed = time.perf_counter() - t0
-    cpu = server.cpu() - cpu0
+    cpu, kernel, calls = server.cpu() - cpu0, server.kernel_cpu() - kernel0, server.syscalls()
     harness_cpu = sum(p.cpu() for p in harness) - harness0 + time.process_time() - gen0
     await asyncio.wait(users, timeout=30)
-    return summary(stats, elapsed, cpu, harness_cpu, server.peak_rss_kb(), conc)
+    result = summary(stats, elapsed, cpu, harness_cpu, server.peak_rss_kb(), conc, kernel)
+    if calls and calls0:  # the server's socket reads and writes (and its log's writes)
+        result["server_reads"], result["server_writes"] = calls[0] - calls0[0], calls[1] - calls0[1]
+    return result
 
 
 def summary(stats: Stats, elapsed: float, cpu: float, harness_cpu: float, peak_kb: int,
-            conc: int) -> dict[str, Any]:
+            conc: int, kernel_cpu: float | None = None) -> dict[str, Any]:
+    per_event = 1e6 / stats.events if stats.events else None
     return {
         "concurrency": conc,
         "streams_per_s": stats.streams / elapsed,
         "events_per_s": stats.events / elapsed,
-        "server_cpu_us_per_event": cpu / stats.events * 1e6 if stats.events else None,
+        "server_cpu_us_per_event": cpu * per_event if per_event else None,
+        # The part of it spent in the kernel (system time): socket reads and writes, wake-ups.
+        "server_kernel_us_per_event": kernel_cpu * per_event
+        if per_event and kernel_cpu is not None else None,
         "server_cpu_pct": cpu / elapsed * 100,
         "harness_cpu_pct": harness_cpu / elapsed * 100,
         "ttft_p50_ms": pct(stats.ttft, 50),
@@ -246,12 +254,25 @@ async def throughput(env: Env, conc: int) -> None:
 
 async def flushed(env: Env) -> None:
     """The same streams with every event its own upstream write, as real providers flush them:
-    the proxy then reads (and writes) once per event instead of once per ~16 KB, and the
-    direct line pays one write per event too."""
+    the proxy then reads (and writes) once per few events instead of once per ~16 KB (as many
+    as arrived while it handled the streams before), and the direct line pays one write per
+    event too. Printed under it: where the proxy's CPU per event goes."""
     await pair(env, "flushed-c32", "200-delta Anthropic streams, one upstream write per event",
                mock_providers(env), lambda port: proxied(port, "mock/fast:flush=1", 203),
                direct_anthropic(env.mock_port, "fast:flush=1", 205), env.mock, 32,
                env.plan.window)
+    p = env.results[-1]["proxied"]
+    if p.get("server_kernel_us_per_event") is None or not p["events"]:
+        return
+    total, kernel = p["server_cpu_us_per_event"], p["server_kernel_us_per_event"]
+    line = (f"cpu: {total:.2f} µs per event = {total - kernel:.2f} in user space + "
+            f"{kernel:.2f} in the kernel")
+    if p.get("server_reads"):
+        # Every stream costs the proxy one request read and one log line, besides its events.
+        upstream_reads = p["server_reads"] - p["streams"]
+        line += (f"; {p['server_reads']} reads, {p['server_writes']} writes: "
+                 f"{p['events'] / max(upstream_reads, 1):.1f} events per upstream read")
+    print(f"{'':<15}{line}", flush=True)
 
 
 async def latency(env: Env) -> None:
