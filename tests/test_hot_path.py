@@ -5,15 +5,23 @@
   generated streams of every field kind, line ending and split.
 - PassthroughTranslator picks the events worth parsing with one regex; it must pick exactly
   what the list of byte patterns it replaced picked.
+- The Anthropic translator splices reads made only of text deltas without decoding them; what
+  it writes must be, byte for byte, what the decoder's path writes for the same reads.
 """
 
 from __future__ import annotations
 
+import json
+
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamproxy.decode.sse import SSEDecoder, SSEEvent
+from streamproxy.errors import StreamDecodeError
+from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
+from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator, text_literals
 from streamproxy.providers.openai_compat import _INTERESTING
 
 
@@ -194,3 +202,157 @@ def test_one_event_per_read_matches_the_line_by_line_algorithm(reads: list[bytes
         got += dec.feed(read)
     got += dec.close()
     assert got == LineByLineDecoder().decode(b"".join(reads))
+
+
+# -- Anthropic text deltas, spliced --------------------------------------------------------------
+
+class DecodingEncoder(ChunkEncoder):
+    """An encoder the translator cannot splice into: every read goes through the decoder."""
+
+    content_literals = None  # type: ignore[assignment]
+
+
+class DecodingRecorder(RecordingChunkEncoder):
+    content_literals = None  # type: ignore[assignment]
+
+
+def _event(kind: str, payload: bytes) -> bytes:
+    return b"event: %b\ndata: %b\n\n" % (kind.encode(), payload)
+
+
+def _delta_json(text: str, index: int, style: int) -> bytes:
+    delta = {"type": "content_block_delta", "index": index,
+             "delta": {"type": "text_delta", "text": text}}
+    if style == 0:  # as Anthropic writes them: compact, raw UTF-8
+        return orjson.dumps(delta)
+    if style == 1:  # padded before the last brace, as Anthropic sometimes does
+        return orjson.dumps(delta)[:-1] + b"      }"
+    if style == 2:  # \u escapes for everything outside ASCII
+        return json.dumps(delta, separators=(",", ":")).encode()
+    if style == 3:  # \/ escapes
+        return orjson.dumps(delta).replace(b"/", b"\\/")
+    return json.dumps(delta, ensure_ascii=False).encode()  # spaces after the separators
+
+
+OTHER_EVENTS = st.sampled_from([
+    _event("ping", b'{"type": "ping"}'),
+    _event("content_block_stop", b'{"type":"content_block_stop","index":0}'),
+    _event("content_block_delta", b'{"type":"content_block_delta","index":0,'
+                                  b'"delta":{"type":"thinking_delta","thinking":"hm"}}'),
+    b": comment\n\n",
+    b"id: 7\n" + _event("content_block_delta", b'{"type":"content_block_delta","index":0,'
+                                               b'"delta":{"type":"text_delta","text":"i"}}'),
+])
+TEXTS = st.one_of(st.text(max_size=12),
+                  st.text(alphabet='\\"/\n\t\x00\x1f\x7f\u2028 é🙂ab', max_size=8))
+START = _event("message_start", orjson.dumps({"type": "message_start", "message": {
+    "id": "msg_1", "model": "claude-x", "usage": {"input_tokens": 3, "output_tokens": 1}}}))
+END = (_event("message_delta", b'{"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+                               b'"usage":{"output_tokens":9}}')
+       + _event("message_stop", b'{"type":"message_stop"}'))
+
+
+@st.composite
+def anthropic_reads(draw: st.DrawFn) -> list[bytes]:
+    """A stream of text deltas in every JSON spelling (compact ones are spliced), other
+    events among them, grouped into reads of whole events or cut anywhere."""
+    events = [START]
+    for _ in range(draw(st.integers(1, 14))):
+        if draw(st.integers(0, 5)) == 0:
+            events.append(draw(OTHER_EVENTS))
+        else:
+            style = draw(st.sampled_from([0, 0, 0, 1, 2, 3, 4]))
+            events.append(_event("content_block_delta", _delta_json(
+                draw(TEXTS), draw(st.integers(0, 12)), style)))
+    events.append(END)
+    reads: list[bytes] = []
+    for event in events:
+        way = draw(st.integers(0, 4))
+        if way == 0 and len(event) > 1:
+            cut = draw(st.integers(1, len(event) - 1))
+            reads += [event[:cut], event[cut:]]
+        elif way in (1, 2) and reads:
+            reads[-1] += event
+        else:
+            reads.append(event)
+    return reads
+
+
+def _translate(reads: list[bytes], encoder: ChunkEncoder) -> list[bytes]:
+    translator = AnthropicStreamTranslator(encoder, 1 << 20)
+    out = []
+    for read in reads:
+        translator.feed(read)
+        out.append(encoder.take())
+    translator.close()
+    return out
+
+
+def _encoder(cls: type[ChunkEncoder]) -> ChunkEncoder:
+    return cls(completion_id="chatcmpl-1", created=1, model="m", include_usage=True)
+
+
+@settings(max_examples=400, deadline=None)
+@given(anthropic_reads())
+def test_spliced_text_deltas_write_what_the_decoder_path_writes(reads: list[bytes]) -> None:
+    spliced, decoded = _encoder(ChunkEncoder), _encoder(DecodingEncoder)
+    assert _translate(reads, spliced) == _translate(reads, decoded)  # read by read
+    assert spliced.chunks == decoded.chunks
+    recorded, decoded = _encoder(RecordingChunkEncoder), _encoder(DecodingRecorder)
+    assert _translate(reads, recorded) == _translate(reads, decoded)
+    assert recorded.texts == decoded.texts  # type: ignore[attr-defined]  # store's, the cache's
+
+
+def test_reads_of_compact_text_deltas_are_spliced(monkeypatch: pytest.MonkeyPatch) -> None:
+    spliced: list[int] = []
+    literals = ChunkEncoder.content_literals
+
+    def counting(self: ChunkEncoder, texts: list[bytes]) -> None:
+        spliced.append(len(texts))
+        literals(self, texts)
+
+    monkeypatch.setattr(ChunkEncoder, "content_literals", counting)
+    deltas = b"".join(_event("content_block_delta", _delta_json(t, 0, s))
+                      for t, s in [("Hel", 0), ("lo\n", 1), ('"é"', 0)])
+    out = _translate([START, deltas, deltas[:50], deltas[50:], END], _encoder(ChunkEncoder))
+    assert spliced == [3]  # the cut read goes to the decoder, and so does what it leaves
+    assert b"".join(out).count(b'{"content":') == 6
+
+
+@pytest.mark.parametrize("read", [
+    _event("content_block_delta", _delta_json("a\u00e9", 0, 2)),  # \u escape
+    _event("content_block_delta", _delta_json("a/b", 0, 3)),  # \/ escape
+    _event("content_block_delta", _delta_json("x", 0, 4)),  # not compact
+    _event("content_block_delta", _delta_json("x", 0, 0)).replace(b"\n", b"\r\n"),
+    _event("content_block_delta", _delta_json("x", 0, 0))[:-1],  # unfinished
+    b"\n" + _event("content_block_delta", _delta_json("x", 0, 0)),  # a stray blank line
+    b"id: 1\n" + _event("content_block_delta", _delta_json("x", 0, 0)),
+    _event("content_block_delta", b'{"type":"content_block_delta","index":0,"delta":{"type":'
+                                  b'"text_delta","text":"a","x":"b"}}'),  # another key
+    _event("content_block_delta", b'{"type":"content_block_delta","index":0,"delta":{"type":'
+                                  b'"text_delta","text":"a\tb"}}'),  # a raw control char
+    _event("content_block_delta", b'{"type":"content_block_delta","index":0,"delta":{"type":'
+                                  b'"text_delta","text":"a\xff"}}'),  # not UTF-8
+])
+def test_anything_but_whole_compact_text_deltas_goes_to_the_decoder(read: bytes) -> None:
+    assert text_literals(read) is None
+
+
+def test_invalid_utf8_fails_the_same_way_on_either_path() -> None:
+    bad = _event("content_block_delta", b'{"type":"content_block_delta","index":0,"delta":'
+                                        b'{"type":"text_delta","text":"a\xff"}}')
+    for encoder in (_encoder(ChunkEncoder), _encoder(DecodingEncoder)):
+        with pytest.raises(StreamDecodeError):
+            _translate([START, bad, END], encoder)
+
+
+def test_a_read_after_an_unfinished_event_is_not_spliced() -> None:
+    # The decoder holds `data: …` of an event still open: the next read continues that event
+    # (its data lines join), however whole its own events look.
+    delta = _event("content_block_delta", _delta_json("x", 0, 0))
+    for encoder in (_encoder(ChunkEncoder), _encoder(DecodingEncoder)):
+        translator = AnthropicStreamTranslator(encoder, 1 << 20)
+        translator.feed(START)
+        translator.feed(b'data: {"type":\n')
+        with pytest.raises(StreamDecodeError):
+            translator.feed(delta)

@@ -112,6 +112,11 @@ class SSEDecoder:
             self._size = len(rest)
         return events
 
+    @property
+    def between_events(self) -> bool:
+        """Nothing held: the next byte fed starts an event (and the BOM check is behind)."""
+        return not self._parts and not self._pending_cr and self._start is None
+
     def _crlf_data_events(self, chunk: bytes, events: list[SSEEvent]) -> bytes:
         """CRLF framing without normalising (Gemini): the leading `data: …` blocks that hold no
         other CR or LF are events as they stand. Returns the rest of the read, from the first

@@ -89,9 +89,9 @@ class ChunkEncoder:
     """ChunkSink → SSE bytes. Also the per-stream record that logs and metrics read."""
 
     __slots__ = (
-        "_buf", "_content_head", "_content_tail", "_prefix", "_tail", "bytes_taken", "chunks",
-        "completion_id", "created", "ended", "failure", "finish_reason", "include_usage", "model",
-        "usage_data",
+        "_buf", "_content_head", "_content_tail", "_literal_head", "_literal_sep",
+        "_literal_tail", "_prefix", "_tail", "bytes_taken", "chunks", "completion_id", "created",
+        "ended", "failure", "finish_reason", "include_usage", "model", "usage_data",
     )
 
     def __init__(
@@ -106,6 +106,7 @@ class ChunkEncoder:
         self._tail = b""
         self._content_head = b""
         self._content_tail = b""
+        self._literal_head = self._literal_sep = self._literal_tail = b""
         self.chunks = 0
         self.bytes_taken = 0  # everything take() returned: the bytes sent to the client
         self.finish_reason: str | None = None
@@ -141,6 +142,10 @@ class ChunkEncoder:
         )
         self._content_head = self._prefix + b'{"content":'
         self._content_tail = b"}" + self._tail
+        # content_literals(): frame i's text literal, then its closing and frame i+1's opening.
+        self._literal_head = self._content_head + b'"'
+        self._literal_tail = b'"' + self._content_tail
+        self._literal_sep = self._literal_tail + self._literal_head
 
     def _frame(self, delta: bytes) -> None:
         if not self._prefix:
@@ -159,6 +164,15 @@ class ChunkEncoder:
             self._envelope()
         self._buf += (self._content_head, _dumps(text), self._content_tail)
         self.chunks += 1
+
+    def content_literals(self, literals: list[bytes]) -> None:
+        """Content deltas given as the insides of JSON string literals, escaped as JSON
+        requires and valid UTF-8 (spliced from a provider's bytes, see
+        providers/anthropic/stream.py): one frame each, built by one join."""
+        if not self._prefix:
+            self._envelope()
+        self._buf += (self._literal_head, self._literal_sep.join(literals), self._literal_tail)
+        self.chunks += len(literals)
 
     def reasoning(self, text: str) -> None:
         self._frame(b'{"reasoning_content":' + _dumps(text) + b"}")
@@ -233,3 +247,7 @@ class RecordingChunkEncoder(ChunkEncoder):
         self._buf += (self._content_head, _dumps(text), self._content_tail)
         self.chunks += 1
         self.texts.append(text)
+
+    def content_literals(self, literals: list[bytes]) -> None:
+        super().content_literals(literals)
+        self.texts += orjson.loads(b'["%b"]' % b'","'.join(literals))  # one parse for all

@@ -205,7 +205,7 @@ class TeeSink:
     Content deltas go to the encoder alone, which records their text in the builder's list
     (`RecordingChunkEncoder`): one call per delta; the rarer events are forwarded to both."""
 
-    __slots__ = ("builder", "content", "encoder")
+    __slots__ = ("builder", "content", "content_literals", "encoder")
 
     def __init__(self, encoder: RecordingChunkEncoder, builder: CompletionBuilder) -> None:
         self.encoder = encoder
@@ -214,6 +214,7 @@ class TeeSink:
         builder.created = encoder.created
         encoder.texts = builder.content_parts  # CompletionBuilder.content is only this append
         self.content = encoder.content
+        self.content_literals = encoder.content_literals
 
     def start(self, model: str | None = None) -> None:
         self.encoder.start(model)

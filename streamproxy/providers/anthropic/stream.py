@@ -7,13 +7,19 @@
   field; prompt_tokens = input + cache read + cache creation.
 - An `error` event ends the stream with an OpenAI error frame and no [DONE].
 
-Speed: nearly every event is a text delta, so `on_event` tests for it first, inline, before
-the general dispatch. (Splicing the text's JSON literal from the upstream bytes, without a
-parse, was measured: validating it safely costs as much as orjson's parse of the event.)
+Speed: nearly every event is a text delta. A read made of nothing else (the middle of every
+stream) is translated whole, without decoding an event: one regular expression checks each
+event's exact compact form and takes its text's JSON literal, which is spliced, still escaped,
+into the client's frames (`text_literals`, `ChunkEncoder.content_literals`): 1.35 → 0.48 µs
+per event at nine events a read, 1.39 → 0.93 at one. Any other read takes the decoder, and
+`on_event` tests for a text delta first, inline, before the general dispatch. (Splicing per
+event was measured too: validating each literal in Python cost what orjson's parse did.)
 """
 
 from __future__ import annotations
 
+import re
+from itertools import chain
 from typing import Any
 
 from streamproxy.decode.sse import SSEEvent
@@ -44,6 +50,36 @@ ERROR_STATUS = {
 }
 
 
+# A text delta exactly as Anthropic sends it, with the padding it sometimes puts before the last
+# brace. The literal may hold any character JSON allows unescaped (UTF-8 is checked apart) and
+# the escapes \" \\ \b \f \n \r \t, which orjson writes the same way: a \/ or \u escape (or
+# anything else) sends the read to the decoder, so a spliced frame is byte for byte the one
+# the decoder's path would write.
+_TEXT_DELTA = re.compile(
+    rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":(\d+),'
+    rb'"delta":\{"type":"text_delta","text":"([^"\\\x00-\x1f]*(?:\\["\\bfnrt][^"\\\x00-\x1f]*)*)"\}'
+    rb"( *)\}\n\n")
+_TEXT_DELTA_FIXED = len(  # its bytes besides the three groups
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":,'
+    b'"delta":{"type":"text_delta","text":""}}\n\n')
+
+
+def text_literals(data: bytes) -> list[bytes] | None:
+    """The text literals (JSON-escaped) of a read that is whole text-delta events and nothing
+    else; None for any other read. The matches cover the read exactly when their lengths add
+    up to its length (they cannot overlap), so nothing between them goes unchecked."""
+    if not data.isascii():
+        try:
+            data.decode()
+        except UnicodeDecodeError:
+            return None  # the decoder's path reports it
+    found = _TEXT_DELTA.findall(data)
+    if not found or (sum(map(len, chain.from_iterable(found))) + _TEXT_DELTA_FIXED * len(found)
+                     != len(data)):
+        return None
+    return [text for _, text, _ in found]
+
+
 def map_usage(u: dict[str, Any]) -> dict[str, Any]:
     cache_read = u.get("cache_read_input_tokens") or 0
     cache_write = u.get("cache_creation_input_tokens") or 0
@@ -72,6 +108,17 @@ class AnthropicStreamTranslator(SSETranslator):
         self._started = False
         self._thinking: list[str] = []  # the current thinking block's text, for its signature
         self._content = out.content
+        # Sinks that take escaped text literals (the encoders, the tee) get whole reads spliced.
+        self._literals = getattr(out, "content_literals", None)
+
+    def feed(self, data: bytes) -> None:
+        if (self._literals is not None and self._started and not self.done
+                and self._decoder.between_events):
+            literals = text_literals(data)
+            if literals is not None:
+                self._literals(literals)
+                return
+        super().feed(data)
 
     def on_event(self, event: SSEEvent) -> None:
         msg = load_event_json(event.data)
