@@ -89,9 +89,9 @@ class ChunkEncoder:
     """ChunkSink → SSE bytes. Also the per-stream record that logs and metrics read."""
 
     __slots__ = (
-        "_buf", "_content_head", "_content_tail", "_literal_head", "_literal_sep",
-        "_literal_tail", "_prefix", "_tail", "bytes_taken", "chunks", "completion_id", "created",
-        "ended", "failure", "finish_reason", "include_usage", "model", "usage_data",
+        "_buf", "_content_head", "_content_tail", "_literal_sep", "_prefix", "_tail",
+        "bytes_taken", "chunks", "completion_id", "created", "ended", "failure", "finish_reason",
+        "include_usage", "model", "usage_data",
     )
 
     def __init__(
@@ -106,7 +106,7 @@ class ChunkEncoder:
         self._tail = b""
         self._content_head = b""
         self._content_tail = b""
-        self._literal_head = self._literal_sep = self._literal_tail = b""
+        self._literal_sep = b""  # content_literals(): built when a read brings two or more
         self.chunks = 0
         self.bytes_taken = 0  # everything take() returned: the bytes sent to the client
         self.finish_reason: str | None = None
@@ -142,10 +142,6 @@ class ChunkEncoder:
         )
         self._content_head = self._prefix + b'{"content":'
         self._content_tail = b"}" + self._tail
-        # content_literals(): frame i's text literal, then its closing and frame i+1's opening.
-        self._literal_head = self._content_head + b'"'
-        self._literal_tail = b'"' + self._content_tail
-        self._literal_sep = self._literal_tail + self._literal_head
 
     def _frame(self, delta: bytes) -> None:
         if not self._prefix:
@@ -171,7 +167,13 @@ class ChunkEncoder:
         providers/anthropic/stream.py): one frame each, built by one join."""
         if not self._prefix:
             self._envelope()
-        self._buf += (self._literal_head, self._literal_sep.join(literals), self._literal_tail)
+        if len(literals) == 1:
+            text = literals[0]
+        else:
+            if not self._literal_sep:  # frame i's closing, then frame i+1's opening
+                self._literal_sep = b'"' + self._content_tail + self._content_head + b'"'
+            text = self._literal_sep.join(literals)
+        self._buf += (self._content_head, b'"', text, b'"', self._content_tail)
         self.chunks += len(literals)
 
     def reasoning(self, text: str) -> None:
