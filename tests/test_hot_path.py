@@ -180,13 +180,19 @@ def flushed_reads(draw: st.DrawFn) -> list[bytes]:
     ), max_size=12))
     if blocks and draw(st.booleans()):
         blocks[0] = b"\xef\xbb\xbf" + blocks[0]
+    return as_reads(draw, blocks, joined=1, ways=6)
+
+
+def as_reads(draw: st.DrawFn, blocks: list[bytes], joined: int, ways: int) -> list[bytes]:
+    """The blocks as reads: of `ways` equally likely, one cuts a block in two, `joined` put it
+    in the read before, the others make it a read of its own."""
     reads: list[bytes] = []
     for block in blocks:
-        way = draw(st.integers(0, 5))
+        way = draw(st.integers(0, ways - 1))
         if way == 0 and len(block) > 1:
             cut = draw(st.integers(1, len(block) - 1))
             reads += [block[:cut], block[cut:]]
-        elif way == 1 and reads:
+        elif 1 <= way <= joined and reads:
             reads[-1] += block
         else:
             reads.append(block)
@@ -265,17 +271,7 @@ def anthropic_reads(draw: st.DrawFn) -> list[bytes]:
             events.append(_event("content_block_delta", _delta_json(
                 draw(TEXTS), draw(st.integers(0, 12)), style)))
     events.append(END)
-    reads: list[bytes] = []
-    for event in events:
-        way = draw(st.integers(0, 4))
-        if way == 0 and len(event) > 1:
-            cut = draw(st.integers(1, len(event) - 1))
-            reads += [event[:cut], event[cut:]]
-        elif way in (1, 2) and reads:
-            reads[-1] += event
-        else:
-            reads.append(event)
-    return reads
+    return as_reads(draw, events, joined=2, ways=5)
 
 
 def _translate(reads: list[bytes], encoder: ChunkEncoder) -> list[bytes]:
