@@ -9,10 +9,10 @@ end, and for the client's buffer to drain when it is full. **Pulled** (the aioht
 Either way: one write per upstream read (every frame that read produced leaves together), no
 queues, no sleeps, no per-chunk timers; the body's end leaves with the last frames where the
 client's writer can frame it (the lean front), and a stream that came whole before the commit
-is one write, head to end. Backpressure: while a slow client's socket buffer is
-full we do not read, so the upstream's TCP window closes instead of memory growing. Any failure
-after commit becomes one OpenAI error frame and the stream ends; a client that goes away
-cancels this task, and leaving the `finally` closes the upstream connection.
+is one write, head to end. Backpressure: while a slow client's socket buffer is full we do
+not read, so the upstream's TCP window closes instead of memory growing. Any failure after
+commit becomes one OpenAI error frame and the stream ends; a client that goes away cancels
+this task, and leaving the `finally` closes the upstream connection.
 """
 
 from __future__ import annotations
@@ -44,13 +44,13 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord) 
             first = encoder.take()  # the response head leaves with these frames
             if translator.done:  # the whole stream came before the commit: one write
                 await client.finish(first)
-            elif isinstance(upstream, Response) and client.direct:
-                await client.write(first)
-                await _Pump(translator, encoder, deadline, client, upstream).run()
             else:
                 await client.write(first)
-                await _pull(translator, encoder, deadline, upstream.content.readany,
-                            client.write)
+                if isinstance(upstream, Response) and client.direct:
+                    await _Pump(translator, encoder, deadline, client, upstream).run()
+                else:
+                    await _pull(translator, encoder, deadline, upstream.content.readany,
+                                client.write)
         except asyncio.CancelledError:
             if not deadline.owns():
                 record.client_disconnected = True
@@ -156,14 +156,15 @@ class _Pump:
             self._deadline.progress()
             self._translator.feed(data)
             out = self._encoder.take()
-            if self._translator.done:
+            done = self._translator.done
+            if done:
                 self._client.end_with(out)  # [DONE] and the body's end: one write
             elif out:
                 self._client.write_now(out)
         except Exception as e:
             self._stop(e)
             return
-        if self._translator.done:
+        if done:
             self._stop(True)
         elif self._client.full:
             self._held = []
