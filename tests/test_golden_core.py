@@ -93,6 +93,34 @@ def test_pure_pipeline_whole_and_random_splits(name: str, eol: str) -> None:
         check(golden, translate(golden, random_splits(body, rng, max_piece=rng.choice([3, 50]))))
 
 
+def event_reads(body: bytes, per_read: int) -> list[bytes]:
+    """The body as a provider that flushes every event sends it, `per_read` events a read (a
+    loaded proxy reads several at once)."""
+    sep = b"\r\n\r\n" if b"\r\n" in body else b"\n\n"
+    events = [e + sep for e in body.split(sep) if e]
+    return [b"".join(events[i:i + per_read]) for i in range(0, len(events), per_read)]
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+@pytest.mark.parametrize("per_read", [1, 3])
+def test_pure_pipeline_whole_events_per_read(name: str, per_read: int,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reads of whole events are where Anthropic text deltas are spliced, not decoded: the
+    # recorded streams (compact, and padded before the last brace) must take that path.
+    spliced: list[int] = []
+    literals = ChunkEncoder.content_literals
+
+    def counting(self: ChunkEncoder, texts: list[bytes]) -> None:
+        spliced.append(len(texts))
+        literals(self, texts)
+
+    monkeypatch.setattr(ChunkEncoder, "content_literals", counting)
+    golden = GOLDEN[name]
+    check(golden, translate(golden, event_reads(golden.body, per_read)))
+    if per_read == 1 or name == "anthropic-text":  # the others' few deltas share reads
+        assert bool(spliced) == (golden.kind == "anthropic")
+
+
 def test_thinking_signature_survives_for_the_next_turn() -> None:
     golden = GOLDEN["anthropic-thinking"]
     c = collect(sse_chunks(translate(golden, [golden.body])))
