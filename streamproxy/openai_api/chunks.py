@@ -4,7 +4,9 @@ that turns it into OpenAI `chat.completion.chunk` SSE frames.
 Translators speak in OpenAI delta terms (content, tool call start, argument fragment, finish,
 usage) and never build chunk objects or bytes themselves. The encoder fixes the envelope (`id`,
 `created`, `model`) once per stream as pre-encoded bytes and splices each delta into it, so a
-text delta costs one `orjson.dumps` of a string and a few byte copies. Frames from one upstream
+text delta costs one `orjson.dumps` of a string and a few byte copies — or no dumps, when a
+translator hands over text still JSON-escaped from the provider's bytes
+(`content_literals`: the frames of a whole read by one join). Frames from one upstream
 read accumulate as a list of pieces, joined once by `take()` for one write (cheaper than
 appending to a bytearray and copying it out with `bytes()`).
 
