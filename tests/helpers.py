@@ -268,3 +268,19 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def count_spliced_reads(monkeypatch: Any) -> list[int]:
+    """Every `ChunkEncoder.content_literals` call from now on (the Anthropic splice), as the
+    number of literals it got."""
+    from streamproxy.openai_api.chunks import ChunkEncoder
+
+    spliced: list[int] = []
+    literals = ChunkEncoder.content_literals
+
+    def counting(self: ChunkEncoder, texts: list[bytes]) -> None:
+        spliced.append(len(texts))
+        literals(self, texts)
+
+    monkeypatch.setattr(ChunkEncoder, "content_literals", counting)
+    return spliced

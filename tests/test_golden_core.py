@@ -15,7 +15,14 @@ from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
 from streamproxy.providers.openai_compat import PassthroughTranslator
 from tests.conftest import provider_config
-from tests.helpers import collect, fixture_bytes, jsonl_to_sse, random_splits, sse_chunks
+from tests.helpers import (
+    collect,
+    count_spliced_reads,
+    fixture_bytes,
+    jsonl_to_sse,
+    random_splits,
+    sse_chunks,
+)
 
 
 @dataclass
@@ -107,14 +114,7 @@ def test_pure_pipeline_whole_events_per_read(name: str, per_read: int,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     # Reads of whole events are where Anthropic text deltas are spliced, not decoded: the
     # recorded streams (compact, and padded before the last brace) must take that path.
-    spliced: list[int] = []
-    literals = ChunkEncoder.content_literals
-
-    def counting(self: ChunkEncoder, texts: list[bytes]) -> None:
-        spliced.append(len(texts))
-        literals(self, texts)
-
-    monkeypatch.setattr(ChunkEncoder, "content_literals", counting)
+    spliced = count_spliced_reads(monkeypatch)
     golden = GOLDEN[name]
     check(golden, translate(golden, event_reads(golden.body, per_read)))
     if per_read == 1 or name == "anthropic-text":  # the others' few deltas share reads

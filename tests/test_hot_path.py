@@ -23,6 +23,7 @@ from streamproxy.errors import StreamDecodeError
 from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
 from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator, text_literals
 from streamproxy.providers.openai_compat import _INTERESTING
+from tests.helpers import count_spliced_reads
 
 
 class LineByLineDecoder:
@@ -300,14 +301,7 @@ def test_spliced_text_deltas_write_what_the_decoder_path_writes(reads: list[byte
 
 
 def test_reads_of_compact_text_deltas_are_spliced(monkeypatch: pytest.MonkeyPatch) -> None:
-    spliced: list[int] = []
-    literals = ChunkEncoder.content_literals
-
-    def counting(self: ChunkEncoder, texts: list[bytes]) -> None:
-        spliced.append(len(texts))
-        literals(self, texts)
-
-    monkeypatch.setattr(ChunkEncoder, "content_literals", counting)
+    spliced = count_spliced_reads(monkeypatch)
     deltas = b"".join(_event("content_block_delta", _delta_json(t, 0, s))
                       for t, s in [("Hel", 0), ("lo\n", 1), ('"é"', 0)])
     out = _translate([START, deltas, deltas[:50], deltas[50:], END], _encoder(ChunkEncoder))
