@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import orjson
@@ -21,7 +22,11 @@ from hypothesis import strategies as st
 from streamproxy.decode.sse import SSEDecoder, SSEEvent
 from streamproxy.errors import StreamDecodeError
 from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
-from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator, text_literals
+from streamproxy.providers.anthropic.stream import (
+    AnthropicStreamTranslator,
+    run_literals,
+    text_delta_runs,
+)
 from streamproxy.providers.openai_compat import _INTERESTING
 from tests.helpers import count_spliced_reads
 
@@ -247,6 +252,7 @@ OTHER_EVENTS = st.sampled_from([
     _event("content_block_delta", b'{"type":"content_block_delta","index":0,'
                                   b'"delta":{"type":"thinking_delta","thinking":"hm"}}'),
     b": comment\n\n",
+    b"\n",  # a stray blank line
     b"id: 7\n" + _event("content_block_delta", b'{"type":"content_block_delta","index":0,'
                                                b'"delta":{"type":"text_delta","text":"i"}}'),
 ])
@@ -272,6 +278,8 @@ def anthropic_reads(draw: st.DrawFn) -> list[bytes]:
             events.append(_event("content_block_delta", _delta_json(
                 draw(TEXTS), draw(st.integers(0, 12)), style)))
     events.append(END)
+    if draw(st.booleans()):  # deltas after the end are not the client's
+        events.append(_event("content_block_delta", _delta_json("late", 0, 0)))
     return as_reads(draw, events, joined=2, ways=5)
 
 
@@ -300,13 +308,34 @@ def test_spliced_text_deltas_write_what_the_decoder_path_writes(reads: list[byte
     assert recorded.texts == decoded.texts  # type: ignore[attr-defined]  # store's, the cache's
 
 
-def test_reads_of_compact_text_deltas_are_spliced(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_runs_of_compact_text_deltas_are_spliced(monkeypatch: pytest.MonkeyPatch) -> None:
     spliced = count_spliced_reads(monkeypatch)
     deltas = b"".join(_event("content_block_delta", _delta_json(t, 0, s))
                       for t, s in [("Hel", 0), ("lo\n", 1), ('"é"', 0)])
     out = _translate([START, deltas, deltas[:50], deltas[50:], END], _encoder(ChunkEncoder))
-    assert spliced == [3]  # the cut read goes to the decoder, and so does what it leaves
+    # The cut read goes to the decoder; the one after it finishes its event in the decoder,
+    # then splices the two whole events it holds.
+    assert spliced == [3, 2]
     assert b"".join(out).count(b'{"content":') == 6
+    ping = _event("ping", b'{"type":"ping"}')
+    whole = START + deltas + ping + deltas + END  # a stream that came in one read
+    spliced.clear()
+    out = _translate([whole], _encoder(ChunkEncoder))
+    assert spliced == [3, 3]
+    assert out == _translate([whole], _encoder(DecodingEncoder))
+
+
+def test_text_delta_runs_are_found_among_other_events() -> None:
+    d1, d2 = (_event("content_block_delta", _delta_json(t, 0, 0)) for t in ("a", 'b"\n'))
+    ping = _event("ping", b'{"type":"ping"}')
+    escaped = _event("content_block_delta", _delta_json("x/y", 0, 3))
+    read = START + d1 + d2 + ping + escaped + d2
+    first = len(START)
+    last = len(read) - len(d2)
+    assert text_delta_runs(read) == [(first, first + len(d1) + len(d2)), (last, len(read))]
+    assert run_literals(read, first, first + len(d1) + len(d2)) == [b"a", b'b\\"\\n']
+    assert text_delta_runs(START + ping) == []
+    assert text_delta_runs(d1 + b"\xff" + d2) == []  # not UTF-8: all of it to the decoder
 
 
 @pytest.mark.parametrize("read", [
@@ -315,8 +344,8 @@ def test_reads_of_compact_text_deltas_are_spliced(monkeypatch: pytest.MonkeyPatc
     _event("content_block_delta", _delta_json("x", 0, 4)),  # not compact
     _event("content_block_delta", _delta_json("x", 0, 0)).replace(b"\n", b"\r\n"),
     _event("content_block_delta", _delta_json("x", 0, 0))[:-1],  # unfinished
-    b"\n" + _event("content_block_delta", _delta_json("x", 0, 0)),  # a stray blank line
-    b"id: 1\n" + _event("content_block_delta", _delta_json("x", 0, 0)),
+    b"id: 1\n" + _event("content_block_delta", _delta_json("x", 0, 0)),  # not at an event's start
+    b"data: 1\n" + _event("content_block_delta", _delta_json("x", 0, 0)),
     _event("content_block_delta", b'{"type":"content_block_delta","index":0,"delta":{"type":'
                                   b'"text_delta","text":"a","x":"b"}}'),  # another key
     _event("content_block_delta", b'{"type":"content_block_delta","index":0,"delta":{"type":'
@@ -324,8 +353,14 @@ def test_reads_of_compact_text_deltas_are_spliced(monkeypatch: pytest.MonkeyPatc
     _event("content_block_delta", b'{"type":"content_block_delta","index":0,"delta":{"type":'
                                   b'"text_delta","text":"a\xff"}}'),  # not UTF-8
 ])
-def test_anything_but_whole_compact_text_deltas_goes_to_the_decoder(read: bytes) -> None:
-    assert text_literals(read) is None
+def test_anything_but_compact_text_deltas_at_an_event_start_goes_to_the_decoder(
+        monkeypatch: pytest.MonkeyPatch, read: bytes) -> None:
+    spliced = count_spliced_reads(monkeypatch)
+    translator = AnthropicStreamTranslator(_encoder(ChunkEncoder), 1 << 20)
+    translator.feed(START)
+    with contextlib.suppress(StreamDecodeError):  # the malformed ones fail in the decoder
+        translator.feed(read)
+    assert spliced == []
 
 
 def test_invalid_utf8_fails_the_same_way_on_either_path() -> None:
