@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 
 import orjson
 import pytest
@@ -22,12 +23,9 @@ from hypothesis import strategies as st
 from streamproxy.decode.sse import SSEDecoder, SSEEvent
 from streamproxy.errors import StreamDecodeError
 from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
-from streamproxy.providers.anthropic.stream import (
-    AnthropicStreamTranslator,
-    run_literals,
-    text_delta_runs,
-)
+from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
 from streamproxy.providers.openai_compat import _INTERESTING
+from streamproxy.providers.splice import feed_runs
 from tests.helpers import count_spliced_reads
 
 
@@ -325,17 +323,31 @@ def test_runs_of_compact_text_deltas_are_spliced(monkeypatch: pytest.MonkeyPatch
     assert out == _translate([whole], _encoder(DecodingEncoder))
 
 
-def test_text_delta_runs_are_found_among_other_events() -> None:
-    d1, d2 = (_event("content_block_delta", _delta_json(t, 0, 0)) for t in ("a", 'b"\n'))
-    ping = _event("ping", b'{"type":"ping"}')
-    escaped = _event("content_block_delta", _delta_json("x/y", 0, 3))
-    read = START + d1 + d2 + ping + escaped + d2
-    first = len(START)
-    last = len(read) - len(d2)
-    assert text_delta_runs(read) == [(first, first + len(d1) + len(d2)), (last, len(read))]
-    assert run_literals(read, first, first + len(d1) + len(d2)) == [b"a", b'b\\"\\n']
-    assert text_delta_runs(START + ping) == []
-    assert text_delta_runs(d1 + b"\xff" + d2) == []  # not UTF-8: all of it to the decoder
+def _feed_runs_calls(data: bytes, refuse_at: int = -1) -> list[tuple[str, bytes]]:
+    calls: list[tuple[str, bytes]] = []
+
+    def splice(read: bytes, start: int, end: int) -> bool:
+        if start == refuse_at:
+            return False
+        calls.append(("splice", read[start:end]))
+        return True
+
+    feed_runs(data, re.compile(rb"(?:a=\d\n)++"), lambda b: calls.append(("decode", b)), splice)
+    return calls
+
+
+def test_feed_runs_hands_on_runs_and_what_lies_between_them_in_order() -> None:
+    assert _feed_runs_calls(b"x\na=1\na=2\ny\na=3\n") == [
+        ("decode", b"x\n"), ("splice", b"a=1\na=2\n"), ("decode", b"y\n"), ("splice", b"a=3\n")]
+    assert _feed_runs_calls(b"a=1\n") == [("splice", b"a=1\n")]
+    assert _feed_runs_calls(b"y\n") == [("decode", b"y\n")]
+    # A refused run is decoded with everything after it, runs included.
+    assert _feed_runs_calls(b"a=1\ny\na=2\nz\na=3\n", refuse_at=6) == [
+        ("splice", b"a=1\n"), ("decode", b"y\n"), ("decode", b"a=2\nz\na=3\n")]
+    # Not UTF-8: all of it to the decoder, which reports it.
+    assert _feed_runs_calls(b"a=1\n\xff\na=2\n") == [("decode", b"a=1\n\xff\na=2\n")]
+    assert _feed_runs_calls("a=1\né\n".encode()) == [("splice", b"a=1\n"),
+                                                      ("decode", "é\n".encode())]
 
 
 @pytest.mark.parametrize("read", [

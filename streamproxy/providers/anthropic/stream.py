@@ -11,7 +11,7 @@ Speed: nearly every event is a text delta. A run of them in a read (the middle o
 stream; most of a stream that arrives in a few reads) is translated without decoding an event:
 one regular expression finds the run and checks each event's exact compact form, a second cuts
 out each text's JSON literal, which is spliced, still escaped, into the client's frames
-(`text_delta_runs`, `ChunkEncoder.content_literals`). The events around a run take the decoder,
+(providers/splice.py). The events around a run take the decoder,
 and `on_event` tests for a text delta first, inline, before the general dispatch. (Splicing per
 event was measured too: validating each literal in Python cost what orjson's parse did.)
 """
@@ -25,6 +25,7 @@ from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import StreamDecodeError, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage
 from streamproxy.providers.base import SSETranslator, load_event_json
+from streamproxy.providers.splice import JSON_TEXT, feed_runs
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -50,34 +51,13 @@ ERROR_STATUS = {
 
 
 # A run of text deltas exactly as Anthropic sends them, with the padding it sometimes puts
-# before the last brace. A literal may hold any character JSON allows unescaped (UTF-8 is checked
-# apart) and the escapes \" \\ \b \f \n \r \t, which orjson writes the same way: a \/ or \u
-# escape (or anything else) ends the run, and what is left takes the decoder, so a spliced frame
-# is byte for byte the one the decoder's path would write. Possessive: a run never backtracks.
+# before the last brace (providers/splice.py). Possessive: a run never backtracks.
 _TEXT_DELTA_RUN = re.compile(
     rb'(?:event: content_block_delta\ndata: \{"type":"content_block_delta","index":\d+,'
-    rb'"delta":\{"type":"text_delta","text":"[^"\\\x00-\x1f]*(?:\\["\\bfnrt][^"\\\x00-\x1f]*)*"\}'
-    rb" *\}\n\n)++")
+    rb'"delta":\{"type":"text_delta","text":"' + JSON_TEXT + rb'"\} *\}\n\n)++')
 # Within a run, each event's literal is what lies between its `"text":"` and its line's end:
 # the run's pattern has already checked every byte, so this one only cuts (one line an event).
 _TEXT_LITERAL = re.compile(rb'"text":"([^\n]*)"\} *\}\n\n')
-
-
-def text_delta_runs(data: bytes) -> list[tuple[int, int]]:
-    """Where in a read its runs of compact text-delta events lie, as (start, end); none in a
-    read that is not valid UTF-8 (the decoder's path reports it). A run found here may still
-    not start an event (it can follow `id:` in the same block): the caller checks that."""
-    if not data.isascii():
-        try:
-            data.decode()
-        except UnicodeDecodeError:
-            return []
-    return [run.span() for run in _TEXT_DELTA_RUN.finditer(data)]
-
-
-def run_literals(data: bytes, start: int, end: int) -> list[bytes]:
-    """The text literals (JSON-escaped) of the run `data[start:end]`, in order."""
-    return _TEXT_LITERAL.findall(data, start, end)
 
 
 def map_usage(u: dict[str, Any]) -> dict[str, Any]:
@@ -110,23 +90,20 @@ class AnthropicStreamTranslator(SSETranslator):
         self._content = out.content
         # Sinks that take escaped text literals (the encoders, the tee) get whole reads spliced.
         self._literals = getattr(out, "content_literals", None)
+        self._decode = super().feed  # bound once: per read, feed_runs calls these
+        self._splice_run = self._splice
 
     def feed(self, data: bytes) -> None:
-        literals = self._literals
-        if literals is None:
+        if self._literals is None:
             super().feed(data)
-            return
-        done = 0  # what has been translated of the read
-        for start, end in text_delta_runs(data):
-            if start > done:  # the events before the run, decoded
-                super().feed(data[done:start])
-                done = start
-            if self.done or not self._decoder.between_events:
-                break  # the stream has ended, or the run does not start an event
-            literals(run_literals(data, start, end))
-            done = end
-        if done < len(data):
-            super().feed(data[done:] if done else data)
+        else:
+            feed_runs(data, _TEXT_DELTA_RUN, self._decode, self._splice_run)
+
+    def _splice(self, data: bytes, start: int, end: int) -> bool:
+        if self.done or not self._decoder.between_events:
+            return False  # the stream has ended, or the run does not start an event
+        self._literals(_TEXT_LITERAL.findall(data, start, end))  # type: ignore[misc]
+        return True
 
     def on_event(self, event: SSEEvent) -> None:
         msg = load_event_json(event.data)
