@@ -32,7 +32,15 @@ from streamproxy.errors import ProxyError
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.providers.gemini.stream import GeminiStreamTranslator
 from tests.conftest import provider_config
-from tests.helpers import collect, fixture_bytes, make_config, openai_sdk, random_splits, sse_chunks
+from tests.helpers import (
+    collect,
+    count_spliced_reads,
+    fixture_bytes,
+    make_config,
+    openai_sdk,
+    random_splits,
+    sse_chunks,
+)
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -69,17 +77,23 @@ GOLDEN = {
 }
 
 
-def translate(pieces: list[bytes], *, include_usage: bool = True) -> bytes:
-    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m",
-                       include_usage=include_usage)
+class DecodingEncoder(ChunkEncoder):
+    """An encoder the translator cannot splice into: every chunk is decoded."""
+
+    content_literals = None  # type: ignore[assignment]
+
+
+def translate(pieces: list[bytes], *, include_usage: bool = True,
+              encoder: type[ChunkEncoder] = ChunkEncoder) -> bytes:
+    enc = encoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=include_usage)
     tr = GeminiStreamTranslator(enc, 1 << 20)
     out = b""
-    for piece in pieces:
-        tr.feed(piece)
-        out += enc.take()
-    try:
+    try:  # as the relay does: any typed error, from feed() or close(), ends in an error frame
+        for piece in pieces:
+            tr.feed(piece)
+            out += enc.take()
         tr.close()
-    except ProxyError as e:  # StreamTruncated, StreamDecodeError: what the relay does with it
+    except ProxyError as e:
         enc.error(e)
     return out + enc.take()
 
@@ -902,3 +916,48 @@ def test_any_text_through_the_fast_path_equals_the_full_parse(
     out, parsed = translate_counting([body[a:b] for a, b in itertools.pairwise(bounds)])
     assert out == translate([gemini_sse(elements)])
     assert parsed == 2
+
+
+# -- runs of plain text chunks, spliced (providers/splice.py) ----------------------------------
+
+def test_runs_of_plain_text_chunks_are_spliced(monkeypatch: pytest.MonkeyPatch) -> None:
+    spliced = count_spliced_reads(monkeypatch)
+    texts = ["Hi", " there", "you", "", 'a "q"', "b", "\x00", "é\n", "c"]
+    elements = [text_chunk(t, i) for i, t in enumerate(texts)] + [FINISH]
+    body = google_sse(elements)
+    reference = translate([gemini_sse(elements)])
+    out, parsed = translate_counting([body])
+    assert out == reference and parsed == 2
+    # The first chunk starts the stream; an empty text and a \u escape end a run.
+    assert spliced == [2, 2, 2]
+    spliced.clear()  # a chunk a read, as a paced stream comes: the per-chunk fast path
+    out, parsed = translate_counting([p + b"\r\n\r\n" for p in body.split(b"\r\n\r\n")[:-1]])
+    assert out == reference and parsed == 2 and spliced == []
+    rng = random.Random(5)
+    for cut in (random_splits(body, rng, max_piece=1500) for _ in range(20)):
+        assert translate_counting(cut)[0] == reference
+
+
+@pytest.mark.parametrize("before", [b"id: 7\r\n", b"data: 1\r\n", b": note\r\n"])
+def test_a_run_that_does_not_start_an_event_is_decoded(before: bytes) -> None:
+    elements = [text_chunk(t) for t in "abcdefgh"] + [FINISH]
+    first, *rest = google_sse(elements).split(b"\r\n\r\n")[:-1]
+    reads = [first + b"\r\n\r\n", before + b"\r\n\r\n".join(rest) + b"\r\n\r\n"]
+    assert translate(reads) == translate(reads, encoder=DecodingEncoder)
+
+
+def test_a_line_break_inside_a_chunk_is_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `\n: note` makes a second line (a comment) of the chunk's block: the decoder drops it,
+    # so the snapshot it reads at the end is the first line alone.
+    finish_without_usage = orjson.loads(orjson.dumps(FINISH))
+    del finish_without_usage["usageMetadata"]
+    chunks = google_sse([text_chunk(t, i) for i, t in enumerate("abcdef")]
+                        + [finish_without_usage]).split(b"\r\n\r\n")
+    chunks[5] += b"\n: note"
+    body = b"\r\n\r\n".join(chunks)
+    spliced = count_spliced_reads(monkeypatch)
+    out = translate([body])
+    assert spliced == []  # the run that holds it (b to f) is decoded whole
+    assert out == translate([body], encoder=DecodingEncoder)
+    c = collect(sse_chunks(out))
+    assert c.content == "abcdef" and c.error is None and c.usage["completion_tokens"] == 5 + 248

@@ -22,13 +22,18 @@ bookkeeping (the usage snapshot, modelVersion, responseId) and is left unread: t
 snapshot replaces this one, so it is parsed at EOF only if it was the last (damage inside a
 snapshot that was replaced therefore goes unseen). Anything else (a second part, `thought`, a
 signature, a finish reason, another key order or other separators, the first chunk) takes the
-full parse.
+full parse. A read of a kilobyte or more (several chunks: a body that came at once, a loaded
+proxy's reads) has its runs of such chunks spliced (providers/splice.py): one regular
+expression finds a run, a second cuts out the literals, and the run's last chunk is kept as
+the unread snapshot; 1.2 -> 0.75 us per chunk on a whole body. Below a kilobyte the per-chunk
+fast path is cheaper.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import orjson
@@ -39,6 +44,7 @@ from streamproxy.openai_api.chunks import ChunkSink, make_usage
 from streamproxy.providers.base import SSETranslator, load_event_json
 from streamproxy.providers.gemini.errors import error_from_object
 from streamproxy.providers.gemini.request import GENERATED_ID_PREFIX, SIGNATURE_BLOCK
+from streamproxy.providers.splice import JSON_TEXT, feed_runs
 
 _FILTERED = "content_filter"
 FINISH_REASONS = {
@@ -75,6 +81,13 @@ _TEXT_HEAD = b'{"candidates": [{"content": {"parts": [{"text": "'
 _TEXT_END = b'"}],"role": "model"},"index": 0}],"usageMetadata": {'
 _USAGE_KEY = b'"usageMetadata": {'
 _TEXT_AT = len(_TEXT_HEAD)  # the first byte of the text, after its opening quote
+# A run of plain text chunks with non-empty texts (providers/splice.py); the keys after the
+# text are the fast path's, left unread. `\r\n\r\n` ends an event, and no other line break
+# may be in one: CR is excluded here, LF counted by the splice (`[^\r\n]` costs 2.5x `[^\r]`).
+_TEXT_RUN = re.compile(rb"(?:data: " + re.escape(_TEXT_HEAD) + rb'(?!")' + JSON_TEXT
+                       + re.escape(_TEXT_END) + rb"[^\r]*+\r\n\r\n)++")
+_RUNS_FROM = 1024  # bytes a read: below, the fast path is cheaper (a chunk is ~300 bytes)
+_TEXT_LITERAL = re.compile(re.escape(_TEXT_HEAD) + rb"(" + JSON_TEXT + rb")" + re.escape(_TEXT_END))
 _loads = orjson.loads
 _DecodeError = orjson.JSONDecodeError
 
@@ -127,8 +140,38 @@ class GeminiStreamTranslator(SSETranslator):
         self._usage_chunk: bytes | None = None
         self._plain = False  # a plain text chunk may take the fast path (started, not finished)
         self._content = out.content
+        # Sinks that take escaped text literals (the encoders, the tee) get runs spliced.
+        self._literals = getattr(out, "content_literals", None)
+        self._decode = self._feed_events  # bound once: per read, feed_runs calls these
+        self._splice_run = self._splice
 
     def feed(self, data: bytes) -> None:
+        # A read of a chunk or two (a paced stream) is cheaper on the per-chunk fast path.
+        if self._literals is None or len(data) < _RUNS_FROM:
+            self._feed_events(data)
+        else:
+            feed_runs(data, _TEXT_RUN, self._decode, self._splice_run)
+
+    def _splice(self, data: bytes, start: int, end: int) -> bool:
+        if self.done or self.finished:
+            return False
+        if not self._plain:  # the stream's first chunk starts it: parsed whole
+            first = data.index(b"\r\n\r\n", start) + 4
+            self._feed_events(data[start:first])
+            start = first
+        if start == end:
+            pass
+        elif (self._plain and not self.done and self._decoder.between_events
+              and len(literals := _TEXT_LITERAL.findall(data, start, end)) * 2
+              == data.count(b"\n", start, end)):  # LF only in the events' ends
+            self._literals(literals)  # type: ignore[misc]
+            cut = data.rfind(b"\r\n\r\n", start, end - 4)  # the run's last event: its usage
+            self._usage_chunk = data[(start if cut < 0 else cut + 4) + 6 : end - 4]
+        else:  # the first chunk also ended the answer, or the run is not whole events
+            self._feed_events(data[start:end])
+        return True
+
+    def _feed_events(self, data: bytes) -> None:
         for event in self._decoder.feed(data):
             if self.done:
                 return
