@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import random
 import re
@@ -19,10 +20,12 @@ import botocore.session
 import orjson
 import pytest
 from botocore.credentials import RefreshableCredentials
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamproxy.config import ConfigError
 from streamproxy.errors import AuthenticationFailed, InvalidRequest, ProxyError
-from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
 from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.bedrock import BedrockProvider
 from streamproxy.providers.bedrock.request import DROPPED, to_converse
@@ -32,6 +35,7 @@ from tests.eventstream_frames import encode_frame, event, exception, split_frame
 from tests.helpers import (
     Received,
     collect,
+    count_spliced_reads,
     fixture_bytes,
     make_config,
     openai_sdk,
@@ -59,9 +63,9 @@ def bedrock_config(url: str, **extra: Any) -> Any:
                        default="aws")
 
 
-def translate(pieces: list[bytes], include_usage: bool = True) -> bytes:
-    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m",
-                       include_usage=include_usage)
+def translate(pieces: list[bytes], include_usage: bool = True,
+              encoder: type[ChunkEncoder] = ChunkEncoder) -> bytes:
+    enc = encoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=include_usage)
     tr = BedrockStreamTranslator(enc, 1 << 20)
     out = b""
     try:
@@ -96,6 +100,124 @@ def test_recording_whole_byte_by_byte_and_at_random_splits() -> None:
     for _ in range(40):
         check_recording(translate(random_splits(RECORDING, rng, rng.choice([5, 64, 700]))))
 
+
+
+# -- runs of text deltas, spliced (providers/splice.py) -----------------------------------------
+
+class DecodingEncoder(ChunkEncoder):
+    """An encoder the translator cannot splice into: every frame is decoded."""
+
+    content_literals = None  # type: ignore[assignment]
+
+
+class DecodingRecorder(RecordingChunkEncoder):
+    content_literals = None  # type: ignore[assignment]
+
+
+def text_delta(text: str, style: int = 0) -> bytes:
+    payload = {"contentBlockIndex": 0, "delta": {"text": text}, "p": "abcXYZ09"}
+    if style == 1:  # \u escapes for everything outside ASCII
+        return encode_frame(DELTA_HEADERS, json.dumps(payload, separators=(",", ":")).encode())
+    if style == 2:  # without the padding key
+        del payload["p"]
+    return event("contentBlockDelta", payload)
+
+
+DELTA_HEADERS = {":event-type": "contentBlockDelta", ":content-type": "application/json",
+                 ":message-type": "event"}
+START, END = event("messageStart", {"role": "assistant"}), (
+    event("contentBlockStop", {"contentBlockIndex": 0})
+    + event("messageStop", {"stopReason": "end_turn"})
+    + event("metadata", {"usage": {"inputTokens": 3, "outputTokens": 9, "totalTokens": 12}}))
+OTHER_FRAMES = st.sampled_from([
+    event("contentBlockDelta", {"contentBlockIndex": 1,
+                                "delta": {"reasoningContent": {"text": "hm"}}, "p": "ab"}),
+    event("contentBlockStart", {"contentBlockIndex": 2, "start": {
+        "toolUse": {"toolUseId": "t1", "name": "f"}}}),
+    event("contentBlockDelta", {"contentBlockIndex": 2, "delta": {"toolUse": {"input": "{}"}}}),
+    encode_frame(DELTA_HEADERS, b'{"contentBlockIndex":0,"delta":{"text":"a","x":1}}'),
+    encode_frame({":event-type": "contentBlockDelta", ":message-type": "event"},
+                 b'{"contentBlockIndex":0,"delta":{"text":"other headers"}}'),
+])
+TEXTS = st.one_of(st.text(max_size=12), st.text(alphabet='\\"/\n\x00\x7f é🙂ab', max_size=8))
+
+
+@st.composite
+def bedrock_reads(draw: st.DrawFn) -> list[bytes]:
+    frames = [START] + [
+        draw(OTHER_FRAMES) if draw(st.integers(0, 6)) == 0
+        else text_delta(draw(TEXTS), draw(st.sampled_from([0, 0, 0, 1, 2])))
+        for _ in range(draw(st.integers(1, 30)))] + [END]
+    reads: list[bytes] = []
+    for frame in frames:  # mostly reads of many frames (the splice needs 512 bytes), some cut
+        way = draw(st.integers(0, 7))
+        if way == 0:
+            cut = draw(st.integers(1, len(frame) - 1))
+            reads += [frame[:cut], frame[cut:]]
+        elif way == 1 or not reads:
+            reads.append(frame)
+        else:
+            reads[-1] += frame
+    return reads
+
+
+def _reads_out(reads: list[bytes], encoder: ChunkEncoder) -> list[bytes]:
+    translator = BedrockStreamTranslator(encoder, 1 << 20)
+    out = []
+    for read in reads:
+        translator.feed(read)
+        out.append(encoder.take())
+    translator.close()
+    return out
+
+
+def _encoder(cls: type[ChunkEncoder]) -> ChunkEncoder:
+    return cls(completion_id="chatcmpl-1", created=1, model="m", include_usage=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(bedrock_reads())
+def test_spliced_text_deltas_write_what_the_decoder_path_writes(reads: list[bytes]) -> None:
+    spliced, decoded = _encoder(ChunkEncoder), _encoder(DecodingEncoder)
+    assert _reads_out(reads, spliced) == _reads_out(reads, decoded)  # read by read
+    recorded, decoded = _encoder(RecordingChunkEncoder), _encoder(DecodingRecorder)
+    assert _reads_out(reads, recorded) == _reads_out(reads, decoded)
+    assert recorded.texts == decoded.texts  # type: ignore[attr-defined]
+
+
+def test_a_whole_body_is_spliced_past_its_first_delta(monkeypatch: pytest.MonkeyPatch) -> None:
+    spliced = count_spliced_reads(monkeypatch)
+    deltas = [text_delta(t) for t in ("Hel", "lo", ' "w"', "", "é", "a/b")]
+    body = START + b"".join(deltas) + text_delta("x\u00e9", 1) + text_delta("z", 2) + END
+    out = translate([body])
+    assert out == translate([body], encoder=DecodingEncoder)
+    # The first delta tells its headers; an empty text and a \\u escape end runs.
+    assert spliced == [2, 2, 1]
+    assert collect(sse_chunks(out)).content == 'Hello "w"éa/bxéz'
+    spliced.clear()
+    assert translate(split_frames(body)) == out
+    assert spliced == []  # a frame a read (a paced stream): frame by frame
+
+
+@pytest.mark.parametrize("damage", ["prelude-crc", "message-crc", "text-not-utf8"])
+def test_a_damaged_frame_in_a_run_fails_as_on_the_decoder_path(damage: str) -> None:
+    frames = [START] + [text_delta(t) for t in "abcdefgh"] + [END]
+    bad = bytearray(frames[5])
+    if damage == "prelude-crc":
+        bad[9] ^= 1
+    elif damage == "message-crc":
+        bad[-1] ^= 1
+    else:
+        bad = bytearray(encode_frame(DELTA_HEADERS, b'{"contentBlockIndex":0,"delta":'
+                                                    b'{"text":"\xff"},"p":"a"}'))
+    frames[5] = bytes(bad)
+    out = translate([b"".join(frames)])
+    # What the frames before it carried still goes out, as when each frame is its own read
+    # (the decoder alone raises for the whole read, before handing out its good frames).
+    assert out == translate(frames, encoder=DecodingEncoder)
+    c = collect(sse_chunks(out))
+    assert c.content == "abcd" and c.error is not None and c.error["code"] == (
+        "upstream_protocol_error")
 
 def test_exception_frame_is_one_error_frame_with_its_status_type() -> None:
     chunks = sse_chunks(translate([EXCEPTION]))

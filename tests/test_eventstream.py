@@ -4,6 +4,7 @@ are checked against the cap before anything is buffered; every header value type
 
 from __future__ import annotations
 
+import re
 import struct
 import uuid
 import zlib
@@ -16,11 +17,12 @@ from hypothesis import strategies as st
 
 from streamproxy.decode import eventstream
 from streamproxy.decode.eventstream import (
+    DEFAULT_MAX_FRAME_BYTES,
     EventStreamCRCError,
     EventStreamDecoder,
     EventStreamMessage,
 )
-from streamproxy.errors import BufferOverflow, StreamDecodeError, StreamTruncated
+from streamproxy.errors import BufferOverflow, ProxyError, StreamDecodeError, StreamTruncated
 from tests.eventstream_frames import encode_frame, encode_header, split_frames
 from tests.helpers import fixture_bytes
 
@@ -211,3 +213,67 @@ def test_headers_are_read_only_and_shared_between_identical_blocks() -> None:
     with pytest.raises(TypeError):
         events[1].headers[":event-type"] = "x"  # type: ignore[index]
     assert events[0].headers[":event-type"] == "messageStart"
+
+
+# -- runs of frames, for the Bedrock splice ------------------------------------------------------
+
+_TEXT = re.compile(rb'\{"text":"([a-z]*)"\}')
+_DELTA_BLOCK = encode_header(":event-type", 7, "contentBlockDelta")
+
+
+def _delta(text: str) -> bytes:
+    return encode_frame(_DELTA_BLOCK, b'{"text":"%s"}' % text.encode())
+
+
+def test_take_run_takes_the_frames_of_one_header_block_and_payload_shape() -> None:
+    other = encode_frame(encode_header(":event-type", 7, "ping"), b'{"text":"p"}')
+    data = _delta("a") + _delta("bc") + other + _delta("d")
+    dec = EventStreamDecoder()
+    assert dec.take_run(data, 0, _DELTA_BLOCK, _TEXT) == ([b"a", b"bc"], len(_delta("a") * 2) + 1)
+    after = len(_delta("a") + _delta("bc"))
+    assert dec.take_run(data, after, _DELTA_BLOCK, _TEXT) == ([], after)
+    assert dec.frame_end(data, after) == after + len(other)
+    assert dec.take_run(data, after + len(other), _DELTA_BLOCK, _TEXT) == ([b"d"], len(data))
+    assert dec.take_run(_delta("A1"), 0, _DELTA_BLOCK, _TEXT) == ([], 0)  # payload: no match
+    # Other headers with the same payload: of the same length, and starting the same way.
+    for block in (encode_header(":event-type", 7, "contentBlockDeltA"),
+                  _DELTA_BLOCK + encode_header("x", 7, "y")):
+        assert dec.take_run(encode_frame(block, b'{"text":"a"}'), 0, _DELTA_BLOCK, _TEXT) == (
+            [], 0)
+
+
+@pytest.mark.parametrize("damage", ["prelude-crc", "message-crc", "cut", "over-cap",
+                                    "lengths"])
+def test_take_run_leaves_what_feed_would_refuse_to_feed(damage: str) -> None:
+    good, bad = _delta("a"), bytearray(_delta("b"))
+    cap = DEFAULT_MAX_FRAME_BYTES
+    if damage == "prelude-crc":
+        bad[9] ^= 1
+    elif damage == "message-crc":
+        bad[-2] ^= 1
+    elif damage == "cut":
+        bad = bad[:-1]
+    elif damage == "over-cap":
+        cap = len(good)  # `good` fits, `bad` (one byte longer) does not
+        bad = bytearray(_delta("bb"))
+    else:  # a headers length past the frame's end, with a prelude CRC to match
+        struct.pack_into(">I", bad, 4, len(bad))
+        struct.pack_into(">I", bad, 8, zlib.crc32(bytes(bad[:8])))
+    data = good + bytes(bad)
+    dec = EventStreamDecoder(cap)
+    assert dec.take_run(data, 0, _DELTA_BLOCK, _TEXT) == ([b"a"], len(good))
+    with pytest.raises(ProxyError):  # what the decoder's own path makes of it
+        dec.feed(data[len(good):])
+        dec.close()
+
+
+def test_block_of_and_between_frames() -> None:
+    dec = EventStreamDecoder()
+    frame = _delta("a")
+    (headers, _), = dec.feed(frame)
+    assert dec.block_of(headers) == _DELTA_BLOCK
+    assert dec.block_of({":event-type": "contentBlockDelta"}) is None  # not one it handed out
+    assert dec.between_frames
+    dec.feed(frame[:5])
+    assert not dec.between_frames
+    assert dec.frame_end(frame[:5], 0) == 5  # no whole prelude: the end of what there is

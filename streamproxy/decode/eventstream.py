@@ -19,6 +19,7 @@ mappings handed out are read-only because they are shared.
 
 from __future__ import annotations
 
+import re
 import struct
 import uuid
 import zlib
@@ -110,6 +111,56 @@ class EventStreamDecoder:
             self._parts = [rest]
             self._size = len(rest)
         return out
+
+    @property
+    def between_frames(self) -> bool:
+        """Nothing held: the next byte fed starts a frame."""
+        return not self._parts
+
+    def block_of(self, headers: Mapping[str, HeaderValue]) -> bytes | None:
+        """The header block's bytes that `headers` (a mapping this decoder handed out) was
+        parsed from, if it is memoised."""
+        for block, parsed in self._header_cache.items():
+            if parsed is headers:
+                return block
+        return None
+
+    def take_run(self, data: bytes, pos: int, block: bytes,
+                 payload: re.Pattern[bytes]) -> tuple[list[bytes], int]:
+        """From `pos`, while the decoder holds nothing: the whole frames of `data` whose header
+        block is `block` and whose payload `payload` matches whole, checked as `feed` checks
+        every frame (lengths, cap, both CRCs), as their payloads' first groups; and where they
+        stop. Whatever stops them (another frame, a damaged one, a cut one) is `feed`'s."""
+        found: list[bytes] = []
+        have = len(data)
+        fixed = _MIN_FRAME + len(block)  # a frame of these headers, without its payload
+        crc32 = zlib.crc32
+        prelude_from = _PRELUDE.unpack_from
+        u32_from = _U32.unpack_from
+        match = payload.fullmatch
+        while have - pos >= fixed:
+            total, headers_len, prelude_crc = prelude_from(data, pos)
+            end = pos + total
+            if (headers_len != len(block) or not fixed <= total <= self._max or end > have
+                    or crc32(data[pos : pos + 8]) != prelude_crc
+                    or not data.startswith(block, pos + _PRELUDE_LEN)
+                    or crc32(data[pos + 8 : end - 4], prelude_crc) != u32_from(data, end - 4)[0]):
+                break
+            m = match(data, pos + _PRELUDE_LEN + headers_len, end - 4)
+            if m is None:
+                break
+            found.append(m[1])
+            pos = end
+        return found, pos
+
+    def frame_end(self, data: bytes, pos: int) -> int:
+        """Where the frame at `pos` ends by its declared length, if that is within `data` (it is
+        not checked: `feed` does that), else the end of `data`."""
+        if len(data) - pos >= _PRELUDE_LEN:
+            total = _U32.unpack_from(data, pos)[0]
+            if _MIN_FRAME <= total <= len(data) - pos:
+                return pos + total
+        return len(data)
 
     def close(self) -> list[EventStreamMessage]:
         """End of stream: bytes left over are a frame cut short."""

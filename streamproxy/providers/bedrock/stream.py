@@ -14,10 +14,17 @@
 Speed: nearly every frame is a text delta, so `feed` handles those inline. It knows them by
 their header mapping, which the decoder shares between frames with the same header block:
 an identity test instead of two lookups. Any other delta goes through the general dispatch.
+A read of 512 bytes or more (a body that came at once, a loaded proxy's reads) has its runs of
+text deltas spliced (providers/splice.py): the decoder walks the frames with the first delta's
+header block, checking each as `feed` does (lengths, both CRCs), one regex matches each payload
+whole and yields its text's literal (`EventStreamDecoder.take_run`); 1.8 -> 1.3 us per frame on
+a whole body. A frame that stops a run goes through the decoder alone, so the frames before a
+damaged one still reach the client (the decoder alone raises for the whole read).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +34,7 @@ from streamproxy.decode.eventstream import EventStreamDecoder, HeaderValue
 from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage
 from streamproxy.providers.base import StreamTranslator, load_event_json
+from streamproxy.providers.splice import JSON_TEXT
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -73,6 +81,26 @@ def map_usage(u: dict[str, Any]) -> dict[str, Any]:
     return make_usage(prompt, u.get("outputTokens") or 0, cached=cache_read)
 
 
+# A text delta's payload as Bedrock writes it, with a non-empty text in the spelling orjson
+# writes (providers/splice.py) and the padding key it adds to every payload.
+_TEXT_PAYLOAD = re.compile(rb'\{"contentBlockIndex":\d+,"delta":\{"text":"((?!")' + JSON_TEXT
+                           + rb')"\}(?:,"p":"[0-9A-Za-z]*")?\}')
+_RUNS_FROM = 512  # bytes a read: below (one or two deltas), frame by frame is as cheap
+_PROBES = 8  # frames a stream decodes one by one in large reads, looking for its first delta
+
+
+def _utf8(literals: list[bytes]) -> bool:
+    # Joined by an ASCII byte, no character can straddle two literals.
+    joined = b"\n".join(literals)
+    if joined.isascii():
+        return True
+    try:
+        joined.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _message_of(payload: bytes) -> Any:
     """An exception payload's `message`; a payload that is not JSON still ends the stream with
     the exception's status, not with a decode error that would hide it."""
@@ -97,8 +125,40 @@ class BedrockStreamTranslator(StreamTranslator):
         self._thinking: list[str] = []
         self._content = out.content
         self._delta_headers: object = None  # the header mapping of a text-delta event frame
+        self._delta_block: bytes | None = None  # and the bytes it was parsed from
+        self._probes = 0  # frames decoded one by one while that block was unknown
+        # Sinks that take escaped text literals (the encoders, the tee) get runs spliced.
+        self._literals = getattr(out, "content_literals", None)
 
     def feed(self, data: bytes) -> None:
+        if self._literals is None or len(data) < _RUNS_FROM:
+            self._feed_frames(data)
+            return
+        decoder = self._decoder
+        pos, have = 0, len(data)
+        while pos < have and decoder.between_frames and not self.done:
+            block = self._delta_block
+            if block is not None:
+                literals, end = decoder.take_run(data, pos, block, _TEXT_PAYLOAD)
+                if literals:
+                    if not _utf8(literals):
+                        break  # the decoder's path reports it
+                    self._start()
+                    self._literals(literals)
+                    pos = end
+                    continue
+            elif self._probes >= _PROBES:
+                break  # no text delta in the stream's first frames: frame by frame no more
+            else:
+                self._probes += 1
+            # Not a text delta (or the first one, which tells its headers): this frame alone.
+            end = decoder.frame_end(data, pos)
+            self._feed_frames(data[pos:end])
+            pos = end
+        if pos < have:
+            self._feed_frames(data[pos:] if pos else data)
+
+    def _feed_frames(self, data: bytes) -> None:
         for headers, payload in self._decoder.feed(data):
             if self.done:
                 return
@@ -128,6 +188,7 @@ class BedrockStreamTranslator(StreamTranslator):
                 # The decoder hands out one shared read-only mapping per distinct header block:
                 # feed() recognises the next deltas by identity (this one starts the stream).
                 self._delta_headers = headers
+                self._delta_block = self._decoder.block_of(headers)
             self._on_event(event, load_event_json(payload))
         elif kind == "exception":
             self._fail(aws_error(headers.get(":exception-type"), _message_of(payload),
