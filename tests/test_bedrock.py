@@ -199,6 +199,17 @@ def test_a_whole_body_is_spliced_past_its_first_delta(monkeypatch: pytest.Monkey
     assert spliced == []  # a frame a read (a paced stream): frame by frame
 
 
+def test_reads_that_cut_frames_are_spliced_past_the_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = START + b"".join(text_delta(f"word{i}") for i in range(60)) + END
+    reads = [body[i : i + 700] for i in range(0, len(body), 700)]
+    spliced = count_spliced_reads(monkeypatch)
+    out = translate(reads)
+    assert out == translate(reads, encoder=DecodingEncoder)
+    # Each read splices the whole deltas it holds, but for the first delta (which tells the
+    # headers) and the ones the reads cut (each finished by the decoder in the next read).
+    assert len(spliced) == len(reads) - 1 and sum(spliced) >= 60 - 1 - len(reads)
+
+
 @pytest.mark.parametrize("damage", ["prelude-crc", "message-crc", "text-not-utf8"])
 def test_a_damaged_frame_in_a_run_fails_as_on_the_decoder_path(damage: str) -> None:
     frames = [START] + [text_delta(t) for t in "abcdefgh"] + [END]

@@ -277,3 +277,14 @@ def test_block_of_and_between_frames() -> None:
     dec.feed(frame[:5])
     assert not dec.between_frames
     assert dec.frame_end(frame[:5], 0) == 5  # no whole prelude: the end of what there is
+
+
+def test_rest_of_frame_is_what_finishes_the_held_frame() -> None:
+    frame, dec = _delta("abc"), EventStreamDecoder()
+    assert dec.rest_of_frame(frame) == 0  # nothing held
+    for cut in (2, 12, 30):  # within the total length field, the prelude, the payload
+        dec = EventStreamDecoder()
+        assert dec.feed(frame[:cut]) == []
+        assert dec.rest_of_frame(frame[cut:] + frame) == len(frame) - cut
+        assert dec.rest_of_frame(frame[cut:-1]) == len(frame) - cut - 1  # not finished here
+        assert dec.rest_of_frame(b"") == 0

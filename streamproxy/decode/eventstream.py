@@ -153,6 +153,20 @@ class EventStreamDecoder:
             pos = end
         return found, pos
 
+    def rest_of_frame(self, data: bytes) -> int:
+        """How many leading bytes of `data` finish the frame the decoder holds the start of: 0
+        when it holds none, all of `data` when they do not finish it. (A prelude still cut is
+        read unchecked here: `feed` checks it.)"""
+        if not self._parts:
+            return 0
+        need = self._need
+        if not need:
+            head = b"".join(self._parts)[:4] + data[:4]
+            if len(head) < 4:
+                return len(data)
+            need = _U32.unpack_from(head)[0]
+        return min(max(need - self._size, 0), len(data))
+
     def frame_end(self, data: bytes, pos: int) -> int:
         """Where the frame at `pos` ends by its declared length, if that is within `data` (it is
         not checked: `feed` does that), else the end of `data`."""

@@ -135,7 +135,9 @@ class BedrockStreamTranslator(StreamTranslator):
             self._feed_frames(data)
             return
         decoder = self._decoder
-        pos, have = 0, len(data)
+        pos, have = decoder.rest_of_frame(data), len(data)
+        if pos:  # a read cuts frames: first the end of the one the decoder holds
+            self._feed_frames(data[:pos])
         while pos < have and decoder.between_frames and not self.done:
             block = self._delta_block
             if block is not None:
