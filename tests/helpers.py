@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from hypothesis import strategies as st
 
 from streamproxy.config import Config, parse_config
 from streamproxy.decode.sse import SSEDecoder
+from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
+from streamproxy.providers.base import StreamTranslator
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -284,3 +287,43 @@ def count_spliced_reads(monkeypatch: Any) -> list[int]:
 
     monkeypatch.setattr(ChunkEncoder, "content_literals", counting)
     return spliced
+
+
+# -- the splice (providers/splice.py) against the decoder's path ---------------------------------
+
+class DecodingEncoder(ChunkEncoder):
+    """An encoder translators cannot splice into: every event goes through the decoder."""
+
+    content_literals = None  # type: ignore[assignment]
+
+
+class DecodingRecorder(RecordingChunkEncoder):
+    content_literals = None  # type: ignore[assignment]
+
+
+def make_encoder(cls: type[ChunkEncoder] = ChunkEncoder) -> ChunkEncoder:
+    return cls(completion_id="chatcmpl-1", created=1, model="m", include_usage=True)
+
+
+def translate_reads(factory: Callable[[ChunkEncoder], StreamTranslator], reads: list[bytes],
+                    encoder: ChunkEncoder) -> list[bytes]:
+    """What the client gets, read by read, as the relay drives a translator."""
+    translator = factory(encoder)
+    out = []
+    for read in reads:
+        translator.feed(read)
+        out.append(encoder.take())
+    translator.close()
+    return out
+
+
+def assert_splice_matches_decoding(factory: Callable[[ChunkEncoder], StreamTranslator],
+                                   reads: list[bytes]) -> None:
+    """Spliced or decoded, the client gets the same bytes read by read, and store and the
+    cache the same texts."""
+    spliced, decoded = make_encoder(), make_encoder(DecodingEncoder)
+    assert translate_reads(factory, reads, spliced) == translate_reads(factory, reads, decoded)
+    assert spliced.chunks == decoded.chunks
+    recorded, decoded = make_encoder(RecordingChunkEncoder), make_encoder(DecodingRecorder)
+    assert translate_reads(factory, reads, recorded) == translate_reads(factory, reads, decoded)
+    assert recorded.texts == decoded.texts  # type: ignore[attr-defined]

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from streamproxy.config import ConfigError
 from streamproxy.errors import AuthenticationFailed, InvalidRequest, ProxyError
-from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
+from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.bedrock import BedrockProvider
 from streamproxy.providers.bedrock.request import DROPPED, to_converse
@@ -33,7 +33,9 @@ from streamproxy.providers.bedrock.stream import BedrockStreamTranslator
 from streamproxy.routing.target import Target
 from tests.eventstream_frames import encode_frame, event, exception, split_frames
 from tests.helpers import (
+    DecodingEncoder,
     Received,
+    assert_splice_matches_decoding,
     collect,
     count_spliced_reads,
     fixture_bytes,
@@ -104,16 +106,6 @@ def test_recording_whole_byte_by_byte_and_at_random_splits() -> None:
 
 # -- runs of text deltas, spliced (providers/splice.py) -----------------------------------------
 
-class DecodingEncoder(ChunkEncoder):
-    """An encoder the translator cannot splice into: every frame is decoded."""
-
-    content_literals = None  # type: ignore[assignment]
-
-
-class DecodingRecorder(RecordingChunkEncoder):
-    content_literals = None  # type: ignore[assignment]
-
-
 def text_delta(text: str, style: int = 0) -> bytes:
     payload = {"contentBlockIndex": 0, "delta": {"text": text}, "p": "abcXYZ09"}
     if style == 1:  # \u escapes for everything outside ASCII
@@ -161,28 +153,14 @@ def bedrock_reads(draw: st.DrawFn) -> list[bytes]:
     return reads
 
 
-def _reads_out(reads: list[bytes], encoder: ChunkEncoder) -> list[bytes]:
-    translator = BedrockStreamTranslator(encoder, 1 << 20)
-    out = []
-    for read in reads:
-        translator.feed(read)
-        out.append(encoder.take())
-    translator.close()
-    return out
-
-
-def _encoder(cls: type[ChunkEncoder]) -> ChunkEncoder:
-    return cls(completion_id="chatcmpl-1", created=1, model="m", include_usage=True)
+def _bedrock(encoder: ChunkEncoder) -> BedrockStreamTranslator:
+    return BedrockStreamTranslator(encoder, 1 << 20)
 
 
 @settings(max_examples=300, deadline=None)
 @given(bedrock_reads())
 def test_spliced_text_deltas_write_what_the_decoder_path_writes(reads: list[bytes]) -> None:
-    spliced, decoded = _encoder(ChunkEncoder), _encoder(DecodingEncoder)
-    assert _reads_out(reads, spliced) == _reads_out(reads, decoded)  # read by read
-    recorded, decoded = _encoder(RecordingChunkEncoder), _encoder(DecodingRecorder)
-    assert _reads_out(reads, recorded) == _reads_out(reads, decoded)
-    assert recorded.texts == decoded.texts  # type: ignore[attr-defined]
+    assert_splice_matches_decoding(_bedrock, reads)
 
 
 def test_a_whole_body_is_spliced_past_its_first_delta(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -33,6 +33,7 @@ from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.providers.gemini.stream import GeminiStreamTranslator
 from tests.conftest import provider_config
 from tests.helpers import (
+    DecodingEncoder,
     collect,
     count_spliced_reads,
     fixture_bytes,
@@ -75,12 +76,6 @@ GOLDEN = {
                         [("c9bjmkfz", "pelican_name_generator", '{"type": "funny"}')]),
     "prompt-block": Golden(gemini_sse(BLOCK_ELEMENTS), "", "content_filter", (9, 0, 9), []),
 }
-
-
-class DecodingEncoder(ChunkEncoder):
-    """An encoder the translator cannot splice into: every chunk is decoded."""
-
-    content_literals = None  # type: ignore[assignment]
 
 
 def translate(pieces: list[bytes], *, include_usage: bool = True,

@@ -22,11 +22,17 @@ from hypothesis import strategies as st
 
 from streamproxy.decode.sse import SSEDecoder, SSEEvent
 from streamproxy.errors import StreamDecodeError
-from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
+from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
 from streamproxy.providers.openai_compat import _INTERESTING
 from streamproxy.providers.splice import feed_runs
-from tests.helpers import count_spliced_reads
+from tests.helpers import (
+    DecodingEncoder,
+    assert_splice_matches_decoding,
+    count_spliced_reads,
+    make_encoder,
+    translate_reads,
+)
 
 
 class LineByLineDecoder:
@@ -216,16 +222,6 @@ def test_one_event_per_read_matches_the_line_by_line_algorithm(reads: list[bytes
 
 # -- Anthropic text deltas, spliced --------------------------------------------------------------
 
-class DecodingEncoder(ChunkEncoder):
-    """An encoder the translator cannot splice into: every read goes through the decoder."""
-
-    content_literals = None  # type: ignore[assignment]
-
-
-class DecodingRecorder(RecordingChunkEncoder):
-    content_literals = None  # type: ignore[assignment]
-
-
 def _event(kind: str, payload: bytes) -> bytes:
     return b"event: %b\ndata: %b\n\n" % (kind.encode(), payload)
 
@@ -282,35 +278,24 @@ def anthropic_reads(draw: st.DrawFn) -> list[bytes]:
 
 
 def _translate(reads: list[bytes], encoder: ChunkEncoder) -> list[bytes]:
-    translator = AnthropicStreamTranslator(encoder, 1 << 20)
-    out = []
-    for read in reads:
-        translator.feed(read)
-        out.append(encoder.take())
-    translator.close()
-    return out
+    return translate_reads(_anthropic, reads, encoder)
 
 
-def _encoder(cls: type[ChunkEncoder]) -> ChunkEncoder:
-    return cls(completion_id="chatcmpl-1", created=1, model="m", include_usage=True)
+def _anthropic(encoder: ChunkEncoder) -> AnthropicStreamTranslator:
+    return AnthropicStreamTranslator(encoder, 1 << 20)
 
 
 @settings(max_examples=400, deadline=None)
 @given(anthropic_reads())
 def test_spliced_text_deltas_write_what_the_decoder_path_writes(reads: list[bytes]) -> None:
-    spliced, decoded = _encoder(ChunkEncoder), _encoder(DecodingEncoder)
-    assert _translate(reads, spliced) == _translate(reads, decoded)  # read by read
-    assert spliced.chunks == decoded.chunks
-    recorded, decoded = _encoder(RecordingChunkEncoder), _encoder(DecodingRecorder)
-    assert _translate(reads, recorded) == _translate(reads, decoded)
-    assert recorded.texts == decoded.texts  # type: ignore[attr-defined]  # store's, the cache's
+    assert_splice_matches_decoding(_anthropic, reads)
 
 
 def test_runs_of_compact_text_deltas_are_spliced(monkeypatch: pytest.MonkeyPatch) -> None:
     spliced = count_spliced_reads(monkeypatch)
     deltas = b"".join(_event("content_block_delta", _delta_json(t, 0, s))
                       for t, s in [("Hel", 0), ("lo\n", 1), ('"é"', 0)])
-    out = _translate([START, deltas, deltas[:50], deltas[50:], END], _encoder(ChunkEncoder))
+    out = _translate([START, deltas, deltas[:50], deltas[50:], END], make_encoder())
     # The cut read goes to the decoder; the one after it finishes its event in the decoder,
     # then splices the two whole events it holds.
     assert spliced == [3, 2]
@@ -318,9 +303,9 @@ def test_runs_of_compact_text_deltas_are_spliced(monkeypatch: pytest.MonkeyPatch
     ping = _event("ping", b'{"type":"ping"}')
     whole = START + deltas + ping + deltas + END  # a stream that came in one read
     spliced.clear()
-    out = _translate([whole], _encoder(ChunkEncoder))
+    out = _translate([whole], make_encoder())
     assert spliced == [3, 3]
-    assert out == _translate([whole], _encoder(DecodingEncoder))
+    assert out == _translate([whole], make_encoder(DecodingEncoder))
 
 
 def _feed_runs_calls(data: bytes, refuse_at: int = -1) -> list[tuple[str, bytes]]:
@@ -368,7 +353,7 @@ def test_feed_runs_hands_on_runs_and_what_lies_between_them_in_order() -> None:
 def test_anything_but_compact_text_deltas_at_an_event_start_goes_to_the_decoder(
         monkeypatch: pytest.MonkeyPatch, read: bytes) -> None:
     spliced = count_spliced_reads(monkeypatch)
-    translator = AnthropicStreamTranslator(_encoder(ChunkEncoder), 1 << 20)
+    translator = AnthropicStreamTranslator(make_encoder(), 1 << 20)
     translator.feed(START)
     with contextlib.suppress(StreamDecodeError):  # the malformed ones fail in the decoder
         translator.feed(read)
@@ -378,7 +363,7 @@ def test_anything_but_compact_text_deltas_at_an_event_start_goes_to_the_decoder(
 def test_invalid_utf8_fails_the_same_way_on_either_path() -> None:
     bad = _event("content_block_delta", b'{"type":"content_block_delta","index":0,"delta":'
                                         b'{"type":"text_delta","text":"a\xff"}}')
-    for encoder in (_encoder(ChunkEncoder), _encoder(DecodingEncoder)):
+    for encoder in (make_encoder(), make_encoder(DecodingEncoder)):
         with pytest.raises(StreamDecodeError):
             _translate([START, bad, END], encoder)
 
@@ -387,7 +372,7 @@ def test_a_read_after_an_unfinished_event_is_not_spliced() -> None:
     # The decoder holds `data: …` of an event still open: the next read continues that event
     # (its data lines join), however whole its own events look.
     delta = _event("content_block_delta", _delta_json("x", 0, 0))
-    for encoder in (_encoder(ChunkEncoder), _encoder(DecodingEncoder)):
+    for encoder in (make_encoder(), make_encoder(DecodingEncoder)):
         translator = AnthropicStreamTranslator(encoder, 1 << 20)
         translator.feed(START)
         translator.feed(b'data: {"type":\n')
