@@ -18,6 +18,18 @@ from collections.abc import Callable
 JSON_TEXT = rb'[^"\\\x00-\x1f]*(?:\\["\\bfnrt][^"\\\x00-\x1f]*)*'
 
 
+def is_utf8(data: bytes) -> bool:
+    return data.isascii() or _decodes(data)
+
+
+def _decodes(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def feed_runs(data: bytes, pattern: re.Pattern[bytes], decode: Callable[[bytes], object],
               splice: Callable[[bytes, int, int], bool]) -> None:
     """Feed a read: the bytes between runs of `pattern` (a possessive run of events) to
@@ -25,12 +37,9 @@ def feed_runs(data: bytes, pattern: re.Pattern[bytes], decode: Callable[[bytes],
     ended, or its decoder holds part of an event (a run can follow an `id:` line of the same
     block). Then that run and everything after it are decoded. A read that is not valid UTF-8
     is decoded whole (the decoder's path reports it)."""
-    if not data.isascii():
-        try:
-            data.decode()
-        except UnicodeDecodeError:
-            decode(data)
-            return
+    if not (data.isascii() or _decodes(data)):
+        decode(data)
+        return
     done = 0  # what has been handed on
     for run in pattern.finditer(data):
         start, end = run.span()

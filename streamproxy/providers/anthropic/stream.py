@@ -11,9 +11,9 @@ Speed: nearly every event is a text delta. A run of them in a read (the middle o
 stream; most of a stream that arrives in a few reads) is translated without decoding an event:
 one regular expression finds the run and checks each event's exact compact form, a second cuts
 out each text's JSON literal, which is spliced, still escaped, into the client's frames
-(providers/splice.py). The events around a run take the decoder,
-and `on_event` tests for a text delta first, inline, before the general dispatch. (Splicing per
-event was measured too: validating each literal in Python cost what orjson's parse did.)
+(providers/splice.py). The events around a run take the decoder, and `on_event` tests for a
+text delta first, inline, before the general dispatch. (Splicing per event was measured too:
+validating each literal in Python cost what orjson's parse did.)
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class AnthropicStreamTranslator(SSETranslator):
         self._started = False
         self._thinking: list[str] = []  # the current thinking block's text, for its signature
         self._content = out.content
-        # Sinks that take escaped text literals (the encoders, the tee) get whole reads spliced.
+        # Sinks that take escaped text literals (the encoders, the tee) get runs spliced.
         self._literals = getattr(out, "content_literals", None)
         self._decode = super().feed  # bound once: per read, feed_runs calls these
         self._splice_run = self._splice

@@ -34,7 +34,7 @@ from streamproxy.decode.eventstream import EventStreamDecoder, HeaderValue
 from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage
 from streamproxy.providers.base import StreamTranslator, load_event_json
-from streamproxy.providers.splice import JSON_TEXT
+from streamproxy.providers.splice import JSON_TEXT, is_utf8
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -89,18 +89,6 @@ _RUNS_FROM = 512  # bytes a read: below (one or two deltas), frame by frame is a
 _PROBES = 8  # frames a stream decodes one by one in large reads, looking for its first delta
 
 
-def _utf8(literals: list[bytes]) -> bool:
-    # Joined by an ASCII byte, no character can straddle two literals.
-    joined = b"\n".join(literals)
-    if joined.isascii():
-        return True
-    try:
-        joined.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 def _message_of(payload: bytes) -> Any:
     """An exception payload's `message`; a payload that is not JSON still ends the stream with
     the exception's status, not with a decode error that would hide it."""
@@ -143,7 +131,8 @@ class BedrockStreamTranslator(StreamTranslator):
             if block is not None:
                 literals, end = decoder.take_run(data, pos, block, _TEXT_PAYLOAD)
                 if literals:
-                    if not _utf8(literals):
+                    # Joined by an ASCII byte, no character can straddle two literals.
+                    if not is_utf8(b"\n".join(literals)):
                         break  # the decoder's path reports it
                     self._start()
                     self._literals(literals)

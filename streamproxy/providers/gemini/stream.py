@@ -160,10 +160,10 @@ class GeminiStreamTranslator(SSETranslator):
             self._feed_events(data[start:first])
             start = first
         if start == end:
-            pass
-        elif (self._plain and not self.done and self._decoder.between_events
-              and len(literals := _TEXT_LITERAL.findall(data, start, end)) * 2
-              == data.count(b"\n", start, end)):  # LF only in the events' ends
+            return True
+        if (self._plain and not self.done and self._decoder.between_events
+                and len(literals := _TEXT_LITERAL.findall(data, start, end)) * 2
+                == data.count(b"\n", start, end)):  # LF only in the events' ends
             self._literals(literals)  # type: ignore[misc]
             cut = data.rfind(b"\r\n\r\n", start, end - 4)  # the run's last event: its usage
             self._usage_chunk = data[(start if cut < 0 else cut + 4) + 6 : end - 4]
