@@ -327,6 +327,7 @@ def test_feed_runs_hands_on_runs_and_what_lies_between_them_in_order() -> None:
     assert _feed_runs_calls(b"a=1\n") == [("splice", b"a=1\n")]
     assert _feed_runs_calls(b"y\n") == [("decode", b"y\n")]
     # A refused run is decoded with everything after it, runs included.
+    assert _feed_runs_calls(b"a=1\ny\na=2\n", refuse_at=0) == [("decode", b"a=1\ny\na=2\n")]
     assert _feed_runs_calls(b"a=1\ny\na=2\nz\na=3\n", refuse_at=6) == [
         ("splice", b"a=1\n"), ("decode", b"y\n"), ("decode", b"a=2\nz\na=3\n")]
     # Not UTF-8: all of it to the decoder, which reports it.

@@ -41,7 +41,15 @@ def feed_runs(data: bytes, pattern: re.Pattern[bytes], decode: Callable[[bytes],
         decode(data)
         return
     done = 0  # what has been handed on
-    for run in pattern.finditer(data):
+    first = pattern.match(data)  # most reads start with a run, many are one: no search then
+    if first is not None:
+        if not splice(data, 0, first.end()):
+            decode(data)
+            return
+        done = first.end()
+        if done == len(data):
+            return
+    for run in pattern.finditer(data, done):
         start, end = run.span()
         if start > done:
             decode(data[done:start])
