@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import re
+import weakref
 
 import orjson
 import pytest
@@ -308,17 +310,27 @@ def test_runs_of_compact_text_deltas_are_spliced(monkeypatch: pytest.MonkeyPatch
     assert out == _translate([whole], make_encoder(DecodingEncoder))
 
 
-def _feed_runs_calls(data: bytes, refuse_at: int = -1) -> list[tuple[str, bytes]]:
-    calls: list[tuple[str, bytes]] = []
+class _Reader:
+    """Records what feed_runs hands it; refuses the run that starts at `refuse_at`."""
 
-    def splice(read: bytes, start: int, end: int) -> bool:
-        if start == refuse_at:
+    def __init__(self, refuse_at: int) -> None:
+        self.refuse_at = refuse_at
+        self.calls: list[tuple[str, bytes]] = []
+
+    def decode_read(self, data: bytes) -> None:
+        self.calls.append(("decode", data))
+
+    def splice_run(self, data: bytes, start: int, end: int) -> bool:
+        if start == self.refuse_at:
             return False
-        calls.append(("splice", read[start:end]))
+        self.calls.append(("splice", data[start:end]))
         return True
 
-    feed_runs(data, re.compile(rb"(?:a=\d\n)++"), lambda b: calls.append(("decode", b)), splice)
-    return calls
+
+def _feed_runs_calls(data: bytes, refuse_at: int = -1) -> list[tuple[str, bytes]]:
+    reader = _Reader(refuse_at)
+    feed_runs(reader, data, re.compile(rb"(?:a=\d\n)++"))
+    return reader.calls
 
 
 def test_feed_runs_hands_on_runs_and_what_lies_between_them_in_order() -> None:
@@ -379,3 +391,23 @@ def test_a_read_after_an_unfinished_event_is_not_spliced() -> None:
         translator.feed(b'data: {"type":\n')
         with pytest.raises(StreamDecodeError):
             translator.feed(delta)
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "gemini", "bedrock"])
+def test_a_splicing_translator_is_freed_when_its_stream_is(provider: str) -> None:
+    # Freed by reference counting, as the decoding ones are: no cycle through a stored bound
+    # method of its own, which would leave each stream's parts to the cyclic GC.
+    from streamproxy.providers.bedrock.stream import BedrockStreamTranslator
+    from streamproxy.providers.gemini.stream import GeminiStreamTranslator
+
+    cls = {"anthropic": AnthropicStreamTranslator, "gemini": GeminiStreamTranslator,
+           "bedrock": BedrockStreamTranslator}[provider]
+    gc.disable()
+    try:
+        translator = cls(make_encoder(), 1 << 20)
+        translator.feed(START if provider == "anthropic" else b"")
+        freed = weakref.ref(translator)
+        del translator
+        assert freed() is None
+    finally:
+        gc.enable()

@@ -12,7 +12,7 @@ one the decoder's path would write; any other spelling ends the run.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from typing import Protocol
 
 # The inside of a JSON string as orjson writes it (see above).
 JSON_TEXT = rb'[^"\\\x00-\x1f]*(?:\\["\\bfnrt][^"\\\x00-\x1f]*)*'
@@ -30,21 +30,30 @@ def _decodes(data: bytes) -> bool:
     return True
 
 
-def feed_runs(data: bytes, pattern: re.Pattern[bytes], decode: Callable[[bytes], object],
-              splice: Callable[[bytes, int, int], bool]) -> None:
-    """Feed a read: the bytes between runs of `pattern` (a possessive run of events) to
-    `decode`, each run to `splice`, which answers False when it cannot take it: the stream
-    ended, or its decoder holds part of an event (a run can follow an `id:` line of the same
-    block). Then that run and everything after it are decoded. A read that is not valid UTF-8
-    is decoded whole (the decoder's path reports it)."""
+class RunReader(Protocol):
+    """A translator that splices: its decoder's path for the bytes between runs, and its
+    splice, which answers False when it cannot take a run: the stream ended, or its decoder
+    holds part of an event (a run can follow an `id:` line of the same block). Methods, not
+    stored bound methods: those would tie the translator in a cycle, freed only by the GC."""
+
+    def decode_read(self, data: bytes) -> object: ...
+
+    def splice_run(self, data: bytes, start: int, end: int) -> bool: ...
+
+
+def feed_runs(reader: RunReader, data: bytes, pattern: re.Pattern[bytes]) -> None:
+    """Feed a read: the bytes between runs of `pattern` (a possessive run of events) to the
+    reader's decoder, each run to its splice; a run it refuses is decoded with everything
+    after it. A read that is not valid UTF-8 is decoded whole (the decoder's path reports
+    it)."""
     if not (data.isascii() or _decodes(data)):
-        decode(data)
+        reader.decode_read(data)
         return
     done = 0  # what has been handed on
     first = pattern.match(data)  # most reads start with a run, many are one: no search then
     if first is not None:
-        if not splice(data, 0, first.end()):
-            decode(data)
+        if not reader.splice_run(data, 0, first.end()):
+            reader.decode_read(data)
             return
         done = first.end()
         if done == len(data):
@@ -52,10 +61,10 @@ def feed_runs(data: bytes, pattern: re.Pattern[bytes], decode: Callable[[bytes],
     for run in pattern.finditer(data, done):
         start, end = run.span()
         if start > done:
-            decode(data[done:start])
+            reader.decode_read(data[done:start])
             done = start
-        if not splice(data, start, end):
+        if not reader.splice_run(data, start, end):
             break
         done = end
     if done < len(data):
-        decode(data[done:] if done else data)
+        reader.decode_read(data[done:] if done else data)

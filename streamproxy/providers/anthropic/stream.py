@@ -90,16 +90,16 @@ class AnthropicStreamTranslator(SSETranslator):
         self._content = out.content
         # Sinks that take escaped text literals (the encoders, the tee) get runs spliced.
         self._literals = getattr(out, "content_literals", None)
-        self._decode = super().feed  # bound once: per read, feed_runs calls these
-        self._splice_run = self._splice
 
     def feed(self, data: bytes) -> None:
         if self._literals is None:
             super().feed(data)
         else:
-            feed_runs(data, _TEXT_DELTA_RUN, self._decode, self._splice_run)
+            feed_runs(self, data, _TEXT_DELTA_RUN)
 
-    def _splice(self, data: bytes, start: int, end: int) -> bool:
+    decode_read = SSETranslator.feed  # feed_runs's decoder path: no splice
+
+    def splice_run(self, data: bytes, start: int, end: int) -> bool:
         if self.done or not self._decoder.between_events:
             return False  # the stream has ended, or the run does not start an event
         self._literals(_TEXT_LITERAL.findall(data, start, end))  # type: ignore[misc]

@@ -142,22 +142,20 @@ class GeminiStreamTranslator(SSETranslator):
         self._content = out.content
         # Sinks that take escaped text literals (the encoders, the tee) get runs spliced.
         self._literals = getattr(out, "content_literals", None)
-        self._decode = self._feed_events  # bound once: per read, feed_runs calls these
-        self._splice_run = self._splice
 
     def feed(self, data: bytes) -> None:
         # A read of a chunk or two (a paced stream) is cheaper on the per-chunk fast path.
         if self._literals is None or len(data) < _RUNS_FROM:
-            self._feed_events(data)
+            self.decode_read(data)
         else:
-            feed_runs(data, _TEXT_RUN, self._decode, self._splice_run)
+            feed_runs(self, data, _TEXT_RUN)
 
-    def _splice(self, data: bytes, start: int, end: int) -> bool:
+    def splice_run(self, data: bytes, start: int, end: int) -> bool:
         if self.done or self.finished:
             return False
         if not self._plain:  # the stream's first chunk starts it: parsed whole
             first = data.index(b"\r\n\r\n", start) + 4
-            self._feed_events(data[start:first])
+            self.decode_read(data[start:first])
             start = first
         if start == end:
             return True
@@ -168,10 +166,10 @@ class GeminiStreamTranslator(SSETranslator):
             cut = data.rfind(b"\r\n\r\n", start, end - 4)  # the run's last event: its usage
             self._usage_chunk = data[(start if cut < 0 else cut + 4) + 6 : end - 4]
         else:  # the first chunk also ended the answer, or the run is not whole events
-            self._feed_events(data[start:end])
+            self.decode_read(data[start:end])
         return True
 
-    def _feed_events(self, data: bytes) -> None:
+    def decode_read(self, data: bytes) -> None:  # feed_runs's decoder path, and short reads
         for event in self._decoder.feed(data):
             if self.done:
                 return
