@@ -46,19 +46,12 @@ def feed_runs(reader: RunReader, data: bytes, pattern: re.Pattern[bytes]) -> Non
     reader's decoder, each run to its splice; a run it refuses is decoded with everything
     after it. A read that is not valid UTF-8 is decoded whole (the decoder's path reports
     it)."""
-    if not (data.isascii() or _decodes(data)):
+    if not (data.isascii() or _decodes(data)):  # is_utf8, inline: once a read
         reader.decode_read(data)
         return
     done = 0  # what has been handed on
-    first = pattern.match(data)  # most reads start with a run, many are one: no search then
-    if first is not None:
-        if not reader.splice_run(data, 0, first.end()):
-            reader.decode_read(data)
-            return
-        done = first.end()
-        if done == len(data):
-            return
-    for run in pattern.finditer(data, done):
+    run = pattern.match(data) or pattern.search(data)  # most reads start with a run: no search
+    while run is not None:
         start, end = run.span()
         if start > done:
             reader.decode_read(data[done:start])
@@ -66,5 +59,6 @@ def feed_runs(reader: RunReader, data: bytes, pattern: re.Pattern[bytes]) -> Non
         if not reader.splice_run(data, start, end):
             break
         done = end
+        run = pattern.search(data, end) if end < len(data) else None
     if done < len(data):
         reader.decode_read(data[done:] if done else data)
