@@ -2,8 +2,10 @@
 
 import os
 import re
+import time
 
-from streamproxy.ids import random_hex
+from streamproxy.ids import random_hex, time_ordered_hex
+from streamproxy.routing.executor import new_completion_id
 
 
 def test_random_hex_has_the_asked_length_and_alphabet() -> None:
@@ -11,6 +13,23 @@ def test_random_hex_has_the_asked_length_and_alphabet() -> None:
         values = {random_hex(nbytes) for _ in range(200)}
         assert all(re.fullmatch(f"[0-9a-f]{{{nbytes * 2}}}", v) for v in values)
     assert len({random_hex(16) for _ in range(1000)}) == 1000
+
+
+def test_completion_ids_sort_by_time_and_do_not_repeat() -> None:
+    # Time first, so a store's (owner, id) index grows at its end; random after, so ids
+    # made in the same millisecond still differ.
+    ids = []
+    for _ in range(3):
+        ids += [new_completion_id() for _ in range(500)]
+        time.sleep(0.002)
+    assert all(re.fullmatch("chatcmpl-[0-9a-f]{24}", i) for i in ids)
+    assert len(set(ids)) == len(ids)
+    millis = [int(i[9:20], 16) for i in ids]
+    assert millis == sorted(millis)
+    assert abs(millis[-1] - time.time() * 1000) < 5_000
+    assert millis[-1] - millis[0] >= 4  # two sleeps apart
+    assert sorted(ids[:500])[-1] < ids[-1]  # a later millisecond sorts after every earlier id
+    assert len({time_ordered_hex()[11:] for _ in range(1000)}) == 1000
 
 
 def test_a_forked_worker_does_not_repeat_its_parents_ids() -> None:

@@ -18,7 +18,7 @@ import aiohttp
 import orjson
 
 from streamproxy.errors import ProxyError, UpstreamStatusError
-from streamproxy.ids import random_hex
+from streamproxy.ids import time_ordered_hex
 from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
 from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
 from streamproxy.openai_api.request import ChatRequest
@@ -33,7 +33,7 @@ from streamproxy.upstream.deadline import Deadline
 
 
 def new_completion_id() -> str:
-    return "chatcmpl-" + random_hex(12)
+    return "chatcmpl-" + time_ordered_hex()
 
 
 @dataclass(slots=True)
