@@ -326,4 +326,4 @@ def assert_splice_matches_decoding(factory: Callable[[ChunkEncoder], StreamTrans
     assert spliced.chunks == decoded.chunks
     recorded, decoded = make_encoder(RecordingChunkEncoder), make_encoder(DecodingRecorder)
     assert translate_reads(factory, reads, recorded) == translate_reads(factory, reads, decoded)
-    assert recorded.texts == decoded.texts  # type: ignore[attr-defined]
+    assert recorded.literals == decoded.literals  # type: ignore[attr-defined]

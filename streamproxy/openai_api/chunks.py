@@ -233,25 +233,28 @@ class ChunkEncoder:
 
 
 class RecordingChunkEncoder(ChunkEncoder):
-    """A ChunkEncoder that also keeps each content delta's text in `texts` (a
-    CompletionBuilder's list, wired by TeeSink) for store: true and cache fills. Content is
-    nearly every event, so recording it here costs one call per delta where a tee in front of
-    the encoder cost two (a Python frame each: ~40 % of what storing a stream costs the loop).
-    `content` is the base one written out with the append, for the same reason."""
+    """A ChunkEncoder that also keeps each content delta in `literals` (a CompletionBuilder's
+    list, wired by TeeSink) for store: true and cache fills, as the inside of its JSON string
+    literal — the bytes the client's frame carried. Spliced runs are kept as they came (the
+    list grows by the read's literals, no object made per delta); the builder decodes them once,
+    when the whole answer is wanted. Content is nearly every event, so recording it here costs
+    one call per delta where a tee in front of the encoder cost two. `content` is the base one
+    written out with the append, for the same reason."""
 
-    __slots__ = ("texts",)
+    __slots__ = ("literals",)
 
     def __init__(self, **envelope: Any) -> None:
         super().__init__(**envelope)
-        self.texts: list[str] = []
+        self.literals: list[bytes] = []
 
     def content(self, text: str) -> None:
         if not self._prefix:
             self._envelope()
-        self._buf += (self._content_head, _dumps(text), self._content_tail)
+        literal = _dumps(text)
+        self._buf += (self._content_head, literal, self._content_tail)
         self.chunks += 1
-        self.texts.append(text)
+        self.literals.append(literal[1:-1])
 
     def content_literals(self, literals: list[bytes]) -> None:
         super().content_literals(literals)
-        self.texts += orjson.loads(b'["%b"]' % b'","'.join(literals))  # one parse for all
+        self.literals += literals

@@ -22,7 +22,9 @@ from streamproxy.openai_api.chunks import RecordingChunkEncoder
 class CompletionBuilder:
     def __init__(self) -> None:
         self.model: str | None = None
-        self._text: list[str] = []
+        # Content deltas as the insides of their JSON string literals (escaped, UTF-8): a
+        # RecordingChunkEncoder appends spliced ones as they came; decoded once at the end.
+        self._literals: list[bytes] = []
         self.reasoning_parts: list[str] = []
         self.thinking_blocks: list[dict[str, Any]] = []
         self.tool_calls: list[dict[str, Any]] = []
@@ -36,7 +38,7 @@ class CompletionBuilder:
         self._kind: str | None = None
         self._index = 0
         self._count = 0
-        self._mark = 0  # len(_text) when the runs last took it in (content() only appends)
+        self._mark = 0  # len(_literals) when the runs last took it in (content() only appends)
         # The envelope the client saw: set from the encoder by TeeSink, or from a pass-through
         # stream's first chunk (the upstream's own id).
         self.id: str | None = None
@@ -44,7 +46,7 @@ class CompletionBuilder:
 
     def _take_text(self) -> None:
         """The content deltas appended since the last step, as (the rest of) a `c` run."""
-        n = len(self._text) - self._mark
+        n = len(self._literals) - self._mark
         if not n:
             return
         self._mark += n
@@ -72,8 +74,16 @@ class CompletionBuilder:
         return [*self._runs, [self._kind, self._index, self._count]]
 
     @property
+    def literal_parts(self) -> list[bytes]:
+        """The list a RecordingChunkEncoder appends to (TeeSink wires it)."""
+        return self._literals
+
+    @property
     def content_parts(self) -> list[str]:
-        return self._text
+        """Each content delta's text, decoded (one parse for all)."""
+        if not self._literals:
+            return []
+        return orjson.loads(b'["%b"]' % b'","'.join(self._literals))  # type: ignore[no-any-return]
 
     @property
     def tool_args(self) -> list[list[str]]:
@@ -87,11 +97,11 @@ class CompletionBuilder:
     def content(self, text: str) -> None:
         # Only the append: the run is counted when the kind changes (_take_text), so a
         # RecordingChunkEncoder can append to this list itself, with no call here per delta.
-        self._text.append(text)
+        self._literals.append(orjson.dumps(text)[1:-1])
 
     def reasoning(self, text: str) -> None:
         self.reasoning_parts.append(text)
-        if self._kind == "r" and len(self._text) == self._mark:
+        if self._kind == "r" and len(self._literals) == self._mark:
             self._count += 1
         else:
             self._step("r")
@@ -168,8 +178,8 @@ class CompletionBuilder:
 
     def message(self) -> dict[str, Any]:
         msg: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
-        if self._text:
-            msg["content"] = "".join(self._text)
+        if self._literals:
+            msg["content"] = orjson.loads(b'"%b"' % b"".join(self._literals))
         if self.reasoning_parts:
             msg["reasoning_content"] = "".join(self.reasoning_parts)
         if self.thinking_blocks:
@@ -212,7 +222,7 @@ class TeeSink:
         self.builder = builder
         builder.id = encoder.completion_id
         builder.created = encoder.created
-        encoder.texts = builder.content_parts  # CompletionBuilder.content is only this append
+        encoder.literals = builder.literal_parts  # CompletionBuilder.content is this append
         self.content = encoder.content
         self.content_literals = encoder.content_literals
 
