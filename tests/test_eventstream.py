@@ -4,7 +4,6 @@ are checked against the cap before anything is buffered; every header value type
 
 from __future__ import annotations
 
-import re
 import struct
 import uuid
 import zlib
@@ -21,6 +20,7 @@ from streamproxy.decode.eventstream import (
     EventStreamCRCError,
     EventStreamDecoder,
     EventStreamMessage,
+    frame_pattern,
 )
 from streamproxy.errors import BufferOverflow, ProxyError, StreamDecodeError, StreamTruncated
 from tests.eventstream_frames import encode_frame, encode_header, split_frames
@@ -215,10 +215,23 @@ def test_headers_are_read_only_and_shared_between_identical_blocks() -> None:
     assert events[0].headers[":event-type"] == "messageStart"
 
 
+def test_header_blocks_are_parsed_once_per_process_and_the_memo_is_bounded() -> None:
+    first = EventStreamDecoder().feed(RECORDINGS["converse-stream"])
+    again = EventStreamDecoder().feed(RECORDINGS["converse-stream"])
+    assert first[1].headers is again[1].headers  # another stream: no parsing again
+    big = encode_header("x", 7, "y" * 600)  # over the memo's block size: parsed every time
+    (a, _), = EventStreamDecoder().feed(encode_frame(big, b"{}"))
+    (b, _), = EventStreamDecoder().feed(encode_frame(big, b"{}"))
+    assert a == b and a is not b
+    for i in range(eventstream._HEADERS_MAX + 10):  # ever-new blocks: the memo stays bounded
+        decode(encode_frame(encode_header("n", 7, str(i)), b"{}"))
+        assert len(eventstream._HEADERS) <= eventstream._HEADERS_MAX
+
+
 # -- runs of frames, for the Bedrock splice ------------------------------------------------------
 
-_TEXT = re.compile(rb'\{"text":"([a-z]*)"\}')
 _DELTA_BLOCK = encode_header(":event-type", 7, "contentBlockDelta")
+_TEXT = frame_pattern(_DELTA_BLOCK, rb'\{"text":"([a-z]*)"\}')
 
 
 def _delta(text: str) -> bytes:
@@ -229,17 +242,26 @@ def test_take_run_takes_the_frames_of_one_header_block_and_payload_shape() -> No
     other = encode_frame(encode_header(":event-type", 7, "ping"), b'{"text":"p"}')
     data = _delta("a") + _delta("bc") + other + _delta("d")
     dec = EventStreamDecoder()
-    assert dec.take_run(data, 0, _DELTA_BLOCK, _TEXT) == ([b"a", b"bc"], len(_delta("a") * 2) + 1)
+    assert dec.take_run(data, 0, _TEXT) == ([b"a", b"bc"], len(_delta("a") * 2) + 1)
     after = len(_delta("a") + _delta("bc"))
-    assert dec.take_run(data, after, _DELTA_BLOCK, _TEXT) == ([], after)
+    assert dec.take_run(data, after, _TEXT) == ([], after)
     assert dec.frame_end(data, after) == after + len(other)
-    assert dec.take_run(data, after + len(other), _DELTA_BLOCK, _TEXT) == ([b"d"], len(data))
-    assert dec.take_run(_delta("A1"), 0, _DELTA_BLOCK, _TEXT) == ([], 0)  # payload: no match
+    assert dec.take_run(data, after + len(other), _TEXT) == ([b"d"], len(data))
+    assert dec.take_run(_delta("A1"), 0, _TEXT) == ([], 0)  # payload: no match
     # Other headers with the same payload: of the same length, and starting the same way.
     for block in (encode_header(":event-type", 7, "contentBlockDeltA"),
                   _DELTA_BLOCK + encode_header("x", 7, "y")):
-        assert dec.take_run(encode_frame(block, b'{"text":"a"}'), 0, _DELTA_BLOCK, _TEXT) == (
-            [], 0)
+        assert dec.take_run(encode_frame(block, b'{"text":"a"}'), 0, _TEXT) == ([], 0)
+
+
+def test_take_run_refuses_a_frame_longer_than_the_pattern_matched() -> None:
+    # Intact (both CRCs match) but with bytes after the payload's JSON: the pattern ends the
+    # frame early, its declared length does not, so the frame is feed's (a decode error there).
+    long = encode_frame(_DELTA_BLOCK, b'{"text":"b"}12345678')
+    data = _delta("a") + long
+    dec = EventStreamDecoder()
+    assert dec.take_run(data, 0, _TEXT) == ([b"a"], len(_delta("a")))
+    assert dec.take_run(long + _delta("a"), 0, _TEXT) == ([], 0)
 
 
 @pytest.mark.parametrize("damage", ["prelude-crc", "message-crc", "cut", "over-cap",
@@ -261,7 +283,7 @@ def test_take_run_leaves_what_feed_would_refuse_to_feed(damage: str) -> None:
         struct.pack_into(">I", bad, 8, zlib.crc32(bytes(bad[:8])))
     data = good + bytes(bad)
     dec = EventStreamDecoder(cap)
-    assert dec.take_run(data, 0, _DELTA_BLOCK, _TEXT) == ([b"a"], len(good))
+    assert dec.take_run(data, 0, _TEXT) == ([b"a"], len(good))
     with pytest.raises(ProxyError):  # what the decoder's own path makes of it
         dec.feed(data[len(good):])
         dec.close()

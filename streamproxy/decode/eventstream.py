@@ -12,13 +12,15 @@ does not match raises instead of yielding an event, so a flipped byte can never 
 event. A frame that spans reads costs one prelude check: its length is remembered
 (`_need`), so later reads only add up sizes, and the reads are joined once, when it is whole.
 
-Header blocks repeat verbatim across frames of one event type (Bedrock sends the same three
-string headers on every delta), so parsed header blocks are memoised by their bytes; the
-mappings handed out are read-only because they are shared.
+Header blocks repeat verbatim across frames of one event type, and across streams (Bedrock sends
+the same three string headers on every delta of every stream), so parsed header blocks are
+memoised by their bytes, once per process; the mappings handed out are read-only because they
+are shared.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 import uuid
@@ -37,7 +39,11 @@ _PRELUDE_LEN = 12
 _TAIL = struct.Struct(">II")
 _U32 = struct.Struct(">I")
 _MIN_FRAME = _PRELUDE_LEN + 4  # no headers, no payload
-_HEADER_CACHE_SIZE = 64
+# The process-wide memo of parsed header blocks: small blocks only, and emptied when full, so
+# an upstream sending ever-new headers costs parsing, never memory.
+_HEADERS: dict[bytes, Mapping[str, HeaderValue]] = {}
+_HEADERS_MAX = 256
+_HEADER_BLOCK_MAX = 512
 
 HeaderValue = bool | int | bytes | str | datetime | uuid.UUID
 
@@ -55,14 +61,13 @@ _make = tuple.__new__
 
 
 class EventStreamDecoder:
-    __slots__ = ("_header_cache", "_max", "_need", "_parts", "_size")
+    __slots__ = ("_max", "_need", "_parts", "_size")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self._max = max_frame_bytes
         self._parts: list[bytes] = []  # an unfinished frame: the reads it spans so far
         self._size = 0  # their length
         self._need = 0  # total length of the frame at the head of _parts, once its prelude passed
-        self._header_cache: dict[bytes, Mapping[str, HeaderValue]] = {}
 
     def feed(self, data: bytes) -> list[EventStreamMessage]:
         if self._parts:  # joined once, when the frame is complete: O(size), not O(size * reads)
@@ -76,7 +81,7 @@ class EventStreamDecoder:
         need = self._need  # the head frame's length, if its prelude was checked in an earlier read
         out: list[EventStreamMessage] = []
         pos = 0
-        cache = self._header_cache
+        cache = _HEADERS
         crc32 = zlib.crc32
         prelude_from = _PRELUDE.unpack_from
         u32_from = _U32.unpack_from
@@ -99,9 +104,7 @@ class EventStreamDecoder:
             block = data[start : start + headers_len]
             headers = cache.get(block)
             if headers is None:
-                headers = MappingProxyType(parse_headers(block))
-                if len(cache) < _HEADER_CACHE_SIZE:
-                    cache[block] = headers
+                headers = _parsed(block)
             out.append(_make(EventStreamMessage, (headers, data[start + headers_len : end - 4])))
             pos = end
             need = 0
@@ -118,36 +121,31 @@ class EventStreamDecoder:
         return not self._parts
 
     def block_of(self, headers: Mapping[str, HeaderValue]) -> bytes | None:
-        """The header block's bytes that `headers` (a mapping this decoder handed out) was
-        parsed from, if it is memoised."""
-        for block, parsed in self._header_cache.items():
+        """The header block's bytes that `headers` (a mapping a decoder handed out) was parsed
+        from, if it is memoised."""
+        for block, parsed in _HEADERS.items():
             if parsed is headers:
                 return block
         return None
 
-    def take_run(self, data: bytes, pos: int, block: bytes,
-                 payload: re.Pattern[bytes]) -> tuple[list[bytes], int]:
-        """From `pos`, while the decoder holds nothing: the whole frames of `data` whose header
-        block is `block` and whose payload `payload` matches whole, checked as `feed` checks
-        every frame (lengths, cap, both CRCs), as their payloads' first groups; and where they
+    def take_run(self, data: bytes, pos: int,
+                 frame: re.Pattern[bytes]) -> tuple[list[bytes], int]:
+        """From `pos`, while the decoder holds nothing: the whole frames of `data` that `frame`
+        (a `frame_pattern`) matches one after another, each checked as `feed` checks every
+        frame (its declared length, the cap, both CRCs), as their first groups; and where they
         stop. Whatever stops them (another frame, a damaged one, a cut one) is `feed`'s."""
         found: list[bytes] = []
-        have = len(data)
-        fixed = _MIN_FRAME + len(block)  # a frame of these headers, without its payload
         crc32 = zlib.crc32
         prelude_from = _PRELUDE.unpack_from
         u32_from = _U32.unpack_from
-        match = payload.fullmatch
-        while have - pos >= fixed:
-            total, headers_len, prelude_crc = prelude_from(data, pos)
+        cap = self._max
+        next_match = frame.scanner(data, pos).match  # each match starts where the last ended
+        while (m := next_match()) is not None:
+            total, _, prelude_crc = prelude_from(data, pos)
             end = pos + total
-            if (headers_len != len(block) or not fixed <= total <= self._max or end > have
+            if (end != m.end() or total > cap
                     or crc32(data[pos : pos + 8]) != prelude_crc
-                    or not data.startswith(block, pos + _PRELUDE_LEN)
                     or crc32(data[pos + 8 : end - 4], prelude_crc) != u32_from(data, end - 4)[0]):
-                break
-            m = match(data, pos + _PRELUDE_LEN + headers_len, end - 4)
-            if m is None:
                 break
             found.append(m[1])
             pos = end
@@ -192,6 +190,26 @@ class EventStreamDecoder:
                                  f"above the {self._max}-byte cap")
         raise StreamDecodeError(f"event-stream frame lengths are inconsistent "
                                 f"(total {total}, headers {headers_len})")
+
+
+@functools.lru_cache(maxsize=16)
+def frame_pattern(block: bytes, payload: bytes) -> re.Pattern[bytes]:
+    """A whole frame whose header block is `block` and whose payload matches the regex source
+    `payload` in full (its groups are the pattern's): one regex walks a run of such frames
+    (`take_run`), which is cheaper than a call per frame to check the block and the payload.
+    The lengths and CRCs it matches as any bytes are `take_run`'s to check."""
+    headers_len = _U32.pack(len(block))
+    return re.compile(rb"(?s)...." + re.escape(headers_len) + rb"...." + re.escape(block)
+                      + rb"(?:" + payload + rb")....")
+
+
+def _parsed(block: bytes) -> Mapping[str, HeaderValue]:
+    headers = MappingProxyType(parse_headers(block))
+    if len(block) <= _HEADER_BLOCK_MAX:
+        if len(_HEADERS) >= _HEADERS_MAX:
+            _HEADERS.clear()
+        _HEADERS[block] = headers
+    return headers
 
 
 def _bytes(block: bytes, i: int, n: int) -> bytes:
