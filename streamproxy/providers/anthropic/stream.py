@@ -51,10 +51,13 @@ ERROR_STATUS = {
 
 
 # A run of text deltas exactly as Anthropic sends them, with the padding it sometimes puts
-# before the last brace (providers/splice.py). Possessive: a run never backtracks.
-_TEXT_DELTA_RUN = re.compile(
-    rb'(?:event: content_block_delta\ndata: \{"type":"content_block_delta","index":\d+,'
-    rb'"delta":\{"type":"text_delta","text":"' + JSON_TEXT + rb'"\} *\}\n\n)++')
+# before the last brace (providers/splice.py). Possessive: a run never backtracks. Written as
+# one event, then more: a pattern that starts with literal bytes is searched for by those
+# (a fast scan), where one that starts with a repeat is tried at every byte (3.5 -> 0.6 µs to
+# search a one-token stream's 800 bytes).
+_TEXT_DELTA = (rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":\d+,'
+               rb'"delta":\{"type":"text_delta","text":"' + JSON_TEXT + rb'"\} *\}\n\n')
+_TEXT_DELTA_RUN = re.compile(_TEXT_DELTA + rb"(?:" + _TEXT_DELTA + rb")*+")
 # Within a run, each event's literal is what lies between its `"text":"` and its line's end:
 # the run's pattern has already checked every byte, so this one only cuts (one line an event).
 _TEXT_LITERAL = re.compile(rb'"text":"([^\n]*)"\} *\}\n\n')

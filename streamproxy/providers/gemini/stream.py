@@ -84,8 +84,10 @@ _TEXT_AT = len(_TEXT_HEAD)  # the first byte of the text, after its opening quot
 # A run of plain text chunks with non-empty texts (providers/splice.py); the keys after the
 # text are the fast path's, left unread. `\r\n\r\n` ends an event, and no other line break
 # may be in one: CR is excluded here, LF counted by the splice (`[^\r\n]` costs 2.5x `[^\r]`).
-_TEXT_RUN = re.compile(rb"(?:data: " + re.escape(_TEXT_HEAD) + rb'(?!")' + JSON_TEXT
-                       + re.escape(_TEXT_END) + rb"[^\r]*+\r\n\r\n)++")
+# One chunk, then more: a pattern that starts with literal bytes is searched for by them.
+_TEXT_CHUNK = (rb"data: " + re.escape(_TEXT_HEAD) + rb'(?!")' + JSON_TEXT + re.escape(_TEXT_END)
+               + rb"[^\r]*+\r\n\r\n")
+_TEXT_RUN = re.compile(_TEXT_CHUNK + rb"(?:" + _TEXT_CHUNK + rb")*+")
 _RUNS_FROM = 1024  # bytes a read: below, the fast path is cheaper (a chunk is ~300 bytes)
 _TEXT_LITERAL = re.compile(re.escape(_TEXT_HEAD) + rb"(" + JSON_TEXT + rb")" + re.escape(_TEXT_END))
 _loads = orjson.loads
