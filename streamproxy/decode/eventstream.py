@@ -44,6 +44,8 @@ _MIN_FRAME = _PRELUDE_LEN + 4  # no headers, no payload
 _HEADERS: dict[bytes, Mapping[str, HeaderValue]] = {}
 _HEADERS_MAX = 256
 _HEADER_BLOCK_MAX = 512
+_PRELUDE_CRCS_MAX = 4096  # a FramePattern's memo; totals beyond it are checked each time
+_CRC_AND_PRELUDE = struct.Struct(">IIII")  # a message CRC, then the next frame's prelude
 
 HeaderValue = bool | int | bytes | str | datetime | uuid.UUID
 
@@ -128,27 +130,40 @@ class EventStreamDecoder:
                 return block
         return None
 
-    def take_run(self, data: bytes, pos: int,
-                 frame: re.Pattern[bytes]) -> tuple[list[bytes], int]:
+    def take_run(self, data: bytes, pos: int, frame: FramePattern) -> tuple[list[bytes], int]:
         """From `pos`, while the decoder holds nothing: the whole frames of `data` that `frame`
-        (a `frame_pattern`) matches one after another, each checked as `feed` checks every
+        matches one after another, each checked as `feed` checks every
         frame (its declared length, the cap, both CRCs), as their first groups; and where they
         stop. Whatever stops them (another frame, a damaged one, a cut one) is `feed`'s."""
         found: list[bytes] = []
+        have = len(data)
+        if have - pos < _PRELUDE_LEN:
+            return found, pos
         crc32 = zlib.crc32
-        prelude_from = _PRELUDE.unpack_from
-        u32_from = _U32.unpack_from
+        checked = frame.prelude_crcs
+        tail_from = _CRC_AND_PRELUDE.unpack_from
         cap = self._max
-        next_match = frame.scanner(data, pos).match  # each match starts where the last ended
+        keep = found.append
+        total, _, prelude_crc = _PRELUDE.unpack_from(data, pos)
+        next_match = frame.regex.scanner(data, pos).match  # each match starts where the last ended
         while (m := next_match()) is not None:
-            total, _, prelude_crc = prelude_from(data, pos)
             end = pos + total
-            if (end != m.end() or total > cap
-                    or crc32(data[pos : pos + 8]) != prelude_crc
-                    or crc32(data[pos + 8 : end - 4], prelude_crc) != u32_from(data, end - 4)[0]):
+            if end != m.end() or total > cap:
                 break
-            found.append(m[1])
+            if checked.get(total) != prelude_crc:
+                if crc32(data[pos : pos + 8]) != prelude_crc:
+                    break
+                if len(checked) < _PRELUDE_CRCS_MAX:
+                    checked[total] = prelude_crc
+            if have - end >= _PRELUDE_LEN:  # this frame's CRC and the next frame's prelude
+                message_crc, total, _, next_crc = tail_from(data, end - 4)
+            else:  # no whole prelude after it, so no frame for the pattern either
+                message_crc, total, next_crc = _U32.unpack_from(data, end - 4)[0], 0, 0
+            if crc32(data[pos + 8 : end - 4], prelude_crc) != message_crc:
+                break
+            keep(m[1])
             pos = end
+            prelude_crc = next_crc
         return found, pos
 
     def rest_of_frame(self, data: bytes) -> int:
@@ -192,15 +207,24 @@ class EventStreamDecoder:
                                 f"(total {total}, headers {headers_len})")
 
 
+class FramePattern(NamedTuple):
+    """A whole frame whose header block is `block` and whose payload matches a regex in full
+    (its groups are the regex's): one regex walks a run of such frames (`take_run`), cheaper
+    than a call per frame to check the block and the payload. The lengths and CRCs it matches
+    as any bytes are `take_run`'s to check. A prelude's CRC depends on its two lengths alone,
+    and the headers length is the pattern's: `prelude_crcs` keeps those checked, by total."""
+
+    regex: re.Pattern[bytes]
+    prelude_crcs: dict[int, int]
+
+
 @functools.lru_cache(maxsize=16)
-def frame_pattern(block: bytes, payload: bytes) -> re.Pattern[bytes]:
-    """A whole frame whose header block is `block` and whose payload matches the regex source
-    `payload` in full (its groups are the pattern's): one regex walks a run of such frames
-    (`take_run`), which is cheaper than a call per frame to check the block and the payload.
-    The lengths and CRCs it matches as any bytes are `take_run`'s to check."""
+def frame_pattern(block: bytes, payload: bytes) -> FramePattern:
+    """The FramePattern of `block` and the regex source `payload`, made once."""
     headers_len = _U32.pack(len(block))
-    return re.compile(rb"(?s)...." + re.escape(headers_len) + rb"...." + re.escape(block)
-                      + rb"(?:" + payload + rb")....")
+    regex = re.compile(rb"(?s)...." + re.escape(headers_len) + rb"...." + re.escape(block)
+                       + rb"(?:" + payload + rb")....")
+    return FramePattern(regex, {})
 
 
 def _parsed(block: bytes) -> Mapping[str, HeaderValue]:

@@ -25,13 +25,17 @@ a run goes through the decoder alone, so the frames before a damaged one still r
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
-from streamproxy.decode.eventstream import EventStreamDecoder, HeaderValue, frame_pattern
+from streamproxy.decode.eventstream import (
+    EventStreamDecoder,
+    FramePattern,
+    HeaderValue,
+    frame_pattern,
+)
 from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage
 from streamproxy.providers.base import StreamTranslator, load_event_json
@@ -114,7 +118,7 @@ class BedrockStreamTranslator(StreamTranslator):
         self._thinking: list[str] = []
         self._content = out.content
         self._delta_headers: object = None  # the header mapping of a text-delta event frame
-        self._delta_frame: re.Pattern[bytes] | None = None  # such a frame with a text delta
+        self._delta_frame: FramePattern | None = None  # such a frame with a text delta
         self._probes = 0  # frames decoded one by one while that block was unknown
         # Sinks that take escaped text literals (the encoders, the tee) get runs spliced.
         self._literals = getattr(out, "content_literals", None)
