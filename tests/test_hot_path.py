@@ -320,31 +320,34 @@ class _Reader:
     def decode_read(self, data: bytes) -> None:
         self.calls.append(("decode", data))
 
-    def splice_run(self, data: bytes, start: int, end: int) -> bool:
+    def splice_run(self, data: bytes, start: int, end: int, literals: list[bytes]) -> bool:
         if start == self.refuse_at:
             return False
         self.calls.append(("splice", data[start:end]))
+        self.calls.append(("literals", b",".join(literals)))
         return True
 
 
 def _feed_runs_calls(data: bytes, refuse_at: int = -1) -> list[tuple[str, bytes]]:
     reader = _Reader(refuse_at)
-    feed_runs(reader, data, re.compile(rb"(?:a=\d\n)++"))
+    feed_runs(reader, data, re.compile(rb"a=(\d)\n"))
     return reader.calls
 
 
 def test_feed_runs_hands_on_runs_and_what_lies_between_them_in_order() -> None:
     assert _feed_runs_calls(b"x\na=1\na=2\ny\na=3\n") == [
-        ("decode", b"x\n"), ("splice", b"a=1\na=2\n"), ("decode", b"y\n"), ("splice", b"a=3\n")]
-    assert _feed_runs_calls(b"a=1\n") == [("splice", b"a=1\n")]
+        ("decode", b"x\n"), ("splice", b"a=1\na=2\n"), ("literals", b"1,2"), ("decode", b"y\n"),
+        ("splice", b"a=3\n"), ("literals", b"3")]
+    assert _feed_runs_calls(b"a=1\n") == [("splice", b"a=1\n"), ("literals", b"1")]
     assert _feed_runs_calls(b"y\n") == [("decode", b"y\n")]
     # A refused run is decoded with everything after it, runs included.
     assert _feed_runs_calls(b"a=1\ny\na=2\n", refuse_at=0) == [("decode", b"a=1\ny\na=2\n")]
     assert _feed_runs_calls(b"a=1\ny\na=2\nz\na=3\n", refuse_at=6) == [
-        ("splice", b"a=1\n"), ("decode", b"y\n"), ("decode", b"a=2\nz\na=3\n")]
+        ("splice", b"a=1\n"), ("literals", b"1"), ("decode", b"y\n"),
+        ("decode", b"a=2\nz\na=3\n")]
     # Not UTF-8: all of it to the decoder, which reports it.
     assert _feed_runs_calls(b"a=1\n\xff\na=2\n") == [("decode", b"a=1\n\xff\na=2\n")]
-    assert _feed_runs_calls("a=1\né\n".encode()) == [("splice", b"a=1\n"),
+    assert _feed_runs_calls("a=1\né\n".encode()) == [("splice", b"a=1\n"), ("literals", b"1"),
                                                       ("decode", "é\n".encode())]
 
 

@@ -1,8 +1,10 @@
 """Runs of text deltas, spliced from a provider's bytes into the client's frames.
 
 A provider writes nearly every event of a stream as the same bytes around a text. A run of
-such events in a read is found by one regular expression per provider, which checks every
-event's exact form, and each text goes into the client's frame still JSON-escaped
+such events in a read is found by one regular expression per provider, for one event's exact
+form with its text's literal as group 1: searched for once, then matched event after event
+where the last one ended (one pass over the run that checks every byte and cuts every
+literal). Each text goes into the client's frame still JSON-escaped
 (`ChunkEncoder.content_literals`), without decoding an event. The events around a run take the
 provider's decoder as before. A literal is spliced only in the spelling orjson writes (raw
 UTF-8, and no escapes but `\\" \\\\ \\b \\f \\n \\r \\t`), so a spliced frame is byte for byte the
@@ -38,27 +40,33 @@ class RunReader(Protocol):
 
     def decode_read(self, data: bytes) -> object: ...
 
-    def splice_run(self, data: bytes, start: int, end: int) -> bool: ...
+    def splice_run(self, data: bytes, start: int, end: int, literals: list[bytes]) -> bool: ...
 
 
-def feed_runs(reader: RunReader, data: bytes, pattern: re.Pattern[bytes]) -> None:
-    """Feed a read: the bytes between runs of `pattern` (a possessive run of events) to the
-    reader's decoder, each run to its splice; a run it refuses is decoded with everything
-    after it. A read that is not valid UTF-8 is decoded whole (the decoder's path reports
-    it)."""
+def feed_runs(reader: RunReader, data: bytes, event: re.Pattern[bytes]) -> None:
+    """Feed a read: each run of `event` (one event's exact form, its text's literal as group
+    1) to the reader's splice with the run's literals, the bytes between runs to its
+    decoder; a run it refuses is decoded with everything after it. A read that is not valid
+    UTF-8 is decoded whole (the decoder's path reports it)."""
     if not (data.isascii() or _decodes(data)):  # is_utf8, inline: once a read
         reader.decode_read(data)
         return
     done = 0  # what has been handed on
-    run = pattern.match(data) or pattern.search(data)  # most reads start with a run: no search
-    while run is not None:
-        start, end = run.span()
+    first = event.match(data) or event.search(data)  # most reads start with a run: no search
+    while first is not None:
+        start, end = first.span()
+        literals = [first[1]]
+        keep = literals.append
+        next_event = event.scanner(data, end).match  # each match starts where the last ended
+        while (m := next_event()) is not None:
+            keep(m[1])
+            end = m.end()
         if start > done:
             reader.decode_read(data[done:start])
             done = start
-        if not reader.splice_run(data, start, end):
+        if not reader.splice_run(data, start, end, literals):
             break
         done = end
-        run = pattern.search(data, end) if end < len(data) else None
+        first = event.search(data, end) if end < len(data) else None
     if done < len(data):
         reader.decode_read(data[done:] if done else data)

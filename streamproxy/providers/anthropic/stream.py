@@ -50,17 +50,12 @@ ERROR_STATUS = {
 }
 
 
-# A run of text deltas exactly as Anthropic sends them, with the padding it sometimes puts
-# before the last brace (providers/splice.py). Possessive: a run never backtracks. Written as
-# one event, then more: a pattern that starts with literal bytes is searched for by those
-# (a fast scan), where one that starts with a repeat is tried at every byte (3.5 -> 0.6 µs to
-# search a one-token stream's 800 bytes).
-_TEXT_DELTA = (rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":\d+,'
-               rb'"delta":\{"type":"text_delta","text":"' + JSON_TEXT + rb'"\} *\}\n\n')
-_TEXT_DELTA_RUN = re.compile(_TEXT_DELTA + rb"(?:" + _TEXT_DELTA + rb")*+")
-# Within a run, each event's literal is what lies between its `"text":"` and its line's end:
-# the run's pattern has already checked every byte, so this one only cuts (one line an event).
-_TEXT_LITERAL = re.compile(rb'"text":"([^\n]*)"\} *\}\n\n')
+# A text delta exactly as Anthropic sends it, with the padding it sometimes puts before the
+# last brace, and its text's literal as group 1 (providers/splice.py: runs of these are
+# spliced). It starts with literal bytes, which sre searches for by a fast scan.
+_TEXT_DELTA = re.compile(
+    rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":\d+,'
+    rb'"delta":\{"type":"text_delta","text":"(' + JSON_TEXT + rb')"\} *\}\n\n')
 
 
 def map_usage(u: dict[str, Any]) -> dict[str, Any]:
@@ -98,14 +93,14 @@ class AnthropicStreamTranslator(SSETranslator):
         if self._literals is None:
             super().feed(data)
         else:
-            feed_runs(self, data, _TEXT_DELTA_RUN)
+            feed_runs(self, data, _TEXT_DELTA)
 
     decode_read = SSETranslator.feed  # feed_runs's decoder path: no splice
 
-    def splice_run(self, data: bytes, start: int, end: int) -> bool:
+    def splice_run(self, data: bytes, start: int, end: int, literals: list[bytes]) -> bool:
         if self.done or not self._decoder.between_events:
             return False  # the stream has ended, or the run does not start an event
-        self._literals(_TEXT_LITERAL.findall(data, start, end))  # type: ignore[misc]
+        self._literals(literals)  # type: ignore[misc]
         return True
 
     def on_event(self, event: SSEEvent) -> None:

@@ -81,15 +81,13 @@ _TEXT_HEAD = b'{"candidates": [{"content": {"parts": [{"text": "'
 _TEXT_END = b'"}],"role": "model"},"index": 0}],"usageMetadata": {'
 _USAGE_KEY = b'"usageMetadata": {'
 _TEXT_AT = len(_TEXT_HEAD)  # the first byte of the text, after its opening quote
-# A run of plain text chunks with non-empty texts (providers/splice.py); the keys after the
-# text are the fast path's, left unread. `\r\n\r\n` ends an event, and no other line break
-# may be in one: CR is excluded here, LF counted by the splice (`[^\r\n]` costs 2.5x `[^\r]`).
-# One chunk, then more: a pattern that starts with literal bytes is searched for by them.
-_TEXT_CHUNK = (rb"data: " + re.escape(_TEXT_HEAD) + rb'(?!")' + JSON_TEXT + re.escape(_TEXT_END)
-               + rb"[^\r]*+\r\n\r\n")
-_TEXT_RUN = re.compile(_TEXT_CHUNK + rb"(?:" + _TEXT_CHUNK + rb")*+")
+# A plain text chunk with a non-empty text, its literal as group 1 (providers/splice.py: runs
+# of these are spliced); the keys after the text are the fast path's, left unread.
+# `\r\n\r\n` ends an event, and no other line break may be in one: CR is excluded here, LF
+# counted by the splice (`[^\r\n]` costs 2.5x `[^\r]`).
+_TEXT_CHUNK = re.compile(rb"data: " + re.escape(_TEXT_HEAD) + rb'(?!")(' + JSON_TEXT + rb")"
+                         + re.escape(_TEXT_END) + rb"[^\r]*+\r\n\r\n")
 _RUNS_FROM = 1024  # bytes a read: below, the fast path is cheaper (a chunk is ~300 bytes)
-_TEXT_LITERAL = re.compile(re.escape(_TEXT_HEAD) + rb"(" + JSON_TEXT + rb")" + re.escape(_TEXT_END))
 _loads = orjson.loads
 _DecodeError = orjson.JSONDecodeError
 
@@ -150,20 +148,20 @@ class GeminiStreamTranslator(SSETranslator):
         if self._literals is None or len(data) < _RUNS_FROM:
             self.decode_read(data)
         else:
-            feed_runs(self, data, _TEXT_RUN)
+            feed_runs(self, data, _TEXT_CHUNK)
 
-    def splice_run(self, data: bytes, start: int, end: int) -> bool:
+    def splice_run(self, data: bytes, start: int, end: int, literals: list[bytes]) -> bool:
         if self.done or self.finished:
             return False
         if not self._plain:  # the stream's first chunk starts it: parsed whole
             first = data.index(b"\r\n\r\n", start) + 4
             self.decode_read(data[start:first])
             start = first
+            del literals[0]
         if start == end:
             return True
         if (self._plain and not self.done and self._decoder.between_events
-                and len(literals := _TEXT_LITERAL.findall(data, start, end)) * 2
-                == data.count(b"\n", start, end)):  # LF only in the events' ends
+                and len(literals) * 2 == data.count(b"\n", start, end)):  # LF: events' ends
             self._literals(literals)  # type: ignore[misc]
             cut = data.rfind(b"\r\n\r\n", start, end - 4)  # the run's last event: its usage
             self._usage_chunk = data[(start if cut < 0 else cut + 4) + 6 : end - 4]
