@@ -2,7 +2,7 @@
 
 Every operation runs on that thread, in submission order, on its one connection — so there is
 no locking and the event loop never touches the disk. Writes are batched on the loop side:
-`add` appends to a list, and the list goes to the thread every 5 ms (or at 256 items) as one
+`add` appends to a list, and the list goes to the thread every 50 ms (or at 256 items) as one
 job, written in one transaction. Under load that is one thread wake-up and one commit for many
 completions, instead of a GIL hand-off and a commit each. A read first sends the writes queued
 before it, so it sees them.
