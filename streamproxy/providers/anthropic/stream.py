@@ -9,11 +9,11 @@
 
 Speed: nearly every event is a text delta. A run of them in a read (the middle of every
 stream; most of a stream that arrives in a few reads) is translated without decoding an event:
-one regular expression finds the run and checks each event's exact compact form, a second cuts
-out each text's JSON literal, which is spliced, still escaped, into the client's frames
-(providers/splice.py). The events around a run take the decoder, and `on_event` tests for a
-text delta first, inline, before the general dispatch. (Splicing per event was measured too:
-validating each literal in Python cost what orjson's parse did.)
+one regular expression for one text delta's exact compact form is matched event after event,
+checking every byte and cutting out each text's JSON literal, which is spliced, still escaped,
+into the client's frames (providers/splice.py). The events around a run take the decoder,
+and `on_event` tests for a text delta first, inline, before the general dispatch. (Splicing
+per event was measured too: validating each literal in Python cost what orjson's parse did.)
 """
 
 from __future__ import annotations
