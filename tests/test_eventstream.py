@@ -265,7 +265,7 @@ def test_take_run_refuses_a_frame_longer_than_the_pattern_matched() -> None:
 
 
 @pytest.mark.parametrize("damage", ["prelude-crc", "message-crc", "cut", "over-cap",
-                                    "lengths"])
+                                    "lengths", "prelude-crc-chained"])
 def test_take_run_leaves_what_feed_would_refuse_to_feed(damage: str) -> None:
     good, bad = _delta("a"), bytearray(_delta("b"))
     cap = DEFAULT_MAX_FRAME_BYTES
@@ -273,6 +273,13 @@ def test_take_run_leaves_what_feed_would_refuse_to_feed(damage: str) -> None:
         bad[9] ^= 1
     elif damage == "message-crc":
         bad[-2] ^= 1
+    elif damage == "prelude-crc-chained":
+        # A wrong prelude CRC, and a message CRC computed on from it (not from the prelude's
+        # bytes): only the prelude's own check refuses this one. `good` has the same total,
+        # so its prelude CRC was seen first.
+        struct.pack_into(">I", bad, 8, zlib.crc32(bytes(bad[:8])) ^ 1)
+        struct.pack_into(">I", bad, len(bad) - 4,
+                         zlib.crc32(bytes(bad[8:-4]), zlib.crc32(bytes(bad[:8])) ^ 1))
     elif damage == "cut":
         bad = bad[:-1]
     elif damage == "over-cap":

@@ -132,9 +132,9 @@ class EventStreamDecoder:
 
     def take_run(self, data: bytes, pos: int, frame: FramePattern) -> tuple[list[bytes], int]:
         """From `pos`, while the decoder holds nothing: the whole frames of `data` that `frame`
-        matches one after another, each checked as `feed` checks every
-        frame (its declared length, the cap, both CRCs), as their first groups; and where they
-        stop. Whatever stops them (another frame, a damaged one, a cut one) is `feed`'s."""
+        matches one after another, each checked as `feed` checks every frame (its declared
+        length, the cap, both CRCs), as their first groups; and where they stop. Whatever
+        stops them (another frame, a damaged one, a cut one) is `feed`'s."""
         found: list[bytes] = []
         have = len(data)
         if have - pos < _PRELUDE_LEN:
