@@ -424,29 +424,34 @@ def test_replay_of_a_passthrough_stream_keeps_its_deltas(name: str) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.lists(
+@given(st.lists(st.tuples(st.sampled_from(["spliced", "encoded", "decoded"]), st.lists(
     st.text(st.characters(blacklist_categories=("Cs",)), max_size=8), min_size=1, max_size=4)),
     max_size=12))
 def test_captured_content_is_kept_escaped_and_decoded_once(groups: list[Any]) -> None:
-    """Decoded deltas and spliced literals (escapes, quotes, controls, non-ASCII) come back as
-    the same texts, in order, and as the message's content."""
+    """Spliced literals, deltas the encoder wrote, and texts given to the builder decoded (as a
+    pass-through capture does), with escapes, quotes, controls and non-ASCII, in any mix: the
+    same texts come back, in order, and as the message's content."""
     b = CompletionBuilder()
     enc = RecordingChunkEncoder(completion_id="chatcmpl-r", created=1, model="m",
                                 include_usage=False)
     sink = TeeSink(enc, b)
     texts: list[str] = []
-    for spliced, group in groups:
-        if spliced:
+    framed: list[str] = []
+    for how, group in groups:
+        if how == "spliced":
             sink.content_literals([orjson.dumps(t)[1:-1] for t in group])
-        else:
-            for t in group:
+        for t in group:
+            if how == "encoded":
                 sink.content(t)
+            elif how == "decoded":
+                b.content(t)
         texts += group
+        framed += group if how != "decoded" else []
     assert b.content_parts == texts
     message = b.completion(completion_id="chatcmpl-r", created=1, model="m")[
         "choices"][0]["message"]
     assert message["content"] == ("".join(texts) if texts else None)
-    assert deltas(enc.take()) == [("content", t) for t in texts if t]
+    assert deltas(enc.take()) == [("content", t) for t in framed if t]
 
 
 def test_a_builder_keeps_order_as_runs_not_per_delta() -> None:

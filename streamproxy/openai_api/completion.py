@@ -22,9 +22,12 @@ from streamproxy.openai_api.chunks import RecordingChunkEncoder
 class CompletionBuilder:
     def __init__(self) -> None:
         self.model: str | None = None
-        # Content deltas as the insides of their JSON string literals (escaped, UTF-8): a
-        # RecordingChunkEncoder appends spliced ones as they came; decoded once at the end.
-        self._literals: list[bytes] = []
+        # Content deltas in order: a str when given decoded (`content`), or the inside of its
+        # JSON string literal (bytes) when a RecordingChunkEncoder appends it, escaped as the
+        # client's chunk carried it — a spliced read's literals as they came. Decoded once, at
+        # the end; `_decoded` counts the str ones, so a list of one kind needs no look inside.
+        self._parts: list[str | bytes] = []
+        self._decoded = 0
         self.reasoning_parts: list[str] = []
         self.thinking_blocks: list[dict[str, Any]] = []
         self.tool_calls: list[dict[str, Any]] = []
@@ -38,7 +41,7 @@ class CompletionBuilder:
         self._kind: str | None = None
         self._index = 0
         self._count = 0
-        self._mark = 0  # len(_literals) when the runs last took it in (content() only appends)
+        self._mark = 0  # len(_parts) when the runs last took it in (content() only appends)
         # The envelope the client saw: set from the encoder by TeeSink, or from a pass-through
         # stream's first chunk (the upstream's own id).
         self.id: str | None = None
@@ -46,7 +49,7 @@ class CompletionBuilder:
 
     def _take_text(self) -> None:
         """The content deltas appended since the last step, as (the rest of) a `c` run."""
-        n = len(self._literals) - self._mark
+        n = len(self._parts) - self._mark
         if not n:
             return
         self._mark += n
@@ -74,16 +77,19 @@ class CompletionBuilder:
         return [*self._runs, [self._kind, self._index, self._count]]
 
     @property
-    def literal_parts(self) -> list[bytes]:
-        """The list a RecordingChunkEncoder appends to (TeeSink wires it)."""
-        return self._literals
+    def literal_parts(self) -> list[Any]:
+        """The list a RecordingChunkEncoder appends its literals to (TeeSink wires it)."""
+        return self._parts
 
     @property
     def content_parts(self) -> list[str]:
-        """Each content delta's text, decoded (one parse for all)."""
-        if not self._literals:
-            return []
-        return orjson.loads(b'["%b"]' % b'","'.join(self._literals))  # type: ignore[no-any-return]
+        """Each content delta's text (literals decoded: one parse for all)."""
+        parts: list[Any] = self._parts
+        if self._decoded == len(parts):
+            return parts
+        if not self._decoded:
+            return orjson.loads(b'["%b"]' % b'","'.join(parts))  # type: ignore[no-any-return]
+        return [p if type(p) is str else orjson.loads(b'"%b"' % p) for p in parts]
 
     @property
     def tool_args(self) -> list[list[str]]:
@@ -97,11 +103,12 @@ class CompletionBuilder:
     def content(self, text: str) -> None:
         # Only the append: the run is counted when the kind changes (_take_text), so a
         # RecordingChunkEncoder can append to this list itself, with no call here per delta.
-        self._literals.append(orjson.dumps(text)[1:-1])
+        self._parts.append(text)
+        self._decoded += 1
 
     def reasoning(self, text: str) -> None:
         self.reasoning_parts.append(text)
-        if self._kind == "r" and len(self._literals) == self._mark:
+        if self._kind == "r" and len(self._parts) == self._mark:
             self._count += 1
         else:
             self._step("r")
@@ -178,8 +185,10 @@ class CompletionBuilder:
 
     def message(self) -> dict[str, Any]:
         msg: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
-        if self._literals:
-            msg["content"] = orjson.loads(b'"%b"' % b"".join(self._literals))
+        if self._parts:
+            parts: list[Any] = self._parts
+            msg["content"] = ("".join(self.content_parts) if self._decoded
+                              else orjson.loads(b'"%b"' % b"".join(parts)))
         if self.reasoning_parts:
             msg["reasoning_content"] = "".join(self.reasoning_parts)
         if self.thinking_blocks:
