@@ -143,12 +143,9 @@ class ChunkedDecoder:
                     size = _chunk_size(line)
                 if size and nl + 4 + size == len(data):
                     return data[nl + 2 : -2]
-                # With the last chunk in it (a body written at once), the split below cannot
-                # succeed: it would only copy the read (~20 µs for 25 KB), so the loop takes it.
-                if not data.endswith(_LAST_CHUNK):
-                    whole = self._whole_chunks(data)
-                    if whole is not None:
-                        return whole
+                whole = self._whole_chunks(data)
+                if whole is not None:
+                    return whole
         out: list[bytes] = []
         pos, end = 0, len(data)
         while pos < end:
@@ -217,7 +214,11 @@ class ChunkedDecoder:
         a read. Cut at every CRLF the read alternates size line, data, …, b"". The pairs are
         checked against known sizes in order, so a match means that each piece is a whole
         chunk's data: data holding a CRLF makes its piece shorter than its size. None when the
-        read is anything else (a size not seen yet, the last chunk, a cut): the loop decides."""
+        read is anything else (a size not seen yet, the last chunk, a cut): the loop decides.
+        A read that ends with the last chunk (a body written at once) is refused before the
+        split, which would only copy it (~20 µs for 25 KB of SSE)."""
+        if data.endswith(_LAST_CHUNK):
+            return None
         parts = data.split(b"\r\n")
         sizes = list(map(_SIZES.get, parts[0:-1:2]))
         pieces = parts[1::2]
