@@ -295,10 +295,12 @@ class DecodingEncoder(ChunkEncoder):
     """An encoder translators cannot splice into: every event goes through the decoder."""
 
     content_literals = None  # type: ignore[assignment]
+    raw_run = None  # type: ignore[assignment]
 
 
 class DecodingRecorder(RecordingChunkEncoder):
     content_literals = None  # type: ignore[assignment]
+    raw_run = None  # type: ignore[assignment]
 
 
 def make_encoder(cls: type[ChunkEncoder] = ChunkEncoder) -> ChunkEncoder:

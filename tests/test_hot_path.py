@@ -7,6 +7,8 @@
   what the list of byte patterns it replaced picked.
 - The Anthropic translator splices reads made only of text deltas without decoding them; what
   it writes must be, byte for byte, what the decoder's path writes for the same reads.
+- The OpenAI pass-through forwards a read's run of plain events whole; what the client gets,
+  how a stream fails and what store captures must be what the decoder's path gives.
 """
 
 from __future__ import annotations
@@ -16,17 +18,22 @@ import gc
 import json
 import re
 import weakref
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from streamproxy.decode.sse import SSEDecoder, SSEEvent
 from streamproxy.errors import StreamDecodeError
-from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
+from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
 from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
-from streamproxy.providers.openai_compat import _INTERESTING
+from streamproxy.providers.azure import AzureTranslator
+from streamproxy.providers.openai_compat import INTERESTING, PassthroughTranslator
+from streamproxy.providers.presets import CompatTranslator, MistralTranslator
 from streamproxy.providers.splice import feed_runs
 from tests.helpers import (
     DecodingEncoder,
@@ -169,7 +176,7 @@ def openai_chunks(draw: st.DrawFn) -> bytes:
 @settings(max_examples=300, deadline=None)
 @given(openai_chunks())
 def test_passthrough_regex_picks_what_the_pattern_list_picked(data: bytes) -> None:
-    assert (_INTERESTING.search(data) is not None) == any(p in data for p in PATTERNS)
+    assert (INTERESTING.search(data) is not None) == any(p in data for p in PATTERNS)
 
 
 FAST_SHAPE = st.tuples(st.one_of(st.just(b""), VALUES.map(lambda v: b"event: " + v + b"\n")),
@@ -396,7 +403,7 @@ def test_a_read_after_an_unfinished_event_is_not_spliced() -> None:
             translator.feed(delta)
 
 
-@pytest.mark.parametrize("provider", ["anthropic", "gemini", "bedrock"])
+@pytest.mark.parametrize("provider", ["anthropic", "gemini", "bedrock", "openai"])
 def test_a_splicing_translator_is_freed_when_its_stream_is(provider: str) -> None:
     # Freed by reference counting, as the decoding ones are: no cycle through a stored bound
     # method of its own, which would leave each stream's parts to the cyclic GC.
@@ -404,7 +411,10 @@ def test_a_splicing_translator_is_freed_when_its_stream_is(provider: str) -> Non
     from streamproxy.providers.gemini.stream import GeminiStreamTranslator
 
     cls = {"anthropic": AnthropicStreamTranslator, "gemini": GeminiStreamTranslator,
-           "bedrock": BedrockStreamTranslator}[provider]
+           "bedrock": BedrockStreamTranslator,
+           "openai": lambda out, limit: PassthroughTranslator(out, limit, provider="p",
+                                                              client_wants_usage=True),
+           }[provider]
     gc.disable()
     try:
         translator = cls(make_encoder(), 1 << 20)
@@ -414,3 +424,143 @@ def test_a_splicing_translator_is_freed_when_its_stream_is(provider: str) -> Non
         assert freed() is None
     finally:
         gc.enable()
+
+
+# -- OpenAI pass-through: runs of events forwarded whole ------------------------------------------
+
+def _chunk(text: str, style: int, **fields: object) -> bytes:
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+             "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+             **fields}
+    data = orjson.dumps(chunk)
+    if style == 1:  # spaces after the separators (Python's json)
+        data = json.dumps(chunk, ensure_ascii=False).encode()
+    return b"data: " + data + b"\n\n"
+
+
+PASSTHROUGH_OTHER = st.sampled_from([
+    b'data: {"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+    b'data: {"id":"c1","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,'
+    b'"total_tokens":3}}\n\n',
+    b'data: {"id":"c1","choices":null,"usage":{"prompt_tokens":1,"completion_tokens":2,'
+    b'"total_tokens":3}}\n\n',
+    b'data: {"error":{"message":"overloaded","code":529}}\n\n',
+    b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":[{"type":"text","text":"l"}]},'
+    b'"finish_reason":null}]}\n\n',  # Mistral's list content
+    b"data: [DONE]\n\n",
+    b": keep-alive\n\n",
+    b"\n",  # a stray blank line
+    b"event: x\ndata: {}\n\n",
+    b"id: 3\ndata: {}\n\n",
+    b'data:{"a":1}\n\n',  # no space after the colon
+    b'data: {"a":1}\r\n\r\n',
+    b'data: {"a":\ndata: 1}\n\n',  # data over two lines
+    b'data: {"a":\ndata: {"b":1}}\n\n',  # …whose second looks like an event of its own
+    b'data: {"a":1} \n\n',  # padded after the brace: parsed, forwarded as it came
+    b'data: {"a":"x\ry"}\n\n',  # a CR ends the line: `{"a":"x` is not JSON
+    b'data: {"a":1}\r\n\n',
+    # JSON a client would choke on, forwarded unparsed: capturing it must not fail the stream
+    b'data: {"choices":[1,{"index":0,"delta":"x"},{"index":0,"delta":{"content":7}}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":1000000000,"id":"t",'
+    b'"function":{"name":"f"}},{"index":0,"function":{"arguments":1}},7]}}]}\n\n',
+    b"data: {not json}\n\n",
+    b"data: nothing\n\n",
+])
+
+
+@st.composite
+def passthrough_reads(draw: st.DrawFn) -> list[bytes]:
+    """An OpenAI stream: mostly content chunks (spliced texts of every kind, compact or with
+    spaces), among them the events the translator parses and shapes that are not a run's,
+    grouped into reads of whole events or cut anywhere."""
+    events = [_chunk("", 0)] if draw(st.booleans()) else []
+    for _ in range(draw(st.integers(1, 14))):
+        if draw(st.integers(0, 4)) == 0:
+            events.append(draw(PASSTHROUGH_OTHER))
+        else:
+            events.append(_chunk(draw(TEXTS), draw(st.sampled_from([0, 0, 1]))))
+    if draw(st.booleans()):
+        events.append(b"data: [DONE]\n\n")
+    if events and draw(st.booleans()):
+        events[0] = b"\xef\xbb\xbf" + events[0]
+    return as_reads(draw, events, joined=3, ways=6)
+
+
+def _outcome(factory: Callable[[Any], Any], reads: list[bytes],
+             sink: Any, encoder: ChunkEncoder) -> tuple[list[bytes], str | None]:
+    """What the client gets read by read, and how the stream failed, if it did."""
+    translator = factory(sink)
+    out = []
+    try:
+        for read in reads:
+            translator.feed(read)
+            out.append(encoder.take())
+        translator.close()
+    except Exception as e:  # either path must fail alike
+        return [*out, encoder.take()], f"{type(e).__name__}: {e}"
+    return [*out, encoder.take()], None
+
+
+class DecodingTee(TeeSink):
+    """A tee translators cannot forward runs to."""
+
+    raw_run = None  # type: ignore[assignment]
+
+
+PASSTHROUGH_TRANSLATORS = {
+    "openai": lambda out: PassthroughTranslator(out, 1 << 20, provider="p",
+                                                client_wants_usage=True),
+    "groq": lambda out: CompatTranslator(out, 1 << 20, provider="p", client_wants_usage=True,
+                                         finish_reasons={"eos": "stop"}, failed_finishes={}),
+    "mistral": lambda out: MistralTranslator(out, 1 << 20, provider="p",
+                                             client_wants_usage=True, finish_reasons={},
+                                             failed_finishes={}),
+}
+
+
+@pytest.mark.parametrize("provider", PASSTHROUGH_TRANSLATORS)
+@settings(max_examples=300, deadline=None)
+@given(reads=passthrough_reads())
+@example(reads=[_chunk("", 0), b'data: {"a":\n', b'data: {"b":1}}\n\n' + _chunk("x", 0)])
+def test_passthrough_runs_forward_what_the_decoder_path_forwards(provider: str,
+                                                                 reads: list[bytes]) -> None:
+    factory = PASSTHROUGH_TRANSLATORS[provider]
+    runs, decoded = make_encoder(), make_encoder(DecodingEncoder)
+    outcome = _outcome(factory, reads, runs, runs)
+    assert outcome == _outcome(factory, reads, decoded, decoded)
+    assert (runs.chunks, runs.finish_reason, runs.usage_data) == (
+        decoded.chunks, decoded.finish_reason, decoded.usage_data)
+    # store and the cache capture the same answer, and capturing never fails a stream
+    teed = [(tee, make_encoder(RecordingChunkEncoder), CompletionBuilder())
+            for tee in (TeeSink, DecodingTee)]
+    outcomes = [_outcome(factory, reads, tee(enc, builder), enc)  # type: ignore[arg-type]
+                for tee, enc, builder in teed]
+    assert outcomes[0] == outcomes[1] == outcome
+    assert teed[0][2].completion(completion_id="x", created=1, model="m") == \
+        teed[1][2].completion(completion_id="x", created=1, model="m")
+
+
+def test_a_whole_openai_body_is_forwarded_as_one_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[int] = []
+    raw_run = ChunkEncoder.raw_run
+
+    def counting(self: ChunkEncoder, frames: bytes, count: int) -> None:
+        runs.append(count)
+        raw_run(self, frames, count)
+
+    monkeypatch.setattr(ChunkEncoder, "raw_run", counting)
+    deltas = [_chunk(f"t{i}", 0) for i in range(20)]
+    finish = b'data: {"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+    body = _chunk("", 0) + b"".join(deltas) + finish + b"data: [DONE]\n\n"
+    factory = PASSTHROUGH_TRANSLATORS["openai"]
+    out = translate_reads(factory, [body], make_encoder())
+    assert runs == [20]  # the first event checks for a BOM in the decoder, the finish is parsed
+    assert out == [body]
+    runs.clear()  # flushed, a read an event: each delta is a run of one
+    flushed = [_chunk("", 0), *deltas, finish, b"data: [DONE]\n\n"]
+    assert translate_reads(factory, flushed, make_encoder()) == flushed
+    assert runs == [1] * 20
+    runs.clear()  # the Azure translator looks at every event itself
+    translate_reads(lambda out: AzureTranslator(out, 1 << 20, provider="p",
+                                                client_wants_usage=True), [body], make_encoder())
+    assert runs == []

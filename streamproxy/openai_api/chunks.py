@@ -231,6 +231,12 @@ class ChunkEncoder:
         self._buf += (b"data: ", data, b"\n\n")
         self.chunks += 1
 
+    def raw_run(self, frames: bytes, count: int) -> None:
+        """`count` pass-through events, each already framed as `raw()` frames one (the
+        translator checked), none with a finish reason: forwarded as one piece."""
+        self._buf.append(frames)
+        self.chunks += count
+
 
 class RecordingChunkEncoder(ChunkEncoder):
     """A ChunkEncoder that also keeps each content delta in `literals` (a CompletionBuilder's

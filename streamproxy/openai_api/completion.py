@@ -18,6 +18,7 @@ import orjson
 from streamproxy.errors import ProxyError
 from streamproxy.openai_api.chunks import RecordingChunkEncoder
 
+_MAX_TOOL_CALLS = 1024  # a pass-through chunk's tool call index above this is not captured
 
 class CompletionBuilder:
     def __init__(self) -> None:
@@ -148,40 +149,63 @@ class CompletionBuilder:
     def raw(self, data: bytes, finish_reason: str | None = None) -> None:
         self.raw_chunk(data, finish_reason)
 
+    def raw_run(self, frames: bytes) -> None:
+        """Pass-through events framed as `ChunkEncoder.raw_run` takes them, one by one."""
+        for data in frames[6:-2].split(b"\n\ndata: "):
+            self.raw_chunk(data)
+
     def raw_chunk(self, data: bytes, finish_reason: str | None = None) -> None:
-        """A pass-through chunk: parsed and accumulated like a client would (capture only)."""
+        """A pass-through chunk: parsed and accumulated like a client would (capture only).
+        What the upstream sends is forwarded unparsed, so any shape can come here: what is
+        not a chunk's is skipped, never raised (the client's stream must not fail for it)."""
         self.raw_chunks += 1
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
+            return
+        if not isinstance(chunk, dict):
             return
         if self.raw_chunks == 1:  # a pass-through stream: the client saw the upstream's ids
             if isinstance(chunk.get("id"), str) and chunk["id"]:
                 self.id = chunk["id"]
             if isinstance(chunk.get("created"), int):
                 self.created = chunk["created"]
-        if chunk.get("model"):
+        if isinstance(chunk.get("model"), str) and chunk["model"]:
             self.model = chunk["model"]
-        if chunk.get("usage"):
+        if isinstance(chunk.get("usage"), dict) and chunk["usage"]:
             self.usage_data = chunk["usage"]
-        for choice in chunk.get("choices") or []:
-            if choice.get("index", 0) != 0:
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                self.content(delta["content"])
-            if delta.get("reasoning_content"):
-                self.reasoning(delta["reasoning_content"])
-            for tc in delta.get("tool_calls") or []:
-                index = tc.get("index", 0)
-                fn = tc.get("function") or {}
-                if tc.get("id"):
-                    self.tool_call_start(index, tc["id"], fn.get("name") or "",
-                                         fn.get("arguments") or "")
-                elif fn.get("arguments") and index < len(self._args):
-                    self.tool_call_args(index, fn["arguments"])
-            if choice.get("finish_reason"):
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                self._raw_delta(delta)
+            if isinstance(choice.get("finish_reason"), str) and choice["finish_reason"]:
                 self.finish_reason = choice["finish_reason"]
+
+    def _raw_delta(self, delta: dict[str, Any]) -> None:
+        content = delta.get("content")
+        if isinstance(content, list):  # typed parts (Mistral's reasoning models): their text
+            content = "".join(p["text"] for p in content if isinstance(p, dict)
+                              and p.get("type") == "text" and isinstance(p.get("text"), str))
+        if isinstance(content, str) and content:
+            self.content(content)
+        reasoning = delta.get("reasoning_content")
+        if isinstance(reasoning, str) and reasoning:
+            self.reasoning(reasoning)
+        calls = delta.get("tool_calls")
+        for tc in calls if isinstance(calls, list) else ():
+            index = tc.get("index", 0) if isinstance(tc, dict) else None
+            if type(index) is not int or not 0 <= index < _MAX_TOOL_CALLS:
+                continue  # (the list grows to the index: a bound, whatever the upstream says)
+            fn = tc.get("function") if isinstance(tc.get("function"), dict) else {}
+            name, args = fn.get("name"), fn.get("arguments")
+            args = args if isinstance(args, str) else ""
+            if isinstance(tc.get("id"), str) and tc["id"]:
+                self.tool_call_start(index, tc["id"], name if isinstance(name, str) else "", args)
+            elif args and 0 <= index < len(self._args):
+                self.tool_call_args(index, args)
 
     def message(self) -> dict[str, Any]:
         msg: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
@@ -274,3 +298,7 @@ class TeeSink:
     def raw(self, data: bytes, finish_reason: str | None = None) -> None:
         self.encoder.raw(data, finish_reason)
         self.builder.raw_chunk(data, finish_reason)
+
+    def raw_run(self, frames: bytes, count: int) -> None:
+        self.encoder.raw_run(frames, count)
+        self.builder.raw_run(frames)

@@ -36,6 +36,8 @@ AUTH_MODES = ("api-key", "entra")
 
 
 class AzureTranslator(PassthroughTranslator):
+    run_stop = None  # every event is looked at (for a "delta")
+
     def on_event(self, event: SSEEvent) -> None:
         data = event.data
         # Cheap test first: every OpenAI chunk with a choice has a "delta" key.

@@ -34,6 +34,7 @@ from streamproxy.errors import InvalidRequest, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.base import StreamTranslator
 from streamproxy.providers.openai_compat import (
+    INTERESTING,
     OpenAIProvider,
     PassthroughTranslator,
     load_chunk,
@@ -180,6 +181,8 @@ def _flatten_choices(obj: dict[str, Any], field: str) -> bool:
 
 class MistralTranslator(CompatTranslator):
     """Only events whose content is a list are parsed for it (a byte search first)."""
+
+    run_stop = re.compile(INTERESTING.pattern + b"|" + _LIST_CONTENT.pattern)
 
     def on_event(self, event: SSEEvent) -> None:
         data = event.data
