@@ -254,6 +254,73 @@ async def test_failed_answers_are_never_cached(proxy: Any) -> None:
             await drained(client)
 
 
+def _fallback(root_cache: bool, primary_cache: bool, fallback_cache: bool) -> dict[str, str]:
+    """A fallback config whose primary fails (503) and whose second target answers; `cache`
+    at the root and/or on either target."""
+    cache = {"cache": {"mode": "simple", "max_age": 60}}
+    config = {"strategy": {"mode": "fallback"}, **(cache if root_cache else {}), "targets": [
+        {"provider": "mock", "override_params": {"model": "fast:status=503"},
+         **(cache if primary_cache else {})},
+        {"provider": "mock-openai", "override_params": {"model": "fast:tokens=3"},
+         **(cache if fallback_cache else {})}]}
+    return {"x-portkey-config": orjson.dumps(config).decode()}
+
+
+ANSWERING = {"x-portkey-config": orjson.dumps({  # the fallback's target, on its own
+    "provider": "mock-openai", "override_params": {"model": "fast:tokens=3"},
+    "cache": {"mode": "simple", "max_age": 60}}).decode()}
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_an_answer_is_cached_under_the_target_that_gave_it(proxy: Any,
+                                                                  stream: bool) -> None:
+    # Portkey keys its cache by target: a fallback's answer is never served as the primary's.
+    client = await proxy(config())
+    for _ in range(2):
+        resp, out = await post(client, {"stream": stream}, _fallback(True, False, False))
+        assert resp.status == 200 and resp.headers["x-portkey-provider"] == "mock-openai"
+        assert resp.headers[STATUS] == "MISS"  # the primary's key: nothing under it
+        await drained(client)
+    resp, hit = await post(client, {"stream": stream}, ANSWERING)
+    assert resp.headers[STATUS] == "HIT"
+    assert _text(hit, stream) == _text(out, stream) == mock_text(3)
+
+
+def _text(body: bytes, stream: bool) -> str | None:
+    if stream:
+        return collect(sse_chunks(body)).content
+    return orjson.loads(body)["choices"][0]["message"]["content"]  # type: ignore[no-any-return]
+
+
+async def test_a_targets_own_cache_decides_for_that_target(proxy: Any) -> None:
+    client = await proxy(config())
+    # cache on the primary only: the fallback's answer is not kept
+    resp, _ = await post(client, {}, _fallback(False, True, False))
+    assert resp.status == 200 and resp.headers[STATUS] == "MISS"
+    await drained(client)
+    resp, _ = await post(client, {}, ANSWERING)
+    assert resp.headers[STATUS] == "MISS"
+    await drained(client)
+    # cache on the fallback target only (none at the root): kept, under its key
+    await client.server.app[FEATURES].cache.backend.close()
+    client.server.app[FEATURES].cache.backend = MemoryCache(100, 1 << 20)
+    resp, _ = await post(client, {}, _fallback(False, False, True))
+    assert resp.status == 200 and resp.headers[STATUS] == "DISABLED"  # the primary has none
+    await drained(client)
+    resp, _ = await post(client, {}, ANSWERING)
+    assert resp.headers[STATUS] == "HIT"
+    # and a target's cache config is the one looked up when it is first
+    first = {"x-portkey-config": orjson.dumps({"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "mock", "override_params": {"model": "fast:tokens=2"},
+         "cache": {"mode": "simple", "max_age": 60}}, {"provider": "mock-openai"}]}).decode()}
+    statuses = []
+    for _ in range(2):
+        resp, _ = await post(client, {}, first)
+        statuses.append(resp.headers[STATUS])
+        await drained(client)
+    assert statuses == ["MISS", "HIT"]
+
+
 async def test_bad_cache_configs_are_400(proxy: Any) -> None:
     client = await proxy(config())
     for cache in ({"mode": "semantic"}, {"mode": "simple", "max_age": -1}, "simple"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.record import RequestRecord
 from streamproxy.routing.executor import new_completion_id
+from streamproxy.routing.planner import Attempt
 from streamproxy.routing.target import Target
 from streamproxy.server.exchange import Exchange, HasHeaders
 from streamproxy.storage.service import owner_of
@@ -47,8 +49,24 @@ _STATUS = web.RequestKey("streamproxy_cache_status", str)  # for on_response_pre
 
 @dataclass(slots=True, frozen=True)
 class CacheFill:
-    key: str
+    """Where an answer will be written: under the key of the target that gave it — the plan's
+    first, whose key was looked up, or a fallback, whose own `cache` then decides (Portkey
+    keys its cache by target: an answer is never served as another target's)."""
+
+    key: str | None  # None: the first target has no cache (only a fallback's answer is kept)
     max_age: float
+    namespace: str
+    req: ChatRequest
+    attempts: Sequence[Attempt]
+
+    def for_attempt(self, index: int, settings: CacheSettings) -> tuple[str, float] | None:
+        if index == 0:
+            return None if self.key is None else (self.key, self.max_age)
+        attempt = self.attempts[index]
+        max_age = max_age_for(attempt.cache, settings)
+        if max_age is None:
+            return None
+        return _key(self.namespace, self.req, attempt.target), max_age
 
 
 def make_backend(settings: CacheSettings) -> CacheBackend:
@@ -63,18 +81,21 @@ class ResponseCache:
         self.backend = backend or make_backend(settings)
         self._writes: set[asyncio.Task[None]] = set()
 
-    async def before_upstream(self, request: Exchange, req: ChatRequest, target: Target,
-                              record: RequestRecord) -> bool:
+    async def before_upstream(self, request: Exchange, req: ChatRequest,
+                              attempts: Sequence[Attempt], record: RequestRecord) -> bool:
         """True when the cache answered the request (a hit)."""
-        max_age = max_age_for(cache_config_for(request), self.settings)
-        if max_age is None or (req.body.get("n") or 1) > 1:
-            request[_STATUS] = "DISABLED"  # (n > 1: a replay carries one choice)
+        if (req.body.get("n") or 1) > 1:
+            request[_STATUS] = "DISABLED"  # a replay carries one choice
             return False
-        provider = target.provider
-        key = cache_key(
-            namespace=owner_of(request) + "\n" + request.headers.get(NAMESPACE_HEADER, ""),
-            provider=provider.name, model=target.model or provider.cfg.default_model,
-            body=target.apply_overrides(req.body), headers=target.headers)
+        max_age = max_age_for(cache_config_for(request), self.settings)
+        namespace = owner_of(request) + "\n" + request.headers.get(NAMESPACE_HEADER, "")
+        if max_age is None:
+            request[_STATUS] = "DISABLED"
+            if any(a.cache is not None for a in attempts[1:]):  # a fallback may be cached
+                self._fill_later(record, CacheFill(None, 0, namespace, req, attempts))
+            return False
+        target = attempts[0].target
+        key = _key(namespace, req, target)
         refresh = request.headers.get(FORCE_REFRESH_HEADER, "").strip().lower() == "true"
         if not refresh:
             entry = await self.backend.get(key)
@@ -83,11 +104,15 @@ class ResponseCache:
                 await self._answer(request, req, target, record, entry)
                 return True
         request[_STATUS] = "REFRESH" if refresh else "MISS"
+        self._fill_later(record, CacheFill(key, max_age, namespace, req, attempts))
+        return False
+
+    @staticmethod
+    def _fill_later(record: RequestRecord, fill: CacheFill) -> None:
         record.capture = True
         pending = record.pending if record.pending is not None else {}
-        pending["cache"] = CacheFill(key, max_age)
+        pending["cache"] = fill
         record.pending = pending
-        return False
 
     async def _answer(self, request: Exchange, req: ChatRequest, target: Target,
                       record: RequestRecord, entry: dict[str, Any]) -> None:
@@ -127,6 +152,10 @@ class ResponseCache:
         fill = record.pending.get("cache") if record.pending else None
         if fill is None or not _succeeded(record):
             return
+        where = fill.for_attempt(record.target_index or 0, self.settings)
+        if where is None:  # a fallback answered, and its target has no cache
+            return
+        key, max_age = where
         try:
             if record.response is not None:
                 entry = cached.from_completion(record.response)
@@ -135,8 +164,7 @@ class ResponseCache:
                 if builder is None or not builder.ended or builder.failure is not None:
                     return
                 entry = cached.from_builder(builder)
-            task = asyncio.get_running_loop().create_task(
-                self.backend.set(fill.key, entry, fill.max_age))
+            task = asyncio.get_running_loop().create_task(self.backend.set(key, entry, max_age))
         except Exception:
             log.exception("could not prepare a cache entry")
             return
@@ -157,6 +185,13 @@ class ResponseCache:
     async def close(self) -> None:
         await self.drain()
         await self.backend.close()
+
+
+def _key(namespace: str, req: ChatRequest, target: Target) -> str:
+    provider = target.provider
+    return cache_key(namespace=namespace, provider=provider.name,
+                     model=target.model or provider.cfg.default_model,
+                     body=target.apply_overrides(req.body), headers=target.headers)
 
 
 def _succeeded(record: RequestRecord) -> bool:

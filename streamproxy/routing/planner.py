@@ -33,6 +33,7 @@ class Attempt:
     retry: RetrySpec = NO_RETRY
     breaker: BreakerSpec | None = None
     groups: tuple[Group, ...] = ()
+    cache: dict[str, Any] | None = None  # the leaf's `cache`, or its nearest parent's
 
     @property
     def breaker_key(self) -> str:
@@ -43,7 +44,11 @@ class Attempt:
 @dataclass(slots=True)
 class Plan:
     attempts: list[Attempt]
-    cache: dict[str, Any] | None = None
+
+    @property
+    def cache(self) -> dict[str, Any] | None:
+        """The request's `cache` config: its first target's (where the cache looks)."""
+        return self.attempts[0].cache
 
     def next_after(self, index: int, status: int) -> int | None:
         """The attempt to try after `index` failed with `status`, or None: the request fails."""
@@ -59,8 +64,9 @@ class Plan:
         return None
 
 
-def single(target: Target, retry: RetrySpec = NO_RETRY) -> Plan:
-    return Plan([Attempt(target, "config", retry)])
+def single(target: Target, retry: RetrySpec = NO_RETRY,
+           cache: dict[str, Any] | None = None) -> Plan:
+    return Plan([Attempt(target, "config", retry, cache=cache)])
 
 
 Resolve = Callable[[ConfigNode], Target]
@@ -76,16 +82,18 @@ class _Walk:
     targets: dict[str, Target]
     next_group: int = 0
 
-    def attempts(self, node: ConfigNode, groups: tuple[Group, ...]) -> list[Attempt]:
+    def attempts(self, node: ConfigNode, groups: tuple[Group, ...],
+                 cache: dict[str, Any] | None = None) -> list[Attempt]:
+        cache = node.cache if node.cache is not None else cache  # inherited, as in Portkey
         if node.is_leaf:
             return [Attempt(self.targets[node.path], node.path, node.retry, node.breaker,
-                            groups)]
+                            groups, cache)]
         if node.mode == "fallback":
             gid = self.next_group
             self.next_group += 1
-            return [a for i, child in enumerate(node.targets)
-                    for a in self.attempts(child, (*groups, (gid, i, node.on_status_codes)))]
-        return self.attempts(self.choose(node), groups)
+            return [a for i, child in enumerate(node.targets) for a in self.attempts(
+                child, (*groups, (gid, i, node.on_status_codes)), cache)]
+        return self.attempts(self.choose(node), groups, cache)
 
     def choose(self, node: ConfigNode) -> ConfigNode:
         if node.mode == "single":
@@ -129,4 +137,4 @@ def plan(root: ConfigNode, resolve: Resolve, *, rng: random.Random,
     walk = _Walk(resolve, rng, breakers, metadata or {}, params or {}, targets)
     attempts = walk.attempts(root, ())
     closed = [a for a in attempts if not breakers.is_open(a.breaker_key, a.breaker)]
-    return Plan(closed or attempts, root.cache)
+    return Plan(closed or attempts)

@@ -81,7 +81,7 @@ async def chat(ex: Exchange) -> None:
         _only_allowed(ex, plan)
         ex[PLAN] = plan
         # Stored completions and the response cache (issue 7): a cache hit is answered here.
-        if await before_upstream(ex, req, plan.attempts[0].target, record):
+        if await before_upstream(ex, req, plan.attempts, record):
             return
         if req.stream:
             await _stream(ex, state, req, plan, record)

@@ -8,6 +8,7 @@ request for capture and lets the cache answer a hit before any upstream is asked
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,7 @@ from streamproxy.cache.config import parse_cache_settings
 from streamproxy.cache.service import ResponseCache
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.record import RequestRecord
-from streamproxy.routing.target import Target
+from streamproxy.routing.planner import Attempt
 from streamproxy.server.exchange import Exchange
 from streamproxy.storage.config import parse_storage_config
 from streamproxy.storage.service import StoredCompletions
@@ -46,12 +47,12 @@ def install(app: web.Application, state: AppState) -> None:
     app.on_cleanup.append(_close)
 
 
-async def before_upstream(ex: Exchange, req: ChatRequest, target: Target,
+async def before_upstream(ex: Exchange, req: ChatRequest, attempts: Sequence[Attempt],
                           record: RequestRecord) -> bool:
     """True when the cache answered; False when the request goes upstream."""
     features = ex.app[FEATURES]
     features.storage.before_upstream(ex, req, record)
-    return await features.cache.before_upstream(ex, req, target, record)
+    return await features.cache.before_upstream(ex, req, attempts, record)
 
 
 async def _close(app: web.Application) -> None:
