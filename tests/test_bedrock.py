@@ -23,7 +23,7 @@ from botocore.credentials import RefreshableCredentials
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamproxy.config import ConfigError
+from streamproxy.config import ConfigError, parse_config
 from streamproxy.errors import AuthenticationFailed, InvalidRequest, ProxyError
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.request import parse_chat_request
@@ -349,6 +349,33 @@ def test_stop_reasons(reason: str, finish: str) -> None:
     body = event("messageStart", {}) + event("messageStop", {"stopReason": reason}) + \
         event("metadata", {"usage": {"inputTokens": 1, "outputTokens": 1}})
     assert collect(sse_chunks(translate([body]))).finish_reason == finish
+
+
+@pytest.mark.parametrize("reason", ["malformed_tool_use", "malformed_model_output"])
+def test_stop_reasons_that_mean_no_usable_answer_are_errors(reason: str) -> None:
+    # A tool call's input cut or invalid: never a clean finish around partial arguments.
+    body = b"".join([
+        event("messageStart", {"role": "assistant"}),
+        event("contentBlockStart", {"contentBlockIndex": 0, "start": {
+            "toolUse": {"toolUseId": "t1", "name": "a"}}}),
+        event("contentBlockDelta", {"contentBlockIndex": 0,
+                                    "delta": {"toolUse": {"input": '{"x": '}}}),
+        event("contentBlockStop", {"contentBlockIndex": 0}),
+        event("messageStop", {"stopReason": reason}),
+        event("metadata", {"usage": {"inputTokens": 1, "outputTokens": 2}})])
+    c = collect(sse_chunks(translate([body])))
+    assert c.finish_reason is None and not c.done
+    assert c.error is not None and c.error["code"] == reason
+    provider = BedrockProvider(parse_config({"providers": {"b": {
+        "type": "bedrock", "region": "us-east-1", "api_key": "k"}}}, "<t>").providers["b"])
+    answer = orjson.dumps({"output": {"message": {"role": "assistant", "content": [
+        {"toolUse": {"toolUseId": "t1", "name": "a", "input": {}}}]}}, "stopReason": reason,
+        "usage": {"inputTokens": 1, "outputTokens": 2}})
+    with pytest.raises(ProxyError) as failed:
+        provider.translate_response(answer, parse_chat_request(
+            b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'),
+            completion_id="c", created=1)
+    assert failed.value.status == 502 and failed.value.code == reason
 
 
 THINKING = [

@@ -8,8 +8,10 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pytest
 
+from streamproxy.errors import ProxyError
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
@@ -168,6 +170,64 @@ async def test_passthrough_hides_the_usage_chunk_the_client_did_not_ask_for(
     assert c.usage is None and c.done and c.content == GOLDEN["openai-text"].content
     sent = upstream.requests[0].json()
     assert sent["stream_options"] == {"include_usage": True}  # asked upstream for the counts
+
+
+def _passthrough(body: bytes) -> bytes:
+    """What the client gets from a pass-through stream, a failure after commit included."""
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
+    tr = PassthroughTranslator(enc, 1 << 20, provider="p", client_wants_usage=True)
+    try:
+        tr.feed(body)
+        tr.close()
+    except ProxyError as e:  # what the relay does with a failure after commit
+        enc.error(e)
+    return enc.take()
+
+
+def test_an_event_of_several_data_lines_reaches_the_client_as_one_line() -> None:
+    # The decoder joins the lines with LF; framed as they came, the client would read the
+    # second line as a field of its own and get cut JSON.
+    body = (b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",\n'
+            b'data: "choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n'
+            b'data: [DONE]\n\n')
+    c = collect(sse_chunks(_passthrough(body)))
+    assert c.content == "Hi" and c.done and c.error is None
+
+
+def test_an_event_cut_by_the_end_of_the_stream_is_never_forwarded() -> None:
+    cut = (b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
+           b'"choices":[{"index":0,"delta":{"content":"Hi"}')  # ends with "}" by chance
+    out = _passthrough(_chunk_event("He") + cut)
+    c = collect(sse_chunks(out))  # (collect parses every frame: a cut one would raise)
+    assert c.content == "He" and c.error is not None and not c.done
+    # `data: [DONE]` without its blank line is still the normal end
+    c = collect(sse_chunks(_passthrough(_chunk_event("He") + b"data: [DONE]")))
+    assert c.content == "He" and c.done and c.error is None
+
+
+def _chunk_event(text: str) -> bytes:
+    return b"data: " + orjson.dumps({
+        "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}) + b"\n\n"
+
+
+def test_anthropic_usage_left_null_by_message_delta_keeps_message_start_values() -> None:
+    start = {"type": "message_start", "message": {"id": "m", "model": "c", "usage": {
+        "input_tokens": 10, "cache_read_input_tokens": 1000,
+        "cache_creation_input_tokens": 50, "output_tokens": 1}}}
+    delta = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {
+        "input_tokens": None, "cache_read_input_tokens": None,
+        "cache_creation_input_tokens": None, "output_tokens": 7}}
+    body = b"".join(b"event: %b\ndata: %b\n\n" % (e["type"].encode(), orjson.dumps(e))
+                    for e in (start, delta, {"type": "message_stop"}))
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
+    tr = AnthropicStreamTranslator(enc, 1 << 20)
+    tr.feed(body)
+    tr.close()
+    usage = collect(sse_chunks(enc.take())).usage
+    assert usage is not None
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (1060, 7)
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 1000}
 
 
 def test_request_parse_keeps_raw_bytes() -> None:

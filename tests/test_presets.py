@@ -179,6 +179,52 @@ async def test_failure_finishes_become_error_frames(proxy: Any, upstream: Any, k
     assert c.finish_reason is None and not c.done and "[DONE]" not in chunks
 
 
+def _answer(reason: str, content: Any = "Hello world") -> bytes:
+    return orjson.dumps({"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+                         "usage": USAGE, "choices": [{"index": 0, "finish_reason": reason,
+                                                      "message": {"role": "assistant",
+                                                                  "content": content}}]})
+
+
+@pytest.mark.parametrize(("kind", "upstream_reason", "reason"), [
+    ("together", "eos", "stop"), ("mistral", "model_length", "length"),
+    ("fireworks", "length", "length"),
+])
+async def test_non_streamed_finish_reasons_are_mapped_as_streamed_ones(
+        proxy: Any, upstream: Any, kind: str, upstream_reason: str, reason: str) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = _answer(upstream_reason)
+    client = await proxy(provider_config(kind, upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "messages": HI})
+    answer = await resp.json()
+    assert resp.status == 200 and answer["choices"][0]["finish_reason"] == reason
+    assert answer["choices"][0]["message"]["content"] == "Hello world"
+
+
+@pytest.mark.parametrize(("kind", "upstream_reason", "status"), [
+    ("deepseek", "insufficient_system_resource", 503), ("openrouter", "error", 502),
+    ("mistral", "error", 502),
+])
+async def test_non_streamed_failure_finishes_are_errors(proxy: Any, upstream: Any, kind: str,
+                                                        upstream_reason: str,
+                                                        status: int) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = _answer(upstream_reason)
+    client = await proxy(provider_config(kind, upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "messages": HI})
+    assert resp.status == status
+    assert (await resp.json())["error"]["code"] == upstream_reason
+
+
+def test_mistral_non_streamed_list_content_and_finish_reason_are_both_mapped() -> None:
+    provider, _ = build("mistral")
+    body = _answer("model_length", [{"type": "text", "text": "Hi"}])
+    answer = orjson.loads(provider.translate_response(body, request(), completion_id="c",
+                                                      created=1))
+    assert answer["choices"][0]["finish_reason"] == "length"
+    assert answer["choices"][0]["message"]["content"] == "Hi"
+
+
 # -- OpenRouter ---------------------------------------------------------------------------------
 async def test_openrouter_keepalives_and_mid_stream_error(proxy: Any, upstream: Any) -> None:
     body = sse(b": OPENROUTER PROCESSING\n\n", HEAD[0], b": OPENROUTER PROCESSING\n\n",

@@ -74,12 +74,17 @@ class SSETranslator(StreamTranslator):
         for event in self._decoder.close():
             if self.done:
                 break
-            self.on_event(event)
+            self.on_unended_event(event)
         if not self.done:
             raise StreamTruncated("the upstream closed the stream before it was complete")
 
     def on_event(self, event: SSEEvent) -> None:
         raise NotImplementedError
+
+    def on_unended_event(self, event: SSEEvent) -> None:
+        """An event the stream's end cut off before its blank line (`close`): the decoder
+        hands it on as openai-python does, so `data: [DONE]` alone still ends the stream."""
+        self.on_event(event)
 
 
 def load_event_json(data: bytes) -> dict[str, Any]:

@@ -106,6 +106,8 @@ class PassthroughTranslator(SSETranslator):
         if data[:6] == b"[DONE]":
             self.on_done()
             return
+        if 0x0A in data:  # several data: lines, joined by the decoder: one line again
+            data = orjson.dumps(load_event_json(data))
         if INTERESTING.search(data) is not None:
             self.on_chunk(load_chunk(data), data)
             return
@@ -114,6 +116,12 @@ class PassthroughTranslator(SSETranslator):
             # (the parse, only on this rare path, still lets padded JSON through).
             load_event_json(data)
         self.out.raw(data)
+
+    def on_unended_event(self, event: SSEEvent) -> None:
+        # Forwarded only if it parses: a cut that happens to end with "}" is an error.
+        if event.data[:6] != b"[DONE]":
+            load_event_json(event.data)
+        self.on_event(event)
 
     def on_done(self) -> None:
         """The upstream's `[DONE]`, the normal end (a subclass may emit a last chunk first)."""

@@ -116,6 +116,35 @@ class CompatProvider(OpenAIProvider):
                                 finish_reasons=self.finish_reasons,
                                 failed_finishes=self.failed_finishes)
 
+    def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
+                           created: int) -> bytes:
+        """A non-streamed answer gets its stream's finish-reason handling: mapped, or an
+        error when the reason means the answer failed (before anything reached the client,
+        so retries and fallbacks apply)."""
+        if not (self.finish_reasons or self.failed_finishes) or b"finish_reason" not in body:
+            return body
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body  # the executor's parse reports it
+        return orjson.dumps(answer) if self._map_finishes(answer) else body
+
+    def _map_finishes(self, answer: Any) -> bool:
+        changed = False
+        choices = answer.get("choices") if isinstance(answer, dict) else None
+        for choice in choices if isinstance(choices, list) else ():
+            reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+            if not isinstance(reason, str):
+                continue
+            if reason in self.failed_finishes:
+                raise UpstreamStatusError(
+                    self.failed_finishes[reason], f"the provider ended the answer with "
+                    f"finish_reason '{reason}'", provider=self.name, code=reason)
+            if reason in self.finish_reasons:
+                choice["finish_reason"] = self.finish_reasons[reason]
+                changed = True
+        return changed
+
 
 class GroqProvider(CompatProvider):
     type_name: ClassVar[str] = "groq"
@@ -190,7 +219,7 @@ class MistralTranslator(CompatTranslator):
             super().on_event(event)
             return
         chunk = load_chunk(data)
-        changed = _flatten_choices(chunk, "delta")
+        changed = _flatten_choices(chunk, "delta") or 0x0A in data
         self.on_chunk(chunk, orjson.dumps(chunk) if changed else data)
 
 
@@ -224,9 +253,15 @@ class MistralProvider(CompatProvider):
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
                            created: int) -> bytes:
         if _LIST_CONTENT.search(body) is None:
-            return body
-        answer = orjson.loads(body)
-        return orjson.dumps(answer) if _flatten_choices(answer, "message") else body
+            return super().translate_response(body, req, completion_id=completion_id,
+                                              created=created)
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body  # the executor's parse reports it
+        changed = _flatten_choices(answer, "message")
+        changed = self._map_finishes(answer) or changed
+        return orjson.dumps(answer) if changed else body
 
     def adapt_body(self, body: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in body.items() if k not in self.dropped_params}

@@ -151,7 +151,10 @@ class AnthropicStreamTranslator(SSETranslator):
             self._start(message.get("model"))
         elif kind == "message_delta":
             self._start(None)
-            self._usage.update(msg.get("usage") or {})
+            # Fields the delta leaves out — or sends as null (Anthropic-compatible upstreams,
+            # and the SDK's types allow it) — keep message_start's values.
+            self._usage.update((k, v) for k, v in (msg.get("usage") or {}).items()
+                               if v is not None)
             reason = (msg.get("delta") or {}).get("stop_reason")
             if reason:
                 self.out.finish(FINISH_REASONS.get(reason, "stop"))

@@ -81,7 +81,7 @@ class BedrockProvider(Provider):
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
                            created: int) -> dict[str, Any]:
         return to_completion(body, completion_id=completion_id, created=created,
-                             model=req.model or "")
+                             model=req.model or "", provider=self.name)
 
     def error_from_response(self, status: int, body: bytes,
                             headers: Mapping[str, str]) -> UpstreamStatusError:

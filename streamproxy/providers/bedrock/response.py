@@ -8,16 +8,24 @@ import orjson
 
 from streamproxy.errors import UpstreamProtocolError
 from streamproxy.openai_api.completion import CompletionBuilder
-from streamproxy.providers.bedrock.stream import FINISH_REASONS, map_usage
+from streamproxy.providers.bedrock.stream import (
+    FAILED_REASONS,
+    FINISH_REASONS,
+    failed_stop,
+    map_usage,
+)
 
 
-def to_completion(body: bytes, *, completion_id: str, created: int, model: str) -> dict[str, Any]:
+def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
+                  provider: str = "bedrock") -> dict[str, Any]:
     try:
         answer = orjson.loads(body)
         blocks = answer["output"]["message"]["content"]
         out = _translate(blocks, answer)
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
         raise UpstreamProtocolError("the upstream answered with a malformed message") from None
+    if answer.get("stopReason") in FAILED_REASONS:
+        raise failed_stop(answer["stopReason"], provider)
     return out.completion(completion_id=completion_id, created=created, model=model)
 
 

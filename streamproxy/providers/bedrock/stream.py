@@ -50,6 +50,14 @@ FINISH_REASONS = {
     "guardrail_intervened": "content_filter",
     "content_filtered": "content_filter",
 }
+# Stop reasons that mean no usable answer was produced (a tool call's input cut or invalid):
+# an error, never a finish that looks complete (provider-streams.md §2.4).
+FAILED_REASONS = {"malformed_tool_use": 502, "malformed_model_output": 502}
+
+
+def failed_stop(reason: str, provider: str) -> UpstreamStatusError:
+    return UpstreamStatusError(FAILED_REASONS[reason], f"Bedrock ended the answer with "
+                               f"stopReason '{reason}'.", provider=provider, code=reason)
 
 # AWS error shape name (lower-cased) → HTTP status, for exception frames (camelCase names) and
 # HTTP error bodies (`x-amzn-errortype: ValidationException:...`). AWS Bedrock API reference.
@@ -227,8 +235,13 @@ class BedrockStreamTranslator(StreamTranslator):
             self._start()
         elif event == "messageStop":
             self._start()
+            reason = body.get("stopReason") or "end_turn"
+            if reason in FAILED_REASONS:
+                self.out.error(failed_stop(reason, self._provider))
+                self.done = True
+                return
             self._stopped = True
-            self.out.finish(FINISH_REASONS.get(body.get("stopReason") or "end_turn", "stop"))
+            self.out.finish(FINISH_REASONS.get(reason, "stop"))
         elif event == "metadata":
             self._start()
             if body.get("usage"):
