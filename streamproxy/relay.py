@@ -104,7 +104,9 @@ async def _pull(translator: StreamTranslator, encoder: ChunkEncoder, deadline: D
         translator.feed(data)
         out = encoder.take()
         if out:
+            deadline.hold()  # a write that waits for a slow client is not the provider's gap
             await write(out)
+            deadline.release()
 
 
 class _Pump:
@@ -169,6 +171,7 @@ class _Pump:
         elif self._client.full:
             self._held = []
             self._upstream.pause_reading()
+            self._deadline.hold()  # the wait for the client is not the provider's gap
             self._wake()
 
     def end(self, exc: BaseException | None) -> None:
@@ -186,6 +189,7 @@ class _Pump:
 
     def _release_held(self) -> None:
         held, self._held = self._held or [], None
+        self._deadline.release()
         if held:
             self.data(b"".join(held))
         if self._held is None:

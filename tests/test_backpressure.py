@@ -83,7 +83,10 @@ async def test_a_client_that_stops_reading_stops_the_upstream(kind: str, proxy: 
                                                               aiohttp_server: Any) -> None:
     upstream = EndlessUpstream(kind)
     server = await aiohttp_server(upstream.app())
-    client = await proxy(provider_config(kind, str(server.make_url("")).rstrip("/")))
+    # An idle timeout far shorter than the client's pause: while the client is full, the
+    # upstream is paused by us, not idle, and the stream must survive the pause.
+    client = await proxy(provider_config(kind, str(server.make_url("")).rstrip("/"),
+                                         timeouts={"idle": 0.5}))
     body = orjson.dumps({"model": "m", "stream": True,
                          "messages": [{"role": "user", "content": "hi"}]})
     reader, writer = await open_slow_client(client.server.port, body)
@@ -99,9 +102,11 @@ async def test_a_client_that_stops_reading_stops_the_upstream(kind: str, proxy: 
         await asyncio.sleep(1.0)
         assert upstream.written == stalled_at
         # Reading again releases it: the stream was paused, not broken.
+        got = b""
         for _ in range(50):
-            await asyncio.wait_for(reader.read(1 << 20), 10)
+            got += await asyncio.wait_for(reader.read(1 << 20), 10)
         await asyncio.sleep(0.2)
         assert upstream.written > stalled_at
+        assert b'"error"' not in got
     finally:
         writer.close()

@@ -64,12 +64,20 @@ class Client:
 
 class Deadline:
     reads = 0
+    held = False
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
 
     def progress(self) -> None:
+        assert not self.held, "a read while held"
         self.reads += 1
+
+    def hold(self) -> None:
+        self.held = True
+
+    def release(self) -> None:
+        self.held = False
 
 
 def parts() -> tuple[ChunkEncoder, AnthropicStreamTranslator]:

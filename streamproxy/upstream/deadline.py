@@ -18,7 +18,7 @@ from streamproxy.errors import ProxyError, UpstreamTimeout
 
 
 class Deadline:
-    __slots__ = ("_handle", "_last", "_provider", "_since", "_start", "_streaming",
+    __slots__ = ("_handle", "_held", "_last", "_provider", "_since", "_start", "_streaming",
                  "_task", "_timeouts", "expired", "loop", "max_gap", "reads")
 
     def __init__(self, timeouts: Timeouts, provider: str) -> None:
@@ -32,6 +32,7 @@ class Deadline:
         self._provider = provider
         self._start = self._last = self.loop.time()
         self._streaming = False
+        self._held = False  # upstream reads paused for a slow client (`hold`)
         self._since = self._start
         self.reads = 0  # reads after the first event, and the largest gap between two reads:
         self.max_gap = 0.0  # kept here because progress() already has the clock (metrics)
@@ -47,8 +48,10 @@ class Deadline:
         """The task that carries the stream (cancelled on expiry)."""
         return self._task
 
-    def _due(self) -> float:
+    def _due(self) -> float | None:
         t = self._timeouts
+        if self._held:  # the gap is the client's doing: only the total applies
+            return None if t.total is None else self._start + t.total
         due = self._last + t.idle if self._streaming else self._start + t.first_token
         if t.total is not None:
             due = min(due, self._start + t.total)
@@ -68,13 +71,28 @@ class Deadline:
         self._streaming = True
         self._last = self._since = self.loop.time()
         due = self._due()  # later than the armed time, unless the timer already re-armed
-        if self._handle is not None and due < self._handle.when():
+        if self._handle is not None and due is not None and due < self._handle.when():
             self._handle.cancel()
             self._handle = self.loop.call_at(due, self._fire)
+
+    def hold(self) -> None:
+        """The client's buffer is full and upstream reads are paused: the wait is not the
+        provider's, so no idle (or first-token) deadline runs until `release()`."""
+        self._held = True
+
+    def release(self) -> None:
+        """Reads resume: the idle gap counts again, from now."""
+        self._held = False
+        self._last = self.loop.time()
+        if self._handle is None and self.expired is None:
+            self._handle = self.loop.call_at(self._due(), self._fire)  # type: ignore[arg-type]
 
     def _fire(self) -> None:
         now = self.loop.time()
         due = self._due()
+        if due is None:  # held, with no total: release() re-arms
+            self._handle = None
+            return
         if now + 0.001 < due:
             self._handle = self.loop.call_at(due, self._fire)
             return
