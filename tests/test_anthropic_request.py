@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from streamproxy.errors import InvalidRequest
+from streamproxy.providers.anthropic.request import to_anthropic
 from tests.conftest import provider_config
 from tests.helpers import fixture_bytes, make_config
 
@@ -108,6 +110,62 @@ async def test_max_tokens_reasoning_and_response_format(proxy: Any, upstream: An
     assert sent["thinking"] == {"type": "enabled", "budget_tokens": 4096}
     assert sent["max_tokens"] > 4096
     assert "JSON" in sent["system"][-1]["text"]
+
+
+def translate(**body: Any) -> dict[str, Any]:
+    return to_anthropic({"messages": [{"role": "user", "content": "x"}], **body}, "claude-x")
+
+
+@pytest.mark.parametrize(("body", "budget", "max_tokens"), [
+    # The client's max counts thinking and answer together (OpenAI's max_completion_tokens):
+    # it is kept, and the budget stays below it (Anthropic: 1024 <= budget < max_tokens).
+    ({"reasoning_effort": "high", "max_completion_tokens": 5000}, 4999, 5000),
+    ({"reasoning_effort": "low", "max_tokens": 1025}, 1024, 1025),
+    ({"reasoning_effort": "medium", "max_tokens": 30000}, 4096, 30000),
+    # No client max: room for the budget and the default answer allowance.
+    ({"reasoning_effort": "high"}, 16384, 16384 + 4096),
+    ({"thinking": {"type": "enabled", "budget_tokens": 10000}}, 10000, 10000 + 4096),
+    # The client's own thinking object wins over reasoning_effort, and sizes max_tokens.
+    ({"thinking": {"type": "enabled", "budget_tokens": 2000}, "reasoning_effort": "high"},
+     2000, 2000 + 4096),
+])
+def test_thinking_budget_stays_below_max_tokens(body: dict[str, Any], budget: int,
+                                                max_tokens: int) -> None:
+    out = translate(**body)
+    assert out["thinking"] == {"type": "enabled", "budget_tokens": budget}
+    assert out["max_tokens"] == max_tokens
+
+
+def test_a_native_thinking_object_is_sent_as_given() -> None:
+    adaptive = translate(thinking={"type": "adaptive"})
+    assert adaptive["thinking"] == {"type": "adaptive"} and adaptive["max_tokens"] == 4096
+    tight = translate(thinking={"type": "enabled", "budget_tokens": 3000}, max_tokens=2000)
+    assert tight["thinking"]["budget_tokens"] == 3000 and tight["max_tokens"] == 2000
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"reasoning_effort": "high", "max_completion_tokens": 1000}, "max_completion_tokens"),
+    ({"reasoning_effort": "low", "max_tokens": 1024}, "max_tokens"),
+])
+def test_a_max_too_small_for_any_thinking_budget_is_a_400(body: dict[str, Any],
+                                                           param: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        translate(**body)
+    assert caught.value.param == param
+    assert f"'{param}' to at least 1025" in str(caught.value)
+
+
+async def test_a_max_too_small_for_thinking_is_refused_before_sending(proxy: Any,
+                                                                      upstream: Any) -> None:
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "x"}], "reasoning_effort": "high",
+        "max_completion_tokens": 1000})
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == "max_completion_tokens" and "reasoning_effort" in error["message"]
+    assert not upstream.requests
 
 
 async def test_thinking_blocks_are_sent_back(proxy: Any, upstream: Any) -> None:

@@ -512,6 +512,35 @@ def test_reasoning_effort_is_claude_thinking_and_dropped_elsewhere() -> None:
     assert "additionalModelRequestFields" not in nova and "inferenceConfig" not in nova
 
 
+CLAUDE = "us.anthropic.claude-sonnet-4-20250514-v1:0"
+
+
+@pytest.mark.parametrize(("body", "budget", "max_tokens"), [
+    ({"reasoning_effort": "high", "max_completion_tokens": 5000}, 4999, 5000),
+    ({"reasoning_effort": "low", "max_tokens": 1025}, 1024, 1025),
+    ({"reasoning_effort": "high"}, 16384, 16384 + 4096),
+    ({"additionalModelRequestFields": {"thinking": {"type": "enabled", "budget_tokens": 10000},
+                                       "top_k": 5}}, 10000, 10000 + 4096),
+])
+def test_claude_thinking_budget_stays_below_max_tokens(body: dict[str, Any], budget: int,
+                                                       max_tokens: int) -> None:
+    out = to_converse({"messages": [{"role": "user", "content": "hi"}], **body}, CLAUDE)
+    assert out["additionalModelRequestFields"]["thinking"] == {"type": "enabled",
+                                                               "budget_tokens": budget}
+    assert out["inferenceConfig"] == {"maxTokens": max_tokens}
+
+
+def test_claude_max_too_small_for_thinking_is_a_400() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        to_converse({"messages": [{"role": "user", "content": "hi"}],
+                     "reasoning_effort": "high", "max_completion_tokens": 1000}, CLAUDE)
+    assert caught.value.param == "max_completion_tokens"
+    # Other models take no thinking budget: their max is not checked against one.
+    nova = to_converse({"messages": [{"role": "user", "content": "hi"}],
+                        "reasoning_effort": "high", "max_completion_tokens": 1000}, MODEL)
+    assert nova["inferenceConfig"] == {"maxTokens": 1000}
+
+
 def test_documents_json_mode_and_rejections() -> None:
     pdf = {"type": "file", "file": {"filename": "Q3 report (final).pdf",
                                     "file_data": "data:application/pdf;base64,JVBERi0="}}

@@ -5,7 +5,8 @@ Choices (README "Anthropic"):
 - consecutive tool results become one user message of `tool_result` blocks; consecutive
   messages of one role are merged, since Anthropic wants alternating turns;
 - `max_tokens` defaults to DEFAULT_MAX_TOKENS (Anthropic requires one);
-- `reasoning_effort` low/medium/high → a thinking budget of 1024/4096/16384 tokens;
+- `reasoning_effort` low/medium/high → a thinking budget of 1024/4096/16384 tokens, kept below
+  the client's max (see `thinking.py`);
 - `response_format` json_schema → `output_config.format` (structured outputs); json_object →
   a system instruction to answer with one JSON object;
 - assistant `thinking_blocks` (as we stream them) are sent back as thinking blocks;
@@ -18,13 +19,14 @@ from typing import Any
 
 from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import OPENAI_ONLY, parse_data_url, texts, tool_call_input
+from streamproxy.providers.anthropic.thinking import fit_thinking
 
 DEFAULT_MAX_TOKENS = 4096
-THINKING_BUDGET = {"low": 1024, "medium": 4096, "high": 16384}
 # OpenAI parameters with no Anthropic equivalent: dropped, never forwarded.
 DROPPED = OPENAI_ONLY | {"frequency_penalty", "presence_penalty", "seed"}
-# Anthropic-native parameters a client may pass through (e.g. openai SDK `extra_body`).
-PASSTHROUGH = ("top_k", "thinking")
+# Anthropic-native parameters a client may pass through (e.g. openai SDK `extra_body`);
+# `thinking` too, which also sizes `max_tokens` (fit_thinking).
+PASSTHROUGH = ("top_k",)
 
 
 def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
@@ -33,12 +35,10 @@ def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
                              param="n", code="unsupported_value")
     system, messages = _messages(body["messages"])
     out: dict[str, Any] = {"model": model, "messages": messages}
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    effort = body.get("reasoning_effort")
-    budget = THINKING_BUDGET.get(effort) if isinstance(effort, str) else None
-    if budget:
-        out["thinking"] = {"type": "enabled", "budget_tokens": budget}
-        max_tokens = max_tokens or budget + DEFAULT_MAX_TOKENS
+    thinking, max_tokens = fit_thinking(body, body.get("thinking"), body.get("reasoning_effort"),
+                                        DEFAULT_MAX_TOKENS)
+    if thinking is not None:
+        out["thinking"] = thinking
     out["max_tokens"] = max_tokens or DEFAULT_MAX_TOKENS
     for key in ("temperature", "top_p", *PASSTHROUGH):
         if body.get(key) is not None:

@@ -11,8 +11,8 @@ Choices (docs/providers/bedrock.md):
   toolResult blocks, where Bedrock requires a `toolConfig`, so the tools stay and "none" is not
   enforced. A conversation with tool blocks and no `tools` gets name-only tool specs;
 - `reasoning_effort` low/medium/high → `additionalModelRequestFields.thinking` with a budget of
-  1024/4096/16384 tokens for Claude models (`anthropic.claude` in the model id); dropped for
-  other models;
+  1024/4096/16384 tokens for Claude models (`anthropic.claude` in the model id), kept below the
+  client's max as on Anthropic (anthropic/thinking.py); dropped for other models;
 - assistant `thinking_blocks` (as we stream them) go back as `reasoningContent` blocks;
 - `response_format` json_object / json_schema → a system instruction (not enforced by Bedrock);
 - Converse-native fields a client may pass (openai SDK `extra_body`) are forwarded: PASSTHROUGH;
@@ -28,9 +28,9 @@ import orjson
 
 from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import OPENAI_ONLY, parse_data_url, texts, tool_call_input
+from streamproxy.providers.anthropic.thinking import fit_thinking
 
-DEFAULT_MAX_TOKENS = 4096
-THINKING_BUDGET = {"low": 1024, "medium": 4096, "high": 16384}
+DEFAULT_MAX_TOKENS = 4096  # the answer's allowance beside a thinking budget
 # OpenAI parameters with no Converse equivalent: dropped, never forwarded.
 DROPPED = OPENAI_ONLY | {"frequency_penalty", "presence_penalty", "seed", "user",
                         "parallel_tool_calls"}
@@ -78,14 +78,12 @@ def to_converse(body: dict[str, Any], model: str) -> dict[str, Any]:
 
 def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> dict[str, Any]:
     config: dict[str, Any] = {}
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    effort = body.get("reasoning_effort")
-    budget = THINKING_BUDGET.get(effort) if isinstance(effort, str) else None
-    if budget and is_claude(model):
-        fields = dict(out.get("additionalModelRequestFields") or {})
-        fields.setdefault("thinking", {"type": "enabled", "budget_tokens": budget})
-        out["additionalModelRequestFields"] = fields
-        max_tokens = max_tokens or budget + DEFAULT_MAX_TOKENS  # Claude wants max > budget
+    fields = out.get("additionalModelRequestFields")
+    fields = fields if isinstance(fields, dict) else {}
+    effort = body.get("reasoning_effort") if is_claude(model) else None
+    thinking, max_tokens = fit_thinking(body, fields.get("thinking"), effort, DEFAULT_MAX_TOKENS)
+    if thinking is not None and "thinking" not in fields:
+        out["additionalModelRequestFields"] = {**fields, "thinking": thinking}
     if max_tokens:
         config["maxTokens"] = max_tokens
     if body.get("temperature") is not None:

@@ -1,0 +1,57 @@
+"""Claude's extended-thinking budget against `max_tokens` (pure), shared by the Anthropic and
+the Bedrock (Claude) requests.
+
+Anthropic requires 1024 <= `thinking.budget_tokens` < `max_tokens` (provider-streams.md §3.2).
+OpenAI's `max_completion_tokens` counts reasoning tokens too, so a client's max is the cap on
+thinking and answer together: it is kept, and the budget made from `reasoning_effort` is capped
+below it — or, when that would leave less than 1024, the request is a 400 saying what to change.
+Without a client max, `max_tokens` makes room for the budget plus the default answer allowance.
+A `thinking` object the client passed itself is sent as given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamproxy.errors import InvalidRequest
+
+MIN_BUDGET = 1024
+EFFORT_BUDGET = {"low": 1024, "medium": 4096, "high": 16384}
+
+
+def fit_thinking(body: dict[str, Any], native: Any, effort: Any,
+                 answer_allowance: int) -> tuple[Any, int | None]:
+    """(the `thinking` to send or None, the `max_tokens` to send or None). `native` is the
+    client's own thinking object, which wins over `effort`; `max_tokens` is None only when the
+    client set none and there is no budget to make room for."""
+    max_tokens, param = _client_max_tokens(body)
+    thinking = native
+    if thinking is None and isinstance(effort, str) and effort in EFFORT_BUDGET:
+        budget = _effort_budget(effort, max_tokens, param)
+        thinking = {"type": "enabled", "budget_tokens": budget}
+    budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
+    if max_tokens is None and isinstance(budget, int) and budget > 0:
+        max_tokens = budget + answer_allowance
+    return thinking, max_tokens
+
+
+def _effort_budget(effort: str, max_tokens: int | None, param: str) -> int:
+    budget = EFFORT_BUDGET[effort]
+    if max_tokens is None:
+        return budget
+    budget = min(budget, max_tokens - 1)
+    if budget < MIN_BUDGET:
+        raise InvalidRequest(
+            f"reasoning_effort '{effort}' needs a thinking budget of at least {MIN_BUDGET} "
+            f"tokens below '{param}', which is {max_tokens} and counts thinking and answer "
+            f"together: set '{param}' to at least {MIN_BUDGET + 1} (more leaves room for the "
+            "answer), or leave out reasoning_effort.", param=param, code="invalid_value")
+    return budget
+
+
+def _client_max_tokens(body: dict[str, Any]) -> tuple[int | None, str]:
+    """The client's cap on output tokens (None: it set none), and the parameter that set it."""
+    for param in ("max_completion_tokens", "max_tokens"):
+        if body.get(param):
+            return body[param], param
+    return None, "max_completion_tokens"
