@@ -512,6 +512,24 @@ def test_reasoning_effort_is_claude_thinking_and_dropped_elsewhere() -> None:
     assert "additionalModelRequestFields" not in nova and "inferenceConfig" not in nova
 
 
+@pytest.mark.parametrize("content", ["", " \n", None, [], [{"type": "text", "text": ""}],
+                                     [{"type": "text", "text": " "}, {"type": "text", "text": ""}]])
+def test_an_empty_tool_result_is_a_placeholder_text_never_a_blank_block(content: Any) -> None:
+    # Converse rejects blank text blocks and an empty toolResult content.
+    messages = conversation()[2:5]
+    messages[2] = {"role": "tool", "tool_call_id": "tu1", "content": content}
+    results = to_converse({"messages": messages}, MODEL)["messages"][2]["content"]
+    assert results == [{"toolResult": {"toolUseId": "tu1", "content": [{"text": "(empty)"}]}}]
+
+
+def test_blank_parts_of_a_tool_result_are_left_out() -> None:
+    messages = conversation()[2:5]
+    messages[2] = {"role": "tool", "tool_call_id": "tu1", "content": [
+        {"type": "text", "text": "\n"}, {"type": "text", "text": "Paris"}]}
+    [result] = to_converse({"messages": messages}, MODEL)["messages"][2]["content"]
+    assert result["toolResult"]["content"] == [{"text": "Paris"}]
+
+
 CLAUDE = "us.anthropic.claude-sonnet-4-20250514-v1:0"
 
 

@@ -14,6 +14,8 @@ Choices (docs/providers/bedrock.md):
   1024/4096/16384 tokens for Claude models (`anthropic.claude` in the model id), kept below the
   client's max as on Anthropic (anthropic/thinking.py); dropped for other models;
 - assistant `thinking_blocks` (as we stream them) go back as `reasoningContent` blocks;
+- a tool result with no text (or only blank text) is sent as EMPTY_TOOL_RESULT: Converse
+  rejects blank text blocks and an empty `content`;
 - `response_format` json_object / json_schema → a system instruction (not enforced by Bedrock);
 - Converse-native fields a client may pass (openai SDK `extra_body`) are forwarded: PASSTHROUGH;
 - OpenAI parameters in DROPPED are dropped; `n` > 1 is rejected.
@@ -47,6 +49,9 @@ DOCUMENT_FORMATS = {
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx",
     "text/html": "html", "text/plain": "txt", "text/markdown": "md",
 }
+# What a tool result that returned nothing says (Converse needs one non-blank block): plain text
+# every model reads as "the tool ran and returned nothing".
+EMPTY_TOOL_RESULT = "(empty)"
 # Converse document names allow letters, digits, whitespace, hyphens, parentheses, brackets.
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9\s\-()\[\]]+")
 
@@ -253,9 +258,7 @@ def _assistant_blocks(m: dict[str, Any], i: int, tool_names: list[str]) -> list[
 
 
 def _tool_result(m: dict[str, Any], i: int) -> dict[str, Any]:
-    content = m.get("content")
-    if isinstance(content, list):
-        blocks = _text_blocks(content, f"messages[{i}].content")
-    else:
-        blocks = [{"text": content or ""}]
-    return {"toolResult": {"toolUseId": m["tool_call_id"], "content": blocks}}
+    blocks = [b for b in _text_blocks(m.get("content"), f"messages[{i}].content")
+              if not b["text"].isspace()]
+    return {"toolResult": {"toolUseId": m["tool_call_id"],
+                           "content": blocks or [{"text": EMPTY_TOOL_RESULT}]}}
