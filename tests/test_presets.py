@@ -12,6 +12,7 @@ OpenRouter keep-alive comments and `data: {"error": …}`, vLLM `choices: null`,
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import openai
@@ -262,13 +263,13 @@ TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "ob
 
 
 async def test_mistral_request_on_the_wire(proxy: Any, upstream: Any) -> None:
-    call = {"id": "c1", "type": "function", "function": {"name": "a", "arguments": "{}"}}
+    call = {"id": "c1a2B3d4E", "type": "function", "function": {"name": "a", "arguments": "{}"}}
     messages = [
         {"role": "developer", "content": "Be brief."},
         {"role": "user", "content": "hi", "name": "ann"},
         {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call],
          "reasoning_content": "r"},
-        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+        {"role": "tool", "tool_call_id": "c1a2B3d4E", "content": "ok"},
     ]
     await stream(proxy, upstream, "mistral", MISTRAL, tools=TOOLS, tool_choice="required",
                  max_completion_tokens=64, seed=5, user="u1", logprobs=True,
@@ -282,7 +283,46 @@ async def test_mistral_request_on_the_wire(proxy: Any, upstream: Any) -> None:
         "messages": [{"role": "system", "content": "Be brief."},
                      {"role": "user", "content": "hi"},
                      {"role": "assistant", "content": None, "tool_calls": [call]},
-                     {"role": "tool", "content": "ok", "tool_call_id": "c1"}]}
+                     {"role": "tool", "content": "ok", "tool_call_id": "c1a2B3d4E"}]}
+
+
+def tool_history(call_id: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": call_id, "type": "function",
+                 "function": {"name": "a", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": call_id, "content": "sunny"}]
+
+
+def sent_ids(body: dict[str, Any]) -> tuple[str, str]:
+    _, assistant, tool = body["messages"]
+    return assistant["tool_calls"][0]["id"], tool["tool_call_id"]
+
+
+@pytest.mark.parametrize("call_id", [
+    "call_abc123XYZ", "toolu_01A09q90qw90lq917835lq9", "call_0123456789abcdef01234567",
+    "c1", "abc-12345", "abcdefghij"])
+def test_mistral_tool_call_ids_become_nine_alphanumerics(call_id: str) -> None:
+    # Mistral: "Tool call id … must be a-z, A-Z, 0-9, with a length of 9" — ids from another
+    # provider (e.g. after a fallback) are mapped; a call and its result to the same id.
+    provider, _ = build("mistral")
+    body = {"model": "m", "messages": tool_history(call_id)}
+    call, result = sent_ids(provider.adapt_body(body))
+    assert call == result and re.fullmatch(r"[A-Za-z0-9]{9}", call)
+    # The same id maps alike in the conversation's next request; other ids do not collide.
+    assert sent_ids(provider.adapt_body({"model": "m", "messages": tool_history(call_id)})) == \
+        (call, call)
+    assert sent_ids(provider.adapt_body({"model": "m",
+                                         "messages": tool_history(call_id + "x")}))[0] != call
+    # The client's body (reused by a fallback to another target) is left as it was.
+    assert sent_ids(body) == (call_id, call_id)
+
+
+def test_mistral_own_ids_are_kept() -> None:
+    provider, _ = build("mistral")
+    assert sent_ids(provider.adapt_body({"model": "m",
+                                         "messages": tool_history("D681PevKs")})) == \
+        ("D681PevKs", "D681PevKs")
 
 
 def test_mistral_named_tool_choice_is_any_with_only_that_tool() -> None:

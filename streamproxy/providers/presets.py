@@ -17,13 +17,16 @@ usage, finish and error chunks; every other chunk is still forwarded byte for by
   its mid-stream `data: {"error": …}` becomes an error frame (the pass-through does that).
 - vLLM's usage chunk with `choices: null` is forwarded with `choices: []` (the pass-through).
 
-Request quirks: Mistral (see MistralProvider). Mistral's reasoning models also stream
-`delta.content` as a list of typed chunks, which becomes OpenAI's string (MistralTranslator).
+Request quirks: Mistral (see MistralProvider: names, roles, tool-call ids). Mistral's reasoning
+models also stream `delta.content` as a list of typed chunks, which becomes OpenAI's string
+(MistralTranslator).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import string
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
@@ -168,7 +171,36 @@ def _mistral_message(m: dict[str, Any]) -> dict[str, Any]:
         return m
     out = {"role": role}
     out.update((k, m[k]) for k in keys if k in m)
+    if isinstance(out.get("tool_calls"), list):
+        out["tool_calls"] = [_with_mistral_id(call) for call in out["tool_calls"]]
+    if isinstance(out.get("tool_call_id"), str):
+        out["tool_call_id"] = mistral_tool_call_id(out["tool_call_id"])
     return out
+
+
+def _with_mistral_id(call: Any) -> Any:
+    if not isinstance(call, dict) or not isinstance(call.get("id"), str):
+        return call
+    return {**call, "id": mistral_tool_call_id(call["id"])}
+
+
+_MISTRAL_ID = re.compile(r"[A-Za-z0-9]{9}")
+_BASE62 = string.digits + string.ascii_letters
+
+
+def mistral_tool_call_id(call_id: str) -> str:
+    """Mistral takes only tool-call ids of 9 letters and digits (a 400 otherwise). Any other id
+    (OpenAI's `call_…`, Anthropic's `toolu_…`, the `call_…` we make for Gemini and Ollama) becomes
+    9 base-62 digits of its SHA-256: a call and its result map alike, in this request and in
+    every later one of the conversation."""
+    if _MISTRAL_ID.fullmatch(call_id):
+        return call_id
+    n = int.from_bytes(hashlib.sha256(call_id.encode()).digest()[:8], "big")
+    digits = []
+    for _ in range(9):
+        n, d = divmod(n, 62)
+        digits.append(_BASE62[d])
+    return "".join(digits)
 
 
 _LIST_CONTENT = re.compile(rb'"content": ?\[')
@@ -228,10 +260,11 @@ class MistralProvider(CompatProvider):
     `stream_options` is not accepted (usage comes anyway, on the finish chunk), max tokens is
     `max_tokens` only, `seed` is `random_seed`, there is no `developer` role (→ system),
     tool_choice "required" is "any" and a named tool_choice does not exist (→ "any" with only
-    the named tool sent, which forces exactly that call). Message keys Mistral does not know
-    and the parameters in `dropped_params` are dropped; `reasoning_effort` goes as is (Mistral
-    Small 4 and Medium 3.5 take it), and the thinking its answers then carry becomes
-    `reasoning_content`, streamed or not."""
+    the named tool sent, which forces exactly that call). Tool-call ids that are not Mistral's
+    9 letters and digits are mapped to such ids (`mistral_tool_call_id`). Message keys Mistral
+    does not know and the parameters in `dropped_params` are dropped; `reasoning_effort` goes as
+    is (Mistral Small 4 and Medium 3.5 take it), and the thinking its answers then carry
+    becomes `reasoning_content`, streamed or not."""
 
     type_name: ClassVar[str] = "mistral"
     default_base_url: ClassVar[str | None] = "https://api.mistral.ai/v1"
