@@ -18,6 +18,7 @@ import pytest
 
 from streamproxy.errors import StreamTruncated
 from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.providers.ollama.request import to_ollama
 from streamproxy.providers.ollama.stream import OllamaStreamTranslator
 from tests.conftest import provider_config
 from tests.helpers import (
@@ -200,11 +201,26 @@ async def test_request_translation_on_the_wire(proxy: Any, upstream: Any) -> Non
         ],
         "options": {"num_ctx": 8192, "num_predict": 50, "temperature": 0.1, "top_p": 0.8,
                     "seed": 3, "stop": ["\n\n"]},
-        "format": schema, "think": "medium", "keep_alive": "10m",
+        "format": schema, "think": True, "keep_alive": "10m",
         "tools": [{"type": "function", "function": {
             "name": "lookup", "description": "Look up",
             "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}],
     }
+
+
+@pytest.mark.parametrize(("model", "effort", "think"), [
+    # Most thinking models take only true/false ('think value "medium" is not supported').
+    ("qwen3:8b", "medium", True), ("deepseek-r1", "minimal", True), ("llama3.2", "high", True),
+    ("qwen3", "none", False),
+    # gpt-oss takes levels.
+    ("gpt-oss:20b", "medium", "medium"), ("gpt-oss:120b", "minimal", "low"),
+    ("GPT-OSS", "xhigh", "high"), ("gpt-oss", "none", False),
+])
+def test_reasoning_effort_is_think_true_except_on_gpt_oss(model: str, effort: str,
+                                                          think: Any) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": effort}
+    assert to_ollama(body, model, stream=True)["think"] == think
+    assert to_ollama({**body, "think": "high"}, model, stream=True)["think"] == "high"
 
 
 async def test_no_key_no_auth_header_and_json_mode(proxy: Any, upstream: Any) -> None:

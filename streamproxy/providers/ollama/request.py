@@ -11,7 +11,10 @@ Choices (docs/providers/others.md "ollama"):
 - `response_format` json_object → `format: "json"`, json_schema → `format: <schema>`;
 - max tokens, temperature, top_p, stop, seed and the penalties go in `options`; a client's
   native `options` (extra_body) and the provider's configured `options` sit underneath;
-- `reasoning_effort` → `think` ("none" → false, "minimal" → "low"); a client's own `think` wins;
+- `reasoning_effort` → `think`: "none" → false, any other level → true, since most thinking
+  models refuse a level ("think value … is not supported for this model"); gpt-oss models
+  (the name contains "gpt-oss") take levels, so they get one ("minimal" → "low"). A client's own
+  `think` wins;
 - parameters in DROPPED are dropped; `n` > 1 is rejected.
 """
 
@@ -27,8 +30,9 @@ from streamproxy.openai_api.content import OPENAI_ONLY, texts
 DROPPED = OPENAI_ONLY | {"user", "parallel_tool_calls"}
 # Parameters that go into `options` under the same name (top_k: a common extra_body key).
 OPTIONS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty", "top_k")
-THINK = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
-         "xhigh": "high"}
+THINK_LEVEL = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
+               "high": "high", "xhigh": "high"}
+LEVELS_MODEL = "gpt-oss"  # models whose `think` takes a level, not only true/false
 
 
 def to_ollama(body: dict[str, Any], model: str, *, stream: bool,
@@ -66,14 +70,21 @@ def to_ollama(body: dict[str, Any], model: str, *, stream: bool,
         out["format"] = schema
     if "think" in body:
         out["think"] = body["think"]
-    elif isinstance(body.get("reasoning_effort"), str) and body["reasoning_effort"] in THINK:
-        out["think"] = THINK[body["reasoning_effort"]]
+    elif isinstance(body.get("reasoning_effort"), str) and body["reasoning_effort"] in THINK_LEVEL:
+        out["think"] = _think(body["reasoning_effort"], model)
     if body.get("keep_alive") is not None:
         out["keep_alive"] = body["keep_alive"]
     tools = _tools(body)
     if tools:
         out["tools"] = tools
     return out
+
+
+def _think(effort: str, model: str) -> bool | str:
+    level = THINK_LEVEL[effort]
+    if level is False or LEVELS_MODEL in model.lower():
+        return level
+    return True
 
 
 def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:
