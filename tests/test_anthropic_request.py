@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -166,6 +167,52 @@ async def test_a_max_too_small_for_thinking_is_refused_before_sending(proxy: Any
     assert error["type"] == "invalid_request_error"
     assert error["param"] == "max_completion_tokens" and "reasoning_effort" in error["message"]
     assert not upstream.requests
+
+
+def user_parts(*parts: dict[str, Any]) -> list[dict[str, Any]]:
+    out = to_anthropic({"messages": [{"role": "user", "content": list(parts)}]}, "claude-x")
+    return out["messages"][0]["content"]
+
+
+def file_part(data_url: str) -> dict[str, Any]:
+    return {"type": "file", "file": {"filename": "f", "file_data": data_url}}
+
+
+def test_files_are_pdf_or_plain_text_documents() -> None:
+    text = base64.b64encode("Ünïcode notes\n".encode()).decode()
+    assert user_parts(file_part("data:application/pdf;base64,JVBERi0="),
+                      file_part(f"data:text/plain;base64,{text}"),
+                      file_part(f"data:text/markdown;charset=utf-8;base64,{text}")) == [
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                        "data": "JVBERi0="}},
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain",
+                                        "data": "Ünïcode notes\n"}},
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain",
+                                        "data": "Ünïcode notes\n"}},
+    ]
+
+
+def test_image_jpg_is_sent_as_image_jpeg() -> None:
+    [block] = user_parts({"type": "image_url", "image_url": {"url": "data:image/jpg;base64,/9j/"}})
+    assert block["source"] == {"type": "base64", "media_type": "image/jpeg", "data": "/9j/"}
+
+
+@pytest.mark.parametrize(("part", "named"), [
+    (file_part("data:application/msword;base64,AAAA"), "application/msword"),
+    (file_part("data:image/png;base64,iVBORw0"), "image/png"),
+    (file_part("data:text/plain;base64,not base64!"), "UTF-8"),
+    (file_part("data:text/plain;base64,//79"), "UTF-8"),  # bytes ff fe fd: not UTF-8
+    ({"type": "image_url", "image_url": {"url": "data:image/bmp;base64,Qk0="}}, "image/bmp"),
+    ({"type": "image_url", "image_url": {"url": "data:image/svg+xml;base64,PHN2Zz4="}},
+     "image/svg+xml"),
+])
+def test_unsupported_file_and_image_types_are_a_400_naming_them(part: dict[str, Any],
+                                                                  named: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        user_parts(part)
+    assert named in str(caught.value)
+    assert caught.value.param in ("messages[0].content[0].file.file_data",
+                                  "messages[0].content[0].image_url.url")
 
 
 async def test_thinking_blocks_are_sent_back(proxy: Any, upstream: Any) -> None:

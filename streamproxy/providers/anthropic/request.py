@@ -10,11 +10,15 @@ Choices (README "Anthropic"):
 - `response_format` json_schema → `output_config.format` (structured outputs); json_object →
   a system instruction to answer with one JSON object;
 - assistant `thinking_blocks` (as we stream them) are sent back as thinking blocks;
+- images: png, jpeg (`image/jpg` too), gif, webp; `file` parts: a PDF → a base64 document, a
+  `text/*` file → a plain-text document (Anthropic's base64 documents take only PDF); other
+  types are a 400 naming the type;
 - parameters in DROPPED are dropped; `n` > 1 is rejected (one answer per request).
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from streamproxy.errors import InvalidRequest
@@ -24,6 +28,9 @@ from streamproxy.providers.anthropic.thinking import fit_thinking
 DEFAULT_MAX_TOKENS = 4096
 # OpenAI parameters with no Anthropic equivalent: dropped, never forwarded.
 DROPPED = OPENAI_ONLY | {"frequency_penalty", "presence_penalty", "seed"}
+# The image types Anthropic takes, by the names clients send (image/jpg is common).
+IMAGE_MEDIA_TYPES = {"image/jpeg": "image/jpeg", "image/jpg": "image/jpeg",
+                     "image/png": "image/png", "image/gif": "image/gif", "image/webp": "image/webp"}
 # Anthropic-native parameters a client may pass through (e.g. openai SDK `extra_body`);
 # `thinking` too, which also sizes `max_tokens` (fit_thinking).
 PASSTHROUGH = ("top_k",)
@@ -147,25 +154,49 @@ def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
                 blocks.append({"type": "text", "text": part["text"]})
         elif kind == "image_url":
             url = (part.get("image_url") or {}).get("url")
-            blocks.append({"type": "image", "source": _source(url, f"{where}.image_url.url")})
+            blocks.append({"type": "image",
+                           "source": _image_source(url, f"{where}.image_url.url")})
         elif kind == "file":
             data = (part.get("file") or {}).get("file_data")
-            blocks.append({"type": "document", "source": _source(data, f"{where}.file.file_data",
-                                                                 remote=False)})
+            blocks.append({"type": "document",
+                           "source": _document_source(data, f"{where}.file.file_data")})
         else:
             raise InvalidRequest(f"Content part type '{kind}' is not supported by Anthropic.",
                                  param=f"{where}.type", code="unsupported_value")
     return blocks
 
 
-def _source(url: Any, where: str, *, remote: bool = True) -> dict[str, Any]:
+def _image_source(url: Any, where: str) -> dict[str, Any]:
     if isinstance(url, str) and url.startswith("data:"):
         media_type, data = parse_data_url(url, where)
-        return {"type": "base64", "media_type": media_type, "data": data}
-    if remote and isinstance(url, str) and url.startswith(("http://", "https://")):
+        if media_type not in IMAGE_MEDIA_TYPES:
+            raise InvalidRequest(f"Anthropic takes png, jpeg, gif or webp images, not "
+                                 f"{media_type}.", param=where, code="unsupported_value")
+        return {"type": "base64", "media_type": IMAGE_MEDIA_TYPES[media_type], "data": data}
+    if isinstance(url, str) and url.startswith(("http://", "https://")):
         return {"type": "url", "url": url}
-    raise InvalidRequest("Expected a data: URL" + (" or an http(s) URL." if remote else "."),
-                         param=where, code="invalid_value")
+    raise InvalidRequest("Expected a data: URL or an http(s) URL.", param=where,
+                         code="invalid_value")
+
+
+def _document_source(url: Any, where: str) -> dict[str, Any]:
+    if not isinstance(url, str) or not url.startswith("data:"):
+        raise InvalidRequest("Expected a data: URL.", param=where, code="invalid_value")
+    media_type, data = parse_data_url(url, where)
+    if media_type == "application/pdf":
+        return {"type": "base64", "media_type": media_type, "data": data}
+    if media_type.startswith("text/"):  # Anthropic's text source is text/plain, not base64
+        return {"type": "text", "media_type": "text/plain", "data": _utf8_text(data, where)}
+    raise InvalidRequest(f"Anthropic takes PDF and text files as documents, not {media_type}.",
+                         param=where, code="unsupported_value")
+
+
+def _utf8_text(data: str, where: str) -> str:
+    try:
+        return base64.b64decode(data, validate=True).decode("utf-8")
+    except ValueError:  # bad base64 (binascii.Error), non-ASCII in it, or not UTF-8
+        raise InvalidRequest("A text file must be UTF-8 text, base64-encoded in its data: URL.",
+                             param=where, code="invalid_value") from None
 
 
 def _assistant_blocks(m: dict[str, Any], i: int) -> list[dict[str, Any]]:
