@@ -169,6 +169,19 @@ async def test_a_max_too_small_for_thinking_is_refused_before_sending(proxy: Any
     assert not upstream.requests
 
 
+@pytest.mark.parametrize("messages", [
+    [{"role": "system", "content": "Write a haiku about the sea."}],
+    [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": ""}],
+])
+def test_a_request_without_a_user_turn_gets_a_placeholder_one(
+        messages: list[dict[str, Any]]) -> None:
+    # OpenAI answers system-only requests; Anthropic rejects "messages": [].
+    out = to_anthropic({"messages": messages}, "claude-x")
+    assert out["system"] == [{"type": "text", "text": messages[0]["content"]}]
+    assert out["messages"] == [{"role": "user", "content": [{"type": "text",
+                                                             "text": "Begin."}]}]
+
+
 def user_parts(*parts: dict[str, Any]) -> list[dict[str, Any]]:
     out = to_anthropic({"messages": [{"role": "user", "content": list(parts)}]}, "claude-x")
     return out["messages"][0]["content"]

@@ -530,6 +530,13 @@ def test_blank_parts_of_a_tool_result_are_left_out() -> None:
     assert result["toolResult"]["content"] == [{"text": "Paris"}]
 
 
+def test_a_system_only_request_gets_a_placeholder_user_turn() -> None:
+    # OpenAI answers system-only requests; Converse rejects "messages": [].
+    out = to_converse({"messages": [{"role": "system", "content": "Write a haiku."}]}, MODEL)
+    assert out["system"] == [{"text": "Write a haiku."}]
+    assert out["messages"] == [{"role": "user", "content": [{"text": "Begin."}]}]
+
+
 CLAUDE = "us.anthropic.claude-sonnet-4-20250514-v1:0"
 
 

@@ -41,6 +41,15 @@ def test_roles_system_and_merging() -> None:
     assert "generationConfig" not in out and "tools" not in out
 
 
+def test_a_system_only_request_gets_a_placeholder_user_turn() -> None:
+    # OpenAI answers system-only requests; Gemini rejects "contents": [].
+    out = translate([{"role": "system", "content": "Write a haiku."},
+                     {"role": "developer", "content": "About the sea."}])
+    assert out["systemInstruction"] == {"parts": [{"text": "Write a haiku."},
+                                                  {"text": "About the sea."}]}
+    assert out["contents"] == [{"role": "user", "parts": [{"text": "Begin."}]}]
+
+
 def tool_turn(call_id: str, **extra: Any) -> dict[str, Any]:
     return {"role": "assistant", "content": None, "tool_calls": [
         {"id": call_id, "type": "function", **extra,

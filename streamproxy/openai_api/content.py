@@ -8,6 +8,11 @@ import orjson
 
 from streamproxy.errors import InvalidRequest
 
+# The user turn sent to providers that need one (Anthropic, Gemini, Bedrock) when a request has
+# none — only system/developer messages, which OpenAI answers: the system text stays the system
+# prompt, and this asks the model to act on it (README "Choices we made").
+PLACEHOLDER_USER_TEXT = "Begin."
+
 
 def texts(content: Any, where: str) -> list[str]:
     """The non-empty texts of a content field that may hold only text: a string, or an array

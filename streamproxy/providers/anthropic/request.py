@@ -1,7 +1,8 @@
 """OpenAI Chat Completions request → Anthropic Messages request (pure).
 
 Choices (README "Anthropic"):
-- every system/developer message is joined, in order, into the top-level `system`;
+- every system/developer message is joined, in order, into the top-level `system`; a request
+  with no other message gets a PLACEHOLDER_USER_TEXT user turn (Anthropic needs one);
 - consecutive tool results become one user message of `tool_result` blocks; consecutive
   messages of one role are merged, since Anthropic wants alternating turns;
 - `max_tokens` defaults to DEFAULT_MAX_TOKENS (Anthropic requires one);
@@ -22,7 +23,13 @@ import base64
 from typing import Any
 
 from streamproxy.errors import InvalidRequest
-from streamproxy.openai_api.content import OPENAI_ONLY, parse_data_url, texts, tool_call_input
+from streamproxy.openai_api.content import (
+    OPENAI_ONLY,
+    PLACEHOLDER_USER_TEXT,
+    parse_data_url,
+    texts,
+    tool_call_input,
+)
 from streamproxy.providers.anthropic.thinking import fit_thinking
 
 DEFAULT_MAX_TOKENS = 4096
@@ -41,6 +48,8 @@ def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
         raise InvalidRequest("Anthropic returns one choice per request; 'n' must be 1.",
                              param="n", code="unsupported_value")
     system, messages = _messages(body["messages"])
+    if not messages:
+        messages = [{"role": "user", "content": [{"type": "text", "text": PLACEHOLDER_USER_TEXT}]}]
     out: dict[str, Any] = {"model": model, "messages": messages}
     thinking, max_tokens = fit_thinking(body, body.get("thinking"), body.get("reasoning_effort"),
                                         DEFAULT_MAX_TOKENS)

@@ -1,7 +1,8 @@
 """OpenAI Chat Completions request → Bedrock Converse request (pure). provider-streams.md §5.1.
 
 Choices (docs/providers/bedrock.md):
-- system/developer messages → `system: [{text}]`, in order;
+- system/developer messages → `system: [{text}]`, in order; a request with no other message
+  gets a PLACEHOLDER_USER_TEXT user turn (Converse needs one);
 - consecutive tool results become one user message of `toolResult` blocks, placed before any
   other user content; consecutive messages of one role are merged (Converse wants alternation);
 - images are `data:` URLs (→ `image.source.bytes`, base64 as the JSON protocol carries blobs) or
@@ -29,7 +30,13 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import InvalidRequest
-from streamproxy.openai_api.content import OPENAI_ONLY, parse_data_url, texts, tool_call_input
+from streamproxy.openai_api.content import (
+    OPENAI_ONLY,
+    PLACEHOLDER_USER_TEXT,
+    parse_data_url,
+    texts,
+    tool_call_input,
+)
 from streamproxy.providers.anthropic.thinking import fit_thinking
 
 DEFAULT_MAX_TOKENS = 4096  # the answer's allowance beside a thinking budget
@@ -65,6 +72,8 @@ def to_converse(body: dict[str, Any], model: str) -> dict[str, Any]:
         raise InvalidRequest("Bedrock returns one choice per request; 'n' must be 1.",
                              param="n", code="unsupported_value")
     system, messages, tool_names = _messages(body["messages"])
+    if not messages:
+        messages = [{"role": "user", "content": [{"text": PLACEHOLDER_USER_TEXT}]}]
     out: dict[str, Any] = {"messages": messages}
     for key in PASSTHROUGH:
         if body.get(key) is not None:

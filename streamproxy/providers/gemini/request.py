@@ -1,7 +1,8 @@
 """OpenAI Chat Completions request → Gemini `GenerateContentRequest` (pure).
 provider-streams.md §4.2; choices documented in docs/providers/gemini.md.
 
-- system/developer messages are joined, in order, into `systemInstruction`;
+- system/developer messages are joined, in order, into `systemInstruction`; a request with no
+  other message gets a PLACEHOLDER_USER_TEXT user turn (Gemini needs one);
 - consecutive messages of one role are merged into one `content` (Gemini wants alternating
   turns, and all function responses of a turn in one content);
 - a tool result's function name is looked up from the assistant `tool_calls` that asked for it;
@@ -20,7 +21,13 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import InvalidRequest
-from streamproxy.openai_api.content import OPENAI_ONLY, parse_data_url, texts, tool_call_input
+from streamproxy.openai_api.content import (
+    OPENAI_ONLY,
+    PLACEHOLDER_USER_TEXT,
+    parse_data_url,
+    texts,
+    tool_call_input,
+)
 
 # OpenAI parameters with no Gemini equivalent: dropped, never forwarded.
 DROPPED = OPENAI_ONLY | {"user", "parallel_tool_calls"}
@@ -42,6 +49,8 @@ def to_gemini(body: dict[str, Any], model: str) -> dict[str, Any]:
         raise InvalidRequest("Gemini returns one choice per request here; 'n' must be 1.",
                              param="n", code="unsupported_value")
     system, contents = _contents(body["messages"])
+    if not contents:
+        contents = [{"role": "user", "parts": [{"text": PLACEHOLDER_USER_TEXT}]}]
     out: dict[str, Any] = {"contents": contents}
     if system:
         out["systemInstruction"] = {"parts": system}
