@@ -154,6 +154,24 @@ async def test_no_secret_in_any_log_metric_or_response(
         assert secret[-8:] not in everything
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_key_the_upstream_echoes_in_its_error_is_masked(proxy: Any, upstream: Any,
+                                                                stream: bool) -> None:
+    secret = "sk-upstream-SECRET-0002-abcdef"
+    upstream.status = 401
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({"error": {
+        "message": f"Incorrect API key provided: Bearer {secret}.", "type": "invalid_request_error",
+        "code": "invalid_api_key"}})
+    client = await proxy(make_config({"keyed": {
+        "type": "openai", "base_url": upstream.url, "api_key": secret, "default_model": "m"}},
+        default="keyed"))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": stream})
+    error = (await resp.json())["error"]
+    assert resp.status == 401 and secret not in error["message"]
+    assert error["message"] == "Incorrect API key provided: Bearer …cdef."
+
+
 def test_entry_of_a_rejected_request_is_complete() -> None:
     r = RequestRecord(trace_id="t", status=401, error_type="authentication_error",
                       error_code="invalid_api_key")

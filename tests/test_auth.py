@@ -4,6 +4,7 @@ a proxy key in `Authorization` is never forwarded as the provider key."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -103,6 +104,26 @@ async def test_without_auth_the_client_key_is_forwarded_as_before(
                              headers={"authorization": "Bearer sk-provider"})
     assert resp.status == 200
     assert sent_auth(json_upstream) == ["Bearer sk-provider"]
+
+
+async def test_a_client_key_that_is_not_ascii_is_a_401_not_a_crash(
+        proxy: Any, json_upstream: Any) -> None:
+    # Python `requests` sends header values as Latin-1: "café" arrives as the byte 0xE9,
+    # which the front keeps as an undecodable character; as UTF-8 it is non-ASCII text.
+    client = await proxy(make_config({"up": {"type": "openai", "base_url": json_upstream.url,
+                                             "default_model": "m"}}, default="up"))
+    body = orjson.dumps({"messages": USER})
+    for key in ("sk-caf\xc3\xa9".encode("latin-1"), b"sk-caf\xe9"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/json\r\nAuthorization: Bearer " + key +
+                     b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(body), body))
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 401"), head
+        assert orjson.loads(payload)["error"]["code"] == "invalid_api_key"
+    assert json_upstream.requests == []
 
 
 async def test_allowed_providers_is_enforced_after_routing(proxy: Any,

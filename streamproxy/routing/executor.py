@@ -76,6 +76,8 @@ class Executor:
                 resp.close()
             err = provider.error_from_response(resp.status, body, resp.headers)
             err.retry_after = _retry_after(resp)
+            if target.api_key and target.api_key in err.message:
+                err.message = _masked(err.message, target.api_key)
             raise err
         return resp
 
@@ -217,6 +219,12 @@ class _StreamParts:
         self.build()
         assert self.built is not None
         return self.built
+
+
+def _masked(message: str, key: str) -> str:
+    """An upstream's message with the key it was sent replaced by its last four characters
+    (a provider that echoes the key it refused would show the client a server-side secret)."""
+    return message.replace(key, "…" + key[-4:] if len(key) >= 16 else "…")
 
 
 def _parse_body(body: bytes) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from streamproxy.config import Timeouts
-from streamproxy.errors import UnknownProvider
+from streamproxy.errors import AuthenticationFailed, UnknownProvider
 from streamproxy.providers.base import Provider
 from streamproxy.routing.target import Target
 
@@ -24,8 +24,12 @@ def client_key(headers: Mapping[str, str]) -> str | None:
     (Portkey's convention: `Authorization: Bearer <provider key>`)."""
     auth = headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    return headers.get("x-api-key") or headers.get("api-key") or None
+        key = auth[7:].strip() or None
+    else:
+        key = headers.get("x-api-key") or headers.get("api-key") or None
+    if key is not None and not key.isascii():  # (no provider issues such keys)
+        raise AuthenticationFailed("The API key in the request is not ASCII text.")
+    return key
 
 
 class Router:

@@ -944,7 +944,8 @@ class HTTP11Client:
                 raise ValueError("newline or colon in an upstream header")
             lines.append(f"{name}: {value}\r\n")
         lines.append("\r\n")
-        head = "".join(lines).encode("utf-8")
+        # (a header value that came as bytes that are not UTF-8 goes on as those bytes)
+        head = "".join(lines).encode("utf-8", "surrogateescape")
         # One write: a small body is joined (one send); a large one is not copied.
         data = head + body if len(body) <= 65536 else (head, body)
         head_request = method == "HEAD"
