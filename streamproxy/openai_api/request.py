@@ -64,6 +64,8 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
     if retries is not None and (not _is_int(retries) or not 0 <= retries <= 10):
         raise InvalidRequest("'retries' must be an integer from 0 to 10.", param="retries")
     opts = body.get("stream_options") or {}
+    if not isinstance(opts.get("include_usage", False), bool):
+        raise _type_error("stream_options.include_usage", "a boolean")
     return ChatRequest(
         body=body,
         raw=raw,
