@@ -166,6 +166,25 @@ async def test_openai_wire_keeps_the_id_the_client_saw(proxy: Any, tmp_path: Pat
     assert (await stored(api, whole.id)).choices[0].message.content == mock_text(3)
 
 
+async def test_stored_pass_through_answers_get_our_ids_so_repeated_upstream_ids_do_not_collide(
+        proxy: Any, tmp_path: Path) -> None:
+    # The mock's OpenAI wire answers every request as "chatcmpl-mock", as a local server may.
+    api = openai_sdk(await proxy(config(tmp_path)), "sk-client")
+    seen: dict[str, str] = {}
+    for tokens in (2, 3):
+        cid, text = await stream_text(api, model=f"mock-openai/fast:tokens={tokens}",
+                                      messages=USER, store=True)
+        seen[cid] = text
+        whole = await api.chat.completions.create(model=f"mock-openai/fast:tokens={tokens + 2}",
+                                                  messages=USER, store=True)
+        seen[whole.id] = whole.choices[0].message.content or ""
+    assert len(seen) == 4 and "chatcmpl-mock" not in seen
+    for cid, text in seen.items():
+        assert (await stored(api, cid)).choices[0].message.content == text
+    plain = await api.chat.completions.create(model="mock-openai/fast:tokens=1", messages=USER)
+    assert plain.id == "chatcmpl-mock"  # not captured: forwarded byte for byte
+
+
 async def test_tool_calls_are_stored(proxy: Any, tmp_path: Path) -> None:
     api = openai_sdk(await proxy(config(tmp_path)), "sk-client")
     stream = await api.chat.completions.create(model="mock/tools", messages=USER, stream=True,

@@ -11,6 +11,7 @@ start, S tool call start carrying its first argument fragment, a argument fragme
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -242,17 +243,27 @@ class CompletionBuilder:
         return out
 
 
+# A pass-through chunk's completion id: the first `"id"` with a non-empty string.
+_UPSTREAM_ID = re.compile(rb'"id": ?("(?:[^"\\]|\\.)+")')
+
+
 class TeeSink:
     """Feeds one stream to the encoder and to a CompletionBuilder. Used only when something
     needs the whole answer (store: true, a cache fill), so the plain path pays nothing.
     Content deltas go to the encoder alone, which records their text in the builder's list
-    (`RecordingChunkEncoder`): one call per delta; the rarer events are forwarded to both."""
+    (`RecordingChunkEncoder`): one call per delta; the rarer events are forwarded to both.
 
-    __slots__ = ("builder", "content", "content_literals", "encoder")
+    Pass-through chunks are forwarded under the encoder's completion id, not the upstream's:
+    a captured answer lives in the proxy's id space, where an upstream's ids may repeat (a
+    mock, a local server) and a stored completion would overwrite another."""
+
+    __slots__ = ("_ours", "_theirs", "builder", "content", "content_literals", "encoder")
 
     def __init__(self, encoder: RecordingChunkEncoder, builder: CompletionBuilder) -> None:
         self.encoder = encoder
         self.builder = builder
+        self._theirs: tuple[bytes, ...] = ()  # the upstream id's `"id":` spellings, once seen
+        self._ours = b'"id":' + orjson.dumps(encoder.completion_id)
         builder.id = encoder.completion_id
         builder.created = encoder.created
         encoder.literals = builder.literal_parts  # CompletionBuilder.content is this append
@@ -296,9 +307,21 @@ class TeeSink:
         self.builder.error(err)
 
     def raw(self, data: bytes, finish_reason: str | None = None) -> None:
+        data = self._our_id(data)
         self.encoder.raw(data, finish_reason)
         self.builder.raw_chunk(data, finish_reason)
 
     def raw_run(self, frames: bytes, count: int) -> None:
+        frames = self._our_id(frames)
         self.encoder.raw_run(frames, count)
         self.builder.raw_run(frames)
+
+    def _our_id(self, data: bytes) -> bytes:
+        if not self._theirs:
+            found = _UPSTREAM_ID.search(data)
+            if found is None:
+                return data
+            self._theirs = (b'"id":' + found[1], b'"id": ' + found[1])
+        for theirs in self._theirs:
+            data = data.replace(theirs, self._ours)
+        return data

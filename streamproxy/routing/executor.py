@@ -176,10 +176,13 @@ class Executor:
         completion_id = record.completion_id or new_completion_id()
         result = provider.translate_response(body, req, completion_id=completion_id,
                                              created=int(time.time()))
-        if isinstance(result, bytes):
+        if isinstance(result, bytes):  # the pass-through's body
             parsed = _parse_body(result)
             record.usage = parsed.get("usage")
-            if record.capture:
+            if record.capture:  # captured under our id, as a stream's (TeeSink)
+                if parsed.get("id"):
+                    parsed["id"] = completion_id
+                    result = orjson.dumps(parsed)
                 record.response = parsed
             return result
         if record.capture:
