@@ -12,6 +12,7 @@
     ├── UpstreamStatusError             <upstream status>          provider's message carried over
     ├── UpstreamUnreachable             502 api_error              code=upstream_unreachable
     ├── UpstreamTimeout                 504 api_error              code=upstream_timeout
+    │   └── RequestTimeout              408 timeout_error          code=request_timeout
     └── UpstreamProtocolError           502 api_error              code=upstream_protocol_error
         ├── StreamDecodeError               malformed framing (SSE, NDJSON, event-stream)
         │   └── BufferOverflow              an incomplete event grew past its cap
@@ -162,6 +163,15 @@ class UpstreamUnreachable(ProxyError):
 class UpstreamTimeout(ProxyError):
     status = 504
     code = "upstream_timeout"
+
+
+class RequestTimeout(UpstreamTimeout):
+    """Portkey's `request_timeout` ran out before the answer started: Portkey answers 408 with
+    type `timeout_error`, and its documented fallbacks and retries act on 408."""
+
+    status = 408
+    error_type = "timeout_error"
+    code = "request_timeout"
 
 
 class UpstreamProtocolError(ProxyError):

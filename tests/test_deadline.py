@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from streamproxy.config import Timeouts
-from streamproxy.errors import UpstreamTimeout
+from streamproxy.errors import ProxyError, RequestTimeout, UpstreamTimeout
 from streamproxy.upstream.deadline import Deadline
 
 
@@ -116,3 +116,30 @@ async def test_the_total_timeout_still_applies_while_held() -> None:
     at, why = await _held(Timeouts(first_token=5, idle=0.1, total=0.3), 1.0, 0.0)
     assert at is not None and 0.28 <= at < 0.6, at
     assert "total" in why
+
+
+async def _expiry(timeouts: Timeouts) -> ProxyError | None:
+    """What the deadline of a stream that never gets its first event expires with."""
+
+    async def wait() -> ProxyError | None:
+        deadline = Deadline(timeouts, "p")
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            assert deadline.owns()
+            return deadline.expired
+        finally:
+            deadline.cancel()
+        return None
+
+    return await asyncio.create_task(wait())
+
+
+async def test_portkeys_request_timeout_expires_as_a_408_and_ours_as_a_504() -> None:
+    portkeys = await _expiry(Timeouts(first_token=10, request=0.05))
+    assert isinstance(portkeys, RequestTimeout)
+    assert (portkeys.status, portkeys.error_type) == (408, "timeout_error")
+    assert "50ms" in portkeys.message
+    ours = await _expiry(Timeouts(first_token=0.05, request=10))
+    assert isinstance(ours, UpstreamTimeout) and not isinstance(ours, RequestTimeout)
+    assert ours.status == 504

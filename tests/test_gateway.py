@@ -253,7 +253,35 @@ async def test_request_timeout_header_bounds_the_first_token(proxy: Any) -> None
     client = await proxy(gateway_config())
     resp = await post(client, model="mock/fast:stall_ms=3000",
                       headers={"x-portkey-request-timeout": "200"})
-    assert resp.status == 504
+    assert resp.status == 408  # Portkey's answer to its own request timeout
+    assert (await resp.json())["error"]["type"] == "timeout_error"
+
+
+async def test_request_timeout_is_a_408_that_on_status_codes_act_on(proxy: Any) -> None:
+    client = await proxy(gateway_config())
+    slow = leaf("fast:stall_ms=3000", request_timeout=200)
+    alone = await post(client, json.dumps(slow))
+    assert alone.status == 408
+    err = (await alone.json())["error"]
+    assert (err["type"], err["code"]) == ("timeout_error", "request_timeout")
+    resp = await post(client, fallback(slow, leaf("fast:tokens=2", "mock2"),
+                                       on_status_codes=[408]))
+    assert resp.status == 200
+    assert resp.headers["x-portkey-provider"] == "mock2"
+    retried = await post(client, fallback(
+        {**slow, "retry": {"attempts": 1, "on_status_codes": [408]}}, leaf("fast:tokens=2"),
+        on_status_codes=[429]))
+    assert retried.status == 408  # retried once, then the fallback does not act on 408
+
+
+async def test_server_timeouts_stay_504(proxy: Any) -> None:
+    config = make_config({"mock": {"type": "mock", "default_model": "fast",
+                                   "timeouts": {"first_token": 0.2}}}, default="mock")
+    client = await proxy(config)
+    resp = await post(client, json.dumps({"provider": "mock", "request_timeout": 60000}),
+                      model="mock/fast:stall_ms=3000")
+    assert resp.status == 504  # the provider's own first_token ran out first
+    assert (await resp.json())["error"]["code"] == "upstream_timeout"
 
 
 async def test_onellm_fallback_models_and_retries_through_the_openai_sdk(

@@ -83,7 +83,7 @@ def test_targets_inherit_retry_timeouts_and_merge_override_params() -> None:
                     {"provider": "b", "retry": {"attempts": 0}}]})
     a, b = root.targets
     assert a.retry.attempts == 3 and b.retry.attempts == 0
-    assert a.timeouts == {"first_token": 2.5}
+    assert a.timeouts == {"request": 2.5}  # Portkey's request_timeout: a 408 when it runs out
     assert a.override_params == {"temperature": 0.1, "max_tokens": 9}
     assert b.override_params == {"temperature": 0.1, "max_tokens": 5}
 

@@ -40,7 +40,7 @@ from streamproxy.routing.target import Target
 
 CONFIG_HEADER = "x-portkey-config"
 METADATA_HEADER = "x-portkey-metadata"
-TIMEOUT_HEADER = "x-portkey-request-timeout"  # milliseconds until the answer starts
+TIMEOUT_HEADER = "x-portkey-request-timeout"  # milliseconds until the answer starts (then 408)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +245,7 @@ def _request_timeouts(headers: Mapping[str, str]) -> dict[str, float | None]:
     if ms <= 0:
         raise InvalidRequest(f"{TIMEOUT_HEADER} must be a positive number of milliseconds.",
                              param=TIMEOUT_HEADER, code="invalid_value")
-    return {"first_token": ms / 1000}
+    return {"request": ms / 1000}
 
 
 def parse_metadata(headers: Mapping[str, str]) -> dict[str, Any] | None:

@@ -207,9 +207,9 @@ def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode
         if not isinstance(headers, list) or not all(isinstance(h, str) for h in headers):
             raise _bad(f"{path}.forward_headers", "must be an array of header names")
         changes["forward_headers"] = tuple(h.lower() for h in headers)
-    if "request_timeout" in raw:  # Portkey: milliseconds until the answer starts
+    if "request_timeout" in raw:  # Portkey: milliseconds until the answer starts (then 408)
         ms = _number(raw["request_timeout"], f"{path}.request_timeout", minimum=1)
-        changes["timeouts"] = {**node.timeouts, "first_token": ms / 1000}
+        changes["timeouts"] = {**node.timeouts, "request": ms / 1000}
     if "timeouts" in raw:
         changes["timeouts"] = {**changes.get("timeouts", node.timeouts),
                                **_timeouts(raw["timeouts"], f"{path}.timeouts")}

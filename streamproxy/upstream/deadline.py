@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 
 from streamproxy.config import Timeouts
-from streamproxy.errors import ProxyError, UpstreamTimeout
+from streamproxy.errors import ProxyError, RequestTimeout, UpstreamTimeout
 
 
 class Deadline:
@@ -37,7 +37,7 @@ class Deadline:
         self.reads = 0  # reads after the first event, and the largest gap between two reads:
         self.max_gap = 0.0  # kept here because progress() already has the clock (metrics)
         self.expired: ProxyError | None = None  # an UpstreamTimeout, or why abort() ended it
-        first = min(timeouts.first_token, timeouts.idle)
+        first = min(self._first_token(), timeouts.idle)
         if timeouts.total is not None:
             first = min(first, timeouts.total)
         self._handle: asyncio.TimerHandle | None = self.loop.call_at(self._start + first,
@@ -48,11 +48,16 @@ class Deadline:
         """The task that carries the stream (cancelled on expiry)."""
         return self._task
 
+    def _first_token(self) -> float:
+        """Seconds from the start to the first event: our timeout, or Portkey's if sooner."""
+        t = self._timeouts
+        return t.first_token if t.request is None else min(t.first_token, t.request)
+
     def _due(self) -> float | None:
         t = self._timeouts
         if self._held:  # the gap is the client's doing: only the total applies
             return None if t.total is None else self._start + t.total
-        due = self._last + t.idle if self._streaming else self._start + t.first_token
+        due = self._last + t.idle if self._streaming else self._start + self._first_token()
         if t.total is not None:
             due = min(due, self._start + t.total)
         return due
@@ -97,14 +102,21 @@ class Deadline:
             self._handle = self.loop.call_at(due, self._fire)
             return
         self._handle = None
-        if self._timeouts.total is not None and now >= self._start + self._timeouts.total:
-            what = f"the total timeout of {self._timeouts.total:g}s"
-        elif self._streaming:
-            what = f"the idle timeout of {self._timeouts.idle:g}s between events"
-        else:
-            what = f"the first-token timeout of {self._timeouts.first_token:g}s"
-        self.expired = UpstreamTimeout(f"provider '{self._provider}' exceeded {what}")
+        self.expired = self._expiry(now)
         self._task.cancel()
+
+    def _expiry(self, now: float) -> UpstreamTimeout:
+        t = self._timeouts
+        if t.total is not None and now >= self._start + t.total:
+            what = f"the total timeout of {t.total:g}s"
+        elif self._streaming:
+            what = f"the idle timeout of {t.idle:g}s between events"
+        elif t.request is not None and t.request <= t.first_token:
+            return RequestTimeout(f"Request exceeded the timeout sent in the request: "
+                                  f"{t.request * 1000:g}ms (provider '{self._provider}')")
+        else:
+            what = f"the first-token timeout of {t.first_token:g}s"
+        return UpstreamTimeout(f"provider '{self._provider}' exceeded {what}")
 
     def abort(self, err: ProxyError) -> None:
         """End the stream now with `err` (the worker is shutting down): the task sees it as
