@@ -32,6 +32,8 @@ class ProxyError(Exception):
     status: int = 500
     error_type: str = "api_error"
     code: str | None = None
+    # Headers the answer carries besides the error's own (the chat handler's x-portkey-*).
+    response_headers: dict[str, str] | None = None
 
     def __init__(
         self,

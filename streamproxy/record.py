@@ -31,7 +31,8 @@ class RequestRecord:
     finished: float | None = None
     attempts: int = 0  # upstream requests sent, retries and fallbacks included
     target_index: int | None = None  # which planned attempt served the answer
-    option_path: str | None = None  # where that attempt sits in the config, for the header
+    option_path: str | None = None  # where that attempt (or the failed last) sits in the config
+    retries_exhausted: bool = False  # the failure returned used up its target's retries
     fallbacks: int = 0  # moves to another planned target after a failure
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None

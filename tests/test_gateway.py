@@ -193,6 +193,47 @@ async def test_trace_id_is_echoed(proxy: Any) -> None:
     assert resp.headers["x-portkey-trace-id"] == "trace-123"
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_errors_carry_the_portkey_headers(proxy: Any, stream: bool) -> None:
+    client = await proxy(gateway_config())
+    trace = {"x-portkey-trace-id": "trace-err"}
+    invalid = await post(client, headers=trace, stream=stream, model="mock/fast", n=0)
+    assert invalid.status == 400
+    assert invalid.headers["x-portkey-trace-id"] == "trace-err"
+    assert "x-portkey-provider" not in invalid.headers  # no target was tried
+    failed = await post(client, fallback(leaf("fast:status=503"), leaf("fast:status=500", "mock2"),
+                                         on_status_codes=[503]), headers=trace, stream=stream)
+    assert failed.status == 500
+    assert failed.headers["x-portkey-trace-id"] == "trace-err"
+    assert failed.headers["x-portkey-provider"] == "mock2"
+    assert failed.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
+    assert failed.headers["x-portkey-retry-attempt-count"] == "1"  # no retries configured
+    generated = await post(client, json.dumps(leaf("fast:status=500")), stream=stream)
+    assert len(generated.headers["x-portkey-trace-id"]) == 32
+    assert generated.headers["x-portkey-last-used-option-index"] == "config"
+
+
+async def test_retry_count_is_minus_one_when_the_retries_ran_out(proxy: Any) -> None:
+    client = await proxy(gateway_config())
+    retry = {"attempts": 1, "use_retry_after_header": False}
+    resp = await post(client, json.dumps(leaf("fast:status=503", retry=retry)))
+    assert resp.status == 503
+    assert resp.headers["x-portkey-retry-attempt-count"] == "-1"
+    assert resp.headers["retry-after"] == "1"  # the upstream's, still passed on
+    not_retried = await post(client, json.dumps(leaf("fast:status=400", retry=retry)))
+    assert not_retried.status == 400
+    assert not_retried.headers["x-portkey-retry-attempt-count"] == "0"
+
+
+async def test_a_refusal_before_routing_echoes_the_trace_id(proxy: Any) -> None:
+    config = make_config({"mock": {"type": "mock", "default_model": "fast"}}, default="mock",
+                         auth={"keys": [{"name": "a", "key": "proxy-key-0123456789abcdef"}]})
+    client = await proxy(config)
+    resp = await post(client, headers={"x-portkey-trace-id": "trace-401"}, model="mock/fast")
+    assert resp.status == 401
+    assert resp.headers["x-portkey-trace-id"] == "trace-401"
+
+
 async def test_invalid_config_header_is_a_400_naming_the_field(proxy: Any) -> None:
     client = await proxy(gateway_config())
     resp = await post(client, '{"strategy": {"mode": "fallback"}, "targets": [{"weight": "x"}]}')
@@ -272,6 +313,7 @@ async def test_request_timeout_is_a_408_that_on_status_codes_act_on(proxy: Any) 
         {**slow, "retry": {"attempts": 1, "on_status_codes": [408]}}, leaf("fast:tokens=2"),
         on_status_codes=[429]))
     assert retried.status == 408  # retried once, then the fallback does not act on 408
+    assert retried.headers["x-portkey-retry-attempt-count"] == "-1"  # retries exhausted
 
 
 async def test_server_timeouts_stay_504(proxy: Any) -> None:

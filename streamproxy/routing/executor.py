@@ -100,6 +100,7 @@ class Executor:
             except ProxyError as e:
                 following = plan.next_after(index, e.status)
                 if following is None:
+                    record.option_path = attempt.path  # the target whose error is returned
                     raise
                 record.fallbacks += 1
                 index = following
@@ -113,6 +114,7 @@ class Executor:
         target, spec = attempt.target, attempt.retry
         record.provider = target.provider.name
         record.model = target.model or target.provider.cfg.default_model
+        record.retries_exhausted = False
         retry = 0
         while True:
             record.attempts += 1
@@ -122,11 +124,15 @@ class Executor:
                 record.note_upstream_error(e)  # metrics: upstream errors by kind
                 if attempt.breaker is not None:
                     self.breakers.record(attempt.breaker_key, attempt.breaker, e.status)
-                if retry >= spec.attempts or e.status not in spec.on_status_codes:
+                if e.status not in spec.on_status_codes:
+                    raise
+                if retry >= spec.attempts:
+                    record.retries_exhausted = spec.attempts > 0
                     raise
                 delay = retry_delay(retry, self.rng, getattr(e, "retry_after", None),
                                     spec.use_retry_after_header)
-                if delay is None:
+                if delay is None:  # a Retry-After beyond the cap: the retries are given up
+                    record.retries_exhausted = True
                     raise
                 retry += 1
                 await asyncio.sleep(delay)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 from aiohttp import web
@@ -13,13 +13,19 @@ from streamproxy.errors import NotFound, PayloadTooLarge, ProxyError
 log = logging.getLogger("streamproxy.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+TRACE_HEADER = "x-portkey-trace-id"
 
 
-def error_headers(err: ProxyError) -> dict[str, str]:
+def error_headers(err: ProxyError, request_headers: Mapping[str, str]) -> dict[str, str]:
+    """Retry-After when the error has one, and the x-portkey-* headers: those the chat handler
+    noted, else (a request refused before it ran) the client's trace id echoed."""
+    headers = dict(err.response_headers or {})
+    if TRACE_HEADER not in headers and TRACE_HEADER in request_headers:
+        headers[TRACE_HEADER] = request_headers[TRACE_HEADER]
     retry_after = getattr(err, "retry_after", None)
-    if retry_after is None:
-        return {}
-    return {"retry-after": str(max(1, round(retry_after)))}
+    if retry_after is not None:
+        headers["retry-after"] = str(max(1, round(retry_after)))
+    return headers
 
 
 def internal_error() -> ProxyError:
@@ -28,9 +34,10 @@ def internal_error() -> ProxyError:
                       code="internal_error")
 
 
-def error_response(err: ProxyError) -> web.Response:
+def error_response(err: ProxyError, request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(err.to_dict()), status=err.status,
-                        content_type="application/json", headers=error_headers(err))
+                        content_type="application/json",
+                        headers=error_headers(err, request.headers))
 
 
 @web.middleware
@@ -38,20 +45,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ProxyError as e:
-        return error_response(e)
+        return error_response(e, request)
     except web.HTTPRequestEntityTooLarge:  # aiohttp's exception keeps no max_size attribute
         return error_response(PayloadTooLarge(
-            f"The request body exceeds the limit of {request.client_max_size} bytes."))
+            f"The request body exceeds the limit of {request.client_max_size} bytes."), request)
     except web.HTTPNotFound:
         return error_response(NotFound(f"Unknown path: {request.method} {request.path}",
-                                       code="unknown_url"))
+                                       code="unknown_url"), request)
     except web.HTTPMethodNotAllowed:
         return error_response(ProxyError(f"Method {request.method} is not allowed on "
                                          f"{request.path}.", status=405,
                                          error_type="invalid_request_error",
-                                         code="method_not_allowed"))
+                                         code="method_not_allowed"), request)
     except web.HTTPException:
         raise
     except Exception:
         log.exception("unhandled error serving %s %s", request.method, request.path)
-        return error_response(internal_error())
+        return error_response(internal_error(), request)

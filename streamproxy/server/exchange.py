@@ -76,9 +76,9 @@ class Exchange(Protocol):
 
 
 async def reply_error(ex: Exchange, err: ProxyError, *, close: bool = False) -> None:
-    """`err` as OpenAI's error JSON, with its status (and Retry-After when it has one)."""
-    await ex.reply(orjson.dumps(err.to_dict()), status=err.status, headers=error_headers(err),
-                   close=close)
+    """`err` as OpenAI's error JSON, with its status and headers (`error_headers`)."""
+    await ex.reply(orjson.dumps(err.to_dict()), status=err.status,
+                   headers=error_headers(err, ex.headers), close=close)
 
 
 class SSEResponse(web.StreamResponse):

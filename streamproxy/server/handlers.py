@@ -19,7 +19,6 @@ from streamproxy.relay import relay
 from streamproxy.routing.executor import OpenedStream
 from streamproxy.routing.gateway import parse_metadata
 from streamproxy.routing.planner import Plan
-from streamproxy.routing.target import Target
 from streamproxy.server.auth import allowed_targets
 from streamproxy.server.drain import shutdown_error
 from streamproxy.server.exchange import AiohttpExchange, EventWriter, Exchange, reply_error
@@ -28,6 +27,9 @@ from streamproxy.server.state import STATE, AppState
 from streamproxy.server.store_and_cache import before_upstream
 
 TRACE_HEADER = "x-portkey-trace-id"
+# Portkey's x-portkey-retry-attempt-count when the target whose error is returned used up its
+# retries (automatic-retries: "-1: all retries exhausted, request failed").
+RETRIES_EXHAUSTED = "-1"
 PLAN = web.RequestKey("streamproxy_plan", Plan)  # read by the cache for the config's `cache`
 SSE_HEADERS = {
     "content-type": "text/event-stream; charset=utf-8",
@@ -36,12 +38,15 @@ SSE_HEADERS = {
 }
 
 
-def _response_headers(record: RequestRecord, target: Target | None) -> dict[str, str]:
+def _response_headers(record: RequestRecord, provider: str | None) -> dict[str, str]:
+    """The x-portkey-* headers of an answer, a success's or (as Portkey sends them) an
+    error's: what is known by then."""
     headers = {TRACE_HEADER: record.trace_id}
-    if target is not None:
-        headers["x-portkey-provider"] = target.provider.name
+    if provider is not None:
+        headers["x-portkey-provider"] = provider
     if record.attempts:
-        headers["x-portkey-retry-attempt-count"] = str(record.attempts - 1)
+        headers["x-portkey-retry-attempt-count"] = (
+            RETRIES_EXHAUSTED if record.retries_exhausted else str(record.attempts - 1))
     if record.option_path is not None:
         headers["x-portkey-last-used-option-index"] = record.option_path
     return headers
@@ -90,10 +95,11 @@ async def chat(ex: Exchange) -> None:
         record.first_byte = time.monotonic()
         record.bytes_out = len(body)
         served = plan.attempts[record.target_index or 0].target
-        await ex.reply(body, headers=_response_headers(record, served))
+        await ex.reply(body, headers=_response_headers(record, served.provider.name))
     except ProxyError as e:
         record.status = e.status
         record.error_type, record.error_code = e.error_type, e.code
+        e.response_headers = _response_headers(record, record.provider)
         raise
     except asyncio.CancelledError:
         if state.drain.owns():  # the shutdown grace ran out before this request committed
@@ -126,8 +132,8 @@ async def _stream(ex: Exchange, state: AppState, req: ChatRequest, plan: Plan,
         stream, client = await state.executor.open_stream(req, plan, record), None
     if client is None:
         try:  # the commit point: from here the client has a 200
-            client = await ex.start_events({**SSE_HEADERS,
-                                            **_response_headers(record, stream.target)})
+            client = await ex.start_events({
+                **SSE_HEADERS, **_response_headers(record, stream.target.provider.name)})
         except BaseException:
             stream.deadline.cancel()
             stream.response.close()
@@ -178,6 +184,7 @@ async def _refuse_while_draining(ex: Exchange, record: RequestRecord) -> None:
     """A request on a kept-alive connection after SIGTERM: 503, and the connection closes."""
     err = shutdown_error()
     record.status, record.error_type, record.error_code = err.status, err.error_type, err.code
+    err.response_headers = _response_headers(record, None)
     await reply_error(ex, err, close=True)
 
 
