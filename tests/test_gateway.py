@@ -402,3 +402,47 @@ async def test_no_keepalive_when_the_first_token_is_fast(proxy: Any) -> None:
     body = await resp.read()
     assert not body.startswith(b":")
     assert resp.headers["x-portkey-provider"] == "mock"
+
+
+# -- routing by header: x-portkey-provider with model ids and OneLLM's fallback_models ----------
+
+COMPLETION = json.dumps({
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+
+
+def openai_pair(upstream: Any, **sections: Any) -> Any:
+    """Two OpenAI-type providers on one fake upstream, told apart by their path; `mock` is the
+    default."""
+    upstream.content_type = "application/json"
+    upstream.body = COMPLETION
+    return make_config({
+        "mock": {"type": "mock", "default_model": "fast"},
+        "e1": {"type": "openai", "base_url": f"{upstream.url}/e1", "default_model": "m"},
+        "e2": {"type": "openai", "base_url": f"{upstream.url}/e2", "default_model": "m"},
+    }, default="mock", **sections)
+
+
+def served(upstream: Any) -> tuple[str, str]:
+    """(provider path, model) of the last upstream request."""
+    last = upstream.requests[-1]
+    return last.path.split("/")[1], last.json()["model"]
+
+
+@pytest.mark.parametrize("model", ["@cf/meta/llama-3.1-8b-instruct", "@hf/thebloke/x-awq"])
+async def test_an_at_model_id_goes_verbatim_to_the_provider_the_header_names(
+        proxy: Any, upstream: Any, model: str) -> None:
+    client = await proxy(openai_pair(upstream))
+    resp = await post(client, stream=False, model=model, headers={"x-portkey-provider": "e2"})
+    assert resp.status == 200
+    assert served(upstream) == ("e2", model)
+    known = await post(client, stream=False, model="@e2/m2", headers={"x-portkey-provider": "e2"})
+    assert known.status == 200 and served(upstream) == ("e2", "m2")
+    config = json.dumps({"provider": "e1", "override_params": {"model": model}})
+    assert (await post(client, config, stream=False)).status == 200
+    assert served(upstream) == ("e1", model)
+    unnamed = await post(client, stream=False, model=model)  # no header: `cf` must be a provider
+    assert unnamed.status == 400
+    assert (await unnamed.json())["error"]["code"] == "unknown_provider"

@@ -198,8 +198,7 @@ class Gateway:
                     f"Unknown provider '{name}' at '{leaf.path}.provider'. Configured "
                     f"providers: {', '.join(self.router.providers)}.",
                     param=f"{leaf.path}.provider", code="unknown_provider")
-            prefix, bare = self.router.split_model(model)
-            target = self.router.target(name, bare if prefix == name else model, headers)
+            target = self.router.target(name, self.router.model_for(name, model), headers)
         else:
             target = self.router.resolve({k: v for k, v in headers.items()
                                           if k.lower() != "x-portkey-provider"}

@@ -3,8 +3,8 @@
 Order: the `x-portkey-provider` header; a model prefix `@name/model` or `name/model` where
 `name` is a configured provider (stripped before the request goes upstream); otherwise the
 configured `default_provider`. With the header set, a model prefix naming that same provider
-is stripped too; any other slash in a model name is left alone (`meta-llama/Llama-3` is a
-model name on several providers).
+is stripped too; any other prefix is part of the model name (`meta-llama/Llama-3` is a model
+name on several providers, `@cf/meta/llama-3-8b-instruct` one of Cloudflare Workers AI's).
 """
 
 from __future__ import annotations
@@ -54,16 +54,26 @@ class Router:
             raise self._unknown(name)
         return None, model
 
+    def model_for(self, name: str, model: str | None) -> str | None:
+        """The model as provider `name` gets it when something other than the model (a header,
+        a config target) chose that provider: a prefix naming `name` is stripped, any other
+        prefix, `@x/` included, is part of the model's id."""
+        if model and "/" in model:
+            head, _, rest = model.partition("/")
+            if head.removeprefix("@") == name:
+                return rest or None
+        return model
+
     def resolve(self, headers: Mapping[str, str], model: str | None) -> Target:
         header = headers.get(PROVIDER_HEADER)
-        prefix, bare = self.split_model(model)
         if header:
             name = header.removeprefix("@")
             if name not in self.providers:
-                raise self._unknown(name)
-            upstream_model = bare if prefix == name else model
-        elif prefix:
-            name, upstream_model = prefix, bare
+                raise self._unknown(name, PROVIDER_HEADER)
+            return self.target(name, self.model_for(name, model), headers)
+        prefix, upstream_model = self.split_model(model)
+        if prefix:
+            name = prefix
         elif self.default:
             name, upstream_model = self.default, model
         else:
@@ -84,7 +94,7 @@ class Router:
             timeouts=self._provider_timeouts[name],
         )
 
-    def _unknown(self, name: str) -> UnknownProvider:
+    def _unknown(self, name: str, param: str = "model") -> UnknownProvider:
         return UnknownProvider(
             f"Unknown provider '{name}'. Configured providers: {', '.join(self.providers)}.",
-            param="model")
+            param=param)
