@@ -413,16 +413,16 @@ COMPLETION = json.dumps({
     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
 
 
-def openai_pair(upstream: Any, **sections: Any) -> Any:
-    """Two OpenAI-type providers on one fake upstream, told apart by their path; `mock` is the
-    default."""
+def openai_pair(upstream: Any, default: str = "mock", **sections: Any) -> Any:
+    """Two OpenAI-type providers on one fake upstream, told apart by their path, and the
+    mock."""
     upstream.content_type = "application/json"
     upstream.body = COMPLETION
     return make_config({
         "mock": {"type": "mock", "default_model": "fast"},
         "e1": {"type": "openai", "base_url": f"{upstream.url}/e1", "default_model": "m"},
         "e2": {"type": "openai", "base_url": f"{upstream.url}/e2", "default_model": "m"},
-    }, default="mock", **sections)
+    }, default=default, **sections)
 
 
 def served(upstream: Any) -> tuple[str, str]:
@@ -446,3 +446,27 @@ async def test_an_at_model_id_goes_verbatim_to_the_provider_the_header_names(
     unnamed = await post(client, stream=False, model=model)  # no header: `cf` must be a provider
     assert unnamed.status == 400
     assert (await unnamed.json())["error"]["code"] == "unknown_provider"
+
+
+async def test_fallback_models_keep_the_primary_on_the_provider_the_header_names(
+        proxy: Any, upstream: Any) -> None:
+    client = await proxy(openai_pair(upstream, default="e1"))
+    resp = await post(client, stream=False, model="primary", fallback_models=["e1/other"],
+                      headers={"x-portkey-provider": "e2"})
+    assert resp.status == 200
+    assert resp.headers["x-portkey-provider"] == "e2"
+    assert served(upstream) == ("e2", "primary")
+    # The primary fails: a fallback with a provider prefix goes there, one without it to the
+    # header's provider (not to the default).
+    resp = await post(client, stream=False, model="fast:status=500",
+                      fallback_models=["fast:tokens=2"], headers={"x-portkey-provider": "mock"})
+    assert resp.status == 200
+    assert resp.headers["x-portkey-provider"] == "mock"
+    assert (await resp.json())["choices"][0]["message"]["content"] == mock_text(2)
+    resp = await post(client, stream=False, model="fast:status=500",
+                      fallback_models=["e1/other"], headers={"x-portkey-provider": "mock"})
+    assert resp.headers["x-portkey-provider"] == "e1" and served(upstream) == ("e1", "other")
+    unknown = await post(client, model="primary", fallback_models=["e1/other"],
+                         headers={"x-portkey-provider": "nope"})
+    assert unknown.status == 400
+    assert (await unknown.json())["error"]["param"] == "x-portkey-provider"

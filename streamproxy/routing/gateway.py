@@ -29,13 +29,13 @@ from urllib.parse import urlsplit
 import orjson
 
 from streamproxy.config import Config, ConfigError, Timeouts
-from streamproxy.errors import InvalidRequest
+from streamproxy.errors import InvalidRequest, UnknownProvider
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.providers.base import Provider
 from streamproxy.routing.breaker import CircuitBreakers
 from streamproxy.routing.planner import NO_RETRY, Plan, plan, single
 from streamproxy.routing.portkey_config import ConfigNode, RetrySpec, parse_config
-from streamproxy.routing.router import Router, client_key
+from streamproxy.routing.router import PROVIDER_HEADER, Router, client_key
 from streamproxy.routing.target import Target
 
 CONFIG_HEADER = "x-portkey-config"
@@ -136,17 +136,40 @@ class Gateway:
         model = req.model
         if model in self.settings.routes:
             return self.settings.configs[self.settings.routes[model]]
-        explicit = headers.get("x-portkey-provider") or self.router.split_model(model)[0]
+        named = self._named_by_headers(headers)
         if req.fallback_models:
-            leaves = [{"override_params": {"model": m}} if m else {}
-                      for m in [model, *req.fallback_models]]
-            raw: dict[str, Any] = {"strategy": {"mode": "fallback"}, "targets": leaves}
-            if req.retries:
-                raw["retry"] = {"attempts": req.retries}
-            return parse_config(raw, "config")
+            return self._onellm_fallbacks(named, req)
+        explicit = named or self.router.split_model(model)[0]
         if not explicit and self.settings.default_config:
             return self.settings.configs[self.settings.default_config]
         return None
+
+    def _named_by_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """The provider the request's headers name, as a config target's fields."""
+        name = headers.get(PROVIDER_HEADER)
+        if not name:
+            return {}
+        name = name.removeprefix("@")
+        if name not in self.router.providers:
+            raise UnknownProvider(f"Unknown provider '{name}' in {PROVIDER_HEADER}. Configured "
+                                  f"providers: {', '.join(self.router.providers)}.",
+                                  param=PROVIDER_HEADER)
+        return {"provider": name}
+
+    def _onellm_fallbacks(self, named: dict[str, str], req: ChatRequest) -> ConfigNode:
+        """OneLLM's `fallback_models` (and `retries`) as a fallback config. Each model goes
+        where it would alone: to the provider the headers name, unless (for a fallback model)
+        its prefix names a configured one; else by its prefix, else to the default."""
+        leaves = []
+        for i, model in enumerate([req.model, *req.fallback_models]):
+            leaf: dict[str, Any] = {"override_params": {"model": model}} if model else {}
+            if named and (i == 0 or self.router.prefix_provider(model) is None):
+                leaf.update(named)
+            leaves.append(leaf)
+        raw: dict[str, Any] = {"strategy": {"mode": "fallback"}, "targets": leaves}
+        if req.retries:
+            raw["retry"] = {"attempts": req.retries}
+        return parse_config(raw, "config")
 
     def _header_config(self, header: str) -> ConfigNode:
         text = header.strip()
@@ -199,9 +222,9 @@ class Gateway:
                     f"providers: {', '.join(self.router.providers)}.",
                     param=f"{leaf.path}.provider", code="unknown_provider")
             target = self.router.target(name, self.router.model_for(name, model), headers)
-        else:
+        else:  # a model in override_params routes by its prefix alone, not by the header
             target = self.router.resolve({k: v for k, v in headers.items()
-                                          if k.lower() != "x-portkey-provider"}
+                                          if k.lower() != PROVIDER_HEADER}
                                          if model_param else headers, model)
         provider = target.provider
         secret = leaf.api_key or (vkey.api_key if vkey else None)

@@ -54,6 +54,13 @@ class Router:
             raise self._unknown(name)
         return None, model
 
+    def prefix_provider(self, model: str | None) -> str | None:
+        """The configured provider a model's `name/` or `@name/` prefix names, if any."""
+        if not model or "/" not in model:
+            return None
+        name = model.partition("/")[0].removeprefix("@")
+        return name if name in self.providers else None
+
     def model_for(self, name: str, model: str | None) -> str | None:
         """The model as provider `name` gets it when something other than the model (a header,
         a config target) chose that provider: a prefix naming `name` is stripped, any other
