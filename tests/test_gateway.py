@@ -470,3 +470,81 @@ async def test_fallback_models_keep_the_primary_on_the_provider_the_header_names
                          headers={"x-portkey-provider": "nope"})
     assert unknown.status == 400
     assert (await unknown.json())["error"]["param"] == "x-portkey-provider"
+
+
+
+# -- the portkey-ai SDK's client options, sent as headers ----------------------------------------
+
+async def test_portkey_sdk_virtual_key_picks_the_provider_and_its_secret(
+        proxy: Any, upstream: Any, monkeypatch: Any) -> None:
+    from portkey_ai import AsyncPortkey
+
+    monkeypatch.setenv("VK_E2", "sk-e2-secret")
+    config = openai_pair(upstream, virtual_keys={"vk-e2": {"provider": "e2",
+                                                            "api_key_env": "VK_E2"}})
+    client = await proxy(config)
+    portkey = AsyncPortkey(base_url=str(client.make_url("/v1")), api_key="pk-placeholder",
+                           virtual_key="vk-e2", max_retries=0)
+    done = await portkey.with_options(trace_id="t-vk").chat.completions.create(
+        model="m2", messages=USER, extra_body={"retries": 1})
+    assert done.choices[0].message.content == "ok"
+    assert served(upstream) == ("e2", "m2")
+    sent = {k.lower(): v for k, v in upstream.requests[-1].headers.items()}
+    assert sent["authorization"] == "Bearer sk-e2-secret"  # not the client's placeholder
+    # A config target that names no provider takes the header's virtual key, as it takes
+    # x-portkey-provider; one that names a provider keeps it.
+    vk = {"x-portkey-virtual-key": "vk-e2"}
+    resp = await post(client, json.dumps({"retry": {"attempts": 1}}), stream=False,
+                      headers=vk, model="m3")
+    assert resp.status == 200 and served(upstream) == ("e2", "m3")
+    resp = await post(client, json.dumps({"provider": "e1"}), stream=False, headers=vk,
+                      model="m4")
+    assert resp.status == 200 and served(upstream) == ("e1", "m4")
+    resp = await post(client, stream=False, headers=vk, model="m5",
+                      fallback_models=["e1/m6"])
+    assert resp.status == 200 and served(upstream) == ("e2", "m5")
+    unknown = await post(client, stream=False, model="m",
+                         headers={"x-portkey-virtual-key": "vk-nope"})
+    assert unknown.status == 400
+    err = (await unknown.json())["error"]
+    assert (err["param"], err["code"]) == ("x-portkey-virtual-key", "unknown_virtual_key")
+    assert "vk-nope" in err["message"]
+
+
+async def test_custom_host_header_under_the_same_allow_list(proxy: Any, upstream: Any) -> None:
+    from portkey_ai import AsyncPortkey
+
+    host = upstream.url.split("://")[1]
+    client = await proxy(openai_pair(upstream, allowed_custom_hosts=[host]))
+    portkey = AsyncPortkey(base_url=str(client.make_url("/v1")), api_key="pk", provider="e1",
+                           custom_host=f"{upstream.url}/custom/v1", max_retries=0)
+    done = await portkey.chat.completions.create(model="m", messages=USER)
+    assert done.choices[0].message.content == "ok"
+    assert upstream.requests[-1].path == "/custom/v1/chat/completions"
+    config = json.dumps({"provider": "e2", "custom_host": "http://169.254.169.254"})
+    resp = await post(client, config, stream=False,
+                      headers={"x-portkey-custom-host": f"{upstream.url}/header"})
+    assert resp.status == 200  # the header wins over the config's, as in Portkey
+    assert upstream.requests[-1].path == "/header/chat/completions"
+    denied = await post(client, stream=False, model="e1/m",
+                        headers={"x-portkey-custom-host": "http://169.254.169.254/latest"})
+    assert denied.status == 400
+    err = (await denied.json())["error"]
+    assert (err["param"], err["code"]) == ("x-portkey-custom-host", "custom_host_not_allowed")
+
+
+async def test_forward_headers_header(proxy: Any, upstream: Any) -> None:
+    client = await proxy(openai_pair(upstream))
+    listed = {"x-portkey-forward-headers": "X-Team, x-trace ,transfer-encoding,x-portkey-api-key",
+              "x-team": "blue", "x-trace": "t1", "x-other": "no",
+              "x-portkey-api-key": "proxy-secret"}
+    resp = await post(client, stream=False, model="e1/m", headers=listed)
+    assert resp.status == 200
+    sent = {k.lower(): v for k, v in upstream.requests[-1].headers.items()}
+    assert (sent["x-team"], sent["x-trace"]) == ("blue", "t1")
+    assert "x-other" not in sent and "x-portkey-api-key" not in sent
+    assert "transfer-encoding" not in sent
+    config = json.dumps({"provider": "e2", "forward_headers": ["x-other"]})
+    resp = await post(client, config, stream=False, headers=listed)
+    sent = {k.lower(): v for k, v in upstream.requests[-1].headers.items()}
+    assert "x-team" in sent and "x-other" not in sent  # the header's list wins, as in Portkey

@@ -12,9 +12,12 @@ YAML sections owned here:
     allowed_custom_hosts: [api.example.com, "127.0.0.1:9000"]   # custom_host allow-list
 
 Precedence for a request: the `x-portkey-config` header; a route for its model; an explicit
-provider (header or model prefix); `default_config`; the plain default provider. OneLLM's
-body fields `fallback_models` / `retries` build an implicit fallback config when no config
-applies.
+provider (`x-portkey-virtual-key` or `x-portkey-provider` header, or model prefix);
+`default_config`; the plain default provider. OneLLM's body fields `fallback_models` /
+`retries` build an implicit fallback config when no config applies. The headers the
+portkey-ai SDK sends for its client options apply to every target, over the config's
+fields, as in Portkey: `x-portkey-custom-host` (allowed hosts only, as `custom_host`),
+`x-portkey-forward-headers`, `x-portkey-request-timeout`.
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ from streamproxy.routing.router import PROVIDER_HEADER, Router, client_key
 from streamproxy.routing.target import Target
 
 CONFIG_HEADER = "x-portkey-config"
+VIRTUAL_KEY_HEADER = "x-portkey-virtual-key"
+CUSTOM_HOST_HEADER = "x-portkey-custom-host"
+FORWARD_HEADERS_HEADER = "x-portkey-forward-headers"  # comma-separated header names
+# Never forwarded, whoever lists them: framing and hop-by-hop headers, and the proxy key.
+_UNFORWARDABLE = frozenset({"host", "content-length", "transfer-encoding", "connection",
+                            "keep-alive", "te", "trailer", "upgrade", "expect",
+                            "proxy-authorization", "proxy-connection", "x-portkey-api-key"})
 METADATA_HEADER = "x-portkey-metadata"
 TIMEOUT_HEADER = "x-portkey-request-timeout"  # milliseconds until the answer starts (then 408)
 
@@ -139,13 +149,23 @@ class Gateway:
         named = self._named_by_headers(headers)
         if req.fallback_models:
             return self._onellm_fallbacks(named, req)
+        if "virtual_key" in named:
+            # The plain path knows no virtual keys: one target resolved as a config's, which
+            # takes the header's virtual key as a target that names nothing does.
+            raw: dict[str, Any] = {"retry": {"attempts": req.retries}} if req.retries else {}
+            return parse_config(raw, "config")
         explicit = named or self.router.split_model(model)[0]
         if not explicit and self.settings.default_config:
             return self.settings.configs[self.settings.default_config]
         return None
 
     def _named_by_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
-        """The provider the request's headers name, as a config target's fields."""
+        """The target the request's headers name, as a config target's fields: a virtual key
+        (which names its provider and holds its secret), else a provider."""
+        vkey = headers.get(VIRTUAL_KEY_HEADER)
+        if vkey:
+            self._virtual_key(vkey, VIRTUAL_KEY_HEADER)
+            return {"virtual_key": vkey}
         name = headers.get(PROVIDER_HEADER)
         if not name:
             return {}
@@ -195,6 +215,7 @@ class Gateway:
             target = self.router.resolve(headers, req.model)
             if request_timeouts:
                 target.timeouts = target.timeouts.merged(request_timeouts)
+            self._client_options(target, headers, None)
             return single(target, RetrySpec(req.retries) if req.retries else NO_RETRY)
 
         def resolve(leaf: ConfigNode) -> Target:
@@ -209,10 +230,10 @@ class Gateway:
         model_param = params.pop("model", None)
         vkey = None
         if leaf.virtual_key:
-            vkey = self.settings.virtual_keys.get(leaf.virtual_key)
-            if vkey is None:
-                raise InvalidRequest(f"Unknown virtual_key '{leaf.virtual_key}'.",
-                                     param=f"{leaf.path}.virtual_key", code="invalid_config")
+            vkey = self._virtual_key(leaf.virtual_key, f"{leaf.path}.virtual_key")
+        elif not leaf.provider and model_param is None and VIRTUAL_KEY_HEADER in headers:
+            # A target that names nothing routes like a plain request: by the headers.
+            vkey = self._virtual_key(headers[VIRTUAL_KEY_HEADER], VIRTUAL_KEY_HEADER)
         name = (leaf.provider or "").removeprefix("@") or (vkey.provider if vkey else None)
         model = model_param if model_param is not None else req.model
         if name:
@@ -229,24 +250,50 @@ class Gateway:
         provider = target.provider
         secret = leaf.api_key or (vkey.api_key if vkey else None)
         target.api_key = secret or provider.cfg.api_key or client_key(headers)
-        if leaf.custom_host:
-            provider = self._custom_host(provider, leaf)
-            target.provider = provider
         target.override_params = params
-        target.headers = {**target.headers,
-                          **{h: headers[h] for h in leaf.forward_headers if h in headers}}
         target.timeouts = _merge(target.timeouts, leaf.timeouts, request_timeouts)
+        self._client_options(target, headers, leaf)
         return target
 
-    def _custom_host(self, provider: Provider, leaf: ConfigNode) -> Provider:
-        host = _host_of(leaf.custom_host or "")
+    def _virtual_key(self, name: str, param: str) -> VirtualKey:
+        vkey = self.settings.virtual_keys.get(name)
+        if vkey is None:
+            raise InvalidRequest(f"Unknown virtual key '{name[:64]}' in {param}: it is not "
+                                 "under this gateway's virtual_keys.", param=param,
+                                 code="unknown_virtual_key")
+        return vkey
+
+    def _client_options(self, target: Target, headers: Mapping[str, str],
+                        leaf: ConfigNode | None) -> None:
+        """Where the target's request goes and which client headers go with it: the
+        x-portkey-custom-host / x-portkey-forward-headers headers, else the leaf's
+        `custom_host` / `forward_headers` (Portkey's order)."""
+        host = headers.get(CUSTOM_HOST_HEADER)
+        if host:
+            target.provider = self._custom_host(target.provider, host, CUSTOM_HOST_HEADER)
+        elif leaf is not None and leaf.custom_host:
+            target.provider = self._custom_host(target.provider, leaf.custom_host,
+                                                f"{leaf.path}.custom_host")
+        listed = headers.get(FORWARD_HEADERS_HEADER)
+        names = (_header_names(listed) if listed is not None
+                 else leaf.forward_headers if leaf is not None else ())
+        forwarded = {h: headers[h] for h in names if h in headers and h not in _UNFORWARDABLE}
+        if forwarded:
+            target.headers = {**target.headers, **forwarded}
+
+    def _custom_host(self, provider: Provider, custom_host: str, param: str) -> Provider:
+        host = _host_of(custom_host)
         if host not in self.settings.allowed_hosts:
             raise InvalidRequest(
-                f"custom_host '{host}' at '{leaf.path}.custom_host' is not allowed by this "
-                "gateway (allowed_custom_hosts in its config).",
-                param=f"{leaf.path}.custom_host", code="custom_host_not_allowed")
-        url = leaf.custom_host if "://" in (leaf.custom_host or "") else f"https://{host}"
+                f"custom_host '{host}' at '{param}' is not allowed by this gateway "
+                "(allowed_custom_hosts in its config).", param=param,
+                code="custom_host_not_allowed")
+        url = custom_host if "://" in custom_host else f"https://{host}"
         return provider.with_base_url(url.rstrip("/"))
+
+
+def _header_names(listed: str) -> tuple[str, ...]:
+    return tuple(h for h in (name.strip().lower() for name in listed.split(",")) if h)
 
 
 def _merge(base: Timeouts, *overrides: dict[str, float | None]) -> Timeouts:
