@@ -271,3 +271,20 @@ def test_backoff_grows_with_jitter_and_retry_after_wins_up_to_the_cap() -> None:
     assert retry_delay(0, rng, 1.5, True) == 1.5
     assert retry_delay(0, rng, 1.5, False) <= 0.25
     assert retry_delay(0, rng, RETRY_AFTER_CAP + 1, True) is None
+
+
+@pytest.mark.parametrize("key", ["use_retry_after_headers", "use_retry_after_header"])
+def test_use_retry_after_in_portkeys_documented_spelling_and_its_gateways(key: str) -> None:
+    for value in (True, False):
+        leaf = parse_config({"provider": "a", "retry": {"attempts": 2, key: value}})
+        assert leaf.retry.use_retry_after_header is value
+    with pytest.raises(InvalidRequest, match="must be a boolean"):
+        parse_config({"provider": "a", "retry": {key: "yes"}})
+
+
+def test_both_spellings_of_use_retry_after_must_agree() -> None:
+    both = {"use_retry_after_headers": False, "use_retry_after_header": False}
+    assert parse_config({"provider": "a", "retry": both}).retry.use_retry_after_header is False
+    with pytest.raises(InvalidRequest) as info:
+        parse_config({"provider": "a", "retry": {**both, "use_retry_after_header": True}})
+    assert info.value.param == "config.retry.use_retry_after_header"

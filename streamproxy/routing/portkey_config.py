@@ -104,20 +104,29 @@ def _number(value: Any, path: str, *, minimum: float = 0) -> float:
     return float(value)
 
 
+# Portkey documents `use_retry_after_headers`; its gateway reads `useRetryAfterHeader`.
+_USE_RETRY_AFTER = ("use_retry_after_headers", "use_retry_after_header")
+
+
 def _retry(raw: Any, path: str) -> RetrySpec:
     if not isinstance(raw, dict):
         raise _bad(path, "must be an object")
     for key in raw:
-        if key not in ("attempts", "on_status_codes", "use_retry_after_header"):
+        if key not in ("attempts", "on_status_codes", *_USE_RETRY_AFTER):
             raise _bad(f"{path}.{key}", "is not a retry field")
     attempts = raw.get("attempts", 0)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or not (
             0 <= attempts <= RETRY_ATTEMPTS_MAX):
         raise _bad(f"{path}.attempts", f"must be an integer from 0 to {RETRY_ATTEMPTS_MAX}")
     codes = raw.get("on_status_codes")
-    use_header = raw.get("use_retry_after_header", True)
-    if not isinstance(use_header, bool):
-        raise _bad(f"{path}.use_retry_after_header", "must be a boolean")
+    use_header = True
+    for key in _USE_RETRY_AFTER:
+        if key in raw:
+            if not isinstance(raw[key], bool):
+                raise _bad(f"{path}.{key}", "must be a boolean")
+            use_header = raw[key]
+    if len({raw[k] for k in _USE_RETRY_AFTER if k in raw}) > 1:
+        raise _bad(f"{path}.{_USE_RETRY_AFTER[1]}", f"contradicts {_USE_RETRY_AFTER[0]}")
     return RetrySpec(attempts, _codes(codes, f"{path}.on_status_codes") if codes is not None
                      else DEFAULT_RETRY_CODES, use_header)
 
