@@ -288,3 +288,79 @@ def test_both_spellings_of_use_retry_after_must_agree() -> None:
     with pytest.raises(InvalidRequest) as info:
         parse_config({"provider": "a", "retry": {**both, "use_retry_after_header": True}})
     assert info.value.param == "config.retry.use_retry_after_header"
+
+
+# -- per-target provider settings (Portkey's openai_organization, aws_region, vertex_region) ------
+
+def gateway_for(**sections: Any) -> Any:
+    from streamproxy.routing.gateway import Gateway, load_settings
+    from streamproxy.routing.router import Router
+    from streamproxy.server.app import build_providers
+    from tests.helpers import make_config
+
+    config = make_config({
+        "oa": {"type": "openai", "api_key": "k", "organization": "org-provider"},
+        "groq": {"type": "groq", "api_key": "k"},
+        "aws": {"type": "bedrock", "region": "us-east-1", "aws_access_key_id": "AKIDEXAMPLE",
+                "aws_secret_access_key": "secret"},
+        "vx": {"type": "vertex", "project": "p", "location": "us-central1", "api_key": "tok"},
+    }, default="oa", **sections)
+    providers = build_providers(config)
+    router = Router(providers, config.default_provider, config.server.timeouts)
+    return Gateway(router, load_settings(config), CircuitBreakers(), random.Random(0))
+
+
+def sent_for(gateway: Any, config: dict[str, Any] | None) -> Any:
+    """The upstream request the first planned target would send (no sockets)."""
+    import orjson
+
+    from streamproxy.openai_api.request import parse_chat_request
+
+    req = parse_chat_request(orjson.dumps({"model": "m", "messages": [
+        {"role": "user", "content": "hi"}]}))
+    headers = {"x-portkey-config": orjson.dumps(config).decode()} if config else {}
+    target = gateway.plan(headers, req, None).attempts[0].target
+    return target.provider.build_request(req, target)
+
+
+def test_target_provider_options_apply_where_the_provider_takes_them() -> None:
+    gateway = gateway_for()
+    sent = sent_for(gateway, {"provider": "oa", "openai_organization": "org-target"})
+    assert sent.headers["openai-organization"] == "org-target"
+    assert sent_for(gateway, None).headers["openai-organization"] == "org-provider"
+    sent = sent_for(gateway, {"provider": "aws", "aws_region": "eu-west-1"})
+    assert sent.url.startswith("https://bedrock-runtime.eu-west-1.amazonaws.com/model/m/")
+    assert "/eu-west-1/bedrock/aws4_request" in sent.headers["Authorization"]
+    sent = sent_for(gateway, {"provider": "aws"})  # the provider itself is left as it was
+    assert "/us-east-1/bedrock/aws4_request" in sent.headers["Authorization"]
+    sent = sent_for(gateway, {"provider": "vx", "vertex_region": "europe-west4"})
+    assert sent.url.startswith("https://europe-west4-aiplatform.googleapis.com/v1/projects/p/"
+                               "locations/europe-west4/")
+
+
+@pytest.mark.parametrize(("config", "param"), [
+    ({"provider": "groq", "openai_organization": "org-x"}, "config.openai_organization"),
+    ({"provider": "oa", "aws_region": "eu-west-1"}, "config.aws_region"),
+    ({"strategy": {"mode": "fallback"},
+      "targets": [{"provider": "vx"}, {"provider": "aws", "vertex_region": "europe-west4"}]},
+     "config.targets[1].vertex_region"),
+])
+def test_a_target_option_its_provider_does_not_take_is_a_400(config: dict[str, Any],
+                                                               param: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        sent_for(gateway_for(), config)
+    assert info.value.param == param
+    assert "does not apply to provider" in info.value.message
+
+
+def test_a_target_option_is_an_id_never_a_host() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_config({"provider": "aws", "aws_region": "evil.example.com/x"})
+    assert info.value.param == "config.aws_region"
+
+
+def test_a_named_config_with_a_misplaced_target_option_fails_at_start() -> None:
+    from streamproxy.config import ConfigError
+
+    with pytest.raises(ConfigError, match="does not apply"):
+        gateway_for(configs={"c": {"provider": "groq", "openai_organization": "org-x"}})

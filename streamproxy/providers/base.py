@@ -105,6 +105,9 @@ class Provider:
     dropped_params: ClassVar[frozenset[str]] = frozenset()
     # Client request headers copied to the upstream request (e.g. the mock's knobs).
     forwarded_client_headers: ClassVar[tuple[str, ...]] = ()
+    # Portkey config-target fields that set one of this type's options for that target
+    # (`openai_organization` → `organization`); see `target_option` and `with_options`.
+    target_options: ClassVar[dict[str, str]] = {}
     # True when the upstream already streams OpenAI chunks, forwarded as they are; the
     # translator then forwards the usage chunk itself and the encoder must not add one.
     passthrough: bool = False
@@ -146,6 +149,19 @@ class Provider:
         """This provider aimed at another host (a config's allowed `custom_host`)."""
         clone = copy.copy(self)
         clone.cfg = replace(self.cfg, base_url=base_url)
+        return clone
+
+    @classmethod
+    def target_option(cls, field: str) -> str | None:
+        """The option a config target's Portkey `field` sets on this type, or None (a subclass
+        whose options lack it, such as the OpenAI-compatible presets, does not take it)."""
+        key = cls.target_options.get(field)
+        return key if key in cls.option_keys else None
+
+    def with_options(self, options: dict[str, str]) -> Provider:
+        """This provider with some options set otherwise for one target (`target_option`)."""
+        clone = copy.copy(self)
+        clone.cfg = replace(self.cfg, options={**self.cfg.options, **options})
         return clone
 
     async def prepare(self, target: Target) -> None:

@@ -176,6 +176,7 @@ class OpenAIProvider(Provider):
     type_name: ClassVar[str] = "openai"
     default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"
     option_keys: ClassVar[frozenset[str]] = frozenset({"organization", "project"})
+    target_options: ClassVar[dict[str, str]] = {"openai_organization": "organization"}
     passthrough = True
     # Whether the upstream takes `stream_options.include_usage` (Mistral rejects it with a 422
     # and sends the counts anyway).

@@ -35,6 +35,7 @@ from streamproxy.config import Config, ConfigError, Timeouts
 from streamproxy.errors import InvalidRequest, UnknownProvider
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.providers.base import Provider
+from streamproxy.providers.registry import PROVIDER_TYPES
 from streamproxy.routing.breaker import CircuitBreakers
 from streamproxy.routing.planner import NO_RETRY, Plan, plan, single
 from streamproxy.routing.portkey_config import ConfigNode, RetrySpec, parse_config
@@ -121,6 +122,14 @@ def _check_leaf_static(leaf: ConfigNode, settings: GatewaySettings, config: Conf
     if leaf.virtual_key and leaf.virtual_key not in settings.virtual_keys:
         raise ConfigError(config.source, f"{where}: {leaf.path}.virtual_key",
                           f"'{leaf.virtual_key}' is not under virtual_keys")
+    provider = provider or (settings.virtual_keys[leaf.virtual_key].provider
+                            if leaf.virtual_key else "")
+    if provider and provider in config.providers:
+        type_name = config.providers[provider].type
+        for name in leaf.provider_options:
+            if PROVIDER_TYPES[type_name].target_option(name) is None:
+                raise ConfigError(config.source, f"{where}: {leaf.path}.{name}",
+                                  _option_misplaced(leaf.path, name, provider, type_name))
 
 
 def _host_of(url: str) -> str:
@@ -250,6 +259,8 @@ class Gateway:
         provider = target.provider
         secret = leaf.api_key or (vkey.api_key if vkey else None)
         target.api_key = secret or provider.cfg.api_key or client_key(headers)
+        if leaf.provider_options:
+            target.provider = _with_target_options(provider, leaf)
         target.override_params = params
         target.timeouts = _merge(target.timeouts, leaf.timeouts, request_timeouts)
         self._client_options(target, headers, leaf)
@@ -290,6 +301,26 @@ class Gateway:
                 code="custom_host_not_allowed")
         url = custom_host if "://" in custom_host else f"https://{host}"
         return provider.with_base_url(url.rstrip("/"))
+
+
+def _with_target_options(provider: Provider, leaf: ConfigNode) -> Provider:
+    """The provider with the leaf's `openai_organization` / `aws_region` / `vertex_region`
+    set as its own options; one its type does not take is a 400 saying what to do instead."""
+    options = {}
+    for name, value in leaf.provider_options.items():
+        key = provider.target_option(name)
+        if key is None:
+            raise InvalidRequest(_option_misplaced(leaf.path, name, provider.name,
+                                                   provider.type_name),
+                                 param=f"{leaf.path}.{name}", code="invalid_config")
+        options[key] = value
+    return provider.with_options(options)
+
+
+def _option_misplaced(path: str, name: str, provider: str, type_name: str) -> str:
+    return (f"Invalid config: '{path}.{name}' does not apply to provider '{provider}' (type "
+            f"{type_name}); name a provider that takes it, or set the option on a provider "
+            "in the gateway's config.")
 
 
 def _header_names(listed: str) -> tuple[str, ...]:

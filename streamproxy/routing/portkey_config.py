@@ -9,6 +9,7 @@ section, or as a route's default. Every invalid field is a 400 naming its path
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,9 +21,14 @@ DEFAULT_RETRY_CODES = frozenset({429, 500, 502, 503, 504})
 RETRY_ATTEMPTS_MAX = 10
 _TIMEOUT_KEYS = ("connect", "first_token", "idle", "total")
 
+# Portkey's per-target provider settings, applied where the target's provider type takes
+# them (the provider's `target_options`); not inherited, as in Portkey.
+PROVIDER_OPTION_KEYS = ("openai_organization", "aws_region", "vertex_region")
 _NODE_KEYS = {"strategy", "targets", "name", "weight", "provider", "api_key", "virtual_key",
               "override_params", "forward_headers", "request_timeout", "timeouts",
-              "custom_host", "retry", "cache", "cb_config"}
+              "custom_host", "retry", "cache", "cb_config", *PROVIDER_OPTION_KEYS}
+# An organization id or a region: it lands in a header or a host name.
+_OPTION_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 # Portkey fields we accept and ignore (they configure Portkey's hosted features).
 _IGNORED_KEYS = {"before_request_hooks", "after_request_hooks", "input_guardrails",
                  "output_guardrails", "id", "strict_open_ai_compliance"}
@@ -71,6 +77,7 @@ class ConfigNode:
     override_params: dict[str, Any] = field(default_factory=dict)
     forward_headers: tuple[str, ...] = ()
     custom_host: str | None = None
+    provider_options: dict[str, str] = field(default_factory=dict)  # PROVIDER_OPTION_KEYS
     timeouts: dict[str, float | None] = field(default_factory=dict)
     retry: RetrySpec = RetrySpec()
     breaker: BreakerSpec | None = None
@@ -187,7 +194,7 @@ def parse_config(raw: Any, path: str = "config", parent: ConfigNode | None = Non
     node = replace(
         base, path=path, mode=None, targets=(), on_status_codes=None, conditions=(),
         default=None, name=_string(raw, "name", path), weight=1.0, custom_host=None,
-        cache=None)
+        provider_options={}, cache=None)
     if "weight" in raw:
         node = replace(node, weight=_number(raw["weight"], f"{path}.weight"))
     node = _leaf_fields(node, raw, path)
@@ -206,6 +213,12 @@ def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode
             changes[key] = value
     if "virtual_key" in raw and "provider" not in raw:
         changes["provider"] = None  # the virtual key names its own provider
+    options = {key: raw[key] for key in PROVIDER_OPTION_KEYS if key in raw}
+    for key, value in options.items():
+        if not isinstance(value, str) or not _OPTION_VALUE.fullmatch(value):
+            raise _bad(f"{path}.{key}", "must be an id of letters, digits, '-' and '_'")
+    if options:
+        changes["provider_options"] = options
     if "override_params" in raw:
         params = raw["override_params"]
         if not isinstance(params, dict):

@@ -38,6 +38,7 @@ NO_REGION = "no AWS region: set region, AWS_REGION / AWS_DEFAULT_REGION, or one 
 class BedrockProvider(Provider):
     type_name: ClassVar[str] = "bedrock"
     option_keys: ClassVar[frozenset[str]] = auth.OPTION_KEYS
+    target_options: ClassVar[dict[str, str]] = {"aws_region": "region"}
     dropped_params: ClassVar[frozenset[str]] = DROPPED
 
     def __init__(self, cfg: ProviderConfig, **kw: Any) -> None:
@@ -63,6 +64,12 @@ class BedrockProvider(Provider):
     def base_url(self) -> str:
         return self.cfg.base_url or f"https://bedrock-runtime.{self.region}.amazonaws.com"
 
+    def with_options(self, options: dict[str, str]) -> BedrockProvider:
+        clone = super().with_options(options)
+        assert isinstance(clone, BedrockProvider)
+        clone.region = options.get("region", self.region)  # the same credentials, signed for it
+        return clone
+
     async def prepare(self, target: Target) -> None:
         if self.auth.needs_io():  # the first credential lookup, or a renewal: off the loop
             await asyncio.to_thread(self.auth.load)
@@ -73,7 +80,8 @@ class BedrockProvider(Provider):
         action = "converse-stream" if req.stream else "converse"
         url = str(URL(f"{self.base_url}/model/{quote(model, safe='')}/{action}"))
         headers = {"content-type": "application/json", **self.cfg.headers, **target.headers}
-        return UpstreamRequest(url, body, self.auth.sign(url, body, headers, target.api_key))
+        return UpstreamRequest(url, body, self.auth.sign(url, body, headers, target.api_key,
+                                                         self.region))
 
     def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
         return BedrockStreamTranslator(out, self.max_event_bytes, self.name)

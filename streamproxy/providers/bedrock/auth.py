@@ -111,9 +111,10 @@ class BedrockAuth:
     def __repr__(self) -> str:  # never print a key
         return f"BedrockAuth(provider={self._provider!r}, mode={self.mode!r})"
 
-    def sign(self, url: str, body: bytes, headers: dict[str, str],
-             client_key: str | None) -> dict[str, str]:
-        """The headers to send: `headers` plus the authentication for this exact url and body."""
+    def sign(self, url: str, body: bytes, headers: dict[str, str], client_key: str | None,
+             region: str | None = None) -> dict[str, str]:
+        """The headers to send: `headers` plus the authentication for this exact url and body
+        (signed for `region`: a config target's `aws_region`, else the provider's)."""
         if self._bearer:
             return {**headers, "authorization": f"Bearer {self._bearer}"}
         credentials = self._resolve()
@@ -129,7 +130,7 @@ class BedrockAuth:
         with self._loading():  # no I/O here once prepare() has run
             frozen = credentials.get_frozen_credentials()
         request = AWSRequest(method="POST", url=url, data=body, headers=headers)
-        SigV4Auth(frozen, SIGNING_SERVICE, self.region).add_auth(request)
+        SigV4Auth(frozen, SIGNING_SERVICE, region or self.region).add_auth(request)
         return dict(request.headers.items())
 
     def needs_io(self) -> bool:

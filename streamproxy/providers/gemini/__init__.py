@@ -91,6 +91,7 @@ class VertexProvider(GeminiProvider):
     default_base_url: ClassVar[str | None] = None  # derived from `location`
     option_keys: ClassVar[frozenset[str]] = frozenset({
         "api_version", "project", "location", "token_env", "token_command", "token_refresh"})
+    target_options: ClassVar[dict[str, str]] = {"vertex_region": "location"}
     default_api_version: ClassVar[str] = "v1"
 
     def __init__(self, cfg: ProviderConfig, **kw: Any) -> None:
@@ -141,6 +142,12 @@ class VertexProvider(GeminiProvider):
         if self.location == "global":
             return "https://aiplatform.googleapis.com"
         return f"https://{self.location}-aiplatform.googleapis.com"
+
+    def with_options(self, options: dict[str, str]) -> VertexProvider:
+        clone = super().with_options(options)
+        assert isinstance(clone, VertexProvider)
+        clone.location = options.get("location", self.location)  # the same token
+        return clone
 
     def model_url(self, model: str) -> str:
         path = model if "/" in model else f"publishers/google/models/{model}"
