@@ -12,7 +12,7 @@ import pytest
 
 from streamproxy.errors import InvalidRequest
 from streamproxy.routing.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreakers
-from streamproxy.routing.conditions import matches
+from streamproxy.routing.conditions import matches, validate_query
 from streamproxy.routing.planner import plan
 from streamproxy.routing.portkey_config import BreakerSpec, ConfigNode, parse_config
 from streamproxy.routing.retry import RETRY_AFTER_CAP, retry_delay
@@ -364,3 +364,62 @@ def test_a_named_config_with_a_misplaced_target_option_fails_at_start() -> None:
 
     with pytest.raises(ConfigError, match="does not apply"):
         gateway_for(configs={"c": {"provider": "groq", "openai_organization": "org-x"}})
+
+
+# -- conditions as Portkey's conditionalRouter.ts evaluates them ---------------------------------
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ({"metadata.tier": {"$gte": 2}}, True),  # metadata values are strings: "3" ≥ 2
+    ({"metadata.tier": {"$gt": "2.5", "$lt": "10"}}, True),
+    ({"metadata.tier": {"$lte": 2}}, False),
+    ({"metadata.big": {"$gt": 9}}, True),  # "10" > 9 as numbers, not as text
+    ({"metadata.lead": {"$gte": 7}}, True),  # parseFloat("7 seats") is 7
+    ({"metadata.word": {"$gt": 0}}, False),  # parseFloat("gold") is NaN: never true
+    ({"metadata.word": {"$lt": 0}}, False),
+    ({"metadata.word": {"$gt": "a"}}, False),  # no string ordering either
+    ({"metadata.flag": {"$gte": 0}}, False),  # parseFloat(true) is NaN
+    ({"params.temperature": {"$lt": "0.5"}}, True),
+])
+def test_ordering_operators_compare_numbers_held_in_strings(query: dict[str, Any],
+                                                            expected: bool) -> None:
+    metadata = {"tier": "3", "big": "10", "lead": " 7 seats", "word": "gold", "flag": True}
+    assert matches(query, metadata, {"temperature": 0.2}) is expected
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ({"params.messages": {"$length": 2}}, True),
+    ({"params.messages": {"$length": {"$gt": 1, "$lte": 2}}}, True),
+    ({"params.messages": {"$length": {"$gte": 3}}}, False),
+    ({"params.tools": {"$length": {"$in": [0, 1]}}}, True),
+    ({"params.model": {"$length": 5}}, False),  # only arrays have a length here, as in Portkey
+    ({"params.missing": {"$length": 0}}, False),
+    ({"url.pathname": "/v1/chat/completions"}, True),
+    ({"url.pathname": {"$regex": "^/v1/chat/"}}, True),
+    ({"url.pathname": {"$ne": "/v1/embeddings"}}, True),
+])
+def test_length_operator_and_url_pathname(query: dict[str, Any], expected: bool) -> None:
+    params = {"messages": [{}, {}], "tools": [], "model": "gpt-x"}
+    validate_query(query, "q")
+    assert matches(query, {}, params, "/v1/chat/completions") is expected
+
+
+@pytest.mark.parametrize(("query", "param"), [
+    ({"params.messages": {"$length": "2"}}, "q.params.messages.$length"),
+    ({"params.messages": {"$length": {"$near": 2}}}, "q.params.messages.$length.$near"),
+    ({"url.host": "x"}, "q.url.host"),
+])
+def test_invalid_length_and_url_queries_name_the_field(query: dict[str, Any],
+                                                       param: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        validate_query(query, "q")
+    assert info.value.param == param
+
+
+def test_conditional_routing_on_the_request_path_through_the_gateway() -> None:
+    gateway = gateway_for()
+    config = {"strategy": {"mode": "conditional", "conditions": [
+        {"query": {"url.pathname": {"$eq": "/v1/chat/completions"},
+                   "params.messages": {"$length": {"$gte": 1}}}, "then": "chat"}],
+        "default": "other"},
+        "targets": [{"name": "chat", "provider": "aws"}, {"name": "other", "provider": "oa"}]}
+    assert sent_for(gateway, config).url.startswith("https://bedrock-runtime.")

@@ -1,20 +1,33 @@
 """Conditional routing queries (Portkey's `strategy.conditions[].query`), evaluated purely.
 
 A query is an object of `field: matcher` pairs (all must hold) plus `$and` / `$or` arrays.
-Fields are `metadata.<key>` (from `x-portkey-metadata`) or `params.<key>` (the request body,
-dotted for nesting). A matcher is a literal (equality) or an object of operators:
-`$eq $ne $gt $gte $lt $lte $in $nin $regex`.
+Fields are `metadata.<key>` (from `x-portkey-metadata`), `params.<key>` (the request body,
+dotted for nesting) or `url.pathname` (the request's path). A matcher is a literal (equality)
+or an object of operators: `$eq $ne $gt $gte $lt $lte $in $nin $regex $length`.
+
+As in Portkey's conditionalRouter.ts, `$gt $gte $lt $lte` compare both sides as JavaScript's
+`parseFloat` reads them, so metadata's strings compare as numbers (`"3"` ≥ 2) and a value
+that is not a number never matches; `$length` applies a number (equality) or an operator
+object to the length of an array (anything else never matches).
 """
 
 from __future__ import annotations
 
+import math
+import operator
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 from streamproxy.errors import InvalidRequest
 
-OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$regex")
+OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$regex", "$length")
+URL_FIELDS = ("url.pathname",)
+_ORDERING: dict[str, Callable[[float, float], bool]] = {
+    "$gt": operator.gt, "$gte": operator.ge, "$lt": operator.lt, "$lte": operator.le}
+# What parseFloat reads: leading whitespace, then the longest prefix that is a decimal number.
+_FLOAT_PREFIX = re.compile(r"\s*([+-]?(?:Infinity|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?))")
 _MISSING = object()
 
 
@@ -34,20 +47,29 @@ def validate_query(query: Any, path: str) -> None:
                 validate_query(sub, f"{path}.{key}[{i}]")
         elif key.startswith("$"):
             raise _bad(f"{path}.{key}", "is not a logical operator ($and, $or)")
-        elif not key.startswith(("metadata.", "params.")):
-            raise _bad(f"{path}.{key}", "must start with metadata. or params.")
+        elif not key.startswith(("metadata.", "params.")) and key not in URL_FIELDS:
+            raise _bad(f"{path}.{key}", "must start with metadata. or params., or be "
+                                        "url.pathname")
         elif isinstance(value, dict) and any(k.startswith("$") for k in value):
-            for op, arg in value.items():
-                if op not in OPERATORS:
-                    raise _bad(f"{path}.{key}.{op}",
-                               f"is not an operator ({', '.join(OPERATORS)})")
-                if op in ("$in", "$nin") and not isinstance(arg, list):
-                    raise _bad(f"{path}.{key}.{op}", "must be an array")
-                if op == "$regex":
-                    try:
-                        _regex(arg)
-                    except (re.error, TypeError):
-                        raise _bad(f"{path}.{key}.{op}", "must be a valid regex") from None
+            _validate_operators(value, f"{path}.{key}")
+
+
+def _validate_operators(matcher: dict[str, Any], path: str) -> None:
+    for op, arg in matcher.items():
+        if op not in OPERATORS:
+            raise _bad(f"{path}.{op}", f"is not an operator ({', '.join(OPERATORS)})")
+        if op in ("$in", "$nin") and not isinstance(arg, list):
+            raise _bad(f"{path}.{op}", "must be an array")
+        if op == "$regex":
+            try:
+                _regex(arg)
+            except (re.error, TypeError):
+                raise _bad(f"{path}.{op}", "must be a valid regex") from None
+        if op == "$length":
+            if isinstance(arg, dict):
+                _validate_operators(arg, f"{path}.{op}")
+            elif isinstance(arg, bool) or not isinstance(arg, int | float):
+                raise _bad(f"{path}.{op}", "must be a number or an object of operators")
 
 
 @lru_cache(maxsize=256)
@@ -55,9 +77,17 @@ def _regex(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
-def _lookup(field: str, metadata: dict[str, Any], params: dict[str, Any]) -> Any:
+def _parse_float(value: Any) -> float:
+    """JavaScript's `parseFloat(value)` for the JSON values a query meets: NaN when no number."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    match = _FLOAT_PREFIX.match(value) if isinstance(value, str) else None
+    return float(match.group(1).replace("Infinity", "inf")) if match else math.nan
+
+
+def _lookup(field: str, metadata: dict[str, Any], params: dict[str, Any], path: str) -> Any:
     root, _, rest = field.partition(".")
-    value: Any = metadata if root == "metadata" else params
+    value: Any = {"metadata": metadata, "params": params, "url": {"pathname": path}}[root]
     for part in rest.split("."):
         if not isinstance(value, dict) or part not in value:
             return _MISSING
@@ -76,28 +106,27 @@ def _compare(op: str, value: Any, arg: Any) -> bool:
         return value not in arg
     if op == "$regex":
         return isinstance(value, str) and _regex(arg).search(value) is not None
-    try:  # ordering operators: only between comparable values
-        if op == "$gt":
-            return value > arg
-        if op == "$gte":
-            return value >= arg
-        if op == "$lt":
-            return value < arg
-        return value <= arg  # $lte
-    except TypeError:
-        return False
+    if op == "$length":
+        if not isinstance(value, list):
+            return False
+        if isinstance(arg, dict):
+            return all(_compare(o, len(value), a) for o, a in arg.items())
+        return len(value) == arg
+    return _ORDERING[op](_parse_float(value), _parse_float(arg))  # NaN: always false
 
 
-def matches(query: dict[str, Any], metadata: dict[str, Any], params: dict[str, Any]) -> bool:
+def matches(query: dict[str, Any], metadata: dict[str, Any], params: dict[str, Any],
+            path: str = "") -> bool:
+    """Whether the query holds; `path` is the request's, for `url.pathname`."""
     for key, matcher in query.items():
         if key == "$and":
-            if not all(matches(q, metadata, params) for q in matcher):
+            if not all(matches(q, metadata, params, path) for q in matcher):
                 return False
         elif key == "$or":
-            if not any(matches(q, metadata, params) for q in matcher):
+            if not any(matches(q, metadata, params, path) for q in matcher):
                 return False
         else:
-            value = _lookup(key, metadata, params)
+            value = _lookup(key, metadata, params, path)
             if isinstance(matcher, dict) and any(k.startswith("$") for k in matcher):
                 if value is _MISSING:
                     # Only "not equal" / "not in" can hold for an absent field.

@@ -51,6 +51,7 @@ _UNFORWARDABLE = frozenset({"host", "content-length", "transfer-encoding", "conn
                             "keep-alive", "te", "trailer", "upgrade", "expect",
                             "proxy-authorization", "proxy-connection", "x-portkey-api-key"})
 METADATA_HEADER = "x-portkey-metadata"
+CHAT_PATH = "/v1/chat/completions"  # `url.pathname` in conditions: the one route that plans
 TIMEOUT_HEADER = "x-portkey-request-timeout"  # milliseconds until the answer starts (then 408)
 
 
@@ -231,7 +232,7 @@ class Gateway:
             return self.resolve_leaf(leaf, headers, req, request_timeouts)
 
         return plan(root, resolve, rng=self.rng, breakers=self.breakers,
-                    metadata=metadata, params=req.body)
+                    metadata=metadata, params=req.body, path=CHAT_PATH)
 
     def resolve_leaf(self, leaf: ConfigNode, headers: Mapping[str, str], req: ChatRequest,
                      request_timeouts: dict[str, float | None]) -> Target:

@@ -79,6 +79,7 @@ class _Walk:
     breakers: CircuitBreakers
     metadata: dict[str, Any]
     params: dict[str, Any]
+    path: str
     targets: dict[str, Target]
     next_group: int = 0
 
@@ -112,7 +113,7 @@ class _Walk:
     def condition(self, node: ConfigNode) -> ConfigNode:
         by_name = {c.name: c for c in node.targets if c.name}
         for cond in node.conditions:
-            if matches(cond.query, self.metadata, self.params):
+            if matches(cond.query, self.metadata, self.params, self.path):
                 return by_name[cond.then]
         if node.default is None:
             raise InvalidRequest(f"No condition of '{node.path}' matched the request and the "
@@ -131,10 +132,11 @@ def _key(target: Target) -> str:
 
 def plan(root: ConfigNode, resolve: Resolve, *, rng: random.Random,
          breakers: CircuitBreakers, metadata: dict[str, Any] | None = None,
-         params: dict[str, Any] | None = None) -> Plan:
+         params: dict[str, Any] | None = None, path: str = "") -> Plan:
+    """`path`: the request's, for conditions on `url.pathname`."""
     # Every leaf is resolved up front, so a bad target is a 400 whatever the draw.
     targets = {leaf.path: resolve(leaf) for leaf in root.leaves()}
-    walk = _Walk(resolve, rng, breakers, metadata or {}, params or {}, targets)
+    walk = _Walk(resolve, rng, breakers, metadata or {}, params or {}, path, targets)
     attempts = walk.attempts(root, ())
     closed = [a for a in attempts if not breakers.is_open(a.breaker_key, a.breaker)]
     return Plan(closed or attempts)
