@@ -548,3 +548,30 @@ async def test_forward_headers_header(proxy: Any, upstream: Any) -> None:
     resp = await post(client, config, stream=False, headers=listed)
     sent = {k.lower(): v for k, v in upstream.requests[-1].headers.items()}
     assert "x-team" in sent and "x-other" not in sent  # the header's list wins, as in Portkey
+
+
+async def test_onellm_fallback_config_is_consumed_and_max_fallbacks_honoured(
+        proxy: Any, upstream: Any) -> None:
+    client = await proxy(openai_pair(upstream))
+    for extra in ({"fallback_config": {"max_fallbacks": 1, "log_fallbacks": True}},
+                  {"fallback_models": [], "retries": 0}):
+        resp = await post(client, stream=False, model="e1/m", **extra)
+        assert resp.status == 200
+        sent = upstream.requests[-1].json()
+        assert not set(sent) & {"fallback_config", "fallback_models", "retries"}, sent
+    chain = ["mock/fast:status=503", "e2/m"]
+    capped = await post(client, stream=False, model="mock/fast:status=500",
+                        fallback_models=chain, fallback_config={"max_fallbacks": 1})
+    assert capped.status == 503  # the primary and one fallback, as OneLLM tries them
+    assert capped.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
+    full = await post(client, stream=False, model="mock/fast:status=500", fallback_models=chain)
+    assert full.status == 200 and served(upstream) == ("e2", "m")
+    none = await post(client, stream=False, model="mock/fast:status=500",
+                      fallback_models=chain, fallback_config={"max_fallbacks": 0})
+    assert none.status == 500
+    for bad, param in (({"max_fallbacks": -1}, "fallback_config.max_fallbacks"),
+                       ({"retriable_errors": ["APIError"]}, "fallback_config.retriable_errors"),
+                       ([1], "fallback_config")):
+        resp = await post(client, stream=False, model="e1/m", fallback_config=bad)
+        assert resp.status == 400
+        assert (await resp.json())["error"]["param"] == param

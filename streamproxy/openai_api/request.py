@@ -16,6 +16,8 @@ import orjson
 from streamproxy.errors import InvalidRequest
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# OneLLM's body fields, consumed by the gateway: they never reach a provider.
+GATEWAY_FIELDS = frozenset({"fallback_models", "retries", "fallback_config"})
 _PLAIN_ROLES = ROLES - {"tool"}  # a tool message also needs its tool_call_id
 
 
@@ -27,6 +29,7 @@ class ChatRequest:
     include_usage: bool
     fallback_models: list[str] = field(default_factory=list)
     retries: int | None = None
+    stripped: bool = False  # `raw` still holds gateway fields that `body` no longer has
 
     @property
     def model(self) -> str | None:
@@ -55,9 +58,10 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
     if raw.count(b"{") + raw.count(b"[") > limits.max_json_depth:
         _check_depth(body, limits.max_json_depth)
     _validate(body, limits)
-    # Fields the gateway consumes; they never reach a provider.
+    stripped = not GATEWAY_FIELDS.isdisjoint(body)
     fallback = body.pop("fallback_models", None) or []
     retries = body.pop("retries", None)
+    max_fallbacks = _max_fallbacks(body.pop("fallback_config", None))
     if not isinstance(fallback, list) or not all(isinstance(m, str) for m in fallback):
         raise InvalidRequest("'fallback_models' must be an array of strings.",
                              param="fallback_models")
@@ -71,9 +75,30 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
         raw=raw,
         stream=bool(body.get("stream")),
         include_usage=bool(opts.get("include_usage")),
-        fallback_models=fallback,
+        fallback_models=fallback if max_fallbacks is None else fallback[:max_fallbacks],
         retries=retries,
+        stripped=stripped,
     )
+
+
+def _max_fallbacks(config: Any) -> int | None:
+    """OneLLM's `fallback_config`: `max_fallbacks` caps how many of `fallback_models` are
+    tried after the primary (its FallbackProviderProxy); `log_fallbacks` has nothing to turn
+    on (the access log records fallbacks). Its other fields are Python objects."""
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        raise _type_error("fallback_config", "an object")
+    for key in config:
+        if key not in ("max_fallbacks", "log_fallbacks"):
+            raise InvalidRequest(f"'fallback_config.{key}' is not supported here (only "
+                                 "max_fallbacks and log_fallbacks).",
+                                 param=f"fallback_config.{key}", code="invalid_value")
+    limit = config.get("max_fallbacks")
+    if limit is not None and (not _is_int(limit) or limit < 0):
+        raise InvalidRequest("'fallback_config.max_fallbacks' must be an integer ≥ 0.",
+                             param="fallback_config.max_fallbacks", code="invalid_value")
+    return limit
 
 
 def _is_int(v: Any) -> bool:

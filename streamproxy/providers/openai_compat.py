@@ -196,8 +196,7 @@ class OpenAIProvider(Provider):
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
         model = self.model_for(target)
         body = self.adapt_body(target.apply_overrides(req.body))
-        changed = (model != req.model or body is not req.body or req.fallback_models
-                   or req.retries is not None)
+        changed = model != req.model or body is not req.body or req.stripped
         if req.stream and not req.include_usage and self.asks_stream_usage:
             body = {**body, "stream_options": {**(body.get("stream_options") or {}),
                                                "include_usage": True}}
