@@ -423,3 +423,12 @@ def test_conditional_routing_on_the_request_path_through_the_gateway() -> None:
         "default": "other"},
         "targets": [{"name": "chat", "provider": "aws"}, {"name": "other", "provider": "oa"}]}
     assert sent_for(gateway, config).url.startswith("https://bedrock-runtime.")
+
+
+@pytest.mark.parametrize("key", ["input_guardrails", "output_guardrails", "before_request_hooks",
+                                 "after_request_hooks", "input_mutators", "output_mutators"])
+def test_guardrails_and_mutators_are_refused_not_ignored(key: str) -> None:
+    with pytest.raises(InvalidRequest, match="does not run") as info:
+        parse_config({"provider": "a", key: ["pg-pii-123"]})
+    assert info.value.param == f"config.{key}"
+    assert parse_config({"provider": "a", key: []}).provider == "a"  # nothing asked: fine

@@ -30,8 +30,11 @@ _NODE_KEYS = {"strategy", "targets", "name", "weight", "provider", "api_key", "v
 # An organization id or a region: it lands in a header or a host name.
 _OPTION_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 # Portkey fields we accept and ignore (they configure Portkey's hosted features).
-_IGNORED_KEYS = {"before_request_hooks", "after_request_hooks", "input_guardrails",
-                 "output_guardrails", "id", "strict_open_ai_compliance"}
+_IGNORED_KEYS = {"id", "strict_open_ai_compliance"}
+# Guardrails and mutators: refused unless empty, since serving a request without the checks
+# its config asks for would be worse than a 400.
+_HOOK_KEYS = {"before_request_hooks", "after_request_hooks", "input_guardrails",
+              "output_guardrails", "input_mutators", "output_mutators"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +191,11 @@ def parse_config(raw: Any, path: str = "config", parent: ConfigNode | None = Non
     if not isinstance(raw, dict):
         raise _bad(path, "must be a JSON object")
     for key in raw:
-        if key not in _NODE_KEYS and key not in _IGNORED_KEYS:
+        if key in _HOOK_KEYS:
+            if raw[key]:
+                raise _bad(f"{path}.{key}", "asks for guardrails or mutators, which this gateway "
+                                            "does not run")
+        elif key not in _NODE_KEYS and key not in _IGNORED_KEYS:
             raise _bad(f"{path}.{key}", "is not a config field")
     base = parent or ConfigNode(path=path)
     node = replace(
