@@ -298,6 +298,17 @@ async def test_request_timeout_header_bounds_the_first_token(proxy: Any) -> None
     assert (await resp.json())["error"]["type"] == "timeout_error"
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-5", "0", "soon"])
+async def test_a_request_timeout_header_that_is_no_positive_number_is_a_400(proxy: Any,
+                                                                           value: str) -> None:
+    client = await proxy(gateway_config())
+    for stream in (False, True):
+        resp = await post(client, model="mock/fast:tokens=1", stream=stream,
+                          headers={"x-portkey-request-timeout": value})
+        assert resp.status == 400, (value, stream)
+        assert (await resp.json())["error"]["param"] == "x-portkey-request-timeout"
+
+
 async def test_request_timeout_is_a_408_that_on_status_codes_act_on(proxy: Any) -> None:
     client = await proxy(gateway_config())
     slow = leaf("fast:stall_ms=3000", request_timeout=200)

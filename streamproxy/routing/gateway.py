@@ -22,6 +22,7 @@ fields, as in Portkey: `x-portkey-custom-host` (allowed hosts only, as `custom_h
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections.abc import Mapping
@@ -343,7 +344,7 @@ def _request_timeouts(headers: Mapping[str, str]) -> dict[str, float | None]:
         ms = float(value)
     except ValueError:
         ms = -1
-    if ms <= 0:
+    if not 0 < ms < math.inf:  # (NaN too: a timer cannot be set for it)
         raise InvalidRequest(f"{TIMEOUT_HEADER} must be a positive number of milliseconds.",
                              param=TIMEOUT_HEADER, code="invalid_value")
     return {"request": ms / 1000}
