@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from tests.conftest import provider_config
@@ -30,8 +32,9 @@ async def test_client_disconnect_mid_stream_closes_the_upstream_within_a_second(
     await asyncio.wait_for(upstream.closed.wait(), timeout=1.0)
 
 
-async def test_client_disconnect_while_waiting_for_the_first_event(proxy: Any,
-                                                                   upstream: Any) -> None:
+async def test_client_disconnect_while_waiting_for_the_first_event(
+        proxy: Any, upstream: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="streamproxy.access")
     upstream.delay_before_headers = 30
     client = await proxy(provider_config("anthropic", upstream.url))
     async with aiohttp.ClientSession() as session:
@@ -58,6 +61,10 @@ async def test_client_disconnect_while_waiting_for_the_first_event(proxy: Any,
             break
         await asyncio.sleep(0.01)
     assert not in_use()
+    # Logged (and counted) as nginx's 499, not as a 200 nothing was sent for.
+    [line] = [orjson.loads(r.getMessage()) for r in caplog.records
+              if r.name == "streamproxy.access"]
+    assert line["status"] == 499 and line["client_disconnected"] is True
 
 
 @pytest.mark.parametrize("front", ["lean", "aiohttp"])

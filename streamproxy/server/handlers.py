@@ -30,6 +30,7 @@ TRACE_HEADER = "x-portkey-trace-id"
 # Portkey's x-portkey-retry-attempt-count when the target whose error is returned used up its
 # retries (automatic-retries: "-1: all retries exhausted, request failed").
 RETRIES_EXHAUSTED = "-1"
+CLIENT_CLOSED = 499  # the status logged for a request its client left before any answer
 PLAN = web.RequestKey("streamproxy_plan", Plan)  # read by the cache for the config's `cache`
 SSE_HEADERS = {
     "content-type": "text/event-stream; charset=utf-8",
@@ -106,19 +107,25 @@ async def chat(ex: Exchange) -> None:
             err = shutdown_error()
             record.status, record.error_type, record.error_code = 503, err.error_type, err.code
             raise err from None
-        record.client_disconnected = True
+        _client_left(record)
         raise
     except BaseException as e:
         if isinstance(e, Exception):
             record.status = 500  # a bug; the front answers 500
         else:
-            record.client_disconnected = True
+            _client_left(record)
         raise
     finally:
         state.drain.leave(task)
         record.finished = time.monotonic()
         for observe in state.observers:
             observe(record)
+
+
+def _client_left(record: RequestRecord) -> None:
+    record.client_disconnected = True
+    if record.first_byte is None:  # nothing was sent: not a 200 (nginx's "client closed")
+        record.status = CLIENT_CLOSED
 
 
 async def _stream(ex: Exchange, state: AppState, req: ChatRequest, plan: Plan,
