@@ -88,12 +88,13 @@ class ResponseCache:
             request[_STATUS] = "DISABLED"  # a replay carries one choice
             return False
         max_age = max_age_for(cache_config_for(request), self.settings)
-        namespace = owner_of(request) + "\n" + request.headers.get(NAMESPACE_HEADER, "")
         if max_age is None:
             request[_STATUS] = "DISABLED"
-            if any(a.cache is not None for a in attempts[1:]):  # a fallback may be cached
-                self._fill_later(record, CacheFill(None, 0, namespace, req, attempts))
+            if len(attempts) > 1 and any(a.cache is not None for a in attempts[1:]):
+                # a fallback's answer may be cached
+                self._fill_later(record, CacheFill(None, 0, _namespace(request), req, attempts))
             return False
+        namespace = _namespace(request)
         target = attempts[0].target
         key = _key(namespace, req, target)
         refresh = request.headers.get(FORCE_REFRESH_HEADER, "").strip().lower() == "true"
@@ -185,6 +186,10 @@ class ResponseCache:
     async def close(self) -> None:
         await self.drain()
         await self.backend.close()
+
+
+def _namespace(request: Exchange) -> str:
+    return owner_of(request) + "\n" + request.headers.get(NAMESPACE_HEADER, "")
 
 
 def _key(namespace: str, req: ChatRequest, target: Target) -> str:
