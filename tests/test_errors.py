@@ -80,6 +80,20 @@ async def test_unknown_path_and_method_are_openai_shaped(default_proxy: Any) -> 
     assert_openai_error(await resp.json())
 
 
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("PUT", "/v1/chat/completions", "GET, HEAD, POST"),
+    ("OPTIONS", "/v1/chat/completions", "GET, HEAD, POST"),
+    ("DELETE", "/v1/models", "GET, HEAD"),
+])
+async def test_a_405_lists_the_allowed_methods(default_proxy: Any, method: str, path: str,
+                                               allowed: str) -> None:
+    client = await default_proxy()
+    resp = await client.request(method, path)
+    assert resp.status == 405
+    assert resp.headers["allow"] == allowed  # RFC 9110 §15.5.6: a 405 MUST send Allow
+    assert assert_openai_error(await resp.json())["code"] == "method_not_allowed"
+
+
 @pytest.mark.parametrize("stream", [True, False])
 @pytest.mark.parametrize(("status", "etype"), [(429, "rate_limit_error"), (500, "api_error"),
                                                (401, "authentication_error")])

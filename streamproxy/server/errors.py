@@ -34,10 +34,11 @@ def internal_error() -> ProxyError:
                       code="internal_error")
 
 
-def error_response(err: ProxyError, request: web.Request) -> web.Response:
+def error_response(err: ProxyError, request: web.Request,
+                   headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=orjson.dumps(err.to_dict()), status=err.status,
                         content_type="application/json",
-                        headers=error_headers(err, request.headers))
+                        headers={**error_headers(err, request.headers), **(headers or {})})
 
 
 @web.middleware
@@ -52,11 +53,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPNotFound:
         return error_response(NotFound(f"Unknown path: {request.method} {request.path}",
                                        code="unknown_url"), request)
-    except web.HTTPMethodNotAllowed:
+    except web.HTTPMethodNotAllowed as e:  # a 405 must list the allowed methods (RFC 9110)
         return error_response(ProxyError(f"Method {request.method} is not allowed on "
                                          f"{request.path}.", status=405,
                                          error_type="invalid_request_error",
-                                         code="method_not_allowed"), request)
+                                         code="method_not_allowed"), request,
+                              {"allow": ", ".join(sorted(e.allowed_methods))})
     except web.HTTPException:
         raise
     except Exception:
