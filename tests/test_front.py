@@ -4,6 +4,8 @@ hands to aiohttp, and HTTP/1.1 connection behaviour (keep-alive, pipelining, clo
 from __future__ import annotations
 
 import asyncio
+import gzip
+import zlib
 from typing import Any
 
 import orjson
@@ -167,6 +169,39 @@ async def test_what_the_front_does_not_serve_aiohttp_answers(lean: Any,
     assert status == 200, body
     assert "aiohttp" in headers.get("server", "")
     assert lean.served == []
+    writer.close()
+
+
+@pytest.mark.parametrize("encoding, encode", [("gzip", gzip.compress),
+                                               ("deflate", zlib.compress)])
+@pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
+async def test_an_encoded_body_is_decoded(proxy: Any, monkeypatch: Any, front_kind: str,
+                                          encoding: str, encode: Any) -> None:
+    """Content-Encoding: the lean front hands the request to aiohttp, which decodes it."""
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    client = await proxy(load_config(None))
+    reader, writer = await connect(client)
+    writer.write(chat_request(encode(BODY), extra=b"Content-Encoding: %b\r\n"
+                              % encoding.encode()))
+    status, _, body = await read_response(reader)
+    assert status == 200, body
+    assert body.endswith(b"data: [DONE]\n\n")
+    writer.close()
+
+
+@pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
+async def test_a_decompression_bomb_is_413_on_its_decoded_size(proxy: Any, monkeypatch: Any,
+                                                               front_kind: str) -> None:
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    config = parse_config({"server": {"max_body_bytes": 100_000}, "default_provider": "mock",
+                           "providers": {"mock": {"type": "mock"}}}, "<test>")
+    client = await proxy(config)
+    bomb = gzip.compress(b'{"messages": "' + b" " * 50_000_000 + b'"}')
+    assert len(bomb) < 100_000
+    reader, writer = await connect(client)
+    writer.write(chat_request(bomb, extra=b"Content-Encoding: gzip\r\n"))
+    status, _, body = await read_response(reader)
+    assert status == 413 and orjson.loads(body)["error"]["code"] == "request_too_large"
     writer.close()
 
 

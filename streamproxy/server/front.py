@@ -8,7 +8,7 @@ response head with the first frame, straight to the transport.
 
 Every connection starts here. A request it fully understands — exactly
 `POST /v1/chat/completions HTTP/1.1`, a Content-Length body within `server.max_body_bytes`,
-no Transfer-Encoding, Expect or Upgrade, headers within `server.max_headers` /
+no Transfer-Encoding, Content-Encoding, Expect or Upgrade, headers within `server.max_headers` /
 `server.max_header_bytes`, well-formed lines — is served here, with what aiohttp's middlewares
 do for that route (auth, admission, OpenAI-shaped errors). At anything else (another path or
 method, HTTP/1.0, a chunked body, a limit exceeded, anything unusual) the connection, with
@@ -55,7 +55,8 @@ _CHAT_HEAD = CHAT_LINE + b"\r\n"
 KEEPALIVE_TIMEOUT = 75.0  # aiohttp's default
 PIPELINE_LIMIT = 64 * 1024  # bytes of later requests held before reading pauses
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110 token)
-_REFUSED = frozenset({b"transfer-encoding", b"expect", b"upgrade"})  # aiohttp's to handle
+# aiohttp's to handle (Content-Encoding: it decodes, and caps the decoded size at max_body_bytes)
+_REFUSED = frozenset({b"transfer-encoding", b"content-encoding", b"expect", b"upgrade"})
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
@@ -129,7 +130,8 @@ class Front:
         if len(fields) > self.max_headers:
             return None
         headers: CIMultiDict[str] = CIMultiDict(fields)
-        if "Transfer-Encoding" in headers or "Expect" in headers or "Upgrade" in headers:
+        if ("Transfer-Encoding" in headers or "Content-Encoding" in headers
+                or "Expect" in headers or "Upgrade" in headers):
             return None  # (_REFUSED)
         lengths = headers.getall("Content-Length", ())
         if len(lengths) != 1 or not lengths[0].isdigit():  # (plain fields are ASCII)
