@@ -18,6 +18,7 @@ from streamproxy.errors import BufferOverflow, InvalidRequest
 from streamproxy.openai_api.request import Limits, parse_chat_request
 from streamproxy.server.admission import ADMISSION
 from streamproxy.server.app import create_app, http_limits
+from streamproxy.server.front import FRONT_ENV
 from tests.helpers import collect, make_config, sse_chunks
 
 USER = [{"role": "user", "content": "hi"}]
@@ -62,6 +63,37 @@ async def test_admission_refuses_beyond_the_limit_with_503(proxy: Any) -> None:
     resp = await client.post("/v1/chat/completions", json={**slow, "model": "fast:tokens=2"})
     assert resp.status == 200
     assert collect(sse_chunks(await resp.read())).done
+
+
+@pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
+async def test_expect_100_continue_over_the_limit_is_413_at_once(
+        proxy: Any, monkeypatch: Any, front_kind: str) -> None:
+    """The client is told before it sends the body (RFC 9110 §10.1.1), not after."""
+    monkeypatch.setenv(FRONT_ENV, front_kind)
+    client = await proxy(mock_config(max_body_bytes=2000))
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n")
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(head % 2001)
+        answer = await asyncio.wait_for(reader.read(4096), 5)
+        assert answer.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in answer
+        assert b"Connection: close" in answer
+        assert error_of(answer.split(b"\r\n\r\n", 1)[1])["code"] == "request_too_large"
+    finally:
+        writer.close()
+    # Within the limit: 100 Continue, then the answer.
+    body = orjson.dumps({"model": "fast:tokens=1", "messages": USER})
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(head % len(body))
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == (
+            b"HTTP/1.1 100 Continue\r\n\r\n")
+        writer.write(body)
+        status_line = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
+        assert status_line.startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
 
 
 async def test_body_over_the_limit_is_413(proxy: Any) -> None:

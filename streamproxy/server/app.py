@@ -20,7 +20,7 @@ from streamproxy.routing.router import Router
 from streamproxy.server import handlers
 from streamproxy.server.admission import ADMISSION, Admission
 from streamproxy.server.auth import AUTH, auth_middleware, parse_auth, share_buckets
-from streamproxy.server.errors import error_middleware
+from streamproxy.server.errors import error_middleware, expect_within_limit
 from streamproxy.server.header_limits import BACKSTOP, header_limits
 from streamproxy.server.observing import install_observers
 from streamproxy.server.shared_breakers import SharedCircuitBreakers
@@ -90,7 +90,8 @@ def create_app(config: Config) -> web.Application:
     if auth is not None:
         app[AUTH] = auth
     install_observers(app, state)
-    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
+    app.router.add_post("/v1/chat/completions", handlers.chat_completions,
+                        expect_handler=expect_within_limit)
     install_store_and_cache(app, state)  # stored completions' routes, the cache
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/healthz", handlers.healthz)

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 from aiohttp import web
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from streamproxy.errors import NotFound, PayloadTooLarge, ProxyError
 
@@ -34,11 +35,27 @@ def internal_error() -> ProxyError:
                       code="internal_error")
 
 
+def body_too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
+
+
 def error_response(err: ProxyError, request: web.Request,
                    headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=orjson.dumps(err.to_dict()), status=err.status,
                         content_type="application/json",
                         headers={**error_headers(err, request.headers), **(headers or {})})
+
+
+async def expect_within_limit(request: web.Request) -> web.StreamResponse | None:
+    """A route's `Expect: 100-continue` handler: a body declared over `max_body_bytes` is
+    refused with 413 at once (RFC 9110 §10.1.1), not after the client has sent all of it; any
+    other gets aiohttp's `100 Continue`."""
+    length = request.content_length
+    if length is not None and length > request.client_max_size:
+        response = error_response(body_too_large(request.client_max_size), request)
+        response.force_close()  # its body is not read
+        return response
+    return await _default_expect_handler(request)
 
 
 @web.middleware
@@ -48,8 +65,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ProxyError as e:
         return error_response(e, request)
     except web.HTTPRequestEntityTooLarge:  # aiohttp's exception keeps no max_size attribute
-        return error_response(PayloadTooLarge(
-            f"The request body exceeds the limit of {request.client_max_size} bytes."), request)
+        return error_response(body_too_large(request.client_max_size), request)
     except web.HTTPNotFound:
         return error_response(NotFound(f"Unknown path: {request.method} {request.path}",
                                        code="unknown_url"), request)

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from streamproxy.errors import PayloadTooLarge, ProxyError
+from streamproxy.errors import ProxyError
 from streamproxy.observe.access_log import ACCESS_LOGGER, AccessLog, LoggingSettings, parse_logging
 from streamproxy.observe.metrics import metrics, metrics_handler, set_circuit_state
 from streamproxy.record import RequestRecord
+from streamproxy.server.errors import body_too_large
 
 if TYPE_CHECKING:
     from streamproxy.server.exchange import Exchange
@@ -47,8 +48,7 @@ async def read_body(request: Exchange, record: RequestRecord) -> bytes:
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as e:
-        raise PayloadTooLarge(f"The request body exceeds the limit of "
-                              f"{request.client_max_size} bytes.") from e
+        raise body_too_large(request.client_max_size) from e
     record.bytes_in = len(raw)
     settings = request.app.get(LOGGING)
     if settings is not None and settings.log_bodies:
