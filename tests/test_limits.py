@@ -65,6 +65,35 @@ async def test_admission_refuses_beyond_the_limit_with_503(proxy: Any) -> None:
     assert collect(sse_chunks(await resp.read())).done
 
 
+STALLED_UPLOADS = [
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b'5\r\n{"mod',
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+    b'{"mod',
+]
+
+
+@pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
+async def test_uploads_still_arriving_hold_no_admission_slot(proxy: Any, monkeypatch: Any,
+                                                             front_kind: str) -> None:
+    monkeypatch.setenv(FRONT_ENV, front_kind)
+    client = await proxy(mock_config(max_concurrent_streams=2))
+    stalled = [await asyncio.open_connection(client.host, client.port)
+               for _ in range(2 * len(STALLED_UPLOADS))]
+    try:
+        for (_, writer), upload in zip(stalled, STALLED_UPLOADS * 2, strict=True):
+            writer.write(upload)
+            await writer.drain()
+        await asyncio.sleep(0.1)  # their heads are read, their handlers wait for the body
+        assert client.server.app[ADMISSION].active == 0
+        resp = await client.post("/v1/chat/completions",
+                                 json={"model": "fast:tokens=2", "messages": USER})
+        assert resp.status == 200, await resp.text()
+    finally:
+        for _, writer in stalled:
+            writer.close()
+
+
 @pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
 async def test_expect_100_continue_over_the_limit_is_413_at_once(
         proxy: Any, monkeypatch: Any, front_kind: str) -> None:

@@ -2,6 +2,11 @@
 worker (streamed or not: both hold an upstream connection for the whole generation). One more
 is refused at once with 503 and `Retry-After`, rather than admitted to slow every stream down.
 
+A request is counted in by the chat handler once its body is read and parsed, not when it
+arrives: a client still uploading (or stalled half-way through) a body holds no slot, so a few
+slow uploads cannot make the proxy refuse everyone else. The body's memory is bounded by
+`server.max_body_bytes` and the time it may take by `server.client_body_timeout`.
+
 503, not 429: the client did nothing wrong and is not over any quota of its own; this
 instance is full. A load balancer or client retry then goes elsewhere or comes back later
 (the OpenAI SDKs retry both, honouring Retry-After). 429 stays the answer for a proxy key over
@@ -10,19 +15,11 @@ its own rate limit (server/auth.py).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
 from streamproxy.errors import Overloaded
 from streamproxy.observe.metrics import metrics
-from streamproxy.server.observing import observe_rejection
 
-if TYPE_CHECKING:
-    from streamproxy.server.exchange import Exchange
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RETRY_AFTER_SECONDS = 1
 
 
@@ -35,34 +32,19 @@ class Admission:
         self.active = 0
         self._gauge = metrics().active_streams
 
-    def admits(self, request: web.Request) -> bool:
-        """Only generation requests count; /healthz, /metrics, model lists and the stored
-        completions API must keep answering when the proxy is full."""
-        return request.method == "POST" and request.path == "/v1/chat/completions"
-
-    def enter(self, request: web.Request | Exchange) -> None:
-        """Count one more request in, or refuse it (503, counted and logged)."""
+    def enter(self) -> None:
+        """Count one more request in, or refuse it (503, counted; the chat handler's record
+        logs it)."""
         if self.active >= self.limit:
-            err = Overloaded(f"The proxy is serving its limit of {self.limit} concurrent "
+            metrics().rejected.labels("overloaded").inc()
+            raise Overloaded(f"The proxy is serving its limit of {self.limit} concurrent "
                              "requests; retry shortly.", retry_after=RETRY_AFTER_SECONDS)
-            observe_rejection(request, err, "overloaded")
-            raise err
         self.active += 1
         self._gauge.inc()
 
     def leave(self) -> None:
         self.active -= 1
         self._gauge.dec()
-
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not self.admits(request):
-            return await handler(request)
-        self.enter(request)
-        try:
-            return await handler(request)
-        finally:
-            self.leave()
 
 
 ADMISSION = web.AppKey("streamproxy_admission", Admission)

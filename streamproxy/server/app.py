@@ -78,15 +78,13 @@ def create_app(config: Config) -> web.Application:
     auth = parse_auth(config)
     if auth is not None:
         share_buckets(auth, shared.buckets)  # with workers: one rate per key for all of them
-    admission = Admission(server.max_concurrent_streams)
     app = web.Application(client_max_size=server.max_body_bytes,
                           middlewares=[error_middleware,
                                        header_limits(server.max_header_bytes,
                                                      server.max_headers),
-                                       *([auth_middleware(auth)] if auth else []),
-                                       admission.middleware])
+                                       *([auth_middleware(auth)] if auth else [])])
     app[STATE] = state
-    app[ADMISSION] = admission
+    app[ADMISSION] = Admission(server.max_concurrent_streams)
     if auth is not None:
         app[AUTH] = auth
     install_observers(app, state)

@@ -10,7 +10,7 @@ Every connection starts here. A request it fully understands — exactly
 `POST /v1/chat/completions HTTP/1.1`, a Content-Length body within `server.max_body_bytes`,
 no Transfer-Encoding, Content-Encoding, Expect or Upgrade, headers within `server.max_headers` /
 `server.max_header_bytes`, well-formed lines — is served here, with what aiohttp's middlewares
-do for that route (auth, admission, OpenAI-shaped errors). At anything else (another path or
+do for that route (auth, OpenAI-shaped errors). At anything else (another path or
 method, HTTP/1.0, a chunked body, a limit exceeded, anything unusual) the connection, with
 every byte received so far, is handed to aiohttp's own protocol and stays there: every other
 route, and every refusal, is exactly aiohttp's.
@@ -38,7 +38,6 @@ from multidict import CIMultiDict
 
 from streamproxy.config import ServerConfig
 from streamproxy.errors import ProxyError
-from streamproxy.server.admission import ADMISSION
 from streamproxy.server.auth import AUTH, identify_client, without_authorization
 from streamproxy.server.errors import internal_error
 from streamproxy.server.exchange import reply_error
@@ -93,7 +92,6 @@ class Front:
         self.max_head = (server.max_headers + 1) * (server.max_header_bytes + 2)
         self.max_body = server.max_body_bytes
         self.auth = app.get(AUTH)
-        self.admission = app[ADMISSION]
         self.prepare_hooks = tuple(app.on_response_prepare)  # the app is frozen by now
         self.connections: set[Connection] = set()
         self.stopping = False
@@ -183,19 +181,15 @@ class Front:
         return headers, length, close
 
     async def serve(self, ex: LeanExchange) -> None:
-        """The chat route with what aiohttp's middlewares do for it: auth, admission, and
-        errors as OpenAI JSON (header limits were checked by `parse_head`)."""
+        """The chat route with what aiohttp's middlewares do for it: auth, and errors as
+        OpenAI JSON (header limits were checked by `parse_head`)."""
         try:
             if self.auth is not None:
                 key, in_authorization = identify_client(self.auth, ex)
                 ex[AUTH_KEY] = key
                 if in_authorization:
                     ex.headers = without_authorization(ex.headers)
-            self.admission.enter(ex)
-            try:
-                await chat(ex)
-            finally:
-                self.admission.leave()
+            await chat(ex)
         except ProxyError as e:
             await ex.fail(e)
         except Exception:

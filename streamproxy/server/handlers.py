@@ -19,6 +19,7 @@ from streamproxy.relay import relay
 from streamproxy.routing.executor import OpenedStream
 from streamproxy.routing.gateway import parse_metadata
 from streamproxy.routing.planner import Plan
+from streamproxy.server.admission import ADMISSION
 from streamproxy.server.auth import allowed_targets
 from streamproxy.server.drain import shutdown_error
 from streamproxy.server.exchange import AiohttpExchange, EventWriter, Exchange, reply_error
@@ -63,7 +64,7 @@ def _only_allowed(ex: Exchange, plan: Plan) -> None:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    """The aiohttp route; its middlewares (errors, header limits, auth, admission) have run."""
+    """The aiohttp route; its middlewares (errors, header limits, auth) have run."""
     ex = AiohttpExchange(request)
     await chat(ex)
     assert ex.response is not None
@@ -82,21 +83,12 @@ async def chat(ex: Exchange) -> None:
             return
         req = parse_chat_request(await read_body(ex, record), state.limits)
         record.stream = req.stream
-        record.metadata = parse_metadata(ex.headers)
-        plan = state.gateway.plan(ex.headers, req, record.metadata)
-        _only_allowed(ex, plan)
-        ex[PLAN] = plan
-        # Stored completions and the response cache (issue 7): a cache hit is answered here.
-        if await before_upstream(ex, req, plan.attempts, record):
-            return
-        if req.stream:
-            await _stream(ex, state, req, plan, record)
-            return
-        body = await state.executor.complete(req, plan, record)
-        record.first_byte = time.monotonic()
-        record.bytes_out = len(body)
-        served = plan.attempts[record.target_index or 0].target
-        await ex.reply(body, headers=_response_headers(record, served.provider.name))
+        admission = ex.app[ADMISSION]
+        admission.enter()  # only now: a body still arriving holds no slot (admission.py)
+        try:
+            await _answer(ex, state, req, record)
+        finally:
+            admission.leave()
     except ProxyError as e:
         record.status = e.status
         record.error_type, record.error_code = e.error_type, e.code
@@ -126,6 +118,25 @@ def _client_left(record: RequestRecord) -> None:
     record.client_disconnected = True
     if record.first_byte is None:  # nothing was sent: not a 200 (nginx's "client closed")
         record.status = CLIENT_CLOSED
+
+
+async def _answer(ex: Exchange, state: AppState, req: ChatRequest,
+                  record: RequestRecord) -> None:
+    record.metadata = parse_metadata(ex.headers)
+    plan = state.gateway.plan(ex.headers, req, record.metadata)
+    _only_allowed(ex, plan)
+    ex[PLAN] = plan
+    # Stored completions and the response cache (issue 7): a cache hit is answered here.
+    if await before_upstream(ex, req, plan.attempts, record):
+        return
+    if req.stream:
+        await _stream(ex, state, req, plan, record)
+        return
+    body = await state.executor.complete(req, plan, record)
+    record.first_byte = time.monotonic()
+    record.bytes_out = len(body)
+    served = plan.attempts[record.target_index or 0].target
+    await ex.reply(body, headers=_response_headers(record, served.provider.name))
 
 
 async def _stream(ex: Exchange, state: AppState, req: ChatRequest, plan: Plan,

@@ -1,6 +1,6 @@
 """Wiring between the server and the observers (metrics, access log): installing them, the
 request-level facts the chat handler notes in its record, and records for requests refused
-before the handler ran (auth, rate limit, admission), so those are counted and logged too."""
+before the handler ran (auth, rate limit), so those are counted and logged too."""
 
 from __future__ import annotations
 
