@@ -91,7 +91,8 @@ def cmd_check_config(args: argparse.Namespace) -> None:
     print(f"limits: body={s.max_body_bytes}B header_field={s.max_header_bytes}B "
           f"headers={s.max_headers} messages={s.max_messages} tools={s.max_tools} "
           f"json_depth={s.max_json_depth} upstream_event={s.max_event_bytes}B "
-          f"concurrent_streams={s.max_concurrent_streams}/worker")
+          f"concurrent_streams={s.max_concurrent_streams}/worker "
+          f"header_timeout={s.client_header_timeout:g}s body_timeout={s.client_body_timeout:g}s")
 
 
 def _summary(value: object) -> str:

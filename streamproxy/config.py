@@ -78,6 +78,10 @@ class ServerConfig:
     # can happen after it (README "Timeouts and keep-alives").
     keepalive_interval: float | None = None
     shutdown_grace: float = 30.0  # seconds running requests get on SIGTERM (server/drain.py)
+    # The longest gap between two reads of a request's head / body before it is answered 408
+    # and its connection closed (server/reading.py; nginx's client_*_timeout).
+    client_header_timeout: float = 60.0
+    client_body_timeout: float = 60.0
     # The HTTP client for upstream requests: the lean one in upstream/http11.py, or aiohttp's
     # (env STREAMPROXY_UPSTREAM_CLIENT overrides this; upstream/client.py).
     upstream_client: str = "native"
@@ -219,6 +223,8 @@ def _parse_server(raw: Any, source: str) -> ServerConfig:
             kwargs[k] = Timeouts().merged(parse_timeouts(v, source, key))
         elif k == "keepalive_interval":
             kwargs[k] = _number(v, source, key, allow_none=True)
+        elif k in ("client_header_timeout", "client_body_timeout"):
+            kwargs[k] = _number(v, source, key)
         elif k == "upstream_client":
             if v not in ("aiohttp", "native"):
                 raise ConfigError(source, key, "must be one of aiohttp, native")

@@ -6,6 +6,7 @@
     ├── AuthenticationFailed            401 authentication_error
     ├── PermissionDenied                403 permission_error
     ├── NotFound                        404 not_found_error
+    ├── RequestTimeout                  408 invalid_request_error  code=request_timeout
     ├── PayloadTooLarge                 413 invalid_request_error  code=request_too_large
     ├── RateLimited                     429 rate_limit_error       (carries retry_after)
     ├── Overloaded                      503 api_error              (carries retry_after)
@@ -93,6 +94,14 @@ class PermissionDenied(ProxyError):
 class NotFound(ProxyError):
     status = 404
     error_type = "not_found_error"
+
+
+class RequestTimeout(ProxyError):
+    """The client stopped sending its request (server/reading.py)."""
+
+    status = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class PayloadTooLarge(ProxyError):

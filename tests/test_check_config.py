@@ -12,7 +12,7 @@ import pytest
 from streamproxy.cli import main
 
 GOOD = """
-server: {port: 9999, max_concurrent_streams: 50}
+server: {port: 9999, max_concurrent_streams: 50, client_body_timeout: 120}
 providers:
   mock: {type: mock, default_model: fast, models: [fast, slow]}
   openai: {type: openai, api_key: sk-configured-SECRET-1}
@@ -57,7 +57,7 @@ def test_prints_what_it_would_serve(tmp_path: Path, capsys: pytest.CaptureFixtur
             in lines)
     assert "logging: level=info access_log=on request_bodies=on" in lines
     assert any(line.startswith("limits:") and "concurrent_streams=50/worker" in line
-               for line in lines)
+               and "header_timeout=60s body_timeout=120s" in line for line in lines)
     assert "SECRET" not in out + err
 
 

@@ -18,7 +18,8 @@ route, and every refusal, is exactly aiohttp's.
 Like aiohttp: keep-alive with a 75 s idle close, `Connection: close` honoured, pipelined
 requests served in order (reading pauses while more than 64 KiB waits), and a client that goes
 away cancels its request's task (aiohttp's `handler_cancellation`), which cancels the upstream
-request.
+request. A request being read has the read timeouts of server/reading.py instead of the
+keep-alive: a gap between reads of its head or body, not its whole length, is bounded.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from streamproxy.server.auth import AUTH, identify_client, without_authorization
 from streamproxy.server.errors import internal_error
 from streamproxy.server.exchange import reply_error
 from streamproxy.server.handlers import chat
-from streamproxy.server.observing import AUTH_KEY
+from streamproxy.server.observing import AUTH_KEY, observe_rejection
+from streamproxy.server.reading import ReadTimeouts, request_timeout, timeout_response
 from streamproxy.server.sse_writer import chunk
 from streamproxy.server.state import STATE
 from streamproxy.upstream.http11 import plain_fields
@@ -91,6 +93,7 @@ class Front:
         self.max_field = server.max_header_bytes
         self.max_head = (server.max_headers + 1) * (server.max_header_bytes + 2)
         self.max_body = server.max_body_bytes
+        self.read_timeouts = ReadTimeouts(server)
         self.auth = app.get(AUTH)
         self.prepare_hooks = tuple(app.on_response_prepare)  # the app is frozen by now
         self.connections: set[Connection] = set()
@@ -200,8 +203,8 @@ class Front:
 class Connection(asyncio.Protocol):
     """One client connection, until it closes or is handed to aiohttp."""
 
-    __slots__ = ("_buf", "_drain", "_front", "_head", "_idle", "_paused", "_scanned",
-                 "_writing_paused", "closing", "task", "transport")
+    __slots__ = ("_buf", "_drain", "_front", "_head", "_last_read", "_paused", "_scanned",
+                 "_timer", "_writing_paused", "closing", "task", "transport")
 
     def __init__(self, front: Front) -> None:
         self._front = front
@@ -210,7 +213,8 @@ class Connection(asyncio.Protocol):
         self._scanned = 0  # how far the buffer is known to hold no head end
         self._head: tuple[CIMultiDict[str], int, int, bool] | None = None  # awaiting its body
         self.task: asyncio.Task[None] | None = None  # the request being served
-        self._idle: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # keep-alive or read timeout, not serving
+        self._last_read = 0.0  # when bytes last came (or the connection was last ready for them)
         self.closing = False  # close once the request being served is answered
         self._paused = False  # reading paused: pipelined requests wait
         self._writing_paused = False
@@ -220,9 +224,10 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self._front.connections.add(self)
-        self._arm_idle()
+        self._wait_for_request()
 
     def data_received(self, data: bytes) -> None:
+        self._last_read = self._front.loop.time()
         self._buf += data
         if self.task is None:
             self._next()
@@ -233,8 +238,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._front.connections.discard(self)
         self.transport = None
-        if self._idle is not None:
-            self._idle.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         if self.task is not None:
             self.task.cancel()  # the client went away: so does its upstream request
         self._wake_drain(ConnectionResetError("the client closed the connection"))
@@ -278,9 +283,9 @@ class Connection(asyncio.Protocol):
         body = bytes(buf[start:start + length])
         del buf[:start + length]
         self._head = None
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         ex = LeanExchange(self, headers, body, close or self._front.stopping)
         self.task = self._front.loop.create_task(self._serve(ex))
 
@@ -297,7 +302,7 @@ class Connection(asyncio.Protocol):
                     if self._paused:
                         self._paused = False
                         transport.resume_reading()
-                    self._arm_idle()
+                    self._wait_for_request()
                     self._next()
 
     def _hand_off(self) -> None:
@@ -305,8 +310,8 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None and self.task is None
         self._front.connections.discard(self)
-        if self._idle is not None:
-            self._idle.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         data, self._buf = bytes(self._buf), bytearray()
         self.transport = None
         handler = self._front.aiohttp_server()
@@ -316,8 +321,50 @@ class Connection(asyncio.Protocol):
             handler.pause_writing()
         handler.data_received(data)
 
-    def _arm_idle(self) -> None:
-        self._idle = self._front.loop.call_later(KEEPALIVE_TIMEOUT, self.close_when_idle)
+    def _wait_for_request(self) -> None:
+        """Ready for a request: the timer starts, for the keep-alive timeout (or the read
+        timeout of a request that starts before it runs out)."""
+        loop = self._front.loop
+        self._last_read = now = loop.time()  # bytes that waited while we served: no gap
+        self._timer = loop.call_at(now + min(KEEPALIVE_TIMEOUT, self._front.read_timeouts.step),
+                                   self._check_timeouts)
+
+    def _check_timeouts(self) -> None:
+        """The timer, while no request is served: between requests the keep-alive timeout;
+        once one is arriving, the gap allowed between reads of its head or its body. Reads
+        only store their time; this sets the timer again when no timeout has run out."""
+        timeouts = self._front.read_timeouts
+        if self._head is not None:
+            timeout = timeouts.body
+        elif self._buf:
+            timeout = timeouts.header
+        else:
+            timeout = KEEPALIVE_TIMEOUT
+        loop = self._front.loop
+        now = loop.time()
+        due = self._last_read + timeout
+        if now < due:  # (the next read may start a head, or a body: `step` overshoots neither)
+            self._timer = loop.call_at(min(due, now + timeouts.step), self._check_timeouts)
+            return
+        self._timer = None
+        if self._buf:
+            self._time_out()
+        else:
+            self.close()
+
+    def _time_out(self) -> None:
+        """A request stopped arriving: 408, and the connection closes. A chat request whose
+        head came is counted and logged like one refused before its handler."""
+        assert self.transport is not None
+        timeouts = self._front.read_timeouts
+        if self._head is None:
+            err = request_timeout("head", timeouts.header)
+        else:
+            err = request_timeout("body", timeouts.body)
+            observe_rejection(LeanExchange(self, self._head[0], b"", True), err,
+                              "request_timeout")
+        self.transport.write(timeout_response(err))
+        self.close()
 
     def close_when_idle(self) -> None:
         if self.task is None:

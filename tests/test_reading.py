@@ -1,0 +1,202 @@
+"""Reading a request (server/reading.py): a head or body that stops arriving is
+a 408 and a closed connection after `server.client_header_timeout` / `client_body_timeout`,
+measured between reads, so a slow but steady one is never cut; a connection that sends nothing
+closes after the keep-alive timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import REGISTRY
+
+from streamproxy.config import ConfigError, load_config, parse_config
+from streamproxy.server import front
+from tests.helpers import make_config
+
+TIMEOUT = 0.4  # both read timeouts, in these tests
+FRONTS = ["lean"]
+BODY = orjson.dumps({"model": "fast:tokens=2", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def config(**server: Any) -> Any:
+    return make_config({"mock": {"type": "mock", "default_model": "fast"}}, default="mock",
+                       server={"client_header_timeout": TIMEOUT,
+                               "client_body_timeout": TIMEOUT, **server})
+
+
+@pytest.fixture
+async def start(proxy: Any, monkeypatch: Any) -> Any:
+    """Start the proxy on a front; the connections opened are closed at the end."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def started(front_kind: str, **server: Any) -> Any:
+        monkeypatch.setenv(front.FRONT_ENV, front_kind)
+        client = await proxy(config(**server))
+
+        async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            reader, writer = await asyncio.open_connection(client.host, client.port)
+            writers.append(writer)
+            return reader, writer
+
+        client.connect = connect
+        return client
+
+    yield started
+    for writer in writers:
+        writer.close()
+
+
+def chat_head(length: int, version: bytes = b"1.1", extra: bytes = b"") -> bytes:
+    return (b"POST /v1/chat/completions HTTP/%b\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n%b\r\n" % (version, length, extra))
+
+
+CHUNKED_HEAD = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                b"Content-Type: application/json\r\n\r\n")
+
+
+async def closed_after_answer(reader: asyncio.StreamReader) -> tuple[bytes, float]:
+    """Everything the proxy sends until it closes the connection, and how long that took."""
+    began = time.monotonic()
+    data = await asyncio.wait_for(reader.read(), 10)
+    return data, time.monotonic() - began
+
+
+def assert_408(answer: bytes) -> None:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith((b"HTTP/1.1 408 ", b"HTTP/1.0 408 ")), answer  # (the request's)
+    assert b"connection: close" in head.lower() or head.startswith(b"HTTP/1.0")
+    error = orjson.loads(body)["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "request_timeout")
+
+
+def rejected_for_timeout() -> float:
+    return REGISTRY.get_sample_value("streamproxy_rejected_requests_total",
+                                     {"reason": "request_timeout"}) or 0.0
+
+
+# What a client sent before it stopped: a Content-Length body (the lean front's own), and the
+# kinds the lean front hands to aiohttp.
+STALLED_BODIES = {
+    "content-length": chat_head(len(BODY)) + BODY[:10],
+    "no-body-yet": chat_head(len(BODY)),
+}
+
+
+@pytest.mark.parametrize("kind", list(STALLED_BODIES))
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_a_body_that_stops_arriving_is_408(start: Any, front_kind: str, kind: str,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    client = await start(front_kind)
+    rejected = rejected_for_timeout()
+    reader, writer = await client.connect()
+    writer.write(STALLED_BODIES[kind])
+    answer, waited = await closed_after_answer(reader)
+    assert_408(answer)
+    assert TIMEOUT * 0.9 <= waited < TIMEOUT + 5
+    assert b"body" in answer
+    assert rejected_for_timeout() == rejected + 1  # counted, and logged, on both fronts
+    logged = [orjson.loads(r.getMessage()) for r in caplog.records
+              if r.name == "streamproxy.access"]
+    assert [(line["status"], line["error_code"]) for line in logged] == [
+        (408, "request_timeout")]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # nothing unhandled
+
+
+STALLED_HEADS = {
+    "chat": chat_head(len(BODY))[:40],
+    "request-line": b"POST /v1/chat/comp",
+}
+
+
+@pytest.mark.parametrize("kind", list(STALLED_HEADS))
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_a_head_that_stops_arriving_is_408(start: Any, front_kind: str,
+                                                 kind: str) -> None:
+    client = await start(front_kind)
+    reader, writer = await client.connect()
+    writer.write(STALLED_HEADS[kind])
+    answer, waited = await closed_after_answer(reader)
+    assert_408(answer)
+    assert b"head" in answer
+    assert TIMEOUT * 0.9 <= waited < TIMEOUT + 5
+
+
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_a_connection_that_sends_nothing_closes_after_the_keep_alive(
+        start: Any, monkeypatch: Any, front_kind: str) -> None:
+    monkeypatch.setattr(front, "KEEPALIVE_TIMEOUT", 0.3)
+    client = await start(front_kind, client_header_timeout=60, client_body_timeout=60)
+    reader, _ = await client.connect()
+    answer, waited = await closed_after_answer(reader)
+    assert answer == b"" and 0.25 <= waited < 5  # no request, no answer
+
+
+async def trickle(writer: asyncio.StreamWriter, data: bytes, pieces: int, gap: float) -> None:
+    size = -(-len(data) // pieces)
+    for i in range(0, len(data), size):
+        writer.write(data[i:i + size])
+        await writer.drain()
+        await asyncio.sleep(gap)
+
+
+def chunked(body: bytes) -> bytes:
+    return b"".join(b"%x\r\n%b\r\n" % (len(body[i:i + 8]), body[i:i + 8])
+                    for i in range(0, len(body), 8)) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("kind", ["content-length"])
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_a_slow_steady_upload_is_never_cut(start: Any, monkeypatch: Any,
+                                                 front_kind: str, kind: str) -> None:
+    """Pieces come well within the read timeout, for far longer than it and the keep-alive
+    timeout: the request is served (the lean front closed such a connection 75 s after the
+    previous request, however fast its body was still arriving)."""
+    monkeypatch.setattr(front, "KEEPALIVE_TIMEOUT", 0.3)
+    client = await start(front_kind)
+    reader, writer = await client.connect()
+    request = (chat_head(len(BODY)) + BODY if kind == "content-length"
+               else CHUNKED_HEAD + chunked(BODY))
+    began = time.monotonic()
+    await trickle(writer, request, 12, TIMEOUT / 4)
+    assert time.monotonic() - began > 2 * TIMEOUT
+    status_line = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
+    assert status_line.startswith(b"HTTP/1.1 200"), status_line
+
+
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_time_spent_answering_is_not_a_gap_in_the_next_request(start: Any,
+                                                                     front_kind: str) -> None:
+    """Half of a pipelined head waits while the request before it streams for longer than the
+    read timeouts; its client sends the rest a while after the answer is in."""
+    client = await start(front_kind, client_header_timeout=3 * TIMEOUT)
+    reader, writer = await client.connect()
+    slow = orjson.dumps({"model": "fast:tokens=15,tps=10", "stream": True,
+                         "messages": [{"role": "user", "content": "hi"}]})
+    second = chat_head(len(BODY)) + BODY
+    writer.write(chat_head(len(slow)) + slow + second[:30])
+    began = time.monotonic()
+    await asyncio.wait_for(reader.readuntil(b"data: [DONE]\n\n\r\n0\r\n\r\n"), 10)
+    assert time.monotonic() - began > 3 * TIMEOUT
+    await asyncio.sleep(1.5 * TIMEOUT)  # within the head's timeout, counted from the answer
+    writer.write(second[30:])
+    status_line = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
+    assert status_line.startswith(b"HTTP/1.1 200"), status_line
+
+
+def test_the_read_timeouts_are_configurable() -> None:
+    server = load_config(None).server
+    assert (server.client_header_timeout, server.client_body_timeout) == (60.0, 60.0)
+    mock = {"mock": {"type": "mock"}}
+    server = parse_config({"server": {"client_header_timeout": 5, "client_body_timeout": 120},
+                           "providers": mock}, "<t>").server
+    assert (server.client_header_timeout, server.client_body_timeout) == (5.0, 120.0)
+    for bad in (0, -1, "60", None, True):
+        with pytest.raises(ConfigError, match=r"server\.client_body_timeout: must be a positive"):
+            parse_config({"server": {"client_body_timeout": bad}, "providers": mock}, "<t>")
