@@ -6,7 +6,7 @@
     ├── AuthenticationFailed            401 authentication_error
     ├── PermissionDenied                403 permission_error
     ├── NotFound                        404 not_found_error
-    ├── RequestTimeout                  408 invalid_request_error  code=request_timeout
+    ├── ClientReadTimeout               408 invalid_request_error  code=request_timeout
     ├── PayloadTooLarge                 413 invalid_request_error  code=request_too_large
     ├── RateLimited                     429 rate_limit_error       (carries retry_after)
     ├── Overloaded                      503 api_error              (carries retry_after)
@@ -96,7 +96,7 @@ class NotFound(ProxyError):
     error_type = "not_found_error"
 
 
-class RequestTimeout(ProxyError):
+class ClientReadTimeout(ProxyError):
     """The client stopped sending its request (server/reading.py)."""
 
     status = 408

@@ -1,4 +1,4 @@
-"""Reading a request (server/reading.py): a head or body that stops arriving is
+"""Reading a request (server/reading.py), on both fronts: a head or body that stops arriving is
 a 408 and a closed connection after `server.client_header_timeout` / `client_body_timeout`,
 measured between reads, so a slow but steady one is never cut; a connection that sends nothing
 closes after the keep-alive timeout."""
@@ -16,10 +16,11 @@ from prometheus_client import REGISTRY
 
 from streamproxy.config import ConfigError, load_config, parse_config
 from streamproxy.server import front
+from streamproxy.server.reading import ReadTimedHandler
 from tests.helpers import make_config
 
 TIMEOUT = 0.4  # both read timeouts, in these tests
-FRONTS = ["lean"]
+FRONTS = ["lean", "aiohttp"]
 BODY = orjson.dumps({"model": "fast:tokens=2", "messages": [{"role": "user", "content": "hi"}]})
 
 
@@ -84,6 +85,8 @@ def rejected_for_timeout() -> float:
 # kinds the lean front hands to aiohttp.
 STALLED_BODIES = {
     "content-length": chat_head(len(BODY)) + BODY[:10],
+    "chunked": CHUNKED_HEAD + b"a\r\n" + BODY[:10] + b"\r\n",
+    "http1.0": chat_head(len(BODY), b"1.0") + BODY[:10],
     "no-body-yet": chat_head(len(BODY)),
 }
 
@@ -109,9 +112,33 @@ async def test_a_body_that_stops_arriving_is_408(start: Any, front_kind: str, ki
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # nothing unhandled
 
 
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_a_body_that_stops_arriving_on_another_route_is_408(start: Any,
+                                                                  front_kind: str) -> None:
+    client = await start(front_kind)
+    reader, writer = await client.connect()
+    writer.write(b"POST /v1/chat/completions/chatcmpl-1 HTTP/1.1\r\nHost: x\r\n"
+                 b"Content-Length: 40\r\n\r\n{\"metadata\": ")
+    answer, _ = await closed_after_answer(reader)
+    assert_408(answer)
+
+
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_a_body_after_100_continue_that_never_comes_is_408(start: Any,
+                                                                 front_kind: str) -> None:
+    client = await start(front_kind)
+    reader, writer = await client.connect()
+    writer.write(chat_head(len(BODY), extra=b"Expect: 100-continue\r\n"))
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == (
+        b"HTTP/1.1 100 Continue\r\n\r\n")
+    answer, _ = await closed_after_answer(reader)
+    assert_408(answer)
+
+
 STALLED_HEADS = {
     "chat": chat_head(len(BODY))[:40],
-    "request-line": b"POST /v1/chat/comp",
+    "other-route": b"GET /healthz HTTP/1.1\r\nHost: x\r\nAccept: */*",
+    "request-line": b"GET /v1/mod",
 }
 
 
@@ -126,6 +153,20 @@ async def test_a_head_that_stops_arriving_is_408(start: Any, front_kind: str,
     assert_408(answer)
     assert b"head" in answer
     assert TIMEOUT * 0.9 <= waited < TIMEOUT + 5
+
+
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_a_head_that_stops_after_a_first_request_is_408(start: Any,
+                                                              front_kind: str) -> None:
+    """Not only a connection's first request: the next one on a kept-alive connection."""
+    client = await start(front_kind)
+    reader, writer = await client.connect()
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)).startswith(b"HTTP/1.1 200")
+    await asyncio.wait_for(reader.readuntil(b'"ok"}'), 5)
+    writer.write(STALLED_HEADS["other-route"])
+    answer, _ = await closed_after_answer(reader)
+    assert_408(answer)
 
 
 @pytest.mark.parametrize("front_kind", FRONTS)
@@ -151,7 +192,7 @@ def chunked(body: bytes) -> bytes:
                     for i in range(0, len(body), 8)) + b"0\r\n\r\n"
 
 
-@pytest.mark.parametrize("kind", ["content-length"])
+@pytest.mark.parametrize("kind", ["content-length", "chunked"])
 @pytest.mark.parametrize("front_kind", FRONTS)
 async def test_a_slow_steady_upload_is_never_cut(start: Any, monkeypatch: Any,
                                                  front_kind: str, kind: str) -> None:
@@ -166,6 +207,19 @@ async def test_a_slow_steady_upload_is_never_cut(start: Any, monkeypatch: Any,
     began = time.monotonic()
     await trickle(writer, request, 12, TIMEOUT / 4)
     assert time.monotonic() - began > 2 * TIMEOUT
+    status_line = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
+    assert status_line.startswith(b"HTTP/1.1 200"), status_line
+
+
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_a_slow_steady_head_is_never_cut(start: Any, monkeypatch: Any,
+                                               front_kind: str) -> None:
+    """aiohttp's keep-alive timer stands aside while a head arrives."""
+    monkeypatch.setattr(front, "KEEPALIVE_TIMEOUT", 0.3)
+    client = await start(front_kind)
+    reader, writer = await client.connect()
+    await trickle(writer, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: 1234567\r\n\r\n", 8,
+                  TIMEOUT / 4)
     status_line = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
     assert status_line.startswith(b"HTTP/1.1 200"), status_line
 
@@ -200,3 +254,12 @@ def test_the_read_timeouts_are_configurable() -> None:
     for bad in (0, -1, "60", None, True):
         with pytest.raises(ConfigError, match=r"server\.client_body_timeout: must be a positive"):
             parse_config({"server": {"client_body_timeout": bad}, "providers": mock}, "<t>")
+
+
+def test_what_aiohttp_keeps_privately_is_still_there() -> None:
+    """ReadTimedHandler reads a few private attributes of aiohttp's RequestHandler; an aiohttp
+    that renames them fails here, not in production."""
+    slots = {name for cls in ReadTimedHandler.__mro__ for name in getattr(cls, "__slots__", ())}
+    assert {"_waiter", "_messages", "_current_request", "_reading_paused",
+            "_keepalive_handle", "_loop"} <= slots
+    assert callable(ReadTimedHandler.__mro__[1]._process_keepalive)

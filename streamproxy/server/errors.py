@@ -9,7 +9,8 @@ import orjson
 from aiohttp import web
 from aiohttp.web_urldispatcher import _default_expect_handler
 
-from streamproxy.errors import NotFound, PayloadTooLarge, ProxyError
+from streamproxy.errors import ClientReadTimeout, NotFound, PayloadTooLarge, ProxyError
+from streamproxy.server.reading import BodyTimeout
 
 log = logging.getLogger("streamproxy.server")
 
@@ -63,7 +64,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ProxyError as e:
-        return error_response(e, request)
+        response = error_response(e, request)
+        if isinstance(e, ClientReadTimeout):  # the rest of the request will not be read
+            response.force_close()
+        return response
+    except BodyTimeout as e:  # another route's read of a body that stopped arriving
+        response = error_response(e.error, request)
+        response.force_close()
+        return response
     except web.HTTPRequestEntityTooLarge:  # aiohttp's exception keeps no max_size attribute
         return error_response(body_too_large(request.client_max_size), request)
     except web.HTTPNotFound:

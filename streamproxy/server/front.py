@@ -44,7 +44,7 @@ from streamproxy.server.errors import internal_error
 from streamproxy.server.exchange import reply_error
 from streamproxy.server.handlers import chat
 from streamproxy.server.observing import AUTH_KEY, observe_rejection
-from streamproxy.server.reading import ReadTimeouts, request_timeout, timeout_response
+from streamproxy.server.reading import ReadTimeouts, read_timed, request_timeout, timeout_response
 from streamproxy.server.sse_writer import chunk
 from streamproxy.server.state import STATE
 from streamproxy.upstream.http11 import plain_fields
@@ -53,7 +53,7 @@ log = logging.getLogger("streamproxy.server")
 
 CHAT_LINE = b"POST /v1/chat/completions HTTP/1.1"
 _CHAT_HEAD = CHAT_LINE + b"\r\n"
-KEEPALIVE_TIMEOUT = 75.0  # aiohttp's default
+KEEPALIVE_TIMEOUT = 75.0  # aiohttp's web.run_app default; given to its runner too
 PIPELINE_LIMIT = 64 * 1024  # bytes of later requests held before reading pauses
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110 token)
 # aiohttp's to handle (Content-Encoding: it decodes, and caps the decoded size at max_body_bytes)
@@ -70,10 +70,18 @@ def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
     kind = os.environ.get(FRONT_ENV) or app[STATE].config.server.front
     if kind not in ("aiohttp", "lean"):
         raise ValueError(f"{FRONT_ENV} must be one of aiohttp, lean")
-    return FrontRunner(app, **kwargs) if kind == "lean" else web.AppRunner(app, **kwargs)
+    kwargs.setdefault("keepalive_timeout", KEEPALIVE_TIMEOUT)  # AppRunner's own is an hour
+    return FrontRunner(app, **kwargs) if kind == "lean" else AiohttpRunner(app, **kwargs)
 
 
-class FrontRunner(web.AppRunner):
+class AiohttpRunner(web.AppRunner):
+    """An AppRunner whose connections have the request read timeouts (server/reading.py)."""
+
+    async def _make_server(self) -> Any:
+        return read_timed(await super()._make_server(), self.app[STATE].config.server)
+
+
+class FrontRunner(AiohttpRunner):
     """An AppRunner whose sites accept connections into the lean front."""
 
     async def _make_server(self) -> Any:

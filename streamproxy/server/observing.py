@@ -15,6 +15,7 @@ from streamproxy.observe.access_log import ACCESS_LOGGER, AccessLog, LoggingSett
 from streamproxy.observe.metrics import metrics, metrics_handler, set_circuit_state
 from streamproxy.record import RequestRecord
 from streamproxy.server.errors import body_too_large
+from streamproxy.server.reading import BodyTimeout
 
 if TYPE_CHECKING:
     from streamproxy.server.exchange import Exchange
@@ -41,14 +42,18 @@ def install_observers(app: web.Application, state: AppState) -> None:
 
 async def read_body(request: Exchange, record: RequestRecord) -> bytes:
     """The request body, with its facts noted in the record: size, the proxy key's name, and the
-    body itself when the operator opted in. Too large a body is a typed 413 here, so the record
-    gets the right status rather than looking like a disconnect."""
+    body itself when the operator opted in. Too large a body is a typed 413 here, and one that
+    stopped arriving a 408 (server/reading.py), so the record gets the right status rather than
+    looking like a disconnect."""
     key = request.get(AUTH_KEY)
     record.auth_key_name = key.name if key is not None else None
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as e:
         raise body_too_large(request.client_max_size) from e
+    except BodyTimeout as e:  # (aiohttp's front: the lean one has the body before the handler)
+        metrics().rejected.labels("request_timeout").inc()
+        raise e.error from None
     record.bytes_in = len(raw)
     settings = request.app.get(LOGGING)
     if settings is not None and settings.log_bodies:

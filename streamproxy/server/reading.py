@@ -1,4 +1,4 @@
-"""Timeouts on reading a request.
+"""Timeouts on reading a request, on both fronts.
 
 A client may leave at most `server.client_header_timeout` seconds between two reads of a
 request's head, and `server.client_body_timeout` between two reads of its body (60 s each by
@@ -8,20 +8,28 @@ answered 408 (RFC 9110 §15.5.9) in OpenAI's error shape and the connection clos
 requests the keep-alive timeout applies instead (75 s, `front.KEEPALIVE_TIMEOUT`), so a
 connection that sends nothing is closed too.
 
-The lean front keeps these with the one timer it has per connection (server/front.py). It
-does not re-arm a timer per read: a read stores the time, and the timer, when it fires, looks
+The lean front keeps these with the one timer it has per connection (server/front.py).
+aiohttp has no such timeouts (only keep-alive, which does not look at a request being read), so
+the connections it serves — every request the lean front hands over, and every connection
+with `server.front: aiohttp` — get `ReadTimedHandler`, its connection protocol with the same
+rules.
+
+Neither re-arms a timer per read: a read stores the time, and the timer, when it fires, looks
 at the time of the last read and either acts or sets itself again for when the gap could next
 run out.
 """
 
 from __future__ import annotations
 
+import asyncio
 from email.utils import formatdate
+from typing import Any
 
 import orjson
+from aiohttp import web
 
 from streamproxy.config import ServerConfig
-from streamproxy.errors import RequestTimeout
+from streamproxy.errors import ClientReadTimeout
 
 
 class ReadTimeouts:
@@ -36,15 +44,137 @@ class ReadTimeouts:
         self.step = min(self.header, self.body)
 
 
-def request_timeout(part: str, seconds: float) -> RequestTimeout:
-    return RequestTimeout(f"The request {part} stopped arriving: nothing came for "
+def request_timeout(part: str, seconds: float) -> ClientReadTimeout:
+    return ClientReadTimeout(f"The request {part} stopped arriving: nothing came for "
                           f"{seconds:g} seconds.")
 
 
-def timeout_response(err: RequestTimeout) -> bytes:
+def timeout_response(err: ClientReadTimeout) -> bytes:
     """The 408 as bytes, for a request no handler can answer (its head, or its body on the
     lean front, never complete)."""
     body = orjson.dumps(err.to_dict())
     return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json; charset=utf-8\r\n"
             b"content-length: %d\r\ndate: %b\r\nconnection: close\r\n\r\n%b"
             % (len(body), formatdate(usegmt=True).encode(), body))
+
+
+class BodyTimeout(asyncio.TimeoutError):
+    """Set on a request's payload when its body stopped arriving: the handler's read raises it
+    and the server boundary answers `error` (408); aiohttp's lingering read after that answer
+    raises it too, and ends quietly on a TimeoutError."""
+
+    def __init__(self, error: ClientReadTimeout) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+_FIRST = object()  # the connection's first head, read before aiohttp started waiting for one
+
+
+class ReadTimedHandler(web.RequestHandler):
+    """aiohttp's connection protocol, with the request read timeouts.
+
+    aiohttp keeps what this needs in private attributes, read here only: `_waiter` (pending
+    while it waits for a head), `_messages` (heads parsed, not yet served), `_current_request`
+    (the request whose handler runs) and `_reading_paused`; and its keep-alive check,
+    `_process_keepalive`, stands aside while a head arrives. tests/test_reading.py pins them.
+
+    A head is being read when bytes came while aiohttp waited for one and made no whole
+    request (or came first on a connection the lean front handed over before aiohttp waited):
+    only then, with no response in flight, may a 408 be written. A body is being read while
+    a handler runs and its request's payload has not ended; its timeout is set on the payload,
+    so the handler's own read fails and the route answers.
+    """
+
+    __slots__ = ("_head_wait", "_last_read", "_read_timeouts", "_read_timer")
+
+    def __init__(self, manager: ReadTimedServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._read_timeouts = manager.read_timeouts
+        self._last_read = 0.0
+        self._head_wait: object = None  # the wait during which bytes of a head came (or _FIRST)
+        self._read_timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not data or self.transport is None:  # (aiohttp parses what it held back with b"")
+            return
+        loop = self._loop
+        first = self._last_read == 0.0
+        self._last_read = loop.time()
+        waiter = self._waiter
+        if self._messages or self._current_request is not None:
+            self._head_wait = None  # a whole head, or a body being read
+        elif waiter is not None:
+            self._head_wait = waiter if not waiter.done() else None
+        else:
+            self._head_wait = _FIRST if first else None
+        if self._read_timer is None:
+            self._read_timer = loop.call_at(self._last_read + self._read_timeouts.step,
+                                            self._check_reading)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _reading_head(self) -> bool:
+        waiter = self._waiter
+        return (waiter is not None and not waiter.done() and not self._messages
+                and (self._head_wait is waiter or self._head_wait is _FIRST))
+
+    def _process_keepalive(self) -> None:
+        if self._reading_head():  # a head is arriving: its read timeout decides, not keep-alive
+            self._keepalive_handle = None
+            if self._read_timer is None:  # (its read set the timer: never, but never stay open)
+                self._check_reading()
+            return
+        super()._process_keepalive()
+
+    def _check_reading(self) -> None:
+        """The read timer: time out the request being read, or look again when it could."""
+        self._read_timer = None
+        if self.transport is None:
+            return
+        loop = self._loop
+        now = loop.time()
+        request = self._current_request
+        if self._reading_head():
+            due = self._last_read + self._read_timeouts.header
+            if now >= due:
+                self.transport.write(timeout_response(
+                    request_timeout("head", self._read_timeouts.header)))
+                self.force_close()
+                return
+        elif request is not None and not request.content.is_eof():
+            if self._reading_paused:  # the handler has not taken what came: not the client's gap
+                self._last_read = now
+            due = self._last_read + self._read_timeouts.body
+            if now >= due:
+                request.content.set_exception(BodyTimeout(
+                    request_timeout("body", self._read_timeouts.body)))
+                return
+        else:
+            return  # nothing being read: the next read sets the timer again
+        step = self._read_timeouts.step
+        self._read_timer = loop.call_at(min(due, now + step), self._check_reading)
+
+
+class ReadTimedServer(web.Server):
+    """aiohttp's low-level server, making `ReadTimedHandler`s."""
+
+    def __init__(self, *args: Any, read_timeouts: ReadTimeouts, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.read_timeouts = read_timeouts
+
+    def __call__(self) -> ReadTimedHandler:
+        return ReadTimedHandler(self, loop=self._loop, **self._kwargs)
+
+
+def read_timed(server: web.Server, config: ServerConfig) -> ReadTimedServer:
+    """The server aiohttp's runner made (its app's handler and settings), with the read
+    timeouts."""
+    return ReadTimedServer(server.request_handler, request_factory=server.request_factory,
+                           handler_cancellation=server.handler_cancellation,
+                           read_timeouts=ReadTimeouts(config), **server._kwargs)
