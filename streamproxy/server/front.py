@@ -8,18 +8,18 @@ response head with the first frame, straight to the transport.
 
 Every connection starts here. A request it fully understands — exactly
 `POST /v1/chat/completions HTTP/1.1`, a Content-Length body within `server.max_body_bytes`,
-no Transfer-Encoding, Content-Encoding, Expect or Upgrade, headers within `server.max_headers` /
-`server.max_header_bytes`, well-formed lines — is served here, with what aiohttp's middlewares
-do for that route (auth, OpenAI-shaped errors). At anything else (another path or
-method, HTTP/1.0, a chunked body, a limit exceeded, anything unusual) the connection, with
-every byte received so far, is handed to aiohttp's own protocol and stays there: every other
-route, and every refusal, is exactly aiohttp's.
+no Transfer-Encoding, Content-Encoding, Expect or Upgrade, headers within
+`server.max_headers` / `server.max_header_bytes`, well-formed lines — is served here, with
+what aiohttp's middlewares do for that route (auth, OpenAI-shaped errors). At anything else
+(another path or method, HTTP/1.0, a chunked body, a limit exceeded, anything unusual) the
+connection, with every byte received so far, is handed to aiohttp's own protocol and stays
+there: every other route, and every refusal, is exactly aiohttp's.
 
-Like aiohttp: keep-alive with a 75 s idle close, `Connection: close` honoured, pipelined
-requests served in order (reading pauses while more than 64 KiB waits), and a client that goes
-away cancels its request's task (aiohttp's `handler_cancellation`), which cancels the upstream
-request. A request being read has the read timeouts of server/reading.py instead of the
-keep-alive: a gap between reads of its head or body, not its whole length, is bounded.
+As on aiohttp's side: keep-alive with a 75 s idle close, the request read timeouts of
+server/reading.py while a request arrives (a gap between reads of its head or body, not its
+whole length, is bounded), `Connection: close` honoured, pipelined requests served in order
+(reading pauses while more than 64 KiB waits), and a client that goes away cancels its
+request's task (aiohttp's `handler_cancellation`), which cancels the upstream request.
 """
 
 from __future__ import annotations
