@@ -109,7 +109,8 @@ async def test_a_body_that_stops_arriving_is_408(start: Any, front_kind: str, ki
               if r.name == "streamproxy.access"]
     assert [(line["status"], line["error_code"]) for line in logged] == [
         (408, "request_timeout")]
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # nothing unhandled
+    assert not [r for r in caplog.records  # nothing unhandled (aiohttp.server logs that)
+                if r.levelno >= logging.WARNING and r.name.startswith(("aiohttp", "streamproxy"))]
 
 
 @pytest.mark.parametrize("front_kind", FRONTS)
