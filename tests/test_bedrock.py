@@ -537,6 +537,15 @@ def test_a_system_only_request_gets_a_placeholder_user_turn() -> None:
     assert out["messages"] == [{"role": "user", "content": [{"text": "Begin."}]}]
 
 
+def test_a_conversation_that_starts_with_the_assistant_gets_a_user_turn_first() -> None:
+    # Converse: "A conversation must start with a user message."
+    out = to_converse({"messages": [{"role": "system", "content": "Be brief."},
+                                    {"role": "assistant", "content": "Hello."},
+                                    {"role": "user", "content": "Hi"}]}, MODEL)
+    assert [m["role"] for m in out["messages"]] == ["user", "assistant", "user"]
+    assert out["messages"][0]["content"] == [{"text": "Begin."}]
+
+
 CLAUDE = "us.anthropic.claude-sonnet-4-20250514-v1:0"
 
 

@@ -1,8 +1,9 @@
 """OpenAI Chat Completions request → Bedrock Converse request (pure). provider-streams.md §5.1.
 
 Choices (docs/providers/bedrock.md):
-- system/developer messages → `system: [{text}]`, in order; a request with no other message
-  gets a PLACEHOLDER_USER_TEXT user turn (Converse needs one);
+- system/developer messages → `system: [{text}]`, in order; a request with no other message,
+  or whose conversation starts with the assistant, gets a PLACEHOLDER_USER_TEXT user turn
+  first (Converse rejects a conversation that does not start with a user message);
 - consecutive tool results become one user message of `toolResult` blocks, placed before any
   other user content; consecutive messages of one role are merged (Converse wants alternation);
 - images are `data:` URLs (→ `image.source.bytes`, base64 as the JSON protocol carries blobs) or
@@ -72,8 +73,8 @@ def to_converse(body: dict[str, Any], model: str) -> dict[str, Any]:
         raise InvalidRequest("Bedrock returns one choice per request; 'n' must be 1.",
                              param="n", code="unsupported_value")
     system, messages, tool_names = _messages(body["messages"])
-    if not messages:
-        messages = [{"role": "user", "content": [{"text": PLACEHOLDER_USER_TEXT}]}]
+    if not messages or messages[0]["role"] != "user":  # Converse starts with a user turn
+        messages.insert(0, {"role": "user", "content": [{"text": PLACEHOLDER_USER_TEXT}]})
     out: dict[str, Any] = {"messages": messages}
     for key in PASSTHROUGH:
         if body.get(key) is not None:
