@@ -585,8 +585,63 @@ def test_the_key_ignores_delivery_and_bookkeeping() -> None:
                   dict(namespace="", provider="p", model="m2", body=body),
                   dict(namespace="", provider="p", model="m", body={**body, "seed": 1}),
                   dict(namespace="", provider="p", model="m", body=body,
-                       headers={"x-mock-options": "tokens=3"})):
+                       headers={"x-mock-options": "tokens=3"}),
+                  dict(namespace="", provider="p", model="m", body=body, credential="sk-a")):
         assert cache_key(**other) != key  # type: ignore[arg-type]
+
+
+async def test_a_clients_own_provider_key_partitions_the_cache(proxy: Any, upstream: Any) -> None:
+    # No key configured for the provider: each client's key pays for its own answers; a
+    # caller with another key (or none) must not get them from the cache.
+    upstream.body = OPENAI_FIXTURES["text"]
+    client = await proxy(make_config({"byok": {"type": "openai", "base_url": upstream.url,
+                                               "default_model": "m"}}, default="byok"))
+    statuses = []
+    for key in ("sk-good", "sk-other", None, "sk-good"):
+        headers = {**cache_header(), **({"authorization": f"Bearer {key}"} if key else {})}
+        resp, _ = await post(client, {"model": "byok/m", "stream": True}, headers)
+        statuses.append(resp.headers[STATUS])
+        await drained(client)
+    assert statuses == ["MISS", "MISS", "MISS", "HIT"]
+
+
+def _openai_chunks(*chunks: dict[str, Any]) -> bytes:
+    return b"".join(b"data: " + orjson.dumps({"id": "c", "object": "chat.completion.chunk",
+                                              "created": 1, "model": "m", **c}) + b"\n\n"
+                    for c in chunks) + b"data: [DONE]\n\n"
+
+
+def test_a_refusal_is_captured_and_its_stream_is_not_kept_for_replay() -> None:
+    body = _openai_chunks(
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "refusal": ""}}]},
+        {"choices": [{"index": 0, "delta": {"refusal": "I can't "}}]},
+        {"choices": [{"index": 0, "delta": {"refusal": "help with that."},
+                      "finish_reason": "stop"}]})
+    _, builder = _tee(body, "openai", [body])
+    message = builder.completion(completion_id="x", created=1, model="m")["choices"][0]
+    assert message["message"]["refusal"] == "I can't help with that."
+    assert not builder.replayable  # a replay has no refusal delta: the cache keeps nothing
+    plain = _openai_chunks({"choices": [{"index": 0, "delta": {"content": "Hi"},
+                                         "logprobs": {"content": []}}]})
+    assert not _tee(plain, "openai", [plain])[1].replayable  # logprobs: likewise
+    assert not cached.streams_whole(cached.from_completion({"choices": [
+        {"message": {"content": None, "refusal": "No."}, "finish_reason": "stop"}]}))
+
+
+def test_a_tool_call_whose_id_and_name_repeat_on_every_chunk_is_captured_once() -> None:
+    # DeepSeek and Qwen send id (and name) again with each argument fragment.
+    def call(args: str, name: str) -> dict[str, Any]:
+        return {"choices": [{"index": 0, "delta": {"tool_calls": [{
+            "index": 0, "id": "call_1", "type": "function",
+            "function": {"name": name, "arguments": args}}]}}]}
+
+    body = _openai_chunks(call("", "get_weather"), call('{"city": ', ""), call('"Paris"}', ""),
+                          {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+    _, builder = _tee(body, "openai", [body])
+    [tool] = builder.completion(completion_id="x", created=1, model="m")["choices"][0][
+        "message"]["tool_calls"]
+    assert tool["id"] == "call_1" and tool["function"]["name"] == "get_weather"
+    assert tool["function"]["arguments"] == '{"city": "Paris"}'
 
 
 async def test_the_memory_lru_is_bounded_by_entries_and_bytes() -> None:

@@ -48,6 +48,17 @@ def is_fresh(entry: dict[str, Any], max_age: float, now: float | None = None) ->
     return (time.time() if now is None else now) - stored_at <= max_age
 
 
+def streams_whole(entry: dict[str, Any]) -> bool:
+    """Whether a stream replayed from `entry` carries the whole answer: a non-streamed fill's
+    refusal and logprobs have no delta here (a streamed request is then a miss). Streamed
+    fills that had them are never kept (CompletionBuilder.replayable)."""
+    completion = entry.get("completion")
+    if completion is None:
+        return True
+    choice = (completion.get("choices") or [{}])[0]
+    return not (choice.get("logprobs") or (choice.get("message") or {}).get("refusal"))
+
+
 def model_of(entry: dict[str, Any]) -> str | None:
     completion = entry.get("completion")
     return completion.get("model") if completion is not None else entry.get("model")

@@ -6,7 +6,8 @@ tools, response_format, max_tokens, seed, n, …, and the target's override_para
 headers). Left out, because they do not change the answer: how it is delivered (`stream`,
 `stream_options`) and bookkeeping (`user`, `metadata`, `store`, `prompt_cache_key`,
 `safety_identifier`). The namespace — the proxy auth key's name and `x-portkey-cache-namespace`
-— partitions the cache, so one tenant's answers are never served to another.
+— partitions the cache, so one tenant's answers are never served to another; so does the
+provider key the request is sent with (a client's own key, when the provider has none).
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import orjson
 
 NOT_IN_KEY = frozenset({"model", "stream", "stream_options", "user", "metadata", "store",
                         "prompt_cache_key", "safety_identifier"})
-_VERSION = 1  # bump when the normalization changes: old entries then simply miss
+_VERSION = 2  # bump when the normalization changes: old entries then simply miss
 
 
 def cache_key(*, namespace: str, provider: str, model: str | None, body: Mapping[str, Any],
-              headers: Mapping[str, str] | None = None) -> str:
+              headers: Mapping[str, str] | None = None, credential: str | None = None) -> str:
     material = {
         "v": _VERSION,
         "ns": namespace,
@@ -31,5 +32,9 @@ def cache_key(*, namespace: str, provider: str, model: str | None, body: Mapping
         "model": model,
         "body": {k: v for k, v in body.items() if k not in NOT_IN_KEY},
         "headers": dict(headers or {}),
+        # The provider key the request goes with: a client's own key (no key configured for
+        # the provider) must not buy answers for callers with another key or none. Hashed
+        # with the rest, never kept.
+        "credential": credential,
     }
     return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -100,7 +100,8 @@ class ResponseCache:
         refresh = request.headers.get(FORCE_REFRESH_HEADER, "").strip().lower() == "true"
         if not refresh:
             entry = await self.backend.get(key)
-            if entry is not None and cached.is_fresh(entry, max_age):
+            if (entry is not None and cached.is_fresh(entry, max_age)
+                    and (not req.stream or cached.streams_whole(entry))):
                 request[_STATUS] = "HIT"
                 await self._answer(request, req, target, record, entry)
                 return True
@@ -162,7 +163,8 @@ class ResponseCache:
                 entry = cached.from_completion(record.response)
             else:
                 builder = record.builder
-                if builder is None or not builder.ended or builder.failure is not None:
+                if (builder is None or not builder.ended or builder.failure is not None
+                        or not builder.replayable):
                     return
                 entry = cached.from_builder(builder)
             task = asyncio.get_running_loop().create_task(self.backend.set(key, entry, max_age))
@@ -196,7 +198,8 @@ def _key(namespace: str, req: ChatRequest, target: Target) -> str:
     provider = target.provider
     return cache_key(namespace=namespace, provider=provider.name,
                      model=target.model or provider.cfg.default_model,
-                     body=target.apply_overrides(req.body), headers=target.headers)
+                     body=target.apply_overrides(req.body), headers=target.headers,
+                     credential=target.api_key)
 
 
 def _succeeded(record: RequestRecord) -> bool:

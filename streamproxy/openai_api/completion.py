@@ -39,6 +39,10 @@ class CompletionBuilder:
         self.failure: ProxyError | None = None
         self.ended = False
         self.raw_chunks = 0
+        # A pass-through answer's refusal (captured, stored), and whether it carried what a
+        # replay cannot give back (a refusal, logprobs): the cache then keeps no entry for it.
+        self.refusal_parts: list[str] = []
+        self.replayable = True
         self._runs: list[list[Any]] = []  # closed runs; the open one is the three below
         self._kind: str | None = None
         self._index = 0
@@ -182,6 +186,8 @@ class CompletionBuilder:
             delta = choice.get("delta")
             if isinstance(delta, dict):
                 self._raw_delta(delta)
+            if choice.get("logprobs") is not None:
+                self.replayable = False
             if isinstance(choice.get("finish_reason"), str) and choice["finish_reason"]:
                 self.finish_reason = choice["finish_reason"]
 
@@ -192,9 +198,14 @@ class CompletionBuilder:
                               and p.get("type") == "text" and isinstance(p.get("text"), str))
         if isinstance(content, str) and content:
             self.content(content)
-        reasoning = delta.get("reasoning_content")
-        if isinstance(reasoning, str) and reasoning:
-            self.reasoning(reasoning)
+        for key in ("reasoning_content", "reasoning"):  # (DeepSeek's; OpenRouter's, Groq's)
+            reasoning = delta.get(key)
+            if isinstance(reasoning, str) and reasoning:
+                self.reasoning(reasoning)
+        refusal = delta.get("refusal")
+        if isinstance(refusal, str) and refusal:
+            self.refusal_parts.append(refusal)
+            self.replayable = False
         calls = delta.get("tool_calls")
         for tc in calls if isinstance(calls, list) else ():
             index = tc.get("index", 0) if isinstance(tc, dict) else None
@@ -202,14 +213,17 @@ class CompletionBuilder:
                 continue  # (the list grows to the index: a bound, whatever the upstream says)
             fn = tc.get("function") if isinstance(tc.get("function"), dict) else {}
             name, args = fn.get("name"), fn.get("arguments")
+            name = name if isinstance(name, str) else ""
             args = args if isinstance(args, str) else ""
-            if isinstance(tc.get("id"), str) and tc["id"]:
-                self.tool_call_start(index, tc["id"], name if isinstance(name, str) else "", args)
-            elif args and 0 <= index < len(self._args):
+            started = index < len(self.tool_calls) and self.tool_calls[index]["id"]
+            if isinstance(tc.get("id"), str) and tc["id"] and not started:
+                self.tool_call_start(index, tc["id"], name, args)
+            elif started and args:  # (some upstreams repeat the id and name on every chunk)
                 self.tool_call_args(index, args)
 
     def message(self) -> dict[str, Any]:
-        msg: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
+        msg: dict[str, Any] = {"role": "assistant", "content": None,
+                               "refusal": "".join(self.refusal_parts) or None}
         if self._parts:
             parts: list[Any] = self._parts
             msg["content"] = ("".join(self.content_parts) if self._decoded

@@ -131,6 +131,7 @@ _SCALARS: dict[str, tuple[Any, str]] = {
     "response_format": (lambda v: isinstance(v, dict), "an object"),
     "parallel_tool_calls": (lambda v: isinstance(v, bool), "a boolean"),
     "metadata": (lambda v: isinstance(v, dict), "an object"),
+    "store": (lambda v: isinstance(v, bool), "a boolean"),
 }
 
 
