@@ -229,8 +229,32 @@ async def test_invalid_metadata_is_a_400_before_any_upstream(proxy: Any,
                                           metadata={f"k{i}": "v" for i in range(17)})
     with pytest.raises(openai.BadRequestError):
         await api.chat.completions.list(limit=101)
-    with pytest.raises(openai.BadRequestError):
-        await api.chat.completions.list(after="chatcmpl-nope")
+
+
+async def test_lists_are_in_time_order_and_survive_deleting_as_they_go(proxy: Any,
+                                                                     tmp_path: Path) -> None:
+    api = openai_sdk(await proxy(config(tmp_path)), "sk-client")
+    # A slow stream that starts first and ends last is still first in time (OpenAI sorts by
+    # timestamp, not by when the answer was saved).
+    slow = asyncio.ensure_future(stream_text(api, model="mock/tokens=3,tps=10", messages=USER,
+                                             store=True))
+    await asyncio.sleep(0.05)
+    fast = [(await api.chat.completions.create(model="mock/fast:tokens=1", messages=USER,
+                                               store=True)).id for _ in range(4)]
+    first, _ = await slow
+    for cid in [first, *fast]:
+        await stored(api, cid)
+    page = await api.chat.completions.list(order="asc")
+    assert [c.id for c in page.data] == [first, *fast]
+    assert [c.id for c in (await api.chat.completions.list(order="desc")).data] == \
+        [*reversed(fast), first]
+    # The SDK's next page starts after the last item of this one, deleted meanwhile.
+    deleted = []
+    async for item in api.chat.completions.list(limit=2, order="asc"):
+        await api.chat.completions.delete(item.id)
+        deleted.append(item.id)
+    assert deleted == [first, *fast]
+    assert (await api.chat.completions.list()).data == []
 
 
 async def test_each_proxy_key_sees_only_its_own(proxy: Any, tmp_path: Path) -> None:
@@ -263,19 +287,19 @@ def _item(cid: str, owner: str = "", **metadata: str) -> StoredCompletion:
 async def test_sqlite_store_batches_persists_and_reopens(tmp_path: Path) -> None:
     path = str(tmp_path / "s.sqlite3")
     store = SQLiteStore(path)
-    for i in range(600):  # more than one batch
-        assert store.add(_item(f"c{i}", "o" if i % 2 else "", n=str(i % 3)))
+    for i in range(600):  # more than one batch; ids in time order, as ours are
+        assert store.add(_item(f"c{i:04d}", "o" if i % 2 else "", n=str(i % 3)))
     await store.flush()
     items, more = await store.list("o", ListQuery(limit=100))
-    assert len(items) == 100 and more and items[0].id == "c1"
+    assert len(items) == 100 and more and items[0].id == "c0001"
     items, more = await store.list("o", ListQuery(limit=100, metadata={"n": "0"},
-                                                  after="c291"))
-    assert [i.id for i in items] == [f"c{i}" for i in range(297, 600, 6)] and not more
+                                                  after="c0291"))
+    assert [i.id for i in items] == [f"c{i:04d}" for i in range(297, 600, 6)] and not more
     await store.close()
     reopened = SQLiteStore(path)
-    assert (await reopened.get("", "c0")).request["messages"][0]["content"] == "x"
-    assert await reopened.get("o", "c0") is None
-    assert await reopened.delete("", "c0") and not await reopened.delete("", "c0")
+    assert (await reopened.get("", "c0000")).request["messages"][0]["content"] == "x"
+    assert await reopened.get("o", "c0000") is None
+    assert await reopened.delete("", "c0000") and not await reopened.delete("", "c0000")
     await reopened.close()
 
 

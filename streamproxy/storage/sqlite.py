@@ -22,14 +22,14 @@ from typing import Any
 
 import orjson
 
-from streamproxy.errors import InvalidRequest, ProxyError
+from streamproxy.errors import ProxyError
 from streamproxy.storage.base import ListQuery, StoredCompletion
 
 log = logging.getLogger("streamproxy.storage")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stored_completions (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- insertion order: the list's sort and cursor
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- insertion order (the list sorts by id: time)
     owner TEXT NOT NULL,
     id TEXT NOT NULL,
     created INTEGER NOT NULL,
@@ -40,7 +40,6 @@ CREATE TABLE IF NOT EXISTS stored_completions (
     response TEXT NOT NULL,
     UNIQUE (owner, id)
 );
-CREATE INDEX IF NOT EXISTS stored_completions_owner_seq ON stored_completions (owner, seq);
 """
 _COLUMNS = "id, owner, created, model, request_model, metadata, request, response"
 _STOP = object()
@@ -245,18 +244,16 @@ def _list(conn: sqlite3.Connection, owner: str,
         where.append("EXISTS (SELECT 1 FROM json_each(stored_completions.metadata) AS m "
                      "WHERE m.key = ? AND m.value = ?)")
         params += [key, value]
+    # Ids begin with the millisecond they were made (ids.time_ordered_hex): sorting by id is
+    # OpenAI's "by timestamp", served by the (owner, id) index, and a page's cursor is a
+    # position in that order, valid even once its completion is deleted (list-and-delete).
     if q.after:
-        row = conn.execute("SELECT seq FROM stored_completions WHERE owner = ? AND id = ?",
-                           (owner, q.after)).fetchone()
-        if row is None:
-            raise InvalidRequest(f"No stored chat completion found with id '{q.after}'.",
-                                 param="after", code="invalid_value")
-        where.append("seq > ?" if q.order == "asc" else "seq < ?")
-        params.append(row[0])
+        where.append("id > ?" if q.order == "asc" else "id < ?")
+        params.append(q.after)
     direction = "ASC" if q.order == "asc" else "DESC"
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM stored_completions WHERE {' AND '.join(where)} "
-        f"ORDER BY seq {direction} LIMIT ?", (*params, q.limit + 1)).fetchall()
+        f"ORDER BY id {direction} LIMIT ?", (*params, q.limit + 1)).fetchall()
     return [_item(r) for r in rows[: q.limit]], len(rows) > q.limit
 
 
