@@ -277,3 +277,22 @@ def test_under_serve_access_lines_skip_the_log_record_unless_something_else_list
 def test_timestamp_is_datetimes_isoformat(now: float) -> None:
     expected = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
     assert timestamp(now) == expected.replace("+00:00", "Z")
+
+
+def test_a_line_is_written_whole_to_a_stream_that_takes_part_of_each_write() -> None:
+    # An unbuffered stdout (python -u, PYTHONUNBUFFERED) may write only part of a large line.
+    from streamproxy.observe.access_log import _write_all
+
+    class Trickle:
+        def __init__(self) -> None:
+            self.got = b""
+
+        def write(self, data: memoryview) -> int:
+            taken = bytes(data[:1000])
+            self.got += taken
+            return len(taken)
+
+    out = Trickle()
+    line = b'{"request_body":"' + b"x" * 300_000 + b'"}\n'
+    _write_all(out, line)
+    assert out.got == line

@@ -132,6 +132,19 @@ async def test_requests_succeed_and_a_killed_worker_is_replaced(tree: Tree) -> N
     assert "died (signal SIGKILL); restarting slot" in tree.output()
 
 
+async def test_workers_drain_and_exit_when_their_master_is_killed(tree: Tree) -> None:
+    workers = tree.workers()
+    os.kill(tree.proc.pid, signal.SIGKILL)
+    tree.proc.wait(5)
+
+    def alive() -> set[int]:
+        return {pid for pid in workers if Path(f"/proc/{pid}").exists()
+                and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"}
+
+    await until(lambda: not alive(), "the orphaned workers to exit", timeout=10)
+    assert not await healthy(tree.url)
+
+
 async def test_sighup_reloads_and_a_bad_config_keeps_the_old_workers(tree: Tree) -> None:
     old = tree.workers()
     tree.config.write_text("providers: [this is not: valid")
@@ -139,11 +152,13 @@ async def test_sighup_reloads_and_a_bad_config_keeps_the_old_workers(tree: Tree)
     await until(lambda: "reload failed" in tree.output(), "the reload error in the log")
     assert tree.workers() == old and await stream_ok(tree.url)
 
-    tree.config.write_text(CONFIG.format(grace=0.5, models="fast, newmodel"))
+    tree.config.write_text(CONFIG.format(grace=0.5, models="fast, newmodel").replace(
+        "server:\n", "server:\n  port: 1\n"))  # (the address is the master's: kept, and said)
     tree.proc.send_signal(signal.SIGHUP)
     new = await until(lambda: (w := tree.workers()) and not (w & old) and len(w) == 2 and w,
                       "a new generation of workers")
     assert new.isdisjoint(old)
+    assert "server.port changed; that takes a restart" in tree.output()
 
     async def models() -> list[str]:
         async with aiohttp.ClientSession() as s, s.get(tree.url + "/v1/models") as r:
@@ -189,6 +204,31 @@ async def test_a_keys_rate_limit_is_shared_by_the_workers(tmp_path: Path) -> Non
                     headers={"authorization": "Bearer sk-proxy-team"}) as r:
                 statuses.append(r.status)
     assert statuses.count(200) == 4 and statuses.count(429) == 20, statuses
+
+
+async def test_a_reload_after_a_failed_one_still_shares_the_rate_limit(tree: Tree) -> None:
+    """A reload that fails in the workers (a key whose key_env is unset) left shared buckets
+    for its generation number; the next reload reused the number and the buckets, which knew
+    none of its keys, so each worker kept its own (a review saw six 200s for a burst of 3)."""
+    broken = RATE_LIMITED + """    - name: other
+      key_env: STREAMPROXY_TEST_UNSET_KEY
+"""
+    tree.config.write_text(broken.format(grace=0.5, models="fast"))
+    tree.proc.send_signal(signal.SIGHUP)
+    await until(lambda: "old workers keep serving" in tree.output()
+                or "reload failed" in tree.output(), "the failed reload")
+    tree.config.write_text(RATE_LIMITED.format(grace=0.5, models="fast"))
+    old = tree.workers()
+    tree.proc.send_signal(signal.SIGHUP)
+    await until(lambda: (w := tree.workers()) and not (w & old) and len(w) == 2,
+                "a new generation of workers")
+    await until(lambda: "reloaded: generation" in tree.output(), "the reload to finish")
+    statuses = []
+    for _ in range(16):
+        async with aiohttp.ClientSession() as s, s.get(
+                tree.url + "/v1/models", headers={"authorization": "Bearer sk-proxy-team"}) as r:
+            statuses.append(r.status)
+    assert statuses.count(200) == 4, statuses
 
 
 BREAKER = """

@@ -102,10 +102,23 @@ class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 stream.flush()
             else:
                 stream.flush()
-                buffer.write(line)
+                _write_all(buffer, line)
                 buffer.flush()
         except Exception:  # logging's own rule: a failed log write never breaks the caller
             self.handleError(logging.makeLogRecord({"msg": line.decode(errors="replace")}))
+
+
+def _write_all(out: Any, line: bytes) -> None:
+    """The whole line: a raw unbuffered stream (`python -u`, PYTHONUNBUFFERED, as Docker
+    images set it) may take part of a write, and the rest would be lost or glued to the next
+    line. (Lines over the pipe's atomic size, 4 KiB — `log_bodies` — can still interleave
+    with another worker's on a shared pipe; docs/operations.md.)"""
+    view = memoryview(line)
+    while view:
+        written = out.write(view)
+        if not written:  # None: a non-blocking stream that is full; nothing to wait on here
+            return
+        view = view[written:]
 
 
 class ParserErrorFilter(logging.Filter):

@@ -16,6 +16,8 @@ wake a `select()` through a self-pipe.
   new workers that do not come up, are reported and the old workers keep serving.
 - SIGTERM / SIGINT: every worker drains, the master exits 0 when they are gone. A second
   signal ends the streams at once (SIGQUIT to the workers); SIGKILL after grace + 10 s.
+- A master that dies (kill -9) takes its workers with it: each gets SIGTERM from the kernel
+  (Linux's parent-death signal) and drains, instead of serving on unsupervised.
 
 `SO_REUSEPORT` caveat: connections still waiting in a draining worker's accept queue are reset
 when it closes its socket (Linux ≥ 5.14 can migrate them: sysctl net.ipv4.tcp_migrate_req=1).
@@ -25,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
+import itertools
 import logging
 import os
 import resource
@@ -55,6 +59,7 @@ YOUNG = 10.0  # a worker that dies younger than this counts as crash-looping
 KILL_AFTER = 10.0  # seconds past the grace period before a stuck worker is killed
 PROMETHEUS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 GC_THRESHOLD = 10_000  # net container allocations between young collections (CPython: 700)
+_PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 # Called in the master with the pid of every worker that exits (e.g. metrics cleanup).
 CHILD_EXIT_HOOKS: list[Callable[[int], None]] = []
@@ -193,7 +198,10 @@ class Master:
         self.path, self.config = config_path, config
         self.host, self.port, self.count = host, port, count
         self.workers: dict[int, Worker] = {}
-        self.generation = 0
+        self.generation = 0  # the one serving
+        # What a reload cannot change, as the file said at start (--port/--host may override)
+        self._set_once = {k: getattr(config.server, k) for k in ("host", "port", "log_level")}
+        self._generations = itertools.count(1)  # each reload's own, never reused
         self.booting = True  # until the first generation listens: a failure is fatal
         self.reload: tuple[int, Config, float] | None = None  # (generation, config, deadline)
         self.restarts: dict[int, float] = {}  # slot → when to start it again
@@ -265,12 +273,14 @@ class Master:
         ready_r, ready_w = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
+        master = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             status = 1
             try:
                 os.close(ready_r)
                 self._become_worker()
+                _stop_with(master)
                 status = run_worker(config, self.host, self.port, reuse_port=True,
                                     ready_fd=ready_w, supervised=True)
             except ConfigError as e:
@@ -408,7 +418,12 @@ class Master:
         except ConfigError as e:
             log.error("reload failed: config error: %s; the old workers keep serving", e)
             return
-        generation = self.generation + 1
+        fixed = [f"server.{k}" for k, v in self._set_once.items()
+                 if getattr(config.server, k) != v]
+        if fixed:  # the listening address and logging are set up once, by the master
+            log.warning("reload: %s changed; that takes a restart (the running value stays)",
+                        ", ".join(fixed))
+        generation = next(self._generations)  # (a failed reload's state is not inherited)
         self.reload = (generation, config, time.monotonic() + READY_TIMEOUT)
         log.info("SIGHUP: reloading %s (generation %d)", config.source, generation)
         for slot in range(self.count):
@@ -418,6 +433,7 @@ class Master:
         assert self.reload is not None
         generation = self.reload[0]
         self.reload = None
+        self._rate_buckets.pop(generation, None)
         for w in self.workers.values():
             if w.generation == generation:
                 self._signal(w, signal.SIGTERM)
@@ -437,6 +453,16 @@ class Master:
         w.stopping = True
         with contextlib.suppress(ProcessLookupError):
             os.kill(w.pid, sig)
+
+
+def _stop_with(master: int) -> None:
+    """A worker whose master dies (kill -9) must not serve on unsupervised, sharing the port
+    with whatever starts next: Linux sends it SIGTERM then (PR_SET_PDEATHSIG), and it drains
+    and exits as on a stop. A master already gone before that was set is caught here."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != master:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _mark_metrics_dead(pid: int) -> None:
