@@ -9,6 +9,7 @@ SP_SCENARIOS=translated). Exit status: locust's (1 when any request or stream fa
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -73,10 +74,13 @@ def main() -> int:
 
 
 def _seconds(spec: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600}
-    if spec[-1:] in units:
-        return float(spec[:-1]) * units[spec[-1]]
-    return float(spec)
+    """Locust's run-time forms: `30`, `30s`, `2m`, `1h30m`, `1m30s`."""
+    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?",
+                         spec.strip())
+    if not spec.strip() or parts is None:
+        raise ValueError(f"not a run time: {spec!r} (e.g. 30s, 2m, 1m30s)")
+    hours, minutes, seconds = (float(p) if p else 0.0 for p in parts.groups())
+    return hours * 3600 + minutes * 60 + seconds
 
 
 if __name__ == "__main__":

@@ -26,13 +26,36 @@ def _load(path: str | None):
         sys.exit(2)
 
 
+def _check_environment() -> None:
+    """The environment's overrides of config choices, refused as a config error would be."""
+    import os
+
+    from streamproxy.server.front import FRONT_ENV, FRONTS
+    from streamproxy.upstream.client import CLIENT_ENV, CLIENT_KINDS
+
+    for name, allowed in ((FRONT_ENV, FRONTS), (CLIENT_ENV, CLIENT_KINDS)):
+        value = os.environ.get(name)
+        if value and value not in allowed:
+            print(f"streamproxy: config error: environment: {name}={value!r}: must be one of "
+                  f"{', '.join(allowed)}", file=sys.stderr)
+            sys.exit(2)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from streamproxy.observe.access_log import configure_logging
     from streamproxy.server.workers import run
 
     config = _load(args.config)
+    _check_environment()
     host = args.host or config.server.host
-    port = args.port or config.server.port
+    port = config.server.port if args.port is None else args.port  # (0: any free port)
     _install_uvloop()
     try:
         configure_logging(config)
@@ -66,6 +89,7 @@ def cmd_check_config(args: argparse.Namespace) -> None:
     from streamproxy.server.app import create_app
     from streamproxy.server.auth import describe, parse_auth
 
+    _check_environment()
     try:
         config = load_config(args.file)
         create_app(config)
@@ -114,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--config", help="YAML config file (default: the embedded default)")
     serve.add_argument("--host", default=None, help=f"listen address (default {DEFAULT_HOST})")
     serve.add_argument("--port", type=int, default=None, help=f"port (default {DEFAULT_PORT})")
-    serve.add_argument("--workers", type=int, default=None,
+    serve.add_argument("--workers", type=_positive, default=None,
                        help="worker processes (default: one per CPU; 1 = a single process, "
                             "no master)")
     serve.set_defaults(func=cmd_serve)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,25 @@ def test_the_installed_command(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"{path}: auth.keys: must be a non-empty list (remove the "
                                    "auth section to turn proxy authentication off)")
+
+
+@pytest.mark.parametrize("env", ["STREAMPROXY_FRONT", "STREAMPROXY_UPSTREAM_CLIENT"])
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_a_bad_environment_override_is_a_config_error_not_a_traceback(
+        tmp_path: Path, env: str, command: str) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text("providers: {mock: {type: mock}}\n")
+    args = [str(path)] if command == "check-config" else ["--config", str(path), "--port", "0",
+                                                          "--workers", "1"]
+    proc = subprocess.run([sys.executable, "-m", "streamproxy", command, *args],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, env: "bogus"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith(f"streamproxy: config error: environment: {env}=")
+    assert "Traceback" not in proc.stderr
+
+
+def test_workers_must_be_one_or_more() -> None:
+    proc = subprocess.run([sys.executable, "-m", "streamproxy", "serve", "--workers", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "must be 1 or more" in proc.stderr

@@ -45,11 +45,16 @@ class Tree:
         self.config, self.port = config, port
         self.url = f"http://127.0.0.1:{port}"
         self.log = config.with_suffix(".log")
+        # The metrics directory is the test's: a master killed with SIGKILL cannot remove
+        # the one it would make in /tmp.
+        metrics = config.parent / "metrics"
+        metrics.mkdir(exist_ok=True)
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "streamproxy", "serve", "--config", str(config),
                  "--port", str(port), "--workers", "2"],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)})
 
     def workers(self) -> set[int]:
         path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")

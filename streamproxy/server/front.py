@@ -62,14 +62,15 @@ _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
 FRONT_ENV = "STREAMPROXY_FRONT"
+FRONTS = ("lean", "aiohttp")
 
 
 def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
     """The app's runner, with the front the config asks for (the environment variable
     STREAMPROXY_FRONT wins: CI runs the core tests on both)."""
     kind = os.environ.get(FRONT_ENV) or app[STATE].config.server.front
-    if kind not in ("aiohttp", "lean"):
-        raise ValueError(f"{FRONT_ENV} must be one of aiohttp, lean")
+    if kind not in FRONTS:
+        raise ValueError(f"{FRONT_ENV} must be one of {', '.join(FRONTS)}")
     kwargs.setdefault("keepalive_timeout", KEEPALIVE_TIMEOUT)  # AppRunner's own is an hour
     return FrontRunner(app, **kwargs) if kind == "lean" else AiohttpRunner(app, **kwargs)
 
