@@ -46,7 +46,7 @@ class ReadTimeouts:
 
 def request_timeout(part: str, seconds: float) -> ClientReadTimeout:
     return ClientReadTimeout(f"The request {part} stopped arriving: nothing came for "
-                          f"{seconds:g} seconds.")
+                             f"{seconds:g} seconds.")
 
 
 def timeout_response(err: ClientReadTimeout) -> bytes:
