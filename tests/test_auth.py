@@ -5,6 +5,7 @@ a proxy key in `Authorization` is never forwarded as the provider key."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from typing import Any
 
@@ -69,6 +70,30 @@ async def test_every_endpoint_but_healthz_needs_a_key(proxy: Any, json_upstream:
         assert (await client.get("/v1/models", headers=headers)).status == 200
         assert (await client.get("/metrics", headers=headers)).status == 200
     assert json_upstream.requests == []
+
+
+async def test_only_a_refused_chat_request_is_logged_and_counted_as_a_request(
+        proxy: Any, json_upstream: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # A 401 on /v1/models or /metrics (a scraper with a wrong key) is a rejection, not a
+    # chat request: the access log and streamproxy_requests_total are chat requests'.
+    from prometheus_client import REGISTRY
+
+    def counted() -> float:
+        return REGISTRY.get_sample_value("streamproxy_requests_total", {
+            "provider": "", "model": "", "status": "401", "stream": "false"}) or 0.0
+
+    def rejected() -> float:
+        return REGISTRY.get_sample_value("streamproxy_rejected_requests_total",
+                                         {"reason": "unauthenticated"}) or 0.0
+
+    caplog.set_level(logging.INFO, logger="streamproxy.access")
+    client = await proxy(config(json_upstream.url))
+    before = counted(), rejected()
+    for method, path in (("GET", "/v1/models"), ("GET", "/metrics"),
+                         ("GET", "/v1/chat/completions"), ("POST", "/v1/chat/completions")):
+        assert (await client.request(method, path, json={"messages": USER})).status == 401
+    assert (counted() - before[0], rejected() - before[1]) == (1, 4)
+    assert len([r for r in caplog.records if r.name == "streamproxy.access"]) == 1
 
 
 async def test_a_proxy_key_in_authorization_is_not_forwarded_upstream(

@@ -14,6 +14,7 @@ from streamproxy.errors import ProxyError
 from streamproxy.observe.access_log import ACCESS_LOGGER, AccessLog, LoggingSettings, parse_logging
 from streamproxy.observe.metrics import metrics, metrics_handler, set_circuit_state
 from streamproxy.record import RequestRecord
+from streamproxy.routing.gateway import CHAT_PATH
 from streamproxy.server.errors import body_too_large
 from streamproxy.server.reading import BodyTimeout
 
@@ -63,12 +64,14 @@ async def read_body(request: Exchange, record: RequestRecord) -> bytes:
 
 def observe_rejection(request: web.Request | Exchange, err: ProxyError, reason: str,
                       auth_key_name: str | None = None) -> None:
-    """Count and log a request refused before any handler ran."""
+    """Count a request refused before any handler ran; a chat request is also logged and
+    counted as one (the access log and streamproxy_requests_total are chat requests': a 401
+    on /v1/models or /metrics is only a rejection)."""
     from streamproxy.server.state import STATE
 
     metrics().rejected.labels(reason).inc()
     state = request.app.get(STATE)
-    if state is None:
+    if state is None or not _is_chat(request):
         return
     record = RequestRecord(trace_id=request.headers.get(TRACE_HEADER) or uuid.uuid4().hex,
                            status=err.status, error_type=err.error_type, error_code=err.code,
@@ -76,3 +79,9 @@ def observe_rejection(request: web.Request | Exchange, err: ProxyError, reason: 
     record.finished = time.monotonic()
     for observe in state.observers:
         observe(record)
+
+
+def _is_chat(request: web.Request | Exchange) -> bool:
+    # (the lean front's exchanges are chat requests only; aiohttp's carry method and path)
+    return (getattr(request, "method", "POST") == "POST"
+            and getattr(request, "path", CHAT_PATH) == CHAT_PATH)
