@@ -65,6 +65,10 @@ def make(raw: dict[str, Any], seed: int = 0, breakers: CircuitBreakers | None = 
       "targets": [{"provider": "a"}]}, "config.strategy.cb_config"),
     ({"provider": "a", "request_timeout": "soon"}, "config.request_timeout"),
     ({"targets": [{"provider": "a"}]}, "config.strategy"),
+    # store is consumed before routing and never forwarded: in a target it could not apply
+    ({"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "a", "override_params": {"store": True}}]},
+     "config.targets[0].override_params.store"),
 ])
 def test_invalid_configs_name_the_bad_field(raw: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as info:

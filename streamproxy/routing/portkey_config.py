@@ -230,6 +230,10 @@ def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode
         params = raw["override_params"]
         if not isinstance(params, dict):
             raise _bad(f"{path}.override_params", "must be an object")
+        if "store" in params:  # consumed before routing, never forwarded: it cannot apply here
+            raise _bad(f"{path}.override_params.store", "is the proxy's stored completions "
+                       "switch, not a provider parameter: send store in the request body, or "
+                       "set storage.force_store")
         changes["override_params"] = {**node.override_params, **params}
     if "forward_headers" in raw:
         headers = raw["forward_headers"]
