@@ -150,6 +150,18 @@ async def test_workers_drain_and_exit_when_their_master_is_killed(tree: Tree) ->
     assert not await healthy(tree.url)
 
 
+async def test_a_second_instance_on_the_same_port_refuses_to_start(tree: Tree) -> None:
+    # SO_REUSEPORT would let its workers share the port with the running ones, unnoticed.
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamproxy", "serve", "--config", str(tree.config),
+         "--port", str(tree.port), "--workers", "2"],
+        capture_output=True, text=True, timeout=30,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tree.config.parent / "metrics")})
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{tree.port}" in proc.stderr
+    assert await stream_ok(tree.url)
+
+
 async def test_sighup_reloads_and_a_bad_config_keeps_the_old_workers(tree: Tree) -> None:
     old = tree.workers()
     tree.config.write_text("providers: [this is not: valid")

@@ -36,6 +36,7 @@ import resource
 import select
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -91,7 +92,23 @@ def run(config_path: str | None, config: Config, host: str, port: int,
         print("streamproxy: --workers > 1 needs a fixed --port (each worker binds it)",
               file=sys.stderr)
         return 2
+    try:
+        _check_port_free(host, port)
+    except OSError as e:
+        print(f"streamproxy: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr)
+        return 1
     return Master(config_path, config, host, port, workers).run()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """The workers bind with SO_REUSEPORT, which another instance's workers would share
+    without a word: two configs answering on one port. A bind without it fails while anyone
+    listens there (TIME_WAIT aside: SO_REUSEADDR)."""
+    for family, kind, proto, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
 
 
 # -- a worker -------------------------------------------------------------------------------------
