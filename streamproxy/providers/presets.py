@@ -50,6 +50,13 @@ if TYPE_CHECKING:
 _ENVELOPE = ("id", "object", "created", "model", "system_fingerprint")
 
 
+def failed_finish(status: int, reason: str, provider: str) -> UpstreamStatusError:
+    """A finish reason that means the answer failed, as the error the client gets (an error
+    frame in a stream; the HTTP error of a non-streamed answer)."""
+    return UpstreamStatusError(status, f"the provider ended the answer with finish_reason "
+                               f"'{reason}'", provider=provider, code=reason)
+
+
 class CompatTranslator(PassthroughTranslator):
     def __init__(self, out: ChunkSink, max_event_bytes: int, *, provider: str,
                  client_wants_usage: bool, finish_reasons: dict[str, str],
@@ -72,9 +79,7 @@ class CompatTranslator(PassthroughTranslator):
         changed = self._take_usage(chunk)
         reason = choices[0].get("finish_reason")
         if reason in self._failed:
-            self.out.error(UpstreamStatusError(
-                self._failed[reason], f"the provider ended the answer with finish_reason "
-                f"'{reason}'", provider=self._provider, code=reason))
+            self.out.error(failed_finish(self._failed[reason], reason, self._provider))
             self.done = True
             return
         if reason in self._finish_reasons:
@@ -140,9 +145,7 @@ class CompatProvider(OpenAIProvider):
             if not isinstance(reason, str):
                 continue
             if reason in self.failed_finishes:
-                raise UpstreamStatusError(
-                    self.failed_finishes[reason], f"the provider ended the answer with "
-                    f"finish_reason '{reason}'", provider=self.name, code=reason)
+                raise failed_finish(self.failed_finishes[reason], reason, self.name)
             if reason in self.finish_reasons:
                 choice["finish_reason"] = self.finish_reasons[reason]
                 changed = True
