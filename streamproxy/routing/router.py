@@ -43,15 +43,13 @@ class Router:
                                    for name, p in providers.items()}
 
     def split_model(self, model: str | None) -> tuple[str | None, str | None]:
-        """`@name/model` / `name/model` → (name, model) when name is a configured provider."""
-        if not model or "/" not in model:
-            return None, model
-        head, _, rest = model.partition("/")
-        name = head[1:] if head.startswith("@") else head
-        if name in self.providers:
-            return name, rest or None
-        if head.startswith("@"):
-            raise self._unknown(name)
+        """`@name/model` / `name/model` → (name, model) when name is a configured provider;
+        an `@name/` naming none is an unknown provider."""
+        name = self.prefix_provider(model)
+        if name is not None:
+            return name, model.partition("/")[2] or None  # type: ignore[union-attr]
+        if model and model[:1] == "@" and "/" in model:
+            raise self._unknown(model.partition("/")[0][1:])
         return None, model
 
     def prefix_provider(self, model: str | None) -> str | None:
