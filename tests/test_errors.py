@@ -32,6 +32,10 @@ def assert_openai_error(body: dict[str, Any]) -> dict[str, Any]:
     (b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}', "stream", "boolean"),
     (b'{"messages": [{"role": "user", "content": "x"}], "stream": true, '
      b'"stream_options": {"include_usage": "yes"}}', "stream_options.include_usage", "boolean"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "stream_options": {}}',
+     "stream_options", "only allowed when 'stream' is enabled"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "stream": false, '
+     b'"stream_options": {"include_usage": true}}', "stream_options", "only allowed"),
     (b'{"messages": [{"role": "user", "content": "x"}], "store": "yes"}', "store", "boolean"),
     (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}', "max_tokens", "least"),
     (b'{"messages": [{"role": "tool", "content": "x"}]}', "messages[0].tool_call_id", "tool_call"),

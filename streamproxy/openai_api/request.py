@@ -68,6 +68,10 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
     if retries is not None and (not _is_int(retries) or not 0 <= retries <= 10):
         raise InvalidRequest("'retries' must be an integer from 0 to 10.", param="retries")
     opts = body.get("stream_options") or {}
+    if body.get("stream_options") is not None and body.get("stream") is not True:
+        # As OpenAI: options for a stream on a request for one answer are a client's mistake.
+        raise InvalidRequest("The 'stream_options' parameter is only allowed when 'stream' is "
+                             "enabled.", param="stream_options")
     if not isinstance(opts.get("include_usage", False), bool):
         raise _type_error("stream_options.include_usage", "a boolean")
     return ChatRequest(
