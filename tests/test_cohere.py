@@ -337,3 +337,21 @@ async def test_non_stream_error_finish_is_an_error_status(proxy: Any, upstream: 
         "model": "m", "messages": [{"role": "user", "content": "hi"}]})
     assert resp.status == 504
     assert (await resp.json())["error"]["code"] == "timeout"
+
+
+async def test_non_stream_answer_names_the_model_a_stream_would(proxy: Any,
+                                                                upstream: Any) -> None:
+    # Cohere's answer names no model: the answer carries the target's model, as a stream's
+    # chunks do — not the client's `provider/model` spelling, nor "" when the default was used.
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({
+        "id": "t", "finish_reason": "COMPLETE",
+        "message": {"role": "assistant", "content": [{"type": "text", "text": "Paris."}]},
+        "usage": {"tokens": {"input_tokens": 5, "output_tokens": 2}}})
+    client = await proxy(provider_config("cohere", upstream.url))
+    hi = [{"role": "user", "content": "hi"}]
+    named = await client.post("/v1/chat/completions",
+                              json={"model": "up/command-a", "messages": hi})
+    assert (await named.json())["model"] == "command-a"
+    default = await client.post("/v1/chat/completions", json={"messages": hi})
+    assert (await default.json())["model"] == "m"

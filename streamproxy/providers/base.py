@@ -176,7 +176,9 @@ class Provider:
         raise NotImplementedError
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
-                           created: int) -> dict[str, Any] | bytes:
+                           created: int, model: str = "") -> dict[str, Any] | bytes:
+        """The whole non-streamed answer. `model` is the one a stream's envelope would carry
+        (the target's, else the provider's default), used when the answer names none."""
         raise NotImplementedError
 
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:

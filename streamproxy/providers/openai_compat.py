@@ -216,5 +216,5 @@ class OpenAIProvider(Provider):
                                      client_wants_usage=req.include_usage)
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
-                           created: int) -> bytes:
+                           created: int, model: str = "") -> bytes:
         return body  # already a chat.completion: forwarded byte for byte

@@ -125,7 +125,7 @@ class CompatProvider(OpenAIProvider):
                                 failed_finishes=self.failed_finishes)
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
-                           created: int) -> bytes:
+                           created: int, model: str = "") -> bytes:
         """A non-streamed answer gets its stream's finish-reason handling: mapped, or an
         error when the reason means the answer failed (before anything reached the client,
         so retries and fallbacks apply)."""
@@ -287,10 +287,10 @@ class MistralProvider(CompatProvider):
                                  failed_finishes=self.failed_finishes)
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
-                           created: int) -> bytes:
+                           created: int, model: str = "") -> bytes:
         if _LIST_CONTENT.search(body) is None:
             return super().translate_response(body, req, completion_id=completion_id,
-                                              created=created)
+                                              created=created, model=model)
         try:
             answer = orjson.loads(body)
         except orjson.JSONDecodeError:

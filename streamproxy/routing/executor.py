@@ -181,7 +181,8 @@ class Executor:
         resp.release()
         completion_id = record.completion_id or new_completion_id()
         result = provider.translate_response(body, req, completion_id=completion_id,
-                                             created=int(time.time()))
+                                             created=int(time.time()),
+                                             model=_envelope_model(target))
         if isinstance(result, bytes):  # the pass-through's body
             parsed = _parse_body(result)
             record.usage = parsed.get("usage")
@@ -214,7 +215,7 @@ class _StreamParts:
         encoder = (RecordingChunkEncoder if record.capture else ChunkEncoder)(
             completion_id=record.completion_id or new_completion_id(),
             created=int(time.time()),
-            model=self._target.model or provider.cfg.default_model or "",
+            model=_envelope_model(self._target),
             include_usage=req.include_usage and not provider.passthrough,
         )
         sink: Any = encoder
@@ -228,6 +229,13 @@ class _StreamParts:
         self.build()
         assert self.built is not None
         return self.built
+
+
+def _envelope_model(target: Target) -> str:
+    """The `model` an answer carries when the upstream names none: the target's, else the
+    provider's default — the same for a stream and a non-streamed answer (never the
+    client's prefixed `provider/model`, nor empty when the default model was used)."""
+    return target.model or target.provider.cfg.default_model or ""
 
 
 def _masked(message: str, key: str) -> str:

@@ -44,6 +44,6 @@ class AnthropicProvider(Provider):
         return AnthropicStreamTranslator(out, self.max_event_bytes, self.name)
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
-                           created: int) -> dict[str, Any]:
+                           created: int, model: str = "") -> dict[str, Any]:
         return to_completion(body, completion_id=completion_id, created=created,
-                             model=req.model or "")
+                             model=model)

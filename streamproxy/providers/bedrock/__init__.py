@@ -87,9 +87,9 @@ class BedrockProvider(Provider):
         return BedrockStreamTranslator(out, self.max_event_bytes, self.name)
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
-                           created: int) -> dict[str, Any]:
+                           created: int, model: str = "") -> dict[str, Any]:
         return to_completion(body, completion_id=completion_id, created=created,
-                             model=req.model or "", provider=self.name)
+                             model=model, provider=self.name)
 
     def error_from_response(self, status: int, body: bytes,
                             headers: Mapping[str, str]) -> UpstreamStatusError:

@@ -74,9 +74,9 @@ class GeminiProvider(Provider):
         return GeminiStreamTranslator(out, self.max_event_bytes, self.name)
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
-                           created: int) -> dict[str, Any]:
+                           created: int, model: str = "") -> dict[str, Any]:
         return to_completion(body, completion_id=completion_id, created=created,
-                             model=req.model or "", provider=self.name)
+                             model=model, provider=self.name)
 
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
         return google_error(status, body, self.name)

@@ -57,9 +57,9 @@ class MockProvider(Provider):
         return self._wire.stream_translator(req, out)
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
-                           created: int) -> dict[str, Any] | bytes:
+                           created: int, model: str = "") -> dict[str, Any] | bytes:
         return self._wire.translate_response(body, req, completion_id=completion_id,
-                                             created=created)
+                                             created=created, model=model)
 
     def parse_error(self, status: int, body: bytes) -> Any:
         return self._wire.parse_error(status, body)

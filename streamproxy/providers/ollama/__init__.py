@@ -55,7 +55,7 @@ class OllamaProvider(Provider):
         return OllamaStreamTranslator(out, self.max_event_bytes, self.name)
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
-                           created: int) -> dict[str, Any]:
+                           created: int, model: str = "") -> dict[str, Any]:
         # A non-streamed answer is one object of the streamed shape, with `done: true`.
         builder = CompletionBuilder()
         translator = OllamaStreamTranslator(builder, 0, self.name)
@@ -68,4 +68,4 @@ class OllamaProvider(Provider):
         if not translator.done:
             raise UpstreamProtocolError("the upstream answered without `done: true`")
         return builder.completion(completion_id=completion_id, created=created,
-                                  model=req.model or "")
+                                  model=model)
