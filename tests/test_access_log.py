@@ -296,3 +296,16 @@ def test_a_line_is_written_whole_to_a_stream_that_takes_part_of_each_write() -> 
     line = b'{"request_body":"' + b"x" * 300_000 + b'"}\n'
     _write_all(out, line)
     assert out.got == line
+
+
+async def test_a_non_streamed_pass_through_answer_logs_its_finish_reason(
+        proxy: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # The pass-through forwards the upstream's body as is; the log still reads its finish
+    # reason, as it does for a translated answer and for a stream.
+    caplog.set_level(logging.INFO)
+    client = await proxy(make_config({"mock": {"type": "mock", "wire": "openai",
+                                               "default_model": "fast"}}, default="mock"))
+    for model in ("fast:tokens=3", "fast:tool_calls=1"):
+        await (await client.post("/v1/chat/completions", json={
+            "model": model, "messages": USER})).read()
+    assert [line["finish_reason"] for line in access_lines(caplog)] == ["stop", "tool_calls"]

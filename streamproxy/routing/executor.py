@@ -186,6 +186,7 @@ class Executor:
         if isinstance(result, bytes):  # the pass-through's body
             parsed = _parse_body(result)
             record.usage = parsed.get("usage")
+            record.finish_reason = _finish_reason(parsed)
             if record.capture:  # captured under our id, as a stream's (TeeSink)
                 if parsed.get("id"):
                     parsed["id"] = completion_id
@@ -195,7 +196,7 @@ class Executor:
         if record.capture:
             record.response = result
         record.usage = result.get("usage")
-        record.finish_reason = (result.get("choices") or [{}])[0].get("finish_reason")
+        record.finish_reason = _finish_reason(result)
         return orjson.dumps(result)
 
 
@@ -251,6 +252,15 @@ def _parse_body(body: bytes) -> dict[str, Any]:
         raise UpstreamStatusError(502, "the provider answered with a body that is not JSON",
                                   code="upstream_protocol_error") from None
     return obj if isinstance(obj, dict) else {}
+
+
+def _finish_reason(answer: dict[str, Any]) -> str | None:
+    """The first choice's finish reason, for the log; read defensively, since a
+    pass-through body is the upstream's (its `choices` may be missing or odd)."""
+    choices = answer.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    reason = first.get("finish_reason") if isinstance(first, dict) else None
+    return reason if isinstance(reason, str) else None
 
 
 def _failure(exc: BaseException, deadline: Deadline, resp: aiohttp.ClientResponse | None,
