@@ -1,14 +1,17 @@
-"""OpenAI request → Anthropic Messages request, checked on what the upstream received."""
+"""OpenAI request → Anthropic Messages request, checked on what the upstream received; and
+the non-streamed answer's translation back."""
 
 from __future__ import annotations
 
 import base64
 from typing import Any
 
+import orjson
 import pytest
 
-from streamproxy.errors import InvalidRequest
+from streamproxy.errors import InvalidRequest, UpstreamProtocolError
 from streamproxy.providers.anthropic.request import to_anthropic
+from streamproxy.providers.anthropic.response import to_completion
 from tests.conftest import provider_config
 from tests.helpers import fixture_bytes, make_config
 
@@ -272,3 +275,16 @@ async def test_untranslatable_requests_are_400(proxy: Any, upstream: Any, body: 
     assert resp.status == 400
     assert (await resp.json())["error"]["param"] == param
     assert not upstream.requests
+
+
+@pytest.mark.parametrize("message", [
+    {"content": [{"type": "tool_use", "name": "f", "input": {}}]},  # no id
+    {"content": [{"type": "tool_use", "id": "t", "input": {}}]},  # no name
+    {"content": ["text"]},  # a block that is not an object
+    {"content": 5},
+    [],
+])
+def test_a_malformed_non_streamed_message_is_a_protocol_error(message: Any) -> None:
+    """A 502 that retries and fallbacks act on, never an exception that becomes a 500."""
+    with pytest.raises(UpstreamProtocolError):
+        to_completion(orjson.dumps(message), completion_id="c", created=1, model="m")

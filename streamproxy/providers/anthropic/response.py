@@ -13,10 +13,16 @@ from streamproxy.providers.anthropic.stream import FINISH_REASONS, map_usage
 
 def to_completion(body: bytes, *, completion_id: str, created: int, model: str) -> dict[str, Any]:
     try:
-        msg = orjson.loads(body)
-        blocks = msg["content"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return _completion(orjson.loads(body), completion_id, created, model)
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        # A 502 that retries and fallbacks act on, not a 500 (an Anthropic-compatible
+        # upstream may send a block without its id or name).
         raise UpstreamProtocolError("the upstream answered with a malformed message") from None
+
+
+def _completion(msg: dict[str, Any], completion_id: str, created: int,
+                model: str) -> dict[str, Any]:
+    blocks = msg["content"]
     out = CompletionBuilder()
     out.start(msg.get("model"))
     tools = 0
