@@ -85,14 +85,15 @@ def cmd_mock(args: argparse.Namespace) -> None:
 def cmd_check_config(args: argparse.Namespace) -> None:
     """Validate as `serve` would — the app is built, so every section's owner checks it — and
     print what would be served. Errors: `file: key: reason` on stderr, exit status 2."""
+    from streamproxy.errors import ProxyError
     from streamproxy.observe.access_log import log_level, parse_logging
-    from streamproxy.server.app import create_app
+    from streamproxy.server.app import STATE, create_app
     from streamproxy.server.auth import describe, parse_auth
 
     _check_environment()
     try:
         config = load_config(args.file)
-        create_app(config)
+        providers = create_app(config)[STATE].providers
         auth, logs, level = parse_auth(config), parse_logging(config), log_level(config)
     except ConfigError as e:
         print(e, file=sys.stderr)
@@ -103,7 +104,11 @@ def cmd_check_config(args: argparse.Namespace) -> None:
     for name, p in config.providers.items():
         default = " (default)" if name == config.default_provider else ""
         key = "configured key" if p.api_key else "client's key"
-        print(f"provider {name}{default}: type={p.type} base_url={p.base_url or 'in-process'} "
+        try:  # Bedrock, Vertex, Azure build it from other keys
+            base_url = providers[name].base_url
+        except ProxyError:  # no URL until it runs: the embedded mock
+            base_url = "in-process"
+        print(f"provider {name}{default}: type={p.type} base_url={base_url} "
               f"auth={key} models={', '.join(p.models) or p.default_model or '-'}")
     print(f"default provider: {config.default_provider or 'none (requests must name one)'}")
     for section, value in sorted(config.sections.items()):

@@ -41,6 +41,24 @@ def run(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[
     return code, out.replace(str(path), "FILE"), err.replace(str(path), "FILE")
 
 
+def test_prints_each_providers_real_endpoint(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Bedrock, Vertex and Azure build their URL from other keys: that URL is printed, not
+    `in-process` (the embedded mock's)."""
+    code, out, err = run(tmp_path, """
+providers:
+  bedrock: {type: bedrock, region: eu-west-1}
+  vertex: {type: vertex, project: p, location: europe-west4}
+  azure: {type: azure, resource: contoso, api_version: "2024-10-21"}
+  mock: {type: mock}
+""", capsys)
+    assert code == 0, err
+    assert "base_url=https://bedrock-runtime.eu-west-1.amazonaws.com " in out
+    assert "base_url=https://europe-west4-aiplatform.googleapis.com " in out
+    assert "base_url=https://contoso.openai.azure.com " in out
+    assert "provider mock: type=mock base_url=in-process " in out
+
+
 def test_prints_what_it_would_serve(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHECK_CONFIG_TEAM_B", "proxy-SECRET-3")
