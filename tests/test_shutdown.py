@@ -31,7 +31,7 @@ class Running:
     async def drain(self, grace: float) -> float:
         """SIGTERM's work; returns how long it took."""
         t0 = time.monotonic()
-        await drain_and_stop(self.app, self.site, [grace])
+        await drain_and_stop(self.app, [self.site], [grace])
         return time.monotonic() - t0
 
 

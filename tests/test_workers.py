@@ -41,7 +41,7 @@ def _free_port() -> int:
 
 
 class Tree:
-    def __init__(self, config: Path, port: int) -> None:
+    def __init__(self, config: Path, port: int, workers: int = 2) -> None:
         self.config, self.port = config, port
         self.url = f"http://127.0.0.1:{port}"
         self.log = config.with_suffix(".log")
@@ -52,7 +52,7 @@ class Tree:
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "streamproxy", "serve", "--config", str(config),
-                 "--port", str(port), "--workers", "2"],
+                 "--port", str(port), "--workers", str(workers)],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)})
 
@@ -183,6 +183,41 @@ async def test_sighup_reloads_and_a_bad_config_keeps_the_old_workers(tree: Tree)
 
     assert "mock/newmodel" in await models()
     assert await stream_ok(tree.url)
+
+
+async def test_a_single_process_reloads_in_place_and_its_streams_finish(
+        tmp_path: Path) -> None:
+    """--workers 1 (the default on a one-CPU machine) has no master: SIGHUP starts the new
+    config's app beside the old one, on the same listening socket, and the old one drains."""
+    config = tmp_path / "proxy.yaml"
+    config.write_text(CONFIG.format(grace=30, models="fast"))
+    t = Tree(config, _free_port(), workers=1)
+    try:
+        await until(lambda: healthy(t.url), "the process listening")
+        async with aiohttp.ClientSession() as s, s.post(t.url + "/v1/chat/completions", json={
+                "model": "mock/tokens=30,tps=30", "stream": True,
+                "messages": [{"role": "user", "content": "hi"}]}) as r:
+            first = await r.content.readany()
+            config.write_text("providers: [this is not: valid")
+            t.proc.send_signal(signal.SIGHUP)
+            await until(lambda: "reload failed" in t.output(), "the reload error in the log")
+            config.write_text(CONFIG.format(grace=30, models="fast, newmodel"))
+            t.proc.send_signal(signal.SIGHUP)
+            await until(lambda: "SIGHUP: reloaded" in t.output(), "the reload in the log")
+
+            async def models() -> list[str]:
+                async with s.get(t.url + "/v1/models") as m:  # a new connection: the new app
+                    return [x["id"] for x in (await m.json())["data"]]
+
+            assert "mock/newmodel" in await models()
+            assert await stream_ok(t.url)
+            c = collect(sse_chunks(first + await asyncio.wait_for(r.read(), 10)))
+        assert c.done and c.finish_reason == "stop" and c.error is None  # the old app's stream
+        assert c.content and t.workers() == set()  # one process throughout
+        t.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(t.proc.wait, 10) == 0
+    finally:
+        t.kill()
 
 
 async def test_sigterm_drains_then_exits_zero(tree: Tree) -> None:

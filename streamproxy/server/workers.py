@@ -4,7 +4,9 @@ A **worker** is one asyncio process serving the app. It listens on its own socke
 several workers every one binds the same port with `SO_REUSEPORT` and the kernel spreads new
 connections across them. On SIGTERM (or SIGINT when it runs alone) it drains (server/drain.py):
 stops accepting, `/healthz` answers 503, running requests get `server.shutdown_grace` seconds,
-then the rest end with an OpenAI error. SIGQUIT drains with no grace.
+then the rest end with an OpenAI error. SIGQUIT drains with no grace. A worker running alone
+(no master) reloads on SIGHUP in place: the new config's app accepts on the same listening
+sockets, then the old app drains.
 
 The **master** (`--workers N`, N > 1) forks the workers before any event loop exists and only
 supervises them; it never serves. It has no asyncio loop either: signal handlers set flags and
@@ -41,7 +43,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -59,6 +61,7 @@ BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
 YOUNG = 10.0  # a worker that dies younger than this counts as crash-looping
 KILL_AFTER = 10.0  # seconds past the grace period before a stuck worker is killed
 PROMETHEUS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+BACKLOG = 2048  # listen(2) queue: benchmarks open thousands of connections at once
 GC_THRESHOLD = 10_000  # net container allocations between young collections (CPython: 700)
 _PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
@@ -87,7 +90,7 @@ def run(config_path: str | None, config: Config, host: str, port: int,
     raise_fd_limit()
     workers = default_workers() if workers is None else workers
     if workers <= 1:
-        return run_worker(config, host, port)
+        return run_worker(config, host, port, config_path=config_path)
     if port == 0:
         print("streamproxy: --workers > 1 needs a fixed --port (each worker binds it)",
               file=sys.stderr)
@@ -114,9 +117,10 @@ def _check_port_free(host: str, port: int) -> None:
 # -- a worker -------------------------------------------------------------------------------------
 
 def run_worker(config: Config, host: str, port: int, *, reuse_port: bool = False,
-               ready_fd: int | None = None, supervised: bool = False) -> int:
+               ready_fd: int | None = None, supervised: bool = False,
+               config_path: str | None = None) -> int:
     try:
-        asyncio.run(_serve(config, host, port, reuse_port, ready_fd, supervised))
+        asyncio.run(_serve(config, host, port, reuse_port, ready_fd, supervised, config_path))
     except KeyboardInterrupt:
         pass
     except OSError as e:
@@ -125,49 +129,165 @@ def run_worker(config: Config, host: str, port: int, *, reuse_port: bool = False
     return 0
 
 
-async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_fd: int | None,
-                 supervised: bool) -> None:
-    from streamproxy.server.app import STATE, create_app, http_limits
+@dataclass(slots=True)
+class _Generation:
+    """One config's app, serving on the process's listening sockets."""
+    app: web.Application
+    runner: web.AppRunner
+    sites: list[web.BaseSite]
+
+
+async def _start_generation(config: Config, listeners: list[socket.socket]) -> _Generation:
+    from streamproxy.server.app import create_app, http_limits
     from streamproxy.server.front import make_runner
+
+    app = create_app(config)
+    runner = make_runner(app, handler_cancellation=True, access_log=None,
+                         shutdown_timeout=5.0, **http_limits(config))
+    await runner.setup()
+    sites: list[web.BaseSite] = []
+    try:
+        for sock in listeners:  # a copy each: stopping a site closes the socket it was given
+            site = web.SockSite(runner, sock.dup(), backlog=BACKLOG)
+            await site.start()
+            sites.append(site)
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return _Generation(app, runner, sites)
+
+
+async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_fd: int | None,
+                 supervised: bool, config_path: str | None) -> None:
+    from streamproxy.server.app import STATE
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     grace = [config.server.shutdown_grace]
+    listeners = _listen(host, port, reuse_port)
+    try:
+        current = await _start_generation(config, listeners)
+    except BaseException:
+        _close_all(listeners)
+        raise
+    retiring: dict[asyncio.Task[None], _Generation] = {}  # apps draining after a reload
+    reloading: list[asyncio.Task[None]] = []
 
     def quit_now() -> None:
         grace[0] = 0.0
         stop.set()
-        drain = app[STATE].drain
-        if drain.draining:
-            drain.abort_all()
+        for generation in (current, *retiring.values()):
+            drain = generation.app[STATE].drain
+            if drain.draining:
+                drain.abort_all()
 
-    app = create_app(config)
+    def reload() -> None:
+        if reloading:
+            log.warning("SIGHUP ignored: a reload is already in progress")
+        elif not stop.is_set():
+            reloading.append(loop.create_task(_reload()))
+
+    async def _reload() -> None:
+        nonlocal current
+        try:
+            new_config = _reloaded_config(config_path, config)
+            if new_config is None:
+                return
+            try:
+                new = await _start_generation(new_config, listeners)
+            except Exception:
+                log.exception("reload failed: the new config's app did not start; the old "
+                              "one keeps serving")
+                return
+            old, current = current, new
+            grace[0] = new_config.server.shutdown_grace
+            log.info("SIGHUP: reloaded %s; the previous app drains", new_config.source)
+            task = loop.create_task(_retire(old))
+            retiring[task] = old
+            task.add_done_callback(retiring.pop)
+        finally:
+            reloading.clear()
+
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGQUIT, quit_now)
-    if supervised:  # the master relays Ctrl-C as SIGTERM; the terminal's SIGINT is not ours
+    if supervised:  # the master relays Ctrl-C as SIGTERM, and reloads by new workers
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    else:
+    else:  # alone, it reloads in place: the next app beside this one, then this one drains
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: log.warning(
-            "SIGHUP ignored: reloading the config needs a master (--workers 2 or more)"))
-    runner = make_runner(app, handler_cancellation=True, access_log=None,
-                         shutdown_timeout=5.0, **http_limits(config))
-    await runner.setup()
+        loop.add_signal_handler(signal.SIGHUP, reload)
     _tune_gc()
     keep_heap_cushion()
     try:
-        site = web.TCPSite(runner, host, port, backlog=2048, reuse_port=reuse_port or None)
-        await site.start()
         if ready_fd is not None:
             os.write(ready_fd, b"1")
             os.close(ready_fd)
-        log.info("streamproxy worker %d listening on http://%s:%d (config: %s)", os.getpid(),
-                 host, port, config.source)
+        log.info("streamproxy worker %d listening on %s (config: %s)", os.getpid(),
+                 ", ".join(site.name for site in current.sites), config.source)
         await stop.wait()
-        await drain_and_stop(app, site, grace)
+        for task in list(reloading):
+            await task  # a reload under way ends first: the app it started is the one drained
+        await drain_and_stop(current.app, current.sites, grace)
+        if retiring:
+            await asyncio.gather(*retiring)
     finally:
-        await runner.cleanup()
+        await current.runner.cleanup()
+        _close_all(listeners)
+
+
+def _reloaded_config(path: str | None, running: Config) -> Config | None:
+    """The config file read again, or None (logged) when it does not load."""
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        log.error("reload failed: config error: %s; the old config keeps serving", e)
+        return None
+    fixed = [f"server.{k}" for k in ("host", "port", "log_level")
+             if getattr(config.server, k) != getattr(running.server, k)]
+    if fixed:  # the listening address and logging are set up once, at start
+        log.warning("reload: %s changed; that takes a restart (the running value stays)",
+                    ", ".join(fixed))
+    return config
+
+
+async def _retire(old: _Generation) -> None:
+    """A reloaded-away app: stop accepting (the next one accepts on the same sockets, so no
+    connection waiting there is lost), let its requests finish, release it."""
+    from streamproxy.server.app import STATE
+
+    try:
+        await drain_and_stop(old.app, old.sites, [old.app[STATE].config.server.shutdown_grace])
+    finally:
+        await old.runner.cleanup()
+
+
+def _close_all(socks: list[socket.socket]) -> None:
+    for sock in socks:
+        sock.close()
+
+
+def _listen(host: str, port: int, reuse_port: bool) -> list[socket.socket]:
+    """The process's listening sockets, one per address `host` resolves to (as asyncio's
+    create_server binds them); every generation of the app accepts on them."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:  # as asyncio: each family binds its own socket
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except BaseException:
+        _close_all(socks)
+        raise
+    return socks
 
 
 def _tune_gc() -> None:
@@ -180,13 +300,15 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD, 20, 20)
 
 
-async def drain_and_stop(app: web.Application, site: web.TCPSite, grace: list[float]) -> None:
+async def drain_and_stop(app: web.Application, sites: Sequence[web.BaseSite],
+                         grace: list[float]) -> None:
     """Stop accepting, give running requests the grace period, then end the rest."""
     from streamproxy.server.app import STATE
 
     drain = app[STATE].drain
     drain.start()
-    await site.stop()
+    for site in sites:
+        await site.stop()
     log.info("worker %d draining: %d request(s) running, grace %gs", os.getpid(), drain.active,
              grace[0])
     if not await drain.wait_idle(grace[0]):
