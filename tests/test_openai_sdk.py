@@ -85,3 +85,19 @@ async def test_error_before_the_stream_is_an_http_error(default_proxy: Any) -> N
                                              stream=True)
     assert info.value.status_code == 429
     assert "mock error status 429" in str(info.value)
+
+
+async def test_request_id_is_the_trace_id(default_proxy: Any) -> None:
+    # The SDK reads `x-request-id` as `_request_id` / `request_id`, on answers and errors.
+    client = openai_sdk(await default_proxy(), "sk-client")
+    raw = await client.chat.completions.with_raw_response.create(model="mock/fast:tokens=3",
+                                                                 messages=USER)
+    assert raw.request_id == raw.headers["x-portkey-trace-id"]
+    assert raw.parse()._request_id == raw.request_id
+    async with client.chat.completions.with_streaming_response.create(
+            model="mock/fast:tokens=3", messages=USER, stream=True) as streamed:
+        assert streamed.request_id == streamed.headers["x-portkey-trace-id"]
+    with pytest.raises(openai.RateLimitError) as info:
+        await client.chat.completions.create(model="mock/fast:status=429", messages=USER,
+                                             extra_headers={"x-portkey-trace-id": "trace-7"})
+    assert info.value.request_id == "trace-7"

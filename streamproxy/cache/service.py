@@ -118,13 +118,14 @@ class ResponseCache:
 
     async def _answer(self, request: Exchange, req: ChatRequest, target: Target,
                       record: RequestRecord, entry: dict[str, Any]) -> None:
-        from streamproxy.server.handlers import SSE_HEADERS, TRACE_HEADER  # (server imports us)
+        from streamproxy.server.errors import trace_headers  # (server imports us)
+        from streamproxy.server.handlers import SSE_HEADERS
 
         completion_id, created = new_completion_id(), int(time.time())
         record.provider = target.provider.name
         record.model = target.model or target.provider.cfg.default_model
         model = cached.model_of(entry) or record.model or ""
-        headers = {TRACE_HEADER: record.trace_id, "x-portkey-provider": target.provider.name}
+        headers = {**trace_headers(record.trace_id), "x-portkey-provider": target.provider.name}
         if record.pending is not None and "store" in record.pending:  # stored under this id
             record.response = cached.completion_from(entry, completion_id=completion_id,
                                                      created=created, model=model)

@@ -16,14 +16,22 @@ log = logging.getLogger("streamproxy.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TRACE_HEADER = "x-portkey-trace-id"
+# OpenAI's request id header: the SDKs expose it as `response._request_id` and
+# `APIStatusError.request_id`. It carries the trace id, the id the access log knows.
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def trace_headers(trace_id: str) -> dict[str, str]:
+    return {TRACE_HEADER: trace_id, REQUEST_ID_HEADER: trace_id}
 
 
 def error_headers(err: ProxyError, request_headers: Mapping[str, str]) -> dict[str, str]:
     """Retry-After when the error has one, and the x-portkey-* headers: those the chat handler
-    noted, else (a request refused before it ran) the client's trace id echoed."""
+    noted, else (a request refused before it ran) the client's trace id echoed (also as
+    x-request-id)."""
     headers = dict(err.response_headers or {})
     if TRACE_HEADER not in headers and TRACE_HEADER in request_headers:
-        headers[TRACE_HEADER] = request_headers[TRACE_HEADER]
+        headers.update(trace_headers(request_headers[TRACE_HEADER]))
     retry_after = getattr(err, "retry_after", None)
     if retry_after is not None:
         headers["retry-after"] = str(max(1, round(retry_after)))

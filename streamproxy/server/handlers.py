@@ -22,12 +22,12 @@ from streamproxy.routing.planner import Plan
 from streamproxy.server.admission import ADMISSION
 from streamproxy.server.auth import allowed_targets
 from streamproxy.server.drain import shutdown_error
+from streamproxy.server.errors import TRACE_HEADER, trace_headers
 from streamproxy.server.exchange import AiohttpExchange, EventWriter, Exchange, reply_error
 from streamproxy.server.observing import AUTH_KEY, read_body
 from streamproxy.server.state import STATE, AppState
 from streamproxy.server.store_and_cache import before_upstream
 
-TRACE_HEADER = "x-portkey-trace-id"
 # Portkey's x-portkey-retry-attempt-count when the target whose error is returned used up its
 # retries (automatic-retries: "-1: all retries exhausted, request failed").
 RETRIES_EXHAUSTED = "-1"
@@ -42,8 +42,8 @@ SSE_HEADERS = {
 
 def _response_headers(record: RequestRecord, provider: str | None) -> dict[str, str]:
     """The x-portkey-* headers of an answer, a success's or (as Portkey sends them) an
-    error's: what is known by then."""
-    headers = {TRACE_HEADER: record.trace_id}
+    error's: what is known by then; the trace id also as OpenAI's x-request-id."""
+    headers = trace_headers(record.trace_id)
     if provider is not None:
         headers["x-portkey-provider"] = provider
     if record.attempts:
