@@ -101,3 +101,15 @@ async def test_request_id_is_the_trace_id(default_proxy: Any) -> None:
         await client.chat.completions.create(model="mock/fast:status=429", messages=USER,
                                              extra_headers={"x-portkey-trace-id": "trace-7"})
     assert info.value.request_id == "trace-7"
+
+
+async def test_models_list_and_retrieve(default_proxy: Any) -> None:
+    client = openai_sdk(await default_proxy(), "sk-client")
+    listed = [m.id async for m in client.models.list()]
+    assert "mock/fast" in listed
+    model = await client.models.retrieve("mock/fast")  # sent as /v1/models/mock%2Ffast
+    assert (model.id, model.object, model.owned_by) == ("mock/fast", "model", "mock")
+    with pytest.raises(openai.NotFoundError) as info:
+        await client.models.retrieve("mock/nope")
+    assert info.value.code == "model_not_found"
+    assert info.value.type == "invalid_request_error"

@@ -92,6 +92,7 @@ def create_app(config: Config) -> web.Application:
                         expect_handler=expect_within_limit)
     install_store_and_cache(app, state)  # stored completions' routes, the cache
     app.router.add_get("/v1/models", handlers.list_models)
+    app.router.add_get("/v1/models/{model:.+}", handlers.retrieve_model)
     app.router.add_get("/healthz", handlers.healthz)
     app.on_startup.append(_startup)
     app.on_cleanup.append(_cleanup)

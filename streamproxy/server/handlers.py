@@ -10,7 +10,7 @@ import time
 
 from aiohttp import web
 
-from streamproxy.errors import ProxyError
+from streamproxy.errors import NotFound, ProxyError
 from streamproxy.ids import random_hex
 from streamproxy.openai_api.chunks import error_frame
 from streamproxy.openai_api.request import ChatRequest, parse_chat_request
@@ -206,13 +206,13 @@ async def _refuse_while_draining(ex: Exchange, record: RequestRecord) -> None:
     await reply_error(ex, err, close=True)
 
 
-async def list_models(request: web.Request) -> web.Response:
+def _models(request: web.Request) -> list[dict[str, object]]:
     """The configured providers' models, as `provider/model`: only the providers the request's
     proxy key may use (`allowed_providers`), like the chat endpoint."""
     config = request.app[STATE].config
     key = request.get(AUTH_KEY)
     allowed = key.allowed_providers if key is not None else None
-    data = []
+    data: list[dict[str, object]] = []
     for name, cfg in config.providers.items():
         if allowed is not None and name not in allowed:
             continue
@@ -221,7 +221,22 @@ async def list_models(request: web.Request) -> web.Response:
             models.insert(0, cfg.default_model)
         data.extend({"id": f"{name}/{m}", "object": "model", "created": 0, "owned_by": name}
                     for m in models)
-    return web.json_response({"object": "list", "data": data})
+    return data
+
+
+async def list_models(request: web.Request) -> web.Response:
+    return web.json_response({"object": "list", "data": _models(request)})
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """`GET /v1/models/{model}` (the SDKs' `models.retrieve`): one of the listed models, else
+    OpenAI's 404. The SDKs percent-encode the id's `/`; aiohttp decodes it."""
+    model = request.match_info["model"]
+    for item in _models(request):
+        if item["id"] == model:
+            return web.json_response(item)
+    raise NotFound(f"The model `{model}` does not exist or you do not have access to it.",
+                   code="model_not_found", error_type="invalid_request_error")  # as OpenAI
 
 
 async def healthz(request: web.Request) -> web.Response:
