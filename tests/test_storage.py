@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import orjson
 import pytest
 
 from streamproxy.config import ConfigError
@@ -352,3 +353,28 @@ async def test_openai_upstream_gets_neither_store_nor_metadata(proxy: Any, upstr
     assert got.choices[0].message.content == text == "The capital of the UK is London."
     await stream_text(api, model="gpt", messages=USER, store=False)
     assert "store" not in upstream.requests[1].json()
+
+
+async def test_a_streamed_answers_logprobs_are_stored(proxy: Any, upstream: Any,
+                                                      tmp_path: Path) -> None:
+    def chunk(delta: dict[str, Any], token: str | None) -> bytes:
+        logprobs = None if token is None else {"content": [
+            {"token": token, "logprob": -0.25, "bytes": list(token.encode()),
+             "top_logprobs": []}], "refusal": None}
+        return b"data: " + orjson.dumps({
+            "id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": "gpt",
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
+                         "finish_reason": None if delta else "stop"}]}) + b"\n\n"
+
+    upstream.body = b"".join([chunk({"role": "assistant", "content": ""}, None),
+                              chunk({"content": "Hi"}, "Hi"), chunk({"content": "!"}, "!"),
+                              chunk({}, None), b"data: [DONE]\n\n"])
+    cfg = make_config({"oa": {"type": "openai", "base_url": upstream.url, "api_key": "sk-x",
+                              "default_model": "gpt"}}, default="oa",
+                      storage={"path": str(tmp_path / "s.sqlite3")})
+    api = openai_sdk(await proxy(cfg), "sk-client")
+    cid, text = await stream_text(api, model="gpt", messages=USER, store=True, logprobs=True)
+    got = await stored(api, cid)
+    assert got.choices[0].message.content == text == "Hi!"
+    assert [t.token for t in got.choices[0].logprobs.content] == ["Hi", "!"]
+    assert got.choices[0].logprobs.refusal is None

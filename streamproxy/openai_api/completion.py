@@ -43,6 +43,9 @@ class CompletionBuilder:
         # replay cannot give back (a refusal, logprobs): the cache then keeps no entry for it.
         self.refusal_parts: list[str] = []
         self.replayable = True
+        # A pass-through answer's logprobs (choice 0), joined as OpenAI's whole answer has
+        # them: `{"content": [...], "refusal": [...]}`; None when no chunk carried any.
+        self.logprobs: dict[str, Any] | None = None
         self._runs: list[list[Any]] = []  # closed runs; the open one is the three below
         self._kind: str | None = None
         self._index = 0
@@ -188,8 +191,21 @@ class CompletionBuilder:
                 self._raw_delta(delta)
             if choice.get("logprobs") is not None:
                 self.replayable = False
+                if isinstance(choice["logprobs"], dict):
+                    self._raw_logprobs(choice["logprobs"])
             if isinstance(choice.get("finish_reason"), str) and choice["finish_reason"]:
                 self.finish_reason = choice["finish_reason"]
+
+    def _raw_logprobs(self, logprobs: dict[str, Any]) -> None:
+        joined = self.logprobs
+        if joined is None:
+            joined = self.logprobs = {"content": None, "refusal": None}
+        for key in ("content", "refusal"):
+            tokens = logprobs.get(key)
+            if isinstance(tokens, list):
+                if joined[key] is None:
+                    joined[key] = []
+                joined[key].extend(tokens)
 
     def _raw_delta(self, delta: dict[str, Any]) -> None:
         content = delta.get("content")
@@ -248,7 +264,7 @@ class CompletionBuilder:
             "choices": [{
                 "index": 0,
                 "message": self.message(),
-                "logprobs": None,
+                "logprobs": self.logprobs,
                 "finish_reason": self.finish_reason,
             }],
         }
