@@ -422,3 +422,29 @@ def test_mistral_plain_answers_are_forwarded_byte_for_byte() -> None:
     provider, _ = build("mistral")
     body = orjson.dumps({"choices": [{"message": {"role": "assistant", "content": "Hi"}}]})
     assert provider.translate_response(body, request(), completion_id="c", created=1) is body
+
+
+# Mistral's 422 bodies as Mistral sends them (Gage-Technologies/mistral-go#3,
+# partITech/php-mistral#76); the last is FastAPI's own shape, also seen from Mistral
+# (Gitlawb/openclaude#739).
+_REFUSED = [{"type": "extra_forbidden", "loc": ["body", "messages", 0, "user", "name"],
+             "msg": "Extra inputs are not permitted", "input": ""}]
+
+
+@pytest.mark.parametrize("body", [
+    {"object": "error", "message": {"detail": _REFUSED}, "type": "invalid_request_error",
+     "param": None, "code": None},
+    {"object": "Error", "message": _REFUSED, "type": "invalid_request_error", "code": 3001},
+    {"detail": _REFUSED},
+])
+async def test_mistral_validation_errors_keep_what_was_refused(proxy: Any, upstream: Any,
+                                                                body: dict[str, Any]) -> None:
+    upstream.status = 422
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps(body)
+    client = await proxy(provider_config("mistral", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "messages": HI})
+    assert resp.status == 422
+    error = (await resp.json())["error"]
+    assert error["message"] == "body.messages.0.user.name: Extra inputs are not permitted"
+    assert error["type"] == "invalid_request_error"

@@ -193,8 +193,9 @@ class Provider:
 
 def generic_error(status: int, body: bytes, provider: str) -> UpstreamStatusError:
     """Read an error body by its JSON fields: OpenAI's `{"error": {...}}`, Anthropic's
-    `{"type": "error", "error": {...}}`, or a bare `{"message": ...}`. A body that is not JSON
-    is not echoed (it may be an HTML page from some intermediary)."""
+    `{"type": "error", "error": {...}}`, a bare `{"message": ...}`, or a validation error's
+    `detail` (`_detail_message`). A body that is not JSON is not echoed (it may be an HTML page
+    from some intermediary)."""
     message, code, etype, param = None, None, None, None
     try:
         obj = orjson.loads(body) if body else None
@@ -211,6 +212,8 @@ def generic_error(status: int, body: bytes, provider: str) -> UpstreamStatusErro
             param = err.get("param")
         elif isinstance(err, str):
             message = err
+        if not isinstance(message, str):
+            message = _detail_message(message if message is not None else obj.get("detail"))
     if not isinstance(message, str) or not message:
         message = f"provider '{provider}' returned HTTP {status}"
     return UpstreamStatusError(
@@ -220,3 +223,23 @@ def generic_error(status: int, body: bytes, provider: str) -> UpstreamStatusErro
         code=str(code) if code is not None else (etype if isinstance(etype, str) else None),
         param=param if isinstance(param, str) else None,
     )
+
+
+def _detail_message(detail: Any) -> str | None:
+    """The message of a FastAPI/pydantic validation error, which Mistral's 422 sends as
+    `{"message": {"detail": [...]}}` (or `"message": [...]`) and other servers as a top-level
+    `{"detail": ...}`: each item's `loc` and `msg`, e.g. `body.messages.0.user.name: Extra
+    inputs are not permitted` — the one thing that says which field was refused."""
+    if isinstance(detail, dict):
+        detail = detail.get("detail")
+    if isinstance(detail, str):
+        return detail
+    if not isinstance(detail, list):
+        return None
+    lines = []
+    for item in detail:
+        if isinstance(item, dict) and isinstance(item.get("msg"), str):
+            loc = item.get("loc")
+            where = ".".join(str(p) for p in loc) if isinstance(loc, list) else ""
+            lines.append(f"{where}: {item['msg']}" if where else item["msg"])
+    return "; ".join(lines) or None
