@@ -253,6 +253,12 @@ def test_default_urls() -> None:
     glob = provider("vertex", project="proj", location="global")
     assert glob.model_url("m").startswith(
         "https://aiplatform.googleapis.com/v1/projects/proj/locations/global/")
+    # Multi-regions have hosts of their own (google-genai's `_api_client.py` builds
+    # `aiplatform.us.rep.googleapis.com`; `eu-aiplatform.googleapis.com` is not a host).
+    for region in ("us", "eu"):
+        multi = provider("vertex", project="proj", location=region)
+        assert multi.model_url("m").startswith(
+            f"https://aiplatform.{region}.rep.googleapis.com/v1/projects/proj/locations/{region}/")
 
 
 @pytest.mark.parametrize("model", ["../files", "models/../x", "a b", "m:generateContent?x=1",

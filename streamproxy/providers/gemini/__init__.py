@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*(?:/[A-Za-z0-9][A-Za-z0-9._@-]*)*")
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 DEFAULT_TOKEN_REFRESH = 300.0
+# Vertex's multi-region locations, served from regional endpoints of their own (the hosts
+# google-genai's client builds for them).
+MULTI_REGIONS = ("us", "eu")
 
 
 class GeminiProvider(Provider):
@@ -141,6 +144,8 @@ class VertexProvider(GeminiProvider):
             return self.cfg.base_url
         if self.location == "global":
             return "https://aiplatform.googleapis.com"
+        if self.location in MULTI_REGIONS:  # `us-aiplatform.…` does not exist
+            return f"https://aiplatform.{self.location}.rep.googleapis.com"
         return f"https://{self.location}-aiplatform.googleapis.com"
 
     def with_options(self, options: dict[str, str]) -> VertexProvider:
