@@ -203,3 +203,19 @@ async def test_error_before_any_output_is_an_http_error_not_a_stream(proxy: Any,
     resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True})
     assert resp.status == 529
     assert assert_openai_error(await resp.json())["message"] == "Overloaded"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_an_upstream_redirect_is_an_error_naming_it(proxy: Any, upstream: Any,
+                                                          stream: bool) -> None:
+    upstream.status = 307  # e.g. http:// for an https:// API; the key is not sent on
+    upstream.content_type = "application/json"
+    upstream.extra_headers = {"location": "https://api.example.com/v1/messages?token=t"}
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": stream})
+    assert resp.status == 502
+    err = assert_openai_error(await resp.json())
+    assert err["code"] == "upstream_redirect"
+    assert "307" in err["message"] and "https://api.example.com" in err["message"]
+    assert "token" not in err["message"]
+    assert len(upstream.requests) == 1

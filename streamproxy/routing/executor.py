@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from streamproxy.errors import ProxyError, UpstreamStatusError
 from streamproxy.ids import time_ordered_hex
@@ -69,11 +70,13 @@ class Executor:
         upstream = provider.build_request(req, target)
         resp = await self.client.send(upstream, connect_timeout=target.timeouts.connect,
                                       provider=provider.name)
-        if resp.status >= 400:
+        if resp.status >= 300:
             try:
                 body = await resp.read()
             finally:
                 resp.close()
+            if resp.status < 400:
+                raise _redirect_error(resp, provider.name)
             err = provider.error_from_response(resp.status, body, resp.headers)
             err.retry_after = _retry_after(resp)
             if target.api_key and target.api_key in err.message:
@@ -237,6 +240,19 @@ def _envelope_model(target: Target) -> str:
     provider's default — the same for a stream and a non-streamed answer (never the
     client's prefixed `provider/model`, nor empty when the default model was used)."""
     return target.model or target.provider.cfg.default_model or ""
+
+
+def _redirect_error(resp: aiohttp.ClientResponse, provider: str) -> UpstreamStatusError:
+    """A 3xx is not an answer: redirects are not followed (the request carries the provider
+    key), so one means the base URL is off (`http://` for `https://`, a moved host). Read as
+    a stream it would pass for one cut short. Only the target's origin is shown: a Location
+    may carry a token in its path or query."""
+    location = URL(resp.headers.get("location") or "")
+    where = f" to {location.origin()}" if location.is_absolute() else ""
+    return UpstreamStatusError(
+        502, f"provider '{provider}' answered HTTP {resp.status}, a redirect{where}, which is "
+        "not followed: check the provider's base_url", provider=provider,
+        code="upstream_redirect")
 
 
 def _masked(message: str, key: str) -> str:
