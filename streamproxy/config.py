@@ -138,16 +138,28 @@ default_provider: mock
 """
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader without timestamps: no setting is a date, and one written like a date
+    stays the string it reads as (`api_version: 2024-10-21`, `anthropic_version: 2023-06-01`,
+    a header value), not a `datetime.date` that fails as "not a string" or reaches the wire."""
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def load_config(path: str | os.PathLike[str] | None) -> Config:
     if path is None:
-        return parse_config(yaml.safe_load(EMBEDDED_DEFAULT), "<embedded default>")
+        return parse_config(yaml.load(EMBEDDED_DEFAULT, _ConfigLoader), "<embedded default>")
     source = str(path)
     try:
         text = Path(path).read_text()
     except OSError as e:
         raise ConfigError(source, "", f"cannot read file: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, _ConfigLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""

@@ -21,6 +21,7 @@ from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.azure import AzureOpenAIProvider
 from streamproxy.providers.openai_compat import PassthroughTranslator
 from streamproxy.routing.target import Target
+from streamproxy.server.app import build_providers
 from tests.conftest import provider_config
 from tests.helpers import (
     collect,
@@ -224,3 +225,21 @@ async def test_openai_sdk_streams_through_azure(proxy: Any, upstream: Any) -> No
         stream_options={"include_usage": True}))
     text, finish, usage = got.text, got.finish, got.usage
     assert (text, finish, usage.total_tokens if usage else None) == ("Hello", "stop", 13)
+
+
+def test_an_api_version_written_unquoted_in_yaml_is_that_string(tmp_path: Any) -> None:
+    # YAML reads `2024-10-21` as a date: the config in docs/providers/others.md (and any
+    # written the same way) failed with "api_version: required", or sent a date upstream.
+    path = tmp_path / "config.yaml"
+    path.write_text("providers:\n"
+                    "  az: {type: azure, resource: contoso, api_version: 2024-10-21}\n"
+                    "  claude: {type: anthropic, anthropic_version: 2023-06-01,\n"
+                    "           headers: {x-since: 2025-01-01}}\n")
+    providers = build_providers(load_config(path))
+    req = parse_chat_request(b'{"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}')
+    azure = providers["az"]
+    assert azure.build_request(req, Target(azure, "gpt-4o")).url.endswith(
+        "?api-version=2024-10-21")
+    claude = providers["claude"]
+    headers = claude.build_request(req, Target(claude, "m")).headers
+    assert headers["anthropic-version"] == "2023-06-01" and headers["x-since"] == "2025-01-01"
