@@ -170,15 +170,6 @@ def test_resource_builds_the_endpoint() -> None:
     assert up.body is req.raw  # nothing to change: the client's bytes go as they are
 
 
-def test_an_unquoted_dated_api_version_as_the_docs_write_it_loads(tmp_path: Any) -> None:
-    """YAML reads `api_version: 2024-10-21` as a date; it is that version, not a missing one."""
-    path = tmp_path / "azure.yaml"
-    path.write_text("providers:\n  az:\n    type: azure\n    resource: contoso\n"
-                    "    api_version: 2024-10-21\n")
-    provider = AzureOpenAIProvider(load_config(path).providers["az"])
-    assert provider.chat_url("gpt-4o").endswith("/chat/completions?api-version=2024-10-21")
-
-
 @pytest.mark.parametrize(("entry", "key"), [
     ({"resource": "r"}, "providers.az.api_version"),
     ({"api_version": VERSION}, "providers.az.resource"),

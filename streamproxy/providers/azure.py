@@ -18,7 +18,6 @@ Azure's stream differs from OpenAI's in two ways that break naive clients
 
 from __future__ import annotations
 
-import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
@@ -69,8 +68,6 @@ class AzureOpenAIProvider(OpenAIProvider):
     def check_options(cls, options: dict[str, Any], source: str, where: str) -> None:
         super().check_options(options, source, where)
         version = options.get("api_version")
-        if isinstance(version, datetime.date):  # YAML reads `api_version: 2024-10-21` as a date
-            version = options["api_version"] = version.isoformat()
         if not isinstance(version, str) or not version:
             raise ConfigError(source, f"{where}.api_version",
                               "required for type azure (e.g. 2024-10-21)")
