@@ -397,7 +397,8 @@ async def test_two_proxies_share_hits_through_redis(proxy: Any, upstream: Any,
     hit, second = await post(two, body, cache_header(max_age=30))
     assert hit.headers[STATUS] == "HIT" and len(upstream.requests) == 1
     assert envelope_free(second) == envelope_free(first)
-    whole, obj = await post(two, {**body, "stream": False}, cache_header(max_age=30))
+    whole, obj = await post(two, {**body, "stream": False, "stream_options": None},
+                            cache_header(max_age=30))
     assert whole.headers[STATUS] == "HIT" and len(upstream.requests) == 1
     assert orjson.loads(obj)["choices"][0]["finish_reason"] == "tool_calls"
 
