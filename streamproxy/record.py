@@ -60,6 +60,8 @@ class RequestRecord:
     gap_mean: float | None = None
     # (provider, kind) of every upstream failure, retried or final (see upstream_error_kind).
     upstream_errors: list[tuple[str, str]] | None = None
+    # The provider of every attempt that repeated a target (a retry), for metrics.
+    retried: list[str] | None = None
 
     @property
     def ttft(self) -> float | None:
@@ -76,6 +78,13 @@ class RequestRecord:
             if self.upstream_errors is None:
                 self.upstream_errors = []
             self.upstream_errors.append((self.provider or "", kind))
+
+    def note_retry(self) -> None:
+        """One more attempt at the current target: counted against its provider, not the
+        one a later fallback reaches."""
+        if self.retried is None:
+            self.retried = []
+        self.retried.append(self.provider or "")
 
 
 def upstream_error_kind(err: BaseException) -> str | None:

@@ -4,6 +4,7 @@ streamed request; multi-process aggregation when PROMETHEUS_MULTIPROC_DIR is set
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import textwrap
@@ -20,7 +21,7 @@ from streamproxy.observe.metrics import MAX_MODEL_LABELS, metrics, set_circuit_s
 from streamproxy.record import RequestRecord
 from streamproxy.server.app import STATE
 from streamproxy.upstream.deadline import Deadline
-from tests.helpers import collect, sse_chunks
+from tests.helpers import collect, make_config, sse_chunks
 
 ROOT = Path(__file__).parent.parent
 
@@ -113,7 +114,9 @@ def test_retries_fallbacks_errors_and_cached_tokens_from_the_record() -> None:
                              "prompt_tokens_details": {"cached_tokens": 6}})
     r.provider = "rec-a"
     r.note_upstream_error(UpstreamStatusError(429, "slow down"))
+    r.note_retry()
     r.note_upstream_error(UpstreamTimeout("late"))
+    r.note_retry()
     r.note_upstream_error(ValueError("ours, not the provider's"))
     r.provider = "rec-b"
     r.note_upstream_error(StreamTruncated("cut"))
@@ -122,12 +125,30 @@ def test_retries_fallbacks_errors_and_cached_tokens_from_the_record() -> None:
     assert sample("streamproxy_upstream_errors_total", provider="rec-a", kind="status_429") == 1
     assert sample("streamproxy_upstream_errors_total", provider="rec-a", kind="timeout") == 1
     assert sample("streamproxy_upstream_errors_total", provider="rec-b", kind="truncated") == 1
-    assert sample("streamproxy_retries_total", provider="rec-b") == 2
+    assert sample("streamproxy_retries_total", provider="rec-a") == 2
+    assert sample("streamproxy_retries_total", provider="rec-b") == 0
     assert sample("streamproxy_fallbacks_total", provider="rec-b") == 1
     assert sample("streamproxy_client_disconnects_total", provider="rec-b") == 1
     assert sample("streamproxy_tokens_total", provider="rec-b", model="m1", type="cached") == 6
     assert sample("streamproxy_request_duration_seconds_sum", provider="rec-b", model="m1",
                   stream="true") == pytest.approx(1.5)
+
+
+async def test_retries_count_against_the_retried_provider_not_the_fallback(proxy: Any) -> None:
+    client = await proxy(make_config({"mock": {"type": "mock", "default_model": "fast"},
+                                      "mock2": {"type": "mock", "default_model": "fast"}},
+                                     default="mock"))
+    before = {p: sample("streamproxy_retries_total", provider=p) for p in ("mock", "mock2")}
+    retry = {"attempts": 2, "use_retry_after_header": False}
+    config = {"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "mock", "override_params": {"model": "fast:status=503"}, "retry": retry},
+        {"provider": "mock2", "override_params": {"model": "fast:tokens=2"}}]}
+    resp = await client.post("/v1/chat/completions", headers={"x-portkey-config": json.dumps(
+        config)}, json={"messages": [{"role": "user", "content": "x"}]})
+    assert resp.status == 200
+    assert resp.headers["x-portkey-retry-attempt-count"] == "3"  # 2 retries + 1 fallback
+    assert sample("streamproxy_retries_total", provider="mock") == before["mock"] + 2
+    assert sample("streamproxy_retries_total", provider="mock2") == before["mock2"]
 
 
 def test_histogram_buckets_match_prometheus_clients_own_observe() -> None:

@@ -152,9 +152,8 @@ class Metrics:
         c = self._child
         for where, kind in r.upstream_errors or ():
             c(self.upstream_errors, where, kind).inc()
-        retries = r.attempts - 1 - r.fallbacks  # every fallback move is one more attempt
-        if retries > 0:
-            c(self.retries, provider).inc(retries)
+        for retried in r.retried or ():  # the retried target's provider, not the last one
+            c(self.retries, retried).inc()
         if r.fallbacks > 0:
             c(self.fallbacks, provider).inc(r.fallbacks)
         if r.client_disconnected:

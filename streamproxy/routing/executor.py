@@ -139,6 +139,7 @@ class Executor:
                     raise
                 retry += 1
                 await asyncio.sleep(delay)
+                record.note_retry()
                 continue
             if attempt.breaker is not None:  # (its key is built per call)
                 self.breakers.record(attempt.breaker_key, attempt.breaker, None)
