@@ -11,6 +11,7 @@ import orjson
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from streamproxy.config import ConfigError
 from streamproxy.observe.access_log import (
@@ -76,6 +77,25 @@ async def test_one_line_per_request_with_the_documented_fields(
                                                                      "invalid_request_error",
                                                                      "invalid_json")
     assert "request_body" not in streamed  # not opted in
+
+
+async def test_a_refused_body_still_logs_its_stream_flag_and_metadata(
+        proxy: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    client = await proxy(mock_config())
+    before = REGISTRY.get_sample_value("streamproxy_requests_total", {
+        "provider": "", "model": "", "status": "400", "stream": "true"}) or 0
+    resp = await client.post("/v1/chat/completions", headers={
+        "x-portkey-metadata": '{"team": "blue"}'}, json={
+        "model": "fast", "stream": True, "n": 0, "messages": USER})
+    assert resp.status == 400
+    await client.post("/v1/chat/completions", data=b"{nope")
+    refused, unparsed = access_lines(caplog)
+    assert (refused["status"], refused["stream"]) == (400, True)
+    assert refused["metadata"] == {"team": "blue"}
+    assert unparsed["stream"] is False
+    assert REGISTRY.get_sample_value("streamproxy_requests_total", {
+        "provider": "", "model": "", "status": "400", "stream": "true"}) == before + 1
 
 
 async def test_bodies_only_when_opted_in(proxy: Any, caplog: pytest.LogCaptureFixture) -> None:

@@ -6,8 +6,10 @@ route and the lean front (server/front.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
+import orjson
 from aiohttp import web
 
 from streamproxy.errors import NotFound, ProxyError
@@ -81,7 +83,12 @@ async def chat(ex: Exchange) -> None:
         if state.drain.draining:
             await _refuse_while_draining(ex, record)
             return
-        req = parse_chat_request(await read_body(ex, record), state.limits)
+        raw = await read_body(ex, record)
+        try:
+            req = parse_chat_request(raw, state.limits)
+        except ProxyError:
+            _note_refused_body(ex, raw, record)
+            raise
         record.stream = req.stream
         admission = ex.app[ADMISSION]
         admission.enter()  # only now: a body still arriving holds no slot (admission.py)
@@ -112,6 +119,19 @@ async def chat(ex: Exchange) -> None:
         record.finished = time.monotonic()
         for observe in state.observers:
             observe(record)
+
+
+def _note_refused_body(ex: Exchange, raw: bytes, record: RequestRecord) -> None:
+    """A body refused by validation: its log line and metrics still say whether the client
+    asked to stream, and carry its metadata (the error path only: a valid body is parsed
+    once)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None
+    record.stream = isinstance(body, dict) and bool(body.get("stream"))
+    with contextlib.suppress(ProxyError):  # the body's error is the one answered
+        record.metadata = parse_metadata(ex.headers)
 
 
 def _client_left(record: RequestRecord) -> None:
