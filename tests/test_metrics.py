@@ -17,7 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streamproxy.config import Timeouts
 from streamproxy.errors import StreamTruncated, UpstreamStatusError, UpstreamTimeout
-from streamproxy.observe.metrics import MAX_MODEL_LABELS, metrics, set_circuit_state
+from streamproxy.observe.metrics import (
+    MAX_CIRCUIT_LABELS,
+    MAX_MODEL_LABELS,
+    metrics,
+    set_circuit_state,
+)
 from streamproxy.record import RequestRecord
 from streamproxy.server.app import STATE
 from streamproxy.upstream.deadline import Deadline
@@ -205,6 +210,18 @@ def test_circuit_state() -> None:
         set_circuit_state("openai/gpt-4o", "ajar")
     set_circuit_state("p|m|https://user:pw@llm.internal/v1", "open")
     assert sample("streamproxy_circuit_breaker_state", target="p|m|https://llm.internal/v1") == 2
+
+
+def test_circuit_targets_are_capped() -> None:
+    """A client's config names the model in a breaker's key: 10k models must not make 10k
+    series."""
+    for i in range(MAX_CIRCUIT_LABELS + 50):
+        set_circuit_state(f"mock|cap-{i}|", "open")
+    targets = {s.labels["target"] for f in REGISTRY.collect() for s in f.samples
+               if s.name == "streamproxy_circuit_breaker_state"}
+    assert len(targets) <= MAX_CIRCUIT_LABELS
+    set_circuit_state("openai/gpt-4o", "closed")  # a target already exported still changes
+    assert sample("streamproxy_circuit_breaker_state", target="openai/gpt-4o") == 0
 
 
 async def test_circuit_breakers_report_their_changes(default_proxy: Any) -> None:

@@ -42,6 +42,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # so a client cannot grow the series count (and Prometheus' memory) without bound.
 MAX_MODEL_LABELS = 100
 MAX_LABEL_CHARS = 100
+# Breaker keys hold the target's model, which a client's x-portkey-config chooses: past this
+# many distinct targets per process, further ones are not exported (their breakers still work).
+MAX_CIRCUIT_LABELS = 100
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
 _USERINFO = re.compile(r"://[^/@|]*@")
 
@@ -105,6 +108,7 @@ class Metrics:
         self.bytes_out = Counter("streamproxy_bytes_out", "Response bytes sent to clients.",
                                  ["provider"], registry=r)
         self._models: set[str] = set()
+        self._circuit_targets: set[str] = set()
         self._children: dict[tuple[Any, ...], Any] = {}
         self._series: dict[tuple[str, str, str, str], _Series] = {}
 
@@ -117,6 +121,13 @@ class Metrics:
                 return "other"
             self._models.add(model)
         return model
+
+    def circuit_state(self, target: str, value: int) -> None:
+        if target not in self._circuit_targets:
+            if len(self._circuit_targets) >= MAX_CIRCUIT_LABELS:
+                return
+            self._circuit_targets.add(target)
+        self.circuit.labels(target).set(value)
 
     def observe(self, r: RequestRecord) -> None:
         """The observer: every sample of one request, at its end."""
@@ -252,7 +263,7 @@ def set_circuit_state(target_key: str, state: str) -> None:
         raise ValueError(f"unknown circuit state {state!r}") from None
     # A breaker key may hold a base URL: never expose credentials written into one.
     target = _USERINFO.sub("://", target_key)[:MAX_LABEL_CHARS]
-    metrics().circuit.labels(target).set(value)
+    metrics().circuit_state(target, value)
 
 
 def render() -> bytes:
