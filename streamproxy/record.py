@@ -43,6 +43,7 @@ class RequestRecord:
     client_disconnected: bool = False
     metadata: dict[str, Any] | None = None
     completion_id: str | None = None
+    cache_status: str | None = None  # HIT, MISS, REFRESH or DISABLED; None: not looked at
     # Set before routing by features that need the whole answer (store, cache fill): the
     # executor then tees the stream into `builder`; a non-streamed answer lands in `response`.
     capture: bool = False

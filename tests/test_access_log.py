@@ -30,7 +30,8 @@ from tests.helpers import collect, make_config, sse_chunks
 FIELDS = {"ts", "trace_id", "auth_key", "provider", "model", "status", "stream", "ttft_ms",
           "duration_ms", "prompt_tokens", "completion_tokens", "cached_tokens", "finish_reason",
           "attempts", "target_index", "option", "fallbacks", "client_disconnected", "error_type",
-          "error_code", "upstream_errors", "bytes_in", "bytes_out", "chunks", "max_gap_ms"}
+          "error_code", "upstream_errors", "bytes_in", "bytes_out", "chunks", "max_gap_ms",
+          "cache_status"}
 USER = [{"role": "user", "content": "a fairly private question"}]
 
 

@@ -5,6 +5,7 @@ never cached, the LRU bound, and two proxy instances sharing hits through a real
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import re
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from streamproxy.cache import entry as cached
 from streamproxy.cache.backends import MemoryCache, RedisCache
@@ -88,6 +90,26 @@ def ids(body: bytes) -> set[str]:
 
 
 # -- through the proxy ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_hit_is_logged_as_one_and_its_tokens_are_not_the_providers(
+        proxy: Any, caplog: pytest.LogCaptureFixture, stream: bool) -> None:
+    caplog.set_level(logging.INFO)
+    client = await proxy(config())
+    body = {"model": "mock/fast", "stream": stream}  # a configured model: its own label
+    lbl = {"provider": "mock", "model": "fast", "type": "output"}
+    before = REGISTRY.get_sample_value("streamproxy_tokens_total", lbl) or 0
+    for _ in range(2):
+        resp, _ = await post(client, body, cache_header())
+        assert resp.status == 200
+        await drained(client)
+    assert resp.headers[STATUS] == "HIT"
+    lines = [orjson.loads(r.getMessage()) for r in caplog.records
+             if r.name == "streamproxy.access"]
+    assert [line["cache_status"] for line in lines] == ["MISS", "HIT"]
+    assert lines[1]["completion_tokens"] == 200  # what the client got, logged
+    assert REGISTRY.get_sample_value("streamproxy_tokens_total", lbl) == before + 200  # once
+
 
 @pytest.mark.parametrize("model", ["mock/fast:tokens=40", "mock/tools", "mock/tool"])
 @pytest.mark.parametrize("usage", [True, False])

@@ -85,11 +85,11 @@ class ResponseCache:
                               attempts: Sequence[Attempt], record: RequestRecord) -> bool:
         """True when the cache answered the request (a hit)."""
         if (req.body.get("n") or 1) > 1:
-            request[_STATUS] = "DISABLED"  # a replay carries one choice
+            _note(request, record, "DISABLED")  # a replay carries one choice
             return False
         max_age = max_age_for(cache_config_for(request), self.settings)
         if max_age is None:
-            request[_STATUS] = "DISABLED"
+            _note(request, record, "DISABLED")
             if len(attempts) > 1 and any(a.cache is not None for a in attempts[1:]):
                 # a fallback's answer may be cached
                 self._fill_later(record, CacheFill(None, 0, _namespace(request), req, attempts))
@@ -102,10 +102,10 @@ class ResponseCache:
             entry = await self.backend.get(key)
             if (entry is not None and cached.is_fresh(entry, max_age)
                     and (not req.stream or cached.streams_whole(entry))):
-                request[_STATUS] = "HIT"
+                _note(request, record, "HIT")
                 await self._answer(request, req, target, record, entry)
                 return True
-        request[_STATUS] = "REFRESH" if refresh else "MISS"
+        _note(request, record, "REFRESH" if refresh else "MISS")
         self._fill_later(record, CacheFill(key, max_age, namespace, req, attempts))
         return False
 
@@ -189,6 +189,12 @@ class ResponseCache:
     async def close(self) -> None:
         await self.drain()
         await self.backend.close()
+
+
+def _note(request: Exchange, record: RequestRecord, status: str) -> None:
+    """The cache status: the response header's, and the record's (the access log; a hit's
+    tokens are not the provider's to count again)."""
+    request[_STATUS] = record.cache_status = status
 
 
 def _namespace(request: Exchange) -> str:

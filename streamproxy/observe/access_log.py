@@ -192,6 +192,7 @@ def access_entry(r: RequestRecord, now: float | None = None) -> dict[str, Any]:
         "bytes_out": r.bytes_out,
         "chunks": r.chunks,
         "max_gap_ms": _ms(r.gap_max),
+        "cache_status": r.cache_status,
     }
     if r.metadata:  # the client's x-portkey-metadata, as Portkey logs it
         entry["metadata"] = r.metadata

@@ -153,7 +153,7 @@ class Metrics:
         if r.upstream_reads and r.gap_max is not None and r.gap_mean is not None:
             series.gap_max.observe(r.gap_max)
             series.gap_mean.observe(r.gap_mean)
-        if isinstance(r.usage, dict):
+        if isinstance(r.usage, dict) and r.cache_status != "HIT":  # a hit asked no provider
             self._tokens(series, r.usage)
         if r.bytes_in:
             series.bytes_in(r.bytes_in)
