@@ -90,9 +90,11 @@ async def test_a_refused_body_still_logs_its_stream_flag_and_metadata(
         "x-portkey-metadata": '{"team": "blue"}'}, json={
         "model": "fast", "stream": True, "n": 0, "messages": USER})
     assert resp.status == 400
+    answer = await resp.read()
     await client.post("/v1/chat/completions", data=b"{nope")
     refused, unparsed = access_lines(caplog)
     assert (refused["status"], refused["stream"]) == (400, True)
+    assert refused["bytes_out"] == len(answer)  # the error's JSON body is what was sent
     assert refused["metadata"] == {"team": "blue"}
     assert unparsed["stream"] is False
     assert REGISTRY.get_sample_value("streamproxy_requests_total", {

@@ -91,9 +91,11 @@ async def test_only_a_refused_chat_request_is_logged_and_counted_as_a_request(
     before = counted(), rejected()
     for method, path in (("GET", "/v1/models"), ("GET", "/metrics"),
                          ("GET", "/v1/chat/completions"), ("POST", "/v1/chat/completions")):
-        assert (await client.request(method, path, json={"messages": USER})).status == 401
+        resp = await client.request(method, path, json={"messages": USER})
+        assert resp.status == 401
     assert (counted() - before[0], rejected() - before[1]) == (1, 4)
-    assert len([r for r in caplog.records if r.name == "streamproxy.access"]) == 1
+    (line,) = [r for r in caplog.records if r.name == "streamproxy.access"]
+    assert orjson.loads(line.getMessage())["bytes_out"] == len(await resp.read())
 
 
 async def test_a_proxy_key_in_authorization_is_not_forwarded_upstream(

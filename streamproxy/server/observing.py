@@ -8,6 +8,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from aiohttp import web
 
 from streamproxy.errors import ProxyError
@@ -76,6 +77,7 @@ def observe_rejection(request: web.Request | Exchange, err: ProxyError, reason: 
     record = RequestRecord(trace_id=request.headers.get(TRACE_HEADER) or uuid.uuid4().hex,
                            status=err.status, error_type=err.error_type, error_code=err.code,
                            auth_key_name=auth_key_name)
+    record.bytes_out = len(orjson.dumps(err.to_dict()))
     record.finished = time.monotonic()
     for observe in state.observers:
         observe(record)
