@@ -199,6 +199,20 @@ def test_model_labels_are_capped() -> None:
     assert m.model_label("x" * 500) in ("x" * 100, "other")
 
 
+async def test_configured_models_are_not_crowded_out_by_clients_models(
+        default_proxy: Any) -> None:
+    client = await default_proxy()  # the embedded default lists mock's models: fast, slow, …
+    m = metrics()
+    for i in range(MAX_MODEL_LABELS + 1):
+        m.model_label(f"crowd-{i}")
+    assert m.model_label("crowd-x") == "other"
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "mock/slow", "messages": [{"role": "user", "content": "x"}]})
+    assert resp.status == 200
+    assert sample("streamproxy_requests_total", provider="mock", model="slow", status="200",
+                  stream="false") >= 1
+
+
 def test_circuit_state() -> None:
     set_circuit_state("openai/gpt-4o", "open")
     assert sample("streamproxy_circuit_breaker_state", target="openai/gpt-4o") == 2

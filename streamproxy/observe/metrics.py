@@ -15,7 +15,7 @@ import logging
 import os
 import re
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -108,15 +108,21 @@ class Metrics:
         self.bytes_out = Counter("streamproxy_bytes_out", "Response bytes sent to clients.",
                                  ["provider"], registry=r)
         self._models: set[str] = set()
+        self._configured_models: set[str] = set()  # outside the cap: see keep_models
         self._circuit_targets: set[str] = set()
         self._children: dict[tuple[Any, ...], Any] = {}
         self._series: dict[tuple[str, str, str, str], _Series] = {}
+
+    def keep_models(self, models: Iterable[str]) -> None:
+        """The configured models (those /v1/models lists) keep their own label whatever
+        clients named first: they do not count against the cap, so cannot be crowded out."""
+        self._configured_models.update(m[:MAX_LABEL_CHARS] for m in models if m)
 
     def model_label(self, model: str | None) -> str:
         if not model:
             return ""
         model = model[:MAX_LABEL_CHARS]
-        if model not in self._models:
+        if model not in self._models and model not in self._configured_models:
             if len(self._models) >= MAX_MODEL_LABELS:
                 return "other"
             self._models.add(model)
