@@ -46,6 +46,7 @@ class CompletionBuilder:
         # A pass-through answer's logprobs (choice 0), joined as OpenAI's whole answer has
         # them: `{"content": [...], "refusal": [...]}`; None when no chunk carried any.
         self.logprobs: dict[str, Any] | None = None
+        self.custom_calls: set[int] = set()  # indices of custom (freeform) tool calls
         self._runs: list[list[Any]] = []  # closed runs; the open one is the three below
         self._kind: str | None = None
         self._index = 0
@@ -227,7 +228,9 @@ class CompletionBuilder:
             index = tc.get("index", 0) if isinstance(tc, dict) else None
             if type(index) is not int or not 0 <= index < _MAX_TOOL_CALLS:
                 continue  # (the list grows to the index: a bound, whatever the upstream says)
-            fn = tc.get("function") if isinstance(tc.get("function"), dict) else {}
+            fn = tc.get("function")
+            if not isinstance(fn, dict):
+                fn = self._custom_call(index, tc.get("custom"))
             name, args = fn.get("name"), fn.get("arguments")
             name = name if isinstance(name, str) else ""
             args = args if isinstance(args, str) else ""
@@ -236,6 +239,16 @@ class CompletionBuilder:
                 self.tool_call_start(index, tc["id"], name, args)
             elif started and args:  # (some upstreams repeat the id and name on every chunk)
                 self.tool_call_args(index, args)
+
+    def _custom_call(self, index: int, custom: Any) -> dict[str, Any]:
+        """A custom tool call's delta (`custom: {name, input}`), read as a function's: its
+        input is the arguments; `message` gives it back its own shape. A replay would make
+        it a function call, so the cache keeps none."""
+        if not isinstance(custom, dict):
+            return {}
+        self.custom_calls.add(index)
+        self.replayable = False
+        return {"name": custom.get("name"), "arguments": custom.get("input")}
 
     def message(self) -> dict[str, Any]:
         msg: dict[str, Any] = {"role": "assistant", "content": None,
@@ -251,7 +264,10 @@ class CompletionBuilder:
         if self.tool_calls:
             for call, parts in zip(self.tool_calls, self._args, strict=True):
                 call["function"]["arguments"] = "".join(parts)
-            msg["tool_calls"] = self.tool_calls
+            msg["tool_calls"] = [
+                {"id": call["id"], "type": "custom", "custom": {
+                    "name": call["function"]["name"], "input": call["function"]["arguments"]}}
+                if i in self.custom_calls else call for i, call in enumerate(self.tool_calls)]
         return msg
 
     def completion(self, *, completion_id: str, created: int, model: str) -> dict[str, Any]:

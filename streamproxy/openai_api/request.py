@@ -30,6 +30,8 @@ class ChatRequest:
     fallback_models: list[str] = field(default_factory=list)
     retries: int | None = None
     stripped: bool = False  # `raw` still holds gateway fields that `body` no longer has
+    # Custom (freeform) tools, calls or an allowed_tools choice: OpenAI-type providers only.
+    custom_tools: bool = False
 
     @property
     def model(self) -> str | None:
@@ -57,7 +59,7 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
     # request's parsing.
     if raw.count(b"{") + raw.count(b"[") > limits.max_json_depth:
         _check_depth(body, limits.max_json_depth)
-    _validate(body, limits)
+    custom_tools = _validate(body, limits)
     stripped = not GATEWAY_FIELDS.isdisjoint(body)
     fallback = body.pop("fallback_models", None) or []
     retries = body.pop("retries", None)
@@ -82,6 +84,7 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
         fallback_models=fallback if max_fallbacks is None else fallback[:max_fallbacks],
         retries=retries,
         stripped=stripped,
+        custom_tools=custom_tools,
     )
 
 
@@ -139,7 +142,7 @@ _SCALARS: dict[str, tuple[Any, str]] = {
 }
 
 
-def _validate(body: dict[str, Any], limits: Limits) -> None:
+def _validate(body: dict[str, Any], limits: Limits) -> bool:
     # Only the fields a body has (a few of the 14) are looked at; when one is wrong, the one
     # named is still the first wrong in `_SCALARS`'s order.
     for name, value in body.items():
@@ -162,18 +165,22 @@ def _validate(body: dict[str, Any], limits: Limits) -> None:
     if len(messages) > limits.max_messages:
         raise InvalidRequest(f"'messages' has more than {limits.max_messages} entries.",
                              param="messages", code="array_above_max_length")
+    custom = False
     for i, m in enumerate(messages):
         # Most messages are a role and a string content, with nothing more to check (orjson's
         # values are of exact types).
         if not (type(m) is dict and len(m) == 2 and type(m.get("content")) is str
                 and type(m.get("role")) is str and m["role"] in _PLAIN_ROLES):
-            _validate_message(i, m)
+            custom = _validate_message(i, m) or custom
     tools = body.get("tools")
     if tools:
         if len(tools) > limits.max_tools:
             raise InvalidRequest(f"'tools' has more than {limits.max_tools} entries.",
                                  param="tools", code="array_above_max_length")
         for i, t in enumerate(tools):
+            if is_custom(t):
+                custom = True
+                continue
             fn = t.get("function") if isinstance(t, dict) else None
             if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
                 raise InvalidRequest(f"'tools[{i}].function.name' is required.",
@@ -184,14 +191,33 @@ def _validate(body: dict[str, Any], limits: Limits) -> None:
     if fmt is not None:
         _check_fields(fmt, "response_format", _FORMAT_FIELDS)
     tc = body.get("tool_choice")
-    if tc is not None and not (
-        tc in ("auto", "none", "required")
-        or (isinstance(tc, dict) and isinstance(tc.get("function"), dict)
-            and isinstance(tc["function"].get("name"), str))
-    ):
-        raise InvalidRequest("'tool_choice' must be 'auto', 'none', 'required' or "
-                             "{'type': 'function', 'function': {'name': ...}}.",
-                             param="tool_choice", code="invalid_value")
+    if tc is None or tc in ("auto", "none", "required"):
+        return custom
+    if isinstance(tc, dict) and isinstance(tc.get("function"), dict) and isinstance(
+            tc["function"].get("name"), str):
+        return custom
+    if is_custom(tc) or (isinstance(tc, dict) and tc.get("type") == "allowed_tools"
+                         and isinstance(tc.get("allowed_tools"), dict)):
+        return True
+    raise InvalidRequest("'tool_choice' must be 'auto', 'none', 'required', "
+                         "{'type': 'function', 'function': {'name': ...}}, a custom tool's or "
+                         "an allowed_tools choice.", param="tool_choice", code="invalid_value")
+
+
+def is_custom(entry: Any) -> bool:
+    """A custom (freeform-input) tool, tool call or named choice: `{"type": "custom",
+    "custom": {"name": ...}}`."""
+    return (isinstance(entry, dict) and entry.get("type") == "custom"
+            and isinstance(entry.get("custom"), dict)
+            and isinstance(entry["custom"].get("name"), str))
+
+
+def custom_tools_refused(provider: str) -> InvalidRequest:
+    """For a provider that translates the request, and knows function tools only: a clear 400
+    rather than a KeyError or a silent drop."""
+    return InvalidRequest(f"provider '{provider}' takes function tools only: custom tools and "
+                          "allowed_tools choices need an OpenAI-type provider.",
+                          param="tools", code="unsupported_value")
 
 
 def _check_scalars(body: dict[str, Any]) -> None:
@@ -202,7 +228,8 @@ def _check_scalars(body: dict[str, Any]) -> None:
             raise _type_error(name, expected)
 
 
-def _validate_message(i: int, m: Any) -> None:
+def _validate_message(i: int, m: Any) -> bool:
+    """Raise for what is wrong; True when it holds a custom tool call."""
     where = f"messages[{i}]"
     if not isinstance(m, dict):
         raise _type_error(where, "an object")
@@ -225,14 +252,20 @@ def _validate_message(i: int, m: Any) -> None:
     if m.get("thinking_blocks") is not None and not isinstance(m["thinking_blocks"], list):
         raise _type_error(f"{where}.thinking_blocks", "an array")
     calls = m.get("tool_calls")
-    if calls is not None:
-        if not isinstance(calls, list):
-            raise _type_error(f"{where}.tool_calls", "an array")
-        for j, c in enumerate(calls):
-            fn = c.get("function") if isinstance(c, dict) else None
-            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-                raise _type_error(f"{where}.tool_calls[{j}].function", "an object with a name")
-            _check_fields(c, f"{where}.tool_calls[{j}]", _CALL_FIELDS)
+    if calls is None:
+        return False
+    if not isinstance(calls, list):
+        raise _type_error(f"{where}.tool_calls", "an array")
+    custom = False
+    for j, c in enumerate(calls):
+        if is_custom(c):
+            custom = True
+            continue
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise _type_error(f"{where}.tool_calls[{j}].function", "an object with a name")
+        _check_fields(c, f"{where}.tool_calls[{j}]", _CALL_FIELDS)
+    return custom
 
 
 # The nested fields translators read, with the type they may rely on when present.

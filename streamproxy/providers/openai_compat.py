@@ -178,6 +178,7 @@ class OpenAIProvider(Provider):
     option_keys: ClassVar[frozenset[str]] = frozenset({"organization", "project"})
     target_options: ClassVar[dict[str, str]] = {"openai_organization": "organization"}
     passthrough = True
+    custom_tools = True  # the body goes as the client wrote it
     # Whether the upstream takes `stream_options.include_usage` (Mistral rejects it with a 422
     # and sends the counts anyway).
     asks_stream_usage: ClassVar[bool] = True

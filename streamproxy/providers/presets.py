@@ -271,6 +271,7 @@ class MistralProvider(CompatProvider):
 
     type_name: ClassVar[str] = "mistral"
     default_base_url: ClassVar[str | None] = "https://api.mistral.ai/v1"
+    custom_tools = False  # its tool_choice is rewritten from the function tools
     asks_stream_usage: ClassVar[bool] = False
     finish_reasons: ClassVar[dict[str, str]] = {"model_length": "length"}
     failed_finishes: ClassVar[dict[str, int]] = {"error": 502}

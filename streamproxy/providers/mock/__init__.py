@@ -68,6 +68,10 @@ class MockProvider(Provider):
     def passthrough(self) -> bool:
         return self._wire.passthrough
 
+    @property  # type: ignore[override]
+    def custom_tools(self) -> bool:
+        return self._wire.passthrough
+
 
 def _fields(cfg: ProviderConfig) -> dict[str, Any]:
     return {name: getattr(cfg, name) for name in cfg.__dataclass_fields__}

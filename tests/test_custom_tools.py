@@ -1,0 +1,120 @@
+"""OpenAI's custom (freeform-input) tools and allowed_tools choices: forwarded as written to
+OpenAI-type providers, refused with a clear 400 by the providers that translate the request,
+and captured in their own shape from a streamed answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from streamproxy.cache.entry import streams_whole
+from streamproxy.openai_api.completion import CompletionBuilder
+from tests.conftest import provider_config
+from tests.helpers import fixture_bytes, make_config, openai_sdk
+from tests.test_storage import stored, stream_text
+
+CUSTOM_TOOL = {"type": "custom", "custom": {"name": "run_sql", "description": "SQL to run"}}
+FUNCTION_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {}}}}
+ALLOWED = {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [
+    {"type": "custom", "name": "run_sql"}]}}
+CUSTOM_CALL = {"id": "call_1", "type": "custom",
+               "custom": {"name": "run_sql", "input": "SELECT 1"}}
+HISTORY = [{"role": "user", "content": "count"},
+           {"role": "assistant", "content": None, "tool_calls": [CUSTOM_CALL]},
+           {"role": "tool", "tool_call_id": "call_1", "content": "1"}]
+
+
+@pytest.mark.parametrize("extra", [
+    {"tools": [CUSTOM_TOOL, FUNCTION_TOOL], "tool_choice": ALLOWED},
+    {"tools": [CUSTOM_TOOL], "tool_choice": {"type": "custom", "custom": {"name": "run_sql"}}},
+    {"tools": [CUSTOM_TOOL], "messages": HISTORY},
+])
+async def test_an_openai_type_provider_gets_them_as_written(proxy: Any, upstream: Any,
+                                                            extra: dict[str, Any]) -> None:
+    upstream.body = fixture_bytes("openai/pydantic-ai_run_stream_sync.response0.sse")
+    client = await proxy(provider_config("openai", upstream.url))
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}],
+            **extra}
+    resp = await client.post("/v1/chat/completions", json=body)
+    assert resp.status == 200
+    [sent] = upstream.requests
+    assert {k: sent.json()[k] for k in extra} == extra
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "gemini", "cohere", "ollama", "mistral"])
+@pytest.mark.parametrize("extra", [
+    {"tools": [CUSTOM_TOOL]},
+    {"tools": [FUNCTION_TOOL], "tool_choice": ALLOWED},
+    {"tools": [FUNCTION_TOOL], "messages": HISTORY},
+])
+async def test_a_translating_provider_refuses_them_with_a_400(
+        proxy: Any, upstream: Any, kind: str, extra: dict[str, Any]) -> None:
+    client = await proxy(provider_config(kind, upstream.url))
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
+    resp = await client.post("/v1/chat/completions", json=body)
+    assert resp.status == 400
+    err = (await resp.json())["error"]
+    assert (err["code"], err["param"]) == ("unsupported_value", "tools")
+    assert "provider 'up'" in err["message"] and "custom tools" in err["message"]
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"tools": [{"type": "custom", "custom": {}}]}, "tools[0].function.name"),
+    ({"tool_choice": {"type": "allowed_tools"}}, "tool_choice"),
+    ({"tool_choice": {"type": "custom", "custom": {"name": 5}}}, "tool_choice"),
+])
+async def test_malformed_custom_forms_are_still_400(default_proxy: Any, extra: dict[str, Any],
+                                                     param: str) -> None:
+    client = await default_proxy()
+    resp = await client.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "hi"}], **extra})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == param
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    return b"data: " + orjson.dumps({
+        "id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": "gpt",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + b"\n\n"
+
+
+CUSTOM_STREAM = b"".join([
+    _chunk({"role": "assistant", "content": None}),
+    _chunk({"tool_calls": [{"index": 0, "id": "call_9", "type": "custom",
+                            "custom": {"name": "run_sql", "input": "SELECT "}}]}),
+    _chunk({"tool_calls": [{"index": 0, "custom": {"input": "1"}}]}),
+    _chunk({}, "tool_calls"), b"data: [DONE]\n\n"])
+
+
+def test_a_captured_custom_call_keeps_its_shape_and_is_not_replayable() -> None:
+    builder = CompletionBuilder()
+    for event in CUSTOM_STREAM.split(b"\n\n")[:-2]:
+        builder.raw_chunk(event[len(b"data: "):])
+    assert builder.message()["tool_calls"] == [
+        {"id": "call_9", "type": "custom", "custom": {"name": "run_sql", "input": "SELECT 1"}}]
+    assert not builder.replayable  # a replay would turn it into a function call
+
+
+def test_a_non_streamed_answer_with_a_custom_call_is_not_replayed_as_a_stream() -> None:
+    completion = {"choices": [{"message": {"role": "assistant", "tool_calls": [CUSTOM_CALL]}}]}
+    assert not streams_whole({"completion": completion})
+    completion["choices"][0]["message"]["tool_calls"] = [{"type": "function", "function": {}}]
+    assert streams_whole({"completion": completion})
+
+
+async def test_a_streamed_custom_call_is_stored_as_one(proxy: Any, upstream: Any,
+                                                       tmp_path: Path) -> None:
+    upstream.body = CUSTOM_STREAM
+    cfg = make_config({"oa": {"type": "openai", "base_url": upstream.url, "api_key": "sk-x",
+                              "default_model": "gpt"}}, default="oa",
+                      storage={"path": str(tmp_path / "s.sqlite3")})
+    api = openai_sdk(await proxy(cfg), "sk-client")
+    cid, _ = await stream_text(api, model="gpt", messages=[{"role": "user", "content": "count"}],
+                               tools=[CUSTOM_TOOL], store=True)
+    [call] = (await stored(api, cid)).choices[0].message.tool_calls
+    assert (call.type, call.custom.name, call.custom.input) == ("custom", "run_sql", "SELECT 1")
