@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from streamproxy.errors import RateLimited
+from streamproxy.server.errors import error_headers
 from tests.conftest import provider_config
 from tests.helpers import collect, make_config, sse_chunks
 
@@ -219,3 +221,11 @@ async def test_an_upstream_redirect_is_an_error_naming_it(proxy: Any, upstream: 
     assert "307" in err["message"] and "https://api.example.com" in err["message"]
     assert "token" not in err["message"]
     assert len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize(("wait", "seconds", "ms"), [(0.25, "1", "250"), (1.4, "2", "1400"),
+                                                     (3, "3", "3000")])
+def test_retry_after_is_never_early_and_keeps_milliseconds(wait: float, seconds: str,
+                                                           ms: str) -> None:
+    headers = error_headers(RateLimited("slow down", retry_after=wait), {})
+    assert (headers["retry-after"], headers["retry-after-ms"]) == (seconds, ms)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
@@ -34,7 +35,10 @@ def error_headers(err: ProxyError, request_headers: Mapping[str, str]) -> dict[s
         headers.update(trace_headers(request_headers[TRACE_HEADER]))
     retry_after = getattr(err, "retry_after", None)
     if retry_after is not None:
-        headers["retry-after"] = str(max(1, round(retry_after)))
+        # Whole seconds, never early (HTTP); the SDKs read OpenAI's `retry-after-ms` first,
+        # which keeps an upstream's sub-second wait as it was.
+        headers["retry-after"] = str(max(1, math.ceil(retry_after)))
+        headers["retry-after-ms"] = str(max(0, round(retry_after * 1000)))
     return headers
 
 
