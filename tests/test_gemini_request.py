@@ -261,6 +261,11 @@ def test_default_urls() -> None:
             f"https://aiplatform.{region}.rep.googleapis.com/v1/projects/proj/locations/{region}/")
 
 
+def test_a_project_number_written_unquoted_is_the_project() -> None:
+    vertex = provider("vertex", project=123456789012, location="us-central1")  # YAML: an int
+    assert "/projects/123456789012/locations/us-central1/" in vertex.model_url("m")
+
+
 @pytest.mark.parametrize("model", ["../files", "models/../x", "a b", "m:generateContent?x=1",
                                    "/abs"])
 def test_model_names_cannot_leave_the_model_path(model: str) -> None:

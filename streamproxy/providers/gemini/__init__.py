@@ -113,6 +113,9 @@ class VertexProvider(GeminiProvider):
     @classmethod
     def check_options(cls, options: dict[str, Any], source: str, where: str) -> None:
         super().check_options(options, source, where)
+        project = options.get("project")
+        if type(project) is int:  # a project number, as YAML reads it unquoted (the API takes it)
+            options["project"] = str(project)
         for key in ("project", "location"):
             value = options.get(key)
             if not (isinstance(value, str) and _SEGMENT.fullmatch(value)):
