@@ -15,6 +15,7 @@ import pytest
 
 from streamproxy.config import ConfigError
 from streamproxy.errors import ProxyError
+from streamproxy.openai_api.completion import CompletionBuilder
 from streamproxy.providers.mock.server import mock_text
 from streamproxy.storage.base import ListQuery, StoredCompletion
 from streamproxy.storage.config import parse_storage_config
@@ -378,3 +379,15 @@ async def test_a_streamed_answers_logprobs_are_stored(proxy: Any, upstream: Any,
     assert got.choices[0].message.content == text == "Hi!"
     assert [t.token for t in got.choices[0].logprobs.content] == ["Hi", "!"]
     assert got.choices[0].logprobs.refusal is None
+
+
+def test_a_captured_pass_through_answer_keeps_the_upstreams_fingerprint_and_tier() -> None:
+    builder = CompletionBuilder()
+    for chunk in ({"id": "c", "system_fingerprint": "fp_1", "service_tier": "default",
+                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}]},
+                  {"id": "c", "system_fingerprint": "fp_1", "service_tier": "default",
+                   "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}):
+        builder.raw_chunk(orjson.dumps(chunk))
+    got = builder.completion(completion_id="chatcmpl-x", created=1, model="m")
+    assert (got["system_fingerprint"], got["service_tier"]) == ("fp_1", "default")
+    assert got["choices"][0]["message"]["content"] == "Hi"

@@ -47,6 +47,7 @@ class CompletionBuilder:
         # them: `{"content": [...], "refusal": [...]}`; None when no chunk carried any.
         self.logprobs: dict[str, Any] | None = None
         self.custom_calls: set[int] = set()  # indices of custom (freeform) tool calls
+        self.upstream_fields: dict[str, str] = {}  # a pass-through's system_fingerprint, ...
         self._runs: list[list[Any]] = []  # closed runs; the open one is the three below
         self._kind: str | None = None
         self._index = 0
@@ -181,6 +182,9 @@ class CompletionBuilder:
                 self.created = chunk["created"]
         if isinstance(chunk.get("model"), str) and chunk["model"]:
             self.model = chunk["model"]
+        for key in ("system_fingerprint", "service_tier"):  # the upstream's, kept as sent
+            if isinstance(chunk.get(key), str):
+                self.upstream_fields[key] = chunk[key]
         if isinstance(chunk.get("usage"), dict) and chunk["usage"]:
             self.usage_data = chunk["usage"]
         choices = chunk.get("choices")
@@ -286,6 +290,7 @@ class CompletionBuilder:
         }
         if self.usage_data is not None:
             out["usage"] = self.usage_data
+        out.update(self.upstream_fields)
         return out
 
 
