@@ -5,6 +5,7 @@ OpenAI error frame, and a request that has not started streaming gets a 503."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from streamproxy.server.app import STATE, create_app
+from streamproxy.server.front import FRONT_ENV, make_runner
 from streamproxy.server.workers import drain_and_stop
 from tests.helpers import collect, make_config, sse_chunks
 
@@ -44,9 +46,16 @@ def _free_port() -> int:
 @pytest.fixture
 async def running() -> AsyncIterator[Running]:
     """The proxy on a real socket (the embedded mock in-process), as a worker runs it."""
-    config = make_config({"mock": {"type": "mock", "default_model": "fast"}}, default="mock")
+    async with serving(web.AppRunner) as started:
+        yield started
+
+
+@contextlib.asynccontextmanager
+async def serving(make: Any, **server: Any) -> AsyncIterator[Running]:
+    config = make_config({"mock": {"type": "mock", "default_model": "fast"}}, default="mock",
+                         server=server)
     app = create_app(config)
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=2.0)
+    runner = make(app, handler_cancellation=True, shutdown_timeout=2.0)
     await runner.setup()
     port = _free_port()
     site = web.TCPSite(runner, "127.0.0.1", port)
@@ -130,4 +139,23 @@ async def test_a_request_not_yet_streaming_when_the_grace_ends_gets_a_503(
         resp = await pending
         assert resp.status == 503
         assert (await resp.json())["error"]["code"] == "shutting_down"
+    assert took < 3.0
+
+
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
+async def test_a_stream_kept_alive_while_its_first_event_is_late_ends_with_an_error_frame(
+        monkeypatch: pytest.MonkeyPatch, front: str) -> None:
+    """The keep-alive comments committed a 200: when the grace ends before the first event,
+    the stream ends as a running one does (one error frame, the body's end), not cut."""
+    monkeypatch.setenv(FRONT_ENV, front)
+    async with (asyncio.timeout(TEST_TIMEOUT), serving(make_runner, keepalive_interval=0.05)
+                as server, aiohttp.ClientSession() as session, session.post(
+                    server.url + "/v1/chat/completions",
+                    json=chat("mock/fast:stall_ms=5000")) as resp):
+        assert resp.status == 200
+        first = await resp.content.readany()
+        assert first.startswith(b": keep-alive")
+        took, rest = await asyncio.gather(server.drain(grace=0.2), resp.read())
+    c = collect(sse_chunks(first + rest))
+    assert c.error is not None and c.error["code"] == "shutting_down" and not c.done
     assert took < 3.0

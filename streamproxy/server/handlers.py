@@ -200,24 +200,37 @@ async def _open_with_keepalives(ex: Exchange, state: AppState, req: ChatRequest,
     opening = asyncio.ensure_future(state.executor.open_stream(req, plan, record))
     client: EventWriter | None = None
     try:
-        while not (await asyncio.wait({opening}, timeout=interval))[0]:
-            if client is None:
-                client = await ex.start_events({**SSE_HEADERS, **_response_headers(record, None)})
-            await client.write(b": keep-alive\n\n")
         try:
+            while not (await asyncio.wait({opening}, timeout=interval))[0]:
+                if client is None:
+                    client = await ex.start_events({**SSE_HEADERS,
+                                                    **_response_headers(record, None)})
+                await client.write(b": keep-alive\n\n")
             stream = opening.result()
         except ProxyError as e:
             if client is None:
                 raise
-            await client.write(error_frame(e))
-            await client.write_eof()
-            record.error_type, record.error_code = e.error_type, e.code
+            await _end_with_error(client, record, e)
+            return None, client
+        except asyncio.CancelledError:
+            # The shutdown grace ran out while the first event was late: once the comments
+            # have committed a 200, the answer is an error frame, as for a running stream.
+            if client is None or not state.drain.owns():
+                raise
+            await _end_with_error(client, record, shutdown_error())
             return None, client
         stream.deadline.rebind()
         return stream, client
     finally:
         if not opening.done():
-            opening.cancel()  # the client went away while we waited
+            opening.cancel()  # the client went away (or the worker stops) while we waited
+
+
+async def _end_with_error(client: EventWriter, record: RequestRecord, err: ProxyError) -> None:
+    """A committed stream that never opened: one error frame, and the body's end."""
+    record.error_type, record.error_code = err.error_type, err.code
+    await client.write(error_frame(err))
+    await client.write_eof()
 
 
 async def _refuse_while_draining(ex: Exchange, record: RequestRecord) -> None:
