@@ -194,6 +194,38 @@ async def test_malformed_upstream_stream_ends_with_an_openai_error(
     await asyncio.wait_for(upstream.closed.wait(), 10)  # the upstream connection was let go
 
 
+@pytest.mark.parametrize("status", [500, 200])
+async def test_an_upstream_body_is_held_to_the_event_cap(proxy: Any, aiohttp_server: Any,
+                                                        status: int) -> None:
+    """An error body, or a non-streamed answer, that goes on past `max_event_bytes` is not
+    buffered whole: the error is read up to the cap (its status is kept), the answer refused."""
+    closed = asyncio.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(status=status, headers={"content-type": "application/json"})
+        await resp.prepare(request)
+        try:
+            await resp.write(b'{"error": {"message": "' + b"x" * (4 * CAP))
+            await asyncio.sleep(3600)  # and more would come
+        finally:
+            closed.set()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", endless)
+    server = await aiohttp_server(app)
+    client = await proxy(wire_config(WIRES["anthropic"], str(server.make_url("")).rstrip("/")))
+    resp = await client.post("/v1/chat/completions",
+                             json={"model": "m", "stream": status != 200, "messages": USER})
+    err = (await resp.json())["error"]
+    if status == 200:
+        assert resp.status == 502 and err["code"] == "upstream_protocol_error", err
+    else:
+        assert resp.status == 500, err  # the upstream's, not a timeout
+    await asyncio.wait_for(closed.wait(), 5)
+
+
 # -- pure: every translator, arbitrary events ----------------------------------------------
 
 VOCAB = ["type", "index", "delta", "text", "content_block", "message", "usage", "choices",

@@ -18,7 +18,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from streamproxy.errors import ProxyError, UpstreamStatusError
+from streamproxy.errors import BufferOverflow, ProxyError, UpstreamStatusError
 from streamproxy.ids import time_ordered_hex
 from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
 from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
@@ -74,7 +74,7 @@ class Executor:
                                       provider=provider.name)
         if resp.status >= 300:
             try:
-                body = await resp.read()
+                body = await _read_body(resp, provider.max_event_bytes, cut=True)
             finally:
                 resp.close()
             if resp.status < 400:
@@ -180,7 +180,7 @@ class Executor:
         resp: aiohttp.ClientResponse | None = None
         try:
             resp = await self._send(req, target)
-            body = await resp.read()
+            body = await _read_body(resp, provider.max_event_bytes)
         except BaseException as e:
             raise _failure(e, deadline, resp, provider.name) from None
         deadline.cancel()
@@ -256,6 +256,23 @@ def _redirect_error(resp: aiohttp.ClientResponse, provider: str) -> UpstreamStat
         502, f"provider '{provider}' answered HTTP {resp.status}, a redirect{where}, which is "
         "not followed: check the provider's base_url", provider=provider,
         code="upstream_redirect")
+
+
+async def _read_body(resp: aiohttp.ClientResponse, limit: int, *, cut: bool = False) -> bytes:
+    """A whole upstream body, held to `server.max_event_bytes` as a stream's events are: an
+    answer over it is refused (BufferOverflow), an error body (`cut`) is cut there — only its
+    status and message are read."""
+    parts: list[bytes] = []
+    size = 0
+    while data := await resp.content.readany():
+        size += len(data)
+        if size > limit:
+            if not cut:
+                raise BufferOverflow(f"the provider's answer exceeded {limit} bytes")
+            parts.append(data[:len(data) - (size - limit)])
+            break
+        parts.append(data)
+    return b"".join(parts)
 
 
 def _masked(message: str, key: str) -> str:
