@@ -28,6 +28,7 @@ class RequestRecord:
     status: int = 200
     started: float = field(default_factory=time.monotonic)
     first_byte: float | None = None  # monotonic time the first byte went to the client
+    kept_alive: bool = False  # a 200 and keep-alive comments went out before the answer
     finished: float | None = None
     attempts: int = 0  # upstream requests sent, retries and fallbacks included
     target_index: int | None = None  # which planned attempt served the answer

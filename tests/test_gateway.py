@@ -3,11 +3,14 @@ commit point, retries, breakers, headers, and the portkey-ai / openai SDKs as cl
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import socket
 import time
 from typing import Any
 
+import orjson
 import pytest
 
 from streamproxy.providers.mock.server import mock_text
@@ -386,6 +389,24 @@ def keepalive_config() -> Any:
     return make_config({"mock": {"type": "mock", "default_model": "fast",
                                  "timeouts": {"first_token": 1.0}}},
                        default="mock", server={"keepalive_interval": 0.1})
+
+
+async def test_a_client_gone_after_keepalives_is_logged_as_the_200_it_got(
+        proxy: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="streamproxy.access")
+    client = await proxy(keepalive_config())
+    resp = await post(client, model="mock/fast:tokens=3,stall_ms=800")
+    assert resp.status == 200
+    assert await resp.content.readuntil(b"\n\n") == b": keep-alive\n\n"
+    resp.close()  # gone while the first token is late, after the 200 went out
+    for _ in range(200):
+        lines = [orjson.loads(r.getMessage()) for r in caplog.records
+                 if r.name == "streamproxy.access"]
+        if lines:
+            break
+        await asyncio.sleep(0.01)
+    [line] = lines
+    assert (line["status"], line["client_disconnected"]) == (200, True)
 
 
 async def test_keepalives_while_the_first_token_is_late(proxy: Any) -> None:

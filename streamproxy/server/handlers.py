@@ -138,7 +138,8 @@ def _note_refused_body(ex: Exchange, raw: bytes, record: RequestRecord) -> None:
 
 def _client_left(record: RequestRecord) -> None:
     record.client_disconnected = True
-    if record.first_byte is None:  # nothing was sent: not a 200 (nginx's "client closed")
+    if record.first_byte is None and not record.kept_alive:  # nothing was sent: not a 200
+        # (nginx's "client closed")
         record.status = CLIENT_CLOSED
 
 
@@ -205,6 +206,7 @@ async def _open_with_keepalives(ex: Exchange, state: AppState, req: ChatRequest,
                 if client is None:
                     client = await ex.start_events({**SSE_HEADERS,
                                                     **_response_headers(record, None)})
+                    record.kept_alive = True
                 await client.write(b": keep-alive\n\n")
             stream = opening.result()
         except ProxyError as e:
