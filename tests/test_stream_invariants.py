@@ -403,7 +403,9 @@ def openai_stream(a: Answer, draw: st.DrawFn) -> list[bytes]:
         if kind == "text":
             events += [ev({"content": t}) for t in part]
         elif kind == "think":
-            events += [ev({"reasoning_content": t}) for t in part[0]]
+            both = draw(st.booleans())  # vllm-mlx sends the text under both names
+            events += [ev({"reasoning_content": t, **({"reasoning": t} if both else {})})
+                       for t in part[0]]
         else:
             events.append(ev({"tool_calls": [{"index": tool, "id": part.id, "type": "function",
                                               "function": {"name": part.name,
@@ -611,3 +613,10 @@ def test_a_stream_cut_anywhere_is_the_whole_answer_or_a_prefix_and_an_error(
         head, _, _ = out.rpartition(b"data: {\"error\"")
         assert whole.startswith(head) and b"[DONE]" not in out
 
+
+def test_a_pass_through_delta_with_both_reasoning_names_is_captured_once() -> None:
+    builder = CompletionBuilder()
+    builder.raw_chunk(b'{"choices":[{"index":0,"delta":{"reasoning_content":"hm",'
+                      b'"reasoning":"hm"}}]}')
+    builder.raw_chunk(b'{"choices":[{"index":0,"delta":{"reasoning":"!"}}]}')
+    assert builder.message()["reasoning_content"] == "hm!"

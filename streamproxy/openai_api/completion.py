@@ -219,10 +219,13 @@ class CompletionBuilder:
                               and p.get("type") == "text" and isinstance(p.get("text"), str))
         if isinstance(content, str) and content:
             self.content(content)
-        for key in ("reasoning_content", "reasoning"):  # (DeepSeek's; OpenRouter's, Groq's)
-            reasoning = delta.get(key)
-            if isinstance(reasoning, str) and reasoning:
-                self.reasoning(reasoning)
+        # DeepSeek's name, else OpenRouter's, Groq's and vLLM's; a server that sends both
+        # (vllm-mlx, vLLM while it renamed the field) sends the same text twice.
+        reasoning = delta.get("reasoning_content")
+        if not isinstance(reasoning, str) or not reasoning:
+            reasoning = delta.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            self.reasoning(reasoning)
         refusal = delta.get("refusal")
         if isinstance(refusal, str) and refusal:
             self.refusal_parts.append(refusal)
