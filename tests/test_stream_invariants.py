@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streamproxy.cache import entry as cache_entry
 from streamproxy.errors import ProxyError
 from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
 from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
@@ -569,6 +570,12 @@ def check(provider: str, a: Answer, body: bytes, cuts_: list[int]) -> None:
         assert msg["finish_reason"] == c.finish_reason
         assert msg["message"].get("thinking_blocks", []) == c.thinking_blocks
         assert builder.usage_data == c.usage
+    if c.error is None and provider != "openai":  # a cache hit replays the same chunks
+        entry = orjson.loads(orjson.dumps(cache_entry.from_builder(builder)))
+        replayed = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m",
+                                include_usage=True)
+        cache_entry.replay(entry, replayed)
+        assert replayed.take() == whole
 
 
 # Fixed examples by default (bounded, reproducible); STREAMPROXY_FUZZ_EXAMPLES=5000 explores.
