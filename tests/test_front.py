@@ -172,6 +172,25 @@ async def test_what_the_front_does_not_serve_aiohttp_answers(lean: Any,
     writer.close()
 
 
+@pytest.mark.parametrize("digits", [b"0" * 4990 + b"%d" % len(BODY), b"9" * 5000],
+                         ids=["zero-padded", "huge"])
+async def test_a_content_length_of_thousands_of_digits_is_answered(lean: Any,
+                                                                    digits: bytes) -> None:
+    """int() refuses over 4,300 digits: such a head goes to aiohttp, which answers it, where
+    the front's ValueError dropped the connection unanswered."""
+    reader, writer = await connect(lean)
+    writer.write(chat_request().replace(b"Content-Length: %d" % len(BODY),
+                                        b"Content-Length: " + digits))
+    if digits.startswith(b"0"):
+        status, headers, _ = await read_response(reader)
+        assert status == 200 and "aiohttp" in headers.get("server", "")
+    else:
+        head = await asyncio.wait_for(reader.read(), 10)
+        assert head.startswith(b"HTTP/1.") and b" 400 " in head.split(b"\r\n", 1)[0]
+    assert lean.served == []
+    writer.close()
+
+
 @pytest.mark.parametrize("encoding, encode", [("gzip", gzip.compress),
                                                ("deflate", zlib.compress)])
 @pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])

@@ -59,6 +59,10 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110
 # aiohttp's to handle (Content-Encoding: it decodes, and caps the decoded size at max_body_bytes)
 _REFUSED = frozenset({b"transfer-encoding", b"content-encoding", b"expect", b"upgrade"})
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+# Longer Content-Length values are aiohttp's: int() refuses over 4,300 digits (a ValueError in
+# data_received would drop the connection unanswered), and none this long fits the body limit
+# but a zero-padded one.
+_MAX_LENGTH_DIGITS = 18
 
 
 FRONT_ENV = "STREAMPROXY_FRONT"
@@ -144,7 +148,8 @@ class Front:
                 or "Expect" in headers or "Upgrade" in headers):
             return None  # (_REFUSED)
         lengths = headers.getall("Content-Length", ())
-        if len(lengths) != 1 or not lengths[0].isdigit():  # (plain fields are ASCII)
+        if (len(lengths) != 1 or not lengths[0].isdigit()  # (plain fields are ASCII)
+                or len(lengths[0]) > _MAX_LENGTH_DIGITS):
             return None
         length = int(lengths[0])
         if length > self.max_body:
@@ -177,7 +182,8 @@ class Front:
                 return None
             lower = name.lower()
             if lower == b"content-length":
-                if length >= 0 or not text.isdigit() or not text.isascii():
+                if (length >= 0 or not text.isdigit() or not text.isascii()
+                        or len(text) > _MAX_LENGTH_DIGITS):
                     return None
                 length = int(text)
             elif lower == b"connection":
