@@ -162,6 +162,7 @@ def test_parser_truncation_is_typed() -> None:
     b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: 0x10\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
     b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
 ])
 def test_parser_malformed_head(raw: bytes) -> None:

@@ -312,7 +312,8 @@ def parse_head(head: bytes, *, head_request: bool = False) -> ResponseHead:
             raise MalformedResponse("conflicting Content-Length headers")
         if lengths:
             value = lengths.pop()
-            if not value.isdigit() or not value.isascii():
+            # (int() refuses over 4,300 digits: a ValueError here would escape data_received)
+            if not value.isdigit() or not value.isascii() or len(value) > 18:
                 raise MalformedResponse("invalid Content-Length")
             length = int(value)
     encoding = framing.get("content-encoding", [""])[0].strip().lower()
