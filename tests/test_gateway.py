@@ -248,6 +248,19 @@ async def test_invalid_config_header_is_a_400_naming_the_field(proxy: Any) -> No
         assert resp.status == 400
 
 
+@pytest.mark.parametrize("api_key", ["sk-a\r\nX-Injected: 1", "sk-a\u0000b", "sk-\u007f"])
+async def test_a_config_api_key_with_a_control_character_is_a_400(proxy: Any,
+                                                                   api_key: str) -> None:
+    """A config's api_key goes into an upstream header: CR/LF was a 500 (both upstream
+    clients refuse to write it), NUL went upstream as it was."""
+    client = await proxy(gateway_config())
+    resp = await post(client, json.dumps({"provider": "down", "api_key": api_key}))
+    assert resp.status == 400
+    err = (await resp.json())["error"]
+    assert err["param"] == "config.api_key" and err["code"] == "invalid_config"
+    assert api_key not in err["message"]
+
+
 async def test_custom_host_only_for_allowed_hosts(proxy: Any, upstream: Any) -> None:
     upstream.body = (await _anthropic_body())
     host = upstream.url.split("://")[1]

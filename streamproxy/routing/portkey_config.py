@@ -29,6 +29,9 @@ _NODE_KEYS = {"strategy", "targets", "name", "weight", "provider", "api_key", "v
               "custom_host", "retry", "cache", "cb_config", *PROVIDER_OPTION_KEYS}
 # An organization id or a region: it lands in a header or a host name.
 _OPTION_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+# A control character in a key that goes into a header: CR/LF would split it (both upstream
+# clients refuse to write one: a 500), NUL would go on as it is (RFC 9110 5.5 forbids it).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Portkey fields we accept and ignore (they configure Portkey's hosted features).
 _IGNORED_KEYS = {"id", "strict_open_ai_compliance"}
 # Guardrails and mutators: refused unless empty, since serving a request without the checks
@@ -218,6 +221,8 @@ def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode
         value = _string(raw, key, path)
         if value is not None:
             changes[key] = value
+    if _CONTROL.search(changes.get("api_key", "")):
+        raise _bad(f"{path}.api_key", "must not contain control characters")
     if "virtual_key" in raw and "provider" not in raw:
         changes["provider"] = None  # the virtual key names its own provider
     options = {key: raw[key] for key in PROVIDER_OPTION_KEYS if key in raw}
