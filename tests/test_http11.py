@@ -26,6 +26,7 @@ from streamproxy.errors import (
     UpstreamUnreachable,
 )
 from streamproxy.server.app import STATE
+from streamproxy.upstream import http11
 from streamproxy.upstream.client import CLIENT_ENV, UpstreamClient, map_client_error
 from streamproxy.upstream.http11 import (
     PAUSE_AT,
@@ -133,6 +134,16 @@ def test_parser_decodes_gzip_and_refuses_unknown_encodings() -> None:
         ResponseParser().feed(b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\n\r\n")
     with pytest.raises(MalformedResponse):
         ResponseParser().feed(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\nnot gzip")
+
+
+def test_a_compressed_body_inflating_past_the_read_cap_is_refused(monkeypatch: Any) -> None:
+    """A decompression bomb: 16 MiB from 16 KiB was inflated whole in one call."""
+    monkeypatch.setattr(http11, "MAX_INFLATED_READ", 1 << 20)
+    packed = gzip.compress(b"\0" * (16 << 20))
+    parser = ResponseParser()
+    with pytest.raises(MalformedResponse, match="inflating over 1048576 bytes"):
+        parser.feed(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(packed), packed))
 
 
 def test_parser_truncation_is_typed() -> None:

@@ -40,6 +40,9 @@ MAX_HEAD_BYTES = 64 * 1024  # status line + headers of one response
 MAX_HEADERS = 256
 MAX_CHUNK_LINE = 4096  # a chunk-size line with its extensions
 PAUSE_AT = 64 * 1024  # unread body bytes beyond which the socket stops being read
+# What one read of a compressed body may inflate to (a read is at most a few hundred KiB: a
+# ratio of 64 or more): beyond it a decompression bomb, refused before it takes the memory.
+MAX_INFLATED_READ = 16 * 1024 * 1024
 KEEPALIVE_TIMEOUT = 30.0  # like aiohttp's connector
 MAX_IDLE_PER_HOST = 1024
 # A body released before its framing ended (the last event was read, the chunked terminator
@@ -371,11 +374,19 @@ class ResponseParser:
         else:
             body = self._feed_length(data)
         if self._inflate is not None and body:
-            try:
-                return self._inflate.decompress(body)
-            except zlib.error:
-                raise MalformedResponse("invalid compressed body") from None
+            return self._decompress(self._inflate, body)
         return body
+
+    @staticmethod
+    def _decompress(inflate: zlib._Decompress, body: bytes) -> bytes:
+        try:
+            data = inflate.decompress(body, MAX_INFLATED_READ)
+        except zlib.error:
+            raise MalformedResponse("invalid compressed body") from None
+        if inflate.unconsumed_tail:
+            raise MalformedResponse(f"compressed body inflating over {MAX_INFLATED_READ} "
+                                    "bytes in one read")
+        return data
 
     def _feed_length(self, data: bytes) -> bytes:
         """A Content-Length body, or one read until the connection closes."""
