@@ -39,6 +39,7 @@ from streamproxy.upstream.http11 import (
     MalformedResponse,
     ResponseParser,
     _fields_exactly,
+    _split_url,
     parse_head,
     plain_fields,
 )
@@ -429,6 +430,19 @@ async def test_content_length_and_request_shape(server: tuple[Upstream, str]) ->
     assert body == b'{"a":1}' and headers["X-Key"] == "v"
     assert headers["Accept-Encoding"] == "identity" and headers["Content-Length"] == "7"
     assert headers["Host"] == base.removeprefix("http://")
+
+
+@pytest.mark.parametrize(("url", "target"), [
+    ("http://h/v1/chat/completions", "/v1/chat/completions"),
+    ("http://h/a b HTTP/1.0\x00\x0bx/é?q=a b&c=%41",
+     "/a%20b%20HTTP/1.0%00%0Bx/%C3%A9?q=a%20b&c=%41"),
+    ("http://h/v1/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+     "/v1/models/gemini-2.5-flash:streamGenerateContent?alt=sse"),
+    ("http://h/model/a%2Fb%3Av1/converse-stream?x=%20", "/model/a%2Fb%3Av1/converse-stream?x=%20"),
+])
+def test_the_request_target_has_no_space_or_control_character(url: str, target: str) -> None:
+    """A custom_host path went into the request line as it was: `POST /a b HTTP/1.0…`."""
+    assert _split_url(url).target == target
 
 
 async def test_large_request_body(server: tuple[Upstream, str]) -> None:

@@ -30,7 +30,7 @@ import ssl
 import zlib
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -903,6 +903,9 @@ _DROPPED = frozenset({"host", "content-length", "connection", "transfer-encoding
                       "proxy-authorization"})
 
 
+_TARGET_SAFE = "/?#[]@!$&'()*+,;=:%~"  # with letters, digits and "_.-": kept as they are
+
+
 def _split_url(url: str, egress: EgressProxies = NO_PROXIES) -> _Url:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -914,6 +917,9 @@ def _split_url(url: str, egress: EgressProxies = NO_PROXIES) -> _Url:
     shown = f"[{host}]" if ":" in host else host
     host_header = shown if port == default else f"{shown}:{port}"
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    # RFC 9112 3.2: no space or control character in the target (a custom_host path may hold
+    # any), percent-encoded as aiohttp's client does; escapes already there are kept.
+    target = quote(target, safe=_TARGET_SAFE)
     proxy = egress.route(scheme, host, port)
     if proxy is None:
         return _Url((scheme, host, port), target, host_header)
