@@ -223,6 +223,20 @@ async def test_an_upstream_redirect_is_an_error_naming_it(proxy: Any, upstream: 
     assert len(upstream.requests) == 1
 
 
+@pytest.mark.parametrize("location", ["http://a:99999/", "http://[bad", "//x"])
+async def test_a_redirect_to_a_malformed_location_is_still_an_upstream_redirect(
+        proxy: Any, upstream: Any, location: str) -> None:
+    """yarl refuses these: a 500 internal_error, which no fallback acts on."""
+    upstream.status = 302
+    upstream.content_type = "application/json"
+    upstream.extra_headers = {"location": location}
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True})
+    assert resp.status == 502
+    err = assert_openai_error(await resp.json())
+    assert err["code"] == "upstream_redirect" and "a redirect, which" in err["message"]
+
+
 @pytest.mark.parametrize(("wait", "seconds", "ms"), [(0.25, "1", "250"), (1.4, "2", "1400"),
                                                      (3, "3", "3000")])
 def test_retry_after_is_never_early_and_keeps_milliseconds(wait: float, seconds: str,

@@ -250,8 +250,11 @@ def _redirect_error(resp: aiohttp.ClientResponse, provider: str) -> UpstreamStat
     key), so one means the base URL is off (`http://` for `https://`, a moved host). Read as
     a stream it would pass for one cut short. Only the target's origin is shown: a Location
     may carry a token in its path or query."""
-    location = URL(resp.headers.get("location") or "")
-    where = f" to {location.origin()}" if location.is_absolute() else ""
+    try:
+        location = URL(resp.headers.get("location") or "")
+        where = f" to {location.origin()}" if location.is_absolute() else ""
+    except ValueError:  # an upstream's malformed Location (a bad port, IPv6 literal): unnamed
+        where = ""
     return UpstreamStatusError(
         502, f"provider '{provider}' answered HTTP {resp.status}, a redirect{where}, which is "
         "not followed: check the provider's base_url", provider=provider,
