@@ -237,6 +237,19 @@ async def test_a_redirect_to_a_malformed_location_is_still_an_upstream_redirect(
     assert err["code"] == "upstream_redirect" and "a redirect, which" in err["message"]
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400"])
+@pytest.mark.parametrize("header", ["retry-after", "retry-after-ms"])
+async def test_a_retry_after_that_is_no_number_of_seconds_is_ignored(
+        proxy: Any, upstream: Any, header: str, value: str) -> None:
+    upstream.status = 429
+    upstream.content_type = "application/json"
+    upstream.extra_headers = {header: value}
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True})
+    assert resp.status == 429 and "retry-after" not in resp.headers
+    assert_openai_error(await resp.json())
+
+
 @pytest.mark.parametrize(("wait", "seconds", "ms"), [(0.25, "1", "250"), (1.4, "2", "1400"),
                                                      (3, "3", "3000")])
 def test_retry_after_is_never_early_and_keeps_milliseconds(wait: float, seconds: str,

@@ -9,6 +9,7 @@ closes) moves on to the next target. After it, failures belong to the relay.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -50,11 +51,15 @@ def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
     ms = resp.headers.get("retry-after-ms")
     try:
         if ms is not None:
-            return float(ms) / 1000
-        value = resp.headers.get("retry-after")
-        return float(value) if value is not None else None
+            seconds = float(ms) / 1000
+        else:
+            value = resp.headers.get("retry-after")
+            seconds = float(value) if value is not None else math.nan
     except ValueError:
         return None  # an HTTP-date: treated as absent
+    # "nan", "inf", "1e400": absent too (math.ceil of one, for the client's Retry-After,
+    # raised while the error was answered: the client got an empty reply)
+    return seconds if math.isfinite(seconds) else None
 
 
 class Executor:
