@@ -257,6 +257,20 @@ async def test_errors_are_openai_shaped_and_keep_the_connection(lean: Any) -> No
     writer.close()
 
 
+async def test_an_error_answer_that_fails_is_logged_and_the_connection_closed(
+        lean: Any, monkeypatch: Any, caplog: pytest.LogCaptureFixture) -> None:
+    async def broken(self: front.LeanExchange, err: Any) -> None:
+        raise RuntimeError("the error reply broke")
+
+    monkeypatch.setattr(front.LeanExchange, "fail", broken)
+    reader, writer = await connect(lean)
+    writer.write(chat_request(b"{not json"))
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, not left hanging
+    assert "could not answer POST /v1/chat/completions" in caplog.text
+    assert "the error reply broke" in caplog.text
+    writer.close()
+
+
 async def test_an_idle_connection_closes_after_the_keep_alive_timeout(
         lean: Any, monkeypatch: Any) -> None:
     monkeypatch.setattr(front, "KEEPALIVE_TIMEOUT", 0.2)

@@ -307,6 +307,8 @@ class Connection(asyncio.Protocol):
     async def _serve(self, ex: LeanExchange) -> None:
         try:
             await self._front.serve(ex)
+        except Exception:  # answering the error failed too: the connection closes, said once
+            log.exception("could not answer POST /v1/chat/completions")
         finally:
             self.task = None
             transport = self.transport
