@@ -137,6 +137,17 @@ def test_parser_decodes_gzip_and_refuses_unknown_encodings() -> None:
         ResponseParser().feed(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\nnot gzip")
 
 
+@pytest.mark.parametrize("piece", [1, 7, 100, 1 << 20])
+def test_a_gzip_body_of_several_members_is_decoded_whole(piece: int) -> None:
+    """RFC 1952: a gzip body is a series of members (a writer may flush one per event); the
+    second and later were dropped."""
+    packed = b"".join(gzip.compress(b"data: %d\n\n" % i) for i in range(5))
+    raw = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(packed), packed)
+    parser, body = parse_all([raw[i:i + piece] for i in range(0, len(raw), piece)])
+    assert body == b"".join(b"data: %d\n\n" % i for i in range(5)) and parser.done
+
+
 def test_a_compressed_body_inflating_past_the_read_cap_is_refused(monkeypatch: Any) -> None:
     """A decompression bomb: 16 MiB from 16 KiB was inflated whole in one call."""
     monkeypatch.setattr(http11, "MAX_INFLATED_READ", 1 << 20)

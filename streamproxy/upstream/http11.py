@@ -374,19 +374,30 @@ class ResponseParser:
         else:
             body = self._feed_length(data)
         if self._inflate is not None and body:
-            return self._decompress(self._inflate, body)
+            return self._decompress(body)
         return body
 
-    @staticmethod
-    def _decompress(inflate: zlib._Decompress, body: bytes) -> bytes:
-        try:
-            data = inflate.decompress(body, MAX_INFLATED_READ)
-        except zlib.error:
-            raise MalformedResponse("invalid compressed body") from None
-        if inflate.unconsumed_tail:
-            raise MalformedResponse(f"compressed body inflating over {MAX_INFLATED_READ} "
-                                    "bytes in one read")
-        return data
+    def _decompress(self, body: bytes) -> bytes:
+        inflate = self._inflate
+        assert inflate is not None and self.head is not None
+        out: list[bytes] = []
+        room = MAX_INFLATED_READ
+        while True:
+            try:
+                data = inflate.decompress(body, room)
+            except zlib.error:
+                raise MalformedResponse("invalid compressed body") from None
+            out.append(data)
+            room -= len(data)
+            if inflate.unconsumed_tail or (room <= 0 and inflate.unused_data):
+                raise MalformedResponse(f"compressed body inflating over {MAX_INFLATED_READ} "
+                                        "bytes in one read")
+            if not (inflate.eof and inflate.unused_data and self.head.encoding == "gzip"):
+                return data if len(out) == 1 else b"".join(out)
+            # The next member of a gzip body written in several (RFC 1952 2.2: a gzip file
+            # is a series of members, and a reader decodes them all).
+            body = inflate.unused_data
+            inflate = self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
 
     def _feed_length(self, data: bytes) -> bytes:
         """A Content-Length body, or one read until the connection closes."""
