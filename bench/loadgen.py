@@ -256,20 +256,34 @@ async def user(target: Target, stats: Stats, stop_at: float, delay: float = 0.0)
     if delay:
         await asyncio.sleep(delay)
     conn: StreamConnection | None = None
-    while _now() < stop_at:
-        if conn is None or conn.closed:
-            try:
-                conn = await connect(target, stats)
-            except OSError as e:
-                stats.error(f"connect: {e}")
-                await asyncio.sleep(0.05)
-                continue
-        ok = await conn.run_once()
-        if not ok and conn.transport is not None:
+    try:
+        while _now() < stop_at:
+            if conn is None or conn.closed:
+                try:
+                    conn = await connect(target, stats)
+                except OSError as e:
+                    stats.error(f"connect: {e}")
+                    await asyncio.sleep(0.05)
+                    continue
+            ok = await conn.run_once()
+            if not ok and conn.transport is not None:
+                conn.transport.close()
+                conn = None
+    finally:  # cancelled too: a stream that never ended leaves no connection behind
+        if conn is not None and conn.transport is not None:
             conn.transport.close()
-            conn = None
-    if conn is not None and conn.transport is not None:
-        conn.transport.close()
+
+
+async def finish(users: list[asyncio.Task[None]], stats: Stats, timeout: float) -> None:
+    """Wait for the users' last streams; a stream not ended `timeout` seconds later is a
+    failed stream (a stall, which no other check sees), and its user is cancelled."""
+    if not users:
+        return
+    _, stalled = await asyncio.wait(users, timeout=timeout)
+    for task in stalled:
+        stats.error(f"a stream still open {timeout:g} s after the window ended")
+        task.cancel()
+    await asyncio.gather(*stalled, return_exceptions=True)
 
 
 async def open_many(target: Target, stats: Stats, count: int, batch: int = 250,

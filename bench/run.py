@@ -44,6 +44,7 @@ from bench.procs import Proc, cores, cpu_seconds, free_port, open_fds, raise_fd_
 ROOT = Path(__file__).resolve().parent
 PROXY_TOKEN = b'"delta":{"content":"'  # the first content chunk of an OpenAI stream
 RAMP_BATCH = 500  # slow streams started together
+STALL = 10.0  # seconds after a window within which every stream must have ended
 SSE = b"\n\n"
 
 
@@ -143,7 +144,7 @@ async def measure(target: Target, conc: int, plan: Plan, server: Proc, harness: 
     elapsed = time.perf_counter() - t0
     cpu, kernel, calls = server.cpu() - cpu0, server.kernel_cpu() - kernel0, server.syscalls()
     harness_cpu = sum(p.cpu() for p in harness) - harness0 + time.process_time() - gen0
-    await asyncio.wait(users, timeout=30)
+    await loadgen.finish(users, stats, STALL)
     result = summary(stats, elapsed, cpu, harness_cpu, server.peak_rss_kb(), conc, kernel)
     if calls and calls0:  # the server's socket reads and writes (and its log's writes)
         result["server_reads"], result["server_writes"] = calls[0] - calls0[0], calls[1] - calls0[1]
@@ -578,7 +579,7 @@ async def worker_cost(env: Env, count: int, cores_each: list[set[int]],
         await asyncio.sleep(env.plan.window / 2)
         stats.measuring = False
         cpu = sum(cpu_seconds(pid) - c for pid, c in zip(children, cpu0, strict=True))
-        await asyncio.wait(users, timeout=30)
+        await loadgen.finish(users, stats, STALL)
     finally:
         master.stop()
     return (cpu / max(stats.events, 1) * 1e6, [h / max(sum(held), 1) for h in held],

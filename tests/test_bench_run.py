@@ -3,9 +3,11 @@ measured."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
-from bench import run
+from bench import loadgen, run
 
 
 def _run(**figures: Any) -> dict[str, Any]:
@@ -42,3 +44,42 @@ def test_an_unmeasured_target_stays_unmeasured() -> None:
     check = _by_target([])["peak RSS at 128 streams"]
     assert check["held"] is None
     assert check["scenario_errors"] == 0
+
+
+class _Stalling(asyncio.Protocol):
+    """Answers every request with a stream that starts and never ends."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        _open.append(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"  # type: ignore[attr-defined]
+                             b"10\r\ndata: {\"a\": 1}\n\n\r\n")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        _open.remove(self)
+
+
+_open: list[_Stalling] = []
+
+
+async def test_a_stream_that_never_ends_is_a_failed_stream_and_its_user_is_stopped() -> None:
+    server = await asyncio.get_running_loop().create_server(_Stalling, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    target = loadgen.Target("127.0.0.1", port, "/", b"{}", b"\n\n", b'"a"', b"[DONE]", 1)
+    stats = loadgen.Stats(measuring=True)
+    users = [asyncio.create_task(loadgen.user(target, stats, time.perf_counter() + 0.1))]
+    try:
+        await asyncio.sleep(0.2)
+        await asyncio.wait_for(loadgen.finish(users, stats, 0.2), 2)
+        assert stats.errors_total == 1
+        assert "still open" in stats.error_samples[0]
+        assert users[0].done()
+        for _ in range(20):  # the server sees the connection closed
+            if not _open:
+                break
+            await asyncio.sleep(0.01)
+        assert not _open
+    finally:
+        server.close()
