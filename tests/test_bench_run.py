@@ -4,10 +4,16 @@ measured."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from bench import loadgen, run
+from bench.procs import Proc, free_port
 
 
 def _run(**figures: Any) -> dict[str, Any]:
@@ -83,3 +89,30 @@ async def test_a_stream_that_never_ends_is_a_failed_stream_and_its_user_is_stopp
         assert not _open
     finally:
         server.close()
+
+
+def _this_process() -> Proc:
+    """This process in the place of a server under test: /proc figures that exist."""
+    return Proc("self", SimpleNamespace(pid=os.getpid()), Path(os.devnull))  # type: ignore[arg-type]
+
+
+async def test_slow_streams_count_each_refused_connection_once() -> None:
+    target = loadgen.Target("127.0.0.1", free_port(), "/", b"{}", b"\n\n", b'"a"', b"[DONE]")
+    held = await asyncio.wait_for(run.hold(target, 3, _this_process(), 2, []), 10)
+    assert held["errors"] == 3
+    assert held["streams_ok"] == 0
+
+
+async def test_slow_streams_that_never_end_are_failed_streams(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run, "STALL", 0.2)
+    server = await asyncio.get_running_loop().create_server(_Stalling, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    target = loadgen.Target("127.0.0.1", port, "/", b"{}", b"\n\n", b'"a"', b"[DONE]", 1)
+    try:
+        held = await asyncio.wait_for(run.hold(target, 2, _this_process(), 3, []), 10)
+    finally:
+        server.close()
+    assert held["errors"] == 2
+    assert held["streams_open_at_once"] == 2
+    assert held["streams_ok"] == 0
