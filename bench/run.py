@@ -400,7 +400,7 @@ async def translated(env: Env, kind: str) -> None:
     provider, direct = bench_provider(env, kind)
     try:
         await pair(env, name, f"200-delta {kind} streams, translated", {kind: provider},
-                   lambda port: proxied(port, f"{kind}/{provider['default_model']}"),
+                   lambda port: proxied(port, f"{kind}/{provider['default_model']}", 203),
                    direct, env.upstream, 32, env.plan.window)
     except RuntimeError as e:  # the provider exists but refused the bench config
         print(f"  {name}: skipped: the proxy did not start: {str(e).splitlines()[-1]}")
@@ -420,7 +420,7 @@ async def translator_rounds(env: Env) -> None:
         for kind in kinds[1:]:
             provider, _ = bench_provider(env, kind)
             proxy, port = start_proxy(env, {kind: provider})
-            runs[kind] = (proxy, proxied(port, f"{kind}/{provider['default_model']}"),
+            runs[kind] = (proxy, proxied(port, f"{kind}/{provider['default_model']}", 203),
                           env.upstream)
         costs: dict[str, list[float]] = {kind: [] for kind in kinds}
         errors = 0
