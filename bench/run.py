@@ -10,9 +10,9 @@ Figures per run: streams/s and events/s (SSE events the client received, counted
 bytes), server CPU µs per event (/proc/PID/stat utime+stime over the window ÷ events: the proxy
 for proxied rows, the upstream for direct rows), TTFT (request sent → first text-bearing event)
 p50/p99, stream duration p50/p99, peak RSS (VmHWM, reset when the window starts), errors
-(failed, cut or short streams; every stream's ending and event count are checked), and the
-harness CPU% (load generator + upstream on their shared core: near 100 % means the harness,
-not the proxy, was the limit).
+(failed, cut, short or stalled streams; every stream's ending and event count are checked; a
+scenario with errors holds no target), and the harness CPU% (load generator + upstream on
+their shared core: near 100 % means the harness, not the proxy, was the limit).
 
 Usage: python -m bench [--quick] [--only NAME,...] [--out FILE]
 """
