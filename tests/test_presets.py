@@ -257,6 +257,23 @@ async def test_deepseek_reasoning_content_passes_through_unchanged(proxy: Any,
                                                                   USAGE)
 
 
+# DeepSeek refuses the developer role: "Failed to deserialize the JSON body into the target type:
+# messages[0].role: unknown variant `developer`, expected one of `system`, `user`, `assistant`,
+# `tool`" (earendil-works/pi#1048, eclipse-theia/theia#15144).
+async def test_deepseek_developer_messages_go_as_system(proxy: Any, upstream: Any) -> None:
+    messages = [{"role": "developer", "content": "Be brief."}, *HI]
+    chunks = await stream(proxy, upstream, "deepseek", MISTRAL, messages=messages)
+    assert collect(chunks).content == "Hello world"
+    sent = upstream.requests[0].json()["messages"]
+    assert sent == [{"role": "system", "content": "Be brief."}, *HI]
+
+
+def test_deepseek_body_without_a_developer_message_is_not_rebuilt() -> None:
+    provider, _ = build("deepseek")
+    body = {"model": "m", "messages": [{"role": "system", "content": "s"}, *HI]}
+    assert provider.adapt_body(body) is body
+
+
 # -- Mistral request -------------------------------------------------------------------------
 TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
          for n in ("a", "b")]

@@ -111,12 +111,42 @@ class CompatTranslator(PassthroughTranslator):
 
 
 class CompatProvider(OpenAIProvider):
-    """Base of the presets: OpenAI's wire format under another name and URL."""
+    """Base of the presets: OpenAI's wire format under another name and URL. The request goes as
+    the client wrote it but for what the upstream refuses with a 400: the parameters in
+    `dropped_params`, the message keys in `refused_message_keys`, and the `developer` role where
+    `developer_as_system` (the same instructions as a `system` message)."""
 
     option_keys: ClassVar[frozenset[str]] = frozenset()
     # Non-OpenAI finish reasons → OpenAI's; and those that mean failure → the error's status.
     finish_reasons: ClassVar[dict[str, str]] = {}
     failed_finishes: ClassVar[dict[str, int]] = {}
+    # Message keys the upstream refuses, by role ("*": any role); removed before sending.
+    refused_message_keys: ClassVar[dict[str, frozenset[str]]] = {}
+    developer_as_system: ClassVar[bool] = False
+
+    def adapt_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`body` itself when nothing is refused (so the client's bytes go as they are)."""
+        out = body
+        if not self.dropped_params.isdisjoint(body):
+            out = {k: v for k, v in body.items() if k not in self.dropped_params}
+        if self.refused_message_keys or self.developer_as_system:
+            messages = body["messages"]
+            adapted = [self._adapt_message(m) for m in messages]
+            if any(a is not m for a, m in zip(adapted, messages, strict=True)):
+                out = {**out, "messages": adapted}
+        return out
+
+    def _adapt_message(self, message: dict[str, Any]) -> dict[str, Any]:
+        role = message["role"]
+        refused = (self.refused_message_keys.get(role, frozenset())
+                   | self.refused_message_keys.get("*", frozenset()))
+        to_system = role == "developer" and self.developer_as_system
+        if not to_system and refused.isdisjoint(message):
+            return message
+        out = {k: v for k, v in message.items() if k not in refused}
+        if to_system:
+            out["role"] = "system"
+        return out
 
     def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
         return CompatTranslator(out, self.max_event_bytes, provider=self.name,
@@ -322,10 +352,12 @@ class MistralProvider(CompatProvider):
 
 
 class DeepSeekProvider(CompatProvider):
-    """`delta.reasoning_content` (reasoner models) passes through untouched."""
+    """`delta.reasoning_content` (reasoner models) passes through untouched. DeepSeek has no
+    `developer` role ("messages[0].role: unknown variant `developer`", a 400)."""
 
     type_name: ClassVar[str] = "deepseek"
     default_base_url: ClassVar[str | None] = "https://api.deepseek.com"
+    developer_as_system: ClassVar[bool] = True
     failed_finishes: ClassVar[dict[str, int]] = {"insufficient_system_resource": 503}
 
 
