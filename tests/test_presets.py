@@ -274,6 +274,26 @@ def test_deepseek_body_without_a_developer_message_is_not_rebuilt() -> None:
     assert provider.adapt_body(body) is body
 
 
+# Groq: "The following fields are currently not supported and will result in a 400 error …:
+# logprobs, logit_bias, top_logprobs, messages[].name" (console.groq.com/docs/openai); and
+# "'messages.1' : for 'role:assistant' the following must be satisfied[('messages.1' : property
+# 'reasoning_content' is unsupported)]" (janhq/jan#8136).
+async def test_groq_request_drops_what_groq_refuses(proxy: Any, upstream: Any) -> None:
+    messages = [{"role": "system", "content": "s", "name": "rules"},
+                {"role": "user", "content": "hi", "name": "ann"},
+                {"role": "assistant", "content": "Hello", "reasoning_content": "Greet."},
+                {"role": "user", "content": "again"}]
+    await stream(proxy, upstream, "groq", GROQ, messages=messages, logprobs=True,
+                 top_logprobs=2, logit_bias={"50256": -100}, temperature=0.5)
+    sent = upstream.requests[0].json()
+    assert sent["messages"] == [{"role": "system", "content": "s"},
+                                {"role": "user", "content": "hi"},
+                                {"role": "assistant", "content": "Hello"},
+                                {"role": "user", "content": "again"}]
+    assert sent["temperature"] == 0.5
+    assert not {"logprobs", "top_logprobs", "logit_bias"} & sent.keys()
+
+
 # -- Mistral request -------------------------------------------------------------------------
 TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
          for n in ("a", "b")]
