@@ -294,6 +294,19 @@ async def test_groq_request_drops_what_groq_refuses(proxy: Any, upstream: Any) -
     assert not {"logprobs", "top_logprobs", "logit_bias"} & sent.keys()
 
 
+# xAI: 400 {"code": "Client specified an invalid argument", "error": "Only messages of role
+# 'user' can have a name."} (BerriAI/litellm#9720, microsoft/autogen#4715).
+async def test_xai_keeps_name_on_user_messages_only(proxy: Any, upstream: Any) -> None:
+    messages = [{"role": "system", "content": "Example.", "name": "example_user"},
+                {"role": "user", "content": "hi", "name": "ann"},
+                {"role": "assistant", "content": "Hello", "name": "bot"},
+                {"role": "user", "content": "again"}]
+    await stream(proxy, upstream, "xai", XAI, messages=messages)
+    assert upstream.requests[0].json()["messages"] == [
+        {"role": "system", "content": "Example."}, {"role": "user", "content": "hi", "name": "ann"},
+        {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "again"}]
+
+
 # -- Mistral request -------------------------------------------------------------------------
 TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
          for n in ("a", "b")]

@@ -387,9 +387,17 @@ class OpenRouterProvider(CompatProvider):
     failed_finishes: ClassVar[dict[str, int]] = {"error": 502}
 
 
+_NAME = frozenset({"name"})
+
+
 class XAIProvider(CompatProvider):
+    """xAI takes a `name` on user messages only ("Only messages of role 'user' can have a name.",
+    a 400), so it is dropped from the others."""
+
     type_name: ClassVar[str] = "xai"
     default_base_url: ClassVar[str | None] = "https://api.x.ai/v1"
+    refused_message_keys: ClassVar[dict[str, frozenset[str]]] = {
+        role: _NAME for role in ("system", "developer", "assistant", "tool")}
 
 
 class VLLMProvider(CompatProvider):
