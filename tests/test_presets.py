@@ -6,7 +6,8 @@ The quirky streams are built from the documented/reported shapes in provider-str
 (Groq `x_groq.usage`, xAI usage on the second-to-last chunk then an empty-choices chunk —
 BerriAI/litellm#17136, Mistral usage on the finish chunk and its 422 on `stream_options`,
 OpenRouter keep-alive comments and `data: {"error": …}`, vLLM `choices: null`, DeepSeek
-`reasoning_content` and `insufficient_system_resource`, Together `eos`).
+`reasoning_content` and `insufficient_system_resource`, Together `eos`, vLLM `abort` —
+vllm-project/vllm#57082).
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ async def test_finish_reasons_are_mapped(proxy: Any, upstream: Any, kind: str,
 
 @pytest.mark.parametrize(("kind", "upstream_reason", "status"), [
     ("deepseek", "insufficient_system_resource", 503), ("openrouter", "error", 502),
-    ("mistral", "error", 502),
+    ("mistral", "error", 502), ("vllm", "abort", 503),
 ])
 async def test_failure_finishes_become_error_frames(proxy: Any, upstream: Any, kind: str,
                                                     upstream_reason: str, status: int) -> None:
@@ -204,7 +205,7 @@ async def test_non_streamed_finish_reasons_are_mapped_as_streamed_ones(
 
 @pytest.mark.parametrize(("kind", "upstream_reason", "status"), [
     ("deepseek", "insufficient_system_resource", 503), ("openrouter", "error", 502),
-    ("mistral", "error", 502),
+    ("mistral", "error", 502), ("vllm", "abort", 503),
 ])
 async def test_non_streamed_failure_finishes_are_errors(proxy: Any, upstream: Any, kind: str,
                                                         upstream_reason: str,

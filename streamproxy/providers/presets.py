@@ -401,9 +401,12 @@ class XAIProvider(CompatProvider):
 
 
 class VLLMProvider(CompatProvider):
-    """A self-hosted server: no default URL (`base_url` is required), the key is optional."""
+    """A self-hosted server: no default URL (`base_url` is required), the key is optional. A
+    request the engine aborts (shutdown, scale-down, sleep) ends with finish `abort` and
+    `[DONE]`, as if complete (vllm-project/vllm#57082): an error here."""
 
     type_name: ClassVar[str] = "vllm"
+    failed_finishes: ClassVar[dict[str, int]] = {"abort": 503}
 
     @classmethod
     def check_entry(cls, entry: dict[str, Any], source: str, where: str) -> None:
