@@ -168,6 +168,18 @@ def collect(chunks: list[Any]) -> Collected:
     return c
 
 
+def assert_finish_last(chunks: list[Any]) -> None:
+    """The finish chunk comes once, after every content/reasoning/tool delta (only the usage
+    chunk, `[DONE]` or an error frame may follow it)."""
+    seen_finish = False
+    for chunk in chunks:
+        if chunk == "[DONE]" or "error" in chunk or not chunk["choices"]:
+            continue
+        choice = chunk["choices"][0]
+        if seen_finish:
+            raise AssertionError(f"a delta after the finish chunk: {choice}")
+        seen_finish = choice["finish_reason"] is not None
+
 def openai_sdk(client: Any, key: str = "x") -> openai.AsyncOpenAI:
     """The official SDK pointed at a test proxy (no retries: a failure must show)."""
     return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=key, max_retries=0)

@@ -35,6 +35,7 @@ from tests.eventstream_frames import encode_frame, event, exception, split_frame
 from tests.helpers import (
     DecodingEncoder,
     Received,
+    assert_finish_last,
     assert_splice_matches_decoding,
     collect,
     count_spliced_reads,
@@ -81,7 +82,9 @@ def translate(pieces: list[bytes], include_usage: bool = True,
 
 
 def check_recording(out: bytes) -> None:
-    c = collect(sse_chunks(out))
+    chunks = sse_chunks(out)
+    assert_finish_last(chunks)
+    c = collect(chunks)
     assert c.error is None and c.done
     assert len(c.ids) == 1 and c.roles == 1
     assert c.content == CONTENT

@@ -21,6 +21,7 @@ from streamproxy.providers.cohere.request import to_cohere
 from streamproxy.providers.cohere.stream import CohereStreamTranslator
 from tests.conftest import provider_config
 from tests.helpers import (
+    assert_finish_last,
     collect,
     fixture_bytes,
     jsonl_to_sse,
@@ -85,7 +86,9 @@ def translate(pieces: list[bytes], *, include_usage: bool = True) -> bytes:
 
 
 def check_tool_golden(out: bytes) -> None:
-    c = collect(sse_chunks(out))
+    chunks = sse_chunks(out)
+    assert_finish_last(chunks)
+    c = collect(chunks)
     assert c.error is None and c.done
     assert len(c.ids) == 1 and c.roles == 1
     assert c.content == ""

@@ -34,6 +34,7 @@ from streamproxy.providers.gemini.stream import GeminiStreamTranslator
 from tests.conftest import provider_config
 from tests.helpers import (
     DecodingEncoder,
+    assert_finish_last,
     collect,
     count_spliced_reads,
     fixture_bytes,
@@ -91,18 +92,6 @@ def translate(pieces: list[bytes], *, include_usage: bool = True,
     except ProxyError as e:
         enc.error(e)
     return out + enc.take()
-
-
-def assert_finish_last(chunks: list[Any]) -> None:
-    """The finish chunk comes once, after every content/reasoning/tool delta."""
-    seen_finish = False
-    for chunk in chunks:
-        if chunk == "[DONE]" or "error" in chunk or not chunk["choices"]:
-            continue
-        choice = chunk["choices"][0]
-        if seen_finish:
-            raise AssertionError(f"a delta after the finish chunk: {choice}")
-        seen_finish = choice["finish_reason"] is not None
 
 
 def check(golden: Golden, out: bytes) -> Any:

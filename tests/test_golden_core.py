@@ -18,6 +18,7 @@ from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
 from streamproxy.providers.openai_compat import PassthroughTranslator
 from tests.conftest import provider_config
 from tests.helpers import (
+    assert_finish_last,
     collect,
     count_spliced_reads,
     fixture_bytes,
@@ -61,7 +62,9 @@ GOLDEN = {
 
 
 def check(golden: Golden, out: bytes) -> None:
-    c = collect(sse_chunks(out))
+    chunks = sse_chunks(out)
+    assert_finish_last(chunks)
+    c = collect(chunks)
     assert c.error is None
     assert c.done
     assert len(c.ids) == 1 and len(c.created) == 1
