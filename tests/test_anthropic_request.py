@@ -288,3 +288,15 @@ def test_a_malformed_non_streamed_message_is_a_protocol_error(message: Any) -> N
     """A 502 that retries and fallbacks act on, never an exception that becomes a 500."""
     with pytest.raises(UpstreamProtocolError):
         to_completion(orjson.dumps(message), completion_id="c", created=1, model="m")
+
+
+@pytest.mark.parametrize(("blocks", "finish"), [
+    ([{"type": "text", "text": "Hi"}], "stop"),
+    ([{"type": "tool_use", "id": "t", "name": "f", "input": {}}], "tool_calls"),
+])
+def test_a_non_streamed_answer_without_stop_reason_finishes_by_what_it_holds(
+        blocks: list[dict[str, Any]], finish: str) -> None:
+    # (an Anthropic-compatible upstream); a stream ends the same way (test_golden_core.py)
+    answer = to_completion(orjson.dumps({"content": blocks, "stop_reason": None}),
+                           completion_id="c", created=1, model="m")
+    assert answer["choices"][0]["finish_reason"] == finish

@@ -236,3 +236,47 @@ def test_anthropic_usage_left_null_by_message_delta_keeps_message_start_values()
 def test_request_parse_keeps_raw_bytes() -> None:
     raw = b'{"model":"m","messages":[{"role":"user","content":"x"}]}'
     assert parse_chat_request(raw).raw is raw
+
+# -- Anthropic events the recordings do not hold (provider-streams.md §3.3, §3.4) ---------------
+
+START = {"type": "message_start", "message": {"id": "m", "model": "c", "usage": {
+    "input_tokens": 5, "output_tokens": 1}}}
+
+
+def anthropic(*events: dict[str, Any]) -> Any:
+    """The client's view of a stream of these events, between message_start and message_stop."""
+    body = b"".join(b"event: %b\ndata: %b\n\n" % (e["type"].encode(), orjson.dumps(e))
+                    for e in (START, *events, {"type": "message_stop"}))
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
+    tr = AnthropicStreamTranslator(enc, 1 << 20)
+    tr.feed(body)
+    tr.close()
+    chunks = sse_chunks(enc.take())
+    assert_finish_last(chunks)
+    return collect(chunks)
+
+
+def stop(reason: str | None) -> dict[str, Any]:
+    return {"type": "message_delta", "delta": {"stop_reason": reason}, "usage": {
+        "output_tokens": 3}}
+
+
+def block(index: int, content_block: dict[str, Any], *deltas: dict[str, Any]
+          ) -> list[dict[str, Any]]:
+    return [{"type": "content_block_start", "index": index, "content_block": content_block},
+            *({"type": "content_block_delta", "index": index, "delta": d} for d in deltas),
+            {"type": "content_block_stop", "index": index}]
+
+
+TOOL_BLOCK = block(1, {"type": "tool_use", "id": "t1", "name": "now", "input": {}},
+                   {"type": "input_json_delta", "partial_json": ""})
+
+
+def test_anthropic_end_without_a_stop_reason_still_finishes_once() -> None:
+    # An Anthropic-compatible upstream may leave stop_reason null (or send no message_delta):
+    # the stream ended normally, so the client still gets its one finish chunk.
+    assert anthropic(stop(None)).finish_reason == "stop"
+    assert anthropic().finish_reason == "stop"
+    assert anthropic(*TOOL_BLOCK, stop(None)).finish_reason == "tool_calls"
+    assert anthropic(stop("end_turn"), stop("max_tokens")).finish_reason == "stop"
+

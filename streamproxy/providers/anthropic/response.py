@@ -40,7 +40,9 @@ def _completion(msg: dict[str, Any], completion_id: str, created: int,
                                 "signature": block.get("signature", "")})
         elif kind == "redacted_thinking":
             out.thinking_block({"type": "redacted_thinking", "data": block.get("data", "")})
-    out.finish(FINISH_REASONS.get(msg.get("stop_reason") or "end_turn", "stop"))
+    # No stop_reason (an Anthropic-compatible upstream): the calls made say how it ended.
+    reason = msg.get("stop_reason") or ("tool_use" if tools else "end_turn")
+    out.finish(FINISH_REASONS.get(reason, "stop"))
     if msg.get("usage"):
         out.usage(map_usage(msg["usage"]))
     return out.completion(completion_id=completion_id, created=created, model=model)

@@ -6,6 +6,9 @@
 - Usage values are cumulative: the latest message_delta overwrites message_start, field by
   field; prompt_tokens = input + cache read + cache creation.
 - An `error` event ends the stream with an OpenAI error frame and no [DONE].
+- The finish reason comes once: a `message_stop` with no `stop_reason` before it (an
+  Anthropic-compatible upstream) ends as `tool_calls` after a tool call, else `stop`, as the
+  non-streamed answer does.
 
 Speed: nearly every event is a text delta. A run of them in a read (the middle of every
 stream; most of a stream that arrives in a few reads) is translated without decoding an event:
@@ -84,6 +87,7 @@ class AnthropicStreamTranslator(SSETranslator):
         self._args_seen: set[int] = set()  # block indices that got a non-empty fragment
         self._usage: dict[str, Any] = {}
         self._started = False
+        self._finished = False  # a finish reason was emitted
         self._thinking: list[str] = []  # the current thinking block's text, for its signature
         self._content = out.content
         # Sinks that take escaped text literals (the encoders, the tee) get runs spliced.
@@ -156,10 +160,14 @@ class AnthropicStreamTranslator(SSETranslator):
             self._usage.update((k, v) for k, v in (msg.get("usage") or {}).items()
                                if v is not None)
             reason = (msg.get("delta") or {}).get("stop_reason")
-            if reason:
+            if reason and not self._finished:
+                self._finished = True
                 self.out.finish(FINISH_REASONS.get(reason, "stop"))
         elif kind == "message_stop":
             self._start(None)
+            if not self._finished:
+                self._finished = True
+                self.out.finish("tool_calls" if self._tool_of_block else "stop")
             if self._usage:
                 self.out.usage(map_usage(self._usage))
             self.out.end()
