@@ -237,6 +237,7 @@ def test_request_parse_keeps_raw_bytes() -> None:
     raw = b'{"model":"m","messages":[{"role":"user","content":"x"}]}'
     assert parse_chat_request(raw).raw is raw
 
+
 # -- Anthropic events the recordings do not hold (provider-streams.md §3.3, §3.4) ---------------
 
 START = {"type": "message_start", "message": {"id": "m", "model": "c", "usage": {
@@ -272,6 +273,16 @@ TOOL_BLOCK = block(1, {"type": "tool_use", "id": "t1", "name": "now", "input": {
                    {"type": "input_json_delta", "partial_json": ""})
 
 
+@pytest.mark.parametrize(("reason", "finish"), [
+    ("end_turn", "stop"), ("stop_sequence", "stop"), ("pause_turn", "stop"),
+    ("max_tokens", "length"), ("model_context_window_exceeded", "length"),
+    ("tool_use", "tool_calls"), ("refusal", "content_filter"), ("a_new_reason", "stop"),
+])
+def test_anthropic_stop_reasons(reason: str, finish: str) -> None:
+    c = anthropic(stop(reason))
+    assert c.finish_reason == finish and c.done
+
+
 def test_anthropic_end_without_a_stop_reason_still_finishes_once() -> None:
     # An Anthropic-compatible upstream may leave stop_reason null (or send no message_delta):
     # the stream ended normally, so the client still gets its one finish chunk.
@@ -280,3 +291,22 @@ def test_anthropic_end_without_a_stop_reason_still_finishes_once() -> None:
     assert anthropic(*TOOL_BLOCK, stop(None)).finish_reason == "tool_calls"
     assert anthropic(stop("end_turn"), stop("max_tokens")).finish_reason == "stop"
 
+
+def test_anthropic_blocks_and_deltas_with_no_openai_slot() -> None:
+    c = anthropic(
+        *block(0, {"type": "redacted_thinking", "data": "OPAQUE"}),
+        # a server tool: its input is not a call for the client, nor is its result block
+        *block(1, {"type": "server_tool_use", "id": "srv", "name": "web_search", "input": {}},
+               {"type": "input_json_delta", "partial_json": '{"query": "x"}'}),
+        *block(2, {"type": "web_search_tool_result", "tool_use_id": "srv", "content": []}),
+        *block(3, {"type": "text", "text": ""},
+               {"type": "citations_delta", "citation": {"type": "web_search_result_location"}},
+               {"type": "text_delta", "text": "Now."}),
+        # a call with no arguments: only an empty fragment, so "{}" for the client
+        *block(4, {"type": "tool_use", "id": "t1", "name": "now", "input": {}},
+               {"type": "input_json_delta", "partial_json": ""}),
+        stop("tool_use"))
+    assert c.thinking_blocks == [{"type": "redacted_thinking", "data": "OPAQUE"}]
+    assert c.content == "Now."
+    assert c.tool_calls == [{"id": "t1", "name": "now", "arguments": "{}"}]  # index 0
+    assert c.finish_reason == "tool_calls" and c.done
