@@ -300,3 +300,9 @@ def test_a_non_streamed_answer_without_stop_reason_finishes_by_what_it_holds(
     answer = to_completion(orjson.dumps({"content": blocks, "stop_reason": None}),
                            completion_id="c", created=1, model="m")
     assert answer["choices"][0]["finish_reason"] == finish
+
+
+def test_a_tool_without_parameters_gets_an_empty_object_schema() -> None:
+    body = translate(tools=[{"type": "function", "function": {"name": "now"}}])
+    assert body["tools"] == [{"name": "now",
+                              "input_schema": {"type": "object", "properties": {}}}]

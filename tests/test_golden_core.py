@@ -175,6 +175,14 @@ async def test_passthrough_hides_the_usage_chunk_the_client_did_not_ask_for(
     assert sent["stream_options"] == {"include_usage": True}  # asked upstream for the counts
 
 
+def test_passthrough_sends_the_client_only_data_lines() -> None:
+    # An `id:` the client's decoder keeps would make every later blank line an event with empty
+    # data, which openai-python json-parses and fails on (provider-streams.md §1.1).
+    body = (b"id: 1\nevent: message\n" + _chunk_event("Hi") + b"retry: 5\n\n\n\nid: 2\n"
+            + _chunk_event("!") + b"data: [DONE]\n\n")
+    out = _passthrough(body)
+    assert out == _chunk_event("Hi") + _chunk_event("!") + b"data: [DONE]\n\n"
+
 def _passthrough(body: bytes) -> bytes:
     """What the client gets from a pass-through stream, a failure after commit included."""
     enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
