@@ -133,6 +133,13 @@ def test_text_and_thinking_stream() -> None:
                        "prompt_tokens_details": {"cached_tokens": 448}}
 
 
+def test_empty_events_and_done_are_skipped_as_the_sdk_skips_them() -> None:
+    # A `[DONE]` is not Cohere's end (message-end is): one before it ends nothing.
+    body = (events(START) + b"data: \n\ndata: [DONE]\n\n" + events(text_delta("Hi"), end())
+            + b"data: [DONE]\n\n")
+    c = collect(sse_chunks(translate([body])))
+    assert c.content == "Hi" and c.finish_reason == "stop" and c.done and c.error is None
+
 def test_usage_falls_back_to_billed_units_and_max_tokens_is_length() -> None:
     body = events(START, text_delta("a"), {"type": "message-end", "delta": {
         "finish_reason": "MAX_TOKENS",
