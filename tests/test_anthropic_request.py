@@ -147,6 +147,16 @@ def test_a_native_thinking_object_is_sent_as_given() -> None:
     assert tight["thinking"]["budget_tokens"] == 3000 and tight["max_tokens"] == 2000
 
 
+@pytest.mark.parametrize("choice", ["required", {"type": "function",
+                                                 "function": {"name": "get_weather"}}])
+def test_thinking_from_effort_with_a_forced_tool_is_a_400(choice: Any) -> None:
+    """Claude refuses thinking with a tool_choice that forces a tool: said before sending."""
+    with pytest.raises(InvalidRequest) as caught:
+        translate(reasoning_effort="low", tools=[TOOL], tool_choice=choice)
+    assert caught.value.param == "tool_choice" and "tool_choice 'auto'" in str(caught.value)
+    assert translate(reasoning_effort="low", tools=[TOOL], tool_choice="auto")["thinking"]
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"reasoning_effort": "high", "max_completion_tokens": 1000}, "max_completion_tokens"),
     ({"reasoning_effort": "low", "max_tokens": 1024}, "max_tokens"),

@@ -505,6 +505,15 @@ def test_history_with_tool_blocks_but_no_tools_gets_name_only_specs() -> None:
                                               "inputSchema": {"json": {"type": "object"}}}}]}
 
 
+def test_claude_thinking_from_effort_with_a_forced_tool_is_a_400() -> None:
+    body = {"messages": conversation(), "tools": TOOLS, "reasoning_effort": "low",
+            "tool_choice": "required"}
+    with pytest.raises(InvalidRequest) as caught:
+        to_converse(body, "us.anthropic.claude-3-7-sonnet-20250219-v1:0")
+    assert caught.value.param == "tool_choice"
+    assert to_converse(body, MODEL)["toolConfig"]["toolChoice"] == {"any": {}}  # (no thinking)
+
+
 def test_reasoning_effort_is_claude_thinking_and_dropped_elsewhere() -> None:
     body = {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "medium"}
     claude = to_converse(body, "us.anthropic.claude-3-7-sonnet-20250219-v1:0")

@@ -6,7 +6,8 @@ OpenAI's `max_completion_tokens` counts reasoning tokens too, so a client's max 
 thinking and answer together: it is kept, and the budget made from `reasoning_effort` is capped
 below it — or, when that would leave less than 1024, the request is a 400 saying what to change.
 Without a client max, `max_tokens` makes room for the budget plus the default answer allowance.
-A `thinking` object the client passed itself is sent as given.
+A `thinking` object the client passed itself is sent as given. Thinking from
+`reasoning_effort` with a tool_choice that forces a tool is a 400 (Claude refuses the pair).
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ def fit_thinking(body: dict[str, Any], native: Any, effort: Any,
     max_tokens, param = _client_max_tokens(body)
     thinking = native
     if thinking is None and isinstance(effort, str) and effort in EFFORT_BUDGET:
+        if _forces_a_tool(body.get("tool_choice")):
+            # Claude refuses the pair ("Thinking may not be enabled when tool_choice forces
+            # tool use"): said here, naming what to change, rather than as the upstream's 400.
+            raise InvalidRequest(
+                f"reasoning_effort '{effort}' turns on Claude's extended thinking, which cannot "
+                "be combined with a tool_choice that forces a tool ('required' or a named "
+                "function): use tool_choice 'auto', or leave out reasoning_effort.",
+                param="tool_choice", code="invalid_value")
         budget = _effort_budget(effort, max_tokens, param)
         thinking = {"type": "enabled", "budget_tokens": budget}
     budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
@@ -47,6 +56,10 @@ def _effort_budget(effort: str, max_tokens: int | None, param: str) -> int:
             f"together: set '{param}' to at least {MIN_BUDGET + 1} (more leaves room for the "
             "answer), or leave out reasoning_effort.", param=param, code="invalid_value")
     return budget
+
+
+def _forces_a_tool(choice: Any) -> bool:
+    return choice == "required" or isinstance(choice, dict)
 
 
 def _client_max_tokens(body: dict[str, Any]) -> tuple[int | None, str]:
