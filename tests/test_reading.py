@@ -114,6 +114,31 @@ async def test_a_body_that_stops_arriving_is_408(start: Any, front_kind: str, ki
 
 
 @pytest.mark.parametrize("front_kind", FRONTS)
+async def test_a_client_gone_during_its_upload_is_logged_499(
+        start: Any, front_kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    """As on aiohttp's front (its handler is running then), the lean front logs it once."""
+    caplog.set_level(logging.INFO)
+    client = await start(front_kind)
+    _, writer = await client.connect()
+    writer.write(chat_head(len(BODY), extra=b"x-portkey-trace-id: cut-upload\r\n") + BODY[:10])
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    writer.close()
+
+    def logged() -> list[dict[str, Any]]:
+        return [orjson.loads(r.getMessage()) for r in caplog.records
+                if r.name == "streamproxy.access"]
+
+    for _ in range(200):
+        if logged():
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # (and no second line)
+    assert [(line["trace_id"], line["status"], line["client_disconnected"])
+            for line in logged()] == [("cut-upload", 499, True)]
+
+
+@pytest.mark.parametrize("front_kind", FRONTS)
 async def test_a_body_that_stops_arriving_on_another_route_is_408(start: Any,
                                                                   front_kind: str) -> None:
     client = await start(front_kind)

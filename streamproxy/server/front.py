@@ -43,7 +43,7 @@ from streamproxy.server.auth import AUTH, identify_client, without_authorization
 from streamproxy.server.errors import internal_error
 from streamproxy.server.exchange import reply_error
 from streamproxy.server.handlers import chat
-from streamproxy.server.observing import AUTH_KEY, observe_rejection
+from streamproxy.server.observing import AUTH_KEY, observe_abandoned, observe_rejection
 from streamproxy.server.reading import ReadTimeouts, read_timed, request_timeout, timeout_response
 from streamproxy.server.sse_writer import chunk
 from streamproxy.server.state import STATE
@@ -257,6 +257,8 @@ class Connection(asyncio.Protocol):
             self._timer.cancel()
         if self.task is not None:
             self.task.cancel()  # the client went away: so does its upstream request
+        elif self._head is not None:  # ... while its body was arriving
+            observe_abandoned(LeanExchange(self, self._head[0], b"", True))
         self._wake_drain(ConnectionResetError("the client closed the connection"))
 
     def pause_writing(self) -> None:
@@ -380,6 +382,7 @@ class Connection(asyncio.Protocol):
             err = request_timeout("body", timeouts.body)
             observe_rejection(LeanExchange(self, self._head[0], b"", True), err,
                               "request_timeout")
+            self._head = None  # answered: not a request its client abandoned
         self.transport.write(timeout_response(err))
         self.close()
 

@@ -26,14 +26,13 @@ from streamproxy.server.auth import allowed_targets
 from streamproxy.server.drain import shutdown_error
 from streamproxy.server.errors import TRACE_HEADER, trace_headers
 from streamproxy.server.exchange import AiohttpExchange, EventWriter, Exchange, reply_error
-from streamproxy.server.observing import AUTH_KEY, read_body
+from streamproxy.server.observing import AUTH_KEY, CLIENT_CLOSED, read_body
 from streamproxy.server.state import STATE, AppState
 from streamproxy.server.store_and_cache import before_upstream
 
 # Portkey's x-portkey-retry-attempt-count when the target whose error is returned used up its
 # retries (automatic-retries: "-1: all retries exhausted, request failed").
 RETRIES_EXHAUSTED = "-1"
-CLIENT_CLOSED = 499  # the status logged for a request its client left before any answer
 PLAN = web.RequestKey("streamproxy_plan", Plan)  # read by the cache for the config's `cache`
 SSE_HEADERS = {
     "content-type": "text/event-stream; charset=utf-8",

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 LOGGING = web.AppKey("streamproxy_logging", LoggingSettings)
 TRACE_HEADER = "x-portkey-trace-id"
+CLIENT_CLOSED = 499  # the status logged for a request its client left before any answer
 # Request state: the ProxyKey that authenticated the request (server/auth.py).
 AUTH_KEY: web.RequestKey[Any] = web.RequestKey("streamproxy_auth_key", object)
 
@@ -70,16 +71,28 @@ def observe_rejection(request: web.Request | Exchange, err: ProxyError, reason: 
     """Count a request refused before any handler ran; a chat request is also logged and
     counted as one (the access log and streamproxy_requests_total are chat requests': a 401
     on /v1/models or /metrics is only a rejection)."""
+    metrics().rejected.labels(reason).inc()
+    if _is_chat(request):
+        _observe_unhandled(request, RequestRecord(
+            trace_id="", status=err.status, error_type=err.error_type, error_code=err.code,
+            auth_key_name=auth_key_name, bytes_out=len(orjson.dumps(err.to_dict()))))
+
+
+def observe_abandoned(request: Exchange) -> None:
+    """A chat request whose client went away while its body was arriving (the lean front: on
+    aiohttp's the handler is running and logs it): logged and counted as any request its
+    client left before an answer, 499."""
+    _observe_unhandled(request, RequestRecord(trace_id="", status=CLIENT_CLOSED,
+                                              client_disconnected=True))
+
+
+def _observe_unhandled(request: web.Request | Exchange, record: RequestRecord) -> None:
     from streamproxy.server.state import STATE
 
-    metrics().rejected.labels(reason).inc()
     state = request.app.get(STATE)
-    if state is None or not _is_chat(request):
+    if state is None:
         return
-    record = RequestRecord(trace_id=request.headers.get(TRACE_HEADER) or uuid.uuid4().hex,
-                           status=err.status, error_type=err.error_type, error_code=err.code,
-                           auth_key_name=auth_key_name)
-    record.bytes_out = len(orjson.dumps(err.to_dict()))
+    record.trace_id = request.headers.get(TRACE_HEADER) or uuid.uuid4().hex
     record.finished = time.monotonic()
     for observe in state.observers:
         observe(record)
