@@ -246,6 +246,19 @@ def test_breaker_percentage_waits_for_minimum_requests(new_breakers: BreakersFac
     assert cb.state("k", spec) == OPEN  # 3/4 failed
 
 
+def test_breaker_states_are_capped_least_recently_recorded_first() -> None:
+    # A key names the target's model, which a client's x-portkey-config chooses.
+    cb = CircuitBreakers(Clock(), max_states=3)
+    spec = BreakerSpec(failure_threshold=1, cooldown_interval=30)
+    cb.record("down", spec, 500)
+    for i in range(1000):
+        cb.record(f"mock|client-model-{i}|", spec, None)
+        cb.record("down", spec, 500)  # recorded again: kept (open: no trial yet)
+    assert len(cb._states) == 3
+    assert cb.is_open("down", spec)
+    assert cb.state("mock|client-model-0|", spec) == CLOSED  # dropped: starts again closed
+
+
 def test_open_targets_are_skipped_unless_all_are_open(new_breakers: BreakersFactory) -> None:
     clock = Clock()
     cb = new_breakers(clock)

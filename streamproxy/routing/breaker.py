@@ -10,6 +10,10 @@ plan ignores the breakers (as Portkey does): failing fast on all of them helps n
 The states live in this process (`CircuitBreakers`) or, with `--workers N`, in a table all
 the workers share (server/shared_breakers.py overrides `_load` / `_save` / `_locked`), so
 that a target trips after `failure_threshold` failures on the instance, not per worker.
+
+A target's key names its model, which a client's `x-portkey-config` chooses: the states kept
+in a process are capped at `MAX_STATES`, the least recently recorded dropped first (it starts
+again from closed), so distinct models cannot grow the map for the life of the process.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 from streamproxy.routing.portkey_config import BreakerSpec
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+MAX_STATES = 4096  # per process, as many as the workers' shared table has slots
 
 
 @dataclass(slots=True)
@@ -36,9 +41,11 @@ StateListener = Callable[[str, str], None]
 
 
 class CircuitBreakers:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 max_states: int = MAX_STATES) -> None:
         self._clock = clock
-        self._states: dict[str, BreakerState] = {}
+        self._max_states = max_states
+        self._states: dict[str, BreakerState] = {}  # least recently recorded first
         self.listeners: list[StateListener] = []  # (key, state) on every change; metrics
 
     def state(self, key: str, spec: BreakerSpec) -> str:
@@ -92,7 +99,10 @@ class CircuitBreakers:
         return self._states.get(key)
 
     def _save(self, key: str, st: BreakerState) -> None:
-        self._states[key] = st
+        states = self._states
+        if states.pop(key, None) is None and len(states) >= self._max_states:
+            del states[next(iter(states))]
+        states[key] = st
 
     def _locked(self) -> AbstractContextManager[object]:
         return contextlib.nullcontext()
