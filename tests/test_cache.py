@@ -8,6 +8,7 @@ import asyncio
 import logging
 import random
 import re
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -683,6 +684,31 @@ async def test_the_memory_lru_is_bounded_by_entries_and_bytes() -> None:
     assert await small.get("huge") is None and len(small) == 2
     await small.set("gone", {"v": 1}, 0)
     assert await small.get("gone") is None
+
+
+async def test_the_memory_lru_byte_bound_bounds_the_memory_it_holds() -> None:
+    def streamed(i: int) -> dict[str, Any]:
+        b = CompletionBuilder()
+        b.start("fast")
+        for text in orjson.loads(orjson.dumps([f" w{i}"] + [" token"] * 199)):
+            b.content(text)  # a str of its own per delta, as decoding an upstream gives
+        b.finish("stop")
+        b.end()
+        return cached.from_builder(b)
+
+    lru = MemoryCache(max_entries=100_000, max_bytes=500_000)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1000):
+            await lru.set(str(i), streamed(i), 60)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert lru.bytes <= 500_000 and len(lru) > 100
+    assert held < 1.5 * 500_000  # decoded entries held ~6 times their JSON size
+    hit = await lru.get(str(999))
+    assert hit is not None and hit["content"][:2] == [" w999", " token"]
 
 
 def test_cache_settings_are_validated() -> None:
