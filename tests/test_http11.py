@@ -25,6 +25,7 @@ from streamproxy.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from streamproxy.providers.base import UpstreamRequest
 from streamproxy.server.app import STATE
 from streamproxy.upstream import http11
 from streamproxy.upstream.client import CLIENT_ENV, UpstreamClient, map_client_error
@@ -635,6 +636,24 @@ def test_config_key_and_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CLIENT_ENV, "bogus")
     with pytest.raises(ValueError, match=CLIENT_ENV):
         UpstreamClient()
+
+
+async def test_the_aiohttp_clients_memos_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client's x-portkey-config chooses any connect timeout (and a model in the URL)."""
+    monkeypatch.delenv(CLIENT_ENV, raising=False)
+    with socket.socket() as s:  # a port nobody listens on: each send fails at once
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1/models/m"
+    client = UpstreamClient(kind="aiohttp")
+    await client.start()
+    try:
+        for i in range(300):
+            with pytest.raises(UpstreamUnreachable):
+                await client.send(UpstreamRequest(f"{url}{i}", b"{}"),
+                                  connect_timeout=5 + i / 1000, provider="p")
+            assert len(client._timeouts) <= 64 and len(client._urls) <= 1025
+    finally:
+        await client.close()
 
 
 def native_anthropic_config(url: str) -> Config:

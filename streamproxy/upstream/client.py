@@ -53,7 +53,8 @@ class UpstreamClient:
         self.egress = egress
         self.session: aiohttp.ClientSession | None = None
         # Per-request objects aiohttp would otherwise rebuild every time (URL parsing is the
-        # costly one); both maps stay small: one entry per upstream URL / timeout value.
+        # costly one): one entry per upstream URL / connect timeout, each map emptied when full
+        # (a client's x-portkey-config may choose both: a model in the path, any timeout).
         self._urls: dict[str, URL] = {}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._proxies: dict[str, dict[str, Any]] = {}  # aiohttp's proxy arguments per URL
@@ -107,6 +108,8 @@ class UpstreamClient:
             self._proxies[req.url] = self._proxy_arguments(url)
         timeout = self._timeouts.get(connect_timeout)
         if timeout is None:
+            if len(self._timeouts) >= 64:
+                self._timeouts.clear()
             timeout = self._timeouts[connect_timeout] = aiohttp.ClientTimeout(
                 total=None, sock_connect=connect_timeout, connect=connect_timeout)
         proxy = self._proxies[req.url]
