@@ -4,12 +4,19 @@ the proxy's answer must be the same as for the one-write body."""
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import orjson
 import pytest
 
-from streamproxy.providers.mock.server import start_mock_server
+from streamproxy.providers.mock.server import (
+    ANTHROPIC,
+    OPENAI,
+    MockOptions,
+    start_mock_server,
+    unpaced_body,
+)
 from tests.helpers import collect, sse_chunks
 
 
@@ -53,3 +60,23 @@ async def test_a_flushed_stream_translates_like_a_one_write_one(default_proxy: A
     assert flushed.chunks == one_write.chunks
     assert flushed.finish_reason == one_write.finish_reason == "stop"
     assert flushed.usage == one_write.usage
+
+
+def test_the_mocks_memo_of_bodies_is_bounded_in_bytes() -> None:
+    """Clients choose the body's shape (`mock/tokens=100000`), and the embedded default serves
+    the mock in the proxy's process: what it keeps of built bodies is bounded."""
+    small = unpaced_body(OPENAI, MockOptions(tokens=20), "m", 1, True)
+    assert unpaced_body(OPENAI, MockOptions(tokens=20), "m", 1, True) is small  # built once
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(20):  # ~2.4 MB each
+            body = unpaced_body(ANTHROPIC, MockOptions(tokens=20_000 + i), "m", 1, True)
+            assert body.count(b"event: content_block_delta") == 20_000 + i
+        del body
+        for i in range(200):  # ~0.1 MB each
+            unpaced_body(OPENAI, MockOptions(tokens=1000 + i), f"m{i}", 1, True)
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 40 << 20  # a 512-entry memo kept all of them: ~100 MB here

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, fields, replace
-from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -267,8 +266,30 @@ ANTHROPIC = _Wire("anthropic", "text/event-stream; charset=utf-8")
 OPENAI = _Wire("openai", "text/event-stream; charset=utf-8")
 
 
-@lru_cache(maxsize=512)
+# Built bodies by request shape, oldest first. Clients choose the shape (`tokens`, the model
+# name), and the embedded default serves the mock in the proxy's process: the memo is bounded
+# in bytes, and a body too large for it is built each time.
+_BODIES: dict[tuple[Any, ...], bytes] = {}
+_BODIES_MAX_BYTES = 32 << 20
+_BODY_MEMO_MAX = 1 << 20
+_bodies_bytes = 0
+
+
 def unpaced_body(wire: _Wire, opts: MockOptions, model: str, prompt: int, usage: bool) -> bytes:
+    global _bodies_bytes
+    key = (wire, opts, model, prompt, usage)
+    body = _BODIES.get(key)
+    if body is None:
+        body = _build_body(wire, opts, model, prompt, usage)
+        if len(body) <= _BODY_MEMO_MAX:
+            while _BODIES and _bodies_bytes + len(body) > _BODIES_MAX_BYTES:
+                _bodies_bytes -= len(_BODIES.pop(next(iter(_BODIES))))
+            _BODIES[key] = body
+            _bodies_bytes += len(body)
+    return body
+
+
+def _build_body(wire: _Wire, opts: MockOptions, model: str, prompt: int, usage: bool) -> bytes:
     parts = [wire.prelude(model, prompt, usage)]
     for i in range(opts.tokens):
         if i == opts.error_after:
