@@ -181,8 +181,8 @@ def _validate(body: dict[str, Any], limits: Limits) -> bool:
             if is_custom(t):
                 custom = True
                 continue
-            fn = t.get("function") if isinstance(t, dict) else None
-            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            fn = _named_function(t)
+            if fn is None:
                 raise InvalidRequest(f"'tools[{i}].function.name' is required.",
                                      param=f"tools[{i}].function.name",
                                      code="missing_required_parameter")
@@ -193,8 +193,7 @@ def _validate(body: dict[str, Any], limits: Limits) -> bool:
     tc = body.get("tool_choice")
     if tc is None or tc in ("auto", "none", "required"):
         return custom
-    if isinstance(tc, dict) and isinstance(tc.get("function"), dict) and isinstance(
-            tc["function"].get("name"), str):
+    if _named_function(tc) is not None:
         return custom
     if is_custom(tc) or (isinstance(tc, dict) and tc.get("type") == "allowed_tools"
                          and isinstance(tc.get("allowed_tools"), dict)):
@@ -202,6 +201,12 @@ def _validate(body: dict[str, Any], limits: Limits) -> bool:
     raise InvalidRequest("'tool_choice' must be 'auto', 'none', 'required', "
                          "{'type': 'function', 'function': {'name': ...}}, a custom tool's or "
                          "an allowed_tools choice.", param="tool_choice", code="invalid_value")
+
+
+def _named_function(entry: Any) -> dict[str, Any] | None:
+    """The `function` of a tool, tool call or choice, when it is an object with a name."""
+    fn = entry.get("function") if isinstance(entry, dict) else None
+    return fn if isinstance(fn, dict) and isinstance(fn.get("name"), str) else None
 
 
 def is_custom(entry: Any) -> bool:
@@ -261,8 +266,7 @@ def _validate_message(i: int, m: Any) -> bool:
         if is_custom(c):
             custom = True
             continue
-        fn = c.get("function") if isinstance(c, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        if _named_function(c) is None:
             raise _type_error(f"{where}.tool_calls[{j}].function", "an object with a name")
         _check_fields(c, f"{where}.tool_calls[{j}]", _CALL_FIELDS)
     return custom
