@@ -258,6 +258,13 @@ def test_named_tool_choice_sends_only_that_tool_as_required() -> None:
     assert "tool_choice" not in to_cohere(_body(tools=tools, tool_choice="auto"), "m")
 
 
+def test_top_p_of_one_is_sent_as_cohere_s_largest_p() -> None:
+    # Cohere's `p` is at most 0.99 (a 1 is refused); OpenAI's top_p 1 means no nucleus cut.
+    assert to_cohere(_body(top_p=1), "m")["p"] == 0.99
+    assert to_cohere(_body(top_p=0.995), "m")["p"] == 0.99
+    assert to_cohere(_body(top_p=0.5), "m")["p"] == 0.5
+
+
 def test_json_schema_and_reasoning_effort() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
     out = to_cohere(_body(response_format={"type": "json_schema", "json_schema": {

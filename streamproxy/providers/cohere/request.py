@@ -8,7 +8,9 @@ Choices (docs/providers/others.md "cohere"):
   string); tool results are `tool` messages with `tool_call_id` and string content;
 - tool_choice "required" → "REQUIRED", "none" → "NONE", "auto" → omitted; a named tool_choice
   (Cohere has none) → "REQUIRED" with only that tool sent, which forces exactly that call;
-- max tokens, temperature, top_p → p, stop → stop_sequences, seed and the penalties map 1:1;
+- max tokens, temperature, top_p → p, stop → stop_sequences, seed and the penalties map 1:1,
+  except that a top_p above P_MAX (OpenAI's default 1: no nucleus cut) is sent as P_MAX, the
+  largest `p` Cohere takes (its API reference: "min value of 0.01, max value of 0.99");
 - response_format json_object → {"type": "json_object"}, json_schema → the same with
   `json_schema: <schema>`;
 - reasoning_effort → `thinking` ("none" → disabled, otherwise enabled with a token budget);
@@ -28,6 +30,7 @@ from streamproxy.openai_api.content import OPENAI_ONLY, texts
 DROPPED = OPENAI_ONLY | {"user", "parallel_tool_calls"}
 PASSTHROUGH = ("k", "safety_mode", "documents", "citation_options", "strict_tools", "thinking")
 SAME_NAME = ("temperature", "seed", "frequency_penalty", "presence_penalty")
+P_MAX = 0.99  # Cohere refuses a larger `p`; OpenAI's top_p goes up to 1 (its default)
 THINKING_BUDGET = {"minimal": 512, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768}
 
 
@@ -43,7 +46,7 @@ def to_cohere(body: dict[str, Any], model: str) -> dict[str, Any]:
         if body.get(key) is not None:
             out[key] = body[key]
     if body.get("top_p") is not None:
-        out["p"] = body["top_p"]
+        out["p"] = min(body["top_p"], P_MAX)
     stop = body.get("stop")
     if stop:
         out["stop_sequences"] = [stop] if isinstance(stop, str) else stop
