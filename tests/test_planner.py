@@ -200,6 +200,22 @@ def test_query_operators(query: dict[str, Any], expected: bool) -> None:
     assert matches(query, {"n": 5, "s": "x", "tags": "b"}, {"a": {"b": True}}) is expected
 
 
+@pytest.mark.parametrize(("query", "expected"), [
+    ({"params.stream": 1}, False),
+    ({"params.stream": {"$eq": 1}}, False),
+    ({"params.stream": {"$in": [1]}}, False),
+    ({"params.stream": {"$ne": 1}}, True),
+    ({"params.temperature": False}, False),
+    ({"params.temperature": {"$nin": [False]}}, True),
+    ({"params.stream": True, "params.temperature": 0}, True),
+    ({"params.temperature": {"$in": [0.0]}}, True),  # 0 === 0.0 in JavaScript too
+])
+def test_equality_keeps_booleans_apart_from_numbers(query: dict[str, Any],
+                                                    expected: bool) -> None:
+    # Portkey's conditionalRouter.ts compares with === and Array.includes: true is not 1.
+    assert matches(query, {}, {"stream": True, "temperature": 0}) is expected
+
+
 # -- circuit breakers ---------------------------------------------------------------------------
 
 BreakersFactory = Callable[[Callable[[], float]], CircuitBreakers]

@@ -8,7 +8,8 @@ or an object of operators: `$eq $ne $gt $gte $lt $lte $in $nin $regex $length`.
 As in Portkey's conditionalRouter.ts, `$gt $gte $lt $lte` compare both sides as JavaScript's
 `parseFloat` reads them, so metadata's strings compare as numbers (`"3"` ≥ 2) and a value
 that is not a number never matches; `$length` applies a number (equality) or an operator
-object to the length of an array (anything else never matches).
+object to the length of an array (anything else never matches). Equality (`$eq $ne $in $nin`,
+a literal) is JavaScript's strict one for booleans: `true` is not `1`, nor `false` `0`.
 """
 
 from __future__ import annotations
@@ -95,15 +96,22 @@ def _lookup(field: str, metadata: dict[str, Any], params: dict[str, Any], path: 
     return value
 
 
+def _equal(value: Any, arg: Any) -> bool:
+    """Python's `==`, except that a boolean equals only a boolean (in Python `True == 1`)."""
+    if isinstance(value, bool) or isinstance(arg, bool):
+        return value is arg
+    return bool(value == arg)
+
+
 def _compare(op: str, value: Any, arg: Any) -> bool:
     if op == "$eq":
-        return value == arg
+        return _equal(value, arg)
     if op == "$ne":
-        return value != arg
+        return not _equal(value, arg)
     if op == "$in":
-        return value in arg
+        return any(_equal(value, a) for a in arg)
     if op == "$nin":
-        return value not in arg
+        return not any(_equal(value, a) for a in arg)
     if op == "$regex":
         return isinstance(value, str) and _regex(arg).search(value) is not None
     if op == "$length":
@@ -135,6 +143,6 @@ def matches(query: dict[str, Any], metadata: dict[str, Any], params: dict[str, A
                     continue
                 if not all(_compare(op, value, arg) for op, arg in matcher.items()):
                     return False
-            elif value is _MISSING or value != matcher:
+            elif value is _MISSING or not _equal(value, matcher):
                 return False
     return True
