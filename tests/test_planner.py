@@ -49,6 +49,11 @@ def make(raw: dict[str, Any], seed: int = 0, breakers: CircuitBreakers | None = 
     ({"strategy": {"mode": "fallback"}, "targets": []}, "config.targets"),
     ({"strategy": {"mode": "loadbalance"}, "targets": [{"provider": "a", "weight": -1}]},
      "config.targets[0].weight"),
+    ({"strategy": {"mode": "loadbalance"},  # YAML's .nan: a finite number is required
+      "targets": [{"provider": "a", "weight": float("nan")}]}, "config.targets[0].weight"),
+    ({"strategy": {"mode": "loadbalance"}, "targets": [
+        {"provider": "a", "weight": float("inf")}, {"provider": "b"}]}, "config.targets[0].weight"),
+    ({"provider": "a", "request_timeout": float("inf")}, "config.request_timeout"),
     ({"strategy": {"mode": "fallback", "on_status_codes": ["500"]},
       "targets": [{"provider": "a"}]}, "config.strategy.on_status_codes"),
     ({"strategy": {"mode": "fallback"}, "targets": [{"provider": "a", "retry": {"attempts": 99}}]},

@@ -9,6 +9,7 @@ section, or as a route's default. Every invalid field is a 400 naming its path
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -112,8 +113,11 @@ def _codes(value: Any, path: str) -> frozenset[int]:
 
 
 def _number(value: Any, path: str, *, minimum: float = 0) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-        raise _bad(path, f"must be a number ≥ {minimum:g}")
+    # Finite: YAML reads .inf and .nan (JSON has neither); a NaN weight passed every check and
+    # then drew no target (an IndexError per request), an infinite one was never drawn.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            minimum <= value < math.inf):
+        raise _bad(path, f"must be a finite number ≥ {minimum:g}")
     return float(value)
 
 
