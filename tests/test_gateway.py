@@ -190,6 +190,26 @@ async def test_conditional_on_metadata_header(proxy: Any) -> None:
     assert bad.status == 400 and (await bad.json())["error"]["param"] == "x-portkey-metadata"
 
 
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_conditional_without_a_match_fails_only_when_a_fallback_reaches_it(
+        proxy: Any, stream: bool) -> None:
+    # As in Portkey, whose router error is thrown where the conditional is tried: a fallback
+    # whose first target answers serves the request.
+    client = await proxy(gateway_config())
+    unmatched = {"strategy": {"mode": "conditional",
+                              "conditions": [{"query": {"metadata.tier": "gold"}, "then": "g"}]},
+                 "targets": [{"name": "g", **leaf("fast", "mock2")}]}
+    served = await post(client, fallback(leaf("fast:tokens=2"), unmatched), stream=stream)
+    assert served.status == 200
+    assert served.headers["x-portkey-last-used-option-index"] == "config.targets[0]"
+    failed = await post(client, fallback(leaf("fast:status=500"), unmatched), stream=stream)
+    assert failed.status == 400
+    assert (await failed.json())["error"]["code"] == "no_condition_matched"
+    assert failed.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
+    first = await post(client, fallback(unmatched, leaf("fast")), stream=stream)
+    assert first.status == 400  # nothing was tried
+
 async def test_trace_id_is_echoed(proxy: Any) -> None:
     client = await proxy(gateway_config())
     resp = await post(client, headers={"x-portkey-trace-id": "trace-123"}, model="mock/fast")

@@ -105,6 +105,9 @@ class Executor:
         index = 0
         while True:
             attempt = plan.attempts[index]
+            if attempt.refusal is not None:  # reached by a fallback: the request's answer
+                record.option_path = attempt.path
+                raise attempt.refusal
             try:
                 result = await self._with_retries(req, attempt, record, once)
             except ProxyError as e:

@@ -34,6 +34,9 @@ class Attempt:
     breaker: BreakerSpec | None = None
     groups: tuple[Group, ...] = ()
     cache: dict[str, Any] | None = None  # the leaf's `cache`, or its nearest parent's
+    # A conditional that matched nothing and has no default: the request fails with this 400
+    # when the plan reaches it (as in Portkey), not when an earlier fallback target answers.
+    refusal: InvalidRequest | None = None
 
     @property
     def breaker_key(self) -> str:
@@ -94,7 +97,12 @@ class _Walk:
             self.next_group += 1
             return [a for i, child in enumerate(node.targets) for a in self.attempts(
                 child, (*groups, (gid, i, node.on_status_codes)), cache)]
-        return self.attempts(self.choose(node), groups, cache)
+        try:
+            chosen = self.choose(node)
+        except InvalidRequest as e:  # (a conditional without a match)
+            return [Attempt(self.targets[node.leaves()[0].path], node.path, groups=groups,
+                            refusal=e)]
+        return self.attempts(chosen, groups, cache)
 
     def choose(self, node: ConfigNode) -> ConfigNode:
         if node.mode == "single":
@@ -138,5 +146,10 @@ def plan(root: ConfigNode, resolve: Resolve, *, rng: random.Random,
     targets = {leaf.path: resolve(leaf) for leaf in root.leaves()}
     walk = _Walk(resolve, rng, breakers, metadata or {}, params or {}, path, targets)
     attempts = walk.attempts(root, ())
-    closed = [a for a in attempts if not breakers.is_open(a.breaker_key, a.breaker)]
-    return Plan(closed or attempts)
+    closed = [a for a in attempts
+              if a.refusal is not None or not breakers.is_open(a.breaker_key, a.breaker)]
+    if any(a.refusal is None for a in closed):
+        attempts = closed
+    if attempts[0].refusal is not None:
+        raise attempts[0].refusal
+    return Plan(attempts)
