@@ -182,6 +182,13 @@ def test_conditional_routing(metadata: dict[str, Any], params: dict[str, Any],
     assert names(make(CONDITIONAL, metadata=metadata, params=params)) == [expected]
 
 
+def test_a_repeated_target_name_routes_to_the_first() -> None:
+    raw = {"strategy": {"mode": "conditional", "default": "x",
+                        "conditions": [{"query": {"metadata.t": "x"}, "then": "x"}]},
+           "targets": [{"name": "x", "provider": "a"}, {"name": "x", "provider": "b"}]}
+    assert names(make(raw, metadata={"t": "x"})) == names(make(raw)) == ["a"]
+
+
 def test_conditional_without_match_or_default_is_a_400() -> None:
     raw = {"strategy": {"mode": "conditional",
                         "conditions": [{"query": {"metadata.x": 1}, "then": "a"}]},

@@ -119,7 +119,10 @@ class _Walk:
         return candidates[-1]
 
     def condition(self, node: ConfigNode) -> ConfigNode:
-        by_name = {c.name: c for c in node.targets if c.name}
+        by_name: dict[str, ConfigNode] = {}
+        for child in node.targets:  # a repeated name means its first target (Portkey's findIndex)
+            if child.name:
+                by_name.setdefault(child.name, child)
         for cond in node.conditions:
             if matches(cond.query, self.metadata, self.params, self.path):
                 return by_name[cond.then]
