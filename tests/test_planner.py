@@ -54,6 +54,9 @@ def make(raw: dict[str, Any], seed: int = 0, breakers: CircuitBreakers | None = 
     ({"strategy": {"mode": "loadbalance"}, "targets": [
         {"provider": "a", "weight": float("inf")}, {"provider": "b"}]}, "config.targets[0].weight"),
     ({"provider": "a", "request_timeout": float("inf")}, "config.request_timeout"),
+    ({"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "a", "override_params": {"stream": False}}]},
+     "config.targets[0].override_params.stream"),
     ({"strategy": {"mode": "fallback", "on_status_codes": ["500"]},
       "targets": [{"provider": "a"}]}, "config.strategy.on_status_codes"),
     ({"strategy": {"mode": "fallback"}, "targets": [{"provider": "a", "retry": {"attempts": 99}}]},

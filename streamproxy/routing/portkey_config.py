@@ -243,6 +243,10 @@ def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode
             raise _bad(f"{path}.override_params.store", "is the proxy's stored completions "
                        "switch, not a provider parameter: send store in the request body, or "
                        "set storage.force_store")
+        if "stream" in params:  # the answer's form is the request's: an upstream told
+            # otherwise answered in the other form, which failed as a truncated stream (502)
+            raise _bad(f"{path}.override_params.stream", "would change the answer's form from "
+                       "the one the client asked for: send stream in the request body")
         changes["override_params"] = {**node.override_params, **params}
     if "forward_headers" in raw:
         headers = raw["forward_headers"]
