@@ -296,3 +296,40 @@ def test_multiprocess_mode_aggregates_workers(tmp_path: Path) -> None:
     # The workers share the breakers: the latest change is the state, whoever made it.
     assert 'streamproxy_circuit_breaker_state{target="down"} 0.0' in live
     assert "streamproxy_active_streams 0.0" in after  # livesum drops the dead worker
+
+
+RETIRE_SCRIPT = textwrap.dedent("""
+    import os, sys
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+    from streamproxy.observe.metrics import metrics, render, retire_process
+    from streamproxy.record import RequestRecord
+
+    for generation in range(3):  # as reloads: two workers each, then they exit
+        pids = []
+        for _ in range(2):
+            pid = os.fork()
+            if pid == 0:
+                metrics().observe(RequestRecord(trace_id="t", provider="mp", model="m",
+                                                stream=True))
+                os._exit(0)
+            pids.append(pid)
+        for pid in pids:
+            os.waitpid(pid, 0)
+            retire_process(pid)  # the master's job when a worker exits
+        print(sorted(f for f in os.listdir(sys.argv[1]) if f.endswith(".db")))
+    print(render().decode())
+""")
+
+
+def test_exited_workers_files_are_summed_into_one_not_kept_each(tmp_path: Path) -> None:
+    """Six workers over three generations: their counts stay in the totals, and the directory
+    holds one file per kind (it held two more per worker ever started: a scrape read them all,
+    ~4 MB of histograms each, for the master's life)."""
+    proc = subprocess.run([sys.executable, "-c", RETIRE_SCRIPT, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == lines[1] == lines[2] == "['counter_retired.db', 'histogram_retired.db']"
+    line = 'streamproxy_requests_total{model="m",provider="mp",status="200",stream="true"}'
+    assert f"{line} 6.0" in proc.stdout
+    assert 'streamproxy_request_duration_seconds_count{model="m",provider="mp",' in proc.stdout

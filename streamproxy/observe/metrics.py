@@ -6,16 +6,21 @@ Multi-process: with `PROMETHEUS_MULTIPROC_DIR` set, prometheus-client writes eve
 per-process files in that directory and `/metrics` in any worker serves the aggregate of all
 of them. The value class is chosen when a metric child is created, so metrics are built lazily
 (first `create_app` in the worker) after the master has set the variable; see operations.md.
+A worker that exits leaves counter and histogram files that must keep counting: the master
+adds them into one `<type>_retired.db` each (`retire_process`) and removes them, so reloads and
+replaced workers do not grow the directory (and each scrape's work) for the master's life.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import os
 import re
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -31,6 +36,7 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+from prometheus_client.mmap_dict import MmapedDict
 
 from streamproxy.config import ConfigError
 from streamproxy.record import RequestRecord
@@ -38,6 +44,10 @@ from streamproxy.record import RequestRecord
 log = logging.getLogger("streamproxy.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Files of exited workers are added into these (`counter_retired.db`, …); not a pid: never live.
+_RETIRED = "retired"
+_KEPT_TYPES = ("counter", "histogram", "summary")  # samples that outlive their process
+_LOCK_FILE = ".retire.lock"  # not *.db: the collector's glob never reads it
 # Clients choose model names: past this many distinct ones per process, the rest are "other",
 # so a client cannot grow the series count (and Prometheus' memory) without bound.
 MAX_MODEL_LABELS = 100
@@ -274,11 +284,49 @@ def set_circuit_state(target_key: str, state: str) -> None:
 
 def render() -> bytes:
     """The exposition text: this process's registry, or every worker's files aggregated."""
-    if multiprocess_dir() is not None:
+    path = multiprocess_dir()
+    if path is not None:
         registry = CollectorRegistry()  # per scrape, as prometheus-client recommends
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry)
+        with _directory_lock(path, fcntl.LOCK_SH):  # never half-way through a retirement
+            return generate_latest(registry)
     return generate_latest(REGISTRY)
+
+
+def retire_process(pid: int) -> None:
+    """The master's, when a worker exits: its live gauges go, and its counters and histograms
+    are added into the `retired` files and removed (summed, they stay in every total). Under
+    the directory's lock, so a scrape sees them in one place or the other, never both or
+    neither (and never a file listed then gone)."""
+    path = multiprocess_dir()
+    if path is None:
+        return
+    with _directory_lock(path, fcntl.LOCK_EX):
+        multiprocess.mark_process_dead(pid, path)
+        for kind in _KEPT_TYPES:
+            dead = os.path.join(path, f"{kind}_{pid}.db")
+            if os.path.exists(dead):
+                _add_into(os.path.join(path, f"{kind}_{_RETIRED}.db"), dead)
+                os.unlink(dead)
+
+
+def _add_into(into: str, dead: str) -> None:
+    retired = MmapedDict(into)
+    try:
+        for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(dead):
+            retired.write_value(key, retired.read_value(key)[0] + value, timestamp)
+    finally:
+        retired.close()
+
+
+@contextlib.contextmanager
+def _directory_lock(path: str, how: int) -> Iterator[None]:
+    fd = os.open(os.path.join(path, _LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, how)
+        yield
+    finally:
+        os.close(fd)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

@@ -605,9 +605,12 @@ def _stop_with(master: int) -> None:
 
 
 def _mark_metrics_dead(pid: int) -> None:
-    """prometheus-client's multi-process mode keeps a dead worker's live gauges otherwise."""
+    """prometheus-client's multi-process mode keeps a dead worker's live gauges otherwise, and
+    its counter and histogram files, one set per worker ever started, for good."""
     if os.environ.get(PROMETHEUS_ENV):
-        with contextlib.suppress(Exception):
-            from prometheus_client import multiprocess
-            multiprocess.mark_process_dead(pid)
+        try:
+            from streamproxy.observe.metrics import retire_process
+            retire_process(pid)
+        except Exception:
+            log.exception("metrics: worker %d's files were not retired", pid)
 
