@@ -20,8 +20,9 @@ from prometheus_client import REGISTRY
 
 from streamproxy.cache import entry as cached
 from streamproxy.cache.backends import MemoryCache, RedisCache
-from streamproxy.cache.config import parse_cache_settings
+from streamproxy.cache.config import CacheSettings, parse_cache_settings
 from streamproxy.cache.key import cache_key
+from streamproxy.cache.service import make_backend
 from streamproxy.config import ConfigError
 from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
 from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
@@ -438,6 +439,19 @@ async def test_redis_entries_expire_with_max_age(redis_url: str) -> None:
             await asyncio.sleep(0.02)
         assert await backend.get("k-expiring") is None
         assert (await backend.get("k-kept"))["completion"]["id"] == "y"
+    finally:
+        await backend.close()
+
+
+async def test_a_redis_entry_over_max_bytes_is_not_written(redis_url: str) -> None:
+    """As the memory backend: `cache.max_bytes` 1 MiB let a 2.3 MB entry into Redis (a
+    300,000-token stream), which every hit then carried whole."""
+    backend = make_backend(CacheSettings(backend="redis", redis_url=redis_url, max_bytes=4096))
+    try:
+        await backend.set("k-small", cached.from_completion({"id": "s"}), 60)
+        await backend.set("k-huge", cached.from_completion({"id": "h" * 5000}), 60)
+        assert (await backend.get("k-small"))["completion"]["id"] == "s"
+        assert await backend.get("k-huge") is None
     finally:
         await backend.close()
 

@@ -74,17 +74,21 @@ class MemoryCache:
 
 
 class RedisCache:
-    """Entries as orjson bytes under `streamproxy:cache:<key>`, expiring with Redis's own TTL."""
+    """Entries as orjson bytes under `streamproxy:cache:<key>`, expiring with Redis's own TTL.
+    An entry over `max_bytes` is not written (as the memory backend keeps none over its bound):
+    every hit would carry it whole, in each worker that reads it."""
 
     PREFIX = "streamproxy:cache:"
 
-    def __init__(self, url: str, *, timeout: float = 1.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 1.0,
+                 max_bytes: int | None = None) -> None:
         import redis.asyncio as redis
 
         self._errors = (redis.RedisError, OSError, asyncio.TimeoutError)
         self._redis = redis.Redis.from_url(url, socket_timeout=timeout,
                                            socket_connect_timeout=timeout)
         self._last_warning = 0.0
+        self.max_bytes = max_bytes
 
     async def get(self, key: str) -> dict[str, Any] | None:
         try:
@@ -101,9 +105,11 @@ class RedisCache:
         return entry if isinstance(entry, dict) else None
 
     async def set(self, key: str, entry: dict[str, Any], ttl: float) -> None:
+        raw = orjson.dumps(entry)
+        if self.max_bytes is not None and len(raw) > self.max_bytes:
+            return
         try:
-            await self._redis.set(self.PREFIX + key, orjson.dumps(entry),
-                                  px=max(1, int(ttl * 1000)))
+            await self._redis.set(self.PREFIX + key, raw, px=max(1, int(ttl * 1000)))
         except self._errors as e:
             self._warn("write", e)
 
