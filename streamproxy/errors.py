@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 
 class ProxyError(Exception):
     status: int = 500
@@ -64,6 +66,10 @@ class ProxyError(Exception):
                 "code": self.code,
             }
         }
+
+    def body(self) -> bytes:
+        """The JSON body of the error's HTTP answer."""
+        return orjson.dumps(self.to_dict())
 
     @property
     def retryable(self) -> bool:

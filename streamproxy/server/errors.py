@@ -6,7 +6,6 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
 
-import orjson
 from aiohttp import web
 from aiohttp.web_urldispatcher import _default_expect_handler
 
@@ -54,7 +53,7 @@ def body_too_large(limit: int) -> PayloadTooLarge:
 
 def error_response(err: ProxyError, request: web.Request,
                    headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(err.to_dict()), status=err.status,
+    return web.Response(body=err.body(), status=err.status,
                         content_type="application/json",
                         headers={**error_headers(err, request.headers), **(headers or {})})
 

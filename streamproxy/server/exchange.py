@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Protocol
 
-import orjson
 from aiohttp import web
 
 from streamproxy.errors import ProxyError
@@ -77,7 +76,7 @@ class Exchange(Protocol):
 
 async def reply_error(ex: Exchange, err: ProxyError, *, close: bool = False) -> None:
     """`err` as OpenAI's error JSON, with its status and headers (`error_headers`)."""
-    await ex.reply(orjson.dumps(err.to_dict()), status=err.status,
+    await ex.reply(err.body(), status=err.status,
                    headers=error_headers(err, ex.headers), close=close)
 
 

@@ -99,7 +99,7 @@ async def chat(ex: Exchange) -> None:
         record.status = e.status
         record.error_type, record.error_code = e.error_type, e.code
         if record.first_byte is None:  # the error's JSON body is the answer (not yet written)
-            record.bytes_out = len(orjson.dumps(e.to_dict()))
+            record.bytes_out = len(e.body())
         e.response_headers = _response_headers(record, record.provider)
         raise
     except asyncio.CancelledError:

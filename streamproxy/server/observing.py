@@ -8,7 +8,6 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from aiohttp import web
 
 from streamproxy.errors import ProxyError
@@ -75,7 +74,7 @@ def observe_rejection(request: web.Request | Exchange, err: ProxyError, reason: 
     if _is_chat(request):
         _observe_unhandled(request, RequestRecord(
             trace_id="", status=err.status, error_type=err.error_type, error_code=err.code,
-            auth_key_name=auth_key_name, bytes_out=len(orjson.dumps(err.to_dict()))))
+            auth_key_name=auth_key_name, bytes_out=len(err.body())))
 
 
 def observe_abandoned(request: Exchange) -> None:

@@ -25,7 +25,6 @@ import asyncio
 from email.utils import formatdate
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from streamproxy.config import ServerConfig
@@ -52,7 +51,7 @@ def request_timeout(part: str, seconds: float) -> ClientReadTimeout:
 def timeout_response(err: ClientReadTimeout) -> bytes:
     """The 408 as bytes, for a request no handler can answer (its head, or its body on the
     lean front, never complete)."""
-    body = orjson.dumps(err.to_dict())
+    body = err.body()
     return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json; charset=utf-8\r\n"
             b"content-length: %d\r\ndate: %b\r\nconnection: close\r\n\r\n%b"
             % (len(body), formatdate(usegmt=True).encode(), body))
