@@ -110,6 +110,9 @@ class CompatTranslator(PassthroughTranslator):
         super().on_done()
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 class CompatProvider(OpenAIProvider):
     """Base of the presets: OpenAI's wire format under another name and URL. The request goes as
     the client wrote it but for what the upstream refuses with a 400: the parameters in
@@ -138,12 +141,12 @@ class CompatProvider(OpenAIProvider):
 
     def _adapt_message(self, message: dict[str, Any]) -> dict[str, Any]:
         role = message["role"]
-        refused = (self.refused_message_keys.get(role, frozenset())
-                   | self.refused_message_keys.get("*", frozenset()))
+        for_any = self.refused_message_keys.get("*", _NONE)
+        for_role = self.refused_message_keys.get(role, _NONE)
         to_system = role == "developer" and self.developer_as_system
-        if not to_system and refused.isdisjoint(message):
-            return message
-        out = {k: v for k, v in message.items() if k not in refused}
+        if not to_system and for_any.isdisjoint(message) and for_role.isdisjoint(message):
+            return message  # (the usual case: no set built per message)
+        out = {k: v for k, v in message.items() if k not in for_any and k not in for_role}
         if to_system:
             out["role"] = "system"
         return out
