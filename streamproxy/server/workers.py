@@ -236,15 +236,16 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
 
 
 def _reloaded_config(path: str | None, running: Config) -> Config | None:
-    """The config file read again, or None (logged) when it does not load."""
+    """The config file read again, or None (logged) when it does not load; what a reload
+    cannot change (the listening address, logging: set up once, at start) is said."""
     try:
         config = load_config(path)
     except ConfigError as e:
-        log.error("reload failed: config error: %s; the old config keeps serving", e)
+        log.error("reload failed: config error: %s; the running config keeps serving", e)
         return None
     fixed = [f"server.{k}" for k in ("host", "port", "log_level")
              if getattr(config.server, k) != getattr(running.server, k)]
-    if fixed:  # the listening address and logging are set up once, at start
+    if fixed:
         log.warning("reload: %s changed; that takes a restart (the running value stays)",
                     ", ".join(fixed))
     return config
@@ -338,8 +339,9 @@ class Master:
         self.host, self.port, self.count = host, port, count
         self.workers: dict[int, Worker] = {}
         self.generation = 0  # the one serving
-        # What a reload cannot change, as the file said at start (--port/--host may override)
-        self._set_once = {k: getattr(config.server, k) for k in ("host", "port", "log_level")}
+        # The config as the file said at start: what a reload cannot change (host, port, log
+        # level; --port/--host may override) is compared with it.
+        self._started_with = config
         self._generations = itertools.count(1)  # each reload's own, never reused
         self.booting = True  # until the first generation listens: a failure is fatal
         self.reload: tuple[int, Config, float] | None = None  # (generation, config, deadline)
@@ -552,16 +554,9 @@ class Master:
         if self.reload is not None:
             log.warning("SIGHUP ignored: a reload is already in progress")
             return
-        try:
-            config = load_config(self.path)
-        except ConfigError as e:
-            log.error("reload failed: config error: %s; the old workers keep serving", e)
+        config = _reloaded_config(self.path, self._started_with)
+        if config is None:
             return
-        fixed = [f"server.{k}" for k, v in self._set_once.items()
-                 if getattr(config.server, k) != v]
-        if fixed:  # the listening address and logging are set up once, by the master
-            log.warning("reload: %s changed; that takes a restart (the running value stays)",
-                        ", ".join(fixed))
         generation = next(self._generations)  # (a failed reload's state is not inherited)
         self.reload = (generation, config, time.monotonic() + READY_TIMEOUT)
         log.info("SIGHUP: reloading %s (generation %d)", config.source, generation)
