@@ -39,6 +39,9 @@ from streamproxy.upstream.egress import NO_PROXIES, EgressProxies, ProxyRoute
 MAX_HEAD_BYTES = 64 * 1024  # status line + headers of one response
 MAX_HEADERS = 256
 MAX_CHUNK_LINE = 4096  # a chunk-size line with its extensions
+# A longer Content-Length is malformed: no body that long is real, and int() refuses past
+# 4,300 digits (a ValueError that would escape data_received).
+MAX_LENGTH_DIGITS = 18
 PAUSE_AT = 64 * 1024  # unread body bytes beyond which the socket stops being read
 # What one read of a compressed body may inflate to (a read is at most a few hundred KiB: a
 # ratio of 64 or more): beyond it a decompression bomb, refused before it takes the memory.
@@ -315,8 +318,7 @@ def parse_head(head: bytes, *, head_request: bool = False) -> ResponseHead:
             raise MalformedResponse("conflicting Content-Length headers")
         if lengths:
             value = lengths.pop()
-            # (int() refuses over 4,300 digits: a ValueError here would escape data_received)
-            if not value.isdigit() or not value.isascii() or len(value) > 18:
+            if not value.isdigit() or not value.isascii() or len(value) > MAX_LENGTH_DIGITS:
                 raise MalformedResponse("invalid Content-Length")
             length = int(value)
     encoding = framing.get("content-encoding", [""])[0].strip().lower()
