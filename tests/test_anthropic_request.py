@@ -4,6 +4,7 @@ the non-streamed answer's translation back."""
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 
 import orjson
@@ -316,3 +317,27 @@ def test_a_tool_without_parameters_gets_an_empty_object_schema() -> None:
     body = translate(tools=[{"type": "function", "function": {"name": "now"}}])
     assert body["tools"] == [{"name": "now",
                               "input_schema": {"type": "object", "properties": {}}}]
+
+
+def tool_loop(call_ids: list[str]) -> list[dict[str, Any]]:
+    """A tool loop whose calls carry another provider's ids."""
+    return [{"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": call_id, "type": "function",
+                 "function": {"name": "get_weather", "arguments": "{}"}}
+                for call_id in call_ids]},
+            *({"role": "tool", "tool_call_id": call_id, "content": "sunny"}
+              for call_id in call_ids)]
+
+
+def test_tool_call_ids_anthropic_refuses_are_mapped_alike_in_call_and_result() -> None:
+    # Anthropic takes ids of [A-Za-z0-9_-] only (a 400 otherwise); Kimi's ids, replayed after
+    # a fallback, have dots and colons. Ids that fit are sent as they are.
+    ids = ["functions.get_weather:0", "functions_get_weather_0", "call_1", "x" * 80]
+    _, assistant, results = translate(messages=tool_loop(ids))["messages"]
+    sent = [block["id"] for block in assistant["content"]]
+    assert [block["tool_use_id"] for block in results["content"]] == sent
+    assert sent[2] == "call_1" and len(set(sent)) == 4
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", call_id) for call_id in sent)
+    assert sent[0].startswith("functions_get_weather_0_")
+    assert translate(messages=tool_loop(ids[:1]))["messages"][1]["content"][0]["id"] == sent[0]

@@ -499,6 +499,21 @@ def test_tool_choice_none_drops_tools_unless_the_history_needs_a_tool_config() -
         "inputSchema": {"json": TOOLS[0]["function"]["parameters"]}}}]}
 
 
+def test_tool_use_ids_bedrock_refuses_are_mapped_alike_in_call_and_result() -> None:
+    # Converse takes toolUseIds of 1-64 [A-Za-z0-9_-] (a ValidationException otherwise).
+    messages = conversation()
+    ids = {"tu1": "functions.get_capital:0", "tu2": "call_" + "x" * 70}
+    for m in messages:
+        for call in m.get("tool_calls") or []:
+            call["id"] = ids[call["id"]]
+        if m["role"] == "tool":
+            m["tool_call_id"] = ids[m["tool_call_id"]]
+    _, assistant, results = to_converse({"messages": messages}, MODEL)["messages"]
+    sent = [block["toolUse"]["toolUseId"] for block in assistant["content"]]
+    assert [block["toolResult"]["toolUseId"] for block in results["content"][:2]] == sent
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", call_id) for call_id in sent)
+
+
 def test_history_with_tool_blocks_but_no_tools_gets_name_only_specs() -> None:
     config = to_converse({"messages": conversation()}, MODEL)["toolConfig"]
     assert config == {"tools": [{"toolSpec": {"name": "get_capital",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
 import orjson
@@ -55,6 +57,22 @@ def tool_call_input(arguments: Any, i: int, j: int) -> dict[str, Any]:
                              param=f"messages[{i}].tool_calls[{j}].function.arguments",
                              code="invalid_value") from None
     return parsed if isinstance(parsed, dict) else {"value": parsed}
+
+
+# Anthropic's tool_use ids and Bedrock's toolUseIds: 1 to 64 of these (a 400 otherwise).
+_TOOL_USE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NOT_IN_TOOL_USE_ID = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def tool_use_id(call_id: str) -> str:
+    """A tool call's id as Anthropic and Bedrock take it. Ids from other providers may not fit
+    (Kimi's `functions.get_weather:0`, long ids): those keep their legible part and gain 16 hex
+    digits of their SHA-256, so a call and its result map alike, in this request and every
+    later one, and two ids never merge."""
+    if _TOOL_USE_ID.fullmatch(call_id):
+        return call_id
+    digest = hashlib.sha256(call_id.encode()).hexdigest()[:16]
+    return f"{_NOT_IN_TOOL_USE_ID.sub('_', call_id)[:47]}_{digest}"
 
 
 # OpenAI request fields that no translated provider can take: every translating provider

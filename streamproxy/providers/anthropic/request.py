@@ -29,6 +29,7 @@ from streamproxy.openai_api.content import (
     parse_data_url,
     texts,
     tool_call_input,
+    tool_use_id,
 )
 from streamproxy.providers.anthropic.thinking import fit_thinking
 
@@ -216,15 +217,16 @@ def _assistant_blocks(m: dict[str, Any], i: int) -> list[dict[str, Any]]:
     blocks.extend(_text_blocks(m.get("content"), f"messages[{i}].content"))
     for j, call in enumerate(m.get("tool_calls") or []):
         fn = call["function"]
-        blocks.append({"type": "tool_use", "id": call.get("id") or f"toolu_{i}_{j}",
-                       "name": fn["name"],
+        call_id = tool_use_id(call.get("id") or f"toolu_{i}_{j}")
+        blocks.append({"type": "tool_use", "id": call_id, "name": fn["name"],
                        "input": tool_call_input(fn.get("arguments"), i, j)})
     return blocks
 
 
 def _tool_result(m: dict[str, Any], i: int) -> dict[str, Any]:
     content = m.get("content")
-    result: dict[str, Any] = {"type": "tool_result", "tool_use_id": m["tool_call_id"]}
+    result: dict[str, Any] = {"type": "tool_result",
+                              "tool_use_id": tool_use_id(m["tool_call_id"])}
     if isinstance(content, list):
         result["content"] = _text_blocks(content, f"messages[{i}].content")
     else:

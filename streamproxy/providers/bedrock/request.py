@@ -37,6 +37,7 @@ from streamproxy.openai_api.content import (
     parse_data_url,
     texts,
     tool_call_input,
+    tool_use_id,
 )
 from streamproxy.providers.anthropic.thinking import fit_thinking
 
@@ -262,7 +263,8 @@ def _assistant_blocks(m: dict[str, Any], i: int, tool_names: list[str]) -> list[
         fn = call["function"]
         parsed = tool_call_input(fn.get("arguments"), i, j)
         tool_names.append(fn["name"])
-        blocks.append({"toolUse": {"toolUseId": call.get("id") or f"tooluse_{i}_{j}",
+        call_id = tool_use_id(call.get("id") or f"tooluse_{i}_{j}")
+        blocks.append({"toolUse": {"toolUseId": call_id,
                                    "name": fn["name"], "input": parsed}})
     return blocks
 
@@ -270,5 +272,5 @@ def _assistant_blocks(m: dict[str, Any], i: int, tool_names: list[str]) -> list[
 def _tool_result(m: dict[str, Any], i: int) -> dict[str, Any]:
     blocks = [b for b in _text_blocks(m.get("content"), f"messages[{i}].content")
               if not b["text"].isspace()]
-    return {"toolResult": {"toolUseId": m["tool_call_id"],
+    return {"toolResult": {"toolUseId": tool_use_id(m["tool_call_id"]),
                            "content": blocks or [{"text": EMPTY_TOOL_RESULT}]}}
