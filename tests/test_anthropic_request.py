@@ -341,3 +341,37 @@ def test_tool_call_ids_anthropic_refuses_are_mapped_alike_in_call_and_result() -
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", call_id) for call_id in sent)
     assert sent[0].startswith("functions_get_weather_0_")
     assert translate(messages=tool_loop(ids[:1]))["messages"][1]["content"][0]["id"] == sent[0]
+
+
+def test_cache_control_on_parts_and_tools_is_kept_on_their_blocks() -> None:
+    # Prompt caching as Portkey passes it: a breakpoint on a system, user, assistant or tool
+    # result part, an image or file part, or a tool stays on the block made from it.
+    ephemeral = {"type": "ephemeral"}
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    pdf = "data:application/pdf;base64," + base64.b64encode(b"%PDF-1.4").decode()
+    body = translate(messages=[
+        {"role": "system", "content": [{"type": "text", "text": "Long rules.",
+                                        "cache_control": hour}]},
+        {"role": "user", "content": [
+            {"type": "text", "text": "Read this.", "cache_control": ephemeral},
+            {"type": "image_url", "image_url": {"url": "https://example.com/a.png"},
+             "cache_control": ephemeral},
+            {"type": "file", "file": {"file_data": pdf}, "cache_control": ephemeral},
+            {"type": "text", "text": "Now?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Sure.",
+                                           "cache_control": ephemeral}],
+         "tool_calls": [{"id": "call_1", "type": "function",
+                         "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1",
+         "content": [{"type": "text", "text": "sunny", "cache_control": ephemeral}]}],
+        tools=[{**TOOL, "cache_control": ephemeral}])
+    assert body["system"] == [{"type": "text", "text": "Long rules.", "cache_control": hour}]
+    user, assistant, result = body["messages"]
+    assert [block.get("cache_control") for block in user["content"]] == [
+        ephemeral, ephemeral, ephemeral, None]
+    assert assistant["content"][0] == {"type": "text", "text": "Sure.",
+                                       "cache_control": ephemeral}
+    assert result["content"][0]["content"] == [{"type": "text", "text": "sunny",
+                                                "cache_control": ephemeral}]
+    assert body["tools"][0]["cache_control"] == ephemeral
+    assert "cache_control" not in translate(tools=[TOOL])["tools"][0]

@@ -23,12 +23,18 @@ def texts(content: Any, where: str) -> list[str]:
         return []
     if isinstance(content, str):
         return [content] if content else []
+    return [part["text"] for part in text_parts(content, where)]
+
+
+def text_parts(content: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    """The `text` parts with text of an array that may hold only text, as `texts` reads it
+    (for a translator that carries a part's other keys, such as `cache_control`)."""
     out = []
     for j, part in enumerate(content):
         kind = part.get("type")
         if kind == "text":
             if part.get("text"):
-                out.append(part["text"])
+                out.append(part)
         elif kind != "refusal":
             raise InvalidRequest(f"Content part type '{kind}' is not allowed here.",
                                  param=f"{where}[{j}].type", code="unsupported_value")

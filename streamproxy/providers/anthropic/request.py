@@ -11,6 +11,8 @@ Choices (README "Anthropic"):
 - `response_format` json_schema → `output_config.format` (structured outputs); json_object →
   a system instruction to answer with one JSON object;
 - assistant `thinking_blocks` (as we stream them) are sent back as thinking blocks;
+- a content part's or a tool's `cache_control` (prompt caching, as Portkey passes it) is kept
+  on the block made from it;
 - images: png, jpeg (`image/jpg` too), gif, webp; `file` parts: a PDF → a base64 document, a
   `text/*` file → a plain-text document (Anthropic's base64 documents take only PDF); other
   types are a 400 naming the type;
@@ -27,6 +29,7 @@ from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     PLACEHOLDER_USER_TEXT,
     parse_data_url,
+    text_parts,
     texts,
     tool_call_input,
     tool_use_id,
@@ -86,7 +89,7 @@ def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
 def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
     tools = body.get("tools")
     if tools:
-        out["tools"] = [_tool(t["function"]) for t in tools]
+        out["tools"] = [_cached(_tool(t["function"]), t) for t in tools]
     choice = body.get("tool_choice")
     mapped: dict[str, Any] | None = None
     if choice == "auto":
@@ -149,7 +152,18 @@ def _messages(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
 
 
 def _text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(content, list):
+        return [_cached({"type": "text", "text": part["text"]}, part)
+                for part in text_parts(content, where)]
     return [{"type": "text", "text": t} for t in texts(content, where)]
+
+
+def _cached(block: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
+    """`block` with the `cache_control` of the part or tool it was made from: the client's
+    prompt-caching breakpoint, which Anthropic takes on the same block."""
+    if source.get("cache_control") is not None:
+        block["cache_control"] = source["cache_control"]
+    return block
 
 
 def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
@@ -161,15 +175,15 @@ def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
         where = f"messages[{i}].content[{j}]"
         if kind == "text":
             if part.get("text"):
-                blocks.append({"type": "text", "text": part["text"]})
+                blocks.append(_cached({"type": "text", "text": part["text"]}, part))
         elif kind == "image_url":
             url = (part.get("image_url") or {}).get("url")
-            blocks.append({"type": "image",
-                           "source": _image_source(url, f"{where}.image_url.url")})
+            blocks.append(_cached({"type": "image",
+                                   "source": _image_source(url, f"{where}.image_url.url")}, part))
         elif kind == "file":
             data = (part.get("file") or {}).get("file_data")
-            blocks.append({"type": "document",
-                           "source": _document_source(data, f"{where}.file.file_data")})
+            blocks.append(_cached({"type": "document", "source": _document_source(
+                data, f"{where}.file.file_data")}, part))
         else:
             raise InvalidRequest(f"Content part type '{kind}' is not supported by Anthropic.",
                                  param=f"{where}.type", code="unsupported_value")
