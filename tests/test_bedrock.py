@@ -514,6 +514,30 @@ def test_tool_use_ids_bedrock_refuses_are_mapped_alike_in_call_and_result() -> N
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", call_id) for call_id in sent)
 
 
+def test_cache_control_becomes_a_cache_point_after_its_block() -> None:
+    # Anthropic's prompt-caching breakpoint, as Portkey passes it, is Converse's cachePoint
+    # block, placed after the block (or tool spec, or whole toolResult) it marks.
+    ephemeral = {"type": "ephemeral"}
+    point = {"cachePoint": {"type": "default"}}
+    messages = conversation()
+    messages[0]["content"] = [{"type": "text", "text": "Be brief.",
+                               "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+    messages[2]["content"][0]["cache_control"] = ephemeral  # the user's text
+    messages[4]["content"] = [{"type": "text", "text": "Paris", "cache_control": ephemeral}]
+    body = to_converse({"messages": messages, "tools": [{**TOOLS[0], "cache_control": ephemeral}]},
+                       MODEL)
+    assert body["system"][:2] == [{"text": "Be brief."},
+                                  {"cachePoint": {"type": "default", "ttl": "1h"}}]
+    user, _, results = body["messages"]
+    assert user["content"][:2] == [{"text": "Capitals?"}, point]
+    assert results["content"] == [  # the results still lead the turn, each point in its place
+        {"toolResult": {"toolUseId": "tu1", "content": [{"text": "Paris"}]}}, point,
+        {"toolResult": {"toolUseId": "tu2", "content": [{"text": "Lima"}]}},
+        {"text": "And the temperature?"}]
+    assert body["toolConfig"]["tools"][1] == point
+    assert "cachePoint" not in str(to_converse({"messages": conversation()}, MODEL))
+
+
 def test_history_with_tool_blocks_but_no_tools_gets_name_only_specs() -> None:
     config = to_converse({"messages": conversation()}, MODEL)["toolConfig"]
     assert config == {"tools": [{"toolSpec": {"name": "get_capital",

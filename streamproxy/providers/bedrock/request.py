@@ -16,6 +16,9 @@ Choices (docs/providers/bedrock.md):
   1024/4096/16384 tokens for Claude models (`anthropic.claude` in the model id), kept below the
   client's max as on Anthropic (anthropic/thinking.py); dropped for other models;
 - assistant `thinking_blocks` (as we stream them) go back as `reasoningContent` blocks;
+- a content part's or a tool's `cache_control` (Anthropic's prompt-caching breakpoint, as
+  Portkey passes it) → a `cachePoint` block after the block made from it (after the tool's
+  spec; after the whole `toolResult`, whose content cannot hold one);
 - a tool result with no text (or only blank text) is sent as EMPTY_TOOL_RESULT: Converse
   rejects blank text blocks and an empty `content`;
 - `response_format` json_object / json_schema → a system instruction (not enforced by Bedrock);
@@ -35,6 +38,7 @@ from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     PLACEHOLDER_USER_TEXT,
     parse_data_url,
+    text_parts,
     texts,
     tool_call_input,
     tool_use_id,
@@ -130,7 +134,8 @@ def _tool_config(body: dict[str, Any], history_tools: list[str]) -> dict[str, An
     choice = body.get("tool_choice")
     if choice == "none" and not history_tools:
         return None  # Converse has no "none": offering no tools is the equivalent
-    specs = [_tool_spec(t["function"]) for t in tools]
+    specs = [block for t in tools for block in (_tool_spec(t["function"]),
+                                                 *_cache_point(t.get("cache_control")))]
     if not specs:
         # Bedrock rejects toolUse / toolResult blocks without a toolConfig.
         specs = [{"toolSpec": {"name": name, "inputSchema": {"json": {"type": "object"}}}}
@@ -170,7 +175,7 @@ def _messages(msgs: list[dict[str, Any]]
         elif role == "assistant":
             blocks = _assistant_blocks(m, i, tool_names)
         elif role == "tool":
-            blocks = [_tool_result(m, i)]
+            blocks = _tool_result(m, i)
         else:  # legacy "function" role: no tool_call_id to pair it with
             raise InvalidRequest("The legacy 'function' role is not supported; use 'tool'.",
                                  param=f"messages[{i}].role", code="unsupported_value")
@@ -179,19 +184,43 @@ def _messages(msgs: list[dict[str, Any]]
         role_out = "assistant" if role == "assistant" else "user"
         if out and out[-1]["role"] == role_out:
             prev = out[-1]["content"]
-            if role == "tool" and prev and "toolResult" not in prev[-1]:
-                # Tool results must lead the user turn that follows a toolUse turn.
-                out[-1]["content"] = [b for b in prev if "toolResult" in b] + blocks + \
-                    [b for b in prev if "toolResult" not in b]
-            else:
-                prev.extend(blocks)
+            prev.extend(blocks)
+            if role == "tool":
+                out[-1]["content"] = _tool_results_first(prev)
         else:
             out.append({"role": role_out, "content": blocks})
     return system, out, tool_names
 
 
+def _tool_results_first(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A user turn's blocks with its tool results first (they must lead the turn that follows a
+    toolUse turn), in order; a cachePoint stays after the block it follows."""
+    results: list[dict[str, Any]] = []
+    others: list[dict[str, Any]] = []
+    into = others
+    for block in blocks:
+        if "cachePoint" not in block:
+            into = results if "toolResult" in block else others
+        into.append(block)
+    return results + others
+
+
 def _text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(content, list):
+        return [block for part in text_parts(content, where)
+                for block in ({"text": part["text"]}, *_cache_point(part.get("cache_control")))]
     return [{"text": t} for t in texts(content, where)]  # Converse rejects blank text blocks
+
+
+def _cache_point(control: Any) -> list[dict[str, Any]]:
+    """The cachePoint block that stands for a part's or a tool's `cache_control` (none without
+    one); its `ttl` (5m, 1h) is Converse's too."""
+    if control is None:
+        return []
+    point = {"type": "default"}
+    if isinstance(control, dict) and control.get("ttl"):
+        point["ttl"] = control["ttl"]
+    return [{"cachePoint": point}]
 
 
 def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
@@ -202,8 +231,9 @@ def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
         kind = part.get("type")
         where = f"messages[{i}].content[{j}]"
         if kind == "text":
-            if part.get("text"):
-                blocks.append({"text": part["text"]})
+            if not part.get("text"):
+                continue
+            blocks.append({"text": part["text"]})
         elif kind == "image_url":
             url = (part.get("image_url") or {}).get("url")
             blocks.append({"image": _image(url, f"{where}.image_url.url")})
@@ -212,6 +242,7 @@ def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
         else:
             raise InvalidRequest(f"Content part type '{kind}' is not supported by Bedrock.",
                                  param=f"{where}.type", code="unsupported_value")
+        blocks.extend(_cache_point(part.get("cache_control")))
     return blocks
 
 
@@ -269,8 +300,11 @@ def _assistant_blocks(m: dict[str, Any], i: int, tool_names: list[str]) -> list[
     return blocks
 
 
-def _tool_result(m: dict[str, Any], i: int) -> dict[str, Any]:
-    blocks = [b for b in _text_blocks(m.get("content"), f"messages[{i}].content")
-              if not b["text"].isspace()]
-    return {"toolResult": {"toolUseId": tool_use_id(m["tool_call_id"]),
-                           "content": blocks or [{"text": EMPTY_TOOL_RESULT}]}}
+def _tool_result(m: dict[str, Any], i: int) -> list[dict[str, Any]]:
+    content = m.get("content")
+    blocks = [{"text": t} for t in texts(content, f"messages[{i}].content") if not t.isspace()]
+    result = {"toolResult": {"toolUseId": tool_use_id(m["tool_call_id"]),
+                             "content": blocks or [{"text": EMPTY_TOOL_RESULT}]}}
+    parts = content if isinstance(content, list) else []
+    controls = [p["cache_control"] for p in parts if p.get("cache_control") is not None]
+    return [result, *_cache_point(controls[-1] if controls else None)]
