@@ -375,3 +375,13 @@ def test_cache_control_on_parts_and_tools_is_kept_on_their_blocks() -> None:
                                                 "cache_control": ephemeral}]
     assert body["tools"][0]["cache_control"] == ephemeral
     assert "cache_control" not in translate(tools=[TOOL])["tools"][0]
+
+
+@pytest.mark.parametrize("content", ["\n\n", [{"type": "text", "text": " "}]])
+def test_whitespace_only_assistant_text_is_left_out(content: Any) -> None:
+    # Claude may answer "\n\n" before a tool call; sent back as a text block, the next turn
+    # would be a 400 ("text content blocks must contain non-whitespace text").
+    messages = tool_loop(["call_1"])
+    messages[1]["content"] = content
+    assistant = translate(messages=messages)["messages"][1]
+    assert [block["type"] for block in assistant["content"]] == ["tool_use"]

@@ -538,6 +538,19 @@ def test_cache_control_becomes_a_cache_point_after_its_block() -> None:
     assert "cachePoint" not in str(to_converse({"messages": conversation()}, MODEL))
 
 
+@pytest.mark.parametrize("content", ["\n\n", [{"type": "text", "text": " "}]])
+def test_whitespace_only_text_is_left_out(content: Any) -> None:
+    # Converse rejects blank text blocks; Claude may answer "\n\n" before a tool call, and
+    # that text comes back in the next turn's history.
+    messages = conversation()
+    messages[3]["content"] = content
+    messages.append({"role": "assistant", "content": "It is 20 degrees."})
+    messages.append({"role": "user", "content": content})
+    _, assistant, *_, last = to_converse({"messages": messages}, MODEL)["messages"]
+    assert [next(iter(block)) for block in assistant["content"]] == ["toolUse", "toolUse"]
+    assert last == {"role": "assistant", "content": [{"text": "It is 20 degrees."}]}
+
+
 def test_history_with_tool_blocks_but_no_tools_gets_name_only_specs() -> None:
     config = to_converse({"messages": conversation()}, MODEL)["toolConfig"]
     assert config == {"tools": [{"toolSpec": {"name": "get_capital",

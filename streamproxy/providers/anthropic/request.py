@@ -228,7 +228,10 @@ def _assistant_blocks(m: dict[str, Any], i: int) -> list[dict[str, Any]]:
     for tb in m.get("thinking_blocks") or []:
         if isinstance(tb, dict) and tb.get("type") in ("thinking", "redacted_thinking"):
             blocks.append(tb)
-    blocks.extend(_text_blocks(m.get("content"), f"messages[{i}].content"))
+    # Anthropic refuses a turn whose text is only whitespace ("\n\n" before a tool call, as
+    # Claude may answer, comes back in the next turn's history): such text is left out.
+    blocks.extend(b for b in _text_blocks(m.get("content"), f"messages[{i}].content")
+                  if not b["text"].isspace())
     for j, call in enumerate(m.get("tool_calls") or []):
         fn = call["function"]
         call_id = tool_use_id(call.get("id") or f"toolu_{i}_{j}")

@@ -206,10 +206,12 @@ def _tool_results_first(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    # Converse rejects blank text blocks, whitespace only too ("\n\n" before a tool call, as
+    # Claude may answer, comes back in the next turn's history): they are left out.
     if isinstance(content, list):
-        return [block for part in text_parts(content, where)
+        return [block for part in text_parts(content, where) if not part["text"].isspace()
                 for block in ({"text": part["text"]}, *_cache_point(part.get("cache_control")))]
-    return [{"text": t} for t in texts(content, where)]  # Converse rejects blank text blocks
+    return [{"text": t} for t in texts(content, where) if not t.isspace()]
 
 
 def _cache_point(control: Any) -> list[dict[str, Any]]:
@@ -231,8 +233,8 @@ def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
         kind = part.get("type")
         where = f"messages[{i}].content[{j}]"
         if kind == "text":
-            if not part.get("text"):
-                continue
+            if not part.get("text") or part["text"].isspace():
+                continue  # Converse rejects blank text (see _text_blocks)
             blocks.append({"text": part["text"]})
         elif kind == "image_url":
             url = (part.get("image_url") or {}).get("url")
