@@ -385,3 +385,26 @@ def test_whitespace_only_assistant_text_is_left_out(content: Any) -> None:
     messages[1]["content"] = content
     assistant = translate(messages=messages)["messages"][1]
     assert [block["type"] for block in assistant["content"]] == ["tool_use"]
+
+
+def test_whitespace_only_text_is_left_out() -> None:
+    # Anthropic: "text content blocks must contain non-whitespace text" (a 400), e.g. the
+    # "\n\n" an assistant turn holds before its tool call, or a blank system message.
+    out = to_anthropic({"messages": [
+        {"role": "system", "content": " "},
+        {"role": "user", "content": [{"type": "text", "text": "\n"},
+                                     {"type": "text", "text": "Weather?"}]},
+        {"role": "assistant", "content": "\n\n", "tool_calls": [
+            {"id": "t1", "type": "function", "function": {"name": "now", "arguments": ""}}]},
+        {"role": "tool", "tool_call_id": "t1", "content": [{"type": "text", "text": " "},
+                                                           {"type": "text", "text": "Sun"}]},
+        {"role": "user", "content": "\t"},
+    ]}, "claude-x")
+    assert "system" not in out
+    assert out["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Weather?"}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "now",
+                                           "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                                      "content": [{"type": "text", "text": "Sun"}]}]},
+    ]

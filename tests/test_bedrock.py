@@ -1037,3 +1037,24 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_whitespace_only_text_is_left_out_in_every_role() -> None:
+    # Converse: "The text field in the ContentBlock object at messages.1.content.0 is blank."
+    out = to_converse({"messages": [
+        {"role": "system", "content": [{"type": "text", "text": "\n"}]},
+        {"role": "user", "content": [{"type": "text", "text": " "},
+                                     {"type": "text", "text": "Weather?"}]},
+        {"role": "assistant", "content": "\n\n", "tool_calls": [
+            {"id": "tu1", "type": "function", "function": {"name": "now", "arguments": ""}}]},
+        {"role": "tool", "tool_call_id": "tu1", "content": "Sun"},
+        {"role": "user", "content": " \n"},
+    ]}, MODEL)
+    assert "system" not in out
+    assert out["messages"] == [
+        {"role": "user", "content": [{"text": "Weather?"}]},
+        {"role": "assistant", "content": [{"toolUse": {"toolUseId": "tu1", "name": "now",
+                                                       "input": {}}}]},
+        {"role": "user", "content": [{"toolResult": {"toolUseId": "tu1",
+                                                     "content": [{"text": "Sun"}]}}]},
+    ]

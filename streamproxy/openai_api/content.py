@@ -41,6 +41,12 @@ def text_parts(content: list[dict[str, Any]], where: str) -> list[dict[str, Any]
     return out
 
 
+def is_blank(text: str | None) -> bool:
+    """Empty or whitespace only: Anthropic and Bedrock Converse answer such a text block with
+    a 400 ("text content blocks must contain non-whitespace text"), so they leave it out."""
+    return not text or text.isspace()
+
+
 def parse_data_url(url: str, where: str) -> tuple[str, str]:
     """`data:<mime>;base64,<data>` → (lower-cased mime, the base64 text as it is)."""
     head, _, data = url.partition(",")

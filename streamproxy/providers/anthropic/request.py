@@ -28,6 +28,7 @@ from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     PLACEHOLDER_USER_TEXT,
+    is_blank,
     parse_data_url,
     text_parts,
     texts,
@@ -152,10 +153,12 @@ def _messages(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
 
 
 def _text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    # Anthropic refuses a text block without non-whitespace text (see is_blank); Claude's
+    # own "\n\n" before a tool call comes back so in the next turn's history.
     if isinstance(content, list):
         return [_cached({"type": "text", "text": part["text"]}, part)
-                for part in text_parts(content, where)]
-    return [{"type": "text", "text": t} for t in texts(content, where)]
+                for part in text_parts(content, where) if not is_blank(part["text"])]
+    return [{"type": "text", "text": t} for t in texts(content, where) if not is_blank(t)]
 
 
 def _cached(block: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
@@ -174,7 +177,7 @@ def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
         kind = part.get("type")
         where = f"messages[{i}].content[{j}]"
         if kind == "text":
-            if part.get("text"):
+            if not is_blank(part.get("text")):
                 blocks.append(_cached({"type": "text", "text": part["text"]}, part))
         elif kind == "image_url":
             url = (part.get("image_url") or {}).get("url")
@@ -228,10 +231,7 @@ def _assistant_blocks(m: dict[str, Any], i: int) -> list[dict[str, Any]]:
     for tb in m.get("thinking_blocks") or []:
         if isinstance(tb, dict) and tb.get("type") in ("thinking", "redacted_thinking"):
             blocks.append(tb)
-    # Anthropic refuses a turn whose text is only whitespace ("\n\n" before a tool call, as
-    # Claude may answer, comes back in the next turn's history): such text is left out.
-    blocks.extend(b for b in _text_blocks(m.get("content"), f"messages[{i}].content")
-                  if not b["text"].isspace())
+    blocks.extend(_text_blocks(m.get("content"), f"messages[{i}].content"))
     for j, call in enumerate(m.get("tool_calls") or []):
         fn = call["function"]
         call_id = tool_use_id(call.get("id") or f"toolu_{i}_{j}")

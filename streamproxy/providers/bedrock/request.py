@@ -37,6 +37,7 @@ from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     PLACEHOLDER_USER_TEXT,
+    is_blank,
     parse_data_url,
     text_parts,
     texts,
@@ -206,12 +207,11 @@ def _tool_results_first(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
-    # Converse rejects blank text blocks, whitespace only too ("\n\n" before a tool call, as
-    # Claude may answer, comes back in the next turn's history): they are left out.
+    # Converse rejects blank text blocks (see is_blank): they are left out.
     if isinstance(content, list):
-        return [block for part in text_parts(content, where) if not part["text"].isspace()
+        return [block for part in text_parts(content, where) if not is_blank(part["text"])
                 for block in ({"text": part["text"]}, *_cache_point(part.get("cache_control")))]
-    return [{"text": t} for t in texts(content, where) if not t.isspace()]
+    return [{"text": t} for t in texts(content, where) if not is_blank(t)]
 
 
 def _cache_point(control: Any) -> list[dict[str, Any]]:
@@ -233,7 +233,7 @@ def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
         kind = part.get("type")
         where = f"messages[{i}].content[{j}]"
         if kind == "text":
-            if not part.get("text") or part["text"].isspace():
+            if is_blank(part.get("text")):
                 continue  # Converse rejects blank text (see _text_blocks)
             blocks.append({"text": part["text"]})
         elif kind == "image_url":
@@ -304,7 +304,7 @@ def _assistant_blocks(m: dict[str, Any], i: int, tool_names: list[str]) -> list[
 
 def _tool_result(m: dict[str, Any], i: int) -> list[dict[str, Any]]:
     content = m.get("content")
-    blocks = [{"text": t} for t in texts(content, f"messages[{i}].content") if not t.isspace()]
+    blocks = [{"text": t} for t in texts(content, f"messages[{i}].content") if not is_blank(t)]
     result = {"toolResult": {"toolUseId": tool_use_id(m["tool_call_id"]),
                              "content": blocks or [{"text": EMPTY_TOOL_RESULT}]}}
     parts = content if isinstance(content, list) else []
