@@ -344,3 +344,11 @@ async def test_missing_command_and_timeout(tmp_path: Any) -> None:
                         provider="v", timeout=0.5)
     with pytest.raises(TokenUnavailable, match="took more than"):
         await slow.get()
+
+
+def test_image_jpg_is_sent_as_image_jpeg() -> None:
+    # Gemini: "Unsupported MIME type: image/jpg" (a 400); clients often write it.
+    out = translate([{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/jpg;base64,/9j/"}}]}])
+    assert out["contents"][0]["parts"] == [{"inlineData": {"mimeType": "image/jpeg",
+                                                           "data": "/9j/"}}]

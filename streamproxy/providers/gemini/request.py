@@ -38,6 +38,8 @@ LITELLM_SIGNATURE_SEP = "__thought__"
 SIGNATURE_BLOCK = "thought_signature"  # `thinking_blocks[].type` we emit and read back
 GENERATED_ID_PREFIX = "call_"  # ids the proxy made up for calls Gemini sent without one
 DEFAULT_IMAGE_MIME = "image/jpeg"  # for an image URL whose extension names no type
+# Data-URL types clients write that Gemini refuses ("Unsupported MIME type"), by its name.
+MIME_ALIASES = {"image/jpg": "image/jpeg"}
 # reasoning_effort → Gemini 2.x thinking budget / Gemini 3 thinking level.
 THINKING_BUDGET = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
 THINKING_LEVEL = {"none": "minimal", "minimal": "minimal", "low": "low", "medium": "medium",
@@ -208,7 +210,7 @@ def _media(url: Any, where: str, default_mime: str | None,
     the translator does no I/O), its MIME type guessed from the file extension."""
     if isinstance(url, str) and url.startswith("data:"):
         mime, data = parse_data_url(url, where)
-        return {"inlineData": {"mimeType": mime, "data": data}}
+        return {"inlineData": {"mimeType": MIME_ALIASES.get(mime, mime), "data": data}}
     if isinstance(url, str) and url.startswith(("http://", "https://", "gs://")):
         path = url.split("?", 1)[0].split("#", 1)[0]
         mime = mimetypes.guess_type(filename or path, strict=False)[0] or default_mime
