@@ -408,3 +408,13 @@ def test_whitespace_only_text_is_left_out() -> None:
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
                                       "content": [{"type": "text", "text": "Sun"}]}]},
     ]
+
+
+def test_a_final_assistant_turn_loses_its_trailing_whitespace() -> None:
+    # Anthropic continues a final assistant turn (prefill) and refuses one that ends in
+    # whitespace: "final assistant content cannot end with trailing whitespace".
+    out = to_anthropic({"messages": [{"role": "user", "content": "Name a colour."},
+                                     {"role": "assistant", "content": "The colour is \n"}]},
+                       "claude-x")
+    assert out["messages"][-1] == {"role": "assistant",
+                                   "content": [{"type": "text", "text": "The colour is"}]}

@@ -1058,3 +1058,10 @@ def test_whitespace_only_text_is_left_out_in_every_role() -> None:
         {"role": "user", "content": [{"toolResult": {"toolUseId": "tu1",
                                                      "content": [{"text": "Sun"}]}}]},
     ]
+
+
+def test_a_final_assistant_turn_loses_its_trailing_whitespace() -> None:
+    # Claude on Converse: "final assistant content cannot end with trailing whitespace".
+    out = to_converse({"messages": [{"role": "user", "content": "Name a colour."},
+                                    {"role": "assistant", "content": "The colour is "}]}, MODEL)
+    assert out["messages"][-1] == {"role": "assistant", "content": [{"text": "The colour is"}]}

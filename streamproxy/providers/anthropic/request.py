@@ -55,6 +55,7 @@ def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
     system, messages = _messages(body["messages"])
     if not messages:
         messages = [{"role": "user", "content": [{"type": "text", "text": PLACEHOLDER_USER_TEXT}]}]
+    _trim_prefill(messages[-1])
     out: dict[str, Any] = {"model": model, "messages": messages}
     thinking, max_tokens = fit_thinking(body, body.get("thinking"), body.get("reasoning_effort"),
                                         DEFAULT_MAX_TOKENS)
@@ -150,6 +151,15 @@ def _messages(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
         else:
             out.append({"role": role_out, "content": blocks})
     return system, out
+
+
+def _trim_prefill(last: dict[str, Any]) -> None:
+    """A final assistant turn is the start of Claude's answer (a prefill), which Anthropic
+    refuses when it ends in whitespace ("final assistant content cannot end with trailing
+    whitespace"); OpenAI takes such a turn as it is."""
+    block = last["content"][-1]
+    if last["role"] == "assistant" and block.get("type") == "text":
+        block["text"] = block["text"].rstrip()
 
 
 def _text_blocks(content: Any, where: str) -> list[dict[str, Any]]:

@@ -81,6 +81,7 @@ def to_converse(body: dict[str, Any], model: str) -> dict[str, Any]:
     system, messages, tool_names = _messages(body["messages"])
     if not messages or messages[0]["role"] != "user":  # Converse starts with a user turn
         messages.insert(0, {"role": "user", "content": [{"text": PLACEHOLDER_USER_TEXT}]})
+    _trim_prefill(messages[-1])
     out: dict[str, Any] = {"messages": messages}
     for key in PASSTHROUGH:
         if body.get(key) is not None:
@@ -204,6 +205,15 @@ def _tool_results_first(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
             into = results if "toolResult" in block else others
         into.append(block)
     return results + others
+
+
+def _trim_prefill(last: dict[str, Any]) -> None:
+    """A final assistant turn is the start of the answer (a prefill), which Claude on Converse
+    refuses when it ends in whitespace ("final assistant content cannot end with trailing
+    whitespace"); OpenAI takes such a turn as it is."""
+    block = last["content"][-1]
+    if last["role"] == "assistant" and "text" in block:
+        block["text"] = block["text"].rstrip()
 
 
 def _text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
