@@ -418,3 +418,10 @@ def test_a_final_assistant_turn_loses_its_trailing_whitespace() -> None:
                        "claude-x")
     assert out["messages"][-1] == {"role": "assistant",
                                    "content": [{"type": "text", "text": "The colour is"}]}
+
+
+def test_an_openai_file_id_is_a_400_naming_it() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        user_parts({"type": "file", "file": {"file_id": "file-abc123"}})
+    assert caught.value.param == "messages[0].content[0].file.file_id"
+    assert "file_data" in str(caught.value)

@@ -1065,3 +1065,13 @@ def test_a_final_assistant_turn_loses_its_trailing_whitespace() -> None:
     out = to_converse({"messages": [{"role": "user", "content": "Name a colour."},
                                     {"role": "assistant", "content": "The colour is "}]}, MODEL)
     assert out["messages"][-1] == {"role": "assistant", "content": [{"text": "The colour is"}]}
+
+
+def test_an_openai_file_id_is_a_400_naming_it() -> None:
+    body = {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Sum it up."},
+        {"type": "file", "file": {"file_id": "file-abc123"}}]}]}
+    with pytest.raises(InvalidRequest) as caught:
+        to_converse(body, MODEL)
+    assert caught.value.param == "messages[0].content[1].file.file_id"
+    assert "file_data" in str(caught.value)

@@ -352,3 +352,11 @@ def test_image_jpg_is_sent_as_image_jpeg() -> None:
         {"type": "image_url", "image_url": {"url": "data:image/jpg;base64,/9j/"}}]}])
     assert out["contents"][0]["parts"] == [{"inlineData": {"mimeType": "image/jpeg",
                                                            "data": "/9j/"}}]
+
+
+def test_a_file_id_that_is_no_url_is_a_400_naming_it() -> None:
+    # (a Files API or gs:// URI in file_id is sent as fileData; OpenAI's ids are not URLs)
+    with pytest.raises(InvalidRequest) as info:
+        translate([{"role": "user", "content": [
+            {"type": "file", "file": {"file_id": "file-abc123"}}]}])
+    assert info.value.param == "messages[0].content[0].file.file_id"

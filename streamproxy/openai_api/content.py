@@ -57,6 +57,16 @@ def parse_data_url(url: str, where: str) -> tuple[str, str]:
     return mime, data
 
 
+def file_data(file: dict[str, Any], where: str, provider: str) -> Any:
+    """A `file` part's `file_data`. A `file_id` names a file in OpenAI's Files API, which
+    `provider` cannot read: a 400 naming it, rather than one about a missing `file_data`."""
+    if file.get("file_data") is None and file.get("file_id") is not None:
+        raise InvalidRequest(f"{provider} cannot read OpenAI file ids; send the file as "
+                             "'file_data' (a data: URL).", param=f"{where}.file_id",
+                             code="unsupported_value")
+    return file.get("file_data")
+
+
 def tool_call_input(arguments: Any, i: int, j: int) -> dict[str, Any]:
     """An assistant tool call's `arguments` (a JSON string; "" means no arguments) → the
     object providers take as input. A non-object JSON value is wrapped as {"value": …}."""

@@ -28,6 +28,7 @@ from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     PLACEHOLDER_USER_TEXT,
+    file_data,
     is_blank,
     parse_data_url,
     text_parts,
@@ -194,7 +195,7 @@ def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
             blocks.append(_cached({"type": "image",
                                    "source": _image_source(url, f"{where}.image_url.url")}, part))
         elif kind == "file":
-            data = (part.get("file") or {}).get("file_data")
+            data = file_data(part.get("file") or {}, f"{where}.file", "Anthropic")
             blocks.append(_cached({"type": "document", "source": _document_source(
                 data, f"{where}.file.file_data")}, part))
         else:

@@ -37,6 +37,7 @@ from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     PLACEHOLDER_USER_TEXT,
+    file_data,
     is_blank,
     parse_data_url,
     text_parts,
@@ -277,7 +278,7 @@ def _image(url: Any, where: str) -> dict[str, Any]:
 
 
 def _document(file: dict[str, Any], where: str, i: int, j: int) -> dict[str, Any]:
-    data = file.get("file_data")
+    data = file_data(file, where, "Bedrock")
     if not isinstance(data, str) or not data.startswith("data:"):
         raise InvalidRequest("Bedrock takes files as file_data data: URLs.",
                              param=f"{where}.file_data", code="invalid_value")

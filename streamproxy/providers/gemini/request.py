@@ -196,8 +196,10 @@ def _user_parts(content: Any, i: int) -> list[dict[str, Any]]:
                                          "data": audio["data"]}})
         elif kind == "file":
             file = part.get("file") or {}
-            parts.append(_media(file.get("file_data") or file.get("file_id"),
-                                f"{where}.file.file_data", None, file.get("filename")))
+            # file_id: a Files API or gs:// URI (Google reads those; OpenAI's ids it cannot)
+            field = "file_id" if file.get("file_id") and not file.get("file_data") else "file_data"
+            parts.append(_media(file.get(field), f"{where}.file.{field}", None,
+                                file.get("filename")))
         else:
             raise InvalidRequest(f"Content part type '{kind}' is not supported by Gemini.",
                                  param=f"{where}.type", code="unsupported_value")
