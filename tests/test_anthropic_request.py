@@ -108,7 +108,8 @@ async def test_max_tokens_reasoning_and_response_format(proxy: Any, upstream: An
         "response_format": {"type": "json_schema", "json_schema": {"name": "s",
                                                                    "schema": schema}}})).json()
     assert sent["max_tokens"] == 77
-    assert sent["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
+    assert sent["output_config"] == {"format": {"type": "json_schema", "schema": {
+        **schema, "additionalProperties": False}}}
     sent = (await sent_for(proxy, upstream, {
         "messages": [{"role": "user", "content": "x"}], "reasoning_effort": "medium",
         "response_format": {"type": "json_object"}})).json()
@@ -119,6 +120,36 @@ async def test_max_tokens_reasoning_and_response_format(proxy: Any, upstream: An
 
 def translate(**body: Any) -> dict[str, Any]:
     return to_anthropic({"messages": [{"role": "user", "content": "x"}], **body}, "claude-x")
+
+
+def test_json_schema_objects_are_closed_as_anthropic_requires() -> None:
+    """Anthropic refuses an object schema without `additionalProperties: false` (OpenAI's
+    non-strict json_schema takes one): objects that say nothing get it, at every depth; an
+    explicit value is left for Anthropic to judge, and data keywords are never rewritten."""
+    item = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    schema = {
+        "type": "object",
+        "properties": {
+            "items": {"type": "array", "items": {"$ref": "#/$defs/Item"}},
+            "extra": {"anyOf": [{"type": ["object", "null"], "properties": {}}, {"type": "null"}]},
+            "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+            "default": {"type": "object", "properties": {}},  # a property so named
+            "const": {"const": {"type": "object"}},
+        },
+        "$defs": {"Item": item},
+    }
+    sent = translate(response_format={"type": "json_schema",
+                                      "json_schema": {"name": "s", "schema": schema}})
+    out = sent["output_config"]["format"]["schema"]
+    assert out["additionalProperties"] is False
+    assert out["$defs"]["Item"] == {**item, "additionalProperties": False}
+    props = out["properties"]
+    assert props["extra"]["anyOf"][0]["additionalProperties"] is False
+    assert "additionalProperties" not in props["extra"]["anyOf"][1]
+    assert props["tags"]["additionalProperties"] == {"type": "string"}
+    assert props["default"]["additionalProperties"] is False
+    assert props["const"] == {"const": {"type": "object"}}
+    assert "additionalProperties" not in schema and "additionalProperties" not in item
 
 
 @pytest.mark.parametrize(("body", "budget", "max_tokens"), [

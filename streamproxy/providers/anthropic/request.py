@@ -8,8 +8,9 @@ Choices (README "Anthropic"):
 - `max_tokens` defaults to DEFAULT_MAX_TOKENS (Anthropic requires one);
 - `reasoning_effort` low/medium/high → a thinking budget of 1024/4096/16384 tokens, kept below
   the client's max (see `thinking.py`);
-- `response_format` json_schema → `output_config.format` (structured outputs); json_object →
-  a system instruction to answer with one JSON object;
+- `response_format` json_schema → `output_config.format` (structured outputs), its object
+  schemas closed (`closed_objects`); json_object → a system instruction to answer with one JSON
+  object;
 - assistant `thinking_blocks` (as we stream them) are sent back as thinking blocks;
 - a content part's or a tool's `cache_control` (prompt caching, as Portkey passes it) is kept
   on the block made from it;
@@ -47,6 +48,11 @@ IMAGE_MEDIA_TYPES = {"image/jpeg": "image/jpeg", "image/jpg": "image/jpeg",
 # Anthropic-native parameters a client may pass through (e.g. openai SDK `extra_body`);
 # `thinking` too, which also sizes `max_tokens` (fit_thinking).
 PASSTHROUGH = ("top_k",)
+# JSON Schema keywords whose value maps names to subschemas, and those that hold data, not a
+# schema (closed_objects walks the first and leaves the second as written).
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions",
+                          "dependentSchemas"})
+_SCHEMA_DATA = frozenset({"enum", "const", "default", "examples"})
 
 
 def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
@@ -77,7 +83,8 @@ def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
         if not isinstance(schema, dict):
             raise InvalidRequest("'response_format.json_schema.schema' must be an object.",
                                  param="response_format.json_schema.schema")
-        out["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+        out["output_config"] = {"format": {"type": "json_schema",
+                                           "schema": closed_objects(schema)}}
     elif fmt.get("type") == "json_object":
         system.append({"type": "text",
                        "text": "Respond with a single valid JSON object and nothing else."})
@@ -86,6 +93,30 @@ def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
     _tools(body, out)
     if body.get("stream"):
         out["stream"] = True
+    return out
+
+
+def closed_objects(schema: Any) -> Any:
+    """A copy of a JSON Schema in which every object schema that does not say otherwise has
+    `additionalProperties: false`: Anthropic's structured outputs refuse an object schema
+    without it ("must be explicitly set to false"), where OpenAI's non-strict json_schema
+    takes one. An explicit value is kept (Anthropic's own 400 then says what is wrong)."""
+    if isinstance(schema, list):
+        return [closed_objects(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in _SCHEMA_DATA:
+            out[key] = value
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: closed_objects(s) for name, s in value.items()}
+        else:
+            out[key] = closed_objects(value)
+    kind = schema.get("type")
+    is_object = kind == "object" or (isinstance(kind, list) and "object" in kind)
+    if is_object and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
     return out
 
 
