@@ -160,6 +160,9 @@ def test_json_schema_objects_are_closed_as_anthropic_requires() -> None:
     ({"reasoning_effort": "medium", "max_tokens": 30000}, 4096, 30000),
     # No client max: room for the budget and the default answer allowance.
     ({"reasoning_effort": "high"}, 16384, 16384 + 4096),
+    # OpenAI's top effort is at least as much thinking as high, never none; the pair stays
+    # within every thinking Claude's output cap (32000 on Opus 4 / 4.1).
+    ({"reasoning_effort": "xhigh"}, 24576, 24576 + 4096),
     ({"thinking": {"type": "enabled", "budget_tokens": 10000}}, 10000, 10000 + 4096),
     # The client's own thinking object wins over reasoning_effort, and sizes max_tokens.
     ({"thinking": {"type": "enabled", "budget_tokens": 2000}, "reasoning_effort": "high"},

@@ -617,6 +617,7 @@ CLAUDE = "us.anthropic.claude-sonnet-4-20250514-v1:0"
     ({"reasoning_effort": "high", "max_completion_tokens": 5000}, 4999, 5000),
     ({"reasoning_effort": "low", "max_tokens": 1025}, 1024, 1025),
     ({"reasoning_effort": "high"}, 16384, 16384 + 4096),
+    ({"reasoning_effort": "xhigh"}, 24576, 24576 + 4096),
     ({"additionalModelRequestFields": {"thinking": {"type": "enabled", "budget_tokens": 10000},
                                        "top_k": 5}}, 10000, 10000 + 4096),
 ])

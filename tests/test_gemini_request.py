@@ -215,6 +215,9 @@ def test_dropped_parameters_never_reach_gemini() -> None:
     ("gemini-2.5-flash", "none", {"thinkingBudget": 0}),
     ("gemini-2.5-pro", "high", {"thinkingBudget": 24576, "includeThoughts": True}),
     ("gemini-3-pro-preview", "low", {"thinkingLevel": "low", "includeThoughts": True}),
+    # OpenAI's xhigh: the most each generation takes (2.5 Flash's budget tops out at 24576).
+    ("gemini-2.5-flash", "xhigh", {"thinkingBudget": 24576, "includeThoughts": True}),
+    ("gemini-3-pro-preview", "xhigh", {"thinkingLevel": "high", "includeThoughts": True}),
 ])
 def test_reasoning_effort(model: str, effort: str, thinking: dict[str, Any]) -> None:
     out = translate([{"role": "user", "content": "x"}], model=model, reasoning_effort=effort)

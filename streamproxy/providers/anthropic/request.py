@@ -6,8 +6,8 @@ Choices (README "Anthropic"):
 - consecutive tool results become one user message of `tool_result` blocks; consecutive
   messages of one role are merged, since Anthropic wants alternating turns;
 - `max_tokens` defaults to DEFAULT_MAX_TOKENS (Anthropic requires one);
-- `reasoning_effort` low/medium/high → a thinking budget of 1024/4096/16384 tokens, kept below
-  the client's max (see `thinking.py`);
+- `reasoning_effort` low/medium/high/xhigh → a thinking budget of 1024/4096/16384/24576 tokens,
+  kept below the client's max (see `thinking.py`);
 - `response_format` json_schema → `output_config.format` (structured outputs), its object
   schemas closed (`closed_objects`); json_object → a system instruction to answer with one JSON
   object;

@@ -17,7 +17,9 @@ from typing import Any
 from streamproxy.errors import InvalidRequest
 
 MIN_BUDGET = 1024
-EFFORT_BUDGET = {"low": 1024, "medium": 4096, "high": 16384}
+# xhigh (OpenAI's top effort) is more than high, within every thinking Claude's output cap
+# with the answer allowance beside it (Opus 4 / 4.1: 32000 tokens).
+EFFORT_BUDGET = {"low": 1024, "medium": 4096, "high": 16384, "xhigh": 24576}
 
 
 def fit_thinking(body: dict[str, Any], native: Any, effort: Any,

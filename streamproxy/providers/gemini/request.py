@@ -40,10 +40,12 @@ GENERATED_ID_PREFIX = "call_"  # ids the proxy made up for calls Gemini sent wit
 DEFAULT_IMAGE_MIME = "image/jpeg"  # for an image URL whose extension names no type
 # Data-URL types clients write that Gemini refuses ("Unsupported MIME type"), by its name.
 MIME_ALIASES = {"image/jpg": "image/jpeg"}
-# reasoning_effort → Gemini 2.x thinking budget / Gemini 3 thinking level.
-THINKING_BUDGET = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
+# reasoning_effort → Gemini 2.x thinking budget / Gemini 3 thinking level. high and xhigh get
+# the most each takes (2.5 Flash's budget tops out at 24576, a level at high).
+THINKING_BUDGET = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576,
+                   "xhigh": 24576}
 THINKING_LEVEL = {"none": "minimal", "minimal": "minimal", "low": "low", "medium": "medium",
-                  "high": "high"}
+                  "high": "high", "xhigh": "high"}
 
 
 def to_gemini(body: dict[str, Any], model: str) -> dict[str, Any]:
