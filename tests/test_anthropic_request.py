@@ -122,6 +122,16 @@ def translate(**body: Any) -> dict[str, Any]:
     return to_anthropic({"messages": [{"role": "user", "content": "x"}], **body}, "claude-x")
 
 
+def test_top_p_of_one_is_not_sent_beside_temperature() -> None:
+    """Newer Claude models refuse temperature and top_p together ("cannot both be specified
+    for this model"), and frameworks send OpenAI's default top_p 1 (no nucleus cut) with a
+    temperature: a top_p of 1 is the same as none, so it is left out."""
+    out = translate(temperature=0.7, top_p=1)
+    assert out["temperature"] == 0.7 and "top_p" not in out
+    assert "top_p" not in translate(top_p=1.0)
+    assert translate(temperature=0.7, top_p=0.9)["top_p"] == 0.9  # a real choice: Claude's
+
+
 def test_json_schema_objects_are_closed_as_anthropic_requires() -> None:
     """Anthropic refuses an object schema without `additionalProperties: false` (OpenAI's
     non-strict json_schema takes one): objects that say nothing get it, at every depth; an

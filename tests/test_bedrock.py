@@ -613,6 +613,15 @@ def test_a_conversation_that_starts_with_the_assistant_gets_a_user_turn_first() 
 CLAUDE = "us.anthropic.claude-sonnet-4-20250514-v1:0"
 
 
+def test_claude_gets_no_top_p_of_one_beside_temperature() -> None:
+    """As on Anthropic: newer Claude models refuse temperature with top_p, and a top_p of 1
+    is no nucleus cut. Other models keep it (their default top_p may be lower)."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0.7, "top_p": 1}
+    assert to_converse(body, CLAUDE)["inferenceConfig"] == {"temperature": 0.7}
+    assert to_converse(body, MODEL)["inferenceConfig"] == {"temperature": 0.7, "topP": 1}
+    assert to_converse({**body, "top_p": 0.9}, CLAUDE)["inferenceConfig"]["topP"] == 0.9
+
+
 @pytest.mark.parametrize(("body", "budget", "max_tokens"), [
     ({"reasoning_effort": "high", "max_completion_tokens": 5000}, 4999, 5000),
     ({"reasoning_effort": "low", "max_tokens": 1025}, 1024, 1025),

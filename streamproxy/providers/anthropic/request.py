@@ -17,6 +17,7 @@ Choices (README "Anthropic"):
 - images: png, jpeg (`image/jpg` too), gif, webp; `file` parts: a PDF → a base64 document, a
   `text/*` file → a plain-text document (Anthropic's base64 documents take only PDF); other
   types are a 400 naming the type;
+- `top_p` 1 (no nucleus cut) is not sent: newer Claude models refuse it beside `temperature`;
 - parameters in DROPPED are dropped; `n` > 1 is rejected (one answer per request).
 """
 
@@ -72,6 +73,10 @@ def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
     for key in ("temperature", "top_p", *PASSTHROUGH):
         if body.get(key) is not None:
             out[key] = body[key]
+    if out.get("top_p") == 1:
+        # No nucleus cut, as with none; newer Claude models refuse top_p beside temperature,
+        # and frameworks send OpenAI's default 1 with one.
+        del out["top_p"]
     stop = body.get("stop")
     if stop:
         out["stop_sequences"] = [stop] if isinstance(stop, str) else stop

@@ -22,6 +22,7 @@ Choices (docs/providers/bedrock.md):
   spec; after the whole `toolResult`, whose content cannot hold one);
 - a tool result with no text (or only blank text) is sent as EMPTY_TOOL_RESULT: Converse
   rejects blank text blocks and an empty `content`;
+- `top_p` 1 (no nucleus cut) is not sent for Claude, which refuses it beside `temperature`;
 - `response_format` json_object / json_schema → a system instruction (not enforced by Bedrock);
 - Converse-native fields a client may pass (openai SDK `extra_body`) are forwarded: PASSTHROUGH;
 - OpenAI parameters in DROPPED are dropped; `n` > 1 is rejected.
@@ -112,7 +113,9 @@ def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> 
         config["maxTokens"] = max_tokens
     if body.get("temperature") is not None:
         config["temperature"] = body["temperature"]
-    if body.get("top_p") is not None:
+    # A top_p of 1 (no nucleus cut) is left out for Claude, which refuses it beside temperature
+    # on newer models; other models' default may be lower, so they get it as sent.
+    if body.get("top_p") is not None and not (body["top_p"] == 1 and is_claude(model)):
         config["topP"] = body["top_p"]
     stop = body.get("stop")
     if stop:
