@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 
 from streamproxy.errors import InvalidRequest
@@ -405,6 +406,50 @@ def test_a_target_option_is_an_id_never_a_host() -> None:
     with pytest.raises(InvalidRequest) as info:
         parse_config({"provider": "aws", "aws_region": "evil.example.com/x"})
     assert info.value.param == "config.aws_region"
+
+
+def sent_with_headers(gateway: Any, headers: dict[str, str]) -> Any:
+    from streamproxy.openai_api.request import parse_chat_request
+
+    req = parse_chat_request(orjson.dumps({"model": "m", "messages": [
+        {"role": "user", "content": "hi"}]}))
+    target = gateway.plan(headers, req, None).attempts[0].target
+    return target.provider.build_request(req, target)
+
+
+def test_the_sdks_provider_option_headers_apply_where_the_provider_takes_them() -> None:
+    from portkey_ai import Portkey
+
+    sdk = Portkey(base_url="http://127.0.0.1:1/v1", api_key="unused", aws_region="eu-west-1",
+                  vertex_region="europe-west4", openai_organization="org-sdk").custom_headers
+    options = {k: v for k, v in sdk.items() if k.endswith(("-region", "-organization"))}
+    gateway = gateway_for()
+    sent = sent_with_headers(gateway, {"x-portkey-provider": "aws", **options})
+    assert sent.url.startswith("https://bedrock-runtime.eu-west-1.amazonaws.com/model/m/")
+    assert "/eu-west-1/bedrock/aws4_request" in sent.headers["Authorization"]
+    sent = sent_with_headers(gateway, {"x-portkey-provider": "vx", **options})
+    assert sent.url.startswith("https://europe-west4-aiplatform.googleapis.com/v1/projects/p/"
+                               "locations/europe-west4/")
+    sent = sent_with_headers(gateway, {"x-portkey-provider": "oa", **options})
+    assert sent.headers["openai-organization"] == "org-sdk"
+    # A type that takes none of them (a fallback's other target) goes as configured.
+    assert "openai-organization" not in sent_with_headers(
+        gateway, {"x-portkey-provider": "groq", **options}).headers
+    # Under a config: each target's own setting wins; the others take the header's.
+    config = {"strategy": {"mode": "loadbalance"}, "targets": [
+        {"provider": "aws", "aws_region": "ap-south-1", "weight": 1}]}
+    sent = sent_with_headers(gateway, {"x-portkey-config": orjson.dumps(config).decode(),
+                                       **options})
+    assert "/ap-south-1/bedrock/aws4_request" in sent.headers["Authorization"]
+    sent = sent_with_headers(gateway, {"x-portkey-config": '{"provider": "aws"}', **options})
+    assert "/eu-west-1/bedrock/aws4_request" in sent.headers["Authorization"]
+
+
+def test_a_provider_option_header_is_an_id_never_a_host() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        sent_with_headers(gateway_for(), {"x-portkey-provider": "aws",
+                                          "x-portkey-aws-region": "evil.example.com/x"})
+    assert info.value.param == "x-portkey-aws-region"
 
 
 def test_a_named_config_with_a_misplaced_target_option_fails_at_start() -> None:

@@ -17,7 +17,9 @@ provider (`x-portkey-virtual-key` or `x-portkey-provider` header, or model prefi
 `retries` build an implicit fallback config when no config applies. The headers the
 portkey-ai SDK sends for its client options apply to every target, over the config's
 fields, as in Portkey: `x-portkey-custom-host` (allowed hosts only, as `custom_host`),
-`x-portkey-forward-headers`, `x-portkey-request-timeout`.
+`x-portkey-forward-headers`, `x-portkey-request-timeout`. Its provider settings
+(`x-portkey-aws-region`, `x-portkey-vertex-region`, `x-portkey-openai-organization`) apply to
+the targets whose provider type takes them, unless the config's target sets its own.
 """
 
 from __future__ import annotations
@@ -39,7 +41,13 @@ from streamproxy.providers.base import Provider
 from streamproxy.providers.registry import PROVIDER_TYPES
 from streamproxy.routing.breaker import CircuitBreakers
 from streamproxy.routing.planner import NO_RETRY, Plan, plan, single
-from streamproxy.routing.portkey_config import ConfigNode, RetrySpec, parse_config
+from streamproxy.routing.portkey_config import (
+    OPTION_VALUE,
+    PROVIDER_OPTION_KEYS,
+    ConfigNode,
+    RetrySpec,
+    parse_config,
+)
 from streamproxy.routing.router import PROVIDER_HEADER, Router, client_key
 from streamproxy.routing.target import Target
 
@@ -54,6 +62,9 @@ _UNFORWARDABLE = frozenset({"host", "content-length", "transfer-encoding", "conn
 METADATA_HEADER = "x-portkey-metadata"
 CHAT_PATH = "/v1/chat/completions"  # `url.pathname` in conditions: the one route that plans
 TIMEOUT_HEADER = "x-portkey-request-timeout"  # milliseconds until the answer starts (then 408)
+# The portkey-ai SDK's `aws_region` & co. arrive as `x-portkey-aws-region` & co.
+PROVIDER_OPTION_HEADERS = {name: "x-portkey-" + name.replace("_", "-")
+                           for name in PROVIDER_OPTION_KEYS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +291,10 @@ class Gateway:
                         leaf: ConfigNode | None) -> None:
         """Where the target's request goes and which client headers go with it: the
         x-portkey-custom-host / x-portkey-forward-headers headers, else the leaf's
-        `custom_host` / `forward_headers` (Portkey's order)."""
+        `custom_host` / `forward_headers` (Portkey's order); and the SDK's provider settings."""
+        options = _header_provider_options(target.provider, headers, leaf)
+        if options:
+            target.provider = target.provider.with_options(options)
         host = headers.get(CUSTOM_HOST_HEADER)
         if host:
             target.provider = self._custom_host(target.provider, host, CUSTOM_HOST_HEADER)
@@ -317,6 +331,26 @@ def _with_target_options(provider: Provider, leaf: ConfigNode) -> Provider:
                                  param=f"{leaf.path}.{name}", code="invalid_config")
         options[key] = value
     return provider.with_options(options)
+
+
+def _header_provider_options(provider: Provider, headers: Mapping[str, str],
+                             leaf: ConfigNode | None) -> dict[str, str]:
+    """The provider options the SDK's headers set for this target: only those its type takes
+    (as Portkey reads `x-portkey-aws-region` for Bedrock alone, so a fallback to another type
+    still works) and its config target does not set itself (the target is the more specific:
+    a fallback across regions keeps its regions)."""
+    options = {}
+    for name, header in PROVIDER_OPTION_HEADERS.items():
+        value = headers.get(header)
+        if value is None:
+            continue
+        if not OPTION_VALUE.fullmatch(value):  # a region lands in a host name
+            raise InvalidRequest(f"{header} must be an id of letters, digits, '-' and '_'.",
+                                 param=header, code="invalid_value")
+        key = provider.target_option(name)
+        if key is not None and (leaf is None or name not in leaf.provider_options):
+            options[key] = value
+    return options
 
 
 def _option_misplaced(path: str, name: str, provider: str, type_name: str) -> str:

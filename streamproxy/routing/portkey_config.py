@@ -29,7 +29,7 @@ _NODE_KEYS = {"strategy", "targets", "name", "weight", "provider", "api_key", "v
               "override_params", "forward_headers", "request_timeout", "timeouts",
               "custom_host", "retry", "cache", "cb_config", *PROVIDER_OPTION_KEYS}
 # An organization id or a region: it lands in a header or a host name.
-_OPTION_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+OPTION_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 # A control character in a key that goes into a header: CR/LF would split it (both upstream
 # clients refuse to write one: a 500), NUL would go on as it is (RFC 9110 5.5 forbids it).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -231,7 +231,7 @@ def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode
         changes["provider"] = None  # the virtual key names its own provider
     options = {key: raw[key] for key in PROVIDER_OPTION_KEYS if key in raw}
     for key, value in options.items():
-        if not isinstance(value, str) or not _OPTION_VALUE.fullmatch(value):
+        if not isinstance(value, str) or not OPTION_VALUE.fullmatch(value):
             raise _bad(f"{path}.{key}", "must be an id of letters, digits, '-' and '_'")
     if options:
         changes["provider_options"] = options
