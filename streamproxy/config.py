@@ -316,7 +316,9 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
         type=ptype,
         base_url=base_url.rstrip("/") if base_url else None,
         api_key=api_key,
-        headers={str(k): v for k, v in headers.items()},
+        # Lowercase, as the providers write the headers they set: `Authorization` here then
+        # replaces (or yields to) their `authorization` rather than going as a second one.
+        headers={str(k).lower(): v for k, v in headers.items()},
         default_model=raw.get("default_model"),
         models=tuple(models),
         timeouts=parse_timeouts(raw.get("timeouts") or {}, source, f"{where}.timeouts"),

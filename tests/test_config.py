@@ -120,3 +120,33 @@ async def test_models_lists_the_configured_models(default_proxy: Any) -> None:
     assert all(m["object"] == "model" for m in data)
     health = await client.get("/healthz")
     assert (await health.json()) == {"status": "ok"}
+
+
+def test_a_configured_header_in_any_case_is_one_header_on_the_wire() -> None:
+    """`Authorization` in `headers:` (a gateway's token in front of a vLLM) replaces the
+    `authorization` the provider would set from the client's key, instead of going as a
+    second Authorization header beside it; where the provider's own auth wins, it still wins."""
+    import orjson
+
+    from streamproxy.openai_api.request import parse_chat_request
+    from streamproxy.routing.target import Target
+
+    providers = build_providers(make_config({
+        "vllm": {"type": "vllm", "base_url": "http://127.0.0.1:8000/v1",
+                 "headers": {"Authorization": "Bearer gateway-token"}},
+        "az": {"type": "azure", "resource": "r", "api_version": "2024-10-21",
+               "headers": {"Api-Key": "configured"}},
+        "co": {"type": "cohere", "headers": {"Authorization": "Bearer configured"}},
+    }, default="vllm"))
+    req = parse_chat_request(orjson.dumps({"messages": [{"role": "user", "content": "hi"}]}))
+
+    def sent(name: str) -> dict[str, str]:
+        provider = providers[name]
+        return provider.build_request(req, Target(provider, "m", api_key="sk-client")).headers
+
+    assert [(k, v) for k, v in sent("vllm").items() if k.lower() == "authorization"] == [
+        ("authorization", "Bearer gateway-token")]
+    assert [(k, v) for k, v in sent("az").items() if k.lower() == "api-key"] == [
+        ("api-key", "configured")]
+    assert [(k, v) for k, v in sent("co").items() if k.lower() == "authorization"] == [
+        ("authorization", "Bearer sk-client")]
