@@ -740,6 +740,22 @@ async def test_arn_model_ids_are_encoded_and_signed_as_sent(proxy: Any, upstream
     verify_sigv4(received, SECRET, "us-west-2")
 
 
+async def test_forwarded_client_headers_are_signed_as_sent(proxy: Any, upstream: Any) -> None:
+    """Every signed header reaches AWS as signed: a forwarded accept-encoding (which the
+    upstream client replaces with identity) is not forwarded, so it is not signed either."""
+    upstream.content_type = EVENTSTREAM
+    upstream.body = RECORDING
+    client = await proxy(bedrock_config(upstream.url))
+    resp = await client.post(CHAT, json={
+        "model": MODEL, "stream": True, "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "Hi"}]},
+        headers={"x-portkey-forward-headers": "accept-encoding, x-trace",
+                 "accept-encoding": "gzip", "x-trace": "t-1"})
+    check_recording(await resp.read())
+    headers = verify_sigv4(upstream.requests[0], SECRET, "us-west-2")
+    assert headers["x-trace"] == "t-1"
+
+
 async def test_credentials_from_env_variables_named_in_options(
         proxy: Any, upstream: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MY_AK", "AKIDFROMENV")

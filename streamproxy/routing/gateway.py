@@ -55,10 +55,13 @@ CONFIG_HEADER = "x-portkey-config"
 VIRTUAL_KEY_HEADER = "x-portkey-virtual-key"
 CUSTOM_HOST_HEADER = "x-portkey-custom-host"
 FORWARD_HEADERS_HEADER = "x-portkey-forward-headers"  # comma-separated header names
-# Never forwarded, whoever lists them: framing and hop-by-hop headers, and the proxy key.
+# Never forwarded, whoever lists them: framing and hop-by-hop headers, the proxy key, and
+# accept-encoding (the proxy reads the upstream's body itself: the native client asks for
+# identity and drops it, after Bedrock's SigV4 had signed it).
 _UNFORWARDABLE = frozenset({"host", "content-length", "transfer-encoding", "connection",
                             "keep-alive", "te", "trailer", "upgrade", "expect",
-                            "proxy-authorization", "proxy-connection", "x-portkey-api-key"})
+                            "proxy-authorization", "proxy-connection", "x-portkey-api-key",
+                            "accept-encoding"})
 METADATA_HEADER = "x-portkey-metadata"
 CHAT_PATH = "/v1/chat/completions"  # `url.pathname` in conditions: the one route that plans
 TIMEOUT_HEADER = "x-portkey-request-timeout"  # milliseconds until the answer starts (then 408)
