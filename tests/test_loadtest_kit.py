@@ -5,6 +5,7 @@ user counts each failure once and reports the figures loadtests/README.md descri
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import types
 from pathlib import Path
@@ -97,3 +98,53 @@ def test_a_refused_request_is_one_failure_on_its_post_row(
     _run_one_stream(locustfile, response)
     assert response.result is not None and response.result.startswith("failure: HTTP 429")
     assert events.fired == []  # no `stream` row failure (nor sample) on top of it
+
+
+def _sse(*chunks: dict[str, Any] | str) -> list[bytes]:
+    return [b"data: " + (c.encode() if isinstance(c, str) else json.dumps(c).encode()) + b"\n\n"
+            for c in chunks]
+
+
+def _content(text: str) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {"content": text}}]}
+
+
+def _usage(completion: int, **details: int) -> dict[str, Any]:
+    usage: dict[str, Any] = {"prompt_tokens": 5, "completion_tokens": completion}
+    if details:
+        usage["completion_tokens_details"] = details
+    return {"choices": [], "usage": usage}
+
+
+def _figures(monkeypatch: pytest.MonkeyPatch, timed: list[tuple[float, bytes]],
+             ended: float) -> dict[str, list[float]]:
+    """The samples one stream reports, by row: events fed at the given seconds after send."""
+    locustfile, events = _load_locustfile(monkeypatch)
+    reader = locustfile.StreamReader(0.0)
+    for at, data in timed:
+        reader.feed(data, at)
+    locustfile.CustomUser().report("s", reader, ended)
+    rows: dict[str, list[float]] = {}
+    for sample in events.fired:
+        rows.setdefault(sample["name"].removeprefix("s "), []).append(sample["response_time"])
+    return rows
+
+
+def test_one_token_chunks_at_a_known_pace(monkeypatch: pytest.MonkeyPatch) -> None:
+    role = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+    stream = _sse(role, *(_content(w) for w in "abcde"), _usage(5), "[DONE]")
+    timed = [(0.05, stream[0]), *((0.2 + 0.1 * i, d) for i, d in enumerate(stream[1:6])),
+             (0.65, stream[6] + stream[7])]
+    rows = _figures(monkeypatch, timed, 0.7)
+    assert rows["TTFT"] == [pytest.approx(200)]  # the first content, not the role chunk
+    assert rows["inter-token"] == [pytest.approx(100)] * 4
+    assert rows["stream"] == [pytest.approx(700)]
+    assert rows["tokens/s"] == [pytest.approx(10)]  # 4 tokens in the 0.4 s after the first
+
+
+def test_tokens_per_second_with_several_tokens_a_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Gemini and Bedrock send several tokens a chunk: three of four each, 0.2 s apart. The
+    # first chunk's four arrived when the clock started: 8 tokens in 0.4 s.
+    stream = _sse(*(_content("four tokens here .") for _ in range(3)), _usage(12), "[DONE]")
+    timed = [(0.1, stream[0]), (0.3, stream[1]), (0.5, stream[2] + stream[3] + stream[4])]
+    assert _figures(monkeypatch, timed, 0.5)["tokens/s"] == [pytest.approx(20)]
