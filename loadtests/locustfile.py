@@ -79,6 +79,8 @@ class StreamReader:
         self.gaps: list[float] = []
         self.chunks = 0  # chunks that carried content
         self.usage_tokens: int | None = None
+        self.reasoning_tokens = 0  # usage's completion_tokens_details.reasoning_tokens
+        self.reasoning_streamed = False
         self.done = False
         self.error: str | None = None
 
@@ -101,9 +103,14 @@ class StreamReader:
             self.error = str(chunk["error"].get("message") or chunk["error"])
             return
         if chunk.get("usage"):
-            self.usage_tokens = chunk["usage"].get("completion_tokens")
+            usage = chunk["usage"]
+            self.usage_tokens = usage.get("completion_tokens")
+            self.reasoning_tokens = (usage.get("completion_tokens_details") or {}).get(
+                "reasoning_tokens") or 0
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
+            if delta.get("reasoning_content"):
+                self.reasoning_streamed = True
             if delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"):
                 if self.first_token is None:
                     self.first_token = now
@@ -171,11 +178,14 @@ class _StreamingUser(HttpUser):
         _report(f"{name} TTFT", (r.first_token - r.started) * 1000)
         for gap in r.gaps:
             _report(f"{name} inter-token", gap * 1000)
+        # Reasoning kept hidden (OpenAI's o-series and gpt-5, Gemini's thinking) is counted in
+        # completion_tokens but was generated before the first visible token.
+        visible = tokens if r.reasoning_streamed else tokens - r.reasoning_tokens
         generating = (r.last_token or r.first_token) - r.first_token
         if r.chunks > 1 and generating > 0:
             # The first chunk's tokens arrived as the clock started: its share is left out (one
             # token when a chunk is one; Gemini's and Bedrock's chunks carry several).
-            _report(f"{name} tokens/s", tokens * (r.chunks - 1) / r.chunks / generating)
+            _report(f"{name} tokens/s", visible * (r.chunks - 1) / r.chunks / generating)
 
 
 class TranslatedUser(_StreamingUser):

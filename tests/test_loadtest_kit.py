@@ -148,3 +148,19 @@ def test_tokens_per_second_with_several_tokens_a_chunk(monkeypatch: pytest.Monke
     stream = _sse(*(_content("four tokens here .") for _ in range(3)), _usage(12), "[DONE]")
     timed = [(0.1, stream[0]), (0.3, stream[1]), (0.5, stream[2] + stream[3] + stream[4])]
     assert _figures(monkeypatch, timed, 0.5)["tokens/s"] == [pytest.approx(20)]
+
+
+def test_tokens_per_second_without_the_reasoning_kept_hidden(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # o-series/gpt-5 and Gemini's thinking: 100 reasoning tokens in completion_tokens, generated
+    # before the first visible one; 3 visible tokens 0.2 s apart are 2 in 0.4 s.
+    stream = _sse(*(_content(w) for w in "abc"), _usage(103, reasoning_tokens=100), "[DONE]")
+    timed = [(1.0, stream[0]), (1.2, stream[1]), (1.4, stream[2] + stream[3] + stream[4])]
+    assert _figures(monkeypatch, timed, 1.4)["tokens/s"] == [pytest.approx(5)]
+
+
+def test_tokens_per_second_with_the_reasoning_streamed(monkeypatch: pytest.MonkeyPatch) -> None:
+    thought = {"choices": [{"index": 0, "delta": {"reasoning_content": "hmm"}}]}
+    stream = _sse(thought, thought, _content("a"), _usage(3, reasoning_tokens=2), "[DONE]")
+    timed = [(0.1, stream[0]), (0.2, stream[1]), (0.3, stream[2] + stream[3] + stream[4])]
+    assert _figures(monkeypatch, timed, 0.3)["tokens/s"] == [pytest.approx(10)]
