@@ -64,6 +64,11 @@ def _headers() -> dict[str, str]:
     return headers
 
 
+# What a delta carries that the model generated: `reasoning` is OpenRouter's, Groq's and vLLM's
+# name for `reasoning_content` (passed through as is), `refusal` OpenAI's refused answer.
+CONTENT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal", "tool_calls")
+
+
 class StreamFailed(Exception):
     pass
 
@@ -109,9 +114,9 @@ class StreamReader:
                 "reasoning_tokens") or 0
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
-            if delta.get("reasoning_content"):
+            if delta.get("reasoning_content") or delta.get("reasoning"):
                 self.reasoning_streamed = True
-            if delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"):
+            if any(delta.get(field) for field in CONTENT_FIELDS):
                 if self.first_token is None:
                     self.first_token = now
                 else:

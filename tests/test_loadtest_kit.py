@@ -164,3 +164,21 @@ def test_tokens_per_second_with_the_reasoning_streamed(monkeypatch: pytest.Monke
     stream = _sse(thought, thought, _content("a"), _usage(3, reasoning_tokens=2), "[DONE]")
     timed = [(0.1, stream[0]), (0.2, stream[1]), (0.3, stream[2] + stream[3] + stream[4])]
     assert _figures(monkeypatch, timed, 0.3)["tokens/s"] == [pytest.approx(10)]
+
+
+def test_reasoning_under_its_pass_through_name_is_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    # OpenRouter, Groq and vLLM stream `delta.reasoning`; the proxy passes it through as is.
+    thought = {"choices": [{"index": 0, "delta": {"reasoning": "hmm"}}]}
+    stream = _sse(thought, thought, _content("a"), _usage(3, reasoning_tokens=2), "[DONE]")
+    timed = [(0.1, stream[0]), (0.2, stream[1]), (0.3, stream[2] + stream[3] + stream[4])]
+    rows = _figures(monkeypatch, timed, 0.3)
+    assert rows["TTFT"] == [pytest.approx(100)]
+    assert rows["tokens/s"] == [pytest.approx(10)]
+
+
+def test_a_refusal_is_content_not_a_failed_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    locustfile, events = _load_locustfile(monkeypatch)
+    refusal = {"choices": [{"index": 0, "delta": {"refusal": "I can't help with that."}}]}
+    _run_one_stream(locustfile, _Response(200, b"".join(_sse(refusal, "[DONE]"))))
+    (stream,) = [e for e in events.fired if e["name"] == "custom stream"]
+    assert stream["exception"] is None
