@@ -44,7 +44,11 @@ def wait_healthy(url: str, proxy: subprocess.Popen[bytes], timeout: float = 30.0
 
 def main() -> int:
     users = os.environ.get("LOADTEST_USERS", "20")
-    run_time = os.environ.get("LOADTEST_TIME", "30s")
+    run_time = os.environ.get("LOADTEST_TIME", "30s").strip()
+    try:
+        seconds = _seconds(run_time)  # before the proxy starts: locust would refuse it after
+    except ValueError as e:
+        raise SystemExit(f"LOADTEST_TIME: {e}") from None
     port = int(os.environ.get("LOADTEST_PORT") or free_port())
     url = f"http://127.0.0.1:{port}"
     with tempfile.NamedTemporaryFile(prefix="streamproxy-loadtest-", suffix=".log",
@@ -60,7 +64,7 @@ def main() -> int:
                   "-t", run_time, "--stop-timeout", "5", "--loglevel", "WARNING"]
         print(" ".join(locust[1:]), flush=True)
         try:
-            return subprocess.run(locust, timeout=_seconds(run_time) + 60).returncode
+            return subprocess.run(locust, timeout=seconds + 60).returncode
         except subprocess.TimeoutExpired:
             print("locust did not finish in time", file=sys.stderr)
             return 1
@@ -73,13 +77,15 @@ def main() -> int:
             proxy.wait(5)
 
 
-def _seconds(spec: str) -> float:
-    """Locust's run-time forms: `30`, `30s`, `2m`, `1h30m`, `1m30s`."""
-    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?",
-                         spec.strip())
-    if not spec.strip() or parts is None:
+def _seconds(spec: str) -> int:
+    """Locust's run-time forms, as its parse_timespan reads them: `30`, `30s`, `2m`, `1h30m`,
+    `1m30s` — whole numbers, and a bare number only alone (`1h30` is refused)."""
+    if spec.isdigit():
+        return int(spec)
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", spec)
+    if not spec or parts is None:
         raise ValueError(f"not a run time: {spec!r} (e.g. 30s, 2m, 1m30s)")
-    hours, minutes, seconds = (float(p) if p else 0.0 for p in parts.groups())
+    hours, minutes, seconds = (int(p) if p else 0 for p in parts.groups())
     return hours * 3600 + minutes * 60 + seconds
 
 

@@ -21,15 +21,24 @@ _spec.loader.exec_module(run)
 
 
 @pytest.mark.parametrize(("spec", "seconds"), [
-    ("30", 30), ("30s", 30), ("2m", 120), ("1m30s", 90), ("1h30m", 5400), ("1.5m", 90)])
+    ("30", 30), ("30s", 30), ("2m", 120), ("1m30s", 90), ("1h30m", 5400), ("1h20m30s", 4830)])
 def test_run_times_in_locusts_forms(spec: str, seconds: float) -> None:
     assert run._seconds(spec) == seconds
 
 
-@pytest.mark.parametrize("spec", ["", "abc", "1x", "m"])
+# Locust refuses fractions and a bare number after a unit ("Invalid time span format").
+@pytest.mark.parametrize("spec", ["", "abc", "1x", "m", "1.5m", "1h30", "30 s"])
 def test_what_is_no_run_time_is_said(spec: str) -> None:
     with pytest.raises(ValueError, match="not a run time"):
         run._seconds(spec)
+
+
+def test_a_bad_run_time_stops_the_runner_before_the_proxy_starts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOADTEST_TIME", "1.5m")
+    monkeypatch.setattr(run.subprocess, "Popen", lambda *a, **kw: pytest.fail("proxy started"))
+    with pytest.raises(SystemExit, match="LOADTEST_TIME: not a run time"):
+        run.main()
 
 
 # -- the locustfile's figures -------------------------------------------------------------------
