@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any
 
 from locust import HttpUser, constant, events, task
 
@@ -125,6 +126,14 @@ class StreamReader:
                 self.chunks += 1
 
 
+def _why_no_stream(resp: Any) -> str:
+    """A non-200's status and body; status 0 is locust's "no response", its cause in `error`
+    (a TLS certificate not trusted, a refused connection, a name that does not resolve)."""
+    if resp.status_code == 0:
+        return f"no response: {resp.error!r}"
+    return f"HTTP {resp.status_code}: {resp.text[:200]}"
+
+
 def _report(name: str, ms: float, length: int = 0, exception: Exception | None = None) -> None:
     events.request.fire(request_type=STREAM_TYPE, name=name, response_time=ms,
                         response_length=length, exception=exception, context={})
@@ -156,7 +165,7 @@ class _StreamingUser(HttpUser):
                 if resp.status_code != 200:
                     # One failure, on this row: no stream began, so no `stream` sample (a
                     # few-ms "stream" would also drag the stream times' percentiles down).
-                    resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                    resp.failure(_why_no_stream(resp))
                     return
                 resp.success()
                 for data in resp.iter_content(chunk_size=None):

@@ -73,8 +73,8 @@ def _load_locustfile(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, _Events]:
 class _Response:
     """What the streaming user reads of locust's catch_response context manager."""
 
-    def __init__(self, status: int, body: bytes) -> None:
-        self.status_code, self.text, self.body = status, body.decode(), body
+    def __init__(self, status: int, body: bytes, error: Exception | None = None) -> None:
+        self.status_code, self.text, self.body, self.error = status, body.decode(), body, error
         self.result: str | None = None
 
     def __enter__(self) -> _Response:
@@ -191,3 +191,11 @@ def test_a_refusal_is_content_not_a_failed_stream(monkeypatch: pytest.MonkeyPatc
     _run_one_stream(locustfile, _Response(200, b"".join(_sse(refusal, "[DONE]"))))
     (stream,) = [e for e in events.fired if e["name"] == "custom stream"]
     assert stream["exception"] is None
+
+
+def test_no_response_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    locustfile, _ = _load_locustfile(monkeypatch)
+    cause = ConnectionError("certificate verify failed: self-signed certificate")
+    response = _Response(0, b"", error=cause)  # locust's answer when the request itself failed
+    _run_one_stream(locustfile, response)
+    assert response.result is not None and "certificate verify failed" in response.result
