@@ -23,6 +23,7 @@ Configuration, all by environment variable (see loadtests/README.md):
     SP_API_KEY     sent as `Authorization: Bearer` (a proxy key, or a provider key)
     SP_HEADERS     extra headers, JSON object (e.g. '{"x-portkey-provider": "openai"}')
     SP_WAIT        seconds each user waits between streams, default 0
+    SP_CA_BUNDLE   CA certificates (PEM file) an https --host's certificate chains to
 """
 
 from __future__ import annotations
@@ -153,6 +154,8 @@ class _StreamingUser(HttpUser):
                 "SP_PROMPT", "Write two sentences about load testing.")}],
         })
         self.headers = _headers()
+        if os.environ.get("SP_CA_BUNDLE"):  # HttpUser's client ignores REQUESTS_CA_BUNDLE
+            self.client.verify = os.environ["SP_CA_BUNDLE"]
 
     @task
     def stream(self) -> None:

@@ -199,3 +199,13 @@ def test_no_response_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     response = _Response(0, b"", error=cause)  # locust's answer when the request itself failed
     _run_one_stream(locustfile, response)
     assert response.result is not None and "certificate verify failed" in response.result
+
+
+def test_an_internal_ca_for_an_https_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Locust's HttpUser sets trust_env = False: REQUESTS_CA_BUNDLE never reaches its client.
+    locustfile, _ = _load_locustfile(monkeypatch)
+    monkeypatch.setenv("SP_CA_BUNDLE", "/etc/ssl/internal-ca.pem")
+    user = locustfile.CustomUser()
+    user.client = types.SimpleNamespace(verify=True)
+    user.on_start()
+    assert user.client.verify == "/etc/ssl/internal-ca.pem"
