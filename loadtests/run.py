@@ -20,6 +20,8 @@ import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# The proxy is on loopback: an http_proxy in the environment must not carry the health check.
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def free_port() -> int:
@@ -34,7 +36,7 @@ def wait_healthy(url: str, proxy: subprocess.Popen[bytes], timeout: float = 30.0
         if proxy.poll() is not None:
             raise SystemExit(f"the proxy exited with status {proxy.returncode}")
         try:
-            with urllib.request.urlopen(url + "/healthz", timeout=1) as resp:
+            with DIRECT.open(url + "/healthz", timeout=1) as resp:
                 if resp.status == 200:
                     return
         except OSError:

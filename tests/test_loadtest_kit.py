@@ -4,9 +4,11 @@ user counts each failure once and reports the figures loadtests/README.md descri
 
 from __future__ import annotations
 
+import http.server
 import importlib.util
 import json
 import sys
+import threading
 import types
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,27 @@ def test_a_bad_run_time_stops_the_runner_before_the_proxy_starts(
     monkeypatch.setattr(run.subprocess, "Popen", lambda *a, **kw: pytest.fail("proxy started"))
     with pytest.raises(SystemExit, match="LOADTEST_TIME: not a run time"):
         run.main()
+
+
+def test_the_health_check_goes_direct_whatever_http_proxy_says(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    class Healthy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Healthy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # nothing listens there
+    try:
+        running = types.SimpleNamespace(poll=lambda: None)
+        run.wait_healthy(f"http://127.0.0.1:{server.server_port}", running, timeout=3)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # -- the locustfile's figures -------------------------------------------------------------------
