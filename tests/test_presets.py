@@ -240,6 +240,24 @@ async def test_openrouter_keepalives_and_mid_stream_error(proxy: Any, upstream: 
     assert "[DONE]" not in chunks
 
 
+@pytest.mark.parametrize("kind", ["openrouter", "openai"])
+async def test_a_non_streamed_200_carrying_an_error_is_that_error(proxy: Any, upstream: Any,
+                                                                   kind: str) -> None:
+    """OpenRouter answers 200 once the model has started, with a later failure as the body
+    (its errors page): the client gets the error's status, which retries and fallbacks act on."""
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({"error": {"code": 502, "message": "Provider returned error",
+                                            "metadata": {"provider_name": "x"}}})
+    client = await proxy(provider_config(kind, upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "messages": HI})
+    assert resp.status == 502
+    assert (await resp.json())["error"]["message"] == "Provider returned error"
+    provider, _ = build(kind)
+    answer = _answer("stop", 'say "error"')  # the word in a completion: an answer still
+    assert provider.translate_response(answer, request(), completion_id="c",
+                                       created=1) == answer
+
+
 # -- DeepSeek --------------------------------------------------------------------------------
 async def test_deepseek_reasoning_content_passes_through_unchanged(proxy: Any,
                                                                    upstream: Any) -> None:

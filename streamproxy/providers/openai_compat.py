@@ -162,6 +162,22 @@ def load_chunk(data: bytes) -> dict[str, Any]:
     return chunk
 
 
+def error_answer(body: bytes, provider: str) -> UpstreamStatusError | None:
+    """The error a non-streamed 200 carries instead of a completion, or None. OpenRouter
+    answers 200 once the model has started and puts a later failure in the body (its stream
+    sends the same object as a `data: {"error": …}` event): passed on, the client would get a
+    200 that is no completion, and no retry or fallback would act on it."""
+    if b'"error"' not in body:  # (a completion's text holds the word only escaped)
+        return None
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None  # the executor's parse reports it
+    if not isinstance(answer, dict) or not answer.get("error") or answer.get("choices"):
+        return None
+    return _stream_error(answer["error"], provider)
+
+
 def _stream_error(error: Any, provider: str) -> UpstreamStatusError:
     if not isinstance(error, dict):
         error = {"message": str(error)}
@@ -218,4 +234,7 @@ class OpenAIProvider(Provider):
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
                            created: int, model: str = "") -> bytes:
+        error = error_answer(body, self.name)
+        if error is not None:
+            raise error
         return body  # already a chat.completion: forwarded byte for byte

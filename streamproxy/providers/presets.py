@@ -162,6 +162,8 @@ class CompatProvider(OpenAIProvider):
         """A non-streamed answer gets its stream's finish-reason handling: mapped, or an
         error when the reason means the answer failed (before anything reached the client,
         so retries and fallbacks apply)."""
+        body = super().translate_response(body, req, completion_id=completion_id,
+                                          created=created, model=model)
         if not (self.finish_reasons or self.failed_finishes) or b"finish_reason" not in body:
             return body
         try:
