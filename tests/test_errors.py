@@ -207,6 +207,22 @@ async def test_error_before_any_output_is_an_http_error_not_a_stream(proxy: Any,
     assert assert_openai_error(await resp.json())["message"] == "Overloaded"
 
 
+@pytest.mark.parametrize(("etype", "status", "tries"), [("billing_error", 402, 1),
+                                                        ("timeout_error", 504, 2)])
+async def test_an_error_event_before_any_output_keeps_anthropics_status(
+        proxy: Any, upstream: Any, etype: str, status: int, tries: int) -> None:
+    """Anthropic's documented types keep their status (its errors page), so the default retry
+    codes act on a timeout and not on a billing error (a 502 would be retried)."""
+    upstream.body = (b'event: error\ndata: {"type":"error","error":{"type":"' + etype.encode()
+                     + b'","message":"no"}}\n\n')
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True},
+                             headers={"x-portkey-config": '{"retry": {"attempts": 1}}'})
+    assert resp.status == status
+    assert assert_openai_error(await resp.json())["code"] == etype
+    assert len(upstream.requests) == tries
+
+
 @pytest.mark.parametrize("stream", [True, False])
 async def test_an_upstream_redirect_is_an_error_naming_it(proxy: Any, upstream: Any,
                                                           stream: bool) -> None:

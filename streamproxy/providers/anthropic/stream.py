@@ -40,15 +40,20 @@ FINISH_REASONS = {
     "refusal": "content_filter",
 }
 
-# Anthropic error type → HTTP status, for errors that arrive inside a stream.
+# Anthropic error type → HTTP status, for errors that arrive inside a stream (Anthropic's
+# errors page). Before the commit point the status is the client's, and what retries and
+# fallbacks act on: an unknown type is a 502, which the default retry codes retry.
 ERROR_STATUS = {
     "invalid_request_error": 400,
     "authentication_error": 401,
+    "billing_error": 402,
     "permission_error": 403,
     "not_found_error": 404,
+    "conflict_error": 409,
     "request_too_large": 413,
     "rate_limit_error": 429,
     "api_error": 500,
+    "timeout_error": 504,
     "overloaded_error": 529,
 }
 
