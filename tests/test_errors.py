@@ -118,6 +118,19 @@ async def test_upstream_error_status_and_message_are_carried_over(
     assert err["type"] == etype
 
 
+async def test_a_listed_error_keeps_its_message(proxy: Any, upstream: Any) -> None:
+    """Cloudflare's API (Workers AI's OpenAI-compatible endpoint, AI Gateway) lists errors."""
+    upstream.status = 503
+    upstream.content_type = "application/json"
+    upstream.body = (b'{"result":null,"success":false,"errors":[{"code":7009,'
+                     b'"message":"Upstream service unavailable"}],"messages":[]}')
+    client = await proxy(provider_config("openai", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True})
+    assert resp.status == 503
+    err = assert_openai_error(await resp.json())
+    assert (err["message"], err["code"]) == ("Upstream service unavailable", "7009")
+
+
 async def test_unreachable_upstream_is_502(proxy: Any) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

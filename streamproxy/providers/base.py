@@ -196,9 +196,9 @@ class Provider:
 
 def generic_error(status: int, body: bytes, provider: str) -> UpstreamStatusError:
     """Read an error body by its JSON fields: OpenAI's `{"error": {...}}`, Anthropic's
-    `{"type": "error", "error": {...}}`, a bare `{"message": ...}`, or a validation error's
-    `detail` (`_detail_message`). A body that is not JSON is not echoed (it may be an HTML page
-    from some intermediary)."""
+    `{"type": "error", "error": {...}}`, a bare `{"message": ...}`, Cloudflare's list
+    (`_listed_error`), or a validation error's `detail` (`_detail_message`). A body that is not
+    JSON is not echoed (it may be an HTML page from some intermediary)."""
     message, code, etype, param = None, None, None, None
     try:
         obj = orjson.loads(body) if body else None
@@ -207,7 +207,7 @@ def generic_error(status: int, body: bytes, provider: str) -> UpstreamStatusErro
     if isinstance(obj, list) and obj and isinstance(obj[0], dict):
         obj = obj[0]  # Gemini sometimes wraps its error in an array
     if isinstance(obj, dict):
-        err = obj.get("error", obj)
+        err = obj.get("error", _listed_error(obj) or obj)
         if isinstance(err, dict):
             message = err.get("message") or err.get("msg")
             code = err.get("code")
@@ -226,6 +226,15 @@ def generic_error(status: int, body: bytes, provider: str) -> UpstreamStatusErro
         code=str(code) if code is not None else (etype if isinstance(etype, str) else None),
         param=param if isinstance(param, str) else None,
     )
+
+
+def _listed_error(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The first of the errors Cloudflare's API lists, `{"success": false, "errors": [{"code":
+    7009, "message": ...}]}` — also the answer of Workers AI's OpenAI-compatible endpoint and
+    of AI Gateway."""
+    errors = body.get("errors")
+    first = errors[0] if isinstance(errors, list) and errors else None
+    return first if isinstance(first, dict) else None
 
 
 def _detail_message(detail: Any) -> str | None:
