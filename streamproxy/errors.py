@@ -71,11 +71,6 @@ class ProxyError(Exception):
         """The JSON body of the error's HTTP answer."""
         return orjson.dumps(self.to_dict())
 
-    @property
-    def retryable(self) -> bool:
-        """Whether trying again (or elsewhere) could help; the router's default policy."""
-        return self.status in (408, 409, 429) or self.status >= 500
-
 
 class InvalidRequest(ProxyError):
     status = 400

@@ -1,4 +1,5 @@
-"""Retry timing (pure): exponential backoff with full jitter, or the upstream's Retry-After."""
+"""Retry timing (pure): exponential backoff with "equal" jitter (a wait between half the
+ceiling and the ceiling, so a retry never comes at once), or the upstream's Retry-After."""
 
 from __future__ import annotations
 
