@@ -19,6 +19,7 @@ import itertools
 import json
 import random
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ from hypothesis import strategies as st
 
 from streamproxy.errors import ProxyError
 from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.providers.gemini.errors import google_error
 from streamproxy.providers.gemini.stream import GeminiStreamTranslator
 from tests.conftest import provider_config
 from tests.helpers import (
@@ -353,6 +355,36 @@ async def test_upstream_error_status_and_message_carried_over(stream: bool, prox
     assert err["message"] == "Resource has been exhausted (e.g. check quota)."
     assert err["type"] == "rate_limit_error" and err["code"] == "RESOURCE_EXHAUSTED"
     assert "sk-test-secret" not in await resp.text()
+
+
+async def test_a_429s_retry_info_is_the_wait_for_retries_and_the_client(proxy: Any,
+                                                                         upstream: Any) -> None:
+    # Google names its wait in the body only (no Retry-After header).
+    upstream.status = 429
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({"error": {
+        "code": 429, "message": "Quota exceeded.", "status": "RESOURCE_EXHAUSTED",
+        "details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []},
+                    {"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                     "retryDelay": "0.400s"}]}})
+    client = await proxy(provider_config("gemini", upstream.url))
+    config = orjson.dumps({"retry": {"attempts": 1}}).decode()
+    started = time.monotonic()
+    resp = await client.post("/v1/chat/completions", headers={"x-portkey-config": config},
+                             json={"model": "m", "messages": USER})
+    waited = time.monotonic() - started
+    assert resp.status == 429 and len(upstream.requests) == 2
+    assert 0.4 <= waited < 2.0  # Google's 0.4 s, not a backoff of 0.125-0.25 s
+    assert (resp.headers["retry-after"], resp.headers["retry-after-ms"]) == ("1", "400")
+
+
+@pytest.mark.parametrize("delay", ["soon", "-1s", "nans", 24])
+def test_an_unreadable_retry_delay_is_no_wait(delay: Any) -> None:
+    body = orjson.dumps({"error": {"code": 429, "message": "m", "details": [
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}]}})
+    assert google_error(429, body, "gemini").retry_after is None
+    ok = body.replace(b'"retryDelay":' + orjson.dumps(delay), b'"retryDelay":"24s"')
+    assert google_error(429, ok, "gemini").retry_after == 24.0
 
 
 async def test_plain_object_error_body(proxy: Any, upstream: Any) -> None:

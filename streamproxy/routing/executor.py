@@ -85,7 +85,9 @@ class Executor:
             if resp.status < 400:
                 raise _redirect_error(resp, provider.name)
             err = provider.error_from_response(resp.status, body, resp.headers)
-            err.retry_after = _retry_after(resp)
+            retry_after = _retry_after(resp)
+            if retry_after is not None:  # the header, else the wait the body named (Gemini's)
+                err.retry_after = retry_after
             if target.api_key and target.api_key in err.message:
                 err.message = _masked(err.message, target.api_key)
             raise err

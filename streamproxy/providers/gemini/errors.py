@@ -2,11 +2,14 @@
 
 Google answers `{"error": {"code": 400, "message": "…", "status": "INVALID_ARGUMENT"}}`, and
 the streaming endpoint sometimes wraps that object in a one-element array. The client gets the
-same HTTP status, Google's message, and Google's status string as the OpenAI `code`.
+same HTTP status, Google's message, and Google's status string as the OpenAI `code`. A 429's
+`RetryInfo` detail (`"retryDelay": "24s"`), Google's only word on when to come back (it sends no
+Retry-After header), becomes the error's wait, for retries and the client's Retry-After.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -39,4 +42,25 @@ def error_from_object(err: dict[str, Any], status: int, provider: str) -> Upstre
         message = f"provider '{provider}' returned HTTP {status}"
     google_status = err.get("status")
     return UpstreamStatusError(status, message, provider=provider,
-                               code=google_status if isinstance(google_status, str) else None)
+                               code=google_status if isinstance(google_status, str) else None,
+                               retry_after=_retry_delay(err.get("details")))
+
+
+RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+
+
+def _retry_delay(details: Any) -> float | None:
+    """Seconds from a `RetryInfo` detail's `retryDelay` (a protobuf Duration in JSON: "24s",
+    "0.250s"); None without a readable one."""
+    if not isinstance(details, list):
+        return None
+    for detail in details:
+        if isinstance(detail, dict) and detail.get("@type") == RETRY_INFO:
+            delay = detail.get("retryDelay")
+            if isinstance(delay, str) and delay.endswith("s"):
+                try:
+                    seconds = float(delay[:-1])
+                except ValueError:
+                    return None
+                return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    return None
