@@ -259,6 +259,9 @@ class _Wire:
         if self.name == "anthropic":
             return {"type": "error", "error": {"type": "rate_limit_error" if status == 429
                                                else "api_error", "message": msg}}
+        if status == 429:  # as OpenAI words a rate limit
+            return {"error": {"message": msg, "type": "requests", "param": None,
+                              "code": "rate_limit_exceeded"}}
         return {"error": {"message": msg, "type": "server_error", "param": None, "code": None}}
 
 
