@@ -67,8 +67,12 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord) 
         except Exception:
             log.exception("unexpected error while relaying a stream")
             encoder.error(ProxyError("internal error while relaying the stream"))
-        tail = encoder.take()
-        if tail:
+        tail = encoder.take()  # an error frame, or what the upstream's end flushed
+        if tail and client.direct:
+            # With the body's end, not awaiting a full client: a stream whose total runs out
+            # while a slow client holds it must end, and its upstream close, now.
+            client.end_with(tail)
+        elif tail:
             await client.write(tail)
     except (ConnectionResetError, BrokenPipeError):
         record.client_disconnected = True

@@ -9,6 +9,7 @@ test instead of eating the machine's memory) and counts the bytes its writes got
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from typing import Any
 
@@ -17,6 +18,8 @@ import pytest
 from aiohttp import web
 
 from streamproxy.providers.mock.server import anthropic_delta, anthropic_prelude, openai_delta
+from streamproxy.server.front import FRONT_ENV
+from streamproxy.upstream.client import CLIENT_ENV
 from tests.conftest import provider_config
 
 SMALL_BUFFER = 32 * 1024  # socket buffers at both ends we control, so the kernel holds little
@@ -28,6 +31,7 @@ class EndlessUpstream:
         self.kind = kind
         self.written = 0
         self.url = ""
+        self.gone = asyncio.Event()  # the proxy closed the upstream connection
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -51,6 +55,8 @@ class EndlessUpstream:
                 self.written += len(batch)
         except (ConnectionError, RuntimeError):
             pass  # the proxy went away with the client
+        finally:
+            self.gone.set()
         return resp
 
 
@@ -110,3 +116,44 @@ async def test_a_client_that_stops_reading_stops_the_upstream(kind: str, proxy: 
         assert b'"error"' not in got
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("upstream_client", ["native", "aiohttp"])  # piped, pulled relay
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
+async def test_a_total_timeout_while_the_client_is_full_ends_the_stream_it_was_reading(
+        front: str, upstream_client: str, proxy: Any, aiohttp_server: Any, monkeypatch: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The total runs while a slow client holds the stream paused: at its expiry the upstream
+    closes, and the client that reads on gets the error frame and the body's end — a slow
+    client, not a gone one (the expiry's cancel landed on the wait for its buffer)."""
+    caplog.set_level(logging.INFO, logger="streamproxy.access")
+    monkeypatch.setenv(FRONT_ENV, front)
+    monkeypatch.setenv(CLIENT_ENV, upstream_client)
+    upstream = EndlessUpstream("openai")
+    server = await aiohttp_server(upstream.app())
+    client = await proxy(provider_config("openai", str(server.make_url("")).rstrip("/"),
+                                         timeouts={"idle": 0.5, "total": 1.5}))
+    body = orjson.dumps({"model": "m", "stream": True,
+                         "messages": [{"role": "user", "content": "hi"}]})
+    reader, writer = await open_slow_client(client.server.port, body)
+    try:
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(
+            b"HTTP/1.1 200")
+        await asyncio.wait_for(upstream.gone.wait(), 10)  # the total ran out, not read on
+        got = b""
+        while not got.endswith(b"\r\n0\r\n\r\n"):
+            piece = await asyncio.wait_for(reader.read(1 << 20), 10)
+            assert piece, f"the body ended without its last chunk: {got[-300:]!r}"
+            got += piece
+    finally:
+        writer.close()
+    assert b'"code":"upstream_timeout"' in got[-400:]
+    for _ in range(100):
+        lines = [orjson.loads(r.getMessage()) for r in caplog.records
+                 if r.name == "streamproxy.access"]
+        if lines:
+            break
+        await asyncio.sleep(0.02)
+    [line] = lines
+    assert (line["status"], line["error_code"]) == (200, "upstream_timeout")
+    assert line["client_disconnected"] is False

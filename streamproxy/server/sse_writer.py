@@ -10,6 +10,8 @@ read besides. Both go to the same transport, in call order.
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import hdrs, web
 
 
@@ -32,7 +34,11 @@ class SSEWriter:
         self.direct = self._transport is not None and not response.compression
 
     async def write(self, data: bytes) -> None:
-        await self._response.write(data)
+        try:
+            await self._response.write(data)
+        except asyncio.CancelledError:
+            self._forget_cancelled_drain()
+            raise
 
     def write_now(self, data: bytes) -> None:
         transport = self._transport
@@ -51,7 +57,19 @@ class SSEWriter:
 
     async def drain(self) -> None:
         """Wait until the client's socket buffer is back under its low-water mark."""
-        await self._writer.drain()
+        try:
+            await self._writer.drain()
+        except asyncio.CancelledError:
+            self._forget_cancelled_drain()
+            raise
+
+    def _forget_cancelled_drain(self) -> None:
+        """A deadline's expiry cancelled the wait for a full client. aiohttp keeps the
+        cancelled waiter (`_drain_waiter`, private) and would raise it at the next drain —
+        the stream's end — as if the client had gone: the next drain waits afresh."""
+        waiter = self._protocol._drain_waiter
+        if waiter is not None and waiter.cancelled():
+            self._protocol._drain_waiter = None
 
     async def finish(self, data: bytes) -> None:
         await self._response.write(data)
