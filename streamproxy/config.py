@@ -28,10 +28,11 @@ class ConfigError(Exception):
 class Timeouts:
     """Seconds. `first_token`: from sending the request to the first upstream event (for a
     non-streamed request, to the whole answer). `idle`: the longest gap between two upstream
-    reads once streaming. `total`: optional cap on the whole request; None = no cap, so long
-    generations are never cut. `request`: Portkey's `request_timeout` (a config's, or the
-    `x-portkey-request-timeout` header's), like `first_token` but answered with Portkey's 408
-    rather than our 504, so that `on_status_codes: [408]` acts on it."""
+    reads once streaming. `total`: optional cap on the whole request (a target's retries
+    share it); None = no cap, so long generations are never cut. `request`: Portkey's
+    `request_timeout` (a config's, or the `x-portkey-request-timeout` header's), like
+    `first_token` but answered with Portkey's 408 rather than our 504, so that
+    `on_status_codes: [408]` acts on it."""
 
     connect: float = 10.0
     first_token: float = 600.0

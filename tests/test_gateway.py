@@ -158,6 +158,24 @@ async def test_retry_without_retry_after_uses_backoff(proxy: Any) -> None:
     assert time.monotonic() - started < 2.5  # backoff ≤ 0.25 + 0.5, not the 1s header
 
 
+async def test_a_targets_retries_share_its_total_timeout(proxy: Any) -> None:
+    client = await proxy(gateway_config())
+    # The mock asks for `retry-after: 1`, past the 0.5 s total: no retry is waited for.
+    config = json.dumps(leaf("fast:status=503", retry={"attempts": 2},
+                             timeouts={"total": 0.5}))
+    started = time.monotonic()
+    resp = await post(client, config)
+    assert resp.status == 503 and time.monotonic() - started < 0.5
+    assert resp.headers["x-portkey-retry-attempt-count"] == "-1"  # the retries given up
+    # Each try stalls 0.6 s: the retry gets what is left of the total, then a 504.
+    config = json.dumps(leaf("fast:status=503,stall_ms=600", timeouts={"total": 1},
+                             retry={"attempts": 3, "use_retry_after_header": False}))
+    started = time.monotonic()
+    resp = await post(client, config)
+    assert resp.status == 504 and time.monotonic() - started < 1.4
+    assert "total timeout" in (await resp.json())["error"]["message"]
+
+
 async def test_an_open_circuit_is_skipped(proxy: Any) -> None:
     client = await proxy(gateway_config())
     config = json.dumps({

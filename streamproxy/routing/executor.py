@@ -131,10 +131,14 @@ class Executor:
         record.model = target.model or target.provider.cfg.default_model
         record.retries_exhausted = False
         retry = 0
+        total = target.timeouts.total if spec.attempts else None
+        # The retries share the target's total, from its first try (the loop's clock: only
+        # looked up for them, as on 3.11 each lookup is a system call).
+        first_try = None if total is None else asyncio.get_running_loop().time()
         while True:
             record.attempts += 1
             try:
-                result = await once(req, target, record)
+                result = await once(req, target, record, first_try)
             except ProxyError as e:
                 record.note_upstream_error(e)  # metrics: upstream errors by kind
                 if attempt.breaker is not None:
@@ -146,7 +150,9 @@ class Executor:
                     raise
                 delay = retry_delay(retry, self.rng, getattr(e, "retry_after", None),
                                     spec.use_retry_after_header)
-                if delay is None:  # a Retry-After beyond the cap: the retries are given up
+                if delay is None or _after_total(first_try, total, delay):
+                    # a Retry-After beyond the cap, or a retry that would start after the
+                    # target's total ran out: the retries are given up
                     record.retries_exhausted = True
                     raise
                 retry += 1
@@ -157,10 +163,10 @@ class Executor:
                 self.breakers.record(attempt.breaker_key, attempt.breaker, None)
             return result
 
-    async def _open_one(self, req: ChatRequest, target: Target,
-                        record: RequestRecord) -> OpenedStream:
+    async def _open_one(self, req: ChatRequest, target: Target, record: RequestRecord,
+                        first_try: float | None) -> OpenedStream:
         provider = target.provider
-        deadline = Deadline(target.timeouts, provider.name)
+        deadline = Deadline(target.timeouts, provider.name, first_try)
         resp: aiohttp.ClientResponse | None = None
         try:
             parts = _StreamParts(req, target, record)
@@ -183,10 +189,10 @@ class Executor:
         except BaseException as e:
             raise _failure(e, deadline, resp, provider.name) from None
 
-    async def _complete_one(self, req: ChatRequest, target: Target,
-                            record: RequestRecord) -> bytes:
+    async def _complete_one(self, req: ChatRequest, target: Target, record: RequestRecord,
+                            first_try: float | None) -> bytes:
         provider = target.provider
-        deadline = Deadline(target.timeouts, provider.name)
+        deadline = Deadline(target.timeouts, provider.name, first_try)
         resp: aiohttp.ClientResponse | None = None
         try:
             resp = await self._send(req, target)
@@ -246,6 +252,13 @@ class _StreamParts:
         self.build()
         assert self.built is not None
         return self.built
+
+
+def _after_total(first_try: float | None, total: float | None, delay: float) -> bool:
+    """Would a retry `delay` seconds from now start once the target's total has run out?"""
+    if first_try is None or total is None:
+        return False
+    return asyncio.get_running_loop().time() + delay >= first_try + total
 
 
 def _envelope_model(target: Target) -> str:

@@ -19,9 +19,12 @@ from streamproxy.errors import ProxyError, RequestTimeout, UpstreamTimeout
 
 class Deadline:
     __slots__ = ("_handle", "_held", "_last", "_provider", "_since", "_start", "_streaming",
-                 "_task", "_timeouts", "expired", "loop", "max_gap", "reads")
+                 "_task", "_timeouts", "_total_end", "expired", "loop", "max_gap", "reads")
 
-    def __init__(self, timeouts: Timeouts, provider: str) -> None:
+    def __init__(self, timeouts: Timeouts, provider: str,
+                 first_try: float | None = None) -> None:
+        """`first_try`: the loop time a retried target was first tried at; its retries share
+        its total timeout (none is given a whole one of its own)."""
         # The request's loop, for whoever needs it next (on 3.11 each asyncio lookup of the
         # running loop is a getpid() system call).
         self.loop = asyncio.get_running_loop()
@@ -31,17 +34,19 @@ class Deadline:
         self._timeouts = timeouts
         self._provider = provider
         self._start = self._last = self.loop.time()
+        self._total_end = (None if timeouts.total is None
+                           else (self._start if first_try is None else first_try)
+                           + timeouts.total)
         self._streaming = False
         self._held = False  # upstream reads paused for a slow client (`hold`)
         self._since = self._start
         self.reads = 0  # reads after the first event, and the largest gap between two reads:
         self.max_gap = 0.0  # kept here because progress() already has the clock (metrics)
         self.expired: ProxyError | None = None  # an UpstreamTimeout, or why abort() ended it
-        first = min(self._first_token(), timeouts.idle)
-        if timeouts.total is not None:
-            first = min(first, timeouts.total)
-        self._handle: asyncio.TimerHandle | None = self.loop.call_at(self._start + first,
-                                                                     self._fire)
+        first = self._start + min(self._first_token(), timeouts.idle)
+        if self._total_end is not None:
+            first = min(first, self._total_end)
+        self._handle: asyncio.TimerHandle | None = self.loop.call_at(first, self._fire)
 
     @property
     def task(self) -> asyncio.Task[object]:
@@ -54,12 +59,12 @@ class Deadline:
         return t.first_token if t.request is None else min(t.first_token, t.request)
 
     def _due(self) -> float | None:
-        t = self._timeouts
         if self._held:  # the gap is the client's doing: only the total applies
-            return None if t.total is None else self._start + t.total
-        due = self._last + t.idle if self._streaming else self._start + self._first_token()
-        if t.total is not None:
-            due = min(due, self._start + t.total)
+            return self._total_end
+        due = (self._last + self._timeouts.idle if self._streaming
+               else self._start + self._first_token())
+        if self._total_end is not None:
+            due = min(due, self._total_end)
         return due
 
     def progress(self) -> None:
@@ -107,7 +112,7 @@ class Deadline:
 
     def _expiry(self, now: float) -> UpstreamTimeout:
         t = self._timeouts
-        if t.total is not None and now >= self._start + t.total:
+        if self._total_end is not None and now >= self._total_end:
             what = f"the total timeout of {t.total:g}s"
         elif self._streaming:
             what = f"the idle timeout of {t.idle:g}s between events"
