@@ -10,7 +10,10 @@ import aiohttp
 import orjson
 import pytest
 
+from streamproxy.routing.executor import Executor
+from streamproxy.server import handlers
 from tests.conftest import provider_config
+from tests.helpers import make_config
 
 START = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","model":"m",'
          b'"usage":{"input_tokens":3,"output_tokens":1}}}\n\n'
@@ -65,6 +68,37 @@ async def test_client_disconnect_while_waiting_for_the_first_event(
     [line] = [orjson.loads(r.getMessage()) for r in caplog.records
               if r.name == "streamproxy.access"]
     assert line["status"] == 499 and line["client_disconnected"] is True
+
+
+async def test_a_client_gone_as_the_stream_opens_behind_keepalives_closes_it(
+        proxy: Any, upstream: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With keep-alives the stream opens in a task of its own: a client that goes away in the
+    loop iteration it opened in must not leave its upstream connection open."""
+    upstream.pieces = [START]
+    upstream.hold_open = True
+    upstream.delay_before_headers = 0.3  # the keep-alives commit the response first
+    handler_tasks: list[asyncio.Task[Any]] = []
+    keepalives, open_stream = handlers._open_with_keepalives, Executor.open_stream
+
+    async def keeping_alive(*args: Any) -> Any:
+        handler_tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+        return await keepalives(*args)
+
+    async def opening(self: Executor, *args: Any) -> Any:
+        stream = await open_stream(self, *args)
+        handler_tasks[0].cancel()  # the client's disconnect, in the same iteration
+        return stream
+
+    monkeypatch.setattr(handlers, "_open_with_keepalives", keeping_alive)
+    monkeypatch.setattr(Executor, "open_stream", opening)
+    client = await proxy(make_config({"up": {"type": "anthropic", "base_url": upstream.url,
+                                             "api_key": "k", "default_model": "m"}},
+                                     default="up", server={"keepalive_interval": 0.05}))
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(client.make_url("/v1/chat/completions"), json={
+            "messages": [{"role": "user", "content": "hi"}], "stream": True})
+        assert await resp.content.readuntil(b"\n\n") == b": keep-alive\n\n"
+        await asyncio.wait_for(upstream.closed.wait(), timeout=1.0)
 
 
 @pytest.mark.parametrize("front", ["lean", "aiohttp"])

@@ -175,8 +175,7 @@ async def _stream(ex: Exchange, state: AppState, req: ChatRequest, plan: Plan,
             client = await ex.start_events({
                 **SSE_HEADERS, **_response_headers(record, stream.target.provider.name)})
         except BaseException:
-            stream.deadline.cancel()
-            stream.response.close()
+            _close_unrelayed(stream)
             raise
     record.first_byte = time.monotonic()
     state.drain.committed(stream.deadline)  # a shutdown now ends it with an error frame
@@ -199,6 +198,7 @@ async def _open_with_keepalives(ex: Exchange, state: AppState, req: ChatRequest,
     failure after it is an error frame, not a fallback."""
     opening = asyncio.ensure_future(state.executor.open_stream(req, plan, record))
     client: EventWriter | None = None
+    stream: OpenedStream | None = None
     try:
         try:
             while not (await asyncio.wait({opening}, timeout=interval))[0]:
@@ -225,6 +225,14 @@ async def _open_with_keepalives(ex: Exchange, state: AppState, req: ChatRequest,
     finally:
         if not opening.done():
             opening.cancel()  # the client went away (or the worker stops) while we waited
+        elif stream is None and not opening.cancelled() and opening.exception() is None:
+            # ...as the stream opened (the same loop iteration): nobody will relay it
+            _close_unrelayed(opening.result())
+
+
+def _close_unrelayed(stream: OpenedStream) -> None:
+    stream.deadline.cancel()
+    stream.response.close()
 
 
 async def _end_with_error(client: EventWriter, record: RequestRecord, err: ProxyError) -> None:
