@@ -145,6 +145,21 @@ async def test_url_api_key_header_and_body(proxy: Any, upstream: Any) -> None:
                            "stream_options": {"include_usage": True}}
 
 
+@pytest.mark.parametrize(("version", "asked"), [
+    ("2024-06-01", False), ("2024-02-15-preview", False), ("2024-08-01-preview", False),
+    ("2024-09-01-preview", True), ("2025-04-01-preview", True), ("preview", True)])
+async def test_usage_is_asked_only_of_api_versions_that_take_stream_options(
+        proxy: Any, upstream: Any, version: str, asked: bool) -> None:
+    upstream.body = STREAM
+    client = await proxy(provider_config("azure", upstream.url, api_version=version))
+    for body in ({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+                 STREAM_REQ):
+        await (await client.post("/v1/chat/completions", json=body)).read()
+    plain, wanting = (sent.json() for sent in upstream.requests)
+    assert ("stream_options" in plain) is asked
+    assert wanting["stream_options"] == {"include_usage": True}  # the client's, always
+
+
 async def test_deployment_option_and_entra_token(proxy: Any, upstream: Any) -> None:
     upstream.body = STREAM
     client = await proxy(azure_config(upstream.url + "/openai", deployment="my deploy",

@@ -18,6 +18,7 @@ Azure's stream differs from OpenAI's in two ways that break naive clients
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     from streamproxy.openai_api.request import ChatRequest
 
 AUTH_MODES = ("api-key", "entra")
+# The first api-version that takes `stream_options` (earlier ones answer it with a 400).
+STREAM_USAGE_SINCE = "2024-09-01"
+_DATED = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class AzureTranslator(PassthroughTranslator):
@@ -82,6 +86,14 @@ class AzureOpenAIProvider(OpenAIProvider):
         if not entry.get("resource") and not entry.get("base_url"):
             raise ConfigError(source, f"{where}.resource",
                               "required for type azure (or a base_url for the endpoint)")
+
+    @property
+    def asks_stream_usage(self) -> bool:  # type: ignore[override]
+        """Whether streamed requests ask for usage: not on an api-version older than
+        STREAM_USAGE_SINCE (2024-06-01 and 2024-02-01 are still common), which would refuse
+        every stream; those streams then carry no usage unless the client asked for it."""
+        version = self.cfg.options["api_version"]
+        return not (_DATED.match(version) and version[:10] < STREAM_USAGE_SINCE)
 
     @property
     def base_url(self) -> str:
