@@ -1,11 +1,15 @@
-"""Vertex AI bearer tokens from a command (`token_command`): the only I/O of this package.
+"""Vertex AI bearer tokens fetched off the event loop: the only I/O of this package.
 
-The command (an argv list, run without a shell, in a worker thread) prints an OAuth2 access
-token, e.g. `[gcloud, auth, print-access-token]`. Its output is cached for `refresh` seconds.
-Requests never wait for a refresh while a token is cached: a stale token is served while one
-background run replaces it. A request waits only when there is no token at all (first use, or
-after the upstream answered 401 and the token was dropped), and all such requests share that
-one run.
+`TokenSource` caches one OAuth2 access token and refreshes it in a worker thread; a subclass
+says how one token is fetched (a blocking `_fetch`). `CommandToken` runs `token_command` (an
+argv list, without a shell), e.g. `[gcloud, auth, print-access-token]`, and reuses its output
+for `refresh` seconds; `credentials.GoogleToken` refreshes Google credentials (a key file or
+Application Default Credentials) and follows the token's own expiry.
+
+Requests never wait for a refresh while a token is cached and unexpired: a stale token is
+served while one background run replaces it. A request waits only when there is no usable
+token (first use, a token past its expiry, or after the upstream answered 401 and the token
+was dropped), and all such requests share that one run.
 """
 
 from __future__ import annotations
@@ -14,13 +18,17 @@ import asyncio
 import logging
 import subprocess
 import time
+from collections.abc import Callable
 
 from streamproxy.errors import ProxyError
 
 log = logging.getLogger("streamproxy.providers.vertex")
 
 COMMAND_TIMEOUT = 30.0  # seconds one run may take before it is killed
-FAILURE_BACKOFF = 5.0  # seconds before a failed command is run again
+FAILURE_BACKOFF = 5.0  # seconds before a failed fetch is tried again
+# A token with a known lifetime is refreshed this long before it expires (or halfway through
+# a shorter life), so the background run has time to finish, and to fail and retry.
+EXPIRY_MARGIN = 300.0
 
 
 class TokenUnavailable(ProxyError):
@@ -28,31 +36,42 @@ class TokenUnavailable(ProxyError):
     code = "upstream_credentials_unavailable"
 
 
-class CommandToken:
-    def __init__(self, argv: list[str], refresh: float, *, provider: str,
-                 timeout: float = COMMAND_TIMEOUT) -> None:
-        self._argv = argv
+# A fetched token and how many seconds it stays valid (None: unknown, reuse it `refresh` s).
+Fetched = tuple[str, float | None]
+
+
+class TokenSource:
+    def __init__(self, refresh: float, *, provider: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._refresh = refresh
-        self._timeout = timeout
         self._provider = provider
+        self._clock = clock
         self._token: str | None = None
-        self._stale_at = 0.0  # monotonic time after which the next request starts a refresh
+        self._stale_at = 0.0  # clock time after which the next request starts a refresh
+        self._expires_at = float("inf")  # clock time after which the token is not served
         self._running: asyncio.Future[str] | None = None
         self._failure: TokenUnavailable | None = None
         self._failed_at = float("-inf")
-        self.runs = 0  # how many times the command ran (for tests and logs)
+        self.runs = 0  # how many fetches ran (for tests and logs)
 
     @property
     def cached(self) -> str | None:
         return self._token
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers that go with the token (besides `Authorization`)."""
+        return {}
 
     def invalidate(self) -> None:
         """The upstream rejected the token: fetch a new one before the next request."""
         self._token = None
 
     async def get(self) -> str:
-        now = time.monotonic()
+        now = self._clock()
         token = self._token
+        if token is not None and now >= self._expires_at:
+            token = self._token = None  # a background refresh failed until it expired
         if token is not None and now < self._stale_at:
             return token
         if self._running is None:
@@ -73,15 +92,43 @@ class CommandToken:
         err = task.exception()
         if err is not None:  # retrieved here, so a run nobody awaited never warns
             self._failure = err if isinstance(err, TokenUnavailable) else None
-            self._failed_at = time.monotonic()
+            self._failed_at = self._clock()
             self._stale_at = self._failed_at + FAILURE_BACKOFF  # keep a stale token a while
 
     async def _run(self) -> str:
         self.runs += 1
+        # A worker thread: the fetch blocks (a child process, or google-auth's HTTP calls).
+        token, lifetime = await asyncio.to_thread(self._fetch)
+        now = self._clock()
+        self._token = token
+        if lifetime is None:
+            self._stale_at, self._expires_at = now + self._refresh, float("inf")
+        else:
+            self._stale_at = now + max(lifetime - EXPIRY_MARGIN, lifetime / 2)
+            self._expires_at = now + lifetime
+        self._failure = None
+        return token
+
+    def _fetch(self) -> Fetched:
+        """One token, blocking (run in a worker thread); raises TokenUnavailable."""
+        raise NotImplementedError
+
+    def _fail(self, message: str) -> TokenUnavailable:
+        return TokenUnavailable(f"provider '{self._provider}': {message}")
+
+
+class CommandToken(TokenSource):
+    def __init__(self, argv: list[str], refresh: float, *, provider: str,
+                 timeout: float = COMMAND_TIMEOUT) -> None:
+        super().__init__(refresh, provider=provider)
+        self._argv = argv
+        self._timeout = timeout
+
+    def _fetch(self) -> Fetched:
         # subprocess.run in a worker thread rather than asyncio's subprocess API: cancelling
         # the latter while it spawns hangs the stdlib loop (CPython 3.11) at shutdown, and the
         # thread is off the event loop all the same. The timeout kills the child.
-        proc = await asyncio.to_thread(self._spawn)
+        proc = self._spawn()
         name = self._argv[0]
         if proc.returncode != 0:
             tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
@@ -91,10 +138,7 @@ class CommandToken:
         token = proc.stdout.decode(errors="replace").strip()
         if not token or any(c.isspace() for c in token):
             raise self._fail(f"token_command '{name}' did not print a single token")
-        self._token = token
-        self._stale_at = time.monotonic() + self._refresh
-        self._failure = None
-        return token
+        return token, None
 
     def _spawn(self) -> subprocess.CompletedProcess[bytes]:
         name = self._argv[0]
@@ -106,6 +150,3 @@ class CommandToken:
                              f"{self._timeout:g}s") from None
         except OSError as e:
             raise self._fail(f"could not run token_command '{name}': {e.strerror}") from None
-
-    def _fail(self, message: str) -> TokenUnavailable:
-        return TokenUnavailable(f"provider '{self._provider}': {message}")
