@@ -103,7 +103,8 @@ def cmd_check_config(args: argparse.Namespace) -> None:
     print(f"listen: {s.host}:{s.port}")
     for name, p in config.providers.items():
         default = " (default)" if name == config.default_provider else ""
-        key = "configured key" if p.api_key else "client's key"
+        key = providers[name].auth_summary() or (
+            "configured key" if p.api_key else "client's key")
         try:  # Bedrock, Vertex, Azure build it from other keys
             base_url = providers[name].base_url
         except ProxyError:  # no URL until it runs: the embedded mock

@@ -167,6 +167,11 @@ class Provider:
         clone.cfg = replace(self.cfg, options={**self.cfg.options, **options})
         return clone
 
+    def auth_summary(self) -> str | None:
+        """How this provider authenticates when it is not by a key, for `check-config`
+        (names and paths, never a secret); None: by a key."""
+        return None
+
     async def prepare(self, target: Target) -> None:
         """Async work a request needs before `build_request`, such as a credential refreshed
         by running a command (Vertex `token_command`); cached, so it normally returns at

@@ -17,7 +17,8 @@ from streamproxy.config import ConfigError, ProviderConfig
 from streamproxy.errors import InvalidRequest, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.base import Provider, StreamTranslator, UpstreamRequest
-from streamproxy.providers.gemini.auth import CommandToken, TokenUnavailable
+from streamproxy.providers.gemini import credentials
+from streamproxy.providers.gemini.auth import CommandToken, TokenSource, TokenUnavailable
 from streamproxy.providers.gemini.errors import google_error
 from streamproxy.providers.gemini.request import DROPPED, to_gemini
 from streamproxy.providers.gemini.response import to_completion
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*(?:/[A-Za-z0-9][A-Za-z0-9._@-]*)*")
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 DEFAULT_TOKEN_REFRESH = 300.0
+# Where a Vertex token comes from, besides the provider key: one of these at most.
+TOKEN_OPTIONS = ("token_command", "token_env", "credentials_file", "credentials")
 # Vertex's multi-region locations, served from regional endpoints of their own (the hosts
 # google-genai's client builds for them).
 MULTI_REGIONS = ("us", "eu")
@@ -86,14 +89,14 @@ class GeminiProvider(Provider):
 
 
 class VertexProvider(GeminiProvider):
-    """Vertex AI. The bearer token comes from `token_command`, else the environment variable
-    named by `token_env`, else the provider key (`api_key` / `api_key_env`, or the client's own
-    `Authorization: Bearer` key when none is configured)."""
+    """Vertex AI. The bearer token comes from one of `token_command`, `token_env`,
+    `credentials_file` or `credentials: adc`, else the provider key (`api_key` /
+    `api_key_env`, or the client's own `Authorization: Bearer` key when none is configured)."""
 
     type_name: ClassVar[str] = "vertex"
     default_base_url: ClassVar[str | None] = None  # derived from `location`
     option_keys: ClassVar[frozenset[str]] = frozenset({
-        "api_version", "project", "location", "token_env", "token_command", "token_refresh"})
+        "api_version", "project", "location", *TOKEN_OPTIONS, "token_refresh"})
     target_options: ClassVar[dict[str, str]] = {"vertex_region": "location"}
     default_api_version: ClassVar[str] = "v1"
 
@@ -103,12 +106,7 @@ class VertexProvider(GeminiProvider):
         self.project: str = opts["project"]
         self.location: str = opts["location"]
         self._token_env: str | None = opts.get("token_env")
-        command = opts.get("token_command")
-        self.token_command: CommandToken | None = None
-        if command:
-            argv = shlex.split(command) if isinstance(command, str) else list(command)
-            self.token_command = CommandToken(
-                argv, float(opts.get("token_refresh") or DEFAULT_TOKEN_REFRESH), provider=self.name)
+        self.token_source: TokenSource | None = _token_source(opts, self.name)
 
     @classmethod
     def check_options(cls, options: dict[str, Any], source: str, where: str) -> None:
@@ -123,18 +121,14 @@ class VertexProvider(GeminiProvider):
                                   "is required for type vertex (a Google Cloud "
                                   + ("project id" if key == "project" else "region, or global")
                                   + ")")
-        command = options.get("token_command")
-        if command is not None and not (
-                (isinstance(command, str) and shlex.split(command))
-                or (isinstance(command, list) and command
-                    and all(isinstance(a, str) for a in command))):
-            raise ConfigError(source, f"{where}.token_command",
-                              "must be a command line or a non-empty list of arguments")
-        if command is not None and options.get("token_env") is not None:
-            raise ConfigError(source, f"{where}.token_env",
-                              "set either token_env or token_command, not both")
-        if options.get("token_env") is not None and not isinstance(options["token_env"], str):
-            raise ConfigError(source, f"{where}.token_env", "must be an environment variable name")
+        given = [key for key in TOKEN_OPTIONS if options.get(key) is not None]
+        if len(given) > 1:
+            raise ConfigError(source, f"{where}.{given[1]}",
+                              f"set one of {', '.join(TOKEN_OPTIONS)}, not {given[0]} and "
+                              f"{given[1]}")
+        problem = _token_option_problem(options)
+        if problem:
+            raise ConfigError(source, f"{where}.{problem[0]}", problem[1])
         refresh = options.get("token_refresh")
         if refresh is not None and (isinstance(refresh, bool)
                                     or not isinstance(refresh, int | float) or refresh <= 0):
@@ -162,18 +156,28 @@ class VertexProvider(GeminiProvider):
         return (f"{self.base_url}/{self.api_version}/projects/{self.project}"
                 f"/locations/{self.location}/{path}")
 
+    def auth_summary(self) -> str | None:
+        opts = self.cfg.options
+        for key in TOKEN_OPTIONS:
+            value = opts.get(key)
+            if value is not None:
+                if key == "token_command":  # its name only: an argument may be a secret
+                    value = shlex.split(value)[0] if isinstance(value, str) else value[0]
+                return f"{key}={value}"
+        return None
+
     async def prepare(self, target: Target) -> None:
-        if self.token_command is not None:
-            await self.token_command.get()  # cached: returns at once but every `refresh` s
+        if self.token_source is not None:
+            await self.token_source.get()  # cached: waits for a first token only
 
     def auth_headers(self, target: Target) -> dict[str, str]:
         token: str | None
-        if self.token_command is not None:
-            token = self.token_command.cached
+        if self.token_source is not None:
+            token = self.token_source.cached
             if token is None:  # prepare() was not awaited, or the token was just dropped
-                raise TokenUnavailable(f"provider '{self.name}': no access token yet from "
-                                       "token_command")
-        elif self._token_env:
+                raise TokenUnavailable(f"provider '{self.name}': no access token yet")
+            return {"authorization": f"Bearer {token}", **self.token_source.headers}
+        if self._token_env:
             token = os.environ.get(self._token_env)
             if not token:
                 raise TokenUnavailable(f"provider '{self.name}': the environment variable "
@@ -183,6 +187,48 @@ class VertexProvider(GeminiProvider):
         return {"authorization": f"Bearer {token}"} if token else {}
 
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
-        if status == 401 and self.token_command is not None:
-            self.token_command.invalidate()
+        if status == 401 and self.token_source is not None:
+            self.token_source.invalidate()
         return super().parse_error(status, body)
+
+
+def _token_option_problem(options: dict[str, Any]) -> tuple[str, str] | None:
+    """(key, reason) for the first unusable token option; a credentials file is read here, so
+    a missing or broken one stops the proxy at startup (and `check-config`)."""
+    command = options.get("token_command")
+    if command is not None and not (
+            (isinstance(command, str) and shlex.split(command))
+            or (isinstance(command, list) and command
+                and all(isinstance(a, str) for a in command))):
+        return "token_command", "must be a command line or a non-empty list of arguments"
+    if options.get("token_env") is not None and not isinstance(options["token_env"], str):
+        return "token_env", "must be an environment variable name"
+    path = options.get("credentials_file")
+    if path is not None:
+        if not (isinstance(path, str) and path):
+            return "credentials_file", "must be the path of a Google credentials JSON file"
+        problem = credentials.check_file(path)
+        return ("credentials_file", problem) if problem else None
+    mode = options.get("credentials")
+    if mode is not None:
+        if mode != credentials.ADC:
+            return "credentials", (f"must be {credentials.ADC} (Application Default "
+                                   "Credentials); a key file goes in credentials_file")
+        # ADC is found at first use (it may ask the metadata server); its explicit file can
+        # be checked now.
+        path = os.environ.get(credentials.ADC_FILE_ENV)
+        problem = credentials.check_file(path) if path else None
+        if problem:
+            return "credentials", f"{credentials.ADC_FILE_ENV}: {problem}"
+    return None
+
+
+def _token_source(opts: dict[str, Any], provider: str) -> TokenSource | None:
+    refresh = float(opts.get("token_refresh") or DEFAULT_TOKEN_REFRESH)
+    command = opts.get("token_command")
+    if command:
+        argv = shlex.split(command) if isinstance(command, str) else list(command)
+        return CommandToken(argv, refresh, provider=provider)
+    if opts.get("credentials_file") or opts.get("credentials") == credentials.ADC:
+        return credentials.GoogleToken(opts.get("credentials_file"), refresh, provider=provider)
+    return None

@@ -1,0 +1,158 @@
+"""Vertex AI tokens from Google credentials: `credentials_file` or `credentials: adc`.
+
+google-auth does the work rather than code of our own: it reads every kind of credentials
+file (a service-account key, gcloud's `authorized_user`, `external_account` for workload
+identity federation, an impersonated service account), finds Application Default Credentials
+(GOOGLE_APPLICATION_CREDENTIALS, gcloud's own file, the GCE/GKE metadata server), signs the
+service account's JWT grant and refreshes. It is imported here only, and this module only by a
+provider that uses it, so a proxy without one never pays for it.
+
+Its refresh blocks (`requests`), so `GoogleToken` runs it through `TokenSource`'s worker
+thread; the credentials are loaded there too, on first use, since finding ADC or reading an
+`external_account` file may go to the network. The config check (`check_file`) reads a file
+without any network call, so a missing or broken file is a config error at startup.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import warnings
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from streamproxy.providers.gemini.auth import COMMAND_TIMEOUT, Fetched, TokenSource
+
+log = logging.getLogger("streamproxy.providers.vertex")
+
+ADC = "adc"  # the `credentials` option's value: Application Default Credentials
+SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)  # what Vertex AI asks for
+ADC_FILE_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
+# Loading these may call Google (an STS exchange to find the project): left to first use.
+_NETWORK_TYPES = ("external_account", "external_account_authorized_user")
+_OAUTH_CODE = re.compile(r"[a-z_]{1,40}")  # RFC 6749 §5.2: invalid_grant, invalid_client, …
+
+
+def check_file(path: str) -> str | None:
+    """Why a credentials file cannot be used (None: it can), without any network call.
+    Never quotes the file's content: it holds a private key or a refresh token."""
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as f:
+            info = json.load(f)
+    except OSError as e:
+        return f"cannot read {path}: {e.strerror}"
+    except ValueError:
+        return f"{path} is not a JSON file"
+    if not isinstance(info, dict) or not isinstance(info.get("type"), str):
+        return (f"{path} is not a Google credentials file (no \"type\"; expected a "
+                "service-account key or a file gcloud wrote)")
+    if info["type"] in _NETWORK_TYPES:
+        return None
+    from google.auth import exceptions
+
+    try:
+        _quietly(lambda auth: auth.load_credentials_from_dict(info, scopes=SCOPES))
+    except (exceptions.GoogleAuthError, ValueError) as e:
+        cause = e.__cause__ or e  # google-auth wraps the reason: "Failed to load … from dict"
+        if isinstance(cause, exceptions.MalformedError):  # names missing fields, not values
+            return f"{path}: {str(cause)[:200]}"
+        return f"{path} is not a usable {info['type']} credentials file (its private key " \
+               "cannot be read, or a field is malformed)"
+    return None
+
+
+def _quietly(load: Callable[[Any], tuple[Any, str | None]]) -> Any:
+    """`load(google.auth)`'s credentials."""
+    import google.auth
+
+    # google-auth warns (DeprecationWarning) that its generic loaders must not be given
+    # credentials from an untrusted source; ours come from the operator's own config.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        credentials, _project = load(google.auth)
+    return credentials
+
+
+class GoogleToken(TokenSource):
+    """A token from a credentials file (`path`), or from ADC when `path` is None. It is
+    refreshed before the expiry Google gives it; `refresh` is only for a token without one."""
+
+    def __init__(self, path: str | None, refresh: float, *, provider: str, **kw: Any) -> None:
+        super().__init__(refresh, provider=provider, **kw)
+        self._path = os.path.expanduser(path) if path else None
+        self._credentials: Any = None
+        self._request: Any = None
+        self.quota_project: str | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        # The project billed for the call, as google-auth's own `apply()` sends it: gcloud's
+        # user credentials name one (`gcloud auth application-default set-quota-project`).
+        return {"x-goog-user-project": self.quota_project} if self.quota_project else {}
+
+    def _fetch(self) -> Fetched:
+        from google.auth import exceptions
+
+        try:
+            credentials = self._credentials or self._load()
+            credentials.refresh(self._request)
+        except exceptions.RefreshError as e:
+            log.warning("provider %r: Google credentials refresh failed: %s", self._provider,
+                        str(e)[:300])
+            raise self._fail(f"Google refused to refresh the credentials{_oauth_error(e)}") \
+                from None
+        except exceptions.TransportError as e:
+            log.warning("provider %r: Google token endpoint unreachable: %s", self._provider,
+                        str(e)[:300])
+            raise self._fail("could not reach Google's token endpoint") from None
+        except exceptions.DefaultCredentialsError as e:  # where it looked, no secret
+            raise self._fail(str(e).split("\n")[0][:300]) from None
+        except Exception as e:  # a malformed token answer, a broken external_account file
+            log.warning("provider %r: Google credentials failed: %r", self._provider, e)
+            raise self._fail(f"Google credentials failed ({type(e).__name__})") from None
+        token = credentials.token
+        if not token:
+            raise self._fail("Google's token endpoint answered no access token")
+        expiry = credentials.expiry  # naive UTC, google-auth's convention
+        lifetime = None if expiry is None else \
+            (expiry - datetime.now(UTC).replace(tzinfo=None)).total_seconds()
+        return token, lifetime
+
+    def _load(self) -> Any:
+        from google.auth.transport.requests import Request
+
+        self._request = _TimedRequest(Request(), COMMAND_TIMEOUT)
+        if self._path is None:
+            credentials = _quietly(lambda auth: auth.default(scopes=SCOPES,
+                                                             request=self._request))
+        else:
+            path = self._path
+            credentials = _quietly(lambda auth: auth.load_credentials_from_file(
+                path, scopes=SCOPES, request=self._request))
+        self.quota_project = getattr(credentials, "quota_project_id", None)
+        self._credentials = credentials
+        return credentials
+
+
+class _TimedRequest:
+    """google-auth's requests transport with a bounded wait: its default is 120 s for each
+    call to the token endpoint, and the first requests wait for that call."""
+
+    def __init__(self, request: Any, timeout: float) -> None:
+        self._request = request
+        self._timeout = timeout
+
+    def __call__(self, url: str, method: str = "GET", body: Any = None,
+                 headers: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
+        return self._request(url, method, body, headers, timeout or self._timeout, **kwargs)
+
+
+def _oauth_error(e: Exception) -> str:
+    """The OAuth error code of a refused refresh (`invalid_grant`, …), never its description:
+    an error description may echo what was sent."""
+    details = e.args[1] if len(e.args) > 1 else None
+    code = details.get("error") if isinstance(details, dict) else None
+    return f" ({code})" if isinstance(code, str) and _OAUTH_CODE.fullmatch(code) else ""

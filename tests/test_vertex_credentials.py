@@ -1,0 +1,399 @@
+"""Vertex AI tokens from Google credentials (`credentials_file`, `credentials: adc`): a real
+service-account key (an RSA key made here) whose `token_uri` is a fake token endpoint on
+loopback, so google-auth signs and posts a real JWT grant; the token must reach a fake Vertex
+upstream, be refreshed before it expires (never on a request's path but the first), once for
+many requests, and a refused refresh must be a clear error that quotes no secret."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from streamproxy.cli import main
+from streamproxy.config import ConfigError
+from streamproxy.providers.gemini.auth import TokenUnavailable
+from streamproxy.providers.gemini.credentials import GoogleToken
+from tests.helpers import Clock, collect, make_config, sse_chunks
+
+USER = [{"role": "user", "content": "hi"}]
+JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"  # the JWT's audience, wherever sent
+EMAIL = "proxy@my-proj.iam.gserviceaccount.com"
+ANSWER = (b'data: {"candidates": [{"content": {"role": "model", "parts": [{"text": "ok"}]}, '
+          b'"finishReason": "STOP"}]}\r\n\r\n')
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def pem(key: rsa.RSAPrivateKey) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def write_key_file(path: Path, key: rsa.RSAPrivateKey, token_uri: str, **changes: Any) -> str:
+    info = {"type": "service_account", "project_id": "my-proj", "private_key_id": "kid-1",
+            "private_key": pem(key), "client_email": EMAIL, "client_id": "1234",
+            "token_uri": token_uri, **changes}
+    path.write_text(json.dumps({k: v for k, v in info.items() if v is not None}))
+    return str(path)
+
+
+class TokenEndpoint:
+    """A scripted OAuth2 token endpoint: hands out `ya29.token-<n>` for `expires_in` s."""
+
+    def __init__(self) -> None:
+        self.grants: list[dict[str, str]] = []
+        self.status = 200
+        self.answer: dict[str, Any] | None = None  # None: a fresh token
+        self.expires_in = 3600
+        self.delay = 0.0
+        self.url = ""
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/token", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.Response:
+        form = parse_qs((await request.read()).decode())
+        self.grants.append({k: v[0] for k, v in form.items()})
+        await asyncio.sleep(self.delay)
+        answer = self.answer or {"access_token": f"ya29.token-{len(self.grants)}",
+                                 "expires_in": self.expires_in, "token_type": "Bearer"}
+        return web.json_response(answer, status=self.status)
+
+
+@pytest.fixture
+async def token_endpoint(aiohttp_server: Any) -> TokenEndpoint:
+    endpoint = TokenEndpoint()
+    server = await aiohttp_server(endpoint.app())
+    endpoint.url = str(server.make_url("/token"))
+    return endpoint
+
+
+@pytest.fixture
+def key_file(tmp_path: Path, rsa_key: rsa.RSAPrivateKey, token_endpoint: TokenEndpoint) -> str:
+    return write_key_file(tmp_path / "sa.json", rsa_key, token_endpoint.url)
+
+
+def vertex(url: str, **auth: Any) -> Any:
+    return make_config({"v": {"type": "vertex", "base_url": url, "project": "my-proj",
+                              "location": "us-central1", "default_model": "gemini-2.5-flash",
+                              **auth}}, default="v")
+
+
+async def ask(client: Any, stream: bool = True) -> Any:
+    return await client.post("/v1/chat/completions", json={"stream": stream,
+                                                           "messages": USER})
+
+
+def bearer(received: Any) -> str:
+    return {k.lower(): v for k, v in received.headers.items()}["authorization"]
+
+
+def b64url(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def check_jwt_grant(grant: dict[str, str], key: rsa.RSAPrivateKey) -> None:
+    """RFC 7523: a JWT signed RS256 by the service account's key, for Google's token
+    endpoint (google-auth's audience, whatever `token_uri` says)."""
+    assert grant["grant_type"] == JWT_GRANT
+    header, claims, signature = grant["assertion"].split(".")
+    key.public_key().verify(b64url(signature), f"{header}.{claims}".encode(),
+                            padding.PKCS1v15(), hashes.SHA256())  # raises if not ours
+    assert json.loads(b64url(header)) == {"alg": "RS256", "typ": "JWT", "kid": "kid-1"}
+    payload = json.loads(b64url(claims))
+    assert payload["iss"] == EMAIL and payload["aud"] == GOOGLE_TOKEN_URI
+    assert payload["scope"] == CLOUD_PLATFORM
+    assert payload["exp"] - payload["iat"] == 3600
+
+
+async def test_a_service_account_key_signs_a_grant_and_its_token_reaches_vertex(
+        proxy: Any, upstream: Any, token_endpoint: TokenEndpoint, key_file: str,
+        rsa_key: rsa.RSAPrivateKey) -> None:
+    upstream.body = ANSWER
+    client = await proxy(vertex(upstream.url, credentials_file=key_file))
+    for stream in (True, False, True):
+        if not stream:
+            upstream.content_type = "application/json"
+            upstream.body = ANSWER[len(b"data: "):-4]
+        resp = await ask(client, stream)
+        assert resp.status == 200, await resp.text()
+        if stream:
+            assert collect(sse_chunks(await resp.read())).content == "ok"
+        upstream.content_type, upstream.body = "text/event-stream", ANSWER
+    [grant] = token_endpoint.grants  # one token for all three requests
+    check_jwt_grant(grant, rsa_key)
+    assert [bearer(r) for r in upstream.requests] == ["Bearer ya29.token-1"] * 3
+    assert upstream.requests[0].path.startswith("/v1/projects/my-proj/locations/us-central1/")
+
+
+async def test_concurrent_first_requests_wait_for_one_grant(
+        proxy: Any, upstream: Any, token_endpoint: TokenEndpoint, key_file: str) -> None:
+    upstream.body = ANSWER
+    token_endpoint.delay = 0.2  # all of them arrive while the grant is in flight
+    client = await proxy(vertex(upstream.url, credentials_file=key_file))
+    answers = await asyncio.gather(*(ask(client) for _ in range(6)))
+    assert [a.status for a in answers] == [200] * 6
+    assert len(token_endpoint.grants) == 1
+    assert {bearer(r) for r in upstream.requests} == {"Bearer ya29.token-1"}
+
+
+async def test_refreshed_in_the_background_before_it_expires(
+        token_endpoint: TokenEndpoint, key_file: str) -> None:
+    clock = Clock(1000.0)
+    source = GoogleToken(key_file, 300, provider="v", clock=clock)
+    assert await source.get() == "ya29.token-1"
+    clock.now += 3600 - 300 - 1  # still more than EXPIRY_MARGIN before the expiry
+    assert await source.get() == "ya29.token-1" and len(token_endpoint.grants) == 1
+    clock.now += 2  # inside the margin: the old token, and one refresh behind it
+    token_endpoint.delay = 0.1
+    tokens = await asyncio.gather(*(source.get() for _ in range(5)))
+    assert tokens == ["ya29.token-1"] * 5  # nobody waited
+    running = source._running
+    assert running is not None and await running == "ya29.token-2"
+    assert len(token_endpoint.grants) == 2
+    assert await source.get() == "ya29.token-2"
+
+
+async def test_the_tokens_own_lifetime_sets_the_refresh_not_token_refresh(
+        token_endpoint: TokenEndpoint, key_file: str) -> None:
+    clock = Clock()
+    token_endpoint.expires_in = 120  # short-lived: refreshed halfway, however long refresh is
+    source = GoogleToken(key_file, 3600, provider="v", clock=clock)
+    await source.get()
+    clock.now += 59
+    await source.get()
+    assert source._running is None
+    clock.now += 2
+    await source.get()
+    assert source._running is not None and await source._running == "ya29.token-2"
+
+
+async def test_a_token_past_its_expiry_is_never_served(token_endpoint: TokenEndpoint,
+                                                       key_file: str) -> None:
+    clock = Clock()
+    source = GoogleToken(key_file, 300, provider="v", clock=clock)
+    await source.get()
+    token_endpoint.status, token_endpoint.answer = 400, {"error": "invalid_grant"}
+    clock.now = 3400  # stale: served while the refresh fails in the background
+    assert await source.get() == "ya29.token-1"
+    assert source._running is not None
+    with pytest.raises(TokenUnavailable):
+        await source._running
+    clock.now = 3601  # expired: the request waits for a fetch, which fails
+    with pytest.raises(TokenUnavailable, match="invalid_grant"):
+        await source.get()
+
+
+async def test_no_application_default_credentials_is_a_clear_error(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no gcloud file
+    for name in ("GCE_METADATA_HOST", "GCE_METADATA_IP"):  # no metadata server either
+        monkeypatch.setenv(name, "127.0.0.1:9")
+    with pytest.raises(TokenUnavailable, match="default credentials were not found"):
+        await GoogleToken(None, 300, provider="v").get()
+
+
+async def test_a_refused_refresh_is_a_502_that_quotes_no_secret(
+        proxy: Any, upstream: Any, token_endpoint: TokenEndpoint, key_file: str,
+        rsa_key: rsa.RSAPrivateKey, caplog: pytest.LogCaptureFixture) -> None:
+    token_endpoint.status = 400
+    token_endpoint.answer = {"error": "invalid_grant",
+                             "error_description": "Invalid JWT Signature. SECRET-ECHO"}
+    client = await proxy(vertex(upstream.url, credentials_file=key_file))
+    resp = await ask(client, stream=False)
+    assert resp.status == 502
+    text = await resp.text()
+    err = json.loads(text)["error"]
+    assert err["code"] == "upstream_credentials_unavailable"
+    assert err["message"] == "provider 'v': Google refused to refresh the credentials " \
+                             "(invalid_grant)"
+    assert "SECRET" not in text and token_endpoint.grants[0]["assertion"] not in text
+    assert pem(rsa_key).splitlines()[1] not in text
+    assert "Invalid JWT Signature" in caplog.text  # the operator's log has the description
+    assert not upstream.requests
+
+
+async def test_an_unreachable_token_endpoint_is_a_502(proxy: Any, upstream: Any,
+                                                      tmp_path: Path,
+                                                      rsa_key: rsa.RSAPrivateKey) -> None:
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{closed.getsockname()[1]}/token"
+        path = write_key_file(tmp_path / "sa.json", rsa_key, uri)
+        client = await proxy(vertex(upstream.url, credentials_file=path))
+        resp = await ask(client)
+    assert resp.status == 502
+    err = (await resp.json())["error"]
+    assert err["message"] == "provider 'v': could not reach Google's token endpoint"
+    assert not upstream.requests
+
+
+async def test_a_401_drops_the_token_and_the_next_request_gets_a_new_one(
+        proxy: Any, upstream: Any, token_endpoint: TokenEndpoint, key_file: str) -> None:
+    client = await proxy(vertex(upstream.url, credentials_file=key_file))
+    upstream.status, upstream.content_type = 401, "application/json"
+    upstream.body = orjson.dumps({"error": {"code": 401, "message": "Request had invalid "
+                                            "authentication credentials.",
+                                            "status": "UNAUTHENTICATED"}})
+    resp = await ask(client)
+    assert resp.status == 401
+    upstream.status, upstream.content_type, upstream.body = 200, "text/event-stream", ANSWER
+    resp = await ask(client)
+    assert resp.status == 200
+    await resp.read()
+    assert [bearer(r) for r in upstream.requests] == ["Bearer ya29.token-1",
+                                                      "Bearer ya29.token-2"]
+
+
+async def test_adc_from_google_application_credentials(
+        proxy: Any, upstream: Any, token_endpoint: TokenEndpoint, key_file: str,
+        monkeypatch: pytest.MonkeyPatch, rsa_key: rsa.RSAPrivateKey) -> None:
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", key_file)
+    upstream.body = ANSWER
+    client = await proxy(vertex(upstream.url, credentials="adc"))
+    resp = await ask(client)
+    assert resp.status == 200
+    await resp.read()
+    check_jwt_grant(token_endpoint.grants[0], rsa_key)
+    assert bearer(upstream.requests[0]) == "Bearer ya29.token-1"
+
+
+async def test_gcloud_user_credentials_and_their_quota_project(
+        proxy: Any, upstream: Any, token_endpoint: TokenEndpoint, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """gcloud's `application_default_credentials.json`: a refresh-token grant, and the quota
+    project it names goes along as google-auth's own clients send it."""
+    # google-auth sends user credentials to Google's endpoint whatever the file says.
+    monkeypatch.setattr("google.oauth2.credentials._GOOGLE_OAUTH2_TOKEN_ENDPOINT",
+                        token_endpoint.url)
+    path = tmp_path / "adc.json"
+    path.write_text(json.dumps({"type": "authorized_user", "client_id": "cid.apps",
+                                "client_secret": "d-SECRET", "refresh_token": "1//r-SECRET",
+                                "quota_project_id": "billing-proj",
+                                "token_uri": token_endpoint.url}))
+    upstream.body = ANSWER
+    client = await proxy(vertex(upstream.url, credentials_file=str(path)))
+    resp = await ask(client)
+    assert resp.status == 200
+    await resp.read()
+    [grant] = token_endpoint.grants
+    assert grant["grant_type"] == "refresh_token" and grant["refresh_token"] == "1//r-SECRET"
+    sent = {k.lower(): v for k, v in upstream.requests[0].headers.items()}
+    assert sent["authorization"] == "Bearer ya29.token-1"
+    assert sent["x-goog-user-project"] == "billing-proj"
+
+
+# -- configuration --------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("auth", "key"), [
+    ({"credentials": "yes"}, "credentials"),
+    ({"credentials_file": ""}, "credentials_file"),
+    ({"credentials_file": 3}, "credentials_file"),
+    ({"token_command": "gcloud", "credentials": "adc"}, "credentials"),
+    ({"token_env": "T", "credentials_file": "/x.json"}, "credentials_file"),
+])
+def test_config_errors(auth: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        vertex("http://127.0.0.1:1", **auth)
+    assert info.value.key == f"providers.v.{key}"
+
+
+def broken_files(key: rsa.RSAPrivateKey) -> Iterator[tuple[str, str | None, str]]:
+    """(name, content or None for a missing file, what the error says)."""
+    yield "missing.json", None, "cannot read FILE: No such file or directory"
+    yield "notes.txt", "SECRET not json", "FILE is not a JSON file"
+    yield "other.json", '{"private_key": "SECRET"}', "FILE is not a Google credentials file"
+    good = json.loads(json.dumps({"type": "service_account", "private_key": pem(key),
+                                  "private_key_id": "k", "token_uri": "http://x/token"}))
+    yield "no-email.json", json.dumps(good), "missing fields client_email"
+    good["client_email"] = EMAIL
+    good["private_key"] = "-----BEGIN PRIVATE KEY-----\nSECRET\n-----END PRIVATE KEY-----\n"
+    yield "bad-key.json", json.dumps(good), "its private key cannot be read"
+
+
+def test_check_config_names_a_missing_or_broken_credentials_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], rsa_key: rsa.RSAPrivateKey) -> None:
+    for name, content, reason in broken_files(rsa_key):
+        path = tmp_path / name
+        if content is not None:
+            path.write_text(content)
+        config = tmp_path / "proxy.yaml"
+        config.write_text(f"providers:\n  v: {{type: vertex, project: p, location: global, "
+                          f"credentials_file: {path}}}\n")
+        with pytest.raises(SystemExit) as exit_:
+            main(["check-config", str(config)])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2
+        err = err.replace(str(path), "FILE")
+        assert err.startswith(f"{config}: providers.v.credentials_file: "), err
+        assert reason in err
+        assert "SECRET" not in err and "MII" not in err
+
+
+def test_check_config_reports_the_token_source(tmp_path: Path, rsa_key: rsa.RSAPrivateKey,
+                                               capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_key_file(tmp_path / "sa.json", rsa_key, "http://127.0.0.1:1/token")
+    config = tmp_path / "proxy.yaml"
+    config.write_text(f"providers:\n"
+                      f"  sa: {{type: vertex, project: p, location: global, "
+                      f"credentials_file: {path}}}\n"
+                      f"  adc: {{type: vertex, project: p, location: global, credentials: adc}}\n"
+                      f"  cmd: {{type: vertex, project: p, location: global, "
+                      f"token_command: [gcloud, auth, print-access-token]}}\n")
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    main(["check-config", str(config)])
+    out = capsys.readouterr().out
+    assert f"auth=credentials_file={path} " in out
+    assert "auth=credentials=adc " in out and "auth=token_command=gcloud " in out
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "gone.json"))
+    with pytest.raises(SystemExit):
+        main(["check-config", str(config)])
+    err = capsys.readouterr().err
+    assert "providers.adc.credentials: GOOGLE_APPLICATION_CREDENTIALS: cannot read" in err
+
+
+def test_google_auth_is_imported_only_by_a_provider_that_uses_it(tmp_path: Path,
+                                                                 rsa_key: Any) -> None:
+    path = write_key_file(tmp_path / "sa.json", rsa_key, "http://127.0.0.1:1/token")
+    script = f"""
+import sys
+from streamproxy.config import parse_config
+from streamproxy.server.app import create_app
+
+def config(auth):
+    return parse_config({{"providers": {{
+        "v": {{"type": "vertex", "project": "p", "location": "global", **auth}}}}}}, "<t>")
+
+create_app(config({{"token_env": "VERTEX_TOKEN"}}))
+create_app(config({{"token_command": "gcloud auth print-access-token"}}))
+assert "google.auth" not in sys.modules, "imported without Google credentials"
+create_app(config({{"credentials_file": {path!r}}}))
+assert "google.auth" in sys.modules
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
