@@ -167,6 +167,11 @@ class Provider:
         clone.cfg = replace(self.cfg, options={**self.cfg.options, **options})
         return clone
 
+    def for_model(self, model: str | None) -> Provider:
+        """The provider that serves `model`: this one, unless one endpoint speaks another
+        format for some models (Vertex's Claude models take Anthropic's). `Target.served`."""
+        return self
+
     def auth_summary(self) -> str | None:
         """How this provider authenticates when it is not by a key, for `check-config`
         (names and paths, never a secret); None: by a key."""

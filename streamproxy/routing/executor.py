@@ -126,7 +126,7 @@ class Executor:
 
     async def _with_retries(self, req: ChatRequest, attempt: Attempt, record: RequestRecord,
                             once: Any) -> Any:
-        target, spec = attempt.target, attempt.retry
+        target, spec = attempt.target.served(), attempt.retry
         record.provider = target.provider.name
         record.model = target.model or target.provider.cfg.default_model
         record.retries_exhausted = False

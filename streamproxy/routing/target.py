@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from streamproxy.config import Timeouts
@@ -25,6 +25,12 @@ class Target:
         if not self.override_params:
             return body
         return {**body, **self.override_params}
+
+    def served(self) -> Target:
+        """This target with the provider that serves its model (`Provider.for_model`): itself
+        but where one endpoint speaks two formats."""
+        provider = self.provider.for_model(self.model or self.provider.cfg.default_model)
+        return self if provider is self.provider else replace(self, provider=provider)
 
     def __repr__(self) -> str:  # never print a key
         return f"Target(provider={self.provider.name!r}, model={self.model!r})"

@@ -2,6 +2,7 @@
 
 Both take the same request body and answer with the same stream (`alt=sse`, CRLF framing, no
 `[DONE]`), so they share every translation; they differ in URL and authentication only.
+Vertex also serves Claude, in Anthropic's format (`vertex_anthropic.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from streamproxy.providers.gemini.errors import google_error
 from streamproxy.providers.gemini.request import DROPPED, to_gemini
 from streamproxy.providers.gemini.response import to_completion
 from streamproxy.providers.gemini.stream import GeminiStreamTranslator
+from streamproxy.providers.gemini.vertex_anthropic import VertexClaudeProvider, is_claude
 
 if TYPE_CHECKING:
     from streamproxy.openai_api.request import ChatRequest
@@ -62,12 +64,16 @@ class GeminiProvider(Provider):
         path = model if "/" in model else f"models/{model}"
         return f"{self.base_url}/{self.api_version}/{path}"
 
+    @staticmethod
+    def valid_model(model: str) -> bool:
+        return _MODEL.fullmatch(model) is not None
+
     def auth_headers(self, target: Target) -> dict[str, str]:
         return {"x-goog-api-key": target.api_key} if target.api_key else {}
 
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
         model = self.model_for(target)
-        if not _MODEL.fullmatch(model):
+        if not self.valid_model(model):
             raise InvalidRequest(f"'{model}' is not a valid Gemini model name.", param="model",
                                  code="invalid_value")
         body = to_gemini(target.apply_overrides(req.body), model)
@@ -186,10 +192,17 @@ class VertexProvider(GeminiProvider):
             token = target.api_key
         return {"authorization": f"Bearer {token}"} if token else {}
 
+    def for_model(self, model: str | None) -> Provider:
+        return VertexClaudeProvider(self) if model and is_claude(model) else self
+
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
+        self.drop_rejected_token(status)
+        return super().parse_error(status, body)
+
+    def drop_rejected_token(self, status: int) -> None:
+        """After a 401 the token is not used again: the next request waits for a new one."""
         if status == 401 and self.token_source is not None:
             self.token_source.invalidate()
-        return super().parse_error(status, body)
 
 
 def _token_option_problem(options: dict[str, Any]) -> tuple[str, str] | None:

@@ -1,0 +1,95 @@
+"""Claude on Vertex AI: a `type: vertex` provider's Claude models speak Anthropic's format.
+
+    POST {base}/v1/projects/{project}/locations/{location}/publishers/anthropic/models/
+         {model}:streamRawPredict       (streamed: Anthropic's SSE)
+         {model}:rawPredict             (not streamed: Anthropic's Message JSON)
+
+The body is Anthropic's Messages request without `model` (it is in the URL) and with
+`"anthropic_version": "vertex-2023-10-16"`; the answer is Anthropic's SSE stream or Message
+JSON. So the Anthropic translations are reused whole, and only the URL, the body's two keys and
+the authentication (the Vertex provider's token) differ. (Anthropic's "Claude on Vertex AI"
+page and its SDK's `AnthropicVertex` client give these rules.)
+
+A model is Claude when its name starts with `claude-` (Vertex's ids: `claude-sonnet-4-5@20250929`)
+or it is the full resource path `publishers/anthropic/models/<model>`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
+
+from streamproxy.errors import InvalidRequest, UpstreamStatusError
+from streamproxy.openai_api.chunks import ChunkSink
+from streamproxy.providers.anthropic.request import DROPPED, to_anthropic
+from streamproxy.providers.anthropic.response import to_completion
+from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
+from streamproxy.providers.base import Provider, StreamTranslator, UpstreamRequest, generic_error
+from streamproxy.providers.gemini.errors import google_error
+
+if TYPE_CHECKING:
+    from streamproxy.openai_api.request import ChatRequest
+    from streamproxy.providers.gemini import VertexProvider
+    from streamproxy.routing.target import Target
+
+VERTEX_ANTHROPIC_VERSION = "vertex-2023-10-16"
+PUBLISHER_PATH = "publishers/anthropic/models/"
+
+
+def is_claude(model: str) -> bool:
+    return model.startswith(("claude-", PUBLISHER_PATH))
+
+
+class VertexClaudeProvider(Provider):
+    """A Vertex provider's view for one Claude request: its endpoint and token, Anthropic's
+    translations. Made per request by `VertexProvider.for_model`, so a per-target clone (its
+    `vertex_region`) is always the one asked."""
+
+    type_name: ClassVar[str] = "vertex"
+    dropped_params: ClassVar[frozenset[str]] = DROPPED
+
+    def __init__(self, vertex: VertexProvider) -> None:
+        super().__init__(vertex.cfg, max_event_bytes=vertex.max_event_bytes)
+        self.vertex = vertex
+
+    @property
+    def base_url(self) -> str:
+        return self.vertex.base_url
+
+    async def prepare(self, target: Target) -> None:
+        await self.vertex.prepare(target)
+
+    def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
+        model = self.model_for(target)
+        if not self.vertex.valid_model(model):
+            raise InvalidRequest(f"'{model}' is not a valid Vertex model name.", param="model",
+                                 code="invalid_value")
+        url = self.vertex.model_url(model if "/" in model else PUBLISHER_PATH + model)
+        body = to_anthropic(target.apply_overrides(req.body), model)
+        del body["model"]
+        body["anthropic_version"] = VERTEX_ANTHROPIC_VERSION
+        method = "streamRawPredict" if req.stream else "rawPredict"
+        headers = {"content-type": "application/json", **self.cfg.headers, **target.headers,
+                   **self.vertex.auth_headers(target)}
+        return UpstreamRequest(f"{url}:{method}", orjson.dumps(body), headers)
+
+    def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
+        return AnthropicStreamTranslator(out, self.max_event_bytes, self.name)
+
+    def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
+                           created: int, model: str = "") -> dict[str, Any]:
+        return to_completion(body, completion_id=completion_id, created=created, model=model)
+
+    def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
+        """Vertex's own refusals (quota, permission, an unknown model) are Google's
+        `{"error": {"code", "message", "status"}}`; Claude's are Anthropic's `{"type": "error",
+        "error": {"type", "message"}}`, passed through: each read by its own fields."""
+        self.vertex.drop_rejected_token(status)
+        try:
+            obj = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict) and obj.get("type") == "error":
+            return generic_error(status, body, self.name)
+        return google_error(status, body, self.name)

@@ -1,0 +1,173 @@
+"""Claude on Vertex AI (`providers/gemini/vertex_anthropic.py`): a `type: vertex` provider
+sends `claude-*` models to `publishers/anthropic/models/{model}:streamRawPredict` /
+`:rawPredict` with Anthropic's body (no `model`, `anthropic_version: vertex-2023-10-16`), and
+the recorded Anthropic streams (tests/fixtures/anthropic, from ../shared/fixtures) replayed by
+a fake Vertex upstream at random splits give exactly the results tests/test_golden_core.py
+lists for them through `type: anthropic`."""
+
+from __future__ import annotations
+
+import random
+import sys
+from typing import Any
+
+import orjson
+import pytest
+
+from streamproxy.openai_api.request import parse_chat_request
+from streamproxy.routing.target import Target
+from streamproxy.server.app import build_providers
+from tests.helpers import collect, make_config, random_splits, sse_chunks
+from tests.test_golden_core import GOLDEN, check
+
+CLAUDE = "claude-sonnet-4-5@20250929"
+BASE = "/v1/projects/my-proj/locations/us-east5"
+USER = [{"role": "user", "content": "hi"}]
+ANTHROPIC_GOLDEN = [name for name, golden in GOLDEN.items() if golden.kind == "anthropic"]
+
+
+def vertex(url: str, **extra: Any) -> Any:
+    return make_config({"v": {"type": "vertex", "base_url": url, "project": "my-proj",
+                              "location": "us-east5", "api_key": "ya29.configured",
+                              **extra}}, default="v")
+
+
+def headers(received: Any) -> dict[str, str]:
+    return {k.lower(): v for k, v in received.headers.items()}
+
+
+@pytest.mark.parametrize("name", ANTHROPIC_GOLDEN)
+@pytest.mark.parametrize("eol", ["lf", "crlf"])
+async def test_recorded_anthropic_streams_through_a_fake_vertex_at_random_splits(
+        name: str, eol: str, proxy: Any, upstream: Any) -> None:
+    golden = GOLDEN[name]
+    body = golden.body if eol == "lf" else golden.body.replace(b"\n", b"\r\n")
+    client = await proxy(vertex(upstream.url))
+    rng = random.Random(name + eol)
+    for _ in range(3):
+        upstream.pieces = random_splits(body, rng, max_piece=rng.choice([7, 40]))
+        resp = await client.post("/v1/chat/completions", json={
+            "model": CLAUDE, "stream": True, "stream_options": {"include_usage": True},
+            "messages": USER})
+        assert resp.status == 200
+        check(golden, await resp.read())
+    assert {r.path for r in upstream.requests} == {
+        f"{BASE}/publishers/anthropic/models/{CLAUDE}:streamRawPredict"}
+
+
+async def test_the_request_on_the_wire(proxy: Any, upstream: Any) -> None:
+    upstream.body = GOLDEN["anthropic-text"].body
+    client = await proxy(vertex(upstream.url, headers={"x-extra": "1"}))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": f"v/{CLAUDE}", "stream": True, "max_tokens": 2000, "seed": 7, "stop": "END",
+        "reasoning_effort": "low",
+        "messages": [{"role": "system", "content": "Be brief."}, *USER]})
+    assert resp.status == 200
+    await resp.read()
+    [sent] = upstream.requests
+    assert sent.path == f"{BASE}/publishers/anthropic/models/{CLAUDE}:streamRawPredict"
+    assert sent.json() == {  # Anthropic's body, `model` moved to the URL
+        "anthropic_version": "vertex-2023-10-16",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        "system": [{"type": "text", "text": "Be brief."}],
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "max_tokens": 2000, "stop_sequences": ["END"], "stream": True}
+    sent_headers = headers(sent)
+    assert sent_headers["authorization"] == "Bearer ya29.configured"  # Vertex's auth
+    assert sent_headers["x-extra"] == "1"
+    assert "x-api-key" not in sent_headers and "anthropic-version" not in sent_headers
+
+
+async def test_non_streamed_answer_from_raw_predict(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({
+        "id": "msg_vrtx_01", "type": "message", "role": "assistant", "model": CLAUDE,
+        "content": [{"type": "text", "text": "Hello"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                     "input": {"city": "Paris"}}],
+        "stop_reason": "tool_use", "usage": {"input_tokens": 10, "output_tokens": 5}})
+    client = await proxy(vertex(upstream.url, default_model=CLAUDE))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER})
+    answer = await resp.json()
+    assert resp.status == 200, answer
+    message = answer["choices"][0]["message"]
+    assert message["content"] == "Hello"
+    assert message["tool_calls"][0]["function"] == {"name": "get_weather",
+                                                    "arguments": '{"city":"Paris"}'}
+    assert answer["choices"][0]["finish_reason"] == "tool_calls"
+    assert answer["usage"]["prompt_tokens"] == 10
+    [sent] = upstream.requests  # the default model chose Claude too
+    assert sent.path == f"{BASE}/publishers/anthropic/models/{CLAUDE}:rawPredict"
+    assert "stream" not in sent.json() and "model" not in sent.json()
+
+
+def build(model: str, **options: Any) -> Any:
+    provider = build_providers(vertex("https://vertex.test"))["v"]
+    if options:
+        provider = provider.with_options(options)
+    target = Target(provider, model).served()
+    req = parse_chat_request(orjson.dumps({"model": model, "stream": True, "messages": USER}))
+    return target.provider.build_request(req, target)
+
+
+def test_which_models_are_claude() -> None:
+    assert build(CLAUDE).url.endswith(f"/publishers/anthropic/models/{CLAUDE}:streamRawPredict")
+    path = f"publishers/anthropic/models/{CLAUDE}"
+    assert build(path).url == f"https://vertex.test{BASE}/{path}:streamRawPredict"
+    for gemini in ("gemini-2.5-flash", "publishers/google/models/claude-like",
+                   "endpoints/1234", "anthropic-claude"):
+        assert build(gemini).url.endswith(":streamGenerateContent?alt=sse"), gemini
+
+
+def test_a_targets_vertex_region_reaches_claude() -> None:
+    url = build(CLAUDE, location="europe-west1").url
+    assert url.startswith("https://vertex.test/v1/projects/my-proj/locations/europe-west1/"
+                          "publishers/anthropic/")
+
+
+def test_a_model_name_cannot_leave_the_model_path() -> None:
+    from streamproxy.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest):
+        build("claude-x/../../other:rawPredict?x=")
+
+
+@pytest.mark.parametrize(("status", "body", "code"), [
+    (529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+     "overloaded_error"),
+    (429, {"error": {"code": 429, "message": "Quota exceeded for aiplatform.googleapis.com",
+                     "status": "RESOURCE_EXHAUSTED"}}, "RESOURCE_EXHAUSTED"),
+])
+async def test_claudes_and_vertexs_errors_keep_their_codes(status: int, body: Any, code: str,
+                                                          proxy: Any, upstream: Any) -> None:
+    upstream.status, upstream.content_type = status, "application/json"
+    upstream.body = orjson.dumps(body)
+    client = await proxy(vertex(upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"model": CLAUDE, "messages": USER})
+    assert resp.status == status
+    err = (await resp.json())["error"]
+    assert err["code"] == code
+    assert err["message"] == (body["error"]["message"])
+
+
+async def test_a_401_drops_the_token_for_claude_too(proxy: Any, upstream: Any,
+                                                   tmp_path: Any) -> None:
+    counter = tmp_path / "runs"
+    script = ("import pathlib, sys; p = pathlib.Path(sys.argv[1]); "
+              "n = int(p.read_text()) + 1 if p.exists() else 1; p.write_text(str(n)); "
+              "print(f'ya29.token-{n}')")
+    client = await proxy(vertex(upstream.url, token_command=[sys.executable, "-c", script,
+                                                             str(counter)]))
+    upstream.status, upstream.content_type = 401, "application/json"
+    upstream.body = orjson.dumps({"error": {"code": 401, "message": "Request had invalid "
+                                            "authentication credentials.",
+                                            "status": "UNAUTHENTICATED"}})
+    resp = await client.post("/v1/chat/completions", json={"model": CLAUDE, "messages": USER})
+    assert resp.status == 401
+    upstream.status, upstream.content_type = 200, "text/event-stream"
+    upstream.body = GOLDEN["anthropic-text"].body
+    resp = await client.post("/v1/chat/completions", json={"model": CLAUDE, "stream": True,
+                                                           "messages": USER})
+    assert collect(sse_chunks(await resp.read())).done
+    assert [headers(r)["authorization"] for r in upstream.requests] == [
+        "Bearer ya29.token-1", "Bearer ya29.token-2"]
