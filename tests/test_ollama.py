@@ -201,7 +201,7 @@ async def test_request_translation_on_the_wire(proxy: Any, upstream: Any) -> Non
         ],
         "options": {"num_ctx": 8192, "num_predict": 50, "temperature": 0.1, "top_p": 0.8,
                     "seed": 3, "stop": ["\n\n"]},
-        "format": schema, "think": True, "keep_alive": "10m",
+        "format": schema, "think": True, "keep_alive": "10m", "logprobs": True,
         "tools": [{"type": "function", "function": {
             "name": "lookup", "description": "Look up",
             "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}],

@@ -36,7 +36,8 @@ def test_readme_lists_each_providers_dropped_parameters(type_name: str) -> None:
         return  # "as its wire"
     listed = set(re.findall(r"`([a-z_]+)`", cell))
     if "common except" in cell:
-        excepted = set(re.findall(r"except `([a-z_]+)`", cell))
+        # "common except `a`, `b`; `c`": the names up to the semicolon are excepted
+        excepted = set(re.findall(r"`([a-z_]+)`", cell.split("except", 1)[1].split(";")[0]))
         listed = (listed - excepted) | (_common() - excepted)
     elif "common" in cell:
         listed |= _common()

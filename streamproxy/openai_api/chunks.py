@@ -26,6 +26,7 @@ from streamproxy.errors import ProxyError
 _dumps = orjson.dumps
 
 DONE_FRAME = b"data: [DONE]\n\n"
+_NULL_LOGPROBS = len(b',"logprobs":null')  # how the envelope's tail starts
 
 
 class ChunkSink(Protocol):
@@ -35,6 +36,11 @@ class ChunkSink(Protocol):
         """The first chunk: `delta: {role: "assistant", content: ""}`."""
 
     def content(self, text: str) -> None: ...
+
+    def content_logprobs(self, text: str, tokens: list[dict[str, Any]]) -> None:
+        """A content delta with its tokens' logprobs, on one chunk as OpenAI sends them:
+        `tokens` are `logprobs.content` entries (`token`, `logprob`, `bytes`,
+        `top_logprobs`). Only for a client that asked for logprobs."""
 
     def reasoning(self, text: str) -> None:
         """`delta.reasoning_content` (DeepSeek / LiteLLM convention)."""
@@ -178,6 +184,15 @@ class ChunkEncoder:
         self._buf += (self._content_head, b'"', text, b'"', self._content_tail)
         self.chunks += len(literals)
 
+    def content_logprobs(self, text: str, tokens: list[dict[str, Any]]) -> None:
+        if not self._prefix:
+            self._envelope()
+        # The envelope's tail with its `"logprobs":null` replaced by the tokens.
+        self._buf += (self._content_head, _dumps(text), b'},"logprobs":',
+                      _dumps({"content": tokens, "refusal": None}),
+                      self._tail[_NULL_LOGPROBS:])
+        self.chunks += 1
+
     def reasoning(self, text: str) -> None:
         self._frame(b'{"reasoning_content":' + _dumps(text) + b"}")
 
@@ -264,3 +279,7 @@ class RecordingChunkEncoder(ChunkEncoder):
     def content_literals(self, literals: list[bytes]) -> None:
         super().content_literals(literals)
         self.literals += literals
+
+    def content_logprobs(self, text: str, tokens: list[dict[str, Any]]) -> None:
+        super().content_logprobs(text, tokens)
+        self.literals.append(_dumps(text)[1:-1])

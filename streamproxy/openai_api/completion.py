@@ -43,8 +43,9 @@ class CompletionBuilder:
         # replay cannot give back (a refusal, logprobs): the cache then keeps no entry for it.
         self.refusal_parts: list[str] = []
         self.replayable = True
-        # A pass-through answer's logprobs (choice 0), joined as OpenAI's whole answer has
-        # them: `{"content": [...], "refusal": [...]}`; None when no chunk carried any.
+        # The answer's logprobs (a pass-through's choice 0, or a translator's), joined as
+        # OpenAI's whole answer has them: `{"content": [...], "refusal": [...]}`; None when no
+        # chunk carried any.
         self.logprobs: dict[str, Any] | None = None
         self.custom_calls: set[int] = set()  # indices of custom (freeform) tool calls
         self.upstream_fields: dict[str, str] = {}  # a pass-through's system_fingerprint, ...
@@ -116,6 +117,17 @@ class CompletionBuilder:
         # RecordingChunkEncoder can append to this list itself, with no call here per delta.
         self._parts.append(text)
         self._decoded += 1
+
+    def content_logprobs(self, text: str, tokens: list[dict[str, Any]]) -> None:
+        if text:
+            self.content(text)
+        self.add_logprobs(tokens)
+
+    def add_logprobs(self, tokens: list[dict[str, Any]]) -> None:
+        """A translated answer's content logprobs, joined in order. A replay has no logprobs
+        to give back, so the cache keeps no entry for a stream that had them."""
+        self.replayable = False
+        self._raw_logprobs({"content": tokens})
 
     def reasoning(self, text: str) -> None:
         self.reasoning_parts.append(text)
@@ -327,6 +339,10 @@ class TeeSink:
     def start(self, model: str | None = None) -> None:
         self.encoder.start(model)
         self.builder.start(model)
+
+    def content_logprobs(self, text: str, tokens: list[dict[str, Any]]) -> None:
+        self.encoder.content_logprobs(text, tokens)  # records the text in the builder's list
+        self.builder.add_logprobs(tokens)
 
     def reasoning(self, text: str) -> None:
         self.encoder.reasoning(text)

@@ -83,12 +83,14 @@ class GeminiProvider(Provider):
         return UpstreamRequest(f"{self.model_url(model)}:{method}", orjson.dumps(body), headers)
 
     def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
-        return GeminiStreamTranslator(out, self.max_event_bytes, self.name)
+        return GeminiStreamTranslator(out, self.max_event_bytes, self.name,
+                                      logprobs=bool(req.body.get("logprobs")))
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
                            created: int, model: str = "") -> dict[str, Any]:
         return to_completion(body, completion_id=completion_id, created=created,
-                             model=model, provider=self.name)
+                             model=model, provider=self.name,
+                             logprobs=bool(req.body.get("logprobs")))
 
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
         return google_error(status, body, self.name)

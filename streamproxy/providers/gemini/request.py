@@ -10,6 +10,7 @@ provider-streams.md §4.2; choices documented in docs/providers/gemini.md.
 - thought signatures come back from the client in three accepted forms (see
   `_signatures`) and are put back on the part they were received with;
 - ids we generated for Gemini calls that had none (`call_…`) are never sent upstream;
+- `logprobs` → `responseLogprobs`, `top_logprobs` → `logprobs` (the count: both 0 to 20);
 - parameters in DROPPED are dropped; `n` > 1 is rejected.
 """
 
@@ -30,7 +31,7 @@ from streamproxy.openai_api.content import (
 )
 
 # OpenAI parameters with no Gemini equivalent: dropped, never forwarded.
-DROPPED = OPENAI_ONLY | {"user", "parallel_tool_calls"}
+DROPPED = (OPENAI_ONLY - {"logprobs", "top_logprobs"}) | {"user", "parallel_tool_calls"}
 # Gemini-native settings a client may pass (openai SDK `extra_body`), forwarded as given.
 PASSTHROUGH_TOP = {"safety_settings": "safetySettings", "cached_content": "cachedContent"}
 # The tool-call id suffix LiteLLM uses to carry a signature; accepted on the way in.
@@ -93,6 +94,10 @@ def _generation_config(body: dict[str, Any], model: str) -> dict[str, Any]:
                                  param="response_format.json_schema.schema")
         config["responseMimeType"] = "application/json"
         config["responseJsonSchema"] = schema
+    if body.get("logprobs"):
+        config["responseLogprobs"] = True
+        if body.get("top_logprobs"):  # 0 is left out: Vertex takes 1 to 20
+            config["logprobs"] = body["top_logprobs"]
     thinking = _thinking(body, model)
     if thinking is not None:
         config["thinkingConfig"] = thinking

@@ -16,7 +16,7 @@ from streamproxy.providers.gemini.stream import GeminiStreamTranslator
 
 
 def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
-                  provider: str = "gemini") -> dict[str, Any]:
+                  provider: str = "gemini", logprobs: bool = False) -> dict[str, Any]:
     try:
         msg = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -24,7 +24,7 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
     if not isinstance(msg, dict):
         raise UpstreamProtocolError("the upstream answered with a malformed response")
     out = CompletionBuilder()
-    translator = GeminiStreamTranslator(out, 0, provider)
+    translator = GeminiStreamTranslator(out, 0, provider, logprobs=logprobs)
     translator.on_message(msg)
     if out.failure is not None:
         raise out.failure

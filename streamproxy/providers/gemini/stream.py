@@ -13,11 +13,15 @@
 - Once a finish reason was emitted, later parts are ignored (Gemini sends none): the client
   has already been told the answer is complete.
 - A chunk `{"error": {...}}` ends the stream with an OpenAI error frame and no `[DONE]`.
+- Logprobs (only when the client asked: `logprobs=True`): a candidate's `logprobsResult`
+  covers the tokens of its chunk, so they go with the chunk's first answer text, as one
+  content delta (`content_logprobs`), the way OpenAI pairs them.
 
 Speed: nearly every chunk is one plain text part, and Gemini writes those byte for byte alike:
 `{"candidates": [{"content": {"parts": [{"text": "…"}],"role": "model"},"index": 0}],
 "usageMetadata": {…},"modelVersion": …}`. `feed` recognises that exact prefix (up to
-`"usageMetadata"`) on the bytes and decodes only the text's JSON string. The rest is per-chunk
+`"usageMetadata"`) on the bytes and decodes only the text's JSON string (a candidate with a
+`logprobsResult` never has that form: its chunk takes the full parse). The rest is per-chunk
 bookkeeping (the usage snapshot, modelVersion, responseId) and is left unread: the next
 snapshot replaces this one, so it is parsed at EOF only if it was the last (damage inside a
 snapshot that was replaced therefore goes unseen). Anything else (a second part, `thought`, a
@@ -35,6 +39,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -119,6 +124,24 @@ def new_call_id() -> str:
     return GENERATED_ID_PREFIX + os.urandom(12).hex()
 
 
+def token_logprobs(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """A `logprobsResult` → OpenAI `logprobs.content` entries: `chosenCandidates[i]` is the
+    token of step i, `topCandidates[i].candidates` that step's likeliest (only with a count)."""
+    tops = result.get("topCandidates") or ()
+    tokens = []
+    for i, chosen in enumerate(result.get("chosenCandidates") or ()):
+        top = (tops[i].get("candidates") or ()) if i < len(tops) else ()
+        tokens.append({**_token(chosen), "top_logprobs": [_token(c) for c in top]})
+    return tokens
+
+
+def _token(candidate: dict[str, Any]) -> dict[str, Any]:
+    # proto3 JSON leaves out default values: a certain token (0.0) has no logProbability.
+    token = candidate.get("token") or ""
+    return {"token": token, "logprob": candidate.get("logProbability") or 0.0,
+            "bytes": list(token.encode())}
+
+
 def failed_finish(reason: str, candidate: dict[str, Any], provider: str) -> UpstreamStatusError:
     detail = candidate.get("finishMessage")
     message = f"Gemini ended the answer with {reason}" + (f": {detail}" if detail else ".")
@@ -130,9 +153,11 @@ def failed_finish(reason: str, candidate: dict[str, Any], provider: str) -> Upst
 
 
 class GeminiStreamTranslator(SSETranslator):
-    def __init__(self, out: ChunkSink, max_event_bytes: int, provider: str = "gemini") -> None:
+    def __init__(self, out: ChunkSink, max_event_bytes: int, provider: str = "gemini", *,
+                 logprobs: bool = False) -> None:
         super().__init__(out, max_event_bytes)
         self._provider = provider
+        self._logprobs = logprobs  # the client asked: candidates' logprobsResult are read
         self._started = False
         self.finished = False  # a finish reason (or a prompt block) was emitted
         self._tools = 0
@@ -215,7 +240,11 @@ class GeminiStreamTranslator(SSETranslator):
                 if content:
                     parts = content.get("parts")
                     if parts:
-                        self._parts(parts)
+                        result = self._logprobs and candidate.get("logprobsResult")
+                        if result:
+                            self._parts_with_logprobs(parts, token_logprobs(result))
+                        else:
+                            self._parts(parts)
                 reason = candidate.get("finishReason")
                 if reason:
                     self._finish(reason, candidate)
@@ -251,7 +280,7 @@ class GeminiStreamTranslator(SSETranslator):
         self.out.end()
         self.done = True
 
-    def _parts(self, parts: list[dict[str, Any]]) -> None:
+    def _parts(self, parts: Sequence[dict[str, Any]]) -> None:
         out = self.out
         for part in parts:
             text = part.get("text")
@@ -272,12 +301,29 @@ class GeminiStreamTranslator(SSETranslator):
                 out.tool_call_start(self._tools, call_id, call["name"], dump_args(call.get("args")))
                 self._tools += 1
             # inlineData, executableCode, codeExecutionResult: no OpenAI slot, dropped.
-            signature = part.get("thoughtSignature")
-            if signature:
-                block = {"type": SIGNATURE_BLOCK, "signature": signature}
-                if call_id:
-                    block["tool_call_id"] = call_id
-                out.thinking_block(block)
+            if "thoughtSignature" in part:
+                self._signature(part["thoughtSignature"], call_id)
+
+    def _signature(self, signature: str, call_id: str | None) -> None:
+        if signature:
+            block = {"type": SIGNATURE_BLOCK, "signature": signature}
+            if call_id:
+                block["tool_call_id"] = call_id
+            self.out.thinking_block(block)
+
+    def _parts_with_logprobs(self, parts: list[dict[str, Any]],
+                             tokens: list[dict[str, Any]]) -> None:
+        """A chunk's parts, its tokens' logprobs with its first answer text (thought
+        summaries and calls have none in OpenAI's terms)."""
+        for part in parts:
+            text = part.get("text")
+            if text is None or part.get("thought") or not tokens:
+                self._parts((part,))
+                continue
+            self.out.content_logprobs(text, tokens)
+            tokens = []
+            if "thoughtSignature" in part:
+                self._signature(part["thoughtSignature"], None)
 
     def _finish(self, reason: str, candidate: dict[str, Any]) -> None:
         if reason in FAILED_REASONS:

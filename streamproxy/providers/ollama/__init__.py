@@ -52,13 +52,15 @@ class OllamaProvider(Provider):
         return UpstreamRequest(f"{self.base_url}/api/chat", orjson.dumps(body), headers)
 
     def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
-        return OllamaStreamTranslator(out, self.max_event_bytes, self.name)
+        return OllamaStreamTranslator(out, self.max_event_bytes, self.name,
+                                      logprobs=bool(req.body.get("logprobs")))
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
                            created: int, model: str = "") -> dict[str, Any]:
         # A non-streamed answer is one object of the streamed shape, with `done: true`.
         builder = CompletionBuilder()
-        translator = OllamaStreamTranslator(builder, 0, self.name)
+        translator = OllamaStreamTranslator(builder, 0, self.name,
+                                            logprobs=bool(req.body.get("logprobs")))
         try:
             translator.handle(load_event_json(body))
         except UpstreamProtocolError:

@@ -15,6 +15,7 @@ Choices (docs/providers/others.md "ollama"):
   models refuse a level ("think value … is not supported for this model"); gpt-oss models
   (the name contains "gpt-oss") take levels, so they get one ("minimal" → "low"). A client's own
   `think` wins;
+- `logprobs` and `top_logprobs` (0 to 20 in both) go as they are;
 - parameters in DROPPED are dropped; `n` > 1 is rejected.
 """
 
@@ -27,7 +28,7 @@ import orjson
 from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import OPENAI_ONLY, texts
 
-DROPPED = OPENAI_ONLY | {"user", "parallel_tool_calls"}
+DROPPED = (OPENAI_ONLY - {"logprobs", "top_logprobs"}) | {"user", "parallel_tool_calls"}
 # Parameters that go into `options` under the same name (top_k: a common extra_body key).
 OPTIONS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty", "top_k")
 THINK_LEVEL = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
@@ -74,6 +75,10 @@ def to_ollama(body: dict[str, Any], model: str, *, stream: bool,
         out["think"] = _think(body["reasoning_effort"], model)
     if body.get("keep_alive") is not None:
         out["keep_alive"] = body["keep_alive"]
+    if body.get("logprobs"):  # Ollama 0.12.11 and later; older ones ignore both
+        out["logprobs"] = True
+        if body.get("top_logprobs"):
+            out["top_logprobs"] = body["top_logprobs"]
     tools = _tools(body)
     if tools:
         out["tools"] = tools

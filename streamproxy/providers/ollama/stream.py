@@ -7,6 +7,9 @@
   the running count; an id is generated when Ollama gives none.
 - `done: true` ends the answer: finish `tool_calls` if any call was seen, else `length` for
   `done_reason: "length"`, else `stop`; usage = prompt_eval_count / eval_count.
+- Logprobs (only when the client asked: `logprobs=True`): a line's `logprobs` are its
+  tokens', already in OpenAI's entry shape; they go with the line's content as one delta.
+  A line of thinking only has them too: OpenAI gives none for reasoning, so they are dropped.
 - A line with `error` ends the stream with an OpenAI error frame. EOF before `done` (or inside
   a line) is StreamTruncated, never a fake `stop`.
 
@@ -36,9 +39,21 @@ def arguments_json(arguments: Any) -> str:
     return orjson.dumps(arguments if arguments is not None else {}).decode()
 
 
+def _entry(token: dict[str, Any], top: bool) -> dict[str, Any]:
+    """An Ollama logprob → OpenAI's entry: the same fields, each always present."""
+    text = token.get("token") or ""
+    entry = {"token": text, "logprob": token.get("logprob") or 0.0,
+             "bytes": token.get("bytes") or list(text.encode())}
+    if top:
+        entry["top_logprobs"] = [_entry(t, False) for t in token.get("top_logprobs") or ()]
+    return entry
+
+
 class OllamaStreamTranslator(StreamTranslator):
-    def __init__(self, out: ChunkSink, max_line_bytes: int, provider: str = "ollama") -> None:
+    def __init__(self, out: ChunkSink, max_line_bytes: int, provider: str = "ollama", *,
+                 logprobs: bool = False) -> None:
         self.out = out
+        self._logprobs = logprobs  # the client asked: lines' logprobs are read
         self.done = False
         self._decoder = NDJSONDecoder(max_line_bytes)
         self._provider = provider
@@ -86,7 +101,10 @@ class OllamaStreamTranslator(StreamTranslator):
         message = msg.get("message") or {}
         if message.get("thinking"):
             self.out.reasoning(message["thinking"])
-        if message.get("content"):
+        tokens = self._logprobs and msg.get("logprobs")
+        if tokens and message.get("content"):
+            self.out.content_logprobs(message["content"], [_entry(t, True) for t in tokens])
+        elif message.get("content"):
             self.out.content(message["content"])
         for call in message.get("tool_calls") or ():
             fn = call["function"]
