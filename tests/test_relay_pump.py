@@ -18,7 +18,7 @@ from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
 from streamproxy.providers.mock.server import ANTHROPIC, MockOptions, unpaced_body
 from streamproxy.relay import _Pump
-from streamproxy.upstream.http11 import Disconnected
+from streamproxy.upstream.response_parser import Disconnected
 from tests.helpers import relay_reads
 
 BODY = unpaced_body(ANTHROPIC, MockOptions(tokens=40), "m", 7, True)

@@ -47,7 +47,7 @@ from streamproxy.server.observing import AUTH_KEY, observe_abandoned, observe_re
 from streamproxy.server.reading import ReadTimeouts, read_timed, request_timeout, timeout_response
 from streamproxy.server.sse_writer import chunk
 from streamproxy.server.state import STATE
-from streamproxy.upstream.http11 import plain_fields
+from streamproxy.upstream.response_parser import plain_fields
 
 log = logging.getLogger("streamproxy.server")
 

@@ -1,9 +1,9 @@
 """The upstream HTTP client of a worker, and the one place client errors become ours.
 
 By default the lean HTTP/1.1 client in `upstream/http11.py` (one asyncio Protocol per
-connection, a sans-IO parser, a keep-alive pool): against aiohttp's client it cuts the
-critical path to the first upstream byte and the memory of an open stream
-(docs/performance.md). `server.upstream_client: aiohttp` (or the environment variable
+connection, the sans-IO parser of `upstream/response_parser.py`, a keep-alive pool): against
+aiohttp's client it cuts the critical path to the first upstream byte and the memory of an
+open stream (docs/performance.md). `server.upstream_client: aiohttp` (or the environment variable
 `STREAMPROXY_UPSTREAM_CLIENT`, which wins over the config) selects aiohttp's client instead.
 
 Timeouts: aiohttp's default 5-minute total would cut long generations, so the session has no
@@ -34,7 +34,8 @@ from streamproxy.errors import (
 )
 from streamproxy.providers.base import UpstreamRequest
 from streamproxy.upstream.egress import NO_PROXIES, EgressProxies
-from streamproxy.upstream.http11 import HTTP11Client, MalformedResponse
+from streamproxy.upstream.http11 import HTTP11Client
+from streamproxy.upstream.response_parser import MalformedResponse
 
 CLIENT_ENV = "STREAMPROXY_UPSTREAM_CLIENT"
 CLIENT_KINDS = ("aiohttp", "native")

@@ -1,0 +1,301 @@
+"""The sans-IO response parser (`streamproxy/upstream/response_parser.py`) without sockets:
+heads, framing, the chunked decoder, whole, byte by byte and at any split."""
+
+from __future__ import annotations
+
+import gzip
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamproxy.upstream import response_parser
+from streamproxy.upstream.response_parser import (
+    ChunkedDecoder,
+    Disconnected,
+    HeadTooLarge,
+    InvalidChunk,
+    MalformedResponse,
+    ResponseParser,
+    _fields_exactly,
+    parse_head,
+    plain_fields,
+)
+from tests.helpers import header_lines, random_splits
+
+CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-Dup: a\r\nx-dup: b\r\n"
+           b"Transfer-Encoding: chunked\r\n\r\n"
+           b"5\r\nhello\r\n1;ext=1\r\n \r\n10\r\n0123456789abcdef\r\n0\r\nTrailer: x\r\n\r\n")
+CHUNKED_BODY = b"hello 0123456789abcdef"
+
+
+def parse_all(pieces: list[bytes]) -> tuple[ResponseParser, bytes]:
+    parser = ResponseParser()
+    body = b"".join(parser.feed(p) for p in pieces)
+    return parser, body
+
+
+def test_parser_content_length_whole_and_byte_by_byte() -> None:
+    raw = b"HTTP/1.1 201 Created\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nabcde"
+    for pieces in ([raw], [raw[i:i + 1] for i in range(len(raw))]):
+        parser, body = parse_all(pieces)
+        assert parser.head is not None and parser.head.status == 201
+        assert parser.head.reason == "Created" and parser.head.keep_alive
+        assert body == b"abcde" and parser.done and not parser.extra
+
+
+def test_parser_chunked_headers_and_trailers() -> None:
+    for pieces in ([CHUNKED], [CHUNKED[i:i + 1] for i in range(len(CHUNKED))]):
+        parser, body = parse_all(pieces)
+        assert body == CHUNKED_BODY and parser.done and not parser.extra
+        head = parser.head
+        assert head is not None and head.chunked and head.keep_alive
+        assert head.headers["content-type"] == "text/event-stream"
+        assert head.headers.getall("X-DUP") == ["a", "b"]
+
+
+def test_parser_skips_interim_responses() -> None:
+    raw = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n"
+           b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    parser, body = parse_all([raw])
+    assert parser.head is not None and parser.head.status == 200 and body == b"ok"
+
+
+def test_parser_read_until_close_and_connection_close() -> None:
+    parser, body = parse_all([b"HTTP/1.1 200 OK\r\n\r\nsome", b" more"])
+    assert body == b"some more" and not parser.done
+    assert parser.head is not None and not parser.head.keep_alive
+    parser.eof()
+    assert parser.done
+    parser, _ = parse_all([b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"])
+    assert parser.done and parser.head is not None and not parser.head.keep_alive
+    parser, _ = parse_all([b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"])
+    assert parser.head is not None and not parser.head.keep_alive
+
+
+def test_parser_no_body_statuses_and_extra_bytes() -> None:
+    parser, body = parse_all([b"HTTP/1.1 204 No Content\r\n\r\n"])
+    assert parser.done and body == b""
+    parser, body = parse_all([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA"])
+    assert body == b"ok" and parser.done and parser.extra
+
+
+def test_parser_decodes_gzip_and_refuses_unknown_encodings() -> None:
+    packed = gzip.compress(b"data: hello\n\n" * 50)
+    raw = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(packed), packed)
+    parser, body = parse_all([raw[i:i + 7] for i in range(0, len(raw), 7)])
+    assert body == b"data: hello\n\n" * 50 and parser.done
+    with pytest.raises(MalformedResponse):
+        ResponseParser().feed(b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\n\r\n")
+    with pytest.raises(MalformedResponse):
+        ResponseParser().feed(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\nnot gzip")
+
+
+@pytest.mark.parametrize("piece", [1, 7, 100, 1 << 20])
+def test_a_gzip_body_of_several_members_is_decoded_whole(piece: int) -> None:
+    """RFC 1952: a gzip body is a series of members (a writer may flush one per event); the
+    second and later were dropped."""
+    packed = b"".join(gzip.compress(b"data: %d\n\n" % i) for i in range(5))
+    raw = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(packed), packed)
+    parser, body = parse_all([raw[i:i + piece] for i in range(0, len(raw), piece)])
+    assert body == b"".join(b"data: %d\n\n" % i for i in range(5)) and parser.done
+
+
+def test_a_compressed_body_inflating_past_the_read_cap_is_refused(monkeypatch: Any) -> None:
+    """A decompression bomb: 16 MiB from 16 KiB was inflated whole in one call."""
+    monkeypatch.setattr(response_parser, "MAX_INFLATED_READ", 1 << 20)
+    packed = gzip.compress(b"\0" * (16 << 20))
+    parser = ResponseParser()
+    with pytest.raises(MalformedResponse, match="inflating over 1048576 bytes"):
+        parser.feed(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(packed), packed))
+
+
+def test_parser_truncation_is_typed() -> None:
+    parser, _ = parse_all([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"])
+    with pytest.raises(Disconnected):
+        parser.eof()
+    parser, _ = parse_all([CHUNKED[:-10]])
+    with pytest.raises(Disconnected):
+        parser.eof()
+    parser = ResponseParser()
+    with pytest.raises(Disconnected) as info:
+        parser.eof()
+    assert info.value.nothing_received
+    parser.feed(b"HTTP/1.1 2")
+    with pytest.raises(Disconnected) as info:
+        parser.eof()
+    assert not info.value.nothing_received
+
+
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 OK\r\n\r\n",
+    b"HTTP/2 200 OK\r\n\r\n",
+    b"garbage\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nno-colon\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n folded: x\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0x10\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
+    b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+])
+def test_parser_malformed_head(raw: bytes) -> None:
+    with pytest.raises(MalformedResponse):
+        ResponseParser().feed(raw)
+
+
+def test_framing_headers_in_any_case_and_repeated() -> None:
+    """Framing is read from the head's fields by lower-cased name (the header map itself is
+    built only when asked for): any case, repeated equal lengths, a coding list."""
+    parser, body = parse_all([b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 5\r\ncontent-length: 5\r\n"
+                              b"CONNECTION: Close\r\n\r\nhello"])
+    assert body == b"hello" and parser.done
+    assert parser.head is not None and not parser.head.keep_alive
+    assert parser.head.headers.getall("content-length") == ["5", "5"]
+    parser, body = parse_all([b"HTTP/1.1 200 OK\r\ntransfer-ENCODING: identity, Chunked\r\n\r\n"
+                              b"2\r\nhi\r\n0\r\n\r\n"])
+    assert body == b"hi" and parser.done and parser.head is not None and parser.head.keep_alive
+    parser, body = parse_all([b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
+                              b"Content-Length: 2\r\n\r\nok"])
+    assert parser.head is not None and parser.head.keep_alive and body == b"ok"
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from([b"HTTP/1.1 200 OK", b"HTTP/1.0 204 No Content", b"HTTP/1.1 200"]),
+       header_lines())
+def test_the_one_pass_field_reading_agrees_with_the_line_by_line_one(first: bytes,
+                                                                    lines: bytes) -> None:
+    """`plain_fields` reads a head of plain lines in one pass; when it reads one, reading it
+    line by line gives the same fields (and does not refuse it)."""
+    head = first + lines
+    fields = plain_fields(head, len(first))
+    if fields is not None:
+        assert fields == _fields_exactly(head.split(b"\r\n")[1:])
+
+
+def test_the_usual_response_head_is_read_in_one_pass() -> None:
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+            b"Transfer-Encoding: chunked\r\nDate: Sun, 22 Nov 2026 05:00:00 GMT\r\n"
+            b"Server: Python/3.11 aiohttp/3.10")
+    fields = plain_fields(head, len(b"HTTP/1.1 200 OK"))
+    assert fields is not None and fields[3] == ("Date", "Sun, 22 Nov 2026 05:00:00 GMT")
+    assert parse_head(head).chunked
+
+
+def test_parser_head_size_cap() -> None:
+    parser = ResponseParser()
+    parser.feed(b"HTTP/1.1 200 OK\r\n")
+    with pytest.raises(HeadTooLarge):
+        for _ in range(100):
+            parser.feed(b"X-Filler: " + b"a" * 1000 + b"\r\n")
+    many = b"HTTP/1.1 200 OK\r\n" + b"A: b\r\n" * 300 + b"\r\n"
+    with pytest.raises(HeadTooLarge):
+        ResponseParser().feed(many)
+    assert issubclass(HeadTooLarge, MalformedResponse)
+
+
+@pytest.mark.parametrize("raw", [
+    b"zz\r\nab\r\n0\r\n\r\n",  # not hex
+    b"+5\r\nhello\r\n0\r\n\r\n",
+    b"0x5\r\nhello\r\n0\r\n\r\n",
+    b"2\r\nabc\r\n0\r\n\r\n",  # data longer than its size
+    b"2\nab\r\n0\r\n\r\n",  # bare LF
+    b"1" * 5000,  # a size line without end
+])
+def test_chunked_malformed(raw: bytes) -> None:
+    with pytest.raises(InvalidChunk):
+        ChunkedDecoder().feed(raw)
+
+
+@pytest.mark.parametrize("raw", [b"zz\r\nab\r\n", b"+5\r\nhello\r\n", b"0x5\r\nhello\r\n",
+                                 b" 5\r\nhello\r\n", b"2\r\nabc\r\n",
+                                 b"1_0\r\n" + b"a" * 16 + b"\r\n"])
+def test_a_malformed_chunk_alone_in_a_read_is_refused(raw: bytes) -> None:
+    # One whole chunk per read takes a fast path (a provider's flushed event); same rules.
+    with pytest.raises(InvalidChunk):
+        ChunkedDecoder().feed(raw)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=300), max_size=8), st.booleans())
+def test_chunked_one_whole_chunk_per_read(pieces: list[bytes], upper: bool) -> None:
+    decoder = ChunkedDecoder()
+    out = []
+    for p in pieces:
+        size = (b"%X" if upper else b"%x") % len(p)
+        out.append(decoder.feed(size + b"\r\n" + p + b"\r\n"))
+    assert decoder.feed(b"0\r\n\r\n") == b"" and decoder.done
+    assert out == pieces
+
+
+# Data that looks like framing: CRLFs, hex digits, a lone CR at either end.
+_framing_like = st.lists(st.sampled_from([b"\r\n", b"\r", b"\n", b"0", b"5", b"a", b"x", b"3\r\n"]),
+                         min_size=1, max_size=12).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_framing_like, st.binary(min_size=1, max_size=40)), max_size=10),
+       st.lists(st.integers(1, 4), min_size=10, max_size=10), st.booleans())
+def test_chunked_several_whole_chunks_per_read(pieces: list[bytes], groups: list[int],
+                                               warm: bool) -> None:
+    # A loaded proxy reads a few flushed events at once (`_whole_chunks`). Data holding CRLFs
+    # must not pass for framing; sizes already seen (warm) take the split, others the loop.
+    chunks = [b"%x\r\n%b\r\n" % (len(p), p) for p in pieces] + [b"0\r\n\r\n"]
+    decoder = ChunkedDecoder()
+    if warm:
+        for c in chunks[:-1]:
+            ChunkedDecoder().feed(c)  # the sizes are now known
+    out, i = [], 0
+    for n in groups:
+        out.append(decoder.feed(b"".join(chunks[i:i + n])))
+        i += n
+    if i < len(chunks):
+        out.append(decoder.feed(b"".join(chunks[i:])))
+    assert b"".join(out) == b"".join(pieces) and decoder.done and decoder.rest == b""
+
+
+def test_a_chunk_whose_data_holds_a_crlf_is_not_cut_there() -> None:
+    # "3\r\nx" inside the data reads like a chunk of its own once the size is known.
+    ChunkedDecoder().feed(b"3\r\nabc\r\n")
+    ChunkedDecoder().feed(b"8\r\n12345678\r\n")
+    tricky = b"8\r\nx\r\n3\r\nab\r\n3\r\nabc\r\n"  # one 8-byte chunk, then "abc"
+    assert ChunkedDecoder().feed(tricky) == b"x\r\n3\r\nababc"
+
+
+def test_chunked_rest_after_end() -> None:
+    decoder = ChunkedDecoder()
+    assert decoder.feed(b"3\r\nabc\r\n0\r\n\r\nNEXT") == b"abc"
+    assert decoder.done and decoder.rest == b"NEXT"
+
+
+def _chunked(pieces: list[bytes]) -> bytes:
+    out = b"".join(b"%x;e=1\r\n%s\r\n" % (len(p), p) for p in pieces if p)
+    return out + b"0\r\nT: 1\r\n\r\n"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=8), st.randoms(use_true_random=False))
+def test_chunked_any_split(pieces: list[bytes], rng: random.Random) -> None:
+    wire = _chunked(pieces)
+    decoder = ChunkedDecoder()
+    out = b"".join(decoder.feed(p) for p in random_splits(wire, rng, max_piece=40))
+    assert out == b"".join(pieces) and decoder.done and decoder.rest == b""
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(max_size=200), max_size=6), st.randoms(use_true_random=False),
+       st.booleans())
+def test_parser_any_split(pieces: list[bytes], rng: random.Random, chunked: bool) -> None:
+    body = b"".join(pieces)
+    if chunked:
+        wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + _chunked(pieces)
+    else:
+        wire = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    parser, out = parse_all(random_splits(wire, rng, max_piece=30))
+    assert out == body and parser.done and not parser.extra
