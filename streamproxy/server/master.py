@@ -1,0 +1,343 @@
+"""The prefork master (`--workers N`, N > 1): it forks N workers (server/workers.py) and
+only supervises them; it never serves.
+
+It forks them before any event loop exists, and has no asyncio loop either: signal handlers
+set flags and wake a `select()` through a self-pipe.
+
+- A worker that dies is replaced, after a backoff that doubles while it keeps dying young.
+- SIGHUP re-reads the config file and starts a new generation of workers next to the old
+  ones; once every new worker listens, the old ones drain. A config that does not load, or
+  new workers that do not come up, are reported and the old workers keep serving.
+- SIGTERM / SIGINT: every worker drains, the master exits 0 when they are gone. A second
+  signal ends the streams at once (SIGQUIT to the workers); SIGKILL after grace + 10 s.
+- A master that dies (kill -9) takes its workers with it: each gets SIGTERM from the kernel
+  (Linux's parent-death signal) and drains, instead of serving on unsupervised.
+
+`SO_REUSEPORT` caveat: connections still waiting in a draining worker's accept queue are reset
+when it closes its socket (Linux ≥ 5.14 can migrate them: sysctl net.ipv4.tcp_migrate_req=1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import logging
+import os
+import select
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from streamproxy.config import Config, ConfigError
+from streamproxy.server.shared_breakers import SharedBreakerTable
+from streamproxy.server.shared_memory import Shared, inherit
+from streamproxy.server.shared_rate import SharedBuckets
+from streamproxy.server.workers import reloaded_config, run_worker
+
+# The name the master's lines had before it had a module of its own.
+log = logging.getLogger("streamproxy.workers")
+
+READY_TIMEOUT = 30.0  # seconds a new worker has to start listening
+BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
+YOUNG = 10.0  # a worker that dies younger than this counts as crash-looping
+KILL_AFTER = 10.0  # seconds past the grace period before a stuck worker is killed
+PROMETHEUS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
+
+# Called in the master with the pid of every worker that exits (e.g. metrics cleanup).
+CHILD_EXIT_HOOKS: list[Callable[[int], None]] = []
+
+
+@dataclass(slots=True)
+class Worker:
+    pid: int
+    slot: int
+    generation: int
+    started: float
+    ready_fd: int | None  # read end of the pipe the worker writes to once it listens
+    ready: bool = False
+    stopping: bool = False
+
+
+class Master:
+    def __init__(self, config_path: str | None, config: Config, host: str, port: int,
+                 count: int) -> None:
+        self.path, self.config = config_path, config
+        self.host, self.port, self.count = host, port, count
+        self.workers: dict[int, Worker] = {}
+        self.generation = 0  # the one serving
+        # The config as the file said at start: what a reload cannot change (host, port, log
+        # level; --port/--host may override) is compared with it.
+        self._started_with = config
+        self._generations = itertools.count(1)  # each reload's own, never reused
+        self.booting = True  # until the first generation listens: a failure is fatal
+        self.reload: tuple[int, Config, float] | None = None  # (generation, config, deadline)
+        self.restarts: dict[int, float] = {}  # slot → when to start it again
+        self.failures: dict[int, int] = {}  # slot → consecutive young deaths
+        self.stopping: float | None = None  # when the stop began
+        self.exit_status = 0
+        self._signals: list[int] = []
+        self._wake: tuple[int, int] | None = None
+        self._metrics_dir: str | None = None
+        self._rate_buckets: dict[int, SharedBuckets] = {}  # generation → its shared buckets
+        self._breakers = SharedBreakerTable()  # one for the master's life (reloads too)
+
+    # -- main loop --------------------------------------------------------------------------------
+    def run(self) -> int:
+        if PROMETHEUS_ENV not in os.environ:  # per-worker sample files, aggregated on scrape
+            self._metrics_dir = tempfile.mkdtemp(prefix="streamproxy-metrics-")
+            os.environ[PROMETHEUS_ENV] = self._metrics_dir
+        wake_r, wake_w = self._wake = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, self._on_signal)
+        log.info("streamproxy master %d: %d workers on http://%s:%d (config: %s)", os.getpid(),
+                 self.count, self.host, self.port, self.config.source)
+        try:
+            for slot in range(self.count):
+                self._spawn(slot, self.generation, self.config)
+            while self.workers or (self.stopping is None and self.restarts):
+                self._wait(wake_r)
+                self._handle_signals()
+                self._reap()
+                self._check_ready()
+                self._tick()
+        finally:
+            signal.set_wakeup_fd(-1)
+            os.close(wake_r)
+            os.close(wake_w)
+            if self._metrics_dir:
+                shutil.rmtree(self._metrics_dir, ignore_errors=True)
+        return self.exit_status
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._signals.append(signum)
+
+    def _wait(self, wake_r: int) -> None:
+        fds = [wake_r] + [w.ready_fd for w in self.workers.values() if w.ready_fd is not None]
+        timeout = 1.0
+        if self.restarts:
+            timeout = max(0.0, min(timeout, min(self.restarts.values()) - time.monotonic()))
+        try:
+            readable, _, _ = select.select(fds, [], [], timeout)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries select
+            return
+        if wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_r, 512)
+
+    def _handle_signals(self) -> None:
+        signals, self._signals = self._signals, []
+        for sig in signals:
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                self._stop()
+            elif sig == signal.SIGHUP and self.stopping is None:
+                self._start_reload()
+
+    # -- workers ----------------------------------------------------------------------------------
+    def _spawn(self, slot: int, generation: int, config: Config) -> None:
+        self._share_state(generation, config)
+        ready_r, ready_w = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        master = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            status = 1
+            try:
+                os.close(ready_r)
+                self._become_worker()
+                _stop_with(master)
+                status = run_worker(config, self.host, self.port, reuse_port=True,
+                                    ready_fd=ready_w, supervised=True)
+            except ConfigError as e:
+                print(f"streamproxy: config error: {e}", file=sys.stderr)
+                status = 2
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(status)
+        os.close(ready_w)
+        os.set_blocking(ready_r, False)
+        self.workers[pid] = Worker(pid, slot, generation, time.monotonic(), ready_r)
+        log.info("started worker %d (slot %d, generation %d)", pid, slot, generation)
+
+    def _share_state(self, generation: int, config: Config) -> None:
+        """What the next worker shares with the others: the circuit breakers' table, and its
+        generation's rate-limit buckets, made once and inherited by each of its workers (a
+        replaced worker included); those of ended generations are let go."""
+        buckets = self._rate_buckets.get(generation)
+        if buckets is None:
+            live = {w.generation for w in self.workers.values()}
+            self._rate_buckets = {g: b for g, b in self._rate_buckets.items() if g in live}
+            buckets = self._rate_buckets[generation] = SharedBuckets.for_config(config)
+        inherit(Shared(buckets, self._breakers))
+
+    def _become_worker(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        fds = [w.ready_fd for w in self.workers.values() if w.ready_fd is not None]
+        for fd in [*fds, *(self._wake or ())]:  # the master's pipes are not the worker's
+            os.close(fd)
+
+    def _check_ready(self) -> None:
+        for w in self.workers.values():
+            if w.ready_fd is None:
+                continue
+            try:
+                data = os.read(w.ready_fd, 1)
+            except BlockingIOError:
+                continue
+            os.close(w.ready_fd)  # a byte: listening; EOF: it exited before (reaped apart)
+            w.ready_fd = None
+            w.ready = bool(data)
+        if self.booting and all(w.ready for w in self.workers.values()) and self.workers:
+            self.booting = False
+            log.info("all %d workers listening", len(self.workers))
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue
+            if worker.ready_fd is not None:
+                # Its ready byte may be waiting unread: then it had been listening, and its
+                # death is a crash to restart, not a failed start-up.
+                with contextlib.suppress(BlockingIOError):
+                    worker.ready = worker.ready or bool(os.read(worker.ready_fd, 1))
+                os.close(worker.ready_fd)
+                worker.ready_fd = None
+            for hook in CHILD_EXIT_HOOKS:
+                with contextlib.suppress(Exception):
+                    hook(pid)
+            _mark_metrics_dead(pid)
+            self._worker_exited(worker, status)
+
+    def _worker_exited(self, w: Worker, status: int) -> None:
+        how = (f"signal {signal.Signals(-os.waitstatus_to_exitcode(status)).name}"
+               if os.WIFSIGNALED(status) else f"status {os.waitstatus_to_exitcode(status)}")
+        if w.stopping or self.stopping is not None:
+            log.info("worker %d exited (%s)", w.pid, how)
+            return
+        if self.booting and not w.ready:
+            log.error("worker %d failed to start (%s); stopping", w.pid, how)
+            self.exit_status = os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1
+            self.exit_status = self.exit_status or 1
+            self._stop()
+            return
+        if self.reload is not None and w.generation == self.reload[0]:
+            log.error("reload failed: new worker %d exited (%s); the old workers keep serving",
+                      w.pid, how)
+            self._abandon_reload()
+            return
+        if w.generation != self.generation:
+            return
+        young = time.monotonic() - w.started < YOUNG
+        failures = self.failures.get(w.slot, 0) + 1 if young else 0
+        self.failures[w.slot] = failures
+        delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** max(0, failures - 1)) if young else 0.0
+        log.warning("worker %d died (%s); restarting slot %d in %.1fs", w.pid, how, w.slot, delay)
+        self.restarts[w.slot] = time.monotonic() + delay
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self.stopping is None:
+            for slot, when in list(self.restarts.items()):
+                if when <= now:
+                    del self.restarts[slot]
+                    self._spawn(slot, self.generation, self.config)
+        if self.reload is not None:
+            generation, config, deadline = self.reload
+            new = [w for w in self.workers.values() if w.generation == generation]
+            if new and all(w.ready for w in new) and len(new) == self.count:
+                old = [w for w in self.workers.values() if w.generation != generation]
+                self.generation, self.config, self.reload = generation, config, None
+                self.restarts.clear()
+                for w in old:
+                    self._signal(w, signal.SIGTERM)
+                log.info("reloaded: generation %d serving, %d old workers draining",
+                         generation, len(old))
+            elif now > deadline:
+                log.error("reload failed: new workers did not listen within %gs; the old "
+                          "workers keep serving", READY_TIMEOUT)
+                self._abandon_reload()
+        if (self.stopping is not None
+                and now - self.stopping > self.config.server.shutdown_grace + KILL_AFTER):
+            for w in self.workers.values():
+                self._signal(w, signal.SIGKILL)
+
+    # -- reload and stop --------------------------------------------------------------------------
+    def _start_reload(self) -> None:
+        if self.reload is not None:
+            log.warning("SIGHUP ignored: a reload is already in progress")
+            return
+        config = reloaded_config(self.path, self._started_with)
+        if config is None:
+            return
+        generation = next(self._generations)  # (a failed reload's state is not inherited)
+        self.reload = (generation, config, time.monotonic() + READY_TIMEOUT)
+        log.info("SIGHUP: reloading %s (generation %d)", config.source, generation)
+        for slot in range(self.count):
+            self._spawn(slot, generation, config)
+
+    def _abandon_reload(self) -> None:
+        assert self.reload is not None
+        generation = self.reload[0]
+        self.reload = None
+        self._rate_buckets.pop(generation, None)
+        for w in self.workers.values():
+            if w.generation == generation:
+                self._signal(w, signal.SIGTERM)
+
+    def _stop(self) -> None:
+        if self.stopping is not None:  # a second signal: end the streams now
+            for w in self.workers.values():
+                self._signal(w, signal.SIGQUIT)
+            return
+        self.stopping = time.monotonic()
+        self.restarts.clear()
+        log.info("stopping: %d workers draining", len(self.workers))
+        for w in self.workers.values():
+            self._signal(w, signal.SIGTERM)
+
+    def _signal(self, w: Worker, sig: int) -> None:
+        w.stopping = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(w.pid, sig)
+
+
+def _stop_with(master: int) -> None:
+    """A worker whose master dies (kill -9) must not serve on unsupervised, sharing the port
+    with whatever starts next: Linux sends it SIGTERM then (PR_SET_PDEATHSIG), and it drains
+    and exits as on a stop. A master already gone before that was set is caught here."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != master:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _mark_metrics_dead(pid: int) -> None:
+    """prometheus-client's multi-process mode keeps a dead worker's live gauges otherwise, and
+    its counter and histogram files, one set per worker ever started, for good."""
+    if os.environ.get(PROMETHEUS_ENV):
+        try:
+            from streamproxy.observe.metrics import retire_process
+            retire_process(pid)
+        except Exception:
+            log.exception("metrics: worker %d's files were not retired", pid)
