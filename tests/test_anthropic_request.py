@@ -469,3 +469,27 @@ def test_an_openai_file_id_is_a_400_naming_it() -> None:
         user_parts({"type": "file", "file": {"file_id": "file-abc123"}})
     assert caught.value.param == "messages[0].content[0].file.file_id"
     assert "file_data" in str(caught.value)
+
+
+@pytest.mark.parametrize(("sampling", "param"), [
+    ({"temperature": 0.2}, "temperature"),
+    ({"temperature": 0}, "temperature"),
+    ({"top_k": 5}, "top_k"),
+    ({"top_p": 0.9}, "top_p"),
+])
+def test_thinking_from_effort_beside_sampling_claude_refuses_is_a_400(
+        sampling: dict[str, Any], param: str) -> None:
+    """Anthropic: with thinking, temperature may only be 1, top_k must be unset and top_p
+    within 0.95-1. Said before sending, naming the parameter."""
+    with pytest.raises(InvalidRequest) as caught:
+        translate(reasoning_effort="medium", **sampling)
+    assert caught.value.param == param and "reasoning_effort" in str(caught.value)
+    assert caught.value.code == "unsupported_value"
+    # Without thinking the same sampling is sent as given.
+    assert translate(**sampling)[param] == sampling[param]
+
+
+def test_thinking_from_effort_keeps_sampling_claude_takes_with_it() -> None:
+    out = translate(reasoning_effort="low", temperature=1, top_p=0.95)
+    assert out["thinking"]["budget_tokens"] == 1024
+    assert out["temperature"] == 1 and out["top_p"] == 0.95

@@ -649,6 +649,20 @@ def test_claude_max_too_small_for_thinking_is_a_400() -> None:
     assert nova["inferenceConfig"] == {"maxTokens": 1000}
 
 
+@pytest.mark.parametrize(("body", "param"), [
+    ({"temperature": 0.5}, "temperature"),
+    ({"top_p": 0.5}, "top_p"),
+    ({"additionalModelRequestFields": {"top_k": 5}}, "top_k"),
+])
+def test_claude_thinking_from_effort_beside_sampling_it_refuses_is_a_400(
+        body: dict[str, Any], param: str) -> None:
+    request = {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "low", **body}
+    with pytest.raises(InvalidRequest) as caught:
+        to_converse(request, CLAUDE)
+    assert caught.value.param == param
+    to_converse(request, MODEL)  # other models get no thinking, so nothing is refused
+
+
 def test_documents_json_mode_and_rejections() -> None:
     pdf = {"type": "file", "file": {"filename": "Q3 report (final).pdf",
                                     "file_data": "data:application/pdf;base64,JVBERi0="}}

@@ -7,7 +7,8 @@ Choices (README "Anthropic"):
   messages of one role are merged, since Anthropic wants alternating turns;
 - `max_tokens` defaults to DEFAULT_MAX_TOKENS (Anthropic requires one);
 - `reasoning_effort` low/medium/high/xhigh → a thinking budget of 1024/4096/16384/24576 tokens,
-  kept below the client's max (see `thinking.py`);
+  kept below the client's max; beside a temperature other than 1, a top_k or a top_p below
+  0.95 it is a 400 (see `thinking.py`);
 - `response_format` json_schema → `output_config.format` (structured outputs), its object
   schemas closed (`closed_objects`); json_object → a system instruction to answer with one JSON
   object;
@@ -66,7 +67,7 @@ def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
     _trim_prefill(messages[-1])
     out: dict[str, Any] = {"model": model, "messages": messages}
     thinking, max_tokens = fit_thinking(body, body.get("thinking"), body.get("reasoning_effort"),
-                                        DEFAULT_MAX_TOKENS)
+                                        DEFAULT_MAX_TOKENS, body.get("top_k"))
     if thinking is not None:
         out["thinking"] = thinking
     out["max_tokens"] = max_tokens or DEFAULT_MAX_TOKENS

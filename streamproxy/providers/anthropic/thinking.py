@@ -7,7 +7,11 @@ thinking and answer together: it is kept, and the budget made from `reasoning_ef
 below it — or, when that would leave less than 1024, the request is a 400 saying what to change.
 Without a client max, `max_tokens` makes room for the budget plus the default answer allowance.
 A `thinking` object the client passed itself is sent as given. Thinking from
-`reasoning_effort` with a tool_choice that forces a tool is a 400 (Claude refuses the pair).
+`reasoning_effort` with a tool_choice that forces a tool is a 400 (Claude refuses the pair), and
+so is it beside sampling Claude refuses with thinking: a `temperature` other than 1, any `top_k`,
+a `top_p` below 0.95 (Anthropic's extended-thinking docs; OpenAI's reasoning models answer a
+temperature other than 1 with a 400 too). They are refused, not dropped: the client asked for
+both, and only it knows which one matters.
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ MIN_BUDGET = 1024
 # xhigh (OpenAI's top effort) is more than high, within every thinking Claude's output cap
 # with the answer allowance beside it (Opus 4 / 4.1: 32000 tokens).
 EFFORT_BUDGET = {"low": 1024, "medium": 4096, "high": 16384, "xhigh": 24576}
+MIN_TOP_P = 0.95  # the lowest top_p Claude takes with thinking on
 
 
-def fit_thinking(body: dict[str, Any], native: Any, effort: Any,
-                 answer_allowance: int) -> tuple[Any, int | None]:
+def fit_thinking(body: dict[str, Any], native: Any, effort: Any, answer_allowance: int,
+                 top_k: Any = None) -> tuple[Any, int | None]:
     """(the `thinking` to send or None, the `max_tokens` to send or None). `native` is the
     client's own thinking object, which wins over `effort`; `max_tokens` is None only when the
-    client set none and there is no budget to make room for."""
+    client set none and there is no budget to make room for. `top_k` is the one the request
+    will carry (Anthropic's own parameter, wherever the provider takes it)."""
     max_tokens, param = _client_max_tokens(body)
     thinking = native
     if thinking is None and isinstance(effort, str) and effort in EFFORT_BUDGET:
@@ -38,6 +44,7 @@ def fit_thinking(body: dict[str, Any], native: Any, effort: Any,
                 "be combined with a tool_choice that forces a tool ('required' or a named "
                 "function): use tool_choice 'auto', or leave out reasoning_effort.",
                 param="tool_choice", code="invalid_value")
+        _refuse_sampling(effort, body.get("temperature"), body.get("top_p"), top_k)
         budget = _effort_budget(effort, max_tokens, param)
         thinking = {"type": "enabled", "budget_tokens": budget}
     budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
@@ -58,6 +65,23 @@ def _effort_budget(effort: str, max_tokens: int | None, param: str) -> int:
             f"together: set '{param}' to at least {MIN_BUDGET + 1} (more leaves room for the "
             "answer), or leave out reasoning_effort.", param=param, code="invalid_value")
     return budget
+
+
+def _refuse_sampling(effort: str, temperature: Any, top_p: Any, top_k: Any) -> None:
+    """A 400 naming the first sampling parameter Claude refuses beside thinking, rather than
+    the upstream's ("temperature may only be set to 1 when thinking is enabled")."""
+    if temperature is not None and temperature != 1:
+        param, value, fix = "temperature", temperature, "leave out temperature (or set it to 1)"
+    elif top_k is not None:
+        param, value, fix = "top_k", top_k, "leave out top_k"
+    elif top_p is not None and top_p < MIN_TOP_P:
+        param, value, fix = "top_p", top_p, f"leave out top_p (or set it from {MIN_TOP_P} to 1)"
+    else:
+        return
+    raise InvalidRequest(
+        f"reasoning_effort '{effort}' turns on Claude's extended thinking, which does not take "
+        f"{param} {value}: {fix}, or leave out reasoning_effort.", param=param,
+        code="unsupported_value")
 
 
 def _forces_a_tool(choice: Any) -> bool:

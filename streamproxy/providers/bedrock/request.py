@@ -14,8 +14,8 @@ Choices (docs/providers/bedrock.md):
   enforced. A conversation with tool blocks and no `tools` gets name-only tool specs;
 - `reasoning_effort` low/medium/high/xhigh → `additionalModelRequestFields.thinking` with a
   budget of 1024/4096/16384/24576 tokens for Claude models (`anthropic.claude` in the model
-  id), kept below the client's max as on Anthropic (anthropic/thinking.py); dropped for other
-  models;
+  id), kept below the client's max and refused beside a temperature other than 1, a top_k or a
+  top_p below 0.95, as on Anthropic (anthropic/thinking.py); dropped for other models;
 - assistant `thinking_blocks` (as we stream them) go back as `reasoningContent` blocks;
 - a content part's or a tool's `cache_control` (Anthropic's prompt-caching breakpoint, as
   Portkey passes it) → a `cachePoint` block after the block made from it (after the tool's
@@ -106,7 +106,8 @@ def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> 
     fields = out.get("additionalModelRequestFields")
     fields = fields if isinstance(fields, dict) else {}
     effort = body.get("reasoning_effort") if is_claude(model) else None
-    thinking, max_tokens = fit_thinking(body, fields.get("thinking"), effort, DEFAULT_MAX_TOKENS)
+    thinking, max_tokens = fit_thinking(body, fields.get("thinking"), effort, DEFAULT_MAX_TOKENS,
+                                        fields.get("top_k"))
     if thinking is not None and "thinking" not in fields:
         out["additionalModelRequestFields"] = {**fields, "thinking": thinking}
     if max_tokens:
