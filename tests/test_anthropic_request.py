@@ -493,3 +493,12 @@ def test_thinking_from_effort_keeps_sampling_claude_takes_with_it() -> None:
     out = translate(reasoning_effort="low", temperature=1, top_p=0.95)
     assert out["thinking"]["budget_tokens"] == 1024
     assert out["temperature"] == 1 and out["top_p"] == 0.95
+
+
+@pytest.mark.parametrize("stop", ["\n", ["END", " \t"], [""]])
+def test_a_whitespace_only_stop_sequence_is_a_400(stop: Any) -> None:
+    """Anthropic: "stop_sequences: each stop sequence must contain non-whitespace"."""
+    with pytest.raises(InvalidRequest) as caught:
+        translate(stop=stop)
+    assert caught.value.param == "stop" and caught.value.code == "unsupported_value"
+    assert translate(stop=["\nEND", "x "])["stop_sequences"] == ["\nEND", "x "]

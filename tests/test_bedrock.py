@@ -663,6 +663,14 @@ def test_claude_thinking_from_effort_beside_sampling_it_refuses_is_a_400(
     to_converse(request, MODEL)  # other models get no thinking, so nothing is refused
 
 
+def test_claude_refuses_a_whitespace_only_stop_sequence() -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "stop": ["END", "\n"]}
+    with pytest.raises(InvalidRequest) as caught:
+        to_converse(body, CLAUDE)
+    assert caught.value.param == "stop"
+    assert to_converse(body, MODEL)["inferenceConfig"] == {"stopSequences": ["END", "\n"]}
+
+
 def test_documents_json_mode_and_rejections() -> None:
     pdf = {"type": "file", "file": {"filename": "Q3 report (final).pdf",
                                     "file_data": "data:application/pdf;base64,JVBERi0="}}

@@ -166,7 +166,7 @@ BODY = st.fixed_dictionaries({"messages": maybe(st.lists(MESSAGE, min_size=1, ma
 
 VALID = {
     "model": "mock/fast:tokens=3", "stream": True, "stream_options": {"include_usage": True},
-    "max_tokens": 20, "temperature": 0.5, "stop": ["\n\n"],
+    "max_tokens": 20, "temperature": 0.5, "stop": ["\n\nUser:"],  # (Claude: not blank)
     "messages": [
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": [{"type": "text", "text": "weather?"},

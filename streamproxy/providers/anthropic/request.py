@@ -18,6 +18,7 @@ Choices (README "Anthropic"):
 - images: png, jpeg (`image/jpg` too), gif, webp; `file` parts: a PDF → a base64 document, a
   `text/*` file → a plain-text document (Anthropic's base64 documents take only PDF); other
   types are a 400 naming the type;
+- a whitespace-only stop sequence is a 400 (Claude refuses one);
 - `top_p` 1 (no nucleus cut) is not sent: newer Claude models refuse it beside `temperature`;
 - parameters in DROPPED are dropped; `n` > 1 is rejected (one answer per request).
 """
@@ -80,7 +81,7 @@ def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
         del out["top_p"]
     stop = body.get("stop")
     if stop:
-        out["stop_sequences"] = [stop] if isinstance(stop, str) else stop
+        out["stop_sequences"] = claude_stop_sequences(stop)
     if body.get("user"):
         out["metadata"] = {"user_id": body["user"]}
     fmt = body.get("response_format") or {}
@@ -100,6 +101,19 @@ def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
     if body.get("stream"):
         out["stream"] = True
     return out
+
+
+def claude_stop_sequences(stop: str | list[str]) -> list[str]:
+    """`stop` as a list, or a 400 for a whitespace-only sequence ("\n"), which Claude refuses
+    ("each stop sequence must contain non-whitespace"; on Bedrock too). Refused, not dropped:
+    without it the answer would run past where the client wants it cut."""
+    sequences = [stop] if isinstance(stop, str) else stop
+    for sequence in sequences:
+        if is_blank(sequence):
+            raise InvalidRequest(f"Claude takes no stop sequence that is empty or only whitespace "
+                                 f"({sequence!r}); leave it out of 'stop'.", param="stop",
+                                 code="unsupported_value")
+    return sequences
 
 
 def closed_objects(schema: Any) -> Any:

@@ -22,6 +22,7 @@ Choices (docs/providers/bedrock.md):
   spec; after the whole `toolResult`, whose content cannot hold one);
 - a tool result with no text (or only blank text) is sent as EMPTY_TOOL_RESULT: Converse
   rejects blank text blocks and an empty `content`;
+- a whitespace-only stop sequence is a 400 for Claude, as on Anthropic;
 - `top_p` 1 (no nucleus cut) is not sent for Claude, which refuses it beside `temperature`;
 - `response_format` json_object / json_schema → a system instruction (not enforced by Bedrock);
 - Converse-native fields a client may pass (openai SDK `extra_body`) are forwarded: PASSTHROUGH;
@@ -47,6 +48,7 @@ from streamproxy.openai_api.content import (
     tool_call_input,
     tool_use_id,
 )
+from streamproxy.providers.anthropic.request import claude_stop_sequences
 from streamproxy.providers.anthropic.thinking import fit_thinking
 
 DEFAULT_MAX_TOKENS = 4096  # the answer's allowance beside a thinking budget
@@ -119,7 +121,9 @@ def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> 
     if body.get("top_p") is not None and not (body["top_p"] == 1 and is_claude(model)):
         config["topP"] = body["top_p"]
     stop = body.get("stop")
-    if stop:
+    if stop and is_claude(model):
+        config["stopSequences"] = claude_stop_sequences(stop)
+    elif stop:
         config["stopSequences"] = [stop] if isinstance(stop, str) else stop
     return config
 
