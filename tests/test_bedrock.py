@@ -671,13 +671,27 @@ def test_claude_refuses_a_whitespace_only_stop_sequence() -> None:
     assert to_converse(body, MODEL)["inferenceConfig"] == {"stopSequences": ["END", "\n"]}
 
 
+def test_a_user_turn_with_documents_gets_text_beside_them() -> None:
+    """Converse: "A text block must be included when using documents." Text anywhere in the
+    merged user turn counts; a turn that has some gets none added."""
+    pdf = {"type": "file", "file": {"filename": "a.pdf",
+                                    "file_data": "data:application/pdf;base64,JVBERi0="}}
+    alone = to_converse({"messages": [{"role": "user", "content": [pdf]}]}, CLAUDE)
+    assert alone["messages"][0]["content"][-1] == {"text": "(attached document)"}
+    merged = to_converse({"messages": [{"role": "user", "content": [pdf]},
+                                       {"role": "user", "content": "Summarise it."}]}, CLAUDE)
+    assert [list(b) for b in merged["messages"][0]["content"]] == [["document"], ["text"]]
+    assert merged["messages"][0]["content"][1] == {"text": "Summarise it."}
+
+
 def test_documents_json_mode_and_rejections() -> None:
     pdf = {"type": "file", "file": {"filename": "Q3 report (final).pdf",
                                     "file_data": "data:application/pdf;base64,JVBERi0="}}
     out = to_converse({"messages": [{"role": "user", "content": [pdf]}],
                        "response_format": {"type": "json_object"}}, MODEL)
     assert out["messages"][0]["content"] == [{"document": {
-        "format": "pdf", "name": "Q3 report (final)", "source": {"bytes": "JVBERi0="}}}]
+        "format": "pdf", "name": "Q3 report (final)", "source": {"bytes": "JVBERi0="}}},
+        {"text": "(attached document)"}]
     assert "JSON" in out["system"][0]["text"]
     s3 = to_converse({"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "s3://bucket/cat.JPG"}}]}]}, MODEL)

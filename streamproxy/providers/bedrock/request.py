@@ -20,6 +20,8 @@ Choices (docs/providers/bedrock.md):
 - a content part's or a tool's `cache_control` (Anthropic's prompt-caching breakpoint, as
   Portkey passes it) → a `cachePoint` block after the block made from it (after the tool's
   spec; after the whole `toolResult`, whose content cannot hold one);
+- a user turn with documents and no text gets a DOCUMENT_ONLY_TEXT block (Converse requires
+  text beside documents);
 - a tool result with no text (or only blank text) is sent as EMPTY_TOOL_RESULT: Converse
   rejects blank text blocks and an empty `content`;
 - a whitespace-only stop sequence is a 400 for Claude, as on Anthropic;
@@ -71,6 +73,9 @@ DOCUMENT_FORMATS = {
 # What a tool result that returned nothing says (Converse needs one non-blank block): plain text
 # every model reads as "the tool ran and returned nothing".
 EMPTY_TOOL_RESULT = "(empty)"
+# The text of a user turn that holds only documents (Converse needs a text block beside them):
+# it says what the turn is, and asks nothing of the model.
+DOCUMENT_ONLY_TEXT = "(attached document)"
 # Converse document names allow letters, digits, whitespace, hyphens, parentheses, brackets.
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9\s\-()\[\]]+")
 
@@ -86,6 +91,8 @@ def to_converse(body: dict[str, Any], model: str) -> dict[str, Any]:
     system, messages, tool_names = _messages(body["messages"])
     if not messages or messages[0]["role"] != "user":  # Converse starts with a user turn
         messages.insert(0, {"role": "user", "content": [{"text": PLACEHOLDER_USER_TEXT}]})
+    for message in messages:
+        _caption_documents(message)
     _trim_prefill(messages[-1])
     out: dict[str, Any] = {"messages": messages}
     for key in PASSTHROUGH:
@@ -202,6 +209,16 @@ def _messages(msgs: list[dict[str, Any]]
         else:
             out.append({"role": role_out, "content": blocks})
     return system, out, tool_names
+
+
+def _caption_documents(message: dict[str, Any]) -> None:
+    """Give a user turn with documents and no text a DOCUMENT_ONLY_TEXT block: Converse refuses
+    one ("A text block must be included when using documents"), where OpenAI takes a file
+    alone. Run on merged turns, so text from a neighbouring message counts."""
+    blocks = message["content"]
+    if (message["role"] == "user" and any("document" in b for b in blocks)
+            and not any("text" in b for b in blocks)):
+        blocks.append({"text": DOCUMENT_ONLY_TEXT})
 
 
 def _tool_results_first(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
