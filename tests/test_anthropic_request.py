@@ -502,3 +502,16 @@ def test_a_whitespace_only_stop_sequence_is_a_400(stop: Any) -> None:
         translate(stop=stop)
     assert caught.value.param == "stop" and caught.value.code == "unsupported_value"
     assert translate(stop=["\nEND", "x "])["stop_sequences"] == ["\nEND", "x "]
+
+
+def test_a_strict_function_is_a_strict_tool() -> None:
+    """Anthropic's strict tool use is OpenAI's strict function calling."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}},
+              "required": ["city"], "additionalProperties": False}
+    strict = {"type": "function", "function": {"name": "f", "parameters": schema,
+                                               "strict": True}}
+    loose = {"type": "function", "function": {"name": "g", "parameters": schema,
+                                              "strict": False}}
+    tools = translate(tools=[strict, loose])["tools"]
+    assert tools[0] == {"name": "f", "input_schema": schema, "strict": True}
+    assert "strict" not in tools[1]

@@ -684,6 +684,16 @@ def test_a_user_turn_with_documents_gets_text_beside_them() -> None:
     assert merged["messages"][0]["content"][1] == {"text": "Summarise it."}
 
 
+def test_a_strict_function_is_a_strict_tool_spec() -> None:
+    schema = {"type": "object", "properties": {}, "additionalProperties": False}
+    body = {"messages": [{"role": "user", "content": "hi"}], "tools": [
+        {"type": "function", "function": {"name": "f", "parameters": schema, "strict": True}},
+        {"type": "function", "function": {"name": "g", "parameters": schema}}]}
+    specs = [t["toolSpec"] for t in to_converse(body, CLAUDE)["toolConfig"]["tools"]]
+    assert specs[0] == {"name": "f", "inputSchema": {"json": schema}, "strict": True}
+    assert "strict" not in specs[1]
+
+
 def test_documents_json_mode_and_rejections() -> None:
     pdf = {"type": "file", "file": {"filename": "Q3 report (final).pdf",
                                     "file_data": "data:application/pdf;base64,JVBERi0="}}

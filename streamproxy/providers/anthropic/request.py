@@ -13,6 +13,7 @@ Choices (README "Anthropic"):
   schemas closed (`closed_objects`); json_object → a system instruction to answer with one JSON
   object;
 - assistant `thinking_blocks` (as we stream them) are sent back as thinking blocks;
+- a function's `strict: true` → the tool's `strict` (Anthropic's strict tool use);
 - a content part's or a tool's `cache_control` (prompt caching, as Portkey passes it) is kept
   on the block made from it;
 - images: png, jpeg (`image/jpg` too), gif, webp; `file` parts: a PDF → a base64 document, a
@@ -167,6 +168,8 @@ def _tool(fn: dict[str, Any]) -> dict[str, Any]:
     tool = {"name": fn["name"], "input_schema": schema}
     if fn.get("description"):
         tool["description"] = fn["description"]
+    if fn.get("strict") is True:  # strict tool use: inputs that match the schema, as on OpenAI
+        tool["strict"] = True
     return tool
 
 

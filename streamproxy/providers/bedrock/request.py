@@ -8,6 +8,7 @@ Choices (docs/providers/bedrock.md):
   other user content; consecutive messages of one role are merged (Converse wants alternation);
 - images are `data:` URLs (→ `image.source.bytes`, base64 as the JSON protocol carries blobs) or
   `s3://` URIs (→ `s3Location`); http(s) image URLs are refused: the proxy fetches nothing;
+- a function's `strict: true` → the toolSpec's `strict`;
 - `tool_choice`: auto → `{auto}`, required → `{any}`, a named function → `{tool}`. Converse has
   no "none": the tools are left out instead — unless the conversation already holds toolUse /
   toolResult blocks, where Bedrock requires a `toolConfig`, so the tools stay and "none" is not
@@ -176,6 +177,8 @@ def _tool_spec(fn: dict[str, Any]) -> dict[str, Any]:
     spec: dict[str, Any] = {"name": fn["name"], "inputSchema": {"json": schema}}
     if fn.get("description"):
         spec["description"] = fn["description"]
+    if fn.get("strict") is True:  # Converse's structured tool inputs, as OpenAI's strict
+        spec["strict"] = True
     return {"toolSpec": spec}
 
 
