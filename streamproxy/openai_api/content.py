@@ -97,6 +97,22 @@ def tool_use_id(call_id: str) -> str:
     return f"{_NOT_IN_TOOL_USE_ID.sub('_', call_id)[:47]}_{digest}"
 
 
+# OpenAI's reasoning_effort values. OpenAI answers another with a 400, and so does every provider
+# that translates it: ignoring one would answer without the reasoning the client asked for.
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+
+
+def reasoning_effort(body: dict[str, Any]) -> str | None:
+    """The request's `reasoning_effort` (None without one), or a 400 for a value outside
+    REASONING_EFFORTS, worded as OpenAI's."""
+    effort = body.get("reasoning_effort")
+    if effort is None or effort in REASONING_EFFORTS:
+        return effort
+    supported = ", ".join(f"'{e}'" for e in REASONING_EFFORTS)
+    raise InvalidRequest(f"Invalid value for 'reasoning_effort': {effort!r}. Supported values "
+                         f"are: {supported}.", param="reasoning_effort", code="invalid_value")
+
+
 # OpenAI request fields that no translated provider can take: every translating provider
 # drops them (the README's "common" list). `store` and `stream_options.include_usage` are
 # honoured by the proxy itself.

@@ -36,6 +36,7 @@ from streamproxy.openai_api.content import (
     file_data,
     is_blank,
     parse_data_url,
+    reasoning_effort,
     text_parts,
     texts,
     tool_call_input,
@@ -68,7 +69,7 @@ def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
         messages = [{"role": "user", "content": [{"type": "text", "text": PLACEHOLDER_USER_TEXT}]}]
     _trim_prefill(messages[-1])
     out: dict[str, Any] = {"model": model, "messages": messages}
-    thinking, max_tokens = fit_thinking(body, body.get("thinking"), body.get("reasoning_effort"),
+    thinking, max_tokens = fit_thinking(body, body.get("thinking"), reasoning_effort(body),
                                         DEFAULT_MAX_TOKENS, body.get("top_k"))
     if thinking is not None:
         out["thinking"] = thinking

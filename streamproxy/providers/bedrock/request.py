@@ -46,6 +46,7 @@ from streamproxy.openai_api.content import (
     file_data,
     is_blank,
     parse_data_url,
+    reasoning_effort,
     text_parts,
     texts,
     tool_call_input,
@@ -115,7 +116,8 @@ def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> 
     config: dict[str, Any] = {}
     fields = out.get("additionalModelRequestFields")
     fields = fields if isinstance(fields, dict) else {}
-    effort = body.get("reasoning_effort") if is_claude(model) else None
+    effort = reasoning_effort(body)  # checked for every model, as OpenAI would
+    effort = effort if is_claude(model) else None
     thinking, max_tokens = fit_thinking(body, fields.get("thinking"), effort, DEFAULT_MAX_TOKENS,
                                         fields.get("top_k"))
     if thinking is not None and "thinking" not in fields:

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import InvalidRequest
-from streamproxy.openai_api.content import OPENAI_ONLY, texts
+from streamproxy.openai_api.content import OPENAI_ONLY, reasoning_effort, texts
 
 DROPPED = OPENAI_ONLY | {"user", "parallel_tool_calls"}
 PASSTHROUGH = ("k", "safety_mode", "documents", "citation_options", "strict_tools", "thinking")
@@ -51,7 +51,7 @@ def to_cohere(body: dict[str, Any], model: str) -> dict[str, Any]:
     if stop:
         out["stop_sequences"] = [stop] if isinstance(stop, str) else stop
     _response_format(body, out)
-    effort = body.get("reasoning_effort")
+    effort = reasoning_effort(body)
     if effort == "none":
         out["thinking"] = {"type": "disabled"}
     elif isinstance(effort, str) and effort in THINKING_BUDGET:

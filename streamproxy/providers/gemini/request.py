@@ -26,6 +26,7 @@ from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     PLACEHOLDER_USER_TEXT,
     parse_data_url,
+    reasoning_effort,
     texts,
     tool_call_input,
 )
@@ -107,8 +108,8 @@ def _generation_config(body: dict[str, Any], model: str) -> dict[str, Any]:
 def _thinking(body: dict[str, Any], model: str) -> dict[str, Any] | None:
     if body.get("thinking_config") is not None:  # native, wins over reasoning_effort
         return body["thinking_config"]
-    effort = body.get("reasoning_effort")
-    if not isinstance(effort, str) or effort not in THINKING_BUDGET:
+    effort = reasoning_effort(body)
+    if effort is None:
         return None
     # Gemini 2.x takes a token budget; Gemini 3 a level (it rejects both together).
     if "gemini-2" in model:

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import InvalidRequest
-from streamproxy.openai_api.content import OPENAI_ONLY, texts
+from streamproxy.openai_api.content import OPENAI_ONLY, reasoning_effort, texts
 
 DROPPED = (OPENAI_ONLY - {"logprobs", "top_logprobs"}) | {"user", "parallel_tool_calls"}
 # Parameters that go into `options` under the same name (top_k: a common extra_body key).
@@ -71,7 +71,7 @@ def to_ollama(body: dict[str, Any], model: str, *, stream: bool,
         out["format"] = schema
     if "think" in body:
         out["think"] = body["think"]
-    elif isinstance(body.get("reasoning_effort"), str) and body["reasoning_effort"] in THINK_LEVEL:
+    elif reasoning_effort(body) is not None:
         out["think"] = _think(body["reasoning_effort"], model)
     if body.get("keep_alive") is not None:
         out["keep_alive"] = body["keep_alive"]
