@@ -168,6 +168,8 @@ def test_json_schema_objects_are_closed_as_anthropic_requires() -> None:
     ({"reasoning_effort": "high", "max_completion_tokens": 5000}, 4999, 5000),
     ({"reasoning_effort": "low", "max_tokens": 1025}, 1024, 1025),
     ({"reasoning_effort": "medium", "max_tokens": 30000}, 4096, 30000),
+    # minimal is still reasoning (OpenAI's, Gemini's, Cohere's): Claude's smallest budget.
+    ({"reasoning_effort": "minimal"}, 1024, 1024 + 4096),
     # No client max: room for the budget and the default answer allowance.
     ({"reasoning_effort": "high"}, 16384, 16384 + 4096),
     # OpenAI's top effort is at least as much thinking as high, never none; the pair stays

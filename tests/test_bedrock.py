@@ -627,6 +627,7 @@ def test_claude_gets_no_top_p_of_one_beside_temperature() -> None:
     ({"reasoning_effort": "low", "max_tokens": 1025}, 1024, 1025),
     ({"reasoning_effort": "high"}, 16384, 16384 + 4096),
     ({"reasoning_effort": "xhigh"}, 24576, 24576 + 4096),
+    ({"reasoning_effort": "minimal"}, 1024, 1024 + 4096),
     ({"additionalModelRequestFields": {"thinking": {"type": "enabled", "budget_tokens": 10000},
                                        "top_k": 5}}, 10000, 10000 + 4096),
 ])

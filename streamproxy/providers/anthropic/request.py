@@ -6,7 +6,8 @@ Choices (README "Anthropic"):
 - consecutive tool results become one user message of `tool_result` blocks; consecutive
   messages of one role are merged, since Anthropic wants alternating turns;
 - `max_tokens` defaults to DEFAULT_MAX_TOKENS (Anthropic requires one);
-- `reasoning_effort` low/medium/high/xhigh → a thinking budget of 1024/4096/16384/24576 tokens,
+- `reasoning_effort` minimal/low/medium/high/xhigh → a thinking budget of
+  1024/1024/4096/16384/24576 tokens (none: no thinking),
   kept below the client's max; beside a temperature other than 1, a top_k or a top_p below
   0.95 it is a 400 (see `thinking.py`);
 - `response_format` json_schema → `output_config.format` (structured outputs), its object

@@ -22,8 +22,10 @@ from streamproxy.errors import InvalidRequest
 
 MIN_BUDGET = 1024
 # xhigh (OpenAI's top effort) is more than high, within every thinking Claude's output cap
-# with the answer allowance beside it (Opus 4 / 4.1: 32000 tokens).
-EFFORT_BUDGET = {"low": 1024, "medium": 4096, "high": 16384, "xhigh": 24576}
+# with the answer allowance beside it (Opus 4 / 4.1: 32000 tokens). minimal is still some
+# reasoning (on OpenAI, and as Gemini and Cohere take it): Claude's smallest budget, as low.
+EFFORT_BUDGET = {"minimal": MIN_BUDGET, "low": 1024, "medium": 4096, "high": 16384,
+                 "xhigh": 24576}
 MIN_TOP_P = 0.95  # the lowest top_p Claude takes with thinking on
 
 

@@ -13,10 +13,11 @@ Choices (docs/providers/bedrock.md):
   no "none": the tools are left out instead — unless the conversation already holds toolUse /
   toolResult blocks, where Bedrock requires a `toolConfig`, so the tools stay and "none" is not
   enforced. A conversation with tool blocks and no `tools` gets name-only tool specs;
-- `reasoning_effort` low/medium/high/xhigh → `additionalModelRequestFields.thinking` with a
-  budget of 1024/4096/16384/24576 tokens for Claude models (`anthropic.claude` in the model
-  id), kept below the client's max and refused beside a temperature other than 1, a top_k or a
-  top_p below 0.95, as on Anthropic (anthropic/thinking.py); dropped for other models;
+- `reasoning_effort` minimal/low/medium/high/xhigh → `additionalModelRequestFields.thinking`
+  with a budget of 1024/1024/4096/16384/24576 tokens for Claude models (`anthropic.claude` in
+  the model id), kept below the client's max and refused beside a temperature other than 1, a
+  top_k or a top_p below 0.95, as on Anthropic (anthropic/thinking.py); dropped for other
+  models;
 - assistant `thinking_blocks` (as we stream them) go back as `reasoningContent` blocks;
 - a content part's or a tool's `cache_control` (Anthropic's prompt-caching breakpoint, as
   Portkey passes it) → a `cachePoint` block after the block made from it (after the tool's
