@@ -517,3 +517,19 @@ def test_a_strict_function_is_a_strict_tool() -> None:
     tools = translate(tools=[strict, loose])["tools"]
     assert tools[0] == {"name": "f", "input_schema": schema, "strict": True}
     assert "strict" not in tools[1]
+
+
+def test_thinking_blocks_without_a_signature_are_left_out() -> None:
+    """Anthropic refuses a thinking block without its signature ("thinking.signature: Field
+    required"); a signed one goes back with only the fields Anthropic knows."""
+    signed = {"type": "thinking", "thinking": "hmm", "signature": "sig==", "index": 0}
+    out = translate(messages=[
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a", "thinking_blocks": [
+            {"type": "thinking", "thinking": "unsigned"}, signed,
+            {"type": "redacted_thinking"}, {"type": "redacted_thinking", "data": "UkVE"},
+            {"type": "thought_signature", "signature": "gemini"}]},
+        {"role": "user", "content": "q2"}])
+    assert out["messages"][1]["content"] == [
+        {"type": "thinking", "thinking": "hmm", "signature": "sig=="},
+        {"type": "redacted_thinking", "data": "UkVE"}, {"type": "text", "text": "a"}]

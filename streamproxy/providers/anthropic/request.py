@@ -13,7 +13,8 @@ Choices (README "Anthropic"):
 - `response_format` json_schema → `output_config.format` (structured outputs), its object
   schemas closed (`closed_objects`); json_object → a system instruction to answer with one JSON
   object;
-- assistant `thinking_blocks` (as we stream them) are sent back as thinking blocks;
+- assistant `thinking_blocks` (as we stream them) are sent back as thinking blocks; one without
+  its signature (or a redacted one without data) is left out, as Anthropic refuses it;
 - a function's `strict: true` → the tool's `strict` (Anthropic's strict tool use);
 - a content part's or a tool's `cache_control` (prompt caching, as Portkey passes it) is kept
   on the block made from it;
@@ -294,10 +295,7 @@ def _utf8_text(data: str, where: str) -> str:
 
 
 def _assistant_blocks(m: dict[str, Any], i: int) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
-    for tb in m.get("thinking_blocks") or []:
-        if isinstance(tb, dict) and tb.get("type") in ("thinking", "redacted_thinking"):
-            blocks.append(tb)
+    blocks = [block for tb in m.get("thinking_blocks") or [] for block in _thinking_block(tb)]
     blocks.extend(_text_blocks(m.get("content"), f"messages[{i}].content"))
     for j, call in enumerate(m.get("tool_calls") or []):
         fn = call["function"]
@@ -305,6 +303,21 @@ def _assistant_blocks(m: dict[str, Any], i: int) -> list[dict[str, Any]]:
         blocks.append({"type": "tool_use", "id": call_id, "name": fn["name"],
                        "input": tool_call_input(fn.get("arguments"), i, j)})
     return blocks
+
+
+def _thinking_block(tb: Any) -> list[dict[str, Any]]:
+    """A thinking block sent back as Anthropic takes it, or none: Anthropic refuses a thinking
+    block without its signature ("thinking.signature: Field required") and fields it does not
+    know, and an unsigned one (another provider's reasoning) cannot be verified anyway, so it
+    is left out, as on Bedrock."""
+    if not isinstance(tb, dict):
+        return []
+    if tb.get("type") == "thinking" and tb.get("signature"):
+        return [{"type": "thinking", "thinking": tb.get("thinking") or "",
+                 "signature": tb["signature"]}]
+    if tb.get("type") == "redacted_thinking" and tb.get("data"):
+        return [{"type": "redacted_thinking", "data": tb["data"]}]
+    return []
 
 
 def _tool_result(m: dict[str, Any], i: int) -> dict[str, Any]:
