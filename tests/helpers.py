@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from streamproxy.config import Config, parse_config
 from streamproxy.decode.sse import SSEDecoder
+from streamproxy.errors import ProxyError
 from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
 from streamproxy.providers.base import StreamTranslator
 
@@ -93,6 +94,20 @@ def relay_reads(encoder: Any, translator: Any, reads: list[bytes]) -> bytes:
         translator.close()
     out.append(encoder.take())
     return b"".join(out)
+
+
+def relay_pieces(encoder: ChunkEncoder, translator: Any, pieces: list[bytes]) -> bytes:
+    """What the relay sends for these reads: feed and take per read, then close; a typed error
+    from feed() or close() ends the stream in an error frame, as the relay does."""
+    out = b""
+    try:
+        for piece in pieces:
+            translator.feed(piece)
+            out += encoder.take()
+        translator.close()
+    except ProxyError as e:
+        encoder.error(e)
+    return out + encoder.take()
 
 
 def sse_chunks(body: bytes) -> list[Any]:

@@ -43,6 +43,7 @@ from tests.helpers import (
     make_config,
     openai_sdk,
     random_splits,
+    relay_pieces,
     sse_chunks,
 )
 
@@ -70,15 +71,7 @@ def translate(pieces: list[bytes], include_usage: bool = True,
               encoder: type[ChunkEncoder] = ChunkEncoder) -> bytes:
     enc = encoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=include_usage)
     tr = BedrockStreamTranslator(enc, 1 << 20)
-    out = b""
-    try:
-        for piece in pieces:
-            tr.feed(piece)
-            out += enc.take()
-        tr.close()
-    except ProxyError as e:  # what the relay does with a failure after commit
-        enc.error(e)
-    return out + enc.take()
+    return relay_pieces(enc, tr, pieces)
 
 
 def check_recording(out: bytes) -> None:

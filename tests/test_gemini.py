@@ -43,6 +43,7 @@ from tests.helpers import (
     make_config,
     openai_sdk,
     random_splits,
+    relay_pieces,
     sse_chunks,
 )
 
@@ -85,15 +86,7 @@ def translate(pieces: list[bytes], *, include_usage: bool = True,
               encoder: type[ChunkEncoder] = ChunkEncoder) -> bytes:
     enc = encoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=include_usage)
     tr = GeminiStreamTranslator(enc, 1 << 20)
-    out = b""
-    try:  # as the relay does: any typed error, from feed() or close(), ends in an error frame
-        for piece in pieces:
-            tr.feed(piece)
-            out += enc.take()
-        tr.close()
-    except ProxyError as e:
-        enc.error(e)
-    return out + enc.take()
+    return relay_pieces(enc, tr, pieces)
 
 
 def check(golden: Golden, out: bytes) -> Any:

@@ -20,7 +20,6 @@ from typing import Any
 import orjson
 import pytest
 
-from streamproxy.errors import ProxyError
 from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
 from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
 from streamproxy.providers.gemini.request import to_gemini
@@ -29,7 +28,13 @@ from streamproxy.providers.gemini.stream import GeminiStreamTranslator, token_lo
 from streamproxy.providers.ollama.request import to_ollama
 from streamproxy.providers.ollama.stream import OllamaStreamTranslator
 from tests.conftest import provider_config
-from tests.helpers import count_spliced_reads, openai_sdk, random_splits, sse_chunks
+from tests.helpers import (
+    count_spliced_reads,
+    openai_sdk,
+    random_splits,
+    relay_pieces,
+    sse_chunks,
+)
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -121,15 +126,7 @@ def google_sse(elements: list[Any]) -> bytes:
 def translate_gemini(pieces: list[bytes], *, logprobs: bool = True) -> list[Any]:
     enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
     tr = GeminiStreamTranslator(enc, 1 << 20, logprobs=logprobs)
-    out = b""
-    try:
-        for piece in pieces:
-            tr.feed(piece)
-            out += enc.take()
-        tr.close()
-    except ProxyError as e:
-        enc.error(e)
-    return sse_chunks(out + enc.take())
+    return sse_chunks(relay_pieces(enc, tr, pieces))
 
 
 def logprob_chunks(chunks: list[Any]) -> list[tuple[str, list[dict[str, Any]]]]:
