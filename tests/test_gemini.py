@@ -29,7 +29,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamproxy.errors import ProxyError
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.providers.gemini.errors import google_error
 from streamproxy.providers.gemini.stream import GeminiStreamTranslator
@@ -734,15 +733,8 @@ def translate_counting(pieces: list[bytes]) -> tuple[bytes, int]:
         full_parse(msg)
 
     tr.on_message = counting  # type: ignore[method-assign]
-    out = b""
-    try:  # as the relay does: any typed error, from feed() or close(), ends in an error frame
-        for piece in pieces:
-            tr.feed(piece)
-            out += enc.take()
-        tr.close()
-    except ProxyError as e:
-        enc.error(e)
-    return out + enc.take(), parsed
+    out = relay_pieces(enc, tr, pieces)
+    return out, parsed
 
 
 def test_the_fast_path_shape_is_the_recorded_key_order() -> None:
