@@ -166,7 +166,10 @@ def collect(chunks: list[Any]) -> Collected:
             c.roles += 1
         c.content += delta.get("content") or ""
         c.reasoning += delta.get("reasoning_content") or ""
-        c.thinking_blocks += delta.get("thinking_blocks") or []
+        for block in delta.get("thinking_blocks") or []:
+            block = dict(block)
+            assert block.pop("index") == len(c.thinking_blocks), "thinking blocks numbered"
+            c.thinking_blocks.append(block)
         for tc in delta.get("tool_calls") or []:
             i = tc["index"]
             if i == len(c.tool_calls):

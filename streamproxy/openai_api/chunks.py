@@ -47,7 +47,8 @@ class ChunkSink(Protocol):
 
     def thinking_block(self, block: dict[str, Any]) -> None:
         """`delta.thinking_blocks: [block]` — opaque reasoning state (signatures, redacted
-        thinking) that the client must send back for the next turn."""
+        thinking) that the client must send back for the next turn. Each is whole; the
+        encoder adds its `index` in the response."""
 
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None: ...
 
@@ -98,8 +99,8 @@ class ChunkEncoder:
 
     __slots__ = (
         "_buf", "_content_head", "_content_tail", "_literal_sep", "_prefix", "_tail",
-        "bytes_taken", "chunks", "completion_id", "created", "ended", "failure", "finish_reason",
-        "include_usage", "model", "usage_data",
+        "_thinking_blocks", "bytes_taken", "chunks", "completion_id", "created", "ended",
+        "failure", "finish_reason", "include_usage", "model", "usage_data",
     )
 
     def __init__(
@@ -115,6 +116,7 @@ class ChunkEncoder:
         self._content_head = b""
         self._content_tail = b""
         self._literal_sep = b""  # content_literals(): built when a read brings two or more
+        self._thinking_blocks = 0  # thinking_block(): the next block's index
         self.chunks = 0
         self.bytes_taken = 0  # everything take() returned: the bytes sent to the client
         self.finish_reason: str | None = None
@@ -197,7 +199,10 @@ class ChunkEncoder:
         self._frame(b'{"reasoning_content":' + _dumps(text) + b"}")
 
     def thinking_block(self, block: dict[str, Any]) -> None:
-        self._frame(_dumps({"thinking_blocks": [block]}))
+        # Numbered like tool calls: the openai SDK's stream helper merges list deltas by
+        # `index` and raises on a second entry without one.
+        self._frame(_dumps({"thinking_blocks": [{"index": self._thinking_blocks, **block}]}))
+        self._thinking_blocks += 1
 
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None:
         self._frame(_dumps({"tool_calls": [{

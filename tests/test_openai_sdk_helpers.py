@@ -1,0 +1,87 @@
+"""The openai SDK's higher-level helpers (`chat.completions.stream()`, `parse()`,
+`pydantic_function_tool`) through the proxy, against translating providers' fake upstreams.
+The helpers accumulate chunks strictly (list deltas merged by `index`, arguments and content
+parsed at their end), so a shape a naive loop tolerates can fail them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.conftest import provider_config
+from tests.helpers import openai_sdk
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+def anthropic_sse(*blocks: list[dict[str, Any]], stop: str = "end_turn") -> bytes:
+    """A Messages stream: each block is its `content_block` then its deltas."""
+    events: list[dict[str, Any]] = [{"type": "message_start", "message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+        "content": [], "stop_reason": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}]
+    for i, (start, *deltas) in enumerate(blocks):
+        events.append({"type": "content_block_start", "index": i, "content_block": start})
+        events += [{"type": "content_block_delta", "index": i, "delta": d} for d in deltas]
+        events.append({"type": "content_block_stop", "index": i})
+    events += [{"type": "message_delta", "delta": {"stop_reason": stop},
+                "usage": {"output_tokens": 9}}, {"type": "message_stop"}]
+    return b"".join(b"event: %s\ndata: %s\n\n" % (e["type"].encode(), orjson.dumps(e))
+                    for e in events)
+
+
+def gemini_sse(*chunks: list[dict[str, Any]]) -> bytes:
+    """`alt=sse` chunks of parts; the last one finishes."""
+    out = []
+    for i, parts in enumerate(chunks, 1):
+        candidate: dict[str, Any] = {"index": 0, "content": {"role": "model", "parts": parts}}
+        if i == len(chunks):
+            candidate["finishReason"] = "STOP"
+        out.append(b"data: " + orjson.dumps({"candidates": [candidate]}) + b"\r\n\r\n")
+    return b"".join(out)
+
+
+THINKING = [{"type": "thinking", "thinking": ""},
+            {"type": "thinking_delta", "thinking": "Let me see."},
+            {"type": "signature_delta", "signature": "c2lnLTE="}]
+REDACTED = [{"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"}]
+TEXT = [{"type": "text", "text": ""}, {"type": "text_delta", "text": "Hello."}]
+TWO_BLOCKS = {
+    "anthropic": anthropic_sse(THINKING, REDACTED, TEXT),
+    # Gemini signs the last part of a text answer; a stream can sign more than one part.
+    "gemini": gemini_sse([{"text": "Hel", "thoughtSignature": "c2lnLTE="}],
+                         [{"text": "lo.", "thoughtSignature": "c2lnLTI="}]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TWO_BLOCKS))
+async def test_stream_helper_takes_two_thinking_blocks(kind: str, proxy: Any,
+                                                       upstream: Any) -> None:
+    upstream.body = TWO_BLOCKS[kind]
+    client = openai_sdk(await proxy(provider_config(kind, upstream.url)))
+    async with client.chat.completions.stream(model="m", messages=USER) as stream:
+        deltas = [event.delta async for event in stream if event.type == "content.delta"]
+        final = await stream.get_final_completion()
+    message = final.choices[0].message
+    assert "".join(deltas) == message.content == "Hello."
+    assert final.choices[0].finish_reason == "stop"
+    blocks = (message.model_extra or {})["thinking_blocks"]
+    assert [b["index"] for b in blocks] == [0, 1]
+    assert [b.get("signature") or b.get("data") for b in blocks] == (
+        ["c2lnLTE=", "EmwKAhgBEgy3va3pzix"] if kind == "anthropic" else ["c2lnLTE=", "c2lnLTI="])
+
+
+async def test_blocks_from_the_stream_helper_go_back_to_anthropic_as_it_sent_them(
+        proxy: Any, upstream: Any) -> None:
+    upstream.body = TWO_BLOCKS["anthropic"]
+    client = openai_sdk(await proxy(provider_config("anthropic", upstream.url)))
+    async with client.chat.completions.stream(model="m", messages=USER) as stream:
+        final = await stream.get_final_completion()
+    replay = final.choices[0].message.model_dump(include={"role", "content", "thinking_blocks"})
+    await client.chat.completions.create(model="m", messages=[
+        *USER, replay, {"role": "user", "content": "and?"}], stream=True)
+    sent = upstream.requests[-1].json()["messages"][1]["content"]
+    assert sent == [{"type": "thinking", "thinking": "Let me see.", "signature": "c2lnLTE="},
+                    {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"},
+                    {"type": "text", "text": "Hello."}]
