@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import botocore.session
 import orjson
+import pydantic
 import pytest
 from botocore.credentials import RefreshableCredentials
 from hypothesis import given, settings
@@ -28,7 +29,7 @@ from streamproxy.errors import AuthenticationFailed, InvalidRequest, ProxyError
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.bedrock import BedrockProvider
-from streamproxy.providers.bedrock.request import DROPPED, to_converse
+from streamproxy.providers.bedrock.request import DROPPED, STRUCTURED_OUTPUTS, to_converse
 from streamproxy.providers.bedrock.stream import BedrockStreamTranslator
 from streamproxy.routing.target import Target
 from tests.eventstream_frames import encode_frame, event, exception, split_frames
@@ -710,6 +711,65 @@ def test_documents_json_mode_and_rejections() -> None:
             to_converse(bad, MODEL)
 
 
+PERSON = {"type": "object", "properties": {
+    "name": {"type": "string"},
+    "pets": {"type": "array", "items": {"type": "object", "properties": {
+        "kind": {"type": "string", "enum": ["cat", "dog"]}}}}},
+    "required": ["name", "pets"]}
+CLOSED_PERSON = {"type": "object", "properties": {
+    "name": {"type": "string"},
+    "pets": {"type": "array", "items": {"type": "object", "properties": {
+        "kind": {"type": "string", "enum": ["cat", "dog"]}}, "additionalProperties": False}}},
+    "required": ["name", "pets"], "additionalProperties": False}
+
+
+def json_schema_body(**spec: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "system", "content": "Be brief."},
+                         {"role": "user", "content": "Ann, who has a cat."}],
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"schema": PERSON, **spec}}}
+
+
+@pytest.mark.parametrize("model", ["anthropic.claude-sonnet-4-5-20250929-v1:0",
+                                   "us.anthropic.claude-haiku-4-5-20251001-v1:0",
+                                   "global.anthropic.claude-opus-4-5-20251101-v1:0",
+                                   "anthropic.claude-opus-4-6-v1",
+                                   "eu.anthropic.claude-sonnet-4-6"])
+def test_a_json_schema_is_converse_structured_output_for_the_models_aws_lists(model: str) -> None:
+    out = to_converse(json_schema_body(name="person", description="Who and their pets",
+                                       strict=True), model)
+    assert out["outputConfig"] == {"textFormat": {"type": "json_schema", "structure": {
+        "jsonSchema": {"schema": orjson.dumps(CLOSED_PERSON).decode(), "name": "person",
+                       "description": "Who and their pets"}}}}
+    assert out["system"] == [{"text": "Be brief."}]  # no instruction beside the constraint
+    bare = to_converse(json_schema_body(), model)["outputConfig"]["textFormat"]
+    assert bare["structure"]["jsonSchema"].keys() == {"schema"}
+
+
+@pytest.mark.parametrize("model", [MODEL, "us.anthropic.claude-sonnet-4-20250514-v1:0",
+                                   "us.anthropic.claude-opus-4-7",
+                                   "arn:aws:bedrock:us-east-1:123456789012:"
+                                   "application-inference-profile/abc"])
+def test_other_models_get_the_schema_as_an_instruction_unless_told_native(model: str) -> None:
+    out = to_converse(json_schema_body(), model)
+    assert "outputConfig" not in out
+    assert out["system"][1]["text"].endswith(orjson.dumps(PERSON).decode())
+    native = to_converse(json_schema_body(), model, "native")
+    assert native["outputConfig"]["textFormat"]["structure"]["jsonSchema"]["schema"] == \
+        orjson.dumps(CLOSED_PERSON).decode()
+    assert native["system"] == [{"text": "Be brief."}]
+    claude = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+    assert "outputConfig" not in to_converse(json_schema_body(), claude, "instruction")
+
+
+def test_json_object_stays_an_instruction_on_every_model() -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_object"}}
+    for mode in STRUCTURED_OUTPUTS:
+        out = to_converse(body, "anthropic.claude-sonnet-4-5-20250929-v1:0", mode)
+        assert "outputConfig" not in out and "JSON" in out["system"][0]["text"]
+
+
 # -- auth and configuration ---------------------------------------------------------------------
 
 def verify_sigv4(received: Received, secret: str, region: str) -> dict[str, str]:
@@ -882,6 +942,8 @@ def test_config_validation() -> None:
         bedrock_config("http://x", regoin="us-east-1")
     with pytest.raises(ConfigError, match="not both"):
         bedrock_config("http://x", profile="dev")
+    with pytest.raises(ConfigError, match="must be one of auto, native, instruction"):
+        bedrock_config("http://x", structured_outputs="strict")
 
 
 def test_missing_region_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1070,6 +1132,49 @@ async def test_openai_sdk_non_streaming_end_to_end(proxy: Any, upstream: Any) ->
     assert message.tool_calls[0].function.name == "get_capital"
     assert orjson.loads(message.tool_calls[0].function.arguments) == {"country": "France"}
     assert answer.choices[0].finish_reason == "tool_calls" and answer.usage.prompt_tokens == 25
+    await sdk.close()
+
+
+class Person(pydantic.BaseModel):
+    name: str
+    age: int
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_openai_sdk_parse_with_native_structured_output(stream: bool, proxy: Any,
+                                                               upstream: Any) -> None:
+    answer = '{"name":"Ann","age":31}'
+    if stream:
+        upstream.content_type = EVENTSTREAM
+        upstream.body = START + text_delta(answer[:9]) + text_delta(answer[9:]) + END
+    else:
+        upstream.content_type = "application/json"
+        upstream.body = orjson.dumps({
+            "output": {"message": {"role": "assistant", "content": [{"text": answer}]}},
+            "stopReason": "end_turn",
+            "usage": {"inputTokens": 20, "outputTokens": 10, "totalTokens": 30}})
+    model = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+    client = await proxy(bedrock_config(upstream.url, default_model=model))
+    sdk = openai_sdk(client)
+    messages = [{"role": "user", "content": "Ann is 31."}]
+    if stream:
+        async with sdk.chat.completions.stream(model=model, messages=messages,
+                                               response_format=Person) as events:
+            parsed = (await events.get_final_completion()).choices[0].message.parsed
+    else:
+        answered = await sdk.chat.completions.parse(model=model, messages=messages,
+                                                    response_format=Person)
+        parsed = answered.choices[0].message.parsed
+    assert parsed == Person(name="Ann", age=31)
+    [received] = upstream.requests
+    verify_sigv4(received, SECRET, "us-west-2")
+    sent = received.json()
+    definition = sent["outputConfig"]["textFormat"]["structure"]["jsonSchema"]
+    assert sent["outputConfig"]["textFormat"]["type"] == "json_schema"
+    assert definition["name"] == "Person"
+    assert orjson.loads(definition["schema"]) == {
+        **Person.model_json_schema(), "additionalProperties": False}
+    assert "system" not in sent
     await sdk.close()
 
 

@@ -123,8 +123,9 @@ def claude_stop_sequences(stop: str | list[str]) -> list[str]:
 def closed_objects(schema: Any) -> Any:
     """A copy of a JSON Schema in which every object schema that does not say otherwise has
     `additionalProperties: false`: Anthropic's structured outputs refuse an object schema
-    without it ("must be explicitly set to false"), where OpenAI's non-strict json_schema
-    takes one. An explicit value is kept (Anthropic's own 400 then says what is wrong)."""
+    without it ("must be explicitly set to false"; so does Bedrock's, for Claude), where
+    OpenAI's non-strict json_schema takes one. An explicit value is kept (Anthropic's own
+    400 then says what is wrong)."""
     if isinstance(schema, list):
         return [closed_objects(s) for s in schema]
     if not isinstance(schema, dict):

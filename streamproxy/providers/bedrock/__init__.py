@@ -23,7 +23,7 @@ from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.base import Provider, StreamTranslator, UpstreamRequest
 from streamproxy.providers.bedrock import auth
-from streamproxy.providers.bedrock.request import DROPPED, to_converse
+from streamproxy.providers.bedrock.request import DROPPED, STRUCTURED_OUTPUTS, to_converse
 from streamproxy.providers.bedrock.response import to_completion
 from streamproxy.providers.bedrock.stream import BedrockStreamTranslator
 
@@ -37,7 +37,7 @@ NO_REGION = "no AWS region: set region, AWS_REGION / AWS_DEFAULT_REGION, or one 
 
 class BedrockProvider(Provider):
     type_name: ClassVar[str] = "bedrock"
-    option_keys: ClassVar[frozenset[str]] = auth.OPTION_KEYS
+    option_keys: ClassVar[frozenset[str]] = auth.OPTION_KEYS | {"structured_outputs"}
     target_options: ClassVar[dict[str, str]] = {"aws_region": "region"}
     dropped_params: ClassVar[frozenset[str]] = DROPPED
 
@@ -53,6 +53,9 @@ class BedrockProvider(Provider):
     def check_options(cls, options: dict[str, Any], source: str, where: str) -> None:
         super().check_options(options, source, where)
         auth.check_options(options, source, where)
+        if options.get("structured_outputs", "auto") not in STRUCTURED_OUTPUTS:
+            raise ConfigError(source, f"{where}.structured_outputs",
+                              f"must be one of {', '.join(STRUCTURED_OUTPUTS)}")
 
     @classmethod
     def check_entry(cls, entry: dict[str, Any], source: str, where: str) -> None:
@@ -76,7 +79,8 @@ class BedrockProvider(Provider):
 
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
         model = self.model_for(target)
-        body = orjson.dumps(to_converse(target.apply_overrides(req.body), model))
+        body = orjson.dumps(to_converse(target.apply_overrides(req.body), model,
+                                        self.cfg.options.get("structured_outputs", "auto")))
         action = "converse-stream" if req.stream else "converse"
         url = str(URL(f"{self.base_url}/model/{quote(model, safe='')}/{action}"))
         headers = {"content-type": "application/json", **self.cfg.headers, **target.headers}

@@ -28,7 +28,10 @@ Choices (docs/providers/bedrock.md):
   rejects blank text blocks and an empty `content`;
 - a whitespace-only stop sequence is a 400 for Claude, as on Anthropic;
 - `top_p` 1 (no nucleus cut) is not sent for Claude, which refuses it beside `temperature`;
-- `response_format` json_object / json_schema → a system instruction (not enforced by Bedrock);
+- `response_format` json_schema → Converse structured outputs (`outputConfig.textFormat`, the
+  schema closed as Anthropic's `closed_objects` does, sent as a JSON string) for the models
+  NATIVE_SCHEMA_MODELS names, or for any model with STRUCTURED_OUTPUTS "native"; otherwise, and
+  for json_object (Converse has no schema-less JSON mode), a system instruction (not enforced);
 - Converse-native fields a client may pass (openai SDK `extra_body`) are forwarded: PASSTHROUGH;
 - OpenAI parameters in DROPPED are dropped; `n` > 1 is rejected.
 """
@@ -53,7 +56,7 @@ from streamproxy.openai_api.content import (
     tool_call_input,
     tool_use_id,
 )
-from streamproxy.providers.anthropic.request import claude_stop_sequences
+from streamproxy.providers.anthropic.request import claude_stop_sequences, closed_objects
 from streamproxy.providers.anthropic.thinking import fit_thinking
 
 DEFAULT_MAX_TOKENS = 4096  # the answer's allowance beside a thinking budget
@@ -79,6 +82,17 @@ EMPTY_TOOL_RESULT = "(empty)"
 # The text of a user turn that holds only documents (Converse needs a text block beside them):
 # it says what the turn is, and asks nothing of the model.
 DOCUMENT_ONLY_TEXT = "(attached document)"
+# The models AWS lists as taking Converse structured outputs (`outputConfig.textFormat`), as
+# they appear in foundation-model and inference-profile ids. A model without them answers 400
+# (not every Claude has them: Opus 4.7 does not), so the others get the instruction unless the
+# operator says otherwise (STRUCTURED_OUTPUTS). AWS also lists select open-weight models by
+# family, not by id: those are opted in with `structured_outputs: native`.
+NATIVE_SCHEMA_MODELS = ("anthropic.claude-haiku-4-5", "anthropic.claude-sonnet-4-5",
+                        "anthropic.claude-sonnet-4-6", "anthropic.claude-opus-4-5",
+                        "anthropic.claude-opus-4-6")
+# The provider option `structured_outputs`: native for the models above (auto), for every
+# model (native), or never (instruction).
+STRUCTURED_OUTPUTS = ("auto", "native", "instruction")
 # Converse document names allow letters, digits, whitespace, hyphens, parentheses, brackets.
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9\s\-()\[\]]+")
 
@@ -87,7 +101,14 @@ def is_claude(model: str) -> bool:
     return "anthropic.claude" in model
 
 
-def to_converse(body: dict[str, Any], model: str) -> dict[str, Any]:
+def takes_native_schema(model: str, structured_outputs: str = "auto") -> bool:
+    if structured_outputs == "auto":
+        return any(name in model for name in NATIVE_SCHEMA_MODELS)
+    return structured_outputs == "native"
+
+
+def to_converse(body: dict[str, Any], model: str,
+                structured_outputs: str = "auto") -> dict[str, Any]:
     if (body.get("n") or 1) > 1:
         raise InvalidRequest("Bedrock returns one choice per request; 'n' must be 1.",
                              param="n", code="unsupported_value")
@@ -104,7 +125,9 @@ def to_converse(body: dict[str, Any], model: str) -> dict[str, Any]:
     inference = _inference_config(body, model, out)
     if inference:
         out["inferenceConfig"] = inference
-    _response_format(body, system)
+    text_format = _response_format(body, system, takes_native_schema(model, structured_outputs))
+    if text_format:
+        out["outputConfig"] = {"textFormat": text_format}
     if system:
         out["system"] = system
     tool_config = _tool_config(body, tool_names)
@@ -139,17 +162,35 @@ def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> 
     return config
 
 
-def _response_format(body: dict[str, Any], system: list[dict[str, Any]]) -> None:
+def _response_format(body: dict[str, Any], system: list[dict[str, Any]],
+                     native: bool) -> dict[str, Any] | None:
+    """The `outputConfig.textFormat` for a json_schema answer when the model takes one (None
+    otherwise); else the instruction that asks for JSON, appended to `system`."""
     fmt = body.get("response_format") or {}
     if fmt.get("type") == "json_object":
         system.append({"text": "Respond with a single valid JSON object and nothing else."})
     elif fmt.get("type") == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
+        spec = fmt.get("json_schema") or {}
+        schema = spec.get("schema")
         if not isinstance(schema, dict):
             raise InvalidRequest("'response_format.json_schema.schema' must be an object.",
                                  param="response_format.json_schema.schema")
+        if native:
+            return _text_format(spec, schema)
         system.append({"text": "Respond with a single valid JSON object and nothing else, "
                                "matching this JSON Schema: " + orjson.dumps(schema).decode()})
+    return None
+
+
+def _text_format(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """Converse's json_schema output format. Its `schema` is a string (JsonSchemaDefinition),
+    and Claude refuses an object schema without `additionalProperties: false`, as on
+    Anthropic."""
+    definition = {"schema": orjson.dumps(closed_objects(schema)).decode()}
+    for key in ("name", "description"):
+        if isinstance(spec.get(key), str) and spec[key]:
+            definition[key] = spec[key]
+    return {"type": "json_schema", "structure": {"jsonSchema": definition}}
 
 
 def _tool_config(body: dict[str, Any], history_tools: list[str]) -> dict[str, Any] | None:
