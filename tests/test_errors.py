@@ -285,3 +285,18 @@ def test_retry_after_is_never_early_and_keeps_milliseconds(wait: float, seconds:
                                                            ms: str) -> None:
     headers = error_headers(RateLimited("slow down", retry_after=wait), {})
     assert (headers["retry-after"], headers["retry-after-ms"]) == (seconds, ms)
+
+
+@pytest.mark.parametrize("header", ["retry-after", "retry-after-ms"])
+async def test_an_absurdly_long_retry_after_is_told_as_a_day(proxy: Any, upstream: Any,
+                                                            header: str) -> None:
+    # Finite, but a thousand times it is not: retry-after-ms overflowed (an empty reply).
+    upstream.status = 429
+    upstream.content_type = "application/json"
+    upstream.extra_headers = {header: "1e306"}
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True})
+    assert resp.status == 429
+    assert (resp.headers["retry-after"], resp.headers["retry-after-ms"]) == ("86400",
+                                                                            "86400000")
+    assert_openai_error(await resp.json())

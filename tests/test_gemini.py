@@ -30,7 +30,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamproxy.openai_api.chunks import ChunkEncoder
-from streamproxy.providers.gemini.errors import google_error
+from streamproxy.providers.gemini.errors import RETRY_INFO, google_error
 from streamproxy.providers.gemini.stream import GeminiStreamTranslator
 from tests.conftest import provider_config
 from tests.helpers import (
@@ -368,6 +368,19 @@ async def test_a_429s_retry_info_is_the_wait_for_retries_and_the_client(proxy: A
     assert resp.status == 429 and len(upstream.requests) == 2
     assert 0.4 <= waited < 2.0  # Google's 0.4 s, not a backoff of 0.125-0.25 s
     assert (resp.headers["retry-after"], resp.headers["retry-after-ms"]) == ("1", "400")
+
+
+async def test_an_absurd_retry_delay_is_still_answered(proxy: Any, upstream: Any) -> None:
+    # A finite retryDelay past ~1e305 s overflowed the client's retry-after-ms: an empty reply.
+    upstream.status = 429
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({"error": {"code": 429, "message": "Quota exceeded.",
+                                            "details": [{"@type": RETRY_INFO,
+                                                         "retryDelay": "1e306s"}]}})
+    client = await proxy(provider_config("gemini", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "messages": USER})
+    assert resp.status == 429 and resp.headers["retry-after"] == "86400"
+    assert (await resp.json())["error"]["message"] == "Quota exceeded."
 
 
 @pytest.mark.parametrize("delay", ["soon", "-1s", "nans", 24])

@@ -19,6 +19,9 @@ TRACE_HEADER = "x-portkey-trace-id"
 # OpenAI's request id header: the SDKs expose it as `response._request_id` and
 # `APIStatusError.request_id`. It carries the trace id, the id the access log knows.
 REQUEST_ID_HEADER = "x-request-id"
+# The longest wait a client is told: an upstream may name any (Gemini's retryDelay "1e306s"),
+# and one past ~1e305 s overflowed `retry-after-ms` (the client got an empty reply).
+MAX_RETRY_AFTER = 86400.0
 
 
 def trace_headers(trace_id: str) -> dict[str, str]:
@@ -34,6 +37,7 @@ def error_headers(err: ProxyError, request_headers: Mapping[str, str]) -> dict[s
         headers.update(trace_headers(request_headers[TRACE_HEADER]))
     retry_after = getattr(err, "retry_after", None)
     if retry_after is not None:
+        retry_after = min(retry_after, MAX_RETRY_AFTER)
         # Whole seconds, never early (HTTP); the SDKs read OpenAI's `retry-after-ms` first,
         # which keeps an upstream's sub-second wait as it was.
         headers["retry-after"] = str(max(1, math.ceil(retry_after)))
