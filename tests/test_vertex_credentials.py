@@ -215,6 +215,29 @@ async def test_no_application_default_credentials_is_a_clear_error(
         await GoogleToken(None, 300, provider="v").get()
 
 
+async def test_a_broken_adc_file_found_at_first_use_is_a_502_that_quotes_no_secret(
+        proxy: Any, upstream: Any, tmp_path: Path, rsa_key: rsa.RSAPrivateKey,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """gcloud's ADC file is not checked at startup: google-auth's error about it wraps one
+    that quotes the malformed field (here the private key, given as a list of its lines)."""
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))
+    write_key_file(tmp_path / "application_default_credentials.json", rsa_key,
+                   GOOGLE_TOKEN_URI, private_key=pem(rsa_key).splitlines())
+    client = await proxy(vertex(upstream.url, credentials="adc"))
+    resp = await ask(client, stream=False)
+    assert resp.status == 502
+    text = await resp.text()
+    err = json.loads(text)["error"]
+    assert err["code"] == "upstream_credentials_unavailable"
+    assert err["message"].startswith("provider 'v': Failed to load service account "
+                                     "credentials from ")
+    assert pem(rsa_key).splitlines()[1] not in text
+    assert "application_default_credentials.json" in caplog.text  # which file, for the log
+    assert "PRIVATE KEY" not in caplog.text and "PRIVATE KEY" not in text
+    assert not upstream.requests
+
+
 async def test_a_refused_refresh_is_a_502_that_quotes_no_secret(
         proxy: Any, upstream: Any, token_endpoint: TokenEndpoint, key_file: str,
         rsa_key: rsa.RSAPrivateKey, caplog: pytest.LogCaptureFixture) -> None:

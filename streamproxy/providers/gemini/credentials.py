@@ -108,8 +108,12 @@ class GoogleToken(TokenSource):
             log.warning("provider %r: Google token endpoint unreachable: %s", self._provider,
                         str(e)[:300])
             raise self._fail("could not reach Google's token endpoint") from None
-        except exceptions.DefaultCredentialsError as e:  # where it looked, no secret
-            raise self._fail(str(e).split("\n")[0][:300]) from None
+        except exceptions.DefaultCredentialsError as e:  # where it looked
+            where = _where_it_looked(e)
+            cause = e.__cause__ or (e.args[1] if len(e.args) > 1 else None)
+            log.warning("provider %r: Google credentials not loaded: %s%s", self._provider,
+                        where, f" ({type(cause).__name__})" if cause is not None else "")
+            raise self._fail(where) from None
         except Exception as e:  # a malformed token answer, a broken external_account file
             log.warning("provider %r: Google credentials failed: %r", self._provider, e)
             raise self._fail(f"Google credentials failed ({type(e).__name__})") from None
@@ -148,6 +152,14 @@ class _TimedRequest:
     def __call__(self, url: str, method: str = "GET", body: Any = None,
                  headers: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
         return self._request(url, method, body, headers, timeout or self._timeout, **kwargs)
+
+
+def _where_it_looked(e: Exception) -> str:
+    """The first line of google-auth's own message, without the error it wraps: a malformed
+    field's value is quoted there (a private_key given as a list: "['-----BEGIN…'] could
+    not be converted to bytes")."""
+    message = e.args[0] if e.args and isinstance(e.args[0], str) else type(e).__name__
+    return message.split("\n")[0][:300]
 
 
 def _oauth_error(e: Exception) -> str:
