@@ -39,6 +39,23 @@ def test_a_value_outside_openais_is_a_400_naming_it(provider: str, effort: Any) 
     assert "'xhigh'" in str(caught.value)
 
 
+# Each provider's own thinking knob, which wins over reasoning_effort where both are given.
+NATIVE_THINKING = {"anthropic": {"thinking": {"type": "disabled"}},
+                   "bedrock-claude": {"additionalModelRequestFields": {"thinking": {
+                       "type": "disabled"}}},
+                   "gemini": {"thinking_config": {"thinkingBudget": 0}},
+                   "cohere": {"thinking": {"type": "disabled"}},
+                   "ollama": {"think": False}}
+
+
+@pytest.mark.parametrize("provider", NATIVE_THINKING)
+def test_a_value_outside_openais_is_a_400_beside_a_native_thinking_knob(provider: str) -> None:
+    # The native knob wins over a valid effort; an invalid one is still the client's mistake.
+    with pytest.raises(InvalidRequest) as caught:
+        TRANSLATORS[provider]({**body("extreme"), **NATIVE_THINKING[provider]})
+    assert caught.value.param == "reasoning_effort"
+
+
 @pytest.mark.parametrize("provider", TRANSLATORS)
 @pytest.mark.parametrize("effort", [*REASONING_EFFORTS, None])
 def test_every_openai_value_is_taken(provider: str, effort: Any) -> None:

@@ -106,9 +106,9 @@ def _generation_config(body: dict[str, Any], model: str) -> dict[str, Any]:
 
 
 def _thinking(body: dict[str, Any], model: str) -> dict[str, Any] | None:
+    effort = reasoning_effort(body)  # checked even where a native thinking_config wins
     if body.get("thinking_config") is not None:  # native, wins over reasoning_effort
         return body["thinking_config"]
-    effort = reasoning_effort(body)
     if effort is None:
         return None
     # Gemini 2.x takes a token budget; Gemini 3 a level (it rejects both together).

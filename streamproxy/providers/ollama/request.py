@@ -69,10 +69,11 @@ def to_ollama(body: dict[str, Any], model: str, *, stream: bool,
             raise InvalidRequest("'response_format.json_schema.schema' must be an object.",
                                  param="response_format.json_schema.schema")
         out["format"] = schema
+    effort = reasoning_effort(body)  # checked even where a native `think` wins
     if "think" in body:
         out["think"] = body["think"]
-    elif reasoning_effort(body) is not None:
-        out["think"] = _think(body["reasoning_effort"], model)
+    elif effort is not None:
+        out["think"] = _think(effort, model)
     if body.get("keep_alive") is not None:
         out["keep_alive"] = body["keep_alive"]
     if body.get("logprobs"):  # Ollama 0.12.11 and later; older ones ignore both
