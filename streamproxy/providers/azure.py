@@ -91,7 +91,8 @@ class AzureOpenAIProvider(OpenAIProvider):
     def asks_stream_usage(self) -> bool:  # type: ignore[override]
         """Whether streamed requests ask for usage: not on an api-version older than
         STREAM_USAGE_SINCE (2024-06-01 and 2024-02-01 are still common), which would refuse
-        every stream; those streams then carry no usage unless the client asked for it."""
+        every stream; those streams carry no usage (a client's own `stream_options`, sent
+        as written, gets that 400)."""
         version = self.cfg.options["api_version"]
         return not (_DATED.match(version) and version[:10] < STREAM_USAGE_SINCE)
 
