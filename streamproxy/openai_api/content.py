@@ -113,9 +113,9 @@ def reasoning_effort(body: dict[str, Any]) -> str | None:
                          f"are: {supported}.", param="reasoning_effort", code="invalid_value")
 
 
-# OpenAI request fields that no translated provider can take: every translating provider
-# drops them (the README's "common" list). `store` and `stream_options.include_usage` are
-# honoured by the proxy itself.
+# OpenAI request fields that translated providers lack: every translating provider drops
+# them (the README's "common" list), but Gemini/Vertex and Ollama map `logprobs` and
+# `top_logprobs`. `store` and `stream_options.include_usage` are honoured by the proxy itself.
 OPENAI_ONLY = frozenset({
     "audio", "function_call", "functions", "logit_bias", "logprobs", "metadata", "modalities",
     "prediction", "prompt_cache_key", "safety_identifier", "service_tier", "store",
