@@ -4,6 +4,7 @@ hands to aiohttp, and HTTP/1.1 connection behaviour (keep-alive, pipelining, clo
 from __future__ import annotations
 
 import asyncio
+import builtins
 import gzip
 import zlib
 from typing import Any
@@ -350,3 +351,26 @@ def test_a_close_in_any_connection_header_closes(first: bytes, last: bytes) -> N
     for parse in (f.parse_head, f.parse_head_exactly):
         parsed = parse(head)
         assert parsed is not None and parsed[2] is True
+
+
+async def test_a_served_request_runs_no_import_statement(lean: Any, monkeypatch: Any) -> None:
+    # An `import` inside a function runs on every call (~7k instructions even when the module
+    # is loaded): none belongs on the per-request path.
+    reader, writer = await connect(lean)
+    writer.write(chat_request())
+    await read_response(reader)  # (a first request may load what it lazily needs)
+    imported: list[str] = []
+    real_import = builtins.__import__
+
+    def recording(name: str, *args: Any, **kwargs: Any) -> Any:
+        imported.append(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", recording)
+    for _ in range(2):
+        writer.write(chat_request())
+        status, _, _ = await read_response(reader)
+        assert status == 200
+    monkeypatch.undo()
+    assert imported == []
+    writer.close()

@@ -2,7 +2,7 @@
 
 Per request, in Portkey's form: the config's `cache: {mode: simple, max_age: <seconds>}`,
 whichever way the config came (`x-portkey-config` header JSON or name, a route, the default
-config: routing/gateway.py), read through `cache_config_for`.
+config: routing/gateway.py); the planner hands each attempt its leaf's (`Attempt.cache`).
 
 The operator's defaults and the backend, in the `cache:` top-level YAML section:
 
@@ -18,17 +18,11 @@ The operator's defaults and the backend, in the `cache:` top-level YAML section:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-import orjson
+from typing import Any
 
 from streamproxy.config import Config, ConfigError
 from streamproxy.errors import InvalidRequest
 
-if TYPE_CHECKING:
-    from streamproxy.server.exchange import Exchange
-
-CONFIG_HEADER = "x-portkey-config"
 FORCE_REFRESH_HEADER = "x-portkey-cache-force-refresh"
 NAMESPACE_HEADER = "x-portkey-cache-namespace"
 MODES = ("simple",)
@@ -80,29 +74,6 @@ def parse_cache_settings(config: Config) -> CacheSettings:
             raise ConfigError(source, where, f"unknown key (known: {', '.join(_KEYS)})")
         out[key] = value
     return CacheSettings(**out)
-
-
-def cache_config_for(request: Exchange) -> dict[str, Any] | None:
-    """The request's Portkey `cache` object: the `cache` of the config its plan came from
-    (the `x-portkey-config` header, a named YAML config, a route's or the default config).
-    Without a plan, the top-level `cache` of the header's JSON. None when absent."""
-    from streamproxy.server.handlers import PLAN  # (the handler imports this module)
-
-    plan = request.get(PLAN)
-    if plan is not None:
-        return plan.cache
-    value = request.headers.get(CONFIG_HEADER)
-    if not value or value.lstrip()[:1] != "{":
-        return None
-    try:
-        config = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None  # the config's owner reports malformed JSON; the cache just stays off
-    cache = config.get("cache") if isinstance(config, dict) else None
-    if cache is not None and not isinstance(cache, dict):
-        raise InvalidRequest("The config's 'cache' must be an object like "
-                             '{"mode": "simple", "max_age": 60}.', param="cache")
-    return cache
 
 
 def max_age_for(cache: dict[str, Any] | None, settings: CacheSettings) -> float | None:

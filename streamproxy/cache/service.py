@@ -28,7 +28,6 @@ from streamproxy.cache.config import (
     FORCE_REFRESH_HEADER,
     NAMESPACE_HEADER,
     CacheSettings,
-    cache_config_for,
     max_age_for,
 )
 from streamproxy.cache.key import cache_key
@@ -88,7 +87,7 @@ class ResponseCache:
         if (req.body.get("n") or 1) > 1:
             _note(request, record, "DISABLED")  # a replay carries one choice
             return False
-        max_age = max_age_for(cache_config_for(request), self.settings)
+        max_age = max_age_for(attempts[0].cache, self.settings)  # (the first target's)
         if max_age is None:
             _note(request, record, "DISABLED")
             if len(attempts) > 1 and any(a.cache is not None for a in attempts[1:]):

@@ -48,11 +48,6 @@ class Attempt:
 class Plan:
     attempts: list[Attempt]
 
-    @property
-    def cache(self) -> dict[str, Any] | None:
-        """The request's `cache` config: its first target's (where the cache looks)."""
-        return self.attempts[0].cache
-
     def next_after(self, index: int, status: int) -> int | None:
         """The attempt to try after `index` failed with `status`, or None: the request fails."""
         groups = self.attempts[index].groups

@@ -33,7 +33,6 @@ from streamproxy.server.store_and_cache import before_upstream
 # Portkey's x-portkey-retry-attempt-count when the target whose error is returned used up its
 # retries (automatic-retries: "-1: all retries exhausted, request failed").
 RETRIES_EXHAUSTED = "-1"
-PLAN = web.RequestKey("streamproxy_plan", Plan)  # read by the cache for the config's `cache`
 SSE_HEADERS = {
     "content-type": "text/event-stream; charset=utf-8",
     "cache-control": "no-cache",
@@ -147,7 +146,6 @@ async def _answer(ex: Exchange, state: AppState, req: ChatRequest,
     record.metadata = parse_metadata(ex.headers)
     plan = state.gateway.plan(ex.headers, req, record.metadata)
     _only_allowed(ex, plan)
-    ex[PLAN] = plan
     # Stored completions and the response cache (issue 7): a cache hit is answered here.
     if await before_upstream(ex, req, plan.attempts, record):
         return
