@@ -374,3 +374,28 @@ async def test_a_served_request_runs_no_import_statement(lean: Any, monkeypatch:
     monkeypatch.undo()
     assert imported == []
     writer.close()
+
+
+async def test_keep_alive_requests_arm_no_timer_of_their_own(lean: Any, monkeypatch: Any) -> None:
+    # The connection's one timer (keep-alive, read timeouts) stays armed while a request is
+    # served and only checks the time when it fires: a request neither cancels nor re-arms it.
+    reader, writer = await connect(lean)
+    writer.write(chat_request())
+    await read_response(reader)
+    loop = asyncio.get_running_loop()
+    armed: list[float] = []
+    call_at = loop.call_at
+
+    def recording(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(callback, "__func__", None) is front.Connection._check_timeouts:
+            armed.append(when)
+        return call_at(when, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", recording)
+    for _ in range(3):
+        writer.write(chat_request())
+        status, _, _ = await read_response(reader)
+        assert status == 200
+    monkeypatch.undo()
+    assert armed == []
+    writer.close()

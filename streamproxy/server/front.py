@@ -115,6 +115,11 @@ class Front:
     def __call__(self) -> Connection:
         return Connection(self)
 
+    def check_every(self) -> float:
+        """How far ahead a connection's timer is ever set: it fires before any timeout runs
+        out. (Called when the timer is armed, not per request.)"""
+        return min(KEEPALIVE_TIMEOUT, self.read_timeouts.step)
+
     def pre_shutdown(self) -> None:
         self.stopping = True
         for conn in list(self.connections):
@@ -228,7 +233,7 @@ class Connection(asyncio.Protocol):
         self._scanned = 0  # how far the buffer is known to hold no head end
         self._head: tuple[CIMultiDict[str], int, int, bool] | None = None  # awaiting its body
         self.task: asyncio.Task[None] | None = None  # the request being served
-        self._timer: asyncio.TimerHandle | None = None  # keep-alive or read timeout, not serving
+        self._timer: asyncio.TimerHandle | None = None  # keep-alive and read timeouts
         self._last_read = 0.0  # when bytes last came (or the connection was last ready for them)
         self.closing = False  # close once the request being served is answered
         self._paused = False  # reading paused: pipelined requests wait
@@ -300,9 +305,6 @@ class Connection(asyncio.Protocol):
         body = bytes(buf[start:start + length])
         del buf[:start + length]
         self._head = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         ex = LeanExchange(self, headers, body, close or self._front.stopping)
         self.task = self._front.loop.create_task(self._serve(ex))
 
@@ -341,17 +343,24 @@ class Connection(asyncio.Protocol):
         handler.data_received(data)
 
     def _wait_for_request(self) -> None:
-        """Ready for a request: the timer starts, for the keep-alive timeout (or the read
-        timeout of a request that starts before it runs out)."""
+        """Ready for a request: the keep-alive timeout (or the read timeout of a request that
+        starts before it runs out) counts from now. The timer is armed once per connection,
+        never more than `check_every()` ahead."""
         loop = self._front.loop
         self._last_read = now = loop.time()  # bytes that waited while we served: no gap
-        self._timer = loop.call_at(now + min(KEEPALIVE_TIMEOUT, self._front.read_timeouts.step),
-                                   self._check_timeouts)
+        if self._timer is None:
+            self._timer = loop.call_at(now + self._front.check_every(), self._check_timeouts)
 
     def _check_timeouts(self) -> None:
-        """The timer, while no request is served: between requests the keep-alive timeout;
-        once one is arriving, the gap allowed between reads of its head or its body. Reads
-        only store their time; this sets the timer again when no timeout has run out."""
+        """The timer: between requests the keep-alive timeout; once one is arriving, the gap
+        allowed between reads of its head or its body; none while a request is served (the
+        timer stays armed then, so that a request neither cancels nor re-arms it). Reads only
+        store their time; this sets the timer again when no timeout has run out."""
+        loop = self._front.loop
+        now = loop.time()
+        if self.task is not None:
+            self._timer = loop.call_at(now + self._front.check_every(), self._check_timeouts)
+            return
         timeouts = self._front.read_timeouts
         if self._head is not None:
             timeout = timeouts.body
@@ -359,11 +368,10 @@ class Connection(asyncio.Protocol):
             timeout = timeouts.header
         else:
             timeout = KEEPALIVE_TIMEOUT
-        loop = self._front.loop
-        now = loop.time()
         due = self._last_read + timeout
-        if now < due:  # (the next read may start a head, or a body: `step` overshoots neither)
-            self._timer = loop.call_at(min(due, now + timeouts.step), self._check_timeouts)
+        if now < due:  # (the next read may start a head, or a body: the step overshoots neither)
+            self._timer = loop.call_at(min(due, now + self._front.check_every()),
+                                       self._check_timeouts)
             return
         self._timer = None
         if self._buf:
