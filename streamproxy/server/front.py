@@ -506,8 +506,11 @@ class LeanExchange:
         response = ResponseHead(status, headers)
         for hook in self._conn._front.prepare_hooks:
             await hook(self, response)
-        fields = "".join([f"{name}: {value}\r\n" for name, value in response.headers.items()])
-        return b"HTTP/1.1 %d %s\r\n%bdate: %b\r\n%b" % (
+        # One str.join per line, no loop in Python: it takes the names, multidict's istr, as
+        # they are (an f-string calls the subclass's __format__ for each). Never empty: every
+        # answer has a content-type.
+        fields = "\r\n".join(map(": ".join, response.headers.items()))
+        return b"HTTP/1.1 %d %s\r\n%b\r\ndate: %b\r\n%b" % (
             status, _REASONS.get(status, b"Unknown"), fields.encode(), _http_date(),
             b"connection: close\r\n" if self.close else b"")
 
