@@ -26,7 +26,9 @@ NO_RETRY = RetrySpec()
 Group = tuple[int, int, frozenset[int] | None]  # (group id, child position, trigger codes)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though nothing changes one: a frozen dataclass's __init__ sets each field through
+# object.__setattr__ (~3x the cost), and every request builds at least one.
+@dataclass(slots=True)
 class Attempt:
     target: Target
     path: str  # where the leaf sits in the config, e.g. "config.targets[1]"
