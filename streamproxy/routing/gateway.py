@@ -179,10 +179,10 @@ class Gateway:
             # takes the header's virtual key as a target that names nothing does.
             raw: dict[str, Any] = {"retry": {"attempts": req.retries}} if req.retries else {}
             return parse_config(raw, "config")
-        explicit = named or self.router.split_model(model)[0]
-        if not explicit and self.settings.default_config:
-            return self.settings.configs[self.settings.default_config]
-        return None
+        default = self.settings.default_config
+        if default and not (named or self.router.split_model(model)[0]):  # nothing explicit
+            return self.settings.configs[default]
+        return None  # (an unknown `@name/` prefix is refused by the router's resolve)
 
     def _named_by_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
         """The target the request's headers name, as a config target's fields: a virtual key
