@@ -326,3 +326,21 @@ async def test_openai_sdk_sees_a_truncated_stream_as_an_error(proxy: Any,
         async for chunk in stream:
             text += chunk.choices[0].delta.content or "" if chunk.choices else ""
     assert text == "partial"
+
+
+def test_assistant_reasoning_goes_back_as_thinking() -> None:
+    # Ollama's docs ask for an assistant turn's `thinking` in the history (gpt-oss otherwise
+    # forgets why it called its tools); we stream it as `reasoning_content`.
+    body = {"messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "reasoning_content": "Need the weather tool.",
+         "tool_calls": [{"id": "c1", "type": "function",
+                         "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "18C"},
+        {"role": "assistant", "content": "It is 18C.", "reasoning_content": ""},
+    ]}
+    messages = to_ollama(body, "gpt-oss:20b", stream=True)["messages"]
+    assert messages[1] == {"role": "assistant", "content": "", "thinking": "Need the weather tool.",
+                           "tool_calls": [{"function": {"name": "get_weather",
+                                                        "arguments": {"city": "Paris"}}}]}
+    assert messages[3] == {"role": "assistant", "content": "It is 18C."}

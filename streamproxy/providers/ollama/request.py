@@ -6,6 +6,9 @@ Choices (docs/providers/others.md "ollama"):
   (Ollama takes no URLs, and the proxy fetches nothing on a client's behalf);
 - assistant tool calls go back with their arguments as objects; a tool result carries the
   function's name (`tool_name`), looked up from the assistant call it answers;
+- an assistant turn's `reasoning_content` (where we stream Ollama's `thinking`) goes back as
+  its `thinking`: Ollama's docs ask for it in the history, and gpt-oss, which reasons before
+  its tool calls, otherwise loses why it made them;
 - `tool_choice: "none"` sends no tools; a named tool_choice sends only that tool; Ollama has no
   way to force a call, so `"required"` is best effort (documented);
 - `response_format` json_object → `format: "json"`, json_schema → `format: <schema>`;
@@ -120,6 +123,9 @@ def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(_user(m.get("content"), i))
         elif role == "assistant":
             msg: dict[str, Any] = {"role": "assistant", "content": _text(m.get("content"), i)}
+            thinking = m.get("reasoning_content")
+            if isinstance(thinking, str) and thinking:
+                msg["thinking"] = thinking
             calls = []
             for j, call in enumerate(m.get("tool_calls") or []):
                 fn = call["function"]
