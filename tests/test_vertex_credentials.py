@@ -12,6 +12,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from streamproxy.cli import main
 from streamproxy.config import ConfigError
-from streamproxy.providers.gemini.auth import TokenUnavailable
+from streamproxy.providers.gemini.auth import FAILURE_BACKOFF, TokenUnavailable
 from streamproxy.providers.gemini.credentials import GoogleToken
 from tests.helpers import Clock, collect, make_config, sse_chunks
 
@@ -65,6 +66,7 @@ class TokenEndpoint:
         self.answer: dict[str, Any] | None = None  # None: a fresh token
         self.expires_in = 3600
         self.delay = 0.0
+        self.held: asyncio.Event | None = None  # set: the answer trickles until it is set
         self.url = ""
 
     def app(self) -> web.Application:
@@ -78,7 +80,25 @@ class TokenEndpoint:
         await asyncio.sleep(self.delay)
         answer = self.answer or {"access_token": f"ya29.token-{len(self.grants)}",
                                  "expires_in": self.expires_in, "token_type": "Bearer"}
-        return web.json_response(answer, status=self.status)
+        if self.held is None:
+            return web.json_response(answer, status=self.status)
+        return await self.trickle(request, orjson.dumps(answer), self.held)
+
+    async def trickle(self, request: web.Request, answer: bytes,
+                      held: asyncio.Event) -> web.StreamResponse:
+        """A space every 50 ms (at most 5 s) until `held` is set, then the answer: each read
+        is quick, so a bound on each read never ends the fetch."""
+        resp = web.StreamResponse(status=self.status,
+                                  headers={"content-type": "application/json"})
+        await resp.prepare(request)
+        for _ in range(100):
+            if held.is_set():
+                break
+            await resp.write(b" ")
+            await asyncio.sleep(0.05)
+        await resp.write(answer)
+        await resp.write_eof()
+        return resp
 
 
 @pytest.fixture
@@ -203,6 +223,55 @@ async def test_a_token_past_its_expiry_is_never_served(token_endpoint: TokenEndp
     clock.now = 3601  # expired: the request waits for a fetch, which fails
     with pytest.raises(TokenUnavailable, match="invalid_grant"):
         await source.get()
+
+
+async def test_a_trickling_token_endpoint_is_cut_at_the_deadline_by_one_fetch_only(
+        token_endpoint: TokenEndpoint, key_file: str) -> None:
+    """Each read of the answer is quick, so only a deadline on the whole fetch ends the wait;
+    its thread cannot be stopped, so later requests wait for that same fetch (never a thread
+    more per timeout), and the token it brings in the end is kept."""
+    clock = Clock()
+    token_endpoint.held = asyncio.Event()
+    source = GoogleToken(key_file, 300, provider="v", clock=clock, deadline=0.3)
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            with pytest.raises(TokenUnavailable, match=r"took more than 0\.3s"):
+                await source.get()
+            assert time.monotonic() - started < 2
+            clock.now += FAILURE_BACKOFF  # the next request tries again
+        assert len(token_endpoint.grants) == 1 and source.runs == 1
+    finally:
+        token_endpoint.held.set()
+    worker = source._worker
+    assert worker is not None and await worker == "ya29.token-1"
+    assert await source.get() == "ya29.token-1" and source.runs == 1
+
+
+async def test_a_trickling_token_endpoint_is_a_502_not_a_wait_for_the_first_token(
+        proxy: Any, upstream: Any, token_endpoint: TokenEndpoint, key_file: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("streamproxy.providers.gemini.credentials.FETCH_DEADLINE", 0.3)
+    token_endpoint.held = asyncio.Event()
+    upstream.body = ANSWER
+    client = await proxy(vertex(upstream.url, credentials_file=key_file))
+    try:
+        resp = await asyncio.wait_for(ask(client), 3)
+    finally:
+        token_endpoint.held.set()
+    assert resp.status == 502
+    err = (await resp.json())["error"]
+    assert err["code"] == "upstream_credentials_unavailable"
+    assert err["message"] == "provider 'v': the token fetch took more than 0.3s"
+    assert not upstream.requests
+    for _ in range(40):  # the late token, once it lands, serves the next requests
+        resp = await ask(client)
+        await resp.read()
+        if resp.status == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert [bearer(r) for r in upstream.requests] == ["Bearer ya29.token-1"]
+    assert len(token_endpoint.grants) == 1
 
 
 async def test_no_application_default_credentials_is_a_clear_error(

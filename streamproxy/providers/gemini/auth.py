@@ -25,6 +25,9 @@ from streamproxy.errors import ProxyError
 log = logging.getLogger("streamproxy.providers.vertex")
 
 COMMAND_TIMEOUT = 30.0  # seconds one run may take before it is killed
+# Seconds requests wait for one fetch that cannot bound itself (google-auth's HTTP calls: a
+# timeout there bounds each read, and an answer trickling a byte at a time never ends it).
+FETCH_DEADLINE = 30.0
 FAILURE_BACKOFF = 5.0  # seconds before a failed fetch is tried again
 # A token with a known lifetime is refreshed this long before it expires (or halfway through
 # a shorter life), so the background run has time to finish, and to fail and retry.
@@ -41,12 +44,14 @@ Fetched = tuple[str, float | None]
 
 
 class TokenSource:
-    def __init__(self, refresh: float, *, provider: str,
+    def __init__(self, refresh: float, *, provider: str, deadline: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._refresh = refresh
         self._provider = provider
+        self._deadline = deadline  # None: `_fetch` bounds itself
         self._clock = clock
         self._token: str | None = None
+        self._worker: asyncio.Future[str] | None = None  # the fetch's thread, until it ends
         self._stale_at = 0.0  # clock time after which the next request starts a refresh
         self._expires_at = float("inf")  # clock time after which the token is not served
         self._running: asyncio.Future[str] | None = None
@@ -96,6 +101,17 @@ class TokenSource:
             self._stale_at = self._failed_at + FAILURE_BACKOFF  # keep a stale token a while
 
     async def _run(self) -> str:
+        # A thread cannot be stopped: a fetch past its deadline goes on, and the next run
+        # waits for it again rather than starting a second thread beside it (one per timeout).
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.ensure_future(self._fetch_and_keep())
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._worker), self._deadline)
+        except TimeoutError:
+            raise self._fail(f"the token fetch took more than {self._deadline:g}s") from None
+
+    async def _fetch_and_keep(self) -> str:
+        """One fetch; its token is kept even if it came after the requests gave up on it."""
         self.runs += 1
         # A worker thread: the fetch blocks (a child process, or google-auth's HTTP calls).
         token, lifetime = await asyncio.to_thread(self._fetch)

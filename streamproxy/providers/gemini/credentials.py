@@ -24,7 +24,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from streamproxy.providers.gemini.auth import COMMAND_TIMEOUT, Fetched, TokenSource
+from streamproxy.providers.gemini.auth import (
+    COMMAND_TIMEOUT,
+    FETCH_DEADLINE,
+    Fetched,
+    TokenSource,
+)
 
 log = logging.getLogger("streamproxy.providers.vertex")
 
@@ -80,8 +85,10 @@ class GoogleToken(TokenSource):
     """A token from a credentials file (`path`), or from ADC when `path` is None. It is
     refreshed before the expiry Google gives it; `refresh` is only for a token without one."""
 
-    def __init__(self, path: str | None, refresh: float, *, provider: str, **kw: Any) -> None:
-        super().__init__(refresh, provider=provider, **kw)
+    def __init__(self, path: str | None, refresh: float, *, provider: str,
+                 deadline: float | None = None, **kw: Any) -> None:
+        # FETCH_DEADLINE read here, not as a default, so a test can shorten it for a proxy.
+        super().__init__(refresh, provider=provider, deadline=deadline or FETCH_DEADLINE, **kw)
         self._path = os.path.expanduser(path) if path else None
         self._credentials: Any = None
         self._request: Any = None
