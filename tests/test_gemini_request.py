@@ -339,6 +339,14 @@ async def test_a_failing_command_backs_off(tmp_path: Any) -> None:
     assert source.runs == 1  # the second request did not run it again right away
 
 
+@pytest.mark.parametrize("printed", ["tok en", "tok\x00en", "t\u00f6ken", ""])
+async def test_a_command_that_prints_no_sendable_token_is_a_502(printed: str) -> None:
+    source = CommandToken([sys.executable, "-c", f"print({printed!r})"], 60, provider="v")
+    with pytest.raises(TokenUnavailable, match="did not print a single token"):
+        await source.get()
+    assert source.cached is None
+
+
 async def test_missing_command_and_timeout(tmp_path: Any) -> None:
     missing = CommandToken([str(tmp_path / "no-such-command")], 60, provider="v")
     with pytest.raises(TokenUnavailable, match="could not run"):

@@ -274,6 +274,35 @@ async def test_a_trickling_token_endpoint_is_a_502_not_a_wait_for_the_first_toke
     assert len(token_endpoint.grants) == 1
 
 
+@pytest.mark.parametrize("token", ["ya29.a\r\nx-injected: 1", "ya29.a b", "ya29.\x00",
+                                   "ya29.é", ["ya29.a"], 42])
+async def test_an_access_token_that_cannot_be_sent_is_a_502_and_not_kept(
+        proxy: Any, upstream: Any, token_endpoint: TokenEndpoint, key_file: str,
+        token: Any) -> None:
+    token_endpoint.answer = {"access_token": token, "expires_in": 3600}
+    client = await proxy(vertex(upstream.url, credentials_file=key_file))
+    resp = await ask(client, stream=False)
+    assert resp.status == 502
+    err = (await resp.json())["error"]
+    assert err == {**err, "code": "upstream_credentials_unavailable",
+                   "message": "provider 'v': Google's token endpoint answered a malformed "
+                              "access token"}
+    assert not upstream.requests
+
+
+async def test_a_malformed_access_token_is_not_cached(token_endpoint: TokenEndpoint,
+                                                      key_file: str) -> None:
+    clock = Clock()
+    token_endpoint.answer = {"access_token": "ya29.a\r\nb", "expires_in": 3600}
+    source = GoogleToken(key_file, 300, provider="v", clock=clock)
+    with pytest.raises(TokenUnavailable, match="malformed"):
+        await source.get()
+    assert source.cached is None
+    token_endpoint.answer = None
+    clock.now += FAILURE_BACKOFF
+    assert await source.get() == "ya29.token-2"
+
+
 async def test_no_application_default_credentials_is_a_clear_error(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)

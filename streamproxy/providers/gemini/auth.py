@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -41,6 +42,14 @@ class TokenUnavailable(ProxyError):
 
 # A fetched token and how many seconds it stays valid (None: unknown, reuse it `refresh` s).
 Fetched = tuple[str, float | None]
+
+# What `Authorization: Bearer …` can carry: visible ASCII, no space (RFC 6750's b64token is a
+# subset). A CR, LF or other control character there would fail every request until expiry.
+_SENDABLE_TOKEN = re.compile(r"[!-~]+")
+
+
+def is_sendable_token(token: object) -> bool:
+    return isinstance(token, str) and _SENDABLE_TOKEN.fullmatch(token) is not None
 
 
 class TokenSource:
@@ -152,7 +161,7 @@ class CommandToken(TokenSource):
                         tail[0][:300])
             raise self._fail(f"token_command '{name}' exited with status {proc.returncode}")
         token = proc.stdout.decode(errors="replace").strip()
-        if not token or any(c.isspace() for c in token):
+        if not is_sendable_token(token):
             raise self._fail(f"token_command '{name}' did not print a single token")
         return token, None
 

@@ -29,6 +29,7 @@ from streamproxy.providers.gemini.auth import (
     FETCH_DEADLINE,
     Fetched,
     TokenSource,
+    is_sendable_token,
 )
 
 log = logging.getLogger("streamproxy.providers.vertex")
@@ -127,6 +128,8 @@ class GoogleToken(TokenSource):
         token = credentials.token
         if not token:
             raise self._fail("Google's token endpoint answered no access token")
+        if not is_sendable_token(token):  # never cached: it would fail every request
+            raise self._fail("Google's token endpoint answered a malformed access token")
         expiry = credentials.expiry  # naive UTC, google-auth's convention
         lifetime = None if expiry is None else \
             (expiry - datetime.now(UTC).replace(tzinfo=None)).total_seconds()
