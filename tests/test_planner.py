@@ -26,6 +26,7 @@ class FakeProvider:
     def __init__(self, name: str) -> None:
         self.name = name
         self.cfg = type("Cfg", (), {"base_url": None, "default_model": None})()
+        self.endpoint = ""
 
 
 def resolver(leaf: ConfigNode) -> Target:
@@ -443,6 +444,38 @@ def test_the_sdks_provider_option_headers_apply_where_the_provider_takes_them() 
     assert "/ap-south-1/bedrock/aws4_request" in sent.headers["Authorization"]
     sent = sent_with_headers(gateway, {"x-portkey-config": '{"provider": "aws"}', **options})
     assert "/eu-west-1/bedrock/aws4_request" in sent.headers["Authorization"]
+
+
+def test_a_breaker_is_kept_per_region() -> None:
+    # Two regions are two endpoints that fail apart: a cross-region fallback skips the one
+    # whose breaker is open (one shared state opened both, and with all open the breakers
+    # were bypassed: the failing region was tried first every time).
+    gateway = gateway_for()
+    breaker = {"failure_threshold": 1, "cooldown_interval": 60000}
+    config = orjson.dumps({"strategy": {"mode": "fallback", "cb_config": breaker}, "targets": [
+        {"provider": "aws", "aws_region": "us-east-1"},
+        {"provider": "aws", "aws_region": "eu-west-1"}]}).decode()
+    first = planned(gateway, {"x-portkey-config": config})
+    gateway.breakers.record(first[0].breaker_key, first[0].breaker, 500)
+    assert [a.target.provider.region for a in planned(gateway, {"x-portkey-config": config})
+            ] == ["eu-west-1"]
+    # The SDK's region header: a breaker opened in one Vertex location leaves another closed.
+    config = orjson.dumps({"strategy": {"mode": "fallback", "cb_config": breaker},
+                           "targets": [{"provider": "vx"}, {"provider": "oa"}]}).decode()
+    headers = {"x-portkey-config": config, "x-portkey-vertex-region": "us-central1"}
+    down = planned(gateway, headers)[0]
+    gateway.breakers.record(down.breaker_key, down.breaker, 500)
+    assert [a.target.provider.name for a in planned(gateway, headers)] == ["oa"]
+    elsewhere = planned(gateway, {**headers, "x-portkey-vertex-region": "europe-west4"})
+    assert [a.target.provider.name for a in elsewhere] == ["vx", "oa"]
+
+
+def planned(gateway: Any, headers: dict[str, str]) -> list[Any]:
+    from streamproxy.openai_api.request import parse_chat_request
+
+    req = parse_chat_request(orjson.dumps({"model": "m", "messages": [
+        {"role": "user", "content": "hi"}]}))
+    return gateway.plan(headers, req, None).attempts
 
 
 def test_a_provider_option_header_is_an_id_never_a_host() -> None:

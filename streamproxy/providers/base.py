@@ -140,6 +140,12 @@ class Provider:
             raise ProxyError(f"provider '{self.name}' has no base_url")
         return self.cfg.base_url
 
+    @property
+    def endpoint(self) -> str:
+        """Where requests go, as far as a circuit breaker tells targets apart (its key): the
+        configured base URL; a regional type adds its region, which fails on its own."""
+        return self.cfg.base_url or ""
+
     def model_for(self, target: Target) -> str:
         model = target.model or self.cfg.default_model
         if not model:

@@ -43,7 +43,7 @@ class Attempt:
     @property
     def breaker_key(self) -> str:
         t = self.target
-        return f"{t.provider.name}|{t.model or ''}|{t.provider.cfg.base_url or ''}"
+        return f"{t.provider.name}|{t.model or ''}|{t.provider.endpoint}"
 
 
 @dataclass(slots=True)
@@ -146,8 +146,8 @@ def plan(root: ConfigNode, resolve: Resolve, *, rng: random.Random,
     targets = {leaf.path: resolve(leaf) for leaf in root.leaves()}
     walk = _Walk(resolve, rng, breakers, metadata or {}, params or {}, path, targets)
     attempts = walk.attempts(root, ())
-    closed = [a for a in attempts
-              if a.refusal is not None or not breakers.is_open(a.breaker_key, a.breaker)]
+    closed = [a for a in attempts if a.refusal is not None or a.breaker is None
+              or not breakers.is_open(a.breaker_key, a.breaker)]
     if any(a.refusal is None for a in closed):
         attempts = closed
     if attempts[0].refusal is not None:

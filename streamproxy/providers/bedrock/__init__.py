@@ -67,6 +67,10 @@ class BedrockProvider(Provider):
     def base_url(self) -> str:
         return self.cfg.base_url or f"https://bedrock-runtime.{self.region}.amazonaws.com"
 
+    @property
+    def endpoint(self) -> str:
+        return f"{self.cfg.base_url or ''}@{self.region}"
+
     def with_options(self, options: dict[str, str]) -> BedrockProvider:
         clone = super().with_options(options)
         assert isinstance(clone, BedrockProvider)

@@ -153,6 +153,10 @@ class VertexProvider(GeminiProvider):
             return f"https://aiplatform.{self.location}.rep.googleapis.com"
         return f"https://{self.location}-aiplatform.googleapis.com"
 
+    @property
+    def endpoint(self) -> str:
+        return f"{self.cfg.base_url or ''}@{self.location}"
+
     def with_options(self, options: dict[str, str]) -> VertexProvider:
         clone = super().with_options(options)
         assert isinstance(clone, VertexProvider)
