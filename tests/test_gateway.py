@@ -176,6 +176,25 @@ async def test_a_targets_retries_share_its_total_timeout(proxy: Any) -> None:
     assert "total timeout" in (await resp.json())["error"]["message"]
 
 
+async def test_a_targets_own_400_is_a_providers_400_to_the_fallback(proxy: Any) -> None:
+    # Claude refuses a whitespace-only stop, so its translation answers the 400 Claude would:
+    # a fallback acts on it as on any 400, moving on unless its on_status_codes leave 400 out.
+    client = await proxy(make_config({
+        "claude": {"type": "anthropic", "base_url": f"http://127.0.0.1:{closed_port()}",
+                   "api_key": "sk-claude", "default_model": "m"},
+        "gpt": {"type": "mock", "wire": "openai", "default_model": "fast"}}, default="gpt"))
+    targets = ({"provider": "claude"}, leaf("fast:tokens=2", "gpt"))
+    for stream in (True, False):
+        resp = await post(client, fallback(*targets), stream=stream, stop=["\n"])
+        assert resp.status == 200
+        assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
+        resp = await post(client, fallback(*targets, on_status_codes=[429, 500]),
+                          stream=stream, stop=["\n"])
+        assert resp.status == 400 and (await resp.json())["error"]["param"] == "stop"
+        assert resp.headers["x-portkey-provider"] == "claude"
+        assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[0]"
+
+
 async def test_an_open_circuit_is_skipped(proxy: Any) -> None:
     client = await proxy(gateway_config())
     config = json.dumps({
