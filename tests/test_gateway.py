@@ -195,6 +195,26 @@ async def test_a_targets_own_400_is_a_providers_400_to_the_fallback(proxy: Any) 
         assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[0]"
 
 
+async def test_a_targets_own_400_is_no_trial_of_its_breaker(proxy: Any) -> None:
+    # The refusal never reached the upstream, so it says nothing of its health: a half-open
+    # breaker waits for a request that does, and the next failure opens it again.
+    client = await proxy(make_config({
+        "claude": {"type": "anthropic", "base_url": f"http://127.0.0.1:{closed_port()}",
+                   "api_key": "sk-claude", "default_model": "m"},
+        "gpt": {"type": "mock", "wire": "openai", "default_model": "fast"}}, default="gpt"))
+    config = fallback({"provider": "claude"}, leaf("fast:tokens=2", "gpt"),
+                      cb_config={"failure_threshold": 2, "cooldown_interval": 100})
+    for _ in range(2):  # the upstream is down: two failures open the breaker
+        assert (await post(client, config)).headers["x-portkey-retry-attempt-count"] == "1"
+    await asyncio.sleep(0.15)  # half-open: the next request that reaches claude decides
+    resp = await post(client, config, stop=["\n"])  # refused by claude's translation
+    assert resp.status == 200
+    assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
+    assert (await post(client, config)).headers["x-portkey-retry-attempt-count"] == "1"
+    resp = await post(client, config)  # the trial failed: open again, claude is skipped
+    assert resp.headers["x-portkey-retry-attempt-count"] == "0"
+
+
 async def test_an_open_circuit_is_skipped(proxy: Any) -> None:
     client = await proxy(gateway_config())
     config = json.dumps({

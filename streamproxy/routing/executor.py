@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from streamproxy.errors import BufferOverflow, ProxyError, UpstreamStatusError
+from streamproxy.errors import BufferOverflow, InvalidRequest, ProxyError, UpstreamStatusError
 from streamproxy.ids import time_ordered_hex
 from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
 from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
@@ -141,7 +141,9 @@ class Executor:
                 result = await once(req, target, record, first_try)
             except ProxyError as e:
                 record.note_upstream_error(e)  # metrics: upstream errors by kind
-                if attempt.breaker is not None:
+                if attempt.breaker is not None and not isinstance(e, InvalidRequest):
+                    # (a 400 of the target's translation was never sent: it tells nothing of
+                    # the upstream's health, and must not close a half-open breaker)
                     self.breakers.record(attempt.breaker_key, attempt.breaker, e.status)
                 if e.status not in spec.on_status_codes:
                     raise
