@@ -24,20 +24,21 @@ MIN_BUDGET = 1024
 # xhigh (OpenAI's top effort) is more than high, within every thinking Claude's output cap
 # with the answer allowance beside it (Opus 4 / 4.1: 32000 tokens). minimal is still some
 # reasoning (on OpenAI, and as Gemini and Cohere take it): Claude's smallest budget, as low.
-EFFORT_BUDGET = {"minimal": MIN_BUDGET, "low": 1024, "medium": 4096, "high": 16384,
+EFFORT_BUDGET = {"minimal": MIN_BUDGET, "low": MIN_BUDGET, "medium": 4096, "high": 16384,
                  "xhigh": 24576}
 MIN_TOP_P = 0.95  # the lowest top_p Claude takes with thinking on
 
 
-def fit_thinking(body: dict[str, Any], native: Any, effort: Any, answer_allowance: int,
+def fit_thinking(body: dict[str, Any], native: Any, effort: str | None, answer_allowance: int,
                  top_k: Any = None) -> tuple[Any, int | None]:
     """(the `thinking` to send or None, the `max_tokens` to send or None). `native` is the
-    client's own thinking object, which wins over `effort`; `max_tokens` is None only when the
+    client's own thinking object, which wins over `effort` (one of REASONING_EFFORTS, as
+    `content.reasoning_effort` checked it, or None); `max_tokens` is None only when the
     client set none and there is no budget to make room for. `top_k` is the one the request
     will carry (Anthropic's own parameter, wherever the provider takes it)."""
     max_tokens, param = _client_max_tokens(body)
     thinking = native
-    if thinking is None and isinstance(effort, str) and effort in EFFORT_BUDGET:
+    if thinking is None and effort in EFFORT_BUDGET:  # (none: no thinking)
         if _forces_a_tool(body.get("tool_choice")):
             # Claude refuses the pair ("Thinking may not be enabled when tool_choice forces
             # tool use"): said here, naming what to change, rather than as the upstream's 400.

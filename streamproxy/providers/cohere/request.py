@@ -54,7 +54,7 @@ def to_cohere(body: dict[str, Any], model: str) -> dict[str, Any]:
     effort = reasoning_effort(body)
     if effort == "none":
         out["thinking"] = {"type": "disabled"}
-    elif isinstance(effort, str) and effort in THINKING_BUDGET:
+    elif effort in THINKING_BUDGET:
         out["thinking"] = {"type": "enabled", "token_budget": THINKING_BUDGET[effort]}
     for key in PASSTHROUGH:
         if body.get(key) is not None:
