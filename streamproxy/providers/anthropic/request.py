@@ -69,7 +69,7 @@ def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
     system, messages = _messages(body["messages"])
     if not messages:
         messages = [{"role": "user", "content": [{"type": "text", "text": PLACEHOLDER_USER_TEXT}]}]
-    _trim_prefill(messages[-1])
+    trim_prefill(messages[-1])
     out: dict[str, Any] = {"model": model, "messages": messages}
     thinking, max_tokens = fit_thinking(body, body.get("thinking"), reasoning_effort(body),
                                         DEFAULT_MAX_TOKENS, body.get("top_k"))
@@ -212,12 +212,13 @@ def _messages(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
     return system, out
 
 
-def _trim_prefill(last: dict[str, Any]) -> None:
-    """A final assistant turn is the start of Claude's answer (a prefill), which Anthropic
-    refuses when it ends in whitespace ("final assistant content cannot end with trailing
-    whitespace"); OpenAI takes such a turn as it is."""
+def trim_prefill(last: dict[str, Any]) -> None:
+    """A final assistant turn is the start of Claude's answer (a prefill), which Claude refuses
+    when it ends in whitespace ("final assistant content cannot end with trailing whitespace";
+    on Bedrock too); OpenAI takes such a turn as it is. Anthropic's text blocks and Converse's
+    both hold their text in `text`, and no other block has one."""
     block = last["content"][-1]
-    if last["role"] == "assistant" and block.get("type") == "text":
+    if last["role"] == "assistant" and "text" in block:
         block["text"] = block["text"].rstrip()
 
 

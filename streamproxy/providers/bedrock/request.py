@@ -56,7 +56,11 @@ from streamproxy.openai_api.content import (
     tool_call_input,
     tool_use_id,
 )
-from streamproxy.providers.anthropic.request import claude_stop_sequences, closed_objects
+from streamproxy.providers.anthropic.request import (
+    claude_stop_sequences,
+    closed_objects,
+    trim_prefill,
+)
 from streamproxy.providers.anthropic.thinking import fit_thinking
 
 DEFAULT_MAX_TOKENS = 4096  # the answer's allowance beside a thinking budget
@@ -117,7 +121,7 @@ def to_converse(body: dict[str, Any], model: str,
         messages.insert(0, {"role": "user", "content": [{"text": PLACEHOLDER_USER_TEXT}]})
     for message in messages:
         _caption_documents(message)
-    _trim_prefill(messages[-1])
+    trim_prefill(messages[-1])
     out: dict[str, Any] = {"messages": messages}
     for key in PASSTHROUGH:
         if body.get(key) is not None:
@@ -279,15 +283,6 @@ def _tool_results_first(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
             into = results if "toolResult" in block else others
         into.append(block)
     return results + others
-
-
-def _trim_prefill(last: dict[str, Any]) -> None:
-    """A final assistant turn is the start of the answer (a prefill), which Claude on Converse
-    refuses when it ends in whitespace ("final assistant content cannot end with trailing
-    whitespace"); OpenAI takes such a turn as it is."""
-    block = last["content"][-1]
-    if last["role"] == "assistant" and "text" in block:
-        block["text"] = block["text"].rstrip()
 
 
 def _text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
