@@ -5,11 +5,14 @@ Choices (README "Anthropic"):
   with no other message gets a PLACEHOLDER_USER_TEXT user turn (Anthropic needs one);
 - consecutive tool results become one user message of `tool_result` blocks; consecutive
   messages of one role are merged, since Anthropic wants alternating turns;
+- empty and whitespace-only text is left out, and a final assistant turn (a prefill) loses
+  its trailing whitespace: Anthropic refuses both;
+- tool-call ids Anthropic cannot take (other providers', e.g. Kimi's `functions.f:0`) are
+  mapped alike in call and result (`tool_use_id`);
 - `max_tokens` defaults to DEFAULT_MAX_TOKENS (Anthropic requires one);
 - `reasoning_effort` minimal/low/medium/high/xhigh → a thinking budget of
-  1024/1024/4096/16384/24576 tokens (none: no thinking),
-  kept below the client's max; beside a temperature other than 1, a top_k or a top_p below
-  0.95 it is a 400 (see `thinking.py`);
+  1024/1024/4096/16384/24576 tokens (none: no thinking), kept below the client's max; beside
+  a temperature other than 1, a top_k or a top_p below 0.95 it is a 400 (see `thinking.py`);
 - `response_format` json_schema → `output_config.format` (structured outputs), its object
   schemas closed (`closed_objects`); json_object → a system instruction to answer with one JSON
   object;
@@ -20,7 +23,7 @@ Choices (README "Anthropic"):
   on the block made from it;
 - images: png, jpeg (`image/jpg` too), gif, webp; `file` parts: a PDF → a base64 document, a
   `text/*` file → a plain-text document (Anthropic's base64 documents take only PDF); other
-  types are a 400 naming the type;
+  types are a 400 naming the type, and so is an OpenAI `file_id`;
 - a whitespace-only stop sequence is a 400 (Claude refuses one);
 - `top_p` 1 (no nucleus cut) is not sent: newer Claude models refuse it beside `temperature`;
 - parameters in DROPPED are dropped; `n` > 1 is rejected (one answer per request).

@@ -6,8 +6,13 @@ Choices (docs/providers/bedrock.md):
   first (Converse rejects a conversation that does not start with a user message);
 - consecutive tool results become one user message of `toolResult` blocks, placed before any
   other user content; consecutive messages of one role are merged (Converse wants alternation);
+- empty and whitespace-only text is left out in every role (Converse refuses it), and a final
+  assistant turn (a prefill) loses its trailing whitespace (Claude refuses it), as on Anthropic;
+- tool-call ids Converse cannot take are mapped alike in call and result, as on Anthropic
+  (`tool_use_id`);
 - images are `data:` URLs (→ `image.source.bytes`, base64 as the JSON protocol carries blobs) or
   `s3://` URIs (→ `s3Location`); http(s) image URLs are refused: the proxy fetches nothing;
+  files are `data:` URLs too (an OpenAI `file_id` is a 400 naming it);
 - a function's `strict: true` → the toolSpec's `strict`;
 - `tool_choice`: auto → `{auto}`, required → `{any}`, a named function → `{tool}`. Converse has
   no "none": the tools are left out instead — unless the conversation already holds toolUse /
@@ -18,7 +23,8 @@ Choices (docs/providers/bedrock.md):
   the model id), kept below the client's max and refused beside a temperature other than 1, a
   top_k or a top_p below 0.95, as on Anthropic (anthropic/thinking.py); dropped for other
   models;
-- assistant `thinking_blocks` (as we stream them) go back as `reasoningContent` blocks;
+- assistant `thinking_blocks` (as we stream them) go back as `reasoningContent` blocks; one
+  without its signature (or a redacted one without data) is left out;
 - a content part's or a tool's `cache_control` (Anthropic's prompt-caching breakpoint, as
   Portkey passes it) → a `cachePoint` block after the block made from it (after the tool's
   spec; after the whole `toolResult`, whose content cannot hold one);
