@@ -26,9 +26,6 @@ from streamproxy.errors import ProxyError
 log = logging.getLogger("streamproxy.providers.vertex")
 
 COMMAND_TIMEOUT = 30.0  # seconds one run may take before it is killed
-# Seconds requests wait for one fetch that cannot bound itself (google-auth's HTTP calls: a
-# timeout there bounds each read, and an answer trickling a byte at a time never ends it).
-FETCH_DEADLINE = 30.0
 FAILURE_BACKOFF = 5.0  # seconds before a failed fetch is tried again
 # A token with a known lifetime is refreshed this long before it expires (or halfway through
 # a shorter life), so the background run has time to finish, and to fail and retry.

@@ -24,19 +24,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from streamproxy.providers.gemini.auth import (
-    COMMAND_TIMEOUT,
-    FETCH_DEADLINE,
-    Fetched,
-    TokenSource,
-    is_sendable_token,
-)
+from streamproxy.providers.gemini.auth import Fetched, TokenSource, is_sendable_token
 
 log = logging.getLogger("streamproxy.providers.vertex")
 
 ADC = "adc"  # the `credentials` option's value: Application Default Credentials
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)  # what Vertex AI asks for
 ADC_FILE_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
+# Seconds google-auth waits for each call to the token endpoint (its own default: 120 s).
+CALL_TIMEOUT = 30.0
+# Seconds requests wait for one whole fetch: CALL_TIMEOUT bounds each read only, and an answer
+# trickling a byte at a time never ends it.
+FETCH_DEADLINE = 30.0
 # Loading these may call Google (an STS exchange to find the project): left to first use.
 _NETWORK_TYPES = ("external_account", "external_account_authorized_user")
 _OAUTH_CODE = re.compile(r"[a-z_]{1,40}")  # RFC 6749 §5.2: invalid_grant, invalid_client, …
@@ -138,7 +137,7 @@ class GoogleToken(TokenSource):
     def _load(self) -> Any:
         from google.auth.transport.requests import Request
 
-        self._request = _TimedRequest(Request(), COMMAND_TIMEOUT)
+        self._request = _TimedRequest(Request(), CALL_TIMEOUT)
         if self._path is None:
             credentials = _quietly(lambda auth: auth.default(scopes=SCOPES,
                                                              request=self._request))
