@@ -69,7 +69,7 @@ class BedrockProvider(Provider):
 
     @property
     def endpoint(self) -> str:
-        return f"{self.cfg.base_url or ''}@{self.region}"
+        return f"{super().endpoint}@{self.region}"
 
     def with_options(self, options: dict[str, str]) -> BedrockProvider:
         clone = super().with_options(options)

@@ -155,7 +155,7 @@ class VertexProvider(GeminiProvider):
 
     @property
     def endpoint(self) -> str:
-        return f"{self.cfg.base_url or ''}@{self.location}"
+        return f"{super().endpoint}@{self.location}"
 
     def with_options(self, options: dict[str, str]) -> VertexProvider:
         clone = super().with_options(options)
