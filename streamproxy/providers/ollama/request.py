@@ -51,16 +51,7 @@ def to_ollama(body: dict[str, Any], model: str, *, stream: bool,
                              code="invalid_type")
     out: dict[str, Any] = {"model": model, "messages": _messages(body["messages"]),
                            "stream": stream}
-    options = {**(defaults or {}), **native}
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    if max_tokens:
-        options["num_predict"] = max_tokens
-    for key in OPTIONS:
-        if body.get(key) is not None:
-            options[key] = body[key]
-    stop = body.get("stop")
-    if stop:
-        options["stop"] = [stop] if isinstance(stop, str) else stop
+    options = _options(body, {**(defaults or {}), **native})
     if options:
         out["options"] = options
     fmt = body.get("response_format") or {}
@@ -87,6 +78,21 @@ def to_ollama(body: dict[str, Any], model: str, *, stream: bool,
     if tools:
         out["tools"] = tools
     return out
+
+
+def _options(body: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """`options` (the configured ones under the client's native ones) with the request's
+    sampling and length parameters over them."""
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if max_tokens:
+        options["num_predict"] = max_tokens
+    for key in OPTIONS:
+        if body.get(key) is not None:
+            options[key] = body[key]
+    stop = body.get("stop")
+    if stop:
+        options["stop"] = [stop] if isinstance(stop, str) else stop
+    return options
 
 
 def _think(effort: str, model: str) -> bool | str:
