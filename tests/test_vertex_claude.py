@@ -132,6 +132,16 @@ def test_a_model_name_cannot_leave_the_model_path() -> None:
         build("claude-x/../../other:rawPredict?x=")
 
 
+def test_a_bad_model_name_is_refused_alike_for_claude_and_gemini() -> None:
+    from streamproxy.errors import InvalidRequest
+
+    for model in ("claude-x/../other", "gemini-x/../other"):
+        with pytest.raises(InvalidRequest) as caught:
+            build(model)
+        assert str(caught.value) == f"'{model}' is not a valid Vertex model name."
+        assert (caught.value.param, caught.value.code) == ("model", "invalid_value")
+
+
 @pytest.mark.parametrize(("status", "body", "code"), [
     (529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
      "overloaded_error"),

@@ -48,6 +48,7 @@ class GeminiProvider(Provider):
     option_keys: ClassVar[frozenset[str]] = frozenset({"api_version"})
     dropped_params: ClassVar[frozenset[str]] = DROPPED
     default_api_version: ClassVar[str] = "v1beta"
+    brand: ClassVar[str] = "Gemini"  # as a refusal names the service
 
     @classmethod
     def check_options(cls, options: dict[str, Any], source: str, where: str) -> None:
@@ -64,18 +65,19 @@ class GeminiProvider(Provider):
         path = model if "/" in model else f"models/{model}"
         return f"{self.base_url}/{self.api_version}/{path}"
 
-    @staticmethod
-    def valid_model(model: str) -> bool:
-        return _MODEL.fullmatch(model) is not None
+    def checked_model(self, target: Target) -> str:
+        """The target's model, or a 400 for a name that cannot go in the URL's path."""
+        model = self.model_for(target)
+        if not _MODEL.fullmatch(model):
+            raise InvalidRequest(f"'{model}' is not a valid {self.brand} model name.",
+                                 param="model", code="invalid_value")
+        return model
 
     def auth_headers(self, target: Target) -> dict[str, str]:
         return {"x-goog-api-key": target.api_key} if target.api_key else {}
 
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
-        model = self.model_for(target)
-        if not self.valid_model(model):
-            raise InvalidRequest(f"'{model}' is not a valid Gemini model name.", param="model",
-                                 code="invalid_value")
+        model = self.checked_model(target)
         body = to_gemini(target.apply_overrides(req.body), model)
         method = "streamGenerateContent?alt=sse" if req.stream else "generateContent"
         headers = {"content-type": "application/json", **self.cfg.headers, **target.headers,
@@ -107,6 +109,7 @@ class VertexProvider(GeminiProvider):
         "api_version", "project", "location", *TOKEN_OPTIONS, "token_refresh"})
     target_options: ClassVar[dict[str, str]] = {"vertex_region": "location"}
     default_api_version: ClassVar[str] = "v1"
+    brand: ClassVar[str] = "Vertex"
 
     def __init__(self, cfg: ProviderConfig, **kw: Any) -> None:
         super().__init__(cfg, **kw)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
-from streamproxy.errors import InvalidRequest, UpstreamStatusError
+from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.anthropic.request import DROPPED, to_anthropic
 from streamproxy.providers.anthropic.response import to_completion
@@ -61,10 +61,7 @@ class VertexClaudeProvider(Provider):
         await self.vertex.prepare(target)
 
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
-        model = self.model_for(target)
-        if not self.vertex.valid_model(model):
-            raise InvalidRequest(f"'{model}' is not a valid Vertex model name.", param="model",
-                                 code="invalid_value")
+        model = self.vertex.checked_model(target)
         url = self.vertex.model_url(model if "/" in model else PUBLISHER_PATH + model)
         body = to_anthropic(target.apply_overrides(req.body), model)
         del body["model"]
