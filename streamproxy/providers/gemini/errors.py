@@ -17,6 +17,9 @@ import orjson
 from streamproxy.errors import UpstreamStatusError
 from streamproxy.providers.base import generic_error
 
+# The `details` entry that says when to retry (google.rpc.RetryInfo, its `retryDelay`).
+RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+
 
 def google_error(status: int, body: bytes, provider: str) -> UpstreamStatusError:
     try:
@@ -44,9 +47,6 @@ def error_from_object(err: dict[str, Any], status: int, provider: str) -> Upstre
     return UpstreamStatusError(status, message, provider=provider,
                                code=google_status if isinstance(google_status, str) else None,
                                retry_after=_retry_delay(err.get("details")))
-
-
-RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 
 
 def _retry_delay(details: Any) -> float | None:
