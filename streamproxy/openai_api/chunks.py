@@ -26,7 +26,7 @@ from streamproxy.errors import ProxyError
 _dumps = orjson.dumps
 
 DONE_FRAME = b"data: [DONE]\n\n"
-_NULL_LOGPROBS = len(b',"logprobs":null')  # how the envelope's tail starts
+_NULL_LOGPROBS_LEN = len(b',"logprobs":null')  # the envelope tail's first field
 
 
 class ChunkSink(Protocol):
@@ -192,7 +192,7 @@ class ChunkEncoder:
         # The envelope's tail with its `"logprobs":null` replaced by the tokens.
         self._buf += (self._content_head, _dumps(text), b'},"logprobs":',
                       _dumps({"content": tokens, "refusal": None}),
-                      self._tail[_NULL_LOGPROBS:])
+                      self._tail[_NULL_LOGPROBS_LEN:])
         self.chunks += 1
 
     def reasoning(self, text: str) -> None:
