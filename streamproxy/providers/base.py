@@ -184,9 +184,9 @@ class Provider:
         return None
 
     async def prepare(self, target: Target) -> None:
-        """Async work a request needs before `build_request`, such as a credential refreshed
-        by running a command (Vertex `token_command`); cached, so it normally returns at
-        once. The executor awaits it; translations stay pure. No-op by default."""
+        """Async work a request needs before `build_request`, such as a Vertex access token
+        (`token_command`, Google credentials); cached, so it normally returns at once. The
+        executor awaits it; translations stay pure. No-op by default."""
 
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
         raise NotImplementedError

@@ -183,7 +183,7 @@ class VertexProvider(GeminiProvider):
 
     async def prepare(self, target: Target) -> None:
         if self.token_source is not None:
-            await self.token_source.get()  # cached: waits for a first token only
+            await self.token_source.get()  # waits only without a usable token (auth.py)
 
     def auth_headers(self, target: Target) -> dict[str, str]:
         token: str | None
