@@ -264,6 +264,16 @@ def test_take_run_refuses_a_frame_longer_than_the_pattern_matched() -> None:
     assert dec.take_run(long + _delta("a"), 0, _TEXT) == ([], 0)
 
 
+@pytest.mark.parametrize("after", range(16))
+def test_take_run_ends_at_a_read_with_any_part_of_a_next_frame_after_it(after: int) -> None:
+    # The last frame's CRC is read with the next prelude when a whole prelude follows it, on
+    # its own when not: both at the boundary (a prelude's 12 bytes) and around it.
+    run = _delta("a") + _delta("bc")
+    data = run + _delta("d")[:after]
+    dec = EventStreamDecoder()
+    assert dec.take_run(data, 0, _TEXT) == ([b"a", b"bc"], len(run))
+
+
 @pytest.mark.parametrize("damage", ["prelude-crc", "message-crc", "cut", "over-cap",
                                     "lengths", "prelude-crc-chained"])
 def test_take_run_leaves_what_feed_would_refuse_to_feed(damage: str) -> None:

@@ -45,7 +45,9 @@ _HEADERS: dict[bytes, Mapping[str, HeaderValue]] = {}
 _HEADERS_MAX = 256
 _HEADER_BLOCK_MAX = 512
 _PRELUDE_CRCS_MAX = 4096  # a FramePattern's memo; totals beyond it are checked each time
-_CRC_AND_PRELUDE = struct.Struct(">IIII")  # a message CRC, then the next frame's prelude
+# A message CRC, then the next frame's total and prelude CRC (its headers length is a
+# FramePattern's: the regex checks it).
+_CRC_AND_NEXT_PRELUDE = struct.Struct(">II4xI")
 
 HeaderValue = bool | int | bytes | str | datetime | uuid.UUID
 
@@ -141,9 +143,10 @@ class EventStreamDecoder:
             return found, pos
         crc32 = zlib.crc32
         checked = frame.prelude_crcs
-        tail_from = _CRC_AND_PRELUDE.unpack_from
+        tail_from = _CRC_AND_NEXT_PRELUDE.unpack_from
         cap = self._max
         keep = found.append
+        last_tail = have - _CRC_AND_NEXT_PRELUDE.size  # the last CRC with a whole prelude after it
         total, _, prelude_crc = _PRELUDE.unpack_from(data, pos)
         next_match = frame.regex.scanner(data, pos).match  # each match starts where the last ended
         while (m := next_match()) is not None:
@@ -155,11 +158,12 @@ class EventStreamDecoder:
                     break
                 if len(checked) < _PRELUDE_CRCS_MAX:
                     checked[total] = prelude_crc
-            if have - end >= _PRELUDE_LEN:  # this frame's CRC and the next frame's prelude
-                message_crc, total, _, next_crc = tail_from(data, end - 4)
+            crc_at = end - 4
+            if crc_at <= last_tail:  # this frame's CRC and the next frame's prelude
+                message_crc, total, next_crc = tail_from(data, crc_at)
             else:  # no whole prelude after it, so no frame for the pattern either
-                message_crc, total, next_crc = _U32.unpack_from(data, end - 4)[0], 0, 0
-            if crc32(data[pos + 8 : end - 4], prelude_crc) != message_crc:
+                message_crc, total, next_crc = _U32.unpack_from(data, crc_at)[0], 0, 0
+            if crc32(data[pos + 8 : crc_at], prelude_crc) != message_crc:
                 break
             keep(m[1])
             pos = end
