@@ -16,9 +16,12 @@ import pytest
 from streamproxy.config import ConfigError
 from streamproxy.errors import ProxyError
 from streamproxy.openai_api.completion import CompletionBuilder
+from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.mock.server import mock_text
+from streamproxy.record import RequestRecord
 from streamproxy.storage.base import ListQuery, StoredCompletion
-from streamproxy.storage.config import parse_storage_config
+from streamproxy.storage.config import StorageConfig, parse_storage_config
+from streamproxy.storage.service import StoredCompletions, StoreTicket
 from streamproxy.storage.sqlite import SQLiteStore
 from tests.helpers import fixture_bytes, jsonl_to_sse, make_config, openai_sdk
 
@@ -354,6 +357,28 @@ async def test_openai_upstream_gets_neither_store_nor_metadata(proxy: Any, upstr
     assert got.choices[0].message.content == text == "The capital of the UK is London."
     await stream_text(api, model="gpt", messages=USER, store=False)
     assert "store" not in upstream.requests[1].json()
+
+
+def test_consuming_store_leaves_the_clients_bytes_unencoded() -> None:
+    # Only a pass-through forwards `raw`, and it encodes a stripped body itself (the test
+    # above): the decision before routing encodes nothing.
+    service = StoredCompletions(StorageConfig(path=":memory:"), store=_NoStore())
+    for extra in ({"store": True, "metadata": {"k": "v"}}, {"store": False}):
+        raw = orjson.dumps({"model": "m", "messages": USER, **extra})
+        req = parse_chat_request(raw)
+        record = RequestRecord("t")
+        service.before_upstream({}, req, record)  # type: ignore[arg-type]
+        assert req.raw is raw and req.stripped
+        assert "store" not in req.body and "metadata" not in req.body
+        assert record.capture is extra["store"]
+        if record.capture:  # the stored request keeps the metadata; only `store` goes
+            assert record.pending == {"store": StoreTicket(
+                "", {"model": "m", "messages": USER, "metadata": {"k": "v"}}, {"k": "v"})}
+
+
+class _NoStore:
+    def add(self, item: StoredCompletion) -> bool:
+        raise AssertionError("nothing is stored before routing")
 
 
 async def test_a_streamed_answers_logprobs_are_stored(proxy: Any, upstream: Any,

@@ -29,7 +29,7 @@ class ChatRequest:
     include_usage: bool
     fallback_models: list[str] = field(default_factory=list)
     retries: int | None = None
-    stripped: bool = False  # `raw` still holds gateway fields that `body` no longer has
+    stripped: bool = False  # `raw` still holds fields `body` no longer has (gateway, store)
     # Custom (freeform) tools, calls or an allowed_tools choice: OpenAI-type providers only.
     custom_tools: bool = False
 

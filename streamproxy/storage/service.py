@@ -74,13 +74,15 @@ class StoredCompletions:
         if not wanted:
             if "store" in body:  # store: false — ours to consume too
                 del body["store"]
-                req.raw = orjson.dumps(body)
+                req.stripped = True
             return
         metadata = check_metadata(body.get("metadata"))
-        snapshot = {k: v for k, v in body.items() if k != "store"}
         body.pop("store", None)
+        snapshot = dict(body)
         body.pop("metadata", None)
-        req.raw = orjson.dumps(body)
+        # `raw` is not encoded again here: only a pass-through forwards it, and it encodes a
+        # stripped body itself (a translating provider never reads it).
+        req.stripped = True
         record.capture = True
         pending = record.pending if record.pending is not None else {}
         pending["store"] = StoreTicket(owner_of(request), snapshot, dict(metadata))
