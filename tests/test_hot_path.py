@@ -300,6 +300,23 @@ def test_spliced_text_deltas_write_what_the_decoder_path_writes(reads: list[byte
     assert_splice_matches_decoding(_anthropic, reads)
 
 
+def test_a_captured_translated_stream_spells_no_pass_through_id(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # TeeSink's id rewrite is for pass-through chunks: setting up store's or a cache fill's
+    # capture of a translated stream encodes nothing for it.
+    body = START + _event("content_block_delta", _delta_json("Hi", 0, 0)) + END
+    dumped: list[Any] = []
+    real = orjson.dumps
+    monkeypatch.setattr(orjson, "dumps", lambda *a, **kw: dumped.append(a) or real(*a, **kw))
+    encoder, builder = make_encoder(RecordingChunkEncoder), CompletionBuilder()
+    translator = _anthropic(TeeSink(encoder, builder))  # type: ignore[arg-type]
+    translator.feed(body)
+    translator.close()
+    assert dumped == [] and encoder.take().endswith(b"data: [DONE]\n\n")
+    assert builder.completion(completion_id="c", created=1, model="m")["choices"][0][
+        "message"]["content"] == "Hi"
+
+
 def test_runs_of_compact_text_deltas_are_spliced(monkeypatch: pytest.MonkeyPatch) -> None:
     spliced = count_spliced_reads(monkeypatch)
     deltas = b"".join(_event("content_block_delta", _delta_json(t, 0, s))

@@ -329,7 +329,7 @@ class TeeSink:
         self.encoder = encoder
         self.builder = builder
         self._theirs: tuple[bytes, ...] = ()  # the upstream id's `"id":` spellings, once seen
-        self._ours = b'"id":' + orjson.dumps(encoder.completion_id)
+        self._ours = b""  # ours, spelled when a pass-through chunk first needs it
         builder.id = encoder.completion_id
         builder.created = encoder.created
         encoder.literals = builder.literal_parts  # CompletionBuilder.content is this append
@@ -392,6 +392,7 @@ class TeeSink:
             if found is None:
                 return data
             self._theirs = (b'"id":' + found[1], b'"id": ' + found[1])
+            self._ours = b'"id":' + orjson.dumps(self.encoder.completion_id)
         for theirs in self._theirs:
             data = data.replace(theirs, self._ours)
         return data
