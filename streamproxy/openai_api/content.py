@@ -41,6 +41,17 @@ def text_parts(content: list[dict[str, Any]], where: str) -> list[dict[str, Any]
     return out
 
 
+def answer_cap(body: dict[str, Any]) -> Any:
+    """The client's cap on the answer's tokens: `max_completion_tokens` (OpenAI's current
+    name), else `max_tokens`; None (or 0) without one."""
+    return body.get("max_completion_tokens") or body.get("max_tokens")
+
+
+def stop_list(stop: str | list[str]) -> list[str]:
+    """`stop` as a list: OpenAI takes one string or several."""
+    return [stop] if isinstance(stop, str) else stop
+
+
 def is_blank(text: str | None) -> bool:
     """Empty or whitespace only: Anthropic and Bedrock Converse answer such a text block with
     a 400 ("text content blocks must contain non-whitespace text"), so they leave it out."""

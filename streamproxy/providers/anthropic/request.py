@@ -42,6 +42,7 @@ from streamproxy.openai_api.content import (
     is_blank,
     parse_data_url,
     reasoning_effort,
+    stop_list,
     text_parts,
     texts,
     tool_call_input,
@@ -114,7 +115,7 @@ def claude_stop_sequences(stop: str | list[str]) -> list[str]:
     """`stop` as a list, or a 400 for a whitespace-only sequence ("\n"), which Claude refuses
     ("each stop sequence must contain non-whitespace"; on Bedrock too). Refused, not dropped:
     without it the answer would run past where the client wants it cut."""
-    sequences = [stop] if isinstance(stop, str) else stop
+    sequences = stop_list(stop)
     for sequence in sequences:
         if is_blank(sequence):
             raise InvalidRequest(f"Claude takes no stop sequence that is empty or only whitespace "

@@ -57,6 +57,7 @@ from streamproxy.openai_api.content import (
     is_blank,
     parse_data_url,
     reasoning_effort,
+    stop_list,
     text_parts,
     texts,
     tool_call_input,
@@ -168,7 +169,7 @@ def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> 
     if stop and is_claude(model):
         config["stopSequences"] = claude_stop_sequences(stop)
     elif stop:
-        config["stopSequences"] = [stop] if isinstance(stop, str) else stop
+        config["stopSequences"] = stop_list(stop)
     return config
 
 

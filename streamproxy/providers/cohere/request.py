@@ -25,7 +25,13 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import InvalidRequest
-from streamproxy.openai_api.content import OPENAI_ONLY, reasoning_effort, texts
+from streamproxy.openai_api.content import (
+    OPENAI_ONLY,
+    answer_cap,
+    reasoning_effort,
+    stop_list,
+    texts,
+)
 
 DROPPED = OPENAI_ONLY | {"user", "parallel_tool_calls"}
 PASSTHROUGH = ("k", "safety_mode", "documents", "citation_options", "strict_tools", "thinking")
@@ -39,7 +45,7 @@ def to_cohere(body: dict[str, Any], model: str) -> dict[str, Any]:
         raise InvalidRequest("Cohere returns one choice per request; 'n' must be 1.",
                              param="n", code="unsupported_value")
     out: dict[str, Any] = {"model": model, "messages": _messages(body["messages"])}
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    max_tokens = answer_cap(body)
     if max_tokens:
         out["max_tokens"] = max_tokens
     for key in SAME_NAME:
@@ -49,7 +55,7 @@ def to_cohere(body: dict[str, Any], model: str) -> dict[str, Any]:
         out["p"] = min(body["top_p"], P_MAX)
     stop = body.get("stop")
     if stop:
-        out["stop_sequences"] = [stop] if isinstance(stop, str) else stop
+        out["stop_sequences"] = stop_list(stop)
     _response_format(body, out)
     effort = reasoning_effort(body)
     if effort == "none":

@@ -25,8 +25,10 @@ from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     PLACEHOLDER_USER_TEXT,
+    answer_cap,
     parse_data_url,
     reasoning_effort,
+    stop_list,
     texts,
     tool_call_input,
 )
@@ -72,7 +74,7 @@ def to_gemini(body: dict[str, Any], model: str) -> dict[str, Any]:
 
 def _generation_config(body: dict[str, Any], model: str) -> dict[str, Any]:
     config: dict[str, Any] = {}
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    max_tokens = answer_cap(body)
     if max_tokens:
         config["maxOutputTokens"] = max_tokens
     for key, native in (("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK"),
@@ -84,7 +86,7 @@ def _generation_config(body: dict[str, Any], model: str) -> dict[str, Any]:
         config["candidateCount"] = 1
     stop = body.get("stop")
     if stop:
-        config["stopSequences"] = [stop] if isinstance(stop, str) else stop
+        config["stopSequences"] = stop_list(stop)
     fmt = body.get("response_format") or {}
     if fmt.get("type") == "json_object":
         config["responseMimeType"] = "application/json"

@@ -29,7 +29,13 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import InvalidRequest
-from streamproxy.openai_api.content import OPENAI_ONLY, reasoning_effort, texts
+from streamproxy.openai_api.content import (
+    OPENAI_ONLY,
+    answer_cap,
+    reasoning_effort,
+    stop_list,
+    texts,
+)
 
 DROPPED = (OPENAI_ONLY - {"logprobs", "top_logprobs"}) | {"user", "parallel_tool_calls"}
 # Parameters that go into `options` under the same name (top_k: a common extra_body key).
@@ -83,7 +89,7 @@ def to_ollama(body: dict[str, Any], model: str, *, stream: bool,
 def _options(body: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """`options` (the configured ones under the client's native ones) with the request's
     sampling and length parameters over them."""
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    max_tokens = answer_cap(body)
     if max_tokens:
         options["num_predict"] = max_tokens
     for key in OPTIONS:
@@ -91,7 +97,7 @@ def _options(body: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
             options[key] = body[key]
     stop = body.get("stop")
     if stop:
-        options["stop"] = [stop] if isinstance(stop, str) else stop
+        options["stop"] = stop_list(stop)
     return options
 
 
