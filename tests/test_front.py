@@ -353,6 +353,14 @@ def test_a_close_in_any_connection_header_closes(first: bytes, last: bytes) -> N
         assert parsed is not None and parsed[2] is True
 
 
+async def serve_in_turn(reader: Any, writer: Any, count: int) -> None:
+    """`count` keep-alive requests on one connection, each answered 200 before the next."""
+    for _ in range(count):
+        writer.write(chat_request())
+        status, _, _ = await read_response(reader)
+        assert status == 200
+
+
 async def test_a_served_request_runs_no_import_statement(lean: Any, monkeypatch: Any) -> None:
     # An `import` inside a function runs on every call (~7k instructions even when the module
     # is loaded): none belongs on the per-request path.
@@ -367,10 +375,7 @@ async def test_a_served_request_runs_no_import_statement(lean: Any, monkeypatch:
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", recording)
-    for _ in range(2):
-        writer.write(chat_request())
-        status, _, _ = await read_response(reader)
-        assert status == 200
+    await serve_in_turn(reader, writer, 2)
     monkeypatch.undo()
     assert imported == []
     writer.close()
@@ -392,10 +397,7 @@ async def test_keep_alive_requests_arm_no_timer_of_their_own(lean: Any, monkeypa
         return call_at(when, callback, *args, **kwargs)
 
     monkeypatch.setattr(loop, "call_at", recording)
-    for _ in range(3):
-        writer.write(chat_request())
-        status, _, _ = await read_response(reader)
-        assert status == 200
+    await serve_in_turn(reader, writer, 3)
     monkeypatch.undo()
     assert armed == []
     writer.close()
