@@ -183,10 +183,11 @@ def test_passthrough_sends_the_client_only_data_lines() -> None:
     out = _passthrough(body)
     assert out == _chunk_event("Hi") + _chunk_event("!") + b"data: [DONE]\n\n"
 
-def _passthrough(body: bytes) -> bytes:
+def _passthrough(body: bytes, tools_offered: bool = False) -> bytes:
     """What the client gets from a pass-through stream, a failure after commit included."""
     enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
-    tr = PassthroughTranslator(enc, 1 << 20, provider="p", client_wants_usage=True)
+    tr = PassthroughTranslator(enc, 1 << 20, provider="p", client_wants_usage=True,
+                               tools_offered=tools_offered)
     try:
         tr.feed(body)
         tr.close()
@@ -214,6 +215,55 @@ def test_an_event_cut_by_the_end_of_the_stream_is_never_forwarded() -> None:
     # `data: [DONE]` without its blank line is still the normal end
     c = collect(sse_chunks(_passthrough(_chunk_event("He") + b"data: [DONE]")))
     assert c.content == "He" and c.done and c.error is None
+
+
+def _tool_event(*calls: dict[str, Any], finish: str | None = None) -> bytes:
+    return b"data: " + orjson.dumps({
+        "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": list(calls)},
+                     "finish_reason": finish}]}) + b"\n\n"
+
+
+# Gemini's OpenAI-compatible endpoint: tool calls without `index`, two in one chunk, each
+# whole; then an older server's split call: id and name first, arguments in id-less deltas.
+INDEXLESS_TOOL_CALLS = (
+    _tool_event({"id": "call_a", "type": "function",
+                 "function": {"name": "weather", "arguments": '{"city":"Paris"}'}},
+                {"function": {"name": "time", "arguments": "{}"}, "id": "call_b",
+                 "type": "function"})
+    + _tool_event({"id": "call_c", "type": "function",
+                   "function": {"name": "news", "arguments": ""}})
+    + _tool_event({"function": {"arguments": '{"topic"'}})
+    + _tool_event({"function": {"arguments": ':"rain"}'}}, finish="tool_calls")
+    + b"data: [DONE]\n\n")
+
+
+def test_tool_calls_without_index_are_numbered_as_openai_numbers_them() -> None:
+    rng = random.Random(7)
+    for pieces in [[INDEXLESS_TOOL_CALLS],
+                   *(random_splits(INDEXLESS_TOOL_CALLS, rng, max_piece=40) for _ in range(20))]:
+        enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
+        tr = PassthroughTranslator(enc, 1 << 20, provider="p", client_wants_usage=True,
+                                   tools_offered=True)
+        out = b""
+        for piece in pieces:
+            tr.feed(piece)
+            out += enc.take()
+        tr.close()
+        c = collect(sse_chunks(out + enc.take()))  # (collect asserts the indexes' order)
+        assert [(t["id"], t["name"], t["arguments"]) for t in c.tool_calls] == [
+            ("call_a", "weather", '{"city":"Paris"}'), ("call_b", "time", "{}"),
+            ("call_c", "news", '{"topic":"rain"}')]
+        assert c.done and c.error is None
+
+
+def test_tool_calls_with_index_are_forwarded_as_they_came() -> None:
+    # (vLLM writes `id` before `index`: parsed for a look, forwarded unchanged)
+    body = (_tool_event({"id": "call_a", "type": "function", "index": 0,
+                         "function": {"name": "weather", "arguments": ""}})
+            + _tool_event({"index": 0, "function": {"arguments": "{}"}}, finish="tool_calls")
+            + b"data: [DONE]\n\n")
+    assert _passthrough(body, tools_offered=True) == body
 
 
 def _chunk_event(text: str) -> bytes:

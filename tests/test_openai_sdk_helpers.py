@@ -85,3 +85,25 @@ async def test_blocks_from_the_stream_helper_go_back_to_anthropic_as_it_sent_the
     assert sent == [{"type": "thinking", "thinking": "Let me see.", "signature": "c2lnLTE="},
                     {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"},
                     {"type": "text", "text": "Hello."}]
+
+
+async def test_stream_helper_takes_tool_calls_an_upstream_sent_without_index(
+        proxy: Any, upstream: Any) -> None:
+    # Gemini's OpenAI-compatible endpoint leaves `index` out; the helper needs it to merge.
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+             "choices": [{"index": 0, "finish_reason": "tool_calls", "delta": {
+                 "role": "assistant", "tool_calls": [
+                     {"id": "call_a", "type": "function",
+                      "function": {"name": "weather", "arguments": '{"city":"Paris"}'}},
+                     {"id": "call_b", "type": "function",
+                      "function": {"name": "time", "arguments": "{}"}}]}}]}
+    upstream.body = b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n"
+    client = openai_sdk(await proxy(provider_config("openai", upstream.url)))
+    tools = [{"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+             for name in ("weather", "time")]
+    async with client.chat.completions.stream(model="m", messages=USER,
+                                              tools=tools) as stream:
+        final = await stream.get_final_completion()
+    calls = final.choices[0].message.tool_calls or []
+    assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [
+        ("call_a", "weather", '{"city":"Paris"}'), ("call_b", "time", "{}")]

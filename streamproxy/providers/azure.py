@@ -28,7 +28,12 @@ from streamproxy.config import ConfigError
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.base import StreamTranslator
-from streamproxy.providers.openai_compat import OpenAIProvider, PassthroughTranslator, load_chunk
+from streamproxy.providers.openai_compat import (
+    OpenAIProvider,
+    PassthroughTranslator,
+    load_chunk,
+    offers_tools,
+)
 
 if TYPE_CHECKING:
     from streamproxy.openai_api.request import ChatRequest
@@ -116,4 +121,5 @@ class AzureOpenAIProvider(OpenAIProvider):
 
     def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
         return AzureTranslator(out, self.max_event_bytes, provider=self.name,
-                               client_wants_usage=req.include_usage)
+                               client_wants_usage=req.include_usage,
+                               tools_offered=offers_tools(req))

@@ -16,6 +16,7 @@ around it take the decoder. The counts prove the framing: see `_run_events`.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -41,6 +42,20 @@ if TYPE_CHECKING:
 # one substring scan per pattern (four times cheaper on a typical 200-byte chunk).
 INTERESTING = re.compile(
     rb'"(?:usage": ?\{|error"|finish_reason": ?"|choices": ?(?:\[\]|null))')
+# When the request offered tools, also tool calls whose first key is not OpenAI's leading
+# `index` (it may be missing: `_index_tool_calls`). Only then: one more alternative costs the
+# scan of every event ~10 %.
+_TOOL_CALL_WITHOUT_INDEX = rb'"tool_calls": ?\[\{"(?!index")'
+
+
+@functools.cache
+def with_tool_calls(pattern: re.Pattern[bytes]) -> re.Pattern[bytes]:
+    return re.compile(pattern.pattern + b"|" + _TOOL_CALL_WITHOUT_INDEX)
+
+
+def offers_tools(req: ChatRequest) -> bool:
+    body = req.body
+    return "tools" in body or "functions" in body
 
 
 _RUN_HEAD = b"data: {"
@@ -66,10 +81,15 @@ class PassthroughTranslator(SSETranslator):
     run_stop: ClassVar[re.Pattern[bytes] | None] = INTERESTING
 
     def __init__(self, out: ChunkSink, max_event_bytes: int, *, provider: str,
-                 client_wants_usage: bool) -> None:
+                 client_wants_usage: bool, tools_offered: bool = False) -> None:
         super().__init__(out, max_event_bytes)
         self._provider = provider
         self._forward_usage = client_wants_usage
+        self._interesting = with_tool_calls(INTERESTING) if tools_offered else INTERESTING
+        self._run_stop = self.run_stop
+        if tools_offered and self.run_stop is not None:
+            self._run_stop = with_tool_calls(self.run_stop)
+        self._tool_calls: dict[int, _ToolCalls] = {}  # by choice: see _index_tool_calls
         # Sinks that take framed events whole (the encoders, the tee) get runs forwarded.
         self._raw_run = getattr(out, "raw_run", None) if self.run_stop is not None else None
 
@@ -90,7 +110,7 @@ class PassthroughTranslator(SSETranslator):
             if self.done or not self._decoder.between_events:
                 super().feed(data)
                 return
-        stop = self.run_stop.search(data)  # type: ignore[union-attr]
+        stop = self._run_stop.search(data)  # type: ignore[union-attr]
         end = data.rfind(b"\n\n", 0, len(data) if stop is None else stop.start()) + 2
         run = data[:end] if end < len(data) else data
         events = _run_events(run) if end >= 2 else 0
@@ -108,7 +128,7 @@ class PassthroughTranslator(SSETranslator):
             return
         if 0x0A in data:  # several data: lines, joined by the decoder: one line again
             data = orjson.dumps(load_event_json(data))
-        if INTERESTING.search(data) is not None:
+        if self._interesting.search(data) is not None:
             self.on_chunk(load_chunk(data), data)
             return
         if data[:1] != b"{" or data[-1:] != b"}":
@@ -148,8 +168,55 @@ class PassthroughTranslator(SSETranslator):
                     data = orjson.dumps(chunk)
                 self.out.raw(data)
             return
+        if self._index_tool_calls(choices):
+            data = orjson.dumps(chunk)
         reason = choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
         self.out.raw(data, reason)
+
+    def _index_tool_calls(self, choices: list[Any]) -> bool:
+        """Give tool-call deltas without `index` one (True if any was given). Gemini's
+        OpenAI-compatible endpoint and older Ollama servers leave it out; the openai SDK's
+        stream helpers and the AI SDK refuse such chunks. A call starts with an id not seen
+        before (or, without an id, with its function's name); a delta with neither continues
+        the choice's last call."""
+        added = False
+        for choice in choices:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+            if not isinstance(calls, list):
+                continue
+            for position, call in enumerate(calls):
+                if not isinstance(call, dict) or "index" in call:
+                    continue
+                number = choice.get("index")
+                seen = self._tool_calls.setdefault(number if isinstance(number, int) else 0,
+                                                   _ToolCalls())
+                calls[position] = {"index": seen.index_of(call), **call}
+                added = True
+        return added
+
+
+class _ToolCalls:
+    """One choice's tool calls seen without `index`: the ordinals given."""
+
+    __slots__ = ("by_id", "latest")
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, int] = {}
+        self.latest = -1
+
+    def index_of(self, call: dict[str, Any]) -> int:
+        call_id = call.get("id")
+        if not isinstance(call_id, str):
+            call_id = None
+        if call_id and call_id in self.by_id:
+            return self.by_id[call_id]
+        function = call.get("function")
+        if call_id or (isinstance(function, dict) and function.get("name")) or self.latest < 0:
+            self.latest += 1
+            if call_id:
+                self.by_id[call_id] = self.latest
+        return self.latest
 
 
 def load_chunk(data: bytes) -> dict[str, Any]:
@@ -230,7 +297,8 @@ class OpenAIProvider(Provider):
 
     def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
         return PassthroughTranslator(out, self.max_event_bytes, provider=self.name,
-                                     client_wants_usage=req.include_usage)
+                                     client_wants_usage=req.include_usage,
+                                     tools_offered=offers_tools(req))
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
                            created: int, model: str = "") -> bytes:

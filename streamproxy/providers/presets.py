@@ -41,6 +41,7 @@ from streamproxy.providers.openai_compat import (
     OpenAIProvider,
     PassthroughTranslator,
     load_chunk,
+    offers_tools,
 )
 
 if TYPE_CHECKING:
@@ -60,9 +61,9 @@ def failed_finish(status: int, reason: str, provider: str) -> UpstreamStatusErro
 class CompatTranslator(PassthroughTranslator):
     def __init__(self, out: ChunkSink, max_event_bytes: int, *, provider: str,
                  client_wants_usage: bool, finish_reasons: dict[str, str],
-                 failed_finishes: dict[str, int]) -> None:
+                 failed_finishes: dict[str, int], tools_offered: bool = False) -> None:
         super().__init__(out, max_event_bytes, provider=provider,
-                         client_wants_usage=client_wants_usage)
+                         client_wants_usage=client_wants_usage, tools_offered=tools_offered)
         self._finish_reasons = finish_reasons
         self._failed = failed_finishes
         self._moved_usage: dict[str, Any] | None = None  # counts taken off a choices chunk
@@ -155,7 +156,8 @@ class CompatProvider(OpenAIProvider):
         return CompatTranslator(out, self.max_event_bytes, provider=self.name,
                                 client_wants_usage=req.include_usage,
                                 finish_reasons=self.finish_reasons,
-                                failed_finishes=self.failed_finishes)
+                                failed_finishes=self.failed_finishes,
+                                tools_offered=offers_tools(req))
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
                            created: int, model: str = "") -> bytes:
@@ -329,7 +331,8 @@ class MistralProvider(CompatProvider):
         return MistralTranslator(out, self.max_event_bytes, provider=self.name,
                                  client_wants_usage=req.include_usage,
                                  finish_reasons=self.finish_reasons,
-                                 failed_finishes=self.failed_finishes)
+                                 failed_finishes=self.failed_finishes,
+                                 tools_offered=offers_tools(req))
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
                            created: int, model: str = "") -> bytes:
