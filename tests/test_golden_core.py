@@ -234,7 +234,7 @@ INDEXLESS_TOOL_CALLS = (
     + _tool_event({"id": "call_c", "type": "function",
                    "function": {"name": "news", "arguments": ""}})
     + _tool_event({"function": {"arguments": '{"topic"'}})
-    + _tool_event({"function": {"arguments": ':"rain"}'}}, finish="tool_calls")
+    + _tool_event({"function": {"arguments": ':"rain"}'}}, finish="stop")
     + b"data: [DONE]\n\n")
 
 
@@ -254,6 +254,7 @@ def test_tool_calls_without_index_are_numbered_as_openai_numbers_them() -> None:
         assert [(t["id"], t["name"], t["arguments"]) for t in c.tool_calls] == [
             ("call_a", "weather", '{"city":"Paris"}'), ("call_b", "time", "{}"),
             ("call_c", "news", '{"topic":"rain"}')]
+        assert c.finish_reason == "tool_calls"  # Gemini ends its streamed tool calls with "stop"
         assert c.done and c.error is None
 
 

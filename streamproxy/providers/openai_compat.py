@@ -174,26 +174,30 @@ class PassthroughTranslator(SSETranslator):
         self.out.raw(data, reason)
 
     def _index_tool_calls(self, choices: list[Any]) -> bool:
-        """Give tool-call deltas without `index` one (True if any was given). Gemini's
-        OpenAI-compatible endpoint and older Ollama servers leave it out; the openai SDK's
-        stream helpers and the AI SDK refuse such chunks. A call starts with an id not seen
-        before (or, without an id, with its function's name); a delta with neither continues
-        the choice's last call."""
-        added = False
+        """Give tool-call deltas without `index` one, and a `stop` after them `tool_calls`
+        (True if the chunk changed). Gemini's OpenAI-compatible endpoint and older Ollama
+        servers leave the index out; the openai SDK's stream helpers and the AI SDK refuse
+        such chunks. A call starts with an id not seen before (or, without an id, with its
+        function's name); a delta with neither continues the choice's last call."""
+        changed = False
         for choice in choices:
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            calls = delta.get("tool_calls") if isinstance(delta, dict) else None
-            if not isinstance(calls, list):
+            if not isinstance(choice, dict):
                 continue
-            for position, call in enumerate(calls):
-                if not isinstance(call, dict) or "index" in call:
-                    continue
-                number = choice.get("index")
-                seen = self._tool_calls.setdefault(number if isinstance(number, int) else 0,
-                                                   _ToolCalls())
-                calls[position] = {"index": seen.index_of(call), **call}
-                added = True
-        return added
+            number = choice.get("index")
+            number = number if isinstance(number, int) else 0
+            delta = choice.get("delta")
+            calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+            for position, call in enumerate(calls if isinstance(calls, list) else ()):
+                if isinstance(call, dict) and "index" not in call:
+                    seen = self._tool_calls.setdefault(number, _ToolCalls())
+                    calls[position] = {"index": seen.index_of(call), **call}
+                    changed = True
+            if choice.get("finish_reason") == "stop" and number in self._tool_calls:
+                # (Gemini's streams end a tool call so; its non-streamed answers, and OpenAI,
+                # say tool_calls, which agent loops wait for)
+                choice["finish_reason"] = "tool_calls"
+                changed = True
+        return changed
 
 
 class _ToolCalls:
