@@ -1,8 +1,10 @@
 """A real, throwaway `redis-server` for tests: its own port, no persistence, bounded start-up,
-killed at teardown. A missing binary is a test failure with instructions, never a skip."""
+killed at teardown. A missing binary is a test failure with instructions, never a skip. And a
+fake one (`FakeRedis`) that counts the connections a client opens."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import socket
@@ -64,3 +66,52 @@ def redis_server() -> Iterator[str]:
             proc.wait(5)
         if proc.stderr:
             proc.stderr.close()
+
+
+class FakeRedis:
+    """A RESP2 server on loopback that answers every GET with `value` after `delay` seconds
+    (None: never) and counts its connections, to see what a client's pool opens. HELLO is
+    refused, as by a Redis before 6, so that redis-py speaks RESP2."""
+
+    def __init__(self, value: bytes, delay: float | None) -> None:
+        self.value, self.delay = value, delay
+        self.live = self.peak = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}/0"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.live += 1
+        self.peak = max(self.peak, self.live)
+        self._writers.add(writer)
+        try:
+            while (line := await reader.readline()).startswith(b"*"):
+                args = [(await reader.readline(), await reader.readline())[1].strip()
+                        for _ in range(int(line[1:]))]
+                command = args[0].upper()
+                if command == b"GET":
+                    if self.delay is None:
+                        await asyncio.Event().wait()
+                    await asyncio.sleep(self.delay)
+                    writer.write(b"$%d\r\n%s\r\n" % (len(self.value), self.value))
+                else:
+                    writer.write(b"-ERR unknown command\r\n" if command == b"HELLO"
+                                 else b"+OK\r\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self.live -= 1
+            self._writers.discard(writer)
+            writer.close()

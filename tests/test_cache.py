@@ -38,7 +38,7 @@ from tests.helpers import (
     random_splits,
     sse_chunks,
 )
-from tests.redis_server import redis_server
+from tests.redis_server import FakeRedis, redis_server
 
 USER = [{"role": "user", "content": "Hello"}]
 STATUS = "x-portkey-cache-status"
@@ -454,6 +454,47 @@ async def test_a_redis_entry_over_max_bytes_is_not_written(redis_url: str) -> No
         assert await backend.get("k-huge") is None
     finally:
         await backend.close()
+
+
+async def test_a_burst_shares_a_capped_redis_pool() -> None:
+    """Redis's connections are bounded per process: 40 lookups at once through a pool of 4
+    wait their turn and all hit (redis-py 8's default pool failed 60 of 160 outright as
+    misses; older ones opened a connection per lookup, thousands in a burst)."""
+    entry = cached.from_completion({"id": "burst"})
+    fake = FakeRedis(orjson.dumps(entry), delay=0.01)
+    async with fake as url:
+        backend = make_backend(CacheSettings(backend="redis", redis_url=url,
+                                             redis_max_connections=4, redis_timeout=5.0))
+        try:
+            got = await asyncio.wait_for(
+                asyncio.gather(*(backend.get(f"k{i}") for i in range(160))), 20)
+        finally:
+            await backend.close()
+    assert fake.peak <= 4
+    assert all(g is not None and g["completion"]["id"] == "burst" for g in got)
+
+
+async def test_a_lookup_waiting_for_a_redis_connection_times_out_as_a_miss() -> None:
+    fake = FakeRedis(b"", delay=None)  # holds every connection
+    async with fake as url:
+        backend = RedisCache(url, timeout=0.2, max_connections=2)
+        try:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            got = await asyncio.wait_for(
+                asyncio.gather(*(backend.get(f"k{i}") for i in range(10))), 10)
+            assert loop.time() - start < 2
+        finally:
+            await backend.close()
+    assert got == [None] * 10 and fake.peak <= 2
+
+
+def test_redis_max_connections_is_configurable() -> None:
+    assert parse_cache_settings(config()).redis_max_connections == 50
+    settings = parse_cache_settings(config(cache={"redis_max_connections": 8}))
+    assert settings.redis_max_connections == 8
+    with pytest.raises(ConfigError, match="redis_max_connections"):
+        parse_cache_settings(config(cache={"redis_max_connections": 0}))
 
 
 async def test_an_unreachable_redis_is_a_miss_not_a_failure(proxy: Any) -> None:

@@ -80,13 +80,18 @@ class RedisCache:
 
     PREFIX = "streamproxy:cache:"
 
-    def __init__(self, url: str, *, timeout: float = 1.0,
-                 max_bytes: int | None = None) -> None:
+    def __init__(self, url: str, *, timeout: float = 1.0, max_bytes: int | None = None,
+                 max_connections: int = 50) -> None:
         import redis.asyncio as redis
 
         self._errors = (redis.RedisError, OSError, asyncio.TimeoutError)
-        self._redis = redis.Redis.from_url(url, socket_timeout=timeout,
-                                           socket_connect_timeout=timeout)
+        # A blocking pool: a burst of requests shares `max_connections` (redis-py < 8 opens
+        # one connection per concurrent command, without bound; 8.x fails those beyond its
+        # 100 at once). A request that waits `timeout` for a free connection is a miss.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=timeout, socket_timeout=timeout,
+            socket_connect_timeout=timeout)
+        self._redis = redis.Redis.from_pool(pool)
         self._last_warning = 0.0
         self.max_bytes = max_bytes
 

@@ -9,6 +9,8 @@ The operator's defaults and the backend, in the `cache:` top-level YAML section:
     cache:
       backend: memory            # memory (per process, LRU) | redis (shared by instances)
       redis_url: redis://127.0.0.1:6379/0
+      redis_timeout: 1.0         # seconds per Redis command, and to wait for a connection
+      redis_max_connections: 50  # per worker process; a burst beyond it waits (then a miss)
       max_entries: 10000         # memory: LRU bound on entries…
       max_bytes: 268435456       # …and on their encoded size
       default_max_age: 604800    # seconds, when a config says no max_age (Portkey: 7 days)
@@ -37,10 +39,11 @@ class CacheSettings:
     default_max_age: float = 7 * 24 * 3600.0
     mode: str | None = None
     redis_timeout: float = 1.0  # seconds for one Redis command; a slow Redis is a miss
+    redis_max_connections: int = 50  # per process: requests beyond it wait for one
 
 
 _KEYS = ("backend", "redis_url", "max_entries", "max_bytes", "default_max_age", "mode",
-         "redis_timeout")
+         "redis_timeout", "redis_max_connections")
 
 
 def parse_cache_settings(config: Config) -> CacheSettings:
@@ -60,7 +63,7 @@ def parse_cache_settings(config: Config) -> CacheSettings:
             if not isinstance(value, str) or not value.startswith(("redis://", "rediss://",
                                                                    "unix://")):
                 raise ConfigError(source, where, "must be a redis://, rediss:// or unix:// URL")
-        elif key in ("max_entries", "max_bytes"):
+        elif key in ("max_entries", "max_bytes", "redis_max_connections"):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(source, where, "must be a positive integer")
         elif key in ("default_max_age", "redis_timeout"):

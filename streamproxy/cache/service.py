@@ -71,7 +71,8 @@ class CacheFill:
 def make_backend(settings: CacheSettings) -> CacheBackend:
     if settings.backend == "redis":
         return RedisCache(settings.redis_url, timeout=settings.redis_timeout,
-                          max_bytes=settings.max_bytes)
+                          max_bytes=settings.max_bytes,
+                          max_connections=settings.redis_max_connections)
     return MemoryCache(settings.max_entries, settings.max_bytes)
 
 
