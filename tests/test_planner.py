@@ -292,6 +292,21 @@ def test_breaker_states_are_capped_least_recently_recorded_first() -> None:
     assert cb.state("mock|client-model-0|", spec) == CLOSED  # dropped: starts again closed
 
 
+def test_an_open_breaker_outlives_the_cap_while_closed_ones_are_dropped() -> None:
+    """An open target is skipped, so not recorded again until its cooldown ends: it was the
+    least recently recorded state, and 4,096 other models (a client's to choose) closed it."""
+    cb = CircuitBreakers(Clock(), max_states=3)
+    spec = BreakerSpec(failure_threshold=1, cooldown_interval=30)
+    cb.record("down", spec, 500)
+    for i in range(1000):
+        cb.record(f"mock|client-model-{i}|", spec, None)
+    assert len(cb._states) == 3 and cb.is_open("down", spec)
+    for i in range(3):  # all open: the least recently recorded open one goes
+        cb.record(f"mock|failing-{i}|", spec, 500)
+    assert len(cb._states) == 3 and not cb.is_open("down", spec)
+    assert cb.is_open("mock|failing-0|", spec)
+
+
 def test_open_targets_are_skipped_unless_all_are_open(new_breakers: BreakersFactory) -> None:
     clock = Clock()
     cb = new_breakers(clock)

@@ -12,8 +12,10 @@ the workers share (server/shared_breakers.py overrides `_load` / `_save` / `_loc
 that a target trips after `failure_threshold` failures on the instance, not per worker.
 
 A target's key names its model, which a client's `x-portkey-config` chooses: the states kept
-in a process are capped at `MAX_STATES`, the least recently recorded dropped first (it starts
-again from closed), so distinct models cannot grow the map for the life of the process.
+in a process are capped at `MAX_STATES`, so distinct models cannot grow the map for the life
+of the process. A dropped state starts again from closed, so the closed ones go first (the
+least recently recorded of them): an open breaker is not recorded while its target is skipped,
+and would otherwise be the first dropped. Only when all are open does the oldest open one go.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class CircuitBreakers:
         self._clock = clock
         self._max_states = max_states
         self._states: dict[str, BreakerState] = {}  # least recently recorded first
+        self._closed: dict[str, None] = {}  # the keys of the closed ones, in the same order
         self.listeners: list[StateListener] = []  # (key, state) on every change; metrics
 
     def state(self, key: str, spec: BreakerSpec) -> str:
@@ -99,10 +102,15 @@ class CircuitBreakers:
         return self._states.get(key)
 
     def _save(self, key: str, st: BreakerState) -> None:
-        states = self._states
+        states, closed = self._states, self._closed
+        closed.pop(key, None)
         if states.pop(key, None) is None and len(states) >= self._max_states:
-            del states[next(iter(states))]
+            dropped = next(iter(closed or states))
+            del states[dropped]
+            closed.pop(dropped, None)
         states[key] = st
+        if st.opened_at is None:
+            closed[key] = None
 
     def _locked(self) -> AbstractContextManager[object]:
         return contextlib.nullcontext()
