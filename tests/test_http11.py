@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from streamproxy.config import Config, ConfigError, parse_config
 from streamproxy.errors import (
@@ -218,6 +219,22 @@ async def test_keep_alive_reuse(server: tuple[Upstream, str]) -> None:
             peers.add(id(r._conn))
     assert client.pool.opened == 2 and len(peers) == 2 and len(up.requests) == 7
     assert client.pool.busy == 0
+
+
+async def test_idle_connections_are_kept_for_a_bounded_number_of_hosts(
+        aiohttp_server: Any) -> None:
+    """A client's region names the upstream host: each made-up one kept a socket for 30 s."""
+    bases = [str((await aiohttp_server(Upstream().app())).make_url("")).rstrip("/")
+             for _ in range(5)]
+    async with native_client() as client:
+        client.pool.max_hosts = 3
+        for base in [bases[0], *bases[1:], bases[0]]:  # the first host, in use, is kept
+            resp = await post(client, base + "/length")
+            await resp.read()
+            resp.release()
+        idle = client.pool.idle
+        assert len(idle) == 3 and sum(map(len, idle.values())) == 3
+        assert [key[2] for key in idle] == [URL(b).port for b in (bases[3], bases[4], bases[0])]
 
 
 async def test_stale_pooled_connection_is_retried(server: tuple[Upstream, str]) -> None:

@@ -46,6 +46,9 @@ from streamproxy.upstream.response_parser import (
 PAUSE_AT = 64 * 1024  # unread body bytes beyond which the socket stops being read
 KEEPALIVE_TIMEOUT = 30.0  # like aiohttp's connector
 MAX_IDLE_PER_HOST = 1024
+# Hosts with idle connections: a client's `vertex_region` / `aws_region` names the host, so
+# without a bound every region a client made up would keep a socket for `keepalive`.
+MAX_IDLE_HOSTS = 256
 # A body released before its framing ended (the last event was read, the chunked terminator
 # was not yet): it is read and dropped for up to this long / this many bytes, then pooled.
 LINGER_SECONDS = 1.0
@@ -360,13 +363,16 @@ class Response:
 
 class Pool:
     """Idle keep-alive connections per (scheme, host, port), newest first; a connection idle
-    longer than `keepalive` is closed by one sweep timer for the whole pool."""
+    longer than `keepalive` is closed by one sweep timer for the whole pool. Beyond `max_hosts`
+    hosts, the least recently used host's idle connections are closed."""
 
     def __init__(self, *, keepalive: float = KEEPALIVE_TIMEOUT,
-                 max_idle_per_host: int = MAX_IDLE_PER_HOST) -> None:
+                 max_idle_per_host: int = MAX_IDLE_PER_HOST,
+                 max_hosts: int = MAX_IDLE_HOSTS) -> None:
         self.keepalive = keepalive
         self.max_idle = max_idle_per_host
-        self.idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self.max_hosts = max_hosts
+        self.idle: dict[tuple[str, str, int], list[_Connection]] = {}  # least recently put first
         self.opened = 0  # connections ever opened (tests, metrics)
         self.busy = 0  # connections carrying a request now
         self._ssl: ssl.SSLContext | None = None
@@ -389,7 +395,14 @@ class Pool:
         return None
 
     def put(self, conn: _Connection) -> None:
-        conns = self.idle.setdefault(conn.key, [])
+        idle = self.idle
+        conns = idle.pop(conn.key, None)  # put back last: the hosts in use are dropped last
+        if conns is None:
+            conns = []
+            if len(idle) >= self.max_hosts:
+                for old in idle.pop(next(iter(idle))):
+                    old.close()
+        idle[conn.key] = conns
         if self._closed or len(conns) >= self.max_idle:
             conn.close()
             return
