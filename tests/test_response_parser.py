@@ -268,6 +268,19 @@ def test_a_chunk_whose_data_holds_a_crlf_is_not_cut_there() -> None:
     assert ChunkedDecoder().feed(tricky) == b"x\r\n3\r\nababc"
 
 
+def test_chunk_extensions_are_not_remembered() -> None:
+    """The process-wide memo of chunk-size lines took any line up to 4 KiB: an upstream
+    sending a new extension each chunk left 4,096 of them, 16 MB, for the process's life."""
+    from streamproxy.upstream import response_parser
+
+    for i in range(50):
+        line = b"1;ext=%d" % i + b"x" * 1000
+        assert ChunkedDecoder().feed(line + b"\r\na\r\n") == b"a"
+        assert line not in response_parser._SIZES
+    assert ChunkedDecoder().feed(b"1;e\r\nb\r\n") == b"b"  # a short one still is
+    assert b"1;e" in response_parser._SIZES
+
+
 def test_chunked_rest_after_end() -> None:
     decoder = ChunkedDecoder()
     assert decoder.feed(b"3\r\nabc\r\n0\r\n\r\nNEXT") == b"abc"

@@ -78,7 +78,9 @@ def _chunk_size(line: bytes) -> int:
     if not line or len(line) > 16 or line.translate(None, _HEXDIGITS):
         raise InvalidChunk("invalid chunk size")
     size = int(line, 16)
-    if len(_SIZES) < 4096:
+    # Only lines a plain size fits in: one with extensions may be MAX_CHUNK_LINE long, and an
+    # upstream sending ever-new ones would fill the memo with 16 MB for the process's life.
+    if len(given) <= 16 and len(_SIZES) < 4096:
         _SIZES[given] = size
     return size
 
