@@ -665,7 +665,9 @@ def test_the_key_ignores_delivery_and_bookkeeping() -> None:
                   dict(namespace="", provider="p", model="m", body={**body, "seed": 1}),
                   dict(namespace="", provider="p", model="m", body=body,
                        headers={"x-mock-options": "tokens=3"}),
-                  dict(namespace="", provider="p", model="m", body=body, credential="sk-a")):
+                  dict(namespace="", provider="p", model="m", body=body, credential="sk-a"),
+                  dict(namespace="", provider="p", model="m", body=body,
+                       base_url="https://other.example/v1")):
         assert cache_key(**other) != key  # type: ignore[arg-type]
 
 
@@ -682,6 +684,33 @@ async def test_a_clients_own_provider_key_partitions_the_cache(proxy: Any, upstr
         statuses.append(resp.headers[STATUS])
         await drained(client)
     assert statuses == ["MISS", "MISS", "MISS", "HIT"]
+
+
+@pytest.mark.parametrize("how", ["header", "config"])
+async def test_a_custom_host_partitions_the_cache(proxy: Any, upstream: Any, how: str) -> None:
+    # One provider aimed at two servers (say two vLLM hosts, each serving its own "m"): one
+    # server's answers must not be served as the other's.
+    upstream.body = OPENAI_FIXTURES["text"]
+    host = upstream.url.split("://")[1]
+    client = await proxy(make_config({"oa": {"type": "openai", "base_url": upstream.url,
+                                             "api_key": "sk", "default_model": "m"}},
+                                     default="oa", allowed_custom_hosts=[host]))
+
+    def aimed_at(path: str) -> dict[str, str]:
+        if how == "header":
+            return {**cache_header(), "x-portkey-custom-host": upstream.url + path}
+        return {"x-portkey-config": orjson.dumps({
+            "provider": "oa", "custom_host": upstream.url + path,
+            "cache": {"mode": "simple"}}).decode()}
+
+    statuses = []
+    for path in ("/a/v1", "/b/v1", "/a/v1", "/b/v1"):
+        resp, _ = await post(client, {"model": "oa/m", "stream": True}, aimed_at(path))
+        statuses.append(resp.headers[STATUS])
+        await drained(client)
+    assert statuses == ["MISS", "MISS", "HIT", "HIT"]
+    assert [r.path for r in upstream.requests] == ["/a/v1/chat/completions",
+                                                   "/b/v1/chat/completions"]
 
 
 def _openai_chunks(*chunks: dict[str, Any]) -> bytes:

@@ -1,7 +1,8 @@
 """The cache key: a SHA-256 of the normalized request (pure).
 
 Two requests share a key when they would ask the same upstream the same question: same
-provider, same upstream model, same messages and same output-changing parameters (temperature,
+provider, same endpoint (its base URL: a `custom_host` aims one provider at another server),
+same upstream model, same messages and same output-changing parameters (temperature,
 tools, response_format, max_tokens, seed, n, …, and the target's override_params and forwarded
 headers). Left out, because they do not change the answer: how it is delivered (`stream`,
 `stream_options`) and bookkeeping (`user`, `metadata`, `store`, `prompt_cache_key`,
@@ -20,15 +21,17 @@ import orjson
 
 NOT_IN_KEY = frozenset({"model", "stream", "stream_options", "user", "metadata", "store",
                         "prompt_cache_key", "safety_identifier"})
-_VERSION = 2  # bump when the normalization changes: old entries then simply miss
+_VERSION = 3  # bump when the normalization changes: old entries then simply miss
 
 
 def cache_key(*, namespace: str, provider: str, model: str | None, body: Mapping[str, Any],
-              headers: Mapping[str, str] | None = None, credential: str | None = None) -> str:
+              headers: Mapping[str, str] | None = None, credential: str | None = None,
+              base_url: str | None = None) -> str:
     material = {
         "v": _VERSION,
         "ns": namespace,
         "provider": provider,
+        "base_url": base_url,
         "model": model,
         "body": {k: v for k, v in body.items() if k not in NOT_IN_KEY},
         "headers": dict(headers or {}),

@@ -204,10 +204,13 @@ def _namespace(request: Exchange) -> str:
 
 def _key(namespace: str, req: ChatRequest, target: Target) -> str:
     provider = target.provider
+    # The configured base URL, or a custom_host's: another server under the same provider
+    # name may serve another model under the same name. Not the region (README: the same
+    # model answers alike wherever it runs), which is why this is not `provider.endpoint`.
     return cache_key(namespace=namespace, provider=provider.name,
                      model=target.model or provider.cfg.default_model,
                      body=target.apply_overrides(req.body), headers=target.headers,
-                     credential=target.api_key)
+                     credential=target.api_key, base_url=provider.cfg.base_url)
 
 
 def _succeeded(record: RequestRecord) -> bool:
