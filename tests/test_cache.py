@@ -113,6 +113,30 @@ async def test_a_hit_is_logged_as_one_and_its_tokens_are_not_the_providers(
     assert REGISTRY.get_sample_value("streamproxy_tokens_total", lbl) == before + 200  # once
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_hit_names_the_target_that_answered_and_no_retries(proxy: Any,
+                                                                    stream: bool) -> None:
+    # Portkey's hit carries x-portkey-last-used-option-index (the target whose entry
+    # answered) and x-portkey-retry-attempt-count 0, as a miss does.
+    client = await proxy(config())
+    headers = {"x-portkey-config": orjson.dumps({
+        "strategy": {"mode": "fallback"}, "cache": {"mode": "simple"},
+        "targets": [{"provider": "mock", "override_params": {"model": "fast:tokens=3"}},
+                    {"provider": "mock-openai"}]}).decode()}
+    answers = []
+    for _ in range(2):
+        resp, _ = await post(client, {"stream": stream}, headers)
+        answers.append(resp.headers)
+        await drained(client)
+    miss, hit = answers
+    assert (miss[STATUS], hit[STATUS]) == ("MISS", "HIT")
+    for name in ("x-portkey-last-used-option-index", "x-portkey-retry-attempt-count",
+                 "x-portkey-provider"):
+        assert hit.get(name) == miss.get(name), name
+    assert hit["x-portkey-last-used-option-index"] == "config.targets[0]"
+    assert hit["x-portkey-retry-attempt-count"] == "0"
+
+
 @pytest.mark.parametrize("model", ["mock/fast:tokens=40", "mock/tools", "mock/tool"])
 @pytest.mark.parametrize("usage", [True, False])
 async def test_a_streamed_hit_replays_the_same_bytes_with_a_fresh_id(proxy: Any, model: str,

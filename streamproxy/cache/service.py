@@ -104,7 +104,7 @@ class ResponseCache:
             if (entry is not None and cached.is_fresh(entry, max_age)
                     and (not req.stream or cached.streams_whole(entry))):
                 _note(request, record, "HIT")
-                await self._answer(request, req, target, record, entry)
+                await self._answer(request, req, attempts[0], record, entry)
                 return True
         _note(request, record, "REFRESH" if refresh else "MISS")
         self._fill_later(record, CacheFill(key, max_age, namespace, req, attempts))
@@ -117,16 +117,19 @@ class ResponseCache:
         pending["cache"] = fill
         record.pending = pending
 
-    async def _answer(self, request: Exchange, req: ChatRequest, target: Target,
+    async def _answer(self, request: Exchange, req: ChatRequest, attempt: Attempt,
                       record: RequestRecord, entry: dict[str, Any]) -> None:
-        from streamproxy.server.errors import trace_headers  # (server imports us)
-        from streamproxy.server.handlers import SSE_HEADERS
+        from streamproxy.server.handlers import SSE_HEADERS, response_headers  # (server imports us)
 
+        target = attempt.target
         completion_id, created = new_completion_id(), int(time.time())
         record.provider = target.provider.name
         record.model = target.model or target.provider.cfg.default_model
+        record.option_path = attempt.path  # the target whose entry answered (header, log)
         model = cached.model_of(entry) or record.model or ""
-        headers = {**trace_headers(record.trace_id), "x-portkey-provider": target.provider.name}
+        # As Portkey answers a hit: the target's index, and no retries (no upstream asked).
+        headers = {**response_headers(record, target.provider.name),
+                   "x-portkey-retry-attempt-count": "0"}
         if record.pending is not None and "store" in record.pending:  # stored under this id
             record.response = cached.completion_from(entry, completion_id=completion_id,
                                                      created=created, model=model)

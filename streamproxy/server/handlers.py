@@ -40,7 +40,7 @@ SSE_HEADERS = {
 }
 
 
-def _response_headers(record: RequestRecord, provider: str | None) -> dict[str, str]:
+def response_headers(record: RequestRecord, provider: str | None) -> dict[str, str]:
     """The x-portkey-* headers of an answer, a success's or (as Portkey sends them) an
     error's: what is known by then; the trace id also as OpenAI's x-request-id."""
     headers = trace_headers(record.trace_id)
@@ -99,7 +99,7 @@ async def chat(ex: Exchange) -> None:
         record.error_type, record.error_code = e.error_type, e.code
         if record.first_byte is None:  # the error's JSON body is the answer (not yet written)
             record.bytes_out = len(e.body())
-        e.response_headers = _response_headers(record, record.provider)
+        e.response_headers = response_headers(record, record.provider)
         raise
     except asyncio.CancelledError:
         if state.drain.owns():  # the shutdown grace ran out before this request committed
@@ -156,7 +156,7 @@ async def _answer(ex: Exchange, state: AppState, req: ChatRequest,
     record.first_byte = time.monotonic()
     record.bytes_out = len(body)
     served = plan.attempts[record.target_index or 0].target
-    await ex.reply(body, headers=_response_headers(record, served.provider.name))
+    await ex.reply(body, headers=response_headers(record, served.provider.name))
 
 
 async def _stream(ex: Exchange, state: AppState, req: ChatRequest, plan: Plan,
@@ -171,7 +171,7 @@ async def _stream(ex: Exchange, state: AppState, req: ChatRequest, plan: Plan,
     if client is None:
         try:  # the commit point: from here the client has a 200
             client = await ex.start_events({
-                **SSE_HEADERS, **_response_headers(record, stream.target.provider.name)})
+                **SSE_HEADERS, **response_headers(record, stream.target.provider.name)})
         except BaseException:
             _close_unrelayed(stream)
             raise
@@ -202,7 +202,7 @@ async def _open_with_keepalives(ex: Exchange, state: AppState, req: ChatRequest,
             while not (await asyncio.wait({opening}, timeout=interval))[0]:
                 if client is None:
                     client = await ex.start_events({**SSE_HEADERS,
-                                                    **_response_headers(record, None)})
+                                                    **response_headers(record, None)})
                     record.kept_alive = True
                 await client.write(b": keep-alive\n\n")
             stream = opening.result()
@@ -244,7 +244,7 @@ async def _refuse_while_draining(ex: Exchange, record: RequestRecord) -> None:
     """A request on a kept-alive connection after SIGTERM: 503, and the connection closes."""
     err = shutdown_error()
     record.status, record.error_type, record.error_code = err.status, err.error_type, err.code
-    err.response_headers = _response_headers(record, None)
+    err.response_headers = response_headers(record, None)
     await reply_error(ex, err, close=True)
 
 
