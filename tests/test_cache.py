@@ -188,6 +188,71 @@ async def test_a_passthrough_stream_replays_the_same_deltas(name: str, proxy: An
     assert a.ids.isdisjoint(b.ids)
 
 
+def _envelopes(body: bytes, stream: bool) -> list[dict[str, Any]]:
+    """What a client reads around the deltas: each chunk's (or the object's) model,
+    system_fingerprint and service_tier."""
+    objects = ([c for c in sse_chunks(body) if c != "[DONE]"] if stream
+               else [orjson.loads(body)])
+    return [{k: o.get(k) for k in ("model", "system_fingerprint", "service_tier")}
+            for o in objects]
+
+
+TOOL_ANSWER = {  # an OpenAI answer with the upstream's own fields and a tool call
+    "id": "chatcmpl-up", "object": "chat.completion", "created": 5, "model": "m-2024-01-01",
+    "service_tier": "default", "system_fingerprint": "fp_abc",
+    "choices": [{"index": 0, "logprobs": None, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": "Let me look.", "refusal": None, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}}],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}}
+
+
+@pytest.mark.parametrize("fill_streamed", [True, False])
+@pytest.mark.parametrize("hit_streamed", [True, False])
+async def test_a_hit_keeps_what_a_client_reads_of_a_passthrough_answer(
+        proxy: Any, upstream: Any, fill_streamed: bool, hit_streamed: bool) -> None:
+    # system_fingerprint and service_tier (which clients log to tell backends apart) came
+    # back null or missing from every replay but the non-streamed one of a non-streamed fill.
+    if fill_streamed:
+        upstream.body = OPENAI_FIXTURES["text"]
+    else:
+        upstream.content_type, upstream.body = "application/json", orjson.dumps(TOOL_ANSWER)
+    client = await proxy(config(upstream.url, kind="openai"))
+    body = {"model": "up/m", "stream": fill_streamed, "stream_options": (
+        {"include_usage": True} if fill_streamed else None)}
+    miss, first = await post(client, body, cache_header())
+    await drained(client)
+    body = {"model": "up/m", "stream": hit_streamed, "stream_options": (
+        {"include_usage": True} if hit_streamed else None)}
+    hit, replayed = await post(client, body, cache_header())
+    assert (miss.headers[STATUS], hit.headers[STATUS]) == ("MISS", "HIT")
+    assert len(upstream.requests) == 1
+    expected = _envelopes(first, fill_streamed)[0]
+    assert expected["system_fingerprint"] and expected["service_tier"]
+    assert all(e == expected for e in _envelopes(replayed, hit_streamed))
+    if hit_streamed:
+        a = collect(sse_chunks(replayed))
+        content, calls, finish, usage = (a.content, [(t["id"], t["name"], t["arguments"])
+                                                      for t in a.tool_calls],
+                                         a.finish_reason, a.usage)
+    else:
+        choice = orjson.loads(replayed)["choices"][0]
+        content, finish, usage = (choice["message"]["content"], choice["finish_reason"],
+                                  orjson.loads(replayed)["usage"])
+        calls = [(t["id"], t["function"]["name"], t["function"]["arguments"])
+                 for t in choice["message"].get("tool_calls") or []]
+    if fill_streamed:
+        b = collect(sse_chunks(first))
+        assert (content, calls, finish, usage) == (
+            b.content, [(t["id"], t["name"], t["arguments"]) for t in b.tool_calls],
+            b.finish_reason, b.usage)
+    else:
+        message = TOOL_ANSWER["choices"][0]["message"]  # type: ignore[index]
+        assert (content, finish, usage) == ("Let me look.", "tool_calls", TOOL_ANSWER["usage"])
+        assert calls == [("call_1", "get_weather", message["tool_calls"][0]["function"][
+            "arguments"])]
+
+
 def deltas(body: bytes) -> list[Any]:
     """Each chunk's delta content, reasoning and tool-call pieces, in order."""
     out = []

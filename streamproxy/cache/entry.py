@@ -7,7 +7,8 @@ Two forms, both plain JSON-able dicts:
 
 Either form answers either kind of request: a streamed request that hits a non-streamed fill
 gets each message part as one delta; a non-streamed request that hits a streamed fill gets the
-completion rebuilt by replaying into a CompletionBuilder. Every hit gets a fresh id and created.
+completion rebuilt by replaying into a CompletionBuilder. Every hit gets a fresh id and created;
+the upstream's own `system_fingerprint` and `service_tier` (an OpenAI pass-through's) are kept.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from streamproxy.openai_api.chunks import ChunkSink
+import orjson
+
+from streamproxy.openai_api.chunks import ChunkEncoder, ChunkSink
 from streamproxy.openai_api.completion import CompletionBuilder
 
 FORMAT = 1
+UPSTREAM_FIELDS = ("service_tier", "system_fingerprint")  # (in OpenAI's order)
 
 
 def from_builder(b: CompletionBuilder) -> dict[str, Any]:
@@ -34,6 +38,7 @@ def from_builder(b: CompletionBuilder) -> dict[str, Any]:
                   for call, args in zip(b.tool_calls, b.tool_args, strict=True)],
         "finish": b.finish_reason,
         "usage": b.usage_data,
+        "upstream": b.upstream_fields,
     }
 
 
@@ -59,6 +64,25 @@ def streams_whole(entry: dict[str, Any]) -> bool:
     message = choice.get("message") or {}
     return not (choice.get("logprobs") or message.get("refusal") or any(
         call.get("type") != "function" for call in message.get("tool_calls") or ()))
+
+
+def upstream_fields(entry: dict[str, Any]) -> dict[str, str]:
+    """The answer's `system_fingerprint` / `service_tier` as the upstream sent them (none for a
+    translated answer: ours are null)."""
+    completion = entry.get("completion")
+    fields = completion if completion is not None else entry.get("upstream") or {}
+    return {k: fields[k] for k in UPSTREAM_FIELDS if isinstance(fields.get(k), str)}
+
+
+class ReplayEncoder(ChunkEncoder):
+    """The encoder of a streamed hit: its envelope carries the upstream fields the answer came
+    with (`upstream_fields`), as the first stream's chunks did."""
+
+    def __init__(self, fields: dict[str, str], **envelope: Any) -> None:
+        super().__init__(**envelope)
+        self.upstream_fields = b"".join(
+            b',"%s":%b' % (k.encode(), orjson.dumps(fields.get(k))) for k in UPSTREAM_FIELDS
+            if k in fields or k == "system_fingerprint")
 
 
 def model_of(entry: dict[str, Any]) -> str | None:
@@ -133,4 +157,5 @@ def completion_from(entry: dict[str, Any], *, completion_id: str, created: int,
         return {**completion, "id": completion_id, "created": created}
     builder = CompletionBuilder()
     replay(entry, builder)
+    builder.upstream_fields = upstream_fields(entry)
     return builder.completion(completion_id=completion_id, created=created, model=model)

@@ -31,7 +31,6 @@ from streamproxy.cache.config import (
     max_age_for,
 )
 from streamproxy.cache.key import cache_key
-from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.record import RequestRecord
 from streamproxy.routing.executor import new_completion_id
@@ -142,8 +141,9 @@ class ResponseCache:
             record.usage, record.bytes_out = completion.get("usage"), len(body)
             await request.reply(body, headers=headers)
             return
-        encoder = ChunkEncoder(completion_id=completion_id, created=created, model=model,
-                               include_usage=req.include_usage)
+        encoder = cached.ReplayEncoder(cached.upstream_fields(entry),
+                                       completion_id=completion_id, created=created,
+                                       model=model, include_usage=req.include_usage)
         cached.replay(entry, encoder)
         body = encoder.take()
         client = await request.start_events({**SSE_HEADERS, **headers})

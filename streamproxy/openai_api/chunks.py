@@ -103,6 +103,10 @@ class ChunkEncoder:
         "failure", "finish_reason", "include_usage", "model", "usage_data",
     )
 
+    # The envelope's fields after `model`: ours are null; a cache hit's encoder gives back an
+    # upstream's own system_fingerprint and service_tier (cache/entry.ReplayEncoder).
+    upstream_fields = b',"system_fingerprint":null'
+
     def __init__(
         self, *, completion_id: str, created: int, model: str, include_usage: bool
     ) -> None:
@@ -144,8 +148,8 @@ class ChunkEncoder:
         self._prefix = b"".join((
             b'data: {"id":', _dumps(self.completion_id),
             b',"object":"chat.completion.chunk","created":', str(self.created).encode(),
-            b',"model":', _dumps(self.model),
-            b',"system_fingerprint":null,"choices":[{"index":0,"delta":',
+            b',"model":', _dumps(self.model), self.upstream_fields,
+            b',"choices":[{"index":0,"delta":',
         ))
         self._tail = b',"logprobs":null,"finish_reason":null}]' + (
             b',"usage":null}\n\n' if self.include_usage else b"}\n\n"
