@@ -825,6 +825,32 @@ def test_a_refusal_is_captured_and_its_stream_is_not_kept_for_replay() -> None:
         {"message": {"content": None, "refusal": "No."}, "finish_reason": "stop"}]}))
 
 
+@pytest.mark.parametrize("fill_streamed", [True, False])
+async def test_an_answer_with_citations_is_never_replayed_without_them(
+        proxy: Any, upstream: Any, fill_streamed: bool) -> None:
+    # A search model's url_citation annotations: a replay has no delta for them, so a
+    # streamed fill is not kept and a non-streamed one answers non-streamed requests only.
+    annotations = [{"type": "url_citation", "url_citation": {
+        "url": "https://example.com", "title": "Example", "start_index": 0, "end_index": 2}}]
+    streamed = _openai_chunks(
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}]},
+        {"choices": [{"index": 0, "delta": {"annotations": annotations},
+                      "finish_reason": "stop"}]})
+    whole = orjson.dumps({**TOOL_ANSWER, "choices": [{
+        "index": 0, "logprobs": None, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": "Hi", "annotations": annotations}}]})
+    client = await proxy(config(upstream.url, kind="openai"))
+    statuses = []
+    for stream in (fill_streamed, True, False):
+        upstream.content_type = "text/event-stream" if stream else "application/json"
+        upstream.body = streamed if stream else whole
+        resp, out = await post(client, {"model": "up/m", "stream": stream}, cache_header())
+        statuses.append(resp.headers[STATUS])
+        assert b'"url_citation"' in out, (stream, resp.headers[STATUS])
+        await drained(client)
+    assert statuses == (["MISS", "MISS", "MISS"] if fill_streamed else ["MISS", "MISS", "HIT"])
+
+
 def test_a_tool_call_whose_id_and_name_repeat_on_every_chunk_is_captured_once() -> None:
     # DeepSeek and Qwen send id (and name) again with each argument fragment.
     def call(args: str, name: str) -> dict[str, Any]:

@@ -242,6 +242,8 @@ class CompletionBuilder:
         if isinstance(refusal, str) and refusal:
             self.refusal_parts.append(refusal)
             self.replayable = False
+        if delta.get("annotations") or delta.get("audio"):  # (web search citations, audio)
+            self.replayable = False  # kept nowhere here: a replay would answer without them
         calls = delta.get("tool_calls")
         for tc in calls if isinstance(calls, list) else ():
             index = tc.get("index", 0) if isinstance(tc, dict) else None
