@@ -37,6 +37,9 @@ class RequestRecord:
     fallbacks: int = 0  # moves to another planned target after a failure
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
+    # `usage` is what the provider had reported when its stream failed or its client left,
+    # not the answer's final count (the prompt's tokens are billed all the same).
+    usage_partial: bool = False
     chunks: int = 0
     bytes_out: int = 0
     error_type: str | None = None

@@ -3,6 +3,7 @@ log, bodies only when the operator opts in."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +29,8 @@ from streamproxy.record import RequestRecord
 from tests.helpers import collect, make_config, sse_chunks
 
 FIELDS = {"ts", "trace_id", "auth_key", "provider", "model", "status", "stream", "ttft_ms",
-          "duration_ms", "prompt_tokens", "completion_tokens", "cached_tokens", "finish_reason",
+          "duration_ms", "prompt_tokens", "completion_tokens", "cached_tokens", "tokens_partial",
+          "finish_reason",
           "attempts", "target_index", "option", "fallbacks", "client_disconnected", "error_type",
           "error_code", "upstream_errors", "bytes_in", "bytes_out", "chunks", "max_gap_ms",
           "cache_status"}
@@ -67,6 +69,7 @@ async def test_one_line_per_request_with_the_documented_fields(
                                                                            "fast:tokens=7", 200)
     assert streamed["stream"] is True and streamed["finish_reason"] == "stop"
     assert streamed["completion_tokens"] == 7 and streamed["prompt_tokens"] >= 1
+    assert streamed["tokens_partial"] is False
     assert streamed["ttft_ms"] >= 0 and streamed["duration_ms"] >= streamed["ttft_ms"]
     assert streamed["attempts"] == 1 and streamed["target_index"] == 0
     assert streamed["option"] == "config"
@@ -78,6 +81,45 @@ async def test_one_line_per_request_with_the_documented_fields(
                                                                      "invalid_request_error",
                                                                      "invalid_json")
     assert "request_body" not in streamed  # not opted in
+
+
+@pytest.mark.parametrize("model", ["paced:error_after=3", "paced:truncate_after=3"])
+async def test_a_stream_that_fails_logs_the_tokens_the_provider_had_reported(
+        proxy: Any, caplog: pytest.LogCaptureFixture, model: str) -> None:
+    """Anthropic reports the prompt's tokens in message_start, and bills them whatever follows:
+    a stream that then fails still logs (and counts) them, marked as partial."""
+    caplog.set_level(logging.INFO)
+    client = await proxy(mock_config())
+    lbl = {"provider": "mock", "model": model, "type": "input"}
+    before = REGISTRY.get_sample_value("streamproxy_tokens_total", lbl) or 0
+    for m in ("fast:tokens=3", model):
+        body = await (await client.post("/v1/chat/completions", json={
+            "model": m, "stream": True, "messages": USER})).read()
+    assert collect(sse_chunks(body)).error is not None
+    complete, failed = access_lines(caplog)
+    assert failed["error_type"] is not None and failed["finish_reason"] is None
+    assert failed["prompt_tokens"] == complete["prompt_tokens"] >= 1
+    assert failed["completion_tokens"] == 1  # message_start's count: no message_delta came
+    assert failed["tokens_partial"] is True
+    assert (REGISTRY.get_sample_value("streamproxy_tokens_total", lbl)
+            == before + failed["prompt_tokens"])
+
+
+async def test_a_client_that_leaves_mid_stream_logs_the_tokens_reported_so_far(
+        proxy: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    client = await proxy(mock_config())
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "slow", "stream": True, "messages": USER})
+    await resp.content.readany()  # the first delta, then gone
+    resp.close()
+    for _ in range(200):  # bounded: the handler's cancellation lands within a few loop turns
+        if access_lines(caplog):
+            break
+        await asyncio.sleep(0.01)
+    [line] = access_lines(caplog)
+    assert line["client_disconnected"] is True and line["status"] == 200
+    assert line["prompt_tokens"] >= 1 and line["tokens_partial"] is True
 
 
 async def test_a_refused_body_still_logs_its_stream_flag_and_metadata(

@@ -40,6 +40,7 @@ from tests.helpers import (
     count_spliced_reads,
     fixture_bytes,
     make_config,
+    make_encoder,
     openai_sdk,
     random_splits,
     relay_pieces,
@@ -975,3 +976,31 @@ def test_a_line_break_inside_a_chunk_is_decoded(monkeypatch: pytest.MonkeyPatch)
     assert out == translate([body], encoder=DecodingEncoder)
     c = collect(sse_chunks(out))
     assert c.content == "abcdef" and c.error is None and c.usage["completion_tokens"] == 5 + 248
+
+
+# -- usage reported before a failure -----------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["spliced", "fast path", "full parse"])
+def test_a_cut_stream_keeps_its_latest_usage_snapshot(how: str) -> None:
+    """Every chunk carries a snapshot: a stream cut short still tells what it had cost
+    (`usage_so_far`, read by the relay at the end), whichever path read the last one."""
+    elements = [text_chunk(t, i) for i, t in enumerate("abcdef")]
+    body = gemini_sse(elements) if how == "full parse" else google_sse(elements)
+    reads = ([p + b"\r\n\r\n" for p in body.split(b"\r\n\r\n")[:-1]] if how == "fast path"
+             else [body])
+    enc = make_encoder()
+    tr = GeminiStreamTranslator(enc, 1 << 20)
+    c = collect(sse_chunks(relay_pieces(enc, tr, reads)))
+    assert c.content == "abcdef" and c.error is not None and enc.usage_data is None
+    assert tr.usage_so_far() == {"prompt_tokens": 28, "completion_tokens": 5 + 248,
+                                 "total_tokens": 295, "prompt_tokens_details": {
+                                     "cached_tokens": 0},
+                                 "completion_tokens_details": {"reasoning_tokens": 248}}
+
+
+def test_no_usage_so_far_from_a_malformed_or_absent_snapshot() -> None:
+    tr = GeminiStreamTranslator(make_encoder(), 1 << 20)
+    assert tr.usage_so_far() is None
+    body = google_sse([text_chunk("a"), text_chunk("b", 7)])
+    tr.feed(body.replace(b'"candidatesTokenCount": 7', b'"candidatesTokenCount": "7"'))
+    assert tr.usage_so_far() is None  # never raises: the relay reads it in its cleanup

@@ -292,6 +292,26 @@ def test_anthropic_usage_left_null_by_message_delta_keeps_message_start_values()
     assert usage["prompt_tokens_details"] == {"cached_tokens": 1000}
 
 
+def test_anthropic_usage_so_far_is_message_start_and_deltas_before_a_cut() -> None:
+    start = {"type": "message_start", "message": {"id": "m", "model": "c", "usage": {
+        "input_tokens": 10, "cache_read_input_tokens": 1000, "output_tokens": 1}}}
+    delta = {"type": "message_delta", "delta": {}, "usage": {"output_tokens": 7}}
+    event = b"event: %b\ndata: %b\n\n"
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
+    tr = AnthropicStreamTranslator(enc, 1 << 20)
+    assert tr.usage_so_far() is None
+    tr.feed(event % (b"message_start", orjson.dumps(start)))
+    assert tr.usage_so_far() == {"prompt_tokens": 1010, "completion_tokens": 1,
+                                 "total_tokens": 1011,
+                                 "prompt_tokens_details": {"cached_tokens": 1000}}
+    tr.feed(event % (b"message_delta", orjson.dumps(delta)))
+    assert tr.usage_so_far()["completion_tokens"] == 7  # type: ignore[index]
+    assert enc.usage_data is None  # nothing handed on: message_stop never came
+    tr.feed(event % (b"message_delta", b'{"type": "message_delta", "delta": {}, '
+                                       b'"usage": {"output_tokens": "8"}}'))
+    assert tr.usage_so_far() is None  # an odd count: none, and no exception at the end
+
+
 def test_request_parse_keeps_raw_bytes() -> None:
     raw = b'{"model":"m","messages":[{"role":"user","content":"x"}]}'
     assert parse_chat_request(raw).raw is raw

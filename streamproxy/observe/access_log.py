@@ -182,6 +182,7 @@ def access_entry(r: RequestRecord, now: float | None = None) -> dict[str, Any]:
         "prompt_tokens": _count(usage, "prompt_tokens"),
         "completion_tokens": _count(usage, "completion_tokens"),
         "cached_tokens": cached,
+        "tokens_partial": r.usage_partial,  # counted before the stream failed or was left
         "finish_reason": r.finish_reason,
         "attempts": r.attempts,
         "target_index": r.target_index,

@@ -55,6 +55,13 @@ class StreamTranslator:
     def close(self) -> None:
         raise NotImplementedError
 
+    def usage_so_far(self) -> dict[str, Any] | None:
+        """For a stream that ended without its usage (failed, cut, its client gone): the usage
+        the provider had reported by then, in OpenAI's shape, read from what the translator
+        keeps anyway; None when it reported none or hands usage on at once (`out.usage`).
+        Read once, at the stream's end, by the relay; never raises."""
+        return None
+
 
 class SSETranslator(StreamTranslator):
     """Base for SSE-framed providers: subclasses implement `on_event(SSEEvent)`."""

@@ -182,6 +182,13 @@ class AnthropicStreamTranslator(SSETranslator):
             self.done = True
         # ping and unknown event types: nothing to emit.
 
+    def usage_so_far(self) -> dict[str, Any] | None:
+        # message_start's input tokens are billed even if the stream then fails.
+        try:
+            return map_usage(self._usage) if self._usage else None
+        except TypeError:  # a count that is not a number (an Anthropic-compatible upstream)
+            return None
+
     def _start(self, model: str | None) -> None:
         if not self._started:
             self._started = True

@@ -280,6 +280,15 @@ class GeminiStreamTranslator(SSETranslator):
         self.out.end()
         self.done = True
 
+    def usage_so_far(self) -> dict[str, Any] | None:
+        # The latest snapshot (every chunk carries one): what the stream had cost when it failed.
+        chunk = self._usage_chunk
+        try:
+            usage = self._usage if chunk is None else unread_usage(chunk)
+            return map_usage(usage) if usage is not None else None
+        except (StreamDecodeError, ValueError, TypeError, AttributeError):  # malformed: none
+            return None
+
     def _parts(self, parts: Sequence[dict[str, Any]]) -> None:
         out = self.out
         for part in parts:
