@@ -76,6 +76,13 @@ class RequestRecord:
     def duration(self) -> float | None:
         return None if self.finished is None else self.finished - self.started
 
+    def note_usage(self, final: dict[str, Any] | None,
+                   so_far: Callable[[], dict[str, Any] | None]) -> None:
+        """A stream's usage, once, at its end: its final count, else (it failed, or its client
+        left) what the provider had reported by then (`StreamTranslator.usage_so_far`)."""
+        usage = final if final is not None else so_far()
+        self.usage, self.usage_partial = usage, final is None and usage is not None
+
     def note_upstream_error(self, err: BaseException) -> None:
         """Remember an upstream failure for metrics; errors of our own making are skipped."""
         kind = upstream_error_kind(err)

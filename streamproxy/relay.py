@@ -87,10 +87,7 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord) 
         record.bytes_out = encoder.bytes_taken
         record.chunks = encoder.chunks
         record.finish_reason = encoder.finish_reason
-        record.usage = encoder.usage_data
-        if record.usage is None:  # ended without its usage: what the provider had reported
-            record.usage = translator.usage_so_far()
-            record.usage_partial = record.usage is not None
+        record.note_usage(encoder.usage_data, translator.usage_so_far)
         record.upstream_reads, record.gap_max, record.gap_mean = deadline.gap_stats()
         if encoder.failure is not None:
             record.error_type = encoder.failure.error_type

@@ -105,6 +105,39 @@ async def test_a_stream_that_fails_logs_the_tokens_the_provider_had_reported(
             == before + failed["prompt_tokens"])
 
 
+async def test_tokens_are_the_answering_attempts_even_when_one_failed_before_the_commit(
+        proxy: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """`fast` sends the whole stream in one write: its error event comes in the first read,
+    before the commit point, so the attempt fails as an HTTP error (529) and a fallback may
+    serve. The record's tokens are the attempt whose outcome is the answer's: that one's
+    reported prompt when it is the last, never a failed earlier attempt's (README)."""
+    caplog.set_level(logging.INFO)
+    client = await proxy(make_config({"mock": {"type": "mock", "default_model": "fast"},
+                                      "mock2": {"type": "mock", "default_model": "fast"}},
+                                     default="mock"))
+    failing = {"provider": "mock", "override_params": {"model": "fast:error_after=3"}}
+
+    async def call(*then: dict[str, Any]) -> int:
+        config = {"strategy": {"mode": "fallback"}, "targets": [failing, *then]}
+        resp = await client.post("/v1/chat/completions", headers={
+            "x-portkey-config": orjson.dumps(config).decode()}, json={
+            "stream": True, "messages": USER})
+        await resp.read()
+        return resp.status
+
+    assert await call() == 529
+    assert await call({"provider": "mock2", "override_params": {"model": "fast:tokens=2"}}) == 200
+    assert await call({"provider": "mock2", "override_params": {"model": "fast:status=503"}}) \
+        == 503
+    failed, served, failed_twice = access_lines(caplog)
+    assert failed["prompt_tokens"] >= 1 and failed["completion_tokens"] == 1
+    assert failed["tokens_partial"] is True and failed["error_code"] == "overloaded_error"
+    assert (served["completion_tokens"], served["tokens_partial"]) == (2, False)
+    assert served["prompt_tokens"] == failed["prompt_tokens"]  # mock2's own count, not a sum
+    assert failed_twice["fallbacks"] == 1
+    assert (failed_twice["prompt_tokens"], failed_twice["tokens_partial"]) == (None, False)
+
+
 async def test_a_client_that_leaves_mid_stream_logs_the_tokens_reported_so_far(
         proxy: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)

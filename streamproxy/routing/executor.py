@@ -170,8 +170,8 @@ class Executor:
         provider = target.provider
         deadline = Deadline(target.timeouts, provider.name, first_try)
         resp: aiohttp.ClientResponse | None = None
+        parts = _StreamParts(req, target, record)
         try:
-            parts = _StreamParts(req, target, record)
             # Scheduled now, run as soon as this task waits for the upstream's answer (its
             # request written): building them is then off the time to first token.
             deadline.loop.call_soon(parts.build)
@@ -189,6 +189,7 @@ class Executor:
             deadline.first_event()
             return OpenedStream(target, resp, translator, encoder, deadline)
         except BaseException as e:
+            parts.note_usage()
             raise _failure(e, deadline, resp, provider.name) from None
 
     async def _complete_one(self, req: ChatRequest, target: Target, record: RequestRecord,
@@ -248,6 +249,16 @@ class _StreamParts:
             record.builder = CompletionBuilder()
             sink = TeeSink(encoder, record.builder)
         self.built = encoder, provider.stream_translator(req, sink)
+
+    def note_usage(self) -> None:
+        """An attempt that failed before the commit point (its first read held the error):
+        the record's usage is what its provider had reported (typically the prompt's tokens),
+        or none — never an earlier attempt's."""
+        if self.built is None:
+            self._record.usage, self._record.usage_partial = None, False
+        else:
+            encoder, translator = self.built
+            self._record.note_usage(encoder.usage_data, translator.usage_so_far)
 
     def take(self) -> tuple[ChunkEncoder, StreamTranslator]:
         """The parts, built now if the loop has not run `build` yet (the send did not wait)."""
