@@ -130,6 +130,33 @@ async def test_async_filter_finish_without_delta_gets_an_empty_delta(proxy: Any,
     assert not any(c["id"] == "" for c in chunks[:-1])  # annotation chunks dropped
 
 
+# Asynchronous filter mode when the filter catches the answer: the `content_filter` finish
+# comes as an annotation, in an empty envelope (Azure's content-streaming docs).
+FILTERED = {**SAFE, "protected_material_text": {"detected": True, "filtered": True}}
+ASYNC_FILTERED_STREAM = sse(
+    PREAMBLE,
+    {**ENVELOPE, "choices": [choice({"content": "", "role": "assistant"})]},
+    {**ENVELOPE, "choices": [choice({"content": "Hello"})]},
+    {**ANNOTATION, "usage": None,
+     "choices": [{**ANNOTATION["choices"][0], "content_filter_results": FILTERED,
+                  "finish_reason": "content_filter"}]},
+    {**ENVELOPE, "choices": [], "usage": USAGE},
+)
+
+
+async def test_async_filter_finish_in_an_empty_envelope_gets_the_streams_own(
+        proxy: Any, upstream: Any) -> None:
+    upstream.body = ASYNC_FILTERED_STREAM
+    client = openai_sdk(await proxy(azure_config(upstream.url)))
+    stream = await client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+    chunks = [chunk async for chunk in stream]
+    assert {(c.id, c.created, c.model) for c in chunks} == {
+        ("chatcmpl-A1", ENVELOPE["created"], ENVELOPE["model"])}  # not ("", 0, "")
+    assert chunks[-1].choices[0].finish_reason == "content_filter"
+    assert chunks[-1].choices[0].content_filter_results == FILTERED  # type: ignore[attr-defined]
+
+
 async def test_url_api_key_header_and_body(proxy: Any, upstream: Any) -> None:
     upstream.body = STREAM
     client = await proxy(azure_config(upstream.url))

@@ -44,13 +44,29 @@ STREAM_USAGE_SINCE = "2024-09-01"
 _DATED = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
+# The envelope fields an async-filter chunk leaves empty.
+ENVELOPE_KEYS = ("id", "created", "model")
+
+
 class AzureTranslator(PassthroughTranslator):
     run_stop = None  # every event is looked at (for a "delta")
+
+    def __init__(self, out: ChunkSink, max_event_bytes: int, *, provider: str,
+                 client_wants_usage: bool) -> None:
+        super().__init__(out, max_event_bytes, provider=provider,
+                         client_wants_usage=client_wants_usage)
+        self._envelope: dict[str, Any] | None = None  # the stream's id, created, model
 
     def on_event(self, event: SSEEvent) -> None:
         data = event.data
         # Cheap test first: every OpenAI chunk with a choice has a "delta" key.
-        if b'"delta"' in data or data[:6] == b"[DONE]":
+        if b'"delta"' in data:
+            if self._envelope is None:  # the first delta chunk only: one parse per stream
+                first = load_chunk(data)
+                self._envelope = {key: first[key] for key in ENVELOPE_KEYS if first.get(key)}
+            super().on_event(event)
+            return
+        if data[:6] == b"[DONE]":
             super().on_event(event)
             return
         chunk = load_chunk(data)
@@ -62,6 +78,9 @@ class AzureTranslator(PassthroughTranslator):
         if not choice.get("finish_reason"):
             return  # filter annotations only
         choice["delta"] = {}
+        for key, value in (self._envelope or {}).items():
+            if not chunk.get(key):
+                chunk[key] = value
         if not chunk.get("object"):
             chunk["object"] = "chat.completion.chunk"
         self.on_chunk(chunk, orjson.dumps(chunk))
