@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from streamproxy.config import ConfigError, load_config
+from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.azure import AzureOpenAIProvider
@@ -276,3 +277,54 @@ def test_an_api_version_written_unquoted_in_yaml_is_that_string(tmp_path: Any) -
     claude = providers["claude"]
     headers = claude.build_request(req, Target(claude, "m")).headers
     assert headers["anthropic-version"] == "2023-06-01" and headers["x-since"] == "2025-01-01"
+
+
+# -- Portkey's Azure settings: config target fields and the portkey-ai SDK's headers ----------
+
+def planned_request(headers: dict[str, str]) -> Any:
+    """The upstream request the first planned target would send (no sockets)."""
+    from streamproxy.routing.breaker import CircuitBreakers
+    from streamproxy.routing.gateway import Gateway, load_settings
+    from streamproxy.routing.router import Router
+
+    config = make_config({
+        "az": {"type": "azure", "resource": "contoso", "api_version": VERSION, "api_key": "k"},
+        "oa": {"type": "openai", "api_key": "k"}}, default="az")
+    providers = build_providers(config)
+    router = Router(providers, config.default_provider, config.server.timeouts)
+    gateway = Gateway(router, load_settings(config), CircuitBreakers(), random.Random(0))
+    req = parse_chat_request(b'{"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}')
+    target = gateway.plan(headers, req, None).attempts[0].target
+    return target.provider.build_request(req, target)
+
+
+def test_the_portkey_sdks_azure_headers_pick_resource_deployment_and_version() -> None:
+    from portkey_ai import Portkey
+
+    sdk = Portkey(base_url="http://127.0.0.1:1/v1", api_key="unused",
+                  azure_resource_name="fabrikam", azure_deployment_id="gpt-4.1",
+                  azure_api_version="2025-01-01-preview").custom_headers
+    azure = {k: v for k, v in sdk.items() if k.startswith("x-portkey-azure-")}
+    assert planned_request(azure).url == (
+        "https://fabrikam.openai.azure.com/openai/deployments/gpt-4.1/chat/completions"
+        "?api-version=2025-01-01-preview")
+    assert planned_request({}).url == (  # without them: the provider as configured
+        f"https://contoso.openai.azure.com/openai/deployments/gpt-4o/chat/completions"
+        f"?api-version={VERSION}")
+    # A type that takes none of them (a fallback's other target) goes as configured.
+    assert planned_request({"x-portkey-provider": "oa", **azure}).url == (
+        "https://api.openai.com/v1/chat/completions")
+
+
+def test_a_config_targets_azure_fields_as_portkey_names_them() -> None:
+    config = {"provider": "az", "resource_name": "fabrikam", "deployment_id": "gpt4o-eu",
+              "api_version": "2024-06-01"}
+    sent = planned_request({"x-portkey-config": orjson.dumps(config).decode()})
+    assert sent.url == ("https://fabrikam.openai.azure.com/openai/deployments/gpt4o-eu/"
+                        "chat/completions?api-version=2024-06-01")
+    with pytest.raises(InvalidRequest) as info:
+        planned_request({"x-portkey-config": '{"provider": "oa", "deployment_id": "d"}'})
+    assert info.value.param == "config.deployment_id"
+    with pytest.raises(InvalidRequest) as info:  # an id, never a host or a path
+        planned_request({"x-portkey-azure-resource-name": "evil.example.com/x"})
+    assert info.value.param == "x-portkey-azure-resource-name"

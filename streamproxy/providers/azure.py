@@ -91,6 +91,9 @@ class AzureOpenAIProvider(OpenAIProvider):
     default_base_url: ClassVar[str | None] = None
     option_keys: ClassVar[frozenset[str]] = frozenset(
         {"resource", "deployment", "api_version", "auth"})
+    # Portkey's Azure settings: a config target's fields, or the portkey-ai SDK's headers.
+    target_options: ClassVar[dict[str, str]] = {
+        "resource_name": "resource", "deployment_id": "deployment", "api_version": "api_version"}
 
     @classmethod
     def check_options(cls, options: dict[str, Any], source: str, where: str) -> None:
@@ -125,6 +128,10 @@ class AzureOpenAIProvider(OpenAIProvider):
         if self.cfg.base_url:
             return self.cfg.base_url.removesuffix("/openai")
         return f"https://{self.cfg.options['resource']}.openai.azure.com"
+
+    @property
+    def endpoint(self) -> str:
+        return self.base_url  # two resources fail apart (a target may name its own)
 
     def chat_url(self, model: str) -> str:
         deployment = self.cfg.options.get("deployment") or model

@@ -43,6 +43,7 @@ from streamproxy.routing.breaker import CircuitBreakers
 from streamproxy.routing.planner import NO_RETRY, Plan, plan, single
 from streamproxy.routing.portkey_config import (
     OPTION_VALUE,
+    OPTION_VALUE_RULE,
     PROVIDER_OPTION_KEYS,
     ConfigNode,
     RetrySpec,
@@ -65,9 +66,12 @@ _UNFORWARDABLE = frozenset({"host", "content-length", "transfer-encoding", "conn
 METADATA_HEADER = "x-portkey-metadata"
 CHAT_PATH = "/v1/chat/completions"  # `url.pathname` in conditions: the one route that plans
 TIMEOUT_HEADER = "x-portkey-request-timeout"  # milliseconds until the answer starts (then 408)
-# The portkey-ai SDK's `aws_region` & co. arrive as `x-portkey-aws-region` & co.
-PROVIDER_OPTION_HEADERS = {name: "x-portkey-" + name.replace("_", "-")
-                           for name in PROVIDER_OPTION_KEYS}
+# The portkey-ai SDK's `aws_region` & co. arrive as `x-portkey-aws-region` & co.; Azure's
+# (`azure_resource_name` …, a config's `resource_name` …) as `x-portkey-azure-resource-name` ….
+_AZURE_OPTIONS = ("resource_name", "deployment_id", "api_version")
+PROVIDER_OPTION_HEADERS = {
+    name: "x-portkey-" + ("azure-" if name in _AZURE_OPTIONS else "") + name.replace("_", "-")
+    for name in PROVIDER_OPTION_KEYS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,7 +352,7 @@ def _header_provider_options(provider: Provider, headers: Mapping[str, str],
         if value is None:
             continue
         if not OPTION_VALUE.fullmatch(value):  # a region lands in a host name
-            raise InvalidRequest(f"{header} must be an id of letters, digits, '-' and '_'.",
+            raise InvalidRequest(f"{header} must be {OPTION_VALUE_RULE}.",
                                  param=header, code="invalid_value")
         key = provider.target_option(name)
         if key is not None and (leaf is None or name not in leaf.provider_options):

@@ -23,13 +23,18 @@ RETRY_ATTEMPTS_MAX = 10
 _TIMEOUT_KEYS = ("connect", "first_token", "idle", "total")
 
 # Portkey's per-target provider settings, applied where the target's provider type takes
-# them (the provider's `target_options`); not inherited, as in Portkey.
-PROVIDER_OPTION_KEYS = ("openai_organization", "aws_region", "vertex_region")
+# them (the provider's `target_options`); not inherited, as in Portkey. The last three are
+# Azure's (its resource, deployment and api-version).
+PROVIDER_OPTION_KEYS = ("openai_organization", "aws_region", "vertex_region",
+                        "resource_name", "deployment_id", "api_version")
 _NODE_KEYS = {"strategy", "targets", "name", "weight", "provider", "api_key", "virtual_key",
               "override_params", "forward_headers", "request_timeout", "timeouts",
               "custom_host", "retry", "cache", "cb_config", *PROVIDER_OPTION_KEYS}
-# An organization id or a region: it lands in a header or a host name.
-OPTION_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+# An organization id, a region, an Azure resource, deployment or api-version: it lands in a
+# header, a path or a host name (under the provider's own domain). A '.' for deployments
+# named after their model (`gpt-4.1`); never a '/' or ':' that would make it a host.
+OPTION_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+OPTION_VALUE_RULE = "an id of letters, digits, '.', '-' and '_'"
 # A control character in a key that goes into a header: CR/LF would split it (both upstream
 # clients refuse to write one: a 500), NUL would go on as it is (RFC 9110 5.5 forbids it).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -232,7 +237,7 @@ def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode
     options = {key: raw[key] for key in PROVIDER_OPTION_KEYS if key in raw}
     for key, value in options.items():
         if not isinstance(value, str) or not OPTION_VALUE.fullmatch(value):
-            raise _bad(f"{path}.{key}", "must be an id of letters, digits, '-' and '_'")
+            raise _bad(f"{path}.{key}", f"must be {OPTION_VALUE_RULE}")
     if options:
         changes["provider_options"] = options
     if "override_params" in raw:
