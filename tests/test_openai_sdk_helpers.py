@@ -87,8 +87,10 @@ async def test_blocks_from_the_stream_helper_go_back_to_anthropic_as_it_sent_the
                     {"type": "text", "text": "Hello."}]
 
 
+@pytest.mark.parametrize(("kind", "options"), [
+    ("openai", {}), ("azure", {"api_version": "2024-10-21"}), ("groq", {}), ("mistral", {})])
 async def test_stream_helper_takes_tool_calls_an_upstream_sent_without_index(
-        proxy: Any, upstream: Any) -> None:
+        kind: str, options: dict[str, Any], proxy: Any, upstream: Any) -> None:
     # Gemini's OpenAI-compatible endpoint leaves `index` out; the helper needs it to merge.
     chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
              "choices": [{"index": 0, "finish_reason": "tool_calls", "delta": {
@@ -98,7 +100,7 @@ async def test_stream_helper_takes_tool_calls_an_upstream_sent_without_index(
                      {"id": "call_b", "type": "function",
                       "function": {"name": "time", "arguments": "{}"}}]}}]}
     upstream.body = b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n"
-    client = openai_sdk(await proxy(provider_config("openai", upstream.url)))
+    client = openai_sdk(await proxy(provider_config(kind, upstream.url, **options)))
     tools = [{"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
              for name in ("weather", "time")]
     async with client.chat.completions.stream(model="m", messages=USER,

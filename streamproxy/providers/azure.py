@@ -52,9 +52,9 @@ class AzureTranslator(PassthroughTranslator):
     run_stop = None  # every event is looked at (for a "delta")
 
     def __init__(self, out: ChunkSink, max_event_bytes: int, *, provider: str,
-                 client_wants_usage: bool) -> None:
+                 client_wants_usage: bool, tools_offered: bool = False) -> None:
         super().__init__(out, max_event_bytes, provider=provider,
-                         client_wants_usage=client_wants_usage)
+                         client_wants_usage=client_wants_usage, tools_offered=tools_offered)
         self._envelope: dict[str, Any] | None = None  # the stream's id, created, model
 
     def on_event(self, event: SSEEvent) -> None:
