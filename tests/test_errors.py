@@ -181,6 +181,26 @@ async def test_upstream_closing_mid_stream_ends_with_an_error_frame(proxy: Any,
     assert not c.done and c.finish_reason is None  # never a fake stop
 
 
+async def test_a_pass_through_upstream_that_closes_after_its_finish_ends_normally(
+        proxy: Any, upstream: Any) -> None:
+    """No `data: [DONE]` (some OpenAI-compatible servers): the finish chunk already said the
+    answer is complete, so the client gets its usage and `[DONE]`, not an error."""
+    envelope = b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+    upstream.pieces = [
+        envelope + b'"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n',
+        envelope + b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+        + envelope + b'"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,'
+        b'"total_tokens":4}}\n\n']
+    upstream.piece_delay = 0.1
+    client = await proxy(provider_config("openai", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "messages": USER, "stream": True, "stream_options": {"include_usage": True}})
+    c = collect(sse_chunks(await resp.read()))
+    assert c.content == "Hi" and c.finish_reason == "stop"
+    assert c.error is None and c.done
+    assert c.usage is not None and c.usage["total_tokens"] == 4
+
+
 async def test_malformed_event_mid_stream_ends_with_an_error_frame(proxy: Any,
                                                                   upstream: Any) -> None:
     upstream.pieces = [START, b"event: content_block_delta\ndata: {not json}\n\n"]

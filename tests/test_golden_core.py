@@ -267,6 +267,51 @@ def test_tool_calls_with_index_are_forwarded_as_they_came() -> None:
     assert _passthrough(body, tools_offered=True) == body
 
 
+def _finish_event(reason: str, index: int = 0) -> bytes:
+    return b"data: " + orjson.dumps({
+        "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": index, "delta": {}, "finish_reason": reason}]}) + b"\n\n"
+
+
+_USAGE_EVENT = (b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
+                b'"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,'
+                b'"total_tokens":5}}\n\n')
+
+
+def test_a_stream_that_closes_after_its_finish_without_done_ends_normally() -> None:
+    # Some OpenAI-compatible servers close right after the finish (and usage) chunk.
+    for tail in (_USAGE_EVENT, b""):
+        c = collect(sse_chunks(_passthrough(_chunk_event("He") + _finish_event("stop") + tail)))
+        assert c.content == "He" and c.finish_reason == "stop"
+        assert c.done and c.error is None
+    c = collect(sse_chunks(_passthrough(_chunk_event("He") + _finish_event("stop")
+                                        + _USAGE_EVENT)))
+    assert c.usage is not None and c.usage["total_tokens"] == 5
+    # before any finish reason, the same end is a truncation
+    c = collect(sse_chunks(_passthrough(_chunk_event("He") + _USAGE_EVENT)))
+    assert c.error is not None and c.error["code"] == "upstream_stream_truncated"
+    assert not c.done
+
+
+def test_with_n_choices_the_stream_is_complete_only_once_each_has_finished() -> None:
+    def last_frame(body: bytes) -> Any:  # (`collect` reads one choice only)
+        enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=False)
+        tr = PassthroughTranslator(enc, 1 << 20, provider="p", client_wants_usage=False,
+                                   choices=2)
+        try:
+            tr.feed(body)
+            tr.close()
+        except ProxyError as e:
+            enc.error(e)
+        return sse_chunks(enc.take())[-1]
+
+    one = _chunk_event("He") + _finish_event("stop", 0)
+    assert last_frame(one)["error"]["code"] == "upstream_stream_truncated"
+    assert last_frame(one + _finish_event("stop", 0))["error"]["code"] == (
+        "upstream_stream_truncated")  # (a finish repeated is still one choice's)
+    assert last_frame(one + _finish_event("length", 1)) == "[DONE]"
+
+
 def _chunk_event(text: str) -> bytes:
     return b"data: " + orjson.dumps({
         "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",

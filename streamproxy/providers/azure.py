@@ -31,6 +31,7 @@ from streamproxy.providers.base import StreamTranslator
 from streamproxy.providers.openai_compat import (
     OpenAIProvider,
     PassthroughTranslator,
+    answer_count,
     load_chunk,
     offers_tools,
 )
@@ -51,10 +52,8 @@ ENVELOPE_KEYS = ("id", "created", "model")
 class AzureTranslator(PassthroughTranslator):
     run_stop = None  # every event is looked at (for a "delta")
 
-    def __init__(self, out: ChunkSink, max_event_bytes: int, *, provider: str,
-                 client_wants_usage: bool, tools_offered: bool = False) -> None:
-        super().__init__(out, max_event_bytes, provider=provider,
-                         client_wants_usage=client_wants_usage, tools_offered=tools_offered)
+    def __init__(self, out: ChunkSink, max_event_bytes: int, **passthrough: Any) -> None:
+        super().__init__(out, max_event_bytes, **passthrough)
         self._envelope: dict[str, Any] | None = None  # the stream's id, created, model
 
     def on_event(self, event: SSEEvent) -> None:
@@ -148,4 +147,5 @@ class AzureOpenAIProvider(OpenAIProvider):
     def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
         return AzureTranslator(out, self.max_event_bytes, provider=self.name,
                                client_wants_usage=req.include_usage,
+                               choices=answer_count(req),
                                tools_offered=offers_tools(req))

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import orjson
 
 from streamproxy.decode.sse import SSEEvent
-from streamproxy.errors import StreamDecodeError, UpstreamStatusError
+from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.base import (
     Provider,
@@ -81,10 +81,13 @@ class PassthroughTranslator(SSETranslator):
     run_stop: ClassVar[re.Pattern[bytes] | None] = INTERESTING
 
     def __init__(self, out: ChunkSink, max_event_bytes: int, *, provider: str,
-                 client_wants_usage: bool, tools_offered: bool = False) -> None:
+                 client_wants_usage: bool, choices: int = 1, tools_offered: bool = False,
+                 ) -> None:
         super().__init__(out, max_event_bytes)
         self._provider = provider
         self._forward_usage = client_wants_usage
+        self._choices = choices  # `n`
+        self._finished: set[Any] = set()  # the indexes of the choices whose finish came
         self._interesting = with_tool_calls(INTERESTING) if tools_offered else INTERESTING
         self._run_stop = self.run_stop
         if tools_offered and self.run_stop is not None:
@@ -137,6 +140,17 @@ class PassthroughTranslator(SSETranslator):
             load_event_json(data)
         self.out.raw(data)
 
+    def close(self) -> None:
+        """EOF without `[DONE]`: some OpenAI-compatible servers end so, right after the finish
+        chunk (and the usage chunk). Once every choice has its finish reason the answer is
+        complete, so the stream ends normally; before that it is a truncation."""
+        try:
+            super().close()
+        except StreamTruncated:
+            if len(self._finished) < self._choices:
+                raise
+            self.on_done()
+
     def on_unended_event(self, event: SSEEvent) -> None:
         # Forwarded only if it parses: a cut that happens to end with "}" is an error.
         if event.data[:6] != b"[DONE]":
@@ -171,6 +185,8 @@ class PassthroughTranslator(SSETranslator):
         if self._index_tool_calls(choices):
             data = orjson.dumps(chunk)
         reason = choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
+        if reason:
+            self._finished.add(choices[0].get("index"))
         self.out.raw(data, reason)
 
     def _index_tool_calls(self, choices: list[Any]) -> bool:
@@ -221,6 +237,11 @@ class _ToolCalls:
             if call_id:
                 self.by_id[call_id] = self.latest
         return self.latest
+
+
+def answer_count(req: ChatRequest) -> int:
+    """How many choices a stream carries (`n`, validated as at least 1 when given)."""
+    return req.body.get("n") or 1
 
 
 def load_chunk(data: bytes) -> dict[str, Any]:
@@ -302,6 +323,7 @@ class OpenAIProvider(Provider):
     def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
         return PassthroughTranslator(out, self.max_event_bytes, provider=self.name,
                                      client_wants_usage=req.include_usage,
+                                     choices=answer_count(req),
                                      tools_offered=offers_tools(req))
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,

@@ -40,6 +40,7 @@ from streamproxy.providers.openai_compat import (
     INTERESTING,
     OpenAIProvider,
     PassthroughTranslator,
+    answer_count,
     load_chunk,
     offers_tools,
 )
@@ -59,11 +60,9 @@ def failed_finish(status: int, reason: str, provider: str) -> UpstreamStatusErro
 
 
 class CompatTranslator(PassthroughTranslator):
-    def __init__(self, out: ChunkSink, max_event_bytes: int, *, provider: str,
-                 client_wants_usage: bool, finish_reasons: dict[str, str],
-                 failed_finishes: dict[str, int], tools_offered: bool = False) -> None:
-        super().__init__(out, max_event_bytes, provider=provider,
-                         client_wants_usage=client_wants_usage, tools_offered=tools_offered)
+    def __init__(self, out: ChunkSink, max_event_bytes: int, *, finish_reasons: dict[str, str],
+                 failed_finishes: dict[str, int], **passthrough: Any) -> None:
+        super().__init__(out, max_event_bytes, **passthrough)
         self._finish_reasons = finish_reasons
         self._failed = failed_finishes
         self._moved_usage: dict[str, Any] | None = None  # counts taken off a choices chunk
@@ -157,6 +156,7 @@ class CompatProvider(OpenAIProvider):
                                 client_wants_usage=req.include_usage,
                                 finish_reasons=self.finish_reasons,
                                 failed_finishes=self.failed_finishes,
+                                choices=answer_count(req),
                                 tools_offered=offers_tools(req))
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
@@ -332,6 +332,7 @@ class MistralProvider(CompatProvider):
                                  client_wants_usage=req.include_usage,
                                  finish_reasons=self.finish_reasons,
                                  failed_finishes=self.failed_finishes,
+                                 choices=answer_count(req),
                                  tools_offered=offers_tools(req))
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
