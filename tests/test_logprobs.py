@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
 
+from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
 from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
+from streamproxy.providers.anthropic.request import to_anthropic
+from streamproxy.providers.bedrock.request import to_converse
+from streamproxy.providers.cohere.request import to_cohere
 from streamproxy.providers.gemini.request import to_gemini
 from streamproxy.providers.gemini.response import to_completion
 from streamproxy.providers.gemini.stream import GeminiStreamTranslator, token_logprobs
@@ -49,7 +54,7 @@ def test_gemini_request_asks_for_logprobs_and_the_top_count() -> None:
     assert config(logprobs=True, top_logprobs=3) == {"responseLogprobs": True, "logprobs": 3}
     assert config(logprobs=True, top_logprobs=0) == {"responseLogprobs": True}  # Vertex: 1-20
     assert config(logprobs=True) == {"responseLogprobs": True}
-    assert config(logprobs=False, top_logprobs=2) == {}
+    assert config(logprobs=False) == {}
     assert config() == {}
 
 
@@ -60,7 +65,42 @@ def test_ollama_request_asks_for_logprobs_and_the_top_count() -> None:
 
     assert sent(logprobs=True, top_logprobs=3) == {"logprobs": True, "top_logprobs": 3}
     assert sent(logprobs=True) == {"logprobs": True}
-    assert sent(logprobs=False, top_logprobs=2) == {}
+    assert sent(logprobs=False) == {}
+
+
+TRANSLATORS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "anthropic": lambda body: to_anthropic(body, "claude-sonnet-4-5"),
+    "bedrock": lambda body: to_converse(body, "amazon.nova-micro-v1:0"),
+    "cohere": lambda body: to_cohere(body, "command-a"),
+    "gemini": lambda body: to_gemini(body, "gemini-2.5-flash"),
+    "ollama": lambda body: to_ollama(body, "gemma3", stream=True),
+}
+
+
+@pytest.mark.parametrize("provider", TRANSLATORS)
+@pytest.mark.parametrize("logprobs", [{}, {"logprobs": False}, {"logprobs": None}])
+@pytest.mark.parametrize("top", [0, 3])
+def test_top_logprobs_without_logprobs_is_a_400_as_openai_answers(
+        provider: str, logprobs: dict[str, Any], top: int) -> None:
+    # OpenAI: "The 'top_logprobs' parameter is only allowed when 'logprobs' is enabled." —
+    # whether the provider maps logprobs (Gemini, Ollama) or drops them, never ignored.
+    with pytest.raises(InvalidRequest) as caught:
+        TRANSLATORS[provider]({"messages": USER, "top_logprobs": top, **logprobs})
+    assert caught.value.status == 400 and caught.value.param == "top_logprobs"
+    assert "'logprobs' is enabled" in str(caught.value)
+    TRANSLATORS[provider]({"messages": USER, "top_logprobs": top, "logprobs": True})
+    TRANSLATORS[provider]({"messages": USER, "top_logprobs": None})
+
+
+async def test_top_logprobs_without_logprobs_is_an_openai_400_through_the_proxy(
+        proxy: Any, upstream: Any) -> None:
+    client = await proxy(provider_config("gemini", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "messages": USER, "stream": True, "top_logprobs": 2})
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", "top_logprobs")
+    assert not upstream.requests
 
 
 # -- Gemini answers -------------------------------------------------------------------------

@@ -124,6 +124,17 @@ def reasoning_effort(body: dict[str, Any]) -> str | None:
                          f"are: {supported}.", param="reasoning_effort", code="invalid_value")
 
 
+def logprobs_asked(body: dict[str, Any]) -> bool:
+    """Whether the request asks for logprobs, or a 400 for a `top_logprobs` without
+    `logprobs: true`, worded as OpenAI's. Every translating provider checks it, whether it maps
+    logprobs or drops them, so one request is valid or not whichever answers it."""
+    asked = bool(body.get("logprobs"))
+    if not asked and body.get("top_logprobs") is not None:
+        raise InvalidRequest("The 'top_logprobs' parameter is only allowed when 'logprobs' is "
+                             "enabled.", param="top_logprobs")
+    return asked
+
+
 # OpenAI request fields that translated providers lack: every translating provider drops
 # them (the README's "common" list), but Gemini/Vertex and Ollama map `logprobs` and
 # `top_logprobs`. `store` and `stream_options.include_usage` are honoured by the proxy itself.

@@ -40,6 +40,7 @@ from streamproxy.openai_api.content import (
     PLACEHOLDER_USER_TEXT,
     file_data,
     is_blank,
+    logprobs_asked,
     parse_data_url,
     reasoning_effort,
     stop_list,
@@ -70,6 +71,7 @@ def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
     if (body.get("n") or 1) > 1:
         raise InvalidRequest("Anthropic returns one choice per request; 'n' must be 1.",
                              param="n", code="unsupported_value")
+    logprobs_asked(body)  # dropped, but a request OpenAI refuses is refused here too
     system, messages = _messages(body["messages"])
     if not messages:
         messages = [{"role": "user", "content": [{"type": "text", "text": PLACEHOLDER_USER_TEXT}]}]

@@ -55,6 +55,7 @@ from streamproxy.openai_api.content import (
     PLACEHOLDER_USER_TEXT,
     file_data,
     is_blank,
+    logprobs_asked,
     parse_data_url,
     reasoning_effort,
     stop_list,
@@ -123,6 +124,7 @@ def to_converse(body: dict[str, Any], model: str,
     if (body.get("n") or 1) > 1:
         raise InvalidRequest("Bedrock returns one choice per request; 'n' must be 1.",
                              param="n", code="unsupported_value")
+    logprobs_asked(body)  # dropped, but a request OpenAI refuses is refused here too
     system, messages, tool_names = _messages(body["messages"])
     if not messages or messages[0]["role"] != "user":  # Converse starts with a user turn
         messages.insert(0, {"role": "user", "content": [{"text": PLACEHOLDER_USER_TEXT}]})

@@ -28,6 +28,7 @@ from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     answer_cap,
+    logprobs_asked,
     reasoning_effort,
     stop_list,
     texts,
@@ -44,6 +45,7 @@ def to_cohere(body: dict[str, Any], model: str) -> dict[str, Any]:
     if (body.get("n") or 1) > 1:
         raise InvalidRequest("Cohere returns one choice per request; 'n' must be 1.",
                              param="n", code="unsupported_value")
+    logprobs_asked(body)  # dropped, but a request OpenAI refuses is refused here too
     out: dict[str, Any] = {"model": model, "messages": _messages(body["messages"])}
     max_tokens = answer_cap(body)
     if max_tokens:

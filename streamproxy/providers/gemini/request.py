@@ -26,6 +26,7 @@ from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     PLACEHOLDER_USER_TEXT,
     answer_cap,
+    logprobs_asked,
     parse_data_url,
     reasoning_effort,
     stop_list,
@@ -97,7 +98,7 @@ def _generation_config(body: dict[str, Any], model: str) -> dict[str, Any]:
                                  param="response_format.json_schema.schema")
         config["responseMimeType"] = "application/json"
         config["responseJsonSchema"] = schema
-    if body.get("logprobs"):
+    if logprobs_asked(body):
         config["responseLogprobs"] = True
         if body.get("top_logprobs"):  # 0 is left out: Vertex takes 1 to 20
             config["logprobs"] = body["top_logprobs"]

@@ -32,6 +32,7 @@ from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     answer_cap,
+    logprobs_asked,
     reasoning_effort,
     stop_list,
     texts,
@@ -76,7 +77,7 @@ def to_ollama(body: dict[str, Any], model: str, *, stream: bool,
         out["think"] = _think(effort, model)
     if body.get("keep_alive") is not None:
         out["keep_alive"] = body["keep_alive"]
-    if body.get("logprobs"):  # Ollama 0.12.11 and later; older ones ignore both
+    if logprobs_asked(body):  # Ollama 0.12.11 and later; older ones ignore both
         out["logprobs"] = True
         if body.get("top_logprobs"):
             out["top_logprobs"] = body["top_logprobs"]
