@@ -320,3 +320,30 @@ async def test_an_absurdly_long_retry_after_is_told_as_a_day(proxy: Any, upstrea
     assert (resp.headers["retry-after"], resp.headers["retry-after-ms"]) == ("86400",
                                                                             "86400000")
     assert_openai_error(await resp.json())
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", "/v1/models", 200), ("GET", "/v1/models/mock/fast", 200), ("GET", "/healthz", 200),
+    ("GET", "/metrics", 200), ("GET", "/nope", 404), ("PUT", "/v1/models", 405),
+    ("GET", "/v1/chat/completions/chatcmpl-none", 404)])
+async def test_every_route_answers_with_a_request_id(default_proxy: Any, method: str, path: str,
+                                                     status: int) -> None:
+    """As OpenAI's answers all carry one (the SDKs' `_request_id`): the client's trace id when
+    it sent one, else a new one, also as x-portkey-trace-id."""
+    client = await default_proxy()
+    resp = await client.request(method, path)
+    assert resp.status == status
+    assert resp.headers["x-request-id"] == resp.headers["x-portkey-trace-id"]
+    assert len(resp.headers["x-request-id"]) == 32
+    resp = await client.request(method, path, headers={"x-portkey-trace-id": "trace-9"})
+    assert (resp.headers["x-request-id"], resp.headers["x-portkey-trace-id"]) == (
+        "trace-9", "trace-9")
+
+
+async def test_a_chat_request_refused_by_proxy_auth_has_a_request_id(proxy: Any) -> None:
+    client = await proxy(make_config({"mock": {"type": "mock", "default_model": "fast"}},
+                                     default="mock", auth={"keys": [{"name": "a",
+                                                                     "key": "proxy-key-0123"}]}))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER})
+    assert resp.status == 401
+    assert resp.headers["x-request-id"] == resp.headers["x-portkey-trace-id"]

@@ -20,7 +20,11 @@ from streamproxy.routing.router import Router
 from streamproxy.server import handlers
 from streamproxy.server.admission import ADMISSION, Admission
 from streamproxy.server.auth import AUTH, auth_middleware, parse_auth, share_buckets
-from streamproxy.server.errors import error_middleware, expect_within_limit
+from streamproxy.server.errors import (
+    error_middleware,
+    expect_within_limit,
+    request_id_middleware,
+)
 from streamproxy.server.header_limits import BACKSTOP, header_limits
 from streamproxy.server.observing import install_observers
 from streamproxy.server.shared_breakers import SharedCircuitBreakers
@@ -79,7 +83,7 @@ def create_app(config: Config) -> web.Application:
     if auth is not None:
         share_buckets(auth, shared.buckets)  # with workers: one rate per key for all of them
     app = web.Application(client_max_size=server.max_body_bytes,
-                          middlewares=[error_middleware,
+                          middlewares=[request_id_middleware, error_middleware,
                                        header_limits(server.max_header_bytes,
                                                      server.max_headers),
                                        *([auth_middleware(auth)] if auth else [])])

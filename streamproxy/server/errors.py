@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from streamproxy.errors import ClientReadTimeout, NotFound, PayloadTooLarge, ProxyError
+from streamproxy.ids import random_hex
 from streamproxy.server.reading import BodyTimeout
 
 log = logging.getLogger("streamproxy.server")
@@ -28,13 +29,20 @@ def trace_headers(trace_id: str) -> dict[str, str]:
     return {TRACE_HEADER: trace_id, REQUEST_ID_HEADER: trace_id}
 
 
+def request_trace_headers(request_headers: Mapping[str, str]) -> dict[str, str]:
+    """The trace headers of an answer the chat handler did not make: the client's trace id
+    echoed, else a new one (every OpenAI answer has an x-request-id, errors and other routes
+    included)."""
+    return trace_headers(request_headers.get(TRACE_HEADER) or random_hex(16))
+
+
 def error_headers(err: ProxyError, request_headers: Mapping[str, str]) -> dict[str, str]:
     """Retry-After when the error has one, and the x-portkey-* headers: those the chat handler
-    noted, else (a request refused before it ran) the client's trace id echoed (also as
-    x-request-id)."""
+    noted, else (a request refused before it ran, another route's error) the client's trace id
+    echoed or a new one (`request_trace_headers`)."""
     headers = dict(err.response_headers or {})
-    if TRACE_HEADER not in headers and TRACE_HEADER in request_headers:
-        headers.update(trace_headers(request_headers[TRACE_HEADER]))
+    if TRACE_HEADER not in headers:
+        headers.update(request_trace_headers(request_headers))
     retry_after = getattr(err, "retry_after", None)
     if retry_after is not None:
         retry_after = min(retry_after, MAX_RETRY_AFTER)
@@ -72,6 +80,16 @@ async def expect_within_limit(request: web.Request) -> web.StreamResponse | None
         response.force_close()  # its body is not read
         return response
     return await _default_expect_handler(request)
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The trace headers on the answers of the routes besides chat (models, health, metrics,
+    stored completions), which set none themselves; chat answers carry the handler's."""
+    response = await handler(request)
+    if not response.prepared and REQUEST_ID_HEADER not in response.headers:
+        response.headers.update(request_trace_headers(request.headers))
+    return response
 
 
 @web.middleware
