@@ -183,9 +183,9 @@ def parse_config(data: Any, source: str) -> Config:
         raise ConfigError(source, "providers", "must be a non-empty mapping of name → provider")
     providers = {str(n): _parse_provider(str(n), p, source) for n, p in providers_raw.items()}
     default = data.get("default_provider")
-    if default is not None and default not in providers:
+    if default is not None and (not isinstance(default, str) or default not in providers):
         raise ConfigError(source, "default_provider",
-                          f"'{default}' is not a configured provider "
+                          f"{default!r} is not a configured provider "
                           f"(configured: {', '.join(providers)})")
     sections = {k: data[k] for k in EXTRA_SECTIONS if k in data}
     return Config(server=server, providers=providers, default_provider=default, source=source,
@@ -289,7 +289,7 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
     if not isinstance(raw, dict):
         raise ConfigError(source, where, "must be a mapping")
     ptype = raw.get("type")
-    if ptype not in PROVIDER_TYPES:
+    if not isinstance(ptype, str) or ptype not in PROVIDER_TYPES:
         raise ConfigError(source, f"{where}.type",
                           f"unknown provider type {ptype!r} "
                           f"(known: {', '.join(sorted(PROVIDER_TYPES))})")

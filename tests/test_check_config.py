@@ -117,6 +117,19 @@ def test_auth_off_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     ("providers: {mock: {type: mock}}\nauth: {keys: [{name: a, key: k, allowed_providers: [x]}]}"
      "\n", "FILE: auth.keys[0].allowed_providers: 'x' is not a configured provider"),
     ("providers: [\n", "FILE: line"),
+    # A list or a mapping where a name goes: a config error, not a TypeError's traceback.
+    ("providers: {mock: {type: mock}}\nconfigs: {a: {provider: mock}}\n"
+     "routes: {smart: [a]}\n", "FILE: routes.smart: ['a'] is not under configs"),
+    ("providers: {mock: {type: mock}}\nroutes: {smart: b}\n",
+     "FILE: routes.smart: 'b' is not under configs"),
+    ("providers: {mock: {type: mock}}\ndefault_config: {targets: [{provider: mock}]}\n",
+     "FILE: default_config: {'targets': [{'provider': 'mock'}]} is not under configs"),
+    ("providers: {mock: {type: mock}}\nvirtual_keys: {vk: {provider: [mock]}}\n",
+     "FILE: virtual_keys.vk.provider: must name a configured provider (mock)"),
+    ("providers: {mock: {type: mock}}\nvirtual_keys: {vk: {provider: mock, api_key_env: [A]}}\n",
+     "FILE: virtual_keys.vk.api_key_env: must be a string"),
+    ("providers: {mock: {type: mock}}\nvirtual_keys: {vk: {provider: mock, apikey: sk-1}}\n",
+     "FILE: virtual_keys.vk.apikey: unknown key (known: api_key, api_key_env, provider)"),
 ])
 def test_errors_name_file_key_and_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                          monkeypatch: pytest.MonkeyPatch, text: str,

@@ -62,6 +62,10 @@ def test_the_readme_example_loads(tmp_path: Path, monkeypatch: Any) -> None:
     ("providers: {}", "providers", "non-empty"),
     ("providers: [a", "line", "invalid YAML"),
     ("nonsense: 1\nproviders: {x: {type: openai}}", "nonsense", "unknown key"),
+    # A list or a mapping where a name goes: a config error, not a TypeError's traceback.
+    ("providers: {x: {type: [openai]}}", "providers.x.type", "unknown provider type"),
+    ("providers: {x: {type: openai}}\ndefault_provider: [x]", "default_provider", "not a"),
+    ("providers: {x: {type: mock, wire: {openai: 1}}}", "providers.x.wire", "must be one of"),
 ])
 def test_config_errors_name_the_file_key_and_reason(tmp_path: Path, text: str, key: str,
                                                     reason: str) -> None:

@@ -185,6 +185,19 @@ async def test_sighup_reloads_and_a_bad_config_keeps_the_old_workers(tree: Tree)
     assert await stream_ok(tree.url)
 
 
+async def test_a_reload_with_a_list_where_a_name_goes_keeps_the_old_workers(
+        tree: Tree) -> None:
+    """`default_provider: [mock]` made the parser raise a TypeError, not a config error: on
+    SIGHUP it escaped the master, which died and took the instance down with it."""
+    old = tree.workers()
+    tree.config.write_text(CONFIG.format(grace=0.5, models="fast").replace(
+        "default_provider: mock", "default_provider: [mock]"))
+    tree.proc.send_signal(signal.SIGHUP)
+    await until(lambda: "reload failed" in tree.output(), "the reload error in the log")
+    assert "default_provider: ['mock'] is not a configured provider" in tree.output()
+    assert tree.proc.poll() is None and tree.workers() == old and await stream_ok(tree.url)
+
+
 async def test_a_single_process_reloads_in_place_and_its_streams_finish(
         tmp_path: Path) -> None:
     """--workers 1 (the default on a one-CPU machine) has no master: SIGHUP starts the new

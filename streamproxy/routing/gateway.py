@@ -64,6 +64,7 @@ _UNFORWARDABLE = frozenset({"host", "content-length", "transfer-encoding", "conn
                             "proxy-authorization", "proxy-connection", "x-portkey-api-key",
                             "accept-encoding"})
 METADATA_HEADER = "x-portkey-metadata"
+_VIRTUAL_KEY_FIELDS = frozenset({"provider", "api_key", "api_key_env"})
 CHAT_PATH = "/v1/chat/completions"  # `url.pathname` in conditions: the one route that plans
 TIMEOUT_HEADER = "x-portkey-request-timeout"  # milliseconds until the answer starts (then 408)
 # The portkey-ai SDK's `aws_region` & co. arrive as `x-portkey-aws-region` & co.; Azure's
@@ -103,26 +104,27 @@ def load_settings(config: Config) -> GatewaySettings:
             settings.configs[str(name)] = parse_config(raw, "config")
         except InvalidRequest as e:
             raise ConfigError(src, f"configs.{name}", e.message) from None
-    for key in ("routes",):
-        raw = sections.get(key) or {}
-        if not isinstance(raw, dict) or not all(v in settings.configs for v in raw.values()):
-            raise ConfigError(src, key, "must map model aliases to names under configs")
-        settings.routes = {str(k): v for k, v in raw.items()}
+    raw_routes = sections.get("routes") or {}
+    if not isinstance(raw_routes, dict):
+        raise ConfigError(src, "routes", "must map model aliases to names under configs")
+    for alias, name in raw_routes.items():
+        if not _names_config(name, settings):
+            raise ConfigError(src, f"routes.{alias}", f"{name!r} is not under configs")
+    settings.routes = {str(k): v for k, v in raw_routes.items()}
     default = sections.get("default_config")
-    if default is not None and default not in settings.configs:
-        raise ConfigError(src, "default_config", f"'{default}' is not under configs")
+    if default is not None and not _names_config(default, settings):
+        raise ConfigError(src, "default_config", f"{default!r} is not under configs")
     settings.default_config = default
     raw_keys = sections.get("virtual_keys") or {}
     if not isinstance(raw_keys, dict):
         raise ConfigError(src, "virtual_keys", "must be a mapping")
     for name, raw in raw_keys.items():
         where = f"virtual_keys.{name}"
-        if not isinstance(raw, dict) or raw.get("provider") not in config.providers:
+        provider = raw.get("provider") if isinstance(raw, dict) else None
+        if not isinstance(provider, str) or provider not in config.providers:
             raise ConfigError(src, f"{where}.provider",
                               f"must name a configured provider ({', '.join(config.providers)})")
-        secret = raw.get("api_key") or (os.environ.get(raw["api_key_env"])
-                                        if raw.get("api_key_env") else None)
-        settings.virtual_keys[str(name)] = VirtualKey(raw["provider"], secret)
+        settings.virtual_keys[str(name)] = VirtualKey(provider, _virtual_secret(raw, src, where))
     hosts = sections.get("allowed_custom_hosts") or []
     if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
         raise ConfigError(src, "allowed_custom_hosts", "must be a list of host[:port] names")
@@ -131,6 +133,21 @@ def load_settings(config: Config) -> GatewaySettings:
         for leaf in node.leaves():
             _check_leaf_static(leaf, settings, config, f"configs.{name}")
     return settings
+
+
+def _virtual_secret(raw: dict[str, Any], src: str, where: str) -> str | None:
+    for key, value in raw.items():
+        if key not in _VIRTUAL_KEY_FIELDS:
+            raise ConfigError(src, f"{where}.{key}",
+                              f"unknown key (known: {', '.join(sorted(_VIRTUAL_KEY_FIELDS))})")
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(src, f"{where}.{key}", "must be a string")
+    env = raw.get("api_key_env")
+    return raw.get("api_key") or (os.environ.get(env) if env else None)
+
+
+def _names_config(name: Any, settings: GatewaySettings) -> bool:
+    return isinstance(name, str) and name in settings.configs
 
 
 def _check_leaf_static(leaf: ConfigNode, settings: GatewaySettings, config: Config,

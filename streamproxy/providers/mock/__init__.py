@@ -36,7 +36,8 @@ class MockProvider(Provider):
     @classmethod
     def check_options(cls, options: dict[str, Any], source: str, where: str) -> None:
         super().check_options(options, source, where)
-        if options.get("wire", "anthropic") not in WIRES:
+        wire = options.get("wire", "anthropic")
+        if not isinstance(wire, str) or wire not in WIRES:
             raise ConfigError(source, f"{where}.wire", f"must be one of {', '.join(WIRES)}")
 
     def attach_local(self, base_url: str) -> None:
