@@ -259,6 +259,16 @@ async def test_conditional_on_metadata_header(proxy: Any) -> None:
 
 
 
+async def test_a_conditional_whose_then_is_no_name_is_a_400_naming_it(proxy: Any) -> None:
+    client = await proxy(gateway_config())
+    bad = json.dumps({"strategy": {"mode": "conditional",
+                                   "conditions": [{"query": {}, "then": ["g"]}]},
+                      "targets": [{"name": "g", **leaf("fast")}]})
+    response = await post(client, bad)
+    assert response.status == 400  # was a 500: a list in a set's membership test
+    assert (await response.json())["error"]["param"] == "config.strategy.conditions[0].then"
+
+
 @pytest.mark.parametrize("stream", [True, False])
 async def test_a_conditional_without_a_match_fails_only_when_a_fallback_reaches_it(
         proxy: Any, stream: bool) -> None:

@@ -67,6 +67,12 @@ def make(raw: dict[str, Any], seed: int = 0, breakers: CircuitBreakers | None = 
      "config.targets[0].bogus"),
     ({"strategy": {"mode": "conditional", "conditions": [{"query": {}, "then": "x"}]},
       "targets": [{"provider": "a", "name": "y"}]}, "config.strategy.conditions[0].then"),
+    # a list or an object is no target's name (it raised a TypeError: a 500 for the header)
+    ({"strategy": {"mode": "conditional", "conditions": [{"query": {}, "then": ["y"]}]},
+      "targets": [{"provider": "a", "name": "y"}]}, "config.strategy.conditions[0].then"),
+    ({"strategy": {"mode": "conditional", "conditions": [{"query": {}, "then": "y"}],
+                   "default": {"name": "y"}},
+      "targets": [{"provider": "a", "name": "y"}]}, "config.strategy.default"),
     ({"strategy": {"mode": "conditional", "conditions": [
         {"query": {"metadata.x": {"$near": 1}}, "then": "y"}]},
       "targets": [{"provider": "a", "name": "y"}]},

@@ -306,6 +306,10 @@ def _strategy(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode:
     return node
 
 
+def _names_target(name: Any, names: set[str]) -> bool:
+    return isinstance(name, str) and name in names  # (a list or an object is no name)
+
+
 def _conditions(node: ConfigNode, strategy: dict[str, Any], path: str) -> ConfigNode:
     names = {c.name for c in node.targets if c.name}
     raw = strategy.get("conditions")
@@ -316,11 +320,11 @@ def _conditions(node: ConfigNode, strategy: dict[str, Any], path: str) -> Config
         where = f"{path}.strategy.conditions[{i}]"
         if not isinstance(cond, dict) or not isinstance(cond.get("query"), dict):
             raise _bad(f"{where}.query", "must be an object")
-        if cond.get("then") not in names:
+        if not _names_target(cond.get("then"), names):
             raise _bad(f"{where}.then", f"must name a target (names: {', '.join(sorted(names))})")
         validate_query(cond["query"], f"{where}.query")
         conditions.append(Condition(cond["query"], cond["then"]))
     default = strategy.get("default")
-    if default is not None and default not in names:
+    if default is not None and not _names_target(default, names):
         raise _bad(f"{path}.strategy.default", "must name a target")
     return replace(node, conditions=tuple(conditions), default=default)
