@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import sys
 
-from streamproxy.config import DEFAULT_HOST, DEFAULT_PORT, ConfigError, load_config
+from streamproxy.config import DEFAULT_HOST, DEFAULT_PORT, MAX_PORT, ConfigError, load_config
 
 
 def _install_uvloop() -> None:
@@ -45,6 +45,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_PORT:  # beyond it the socket layer wraps: 70000 listens on 4464
+        raise argparse.ArgumentTypeError(f"must be 0 to {MAX_PORT} (0: any free port)")
     return value
 
 
@@ -143,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     serve = sub.add_parser("serve", help="run the proxy")
     serve.add_argument("--config", help="YAML config file (default: the embedded default)")
     serve.add_argument("--host", default=None, help=f"listen address (default {DEFAULT_HOST})")
-    serve.add_argument("--port", type=int, default=None, help=f"port (default {DEFAULT_PORT})")
+    serve.add_argument("--port", type=_port, default=None, help=f"port (default {DEFAULT_PORT})")
     serve.add_argument("--workers", type=_positive, default=None,
                        help="worker processes (default: one per CPU; 1 = a single process, "
                             "no master)")

@@ -16,6 +16,7 @@ import yaml
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
+MAX_PORT = 65535
 
 
 class ConfigError(Exception):
@@ -223,6 +224,8 @@ def _parse_server(raw: Any, source: str) -> ServerConfig:
         if k in ints:
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ConfigError(source, key, "must be a positive integer")
+            if k == "port" and v > MAX_PORT:  # (the socket layer would wrap it: 70000 → 4464)
+                raise ConfigError(source, key, f"must be a port number, 1 to {MAX_PORT}")
             kwargs[k] = v
         elif k == "host":
             if not isinstance(v, str):

@@ -171,3 +171,19 @@ def test_workers_must_be_one_or_more() -> None:
     proc = subprocess.run([sys.executable, "-m", "streamproxy", "serve", "--workers", "0"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "must be 1 or more" in proc.stderr
+
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_a_port_out_of_range_is_refused(port: str) -> None:
+    # 70000 listened on 4464 without a word (the socket layer takes the port modulo 65536).
+    proc = subprocess.run([sys.executable, "-m", "streamproxy", "serve", "--port", port,
+                           "--workers", "1"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "must be 0 to 65535" in proc.stderr
+
+
+def test_a_configured_port_out_of_range_is_a_config_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(tmp_path, "server: {port: 70000}\nproviders: {mock: {type: mock}}\n",
+                         capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("FILE: server.port: must be a port number, 1 to 65535"), err
