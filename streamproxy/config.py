@@ -143,7 +143,23 @@ default_provider: mock
 class _ConfigLoader(yaml.SafeLoader):
     """YAML's safe loader without timestamps: no setting is a date, and one written like a date
     stays the string it reads as (`api_version: 2024-10-21`, `anthropic_version: 2023-06-01`,
-    a header value), not a `datetime.date` that fails as "not a string" or reaches the wire."""
+    a header value), not a `datetime.date` that fails as "not a string" or reaches the wire.
+    A key written twice in one mapping is an error, as YAML's spec says, where PyYAML keeps
+    the last silently: two providers given one name would serve as one, unannounced."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:  # (a `<<` merge's keys may be overridden: not these)
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} in one mapping", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 _ConfigLoader.yaml_implicit_resolvers = {

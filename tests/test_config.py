@@ -61,6 +61,8 @@ def test_the_readme_example_loads(tmp_path: Path, monkeypatch: Any) -> None:
      "unknown timeout"),
     ("providers: {}", "providers", "non-empty"),
     ("providers: [a", "line", "invalid YAML"),
+    # PyYAML keeps the last of two keys silently: one provider would have served as both.
+    ("providers:\n  x: {type: mock}\n  x: {type: openai}", "line 3", "duplicate key 'x'"),
     ("nonsense: 1\nproviders: {x: {type: openai}}", "nonsense", "unknown key"),
     # A list or a mapping where a name goes: a config error, not a TypeError's traceback.
     ("providers: {x: {type: [openai]}}", "providers.x.type", "unknown provider type"),
@@ -75,6 +77,12 @@ def test_config_errors_name_the_file_key_and_reason(tmp_path: Path, text: str, k
     assert str(path) in str(info.value)
     assert key in info.value.key
     assert reason in info.value.reason
+
+
+def test_a_yaml_merge_may_override_what_it_merges(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "providers:\n  x: &x {type: mock, default_model: a}\n"
+                                         "  y: {<<: *x, default_model: b}\n"))
+    assert config.providers["y"].default_model == "b"
 
 
 def test_serve_reports_a_config_error_without_a_traceback(tmp_path: Path) -> None:
