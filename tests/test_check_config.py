@@ -130,6 +130,10 @@ def test_auth_off_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
      "FILE: virtual_keys.vk.api_key_env: must be a string"),
     ("providers: {mock: {type: mock}}\nvirtual_keys: {vk: {provider: mock, apikey: sk-1}}\n",
      "FILE: virtual_keys.vk.apikey: unknown key (known: api_key, api_key_env, provider)"),
+    # every request through the target would be a 400 custom_host_not_allowed
+    ("providers: {mock: {type: mock}}\nallowed_custom_hosts: [llm.example.com]\n"
+     "configs: {a: {provider: mock, custom_host: 'https://other.example.com/v1'}}\n",
+     "FILE: configs.a: config.custom_host: 'other.example.com' is not under allowed_custom_hosts"),
 ])
 def test_errors_name_file_key_and_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                          monkeypatch: pytest.MonkeyPatch, text: str,

@@ -159,6 +159,10 @@ def _check_leaf_static(leaf: ConfigNode, settings: GatewaySettings, config: Conf
     if leaf.virtual_key and leaf.virtual_key not in settings.virtual_keys:
         raise ConfigError(config.source, f"{where}: {leaf.path}.virtual_key",
                           f"'{leaf.virtual_key}' is not under virtual_keys")
+    if leaf.custom_host and _host_of(leaf.custom_host) not in settings.allowed_hosts:
+        # every request through this target would be refused (the 400 of Gateway._custom_host)
+        raise ConfigError(config.source, f"{where}: {leaf.path}.custom_host",
+                          f"'{_host_of(leaf.custom_host)}' is not under allowed_custom_hosts")
     provider = provider or (settings.virtual_keys[leaf.virtual_key].provider
                             if leaf.virtual_key else "")
     if provider and provider in config.providers:
