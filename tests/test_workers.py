@@ -233,6 +233,24 @@ async def test_a_single_process_reloads_in_place_and_its_streams_finish(
         t.kill()
 
 
+async def test_a_single_process_says_why_a_reload_failed_in_one_line(tmp_path: Path) -> None:
+    """A mistake in a section checked as the app is built (auth here) was logged with the
+    traceback of the app's construction; as a start-up error, it is file, key and reason."""
+    config = tmp_path / "proxy.yaml"
+    config.write_text(CONFIG.format(grace=1, models="fast"))
+    t = Tree(config, _free_port(), workers=1)
+    try:
+        await until(lambda: healthy(t.url), "the process listening")
+        config.write_text(CONFIG.format(grace=1, models="fast") + "auth: {keys: [{name: a}]}\n")
+        t.proc.send_signal(signal.SIGHUP)
+        await until(lambda: "reload failed" in t.output(), "the reload error in the log")
+        assert (f"reload failed: config error: {config}: auth.keys[0]: give exactly one of "
+                "`key` or `key_env`; the running config keeps serving") in t.output()
+        assert "Traceback" not in t.output() and await stream_ok(t.url)
+    finally:
+        t.kill()
+
+
 async def test_sigterm_drains_then_exits_zero(tree: Tree) -> None:
     async with aiohttp.ClientSession() as s, s.post(tree.url + "/v1/chat/completions", json={
             "model": "mock/tokens=400,tps=40", "stream": True,

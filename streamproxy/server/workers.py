@@ -163,6 +163,9 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
                 return
             try:
                 new = await _start_generation(new_config, listeners)
+            except ConfigError as e:  # a section checked as the app is built (auth, ...)
+                log.error("reload failed: config error: %s; the running config keeps serving", e)
+                return
             except Exception:
                 log.exception("reload failed: the new config's app did not start; the old "
                               "one keeps serving")
