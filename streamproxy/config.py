@@ -8,6 +8,7 @@ adding a provider never touches this file.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,17 @@ def parse_config(data: Any, source: str) -> Config:
                   sections=sections)
 
 
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def refuse_env_reference(secret: Any, source: str, key: str, env_key: str) -> None:
+    """A secret written `${VAR}` (compose files', LiteLLM's habit) would go upstream as those
+    very characters: nothing here expands it, so it is refused with the key that reads one."""
+    if isinstance(secret, str) and (match := _ENV_REFERENCE.fullmatch(secret.strip())):
+        raise ConfigError(source, key, f"{secret.strip()} is not expanded here: write "
+                          f"{env_key}: {match[1]} to read the environment")
+
+
 def _number(value: Any, source: str, key: str, *, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
         return None
@@ -326,6 +338,7 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise ConfigError(source, f"{where}.models", "must be a list of model names")
     api_key = raw.get("api_key")
+    refuse_env_reference(api_key, source, f"{where}.api_key", "api_key_env")
     if api_key is None and raw.get("api_key_env"):
         api_key = os.environ.get(raw["api_key_env"]) or None
     base_url = raw.get("base_url") or cls.default_base_url

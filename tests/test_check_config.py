@@ -130,6 +130,10 @@ def test_auth_off_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
      "FILE: virtual_keys.vk.api_key_env: must be a string"),
     ("providers: {mock: {type: mock}}\nvirtual_keys: {vk: {provider: mock, apikey: sk-1}}\n",
      "FILE: virtual_keys.vk.apikey: unknown key (known: api_key, api_key_env, provider)"),
+    ("providers: {mock: {type: mock}}\nvirtual_keys: {vk: {provider: mock, api_key: '${VK}'}}\n",
+     "FILE: virtual_keys.vk.api_key: ${VK} is not expanded here: write api_key_env: VK"),
+    ("providers: {mock: {type: mock}}\nauth: {keys: [{name: a, key: '${PROXY_KEY}'}]}\n",
+     "FILE: auth.keys[0].key: ${PROXY_KEY} is not expanded here: write key_env: PROXY_KEY"),
     # every request through the target would be a 400 custom_host_not_allowed
     ("providers: {mock: {type: mock}}\nallowed_custom_hosts: [llm.example.com]\n"
      "configs: {a: {provider: mock, custom_host: 'https://other.example.com/v1'}}\n",

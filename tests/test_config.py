@@ -61,6 +61,9 @@ def test_the_readme_example_loads(tmp_path: Path, monkeypatch: Any) -> None:
      "unknown timeout"),
     ("providers: {}", "providers", "non-empty"),
     ("providers: [a", "line", "invalid YAML"),
+    # nothing expands it: the upstream would get the characters `${OPENAI_KEY}` as the key
+    ("providers: {x: {type: openai, api_key: '${OPENAI_KEY}'}}", "providers.x.api_key",
+     "write api_key_env: OPENAI_KEY"),
     # PyYAML keeps the last of two keys silently: one provider would have served as both.
     ("providers:\n  x: {type: mock}\n  x: {type: openai}", "line 3", "duplicate key 'x'"),
     ("nonsense: 1\nproviders: {x: {type: openai}}", "nonsense", "unknown key"),

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from streamproxy.config import Config, ConfigError, Timeouts
+from streamproxy.config import Config, ConfigError, Timeouts, refuse_env_reference
 from streamproxy.errors import InvalidRequest, UnknownProvider
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.providers.base import Provider
@@ -142,6 +142,7 @@ def _virtual_secret(raw: dict[str, Any], src: str, where: str) -> str | None:
                               f"unknown key (known: {', '.join(sorted(_VIRTUAL_KEY_FIELDS))})")
         if value is not None and not isinstance(value, str):
             raise ConfigError(src, f"{where}.{key}", "must be a string")
+    refuse_env_reference(raw.get("api_key"), src, f"{where}.api_key", "api_key_env")
     env = raw.get("api_key_env")
     return raw.get("api_key") or (os.environ.get(env) if env else None)
 

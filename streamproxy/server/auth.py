@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from streamproxy.config import Config, ConfigError
+from streamproxy.config import Config, ConfigError, refuse_env_reference
 from streamproxy.errors import AuthenticationFailed, InvalidRequest, PermissionDenied, RateLimited
 from streamproxy.routing.target import Target
 from streamproxy.server.observing import AUTH_KEY, observe_rejection
@@ -157,6 +157,7 @@ def _parse_key(entry: Any, where: str, config: Config) -> ProxyKey:
         secret = entry["key"]
         if not isinstance(secret, str) or not secret:
             raise ConfigError(src, f"{where}.key", "must be a non-empty string")
+        refuse_env_reference(secret, src, f"{where}.key", "key_env")
     else:
         env = entry["key_env"]
         if not isinstance(env, str) or not env:
