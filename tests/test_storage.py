@@ -342,6 +342,15 @@ def test_storage_config_is_validated(tmp_path: Path) -> None:
             parse_storage_config(config(tmp_path, storage=bad))
 
 
+def test_a_storage_path_in_a_missing_directory_is_a_config_error(tmp_path: Path) -> None:
+    """The file is made on the first store: a missing directory showed only then, as a logged
+    error, with every `store: true` answer served and never stored."""
+    missing = tmp_path / "missing-dir"
+    with pytest.raises(ConfigError, match=f"storage.path: directory {missing} does not exist"):
+        parse_storage_config(config(tmp_path, storage={"path": str(missing / "s.sqlite3")}))
+    assert parse_storage_config(config(tmp_path, storage={"path": ":memory:"})).path == ":memory:"
+
+
 async def test_openai_upstream_gets_neither_store_nor_metadata(proxy: Any, upstream: Any,
                                                                tmp_path: Path) -> None:
     upstream.body = fixture_bytes("openai/pydantic-ai_run_stream_sync.response1.sse")

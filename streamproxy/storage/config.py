@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ def parse_storage_config(config: Config) -> StorageConfig:
         elif key == "path":
             if not isinstance(value, str) or not value:
                 raise ConfigError(source, where, "must be a file path")
+            _check_directory(value, source, where)
             out[key] = value
         elif key == "force_store":
             if not isinstance(value, bool):
@@ -52,3 +54,13 @@ def parse_storage_config(config: Config) -> StorageConfig:
             raise ConfigError(source, where,
                               "unknown key (known: backend, force_store, max_pending, path)")
     return StorageConfig(**out)
+
+
+def _check_directory(path: str, source: str, where: str) -> None:
+    """The file is created on the first store, not at start-up: a directory that is not there
+    would otherwise show only then, as a logged error, with every answer served unstored."""
+    if path == ":memory:":
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ConfigError(source, where, f"directory {directory} does not exist")
