@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     serve.set_defaults(func=cmd_serve)
     mock = sub.add_parser("mock", help="run the mock upstream alone (benchmarks)")
     mock.add_argument("--host", default="127.0.0.1")
-    mock.add_argument("--port", type=int, default=9100)
+    mock.add_argument("--port", type=_port, default=9100)
     mock.set_defaults(func=cmd_mock)
     check = sub.add_parser("check-config", help="validate a config and print what it serves")
     check.add_argument("file")

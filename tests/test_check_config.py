@@ -182,10 +182,11 @@ def test_workers_must_be_one_or_more() -> None:
 
 
 @pytest.mark.parametrize("port", ["70000", "-1"])
-def test_a_port_out_of_range_is_refused(port: str) -> None:
+@pytest.mark.parametrize("command", [["serve", "--workers", "1"], ["mock"]])
+def test_a_port_out_of_range_is_refused(port: str, command: list[str]) -> None:
     # 70000 listened on 4464 without a word (the socket layer takes the port modulo 65536).
-    proc = subprocess.run([sys.executable, "-m", "streamproxy", "serve", "--port", port,
-                           "--workers", "1"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "streamproxy", *command, "--port", port],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "must be 0 to 65535" in proc.stderr
 
 
