@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import openai
 import orjson
 import pytest
 
@@ -249,6 +250,21 @@ async def test_content_filter_error_body_keeps_status(proxy: Any, upstream: Any)
     assert resp.status == 400
     err = (await resp.json())["error"]
     assert err["code"] == "content_filter" and "content management policy" in err["message"]
+
+
+async def test_a_content_filter_error_event_keeps_its_status(proxy: Any, upstream: Any) -> None:
+    """Azure's error object names its status in `status` (`code` is `content_filter`): an
+    error event before any output is that 400 (a BadRequestError), not a 502 (retried, and
+    an InternalServerError in the SDKs)."""
+    upstream.body = b'data: ' + orjson.dumps({"error": {
+        "message": "The response was filtered", "type": None, "param": "prompt",
+        "code": "content_filter", "status": 400}}) + b"\n\n"
+    client = openai_sdk(await proxy(azure_config(upstream.url)))
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.chat.completions.create(model="m", messages=[{"role": "user",
+                                                                   "content": "hi"}],
+                                             stream=True)
+    assert info.value.code == "content_filter"
 
 
 async def test_openai_sdk_streams_through_azure(proxy: Any, upstream: Any) -> None:

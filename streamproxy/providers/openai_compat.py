@@ -274,10 +274,19 @@ def _stream_error(error: Any, provider: str) -> UpstreamStatusError:
     if not isinstance(error, dict):
         error = {"message": str(error)}
     code = error.get("code")
-    status = code if isinstance(code, int) and 400 <= code < 600 else 502
-    return UpstreamStatusError(status, error.get("message") or "the provider reported an error",
+    return UpstreamStatusError(_event_status(error),
+                               error.get("message") or "the provider reported an error",
                                provider=provider,
                                code=str(code) if code is not None else error.get("type"))
+
+
+def _event_status(error: dict[str, Any]) -> int:
+    """The HTTP status an error object names: OpenRouter's numeric `code`, else Azure's
+    `status` (its `code` is a name, `content_filter`); 502 when neither is an error status."""
+    for status in (error.get("code"), error.get("status")):
+        if isinstance(status, int) and 400 <= status < 600:
+            return status
+    return 502
 
 
 class OpenAIProvider(Provider):
