@@ -21,7 +21,8 @@
 
 Foreign exceptions (aiohttp, asyncio) are mapped into this tree at one boundary each
 (`upstream/client.py`); errors become JSON only at the server boundary (`server/errors.py`).
-Messages never contain API keys: upstream bodies are parsed for their message field only.
+Messages never contain API keys: a key an upstream's error echoes is masked (in the message
+and in the fields an OpenAI-compatible provider's error keeps, `routing/executor.py`).
 """
 
 from __future__ import annotations
@@ -143,7 +144,12 @@ _TYPE_FOR_STATUS = {
 
 
 class UpstreamStatusError(ProxyError):
-    """The provider answered with an HTTP error; the client gets the same status."""
+    """The provider answered with an HTTP error; the client gets the same status.
+
+    `fields`: an OpenAI-compatible provider's own error fields (`providers/base.py`
+    `kept_fields`), which the client gets as they came — Azure's `innererror`, OpenRouter's
+    `metadata`, a `type` or `code` of null — over ours; ours fill only what they lack.
+    `error_type` and `code` stay ours for logs and metrics."""
 
     def __init__(
         self,
@@ -155,6 +161,7 @@ class UpstreamStatusError(ProxyError):
         param: str | None = None,
         error_type: str | None = None,
         retry_after: float | None = None,
+        fields: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
             message,
@@ -165,6 +172,13 @@ class UpstreamStatusError(ProxyError):
         )
         self.provider = provider
         self.retry_after = retry_after
+        self.fields = fields
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        if self.fields:
+            body["error"].update(self.fields)
+        return body
 
 
 class UpstreamUnreachable(ProxyError):

@@ -252,6 +252,28 @@ async def test_content_filter_error_body_keeps_status(proxy: Any, upstream: Any)
     assert err["code"] == "content_filter" and "content management policy" in err["message"]
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_content_filter_error_keeps_azures_fields(proxy: Any, upstream: Any,
+                                                          stream: bool) -> None:
+    """Client code written for Azure reads which category was filtered from
+    `innererror.content_filter_result`; Azure's `type` is null, as it sent it."""
+    inner = {"code": "ResponsibleAIPolicyViolation", "content_filter_result": {
+        **SAFE, "sexual": {"filtered": True, "severity": "medium"}}}
+    upstream.status = 400
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({"error": {
+        "message": "The response was filtered", "type": None, "param": "prompt",
+        "code": "content_filter", "status": 400, "innererror": inner}})
+    client = openai_sdk(await proxy(azure_config(upstream.url)))
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.chat.completions.create(model="m", messages=[{"role": "user",
+                                                                   "content": "hi"}],
+                                             stream=stream)
+    assert info.value.body == {"message": "The response was filtered", "type": None,
+                               "param": "prompt", "code": "content_filter", "status": 400,
+                               "innererror": inner}
+
+
 async def test_a_content_filter_error_event_keeps_its_status(proxy: Any, upstream: Any) -> None:
     """Azure's error object names its status in `status` (`code` is `content_filter`): an
     error event before any output is that 400 (a BadRequestError), not a 502 (retried, and

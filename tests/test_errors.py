@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import orjson
 import pytest
 
 from streamproxy.errors import RateLimited
@@ -129,6 +130,35 @@ async def test_a_listed_error_keeps_its_message(proxy: Any, upstream: Any) -> No
     assert resp.status == 503
     err = assert_openai_error(await resp.json())
     assert (err["message"], err["code"]) == ("Upstream service unavailable", "7009")
+
+
+async def test_an_openai_compatible_error_keeps_its_own_fields(proxy: Any,
+                                                               upstream: Any) -> None:
+    """OpenAI's own `type` and a `code` of null go to the client as they came (ours would
+    say rate_limit_error, and copy the type into the code); a numeric `code` is a string."""
+    upstream.status = 429
+    upstream.content_type = "application/json"
+    upstream.body = (b'{"error":{"message":"You exceeded your current quota","type":'
+                     b'"insufficient_quota","param":null,"code":null,"doc":"https://x"}}')
+    client = await proxy(provider_config("openai", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER})
+    assert resp.status == 429
+    assert (await resp.json())["error"] == {
+        "message": "You exceeded your current quota", "type": "insufficient_quota",
+        "param": None, "code": None, "doc": "https://x"}
+
+
+async def test_a_key_echoed_in_a_kept_field_is_masked(proxy: Any, upstream: Any) -> None:
+    upstream.status = 401
+    upstream.content_type = "application/json"
+    upstream.body = (b'{"error":{"message":"Incorrect API key provided: sk-test-secret",'
+                     b'"code":"invalid_api_key","innererror":{"detail":["key sk-test-secret"]}}}')
+    client = await proxy(provider_config("azure", upstream.url, api_version="2024-10-21"))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER})
+    assert resp.status == 401
+    body = await resp.read()
+    assert b"sk-test-secret" not in body
+    assert orjson.loads(body)["error"]["innererror"] == {"detail": ["key \u2026"]}
 
 
 async def test_unreachable_upstream_is_502(proxy: Any) -> None:

@@ -240,6 +240,17 @@ async def test_openrouter_keepalives_and_mid_stream_error(proxy: Any, upstream: 
     assert "[DONE]" not in chunks
 
 
+async def test_openrouter_mid_stream_error_keeps_its_metadata(proxy: Any,
+                                                              upstream: Any) -> None:
+    """OpenRouter's error `metadata` names the provider that failed (its errors page)."""
+    metadata = {"provider_name": "Anthropic", "raw": "overloaded"}
+    body = sse(HEAD[0], HEAD[1], chunk([choice("error", content="")], error={
+        "code": 502, "message": "Provider returned error", "metadata": metadata}), done=False)
+    c = collect(await stream(proxy, upstream, "openrouter", body))
+    assert c.error == {"message": "Provider returned error", "type": "api_error",
+                       "param": None, "code": "502", "metadata": metadata}
+
+
 @pytest.mark.parametrize("kind", ["openrouter", "openai"])
 async def test_a_non_streamed_200_carrying_an_error_is_that_error(proxy: Any, upstream: Any,
                                                                    kind: str) -> None:

@@ -217,12 +217,15 @@ class Provider:
         return self.parse_error(status, body)
 
 
-def generic_error(status: int, body: bytes, provider: str) -> UpstreamStatusError:
+def generic_error(status: int, body: bytes, provider: str, *,
+                  keep_fields: bool = False) -> UpstreamStatusError:
     """Read an error body by its JSON fields: OpenAI's `{"error": {...}}`, Anthropic's
     `{"type": "error", "error": {...}}`, a bare `{"message": ...}`, Cloudflare's list
     (`_listed_error`), or a validation error's `detail` (`_detail_message`). A body that is not
-    JSON is not echoed (it may be an HTML page from some intermediary)."""
-    message, code, etype, param = None, None, None, None
+    JSON is not echoed (it may be an HTML page from some intermediary). `keep_fields`: an
+    OpenAI-compatible provider's `{"error": {...}}` also goes to the client as it came
+    (`kept_fields`)."""
+    message, code, etype, param, fields = None, None, None, None, None
     try:
         obj = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
@@ -236,6 +239,8 @@ def generic_error(status: int, body: bytes, provider: str) -> UpstreamStatusErro
             code = err.get("code")
             etype = err.get("type") or err.get("status")
             param = err.get("param")
+            if keep_fields and err is obj.get("error"):
+                fields = kept_fields(err)
         elif isinstance(err, str):
             message = err
         if not isinstance(message, str):
@@ -248,7 +253,24 @@ def generic_error(status: int, body: bytes, provider: str) -> UpstreamStatusErro
         provider=provider,
         code=str(code) if code is not None else (etype if isinstance(etype, str) else None),
         param=param if isinstance(param, str) else None,
+        fields=fields,
     )
+
+
+# OpenAI's error fields whose value the client gets only in OpenAI's shape (a string or null):
+# any other (OpenRouter's numeric `code`) is left to ours (its string).
+_SHAPED_FIELDS = ("type", "param", "code")
+
+
+def kept_fields(error: dict[str, Any]) -> dict[str, Any]:
+    """The fields of an OpenAI-compatible error object the client gets as the provider sent
+    them (`UpstreamStatusError.fields`): all but `message` (the error's own, whose key is
+    masked) and a shaped field that does not fit OpenAI's shape. Client code written for the
+    provider reads its extras (Azure's `innererror.content_filter_result`, which category
+    was filtered) and its own `type`/`code`, which ours would otherwise replace."""
+    return {key: value for key, value in error.items()
+            if key != "message" and (key not in _SHAPED_FIELDS or value is None
+                                     or isinstance(value, str))}
 
 
 def _listed_error(body: dict[str, Any]) -> dict[str, Any] | None:

@@ -30,6 +30,8 @@ from streamproxy.providers.base import (
     SSETranslator,
     StreamTranslator,
     UpstreamRequest,
+    generic_error,
+    kept_fields,
     load_event_json,
 )
 
@@ -277,7 +279,8 @@ def _stream_error(error: Any, provider: str) -> UpstreamStatusError:
     return UpstreamStatusError(_event_status(error),
                                error.get("message") or "the provider reported an error",
                                provider=provider,
-                               code=str(code) if code is not None else error.get("type"))
+                               code=str(code) if code is not None else error.get("type"),
+                               fields=kept_fields(error))
 
 
 def _event_status(error: dict[str, Any]) -> int:
@@ -299,6 +302,9 @@ class OpenAIProvider(Provider):
     # Whether the upstream takes `stream_options.include_usage` (Mistral rejects it with a 422
     # and sends the counts anyway).
     asks_stream_usage: ClassVar[bool] = True
+
+    def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
+        return generic_error(status, body, self.name, keep_fields=True)
 
     def adapt_body(self, body: dict[str, Any]) -> dict[str, Any]:
         """The body to send, for compatible upstreams whose parameters differ from OpenAI's
