@@ -425,3 +425,35 @@ def test_a_captured_pass_through_answer_keeps_the_upstreams_fingerprint_and_tier
     got = builder.completion(completion_id="chatcmpl-x", created=1, model="m")
     assert (got["system_fingerprint"], got["service_tier"]) == ("fp_1", "default")
     assert got["choices"][0]["message"]["content"] == "Hi"
+
+
+def _pass_through_stream(*deltas: dict[str, Any], finish: str = "stop") -> bytes:
+    """An OpenAI upstream's stream: one chunk per delta (choice 0), the finish chunk, [DONE]."""
+    def chunk(delta: dict[str, Any], reason: str | None = None) -> bytes:
+        return b"data: " + orjson.dumps({
+            "id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": "gpt",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                         "finish_reason": reason}]}) + b"\n\n"
+
+    return b"".join([*map(chunk, deltas), chunk({}, finish), b"data: [DONE]\n\n"])
+
+
+async def _pass_through_api(proxy: Any, upstream: Any, tmp_path: Path) -> openai.AsyncOpenAI:
+    cfg = make_config({"oa": {"type": "openai", "base_url": upstream.url, "api_key": "sk-x",
+                              "default_model": "gpt"}}, default="oa",
+                      storage={"path": str(tmp_path / "s.sqlite3")})
+    return openai_sdk(await proxy(cfg), "sk-client")
+
+
+async def test_a_streamed_answers_annotations_are_stored(proxy: Any, upstream: Any,
+                                                         tmp_path: Path) -> None:
+    # A search model's citations come in one delta of their own, after the text.
+    citation = {"type": "url_citation", "url_citation": {
+        "url": "https://example.com/", "title": "Example", "start_index": 0, "end_index": 2}}
+    upstream.body = _pass_through_stream({"role": "assistant", "content": "Hi"},
+                                         {"annotations": [citation]})
+    api = await _pass_through_api(proxy, upstream, tmp_path)
+    cid, _ = await stream_text(api, model="gpt", messages=USER, store=True)
+    message = (await stored(api, cid)).choices[0].message
+    assert message.content == "Hi"
+    assert [a.model_dump() for a in message.annotations or []] == [citation]

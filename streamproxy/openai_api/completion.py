@@ -43,6 +43,7 @@ class CompletionBuilder:
         # replay cannot give back (a refusal, logprobs): the cache then keeps no entry for it.
         self.refusal_parts: list[str] = []
         self.replayable = True
+        self.annotations: list[Any] = []  # a pass-through's citations (search models)
         # The answer's logprobs (a pass-through's choice 0, or a translator's), joined as
         # OpenAI's whole answer has them: `{"content": [...], "refusal": [...]}`; None when no
         # chunk carried any.
@@ -242,8 +243,13 @@ class CompletionBuilder:
         if isinstance(refusal, str) and refusal:
             self.refusal_parts.append(refusal)
             self.replayable = False
-        if delta.get("annotations") or delta.get("audio"):  # (web search citations, audio)
-            self.replayable = False  # kept nowhere here: a replay would answer without them
+        annotations = delta.get("annotations")
+        if annotations:  # (web search citations: the stream's one delta carries them all)
+            self.replayable = False  # a replay would answer without them
+            if isinstance(annotations, list):
+                self.annotations.extend(annotations)
+        if delta.get("audio"):
+            self.replayable = False  # kept nowhere here: a replay would answer without it
         calls = delta.get("tool_calls")
         for tc in calls if isinstance(calls, list) else ():
             index = tc.get("index", 0) if isinstance(tc, dict) else None
@@ -282,6 +288,8 @@ class CompletionBuilder:
             msg["reasoning_content"] = "".join(self.reasoning_parts)
         if self.thinking_blocks:
             msg["thinking_blocks"] = self.thinking_blocks
+        if self.annotations:
+            msg["annotations"] = self.annotations
         if self.tool_calls:
             for call, parts in zip(self.tool_calls, self._args, strict=True):
                 call["function"]["arguments"] = "".join(parts)
