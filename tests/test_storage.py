@@ -457,3 +457,20 @@ async def test_a_streamed_answers_annotations_are_stored(proxy: Any, upstream: A
     message = (await stored(api, cid)).choices[0].message
     assert message.content == "Hi"
     assert [a.model_dump() for a in message.annotations or []] == [citation]
+
+
+async def test_a_streamed_answers_audio_is_stored(proxy: Any, upstream: Any,
+                                                  tmp_path: Path) -> None:
+    # `modalities: ["text", "audio"]`: the id first, the transcript and base64 data in pieces,
+    # the expiry last — stored joined, as a non-streamed answer's `message.audio`.
+    upstream.body = _pass_through_stream(
+        {"role": "assistant", "audio": {"id": "audio_1", "transcript": "Hel"}},
+        {"audio": {"transcript": "lo"}}, {"audio": {"data": "UklG"}},
+        {"audio": {"data": "RiQ="}}, {"audio": {"expires_at": 1700000000}})
+    api = await _pass_through_api(proxy, upstream, tmp_path)
+    cid, _ = await stream_text(api, model="gpt", messages=USER, store=True,
+                               modalities=["text", "audio"])
+    audio = (await stored(api, cid)).choices[0].message.audio
+    assert audio is not None
+    assert (audio.id, audio.transcript, audio.data, audio.expires_at) == (
+        "audio_1", "Hello", "UklGRiQ=", 1700000000)

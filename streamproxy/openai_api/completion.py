@@ -44,6 +44,7 @@ class CompletionBuilder:
         self.refusal_parts: list[str] = []
         self.replayable = True
         self.annotations: list[Any] = []  # a pass-through's citations (search models)
+        self._audio: dict[str, Any] | None = None  # a pass-through's audio answer (_raw_audio)
         # The answer's logprobs (a pass-through's choice 0, or a translator's), joined as
         # OpenAI's whole answer has them: `{"content": [...], "refusal": [...]}`; None when no
         # chunk carried any.
@@ -248,8 +249,11 @@ class CompletionBuilder:
             self.replayable = False  # a replay would answer without them
             if isinstance(annotations, list):
                 self.annotations.extend(annotations)
-        if delta.get("audio"):
-            self.replayable = False  # kept nowhere here: a replay would answer without it
+        audio = delta.get("audio")
+        if audio:
+            self.replayable = False  # a replay would answer without it
+            if isinstance(audio, dict):
+                self._raw_audio(audio)
         calls = delta.get("tool_calls")
         for tc in calls if isinstance(calls, list) else ():
             index = tc.get("index", 0) if isinstance(tc, dict) else None
@@ -266,6 +270,19 @@ class CompletionBuilder:
                 self.tool_call_start(index, tc["id"], name, args)
             elif started and args:  # (some upstreams repeat the id and name on every chunk)
                 self.tool_call_args(index, args)
+
+    def _raw_audio(self, audio: dict[str, Any]) -> None:
+        """An audio answer's delta: its id and expiry come once, its base64 data and its
+        transcript in pieces, joined as the whole answer's `message.audio` has them."""
+        kept = self._audio
+        if kept is None:
+            kept = self._audio = {"id": "", "data": [], "expires_at": None, "transcript": []}
+        for key in ("id", "expires_at"):
+            if audio.get(key) is not None:
+                kept[key] = audio[key]
+        for key in ("data", "transcript"):
+            if isinstance(audio.get(key), str):
+                kept[key].append(audio[key])
 
     def _custom_call(self, index: int, custom: Any) -> dict[str, Any]:
         """A custom tool call's delta (`custom: {name, input}`), read as a function's: its
@@ -290,6 +307,11 @@ class CompletionBuilder:
             msg["thinking_blocks"] = self.thinking_blocks
         if self.annotations:
             msg["annotations"] = self.annotations
+        if self._audio is not None:
+            audio = self._audio
+            msg["audio"] = {"id": audio["id"], "data": "".join(audio["data"]),
+                            "expires_at": audio["expires_at"],
+                            "transcript": "".join(audio["transcript"])}
         if self.tool_calls:
             for call, parts in zip(self.tool_calls, self._args, strict=True):
                 call["function"]["arguments"] = "".join(parts)
