@@ -474,3 +474,17 @@ async def test_a_streamed_answers_audio_is_stored(proxy: Any, upstream: Any,
     assert audio is not None
     assert (audio.id, audio.transcript, audio.data, audio.expires_at) == (
         "audio_1", "Hello", "UklGRiQ=", 1700000000)
+
+
+async def test_a_streamed_answers_reasoning_is_stored_under_the_name_the_client_read(
+        proxy: Any, upstream: Any, tmp_path: Path) -> None:
+    # OpenRouter, Groq and vLLM stream `reasoning` (DeepSeek `reasoning_content`); the client
+    # read it, and a non-streamed answer is stored, under the upstream's name.
+    api = await _pass_through_api(proxy, upstream, tmp_path)
+    for key in ("reasoning", "reasoning_content"):
+        upstream.body = _pass_through_stream({"role": "assistant", key: "Think"},
+                                             {key: "ing."}, {"content": "Done"})
+        cid, _ = await stream_text(api, model="gpt", messages=USER, store=True)
+        message = (await stored(api, cid)).choices[0].message
+        assert message.content == "Done"
+        assert message.model_extra == {key: "Thinking."}

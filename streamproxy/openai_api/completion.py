@@ -31,6 +31,9 @@ class CompletionBuilder:
         self._parts: list[str | bytes] = []
         self._decoded = 0
         self.reasoning_parts: list[str] = []
+        # The field the reasoning came in: a pass-through's client read it under the upstream's
+        # name (`reasoning`: OpenRouter, Groq, vLLM), as the upstream's whole answer has it.
+        self.reasoning_key = "reasoning_content"
         self.thinking_blocks: list[dict[str, Any]] = []
         self.tool_calls: list[dict[str, Any]] = []
         self._args: list[list[str]] = []
@@ -235,10 +238,13 @@ class CompletionBuilder:
             self.content(content)
         # DeepSeek's name, else OpenRouter's, Groq's and vLLM's; a server that sends both
         # (vllm-mlx, vLLM while it renamed the field) sends the same text twice.
-        reasoning = delta.get("reasoning_content")
+        key = "reasoning_content"
+        reasoning = delta.get(key)
         if not isinstance(reasoning, str) or not reasoning:
-            reasoning = delta.get("reasoning")
+            key, reasoning = "reasoning", delta.get("reasoning")
         if isinstance(reasoning, str) and reasoning:
+            if not self.reasoning_parts:  # the first delta names it (a server may send both)
+                self.reasoning_key = key
             self.reasoning(reasoning)
         refusal = delta.get("refusal")
         if isinstance(refusal, str) and refusal:
@@ -302,7 +308,7 @@ class CompletionBuilder:
             msg["content"] = ("".join(self.content_parts) if self._decoded
                               else orjson.loads(b'"%b"' % b"".join(parts)))
         if self.reasoning_parts:
-            msg["reasoning_content"] = "".join(self.reasoning_parts)
+            msg[self.reasoning_key] = "".join(self.reasoning_parts)
         if self.thinking_blocks:
             msg["thinking_blocks"] = self.thinking_blocks
         if self.annotations:
