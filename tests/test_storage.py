@@ -488,3 +488,29 @@ async def test_a_streamed_answers_reasoning_is_stored_under_the_name_the_client_
         message = (await stored(api, cid)).choices[0].message
         assert message.content == "Done"
         assert message.model_extra == {key: "Thinking."}
+
+
+async def test_a_streamed_answer_with_several_choices_is_stored_whole(
+        proxy: Any, upstream: Any, tmp_path: Path) -> None:
+    def chunk(*choices: dict[str, Any], **extra: Any) -> bytes:
+        return b"data: " + orjson.dumps({
+            "id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": "gpt",
+            "choices": list(choices), **extra}) + b"\n\n"
+
+    def choice(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+    usage = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    upstream.body = b"".join([
+        chunk(choice(0, {"role": "assistant", "content": "Yes"}),
+              choice(1, {"role": "assistant", "content": "N"})),
+        chunk(choice(1, {"content": "o"}), choice(0, {}, "stop")),
+        chunk(choice(1, {}, "length")), chunk(usage=usage), b"data: [DONE]\n\n"])
+    api = await _pass_through_api(proxy, upstream, tmp_path)
+    stream = await api.chat.completions.create(model="gpt", messages=USER, store=True, n=2,
+                                               stream=True)
+    [cid] = {c.id async for c in stream}
+    got = await stored(api, cid)
+    assert [(c.index, c.message.content, c.finish_reason) for c in got.choices] == [
+        (0, "Yes", "stop"), (1, "No", "length")]
+    assert got.usage is not None and got.usage.total_tokens == 7

@@ -20,6 +20,7 @@ from streamproxy.errors import ProxyError
 from streamproxy.openai_api.chunks import RecordingChunkEncoder
 
 _MAX_TOOL_CALLS = 1024  # a pass-through chunk's tool call index above this is not captured
+_MAX_CHOICES = 128  # OpenAI's bound on `n`: a choice index beyond it is not captured
 
 class CompletionBuilder:
     def __init__(self) -> None:
@@ -54,6 +55,7 @@ class CompletionBuilder:
         self.logprobs: dict[str, Any] | None = None
         self.custom_calls: set[int] = set()  # indices of custom (freeform) tool calls
         self.upstream_fields: dict[str, str] = {}  # a pass-through's system_fingerprint, ...
+        self.other_choices: dict[int, CompletionBuilder] = {}  # a pass-through's n > 1
         self._runs: list[list[Any]] = []  # closed runs; the open one is the three below
         self._kind: str | None = None
         self._index = 0
@@ -206,17 +208,33 @@ class CompletionBuilder:
             self.usage_data = chunk["usage"]
         choices = chunk.get("choices")
         for choice in choices if isinstance(choices, list) else ():
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index", 0)
+            if index == 0:
+                builder = self
+            elif type(index) is int and 0 < index < _MAX_CHOICES:
+                builder = self._other_choice(index)
+            else:
                 continue
             delta = choice.get("delta")
             if isinstance(delta, dict):
-                self._raw_delta(delta)
+                builder._raw_delta(delta)
             if choice.get("logprobs") is not None:
-                self.replayable = False
+                builder.replayable = False
                 if isinstance(choice["logprobs"], dict):
-                    self._raw_logprobs(choice["logprobs"])
+                    builder._raw_logprobs(choice["logprobs"])
             if isinstance(choice.get("finish_reason"), str) and choice["finish_reason"]:
-                self.finish_reason = choice["finish_reason"]
+                builder.finish_reason = choice["finish_reason"]
+
+    def _other_choice(self, index: int) -> CompletionBuilder:
+        """The builder of a pass-through's choice `index` > 0 (`n` > 1): its parts are its
+        own, the envelope (id, model, usage) is this one's."""
+        other = self.other_choices.get(index)
+        if other is None:
+            other = self.other_choices[index] = CompletionBuilder()
+            self.replayable = False  # a replay gives back one choice
+        return other
 
     def _raw_logprobs(self, logprobs: dict[str, Any]) -> None:
         joined = self.logprobs
@@ -327,6 +345,10 @@ class CompletionBuilder:
                 if i in self.custom_calls else call for i, call in enumerate(self.tool_calls)]
         return msg
 
+    def _choice(self, index: int) -> dict[str, Any]:
+        return {"index": index, "message": self.message(), "logprobs": self.logprobs,
+                "finish_reason": self.finish_reason}
+
     def completion(self, *, completion_id: str, created: int, model: str) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": completion_id,
@@ -334,12 +356,8 @@ class CompletionBuilder:
             "created": created,
             "model": self.model or model,
             "system_fingerprint": None,
-            "choices": [{
-                "index": 0,
-                "message": self.message(),
-                "logprobs": self.logprobs,
-                "finish_reason": self.finish_reason,
-            }],
+            "choices": [self._choice(0), *(other._choice(index) for index, other
+                                           in sorted(self.other_choices.items()))],
         }
         if self.usage_data is not None:
             out["usage"] = self.usage_data

@@ -106,8 +106,6 @@ class StoredCompletions:
             builder = record.builder
             if builder is None or not builder.ended or builder.failure is not None:
                 return None
-            if (ticket.request.get("n") or 1) > 1:
-                return None  # the builder keeps choice 0 only: never store half an answer
             answer = builder.completion(completion_id=builder.id or record.completion_id or "",
                                         created=builder.created or int(time.time()),
                                         model=record.model or "")
