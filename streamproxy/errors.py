@@ -180,6 +180,30 @@ class UpstreamStatusError(ProxyError):
             body["error"].update(self.fields)
         return body
 
+    def mask(self, key: str) -> None:
+        """Mask the key the upstream's error echoes (a provider that echoes the key it refused
+        would show the client a server-side secret), in its message and every field kept."""
+        if key in self.message:
+            self.message = _masked(self.message, key)
+        if self.fields:
+            self.fields = _masked_value(self.fields, key)
+
+
+def _masked(text: str, key: str) -> str:
+    """`text` with `key` replaced by its last four characters."""
+    return text.replace(key, "…" + key[-4:] if len(key) >= 16 else "…")
+
+
+def _masked_value(value: Any, key: str) -> Any:
+    """A JSON value with the key masked in each of its strings, however deep."""
+    if isinstance(value, str):
+        return _masked(value, key) if key in value else value
+    if isinstance(value, dict):
+        return {_masked_value(k, key): _masked_value(v, key) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked_value(item, key) for item in value]
+    return value
+
 
 class UpstreamUnreachable(ProxyError):
     status = 502

@@ -161,6 +161,27 @@ async def test_a_key_echoed_in_a_kept_field_is_masked(proxy: Any, upstream: Any)
     assert orjson.loads(body)["error"]["innererror"] == {"detail": ["key \u2026"]}
 
 
+@pytest.mark.parametrize("where", ["mid-stream", "first event", "non-streamed 200"])
+async def test_a_key_echoed_in_an_error_inside_a_200_is_masked(where: str, proxy: Any,
+                                                              upstream: Any) -> None:
+    # OpenRouter-style: the error comes after the 200 (an event, or the body of a 200).
+    error = (b'{"error":{"message":"bad key sk-test-secret","code":401,'
+             b'"metadata":{"raw":"sk-test-secret refused"}}}')
+    first = (b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+             b'"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n')
+    if where == "non-streamed 200":
+        upstream.content_type = "application/json"
+    upstream.body = {"mid-stream": first + b"data: " + error + b"\n\n",
+                     "first event": b"data: " + error + b"\n\n",
+                     "non-streamed 200": error}[where]
+    client = await proxy(provider_config("openai", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "messages": USER, "stream": where != "non-streamed 200"})
+    body = await resp.read()
+    assert b"sk-test-secret" not in body
+    assert b"refused" in body and b"\xe2\x80\xa6" in body  # (the kept field, masked)
+
+
 async def test_unreachable_upstream_is_502(proxy: Any) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from streamproxy.errors import ProxyError
+from streamproxy.errors import ProxyError, UpstreamStatusError
 
 _dumps = orjson.dumps
 
@@ -100,7 +100,7 @@ class ChunkEncoder:
     __slots__ = (
         "_buf", "_content_head", "_content_tail", "_literal_sep", "_prefix", "_tail",
         "_thinking_blocks", "bytes_taken", "chunks", "completion_id", "created", "ended",
-        "failure", "finish_reason", "include_usage", "model", "usage_data",
+        "failure", "finish_reason", "include_usage", "model", "secret", "usage_data",
     )
 
     # The envelope's fields after `model`: ours are null; a cache hit's encoder gives back an
@@ -127,6 +127,7 @@ class ChunkEncoder:
         self.usage_data: dict[str, Any] | None = None
         self.failure: ProxyError | None = None
         self.ended = False
+        self.secret: str | None = None  # the key sent upstream: masked in errors that echo it
 
     # -- output ------------------------------------------------------------------------------
     def take(self) -> bytes:
@@ -245,6 +246,8 @@ class ChunkEncoder:
     def error(self, err: ProxyError) -> None:
         if self.ended:
             return
+        if self.secret and isinstance(err, UpstreamStatusError):  # an upstream's error event
+            err.mask(self.secret)
         self.failure = err
         self._buf.append(error_frame(err))
         self.ended = True

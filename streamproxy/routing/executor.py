@@ -88,8 +88,6 @@ class Executor:
             retry_after = _retry_after(resp)
             if retry_after is not None:  # the header, else the wait the body named (Gemini's)
                 err.retry_after = retry_after
-            if target.api_key:
-                _mask_key(err, target.api_key)
             raise err
         return resp
 
@@ -140,6 +138,8 @@ class Executor:
             try:
                 result = await once(req, target, record, first_try)
             except ProxyError as e:
+                if target.api_key and isinstance(e, UpstreamStatusError):
+                    e.mask(target.api_key)  # an HTTP error, a 200 error body, an error event
                 record.note_upstream_error(e)  # metrics: upstream errors by kind
                 if attempt.breaker is not None and not isinstance(e, InvalidRequest):
                     # (a 400 of the target's translation was never sent: it tells nothing of
@@ -248,6 +248,7 @@ class _StreamParts:
         if record.capture:
             record.builder = CompletionBuilder()
             sink = TeeSink(encoder, record.builder)
+        encoder.secret = self._target.api_key
         self.built = encoder, provider.stream_translator(req, sink)
 
     def note_usage(self) -> None:
@@ -312,31 +313,6 @@ async def _read_body(resp: aiohttp.ClientResponse, limit: int, *, cut: bool = Fa
             break
         parts.append(data)
     return b"".join(parts)
-
-
-def _mask_key(err: UpstreamStatusError, key: str) -> None:
-    """Mask the key an upstream's error echoes, in its message and in every field it keeps."""
-    if key in err.message:
-        err.message = _masked(err.message, key)
-    if err.fields:
-        err.fields = _masked_value(err.fields, key)
-
-
-def _masked(message: str, key: str) -> str:
-    """An upstream's message with the key it was sent replaced by its last four characters
-    (a provider that echoes the key it refused would show the client a server-side secret)."""
-    return message.replace(key, "…" + key[-4:] if len(key) >= 16 else "…")
-
-
-def _masked_value(value: Any, key: str) -> Any:
-    """A JSON value with the key masked in each of its strings, however deep."""
-    if isinstance(value, str):
-        return _masked(value, key) if key in value else value
-    if isinstance(value, dict):
-        return {_masked_value(k, key): _masked_value(v, key) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_masked_value(item, key) for item in value]
-    return value
 
 
 def _parse_body(body: bytes) -> dict[str, Any]:
