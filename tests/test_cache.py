@@ -851,6 +851,29 @@ async def test_an_answer_with_citations_is_never_replayed_without_them(
     assert statuses == (["MISS", "MISS", "MISS"] if fill_streamed else ["MISS", "MISS", "HIT"])
 
 
+@pytest.mark.parametrize("fill_streamed", [True, False])
+async def test_reasoning_under_the_upstreams_own_name_is_never_replayed_under_another(
+        proxy: Any, upstream: Any, fill_streamed: bool) -> None:
+    # OpenRouter, Groq and vLLM call it `reasoning`; a replayed stream writes
+    # `reasoning_content`, so a client reading `reasoning` would find none on a hit.
+    streamed = _openai_chunks(
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "reasoning": "Think."}}]},
+        {"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}]})
+    whole = orjson.dumps({**TOOL_ANSWER, "choices": [{
+        "index": 0, "logprobs": None, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": "Hi", "reasoning": "Think."}}]})
+    client = await proxy(config(upstream.url, kind="openai"))
+    statuses = []
+    for stream in (fill_streamed, True, False):
+        upstream.content_type = "text/event-stream" if stream else "application/json"
+        upstream.body = streamed if stream else whole
+        resp, out = await post(client, {"model": "up/m", "stream": stream}, cache_header())
+        statuses.append(resp.headers[STATUS])
+        assert b'"reasoning":"Think."' in out, (stream, resp.headers[STATUS])
+        await drained(client)
+    assert statuses == (["MISS", "MISS", "MISS"] if fill_streamed else ["MISS", "MISS", "HIT"])
+
+
 def test_a_tool_call_whose_id_and_name_repeat_on_every_chunk_is_captured_once() -> None:
     # DeepSeek and Qwen send id (and name) again with each argument fragment.
     def call(args: str, name: str) -> dict[str, Any]:

@@ -55,7 +55,8 @@ def is_fresh(entry: dict[str, Any], max_age: float, now: float | None = None) ->
 
 def streams_whole(entry: dict[str, Any]) -> bool:
     """Whether a stream replayed from `entry` carries the whole answer: a non-streamed fill's
-    refusal, logprobs, annotations, audio and custom tool calls have no delta here (a streamed
+    refusal, logprobs, annotations, audio, custom tool calls and reasoning under the upstream's
+    own name (`reasoning`; a replay writes `reasoning_content`) have no delta here (a streamed
     request is then a miss). Streamed fills that had them are never kept
     (CompletionBuilder.replayable)."""
     completion = entry.get("completion")
@@ -64,7 +65,7 @@ def streams_whole(entry: dict[str, Any]) -> bool:
     choice = (completion.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     return not (choice.get("logprobs") or message.get("refusal") or message.get("annotations")
-                or message.get("audio") or any(
+                or message.get("audio") or message.get("reasoning") or any(
         call.get("type") != "function" for call in message.get("tool_calls") or ()))
 
 

@@ -263,6 +263,8 @@ class CompletionBuilder:
         if isinstance(reasoning, str) and reasoning:
             if not self.reasoning_parts:  # the first delta names it (a server may send both)
                 self.reasoning_key = key
+                if key == "reasoning":  # a replay would write it as reasoning_content
+                    self.replayable = False
             self.reasoning(reasoning)
         refusal = delta.get("refusal")
         if isinstance(refusal, str) and refusal:
