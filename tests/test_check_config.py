@@ -132,6 +132,15 @@ def test_auth_off_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
      "FILE: virtual_keys.vk.apikey: unknown key (known: api_key, api_key_env, provider)"),
     ("providers: {mock: {type: mock}}\nvirtual_keys: {vk: {provider: mock, api_key: '${VK}'}}\n",
      "FILE: virtual_keys.vk.api_key: ${VK} is not expanded here: write api_key_env: VK"),
+    # A virtual key fails closed, as auth.keys do: without its secret the client's own key
+    # (or the provider's) went upstream in its name.
+    ("providers: {mock: {type: mock}}\n"
+     "virtual_keys: {vk: {provider: mock, api_key_env: CHECK_CONFIG_UNSET}}\n",
+     "FILE: virtual_keys.vk.api_key_env: environment variable CHECK_CONFIG_UNSET is not set"),
+    ("providers: {mock: {type: mock}}\nvirtual_keys: {vk: {provider: mock}}\n",
+     "FILE: virtual_keys.vk: give exactly one of `api_key` or `api_key_env`"),
+    ("providers: {mock: {type: mock}}\nvirtual_keys: {vk: {provider: mock, api_key: ''}}\n",
+     "FILE: virtual_keys.vk.api_key: must be a non-empty string"),
     ("providers: {mock: {type: mock}}\nauth: {keys: [{name: a, key: '${PROXY_KEY}'}]}\n",
      "FILE: auth.keys[0].key: ${PROXY_KEY} is not expanded here: write key_env: PROXY_KEY"),
     # every request through the target would be a 400 custom_host_not_allowed

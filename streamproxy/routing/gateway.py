@@ -78,7 +78,7 @@ PROVIDER_OPTION_HEADERS = {
 @dataclass(frozen=True, slots=True)
 class VirtualKey:
     provider: str
-    api_key: str | None
+    api_key: str
 
     def __repr__(self) -> str:  # never print the secret
         return f"VirtualKey(provider={self.provider!r})"
@@ -135,16 +135,30 @@ def load_settings(config: Config) -> GatewaySettings:
     return settings
 
 
-def _virtual_secret(raw: dict[str, Any], src: str, where: str) -> str | None:
+def _virtual_secret(raw: dict[str, Any], src: str, where: str) -> str:
     for key, value in raw.items():
         if key not in _VIRTUAL_KEY_FIELDS:
             raise ConfigError(src, f"{where}.{key}",
                               f"unknown key (known: {', '.join(sorted(_VIRTUAL_KEY_FIELDS))})")
         if value is not None and not isinstance(value, str):
             raise ConfigError(src, f"{where}.{key}", "must be a string")
-    refuse_env_reference(raw.get("api_key"), src, f"{where}.api_key", "api_key_env")
-    env = raw.get("api_key_env")
-    return raw.get("api_key") or (os.environ.get(env) if env else None)
+    # A virtual key is its secret: without one the provider's key, or the client's own, would
+    # go upstream in its name. So it fails closed, as auth.keys' key_env does.
+    if ("api_key" in raw) == ("api_key_env" in raw):
+        raise ConfigError(src, where, "give exactly one of `api_key` or `api_key_env`")
+    if "api_key" in raw:
+        secret = raw["api_key"]
+        if not secret:
+            raise ConfigError(src, f"{where}.api_key", "must be a non-empty string")
+        refuse_env_reference(secret, src, f"{where}.api_key", "api_key_env")
+        return secret
+    env = raw["api_key_env"]
+    if not env:
+        raise ConfigError(src, f"{where}.api_key_env", "must be an environment variable name")
+    secret = os.environ.get(env)
+    if not secret:
+        raise ConfigError(src, f"{where}.api_key_env", f"environment variable {env} is not set")
+    return secret
 
 
 def _names_config(name: Any, settings: GatewaySettings) -> bool:
