@@ -7,7 +7,14 @@ import asyncio
 import contextlib
 import sys
 
-from streamproxy.config import DEFAULT_HOST, DEFAULT_PORT, MAX_PORT, ConfigError, load_config
+from streamproxy.config import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    MAX_PORT,
+    ConfigError,
+    ProviderConfig,
+    load_config,
+)
 
 
 def _install_uvloop() -> None:
@@ -110,8 +117,7 @@ def cmd_check_config(args: argparse.Namespace) -> None:
     print(f"listen: {s.host}:{s.port}")
     for name, p in config.providers.items():
         default = " (default)" if name == config.default_provider else ""
-        key = providers[name].auth_summary() or (
-            "configured key" if p.api_key else "client's key")
+        key = providers[name].auth_summary() or _key_summary(p)
         try:  # Bedrock, Vertex, Azure build it from other keys
             base_url = providers[name].base_url
         except ProxyError:  # no URL until it runs: the embedded mock
@@ -130,6 +136,14 @@ def cmd_check_config(args: argparse.Namespace) -> None:
           f"json_depth={s.max_json_depth} upstream_event={s.max_event_bytes}B "
           f"concurrent_streams={s.max_concurrent_streams}/worker "
           f"header_timeout={s.client_header_timeout:g}s body_timeout={s.client_body_timeout:g}s")
+
+
+def _key_summary(p: ProviderConfig) -> str:
+    if p.api_key:
+        return "configured key"
+    if p.api_key_env:  # the operator meant a key: say which variable was empty
+        return f"client's key (environment variable {p.api_key_env} is not set)"
+    return "client's key"
 
 
 def _summary(value: object) -> str:

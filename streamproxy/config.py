@@ -52,6 +52,7 @@ class ProviderConfig:
     type: str
     base_url: str | None = None
     api_key: str | None = None  # the secret itself, resolved from api_key / api_key_env
+    api_key_env: str | None = None  # the variable looked in (check-config names it when unset)
     headers: dict[str, str] = field(default_factory=dict)
     default_model: str | None = None
     models: tuple[str, ...] = ()
@@ -349,6 +350,7 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
         type=ptype,
         base_url=base_url.rstrip("/") if base_url else None,
         api_key=api_key,
+        api_key_env=raw.get("api_key_env") or None,
         # Lowercase, as the providers write the headers they set: `Authorization` here then
         # replaces (or yields to) their `authorization` rather than going as a second one.
         headers={str(k).lower(): v for k, v in headers.items()},

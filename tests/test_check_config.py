@@ -80,6 +80,22 @@ def test_prints_what_it_would_serve(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "SECRET" not in out + err
 
 
+def test_a_providers_unset_api_key_env_is_named(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's key is forwarded (as documented), but the operator asked for a key: the
+    line names the variable that was looked in, so a typo or a missing export shows."""
+    monkeypatch.delenv("CHECK_CONFIG_UNSET", raising=False)
+    code, out, err = run(tmp_path, "providers:\n  gpt: {type: openai, "
+                         "api_key_env: CHECK_CONFIG_UNSET}\n  own: {type: openai}\n", capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert any(line.startswith("provider gpt: ") and "auth=client's key (environment variable "
+               "CHECK_CONFIG_UNSET is not set) " in line for line in lines), out
+    assert any(line.startswith("provider own: ") and "auth=client's key models=" in line
+               for line in lines), out
+
+
 def test_sections_of_other_modules_are_named_not_dumped(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(tmp_path, """
