@@ -175,16 +175,22 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         return parse_config(yaml.load(EMBEDDED_DEFAULT, _ConfigLoader), "<embedded default>")
     source = str(path)
     try:
-        text = Path(path).read_text()
+        raw = Path(path).read_bytes()
     except OSError as e:
         raise ConfigError(source, "", f"cannot read file: {e.strerror}") from None
+    try:  # UTF-8 whatever the locale, as YAML files are
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:  # (a Latin-1 comment): a traceback, and a master's death
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(source, f"line {line}", "not UTF-8 text") from None
     try:
-        data = yaml.load(text, _ConfigLoader)
+        return parse_config(yaml.load(text, _ConfigLoader), source)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
         raise ConfigError(source, where, f"invalid YAML: {getattr(e, 'problem', e)}") from None
-    return parse_config(data, source)
+    except RecursionError:  # thousands of nested brackets: no config is that deep
+        raise ConfigError(source, "", "nested too deeply") from None
 
 
 def parse_config(data: Any, source: str) -> Config:

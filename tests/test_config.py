@@ -82,6 +82,22 @@ def test_config_errors_name_the_file_key_and_reason(tmp_path: Path, text: str, k
     assert reason in info.value.reason
 
 
+@pytest.mark.parametrize(("data", "key", "reason"), [
+    ("providers:\n  x: {type: mock}\n# café\n".encode("latin-1"), "line 3", "not UTF-8 text"),
+    (b"providers: {x: {type: mock, headers: " + b"[" * 5000 + b"]" * 5000 + b"}}", "",
+     "nested too deeply"),
+])
+def test_a_file_yaml_cannot_read_is_a_config_error(tmp_path: Path, data: bytes, key: str,
+                                                   reason: str) -> None:
+    """A UnicodeDecodeError or a RecursionError escaped load_config: a traceback at start-up
+    and check-config, and on SIGHUP the prefork master died, taking its workers with it."""
+    path = tmp_path / "streamproxy.yaml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert (info.value.source, info.value.key, info.value.reason) == (str(path), key, reason)
+
+
 def test_a_yaml_merge_may_override_what_it_merges(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "providers:\n  x: &x {type: mock, default_model: a}\n"
                                          "  y: {<<: *x, default_model: b}\n"))

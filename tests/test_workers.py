@@ -198,6 +198,19 @@ async def test_a_reload_with_a_list_where_a_name_goes_keeps_the_old_workers(
     assert tree.proc.poll() is None and tree.workers() == old and await stream_ok(tree.url)
 
 
+async def test_a_reload_of_a_file_that_is_not_utf8_keeps_the_old_workers(tree: Tree) -> None:
+    """Its UnicodeDecodeError was no config error: it escaped the master on SIGHUP."""
+    old = tree.workers()
+    tree.config.write_bytes(CONFIG.format(grace=0.5, models="fast").encode()
+                            + "# café\n".encode("latin-1"))
+    tree.proc.send_signal(signal.SIGHUP)
+    await until(lambda: "reload failed" in tree.output(), "the reload error in the log")
+    assert (f"reload failed: config error: {tree.config}: line 10: not UTF-8 text; the running "
+            "config keeps serving") in tree.output()
+    assert "Traceback" not in tree.output()
+    assert tree.proc.poll() is None and tree.workers() == old and await stream_ok(tree.url)
+
+
 async def test_a_single_process_reloads_in_place_and_its_streams_finish(
         tmp_path: Path) -> None:
     """--workers 1 (the default on a one-CPU machine) has no master: SIGHUP starts the new
@@ -347,3 +360,20 @@ async def test_the_workers_share_circuit_breakers(tmp_path: Path) -> None:
                 assert r.status == 200, await r.text()
                 tried.append(r.headers["x-portkey-retry-attempt-count"])
     assert tried == ["1", "1"] + ["0"] * 10, tried
+
+
+def test_a_reload_that_fails_for_any_reason_says_why_in_one_line(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever the parser raises (a bug of ours, not a config error) must not end the master
+    that called it: the running config stays, and the log says why."""
+    from streamproxy.server import workers
+
+    def broken(path: object) -> None:
+        raise TypeError("unhashable type: 'list'")
+
+    monkeypatch.setattr(workers, "load_config", broken)
+    running: Any = object()  # (not looked at when the file does not load)
+    with caplog.at_level("ERROR", logger="streamproxy.workers"):
+        assert workers.reloaded_config("proxy.yaml", running) is None
+    assert caplog.messages == ["reload failed: TypeError: unhashable type: 'list'; the running "
+                               "config keeps serving"]

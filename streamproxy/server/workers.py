@@ -214,6 +214,10 @@ def reloaded_config(path: str | None, running: Config) -> Config | None:
     except ConfigError as e:
         log.error("reload failed: config error: %s; the running config keeps serving", e)
         return None
+    except Exception as e:  # a parser's bug must not end the master, which serves on
+        log.error("reload failed: %s: %s; the running config keeps serving",
+                  type(e).__name__, e)
+        return None
     fixed = [f"server.{k}" for k in ("host", "port", "log_level")
              if getattr(config.server, k) != getattr(running.server, k)]
     if fixed:
