@@ -85,6 +85,12 @@ def make(raw: dict[str, Any], seed: int = 0, breakers: CircuitBreakers | None = 
     ({"strategy": {"mode": "fallback"}, "targets": [
         {"provider": "a", "override_params": {"store": True}}]},
      "config.targets[0].override_params.store"),
+    # the answer's number of choices is the client's: the cache and storage read it from the
+    # request, so a streamed n: 2 forced here was cached and stored as its choice 0 alone
+    ({"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "a", "override_params": {"n": 2}}]},
+     "config.targets[0].override_params.n"),
+    ({"provider": "a", "override_params": {"n": 1}}, "config.override_params.n"),
 ])
 def test_invalid_configs_name_the_bad_field(raw: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as info:

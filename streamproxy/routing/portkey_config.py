@@ -252,6 +252,11 @@ def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode
             # otherwise answered in the other form, which failed as a truncated stream (502)
             raise _bad(f"{path}.override_params.stream", "would change the answer's form from "
                        "the one the client asked for: send stream in the request body")
+        if "n" in params:  # how many choices is the client's to say: with another n, a
+            # client got choices it did not ask for or lost some, and the cache replayed and
+            # storage kept choice 0 alone (they read n from the request)
+            raise _bad(f"{path}.override_params.n", "would change how many choices the "
+                       "answer has from what the client asked for: send n in the request body")
         changes["override_params"] = {**node.override_params, **params}
     if "forward_headers" in raw:
         headers = raw["forward_headers"]
