@@ -312,6 +312,30 @@ def test_with_n_choices_the_stream_is_complete_only_once_each_has_finished() -> 
     assert last_frame(one + _finish_event("length", 1)) == "[DONE]"
 
 
+def test_one_chunk_may_finish_several_choices_and_the_answers_reason_is_choice_0s() -> None:
+    """Only a chunk's first choice was looked at: a server that finishes both choices in one
+    chunk and closes without [DONE] ended in a truncation error; and the access log's
+    finish_reason was the last choice to finish, where a non-streamed answer's is choice 0's."""
+    def run(body: bytes) -> tuple[Any, str | None]:
+        enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=False)
+        tr = PassthroughTranslator(enc, 1 << 20, provider="p", client_wants_usage=False,
+                                   choices=2)
+        try:
+            tr.feed(body)
+            tr.close()
+        except ProxyError as e:
+            enc.error(e)
+        return sse_chunks(enc.take())[-1], enc.finish_reason
+
+    both = b"data: " + orjson.dumps({
+        "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "length"},
+                    {"index": 1, "delta": {}, "finish_reason": "stop"}]}) + b"\n\n"
+    assert run(_chunk_event("He") + both) == ("[DONE]", "length")
+    one_by_one = _chunk_event("He") + _finish_event("length", 0) + _finish_event("stop", 1)
+    assert run(one_by_one + b"data: [DONE]\n\n") == ("[DONE]", "length")
+
+
 def _chunk_event(text: str) -> bytes:
     return b"data: " + orjson.dumps({
         "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",

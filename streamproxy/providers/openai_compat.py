@@ -186,10 +186,20 @@ class PassthroughTranslator(SSETranslator):
             return
         if self._index_tool_calls(choices):
             data = orjson.dumps(chunk)
-        reason = choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
-        if reason:
-            self._finished.add(choices[0].get("index"))
-        self.out.raw(data, reason)
+        self.out.raw(data, self._note_finishes(choices))
+
+    def _note_finishes(self, choices: list[Any]) -> str | None:
+        """Mark the choices this chunk finishes (a server may finish several in one chunk);
+        the answer's finish reason, as a non-streamed answer's, is choice 0's."""
+        answer_reason = None
+        for choice in choices:
+            reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+            if reason:
+                number = choice.get("index") or 0
+                self._finished.add(number)
+                if number == 0:
+                    answer_reason = reason
+        return answer_reason
 
     def _index_tool_calls(self, choices: list[Any]) -> bool:
         """Give tool-call deltas without `index` one, and a `stop` after them `tool_calls`
