@@ -377,3 +377,38 @@ def test_a_reload_that_fails_for_any_reason_says_why_in_one_line(
         assert workers.reloaded_config("proxy.yaml", running) is None
     assert caplog.messages == ["reload failed: TypeError: unhashable type: 'list'; the running "
                                "config keeps serving"]
+
+
+def test_a_reload_whose_workers_cannot_be_forked_keeps_the_old_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A fork or pipe refused (process or file limits) raised out of the master's SIGHUP
+    handling: the master died, and its workers with it."""
+    import errno
+
+    from streamproxy.config import load_config
+    from streamproxy.server import master as master_module
+
+    path = tmp_path / "proxy.yaml"
+    path.write_text(CONFIG.format(grace=1, models="fast"))
+    m = master_module.Master(str(path), load_config(path), "127.0.0.1", 44811, count=2)
+    pipes = _open_pipes()
+
+    def refused() -> int:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(master_module.os, "fork", refused)
+    with caplog.at_level("ERROR", logger="streamproxy.workers"):
+        m._start_reload()
+    assert m.reload is None and m.generation == 0 and not m.workers
+    assert ("reload failed: cannot start a new worker: Resource temporarily unavailable; the "
+            "old workers keep serving") in caplog.messages
+    assert _open_pipes() == pipes  # the ready pipe is not left open
+
+
+def _open_pipes() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # (the listing's own fd is gone by now)
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
+    return count

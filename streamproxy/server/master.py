@@ -148,7 +148,12 @@ class Master:
         sys.stdout.flush()
         sys.stderr.flush()
         master = os.getpid()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(ready_r)
+            os.close(ready_w)
+            raise
         if pid == 0:  # the worker
             status = 1
             try:
@@ -293,8 +298,13 @@ class Master:
         generation = next(self._generations)  # (a failed reload's state is not inherited)
         self.reload = (generation, config, time.monotonic() + READY_TIMEOUT)
         log.info("SIGHUP: reloading %s (generation %d)", config.source, generation)
-        for slot in range(self.count):
-            self._spawn(slot, generation, config)
+        try:
+            for slot in range(self.count):
+                self._spawn(slot, generation, config)
+        except OSError as e:  # fork or pipe refused (process or file limits): the old serve
+            log.error("reload failed: cannot start a new worker: %s; the old workers keep "
+                      "serving", e.strerror or e)
+            self._abandon_reload()
 
     def _abandon_reload(self) -> None:
         assert self.reload is not None
