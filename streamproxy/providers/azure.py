@@ -19,7 +19,7 @@ Azure's stream differs from OpenAI's in two ways that break naive clients
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import orjson
@@ -27,17 +27,7 @@ import orjson
 from streamproxy.config import ConfigError
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.openai_api.chunks import ChunkSink
-from streamproxy.providers.base import StreamTranslator
-from streamproxy.providers.openai_compat import (
-    OpenAIProvider,
-    PassthroughTranslator,
-    answer_count,
-    load_chunk,
-    offers_tools,
-)
-
-if TYPE_CHECKING:
-    from streamproxy.openai_api.request import ChatRequest
+from streamproxy.providers.openai_compat import OpenAIProvider, PassthroughTranslator, load_chunk
 
 AUTH_MODES = ("api-key", "entra")
 # The first api-version that takes `stream_options` (earlier ones answer it with a 400).
@@ -93,6 +83,7 @@ class AzureOpenAIProvider(OpenAIProvider):
     # Portkey's Azure settings: a config target's fields, or the portkey-ai SDK's headers.
     target_options: ClassVar[dict[str, str]] = {
         "resource_name": "resource", "deployment_id": "deployment", "api_version": "api_version"}
+    translator_type = AzureTranslator
 
     @classmethod
     def check_options(cls, options: dict[str, Any], source: str, where: str) -> None:
@@ -143,9 +134,3 @@ class AzureOpenAIProvider(OpenAIProvider):
         if self.cfg.options.get("auth") == "entra":
             return {"authorization": f"Bearer {api_key}"}
         return {"api-key": api_key}
-
-    def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
-        return AzureTranslator(out, self.max_event_bytes, provider=self.name,
-                               client_wants_usage=req.include_usage,
-                               choices=answer_count(req),
-                               tools_offered=offers_tools(req))

@@ -55,11 +55,6 @@ def with_tool_calls(pattern: re.Pattern[bytes]) -> re.Pattern[bytes]:
     return re.compile(pattern.pattern + b"|" + _TOOL_CALL_WITHOUT_INDEX)
 
 
-def offers_tools(req: ChatRequest) -> bool:
-    body = req.body
-    return "tools" in body or "functions" in body
-
-
 _RUN_HEAD = b"data: {"
 _RUN_SEPARATOR = b"}\n\ndata: {"  # one event's end and the next one's start
 
@@ -83,8 +78,8 @@ class PassthroughTranslator(SSETranslator):
     run_stop: ClassVar[re.Pattern[bytes] | None] = INTERESTING
 
     def __init__(self, out: ChunkSink, max_event_bytes: int, *, provider: str,
-                 client_wants_usage: bool, choices: int = 1, tools_offered: bool = False,
-                 ) -> None:
+                 client_wants_usage: bool, choices: int = 1,
+                 tools_offered: bool = False) -> None:
         super().__init__(out, max_event_bytes)
         self._provider = provider
         self._forward_usage = client_wants_usage
@@ -251,11 +246,6 @@ class _ToolCalls:
         return self.latest
 
 
-def answer_count(req: ChatRequest) -> int:
-    """How many choices a stream carries (`n`, validated as at least 1 when given)."""
-    return req.body.get("n") or 1
-
-
 def load_chunk(data: bytes) -> dict[str, Any]:
     """An OpenAI chunk event, parsed: a JSON object whose `choices`, when present, is an array
     (so `choices[0]` is safe wherever a chunk is inspected)."""
@@ -312,6 +302,8 @@ class OpenAIProvider(Provider):
     # Whether the upstream takes `stream_options.include_usage` (Mistral rejects it with a 422
     # and sends the counts anyway).
     asks_stream_usage: ClassVar[bool] = True
+    # The stream's translator; subclasses with their own quirks name theirs (Azure, presets).
+    translator_type: ClassVar[type[PassthroughTranslator]] = PassthroughTranslator
 
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
         return generic_error(status, body, self.name, keep_fields=True)
@@ -346,10 +338,15 @@ class OpenAIProvider(Provider):
         return UpstreamRequest(self.chat_url(model), raw, headers)
 
     def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
-        return PassthroughTranslator(out, self.max_event_bytes, provider=self.name,
-                                     client_wants_usage=req.include_usage,
-                                     choices=answer_count(req),
-                                     tools_offered=offers_tools(req))
+        return self.translator_type(out, self.max_event_bytes, **self.translator_options(req))
+
+    def translator_options(self, req: ChatRequest) -> dict[str, Any]:
+        """The keyword arguments of `translator_type`: what it needs of the request (a
+        subclass whose translator takes more adds them)."""
+        body = req.body
+        return {"provider": self.name, "client_wants_usage": req.include_usage,
+                "choices": body.get("n") or 1,  # (validated as at least 1 when given)
+                "tools_offered": "tools" in body or "functions" in body}
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
                            created: int, model: str = "") -> bytes:

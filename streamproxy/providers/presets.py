@@ -35,14 +35,11 @@ from streamproxy.config import ConfigError
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import InvalidRequest, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
-from streamproxy.providers.base import StreamTranslator
 from streamproxy.providers.openai_compat import (
     INTERESTING,
     OpenAIProvider,
     PassthroughTranslator,
-    answer_count,
     load_chunk,
-    offers_tools,
 )
 
 if TYPE_CHECKING:
@@ -126,6 +123,7 @@ class CompatProvider(OpenAIProvider):
     # Message keys the upstream refuses, by role ("*": any role); removed before sending.
     refused_message_keys: ClassVar[dict[str, frozenset[str]]] = {}
     developer_as_system: ClassVar[bool] = False
+    translator_type = CompatTranslator
 
     def adapt_body(self, body: dict[str, Any]) -> dict[str, Any]:
         """`body` itself when nothing is refused (so the client's bytes go as they are)."""
@@ -151,13 +149,9 @@ class CompatProvider(OpenAIProvider):
             out["role"] = "system"
         return out
 
-    def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
-        return CompatTranslator(out, self.max_event_bytes, provider=self.name,
-                                client_wants_usage=req.include_usage,
-                                finish_reasons=self.finish_reasons,
-                                failed_finishes=self.failed_finishes,
-                                choices=answer_count(req),
-                                tools_offered=offers_tools(req))
+    def translator_options(self, req: ChatRequest) -> dict[str, Any]:
+        return {**super().translator_options(req), "finish_reasons": self.finish_reasons,
+                "failed_finishes": self.failed_finishes}
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
                            created: int, model: str = "") -> bytes:
@@ -319,6 +313,7 @@ class MistralProvider(CompatProvider):
     default_base_url: ClassVar[str | None] = "https://api.mistral.ai/v1"
     custom_tools = False  # its tool_choice is rewritten from the function tools
     asks_stream_usage: ClassVar[bool] = False
+    translator_type = MistralTranslator
     finish_reasons: ClassVar[dict[str, str]] = {"model_length": "length"}
     failed_finishes: ClassVar[dict[str, int]] = {"error": 502}
     dropped_params: ClassVar[frozenset[str]] = frozenset({
@@ -326,14 +321,6 @@ class MistralProvider(CompatProvider):
         "metadata", "modalities", "audio", "service_tier", "web_search_options", "functions",
         "function_call", "verbosity", "safety_identifier", "prompt_cache_key",
     })
-
-    def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
-        return MistralTranslator(out, self.max_event_bytes, provider=self.name,
-                                 client_wants_usage=req.include_usage,
-                                 finish_reasons=self.finish_reasons,
-                                 failed_finishes=self.failed_finishes,
-                                 choices=answer_count(req),
-                                 tools_offered=offers_tools(req))
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
                            created: int, model: str = "") -> bytes:
