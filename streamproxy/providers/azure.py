@@ -3,8 +3,10 @@
 URL: `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version={api_version}`,
 where endpoint is `https://{resource}.openai.azure.com` or the configured `base_url` (a
 trailing `/openai` is tolerated), and the deployment is the `deployment` option or else the
-request's model name. Auth: the `api-key` header, or `Authorization: Bearer` when
-`auth: entra` says the key is a Microsoft Entra ID token.
+request's model name; a Portkey config target's `resource_name` / `deployment_id` /
+`api_version` (the portkey-ai SDK's `x-portkey-azure-*` headers) set those per request. Auth:
+the `api-key` header, or `Authorization: Bearer` when `auth: entra` says the key is a
+Microsoft Entra ID token.
 
 Azure's stream differs from OpenAI's in two ways that break naive clients
 (provider-streams.md §8), both normalised here:
@@ -13,7 +15,8 @@ Azure's stream differs from OpenAI's in two ways that break naive clients
 - with the asynchronous content filter, chunks arrive whose choice has no `delta` (only
   `content_filter_results` / offsets, often with an empty id and model). One without a
   finish_reason carries nothing a client can use and is dropped; one with a finish_reason gets
-  `delta: {}` so `choices[0].delta` exists, as in every OpenAI chunk.
+  `delta: {}` so `choices[0].delta` exists, as in every OpenAI chunk, and the stream's id,
+  created and model where it left them empty.
 """
 
 from __future__ import annotations

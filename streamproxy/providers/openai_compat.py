@@ -3,9 +3,12 @@
 A streamed answer is already in the client's format, so each event's bytes are re-framed and
 forwarded without touching the JSON. Only the few events that matter to the gateway are parsed,
 picked out by a cheap byte search first: the usage chunk, finish chunks, error objects and
-empty-`choices` chunks. The request always asks the upstream for usage
+empty-`choices` chunks (and, when the request offers tools, tool-call deltas without the
+`index` some servers leave out: they get one). The request always asks the upstream for usage
 (`stream_options.include_usage`) so logs and metrics have token counts; the usage chunk is
-forwarded only when the client asked for it itself.
+forwarded only when the client asked for it itself. A stream that closes without `[DONE]`
+once every choice has finished ends normally; an error object reaches the client with the
+provider's own fields (`kept_fields`).
 
 Speed: an upstream framed as OpenAI frames (`data: {…}` and a blank line, LF only) sends the
 events between its first and its finish chunk as the bytes the client gets. A read's run of

@@ -18,8 +18,9 @@ provider (`x-portkey-virtual-key` or `x-portkey-provider` header, or model prefi
 portkey-ai SDK sends for its client options apply to every target, over the config's
 fields, as in Portkey: `x-portkey-custom-host` (allowed hosts only, as `custom_host`),
 `x-portkey-forward-headers`, `x-portkey-request-timeout`. Its provider settings
-(`x-portkey-aws-region`, `x-portkey-vertex-region`, `x-portkey-openai-organization`) apply to
-the targets whose provider type takes them, unless the config's target sets its own.
+(`x-portkey-aws-region`, `x-portkey-vertex-region`, `x-portkey-openai-organization`, Azure's
+`x-portkey-azure-resource-name` & co.) apply to the targets whose provider type takes them,
+unless the config's target sets its own.
 """
 
 from __future__ import annotations
@@ -363,8 +364,9 @@ class Gateway:
 
 
 def _with_target_options(provider: Provider, leaf: ConfigNode) -> Provider:
-    """The provider with the leaf's `openai_organization` / `aws_region` / `vertex_region`
-    set as its own options; one its type does not take is a 400 saying what to do instead."""
+    """The provider with the leaf's provider settings (`aws_region`, Azure's `resource_name`,
+    …: PROVIDER_OPTION_KEYS) set as its own options; one its type does not take is a 400
+    saying what to do instead."""
     options = {}
     for name, value in leaf.provider_options.items():
         key = provider.target_option(name)
@@ -387,7 +389,7 @@ def _header_provider_options(provider: Provider, headers: Mapping[str, str],
         value = headers.get(header)
         if value is None:
             continue
-        if not OPTION_VALUE.fullmatch(value):  # a region lands in a host name
+        if not OPTION_VALUE.fullmatch(value):  # it lands in a host name or a path
             raise InvalidRequest(f"{header} must be {OPTION_VALUE_RULE}.",
                                  param=header, code="invalid_value")
         key = provider.target_option(name)

@@ -46,8 +46,9 @@ from streamproxy.upstream.response_parser import (
 PAUSE_AT = 64 * 1024  # unread body bytes beyond which the socket stops being read
 KEEPALIVE_TIMEOUT = 30.0  # like aiohttp's connector
 MAX_IDLE_PER_HOST = 1024
-# Hosts with idle connections: a client's `vertex_region` / `aws_region` names the host, so
-# without a bound every region a client made up would keep a socket for `keepalive`.
+# Hosts with idle connections: a client's `vertex_region` / `aws_region` (Azure's
+# `resource_name`) names the host, so without a bound every one a client made up would keep a
+# socket for `keepalive`.
 MAX_IDLE_HOSTS = 256
 # A body released before its framing ended (the last event was read, the chunked terminator
 # was not yet): it is read and dropped for up to this long / this many bytes, then pooled.
