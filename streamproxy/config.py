@@ -228,6 +228,28 @@ def refuse_env_reference(secret: Any, source: str, key: str, env_key: str) -> No
                           f"{env_key}: {match[1]} to read the environment")
 
 
+def required_secret(raw: dict[str, Any], source: str, where: str, key: str,
+                    env_key: str) -> str:
+    """The secret of an entry that is nothing without one (a proxy key, a virtual key): written
+    as `key`, or read from the variable `env_key` names, exactly one of them. It fails closed:
+    an unset variable is an error, never an entry that acts without its secret."""
+    if (key in raw) == (env_key in raw):
+        raise ConfigError(source, where, f"give exactly one of `{key}` or `{env_key}`")
+    if key in raw:
+        secret = raw[key]
+        if not isinstance(secret, str) or not secret:
+            raise ConfigError(source, f"{where}.{key}", "must be a non-empty string")
+        refuse_env_reference(secret, source, f"{where}.{key}", env_key)
+        return secret
+    env = raw[env_key]
+    if not isinstance(env, str) or not env:
+        raise ConfigError(source, f"{where}.{env_key}", "must be an environment variable name")
+    secret = os.environ.get(env)
+    if not secret:
+        raise ConfigError(source, f"{where}.{env_key}", f"environment variable {env} is not set")
+    return secret
+
+
 def _number(value: Any, source: str, key: str, *, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
         return None

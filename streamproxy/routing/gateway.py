@@ -26,7 +26,6 @@ unless the config's target sets its own.
 from __future__ import annotations
 
 import math
-import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from streamproxy.config import Config, ConfigError, Timeouts, refuse_env_reference
+from streamproxy.config import Config, ConfigError, Timeouts, required_secret
 from streamproxy.errors import InvalidRequest, UnknownProvider
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.providers.base import Provider
@@ -137,6 +136,7 @@ def load_settings(config: Config) -> GatewaySettings:
 
 
 def _virtual_secret(raw: dict[str, Any], src: str, where: str) -> str:
+    """A virtual key's secret, once its entry's fields are checked."""
     for key, value in raw.items():
         if key not in _VIRTUAL_KEY_FIELDS:
             raise ConfigError(src, f"{where}.{key}",
@@ -144,22 +144,8 @@ def _virtual_secret(raw: dict[str, Any], src: str, where: str) -> str:
         if value is not None and not isinstance(value, str):
             raise ConfigError(src, f"{where}.{key}", "must be a string")
     # A virtual key is its secret: without one the provider's key, or the client's own, would
-    # go upstream in its name. So it fails closed, as auth.keys' key_env does.
-    if ("api_key" in raw) == ("api_key_env" in raw):
-        raise ConfigError(src, where, "give exactly one of `api_key` or `api_key_env`")
-    if "api_key" in raw:
-        secret = raw["api_key"]
-        if not secret:
-            raise ConfigError(src, f"{where}.api_key", "must be a non-empty string")
-        refuse_env_reference(secret, src, f"{where}.api_key", "api_key_env")
-        return secret
-    env = raw["api_key_env"]
-    if not env:
-        raise ConfigError(src, f"{where}.api_key_env", "must be an environment variable name")
-    secret = os.environ.get(env)
-    if not secret:
-        raise ConfigError(src, f"{where}.api_key_env", f"environment variable {env} is not set")
-    return secret
+    # go upstream in its name.
+    return required_secret(raw, src, where, "api_key", "api_key_env")
 
 
 def _names_config(name: Any, settings: GatewaySettings) -> bool:

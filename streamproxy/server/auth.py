@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from streamproxy.config import Config, ConfigError, refuse_env_reference
+from streamproxy.config import Config, ConfigError, required_secret
 from streamproxy.errors import AuthenticationFailed, InvalidRequest, PermissionDenied, RateLimited
 from streamproxy.routing.target import Target
 from streamproxy.server.observing import AUTH_KEY, observe_rejection
@@ -151,20 +150,7 @@ def _parse_key(entry: Any, where: str, config: Config) -> ProxyKey:
     name = entry.get("name")
     if not isinstance(name, str) or not name:
         raise ConfigError(src, f"{where}.name", "a non-empty string is required")
-    if ("key" in entry) == ("key_env" in entry):
-        raise ConfigError(src, where, "give exactly one of `key` or `key_env`")
-    if "key" in entry:
-        secret = entry["key"]
-        if not isinstance(secret, str) or not secret:
-            raise ConfigError(src, f"{where}.key", "must be a non-empty string")
-        refuse_env_reference(secret, src, f"{where}.key", "key_env")
-    else:
-        env = entry["key_env"]
-        if not isinstance(env, str) or not env:
-            raise ConfigError(src, f"{where}.key_env", "must be an environment variable name")
-        secret = os.environ.get(env) or ""
-        if not secret:  # fail closed: never serve with a key that silently vanished
-            raise ConfigError(src, f"{where}.key_env", f"environment variable {env} is not set")
+    secret = required_secret(entry, src, where, "key", "key_env")
     return ProxyKey(name=name, digest=_digest(secret),
                     allowed_providers=_parse_allowed(entry.get("allowed_providers"),
                                                      f"{where}.allowed_providers", config),
