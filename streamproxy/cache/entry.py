@@ -19,10 +19,9 @@ from typing import Any
 import orjson
 
 from streamproxy.openai_api.chunks import ChunkEncoder, ChunkSink
-from streamproxy.openai_api.completion import CompletionBuilder
+from streamproxy.openai_api.completion import UPSTREAM_FIELDS, CompletionBuilder
 
 FORMAT = 1
-UPSTREAM_FIELDS = ("service_tier", "system_fingerprint")  # (in OpenAI's order)
 
 
 def from_builder(b: CompletionBuilder) -> dict[str, Any]:
@@ -83,7 +82,7 @@ class ReplayEncoder(ChunkEncoder):
 
     def __init__(self, fields: dict[str, str], **envelope: Any) -> None:
         super().__init__(**envelope)
-        self.upstream_fields = b"".join(
+        self.upstream_fields_json = b"".join(
             b',"%s":%b' % (k.encode(), orjson.dumps(fields.get(k))) for k in UPSTREAM_FIELDS
             if k in fields or k == "system_fingerprint")
 

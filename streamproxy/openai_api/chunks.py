@@ -105,7 +105,7 @@ class ChunkEncoder:
 
     # The envelope's fields after `model`: ours are null; a cache hit's encoder gives back an
     # upstream's own system_fingerprint and service_tier (cache/entry.ReplayEncoder).
-    upstream_fields = b',"system_fingerprint":null'
+    upstream_fields_json = b',"system_fingerprint":null'
 
     def __init__(
         self, *, completion_id: str, created: int, model: str, include_usage: bool
@@ -149,7 +149,7 @@ class ChunkEncoder:
         self._prefix = b"".join((
             b'data: {"id":', _dumps(self.completion_id),
             b',"object":"chat.completion.chunk","created":', str(self.created).encode(),
-            b',"model":', _dumps(self.model), self.upstream_fields,
+            b',"model":', _dumps(self.model), self.upstream_fields_json,
             b',"choices":[{"index":0,"delta":',
         ))
         self._tail = b',"logprobs":null,"finish_reason":null}]' + (

@@ -21,6 +21,10 @@ from streamproxy.openai_api.chunks import RecordingChunkEncoder
 
 _MAX_TOOL_CALLS = 1024  # a pass-through chunk's tool call index above this is not captured
 _MAX_CHOICES = 128  # OpenAI's bound on `n`: a choice index beyond it is not captured
+# A pass-through's envelope fields kept as the upstream sent them (in OpenAI's order); ours
+# are null (system_fingerprint) or absent (service_tier).
+UPSTREAM_FIELDS = ("service_tier", "system_fingerprint")
+
 
 class CompletionBuilder:
     def __init__(self) -> None:
@@ -54,7 +58,7 @@ class CompletionBuilder:
         # chunk carried any.
         self.logprobs: dict[str, Any] | None = None
         self.custom_calls: set[int] = set()  # indices of custom (freeform) tool calls
-        self.upstream_fields: dict[str, str] = {}  # a pass-through's system_fingerprint, ...
+        self.upstream_fields: dict[str, str] = {}  # a pass-through's UPSTREAM_FIELDS
         self.other_choices: dict[int, CompletionBuilder] = {}  # a pass-through's n > 1
         self._runs: list[list[Any]] = []  # closed runs; the open one is the three below
         self._kind: str | None = None
@@ -201,7 +205,7 @@ class CompletionBuilder:
                 self.created = chunk["created"]
         if isinstance(chunk.get("model"), str) and chunk["model"]:
             self.model = chunk["model"]
-        for key in ("system_fingerprint", "service_tier"):  # the upstream's, kept as sent
+        for key in UPSTREAM_FIELDS:
             if isinstance(chunk.get(key), str):
                 self.upstream_fields[key] = chunk[key]
         if isinstance(chunk.get("usage"), dict) and chunk["usage"]:
