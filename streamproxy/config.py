@@ -142,6 +142,9 @@ default_provider: mock
 """
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class _ConfigLoader(yaml.SafeLoader):
     """YAML's safe loader without timestamps: no setting is a date, and one written like a date
     stays the string it reads as (`api_version: 2024-10-21`, `anthropic_version: 2023-06-01`,
@@ -159,9 +162,6 @@ class _ConfigLoader(yaml.SafeLoader):
                         None, None, f"duplicate key {key!r} in one mapping", key_node.start_mark)
                 seen.add(key)
         return super().construct_mapping(node, deep)
-
-
-_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 _ConfigLoader.yaml_implicit_resolvers = {

@@ -7,6 +7,9 @@ Besides the parts, it keeps the order they came in as `runs` — `[kind, index, 
 per change of kind, not per delta — so the cache can replay a stream with its original chunk
 boundaries (`cache/entry.py`). Kinds: c content, r reasoning, t thinking block, s tool call
 start, S tool call start carrying its first argument fragment, a argument fragment.
+
+A builder holds choice 0; a pass-through's other choices (`n` > 1) get a builder each
+(`other_choices`), whose parts are theirs and whose envelope is the first's.
 """
 
 from __future__ import annotations
@@ -48,12 +51,13 @@ class CompletionBuilder:
         self.ended = False
         self.raw_chunks = 0
         # A pass-through answer's refusal (captured, stored), and whether it carried what a
-        # replay cannot give back (a refusal, logprobs): the cache then keeps no entry for it.
+        # replay cannot give back (a refusal, logprobs, annotations, audio, reasoning named
+        # `reasoning`, a custom tool call, a choice beyond 0): the cache keeps no entry for it.
         self.refusal_parts: list[str] = []
         self.replayable = True
         self.annotations: list[Any] = []  # a pass-through's citations (search models)
         self._audio: dict[str, Any] | None = None  # a pass-through's audio answer (_raw_audio)
-        # The answer's logprobs (a pass-through's choice 0, or a translator's), joined as
+        # This choice's logprobs (a pass-through's, or a translator's), joined as
         # OpenAI's whole answer has them: `{"content": [...], "refusal": [...]}`; None when no
         # chunk carried any.
         self.logprobs: dict[str, Any] | None = None
