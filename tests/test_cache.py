@@ -808,6 +808,21 @@ def _openai_chunks(*chunks: dict[str, Any]) -> bytes:
                     for c in chunks) + b"data: [DONE]\n\n"
 
 
+async def _fill_then_ask_both_ways(client: Any, upstream: Any, fill_streamed: bool,
+                                   streamed: bytes, whole: bytes, expected: bytes) -> list[str]:
+    """A fill (streamed or not), then a streamed and a non-streamed request: their cache
+    statuses, each answer checked to hold `expected`."""
+    statuses = []
+    for stream in (fill_streamed, True, False):
+        upstream.content_type = "text/event-stream" if stream else "application/json"
+        upstream.body = streamed if stream else whole
+        resp, out = await post(client, {"model": "up/m", "stream": stream}, cache_header())
+        statuses.append(resp.headers[STATUS])
+        assert expected in out, (stream, resp.headers[STATUS])
+        await drained(client)
+    return statuses
+
+
 def test_a_refusal_is_captured_and_its_stream_is_not_kept_for_replay() -> None:
     body = _openai_chunks(
         {"choices": [{"index": 0, "delta": {"role": "assistant", "refusal": ""}}]},
@@ -840,14 +855,8 @@ async def test_an_answer_with_citations_is_never_replayed_without_them(
         "index": 0, "logprobs": None, "finish_reason": "stop", "message": {
             "role": "assistant", "content": "Hi", "annotations": annotations}}]})
     client = await proxy(config(upstream.url, kind="openai"))
-    statuses = []
-    for stream in (fill_streamed, True, False):
-        upstream.content_type = "text/event-stream" if stream else "application/json"
-        upstream.body = streamed if stream else whole
-        resp, out = await post(client, {"model": "up/m", "stream": stream}, cache_header())
-        statuses.append(resp.headers[STATUS])
-        assert b'"url_citation"' in out, (stream, resp.headers[STATUS])
-        await drained(client)
+    statuses = await _fill_then_ask_both_ways(client, upstream, fill_streamed, streamed, whole,
+                                              b'"url_citation"')
     assert statuses == (["MISS", "MISS", "MISS"] if fill_streamed else ["MISS", "MISS", "HIT"])
 
 
@@ -863,14 +872,8 @@ async def test_reasoning_under_the_upstreams_own_name_is_never_replayed_under_an
         "index": 0, "logprobs": None, "finish_reason": "stop", "message": {
             "role": "assistant", "content": "Hi", "reasoning": "Think."}}]})
     client = await proxy(config(upstream.url, kind="openai"))
-    statuses = []
-    for stream in (fill_streamed, True, False):
-        upstream.content_type = "text/event-stream" if stream else "application/json"
-        upstream.body = streamed if stream else whole
-        resp, out = await post(client, {"model": "up/m", "stream": stream}, cache_header())
-        statuses.append(resp.headers[STATUS])
-        assert b'"reasoning":"Think."' in out, (stream, resp.headers[STATUS])
-        await drained(client)
+    statuses = await _fill_then_ask_both_ways(client, upstream, fill_streamed, streamed, whole,
+                                              b'"reasoning":"Think."')
     assert statuses == (["MISS", "MISS", "MISS"] if fill_streamed else ["MISS", "MISS", "HIT"])
 
 

@@ -293,17 +293,22 @@ def test_a_stream_that_closes_after_its_finish_without_done_ends_normally() -> N
     assert not c.done
 
 
+def _two_choices(body: bytes) -> tuple[Any, str | None]:
+    """A pass-through stream of `n: 2`: its last frame and the answer's finish reason
+    (`collect` reads one choice only)."""
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=False)
+    tr = PassthroughTranslator(enc, 1 << 20, provider="p", client_wants_usage=False, choices=2)
+    try:
+        tr.feed(body)
+        tr.close()
+    except ProxyError as e:
+        enc.error(e)
+    return sse_chunks(enc.take())[-1], enc.finish_reason
+
+
 def test_with_n_choices_the_stream_is_complete_only_once_each_has_finished() -> None:
-    def last_frame(body: bytes) -> Any:  # (`collect` reads one choice only)
-        enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=False)
-        tr = PassthroughTranslator(enc, 1 << 20, provider="p", client_wants_usage=False,
-                                   choices=2)
-        try:
-            tr.feed(body)
-            tr.close()
-        except ProxyError as e:
-            enc.error(e)
-        return sse_chunks(enc.take())[-1]
+    def last_frame(body: bytes) -> Any:
+        return _two_choices(body)[0]
 
     one = _chunk_event("He") + _finish_event("stop", 0)
     assert last_frame(one)["error"]["code"] == "upstream_stream_truncated"
@@ -316,24 +321,13 @@ def test_one_chunk_may_finish_several_choices_and_the_answers_reason_is_choice_0
     """Only a chunk's first choice was looked at: a server that finishes both choices in one
     chunk and closes without [DONE] ended in a truncation error; and the access log's
     finish_reason was the last choice to finish, where a non-streamed answer's is choice 0's."""
-    def run(body: bytes) -> tuple[Any, str | None]:
-        enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=False)
-        tr = PassthroughTranslator(enc, 1 << 20, provider="p", client_wants_usage=False,
-                                   choices=2)
-        try:
-            tr.feed(body)
-            tr.close()
-        except ProxyError as e:
-            enc.error(e)
-        return sse_chunks(enc.take())[-1], enc.finish_reason
-
     both = b"data: " + orjson.dumps({
         "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
         "choices": [{"index": 0, "delta": {}, "finish_reason": "length"},
                     {"index": 1, "delta": {}, "finish_reason": "stop"}]}) + b"\n\n"
-    assert run(_chunk_event("He") + both) == ("[DONE]", "length")
+    assert _two_choices(_chunk_event("He") + both) == ("[DONE]", "length")
     one_by_one = _chunk_event("He") + _finish_event("length", 0) + _finish_event("stop", 1)
-    assert run(one_by_one + b"data: [DONE]\n\n") == ("[DONE]", "length")
+    assert _two_choices(one_by_one + b"data: [DONE]\n\n") == ("[DONE]", "length")
 
 
 def _chunk_event(text: str) -> bytes:
