@@ -21,8 +21,10 @@
 
 Foreign exceptions (aiohttp, asyncio) are mapped into this tree at one boundary each
 (`upstream/client.py`); errors become JSON only at the server boundary (`server/errors.py`).
-Messages never contain API keys: a key an upstream's error echoes is masked (in the message
-and in the fields an OpenAI-compatible provider's error keeps, `routing/executor.py`).
+Messages never contain API keys: a key an upstream's error echoes is masked in the message
+and in the fields an OpenAI-compatible provider's error keeps (`UpstreamStatusError.mask`,
+where an attempt fails, `routing/executor.py`, and in a stream's error frame,
+`openai_api/chunks.py`).
 """
 
 from __future__ import annotations

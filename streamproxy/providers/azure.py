@@ -36,10 +36,8 @@ AUTH_MODES = ("api-key", "entra")
 # The first api-version that takes `stream_options` (earlier ones answer it with a 400).
 STREAM_USAGE_SINCE = "2024-09-01"
 _DATED = re.compile(r"\d{4}-\d{2}-\d{2}")
-
-
 # The envelope fields an async-filter chunk leaves empty.
-ENVELOPE_KEYS = ("id", "created", "model")
+_ENVELOPE_KEYS = ("id", "created", "model")
 
 
 class AzureTranslator(PassthroughTranslator):
@@ -55,7 +53,7 @@ class AzureTranslator(PassthroughTranslator):
         if b'"delta"' in data:
             if self._envelope is None:  # the first delta chunk only: one parse per stream
                 first = load_chunk(data)
-                self._envelope = {key: first[key] for key in ENVELOPE_KEYS if first.get(key)}
+                self._envelope = {key: first[key] for key in _ENVELOPE_KEYS if first.get(key)}
             super().on_event(event)
             return
         if data[:6] == b"[DONE]":
