@@ -289,7 +289,11 @@ class CompletionBuilder:
             if isinstance(audio, dict):
                 self._raw_audio(audio)
         calls = delta.get("tool_calls")
-        for tc in calls if isinstance(calls, list) else ():
+        if isinstance(calls, list):
+            self._raw_tool_calls(calls)
+
+    def _raw_tool_calls(self, calls: list[Any]) -> None:
+        for tc in calls:
             index = tc.get("index", 0) if isinstance(tc, dict) else None
             if type(index) is not int or not 0 <= index < _MAX_TOOL_CALLS:
                 continue  # (the list grows to the index: a bound, whatever the upstream says)
