@@ -182,6 +182,27 @@ async def test_a_key_echoed_in_an_error_inside_a_200_is_masked(where: str, proxy
     assert b"refused" in body and b"\xe2\x80\xa6" in body  # (the kept field, masked)
 
 
+@pytest.mark.parametrize("depth", [300, 1000])  # orjson writes 254 levels; masking recursed
+@pytest.mark.parametrize("where", ["HTTP error", "first event", "non-streamed 200"])
+async def test_an_error_field_nested_too_deep_is_left_out(where: str, depth: int, proxy: Any,
+                                                          upstream: Any) -> None:
+    # It made the error's answer a 500 (an HTTP error, a 200 body) or cut the stream.
+    deep = b"[" * depth + b"]" * depth
+    error = (b'{"error":{"message":"upstream says no","code":"c","deep":' + deep +
+             b',"innererror":{"content_filter_result":{"hate":{"filtered":true}}}}}')
+    if where != "first event":
+        upstream.content_type = "application/json"
+    upstream.status = 400 if where == "HTTP error" else 200
+    upstream.body = b"data: " + error + b"\n\n" if where == "first event" else error
+    client = await proxy(provider_config("openai", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "messages": USER, "stream": where == "first event"})
+    assert resp.status == (400 if where == "HTTP error" else 502)
+    err = (await resp.json())["error"]
+    assert (err["message"], err["code"]) == ("upstream says no", "c")
+    assert "deep" not in err and err["innererror"]["content_filter_result"]["hate"]
+
+
 async def test_unreachable_upstream_is_502(proxy: Any) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

@@ -260,17 +260,32 @@ def generic_error(status: int, body: bytes, provider: str, *,
 # OpenAI's error fields whose value the client gets only in OpenAI's shape (a string or null):
 # any other (OpenRouter's numeric `code`) is left to ours (its string).
 _SHAPED_FIELDS = ("type", "param", "code")
+# How deep a kept field may nest. Real extras nest a few levels (Azure's
+# innererror.content_filter_result.hate: 3); orjson parses 1,024 but writes 254 at most, and
+# masking the key walks them recursively: a deeper one made the answer a 500.
+KEPT_FIELD_DEPTH = 32
 
 
 def kept_fields(error: dict[str, Any]) -> dict[str, Any]:
     """The fields of an OpenAI-compatible error object the client gets as the provider sent
     them (`UpstreamStatusError.fields`): all but `message` (the error's own, whose key is
-    masked) and a shaped field that does not fit OpenAI's shape. Client code written for the
-    provider reads its extras (Azure's `innererror.content_filter_result`, which category
-    was filtered) and its own `type`/`code`, which ours would otherwise replace."""
+    masked), a shaped field that does not fit OpenAI's shape, and one nested deeper than
+    `KEPT_FIELD_DEPTH`. Client code written for the provider reads its extras (Azure's
+    `innererror.content_filter_result`, which category was filtered) and its own
+    `type`/`code`, which ours would otherwise replace."""
     return {key: value for key, value in error.items()
             if key != "message" and (key not in _SHAPED_FIELDS or value is None
-                                     or isinstance(value, str))}
+                                     or isinstance(value, str))
+            and _nests_within(value, KEPT_FIELD_DEPTH)}
+
+
+def _nests_within(value: Any, levels: int) -> bool:
+    """Whether a JSON value's objects and arrays nest at most `levels` deep."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if not isinstance(value, list):
+        return True
+    return levels > 0 and all(_nests_within(item, levels - 1) for item in value)
 
 
 def _listed_error(body: dict[str, Any]) -> dict[str, Any] | None:
