@@ -184,9 +184,14 @@ class UpstreamStatusError(ProxyError):
 
     def mask(self, key: str) -> None:
         """Mask the key the upstream's error echoes (a provider that echoes the key it refused
-        would show the client a server-side secret), in its message and every field kept."""
+        would show the client a server-side secret), in its message, code, param and every
+        field kept (the code and param go to the access log too)."""
         if key in self.message:
             self.message = _masked(self.message, key)
+        if self.code and key in self.code:
+            self.code = _masked(self.code, key)
+        if self.param and key in self.param:
+            self.param = _masked(self.param, key)
         if self.fields:
             self.fields = _masked_value(self.fields, key)
 

@@ -3,6 +3,7 @@ stream; one error frame and no [DONE] after it has started."""
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import Any
 
@@ -180,6 +181,30 @@ async def test_a_key_echoed_in_an_error_inside_a_200_is_masked(where: str, proxy
     body = await resp.read()
     assert b"sk-test-secret" not in body
     assert b"refused" in body and b"\xe2\x80\xa6" in body  # (the kept field, masked)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize(("kind", "error"), [
+    ("anthropic", b'{"type":"error","error":{"type":"authentication_error","message":"no",'
+                  b'"code":"bad key sk-test-secret","param":"sk-test-secret"}}'),
+    ("openai", b'{"error":{"message":"no","code":"bad key sk-test-secret",'
+               b'"param":"sk-test-secret"}}'),
+    # (an object was sent as its Python repr, unmasked)
+    ("openai", b'{"error":{"message":"no","code":{"key":"sk-test-secret"}}}'),
+], ids=["anthropic", "openai", "openai-object-code"])
+async def test_a_key_echoed_in_an_errors_code_or_param_is_masked(
+        kind: str, error: bytes, stream: bool, proxy: Any, upstream: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    upstream.status = 401
+    upstream.content_type = "application/json"
+    upstream.body = error
+    client = await proxy(provider_config(kind, upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": stream})
+    assert resp.status == 401
+    body = await resp.read()
+    assert b"sk-test-secret" not in body and b"'key'" not in body
+    assert "sk-test-secret" not in caplog.text  # the access log's error_code
 
 
 @pytest.mark.parametrize("depth", [300, 1000])  # orjson writes 254 levels; masking recursed

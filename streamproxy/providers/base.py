@@ -251,10 +251,19 @@ def generic_error(status: int, body: bytes, provider: str, *,
         status,
         message,
         provider=provider,
-        code=str(code) if code is not None else (etype if isinstance(etype, str) else None),
+        code=upstream_code(code, etype),
         param=param if isinstance(param, str) else None,
         fields=fields,
     )
+
+
+def upstream_code(code: Any, etype: Any) -> str | None:
+    """Our `code` for an upstream's error: its `code` as a string (OpenRouter's and
+    Cloudflare's are numbers), else its `type`. An object or a list is no code: its Python
+    repr went to the client, and a key inside it was never masked."""
+    if isinstance(code, str | int | float):
+        return str(code)
+    return etype if isinstance(etype, str) else None
 
 
 # OpenAI's error fields whose value the client gets only in OpenAI's shape (a string or null):

@@ -36,6 +36,7 @@ from streamproxy.providers.base import (
     generic_error,
     kept_fields,
     load_event_json,
+    upstream_code,
 )
 
 if TYPE_CHECKING:
@@ -282,7 +283,7 @@ def _stream_error(error: Any, provider: str) -> UpstreamStatusError:
     return UpstreamStatusError(_event_status(error),
                                error.get("message") or "the provider reported an error",
                                provider=provider,
-                               code=str(code) if code is not None else error.get("type"),
+                               code=upstream_code(code, error.get("type")),
                                fields=kept_fields(error))
 
 
