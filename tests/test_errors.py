@@ -207,6 +207,28 @@ async def test_a_key_echoed_in_an_errors_code_or_param_is_masked(
     assert "sk-test-secret" not in caplog.text  # the access log's error_code
 
 
+@pytest.mark.parametrize("where", ["first event", "non-streamed 200"])
+@pytest.mark.parametrize(("error", "message"), [
+    (b'"rate limited"', "rate limited"),
+    (b'{"message":{"reason":"x"},"code":"c"}', "the provider reported an error"),
+    (b'{"message":' + b"[" * 300 + b"]" * 300 + b"}", "the provider reported an error"),
+    (b"[" * 1000 + b"]" * 1000, "the provider reported an error"),
+], ids=["text", "object", "nested message", "nested error"])
+async def test_an_error_in_a_200_whose_message_is_no_text_says_so(
+        where: str, error: bytes, message: str, proxy: Any, upstream: Any) -> None:
+    # An object went out as the message; one nested too deep was a 500.
+    if where == "first event":
+        upstream.body = b'data: {"error":' + error + b"}\n\n"
+    else:
+        upstream.content_type = "application/json"
+        upstream.body = b'{"error":' + error + b"}"
+    client = await proxy(provider_config("openai", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "messages": USER, "stream": where == "first event"})
+    assert resp.status == 502
+    assert (await resp.json())["error"]["message"] == message
+
+
 @pytest.mark.parametrize("depth", [300, 1000])  # orjson writes 254 levels; masking recursed
 @pytest.mark.parametrize("where", ["HTTP error", "first event", "non-streamed 200"])
 async def test_an_error_field_nested_too_deep_is_left_out(where: str, depth: int, proxy: Any,

@@ -278,10 +278,13 @@ def error_answer(body: bytes, provider: str) -> UpstreamStatusError | None:
 
 def _stream_error(error: Any, provider: str) -> UpstreamStatusError:
     if not isinstance(error, dict):
-        error = {"message": str(error)}
-    code = error.get("code")
-    return UpstreamStatusError(_event_status(error),
-                               error.get("message") or "the provider reported an error",
+        error = {"message": error}
+    code, message = error.get("code"), error.get("message")
+    if not isinstance(message, str) or not message:
+        # (an object went out as the message, against OpenAI's shape; nested past the 254
+        # levels orjson writes, or a bare nested list through str(), it was a 500)
+        message = "the provider reported an error"
+    return UpstreamStatusError(_event_status(error), message,
                                provider=provider,
                                code=upstream_code(code, error.get("type")),
                                fields=kept_fields(error))
