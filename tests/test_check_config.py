@@ -159,6 +159,12 @@ def test_auth_off_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
      "FILE: virtual_keys.vk.api_key: must be a non-empty string"),
     ("providers: {mock: {type: mock}}\nauth: {keys: [{name: a, key: '${PROXY_KEY}'}]}\n",
      "FILE: auth.keys[0].key: ${PROXY_KEY} is not expanded here: write key_env: PROXY_KEY"),
+    # (a target's api_key went upstream as the characters ${OPENAI_KEY})
+    ("providers: {mock: {type: mock}}\n"
+     "configs: {a: {strategy: {mode: fallback},\n"
+     "             targets: [{provider: mock, api_key: '${OPENAI_KEY}'}]}}\n",
+     "FILE: configs.a: config.targets[0].api_key: ${OPENAI_KEY} is not expanded here: write "
+     "a virtual key's api_key_env: OPENAI_KEY"),
     # every request through the target would be a 400 custom_host_not_allowed
     ("providers: {mock: {type: mock}}\nallowed_custom_hosts: [llm.example.com]\n"
      "configs: {a: {provider: mock, custom_host: 'https://other.example.com/v1'}}\n",

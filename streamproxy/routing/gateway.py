@@ -161,6 +161,9 @@ def _check_leaf_static(leaf: ConfigNode, settings: GatewaySettings, config: Conf
     if leaf.virtual_key and leaf.virtual_key not in settings.virtual_keys:
         raise ConfigError(config.source, f"{where}: {leaf.path}.virtual_key",
                           f"'{leaf.virtual_key}' is not under virtual_keys")
+    # A target's own key reads no environment: a virtual key does.
+    refuse_env_reference(leaf.api_key, config.source, f"{where}: {leaf.path}.api_key",
+                         "a virtual key's api_key_env")
     if leaf.custom_host and _host_of(leaf.custom_host) not in settings.allowed_hosts:
         # every request through this target would be refused (the 400 of Gateway._custom_host)
         raise ConfigError(config.source, f"{where}: {leaf.path}.custom_host",
