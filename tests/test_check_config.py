@@ -169,6 +169,9 @@ def test_auth_off_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     ("providers: {mock: {type: mock}}\nallowed_custom_hosts: [llm.example.com]\n"
      "configs: {a: {provider: mock, custom_host: 'https://other.example.com/v1'}}\n",
      "FILE: configs.a: config.custom_host: 'other.example.com' is not under allowed_custom_hosts"),
+    ("providers: {mock: {type: mock}}\nallowed_custom_hosts: [llm.example.com]\n"
+     "configs: {a: {provider: mock, custom_host: 'https://[::1'}}\n",  # (urlsplit's ValueError)
+     "FILE: configs.a: config.custom_host: 'https://[::1' is not under allowed_custom_hosts"),
 ])
 def test_errors_name_file_key_and_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                          monkeypatch: pytest.MonkeyPatch, text: str,

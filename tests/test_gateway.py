@@ -677,6 +677,20 @@ async def test_custom_host_header_under_the_same_allow_list(proxy: Any, upstream
     assert (err["param"], err["code"]) == ("x-portkey-custom-host", "custom_host_not_allowed")
 
 
+@pytest.mark.parametrize("custom_host", ["https://[::1", "https://llm\u2100.example.com"])
+async def test_a_custom_host_that_is_no_url_is_refused(proxy: Any, upstream: Any,
+                                                       custom_host: str) -> None:
+    # urlsplit's ValueError (an unclosed '[', a host NFKC would change) was a 500.
+    client = await proxy(openai_pair(upstream, allowed_custom_hosts=["llm.example.com"]))
+    config = json.dumps({"provider": "e1", "custom_host": custom_host})
+    for headers in ({"x-portkey-custom-host": custom_host.encode().decode("latin-1")},
+                    {"x-portkey-config": config}):
+        resp = await post(client, stream=False, model="e1/m", headers=headers)
+        assert resp.status == 400
+        assert (await resp.json())["error"]["code"] == "custom_host_not_allowed"
+    assert not upstream.requests
+
+
 async def test_forward_headers_header(proxy: Any, upstream: Any) -> None:
     client = await proxy(openai_pair(upstream))
     listed = {"x-portkey-forward-headers": "X-Team, x-trace ,transfer-encoding,x-portkey-api-key",

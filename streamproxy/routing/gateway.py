@@ -164,10 +164,11 @@ def _check_leaf_static(leaf: ConfigNode, settings: GatewaySettings, config: Conf
     # A target's own key reads no environment: a virtual key does.
     refuse_env_reference(leaf.api_key, config.source, f"{where}: {leaf.path}.api_key",
                          "a virtual key's api_key_env")
-    if leaf.custom_host and _host_of(leaf.custom_host) not in settings.allowed_hosts:
+    if leaf.custom_host and not _allowed_host(_host_of(leaf.custom_host), settings):
         # every request through this target would be refused (the 400 of Gateway._custom_host)
         raise ConfigError(config.source, f"{where}: {leaf.path}.custom_host",
-                          f"'{_host_of(leaf.custom_host)}' is not under allowed_custom_hosts")
+                          f"'{_host_of(leaf.custom_host) or leaf.custom_host}' is not under "
+                          "allowed_custom_hosts")
     provider = provider or (settings.virtual_keys[leaf.virtual_key].provider
                             if leaf.virtual_key else "")
     if provider and provider in config.providers:
@@ -178,9 +179,18 @@ def _check_leaf_static(leaf: ConfigNode, settings: GatewaySettings, config: Conf
                                   _option_misplaced(leaf.path, name, provider, type_name))
 
 
-def _host_of(url: str) -> str:
-    parts = urlsplit(url if "://" in url else f"https://{url}")
+def _host_of(url: str) -> str | None:
+    """The host[:port] a custom_host names; None when urlsplit refuses it as a URL (an
+    unclosed '[', a host that NFKC normalisation changes): its ValueError was a 500."""
+    try:
+        parts = urlsplit(url if "://" in url else f"https://{url}")
+    except ValueError:
+        return None
     return (parts.netloc or "").lower()
+
+
+def _allowed_host(host: str | None, settings: GatewaySettings) -> bool:
+    return host is not None and host in settings.allowed_hosts
 
 
 class Gateway:
@@ -343,10 +353,10 @@ class Gateway:
 
     def _custom_host(self, provider: Provider, custom_host: str, param: str) -> Provider:
         host = _host_of(custom_host)
-        if host not in self.settings.allowed_hosts:
+        if not _allowed_host(host, self.settings):
             raise InvalidRequest(
-                f"custom_host '{host}' at '{param}' is not allowed by this gateway "
-                "(allowed_custom_hosts in its config).", param=param,
+                f"custom_host '{host or custom_host[:100]}' at '{param}' is not allowed by "
+                "this gateway (allowed_custom_hosts in its config).", param=param,
                 code="custom_host_not_allowed")
         url = custom_host if "://" in custom_host else f"https://{host}"
         return provider.with_base_url(url.rstrip("/"))
