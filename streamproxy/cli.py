@@ -163,8 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the proxy")
     serve.add_argument("--config", help="YAML config file (default: the embedded default)")
-    serve.add_argument("--host", default=None, help=f"listen address (default {DEFAULT_HOST})")
-    serve.add_argument("--port", type=_port, default=None, help=f"port (default {DEFAULT_PORT})")
+    # Unset, they are the config's server.host / server.port, whose defaults these are.
+    serve.add_argument("--host", default=None,
+                       help=f"listen address (default: server.host, else {DEFAULT_HOST})")
+    serve.add_argument("--port", type=_port, default=None,
+                       help=f"port, 0 for any free one (default: server.port, else "
+                            f"{DEFAULT_PORT})")
     serve.add_argument("--workers", type=_positive, default=None,
                        help="worker processes (default: one per CPU; 1 = a single process, "
                             "no master)")

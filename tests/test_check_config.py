@@ -230,3 +230,15 @@ def test_a_configured_port_out_of_range_is_a_config_error(
                          capsys)
     assert code == 2 and out == ""
     assert err.startswith("FILE: server.port: must be a port number, 1 to 65535"), err
+
+
+def test_serve_help_says_the_config_sets_host_and_port(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Without --host / --port the config's server.host and server.port are used: a help
+    # that gave 127.0.0.1 and 8787 as the defaults sent readers of a config with its own
+    # host or port to the wrong address.
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "default: server.host, else 127.0.0.1" in help_text
+    assert "default: server.port, else 8787" in help_text
