@@ -133,6 +133,25 @@ async def test_without_auth_the_client_key_is_forwarded_as_before(
     assert sent_auth(json_upstream) == ["Bearer sk-provider"]
 
 
+async def test_a_refused_chat_request_answers_with_the_trace_id_it_is_logged_under(
+        proxy: Any, json_upstream: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # A client (or its SDK's error.request_id) reports x-request-id: the 401 and the 429 each
+    # sent a new id while the access log made another, so the report matched no line.
+    caplog.set_level(logging.INFO, logger="streamproxy.access")
+    client = await proxy(config(json_upstream.url,
+                                rate_limit={"requests_per_minute": 1, "burst": 1}))
+    sent = []
+    for headers in ({}, {"authorization": f"Bearer {KEY_A}"}, {"authorization": f"Bearer {KEY_A}"}):
+        resp = await client.post("/v1/chat/completions", json={"messages": USER},
+                                 headers=headers)
+        assert resp.headers["x-request-id"] == resp.headers["x-portkey-trace-id"]
+        sent.append((resp.status, resp.headers["x-request-id"]))
+    logged = [orjson.loads(r.getMessage()) for r in caplog.records
+              if r.name == "streamproxy.access"]
+    assert [(line["status"], line["trace_id"]) for line in logged] == sent
+    assert [status for status, _ in sent] == [401, 200, 429]
+
+
 async def test_a_client_key_that_is_not_ascii_is_a_401_not_a_crash(
         proxy: Any, json_upstream: Any) -> None:
     # Python `requests` sends header values as Latin-1: "café" arrives as the byte 0xE9,

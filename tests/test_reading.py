@@ -114,6 +114,24 @@ async def test_a_body_that_stops_arriving_is_408(start: Any, front_kind: str, ki
 
 
 @pytest.mark.parametrize("front_kind", FRONTS)
+async def test_a_body_timeout_answers_with_the_trace_id_it_is_logged_under(
+        start: Any, front_kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    # The lean front wrote its 408 without trace headers, though the request is logged under
+    # one (aiohttp's front sent them): the client had no id to report.
+    caplog.set_level(logging.INFO)
+    client = await start(front_kind)
+    reader, writer = await client.connect()
+    writer.write(STALLED_BODIES["content-length"])
+    answer, _ = await closed_after_answer(reader)
+    assert_408(answer)
+    head = answer.partition(b"\r\n\r\n")[0].decode().lower().split("\r\n")
+    fields = dict(line.split(": ", 1) for line in head[1:])
+    (line,) = [orjson.loads(r.getMessage()) for r in caplog.records
+               if r.name == "streamproxy.access"]
+    assert fields["x-request-id"] == fields["x-portkey-trace-id"] == line["trace_id"]
+
+
+@pytest.mark.parametrize("front_kind", FRONTS)
 async def test_a_client_gone_during_its_upload_is_logged_499(
         start: Any, front_kind: str, caplog: pytest.LogCaptureFixture) -> None:
     """As on aiohttp's front (its handler is running then), the lean front logs it once."""

@@ -5,17 +5,17 @@ before the handler ran (auth, rate limit), so those are counted and logged too."
 from __future__ import annotations
 
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from streamproxy.errors import ProxyError
+from streamproxy.ids import random_hex
 from streamproxy.observe.access_log import ACCESS_LOGGER, AccessLog, LoggingSettings, parse_logging
 from streamproxy.observe.metrics import metrics, metrics_handler, set_circuit_state
 from streamproxy.record import RequestRecord
 from streamproxy.routing.gateway import CHAT_PATH
-from streamproxy.server.errors import body_too_large
+from streamproxy.server.errors import body_too_large, trace_headers
 from streamproxy.server.reading import BodyTimeout
 
 if TYPE_CHECKING:
@@ -72,9 +72,13 @@ def observe_rejection(request: web.Request | Exchange, err: ProxyError, reason: 
     on /v1/models or /metrics is only a rejection)."""
     metrics().rejected.labels(reason).inc()
     if _is_chat(request):
+        trace_id = _trace_id(request)
+        # The answer carries the id its log line has (`error_headers` keeps it), as the chat
+        # handler's answers do: the one a client reports is the one the log knows.
+        err.response_headers = {**(err.response_headers or {}), **trace_headers(trace_id)}
         _observe_unhandled(request, RequestRecord(
-            trace_id="", status=err.status, error_type=err.error_type, error_code=err.code,
-            auth_key_name=auth_key_name, bytes_out=len(err.body())))
+            trace_id=trace_id, status=err.status, error_type=err.error_type,
+            error_code=err.code, auth_key_name=auth_key_name, bytes_out=len(err.body())))
 
 
 def observe_abandoned(request: Exchange) -> None:
@@ -91,10 +95,14 @@ def _observe_unhandled(request: web.Request | Exchange, record: RequestRecord) -
     state = request.app.get(STATE)
     if state is None:
         return
-    record.trace_id = request.headers.get(TRACE_HEADER) or uuid.uuid4().hex
+    record.trace_id = record.trace_id or _trace_id(request)
     record.finished = time.monotonic()
     for observe in state.observers:
         observe(record)
+
+
+def _trace_id(request: web.Request | Exchange) -> str:
+    return request.headers.get(TRACE_HEADER) or random_hex(16)  # (as `request_trace_headers`)
 
 
 def _is_chat(request: web.Request | Exchange) -> bool:

@@ -50,11 +50,14 @@ def request_timeout(part: str, seconds: float) -> ClientReadTimeout:
 
 def timeout_response(err: ClientReadTimeout) -> bytes:
     """The 408 as bytes, for a request no handler can answer (its head, or its body on the
-    lean front, never complete)."""
+    lean front, never complete), with the trace headers the error carries (a chat request's
+    body: those of its log line, `observe_rejection`)."""
     body = err.body()
+    fields = "".join(f"{name}: {value}\r\n" for name, value in
+                     (err.response_headers or {}).items()).encode()
     return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json; charset=utf-8\r\n"
-            b"content-length: %d\r\ndate: %b\r\nconnection: close\r\n\r\n%b"
-            % (len(body), formatdate(usegmt=True).encode(), body))
+            b"%bcontent-length: %d\r\ndate: %b\r\nconnection: close\r\n\r\n%b"
+            % (fields, len(body), formatdate(usegmt=True).encode(), body))
 
 
 class BodyTimeout(asyncio.TimeoutError):
