@@ -34,7 +34,13 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from streamproxy.config import Config, ConfigError, Timeouts, required_secret
+from streamproxy.config import (
+    Config,
+    ConfigError,
+    Timeouts,
+    refuse_env_reference,
+    required_secret,
+)
 from streamproxy.errors import InvalidRequest, UnknownProvider
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.providers.base import Provider
