@@ -319,15 +319,16 @@ def test_an_api_version_written_unquoted_in_yaml_is_that_string(tmp_path: Any) -
 
 # -- Portkey's Azure settings: config target fields and the portkey-ai SDK's headers ----------
 
-def planned_request(headers: dict[str, str]) -> Any:
-    """The upstream request the first planned target would send (no sockets)."""
+def planned_request(headers: dict[str, str], key: str | None = "k", **sections: Any) -> Any:
+    """The upstream request the first planned target would send (no sockets); `key`: the
+    Azure provider's own (the gateway's), None for none (the client's goes upstream)."""
     from streamproxy.routing.breaker import CircuitBreakers
     from streamproxy.routing.gateway import Gateway, load_settings
     from streamproxy.routing.router import Router
 
-    config = make_config({
-        "az": {"type": "azure", "resource": "contoso", "api_version": VERSION, "api_key": "k"},
-        "oa": {"type": "openai", "api_key": "k"}}, default="az")
+    azure = {"type": "azure", "resource": "contoso", "api_version": VERSION}
+    config = make_config({"az": {**azure, **({"api_key": key} if key else {})},
+                          "oa": {"type": "openai", "api_key": "k"}}, default="az", **sections)
     providers = build_providers(config)
     router = Router(providers, config.default_provider, config.server.timeouts)
     gateway = Gateway(router, load_settings(config), CircuitBreakers(), random.Random(0))
@@ -343,7 +344,9 @@ def test_the_portkey_sdks_azure_headers_pick_resource_deployment_and_version() -
                   azure_resource_name="fabrikam", azure_deployment_id="gpt-4.1",
                   azure_api_version="2025-01-01-preview").custom_headers
     azure = {k: v for k, v in sdk.items() if k.startswith("x-portkey-azure-")}
-    assert planned_request(azure).url == (
+    # (the gateway's key goes to another resource only when its host is allowed)
+    allowed = {"allowed_custom_hosts": ["fabrikam.openai.azure.com"]}
+    assert planned_request(azure, **allowed).url == (
         "https://fabrikam.openai.azure.com/openai/deployments/gpt-4.1/chat/completions"
         "?api-version=2025-01-01-preview")
     assert planned_request({}).url == (  # without them: the provider as configured
@@ -352,12 +355,17 @@ def test_the_portkey_sdks_azure_headers_pick_resource_deployment_and_version() -
     # A type that takes none of them (a fallback's other target) goes as configured.
     assert planned_request({"x-portkey-provider": "oa", **azure}).url == (
         "https://api.openai.com/v1/chat/completions")
+    # With the client's own key (the provider holds none), any resource.
+    sent = planned_request({**azure, "authorization": "Bearer mine"}, key=None)
+    assert sent.url.startswith("https://fabrikam.openai.azure.com/")
+    assert sent.headers["api-key"] == "mine"
 
 
 def test_a_config_targets_azure_fields_as_portkey_names_them() -> None:
     config = {"provider": "az", "resource_name": "fabrikam", "deployment_id": "gpt4o-eu",
               "api_version": "2024-06-01"}
-    sent = planned_request({"x-portkey-config": orjson.dumps(config).decode()})
+    sent = planned_request({"x-portkey-config": orjson.dumps(config).decode()},
+                           allowed_custom_hosts=["fabrikam.openai.azure.com"])
     assert sent.url == ("https://fabrikam.openai.azure.com/openai/deployments/gpt4o-eu/"
                         "chat/completions?api-version=2024-06-01")
     with pytest.raises(InvalidRequest) as info:
@@ -366,3 +374,65 @@ def test_a_config_targets_azure_fields_as_portkey_names_them() -> None:
     with pytest.raises(InvalidRequest) as info:  # an id, never a host or a path
         planned_request({"x-portkey-azure-resource-name": "evil.example.com/x"})
     assert info.value.param == "x-portkey-azure-resource-name"
+
+
+# A client's resource is another tenant's host (not a region of the operator's account): the
+# gateway's key goes there only when allowed_custom_hosts lists it, as for a custom_host.
+OTHER = {"x-portkey-azure-resource-name": "someone-elses"}
+VKEYS = {"virtual_keys": {"vk": {"provider": "az", "api_key": "vk-secret"}}}
+
+
+@pytest.mark.parametrize(("headers", "key", "param"), [
+    (OTHER, "k", "x-portkey-azure-resource-name"),  # the provider's key
+    ({**OTHER, "authorization": "Bearer mine"}, "k", "x-portkey-azure-resource-name"),
+    ({**OTHER, "x-portkey-virtual-key": "vk"}, None, "x-portkey-azure-resource-name"),
+    ({"x-portkey-config": '{"virtual_key": "vk", "resource_name": "someone-elses"}'}, None,
+     "config.resource_name"),
+    ({"x-portkey-config": '{"virtual_key": "vk"}', **OTHER}, None,
+     "x-portkey-azure-resource-name"),
+    ({"x-portkey-config": "named", **OTHER}, None, "x-portkey-azure-resource-name"),
+])
+def test_a_client_cannot_send_the_gateways_key_to_another_resource(
+        headers: dict[str, str], key: str | None, param: str) -> None:
+    named = {"configs": {"named": {"provider": "az", "api_key": "named-secret"}}}
+    with pytest.raises(InvalidRequest) as info:
+        planned_request(headers, key=key, **VKEYS, **named)
+    assert (info.value.param, info.value.code) == (param, "custom_host_not_allowed")
+    assert "someone-elses.openai.azure.com" in info.value.message
+
+
+@pytest.mark.parametrize("headers", [
+    {**OTHER, "authorization": "Bearer mine"},  # the client's key: the provider holds none
+    {"x-portkey-config": '{"provider": "az", "api_key": "mine", "virtual_key": "vk", '
+                         '"resource_name": "someone-elses"}'},  # its inline config's key
+])
+def test_a_clients_own_key_goes_to_any_resource(headers: dict[str, str]) -> None:
+    sent = planned_request(headers, key=None, **VKEYS)
+    assert sent.url.startswith("https://someone-elses.openai.azure.com/openai/")
+    assert sent.headers["api-key"] == "mine"
+
+
+def test_the_configured_resource_needs_no_allow_list() -> None:
+    sent = planned_request({"x-portkey-azure-resource-name": "Contoso"})
+    assert sent.url.lower().startswith("https://contoso.openai.azure.com/")  # (DNS: any case)
+
+
+@pytest.mark.parametrize(("key", "allowed", "refused"), [
+    ("k", [], True),
+    ("k", ["fabrikam.openai.azure.com"], False),
+    (None, [], False),  # (the client's own key goes there)
+])
+def test_a_named_configs_resource_outside_the_allow_list_is_a_config_error(
+        key: str | None, allowed: list[str], refused: bool) -> None:
+    from streamproxy.routing.gateway import load_settings
+
+    azure = {"type": "azure", "resource": "contoso", "api_version": VERSION}
+    config = make_config({"az": {**azure, **({"api_key": key} if key else {})}},
+                         configs={"eu": {"provider": "az", "resource_name": "fabrikam"}},
+                         allowed_custom_hosts=allowed)
+    if not refused:
+        load_settings(config)
+        return
+    with pytest.raises(ConfigError, match=r"configs\.eu: config\.resource_name: "
+                                          r"'fabrikam\.openai\.azure\.com' is not under"):
+        load_settings(config)

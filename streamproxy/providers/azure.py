@@ -84,6 +84,7 @@ class AzureOpenAIProvider(OpenAIProvider):
     # Portkey's Azure settings: a config target's fields, or the portkey-ai SDK's headers.
     target_options: ClassVar[dict[str, str]] = {
         "resource_name": "resource", "deployment_id": "deployment", "api_version": "api_version"}
+    tenant_option: ClassVar[str | None] = "resource_name"
     translator_type = AzureTranslator
 
     @classmethod

@@ -20,7 +20,8 @@ fields, as in Portkey: `x-portkey-custom-host` (allowed hosts only, as `custom_h
 `x-portkey-forward-headers`, `x-portkey-request-timeout`. Its provider settings
 (`x-portkey-aws-region`, `x-portkey-vertex-region`, `x-portkey-openai-organization`, Azure's
 `x-portkey-azure-resource-name` & co.) apply to the targets whose provider type takes them,
-unless the config's target sets its own.
+unless the config's target sets its own. An Azure resource is another tenant's host, as a
+custom_host is: one other than the provider's takes the gateway's key only when allowed.
 """
 
 from __future__ import annotations
@@ -183,6 +184,27 @@ def _check_leaf_static(leaf: ConfigNode, settings: GatewaySettings, config: Conf
             if PROVIDER_TYPES[type_name].target_option(name) is None:
                 raise ConfigError(config.source, f"{where}: {leaf.path}.{name}",
                                   _option_misplaced(leaf.path, name, provider, type_name))
+        _check_tenant_static(leaf, settings, config, where, provider)
+
+
+def _check_tenant_static(leaf: ConfigNode, settings: GatewaySettings, config: Config,
+                         where: str, provider: str) -> None:
+    """A named config's Azure resource outside allowed_custom_hosts, for a key the gateway
+    holds: every request through the target would be refused (Gateway._refuse_other_tenant)."""
+    entry = config.providers[provider]
+    cls = PROVIDER_TYPES[entry.type]
+    name = cls.tenant_option
+    if name is None or name not in leaf.provider_options:
+        return
+    if not (leaf.api_key or leaf.virtual_key or entry.api_key or entry.api_key_env):
+        return  # the client's own key goes upstream
+    configured = cls(entry)
+    moved = configured.with_options({cls.target_options[name]: leaf.provider_options[name]})
+    host = _tenant_host(configured, moved)
+    if host is not None and not _allowed_host(host, settings):
+        raise ConfigError(config.source, f"{where}: {leaf.path}.{name}",
+                          f"'{host}' is not under allowed_custom_hosts (the key sent there is "
+                          "the gateway's)")
 
 
 def _host_of(url: str) -> str | None:
@@ -197,6 +219,13 @@ def _host_of(url: str) -> str | None:
 
 def _allowed_host(host: str | None, settings: GatewaySettings) -> bool:
     return host is not None and host in settings.allowed_hosts
+
+
+def _tenant_host(configured: Provider, provider: Provider) -> str | None:
+    """The host `provider` (`configured` with a target's options) goes to when it is not the
+    configured one's; None when the same (a configured base_url keeps it, too)."""
+    host = _host_of(provider.base_url)
+    return None if host == _host_of(configured.base_url) else host
 
 
 class Gateway:
@@ -286,7 +315,7 @@ class Gateway:
             target = self.router.resolve(headers, req.model)
             if request_timeouts:
                 target.timeouts = target.timeouts.merged(request_timeouts)
-            self._client_options(target, headers, None)
+            self._client_options(target, headers, None, bool(target.provider.cfg.api_key))
             return single(target, RetrySpec(req.retries) if req.retries else NO_RETRY)
 
         def resolve(leaf: ConfigNode) -> Target:
@@ -325,7 +354,8 @@ class Gateway:
             target.provider = _with_target_options(provider, leaf)
         target.override_params = params
         target.timeouts = _merge(target.timeouts, leaf.timeouts, request_timeouts)
-        self._client_options(target, headers, leaf)
+        self._client_options(target, headers, leaf,
+                             _sends_operators_key(leaf, vkey, provider, headers))
         return target
 
     def _virtual_key(self, name: str, param: str) -> VirtualKey:
@@ -337,10 +367,11 @@ class Gateway:
         return vkey
 
     def _client_options(self, target: Target, headers: Mapping[str, str],
-                        leaf: ConfigNode | None) -> None:
+                        leaf: ConfigNode | None, operators_key: bool) -> None:
         """Where the target's request goes and which client headers go with it: the
         x-portkey-custom-host / x-portkey-forward-headers headers, else the leaf's
-        `custom_host` / `forward_headers` (Portkey's order); and the SDK's provider settings."""
+        `custom_host` / `forward_headers` (Portkey's order); and the SDK's provider settings.
+        `operators_key`: the key the target sends is the gateway's, not the client's."""
         options = _header_provider_options(target.provider, headers, leaf)
         if options:
             target.provider = target.provider.with_options(options)
@@ -350,6 +381,8 @@ class Gateway:
         elif leaf is not None and leaf.custom_host:
             target.provider = self._custom_host(target.provider, leaf.custom_host,
                                                 f"{leaf.path}.custom_host")
+        if operators_key:
+            self._refuse_other_tenant(target.provider, headers, leaf)
         listed = headers.get(FORWARD_HEADERS_HEADER)
         names = (_header_names(listed) if listed is not None
                  else leaf.forward_headers if leaf is not None else ())
@@ -366,6 +399,21 @@ class Gateway:
                 code="custom_host_not_allowed")
         url = custom_host if "://" in custom_host else f"https://{host}"
         return provider.with_base_url(url.rstrip("/"))
+
+    def _refuse_other_tenant(self, provider: Provider, headers: Mapping[str, str],
+                             leaf: ConfigNode | None) -> None:
+        """The gateway's key goes to another tenant's endpoint (an Azure resource: another
+        company's host, unlike a region of the operator's own account) only when its host is
+        allowed, as a custom_host's; a client's own key may go to any."""
+        param = _tenant_param(provider, headers, leaf)
+        if param is None:
+            return
+        host = _tenant_host(self.router.providers[provider.name], provider)
+        if host is not None and not _allowed_host(host, self.settings):
+            raise InvalidRequest(
+                f"'{host}' at '{param}' is not allowed by this gateway with its own key "
+                "(allowed_custom_hosts in its config); send your own key to use it.",
+                param=param, code="custom_host_not_allowed")
 
 
 def _with_target_options(provider: Provider, leaf: ConfigNode) -> Provider:
@@ -401,6 +449,34 @@ def _header_provider_options(provider: Provider, headers: Mapping[str, str],
         if key is not None and (leaf is None or name not in leaf.provider_options):
             options[key] = value
     return options
+
+
+def _sends_operators_key(leaf: ConfigNode, vkey: VirtualKey | None, provider: Provider,
+                        headers: Mapping[str, str]) -> bool:
+    """Whether the key resolve_leaf picked is the gateway's (a named config's `api_key`, a
+    virtual key's, the provider's) rather than the client's own (its inline config's
+    `api_key`, its Authorization)."""
+    if leaf.api_key:
+        return not _inline_config(headers)
+    return vkey is not None or bool(provider.cfg.api_key)
+
+
+def _inline_config(headers: Mapping[str, str]) -> bool:
+    """The config is the client's JSON, not a named one (as `Gateway.root_for` reads it)."""
+    return (headers.get(CONFIG_HEADER) or "").strip().startswith("{")
+
+
+def _tenant_param(provider: Provider, headers: Mapping[str, str],
+                  leaf: ConfigNode | None) -> str | None:
+    """Where the target's tenant option (Azure's resource_name) was set, if anywhere: its
+    config target's field, else the SDK's header (as `_header_provider_options` picks)."""
+    name = provider.tenant_option
+    if name is None or provider.target_option(name) is None:
+        return None
+    if leaf is not None and name in leaf.provider_options:
+        return f"{leaf.path}.{name}"
+    header = PROVIDER_OPTION_HEADERS[name]
+    return header if header in headers else None
 
 
 def _option_misplaced(path: str, name: str, provider: str, type_name: str) -> str:
