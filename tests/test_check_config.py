@@ -172,6 +172,10 @@ def test_auth_off_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     ("providers: {mock: {type: mock}}\nallowed_custom_hosts: [llm.example.com]\n"
      "configs: {a: {provider: mock, custom_host: 'https://[::1'}}\n",  # (urlsplit's ValueError)
      "FILE: configs.a: config.custom_host: 'https://[::1' is not under allowed_custom_hosts"),
+    ("providers: {mock: {type: mock}}\nallowed_custom_hosts: [llm.example.com]\n"
+     "configs: {a: {provider: mock, custom_host: 'ftp://llm.example.com/v1'}}\n",
+     "FILE: configs.a: config.custom_host: 'ftp://llm.example.com/v1' is not under "
+     "allowed_custom_hosts"),
     # the gateway's key to another tenant's Azure resource: a 400 for every request too
     ("providers: {az: {type: azure, resource: contoso, api_version: 2024-10-21, api_key: k}}\n"
      "configs: {a: {strategy: {mode: fallback},\n"

@@ -677,10 +677,12 @@ async def test_custom_host_header_under_the_same_allow_list(proxy: Any, upstream
     assert (err["param"], err["code"]) == ("x-portkey-custom-host", "custom_host_not_allowed")
 
 
-@pytest.mark.parametrize("custom_host", ["https://[::1", "https://llm\u2100.example.com"])
+@pytest.mark.parametrize("custom_host", ["https://[::1", "https://llm\u2100.example.com",
+                                         "ftp://llm.example.com/v1", "ws://llm.example.com"])
 async def test_a_custom_host_that_is_no_url_is_refused(proxy: Any, upstream: Any,
                                                        custom_host: str) -> None:
-    # urlsplit's ValueError (an unclosed '[', a host NFKC would change) was a 500.
+    # urlsplit's ValueError (an unclosed '[', a host NFKC would change) was a 500, and so was
+    # the upstream client's for an allowed host under a scheme other than HTTP's.
     client = await proxy(openai_pair(upstream, allowed_custom_hosts=["llm.example.com"]))
     config = json.dumps({"provider": "e1", "custom_host": custom_host})
     for headers in ({"x-portkey-custom-host": custom_host.encode().decode("latin-1")},

@@ -209,10 +209,13 @@ def _check_tenant_static(leaf: ConfigNode, settings: GatewaySettings, config: Co
 
 def _host_of(url: str) -> str | None:
     """The host[:port] a custom_host names; None when urlsplit refuses it as a URL (an
-    unclosed '[', a host that NFKC normalisation changes): its ValueError was a 500."""
+    unclosed '[', a host that NFKC normalisation changes: its ValueError was a 500) or its
+    scheme is not HTTP's (the upstream client's error for `ftp://` was a 500 too)."""
     try:
         parts = urlsplit(url if "://" in url else f"https://{url}")
     except ValueError:
+        return None
+    if parts.scheme not in ("http", "https"):
         return None
     return (parts.netloc or "").lower()
 
