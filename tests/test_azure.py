@@ -436,3 +436,17 @@ def test_a_named_configs_resource_outside_the_allow_list_is_a_config_error(
     with pytest.raises(ConfigError, match=r"configs\.eu: config\.resource_name: "
                                           r"'fabrikam\.openai\.azure\.com' is not under"):
         load_settings(config)
+
+
+def test_two_deployments_are_two_cache_entries() -> None:
+    # The deployment picks the model (its URL), not the body's model: two deployments asked
+    # the same question shared one cache key, so one's answer was served for the other.
+    from streamproxy.cache.service import _key
+
+    req = parse_chat_request(b'{"model":"gpt","messages":[{"role":"user","content":"x"}]}')
+    config = make_config({"az": {"type": "azure", "resource": "contoso", "api_version": VERSION,
+                                 "api_key": "k"}})
+    azure = build_providers(config)["az"]
+    keys = {_key("ns", req, Target(azure.with_options({"deployment": d}), "gpt"))
+            for d in ("gpt-4o-mini", "gpt-4.1")}
+    assert len(keys) == 2

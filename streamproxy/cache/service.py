@@ -211,7 +211,7 @@ def _key(namespace: str, req: ChatRequest, target: Target) -> str:
     # name may serve another model under the same name. Not the region (README: the same
     # model answers alike wherever it runs), which is why this is not `provider.endpoint`.
     return cache_key(namespace=namespace, provider=provider.name,
-                     model=target.model or provider.cfg.default_model,
+                     model=provider.answering_model(target),
                      body=target.apply_overrides(req.body), headers=target.headers,
                      credential=target.api_key, base_url=provider.cfg.base_url)
 

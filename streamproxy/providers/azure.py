@@ -22,7 +22,7 @@ Azure's stream differs from OpenAI's in two ways that break naive clients
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 import orjson
@@ -31,6 +31,9 @@ from streamproxy.config import ConfigError
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.openai_compat import OpenAIProvider, PassthroughTranslator, load_chunk
+
+if TYPE_CHECKING:
+    from streamproxy.routing.target import Target
 
 AUTH_MODES = ("api-key", "entra")
 # The first api-version that takes `stream_options` (earlier ones answer it with a 400).
@@ -124,6 +127,9 @@ class AzureOpenAIProvider(OpenAIProvider):
     @property
     def endpoint(self) -> str:
         return self.base_url  # two resources fail apart (a target may name its own)
+
+    def answering_model(self, target: Target) -> str | None:
+        return self.cfg.options.get("deployment") or super().answering_model(target)
 
     def chat_url(self, model: str) -> str:
         deployment = self.cfg.options.get("deployment") or model

@@ -165,6 +165,11 @@ class Provider:
                 param="model", code="missing_required_parameter")
         return model
 
+    def answering_model(self, target: Target) -> str | None:
+        """The model that answers the target, as the cache tells answers apart: its model
+        name (Azure's: the deployment its URL names, whatever the body's model says)."""
+        return target.model or self.cfg.default_model
+
     def with_base_url(self, base_url: str) -> Provider:
         """This provider aimed at another host (a config's allowed `custom_host`)."""
         clone = copy.copy(self)
