@@ -202,6 +202,34 @@ async def test_tool_calls_are_stored(proxy: Any, tmp_path: Path) -> None:
     assert all(c.function.arguments == '{"city": "Paris", "unit": "c"}' for c in calls)
 
 
+async def test_a_tool_call_id_before_the_completion_id_is_not_taken_for_it(
+        proxy: Any, upstream: Any, tmp_path: Path) -> None:
+    # Gemini's OpenAI-compatible endpoint writes `choices` before `id`: a captured stream's
+    # first `"id"` is a tool call's. It was given our completion id (the client's call id
+    # changed) and the upstream's completion id was kept (stored under it).
+    chunk = {"choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [
+        {"function": {"arguments": '{"city":"Paris"}', "name": "weather"}, "id": "call_1",
+         "type": "function"}]}}], "created": 5, "id": "gem-1", "model": "gemini-x",
+             "object": "chat.completion.chunk"}
+    finish = {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    upstream.body = b"".join(b"data: %b\n\n" % orjson.dumps(c) for c in (chunk, finish))
+    api = openai_sdk(await proxy(make_config(
+        {"up": {"type": "openai", "base_url": upstream.url, "api_key": "sk-up"}},
+        default="up", storage={"path": str(tmp_path / "s.sqlite3")})), "sk-client")
+    tools = [{"type": "function", "function": {"name": "weather"}}]
+    stream = await api.chat.completions.create(model="gemini-x", messages=USER, stream=True,
+                                               store=True, tools=tools)
+    ids, call_ids = set(), []
+    async for part in stream:
+        ids.add(part.id)
+        call_ids += [c.id for c in part.choices[0].delta.tool_calls or []]
+    [cid] = ids
+    assert cid.startswith("chatcmpl-") and call_ids == ["call_1"]
+    got = await stored(api, cid)
+    assert [c.id for c in got.choices[0].message.tool_calls or []] == ["call_1"]
+    assert got.choices[0].finish_reason == "tool_calls"
+
+
 async def test_failed_answers_are_not_stored(proxy: Any, tmp_path: Path) -> None:
     client = await proxy(config(tmp_path))
     api = openai_sdk(client, "sk-client")

@@ -379,8 +379,29 @@ class CompletionBuilder:
         return out
 
 
-# A pass-through chunk's completion id: the first `"id"` with a non-empty string.
-_UPSTREAM_ID = re.compile(rb'"id": ?("(?:[^"\\]|\\.)+")')
+# An `"id"` with a non-empty string in a pass-through chunk: its completion id, or a nested
+# object's (a tool call's), which may come first (`_upstream_id`).
+_ANY_ID = re.compile(rb'"id": ?("(?:[^"\\]|\\.)+")')
+
+
+def _upstream_id(data: bytes) -> bytes | None:
+    """The completion id, spelled as in `data` (a JSON string), of the first of these
+    pass-through events (one, or a run's frames) that has one: its top-level `id`, not a tool
+    call's — Gemini writes `choices` before `id`, so its first `"id"` is a call's. An event is
+    parsed only if it has an `"id"` at all, and only until the id is known."""
+    for event in data.removeprefix(b"data: ").removesuffix(b"\n\n").split(b"\n\ndata: "):
+        spellings = _ANY_ID.findall(event)
+        if not spellings:
+            continue
+        try:
+            chunk = orjson.loads(event)
+        except orjson.JSONDecodeError:
+            continue
+        completion_id = chunk.get("id") if isinstance(chunk, dict) else None
+        for spelling in spellings:
+            if orjson.loads(spelling) == completion_id:
+                return spelling  # type: ignore[no-any-return]
+    return None
 
 
 class TeeSink:
@@ -458,10 +479,10 @@ class TeeSink:
 
     def _our_id(self, data: bytes) -> bytes:
         if not self._theirs:
-            found = _UPSTREAM_ID.search(data)
-            if found is None:
+            theirs = _upstream_id(data)
+            if theirs is None:
                 return data
-            self._theirs = (b'"id":' + found[1], b'"id": ' + found[1])
+            self._theirs = (b'"id":' + theirs, b'"id": ' + theirs)
             self._ours = b'"id":' + orjson.dumps(self.encoder.completion_id)
         for theirs in self._theirs:
             data = data.replace(theirs, self._ours)
