@@ -450,3 +450,18 @@ def test_two_deployments_are_two_cache_entries() -> None:
     keys = {_key("ns", req, Target(azure.with_options({"deployment": d}), "gpt"))
             for d in ("gpt-4o-mini", "gpt-4.1")}
     assert len(keys) == 2
+
+
+def test_two_resources_are_two_cache_entries() -> None:
+    # A resource (x-portkey-azure-resource-name, a config's resource_name) runs its own
+    # deployments: one deployment name on two resources may be two models. The key named
+    # the configured base URL alone, which a resource-configured provider has none of.
+    from streamproxy.cache.service import _key
+
+    req = parse_chat_request(b'{"model":"gpt","messages":[{"role":"user","content":"x"}]}')
+    config = make_config({"az": {"type": "azure", "resource": "contoso", "api_version": VERSION,
+                                 "api_key": "k"}})
+    azure = build_providers(config)["az"]
+    keys = {_key("ns", req, Target(azure.with_options({"resource": r}), "gpt"))
+            for r in ("contoso", "fabrikam")}
+    assert len(keys) == 2

@@ -207,13 +207,14 @@ def _namespace(request: Exchange) -> str:
 
 def _key(namespace: str, req: ChatRequest, target: Target) -> str:
     provider = target.provider
-    # The configured base URL, or a custom_host's: another server under the same provider
-    # name may serve another model under the same name. Not the region (README: the same
-    # model answers alike wherever it runs), which is why this is not `provider.endpoint`.
+    # The configured base URL, or a custom_host's or an Azure resource's: another server
+    # under the same provider name may serve another model under the same name. Not the
+    # region (README: the same model answers alike wherever it runs), which is why this is
+    # not `provider.endpoint`.
     return cache_key(namespace=namespace, provider=provider.name,
                      model=provider.answering_model(target),
                      body=target.apply_overrides(req.body), headers=target.headers,
-                     credential=target.api_key, base_url=provider.cfg.base_url)
+                     credential=target.api_key, base_url=provider.answering_server)
 
 
 def _succeeded(record: RequestRecord) -> bool:

@@ -128,6 +128,10 @@ class AzureOpenAIProvider(OpenAIProvider):
     def endpoint(self) -> str:
         return self.base_url  # two resources fail apart (a target may name its own)
 
+    @property
+    def answering_server(self) -> str | None:
+        return self.base_url  # a resource (a target may name its own) runs its own deployments
+
     def answering_model(self, target: Target) -> str | None:
         return self.cfg.options.get("deployment") or super().answering_model(target)
 

@@ -157,6 +157,12 @@ class Provider:
         configured base URL; a regional type adds its region, which fails on its own."""
         return self.cfg.base_url or ""
 
+    @property
+    def answering_server(self) -> str | None:
+        """The server that answers, as the cache tells answers apart: the configured base URL
+        (a custom_host's: another server); not a region, which serves the same models."""
+        return self.cfg.base_url
+
     def model_for(self, target: Target) -> str:
         model = target.model or self.cfg.default_model
         if not model:
