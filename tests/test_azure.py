@@ -465,3 +465,29 @@ def test_two_resources_are_two_cache_entries() -> None:
     keys = {_key("ns", req, Target(azure.with_options({"resource": r}), "gpt"))
             for r in ("contoso", "fabrikam")}
     assert len(keys) == 2
+
+
+def test_a_captured_tool_call_keeps_its_id_in_azures_key_order() -> None:
+    # Azure writes keys in alphabetical order: a tool call's `id` comes before the chunk's, so
+    # a captured stream (store: true, a cache fill) gave the call our completion id.
+    from streamproxy.openai_api.chunks import RecordingChunkEncoder
+    from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
+
+    call = {"function": {"arguments": "", "name": "weather"}, "id": "call_1", "index": 0,
+            "type": "function"}
+    body = sse(PREAMBLE,
+               {"choices": [choice({"role": "assistant", "tool_calls": [call]})], **ENVELOPE},
+               {"choices": [choice({"tool_calls": [
+                   {"function": {"arguments": "{}"}, "index": 0}]})], **ENVELOPE},
+               {"choices": [choice({}, "tool_calls")], **ENVELOPE})
+    encoder = RecordingChunkEncoder(completion_id="chatcmpl-ours", created=1, model="m",
+                                    include_usage=False)
+    builder = CompletionBuilder()
+    translator = AzureOpenAIProvider.translator_type(
+        TeeSink(encoder, builder), 1 << 20, provider="az", client_wants_usage=False,
+        tools_offered=True)
+    translator.feed(body)
+    c = collect(sse_chunks(encoder.take()))
+    assert c.ids == {"chatcmpl-ours"} and [t["id"] for t in c.tool_calls] == ["call_1"]
+    assert builder.id == "chatcmpl-ours"
+    assert [t["id"] for t in builder.message()["tool_calls"]] == ["call_1"]
