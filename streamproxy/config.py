@@ -7,6 +7,7 @@ adding a provider never touches this file.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -250,12 +251,20 @@ def required_secret(raw: dict[str, Any], source: str, where: str, key: str,
     return secret
 
 
+def positive_seconds(value: Any, source: str, key: str) -> float:
+    # Finite: YAML reads .nan and .inf, and both passed `<= 0`; a NaN first-token timeout
+    # expired every request at once (a ValueError under uvloop), a NaN idle one cut every
+    # stream at its first timer, a NaN total was no cap at all.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            0 < value < math.inf):
+        raise ConfigError(source, key, "must be a positive, finite number of seconds")
+    return float(value)
+
+
 def _number(value: Any, source: str, key: str, *, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(source, key, "must be a positive number of seconds")
-    return float(value)
+    return positive_seconds(value, source, key)
 
 
 def parse_timeouts(raw: Any, source: str, key: str) -> dict[str, float | None]:
@@ -309,8 +318,8 @@ def _parse_server(raw: Any, source: str) -> ServerConfig:
                 raise ConfigError(source, key, "must be one of aiohttp, lean")
             kwargs[k] = v
         elif k == "shutdown_grace":
-            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
-                raise ConfigError(source, key, "must be a number of seconds, 0 or more")
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
+                raise ConfigError(source, key, "must be a finite number of seconds, 0 or more")
             kwargs[k] = float(v)
         else:
             raise ConfigError(source, key, "unknown key")

@@ -586,6 +586,13 @@ def test_redis_max_connections_is_configurable() -> None:
         parse_cache_settings(config(cache={"redis_max_connections": 0}))
 
 
+@pytest.mark.parametrize("key", ["redis_timeout", "default_max_age"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])  # YAML's .nan and .inf
+def test_cache_seconds_must_be_finite(key: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=f"cache.{key}.*finite"):
+        parse_cache_settings(config(cache={key: value}))
+
+
 async def test_an_unreachable_redis_is_a_miss_not_a_failure(proxy: Any) -> None:
     from tests.redis_server import _free_port
 

@@ -71,6 +71,20 @@ def test_the_readme_example_loads(tmp_path: Path, monkeypatch: Any) -> None:
     ("providers: {x: {type: [openai]}}", "providers.x.type", "unknown provider type"),
     ("providers: {x: {type: openai}}\ndefault_provider: [x]", "default_provider", "not a"),
     ("providers: {x: {type: mock, wire: {openai: 1}}}", "providers.x.wire", "must be one of"),
+    # YAML's .nan and .inf passed `<= 0`: a NaN first-token timeout expired every request at
+    # once (a ValueError under uvloop), a NaN idle one cut every stream at its first timer.
+    ("providers: {x: {type: mock}}\nserver: {timeouts: {idle: .nan}}", "server.timeouts.idle",
+     "finite"),
+    ("providers: {x: {type: mock, timeouts: {first_token: .nan}}}",
+     "providers.x.timeouts.first_token", "finite"),
+    ("providers: {x: {type: mock, timeouts: {total: .inf}}}", "providers.x.timeouts.total",
+     "finite"),
+    ("providers: {x: {type: mock}}\nserver: {client_body_timeout: .inf}",
+     "server.client_body_timeout", "finite"),
+    ("providers: {x: {type: mock}}\nserver: {keepalive_interval: .nan}",
+     "server.keepalive_interval", "finite"),
+    ("providers: {x: {type: mock}}\nserver: {shutdown_grace: .nan}", "server.shutdown_grace",
+     "finite"),
 ])
 def test_config_errors_name_the_file_key_and_reason(tmp_path: Path, text: str, key: str,
                                                     reason: str) -> None:

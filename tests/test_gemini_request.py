@@ -288,6 +288,7 @@ def test_model_names_cannot_leave_the_model_path(model: str) -> None:
     ({"project": "p", "location": "l", "token_env": "A", "token_command": "x"}, "token_env"),
     ({"project": "p", "location": "l", "token_command": []}, "token_command"),
     ({"project": "p", "location": "l", "token_refresh": 0}, "token_refresh"),
+    ({"project": "p", "location": "l", "token_refresh": float("nan")}, "token_refresh"),
     ({"project": "p", "location": "l", "colour": "red"}, "colour"),
 ])
 def test_vertex_config_errors(extra: dict[str, Any], key: str) -> None:

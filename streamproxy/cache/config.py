@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from streamproxy.config import Config, ConfigError
+from streamproxy.config import Config, ConfigError, positive_seconds
 from streamproxy.errors import InvalidRequest
 
 FORCE_REFRESH_HEADER = "x-portkey-cache-force-refresh"
@@ -67,9 +67,7 @@ def parse_cache_settings(config: Config) -> CacheSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(source, where, "must be a positive integer")
         elif key in ("default_max_age", "redis_timeout"):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(source, where, "must be a positive number of seconds")
-            value = float(value)
+            value = positive_seconds(value, source, where)
         elif key == "mode":
             if value not in MODES:
                 raise ConfigError(source, where, f"must be one of {', '.join(MODES)}")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
-from streamproxy.config import ConfigError, ProviderConfig
+from streamproxy.config import ConfigError, ProviderConfig, positive_seconds
 from streamproxy.errors import InvalidRequest, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.base import Provider, StreamTranslator, UpstreamRequest
@@ -140,11 +140,8 @@ class VertexProvider(GeminiProvider):
         problem = _token_option_problem(options)
         if problem:
             raise ConfigError(source, f"{where}.{problem[0]}", problem[1])
-        refresh = options.get("token_refresh")
-        if refresh is not None and (isinstance(refresh, bool)
-                                    or not isinstance(refresh, int | float) or refresh <= 0):
-            raise ConfigError(source, f"{where}.token_refresh", "must be a positive number of "
-                                                                "seconds")
+        if options.get("token_refresh") is not None:
+            positive_seconds(options["token_refresh"], source, f"{where}.token_refresh")
 
     @property
     def base_url(self) -> str:
