@@ -405,6 +405,56 @@ def _text(body: bytes, stream: bool) -> str | None:
     return orjson.loads(body)["choices"][0]["message"]["content"]  # type: ignore[no-any-return]
 
 
+class OneEntryCache(MemoryCache):
+    """Whatever the key, the hand-made entry it holds (until a fill replaces it)."""
+
+    def __init__(self, entry: dict[str, Any]) -> None:
+        super().__init__(100, 1 << 20)
+        self.entry: dict[str, Any] | None = entry
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        return self.entry if self.entry is not None else await super().get(key)
+
+    async def set(self, key: str, entry: dict[str, Any], max_age: float) -> None:
+        self.entry = None
+        await super().set(key, entry, max_age)
+
+
+_NOW = {"format": cached.FORMAT, "stored_at": 4e9}  # (fresh until 2096)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("entry", [
+    {**_NOW, "model": "m", "content": ["a"]},  # no runs
+    {**_NOW, "model": "m", "runs": [["c", 0, 2]], "content": ["a"], "reasoning": [],
+     "thinking": [], "tools": []},  # a run longer than its parts
+    {**_NOW, "runs": "c", "content": 5, "reasoning": [], "thinking": [], "tools": []},
+    {**_NOW, "completion": ["not", "an", "object"]},
+    {**_NOW, "completion": {"model": "m", "choices": "x"}},
+], ids=["no-runs", "short-parts", "wrong-types", "completion-list", "choices-string"])
+async def test_a_malformed_entry_is_a_miss_logged_once(
+        proxy: Any, caplog: pytest.LogCaptureFixture, stream: bool, entry: dict[str, Any]) -> None:
+    """An entry that claims the current format but lacks its fields (an older or corrupted one,
+    in Redis) raised in the replay: a 500 for every request under its key until it expired."""
+    client = await proxy(config())
+    cache = client.server.app[FEATURES].cache
+    await cache.backend.close()
+    cache.backend = OneEntryCache(entry)
+    body = {"model": "mock/fast:tokens=3", "stream": stream}
+    statuses = []
+    for _ in range(3):
+        resp, out = await post(client, body, cache_header())
+        assert resp.status == 200
+        if stream:
+            assert collect(sse_chunks(out)).done
+        statuses.append(resp.headers[STATUS])
+        await drained(client)
+        if statuses[-1] == "MISS" and len(statuses) == 1:
+            cache.backend.entry = entry  # the bad entry again: one warning, not one per request
+    assert statuses == ["MISS", "MISS", "HIT"]  # the miss's answer replaced it
+    assert [r.levelname for r in caplog.records if r.name == "streamproxy.cache"] == ["WARNING"]
+
+
 async def test_a_targets_own_cache_decides_for_that_target(proxy: Any) -> None:
     client = await proxy(config())
     # cache on the primary only: the fallback's answer is not kept

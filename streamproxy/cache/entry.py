@@ -22,6 +22,8 @@ from streamproxy.openai_api.chunks import ChunkEncoder, ChunkSink
 from streamproxy.openai_api.completion import UPSTREAM_FIELDS, CompletionBuilder
 
 FORMAT = 1
+# What replaying an entry that claims FORMAT but lacks fields or has the wrong types raises.
+MALFORMED = (KeyError, IndexError, TypeError, AttributeError, ValueError)
 
 
 def from_builder(b: CompletionBuilder) -> dict[str, Any]:

@@ -80,6 +80,7 @@ class ResponseCache:
         self.settings = settings
         self.backend = backend or make_backend(settings)
         self._writes: set[asyncio.Task[None]] = set()
+        self._warned_malformed = False
 
     async def before_upstream(self, request: Exchange, req: ChatRequest,
                               attempts: Sequence[Attempt], record: RequestRecord) -> bool:
@@ -101,9 +102,7 @@ class ResponseCache:
         if not refresh:
             entry = await self.backend.get(key)
             if (entry is not None and cached.is_fresh(entry, max_age)
-                    and (not req.stream or cached.streams_whole(entry))):
-                _note(request, record, "HIT")
-                await self._answer(request, req, attempts[0], record, entry)
+                    and await self._answer(request, req, attempts[0], record, entry)):
                 return True
         _note(request, record, "REFRESH" if refresh else "MISS")
         self._fill_later(record, CacheFill(key, max_age, namespace, req, attempts))
@@ -117,34 +116,53 @@ class ResponseCache:
         record.pending = pending
 
     async def _answer(self, request: Exchange, req: ChatRequest, attempt: Attempt,
-                      record: RequestRecord, entry: dict[str, Any]) -> None:
+                      record: RequestRecord, entry: dict[str, Any]) -> bool:
+        """Answer the request from `entry` (a HIT); False, with nothing sent, when the entry
+        cannot answer it: a stream it cannot carry whole, or an entry that claims our format
+        but lacks its fields (an older or corrupted one) — a miss, whose answer replaces it."""
         from streamproxy.server.handlers import SSE_HEADERS, response_headers  # (server imports us)
 
         target = attempt.target
         completion_id, created = new_completion_id(), int(time.time())
-        record.provider = target.provider.name
-        record.model = target.model or target.provider.cfg.default_model
+        configured = target.model or target.provider.cfg.default_model
+        stored = record.pending is not None and "store" in record.pending  # under this id
+        try:  # the whole answer is built before the HIT is noted or a byte is sent
+            if req.stream and not cached.streams_whole(entry):
+                return False
+            model = cached.model_of(entry) or configured or ""
+            completion = (cached.completion_from(entry, completion_id=completion_id,
+                                                 created=created, model=model)
+                          if stored or not req.stream else None)
+            encoder = finish = None
+            if req.stream:
+                encoder = cached.ReplayEncoder(cached.upstream_fields(entry),
+                                               completion_id=completion_id, created=created,
+                                               model=model, include_usage=req.include_usage)
+                cached.replay(entry, encoder)
+            else:
+                assert completion is not None
+                finish = (completion.get("choices") or [{}])[0].get("finish_reason")
+        except cached.MALFORMED:
+            if not self._warned_malformed:
+                self._warned_malformed = True
+                log.warning("a cache entry could not be replayed (an older or corrupted one?): "
+                            "it counts as a miss (logged once)", exc_info=True)
+            return False
+        _note(request, record, "HIT")
+        record.provider, record.model = target.provider.name, configured
         record.option_path = attempt.path  # the target whose entry answered (header, log)
-        model = cached.model_of(entry) or record.model or ""
+        if stored:
+            record.response = completion
         # As Portkey answers a hit: the target's index, and no retries (no upstream asked).
         headers = {**response_headers(record, target.provider.name),
                    "x-portkey-retry-attempt-count": "0"}
-        if record.pending is not None and "store" in record.pending:  # stored under this id
-            record.response = cached.completion_from(entry, completion_id=completion_id,
-                                                     created=created, model=model)
-        if not req.stream:
-            completion = record.response or cached.completion_from(
-                entry, completion_id=completion_id, created=created, model=model)
+        if completion is not None and encoder is None:
             body = orjson.dumps(completion)
             record.first_byte = time.monotonic()
-            record.finish_reason = (completion.get("choices") or [{}])[0].get("finish_reason")
-            record.usage, record.bytes_out = completion.get("usage"), len(body)
+            record.finish_reason, record.usage = finish, completion.get("usage")
+            record.bytes_out = len(body)
             await request.reply(body, headers=headers)
-            return
-        encoder = cached.ReplayEncoder(cached.upstream_fields(entry),
-                                       completion_id=completion_id, created=created,
-                                       model=model, include_usage=req.include_usage)
-        cached.replay(entry, encoder)
+            return True
         body = encoder.take()
         client = await request.start_events({**SSE_HEADERS, **headers})
         record.first_byte = time.monotonic()
@@ -154,6 +172,7 @@ class ResponseCache:
             record.client_disconnected = True
         record.chunks, record.bytes_out = encoder.chunks, len(body)
         record.finish_reason, record.usage = encoder.finish_reason, encoder.usage_data
+        return True
 
     def observe(self, record: RequestRecord) -> None:
         fill = record.pending.get("cache") if record.pending else None
