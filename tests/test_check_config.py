@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,37 @@ def test_a_providers_unset_api_key_env_is_named(tmp_path: Path,
                "CHECK_CONFIG_UNSET is not set) " in line for line in lines), out
     assert any(line.startswith("provider own: ") and "auth=client's key models=" in line
                for line in lines), out
+
+
+def test_bedrock_says_how_it_authenticates(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bedrock signs with AWS credentials unless it has a key: `auth=client's key` was printed
+    for every one without a configured key (Vertex names its token option already)."""
+    for name in ("AWS_BEARER_TOKEN_BEDROCK", "CHECK_CONFIG_UNSET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CHECK_CONFIG_AK", "AKIA-SECRET")
+    code, out, err = run(tmp_path, """
+providers:
+  static: {type: bedrock, region: eu-west-1, aws_access_key_id_env: CHECK_CONFIG_AK,
+           aws_secret_access_key: SECRET}
+  profile: {type: bedrock, region: eu-west-1, profile: prod}
+  chain: {type: bedrock, region: eu-west-1, api_key_env: CHECK_CONFIG_UNSET}
+  key: {type: bedrock, region: eu-west-1, api_key: SECRET}
+""", capsys)
+    assert code == 0, err
+    auth = dict(re.findall(r"^provider (\w+): .* auth=(.*) models=", out, re.MULTILINE))
+    assert auth == {
+        "static": "sigv4 (static keys)",
+        "profile": "sigv4 (profile prod)",
+        "chain": "sigv4 (the AWS credential chain; without credentials, the client's key) "
+                 "(environment variable CHECK_CONFIG_UNSET is not set)",
+        "key": "configured key",
+    }
+    assert "SECRET" not in out + err
+    monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", "SECRET")
+    code, out, err = run(tmp_path, "providers:\n  b: {type: bedrock, region: eu-west-1}\n",
+                         capsys)
+    assert "auth=bearer (AWS_BEARER_TOKEN_BEDROCK) " in out and "SECRET" not in out
 
 
 def test_sections_of_other_modules_are_named_not_dumped(

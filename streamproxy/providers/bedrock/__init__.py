@@ -63,6 +63,12 @@ class BedrockProvider(Provider):
         if not auth.resolve_region(options):
             raise ConfigError(source, f"{where}.region", NO_REGION)
 
+    def auth_summary(self) -> str | None:
+        summary = self.auth.summary
+        if summary is not None and self.cfg.api_key_env:  # the operator meant a Bedrock key
+            summary += f" (environment variable {self.cfg.api_key_env} is not set)"
+        return summary
+
     @property
     def base_url(self) -> str:
         return self.cfg.base_url or f"https://bedrock-runtime.{self.region}.amazonaws.com"

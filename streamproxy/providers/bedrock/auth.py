@@ -97,12 +97,20 @@ class BedrockAuth:
         self._credentials: Any = None  # botocore (Refreshable)Credentials once resolved
         self._looked_at: float | None = None  # when the chain last came back empty
         self._lock = threading.Lock()  # one chain lookup at a time
+        # How requests authenticate, for check-config (names only); None: the configured key.
+        self.summary: str | None = None
         if not self._bearer and access_key and secret:
             from botocore.credentials import Credentials
 
             self._credentials = Credentials(access_key, secret, token)
-        elif not self._bearer and not self._profile:
+            self.summary = "sigv4 (static keys)"
+        elif not self._bearer and self._profile:
+            self.summary = f"sigv4 (profile {self._profile})"
+        elif not self._bearer:
             self._bearer = os.environ.get(BEARER_ENV) or None
+            self.summary = (f"bearer ({BEARER_ENV})" if self._bearer else
+                            "sigv4 (the AWS credential chain; without credentials, the client's "
+                            "key)")
 
     @property
     def mode(self) -> str:
