@@ -208,6 +208,14 @@ def test_auth_off_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
      "configs: {a: {provider: mock, custom_host: 'ftp://llm.example.com/v1'}}\n",
      "FILE: configs.a: config.custom_host: 'ftp://llm.example.com/v1' is not under "
      "allowed_custom_hosts"),
+    # an entry written with a scheme allows that scheme alone
+    ("providers: {mock: {type: mock}}\nallowed_custom_hosts: ['https://llm.example.com']\n"
+     "configs: {a: {provider: mock, custom_host: 'http://llm.example.com/v1'}}\n",
+     "FILE: configs.a: config.custom_host: 'llm.example.com' is not under allowed_custom_hosts"),
+    ("providers: {mock: {type: mock}}\n"
+     "allowed_custom_hosts: [llm.example.com, 'https://llm.example.com/v1']\n",
+     "FILE: allowed_custom_hosts[1]: must be host[:port], or http:// or https:// and "
+     "host[:port] (no path)"),
     # the gateway's key to another tenant's Azure resource: a 400 for every request too
     ("providers: {az: {type: azure, resource: contoso, api_version: 2024-10-21, api_key: k}}\n"
      "configs: {a: {strategy: {mode: fallback},\n"

@@ -677,6 +677,25 @@ async def test_custom_host_header_under_the_same_allow_list(proxy: Any, upstream
     assert (err["param"], err["code"]) == ("x-portkey-custom-host", "custom_host_not_allowed")
 
 
+async def test_an_allowed_host_written_with_its_scheme_allows_that_scheme_alone(
+        proxy: Any, upstream: Any) -> None:
+    """A scheme-less entry allows http:// and https:// alike, so a client could send the
+    gateway's key in clear to an https-only host; an entry written with its scheme (which
+    used to match nothing at all) now allows that scheme only."""
+    host = upstream.url.split("://")[1]  # (the fake upstream speaks http)
+    client = await proxy(openai_pair(upstream, allowed_custom_hosts=[f"HTTP://{host}/"]))
+    resp = await post(client, stream=False, model="e1/m",
+                      headers={"x-portkey-custom-host": f"{upstream.url}/v1"})
+    assert resp.status == 200 and upstream.requests[-1].path == "/v1/chat/completions"
+    client = await proxy(openai_pair(upstream, allowed_custom_hosts=[f"https://{host}"]))
+    config = json.dumps({"provider": "e1", "custom_host": upstream.url})
+    for headers in ({"x-portkey-custom-host": upstream.url}, {"x-portkey-config": config}):
+        resp = await post(client, stream=False, model="e1/m", headers=headers)
+        assert resp.status == 400
+        assert (await resp.json())["error"]["code"] == "custom_host_not_allowed"
+    assert len(upstream.requests) == 1
+
+
 @pytest.mark.parametrize("custom_host", ["https://[::1", "https://llm\u2100.example.com",
                                          "ftp://llm.example.com/v1", "ws://llm.example.com"])
 async def test_a_custom_host_that_is_no_url_is_refused(proxy: Any, upstream: Any,

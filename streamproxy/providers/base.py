@@ -117,7 +117,7 @@ class Provider:
     target_options: ClassVar[dict[str, str]] = {}
     # The Portkey field among them that aims a target at another tenant's endpoint (Azure's
     # resource: another company's host, as a custom_host is), not at a region of the
-    # operator's own account (Bedrock's, Vertex's); see routing/gateway.py `_tenant_host`.
+    # operator's own account (Bedrock's, Vertex's); see routing/gateway.py `_tenant_url`.
     tenant_option: ClassVar[str | None] = None
     # True when the upstream already streams OpenAI chunks, forwarded as they are; the
     # translator then forwards the usage chunk itself and the encoder must not add one.

@@ -9,7 +9,7 @@ YAML sections owned here:
     default_config: resilient   # for requests that name no provider and no config
     virtual_keys:         # `virtual_key: openai-prod` in a config → provider + secret
       openai-prod: {provider: openai, api_key_env: OPENAI_PROD_KEY}
-    allowed_custom_hosts: [api.example.com, "127.0.0.1:9000"]   # custom_host allow-list
+    allowed_custom_hosts: [api.example.com, "https://llm.example.com"]  # custom_host allow-list
 
 Precedence for a request: the `x-portkey-config` header; a route for its model; an explicit
 provider (`x-portkey-virtual-key` or `x-portkey-provider` header, or model prefix);
@@ -97,7 +97,7 @@ class GatewaySettings:
     routes: dict[str, str] = field(default_factory=dict)
     default_config: str | None = None
     virtual_keys: dict[str, VirtualKey] = field(default_factory=dict)
-    allowed_hosts: frozenset[str] = frozenset()
+    allowed_hosts: frozenset[str] = frozenset()  # host[:port], or scheme://host[:port]
 
 
 def load_settings(config: Config) -> GatewaySettings:
@@ -135,11 +135,25 @@ def load_settings(config: Config) -> GatewaySettings:
     hosts = sections.get("allowed_custom_hosts") or []
     if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
         raise ConfigError(src, "allowed_custom_hosts", "must be a list of host[:port] names")
-    settings.allowed_hosts = frozenset(h.lower() for h in hosts)
+    settings.allowed_hosts = frozenset(_allowed_entry(h, src, f"allowed_custom_hosts[{i}]")
+                                       for i, h in enumerate(hosts))
     for name, node in settings.configs.items():
         for leaf in node.leaves():
             _check_leaf_static(leaf, settings, config, f"configs.{name}")
     return settings
+
+
+def _allowed_entry(entry: str, src: str, where: str) -> str:
+    """An allow-list entry as `_allowed_url` looks it up: host[:port], any HTTP scheme; or
+    scheme://host[:port], that scheme alone (an entry written https:// used to match nothing)."""
+    if "://" not in entry:
+        return entry.lower()
+    host = _host_of(entry)
+    scheme = entry.split("://", 1)[0].lower()
+    if not host or f"{scheme}://{host}" != entry.lower().rstrip("/"):
+        raise ConfigError(src, where, "must be host[:port], or http:// or https:// and "
+                                      "host[:port] (no path)")
+    return f"{scheme}://{host}"
 
 
 def _virtual_secret(raw: dict[str, Any], src: str, where: str) -> str:
@@ -171,7 +185,7 @@ def _check_leaf_static(leaf: ConfigNode, settings: GatewaySettings, config: Conf
     # A target's own key reads no environment: a virtual key does.
     refuse_env_reference(leaf.api_key, config.source, f"{where}: {leaf.path}.api_key",
                          "a virtual key's api_key_env")
-    if leaf.custom_host and not _allowed_host(_host_of(leaf.custom_host), settings):
+    if leaf.custom_host and not _allowed_url(leaf.custom_host, settings):
         # every request through this target would be refused (the 400 of Gateway._custom_host)
         raise ConfigError(config.source, f"{where}: {leaf.path}.custom_host",
                           f"'{_host_of(leaf.custom_host) or leaf.custom_host}' is not under "
@@ -200,11 +214,11 @@ def _check_tenant_static(leaf: ConfigNode, settings: GatewaySettings, config: Co
         return  # the client's own key goes upstream
     configured = cls(entry)
     moved = configured.with_options({cls.target_options[name]: leaf.provider_options[name]})
-    host = _tenant_host(configured, moved)
-    if host is not None and not _allowed_host(host, settings):
+    url = _tenant_url(configured, moved)
+    if url is not None and not _allowed_url(url, settings):
         raise ConfigError(config.source, f"{where}: {leaf.path}.{name}",
-                          f"'{host}' is not under allowed_custom_hosts (the key sent there is "
-                          "the gateway's)")
+                          f"'{_host_of(url)}' is not under allowed_custom_hosts (the key sent "
+                          "there is the gateway's)")
 
 
 def _host_of(url: str) -> str | None:
@@ -220,15 +234,22 @@ def _host_of(url: str) -> str | None:
     return (parts.netloc or "").lower()
 
 
-def _allowed_host(host: str | None, settings: GatewaySettings) -> bool:
-    return host is not None and host in settings.allowed_hosts
+def _allowed_url(url: str, settings: GatewaySettings) -> bool:
+    """Whether allowed_custom_hosts lists where `url` goes: its host[:port], or its
+    scheme://host[:port] — so an entry written https:// keeps the gateway's key off a plain
+    http:// to the same host."""
+    host = _host_of(url)
+    if host is None:
+        return False
+    scheme = url.split("://", 1)[0].lower() if "://" in url else "https"
+    return host in settings.allowed_hosts or f"{scheme}://{host}" in settings.allowed_hosts
 
 
-def _tenant_host(configured: Provider, provider: Provider) -> str | None:
-    """The host `provider` (`configured` with a target's options) goes to when it is not the
-    configured one's; None when the same (a configured base_url keeps it, too)."""
-    host = _host_of(provider.base_url)
-    return None if host == _host_of(configured.base_url) else host
+def _tenant_url(configured: Provider, provider: Provider) -> str | None:
+    """The base URL `provider` (`configured` with a target's options) goes to when its host is
+    not the configured one's; None when the same (a configured base_url keeps it, too)."""
+    url = provider.base_url
+    return None if _host_of(url) == _host_of(configured.base_url) else url
 
 
 class Gateway:
@@ -395,7 +416,7 @@ class Gateway:
 
     def _custom_host(self, provider: Provider, custom_host: str, param: str) -> Provider:
         host = _host_of(custom_host)
-        if not _allowed_host(host, self.settings):
+        if not _allowed_url(custom_host, self.settings):
             raise InvalidRequest(
                 f"custom_host '{host or custom_host[:100]}' at '{param}' is not allowed by "
                 "this gateway (allowed_custom_hosts in its config).", param=param,
@@ -411,10 +432,10 @@ class Gateway:
         param = _tenant_param(provider, headers, leaf)
         if param is None:
             return
-        host = _tenant_host(self.router.providers[provider.name], provider)
-        if host is not None and not _allowed_host(host, self.settings):
+        url = _tenant_url(self.router.providers[provider.name], provider)
+        if url is not None and not _allowed_url(url, self.settings):
             raise InvalidRequest(
-                f"'{host}' at '{param}' is not allowed by this gateway with its own key "
+                f"'{_host_of(url)}' at '{param}' is not allowed by this gateway with its own key "
                 "(allowed_custom_hosts in its config); send your own key to use it.",
                 param=param, code="custom_host_not_allowed")
 
