@@ -181,6 +181,36 @@ async def test_failure_finishes_become_error_frames(proxy: Any, upstream: Any, k
     assert c.finish_reason is None and not c.done and "[DONE]" not in chunks
 
 
+def _second(finish: str, **delta: Any) -> dict[str, Any]:
+    return {**choice(finish, **delta), "index": 1}
+
+
+@pytest.mark.parametrize(("kind", "upstream_reason", "reason"), [
+    ("together", "eos", "stop"), ("mistral", "model_length", "length"),
+])
+async def test_every_choice_of_a_chunk_has_its_finish_reason_mapped(
+        proxy: Any, upstream: Any, kind: str, upstream_reason: str, reason: str) -> None:
+    """With `n: 2` a server may finish both choices in one chunk: only the first was looked
+    at, so the second's reason went out unmapped (a non-streamed answer maps every choice)."""
+    body = sse(*HEAD, chunk([choice(upstream_reason), _second(upstream_reason)]),
+               chunk([], usage=USAGE))
+    chunks = await stream(proxy, upstream, kind, body, n=2)
+    finishes = [c["finish_reason"] for ch in chunks if isinstance(ch, dict)
+                for c in ch.get("choices") or () if c.get("finish_reason")]
+    assert finishes == [reason, reason] and collect(chunks).done
+
+
+@pytest.mark.parametrize(("kind", "upstream_reason"), [
+    ("deepseek", "insufficient_system_resource"), ("mistral", "error"),
+])
+async def test_a_failed_finish_of_a_second_choice_is_an_error_frame(
+        proxy: Any, upstream: Any, kind: str, upstream_reason: str) -> None:
+    body = sse(*HEAD, chunk([choice(content="!"), _second(upstream_reason)]),
+               chunk([choice("stop")]), chunk([], usage=USAGE))
+    c = collect(await stream(proxy, upstream, kind, body, n=2))
+    assert c.error is not None and c.error["code"] == upstream_reason and not c.done
+
+
 def _answer(reason: str, content: Any = "Hello world") -> bytes:
     return orjson.dumps({"id": "x", "object": "chat.completion", "created": 1, "model": "m",
                          "usage": USAGE, "choices": [{"index": 0, "finish_reason": reason,

@@ -74,14 +74,17 @@ class CompatTranslator(PassthroughTranslator):
             super().on_chunk(chunk, data)
             return
         changed = self._take_usage(chunk)
-        reason = choices[0].get("finish_reason")
-        if reason in self._failed:
-            self.out.error(failed_finish(self._failed[reason], reason, self._provider))
-            self.done = True
-            return
-        if reason in self._finish_reasons:
-            choices[0]["finish_reason"] = self._finish_reasons[reason]
-            changed = True
+        for choice in choices:  # (with `n`, a server may finish several choices in one chunk)
+            reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+            if not isinstance(reason, str):
+                continue
+            if reason in self._failed:
+                self.out.error(failed_finish(self._failed[reason], reason, self._provider))
+                self.done = True
+                return
+            if reason in self._finish_reasons:
+                choice["finish_reason"] = self._finish_reasons[reason]
+                changed = True
         super().on_chunk(chunk, orjson.dumps(chunk) if changed else data)
 
     def _take_usage(self, chunk: dict[str, Any]) -> bool:
