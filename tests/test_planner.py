@@ -381,6 +381,7 @@ def gateway_for(**sections: Any) -> Any:
         "aws": {"type": "bedrock", "region": "us-east-1", "aws_access_key_id": "AKIDEXAMPLE",
                 "aws_secret_access_key": "secret"},
         "vx": {"type": "vertex", "project": "p", "location": "us-central1", "api_key": "tok"},
+        "an": {"type": "anthropic", "api_key": "k"},
     }, default="oa", **sections)
     providers = build_providers(config)
     router = Router(providers, config.default_provider, config.server.timeouts)
@@ -585,3 +586,40 @@ def test_guardrails_and_mutators_are_refused_not_ignored(key: str) -> None:
         parse_config({"provider": "a", key: ["pg-pii-123"]})
     assert info.value.param == f"config.{key}"
     assert parse_config({"provider": "a", key: []}).provider == "a"  # nothing asked: fine
+
+
+def test_the_sdks_anthropic_and_openai_project_options_reach_the_upstream() -> None:
+    # The portkey-ai SDK's `anthropic_beta`, `anthropic_version` and `openai_project` arrive
+    # as x-portkey-* headers; they were ignored: no beta feature, the default version, no
+    # OpenAI-Project (the provider types already had these options in their config).
+    from portkey_ai import Portkey
+
+    sdk = Portkey(base_url="http://127.0.0.1:1/v1", api_key="unused",
+                  anthropic_beta="prompt-caching-2024-07-31,context-1m-2025-08-07",
+                  anthropic_version="2023-01-01", openai_project="proj_sdk").custom_headers
+    options = {k: v for k, v in sdk.items() if k.startswith(("x-portkey-anthropic",
+                                                              "x-portkey-openai"))}
+    gateway = gateway_for()
+    sent = sent_with_headers(gateway, {"x-portkey-provider": "an", **options})
+    assert sent.headers["anthropic-beta"] == "prompt-caching-2024-07-31,context-1m-2025-08-07"
+    assert sent.headers["anthropic-version"] == "2023-01-01"
+    sent = sent_with_headers(gateway, {"x-portkey-provider": "oa", **options})
+    assert sent.headers["openai-project"] == "proj_sdk"
+    assert "anthropic-beta" not in sent.headers
+    # As Portkey, Anthropic's own header names are read too; a config target's field wins.
+    sent = sent_with_headers(gateway, {"x-portkey-provider": "an", "anthropic-beta": "b1"})
+    assert sent.headers["anthropic-beta"] == "b1"
+    config = {"provider": "an", "anthropic_beta": "b2", "anthropic_version": "2023-06-01"}
+    sent = sent_for(gateway, config)
+    assert (sent.headers["anthropic-beta"], sent.headers["anthropic-version"]) == (
+        "b2", "2023-06-01")
+    assert sent_for(gateway, {"provider": "oa", "openai_project": "proj_t"}).headers[
+        "openai-project"] == "proj_t"
+
+
+@pytest.mark.parametrize("header", ["x-portkey-anthropic-beta", "anthropic-beta",
+                                    "x-portkey-anthropic-version"])
+def test_an_anthropic_option_header_cannot_split_a_header(header: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        sent_with_headers(gateway_for(), {"x-portkey-provider": "an", header: "a;b=c\u00e9"})
+    assert info.value.param == header

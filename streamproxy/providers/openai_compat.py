@@ -303,7 +303,8 @@ class OpenAIProvider(Provider):
     type_name: ClassVar[str] = "openai"
     default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"
     option_keys: ClassVar[frozenset[str]] = frozenset({"organization", "project"})
-    target_options: ClassVar[dict[str, str]] = {"openai_organization": "organization"}
+    target_options: ClassVar[dict[str, str]] = {"openai_organization": "organization",
+                                                "openai_project": "project"}
     passthrough = True
     custom_tools = True  # the body goes as the client wrote it
     # Whether the upstream takes `stream_options.include_usage` (Mistral rejects it with a 422

@@ -18,10 +18,11 @@ provider (`x-portkey-virtual-key` or `x-portkey-provider` header, or model prefi
 portkey-ai SDK sends for its client options apply to every target, over the config's
 fields, as in Portkey: `x-portkey-custom-host` (allowed hosts only, as `custom_host`),
 `x-portkey-forward-headers`, `x-portkey-request-timeout`. Its provider settings
-(`x-portkey-aws-region`, `x-portkey-vertex-region`, `x-portkey-openai-organization`, Azure's
-`x-portkey-azure-resource-name` & co.) apply to the targets whose provider type takes them,
-unless the config's target sets its own. An Azure resource is another tenant's host, as a
-custom_host is: one other than the provider's takes the gateway's key only when allowed.
+(`x-portkey-aws-region`, `x-portkey-vertex-region`, `x-portkey-openai-organization` & co.,
+Azure's `x-portkey-azure-resource-name` & co., `x-portkey-anthropic-beta` & co.) apply to
+the targets whose provider type takes them, unless the config's target sets its own. An
+Azure resource is another tenant's host, as a custom_host is: one other than the provider's
+takes the gateway's key only when allowed.
 """
 
 from __future__ import annotations
@@ -49,11 +50,10 @@ from streamproxy.providers.registry import PROVIDER_TYPES
 from streamproxy.routing.breaker import CircuitBreakers
 from streamproxy.routing.planner import NO_RETRY, Plan, plan, single
 from streamproxy.routing.portkey_config import (
-    OPTION_VALUE,
-    OPTION_VALUE_RULE,
     PROVIDER_OPTION_KEYS,
     ConfigNode,
     RetrySpec,
+    option_value_error,
     parse_config,
 )
 from streamproxy.routing.router import PROVIDER_HEADER, Router, client_key
@@ -80,6 +80,9 @@ _AZURE_OPTIONS = ("resource_name", "deployment_id", "api_version")
 PROVIDER_OPTION_HEADERS = {
     name: "x-portkey-" + ("azure-" if name in _AZURE_OPTIONS else "") + name.replace("_", "-")
     for name in PROVIDER_OPTION_KEYS}
+# As in Portkey, Anthropic's own header names set its options too (the x-portkey-* one wins).
+_PROVIDERS_OWN_HEADERS = {"anthropic_version": "anthropic-version",
+                          "anthropic_beta": "anthropic-beta"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,12 +466,15 @@ def _header_provider_options(provider: Provider, headers: Mapping[str, str],
     a fallback across regions keeps its regions)."""
     options = {}
     for name, header in PROVIDER_OPTION_HEADERS.items():
+        if header not in headers and name in _PROVIDERS_OWN_HEADERS:
+            header = _PROVIDERS_OWN_HEADERS[name]
         value = headers.get(header)
         if value is None:
             continue
-        if not OPTION_VALUE.fullmatch(value):  # it lands in a host name or a path
-            raise InvalidRequest(f"{header} must be {OPTION_VALUE_RULE}.",
-                                 param=header, code="invalid_value")
+        rule = option_value_error(name, value)
+        if rule is not None:  # it lands in a host name, a path or a header
+            raise InvalidRequest(f"{header} must be {rule}.", param=header,
+                                 code="invalid_value")
         key = provider.target_option(name)
         if key is not None and (leaf is None or name not in leaf.provider_options):
             options[key] = value

@@ -23,18 +23,24 @@ RETRY_ATTEMPTS_MAX = 10
 _TIMEOUT_KEYS = ("connect", "first_token", "idle", "total")
 
 # Portkey's per-target provider settings, applied where the target's provider type takes
-# them (the provider's `target_options`); not inherited, as in Portkey. The last three are
-# Azure's (its resource, deployment and api-version).
-PROVIDER_OPTION_KEYS = ("openai_organization", "aws_region", "vertex_region",
-                        "resource_name", "deployment_id", "api_version")
+# them (the provider's `target_options`); not inherited, as in Portkey. Then Azure's three
+# (its resource, deployment and api-version) and Anthropic's two.
+PROVIDER_OPTION_KEYS = ("openai_organization", "openai_project", "aws_region", "vertex_region",
+                        "resource_name", "deployment_id", "api_version",
+                        "anthropic_version", "anthropic_beta")
 _NODE_KEYS = {"strategy", "targets", "name", "weight", "provider", "api_key", "virtual_key",
               "override_params", "forward_headers", "request_timeout", "timeouts",
               "custom_host", "retry", "cache", "cb_config", *PROVIDER_OPTION_KEYS}
 # An organization id, a region, an Azure resource, deployment or api-version: it lands in a
 # header, a path or a host name (under the provider's own domain). A '.' for deployments
 # named after their model (`gpt-4.1`); never a '/' or ':' that would make it a host.
-OPTION_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+OPTION_VALUE = re.compile(_ID)
 OPTION_VALUE_RULE = "an id of letters, digits, '.', '-' and '_'"
+# Anthropic's beta header names several betas, comma-separated.
+_LIST_OPTIONS = frozenset({"anthropic_beta"})
+_OPTION_LIST = re.compile(rf"{_ID}(?: *, *{_ID})*")
+_OPTION_LIST_RULE = "a comma-separated list of ids of letters, digits, '.', '-' and '_'"
 # A control character in a key that goes into a header: CR/LF would split it (both upstream
 # clients refuse to write one: a 500), NUL would go on as it is (RFC 9110 5.5 forbids it).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -103,6 +109,15 @@ class ConfigNode:
         if self.is_leaf:
             return [self]
         return [leaf for t in self.targets for leaf in t.leaves()]
+
+
+def option_value_error(name: str, value: Any) -> str | None:
+    """What a provider setting's value must be, when `value` is not that; None when it is."""
+    if name in _LIST_OPTIONS:
+        pattern, rule = _OPTION_LIST, _OPTION_LIST_RULE
+    else:
+        pattern, rule = OPTION_VALUE, OPTION_VALUE_RULE
+    return None if isinstance(value, str) and pattern.fullmatch(value) else rule
 
 
 def _bad(path: str, reason: str) -> InvalidRequest:
@@ -236,8 +251,9 @@ def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode
         changes["provider"] = None  # the virtual key names its own provider
     options = {key: raw[key] for key in PROVIDER_OPTION_KEYS if key in raw}
     for key, value in options.items():
-        if not isinstance(value, str) or not OPTION_VALUE.fullmatch(value):
-            raise _bad(f"{path}.{key}", f"must be {OPTION_VALUE_RULE}")
+        rule = option_value_error(key, value)
+        if rule is not None:
+            raise _bad(f"{path}.{key}", f"must be {rule}")
     if options:
         changes["provider_options"] = options
     if "override_params" in raw:

@@ -23,6 +23,8 @@ class AnthropicProvider(Provider):
     type_name: ClassVar[str] = "anthropic"
     default_base_url: ClassVar[str | None] = "https://api.anthropic.com"
     option_keys: ClassVar[frozenset[str]] = frozenset({"anthropic_version", "anthropic_beta"})
+    target_options: ClassVar[dict[str, str]] = {"anthropic_version": "anthropic_version",
+                                                "anthropic_beta": "anthropic_beta"}
     dropped_params: ClassVar[frozenset[str]] = DROPPED
 
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
