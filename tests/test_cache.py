@@ -859,6 +859,23 @@ async def test_a_custom_host_partitions_the_cache(proxy: Any, upstream: Any, how
                                                    "/b/v1/chat/completions"]
 
 
+async def test_anthropic_betas_partition_the_cache(proxy: Any, upstream: Any) -> None:
+    # A beta can change the answer's shape (interleaved thinking, longer outputs): an answer
+    # given under one set of betas must not be served to a request made under another.
+    upstream.body = ANTHROPIC_FIXTURES["text"]
+    client = await proxy(config(upstream.url, kind="anthropic"))
+    statuses = []
+    for beta in ("b-1", "b-2", "b-1", None):
+        headers = cache_header()
+        if beta:
+            headers["x-portkey-anthropic-beta"] = beta
+        resp, _ = await post(client, {"model": "up/m", "stream": True}, headers)
+        statuses.append(resp.headers[STATUS])
+        await drained(client)
+    assert statuses == ["MISS", "MISS", "HIT", "MISS"]
+    assert [r.headers.get("anthropic-beta") for r in upstream.requests] == ["b-1", "b-2", None]
+
+
 def _openai_chunks(*chunks: dict[str, Any]) -> bytes:
     return b"".join(b"data: " + orjson.dumps({"id": "c", "object": "chat.completion.chunk",
                                               "created": 1, "model": "m", **c}) + b"\n\n"

@@ -3,8 +3,9 @@
 Two requests share a key when they would ask the same upstream the same question: same
 provider, same endpoint (its base URL: a `custom_host` aims one provider at another server),
 same upstream model, same messages and same output-changing parameters (temperature,
-tools, response_format, max_tokens, seed, n, …, and the target's override_params and forwarded
-headers). Left out, because they do not change the answer: how it is delivered (`stream`,
+tools, response_format, max_tokens, seed, n, …, the target's override_params and forwarded
+headers, and the provider options that change an answer: Anthropic's version and betas).
+Left out, because they do not change the answer: how it is delivered (`stream`,
 `stream_options`) and bookkeeping (`user`, `metadata`, `store`, `prompt_cache_key`,
 `safety_identifier`). The namespace — the proxy auth key's name and `x-portkey-cache-namespace`
 — partitions the cache, so one tenant's answers are never served to another; so does the
@@ -21,12 +22,12 @@ import orjson
 
 NOT_IN_KEY = frozenset({"model", "stream", "stream_options", "user", "metadata", "store",
                         "prompt_cache_key", "safety_identifier"})
-_VERSION = 3  # bump when the normalization changes: old entries then simply miss
+_VERSION = 4  # bump when the normalization changes: old entries then simply miss
 
 
 def cache_key(*, namespace: str, provider: str, model: str | None, body: Mapping[str, Any],
               headers: Mapping[str, str] | None = None, credential: str | None = None,
-              base_url: str | None = None) -> str:
+              base_url: str | None = None, options: Mapping[str, Any] | None = None) -> str:
     material = {
         "v": _VERSION,
         "ns": namespace,
@@ -35,6 +36,7 @@ def cache_key(*, namespace: str, provider: str, model: str | None, body: Mapping
         "model": model,
         "body": {k: v for k, v in body.items() if k not in NOT_IN_KEY},
         "headers": dict(headers or {}),
+        "options": dict(options or {}),
         # The provider key the request goes with: a client's own key (no key configured for
         # the provider) must not buy answers for callers with another key or none. Hashed
         # with the rest, never kept.

@@ -233,7 +233,8 @@ def _key(namespace: str, req: ChatRequest, target: Target) -> str:
     return cache_key(namespace=namespace, provider=provider.name,
                      model=provider.answering_model(target),
                      body=target.apply_overrides(req.body), headers=target.headers,
-                     credential=target.api_key, base_url=provider.answering_server)
+                     credential=target.api_key, base_url=provider.answering_server,
+                     options=provider.answering_option_values())
 
 
 def _succeeded(record: RequestRecord) -> bool:

@@ -115,6 +115,8 @@ class Provider:
     # Portkey config-target fields that set one of this type's options for that target
     # (`openai_organization` → `organization`); see `target_option` and `with_options`.
     target_options: ClassVar[dict[str, str]] = {}
+    # Options that change what the upstream answers (the response cache keys on them).
+    answering_options: ClassVar[frozenset[str]] = frozenset()
     # The Portkey field among them that aims a target at another tenant's endpoint (Azure's
     # resource: another company's host, as a custom_host is), not at a region of the
     # operator's own account (Bedrock's, Vertex's); see routing/gateway.py `_tenant_url`.
@@ -188,6 +190,11 @@ class Provider:
         whose options lack it, such as the OpenAI-compatible presets, does not take it)."""
         key = cls.target_options.get(field)
         return key if key in cls.option_keys else None
+
+    def answering_option_values(self) -> dict[str, Any]:
+        """This provider's options among `answering_options`, as set for the target."""
+        options = self.cfg.options
+        return {k: options[k] for k in self.answering_options if k in options}
 
     def with_options(self, options: dict[str, str]) -> Provider:
         """This provider with some options set otherwise for one target (`target_option`)."""

@@ -23,6 +23,7 @@ class AnthropicProvider(Provider):
     type_name: ClassVar[str] = "anthropic"
     default_base_url: ClassVar[str | None] = "https://api.anthropic.com"
     option_keys: ClassVar[frozenset[str]] = frozenset({"anthropic_version", "anthropic_beta"})
+    answering_options: ClassVar[frozenset[str]] = option_keys  # (betas change answers)
     target_options: ClassVar[dict[str, str]] = {"anthropic_version": "anthropic_version",
                                                 "anthropic_beta": "anthropic_beta"}
     dropped_params: ClassVar[frozenset[str]] = DROPPED
