@@ -729,6 +729,35 @@ async def test_forward_headers_header(proxy: Any, upstream: Any) -> None:
     assert "x-team" in sent and "x-other" not in sent  # the header's list wins, as in Portkey
 
 
+async def test_an_unconfigured_onellm_prefix_is_named_with_what_to_configure(
+        proxy: Any, upstream: Any) -> None:
+    """With no default provider, `google/gemini-2.5-flash` (OneLLM's name for Gemini) was "No
+    provider given … prefix the model with a provider name" — it has one — and a fallback
+    model's was blamed on the client's valid `model`."""
+    client = await proxy(openai_pair(upstream, default=""))
+    resp = await post(client, stream=False, model="google/gemini-2.5-flash")
+    assert resp.status == 400
+    err = (await resp.json())["error"]
+    assert (err["param"], err["code"]) == ("model", "unknown_provider")
+    assert err["message"] == ("Unknown provider 'google'. Configured providers: mock, e1, e2. "
+                              "To serve 'google/…' models, configure a provider named 'google' "
+                              "(type gemini).")
+    resp = await post(client, stream=False, model="e1/m",
+                      fallback_models=["e2/m", "anthropic/claude-haiku-4-5"])
+    assert resp.status == 400 and not upstream.requests
+    err = (await resp.json())["error"]
+    assert err["param"] == "fallback_models[1]"
+    assert "'anthropic'" in err["message"] and "(type anthropic)" in err["message"]
+    for model in ("meta-llama/Llama-3", "@cf/x"):  # no type: no hint
+        resp = await post(client, stream=False, model="e1/m", fallback_models=[model])
+        err = (await resp.json())["error"]
+        assert err["param"] == "fallback_models[0]" and "configure" not in err["message"]
+    # With a default provider, such a model is that provider's model id, as before.
+    client = await proxy(openai_pair(upstream, default="e1"))
+    resp = await post(client, stream=False, model="google/gemma-3-27b-it")
+    assert resp.status == 200 and served(upstream) == ("e1", "google/gemma-3-27b-it")
+
+
 async def test_onellm_fallback_config_is_consumed_and_max_fallbacks_honoured(
         proxy: Any, upstream: Any) -> None:
     client = await proxy(openai_pair(upstream))

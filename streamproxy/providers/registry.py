@@ -28,3 +28,14 @@ PROVIDER_TYPES: dict[str, type[Provider]] = {
         *PRESETS,
     )
 }
+
+# OneLLM's provider prefixes that are not our type names (its others — openai, anthropic,
+# bedrock, azure, groq, mistral, cohere, ollama, openrouter, together, fireworks, deepseek,
+# xai — are): an unknown-provider error says which type to configure under that name.
+ONELLM_PREFIX_TYPES = {"google": "gemini", "vertexai": "vertex"}
+
+
+def type_for_prefix(name: str) -> str | None:
+    """The provider type a OneLLM-style `name/` prefix stands for, if any."""
+    ptype = ONELLM_PREFIX_TYPES.get(name, name)
+    return ptype if ptype in PROVIDER_TYPES else None

@@ -312,6 +312,8 @@ class Gateway:
             leaf: dict[str, Any] = {"override_params": {"model": model}} if model else {}
             if named and (i == 0 or self.router.prefix_provider(model) is None):
                 leaf.update(named)
+            elif i and (error := self.router.unroutable(model, f"fallback_models[{i - 1}]")):
+                raise error  # (its leaf would be refused as the client's `model`)
             leaves.append(leaf)
         raw: dict[str, Any] = {"strategy": {"mode": "fallback"}, "targets": leaves}
         if req.retries:

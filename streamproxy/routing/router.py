@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from streamproxy.config import Timeouts
 from streamproxy.errors import AuthenticationFailed, UnknownProvider
 from streamproxy.providers.base import Provider
+from streamproxy.providers.registry import type_for_prefix
 from streamproxy.routing.target import Target
 
 PROVIDER_HEADER = "x-portkey-provider"
@@ -52,6 +53,15 @@ class Router:
             raise self._unknown(model.partition("/")[0][1:])
         return None, model
 
+    def unroutable(self, model: str | None, param: str) -> UnknownProvider | None:
+        """Why `model` alone (no header, no config) reaches no provider, or None: an `@name/`
+        prefix naming none; with no default provider, any model without a configured one."""
+        if self.prefix_provider(model) is not None:
+            return None
+        if model and model[:1] == "@" and "/" in model:
+            return self._unknown(model.partition("/")[0][1:], param)
+        return None if self.default else self._no_default(model, param)
+
     def prefix_provider(self, model: str | None) -> str | None:
         """The configured provider a model's `name/` or `@name/` prefix names, if any."""
         if not model or "/" not in model:
@@ -82,10 +92,7 @@ class Router:
         elif self.default:
             name, upstream_model = self.default, model
         else:
-            raise UnknownProvider(
-                "No provider given: set the x-portkey-provider header or prefix the model with "
-                f"a provider name. Configured providers: {', '.join(self.providers)}.",
-                param="model")
+            raise self._no_default(model, "model")
         return self.target(name, upstream_model, headers)
 
     def target(self, name: str, model: str | None, headers: Mapping[str, str]) -> Target:
@@ -99,7 +106,20 @@ class Router:
             timeouts=self._provider_timeouts[name],
         )
 
-    def _unknown(self, name: str, param: str = "model") -> UnknownProvider:
+    def _no_default(self, model: str | None, param: str) -> UnknownProvider:
+        """No provider for a model without a configured prefix when there is no default: one
+        with a prefix (a OneLLM name such as `google/` left unconfigured) names it."""
+        if model and "/" in model:
+            return self._unknown(model.partition("/")[0], param)
         return UnknownProvider(
-            f"Unknown provider '{name}'. Configured providers: {', '.join(self.providers)}.",
+            "No provider given: set the x-portkey-provider header or prefix the model with "
+            f"a provider name. Configured providers: {', '.join(self.providers)}.",
             param=param)
+
+    def _unknown(self, name: str, param: str = "model") -> UnknownProvider:
+        ptype = type_for_prefix(name)
+        hint = (f" To serve '{name}/…' models, configure a provider named '{name}' "
+                f"(type {ptype}).") if ptype else ""
+        return UnknownProvider(
+            f"Unknown provider '{name[:64]}'. Configured providers: "
+            f"{', '.join(self.providers)}.{hint}", param=param)
