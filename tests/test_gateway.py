@@ -758,6 +758,23 @@ async def test_an_unconfigured_onellm_prefix_is_named_with_what_to_configure(
     assert resp.status == 200 and served(upstream) == ("e1", "google/gemma-3-27b-it")
 
 
+async def test_fallback_models_keep_an_unprefixed_model_on_the_default_config(
+        proxy: Any, upstream: Any) -> None:
+    """A model naming no provider runs default_config alone; with fallback_models it went to
+    the default provider (past the config's targets), or was a 400 with none."""
+    for default in ("", "e1"):
+        client = await proxy(openai_pair(upstream, default=default,
+                                         configs={"c": {"provider": "e2"}},
+                                         default_config="c"))
+        resp = await post(client, stream=False, model="x", fallback_models=["mock/fast", "y"])
+        assert resp.status == 200 and served(upstream) == ("e2", "x")
+        assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[0]"
+        resp = await post(client, stream=False, model="mock/fast:status=500",
+                          fallback_models=["y"])
+        assert resp.status == 200 and served(upstream) == ("e2", "y")  # the config, model y
+        assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
+
+
 async def test_onellm_fallback_config_is_consumed_and_max_fallbacks_honoured(
         proxy: Any, upstream: Any) -> None:
     client = await proxy(openai_pair(upstream))

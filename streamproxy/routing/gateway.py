@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -307,18 +307,28 @@ class Gateway:
         """OneLLM's `fallback_models` (and `retries`) as a fallback config. Each model goes
         where it would alone: to the provider the headers name, unless (for a fallback model)
         its prefix names a configured one; else by its prefix, else to the default."""
+        default = None if named else self.settings.default_config
         leaves = []
         for i, model in enumerate([req.model, *req.fallback_models]):
             leaf: dict[str, Any] = {"override_params": {"model": model}} if model else {}
             if named and (i == 0 or self.router.prefix_provider(model) is None):
                 leaf.update(named)
-            elif i and (error := self.router.unroutable(model, f"fallback_models[{i - 1}]")):
+            elif i and not default and (
+                    error := self.router.unroutable(model, f"fallback_models[{i - 1}]")):
                 raise error  # (its leaf would be refused as the client's `model`)
             leaves.append(leaf)
         raw: dict[str, Any] = {"strategy": {"mode": "fallback"}, "targets": leaves}
         if req.retries:
             raw["retry"] = {"attempts": req.retries}
-        return parse_config(raw, "config")
+        root = parse_config(raw, "config")
+        if not default:
+            return root
+        # A model that names no provider runs the default config, as it would alone.
+        targets = tuple(
+            _as_target(self.settings.configs[default], t.path, model)
+            if self.router.prefix_provider(model) is None else t
+            for t, model in zip(root.targets, [req.model, *req.fallback_models], strict=True))
+        return replace(root, targets=targets)
 
     def _header_config(self, header: str) -> ConfigNode:
         text = header.strip()
@@ -443,6 +453,19 @@ class Gateway:
                 f"'{_host_of(url)}' at '{param}' is not allowed by this gateway with its own key "
                 "(allowed_custom_hosts in its config); send your own key to use it.",
                 param=param, code="custom_host_not_allowed")
+
+
+def _as_target(config: ConfigNode, path: str, model: str | None) -> ConfigNode:
+    """A named config (parsed at `config`) as the target at `path` of another, its leaves
+    asking for `model` where they name none of their own."""
+    moved = path + config.path.removeprefix("config")
+    if not config.is_leaf:
+        return replace(config, path=moved,
+                       targets=tuple(_as_target(t, path, model) for t in config.targets))
+    params = config.override_params
+    if model and "model" not in params:
+        params = {**params, "model": model}
+    return replace(config, path=moved, override_params=params)
 
 
 def _with_target_options(provider: Provider, leaf: ConfigNode) -> Provider:
