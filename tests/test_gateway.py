@@ -476,6 +476,20 @@ async def test_onellm_fallback_models_and_retries_through_the_openai_sdk(
     assert "fallback_models" not in sent and "retries" not in sent
 
 
+async def test_onellm_retries_are_the_primarys_alone(proxy: Any) -> None:
+    # OneLLM: `retries` more tries of the primary, then each fallback model once.
+    config = make_config({"mock": {"type": "mock", "default_model": "fast"},
+                          "mock2": {"type": "mock", "default_model": "fast"}}, default="mock")
+    client = await proxy(config)
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "mock/fast:status=503", "messages": USER, "retries": 2,
+        "fallback_models": ["mock2/fast:status=503", "mock2/fast:tokens=2"]})
+    assert resp.status == 200
+    assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[2]"
+    # 3 tries of the primary, 1 of the first fallback, 1 of the second
+    assert resp.headers["x-portkey-retry-attempt-count"] == "4"
+
+
 async def test_portkey_sdk_streams_through_a_fallback_config(proxy: Any) -> None:
     from portkey_ai import AsyncPortkey
 

@@ -304,9 +304,10 @@ class Gateway:
         return {"provider": name}
 
     def _onellm_fallbacks(self, named: dict[str, str], req: ChatRequest) -> ConfigNode:
-        """OneLLM's `fallback_models` (and `retries`) as a fallback config. Each model goes
-        where it would alone: to the provider the headers name, unless (for a fallback model)
-        its prefix names a configured one; else by its prefix, else to the default."""
+        """OneLLM's `fallback_models` (and `retries`, the primary's) as a fallback config. Each
+        model goes where it would alone: to the provider the headers name, unless (for a
+        fallback model) its prefix names a configured one; else by its prefix, else to the
+        default."""
         default = None if named else self.settings.default_config
         leaves = []
         for i, model in enumerate([req.model, *req.fallback_models]):
@@ -317,9 +318,9 @@ class Gateway:
                     error := self.router.unroutable(model, f"fallback_models[{i - 1}]")):
                 raise error  # (its leaf would be refused as the client's `model`)
             leaves.append(leaf)
+        if req.retries:  # the primary's, as OneLLM's: more tries before the first fallback
+            leaves[0]["retry"] = {"attempts": req.retries}
         raw: dict[str, Any] = {"strategy": {"mode": "fallback"}, "targets": leaves}
-        if req.retries:
-            raw["retry"] = {"attempts": req.retries}
         root = parse_config(raw, "config")
         if not default:
             return root
