@@ -13,6 +13,7 @@ import openai
 import orjson
 import pytest
 
+from streamproxy.cache import entry as cached
 from streamproxy.config import ConfigError
 from streamproxy.errors import ProxyError
 from streamproxy.openai_api.completion import CompletionBuilder
@@ -542,3 +543,39 @@ async def test_a_streamed_answer_with_several_choices_is_stored_whole(
     assert [(c.index, c.message.content, c.finish_reason) for c in got.choices] == [
         (0, "Yes", "stop"), (1, "No", "length")]
     assert got.usage is not None and got.usage.total_tokens == 7
+
+
+async def test_a_tool_call_with_an_empty_id_is_stored(proxy: Any, upstream: Any,
+                                                      tmp_path: Path) -> None:
+    # Some proxies in front of Gemini send `"id": ""` and no index: the client got both calls
+    # (indexed by the proxy); the capture started a call on a non-empty id only and lost them.
+    calls = [{"id": "", "type": "function", "function": {"name": name, "arguments": args}}
+             for name, args in (("f", '{"a":1}'), ("g", '{"b":2}'))]
+    upstream.body = _pass_through_stream({"role": "assistant", "tool_calls": calls})
+    api = await _pass_through_api(proxy, upstream, tmp_path)
+    tools = [{"type": "function", "function": {"name": name}} for name in ("f", "g")]
+    async with api.chat.completions.stream(model="gpt", messages=USER, store=True,
+                                           tools=tools) as stream:  # type: ignore[arg-type]
+        final = await stream.get_final_completion()
+    got = (await stored(api, final.id)).choices[0]
+    assert [(c.id, c.function.name, c.function.arguments) for c in got.message.tool_calls or []
+            ] == [("", "f", '{"a":1}'), ("", "g", '{"b":2}')] == [
+        (c.id, c.function.name, c.function.arguments)
+        for c in final.choices[0].message.tool_calls or []]
+    assert got.finish_reason == "tool_calls"
+
+
+def test_an_indexed_tool_call_with_an_empty_id_is_captured_and_continued() -> None:
+    builder = CompletionBuilder()
+    for call in ({"index": 0, "id": "", "type": "function",
+                  "function": {"name": "f", "arguments": ""}},
+                 {"index": 0, "function": {"arguments": '{"a":'}},
+                 {"index": 0, "id": "", "function": {"name": "f", "arguments": "1}"}},
+                 {"index": 1, "function": {"arguments": "{}"}}):  # never started: not a call
+        builder.raw_chunk(orjson.dumps({"choices": [{"index": 0, "delta": {
+            "tool_calls": [call]}}]}))
+    call = {"id": "", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}
+    assert builder.message()["tool_calls"] == [call]
+    hit = cached.completion_from(cached.from_builder(builder), completion_id="c", created=1,
+                                 model="m")  # the cache keeps it too
+    assert hit["choices"][0]["message"]["tool_calls"] == [call]

@@ -303,11 +303,22 @@ class CompletionBuilder:
             name, args = fn.get("name"), fn.get("arguments")
             name = name if isinstance(name, str) else ""
             args = args if isinstance(args, str) else ""
-            started = index < len(self.tool_calls) and self.tool_calls[index]["id"]
-            if isinstance(tc.get("id"), str) and tc["id"] and not started:
-                self.tool_call_start(index, tc["id"], name, args)
-            elif started and args:  # (some upstreams repeat the id and name on every chunk)
+            call_id = tc.get("id")
+            call_id = call_id if isinstance(call_id, str) else ""
+            if not self._started(index):
+                # An id or, without one, a name starts the call: some proxies in front of
+                # Gemini send `"id": ""` with the name, and the client got the call all the same.
+                if call_id or name:
+                    self.tool_call_start(index, call_id, name, args)
+            elif args:  # (some upstreams repeat the id and name on every chunk)
                 self.tool_call_args(index, args)
+
+    def _started(self, index: int) -> bool:
+        """Whether the call at `index` has started (not a gap `tool_call_start` filled)."""
+        if index >= len(self.tool_calls):
+            return False
+        call = self.tool_calls[index]
+        return bool(call["id"] or call["function"]["name"])
 
     def _raw_audio(self, audio: dict[str, Any]) -> None:
         """An audio answer's delta: its id and expiry come once, its base64 data and its
