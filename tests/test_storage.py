@@ -579,3 +579,20 @@ def test_an_indexed_tool_call_with_an_empty_id_is_captured_and_continued() -> No
     hit = cached.completion_from(cached.from_builder(builder), completion_id="c", created=1,
                                  model="m")  # the cache keeps it too
     assert hit["choices"][0]["message"]["tool_calls"] == [call]
+
+
+async def test_a_non_streamed_pass_through_answer_without_an_id_is_stored(
+        proxy: Any, upstream: Any, tmp_path: Path) -> None:
+    # An OpenAI-compatible server that leaves `id` out: the capture kept no id, so nothing was
+    # stored and the client had no id to retrieve it by. It now gets ours, as a stream does.
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({"object": "chat.completion", "created": 3, "model": "gpt",
+                                  "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                                      "role": "assistant", "content": "Hi"}}]})
+    api = await _pass_through_api(proxy, upstream, tmp_path)
+    whole = await api.chat.completions.create(model="gpt", messages=USER, store=True)
+    assert whole.id.startswith("chatcmpl-")
+    got = await stored(api, whole.id)
+    assert got.choices[0].message.content == "Hi" and got.created == 3
+    plain = await api.chat.completions.create(model="gpt", messages=USER)
+    assert plain.id is None  # not captured: forwarded as it came

@@ -213,8 +213,9 @@ class Executor:
             record.usage = parsed.get("usage")
             record.finish_reason = _finish_reason(parsed)
             if record.capture:  # captured under our id, as a stream's (TeeSink)
-                if parsed.get("id"):
-                    parsed["id"] = completion_id
+                # (a completion without an id gets ours too: stored without one, it was lost)
+                if parsed.get("id") or isinstance(parsed.get("choices"), list):
+                    parsed = {**parsed, "id": completion_id}
                     result = orjson.dumps(parsed)
                 record.response = parsed
             return result
