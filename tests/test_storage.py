@@ -596,3 +596,28 @@ async def test_a_non_streamed_pass_through_answer_without_an_id_is_stored(
     assert got.choices[0].message.content == "Hi" and got.created == 3
     plain = await api.chat.completions.create(model="gpt", messages=USER)
     assert plain.id is None  # not captured: forwarded as it came
+
+
+async def test_a_streamed_pass_through_answer_without_ids_gets_ours(
+        proxy: Any, upstream: Any, tmp_path: Path) -> None:
+    # A server whose chunks carry no `id`: the answer was stored under ours, which the client
+    # never saw. Captured, each chunk gets it (an empty delta and the usage chunk too).
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return b"data: " + orjson.dumps({"object": "chat.completion.chunk", "choices": choices,
+                                         **extra}) + b"\n\n"
+
+    usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+    upstream.body = b"".join([
+        chunk([{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}]),
+        chunk([{"index": 0, "delta": {"content": " you"}}]), b"data: {}\n\n",
+        chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]), chunk([], usage=usage),
+        b"data: [DONE]\n\n"])
+    api = await _pass_through_api(proxy, upstream, tmp_path)
+    stream = await api.chat.completions.create(model="gpt", messages=USER, store=True,
+                                               stream=True, stream_options={"include_usage": True})
+    [cid] = {c.id async for c in stream}
+    assert cid.startswith("chatcmpl-")
+    got = await stored(api, cid)
+    assert got.choices[0].message.content == "Hi you" and got.usage.total_tokens == 4
+    stream = await api.chat.completions.create(model="gpt", messages=USER, stream=True)
+    assert {c.id async for c in stream} == {None}  # not captured: forwarded as it came

@@ -415,6 +415,22 @@ def _upstream_id(data: bytes) -> bytes | None:
     return None
 
 
+def _with_id(event: bytes, id_field: bytes) -> bytes:
+    """A pass-through event with `id_field` (our `"id":"chatcmpl-…"`) first when it has no
+    `id` at all: a client of a server that leaves it out would have no id to retrieve its
+    stored completion by."""
+    if event[:1] != b"{":
+        return event
+    try:  # (what is no JSON object goes as it came; an empty id of its own stays)
+        chunk = orjson.loads(event)
+    except orjson.JSONDecodeError:
+        return event
+    if not isinstance(chunk, dict) or "id" in chunk:
+        return event
+    empty = event[1:].lstrip()[:1] == b"}"
+    return b"{%b%b%b" % (id_field, b"" if empty else b",", event[1:])
+
+
 class TeeSink:
     """Feeds one stream to the encoder and to a CompletionBuilder. Used only when something
     needs the whole answer (store: true, a cache fill), so the plain path pays nothing.
@@ -484,17 +500,22 @@ class TeeSink:
         self.builder.raw_chunk(data, finish_reason)
 
     def raw_run(self, frames: bytes, count: int) -> None:
-        frames = self._our_id(frames)
+        if self._theirs:
+            frames = self._our_id(frames)
+        else:  # event by event, as `raw` takes them, until one names the completion
+            events = frames[6:-2].split(b"\n\ndata: ")
+            frames = b"data: %b\n\n" % b"\n\ndata: ".join(map(self._our_id, events))
         self.encoder.raw_run(frames, count)
         self.builder.raw_run(frames)
 
     def _our_id(self, data: bytes) -> bytes:
         if not self._theirs:
+            if not self._ours:
+                self._ours = b'"id":' + orjson.dumps(self.encoder.completion_id)
             theirs = _upstream_id(data)
-            if theirs is None:
-                return data
+            if theirs is None:  # (no event yet named the completion: the client gets ours)
+                return _with_id(data, self._ours)
             self._theirs = (b'"id":' + theirs, b'"id": ' + theirs)
-            self._ours = b'"id":' + orjson.dumps(self.encoder.completion_id)
         for theirs in self._theirs:
             data = data.replace(theirs, self._ours)
         return data
