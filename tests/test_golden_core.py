@@ -306,6 +306,14 @@ def _two_choices(body: bytes) -> tuple[Any, str | None]:
     return sse_chunks(enc.take())[-1], enc.finish_reason
 
 
+def test_a_finish_whose_choice_index_is_garbled_counts_as_choice_0() -> None:
+    # (an unhashable index raised a TypeError out of the translator)
+    finish = (b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
+              b'"choices":[{"index":[1],"delta":{},"finish_reason":"stop"}]}\n\n')
+    frames = sse_chunks(_passthrough(_chunk_event("He") + finish))
+    assert frames[-1] == "[DONE]" and not any("error" in f for f in frames[:-1])
+
+
 def test_with_n_choices_the_stream_is_complete_only_once_each_has_finished() -> None:
     def last_frame(body: bytes) -> Any:
         return _two_choices(body)[0]

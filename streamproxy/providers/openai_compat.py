@@ -194,7 +194,7 @@ class PassthroughTranslator(SSETranslator):
         for choice in choices:
             reason = choice.get("finish_reason") if isinstance(choice, dict) else None
             if reason:
-                number = choice.get("index") or 0
+                number = _choice_number(choice)
                 self._finished.add(number)
                 if number == 0:
                     answer_reason = reason
@@ -210,8 +210,7 @@ class PassthroughTranslator(SSETranslator):
         for choice in choices:
             if not isinstance(choice, dict):
                 continue
-            number = choice.get("index")
-            number = number if isinstance(number, int) else 0
+            number = _choice_number(choice)
             delta = choice.get("delta")
             calls = delta.get("tool_calls") if isinstance(delta, dict) else None
             for position, call in enumerate(calls if isinstance(calls, list) else ()):
@@ -225,6 +224,12 @@ class PassthroughTranslator(SSETranslator):
                 choice["finish_reason"] = "tool_calls"
                 changed = True
         return changed
+
+
+def _choice_number(choice: dict[str, Any]) -> int:
+    """A choice's `index`; 0 when it is none or no integer (a garbled one must not raise)."""
+    number = choice.get("index")
+    return number if isinstance(number, int) else 0
 
 
 class _ToolCalls:
