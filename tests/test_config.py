@@ -85,6 +85,16 @@ def test_the_readme_example_loads(tmp_path: Path, monkeypatch: Any) -> None:
      "server.keepalive_interval", "finite"),
     ("providers: {x: {type: mock}}\nserver: {shutdown_grace: .nan}", "server.shutdown_grace",
      "finite"),
+    # Anthropic's options go into a header as they are: a number was a TypeError per request,
+    # a CR/LF split the header (as the gateway refuses them from a client's config or header).
+    ("providers: {x: {type: anthropic, anthropic_beta: 5}}", "providers.x.anthropic_beta",
+     "beta names"),
+    ("providers: {x: {type: anthropic, anthropic_beta: [b1, 3]}}",
+     "providers.x.anthropic_beta", "beta names"),
+    ("providers: {x: {type: anthropic, anthropic_beta: \"b1\\r\\nx-evil: 1\"}}",
+     "providers.x.anthropic_beta", "beta names"),
+    ("providers: {x: {type: anthropic, anthropic_version: \"2023-06-01\\r\\nx: 1\"}}",
+     "providers.x.anthropic_version", "a version"),
 ])
 def test_config_errors_name_the_file_key_and_reason(tmp_path: Path, text: str, key: str,
                                                     reason: str) -> None:
@@ -195,3 +205,16 @@ def test_a_configured_header_in_any_case_is_one_header_on_the_wire() -> None:
         ("api-key", "configured")]
     assert [(k, v) for k, v in sent("co").items() if k.lower() == "authorization"] == [
         ("authorization", "Bearer sk-client")]
+
+
+@pytest.mark.parametrize("betas", [["b1", "b2"], "b1, b2"])
+def test_a_providers_betas_listed_or_comma_separated_are_one_header(betas: Any) -> None:
+    import orjson
+
+    from streamproxy.openai_api.request import parse_chat_request
+    from streamproxy.routing.target import Target
+
+    provider = build_providers(make_config({
+        "an": {"type": "anthropic", "api_key": "k", "anthropic_beta": betas}}))["an"]
+    req = parse_chat_request(orjson.dumps({"messages": [{"role": "user", "content": "hi"}]}))
+    assert provider.build_request(req, Target(provider, "m")).headers["anthropic-beta"] == "b1,b2"

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import orjson
 
 from streamproxy.openai_api.chunks import ChunkSink
+from streamproxy.providers.anthropic.options import beta_names, check_option_values
 from streamproxy.providers.anthropic.request import DROPPED, to_anthropic
 from streamproxy.providers.anthropic.response import to_completion
 from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
@@ -28,6 +29,11 @@ class AnthropicProvider(Provider):
                                                 "anthropic_beta": "anthropic_beta"}
     dropped_params: ClassVar[frozenset[str]] = DROPPED
 
+    @classmethod
+    def check_options(cls, options: dict[str, Any], source: str, where: str) -> None:
+        super().check_options(options, source, where)
+        check_option_values(options, source, where)
+
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
         body = to_anthropic(target.apply_overrides(req.body), self.model_for(target))
         headers = {
@@ -38,7 +44,7 @@ class AnthropicProvider(Provider):
         }
         beta = self.cfg.options.get("anthropic_beta")
         if beta:
-            headers["anthropic-beta"] = beta if isinstance(beta, str) else ",".join(beta)
+            headers["anthropic-beta"] = ",".join(beta_names(beta))
         if target.api_key:
             headers["x-api-key"] = target.api_key
         return UpstreamRequest(f"{self.base_url}/v1/messages", orjson.dumps(body), headers)
