@@ -1246,3 +1246,48 @@ def test_an_openai_file_id_is_a_400_naming_it() -> None:
         to_converse(body, MODEL)
     assert caught.value.param == "messages[0].content[1].file.file_id"
     assert "file_data" in str(caught.value)
+
+
+CLAUDE = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+
+
+async def test_claudes_betas_reach_converse_for_claude_alone(proxy: Any, upstream: Any) -> None:
+    # The portkey-ai SDK's `anthropic_beta` (x-portkey-anthropic-beta), a config target's and
+    # the provider's own were ignored on Bedrock: Converse takes them in
+    # additionalModelRequestFields.anthropic_beta, a list. Another model must not get them.
+    upstream.content_type = EVENTSTREAM
+    upstream.body = RECORDING
+    client = await proxy(bedrock_config(upstream.url, anthropic_beta=["b-provider"]))
+
+    async def fields_sent(model: str, headers: dict[str, str],
+                          **body: Any) -> dict[str, Any] | None:
+        resp = await client.post(CHAT, json={"model": model, "stream": True, "messages": [
+            {"role": "user", "content": "Hi"}], **body}, headers=headers)
+        await resp.read()
+        return upstream.requests[-1].json().get("additionalModelRequestFields")
+
+    sdk = {"x-portkey-anthropic-beta": "context-1m-2025-08-07,interleaved-thinking-2025-05-14"}
+    assert await fields_sent(CLAUDE, sdk) == {"anthropic_beta": [
+        "context-1m-2025-08-07", "interleaved-thinking-2025-05-14"]}
+    assert await fields_sent(CLAUDE, {}) == {"anthropic_beta": ["b-provider"]}
+    config = {"x-portkey-config": orjson.dumps({"provider": "aws",
+                                                "anthropic_beta": "b-target"}).decode()}
+    assert await fields_sent(CLAUDE, {**sdk, **config}) == {"anthropic_beta": ["b-target"]}
+    assert await fields_sent(MODEL, sdk) is None
+    # A client's own fields keep theirs, and get the betas beside them unless they name some.
+    assert await fields_sent(CLAUDE, sdk, additionalModelRequestFields={"top_k": 5}) == {
+        "top_k": 5, "anthropic_beta": ["context-1m-2025-08-07",
+                                       "interleaved-thinking-2025-05-14"]}
+    assert await fields_sent(CLAUDE, sdk, additionalModelRequestFields={
+        "anthropic_beta": ["own"]}) == {"anthropic_beta": ["own"]}
+    # Anthropic's version is the anthropic type's alone: Converse sets Bedrock's own.
+    assert await fields_sent(CLAUDE, {"x-portkey-anthropic-version": "2023-06-01"}) == {
+        "anthropic_beta": ["b-provider"]}
+    verify_sigv4(upstream.requests[-1], SECRET, "us-west-2")
+
+
+@pytest.mark.parametrize("value", [5, "b1\r\nx-evil: 1", ["b1", 3]])
+def test_a_providers_betas_that_cannot_be_sent_are_a_config_error(value: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        bedrock_config("http://127.0.0.1:1", anthropic_beta=value)
+    assert info.value.key == "providers.aws.anthropic_beta"

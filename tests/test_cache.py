@@ -876,6 +876,43 @@ async def test_anthropic_betas_partition_the_cache(proxy: Any, upstream: Any) ->
     assert [r.headers.get("anthropic-beta") for r in upstream.requests] == ["b-1", "b-2", None]
 
 
+_GEMINI_TEXT = (b'data: {"candidates":[{"content":{"role":"model","parts":[{"text":"Hi"}]},'
+                b'"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":1,'
+                b'"candidatesTokenCount":1,"totalTokenCount":2}}\r\n\r\n')
+_CLAUDE_HOSTS = {
+    "vertex": ({"project": "p", "location": "us-east5"}, "text/event-stream",
+               ANTHROPIC_FIXTURES["text"], _GEMINI_TEXT),
+    "bedrock": ({"region": "us-east-1", "aws_access_key_id": "AKIDEXAMPLE",
+                 "aws_secret_access_key": "secret"}, "application/vnd.amazon.eventstream",
+                fixture_bytes("bedrock/pydantic-ai_bedrock_model_iter_stream.converse-stream.bin"),
+                fixture_bytes("bedrock/pydantic-ai_bedrock_model_iter_stream.converse-stream.bin")),
+}
+
+
+@pytest.mark.parametrize(("kind", "model", "claude"), [
+    ("vertex", "claude-sonnet-4-5@20250929", True), ("vertex", "gemini-2.5-flash", False),
+    ("bedrock", "us.anthropic.claude-sonnet-4-5-20250929-v1:0", True),
+    ("bedrock", "amazon.nova-micro-v1:0", False)])
+async def test_claudes_betas_partition_the_cache_on_bedrock_and_vertex_for_claude_alone(
+        proxy: Any, upstream: Any, kind: str, model: str, claude: bool) -> None:
+    # As on the anthropic type: a beta changes Claude's answer. Another model is sent no beta,
+    # so its answers are shared whatever betas the requests name.
+    options, upstream.content_type, claude_body, other_body = _CLAUDE_HOSTS[kind]
+    upstream.body = claude_body if claude else other_body
+    client = await proxy(make_config({"up": {"type": kind, "base_url": upstream.url,
+                                             "api_key": "sk-secret", **options}}, default="up"))
+    statuses = []
+    for beta in ("b-1", "b-2", "b-1", None):
+        headers = cache_header()
+        if beta:
+            headers["x-portkey-anthropic-beta"] = beta
+        resp, _ = await post(client, {"model": f"up/{model}", "stream": True}, headers)
+        statuses.append(resp.headers[STATUS])
+        await drained(client)
+    assert statuses == (["MISS", "MISS", "HIT", "MISS"] if claude else
+                        ["MISS", "HIT", "HIT", "HIT"])
+
+
 def _openai_chunks(*chunks: dict[str, Any]) -> bytes:
     return b"".join(b"data: " + orjson.dumps({"id": "c", "object": "chat.completion.chunk",
                                               "created": 1, "model": "m", **c}) + b"\n\n"

@@ -24,6 +24,7 @@ CLAUDE = "claude-sonnet-4-5@20250929"
 BASE = "/v1/projects/my-proj/locations/us-east5"
 USER = [{"role": "user", "content": "hi"}]
 ANTHROPIC_GOLDEN = [name for name, golden in GOLDEN.items() if golden.kind == "anthropic"]
+ANTHROPIC_STREAM = GOLDEN[ANTHROPIC_GOLDEN[0]].body
 
 
 def vertex(url: str, **extra: Any) -> Any:
@@ -99,6 +100,38 @@ async def test_non_streamed_answer_from_raw_predict(proxy: Any, upstream: Any) -
     [sent] = upstream.requests  # the default model chose Claude too
     assert sent.path == f"{BASE}/publishers/anthropic/models/{CLAUDE}:rawPredict"
     assert "stream" not in sent.json() and "model" not in sent.json()
+
+
+async def test_claudes_betas_go_in_the_body_for_claude_alone(proxy: Any,
+                                                            upstream: Any) -> None:
+    # The portkey-ai SDK's `anthropic_beta` (x-portkey-anthropic-beta), a config target's and
+    # the provider's own were ignored on Vertex: rawPredict takes them in the body's
+    # `anthropic_beta`, a list. A Gemini model on the same provider must not get them.
+    upstream.body = ANTHROPIC_STREAM
+    client = await proxy(vertex(upstream.url, anthropic_beta="b-provider"))
+
+    async def sent(model: str, headers: dict[str, str]) -> Any:
+        resp = await client.post("/v1/chat/completions", headers=headers, json={
+            "model": model, "stream": True, "messages": USER})
+        await resp.read()
+        return upstream.requests[-1]
+
+    sdk = {"x-portkey-anthropic-beta": "context-1m-2025-08-07,interleaved-thinking-2025-05-14"}
+    claude = await sent(CLAUDE, sdk)
+    assert claude.json()["anthropic_beta"] == ["context-1m-2025-08-07",
+                                               "interleaved-thinking-2025-05-14"]
+    assert claude.json()["anthropic_version"] == "vertex-2023-10-16"
+    assert "anthropic-beta" not in headers(claude)  # Vertex refuses some betas there
+    assert (await sent(CLAUDE, {})).json()["anthropic_beta"] == ["b-provider"]
+    config = {"x-portkey-config": orjson.dumps({"provider": "v",
+                                                "anthropic_beta": "b-target"}).decode()}
+    assert (await sent(CLAUDE, {**sdk, **config})).json()["anthropic_beta"] == ["b-target"]
+    # Vertex's version stays its own whatever the SDK's says.
+    versioned = await sent(CLAUDE, {"x-portkey-anthropic-version": "2023-06-01"})
+    assert versioned.json()["anthropic_version"] == "vertex-2023-10-16"
+    gemini = await sent("gemini-2.5-flash", sdk)
+    assert gemini.path.endswith(":streamGenerateContent?alt=sse")
+    assert "anthropic_beta" not in gemini.json()
 
 
 def build(model: str, **options: Any) -> Any:
@@ -181,3 +214,12 @@ async def test_a_401_drops_the_token_for_claude_too(proxy: Any, upstream: Any,
     assert collect(sse_chunks(await resp.read())).done
     assert [headers(r)["authorization"] for r in upstream.requests] == [
         "Bearer ya29.token-1", "Bearer ya29.token-2"]
+
+
+@pytest.mark.parametrize("value", [5, "b1\r\nx-evil: 1", ["b1", 3]])
+def test_a_providers_betas_that_cannot_be_sent_are_a_config_error(value: Any) -> None:
+    from streamproxy.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        vertex("https://vertex.test", anthropic_beta=value)
+    assert info.value.key == "providers.v.anthropic_beta"

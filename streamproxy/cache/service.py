@@ -234,7 +234,7 @@ def _key(namespace: str, req: ChatRequest, target: Target) -> str:
                      model=provider.answering_model(target),
                      body=target.apply_overrides(req.body), headers=target.headers,
                      credential=target.api_key, base_url=provider.answering_server,
-                     options=provider.answering_option_values())
+                     options=provider.answering_option_values(target))
 
 
 def _succeeded(record: RequestRecord) -> bool:

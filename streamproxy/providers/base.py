@@ -191,8 +191,9 @@ class Provider:
         key = cls.target_options.get(field)
         return key if key in cls.option_keys else None
 
-    def answering_option_values(self) -> dict[str, Any]:
-        """This provider's options among `answering_options`, as set for the target."""
+    def answering_option_values(self, target: Target) -> dict[str, Any]:
+        """This provider's options among `answering_options`, as set for the target (a type
+        whose option applies to some models only leaves it out for the others)."""
         options = self.cfg.options
         return {k: options[k] for k in self.answering_options if k in options}
 

@@ -21,9 +21,15 @@ from yarl import URL
 from streamproxy.config import ConfigError, ProviderConfig
 from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
+from streamproxy.providers.anthropic.options import beta_names, check_option_values
 from streamproxy.providers.base import Provider, StreamTranslator, UpstreamRequest
 from streamproxy.providers.bedrock import auth
-from streamproxy.providers.bedrock.request import DROPPED, STRUCTURED_OUTPUTS, to_converse
+from streamproxy.providers.bedrock.request import (
+    DROPPED,
+    STRUCTURED_OUTPUTS,
+    is_claude,
+    to_converse,
+)
 from streamproxy.providers.bedrock.response import to_completion
 from streamproxy.providers.bedrock.stream import BedrockStreamTranslator
 
@@ -37,8 +43,11 @@ NO_REGION = "no AWS region: set region, AWS_REGION / AWS_DEFAULT_REGION, or one 
 
 class BedrockProvider(Provider):
     type_name: ClassVar[str] = "bedrock"
-    option_keys: ClassVar[frozenset[str]] = auth.OPTION_KEYS | {"structured_outputs"}
-    target_options: ClassVar[dict[str, str]] = {"aws_region": "region"}
+    option_keys: ClassVar[frozenset[str]] = auth.OPTION_KEYS | {"structured_outputs",
+                                                                "anthropic_beta"}
+    target_options: ClassVar[dict[str, str]] = {"aws_region": "region",
+                                                "anthropic_beta": "anthropic_beta"}
+    answering_options: ClassVar[frozenset[str]] = frozenset({"anthropic_beta"})  # (Claude's)
     dropped_params: ClassVar[frozenset[str]] = DROPPED
 
     def __init__(self, cfg: ProviderConfig, **kw: Any) -> None:
@@ -56,6 +65,7 @@ class BedrockProvider(Provider):
         if options.get("structured_outputs", "auto") not in STRUCTURED_OUTPUTS:
             raise ConfigError(source, f"{where}.structured_outputs",
                               f"must be one of {', '.join(STRUCTURED_OUTPUTS)}")
+        check_option_values(options, source, where)
 
     @classmethod
     def check_entry(cls, entry: dict[str, Any], source: str, where: str) -> None:
@@ -83,14 +93,23 @@ class BedrockProvider(Provider):
         clone.region = options.get("region", self.region)  # the same credentials, signed for it
         return clone
 
+    def answering_option_values(self, target: Target) -> dict[str, Any]:
+        # Claude's betas are sent to Claude alone (to_converse): another model's answers
+        # do not depend on them.
+        if is_claude(self.answering_model(target) or ""):
+            return super().answering_option_values(target)
+        return {}
+
     async def prepare(self, target: Target) -> None:
         if self.auth.needs_io():  # the first credential lookup, or a renewal: off the loop
             await asyncio.to_thread(self.auth.load)
 
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
         model = self.model_for(target)
+        options = self.cfg.options
         body = orjson.dumps(to_converse(target.apply_overrides(req.body), model,
-                                        self.cfg.options.get("structured_outputs", "auto")))
+                                        options.get("structured_outputs", "auto"),
+                                        beta_names(options.get("anthropic_beta") or [])))
         action = "converse-stream" if req.stream else "converse"
         url = str(URL(f"{self.base_url}/model/{quote(model, safe='')}/{action}"))
         headers = {"content-type": "application/json", **self.cfg.headers, **target.headers}

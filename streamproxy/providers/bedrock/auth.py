@@ -46,7 +46,7 @@ logging.getLogger("botocore.auth").setLevel(logging.INFO)
 
 def check_options(options: dict[str, Any], source: str, where: str) -> None:
     for key, value in options.items():
-        if value is not None and not isinstance(value, str):
+        if key in OPTION_KEYS and value is not None and not isinstance(value, str):
             raise ConfigError(source, f"{where}.{key}", "must be a string")
     for key in KEY_OPTIONS:
         if options.get(key) and options.get(f"{key}_env"):

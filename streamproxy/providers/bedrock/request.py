@@ -39,6 +39,9 @@ Choices (docs/providers/bedrock.md):
   NATIVE_SCHEMA_MODELS names, or for any model with STRUCTURED_OUTPUTS "native"; otherwise, and
   for json_object (Converse has no schema-less JSON mode), a system instruction (not enforced);
 - Converse-native fields a client may pass (openai SDK `extra_body`) are forwarded: PASSTHROUGH;
+- the provider option `anthropic_beta` (Claude's betas, as the `anthropic` type sends in its
+  `anthropic-beta` header) → `additionalModelRequestFields.anthropic_beta`, a list, for Claude
+  models only; a client's own list there is sent as given;
 - OpenAI parameters in DROPPED are dropped; `n` > 1 is rejected.
 """
 
@@ -119,8 +122,8 @@ def takes_native_schema(model: str, structured_outputs: str = "auto") -> bool:
     return structured_outputs == "native"
 
 
-def to_converse(body: dict[str, Any], model: str,
-                structured_outputs: str = "auto") -> dict[str, Any]:
+def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "auto",
+                anthropic_betas: list[str] | None = None) -> dict[str, Any]:
     if (body.get("n") or 1) > 1:
         raise InvalidRequest("Bedrock returns one choice per request; 'n' must be 1.",
                              param="n", code="unsupported_value")
@@ -135,6 +138,8 @@ def to_converse(body: dict[str, Any], model: str,
     for key in PASSTHROUGH:
         if body.get(key) is not None:
             out[key] = body[key]
+    if anthropic_betas and is_claude(model):
+        _add_betas(out, anthropic_betas)
     inference = _inference_config(body, model, out)
     if inference:
         out["inferenceConfig"] = inference
@@ -147,6 +152,14 @@ def to_converse(body: dict[str, Any], model: str,
     if tool_config:
         out["toolConfig"] = tool_config
     return out
+
+
+def _add_betas(out: dict[str, Any], betas: list[str]) -> None:
+    """Claude's betas where Converse takes them, unless the client's own fields name some."""
+    fields = out.get("additionalModelRequestFields")
+    fields = fields if isinstance(fields, dict) else {}
+    if "anthropic_beta" not in fields:
+        out["additionalModelRequestFields"] = {**fields, "anthropic_beta": betas}
 
 
 def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import orjson
 from streamproxy.config import ConfigError, ProviderConfig, positive_seconds
 from streamproxy.errors import InvalidRequest, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
+from streamproxy.providers.anthropic.options import check_option_values
 from streamproxy.providers.base import Provider, StreamTranslator, UpstreamRequest
 from streamproxy.providers.gemini import credentials
 from streamproxy.providers.gemini.auth import CommandToken, TokenSource, TokenUnavailable
@@ -106,8 +107,10 @@ class VertexProvider(GeminiProvider):
     type_name: ClassVar[str] = "vertex"
     default_base_url: ClassVar[str | None] = None  # derived from `location`
     option_keys: ClassVar[frozenset[str]] = frozenset({
-        "api_version", "project", "location", *TOKEN_OPTIONS, "token_refresh"})
-    target_options: ClassVar[dict[str, str]] = {"vertex_region": "location"}
+        "api_version", "project", "location", *TOKEN_OPTIONS, "token_refresh", "anthropic_beta"})
+    target_options: ClassVar[dict[str, str]] = {"vertex_region": "location",
+                                                "anthropic_beta": "anthropic_beta"}
+    answering_options: ClassVar[frozenset[str]] = frozenset({"anthropic_beta"})  # (Claude's)
     default_api_version: ClassVar[str] = "v1"
     brand: ClassVar[str] = "Vertex"
 
@@ -142,6 +145,7 @@ class VertexProvider(GeminiProvider):
             raise ConfigError(source, f"{where}.{problem[0]}", problem[1])
         if options.get("token_refresh") is not None:
             positive_seconds(options["token_refresh"], source, f"{where}.token_refresh")
+        check_option_values(options, source, where)
 
     @property
     def base_url(self) -> str:
@@ -200,6 +204,14 @@ class VertexProvider(GeminiProvider):
 
     def for_model(self, model: str | None) -> Provider:
         return VertexClaudeProvider(self) if model and is_claude(model) else self
+
+    def answering_option_values(self, target: Target) -> dict[str, Any]:
+        # Claude's betas are sent to Claude alone (vertex_anthropic.py): Gemini's answers do
+        # not depend on them.
+        model = self.answering_model(target)
+        if model and is_claude(model):
+            return super().answering_option_values(target)
+        return {}
 
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
         self.drop_rejected_token(status)

@@ -7,8 +7,11 @@
 The body is Anthropic's Messages request without `model` (it is in the URL) and with
 `"anthropic_version": "vertex-2023-10-16"`; the answer is Anthropic's SSE stream or Message
 JSON. So the Anthropic translations are reused whole, and only the URL, the body's two keys and
-the authentication (the Vertex provider's token) differ. (Anthropic's "Claude on Vertex AI"
-page and its SDK's `AnthropicVertex` client give these rules.)
+the authentication (the Vertex provider's token) differ. Claude's betas (the provider option
+`anthropic_beta`, the `anthropic` type's `anthropic-beta` header) go in the body too, as the
+list `anthropic_beta`: Vertex refuses some of them in the header (`context-1m-2025-08-07`).
+(Anthropic's "Claude on Vertex AI" page and its SDK's `AnthropicVertex` client give these
+rules.)
 
 A model is Claude when its name starts with `claude-` (Vertex's ids: `claude-sonnet-4-5@20250929`)
 or it is the full resource path `publishers/anthropic/models/<model>`.
@@ -22,6 +25,7 @@ import orjson
 
 from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
+from streamproxy.providers.anthropic.options import beta_names
 from streamproxy.providers.anthropic.request import DROPPED, to_anthropic
 from streamproxy.providers.anthropic.response import to_completion
 from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
@@ -48,6 +52,7 @@ class VertexClaudeProvider(Provider):
 
     type_name: ClassVar[str] = "vertex"
     dropped_params: ClassVar[frozenset[str]] = DROPPED
+    answering_options: ClassVar[frozenset[str]] = frozenset({"anthropic_beta"})
 
     def __init__(self, vertex: VertexProvider) -> None:
         super().__init__(vertex.cfg, max_event_bytes=vertex.max_event_bytes)
@@ -66,6 +71,9 @@ class VertexClaudeProvider(Provider):
         body = to_anthropic(target.apply_overrides(req.body), model)
         del body["model"]
         body["anthropic_version"] = VERTEX_ANTHROPIC_VERSION
+        betas = self.cfg.options.get("anthropic_beta")
+        if betas:
+            body["anthropic_beta"] = beta_names(betas)
         method = "streamRawPredict" if req.stream else "rawPredict"
         headers = {"content-type": "application/json", **self.cfg.headers, **target.headers,
                    **self.vertex.auth_headers(target)}
