@@ -1,0 +1,213 @@
+"""Properties of the sans-IO parsing added last: the pass-through's numbering of tool calls sent
+without `index` and its end without `[DONE]`, and the error objects an upstream sends (kept
+fields). Hypothesis-generated inputs, a bounded number of fixed examples
+(STREAMPROXY_FUZZ_EXAMPLES explores, as in test_fuzz.py)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamproxy.errors import ProxyError, UpstreamStatusError
+from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.providers.base import generic_error
+from streamproxy.providers.openai_compat import PassthroughTranslator, _stream_error, error_answer
+from tests.helpers import DecodingEncoder, sse_chunks
+from tests.test_stream_invariants import STYLES, cut, reframe, spell
+
+EXPLORE = int(os.environ.get("STREAMPROXY_FUZZ_EXAMPLES", "0"))
+PROPERTY = settings(max_examples=EXPLORE or 100, deadline=None, derandomize=not EXPLORE,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+# -- (1) tool calls without `index`, at any split -----------------------------------------------
+
+_ENVELOPE = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 7, "model": "g"}
+
+
+@st.composite
+def indexless_stream(draw: st.DrawFn) -> tuple[bytes, list[tuple[str | None, str, str]]]:
+    """A stream of tool calls without `index`, as Gemini's endpoint (each call whole, several
+    in a chunk) and older Ollama servers (id and name first, then arguments in deltas with
+    neither) send them, in any spelling and framing; and the calls a client must get."""
+    calls = []
+    deltas: list[list[dict[str, Any]]] = []  # the tool_calls of each chunk
+    for number in range(draw(st.integers(1, 4))):
+        name = draw(st.sampled_from(["weather", "time", "f"]))
+        args = draw(st.lists(st.sampled_from(['{"a"', ":1", "}", "", '"é/\\"']), max_size=3))
+        # a fresh id, an empty one (some proxies in front of Gemini), or none
+        call_id = draw(st.sampled_from([f"call_{number}", "", None]))
+        first: dict[str, Any] = {"type": "function",
+                                 "function": {"name": name, "arguments": "".join(args[:1])}}
+        if call_id is not None:
+            first = {"id": call_id, **first} if draw(st.booleans()) else {**first, "id": call_id}
+        if deltas and draw(st.booleans()):
+            deltas[-1].append(first)  # in the chunk of the call before it
+        else:
+            deltas.append([first])
+        deltas += [[{"function": {"arguments": a}}] for a in args[1:]]
+        calls.append((call_id, name, "".join(args)))
+    finish = draw(st.sampled_from(["stop", "tool_calls"]))
+
+    def event(choice: dict[str, Any], **extra: Any) -> bytes:
+        chunk = {**_ENVELOPE, "choices": [choice] if choice else [], **extra}
+        return b"data: " + spell(chunk, draw(STYLES)) + b"\n\n"
+
+    events = [event({"index": 0, "delta": {"role": "assistant", "content": ""}})]
+    events += [event({"index": 0, "delta": {"tool_calls": d}, "finish_reason": None})
+               for d in deltas]
+    if draw(st.booleans()):  # the finish on the last call's chunk
+        events[-1] = event({"index": 0, "delta": {"tool_calls": deltas[-1]},
+                            "finish_reason": finish})
+    else:
+        events.append(event({"index": 0, "delta": {}, "finish_reason": finish}))
+    if draw(st.booleans()):
+        events.append(event({}, usage={"prompt_tokens": 1, "completion_tokens": 2,
+                                       "total_tokens": 3}))
+    if draw(st.booleans()):  # (some servers close right after the finish and usage chunks)
+        events.append(b"data: [DONE]\n\n")
+    if draw(st.booleans()):
+        events = reframe(events, draw)
+    body = b"".join(events)
+    if draw(st.booleans()):  # the last event cut off before its blank line
+        body = body.rstrip(b"\r\n")
+    return body, calls
+
+
+def _client_bytes(reads: list[bytes], encoder: type[ChunkEncoder] = ChunkEncoder) -> bytes:
+    enc = encoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
+    tr = PassthroughTranslator(enc, 1 << 20, provider="p", client_wants_usage=True,
+                               tools_offered=True)
+    out = b""
+    for read in reads:
+        tr.feed(read)
+        out += enc.take()
+    if not tr.done:
+        tr.close()
+    return out + enc.take()
+
+
+def _accumulated(body: bytes) -> list[tuple[int, str, str, str]]:
+    """The calls as the openai SDK accumulates them, by `index`: (index, id, name, arguments),
+    in the order they started; the stream must end in `[DONE]`, its finish `tool_calls`."""
+    chunks = sse_chunks(body)
+    assert chunks[-1] == "[DONE]"
+    calls: dict[int, list[Any]] = {}
+    finishes = []
+    for chunk in chunks[:-1]:
+        assert "error" not in chunk, chunk
+        for choice in chunk["choices"]:
+            if choice.get("finish_reason"):
+                finishes.append(choice["finish_reason"])
+            for tc in (choice.get("delta") or {}).get("tool_calls") or ():
+                index = tc["index"]
+                assert isinstance(index, int), tc
+                fn = tc.get("function") or {}
+                if index not in calls:
+                    calls[index] = [index, tc.get("id"), fn.get("name"), ""]
+                calls[index][3] += fn.get("arguments") or ""
+    assert finishes == ["tool_calls"]  # (Gemini ends its streamed calls with "stop")
+    return [tuple(call) for call in calls.values()]  # type: ignore[misc]
+
+
+@PROPERTY
+@given(stream=indexless_stream(), points=st.lists(st.integers(0, 10_000), max_size=8))
+def test_indexless_tool_calls_at_any_split_are_numbered_in_order(
+        stream: tuple[bytes, list[tuple[str | None, str, str]]], points: list[int]) -> None:
+    body, calls = stream
+    whole = _client_bytes([body])
+    assert _accumulated(whole) == [(i, *call) for i, call in enumerate(calls)]
+    assert _client_bytes(cut(body, points)) == whole
+    assert _client_bytes([body[i : i + 1] for i in range(len(body))]) == whole
+    assert _client_bytes(cut(body, points), DecodingEncoder) == whole
+
+
+# -- (2) any error object: OpenAI's shape ------------------------------------------------------
+
+_SCALARS = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+            | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=6))
+
+
+def nested(value: Any, levels: int, in_list: bool) -> Any:
+    for _ in range(levels):
+        value = [value] if in_list else {"x": value}
+    return value
+
+
+def error_objects(strings: st.SearchStrategy[str]) -> st.SearchStrategy[Any]:
+    """Error objects with OpenAI's field names holding any JSON, extras, deep nests; or any JSON
+    value in their place."""
+    values = st.recursive(_SCALARS | strings, lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(strings, inner, max_size=3), max_leaves=12)
+    deep = st.builds(nested, values, st.integers(0, 300), st.booleans())
+    fields = st.dictionaries(
+        st.sampled_from(["message", "type", "code", "param", "status", "msg", "detail",
+                         "metadata", "innererror"]) | strings, values | deep, max_size=6)
+    return fields | values | deep
+
+
+def _shaped(err: ProxyError) -> dict[str, Any]:
+    body = orjson.loads(err.body())
+    error = body["error"]
+    assert isinstance(error["message"], str) and error["message"]
+    for name in ("type", "code", "param"):
+        assert error[name] is None or isinstance(error[name], str), (name, error[name])
+    return body  # type: ignore[no-any-return]
+
+
+def _errors_from(error: Any) -> list[UpstreamStatusError]:
+    """The error an upstream's error object becomes on each path: an event of a stream, a
+    non-streamed 200's body, an HTTP error's body (compatible and not)."""
+    out = [_stream_error(error, "p")]
+    try:
+        body = orjson.dumps({"error": error})
+    except orjson.JSONEncodeError:  # (deeper than orjson writes: built by hand)
+        return out
+    answer = error_answer(body, "p")
+    if error:
+        assert answer is not None
+        out.append(answer)
+    out += [generic_error(status, raw, "p", keep_fields=keep)
+            for status in (400, 502) for raw in (body, orjson.dumps(error))
+            for keep in (True, False)]
+    return out
+
+
+@PROPERTY
+@given(error=error_objects(st.text(max_size=6)))
+def test_any_error_object_becomes_an_openai_shaped_error(error: Any) -> None:
+    for err in _errors_from(error):
+        _shaped(err)
+
+
+@PROPERTY
+@given(error=error_objects(st.text(max_size=6)))
+def test_any_error_event_ends_the_stream_in_an_openai_shaped_error_frame(error: Any) -> None:
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
+    tr = PassthroughTranslator(enc, 1 << 20, provider="p", client_wants_usage=True)
+    try:
+        tr.feed(b'data: {"error":' + _dumps_deep(error) + b"}\n\n")
+        if not tr.done:
+            tr.close()
+    except ProxyError as e:  # the relay's error frame
+        enc.error(e)
+    frames = sse_chunks(enc.take())
+    assert len(frames) == 1 and "error" in frames[0]
+    error_frame = frames[0]["error"]
+    assert isinstance(error_frame["message"], str) and error_frame["message"]
+    for name in ("type", "code", "param"):
+        assert error_frame[name] is None or isinstance(error_frame[name], str)
+
+
+def _dumps_deep(value: Any) -> bytes:
+    """JSON for any value, nests deeper than orjson writes included."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        if isinstance(value, list):
+            return b"[" + b",".join(map(_dumps_deep, value)) + b"]"
+        return b"{" + b",".join(orjson.dumps(k) + b":" + _dumps_deep(v)
+                                for k, v in value.items()) + b"}"
