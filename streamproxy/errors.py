@@ -198,7 +198,13 @@ class UpstreamStatusError(ProxyError):
 
 def _masked(text: str, key: str) -> str:
     """`text` with `key` replaced by its last four characters."""
-    return text.replace(key, "…" + key[-4:] if len(key) >= 16 else "…")
+    shown = "…" + key[-4:] if len(key) >= 16 else "…"
+    text = text.replace(key, shown)
+    # Again while it is found: of two copies that overlap only the first is replaced, and the
+    # tail shown spells the key again with the rest of the second. Each pass shortens the text.
+    while len(shown) < len(key) and key in text:
+        text = text.replace(key, shown)
+    return text
 
 
 def _masked_value(value: Any, key: str) -> Any:

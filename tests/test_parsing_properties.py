@@ -1,6 +1,6 @@
 """Properties of the sans-IO parsing added last: the pass-through's numbering of tool calls sent
 without `index` and its end without `[DONE]`, and the error objects an upstream sends (kept
-fields). Hypothesis-generated inputs, a bounded number of fixed examples
+fields, the key masked). Hypothesis-generated inputs, a bounded number of fixed examples
 (STREAMPROXY_FUZZ_EXAMPLES explores, as in test_fuzz.py)."""
 
 from __future__ import annotations
@@ -211,3 +211,46 @@ def _dumps_deep(value: Any) -> bytes:
             return b"[" + b",".join(map(_dumps_deep, value)) + b"]"
         return b"{" + b",".join(orjson.dumps(k) + b":" + _dumps_deep(v)
                                 for k, v in value.items()) + b"}"
+
+
+# -- the key masked ---------------------------------------------------------------------------
+
+# The key's alphabet (as API keys have) cannot spell JSON syntax, a number or a literal, nor a
+# run of our own messages: an occurrence in the JSON is the key, not a coincidence. Some keys
+# end as they begin, so that two copies in an echo can overlap.
+_KEY_CHARS = st.text(alphabet="skQZ-_", min_size=1, max_size=3)
+KEYS = (st.text(alphabet="skQZ-_", min_size=8, max_size=20)
+        | st.builds(lambda edge, middle: edge + middle + edge, _KEY_CHARS,
+                    st.text(alphabet="skQZ-_", min_size=6, max_size=16)))
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in [k, *_strings(v)]]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    return []
+
+
+@st.composite
+def key_and_error(draw: st.DrawFn) -> tuple[str, Any]:
+    key = draw(KEYS)
+    # the key, parts of it, and the key after a part of it (two copies that may overlap)
+    parts = [key, *(key[i:] for i in range(1, len(key))), *(key[:i] for i in range(1, len(key)))]
+    pieces = (st.sampled_from(parts) | st.sampled_from(parts).map(lambda part: part + key)
+              | st.text(max_size=4))
+    echoing = st.lists(pieces, min_size=1, max_size=4).map("".join)
+    return key, draw(error_objects(echoing))
+
+
+@PROPERTY
+@given(case=key_and_error())
+def test_a_masked_error_holds_the_key_nowhere(case: tuple[str, Any]) -> None:
+    key, error = case
+    for err in _errors_from(error):
+        err.mask(key)
+        body = _shaped(err)
+        assert key.encode() not in err.body()
+        assert not [s for s in _strings(body) if key in s]
