@@ -1,10 +1,11 @@
 """Properties of the sans-IO parsing added last: the pass-through's numbering of tool calls sent
-without `index` and its end without `[DONE]`, and the error objects an upstream sends (kept
-fields, the key masked). Hypothesis-generated inputs, a bounded number of fixed examples
-(STREAMPROXY_FUZZ_EXAMPLES explores, as in test_fuzz.py)."""
+without `index` and its end without `[DONE]`, the error objects an upstream sends (kept fields,
+the key masked), and the cache entries a hit answers from. Hypothesis-generated inputs, a
+bounded number of fixed examples (STREAMPROXY_FUZZ_EXAMPLES explores, as in test_fuzz.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -12,11 +13,21 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streamproxy.cache import entry as cache_entry
+from streamproxy.cache.backends import MemoryCache
+from streamproxy.cache.config import parse_cache_settings
+from streamproxy.cache.service import ResponseCache
 from streamproxy.errors import ProxyError, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.openai_api.completion import CompletionBuilder
+from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.base import generic_error
 from streamproxy.providers.openai_compat import PassthroughTranslator, _stream_error, error_answer
-from tests.helpers import DecodingEncoder, sse_chunks
+from streamproxy.record import RequestRecord
+from streamproxy.routing.planner import Attempt
+from streamproxy.routing.target import Target
+from streamproxy.server.app import build_providers
+from tests.helpers import DecodingEncoder, make_config, sse_chunks
 from tests.test_stream_invariants import STYLES, cut, reframe, spell
 
 EXPLORE = int(os.environ.get("STREAMPROXY_FUZZ_EXAMPLES", "0"))
@@ -254,3 +265,104 @@ def test_a_masked_error_holds_the_key_nowhere(case: tuple[str, Any]) -> None:
         body = _shaped(err)
         assert key.encode() not in err.body()
         assert not [s for s in _strings(body) if key in s]
+
+
+# -- (3) any cache entry: a hit or a miss --------------------------------------------------------
+
+class _StoredEntry(MemoryCache):
+    """The entry a backend holds under any key (both give back JSON objects only)."""
+
+    def __init__(self, entry: dict[str, Any]) -> None:
+        super().__init__(1, 1 << 20)
+        self.entry = entry
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        return self.entry
+
+
+class _Exchange(dict[Any, Any]):
+    """The chat request's side of the cache (server/exchange.py `Exchange`): what it answered."""
+
+    headers: dict[str, str] = {}
+    body: bytes | None = None
+
+    async def reply(self, body: bytes, **_: Any) -> None:
+        self.body = body
+
+    async def start_events(self, headers: Any) -> _Exchange:
+        return self
+
+    async def finish(self, body: bytes) -> None:
+        self.body = body
+
+
+_CONFIG = make_config({"mock": {"type": "mock", "default_model": "fast"}})
+_ATTEMPT = Attempt(Target(build_providers(_CONFIG)["mock"], "fast"), "config",
+                   cache={"mode": "simple"})
+
+
+def _looked_up(entry: dict[str, Any], stream: bool) -> tuple[bool, bytes | None]:
+    """Whether the cache answered a request from `entry` (a hit), and what the client got."""
+    req = parse_chat_request(orjson.dumps({"model": "mock/fast", "stream": stream,
+                                           "messages": [{"role": "user", "content": "Hi"}]}))
+    cache = ResponseCache(parse_cache_settings(_CONFIG))
+    cache.backend = _StoredEntry(entry)  # (an empty backend is falsy: the constructor's default)
+    ex = _Exchange()
+    hit = asyncio.run(cache.before_upstream(ex, req, [_ATTEMPT], RequestRecord("t")))
+    return hit, ex.body
+
+
+def _valid_entries() -> list[dict[str, Any]]:
+    """A streamed fill with every kind of run, and a non-streamed one."""
+    b = CompletionBuilder()
+    b.start("m")
+    b.reasoning("hm")
+    b.thinking_block({"type": "thinking", "thinking": "hm", "signature": "s"})
+    b.content("Hi")
+    b.tool_call_start(0, "call_a", "f")
+    b.tool_call_args(0, "{}")
+    b.tool_call_start(1, "call_b", "g", "{}")
+    b.finish("tool_calls")
+    b.usage({"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3})
+    streamed = cache_entry.from_builder(b)
+    whole = cache_entry.from_completion(b.completion(completion_id="x", created=1, model="m"))
+    return [orjson.loads(orjson.dumps(e)) for e in (streamed, whole)]
+
+
+_ANY_JSON = error_objects(st.text(max_size=6))  # (any JSON value, deep ones among them)
+_ANY_COUNT = st.integers(0, 3) | st.integers(-5, 50)
+
+
+@st.composite
+def cache_entries(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid entry with parts of it replaced by any JSON: a field, a part, a run's field."""
+    entry: Any = draw(st.sampled_from(_valid_entries()))
+    for _ in range(draw(st.integers(1, 3))):
+        node, path = entry, []
+        while isinstance(node, dict | list) and node and draw(st.integers(0, 2)):
+            step = draw(st.sampled_from(sorted(node) if isinstance(node, dict)
+                                        else range(len(node))))
+            node, path = node[step], [*path, step]
+        if not path or path[0] in ("format", "stored_at"):
+            continue  # (an entry that is not ours, or not fresh, is not read: a miss)
+        parent = entry
+        for step in path[:-1]:
+            parent = parent[step]
+        runs = path[0] == "runs" and len(path) == 3
+        parent[path[-1]] = draw(_ANY_COUNT if runs and path[-1] == 2 else
+                                st.sampled_from("crtsSax") if runs and path[-1] == 0 else
+                                _ANY_JSON)
+    return entry  # type: ignore[no-any-return]
+
+
+@PROPERTY
+@given(entry=cache_entries(), stream=st.booleans())
+def test_any_cache_entry_is_a_hit_or_a_miss(entry: dict[str, Any], stream: bool) -> None:
+    hit, body = _looked_up(entry, stream)
+    if not hit:
+        assert body is None
+    elif stream:
+        frames = sse_chunks(body or b"")
+        assert frames[-1] == "[DONE]"
+    else:
+        assert isinstance(orjson.loads(body or b""), dict)

@@ -139,9 +139,12 @@ class ResponseCache:
                                                completion_id=completion_id, created=created,
                                                model=model, include_usage=req.include_usage)
                 cached.replay(entry, encoder)
+                body = encoder.take()
             else:
                 assert completion is not None
                 finish = (completion.get("choices") or [{}])[0].get("finish_reason")
+                # (dumped here: an entry Redis held may nest deeper than orjson writes)
+                body = orjson.dumps(completion)
         except cached.MALFORMED:
             if not self._warned_malformed:
                 self._warned_malformed = True
@@ -157,13 +160,11 @@ class ResponseCache:
         headers = {**response_headers(record, target.provider.name),
                    "x-portkey-retry-attempt-count": "0"}
         if completion is not None and encoder is None:
-            body = orjson.dumps(completion)
             record.first_byte = time.monotonic()
             record.finish_reason, record.usage = finish, completion.get("usage")
             record.bytes_out = len(body)
             await request.reply(body, headers=headers)
             return True
-        body = encoder.take()
         client = await request.start_events({**SSE_HEADERS, **headers})
         record.first_byte = time.monotonic()
         try:
