@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -330,14 +331,28 @@ def _valid_entries() -> list[dict[str, Any]]:
 
 
 _ANY_JSON = error_objects(st.text(max_size=6))  # (any JSON value, deep ones among them)
-_ANY_COUNT = st.integers(0, 3) | st.integers(-5, 50)
+# Any count, large ones among the first tried: a start, which takes no part, or a kind no fill
+# has, repeated that often. (Larger ones are the same to the check that bounds them: before it,
+# a run of 10**13 replayed for ever, and a regression must fail, not hang.)
+_ANY_COUNT = st.sampled_from([50, 10**5, 1, 0, -1]) | st.integers(-(10**5), 10**5)
+_ANY_RUN = st.tuples(st.sampled_from("sx") | st.sampled_from("crtSa"), st.integers(-1, 2),
+                     _ANY_COUNT).map(list)
 
 
 @st.composite
 def cache_entries(draw: st.DrawFn) -> dict[str, Any]:
-    """A valid entry with parts of it replaced by any JSON: a field, a part, a run's field."""
+    """A valid entry with parts of it replaced by any JSON (a field, a part, a run's field), or
+    a streamed fill's run by any run."""
     entry: Any = draw(st.sampled_from(_valid_entries()))
     for _ in range(draw(st.integers(1, 3))):
+        runs = entry.get("runs")
+        if isinstance(runs, list) and runs and draw(st.booleans()):
+            at = draw(st.integers(0, len(runs) - 1))
+            if draw(st.booleans()):  # any count in a fill's run
+                runs[at] = [*runs[at][:2], draw(_ANY_COUNT)]
+            else:  # any run among a fill's
+                runs.insert(at, draw(_ANY_RUN))
+            continue
         node, path = entry, []
         while isinstance(node, dict | list) and node and draw(st.integers(0, 2)):
             step = draw(st.sampled_from(sorted(node) if isinstance(node, dict)
@@ -348,11 +363,22 @@ def cache_entries(draw: st.DrawFn) -> dict[str, Any]:
         parent = entry
         for step in path[:-1]:
             parent = parent[step]
-        runs = path[0] == "runs" and len(path) == 3
-        parent[path[-1]] = draw(_ANY_COUNT if runs and path[-1] == 2 else
-                                st.sampled_from("crtsSax") if runs and path[-1] == 0 else
-                                _ANY_JSON)
+        parent[path[-1]] = draw(_ANY_JSON)
     return entry  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("run", [["s", 0, 1000], ["x", 0, 10**7]], ids=["starts", "unknown"])
+def test_a_run_its_parts_cannot_fill_is_a_miss(run: list[Any]) -> None:
+    # (a corrupted count replayed for as long as it said: 10**13 for ever)
+    entry = _valid_entries()[0]
+    entry["runs"].append(run)
+    assert _looked_up(entry, stream=True) == (False, None)
+
+
+def _parts(entry: dict[str, Any]) -> int:
+    """A streamed fill's parts: its deltas, and its calls' starts."""
+    return (len(entry["content"]) + len(entry["reasoning"]) + len(entry["thinking"])
+            + sum(1 + len(tool["args"]) for tool in entry["tools"]))
 
 
 @PROPERTY
@@ -364,5 +390,7 @@ def test_any_cache_entry_is_a_hit_or_a_miss(entry: dict[str, Any], stream: bool)
     elif stream:
         frames = sse_chunks(body or b"")
         assert frames[-1] == "[DONE]"
+        if "completion" not in entry:  # a chunk per part at most (and role, finish, usage)
+            assert len(frames) <= 4 + _parts(entry)
     else:
         assert isinstance(orjson.loads(body or b""), dict)

@@ -105,7 +105,7 @@ def replay(entry: dict[str, Any], sink: ChunkSink) -> None:
                                            entry["thinking"], entry["tools"])
     ci = ri = ti = 0
     ai = [0] * len(tools)
-    for kind, index, count in entry["runs"]:
+    for kind, index, count in _runs(entry):
         for _ in range(count):
             if kind == "c":
                 sink.content(content[ci])
@@ -126,6 +126,24 @@ def replay(entry: dict[str, Any], sink: ChunkSink) -> None:
                 sink.tool_call_args(index, tools[index]["args"][ai[index]])
                 ai[index] += 1
     _close(sink, entry.get("finish"), entry.get("usage"))
+
+
+_RUN_KINDS = frozenset("crtsSa")  # CompletionBuilder's (openai_api/completion.py)
+
+
+def _runs(entry: dict[str, Any]) -> list[Any]:
+    """The entry's runs, if its parts can fill them (else it is malformed: a miss). Each unit
+    of a run takes a part or starts a call, which a builder does once per call; a corrupted
+    count replayed for as long as it said: a million starts of a call for a minute, a kind we
+    never write for ever."""
+    runs = entry["runs"]
+    left = (len(entry["content"]) + len(entry["reasoning"]) + len(entry["thinking"])
+            + sum(1 + len(tool["args"]) for tool in entry["tools"]))
+    for kind, _, count in runs:
+        left -= max(count, 0)
+        if left < 0 or kind not in _RUN_KINDS:
+            raise ValueError("a cache entry's runs are longer than its parts")
+    return runs  # type: ignore[no-any-return]
 
 
 def _replay_completion(completion: dict[str, Any], sink: ChunkSink) -> None:
