@@ -1084,3 +1084,10 @@ async def test_proxy_keys_do_not_share_cached_answers(proxy: Any) -> None:
         statuses.append(resp.headers[STATUS])
         await drained(client)
     assert statuses == ["MISS", "MISS", "HIT", "HIT"]
+
+
+def test_a_backend_passed_in_is_used_even_while_empty() -> None:
+    from streamproxy.cache.service import ResponseCache
+    backend = MemoryCache(10, 1 << 20)
+    assert not len(backend)  # (empty: falsy, which `backend or …` replaced)
+    assert ResponseCache(CacheSettings(), backend).backend is backend

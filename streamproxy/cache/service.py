@@ -78,7 +78,8 @@ def make_backend(settings: CacheSettings) -> CacheBackend:
 class ResponseCache:
     def __init__(self, settings: CacheSettings, backend: CacheBackend | None = None) -> None:
         self.settings = settings
-        self.backend = backend or make_backend(settings)
+        # (`is None`: an empty MemoryCache is falsy, and one passed in must be the one used)
+        self.backend = backend if backend is not None else make_backend(settings)
         self._writes: set[asyncio.Task[None]] = set()
         self._warned_malformed = False
 
