@@ -438,32 +438,24 @@ def test_a_named_configs_resource_outside_the_allow_list_is_a_config_error(
         load_settings(config)
 
 
-def test_two_deployments_are_two_cache_entries() -> None:
+@pytest.mark.parametrize(("option", "values"), [
     # The deployment picks the model (its URL), not the body's model: two deployments asked
     # the same question shared one cache key, so one's answer was served for the other.
-    from streamproxy.cache.service import _key
-
-    req = parse_chat_request(b'{"model":"gpt","messages":[{"role":"user","content":"x"}]}')
-    config = make_config({"az": {"type": "azure", "resource": "contoso", "api_version": VERSION,
-                                 "api_key": "k"}})
-    azure = build_providers(config)["az"]
-    keys = {_key("ns", req, Target(azure.with_options({"deployment": d}), "gpt"))
-            for d in ("gpt-4o-mini", "gpt-4.1")}
-    assert len(keys) == 2
-
-
-def test_two_resources_are_two_cache_entries() -> None:
+    ("deployment", ("gpt-4o-mini", "gpt-4.1")),
     # A resource (x-portkey-azure-resource-name, a config's resource_name) runs its own
     # deployments: one deployment name on two resources may be two models. The key named
     # the configured base URL alone, which a resource-configured provider has none of.
+    ("resource", ("contoso", "fabrikam")),
+])
+def test_two_deployments_or_resources_are_two_cache_entries(option: str,
+                                                            values: tuple[str, str]) -> None:
     from streamproxy.cache.service import _key
 
     req = parse_chat_request(b'{"model":"gpt","messages":[{"role":"user","content":"x"}]}')
     config = make_config({"az": {"type": "azure", "resource": "contoso", "api_version": VERSION,
                                  "api_key": "k"}})
     azure = build_providers(config)["az"]
-    keys = {_key("ns", req, Target(azure.with_options({"resource": r}), "gpt"))
-            for r in ("contoso", "fabrikam")}
+    keys = {_key("ns", req, Target(azure.with_options({option: v}), "gpt")) for v in values}
     assert len(keys) == 2
 
 

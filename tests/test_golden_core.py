@@ -24,6 +24,7 @@ from tests.helpers import (
     fixture_bytes,
     jsonl_to_sse,
     random_splits,
+    relay_pieces,
     sse_chunks,
 )
 
@@ -245,12 +246,7 @@ def test_tool_calls_without_index_are_numbered_as_openai_numbers_them() -> None:
         enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
         tr = PassthroughTranslator(enc, 1 << 20, provider="p", client_wants_usage=True,
                                    tools_offered=True)
-        out = b""
-        for piece in pieces:
-            tr.feed(piece)
-            out += enc.take()
-        tr.close()
-        c = collect(sse_chunks(out + enc.take()))  # (collect asserts the indexes' order)
+        c = collect(sse_chunks(relay_pieces(enc, tr, pieces)))  # (asserts the indexes' order)
         assert [(t["id"], t["name"], t["arguments"]) for t in c.tool_calls] == [
             ("call_a", "weather", '{"city":"Paris"}'), ("call_b", "time", "{}"),
             ("call_c", "news", '{"topic":"rain"}')]

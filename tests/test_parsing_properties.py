@@ -28,7 +28,7 @@ from streamproxy.record import RequestRecord
 from streamproxy.routing.planner import Attempt
 from streamproxy.routing.target import Target
 from streamproxy.server.app import build_providers
-from tests.helpers import DecodingEncoder, make_config, sse_chunks
+from tests.helpers import DecodingEncoder, make_config, relay_pieces, sse_chunks
 from tests.test_stream_invariants import STYLES, cut, reframe, spell
 
 EXPLORE = int(os.environ.get("STREAMPROXY_FUZZ_EXAMPLES", "0"))
@@ -93,13 +93,7 @@ def _client_bytes(reads: list[bytes], encoder: type[ChunkEncoder] = ChunkEncoder
     enc = encoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
     tr = PassthroughTranslator(enc, 1 << 20, provider="p", client_wants_usage=True,
                                tools_offered=True)
-    out = b""
-    for read in reads:
-        tr.feed(read)
-        out += enc.take()
-    if not tr.done:
-        tr.close()
-    return out + enc.take()
+    return relay_pieces(enc, tr, reads)
 
 
 def _accumulated(body: bytes) -> list[tuple[int, str, str, str]]:
