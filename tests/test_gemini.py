@@ -707,6 +707,33 @@ async def test_openai_sdk_thought_signature_round_trip(proxy: Any, upstream: Any
         "name": "pelican_name_generator", "response": {"output": "Pouchy"}, "id": "c9bjmkfz"}}]}
 
 
+
+async def test_user_text_after_tool_results_goes_in_a_content_of_its_own(proxy: Any,
+                                                                          upstream: Any) -> None:
+    # Vertex refuses a content mixing function responses and text ("Requests ending with a
+    # model turn are not supported"); two user contents in a row it takes.
+    upstream.body = gemini_sse([chunk([{"text": "ok"}], finish="STOP")])
+    client = await proxy(provider_config("vertex", upstream.url, project="p", location="global"))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "gemini-2.5-flash", "stream": True, "tools": TOOLS, "messages": [
+            {"role": "user", "content": "Weather in Paris and Rome?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": f"c{i}", "type": "function", "function": {
+                    "name": "get_weather", "arguments": orjson.dumps({"city": city}).decode()}}
+                for i, city in enumerate(("Paris", "Rome"))]},
+            {"role": "tool", "tool_call_id": "c0", "content": "sunny"},
+            {"role": "tool", "tool_call_id": "c1", "content": "rain"},
+            {"role": "user", "content": "Answer in French."}]})
+    assert collect(sse_chunks(await resp.read())).content == "ok"
+    assert upstream.requests[0].json()["contents"][2:] == [
+        {"role": "user", "parts": [
+            {"functionResponse": {"name": "get_weather", "response": {"output": "sunny"},
+                                  "id": "c0"}},
+            {"functionResponse": {"name": "get_weather", "response": {"output": "rain"},
+                                  "id": "c1"}}]},
+        {"role": "user", "parts": [{"text": "Answer in French."}]},
+    ]
+
 # -- the fast path for plain text chunks (providers/gemini/stream.py, "Speed") ----------------
 # Gemini writes `": "` between a key and its value and a bare `,` between items; the translator
 # recognises a plain one-text-part chunk by that exact text. `google_sse` frames elements as

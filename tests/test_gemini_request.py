@@ -103,18 +103,35 @@ def test_generated_ids_are_not_sent_upstream_and_results_are_wrapped() -> None:
          "content": ' {"temp": 21}'},
         {"role": "user", "content": "thanks"},
     ])
-    model, results = out["contents"][1], out["contents"][2]
+    model, results, text = out["contents"][1:]
     assert model["parts"] == [
         {"text": "Checking."},
         {"functionCall": {"name": "a", "args": {}}},
         {"functionCall": {"name": "b", "args": {"value": [1]}}},
     ]
-    # Both results in one user turn, in order, then the user's text.
+    # Both results in one user content, in order; the user's text in a content of its own
+    # (Vertex refuses a content mixing function responses with text).
     assert results == {"role": "user", "parts": [
         {"functionResponse": {"name": "b", "response": {"output": "42"}}},
         {"functionResponse": {"name": "a", "response": {"temp": 21}}},
-        {"text": "thanks"},
     ]}
+    assert text == {"role": "user", "parts": [{"text": "thanks"}]}
+
+
+def test_function_responses_never_share_a_content_with_user_parts() -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    out = translate([
+        {"role": "user", "content": "x"},
+        tool_turn("g1"),
+        {"role": "tool", "tool_call_id": "g1", "content": "sunny"},
+        {"role": "user", "content": [{"type": "text", "text": "and this?"}, image]},
+        {"role": "user", "content": "also"},
+        {"role": "tool", "tool_call_id": "late", "name": "f", "content": "1"},
+    ])
+    assert [[next(iter(p)) for p in c["parts"]] for c in out["contents"]] == [
+        ["text"], ["functionCall"], ["functionResponse"], ["text", "inlineData", "text"],
+        ["functionResponse"]]
+    assert {c["role"] for c in out["contents"][2:]} == {"user"}
 
 
 def test_text_signature_goes_back_on_the_text_part() -> None:
@@ -132,7 +149,7 @@ def test_unknown_tool_call_id_is_a_400_unless_the_message_names_the_function() -
     assert info.value.param == "messages[1].tool_call_id"
     out = translate([{"role": "user", "content": "x"},
                      {"role": "tool", "tool_call_id": "nope", "name": "f", "content": "1"}])
-    assert out["contents"][0]["parts"][1]["functionResponse"]["name"] == "f"
+    assert out["contents"][1]["parts"][0]["functionResponse"]["name"] == "f"
 
 
 def test_bad_tool_arguments_are_a_400() -> None:

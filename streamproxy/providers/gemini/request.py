@@ -4,7 +4,8 @@ provider-streams.md §4.2; choices documented in docs/providers/gemini.md.
 - system/developer messages are joined, in order, into `systemInstruction`; a request with no
   other message gets a PLACEHOLDER_USER_TEXT user turn (Gemini needs one);
 - consecutive messages of one role are merged into one `content` (Gemini wants alternating
-  turns, and all function responses of a turn in one content);
+  turns, and all function responses of a turn in one content), except that function responses
+  and user text or media never share one (see `_holds_results`);
 - a tool result's function name is looked up from the assistant `tool_calls` that asked for it;
   a result that is not a JSON object is wrapped as `{"output": …}` (the key Google documents);
 - thought signatures come back from the client in three accepted forms (see
@@ -174,11 +175,20 @@ def _contents(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
                                  param=f"messages[{i}].role", code="unsupported_value")
         if not parts:
             continue
-        if contents and contents[-1]["role"] == role_out:
+        if contents and contents[-1]["role"] == role_out \
+                and _holds_results(contents[-1]) == (role == "tool"):
             contents[-1]["parts"].extend(parts)
         else:
             contents.append({"role": role_out, "parts": parts})
     return system, contents
+
+
+def _holds_results(content: dict[str, Any]) -> bool:
+    """Whether a content carries function responses. Such a content holds nothing else:
+    Vertex (and newer Gemini models) refuse one mixing them with text or media ("Requests
+    ending with a model turn are not supported"), so user text after tool results goes in a
+    user content of its own (Gemini takes consecutive user contents)."""
+    return "functionResponse" in content["parts"][0]
 
 
 def _text_parts(content: Any, where: str) -> list[dict[str, Any]]:
