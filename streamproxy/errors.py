@@ -153,6 +153,10 @@ class UpstreamStatusError(ProxyError):
     `metadata`, a `type` or `code` of null — over ours; ours fill only what they lack.
     `error_type` and `code` stay ours for logs and metrics."""
 
+    # The usage (OpenAI's shape) of an answer this error replaced (a non-streamed answer with
+    # a failed finish): it still cost its tokens, which the request's record keeps.
+    usage: dict[str, Any] | None = None
+
     def __init__(
         self,
         status: int,

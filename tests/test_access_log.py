@@ -26,6 +26,7 @@ from streamproxy.observe.access_log import (
     timestamp,
 )
 from streamproxy.record import RequestRecord
+from tests.conftest import provider_config
 from tests.helpers import collect, make_config, sse_chunks
 
 FIELDS = {"ts", "trace_id", "auth_key", "provider", "model", "status", "stream", "ttft_ms",
@@ -407,3 +408,36 @@ async def test_a_non_streamed_pass_through_answer_logs_its_finish_reason(
         await (await client.post("/v1/chat/completions", json={
             "model": model, "messages": USER})).read()
     assert [line["finish_reason"] for line in access_lines(caplog)] == ["stop", "tool_calls"]
+
+
+# A non-streamed answer whose finish means it failed (each provider's spelling, 11 + 4 tokens).
+FAILED_ANSWERS = {
+    "gemini": {"candidates": [{"index": 0, "finishReason": "MALFORMED_FUNCTION_CALL"}],
+               "usageMetadata": {"promptTokenCount": 11, "candidatesTokenCount": 4,
+                                 "totalTokenCount": 15}},
+    "bedrock": {"output": {"message": {"role": "assistant", "content": []}},
+                "stopReason": "malformed_model_output",
+                "usage": {"inputTokens": 11, "outputTokens": 4, "totalTokens": 15}},
+    "cohere": {"id": "t", "finish_reason": "ERROR", "message": {"role": "assistant",
+                                                                "content": []},
+               "usage": {"tokens": {"input_tokens": 11, "output_tokens": 4}}},
+    "mistral": {"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+                "usage": {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15},
+                "choices": [{"index": 0, "finish_reason": "error",
+                             "message": {"role": "assistant", "content": ""}}]},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FAILED_ANSWERS))
+async def test_a_non_streamed_answer_made_an_error_still_logs_its_tokens(
+        kind: str, proxy: Any, upstream: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps(FAILED_ANSWERS[kind])
+    extra = {"region": "us-east-1"} if kind == "bedrock" else {}
+    client = await proxy(provider_config(kind, upstream.url, **extra))
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "messages": USER})
+    assert resp.status >= 500 and (await resp.json())["error"]["code"]
+    line = access_lines(caplog)[-1]
+    assert (line["status"], line["prompt_tokens"], line["completion_tokens"]) == (
+        resp.status, 11, 4)

@@ -197,6 +197,7 @@ class Executor:
         provider = target.provider
         deadline = Deadline(target.timeouts, provider.name, first_try)
         resp: aiohttp.ClientResponse | None = None
+        record.usage = None  # this attempt's, never an earlier one's (as a stream's)
         try:
             resp = await self._send(req, target)
             body = await _read_body(resp, provider.max_event_bytes)
@@ -205,9 +206,13 @@ class Executor:
         deadline.cancel()
         resp.release()
         completion_id = record.completion_id or new_completion_id()
-        result = provider.translate_response(body, req, completion_id=completion_id,
-                                             created=int(time.time()),
-                                             model=_envelope_model(target))
+        try:
+            result = provider.translate_response(body, req, completion_id=completion_id,
+                                                 created=int(time.time()),
+                                                 model=_envelope_model(target))
+        except UpstreamStatusError as e:
+            record.usage = e.usage  # an answer made an error (a failed finish) spent tokens
+            raise
         if isinstance(result, bytes):  # the pass-through's body
             parsed = _parse_body(result)
             record.usage = parsed.get("usage")

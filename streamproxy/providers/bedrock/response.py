@@ -25,7 +25,9 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
         raise UpstreamProtocolError("the upstream answered with a malformed message") from None
     if answer.get("stopReason") in FAILED_REASONS:
-        raise failed_stop(answer["stopReason"], provider)
+        failed = failed_stop(answer["stopReason"], provider)
+        failed.usage = out.usage_data  # the failed answer still cost its tokens
+        raise failed
     return out.completion(completion_id=completion_id, created=created, model=model)
 
 

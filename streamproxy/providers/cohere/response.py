@@ -23,7 +23,10 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
         message = resp["message"]
         reason = resp.get("finish_reason") or "COMPLETE"
         if reason in FAILED:
-            raise failure(reason, resp.get("error"), provider)
+            failed = failure(reason, resp.get("error"), provider)
+            # (the failed answer still cost its tokens)
+            failed.usage = map_usage(resp["usage"]) if resp.get("usage") else None
+            raise failed
         out = CompletionBuilder()
         if message.get("tool_plan"):
             out.reasoning(message["tool_plan"])
