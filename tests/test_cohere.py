@@ -172,6 +172,16 @@ def test_error_finish_is_an_error_frame(reason: str, status: int) -> None:
     assert c.finish_reason is None and not c.done
 
 
+def test_error_finish_keeps_the_usage_it_came_with() -> None:
+    # The failed answer cost its tokens: the record (metrics, access log) keeps them.
+    enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=True)
+    tr = CohereStreamTranslator(enc, 1 << 20)
+    tr.feed(events(START, text_delta("partial"), end("ERROR", error="the model broke")))
+    assert enc.failure is not None and tr.done
+    assert enc.usage_data == {"prompt_tokens": 507, "completion_tokens": 10,
+                              "total_tokens": 517, "prompt_tokens_details": {"cached_tokens": 448}}
+
+
 def test_eof_before_message_end_raises_truncated() -> None:
     body = events(START, text_delta("partial"))
     enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=True)

@@ -128,13 +128,13 @@ class CohereStreamTranslator(SSETranslator):
     def _end(self, delta: dict[str, Any]) -> None:
         self._start()
         reason = delta.get("finish_reason") or "COMPLETE"
+        if delta.get("usage"):  # first: a failed answer's tokens are still counted
+            self.out.usage(map_usage(delta["usage"]))
         if reason in FAILED:
             self.out.error(failure(reason, delta.get("error"), self._provider))
             self.done = True
             return
         finish = FINISH_REASONS.get(reason, "stop")
         self.out.finish("tool_calls" if self._tool_of and finish == "stop" else finish)
-        if delta.get("usage"):
-            self.out.usage(map_usage(delta["usage"]))
         self.out.end()
         self.done = True
