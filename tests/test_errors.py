@@ -149,6 +149,24 @@ async def test_an_openai_compatible_error_keeps_its_own_fields(proxy: Any,
         "param": None, "code": None, "doc": "https://x"}
 
 
+@pytest.mark.parametrize(("code", "expected"), [
+    (True, None), (False, None), (429, "429"), (1.5, "1.5"), ("quota", "quota")])
+@pytest.mark.parametrize("where", ["HTTP error", "error event"])
+async def test_an_upstream_code_reaches_the_client_as_a_string_or_null(
+        code: Any, expected: str | None, where: str, proxy: Any, upstream: Any) -> None:
+    # OpenAI's shape: `code` is a string or null. A number stays readable; a boolean names
+    # nothing, and the openai SDK's `APIError.code` would hold "True".
+    error = orjson.dumps({"error": {"message": "refused", "code": code}})
+    if where == "HTTP error":
+        upstream.status, upstream.content_type, upstream.body = 400, "application/json", error
+    else:
+        upstream.body = b"data: " + error + b"\n\n"
+    client = await proxy(provider_config("openai", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True})
+    assert resp.status >= 400
+    assert (await resp.json())["error"]["code"] == expected
+
+
 async def test_a_key_echoed_in_a_kept_field_is_masked(proxy: Any, upstream: Any) -> None:
     upstream.status = 401
     upstream.content_type = "application/json"

@@ -283,8 +283,9 @@ def generic_error(status: int, body: bytes, provider: str, *,
 def upstream_code(code: Any, etype: Any) -> str | None:
     """Our `code` for an upstream's error: its `code` as a string (OpenRouter's and
     Cloudflare's are numbers), else its `type`. An object or a list is no code: its Python
-    repr went to the client, and a key inside it was never masked."""
-    if isinstance(code, str | int | float):
+    repr went to the client, and a key inside it was never masked. Nor is a boolean, which
+    names nothing (it went out as "True")."""
+    if isinstance(code, str | int | float) and not isinstance(code, bool):
         return str(code)
     return etype if isinstance(etype, str) else None
 
