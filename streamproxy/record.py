@@ -33,6 +33,9 @@ class RequestRecord:
     attempts: int = 0  # upstream requests sent, retries and fallbacks included
     target_index: int | None = None  # which planned attempt served the answer
     option_path: str | None = None  # where that attempt (or the failed last) sits in the config
+    # Retries of the target whose answer (or error) is returned, as Portkey counts them for
+    # x-portkey-retry-attempt-count; None: no upstream target was tried for the answer.
+    retries: int | None = None
     retries_exhausted: bool = False  # the failure returned used up its target's retries
     fallbacks: int = 0  # moves to another planned target after a failure
     finish_reason: str | None = None

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -38,6 +40,15 @@ async def upstream(aiohttp_server: Any) -> FakeUpstream:
     server = await aiohttp_server(fake.app())
     fake.url = str(server.make_url("")).rstrip("/")
     return fake
+
+
+@pytest.fixture
+def access_log(caplog: pytest.LogCaptureFixture) -> Callable[[], list[dict[str, Any]]]:
+    """The access log's lines so far, parsed: `attempts` says how many upstream requests a
+    request sent, retries and fallbacks together."""
+    caplog.set_level(logging.INFO, logger="streamproxy.access")
+    return lambda: [orjson.loads(r.getMessage()) for r in caplog.records
+                    if r.name == "streamproxy.access"]
 
 
 @pytest.fixture

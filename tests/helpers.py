@@ -253,6 +253,7 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.requests: list[Received] = []
         self.status = 200
+        self.statuses: list[int] = []  # error statuses answered first, one per request
         self.content_type = "text/event-stream"
         self.body: bytes = b""
         self.pieces: list[bytes] | None = None
@@ -273,6 +274,9 @@ class FakeUpstream:
                                       await request.read()))
         if self.delay_before_headers:
             await asyncio.sleep(self.delay_before_headers)
+        if self.statuses:  # a scripted error, then the next request's
+            return web.json_response({"error": {"message": "scripted"}},
+                                     status=self.statuses.pop(0), headers=self.extra_headers)
         if self.status >= 400 or self.content_type.startswith("application/json"):
             return web.Response(body=self.body, status=self.status,
                                 content_type=self.content_type.split(";")[0],

@@ -64,7 +64,7 @@ FAULTS = {
 
 @pytest.mark.parametrize("fault", FAULTS)
 async def test_fallback_streams_the_second_target_for_every_fault_before_commit(
-        proxy: Any, fault: str) -> None:
+        proxy: Any, access_log: Any, fault: str) -> None:
     client = await proxy(gateway_config())
     resp = await post(client, fallback(FAULTS[fault], leaf("fast:tokens=7", "mock2")),
                       stream_options={"include_usage": True})
@@ -75,7 +75,8 @@ async def test_fallback_streams_the_second_target_for_every_fault_before_commit(
     assert c.usage["completion_tokens"] == 7
     assert resp.headers["x-portkey-provider"] == "mock2"
     assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
-    assert resp.headers["x-portkey-retry-attempt-count"] == "1"
+    assert resp.headers["x-portkey-retry-attempt-count"] == "0"  # the second's: none
+    assert access_log()[-1]["attempts"] == 2
     assert len(resp.headers["x-portkey-trace-id"]) == 32
 
 
@@ -125,7 +126,8 @@ async def test_fallback_on_status_codes_limits_what_falls_back(proxy: Any) -> No
     assert resp.status == 500
 
 
-async def test_retries_honour_retry_after_then_succeed_elsewhere(proxy: Any) -> None:
+async def test_retries_honour_retry_after_then_succeed_elsewhere(proxy: Any,
+                                                                access_log: Any) -> None:
     client = await proxy(gateway_config())
     config = fallback(leaf("fast:status=429", retry={"attempts": 1}), leaf("fast:tokens=2"))
     started = time.monotonic()
@@ -133,7 +135,58 @@ async def test_retries_honour_retry_after_then_succeed_elsewhere(proxy: Any) -> 
     elapsed = time.monotonic() - started
     assert resp.status == 200
     assert elapsed >= 0.95  # the mock answers 429 with `retry-after: 1`
-    assert resp.headers["x-portkey-retry-attempt-count"] == "2"  # two on the first target
+    assert access_log()[-1]["attempts"] == 3  # two on the first target
+    assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
+    assert resp.headers["x-portkey-retry-attempt-count"] == "0"  # the second's, as Portkey
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_the_retry_count_is_the_answering_targets_own(proxy: Any, upstream: Any,
+                                                           access_log: Any,
+                                                           stream: bool) -> None:
+    # As Portkey's x-portkey-retry-attempt-count: the retries of the target that answered
+    # (or whose error is returned), not the earlier targets' tries nor the fallbacks.
+    from tests.helpers import fixture_bytes
+
+    upstream.body = fixture_bytes("openai/pydantic-ai_run_stream_sync.response1.sse")
+    config = make_config({"mock": {"type": "mock", "default_model": "fast"},
+                          "mock2": {"type": "mock", "default_model": "fast"},
+                          "flaky": {"type": "openai", "base_url": upstream.url,
+                                    "api_key": "sk-flaky", "default_model": "m"}},
+                         default="mock")
+    client = await proxy(config)
+    retry = {"attempts": 2, "on_status_codes": [503], "use_retry_after_header": False}
+    first = leaf("fast:status=503", retry={**retry, "attempts": 1})
+    upstream.statuses = [503]
+    if not stream:
+        upstream.content_type = "application/json"
+        upstream.body = orjson.dumps({
+            "id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                         "finish_reason": "stop"}]})
+    resp = await post(client, fallback(first, {"provider": "flaky", "retry": retry}),
+                      stream=stream)
+    assert resp.status == 200
+    await resp.read()
+    assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
+    assert resp.headers["x-portkey-retry-attempt-count"] == "1"  # flaky's one retry
+    assert access_log()[-1]["attempts"] == 4  # 2 tries of the first, 2 of flaky
+    # An error: the count of the target whose error is returned — 0 when it has no retries,
+    # even after a first target that used all of its own; -1 when it used up its own.
+    failed = await post(client, fallback(first, leaf("fast:status=500", "mock2")),
+                        stream=stream)
+    assert failed.status == 500
+    assert failed.headers["x-portkey-retry-attempt-count"] == "0"
+    exhausted = await post(client, fallback(leaf("fast:status=500"),
+                                            leaf("fast:status=503", "mock2", retry=retry)),
+                           stream=stream)
+    assert exhausted.status == 503
+    assert exhausted.headers["x-portkey-retry-attempt-count"] == "-1"
+    # Retries that end on an error not retried: the retries made, as Portkey counts them.
+    upstream.statuses = [503, 400]
+    resp = await post(client, json.dumps({"provider": "flaky", "retry": retry}), stream=stream)
+    assert resp.status == 400
+    assert resp.headers["x-portkey-retry-attempt-count"] == "1"
 
 
 @pytest.mark.parametrize(("wire", "etype", "code"), [
@@ -196,7 +249,8 @@ async def test_a_targets_own_400_is_a_providers_400_to_the_fallback(proxy: Any) 
         assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[0]"
 
 
-async def test_a_targets_own_400_is_no_trial_of_its_breaker(proxy: Any) -> None:
+async def test_a_targets_own_400_is_no_trial_of_its_breaker(proxy: Any,
+                                                            access_log: Any) -> None:
     # The refusal never reached the upstream, so it says nothing of its health: a half-open
     # breaker waits for a request that does, and the next failure opens it again.
     client = await proxy(make_config({
@@ -206,28 +260,31 @@ async def test_a_targets_own_400_is_no_trial_of_its_breaker(proxy: Any) -> None:
     config = fallback({"provider": "claude"}, leaf("fast:tokens=2", "gpt"),
                       cb_config={"failure_threshold": 2, "cooldown_interval": 100})
     for _ in range(2):  # the upstream is down: two failures open the breaker
-        assert (await post(client, config)).headers["x-portkey-retry-attempt-count"] == "1"
+        await post(client, config)
+        assert access_log()[-1]["attempts"] == 2
     await asyncio.sleep(0.15)  # half-open: the next request that reaches claude decides
     resp = await post(client, config, stop=["\n"])  # refused by claude's translation
     assert resp.status == 200
     assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
-    assert (await post(client, config)).headers["x-portkey-retry-attempt-count"] == "1"
+    await post(client, config)
+    assert access_log()[-1]["attempts"] == 2  # claude tried: its breaker was still half-open
     resp = await post(client, config)  # the trial failed: open again, claude is skipped
-    assert resp.headers["x-portkey-retry-attempt-count"] == "0"
+    assert access_log()[-1]["attempts"] == 1
+    assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
 
 
-async def test_an_open_circuit_is_skipped(proxy: Any) -> None:
+async def test_an_open_circuit_is_skipped(proxy: Any, access_log: Any) -> None:
     client = await proxy(gateway_config())
     config = json.dumps({
         "strategy": {"mode": "fallback",
                      "cb_config": {"failure_threshold": 2, "cooldown_interval": 60000}},
         "targets": [{"provider": "down"}, leaf("fast:tokens=2", "mock2")]})
     for _ in range(2):  # two failures trip the breaker of `down`
-        resp = await post(client, config)
-        assert resp.headers["x-portkey-retry-attempt-count"] == "1"
+        await post(client, config)
+        assert access_log()[-1]["attempts"] == 2
     resp = await post(client, config)
     assert resp.status == 200
-    assert resp.headers["x-portkey-retry-attempt-count"] == "0"  # `down` was not tried
+    assert access_log()[-1]["attempts"] == 1  # `down` was not tried
     assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
 
 
@@ -286,6 +343,7 @@ async def test_a_conditional_without_a_match_fails_only_when_a_fallback_reaches_
     assert failed.status == 400
     assert (await failed.json())["error"]["code"] == "no_condition_matched"
     assert failed.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
+    assert "x-portkey-retry-attempt-count" not in failed.headers  # no upstream answered
     first = await post(client, fallback(unmatched, leaf("fast")), stream=stream)
     assert first.status == 400  # nothing was tried
 
@@ -296,7 +354,8 @@ async def test_trace_id_is_echoed(proxy: Any) -> None:
 
 
 @pytest.mark.parametrize("stream", [True, False])
-async def test_errors_carry_the_portkey_headers(proxy: Any, stream: bool) -> None:
+async def test_errors_carry_the_portkey_headers(proxy: Any, access_log: Any,
+                                                stream: bool) -> None:
     client = await proxy(gateway_config())
     trace = {"x-portkey-trace-id": "trace-err"}
     invalid = await post(client, headers=trace, stream=stream, model="mock/fast", n=0)
@@ -309,7 +368,8 @@ async def test_errors_carry_the_portkey_headers(proxy: Any, stream: bool) -> Non
     assert failed.headers["x-portkey-trace-id"] == "trace-err"
     assert failed.headers["x-portkey-provider"] == "mock2"
     assert failed.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
-    assert failed.headers["x-portkey-retry-attempt-count"] == "1"  # no retries configured
+    assert failed.headers["x-portkey-retry-attempt-count"] == "0"  # mock2's: none configured
+    assert access_log()[-1]["attempts"] == 2
     generated = await post(client, json.dumps(leaf("fast:status=500")), stream=stream)
     assert len(generated.headers["x-portkey-trace-id"]) == 32
     assert generated.headers["x-portkey-last-used-option-index"] == "config"
@@ -453,7 +513,7 @@ async def test_server_timeouts_stay_504(proxy: Any) -> None:
 
 
 async def test_onellm_fallback_models_and_retries_through_the_openai_sdk(
-        proxy: Any, upstream: Any) -> None:
+        proxy: Any, upstream: Any, access_log: Any) -> None:
     upstream.content_type = "application/json"
     upstream.body = json.dumps({
         "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test",
@@ -468,7 +528,8 @@ async def test_onellm_fallback_models_and_retries_through_the_openai_sdk(
         extra_body={"fallback_models": ["claude/claude-test"], "retries": 1})
     done = raw.parse()
     assert raw.headers["x-portkey-provider"] == "claude"
-    assert raw.headers["x-portkey-retry-attempt-count"] == "2"  # 1 retry + 1 fallback
+    assert raw.headers["x-portkey-retry-attempt-count"] == "0"  # claude's own retries
+    assert access_log()[-1]["attempts"] == 3  # 1 retry + 1 fallback
     assert done.choices[0].finish_reason == "tool_calls"
     assert done.choices[0].message.tool_calls[0].function.arguments == '{"a":1}'
     sent = upstream.requests[0].json()
@@ -476,7 +537,7 @@ async def test_onellm_fallback_models_and_retries_through_the_openai_sdk(
     assert "fallback_models" not in sent and "retries" not in sent
 
 
-async def test_onellm_retries_are_the_primarys_alone(proxy: Any) -> None:
+async def test_onellm_retries_are_the_primarys_alone(proxy: Any, access_log: Any) -> None:
     # OneLLM: `retries` more tries of the primary, then each fallback model once.
     config = make_config({"mock": {"type": "mock", "default_model": "fast"},
                           "mock2": {"type": "mock", "default_model": "fast"}}, default="mock")
@@ -487,7 +548,8 @@ async def test_onellm_retries_are_the_primarys_alone(proxy: Any) -> None:
     assert resp.status == 200
     assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[2]"
     # 3 tries of the primary, 1 of the first fallback, 1 of the second
-    assert resp.headers["x-portkey-retry-attempt-count"] == "4"
+    assert access_log()[-1]["attempts"] == 5
+    assert resp.headers["x-portkey-retry-attempt-count"] == "0"  # the second fallback's
 
 
 async def test_portkey_sdk_streams_through_a_fallback_config(proxy: Any) -> None:

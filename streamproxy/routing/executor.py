@@ -106,7 +106,7 @@ class Executor:
         while True:
             attempt = plan.attempts[index]
             if attempt.refusal is not None:  # reached by a fallback: the request's answer
-                record.option_path = attempt.path
+                record.option_path, record.retries = attempt.path, None
                 raise attempt.refusal
             try:
                 result = await self._with_retries(req, attempt, record, once)
@@ -127,7 +127,7 @@ class Executor:
         target, spec = attempt.target.served(), attempt.retry
         record.provider = target.provider.name
         record.model = target.model or target.provider.cfg.default_model
-        record.retries_exhausted = False
+        record.retries, record.retries_exhausted = 0, False
         retry = 0
         total = target.timeouts.total if spec.attempts else None
         # The retries share the target's total, from its first try (the loop's clock: only
@@ -159,6 +159,7 @@ class Executor:
                     raise
                 retry += 1
                 await asyncio.sleep(delay)
+                record.retries = retry
                 record.note_retry()
                 continue
             if attempt.breaker is not None:  # (its key is built per call)

@@ -46,9 +46,9 @@ def response_headers(record: RequestRecord, provider: str | None) -> dict[str, s
     headers = trace_headers(record.trace_id)
     if provider is not None:
         headers["x-portkey-provider"] = provider
-    if record.attempts:
+    if record.retries is not None:  # (Portkey's: the retries of that target alone)
         headers["x-portkey-retry-attempt-count"] = (
-            RETRIES_EXHAUSTED if record.retries_exhausted else str(record.attempts - 1))
+            RETRIES_EXHAUSTED if record.retries_exhausted else str(record.retries))
     if record.option_path is not None:
         headers["x-portkey-last-used-option-index"] = record.option_path
     return headers
