@@ -545,3 +545,32 @@ async def test_through_the_proxy_the_terminator_a_read_later_keeps_the_connectio
             while pool.busy:
                 await asyncio.sleep(0.01)
     assert pool.opened == 1
+
+
+# -- requests against raw upstreams ---------------------------------------------------------------
+
+async def raw_server(handle: Any) -> tuple[asyncio.Server, str]:
+    """A raw upstream on loopback calling `handle(reader, writer)` per connection."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+
+
+async def test_a_connection_whose_request_was_not_all_sent_is_not_pooled() -> None:
+    """An upstream answering before it read the body (keep-alive, as a 413 may come) leaves
+    part of the request unwritten: a request reusing that connection would queue behind it."""
+    done = asyncio.Event()
+
+    async def answer_early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 2\r\n\r\nno")
+        await done.wait()  # reads none of the body
+        writer.close()
+
+    server, url = await raw_server(answer_early)
+    async with native_client() as client:
+        resp = await post(client, url, body=b"x" * (16 << 20))
+        assert resp.status == 413 and await resp.read() == b"no"
+        resp.release()
+        assert not any(client.pool.idle.values()) and resp._conn.closed
+    done.set()
+    server.close()

@@ -169,6 +169,12 @@ class _Connection(asyncio.Protocol):
             self.close()  # cancelled or failed: the connection is not reusable
             raise
 
+    def request_unsent(self) -> bool:
+        """Part of the request is still to be written: the upstream answered before reading
+        all of it (a 413, a 401 on a large body). The next request would wait behind those
+        bytes, on a connection the upstream may be about to close, so it is not reused."""
+        return self.transport is not None and self.transport.get_write_buffer_size() > 0
+
     def _set_busy(self, busy: bool) -> None:
         if busy != self.busy:
             self.busy = busy
@@ -331,7 +337,7 @@ class Response:
         parser = conn.parser
         if (self._eof and self._error is None and not self._chunks and parser is not None
                 and parser.done and parser.head is not None and parser.head.keep_alive
-                and not conn.closed):
+                and not conn.closed and not conn.request_unsent()):
             conn.parser = None
             conn.response = None
             conn._set_busy(False)
