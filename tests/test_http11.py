@@ -574,3 +574,30 @@ async def test_a_connection_whose_request_was_not_all_sent_is_not_pooled() -> No
         assert not any(client.pool.idle.values()) and resp._conn.closed
     done.set()
     server.close()
+
+
+async def test_a_request_that_went_out_on_a_pooled_connection_is_never_sent_twice() -> None:
+    """An upstream that reads a POST and closes without answering (it crashed, or closed
+    the idle connection just as the request came) may have acted on it: no resend."""
+    received: list[bytes] = []
+
+    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(2)
+                received.append(head.split(b" ", 2)[1])
+                if head.startswith(b"POST /close"):
+                    break
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.close()
+
+    server, url = await raw_server(answer_once)
+    async with native_client() as client:
+        resp = await post(client, url + "first")
+        assert await resp.read() == b"ok"
+        resp.release()
+        with pytest.raises(Disconnected):
+            await post(client, url + "close")
+    server.close()
+    assert received == [b"/first", b"/close"] and client.pool.opened == 1

@@ -62,6 +62,11 @@ class ConnectFailed(ConnectionError):
     """The connection could not be opened (refused, DNS, TLS handshake)."""
 
 
+class NotSent(Disconnected):
+    """A pooled connection was found closed before any of the request went out on it: the
+    request is safe to send again on a new one."""
+
+
 # -- the connection -------------------------------------------------------------------------------
 
 class _Connection(asyncio.Protocol):
@@ -154,15 +159,18 @@ class _Connection(asyncio.Protocol):
     async def request(self, data: bytes | tuple[bytes, bytes], head_request: bool) -> Response:
         transport = self.transport
         if transport is None or self.closed or transport.is_closing():
-            raise Disconnected("stale connection", nothing_received=True)
+            raise NotSent("stale connection", nothing_received=True)
         self.parser = ResponseParser(head_request=head_request)
         self.response = None
         self._set_busy(True)
-        waiter = self._head_waiter = self._loop.create_future()
         if type(data) is bytes:
             transport.write(data)
         else:
             transport.writelines(data)
+        if transport.is_closing():  # the socket refused the write at once: a peer's reset
+            self.close()
+            raise NotSent("stale connection", nothing_received=True)
+        waiter = self._head_waiter = self._loop.create_future()
         try:
             return await waiter
         except BaseException:
@@ -607,10 +615,11 @@ class HTTP11Client:
         if conn is not None:
             try:
                 return await conn.request(data, head_request)
-            except Disconnected as e:
-                if not e.nothing_received:
-                    raise
-            # The pooled connection had been closed by the upstream: retry once on a new one.
+            except NotSent:
+                pass  # the upstream had closed the pooled connection: send on a new one
+            # Any other failure is not retried, even with no byte of an answer: the request
+            # went out and may have reached the upstream (which then closed, or crashed), and
+            # a POST must not reach it twice (a second generation, billed twice).
         conn = await self.pool.connect(u.key, connect_timeout, u.tunnel)
         return await conn.request(data, head_request)
 
