@@ -601,3 +601,27 @@ async def test_a_request_that_went_out_on_a_pooled_connection_is_never_sent_twic
             await post(client, url + "close")
     server.close()
     assert received == [b"/first", b"/close"] and client.pool.opened == 1
+
+
+@pytest.mark.parametrize("answer", [
+    b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\r\n",
+    b"Content-Length: 5\r\n\r\nhello\r\n",
+])
+async def test_bytes_after_a_whole_response_drop_the_connection_not_the_response(
+        answer: bytes) -> None:
+    async def answer_then_crlf(reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            writer.write(b"HTTP/1.1 200 OK\r\n" + answer)  # one write: one read
+            await reader.read()
+        writer.close()
+
+    server, url = await raw_server(answer_then_crlf)
+    async with native_client() as client:
+        resp = await post(client, url)
+        assert await resp.read() == b"hello"
+        resp.release()
+        assert not any(client.pool.idle.values()) and resp._conn.closed
+    server.close()

@@ -121,9 +121,10 @@ class _Connection(asyncio.Protocol):
                 self.transport.pause_reading()
         if parser.done:
             if parser.extra:
-                parser.done = False  # unsolicited bytes: not trusted, not reused
-                self._fail(MalformedResponse("bytes after the end of the response"))
-                return
+                # Bytes after the end (a stray CRLF some servers add): the response is whole
+                # by its framing and stands, as curl, Go and aiohttp's client take it, but the
+                # connection is not trusted any more, so it is not reused.
+                self.close()
             response._finish(None)
 
     def eof_received(self) -> bool | None:
