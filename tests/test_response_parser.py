@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import random
+import zlib
 from typing import Any
 
 import pytest
@@ -92,6 +93,20 @@ def test_parser_decodes_gzip_and_refuses_unknown_encodings() -> None:
         ResponseParser().feed(b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\n\r\n")
     with pytest.raises(MalformedResponse):
         ResponseParser().feed(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\nnot gzip")
+
+
+@pytest.mark.parametrize("wbits", [zlib.MAX_WBITS, -zlib.MAX_WBITS])
+@pytest.mark.parametrize("piece", [1, 7, 1 << 20])
+def test_a_deflate_body_is_decoded_with_or_without_its_zlib_header(wbits: int,
+                                                                    piece: int) -> None:
+    """RFC 9110's `deflate` is zlib-wrapped; some servers send the raw stream (IIS did):
+    both are read, as aiohttp's client reads them."""
+    packer = zlib.compressobj(wbits=wbits)
+    packed = packer.compress(b"data: hello\n\n" * 50) + packer.flush()
+    raw = b"HTTP/1.1 200 OK\r\nContent-Encoding: deflate\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(packed), packed)
+    parser, body = parse_all([raw[i:i + piece] for i in range(0, len(raw), piece)])
+    assert body == b"data: hello\n\n" * 50 and parser.done
 
 
 @pytest.mark.parametrize("piece", [1, 7, 100, 1 << 20])

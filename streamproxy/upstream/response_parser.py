@@ -317,8 +317,8 @@ class ResponseParser:
     is true when bytes followed the end (the connection is then not reused). `eof()` is called
     when the connection closes and raises `Disconnected` when the body was cut."""
 
-    __slots__ = ("_buf", "_chunked", "_head_request", "_inflate", "_left", "done", "extra",
-                 "head", "received")
+    __slots__ = ("_buf", "_chunked", "_head_request", "_inflate", "_left", "_sniff_deflate",
+                 "done", "extra", "head", "received")
 
     def __init__(self, *, head_request: bool = False) -> None:
         self._buf = b""
@@ -326,6 +326,7 @@ class ResponseParser:
         self._chunked: ChunkedDecoder | None = None
         self._left: int | None = None  # Content-Length bytes left; None = until close
         self._inflate: zlib._Decompress | None = None  # a compressed body (rare)
+        self._sniff_deflate = False  # a deflate body whose first byte is still to come
         self.head: ResponseHead | None = None
         self.done = False
         self.extra = False
@@ -356,6 +357,11 @@ class ResponseParser:
     def _decompress(self, body: bytes) -> bytes:
         inflate = self._inflate
         assert inflate is not None and self.head is not None
+        if self._sniff_deflate:
+            self._sniff_deflate = False
+            if body[0] & 0x0F != 8:  # no zlib header (its method nibble is 8): raw deflate,
+                # as some servers send for `deflate` (aiohttp's client reads it the same way)
+                inflate = self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)
         out: list[bytes] = []
         room = MAX_INFLATED_READ
         while True:
@@ -410,6 +416,7 @@ class ResponseParser:
             if head.encoding:
                 self._inflate = zlib.decompressobj(
                     16 + zlib.MAX_WBITS if head.encoding == "gzip" else zlib.MAX_WBITS)
+                self._sniff_deflate = head.encoding == "deflate"
             if head.chunked:
                 self._chunked = ChunkedDecoder()
             elif head.length is not None:
