@@ -181,6 +181,15 @@ def test_framing_headers_in_any_case_and_repeated() -> None:
     assert parser.head is not None and parser.head.keep_alive and body == b"ok"
 
 
+def test_transfer_encoding_with_content_length_is_read_chunked_and_not_reused() -> None:
+    """RFC 9112 6.3: Transfer-Encoding wins, and both at once may split a response (the
+    next one hidden in this body, or this body's end in the next): no reuse."""
+    parser, body = parse_all([b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"
+                              b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"])
+    assert body == b"hello" and parser.done and not parser.extra
+    assert parser.head is not None and not parser.head.keep_alive
+
+
 @settings(max_examples=1500, deadline=None)
 @given(st.sampled_from([b"HTTP/1.1 200 OK", b"HTTP/1.0 204 No Content", b"HTTP/1.1 200"]),
        header_lines())

@@ -279,6 +279,10 @@ def parse_head(head: bytes, *, head_request: bool = False) -> ResponseHead:
     keep_alive = "close" not in conn if minor == b"1" else "keep-alive" in conn
     chunked, length = False, None
     te = framing.get("transfer-encoding")
+    if te and "content-length" in framing:
+        # RFC 9112 6.3: Transfer-Encoding overrides the Content-Length, but both at once may
+        # be a response splitting attempt: the body is read, the connection not reused.
+        keep_alive = False
     if te == ["chunked"]:  # the usual one: no coding list to read
         chunked = True
     elif te:
