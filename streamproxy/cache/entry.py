@@ -149,7 +149,9 @@ def _runs(entry: dict[str, Any]) -> list[Any]:
 def _replay_completion(completion: dict[str, Any], sink: ChunkSink) -> None:
     choice = (completion.get("choices") or [{}])[0]
     message = choice.get("message") or {}
-    sink.start(completion.get("model"))
+    # Its content null or not, the stream's role chunk says so (tool calls, reasoning or
+    # nothing may come first): a client that joins the deltas gets the answer's content.
+    sink.start(completion.get("model"), isinstance(message.get("content"), str))
     if message.get("reasoning_content"):
         sink.reasoning(message["reasoning_content"])
     for block in message.get("thinking_blocks") or []:

@@ -26,14 +26,24 @@ from streamproxy.errors import ProxyError, UpstreamStatusError
 _dumps = orjson.dumps
 
 DONE_FRAME = b"data: [DONE]\n\n"
+# The role chunk's delta as OpenAI's: `content` is "" before text, null before anything else
+# (a tool call's start carries the role itself), so a client that accumulates the stream ends
+# with the whole answer's `content`.
+_ROLE_TEXT = b'{"role":"assistant","content":"","refusal":null}'
+_ROLE_NO_TEXT = b'{"role":"assistant","content":null,"refusal":null}'
+_ROLE_WITH_CALL = b'{"role":"assistant","content":null,"tool_calls":%b,"refusal":null}'
 _NULL_LOGPROBS_LEN = len(b',"logprobs":null')  # the envelope tail's first field
 
 
 class ChunkSink(Protocol):
     """What a stream translator emits, in OpenAI's terms. One response, choice index 0."""
 
-    def start(self, model: str | None = None) -> None:
-        """The first chunk: `delta: {role: "assistant", content: ""}`."""
+    def start(self, model: str | None = None, text: bool | None = None) -> None:
+        """The answer has begun: the role chunk is due. `text`: whether the answer begins with
+        text, when known before its first delta (the first block began); then the role chunk
+        leaves with this read even if that delta comes in a later one. Unknown, the first
+        delta decides: `content: ""` before text, null before anything else, and a tool call's
+        start carries the role, as OpenAI's. Called again before any delta, it tells `text`."""
 
     def content(self, text: str) -> None: ...
 
@@ -98,7 +108,7 @@ class ChunkEncoder:
     """ChunkSink → SSE bytes. Also the per-stream record that logs and metrics read."""
 
     __slots__ = (
-        "_buf", "_content_head", "_content_tail", "_literal_sep", "_prefix", "_tail",
+        "_buf", "_content_head", "_content_tail", "_literal_sep", "_prefix", "_role", "_tail",
         "_thinking_blocks", "bytes_taken", "chunks", "completion_id", "created", "ended",
         "failure", "finish_reason", "include_usage", "model", "secret", "usage_data",
     )
@@ -120,6 +130,9 @@ class ChunkEncoder:
         self._content_head = b""
         self._content_tail = b""
         self._literal_sep = b""  # content_literals(): built when a read brings two or more
+        # start() made the role chunk due: the delta take() sends alone (b"": not before a
+        # delta, what the answer begins with is not known yet); None: none due.
+        self._role: bytes | None = None
         self._thinking_blocks = 0  # thinking_block(): the next block's index
         self.chunks = 0
         self.bytes_taken = 0  # everything take() returned: the bytes sent to the client
@@ -134,7 +147,9 @@ class ChunkEncoder:
         """Everything encoded since the last call, for one write."""
         buf = self._buf
         if not buf:
-            return b""
+            if not self._role:
+                return b""
+            self._open(self._role)  # the answer's first block began, its delta is to come
         out = b"".join(buf)
         buf.clear()
         self.bytes_taken += len(out)
@@ -142,7 +157,7 @@ class ChunkEncoder:
 
     @property
     def pending(self) -> bool:
-        return bool(self._buf)
+        return bool(self._buf or self._role)
 
     # -- envelope ----------------------------------------------------------------------------
     def _envelope(self) -> None:
@@ -158,21 +173,32 @@ class ChunkEncoder:
         self._content_head = self._prefix + b'{"content":'
         self._content_tail = b"}" + self._tail
 
+    def _open(self, role: bytes) -> None:
+        """The first frame's envelope, after the role chunk when start() made one due: as its
+        `text` said, else `role` (what the first delta makes it)."""
+        self._envelope()
+        if self._role is not None:
+            self._buf += (self._prefix, self._role or role, self._tail)
+            self._role = None
+            self.chunks += 1
+
     def _frame(self, delta: bytes) -> None:
         if not self._prefix:
-            self._envelope()
+            self._open(_ROLE_NO_TEXT)
         self._buf += (self._prefix, delta, self._tail)
         self.chunks += 1
 
     # -- ChunkSink ---------------------------------------------------------------------------
-    def start(self, model: str | None = None) -> None:
-        if model and not self._prefix:
+    def start(self, model: str | None = None, text: bool | None = None) -> None:
+        if self._prefix:
+            return  # (frames went out: the role chunk leads a stream or is not sent)
+        if model:
             self.model = model
-        self._frame(b'{"role":"assistant","content":""}')
+        self._role = b"" if text is None else _ROLE_TEXT if text else _ROLE_NO_TEXT
 
     def content(self, text: str) -> None:
         if not self._prefix:
-            self._envelope()
+            self._open(_ROLE_TEXT)
         self._buf += (self._content_head, _dumps(text), self._content_tail)
         self.chunks += 1
 
@@ -181,7 +207,7 @@ class ChunkEncoder:
         requires and valid UTF-8 (spliced from a provider's bytes, see
         providers/anthropic/stream.py): one frame each, built by one join."""
         if not self._prefix:
-            self._envelope()
+            self._open(_ROLE_TEXT)
         if len(literals) == 1:
             text = literals[0]
         else:
@@ -193,7 +219,7 @@ class ChunkEncoder:
 
     def content_logprobs(self, text: str, tokens: list[dict[str, Any]]) -> None:
         if not self._prefix:
-            self._envelope()
+            self._open(_ROLE_TEXT)
         # The envelope's tail with its `"logprobs":null` replaced by the tokens.
         self._buf += (self._content_head, _dumps(text), b'},"logprobs":',
                       _dumps({"content": tokens, "refusal": None}),
@@ -210,10 +236,15 @@ class ChunkEncoder:
         self._thinking_blocks += 1
 
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None:
-        self._frame(_dumps({"tool_calls": [{
-            "index": index, "id": call_id, "type": "function",
-            "function": {"name": name, "arguments": arguments},
-        }]}))
+        calls = _dumps([{"index": index, "id": call_id, "type": "function",
+                         "function": {"name": name, "arguments": arguments}}])
+        if self._role is None or self._role is _ROLE_TEXT:
+            self._frame(b'{"tool_calls":%b}' % calls)
+            return
+        self._role = None  # the answer begins with this call: its chunk carries the role
+        self._envelope()
+        self._buf += (self._prefix, _ROLE_WITH_CALL % calls, self._tail)
+        self.chunks += 1
 
     def tool_call_args(self, index: int, fragment: str) -> None:
         self._frame(b'{"tool_calls":[{"index":%d,"function":{"arguments":%b}}]}'
@@ -221,7 +252,7 @@ class ChunkEncoder:
 
     def finish(self, reason: str) -> None:
         if not self._prefix:
-            self._envelope()
+            self._open(_ROLE_TEXT)
         self.finish_reason = reason
         self._buf += (self._prefix, b'{},"logprobs":null,"finish_reason":', _dumps(reason),
                       b'}],"usage":null}\n\n' if self.include_usage else b"}]}\n\n")
@@ -233,6 +264,8 @@ class ChunkEncoder:
     def end(self) -> None:
         if self.ended:
             return
+        if self._role is not None:  # an answer with nothing in it
+            self._open(_ROLE_TEXT)
         if self.include_usage and self.usage_data is not None:
             if not self._prefix:
                 self._envelope()
@@ -249,6 +282,7 @@ class ChunkEncoder:
         if self.secret and isinstance(err, UpstreamStatusError):  # an upstream's error event
             err.mask(self.secret)
         self.failure = err
+        self._role = None  # (a stream that fails before its first delta has no role chunk)
         self._buf.append(error_frame(err))
         self.ended = True
 
@@ -285,7 +319,7 @@ class RecordingChunkEncoder(ChunkEncoder):
 
     def content(self, text: str) -> None:
         if not self._prefix:
-            self._envelope()
+            self._open(_ROLE_TEXT)
         literal = _dumps(text)
         self._buf += (self._content_head, literal, self._content_tail)
         self.chunks += 1

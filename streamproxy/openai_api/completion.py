@@ -123,7 +123,7 @@ class CompletionBuilder:
         """Each tool call's argument fragments, in order (a start's inline arguments first)."""
         return self._args
 
-    def start(self, model: str | None = None) -> None:
+    def start(self, model: str | None = None, text: bool | None = None) -> None:
         if model:
             self.model = model
 
@@ -454,8 +454,8 @@ class TeeSink:
         self.content = encoder.content
         self.content_literals = encoder.content_literals
 
-    def start(self, model: str | None = None) -> None:
-        self.encoder.start(model)
+    def start(self, model: str | None = None, text: bool | None = None) -> None:
+        self.encoder.start(model, text)
         self.builder.start(model)
 
     def content_logprobs(self, text: str, tokens: list[dict[str, Any]]) -> None:

@@ -92,6 +92,7 @@ class AnthropicStreamTranslator(SSETranslator):
         self._args_seen: set[int] = set()  # block indices that got a non-empty fragment
         self._usage: dict[str, Any] = {}
         self._started = False
+        self._blocks_begun = False  # a content_block_start came
         self._finished = False  # a finish reason was emitted
         self._thinking: list[str] = []  # the current thinking block's text, for its signature
         self._content = out.content
@@ -195,8 +196,13 @@ class AnthropicStreamTranslator(SSETranslator):
             self.out.start(model)
 
     def _block_start(self, index: int, block: dict[str, Any]) -> None:
-        self._start(None)
         btype = block["type"]
+        if not self._blocks_begun:
+            # The answer's first block says what the role chunk holds (text or not), so it
+            # leaves with this read even when the block's first delta comes in a later one.
+            self._blocks_begun = True
+            self._started = True
+            self.out.start(None, btype == "text")
         if btype == "tool_use":
             tool = len(self._tool_of_block)
             self._tool_of_block[index] = tool

@@ -98,6 +98,9 @@ class CohereStreamTranslator(SSETranslator):
         elif kind == "content-start":
             self._start()
             content = msg["delta"]["message"]["content"]
+            # What the answer's first block is says what the role chunk holds, so it leaves
+            # with this read even when the block's first delta comes in a later one.
+            self.out.start(None, content.get("type", "text") == "text")
             if content.get("text"):
                 self.out.content(content["text"])
             elif content.get("thinking"):
