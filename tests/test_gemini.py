@@ -708,6 +708,37 @@ async def test_openai_sdk_thought_signature_round_trip(proxy: Any, upstream: Any
 
 
 
+async def test_a_streamed_tool_loop_that_kept_no_signature_still_works(proxy: Any,
+                                                                        upstream: Any) -> None:
+    # A streaming client that collects content and tool calls only (no thinking_blocks), as
+    # frameworks do: the second turn reaches Gemini 3 with the call marked to skip its
+    # signature check, rather than being answered "missing a thought_signature" (400).
+    upstream.body = gemini_sse(TOOL_ELEMENTS)
+    client = openai_sdk(await proxy(provider_config("gemini", upstream.url)))
+    async with client:
+        stream = await client.chat.completions.create(
+            model="gemini-3-flash-preview", messages=USER, stream=True)
+        calls: dict[int, dict[str, Any]] = {}
+        async for piece in stream:
+            deltas = piece.choices[0].delta.tool_calls if piece.choices else None
+            for delta in deltas or ():
+                call = calls.setdefault(delta.index, {"id": delta.id, "type": "function",
+                                                      "function": {"name": "",
+                                                                   "arguments": ""}})
+                call["function"]["name"] += delta.function.name or ""
+                call["function"]["arguments"] += delta.function.arguments or ""
+        upstream.content_type = "application/json"
+        upstream.body = orjson.dumps(chunk([{"text": "Sir Pouch-a-lot"}], finish="STOP"))
+        second = await client.chat.completions.create(model="gemini-3-flash-preview", messages=[
+            *USER, {"role": "assistant", "content": None, "tool_calls": list(calls.values())},
+            {"role": "tool", "tool_call_id": calls[0]["id"], "content": "Pouchy"}])
+    assert second.choices[0].message.content == "Sir Pouch-a-lot"
+    assert upstream.requests[1].json()["contents"][1] == {"role": "model", "parts": [{
+        "functionCall": {"name": "pelican_name_generator", "args": {"type": "funny"},
+                         "id": "c9bjmkfz"},
+        "thoughtSignature": "skip_thought_signature_validator"}]}
+
+
 async def test_user_text_after_tool_results_goes_in_a_content_of_its_own(proxy: Any,
                                                                           upstream: Any) -> None:
     # Vertex refuses a content mixing function responses and text ("Requests ending with a

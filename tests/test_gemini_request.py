@@ -91,6 +91,36 @@ def test_signature_from_google_extra_content_and_from_a_litellm_id_suffix() -> N
     assert out["contents"][4]["parts"][0]["functionResponse"]["id"] == "g2"
 
 
+@pytest.mark.parametrize("model", ["gemini-3-flash-preview", "gemini-3.1-pro-preview",
+                                   "publishers/google/models/gemini-3-pro-preview"])
+def test_gemini_3_calls_replayed_without_a_signature_skip_its_check(model: str) -> None:
+    # A client that kept only the OpenAI fields of its tool calls (most frameworks): Gemini 3
+    # answers "Function call is missing a thought_signature" unless the call carries Google's
+    # skip value. Only the first call of a step is checked (parallel calls carry one).
+    parallel = tool_turn("c1")
+    parallel["tool_calls"].append({**parallel["tool_calls"][0], "id": "c2"})
+    signed = tool_turn("c3")
+    signed["thinking_blocks"] = [{"type": "thought_signature", "signature": SIG,
+                                  "tool_call_id": "c3"}]
+    out = translate([{"role": "user", "content": "x"}, parallel,
+                     {"role": "tool", "tool_call_id": "c1", "content": "1"},
+                     {"role": "tool", "tool_call_id": "c2", "content": "2"},
+                     signed, {"role": "tool", "tool_call_id": "c3", "content": "3"},
+                     {"role": "assistant", "content": "Done."}], model=model)
+    first, second, answer = (c["parts"] for c in out["contents"] if c["role"] == "model")
+    assert [part.get("thoughtSignature") for part in first] == [
+        "skip_thought_signature_validator", None]
+    assert second[0]["thoughtSignature"] == SIG  # a real one is never replaced
+    assert answer == [{"text": "Done."}]
+
+
+@pytest.mark.parametrize("model", ["gemini-2.5-flash", "gemini-2.0-flash", "gemma-3-27b-it"])
+def test_older_models_get_no_skip_value(model: str) -> None:
+    out = translate([{"role": "user", "content": "x"}, tool_turn("c1"),
+                     {"role": "tool", "tool_call_id": "c1", "content": "1"}], model=model)
+    assert "thoughtSignature" not in out["contents"][1]["parts"][0]
+
+
 def test_generated_ids_are_not_sent_upstream_and_results_are_wrapped() -> None:
     out = translate([
         {"role": "user", "content": "x"},
@@ -106,7 +136,8 @@ def test_generated_ids_are_not_sent_upstream_and_results_are_wrapped() -> None:
     model, results, text = out["contents"][1:]
     assert model["parts"] == [
         {"text": "Checking."},
-        {"functionCall": {"name": "a", "args": {}}},
+        {"functionCall": {"name": "a", "args": {}},
+         "thoughtSignature": "skip_thought_signature_validator"},  # Gemini 3: none came back
         {"functionCall": {"name": "b", "args": {"value": [1]}}},
     ]
     # Both results in one user content, in order; the user's text in a content of its own

@@ -9,7 +9,8 @@ provider-streams.md §4.2; choices documented in docs/providers/gemini.md.
 - a tool result's function name is looked up from the assistant `tool_calls` that asked for it;
   a result that is not a JSON object is wrapped as `{"output": …}` (the key Google documents);
 - thought signatures come back from the client in three accepted forms (see
-  `_signatures`) and are put back on the part they were received with;
+  `_signatures`) and are put back on the part they were received with; for Gemini 3 a
+  function call that comes back without one gets Google's SKIP_SIGNATURE_CHECK value;
 - ids we generated for Gemini calls that had none (`call_…`) are never sent upstream;
 - `logprobs` → `responseLogprobs`, `top_logprobs` → `logprobs` (the count: both 0 to 20);
 - parameters in DROPPED are dropped; `n` > 1 is rejected.
@@ -43,6 +44,10 @@ PASSTHROUGH_TOP = {"safety_settings": "safetySettings", "cached_content": "cache
 LITELLM_SIGNATURE_SEP = "__thought__"
 SIGNATURE_BLOCK = "thought_signature"  # `thinking_blocks[].type` we emit and read back
 GENERATED_ID_PREFIX = "call_"  # ids the proxy made up for calls Gemini sent without one
+# The value Google documents for a function call whose signature is not known (a client that
+# kept only the OpenAI fields, a history from another model): Gemini 3 then skips its check
+# rather than answer the turn with a 400 ("Function call is missing a thought_signature").
+SKIP_SIGNATURE_CHECK = "skip_thought_signature_validator"
 DEFAULT_IMAGE_MIME = "image/jpeg"  # for an image URL whose extension names no type
 # Data-URL types clients write that Gemini refuses ("Unsupported MIME type"), by its name.
 MIME_ALIASES = {"image/jpg": "image/jpeg"}
@@ -61,6 +66,8 @@ def to_gemini(body: dict[str, Any], model: str) -> dict[str, Any]:
     system, contents = _contents(body["messages"])
     if not contents:
         contents = [{"role": "user", "parts": [{"text": PLACEHOLDER_USER_TEXT}]}]
+    if _checks_signatures(model):
+        _sign_unsigned_calls(contents)
     out: dict[str, Any] = {"contents": contents}
     if system:
         out["systemInstruction"] = {"parts": system}
@@ -301,6 +308,22 @@ def _model_parts(m: dict[str, Any], i: int,
             part["thoughtSignature"] = signature
         parts.append(part)
     return parts
+
+
+def _checks_signatures(model: str) -> bool:
+    """Gemini 3 and later refuse a function call without its signature; 2.x take one."""
+    return "gemini-" in model and "gemini-1" not in model and "gemini-2" not in model
+
+
+def _sign_unsigned_calls(contents: list[dict[str, Any]]) -> None:
+    """Gemini checks the first function call of each model step (of parallel calls only the
+    first carries a signature): one that came back with none gets SKIP_SIGNATURE_CHECK."""
+    for content in contents:
+        if content["role"] != "model":
+            continue
+        calls = [part for part in content["parts"] if "functionCall" in part]
+        if calls and not any("thoughtSignature" in part for part in calls):
+            calls[0]["thoughtSignature"] = SKIP_SIGNATURE_CHECK
 
 
 def _function_response(m: dict[str, Any], i: int,
