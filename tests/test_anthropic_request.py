@@ -297,6 +297,33 @@ async def test_thinking_blocks_are_sent_back(proxy: Any, upstream: Any) -> None:
     assert sent["messages"][1]["content"] == [block, {"type": "text", "text": "a"}]
 
 
+
+PORTKEY_THINKING = {"type": "thinking", "thinking": "Needs the tool.", "signature": "sig=="}
+PORTKEY_CALL = {"id": "toolu_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{}"}}
+
+
+@pytest.mark.parametrize("assistant", [
+    # Portkey's docs: the thinking goes back as parts of the assistant's content ...
+    {"content": [PORTKEY_THINKING, {"type": "text", "text": "Checking."}]},
+    # ... or as its answers' `content_blocks`, beside the content string.
+    {"content": "Checking.", "content_blocks": [PORTKEY_THINKING,
+                                                {"type": "text", "text": "Checking."}]},
+])
+async def test_thinking_sent_back_as_portkey_clients_do(proxy: Any, upstream: Any,
+                                                        assistant: dict[str, Any]) -> None:
+    # Claude refuses a tool loop whose last assistant turn lost its thinking ("a final
+    # assistant message must start with a thinking block"); the first form was a 400 here.
+    sent = (await sent_for(proxy, upstream, {
+        "thinking": {"type": "enabled", "budget_tokens": 2048}, "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "tool_calls": [PORTKEY_CALL], **assistant},
+            {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"}]})).json()
+    assert sent["messages"][1]["content"] == [
+        PORTKEY_THINKING, {"type": "text", "text": "Checking."},
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}]
+
+
 async def test_client_key_is_forwarded_when_none_is_configured(proxy: Any,
                                                                upstream: Any) -> None:
     upstream.body = fixture_bytes("anthropic/sdk-python_tool_use_response.sse")

@@ -412,6 +412,23 @@ def test_reasoning_and_its_signature_come_out_for_the_next_turn() -> None:
     ]
 
 
+
+def test_thinking_parts_of_the_content_go_back_as_reasoning() -> None:
+    # Portkey's form: the signed thinking among the assistant's content parts.
+    sent = to_converse({"messages": [
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "Paris is the capital.", "signature": "SIG=="},
+            {"type": "redacted_thinking", "data": "UkVE"}, {"type": "text", "text": "Paris."}]},
+        {"role": "user", "content": "Thanks"}]}, "us.anthropic.claude-sonnet-4-20250514-v1:0")
+    assert sent["messages"][1]["content"] == [
+        {"reasoningContent": {"reasoningText": {"text": "Paris is the capital.",
+                                                "signature": "SIG=="}}},
+        {"reasoningContent": {"redactedContent": "UkVE"}},
+        {"text": "Paris."},
+    ]
+
+
 # -- the request, pure ------------------------------------------------------------------------
 
 PNG = "data:image/png;base64,iVBORw0KGgo="

@@ -173,6 +173,16 @@ def test_text_signature_goes_back_on_the_text_part() -> None:
     assert out["contents"][1]["parts"] == [{"text": "Hi", "thoughtSignature": SIG}]
 
 
+
+def test_claude_thinking_parts_in_an_assistant_content_are_left_out() -> None:
+    # A conversation that moves on from Claude (a fallback) with its thinking sent back as
+    # content parts, as Portkey's clients do: Gemini takes the text, not Claude's thinking.
+    out = translate([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": [
+        {"type": "thinking", "thinking": "Greet back.", "signature": "sig=="},
+        {"type": "text", "text": "Hello!"}]}, {"role": "user", "content": "Bye"}])
+    assert out["contents"][1] == {"role": "model", "parts": [{"text": "Hello!"}]}
+
+
 def test_unknown_tool_call_id_is_a_400_unless_the_message_names_the_function() -> None:
     with pytest.raises(InvalidRequest) as info:
         translate([{"role": "user", "content": "x"},

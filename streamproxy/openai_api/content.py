@@ -16,9 +16,15 @@ from streamproxy.errors import InvalidRequest
 PLACEHOLDER_USER_TEXT = "Begin."
 
 
+# An assistant's content parts that hold no text for the model: its refusal, and the thinking
+# Portkey's clients send back there (read by `signed_thinking`, for Claude).
+NOT_TEXT_PARTS = frozenset({"refusal", "thinking", "redacted_thinking"})
+THINKING_TYPES = frozenset({"thinking", "redacted_thinking"})
+
+
 def texts(content: Any, where: str) -> list[str]:
     """The non-empty texts of a content field that may hold only text: a string, or an array
-    of `text` parts (`refusal` parts are skipped; any other part is a 400 naming it)."""
+    of `text` parts (NOT_TEXT_PARTS are skipped; any other part is a 400 naming it)."""
     if content is None:
         return []
     if isinstance(content, str):
@@ -35,10 +41,25 @@ def text_parts(content: list[dict[str, Any]], where: str) -> list[dict[str, Any]
         if kind == "text":
             if part.get("text"):
                 out.append(part)
-        elif kind != "refusal":
+        elif kind not in NOT_TEXT_PARTS:
             raise InvalidRequest(f"Content part type '{kind}' is not allowed here.",
                                  param=f"{where}[{j}].type", code="unsupported_value")
     return out
+
+
+def signed_thinking(m: dict[str, Any]) -> list[Any]:
+    """An assistant turn's thinking blocks, as clients send them back: `thinking_blocks` (as we
+    answer them, and LiteLLM), else Portkey's forms — its answers' `content_blocks`, or
+    `thinking` / `redacted_thinking` parts in `content` (Portkey's multi-turn docs). The first
+    field that holds any is used, so a block is never sent twice. Claude wants them back with
+    the tool calls of a turn that thought."""
+    for field in ("thinking_blocks", "content_blocks", "content"):
+        source = m.get(field)
+        if isinstance(source, list):
+            blocks = [b for b in source if isinstance(b, dict) and b.get("type") in THINKING_TYPES]
+            if blocks:
+                return blocks
+    return []
 
 
 def answer_cap(body: dict[str, Any]) -> Any:

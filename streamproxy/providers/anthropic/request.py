@@ -16,7 +16,8 @@ Choices (README "Anthropic"):
 - `response_format` json_schema → `output_config.format` (structured outputs), its object
   schemas closed (`closed_objects`); json_object → a system instruction to answer with one JSON
   object;
-- assistant `thinking_blocks` (as we stream them) are sent back as thinking blocks; one without
+- assistant `thinking_blocks` (as we stream them; or Portkey's `content_blocks` or thinking
+  parts in `content`, see `signed_thinking`) are sent back as thinking blocks; one without
   its signature (or a redacted one without data) is left out, as Anthropic refuses it;
 - a function's `strict: true` → the tool's `strict` (Anthropic's strict tool use);
 - a content part's or a tool's `cache_control` (prompt caching, as Portkey passes it) is kept
@@ -43,6 +44,7 @@ from streamproxy.openai_api.content import (
     logprobs_asked,
     parse_data_url,
     reasoning_effort,
+    signed_thinking,
     stop_list,
     text_parts,
     texts,
@@ -303,7 +305,7 @@ def _utf8_text(data: str, where: str) -> str:
 
 
 def _assistant_blocks(m: dict[str, Any], i: int) -> list[dict[str, Any]]:
-    blocks = [block for tb in m.get("thinking_blocks") or [] for block in _thinking_block(tb)]
+    blocks = [block for tb in signed_thinking(m) for block in _thinking_block(tb)]
     blocks.extend(_text_blocks(m.get("content"), f"messages[{i}].content"))
     for j, call in enumerate(m.get("tool_calls") or []):
         fn = call["function"]

@@ -23,8 +23,9 @@ Choices (docs/providers/bedrock.md):
   the model id), kept below the client's max and refused beside a temperature other than 1, a
   top_k or a top_p below 0.95, as on Anthropic (anthropic/thinking.py); dropped for other
   models;
-- assistant `thinking_blocks` (as we stream them) go back as `reasoningContent` blocks; one
-  without its signature (or a redacted one without data) is left out;
+- assistant `thinking_blocks` (as we stream them; or Portkey's forms, see `signed_thinking`)
+  go back as `reasoningContent` blocks; one without its signature (or a redacted one without
+  data) is left out;
 - a content part's or a tool's `cache_control` (Anthropic's prompt-caching breakpoint, as
   Portkey passes it) → a `cachePoint` block after the block made from it (after the tool's
   spec; after the whole `toolResult`, whose content cannot hold one);
@@ -61,6 +62,7 @@ from streamproxy.openai_api.content import (
     logprobs_asked,
     parse_data_url,
     reasoning_effort,
+    signed_thinking,
     stop_list,
     text_parts,
     texts,
@@ -384,7 +386,7 @@ def _document(file: dict[str, Any], where: str, i: int, j: int) -> dict[str, Any
 
 def _assistant_blocks(m: dict[str, Any], i: int, tool_names: list[str]) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
-    for tb in m.get("thinking_blocks") or []:  # signed reasoning first, as Claude requires
+    for tb in signed_thinking(m):  # signed reasoning first, as Claude requires
         if not isinstance(tb, dict):
             continue
         if tb.get("type") == "thinking" and tb.get("signature"):
