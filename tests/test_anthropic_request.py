@@ -14,7 +14,7 @@ from streamproxy.errors import InvalidRequest, UpstreamProtocolError
 from streamproxy.providers.anthropic.request import to_anthropic
 from streamproxy.providers.anthropic.response import to_completion
 from tests.conftest import provider_config
-from tests.helpers import fixture_bytes, make_config
+from tests.helpers import fixture_bytes, make_config, openai_sdk, read_sdk_stream
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather",
                                          "parameters": {"type": "object", "properties": {
@@ -322,6 +322,66 @@ async def test_thinking_sent_back_as_portkey_clients_do(proxy: Any, upstream: An
     assert sent["messages"][1]["content"] == [
         PORTKEY_THINKING, {"type": "text", "text": "Checking."},
         {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}]
+
+
+
+def loop(assistant: dict[str, Any], *after: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": "Weather?"},
+            {"role": "assistant", "tool_calls": [PORTKEY_CALL], **assistant},
+            {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"}, *after]
+
+
+@pytest.mark.parametrize(("messages", "thinks"), [
+    # An OpenAI client keeps no thinking (nor does a loop begun on Gemini): Claude would
+    # refuse thinking here ("a final assistant message must start with a thinking block").
+    (loop({"content": None}), False),
+    (loop({"content": None, "thinking_blocks": [
+        {"type": "thought_signature", "signature": "g", "tool_call_id": "toolu_1"}]}), False),
+    (loop({"content": None, "thinking_blocks": [{**PORTKEY_THINKING, "signature": ""}]}), False),
+    # The blocks came back: the loop thinks on.
+    (loop({"content": None, "thinking_blocks": [PORTKEY_THINKING]}), True),
+    (loop({"content": None, "thinking_blocks": [{"type": "redacted_thinking", "data": "d"}]}),
+     True),
+    # A new user turn after the loop, or no loop: thinking as asked.
+    (loop({"content": None}, {"role": "assistant", "content": "Sunny."},
+          {"role": "user", "content": "And tomorrow?"}), True),
+    ([{"role": "user", "content": "Hi"}], True),
+])
+def test_effort_thinks_unless_a_tool_loop_came_back_without_its_thinking(
+        messages: list[dict[str, Any]], thinks: bool) -> None:
+    out = to_anthropic({"messages": messages, "reasoning_effort": "low"}, "claude-x")
+    assert ("thinking" in out) == thinks
+    assert out["max_tokens"] == (1024 + 4096 if thinks else 4096)
+
+
+def test_a_native_thinking_object_is_kept_in_a_loop_without_thinking() -> None:
+    thinking = {"type": "enabled", "budget_tokens": 2048}
+    out = to_anthropic({"messages": loop({"content": None}), "thinking": thinking}, "claude-x")
+    assert out["thinking"] == thinking  # the client asked Claude itself: its call
+
+
+async def test_an_openai_client_s_tool_loop_with_reasoning_effort_goes_on(
+        proxy: Any, upstream: Any) -> None:
+    # The openai SDK's second turn, built from the first answer's OpenAI fields only.
+    client = openai_sdk(await proxy(provider_config("anthropic", upstream.url)))
+    upstream.body = fixture_bytes("anthropic/sdk-python_tool_use_response.sse")
+    async with client:
+        stream = await client.chat.completions.create(
+            model="claude-x", messages=[{"role": "user", "content": "Weather?"}],
+            reasoning_effort="low", stream=True)
+        first = await read_sdk_stream(stream)
+        call_id, name, args = first.tool_calls[0]
+        stream = await client.chat.completions.create(model="claude-x", reasoning_effort="low",
+                                                      stream=True, messages=[
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": first.text, "tool_calls": [
+                {"id": call_id, "type": "function",
+                 "function": {"name": name, "arguments": args}}]},
+            {"role": "tool", "tool_call_id": call_id, "content": "sunny"}])
+        await read_sdk_stream(stream)
+    first_sent, second_sent = (r.json() for r in upstream.requests)
+    assert first_sent["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    assert "thinking" not in second_sent
 
 
 async def test_client_key_is_forwarded_when_none_is_configured(proxy: Any,

@@ -577,6 +577,18 @@ def test_claude_thinking_from_effort_with_a_forced_tool_is_a_400() -> None:
     assert to_converse(body, MODEL)["toolConfig"]["toolChoice"] == {"any": {}}  # (no thinking)
 
 
+def test_claude_thinking_from_effort_skips_a_tool_loop_that_came_back_without_it() -> None:
+    # Claude refuses thinking when the tool loop's assistant turn lost its reasoning (an
+    # OpenAI client keeps none): that step goes without; with the blocks back it thinks.
+    claude = "us.anthropic.claude-sonnet-4-20250514-v1:0"
+    body = {"messages": conversation(), "tools": TOOLS, "reasoning_effort": "low"}
+    assert "additionalModelRequestFields" not in to_converse(body, claude)
+    body["messages"][3]["thinking_blocks"] = [
+        {"type": "thinking", "thinking": "Two calls.", "signature": "SIG=="}]
+    assert to_converse(body, claude)["additionalModelRequestFields"] == {
+        "thinking": {"type": "enabled", "budget_tokens": 1024}}
+
+
 def test_reasoning_effort_is_claude_thinking_and_dropped_elsewhere() -> None:
     body = {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "medium"}
     claude = to_converse(body, "us.anthropic.claude-3-7-sonnet-20250219-v1:0")

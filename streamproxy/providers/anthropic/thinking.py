@@ -12,6 +12,11 @@ so is it beside sampling Claude refuses with thinking: a `temperature` other tha
 a `top_p` below 0.95 (Anthropic's extended-thinking docs; OpenAI's reasoning models answer a
 temperature other than 1 with a 400 too). They are refused, not dropped: the client asked for
 both, and only it knows which one matters.
+A request that continues a tool loop whose assistant turn came back without its signed
+thinking (an OpenAI client keeps none; a loop begun on another provider has none) gets no
+thinking from `reasoning_effort`: Claude refuses thinking there ("a final assistant message
+must start with a thinking block"; Anthropic's advice: disable thinking), where OpenAI asks for
+no reasoning back. The next user turn thinks again.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from streamproxy.errors import InvalidRequest
+from streamproxy.openai_api.content import signed_thinking
 
 MIN_BUDGET = 1024
 # xhigh (OpenAI's top effort) is more than high, within every thinking Claude's output cap
@@ -49,7 +55,9 @@ def fit_thinking(body: dict[str, Any], native: Any, effort: str | None, answer_a
                 param="tool_choice", code="invalid_value")
         _refuse_sampling(effort, body.get("temperature"), body.get("top_p"), top_k)
         budget = _effort_budget(effort, max_tokens, param)
-        thinking = {"type": "enabled", "budget_tokens": budget}
+        # (checked above all the same: whether a request is valid does not depend on its history)
+        if not _loop_without_thinking(body["messages"]):
+            thinking = {"type": "enabled", "budget_tokens": budget}
     budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
     if max_tokens is None and isinstance(budget, int) and budget > 0:
         max_tokens = budget + answer_allowance
@@ -85,6 +93,21 @@ def _refuse_sampling(effort: str, temperature: Any, top_p: Any, top_k: Any) -> N
         f"reasoning_effort '{effort}' turns on Claude's extended thinking, which does not take "
         f"{param} {value}: {fix}, or leave out reasoning_effort.", param=param,
         code="unsupported_value")
+
+
+def _loop_without_thinking(messages: list[dict[str, Any]]) -> bool:
+    """Whether the request answers tool results (a tool message after the last assistant one)
+    of an assistant turn that came back without a signed thinking block."""
+    answers_tools = False
+    for m in reversed(messages):
+        if m.get("role") == "assistant":
+            return answers_tools and not any(_signed(block) for block in signed_thinking(m))
+        answers_tools = answers_tools or m.get("role") == "tool"
+    return False
+
+
+def _signed(block: dict[str, Any]) -> bool:
+    return bool(block.get("signature") if block["type"] == "thinking" else block.get("data"))
 
 
 def _forces_a_tool(choice: Any) -> bool:
