@@ -173,6 +173,19 @@ async def test_what_the_front_does_not_serve_aiohttp_answers(lean: Any,
     writer.close()
 
 
+@pytest.mark.parametrize("hosts", [b"", b"Host: t\r\nHost: u\r\n", b"Host: t\r\nhost: t\r\n"],
+                         ids=["none", "two", "the-same-twice"])
+async def test_a_request_without_exactly_one_host_is_400(lean: Any, hosts: bytes) -> None:
+    """RFC 9112 §3.2: an HTTP/1.1 request with no Host, or more than one, is answered 400 —
+    aiohttp's answer, where the front served it."""
+    reader, writer = await connect(lean)
+    writer.write(chat_request().replace(b"Host: t\r\n", hosts, 1))
+    head = await asyncio.wait_for(reader.read(), 10)  # (the 400 closes the connection)
+    assert head.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request") and b"'Host'" in head
+    assert lean.served == []
+    writer.close()
+
+
 @pytest.mark.parametrize("digits", [b"0" * 4990 + b"%d" % len(BODY), b"9" * 5000],
                          ids=["zero-padded", "huge"])
 async def test_a_content_length_of_thousands_of_digits_is_answered(lean: Any,
@@ -314,15 +327,16 @@ def bare_front(max_headers: int, max_field: int, max_body: int) -> front.Front:
 
 @settings(max_examples=1500, deadline=None)
 @given(st.just(front.CHAT_LINE) | st.sampled_from([front.CHAT_LINE + b" ", b"GET / HTTP/1.1"]),
-       header_lines(), st.sampled_from([b"\r\nContent-Length: 5", b"\r\ncontent-length:\t12", b""]),
+       st.sampled_from([b"\r\nHost: t", b""]), header_lines(),
+       st.sampled_from([b"\r\nContent-Length: 5", b"\r\ncontent-length:\t12", b""]),
        st.integers(0, 12) | st.just(128), st.integers(10, 200) | st.just(8190),
        st.integers(0, 20) | st.just(1000))
 def test_the_one_pass_head_reading_agrees_with_the_line_by_line_rules(
-        first: bytes, lines: bytes, length: bytes, max_headers: int, max_field: int,
-        max_body: int) -> None:
+        first: bytes, host: bytes, lines: bytes, length: bytes, max_headers: int,
+        max_field: int, max_body: int) -> None:
     """`parse_head` reads a head of plain lines in one pass: whatever the head and the limits,
     it gives what reading it line by line does (the same headers in order, or the hand-off)."""
-    head = first + lines + length
+    head = first + host + lines + length
     f = bare_front(max_headers, max_field, max_body)
 
     def seen(parsed: tuple[Any, int, bool] | None) -> object:
@@ -345,8 +359,8 @@ def test_plain_heads_are_read_in_one_pass(monkeypatch: Any) -> None:
 def test_a_close_in_any_connection_header_closes(first: bytes, last: bytes) -> None:
     """Repeated Connection headers are one list: `close` in any of them closes, on both the
     one-pass and the line-by-line reading."""
-    head = (front.CHAT_LINE + b"\r\nConnection: " + first + b"\r\nContent-Length: 2\r\n"
-            b"Connection: " + last)
+    head = (front.CHAT_LINE + b"\r\nHost: t\r\nConnection: " + first
+            + b"\r\nContent-Length: 2\r\nConnection: " + last)
     f = bare_front(128, 8190, 1000)
     for parse in (f.parse_head, f.parse_head_exactly):
         parsed = parse(head)

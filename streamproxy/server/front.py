@@ -8,7 +8,7 @@ response head with the first frame, straight to the transport.
 
 Every connection starts here. A request it fully understands — exactly
 `POST /v1/chat/completions HTTP/1.1`, a Content-Length body within `server.max_body_bytes`,
-no Transfer-Encoding, Content-Encoding, Expect or Upgrade, headers within
+one Host, no Transfer-Encoding, Content-Encoding, Expect or Upgrade, headers within
 `server.max_headers` / `server.max_header_bytes`, well-formed lines — is served here, with
 what aiohttp's middlewares do for that route (auth, OpenAI-shaped errors). At anything else
 (another path or method, HTTP/1.0, a chunked body, a limit exceeded, anything unusual) the
@@ -152,6 +152,8 @@ class Front:
         if ("Transfer-Encoding" in headers or "Content-Encoding" in headers
                 or "Expect" in headers or "Upgrade" in headers):
             return None  # (_REFUSED)
+        if len(headers.getall("Host", ())) != 1:  # none or several: a 400 (RFC 9112 §3.2)
+            return None
         lengths = headers.getall("Content-Length", ())
         if (len(lengths) != 1 or not lengths[0].isdigit()  # (plain fields are ASCII)
                 or len(lengths[0]) > _MAX_LENGTH_DIGITS):
@@ -175,6 +177,7 @@ class Front:
             return None
         headers: CIMultiDict[str] = CIMultiDict()
         length = -1
+        hosts = 0
         close = False
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
@@ -196,10 +199,12 @@ class Front:
                 if "upgrade" in tokens:
                     return None
                 close = close or "close" in tokens  # (a list: one close token is enough)
+            elif lower == b"host":
+                hosts += 1
             elif lower in _REFUSED:
                 return None
             headers.add(name.decode(), text)
-        if length < 0 or length > self.max_body:
+        if hosts != 1 or length < 0 or length > self.max_body:
             return None
         return headers, length, close
 
