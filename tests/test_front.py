@@ -173,6 +173,18 @@ async def test_what_the_front_does_not_serve_aiohttp_answers(lean: Any,
     writer.close()
 
 
+@pytest.mark.parametrize("control", [b"\x01", b"\x08", b"\x0b", b"\x1b", b"\x7f"])
+async def test_a_control_byte_in_a_header_value_is_400(lean: Any, control: bytes) -> None:
+    """A control byte other than HTAB is invalid in a field value (RFC 9110 §5.5): aiohttp's
+    parser answers 400, and so does the lean front, by handing the head over — it served it."""
+    reader, writer = await connect(lean)
+    writer.write(chat_request(extra=b"X-Trace: a" + control + b"b\r\n"))
+    head = await asyncio.wait_for(reader.read(), 10)  # (the 400 closes the connection)
+    assert head.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
+    assert lean.served == []
+    writer.close()
+
+
 @pytest.mark.parametrize("hosts", [b"", b"Host: t\r\nHost: u\r\n", b"Host: t\r\nhost: t\r\n"],
                          ids=["none", "two", "the-same-twice"])
 async def test_a_request_without_exactly_one_host_is_400(lean: Any, hosts: bytes) -> None:
