@@ -234,6 +234,21 @@ async def test_an_encoded_body_is_decoded(proxy: Any, monkeypatch: Any, front_ki
     writer.close()
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
+async def test_a_body_that_does_not_decode_is_400(proxy: Any, monkeypatch: Any, front_kind: str,
+                                                  encoding: str) -> None:
+    """The client's mistake, in OpenAI's shape: it was an unhandled error's 500."""
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    client = await proxy(load_config(None))
+    reader, writer = await connect(client)
+    writer.write(chat_request(b"\x1f\x8b not " + BODY, extra=b"Content-Encoding: %b\r\n"
+                              % encoding.encode()))
+    status, _, body = await read_response(reader)
+    assert status == 400 and orjson.loads(body)["error"]["code"] == "invalid_encoding"
+    writer.close()
+
+
 @pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
 async def test_a_decompression_bomb_is_413_on_its_decoded_size(proxy: Any, monkeypatch: Any,
                                                                front_kind: str) -> None:

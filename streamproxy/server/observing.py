@@ -8,8 +8,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
-from streamproxy.errors import ProxyError
+from streamproxy.errors import InvalidRequest, ProxyError
 from streamproxy.ids import random_hex
 from streamproxy.observe.access_log import ACCESS_LOGGER, AccessLog, LoggingSettings, parse_logging
 from streamproxy.observe.metrics import metrics, metrics_handler, set_circuit_state
@@ -48,7 +49,8 @@ async def read_body(request: Exchange, record: RequestRecord) -> bytes:
     """The request body, with its facts noted in the record: size, the proxy key's name, and the
     body itself when the operator opted in. Too large a body is a typed 413 here, and one that
     stopped arriving a 408 (server/reading.py), so the record gets the right status rather than
-    looking like a disconnect."""
+    looking like a disconnect; a gzip or deflate body that does not decode is a 400, not a
+    bug's 500."""
     key = request.get(AUTH_KEY)
     record.auth_key_name = key.name if key is not None else None
     try:
@@ -58,6 +60,9 @@ async def read_body(request: Exchange, record: RequestRecord) -> bytes:
     except BodyTimeout as e:  # (aiohttp's front: the lean one has the body before the handler)
         metrics().rejected.labels("request_timeout").inc()
         raise e.error from None
+    except RequestPayloadError as e:  # (aiohttp's decoder failed on the body)
+        raise InvalidRequest("The request body could not be decoded as its Content-Encoding "
+                             "says.", code="invalid_encoding") from e
     record.bytes_in = len(raw)
     settings = request.app.get(LOGGING)
     if settings is not None and settings.log_bodies:
