@@ -265,6 +265,15 @@ async def test_invalid_metadata_is_a_400_before_any_upstream(proxy: Any,
         await api.chat.completions.list(limit=101)
 
 
+async def test_an_update_whose_body_does_not_decode_is_a_400(proxy: Any,
+                                                            tmp_path: Path) -> None:
+    client = await proxy(config(tmp_path))
+    response = await client.post("/v1/chat/completions/chatcmpl-x", data=b"not gzip",
+                                 headers={"Content-Encoding": "gzip"})
+    assert response.status == 400
+    assert (await response.json())["error"]["code"] == "invalid_encoding"
+
+
 async def test_lists_are_in_time_order_and_survive_deleting_as_they_go(proxy: Any,
                                                                      tmp_path: Path) -> None:
     api = openai_sdk(await proxy(config(tmp_path)), "sk-client")

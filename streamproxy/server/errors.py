@@ -7,9 +7,16 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_urldispatcher import _default_expect_handler
 
-from streamproxy.errors import ClientReadTimeout, NotFound, PayloadTooLarge, ProxyError
+from streamproxy.errors import (
+    ClientReadTimeout,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    ProxyError,
+)
 from streamproxy.ids import random_hex
 from streamproxy.server.reading import BodyTimeout
 
@@ -63,6 +70,13 @@ def body_too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
 
 
+def undecodable_body() -> InvalidRequest:
+    """A gzip or deflate body that does not decode (aiohttp's RequestPayloadError on reading
+    it): the client's mistake, not a bug's 500."""
+    return InvalidRequest("The request body could not be decoded as its Content-Encoding says.",
+                          code="invalid_encoding")
+
+
 def error_response(err: ProxyError, request: web.Request,
                    headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=err.body(), status=err.status,
@@ -105,6 +119,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = error_response(e.error, request)
         response.force_close()
         return response
+    except RequestPayloadError:  # (another route's body: chat's is read by `read_body`)
+        return error_response(undecodable_body(), request)
     except web.HTTPRequestEntityTooLarge:  # aiohttp's exception keeps no max_size attribute
         return error_response(body_too_large(request.client_max_size), request)
     except web.HTTPNotFound:

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from streamproxy.errors import InvalidRequest, ProxyError
+from streamproxy.errors import ProxyError
 from streamproxy.ids import random_hex
 from streamproxy.observe.access_log import ACCESS_LOGGER, AccessLog, LoggingSettings, parse_logging
 from streamproxy.observe.metrics import metrics, metrics_handler, set_circuit_state
 from streamproxy.record import RequestRecord
 from streamproxy.routing.gateway import CHAT_PATH
-from streamproxy.server.errors import body_too_large, trace_headers
+from streamproxy.server.errors import body_too_large, trace_headers, undecodable_body
 from streamproxy.server.reading import BodyTimeout
 
 if TYPE_CHECKING:
@@ -61,8 +61,7 @@ async def read_body(request: Exchange, record: RequestRecord) -> bytes:
         metrics().rejected.labels("request_timeout").inc()
         raise e.error from None
     except RequestPayloadError as e:  # (aiohttp's decoder failed on the body)
-        raise InvalidRequest("The request body could not be decoded as its Content-Encoding "
-                             "says.", code="invalid_encoding") from e
+        raise undecodable_body() from e
     record.bytes_in = len(raw)
     settings = request.app.get(LOGGING)
     if settings is not None and settings.log_bodies:
