@@ -173,3 +173,41 @@ async def test_the_stream_is_set_up_while_the_upstream_thinks(
         "messages": [{"role": "user", "content": "hi"}], "stream": True})
     assert b'"content":"one"' in await resp.read()
     assert events == ["send", "build", "answer"]
+
+
+async def test_a_request_body_the_upstream_stopped_reading_is_dropped_when_the_client_leaves(
+        proxy: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upstream that reads a request's head and not its body: once the client goes away,
+    the half-sent request is dropped at once — a graceful close would wait, connection and
+    body held, until the upstream read it all."""
+    from streamproxy.upstream.client import CLIENT_ENV
+    from tests.test_faults import established_to
+
+    monkeypatch.setenv(CLIENT_ENV, "native")  # (aiohttp's client closes its own connections)
+    heads = asyncio.Queue[asyncio.StreamWriter]()
+
+    async def read_only_the_head(reader: asyncio.StreamReader,
+                                 writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await heads.put(writer)  # and never read again: the body fills the buffers
+
+    server = await asyncio.start_server(read_only_the_head, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = await proxy(provider_config("openai", f"http://127.0.0.1:{port}"))
+        big = "x" * 8_000_000  # more than the kernel's buffers hold on both ends
+        _, writer = await asyncio.open_connection(client.host, client.port)
+        body = orjson.dumps({"messages": [{"role": "user", "content": big}], "stream": True})
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                     % (len(body), body))
+        upstream = await asyncio.wait_for(heads.get(), 10)
+        writer.transport.abort()  # the client goes away while its request is being sent on
+        for _ in range(100):
+            if established_to(port) == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert established_to(port) == 0  # the proxy's end is gone, and the upstream's reset
+        upstream.transport.abort()
+    finally:
+        server.close()

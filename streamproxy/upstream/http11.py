@@ -27,7 +27,9 @@ the proxy with its absolute URL as the request target (pooled per proxy).
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import struct
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import quote, urlsplit
@@ -193,8 +195,25 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self.parser = None
         self._set_busy(False)
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size():
+            # A request still being written (an upstream that stopped reading its body):
+            # close() would wait for the upstream to read it all, holding the connection and
+            # the body for as long as it does not. What is left is dropped, with a reset.
+            _reset(transport)
+        else:
+            transport.close()
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Close at once, discarding what is still unsent (ours and the kernel's): the upstream
+    sees a reset now, not a FIN behind the rest of an abandoned request."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 class BodySink(Protocol):
