@@ -211,3 +211,33 @@ async def test_a_request_body_the_upstream_stopped_reading_is_dropped_when_the_c
         upstream.transport.abort()
     finally:
         server.close()
+
+
+async def test_a_deadline_that_runs_out_as_the_stream_opens_behind_keepalives_still_ends_it(
+        proxy: Any, upstream: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With keep-alives the stream opens in a task of its own and moves to the handler's: a
+    deadline that runs out in between (its cancel reaches a task already done) must still end
+    the stream with its error frame, not leave it relayed with no deadline at all."""
+    upstream.pieces = [START]
+    upstream.hold_open = True  # after its first event the upstream stalls, for ever
+    upstream.delay_before_headers = 0.2  # the keep-alives commit the response first
+    open_stream = Executor.open_stream
+
+    async def opening(self: Executor, *args: Any) -> Any:
+        stream = await open_stream(self, *args)
+        deadline = stream.deadline
+        deadline._total_end = deadline.loop.time()  # the total runs out...
+        deadline.loop.call_soon(deadline._fire)  # ...once this task is done
+        return stream
+
+    monkeypatch.setattr(Executor, "open_stream", opening)
+    client = await proxy(make_config({"up": {"type": "anthropic", "base_url": upstream.url,
+                                             "api_key": "k", "default_model": "m",
+                                             "timeouts": {"total": 30}}},
+                                     default="up", server={"keepalive_interval": 0.05}))
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(client.make_url("/v1/chat/completions"), json={
+            "messages": [{"role": "user", "content": "hi"}], "stream": True})
+        body = await asyncio.wait_for(resp.read(), 2)
+    assert b'"code":"upstream_timeout"' in body and b"[DONE]" not in body
+    await asyncio.wait_for(upstream.closed.wait(), timeout=1.0)

@@ -139,6 +139,8 @@ class Deadline:
         task = asyncio.current_task()
         assert task is not None
         self._task = task
+        if self.expired is not None:  # it ran out after the helper task was done, whose
+            task.cancel()  # cancel was lost: this task ends the stream as it would have
 
     def owns(self, exc: asyncio.CancelledError | None = None) -> bool:
         """True when `exc` is our own expiry and nobody else also cancelled the task."""
