@@ -84,7 +84,7 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord) 
             upstream.release()
         else:
             upstream.close()
-        record.bytes_out = encoder.bytes_taken
+        record.bytes_out += encoder.bytes_taken  # after any keep-alive comments
         record.chunks = encoder.chunks
         record.finish_reason = encoder.finish_reason
         record.note_usage(encoder.usage_data, translator.usage_so_far)

@@ -156,6 +156,28 @@ async def test_a_client_that_leaves_mid_stream_logs_the_tokens_reported_so_far(
     assert line["prompt_tokens"] >= 1 and line["tokens_partial"] is True
 
 
+async def test_a_kept_alive_stream_logs_every_byte_it_sent(
+        proxy: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Keep-alive comments commit a 200: what follows them, an answer or the error frame of
+    a stream that never opened, is counted with them (the error frame was counted as 0)."""
+    caplog.set_level(logging.INFO)
+    client = await proxy(mock_config(server={"keepalive_interval": 0.1}))
+    before = REGISTRY.get_sample_value("streamproxy_bytes_out_total", {"provider": "mock"}) or 0
+    bodies = []
+    for model in ("fast:stall_ms=350,status=500", "fast:stall_ms=350,tokens=2"):
+        resp = await client.post("/v1/chat/completions", json={
+            "model": model, "stream": True, "messages": USER})
+        bodies.append(await resp.read())
+        assert resp.status == 200 and bodies[-1].startswith(b": keep-alive\n\n")
+    failed, answered = access_lines(caplog)
+    assert failed["error_code"] == "api_error"
+    assert failed["bytes_out"] == len(bodies[0])
+    assert answered["finish_reason"] == "stop"
+    assert answered["bytes_out"] == len(bodies[1])
+    assert REGISTRY.get_sample_value("streamproxy_bytes_out_total", {"provider": "mock"}) \
+        == before + len(bodies[0]) + len(bodies[1])
+
+
 async def test_a_refused_body_still_logs_its_stream_flag_and_metadata(
         proxy: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)

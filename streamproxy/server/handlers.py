@@ -38,6 +38,7 @@ SSE_HEADERS = {
     "cache-control": "no-cache",
     "x-accel-buffering": "no",
 }
+KEEPALIVE_COMMENT = b": keep-alive\n\n"
 
 
 def response_headers(record: RequestRecord, provider: str | None) -> dict[str, str]:
@@ -204,7 +205,8 @@ async def _open_with_keepalives(ex: Exchange, state: AppState, req: ChatRequest,
                     client = await ex.start_events({**SSE_HEADERS,
                                                     **response_headers(record, None)})
                     record.kept_alive = True
-                await client.write(b": keep-alive\n\n")
+                await client.write(KEEPALIVE_COMMENT)
+                record.bytes_out += len(KEEPALIVE_COMMENT)
             stream = opening.result()
         except ProxyError as e:
             if client is None:
@@ -236,7 +238,9 @@ def _close_unrelayed(stream: OpenedStream) -> None:
 async def _end_with_error(client: EventWriter, record: RequestRecord, err: ProxyError) -> None:
     """A committed stream that never opened: one error frame, and the body's end."""
     record.error_type, record.error_code = err.error_type, err.code
-    await client.write(error_frame(err))
+    frame = error_frame(err)
+    await client.write(frame)
+    record.bytes_out += len(frame)
     await client.write_eof()
 
 
