@@ -260,6 +260,27 @@ async def test_deadline_tracks_read_gaps_without_a_timer_per_read() -> None:
     assert gap_mean <= gap_max
 
 
+async def test_read_gaps_include_the_waits_for_a_slow_client() -> None:
+    """While a slow client holds the stream its reads pause (the idle deadline does not run):
+    that wait is in the gap between two reads, as documented, for the max as for the mean.
+    The max left it out and the mean did not, so a slow client's stream read a mean gap
+    larger than its max."""
+    deadline = Deadline(Timeouts(first_token=30, idle=30), "p")
+    deadline.first_event()
+    for _ in range(2):
+        await asyncio.sleep(0.01)  # the provider's own gap
+        deadline.progress()
+        deadline.hold()  # the client's buffer is full
+        await asyncio.sleep(0.15)
+        deadline.release()
+    deadline.progress()
+    reads, gap_max, gap_mean = deadline.gap_stats()
+    deadline.cancel()
+    assert reads == 3 and gap_max is not None and gap_mean is not None
+    assert gap_max >= 0.15
+    assert gap_mean <= gap_max
+
+
 MULTIPROCESS_SCRIPT = textwrap.dedent("""
     import os, sys
     import prometheus_client  # imported before the env is set: metrics() must still comply

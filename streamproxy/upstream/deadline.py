@@ -18,8 +18,9 @@ from streamproxy.errors import ProxyError, RequestTimeout, UpstreamTimeout
 
 
 class Deadline:
-    __slots__ = ("_handle", "_held", "_last", "_provider", "_since", "_start", "_streaming",
-                 "_task", "_timeouts", "_total_end", "expired", "loop", "max_gap", "reads")
+    __slots__ = ("_handle", "_held", "_last", "_provider", "_resumed", "_since", "_start",
+                 "_streaming", "_task", "_timeouts", "_total_end", "expired", "loop", "max_gap",
+                 "reads")
 
     def __init__(self, timeouts: Timeouts, provider: str,
                  first_try: float | None = None) -> None:
@@ -39,6 +40,9 @@ class Deadline:
                            + timeouts.total)
         self._streaming = False
         self._held = False  # upstream reads paused for a slow client (`hold`)
+        # When they last resumed: the idle gap counts from there or the last read, whichever
+        # is later. Not `_last`, which the gap metrics read: they include the client's waits.
+        self._resumed = self._start
         self._since = self._start
         self.reads = 0  # reads after the first event, and the largest gap between two reads:
         self.max_gap = 0.0  # kept here because progress() already has the clock (metrics)
@@ -64,7 +68,7 @@ class Deadline:
     def _due(self) -> float | None:
         if self._held:  # the gap is the client's doing: only the total applies
             return self._total_end
-        due = (self._last + self._timeouts.idle if self._streaming
+        due = (max(self._last, self._resumed) + self._timeouts.idle if self._streaming
                else self._start + self._first_token())
         if self._total_end is not None:
             due = min(due, self._total_end)
@@ -96,7 +100,7 @@ class Deadline:
     def release(self) -> None:
         """Reads resume: the idle gap counts again, from now."""
         self._held = False
-        self._last = self.loop.time()
+        self._resumed = self.loop.time()
         if self._handle is None and self.expired is None:
             self._handle = self.loop.call_at(self._due(), self._fire)  # type: ignore[arg-type]
 
