@@ -199,6 +199,28 @@ async def test_a_refused_body_still_logs_its_stream_flag_and_metadata(
         "provider": "", "model": "", "status": "400", "stream": "true"}) == before + 1
 
 
+async def test_a_chat_request_over_the_header_limits_is_logged_and_counted(
+        proxy: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The 431 of the header limits is a chat request's answer, logged and counted as a 413
+    is (it had neither a line nor a count); another route's 431 is not a chat request."""
+    caplog.set_level(logging.INFO)
+    client = await proxy(mock_config(server={"max_headers": 20}))
+    labels = {"provider": "", "model": "", "status": "431", "stream": "false"}
+    before = REGISTRY.get_sample_value("streamproxy_requests_total", labels) or 0
+    headers = {f"x-extra-{i}": "1" for i in range(30)}
+    resp = await client.post("/v1/chat/completions", headers={
+        **headers, "x-portkey-trace-id": "trace-431"}, json={"messages": USER})
+    answer = await resp.read()
+    assert resp.status == 431
+    assert (await client.get("/v1/models", headers=headers)).status == 431
+    [line] = access_lines(caplog)
+    assert (line["status"], line["trace_id"]) == (431, "trace-431")
+    assert line["error_code"] == "request_header_fields_too_large"
+    assert line["bytes_out"] == len(answer)
+    assert resp.headers["x-request-id"] == "trace-431"
+    assert REGISTRY.get_sample_value("streamproxy_requests_total", labels) == before + 1
+
+
 async def test_bodies_only_when_opted_in(proxy: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     client = await proxy(mock_config(logging={"log_bodies": True}))

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from streamproxy.errors import ProxyError
+from streamproxy.server.observing import observe_refused_chat
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BACKSTOP = 4
@@ -26,16 +27,25 @@ def too_large(what: str) -> ProxyError:
 def header_limits(max_field_bytes: int, max_headers: int) -> Callable[..., Awaitable[object]]:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        raw = request.raw_headers
-        if len(raw) > max_headers:
-            raise too_large(f"{len(raw)} headers, the limit is {max_headers}")
-        if len(request.raw_path) > max_field_bytes:
-            raise too_large(f"the request target is over {max_field_bytes} bytes")
-        for name, value in raw:
-            if len(name) + len(value) + 2 > max_field_bytes:
-                # The header's name only: its value may be a key.
-                raise too_large(f"header '{name.decode('latin-1')[:64]}' is over "
-                                f"{max_field_bytes} bytes")
+        err = _over_limits(request, max_field_bytes, max_headers)
+        if err is not None:
+            observe_refused_chat(request, err)  # a chat request's line and count, as a 413's
+            raise err
         return await handler(request)
 
     return middleware
+
+
+def _over_limits(request: web.Request, max_field_bytes: int,
+                 max_headers: int) -> ProxyError | None:
+    raw = request.raw_headers
+    if len(raw) > max_headers:
+        return too_large(f"{len(raw)} headers, the limit is {max_headers}")
+    if len(request.raw_path) > max_field_bytes:
+        return too_large(f"the request target is over {max_field_bytes} bytes")
+    for name, value in raw:
+        if len(name) + len(value) + 2 > max_field_bytes:
+            # The header's name only: its value may be a key.
+            return too_large(f"header '{name.decode('latin-1')[:64]}' is over "
+                             f"{max_field_bytes} bytes")
+    return None

@@ -75,6 +75,13 @@ def observe_rejection(request: web.Request | Exchange, err: ProxyError, reason: 
     counted as one (the access log and streamproxy_requests_total are chat requests': a 401
     on /v1/models or /metrics is only a rejection)."""
     metrics().rejected.labels(reason).inc()
+    observe_refused_chat(request, err, auth_key_name)
+
+
+def observe_refused_chat(request: web.Request | Exchange, err: ProxyError,
+                         auth_key_name: str | None = None) -> None:
+    """A chat request refused before its handler ran (also by the header limits, whose 431
+    is no rejection reason, as a 413 is not): logged and counted as one."""
     if _is_chat(request):
         trace_id = _trace_id(request)
         # The answer carries the id its log line has (`error_headers` keeps it), as the chat
