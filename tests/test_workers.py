@@ -280,6 +280,44 @@ async def test_sigterm_drains_then_exits_zero(tree: Tree) -> None:
     assert not await healthy(tree.url)
 
 
+async def _refused(url: str) -> bool:
+    host, port = url.removeprefix("http://").split(":")
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 1)
+    except ConnectionRefusedError:
+        return True
+    writer.close()  # a listening socket completes the handshake even when nobody accepts
+    return False
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigterm_refuses_new_connections_while_streams_finish(tmp_path: Path,
+                                                                      workers: int) -> None:
+    """The sites accept on copies of the process's listening sockets: closing only the copy
+    left the socket listening through the whole drain, its queue filling with connections
+    nobody accepted (they hung, then were reset). With a master reloading, new connections
+    the kernel gave a draining old worker hung the same way."""
+    config = tmp_path / "proxy.yaml"
+    config.write_text(CONFIG.format(grace=30, models="fast"))
+    t = Tree(config, _free_port(), workers=workers)
+    try:
+        await until(lambda: healthy(t.url), "listening")
+        await until(lambda: workers == 1 or "all 2 workers listening" in t.output(),
+                    "the master's ready log")
+        async with aiohttp.ClientSession() as s, s.post(t.url + "/v1/chat/completions", json={
+                "model": "mock/tokens=50,tps=10", "stream": True,
+                "messages": [{"role": "user", "content": "hi"}]}) as r:
+            first = await r.content.readany()
+            t.proc.send_signal(signal.SIGTERM)
+            await until(lambda: _refused(t.url), "new connections refused", timeout=2)
+            rest = await asyncio.wait_for(r.read(), 15)
+        c = collect(sse_chunks(first + rest))
+        assert c.done and c.finish_reason == "stop" and c.error is None
+        assert await asyncio.to_thread(t.proc.wait, 10) == 0
+    finally:
+        t.kill()
+
+
 RATE_LIMITED = CONFIG + """
 auth:
   keys:

@@ -198,6 +198,10 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
         await stop.wait()
         for task in list(reloading):
             await task  # a reload under way ends first: the app it started is the one drained
+        # The sites accept on copies of these sockets: each listens until every copy is
+        # closed, queueing connections nobody will accept (with workers, the kernel keeps
+        # handing this one its share). Closed here, stopping the sites refuses new ones.
+        _close_all(listeners)
         await drain_and_stop(current.app, current.sites, grace)
         if retiring:
             await asyncio.gather(*retiring)
