@@ -5,9 +5,9 @@ A **worker** is one asyncio process serving the app. It listens on its own socke
 several workers every one binds the same port with `SO_REUSEPORT` and the kernel spreads new
 connections across them. On SIGTERM (or SIGINT when it runs alone) it drains (server/drain.py):
 stops accepting, `/healthz` answers 503, running requests get `server.shutdown_grace` seconds,
-then the rest end with an OpenAI error. SIGQUIT drains with no grace. A worker running alone
-(no master) reloads on SIGHUP in place: the new config's app accepts on the same listening
-sockets, then the old app drains.
+then the rest end with an OpenAI error. SIGQUIT drains with no grace, and so does a second
+SIGTERM or SIGINT to a worker running alone (no master). Alone, it also reloads on SIGHUP in
+place: the new config's app accepts on the same listening sockets, then the old app drains.
 """
 
 from __future__ import annotations
@@ -179,13 +179,21 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
         finally:
             reloading.clear()
 
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    def stop_then_quit() -> None:
+        """Alone, a second SIGTERM or Ctrl-C ends the streams at once, as the master's does
+        (a supervised worker's second SIGTERM may be its master's death: it drains on)."""
+        if stop.is_set():
+            quit_now()
+        stop.set()
+
     loop.add_signal_handler(signal.SIGQUIT, quit_now)
     if supervised:  # the master relays Ctrl-C as SIGTERM, and reloads by new workers
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     else:  # alone, it reloads in place: the next app beside this one, then this one drains
-        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, stop_then_quit)
+        loop.add_signal_handler(signal.SIGINT, stop_then_quit)
         loop.add_signal_handler(signal.SIGHUP, reload)
     _tune_gc()
     keep_heap_cushion()
