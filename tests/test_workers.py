@@ -478,3 +478,32 @@ def _open_pipes() -> int:
         with contextlib.suppress(OSError):  # (the listing's own fd is gone by now)
             count += os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
     return count
+
+
+def test_a_worker_that_cannot_be_replaced_now_is_tried_again_later(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A fork or pipe refused while replacing a dead worker raised out of the master's loop:
+    the master died, and the workers still serving with it (their parent-death signal)."""
+    import errno
+
+    from streamproxy.config import load_config
+    from streamproxy.server import master as master_module
+
+    path = tmp_path / "proxy.yaml"
+    path.write_text(CONFIG.format(grace=1, models="fast"))
+    m = master_module.Master(str(path), load_config(path), "127.0.0.1", 44811, count=2)
+    m.booting = False
+    m.restarts[1] = time.monotonic()  # slot 1's worker died
+
+    def refused() -> int:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(master_module.os, "fork", refused)
+    with caplog.at_level("WARNING", logger="streamproxy.workers"):
+        m._tick()
+        assert list(m.restarts) == [1] and m.restarts[1] > time.monotonic()  # later
+        m.restarts[1] = time.monotonic()
+        m._tick()
+    assert [f"cannot start a worker for slot 1: Resource temporarily unavailable; trying "
+            f"again in {delay}s" for delay in ("0.5", "1.0")] == caplog.messages

@@ -253,12 +253,26 @@ class Master:
             return
         if w.generation != self.generation:
             return
-        young = time.monotonic() - w.started < YOUNG
-        failures = self.failures.get(w.slot, 0) + 1 if young else 0
-        self.failures[w.slot] = failures
-        delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** max(0, failures - 1)) if young else 0.0
+        if time.monotonic() - w.started < YOUNG:
+            delay = self._backoff(w.slot)
+        else:
+            self.failures[w.slot], delay = 0, 0.0
         log.warning("worker %d died (%s); restarting slot %d in %.1fs", w.pid, how, w.slot, delay)
         self.restarts[w.slot] = time.monotonic() + delay
+
+    def _backoff(self, slot: int) -> float:
+        """One more failure in a row for `slot`: seconds until its next start."""
+        failures = self.failures[slot] = self.failures.get(slot, 0) + 1
+        return min(BACKOFF_MAX, BACKOFF_START * 2 ** (failures - 1))
+
+    def _restart(self, slot: int) -> None:
+        try:
+            self._spawn(slot, self.generation, self.config)
+        except OSError as e:  # fork or pipe refused (process or file limits): the master and
+            delay = self._backoff(slot)  # the workers still serving carry on; try again later
+            log.error("cannot start a worker for slot %d: %s; trying again in %.1fs", slot,
+                      e.strerror or e, delay)
+            self.restarts[slot] = time.monotonic() + delay
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -266,7 +280,7 @@ class Master:
             for slot, when in list(self.restarts.items()):
                 if when <= now:
                     del self.restarts[slot]
-                    self._spawn(slot, self.generation, self.config)
+                    self._restart(slot)
         if self.reload is not None:
             generation, config, deadline = self.reload
             new = [w for w in self.workers.values() if w.generation == generation]
