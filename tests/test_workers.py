@@ -507,3 +507,20 @@ def test_a_worker_that_cannot_be_replaced_now_is_tried_again_later(
         m._tick()
     assert [f"cannot start a worker for slot 1: Resource temporarily unavailable; trying "
             f"again in {delay}s" for delay in ("0.5", "1.0")] == caplog.messages
+
+
+def test_a_worker_dying_young_for_hours_is_still_restarted(tmp_path: Path) -> None:
+    """The back-off doubled 0.5 s with the count of failures in a row: the 1,025th (about
+    8.5 hours of a crash loop at the 30 s cap) overflowed a float and ended the master."""
+    from streamproxy.config import load_config
+    from streamproxy.server import master as master_module
+
+    path = tmp_path / "proxy.yaml"
+    path.write_text(CONFIG.format(grace=1, models="fast"))
+    m = master_module.Master(str(path), load_config(path), "127.0.0.1", 44811, count=2)
+    m.booting = False
+    m.failures[0] = 5000
+    dead = master_module.Worker(pid=1, slot=0, generation=0, started=time.monotonic(),
+                                ready_fd=None, ready=True)
+    m._worker_exited(dead, signal.SIGKILL)  # (a wait status: killed by SIGKILL)
+    assert m.restarts[0] - time.monotonic() == pytest.approx(master_module.BACKOFF_MAX, abs=1)

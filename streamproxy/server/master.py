@@ -263,7 +263,8 @@ class Master:
     def _backoff(self, slot: int) -> float:
         """One more failure in a row for `slot`: seconds until its next start."""
         failures = self.failures[slot] = self.failures.get(slot, 0) + 1
-        return min(BACKOFF_MAX, BACKOFF_START * 2 ** (failures - 1))
+        doublings = min(failures - 1, 32)  # (unbounded, the 1,025th overflows a float)
+        return min(BACKOFF_MAX, BACKOFF_START * 2 ** doublings)
 
     def _restart(self, slot: int) -> None:
         try:
