@@ -248,7 +248,7 @@ async def test_request_translation_on_the_wire(proxy: Any, upstream: Any) -> Non
         "tools": [{"type": "function", "function": {
             "name": "weather", "description": "Weather",
             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
-        "tool_choice": "REQUIRED", "stream": True,
+        "strict_tools": True, "tool_choice": "REQUIRED", "stream": True,
     }
 
 
@@ -266,6 +266,33 @@ def test_named_tool_choice_sends_only_that_tool_as_required() -> None:
     out = to_cohere(_body(tools=tools, tool_choice="none"), "m")
     assert out["tool_choice"] == "NONE" and len(out["tools"]) == 2
     assert "tool_choice" not in to_cohere(_body(tools=tools, tool_choice="auto"), "m")
+
+
+async def test_strict_tool_is_sent_as_strict_tools(proxy: Any, upstream: Any) -> None:
+    # OpenAI's `strict: true` guarantees a tool's arguments follow its schema; Cohere's switch
+    # for that is the request's `strict_tools`. Dropped, the call could break the client's code.
+    upstream.body = TEXT_SSE
+    client = await proxy(provider_config("cohere", upstream.url))
+    params = {"type": "object", "properties": {"city": {"type": "string"}},
+              "required": ["city"], "additionalProperties": False}
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": params,
+                                               "strict": True}},
+             {"type": "function", "function": {"name": "time", "strict": False}}]
+    resp = await client.post("/v1/chat/completions", json={**STREAM_REQ, "tools": tools})
+    await resp.read()
+    [sent] = upstream.requests
+    assert sent.json()["strict_tools"] is True
+    assert sent.json()["tools"][0] == {"type": "function", "function": {
+        "name": "weather", "parameters": params}}
+
+
+def test_strict_tools_only_for_a_strict_tool_sent_and_the_client_s_own_wins() -> None:
+    strict = {"type": "function", "function": {"name": "a", "strict": True}}
+    loose = {"type": "function", "function": {"name": "b"}}
+    assert "strict_tools" not in to_cohere(_body(tools=[loose]), "m")
+    assert "strict_tools" not in to_cohere(_body(tools=[strict, loose], tool_choice={
+        "type": "function", "function": {"name": "b"}}), "m")  # only `b` is sent
+    assert to_cohere(_body(tools=[strict], strict_tools=False), "m")["strict_tools"] is False
 
 
 def test_top_p_of_one_is_sent_as_cohere_s_largest_p() -> None:

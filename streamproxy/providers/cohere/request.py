@@ -6,6 +6,7 @@ Choices (docs/providers/others.md "cohere"):
 - an assistant turn with tool calls sends its text (or its `reasoning_content`, which is where
   we stream Cohere's tool plan) back as `tool_plan`, the calls in v2 shape (arguments stay a JSON
   string); tool results are `tool` messages with `tool_call_id` and string content;
+- a function's `strict: true` → `strict_tools: true` (Cohere's switch covers every tool sent);
 - tool_choice "required" → "REQUIRED", "none" → "NONE", "auto" → omitted; a named tool_choice
   (Cohere has none) → "REQUIRED" with only that tool sent, which forces exactly that call;
 - max tokens, temperature, top_p → p, stop → stop_sequences, seed and the penalties map 1:1,
@@ -99,6 +100,10 @@ def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
         out["tools"] = [{"type": "function", "function": {
             k: v for k, v in t["function"].items() if k in ("name", "description", "parameters")
         }} for t in tools]
+        if any(t["function"].get("strict") is True for t in tools):
+            # Cohere's switch is per request: one strict tool makes all sent tools strict
+            # (schema-following arguments are what a strict tool's caller relies on).
+            out.setdefault("strict_tools", True)
     if choice == "required" and tools:
         out["tool_choice"] = "REQUIRED"
     elif choice == "none":
