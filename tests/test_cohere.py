@@ -295,6 +295,18 @@ def test_strict_tools_only_for_a_strict_tool_sent_and_the_client_s_own_wins() ->
     assert to_cohere(_body(tools=[strict], strict_tools=False), "m")["strict_tools"] is False
 
 
+async def test_top_k_is_sent_as_k(proxy: Any, upstream: Any) -> None:
+    # `top_k` (extra_body; Anthropic, Gemini and Ollama take it) is Cohere's `k`, as Portkey
+    # maps it: dropped, a fallback to Cohere would sample differently without a word.
+    upstream.body = TEXT_SSE
+    client = await proxy(provider_config("cohere", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={**STREAM_REQ, "top_k": 40})
+    await resp.read()
+    [sent] = upstream.requests
+    assert sent.json()["k"] == 40 and "top_k" not in sent.json()
+    assert to_cohere(_body(top_k=40, k=5), "m")["k"] == 5  # Cohere's own name wins
+
+
 def test_top_p_of_one_is_sent_as_cohere_s_largest_p() -> None:
     # Cohere's `p` is at most 0.99 (a 1 is refused); OpenAI's top_p 1 means no nucleus cut.
     assert to_cohere(_body(top_p=1), "m")["p"] == 0.99

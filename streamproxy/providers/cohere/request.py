@@ -12,6 +12,7 @@ Choices (docs/providers/others.md "cohere"):
 - max tokens, temperature, top_p → p, stop → stop_sequences, seed and the penalties map 1:1,
   except that a top_p above P_MAX (OpenAI's default 1: no nucleus cut) is sent as P_MAX, the
   largest `p` Cohere takes (its API reference: "min value of 0.01, max value of 0.99");
+- `top_k` (no OpenAI parameter, but the extra_body name Anthropic, Gemini and Ollama take) → `k`;
 - response_format json_object → {"type": "json_object"}, json_schema → the same with
   `json_schema: <schema>`;
 - reasoning_effort → `thinking` ("none" → disabled, otherwise enabled with a token budget);
@@ -56,6 +57,8 @@ def to_cohere(body: dict[str, Any], model: str) -> dict[str, Any]:
             out[key] = body[key]
     if body.get("top_p") is not None:
         out["p"] = min(body["top_p"], P_MAX)
+    if body.get("top_k") is not None:  # extra_body's common name (a native `k` wins, below)
+        out["k"] = body["top_k"]
     stop = body.get("stop")
     if stop:
         out["stop_sequences"] = stop_list(stop)
