@@ -328,6 +328,30 @@ async def test_deepseek_developer_messages_go_as_system(proxy: Any, upstream: An
     assert sent == [{"role": "system", "content": "Be brief."}, *HI]
 
 
+# DeepSeek documents only `max_tokens` and silently ignores `max_completion_tokens` — the cap
+# the openai SDK sends: "max_completion_tokens: 5 -> 76 output tokens, finish=stop (limit
+# ignored); max_tokens: 5 -> 5 output tokens, finish=length" (earendil-works/pi#8018; Portkey's
+# DeepSeek config maps it to max_tokens alike).
+async def test_deepseek_gets_max_completion_tokens_as_max_tokens(proxy: Any,
+                                                                 upstream: Any) -> None:
+    await stream(proxy, upstream, "deepseek", MISTRAL, max_completion_tokens=5)
+    sent = upstream.requests[0].json()
+    assert sent["max_tokens"] == 5 and "max_completion_tokens" not in sent
+
+
+@pytest.mark.parametrize(("given", "sent"), [
+    ({"max_completion_tokens": 5, "max_tokens": 9}, {"max_tokens": 5}),
+    ({"max_completion_tokens": None, "max_tokens": 9}, {"max_tokens": 9}),
+    ({"max_completion_tokens": None}, {}),
+])
+def test_deepseek_max_completion_tokens_wins_over_max_tokens(given: dict[str, Any],
+                                                             sent: dict[str, Any]) -> None:
+    provider, _ = build("deepseek")
+    body = {"model": "m", "messages": HI, **given}
+    assert provider.adapt_body(body) == {"model": "m", "messages": HI, **sent}
+    assert body == {"model": "m", "messages": HI, **given}  # the client's body is left as is
+
+
 def test_deepseek_body_without_a_developer_message_is_not_rebuilt() -> None:
     provider, _ = build("deepseek")
     body = {"model": "m", "messages": [{"role": "system", "content": "s"}, *HI]}

@@ -113,11 +113,24 @@ class CompatTranslator(PassthroughTranslator):
 _NONE: frozenset[str] = frozenset()
 
 
+def _renamed(body: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """`body` with each parameter in `names` under the upstream's name; a value given wins over
+    one the body already has under that name (`max_completion_tokens` is OpenAI's current name,
+    `max_tokens` its deprecated one), a null is dropped."""
+    out = dict(body)
+    for ours, theirs in names.items():
+        value = out.pop(ours, None)
+        if value is not None:
+            out[theirs] = value
+    return out
+
+
 class CompatProvider(OpenAIProvider):
     """Base of the presets: OpenAI's wire format under another name and URL. The request goes as
-    the client wrote it but for what the upstream refuses with a 400: the parameters in
-    `dropped_params`, the message keys in `refused_message_keys`, and the `developer` role where
-    `developer_as_system` (the same instructions as a `system` message)."""
+    the client wrote it but for what the upstream refuses with a 400 or ignores: the parameters
+    in `dropped_params`, those in `renamed_params` (sent under the upstream's name), the message
+    keys in `refused_message_keys`, and the `developer` role where `developer_as_system` (the
+    same instructions as a `system` message)."""
 
     option_keys: ClassVar[frozenset[str]] = frozenset()
     # Non-OpenAI finish reasons → OpenAI's; and those that mean failure → the error's status.
@@ -125,6 +138,8 @@ class CompatProvider(OpenAIProvider):
     failed_finishes: ClassVar[dict[str, int]] = {}
     # Message keys the upstream refuses, by role ("*": any role); removed before sending.
     refused_message_keys: ClassVar[dict[str, frozenset[str]]] = {}
+    # OpenAI's parameter → the upstream's name for it (one the upstream would ignore otherwise).
+    renamed_params: ClassVar[dict[str, str]] = {}
     developer_as_system: ClassVar[bool] = False
     translator_type = CompatTranslator
 
@@ -133,6 +148,8 @@ class CompatProvider(OpenAIProvider):
         out = body
         if not self.dropped_params.isdisjoint(body):
             out = {k: v for k, v in body.items() if k not in self.dropped_params}
+        if not self.renamed_params.keys().isdisjoint(out):
+            out = _renamed(out, self.renamed_params)
         if self.refused_message_keys or self.developer_as_system:
             messages = body["messages"]
             adapted = [self._adapt_message(m) for m in messages]
@@ -364,11 +381,14 @@ class MistralProvider(CompatProvider):
 
 class DeepSeekProvider(CompatProvider):
     """`delta.reasoning_content` (reasoner models) passes through untouched. DeepSeek has no
-    `developer` role ("messages[0].role: unknown variant `developer`", a 400)."""
+    `developer` role ("messages[0].role: unknown variant `developer`", a 400), and knows the
+    answer's cap only as `max_tokens`: `max_completion_tokens`, which the openai SDKs and most
+    frameworks now send, is silently ignored (the answer runs to the server's default cap)."""
 
     type_name: ClassVar[str] = "deepseek"
     default_base_url: ClassVar[str | None] = "https://api.deepseek.com"
     developer_as_system: ClassVar[bool] = True
+    renamed_params: ClassVar[dict[str, str]] = {"max_completion_tokens": "max_tokens"}
     failed_finishes: ClassVar[dict[str, int]] = {"insufficient_system_resource": 503}
 
 
