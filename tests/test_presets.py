@@ -19,6 +19,7 @@ from typing import Any
 import openai
 import orjson
 import pytest
+from openai.types.chat import ChatCompletionMessage
 
 from streamproxy.config import ConfigError
 from streamproxy.openai_api.request import parse_chat_request
@@ -376,6 +377,27 @@ async def test_groq_request_drops_what_groq_refuses(proxy: Any, upstream: Any) -
                                 {"role": "user", "content": "again"}]
     assert sent["temperature"] == 0.5
     assert not {"logprobs", "top_logprobs", "logit_bias"} & sent.keys()
+
+
+# Groq: "'messages.2' : for 'role:assistant' the following must be satisfied[('messages.2' :
+# property 'annotations' is unsupported)]", likewise 'refusal' — what the openai SDK sends back
+# when a client appends the answer's message object (the gateway's own answers carry
+# `refusal: null`), so the second turn of a tool loop failed.
+async def test_groq_drops_the_answer_only_fields_of_an_appended_message(proxy: Any,
+                                                                        upstream: Any) -> None:
+    upstream.body = GROQ
+    test_client = await proxy(provider_config("groq", upstream.url))
+    client = openai.AsyncOpenAI(base_url=str(test_client.make_url("/v1")), api_key="x",
+                                max_retries=0)
+    answer = ChatCompletionMessage.model_validate({
+        "role": "assistant", "content": "Hello", "refusal": None, "annotations": [],
+        "audio": None})
+    out = await client.chat.completions.create(model="m", stream=True, messages=[
+        *HI, answer, {"role": "user", "content": "again"}])
+    async for _ in out:
+        pass
+    assert upstream.requests[0].json()["messages"] == [
+        *HI, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "again"}]
 
 
 # xAI: 400 {"code": "Client specified an invalid argument", "error": "Only messages of role
