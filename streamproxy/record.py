@@ -4,7 +4,7 @@ per chunk) and handed to observers — access log, metrics, storage — when the
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,10 @@ class RequestRecord:
     # executor then tees the stream into `builder`; a non-streamed answer lands in `response`.
     capture: bool = False
     builder: Any = None  # CompletionBuilder when captured
+    # Set before routing by the cache when a target caches: the executor awaits it with an
+    # attempt's index (and this record) before that target's first request; bytes are its
+    # cached answer.
+    lookup: Callable[[int, RequestRecord], Awaitable[bytes | None]] | None = None
     response: dict[str, Any] | None = None
     # What end-of-request features noted before routing, for their observers (store: the
     # request and owner to persist; cache: the key to fill). Keyed by feature name.

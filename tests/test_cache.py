@@ -385,16 +385,26 @@ ANSWERING = {"x-portkey-config": orjson.dumps({  # the fallback's target, on its
 
 
 @pytest.mark.parametrize("stream", [True, False])
-async def test_an_answer_is_cached_under_the_target_that_gave_it(proxy: Any,
-                                                                  stream: bool) -> None:
-    # Portkey keys its cache by target: a fallback's answer is never served as the primary's.
+async def test_an_answer_is_cached_under_the_target_that_gave_it(
+        proxy: Any, access_log: Any, stream: bool) -> None:
+    # Portkey keys its cache by target, and each target looks up its own key before its
+    # request: the fallback's answer is served in its name, never as the primary's. The
+    # lookup went by the first target's key alone: the answer was written where no request
+    # read it, and every later one asked the fallback again (MISS, 2 upstream requests).
     client = await proxy(config())
+    answers = []
     for _ in range(2):
         resp, out = await post(client, {"stream": stream}, _fallback(True, False, False))
         assert resp.status == 200 and resp.headers["x-portkey-provider"] == "mock-openai"
-        assert resp.headers[STATUS] == "MISS"  # the primary's key: nothing under it
+        assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
+        answers.append((resp.headers[STATUS], resp.headers["x-portkey-retry-attempt-count"],
+                        _text(out, stream)))
         await drained(client)
-    resp, hit = await post(client, {"stream": stream}, ANSWERING)
+    assert answers == [("MISS", "0", mock_text(3)), ("HIT", "0", mock_text(3))]
+    # the primary is still tried first (its key holds nothing); the fallback is not asked
+    assert [(line["attempts"], line["cache_status"], line["target_index"])
+            for line in access_log()] == [(2, "MISS", 1), (1, "HIT", 1)]
+    resp, hit = await post(client, {"stream": stream}, ANSWERING)  # the same target's key
     assert resp.headers[STATUS] == "HIT"
     assert _text(hit, stream) == _text(out, stream) == mock_text(3)
 
@@ -457,9 +467,10 @@ async def test_a_malformed_entry_is_a_miss_logged_once(
 
 async def test_a_targets_own_cache_decides_for_that_target(proxy: Any) -> None:
     client = await proxy(config())
-    # cache on the primary only: the fallback's answer is not kept
+    # cache on the primary only: the fallback's answer is not kept, and the status is the
+    # answering target's, as Portkey's (it has no cache)
     resp, _ = await post(client, {}, _fallback(False, True, False))
-    assert resp.status == 200 and resp.headers[STATUS] == "MISS"
+    assert resp.status == 200 and resp.headers[STATUS] == "DISABLED"
     await drained(client)
     resp, _ = await post(client, {}, ANSWERING)
     assert resp.headers[STATUS] == "MISS"
@@ -468,7 +479,7 @@ async def test_a_targets_own_cache_decides_for_that_target(proxy: Any) -> None:
     await client.server.app[FEATURES].cache.backend.close()
     client.server.app[FEATURES].cache.backend = MemoryCache(100, 1 << 20)
     resp, _ = await post(client, {}, _fallback(False, False, True))
-    assert resp.status == 200 and resp.headers[STATUS] == "DISABLED"  # the primary has none
+    assert resp.status == 200 and resp.headers[STATUS] == "MISS"  # the fallback's own
     await drained(client)
     resp, _ = await post(client, {}, ANSWERING)
     assert resp.headers[STATUS] == "HIT"
@@ -482,6 +493,109 @@ async def test_a_targets_own_cache_decides_for_that_target(proxy: Any) -> None:
         statuses.append(resp.headers[STATUS])
         await drained(client)
     assert statuses == ["MISS", "HIT"]
+
+
+@pytest.mark.parametrize(("caches", "statuses"), [
+    ((False, False, False), ["DISABLED", "DISABLED"]),
+    ((False, True, False), ["DISABLED", "DISABLED"]),  # only the failing primary caches
+    ((False, False, True), ["MISS", "HIT"]),
+    ((True, False, False), ["MISS", "HIT"]),  # both inherit the root's
+    ((False, True, True), ["MISS", "HIT"]),
+])
+@pytest.mark.parametrize("stream", [True, False])
+async def test_the_status_is_the_answering_targets(proxy: Any, access_log: Any, stream: bool,
+                                                    caches: tuple[bool, bool, bool],
+                                                    statuses: list[str]) -> None:
+    client = await proxy(config())
+    for _ in range(2):
+        resp, out = await post(client, {"stream": stream}, _fallback(*caches))
+        assert resp.status == 200 and _text(out, stream) == mock_text(3)
+        await drained(client)
+    assert [line["cache_status"] for line in access_log()] == statuses
+    assert resp.headers[STATUS] == statuses[-1]
+    refresh = {**_fallback(*caches), "x-portkey-cache-force-refresh": "true"}
+    resp, _ = await post(client, {"stream": stream}, refresh)
+    assert resp.headers[STATUS] == ("DISABLED" if statuses[0] == "DISABLED" else "REFRESH")
+    assert access_log()[-1]["attempts"] == 2  # the fallback asked again
+
+
+class CountingCache(MemoryCache):
+    def __init__(self) -> None:
+        super().__init__(100, 1 << 20)
+        self.gets = 0
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        self.gets += 1
+        return await super().get(key)
+
+
+async def test_a_target_looks_up_its_cache_once_not_before_each_retry(
+        proxy: Any, access_log: Any) -> None:
+    client = await proxy(config())
+    backend = CountingCache()
+    await client.server.app[FEATURES].cache.backend.close()
+    client.server.app[FEATURES].cache.backend = backend
+    retried = {"x-portkey-config": orjson.dumps({
+        "strategy": {"mode": "fallback"}, "cache": {"mode": "simple"}, "targets": [
+            {"provider": "mock", "override_params": {"model": "fast:status=503"},
+             "retry": {"attempts": 1, "on_status_codes": [503]}},
+            {"provider": "mock-openai", "override_params": {"model": "fast:tokens=3"}}]}
+    ).decode()}
+    resp, _ = await post(client, {}, retried)
+    assert resp.status == 200 and resp.headers[STATUS] == "MISS"
+    assert access_log()[-1]["attempts"] == 3  # the primary twice, then the fallback
+    assert backend.gets == 2  # one lookup per target
+
+
+async def test_a_hit_on_the_second_target_after_keepalives(proxy: Any, access_log: Any) -> None:
+    # The keep-alive comments committed the stream while the primary was slow to fail: the
+    # fallback's hit is replayed on it.
+    client = await proxy(config(server={"keepalive_interval": 0.05}))
+    resp, _ = await post(client, {"stream": True}, ANSWERING)  # fills the fallback's key
+    await drained(client)
+    slow = {"x-portkey-config": orjson.dumps({
+        "strategy": {"mode": "fallback"}, "cache": {"mode": "simple", "max_age": 60},
+        "targets": [{"provider": "mock",
+                     "override_params": {"model": "fast:status=503,stall_ms=200"}},
+                    {"provider": "mock-openai",
+                     "override_params": {"model": "fast:tokens=3"}}]}).decode()}
+    resp, out = await post(client, {"stream": True}, slow)
+    assert resp.status == 200 and out.startswith(b": keep-alive\n\n")
+    got = collect(sse_chunks(out))
+    assert got.done and got.content == mock_text(3)
+    assert access_log()[-1]["cache_status"] == "HIT"
+
+
+async def test_per_target_lookups_under_loadbalance_and_conditional(proxy: Any) -> None:
+    client = await proxy(config())
+    failing_then_answering = {"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "mock", "override_params": {"model": "fast:status=503"}},
+        {"provider": "mock-openai", "override_params": {"model": "fast:tokens=3"}}]}
+    balanced = {"strategy": {"mode": "loadbalance"}, "cache": {"mode": "simple"}, "targets": [
+        {"weight": 1, **failing_then_answering},
+        {"weight": 0, "provider": "mock", "override_params": {"model": "fast:tokens=2"}}]}
+    conditional = {"strategy": {"mode": "conditional", "default": "other",
+                                "conditions": [{"query": {"metadata.tier": "gold"},
+                                                "then": "gold"}]},
+                   "cache": {"mode": "simple"}, "targets": [
+                       {"name": "gold", **failing_then_answering},
+                       {"name": "other", "provider": "mock",
+                        "override_params": {"model": "fast:tokens=2"}}]}
+    gold = {"x-portkey-metadata": '{"tier": "gold"}'}
+    for routing, headers in ((balanced, {}), (conditional, gold)):
+        await client.server.app[FEATURES].cache.backend.close()  # (one target: one key)
+        client.server.app[FEATURES].cache.backend = MemoryCache(100, 1 << 20)
+        seen = []
+        for _ in range(2):
+            resp, _ = await post(client, {}, {"x-portkey-config": orjson.dumps(routing).decode(),
+                                              **headers})
+            seen.append((resp.headers[STATUS], resp.headers["x-portkey-last-used-option-index"]))
+            await drained(client)
+        assert seen == [("MISS", "config.targets[0].targets[1]"),
+                        ("HIT", "config.targets[0].targets[1]")], routing["strategy"]
+    # the conditional's other branch has its own key
+    resp, _ = await post(client, {}, {"x-portkey-config": orjson.dumps(conditional).decode()})
+    assert resp.headers[STATUS] == "MISS"
 
 
 async def test_bad_cache_configs_are_400(proxy: Any) -> None:
@@ -503,12 +617,15 @@ async def test_yaml_mode_caches_every_request(proxy: Any) -> None:
     assert resp.headers[STATUS] == "HIT"
 
 
-async def test_store_and_cache_together(proxy: Any, tmp_path: Any) -> None:
+@pytest.mark.parametrize("fallback", [False, True])
+async def test_store_and_cache_together(proxy: Any, tmp_path: Any, fallback: bool) -> None:
+    # (fallback: the hit is the second target's, after the first failed)
     client = await proxy(config(storage={"path": str(tmp_path / "s.sqlite3")}))
     body = {"model": "mock/fast:tokens=4", "stream": True, "store": True}
-    _, first = await post(client, body, cache_header())
+    headers = _fallback(True, False, False) if fallback else cache_header()
+    _, first = await post(client, body, headers)
     await drained(client)
-    hit, second = await post(client, body, cache_header())
+    hit, second = await post(client, body, headers)
     assert hit.headers[STATUS] == "HIT"
     storage = client.server.app[FEATURES].storage.store
     await storage.flush()

@@ -276,19 +276,10 @@ class _StoredEntry(MemoryCache):
 
 
 class _Exchange(dict[Any, Any]):
-    """The chat request's side of the cache (server/exchange.py `Exchange`): what it answered."""
+    """The chat request's side of the cache (server/exchange.py `Exchange`): its headers, and
+    the status noted on it."""
 
     headers: dict[str, str] = {}
-    body: bytes | None = None
-
-    async def reply(self, body: bytes, **_: Any) -> None:
-        self.body = body
-
-    async def start_events(self, headers: Any) -> _Exchange:
-        return self
-
-    async def finish(self, body: bytes) -> None:
-        self.body = body
 
 
 _CONFIG = make_config({"mock": {"type": "mock", "default_model": "fast"}})
@@ -302,9 +293,11 @@ def _looked_up(entry: dict[str, Any], stream: bool) -> tuple[bool, bytes | None]
                                            "messages": [{"role": "user", "content": "Hi"}]}))
     cache = ResponseCache(parse_cache_settings(_CONFIG))
     cache.backend = _StoredEntry(entry)  # (an empty backend is falsy: the constructor's default)
-    ex = _Exchange()
-    hit = asyncio.run(cache.before_upstream(ex, req, [_ATTEMPT], RequestRecord("t")))
-    return hit, ex.body
+    record = RequestRecord("t")
+    cache.before_upstream(_Exchange(), req, [_ATTEMPT], record)
+    assert record.lookup is not None
+    body = asyncio.run(record.lookup(0, record))  # (the executor's, before the target's request)
+    return body is not None, body
 
 
 def _valid_entries() -> list[dict[str, Any]]:

@@ -1,13 +1,16 @@
-"""The response cache around one chat request.
+"""The response cache around one chat request, per target as in Portkey's gateway.
 
-Before routing (`before_upstream`): no cache config → DISABLED. Otherwise the key is computed
-and, unless `x-portkey-cache-force-refresh: true` (REFRESH), looked up: a fresh entry is a HIT
-and is answered right here — a stream replayed as SSE in one write, or the completion object —
-with no upstream call. A MISS (or REFRESH) sets `record.capture`, so the executor tees the
-answer into a CompletionBuilder as it streams past, and notes the key in `record.pending`.
-After the request (`observe`): a complete, successful answer is written in a background task;
-an errored, truncated, cancelled or disconnected one is never cached.
-The status goes out as `x-portkey-cache-status` on every chat response (`on_response_prepare`).
+Before routing (`before_upstream`): no target with a cache config → DISABLED. Otherwise the
+request's `TargetLookups` goes to the executor (`record.lookup`), which calls it before each
+target's first request (not before its retries): a target without cache is DISABLED; one
+with cache has its key computed and, unless `x-portkey-cache-force-refresh: true` (REFRESH),
+looked up. A fresh entry is a HIT: the executor returns its answer — a stream's SSE replay,
+whole, or the completion object — and that target is not called. On a MISS (or REFRESH) the
+target is asked; `record.capture` makes the executor tee the answer into a CompletionBuilder
+as it streams past. After the request (`observe`): a complete, successful answer is written,
+in a background task, under the key of the target that gave it; an errored, truncated,
+cancelled or disconnected one is never cached. The status noted last (the answering
+target's) goes out as `x-portkey-cache-status` on every chat response (`on_response_prepare`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -45,26 +47,45 @@ STATUS_HEADER = "x-portkey-cache-status"
 _STATUS = web.RequestKey("streamproxy_cache_status", str)  # for on_response_prepare
 
 
-@dataclass(slots=True, frozen=True)
-class CacheFill:
-    """Where an answer will be written: under the key of the target that gave it — the plan's
-    first, whose key was looked up, or a fallback, whose own `cache` then decides (Portkey
-    keys its cache by target: an answer is never served as another target's)."""
+class TargetLookups:
+    """One request's cache, target by target, as Portkey's gateway keeps it: each target that
+    caches (its own `cache`, or its parents') looks up its own key before its first request —
+    a primary that failed never hides a fallback's entry — and an answer is written under the
+    key of the target that gave it. The executor calls this with the attempt's index and the
+    record (as `record.lookup`: not kept here, which would make a cycle that only the garbage
+    collector frees); the status noted last, `x-portkey-cache-status`, is then the answering
+    target's."""
 
-    key: str | None  # None: the first target has no cache (only a fallback's answer is kept)
-    max_age: float
-    namespace: str
-    req: ChatRequest
-    attempts: Sequence[Attempt]
+    __slots__ = ("_attempts", "_cache", "_max_ages", "_namespace", "_refresh", "_req",
+                 "_request", "keys")
 
-    def for_attempt(self, index: int, settings: CacheSettings) -> tuple[str, float] | None:
-        if index == 0:
-            return None if self.key is None else (self.key, self.max_age)
-        attempt = self.attempts[index]
-        max_age = max_age_for(attempt.cache, settings)
+    def __init__(self, cache: ResponseCache, request: Exchange, req: ChatRequest,
+                 attempts: Sequence[Attempt], max_ages: list[float | None]) -> None:
+        self._cache, self._request, self._req = cache, request, req
+        self._attempts, self._max_ages = attempts, max_ages
+        self._namespace = _namespace(request)
+        self._refresh = request.headers.get(FORCE_REFRESH_HEADER, "").strip().lower() == "true"
+        self.keys: dict[int, tuple[str, float]] = {}  # index → where its answer is written
+
+    async def __call__(self, index: int, record: RequestRecord) -> bytes | None:
+        """The cached answer of the attempt at `index` (a HIT, noted on the record), or None:
+        the target is asked (MISS, REFRESH, or DISABLED when it has no cache)."""
+        request = self._request
+        max_age = self._max_ages[index]
         if max_age is None:
+            _note(request, record, "DISABLED")
             return None
-        return _key(self.namespace, self.req, attempt.target), max_age
+        attempt = self._attempts[index]
+        key = _key(self._namespace, self._req, attempt.target)
+        self.keys[index] = key, max_age
+        if not self._refresh:
+            entry = await self._cache.backend.get(key)
+            if entry is not None and cached.is_fresh(entry, max_age):
+                answer = self._cache.replay(request, self._req, attempt, record, entry)
+                if answer is not None:
+                    return answer
+        _note(request, record, "REFRESH" if self._refresh else "MISS")
+        return None
 
 
 def make_backend(settings: CacheSettings) -> CacheBackend:
@@ -83,53 +104,38 @@ class ResponseCache:
         self._writes: set[asyncio.Task[None]] = set()
         self._warned_malformed = False
 
-    async def before_upstream(self, request: Exchange, req: ChatRequest,
-                              attempts: Sequence[Attempt], record: RequestRecord) -> bool:
-        """True when the cache answered the request (a hit)."""
+    def before_upstream(self, request: Exchange, req: ChatRequest,
+                        attempts: Sequence[Attempt], record: RequestRecord) -> None:
+        """Note DISABLED when no target caches; else hand the executor the request's
+        `TargetLookups` and capture the answer (its target's key is known once it is asked)."""
         if (req.body.get("n") or 1) > 1:
             _note(request, record, "DISABLED")  # a replay carries one choice
-            return False
-        max_age = max_age_for(attempts[0].cache, self.settings)  # (the first target's)
-        if max_age is None:
+            return
+        # every target's `cache`, checked up front: a bad one is a 400 whatever answers
+        max_ages = [max_age_for(a.cache, self.settings) for a in attempts]
+        if max_ages.count(None) == len(max_ages):  # no target caches
             _note(request, record, "DISABLED")
-            if len(attempts) > 1 and any(a.cache is not None for a in attempts[1:]):
-                # a fallback's answer may be cached
-                self._fill_later(record, CacheFill(None, 0, _namespace(request), req, attempts))
-            return False
-        namespace = _namespace(request)
-        target = attempts[0].target
-        key = _key(namespace, req, target)
-        refresh = request.headers.get(FORCE_REFRESH_HEADER, "").strip().lower() == "true"
-        if not refresh:
-            entry = await self.backend.get(key)
-            if (entry is not None and cached.is_fresh(entry, max_age)
-                    and await self._answer(request, req, attempts[0], record, entry)):
-                return True
-        _note(request, record, "REFRESH" if refresh else "MISS")
-        self._fill_later(record, CacheFill(key, max_age, namespace, req, attempts))
-        return False
-
-    @staticmethod
-    def _fill_later(record: RequestRecord, fill: CacheFill) -> None:
+            return
+        lookups = TargetLookups(self, request, req, attempts, max_ages)
+        record.lookup = lookups
         record.capture = True
         pending = record.pending if record.pending is not None else {}
-        pending["cache"] = fill
+        pending["cache"] = lookups
         record.pending = pending
 
-    async def _answer(self, request: Exchange, req: ChatRequest, attempt: Attempt,
-                      record: RequestRecord, entry: dict[str, Any]) -> bool:
-        """Answer the request from `entry` (a HIT); False, with nothing sent, when the entry
-        cannot answer it: a stream it cannot carry whole, or an entry that claims our format
-        but lacks its fields (an older or corrupted one) — a miss, whose answer replaces it."""
-        from streamproxy.server.handlers import SSE_HEADERS, response_headers  # (server imports us)
-
+    def replay(self, request: Exchange, req: ChatRequest, attempt: Attempt,
+               record: RequestRecord, entry: dict[str, Any]) -> bytes | None:
+        """The answer `entry` gives this request (a HIT, noted on the record): a stream's SSE
+        body, whole, or the completion's JSON; None when the entry cannot answer it — a stream
+        it cannot carry whole, or an entry that claims our format but lacks its fields (an
+        older or corrupted one): a miss, whose answer replaces it."""
         target = attempt.target
         completion_id, created = new_completion_id(), int(time.time())
         configured = target.model or target.provider.cfg.default_model
         stored = record.pending is not None and "store" in record.pending  # under this id
-        try:  # the whole answer is built before the HIT is noted or a byte is sent
+        try:  # the whole answer is built before the HIT is noted
             if req.stream and not cached.streams_whole(entry):
-                return False
+                return None
             model = cached.model_of(entry) or configured or ""
             completion = (cached.completion_from(entry, completion_id=completion_id,
                                                  created=created, model=model)
@@ -151,37 +157,28 @@ class ResponseCache:
                 self._warned_malformed = True
                 log.warning("a cache entry could not be replayed (an older or corrupted one?): "
                             "it counts as a miss (logged once)", exc_info=True)
-            return False
+            return None
         _note(request, record, "HIT")
         record.provider, record.model = target.provider.name, configured
-        record.option_path = attempt.path  # the target whose entry answered (header, log)
+        # As Portkey answers a hit: no retries (no upstream asked for this target).
+        record.retries, record.retries_exhausted = 0, False
         if stored:
             record.response = completion
-        # As Portkey answers a hit: the target's index, and no retries (no upstream asked).
-        headers = {**response_headers(record, target.provider.name),
-                   "x-portkey-retry-attempt-count": "0"}
-        if completion is not None and encoder is None:
-            record.first_byte = time.monotonic()
+        if encoder is not None:
+            record.chunks = encoder.chunks
+            record.finish_reason, record.usage = encoder.finish_reason, encoder.usage_data
+        else:
+            assert completion is not None
             record.finish_reason, record.usage = finish, completion.get("usage")
-            record.bytes_out = len(body)
-            await request.reply(body, headers=headers)
-            return True
-        client = await request.start_events({**SSE_HEADERS, **headers})
-        record.first_byte = time.monotonic()
-        try:
-            await client.finish(body)  # the whole answer and the end: one write
-        except ConnectionError:
-            record.client_disconnected = True
-        record.chunks, record.bytes_out = encoder.chunks, len(body)
-        record.finish_reason, record.usage = encoder.finish_reason, encoder.usage_data
-        return True
+        record.usage_partial = False  # (a failed earlier target's partial count is not this)
+        return body
 
     def observe(self, record: RequestRecord) -> None:
-        fill = record.pending.get("cache") if record.pending else None
-        if fill is None or not _succeeded(record):
+        lookups = record.pending.get("cache") if record.pending else None
+        if lookups is None or record.cache_status == "HIT" or not _succeeded(record):
             return
-        where = fill.for_attempt(record.target_index or 0, self.settings)
-        if where is None:  # a fallback answered, and its target has no cache
+        where = lookups.keys.get(record.target_index or 0)
+        if where is None:  # the target that answered has no cache
             return
         key, max_age = where
         try:

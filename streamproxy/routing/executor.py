@@ -92,7 +92,8 @@ class Executor:
         return resp
 
     async def open_stream(self, req: ChatRequest, plan: Plan,
-                          record: RequestRecord) -> OpenedStream:
+                          record: RequestRecord) -> OpenedStream | bytes:
+        """The opened stream, or a target's cached answer: its SSE body, whole."""
         return await self._run(req, plan, record, self._open_one)
 
     async def complete(self, req: ChatRequest, plan: Plan, record: RequestRecord) -> bytes:
@@ -108,6 +109,12 @@ class Executor:
             if attempt.refusal is not None:  # reached by a fallback: the request's answer
                 record.option_path, record.retries = attempt.path, None
                 raise attempt.refusal
+            # The target's own cache first, once (not before each retry), as Portkey's
+            # tryPost looks it up: a hit answers in its name.
+            cached = None if record.lookup is None else await record.lookup(index, record)
+            if cached is not None:
+                record.target_index, record.option_path = index, attempt.path
+                return cached
             try:
                 result = await self._with_retries(req, attempt, record, once)
             except ProxyError as e:

@@ -147,9 +147,8 @@ async def _answer(ex: Exchange, state: AppState, req: ChatRequest,
     record.metadata = parse_metadata(ex.headers)
     plan = state.gateway.plan(ex.headers, req, record.metadata)
     _only_allowed(ex, plan)
-    # Stored completions and the response cache (issue 7): a cache hit is answered here.
-    if await before_upstream(ex, req, plan.attempts, record):
-        return
+    # Stored completions and the response cache (issue 7): the executor answers a hit.
+    before_upstream(ex, req, plan.attempts, record)
     if req.stream:
         await _stream(ex, state, req, plan, record)
         return
@@ -169,6 +168,9 @@ async def _stream(ex: Exchange, state: AppState, req: ChatRequest, plan: Plan,
             return
     else:
         stream, client = await state.executor.open_stream(req, plan, record), None
+    if isinstance(stream, bytes):
+        await _replay_cached(ex, record, stream, client)
+        return
     if client is None:
         try:  # the commit point: from here the client has a 200
             client = await ex.start_events({
@@ -189,15 +191,30 @@ async def _stream(ex: Exchange, state: AppState, req: ChatRequest, plan: Plan,
             record.client_disconnected = True
 
 
+async def _replay_cached(ex: Exchange, record: RequestRecord, body: bytes,
+                         client: EventWriter | None) -> None:
+    """A cache hit's stream (`client`: the keep-alive comments' committed one, if any): the
+    whole answer and the end, one write."""
+    if client is None:
+        client = await ex.start_events({**SSE_HEADERS,
+                                        **response_headers(record, record.provider)})
+    record.first_byte = time.monotonic()
+    record.bytes_out = len(body)
+    try:
+        await client.finish(body)
+    except ConnectionError:
+        record.client_disconnected = True
+
+
 async def _open_with_keepalives(ex: Exchange, state: AppState, req: ChatRequest,
                                 plan: Plan, record: RequestRecord, interval: float,
-                                ) -> tuple[OpenedStream | None, EventWriter | None]:
+                                ) -> tuple[OpenedStream | bytes | None, EventWriter | None]:
     """Open the upstream while sending `: keep-alive` comments every `interval` seconds once
     the first event is late. The first comment commits the response (200, SSE headers), so a
     failure after it is an error frame, not a fallback."""
     opening = asyncio.ensure_future(state.executor.open_stream(req, plan, record))
     client: EventWriter | None = None
-    stream: OpenedStream | None = None
+    stream: OpenedStream | bytes | None = None
     try:
         try:
             while not (await asyncio.wait({opening}, timeout=interval))[0]:
@@ -220,14 +237,17 @@ async def _open_with_keepalives(ex: Exchange, state: AppState, req: ChatRequest,
                 raise
             await _end_with_error(client, record, shutdown_error())
             return None, client
-        stream.deadline.rebind()
+        if isinstance(stream, OpenedStream):  # (not a cache hit's answer)
+            stream.deadline.rebind()
         return stream, client
     finally:
         if not opening.done():
             opening.cancel()  # the client went away (or the worker stops) while we waited
         elif stream is None and not opening.cancelled() and opening.exception() is None:
             # ...as the stream opened (the same loop iteration): nobody will relay it
-            _close_unrelayed(opening.result())
+            opened = opening.result()
+            if isinstance(opened, OpenedStream):
+                _close_unrelayed(opened)
 
 
 def _close_unrelayed(stream: OpenedStream) -> None:

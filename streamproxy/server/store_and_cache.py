@@ -2,8 +2,9 @@
 
 `install` (from `create_app`) builds both from the config's `storage:` and `cache:` sections,
 adds the stored-completion routes, the end-of-request observers and the cache-status header.
-`before_upstream` (from the chat handler, once the first target is known) lets storage mark the
-request for capture and lets the cache answer a hit before any upstream is asked.
+`before_upstream` (from the chat handler, once the plan is known) lets storage mark the
+request for capture and lets the cache hand the executor its per-target lookups (a hit is
+answered before its target is asked).
 """
 
 from __future__ import annotations
@@ -47,12 +48,11 @@ def install(app: web.Application, state: AppState) -> None:
     app.on_cleanup.append(_close)
 
 
-async def before_upstream(ex: Exchange, req: ChatRequest, attempts: Sequence[Attempt],
-                          record: RequestRecord) -> bool:
-    """True when the cache answered; False when the request goes upstream."""
+def before_upstream(ex: Exchange, req: ChatRequest, attempts: Sequence[Attempt],
+                    record: RequestRecord) -> None:
     features = ex.app[FEATURES]
     features.storage.before_upstream(ex, req, record)
-    return await features.cache.before_upstream(ex, req, attempts, record)
+    features.cache.before_upstream(ex, req, attempts, record)
 
 
 async def _close(app: web.Application) -> None:
