@@ -15,6 +15,7 @@ How the fixture bodies are built:
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import random
@@ -30,6 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.providers.gemini.auth import CommandToken
 from streamproxy.providers.gemini.errors import RETRY_INFO, google_error
 from streamproxy.providers.gemini.stream import GeminiStreamTranslator
 from tests.conftest import provider_config
@@ -680,6 +682,22 @@ async def test_vertex_token_command_failure_is_a_clear_error(proxy: Any, upstrea
     assert err["code"] == "upstream_credentials_unavailable"
     assert "exited with status 3" in err["message"]
     assert not upstream.requests
+
+
+def test_a_hung_token_fetch_does_not_hold_up_the_shutdown() -> None:
+    """The request gave up on the fetch (its deadline); the process must not wait for the
+    fetch's thread when its loop ends, as asyncio.run waits for to_thread's executor: a SIGTERM
+    took as long as the hung command (up to its 30 s timeout), whatever shutdown_grace said."""
+    source = CommandToken([sys.executable, "-c", "import time; time.sleep(4)"], 300,
+                          provider="v")
+
+    async def request_that_gives_up() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(source.get(), 0.2)
+
+    started = time.monotonic()
+    asyncio.run(request_that_gives_up())
+    assert time.monotonic() - started < 2
 
 
 async def test_openai_sdk_thought_signature_round_trip(proxy: Any, upstream: Any) -> None:

@@ -15,11 +15,14 @@ was dropped), and all such requests share that one run.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from streamproxy.errors import ProxyError
 
@@ -43,6 +46,7 @@ Fetched = tuple[str, float | None]
 # What `Authorization: Bearer …` can carry: visible ASCII, no space (RFC 6750's b64token is a
 # subset). A CR, LF or other control character there would fail every request until expiry.
 _SENDABLE_TOKEN = re.compile(r"[!-~]+")
+_T = TypeVar("_T")
 
 
 def is_sendable_token(token: object) -> bool:
@@ -119,8 +123,8 @@ class TokenSource:
     async def _fetch_and_keep(self) -> str:
         """One fetch; its token is kept even if it came after the requests gave up on it."""
         self.runs += 1
-        # A worker thread: the fetch blocks (a child process, or google-auth's HTTP calls).
-        token, lifetime = await asyncio.to_thread(self._fetch)
+        # A thread: the fetch blocks (a child process, or google-auth's HTTP calls).
+        token, lifetime = await in_daemon_thread(self._fetch, f"token-{self._provider}")
         now = self._clock()
         self._token = token
         if lifetime is None:
@@ -137,6 +141,22 @@ class TokenSource:
 
     def _fail(self, message: str) -> TokenUnavailable:
         return TokenUnavailable(f"provider '{self._provider}': {message}")
+
+
+async def in_daemon_thread(call: Callable[[], _T], name: str) -> _T:
+    """`call()` in a thread of its own that nothing waits for at exit: `asyncio.to_thread`'s
+    executor is joined by `asyncio.run`, so a fetch that hangs (a token endpoint trickling its
+    answer, a token_command until its timeout) held a shutdown up past its grace period."""
+    outcome: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            outcome.set_result(call())
+        except BaseException as e:  # handed to the awaiting task
+            outcome.set_exception(e)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await asyncio.wrap_future(outcome)  # (a loop closed meanwhile is left alone)
 
 
 class CommandToken(TokenSource):
