@@ -29,6 +29,7 @@ from streamproxy.config import ConfigError
 from streamproxy.providers.gemini.auth import FAILURE_BACKOFF, TokenUnavailable
 from streamproxy.providers.gemini.credentials import GoogleToken
 from tests.helpers import Clock, collect, make_config, sse_chunks
+from tests.test_egress import ForwardProxy
 
 USER = [{"role": "user", "content": "hi"}]
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -369,6 +370,38 @@ async def test_an_unreachable_token_endpoint_is_a_502(proxy: Any, upstream: Any,
     err = (await resp.json())["error"]
     assert err["message"] == "provider 'v': could not reach Google's token endpoint"
     assert not upstream.requests
+
+
+@pytest.mark.parametrize("credentials", ["", "alice:p%40ss@"])
+async def test_the_token_endpoint_is_reached_through_the_upstream_proxy(
+        proxy: Any, upstream: Any, token_endpoint: TokenEndpoint, tmp_path: Path,
+        rsa_key: rsa.RSAPrivateKey, credentials: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """google-auth's calls leave as the upstream requests do (`server.upstream_proxy`), not as
+    requests would on its own (the environment's proxy, here a dead one): a host that can only
+    reach Google through its egress proxy got a 502 "could not reach Google's token endpoint"."""
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    port = int(token_endpoint.url.rsplit(":", 1)[1].split("/")[0])
+    forward = ForwardProxy(("127.0.0.1", port))
+    await forward.start()
+    key = write_key_file(tmp_path / "sa.json", rsa_key, "http://oauth.example.test/token")
+    upstream.body = ANSWER
+    config = make_config(
+        {"v": {"type": "vertex", "base_url": upstream.url, "project": "my-proj",
+               "location": "us-central1", "default_model": "gemini-2.5-flash",
+               "credentials_file": key}}, default="v",
+        server={"upstream_proxy": {"url": f"http://{credentials}127.0.0.1:{forward.port}"}})
+    try:
+        client = await proxy(config)
+        resp = await ask(client)
+        assert resp.status == 200, await resp.text()
+    finally:
+        await forward.stop()
+    [head] = forward.heads
+    assert head.startswith(b"POST http://oauth.example.test/token HTTP/1.1\r\n")
+    if credentials:
+        assert b"Proxy-Authorization: Basic " + base64.b64encode(b"alice:p@ss") in head
+    assert bearer(upstream.requests[0]) == "Bearer ya29.token-1"
 
 
 async def test_a_401_drops_the_token_and_the_next_request_gets_a_new_one(

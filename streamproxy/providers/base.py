@@ -33,6 +33,7 @@ from streamproxy.openai_api.chunks import ChunkSink
 if TYPE_CHECKING:
     from streamproxy.openai_api.request import ChatRequest
     from streamproxy.routing.target import Target
+    from streamproxy.upstream.egress import EgressProxies
 
 
 @dataclass(slots=True)
@@ -212,6 +213,10 @@ class Provider:
         """How this provider authenticates when it is not by a key, for `check-config`
         (names and paths, never a secret); None: by a key."""
         return None
+
+    def use_egress(self, egress: EgressProxies) -> None:
+        """The egress proxies (`server.upstream_proxy`) for HTTP calls of the provider's own,
+        such as a token fetch; the upstream client routes its requests itself. No-op here."""
 
     async def prepare(self, target: Target) -> None:
         """Async work a request needs before `build_request`, such as a Vertex access token

@@ -47,11 +47,15 @@ def http_limits(config: Config) -> dict[str, int]:
             "max_headers": BACKSTOP * server.max_headers}
 
 
-def build_providers(config: Config) -> dict[str, Provider]:
-    return {
+def build_providers(config: Config, egress: EgressProxies | None = None) -> dict[str, Provider]:
+    providers = {
         name: PROVIDER_TYPES[cfg.type](cfg, max_event_bytes=config.server.max_event_bytes)
         for name, cfg in config.providers.items()
     }
+    if egress is not None:
+        for provider in providers.values():
+            provider.use_egress(egress)
+    return providers
 
 
 def _egress(config: Config) -> EgressProxies:
@@ -63,8 +67,9 @@ def _egress(config: Config) -> EgressProxies:
 
 def create_app(config: Config) -> web.Application:
     server = config.server
-    providers = build_providers(config)
-    client = UpstreamClient(kind=server.upstream_client, egress=_egress(config))
+    egress = _egress(config)
+    providers = build_providers(config, egress)
+    client = UpstreamClient(kind=server.upstream_client, egress=egress)
     router = Router(providers, config.default_provider, server.timeouts)
     shared = inherited()  # with workers: what they share (breakers, rate-limit buckets)
     breakers = (SharedCircuitBreakers(shared.breakers) if shared.breakers is not None

@@ -17,7 +17,7 @@ import base64
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
@@ -36,6 +36,16 @@ class ProxyRoute:
 
     def __repr__(self) -> str:
         return f"ProxyRoute({self.host}:{self.port})"
+
+    def url_with_credentials(self) -> str:
+        """The proxy's URL with its user info back in it, for a client that takes them only
+        so (requests, under google-auth). Never logged."""
+        if self.authorization is None:
+            return self.url
+        pair = base64.b64decode(self.authorization.removeprefix("Basic ")).decode()
+        user, _, password = pair.partition(":")
+        return self.url.replace("://", f"://{quote(user, safe='')}:{quote(password, safe='')}@",
+                                1)
 
 
 def parse_proxy_url(value: str) -> ProxyRoute:
@@ -131,6 +141,17 @@ class EgressProxies:
         return cls(parse_proxy_url(http) if http else None,
                    parse_proxy_url(https) if https else None,
                    read("no_proxy").split(","))
+
+    def requests_proxies(self, url: str) -> dict[str, str | None]:
+        """requests' `proxies=` for `url`: its route, and None for every other key, which
+        stops requests from adding the environment's proxies (`server.upstream_proxy: none`
+        or a `{url}` must hold for it too) while it still reads its CA bundle there."""
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        route = self.route(scheme, parts.hostname or "",
+                           parts.port or (443 if scheme == "https" else 80))
+        return {"http": None, "https": None, "all": None,
+                scheme: route.url_with_credentials() if route else None}
 
     def route(self, scheme: str, host: str, port: int) -> ProxyRoute | None:
         proxy = self.https if scheme == "https" else self.http

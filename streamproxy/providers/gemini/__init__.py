@@ -30,6 +30,7 @@ from streamproxy.providers.gemini.vertex_anthropic import VertexClaudeProvider, 
 if TYPE_CHECKING:
     from streamproxy.openai_api.request import ChatRequest
     from streamproxy.routing.target import Target
+    from streamproxy.upstream.egress import EgressProxies
 
 # A model name (or a resource path such as `tunedModels/x`) goes into the URL path: allow only
 # plain segments, so a client cannot steer the request to another Google endpoint.
@@ -181,6 +182,10 @@ class VertexProvider(GeminiProvider):
                     value = shlex.split(value)[0] if isinstance(value, str) else value[0]
                 return f"{key}={value}"
         return None
+
+    def use_egress(self, egress: EgressProxies) -> None:
+        if isinstance(self.token_source, credentials.GoogleToken):
+            self.token_source.egress = egress
 
     async def prepare(self, target: Target) -> None:
         if self.token_source is not None:

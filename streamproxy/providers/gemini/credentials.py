@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from streamproxy.providers.gemini.auth import Fetched, TokenSource, is_sendable_token
+from streamproxy.upstream.egress import NO_PROXIES, EgressProxies
 
 log = logging.getLogger("streamproxy.providers.vertex")
 
@@ -93,6 +94,8 @@ class GoogleToken(TokenSource):
         self._credentials: Any = None
         self._request: Any = None
         self.quota_project: str | None = None
+        # `server.upstream_proxy`, as the upstream clients follow it (server/app.py sets it).
+        self.egress: EgressProxies = NO_PROXIES
 
     @property
     def headers(self) -> dict[str, str]:
@@ -137,7 +140,7 @@ class GoogleToken(TokenSource):
     def _load(self) -> Any:
         from google.auth.transport.requests import Request
 
-        self._request = _TimedRequest(Request(), CALL_TIMEOUT)
+        self._request = _TimedRequest(Request(), CALL_TIMEOUT, self.egress)
         if self._path is None:
             credentials = _quietly(lambda auth: auth.default(scopes=SCOPES,
                                                              request=self._request))
@@ -151,15 +154,18 @@ class GoogleToken(TokenSource):
 
 
 class _TimedRequest:
-    """google-auth's requests transport with a bounded wait: its default is 120 s for each
-    call to the token endpoint, and the first requests wait for that call."""
+    """google-auth's requests transport with a bounded wait (its default is 120 s for each
+    call to the token endpoint, and the first requests wait for that call), going through the
+    egress proxy the upstream requests take (requests would follow the environment's)."""
 
-    def __init__(self, request: Any, timeout: float) -> None:
+    def __init__(self, request: Any, timeout: float, egress: EgressProxies) -> None:
         self._request = request
         self._timeout = timeout
+        self._egress = egress
 
     def __call__(self, url: str, method: str = "GET", body: Any = None,
                  headers: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
+        kwargs["proxies"] = self._egress.requests_proxies(url)
         return self._request(url, method, body, headers, timeout or self._timeout, **kwargs)
 
 
