@@ -150,7 +150,9 @@ async def in_daemon_thread(call: Callable[[], _T], name: str) -> _T:
     outcome: concurrent.futures.Future[_T] = concurrent.futures.Future()
 
     def run() -> None:
-        try:
+        if not outcome.set_running_or_notify_cancel():
+            return  # the awaiting task was cancelled before the thread ran
+        try:  # (running, the future can no longer be cancelled: setting it cannot raise)
             outcome.set_result(call())
         except BaseException as e:  # handed to the awaiting task
             outcome.set_exception(e)
