@@ -731,6 +731,40 @@ async def test_portkey_sdk_virtual_key_picks_the_provider_and_its_secret(
     assert "vk-nope" in err["message"]
 
 
+async def test_a_parents_key_never_goes_to_a_target_naming_another_provider(
+        proxy: Any, upstream: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("VK_E2", "sk-e2-secret")
+    client = await proxy(openai_pair(upstream, virtual_keys={"vk-e2": {"provider": "e2",
+                                                                        "api_key_env": "VK_E2"}}))
+
+    async def key_sent(config: dict[str, Any]) -> tuple[str, str]:
+        resp = await post(client, json.dumps(config), stream=False,
+                          headers={"authorization": "Bearer sk-client"})
+        assert resp.status == 200
+        sent = {k.lower(): v for k, v in upstream.requests[-1].headers.items()}
+        return served(upstream)[0], sent["authorization"]
+
+    def under(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+        return {**parent, "strategy": {"mode": "fallback"}, "targets": [child]}
+
+    # Another provider under a virtual key, or under a provider given its api_key: the
+    # parent's secret was sent to it (e2's to e1, e1's to e2).
+    assert await key_sent(under({"virtual_key": "vk-e2"}, {"provider": "e1"})) == \
+        ("e1", "Bearer sk-client")
+    assert await key_sent(under({"provider": "e2", "api_key": "sk-e2"}, {"provider": "e1"})) \
+        == ("e1", "Bearer sk-client")
+    assert await key_sent(under({"provider": "e1", "api_key": "sk-e1"},
+                                {"virtual_key": "vk-e2"})) == ("e2", "Bearer sk-e2-secret")
+    # The same provider, or none named, keeps the key it inherits; so does any provider under
+    # a key given with none.
+    assert await key_sent(under({"api_key": "sk-any"}, {"provider": "e1"})) == \
+        ("e1", "Bearer sk-any")
+    assert await key_sent(under({"provider": "e2", "api_key": "sk-e2"}, {"provider": "@e2"})) \
+        == ("e2", "Bearer sk-e2")
+    assert await key_sent(under({"virtual_key": "vk-e2"}, {"retry": {"attempts": 1}})) == \
+        ("e2", "Bearer sk-e2-secret")
+
+
 async def test_custom_host_header_under_the_same_allow_list(proxy: Any, upstream: Any) -> None:
     from portkey_ai import AsyncPortkey
 

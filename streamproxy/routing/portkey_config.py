@@ -4,7 +4,8 @@ Accepted from the `x-portkey-config` header (inline JSON), by name from the YAML
 section, or as a route's default. Every invalid field is a 400 naming its path
 (`config.targets[1].weight`). Inheritance follows Portkey: a target inherits `retry`,
 `request_timeout`, `timeouts`, `cb_config`, `forward_headers`, `provider`/`api_key`/
-`virtual_key` from its parent, and `override_params` merge parent-first.
+`virtual_key` from its parent (the key only while it names no other provider), and
+`override_params` merge parent-first.
 """
 
 from __future__ import annotations
@@ -247,6 +248,10 @@ def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode
             changes[key] = value
     if _CONTROL.search(changes.get("api_key", "")):
         raise _bad(f"{path}.api_key", "must not contain control characters")
+    if _names_another_provider(node, changes):
+        # A key goes only to the provider it was given for: the parent's api_key or virtual
+        # key (another provider's secret) is not this target's.
+        changes = {"api_key": None, "virtual_key": None, **changes}
     if "virtual_key" in raw and "provider" not in raw:
         changes["provider"] = None  # the virtual key names its own provider
     options = {key: raw[key] for key in PROVIDER_OPTION_KEYS if key in raw}
@@ -295,6 +300,24 @@ def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode
             raise _bad(f"{path}.cache", "must be an object")
         changes["cache"] = cache
     return replace(node, **changes)
+
+
+def _names_another_provider(parent: ConfigNode, own: dict[str, Any]) -> bool:
+    """Whether a target's own fields name a provider other than the one its parent gave a key
+    for: a virtual key (which names its own), or a provider under a virtual key or under
+    another provider (a key given with no provider named is for whichever its targets name)."""
+    if "virtual_key" in own:
+        return True
+    provider = own.get("provider")
+    if provider is None:
+        return False
+    if parent.virtual_key is not None:
+        return True
+    return parent.provider is not None and _bare(provider) != _bare(parent.provider)
+
+
+def _bare(provider: str) -> str:
+    return provider.removeprefix("@")
 
 
 def _strategy(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode:
