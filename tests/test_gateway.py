@@ -13,7 +13,9 @@ from typing import Any
 import orjson
 import pytest
 
+from streamproxy.config import ConfigError
 from streamproxy.providers.mock.server import mock_text
+from streamproxy.routing.gateway import load_settings
 from tests.helpers import collect, make_config, openai_sdk, sse_chunks
 
 USER = [{"role": "user", "content": "hi"}]
@@ -431,6 +433,25 @@ async def test_custom_host_only_for_allowed_hosts(proxy: Any, upstream: Any) -> 
                                             "custom_host": "http://169.254.169.254"}))
     assert denied.status == 400
     assert (await denied.json())["error"]["code"] == "custom_host_not_allowed"
+
+
+async def test_targets_inherit_their_parents_custom_host(proxy: Any, upstream: Any) -> None:
+    host = upstream.url.split("://")[1]
+    client = await proxy(openai_pair(upstream, allowed_custom_hosts=[host]))
+    config = {"custom_host": f"{upstream.url}/custom/v1", "strategy": {"mode": "fallback"},
+              "targets": [{"provider": "e1"}, {"provider": "e2", "custom_host": upstream.url}]}
+    resp = await post(client, json.dumps(config), stream=False)
+    assert resp.status == 200  # as Portkey's tryTargetsRecursively: not e1's own base URL
+    assert upstream.requests[-1].path == "/custom/v1/chat/completions"
+    denied = {**config, "custom_host": "http://169.254.169.254"}
+    resp = await post(client, json.dumps(denied), stream=False)
+    assert resp.status == 400
+    err = (await resp.json())["error"]
+    assert (err["param"], err["code"]) == ("config.targets[0].custom_host",
+                                           "custom_host_not_allowed")
+    named = openai_pair(upstream, configs={"c": denied})  # every request would be refused
+    with pytest.raises(ConfigError, match=r"targets\[0\]\.custom_host"):
+        load_settings(named)
 
 
 async def _anthropic_body() -> bytes:

@@ -3,8 +3,8 @@
 Accepted from the `x-portkey-config` header (inline JSON), by name from the YAML `configs:`
 section, or as a route's default. Every invalid field is a 400 naming its path
 (`config.targets[1].weight`). Inheritance follows Portkey: a target inherits `retry`,
-`request_timeout`, `timeouts`, `cb_config`, `forward_headers`, `provider`/`api_key`/
-`virtual_key` from its parent (the key only while it names no other provider), and
+`request_timeout`, `timeouts`, `cb_config`, `forward_headers`, `custom_host`, `provider`/
+`api_key`/`virtual_key` from its parent (the key only while it names no other provider), and
 `override_params` merge parent-first.
 """
 
@@ -228,7 +228,7 @@ def parse_config(raw: Any, path: str = "config", parent: ConfigNode | None = Non
     base = parent or ConfigNode(path=path)
     node = replace(
         base, path=path, mode=None, targets=(), on_status_codes=None, conditions=(),
-        default=None, name=_string(raw, "name", path), weight=1.0, custom_host=None,
+        default=None, name=_string(raw, "name", path), weight=1.0,
         provider_options={}, cache=None)
     if "weight" in raw:
         node = replace(node, weight=_number(raw["weight"], f"{path}.weight"))
