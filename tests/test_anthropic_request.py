@@ -510,6 +510,37 @@ def test_cache_control_on_parts_and_tools_is_kept_on_their_blocks() -> None:
     assert "cache_control" not in translate(tools=[TOOL])["tools"][0]
 
 
+async def test_a_message_s_cache_control_goes_on_its_last_block(proxy: Any,
+                                                                 upstream: Any) -> None:
+    # LiteLLM's form: a breakpoint on the message itself, the only place a string content can
+    # carry one. Dropped, the prompt was never cached and every request paid full price.
+    ephemeral = {"type": "ephemeral"}
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    sent = await sent_for(proxy, upstream, {"model": "up/claude-x", "messages": [
+        {"role": "system", "content": "Long rules.", "cache_control": hour},
+        {"role": "user", "content": "A long document.", "cache_control": ephemeral},
+        {"role": "assistant", "content": "Calling.", "cache_control": ephemeral,
+         "tool_calls": [{"id": "call_1", "type": "function",
+                         "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny",
+         "cache_control": ephemeral},
+        {"role": "user", "content": [{"type": "text", "text": "And?"},
+                                     {"type": "text", "text": "Tomorrow?", "cache_control": hour}],
+         "cache_control": ephemeral}]})
+    body = sent.json()
+    assert body["system"] == [{"type": "text", "text": "Long rules.", "cache_control": hour}]
+    user, assistant, results = body["messages"]
+    assert user["content"] == [{"type": "text", "text": "A long document.",
+                                "cache_control": ephemeral}]
+    assert assistant["content"][0] == {"type": "text", "text": "Calling."}
+    assert assistant["content"][1]["cache_control"] == ephemeral  # the tool_use block
+    assert results["content"][0] == {"type": "tool_result", "tool_use_id": "call_1",
+                                     "content": "sunny", "cache_control": ephemeral}
+    assert results["content"][1:] == [  # the part's own marker is kept
+        {"type": "text", "text": "And?"},
+        {"type": "text", "text": "Tomorrow?", "cache_control": hour}]
+
+
 @pytest.mark.parametrize("content", ["\n\n", [{"type": "text", "text": " "}]])
 def test_whitespace_only_assistant_text_is_left_out(content: Any) -> None:
     # Claude may answer "\n\n" before a tool call; sent back as a text block, the next turn

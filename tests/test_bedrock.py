@@ -549,6 +549,30 @@ def test_cache_control_becomes_a_cache_point_after_its_block() -> None:
     assert "cachePoint" not in str(to_converse({"messages": conversation()}, MODEL))
 
 
+def test_a_message_s_cache_control_becomes_a_cache_point_after_its_last_block() -> None:
+    # LiteLLM's form: a breakpoint on the message itself, the only place a string content can
+    # carry one. Dropped, the prompt was never cached and every request paid full price.
+    ephemeral = {"type": "ephemeral"}
+    point = {"cachePoint": {"type": "default"}}
+    messages = conversation()
+    messages[0]["cache_control"] = {"type": "ephemeral", "ttl": "1h"}  # "Be brief."
+    messages[2]["cache_control"] = ephemeral
+    messages[3]["cache_control"] = ephemeral  # the assistant's tool calls
+    messages[4]["cache_control"] = ephemeral  # a tool result with string content
+    messages[5]["content"] = [{"type": "text", "text": "Lima", "cache_control": ephemeral}]
+    messages[5]["cache_control"] = ephemeral  # its part's own point is there already
+    body = to_converse({"messages": messages}, MODEL)
+    assert body["system"][:2] == [{"text": "Be brief."},
+                                  {"cachePoint": {"type": "default", "ttl": "1h"}}]
+    user, assistant, results = body["messages"]
+    assert user["content"][-1] == point and user["content"].count(point) == 1
+    assert assistant["content"][-1] == point and "toolUse" in assistant["content"][-2]
+    assert results["content"] == [
+        {"toolResult": {"toolUseId": "tu1", "content": [{"text": "Paris"}]}}, point,
+        {"toolResult": {"toolUseId": "tu2", "content": [{"text": "Lima"}]}}, point,
+        {"text": "And the temperature?"}]
+
+
 @pytest.mark.parametrize("content", ["\n\n", [{"type": "text", "text": " "}]])
 def test_whitespace_only_text_is_left_out(content: Any) -> None:
     # Converse rejects blank text blocks; Claude may answer "\n\n" before a tool call, and

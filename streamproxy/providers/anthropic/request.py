@@ -21,7 +21,8 @@ Choices (README "Anthropic"):
   its signature (or a redacted one without data) is left out, as Anthropic refuses it;
 - a function's `strict: true` → the tool's `strict` (Anthropic's strict tool use);
 - a content part's or a tool's `cache_control` (prompt caching, as Portkey passes it) is kept
-  on the block made from it;
+  on the block made from it; a message's own (LiteLLM's form, e.g. beside string content) goes
+  on the last block made from the message;
 - images: png, jpeg (`image/jpg` too), gif, webp; `file` parts: a PDF → a base64 document, a
   `text/*` file → a plain-text document (Anthropic's base64 documents take only PDF); other
   types are a 400 naming the type, and so is an OpenAI `file_id`;
@@ -39,6 +40,7 @@ from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     PLACEHOLDER_USER_TEXT,
+    THINKING_TYPES,
     file_data,
     is_blank,
     logprobs_asked,
@@ -191,7 +193,7 @@ def _messages(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
     for i, m in enumerate(msgs):
         role = m["role"]
         if role in ("system", "developer"):
-            system.extend(_text_blocks(m.get("content"), f"messages[{i}].content"))
+            system.extend(_marked(_text_blocks(m.get("content"), f"messages[{i}].content"), m))
             continue
         if role == "user":
             blocks = _user_blocks(m.get("content"), i)
@@ -207,6 +209,7 @@ def _messages(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
                                  param=f"messages[{i}].role", code="unsupported_value")
         if not blocks:
             continue
+        _marked(blocks, m)
         if out and out[-1]["role"] == role_out:
             # Tool results must lead the user turn that follows a tool_use turn.
             prev = out[-1]["content"]
@@ -245,6 +248,17 @@ def _cached(block: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
     if source.get("cache_control") is not None:
         block["cache_control"] = source["cache_control"]
     return block
+
+
+def _marked(blocks: list[dict[str, Any]], message: dict[str, Any]) -> list[dict[str, Any]]:
+    """`blocks` with the `cache_control` of the message they were made from (LiteLLM's form, the
+    only one a string content can carry) on the last: a breakpoint there caches the prompt
+    through the message's end. A part's own marker there is kept; a thinking block, which
+    cannot hold one, is left alone."""
+    control = message.get("cache_control")
+    if control is not None and blocks and blocks[-1].get("type") not in THINKING_TYPES:
+        blocks[-1].setdefault("cache_control", control)
+    return blocks
 
 
 def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:

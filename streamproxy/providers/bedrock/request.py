@@ -28,7 +28,8 @@ Choices (docs/providers/bedrock.md):
   data) is left out;
 - a content part's or a tool's `cache_control` (Anthropic's prompt-caching breakpoint, as
   Portkey passes it) → a `cachePoint` block after the block made from it (after the tool's
-  spec; after the whole `toolResult`, whose content cannot hold one);
+  spec; after the whole `toolResult`, whose content cannot hold one); a message's own
+  (LiteLLM's form, e.g. beside string content) → one after the last block made from it;
 - a user turn with documents and no text gets a DOCUMENT_ONLY_TEXT block (Converse requires
   text beside documents);
 - a tool result with no text (or only blank text) is sent as EMPTY_TOOL_RESULT: Converse
@@ -262,7 +263,7 @@ def _messages(msgs: list[dict[str, Any]]
     for i, m in enumerate(msgs):
         role = m["role"]
         if role in ("system", "developer"):
-            system.extend(_text_blocks(m.get("content"), f"messages[{i}].content"))
+            system.extend(_marked(_text_blocks(m.get("content"), f"messages[{i}].content"), m))
             continue
         if role == "user":
             blocks = _user_blocks(m.get("content"), i)
@@ -275,6 +276,7 @@ def _messages(msgs: list[dict[str, Any]]
                                  param=f"messages[{i}].role", code="unsupported_value")
         if not blocks:
             continue  # Converse rejects a message without content
+        _marked(blocks, m)
         role_out = "assistant" if role == "assistant" else "user"
         if out and out[-1]["role"] == role_out:
             prev = out[-1]["content"]
@@ -326,6 +328,15 @@ def _cache_point(control: Any) -> list[dict[str, Any]]:
     if isinstance(control, dict) and control.get("ttl"):
         point["ttl"] = control["ttl"]
     return [{"cachePoint": point}]
+
+
+def _marked(blocks: list[dict[str, Any]], message: dict[str, Any]) -> list[dict[str, Any]]:
+    """`blocks` and the cachePoint of the message they were made from (its `cache_control`,
+    LiteLLM's form, the only one a string content can carry) after the last, which caches the
+    prompt through the message's end; none when a part's own point is already there."""
+    if blocks and "cachePoint" not in blocks[-1]:
+        blocks.extend(_cache_point(message.get("cache_control")))
+    return blocks
 
 
 def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
