@@ -541,6 +541,18 @@ async def test_a_message_s_cache_control_goes_on_its_last_block(proxy: Any,
         {"type": "text", "text": "Tomorrow?", "cache_control": hour}]
 
 
+async def test_a_request_s_cache_control_is_sent_as_given(proxy: Any, upstream: Any) -> None:
+    # Anthropic's automatic caching (a top-level cache_control, openai SDK extra_body): dropped,
+    # the conversation was never cached and every turn paid full price.
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    sent = await sent_for(proxy, upstream, {"model": "up/claude-x", "cache_control": hour,
+                                            "messages": [{"role": "user", "content": "Hi"}]})
+    body = sent.json()
+    assert body["cache_control"] == hour
+    assert "cache_control" not in body["messages"][0]["content"][0]
+    assert "cache_control" not in translate()
+
+
 @pytest.mark.parametrize("content", ["\n\n", [{"type": "text", "text": " "}]])
 def test_whitespace_only_assistant_text_is_left_out(content: Any) -> None:
     # Claude may answer "\n\n" before a tool call; sent back as a text block, the next turn

@@ -573,6 +573,23 @@ def test_a_message_s_cache_control_becomes_a_cache_point_after_its_last_block() 
         {"text": "And the temperature?"}]
 
 
+def test_a_request_s_cache_control_becomes_a_cache_point_after_the_last_block() -> None:
+    # Anthropic's automatic caching (a top-level cache_control) has no Converse field: the
+    # cachePoint goes where Anthropic puts that breakpoint, after the last block; dropped, the
+    # conversation was never cached and every turn paid full price.
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello "}]
+    body = to_converse({"messages": messages, "cache_control": hour}, MODEL)
+    assert body["messages"][-1]["content"] == [  # the prefill still loses its whitespace
+        {"text": "Hello"}, {"cachePoint": {"type": "default", "ttl": "1h"}}]
+    assert "cache_control" not in body and body["messages"][0]["content"] == [{"text": "Hi"}]
+    messages[-1]["content"] = [{"type": "text", "text": "Hello", "cache_control": hour}]
+    body = to_converse({"messages": messages, "cache_control": hour}, MODEL)
+    assert body["messages"][-1]["content"] == [  # one point, not two
+        {"text": "Hello"}, {"cachePoint": {"type": "default", "ttl": "1h"}}]
+    assert "cachePoint" not in str(to_converse({"messages": messages[:1]}, MODEL))
+
+
 @pytest.mark.parametrize("content", ["\n\n", [{"type": "text", "text": " "}]])
 def test_whitespace_only_text_is_left_out(content: Any) -> None:
     # Converse rejects blank text blocks; Claude may answer "\n\n" before a tool call, and

@@ -22,7 +22,8 @@ Choices (README "Anthropic"):
 - a function's `strict: true` → the tool's `strict` (Anthropic's strict tool use);
 - a content part's or a tool's `cache_control` (prompt caching, as Portkey passes it) is kept
   on the block made from it; a message's own (LiteLLM's form, e.g. beside string content) goes
-  on the last block made from the message;
+  on the last block made from the message; the request's own (automatic caching) is sent as
+  given (PASSTHROUGH);
 - images: png, jpeg (`image/jpg` too), gif, webp; `file` parts: a PDF → a base64 document, a
   `text/*` file → a plain-text document (Anthropic's base64 documents take only PDF); other
   types are a 400 naming the type, and so is an OpenAI `file_id`;
@@ -61,9 +62,10 @@ DROPPED = OPENAI_ONLY | {"frequency_penalty", "presence_penalty", "seed"}
 # The image types Anthropic takes, by the names clients send (image/jpg is common).
 IMAGE_MEDIA_TYPES = {"image/jpeg": "image/jpeg", "image/jpg": "image/jpeg",
                      "image/png": "image/png", "image/gif": "image/gif", "image/webp": "image/webp"}
-# Anthropic-native parameters a client may pass through (e.g. openai SDK `extra_body`);
+# Anthropic-native parameters a client may pass through (e.g. openai SDK `extra_body`):
+# `cache_control` is automatic prompt caching (the breakpoint on the last cacheable block);
 # `thinking` too, which also sizes `max_tokens` (fit_thinking).
-PASSTHROUGH = ("top_k",)
+PASSTHROUGH = ("top_k", "cache_control")
 # JSON Schema keywords whose value maps names to subschemas, and those that hold data, not a
 # schema (closed_objects walks the first and leaves the second as written).
 _SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions",

@@ -29,7 +29,9 @@ Choices (docs/providers/bedrock.md):
 - a content part's or a tool's `cache_control` (Anthropic's prompt-caching breakpoint, as
   Portkey passes it) → a `cachePoint` block after the block made from it (after the tool's
   spec; after the whole `toolResult`, whose content cannot hold one); a message's own
-  (LiteLLM's form, e.g. beside string content) → one after the last block made from it;
+  (LiteLLM's form, e.g. beside string content) → one after the last block made from it; the
+  request's own (Anthropic's automatic caching, which Converse lacks) → one after the last
+  block of the conversation, where Anthropic puts that breakpoint;
 - a user turn with documents and no text gets a DOCUMENT_ONLY_TEXT block (Converse requires
   text beside documents);
 - a tool result with no text (or only blank text) is sent as EMPTY_TOOL_RESULT: Converse
@@ -137,6 +139,7 @@ def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "aut
     for message in messages:
         _caption_documents(message)
     trim_prefill(messages[-1])
+    _marked(messages[-1]["content"], body)  # automatic caching: after the last block
     out: dict[str, Any] = {"messages": messages}
     for key in PASSTHROUGH:
         if body.get(key) is not None:
