@@ -553,6 +553,45 @@ async def test_a_request_s_cache_control_is_sent_as_given(proxy: Any, upstream: 
     assert "cache_control" not in translate()
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_an_openai_client_sees_the_cache_writes(proxy: Any, upstream: Any,
+                                                      stream: bool) -> None:
+    # A first request with a breakpoint writes the cache (billed above the input price): the
+    # count has no OpenAI field, so it goes as Portkey (and LiteLLM) put it, beside the reads.
+    usage = {"input_tokens": 12, "cache_creation_input_tokens": 2048,
+             "cache_read_input_tokens": 0, "output_tokens": 3}
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+               "content": [{"type": "text", "text": "Hi"}], "stop_reason": "end_turn",
+               "usage": usage}
+    if stream:
+        events = [{"type": "message_start", "message": {**message, "content": [],
+                                                        "stop_reason": None}},
+                  {"type": "content_block_start", "index": 0,
+                   "content_block": {"type": "text", "text": ""}},
+                  {"type": "content_block_delta", "index": 0,
+                   "delta": {"type": "text_delta", "text": "Hi"}},
+                  {"type": "content_block_stop", "index": 0},
+                  {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                   "usage": {"output_tokens": 3}},
+                  {"type": "message_stop"}]
+        upstream.body = b"".join(b"event: %b\ndata: %b\n\n" % (e["type"].encode(),
+                                                              orjson.dumps(e)) for e in events)
+    else:
+        upstream.content_type = "application/json"
+        upstream.body = orjson.dumps(message)
+    client = openai_sdk(await proxy(provider_config("anthropic", upstream.url)))
+    async with client:
+        answer = await client.chat.completions.create(
+            model="claude-x", stream=stream, stream_options={"include_usage": True} if stream
+            else None, messages=[{"role": "user", "content": "Hi", "cache_control":
+                                  {"type": "ephemeral"}}])
+        got = (await read_sdk_stream(answer)).usage if stream else answer.usage
+    assert (got.prompt_tokens, got.completion_tokens, got.total_tokens) == (2060, 3, 2063)
+    assert got.prompt_tokens_details.cached_tokens == 0
+    assert got.model_extra == {"cache_read_input_tokens": 0,
+                               "cache_creation_input_tokens": 2048}
+
+
 @pytest.mark.parametrize("content", ["\n\n", [{"type": "text", "text": " "}]])
 def test_whitespace_only_assistant_text_is_left_out(content: Any) -> None:
     # Claude may answer "\n\n" before a tool call; sent back as a text block, the next turn

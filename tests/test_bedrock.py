@@ -334,7 +334,8 @@ def test_tool_indices_are_ordinals_and_argless_tools_get_empty_object() -> None:
     assert c.args(0) == {} and c.args(1) == {"a": 1}
     assert c.finish_reason == "tool_calls"
     assert c.usage == {"prompt_tokens": 117, "completion_tokens": 5, "total_tokens": 122,
-                       "prompt_tokens_details": {"cached_tokens": 100}}
+                       "prompt_tokens_details": {"cached_tokens": 100},
+                       "cache_read_input_tokens": 100, "cache_creation_input_tokens": 7}
 
 
 @pytest.mark.parametrize(("reason", "finish"), [
@@ -1115,7 +1116,8 @@ async def test_non_stream_converse(proxy: Any, upstream: Any) -> None:
         "id": "tooluse_1", "type": "function",
         "function": {"name": "get_capital", "arguments": '{"country":"France"}'}}]
     assert out["usage"] == {"prompt_tokens": 25, "completion_tokens": 10, "total_tokens": 35,
-                            "prompt_tokens_details": {"cached_tokens": 5}}
+                            "prompt_tokens_details": {"cached_tokens": 5},
+                            "cache_read_input_tokens": 5, "cache_creation_input_tokens": 0}
 
 
 @pytest.mark.parametrize(("status", "kind"), [(400, "ValidationException"),

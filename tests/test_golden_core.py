@@ -370,7 +370,9 @@ def test_anthropic_usage_so_far_is_message_start_and_deltas_before_a_cut() -> No
     tr.feed(event % (b"message_start", orjson.dumps(start)))
     assert tr.usage_so_far() == {"prompt_tokens": 1010, "completion_tokens": 1,
                                  "total_tokens": 1011,
-                                 "prompt_tokens_details": {"cached_tokens": 1000}}
+                                 "prompt_tokens_details": {"cached_tokens": 1000},
+                                 "cache_read_input_tokens": 1000,
+                                 "cache_creation_input_tokens": 0}
     tr.feed(event % (b"message_delta", orjson.dumps(delta)))
     assert tr.usage_so_far()["completion_tokens"] == 7  # type: ignore[index]
     assert enc.usage_data is None  # nothing handed on: message_stop never came

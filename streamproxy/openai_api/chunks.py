@@ -85,6 +85,7 @@ def make_usage(
     completion: int,
     *,
     cached: int | None = None,
+    cache_write: int | None = None,
     reasoning: int | None = None,
     total: int | None = None,
 ) -> dict[str, Any]:
@@ -95,6 +96,11 @@ def make_usage(
     }
     if cached is not None:
         usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    if cache_write or (cache_write is not None and cached):
+        # Anthropic's and Bedrock's cache counts, as Portkey (and LiteLLM) add them: OpenAI's
+        # usage has no field for cache writes, which cost more than input does.
+        usage["cache_read_input_tokens"] = cached or 0
+        usage["cache_creation_input_tokens"] = cache_write
     if reasoning is not None:
         usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
     return usage

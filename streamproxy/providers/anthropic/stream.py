@@ -70,7 +70,8 @@ def map_usage(u: dict[str, Any]) -> dict[str, Any]:
     cache_read = u.get("cache_read_input_tokens") or 0
     cache_write = u.get("cache_creation_input_tokens") or 0
     prompt = (u.get("input_tokens") or 0) + cache_read + cache_write
-    return make_usage(prompt, u.get("output_tokens") or 0, cached=cache_read)
+    return make_usage(prompt, u.get("output_tokens") or 0, cached=cache_read,
+                      cache_write=cache_write)
 
 
 def stream_error(err: dict[str, Any], provider: str) -> UpstreamStatusError:

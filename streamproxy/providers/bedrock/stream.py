@@ -91,7 +91,8 @@ def map_usage(u: dict[str, Any]) -> dict[str, Any]:
     cache_read = u.get("cacheReadInputTokens") or 0
     cache_write = u.get("cacheWriteInputTokens") or 0
     prompt = (u.get("inputTokens") or 0) + cache_read + cache_write
-    return make_usage(prompt, u.get("outputTokens") or 0, cached=cache_read)
+    return make_usage(prompt, u.get("outputTokens") or 0, cached=cache_read,
+                      cache_write=cache_write)
 
 
 # A text delta's payload as Bedrock writes it, with a non-empty text in the spelling orjson
