@@ -442,6 +442,15 @@ async def test_mistral_request_on_the_wire(proxy: Any, upstream: Any) -> None:
                      {"role": "tool", "content": "ok", "tool_call_id": "c1a2B3d4E"}]}
 
 
+async def test_mistral_gets_no_prompt_cache_parameters(proxy: Any, upstream: Any) -> None:
+    # OpenAI's prompt-caching parameters (openai SDK arguments): Mistral has neither and
+    # refuses a field it does not know (422 extra_forbidden), so a request that set one failed.
+    await stream(proxy, upstream, "mistral", MISTRAL, prompt_cache_key="user-1",
+                 prompt_cache_retention="24h", messages=[{"role": "user", "content": "hi"}])
+    assert upstream.requests[0].json() == {
+        "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+
+
 def tool_history(call_id: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": "weather?"},
             {"role": "assistant", "content": None, "tool_calls": [

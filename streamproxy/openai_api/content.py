@@ -161,6 +161,7 @@ def logprobs_asked(body: dict[str, Any]) -> bool:
 # `top_logprobs`. `store` and `stream_options.include_usage` are honoured by the proxy itself.
 OPENAI_ONLY = frozenset({
     "audio", "function_call", "functions", "logit_bias", "logprobs", "metadata", "modalities",
-    "prediction", "prompt_cache_key", "safety_identifier", "service_tier", "store",
+    "prediction", "prompt_cache_key", "prompt_cache_retention", "safety_identifier",
+    "service_tier", "store",
     "stream_options", "top_logprobs", "verbosity", "web_search_options",
 })

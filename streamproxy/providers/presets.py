@@ -346,6 +346,7 @@ class MistralProvider(CompatProvider):
         "stream_options", "logit_bias", "logprobs", "top_logprobs", "user", "store",
         "metadata", "modalities", "audio", "service_tier", "web_search_options", "functions",
         "function_call", "verbosity", "safety_identifier", "prompt_cache_key",
+        "prompt_cache_retention",
     })
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
