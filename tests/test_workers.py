@@ -286,6 +286,8 @@ async def _refused(url: str) -> bool:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 1)
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:  # queued as the socket closed: the next try is refused
+        return False
     writer.close()  # a listening socket completes the handshake even when nobody accepts
     return False
 
