@@ -240,16 +240,17 @@ def chunked(body: bytes) -> bytes:
 @pytest.mark.parametrize("front_kind", FRONTS)
 async def test_a_slow_steady_upload_is_never_cut(start: Any, monkeypatch: Any,
                                                  front_kind: str, kind: str) -> None:
-    """Pieces come well within the read timeout, for far longer than it and the keep-alive
-    timeout: the request is served (the lean front closed such a connection 75 s after the
-    previous request, however fast its body was still arriving)."""
+    """Pieces of the body come well within the read timeout, for far longer than it and the
+    keep-alive timeout: the request is served (the lean front closed such a connection 75 s
+    after the previous request, however fast its body was still arriving)."""
     monkeypatch.setattr(front, "KEEPALIVE_TIMEOUT", 0.3)
     client = await start(front_kind)
     reader, writer = await client.connect()
-    request = (chat_head(len(BODY)) + BODY if kind == "content-length"
-               else CHUNKED_HEAD + chunked(BODY))
+    head, body = ((chat_head(len(BODY)), BODY) if kind == "content-length"
+                  else (CHUNKED_HEAD, chunked(BODY)))
     began = time.monotonic()
-    await trickle(writer, request, 12, TIMEOUT / 4)
+    writer.write(head)  # (a head's whole time is bounded: see the test below)
+    await trickle(writer, body, 12, TIMEOUT / 4)
     assert time.monotonic() - began > 2 * TIMEOUT
     status_line = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
     assert status_line.startswith(b"HTTP/1.1 200"), status_line
@@ -258,9 +259,10 @@ async def test_a_slow_steady_upload_is_never_cut(start: Any, monkeypatch: Any,
 @pytest.mark.parametrize("front_kind", FRONTS)
 async def test_a_slow_steady_head_is_never_cut(start: Any, monkeypatch: Any,
                                                front_kind: str) -> None:
-    """aiohttp's keep-alive timer stands aside while a head arrives."""
+    """aiohttp's keep-alive timer stands aside while a head arrives (within the header
+    timeout, which bounds the whole head)."""
     monkeypatch.setattr(front, "KEEPALIVE_TIMEOUT", 0.3)
-    client = await start(front_kind)
+    client = await start(front_kind, client_header_timeout=10 * TIMEOUT)
     reader, writer = await client.connect()
     await trickle(writer, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: 1234567\r\n\r\n", 8,
                   TIMEOUT / 4)
@@ -307,3 +309,33 @@ def test_what_aiohttp_keeps_privately_is_still_there() -> None:
     assert {"_waiter", "_messages", "_current_request", "_reading_paused",
             "_keepalive_handle", "_loop"} <= slots
     assert callable(ReadTimedHandler.__mro__[1]._process_keepalive)
+
+
+async def dribble(writer: asyncio.StreamWriter, data: bytes, gap: float) -> None:
+    """One byte every `gap` seconds, until the proxy closes the connection."""
+    for byte in data:
+        if writer.is_closing():
+            return
+        writer.write(bytes([byte]))
+        await asyncio.sleep(gap)
+
+
+@pytest.mark.parametrize("kind", ["chat", "other-route"])
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_a_head_that_dribbles_in_is_cut_at_the_header_timeout(
+        start: Any, front_kind: str, kind: str) -> None:
+    """The header timeout bounds the whole head, from its first byte (nginx's
+    client_header_timeout): a client sending a byte within every gap (slowloris) held the
+    connection for ever."""
+    client = await start(front_kind)
+    reader, writer = await client.connect()
+    head = {"chat": chat_head(len(BODY)) + b"X-Pad: " + b"a" * 200,
+            "other-route": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 200}[kind]
+    sending = asyncio.ensure_future(dribble(writer, head, TIMEOUT / 8))
+    try:
+        answer, waited = await closed_after_answer(reader)
+    finally:
+        sending.cancel()
+    assert_408(answer)
+    assert b"head" in answer
+    assert TIMEOUT * 0.9 <= waited < 2 * TIMEOUT + 0.5

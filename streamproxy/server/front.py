@@ -16,8 +16,8 @@ connection, with every byte received so far, is handed to aiohttp's own protocol
 there: every other route, and every refusal, is exactly aiohttp's.
 
 As on aiohttp's side: keep-alive with a 75 s idle close, the request read timeouts of
-server/reading.py while a request arrives (a gap between reads of its head or body, not its
-whole length, is bounded), `Connection: close` honoured, pipelined requests served in order
+server/reading.py while a request arrives (a head's whole time, a gap between reads of a
+body), `Connection: close` honoured, pipelined requests served in order
 (reading pauses while more than 64 KiB waits), and a client that goes away cancels its
 request's task (aiohttp's `handler_cancellation`), which cancels the upstream request.
 """
@@ -234,14 +234,15 @@ class Front:
 class Connection(asyncio.Protocol):
     """One client connection, until it closes or is handed to aiohttp."""
 
-    __slots__ = ("_buf", "_drain", "_front", "_head", "_last_read", "_paused", "_scanned",
-                 "_timer", "_writing_paused", "closing", "task", "transport")
+    __slots__ = ("_buf", "_drain", "_front", "_head", "_head_began", "_last_read", "_paused",
+                 "_scanned", "_timer", "_writing_paused", "closing", "task", "transport")
 
     def __init__(self, front: Front) -> None:
         self._front = front
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._scanned = 0  # how far the buffer is known to hold no head end
+        self._head_began = 0.0  # when the head being read began to arrive (0: none is)
         self._head: tuple[CIMultiDict[str], int, int, bool] | None = None  # awaiting its body
         self.task: asyncio.Task[None] | None = None  # the request being served
         self._timer: asyncio.TimerHandle | None = None  # keep-alive and read timeouts
@@ -302,8 +303,11 @@ class Connection(asyncio.Protocol):
                     self._hand_off()
                 else:  # a head that arrives in pieces is scanned once, not once per piece
                     self._scanned = max(0, len(buf) - 3)
+                    if not self._head_began:  # its first byte, or the connection's ready time
+                        self._head_began = self._last_read
                 return
             self._scanned = 0
+            self._head_began = 0.0
             parsed = self._front.parse_head(bytes(buf[:end]))
             if parsed is None:
                 self._hand_off()
@@ -363,10 +367,11 @@ class Connection(asyncio.Protocol):
             self._timer = loop.call_at(now + self._front.check_every(), self._check_timeouts)
 
     def _check_timeouts(self) -> None:
-        """The timer: between requests the keep-alive timeout; once one is arriving, the gap
-        allowed between reads of its head or its body; none while a request is served (the
-        timer stays armed then, so that a request neither cancels nor re-arms it). Reads only
-        store their time; this sets the timer again when no timeout has run out."""
+        """The timer: between requests the keep-alive timeout; once one is arriving, the time
+        allowed for its whole head, then the gap allowed between reads of its body; none while
+        a request is served (the timer stays armed then, so that a request neither cancels nor
+        re-arms it). Reads only store their time; this sets the timer again when no timeout
+        has run out."""
         loop = self._front.loop
         now = loop.time()
         if self.task is not None:
@@ -374,12 +379,11 @@ class Connection(asyncio.Protocol):
             return
         timeouts = self._front.read_timeouts
         if self._head is not None:
-            timeout = timeouts.body
-        elif self._buf:
-            timeout = timeouts.header
+            due = self._last_read + timeouts.body
+        elif self._head_began:  # a head arriving in pieces
+            due = self._head_began + timeouts.header
         else:
-            timeout = KEEPALIVE_TIMEOUT
-        due = self._last_read + timeout
+            due = self._last_read + KEEPALIVE_TIMEOUT
         if now < due:  # (the next read may start a head, or a body: the step overshoots neither)
             self._timer = loop.call_at(min(due, now + self._front.check_every()),
                                        self._check_timeouts)

@@ -1,12 +1,15 @@
 """Timeouts on reading a request, on both fronts.
 
-A client may leave at most `server.client_header_timeout` seconds between two reads of a
-request's head, and `server.client_body_timeout` between two reads of its body (60 s each by
-default). Like nginx's client_body_timeout they bound an idle gap, not the whole transfer: a
-large body on a slow link takes as long as it takes, a stalled one is cut. The request is then
-answered 408 (RFC 9110 §15.5.9) in OpenAI's error shape and the connection closes. Between
-requests the keep-alive timeout applies instead (75 s, `front.KEEPALIVE_TIMEOUT`), so a
-connection that sends nothing is closed too.
+A request's whole head must arrive within `server.client_header_timeout` seconds of its first
+byte (or, for one already waiting behind the request before it, of that request's answer), and
+a client may leave at most `server.client_body_timeout` seconds between two reads of its body
+(60 s each by default), as nginx's client_header_timeout and client_body_timeout do. A head is a
+few KB: bounding only the gaps between its reads let a client sending a byte now and then hold
+a connection for ever (slowloris). A body is bounded by its gaps alone: a large one on a slow
+link takes as long as it takes, a stalled one is cut. The request is then answered 408
+(RFC 9110 §15.5.9) in OpenAI's error shape and the connection closes. Between requests the
+keep-alive timeout applies instead (75 s, `front.KEEPALIVE_TIMEOUT`), so a connection that
+sends nothing is closed too.
 
 The lean front keeps these with the one timer it has per connection (server/front.py).
 aiohttp has no such timeouts (only keep-alive, which does not look at a request being read), so
@@ -14,9 +17,9 @@ the connections it serves — every request the lean front hands over, and every
 with `server.front: aiohttp` — get `ReadTimedHandler`, its connection protocol with the same
 rules.
 
-Neither re-arms a timer per read: a read stores the time, and the timer, when it fires, looks
-at the time of the last read and either acts or sets itself again for when the gap could next
-run out.
+Neither re-arms a timer per read: a read stores the time (and the first read of a head, when
+it began), and the timer, when it fires, looks at those and either acts or sets itself again for
+when a timeout could next run out.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class ReadTimeouts:
 
 
 def request_timeout(part: str, seconds: float) -> ClientReadTimeout:
+    if part == "head":
+        return ClientReadTimeout(f"The request head did not arrive within {seconds:g} seconds.")
     return ClientReadTimeout(f"The request {part} stopped arriving: nothing came for "
                              f"{seconds:g} seconds.")
 
@@ -88,13 +93,14 @@ class ReadTimedHandler(web.RequestHandler):
     so the handler's own read fails and the route answers.
     """
 
-    __slots__ = ("_head_wait", "_last_read", "_read_timeouts", "_read_timer")
+    __slots__ = ("_head_began", "_head_wait", "_last_read", "_read_timeouts", "_read_timer")
 
     def __init__(self, manager: ReadTimedServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._read_timeouts = manager.read_timeouts
         self._last_read = 0.0
         self._head_wait: object = None  # the wait during which bytes of a head came (or _FIRST)
+        self._head_began = 0.0  # when that head's first bytes came
         self._read_timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
@@ -106,11 +112,14 @@ class ReadTimedHandler(web.RequestHandler):
         self._last_read = loop.time()
         waiter = self._waiter
         if self._messages or self._current_request is not None:
-            self._head_wait = None  # a whole head, or a body being read
+            head_wait = None  # a whole head, or a body being read
         elif waiter is not None:
-            self._head_wait = waiter if not waiter.done() else None
+            head_wait = waiter if not waiter.done() else None
         else:
-            self._head_wait = _FIRST if first else None
+            head_wait = _FIRST if first else None
+        if self._head_wait is None and head_wait is not None:
+            self._head_began = self._last_read  # a head begins
+        self._head_wait = head_wait
         if self._read_timer is None:
             self._read_timer = loop.call_at(self._last_read + self._read_timeouts.step,
                                             self._check_reading)
@@ -143,7 +152,7 @@ class ReadTimedHandler(web.RequestHandler):
         now = loop.time()
         request = self._current_request
         if self._reading_head():
-            due = self._last_read + self._read_timeouts.header
+            due = self._head_began + self._read_timeouts.header
             if now >= due:
                 self.transport.write(timeout_response(
                     request_timeout("head", self._read_timeouts.header)))
