@@ -485,3 +485,33 @@ async def test_a_non_streamed_answer_made_an_error_still_logs_its_tokens(
     line = access_lines(caplog)[-1]
     assert (line["status"], line["prompt_tokens"], line["completion_tokens"]) == (
         resp.status, 11, 4)
+
+
+async def test_a_client_gone_as_its_whole_answer_is_written_is_logged_disconnected(
+        proxy: Any, caplog: pytest.LogCaptureFixture, monkeypatch: Any) -> None:
+    """The lean front: the client's reset comes in the loop turn the upstream's answer does
+    (the transport is closing, its connection_lost not yet run): the reply cannot be written.
+    It was logged as a 200 sent in full, unlike a stream's client that leaves."""
+    from streamproxy.routing.executor import Executor
+    from streamproxy.server import front
+
+    monkeypatch.setenv(front.FRONT_ENV, "lean")
+    caplog.set_level(logging.INFO)
+    client = await proxy(mock_config())
+    complete = Executor.complete
+
+    async def complete_as_the_client_resets(self: Any, *args: Any) -> bytes:
+        body = await complete(self, *args)
+        for conn in client.server.runner.server.connections:
+            conn.transport.abort()  # the reset, read by the loop: connection_lost comes next
+        return body
+
+    monkeypatch.setattr(Executor, "complete", complete_as_the_client_resets)
+    with pytest.raises(Exception):  # noqa: B017 (the client sees its connection reset)
+        await client.post("/v1/chat/completions", json={"model": "fast", "messages": USER})
+    for _ in range(200):  # bounded
+        if access_lines(caplog):
+            break
+        await asyncio.sleep(0.01)
+    [line] = access_lines(caplog)
+    assert (line["status"], line["client_disconnected"]) == (200, True)

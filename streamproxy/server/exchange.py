@@ -6,13 +6,15 @@ lean front for `POST /v1/chat/completions` (server/front.py, `LeanExchange`):
 
 - `headers` (case-insensitive), `app` (the application's keys), request-scoped state
   (`get`, `[]`), `read()` the body, `client_max_size`;
-- `reply(body, status, headers)`: a whole JSON answer;
+- `reply(body, status, headers)`: a whole JSON answer (a `ConnectionError` when the client is
+  found gone as it is written: the lean front writes it at once, aiohttp's after the handler);
 - `await start_events(headers)`: the commit point of a stream. It returns the `EventWriter`
   the relay writes to; the head leaves with the first frame, in one write.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Protocol
 
@@ -69,15 +71,18 @@ class Exchange(Protocol):
 
     async def reply(self, body: bytes, *, status: int = 200,
                     headers: Mapping[str, str] | None = None, close: bool = False) -> None:
-        """A whole JSON answer; `close`: the connection closes after it."""
+        """A whole JSON answer; `close`: the connection closes after it. Raises
+        ConnectionError when the client is gone."""
 
     async def start_events(self, headers: Mapping[str, str]) -> EventWriter: ...
 
 
 async def reply_error(ex: Exchange, err: ProxyError, *, close: bool = False) -> None:
-    """`err` as OpenAI's error JSON, with its status and headers (`error_headers`)."""
-    await ex.reply(err.body(), status=err.status,
-                   headers=error_headers(err, ex.headers), close=close)
+    """`err` as OpenAI's error JSON, with its status and headers (`error_headers`); a client
+    already gone is not answered."""
+    with contextlib.suppress(ConnectionError):
+        await ex.reply(err.body(), status=err.status,
+                       headers=error_headers(err, ex.headers), close=close)
 
 
 class SSEResponse(web.StreamResponse):

@@ -499,10 +499,7 @@ class LeanExchange:
         self.close = self.close or close
         head = await self._prepare(status, {"content-type": "application/json; charset=utf-8",
                                             **(headers or {})})
-        try:
-            self._conn.write(head + b"content-length: %d\r\n\r\n" % len(body) + body)
-        except ConnectionResetError:
-            return
+        self._conn.write(head + b"content-length: %d\r\n\r\n" % len(body) + body)
         self.finished = True
 
     async def fail(self, err: ProxyError) -> None:

@@ -156,7 +156,10 @@ async def _answer(ex: Exchange, state: AppState, req: ChatRequest,
     record.first_byte = time.monotonic()
     record.bytes_out = len(body)
     served = plan.attempts[record.target_index or 0].target
-    await ex.reply(body, headers=response_headers(record, served.provider.name))
+    try:
+        await ex.reply(body, headers=response_headers(record, served.provider.name))
+    except ConnectionError:  # (as a stream's write_eof)
+        record.client_disconnected = True
 
 
 async def _stream(ex: Exchange, state: AppState, req: ChatRequest, plan: Plan,
