@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from streamproxy.config import ConfigError, load_config, parse_config
-from streamproxy.server import front
+from streamproxy.server import front, reading
 from streamproxy.server.reading import ReadTimedHandler
 from tests.helpers import make_config
 
@@ -339,3 +340,68 @@ async def test_a_head_that_dribbles_in_is_cut_at_the_header_timeout(
     assert_408(answer)
     assert b"head" in answer
     assert TIMEOUT * 0.9 <= waited < 2 * TIMEOUT + 0.5
+
+
+def open_connections(client: Any) -> int:
+    """The proxy's client connections still open, on either front."""
+    server = client.server.runner.server
+    lean = getattr(server, "connections", None)
+    aiohttp_server = getattr(server, "aiohttp_server", server)
+    return (len(lean) if isinstance(lean, set) else 0) + len(aiohttp_server.connections)
+
+
+@pytest.mark.parametrize("after", ["connection-close", "keep-alive"])
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_a_client_that_never_reads_its_answer_is_reset_when_closed(
+        start: Any, monkeypatch: Any, front_kind: str, after: str) -> None:
+    """A closed connection's unsent bytes wait for the client at most `SEND_TIMEOUT` seconds
+    without progress, then it is reset: closing waited for them to drain, so a client that
+    stayed connected but never read kept its connection, and its unsent answer, for ever."""
+    monkeypatch.setattr(front, "KEEPALIVE_TIMEOUT", 0.3)
+    monkeypatch.setattr(reading, "SEND_TIMEOUT", 0.3)
+    client = await start(front_kind)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # (before the window is set)
+    sock.connect((client.host, client.port))
+    _, writer = await asyncio.open_connection(sock=sock)
+    writer.transport.pause_reading()  # and the kernel's buffers fill (a 9.6 MB answer)
+    if front_kind == "aiohttp":  # its handler awaits the drain of a write over the high-water
+        await asyncio.sleep(0.05)  # mark: let it end with bytes unsent, as under the mark
+        for handler in client.server.runner.server.connections:
+            handler.transport.set_write_buffer_limits(high=64 * 2**20)
+    big = orjson.dumps({"model": "fast:tokens=2000000",
+                        "messages": [{"role": "user", "content": "hi"}]})
+    writer.write(chat_head(len(big), extra=b"Connection: close\r\n"
+                           if after == "connection-close" else b"") + big)
+    for _ in range(100):  # bounded: 5 s
+        await asyncio.sleep(0.05)
+        if not open_connections(client):
+            break
+    assert open_connections(client) == 0
+    writer.close()
+
+
+async def test_a_closed_connection_whose_client_reads_slowly_is_not_reset(
+        monkeypatch: Any) -> None:
+    monkeypatch.setattr(reading, "SEND_TIMEOUT", 0.01)
+
+    class Transport:  # between two looks the client takes 1,000 bytes, then what is left
+        unsent = [5000, 4000, 3000, 0]
+        aborted = False
+
+        def close(self) -> None:
+            pass
+
+        def get_write_buffer_size(self) -> int:
+            return self.unsent.pop(0)
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    transport: Any = Transport()
+    reading.close_bounded(transport)
+    for _ in range(100):  # bounded
+        await asyncio.sleep(0.01)
+        if not transport.unsent:
+            break
+    assert not transport.unsent and not transport.aborted

@@ -44,7 +44,13 @@ from streamproxy.server.errors import internal_error
 from streamproxy.server.exchange import reply_error
 from streamproxy.server.handlers import chat
 from streamproxy.server.observing import AUTH_KEY, observe_abandoned, observe_rejection
-from streamproxy.server.reading import ReadTimeouts, read_timed, request_timeout, timeout_response
+from streamproxy.server.reading import (
+    ReadTimeouts,
+    close_bounded,
+    read_timed,
+    request_timeout,
+    timeout_response,
+)
 from streamproxy.server.sse_writer import chunk
 from streamproxy.server.state import STATE
 from streamproxy.upstream.response_parser import plain_fields
@@ -333,7 +339,7 @@ class Connection(asyncio.Protocol):
             transport = self.transport
             if transport is not None:
                 if not ex.finished or ex.close or self.closing:
-                    transport.close()  # an unfinished answer cannot be followed by another
+                    close_bounded(transport)  # an unfinished answer cannot be followed by another
                 else:
                     if self._paused:
                         self._paused = False
@@ -417,7 +423,7 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None:
-            self.transport.close()
+            close_bounded(self.transport)
 
     # -- writing -------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:

@@ -33,6 +33,34 @@ from aiohttp import web
 from streamproxy.config import ServerConfig
 from streamproxy.errors import ClientReadTimeout
 
+# How long a closed connection's unsent bytes may wait without the client taking any (nginx's
+# send_timeout): closing waits for them to drain, so a client that stays connected and never
+# reads would keep its connection, and the answer it does not read, for ever.
+SEND_TIMEOUT = 60.0
+
+
+def close_bounded(transport: asyncio.WriteTransport) -> None:
+    """Close `transport`, its unsent bytes bounded (`bound_unsent`)."""
+    transport.close()
+    bound_unsent(transport)
+
+
+def bound_unsent(transport: asyncio.WriteTransport) -> None:
+    """For a closing transport: once its unsent bytes stop leaving for SEND_TIMEOUT, reset it."""
+    unsent = transport.get_write_buffer_size()
+    if unsent:
+        asyncio.get_running_loop().call_later(SEND_TIMEOUT, _reset_if_stuck, transport, unsent)
+
+
+def _reset_if_stuck(transport: asyncio.WriteTransport, unsent_before: int) -> None:
+    unsent = transport.get_write_buffer_size()
+    if not unsent:  # sent (the connection is closed by now)
+        return
+    if unsent < unsent_before:  # the client reads, slowly: look again later
+        asyncio.get_running_loop().call_later(SEND_TIMEOUT, _reset_if_stuck, transport, unsent)
+        return
+    transport.abort()
+
 
 class ReadTimeouts:
     """The two timeouts, and `step`: how far ahead a check is set when the part being read
@@ -123,6 +151,19 @@ class ReadTimedHandler(web.RequestHandler):
         if self._read_timer is None:
             self._read_timer = loop.call_at(self._last_read + self._read_timeouts.step,
                                             self._check_reading)
+
+    async def start(self) -> None:
+        try:
+            await super().start()
+        finally:  # (it closed the transport, unless force_close did)
+            if self.transport is not None and self.transport.is_closing():
+                bound_unsent(self.transport)
+
+    def force_close(self) -> None:
+        transport = self.transport
+        super().force_close()
+        if transport is not None:
+            bound_unsent(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
