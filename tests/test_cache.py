@@ -5,6 +5,7 @@ never cached, the LRU bound, and two proxy instances sharing hits through a real
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
@@ -1208,3 +1209,36 @@ def test_a_backend_passed_in_is_used_even_while_empty() -> None:
     backend = MemoryCache(10, 1 << 20)
     assert not len(backend)  # (empty: falsy, which `backend or …` replaced)
     assert ResponseCache(CacheSettings(), backend).backend is backend
+
+
+async def test_a_redis_that_answers_garbage_is_a_miss(
+        proxy: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A server on Redis's port answering `+OK` to every command (`HELLO 3` included) makes
+    redis-py fail with an AttributeError, not a RedisError: the request was a 500, where every
+    failure of the cache is a miss (logged once a minute, not once a request)."""
+
+    async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while (line := await reader.readline()).startswith(b"*"):
+                for _ in range(2 * int(line[1:])):
+                    await reader.readline()
+                writer.write(b"+OK\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(answer_ok, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = await proxy(config(cache={"backend": "redis",
+                                           "redis_url": f"redis://127.0.0.1:{port}/0"}))
+        for _ in range(3):
+            resp, _ = await post(client, {"model": "fast:tokens=2"}, cache_header(max_age=30))
+            assert (resp.status, resp.headers[STATUS]) == (200, "MISS")
+        resp, _ = await post(client, {"model": "fast:tokens=2", "stream": True},
+                             cache_header(max_age=30))
+        assert (resp.status, resp.headers[STATUS]) == (200, "MISS")
+        await drained(client)
+    finally:
+        server.close()
+        await server.wait_closed()
+    warned = [r for r in caplog.records if r.name == "streamproxy.cache"]
+    assert len(warned) == 1 and "a miss" in warned[0].getMessage()

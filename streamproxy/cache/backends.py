@@ -7,7 +7,6 @@ logged and forgotten.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -76,7 +75,10 @@ class MemoryCache:
 class RedisCache:
     """Entries as orjson bytes under `streamproxy:cache:<key>`, expiring with Redis's own TTL.
     An entry over `max_bytes` is not written (as the memory backend keeps none over its bound):
-    every hit would carry it whole, in each worker that reads it."""
+    every hit would carry it whole, in each worker that reads it.
+
+    Any failure is a miss, not only a RedisError: a server that answers garbage (`+OK` to
+    `HELLO 3`) makes redis-py fail inside its parsing, with an AttributeError or a TypeError."""
 
     PREFIX = "streamproxy:cache:"
 
@@ -84,7 +86,6 @@ class RedisCache:
                  max_connections: int = 50) -> None:
         import redis.asyncio as redis
 
-        self._errors = (redis.RedisError, OSError, asyncio.TimeoutError)
         # A blocking pool: a burst of requests shares `max_connections` (redis-py < 8 opens
         # one connection per concurrent command, without bound; 8.x fails those beyond its
         # 100 at once). A request that waits `timeout` for a free connection is a miss.
@@ -98,7 +99,7 @@ class RedisCache:
     async def get(self, key: str) -> dict[str, Any] | None:
         try:
             raw = await self._redis.get(self.PREFIX + key)
-        except self._errors as e:
+        except Exception as e:  # (see the class)
             self._warn("read", e)
             return None
         if raw is None:
@@ -115,7 +116,7 @@ class RedisCache:
             return
         try:
             await self._redis.set(self.PREFIX + key, raw, px=max(1, int(ttl * 1000)))
-        except self._errors as e:
+        except Exception as e:  # (see the class)
             self._warn("write", e)
 
     def _warn(self, what: str, err: BaseException) -> None:
