@@ -356,3 +356,22 @@ def test_exited_workers_files_are_summed_into_one_not_kept_each(tmp_path: Path) 
     line = 'streamproxy_requests_total{model="m",provider="mp",status="200",stream="true"}'
     assert f"{line} 6.0" in proc.stdout
     assert 'streamproxy_request_duration_seconds_count{model="m",provider="mp",' in proc.stdout
+
+
+@pytest.mark.parametrize(("ttft", "bucket"), [
+    (0.0004, "0.001"),  # the proxy's own answer (a mock, a cache hit): sub-millisecond
+    (0.008, "0.01"),
+    (400.0, "600.0"),  # late, within the default first_token timeout (600 s)
+])
+def test_ttft_buckets_tell_the_proxy_s_own_times_and_the_slowest_first_tokens(
+        ttft: float, bucket: str) -> None:
+    """The buckets went from 50 ms to 120 s: every answer of the proxy's own fell in the
+    first, and every first token later than 2 minutes in +Inf alone."""
+    r = RequestRecord(trace_id="t", provider="ttft-b", model="m", stream=True, status=200)
+    r.first_byte = r.started + ttft
+    r.finished = r.first_byte + 1
+    name, lbl = "streamproxy_time_to_first_token_seconds_bucket", {"provider": "ttft-b",
+                                                                  "model": "m"}
+    before = sample(name, **lbl, le=bucket)
+    metrics().observe(r)
+    assert sample(name, **lbl, le=bucket) == before + 1
