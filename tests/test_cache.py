@@ -1242,3 +1242,25 @@ async def test_a_redis_that_answers_garbage_is_a_miss(
         await server.wait_closed()
     warned = [r for r in caplog.records if r.name == "streamproxy.cache"]
     assert len(warned) == 1 and "a miss" in warned[0].getMessage()
+
+
+async def test_cache_lookups_are_counted_by_status(proxy: Any) -> None:
+    """The hit rate was in the access log alone: `streamproxy_cache_requests_total{status}`
+    counts the lookups (a request with no cache config, DISABLED, is none)."""
+    from prometheus_client import REGISTRY
+
+    def counted(status: str) -> float:
+        return REGISTRY.get_sample_value("streamproxy_cache_requests_total",
+                                         {"status": status}) or 0.0
+
+    statuses = ("HIT", "MISS", "REFRESH", "DISABLED")
+    before = {s: counted(s) for s in statuses}
+    client = await proxy(config())
+    body = {"model": "fast:tokens=2",
+            "messages": [{"role": "user", "content": f"counted {random.random()}"}]}
+    for headers in (cache_header(max_age=30), cache_header(max_age=30),
+                    {**cache_header(max_age=30), "x-portkey-cache-force-refresh": "true"}, {}):
+        await post(client, body, headers)
+        await drained(client)
+    assert {s: counted(s) - before[s] for s in statuses} == {
+        "HIT": 1, "MISS": 1, "REFRESH": 1, "DISABLED": 0}

@@ -116,6 +116,9 @@ class Metrics:
                              "0 closed, 1 half-open, 2 open (workers share the breakers: the "
                              "latest change any of them made).",
                              ["target"], registry=r, multiprocess_mode="livemostrecent")
+        self.cache_requests = Counter("streamproxy_cache_requests",
+                                      "Response cache lookups by x-portkey-cache-status: HIT, "
+                                      "MISS or REFRESH.", ["status"], registry=r)
         self.bytes_in = Counter("streamproxy_bytes_in", "Request body bytes from clients.",
                                 ["provider"], registry=r)
         self.bytes_out = Counter("streamproxy_bytes_out", "Response bytes sent to clients.",
@@ -188,6 +191,8 @@ class Metrics:
             c(self.fallbacks, provider).inc(r.fallbacks)
         if r.client_disconnected:
             c(self.disconnects, provider).inc()
+        if r.cache_status is not None and r.cache_status != "DISABLED":
+            c(self.cache_requests, r.cache_status).inc()
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, memoised: prometheus-client's own lookup takes a lock and
