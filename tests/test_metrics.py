@@ -375,3 +375,37 @@ def test_ttft_buckets_tell_the_proxy_s_own_times_and_the_slowest_first_tokens(
     before = sample(name, **lbl, le=bucket)
     metrics().observe(r)
     assert sample(name, **lbl, le=bucket) == before + 1
+
+
+async def test_the_circuit_gauge_turns_half_open_when_the_cooldown_ends() -> None:
+    """Open → half-open happens by time alone, with no record to report it: the gauge read 2
+    (open) until a trial request closed or reopened the breaker, never 1."""
+    from streamproxy.routing.breaker import CircuitBreakers
+    from streamproxy.routing.portkey_config import BreakerSpec
+
+    breakers = CircuitBreakers()
+    breakers.listeners.append(set_circuit_state)
+    spec = BreakerSpec(failure_threshold=1, cooldown_interval=0.1)
+    key = "openai/gpt-4o"  # (exported, whatever the cap test ran before)
+
+    def gauge() -> float:
+        return sample("streamproxy_circuit_breaker_state", target=key)
+
+    async def half_open() -> None:
+        for _ in range(200):  # bounded: 2 s
+            await asyncio.sleep(0.01)
+            if gauge() == 1:
+                break
+        assert gauge() == 1 and breakers.state(key, spec) == "half_open"
+
+    breakers.record(key, spec, 503)
+    assert gauge() == 2
+    await half_open()
+    breakers.record(key, spec, 503)  # the trial failed: open again, for another cooldown
+    breakers.record(key, spec, None)  # (a success while open does not count)
+    assert gauge() == 2
+    await half_open()
+    breakers.record(key, spec, None)  # the trial succeeded
+    assert gauge() == 0
+    await asyncio.sleep(0.2)  # no timer left to turn it half-open
+    assert gauge() == 0

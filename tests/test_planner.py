@@ -263,8 +263,8 @@ def test_breaker_opens_at_the_threshold_cools_down_and_closes_on_success(
     clock = Clock()
     cb = new_breakers(clock)
     spec = BreakerSpec(failure_threshold=2, cooldown_interval=30)
-    changes: list[tuple[str, str]] = []
-    cb.listeners.append(lambda key, state: changes.append((key, state)))
+    changes: list[tuple[str, str, float | None]] = []
+    cb.listeners.append(lambda *change: changes.append(change))
     cb.record("k", spec, 500)
     assert cb.state("k", spec) == CLOSED
     cb.record("k", spec, 429)  # not a failure by default (only ≥ 500)
@@ -277,7 +277,8 @@ def test_breaker_opens_at_the_threshold_cools_down_and_closes_on_success(
     clock.now = 62
     cb.record("k", spec, None)
     assert cb.state("k", spec) == CLOSED
-    assert changes == [("k", OPEN), ("k", OPEN), ("k", CLOSED)]
+    # (an open one turns half-open after its cooldown, by time alone: the listener is told)
+    assert changes == [("k", OPEN, 30), ("k", OPEN, 30), ("k", CLOSED, None)]
 
 
 def test_breaker_percentage_waits_for_minimum_requests(new_breakers: BreakersFactory) -> None:

@@ -126,6 +126,7 @@ class Metrics:
         self._models: set[str] = set()
         self._configured_models: set[str] = set()  # outside the cap: see keep_models
         self._circuit_targets: set[str] = set()
+        self._half_open_timers: dict[str, asyncio.TimerHandle] = {}  # (open exported targets)
         self._children: dict[tuple[Any, ...], Any] = {}
         self._series: dict[tuple[str, str, str, str], _Series] = {}
 
@@ -144,12 +145,26 @@ class Metrics:
             self._models.add(model)
         return model
 
-    def circuit_state(self, target: str, value: int) -> None:
+    def circuit_state(self, target: str, value: int, half_open_after: float | None = None
+                      ) -> None:
+        """`half_open_after`: an open breaker turns half-open then, by time alone; a timer
+        shows it (in the worker that saw it open: the most recent change, for the others)."""
         if target not in self._circuit_targets:
             if len(self._circuit_targets) >= MAX_CIRCUIT_LABELS:
                 return
             self._circuit_targets.add(target)
         self.circuit.labels(target).set(value)
+        timer = self._half_open_timers.pop(target, None)
+        if timer is not None:
+            timer.cancel()
+        if half_open_after is not None:
+            with contextlib.suppress(RuntimeError):  # (no loop: nothing to show it on)
+                self._half_open_timers[target] = asyncio.get_running_loop().call_later(
+                    half_open_after, self._half_opened, target)
+
+    def _half_opened(self, target: str) -> None:
+        del self._half_open_timers[target]
+        self.circuit.labels(target).set(CIRCUIT_STATES["half_open"])
 
     def observe(self, r: RequestRecord) -> None:
         """The observer: every sample of one request, at its end."""
@@ -279,15 +294,17 @@ def metrics() -> Metrics:
     return _metrics
 
 
-def set_circuit_state(target_key: str, state: str) -> None:
-    """For the circuit breakers (routing/): `state` is closed, half_open or open."""
+def set_circuit_state(target_key: str, state: str, half_open_after: float | None = None
+                      ) -> None:
+    """For the circuit breakers (routing/): `state` is closed, half_open or open; an open one
+    turns half-open after `half_open_after` seconds."""
     try:
         value = CIRCUIT_STATES[state]
     except KeyError:
         raise ValueError(f"unknown circuit state {state!r}") from None
     # A breaker key may hold a base URL: never expose credentials written into one.
     target = _USERINFO.sub("://", target_key)[:MAX_LABEL_CHARS]
-    metrics().circuit_state(target, value)
+    metrics().circuit_state(target, value, half_open_after)
 
 
 def render() -> bytes:

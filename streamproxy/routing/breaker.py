@@ -39,7 +39,9 @@ class BreakerState:
     opened_at: float | None = None
 
 
-StateListener = Callable[[str, str], None]
+# (key, state, for an open one the seconds until it turns half-open: by time alone, which no
+# record reports)
+StateListener = Callable[[str, str, float | None], None]
 
 
 class CircuitBreakers:
@@ -49,7 +51,7 @@ class CircuitBreakers:
         self._max_states = max_states
         self._states: dict[str, BreakerState] = {}  # least recently recorded first
         self._closed: dict[str, None] = {}  # the keys of the closed ones, in the same order
-        self.listeners: list[StateListener] = []  # (key, state) on every change; metrics
+        self.listeners: list[StateListener] = []  # on every change; metrics
 
     def state(self, key: str, spec: BreakerSpec) -> str:
         return self._phase(self._load(key), spec)
@@ -79,8 +81,9 @@ class CircuitBreakers:
             self._save(key, st)
             after = self._phase(st, spec)
         if after != before:
+            half_open_after = spec.cooldown_interval if after == OPEN else None
             for listener in self.listeners:
-                listener(key, after)
+                listener(key, after, half_open_after)
 
     def _phase(self, st: BreakerState | None, spec: BreakerSpec) -> str:
         if st is None or st.opened_at is None:
