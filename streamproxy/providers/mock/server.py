@@ -344,8 +344,12 @@ async def _serve(request: web.Request, wire: _Wire) -> web.StreamResponse:
 async def _paced(request: web.Request, resp: web.StreamResponse, wire: _Wire, opts: MockOptions,
                  model: str, prompt: int, usage: bool) -> None:
     await resp.write(wire.prelude(model, prompt, usage))
+    loop = asyncio.get_running_loop()
+    # Each delta is due at a fixed time from the first one's, not a gap after the one before:
+    # on a busy loop every sleep overshoots a little, and fixed gaps would add that up.
+    due = loop.time() + opts.ttft_ms / 1000
     if opts.ttft_ms:
-        await asyncio.sleep(opts.ttft_ms / 1000)
+        await _sleep_until(loop, due)
     gap = 1 / opts.tps if opts.tps > 0 else 0
     for i in range(opts.tokens):
         if i == opts.truncate_after:
@@ -356,13 +360,29 @@ async def _paced(request: web.Request, resp: web.StreamResponse, wire: _Wire, op
             await resp.write_eof()
             return
         if i and gap:
-            await asyncio.sleep(gap)
+            due += gap
+            await _sleep_until(loop, due)
         await resp.write(wire.delta(i, model, usage))
     if opts.truncate_after == opts.tokens:
         request.transport.close()  # type: ignore[union-attr]
         return
     await resp.write(wire.epilogue(opts, model, prompt, usage))
     await resp.write_eof()
+
+
+async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
+    """asyncio.sleep with a deadline: the same future and timer, without reading the clock."""
+    wake = loop.create_future()
+    timer = loop.call_at(when, _wake, wake)
+    try:
+        await wake
+    finally:
+        timer.cancel()
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def anthropic_messages(request: web.Request) -> web.StreamResponse:

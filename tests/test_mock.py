@@ -1,0 +1,49 @@
+"""The built-in mock upstream's own behaviour: its pacing, and the shapes of its answers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from streamproxy.providers.mock.server import start_mock_server
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+async def mock_url() -> AsyncIterator[str]:
+    runner, url = await start_mock_server()
+    try:
+        yield url
+    finally:
+        await runner.cleanup()
+
+
+async def _hog_the_loop(stop: asyncio.Event) -> None:
+    """Another tenant of the loop, holding it 8 ms at a time: every timer fires late."""
+    while not stop.is_set():
+        time.sleep(0.008)
+        await asyncio.sleep(0.001)
+
+
+async def test_paced_deltas_keep_their_rate_on_a_busy_loop(mock_url: str) -> None:
+    """Each delta is due at a fixed time from the first, so late timers do not add up (with a
+    fixed gap after each write, 29 gaps of 20 ms took ~4 ms more each here)."""
+    stop = asyncio.Event()
+    hog = asyncio.create_task(_hog_the_loop(stop))
+    try:
+        async with aiohttp.ClientSession() as session, session.post(
+                mock_url + "/v1/messages", json={"model": "tokens=30,tps=50", "stream": True,
+                                                 "max_tokens": 50, "messages": USER}) as resp:
+            started = time.monotonic()  # the headers and the first delta leave together
+            body = await resp.read()
+            took = time.monotonic() - started
+    finally:
+        stop.set()
+        await hog
+    assert body.count(b"text_delta") == 30
+    assert 0.58 - 0.01 <= took < 0.58 + 0.05  # 29 gaps of 20 ms, plus one late timer
