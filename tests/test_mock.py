@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
 
 from streamproxy.providers.mock.server import start_mock_server
+from tests.helpers import openai_sdk
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -47,3 +49,23 @@ async def test_paced_deltas_keep_their_rate_on_a_busy_loop(mock_url: str) -> Non
         await hog
     assert body.count(b"text_delta") == 30
     assert 0.58 - 0.01 <= took < 0.58 + 0.05  # 29 gaps of 20 ms, plus one late timer
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("provider", ["mock", "mock-openai"])
+async def test_a_tool_only_answer_has_null_content(default_proxy: Any, provider: str,
+                                                   stream: bool) -> None:
+    """`tokens=0` with tool calls answers as a real tool-only answer does: no text block, so
+    content null (an empty text block made it "")."""
+    client = openai_sdk(await default_proxy())
+    model = provider + "/tokens=0,tool_calls=2"
+    if stream:
+        async with client.chat.completions.stream(model=model, messages=USER) as events:
+            final = await events.get_final_completion()
+    else:
+        final = await client.chat.completions.create(model=model, messages=USER)
+    message = final.choices[0].message
+    assert message.content is None
+    assert [call.id for call in message.tool_calls or []] == [
+        f"{'toolu' if provider == 'mock' else 'call'}_mock_{k}" for k in range(2)]
+    assert final.choices[0].finish_reason == "tool_calls"

@@ -90,6 +90,12 @@ def mock_text(n: int) -> str:
     return "".join(token(i) for i in range(n))
 
 
+def has_text(opts: MockOptions) -> bool:
+    """A tool-only answer (`tokens=0` with tool calls) has no text block, as a real one: its
+    content is null, where an empty text answer's is ""."""
+    return opts.tokens > 0 or not opts.tool_calls
+
+
 def prompt_tokens(body: dict[str, Any]) -> int:
     """A deterministic stand-in for tokenisation: ~4 characters per token."""
     size = 0
@@ -108,14 +114,16 @@ def _sse(event: str, payload: dict[str, Any]) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
 
-def anthropic_prelude(model: str, prompt: int) -> bytes:
-    return _sse("message_start", {"type": "message_start", "message": {
+def anthropic_prelude(model: str, prompt: int, text: bool = True) -> bytes:
+    start = _sse("message_start", {"type": "message_start", "message": {
         "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
         "content": [], "stop_reason": None, "stop_sequence": None,
         "usage": {"input_tokens": prompt, "cache_creation_input_tokens": 0,
-                  "cache_read_input_tokens": 0, "output_tokens": 1}}}) + _sse(
-        "content_block_start", {"type": "content_block_start", "index": 0,
-                                "content_block": {"type": "text", "text": ""}})
+                  "cache_read_input_tokens": 0, "output_tokens": 1}}})
+    if not text:
+        return start
+    return start + _sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                                "content_block": {"type": "text", "text": ""}})
 
 
 def anthropic_delta(i: int) -> bytes:
@@ -129,9 +137,11 @@ def anthropic_error() -> bytes:
 
 
 def anthropic_epilogue(opts: MockOptions) -> bytes:
-    parts = [_sse("content_block_stop", {"type": "content_block_stop", "index": 0})]
+    text = has_text(opts)
+    parts = [_sse("content_block_stop", {"type": "content_block_stop", "index": 0})] if text \
+        else []
     for k in range(opts.tool_calls):
-        idx = k + 1
+        idx = k + text  # the tool_use blocks follow the text block, if any
         parts.append(_sse("content_block_start", {
             "type": "content_block_start", "index": idx, "content_block": {
                 "type": "tool_use", "id": f"toolu_mock_{k}", "name": "get_weather",
@@ -151,7 +161,8 @@ def anthropic_epilogue(opts: MockOptions) -> bytes:
 
 
 def anthropic_message(opts: MockOptions, model: str, prompt: int) -> dict[str, Any]:
-    content: list[dict[str, Any]] = [{"type": "text", "text": mock_text(opts.tokens)}]
+    content: list[dict[str, Any]] = [{"type": "text", "text": mock_text(opts.tokens)}] \
+        if has_text(opts) else []
     for k in range(opts.tool_calls):
         content.append({"type": "tool_use", "id": f"toolu_mock_{k}", "name": "get_weather",
                         "input": orjson.loads("".join(TOOL_ARGS))})
@@ -178,9 +189,9 @@ def _data(obj: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-def openai_prelude(model: str, usage: bool) -> bytes:
-    return _data(_chunk(model, {"role": "assistant", "content": "", "refusal": None},
-                        usage=usage))
+def openai_prelude(model: str, usage: bool, text: bool = True) -> bytes:
+    return _data(_chunk(model, {"role": "assistant", "content": "" if text else None,
+                                "refusal": None}, usage=usage))
 
 
 def openai_delta(i: int, model: str, usage: bool) -> bytes:
@@ -214,7 +225,8 @@ def openai_epilogue(opts: MockOptions, model: str, prompt: int, usage: bool) -> 
 
 
 def openai_completion(opts: MockOptions, model: str, prompt: int) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": mock_text(opts.tokens),
+    message: dict[str, Any] = {"role": "assistant",
+                               "content": mock_text(opts.tokens) if has_text(opts) else None,
                                "refusal": None}
     if opts.tool_calls:
         message["tool_calls"] = [{"id": f"call_mock_{k}", "type": "function", "function": {
@@ -236,9 +248,10 @@ class _Wire:
     name: str
     content_type: str
 
-    def prelude(self, model: str, prompt: int, usage: bool) -> bytes:
-        return anthropic_prelude(model, prompt) if self.name == "anthropic" else \
-            openai_prelude(model, usage)
+    def prelude(self, opts: MockOptions, model: str, prompt: int, usage: bool) -> bytes:
+        text = has_text(opts)
+        return anthropic_prelude(model, prompt, text) if self.name == "anthropic" else \
+            openai_prelude(model, usage, text)
 
     def delta(self, i: int, model: str, usage: bool) -> bytes:
         return anthropic_delta(i) if self.name == "anthropic" else openai_delta(i, model, usage)
@@ -293,7 +306,7 @@ def unpaced_body(wire: _Wire, opts: MockOptions, model: str, prompt: int, usage:
 
 
 def _build_body(wire: _Wire, opts: MockOptions, model: str, prompt: int, usage: bool) -> bytes:
-    parts = [wire.prelude(model, prompt, usage)]
+    parts = [wire.prelude(opts, model, prompt, usage)]
     for i in range(opts.tokens):
         if i == opts.error_after:
             parts.append(wire.error())
@@ -343,7 +356,7 @@ async def _serve(request: web.Request, wire: _Wire) -> web.StreamResponse:
 
 async def _paced(request: web.Request, resp: web.StreamResponse, wire: _Wire, opts: MockOptions,
                  model: str, prompt: int, usage: bool) -> None:
-    await resp.write(wire.prelude(model, prompt, usage))
+    await resp.write(wire.prelude(opts, model, prompt, usage))
     loop = asyncio.get_running_loop()
     # Each delta is due at a fixed time from the first one's, not a gap after the one before:
     # on a busy loop every sleep overshoots a little, and fixed gaps would add that up.
