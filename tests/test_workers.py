@@ -526,3 +526,77 @@ def test_a_worker_dying_young_for_hours_is_still_restarted(tmp_path: Path) -> No
                                 ready_fd=None, ready=True)
     m._worker_exited(dead, signal.SIGKILL)  # (a wait status: killed by SIGKILL)
     assert m.restarts[0] - time.monotonic() == pytest.approx(master_module.BACKOFF_MAX, abs=1)
+
+
+@contextlib.contextmanager
+def hung_processes(count: int) -> Any:
+    """Stand-ins for workers that hang: each ignores SIGTERM and sleeps (60 s at most)."""
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+         "signal.SIG_IGN); print(flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+        for _ in range(count)]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline()  # SIGTERM is ignored by now
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(5)
+
+
+def _master(tmp_path: Path, grace: float) -> Any:
+    from streamproxy.config import load_config
+    from streamproxy.server import master as master_module
+
+    path = tmp_path / "proxy.yaml"
+    path.write_text(CONFIG.format(grace=grace, models="fast"))
+    return master_module.Master(str(path), load_config(path), "127.0.0.1", 44811, count=2)
+
+
+@pytest.mark.parametrize("booting", [False, True])
+def test_a_worker_that_never_listens_is_killed(tmp_path: Path, booting: bool) -> None:
+    """A worker that hung before it listened (a replacement, or one at start-up) was waited
+    for forever: only a reload's new workers had the 30 s limit."""
+    from streamproxy.server import master as master_module
+
+    m = _master(tmp_path, grace=1)
+    m.booting = booting
+    with hung_processes(1) as [proc]:
+        late = time.monotonic() - master_module.READY_TIMEOUT - 1
+        hung = m.workers[proc.pid] = master_module.Worker(proc.pid, 1, 0, late, None)
+        m._tick()
+        assert proc.wait(5) == -signal.SIGKILL
+        m.workers.pop(proc.pid)
+        m._worker_exited(hung, signal.SIGKILL)
+    if booting:  # a failed start-up, as a worker that exits before it listens
+        assert m.stopping is not None and m.exit_status == 1
+    else:  # replaced, after the back-off of a worker that keeps failing
+        assert m.restarts[1] - time.monotonic() == pytest.approx(master_module.BACKOFF_START,
+                                                                 abs=0.2)
+
+
+def test_an_old_worker_that_never_finishes_draining_after_a_reload_is_killed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kill timer ran only during a stop: an old worker that hung while draining after a
+    reload stayed for good."""
+    from streamproxy.server import master as master_module
+
+    monkeypatch.setattr(master_module, "KILL_AFTER", 0.2)
+    m = _master(tmp_path, grace=0.1)
+    m.booting = False
+    with hung_processes(3) as (old, *new):
+        now = time.monotonic()
+        m.workers[old.pid] = master_module.Worker(old.pid, 0, 0, now, None, ready=True)
+        for slot, p in enumerate(new):
+            m.workers[p.pid] = master_module.Worker(p.pid, slot, 1, now, None, ready=True)
+        m.reload = (1, m.config, now + master_module.READY_TIMEOUT)
+        m._tick()  # every new worker listens: the old one is told to drain
+        assert m.generation == 1 and m.workers[old.pid].stopping
+        time.sleep(0.1)
+        m._tick()  # within grace + KILL_AFTER: left to drain
+        assert old.poll() is None
+        time.sleep(0.3)
+        m._tick()
+        assert old.wait(5) == -signal.SIGKILL
+        assert all(p.poll() is None for p in new)

@@ -4,12 +4,16 @@ only supervises them; it never serves.
 It forks them before any event loop exists, and has no asyncio loop either: signal handlers
 set flags and wake a `select()` through a self-pipe.
 
-- A worker that dies is replaced, after a backoff that doubles while it keeps dying young.
+- A worker that dies is replaced, after a backoff that doubles while it keeps dying young
+  (or before it listens).
 - SIGHUP re-reads the config file and starts a new generation of workers next to the old
   ones; once every new worker listens, the old ones drain. A config that does not load, or
   new workers that do not come up, are reported and the old workers keep serving.
 - SIGTERM / SIGINT: every worker drains, the master exits 0 when they are gone. A second
-  signal ends the streams at once (SIGQUIT to the workers); SIGKILL after grace + 10 s.
+  signal ends the streams at once (SIGQUIT to the workers).
+- No worker is waited for forever: one that does not listen within 30 s of its start (at
+  start-up, a replacement, a reload's) or is still there its grace + 10 s after it was told to
+  drain (on a stop, or as an old worker after a reload) gets SIGKILL.
 - A master that dies (kill -9) takes its workers with it: each gets SIGTERM from the kernel
   (Linux's parent-death signal) and drains, instead of serving on unsupervised.
 
@@ -43,10 +47,10 @@ from streamproxy.server.workers import reloaded_config, run_worker
 # The name the master's lines had before it had a module of its own.
 log = logging.getLogger("streamproxy.workers")
 
-READY_TIMEOUT = 30.0  # seconds a new worker has to start listening
+READY_TIMEOUT = 30.0  # seconds a worker has to start listening
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
 YOUNG = 10.0  # a worker that dies younger than this counts as crash-looping
-KILL_AFTER = 10.0  # seconds past the grace period before a stuck worker is killed
+KILL_AFTER = 10.0  # seconds past its grace period before a worker told to drain is killed
 PROMETHEUS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
@@ -61,8 +65,11 @@ class Worker:
     generation: int
     started: float
     ready_fd: int | None  # read end of the pipe the worker writes to once it listens
+    grace: float = 0.0  # its config's shutdown_grace
     ready: bool = False
     stopping: bool = False
+    kill_at: float | None = None  # once told to stop: when it is killed if still there
+    killed: bool = False
 
 
 class Master:
@@ -173,7 +180,8 @@ class Master:
                 os._exit(status)
         os.close(ready_w)
         os.set_blocking(ready_r, False)
-        self.workers[pid] = Worker(pid, slot, generation, time.monotonic(), ready_r)
+        self.workers[pid] = Worker(pid, slot, generation, time.monotonic(), ready_r,
+                                   config.server.shutdown_grace)
         log.info("started worker %d (slot %d, generation %d)", pid, slot, generation)
 
     def _share_state(self, generation: int, config: Config) -> None:
@@ -253,7 +261,7 @@ class Master:
             return
         if w.generation != self.generation:
             return
-        if time.monotonic() - w.started < YOUNG:
+        if not w.ready or time.monotonic() - w.started < YOUNG:
             delay = self._backoff(w.slot)
         else:
             self.failures[w.slot], delay = 0, 0.0
@@ -297,10 +305,19 @@ class Master:
                 log.error("reload failed: new workers did not listen within %gs; the old "
                           "workers keep serving", READY_TIMEOUT)
                 self._abandon_reload()
-        if (self.stopping is not None
-                and now - self.stopping > self.config.server.shutdown_grace + KILL_AFTER):
-            for w in self.workers.values():
-                self._signal(w, signal.SIGKILL)
+        self._kill_hung(now)
+
+    def _kill_hung(self, now: float) -> None:
+        """A worker that hangs before it listens, or while it drains (a blocked loop, a thread
+        its asyncio.run joins), must not stay for good: a replacement's slot would never serve
+        again, an old generation would hold its connections and memory."""
+        for w in self.workers.values():
+            why = None if w.killed else _overdue(w, now)
+            if why:  # (a death before it listened is then a failed start-up, or a crash)
+                log.error("worker %d %s; killing it", w.pid, why)
+                w.killed = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.pid, signal.SIGKILL)
 
     # -- reload and stop --------------------------------------------------------------------------
     def _start_reload(self) -> None:
@@ -343,8 +360,20 @@ class Master:
 
     def _signal(self, w: Worker, sig: int) -> None:
         w.stopping = True
+        if w.kill_at is None:
+            w.kill_at = time.monotonic() + w.grace + KILL_AFTER
         with contextlib.suppress(ProcessLookupError):
             os.kill(w.pid, sig)
+
+
+def _overdue(w: Worker, now: float) -> str | None:
+    """Why `w` is to be killed now, if it is."""
+    if w.kill_at is not None:
+        return (f"still running {w.grace + KILL_AFTER:g}s after it was told to stop"
+                if now >= w.kill_at else None)
+    if not w.ready and now - w.started >= READY_TIMEOUT:
+        return f"did not listen within {READY_TIMEOUT:g}s"
+    return None
 
 
 def _stop_with(master: int) -> None:
