@@ -405,3 +405,51 @@ async def test_a_closed_connection_whose_client_reads_slowly_is_not_reset(
         if not transport.unsent:
             break
     assert not transport.unsent and not transport.aborted
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [orjson.loads(r.getMessage()) for r in caplog.records
+            if r.name == "streamproxy.access"]
+
+
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_timings_count_from_the_heads_arrival(start: Any, front_kind: str,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """TTFT and the duration count from the request's head, as aiohttp's front runs the
+    handler then: the lean front's counted from the body's end, so an upload's time was not in
+    them (and a 408 for a body that stopped arriving logged 0 ms)."""
+    caplog.set_level(logging.INFO)
+    client = await start(front_kind)
+    streamed = orjson.dumps({**orjson.loads(BODY), "stream": True})
+    reader, writer = await client.connect()
+    writer.write(chat_head(len(streamed)) + streamed[:10])
+    await asyncio.sleep(TIMEOUT / 2)
+    writer.write(streamed[10:])
+    await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 10)
+    writer.write(STALLED_BODIES["content-length"])  # the next one stops
+    assert_408((await closed_after_answer(reader))[0])
+    answered, timed_out = access_lines(caplog)
+    assert answered["status"] == 200
+    assert answered["ttft_ms"] >= TIMEOUT / 2 * 1000 * 0.9
+    assert answered["duration_ms"] >= answered["ttft_ms"]
+    assert timed_out["status"] == 408
+    assert timed_out["duration_ms"] >= TIMEOUT * 1000 * 0.9
+
+
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_an_abandoned_uploads_duration_counts_from_its_head(
+        start: Any, front_kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    client = await start(front_kind)
+    _, writer = await client.connect()
+    writer.write(chat_head(len(BODY)) + BODY[:10])
+    await writer.drain()
+    await asyncio.sleep(TIMEOUT / 2)
+    writer.close()
+    for _ in range(200):
+        if access_lines(caplog):
+            break
+        await asyncio.sleep(0.01)
+    (line,) = access_lines(caplog)
+    assert line["status"] == 499
+    assert line["duration_ms"] >= TIMEOUT / 2 * 1000 * 0.9

@@ -5,7 +5,8 @@ small surface, so it runs unchanged on aiohttp (`AiohttpExchange`, every route) 
 lean front for `POST /v1/chat/completions` (server/front.py, `LeanExchange`):
 
 - `headers` (case-insensitive), `app` (the application's keys), request-scoped state
-  (`get`, `[]`), `read()` the body, `client_max_size`;
+  (`get`, `[]`), `read()` the body, `client_max_size`, `arrived` (`time.monotonic()` when the
+  head had come: the request's timings, TTFT and duration, count from it on both fronts);
 - `reply(body, status, headers)`: a whole JSON answer (a `ConnectionError` when the client is
   found gone as it is written: the lean front writes it at once, aiohttp's after the handler);
 - `await start_events(headers)`: the commit point of a stream. It returns the `EventWriter`
@@ -15,6 +16,7 @@ lean front for `POST /v1/chat/completions` (server/front.py, `LeanExchange`):
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Protocol
 
@@ -60,6 +62,7 @@ class Exchange(Protocol):
     headers: Mapping[str, str]
     app: web.Application
     client_max_size: int
+    arrived: float
 
     def get(self, key: Any, default: Any = None) -> Any: ...
 
@@ -96,9 +99,10 @@ class SSEResponse(web.StreamResponse):
 class AiohttpExchange:
     """The aiohttp front: a `web.Request`, and the response the route handler returns."""
 
-    __slots__ = ("request", "response")
+    __slots__ = ("arrived", "request", "response")
 
     def __init__(self, request: web.Request) -> None:
+        self.arrived = time.monotonic()  # aiohttp runs the route once the head has come
         self.request = request
         self.response: web.StreamResponse | None = None
 

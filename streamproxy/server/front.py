@@ -249,7 +249,8 @@ class Connection(asyncio.Protocol):
         self._buf = bytearray()
         self._scanned = 0  # how far the buffer is known to hold no head end
         self._head_began = 0.0  # when the head being read began to arrive (0: none is)
-        self._head: tuple[CIMultiDict[str], int, int, bool] | None = None  # awaiting its body
+        # (headers, body start, body length, close after, arrived): a head awaiting its body
+        self._head: tuple[CIMultiDict[str], int, int, bool, float] | None = None
         self.task: asyncio.Task[None] | None = None  # the request being served
         self._timer: asyncio.TimerHandle | None = None  # keep-alive and read timeouts
         self._last_read = 0.0  # when bytes last came (or the connection was last ready for them)
@@ -281,7 +282,7 @@ class Connection(asyncio.Protocol):
         if self.task is not None:
             self.task.cancel()  # the client went away: so does its upstream request
         elif self._head is not None:  # ... while its body was arriving
-            observe_abandoned(LeanExchange(self, self._head[0], b"", True))
+            observe_abandoned(self._unanswered(self._head))
         self._wake_drain(ConnectionResetError("the client closed the connection"))
 
     def pause_writing(self) -> None:
@@ -319,14 +320,16 @@ class Connection(asyncio.Protocol):
                 self._hand_off()
                 return
             headers, length, close = parsed
-            head = self._head = (headers, end + 4, length, close)
-        headers, start, length, close = head
+            # The request's timings count from its head, as on aiohttp's front, which starts
+            # the handler then (its record's clock reading, taken here instead).
+            head = self._head = (headers, end + 4, length, close, time.monotonic())
+        headers, start, length, close, arrived = head
         if len(buf) < start + length:
             return
         body = bytes(buf[start:start + length])
         del buf[:start + length]
         self._head = None
-        ex = LeanExchange(self, headers, body, close or self._front.stopping)
+        ex = LeanExchange(self, headers, body, close or self._front.stopping, arrived)
         self.task = self._front.loop.create_task(self._serve(ex))
 
     async def _serve(self, ex: LeanExchange) -> None:
@@ -409,11 +412,14 @@ class Connection(asyncio.Protocol):
             err = request_timeout("head", timeouts.header)
         else:
             err = request_timeout("body", timeouts.body)
-            observe_rejection(LeanExchange(self, self._head[0], b"", True), err,
-                              "request_timeout")
+            observe_rejection(self._unanswered(self._head), err, "request_timeout")
             self._head = None  # answered: not a request its client abandoned
         self.transport.write(timeout_response(err))
         self.close()
+
+    def _unanswered(self, head: tuple[CIMultiDict[str], int, int, bool, float]) -> LeanExchange:
+        """The exchange of a request whose body never came whole, to be logged."""
+        return LeanExchange(self, head[0], b"", True, head[4])
 
     def close_when_idle(self) -> None:
         if self.task is None:
@@ -468,11 +474,13 @@ class ResponseHead:
 class LeanExchange:
     """One chat request on the lean front (the `Exchange` of server/exchange.py)."""
 
-    __slots__ = ("_conn", "_state", "body", "close", "committed", "finished", "headers")
+    __slots__ = ("_conn", "_state", "arrived", "body", "close", "committed", "finished",
+                 "headers")
 
     def __init__(self, conn: Connection, headers: CIMultiDict[str], body: bytes,
-                 close: bool) -> None:
+                 close: bool, arrived: float) -> None:
         self._conn = conn
+        self.arrived = arrived  # time.monotonic() when its head had come
         self.headers: Mapping[str, str] = headers
         self.body = body
         self.close = close  # the connection closes after this answer

@@ -107,6 +107,9 @@ def _observe_unhandled(request: web.Request | Exchange, record: RequestRecord) -
     if state is None:
         return
     record.trace_id = record.trace_id or _trace_id(request)
+    # A lean front's request counts from its head, as its handler's would; aiohttp's refuses
+    # before the handler runs, once the head is in: now.
+    record.started = getattr(request, "arrived", record.started)
     record.finished = time.monotonic()
     for observe in state.observers:
         observe(record)
