@@ -32,6 +32,7 @@ HISTORY = [{"role": "user", "content": "count"},
     {"tools": [CUSTOM_TOOL, FUNCTION_TOOL], "tool_choice": ALLOWED},
     {"tools": [CUSTOM_TOOL], "tool_choice": {"type": "custom", "custom": {"name": "run_sql"}}},
     {"tools": [CUSTOM_TOOL], "messages": HISTORY},
+    {"functions": [FUNCTION_TOOL["function"]], "function_call": {"name": "get_weather"}},
 ])
 async def test_an_openai_type_provider_gets_them_as_written(proxy: Any, upstream: Any,
                                                             extra: dict[str, Any]) -> None:
@@ -60,6 +61,23 @@ async def test_a_translating_provider_refuses_them_with_a_400(
     err = (await resp.json())["error"]
     assert (err["code"], err["param"]) == ("unsupported_value", "tools")
     assert "provider 'up'" in err["message"] and "custom tools" in err["message"]
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "gemini", "bedrock", "cohere", "ollama",
+                                  "mistral"])
+async def test_a_translating_provider_refuses_deprecated_functions_with_a_400(
+        proxy: Any, upstream: Any, kind: str) -> None:
+    # Dropped, the model could never call one: a plain answer where a function_call is awaited.
+    extra = {"region": "us-east-1", "api_key": "k"} if kind == "bedrock" else {}
+    client = await proxy(provider_config(kind, upstream.url, **extra))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "hi"}],
+        "functions": [FUNCTION_TOOL["function"]], "function_call": "auto"})
+    assert resp.status == 400
+    err = (await resp.json())["error"]
+    assert (err["code"], err["param"]) == ("unsupported_value", "functions")
+    assert "provider 'up'" in err["message"] and "'tools'" in err["message"]
     assert upstream.requests == []
 
 

@@ -225,6 +225,14 @@ def custom_tools_refused(provider: str) -> InvalidRequest:
                           param="tools", code="unsupported_value")
 
 
+def functions_refused(provider: str) -> InvalidRequest:
+    """For the same providers, OpenAI's deprecated `functions`: dropped, the model could never
+    call one and the client would get a plain answer where it waits for a `function_call`."""
+    return InvalidRequest(f"provider '{provider}' does not take the deprecated 'functions' "
+                          "(and 'function_call'); send them as 'tools' (and 'tool_choice').",
+                          param="functions", code="unsupported_value")
+
+
 def _check_scalars(body: dict[str, Any]) -> None:
     """Raise for the first field of `_SCALARS`, in its order, that has the wrong type."""
     for name, (ok, expected) in _SCALARS.items():

@@ -125,8 +125,9 @@ class Provider:
     # True when the upstream already streams OpenAI chunks, forwarded as they are; the
     # translator then forwards the usage chunk itself and the encoder must not add one.
     passthrough: bool = False
-    # True when the upstream takes OpenAI's custom tools and allowed_tools choices as they
-    # are; the others refuse them (openai_api.request.custom_tools_refused).
+    # True when the upstream takes OpenAI's custom tools and allowed_tools choices (and the
+    # deprecated `functions`) as they are; the others refuse them
+    # (openai_api.request.custom_tools_refused, functions_refused).
     custom_tools: bool = False
 
     def __init__(self, cfg: ProviderConfig, *, max_event_bytes: int = 16 * 1024 * 1024) -> None:
