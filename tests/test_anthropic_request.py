@@ -122,6 +122,14 @@ def translate(**body: Any) -> dict[str, Any]:
     return to_anthropic({"messages": [{"role": "user", "content": "x"}], **body}, "claude-x")
 
 
+def test_safety_identifier_is_the_end_user_id() -> None:
+    # OpenAI's replacement for `user` as the end user's id for abuse detection.
+    assert translate(safety_identifier="h-1")["metadata"] == {"user_id": "h-1"}
+    assert translate(safety_identifier="h-1", user="u-1")["metadata"] == {"user_id": "h-1"}
+    assert translate(user="u-1")["metadata"] == {"user_id": "u-1"}
+    assert "metadata" not in translate(prompt_cache_key="k")
+
+
 def test_top_p_of_one_is_not_sent_beside_temperature() -> None:
     """Newer Claude models refuse temperature and top_p together ("cannot both be specified
     for this model"), and frameworks send OpenAI's default top_p 1 (no nucleus cut) with a

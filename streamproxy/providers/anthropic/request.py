@@ -29,6 +29,7 @@ Choices (README "Anthropic"):
   types are a 400 naming the type, and so is an OpenAI `file_id`;
 - a whitespace-only stop sequence is a 400 (Claude refuses one);
 - `top_p` 1 (no nucleus cut) is not sent: newer Claude models refuse it beside `temperature`;
+- `safety_identifier` (else `user`) → `metadata.user_id`, Anthropic's end-user id;
 - parameters in DROPPED are dropped; `n` > 1 is rejected (one answer per request).
 """
 
@@ -58,7 +59,7 @@ from streamproxy.providers.anthropic.thinking import fit_thinking
 
 DEFAULT_MAX_TOKENS = 4096
 # OpenAI parameters with no Anthropic equivalent: dropped, never forwarded.
-DROPPED = OPENAI_ONLY | {"frequency_penalty", "presence_penalty", "seed"}
+DROPPED = (OPENAI_ONLY - {"safety_identifier"}) | {"frequency_penalty", "presence_penalty", "seed"}
 # The image types Anthropic takes, by the names clients send (image/jpg is common).
 IMAGE_MEDIA_TYPES = {"image/jpeg": "image/jpeg", "image/jpg": "image/jpeg",
                      "image/png": "image/png", "image/gif": "image/gif", "image/webp": "image/webp"}
@@ -98,8 +99,9 @@ def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
     stop = body.get("stop")
     if stop:
         out["stop_sequences"] = claude_stop_sequences(stop)
-    if body.get("user"):
-        out["metadata"] = {"user_id": body["user"]}
+    user_id = end_user_id(body)
+    if user_id:
+        out["metadata"] = {"user_id": user_id}
     fmt = body.get("response_format") or {}
     if fmt.get("type") == "json_schema":
         schema = (fmt.get("json_schema") or {}).get("schema")
@@ -117,6 +119,13 @@ def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
     if body.get("stream"):
         out["stream"] = True
     return out
+
+
+def end_user_id(body: dict[str, Any]) -> Any:
+    """The end user's opaque id for Anthropic's abuse detection (`metadata.user_id`): OpenAI's
+    `safety_identifier`, which replaces `user` for that purpose (newer SDKs and frameworks send
+    it instead), else `user`."""
+    return body.get("safety_identifier") or body.get("user")
 
 
 def claude_stop_sequences(stop: str | list[str]) -> list[str]:
