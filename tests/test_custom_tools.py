@@ -13,7 +13,7 @@ import pytest
 from streamproxy.cache.entry import streams_whole
 from streamproxy.openai_api.completion import CompletionBuilder
 from tests.conftest import provider_config
-from tests.helpers import fixture_bytes, make_config, openai_sdk
+from tests.helpers import fixture_bytes, jsonl_to_sse, make_config, openai_sdk
 from tests.test_storage import stored, stream_text
 
 CUSTOM_TOOL = {"type": "custom", "custom": {"name": "run_sql", "description": "SQL to run"}}
@@ -33,6 +33,8 @@ HISTORY = [{"role": "user", "content": "count"},
     {"tools": [CUSTOM_TOOL], "tool_choice": {"type": "custom", "custom": {"name": "run_sql"}}},
     {"tools": [CUSTOM_TOOL], "messages": HISTORY},
     {"functions": [FUNCTION_TOOL["function"]], "function_call": {"name": "get_weather"}},
+    {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}},
+    {"web_search_options": {}},
 ])
 async def test_an_openai_type_provider_gets_them_as_written(proxy: Any, upstream: Any,
                                                             extra: dict[str, Any]) -> None:
@@ -79,6 +81,38 @@ async def test_a_translating_provider_refuses_deprecated_functions_with_a_400(
     assert (err["code"], err["param"]) == ("unsupported_value", "functions")
     assert "provider 'up'" in err["message"] and "'tools'" in err["message"]
     assert upstream.requests == []
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "gemini", "bedrock", "cohere", "ollama",
+                                  "mistral"])
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}},
+     "modalities"),
+    ({"web_search_options": {}}, "web_search_options"),
+])
+async def test_a_translating_provider_refuses_audio_answers_and_web_search_with_a_400(
+        proxy: Any, upstream: Any, kind: str, extra: dict[str, Any], param: str) -> None:
+    # Dropped, the client would get a silent text answer, or one from no search.
+    settings = {"region": "us-east-1", "api_key": "k"} if kind == "bedrock" else {}
+    client = await proxy(provider_config(kind, upstream.url, **settings))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "hi"}], **extra})
+    assert resp.status == 400
+    err = (await resp.json())["error"]
+    assert (err["code"], err["param"]) == ("unsupported_value", param)
+    assert "provider 'up'" in err["message"]
+    assert upstream.requests == []
+
+
+async def test_text_only_modalities_still_go_to_a_translating_provider(
+        proxy: Any, upstream: Any) -> None:
+    upstream.body = jsonl_to_sse(fixture_bytes("anthropic/vercel-ai_anthropic-text.chunks.jsonl"))
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+        "modalities": ["text"]})
+    assert resp.status == 200
+    assert len(upstream.requests) == 1
 
 
 @pytest.mark.parametrize(("extra", "param"), [

@@ -225,12 +225,22 @@ def custom_tools_refused(provider: str) -> InvalidRequest:
                           param="tools", code="unsupported_value")
 
 
-def functions_refused(provider: str) -> InvalidRequest:
-    """For the same providers, OpenAI's deprecated `functions`: dropped, the model could never
-    call one and the client would get a plain answer where it waits for a `function_call`."""
-    return InvalidRequest(f"provider '{provider}' does not take the deprecated 'functions' "
-                          "(and 'function_call'); send them as 'tools' (and 'tool_choice').",
-                          param="functions", code="unsupported_value")
+def answer_changing_refusal(provider: str, body: dict[str, Any]) -> InvalidRequest | None:
+    """For the same providers, the OpenAI features they lack that change the answer, or None.
+    Dropped, the client would get another answer than it asked for and not know it."""
+    if body.get("functions"):  # deprecated: the model could call none of them
+        return InvalidRequest(f"provider '{provider}' does not take the deprecated 'functions' "
+                              "(and 'function_call'); send them as 'tools' (and "
+                              "'tool_choice').", param="functions", code="unsupported_value")
+    modalities = body.get("modalities")
+    if isinstance(modalities, list) and "audio" in modalities:  # a spoken answer
+        return InvalidRequest(f"provider '{provider}' answers in text only; leave 'audio' out "
+                              "of 'modalities'.", param="modalities", code="unsupported_value")
+    if body.get("web_search_options") is not None:  # OpenAI's search models search the web
+        return InvalidRequest(f"provider '{provider}' does not search the web; "
+                              "'web_search_options' needs an OpenAI-type provider.",
+                              param="web_search_options", code="unsupported_value")
+    return None
 
 
 def _check_scalars(body: dict[str, Any]) -> None:

@@ -126,8 +126,8 @@ class Provider:
     # translator then forwards the usage chunk itself and the encoder must not add one.
     passthrough: bool = False
     # True when the upstream takes OpenAI's custom tools and allowed_tools choices (and the
-    # deprecated `functions`) as they are; the others refuse them
-    # (openai_api.request.custom_tools_refused, functions_refused).
+    # deprecated `functions`, audio answers, web search) as they are; the others refuse them
+    # (openai_api.request.custom_tools_refused, answer_changing_refusal).
     custom_tools: bool = False
 
     def __init__(self, cfg: ProviderConfig, *, max_event_bytes: int = 16 * 1024 * 1024) -> None:

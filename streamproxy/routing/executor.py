@@ -23,7 +23,11 @@ from streamproxy.errors import BufferOverflow, InvalidRequest, ProxyError, Upstr
 from streamproxy.ids import time_ordered_hex
 from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
 from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
-from streamproxy.openai_api.request import ChatRequest, custom_tools_refused, functions_refused
+from streamproxy.openai_api.request import (
+    ChatRequest,
+    answer_changing_refusal,
+    custom_tools_refused,
+)
 from streamproxy.providers.base import StreamTranslator
 from streamproxy.record import RequestRecord
 from streamproxy.routing.breaker import CircuitBreakers
@@ -74,8 +78,9 @@ class Executor:
         if not provider.custom_tools:
             if req.custom_tools:
                 raise custom_tools_refused(provider.name)
-            if req.body.get("functions"):
-                raise functions_refused(provider.name)
+            refusal = answer_changing_refusal(provider.name, req.body)
+            if refusal is not None:
+                raise refusal
         await provider.prepare(target)
         upstream = provider.build_request(req, target)
         resp = await self.client.send(upstream, connect_timeout=target.timeouts.connect,
