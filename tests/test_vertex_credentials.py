@@ -12,7 +12,6 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from streamproxy.cli import main
 from streamproxy.config import ConfigError
-from streamproxy.providers.gemini.auth import FAILURE_BACKOFF, TokenUnavailable, in_daemon_thread
+from streamproxy.providers.gemini.auth import FAILURE_BACKOFF, TokenUnavailable
 from streamproxy.providers.gemini.credentials import GoogleToken
 from tests.helpers import Clock, collect, make_config, sse_chunks
 from tests.test_egress import ForwardProxy
@@ -553,22 +552,3 @@ print("ok")
                          timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
-
-async def test_a_fetch_whose_waiter_was_cancelled_ends_quietly(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A request that gave up on a token (its deadline, its client gone) cancels the wait;
-    the fetch thread then finished into a cancelled future and raised InvalidStateError."""
-    errors: list[Any] = []
-    monkeypatch.setattr(threading, "excepthook", errors.append)
-    release = threading.Event()
-    for wait in (0, 0.05):  # cancelled as the thread starts, and while it runs
-        task = asyncio.ensure_future(in_daemon_thread(lambda: release.wait(5), "t-cancelled"))
-        await asyncio.sleep(wait)
-        thread = next(t for t in threading.enumerate() if t.name == "t-cancelled")
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        release.set()
-        thread.join(5)
-        release.clear()
-    assert errors == []

@@ -15,16 +15,14 @@ was dropped), and all such requests share that one run.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import re
 import subprocess
-import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
 
 from streamproxy.errors import ProxyError
+from streamproxy.providers.threads import in_daemon_thread
 
 log = logging.getLogger("streamproxy.providers.vertex")
 
@@ -46,7 +44,6 @@ Fetched = tuple[str, float | None]
 # What `Authorization: Bearer …` can carry: visible ASCII, no space (RFC 6750's b64token is a
 # subset). A CR, LF or other control character there would fail every request until expiry.
 _SENDABLE_TOKEN = re.compile(r"[!-~]+")
-_T = TypeVar("_T")
 
 
 def is_sendable_token(token: object) -> bool:
@@ -141,24 +138,6 @@ class TokenSource:
 
     def _fail(self, message: str) -> TokenUnavailable:
         return TokenUnavailable(f"provider '{self._provider}': {message}")
-
-
-async def in_daemon_thread(call: Callable[[], _T], name: str) -> _T:
-    """`call()` in a thread of its own that nothing waits for at exit: `asyncio.to_thread`'s
-    executor is joined by `asyncio.run`, so a fetch that hangs (a token endpoint trickling its
-    answer, a token_command until its timeout) held a shutdown up past its grace period."""
-    outcome: concurrent.futures.Future[_T] = concurrent.futures.Future()
-
-    def run() -> None:
-        if not outcome.set_running_or_notify_cancel():
-            return  # the awaiting task was cancelled before the thread ran
-        try:  # (running, the future can no longer be cancelled: setting it cannot raise)
-            outcome.set_result(call())
-        except BaseException as e:  # handed to the awaiting task
-            outcome.set_exception(e)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return await asyncio.wrap_future(outcome)  # (a loop closed meanwhile is left alone)
 
 
 class CommandToken(TokenSource):
