@@ -6,12 +6,15 @@ works end to end. Streams not in the recordings are built with tests/eventstream
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import logging
 import random
 import re
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -1061,6 +1064,41 @@ async def test_credential_lookup_and_renewal_happen_in_prepare_not_in_signing(
     assert "Credential=AKIDNEW/" in headers["Authorization"]
     assert headers["X-Amz-Security-Token"] == "t2"
     assert lookups == [1] and renewals == [1]  # signing did no I/O
+
+
+def test_a_hung_credential_lookup_holds_up_neither_the_shutdown_nor_other_threads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests give up on a lookup that hangs (a credential_process: botocore gives it no
+    timeout); it ran in asyncio.to_thread's executor, which asyncio.run joins at the end (a
+    SIGTERM waited for the command, whatever shutdown_grace said), and each request left a
+    thread of it there waiting on the lock, until no thread was left for anything else."""
+    release = threading.Event()
+    lookups = []
+
+    def hang(self: Any) -> None:
+        lookups.append(1)
+        release.wait(4)
+
+    monkeypatch.setattr(botocore.session.Session, "get_credentials", hang)
+    provider = BedrockProvider(bedrock_config("https://h", aws_access_key_id=None,
+                                              aws_secret_access_key=None).providers["aws"])
+    target = Target(provider, MODEL)
+
+    async def give_up() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(provider.prepare(target), 0.2)
+
+    async def requests_that_give_up() -> None:
+        await asyncio.gather(*(give_up() for _ in range(40)))
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 1) == "free"
+
+    started = time.monotonic()
+    try:
+        asyncio.run(requests_that_give_up())
+        assert time.monotonic() - started < 2
+        assert lookups == [1]  # one run, which every request waited for
+    finally:
+        release.set()
 
 
 def test_secrets_stay_out_of_logs_reprs_and_errors(caplog: pytest.LogCaptureFixture,

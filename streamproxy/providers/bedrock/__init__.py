@@ -10,7 +10,6 @@ way aiohttp will send it before it is signed, so the signed path is the path on 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
@@ -102,7 +101,7 @@ class BedrockProvider(Provider):
 
     async def prepare(self, target: Target) -> None:
         if self.auth.needs_io():  # the first credential lookup, or a renewal: off the loop
-            await asyncio.to_thread(self.auth.load)
+            await self.auth.load_off_loop()
 
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
         model = self.model_for(target)

@@ -14,14 +14,16 @@ botocore (~8 MB, 0.1 s to import) is imported only when SigV4 is used: a proxy w
 Bedrock provider, or one on an API key, never loads it. Signing is pure CPU and happens in
 `build_request`. Credentials are resolved once per provider
 and cached; botocore's refreshable credentials renew themselves. Both the first lookup and a
-renewal do I/O (instance metadata, STS, SSO): the provider's async `prepare()` runs them in a
-worker thread when `needs_io()` says so, so `build_request` finds them ready. The signed
+renewal do I/O (instance metadata, STS, SSO, a `credential_process`): the provider's async
+`prepare()` runs them in a daemon thread when `needs_io()` says so, so `build_request` finds them
+ready; the requests that need them meanwhile wait for that one run. The signed
 headers are those the request carries (content-type, configured extras) plus `Host`, which
 aiohttp sets to the same value.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -32,6 +34,7 @@ from typing import Any
 
 from streamproxy.config import ConfigError, ProviderConfig
 from streamproxy.errors import AuthenticationFailed
+from streamproxy.providers.threads import in_daemon_thread
 
 BEARER_ENV = "AWS_BEARER_TOKEN_BEDROCK"
 SIGNING_SERVICE = "bedrock"
@@ -97,6 +100,7 @@ class BedrockAuth:
         self._credentials: Any = None  # botocore (Refreshable)Credentials once resolved
         self._looked_at: float | None = None  # when the chain last came back empty
         self._lock = threading.Lock()  # one chain lookup at a time
+        self._loading_run: asyncio.Future[None] | None = None  # `load()`'s thread, until it ends
         # How requests authenticate, for check-config (names only); None: the configured key.
         self.summary: str | None = None
         if not self._bearer and access_key and secret:
@@ -152,8 +156,20 @@ class BedrockAuth:
         refresh_needed = getattr(credentials, "refresh_needed", None)  # refreshable ones only
         return refresh_needed is not None and refresh_needed()
 
+    async def load_off_loop(self) -> None:
+        """`load()` in a daemon thread, one run at a time. Not `asyncio.to_thread`: a lookup
+        that hangs (botocore gives a `credential_process` no timeout, an STS or SSO call its
+        own) held up the shutdown, which joins that executor, and each request that gave up
+        left a thread of it waiting on the lock, until the executor had none for others."""
+        if self._loading_run is None or self._loading_run.done():
+            self._loading_run = asyncio.ensure_future(
+                in_daemon_thread(self.load, f"aws-credentials-{self._provider}"))
+            self._loading_run.add_done_callback(_retrieve)
+        # shield: a request that gives up (its deadline, its client) must not end the run.
+        await asyncio.shield(self._loading_run)
+
     def load(self) -> None:
-        """Resolve, or renew, the credentials now (blocking; run in a worker thread)."""
+        """Resolve, or renew, the credentials now (blocking; run in a thread)."""
         credentials = self._resolve()
         if credentials is not None:
             with self._loading():
@@ -186,3 +202,10 @@ class BedrockAuth:
             raise AuthenticationFailed(  # the type only: botocore messages may name ARNs
                 f"provider '{self._provider}': AWS credentials could not be loaded "
                 f"({type(e).__name__})") from None
+
+
+def _retrieve(run: asyncio.Future[None]) -> None:
+    """A failed run's error, read so that one nobody still awaits is not reported as lost
+    (the next request runs the lookup again)."""
+    if not run.cancelled():
+        run.exception()
