@@ -409,6 +409,33 @@ async def test_invalid_config_header_is_a_400_naming_the_field(proxy: Any) -> No
         assert resp.status == 400
 
 
+@pytest.mark.parametrize(("field", "says"), [
+    ("vertex_project_id", "uses the project its gateway config names"),
+    ("vertex_service_account_json", "authenticates with its gateway config's credentials"),
+    ("aws_secret_access_key", "signs with its gateway config's AWS credentials"),
+])
+async def test_a_targets_cloud_credentials_are_a_400_saying_what_is_taken(
+        proxy: Any, field: str, says: str) -> None:
+    """Portkey's fields for a target's own Vertex project or key (AWS keys alike) were "not a
+    config field", as if misspelt; the answer says the gateway's own are used (and the region
+    is taken), as the portkey-ai SDK's headers for them are ignored. Never the value."""
+    client = await proxy(gateway_config())
+    secret = "-----BEGIN PRIVATE KEY-----secret-material"
+    config = {"strategy": {"mode": "fallback"},
+              "targets": [leaf("fast"), leaf("fast", vertex_region="us-east5",
+                                             **{field: secret})]}
+    resp = await post(client, json.dumps(config))
+    assert resp.status == 400
+    err = (await resp.json())["error"]
+    assert err["param"] == f"config.targets[1].{field}" and err["code"] == "invalid_config"
+    assert says in err["message"] and "is taken" in err["message"]
+    assert "not a config field" not in err["message"] and secret not in await resp.text()
+    # the SDK's headers for the same settings are ignored: the request is answered
+    sdk = await post(client, headers={"x-portkey-vertex-project-id": "other-proj",
+                                      "x-portkey-vertex-service-account-json": "{}"})
+    assert sdk.status == 200
+
+
 @pytest.mark.parametrize("api_key", ["sk-a\r\nX-Injected: 1", "sk-a\u0000b", "sk-\u007f"])
 async def test_a_config_api_key_with_a_control_character_is_a_400(proxy: Any,
                                                                    api_key: str) -> None:

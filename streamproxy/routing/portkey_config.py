@@ -47,6 +47,22 @@ _OPTION_LIST_RULE = "a comma-separated list of ids of letters, digits, '.', '-' 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Portkey fields we accept and ignore (they configure Portkey's hosted features).
 _IGNORED_KEYS = {"id", "strict_open_ai_compliance"}
+# Portkey's credential and account settings: a provider authenticates with what the gateway's
+# config gives it, never with a request's (the portkey-ai SDK's headers for them are ignored,
+# README). Refused here, where the field sits on one target: that target would not run as it
+# asks, and "not a config field" would not say why. (Never the value: it is a secret.)
+_CREDENTIALS_NOT_TAKEN = {
+    "vertex_project_id": "is not taken: a vertex provider uses the project its gateway config "
+                         "names, which its credentials are for; configure another provider "
+                         "for another project (vertex_region is taken)",
+    "vertex_service_account_json": "is not taken: a vertex provider authenticates with its "
+                                   "gateway config's credentials (credentials_file, ADC, "
+                                   "token_command), never a request's (vertex_region is taken)",
+    **{key: "is not taken: a bedrock provider signs with its gateway config's AWS credentials "
+            "(keys, profile or the host's credential chain), never a request's (aws_region is "
+            "taken)"
+       for key in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")},
+}
 # Guardrails and mutators: refused unless empty, since serving a request without the checks
 # its config asks for would be worse than a 400.
 _HOOK_KEYS = {"before_request_hooks", "after_request_hooks", "input_guardrails",
@@ -223,6 +239,8 @@ def parse_config(raw: Any, path: str = "config", parent: ConfigNode | None = Non
             if raw[key]:
                 raise _bad(f"{path}.{key}", "asks for guardrails or mutators, which this gateway "
                                             "does not run")
+        elif key in _CREDENTIALS_NOT_TAKEN:
+            raise _bad(f"{path}.{key}", _CREDENTIALS_NOT_TAKEN[key])
         elif key not in _NODE_KEYS and key not in _IGNORED_KEYS:
             raise _bad(f"{path}.{key}", "is not a config field")
     base = parent or ConfigNode(path=path)
