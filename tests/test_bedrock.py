@@ -7,6 +7,7 @@ works end to end. Streams not in the recordings are built with tests/eventstream
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
@@ -16,6 +17,7 @@ import re
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -23,6 +25,7 @@ import botocore.session
 import orjson
 import pydantic
 import pytest
+from aiohttp import web
 from botocore.credentials import RefreshableCredentials
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -50,6 +53,7 @@ from tests.helpers import (
     relay_pieces,
     sse_chunks,
 )
+from tests.test_egress import ForwardProxy
 
 RECORDING = fixture_bytes("bedrock/pydantic-ai_bedrock_model_iter_stream.converse-stream.bin")
 EXCEPTION = fixture_bytes("bedrock/vercel-ai_model-stream-error-exception.eventstream.bin")
@@ -1099,6 +1103,62 @@ def test_a_hung_credential_lookup_holds_up_neither_the_shutdown_nor_other_thread
         assert lookups == [1]  # one run, which every request waited for
     finally:
         release.set()
+
+
+ASSUMED_ROLE = b"""<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+<AssumeRoleResult><Credentials><AccessKeyId>AKIDROLE</AccessKeyId>
+<SecretAccessKey>role-secret</SecretAccessKey><SessionToken>role-token</SessionToken>
+<Expiration>2099-01-01T00:00:00Z</Expiration></Credentials>
+<AssumedRoleUser><AssumedRoleId>AROAEXAMPLE:s</AssumedRoleId>
+<Arn>arn:aws:sts::123456789012:assumed-role/r/s</Arn></AssumedRoleUser></AssumeRoleResult>
+<ResponseMetadata><RequestId>1</RequestId></ResponseMetadata></AssumeRoleResponse>"""
+
+
+@pytest.mark.parametrize("credentials", ["", "alice:p%40ss@"])
+async def test_sts_is_reached_through_the_upstream_proxy(
+        proxy: Any, upstream: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        credentials: str) -> None:
+    """botocore's own calls (STS for a profile's role, web identity, SSO) leave as the
+    upstream requests do (`server.upstream_proxy`), not as botocore would on its own (the
+    environment's proxy, here a dead one): a host that reaches AWS only through its egress
+    proxy had no credentials, and answered 401."""
+    hermetic_aws_env(monkeypatch)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", "http://sts.example.test")
+    aws_config = tmp_path / "aws-config"
+    aws_config.write_text("[profile dev]\nrole_arn = arn:aws:iam::123456789012:role/r\n"
+                          "source_profile = base\nregion = us-west-2\n[profile base]\n"
+                          "aws_access_key_id = AKIDBASE\naws_secret_access_key = base\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(aws_config))
+    async def assume_role(request: web.Request) -> web.Response:
+        return web.Response(body=ASSUMED_ROLE, content_type="text/xml")
+
+    sts = web.Application()
+    sts.router.add_post("/", assume_role)
+    runner = web.AppRunner(sts)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    forward = ForwardProxy(("127.0.0.1", runner.addresses[0][1]))
+    await forward.start()
+    upstream.content_type = EVENTSTREAM
+    upstream.body = RECORDING
+    config = make_config(
+        {"aws": {"type": "bedrock", "base_url": upstream.url, "region": "us-west-2",
+                 "profile": "dev", "default_model": MODEL}}, default="aws",
+        server={"upstream_proxy": {"url": f"http://{credentials}127.0.0.1:{forward.port}"}})
+    try:
+        client = await proxy(config)
+        resp = await stream_request(client)
+        assert resp.status == 200, await resp.text()
+    finally:
+        await forward.stop()
+        await runner.cleanup()
+    [head] = forward.heads
+    assert head.startswith(b"POST http://sts.example.test/ HTTP/1.1\r\n")
+    if credentials:
+        assert b"Proxy-Authorization: Basic " + base64.b64encode(b"alice:p@ss") in head
+    assert verify_sigv4(upstream.requests[0], "role-secret", "us-west-2")["akid"] == "AKIDROLE"
 
 
 def test_secrets_stay_out_of_logs_reprs_and_errors(caplog: pytest.LogCaptureFixture,

@@ -35,6 +35,7 @@ from streamproxy.providers.bedrock.stream import BedrockStreamTranslator
 if TYPE_CHECKING:
     from streamproxy.openai_api.request import ChatRequest
     from streamproxy.routing.target import Target
+    from streamproxy.upstream.egress import EgressProxies
 
 
 NO_REGION = "no AWS region: set region, AWS_REGION / AWS_DEFAULT_REGION, or one in the profile"
@@ -98,6 +99,9 @@ class BedrockProvider(Provider):
         if is_claude(self.answering_model(target) or ""):
             return super().answering_option_values(target)
         return {}
+
+    def use_egress(self, egress: EgressProxies) -> None:
+        self.auth.egress = egress
 
     async def prepare(self, target: Target) -> None:
         if self.auth.needs_io():  # the first credential lookup, or a renewal: off the loop

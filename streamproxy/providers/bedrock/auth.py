@@ -16,7 +16,8 @@ Bedrock provider, or one on an API key, never loads it. Signing is pure CPU and 
 and cached; botocore's refreshable credentials renew themselves. Both the first lookup and a
 renewal do I/O (instance metadata, STS, SSO, a `credential_process`): the provider's async
 `prepare()` runs them in a daemon thread when `needs_io()` says so, so `build_request` finds them
-ready; the requests that need them meanwhile wait for that one run. The signed
+ready; the requests that need them meanwhile wait for that one run. botocore's own HTTP calls
+(STS for a role or web identity, SSO) take the egress proxy the upstream requests take. The signed
 headers are those the request carries (content-type, configured extras) plus `Host`, which
 aiohttp sets to the same value.
 """
@@ -28,13 +29,17 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from streamproxy.config import ConfigError, ProviderConfig
 from streamproxy.errors import AuthenticationFailed
 from streamproxy.providers.threads import in_daemon_thread
+
+if TYPE_CHECKING:
+    from streamproxy.upstream.egress import EgressProxies
 
 BEARER_ENV = "AWS_BEARER_TOKEN_BEDROCK"
 SIGNING_SERVICE = "bedrock"
@@ -101,6 +106,9 @@ class BedrockAuth:
         self._looked_at: float | None = None  # when the chain last came back empty
         self._lock = threading.Lock()  # one chain lookup at a time
         self._loading_run: asyncio.Future[None] | None = None  # `load()`'s thread, until it ends
+        # `server.upstream_proxy`, as the upstream clients follow it (server/app.py sets it);
+        # None: botocore's own choice (the environment's proxies).
+        self.egress: EgressProxies | None = None
         # How requests authenticate, for check-config (names only); None: the configured key.
         self.summary: str | None = None
         if not self._bearer and access_key and secret:
@@ -187,6 +195,9 @@ class BedrockAuth:
                 import botocore.session
 
                 session = botocore.session.Session(profile=self._profile)
+                if self.egress is not None:  # (the credential providers' client factory)
+                    session.create_client = partial(_routed_client, session.create_client,
+                                                    self.egress)
                 self._credentials = session.get_credentials()
             if self._credentials is None:
                 self._looked_at = time.monotonic()
@@ -209,3 +220,17 @@ def _retrieve(run: asyncio.Future[None]) -> None:
     (the next request runs the lookup again)."""
     if not run.cancelled():
         run.exception()
+
+
+def _routed_client(create: Callable[..., Any], egress: EgressProxies, service_name: str,
+                   *args: Any, config: Any = None, **kwargs: Any) -> Any:
+    """A botocore client (STS, SSO: a credential provider's) whose calls take `egress`'s
+    route to its endpoint; botocore would follow the environment's proxies. The endpoint is
+    known only once a client is made: the first one, which sends nothing, tells it (this runs
+    when credentials are fetched or renewed, not per request)."""
+    from botocore.config import Config
+
+    endpoint = create(service_name, *args, config=config, **kwargs).meta.endpoint_url
+    routed = Config(proxies=egress.requests_proxies(endpoint))
+    return create(service_name, *args, config=routed if config is None else config.merge(routed),
+                  **kwargs)
