@@ -736,6 +736,28 @@ def test_claude_thinking_from_effort_beside_sampling_it_refuses_is_a_400(
     to_converse(request, MODEL)  # other models get no thinking, so nothing is refused
 
 
+def test_top_k_goes_where_claude_and_nova_take_it_and_is_dropped_elsewhere() -> None:
+    """The extra_body `top_k` Anthropic, Gemini, Cohere and Ollama take was dropped on Bedrock
+    for every model: Converse has no field for it, Claude takes it as an additional field and
+    Nova in its own inferenceConfig there."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "top_k": 5}
+    assert to_converse(body, CLAUDE)["additionalModelRequestFields"] == {"top_k": 5}
+    assert to_converse(body, "us.amazon.nova-2-lite-v1:0")["additionalModelRequestFields"] == {
+        "inferenceConfig": {"topK": 5}}
+    assert "additionalModelRequestFields" not in to_converse(
+        body, "meta.llama3-3-70b-instruct-v1:0")
+    # A client's own fields win.
+    own = {**body, "additionalModelRequestFields": {"top_k": 9}}
+    assert to_converse(own, CLAUDE)["additionalModelRequestFields"] == {"top_k": 9}
+    own = {**body, "additionalModelRequestFields": {"inferenceConfig": {"topK": 9}}}
+    assert to_converse(own, MODEL)["additionalModelRequestFields"] == {
+        "inferenceConfig": {"topK": 9}}
+    # As on Anthropic, Claude's thinking beside a top_k is a 400 naming it.
+    with pytest.raises(InvalidRequest) as caught:
+        to_converse({**body, "reasoning_effort": "low"}, CLAUDE)
+    assert caught.value.param == "top_k"
+
+
 def test_claude_refuses_a_whitespace_only_stop_sequence() -> None:
     body = {"messages": [{"role": "user", "content": "hi"}], "stop": ["END", "\n"]}
     with pytest.raises(InvalidRequest) as caught:
@@ -1454,6 +1476,17 @@ async def test_claudes_betas_reach_converse_for_claude_alone(proxy: Any, upstrea
     assert await fields_sent(CLAUDE, {"x-portkey-anthropic-version": "2023-06-01"}) == {
         "anthropic_beta": ["b-provider"]}
     verify_sigv4(upstream.requests[-1], SECRET, "us-west-2")
+
+
+async def test_top_k_reaches_nova_through_the_proxy(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = EVENTSTREAM
+    upstream.body = RECORDING
+    client = await proxy(bedrock_config(upstream.url))
+    resp = await stream_request(client, top_k=20)
+    assert resp.status == 200
+    await resp.read()
+    sent = upstream.requests[-1].json()
+    assert sent["additionalModelRequestFields"] == {"inferenceConfig": {"topK": 20}}
 
 
 @pytest.mark.parametrize("value", [5, "b1\r\nx-evil: 1", ["b1", 3]])

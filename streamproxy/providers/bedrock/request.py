@@ -42,6 +42,10 @@ Choices (docs/providers/bedrock.md):
   schema closed as Anthropic's `closed_objects` does, sent as a JSON string) for the models
   NATIVE_SCHEMA_MODELS names, or for any model with STRUCTURED_OUTPUTS "native"; otherwise, and
   for json_object (Converse has no schema-less JSON mode), a system instruction (not enforced);
+- `top_k` (no OpenAI parameter, but the extra_body name Anthropic, Gemini, Cohere and Ollama
+  take) → `additionalModelRequestFields.top_k` for Claude, `….inferenceConfig.topK` for Nova
+  (where AWS documents each); dropped for other models, whose fields differ or lack one (a
+  client's own value in `additionalModelRequestFields` wins);
 - Converse-native fields a client may pass (openai SDK `extra_body`) are forwarded: PASSTHROUGH;
 - the provider option `anthropic_beta` (Claude's betas, as the `anthropic` type sends in its
   `anthropic-beta` header) → `additionalModelRequestFields.anthropic_beta`, a list, for Claude
@@ -121,6 +125,10 @@ def is_claude(model: str) -> bool:
     return "anthropic.claude" in model
 
 
+def is_nova(model: str) -> bool:
+    return "amazon.nova" in model
+
+
 def takes_native_schema(model: str, structured_outputs: str = "auto") -> bool:
     if structured_outputs == "auto":
         return any(name in model for name in NATIVE_SCHEMA_MODELS)
@@ -146,6 +154,8 @@ def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "aut
             out[key] = body[key]
     if anthropic_betas and is_claude(model):
         _add_betas(out, anthropic_betas)
+    if body.get("top_k") is not None:
+        _add_top_k(out, body["top_k"], model)
     inference = _inference_config(body, model, out)
     if inference:
         out["inferenceConfig"] = inference
@@ -166,6 +176,21 @@ def _add_betas(out: dict[str, Any], betas: list[str]) -> None:
     fields = fields if isinstance(fields, dict) else {}
     if "anthropic_beta" not in fields:
         out["additionalModelRequestFields"] = {**fields, "anthropic_beta": betas}
+
+
+def _add_top_k(out: dict[str, Any], top_k: Any, model: str) -> None:
+    """`top_k` where the model's own fields take it (Converse's inferenceConfig has none), so a
+    Claude with thinking refuses it as on Anthropic; unless the client's fields name one."""
+    fields = out.get("additionalModelRequestFields")
+    fields = fields if isinstance(fields, dict) else {}
+    if is_claude(model) and "top_k" not in fields:
+        out["additionalModelRequestFields"] = {**fields, "top_k": top_k}
+    elif is_nova(model):
+        nova = fields.get("inferenceConfig")
+        nova = nova if isinstance(nova, dict) else {}
+        if "topK" not in nova:
+            out["additionalModelRequestFields"] = {**fields,
+                                                   "inferenceConfig": {**nova, "topK": top_k}}
 
 
 def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> dict[str, Any]:
