@@ -766,6 +766,13 @@ def test_claude_refuses_a_whitespace_only_stop_sequence() -> None:
     assert to_converse(body, MODEL)["inferenceConfig"] == {"stopSequences": ["END", "\n"]}
 
 
+def test_other_models_get_no_empty_stop_sequence() -> None:
+    # Converse refuses one (stopSequences members are 1 character at least); OpenAI takes it.
+    body = {"messages": [{"role": "user", "content": "hi"}], "stop": ["END", ""]}
+    assert to_converse(body, MODEL)["inferenceConfig"] == {"stopSequences": ["END"]}
+    assert "inferenceConfig" not in to_converse({**body, "stop": [""]}, MODEL)
+
+
 def test_a_user_turn_with_documents_gets_text_beside_them() -> None:
     """Converse: "A text block must be included when using documents." Text anywhere in the
     merged user turn counts; a turn that has some gets none added."""

@@ -36,7 +36,8 @@ Choices (docs/providers/bedrock.md):
   text beside documents);
 - a tool result with no text (or only blank text) is sent as EMPTY_TOOL_RESULT: Converse
   rejects blank text blocks and an empty `content`;
-- a whitespace-only stop sequence is a 400 for Claude, as on Anthropic;
+- a whitespace-only stop sequence is a 400 for Claude, as on Anthropic; other models get no
+  empty one (Converse refuses it);
 - `top_p` 1 (no nucleus cut) is not sent for Claude, which refuses it beside `temperature`;
 - `response_format` json_schema → Converse structured outputs (`outputConfig.textFormat`, the
   schema closed as Anthropic's `closed_objects` does, sent as a JSON string) for the models
@@ -215,7 +216,10 @@ def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> 
     if stop and is_claude(model):
         config["stopSequences"] = claude_stop_sequences(stop)
     elif stop:
-        config["stopSequences"] = stop_list(stop)
+        # Converse refuses an empty sequence (length 1 at least); it cuts nothing, so it goes.
+        sequences = [sequence for sequence in stop_list(stop) if sequence]
+        if sequences:
+            config["stopSequences"] = sequences
     return config
 
 
