@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.providers.gemini.auth import CommandToken
 from streamproxy.providers.gemini.errors import RETRY_INFO, google_error
+from streamproxy.providers.gemini.response import to_completion
 from streamproxy.providers.gemini.stream import GeminiStreamTranslator
 from tests.conftest import provider_config
 from tests.helpers import (
@@ -242,6 +243,37 @@ def test_a_signature_on_a_text_part_is_kept() -> None:
     c = collect(sse_chunks(translate([body])))
     assert c.content == "Hi" and c.finish_reason == "stop"
     assert c.thinking_blocks == [{"type": "thought_signature", "signature": "dGV4dA=="}]
+
+
+AUDIO_PROMPT_USAGE = {  # an input_audio prompt, per-modality details as Gemini gives them
+    "promptTokenCount": 236, "candidatesTokenCount": 12, "totalTokenCount": 248,
+    "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 11},
+                            {"modality": "AUDIO", "tokenCount": 225}],
+    "candidatesTokensDetails": [{"modality": "TEXT", "tokenCount": 12}]}
+
+
+def test_audio_prompt_tokens_are_reported() -> None:
+    """`promptTokensDetails`' AUDIO count → `prompt_tokens_details.audio_tokens`, as OpenAI
+    reports an audio prompt's tokens (billed above text); streamed and not alike."""
+    elements = [chunk([{"text": "A dog "}]),
+                chunk([{"text": "barks."}], finish="STOP", usage=AUDIO_PROMPT_USAGE)]
+    body = gemini_sse(elements)
+    details = {"cached_tokens": 0, "audio_tokens": 225}
+    rng = random.Random(11)
+    for pieces in ([body], *(random_splits(body, rng, max_piece=30) for _ in range(10))):
+        c = collect(sse_chunks(translate(pieces)))
+        assert c.content == "A dog barks." and c.done
+        assert c.usage["prompt_tokens"] == 236 and c.usage["prompt_tokens_details"] == details
+    whole = {**elements[1], "candidates": [{**elements[1]["candidates"][0], "content": {
+        "role": "model", "parts": [{"text": "A dog barks."}]}}]}
+    answer = to_completion(orjson.dumps(whole), completion_id="c", created=1, model="m")
+    assert answer["usage"]["prompt_tokens_details"] == details
+    # No AUDIO entry (a text prompt): the details stay as they were.
+    text_only = {**AUDIO_PROMPT_USAGE, "promptTokensDetails": [{"modality": "TEXT",
+                                                                 "tokenCount": 236}]}
+    c = collect(sse_chunks(translate([gemini_sse([chunk([{"text": "x"}], finish="STOP",
+                                                        usage=text_only)])])))
+    assert c.usage["prompt_tokens_details"] == {"cached_tokens": 0}
 
 
 def test_a_call_without_arguments_gets_an_empty_object() -> None:

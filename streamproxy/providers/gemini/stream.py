@@ -103,8 +103,17 @@ def map_usage(u: dict[str, Any]) -> dict[str, Any]:
     thoughts = u.get("thoughtsTokenCount") or 0
     completion = (u.get("candidatesTokenCount") or 0) + thoughts
     total = u.get("totalTokenCount")
-    return make_usage(prompt, completion, cached=u.get("cachedContentTokenCount") or 0,
-                      reasoning=thoughts, total=total if isinstance(total, int) else None)
+    usage = make_usage(prompt, completion, cached=u.get("cachedContentTokenCount") or 0,
+                       reasoning=thoughts, total=total if isinstance(total, int) else None)
+    audio = _modality_tokens(u.get("promptTokensDetails"), "AUDIO")
+    if audio:  # OpenAI's field for it; Gemini bills audio input above text
+        usage["prompt_tokens_details"]["audio_tokens"] = audio
+    return usage
+
+
+def _modality_tokens(details: Any, modality: str) -> int:
+    """The tokens of one modality in a `…TokensDetails` list (`[{modality, tokenCount}]`)."""
+    return sum(d.get("tokenCount") or 0 for d in details or () if d.get("modality") == modality)
 
 
 def unread_usage(chunk: bytes) -> Any:
