@@ -14,6 +14,7 @@ import pytest
 from streamproxy.errors import ProxyError
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.request import parse_chat_request
+from streamproxy.providers.anthropic.response import to_completion
 from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
 from streamproxy.providers.openai_compat import PassthroughTranslator
 from tests.conftest import provider_config
@@ -458,3 +459,91 @@ def test_anthropic_blocks_and_deltas_with_no_openai_slot() -> None:
     assert c.content == "Now."
     assert c.tool_calls == [{"id": "t1", "name": "now", "arguments": "{}"}]  # index 0
     assert c.finish_reason == "tool_calls" and c.done
+
+
+# An answer with server tools, as Anthropic's web search, web fetch and code execution docs show
+# them (doc-derived: no recorded one was found). Nothing in it may become a client tool call but
+# the one tool_use; the text arrives whole, its citations dropped; usage is message_delta's.
+SEARCHED = [
+    {"type": "server_tool_use", "id": "srvtoolu_01", "name": "web_search",
+     "input": {"query": "weather NYC today"}},
+    {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_01", "content": [
+        {"type": "web_search_result", "url": "https://w.example/nyc", "title": "NYC",
+         "encrypted_content": "EqgfCioIARgB", "page_age": "January 1, 2025"}]},
+    {"type": "text", "text": "It is sunny", "citations": [
+        {"type": "web_search_result_location", "url": "https://w.example/nyc", "title": "NYC",
+         "encrypted_index": "Eo8BCioIAhgB", "cited_text": "Sunny, 75F"}]},
+    {"type": "text", "text": " and 75°F.\n"},
+    {"type": "server_tool_use", "id": "srvtoolu_02", "name": "web_fetch",
+     "input": {"url": "https://w.example/nyc"}},
+    {"type": "web_fetch_tool_result", "tool_use_id": "srvtoolu_02", "content": {
+        "type": "web_fetch_result", "url": "https://w.example/nyc", "content": {}}},
+    {"type": "server_tool_use", "id": "srvtoolu_03", "name": "bash_code_execution",
+     "input": {"command": "echo 75"}},
+    {"type": "bash_code_execution_tool_result", "tool_use_id": "srvtoolu_03", "content": {
+        "type": "bash_code_execution_result", "stdout": "75\n", "stderr": "",
+        "return_code": 0, "content": []}},
+    {"type": "mcp_tool_use", "id": "mcptoolu_01", "name": "lookup", "server_name": "s",
+     "input": {"q": "x"}},
+    {"type": "mcp_tool_result", "tool_use_id": "mcptoolu_01", "is_error": False,
+     "content": [{"type": "text", "text": "y"}]},
+    {"type": "tool_use", "id": "toolu_01", "name": "save", "input": {"temp": 75}},
+]
+SEARCHED_USAGE = {"input_tokens": 10682, "cache_creation_input_tokens": 0,
+                  "cache_read_input_tokens": 0, "output_tokens": 510,
+                  "server_tool_use": {"web_search_requests": 1, "web_fetch_requests": 1},
+                  "cache_creation": {"ephemeral_5m_input_tokens": 0,
+                                     "ephemeral_1h_input_tokens": 0},
+                  "service_tier": "standard"}
+
+
+def _searched_events() -> list[dict[str, Any]]:
+    """SEARCHED as Anthropic streams it: inputs as JSON fragments, citations as deltas."""
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": {
+            "id": "msg_01", "type": "message", "role": "assistant", "model": "claude-x",
+            "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {**SEARCHED_USAGE, "input_tokens": 2679, "output_tokens": 3,
+                      "server_tool_use": None}}},
+        {"type": "ping"}]
+    for i, b in enumerate(SEARCHED):
+        start, deltas = dict(b), []
+        if "input" in b:
+            start["input"] = {}
+            args = orjson.dumps(b["input"]).decode()
+            deltas = [{"type": "input_json_delta", "partial_json": part}
+                      for part in ("", args[:5], args[5:])]
+        elif b["type"] == "text":
+            start = {"type": "text", "text": ""}
+            deltas = [{"type": "citations_delta", "citation": c} for c in b.get("citations", [])]
+            deltas.append({"type": "text_delta", "text": b["text"]})
+        events += block(i, start, *deltas)
+    return [*events,
+            {"type": "message_delta", "delta": {}, "usage": {"output_tokens": 400}},
+            {"type": "a_future_event"},
+            {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+             "usage": SEARCHED_USAGE},
+            {"type": "message_stop"}]
+
+
+def test_anthropic_server_tool_answer_streamed_and_whole_agree() -> None:
+    whole = to_completion(orjson.dumps({
+        "id": "msg_01", "type": "message", "role": "assistant", "model": "claude-x",
+        "content": SEARCHED, "stop_reason": "tool_use", "stop_sequence": None,
+        "container": {"id": "container_01", "expires_at": "2025-01-01T00:00:00Z"},
+        "usage": SEARCHED_USAGE}), completion_id="chatcmpl-t", created=1, model="m")
+    [choice] = whole["choices"]
+    msg = choice["message"]
+    assert msg["content"] == "It is sunny and 75°F.\n"
+    assert msg["tool_calls"] == [{"id": "toolu_01", "type": "function", "function": {
+        "name": "save", "arguments": '{"temp":75}'}}]
+    assert choice["finish_reason"] == "tool_calls"
+    assert whole["usage"]["prompt_tokens"] == 10682 and whole["usage"]["total_tokens"] == 11192
+    body = b"".join(b"event: %b\ndata: %b\n\n" % (e["type"].encode(), orjson.dumps(e))
+                    for e in _searched_events())
+    golden = Golden("anthropic", body, msg["content"], "tool_calls", (10682, 510, 11192),
+                    [("toolu_01", "save", {"temp": 75})])
+    rng = random.Random("searched")
+    for pieces in ([body], event_reads(body, 1), event_reads(body, 3),
+                   *(random_splits(body, rng, max_piece=rng.choice([3, 50])) for _ in range(25))):
+        check(golden, translate(golden, pieces))

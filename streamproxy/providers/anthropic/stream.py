@@ -148,7 +148,8 @@ class AnthropicStreamTranslator(SSETranslator):
                 # return the block unchanged on its next turn.
                 self.out.thinking_block({"type": "thinking", "thinking": "".join(self._thinking),
                                          "signature": delta["signature"]})
-            # citations_delta and future delta types have no OpenAI slot: dropped.
+            # citations_delta (annotations would need the content's character offsets, which
+            # the spliced text path does not count) and future delta types: dropped (README).
         elif kind == "content_block_start":
             self._block_start(msg["index"], msg["content_block"])
         elif kind == "content_block_stop":
