@@ -91,6 +91,15 @@ def make(raw: dict[str, Any], seed: int = 0, breakers: CircuitBreakers | None = 
         {"provider": "a", "override_params": {"n": 2}}]},
      "config.targets[0].override_params.n"),
     ({"provider": "a", "override_params": {"n": 1}}, "config.override_params.n"),
+    # an override goes on top of a checked body: a server tool's shape reached Anthropic's
+    # translator unchecked (KeyError 'function': a 500)
+    ({"provider": "a", "override_params": {"tools": [
+        {"type": "web_search_20250305", "name": "web_search"}]}},
+     "config.override_params.tools[0].function.name"),
+    ({"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "a", "override_params": {"temperature": "hot"}}]},
+     "config.targets[0].override_params.temperature"),
+    ({"provider": "a", "override_params": {"messages": []}}, "config.override_params.messages"),
 ])
 def test_invalid_configs_name_the_bad_field(raw: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as info:
@@ -98,6 +107,13 @@ def test_invalid_configs_name_the_bad_field(raw: dict[str, Any], param: str) -> 
     assert info.value.param == param
     assert info.value.status == 400
     assert param in info.value.message
+
+
+def test_overrides_that_need_a_request_field_are_checked_beside_it() -> None:
+    """stream_options and top_logprobs need stream and logprobs, which the request brings."""
+    root = parse_config({"provider": "a", "override_params": {
+        "stream_options": {"include_usage": True}, "top_logprobs": 2, "max_tokens": 5}})
+    assert root.override_params["top_logprobs"] == 2
 
 
 def test_targets_inherit_retry_timeouts_and_merge_override_params() -> None:

@@ -15,7 +15,10 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import orjson
+
 from streamproxy.errors import InvalidRequest
+from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.routing.conditions import validate_query
 
 MODES = ("single", "fallback", "loadbalance", "conditional")
@@ -140,6 +143,29 @@ def option_value_error(name: str, value: Any) -> str | None:
 def _bad(path: str, reason: str) -> InvalidRequest:
     return InvalidRequest(f"Invalid config: '{path}' {reason}.", param=path,
                           code="invalid_config")
+
+
+# What an override's fields are checked beside: a request's messages, and the fields some of
+# them require (stream_options needs stream, top_logprobs needs logprobs) when it does not set
+# them itself — the request brings those.
+_OVERRIDE_COMPANIONS = {"messages": [{"role": "user", "content": "-"}]}
+_NEEDS = {"stream_options": ("stream", True), "top_logprobs": ("logprobs", True)}
+
+
+def _check_overrides(params: dict[str, Any], where: str) -> None:
+    """An override goes on top of every body after the request's checks ran: checked as a
+    request's own fields are (an override's `tools` of another shape reached a provider's
+    translator unchecked: a KeyError there, a 500)."""
+    probe = {**_OVERRIDE_COMPANIONS, **params}
+    for name, (needed, value) in _NEEDS.items():
+        if name in params and needed not in params:
+            probe[needed] = value
+    try:
+        parse_chat_request(orjson.dumps(probe))
+    except InvalidRequest as e:
+        field_ = f"{where}.{e.param}" if e.param else where
+        raise InvalidRequest(f"Invalid config: '{field_}': {e.message}", param=field_,
+                             code="invalid_config") from None
 
 
 def _codes(value: Any, path: str) -> frozenset[int]:
@@ -296,6 +322,7 @@ def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode
             # storage kept choice 0 alone (they read n from the request)
             raise _bad(f"{path}.override_params.n", "would change how many choices the "
                        "answer has from what the client asked for: send n in the request body")
+        _check_overrides(params, f"{path}.override_params")
         changes["override_params"] = {**node.override_params, **params}
     if "forward_headers" in raw:
         headers = raw["forward_headers"]
