@@ -758,6 +758,60 @@ def test_top_k_goes_where_claude_and_nova_take_it_and_is_dropped_elsewhere() -> 
     assert caught.value.param == "top_k"
 
 
+NOVA_2 = "us.amazon.nova-2-lite-v1:0"
+GPT_OSS = "openai.gpt-oss-120b-1:0"
+
+
+@pytest.mark.parametrize(("effort", "nova", "gpt_oss"), [
+    ("none", None, "low"),  # Nova 2 reasons only when asked; gpt-oss always does
+    ("minimal", "low", "low"),
+    ("low", "low", "low"),
+    ("medium", "medium", "medium"),
+    ("high", "high", "high"),
+    ("xhigh", "high", "high"),
+])
+def test_reasoning_effort_is_nova_2_and_gpt_oss_reasoning_levels(
+        effort: str, nova: str | None, gpt_oss: str) -> None:
+    """AWS documents reasoning settings in additionalModelRequestFields for Nova 2
+    (reasoningConfig) and gpt-oss (OpenAI's reasoning_effort), as LiteLLM maps them; both take
+    low / medium / high. They were dropped."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": effort}
+    fields = to_converse(body, NOVA_2).get("additionalModelRequestFields")
+    assert fields == (nova and {"reasoningConfig": {"type": "enabled",
+                                                    "maxReasoningEffort": nova}})
+    for model in (GPT_OSS, "us.openai.gpt-oss-20b-1:0"):
+        assert to_converse(body, model)["additionalModelRequestFields"] == {
+            "reasoning_effort": gpt_oss}
+
+
+def test_nova_2_and_gpt_oss_reasoning_keeps_a_clients_own_and_other_models_drop_it() -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "high",
+            "top_k": 5, "max_tokens": 300}
+    own = {"reasoningConfig": {"type": "enabled", "maxReasoningEffort": "low"}}
+    out = to_converse({**body, "additionalModelRequestFields": own}, NOVA_2)
+    assert out["additionalModelRequestFields"] == {**own, "inferenceConfig": {"topK": 5}}
+    out = to_converse({**body, "additionalModelRequestFields": {"reasoning_effort": "low"}},
+                      GPT_OSS)
+    assert out["additionalModelRequestFields"] == {"reasoning_effort": "low"}
+    # Nova 1, DeepSeek-R1 (always reasons, no setting), Llama: documented drop.
+    for model in (MODEL, "us.deepseek.r1-v1:0", "meta.llama3-3-70b-instruct-v1:0"):
+        assert "reasoning_effort" not in str(to_converse(body, model))
+        assert "reasoningConfig" not in str(to_converse(body, model))
+
+
+@pytest.mark.parametrize(("effort", "param"), [("high", "max_tokens"),
+                                               ("xhigh", "max_completion_tokens")])
+def test_nova_2_high_reasoning_beside_a_max_is_a_400(effort: str, param: str) -> None:
+    # Nova 2 refuses maxTokens with maxReasoningEffort high; only the client knows which to drop.
+    body = {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": effort,
+            param: 500}
+    with pytest.raises(InvalidRequest) as caught:
+        to_converse(body, NOVA_2)
+    assert caught.value.param == param and effort in str(caught.value)
+    medium = to_converse({**body, "reasoning_effort": "medium"}, NOVA_2)
+    assert medium["inferenceConfig"] == {"maxTokens": 500}
+
+
 def test_claude_refuses_a_whitespace_only_stop_sequence() -> None:
     body = {"messages": [{"role": "user", "content": "hi"}], "stop": ["END", "\n"]}
     with pytest.raises(InvalidRequest) as caught:
@@ -1494,6 +1548,19 @@ async def test_top_k_reaches_nova_through_the_proxy(proxy: Any, upstream: Any) -
     await resp.read()
     sent = upstream.requests[-1].json()
     assert sent["additionalModelRequestFields"] == {"inferenceConfig": {"topK": 20}}
+
+
+async def test_reasoning_effort_reaches_nova_2_through_the_proxy(proxy: Any,
+                                                                 upstream: Any) -> None:
+    upstream.content_type = EVENTSTREAM
+    upstream.body = RECORDING
+    client = await proxy(bedrock_config(upstream.url))
+    resp = await stream_request(client, model="us.amazon.nova-2-lite-v1:0",
+                                reasoning_effort="medium")
+    assert resp.status == 200
+    await resp.read()
+    assert upstream.requests[-1].json()["additionalModelRequestFields"] == {
+        "reasoningConfig": {"type": "enabled", "maxReasoningEffort": "medium"}}
 
 
 @pytest.mark.parametrize("value", [5, "b1\r\nx-evil: 1", ["b1", 3]])

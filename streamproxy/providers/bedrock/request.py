@@ -21,8 +21,10 @@ Choices (docs/providers/bedrock.md):
 - `reasoning_effort` minimal/low/medium/high/xhigh → `additionalModelRequestFields.thinking`
   with a budget of 1024/1024/4096/16384/24576 tokens for Claude models (`anthropic.claude` in
   the model id), kept below the client's max and refused beside a temperature other than 1, a
-  top_k or a top_p below 0.95, as on Anthropic (anthropic/thinking.py); dropped for other
-  models;
+  top_k or a top_p below 0.95, as on Anthropic (anthropic/thinking.py); for Nova 2
+  (`amazon.nova-2-`) → `additionalModelRequestFields.reasoningConfig` and for gpt-oss
+  (`openai.gpt-oss`) → `….reasoning_effort`, the nearest of the low/medium/high both take
+  (REASONING_LEVELS; Nova 2's high beside a max is a 400); dropped for other models;
 - assistant `thinking_blocks` (as we stream them; or Portkey's forms, see `signed_thinking`)
   go back as `reasoningContent` blocks; one without its signature (or a redacted one without
   data) is left out;
@@ -118,6 +120,11 @@ NATIVE_SCHEMA_MODELS = ("anthropic.claude-haiku-4-5", "anthropic.claude-sonnet-4
 # The provider option `structured_outputs`: native for the models above (auto), for every
 # model (native), or never (instruction).
 STRUCTURED_OUTPUTS = ("auto", "native", "instruction")
+# reasoning_effort → the level Nova 2 (`reasoningConfig.maxReasoningEffort`) and gpt-oss (its
+# own `reasoning_effort`) take: low, medium or high, the nearest one. Nova 2 reasons only when
+# asked, so "none" sends nothing; gpt-oss always reasons, so "none" is its least, as Gemini 3's.
+REASONING_LEVELS = {"none": "low", "minimal": "low", "low": "low", "medium": "medium",
+                    "high": "high", "xhigh": "high"}
 # Converse document names allow letters, digits, whitespace, hyphens, parentheses, brackets.
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9\s\-()\[\]]+")
 
@@ -128,6 +135,14 @@ def is_claude(model: str) -> bool:
 
 def is_nova(model: str) -> bool:
     return "amazon.nova" in model
+
+
+def is_nova_2(model: str) -> bool:
+    return "amazon.nova-2-" in model
+
+
+def is_gpt_oss(model: str) -> bool:
+    return "openai.gpt-oss" in model
 
 
 def takes_native_schema(model: str, structured_outputs: str = "auto") -> bool:
@@ -157,6 +172,7 @@ def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "aut
         _add_betas(out, anthropic_betas)
     if body.get("top_k") is not None:
         _add_top_k(out, body["top_k"], model)
+    _add_reasoning_level(out, body, model)
     inference = _inference_config(body, model, out)
     if inference:
         out["inferenceConfig"] = inference
@@ -192,6 +208,35 @@ def _add_top_k(out: dict[str, Any], top_k: Any, model: str) -> None:
         if "topK" not in nova:
             out["additionalModelRequestFields"] = {**fields,
                                                    "inferenceConfig": {**nova, "topK": top_k}}
+
+
+def _add_reasoning_level(out: dict[str, Any], body: dict[str, Any], model: str) -> None:
+    """`reasoning_effort` as the level Nova 2 and gpt-oss take in their own fields (Claude's
+    thinking is made in _inference_config), unless the client's fields name one."""
+    effort = reasoning_effort(body)
+    fields = out.get("additionalModelRequestFields")
+    fields = fields if isinstance(fields, dict) else {}
+    if effort is None or (effort == "none" and is_nova_2(model)):
+        return  # Nova 2 reasons only when asked
+    level = REASONING_LEVELS[effort]
+    if is_nova_2(model) and "reasoningConfig" not in fields:
+        if level == "high":
+            _refuse_max_tokens(body, effort)
+        out["additionalModelRequestFields"] = {
+            **fields, "reasoningConfig": {"type": "enabled", "maxReasoningEffort": level}}
+    elif is_gpt_oss(model) and "reasoning_effort" not in fields:
+        out["additionalModelRequestFields"] = {**fields, "reasoning_effort": level}
+
+
+def _refuse_max_tokens(body: dict[str, Any], effort: str) -> None:
+    """Nova 2 refuses `maxTokens` beside its high reasoning effort: a 400 naming the max, since
+    only the client knows which of the two it would rather give up."""
+    for param in ("max_completion_tokens", "max_tokens"):
+        if body.get(param):
+            raise InvalidRequest(
+                f"reasoning_effort '{effort}' is Amazon Nova 2's high reasoning effort, which "
+                f"it refuses beside a maximum of output tokens: leave out '{param}', or use "
+                "reasoning_effort 'medium'.", param=param, code="invalid_value")
 
 
 def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> dict[str, Any]:
