@@ -931,6 +931,30 @@ def test_json_object_stays_an_instruction_on_every_model() -> None:
         assert "outputConfig" not in out and "JSON" in out["system"][0]["text"]
 
 
+@pytest.mark.parametrize("model", ["amazon.titan-text-express-v1",
+                                   "amazon.titan-text-premier-v1:0",
+                                   "mistral.mistral-7b-instruct-v0:2",
+                                   "mistral.mixtral-8x7b-instruct-v0:1"])
+def test_the_json_instruction_leads_the_first_user_turn_where_converse_takes_no_system(
+        model: str) -> None:
+    """Titan Text, Mistral 7B Instruct and Mixtral 8x7B take no system prompt (AWS's Converse
+    feature table; Bedrock answers 400 "doesn't support system messages"), so the instruction
+    the proxy adds went to `system` and failed a request that had no system message."""
+    body = {"messages": [{"role": "user", "content": "Ann, who has a cat."},
+                         {"role": "assistant", "content": "Noted."},
+                         {"role": "user", "content": "As JSON."}],
+            "response_format": {"type": "json_object"}}
+    out = to_converse(body, model)
+    assert "system" not in out
+    first, *rest = out["messages"][0]["content"]
+    assert "JSON" in first["text"] and rest == [{"text": "Ann, who has a cat."}]
+    assert out["messages"][2]["content"] == [{"text": "As JSON."}]
+    schema = to_converse(json_schema_body(), model)
+    assert schema["system"] == [{"text": "Be brief."}]  # the client's own, as sent
+    assert schema["messages"][0]["content"][0]["text"].endswith(orjson.dumps(PERSON).decode())
+    assert "system" not in to_converse({"messages": [{"role": "user", "content": "hi"}]}, model)
+
+
 # -- auth and configuration ---------------------------------------------------------------------
 
 def verify_sigv4(received: Received, secret: str, region: str) -> dict[str, str]:

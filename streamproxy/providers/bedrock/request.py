@@ -44,7 +44,8 @@ Choices (docs/providers/bedrock.md):
 - `response_format` json_schema → Converse structured outputs (`outputConfig.textFormat`, the
   schema closed as Anthropic's `closed_objects` does, sent as a JSON string) for the models
   NATIVE_SCHEMA_MODELS names, or for any model with STRUCTURED_OUTPUTS "native"; otherwise, and
-  for json_object (Converse has no schema-less JSON mode), a system instruction (not enforced);
+  for json_object (Converse has no schema-less JSON mode), a system instruction (not enforced),
+  which leads the first user turn instead for the models NO_SYSTEM_MODELS names;
 - `top_k` (no OpenAI parameter, but the extra_body name Anthropic, Gemini, Cohere and Ollama
   take) → `additionalModelRequestFields.top_k` for Claude, `….inferenceConfig.topK` for Nova
   (where AWS documents each); dropped for other models, whose fields differ or lack one (a
@@ -117,6 +118,11 @@ DOCUMENT_ONLY_TEXT = "(attached document)"
 NATIVE_SCHEMA_MODELS = ("anthropic.claude-haiku-4-5", "anthropic.claude-sonnet-4-5",
                         "anthropic.claude-sonnet-4-6", "anthropic.claude-opus-4-5",
                         "anthropic.claude-opus-4-6")
+# The models whose Converse refuses a system prompt (AWS's feature table: Titan Text, Mistral 7B
+# Instruct, Mixtral 8x7B), as they appear in model ids: the JSON instruction the proxy adds
+# leads their first user turn instead. A client's own system message goes as sent.
+NO_SYSTEM_MODELS = ("amazon.titan-text", "mistral.mistral-7b-instruct",
+                    "mistral.mixtral-8x7b-instruct")
 # The provider option `structured_outputs`: native for the models above (auto), for every
 # model (native), or never (instruction).
 STRUCTURED_OUTPUTS = ("auto", "native", "instruction")
@@ -176,9 +182,15 @@ def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "aut
     inference = _inference_config(body, model, out)
     if inference:
         out["inferenceConfig"] = inference
-    text_format = _response_format(body, system, takes_native_schema(model, structured_outputs))
+    instructions: list[dict[str, Any]] = []
+    text_format = _response_format(body, instructions,
+                                   takes_native_schema(model, structured_outputs))
     if text_format:
         out["outputConfig"] = {"textFormat": text_format}
+    if any(name in model for name in NO_SYSTEM_MODELS):
+        messages[0]["content"][:0] = instructions  # messages[0] is a user turn (see above)
+    else:
+        system.extend(instructions)
     if system:
         out["system"] = system
     tool_config = _tool_config(body, tool_names)
@@ -268,13 +280,13 @@ def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> 
     return config
 
 
-def _response_format(body: dict[str, Any], system: list[dict[str, Any]],
+def _response_format(body: dict[str, Any], instructions: list[dict[str, Any]],
                      native: bool) -> dict[str, Any] | None:
     """The `outputConfig.textFormat` for a json_schema answer when the model takes one (None
-    otherwise); else the instruction that asks for JSON, appended to `system`."""
+    otherwise); else the instruction that asks for JSON, appended to `instructions`."""
     fmt = body.get("response_format") or {}
     if fmt.get("type") == "json_object":
-        system.append({"text": "Respond with a single valid JSON object and nothing else."})
+        instructions.append({"text": "Respond with a single valid JSON object and nothing else."})
     elif fmt.get("type") == "json_schema":
         spec = fmt.get("json_schema") or {}
         schema = spec.get("schema")
@@ -283,8 +295,9 @@ def _response_format(body: dict[str, Any], system: list[dict[str, Any]],
                                  param="response_format.json_schema.schema")
         if native:
             return _text_format(spec, schema)
-        system.append({"text": "Respond with a single valid JSON object and nothing else, "
-                               "matching this JSON Schema: " + orjson.dumps(schema).decode()})
+        instructions.append({"text": "Respond with a single valid JSON object and nothing "
+                                     "else, matching this JSON Schema: "
+                                     + orjson.dumps(schema).decode()})
     return None
 
 
