@@ -813,6 +813,30 @@ async def test_a_parents_key_never_goes_to_a_target_naming_another_provider(
         ("e2", "Bearer sk-e2-secret")
 
 
+async def test_a_virtual_key_never_goes_to_another_provider_named_beside_it(
+        proxy: Any, upstream: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("VK_E2", "sk-e2-secret")
+    vkeys = {"vk-e2": {"provider": "e2", "api_key_env": "VK_E2"}}
+    client = await proxy(openai_pair(upstream, virtual_keys=vkeys))
+    # One target with both: e2's secret was sent to e1 (a 200 from e1 with it).
+    for config in ({"virtual_key": "vk-e2", "provider": "e1"},
+                   {"strategy": {"mode": "fallback"}, "virtual_key": "vk-e2",
+                    "targets": [{"provider": "@e1", "virtual_key": "vk-e2"}]}):
+        resp = await post(client, json.dumps(config), stream=False)
+        assert resp.status == 400
+        err = (await resp.json())["error"]
+        assert err["code"] == "invalid_config" and err["param"].endswith(".provider")
+        assert "sk-e2-secret" not in json.dumps(err)
+    assert upstream.requests == []
+    resp = await post(client, json.dumps({"virtual_key": "vk-e2", "provider": "@e2"}),
+                      stream=False)
+    assert resp.status == 200 and served(upstream)[0] == "e2"
+    named = openai_pair(upstream, virtual_keys=vkeys,
+                        configs={"c": {"virtual_key": "vk-e2", "provider": "e1"}})
+    with pytest.raises(ConfigError, match=r"config\.provider"):
+        load_settings(named)
+
+
 async def test_custom_host_header_under_the_same_allow_list(proxy: Any, upstream: Any) -> None:
     from portkey_ai import AsyncPortkey
 

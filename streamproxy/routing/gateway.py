@@ -146,6 +146,15 @@ def load_settings(config: Config) -> GatewaySettings:
     return settings
 
 
+# A virtual key's secret is for its own provider: a target naming another beside it sent that
+# secret there (an inline config could hand any virtual key's secret to any provider).
+_VKEY_PROVIDER_RULE = "names another provider than its virtual_key's, whose secret is for that one"
+
+
+def _names_another_than(leaf: ConfigNode, provider: str) -> bool:
+    return bool(leaf.provider) and leaf.provider.removeprefix("@") != provider
+
+
 def _allowed_entry(entry: str, src: str, where: str) -> str:
     """An allow-list entry as `_allowed_url` looks it up: host[:port], any HTTP scheme; or
     scheme://host[:port], that scheme alone (an entry written https:// used to match nothing)."""
@@ -193,6 +202,9 @@ def _check_leaf_static(leaf: ConfigNode, settings: GatewaySettings, config: Conf
         raise ConfigError(config.source, f"{where}: {leaf.path}.custom_host",
                           f"'{_host_of(leaf.custom_host) or leaf.custom_host}' is not under "
                           "allowed_custom_hosts")
+    if leaf.virtual_key and _names_another_than(leaf,
+                                                settings.virtual_keys[leaf.virtual_key].provider):
+        raise ConfigError(config.source, f"{where}: {leaf.path}.provider", _VKEY_PROVIDER_RULE)
     provider = provider or (settings.virtual_keys[leaf.virtual_key].provider
                             if leaf.virtual_key else "")
     if provider and provider in config.providers:
@@ -371,6 +383,10 @@ class Gateway:
         vkey = None
         if leaf.virtual_key:
             vkey = self._virtual_key(leaf.virtual_key, f"{leaf.path}.virtual_key")
+            if _names_another_than(leaf, vkey.provider):
+                raise InvalidRequest(f"Invalid config: '{leaf.path}.provider': "
+                                     f"{_VKEY_PROVIDER_RULE}.", param=f"{leaf.path}.provider",
+                                     code="invalid_config")
         elif not leaf.provider and model_param is None and VIRTUAL_KEY_HEADER in headers:
             # A target that names nothing routes like a plain request: by the headers.
             vkey = self._virtual_key(headers[VIRTUAL_KEY_HEADER], VIRTUAL_KEY_HEADER)
