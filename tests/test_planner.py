@@ -100,6 +100,9 @@ def make(raw: dict[str, Any], seed: int = 0, breakers: CircuitBreakers | None = 
         {"provider": "a", "override_params": {"temperature": "hot"}}]},
      "config.targets[0].override_params.temperature"),
     ({"provider": "a", "override_params": {"messages": []}}, "config.override_params.messages"),
+    # deeper than orjson writes (254 levels; a header of 620 bytes): its TypeError was a 500
+    ({"provider": "a", "override_params": {"x": orjson.loads("[" * 300 + "]" * 300)}},
+     "config.override_params"),
 ])
 def test_invalid_configs_name_the_bad_field(raw: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as info:

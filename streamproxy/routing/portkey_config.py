@@ -161,7 +161,11 @@ def _check_overrides(params: dict[str, Any], where: str) -> None:
         if name in params and needed not in params:
             probe[needed] = value
     try:
-        parse_chat_request(orjson.dumps(probe))
+        raw = orjson.dumps(probe)
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (an uncaught 500)
+        raise _bad(where, "is nested deeper than a request may be") from None
+    try:
+        parse_chat_request(raw)
     except InvalidRequest as e:
         field_ = f"{where}.{e.param}" if e.param else where
         raise InvalidRequest(f"Invalid config: '{field_}': {e.message}", param=field_,
