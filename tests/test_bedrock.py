@@ -35,6 +35,7 @@ from streamproxy.errors import AuthenticationFailed, InvalidRequest, ProxyError
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.bedrock import BedrockProvider
+from streamproxy.providers.bedrock import auth as bedrock_auth
 from streamproxy.providers.bedrock.request import DROPPED, STRUCTURED_OUTPUTS, to_converse
 from streamproxy.providers.bedrock.stream import BedrockStreamTranslator
 from streamproxy.routing.target import Target
@@ -1208,6 +1209,27 @@ def test_a_hung_credential_lookup_holds_up_neither_the_shutdown_nor_other_thread
         asyncio.run(requests_that_give_up())
         assert time.monotonic() - started < 2
         assert lookups == [1]  # one run, which every request waited for
+    finally:
+        release.set()
+
+
+async def test_a_hung_credential_lookup_is_a_502_after_its_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request waits for a lookup at most LOOKUP_DEADLINE (Vertex's token fetch has the same
+    bound), then gets a 502 its fallback can act on: it waited for its own first-token
+    timeout, 600 s by default."""
+    release = threading.Event()
+    monkeypatch.setattr(botocore.session.Session, "get_credentials",
+                        lambda self: release.wait(4))
+    monkeypatch.setattr(bedrock_auth, "LOOKUP_DEADLINE", 0.2)
+    provider = BedrockProvider(bedrock_config("https://h", aws_access_key_id=None,
+                                              aws_secret_access_key=None).providers["aws"])
+    try:
+        started = time.monotonic()
+        with pytest.raises(bedrock_auth.CredentialsUnavailable) as info:
+            await asyncio.wait_for(provider.prepare(Target(provider, MODEL)), 3)
+        assert info.value.status == 502 and "0.2s" in info.value.message
+        assert time.monotonic() - started < 1
     finally:
         release.set()
 

@@ -35,7 +35,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from streamproxy.config import ConfigError, ProviderConfig
-from streamproxy.errors import AuthenticationFailed
+from streamproxy.errors import AuthenticationFailed, ProxyError
 from streamproxy.providers.threads import in_daemon_thread
 
 if TYPE_CHECKING:
@@ -46,6 +46,15 @@ SIGNING_SERVICE = "bedrock"
 KEY_OPTIONS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
 OPTION_KEYS = frozenset({"region", "profile", *KEY_OPTIONS, *(f"{k}_env" for k in KEY_OPTIONS)})
 _RETRY_CHAIN_AFTER = 60.0  # seconds before looking for credentials again after finding none
+# How long a request waits for a lookup (Vertex's token fetch has the same bound): a hung one
+# (botocore gives a credential_process no timeout) otherwise held every request until its own
+# first-token timeout, 600 s by default, before a fallback could run.
+LOOKUP_DEADLINE = 30.0
+
+
+class CredentialsUnavailable(ProxyError):
+    status = 502
+    code = "upstream_credentials_unavailable"
 
 # botocore logs the canonical request at DEBUG, and with temporary credentials that includes
 # the session token: keep it out of our logs even when the proxy runs at debug level.
@@ -174,7 +183,12 @@ class BedrockAuth:
                 in_daemon_thread(self.load, f"aws-credentials-{self._provider}"))
             self._loading_run.add_done_callback(_retrieve)
         # shield: a request that gives up (its deadline, its client) must not end the run.
-        await asyncio.shield(self._loading_run)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._loading_run), LOOKUP_DEADLINE)
+        except TimeoutError:
+            raise CredentialsUnavailable(
+                f"provider '{self._provider}': the AWS credential lookup took more than "
+                f"{LOOKUP_DEADLINE:g}s") from None
 
     def load(self) -> None:
         """Resolve, or renew, the credentials now (blocking; run in a thread)."""
