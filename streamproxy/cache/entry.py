@@ -56,9 +56,9 @@ def is_fresh(entry: dict[str, Any], max_age: float, now: float | None = None) ->
 
 def streams_whole(entry: dict[str, Any]) -> bool:
     """Whether a stream replayed from `entry` carries the whole answer: a non-streamed fill's
-    refusal, logprobs, annotations, audio, custom tool calls and reasoning under the upstream's
-    own name (`reasoning`; a replay writes `reasoning_content`) have no delta here (a streamed
-    request is then a miss). Streamed fills that had them are never kept
+    refusal, logprobs, annotations, audio, generated images, custom tool calls and reasoning
+    under the upstream's own name (`reasoning`; a replay writes `reasoning_content`) have no
+    delta here (a streamed request is then a miss). Streamed fills that had them are never kept
     (CompletionBuilder.replayable)."""
     completion = entry.get("completion")
     if completion is None:
@@ -66,8 +66,8 @@ def streams_whole(entry: dict[str, Any]) -> bool:
     choice = (completion.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     return not (choice.get("logprobs") or message.get("refusal") or message.get("annotations")
-                or message.get("audio") or message.get("reasoning") or any(
-        call.get("type") != "function" for call in message.get("tool_calls") or ()))
+                or message.get("audio") or message.get("images") or message.get("reasoning")
+                or any(call.get("type") != "function" for call in message.get("tool_calls") or ()))
 
 
 def upstream_fields(entry: dict[str, Any]) -> dict[str, str]:

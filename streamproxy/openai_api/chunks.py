@@ -60,6 +60,11 @@ class ChunkSink(Protocol):
         thinking) that the client must send back for the next turn. Each is whole; the
         encoder adds its `index` in the response."""
 
+    def image(self, url: str) -> None:
+        """`delta.images: [image_entry(url, index)]` — an image the model generated, whole, as
+        a data: URL. OpenAI's Chat Completions has no field for one; this is OpenRouter's (and
+        LiteLLM's), which clients of image-generating models read. The encoder numbers them."""
+
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None: ...
 
     def tool_call_args(self, index: int, fragment: str) -> None: ...
@@ -106,6 +111,13 @@ def make_usage(
     return usage
 
 
+def image_entry(url: str, index: int) -> dict[str, Any]:
+    """One generated image in `message.images` / `delta.images`, as OpenRouter and LiteLLM
+    write it; `index` counts the answer's images (the openai SDK's stream helper merges list
+    deltas by it, and raises on an entry without one)."""
+    return {"type": "image_url", "image_url": {"url": url}, "index": index}
+
+
 def error_frame(err: ProxyError) -> bytes:
     return b"data: " + _dumps(err.to_dict()) + b"\n\n"
 
@@ -114,8 +126,8 @@ class ChunkEncoder:
     """ChunkSink → SSE bytes. Also the per-stream record that logs and metrics read."""
 
     __slots__ = (
-        "_buf", "_content_head", "_content_tail", "_literal_sep", "_prefix", "_role", "_tail",
-        "_thinking_blocks", "bytes_taken", "chunks", "completion_id", "created", "ended",
+        "_buf", "_content_head", "_content_tail", "_images", "_literal_sep", "_prefix", "_role",
+        "_tail", "_thinking_blocks", "bytes_taken", "chunks", "completion_id", "created", "ended",
         "failure", "finish_reason", "include_usage", "model", "secret", "usage_data",
     )
 
@@ -140,6 +152,7 @@ class ChunkEncoder:
         # delta, what the answer begins with is not known yet); None: none due.
         self._role: bytes | None = None
         self._thinking_blocks = 0  # thinking_block(): the next block's index
+        self._images = 0  # image(): the next image's index
         self.chunks = 0
         self.bytes_taken = 0  # everything take() returned: the bytes sent to the client
         self.finish_reason: str | None = None
@@ -240,6 +253,10 @@ class ChunkEncoder:
         # `index` and raises on a second entry without one.
         self._frame(_dumps({"thinking_blocks": [{"index": self._thinking_blocks, **block}]}))
         self._thinking_blocks += 1
+
+    def image(self, url: str) -> None:
+        self._frame(_dumps({"images": [image_entry(url, self._images)]}))
+        self._images += 1
 
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None:
         calls = _dumps([{"index": index, "id": call_id, "type": "function",

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import ProxyError
-from streamproxy.openai_api.chunks import RecordingChunkEncoder
+from streamproxy.openai_api.chunks import RecordingChunkEncoder, image_entry
 
 _MAX_TOOL_CALLS = 1024  # a pass-through chunk's tool call index above this is not captured
 _MAX_CHOICES = 128  # OpenAI's bound on `n`: a choice index beyond it is not captured
@@ -51,12 +51,14 @@ class CompletionBuilder:
         self.ended = False
         self.raw_chunks = 0
         # A pass-through answer's refusal (captured, stored), and whether it carried what a
-        # replay cannot give back (a refusal, logprobs, annotations, audio, reasoning named
-        # `reasoning`, a custom tool call, a choice beyond 0): the cache keeps no entry for it.
+        # replay cannot give back (a refusal, logprobs, annotations, audio, images, reasoning
+        # named `reasoning`, a custom tool call, a choice beyond 0): the cache keeps no entry
+        # for it.
         self.refusal_parts: list[str] = []
         self.replayable = True
         self.annotations: list[Any] = []  # a pass-through's citations (search models)
         self._audio: dict[str, Any] | None = None  # a pass-through's audio answer (_raw_audio)
+        self.images: list[Any] = []  # generated images (`message.images`), in order
         # This choice's logprobs (a pass-through's, or a translator's), joined as
         # OpenAI's whole answer has them: `{"content": [...], "refusal": [...]}`; None when no
         # chunk carried any.
@@ -154,6 +156,10 @@ class CompletionBuilder:
     def thinking_block(self, block: dict[str, Any]) -> None:
         self.thinking_blocks.append(block)
         self._step("t")
+
+    def image(self, url: str) -> None:
+        self.images.append(image_entry(url, len(self.images)))
+        self.replayable = False  # a replay would answer without it (its runs have no kind)
 
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None:
         while len(self.tool_calls) <= index:
@@ -283,6 +289,11 @@ class CompletionBuilder:
             self.replayable = False  # a replay would answer without them
             if isinstance(annotations, list):
                 self.annotations.extend(annotations)
+        images = delta.get("images")
+        if images:  # (an image model's answer through OpenRouter: each image whole)
+            self.replayable = False  # a replay would answer without them
+            if isinstance(images, list):
+                self.images.extend(images)
         audio = delta.get("audio")
         if audio:
             self.replayable = False  # a replay would answer without it
@@ -356,6 +367,8 @@ class CompletionBuilder:
             msg["thinking_blocks"] = self.thinking_blocks
         if self.annotations:
             msg["annotations"] = self.annotations
+        if self.images:
+            msg["images"] = self.images
         if self._audio is not None:
             audio = self._audio
             msg["audio"] = {"id": audio["id"], "data": "".join(audio["data"]),
@@ -469,6 +482,10 @@ class TeeSink:
     def thinking_block(self, block: dict[str, Any]) -> None:
         self.encoder.thinking_block(block)
         self.builder.thinking_block(block)
+
+    def image(self, url: str) -> None:
+        self.encoder.image(url)
+        self.builder.image(url)
 
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None:
         self.encoder.tool_call_start(index, call_id, name, arguments)

@@ -225,17 +225,26 @@ def custom_tools_refused(provider: str) -> InvalidRequest:
                           param="tools", code="unsupported_value")
 
 
-def answer_changing_refusal(provider: str, body: dict[str, Any]) -> InvalidRequest | None:
+TEXT_ONLY = frozenset({"text"})
+# `modalities` values beyond text, as a refusal names them.
+_ANSWER_KINDS = {"audio": "audio", "image": "images"}
+
+
+def answer_changing_refusal(provider: str, body: dict[str, Any],
+                            answers: frozenset[str] = TEXT_ONLY) -> InvalidRequest | None:
     """For the same providers, the OpenAI features they lack that change the answer, or None.
-    Dropped, the client would get another answer than it asked for and not know it."""
+    Dropped, the client would get another answer than it asked for and not know it. `answers`:
+    the modalities the provider can answer in (`Provider.answer_modalities`)."""
     if body.get("functions"):  # deprecated: the model could call none of them
         return InvalidRequest(f"provider '{provider}' does not take the deprecated 'functions' "
                               "(and 'function_call'); send them as 'tools' (and "
                               "'tool_choice').", param="functions", code="unsupported_value")
     modalities = body.get("modalities")
-    if isinstance(modalities, list) and "audio" in modalities:  # a spoken answer
-        return InvalidRequest(f"provider '{provider}' answers in text only; leave 'audio' out "
-                              "of 'modalities'.", param="modalities", code="unsupported_value")
+    for kind, noun in _ANSWER_KINDS.items():  # a spoken answer, a generated image
+        if isinstance(modalities, list) and kind in modalities and kind not in answers:
+            return InvalidRequest(f"provider '{provider}' does not answer with {noun}; leave "
+                                  f"'{kind}' out of 'modalities'.", param="modalities",
+                                  code="unsupported_value")
     if body.get("web_search_options") is not None:  # OpenAI's search models search the web
         return InvalidRequest(f"provider '{provider}' does not search the web; "
                               "'web_search_options' needs an OpenAI-type provider.",

@@ -29,6 +29,7 @@ from streamproxy.errors import (
     UpstreamStatusError,
 )
 from streamproxy.openai_api.chunks import ChunkSink
+from streamproxy.openai_api.request import TEXT_ONLY
 
 if TYPE_CHECKING:
     from streamproxy.openai_api.request import ChatRequest
@@ -129,6 +130,9 @@ class Provider:
     # deprecated `functions`, audio answers, web search) as they are; the others refuse them
     # (openai_api.request.custom_tools_refused, answer_changing_refusal).
     custom_tools: bool = False
+    # What a translating provider's answers can hold, as OpenAI's `modalities` names it: asked
+    # for anything else, it answers a 400 (openai_api.request.answer_changing_refusal).
+    answer_modalities: ClassVar[frozenset[str]] = TEXT_ONLY
 
     def __init__(self, cfg: ProviderConfig, *, max_event_bytes: int = 16 * 1024 * 1024) -> None:
         self.cfg = cfg

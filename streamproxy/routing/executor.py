@@ -78,7 +78,8 @@ class Executor:
         if not provider.custom_tools:
             if req.custom_tools:
                 raise custom_tools_refused(provider.name)
-            refusal = answer_changing_refusal(provider.name, req.body)
+            refusal = answer_changing_refusal(provider.name, req.body,
+                                              provider.answer_modalities)
             if refusal is not None:
                 raise refusal
         await provider.prepare(target)

@@ -49,6 +49,8 @@ class GeminiProvider(Provider):
     default_base_url: ClassVar[str | None] = "https://generativelanguage.googleapis.com"
     option_keys: ClassVar[frozenset[str]] = frozenset({"api_version"})
     dropped_params: ClassVar[frozenset[str]] = DROPPED
+    # Image models (gemini-2.5-flash-image, gemini-3-pro-image-preview) answer with images.
+    answer_modalities: ClassVar[frozenset[str]] = frozenset({"text", "image"})
     default_api_version: ClassVar[str] = "v1beta"
     brand: ClassVar[str] = "Gemini"  # as a refusal names the service
 

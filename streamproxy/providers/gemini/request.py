@@ -13,6 +13,7 @@ provider-streams.md §4.2; choices documented in docs/providers/gemini.md.
   function call that comes back without one gets Google's SKIP_SIGNATURE_CHECK value;
 - ids we generated for Gemini calls that had none (`call_…`) are never sent upstream;
 - `logprobs` → `responseLogprobs`, `top_logprobs` → `logprobs` (the count: both 0 to 20);
+- `modalities` with `image` → `responseModalities` (image models answer with images);
 - parameters in DROPPED are dropped; `n` > 1 is rejected.
 """
 
@@ -37,7 +38,8 @@ from streamproxy.openai_api.content import (
 )
 
 # OpenAI parameters with no Gemini equivalent: dropped, never forwarded.
-DROPPED = (OPENAI_ONLY - {"logprobs", "top_logprobs"}) | {"user", "parallel_tool_calls"}
+DROPPED = (OPENAI_ONLY - {"logprobs", "top_logprobs", "modalities"}) | {"user",
+                                                                        "parallel_tool_calls"}
 # Gemini-native settings a client may pass (openai SDK `extra_body`), forwarded as given.
 PASSTHROUGH_TOP = {"safety_settings": "safetySettings", "cached_content": "cachedContent"}
 # The tool-call id suffix LiteLLM uses to carry a signature; accepted on the way in.
@@ -106,6 +108,9 @@ def _generation_config(body: dict[str, Any], model: str) -> dict[str, Any]:
                                  param="response_format.json_schema.schema")
         config["responseMimeType"] = "application/json"
         config["responseJsonSchema"] = schema
+    modalities = _response_modalities(body)
+    if modalities:
+        config["responseModalities"] = modalities
     if logprobs_asked(body):
         config["responseLogprobs"] = True
         if body.get("top_logprobs"):  # 0 is left out: Vertex takes 1 to 20
@@ -114,6 +119,17 @@ def _generation_config(body: dict[str, Any], model: str) -> dict[str, Any]:
     if thinking is not None:
         config["thinkingConfig"] = thinking
     return config
+
+
+def _response_modalities(body: dict[str, Any]) -> list[str] | None:
+    """OpenAI-style `modalities` asking for images (OpenRouter's convention for image models)
+    → Gemini's `responseModalities`: `["text", "image"]` → TEXT and IMAGE, `["image"]` → IMAGE
+    alone. Text alone is Gemini's default and is not sent (image models may refuse it); audio
+    never gets here (the executor refuses it: answer_changing_refusal)."""
+    modalities = body.get("modalities")
+    if not isinstance(modalities, list) or "image" not in modalities:
+        return None
+    return ["TEXT", "IMAGE"] if "text" in modalities else ["IMAGE"]
 
 
 def _thinking(body: dict[str, Any], model: str) -> dict[str, Any] | None:

@@ -7,6 +7,8 @@
 - `functionCall` parts arrive whole: one `tool_call_start` with the full JSON arguments. Tool
   index = running count of calls over the whole response; Gemini's id when it gives one, else
   a generated `call_…` (never sent back upstream).
+- `inlineData` image parts (image models) → `images` entries, each whole, as a data: URL;
+  thought images (drafts) are left out.
 - `thought: true` text parts → reasoning. A `thoughtSignature` → a `thinking_blocks` entry
   `{"type": "thought_signature", "signature", "tool_call_id"?}` for the client to send back.
 - `usageMetadata` is a snapshot repeated on chunks and not monotonic: the last one wins whole.
@@ -149,6 +151,17 @@ def _token(candidate: dict[str, Any]) -> dict[str, Any]:
     token = candidate.get("token") or ""
     return {"token": token, "logprob": candidate.get("logProbability") or 0.0,
             "bytes": list(token.encode())}
+
+
+def image_url(part: dict[str, Any]) -> str | None:
+    """An answer's image part (image models: `inlineData` with an `image/*` type and base64
+    data) as the data: URL `images` carries; None for a thought image (an interim draft of
+    Gemini 3 Pro Image's thinking, not the answer) or inline data of another kind."""
+    blob = part["inlineData"]
+    mime, data = blob.get("mimeType") or "", blob.get("data")
+    if part.get("thought") or not mime.startswith("image/") or not data:
+        return None
+    return f"data:{mime};base64,{data}"
 
 
 def failed_finish(reason: str, candidate: dict[str, Any], provider: str) -> UpstreamStatusError:
@@ -318,7 +331,11 @@ class GeminiStreamTranslator(SSETranslator):
                 call_id = call.get("id") or new_call_id()
                 out.tool_call_start(self._tools, call_id, call["name"], dump_args(call.get("args")))
                 self._tools += 1
-            # inlineData, executableCode, codeExecutionResult: no OpenAI slot, dropped.
+            elif "inlineData" in part:
+                url = image_url(part)
+                if url is not None:
+                    out.image(url)
+            # executableCode, codeExecutionResult: no OpenAI slot, dropped.
             if "thoughtSignature" in part:
                 self._signature(part["thoughtSignature"], call_id)
 
