@@ -74,6 +74,9 @@ class RequestRecord:
     upstream_errors: list[tuple[str, str]] | None = None
     # The provider of every attempt that repeated a target (a retry), for metrics.
     retried: list[str] | None = None
+    # The last upstream answer's headers the client gets (upstream/passed_headers.py): the
+    # answer's, or the returned error's.
+    upstream_headers: dict[str, str] | None = None
 
     @property
     def ttft(self) -> float | None:

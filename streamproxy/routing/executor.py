@@ -36,6 +36,7 @@ from streamproxy.routing.retry import retry_delay
 from streamproxy.routing.target import Target
 from streamproxy.upstream.client import UpstreamClient, map_client_error
 from streamproxy.upstream.deadline import Deadline
+from streamproxy.upstream.passed_headers import passed_headers
 
 
 def new_completion_id() -> str:
@@ -73,8 +74,10 @@ class Executor:
         self.breakers = breakers or CircuitBreakers()
         self.rng = rng or random.Random()
 
-    async def _send(self, req: ChatRequest, target: Target) -> aiohttp.ClientResponse:
+    async def _send(self, req: ChatRequest, target: Target,
+                    record: RequestRecord) -> aiohttp.ClientResponse:
         provider = target.provider
+        record.upstream_headers = None  # (an earlier attempt's belong to its answer alone)
         if not provider.custom_tools:
             if req.custom_tools:
                 raise custom_tools_refused(provider.name)
@@ -86,6 +89,7 @@ class Executor:
         upstream = provider.build_request(req, target)
         resp = await self.client.send(upstream, connect_timeout=target.timeouts.connect,
                                       provider=provider.name)
+        record.upstream_headers = passed_headers(resp.headers, error=resp.status >= 400)
         if resp.status >= 300:
             try:
                 body = await _read_body(resp, provider.max_event_bytes, cut=True)
@@ -117,6 +121,7 @@ class Executor:
             attempt = plan.attempts[index]
             if attempt.refusal is not None:  # reached by a fallback: the request's answer
                 record.option_path, record.retries = attempt.path, None
+                record.upstream_headers = None
                 raise attempt.refusal
             # The target's own cache first, once (not before each retry), as Portkey's
             # tryPost looks it up: a hit answers in its name.
@@ -192,7 +197,7 @@ class Executor:
             # Scheduled now, run as soon as this task waits for the upstream's answer (its
             # request written): building them is then off the time to first token.
             deadline.loop.call_soon(parts.build)
-            resp = await self._send(req, target)
+            resp = await self._send(req, target, record)
             encoder, translator = parts.take()
             read = resp.content.readany
             while not encoder.pending:
@@ -216,7 +221,7 @@ class Executor:
         resp: aiohttp.ClientResponse | None = None
         record.usage = None  # this attempt's, never an earlier one's (as a stream's)
         try:
-            resp = await self._send(req, target)
+            resp = await self._send(req, target, record)
             body = await _read_body(resp, provider.max_event_bytes)
         except BaseException as e:
             raise _failure(e, deadline, resp, provider.name) from None

@@ -43,8 +43,11 @@ KEEPALIVE_COMMENT = b": keep-alive\n\n"
 
 def response_headers(record: RequestRecord, provider: str | None) -> dict[str, str]:
     """The x-portkey-* headers of an answer, a success's or (as Portkey sends them) an
-    error's: what is known by then; the trace id also as OpenAI's x-request-id."""
+    error's: what is known by then; the trace id also as OpenAI's x-request-id; and the
+    upstream's rate-limit headers (upstream/passed_headers.py)."""
     headers = trace_headers(record.trace_id)
+    if record.upstream_headers:
+        headers.update(record.upstream_headers)
     if provider is not None:
         headers["x-portkey-provider"] = provider
     if record.retries is not None:  # (Portkey's: the retries of that target alone)

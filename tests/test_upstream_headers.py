@@ -1,0 +1,117 @@
+"""What a client sees of the upstream's answer besides its content: the provider's rate-limit
+headers (and, on an error, OpenAI's x-should-retry) pass on, streamed and not, translated or
+not, on errors too; nothing else of the upstream's head does."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from streamproxy.upstream.passed_headers import passed_headers
+from tests.conftest import provider_config
+from tests.helpers import make_config, openai_sdk
+
+USER = [{"role": "user", "content": "hi"}]
+COMPLETION = orjson.dumps({
+    "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": "m",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+CHUNKS = (b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+          b'"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\n'
+          b"data: [DONE]\n\n")
+OPENAI_LIMITS = {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "59",
+                 "x-ratelimit-reset-requests": "1s", "x-ratelimit-limit-tokens": "150000",
+                 "x-ratelimit-remaining-tokens": "149990", "x-ratelimit-reset-tokens": "6ms"}
+ANTHROPIC_LIMITS = {"anthropic-ratelimit-requests-limit": "50",
+                    "anthropic-ratelimit-requests-remaining": "0",
+                    "anthropic-ratelimit-requests-reset": "2026-01-01T00:00:07Z"}
+# What stays upstream: its cookies, its ids and timings, its server.
+NOT_PASSED = {"set-cookie": "__cf_bm=abc; path=/", "openai-organization": "org-secret",
+              "openai-processing-ms": "12", "request-id": "req_up", "cf-ray": "8f-SJC",
+              "server": "cloudflare"}
+
+
+def assert_passed(headers: Any, expected: dict[str, str]) -> None:
+    assert {k: headers.get(k) for k in expected} == expected
+    assert not set(map(str.lower, headers)) & set(NOT_PASSED)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_upstreams_rate_limits_reach_the_sdk(proxy: Any, upstream: Any,
+                                                      stream: bool) -> None:
+    upstream.content_type = "text/event-stream" if stream else "application/json"
+    upstream.body = CHUNKS if stream else COMPLETION
+    upstream.extra_headers = {**OPENAI_LIMITS, **NOT_PASSED, "x-request-id": "req_upstream",
+                              "x-should-retry": "false"}
+    client = await proxy(provider_config("openai", upstream.url))
+    raw = await openai_sdk(client).chat.completions.with_raw_response.create(
+        model="m", messages=USER, stream=stream)
+    assert_passed(raw.headers, OPENAI_LIMITS)
+    assert raw.headers["x-request-id"] != "req_upstream"  # ours: the trace id
+    assert "x-should-retry" not in raw.headers  # an error's alone
+    if stream:
+        assert [c.choices[0].delta.content async for c in raw.parse()] == ["hi"]
+    else:
+        assert raw.parse().choices[0].message.content == "hi"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_translated_429_keeps_its_rate_limits_and_retry_after(
+        proxy: Any, upstream: Any, stream: bool) -> None:
+    upstream.status = 429
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({"type": "error", "error": {"type": "rate_limit_error",
+                                                             "message": "slow down"}})
+    upstream.extra_headers = {**ANTHROPIC_LIMITS, **NOT_PASSED, "retry-after": "7",
+                              "x-should-retry": "true"}
+    client = await proxy(provider_config("anthropic", upstream.url))
+    with pytest.raises(openai.RateLimitError) as info:
+        await openai_sdk(client).chat.completions.create(model="m", messages=USER,
+                                                         stream=stream)
+    headers = info.value.response.headers
+    assert_passed(headers, {**ANTHROPIC_LIMITS, "x-should-retry": "true"})
+    assert (headers["retry-after"], headers["retry-after-ms"]) == ("7", "7000")
+
+
+async def test_an_upstream_that_says_not_to_retry_is_not_retried(proxy: Any,
+                                                                 upstream: Any) -> None:
+    upstream.status = 500
+    upstream.content_type = "application/json"
+    upstream.body = b'{"error": {"message": "bad model config", "type": "server_error"}}'
+    upstream.extra_headers = {"x-should-retry": "false"}
+    client = await proxy(provider_config("openai", upstream.url))
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=2)
+    with pytest.raises(openai.InternalServerError):
+        await sdk.chat.completions.create(model="m", messages=USER)
+    assert len(upstream.requests) == 1  # the SDK obeyed it
+
+
+async def test_a_fallbacks_answer_carries_none_of_the_failed_targets_headers(
+        proxy: Any, upstream: Any) -> None:
+    upstream.status = 429
+    upstream.content_type = "application/json"
+    upstream.body = b'{"error": {"message": "slow down"}}'
+    upstream.extra_headers = {**OPENAI_LIMITS, "x-should-retry": "false"}
+    client = await proxy(make_config({
+        "up": {"type": "openai", "base_url": upstream.url, "api_key": "k", "default_model": "m"},
+        "mock": {"type": "mock", "default_model": "fast"}}, default="mock"))
+    config = json.dumps({"strategy": {"mode": "fallback"},
+                         "targets": [{"provider": "up"}, {"provider": "mock"}]})
+    resp = await client.post("/v1/chat/completions", headers={"x-portkey-config": config},
+                             json={"messages": USER})
+    assert resp.status == 200 and resp.headers["x-portkey-provider"] == "mock"
+    assert not any(k.lower().startswith("x-ratelimit-") or k.lower() == "x-should-retry"
+                   for k in resp.headers)
+
+
+def test_only_printable_ascii_values_pass() -> None:
+    assert passed_headers({"X-RateLimit-Remaining-Requests": "5",
+                           "x-ratelimit-limit-requests": "caf\udce9",
+                           "x-ratelimit-reset-requests": "1s\x01"}, error=False) == {
+        "x-ratelimit-remaining-requests": "5"}
+    assert passed_headers({"content-type": "application/json"}, error=True) is None
