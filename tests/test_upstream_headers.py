@@ -4,7 +4,9 @@ not, on errors too; nothing else of the upstream's head does."""
 
 from __future__ import annotations
 
+import email.utils
 import json
+import time
 from typing import Any
 
 import openai
@@ -115,3 +117,25 @@ def test_only_printable_ascii_values_pass() -> None:
                            "x-ratelimit-reset-requests": "1s\x01"}, error=False) == {
         "x-ratelimit-remaining-requests": "5"}
     assert passed_headers({"content-type": "application/json"}, error=True) is None
+
+
+@pytest.mark.parametrize(("ahead", "seconds"), [(5, {"5", "6"}), (-60, {"1"})])
+async def test_a_retry_after_as_an_http_date_is_the_wait_until_then(
+        proxy: Any, upstream: Any, ahead: int, seconds: set[str]) -> None:
+    # RFC 9110's other form, which the SDKs read too: it was dropped, a blind back-off.
+    upstream.status = 429
+    upstream.content_type = "application/json"
+    upstream.extra_headers = {"retry-after": email.utils.formatdate(time.time() + ahead,
+                                                                    usegmt=True)}
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER})
+    assert resp.status == 429 and resp.headers["retry-after"] in seconds
+
+
+async def test_a_retry_after_in_neither_form_is_ignored(proxy: Any, upstream: Any) -> None:
+    upstream.status = 429
+    upstream.content_type = "application/json"
+    upstream.extra_headers = {"retry-after": "soon"}
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER})
+    assert resp.status == 429 and "retry-after" not in resp.headers

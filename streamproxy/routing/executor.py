@@ -9,6 +9,8 @@ closes) moves on to the next target. After it, failures belong to the relay.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
 import math
 import random
 import time
@@ -54,17 +56,28 @@ class OpenedStream:
 
 def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
     ms = resp.headers.get("retry-after-ms")
+    value = resp.headers.get("retry-after")
     try:
         if ms is not None:
             seconds = float(ms) / 1000
         else:
-            value = resp.headers.get("retry-after")
             seconds = float(value) if value is not None else math.nan
     except ValueError:
-        return None  # an HTTP-date: treated as absent
+        # RFC 9110's other form, an HTTP-date (as the SDKs read it): the wait until then
+        return None if ms is not None or value is None else _seconds_until(value)
     # "nan", "inf", "1e400": absent too (math.ceil of one, for the client's Retry-After,
     # raised while the error was answered: the client got an empty reply)
     return seconds if math.isfinite(seconds) else None
+
+
+def _seconds_until(http_date: str) -> float | None:
+    try:
+        when = email.utils.parsedate_to_datetime(http_date)
+    except (TypeError, ValueError):
+        return None  # neither form: absent
+    if when.tzinfo is None:  # (-0000: UTC, as HTTP-dates are)
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - time.time())
 
 
 class Executor:
