@@ -13,7 +13,6 @@ import pytest
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
 from streamproxy.providers.cohere.stream import CohereStreamTranslator
-from streamproxy.providers.gemini.stream import GeminiStreamTranslator
 from tests.conftest import provider_config
 from tests.eventstream_frames import event
 from tests.helpers import fixture_bytes, jsonl_to_sse, openai_sdk, sse_chunks
@@ -212,25 +211,3 @@ def test_an_empty_first_text_block_is_content_empty_in_store_and_in_a_replay() -
     replayed = encoder()
     cache_entry.replay(orjson.loads(orjson.dumps(cache_entry.from_builder(builder))), replayed)
     assert replayed.take() == whole
-
-
-def test_an_empty_answer_joins_to_null_content_as_its_whole_answer() -> None:
-    # A blocked Gemini prompt: no candidates, only the finish. Its non-streamed answer has
-    # content null (tests/test_gemini.py); the stream's role chunk said "", so a client that
-    # joined the deltas got "" for the same answer.
-    from tests.test_gemini import BLOCK_ELEMENTS
-    from tests.test_gemini import gemini_sse as elements_sse
-
-    enc = encoder()
-    tr = GeminiStreamTranslator(enc, 1 << 20)
-    tr.feed(elements_sse(BLOCK_ELEMENTS))
-    tr.close()
-    role, finish, *_ = sse_chunks(enc.take())
-    assert role["choices"][0]["delta"] == {"role": "assistant", "content": None,
-                                           "refusal": None}
-    assert finish["choices"][0]["finish_reason"] == "content_filter"
-    enc = encoder()
-    enc.start()
-    enc.end()
-    (role, _) = sse_chunks(enc.take())
-    assert role["choices"][0]["delta"]["content"] is None

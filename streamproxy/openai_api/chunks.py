@@ -275,7 +275,7 @@ class ChunkEncoder:
 
     def finish(self, reason: str) -> None:
         if not self._prefix:
-            self._open(_ROLE_NO_TEXT)  # an answer with nothing in it: no text, as its whole one
+            self._open(_ROLE_TEXT)
         self.finish_reason = reason
         self._buf += (self._prefix, b'{},"logprobs":null,"finish_reason":', _dumps(reason),
                       b'}],"usage":null}\n\n' if self.include_usage else b"}]}\n\n")
@@ -287,8 +287,8 @@ class ChunkEncoder:
     def end(self) -> None:
         if self.ended:
             return
-        if self._role is not None:  # an answer with nothing in it: no text, as its whole one
-            self._open(_ROLE_NO_TEXT)
+        if self._role is not None:  # an answer with nothing in it
+            self._open(_ROLE_TEXT)
         if self.include_usage and self.usage_data is not None:
             if not self._prefix:
                 self._envelope()
