@@ -181,33 +181,3 @@ async def test_a_streamed_hit_of_a_tool_only_answer_joins_to_null_content(
     assert len(upstream.requests) == 1  # a hit
     message = final.choices[0].message
     assert message.content is None and message.tool_calls
-
-
-def test_an_empty_first_text_block_is_content_empty_in_store_and_in_a_replay() -> None:
-    # Cohere (and Anthropic) tell that the answer begins with text: the role chunk carries
-    # content "", and the block stays empty before a tool call. Store and the cache kept
-    # content null, so a streamed hit began with the call (content null) and a stored
-    # completion disagreed with what the client had joined.
-    from streamproxy.cache import entry as cache_entry
-    from streamproxy.openai_api.chunks import RecordingChunkEncoder
-    from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
-
-    enc = RecordingChunkEncoder(completion_id="chatcmpl-t", created=1, model="m",
-                                include_usage=True)
-    builder = CompletionBuilder()
-    tr = CohereStreamTranslator(TeeSink(enc, builder), 1 << 20)  # type: ignore[arg-type]
-    tr.feed(b'data: {"type":"message-start","delta":{"message":{"role":"assistant"}}}\n\n'
-            b'data: {"type":"content-start","index":0,"delta":{"message":{"content":'
-            b'{"type":"text","text":""}}}}\n\n')
-    first = enc.take()
-    tr.feed(b'data: {"type":"tool-call-start","index":1,"delta":{"message":{"tool_calls":'
-            b'{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}}}}\n\n'
-            b'data: {"type":"message-end","delta":{"finish_reason":"TOOL_CALL",'
-            b'"usage":{"tokens":{"input_tokens":1,"output_tokens":2}}}}\n\n')
-    whole = first + enc.take()
-    role = sse_chunks(first)[0]["choices"][0]["delta"]
-    assert role == {"role": "assistant", "content": "", "refusal": None}
-    assert builder.message()["content"] == ""
-    replayed = encoder()
-    cache_entry.replay(orjson.loads(orjson.dumps(cache_entry.from_builder(builder))), replayed)
-    assert replayed.take() == whole

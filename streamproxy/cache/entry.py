@@ -40,7 +40,6 @@ def from_builder(b: CompletionBuilder) -> dict[str, Any]:
         "finish": b.finish_reason,
         "usage": b.usage_data,
         "upstream": b.upstream_fields,
-        **({"text_first": True} if b.text_first else {}),  # (absent in older entries)
     }
 
 
@@ -101,7 +100,7 @@ def replay(entry: dict[str, Any], sink: ChunkSink) -> None:
     if completion is not None:
         _replay_completion(completion, sink)
         return
-    sink.start(entry.get("model"), True if entry.get("text_first") is True else None)
+    sink.start(entry.get("model"))
     content, reasoning, thinking, tools = (entry["content"], entry["reasoning"],
                                            entry["thinking"], entry["tools"])
     ci = ri = ti = 0

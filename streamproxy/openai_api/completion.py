@@ -75,10 +75,6 @@ class CompletionBuilder:
         # stream's first chunk (the upstream's own id).
         self.id: str | None = None
         self.created: int | None = None
-        # start() told that the answer begins with text (its first block, before any delta):
-        # the client's role chunk then carried content "", so the answer's content is "" even
-        # when the block stays empty (an empty text block before a tool call).
-        self.text_first = False
 
     def _take_text(self) -> None:
         """The content deltas appended since the last step, as (the rest of) a `c` run."""
@@ -132,8 +128,6 @@ class CompletionBuilder:
     def start(self, model: str | None = None, text: bool | None = None) -> None:
         if model:
             self.model = model
-        if self._kind is None and not self._parts:  # as the encoder: only before any delta
-            self.text_first = bool(text)
 
     def content(self, text: str) -> None:
         # Only the append: the run is counted when the kind changes (_take_text), so a
@@ -367,8 +361,6 @@ class CompletionBuilder:
             parts: list[Any] = self._parts
             msg["content"] = ("".join(self.content_parts) if self._decoded
                               else orjson.loads(b'"%b"' % b"".join(parts)))
-        elif self.text_first:
-            msg["content"] = ""
         if self.reasoning_parts:
             msg[self.reasoning_key] = "".join(self.reasoning_parts)
         if self.thinking_blocks:
@@ -477,7 +469,7 @@ class TeeSink:
 
     def start(self, model: str | None = None, text: bool | None = None) -> None:
         self.encoder.start(model, text)
-        self.builder.start(model, text)
+        self.builder.start(model)
 
     def content_logprobs(self, text: str, tokens: list[dict[str, Any]]) -> None:
         self.encoder.content_logprobs(text, tokens)  # records the text in the builder's list
