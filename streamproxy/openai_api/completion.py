@@ -361,6 +361,8 @@ class CompletionBuilder:
             parts: list[Any] = self._parts
             msg["content"] = ("".join(self.content_parts) if self._decoded
                               else orjson.loads(b'"%b"' % b"".join(parts)))
+        elif self._empty:
+            msg["content"] = ""  # as OpenAI's empty answer, and the stream's role chunk, say
         if self.reasoning_parts:
             msg[self.reasoning_key] = "".join(self.reasoning_parts)
         if self.thinking_blocks:
@@ -382,6 +384,14 @@ class CompletionBuilder:
                     "name": call["function"]["name"], "input": call["function"]["arguments"]}}
                 if i in self.custom_calls else call for i, call in enumerate(self.tool_calls)]
         return msg
+
+    @property
+    def _empty(self) -> bool:
+        """Nothing came before the finish: the stream's role chunk was `content: ""` (the
+        encoder opens an answer with nothing in it as text), as OpenAI answers when a model
+        says nothing (a reasoning model's budget spent, a stop sequence hit at once)."""
+        return not (self.reasoning_parts or self.thinking_blocks or self.tool_calls
+                    or self.images or self.refusal_parts or self._audio is not None)
 
     def _choice(self, index: int) -> dict[str, Any]:
         return {"index": index, "message": self.message(), "logprobs": self.logprobs,

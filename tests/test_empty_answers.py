@@ -1,0 +1,230 @@
+"""Degenerate answers — nothing said, only reasoning, a call with no arguments — reach an
+OpenAI client alike streamed (joined by the openai SDK's stream helper, whole and at random
+byte splits), non-streamed, stored and replayed from the cache, with OpenAI's `content`: `""`
+for an answer with nothing in it (OpenAI's, when a reasoning model spends its budget or a stop
+sequence is hit at once), null when only calls or reasoning came."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletionChunk
+
+from streamproxy.cache.entry import completion_from, from_builder, replay
+from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
+from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
+from streamproxy.providers.anthropic.response import to_completion as anthropic_whole
+from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
+from streamproxy.providers.bedrock.response import to_completion as bedrock_whole
+from streamproxy.providers.bedrock.stream import BedrockStreamTranslator
+from streamproxy.providers.cohere.response import to_completion as cohere_whole
+from streamproxy.providers.cohere.stream import CohereStreamTranslator
+from streamproxy.providers.gemini.response import to_completion as gemini_whole
+from streamproxy.providers.gemini.stream import GeminiStreamTranslator
+from streamproxy.providers.ollama.stream import OllamaStreamTranslator
+from streamproxy.providers.openai_compat import PassthroughTranslator
+from tests.eventstream_frames import encode_frame
+from tests.helpers import random_splits, sse_chunks
+
+ENVELOPE = {"completion_id": "chatcmpl-e", "created": 1, "model": "m"}
+Factory = Callable[[Any], Any]
+
+
+def answer(message: dict[str, Any], finish: str | None) -> dict[str, Any]:
+    """What a client reads of an answer."""
+    calls = message.get("tool_calls") or []
+    return {"content": message.get("content"), "finish": finish,
+            "calls": [(c["function"]["name"], c["function"]["arguments"]) for c in calls]}
+
+
+def streamed(factory: Factory, pieces: list[bytes]) -> tuple[dict[str, Any], CompletionBuilder]:
+    """What the openai SDK's stream helper joins of the client's stream, and the capture."""
+    encoder = RecordingChunkEncoder(include_usage=True, **ENVELOPE)
+    builder = CompletionBuilder()
+    translator = factory(TeeSink(encoder, builder))
+    out = b""
+    for piece in pieces:
+        translator.feed(piece)
+        out += encoder.take()
+    if not translator.done:
+        translator.close()
+    state = ChatCompletionStreamState()
+    for chunk in sse_chunks(out + encoder.take()):
+        if chunk != "[DONE]":
+            state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    [choice] = state.current_completion_snapshot.model_dump()["choices"]
+    return answer(choice["message"], choice["finish_reason"]), builder
+
+
+def check(factory: Factory, body: bytes, whole: dict[str, Any] | None,
+          expected: dict[str, Any]) -> None:
+    """Streamed whole and split, stored, non-streamed and replayed from the cache: the same."""
+    rng = random.Random(body)
+    for pieces in ([body], *(random_splits(body, rng, rng.choice([3, 40])) for _ in range(10))):
+        got, builder = streamed(factory, pieces)
+        assert got == expected
+    stored = builder.completion(**ENVELOPE)["choices"][0]
+    assert answer(stored["message"], stored["finish_reason"]) == expected
+    if whole is not None:
+        [choice] = whole["choices"]
+        assert answer(choice["message"], choice["finish_reason"]) == expected
+    entry = from_builder(builder)
+    hit = completion_from(entry, **ENVELOPE)["choices"][0]
+    assert answer(hit["message"], hit["finish_reason"]) == expected
+    encoder = ChunkEncoder(include_usage=False, **ENVELOPE)
+    replay(entry, encoder)
+    state = ChatCompletionStreamState()
+    for chunk in sse_chunks(encoder.take()):
+        if chunk != "[DONE]":
+            state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    [choice] = state.current_completion_snapshot.model_dump()["choices"]
+    assert answer(choice["message"], choice["finish_reason"]) == expected
+
+
+def empty(finish: str = "stop") -> dict[str, Any]:
+    return {"content": "", "finish": finish, "calls": []}
+
+
+# -- Anthropic --------------------------------------------------------------------------------
+
+def anthropic_stream(blocks: list[dict[str, Any]], stop: str) -> bytes:
+    """A Messages stream of whole blocks, each as its start (text and input empty) and one
+    delta."""
+    events: list[dict[str, Any]] = [{"type": "message_start", "message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude", "content": [],
+        "stop_reason": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}]
+    for i, block in enumerate(blocks):
+        kind = block["type"]
+        start = {**block, "text": ""} if kind == "text" else (
+            {**block, "input": {}} if kind == "tool_use" else {**block, "thinking": ""})
+        events.append({"type": "content_block_start", "index": i, "content_block": start})
+        delta = ({"type": "text_delta", "text": block["text"]} if kind == "text" else
+                 {"type": "input_json_delta", "partial_json": orjson.dumps(block["input"])
+                  .decode() if block["input"] else ""} if kind == "tool_use" else
+                 {"type": "thinking_delta", "thinking": block["thinking"]})
+        events.append({"type": "content_block_delta", "index": i, "delta": delta})
+        events.append({"type": "content_block_stop", "index": i})
+    events += [{"type": "message_delta", "delta": {"stop_reason": stop},
+                "usage": {"output_tokens": 1}}, {"type": "message_stop"}]
+    return b"".join(b"event: %s\ndata: %s\n\n" % (e["type"].encode(), orjson.dumps(e))
+                    for e in events)
+
+
+ANTHROPIC = {  # name: (content blocks, stop reason, expected)
+    "empty end_turn after tool results": ([], "end_turn", empty()),
+    "stop sequence at once": ([], "stop_sequence", empty()),
+    "refusal with no text": ([], "refusal", empty("content_filter")),
+    "thinking only, max_tokens": ([{"type": "thinking", "thinking": "Hm", "signature": ""}],
+                                  "max_tokens", {"content": None, "finish": "length",
+                                                 "calls": []}),
+    "whitespace only": ([{"type": "text", "text": "\n\n"}], "end_turn",
+                        {"content": "\n\n", "finish": "stop", "calls": []}),
+    "two argument-less calls to one function": (
+        [{"type": "tool_use", "id": "toolu_1", "name": "now", "input": {}},
+         {"type": "tool_use", "id": "toolu_2", "name": "now", "input": {}}], "tool_use",
+        {"content": None, "finish": "tool_calls", "calls": [("now", "{}"), ("now", "{}")]}),
+}
+
+
+@pytest.mark.parametrize("name", ANTHROPIC)
+def test_anthropic(name: str) -> None:
+    blocks, stop, expected = ANTHROPIC[name]
+    whole = anthropic_whole(orjson.dumps({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+        "content": blocks, "stop_reason": stop, "usage": {"input_tokens": 5, "output_tokens": 1}}),
+        **ENVELOPE)
+    check(lambda out: AnthropicStreamTranslator(out, 1 << 20), anthropic_stream(blocks, stop),
+          whole, expected)
+
+
+# -- Gemini -------------------------------------------------------------------------------------
+
+USAGE = {"promptTokenCount": 5, "candidatesTokenCount": 0, "totalTokenCount": 5}
+
+
+def gemini_chunk(parts: list[dict[str, Any]] | None, finish: str | None = None) -> bytes:
+    content: dict[str, Any] = {"role": "model"}
+    if parts is not None:
+        content["parts"] = parts
+    candidate: dict[str, Any] = {"index": 0, "content": content}
+    if finish:
+        candidate["finishReason"] = finish
+    return orjson.dumps({"candidates": [candidate], "usageMetadata": USAGE})
+
+
+GEMINI = {  # name: (the answer as one chunk, expected)
+    "no parts": (gemini_chunk(None, "STOP"), empty()),
+    "an empty text part": (gemini_chunk([{"text": ""}], "STOP"), empty()),
+    "thoughts only, MAX_TOKENS": (gemini_chunk([{"text": "Hm", "thought": True}], "MAX_TOKENS"),
+                                  {"content": None, "finish": "length", "calls": []}),
+    "a blocked answer": (gemini_chunk(None, "SAFETY"), empty("content_filter")),
+    "a blocked prompt": (orjson.dumps({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
+                                       "usageMetadata": USAGE}), empty("content_filter")),
+}
+
+
+@pytest.mark.parametrize("name", GEMINI)
+def test_gemini(name: str) -> None:
+    chunk, expected = GEMINI[name]
+    check(lambda out: GeminiStreamTranslator(out, 1 << 20), b"data: %b\r\n\r\n" % chunk,
+          gemini_whole(chunk, **ENVELOPE), expected)
+
+
+# -- Bedrock, Cohere, Ollama, an OpenAI-compatible upstream ------------------------------------
+
+def bedrock_event(kind: str, body: dict[str, Any]) -> bytes:
+    return encode_frame({":message-type": "event", ":event-type": kind,
+                         ":content-type": "application/json"}, orjson.dumps(body))
+
+
+def test_bedrock_empty_answer() -> None:
+    usage = {"inputTokens": 5, "outputTokens": 1, "totalTokens": 6}
+    body = b"".join((bedrock_event("messageStart", {"role": "assistant"}),
+                     bedrock_event("messageStop", {"stopReason": "end_turn"}),
+                     bedrock_event("metadata", {"usage": usage})))
+    whole = bedrock_whole(orjson.dumps({
+        "output": {"message": {"role": "assistant", "content": []}}, "stopReason": "end_turn",
+        "usage": usage}), **ENVELOPE)
+    check(lambda out: BedrockStreamTranslator(out, 1 << 20), body, whole, empty())
+
+
+def test_cohere_empty_answer() -> None:
+    usage = {"billed_units": {"input_tokens": 5, "output_tokens": 1}}
+    events = [{"type": "message-start", "id": "c1", "delta": {"message": {"role": "assistant"}}},
+              {"type": "message-end", "delta": {"finish_reason": "COMPLETE", "usage": usage}}]
+    body = b"".join(b"event: %s\ndata: %s\n\n" % (e["type"].encode(), orjson.dumps(e))
+                    for e in events)
+    whole = cohere_whole(orjson.dumps({"id": "c1", "finish_reason": "COMPLETE", "message": {
+        "role": "assistant"}, "usage": usage}), provider="cohere", **ENVELOPE)
+    check(lambda out: CohereStreamTranslator(out, 1 << 20), body, whole, empty())
+
+
+def test_ollama_empty_answer() -> None:
+    line = {"model": "llama3", "done": True, "done_reason": "stop", "prompt_eval_count": 5,
+            "eval_count": 1, "message": {"role": "assistant", "content": ""}}
+    builder = CompletionBuilder()  # the non-streamed answer: one line, as Ollama sends it
+    OllamaStreamTranslator(builder, 0).handle(line)
+    check(lambda out: OllamaStreamTranslator(out, 1 << 20), orjson.dumps(line) + b"\n",
+          builder.completion(**ENVELOPE), empty())
+
+
+def test_passthrough_empty_answer_is_stored_as_its_stream_said() -> None:
+    """OpenAI's own empty answer: the role chunk's `content: ""` and a finish."""
+    def chunk(choices: list[Any], usage: Any = None) -> bytes:
+        return b"data: %b\n\n" % orjson.dumps({
+            "id": "chatcmpl-u", "object": "chat.completion.chunk", "created": 1,
+            "model": "o4-mini", "choices": choices, "usage": usage})
+    body = b"".join((
+        chunk([{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None},
+                "finish_reason": None}]),
+        chunk([{"index": 0, "delta": {}, "finish_reason": "length"}]),
+        chunk([], {"prompt_tokens": 5, "completion_tokens": 64, "total_tokens": 69}),
+        b"data: [DONE]\n\n"))
+    check(lambda out: PassthroughTranslator(out, 1 << 20, provider="p",
+                                            client_wants_usage=True),
+          body, None, empty("length"))
