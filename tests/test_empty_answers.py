@@ -94,7 +94,7 @@ def empty(finish: str = "stop") -> dict[str, Any]:
 
 def anthropic_stream(blocks: list[dict[str, Any]], stop: str) -> bytes:
     """A Messages stream of whole blocks, each as its start (text and input empty) and one
-    delta."""
+    delta (none for an empty text block, as Anthropic sends it)."""
     events: list[dict[str, Any]] = [{"type": "message_start", "message": {
         "id": "msg_1", "type": "message", "role": "assistant", "model": "claude", "content": [],
         "stop_reason": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}]
@@ -107,7 +107,8 @@ def anthropic_stream(blocks: list[dict[str, Any]], stop: str) -> bytes:
                  {"type": "input_json_delta", "partial_json": orjson.dumps(block["input"])
                   .decode() if block["input"] else ""} if kind == "tool_use" else
                  {"type": "thinking_delta", "thinking": block["thinking"]})
-        events.append({"type": "content_block_delta", "index": i, "delta": delta})
+        if kind != "text" or block["text"]:
+            events.append({"type": "content_block_delta", "index": i, "delta": delta})
         events.append({"type": "content_block_stop", "index": i})
     events += [{"type": "message_delta", "delta": {"stop_reason": stop},
                 "usage": {"output_tokens": 1}}, {"type": "message_stop"}]
@@ -122,6 +123,14 @@ ANTHROPIC = {  # name: (content blocks, stop reason, expected)
     "thinking only, max_tokens": ([{"type": "thinking", "thinking": "Hm", "signature": ""}],
                                   "max_tokens", {"content": None, "finish": "length",
                                                  "calls": []}),
+    "an empty text block": ([{"type": "text", "text": ""}], "end_turn", empty()),
+    "thinking, then an empty text block": (
+        [{"type": "thinking", "thinking": "Hm", "signature": ""}, {"type": "text", "text": ""}],
+        "end_turn", {"content": None, "finish": "stop", "calls": []}),
+    "an empty text block, then a call": (  # its role chunk left before the block ended
+        [{"type": "text", "text": ""},
+         {"type": "tool_use", "id": "toolu_1", "name": "now", "input": {}}], "tool_use",
+        {"content": "", "finish": "tool_calls", "calls": [("now", "{}")]}),
     "whitespace only": ([{"type": "text", "text": "\n\n"}], "end_turn",
                         {"content": "\n\n", "finish": "stop", "calls": []}),
     "two argument-less calls to one function": (
@@ -191,6 +200,45 @@ def test_bedrock_empty_answer() -> None:
         "output": {"message": {"role": "assistant", "content": []}}, "stopReason": "end_turn",
         "usage": usage}), **ENVELOPE)
     check(lambda out: BedrockStreamTranslator(out, 1 << 20), body, whole, empty())
+
+
+def test_bedrock_reasoning_then_an_empty_text_block() -> None:
+    usage = {"inputTokens": 5, "outputTokens": 1, "totalTokens": 6}
+    body = b"".join((
+        bedrock_event("messageStart", {"role": "assistant"}),
+        bedrock_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {
+            "reasoningContent": {"text": "Hm"}}}),
+        bedrock_event("contentBlockStop", {"contentBlockIndex": 0}),
+        bedrock_event("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"text": ""}}),
+        bedrock_event("contentBlockStop", {"contentBlockIndex": 1}),
+        bedrock_event("messageStop", {"stopReason": "end_turn"}),
+        bedrock_event("metadata", {"usage": usage})))
+    whole = bedrock_whole(orjson.dumps({"output": {"message": {"role": "assistant", "content": [
+        {"reasoningContent": {"reasoningText": {"text": "Hm"}}}, {"text": ""}]}},
+        "stopReason": "end_turn", "usage": usage}), **ENVELOPE)
+    check(lambda out: BedrockStreamTranslator(out, 1 << 20), body, whole,
+          {"content": None, "finish": "stop", "calls": []})
+
+
+@pytest.mark.parametrize("first", ["text", "thinking"])
+def test_cohere_an_empty_block_then_a_call(first: str) -> None:
+    usage = {"billed_units": {"input_tokens": 5, "output_tokens": 1}}
+    block = {"type": first, first: ""}
+    call = {"id": "c_1", "type": "function", "function": {"name": "now", "arguments": ""}}
+    events = [{"type": "message-start", "id": "c1", "delta": {"message": {"role": "assistant"}}},
+              {"type": "content-start", "index": 0, "delta": {"message": {"content": block}}},
+              {"type": "content-end", "index": 0},
+              {"type": "tool-call-start", "index": 0, "delta": {"message": {"tool_calls": call}}},
+              {"type": "tool-call-end", "index": 0},
+              {"type": "message-end", "delta": {"finish_reason": "TOOL_CALL", "usage": usage}}]
+    body = b"".join(b"event: %s\ndata: %s\n\n" % (e["type"].encode(), orjson.dumps(e))
+                    for e in events)
+    whole = cohere_whole(orjson.dumps({"id": "c1", "finish_reason": "TOOL_CALL", "message": {
+        "role": "assistant", "content": [block], "tool_calls": [call]}, "usage": usage}),
+        provider="cohere", **ENVELOPE)
+    check(lambda out: CohereStreamTranslator(out, 1 << 20), body, whole,
+          {"content": "" if first == "text" else None, "finish": "tool_calls",
+           "calls": [("now", "{}")]})
 
 
 def test_cohere_empty_answer() -> None:

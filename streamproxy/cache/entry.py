@@ -32,6 +32,7 @@ def from_builder(b: CompletionBuilder) -> dict[str, Any]:
         "stored_at": time.time(),
         "model": b.model,
         "runs": b.runs,
+        "text_first": b.text_first,
         "content": b.content_parts,
         "reasoning": b.reasoning_parts,
         "thinking": b.thinking_blocks,
@@ -100,7 +101,8 @@ def replay(entry: dict[str, Any], sink: ChunkSink) -> None:
     if completion is not None:
         _replay_completion(completion, sink)
         return
-    sink.start(entry.get("model"))
+    # (an entry without `text_first`, from before it was kept, replays as it did)
+    sink.start(entry.get("model"), True if entry.get("text_first") else None)
     content, reasoning, thinking, tools = (entry["content"], entry["reasoning"],
                                            entry["thinking"], entry["tools"])
     ci = ri = ti = 0

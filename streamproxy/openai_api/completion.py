@@ -45,6 +45,9 @@ class CompletionBuilder:
         self.thinking_blocks: list[dict[str, Any]] = []
         self.tool_calls: list[dict[str, Any]] = []
         self._args: list[list[str]] = []
+        # start() said the answer begins with text before any part came (the first block is
+        # text): the stream's role chunk was `content: ""`, though the block may stay empty.
+        self.text_first = False
         self.finish_reason: str | None = None
         self.usage_data: dict[str, Any] | None = None
         self.failure: ProxyError | None = None
@@ -128,6 +131,8 @@ class CompletionBuilder:
     def start(self, model: str | None = None, text: bool | None = None) -> None:
         if model:
             self.model = model
+        if text is not None and self._kind is None and not self._parts and not self.images:
+            self.text_first = text  # (as the encoder: once a part came, the role is out)
 
     def content(self, text: str) -> None:
         # Only the append: the run is counted when the kind changes (_take_text), so a
@@ -361,7 +366,7 @@ class CompletionBuilder:
             parts: list[Any] = self._parts
             msg["content"] = ("".join(self.content_parts) if self._decoded
                               else orjson.loads(b'"%b"' % b"".join(parts)))
-        elif self._empty:
+        elif self.text_first or self._empty:
             msg["content"] = ""  # as OpenAI's empty answer, and the stream's role chunk, say
         if self.reasoning_parts:
             msg[self.reasoning_key] = "".join(self.reasoning_parts)
@@ -479,7 +484,7 @@ class TeeSink:
 
     def start(self, model: str | None = None, text: bool | None = None) -> None:
         self.encoder.start(model, text)
-        self.builder.start(model)
+        self.builder.start(model, text)
 
     def content_logprobs(self, text: str, tokens: list[dict[str, Any]]) -> None:
         self.encoder.content_logprobs(text, tokens)  # records the text in the builder's list

@@ -24,12 +24,15 @@ def _completion(msg: dict[str, Any], completion_id: str, created: int,
                 model: str) -> dict[str, Any]:
     blocks = msg["content"]
     out = CompletionBuilder()
-    out.start(msg.get("model"))
+    # As the stream's role chunk: `content: ""` when the first block is text, though it is
+    # empty; an empty text block after thinking or a call adds nothing (content stays null).
+    out.start(msg.get("model"), blocks[0].get("type") == "text" if blocks else None)
     tools = 0
     for block in blocks:
         kind = block.get("type")
         if kind == "text":
-            out.content(block.get("text", ""))
+            if block.get("text"):
+                out.content(block["text"])
         elif kind == "tool_use":
             out.tool_call_start(tools, block["id"], block["name"],
                                 orjson.dumps(block.get("input") or {}).decode())

@@ -37,7 +37,8 @@ def _translate(blocks: list[dict[str, Any]], answer: dict[str, Any]) -> Completi
     tools = 0
     for block in blocks:
         if "text" in block:
-            out.content(block["text"])
+            if block["text"]:  # (as the stream, which skips empty text deltas)
+                out.content(block["text"])
         elif "toolUse" in block:
             call = block["toolUse"]
             out.tool_call_start(tools, call["toolUseId"], call["name"],

@@ -31,8 +31,12 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
         if message.get("tool_plan"):
             out.reasoning(message["tool_plan"])
         for block in message.get("content") or ():
+            # As the stream's content-start: what the first block is says the role chunk's
+            # content ("" before text), and an empty block adds nothing.
+            out.start(None, block.get("type", "text") == "text")
             if block.get("type") == "text":
-                out.content(block.get("text") or "")
+                if block.get("text"):
+                    out.content(block["text"])
             elif block.get("type") == "thinking":
                 out.reasoning(block.get("thinking") or "")
         calls = message.get("tool_calls") or ()
