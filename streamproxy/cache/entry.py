@@ -102,7 +102,8 @@ def replay(entry: dict[str, Any], sink: ChunkSink) -> None:
         _replay_completion(completion, sink)
         return
     # (an entry without `text_first`, from before it was kept, replays as it did)
-    sink.start(entry.get("model"), True if entry.get("text_first") else None)
+    text_first = entry.get("text_first")
+    sink.start(entry.get("model"), text_first if isinstance(text_first, bool) else None)
     content, reasoning, thinking, tools = (entry["content"], entry["reasoning"],
                                            entry["thinking"], entry["tools"])
     ci = ri = ti = 0

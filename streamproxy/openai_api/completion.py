@@ -45,9 +45,10 @@ class CompletionBuilder:
         self.thinking_blocks: list[dict[str, Any]] = []
         self.tool_calls: list[dict[str, Any]] = []
         self._args: list[list[str]] = []
-        # start() said the answer begins with text before any part came (the first block is
-        # text): the stream's role chunk was `content: ""`, though the block may stay empty.
-        self.text_first = False
+        # What start() said the answer begins with before any part came (None: not said). The
+        # stream's role chunk follows it — `content: ""` for a text block, though it may stay
+        # empty; null for another block, though nothing may follow it.
+        self.text_first: bool | None = None
         self.finish_reason: str | None = None
         self.usage_data: dict[str, Any] | None = None
         self.failure: ProxyError | None = None
@@ -366,7 +367,7 @@ class CompletionBuilder:
             parts: list[Any] = self._parts
             msg["content"] = ("".join(self.content_parts) if self._decoded
                               else orjson.loads(b'"%b"' % b"".join(parts)))
-        elif self.text_first or self._empty:
+        elif self.text_first or (self.text_first is None and self._empty):
             msg["content"] = ""  # as OpenAI's empty answer, and the stream's role chunk, say
         if self.reasoning_parts:
             msg[self.reasoning_key] = "".join(self.reasoning_parts)
