@@ -37,7 +37,9 @@ class Disconnected(ConnectionError):
 
     def __init__(self, msg: str, *, nothing_received: bool = False) -> None:
         super().__init__(msg)
-        self.nothing_received = nothing_received  # a stale pooled connection: safe to retry
+        # No byte of a response came. Not a reason to send the request again: it may have
+        # reached the upstream (only http11.NotSent, nothing written, is resent).
+        self.nothing_received = nothing_received
 
 
 class MalformedResponse(ConnectionError):
