@@ -61,7 +61,8 @@ class RequestRecord:
     lookup: Callable[[int, RequestRecord], Awaitable[bytes | None]] | None = None
     response: dict[str, Any] | None = None
     # What end-of-request features noted before routing, for their observers (store: the
-    # request and owner to persist; cache: the key to fill). Keyed by feature name.
+    # request and owner to persist; cache: its TargetLookups, whose keys say where the
+    # answering target's answer is written). Keyed by feature name.
     pending: dict[str, Any] | None = None
     # Operations (observe/, server/auth.py): who asked, how much, how the stream flowed.
     auth_key_name: str | None = None  # the proxy key's configured name, never the key
