@@ -12,6 +12,7 @@
     ├── Overloaded                      503 api_error              (carries retry_after)
     ├── UpstreamStatusError             <upstream status>          provider's message carried over
     ├── UpstreamUnreachable             502 api_error              code=upstream_unreachable
+    ├── CredentialsUnavailable          502 api_error              no Vertex token or AWS keys
     ├── UpstreamTimeout                 504 api_error              code=upstream_timeout
     │   └── RequestTimeout              408 timeout_error          code=request_timeout
     └── UpstreamProtocolError           502 api_error              code=upstream_protocol_error
@@ -225,6 +226,14 @@ def _masked_value(value: Any, key: str) -> Any:
 class UpstreamUnreachable(ProxyError):
     status = 502
     code = "upstream_unreachable"
+
+
+class CredentialsUnavailable(ProxyError):
+    """A provider's credentials for the upstream (a Vertex token, AWS credentials) could not be
+    had: the lookup failed or took too long."""
+
+    status = 502
+    code = "upstream_credentials_unavailable"
 
 
 class UpstreamTimeout(ProxyError):

@@ -35,7 +35,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from streamproxy.config import ConfigError, ProviderConfig
-from streamproxy.errors import AuthenticationFailed, ProxyError
+from streamproxy.errors import AuthenticationFailed, CredentialsUnavailable
 from streamproxy.providers.threads import in_daemon_thread
 
 if TYPE_CHECKING:
@@ -50,11 +50,6 @@ _RETRY_CHAIN_AFTER = 60.0  # seconds before looking for credentials again after 
 # (botocore gives a credential_process no timeout) otherwise held every request until its own
 # first-token timeout, 600 s by default, before a fallback could run.
 LOOKUP_DEADLINE = 30.0
-
-
-class CredentialsUnavailable(ProxyError):
-    status = 502
-    code = "upstream_credentials_unavailable"
 
 # botocore logs the canonical request at DEBUG, and with temporary credentials that includes
 # the session token: keep it out of our logs even when the proxy runs at debug level.

@@ -21,7 +21,7 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from streamproxy.errors import ProxyError
+from streamproxy.errors import CredentialsUnavailable
 from streamproxy.providers.threads import in_daemon_thread
 
 log = logging.getLogger("streamproxy.providers.vertex")
@@ -33,9 +33,8 @@ FAILURE_BACKOFF = 5.0  # seconds before a failed fetch is tried again
 EXPIRY_MARGIN = 300.0
 
 
-class TokenUnavailable(ProxyError):
-    status = 502
-    code = "upstream_credentials_unavailable"
+class TokenUnavailable(CredentialsUnavailable):
+    """No Vertex access token could be had (a failed fetch, or one past its deadline)."""
 
 
 # A fetched token and how many seconds it stays valid (None: unknown, reuse it `refresh` s).
