@@ -1,10 +1,11 @@
 """Vertex AI bearer tokens fetched off the event loop: the only I/O of this package.
 
-`TokenSource` caches one OAuth2 access token and refreshes it in a worker thread; a subclass
-says how one token is fetched (a blocking `_fetch`). `CommandToken` runs `token_command` (an
-argv list, without a shell), e.g. `[gcloud, auth, print-access-token]`, and reuses its output
-for `refresh` seconds; `credentials.GoogleToken` refreshes Google credentials (a key file or
-Application Default Credentials) and follows the token's own expiry.
+`TokenSource` caches one OAuth2 access token and refreshes it in a daemon thread
+(providers/threads.py: a hung fetch never holds up a shutdown); a subclass says how one token
+is fetched (a blocking `_fetch`). `CommandToken` runs `token_command` (an argv list, without a
+shell), e.g. `[gcloud, auth, print-access-token]`, and reuses its output for `refresh` seconds;
+`credentials.GoogleToken` refreshes Google credentials (a key file or Application Default
+Credentials) and follows the token's own expiry.
 
 Requests never wait for a refresh while a token is cached and unexpired: a stale token is
 served while one background run replaces it. A request waits only when there is no usable
@@ -132,7 +133,7 @@ class TokenSource:
         return token
 
     def _fetch(self) -> Fetched:
-        """One token, blocking (run in a worker thread); raises TokenUnavailable."""
+        """One token, blocking (run in a thread of its own); raises TokenUnavailable."""
         raise NotImplementedError
 
     def _fail(self, message: str) -> TokenUnavailable:
@@ -147,7 +148,7 @@ class CommandToken(TokenSource):
         self._timeout = timeout
 
     def _fetch(self) -> Fetched:
-        # subprocess.run in a worker thread rather than asyncio's subprocess API: cancelling
+        # subprocess.run in a thread rather than asyncio's subprocess API: cancelling
         # the latter while it spawns hangs the stdlib loop (CPython 3.11) at shutdown, and the
         # thread is off the event loop all the same. The timeout kills the child.
         proc = self._spawn()
