@@ -147,12 +147,14 @@ def load_settings(config: Config) -> GatewaySettings:
 
 
 # A virtual key's secret is for its own provider: a target naming another beside it sent that
-# secret there (an inline config could hand any virtual key's secret to any provider).
+# secret there (an inline config could hand any virtual key's secret to any provider). Refused
+# as the config loads for a named config (_check_leaf_static), per request for an inline one.
 _VKEY_PROVIDER_RULE = "names another provider than its virtual_key's, whose secret is for that one"
 
 
-def _names_another_than(leaf: ConfigNode, provider: str) -> bool:
-    return bool(leaf.provider) and leaf.provider.removeprefix("@") != provider
+def _names_other_than_key(leaf: ConfigNode, key_provider: str) -> bool:
+    """Whether `leaf` names a provider other than `key_provider`, its virtual key's."""
+    return bool(leaf.provider) and leaf.provider.removeprefix("@") != key_provider
 
 
 def _allowed_entry(entry: str, src: str, where: str) -> str:
@@ -202,8 +204,8 @@ def _check_leaf_static(leaf: ConfigNode, settings: GatewaySettings, config: Conf
         raise ConfigError(config.source, f"{where}: {leaf.path}.custom_host",
                           f"'{_host_of(leaf.custom_host) or leaf.custom_host}' is not under "
                           "allowed_custom_hosts")
-    if leaf.virtual_key and _names_another_than(leaf,
-                                                settings.virtual_keys[leaf.virtual_key].provider):
+    if leaf.virtual_key and _names_other_than_key(
+            leaf, settings.virtual_keys[leaf.virtual_key].provider):
         raise ConfigError(config.source, f"{where}: {leaf.path}.provider", _VKEY_PROVIDER_RULE)
     provider = provider or (settings.virtual_keys[leaf.virtual_key].provider
                             if leaf.virtual_key else "")
@@ -383,8 +385,8 @@ class Gateway:
         vkey = None
         if leaf.virtual_key:
             vkey = self._virtual_key(leaf.virtual_key, f"{leaf.path}.virtual_key")
-            if _names_another_than(leaf, vkey.provider):
-                raise InvalidRequest(f"Invalid config: '{leaf.path}.provider': "
+            if _names_other_than_key(leaf, vkey.provider):
+                raise InvalidRequest(f"Invalid config: '{leaf.path}.provider' "
                                      f"{_VKEY_PROVIDER_RULE}.", param=f"{leaf.path}.provider",
                                      code="invalid_config")
         elif not leaf.provider and model_param is None and VIRTUAL_KEY_HEADER in headers:
