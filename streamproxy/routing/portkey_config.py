@@ -145,11 +145,32 @@ def _bad(path: str, reason: str) -> InvalidRequest:
                           code="invalid_config")
 
 
+def _override_params(params: Any, where: str) -> dict[str, Any]:
+    """A node's own `override_params`, checked: none that only the request may set, and the
+    rest as a request's fields (`_check_overrides`)."""
+    if not isinstance(params, dict):
+        raise _bad(where, "must be an object")
+    if "store" in params:  # consumed before routing, never forwarded: it cannot apply here
+        raise _bad(f"{where}.store", "is the proxy's stored completions switch, not a provider "
+                   "parameter: send store in the request body, or set storage.force_store")
+    if "stream" in params:  # the answer's form is the request's: an upstream told otherwise
+        # answered in the other form, which failed as a truncated stream (502)
+        raise _bad(f"{where}.stream", "would change the answer's form from the one the client "
+                   "asked for: send stream in the request body")
+    if "n" in params:  # how many choices is the client's to say: with another n, a client
+        # got choices it did not ask for or lost some, and the cache replayed and storage kept
+        # choice 0 alone (they read n from the request)
+        raise _bad(f"{where}.n", "would change how many choices the answer has from what the "
+                   "client asked for: send n in the request body")
+    _check_overrides(params, where)
+    return params
+
+
 # What an override's fields are checked beside: a request's messages, and the fields some of
 # them require (stream_options needs stream, top_logprobs needs logprobs) when it does not set
 # them itself — the request brings those.
 _OVERRIDE_COMPANIONS = {"messages": [{"role": "user", "content": "-"}]}
-_NEEDS = {"stream_options": ("stream", True), "top_logprobs": ("logprobs", True)}
+_COMPANION_OF = {"stream_options": ("stream", True), "top_logprobs": ("logprobs", True)}
 
 
 def _check_overrides(params: dict[str, Any], where: str) -> None:
@@ -157,7 +178,7 @@ def _check_overrides(params: dict[str, Any], where: str) -> None:
     request's own fields are (an override's `tools` of another shape reached a provider's
     translator unchecked: a KeyError there, a 500)."""
     probe = {**_OVERRIDE_COMPANIONS, **params}
-    for name, (needed, value) in _NEEDS.items():
+    for name, (needed, value) in _COMPANION_OF.items():
         if name in params and needed not in params:
             probe[needed] = value
     try:
@@ -310,23 +331,7 @@ def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode
     if options:
         changes["provider_options"] = options
     if "override_params" in raw:
-        params = raw["override_params"]
-        if not isinstance(params, dict):
-            raise _bad(f"{path}.override_params", "must be an object")
-        if "store" in params:  # consumed before routing, never forwarded: it cannot apply here
-            raise _bad(f"{path}.override_params.store", "is the proxy's stored completions "
-                       "switch, not a provider parameter: send store in the request body, or "
-                       "set storage.force_store")
-        if "stream" in params:  # the answer's form is the request's: an upstream told
-            # otherwise answered in the other form, which failed as a truncated stream (502)
-            raise _bad(f"{path}.override_params.stream", "would change the answer's form from "
-                       "the one the client asked for: send stream in the request body")
-        if "n" in params:  # how many choices is the client's to say: with another n, a
-            # client got choices it did not ask for or lost some, and the cache replayed and
-            # storage kept choice 0 alone (they read n from the request)
-            raise _bad(f"{path}.override_params.n", "would change how many choices the "
-                       "answer has from what the client asked for: send n in the request body")
-        _check_overrides(params, f"{path}.override_params")
+        params = _override_params(raw["override_params"], f"{path}.override_params")
         changes["override_params"] = {**node.override_params, **params}
     if "forward_headers" in raw:
         headers = raw["forward_headers"]
