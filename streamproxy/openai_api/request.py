@@ -225,16 +225,17 @@ def custom_tools_refused(provider: str) -> InvalidRequest:
                           param="tools", code="unsupported_value")
 
 
-TEXT_ONLY = frozenset({"text"})
+TEXT_ONLY = frozenset({"text"})  # the answer_modalities of most translating providers
 # `modalities` values beyond text, as a refusal names them.
 _ANSWER_KINDS = {"audio": "audio", "image": "images"}
 
 
 def answer_changing_refusal(provider: str, body: dict[str, Any],
-                            answers: frozenset[str] = TEXT_ONLY) -> InvalidRequest | None:
-    """For the same providers, the OpenAI features they lack that change the answer, or None.
-    Dropped, the client would get another answer than it asked for and not know it. `answers`:
-    the modalities the provider can answer in (`Provider.answer_modalities`)."""
+                            answers: frozenset[str]) -> InvalidRequest | None:
+    """For a provider that translates the request (as for custom tools), the OpenAI features
+    it lacks that change the answer, or None. Dropped, the client would get another answer
+    than it asked for and not know it. `answers`: the modalities the provider can answer in
+    (`Provider.answer_modalities`)."""
     if body.get("functions"):  # deprecated: the model could call none of them
         return InvalidRequest(f"provider '{provider}' does not take the deprecated 'functions' "
                               "(and 'function_call'); send them as 'tools' (and "

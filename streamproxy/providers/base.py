@@ -127,8 +127,8 @@ class Provider:
     # translator then forwards the usage chunk itself and the encoder must not add one.
     passthrough: bool = False
     # True when the upstream takes OpenAI's custom tools and allowed_tools choices (and the
-    # deprecated `functions`, audio answers, web search) as they are; the others refuse them
-    # (openai_api.request.custom_tools_refused, answer_changing_refusal).
+    # deprecated `functions`, any `modalities`, web search) as they are; the others refuse
+    # them (openai_api.request.custom_tools_refused, answer_changing_refusal).
     custom_tools: bool = False
     # What a translating provider's answers can hold, as OpenAI's `modalities` names it: asked
     # for anything else, it answers a 400 (openai_api.request.answer_changing_refusal).
