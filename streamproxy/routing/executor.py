@@ -3,7 +3,9 @@
 "Opens" means the upstream answered 2xx and its first event translated into output — the
 commit point. Until then nothing has reached the client, so a failure (an error status, a
 refused connection, a timeout, an upstream that says 200 and then sends an error event or
-closes) moves on to the next target. After it, failures belong to the relay.
+closes) moves on to the next target. After it, failures belong to the relay. Before a
+target's first request (not its retries) its response cache, if it has one, is looked up
+(`record.lookup`, cache/service.py): a hit is the answer, in that target's name.
 """
 
 from __future__ import annotations
@@ -123,12 +125,14 @@ class Executor:
         return await self._run(req, plan, record, self._open_one)
 
     async def complete(self, req: ChatRequest, plan: Plan, record: RequestRecord) -> bytes:
+        """The answer's JSON body: an upstream's, translated, or a target's cached one."""
         return await self._run(req, plan, record, self._complete_one)
 
     async def _run(self, req: ChatRequest, plan: Plan, record: RequestRecord,
                    once: Any) -> Any:
-        """Try the plan's attempts in order until one opens; a failure moves to where the
-        plan's fallback structure says (`Plan.next_after`), or ends the request."""
+        """Try the plan's attempts in order until one opens or its cache answers; a failure
+        moves to where the plan's fallback structure says (`Plan.next_after`), or ends the
+        request."""
         index = 0
         while True:
             attempt = plan.attempts[index]
