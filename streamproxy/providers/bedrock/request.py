@@ -199,10 +199,16 @@ def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "aut
     return out
 
 
+def _model_fields(out: dict[str, Any]) -> dict[str, Any]:
+    """The `additionalModelRequestFields` a client passed (none when not an object): what the
+    proxy adds there never replaces a field of theirs, and goes in a new dict."""
+    fields = out.get("additionalModelRequestFields")
+    return fields if isinstance(fields, dict) else {}
+
+
 def _add_betas(out: dict[str, Any], betas: list[str]) -> None:
     """Claude's betas where Converse takes them, unless the client's own fields name some."""
-    fields = out.get("additionalModelRequestFields")
-    fields = fields if isinstance(fields, dict) else {}
+    fields = _model_fields(out)
     if "anthropic_beta" not in fields:
         out["additionalModelRequestFields"] = {**fields, "anthropic_beta": betas}
 
@@ -210,8 +216,7 @@ def _add_betas(out: dict[str, Any], betas: list[str]) -> None:
 def _add_top_k(out: dict[str, Any], top_k: Any, model: str) -> None:
     """`top_k` where the model's own fields take it (Converse's inferenceConfig has none), so a
     Claude with thinking refuses it as on Anthropic; unless the client's fields name one."""
-    fields = out.get("additionalModelRequestFields")
-    fields = fields if isinstance(fields, dict) else {}
+    fields = _model_fields(out)
     if is_claude(model) and "top_k" not in fields:
         out["additionalModelRequestFields"] = {**fields, "top_k": top_k}
     elif is_nova(model):
@@ -226,8 +231,7 @@ def _add_reasoning_level(out: dict[str, Any], body: dict[str, Any], model: str) 
     """`reasoning_effort` as the level Nova 2 and gpt-oss take in their own fields (Claude's
     thinking is made in _inference_config), unless the client's fields name one."""
     effort = reasoning_effort(body)
-    fields = out.get("additionalModelRequestFields")
-    fields = fields if isinstance(fields, dict) else {}
+    fields = _model_fields(out)
     if effort is None or (effort == "none" and is_nova_2(model)):
         return  # Nova 2 reasons only when asked
     level = REASONING_LEVELS[effort]
@@ -253,8 +257,7 @@ def _refuse_max_tokens(body: dict[str, Any], effort: str) -> None:
 
 def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> dict[str, Any]:
     config: dict[str, Any] = {}
-    fields = out.get("additionalModelRequestFields")
-    fields = fields if isinstance(fields, dict) else {}
+    fields = _model_fields(out)
     effort = reasoning_effort(body)  # checked for every model, as OpenAI would
     effort = effort if is_claude(model) else None
     thinking, max_tokens = fit_thinking(body, fields.get("thinking"), effort, DEFAULT_MAX_TOKENS,
