@@ -181,6 +181,12 @@ class UpstreamStatusError(ProxyError):
         self.retry_after = retry_after
         self.fields = fields
 
+    def with_usage(self, usage: Any) -> UpstreamStatusError:
+        """This error, carrying `usage` (none unless an object): the answer it replaces still
+        cost its tokens."""
+        self.usage = usage if isinstance(usage, dict) else None
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         body = super().to_dict()
         if self.fields:

@@ -196,10 +196,8 @@ class CompatProvider(OpenAIProvider):
             if not isinstance(reason, str):
                 continue
             if reason in self.failed_finishes:
-                failed = failed_finish(self.failed_finishes[reason], reason, self.name)
-                usage = answer.get("usage")  # (the failed answer still cost its tokens)
-                failed.usage = usage if isinstance(usage, dict) else None
-                raise failed
+                raise failed_finish(self.failed_finishes[reason], reason,
+                                    self.name).with_usage(answer.get("usage"))
             if reason in self.finish_reasons:
                 choice["finish_reason"] = self.finish_reasons[reason]
                 changed = True

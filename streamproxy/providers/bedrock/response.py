@@ -25,9 +25,7 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
         raise UpstreamProtocolError("the upstream answered with a malformed message") from None
     if answer.get("stopReason") in FAILED_REASONS:
-        failed = failed_stop(answer["stopReason"], provider)
-        failed.usage = out.usage_data  # the failed answer still cost its tokens
-        raise failed
+        raise failed_stop(answer["stopReason"], provider).with_usage(out.usage_data)
     return out.completion(completion_id=completion_id, created=created, model=model)
 
 

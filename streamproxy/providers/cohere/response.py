@@ -23,10 +23,8 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
         message = resp["message"]
         reason = resp.get("finish_reason") or "COMPLETE"
         if reason in FAILED:
-            failed = failure(reason, resp.get("error"), provider)
-            # (the failed answer still cost its tokens)
-            failed.usage = map_usage(resp["usage"]) if resp.get("usage") else None
-            raise failed
+            usage = map_usage(resp["usage"]) if resp.get("usage") else None
+            raise failure(reason, resp.get("error"), provider).with_usage(usage)
         out = CompletionBuilder()
         if message.get("tool_plan"):
             out.reasoning(message["tool_plan"])

@@ -27,8 +27,8 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
     translator = GeminiStreamTranslator(out, 0, provider, logprobs=logprobs)
     translator.on_message(msg)
     if out.failure is not None:
-        if isinstance(out.failure, UpstreamStatusError):  # a failed finish: it cost tokens
-            out.failure.usage = translator.usage_so_far()
+        if isinstance(out.failure, UpstreamStatusError):  # a failed finish
+            raise out.failure.with_usage(translator.usage_so_far())
         raise out.failure
     try:
         translator.end_of_stream()
