@@ -38,8 +38,8 @@ from streamproxy.openai_api.content import (
 )
 
 # OpenAI parameters with no Gemini equivalent: dropped, never forwarded.
-DROPPED = (OPENAI_ONLY - {"logprobs", "top_logprobs", "modalities"}) | {"user",
-                                                                        "parallel_tool_calls"}
+DROPPED = ((OPENAI_ONLY - {"logprobs", "top_logprobs", "modalities"})
+           | {"user", "parallel_tool_calls"})
 # Gemini-native settings a client may pass (openai SDK `extra_body`), forwarded as given.
 PASSTHROUGH_TOP = {"safety_settings": "safetySettings", "cached_content": "cachedContent"}
 # The tool-call id suffix LiteLLM uses to carry a signature; accepted on the way in.
