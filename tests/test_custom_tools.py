@@ -104,6 +104,27 @@ async def test_a_translating_provider_refuses_audio_answers_and_web_search_with_
     assert upstream.requests == []
 
 
+@pytest.mark.parametrize(("override", "param"), [
+    ({"tools": [CUSTOM_TOOL]}, "tools"),
+    ({"functions": [FUNCTION_TOOL["function"]]}, "functions"),
+    ({"modalities": ["text", "audio"]}, "modalities"),
+    ({"web_search_options": {}}, "web_search_options"),
+])
+async def test_a_targets_override_params_are_refused_as_the_requests_own(
+        proxy: Any, upstream: Any, override: dict[str, Any], param: str) -> None:
+    """A target's override_params go on top of the request: the refusals looked at the
+    request's body alone, so these reached the translator and were dropped (or, custom tools,
+    a 500)."""
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", headers={
+        "x-portkey-config": orjson.dumps({"provider": "up", "override_params": override}).decode()},
+        json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status == 400
+    err = (await resp.json())["error"]
+    assert (err["code"], err["param"]) == ("unsupported_value", param)
+    assert upstream.requests == []
+
+
 async def test_text_only_modalities_still_go_to_a_translating_provider(
         proxy: Any, upstream: Any) -> None:
     upstream.body = jsonl_to_sse(fixture_bytes("anthropic/vercel-ai_anthropic-text.chunks.jsonl"))

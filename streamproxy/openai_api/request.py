@@ -217,6 +217,14 @@ def is_custom(entry: Any) -> bool:
             and isinstance(entry["custom"].get("name"), str))
 
 
+def offers_custom_tools(fields: dict[str, Any]) -> bool:
+    """Whether these (checked) fields offer custom tools or an allowed_tools choice: a
+    target's `override_params`, which go on top of a request whose own were looked at."""
+    tc = fields.get("tool_choice")
+    return (any(is_custom(t) for t in fields.get("tools") or ()) or is_custom(tc)
+            or (isinstance(tc, dict) and tc.get("type") == "allowed_tools"))
+
+
 def custom_tools_refused(provider: str) -> InvalidRequest:
     """For a provider that translates the request, and knows function tools only: a clear 400
     rather than a KeyError or a silent drop."""

@@ -31,6 +31,7 @@ from streamproxy.openai_api.request import (
     ChatRequest,
     answer_changing_refusal,
     custom_tools_refused,
+    offers_custom_tools,
 )
 from streamproxy.providers.base import StreamTranslator
 from streamproxy.record import RequestRecord
@@ -94,9 +95,12 @@ class Executor:
         provider = target.provider
         record.upstream_headers = None  # (an earlier attempt's belong to its answer alone)
         if not provider.custom_tools:
-            if req.custom_tools:
+            # (the target's override_params go on top: an override is refused as the request's
+            # own fields are, not dropped by the translator)
+            overrides = target.override_params
+            if req.custom_tools or (overrides and offers_custom_tools(overrides)):
                 raise custom_tools_refused(provider.name)
-            refusal = answer_changing_refusal(provider.name, req.body,
+            refusal = answer_changing_refusal(provider.name, target.apply_overrides(req.body),
                                               provider.answer_modalities)
             if refusal is not None:
                 raise refusal
