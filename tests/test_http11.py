@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import socket
 import ssl
 import subprocess
@@ -625,3 +626,33 @@ async def test_bytes_after_a_whole_response_drop_the_connection_not_the_response
         resp.release()
         assert not any(client.pool.idle.values()) and resp._conn.closed
     server.close()
+
+
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"gzip"])
+async def test_a_transfer_coding_besides_chunked_is_refused_by_name(
+        proxy: Any, coding: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 9112 6.1: gzip as a transfer coding is a layer of the body, not framing; read as
+    chunked (or until close) it reached the translator still compressed. A 502 names it."""
+    monkeypatch.delenv(CLIENT_ENV, raising=False)
+    event = b'event: message_start\ndata: {"type":"message_start","message":{}}\n\n'
+    packed = gzip.compress(event)
+
+    async def answer_gzip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Transfer-Encoding: " + coding + b"\r\n\r\n"
+                         + b"%x\r\n%s\r\n0\r\n\r\n" % (len(packed), packed))
+            await writer.drain()
+        writer.close()
+
+    server, url = await raw_server(answer_gzip)
+    client = await proxy(native_anthropic_config(url.rstrip("/")))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    server.close()
+    assert resp.status == 502
+    message = (await resp.json())["error"]["message"]
+    assert message == "bad response from provider 'up': unsupported Transfer-Encoding 'gzip'"

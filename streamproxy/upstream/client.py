@@ -35,7 +35,7 @@ from streamproxy.errors import (
 from streamproxy.providers.base import UpstreamRequest
 from streamproxy.upstream.egress import NO_PROXIES, EgressProxies
 from streamproxy.upstream.http11 import HTTP11Client
-from streamproxy.upstream.response_parser import MalformedResponse
+from streamproxy.upstream.response_parser import MalformedResponse, UnsupportedTransferCoding
 
 CLIENT_ENV = "STREAMPROXY_UPSTREAM_CLIENT"
 CLIENT_KINDS = ("aiohttp", "native")
@@ -146,8 +146,8 @@ def map_client_error(exc: BaseException, provider: str, *, before_response: bool
         phase = "connecting to" if before_response else "reading from"
         return UpstreamTimeout(f"timed out {phase} provider '{provider}'")
     if isinstance(exc, MalformedResponse):  # the native client's; before ConnectionError
-        return UpstreamProtocolError(f"bad response from provider '{provider}': "
-                                     f"{type(exc).__name__}")
+        detail = str(exc) if isinstance(exc, UnsupportedTransferCoding) else type(exc).__name__
+        return UpstreamProtocolError(f"bad response from provider '{provider}': {detail}")
     if isinstance(exc, aiohttp.ClientPayloadError):
         return StreamTruncated(f"provider '{provider}' closed the connection mid-response")
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientOSError

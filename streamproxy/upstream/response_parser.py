@@ -54,6 +54,10 @@ class InvalidChunk(MalformedResponse):
     pass
 
 
+class UnsupportedTransferCoding(MalformedResponse):
+    """A transfer coding besides chunked (its name is the message: the 502 says it)."""
+
+
 # -- sans-IO parsing ------------------------------------------------------------------------------
 
 _HEXDIGITS = b"0123456789abcdefABCDEF"
@@ -289,6 +293,7 @@ def parse_head(head: bytes, *, head_request: bool = False) -> ResponseHead:
         chunked = True
     elif te:
         codings = [c.strip().lower() for c in ",".join(te).split(",")]
+        _refuse_transfer_codings(codings)
         chunked = codings[-1] == "chunked"
         if not chunked:
             keep_alive = False  # RFC 9112 6.3: read until close
@@ -315,6 +320,16 @@ def parse_head(head: bytes, *, head_request: bool = False) -> ResponseHead:
         keep_alive = False  # the body ends when the connection does
     return ResponseHead(status, m.group(3).decode("latin-1") if m.group(3) else "",
                         fields, keep_alive, chunked, length, encoding)
+
+
+def _refuse_transfer_codings(codings: list[str]) -> None:
+    """RFC 9112 6.1: a transfer coding besides chunked (gzip, compress, deflate) is a layer of
+    the body we never asked for (no TE header goes out) and would pass on undecoded, so it is
+    refused by name; "identity" (RFC 2616's, since withdrawn) changes nothing."""
+    for coding in codings:
+        if coding not in ("chunked", "identity", ""):
+            name = coding if _TOKEN.fullmatch(coding.encode("latin-1", "replace")) else "?"
+            raise UnsupportedTransferCoding(f"unsupported Transfer-Encoding {name[:40]!r}")
 
 
 class ResponseParser:
