@@ -136,6 +136,7 @@ def cmd_check_config(args: argparse.Namespace) -> None:
           f"json_depth={s.max_json_depth} upstream_event={s.max_event_bytes}B "
           f"concurrent_streams={s.max_concurrent_streams}/worker "
           f"header_timeout={s.client_header_timeout:g}s body_timeout={s.client_body_timeout:g}s")
+    print(f"shutdown: drain_delay={s.drain_delay:g}s grace={s.shutdown_grace:g}s")
 
 
 def _key_summary(p: ProviderConfig) -> str:

@@ -19,6 +19,7 @@ import yaml
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
 MAX_PORT = 65535
+MAX_DRAIN_DELAY = 300  # seconds; a load balancer notices a failing readiness probe well before
 
 
 class ConfigError(Exception):
@@ -83,6 +84,9 @@ class ServerConfig:
     # can happen after it (README "Timeouts and keep-alives").
     keepalive_interval: float | None = None
     shutdown_grace: float = 30.0  # seconds running requests get on SIGTERM (server/drain.py)
+    # Seconds between SIGTERM and the listeners' close: /healthz answers 503 at once while new
+    # requests are still served, so a load balancer (a Kubernetes Service) stops sending first.
+    drain_delay: float = 0.0
     # The longest gap between two reads of a request's head / body before it is answered 408
     # and its connection closed (server/reading.py; nginx's client_*_timeout).
     client_header_timeout: float = 60.0
@@ -320,6 +324,12 @@ def _parse_server(raw: Any, source: str) -> ServerConfig:
         elif k == "shutdown_grace":
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
                 raise ConfigError(source, key, "must be a finite number of seconds, 0 or more")
+            kwargs[k] = float(v)
+        elif k == "drain_delay":
+            if isinstance(v, bool) or not isinstance(v, int | float) or not (
+                    0 <= v <= MAX_DRAIN_DELAY):  # (NaN fails both)
+                raise ConfigError(source, key,
+                                  f"must be a finite number of seconds, 0 to {MAX_DRAIN_DELAY}")
             kwargs[k] = float(v)
         else:
             raise ConfigError(source, key, "unknown key")

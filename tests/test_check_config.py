@@ -14,7 +14,7 @@ import pytest
 from streamproxy.cli import main
 
 GOOD = """
-server: {port: 9999, max_concurrent_streams: 50, client_body_timeout: 120}
+server: {port: 9999, max_concurrent_streams: 50, client_body_timeout: 120, drain_delay: 5}
 providers:
   mock: {type: mock, default_model: fast, models: [fast, slow]}
   openai: {type: openai, api_key: sk-configured-SECRET-1}
@@ -78,6 +78,7 @@ def test_prints_what_it_would_serve(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "logging: level=info access_log=on request_bodies=on" in lines
     assert any(line.startswith("limits:") and "concurrent_streams=50/worker" in line
                and "header_timeout=60s body_timeout=120s" in line for line in lines)
+    assert "shutdown: drain_delay=5s grace=30s" in lines
     assert "SECRET" not in out + err
 
 
@@ -158,6 +159,8 @@ def test_auth_off_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     ("providers: {mock: {type: nope}}\n", "FILE: providers.mock.type: unknown provider type"),
     ("providers: {mock: {type: mock}}\nserver: {max_concurrent_streams: 0}\n",
      "FILE: server.max_concurrent_streams: must be a positive integer"),
+    ("providers: {mock: {type: mock}}\nserver: {drain_delay: 3600}\n",
+     "FILE: server.drain_delay: must be a finite number of seconds, 0 to 300"),
     ("providers: {mock: {type: mock}}\nauth: {keys: [{name: a, key_env: CHECK_CONFIG_UNSET}]}\n",
      "FILE: auth.keys[0].key_env: environment variable CHECK_CONFIG_UNSET is not set"),
     ("providers: {mock: {type: mock}}\nlogging: {log_bodies: maybe}\n",

@@ -85,6 +85,12 @@ def test_the_readme_example_loads(tmp_path: Path, monkeypatch: Any) -> None:
      "server.keepalive_interval", "finite"),
     ("providers: {x: {type: mock}}\nserver: {shutdown_grace: .nan}", "server.shutdown_grace",
      "finite"),
+    # The drain delay keeps serving after SIGTERM: a NaN or endless one would never drain.
+    ("providers: {x: {type: mock}}\nserver: {drain_delay: .nan}", "server.drain_delay", "finite"),
+    ("providers: {x: {type: mock}}\nserver: {drain_delay: .inf}", "server.drain_delay", "finite"),
+    ("providers: {x: {type: mock}}\nserver: {drain_delay: -1}", "server.drain_delay", "0 to 300"),
+    ("providers: {x: {type: mock}}\nserver: {drain_delay: 301}", "server.drain_delay", "0 to 300"),
+    ("providers: {x: {type: mock}}\nserver: {drain_delay: true}", "server.drain_delay", "0 to"),
     # Anthropic's options go into a header as they are: a number was a TypeError per request,
     # a CR/LF split the header (as the gateway refuses them from a client's config or header).
     ("providers: {x: {type: anthropic, anthropic_beta: 5}}", "providers.x.anthropic_beta",

@@ -600,3 +600,73 @@ def test_an_old_worker_that_never_finishes_draining_after_a_reload_is_killed(
         m._tick()
         assert old.wait(5) == -signal.SIGKILL
         assert all(p.poll() is None for p in new)
+
+
+DELAYED = CONFIG.replace("server:\n", "server:\n  drain_delay: {delay}\n")
+
+
+async def _health(url: str, session: aiohttp.ClientSession | None = None) -> tuple[int, Any]:
+    """/healthz on `session`'s kept-alive connection, or on a fresh one."""
+    async with contextlib.AsyncExitStack() as stack:
+        s = session or await stack.enter_async_context(aiohttp.ClientSession())
+        async with s.get(url + "/healthz") as r:
+            return r.status, await r.json()
+
+
+async def _unhealthy(url: str) -> bool:
+    return not await healthy(url)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_the_drain_delay_fails_health_at_once_and_serves_on_until_it_ends(
+        tmp_path: Path, workers: int) -> None:
+    """`server.drain_delay` (Kubernetes: endpoints go after SIGTERM, asynchronously): /healthz
+    answers 503 on new and open connections at once, new requests are still served, and only
+    when the delay ends do the listeners close."""
+    config = tmp_path / "proxy.yaml"
+    config.write_text(DELAYED.format(delay=2, grace=30, models="fast"))
+    t = Tree(config, _free_port(), workers=workers)
+    try:
+        await until(lambda: healthy(t.url), "listening")
+        await until(lambda: workers == 1 or "all 2 workers listening" in t.output(),
+                    "the master's ready log")
+        async with aiohttp.ClientSession() as kept:
+            assert (await _health(t.url, kept))[0] == 200
+            t0 = time.monotonic()
+            t.proc.send_signal(signal.SIGTERM)
+            await until(lambda: _unhealthy(t.url), "/healthz failing", timeout=1)
+            for _ in range(4):  # fresh connections: either worker
+                assert await _health(t.url) == (503, {"status": "draining"})
+            assert await _health(t.url, kept) == (503, {"status": "draining"})
+            assert await stream_ok(t.url)
+            assert time.monotonic() - t0 < 1.5, "the checks took the whole delay"
+        await until(lambda: _refused(t.url), "new connections refused", timeout=5)
+        assert time.monotonic() - t0 >= 1.8
+        assert await asyncio.to_thread(t.proc.wait, 10) == 0
+    finally:
+        t.kill()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_second_sigterm_skips_the_drain_delay(tmp_path: Path, workers: int) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text(DELAYED.format(delay=120, grace=30, models="fast"))
+    t = Tree(config, _free_port(), workers=workers)
+    try:
+        await until(lambda: healthy(t.url), "listening")
+        await until(lambda: workers == 1 or "all 2 workers listening" in t.output(),
+                    "the master's ready log")
+        async with aiohttp.ClientSession() as s, s.post(t.url + "/v1/chat/completions", json={
+                "model": "mock/tokens=20,tps=10", "stream": True,
+                "messages": [{"role": "user", "content": "hi"}]}) as r:
+            first = await r.content.readany()
+            t.proc.send_signal(signal.SIGTERM)
+            await until(lambda: _unhealthy(t.url), "/healthz failing", timeout=2)
+            t.proc.send_signal(signal.SIGTERM)
+            await until(lambda: _refused(t.url), "new connections refused", timeout=3)
+            rest = await asyncio.wait_for(r.read(), 10)
+        c = collect(sse_chunks(first + rest))  # the drain's grace still holds for it
+        assert c.done and c.finish_reason == "stop" and c.error is None
+        assert await asyncio.to_thread(t.proc.wait, 10) == 0
+    finally:
+        t.kill()

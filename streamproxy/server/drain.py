@@ -23,10 +23,11 @@ def shutdown_error() -> Overloaded:
 
 
 class Drain:
-    __slots__ = ("_cancelled", "_idle", "_requests", "aborted", "draining")
+    __slots__ = ("_cancelled", "_idle", "_requests", "aborted", "draining", "unready")
 
     def __init__(self) -> None:
-        self.draining = False  # /healthz answers 503 and new chat requests are refused
+        self.unready = False  # /healthz answers 503 (`server.drain_delay`: requests still served)
+        self.draining = False  # ... and new chat requests are refused
         self.aborted = False  # the grace period is over: what is left gets an error
         self._requests: dict[asyncio.Task[object], Deadline | None] = {}
         self._cancelled: set[asyncio.Task[object]] = set()  # aborted before their commit
@@ -57,8 +58,12 @@ class Drain:
         self._cancelled.discard(task)
         return task.uncancel() == 0
 
+    def announce(self) -> None:
+        """The drain is coming: load balancers are told (`/healthz`), requests still served."""
+        self.unready = True
+
     def start(self) -> None:
-        self.draining = True
+        self.unready = self.draining = True
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no chat request is running, at most `timeout` seconds."""

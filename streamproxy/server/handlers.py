@@ -313,6 +313,6 @@ async def retrieve_model(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    if request.app[STATE].drain.draining:  # load balancers: stop sending here
+    if request.app[STATE].drain.unready:  # load balancers: stop sending here
         return web.json_response({"status": "draining"}, status=503)
     return web.json_response({"status": "ok"})

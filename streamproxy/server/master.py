@@ -10,7 +10,9 @@ set flags and wake a `select()` through a self-pipe.
   ones; once every new worker listens, the old ones drain. A config that does not load, or
   new workers that do not come up, are reported and the old workers keep serving.
 - SIGTERM / SIGINT: every worker drains, the master exits 0 when they are gone. A second
-  signal ends the streams at once (SIGQUIT to the workers).
+  signal ends the streams at once (SIGQUIT to the workers). With `server.drain_delay`, the
+  master first tells the workers that listen to fail `/healthz` and serve on (SIGUSR1), and
+  only after the delay to drain (SIGTERM); a second signal then ends the delay.
 - No worker is waited for forever: one that does not listen within 30 s of its start (at
   start-up, a replacement, a reload's) or is still there its grace + 10 s after it was told to
   drain (on a stop, or as an old worker after a reload) gets SIGKILL.
@@ -88,6 +90,7 @@ class Master:
         self.restarts: dict[int, float] = {}  # slot → when to start it again
         self.failures: dict[int, int] = {}  # slot → consecutive young deaths
         self.stopping: float | None = None  # when the stop began
+        self.drain_at: float | None = None  # a stop's drain delay: when the workers drain
         self.exit_status = 0
         self._signals: list[int] = []
         self._wake: tuple[int, int] | None = None
@@ -132,6 +135,8 @@ class Master:
         timeout = 1.0
         if self.restarts:
             timeout = max(0.0, min(timeout, min(self.restarts.values()) - time.monotonic()))
+        if self.drain_at is not None:
+            timeout = max(0.0, min(timeout, self.drain_at - time.monotonic()))
         try:
             readable, _, _ = select.select(fds, [], [], timeout)
         except InterruptedError:  # pragma: no cover - PEP 475 retries select
@@ -285,6 +290,8 @@ class Master:
 
     def _tick(self) -> None:
         now = time.monotonic()
+        if self.drain_at is not None and now >= self.drain_at:
+            self._drain_all()
         if self.stopping is None:
             for slot, when in list(self.restarts.items()):
                 if when <= now:
@@ -348,12 +355,31 @@ class Master:
                 self._signal(w, signal.SIGTERM)
 
     def _stop(self) -> None:
+        if self.drain_at is not None:  # a second signal during the drain delay: drain now
+            self._drain_all()
+            return
         if self.stopping is not None:  # a second signal: end the streams now
             for w in self.workers.values():
                 self._signal(w, signal.SIGQUIT)
             return
         self.stopping = time.monotonic()
         self.restarts.clear()
+        delay = self.config.server.drain_delay
+        if delay <= 0:
+            self._drain_all()
+            return
+        self.drain_at = self.stopping + delay
+        log.info("stopping: /healthz fails; %d workers serve %gs more, then drain",
+                 len(self.workers), delay)
+        for w in self.workers.values():
+            if w.ready:  # (its SIGUSR1 handler is set before it says so)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.pid, signal.SIGUSR1)
+            else:  # not serving yet: nothing to wait for
+                self._signal(w, signal.SIGTERM)
+
+    def _drain_all(self) -> None:
+        self.drain_at = None
         log.info("stopping: %d workers draining", len(self.workers))
         for w in self.workers.values():
             self._signal(w, signal.SIGTERM)

@@ -8,6 +8,12 @@ stops accepting, `/healthz` answers 503, running requests get `server.shutdown_g
 then the rest end with an OpenAI error. SIGQUIT drains with no grace, and so does a second
 SIGTERM or SIGINT to a worker running alone (no master). Alone, it also reloads on SIGHUP in
 place: the new config's app accepts on the same listening sockets, then the old app drains.
+
+`server.drain_delay` puts a pause before the drain: `/healthz` answers 503 at once, requests
+are still served for that many seconds (a Kubernetes Service removes the endpoint meanwhile),
+then the drain above. Alone, the worker keeps that time itself (a second SIGTERM ends it);
+under a master, the master does (SIGUSR1 to the workers, then SIGTERM): a reload's old workers
+get SIGTERM only, and drain at once as before.
 """
 
 from __future__ import annotations
@@ -141,8 +147,11 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
     retiring: dict[asyncio.Task[None], _Generation] = {}  # apps draining after a reload
     reloading: list[asyncio.Task[None]] = []
 
+    skip_delay = asyncio.Event()  # set: no drain delay (left) to skip, a signal quits
+
     def quit_now() -> None:
         grace[0] = 0.0
+        skip_delay.set()
         stop.set()
         for generation in (current, *retiring.values()):
             drain = generation.app[STATE].drain
@@ -180,15 +189,22 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
             reloading.clear()
 
     def stop_then_quit() -> None:
-        """Alone, a second SIGTERM or Ctrl-C ends the streams at once, as the master's does
-        (a supervised worker's second SIGTERM may be its master's death: it drains on)."""
-        if stop.is_set():
+        """Alone, a second SIGTERM or Ctrl-C ends the drain delay if one runs, else the
+        streams at once, as the master's does (a supervised worker's second SIGTERM may be its
+        master's death: it drains on)."""
+        if not stop.is_set():
+            stop.set()
+            if not current.app[STATE].config.server.drain_delay:
+                skip_delay.set()
+        elif not skip_delay.is_set():
+            skip_delay.set()
+        else:
             quit_now()
-        stop.set()
 
     loop.add_signal_handler(signal.SIGQUIT, quit_now)
     if supervised:  # the master relays Ctrl-C as SIGTERM, and reloads by new workers
         loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, lambda: current.app[STATE].drain.announce())
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     else:  # alone, it reloads in place: the next app beside this one, then this one drains
@@ -206,6 +222,9 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
         await stop.wait()
         for task in list(reloading):
             await task  # a reload under way ends first: the app it started is the one drained
+        if not supervised:
+            await drain_delay(current.app, skip_delay)
+        skip_delay.set()
         # The sites accept on copies of these sockets: each listens until every copy is
         # closed, queueing connections nobody will accept (with workers, the kernel keeps
         # handing this one its share). Closed here, stopping the sites refuses new ones.
@@ -286,6 +305,20 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 20)
+
+
+async def drain_delay(app: web.Application, cut_short: asyncio.Event) -> None:
+    """`server.drain_delay`: `/healthz` fails while requests are still served, so that load
+    balancers stop sending here before the listeners close (a second signal cuts it short)."""
+    from streamproxy.server.app import STATE
+
+    delay = app[STATE].config.server.drain_delay
+    if delay <= 0 or cut_short.is_set():
+        return
+    app[STATE].drain.announce()
+    log.info("worker %d: /healthz fails; serving %gs more before draining", os.getpid(), delay)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(cut_short.wait(), delay)
 
 
 async def drain_and_stop(app: web.Application, sites: Sequence[web.BaseSite],
