@@ -7,6 +7,7 @@ failure or a cancellation nothing more is written."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from typing import Any
 
@@ -212,3 +213,36 @@ def test_the_body_has_the_expected_shape() -> None:
     chunks = [orjson.loads(f[6:]) for f in text.split(b"\n\n")[:-2]]
     assert len([c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
                ) == 40
+
+
+async def test_a_client_full_from_the_first_piped_read_keeps_the_native_upstream_paused(
+        aiohttp_server: Any) -> None:
+    """The native response's buffered reads go to the pump as it starts; when they fill the
+    client, the pump pauses the upstream, and the start of piping must not resume it: the
+    reads that kept coming were held in memory for as long as the client stayed full."""
+    from streamproxy.upstream.http11 import PAUSE_AT, HTTP11Client
+    from tests.test_backpressure import EndlessUpstream
+
+    upstream = EndlessUpstream("anthropic")
+    server = await aiohttp_server(upstream.app())
+    http = HTTP11Client()
+    try:
+        async with asyncio.timeout(10):
+            resp = await http.send("POST", str(server.make_url("/")), b"{}", {},
+                                   connect_timeout=5)
+            while resp._buffered <= PAUSE_AT:  # nobody reads yet: reading pauses past it
+                await asyncio.sleep(0.01)
+            client = Client()
+            client.full = True  # the first frames went out and filled the client's buffer
+            enc, tr = parts()
+            pump = _Pump(tr, enc, Deadline(), client, resp)  # type: ignore[arg-type]
+            task = asyncio.ensure_future(pump.run())
+            await asyncio.sleep(0.5)
+            held = sum(map(len, pump._held or ()))
+            assert held < 512 * 1024, f"{held} bytes held while the client was full"
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        resp.close()
+        await http.close()

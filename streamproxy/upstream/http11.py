@@ -313,6 +313,11 @@ class Response:
         """From now on each read's body bytes go to `sink.data` and the end (or the failure)
         to `sink.end`, called from the connection's callbacks; bytes already buffered go
         first. Until `release()` or `close()`."""
+        if not self._eof:
+            self._sink = sink
+            # Reading resumes before the buffered bytes go: the sink may pause it for them
+            # (a full client), which a resume after would undo.
+            self._conn.resume()
         if self._chunks:
             data = b"".join(self._chunks)
             self._chunks = []
@@ -320,9 +325,6 @@ class Response:
             sink.data(data)
         if self._eof:
             sink.end(self._error)
-            return
-        self._sink = sink
-        self._conn.resume()
 
     def pause_reading(self) -> None:
         """Stop reading the socket (the client's buffer is full): the upstream's TCP window
