@@ -565,6 +565,8 @@ async def test_a_hit_on_the_second_target_after_keepalives(proxy: Any, access_lo
     got = collect(sse_chunks(out))
     assert got.done and got.content == mock_text(3)
     assert access_log()[-1]["cache_status"] == "HIT"
+    # The comments count among the bytes sent, as before a relayed stream's frames.
+    assert access_log()[-1]["bytes_out"] == len(out)
 
 
 async def test_per_target_lookups_under_loadbalance_and_conditional(proxy: Any) -> None:

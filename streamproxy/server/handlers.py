@@ -206,7 +206,7 @@ async def _replay_cached(ex: Exchange, record: RequestRecord, body: bytes,
         client = await ex.start_events({**SSE_HEADERS,
                                         **response_headers(record, record.provider)})
     record.first_byte = time.monotonic()
-    record.bytes_out = len(body)
+    record.bytes_out += len(body)  # (after any keep-alive comments, as the relay counts)
     try:
         await client.finish(body)
     except ConnectionError:
