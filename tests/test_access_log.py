@@ -4,6 +4,7 @@ log, bodies only when the operator opts in."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -515,3 +516,39 @@ async def test_a_client_gone_as_its_whole_answer_is_written_is_logged_disconnect
         await asyncio.sleep(0.01)
     [line] = access_lines(caplog)
     assert (line["status"], line["client_disconnected"]) == (200, True)
+
+
+@pytest.mark.parametrize("written", ["a comment", "the error frame"])
+async def test_a_client_gone_as_a_kept_alive_stream_writes_is_logged_disconnected(
+        written: str, proxy: Any, caplog: pytest.LogCaptureFixture, monkeypatch: Any) -> None:
+    """Keep-alive comments committed the stream; the client's reset is read as the next
+    comment, or the error frame of the upstream's failure, is about to be written (the
+    transport is closing, its connection_lost, which cancels the handler, a loop turn away).
+    It was an unhandled error: a 500 and a traceback, where a relayed stream's client that
+    leaves is logged disconnected."""
+    from streamproxy.server import front
+
+    monkeypatch.setenv(front.FRONT_ENV, "lean")
+    caplog.set_level(logging.INFO)
+    client = await proxy(mock_config(server={"keepalive_interval": 0.05}))
+    write, writes = front.LeanEvents.write, []
+
+    async def write_as_the_client_resets(self: Any, data: bytes) -> None:
+        writes.append(data)
+        if (written == "a comment" and len(writes) == 2) or data.startswith(b"data: {"):
+            for conn in client.server.runner.server.connections:
+                conn.transport.abort()  # the reset, read by the loop: connection_lost next
+        await write(self, data)
+
+    monkeypatch.setattr(front.LeanEvents, "write", write_as_the_client_resets)
+    with contextlib.suppress(Exception):  # the client sees its connection reset
+        resp = await client.post("/v1/chat/completions", json={
+            "model": "fast:status=503,stall_ms=200", "stream": True, "messages": USER})
+        await resp.read()
+    for _ in range(200):  # bounded
+        if access_lines(caplog):
+            break
+        await asyncio.sleep(0.01)
+    [line] = access_lines(caplog)
+    assert (line["status"], line["client_disconnected"]) == (200, True)
+    assert not [r for r in caplog.records if r.name == "streamproxy.server"]

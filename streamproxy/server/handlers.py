@@ -237,6 +237,9 @@ async def _open_with_keepalives(ex: Exchange, state: AppState, req: ChatRequest,
                 raise
             await _end_with_error(client, record, e)
             return None, client
+        except ConnectionError:  # the client's reset came before its cancel (as the relay's)
+            record.client_disconnected = True
+            return None, client
         except asyncio.CancelledError:
             # The shutdown grace ran out while the first event was late: once the comments
             # have committed a 200, the answer is an error frame, as for a running stream.
@@ -266,9 +269,12 @@ async def _end_with_error(client: EventWriter, record: RequestRecord, err: Proxy
     """A committed stream that never opened: one error frame, and the body's end."""
     record.error_type, record.error_code = err.error_type, err.code
     frame = error_frame(err)
-    await client.write(frame)
-    record.bytes_out += len(frame)
-    await client.write_eof()
+    try:
+        await client.write(frame)
+        record.bytes_out += len(frame)
+        await client.write_eof()
+    except ConnectionError:  # the client's reset came before its cancel (as the relay's)
+        record.client_disconnected = True
 
 
 async def _refuse_while_draining(ex: Exchange, record: RequestRecord) -> None:
