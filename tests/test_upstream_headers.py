@@ -132,10 +132,13 @@ async def test_a_retry_after_as_an_http_date_is_the_wait_until_then(
     assert resp.status == 429 and resp.headers["retry-after"] in seconds
 
 
-async def test_a_retry_after_in_neither_form_is_ignored(proxy: Any, upstream: Any) -> None:
+@pytest.mark.parametrize("value", ["soon", "Mon, 01 Jan 99999999999999999999 00:00:00 GMT"])
+async def test_a_retry_after_in_neither_form_is_ignored(proxy: Any, upstream: Any,
+                                                       value: str) -> None:
+    # (a date whose year overflows the parser's C long was a 500 with a traceback)
     upstream.status = 429
     upstream.content_type = "application/json"
-    upstream.extra_headers = {"retry-after": "soon"}
+    upstream.extra_headers = {"retry-after": value}
     client = await proxy(provider_config("anthropic", upstream.url))
     resp = await client.post("/v1/chat/completions", json={"messages": USER})
     assert resp.status == 429 and "retry-after" not in resp.headers

@@ -76,7 +76,7 @@ def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
 def _seconds_until(http_date: str) -> float | None:
     try:
         when = email.utils.parsedate_to_datetime(http_date)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (a year beyond a C long: Overflow)
         return None  # neither form: absent
     if when.tzinfo is None:  # (-0000: UTC, as HTTP-dates are)
         when = when.replace(tzinfo=datetime.UTC)
