@@ -142,3 +142,31 @@ async def test_a_retry_after_in_neither_form_is_ignored(proxy: Any, upstream: An
     client = await proxy(provider_config("anthropic", upstream.url))
     resp = await client.post("/v1/chat/completions", json={"messages": USER})
     assert resp.status == 429 and "retry-after" not in resp.headers
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_fallbacks_cache_hit_carries_none_of_the_failed_targets_headers(
+        proxy: Any, upstream: Any, stream: bool) -> None:
+    # The hit answers without a request of its own: the failed target's limits (and its
+    # x-should-retry: false) stayed on the record and reached the hit's client.
+    upstream.status = 429
+    upstream.content_type = "application/json"
+    upstream.body = b'{"error": {"message": "slow down"}}'
+    upstream.extra_headers = {**OPENAI_LIMITS, "x-should-retry": "false"}
+    client = await proxy(make_config({
+        "up": {"type": "openai", "base_url": upstream.url, "api_key": "k", "default_model": "m"},
+        "mock": {"type": "mock", "default_model": "fast"}}, default="mock"))
+    cached = {"provider": "mock", "cache": {"mode": "simple", "max_age": 60}}
+    body = {"messages": USER, "stream": stream}
+    resp = await client.post("/v1/chat/completions", json=body,
+                             headers={"x-portkey-config": json.dumps(cached)})
+    assert resp.status == 200 and resp.headers["x-portkey-cache-status"] == "MISS"
+    await resp.read()
+    config = json.dumps({"strategy": {"mode": "fallback"},
+                         "targets": [{"provider": "up"}, cached]})
+    resp = await client.post("/v1/chat/completions", json=body,
+                             headers={"x-portkey-config": config})
+    await resp.read()
+    assert resp.status == 200 and resp.headers["x-portkey-cache-status"] == "HIT"
+    assert not any(k.lower().startswith("x-ratelimit-") or k.lower() == "x-should-retry"
+                   for k in resp.headers)

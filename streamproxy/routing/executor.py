@@ -140,9 +140,11 @@ class Executor:
         index = 0
         while True:
             attempt = plan.attempts[index]
+            # (a failed target's headers belong to its error alone: not to a refusal's or a
+            # cache hit's answer, which send no request)
+            record.upstream_headers = None
             if attempt.refusal is not None:  # reached by a fallback: the request's answer
                 record.option_path, record.retries = attempt.path, None
-                record.upstream_headers = None
                 raise attempt.refusal
             # The target's own cache first, once (not before each retry), as Portkey's
             # tryPost looks it up: a hit answers in its name.
