@@ -169,6 +169,19 @@ def test_inline_data_that_is_no_image_is_still_dropped() -> None:
     assert images_of(chunks) == [] and collect(chunks).content == "Hi"
 
 
+@pytest.mark.parametrize("blob", [
+    {"mimeType": "image/svg+xml,<svg onload=alert(1)>", "data": "AAAA"},
+    {"mimeType": "image/png;charset=x,<b>", "data": "AAAA"},
+    {"mimeType": "image/png", "data": 5}, {"mimeType": 5, "data": "AAAA"}])
+def test_an_image_part_that_is_not_one_is_dropped(blob: dict[str, Any]) -> None:
+    # The media type became the client's data: URL as written: a comma in it made the URL's
+    # data the upstream's own (a script-bearing SVG), a number was a protocol error.
+    body = google_sse([element([{"text": "Hi"}, {"inlineData": blob}], finish="STOP")])
+    chunks = sse_chunks(translate([body]))
+    c = collect(chunks)
+    assert images_of(chunks) == [] and c.content == "Hi" and c.error is None and c.done
+
+
 # -- the whole answer -----------------------------------------------------------------------
 
 def whole(elements: list[dict[str, Any]]) -> dict[str, Any]:

@@ -95,6 +95,9 @@ _TEXT_AT = len(_TEXT_HEAD)  # the first byte of the text, after its opening quot
 # counted by the splice (`[^\r\n]` costs 2.5x `[^\r]`).
 _TEXT_CHUNK = re.compile(rb"data: " + re.escape(_TEXT_HEAD) + rb'(?!")(' + JSON_TEXT + rb")"
                          + re.escape(_TEXT_END) + rb"[^\r]*+\r\n\r\n")
+# An image part's media type as a data: URL may carry it: image/<subtype> and nothing else (a
+# comma or semicolon in it would start the URL's data, or a parameter, where the upstream chose).
+_IMAGE_TYPE = re.compile(r"image/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
 _RUNS_FROM = 1024  # bytes a read: below, the fast path is cheaper (a chunk is ~300 bytes)
 _loads = orjson.loads
 _DecodeError = orjson.JSONDecodeError
@@ -156,10 +159,12 @@ def _token(candidate: dict[str, Any]) -> dict[str, Any]:
 def image_url(part: dict[str, Any]) -> str | None:
     """An answer's image part (image models: `inlineData` with an `image/*` type and base64
     data) as the data: URL `images` carries; None for a thought image (an interim draft of
-    Gemini 3 Pro Image's thinking, not the answer) or inline data of another kind."""
+    Gemini 3 Pro Image's thinking, not the answer), inline data of another kind, or a type
+    or data that is not one (an upstream never chooses the URL's shape)."""
     blob = part["inlineData"]
-    mime, data = blob.get("mimeType") or "", blob.get("data")
-    if part.get("thought") or not mime.startswith("image/") or not data:
+    mime, data = blob.get("mimeType"), blob.get("data")
+    if (part.get("thought") or not isinstance(mime, str) or not _IMAGE_TYPE.fullmatch(mime)
+            or not data or not isinstance(data, str)):
         return None
     return f"data:{mime};base64,{data}"
 
