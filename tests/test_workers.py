@@ -670,3 +670,23 @@ async def test_a_second_sigterm_skips_the_drain_delay(tmp_path: Path, workers: i
         assert await asyncio.to_thread(t.proc.wait, 10) == 0
     finally:
         t.kill()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_stray_sigusr1_is_ignored(tmp_path: Path, workers: int) -> None:
+    # SIGUSR1 is the master's word to its workers (fail /healthz: drain_delay); sent to the
+    # master or a single process (a log-rotation hook's habit), its default action killed it.
+    config = tmp_path / "proxy.yaml"
+    config.write_text(DELAYED.format(delay=1, grace=1, models="fast"))
+    t = Tree(config, _free_port(), workers=workers)
+    try:
+        await until(lambda: healthy(t.url), "listening")
+        await until(lambda: workers == 1 or "all 2 workers listening" in t.output(),
+                    "the master's ready log")
+        t.proc.send_signal(signal.SIGUSR1)
+        await asyncio.sleep(0.5)
+        assert t.proc.poll() is None, t.output()
+        assert await _health(t.url) == (200, {"status": "ok"})
+        assert await stream_ok(t.url)
+    finally:
+        t.kill()

@@ -108,6 +108,9 @@ class Master:
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, self._on_signal)
+        # The master's word to its workers (fail /healthz), whose default would kill a master
+        # sent it; a worker inherits this until it listens and handles it.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         log.info("streamproxy master %d: %d workers on http://%s:%d (config: %s)", os.getpid(),
                  self.count, self.host, self.port, self.config.source)
         try:

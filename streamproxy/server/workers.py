@@ -211,6 +211,7 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
         loop.add_signal_handler(signal.SIGTERM, stop_then_quit)
         loop.add_signal_handler(signal.SIGINT, stop_then_quit)
         loop.add_signal_handler(signal.SIGHUP, reload)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a master's word: its default kills
     _tune_gc()
     keep_heap_cushion()
     try:
