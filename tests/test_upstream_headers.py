@@ -119,6 +119,16 @@ def test_only_printable_ascii_values_pass() -> None:
     assert passed_headers({"content-type": "application/json"}, error=True) is None
 
 
+def test_long_values_and_many_headers_are_left_out() -> None:
+    """An upstream's 10 KB value or thousand headers made the client's head one a strict
+    client or a proxy in front refuses."""
+    assert passed_headers({"x-ratelimit-remaining-requests": "9" * 129,
+                           "x-ratelimit-limit-requests": "9" * 128}, error=False) == {
+        "x-ratelimit-limit-requests": "9" * 128}
+    many = {f"x-ratelimit-n{i}": str(i) for i in range(1000)}
+    assert len(passed_headers(many, error=False) or {}) == 24
+
+
 @pytest.mark.parametrize(("ahead", "seconds"), [(5, {"5", "6"}), (-60, {"1"})])
 async def test_a_retry_after_as_an_http_date_is_the_wait_until_then(
         proxy: Any, upstream: Any, ahead: int, seconds: set[str]) -> None:

@@ -11,19 +11,27 @@ from collections.abc import Mapping
 
 RATE_LIMIT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 SHOULD_RETRY = "x-should-retry"
+# A count, a duration or a date is short, and providers send a dozen such headers: an upstream
+# sending more or longer ones would make the client's head one that a strict client or a
+# reverse proxy in front refuses (nginx's default buffer is 4 to 8 KB).
+MAX_VALUE = 128
+MAX_PASSED = 24
 
 
 def passed_headers(headers: Mapping[str, str], *, error: bool) -> dict[str, str] | None:
     """The headers to pass on from an upstream answer (`error`: its status is 4xx/5xx), or
-    None. A value that is not printable ASCII is left out: the client's head carries it as
-    it came, and such bytes have no place in a count or a time."""
+    None. A value that is not printable ASCII, or longer than MAX_VALUE, is left out: the
+    client's head carries it as it came, and such bytes have no place in a count or a time;
+    MAX_PASSED at most."""
     passed: dict[str, str] | None = None
     for name, value in headers.items():
         lower = name.lower()
         if not (lower.startswith(RATE_LIMIT_PREFIXES) or (error and lower == SHOULD_RETRY)):
             continue
-        if value.isascii() and value.isprintable():
+        if len(value) <= MAX_VALUE and value.isascii() and value.isprintable():
             if passed is None:
                 passed = {}
+            elif len(passed) == MAX_PASSED:
+                break
             passed[lower] = value
     return passed
