@@ -72,6 +72,23 @@ class Tree:
             self.proc.wait(5)
 
 
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, config_text: str, workers: int) -> AsyncIterator[Tree]:
+    """A tree serving `config_text` with every worker listening; killed at the end."""
+    config = tmp_path / "proxy.yaml"
+    config.write_text(config_text)
+    t = Tree(config, _free_port(), workers=workers)
+    try:
+        await until(lambda: healthy(t.url), "listening")
+        # Healthy is not enough: until the master has read both workers' ready signals, a
+        # worker that dies counts as a failed start-up (which stops the server by design).
+        await until(lambda: workers == 1 or "all 2 workers listening" in t.output(),
+                    "the master's ready log")
+        yield t
+    finally:
+        t.kill()
+
+
 async def until(check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -103,17 +120,8 @@ async def stream_ok(url: str, model: str = "mock/fast:tokens=20") -> bool:
 
 @contextlib.asynccontextmanager
 async def running(tmp_path: Path, template: str = CONFIG) -> AsyncIterator[Tree]:
-    config = tmp_path / "proxy.yaml"
-    config.write_text(template.format(grace=0.5, models="fast"))
-    t = Tree(config, _free_port())
-    try:
-        await until(lambda: len(t.workers()) == 2 and healthy(t.url), "two workers listening")
-        # Healthy is not enough: until the master has read both workers' ready signals, a
-        # worker that dies counts as a failed start-up (which stops the server by design).
-        await until(lambda: "all 2 workers listening" in t.output(), "the master's ready log")
+    async with serving(tmp_path, template.format(grace=0.5, models="fast"), 2) as t:
         yield t
-    finally:
-        t.kill()
 
 
 @pytest.fixture
@@ -299,13 +307,7 @@ async def test_sigterm_refuses_new_connections_while_streams_finish(tmp_path: Pa
     left the socket listening through the whole drain, its queue filling with connections
     nobody accepted (they hung, then were reset). With a master reloading, new connections
     the kernel gave a draining old worker hung the same way."""
-    config = tmp_path / "proxy.yaml"
-    config.write_text(CONFIG.format(grace=30, models="fast"))
-    t = Tree(config, _free_port(), workers=workers)
-    try:
-        await until(lambda: healthy(t.url), "listening")
-        await until(lambda: workers == 1 or "all 2 workers listening" in t.output(),
-                    "the master's ready log")
+    async with serving(tmp_path, CONFIG.format(grace=30, models="fast"), workers) as t:
         async with aiohttp.ClientSession() as s, s.post(t.url + "/v1/chat/completions", json={
                 "model": "mock/tokens=50,tps=10", "stream": True,
                 "messages": [{"role": "user", "content": "hi"}]}) as r:
@@ -316,8 +318,6 @@ async def test_sigterm_refuses_new_connections_while_streams_finish(tmp_path: Pa
         c = collect(sse_chunks(first + rest))
         assert c.done and c.finish_reason == "stop" and c.error is None
         assert await asyncio.to_thread(t.proc.wait, 10) == 0
-    finally:
-        t.kill()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -623,13 +623,7 @@ async def test_the_drain_delay_fails_health_at_once_and_serves_on_until_it_ends(
     """`server.drain_delay` (Kubernetes: endpoints go after SIGTERM, asynchronously): /healthz
     answers 503 on new and open connections at once, new requests are still served, and only
     when the delay ends do the listeners close."""
-    config = tmp_path / "proxy.yaml"
-    config.write_text(DELAYED.format(delay=2, grace=30, models="fast"))
-    t = Tree(config, _free_port(), workers=workers)
-    try:
-        await until(lambda: healthy(t.url), "listening")
-        await until(lambda: workers == 1 or "all 2 workers listening" in t.output(),
-                    "the master's ready log")
+    async with serving(tmp_path, DELAYED.format(delay=2, grace=30, models="fast"), workers) as t:
         async with aiohttp.ClientSession() as kept:
             assert (await _health(t.url, kept))[0] == 200
             t0 = time.monotonic()
@@ -643,19 +637,11 @@ async def test_the_drain_delay_fails_health_at_once_and_serves_on_until_it_ends(
         await until(lambda: _refused(t.url), "new connections refused", timeout=5)
         assert time.monotonic() - t0 >= 1.8
         assert await asyncio.to_thread(t.proc.wait, 10) == 0
-    finally:
-        t.kill()
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_a_second_sigterm_skips_the_drain_delay(tmp_path: Path, workers: int) -> None:
-    config = tmp_path / "proxy.yaml"
-    config.write_text(DELAYED.format(delay=120, grace=30, models="fast"))
-    t = Tree(config, _free_port(), workers=workers)
-    try:
-        await until(lambda: healthy(t.url), "listening")
-        await until(lambda: workers == 1 or "all 2 workers listening" in t.output(),
-                    "the master's ready log")
+    async with serving(tmp_path, DELAYED.format(delay=120, grace=30, models="fast"), workers) as t:
         async with aiohttp.ClientSession() as s, s.post(t.url + "/v1/chat/completions", json={
                 "model": "mock/tokens=20,tps=10", "stream": True,
                 "messages": [{"role": "user", "content": "hi"}]}) as r:
@@ -668,25 +654,15 @@ async def test_a_second_sigterm_skips_the_drain_delay(tmp_path: Path, workers: i
         c = collect(sse_chunks(first + rest))  # the drain's grace still holds for it
         assert c.done and c.finish_reason == "stop" and c.error is None
         assert await asyncio.to_thread(t.proc.wait, 10) == 0
-    finally:
-        t.kill()
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_a_stray_sigusr1_is_ignored(tmp_path: Path, workers: int) -> None:
     # SIGUSR1 is the master's word to its workers (fail /healthz: drain_delay); sent to the
     # master or a single process (a log-rotation hook's habit), its default action killed it.
-    config = tmp_path / "proxy.yaml"
-    config.write_text(DELAYED.format(delay=1, grace=1, models="fast"))
-    t = Tree(config, _free_port(), workers=workers)
-    try:
-        await until(lambda: healthy(t.url), "listening")
-        await until(lambda: workers == 1 or "all 2 workers listening" in t.output(),
-                    "the master's ready log")
+    async with serving(tmp_path, DELAYED.format(delay=1, grace=1, models="fast"), workers) as t:
         t.proc.send_signal(signal.SIGUSR1)
         await asyncio.sleep(0.5)
         assert t.proc.poll() is None, t.output()
         assert await _health(t.url) == (200, {"status": "ok"})
         assert await stream_ok(t.url)
-    finally:
-        t.kill()
