@@ -108,7 +108,11 @@ class Executor:
         upstream = provider.build_request(req, target)
         resp = await self.client.send(upstream, connect_timeout=target.timeouts.connect,
                                       provider=provider.name)
-        record.upstream_headers = passed_headers(resp.headers, error=resp.status >= 400)
+        # (the native client's fields as parsed: its `headers` would build a CIMultiDict,
+        # which the response keeps for as long as the stream lasts)
+        fields = getattr(resp, "header_fields", None)
+        record.upstream_headers = passed_headers(
+            resp.headers.items() if fields is None else fields, error=resp.status >= 400)
         if resp.status >= 300:
             try:
                 body = await _read_body(resp, provider.max_event_bytes, cut=True)

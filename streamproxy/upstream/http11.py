@@ -249,6 +249,12 @@ class Response:
     def headers(self) -> CIMultiDictProxy[str]:
         return self._head.headers
 
+    @property
+    def header_fields(self) -> list[tuple[str, str]]:
+        """The head's (name, value) fields as parsed, with no CIMultiDict built: one kept for
+        a stream's whole life cost ~0.7 KB a stream."""
+        return self._head.fields
+
     # Called by the connection (a piped body goes to the sink instead).
     def _push(self, data: bytes) -> None:
         if self._linger is not None:  # released: nobody reads these bytes any more

@@ -7,7 +7,7 @@ own (server/errors.py). Picked once per upstream response, never per chunk."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable
 
 RATE_LIMIT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 SHOULD_RETRY = "x-should-retry"
@@ -18,13 +18,13 @@ MAX_VALUE = 128
 MAX_PASSED = 24
 
 
-def passed_headers(headers: Mapping[str, str], *, error: bool) -> dict[str, str] | None:
-    """The headers to pass on from an upstream answer (`error`: its status is 4xx/5xx), or
-    None. A value that is not printable ASCII, or longer than MAX_VALUE, is left out: the
-    client's head carries it as it came, and such bytes have no place in a count or a time;
-    MAX_PASSED at most."""
+def passed_headers(fields: Iterable[tuple[str, str]], *, error: bool) -> dict[str, str] | None:
+    """The headers to pass on from an upstream answer's (name, value) fields (`error`: its
+    status is 4xx/5xx), or None. A value that is not printable ASCII, or longer than
+    MAX_VALUE, is left out: the client's head carries it as it came, and such bytes have no
+    place in a count or a time; MAX_PASSED at most."""
     passed: dict[str, str] | None = None
-    for name, value in headers.items():
+    for name, value in fields:
         lower = name.lower()
         if not (lower.startswith(RATE_LIMIT_PREFIXES) or (error and lower == SHOULD_RETRY)):
             continue
