@@ -114,15 +114,21 @@ async def test_an_upstream_that_says_not_to_retry_is_not_retried(proxy: Any,
     assert len(upstream.requests) == 1  # the SDK obeyed it
 
 
-async def test_a_fallbacks_answer_carries_none_of_the_failed_targets_headers(
-        proxy: Any, upstream: Any) -> None:
+async def _limited_upstream_then_mock(proxy: Any, upstream: Any) -> Any:
+    """A proxy whose `up` answers 429 with its rate limits and x-should-retry: false, and
+    whose `mock` answers."""
     upstream.status = 429
     upstream.content_type = "application/json"
     upstream.body = b'{"error": {"message": "slow down"}}'
     upstream.extra_headers = {**OPENAI_LIMITS, "x-should-retry": "false"}
-    client = await proxy(make_config({
+    return await proxy(make_config({
         "up": {"type": "openai", "base_url": upstream.url, "api_key": "k", "default_model": "m"},
         "mock": {"type": "mock", "default_model": "fast"}}, default="mock"))
+
+
+async def test_a_fallbacks_answer_carries_none_of_the_failed_targets_headers(
+        proxy: Any, upstream: Any) -> None:
+    client = await _limited_upstream_then_mock(proxy, upstream)
     config = json.dumps({"strategy": {"mode": "fallback"},
                          "targets": [{"provider": "up"}, {"provider": "mock"}]})
     resp = await client.post("/v1/chat/completions", headers={"x-portkey-config": config},
@@ -180,13 +186,7 @@ async def test_a_fallbacks_cache_hit_carries_none_of_the_failed_targets_headers(
         proxy: Any, upstream: Any, stream: bool) -> None:
     # The hit answers without a request of its own: the failed target's limits (and its
     # x-should-retry: false) stayed on the record and reached the hit's client.
-    upstream.status = 429
-    upstream.content_type = "application/json"
-    upstream.body = b'{"error": {"message": "slow down"}}'
-    upstream.extra_headers = {**OPENAI_LIMITS, "x-should-retry": "false"}
-    client = await proxy(make_config({
-        "up": {"type": "openai", "base_url": upstream.url, "api_key": "k", "default_model": "m"},
-        "mock": {"type": "mock", "default_model": "fast"}}, default="mock"))
+    client = await _limited_upstream_then_mock(proxy, upstream)
     cached = {"provider": "mock", "cache": {"mode": "simple", "max_age": 60}}
     body = {"messages": USER, "stream": stream}
     resp = await client.post("/v1/chat/completions", json=body,

@@ -325,11 +325,7 @@ async def test_a_second_signal_to_a_single_process_ends_its_streams_at_once(
         tmp_path: Path, sig: signal.Signals) -> None:
     """As a second signal to the master does: a single process (no master to relay it as
     SIGQUIT) ignored it, and a second Ctrl-C left the operator waiting the whole grace."""
-    config = tmp_path / "proxy.yaml"
-    config.write_text(CONFIG.format(grace=30, models="fast"))
-    t = Tree(config, _free_port(), workers=1)
-    try:
-        await until(lambda: healthy(t.url), "the process listening")
+    async with serving(tmp_path, CONFIG.format(grace=30, models="fast"), 1) as t:
         async with aiohttp.ClientSession() as s, s.post(t.url + "/v1/chat/completions", json={
                 "model": "mock/tokens=400,tps=40", "stream": True,
                 "messages": [{"role": "user", "content": "hi"}]}) as r:
@@ -341,8 +337,6 @@ async def test_a_second_signal_to_a_single_process_ends_its_streams_at_once(
         c = collect(sse_chunks(first + rest))
         assert c.error is not None and c.error["code"] == "shutting_down"
         assert await asyncio.to_thread(t.proc.wait, 5) == 0
-    finally:
-        t.kill()
 
 
 RATE_LIMITED = CONFIG + """
