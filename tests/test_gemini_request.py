@@ -430,3 +430,12 @@ def test_a_file_id_that_is_no_url_is_a_400_naming_it() -> None:
         translate([{"role": "user", "content": [
             {"type": "file", "file": {"file_id": "file-abc123"}}]}])
     assert info.value.param == "messages[0].content[0].file.file_id"
+
+
+@pytest.mark.parametrize(("stop", "sent"), [
+    ([""], None), ("", None), (["END", ""], ["END"]), ("\n", ["\n"]), ([], None)])
+def test_empty_stop_sequences_are_left_out(stop: Any, sent: Any) -> None:
+    # OpenAI takes `stop: [""]`; an empty sequence cuts nothing, and Vertex refuses an empty
+    # stopSequences list ("supported range is from 1 (inclusive) to 17 (exclusive)").
+    config = translate([{"role": "user", "content": "x"}], stop=stop).get("generationConfig", {})
+    assert config.get("stopSequences") == sent

@@ -95,9 +95,11 @@ def _generation_config(body: dict[str, Any], model: str) -> dict[str, Any]:
             config[native] = body[key]
     if body.get("n") == 1:
         config["candidateCount"] = 1
-    stop = body.get("stop")
+    # An empty sequence cuts nothing: it is left out (as for Converse), and so is a list left
+    # empty, which Vertex refuses ("supported range is from 1 (inclusive) to 17").
+    stop = [sequence for sequence in stop_list(body.get("stop") or []) if sequence]
     if stop:
-        config["stopSequences"] = stop_list(stop)
+        config["stopSequences"] = stop
     fmt = body.get("response_format") or {}
     if fmt.get("type") == "json_object":
         config["responseMimeType"] = "application/json"
