@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import sys
 from typing import Any
 
@@ -439,3 +440,44 @@ def test_empty_stop_sequences_are_left_out(stop: Any, sent: Any) -> None:
     # stopSequences list ("supported range is from 1 (inclusive) to 17 (exclusive)").
     config = translate([{"role": "user", "content": "x"}], stop=stop).get("generationConfig", {})
     assert config.get("stopSequences") == sent
+
+
+# Google: responseJsonSchema / parametersJsonSchema read `$defs` and `$ref`, and "if $ref is set
+# on a sub-schema, no other properties, except for those starting as a $, may be set".
+PERSON = {  # pydantic 2's model_json_schema() of a model with a described and a recursive field
+    "$defs": {"Address": {"properties": {"city": {"type": "string"}}, "type": "object"},
+              "Node": {"properties": {"children": {"items": {"$ref": "#/$defs/Node"},
+                                                   "type": "array"}}, "type": "object"}},
+    "properties": {"home": {"$ref": "#/$defs/Address", "description": "Where they live"},
+                   "tree": {"$ref": "#/$defs/Node"}},
+    "required": ["home"], "type": "object"}
+PERSON_FOR_GEMINI = {
+    **PERSON,
+    "properties": {"home": {"description": "Where they live",
+                            "anyOf": [{"$ref": "#/$defs/Address"}]},
+                   "tree": {"$ref": "#/$defs/Node"}}}
+# pydantic 1 and zod-to-json-schema: Draft 7's `definitions`, and older pydantic 2's allOf.
+DRAFT_7 = {"definitions": {"Address": {"type": "object"}}, "type": "object",
+           "properties": {"home": {"allOf": [{"$ref": "#/definitions/Address"}],
+                                   "description": "d"},
+                          "definitions": {"$ref": "#/definitions/Address"},
+                          "other": {"$ref": "#/properties/definitions"}}}
+DRAFT_7_FOR_GEMINI = {"$defs": {"Address": {"type": "object"}}, "type": "object",
+                      "properties": {"home": {"anyOf": [{"$ref": "#/$defs/Address"}],
+                                              "description": "d"},
+                                     "definitions": {"$ref": "#/$defs/Address"},
+                                     "other": {"$ref": "#/properties/definitions"}}}
+
+
+@pytest.mark.parametrize(("schema", "sent"), [(PERSON, PERSON_FOR_GEMINI),
+                                              (DRAFT_7, DRAFT_7_FOR_GEMINI)])
+def test_schemas_reach_gemini_in_the_form_it_reads(schema: dict[str, Any],
+                                                   sent: dict[str, Any]) -> None:
+    given = copy.deepcopy(schema)
+    out = translate([{"role": "user", "content": "x"}],
+                    response_format={"type": "json_schema",
+                                     "json_schema": {"name": "p", "schema": schema}},
+                    tools=[{"type": "function", "function": {"name": "f", "parameters": schema}}])
+    assert out["generationConfig"]["responseJsonSchema"] == sent
+    assert out["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"] == sent
+    assert schema == given  # the client's body is left as it came (a fallback may read it)

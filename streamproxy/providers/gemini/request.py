@@ -14,6 +14,7 @@ provider-streams.md §4.2; choices documented in docs/providers/gemini.md.
 - ids we generated for Gemini calls that had none (`call_…`) are never sent upstream;
 - `logprobs` → `responseLogprobs`, `top_logprobs` → `logprobs` (the count: both 0 to 20);
 - `modalities` with `image` → `responseModalities` (image models answer with images);
+- JSON Schemas (`response_format`, tool parameters) in the form Gemini reads (schema.py);
 - parameters in DROPPED are dropped; `n` > 1 is rejected.
 """
 
@@ -36,6 +37,7 @@ from streamproxy.openai_api.content import (
     texts,
     tool_call_input,
 )
+from streamproxy.providers.gemini.schema import gemini_schema
 
 # OpenAI parameters with no Gemini equivalent: dropped, never forwarded.
 DROPPED = ((OPENAI_ONLY - {"logprobs", "top_logprobs", "modalities"})
@@ -109,7 +111,7 @@ def _generation_config(body: dict[str, Any], model: str) -> dict[str, Any]:
             raise InvalidRequest("'response_format.json_schema.schema' must be an object.",
                                  param="response_format.json_schema.schema")
         config["responseMimeType"] = "application/json"
-        config["responseJsonSchema"] = schema
+        config["responseJsonSchema"] = gemini_schema(schema)
     modalities = _response_modalities(body)
     if modalities:
         config["responseModalities"] = modalities
@@ -174,7 +176,7 @@ def _declaration(fn: dict[str, Any]) -> dict[str, Any]:
         decl["description"] = fn["description"]
     if fn.get("parameters"):
         # Full JSON Schema (`parameters` is an OpenAPI subset that rejects additionalProperties).
-        decl["parametersJsonSchema"] = fn["parameters"]
+        decl["parametersJsonSchema"] = gemini_schema(fn["parameters"])
     return decl
 
 

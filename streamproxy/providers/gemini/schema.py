@@ -1,0 +1,67 @@
+"""A client's JSON Schema (`response_format`, a tool's `parameters`) in the form Gemini's
+`responseJsonSchema` / `parametersJsonSchema` take (pure).
+
+Google documents what those fields read: `$defs` (not Draft 7's `definitions`) and `$ref`, and
+"if $ref is set on a sub-schema, no other properties, except for those starting as a $, may be
+set". What pydantic and zod write breaks both: pydantic v1 and zod-to-json-schema put their
+models in `definitions`, and pydantic v2 writes a described sub-model as `{"$ref": …,
+"description": …}` (older v2 as `{"allOf": [{"$ref": …}], …}`; `allOf` is not read at all).
+So, exactly as the schema says:
+- `definitions` becomes `$defs`, and a reference into it `#/…/$defs/…`;
+- a `$ref` with other keywords beside it goes alone into a one-member `anyOf` (a one-member
+  `anyOf` means what the `$ref` did), the other keywords staying where they were;
+- a one-member `allOf` is that same one-member `anyOf`.
+References are kept, never inlined: a recursive schema stays one (Gemini unrolls it a few
+levels, for properties that are not required).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Keywords whose value maps names to subschemas, and those that hold data, not a schema.
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions",
+                          "dependentSchemas"})
+_SCHEMA_DATA = frozenset({"enum", "const", "default", "examples"})
+
+
+def gemini_schema(schema: Any) -> Any:
+    """A copy of `schema` in the form Gemini reads (module docstring)."""
+    if isinstance(schema, list):
+        return [gemini_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _SCHEMA_DATA:
+            out[key] = value
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            named = {name: gemini_schema(s) for name, s in value.items()}
+            if key == "definitions":
+                out["$defs"] = {**named, **out.get("$defs", {})}
+            elif key == "$defs":
+                out["$defs"] = {**out.get("$defs", {}), **named}
+            else:
+                out[key] = named
+        elif key == "$ref" and isinstance(value, str):
+            out[key] = _ref(value)
+        else:
+            out[key] = gemini_schema(value)
+    all_of = out.get("allOf")
+    if isinstance(all_of, list) and len(all_of) == 1 and "anyOf" not in out:
+        out["anyOf"] = out.pop("allOf")
+    if "$ref" in out and "anyOf" not in out and any(key[:1] != "$" for key in out):
+        out["anyOf"] = [{"$ref": out.pop("$ref")}]
+    return out
+
+
+def _ref(ref: str) -> str:
+    """A reference into `definitions` pointed at `$defs`, where gemini_schema moved it (a
+    property named `definitions`, a segment after `properties`, is left as it is)."""
+    if not ref.startswith("#/"):
+        return ref
+    segments = ref[2:].split("/")
+    for i, segment in enumerate(segments):
+        if segment == "definitions" and (i == 0 or segments[i - 1] not in _SCHEMA_MAPS):
+            segments[i] = "$defs"
+    return "#/" + "/".join(segments)
