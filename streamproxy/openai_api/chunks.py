@@ -65,6 +65,11 @@ class ChunkSink(Protocol):
         a data: URL. OpenAI's Chat Completions has no field for one; this is OpenRouter's (and
         LiteLLM's), which clients of image-generating models read. The encoder numbers them."""
 
+    def citations(self, entries: list[dict[str, Any]]) -> None:
+        """`delta.annotations: entries` — `url_citation`s for the answer's text, as OpenAI's
+        search models send them (`{"type": "url_citation", "url_citation": {"url", "title",
+        "start_index", "end_index"}}`); whole, on a delta of their own."""
+
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None: ...
 
     def tool_call_args(self, index: int, fragment: str) -> None: ...
@@ -257,6 +262,9 @@ class ChunkEncoder:
     def image(self, url: str) -> None:
         self._frame(_dumps({"images": [image_entry(url, self._images)]}))
         self._images += 1
+
+    def citations(self, entries: list[dict[str, Any]]) -> None:
+        self._frame(_dumps({"annotations": entries}))
 
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None:
         calls = _dumps([{"index": index, "id": call_id, "type": "function",

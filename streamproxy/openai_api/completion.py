@@ -167,6 +167,10 @@ class CompletionBuilder:
         self.images.append(image_entry(url, len(self.images)))
         self.replayable = False  # a replay would answer without it (its runs have no kind)
 
+    def citations(self, entries: list[dict[str, Any]]) -> None:
+        self.annotations.extend(entries)
+        self.replayable = False  # a replay would answer without them
+
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None:
         while len(self.tool_calls) <= index:
             self.tool_calls.append({"id": "", "type": "function",
@@ -502,6 +506,10 @@ class TeeSink:
     def image(self, url: str) -> None:
         self.encoder.image(url)
         self.builder.image(url)
+
+    def citations(self, entries: list[dict[str, Any]]) -> None:
+        self.encoder.citations(entries)
+        self.builder.citations(entries)
 
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None:
         self.encoder.tool_call_start(index, call_id, name, arguments)

@@ -15,6 +15,8 @@
 - Once a finish reason was emitted, later parts are ignored (Gemini sends none): the client
   has already been told the answer is complete.
 - A chunk `{"error": {...}}` ends the stream with an OpenAI error frame and no `[DONE]`.
+- `citationMetadata` sources → OpenAI's `url_citation` annotations (`delta.annotations`),
+  each once, after the parts of the chunk that carried them.
 - Logprobs (only when the client asked: `logprobs=True`): a candidate's `logprobsResult`
   covers the tokens of its chunk, so they go with the chunk's first answer text, as one
   content delta (`content_logprobs`), the way OpenAI pairs them.
@@ -169,6 +171,22 @@ def image_url(part: dict[str, Any]) -> str | None:
     return f"data:{mime};base64,{data}"
 
 
+def url_citations(metadata: dict[str, Any]) -> list[dict[str, Any]]:
+    """`citationMetadata` → OpenAI `url_citation` annotations. Vertex (and Google's current
+    SDKs) name the list `citations`, the Gemini API's reference `citationSources`; a source
+    without a `uri` (a book, say) has no place in a url_citation and is left out. The indices
+    are Gemini's as given (proto3 JSON leaves out a 0)."""
+    entries = []
+    for source in metadata.get("citations") or metadata.get("citationSources") or ():
+        uri = source.get("uri")
+        if isinstance(uri, str) and uri:
+            entries.append({"type": "url_citation", "url_citation": {
+                "url": uri, "title": source.get("title") or "",
+                "start_index": source.get("startIndex") or 0,
+                "end_index": source.get("endIndex") or 0}})
+    return entries
+
+
 def failed_finish(reason: str, candidate: dict[str, Any], provider: str) -> UpstreamStatusError:
     detail = candidate.get("finishMessage")
     message = f"Gemini ended the answer with {reason}" + (f": {detail}" if detail else ".")
@@ -188,6 +206,7 @@ class GeminiStreamTranslator(SSETranslator):
         self._started = False
         self.finished = False  # a finish reason (or a prompt block) was emitted
         self._tools = 0
+        self._cited: set[bytes] = set()  # the url_citations sent (a stream may repeat them)
         self._usage: dict[str, Any] | None = None
         # The plain text chunk whose unread usage snapshot is the latest one, if it is.
         self._usage_chunk: bytes | None = None
@@ -272,6 +291,8 @@ class GeminiStreamTranslator(SSETranslator):
                             self._parts_with_logprobs(parts, token_logprobs(result))
                         else:
                             self._parts(parts)
+                if "citationMetadata" in candidate:  # (never on a plain text chunk)
+                    self._citations(candidate["citationMetadata"])
                 reason = candidate.get("finishReason")
                 if reason:
                     self._finish(reason, candidate)
@@ -350,6 +371,19 @@ class GeminiStreamTranslator(SSETranslator):
             if call_id:
                 block["tool_call_id"] = call_id
             self.out.thinking_block(block)
+
+    def _citations(self, metadata: dict[str, Any]) -> None:
+        """A candidate's sources → `url_citation` annotations, each once (a stream may repeat
+        them on later chunks)."""
+        seen = self._cited
+        entries = []
+        for entry in url_citations(metadata):
+            key = orjson.dumps(entry)
+            if key not in seen:
+                seen.add(key)
+                entries.append(entry)
+        if entries:
+            self.out.citations(entries)
 
     def _parts_with_logprobs(self, parts: list[dict[str, Any]],
                              tokens: list[dict[str, Any]]) -> None:
