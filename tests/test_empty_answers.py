@@ -1,8 +1,8 @@
 """Degenerate answers — nothing said, only reasoning, a call with no arguments — reach an
 OpenAI client alike streamed (joined by the openai SDK's stream helper, whole and at random
 byte splits), non-streamed, stored and replayed from the cache, with OpenAI's `content`: `""`
-for an answer with nothing in it (OpenAI's, when a reasoning model spends its budget or a stop
-sequence is hit at once), null when only calls or reasoning came."""
+for an answer with no text and no calls — nothing, or only reasoning (OpenAI's, when a reasoning
+model spends its budget or a stop sequence is hit at once) —, null when only calls came."""
 
 from __future__ import annotations
 
@@ -121,12 +121,11 @@ ANTHROPIC = {  # name: (content blocks, stop reason, expected)
     "stop sequence at once": ([], "stop_sequence", empty()),
     "refusal with no text": ([], "refusal", empty("content_filter")),
     "thinking only, max_tokens": ([{"type": "thinking", "thinking": "Hm", "signature": ""}],
-                                  "max_tokens", {"content": None, "finish": "length",
-                                                 "calls": []}),
+                                  "max_tokens", empty("length")),
     "an empty text block": ([{"type": "text", "text": ""}], "end_turn", empty()),
     "thinking, then an empty text block": (
         [{"type": "thinking", "thinking": "Hm", "signature": ""}, {"type": "text", "text": ""}],
-        "end_turn", {"content": None, "finish": "stop", "calls": []}),
+        "end_turn", empty()),
     "an empty text block, then a call": (  # its role chunk left before the block ended
         [{"type": "text", "text": ""},
          {"type": "tool_use", "id": "toolu_1", "name": "now", "input": {}}], "tool_use",
@@ -170,7 +169,7 @@ GEMINI = {  # name: (the answer as one chunk, expected)
     "no parts": (gemini_chunk(None, "STOP"), empty()),
     "an empty text part": (gemini_chunk([{"text": ""}], "STOP"), empty()),
     "thoughts only, MAX_TOKENS": (gemini_chunk([{"text": "Hm", "thought": True}], "MAX_TOKENS"),
-                                  {"content": None, "finish": "length", "calls": []}),
+                                  empty("length")),
     "a blocked answer": (gemini_chunk(None, "SAFETY"), empty("content_filter")),
     "a blocked prompt": (orjson.dumps({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
                                        "usageMetadata": USAGE}), empty("content_filter")),
@@ -216,8 +215,7 @@ def test_bedrock_reasoning_then_an_empty_text_block() -> None:
     whole = bedrock_whole(orjson.dumps({"output": {"message": {"role": "assistant", "content": [
         {"reasoningContent": {"reasoningText": {"text": "Hm"}}}, {"text": ""}]}},
         "stopReason": "end_turn", "usage": usage}), **ENVELOPE)
-    check(lambda out: BedrockStreamTranslator(out, 1 << 20), body, whole,
-          {"content": None, "finish": "stop", "calls": []})
+    check(lambda out: BedrockStreamTranslator(out, 1 << 20), body, whole, empty())
 
 
 @pytest.mark.parametrize("first", ["text", "thinking"])
@@ -276,3 +274,34 @@ def test_passthrough_empty_answer_is_stored_as_its_stream_said() -> None:
     check(lambda out: PassthroughTranslator(out, 1 << 20, provider="p",
                                             client_wants_usage=True),
           body, None, empty("length"))
+
+
+def test_passthrough_reasoning_only_is_stored_as_its_stream_said() -> None:
+    """DeepSeek's reasoner out of budget: every delta's content null, so its client joined
+    null — the stored answer says so too (the proxy forwards the chunks as they came)."""
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return b"data: %b\n\n" % orjson.dumps({
+            "id": "chatcmpl-d", "object": "chat.completion.chunk", "created": 1,
+            "model": "deepseek-reasoner",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    body = b"".join((
+        chunk({"role": "assistant", "content": None, "reasoning_content": ""}),
+        chunk({"content": None, "reasoning_content": "Hm"}),
+        chunk({"content": None, "reasoning_content": None}, "length"),
+        b"data: [DONE]\n\n"))
+    got, builder = streamed(lambda out: PassthroughTranslator(
+        out, 1 << 20, provider="p", client_wants_usage=False), [body])
+    assert got == {"content": None, "finish": "length", "calls": []}
+    assert builder.completion(**ENVELOPE)["choices"][0]["message"]["content"] is None
+
+
+def test_reasoning_then_a_call_keeps_content_null() -> None:
+    """Only a call after the reasoning: null, and no `content: ""` on the finish chunk."""
+    blocks = [{"type": "thinking", "thinking": "Hm", "signature": ""},
+              {"type": "tool_use", "id": "toolu_1", "name": "now", "input": {}}]
+    whole = anthropic_whole(orjson.dumps({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+        "content": blocks, "stop_reason": "tool_use",
+        "usage": {"input_tokens": 5, "output_tokens": 1}}), **ENVELOPE)
+    check(lambda out: AnthropicStreamTranslator(out, 1 << 20), anthropic_stream(blocks, "tool_use"),
+          whole, {"content": None, "finish": "tool_calls", "calls": [("now", "{}")]})

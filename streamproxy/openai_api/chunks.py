@@ -131,9 +131,10 @@ class ChunkEncoder:
     """ChunkSink → SSE bytes. Also the per-stream record that logs and metrics read."""
 
     __slots__ = (
-        "_buf", "_content_head", "_content_tail", "_images", "_literal_sep", "_prefix", "_role",
-        "_tail", "_thinking_blocks", "bytes_taken", "chunks", "completion_id", "created", "ended",
-        "failure", "finish_reason", "include_usage", "model", "secret", "usage_data",
+        "_buf", "_content_head", "_content_null", "_content_tail", "_images", "_literal_sep",
+        "_prefix", "_role", "_tail", "_thinking_blocks", "bytes_taken", "chunks", "completion_id",
+        "created", "ended", "failure", "finish_reason", "include_usage", "model", "secret",
+        "usage_data",
     )
 
     # The envelope's fields after `model`: ours are null; a cache hit's encoder gives back an
@@ -150,8 +151,12 @@ class ChunkEncoder:
         self._buf: list[bytes] = []  # the frames' pieces since the last take(), joined there
         self._prefix = b""  # built at the first frame: the model may come from the upstream
         self._tail = b""
+        # Built at the first text delta (_open_text), so `not _content_head` is also "no text
+        # came": the check every content delta made anyway, no cost added.
         self._content_head = b""
         self._content_tail = b""
+        # The role chunk said `content: null` and no call or image has come to stand for it.
+        self._content_null = False
         self._literal_sep = b""  # content_literals(): built when a read brings two or more
         # start() made the role chunk due: the delta take() sends alone (b"": not before a
         # delta, what the answer begins with is not known yet); None: none due.
@@ -194,6 +199,11 @@ class ChunkEncoder:
         self._tail = b',"logprobs":null,"finish_reason":null}]' + (
             b',"usage":null}\n\n' if self.include_usage else b"}\n\n"
         )
+
+    def _open_text(self) -> None:
+        """The answer's first text delta: the role chunk, if none went out, says `content: ""`."""
+        if not self._prefix:
+            self._open(_ROLE_TEXT)
         self._content_head = self._prefix + b'{"content":'
         self._content_tail = b"}" + self._tail
 
@@ -202,7 +212,9 @@ class ChunkEncoder:
         `text` said, else `role` (what the first delta makes it)."""
         self._envelope()
         if self._role is not None:
-            self._buf += (self._prefix, self._role or role, self._tail)
+            role = self._role or role
+            self._buf += (self._prefix, role, self._tail)
+            self._content_null = role is _ROLE_NO_TEXT
             self._role = None
             self.chunks += 1
 
@@ -221,8 +233,8 @@ class ChunkEncoder:
         self._role = b"" if text is None else _ROLE_TEXT if text else _ROLE_NO_TEXT
 
     def content(self, text: str) -> None:
-        if not self._prefix:
-            self._open(_ROLE_TEXT)
+        if not self._content_head:
+            self._open_text()
         self._buf += (self._content_head, _dumps(text), self._content_tail)
         self.chunks += 1
 
@@ -230,8 +242,8 @@ class ChunkEncoder:
         """Content deltas given as the insides of JSON string literals, escaped as JSON
         requires and valid UTF-8 (spliced from a provider's bytes, see
         providers/anthropic/stream.py): one frame each, built by one join."""
-        if not self._prefix:
-            self._open(_ROLE_TEXT)
+        if not self._content_head:
+            self._open_text()
         if len(literals) == 1:
             text = literals[0]
         else:
@@ -242,8 +254,8 @@ class ChunkEncoder:
         self.chunks += len(literals)
 
     def content_logprobs(self, text: str, tokens: list[dict[str, Any]]) -> None:
-        if not self._prefix:
-            self._open(_ROLE_TEXT)
+        if not self._content_head:
+            self._open_text()
         # The envelope's tail with its `"logprobs":null` replaced by the tokens.
         self._buf += (self._content_head, _dumps(text), b'},"logprobs":',
                       _dumps({"content": tokens, "refusal": None}),
@@ -262,6 +274,7 @@ class ChunkEncoder:
     def image(self, url: str) -> None:
         self._frame(_dumps({"images": [image_entry(url, self._images)]}))
         self._images += 1
+        self._content_null = False  # (an image answer's content is null without text)
 
     def citations(self, entries: list[dict[str, Any]]) -> None:
         self._frame(_dumps({"annotations": entries}))
@@ -271,6 +284,7 @@ class ChunkEncoder:
                          "function": {"name": name, "arguments": arguments}}])
         if self._role is None or self._role is _ROLE_TEXT:
             self._frame(b'{"tool_calls":%b}' % calls)
+            self._content_null = False  # (calls only: null, as OpenAI's)
             return
         self._role = None  # the answer begins with this call: its chunk carries the role
         self._envelope()
@@ -285,9 +299,19 @@ class ChunkEncoder:
         if not self._prefix:
             self._open(_ROLE_TEXT)
         self.finish_reason = reason
-        self._buf += (self._prefix, b'{},"logprobs":null,"finish_reason":', _dumps(reason),
+        delta = b'{"content":""}' if self._null_content_is_due() else b"{}"
+        self._buf += (self._prefix, delta, b',"logprobs":null,"finish_reason":', _dumps(reason),
                       b'}],"usage":null}\n\n' if self.include_usage else b"}]}\n\n")
         self.chunks += 1
+
+    def _null_content_is_due(self) -> bool:
+        """Reasoning alone came after a `content: null` role chunk: the answer's content is
+        still due, as the "" OpenAI's reasoning models give an answer with no text (and as the
+        non-streamed and stored answers say). Asked once, at the end."""
+        if self._content_null and not self._content_head:
+            self._content_null = False
+            return True
+        return False
 
     def usage(self, usage: dict[str, Any]) -> None:
         self.usage_data = usage
@@ -297,6 +321,8 @@ class ChunkEncoder:
             return
         if self._role is not None:  # an answer with nothing in it
             self._open(_ROLE_TEXT)
+        if self._null_content_is_due():  # (a stream that ended with no finish reason)
+            self._frame(b'{"content":""}')
         if self.include_usage and self.usage_data is not None:
             if not self._prefix:
                 self._envelope()
@@ -349,8 +375,8 @@ class RecordingChunkEncoder(ChunkEncoder):
         self.literals: list[bytes] = []
 
     def content(self, text: str) -> None:
-        if not self._prefix:
-            self._open(_ROLE_TEXT)
+        if not self._content_head:
+            self._open_text()
         literal = _dumps(text)
         self._buf += (self._content_head, literal, self._content_tail)
         self.chunks += 1

@@ -276,8 +276,11 @@ class CompletionBuilder:
         if isinstance(content, list):  # typed parts (Mistral's reasoning models): their text
             content = "".join(p["text"] for p in content if isinstance(p, dict)
                               and p.get("type") == "text" and isinstance(p.get("text"), str))
-        if isinstance(content, str) and content:
-            self.content(content)
+        if isinstance(content, str):
+            if content:
+                self.content(content)
+            else:  # (a pass-through's content is what its stream said: a string, or null)
+                self.text_first = True
         # DeepSeek's name, else OpenRouter's, Groq's and vLLM's; a server that sends both
         # (vllm-mlx, vLLM while it renamed the field) sends the same text twice.
         key = "reasoning_content"
@@ -371,8 +374,8 @@ class CompletionBuilder:
             parts: list[Any] = self._parts
             msg["content"] = ("".join(self.content_parts) if self._decoded
                               else orjson.loads(b'"%b"' % b"".join(parts)))
-        elif self.text_first or (self.text_first is None and self._empty):
-            msg["content"] = ""  # as OpenAI's empty answer, and the stream's role chunk, say
+        elif self.text_first or (not self.raw_chunks and self._empty):
+            msg["content"] = ""  # as OpenAI's empty answer, and the stream's chunks, say
         if self.reasoning_parts:
             msg[self.reasoning_key] = "".join(self.reasoning_parts)
         if self.thinking_blocks:
@@ -397,11 +400,12 @@ class CompletionBuilder:
 
     @property
     def _empty(self) -> bool:
-        """Nothing came before the finish: the stream's role chunk was `content: ""` (the
-        encoder opens an answer with nothing in it as text), as OpenAI answers when a model
-        says nothing (a reasoning model's budget spent, a stop sequence hit at once)."""
-        return not (self.reasoning_parts or self.thinking_blocks or self.tool_calls
-                    or self.images or self.refusal_parts or self._audio is not None)
+        """Nothing a null content stands for came (calls, images, a refusal, audio): the
+        stream's role or finish chunk gave `content: ""`, as OpenAI answers when a model says
+        nothing (a reasoning model's budget spent, a stop sequence hit at once). Reasoning is
+        no answer: OpenAI's reasoning models give "" when they only reasoned."""
+        return not (self.tool_calls or self.images or self.refusal_parts
+                    or self._audio is not None)
 
     def _choice(self, index: int) -> dict[str, Any]:
         return {"index": index, "message": self.message(), "logprobs": self.logprobs,
