@@ -109,7 +109,13 @@ async def test_models_list_and_retrieve(default_proxy: Any) -> None:
     assert "mock/fast" in listed
     model = await client.models.retrieve("mock/fast")  # sent as /v1/models/mock%2Ffast
     assert (model.id, model.object, model.owned_by) == ("mock/fast", "model", "mock")
+    # As a chat request names it: with `@`, or bare (the default provider's, here mock's).
+    for named in ("@mock/fast", "fast"):
+        model = await client.models.retrieve(named)
+        assert (model.id, model.owned_by) == (named, "mock")
     with pytest.raises(openai.NotFoundError) as info:
         await client.models.retrieve("mock/nope")
     assert info.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("nope")
     assert info.value.type == "invalid_request_error"
