@@ -359,6 +359,27 @@ def _upstream_proxy(value: Any, source: str, key: str) -> str | dict[str, Any]:
     return {"url": str(value["url"]), "no_proxy": no_proxy}
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an RFC 9110 token
+_HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # (a tab may be in a value)
+
+
+def _parse_headers(raw: Any, source: str, key: str) -> dict[str, str]:
+    """A provider's extra upstream headers. Lowercase, as the providers write the headers they
+    set: `Authorization` here then replaces (or yields to) their `authorization` rather than
+    going as a second one. A name that is no HTTP token or a value with a CR or LF would
+    split the request head: both HTTP clients refuse it as it is sent, a 500 for every
+    request to the provider, so it is refused here with the header's name."""
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise ConfigError(source, key, "must be a mapping of strings")
+    for name, value in raw.items():
+        if not _HEADER_NAME.fullmatch(str(name)):
+            raise ConfigError(source, f"{key}.{name}", "is not a header name (RFC 9110 token)")
+        if _HEADER_CONTROL.search(value):  # (the value is not echoed: it may be a secret)
+            raise ConfigError(source, f"{key}.{name}",
+                              "a header value may not hold a control character (CR, LF, ...)")
+    return {str(k).lower(): v for k, v in raw.items()}
+
+
 def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
     from streamproxy.providers.registry import PROVIDER_TYPES
 
@@ -379,9 +400,7 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
     for key in ("base_url", "api_key", "api_key_env", "default_model"):
         if raw.get(key) is not None and not isinstance(raw[key], str):
             raise ConfigError(source, f"{where}.{key}", "must be a string")
-    headers = raw.get("headers") or {}
-    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
-        raise ConfigError(source, f"{where}.headers", "must be a mapping of strings")
+    headers = _parse_headers(raw.get("headers") or {}, source, f"{where}.headers")
     models = raw.get("models") or []
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise ConfigError(source, f"{where}.models", "must be a list of model names")
@@ -398,9 +417,7 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
         base_url=base_url.rstrip("/") if base_url else None,
         api_key=api_key,
         api_key_env=raw.get("api_key_env") or None,
-        # Lowercase, as the providers write the headers they set: `Authorization` here then
-        # replaces (or yields to) their `authorization` rather than going as a second one.
-        headers={str(k).lower(): v for k, v in headers.items()},
+        headers=headers,
         default_model=raw.get("default_model"),
         models=tuple(models),
         timeouts=parse_timeouts(raw.get("timeouts") or {}, source, f"{where}.timeouts"),

@@ -101,6 +101,12 @@ def test_the_readme_example_loads(tmp_path: Path, monkeypatch: Any) -> None:
      "providers.x.anthropic_beta", "beta names"),
     ("providers: {x: {type: anthropic, anthropic_version: \"2023-06-01\\r\\nx: 1\"}}",
      "providers.x.anthropic_version", "a version"),
+    # Any provider's extra headers, likewise: both HTTP clients refused them as each request
+    # was sent, a 500 with a traceback for every request to the provider.
+    ("providers: {x: {type: openai, headers: {authorization: \"Bearer sk-1\\r\\nx-evil: 1\"}}}",
+     "providers.x.headers.authorization", "control character"),
+    ("providers: {x: {type: openai, headers: {\"x-a:b\": c}}}", "providers.x.headers.x-a:b",
+     "not a header name"),
 ])
 def test_config_errors_name_the_file_key_and_reason(tmp_path: Path, text: str, key: str,
                                                     reason: str) -> None:
