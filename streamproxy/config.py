@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -380,6 +381,21 @@ def _parse_headers(raw: Any, source: str, key: str) -> dict[str, str]:
     return {str(k).lower(): v for k, v in raw.items()}
 
 
+def _check_base_url(url: str, source: str, key: str) -> None:
+    """An http(s) URL with a host and a port that is one: `http://` alone or a port beyond
+    65535 passed, then every request to the provider was a 500 with a traceback."""
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(source, key, "must start with http:// or https://")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number, or out of range
+    except ValueError:  # (not its text: in `https://user:secret` the "port" is the secret)
+        reason = "has a port that is not a number from 0 to 65535"
+        raise ConfigError(source, key, reason) from None
+    if not parts.hostname:
+        raise ConfigError(source, key, "names no host")
+
+
 def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
     from streamproxy.providers.registry import PROVIDER_TYPES
 
@@ -409,8 +425,8 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
     if api_key is None and raw.get("api_key_env"):
         api_key = os.environ.get(raw["api_key_env"]) or None
     base_url = raw.get("base_url") or cls.default_base_url
-    if base_url is not None and not base_url.startswith(("http://", "https://")):
-        raise ConfigError(source, f"{where}.base_url", "must start with http:// or https://")
+    if base_url is not None:
+        _check_base_url(base_url, source, f"{where}.base_url")
     return ProviderConfig(
         name=name,
         type=ptype,

@@ -107,6 +107,10 @@ def test_the_readme_example_loads(tmp_path: Path, monkeypatch: Any) -> None:
      "providers.x.headers.authorization", "control character"),
     ("providers: {x: {type: openai, headers: {\"x-a:b\": c}}}", "providers.x.headers.x-a:b",
      "not a header name"),
+    # A base URL with no host or an impossible port failed every request with a 500.
+    ("providers: {x: {type: openai, base_url: 'http://'}}", "providers.x.base_url", "no host"),
+    ("providers: {x: {type: openai, base_url: 'https://u:sk-1@api.example.com:99999/v1'}}",
+     "providers.x.base_url", "0 to 65535"),
 ])
 def test_config_errors_name_the_file_key_and_reason(tmp_path: Path, text: str, key: str,
                                                     reason: str) -> None:
@@ -132,6 +136,15 @@ def test_a_file_yaml_cannot_read_is_a_config_error(tmp_path: Path, data: bytes, 
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert (info.value.source, info.value.key, info.value.reason) == (str(path), key, reason)
+
+
+def test_a_base_url_error_never_echoes_what_stands_where_the_port_goes(
+        tmp_path: Path) -> None:
+    # (`https://user:secret`, host and password with no `@`: urllib reads the secret as a port)
+    path = write(tmp_path, "providers: {x: {type: openai, base_url: 'https://me:sk-secret'}}")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == "providers.x.base_url" and "sk-secret" not in str(info.value)
 
 
 def test_a_yaml_merge_may_override_what_it_merges(tmp_path: Path) -> None:
