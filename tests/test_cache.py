@@ -1175,6 +1175,17 @@ def test_cache_settings_are_validated() -> None:
             parse_cache_settings(config(cache=bad))
 
 
+
+@pytest.mark.parametrize("url", ["redis://:sk-secret@cache:port/0", "redis://cache:99999/0",
+                                 "redis://:sk-secret", "redis://cache/0?socket_timeout=soon"])
+def test_a_redis_url_redis_py_cannot_read_is_a_config_error(url: str) -> None:
+    """redis-py's ValueError escaped as the app was built: a traceback at start-up and from
+    check-config, never naming `cache.redis_url`."""
+    with pytest.raises(ConfigError) as info:
+        parse_cache_settings(config(cache={"backend": "redis", "redis_url": url}))
+    assert info.value.key == "cache.redis_url" and "sk-secret" not in str(info.value)
+
+
 async def test_named_configs_and_routes_carry_cache_settings(proxy: Any) -> None:
     cfg = config(configs={"cached": {"provider": "mock",
                                      "override_params": {"model": "fast:tokens=3"},

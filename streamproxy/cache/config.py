@@ -63,6 +63,7 @@ def parse_cache_settings(config: Config) -> CacheSettings:
             if not isinstance(value, str) or not value.startswith(("redis://", "rediss://",
                                                                    "unix://")):
                 raise ConfigError(source, where, "must be a redis://, rediss:// or unix:// URL")
+            _check_redis_url(value, source, where)
         elif key in ("max_entries", "max_bytes", "redis_max_connections"):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(source, where, "must be a positive integer")
@@ -75,6 +76,19 @@ def parse_cache_settings(config: Config) -> CacheSettings:
             raise ConfigError(source, where, f"unknown key (known: {', '.join(_KEYS)})")
         out[key] = value
     return CacheSettings(**out)
+
+
+def _check_redis_url(url: str, source: str, key: str) -> None:
+    """The URL as redis-py reads it when the cache is built: a port that is no number, or
+    an option's value that is not one, raised its ValueError out of start-up and
+    check-config as a traceback."""
+    from redis.connection import parse_url
+
+    try:
+        parse_url(url)
+    except ValueError:  # (not its text: it may quote the password, read where a port goes)
+        raise ConfigError(source, key, "is not a Redis URL redis-py reads (its port or "
+                          "options)") from None
 
 
 def max_age_for(cache: dict[str, Any] | None, settings: CacheSettings) -> float | None:
