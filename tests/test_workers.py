@@ -424,6 +424,37 @@ async def test_the_workers_share_circuit_breakers(tmp_path: Path, upstream: Any)
     assert tried == [1, 2] + [2] * 10, tried
 
 
+async def test_a_single_process_reload_keeps_the_circuit_breakers(tmp_path: Path,
+                                                                  upstream: Any) -> None:
+    """As a master's reload does (the workers' shared table outlives it): a single process
+    reloading in place built new, closed breakers, so a target known to be down was tried
+    again by the next requests, while the circuit gauge still said it was open."""
+    upstream.status, upstream.content_type = 503, "application/json"
+    upstream.body = json.dumps({"type": "error", "error": {
+        "type": "overloaded_error", "message": "Overloaded"}}).encode()
+    config = json.dumps({
+        "strategy": {"mode": "fallback",
+                     "cb_config": {"failure_threshold": 2, "cooldown_interval": 600_000}},
+        "targets": [{"provider": "down"},
+                    {"provider": "mock", "override_params": {"model": "fast:tokens=2"}}]})
+
+    async def ask(url: str) -> None:
+        async with aiohttp.ClientSession() as s, s.post(
+                url + "/v1/chat/completions", headers={"x-portkey-config": config},
+                json={"messages": [{"role": "user", "content": "hi"}]}) as r:
+            assert r.status == 200, await r.text()
+
+    async with serving(tmp_path, BREAKER.replace("DOWN_URL", upstream.url), 1) as t:
+        for _ in range(3):
+            await ask(t.url)
+        assert len(upstream.requests) == 2  # open after its second failure
+        t.proc.send_signal(signal.SIGHUP)
+        await until(lambda: "SIGHUP: reloaded" in t.output(), "the reload in the log")
+        for _ in range(3):
+            await ask(t.url)
+        assert len(upstream.requests) == 2, t.output()
+
+
 def test_a_reload_that_fails_for_any_reason_says_why_in_one_line(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Whatever the parser raises (a bug of ours, not a config error) must not end the master

@@ -65,15 +65,18 @@ def _egress(config: Config) -> EgressProxies:
         raise ConfigError("environment", "HTTP(S)_PROXY", str(e)) from None
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, breakers: CircuitBreakers | None = None) -> web.Application:
+    """The app serving `config`; `breakers`: the running app's, when a process reloads in place
+    (what is known to be down stays so, as with workers, whose table outlives a reload)."""
     server = config.server
     egress = _egress(config)
     providers = build_providers(config, egress)
     client = UpstreamClient(kind=server.upstream_client, egress=egress)
     router = Router(providers, config.default_provider, server.timeouts)
     shared = inherited()  # with workers: what they share (breakers, rate-limit buckets)
-    breakers = (SharedCircuitBreakers(shared.breakers) if shared.breakers is not None
-                else CircuitBreakers())
+    if breakers is None:
+        breakers = (SharedCircuitBreakers(shared.breakers) if shared.breakers is not None
+                    else CircuitBreakers())
     state = AppState(
         config=config,
         providers=providers,

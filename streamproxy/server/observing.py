@@ -37,7 +37,8 @@ def install_observers(app: web.Application, state: AppState) -> None:
     state.observers.append(metrics().observe)
     metrics().keep_models(m for cfg in state.config.providers.values()
                           for m in (cfg.default_model, *cfg.models) if m)
-    state.breakers.listeners.append(set_circuit_state)
+    if set_circuit_state not in state.breakers.listeners:  # (breakers kept by a reload)
+        state.breakers.listeners.append(set_circuit_state)
     if settings.access_log:
         if ACCESS_LOGGER.level == 0:  # not configured by the CLI: don't let root's level hide it
             ACCESS_LOGGER.setLevel("INFO")

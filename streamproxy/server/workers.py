@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from streamproxy.config import Config, ConfigError, load_config
+from streamproxy.routing.breaker import CircuitBreakers
 from streamproxy.server.heap import keep_heap_cushion
 
 log = logging.getLogger("streamproxy.workers")
@@ -111,11 +112,12 @@ class _Generation:
     sites: list[web.BaseSite]
 
 
-async def _start_generation(config: Config, listeners: list[socket.socket]) -> _Generation:
+async def _start_generation(config: Config, listeners: list[socket.socket],
+                            breakers: CircuitBreakers | None = None) -> _Generation:
     from streamproxy.server.app import create_app, http_limits
     from streamproxy.server.front import make_runner
 
-    app = create_app(config)
+    app = create_app(config, breakers)
     runner = make_runner(app, handler_cancellation=True, access_log=None,
                          shutdown_timeout=5.0, **http_limits(config))
     await runner.setup()
@@ -171,7 +173,8 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
             if new_config is None:
                 return
             try:
-                new = await _start_generation(new_config, listeners)
+                new = await _start_generation(new_config, listeners,
+                                              current.app[STATE].breakers)
             except ConfigError as e:  # a section checked as the app is built (auth, ...)
                 log.error("reload failed: config error: %s; the running config keeps serving", e)
                 return
