@@ -779,6 +779,20 @@ async def test_portkey_sdk_virtual_key_picks_the_provider_and_its_secret(
     assert "vk-nope" in err["message"]
 
 
+async def test_portkey_sdk_without_a_model_gets_the_providers_default_model(
+        proxy: Any, upstream: Any) -> None:
+    # The SDK sends `model: "portkey-default"` when its caller names none, which Portkey's
+    # gateway reads as the provider's default; sent on as written, the upstream has no such model.
+    from portkey_ai import AsyncPortkey
+
+    client = await proxy(openai_pair(upstream))
+    portkey = AsyncPortkey(base_url=str(client.make_url("/v1")), api_key="pk", provider="e1",
+                           max_retries=0)
+    done = await portkey.chat.completions.create(messages=USER)
+    assert done.choices[0].message.content == "ok"
+    assert served(upstream) == ("e1", "m")
+
+
 async def test_a_parents_key_never_goes_to_a_target_naming_another_provider(
         proxy: Any, upstream: Any, monkeypatch: Any) -> None:
     monkeypatch.setenv("VK_E2", "sk-e2-secret")

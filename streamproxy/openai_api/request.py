@@ -18,6 +18,9 @@ from streamproxy.errors import InvalidRequest
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # OneLLM's body fields, consumed by the gateway: they never reach a provider.
 GATEWAY_FIELDS = frozenset({"fallback_models", "retries", "fallback_config"})
+# The model the portkey-ai SDK sends when its caller names none; Portkey's gateway reads it
+# as the provider's default model, as a body without `model` is read here.
+PORTKEY_DEFAULT_MODEL = "portkey-default"
 _PLAIN_ROLES = ROLES - {"tool"}  # a tool message also needs its tool_call_id
 
 
@@ -61,6 +64,9 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
         _check_depth(body, limits.max_json_depth)
     custom_tools = _validate(body, limits)
     stripped = not GATEWAY_FIELDS.isdisjoint(body)
+    if body.get("model") == PORTKEY_DEFAULT_MODEL:
+        del body["model"]
+        stripped = True
     fallback = body.pop("fallback_models", None) or []
     retries = body.pop("retries", None)
     max_fallbacks = _max_fallbacks(body.pop("fallback_config", None))
