@@ -996,3 +996,19 @@ async def test_onellm_fallback_config_is_consumed_and_max_fallbacks_honoured(
         resp = await post(client, stream=False, model="e1/m", fallback_config=bad)
         assert resp.status == 400
         assert (await resp.json())["error"]["param"] == param
+
+
+async def test_a_config_model_without_a_prefix_is_for_the_provider_the_header_names(
+        proxy: Any, upstream: Any) -> None:
+    # Portkey's SDK sends provider= as the header and a config's override_params.model as the
+    # model to ask it for; a model with a provider prefix still routes by its prefix.
+    client = await proxy(openai_pair(upstream, default="mock"))
+    for model, where in (("m7", ("e2", "m7")), ("e1/m8", ("e1", "m8")),
+                         ("@e1/m9", ("e1", "m9")), ("org/m10", ("e2", "org/m10"))):
+        resp = await post(client, stream=False, headers={"x-portkey-provider": "e2"},
+                          config=orjson.dumps({"override_params": {"model": model}}).decode())
+        assert resp.status == 200, await resp.text()
+        assert served(upstream) == where
+    unknown = await post(client, headers={"x-portkey-provider": "e2"},
+                         config='{"override_params": {"model": "@nope/m"}}')
+    assert unknown.status == 400

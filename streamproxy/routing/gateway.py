@@ -401,10 +401,12 @@ class Gateway:
                     f"providers: {', '.join(self.router.providers)}.",
                     param=f"{leaf.path}.provider", code="unknown_provider")
             target = self.router.target(name, self.router.model_for(name, model), headers)
-        else:  # a model in override_params routes by its prefix alone, not by the header
+        else:  # a model in override_params with a provider prefix routes by it, not by the
+            # header; without one it is the model for the provider the header names
             target = self.router.resolve({k: v for k, v in headers.items()
                                           if k.lower() != PROVIDER_HEADER}
-                                         if model_param else headers, model)
+                                         if _names_a_provider(self.router, model_param)
+                                         else headers, model)
         provider = target.provider
         secret = leaf.api_key or (vkey.api_key if vkey else None)
         target.api_key = secret or provider.cfg.api_key or client_key(headers)
@@ -596,3 +598,10 @@ def parse_metadata(headers: Mapping[str, str]) -> dict[str, Any] | None:
         raise InvalidRequest(f"{METADATA_HEADER} must be a JSON object.",
                              param=METADATA_HEADER, code="invalid_metadata")
     return metadata
+
+
+def _names_a_provider(router: Router, model: str | None) -> bool:
+    """`model` (an override's) has a provider prefix: a configured `name/`, or any `@name/`
+    (an unknown one is the client's mistake, refused by routing)."""
+    return bool(model) and (router.prefix_provider(model) is not None
+                            or (model[:1] == "@" and "/" in model))
