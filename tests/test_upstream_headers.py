@@ -181,6 +181,23 @@ async def test_a_retry_after_in_neither_form_is_ignored(proxy: Any, upstream: An
     assert resp.status == 429 and "retry-after" not in resp.headers
 
 
+@pytest.mark.parametrize("header", ["retry-after", "retry-after-ms"])
+async def test_a_negative_retry_after_is_ignored_and_retries_back_off(
+        proxy: Any, upstream: Any, header: str) -> None:
+    # In neither form: read as no wait, the retries all went at once (and the client was
+    # told `retry-after-ms: 0`).
+    upstream.status = 429
+    upstream.content_type = "application/json"
+    upstream.extra_headers = {header: "-5"}
+    client = await proxy(provider_config("anthropic", upstream.url))
+    started = time.monotonic()
+    resp = await client.post("/v1/chat/completions", json={"messages": USER},
+                             headers={"x-portkey-config": '{"retry": {"attempts": 2}}'})
+    assert resp.status == 429 and "retry-after" not in resp.headers
+    assert len(upstream.requests) == 3
+    assert time.monotonic() - started >= 0.375  # the backoff: 0.125 s at least, then 0.25
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_fallbacks_cache_hit_carries_none_of_the_failed_targets_headers(
         proxy: Any, upstream: Any, stream: bool) -> None:

@@ -69,8 +69,9 @@ def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
         # RFC 9110's other form, an HTTP-date (as the SDKs read it): the wait until then
         return None if ms is not None or value is None else _seconds_until(value)
     # "nan", "inf", "1e400": absent too (math.ceil of one, for the client's Retry-After,
-    # raised while the error was answered: the client got an empty reply)
-    return seconds if math.isfinite(seconds) else None
+    # raised while the error was answered: the client got an empty reply); and a negative
+    # one, in neither RFC 9110 form: read as no wait, every retry went at once
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _seconds_until(http_date: str) -> float | None:
