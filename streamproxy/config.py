@@ -46,7 +46,9 @@ class Timeouts:
     request: float | None = None
 
     def merged(self, override: dict[str, Any]) -> Timeouts:
-        return replace(self, **{k: v for k, v in override.items() if v is not None})
+        # As given: a provider's `total: null` (the only null a timeout takes) lifts the
+        # server's total for its long generations, rather than being skipped.
+        return replace(self, **override)
 
 
 @dataclass(slots=True, frozen=True)

@@ -114,6 +114,16 @@ async def test_stall_mid_stream_hits_the_idle_timeout(proxy: Any) -> None:
     assert c.error is not None and c.error["code"] == "upstream_timeout"
 
 
+async def test_a_providers_null_total_lifts_the_servers(proxy: Any) -> None:
+    # `total: null` was accepted and skipped: the server's total still cut the stream.
+    config = make_config({"mock": {"type": "mock", "default_model": "fast",
+                                   "timeouts": {"total": None}}}, default="mock",
+                         server={"timeouts": {"total": 0.3}})
+    client = await proxy(config)
+    c = collect(sse_chunks(await (await post(client, model="mock/fast:tokens=4,tps=8")).read()))
+    assert c.error is None and c.done and c.content == mock_text(4)
+
+
 async def test_every_target_failing_returns_the_last_error(proxy: Any) -> None:
     client = await proxy(gateway_config())
     resp = await post(client, fallback(leaf("fast:status=503"), {"provider": "down"}))
