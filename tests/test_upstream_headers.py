@@ -181,6 +181,19 @@ async def test_a_retry_after_in_neither_form_is_ignored(proxy: Any, upstream: An
     assert resp.status == 429 and "retry-after" not in resp.headers
 
 
+@pytest.mark.parametrize("ms", ["soon", "-5", "nan"])
+async def test_a_retry_after_ms_in_neither_form_leaves_the_retry_after_read(
+        proxy: Any, upstream: Any, ms: str) -> None:
+    # As the SDKs read them: an unreadable retry-after-ms hid a good Retry-After.
+    upstream.status = 429
+    upstream.content_type = "application/json"
+    upstream.extra_headers = {"retry-after-ms": ms, "retry-after": "2"}
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER})
+    assert resp.status == 429
+    assert (resp.headers["retry-after"], resp.headers["retry-after-ms"]) == ("2", "2000")
+
+
 @pytest.mark.parametrize("header", ["retry-after", "retry-after-ms"])
 async def test_a_negative_retry_after_is_ignored_and_retries_back_off(
         proxy: Any, upstream: Any, header: str) -> None:

@@ -58,20 +58,32 @@ class OpenedStream:
 
 
 def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
-    ms = resp.headers.get("retry-after-ms")
+    """The upstream's wait: `retry-after-ms` first, then `Retry-After` (seconds or an
+    HTTP-date), as the SDKs read them — a header in neither form is absent, so the other is
+    still read."""
+    ms = _wait(resp.headers.get("retry-after-ms"))
+    if ms is not None:
+        return ms / 1000
     value = resp.headers.get("retry-after")
+    if value is None:
+        return None
+    seconds = _wait(value)
+    # RFC 9110's other form, an HTTP-date (as the SDKs read it): the wait until then
+    return seconds if seconds is not None else _seconds_until(value)
+
+
+def _wait(value: str | None) -> float | None:
+    """A header's number; None for no number, and for "nan", "inf", "1e400" (math.ceil of
+    one, for the client's Retry-After, raised while the error was answered: the client got
+    an empty reply) and a negative one, in neither RFC 9110 form (read as no wait, every
+    retry went at once)."""
+    if value is None:
+        return None
     try:
-        if ms is not None:
-            seconds = float(ms) / 1000
-        else:
-            seconds = float(value) if value is not None else math.nan
+        number = float(value)
     except ValueError:
-        # RFC 9110's other form, an HTTP-date (as the SDKs read it): the wait until then
-        return None if ms is not None or value is None else _seconds_until(value)
-    # "nan", "inf", "1e400": absent too (math.ceil of one, for the client's Retry-After,
-    # raised while the error was answered: the client got an empty reply); and a negative
-    # one, in neither RFC 9110 form: read as no wait, every retry went at once
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 def _seconds_until(http_date: str) -> float | None:
