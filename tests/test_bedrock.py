@@ -384,6 +384,56 @@ def test_stop_reasons_that_mean_no_usable_answer_are_errors(reason: str) -> None
     assert failed.value.status == 502 and failed.value.code == reason
 
 
+
+def failed_recording(reason: str = "malformed_tool_use") -> bytes:
+    """The recording with its messageStop's reason a failed one, metadata (489/59) after it."""
+    frames = split_frames(RECORDING)
+    stop = next(i for i, f in enumerate(frames) if b"messageStop" in f)
+    return b"".join([*frames[:stop], event("messageStop", {"stopReason": reason}),
+                     *frames[stop + 1:]])
+
+
+def test_a_failed_stop_keeps_the_metadatas_usage_at_any_split() -> None:
+    # The error leaves at messageStop; the metadata after it still gives the answer's usage
+    # (access log, metrics), and nothing more reaches the client.
+    body = failed_recording()
+    rng = random.Random(17)
+    splits = [[body], [body[i : i + 1] for i in range(len(body))]] + [
+        random_splits(body, rng, rng.choice([5, 64, 700])) for _ in range(40)]
+    for pieces in splits:
+        enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=True)
+        tr = BedrockStreamTranslator(enc, 1 << 20)
+        out = relay_pieces(enc, tr, pieces)
+        c = collect(sse_chunks(out))
+        assert c.content == CONTENT and c.finish_reason is None and not c.done
+        assert c.error is not None and c.error["code"] == "malformed_tool_use"
+        assert out.endswith(b"\n\n") and out.rindex(b"data: ") == out.index(b'data: {"error"')
+        assert tr.done and enc.usage_data is not None
+        assert (enc.usage_data["prompt_tokens"], enc.usage_data["completion_tokens"]) == (489, 59)
+
+
+def test_after_a_failed_stop_only_the_metadata_is_read() -> None:
+    stray = text_delta("late") + event("contentBlockStart", {"contentBlockIndex": 3, "start": {
+        "toolUse": {"toolUseId": "t9", "name": "late"}}})
+    body = b"".join([START, text_delta("Hi"), event("messageStop", {
+        "stopReason": "malformed_model_output"}), stray, event("metadata", {"usage": {
+            "inputTokens": 11, "outputTokens": 4}}), text_delta("after the end")])
+    for pieces in ([body], [body[i : i + 1] for i in range(len(body))]):
+        enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=True)
+        tr = BedrockStreamTranslator(enc, 1 << 20)
+        c = collect(sse_chunks(relay_pieces(enc, tr, pieces)))
+        assert c.content == "Hi" and not c.tool_calls
+        assert c.error is not None and c.error["code"] == "malformed_model_output"
+        assert enc.usage_data is not None and enc.usage_data["prompt_tokens"] == 11
+    # An exception instead of the metadata ends it too; the first error stands.
+    enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=True)
+    tr = BedrockStreamTranslator(enc, 1 << 20)
+    c = collect(sse_chunks(relay_pieces(enc, tr, [
+        START, event("messageStop", {"stopReason": "malformed_model_output"}),
+        exception("throttlingException", "slow down")])))
+    assert tr.done and c.error is not None and c.error["code"] == "malformed_model_output"
+
+
 THINKING = [
     event("messageStart", {"role": "assistant"}),
     event("contentBlockDelta", {"contentBlockIndex": 0,
@@ -1393,6 +1443,47 @@ async def test_exception_and_truncation_after_commit_through_the_proxy(proxy: An
     c = collect(sse_chunks(await (await stream_request(client)).read()))
     assert c.error is not None and c.error["code"] == "upstream_stream_truncated"
     assert c.finish_reason is None and not c.done
+
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [orjson.loads(r.getMessage()) for r in caplog.records
+            if r.name == "streamproxy.access"]
+
+
+@pytest.mark.parametrize("upstream_client", ["native", "aiohttp"])  # piped and pulled
+async def test_a_failed_stop_falls_back_before_the_commit_and_logs_its_usage_after(
+        upstream_client: str, proxy: Any, upstream: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    upstream.content_type = EVENTSTREAM
+    client = await proxy(make_config({
+        "aws": {"type": "bedrock", "base_url": upstream.url, "region": "us-west-2",
+                "aws_access_key_id": AKID, "aws_secret_access_key": SECRET,
+                "default_model": MODEL},
+        "m": {"type": "mock", "default_model": "fast"}}, default="aws",
+        server={"upstream_client": upstream_client}))
+    failed = failed_recording()
+    stop = failed.index(event("messageStop", {"stopReason": "malformed_tool_use"}))
+    # All in one read: nothing reached the client, so the fallback answers.
+    upstream.body = failed
+    config = {"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "aws"}, {"provider": "m", "override_params": {"model": "fast:tokens=2"}}]}
+    resp = await client.post(CHAT, headers={"x-portkey-config": orjson.dumps(config).decode()},
+                             json={"model": MODEL, "stream": True,
+                                   "messages": [{"role": "user", "content": "hi"}]})
+    c = collect(sse_chunks(await resp.read()))
+    assert resp.status == 200 and c.error is None and c.done
+    assert access_lines(caplog)[-1]["upstream_errors"] == ["aws:status_502"]
+    # Committed first (the answer, then its failed stop and metadata a read later):
+    # the error frame ends the client's stream, and the log has the answer's tokens.
+    upstream.body, upstream.pieces, upstream.piece_delay = b"", [failed[:stop], failed[stop:]], 0.05
+    c = collect(sse_chunks(await (await stream_request(client)).read()))
+    assert c.content == CONTENT and c.error is not None
+    assert c.error["code"] == "malformed_tool_use" and c.usage is None
+    line = access_lines(caplog)[-1]
+    assert (line["error_code"], line["prompt_tokens"], line["completion_tokens"],
+            line["tokens_partial"]) == ("malformed_tool_use", 489, 59, False)
 
 
 async def test_openai_sdk_streaming_end_to_end(proxy: Any, upstream: Any) -> None:

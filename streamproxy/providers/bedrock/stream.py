@@ -9,6 +9,9 @@
 - Bedrock sends `metadata` (usage) *after* `messageStop`; metadata is the end of the stream.
   A stream that closes after messageStop without metadata is reported as truncated: the answer
   is complete, but nothing tells a cut connection from a finished one there, so we do not guess.
+- A failed stop (FAILED_REASONS) is an error at once, so an attempt whose first read held it
+  still falls back; the stream is then read on to its metadata, whose usage the answer cost
+  (access log, metrics), and nothing else of it reaches the sink.
 - Exception frames end the stream with one OpenAI error frame and no [DONE].
 
 Speed: nearly every frame is a text delta, so `feed` handles those inline. It knows them by
@@ -125,6 +128,7 @@ class BedrockStreamTranslator(StreamTranslator):
         self._args_seen: set[int] = set()  # block indices that got a non-empty input fragment
         self._started = False
         self._stopped = False  # messageStop seen
+        self._failed = False  # a failed stop reported: only the metadata is still read
         self._thinking_block: int | None = None  # block index the reasoning text belongs to
         self._thinking: list[str] = []
         self._content = out.content
@@ -189,7 +193,9 @@ class BedrockStreamTranslator(StreamTranslator):
 
     def _on_message(self, headers: Mapping[str, HeaderValue], payload: bytes) -> None:
         kind = headers.get(":message-type")
-        if kind == "event":
+        if self._failed:
+            self._after_failure(kind, headers, payload)
+        elif kind == "event":
             event = headers.get(":event-type")
             if event == "contentBlockDelta":
                 # The decoder hands out one shared read-only mapping per distinct header block:
@@ -239,11 +245,13 @@ class BedrockStreamTranslator(StreamTranslator):
         elif event == "messageStop":
             self._start()
             reason = body.get("stopReason") or "end_turn"
+            self._stopped = True
             if reason in FAILED_REASONS:
                 self.out.error(failed_stop(reason, self._provider))
-                self.done = True
+                self._failed = True
+                # Every frame now goes through _on_message (_after_failure).
+                self._delta_headers = self._delta_frame = None
                 return
-            self._stopped = True
             self.out.finish(FINISH_REASONS.get(reason, "stop"))
         elif event == "metadata":
             self._start()
@@ -252,6 +260,17 @@ class BedrockStreamTranslator(StreamTranslator):
             self.out.end()
             self.done = True
         # Unknown event types (new additions to the API) carry nothing we can map.
+
+    def _after_failure(self, kind: Any, headers: Mapping[str, HeaderValue],
+                       payload: bytes) -> None:
+        """A frame after a failed stop. Its metadata still ends the stream, with the usage the
+        answer cost (the sink has ended: no usage chunk follows the error); an exception
+        ends it too; any other event is dropped."""
+        if kind == "event":
+            if headers.get(":event-type") == "metadata":
+                self._on_event("metadata", load_event_json(payload))
+        else:
+            self.done = True
 
     def _start(self) -> None:
         if not self._started:
