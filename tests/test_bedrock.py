@@ -850,17 +850,22 @@ def test_nova_2_and_gpt_oss_reasoning_keeps_a_clients_own_and_other_models_drop_
         assert "reasoningConfig" not in str(to_converse(body, model))
 
 
-@pytest.mark.parametrize(("effort", "param"), [("high", "max_tokens"),
-                                               ("xhigh", "max_completion_tokens")])
-def test_nova_2_high_reasoning_beside_a_max_is_a_400(effort: str, param: str) -> None:
-    # Nova 2 refuses maxTokens with maxReasoningEffort high; only the client knows which to drop.
+@pytest.mark.parametrize(("effort", "param", "value", "sent"), [
+    ("high", "max_tokens", 500, "maxTokens"),
+    ("xhigh", "max_completion_tokens", 500, "maxTokens"),
+    ("high", "temperature", 0, "temperature"), ("xhigh", "temperature", 0.7, "temperature"),
+    ("high", "top_p", 1, "topP")])
+def test_nova_2_high_reasoning_beside_a_max_or_sampling_is_a_400(
+        effort: str, param: str, value: float, sent: str) -> None:
+    # Nova 2 refuses maxTokens, temperature and topP with maxReasoningEffort high (AWS: they
+    # must be unset); only the client knows which to drop.
     body = {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": effort,
-            param: 500}
+            param: value}
     with pytest.raises(InvalidRequest) as caught:
         to_converse(body, NOVA_2)
     assert caught.value.param == param and effort in str(caught.value)
     medium = to_converse({**body, "reasoning_effort": "medium"}, NOVA_2)
-    assert medium["inferenceConfig"] == {"maxTokens": 500}
+    assert medium["inferenceConfig"] == {sent: value}
 
 
 def test_claude_refuses_a_whitespace_only_stop_sequence() -> None:

@@ -24,7 +24,8 @@ Choices (docs/providers/bedrock.md):
   top_k or a top_p below 0.95, as on Anthropic (anthropic/thinking.py); for Nova 2
   (`amazon.nova-2-`) → `additionalModelRequestFields.reasoningConfig` and for gpt-oss
   (`openai.gpt-oss`) → `….reasoning_effort`, the nearest of the low/medium/high both take
-  (REASONING_LEVELS; Nova 2's high beside a max is a 400); dropped for other models;
+  (REASONING_LEVELS; Nova 2's high beside a max, a temperature or a top_p is a 400);
+  dropped for other models;
 - assistant `thinking_blocks` (as we stream them; or Portkey's forms, see `signed_thinking`)
   go back as `reasoningContent` blocks; one without its signature (or a redacted one without
   data) is left out;
@@ -131,6 +132,10 @@ STRUCTURED_OUTPUTS = ("auto", "native", "instruction")
 # asked, so "none" sends nothing; gpt-oss always reasons, so "none" is its least, as Gemini 3's.
 REASONING_LEVELS = {"none": "low", "minimal": "low", "low": "low", "medium": "medium",
                     "high": "high", "xhigh": "high"}
+# What Nova 2 refuses beside its high reasoning effort (AWS: they must be unset there).
+UNSET_FOR_HIGH_EFFORT = {"max_completion_tokens": "a maximum of output tokens",
+                         "max_tokens": "a maximum of output tokens",
+                         "temperature": "a temperature", "top_p": "a top_p"}
 # Converse document names allow letters, digits, whitespace, hyphens, parentheses, brackets.
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9\s\-()\[\]]+")
 
@@ -237,22 +242,23 @@ def _add_reasoning_level(out: dict[str, Any], body: dict[str, Any], model: str) 
     level = REASONING_LEVELS[effort]
     if is_nova_2(model) and "reasoningConfig" not in fields:
         if level == "high":
-            _refuse_max_tokens(body, effort)
+            _refuse_beside_high_effort(body, effort)
         out["additionalModelRequestFields"] = {
             **fields, "reasoningConfig": {"type": "enabled", "maxReasoningEffort": level}}
     elif is_gpt_oss(model) and "reasoning_effort" not in fields:
         out["additionalModelRequestFields"] = {**fields, "reasoning_effort": level}
 
 
-def _refuse_max_tokens(body: dict[str, Any], effort: str) -> None:
-    """Nova 2 refuses `maxTokens` beside its high reasoning effort: a 400 naming the max, since
-    only the client knows which of the two it would rather give up."""
-    for param in ("max_completion_tokens", "max_tokens"):
-        if body.get(param):
+def _refuse_beside_high_effort(body: dict[str, Any], effort: str) -> None:
+    """Nova 2 refuses `maxTokens`, `temperature` and `topP` beside its high reasoning effort:
+    a 400 naming the parameter, since only the client knows which of the two it would rather
+    give up (any value: Nova's defaults are not 1, so none is a no-op to drop)."""
+    for param, what in UNSET_FOR_HIGH_EFFORT.items():
+        if body.get(param) is not None:
             raise InvalidRequest(
                 f"reasoning_effort '{effort}' is Amazon Nova 2's high reasoning effort, which "
-                f"it refuses beside a maximum of output tokens: leave out '{param}', or use "
-                "reasoning_effort 'medium'.", param=param, code="invalid_value")
+                f"it refuses beside {what}: leave out '{param}', or use reasoning_effort "
+                "'medium'.", param=param, code="invalid_value")
 
 
 def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> dict[str, Any]:
