@@ -1,11 +1,12 @@
 """What a client sees of the upstream's answer besides its content: the provider's rate-limit
-headers (and, on an error, OpenAI's x-should-retry) pass on, streamed and not, translated or
-not, on errors too; nothing else of the upstream's head does."""
+headers (and, on an error, OpenAI's x-should-retry) and its request id pass on, streamed and
+not, translated or not, on errors too; nothing else of the upstream's head does."""
 
 from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import time
 from typing import Any
 
@@ -13,6 +14,7 @@ import openai
 import orjson
 import pytest
 
+from streamproxy.observe.access_log import ACCESS_LOGGER
 from streamproxy.upstream.passed_headers import passed_headers
 from streamproxy.upstream.response_parser import ResponseHead
 from tests.conftest import provider_config
@@ -33,10 +35,13 @@ OPENAI_LIMITS = {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requ
 ANTHROPIC_LIMITS = {"anthropic-ratelimit-requests-limit": "50",
                     "anthropic-ratelimit-requests-remaining": "0",
                     "anthropic-ratelimit-requests-reset": "2026-01-01T00:00:07Z"}
-# What stays upstream: its cookies, its ids and timings, its server.
+# What stays upstream: its cookies, its organization, its timings, its server (and CDN's).
 NOT_PASSED = {"set-cookie": "__cf_bm=abc; path=/", "openai-organization": "org-secret",
-              "openai-processing-ms": "12", "request-id": "req_up", "cf-ray": "8f-SJC",
-              "server": "cloudflare"}
+              "openai-processing-ms": "12", "cf-ray": "8f-SJC", "server": "cloudflare"}
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [orjson.loads(r.getMessage()) for r in caplog.records if r.name == ACCESS_LOGGER.name]
 
 
 def assert_passed(headers: Any, expected: dict[str, str]) -> None:
@@ -136,6 +141,48 @@ async def test_a_fallbacks_answer_carries_none_of_the_failed_targets_headers(
     assert resp.status == 200 and resp.headers["x-portkey-provider"] == "mock"
     assert not any(k.lower().startswith("x-ratelimit-") or k.lower() == "x-should-retry"
                    for k in resp.headers)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_upstreams_request_id_reaches_the_client_and_the_log(
+        proxy: Any, upstream: Any, caplog: pytest.LogCaptureFixture, stream: bool) -> None:
+    """The id an operator gives the provider's support: it stayed upstream, in neither the
+    answer nor the access log. OpenAI's x-request-id is ours (the trace id): it goes under
+    LiteLLM's name for it."""
+    caplog.set_level(logging.INFO)
+    upstream.content_type = "text/event-stream" if stream else "application/json"
+    upstream.body = CHUNKS if stream else COMPLETION
+    upstream.extra_headers = {"x-request-id": "req_upstream"}
+    client = await proxy(provider_config("openai", upstream.url))
+    resp = await client.post("/v1/chat/completions", headers={"x-portkey-trace-id": "t-1"},
+                             json={"model": "m", "messages": USER, "stream": stream})
+    assert resp.status == 200 and await resp.read()
+    assert resp.headers["x-request-id"] == "t-1"
+    assert resp.headers["llm_provider-x-request-id"] == "req_upstream"
+    [line] = access_lines(caplog)
+    assert (line["trace_id"], line["upstream_request_id"]) == ("t-1", "req_upstream")
+
+
+async def test_a_failed_upstreams_request_id_reaches_the_client_and_the_log(
+        proxy: Any, upstream: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    upstream.status = 529
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({"type": "error", "error": {"type": "overloaded_error",
+                                                             "message": "busy"}})
+    upstream.extra_headers = {"request-id": "req_011CUp"}
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER})
+    assert resp.status == 529 and resp.headers["request-id"] == "req_011CUp"
+    [line] = access_lines(caplog)
+    assert line["upstream_request_id"] == "req_011CUp"
+
+
+def test_each_providers_request_id_passes_under_its_name() -> None:
+    assert passed_headers([("X-Amzn-RequestId", "8a1b-42"), ("request-id", "req_1"),
+                           ("X-Request-ID", "req_2"), ("x-amz-apigw-id", "no")],
+                          error=False) == {"x-amzn-requestid": "8a1b-42", "request-id": "req_1",
+                                           "llm_provider-x-request-id": "req_2"}
 
 
 def test_only_printable_ascii_values_pass() -> None:

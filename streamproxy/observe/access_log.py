@@ -30,6 +30,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from streamproxy.config import Config, ConfigError
 from streamproxy.record import RequestRecord
+from streamproxy.upstream.passed_headers import upstream_request_id
 
 ACCESS_LOGGER = logging.getLogger("streamproxy.access")
 log = logging.getLogger("streamproxy.observe")
@@ -197,6 +198,8 @@ def access_entry(r: RequestRecord, now: float | None = None) -> dict[str, Any]:
         "chunks": r.chunks,
         "max_gap_ms": _ms(r.gap_max),
         "cache_status": r.cache_status,
+        # the answering (or failing) upstream's own id, which its provider's support asks for
+        "upstream_request_id": upstream_request_id(r.upstream_headers),
     }
     if r.metadata:  # the client's x-portkey-metadata, as Portkey logs it
         entry["metadata"] = r.metadata
