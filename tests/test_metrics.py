@@ -25,6 +25,7 @@ from streamproxy.observe.metrics import (
 )
 from streamproxy.record import RequestRecord
 from streamproxy.server.app import STATE
+from streamproxy.server.store_and_cache import FEATURES
 from streamproxy.upstream.deadline import Deadline
 from tests.helpers import collect, make_config, sse_chunks
 
@@ -409,3 +410,32 @@ async def test_the_circuit_gauge_turns_half_open_when_the_cooldown_ends() -> Non
     assert gauge() == 0
     await asyncio.sleep(0.2)  # no timer left to turn it half-open
     assert gauge() == 0
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_cache_hit_is_not_in_the_providers_latency(proxy: Any, stream: bool) -> None:
+    """A hit answers from the proxy in a millisecond, in the provider's name: its TTFT and
+    duration in the provider's histograms pulled that provider's latency down (a 50 % hit
+    rate halved its apparent p50). It counts as a request, and as a HIT."""
+    client = await proxy(make_config({"mock": {"type": "mock", "default_model": "hits"}},
+                                     default="mock"))
+    lbl = {"provider": "mock", "model": "hits"}
+    s = "true" if stream else "false"
+
+    def counts() -> tuple[float, ...]:
+        return (sample("streamproxy_time_to_first_token_seconds_count", **lbl),
+                sample("streamproxy_request_duration_seconds_count", **lbl, stream=s),
+                sample("streamproxy_requests_total", **lbl, status="200", stream=s),
+                sample("streamproxy_cache_requests_total", status="HIT"))
+
+    before = counts()
+    cache = {"x-portkey-config": json.dumps({"cache": {"mode": "simple"}})}
+    for expected in ("MISS", "HIT"):
+        resp = await client.post("/v1/chat/completions", headers=cache, json={
+            "model": "mock/hits", "stream": stream,
+            "messages": [{"role": "user", "content": "x"}]})
+        assert resp.status == 200 and await resp.read()
+        assert resp.headers["x-portkey-cache-status"] == expected
+        await client.server.app[FEATURES].cache.drain()
+    ttft, duration, requests, hits = (a - b for a, b in zip(counts(), before, strict=True))
+    assert (ttft, duration, requests, hits) == (1 if stream else 0, 1, 2, 1)

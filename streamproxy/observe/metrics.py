@@ -58,7 +58,7 @@ MAX_CIRCUIT_LABELS = 100
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
 _USERINFO = re.compile(r"://[^/@|]*@")
 
-# From the proxy's own sub-millisecond answers (a cache hit, a local model) to the default
+# From the proxy's own sub-millisecond answers (a local model, the mock) to the default
 # first_token timeout (600 s): neither end falls in a catch-all bucket.
 TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3,
                 5, 7.5, 10, 15, 20, 30, 60, 120, 300, 600)
@@ -83,11 +83,13 @@ class Metrics:
                                     "admission limit.", registry=r,
                                     multiprocess_mode="livesum")
         self.ttft = Histogram("streamproxy_time_to_first_token_seconds",
-                              "Streams: request received to first chunk sent.", pm,
+                              "Streams: request received to first chunk sent (not a "
+                              "response-cache hit's).", pm,
                               buckets=TTFT_BUCKETS, registry=r)
         self.duration = Histogram("streamproxy_request_duration_seconds",
                                   "Request received to response complete (stream=true: the "
-                                  "stream duration).", [*pm, "stream"],
+                                  "stream duration; not a response-cache hit's).",
+                                  [*pm, "stream"],
                                   buckets=DURATION_BUCKETS, registry=r)
         self.gap_max = Histogram("streamproxy_stream_max_gap_seconds",
                                  "Per stream: the longest gap between two upstream reads after "
@@ -183,14 +185,17 @@ class Metrics:
             series = self._series[(provider, model, status, stream)] = _Series(
                 self, provider, model, status, stream)
         series.requests(1)
-        if r.duration is not None:
+        # A response-cache hit asked no provider: its millisecond answer, its tokens are not
+        # the provider's (in its histograms, hits pulled the provider's latency down).
+        asked = r.cache_status != "HIT"
+        if r.duration is not None and asked:
             series.duration.observe(r.duration)
-        if r.stream and r.ttft is not None:
+        if r.stream and r.ttft is not None and asked:
             series.ttft.observe(r.ttft)
         if r.upstream_reads and r.gap_max is not None and r.gap_mean is not None:
             series.gap_max.observe(r.gap_max)
             series.gap_mean.observe(r.gap_mean)
-        if isinstance(r.usage, dict) and r.cache_status != "HIT":  # a hit asked no provider
+        if isinstance(r.usage, dict) and asked:
             self._tokens(series, r.usage)
         if r.bytes_in:
             series.bytes_in(r.bytes_in)
