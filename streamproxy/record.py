@@ -22,7 +22,7 @@ from streamproxy.errors import (
 @dataclass(slots=True)
 class RequestRecord:
     trace_id: str
-    stream: bool = False
+    stream: bool | None = False  # None: unknown, the request refused before its body was read
     provider: str | None = None
     model: str | None = None  # the upstream model asked for
     status: int = 200

@@ -206,7 +206,7 @@ async def test_a_chat_request_over_the_header_limits_is_logged_and_counted(
     is (it had neither a line nor a count); another route's 431 is not a chat request."""
     caplog.set_level(logging.INFO)
     client = await proxy(mock_config(server={"max_headers": 20}))
-    labels = {"provider": "", "model": "", "status": "431", "stream": "false"}
+    labels = {"provider": "", "model": "", "status": "431", "stream": ""}
     before = REGISTRY.get_sample_value("streamproxy_requests_total", labels) or 0
     headers = {f"x-extra-{i}": "1" for i in range(30)}
     resp = await client.post("/v1/chat/completions", headers={

@@ -80,7 +80,7 @@ async def test_only_a_refused_chat_request_is_logged_and_counted_as_a_request(
 
     def counted() -> float:
         return REGISTRY.get_sample_value("streamproxy_requests_total", {
-            "provider": "", "model": "", "status": "401", "stream": "false"}) or 0.0
+            "provider": "", "model": "", "status": "401", "stream": ""}) or 0.0
 
     def rejected() -> float:
         return REGISTRY.get_sample_value("streamproxy_rejected_requests_total",

@@ -439,3 +439,22 @@ async def test_a_cache_hit_is_not_in_the_providers_latency(proxy: Any, stream: b
         await client.server.app[FEATURES].cache.drain()
     ttft, duration, requests, hits = (a - b for a, b in zip(counts(), before, strict=True))
     assert (ttft, duration, requests, hits) == (1 if stream else 0, 1, 2, 1)
+
+
+async def test_a_request_refused_before_its_body_was_read_is_neither_stream(
+        proxy: Any, access_log: Any) -> None:
+    """Its client may have asked for a stream: labelled stream="false", a dashboard's
+    non-streamed error rate counted the refused streams (a 401, 429, 431, 413, a drain's
+    503). Unknown: stream="" (as provider="" is), null in the log."""
+    client = await proxy(make_config({"mock": {"type": "mock", "default_model": "fast"}},
+                                     default="mock", server={"max_headers": 20}))
+    labels = {"provider": "", "model": "", "status": "431"}
+    before = {s: sample("streamproxy_requests_total", **labels, stream=s)
+              for s in ("", "false")}
+    resp = await client.post("/v1/chat/completions", headers={
+        f"x-extra-{i}": "1" for i in range(30)}, json={
+        "stream": True, "messages": [{"role": "user", "content": "x"}]})
+    assert resp.status == 431
+    assert sample("streamproxy_requests_total", **labels, stream="") == before[""] + 1
+    assert sample("streamproxy_requests_total", **labels, stream="false") == before["false"]
+    assert access_log()[-1]["stream"] is None

@@ -178,7 +178,8 @@ class Metrics:
     def _observe(self, r: RequestRecord) -> None:
         provider = r.provider or ""
         model = self.model_label(r.model)
-        stream = "true" if r.stream else "false"
+        # (unknown, refused before its body was read: "", as an unknown provider is)
+        stream = "true" if r.stream else "" if r.stream is None else "false"
         status = str(r.status)
         series = self._series.get((provider, model, status, stream))
         if series is None:

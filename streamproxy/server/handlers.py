@@ -79,7 +79,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def chat(ex: Exchange) -> None:
     state = ex.app[STATE]
     record = RequestRecord(trace_id=ex.headers.get(TRACE_HEADER) or random_hex(16),
-                           started=ex.arrived)
+                           stream=None, started=ex.arrived)
     task = asyncio.current_task()
     assert task is not None
     state.drain.enter(task)

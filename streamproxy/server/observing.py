@@ -89,7 +89,7 @@ def observe_refused_chat(request: web.Request | Exchange, err: ProxyError,
         # handler's answers do: the one a client reports is the one the log knows.
         err.response_headers = {**(err.response_headers or {}), **trace_headers(trace_id)}
         _observe_unhandled(request, RequestRecord(
-            trace_id=trace_id, status=err.status, error_type=err.error_type,
+            trace_id=trace_id, stream=None, status=err.status, error_type=err.error_type,
             error_code=err.code, auth_key_name=auth_key_name, bytes_out=len(err.body())))
 
 
@@ -97,7 +97,7 @@ def observe_abandoned(request: Exchange) -> None:
     """A chat request whose client went away while its body was arriving (the lean front: on
     aiohttp's the handler is running and logs it): logged and counted as any request its
     client left before an answer, 499."""
-    _observe_unhandled(request, RequestRecord(trace_id="", status=CLIENT_CLOSED,
+    _observe_unhandled(request, RequestRecord(trace_id="", stream=None, status=CLIENT_CLOSED,
                                               client_disconnected=True))
 
 
