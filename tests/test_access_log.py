@@ -35,7 +35,7 @@ FIELDS = {"ts", "trace_id", "auth_key", "provider", "model", "status", "stream",
           "finish_reason",
           "attempts", "target_index", "option", "fallbacks", "client_disconnected", "error_type",
           "error_code", "upstream_errors", "bytes_in", "bytes_out", "chunks", "max_gap_ms",
-          "cache_status", "upstream_request_id"}
+          "cache_status", "upstream_request_id", "cache_write_tokens", "reasoning_tokens"}
 USER = [{"role": "user", "content": "a fairly private question"}]
 
 

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streamproxy.config import Timeouts
 from streamproxy.errors import StreamTruncated, UpstreamStatusError, UpstreamTimeout
+from streamproxy.observe.access_log import access_entry
 from streamproxy.observe.metrics import (
     MAX_CIRCUIT_LABELS,
     MAX_MODEL_LABELS,
@@ -458,3 +459,21 @@ async def test_a_request_refused_before_its_body_was_read_is_neither_stream(
     assert sample("streamproxy_requests_total", **labels, stream="") == before[""] + 1
     assert sample("streamproxy_requests_total", **labels, stream="false") == before["false"]
     assert access_log()[-1]["stream"] is None
+
+
+def test_reasoning_and_cache_write_tokens_are_counted() -> None:
+    """Reasoning is billed as output, and a cache write above the input price: neither had a
+    series, so a dashboard's cost left both out."""
+    r = RequestRecord(trace_id="t", provider="rec-tokens", model="m1", stream=True,
+                      usage={"prompt_tokens": 30, "completion_tokens": 9,
+                             "prompt_tokens_details": {"cached_tokens": 4},
+                             "cache_read_input_tokens": 4, "cache_creation_input_tokens": 20,
+                             "completion_tokens_details": {"reasoning_tokens": 7}})
+    r.finished = r.started + 1
+    metrics().observe(r)
+    lbl = {"provider": "rec-tokens", "model": "m1"}
+    assert {t: sample("streamproxy_tokens_total", **lbl, type=t) for t in (
+        "input", "output", "cached", "cache_write", "reasoning")} == {
+        "input": 30, "output": 9, "cached": 4, "cache_write": 20, "reasoning": 7}
+    entry = access_entry(r)
+    assert (entry["cache_write_tokens"], entry["reasoning_tokens"]) == (20, 7)

@@ -170,6 +170,8 @@ def access_entry(r: RequestRecord, now: float | None = None) -> dict[str, Any]:
     usage = r.usage if isinstance(r.usage, dict) else {}
     details = usage.get("prompt_tokens_details")
     cached = _count(details, "cached_tokens") if isinstance(details, dict) else None
+    output = usage.get("completion_tokens_details")
+    reasoning = _count(output, "reasoning_tokens") if isinstance(output, dict) else None
     entry: dict[str, Any] = {
         "ts": timestamp(time.time() if now is None else now),
         "trace_id": r.trace_id,
@@ -183,6 +185,8 @@ def access_entry(r: RequestRecord, now: float | None = None) -> dict[str, Any]:
         "prompt_tokens": _count(usage, "prompt_tokens"),
         "completion_tokens": _count(usage, "completion_tokens"),
         "cached_tokens": cached,
+        "cache_write_tokens": _count(usage, "cache_creation_input_tokens"),  # Anthropic's
+        "reasoning_tokens": reasoning,
         "tokens_partial": r.usage_partial,  # counted before the stream failed or was left
         "finish_reason": r.finish_reason,
         "attempts": r.attempts,

@@ -98,8 +98,9 @@ class Metrics:
                                   "Per stream: the mean gap between upstream reads after the "
                                   "first event.", pm, buckets=GAP_BUCKETS, registry=r)
         self.tokens = Counter("streamproxy_tokens", "Tokens reported by providers; cached is "
-                              "the part of input served from the provider's prompt cache.",
-                              [*pm, "type"], registry=r)
+                              "the part of input served from the provider's prompt cache, "
+                              "cache_write the part written to it, reasoning the part of "
+                              "output the model thought.", [*pm, "type"], registry=r)
         self.upstream_errors = Counter("streamproxy_upstream_errors",
                                        "Upstream failures by kind, retried or final.",
                                        ["provider", "kind"], registry=r)
@@ -228,10 +229,15 @@ class Metrics:
     @staticmethod
     def _tokens(series: _Series, usage: dict[str, Any]) -> None:
         details = usage.get("prompt_tokens_details")
+        output = usage.get("completion_tokens_details")
+        # (cache writes and reasoning are billed apart: above the input price, as output)
         counts = ((series.input_tokens, usage.get("prompt_tokens")),
                   (series.output_tokens, usage.get("completion_tokens")),
                   (series.cached_tokens,
-                   details.get("cached_tokens") if isinstance(details, dict) else 0))
+                   details.get("cached_tokens") if isinstance(details, dict) else 0),
+                  (series.cache_write_tokens, usage.get("cache_creation_input_tokens")),
+                  (series.reasoning_tokens,
+                   output.get("reasoning_tokens") if isinstance(output, dict) else 0))
         for inc, n in counts:
             # Pass-through usage is the provider's JSON: count only plausible integers.
             if isinstance(n, int) and not isinstance(n, bool) and n > 0:
@@ -245,8 +251,9 @@ class _Series:
     on every call: ~3/4 of the observer's cost per request. Labels are validated here, once,
     by `labels()`; tests/test_metrics.py reads every series back through the registry."""
 
-    __slots__ = ("bytes_in", "bytes_out", "cached_tokens", "duration", "gap_max", "gap_mean",
-                 "input_tokens", "output_tokens", "requests", "ttft")
+    __slots__ = ("bytes_in", "bytes_out", "cache_write_tokens", "cached_tokens", "duration",
+                 "gap_max", "gap_mean", "input_tokens", "output_tokens", "reasoning_tokens",
+                 "requests", "ttft")
 
     def __init__(self, m: Metrics, provider: str, model: str, status: str, stream: str) -> None:
         pm = (provider, model)
@@ -258,6 +265,8 @@ class _Series:
         self.input_tokens = _inc(m._child(m.tokens, *pm, "input"))
         self.output_tokens = _inc(m._child(m.tokens, *pm, "output"))
         self.cached_tokens = _inc(m._child(m.tokens, *pm, "cached"))
+        self.cache_write_tokens = _inc(m._child(m.tokens, *pm, "cache_write"))
+        self.reasoning_tokens = _inc(m._child(m.tokens, *pm, "reasoning"))
         self.bytes_in = _inc(m._child(m.bytes_in, provider))
         self.bytes_out = _inc(m._child(m.bytes_out, provider))
 
