@@ -380,7 +380,9 @@ def _parse_headers(raw: Any, source: str, key: str) -> dict[str, str]:
         if _HEADER_CONTROL.search(value):  # (the value is not echoed: it may be a secret)
             raise ConfigError(source, f"{key}.{name}",
                               "a header value may not hold a control character (CR, LF, ...)")
-    return {str(k).lower(): v for k, v in raw.items()}
+    # Not accept-encoding: the upstream client asks for the codings it decodes (a `br` here
+    # invited an answer it refuses), and Bedrock's SigV4 would sign one it replaces.
+    return {str(k).lower(): v for k, v in raw.items() if str(k).lower() != "accept-encoding"}
 
 
 def _check_base_url(url: str, source: str, key: str) -> None:

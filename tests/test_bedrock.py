@@ -1097,6 +1097,18 @@ async def test_forwarded_client_headers_are_signed_as_sent(proxy: Any, upstream:
     assert headers["x-trace"] == "t-1"
 
 
+async def test_a_configured_accept_encoding_is_not_signed(proxy: Any, upstream: Any) -> None:
+    """The upstream client replaces it with its own after SigV4 signed it: AWS would refuse
+    the signature (403)."""
+    upstream.content_type = EVENTSTREAM
+    upstream.body = RECORDING
+    client = await proxy(bedrock_config(upstream.url, headers={"Accept-Encoding": "gzip"}))
+    resp = await client.post(CHAT, json={"model": MODEL, "stream": True,
+                                         "messages": [{"role": "user", "content": "Hi"}]})
+    assert resp.status == 200 and await resp.read()
+    verify_sigv4(upstream.requests[0], SECRET, "us-west-2")
+
+
 async def test_credentials_from_env_variables_named_in_options(
         proxy: Any, upstream: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MY_AK", "AKIDFROMENV")

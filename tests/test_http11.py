@@ -403,6 +403,41 @@ async def test_through_the_proxy(proxy: Any, upstream: FakeUpstream,
     assert upstream.requests[0].headers["Accept-Encoding"] == "identity"
 
 
+# -- content codings -----------------------------------------------------------------------------
+
+def _accepted(field: str | None) -> set[str]:
+    return {c.split(";")[0].strip().lower() for c in (field or "").split(",")} - {""}
+
+
+@pytest.mark.parametrize("kind", ["native", "aiohttp"])
+async def test_the_upstream_is_asked_only_for_codings_the_client_decodes(
+        proxy: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch,
+        kind: str) -> None:
+    """Never `br` (or `zstd`): the native client decodes gzip and deflate only (a br answer is
+    a 502), and aiohttp's offered br whenever the brotli package happened to be installed
+    (not a dependency: it was, here, through a test tool). Neither a client's
+    Accept-Encoding, even listed in x-portkey-forward-headers, nor a provider's configured
+    one invites it."""
+    monkeypatch.setenv(CLIENT_ENV, kind)
+    upstream.body = (b'data: {"id":"c","object":"chat.completion.chunk","created":1,'
+                     b'"model":"m","choices":[{"index":0,"delta":{"content":"hi"},'
+                     b'"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+    client = await proxy(parse_config({"providers": {
+        "plain": {"type": "openai", "base_url": upstream.url, "api_key": "k",
+                  "default_model": "m"},
+        "configured": {"type": "openai", "base_url": upstream.url, "api_key": "k",
+                       "default_model": "m", "headers": {"Accept-Encoding": "br, zstd"}}},
+        "default_provider": "plain"}, "test"))
+    for provider in ("plain", "configured"):
+        resp = await client.post("/v1/chat/completions", headers={
+            "x-portkey-provider": provider, "accept-encoding": "br, zstd",
+            "x-portkey-forward-headers": "accept-encoding"}, json={
+            "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+        assert resp.status == 200 and collect(sse_chunks(await resp.read())).content == "hi"
+        assert _accepted(upstream.requests[-1].headers.get("Accept-Encoding")) <= {
+            "identity", "gzip", "deflate"}, provider
+
+
 # -- TLS ----------------------------------------------------------------------------------------
 
 def _self_signed(tmp: Any) -> tuple[str, str]:

@@ -75,6 +75,10 @@ class UpstreamClient:
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=True,
+            # The codings zlib decodes: aiohttp's own default adds br and zstd whenever their
+            # packages happen to be installed (not dependencies of ours), as the native client
+            # never would (it asks for identity and refuses them).
+            headers={"Accept-Encoding": "gzip, deflate"},
             skip_auto_headers=("User-Agent",),
             # A proxy must never carry one client's upstream cookies into another's request;
             # the dummy jar also skips aiohttp's per-request cookie filtering.
