@@ -193,6 +193,15 @@ def test_reads_that_cut_frames_are_spliced_past_the_cut(monkeypatch: pytest.Monk
     assert len(spliced) == len(reads) - 1 and sum(spliced) >= 60 - 1 - len(reads)
 
 
+def test_a_delta_index_that_is_no_json_number_fails_as_on_the_decoder_path() -> None:
+    frames = [START] + [text_delta(t) for t in "abcdefgh"] + [END]
+    frames[5] = encode_frame(DELTA_HEADERS, b'{"contentBlockIndex":01,"delta":{"text":"e"}}')
+    out = translate([b"".join(frames)])
+    assert out == translate(frames, encoder=DecodingEncoder)
+    c = collect(sse_chunks(out))
+    assert c.content == "abcd" and c.error is not None
+
+
 @pytest.mark.parametrize("damage", ["prelude-crc", "message-crc", "text-not-utf8"])
 def test_a_damaged_frame_in_a_run_fails_as_on_the_decoder_path(damage: str) -> None:
     frames = [START] + [text_delta(t) for t in "abcdefgh"] + [END]

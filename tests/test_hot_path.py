@@ -387,6 +387,8 @@ def test_feed_runs_hands_on_runs_and_what_lies_between_them_in_order() -> None:
                                   b'"text_delta","text":"a","x":"b"}}'),  # another key
     _event("content_block_delta", b'{"type":"content_block_delta","index":0,"delta":{"type":'
                                   b'"text_delta","text":"a\tb"}}'),  # a raw control char
+    _event("content_block_delta", b'{"type":"content_block_delta","index":01,"delta":{"type":'
+                                  b'"text_delta","text":"a"}}'),  # no JSON number
     _event("content_block_delta", b'{"type":"content_block_delta","index":0,"delta":{"type":'
                                   b'"text_delta","text":"a\xff"}}'),  # not UTF-8
 ])

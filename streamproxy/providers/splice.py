@@ -18,6 +18,9 @@ from typing import Protocol
 
 # The inside of a JSON string as orjson writes it (see above).
 JSON_TEXT = rb'[^"\\\x00-\x1f]*(?:\\["\\bfnrt][^"\\\x00-\x1f]*)*'
+# A block index: a JSON integer of no sign and no leading zero (`01` is no JSON, which the
+# decoder's path reports). Possessive: what follows it cannot start with a digit.
+JSON_INDEX = rb"(?:0|[1-9][0-9]*+)"
 
 
 def is_utf8(data: bytes) -> bool:

@@ -28,7 +28,7 @@ from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import StreamDecodeError, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage
 from streamproxy.providers.base import SSETranslator, load_event_json
-from streamproxy.providers.splice import JSON_TEXT, feed_runs
+from streamproxy.providers.splice import JSON_INDEX, JSON_TEXT, feed_runs
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -62,8 +62,8 @@ ERROR_STATUS = {
 # last brace, and its text's literal as group 1 (providers/splice.py: runs of these are
 # spliced). It starts with literal bytes, which sre searches for by a fast scan.
 _TEXT_DELTA = re.compile(
-    rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":\d+,'
-    rb'"delta":\{"type":"text_delta","text":"(' + JSON_TEXT + rb')"\} *\}\n\n')
+    rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":' + JSON_INDEX
+    + rb',"delta":\{"type":"text_delta","text":"(' + JSON_TEXT + rb')"\} *\}\n\n')
 
 
 def map_usage(u: dict[str, Any]) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from streamproxy.decode.eventstream import (
 from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage
 from streamproxy.providers.base import StreamTranslator, load_event_json
-from streamproxy.providers.splice import JSON_TEXT, is_utf8
+from streamproxy.providers.splice import JSON_INDEX, JSON_TEXT, is_utf8
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -102,8 +102,8 @@ def map_usage(u: dict[str, Any]) -> dict[str, Any]:
 # writes (providers/splice.py) and the padding key it adds to every payload. Its own repeats are
 # possessive: what follows each cannot start inside it, so giving back never matches more, and
 # sre then keeps nothing to give back (~300 instructions a frame, under callgrind).
-_TEXT_PAYLOAD = (rb'\{"contentBlockIndex":\d++,"delta":\{"text":"((?!")' + JSON_TEXT
-                 + rb')"\}(?:,"p":"[0-9A-Za-z]*+")?+\}')
+_TEXT_PAYLOAD = (rb'\{"contentBlockIndex":' + JSON_INDEX + rb',"delta":\{"text":"((?!")'
+                 + JSON_TEXT + rb')"\}(?:,"p":"[0-9A-Za-z]*+")?+\}')
 _RUNS_FROM = 512  # bytes a read: below (one or two deltas), frame by frame is as cheap
 _PROBES = 8  # frames a stream decodes one by one in large reads, looking for its first delta
 
