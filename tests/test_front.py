@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import gzip
+import threading
 import zlib
 from typing import Any
 
@@ -413,9 +414,13 @@ async def test_a_served_request_runs_no_import_statement(lean: Any, monkeypatch:
     await read_response(reader)  # (a first request may load what it lazily needs)
     imported: list[str] = []
     real_import = builtins.__import__
+    loop_thread = threading.get_ident()
 
     def recording(name: str, *args: Any, **kwargs: Any) -> Any:
-        imported.append(name)
+        # (the loop's thread only: a daemon thread an earlier test left, a credentials lookup
+        # or a storage writer, may import while these requests are served)
+        if threading.get_ident() == loop_thread:
+            imported.append(name)
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", recording)
