@@ -13,6 +13,7 @@ import pytest
 from streamproxy.errors import InvalidRequest, UpstreamProtocolError
 from streamproxy.providers.anthropic.request import to_anthropic
 from streamproxy.providers.anthropic.response import to_completion
+from streamproxy.providers.bedrock.request import to_converse
 from tests.conftest import provider_config
 from tests.helpers import fixture_bytes, make_config, openai_sdk, read_sdk_stream
 
@@ -710,3 +711,26 @@ def test_thinking_blocks_without_a_signature_are_left_out() -> None:
     assert out["messages"][1]["content"] == [
         {"type": "thinking", "thinking": "hmm", "signature": "sig=="},
         {"type": "redacted_thinking", "data": "UkVE"}, {"type": "text", "text": "a"}]
+
+
+def test_claude_schema_describes_the_constraints_claude_refuses() -> None:
+    """Anthropic and Bedrock's Claude refuse (400) numeric, length and array-size constraints,
+    a minItems above 1 and a format outside their list; each goes into the description, beside
+    any the schema had; what Claude takes stays."""
+    schema = {"type": "object", "properties": {
+        "tags": {"type": "array", "items": {"type": "string", "format": "binary"},
+                 "minItems": 2, "uniqueItems": True, "description": "Labels."},
+        "one": {"type": "array", "minItems": 1},
+        "maximum": {"type": "string", "pattern": "^a+$", "format": "uuid"}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+    props = translate(response_format=fmt)["output_config"]["format"]["schema"]["properties"]
+    body = {"messages": [{"role": "user", "content": "x"}], "response_format": fmt}
+    converse = to_converse(body, "anthropic.claude-sonnet-4-5-20250929-v1:0")
+    assert orjson.loads(converse["outputConfig"]["textFormat"]["structure"]["jsonSchema"][
+        "schema"])["properties"] == props
+    assert props["tags"] == {"type": "array", "description":
+                             'Labels.\nConstraints: minItems 2, uniqueItems true.',
+                             "items": {"type": "string",
+                                       "description": 'Constraints: format "binary".'}}
+    assert props["one"] == {"type": "array", "minItems": 1}
+    assert props["maximum"] == {"type": "string", "pattern": "^a+$", "format": "uuid"}

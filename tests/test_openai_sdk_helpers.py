@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pydantic
 import pytest
 
 from tests.conftest import provider_config
@@ -109,3 +110,63 @@ async def test_stream_helper_takes_tool_calls_an_upstream_sent_without_index(
     calls = final.choices[0].message.tool_calls or []
     assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [
         ("call_a", "weather", '{"city":"Paris"}'), ("call_b", "time", "{}")]
+
+
+class LineItem(pydantic.BaseModel):
+    sku: str = pydantic.Field(min_length=3, max_length=12)
+    qty: int = pydantic.Field(ge=1, le=99)
+
+
+class Order(pydantic.BaseModel):
+    items: list[LineItem] = pydantic.Field(min_length=1, max_length=5)
+    total: float = pydantic.Field(gt=0, multiple_of=0.01)
+    due: str = pydantic.Field(json_schema_extra={"format": "date"})
+
+
+def _keywords(schema: Any) -> set[str]:
+    """Every key of every object in a JSON value (the schema's keywords and property names)."""
+    if isinstance(schema, list):
+        return set().union(*map(_keywords, schema)) if schema else set()
+    if not isinstance(schema, dict):
+        return set()
+    return set(schema).union(*map(_keywords, schema.values()))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_parse_with_field_constraints_on_claude(stream: bool, proxy: Any,
+                                                      upstream: Any) -> None:
+    """pydantic's Field(ge=…, max_length=…) writes constraints OpenAI's json_schema takes and
+    Claude's structured outputs refuse with a 400 ("For 'integer' type, property 'minimum' is
+    not supported"): they reach Claude in the descriptions, and parse() still checks them."""
+    answer = '{"items":[{"sku":"ABC","qty":2}],"total":9.5,"due":"2025-01-02"}'
+    if stream:
+        upstream.body = anthropic_sse([{"type": "text", "text": ""},
+                                       {"type": "text_delta", "text": answer[:20]},
+                                       {"type": "text_delta", "text": answer[20:]}])
+    else:
+        upstream.content_type = "application/json"
+        upstream.body = orjson.dumps({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+            "content": [{"type": "text", "text": answer}], "stop_reason": "end_turn",
+            "usage": {"input_tokens": 5, "output_tokens": 9}})
+    client = openai_sdk(await proxy(provider_config("anthropic", upstream.url)))
+    if stream:
+        async with client.chat.completions.stream(model="m", messages=USER,
+                                                  response_format=Order) as events:
+            parsed = (await events.get_final_completion()).choices[0].message.parsed
+    else:
+        answered = await client.chat.completions.parse(model="m", messages=USER,
+                                                       response_format=Order)
+        parsed = answered.choices[0].message.parsed
+    assert parsed == Order.model_validate_json(answer)
+    schema = upstream.requests[-1].json()["output_config"]["format"]["schema"]
+    assert not _keywords(schema) & {"minimum", "maximum", "exclusiveMinimum", "multipleOf",
+                                    "minLength", "maxLength", "maxItems"}
+    item = schema["$defs"]["LineItem"]["properties"]
+    assert item["qty"]["description"] == "Constraints: maximum 99, minimum 1."
+    assert item["sku"]["description"] == "Constraints: maxLength 12, minLength 3."
+    items = schema["properties"]["items"]
+    assert items["minItems"] == 1 and items["description"] == "Constraints: maxItems 5."
+    assert schema["properties"]["total"]["description"] == (
+        "Constraints: exclusiveMinimum 0, multipleOf 0.01.")
+    assert schema["properties"]["due"]["format"] == "date"  # a format Claude takes stays

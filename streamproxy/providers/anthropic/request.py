@@ -13,9 +13,9 @@ Choices (README "Anthropic"):
 - `reasoning_effort` minimal/low/medium/high/xhigh → a thinking budget of
   1024/1024/4096/16384/24576 tokens (none: no thinking), kept below the client's max; beside
   a temperature other than 1, a top_k or a top_p below 0.95 it is a 400 (see `thinking.py`);
-- `response_format` json_schema → `output_config.format` (structured outputs), its object
-  schemas closed (`closed_objects`); json_object → a system instruction to answer with one JSON
-  object;
+- `response_format` json_schema → `output_config.format` (structured outputs), in the subset
+  Claude takes (`claude_schema`: objects closed, the constraints it refuses described); json_object
+  → a system instruction to answer with one JSON object;
 - assistant `thinking_blocks` (as we stream them; or Portkey's `content_blocks` or thinking
   parts in `content`, see `signed_thinking`) are sent back as thinking blocks; one without
   its signature (or a redacted one without data) is left out, as Anthropic refuses it;
@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import base64
 from typing import Any
+
+import orjson
 
 from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import (
@@ -72,6 +74,17 @@ PASSTHROUGH = ("top_k", "cache_control")
 _SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions",
                           "dependentSchemas"})
 _SCHEMA_DATA = frozenset({"enum", "const", "default", "examples"})
+# Value constraints Claude's structured outputs refuse with a 400 ("For 'integer' type, property
+# 'minimum' is not supported"), which OpenAI's json_schema takes (pydantic's Field(ge=…,
+# max_length=…) writes them): claude_schema moves them into the description, as Anthropic's SDKs
+# do, so the model still reads them. minItems is refused above 1, a format outside
+# CLAUDE_FORMATS at all.
+_UNSUPPORTED_CONSTRAINTS = frozenset({"minimum", "maximum", "exclusiveMinimum",
+                                      "exclusiveMaximum", "multipleOf", "minLength", "maxLength",
+                                      "maxItems", "uniqueItems", "minProperties",
+                                      "maxProperties"})
+CLAUDE_FORMATS = frozenset({"date-time", "time", "date", "duration", "email", "hostname", "uri",
+                            "ipv4", "ipv6", "uuid"})
 
 
 def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
@@ -109,7 +122,7 @@ def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
             raise InvalidRequest("'response_format.json_schema.schema' must be an object.",
                                  param="response_format.json_schema.schema")
         out["output_config"] = {"format": {"type": "json_schema",
-                                           "schema": closed_objects(schema)}}
+                                           "schema": claude_schema(schema)}}
     elif fmt.get("type") == "json_object":
         system.append({"type": "text",
                        "text": "Respond with a single valid JSON object and nothing else."})
@@ -141,29 +154,48 @@ def claude_stop_sequences(stop: str | list[str]) -> list[str]:
     return sequences
 
 
-def closed_objects(schema: Any) -> Any:
-    """A copy of a JSON Schema in which every object schema that does not say otherwise has
-    `additionalProperties: false`: Anthropic's structured outputs refuse an object schema
-    without it ("must be explicitly set to false"; so does Bedrock's, for Claude), where
-    OpenAI's non-strict json_schema takes one. An explicit value is kept (Anthropic's own
-    400 then says what is wrong)."""
+def claude_schema(schema: Any) -> Any:
+    """A copy of a JSON Schema in the subset Claude's structured outputs take (on Anthropic and
+    Bedrock alike):
+    - every object schema that does not say otherwise has `additionalProperties: false`:
+      Anthropic refuses one without it ("must be explicitly set to false"), where OpenAI's
+      non-strict json_schema takes one; an explicit value is kept (Anthropic's own 400 then
+      says what is wrong);
+    - the constraints it refuses (_UNSUPPORTED_CONSTRAINTS, a minItems above 1, a format
+      outside CLAUDE_FORMATS) are moved into the schema's description."""
     if isinstance(schema, list):
-        return [closed_objects(s) for s in schema]
+        return [claude_schema(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
     out = {}
+    moved = {}
     for key, value in schema.items():
         if key in _SCHEMA_DATA:
             out[key] = value
         elif key in _SCHEMA_MAPS and isinstance(value, dict):
-            out[key] = {name: closed_objects(s) for name, s in value.items()}
+            out[key] = {name: claude_schema(s) for name, s in value.items()}
+        elif _refused_constraint(key, value):
+            moved[key] = value
         else:
-            out[key] = closed_objects(value)
+            out[key] = claude_schema(value)
     kind = schema.get("type")
     is_object = kind == "object" or (isinstance(kind, list) and "object" in kind)
     if is_object and "additionalProperties" not in schema:
         out["additionalProperties"] = False
+    if moved:
+        said = ", ".join(f"{key} {orjson.dumps(value).decode()}" for key, value in moved.items())
+        described = out.get("description")
+        note = f"Constraints: {said}."
+        out["description"] = f"{described}\n{note}" if isinstance(described, str) else note
     return out
+
+
+def _refused_constraint(key: str, value: Any) -> bool:
+    if key == "minItems":
+        return value not in (0, 1)
+    if key == "format":
+        return value not in CLAUDE_FORMATS
+    return key in _UNSUPPORTED_CONSTRAINTS
 
 
 def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:

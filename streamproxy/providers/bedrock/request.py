@@ -43,10 +43,10 @@ Choices (docs/providers/bedrock.md):
   empty one (Converse refuses it);
 - `top_p` 1 (no nucleus cut) is not sent for Claude, which refuses it beside `temperature`;
 - `response_format` json_schema → Converse structured outputs (`outputConfig.textFormat`, the
-  schema closed as Anthropic's `closed_objects` does, sent as a JSON string) for the models
-  NATIVE_SCHEMA_MODELS names, or for any model with STRUCTURED_OUTPUTS "native"; otherwise, and
-  for json_object (Converse has no schema-less JSON mode), a system instruction (not enforced),
-  which leads the first user turn instead for the models NO_SYSTEM_MODELS names;
+  schema in Claude's subset as Anthropic's `claude_schema` makes it, sent as a JSON string) for
+  the models NATIVE_SCHEMA_MODELS names, or for any model with STRUCTURED_OUTPUTS "native";
+  otherwise, and for json_object (Converse has no schema-less JSON mode), a system instruction
+  (not enforced), which leads the first user turn instead for the models NO_SYSTEM_MODELS names;
 - `top_k` (no OpenAI parameter, but the extra_body name Anthropic, Gemini, Cohere and Ollama
   take) → `additionalModelRequestFields.top_k` for Claude, `….inferenceConfig.topK` for Nova
   (where AWS documents each); dropped for other models, whose fields differ or lack one (a
@@ -82,8 +82,8 @@ from streamproxy.openai_api.content import (
     tool_use_id,
 )
 from streamproxy.providers.anthropic.request import (
+    claude_schema,
     claude_stop_sequences,
-    closed_objects,
     trim_prefill,
 )
 from streamproxy.providers.anthropic.thinking import fit_thinking
@@ -312,9 +312,8 @@ def _response_format(body: dict[str, Any], instructions: list[dict[str, Any]],
 
 def _text_format(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
     """Converse's json_schema output format. Its `schema` is a string (JsonSchemaDefinition),
-    and Claude refuses an object schema without `additionalProperties: false`, as on
-    Anthropic."""
-    definition = {"schema": orjson.dumps(closed_objects(schema)).decode()}
+    in the subset Claude takes, as on Anthropic (claude_schema)."""
+    definition = {"schema": orjson.dumps(claude_schema(schema)).decode()}
     for key in ("name", "description"):
         if isinstance(spec.get(key), str) and spec[key]:
             definition[key] = spec[key]
