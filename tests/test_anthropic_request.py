@@ -734,3 +734,17 @@ def test_claude_schema_describes_the_constraints_claude_refuses() -> None:
                                        "description": 'Constraints: format "binary".'}}
     assert props["one"] == {"type": "array", "minItems": 1}
     assert props["maximum"] == {"type": "string", "pattern": "^a+$", "format": "uuid"}
+
+
+def test_strict_tools_take_claude_schema_on_bedrock_too() -> None:
+    params = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}},
+              "required": ["n"], "additionalProperties": False}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": params,
+                                               "strict": True}},
+             {"type": "function", "function": {"name": "g", "parameters": params}}]
+    body = {"messages": [{"role": "user", "content": "x"}], "tools": tools}
+    specs = to_converse(body, "anthropic.claude-sonnet-4-5-v1:0")["toolConfig"]["tools"]
+    strict, loose = (spec["toolSpec"]["inputSchema"]["json"] for spec in specs)
+    assert strict["properties"]["n"] == {"type": "integer",
+                                         "description": "Constraints: minimum 1."}
+    assert loose == params  # a tool that is not strict takes any schema

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import openai
 import orjson
 import pydantic
 import pytest
@@ -170,3 +171,21 @@ async def test_parse_with_field_constraints_on_claude(stream: bool, proxy: Any,
     assert schema["properties"]["total"]["description"] == (
         "Constraints: exclusiveMinimum 0, multipleOf 0.01.")
     assert schema["properties"]["due"]["format"] == "date"  # a format Claude takes stays
+
+
+
+async def test_strict_pydantic_tool_reaches_claude_without_refused_constraints(
+        proxy: Any, upstream: Any) -> None:
+    """pydantic_function_tool makes a strict tool; Claude's strict tool use refuses the
+    constraints its structured outputs refuse, so they go into the descriptions there too."""
+    upstream.body = anthropic_sse(TEXT)
+    client = openai_sdk(await proxy(provider_config("anthropic", upstream.url)))
+    tool = openai.pydantic_function_tool(LineItem)
+    async for _ in await client.chat.completions.create(model="m", messages=USER, tools=[tool],
+                                                        stream=True):
+        pass
+    sent = upstream.requests[-1].json()["tools"][0]
+    assert sent["strict"] is True
+    assert not _keywords(sent["input_schema"]) & {"minimum", "maximum", "minLength", "maxLength"}
+    assert sent["input_schema"]["properties"]["qty"]["description"] == (
+        "Constraints: maximum 99, minimum 1.")

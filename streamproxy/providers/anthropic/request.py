@@ -19,7 +19,8 @@ Choices (README "Anthropic"):
 - assistant `thinking_blocks` (as we stream them; or Portkey's `content_blocks` or thinking
   parts in `content`, see `signed_thinking`) are sent back as thinking blocks; one without
   its signature (or a redacted one without data) is left out, as Anthropic refuses it;
-- a function's `strict: true` → the tool's `strict` (Anthropic's strict tool use);
+- a function's `strict: true` → the tool's `strict` (Anthropic's strict tool use), its
+  parameters in the subset Claude takes there too (`claude_schema`);
 - a content part's or a tool's `cache_control` (prompt caching, as Portkey passes it) is kept
   on the block made from it; a message's own (LiteLLM's form, e.g. beside string content) goes
   on the last block made from the message; the request's own (automatic caching) is sent as
@@ -222,10 +223,12 @@ def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
 
 def _tool(fn: dict[str, Any]) -> dict[str, Any]:
     schema = fn.get("parameters") or {"type": "object", "properties": {}}
-    tool = {"name": fn["name"], "input_schema": schema}
+    strict = fn.get("strict") is True
+    # Strict tool use takes the schema subset structured outputs take (claude_schema).
+    tool = {"name": fn["name"], "input_schema": claude_schema(schema) if strict else schema}
     if fn.get("description"):
         tool["description"] = fn["description"]
-    if fn.get("strict") is True:  # strict tool use: inputs that match the schema, as on OpenAI
+    if strict:  # strict tool use: inputs that match the schema, as on OpenAI
         tool["strict"] = True
     return tool
 

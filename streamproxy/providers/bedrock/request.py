@@ -13,7 +13,8 @@ Choices (docs/providers/bedrock.md):
 - images are `data:` URLs (→ `image.source.bytes`, base64 as the JSON protocol carries blobs) or
   `s3://` URIs (→ `s3Location`); http(s) image URLs are refused: the proxy fetches nothing;
   files are `data:` URLs too (an OpenAI `file_id` is a 400 naming it);
-- a function's `strict: true` → the toolSpec's `strict`;
+- a function's `strict: true` → the toolSpec's `strict`, its parameters as `claude_schema`
+  makes them;
 - `tool_choice`: auto → `{auto}`, required → `{any}`, a named function → `{tool}`. Converse has
   no "none": the tools are left out instead — unless the conversation already holds toolUse /
   toolResult blocks, where Bedrock requires a `toolConfig`, so the tools stay and "none" is not
@@ -345,10 +346,13 @@ def _tool_config(body: dict[str, Any], history_tools: list[str]) -> dict[str, An
 
 def _tool_spec(fn: dict[str, Any]) -> dict[str, Any]:
     schema = fn.get("parameters") or {"type": "object", "properties": {}}
-    spec: dict[str, Any] = {"name": fn["name"], "inputSchema": {"json": schema}}
+    strict = fn.get("strict") is True
+    # Strict tool inputs take the schema subset structured outputs take, as on Anthropic.
+    spec: dict[str, Any] = {"name": fn["name"],
+                            "inputSchema": {"json": claude_schema(schema) if strict else schema}}
     if fn.get("description"):
         spec["description"] = fn["description"]
-    if fn.get("strict") is True:  # Converse's structured tool inputs, as OpenAI's strict
+    if strict:  # Converse's structured tool inputs, as OpenAI's strict
         spec["strict"] = True
     return {"toolSpec": spec}
 
