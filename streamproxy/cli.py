@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import sys
 
 from streamproxy.config import (
@@ -122,7 +123,7 @@ def cmd_check_config(args: argparse.Namespace) -> None:
             base_url = providers[name].base_url
         except ProxyError:  # no URL until it runs: the embedded mock
             base_url = "in-process"
-        print(f"provider {name}{default}: type={p.type} base_url={base_url} "
+        print(f"provider {name}{default}: type={p.type} base_url={_shown_url(base_url)} "
               f"auth={key} models={', '.join(p.models) or p.default_model or '-'}")
     print(f"default provider: {config.default_provider or 'none (requests must name one)'}")
     for section, value in sorted(config.sections.items()):
@@ -137,6 +138,15 @@ def cmd_check_config(args: argparse.Namespace) -> None:
           f"concurrent_streams={s.max_concurrent_streams}/worker "
           f"header_timeout={s.client_header_timeout:g}s body_timeout={s.client_body_timeout:g}s")
     print(f"shutdown: drain_delay={s.drain_delay:g}s grace={s.shutdown_grace:g}s")
+
+
+# The user:password@ of a URL: check-config's output goes to terminals and CI logs.
+_USERINFO = re.compile(r"://[^/?#]*@")  # (to the host part's last @, as urlsplit reads it)
+
+
+def _shown_url(url: str) -> str:
+    """`url` with its credentials, if it holds any, masked (as the metrics' labels drop them)."""
+    return _USERINFO.sub("://***@", url, count=1)
 
 
 def _key_summary(p: ProviderConfig) -> str:

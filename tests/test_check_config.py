@@ -295,3 +295,16 @@ def test_serve_help_says_the_config_sets_host_and_port(
     help_text = " ".join(capsys.readouterr().out.split())
     assert "default: server.host, else 127.0.0.1" in help_text
     assert "default: server.port, else 8787" in help_text
+
+
+def test_credentials_in_a_base_url_are_not_printed(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A base URL may carry user:password@ (a self-hosted server behind basic auth): the
+    output, which goes to terminals and CI logs, masks them, as the metrics' labels drop them."""
+    code, out, err = run(tmp_path, """
+providers:
+  vllm: {type: openai, base_url: "https://alice:pa@ss-SECRET@vllm.example.com/v1"}
+""", capsys)
+    assert code == 0, err
+    assert "SECRET" not in out and "alice" not in out
+    assert "base_url=https://***@vllm.example.com/v1 " in out
