@@ -228,6 +228,10 @@ def test_circuit_state() -> None:
         set_circuit_state("openai/gpt-4o", "ajar")
     set_circuit_state("p|m|https://user:pw@llm.internal/v1", "open")
     assert sample("streamproxy_circuit_breaker_state", target="p|m|https://llm.internal/v1") == 2
+    # An '@' in the password (urlsplit and yarl read the host after the last one): no part of
+    # it in the label.
+    set_circuit_state("p|m|https://user:p@ss-SECRET@llm.internal/v2", "open")
+    assert sample("streamproxy_circuit_breaker_state", target="p|m|https://llm.internal/v2") == 2
 
 
 def test_circuit_targets_are_capped() -> None:

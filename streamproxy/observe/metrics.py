@@ -56,7 +56,7 @@ MAX_LABEL_CHARS = 100
 # many distinct targets per process, further ones are not exported (their breakers still work).
 MAX_CIRCUIT_LABELS = 100
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
-_USERINFO = re.compile(r"://[^/@|]*@")
+_USERINFO = re.compile(r"://[^/?#|]*@")  # (to the host part's last @, as urlsplit reads it)
 
 # From the proxy's own sub-millisecond answers (a local model, the mock) to the default
 # first_token timeout (600 s): neither end falls in a catch-all bucket.
