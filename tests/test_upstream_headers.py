@@ -7,6 +7,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import math
 import time
 from typing import Any
 
@@ -209,8 +210,10 @@ async def test_a_retry_after_as_an_http_date_is_the_wait_until_then(
     # RFC 9110's other form, which the SDKs read too: it was dropped, a blind back-off.
     upstream.status = 429
     upstream.content_type = "application/json"
-    upstream.extra_headers = {"retry-after": email.utils.formatdate(time.time() + ahead,
-                                                                    usegmt=True)}
+    # (from the next whole second: the date has no fraction, so a date floored from now + 5
+    # was 4.x s away, and read 4 when the request took longer than that fraction's rest)
+    upstream.extra_headers = {"retry-after": email.utils.formatdate(
+        math.ceil(time.time()) + ahead, usegmt=True)}
     client = await proxy(provider_config("anthropic", upstream.url))
     resp = await client.post("/v1/chat/completions", json={"messages": USER})
     assert resp.status == 429 and resp.headers["retry-after"] in seconds
