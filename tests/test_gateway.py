@@ -1022,3 +1022,18 @@ async def test_a_config_model_without_a_prefix_is_for_the_provider_the_header_na
     unknown = await post(client, headers={"x-portkey-provider": "e2"},
                          config='{"override_params": {"model": "@nope/m"}}')
     assert unknown.status == 400
+
+
+async def test_a_provider_named_by_header_or_prefix_wins_over_the_default_config(
+        proxy: Any, upstream: Any) -> None:
+    """README, Routing a request: default_config comes after the headers and the model prefix,
+    which name the provider themselves; only a request naming none runs it."""
+    client = await proxy(openai_pair(upstream, configs={"c": {"provider": "e2"}},
+                                     default_config="c"))
+    resp = await post(client, stream=False, model="m", headers={"x-portkey-provider": "e1"})
+    assert resp.status == 200 and served(upstream) == ("e1", "m")
+    resp = await post(client, stream=False, model="e1/m")
+    assert resp.status == 200 and served(upstream) == ("e1", "m")
+    resp = await post(client, stream=False, model="m")
+    assert resp.status == 200 and served(upstream) == ("e2", "m")
+    assert resp.headers["x-portkey-last-used-option-index"] == "config"
