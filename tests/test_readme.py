@@ -47,3 +47,39 @@ def test_readme_lists_each_providers_dropped_parameters(type_name: str) -> None:
 def test_readme_shows_the_two_commands() -> None:
     first_screen = README[:1500]
     assert "make run" in first_screen and "make test" in first_screen
+
+
+OPERATIONS = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+
+
+def test_every_exported_metric_is_documented() -> None:
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from streamproxy.observe.metrics import metrics
+
+    exported = {m._name + ("_total" if m._type == "counter" else "")
+                for m in vars(metrics()).values() if isinstance(m, MetricWrapperBase)}
+    assert len(exported) > 10
+    operations = README.split("## Operations")[1].split("\n## ")[0]
+    shortened = re.findall(r"`…(_[a-z_]+)`", operations)  # (`…_out_total` after bytes_in's)
+    for name in sorted(exported):
+        assert f"`{name}`" in OPERATIONS, f"{name} missing from docs/operations.md"
+        assert name in operations or any(map(name.endswith, shortened)), (
+            f"{name} missing from README")
+
+
+def test_check_config_sample_shows_every_line_the_command_prints(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from streamproxy.cli import main
+
+    sample = OPERATIONS.split("$ streamproxy check-config proxy.yaml\n")[1].split("```")[0]
+    path = tmp_path / "proxy.yaml"
+    path.write_text("providers: {mock: {type: mock}}\nconfigs: {c: {provider: mock}}\n")
+    main(["check-config", str(path)])
+    printed = capsys.readouterr().out
+
+    def kinds(text: str) -> list[str]:  # each line's label: `limits:`, `provider`, …
+        return sorted({re.split(r"[ :]", line.replace(str(path), "proxy.yaml"))[0]
+                       for line in text.splitlines() if line})
+
+    assert set(kinds(printed)) <= set(kinds(sample)), (kinds(printed), kinds(sample))
