@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,3 +84,37 @@ def test_check_config_sample_shows_every_line_the_command_prints(
                        for line in text.splitlines() if line})
 
     assert set(kinds(printed)) <= set(kinds(sample)), (kinds(printed), kinds(sample))
+
+
+def _known_keys(parse: Any, section: str) -> set[str]:
+    """The keys a section's parser takes, as its refusal of an unknown one lists them."""
+    from streamproxy.config import ConfigError, parse_config
+
+    config = parse_config({"providers": {"mock": {"type": "mock"}}, section: {"?": 1}}, "F")
+    with pytest.raises(ConfigError) as refused:
+        parse(config)
+    return set(re.findall(r"[a-z_]+", refused.value.reason.split("known:")[1]))
+
+
+def test_every_config_key_the_code_takes_is_documented() -> None:
+    from dataclasses import fields
+
+    from streamproxy.cache.config import parse_cache_settings
+    from streamproxy.config import ServerConfig
+    from streamproxy.observe.access_log import parse_logging
+    from streamproxy.storage.config import parse_storage_config
+
+    docs = Path(__file__).parent.parent / "docs"
+    stored, cached = (docs / "storage-and-cache.md").read_text().split("## Response cache")
+    everywhere = "\n".join([README, *(p.read_text() for p in docs.rglob("*.md"))])
+    where = {"server": everywhere, "logging": OPERATIONS, "storage": stored, "cache": cached}
+    keys = [("server", f.name) for f in fields(ServerConfig)]
+    for section, parse in (("storage", parse_storage_config), ("cache", parse_cache_settings),
+                           ("logging", parse_logging)):
+        keys += [(section, k) for k in sorted(_known_keys(parse, section))]
+    keys += [(f"providers (type {name})", k) for name, cls in sorted(PROVIDER_TYPES.items())
+             for k in sorted(cls.option_keys)]
+    missing = [f"{section}.{key}" for section, key in keys
+               if not re.search(rf"(`|\.|^ +(# )?){key}(`|:)", where.get(section, everywhere),
+                                re.M)]
+    assert not missing, f"config keys the docs never name: {missing}"
