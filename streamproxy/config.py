@@ -84,7 +84,7 @@ class ServerConfig:
     log_level: str = "info"
     # Seconds without a first upstream event after which SSE comments keep the client's
     # connection alive. Off by default: sending one commits the response, so no fallback
-    # can happen after it (README "Timeouts and keep-alives").
+    # can happen after it (README, Gateway controls: "Timeouts").
     keepalive_interval: float | None = None
     shutdown_grace: float = 30.0  # seconds running requests get on SIGTERM (server/drain.py)
     # Seconds between SIGTERM and the listeners' close: /healthz answers 503 at once while new
