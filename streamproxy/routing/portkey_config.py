@@ -271,7 +271,9 @@ def _timeouts(raw: Any, path: str) -> dict[str, float | None]:
     for key, value in raw.items():
         if key not in _TIMEOUT_KEYS:
             raise _bad(f"{path}.{key}", f"is not a timeout (known: {', '.join(_TIMEOUT_KEYS)})")
-        out[key] = _number(value, f"{path}.{key}", minimum=0.001)
+        # `total: null` lifts a total set below, as a provider's does (a long generation)
+        out[key] = (None if key == "total" and value is None
+                    else _number(value, f"{path}.{key}", minimum=0.001))
     return out
 
 
