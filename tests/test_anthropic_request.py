@@ -634,6 +634,18 @@ def test_whitespace_only_text_is_left_out() -> None:
     ]
 
 
+@pytest.mark.parametrize("content", ["\n", " ", "", None, [{"type": "text", "text": "\t"}], []])
+async def test_a_tool_result_without_text_has_no_content(proxy: Any, upstream: Any,
+                                                          content: Any) -> None:
+    # A tool that printed nothing (or only "\n"): a blank string is a text block Anthropic
+    # refuses ("text content blocks must contain non-whitespace text"), so the loop would
+    # stop there; a tool_result may leave `content` out.
+    messages = tool_loop(["call_1"])
+    messages[2]["content"] = content
+    sent = (await sent_for(proxy, upstream, {"messages": messages})).json()
+    assert sent["messages"][2]["content"] == [{"type": "tool_result", "tool_use_id": "call_1"}]
+
+
 def test_a_final_assistant_turn_loses_its_trailing_whitespace() -> None:
     # Anthropic continues a final assistant turn (prefill) and refuses one that ends in
     # whitespace: "final assistant content cannot end with trailing whitespace".

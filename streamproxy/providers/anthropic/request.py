@@ -5,8 +5,8 @@ Choices (README "Anthropic"):
   with no other message gets a PLACEHOLDER_USER_TEXT user turn (Anthropic needs one);
 - consecutive tool results become one user message of `tool_result` blocks; consecutive
   messages of one role are merged, since Anthropic wants alternating turns;
-- empty and whitespace-only text is left out, and a final assistant turn (a prefill) loses
-  its trailing whitespace: Anthropic refuses both;
+- empty and whitespace-only text is left out (a tool result of none has no `content`), and a
+  final assistant turn (a prefill) loses its trailing whitespace: Anthropic refuses both;
 - tool-call ids Anthropic cannot take (other providers', e.g. Kimi's `functions.f:0`) are
   mapped alike in call and result (`tool_use_id`);
 - `max_tokens` defaults to DEFAULT_MAX_TOKENS (Anthropic requires one);
@@ -391,11 +391,16 @@ def _thinking_block(tb: Any) -> list[dict[str, Any]]:
 
 
 def _tool_result(m: dict[str, Any], i: int) -> dict[str, Any]:
+    """A tool message's result. One without text (a command that printed nothing, or only
+    "\n") goes without `content`, which Anthropic's tool_result may leave out: a blank string
+    there is a text block Claude refuses (see is_blank), and the tool loop could not go on."""
     content = m.get("content")
     result: dict[str, Any] = {"type": "tool_result",
                               "tool_use_id": tool_use_id(m["tool_call_id"])}
     if isinstance(content, list):
-        result["content"] = _text_blocks(content, f"messages[{i}].content")
-    else:
-        result["content"] = content or ""
+        blocks = _text_blocks(content, f"messages[{i}].content")
+        if blocks:
+            result["content"] = blocks
+    elif not is_blank(content):
+        result["content"] = content
     return result
