@@ -351,6 +351,14 @@ def loop(assistant: dict[str, Any], *after: dict[str, Any]) -> list[dict[str, An
     (loop({"content": None, "thinking_blocks": [PORTKEY_THINKING]}), True),
     (loop({"content": None, "thinking_blocks": [{"type": "redacted_thinking", "data": "d"}]}),
      True),
+    # A final assistant turn (a prefill Claude continues) without its thinking: refused with
+    # thinking on ("Expected thinking or redacted_thinking, but found text"), as in a loop;
+    # a system message after it is hoisted, so it is still the final turn.
+    ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Well,"}], False),
+    ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Well,"},
+      {"role": "system", "content": "Be brief."}], False),
+    ([{"role": "user", "content": "Hi"},
+      {"role": "assistant", "content": "Well,", "thinking_blocks": [PORTKEY_THINKING]}], True),
     # A new user turn after the loop, or no loop: thinking as asked.
     (loop({"content": None}, {"role": "assistant", "content": "Sunny."},
           {"role": "user", "content": "And tomorrow?"}), True),

@@ -698,6 +698,15 @@ def test_claude_thinking_from_effort_skips_a_tool_loop_that_came_back_without_it
         "thinking": {"type": "enabled", "budget_tokens": 1024}}
 
 
+def test_claude_thinking_from_effort_skips_a_prefill_without_it() -> None:
+    # A final assistant turn Claude continues, without thinking to start it: refused with
+    # thinking on, as on Anthropic.
+    claude = "us.anthropic.claude-sonnet-4-20250514-v1:0"
+    body = {"messages": [{"role": "user", "content": "Hi"},
+                         {"role": "assistant", "content": "Well,"}], "reasoning_effort": "low"}
+    assert "additionalModelRequestFields" not in to_converse(body, claude)
+
+
 def test_reasoning_effort_is_claude_thinking_and_dropped_elsewhere() -> None:
     body = {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "medium"}
     claude = to_converse(body, "us.anthropic.claude-3-7-sonnet-20250219-v1:0")

@@ -13,10 +13,11 @@ a `top_p` below 0.95 (Anthropic's extended-thinking docs; OpenAI's reasoning mod
 temperature other than 1 with a 400 too). They are refused, not dropped: the client asked for
 both, and only it knows which one matters.
 A request that continues a tool loop whose assistant turn came back without its signed
-thinking (an OpenAI client keeps none; a loop begun on another provider has none) gets no
-thinking from `reasoning_effort`: Claude refuses thinking there ("a final assistant message
-must start with a thinking block"; Anthropic's advice: disable thinking), where OpenAI asks for
-no reasoning back. The next user turn thinks again.
+thinking (an OpenAI client keeps none; a loop begun on another provider has none), or that
+ends with such an assistant turn (a prefill), gets no thinking from `reasoning_effort`: Claude
+refuses thinking there ("a final assistant message must start with a thinking block";
+Anthropic's advice: disable thinking), where OpenAI asks for no reasoning back. The next user
+turn thinks again.
 """
 
 from __future__ import annotations
@@ -96,13 +97,18 @@ def _refuse_sampling(effort: str, temperature: Any, top_p: Any, top_k: Any) -> N
 
 
 def _loop_without_thinking(messages: list[dict[str, Any]]) -> bool:
-    """Whether the request answers tool results (a tool message after the last assistant one)
-    of an assistant turn that came back without a signed thinking block."""
-    answers_tools = False
+    """Whether the request continues an assistant turn that came back without a signed
+    thinking block: it answers that turn's tool results (a tool message after the last
+    assistant one), or the turn is the last (a prefill, which Claude continues; only system
+    messages after it, as they are hoisted)."""
+    answers_tools, prefill = False, True
     for m in reversed(messages):
-        if m.get("role") == "assistant":
-            return answers_tools and not any(_signed(block) for block in signed_thinking(m))
-        answers_tools = answers_tools or m.get("role") == "tool"
+        role = m.get("role")
+        if role == "assistant":
+            return ((answers_tools or prefill)
+                    and not any(_signed(block) for block in signed_thinking(m)))
+        answers_tools = answers_tools or role == "tool"
+        prefill = prefill and role in ("system", "developer")
     return False
 
 
