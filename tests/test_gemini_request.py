@@ -141,11 +141,12 @@ def test_generated_ids_are_not_sent_upstream_and_results_are_wrapped() -> None:
          "thoughtSignature": "skip_thought_signature_validator"},  # Gemini 3: none came back
         {"functionCall": {"name": "b", "args": {"value": [1]}}},
     ]
-    # Both results in one user content, in order; the user's text in a content of its own
-    # (Vertex refuses a content mixing function responses with text).
+    # Both results in one user content, in the order of their calls (no id to pair them by);
+    # the user's text in a content of its own (Vertex refuses a content mixing function
+    # responses with text).
     assert results == {"role": "user", "parts": [
-        {"functionResponse": {"name": "b", "response": {"output": "42"}}},
         {"functionResponse": {"name": "a", "response": {"temp": 21}}},
+        {"functionResponse": {"name": "b", "response": {"output": "42"}}},
     ]}
     assert text == {"role": "user", "parts": [{"text": "thanks"}]}
 
@@ -182,6 +183,29 @@ def test_claude_thinking_parts_in_an_assistant_content_are_left_out() -> None:
         {"type": "thinking", "thinking": "Greet back.", "signature": "sig=="},
         {"type": "text", "text": "Hello!"}]}, {"role": "user", "content": "Bye"}])
     assert out["contents"][1] == {"role": "model", "parts": [{"text": "Hello!"}]}
+
+
+def test_function_responses_go_in_the_order_of_their_calls() -> None:
+    # Parallel calls with ids Gemini never sees (OpenAI's, or ours for calls Gemini sent without
+    # one), answered in another order (as each finished): Gemini pairs responses with calls by
+    # position, so Rome's rain would be read as Paris's weather.
+    def call(call_id: str, city: str) -> dict[str, Any]:
+        return {"id": call_id, "type": "function",
+                "function": {"name": "get_weather", "arguments": f'{{"city": "{city}"}}'}}
+    out = translate([
+        {"role": "user", "content": "Weather in Paris, Rome and Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            call("call_p", "Paris"), call("call_r", "Rome"), call("call_o", "Oslo")]},
+        {"role": "tool", "tool_call_id": "call_r", "content": "rain"},
+        {"role": "tool", "tool_call_id": "other", "name": "get_weather", "content": "?"},
+        {"role": "tool", "tool_call_id": "call_o", "content": "snow"},
+        {"role": "tool", "tool_call_id": "call_p", "content": "sun"},
+        {"role": "user", "content": "Thanks"},
+    ])
+    outputs = [part["functionResponse"]["response"]["output"]
+               for part in out["contents"][2]["parts"]]
+    assert outputs == ["sun", "rain", "snow", "?"]  # one matching no call by id goes last
+    assert out["contents"][3] == {"role": "user", "parts": [{"text": "Thanks"}]}
 
 
 def test_unknown_tool_call_id_is_a_400_unless_the_message_names_the_function() -> None:

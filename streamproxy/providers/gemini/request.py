@@ -8,6 +8,8 @@ provider-streams.md §4.2; choices documented in docs/providers/gemini.md.
   and user text or media never share one (see `_holds_results`);
 - a tool result's function name is looked up from the assistant `tool_calls` that asked for it;
   a result that is not a JSON object is wrapped as `{"output": …}` (the key Google documents);
+- a turn's function responses go in the order of the calls they answer, whatever order the
+  client sent them in (see `_contents`);
 - thought signatures come back from the client in three accepted forms (see
   `_signatures`) and are put back on the part they were received with; for Gemini 3 a
   function call that comes back without one gets Google's SKIP_SIGNATURE_CHECK value;
@@ -21,6 +23,7 @@ provider-streams.md §4.2; choices documented in docs/providers/gemini.md.
 from __future__ import annotations
 
 import mimetypes
+from bisect import bisect_right
 from typing import Any
 
 import orjson
@@ -52,6 +55,7 @@ GENERATED_ID_PREFIX = "call_"  # ids the proxy made up for calls Gemini sent wit
 # kept only the OpenAI fields, a history from another model): Gemini 3 then skips its check
 # rather than answer the turn with a 400 ("Function call is missing a thought_signature").
 SKIP_SIGNATURE_CHECK = "skip_thought_signature_validator"
+UNMATCHED_PLACE = 1 << 30  # a tool result that matches no call by id goes after those that do
 DEFAULT_IMAGE_MIME = "image/jpeg"  # for an image URL whose extension names no type
 # Data-URL types clients write that Gemini refuses ("Unsupported MIME type"), by its name.
 MIME_ALIASES = {"image/jpg": "image/jpeg"}
@@ -185,7 +189,9 @@ def _declaration(fn: dict[str, Any]) -> dict[str, Any]:
 def _contents(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     system: list[dict[str, Any]] = []
     contents: list[dict[str, Any]] = []
-    calls: dict[str, tuple[str, str | None]] = {}  # tool_call_id → (name, Gemini's id or None)
+    # tool_call_id → (name, Gemini's id or None, the call's place among its turn's calls)
+    calls: dict[str, tuple[str, str | None, int]] = {}
+    places: list[int] = []  # those places, for the responses in the last content, in order
     for i, m in enumerate(msgs):
         role = m["role"]
         if role in ("system", "developer"):
@@ -196,7 +202,8 @@ def _contents(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
         elif role == "assistant":
             parts, role_out = _model_parts(m, i, calls), "model"
         elif role == "tool":
-            parts, role_out = [_function_response(m, i, calls)], "user"
+            response, place = _function_response(m, i, calls)
+            parts, role_out = [response], "user"
         else:  # legacy "function" role: no tool_call_id to pair it with
             raise InvalidRequest("The legacy 'function' role is not supported; use 'tool'.",
                                  param=f"messages[{i}].role", code="unsupported_value")
@@ -204,9 +211,18 @@ def _contents(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
             continue
         if contents and contents[-1]["role"] == role_out \
                 and _holds_results(contents[-1]) == (role == "tool"):
-            contents[-1]["parts"].extend(parts)
+            if role == "tool":
+                # Gemini pairs responses with calls by position when they carry no id (ours,
+                # OpenAI's: never sent), so one answered out of order would be read as another
+                # call's result: each goes where its call is.
+                at = bisect_right(places, place)
+                places.insert(at, place)
+                contents[-1]["parts"].insert(at, response)
+            else:
+                contents[-1]["parts"].extend(parts)
         else:
             contents.append({"role": role_out, "parts": parts})
+            places = [place] if role == "tool" else []
     return system, contents
 
 
@@ -304,7 +320,7 @@ def _signatures(m: dict[str, Any]) -> tuple[dict[str, str], str | None]:
 
 
 def _model_parts(m: dict[str, Any], i: int,
-                 calls: dict[str, tuple[str, str | None]]) -> list[dict[str, Any]]:
+                 calls: dict[str, tuple[str, str | None, int]]) -> list[dict[str, Any]]:
     by_call, text_signature = _signatures(m)
     parts = _text_parts(m.get("content"), f"messages[{i}].content")
     if parts and text_signature:
@@ -318,7 +334,7 @@ def _model_parts(m: dict[str, Any], i: int,
             google.get("thought_signature")
         upstream_id = _upstream_id(base_id) if base_id else None
         if call_id:
-            calls[call_id] = calls[base_id] = (fn["name"], upstream_id)
+            calls[call_id] = calls[base_id] = (fn["name"], upstream_id, j)
         function_call: dict[str, Any] = {"name": fn["name"],
                                          "args": tool_call_input(fn.get("arguments"), i, j)}
         if upstream_id:
@@ -346,8 +362,10 @@ def _sign_unsigned_calls(contents: list[dict[str, Any]]) -> None:
             calls[0]["thoughtSignature"] = SKIP_SIGNATURE_CHECK
 
 
-def _function_response(m: dict[str, Any], i: int,
-                       calls: dict[str, tuple[str, str | None]]) -> dict[str, Any]:
+def _function_response(m: dict[str, Any], i: int, calls: dict[str, tuple[str, str | None, int]]
+                       ) -> tuple[dict[str, Any], int]:
+    """The `functionResponse` part of a tool message, and the place of the call it answers
+    among its turn's calls (after them all for a result that matches none by id)."""
     call_id = m["tool_call_id"]
     known = calls.get(call_id) or calls.get(split_call_id(call_id)[0])
     name = known[0] if known else m.get("name")
@@ -359,7 +377,7 @@ def _function_response(m: dict[str, Any], i: int,
     response: dict[str, Any] = {"name": name, "response": _result(m.get("content"), i)}
     if known and known[1]:
         response["id"] = known[1]
-    return {"functionResponse": response}
+    return {"functionResponse": response}, known[2] if known else UNMATCHED_PLACE
 
 
 def _result(content: Any, i: int) -> dict[str, Any]:
