@@ -344,3 +344,23 @@ def test_assistant_reasoning_goes_back_as_thinking() -> None:
                            "tool_calls": [{"function": {"name": "get_weather",
                                                         "arguments": {"city": "Paris"}}}]}
     assert messages[3] == {"role": "assistant", "content": "It is 18C."}
+
+
+def test_tool_results_go_in_the_order_of_their_calls() -> None:
+    # Calls and results go to Ollama without ids: the model reads a turn's results in order, so
+    # parallel calls answered in another order (as each finished) would swap their results.
+    def call(call_id: str, city: str) -> dict[str, Any]:
+        return {"id": call_id, "type": "function",
+                "function": {"name": "get_weather", "arguments": f'{{"city": "{city}"}}'}}
+    body = {"messages": [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"role": "assistant", "content": None, "tool_calls": [call("c1", "Paris"),
+                                                               call("c2", "Rome")]},
+        {"role": "tool", "tool_call_id": "c2", "content": "rain"},
+        {"role": "tool", "tool_call_id": "other", "content": "?"},
+        {"role": "tool", "tool_call_id": "c1", "content": "sun"},
+        {"role": "user", "content": "And Oslo?"},
+    ]}
+    messages = to_ollama(body, "llama3.2", stream=True)["messages"]
+    assert [m["content"] for m in messages[2:]] == ["sun", "rain", "?", "And Oslo?"]
+    assert messages[2]["tool_name"] == messages[3]["tool_name"] == "get_weather"

@@ -113,6 +113,11 @@ def tool_call_input(arguments: Any, i: int, j: int) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {"value": parsed}
 
 
+# The place among its turn's calls of a tool result that matches none by id: after them all
+# (for the providers that put a turn's results in the order of its calls: Gemini, Ollama).
+UNMATCHED_PLACE = 1 << 30
+
+
 # Anthropic's tool_use ids and Bedrock's toolUseIds: 1 to 64 of these (a 400 otherwise).
 _TOOL_USE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NOT_IN_TOOL_USE_ID = re.compile(r"[^A-Za-z0-9_-]")

@@ -32,6 +32,7 @@ from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     PLACEHOLDER_USER_TEXT,
+    UNMATCHED_PLACE,
     answer_cap,
     logprobs_asked,
     parse_data_url,
@@ -55,7 +56,6 @@ GENERATED_ID_PREFIX = "call_"  # ids the proxy made up for calls Gemini sent wit
 # kept only the OpenAI fields, a history from another model): Gemini 3 then skips its check
 # rather than answer the turn with a 400 ("Function call is missing a thought_signature").
 SKIP_SIGNATURE_CHECK = "skip_thought_signature_validator"
-UNMATCHED_PLACE = 1 << 30  # a tool result that matches no call by id goes after those that do
 DEFAULT_IMAGE_MIME = "image/jpeg"  # for an image URL whose extension names no type
 # Data-URL types clients write that Gemini refuses ("Unsupported MIME type"), by its name.
 MIME_ALIASES = {"image/jpg": "image/jpeg"}

@@ -5,7 +5,8 @@ Choices (docs/providers/others.md "ollama"):
 - images: `image_url` parts must be `data:` URLs, sent as the message's base64 `images` list
   (Ollama takes no URLs, and the proxy fetches nothing on a client's behalf);
 - assistant tool calls go back with their arguments as objects; a tool result carries the
-  function's name (`tool_name`), looked up from the assistant call it answers;
+  function's name (`tool_name`), looked up from the assistant call it answers, and a turn's
+  results go in the order of its calls (they go without call ids: see `_messages`);
 - an assistant turn's `reasoning_content` (where we stream Ollama's `thinking`) goes back as
   its `thinking`: Ollama's docs ask for it in the history, and gpt-oss, which reasons before
   its tool calls, otherwise loses why it made them;
@@ -24,6 +25,7 @@ Choices (docs/providers/others.md "ollama"):
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import Any
 
 import orjson
@@ -31,6 +33,7 @@ import orjson
 from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import (
     OPENAI_ONLY,
+    UNMATCHED_PLACE,
     answer_cap,
     logprobs_asked,
     reasoning_effort,
@@ -127,7 +130,9 @@ def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    names: dict[str, str] = {}  # tool call id → function name, for tool results
+    # tool call id → (function name, the call's place among its turn's calls), for its result
+    asked: dict[str, tuple[str, int]] = {}
+    places: list[int] = []  # those places, for the tool results that end `out`, in order
     for i, m in enumerate(msgs):
         role = m["role"]
         if role in ("system", "developer"):
@@ -142,7 +147,7 @@ def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             calls = []
             for j, call in enumerate(m.get("tool_calls") or []):
                 fn = call["function"]
-                names[call.get("id") or ""] = fn["name"]
+                asked[call.get("id") or ""] = (fn["name"], j)
                 calls.append({"function": {"name": fn["name"],
                                            "arguments": _arguments(fn.get("arguments"), i, j)}})
             if calls:
@@ -150,10 +155,17 @@ def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(msg)
         elif role == "tool":
             msg = {"role": "tool", "content": _text(m.get("content"), i)}
-            name = names.get(m["tool_call_id"])
-            if name:
-                msg["tool_name"] = name
-            out.append(msg)
+            known = asked.get(m["tool_call_id"])
+            if known:
+                msg["tool_name"] = known[0]
+            # Calls and results go without ids (a name at most): the model reads a turn's results
+            # in order, so one answered out of order (as each finished) goes where its call is.
+            if not out or out[-1]["role"] != "tool":
+                places = []
+            place = known[1] if known else UNMATCHED_PLACE
+            at = bisect_right(places, place)
+            out.insert(len(out) - len(places) + at, msg)
+            places.insert(at, place)
         else:
             raise InvalidRequest("The legacy 'function' role is not supported; use 'tool'.",
                                  param=f"messages[{i}].role", code="unsupported_value")
