@@ -364,3 +364,18 @@ def test_tool_results_go_in_the_order_of_their_calls() -> None:
     messages = to_ollama(body, "llama3.2", stream=True)["messages"]
     assert [m["content"] for m in messages[2:]] == ["sun", "rain", "?", "And Oslo?"]
     assert messages[2]["tool_name"] == messages[3]["tool_name"] == "get_weather"
+
+
+def test_tool_call_arguments_go_back_as_an_object() -> None:
+    # Ollama takes a call's arguments as an object only (a JSON string or list is its 400);
+    # OpenAI takes any arguments string in the history. As on Anthropic, Gemini and Bedrock, a
+    # non-object value is wrapped.
+    def turn(arguments: str) -> dict[str, Any]:
+        return {"messages": [{"role": "user", "content": "Weather?"}, {
+            "role": "assistant", "content": None, "tool_calls": [{
+                "id": "c1", "type": "function",
+                "function": {"name": "get_weather", "arguments": arguments}}]}]}
+    sent = [to_ollama(turn(arguments), "llama3.2", stream=True)["messages"][1]["tool_calls"]
+            for arguments in ('"Paris"', "[1]", "", '{"city": "Paris"}')]
+    assert [calls[0]["function"]["arguments"] for calls in sent] == [
+        {"value": "Paris"}, {"value": [1]}, {}, {"city": "Paris"}]

@@ -28,8 +28,6 @@ from __future__ import annotations
 from bisect import bisect_right
 from typing import Any
 
-import orjson
-
 from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import (
     OPENAI_ONLY,
@@ -39,6 +37,7 @@ from streamproxy.openai_api.content import (
     reasoning_effort,
     stop_list,
     texts,
+    tool_call_input,
 )
 
 DROPPED = (OPENAI_ONLY - {"logprobs", "top_logprobs"}) | {"user", "parallel_tool_calls"}
@@ -148,8 +147,9 @@ def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for j, call in enumerate(m.get("tool_calls") or []):
                 fn = call["function"]
                 asked[call.get("id") or ""] = (fn["name"], j)
-                calls.append({"function": {"name": fn["name"],
-                                           "arguments": _arguments(fn.get("arguments"), i, j)}})
+                # An object, which Ollama requires (a non-object JSON value is wrapped).
+                arguments = tool_call_input(fn.get("arguments"), i, j)
+                calls.append({"function": {"name": fn["name"], "arguments": arguments}})
             if calls:
                 msg["tool_calls"] = calls
             out.append(msg)
@@ -170,17 +170,6 @@ def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             raise InvalidRequest("The legacy 'function' role is not supported; use 'tool'.",
                                  param=f"messages[{i}].role", code="unsupported_value")
     return out
-
-
-def _arguments(args: Any, i: int, j: int) -> Any:
-    if not isinstance(args, str):
-        return args if args is not None else {}
-    try:
-        return orjson.loads(args) if args else {}
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("Tool call arguments must be a JSON object string.",
-                             param=f"messages[{i}].tool_calls[{j}].function.arguments",
-                             code="invalid_value") from None
 
 
 def _text(content: Any, i: int) -> str:
