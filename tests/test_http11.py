@@ -691,3 +691,35 @@ async def test_a_transfer_coding_besides_chunked_is_refused_by_name(
     assert resp.status == 502
     message = (await resp.json())["error"]["message"]
     assert message == "bad response from provider 'up': unsupported Transfer-Encoding 'gzip'"
+
+
+@pytest.mark.parametrize("kind", ["native", "aiohttp"])
+async def test_an_error_answer_read_whole_keeps_its_connection(
+        proxy: Any, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 429 or 500 is read to its end, then the response closed: aiohttp's client had
+    released the connection at the body's end, the native one closed it, so every error
+    answer cost a new connection (a new TLS handshake, in a 429 storm)."""
+    monkeypatch.setenv(CLIENT_ENV, kind)
+    connections = 0
+
+    async def answer_errors(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json"
+                             b"\r\nContent-Length: 30\r\n\r\n"
+                             b'{"error":{"message":"slow"}}\n\n')
+        writer.close()
+
+    server, url = await raw_server(answer_errors)
+    client = await proxy(native_anthropic_config(url.rstrip("/")))
+    for stream in (True, False, True):
+        resp = await client.post("/v1/chat/completions", json={
+            "model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+        assert resp.status == 429 and (await resp.json())["error"]["message"] == "slow"
+    server.close()
+    assert connections == 1

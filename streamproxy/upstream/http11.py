@@ -398,7 +398,10 @@ class Response:
             self._conn.close()
         if not self._released:
             self._released = True
-            self._conn.close()
+            # A body already read to its end (an error answer, a stream that failed in its
+            # translation) leaves a sound connection: pooled, as aiohttp's client releases one
+            # at the body's end. Closing it cost every 429 or 500 a new connection (and TLS).
+            self._pool_or_close()
         self._finish(self._error)
 
 
