@@ -130,6 +130,24 @@ def test_a_compressed_body_inflating_past_the_read_cap_is_refused(monkeypatch: A
                     % (len(packed), packed))
 
 
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 200 OK\nContent-Length: 2\nX-A: b\n\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\nX-A: b\r\n\nok",
+    b"HTTP/1.1 200 OK\nContent-Length: 2\nX-A: b\n\r\nok",
+    b"HTTP/1.1 100 Continue\n\nHTTP/1.1 200 OK\nX-A: b\nTransfer-Encoding: chunked\n\n"
+    b"2\r\nok\r\n0\r\n\r\n",
+])
+def test_a_head_whose_lines_end_with_a_bare_lf_is_read(raw: bytes) -> None:
+    """RFC 9112 2.2: a recipient may take a bare LF as a line's end, and aiohttp's client
+    does; looking for CRLF CRLF alone, the native one waited for such a head's end until the
+    first-token timeout."""
+    for pieces in ([raw], [raw[i:i + 1] for i in range(len(raw))]):
+        parser, body = parse_all(pieces)
+        assert parser.head is not None and parser.head.status == 200
+        assert parser.head.headers["x-a"] == "b" and parser.head.keep_alive
+        assert body == b"ok" and parser.done and not parser.extra
+
+
 def test_parser_truncation_is_typed() -> None:
     parser, _ = parse_all([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"])
     with pytest.raises(Disconnected):

@@ -332,6 +332,18 @@ def _refuse_transfer_codings(codings: list[str]) -> None:
             raise UnsupportedTransferCoding(f"unsupported Transfer-Encoding {name[:40]!r}")
 
 
+_BARE_LF_HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _bare_lf_head_end(buf: bytes) -> tuple[int, int]:
+    """Where a head whose lines end with a bare LF ends, and where what follows starts; -1
+    when it has not ended. RFC 9112 2.2 lets a recipient take a bare LF as a line's end, and
+    aiohttp's client does: some small servers write them, and looking for CRLF CRLF alone
+    such a head never ended — the answer was waited for until the first-token timeout."""
+    m = _BARE_LF_HEAD_END.search(buf)
+    return (m.start(), m.end()) if m is not None else (-1, -1)
+
+
 class ResponseParser:
     """Bytes → one response: `feed` returns body bytes (b"" when none); `head` is set when the
     head is complete (1xx interim responses are skipped), `done` when the body ended, `extra`
@@ -419,6 +431,10 @@ class ResponseParser:
         buf = self._buf + data if self._buf else data
         while True:
             end = buf.find(b"\r\n\r\n")
+            rest, bare_lf = end + 4, False
+            if end < 0 or buf.find(b"\n\n", 0, end) >= 0:
+                end, rest = _bare_lf_head_end(buf)
+                bare_lf = True
             if end < 0:
                 if len(buf) > MAX_HEAD_BYTES:
                     raise HeadTooLarge(f"response head over {MAX_HEAD_BYTES} bytes")
@@ -426,8 +442,11 @@ class ResponseParser:
                 return b""
             if end > MAX_HEAD_BYTES:
                 raise HeadTooLarge(f"response head over {MAX_HEAD_BYTES} bytes")
-            head = parse_head(buf[:end], head_request=self._head_request)
-            buf = buf[end + 4:]
+            raw = buf[:end]
+            if bare_lf:  # read as CRLF lines
+                raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            head = parse_head(raw, head_request=self._head_request)
+            buf = buf[rest:]
             if 100 <= head.status < 200:
                 if head.status == 101:
                     raise MalformedResponse("unexpected protocol switch")
