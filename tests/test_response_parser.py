@@ -148,6 +148,16 @@ def test_a_head_whose_lines_end_with_a_bare_lf_is_read(raw: bytes) -> None:
         assert body == b"ok" and parser.done and not parser.extra
 
 
+def test_a_folded_header_line_goes_on_with_the_field_before_it() -> None:
+    """RFC 9112 5.2: an obs-fold is read as a SP (aiohttp's client does); the native client
+    refused the answer as malformed, a 502. Framing fields fold too."""
+    raw = (b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n  b\r\n\tc\r\nTransfer-Encoding:\r\n chunked\r\n"
+           b"X-After: d\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+    parser, body = parse_all([raw])
+    assert parser.head is not None and parser.head.chunked and body == b"ok" and parser.done
+    assert parser.head.headers["x-folded"] == "a b c" and parser.head.headers["x-after"] == "d"
+
+
 def test_parser_truncation_is_typed() -> None:
     parser, _ = parse_all([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"])
     with pytest.raises(Disconnected):

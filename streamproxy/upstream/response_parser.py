@@ -256,6 +256,14 @@ def _fields_exactly(lines: list[bytes]) -> list[tuple[str, str]]:
     """The (name, value) fields of header lines, whatever their bytes."""
     fields: list[tuple[str, str]] = []
     for line in lines:
+        if line[:1] in (b" ", b"\t") and fields:
+            # obs-fold (RFC 9112 5.2): the line goes on with the field before it, the fold
+            # read as one SP, as aiohttp's client reads it (a 502 for an answer it takes).
+            # Whitespace before the first field stays malformed.
+            name, value = fields[-1]
+            more = line.strip(b" \t").decode("utf-8", "surrogateescape")
+            fields[-1] = (name, f"{value} {more}" if value and more else value or more)
+            continue
         name, sep, value = line.partition(b":")
         if not sep or not _TOKEN.fullmatch(name):
             raise MalformedResponse("invalid header line")
