@@ -723,3 +723,35 @@ async def test_an_error_answer_read_whole_keeps_its_connection(
         assert resp.status == 429 and (await resp.json())["error"]["message"] == "slow"
     server.close()
     assert connections == 1
+
+
+@pytest.mark.parametrize("kind", ["native", "aiohttp"])
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_body_that_does_not_inflate_is_a_protocol_error_not_a_cut(
+        proxy: Any, kind: str, stream: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body labelled gzip that is not: the native client's MalformedResponse, while
+    aiohttp's ClientPayloadError (its ContentEncodingError) was read as a truncation: "closed
+    the connection mid-response", upstream_stream_truncated, of an upstream that had not."""
+    monkeypatch.setenv(CLIENT_ENV, kind)
+
+    async def answer_not_gzip(reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Content-Encoding: gzip\r\nContent-Length: 14\r\n\r\n"
+                         b"data: [DONE]\n\n")
+            await reader.read()
+        writer.close()
+
+    server, url = await raw_server(answer_not_gzip)
+    client = await proxy(native_anthropic_config(url.rstrip("/")))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+    server.close()
+    assert resp.status == 502
+    error = (await resp.json())["error"]
+    assert error["code"] == "upstream_protocol_error"
+    assert error["message"].startswith("bad response from provider 'up': ")

@@ -23,6 +23,7 @@ import ssl
 from typing import Any
 
 import aiohttp
+from aiohttp.http_exceptions import ContentEncodingError
 from yarl import URL
 
 from streamproxy.errors import (
@@ -153,6 +154,11 @@ def map_client_error(exc: BaseException, provider: str, *, before_response: bool
         detail = str(exc) if isinstance(exc, UnsupportedTransferCoding) else type(exc).__name__
         return UpstreamProtocolError(f"bad response from provider '{provider}': {detail}")
     if isinstance(exc, aiohttp.ClientPayloadError):
+        if isinstance(exc.__cause__, ContentEncodingError):
+            # A body that does not inflate (not gzip, a coding not decoded): no cut, as the
+            # native client's MalformedResponse says.
+            return UpstreamProtocolError(f"bad response from provider '{provider}': "
+                                         "ContentEncodingError")
         return StreamTruncated(f"provider '{provider}' closed the connection mid-response")
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientOSError
                   | aiohttp.ServerDisconnectedError | ConnectionError
