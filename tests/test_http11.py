@@ -477,6 +477,31 @@ async def test_https_with_sni_and_certificate_checks(aiohttp_server: Any, tmp_pa
     assert client.pool.opened == 1  # the TLS connection was kept alive and reused
 
 
+async def test_an_https_upstream_closing_without_an_answer_is_a_disconnect(
+        tmp_path: Any) -> None:
+    """The connection is closed twice (connection_lost's failure, then the request's): a TLS
+    transport closed twice drops its protocol, and the second close's write-buffer check
+    raised AttributeError — a 500 internal error where aiohttp's client gave a 502."""
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(close_at_once, "127.0.0.1", 0, ssl=server_ctx)
+    url = f"https://localhost:{server.sockets[0].getsockname()[1]}/"
+    async with native_client() as client:
+        client.pool._ssl = ssl.create_default_context(cafile=cert)
+        for _ in range(2):
+            with pytest.raises(Disconnected):
+                await post(client, url)
+        assert client.pool.busy == 0 and not any(client.pool.idle.values())
+    server.close()
+
+
 # -- a body released before its framing ended ----------------------------------------------------
 
 HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"

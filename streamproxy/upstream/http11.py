@@ -196,7 +196,9 @@ class _Connection(asyncio.Protocol):
         self.parser = None
         self._set_busy(False)
         transport = self.transport
-        if transport is None:
+        if transport is None or transport.is_closing():
+            # Closed already (by us, or the peer: connection_lost). A TLS transport closed
+            # twice drops its protocol, and then its get_write_buffer_size() raises.
             return
         if transport.get_write_buffer_size():
             # A request still being written (an upstream that stopped reading its body):
