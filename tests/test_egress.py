@@ -102,9 +102,11 @@ class ForwardProxy:
     answered `connect_status` and (on 200) spliced to it; any other request is passed on as
     it came (absolute-form). Every request head it receives is kept."""
 
-    def __init__(self, destination: tuple[str, int], connect_status: int = 200) -> None:
+    def __init__(self, destination: tuple[str, int], connect_status: int = 200,
+                 established: bytes = b"HTTP/1.1 200 Connection established\r\n\r\n") -> None:
         self.destination = destination
         self.connect_status = connect_status
+        self.established = established  # the answer to a CONNECT it carries out
         self.heads: list[bytes] = []
         self.port = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -136,7 +138,7 @@ class ForwardProxy:
                 return
             up_reader, up_writer = await asyncio.open_connection(*self.destination)
             if connect:
-                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                writer.write(self.established)
             else:
                 up_writer.write(head)
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
@@ -233,6 +235,34 @@ async def test_https_upstream_through_a_connect_tunnel(proxy: Any, client_kind: 
     assert [r.headers["Host"] for r in fake.requests] == [HOST, HOST]
     assert all("Proxy-Authorization" not in r.headers for r in fake.requests)
     assert fake.requests[0].headers["x-api-key"] == "sk-ant-upstream"
+
+
+@pytest.mark.parametrize("established", [b"HTTP/1.1 200 Connection established\n\n",
+                                         b"HTTP/1.0 200 OK\r\nProxy-Agent: p\n\r\n"])
+async def test_a_tunnel_answered_with_bare_lf_lines_is_used(
+        proxy: Any, client_kind: str, certificate: tuple[Path, Path], monkeypatch: Any,
+        established: bytes) -> None:
+    """A proxy's CONNECT answer whose lines end with a bare LF: aiohttp's client takes it
+    (RFC 9112 2.2), the native one waited for CRLF CRLF until the connect timeout."""
+    cert, key = certificate
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    fake = FakeUpstream()
+    fake.body = STREAM
+    async with serve_fake(fake, tls) as port:
+        forward = ForwardProxy(("127.0.0.1", port), established=established)
+        await forward.start()
+        try:
+            client = await proxy(make_config(
+                {"up": {"type": "anthropic", "base_url": f"https://{HOST}", "api_key": "k",
+                        "default_model": "m", "timeouts": {"connect": 2}}}, default="up",
+                server={"upstream_proxy": {"url": f"http://127.0.0.1:{forward.port}"}}))
+            status, body = await _stream(client)
+            await client.close()
+        finally:
+            await forward.stop()
+    assert status == 200 and collect(sse_chunks(body)).done
 
 
 async def test_http_upstream_through_the_proxy_in_absolute_form(proxy: Any, client_kind: str,

@@ -43,6 +43,7 @@ from streamproxy.upstream.response_parser import (
     MalformedResponse,
     ResponseHead,
     ResponseParser,
+    find_head_end,
 )
 
 PAUSE_AT = 64 * 1024  # unread body bytes beyond which the socket stops being read
@@ -533,7 +534,8 @@ class _TunnelHandshake(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
-        if not self.answer.done() and (b"\r\n\r\n" in self._buf
+        # (its lines may end with a bare LF, as a response head's may: response_parser.py)
+        if not self.answer.done() and (find_head_end(self._buf)[0] >= 0
                                        or len(self._buf) > MAX_HEAD_BYTES):
             self.answer.set_result(self._buf)
 
@@ -551,10 +553,10 @@ async def _open_tunnel(loop: asyncio.AbstractEventLoop, conn: _Connection, proxy
                                                         proxy.host, proxy.port)
     try:
         answer = await handshake.answer
-        status_line = answer.split(b"\r\n", 1)[0]
+        status_line = answer.split(b"\n", 1)[0].rstrip(b"\r")
         parts = status_line.split(b" ", 2)
         status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-        if not answer.endswith(b"\r\n\r\n") or not 200 <= status < 300:
+        if find_head_end(answer)[1] != len(answer) or not 200 <= status < 300:
             reason = f"answered {status}" if status else "sent a malformed answer"
             raise ConnectFailed(f"the egress proxy {proxy.host}:{proxy.port} {reason} to "
                                 f"CONNECT {authority}")

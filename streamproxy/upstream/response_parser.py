@@ -340,15 +340,15 @@ def _refuse_transfer_codings(codings: list[str]) -> None:
             raise UnsupportedTransferCoding(f"unsupported Transfer-Encoding {name[:40]!r}")
 
 
-_BARE_LF_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
 
 
-def _bare_lf_head_end(buf: bytes) -> tuple[int, int]:
-    """Where a head whose lines end with a bare LF ends, and where what follows starts; -1
-    when it has not ended. RFC 9112 2.2 lets a recipient take a bare LF as a line's end, and
+def find_head_end(buf: bytes) -> tuple[int, int]:
+    """Where a head ends, its lines ended by CRLF or a bare LF, and where what follows starts;
+    -1 when it has not ended. RFC 9112 2.2 lets a recipient take a bare LF as a line's end, and
     aiohttp's client does: some small servers write them, and looking for CRLF CRLF alone
     such a head never ended — the answer was waited for until the first-token timeout."""
-    m = _BARE_LF_HEAD_END.search(buf)
+    m = _HEAD_END.search(buf)
     return (m.start(), m.end()) if m is not None else (-1, -1)
 
 
@@ -441,7 +441,7 @@ class ResponseParser:
             end = buf.find(b"\r\n\r\n")
             rest, bare_lf = end + 4, False
             if end < 0 or buf.find(b"\n\n", 0, end) >= 0:
-                end, rest = _bare_lf_head_end(buf)
+                end, rest = find_head_end(buf)
                 bare_lf = True
             if end < 0:
                 if len(buf) > MAX_HEAD_BYTES:
