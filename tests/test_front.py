@@ -302,6 +302,23 @@ async def test_errors_are_openai_shaped_and_keep_the_connection(lean: Any) -> No
     writer.close()
 
 
+@pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
+async def test_json_answers_are_typed_alike_on_both_fronts(proxy: Any, monkeypatch: Any,
+                                                           front_kind: str) -> None:
+    """The lean front typed its JSON answers `application/json; charset=utf-8`, aiohttp's
+    (the same route's, and every refusal the lean front hands it) `application/json`."""
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    client = await proxy(load_config(None))
+    reader, writer = await connect(client)
+    plain = orjson.dumps({**orjson.loads(BODY), "stream": False})
+    for body, status in ((plain, 200), (b"{not json", 400),
+                         (orjson.dumps({"messages": []}), 400)):
+        writer.write(chat_request(body))
+        got, headers, _ = await read_response(reader)
+        assert (got, headers["content-type"]) == (status, "application/json")
+    writer.close()
+
+
 async def test_an_error_answer_that_fails_is_logged_and_the_connection_closed(
         lean: Any, monkeypatch: Any, caplog: pytest.LogCaptureFixture) -> None:
     async def broken(self: front.LeanExchange, err: Any) -> None:

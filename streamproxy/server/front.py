@@ -68,6 +68,8 @@ _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # aiohttp's to handle (Content-Encoding: it decodes, and caps the decoded size at max_body_bytes)
 _REFUSED = frozenset({b"transfer-encoding", b"content-encoding", b"expect", b"upgrade"})
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+# aiohttp's for a JSON body given as bytes (its chat route's answers, every error's): no charset
+JSON_TYPE = "application/json"
 # Longer Content-Length values are aiohttp's: int() refuses over 4,300 digits (a ValueError in
 # data_received would drop the connection unanswered), and none this long fits the body limit
 # but a zero-padded one.
@@ -511,8 +513,7 @@ class LeanExchange:
     async def reply(self, body: bytes, *, status: int = 200,
                     headers: Mapping[str, str] | None = None, close: bool = False) -> None:
         self.close = self.close or close
-        head = await self._prepare(status, {"content-type": "application/json; charset=utf-8",
-                                            **(headers or {})})
+        head = await self._prepare(status, {"content-type": JSON_TYPE, **(headers or {})})
         self._conn.write(head + b"content-length: %d\r\n\r\n" % len(body) + body)
         self.finished = True
 

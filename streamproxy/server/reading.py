@@ -84,11 +84,12 @@ def request_timeout(part: str, seconds: float) -> ClientReadTimeout:
 def timeout_response(err: ClientReadTimeout) -> bytes:
     """The 408 as bytes, for a request no handler can answer (its head, or its body on the
     lean front, never complete), with the trace headers the error carries (a chat request's
-    body: those of its log line, `observe_rejection`)."""
+    body: those of its log line, `observe_rejection`), typed as aiohttp types its error
+    answers (an aiohttp route's body timeout is one)."""
     body = err.body()
     fields = "".join(f"{name}: {value}\r\n" for name, value in
                      (err.response_headers or {}).items()).encode()
-    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json; charset=utf-8\r\n"
+    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
             b"%bcontent-length: %d\r\ndate: %b\r\nconnection: close\r\n\r\n%b"
             % (fields, len(body), formatdate(usegmt=True).encode(), body))
 
