@@ -415,6 +415,33 @@ def test_a_close_in_any_connection_header_closes(first: bytes, last: bytes) -> N
         assert parsed is not None and parsed[2] is True
 
 
+@pytest.mark.parametrize("value, closes", [
+    (b"closed", False), (b"keep-alive, x-close", False), (b"close x", False), (b"close;", False),
+    (b"Close", True), (b"keep-alive,\tclose ", True), (b"x-close, close", True)])
+def test_only_a_close_token_closes(value: bytes, closes: bool) -> None:
+    """As aiohttp's parser reads a Connection list: a token that merely contains `close` is
+    another option (the lean front closed after `Connection: closed`, aiohttp kept it open)."""
+    head = front.CHAT_LINE + b"\r\nHost: t\r\nContent-Length: 2\r\nConnection: " + value
+    f = bare_front(128, 8190, 1000)
+    for parse in (f.parse_head, f.parse_head_exactly):
+        parsed = parse(head)
+        assert parsed is not None and parsed[2] is closes
+
+
+@pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
+async def test_a_connection_option_naming_close_keeps_the_connection(
+        proxy: Any, monkeypatch: Any, front_kind: str) -> None:
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    client = await proxy(load_config(None))
+    reader, writer = await connect(client)
+    writer.write(chat_request(extra=b"Connection: keep-alive, x-close-notify\r\n"))
+    status, headers, _ = await read_response(reader)
+    assert status == 200 and "connection" not in headers
+    writer.write(chat_request())
+    assert (await read_response(reader))[0] == 200
+    writer.close()
+
+
 async def serve_in_turn(reader: Any, writer: Any, count: int) -> None:
     """`count` keep-alive requests on one connection, each answered 200 before the next."""
     for _ in range(count):

@@ -76,6 +76,13 @@ JSON_TYPE = "application/json"
 _MAX_LENGTH_DIGITS = 18
 
 
+def _lists_close(tokens: str) -> bool:
+    """A lower-cased Connection value has the `close` option: one of its comma-separated
+    tokens, as aiohttp's parser reads it (`closed` or `x-close` is another option, after which
+    aiohttp keeps the connection)."""
+    return "close" in tokens and "close" in (t.strip(" \t") for t in tokens.split(","))
+
+
 FRONT_ENV = "STREAMPROXY_FRONT"
 FRONTS = ("lean", "aiohttp")
 
@@ -177,7 +184,7 @@ class Front:
             tokens = value.lower()
             if "upgrade" in tokens:
                 return None
-            close = close or "close" in tokens  # (a list: one close token is enough)
+            close = close or _lists_close(tokens)  # (a list: one close token is enough)
         return headers, length, close
 
     def parse_head_exactly(self, head: bytes) -> tuple[CIMultiDict[str], int, bool] | None:
@@ -212,7 +219,7 @@ class Front:
                 tokens = text.lower()
                 if "upgrade" in tokens:
                     return None
-                close = close or "close" in tokens  # (a list: one close token is enough)
+                close = close or _lists_close(tokens)  # (a list: one close token is enough)
             elif lower == b"host":
                 hosts += 1
             elif lower in _REFUSED:
