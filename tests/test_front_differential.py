@@ -1,0 +1,167 @@
+"""The two fronts, compared: the same raw requests, byte for byte, to the lean front and to
+aiohttp's, and what a client can see of the answers (status, the headers that matter, the body or
+the SSE frames, whether the connection stays open) must be the same. The lean front serves only
+the chat requests it fully understands and hands every other to aiohttp, so most of these pass
+through it to aiohttp; the point is that neither path shows.
+
+Not compared: `Server` (aiohttp names itself, the lean front does not), `Date`, and the
+`Content-Length` value (the bodies are). Ids, `created` and the trace id a request did not name
+are random: compared by shape."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import re
+from typing import Any
+
+import orjson
+import pytest
+
+from streamproxy.config import load_config, parse_config
+from streamproxy.server import front
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+STREAM = orjson.dumps({"model": "mock/tokens=2", "stream": True, "messages": MESSAGES})
+PLAIN = orjson.dumps({"model": "mock/tokens=2", "messages": MESSAGES})
+JSON = b"Content-Type: application/json"
+SIGNIFICANT = ("content-type", "transfer-encoding", "connection", "allow", "www-authenticate",
+               "retry-after", "retry-after-ms", "cache-control", "x-request-id")
+PROBE = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"  # sent after the answers: still open?
+RANDOM = re.compile(rb"[0-9a-f]{16,}|(?<=\"created\":)\d+")
+
+
+def request(*headers: bytes, method: bytes = b"POST", path: bytes = b"/v1/chat/completions",
+            body: bytes | None = PLAIN, version: bytes = b"1.1") -> bytes:
+    """A request with a Host, `headers` and a Content-Length for `body` (none when it is None
+    or `headers` frame it otherwise)."""
+    fields = b"".join(h + b"\r\n" for h in (b"Host: t", *headers))
+    if body is not None and not any(h.lower().startswith((b"transfer-encoding",
+                                                          b"content-length")) for h in headers):
+        fields += b"Content-Length: %d\r\n" % len(body)
+    return b"%b %b HTTP/%b\r\n%b\r\n%b" % (method, path, version, fields, body or b"")
+
+
+def get(path: bytes, *headers: bytes, method: bytes = b"GET") -> bytes:
+    return request(*headers, method=method, path=path, body=None)
+
+
+def chunked(body: bytes) -> bytes:
+    return b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)
+
+
+# name: (the bytes sent at once, how many answers they get)
+CASES: dict[str, tuple[bytes, int]] = {
+    "stream": (request(JSON, body=STREAM), 1),
+    "plain": (request(JSON), 1),
+    "bad json": (request(JSON, body=b"{nope"), 1),
+    "invalid request": (request(JSON, body=b"{}"), 1),
+    "no content-type": (request(), 1),
+    "text/plain": (request(b"Content-Type: text/plain"), 1),
+    "405": (request(JSON, method=b"PUT"), 1),
+    "404": (get(b"/v1/nope"), 1),
+    "HEAD": (get(b"/v1/chat/completions", method=b"HEAD"), 1),
+    "OPTIONS": (get(b"/v1/chat/completions", b"Origin: http://a", method=b"OPTIONS"), 1),
+    "trailing slash": (request(JSON, path=b"/v1/chat/completions/"), 1),
+    "query string": (request(JSON, path=b"/v1/chat/completions?x=1"), 1),
+    "percent-encoded": (request(JSON, path=b"/v1/chat/%63ompletions"), 1),
+    "HTTP/1.0 stream": (request(JSON, body=STREAM, version=b"1.0"), 1),
+    "HTTP/1.0 keep-alive": (request(JSON, b"Connection: keep-alive", version=b"1.0"), 1),
+    "Connection: close": (request(JSON, b"Connection: close", body=STREAM), 1),
+    "Connection: closed": (request(JSON, b"Connection: closed"), 1),
+    "keep-alive after a stream": (request(JSON, body=STREAM) * 2, 2),
+    "pipelined": (request(JSON, body=STREAM) + request(JSON, body=b"{") + get(b"/v1/models")
+                  + request(JSON), 4),
+    "chunked body": (request(JSON, b"Transfer-Encoding: chunked", body=chunked(PLAIN)), 1),
+    "gzip body": (request(JSON, b"Content-Encoding: gzip", body=gzip.compress(PLAIN)), 1),
+    "100-continue": (request(JSON, b"Expect: 100-continue"), 2),
+    "431": (request(JSON, b"X-Big: " + b"a" * 9000), 1),
+    "no Host": (request(JSON).replace(b"Host: t\r\n", b""), 1),
+    "trace id": (request(JSON, b"x-portkey-trace-id: t-1", body=STREAM), 1),
+    "/v1/models": (get(b"/v1/models"), 1),
+    "/healthz": (get(b"/healthz"), 1),
+    "/metrics HEAD": (get(b"/metrics", method=b"HEAD"), 1),
+    "stored list": (get(b"/v1/chat/completions"), 1),
+}
+AUTH = {"keys": [{"name": "a", "key": "k-a"},
+                 {"name": "r", "key": "k-r", "rate_limit": {"requests_per_minute": 1,
+                                                            "burst": 1}}]}
+AUTH_CASES: dict[str, tuple[bytes, int]] = {
+    "401": (request(JSON, body=STREAM), 1),
+    "401 invalid": (request(JSON, b"Authorization: Bearer nope"), 1),
+    "authorized": (request(JSON, b"Authorization: Bearer k-a", body=STREAM), 1),
+    "429": (request(JSON, b"x-portkey-api-key: k-r") * 2, 2),
+    "405 without a key": (request(JSON, method=b"PUT"), 1),
+}
+
+
+async def read_answer(reader: asyncio.StreamReader, head_only: bool) -> tuple[Any, ...]:
+    """One answer as a client sees it: status, significant headers (random ids by shape),
+    the body de-chunked."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lines = head[:-4].decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = sorted((name.strip().lower(), value.strip()) for name, value in
+                     (line.split(":", 1) for line in lines[1:]))
+    fields = dict(headers)
+    if status == 100 or head_only:
+        body = b""
+    elif fields.get("transfer-encoding") == "chunked":
+        body = b""
+        while size := int((await reader.readuntil(b"\r\n"))[:-2], 16):
+            body += (await reader.readexactly(size + 2))[:-2]
+        await reader.readexactly(2)
+    else:
+        body = await reader.readexactly(int(fields.get("content-length", 0)))
+    kept = [(name, RANDOM.sub(b"~", value.encode()))
+            for name, value in headers if name in SIGNIFICANT or name.startswith("x-portkey")]
+    return status, kept, RANDOM.sub(b"~", body)
+
+
+async def answers(client: Any, sent: bytes, count: int, head_only: bool) -> list[Any]:
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(sent)
+    got: list[Any] = []
+    for _ in range(count):
+        got.append(await read_answer(reader, head_only))
+    try:  # open still: the probe is answered; closed: nothing more comes
+        writer.write(PROBE)
+        got.append((await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)).split()[1])
+    except (ConnectionError, asyncio.IncompleteReadError):
+        got.append("closed")
+    writer.close()
+    return got
+
+
+async def both_fronts(proxy: Any, monkeypatch: Any, config: Any) -> list[Any]:
+    clients = []
+    for kind in front.FRONTS:
+        monkeypatch.setenv(front.FRONT_ENV, kind)
+        clients.append(await proxy(config))
+    return clients
+
+
+async def compare(clients: list[Any], cases: dict[str, tuple[bytes, int]]) -> None:
+    for name, (sent, count) in cases.items():
+        head_only = sent.startswith(b"HEAD ")
+        lean, aiohttp = [await answers(c, sent, count, head_only) for c in clients]
+        assert lean == aiohttp, name
+
+
+async def test_the_fronts_answer_alike(proxy: Any, monkeypatch: Any) -> None:
+    await compare(await both_fronts(proxy, monkeypatch, load_config(None)), CASES)
+
+
+async def test_the_fronts_authenticate_alike(proxy: Any, monkeypatch: Any) -> None:
+    config = parse_config({"auth": AUTH, "default_provider": "mock",
+                           "providers": {"mock": {"type": "mock"}}}, "<test>")
+    await compare(await both_fronts(proxy, monkeypatch, config), AUTH_CASES)
+
+
+@pytest.mark.parametrize("name", ["plain", "bad json", "Connection: closed"])
+def test_the_cases_are_served_by_the_lean_front_itself(name: str) -> None:
+    """The comparisons that matter most are of requests the lean front serves (not hands on)."""
+    f = front.Front.__new__(front.Front)
+    f.max_headers, f.max_field, f.max_body = 128, 8190, 1 << 20
+    sent = CASES[name][0]
+    assert f.parse_head(sent[:sent.index(b"\r\n\r\n")]) is not None
