@@ -123,6 +123,14 @@ def translate(**body: Any) -> dict[str, Any]:
     return to_anthropic({"messages": [{"role": "user", "content": "x"}], **body}, "claude-x")
 
 
+@pytest.mark.parametrize("choice", ["none", "auto", "required"])
+def test_no_tool_choice_is_sent_without_tools(choice: str) -> None:
+    # Nothing to choose from: Claude calls no tool without tools, so "none" holds; a
+    # tool_choice goes only beside the tools it refers to, as on Gemini and Converse.
+    assert "tool_choice" not in translate(tool_choice=choice)
+    assert "tool_choice" not in translate(tool_choice=choice, tools=[])
+
+
 def test_safety_identifier_is_the_end_user_id() -> None:
     # OpenAI's replacement for `user` as the end user's id for abuse detection.
     assert translate(safety_identifier="h-1")["metadata"] == {"user_id": "h-1"}

@@ -217,7 +217,9 @@ def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
         mapped = mapped or {"type": "auto"}
         if mapped["type"] != "none":
             mapped["disable_parallel_tool_use"] = True
-    if mapped is not None and (tools or mapped["type"] == "none"):
+    # Only beside the tools it chooses among, as on Gemini and Converse: without tools Claude
+    # calls none anyway ("none" holds), and a tool_choice alone risks Anthropic's 400.
+    if mapped is not None and tools:
         out["tool_choice"] = mapped
 
 
