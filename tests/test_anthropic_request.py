@@ -4,6 +4,7 @@ the non-streamed answer's translation back."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from typing import Any
 
@@ -137,6 +138,15 @@ def test_safety_identifier_is_the_end_user_id() -> None:
     assert translate(safety_identifier="h-1", user="u-1")["metadata"] == {"user_id": "h-1"}
     assert translate(user="u-1")["metadata"] == {"user_id": "u-1"}
     assert "metadata" not in translate(prompt_cache_key="k")
+
+
+def test_an_end_user_id_too_long_for_anthropic_goes_as_its_hash() -> None:
+    # Anthropic takes 256 characters at most (OpenAI, any): a longer id goes as its
+    # SHA-256, one per user; a cut would merge users that share a prefix.
+    assert translate(user="u" * 256)["metadata"] == {"user_id": "u" * 256}
+    long_ids = ("u" * 300, "u" * 299 + "v")
+    sent = [translate(safety_identifier=i)["metadata"]["user_id"] for i in long_ids]
+    assert sent == [hashlib.sha256(i.encode()).hexdigest() for i in long_ids]
 
 
 def test_top_p_of_one_is_not_sent_beside_temperature() -> None:

@@ -30,13 +30,15 @@ Choices (README "Anthropic"):
   types are a 400 naming the type, and so is an OpenAI `file_id`;
 - a whitespace-only stop sequence is a 400 (Claude refuses one);
 - `top_p` 1 (no nucleus cut) is not sent: newer Claude models refuse it beside `temperature`;
-- `safety_identifier` (else `user`) → `metadata.user_id`, Anthropic's end-user id;
+- `safety_identifier` (else `user`) → `metadata.user_id`, Anthropic's end-user id (its
+  SHA-256 when longer than Anthropic takes);
 - parameters in DROPPED are dropped; `n` > 1 is rejected (one answer per request).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 from typing import Any
 
 import orjson
@@ -61,6 +63,7 @@ from streamproxy.openai_api.content import (
 from streamproxy.providers.anthropic.thinking import fit_thinking
 
 DEFAULT_MAX_TOKENS = 4096
+USER_ID_MAX = 256  # the longest metadata.user_id Anthropic documents
 # OpenAI parameters with no Anthropic equivalent: dropped, never forwarded.
 DROPPED = (OPENAI_ONLY - {"safety_identifier"}) | {"frequency_penalty", "presence_penalty", "seed"}
 # The image types Anthropic takes, by the names clients send (image/jpg is common).
@@ -138,8 +141,13 @@ def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
 def end_user_id(body: dict[str, Any]) -> Any:
     """The end user's opaque id for Anthropic's abuse detection (`metadata.user_id`): OpenAI's
     `safety_identifier`, which replaces `user` for that purpose (newer SDKs and frameworks send
-    it instead), else `user`."""
-    return body.get("safety_identifier") or body.get("user")
+    it instead), else `user`. One longer than Anthropic takes (a 400 past USER_ID_MAX, where
+    OpenAI takes any) goes as its SHA-256: still one id per user, and the opaque hash
+    Anthropic asks for, where a cut could merge two users."""
+    user_id = body.get("safety_identifier") or body.get("user")
+    if isinstance(user_id, str) and len(user_id) > USER_ID_MAX:
+        return hashlib.sha256(user_id.encode()).hexdigest()
+    return user_id
 
 
 def claude_stop_sequences(stop: str | list[str]) -> list[str]:
