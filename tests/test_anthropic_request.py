@@ -389,6 +389,28 @@ def test_effort_thinks_unless_a_tool_loop_came_back_without_its_thinking(
     assert out["max_tokens"] == (1024 + 4096 if thinks else 4096)
 
 
+SIGNED = {"type": "thinking", "thinking": "Hmm.", "signature": "sig"}
+
+
+@pytest.mark.parametrize("after", [[], [{"role": "user", "content": "Again?"}]])
+def test_thinking_that_ends_an_assistant_turn_is_left_out(after: list[Any]) -> None:
+    # A turn that only thought (cut off while thinking, its text blank): Claude refuses an
+    # assistant turn whose last block is thinking, as the last turn or in the middle.
+    messages = [{"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": " ", "thinking_blocks": [SIGNED]}, *after]
+    expected = [{"role": "user", "content": [{"type": "text", "text": "Hi"},
+                                             *[{"type": "text", "text": "Again?"}
+                                               for _ in after]]}]
+    assert to_anthropic({"messages": messages}, "claude-x")["messages"] == expected
+    converse = to_converse({"messages": messages}, "anthropic.claude-x")["messages"]
+    assert converse == [{"role": "user", "content": [{"text": "Hi"},
+                                                      *[{"text": "Again?"} for _ in after]]}]
+    # Thinking before the turn's text or tool calls stays, as Claude wants it.
+    messages[1]["content"] = "Hello."
+    sent = to_anthropic({"messages": messages}, "claude-x")["messages"][1]["content"]
+    assert [block["type"] for block in sent] == ["thinking", "text"]
+
+
 def test_a_native_thinking_object_is_kept_in_a_loop_without_thinking() -> None:
     thinking = {"type": "enabled", "budget_tokens": 2048}
     out = to_anthropic({"messages": loop({"content": None}), "thinking": thinking}, "claude-x")

@@ -18,7 +18,8 @@ Choices (README "Anthropic"):
   → a system instruction to answer with one JSON object;
 - assistant `thinking_blocks` (as we stream them; or Portkey's `content_blocks` or thinking
   parts in `content`, see `signed_thinking`) are sent back as thinking blocks; one without
-  its signature (or a redacted one without data) is left out, as Anthropic refuses it;
+  its signature (or a redacted one without data) is left out, as Anthropic refuses it, and
+  so is thinking that ends an assistant turn (`drop_trailing_thinking`);
 - a function's `strict: true` → the tool's `strict` (Anthropic's strict tool use), its
   parameters in the subset Claude takes there too (`claude_schema`);
 - a content part's or a tool's `cache_control` (prompt caching, as Portkey passes it) is kept
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -97,6 +99,7 @@ def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
                              param="n", code="unsupported_value")
     logprobs_asked(body)  # dropped, but a request OpenAI refuses is refused here too
     system, messages = _messages(body["messages"])
+    messages = drop_trailing_thinking(messages, _is_thinking)
     if not messages:
         messages = [{"role": "user", "content": [{"type": "text", "text": PLACEHOLDER_USER_TEXT}]}]
     trim_prefill(messages[-1])
@@ -277,6 +280,33 @@ def _messages(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
         else:
             out.append({"role": role_out, "content": blocks})
     return system, out
+
+
+def drop_trailing_thinking(messages: list[dict[str, Any]],
+                           is_thinking: Callable[[dict[str, Any]], bool]
+                           ) -> list[dict[str, Any]]:
+    """`messages` without thinking at the end of an assistant turn, which Claude refuses ("The
+    final block in an assistant message cannot be `thinking`"; on Bedrock too) and clients
+    send back for a turn that only thought (cut off while thinking, or its text blank). That
+    thinking led to nothing the history keeps: it is dropped, and a turn left empty with it;
+    the turns around one merge, as consecutive turns of a role do."""
+    kept: list[dict[str, Any]] = []
+    for message in messages:
+        blocks = message["content"]
+        if message["role"] == "assistant":
+            while blocks and is_thinking(blocks[-1]):
+                blocks.pop()
+            if not blocks:
+                continue
+        if kept and kept[-1]["role"] == message["role"]:
+            kept[-1]["content"].extend(blocks)
+        else:
+            kept.append(message)
+    return kept
+
+
+def _is_thinking(block: dict[str, Any]) -> bool:
+    return block.get("type") in THINKING_TYPES
 
 
 def trim_prefill(last: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ Choices (docs/providers/bedrock.md):
   dropped for other models;
 - assistant `thinking_blocks` (as we stream them; or Portkey's forms, see `signed_thinking`)
   go back as `reasoningContent` blocks; one without its signature (or a redacted one without
-  data) is left out;
+  data) is left out, and so is reasoning that ends an assistant turn (as on Anthropic);
 - a content part's or a tool's `cache_control` (Anthropic's prompt-caching breakpoint, as
   Portkey passes it) → a `cachePoint` block after the block made from it (after the tool's
   spec; after the whole `toolResult`, whose content cannot hold one); a message's own
@@ -85,6 +85,7 @@ from streamproxy.openai_api.content import (
 from streamproxy.providers.anthropic.request import (
     claude_schema,
     claude_stop_sequences,
+    drop_trailing_thinking,
     trim_prefill,
 )
 from streamproxy.providers.anthropic.thinking import fit_thinking
@@ -170,6 +171,7 @@ def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "aut
                              param="n", code="unsupported_value")
     logprobs_asked(body)  # dropped, but a request OpenAI refuses is refused here too
     system, messages, tool_names = _messages(body["messages"])
+    messages = drop_trailing_thinking(messages, _is_reasoning)
     if not messages or messages[0]["role"] != "user":  # Converse starts with a user turn
         messages.insert(0, {"role": "user", "content": [{"text": PLACEHOLDER_USER_TEXT}]})
     for message in messages:
@@ -516,6 +518,10 @@ def _assistant_blocks(m: dict[str, Any], i: int, tool_names: list[str]) -> list[
         blocks.append({"toolUse": {"toolUseId": call_id,
                                    "name": fn["name"], "input": parsed}})
     return blocks
+
+
+def _is_reasoning(block: dict[str, Any]) -> bool:
+    return "reasoningContent" in block
 
 
 def _tool_result(m: dict[str, Any], i: int) -> list[dict[str, Any]]:
