@@ -99,17 +99,22 @@ def file_data(file: dict[str, Any], where: str, provider: str) -> Any:
     return file.get("file_data")
 
 
-def tool_call_input(arguments: Any, i: int, j: int) -> dict[str, Any]:
+# The key under which a tool call's `arguments` that are not JSON (a call cut off at
+# max_tokens, a model's malformed output) go to providers that take an object: OpenAI takes
+# any string there, so such a history is answered, and the model still reads what it wrote.
+RAW_ARGUMENTS = "raw_arguments"
+
+
+def tool_call_input(arguments: Any) -> dict[str, Any]:
     """An assistant tool call's `arguments` (a JSON string; "" means no arguments) → the
-    object providers take as input. A non-object JSON value is wrapped as {"value": …}."""
+    object providers take as input. A non-object JSON value is wrapped as {"value": …}, text
+    that is not JSON as {RAW_ARGUMENTS: text}."""
     if not arguments:
         return {}
     try:
         parsed = orjson.loads(arguments) if isinstance(arguments, str) else arguments
     except orjson.JSONDecodeError:
-        raise InvalidRequest("Tool call arguments must be a JSON object string.",
-                             param=f"messages[{i}].tool_calls[{j}].function.arguments",
-                             code="invalid_value") from None
+        return {RAW_ARGUMENTS: arguments}
     return parsed if isinstance(parsed, dict) else {"value": parsed}
 
 

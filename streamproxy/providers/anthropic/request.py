@@ -411,7 +411,7 @@ def _assistant_blocks(m: dict[str, Any], i: int) -> list[dict[str, Any]]:
         fn = call["function"]
         call_id = tool_use_id(call.get("id") or f"toolu_{i}_{j}")
         blocks.append({"type": "tool_use", "id": call_id, "name": fn["name"],
-                       "input": tool_call_input(fn.get("arguments"), i, j)})
+                       "input": tool_call_input(fn.get("arguments"))})
     return blocks
 
 

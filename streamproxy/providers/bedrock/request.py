@@ -512,7 +512,7 @@ def _assistant_blocks(m: dict[str, Any], i: int, tool_names: list[str]) -> list[
     blocks.extend(_text_blocks(m.get("content"), f"messages[{i}].content"))
     for j, call in enumerate(m.get("tool_calls") or []):
         fn = call["function"]
-        parsed = tool_call_input(fn.get("arguments"), i, j)
+        parsed = tool_call_input(fn.get("arguments"))
         tool_names.append(fn["name"])
         call_id = tool_use_id(call.get("id") or f"tooluse_{i}_{j}")
         blocks.append({"toolUse": {"toolUseId": call_id,

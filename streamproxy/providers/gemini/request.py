@@ -336,7 +336,7 @@ def _model_parts(m: dict[str, Any], i: int,
         if call_id:
             calls[call_id] = calls[base_id] = (fn["name"], upstream_id, j)
         function_call: dict[str, Any] = {"name": fn["name"],
-                                         "args": tool_call_input(fn.get("arguments"), i, j)}
+                                         "args": tool_call_input(fn.get("arguments"))}
         if upstream_id:
             function_call["id"] = upstream_id
         part: dict[str, Any] = {"functionCall": function_call}

@@ -148,7 +148,7 @@ def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 fn = call["function"]
                 asked[call.get("id") or ""] = (fn["name"], j)
                 # An object, which Ollama requires (a non-object JSON value is wrapped).
-                arguments = tool_call_input(fn.get("arguments"), i, j)
+                arguments = tool_call_input(fn.get("arguments"))
                 calls.append({"function": {"name": fn["name"], "arguments": arguments}})
             if calls:
                 msg["tool_calls"] = calls
