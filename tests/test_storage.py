@@ -5,6 +5,7 @@ retrieve, update metadata, delete, list messages — scoped by proxy key — and
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import openai
 import orjson
 import pytest
+from multidict import CIMultiDict
 
 from streamproxy.cache import entry as cached
 from streamproxy.config import ConfigError
@@ -22,7 +24,7 @@ from streamproxy.providers.mock.server import mock_text
 from streamproxy.record import RequestRecord
 from streamproxy.storage.base import ListQuery, StoredCompletion
 from streamproxy.storage.config import StorageConfig, parse_storage_config
-from streamproxy.storage.service import StoredCompletions, StoreTicket
+from streamproxy.storage.service import StoredCompletions, StoreTicket, credential_owner
 from streamproxy.storage.sqlite import SQLiteStore
 from tests.helpers import fixture_bytes, jsonl_to_sse, make_config, openai_sdk
 
@@ -414,13 +416,19 @@ def test_consuming_store_leaves_the_clients_bytes_unencoded() -> None:
         raw = orjson.dumps({"model": "m", "messages": USER, **extra})
         req = parse_chat_request(raw)
         record = RequestRecord("t")
-        service.before_upstream({}, req, record)  # type: ignore[arg-type]
+        service.before_upstream(_Request(), req, record)  # type: ignore[arg-type]
         assert req.raw is raw and req.stripped
         assert "store" not in req.body and "metadata" not in req.body
         assert record.capture is extra["store"]
         if record.capture:  # the stored request keeps the metadata; only `store` goes
             assert record.pending == {"store": StoreTicket(
                 "", {"model": "m", "messages": USER, "metadata": {"k": "v"}}, {"k": "v"})}
+
+
+class _Request(dict[Any, Any]):
+    """A request without credentials (auth off): the anonymous owner, ""."""
+
+    headers: dict[str, str] = {}
 
 
 class _NoStore:
@@ -630,3 +638,102 @@ async def test_a_streamed_pass_through_answer_without_ids_gets_ours(
     assert got.choices[0].message.content == "Hi you" and got.usage.total_tokens == 4
     stream = await api.chat.completions.create(model="gpt", messages=USER, stream=True)
     assert {c.id async for c in stream} == {None}  # not captured: forwarded as it came
+
+
+async def test_without_auth_each_client_key_sees_only_its_own(proxy: Any, tmp_path: Path,
+                                                               access_log: Any) -> None:
+    # Clients that bring their own provider key (a sidecar, a shared gateway without
+    # `auth:`) are scoped by it, as OpenAI scopes stored completions by key.
+    client = await proxy(config(tmp_path))
+    a, a_again, b = (openai_sdk(client, "sk-client-a"), openai_sdk(client, "sk-client-a"),
+                     openai_sdk(client, "sk-client-b"))
+    cid, _ = await stream_text(a, model="mock/fast:tokens=2", messages=USER, store=True)
+    theirs = await b.chat.completions.create(model="mock/fast:tokens=2", messages=USER,
+                                             store=True)
+    await stored(a, cid)
+    await stored(b, theirs.id)
+    assert [x.id for x in (await a_again.chat.completions.list()).data] == [cid]
+    assert [x.id for x in (await b.chat.completions.list()).data] == [theirs.id]
+    for call in (b.chat.completions.retrieve(cid), b.chat.completions.delete(cid),
+                 b.chat.completions.update(cid, metadata={"x": "y"}),
+                 b.chat.completions.messages.list(cid)):
+        with pytest.raises(openai.NotFoundError):
+            await call
+    assert (await a_again.chat.completions.retrieve(cid)).metadata == {}
+    assert [m.id for m in (await a.chat.completions.messages.list(cid)).data] == [
+        f"{cid}-0", f"{cid}-1"]
+    # A request with no credential at all has its own scope: it sees neither.
+    resp = await client.get("/v1/chat/completions")
+    assert resp.status == 200 and (await resp.json())["data"] == []
+    assert (await client.get(f"/v1/chat/completions/{cid}")).status == 404
+    # The same key by another header (x-api-key) is the same client.
+    resp = await client.get(f"/v1/chat/completions/{cid}", headers={"x-api-key": "sk-client-a"})
+    assert resp.status == 200
+    # Neither the key nor its hash shows in the access log or the metrics; the database
+    # holds the hash only.
+    owner = credential_owner({"authorization": "Bearer sk-client-a"})
+    seen = orjson.dumps(access_log()).decode() + await (await client.get("/metrics")).text()
+    assert "sk-client" not in seen and owner[4:] not in seen
+    database = b"".join(f.read_bytes() for f in tmp_path.glob("store.sqlite3*"))
+    assert owner.encode() in database and b"sk-client" not in database
+    assert (await a.chat.completions.delete(cid)).deleted
+    assert (await b.chat.completions.retrieve(theirs.id)).id == theirs.id
+
+
+async def test_portkey_sdk_clients_without_a_provider_key_are_scoped_by_their_api_key(
+        proxy: Any, tmp_path: Path) -> None:
+    # The portkey-ai SDK sends its `api_key` as x-portkey-api-key and, with no provider key
+    # given, the same placeholder Bearer for everyone.
+    client = await proxy(config(tmp_path))
+    headers = [{"authorization": "Bearer OPENAI_API_KEY", "x-portkey-api-key": key}
+               for key in ("pk-a", "pk-b")]
+    resp = await client.post("/v1/chat/completions", headers=headers[0], json={
+        "model": "mock/fast:tokens=2", "messages": USER, "store": True})
+    cid = (await resp.json())["id"]
+    await stored(openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x",
+                                    default_headers=headers[0], max_retries=0), cid)
+    assert (await client.get(f"/v1/chat/completions/{cid}", headers=headers[1])).status == 404
+    assert (await client.get(f"/v1/chat/completions/{cid}", headers=headers[0])).status == 200
+
+
+def test_a_stored_completions_owner_is_a_hash_of_the_clients_credentials() -> None:
+    key = "sk-proj-abcdef0123456789"
+    owner = credential_owner({"authorization": f"Bearer {key}"})
+    assert owner.startswith("key:") and key not in owner and key[3:] not in owner
+    assert owner[4:] != hashlib.sha256(key.encode()).hexdigest()  # not auth's digest of it
+    assert credential_owner(CIMultiDict({"Authorization": f"bearer {key} "})) == owner
+    assert credential_owner({"x-api-key": key}) == owner == credential_owner({"api-key": key})
+    assert credential_owner({"authorization": "Bearer sk-other"}) != owner
+    assert credential_owner({"authorization": f"Bearer {key}",
+                             "x-portkey-api-key": "pk"}) not in ("", owner)
+    assert credential_owner({"x-portkey-api-key": "pk"}) not in ("", owner)
+    assert credential_owner({}) == "" == credential_owner({"authorization": "Basic abc"})
+
+
+async def test_rows_stored_before_keep_their_scope(proxy: Any, tmp_path: Path) -> None:
+    # Stored before owners were hashed: without auth, owner "" — the scope every client
+    # shared, now the anonymous one; with auth, the key's name, as now.
+    path = tmp_path / "store.sqlite3"
+    store = SQLiteStore(str(path))
+    store.add(_item("chatcmpl-shared"))
+    store.add(_item("chatcmpl-team", "team-a"))
+    await store.close()
+    client = await proxy(config(tmp_path))
+    assert (await client.get("/v1/chat/completions/chatcmpl-shared")).status == 200
+    keyed = {"authorization": "Bearer sk-client"}
+    assert (await client.get("/v1/chat/completions/chatcmpl-shared", headers=keyed)).status == 404
+    authed = await proxy(config(tmp_path, auth={"keys": [{"name": "team-a", "key": "ka"}]}))
+    resp = await authed.get("/v1/chat/completions", headers={"authorization": "Bearer ka"})
+    assert [x["id"] for x in (await resp.json())["data"]] == ["chatcmpl-team"]
+
+
+async def test_with_auth_the_proxy_key_is_the_scope_whatever_provider_key_comes_with_it(
+        proxy: Any, tmp_path: Path) -> None:
+    client = await proxy(config(tmp_path, auth={"keys": [{"name": "team-a", "key": "ka"}]}))
+    first = {"x-portkey-api-key": "ka", "authorization": "Bearer sk-one"}
+    resp = await client.post("/v1/chat/completions", headers=first, json={
+        "model": "mock/fast:tokens=2", "messages": USER, "store": True})
+    cid = (await resp.json())["id"]
+    await stored(openai_sdk(client, "ka"), cid)
+    other = {"x-portkey-api-key": "ka", "authorization": "Bearer sk-two"}
+    assert (await client.get(f"/v1/chat/completions/{cid}", headers=other)).status == 200

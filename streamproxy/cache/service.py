@@ -39,7 +39,7 @@ from streamproxy.routing.executor import new_completion_id
 from streamproxy.routing.planner import Attempt
 from streamproxy.routing.target import Target
 from streamproxy.server.exchange import Exchange, HasHeaders
-from streamproxy.storage.service import owner_of
+from streamproxy.storage.service import proxy_key_name
 
 log = logging.getLogger("streamproxy.cache")
 
@@ -220,7 +220,7 @@ def _note(request: Exchange, record: RequestRecord, status: str) -> None:
 
 
 def _namespace(request: Exchange) -> str:
-    return owner_of(request) + "\n" + request.headers.get(NAMESPACE_HEADER, "")
+    return proxy_key_name(request) + "\n" + request.headers.get(NAMESPACE_HEADER, "")
 
 
 def _key(namespace: str, req: ChatRequest, target: Target) -> str:

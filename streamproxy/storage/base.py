@@ -1,8 +1,9 @@
 """The storage interface: what a stored completion is, and what a backend must do.
 
-Every read and write is scoped by `owner` — the proxy auth key's name, or "" when auth is off —
-so one key never sees another's completions. `add` is fire-and-forget (called from an observer
-after the request ended, never awaited on a request's path); backends batch these writes.
+Every read and write is scoped by `owner` — the proxy auth key's name, or with auth off a hash
+of the client's credentials ("" when it sent none; service.owner_of) — so one key never sees
+another's completions. `add` is fire-and-forget (called from an observer after the request
+ended, never awaited on a request's path); backends batch these writes.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ stored at all.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -23,6 +24,8 @@ from aiohttp import web
 from streamproxy.errors import InvalidRequest, NotFound
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.record import RequestRecord
+from streamproxy.routing.router import client_key
+from streamproxy.server.auth import PROXY_KEY_HEADER
 from streamproxy.server.observing import AUTH_KEY
 from streamproxy.storage.base import CompletionStore, StoredCompletion
 from streamproxy.storage.config import StorageConfig
@@ -42,15 +45,40 @@ if TYPE_CHECKING:
     from streamproxy.server.exchange import Exchange
 
 log = logging.getLogger("streamproxy.storage")
+# Hashed with the credentials: an owner is no other digest of a key (auth's, the cache's).
+_OWNER_DOMAIN = "streamproxy stored-completions owner v1"
 
 
-def owner_of(request: Mapping[str, Any]) -> str:
+def proxy_key_name(request: Mapping[str, Any]) -> str:
     """The name of the proxy key that authenticated the request (server/auth.py), "" when
-    auth is off: the scope of every stored completion and cache entry."""
+    auth is off: the cache's namespace (its key also holds the provider key it is sent with)."""
     key = request.get(AUTH_KEY)
     if key is not None:
         return key.name
     return request.get("auth_key_name") or ""
+
+
+def owner_of(request: Exchange | web.Request) -> str:
+    """Whose stored completions a request writes and reads. With auth on, the proxy key's
+    name. With auth off, the credentials the client brought — OpenAI scopes stored
+    completions by key, and clients with their own provider keys must not read each other's
+    prompts: see `credential_owner`."""
+    name = proxy_key_name(request)
+    return name if name else credential_owner(request.headers)
+
+
+def credential_owner(headers: Mapping[str, str]) -> str:
+    """A hash of the client's provider key (as routing reads it: `Authorization: Bearer`,
+    `x-api-key`, `api-key`) and its `x-portkey-api-key` (the portkey-ai SDK's `api_key`, sent
+    with a placeholder Bearer when the client gives no provider key) — the key itself is never
+    kept. "" (the anonymous scope, the one all clients shared before) when it sent neither."""
+    provider_key = client_key(headers)
+    portkey_key = (headers.get(PROXY_KEY_HEADER) or "").strip()
+    if provider_key is None and not portkey_key:
+        return ""
+    # (NUL cannot occur in a header value: the separator keeps the two apart)
+    material = f"{_OWNER_DOMAIN}\0{provider_key or ''}\0{portkey_key}"
+    return "key:" + hashlib.sha256(material.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 @dataclass(slots=True)
