@@ -1375,6 +1375,41 @@ async def test_sts_is_reached_through_the_upstream_proxy(
     assert verify_sigv4(upstream.requests[0], "role-secret", "us-west-2")["akid"] == "AKIDROLE"
 
 
+async def test_an_assumed_roles_credentials_stay_out_of_the_debug_log(
+        caplog: pytest.LogCaptureFixture, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """At debug level botocore logged its STS call's signed request and STS's answer, which is
+    the new secret key and session token."""
+    hermetic_aws_env(monkeypatch)
+    aws_config = tmp_path / "aws-config"
+    aws_config.write_text("[profile dev]\nrole_arn = arn:aws:iam::123456789012:role/r\n"
+                          "source_profile = base\nregion = us-west-2\n[profile base]\n"
+                          "aws_access_key_id = AKIDBASE\naws_secret_access_key = base\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(aws_config))
+
+    async def assume_role(request: web.Request) -> web.Response:
+        return web.Response(body=ASSUMED_ROLE, content_type="text/xml")
+
+    sts = web.Application()
+    sts.router.add_post("/", assume_role)
+    runner = web.AppRunner(sts)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", f"http://127.0.0.1:{runner.addresses[0][1]}")
+    caplog.set_level(logging.DEBUG)
+    provider = BedrockProvider(bedrock_config("https://h", aws_access_key_id=None,
+                                              aws_secret_access_key=None, profile="dev")
+                               .providers["aws"])
+    try:
+        await provider.auth.load_off_loop()
+    finally:
+        await runner.cleanup()
+    assert provider.auth._credentials.get_frozen_credentials().token == "role-token"
+    assert "AssumeRole" in caplog.text  # botocore's other debug lines are kept
+    for secret in ("role-secret", "role-token", "Signature="):
+        assert secret not in caplog.text
+
+
 def test_secrets_stay_out_of_logs_reprs_and_errors(caplog: pytest.LogCaptureFixture,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     caplog.set_level(logging.DEBUG)

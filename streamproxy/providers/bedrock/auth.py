@@ -51,9 +51,13 @@ _RETRY_CHAIN_AFTER = 60.0  # seconds before looking for credentials again after 
 # first-token timeout, 600 s by default, before a fallback could run.
 LOOKUP_DEADLINE = 30.0
 
-# botocore logs the canonical request at DEBUG, and with temporary credentials that includes
-# the session token: keep it out of our logs even when the proxy runs at debug level.
-logging.getLogger("botocore.auth").setLevel(logging.INFO)
+# botocore logs at DEBUG what carries credentials: the canonical request (`auth`: the session
+# token), and for its own calls (STS for a role or web identity, SSO) each request with its
+# signed headers and body (`endpoint`: a web identity token, an SSO access token) and each
+# answer's body (`parsers`: the new secret key and session token). Keep them out of our logs
+# even when the proxy runs at debug level.
+for _name in ("botocore.auth", "botocore.endpoint", "botocore.parsers"):
+    logging.getLogger(_name).setLevel(logging.INFO)
 
 
 def check_options(options: dict[str, Any], source: str, where: str) -> None:
