@@ -357,6 +357,49 @@ async def test_a_refused_refresh_is_a_502_that_quotes_no_secret(
     assert not upstream.requests
 
 
+@pytest.mark.parametrize(("status", "answer", "logged"), [
+    # A 200 google-auth cannot use (no access token): it attaches the whole answer.
+    (200, {"id_token": "eyJ.ID-TOKEN-SECRET", "token_type": "Bearer"},
+     "No access token in response."),
+    # A refusal without an OAuth `error`: the whole answer becomes google-auth's message.
+    (400, {"message": "bad grant", "assertion": "eyJ.ASSERTION-SECRET"},
+     "an answer without an OAuth error code"),
+])
+async def test_a_failed_refresh_logs_no_part_of_the_token_endpoints_answer(
+        token_endpoint: TokenEndpoint, key_file: str, caplog: pytest.LogCaptureFixture,
+        status: int, answer: dict[str, Any], logged: str) -> None:
+    token_endpoint.status, token_endpoint.answer = status, answer
+    with pytest.raises(TokenUnavailable, match=r"Google refused to refresh the credentials$"):
+        await GoogleToken(key_file, 300, provider="v").get()
+    assert logged in caplog.text
+    assert "SECRET" not in caplog.text
+
+
+async def test_an_impersonation_answer_google_auth_cannot_read_is_not_logged(
+        aiohttp_server: Any, token_endpoint: TokenEndpoint, key_file: str, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """IAM's token for the impersonated account, with an expiry google-auth does not parse
+    (fractional seconds): google-auth attaches the raw answer, access token and all."""
+    async def generate(request: web.Request) -> web.Response:
+        return web.json_response({"accessToken": "ya29.IMPERSONATED-SECRET",
+                                  "expireTime": "2099-01-01T00:00:00.5Z"})
+
+    iam = web.Application()
+    iam.router.add_post("/{name}", generate)
+    server = await aiohttp_server(iam)
+    monkeypatch.setattr("google.auth.iam._IAM_ENDPOINT", f"{server.make_url('/')}{{}}")
+    path = tmp_path / "impersonated.json"
+    source = json.loads(Path(key_file).read_text())
+    path.write_text(json.dumps({
+        "type": "impersonated_service_account", "source_credentials": source,
+        "service_account_impersonation_url": "https://iamcredentials.googleapis.com/v1/"
+        "projects/-/serviceAccounts/target@my-proj.iam.gserviceaccount.com:generateAccessToken"}))
+    with pytest.raises(TokenUnavailable, match="Google refused to refresh"):
+        await GoogleToken(str(path), 300, provider="v").get()
+    assert "Unable to acquire impersonated credentials" in caplog.text
+    assert "SECRET" not in caplog.text
+
+
 async def test_an_unreachable_token_endpoint_is_a_502(proxy: Any, upstream: Any,
                                                       tmp_path: Path,
                                                       rsa_key: rsa.RSAPrivateKey) -> None:

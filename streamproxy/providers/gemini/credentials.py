@@ -111,7 +111,7 @@ class GoogleToken(TokenSource):
             credentials.refresh(self._request)
         except exceptions.RefreshError as e:
             log.warning("provider %r: Google credentials refresh failed: %s", self._provider,
-                        str(e)[:300])
+                        _refresh_failure(e))
             raise self._fail(f"Google refused to refresh the credentials{_oauth_error(e)}") \
                 from None
         except exceptions.TransportError as e:
@@ -175,6 +175,22 @@ def _where_it_looked(e: Exception) -> str:
     not be converted to bytes")."""
     message = e.args[0] if e.args and isinstance(e.args[0], str) else type(e).__name__
     return message.split("\n")[0][:300]
+
+
+def _refresh_failure(e: Exception) -> str:
+    """For the log, what a refused refresh says: the OAuth error and its description, else
+    google-auth's own message. Never the token endpoint's answer, which google-auth attaches
+    (args[1]; one it could not use may hold an id_token, or an access token) and, when it has
+    no `error`, makes the message of (it may echo the grant's assertion)."""
+    details = e.args[1] if len(e.args) > 1 else None
+    message = str(e.args[0]) if e.args else ""
+    if isinstance(details, dict):
+        code, description = details.get("error"), details.get("error_description")
+        if isinstance(code, str) and _OAUTH_CODE.fullmatch(code):
+            return f"{code}: {description}"[:300] if isinstance(description, str) else code
+        if message == json.dumps(details):  # google-auth's fallback for an answer without one
+            return "an answer without an OAuth error code"
+    return message.split("\n")[0][:300] or type(e).__name__
 
 
 def _oauth_error(e: Exception) -> str:
