@@ -780,3 +780,58 @@ async def test_a_body_that_does_not_inflate_is_a_protocol_error_not_a_cut(
     error = (await resp.json())["error"]
     assert error["code"] == "upstream_protocol_error"
     assert error["message"].startswith("bad response from provider 'up': ")
+
+
+# Anthropic's first events, enough for a stream to commit (its first content frame).
+FIRST_EVENTS = (
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":'
+    b'"message","role":"assistant","model":"m","content":[],"usage":{"input_tokens":1,'
+    b'"output_tokens":0}}}\n\n'
+    b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+    b'"content_block":{"type":"text","text":""}}\n\n'
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    b'"delta":{"type":"text_delta","text":"Hi"}}\n\n')
+
+
+@pytest.mark.parametrize("kind", ["native", "aiohttp"])
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("bad_chunk", [b"zz\r\nxx\r\n", b"2\r\nabcdef\r\n"],
+                         ids=["bad-size", "data-longer-than-size"])
+async def test_a_bad_chunk_after_the_first_fails_at_once(
+        proxy: Any, kind: str, stream: bool, bad_chunk: bytes,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A malformed chunk in a later read, then the upstream closes: aiohttp's C parser raised
+    with the body already handed out and never failed it, so the proxy waited for the idle
+    timeout (300 s) streamed or the first-token one (600 s) not, where the native client
+    fails at once."""
+    monkeypatch.setenv(CLIENT_ENV, kind)
+
+    async def answer_a_bad_chunk(reader: asyncio.StreamReader,
+                                 writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            writer.write(HEAD + b"%x\r\n%s\r\n" % (len(FIRST_EVENTS), FIRST_EVENTS))
+            await writer.drain()
+            await asyncio.sleep(0.05)  # read apart from the head and the first chunk
+            writer.write(bad_chunk)
+            await writer.drain()
+        writer.close()
+
+    server, url = await raw_server(answer_a_bad_chunk)
+    client = await proxy(native_anthropic_config(url.rstrip("/")))
+    async with asyncio.timeout(5):
+        resp = await client.post("/v1/chat/completions", json={
+            "model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+        if stream:
+            assert resp.status == 200
+            got = collect(sse_chunks(await resp.read()))
+            assert got.content == "Hi" and got.error is not None
+            error = got.error
+        else:
+            assert resp.status == 502
+            error = (await resp.json())["error"]
+    server.close()
+    assert error["code"] == "upstream_protocol_error"
+    assert error["message"].startswith("bad response from provider 'up': ")

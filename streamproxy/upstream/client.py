@@ -18,12 +18,14 @@ store (`SSL_CERT_FILE` / `SSL_CERT_DIR` included) when the worker starts its cli
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import ssl
 from typing import Any
 
 import aiohttp
-from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from yarl import URL
 
 from streamproxy.errors import (
@@ -40,6 +42,27 @@ from streamproxy.upstream.response_parser import MalformedResponse, UnsupportedT
 
 CLIENT_ENV = "STREAMPROXY_UPSTREAM_CLIENT"
 CLIENT_KINDS = ("aiohttp", "native")
+
+
+class MalformedBody(aiohttp.ClientPayloadError):
+    """A response body aiohttp's parser refused after the head (a malformed chunk)."""
+
+
+class BodyFailingHandler(ResponseHandler):
+    """aiohttp's connection protocol, also failing the body being read when the parser refuses
+    its bytes. aiohttp's C parser raises on a malformed chunk in a read after the head, the body
+    already handed out: the protocol kept the error and closed the connection, but the body
+    neither ended nor failed, so its reader waited for our idle (streamed) or first-token
+    deadline. Only that failure runs this: nothing is added per read."""
+
+    def set_exception(self, exc: BaseException, *cause: BaseException) -> None:
+        super().set_exception(exc, *cause)
+        body = self._payload
+        if (isinstance(exc, HttpProcessingError)  # the parser's, not a timeout or a write's
+                and body is not None and not body.is_eof() and body.exception() is None):
+            error = MalformedBody(str(exc))
+            error.__cause__ = cause[0] if cause else exc  # the parser's own error
+            body.set_exception(error)
 
 
 class UpstreamClient:
@@ -72,6 +95,9 @@ class UpstreamClient:
             keepalive_timeout=self._keepalive,
             ttl_dns_cache=300,
         )
+        # aiohttp takes no protocol for its connections but through this attribute.
+        connector._factory = functools.partial(BodyFailingHandler,
+                                               loop=asyncio.get_running_loop())
         self.session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None),
@@ -154,11 +180,11 @@ def map_client_error(exc: BaseException, provider: str, *, before_response: bool
         detail = str(exc) if isinstance(exc, UnsupportedTransferCoding) else type(exc).__name__
         return UpstreamProtocolError(f"bad response from provider '{provider}': {detail}")
     if isinstance(exc, aiohttp.ClientPayloadError):
-        if isinstance(exc.__cause__, ContentEncodingError):
-            # A body that does not inflate (not gzip, a coding not decoded): no cut, as the
-            # native client's MalformedResponse says.
+        if isinstance(exc, MalformedBody) or isinstance(exc.__cause__, ContentEncodingError):
+            # A body that does not inflate (not gzip, a coding not decoded) or a malformed
+            # chunk: no cut, as the native client's MalformedResponse says.
             return UpstreamProtocolError(f"bad response from provider '{provider}': "
-                                         "ContentEncodingError")
+                                         f"{type(exc.__cause__).__name__}")
         return StreamTruncated(f"provider '{provider}' closed the connection mid-response")
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientOSError
                   | aiohttp.ServerDisconnectedError | ConnectionError
