@@ -27,7 +27,12 @@ from streamproxy.providers.base import UpstreamRequest
 from streamproxy.server.app import STATE
 from streamproxy.upstream.client import CLIENT_ENV, UpstreamClient, map_client_error
 from streamproxy.upstream.http11 import PAUSE_AT, ConnectFailed, HTTP11Client, _split_url
-from streamproxy.upstream.response_parser import Disconnected, InvalidChunk
+from streamproxy.upstream.response_parser import (
+    MAX_HEAD_BYTES,
+    MAX_HEADERS,
+    Disconnected,
+    InvalidChunk,
+)
 from tests.helpers import (
     FakeUpstream,
     collect,
@@ -835,3 +840,42 @@ async def test_a_bad_chunk_after_the_first_fails_at_once(
     server.close()
     assert error["code"] == "upstream_protocol_error"
     assert error["message"].startswith("bad response from provider 'up': ")
+
+
+@pytest.mark.parametrize("kind", ["native", "aiohttp"])
+@pytest.mark.parametrize(("fields", "accepted"), [
+    ([b"x-big: " + b"a" * 10_000], True),  # a field over aiohttp's default 8190 bytes
+    # with Content-Type and Content-Length: 256 headers (over its default 128), then 257
+    ([b"x-h%d: v" % i for i in range(MAX_HEADERS - 2)], True),
+    ([b"x-h%d: v" % i for i in range(MAX_HEADERS - 1)], False),
+    ([b"x-big: " + b"a" * (MAX_HEAD_BYTES + 100)], False),
+], ids=["10k-field", "256-headers", "257-headers", "over-64k-field"])
+async def test_both_clients_take_the_same_response_heads(
+        proxy: Any, kind: str, fields: list[bytes], accepted: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp's client refused a header field over 8190 bytes or more than 128 headers (a
+    502) that the native client, with its 64 KiB head and 256 headers, served."""
+    monkeypatch.setenv(CLIENT_ENV, kind)
+
+    async def answer_with_fields(reader: asyncio.StreamReader,
+                                 writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+                         + b"".join(field + b"\r\n" for field in fields)
+                         + b'Content-Length: 28\r\n\r\n{"error":{"message":"slow"}}')
+            await writer.drain()
+        writer.close()
+
+    server, url = await raw_server(answer_with_fields)
+    client = await proxy(native_anthropic_config(url.rstrip("/")))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    server.close()
+    error = (await resp.json())["error"]
+    if accepted:
+        assert resp.status == 429 and error["message"] == "slow"
+    else:
+        assert resp.status == 502 and error["code"] == "upstream_protocol_error"

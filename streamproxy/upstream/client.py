@@ -38,7 +38,12 @@ from streamproxy.errors import (
 from streamproxy.providers.base import UpstreamRequest
 from streamproxy.upstream.egress import NO_PROXIES, EgressProxies
 from streamproxy.upstream.http11 import HTTP11Client
-from streamproxy.upstream.response_parser import MalformedResponse, UnsupportedTransferCoding
+from streamproxy.upstream.response_parser import (
+    MAX_HEAD_BYTES,
+    MAX_HEADERS,
+    MalformedResponse,
+    UnsupportedTransferCoding,
+)
 
 CLIENT_ENV = "STREAMPROXY_UPSTREAM_CLIENT"
 CLIENT_KINDS = ("aiohttp", "native")
@@ -110,6 +115,11 @@ class UpstreamClient:
             # A proxy must never carry one client's upstream cookies into another's request;
             # the dummy jar also skips aiohttp's per-request cookie filtering.
             cookie_jar=aiohttp.DummyCookieJar(),
+            # The native client's limits, not aiohttp's 8190-byte line / field and 128 headers:
+            # a head one client serves, the other does not refuse (README, "Choices we made").
+            max_line_size=MAX_HEAD_BYTES,
+            max_field_size=MAX_HEAD_BYTES,
+            max_headers=MAX_HEADERS,
         )
 
     async def close(self) -> None:
