@@ -241,3 +241,36 @@ async def test_a_deadline_that_runs_out_as_the_stream_opens_behind_keepalives_st
         body = await asyncio.wait_for(resp.read(), 2)
     assert b'"code":"upstream_timeout"' in body and b"[DONE]" not in body
     await asyncio.wait_for(upstream.closed.wait(), timeout=1.0)
+
+
+async def test_an_app_that_stopped_serving_is_freed(tmp_path: Any) -> None:
+    """A single process reloading in place retires its previous app: once cleaned up, nothing
+    may keep it (its config, providers, client, stores) alive. aiohttp caches every route's
+    middleware chain process-wide, keyed by the app (up to 1,024), so each reloaded-away app
+    that had served a /v1/models, /metrics or stored-completions request stayed in memory."""
+    import gc
+    import weakref
+
+    from streamproxy.server.app import create_app
+    from streamproxy.server.front import make_runner
+
+    async def serve_once() -> weakref.ref[Any]:
+        app = create_app(make_config({"mock": {"type": "mock", "default_model": "fast"}},
+                                     default="mock",
+                                     storage={"path": str(tmp_path / "db.sqlite3")}))
+        runner = make_runner(app)
+        await runner.setup()
+        site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        async with aiohttp.ClientSession() as session:
+            for path in ("/v1/models", "/metrics", "/v1/chat/completions", "/healthz"):
+                async with session.get(url + path) as resp:
+                    assert resp.status == 200, path
+        await runner.cleanup()
+        return weakref.ref(app)
+
+    freed = await serve_once()
+    await asyncio.sleep(0)
+    gc.collect()
+    assert freed() is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from aiohttp import web
+from aiohttp import web, web_app
 
 from streamproxy.config import Config, ConfigError
 from streamproxy.openai_api.request import Limits
@@ -126,3 +126,13 @@ async def _cleanup(app: web.Application) -> None:
     await state.client.close()
     if state.mock_runner is not None:
         await state.mock_runner.cleanup()
+    _forget_middleware_chains()
+
+
+def _forget_middleware_chains() -> None:
+    """aiohttp caches each route's middleware chain process-wide, keyed by the app (up to
+    1,024): an app reloaded away in place would stay in memory with all it holds. Emptied
+    when an app stops; the running one's chains are built again on first use."""
+    cached = getattr(web_app, "_cached_build_middleware", None)  # (aiohttp's private name)
+    if cached is not None:
+        cached.cache_clear()
