@@ -810,6 +810,17 @@ def test_claude_schema_describes_the_constraints_claude_refuses() -> None:
     assert props["maximum"] == {"type": "string", "pattern": "^a+$", "format": "uuid"}
 
 
+@pytest.mark.parametrize("value", [{}, ["date"], None, 5])
+def test_a_format_that_is_no_string_goes_into_the_description(value: Any) -> None:
+    """A `format` of another type than a string is outside Claude's list too; it was looked up
+    in that set, a TypeError (500) for an object or an array."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": {
+        "type": "object", "properties": {"d": {"type": "string", "format": value}}}}}
+    prop = translate(response_format=fmt)["output_config"]["format"]["schema"]["properties"]["d"]
+    assert prop == {"type": "string",
+                    "description": f"Constraints: format {orjson.dumps(value).decode()}."}
+
+
 def test_strict_tools_take_claude_schema_on_bedrock_too() -> None:
     params = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}},
               "required": ["n"], "additionalProperties": False}

@@ -205,8 +205,8 @@ def claude_schema(schema: Any) -> Any:
 def _refused_constraint(key: str, value: Any) -> bool:
     if key == "minItems":
         return value not in (0, 1)
-    if key == "format":
-        return value not in CLAUDE_FORMATS
+    if key == "format":  # (an object or array format cannot be looked up in the set)
+        return not (isinstance(value, str) and value in CLAUDE_FORMATS)
     return key in _UNSUPPORTED_CONSTRAINTS
 
 
