@@ -506,3 +506,17 @@ def test_schemas_reach_gemini_in_the_form_it_reads(schema: dict[str, Any],
     assert out["generationConfig"]["responseJsonSchema"] == sent
     assert out["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"] == sent
     assert schema == given  # the client's body is left as it came (a fallback may read it)
+
+
+@pytest.mark.parametrize("defs", [5, [], "x", None])
+@pytest.mark.parametrize("first", ["$defs", "definitions"])
+def test_definitions_beside_a_defs_that_is_no_object_stay_where_they_are(defs: Any,
+                                                                       first: str) -> None:
+    """`definitions` merge into `$defs` only when that is an object: beside another value it
+    stays as written (Gemini's 400 then says what is wrong), where the merge unpacked the
+    value, a TypeError (500)."""
+    pair = {"$defs": defs, "definitions": {"A": {"type": "object"}}}
+    schema = {key: pair[key] for key in (first, *(set(pair) - {first}))}
+    out = translate([{"role": "user", "content": "x"}], response_format={
+        "type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
+    assert out["generationConfig"]["responseJsonSchema"] == schema

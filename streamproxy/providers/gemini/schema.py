@@ -32,12 +32,15 @@ def gemini_schema(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out: dict[str, Any] = {}
+    # `definitions` join `$defs` only when that is an object too (beside anything else they
+    # stay as written, and Gemini's 400 says what is wrong).
+    merge = isinstance(schema.get("$defs", {}), dict)
     for key, value in schema.items():
         if key in _SCHEMA_DATA:
             out[key] = value
         elif key in _SCHEMA_MAPS and isinstance(value, dict):
             named = {name: gemini_schema(s) for name, s in value.items()}
-            if key == "definitions":
+            if key == "definitions" and merge:
                 out["$defs"] = {**named, **out.get("$defs", {})}
             elif key == "$defs":
                 out["$defs"] = {**out.get("$defs", {}), **named}
