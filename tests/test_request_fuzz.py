@@ -31,7 +31,6 @@ EXPLORE = int(os.environ.get("STREAMPROXY_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(max_examples=EXPLORE or 100, deadline=None, derandomize=not EXPLORE,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
-PORTS = range(48050, 48100)  # this suite's ports (the fixture takes two that are free)
 
 # -- each wire format's fixed answer -----------------------------------------------------------
 
@@ -151,7 +150,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     store = str(tmp_path_factory.mktemp("fuzz") / "store.sqlite3")
-    upstream_port, proxy_port = free_ports(2)
+    sockets = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]  # (ephemeral ports)
+    upstream_port, proxy_port = (sock.getsockname()[1] for sock in sockets)
     config = fuzz_config(f"http://127.0.0.1:{upstream_port}", store)
     live = Live()
     logging.getLogger().addHandler(live)
@@ -162,9 +162,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         runners = [web.AppRunner(upstream, access_log=None),
                    make_runner(create_app(config), handler_cancellation=True, access_log=None,
                                **http_limits(config))]
-        for runner, port in zip(runners, (upstream_port, proxy_port), strict=True):
+        for runner, sock in zip(runners, sockets, strict=True):
             await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
+            await web.SockSite(runner, sock).start()
         return runners
 
     runners = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
@@ -179,20 +179,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
-
-
-def free_ports(count: int) -> list[int]:
-    ports = []
-    for port in PORTS:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == count:
-            return ports
-    raise RuntimeError("no free port in this suite's range")
 
 
 def post(conn: http.client.HTTPConnection, body: bytes,
