@@ -1,8 +1,9 @@
 """Cohere v2 non-streamed chat response → OpenAI `chat.completion` (pure).
 
 Same mapping as the stream: text → content, thinking blocks and the tool plan →
-reasoning_content, tool calls with their JSON-string arguments ("{}" when empty), finish
-reasons, usage; ERROR/TIMEOUT → an error with the same status the stream would give.
+reasoning_content, tool calls with their JSON-string arguments ("{}" when empty), citations
+of sources with a url → `message.annotations`, finish reasons, usage; ERROR/TIMEOUT → an
+error with the same status the stream would give.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ import orjson
 
 from streamproxy.errors import UpstreamProtocolError
 from streamproxy.openai_api.completion import CompletionBuilder
-from streamproxy.providers.cohere.stream import FAILED, FINISH_REASONS, failure, map_usage
+from streamproxy.providers.cohere.stream import (
+    FAILED,
+    FINISH_REASONS,
+    failure,
+    map_usage,
+    unseen,
+    url_citations,
+)
 
 
 def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
@@ -37,6 +45,10 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
                     out.content(block["text"])
             elif block.get("type") == "thinking":
                 out.reasoning(block.get("thinking") or "")
+        seen: set[bytes] = set()
+        cited = [e for c in message.get("citations") or () for e in unseen(url_citations(c), seen)]
+        if cited:
+            out.citations(cited)
         calls = message.get("tool_calls") or ()
         for i, call in enumerate(calls):
             out.tool_call_start(i, call["id"], call["function"]["name"],

@@ -11,6 +11,9 @@
   `index` is already a dense tool ordinal, but we keep our own (running count, mapped from
   Cohere's index) so a gap or a shared content/tool numbering can never make a client merge two
   calls. `tool-call-delta` → argument fragments; `tool-call-end` with no fragment → "{}".
+- `citation-start` (its `citations` is one object, as `tool_calls`) → `url_citation`
+  annotations (`delta.annotations`), one per source with a `url`, each once; a citation of the
+  tool plan or of thinking, or a source without a url, has no OpenAI place and is left out.
 - `message-end`: finish COMPLETE/STOP_SEQUENCE → stop, MAX_TOKENS → length, TOOL_CALL →
   tool_calls; ERROR/TIMEOUT → an OpenAI error frame (never a fake finish). Usage: prompt =
   tokens.input_tokens, completion = tokens.output_tokens (billed_units when `tokens` is
@@ -20,6 +23,8 @@
 from __future__ import annotations
 
 from typing import Any
+
+import orjson
 
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import StreamDecodeError, UpstreamStatusError
@@ -43,6 +48,40 @@ def map_usage(usage: dict[str, Any]) -> dict[str, Any]:
                       cached=int(cached) if cached is not None else None)
 
 
+def url_citations(citation: dict[str, Any]) -> list[dict[str, Any]]:
+    """A citation → OpenAI `url_citation` annotations, one per source that has a `url`: the
+    fields of a client's document (or of its tool's output) come back in the source, so a
+    document given with a url cites it. OpenAI has no annotation for a source without one
+    (Cohere's own examples: a title and a snippet). Offsets are Cohere's, in characters of the
+    answer's text; a citation of the tool plan or of thinking counts in those (which reach the
+    client as reasoning), so it is left out."""
+    if citation.get("type", "TEXT_CONTENT") != "TEXT_CONTENT":
+        return []
+    entries = []
+    for source in citation.get("sources") or ():
+        fields = source.get("document") or source.get("tool_output")
+        url = fields.get("url") if isinstance(fields, dict) else None
+        if isinstance(url, str) and url:
+            title = fields.get("title")
+            entries.append({"type": "url_citation", "url_citation": {
+                "url": url, "title": title if isinstance(title, str) else "",
+                "start_index": citation.get("start") or 0,
+                "end_index": citation.get("end") or 0}})
+    return entries
+
+
+def unseen(entries: list[dict[str, Any]], seen: set[bytes]) -> list[dict[str, Any]]:
+    """The entries not in `seen` yet (by their JSON), which they join: each annotation once,
+    should two sources of a citation share a url."""
+    fresh = []
+    for entry in entries:
+        key = orjson.dumps(entry)
+        if key not in seen:
+            seen.add(key)
+            fresh.append(entry)
+    return fresh
+
+
 def failure(reason: str, message: Any, provider: str) -> UpstreamStatusError:
     text = message if isinstance(message, str) and message else \
         f"the provider ended the answer with finish_reason {reason}"
@@ -55,6 +94,7 @@ class CohereStreamTranslator(SSETranslator):
         self._provider = provider
         self._tool_of: dict[int, int] = {}  # Cohere tool index → our ordinal
         self._args_seen: set[int] = set()  # ordinals that got a non-empty fragment
+        self._cited: set[bytes] = set()  # the url_citations sent
         self._started = False
 
     def on_event(self, event: SSEEvent) -> None:
@@ -105,13 +145,15 @@ class CohereStreamTranslator(SSETranslator):
                 self.out.content(content["text"])
             elif content.get("thinking"):
                 self.out.reasoning(content["thinking"])
+        elif kind == "citation-start":
+            self._citations(msg)
         elif kind == "message-end":
             self._end(msg.get("delta") or {})
         elif kind is None and msg.get("message"):  # an error body sent as an event
             self.out.error(UpstreamStatusError(502, str(msg["message"]),
                                                provider=self._provider))
             self.done = True
-        # content-end, citation-start/-end and unknown types: nothing to emit.
+        # content-end, citation-end and unknown types: nothing to emit.
 
     def _start(self) -> None:
         if not self._started:
@@ -127,6 +169,16 @@ class CohereStreamTranslator(SSETranslator):
         if arguments:
             self._args_seen.add(tool)
         self.out.tool_call_start(tool, call["id"], call["function"]["name"], arguments)
+
+    def _citations(self, msg: dict[str, Any]) -> None:
+        # An annotation is an extra: an event without a citation object is no broken answer.
+        citation = ((msg.get("delta") or {}).get("message") or {}).get("citations")
+        if not isinstance(citation, dict):
+            return
+        entries = unseen(url_citations(citation), self._cited)
+        if entries:
+            self._start()
+            self.out.citations(entries)
 
     def _end(self, delta: dict[str, Any]) -> None:
         self._start()
