@@ -696,6 +696,43 @@ def test_whitespace_only_text_is_left_out() -> None:
     ]
 
 
+BLANK_USER_CONTENTS = ["  ", "", None, [{"type": "text", "text": ""}],
+                       [{"type": "text", "text": "\n"}, {"type": "text", "text": " "}]]
+
+
+@pytest.mark.parametrize("content", BLANK_USER_CONTENTS)
+async def test_a_final_blank_user_message_keeps_its_turn(proxy: Any, upstream: Any,
+                                                        content: Any) -> None:
+    # Left out, the request would end with the assistant turn, which Claude continues (a
+    # prefill) instead of answering the user; Anthropic refuses the blank text itself.
+    sent = (await sent_for(proxy, upstream, {"messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": content}]})).json()
+    assert sent["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "hello"}]},
+        {"role": "user", "content": [{"type": "text", "text": "(empty message)"}]}]
+
+
+@pytest.mark.parametrize("content", BLANK_USER_CONTENTS)
+def test_a_blank_user_message_between_assistant_turns_keeps_them_apart(content: Any) -> None:
+    out = to_anthropic({"messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": content}, {"role": "assistant", "content": "still there?"},
+        {"role": "user", "content": "yes"}]}, "claude-x")
+    assert [m["role"] for m in out["messages"]] == ["user", "assistant", "user", "assistant",
+                                                    "user"]
+    assert out["messages"][2]["content"] == [{"type": "text", "text": "(empty message)"}]
+
+
+def test_a_blank_user_message_after_tool_results_is_left_out() -> None:
+    # The tool results' user turn answers the assistant turn already.
+    out = to_anthropic({"messages": [*tool_loop(["call_1"]), {"role": "user", "content": " "}]},
+                       "claude-x")
+    assert out["messages"][-1] == {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "call_1", "content": "sunny"}]}
+
+
 @pytest.mark.parametrize("content", ["\n", " ", "", None, [{"type": "text", "text": "\t"}], []])
 async def test_a_tool_result_without_text_has_no_content(proxy: Any, upstream: Any,
                                                           content: Any) -> None:

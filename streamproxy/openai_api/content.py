@@ -14,6 +14,12 @@ from streamproxy.errors import InvalidRequest
 # none — only system/developer messages, which OpenAI answers: the system text stays the system
 # prompt, and this asks the model to act on it (README "Choices we made").
 PLACEHOLDER_USER_TEXT = "Begin."
+# The text of a user message with nothing a provider takes (empty, null, or whitespace where
+# Anthropic and Converse refuse it) that answers an assistant turn. Left out, the turn would
+# vanish: a request ending with it would end with the assistant turn, which Claude continues
+# (a prefill) instead of answering, and assistant turns around it would merge. It says what
+# the client sent (README "Choices we made").
+BLANK_USER_TEXT = "(empty message)"
 
 
 # An assistant's content parts that hold no text for the model: its refusal, and the thinking

@@ -6,7 +6,9 @@ Choices (README "Anthropic"):
 - consecutive tool results become one user message of `tool_result` blocks; consecutive
   messages of one role are merged, since Anthropic wants alternating turns;
 - empty and whitespace-only text is left out (a tool result of none has no `content`), and a
-  final assistant turn (a prefill) loses its trailing whitespace: Anthropic refuses both;
+  final assistant turn (a prefill) loses its trailing whitespace: Anthropic refuses both; a
+  user message left with nothing that answers an assistant turn is BLANK_USER_TEXT, so the
+  turn stays (and the request never becomes a prefill);
 - tool-call ids Anthropic cannot take (other providers', e.g. Kimi's `functions.f:0`) are
   mapped alike in call and result (`tool_use_id`);
 - `max_tokens` defaults to DEFAULT_MAX_TOKENS (Anthropic requires one);
@@ -47,6 +49,7 @@ import orjson
 
 from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import (
+    BLANK_USER_TEXT,
     OPENAI_ONLY,
     PLACEHOLDER_USER_TEXT,
     THINKING_TYPES,
@@ -267,7 +270,9 @@ def _messages(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
             raise InvalidRequest("The legacy 'function' role is not supported; use 'tool'.",
                                  param=f"messages[{i}].role", code="unsupported_value")
         if not blocks:
-            continue
+            if role != "user" or not out or out[-1]["role"] != "assistant":
+                continue  # nothing vanishes: a user turn is there, or no turn yet
+            blocks = [{"type": "text", "text": BLANK_USER_TEXT}]
         _marked(blocks, m)
         if out and out[-1]["role"] == role_out:
             # Tool results must lead the user turn that follows a tool_use turn.
