@@ -666,9 +666,34 @@ def test_whitespace_only_text_is_left_out(content: Any) -> None:
     messages[3]["content"] = content
     messages.append({"role": "assistant", "content": "It is 20 degrees."})
     messages.append({"role": "user", "content": content})
-    _, assistant, *_, last = to_converse({"messages": messages}, MODEL)["messages"]
+    _, assistant, *_, answer, last = to_converse({"messages": messages}, MODEL)["messages"]
     assert [next(iter(block)) for block in assistant["content"]] == ["toolUse", "toolUse"]
-    assert last == {"role": "assistant", "content": [{"text": "It is 20 degrees."}]}
+    assert answer == {"role": "assistant", "content": [{"text": "It is 20 degrees."}]}
+    # The blank user message still ends the request: no prefill of the answer.
+    assert last == {"role": "user", "content": [{"text": "(empty message)"}]}
+
+
+@pytest.mark.parametrize("model", [MODEL, "us.anthropic.claude-sonnet-4-20250514-v1:0"])
+@pytest.mark.parametrize("content", ["  ", "", None, [{"type": "text", "text": ""}],
+                                     [{"type": "text", "text": "\n"}]])
+async def test_a_blank_user_message_keeps_its_turn(proxy: Any, upstream: Any, model: str,
+                                                   content: Any) -> None:
+    # Left out, the request would end with the assistant turn, which Claude continues (a
+    # prefill) instead of answering; in the middle, the assistant turns around it would merge.
+    upstream.content_type = EVENTSTREAM
+    upstream.body = RECORDING
+    client = await proxy(bedrock_config(upstream.url, default_model=model))
+    resp = await stream_request(client, model=None, messages=[
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": content}, {"role": "assistant", "content": "still there?"},
+        {"role": "user", "content": content}])
+    assert resp.status == 200
+    await resp.read()
+    blank = {"role": "user", "content": [{"text": "(empty message)"}]}
+    assert upstream.requests[0].json()["messages"] == [
+        {"role": "user", "content": [{"text": "hi"}]},
+        {"role": "assistant", "content": [{"text": "hello"}]}, blank,
+        {"role": "assistant", "content": [{"text": "still there?"}]}, blank]
 
 
 def test_history_with_tool_blocks_but_no_tools_gets_name_only_specs() -> None:

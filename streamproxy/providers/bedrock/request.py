@@ -8,6 +8,8 @@ Choices (docs/providers/bedrock.md):
   other user content; consecutive messages of one role are merged (Converse wants alternation);
 - empty and whitespace-only text is left out in every role (Converse refuses it), and a final
   assistant turn (a prefill) loses its trailing whitespace (Claude refuses it), as on Anthropic;
+  a user message left with nothing that answers an assistant turn is BLANK_USER_TEXT, as on
+  Anthropic (its turn stays: the request never becomes a prefill);
 - tool-call ids Converse cannot take are mapped alike in call and result, as on Anthropic
   (`tool_use_id`);
 - images are `data:` URLs (→ `image.source.bytes`, base64 as the JSON protocol carries blobs) or
@@ -68,6 +70,7 @@ import orjson
 
 from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import (
+    BLANK_USER_TEXT,
     OPENAI_ONLY,
     PLACEHOLDER_USER_TEXT,
     file_data,
@@ -378,8 +381,10 @@ def _messages(msgs: list[dict[str, Any]]
         else:  # legacy "function" role: no tool_call_id to pair it with
             raise InvalidRequest("The legacy 'function' role is not supported; use 'tool'.",
                                  param=f"messages[{i}].role", code="unsupported_value")
-        if not blocks:
-            continue  # Converse rejects a message without content
+        if not blocks:  # Converse rejects a message without content
+            if role != "user" or not out or out[-1]["role"] != "assistant":
+                continue  # nothing vanishes: a user turn is there, or no turn yet
+            blocks = [{"text": BLANK_USER_TEXT}]  # (the turn stays, as on Anthropic)
         _marked(blocks, m)
         role_out = "assistant" if role == "assistant" else "user"
         if out and out[-1]["role"] == role_out:
