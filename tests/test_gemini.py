@@ -620,6 +620,26 @@ async def test_gemini_request_on_the_wire(proxy: Any, upstream: Any) -> None:
     }
 
 
+@pytest.mark.parametrize("content", ["", None, [{"type": "text", "text": ""}]])
+async def test_a_user_message_without_text_keeps_its_turn(proxy: Any, upstream: Any,
+                                                          content: Any) -> None:
+    # Gemini refuses an empty text part; left out, the request would end with the model turn
+    # instead of the user's, and the model turns around one in the middle would merge.
+    upstream.body = gemini_sse([chunk([{"text": "ok"}], finish="STOP")])
+    client = await proxy(provider_config("gemini", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"stream": True, "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": content}, {"role": "assistant", "content": "still there?"},
+        {"role": "user", "content": content}]})
+    assert resp.status == 200
+    await resp.read()
+    blank = {"role": "user", "parts": [{"text": "(empty message)"}]}
+    assert upstream.requests[0].json()["contents"] == [
+        {"role": "user", "parts": [{"text": "hi"}]},
+        {"role": "model", "parts": [{"text": "hello"}]}, blank,
+        {"role": "model", "parts": [{"text": "still there?"}]}, blank]
+
+
 async def test_gemini_forwards_the_client_key_when_none_is_configured(proxy: Any,
                                                                        upstream: Any) -> None:
     upstream.content_type = "application/json"

@@ -3,6 +3,9 @@ provider-streams.md §4.2; choices documented in docs/providers/gemini.md.
 
 - system/developer messages are joined, in order, into `systemInstruction`; a request with no
   other message gets a PLACEHOLDER_USER_TEXT user turn (Gemini needs one);
+- a user message with no text (empty, null, only empty parts: Gemini refuses an empty text
+  part) that answers a model turn is BLANK_USER_TEXT, so the request still ends with the user;
+  whitespace-only text, which Gemini takes, goes as it is;
 - consecutive messages of one role are merged into one `content` (Gemini wants alternating
   turns, and all function responses of a turn in one content), except that function responses
   and user text or media never share one (see `_holds_results`);
@@ -30,6 +33,7 @@ import orjson
 
 from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import (
+    BLANK_USER_TEXT,
     OPENAI_ONLY,
     PLACEHOLDER_USER_TEXT,
     UNMATCHED_PLACE,
@@ -207,8 +211,10 @@ def _contents(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
         else:  # legacy "function" role: no tool_call_id to pair it with
             raise InvalidRequest("The legacy 'function' role is not supported; use 'tool'.",
                                  param=f"messages[{i}].role", code="unsupported_value")
-        if not parts:
-            continue
+        if not parts:  # Gemini refuses an empty text part, and a content without parts
+            if role != "user" or not contents or contents[-1]["role"] != "model":
+                continue  # nothing vanishes: a user content is there, or none yet
+            parts = [{"text": BLANK_USER_TEXT}]  # (the turn stays, as on Anthropic)
         if contents and contents[-1]["role"] == role_out \
                 and _holds_results(contents[-1]) == (role == "tool"):
             if role == "tool":
