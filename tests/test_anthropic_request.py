@@ -121,6 +121,57 @@ async def test_max_tokens_reasoning_and_response_format(proxy: Any, upstream: An
     assert "JSON" in sent["system"][-1]["text"]
 
 
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20}},
+          "required": ["name"]}
+AS_PERSON = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
+
+
+@pytest.mark.parametrize("model", ["claude-3-7-sonnet-20250219", "claude-3-5-haiku-latest",
+                                   "claude-3-haiku-20240307", "claude-sonnet-4-20250514",
+                                   "claude-sonnet-4-0", "claude-opus-4-20250514",
+                                   "claude-opus-4-0", "claude-opus-4-1-20250805",
+                                   "claude-opus-4-1"])
+async def test_a_json_schema_is_an_instruction_for_claudes_without_structured_outputs(
+        proxy: Any, upstream: Any, model: str) -> None:
+    """Claude 3, Claude 4 and Opus 4.1 refuse `output_config.format` with a 400 (Anthropic
+    lists the models that take it): they get the schema, as written, in the system prompt, as
+    Bedrock's models without it do; the client's own system prompt comes first."""
+    sent = (await sent_for(proxy, upstream, {
+        "model": f"up/{model}", "response_format": AS_PERSON,
+        "messages": [{"role": "system", "content": "Be brief."},
+                     {"role": "user", "content": "Ann"}]})).json()
+    assert "output_config" not in sent
+    assert sent["system"] == [
+        {"type": "text", "text": "Be brief."},
+        {"type": "text", "text": "Respond with a single valid JSON object and nothing else, "
+                                 "matching this JSON Schema: " + orjson.dumps(PERSON).decode()}]
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5-20250929", "claude-sonnet-4-5",
+                                   "claude-haiku-4-5", "claude-opus-4-5-20251101",
+                                   "claude-opus-4-6", "claude-sonnet-4-6", "claude-opus-4-7",
+                                   "claude-sonnet-5", "claude-x"])
+async def test_a_json_schema_is_structured_output_for_the_other_claudes(
+        proxy: Any, upstream: Any, model: str) -> None:
+    """The models Anthropic lists, and any name it does not know (a newer model), are sent
+    structured outputs."""
+    sent = (await sent_for(proxy, upstream, {
+        "model": f"up/{model}", "response_format": AS_PERSON,
+        "messages": [{"role": "system", "content": "Be brief."},
+                     {"role": "user", "content": "Ann"}]})).json()
+    assert sent["output_config"]["format"]["schema"]["required"] == ["name"]
+    assert sent["system"] == [{"type": "text", "text": "Be brief."}]
+
+
+def test_json_object_is_an_instruction_for_every_claude() -> None:
+    for model in ("claude-3-7-sonnet-20250219", "claude-sonnet-4-5"):
+        out = to_anthropic({"messages": [{"role": "user", "content": "x"}],
+                            "response_format": {"type": "json_object"}}, model)
+        assert "output_config" not in out
+        assert out["system"] == [{"type": "text", "text": "Respond with a single valid JSON "
+                                                          "object and nothing else."}]
+
+
 def translate(**body: Any) -> dict[str, Any]:
     return to_anthropic({"messages": [{"role": "user", "content": "x"}], **body}, "claude-x")
 

@@ -174,6 +174,41 @@ async def test_parse_with_field_constraints_on_claude(stream: bool, proxy: Any,
 
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_parse_on_a_claude_without_structured_outputs(stream: bool, proxy: Any,
+                                                            upstream: Any) -> None:
+    """Claude 3.7 refuses `output_config.format`: it is asked for the schema in the system
+    prompt instead, and parse() yields the object from its answer, checking every constraint
+    (sent as written)."""
+    answer = '{"items":[{"sku":"ABC","qty":2}],"total":9.5,"due":"2025-01-02"}'
+    if stream:
+        upstream.body = anthropic_sse([{"type": "text", "text": ""},
+                                       {"type": "text_delta", "text": answer[:20]},
+                                       {"type": "text_delta", "text": answer[20:]}])
+    else:
+        upstream.content_type = "application/json"
+        upstream.body = orjson.dumps({
+            "id": "msg_1", "type": "message", "role": "assistant",
+            "model": "claude-3-7-sonnet-20250219",
+            "content": [{"type": "text", "text": answer}], "stop_reason": "end_turn",
+            "usage": {"input_tokens": 5, "output_tokens": 9}})
+    client = openai_sdk(await proxy(provider_config("anthropic", upstream.url)))
+    model = "up/claude-3-7-sonnet-20250219"
+    if stream:
+        async with client.chat.completions.stream(model=model, messages=USER,
+                                                  response_format=Order) as events:
+            parsed = (await events.get_final_completion()).choices[0].message.parsed
+    else:
+        answered = await client.chat.completions.parse(model=model, messages=USER,
+                                                       response_format=Order)
+        parsed = answered.choices[0].message.parsed
+    assert parsed == Order.model_validate_json(answer)
+    sent = upstream.requests[-1].json()
+    assert "output_config" not in sent
+    [instruction] = sent["system"]
+    assert '"maxLength":12' in instruction["text"]  # the schema as the client wrote it
+
+
 async def test_strict_pydantic_tool_reaches_claude_without_refused_constraints(
         proxy: Any, upstream: Any) -> None:
     """pydantic_function_tool makes a strict tool; Claude's strict tool use refuses the

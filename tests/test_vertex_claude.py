@@ -134,6 +134,36 @@ async def test_claudes_betas_go_in_the_body_for_claude_alone(proxy: Any,
     assert "anthropic_beta" not in gemini.json()
 
 
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+
+
+@pytest.mark.parametrize(("model", "native"), [
+    ("claude-sonnet-4-6", True), ("claude-opus-4-6", True), ("claude-opus-4-7", True),
+    ("publishers/anthropic/models/claude-opus-4-7", True), ("claude-sonnet-5", True),
+    ("claude-sonnet-4-5@20250929", False), ("claude-haiku-4-5@20251001", False),
+    ("claude-opus-4-5@20251101", False), ("claude-opus-4-1@20250805", False),
+    ("claude-sonnet-4@20250514", False), ("claude-3-7-sonnet@20250219", False),
+    ("publishers/anthropic/models/claude-sonnet-4-5@20250929", False)])
+async def test_a_json_schema_is_structured_output_where_vertex_has_it(
+        proxy: Any, upstream: Any, model: str, native: bool) -> None:
+    """Anthropic lists fewer Claudes with structured outputs on Vertex (none of the 4.5s),
+    which refuses `output_config.format` for the others ("Extra inputs are not permitted"):
+    those get the schema as an instruction; a model it does not know is sent them."""
+    upstream.body = ANTHROPIC_STREAM
+    client = await proxy(vertex(upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": model, "stream": True, "messages": USER,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "s",
+                                                                   "schema": SCHEMA}}})
+    assert resp.status == 200
+    await resp.read()
+    sent = upstream.requests[-1].json()
+    assert ("output_config" in sent) is native
+    assert ("system" in sent) is not native
+    if not native:
+        assert sent["system"][0]["text"].endswith(orjson.dumps(SCHEMA).decode())
+
+
 def build(model: str, **options: Any) -> Any:
     provider = build_providers(vertex("https://vertex.test"))["v"]
     if options:

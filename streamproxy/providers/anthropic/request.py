@@ -16,8 +16,9 @@ Choices (README "Anthropic"):
   1024/1024/4096/16384/24576 tokens (none: no thinking), kept below the client's max; beside
   a temperature other than 1, a top_k or a top_p below 0.95 it is a 400 (see `thinking.py`);
 - `response_format` json_schema → `output_config.format` (structured outputs), in the subset
-  Claude takes (`claude_schema`: objects closed, the constraints it refuses described); json_object
-  → a system instruction to answer with one JSON object;
+  Claude takes (`claude_schema`: objects closed, the constraints it refuses described), unless
+  the model is one WITHOUT_STRUCTURED_OUTPUTS names (Vertex: VERTEX_WITHOUT_STRUCTURED_OUTPUTS):
+  then, and for json_object, a system instruction (`json_instruction`);
 - assistant `thinking_blocks` (as we stream them; or Portkey's `content_blocks` or thinking
   parts in `content`, see `signed_thinking`) are sent back as thinking blocks; one without
   its signature (or a redacted one without data) is left out, as Anthropic refuses it, and
@@ -94,9 +95,22 @@ _UNSUPPORTED_CONSTRAINTS = frozenset({"minimum", "maximum", "exclusiveMinimum",
                                       "maxProperties"})
 CLAUDE_FORMATS = frozenset({"date-time", "time", "date", "duration", "email", "hostname", "uri",
                             "ipv4", "ipv6", "uuid"})
+# The Claude models without structured outputs, which refuse `output_config.format` with a 400,
+# as their ids on Anthropic and Vertex hold them (`claude-opus-4-1-20250805`,
+# `claude-sonnet-4@20250514`): Claude 3, Claude 4 (Sonnet 4, Opus 4) and Opus 4.1, which Anthropic
+# leaves out of the models it lists. They get the schema as an instruction; a model not named
+# (a newer one) is taken to have them. Bedrock's Converse lists its own (NATIVE_SCHEMA_MODELS).
+WITHOUT_STRUCTURED_OUTPUTS = ("claude-3-", "claude-sonnet-4-0", "claude-sonnet-4-2025",
+                              "claude-sonnet-4@", "claude-opus-4-0", "claude-opus-4-2025",
+                              "claude-opus-4@", "claude-opus-4-1")
+# On Vertex, Anthropic lists fewer: the 4.5 models lack them there too.
+VERTEX_WITHOUT_STRUCTURED_OUTPUTS = (*WITHOUT_STRUCTURED_OUTPUTS, "claude-sonnet-4-5",
+                                     "claude-opus-4-5", "claude-haiku-4-5")
 
 
-def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
+def to_anthropic(body: dict[str, Any], model: str,
+                 without_structured_outputs: tuple[str, ...] = WITHOUT_STRUCTURED_OUTPUTS
+                 ) -> dict[str, Any]:
     if (body.get("n") or 1) > 1:
         raise InvalidRequest("Anthropic returns one choice per request; 'n' must be 1.",
                              param="n", code="unsupported_value")
@@ -125,23 +139,51 @@ def to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
     user_id = end_user_id(body)
     if user_id:
         out["metadata"] = {"user_id": user_id}
-    fmt = body.get("response_format") or {}
-    if fmt.get("type") == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
-        if not isinstance(schema, dict):
-            raise InvalidRequest("'response_format.json_schema.schema' must be an object.",
-                                 param="response_format.json_schema.schema")
-        out["output_config"] = {"format": {"type": "json_schema",
-                                           "schema": claude_schema(schema)}}
-    elif fmt.get("type") == "json_object":
-        system.append({"type": "text",
-                       "text": "Respond with a single valid JSON object and nothing else."})
+    native = not any(name in model for name in without_structured_outputs)
+    output_format = _output_format(body, system, native)
+    if output_format:
+        out["output_config"] = {"format": output_format}
     if system:
         out["system"] = system
     _tools(body, out)
     if body.get("stream"):
         out["stream"] = True
     return out
+
+
+def _output_format(body: dict[str, Any], system: list[dict[str, Any]],
+                   native: bool) -> dict[str, Any] | None:
+    """The `output_config.format` for a json_schema answer when the model takes one (None
+    otherwise); else the instruction that asks for JSON, appended to `system`."""
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") not in ("json_schema", "json_object"):
+        return None
+    schema = response_schema(fmt)
+    if native and schema is not None:
+        return {"type": "json_schema", "schema": claude_schema(schema)}
+    system.append({"type": "text", "text": json_instruction(schema)})
+    return None
+
+
+def response_schema(fmt: dict[str, Any]) -> dict[str, Any] | None:
+    """A json_schema response_format's schema (None for json_object), or a 400."""
+    if fmt.get("type") != "json_schema":
+        return None
+    schema = (fmt.get("json_schema") or {}).get("schema")
+    if not isinstance(schema, dict):
+        raise InvalidRequest("'response_format.json_schema.schema' must be an object.",
+                             param="response_format.json_schema.schema")
+    return schema
+
+
+def json_instruction(schema: dict[str, Any] | None) -> str:
+    """The instruction that asks for JSON where nothing enforces it (json_object, or a schema a
+    model cannot take natively; on Anthropic, Vertex and Bedrock alike). The schema goes as the
+    client wrote it: the model reads every constraint, the openai SDK's `parse()` checks them."""
+    text = "Respond with a single valid JSON object and nothing else"
+    if schema is None:
+        return text + "."
+    return f"{text}, matching this JSON Schema: {orjson.dumps(schema).decode()}"
 
 
 def end_user_id(body: dict[str, Any]) -> Any:

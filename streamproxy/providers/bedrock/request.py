@@ -89,6 +89,8 @@ from streamproxy.providers.anthropic.request import (
     claude_schema,
     claude_stop_sequences,
     drop_trailing_thinking,
+    json_instruction,
+    response_schema,
     trim_prefill,
 )
 from streamproxy.providers.anthropic.thinking import fit_thinking
@@ -300,19 +302,12 @@ def _response_format(body: dict[str, Any], instructions: list[dict[str, Any]],
     """The `outputConfig.textFormat` for a json_schema answer when the model takes one (None
     otherwise); else the instruction that asks for JSON, appended to `instructions`."""
     fmt = body.get("response_format") or {}
-    if fmt.get("type") == "json_object":
-        instructions.append({"text": "Respond with a single valid JSON object and nothing else."})
-    elif fmt.get("type") == "json_schema":
-        spec = fmt.get("json_schema") or {}
-        schema = spec.get("schema")
-        if not isinstance(schema, dict):
-            raise InvalidRequest("'response_format.json_schema.schema' must be an object.",
-                                 param="response_format.json_schema.schema")
-        if native:
-            return _text_format(spec, schema)
-        instructions.append({"text": "Respond with a single valid JSON object and nothing "
-                                     "else, matching this JSON Schema: "
-                                     + orjson.dumps(schema).decode()})
+    if fmt.get("type") not in ("json_schema", "json_object"):
+        return None
+    schema = response_schema(fmt)
+    if native and schema is not None:
+        return _text_format(fmt["json_schema"], schema)
+    instructions.append({"text": json_instruction(schema)})
     return None
 
 

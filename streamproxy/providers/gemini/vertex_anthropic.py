@@ -26,7 +26,11 @@ import orjson
 from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.anthropic.options import beta_names
-from streamproxy.providers.anthropic.request import DROPPED, to_anthropic
+from streamproxy.providers.anthropic.request import (
+    DROPPED,
+    VERTEX_WITHOUT_STRUCTURED_OUTPUTS,
+    to_anthropic,
+)
 from streamproxy.providers.anthropic.response import to_completion
 from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
 from streamproxy.providers.base import Provider, StreamTranslator, UpstreamRequest, generic_error
@@ -68,7 +72,8 @@ class VertexClaudeProvider(Provider):
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
         model = self.vertex.checked_model(target)
         url = self.vertex.model_url(model if "/" in model else PUBLISHER_PATH + model)
-        body = to_anthropic(target.apply_overrides(req.body), model)
+        body = to_anthropic(target.apply_overrides(req.body), model,
+                            VERTEX_WITHOUT_STRUCTURED_OUTPUTS)
         del body["model"]
         body["anthropic_version"] = VERTEX_ANTHROPIC_VERSION
         betas = self.cfg.options.get("anthropic_beta")
