@@ -172,6 +172,26 @@ def test_json_object_is_an_instruction_for_every_claude() -> None:
                                                           "object and nothing else."}]
 
 
+async def test_structured_outputs_beside_a_prefill_are_a_400_naming_messages(
+        proxy: Any, upstream: Any) -> None:
+    """Anthropic documents prefilling as incompatible with structured outputs: a clear 400,
+    not Anthropic's; dropping the prefill would answer something else than asked. A model
+    that gets the instruction keeps its prefill."""
+    body = {"stream": True, "response_format": AS_PERSON,
+            "messages": [{"role": "user", "content": "Ann"},
+                         {"role": "assistant", "content": "{"}]}
+    upstream.body = fixture_bytes("anthropic/sdk-python_tool_use_response.sse")
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={**body, "model": "up/claude-opus-4-7"})
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["param"] == "messages" and "prefill" in error["message"]
+    assert not upstream.requests
+    sent = await sent_for(proxy, upstream, {**body, "model": "up/claude-3-7-sonnet-20250219"})
+    assert sent.json()["messages"][-1] == {"role": "assistant",
+                                           "content": [{"type": "text", "text": "{"}]}
+
+
 def translate(**body: Any) -> dict[str, Any]:
     return to_anthropic({"messages": [{"role": "user", "content": "x"}], **body}, "claude-x")
 

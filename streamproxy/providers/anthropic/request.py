@@ -18,7 +18,8 @@ Choices (README "Anthropic"):
 - `response_format` json_schema → `output_config.format` (structured outputs), in the subset
   Claude takes (`claude_schema`: objects closed, the constraints it refuses described), unless
   the model is one WITHOUT_STRUCTURED_OUTPUTS names (Vertex: VERTEX_WITHOUT_STRUCTURED_OUTPUTS):
-  then, and for json_object, a system instruction (`json_instruction`);
+  then, and for json_object, a system instruction (`json_instruction`); beside a prefill (a
+  final assistant turn) structured outputs are a 400 (`refuse_prefill`);
 - assistant `thinking_blocks` (as we stream them; or Portkey's `content_blocks` or thinking
   parts in `content`, see `signed_thinking`) are sent back as thinking blocks; one without
   its signature (or a redacted one without data) is left out, as Anthropic refuses it, and
@@ -142,6 +143,7 @@ def to_anthropic(body: dict[str, Any], model: str,
     native = not any(name in model for name in without_structured_outputs)
     output_format = _output_format(body, system, native)
     if output_format:
+        refuse_prefill(messages[-1])
         out["output_config"] = {"format": output_format}
     if system:
         out["system"] = system
@@ -184,6 +186,18 @@ def json_instruction(schema: dict[str, Any] | None) -> str:
     if schema is None:
         return text + "."
     return f"{text}, matching this JSON Schema: {orjson.dumps(schema).decode()}"
+
+
+def refuse_prefill(last: dict[str, Any]) -> None:
+    """A 400 for a conversation that ends with an assistant turn (a prefill) beside structured
+    outputs: Anthropic documents the two as incompatible. Dropping the prefill instead would
+    answer something else than asked: a client that prepends its prefill (`{`) to the answer
+    would get broken JSON."""
+    if last["role"] == "assistant":
+        raise InvalidRequest(
+            "Claude's structured outputs (response_format json_schema) cannot continue a "
+            "final assistant message (a prefill): end 'messages' with a user turn, or ask "
+            "for json_object.", param="messages", code="unsupported_value")
 
 
 def end_user_id(body: dict[str, Any]) -> Any:
