@@ -12,7 +12,11 @@ import orjson
 import pytest
 
 from streamproxy.errors import InvalidRequest, UpstreamProtocolError
-from streamproxy.providers.anthropic.request import to_anthropic
+from streamproxy.providers.anthropic.request import (
+    VERTEX_WITHOUT_STRUCTURED_OUTPUTS,
+    WITHOUT_STRUCTURED_OUTPUTS,
+    to_anthropic,
+)
 from streamproxy.providers.anthropic.response import to_completion
 from streamproxy.providers.bedrock.request import to_converse
 from streamproxy.providers.ollama.request import to_ollama
@@ -161,6 +165,26 @@ async def test_a_json_schema_is_structured_output_for_the_other_claudes(
                      {"role": "user", "content": "Ann"}]})).json()
     assert sent["output_config"]["format"]["schema"]["required"] == ["name"]
     assert sent["system"] == [{"type": "text", "text": "Be brief."}]
+
+
+@pytest.mark.parametrize(("model", "vertex", "strict"), [
+    ("claude-sonnet-4-20250514", False, False), ("claude-3-7-sonnet-20250219", False, False),
+    ("claude-opus-4-1", False, False), ("claude-sonnet-4-5@20250929", True, False),
+    ("claude-sonnet-4-5", False, True), ("claude-opus-4-7", True, True),
+    ("claude-x", False, True)])
+def test_a_strict_tool_is_strict_only_where_claude_has_structured_outputs(
+        model: str, vertex: bool, strict: bool) -> None:
+    """Strict tool use shares structured outputs' availability: the other models refuse it
+    ("'claude-sonnet-4-20250514' does not support strict tools"), so the tool goes to them as
+    a non-strict one, its parameters as written."""
+    params = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 9}}}
+    tool = {"type": "function", "function": {"name": "f", "parameters": params,
+                                              "strict": True}}
+    without = VERTEX_WITHOUT_STRUCTURED_OUTPUTS if vertex else WITHOUT_STRUCTURED_OUTPUTS
+    [sent] = to_anthropic({"messages": [{"role": "user", "content": "x"}], "tools": [tool]},
+                          model, without)["tools"]
+    assert ("strict" in sent) is strict
+    assert (sent["input_schema"] == params) is not strict
 
 
 def test_json_object_is_an_instruction_for_every_claude() -> None:

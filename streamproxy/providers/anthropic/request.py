@@ -25,7 +25,8 @@ Choices (README "Anthropic"):
   its signature (or a redacted one without data) is left out, as Anthropic refuses it, and
   so is thinking that ends an assistant turn (`drop_trailing_thinking`);
 - a function's `strict: true` → the tool's `strict` (Anthropic's strict tool use), its
-  parameters in the subset Claude takes there too (`claude_schema`);
+  parameters in the subset Claude takes there too (`claude_schema`); not for the models
+  without structured outputs, which refuse it: the tool goes as a non-strict one;
 - a content part's or a tool's `cache_control` (prompt caching, as Portkey passes it) is kept
   on the block made from it; a message's own (LiteLLM's form, e.g. beside string content) goes
   on the last block made from the message; the request's own (automatic caching) is sent as
@@ -147,7 +148,7 @@ def to_anthropic(body: dict[str, Any], model: str,
         out["output_config"] = {"format": output_format}
     if system:
         out["system"] = system
-    _tools(body, out)
+    _tools(body, out, native)
     if body.get("stream"):
         out["stream"] = True
     return out
@@ -269,10 +270,10 @@ def _refused_constraint(key: str, value: Any) -> bool:
     return key in _UNSUPPORTED_CONSTRAINTS
 
 
-def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
+def _tools(body: dict[str, Any], out: dict[str, Any], native: bool) -> None:
     tools = body.get("tools")
     if tools:
-        out["tools"] = [_cached(_tool(t["function"]), t) for t in tools]
+        out["tools"] = [_cached(_tool(t["function"], native), t) for t in tools]
     choice = body.get("tool_choice")
     mapped: dict[str, Any] | None = None
     if choice == "auto":
@@ -293,9 +294,11 @@ def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
         out["tool_choice"] = mapped
 
 
-def _tool(fn: dict[str, Any]) -> dict[str, Any]:
+def _tool(fn: dict[str, Any], native: bool) -> dict[str, Any]:
     schema = fn.get("parameters") or {"type": "object", "properties": {}}
-    strict = fn.get("strict") is True
+    # A model without structured outputs refuses strict tools too ("does not support strict
+    # tools"): it gets the tool as a non-strict one, its inputs unenforced.
+    strict = fn.get("strict") is True and native
     # Strict tool use takes the schema subset structured outputs take (claude_schema).
     tool = {"name": fn["name"], "input_schema": claude_schema(schema) if strict else schema}
     if fn.get("description"):
