@@ -134,6 +134,8 @@ def test_a_compressed_body_inflating_past_the_read_cap_is_refused(monkeypatch: A
     b"HTTP/1.1 200 OK\nContent-Length: 2\nX-A: b\n\nok",
     b"HTTP/1.1 200 OK\r\nContent-Length: 2\nX-A: b\r\n\nok",
     b"HTTP/1.1 200 OK\nContent-Length: 2\nX-A: b\n\r\nok",
+    # (a bare LF, then the CRLF of the empty line, before the CRLF CRLF of a chunked end)
+    b"HTTP/1.1 200 OK\nX-A: b\nTransfer-Encoding: chunked\n\r\n2\r\nok\r\n0\r\n\r\n",
     b"HTTP/1.1 100 Continue\n\nHTTP/1.1 200 OK\nX-A: b\nTransfer-Encoding: chunked\n\n"
     b"2\r\nok\r\n0\r\n\r\n",
 ])

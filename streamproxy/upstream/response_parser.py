@@ -341,6 +341,8 @@ def _refuse_transfer_codings(codings: list[str]) -> None:
 
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
+# An empty line after a line ended by a bare LF ("\n\n", "\n\r\n"): where such a head ends.
+_BARE_LF_HEAD_END = re.compile(rb"\n\r?\n")
 
 
 def find_head_end(buf: bytes) -> tuple[int, int]:
@@ -440,7 +442,8 @@ class ResponseParser:
         while True:
             end = buf.find(b"\r\n\r\n")
             rest, bare_lf = end + 4, False
-            if end < 0 or buf.find(b"\n\n", 0, end) >= 0:
+            # (a head of bare-LF lines may end before a CRLF CRLF of its body: a chunked end)
+            if end < 0 or _BARE_LF_HEAD_END.search(buf, 0, end) is not None:
                 end, rest = find_head_end(buf)
                 bare_lf = True
             if end < 0:
