@@ -208,6 +208,26 @@ def test_function_responses_go_in_the_order_of_their_calls() -> None:
     assert out["contents"][3] == {"role": "user", "parts": [{"text": "Thanks"}]}
 
 
+def test_function_responses_follow_calls_of_merged_assistant_messages() -> None:
+    # Two assistant messages in a row merge into one model content: its calls are one turn's,
+    # and a response answering the second message's call goes after the first's.
+    def call(call_id: str, city: str) -> dict[str, Any]:
+        return {"id": call_id, "type": "function",
+                "function": {"name": "get_weather", "arguments": f'{{"city": "{city}"}}'}}
+    out = translate([
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"role": "assistant", "content": "Paris first.", "tool_calls": [call("call_p", "Paris")]},
+        {"role": "assistant", "content": None, "tool_calls": [call("call_r", "Rome")]},
+        {"role": "tool", "tool_call_id": "call_r", "content": "rain"},
+        {"role": "tool", "tool_call_id": "call_p", "content": "sun"},
+    ])
+    asked = [part["functionCall"]["args"]["city"] for part in out["contents"][1]["parts"]
+             if "functionCall" in part]
+    outputs = [part["functionResponse"]["response"]["output"]
+               for part in out["contents"][2]["parts"]]
+    assert asked == ["Paris", "Rome"] and outputs == ["sun", "rain"]
+
+
 def test_unknown_tool_call_id_is_a_400_unless_the_message_names_the_function() -> None:
     with pytest.raises(InvalidRequest) as info:
         translate([{"role": "user", "content": "x"},

@@ -204,7 +204,7 @@ def _contents(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
         if role == "user":
             parts, role_out = _user_parts(m.get("content"), i), "user"
         elif role == "assistant":
-            parts, role_out = _model_parts(m, i, calls), "model"
+            parts, role_out = _model_parts(m, i, calls, _calls_joined(contents)), "model"
         elif role == "tool":
             response, place = _function_response(m, i, calls)
             parts, role_out = [response], "user"
@@ -230,6 +230,14 @@ def _contents(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
             contents.append({"role": role_out, "parts": parts})
             places = [place] if role == "tool" else []
     return system, contents
+
+
+def _calls_joined(contents: list[dict[str, Any]]) -> int:
+    """The function calls of the model content an assistant message would join (consecutive
+    ones merge into one turn): its own calls' places come after them."""
+    if contents and contents[-1]["role"] == "model":
+        return sum("functionCall" in part for part in contents[-1]["parts"])
+    return 0
 
 
 def _holds_results(content: dict[str, Any]) -> bool:
@@ -325,8 +333,10 @@ def _signatures(m: dict[str, Any]) -> tuple[dict[str, str], str | None]:
     return by_call, text_signature
 
 
-def _model_parts(m: dict[str, Any], i: int,
-                 calls: dict[str, tuple[str, str | None, int]]) -> list[dict[str, Any]]:
+def _model_parts(m: dict[str, Any], i: int, calls: dict[str, tuple[str, str | None, int]],
+                 first: int) -> list[dict[str, Any]]:
+    """An assistant message's parts; its calls noted in `calls`, placed from `first` among
+    their turn's."""
     by_call, text_signature = _signatures(m)
     parts = _text_parts(m.get("content"), f"messages[{i}].content")
     if parts and text_signature:
@@ -340,7 +350,7 @@ def _model_parts(m: dict[str, Any], i: int,
             google.get("thought_signature")
         upstream_id = _upstream_id(base_id) if base_id else None
         if call_id:
-            calls[call_id] = calls[base_id] = (fn["name"], upstream_id, j)
+            calls[call_id] = calls[base_id] = (fn["name"], upstream_id, first + j)
         function_call: dict[str, Any] = {"name": fn["name"],
                                          "args": tool_call_input(fn.get("arguments"))}
         if upstream_id:
