@@ -366,6 +366,23 @@ def test_tool_results_go_in_the_order_of_their_calls() -> None:
     assert messages[2]["tool_name"] == messages[3]["tool_name"] == "get_weather"
 
 
+def test_tool_results_follow_the_calls_of_assistant_messages_in_a_row() -> None:
+    # Two assistant messages in a row ask one turn's calls: a result answering the second's
+    # call goes after the first's.
+    def call(call_id: str, city: str) -> dict[str, Any]:
+        return {"id": call_id, "type": "function",
+                "function": {"name": "get_weather", "arguments": f'{{"city": "{city}"}}'}}
+    body = {"messages": [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"role": "assistant", "content": "Paris first.", "tool_calls": [call("c1", "Paris")]},
+        {"role": "assistant", "content": None, "tool_calls": [call("c2", "Rome")]},
+        {"role": "tool", "tool_call_id": "c2", "content": "rain"},
+        {"role": "tool", "tool_call_id": "c1", "content": "sun"},
+    ]}
+    messages = to_ollama(body, "llama3.2", stream=True)["messages"]
+    assert [m["content"] for m in messages[3:]] == ["sun", "rain"]
+
+
 def test_tool_call_arguments_go_back_as_an_object() -> None:
     # Ollama takes a call's arguments as an object only (a JSON string or list is its 400);
     # OpenAI takes any arguments string in the history. As on Anthropic, Gemini and Bedrock, a

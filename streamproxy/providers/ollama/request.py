@@ -144,9 +144,10 @@ def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if isinstance(thinking, str) and thinking:
                 msg["thinking"] = thinking
             calls = []
+            first = _calls_asked(out)
             for j, call in enumerate(m.get("tool_calls") or []):
                 fn = call["function"]
-                asked[call.get("id") or ""] = (fn["name"], j)
+                asked[call.get("id") or ""] = (fn["name"], first + j)
                 # An object, which Ollama requires (a non-object JSON value is wrapped).
                 arguments = tool_call_input(fn.get("arguments"))
                 calls.append({"function": {"name": fn["name"], "arguments": arguments}})
@@ -170,6 +171,17 @@ def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             raise InvalidRequest("The legacy 'function' role is not supported; use 'tool'.",
                                  param=f"messages[{i}].role", code="unsupported_value")
     return out
+
+
+def _calls_asked(out: list[dict[str, Any]]) -> int:
+    """The calls of the assistant messages that end `out`: one turn's, answered by the tool
+    results after them, so a next assistant message's calls take their places after these."""
+    count = 0
+    for msg in reversed(out):
+        if msg["role"] != "assistant":
+            break
+        count += len(msg.get("tool_calls", ()))
+    return count
 
 
 def _text(content: Any, i: int) -> str:
