@@ -141,7 +141,8 @@ def to_anthropic(body: dict[str, Any], model: str,
     user_id = end_user_id(body)
     if user_id:
         out["metadata"] = {"user_id": user_id}
-    native = not any(name in model for name in without_structured_outputs)
+    # (asked only of a request that wants JSON or offers tools)
+    native = _StructuredOutputs(model, without_structured_outputs)
     output_format = _output_format(body, system, native)
     if output_format:
         refuse_prefill(messages[-1])
@@ -154,15 +155,28 @@ def to_anthropic(body: dict[str, Any], model: str,
     return out
 
 
+class _StructuredOutputs:
+    """Whether the model takes structured outputs (and strict tools), asked when a request
+    needs to know: a plain chat request does not scan the model lists."""
+
+    __slots__ = ("_model", "_without")
+
+    def __init__(self, model: str, without: tuple[str, ...]) -> None:
+        self._model, self._without = model, without
+
+    def __bool__(self) -> bool:
+        return not any(name in self._model for name in self._without)
+
+
 def _output_format(body: dict[str, Any], system: list[dict[str, Any]],
-                   native: bool) -> dict[str, Any] | None:
+                   native: _StructuredOutputs) -> dict[str, Any] | None:
     """The `output_config.format` for a json_schema answer when the model takes one (None
     otherwise); else the instruction that asks for JSON, appended to `system`."""
-    fmt = body.get("response_format") or {}
-    if fmt.get("type") not in ("json_schema", "json_object"):
+    fmt = body.get("response_format")
+    if not fmt or fmt.get("type") not in ("json_schema", "json_object"):
         return None
     schema = response_schema(fmt)
-    if native and schema is not None:
+    if schema is not None and native:
         return {"type": "json_schema", "schema": claude_schema(schema)}
     system.append({"type": "text", "text": json_instruction(schema)})
     return None
@@ -270,10 +284,10 @@ def _refused_constraint(key: str, value: Any) -> bool:
     return key in _UNSUPPORTED_CONSTRAINTS
 
 
-def _tools(body: dict[str, Any], out: dict[str, Any], native: bool) -> None:
+def _tools(body: dict[str, Any], out: dict[str, Any], native: _StructuredOutputs) -> None:
     tools = body.get("tools")
     if tools:
-        out["tools"] = [_cached(_tool(t["function"], native), t) for t in tools]
+        out["tools"] = [_cached(_tool(t["function"], bool(native)), t) for t in tools]
     choice = body.get("tool_choice")
     mapped: dict[str, Any] | None = None
     if choice == "auto":
