@@ -309,7 +309,8 @@ def test_what_aiohttp_keeps_privately_is_still_there() -> None:
     that renames them fails here, not in production."""
     slots = {name for cls in ReadTimedHandler.__mro__ for name in getattr(cls, "__slots__", ())}
     assert {"_waiter", "_messages", "_current_request", "_reading_paused",
-            "_keepalive_handle", "_loop"} <= slots
+            "_keepalive_handle", "_loop", "_request_factory", "_next_keepalive_close_time",
+            "_keepalive_timeout"} <= slots
     assert callable(ReadTimedHandler.__mro__[1]._process_keepalive)
 
 

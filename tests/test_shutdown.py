@@ -1,6 +1,8 @@
 """Graceful shutdown of a worker (server/drain.py, workers.drain_and_stop): stop accepting,
 /healthz says draining, running streams finish within the grace period, the rest end with one
-OpenAI error frame, and a request that has not started streaming gets a 503."""
+OpenAI error frame, and a request that has not started streaming gets a 503. Idle kept-alive
+connections close; a request that comes on an open one during the drain is served, its answer
+saying `Connection: close` (a 503 only once the grace period is over)."""
 
 from __future__ import annotations
 
@@ -27,13 +29,13 @@ TEST_TIMEOUT = 20  # seconds: a broken drain fails the test instead of hanging t
 @dataclass
 class Running:
     app: web.Application
-    site: web.TCPSite
+    runner: web.AppRunner
     url: str
 
     async def drain(self, grace: float) -> float:
         """SIGTERM's work; returns how long it took."""
         t0 = time.monotonic()
-        await drain_and_stop(self.app, [self.site], [grace])
+        await drain_and_stop(self.runner, [grace])
         return time.monotonic() - t0
 
 
@@ -46,7 +48,7 @@ def _free_port() -> int:
 @pytest.fixture
 async def running() -> AsyncIterator[Running]:
     """The proxy on a real socket (the embedded mock in-process), as a worker runs it."""
-    async with serving(web.AppRunner) as started:
+    async with serving(make_runner) as started:
         yield started
 
 
@@ -61,7 +63,7 @@ async def serving(make: Any, **server: Any) -> AsyncIterator[Running]:
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     try:
-        yield Running(app, site, f"http://127.0.0.1:{port}")
+        yield Running(app, runner, f"http://127.0.0.1:{port}")
     finally:
         await runner.cleanup()
 
@@ -103,11 +105,15 @@ async def test_streams_still_running_after_the_grace_period_end_with_an_error_fr
     assert 0.3 <= took < 3.0
 
 
-async def test_draining_health_and_new_requests_on_kept_alive_connections(
-        running: Running) -> None:
-    url = running.url
-    async with (asyncio.timeout(TEST_TIMEOUT), aiohttp.ClientSession() as idle,
-                aiohttp.ClientSession() as busy):
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
+async def test_a_request_on_a_kept_alive_connection_during_the_drain_is_served_then_closed(
+        monkeypatch: pytest.MonkeyPatch, front: str) -> None:
+    """It was answered 503 shutting_down: an error on every reload for a client that does not
+    retry (curl, load-test users). Served, with `Connection: close`, as nginx and uvicorn do."""
+    monkeypatch.setenv(FRONT_ENV, front)
+    async with (asyncio.timeout(TEST_TIMEOUT), serving(make_runner) as running,
+                aiohttp.ClientSession() as idle, aiohttp.ClientSession() as busy):
+        url = running.url
         resp = await idle.get(url + "/healthz")  # leaves a kept-alive connection in `idle`
         assert resp.status == 200 and await resp.json() == {"status": "ok"}
         async with busy.post(url + "/v1/chat/completions",
@@ -115,17 +121,65 @@ async def test_draining_health_and_new_requests_on_kept_alive_connections(
             await stream.content.readany()
             drain = asyncio.create_task(running.drain(grace=10.0))
             await wait_for(lambda: running.app[STATE].drain.draining)
-            health = await idle.get(url + "/healthz")
-            assert health.status == 503 and await health.json() == {"status": "draining"}
-            refused = await idle.post(url + "/v1/chat/completions", json=chat("mock/fast"))
-            assert refused.status == 503
-            assert refused.headers.get("connection", "").lower() == "close"
-            assert (await refused.json())["error"]["code"] == "shutting_down"
+            served = await idle.post(url + "/v1/chat/completions",
+                                     json={**chat("mock/fast"), "stream": False})
+            assert served.status == 200 and (await served.json())["choices"]
+            assert served.headers.get("connection", "").lower() == "close"
             with pytest.raises(aiohttp.ClientConnectionError):  # no longer accepting
-                await busy.get(url + "/healthz")
+                await idle.get(url + "/healthz")
             c = collect(sse_chunks(await stream.read()))
         assert c.done  # the running stream was left to finish
         await drain
+
+
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
+async def test_an_idle_kept_alive_connection_closes_when_the_drain_begins(
+        monkeypatch: pytest.MonkeyPatch, front: str) -> None:
+    """Closed at once (it has been idle longer than the drain's linger), without waiting for
+    the runner's cleanup: the drain returns as soon as nothing runs."""
+    monkeypatch.setenv(FRONT_ENV, front)
+    async with (asyncio.timeout(TEST_TIMEOUT), serving(make_runner) as running):
+        host, port = running.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        await asyncio.sleep(1.2)  # idle longer than DRAIN_LINGER
+        took = await running.drain(grace=10.0)
+        assert await asyncio.wait_for(reader.read(), 1) == b'{"status": "ok"}'  # then EOF
+        writer.close()
+    assert took < 0.5
+
+
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
+async def test_the_drain_health_and_a_request_after_the_grace_on_open_connections(
+        monkeypatch: pytest.MonkeyPatch, front: str) -> None:
+    """/healthz answers 503 draining on a connection still open; once the grace is over, a new
+    request there cannot be served: 503 shutting_down, and the connection closes."""
+    monkeypatch.setenv(FRONT_ENV, front)
+    async with (asyncio.timeout(TEST_TIMEOUT), serving(make_runner) as running,
+                aiohttp.ClientSession() as kept, aiohttp.ClientSession() as busy):
+        url = running.url
+        assert (await kept.get(url + "/healthz")).status == 200
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))  # open, idle (< 1 s)
+        async with busy.post(url + "/v1/chat/completions",
+                             json=chat("mock/tokens=200,tps=20")) as stream:
+            await stream.content.readany()
+            drain = asyncio.create_task(running.drain(grace=0.3))
+            await wait_for(lambda: running.app[STATE].drain.draining)
+            health = await kept.get(url + "/healthz")
+            assert health.status == 503 and await health.json() == {"status": "draining"}
+            assert health.headers.get("connection", "").lower() == "close"
+            await stream.read()
+        await drain
+        assert running.app[STATE].drain.aborted
+        body = b'{"model": "mock/fast", "messages": [{"role": "user", "content": "hi"}]}'
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+        answer = (await asyncio.wait_for(reader.read(), 2)).lower()
+        writer.close()
+        assert answer.startswith(b"http/1.1 503") and b"connection: close" in answer
+        assert b'"code":"shutting_down"' in answer
 
 
 async def test_a_request_not_yet_streaming_when_the_grace_ends_gets_a_503(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -691,3 +692,46 @@ async def test_a_stray_sigusr1_is_ignored(tmp_path: Path, workers: int) -> None:
         assert t.proc.poll() is None, t.output()
         assert await _health(t.url) == (200, {"status": "ok"})
         assert await stream_ok(t.url)
+
+
+def _loop_on_one_connection(url: str, seconds: float, halfway: Callable[[], None]) -> list[str]:
+    """Chat requests back to back on one kept-alive connection, as curl or a load-test user
+    sends them (http.client: a new connection only after `Connection: close`, no retry); the
+    errors seen. `halfway` runs once, after the first second."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    body = json.dumps({"model": "mock/fast", "messages": [{"role": "user", "content": "hi"}]})
+    errors, served, started = [], 0, time.monotonic()
+    try:
+        while time.monotonic() - started < seconds:
+            if halfway and time.monotonic() - started > 1:
+                halfway, _ = None, halfway()  # type: ignore[assignment]
+            try:
+                conn.request("POST", "/v1/chat/completions", body,
+                             {"content-type": "application/json"})
+                answer = conn.getresponse()
+                data = answer.read()
+                if answer.status == 200:
+                    served += 1
+                else:
+                    errors.append(f"{answer.status} {data[:100]!r}")
+            except (OSError, http.client.HTTPException) as e:
+                errors.append(repr(e))
+                conn.close()
+    finally:
+        conn.close()
+    assert served > 50
+    return errors
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_client_looping_on_one_kept_alive_connection_sees_no_error_across_a_reload(
+        tmp_path: Path, workers: int) -> None:
+    """The old app answered a request on its kept-alive connection 503 shutting_down (or closed
+    it as the request came): an error on every reload for a client that does not retry."""
+    async with serving(tmp_path, CONFIG.format(grace=5, models="fast"), workers) as t:
+        reloaded = "SIGHUP: reloaded" if workers == 1 else "reloaded: generation"
+        errors = await asyncio.to_thread(_loop_on_one_connection, t.url, 3.5,
+                                         lambda: t.proc.send_signal(signal.SIGHUP))
+        assert reloaded in t.output()
+        assert errors == []

@@ -6,7 +6,8 @@ and, at the commit point, the stream's `Deadline` (`committed`). The handler pas
 in: Python 3.11's `asyncio.current_task()` makes a getpid() system call each time. Ending a
 committed stream goes through that deadline (`Deadline.abort`), so the relay writes one error
 frame exactly as it does for a timeout. A request that has not committed yet is cancelled and
-answers 503.
+answers 503, and so does a request that comes after that (before, a request that comes on a
+connection still open is served: the fronts close its connection after it, `wind_down`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class Drain:
 
     def __init__(self) -> None:
         self.unready = False  # /healthz answers 503 (`server.drain_delay`: requests still served)
-        self.draining = False  # ... and new chat requests are refused
+        self.draining = False  # ... no new connections; the open ones close after their answers
         self.aborted = False  # the grace period is over: what is left gets an error
         self._requests: dict[asyncio.Task[object], Deadline | None] = {}
         self._cancelled: set[asyncio.Task[object]] = set()  # aborted before their commit

@@ -45,6 +45,7 @@ from streamproxy.server.exchange import reply_error
 from streamproxy.server.handlers import chat
 from streamproxy.server.observing import AUTH_KEY, observe_abandoned, observe_rejection
 from streamproxy.server.reading import (
+    DRAIN_LINGER,
     ReadTimeouts,
     close_bounded,
     read_timed,
@@ -128,7 +129,7 @@ class Front:
         self.auth = app.get(AUTH)
         self.prepare_hooks = tuple(app.on_response_prepare)  # the app is frozen by now
         self.connections: set[Connection] = set()
-        self.stopping = False
+        self.stopping = False  # draining: every answer from now on says `Connection: close`
 
     def __call__(self) -> Connection:
         return Connection(self)
@@ -136,7 +137,27 @@ class Front:
     def check_every(self) -> float:
         """How far ahead a connection's timer is ever set: it fires before any timeout runs
         out. (Called when the timer is armed, not per request.)"""
-        return min(KEEPALIVE_TIMEOUT, self.read_timeouts.step)
+        return min(self.keepalive(), self.read_timeouts.step)
+
+    def keepalive(self) -> float:
+        """How long a connection may wait between requests (checked when its timer fires)."""
+        return DRAIN_LINGER if self.stopping else KEEPALIVE_TIMEOUT
+
+    def wind_down(self) -> None:
+        """The drain begins: a connection between requests closes once it has been for
+        DRAIN_LINGER seconds (at once if it has been already), the others after an answer
+        that says `Connection: close` (their client's next request goes to a new connection,
+        which the next generation or listener takes)."""
+        self.stopping = True
+        for conn in self.connections:
+            conn.check_timeouts_now()
+        self.aiohttp_server.wind_down()
+
+    def open_connections(self) -> int:
+        """Connections not closing yet (the drain waits for them)."""
+        return self.aiohttp_server.open_connections() + sum(
+            1 for conn in self.connections
+            if conn.transport is not None and not conn.transport.is_closing())
 
     def pre_shutdown(self) -> None:
         self.stopping = True
@@ -401,7 +422,7 @@ class Connection(asyncio.Protocol):
         elif self._head_began:  # a head arriving in pieces
             due = self._head_began + timeouts.header
         else:
-            due = self._last_read + KEEPALIVE_TIMEOUT
+            due = self._last_read + self._front.keepalive()
         if now < due:  # (the next read may start a head, or a body: the step overshoots neither)
             self._timer = loop.call_at(min(due, now + self._front.check_every()),
                                        self._check_timeouts)
@@ -411,6 +432,12 @@ class Connection(asyncio.Protocol):
             self._time_out()
         else:
             self.close()
+
+    def check_timeouts_now(self) -> None:
+        """The timeouts changed (a drain began): look now, not when the timer was due."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._check_timeouts()
 
     def _time_out(self) -> None:
         """A request stopped arriving: 408, and the connection closes. A chat request whose

@@ -84,7 +84,7 @@ async def chat(ex: Exchange) -> None:
     assert task is not None
     state.drain.enter(task)
     try:
-        if state.drain.draining:
+        if state.drain.aborted:  # (draining, it is served: its answer closes the connection)
             await _refuse_while_draining(ex, record)
             return
         raw = await read_body(ex, record)
@@ -279,7 +279,8 @@ async def _end_with_error(client: EventWriter, record: RequestRecord, err: Proxy
 
 
 async def _refuse_while_draining(ex: Exchange, record: RequestRecord) -> None:
-    """A request on a kept-alive connection after SIGTERM: 503, and the connection closes."""
+    """A request that came once the drain's grace period was over: 503, and the connection
+    closes."""
     err = shutdown_error()
     record.status, record.error_type, record.error_code = err.status, err.error_type, err.code
     err.response_headers = response_headers(record, None)

@@ -37,6 +37,10 @@ from streamproxy.errors import ClientReadTimeout
 # send_timeout): closing waits for them to drain, so a client that stays connected and never
 # reads would keep its connection, and the answer it does not read, for ever.
 SEND_TIMEOUT = 60.0
+# How long a drain keeps a connection that is between requests open (from its last answer), for
+# the next request its client may be sending right then, which closing would lose (the
+# keep-alive race, RFC 9112 §9.3.1): served, its answer says `Connection: close`.
+DRAIN_LINGER = 1.0
 
 
 def close_bounded(transport: asyncio.WriteTransport) -> None:
@@ -122,7 +126,8 @@ class ReadTimedHandler(web.RequestHandler):
     so the handler's own read fails and the route answers.
     """
 
-    __slots__ = ("_head_began", "_head_wait", "_last_read", "_read_timeouts", "_read_timer")
+    __slots__ = ("_drain_timer", "_head_began", "_head_wait", "_last_read", "_read_timeouts",
+                 "_read_timer")
 
     def __init__(self, manager: ReadTimedServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -131,6 +136,7 @@ class ReadTimedHandler(web.RequestHandler):
         self._head_wait: object = None  # the wait during which bytes of a head came (or _FIRST)
         self._head_began = 0.0  # when that head's first bytes came
         self._read_timer: asyncio.TimerHandle | None = None
+        self._drain_timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -168,9 +174,37 @@ class ReadTimedHandler(web.RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
+        for timer in (self._read_timer, self._drain_timer):
+            if timer is not None:
+                timer.cancel()
+        self._read_timer = self._drain_timer = None
+
+    def wind_down(self) -> None:
+        """The drain: every later request is answered with `Connection: close` (aiohttp then
+        closes), and the connection closes once it has been between requests DRAIN_LINGER
+        seconds (at once if it has been already)."""
+        make_request = self._request_factory
+        self._request_factory = lambda message, *rest: make_request(
+            message._replace(should_close=True), *rest)
+        if self._drain_timer is None:  # (looked at once connected, for a connection this new)
+            self._drain_timer = self._loop.call_at(self._loop.time(), self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        """The drain's timer: close the connection if it has been idle long enough, else look
+        again when it could have been."""
+        self._drain_timer = None
+        if self.transport is None:
+            return
+        now = self._loop.time()
+        waiter = self._waiter
+        due = now + DRAIN_LINGER  # (a request being read or served: look again later)
+        if waiter is not None and not waiter.done() and not self._reading_head():
+            # between requests since its last answer (or since it connected)
+            due = self._next_keepalive_close_time - self._keepalive_timeout + DRAIN_LINGER
+            if now >= due:
+                self.force_close()
+                return
+        self._drain_timer = self._loop.call_at(due, self._close_if_idle)
 
     def _reading_head(self) -> bool:
         waiter = self._waiter
@@ -220,9 +254,24 @@ class ReadTimedServer(web.Server):
     def __init__(self, *args: Any, read_timeouts: ReadTimeouts, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.read_timeouts = read_timeouts
+        self.stopping = False
 
     def __call__(self) -> ReadTimedHandler:
-        return ReadTimedHandler(self, loop=self._loop, **self._kwargs)
+        handler = ReadTimedHandler(self, loop=self._loop, **self._kwargs)
+        if self.stopping:  # accepted (or handed over by the lean front) as the drain began
+            handler.wind_down()
+        return handler
+
+    def wind_down(self) -> None:
+        """The drain begins: idle connections close, the others after their next answers."""
+        self.stopping = True
+        for handler in self.connections:
+            handler.wind_down()  # type: ignore[attr-defined]
+
+    def open_connections(self) -> int:
+        """Connections not closing yet (the drain waits for them)."""
+        return sum(1 for handler in self.connections if handler.transport is not None
+                   and not handler.transport.is_closing())
 
 
 def read_timed(server: web.Server, config: ServerConfig) -> ReadTimedServer:

@@ -4,10 +4,12 @@ supervising N of them.
 A **worker** is one asyncio process serving the app. It listens on its own socket; with
 several workers every one binds the same port with `SO_REUSEPORT` and the kernel spreads new
 connections across them. On SIGTERM (or SIGINT when it runs alone) it drains (server/drain.py):
-stops accepting, `/healthz` answers 503, running requests get `server.shutdown_grace` seconds,
-then the rest end with an OpenAI error. SIGQUIT drains with no grace, and so does a second
-SIGTERM or SIGINT to a worker running alone (no master). Alone, it also reloads on SIGHUP in
-place: the new config's app accepts on the same listening sockets, then the old app drains.
+stops accepting, closes kept-alive connections between requests (after DRAIN_LINGER idle) and
+the others after their next answer (served, with `Connection: close`), `/healthz` answers 503,
+running requests get `server.shutdown_grace` seconds, then the rest end with an OpenAI error.
+SIGQUIT drains with no grace, and so does a second SIGTERM or SIGINT to a worker running alone
+(no master). Alone, it also reloads on SIGHUP in place: the new config's app accepts on the
+same listening sockets, then the old app drains.
 
 `server.drain_delay` puts a pause before the drain: `/healthz` answers 503 at once, requests
 are still served for that many seconds (a Kubernetes Service removes the endpoint meanwhile),
@@ -27,19 +29,21 @@ import resource
 import signal
 import socket
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
 from streamproxy.config import Config, ConfigError, load_config
 from streamproxy.routing.breaker import CircuitBreakers
+from streamproxy.server.drain import Drain
 from streamproxy.server.heap import keep_heap_cushion
 
 log = logging.getLogger("streamproxy.workers")
 
 BACKLOG = 2048  # listen(2) queue: benchmarks open thousands of connections at once
 GC_THRESHOLD = 10_000  # net container allocations between young collections (CPython: 700)
+CLOSING_POLL = 0.05  # seconds between a drain's looks at the connections left open
 
 
 def default_workers() -> int:
@@ -233,7 +237,7 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
         # closed, queueing connections nobody will accept (with workers, the kernel keeps
         # handing this one its share). Closed here, stopping the sites refuses new ones.
         _close_all(listeners)
-        await drain_and_stop(current.app, current.sites, grace)
+        await drain_and_stop(current.runner, grace)
         if retiring:
             await asyncio.gather(*retiring)
     finally:
@@ -267,7 +271,7 @@ async def _retire(old: _Generation) -> None:
     from streamproxy.server.app import STATE
 
     try:
-        await drain_and_stop(old.app, old.sites, [old.app[STATE].config.server.shutdown_grace])
+        await drain_and_stop(old.runner, [old.app[STATE].config.server.shutdown_grace])
     finally:
         await old.runner.cleanup()
 
@@ -325,19 +329,35 @@ async def drain_delay(app: web.Application, cut_short: asyncio.Event) -> None:
         await asyncio.wait_for(cut_short.wait(), delay)
 
 
-async def drain_and_stop(app: web.Application, sites: Sequence[web.BaseSite],
-                         grace: list[float]) -> None:
-    """Stop accepting, give running requests the grace period, then end the rest."""
+async def drain_and_stop(runner: web.AppRunner, grace: list[float]) -> None:
+    """Stop accepting, close the idle connections, give running requests (and those still
+    arriving on open connections) the grace period, then end the rest."""
     from streamproxy.server.app import STATE
 
-    drain = app[STATE].drain
+    drain = runner.app[STATE].drain
     drain.start()
-    for site in sites:
+    for site in runner.sites:
         await site.stop()
+    server = runner.server
+    server.wind_down()  # type: ignore[union-attr]
     log.info("worker %d draining: %d request(s) running, grace %gs", os.getpid(), drain.active,
              grace[0])
-    if not await drain.wait_idle(grace[0]):
+    if not await _wait_served(drain, server, grace):
         ended = drain.abort_all()
         log.warning("worker %d: grace period over, ended %d request(s) with an error",
                     os.getpid(), ended)
         await drain.wait_idle(5.0)
+
+
+async def _wait_served(drain: Drain, server: Any, grace: list[float]) -> bool:
+    """Wait, at most the grace period, until no request runs and every connection has closed
+    (each after its last answer, or idle: server.reading.DRAIN_LINGER): a request a connection
+    was reading, or that came as the drain began, is served too. False if requests still run
+    when the time is out (connections still open then are closed by the runner's cleanup)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace[0]
+    while await drain.wait_idle(deadline - loop.time()):
+        if not server.open_connections() or drain.aborted or loop.time() >= deadline:
+            return True
+        await asyncio.sleep(CLOSING_POLL)
+    return False
