@@ -1022,6 +1022,42 @@ def test_other_models_get_the_schema_as_an_instruction_unless_told_native(model:
     assert "outputConfig" not in to_converse(json_schema_body(), claude, "instruction")
 
 
+def converse_answer(text: str) -> bytes:
+    return orjson.dumps({
+        "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+        "stopReason": "end_turn", "usage": {"inputTokens": 5, "outputTokens": 5,
+                                            "totalTokens": 10}})
+
+
+@pytest.mark.parametrize(("model", "mode"), [
+    ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "auto"), (MODEL, "native")])
+async def test_structured_outputs_beside_a_prefill_are_a_400_naming_messages(
+        proxy: Any, upstream: Any, model: str, mode: str) -> None:
+    """Structured outputs cannot continue a final assistant turn (Anthropic documents the two
+    as incompatible; the grammar starts the answer afresh): a clear 400 as on Anthropic, not
+    Bedrock's, nor broken JSON for a client that prepends its prefill. A model that gets the
+    instruction keeps its prefill."""
+    upstream.content_type = "application/json"
+    upstream.body = converse_answer('"Ann"}')
+    body = {"model": model, "response_format": json_schema_body()["response_format"],
+            "messages": [{"role": "user", "content": "Ann"},
+                         {"role": "assistant", "content": '{"name": '}]}
+    client = await proxy(bedrock_config(upstream.url, default_model=model,
+                                        structured_outputs=mode))
+    resp = await client.post(CHAT, json=body)
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["param"] == "messages" and "prefill" in error["message"]
+    assert not upstream.requests
+    resp = await client.post(CHAT, json={**body, "model": "us.anthropic.claude-sonnet-4-20250514"
+                                                          "-v1:0"})
+    assert resp.status == 200 if mode == "auto" else 400
+    if mode == "auto":
+        [received] = upstream.requests
+        assert received.json()["messages"][-1] == {"role": "assistant",
+                                                   "content": [{"text": '{"name":'}]}
+
+
 def test_json_object_stays_an_instruction_on_every_model() -> None:
     body = {"messages": [{"role": "user", "content": "hi"}],
             "response_format": {"type": "json_object"}}

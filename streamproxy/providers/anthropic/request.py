@@ -205,12 +205,13 @@ def json_instruction(schema: dict[str, Any] | None) -> str:
 
 def refuse_prefill(last: dict[str, Any]) -> None:
     """A 400 for a conversation that ends with an assistant turn (a prefill) beside structured
-    outputs: Anthropic documents the two as incompatible. Dropping the prefill instead would
-    answer something else than asked: a client that prepends its prefill (`{`) to the answer
-    would get broken JSON."""
+    outputs: Anthropic documents the two as incompatible (so on Bedrock, where any model's
+    schema grammar starts the answer afresh, not from the prefill). Dropping the prefill instead
+    would answer something else than asked: a client that prepends its prefill (`{`) to the
+    answer would get broken JSON."""
     if last["role"] == "assistant":
         raise InvalidRequest(
-            "Claude's structured outputs (response_format json_schema) cannot continue a "
+            "Structured outputs (response_format json_schema) cannot continue a "
             "final assistant message (a prefill): end 'messages' with a user turn, or ask "
             "for json_object.", param="messages", code="unsupported_value")
 

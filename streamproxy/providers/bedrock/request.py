@@ -50,6 +50,8 @@ Choices (docs/providers/bedrock.md):
   the models NATIVE_SCHEMA_MODELS names, or for any model with STRUCTURED_OUTPUTS "native";
   otherwise, and for json_object (Converse has no schema-less JSON mode), a system instruction
   (not enforced), which leads the first user turn instead for the models NO_SYSTEM_MODELS names;
+  beside a prefill (a final assistant turn) structured outputs are a 400, as on Anthropic
+  (`refuse_prefill`);
 - `top_k` (no OpenAI parameter, but the extra_body name Anthropic, Gemini, Cohere and Ollama
   take) → `additionalModelRequestFields.top_k` for Claude, `….inferenceConfig.topK` for Nova
   (where AWS documents each); dropped for other models, whose fields differ or lack one (a
@@ -90,6 +92,7 @@ from streamproxy.providers.anthropic.request import (
     claude_stop_sequences,
     drop_trailing_thinking,
     json_instruction,
+    refuse_prefill,
     response_schema,
     trim_prefill,
 )
@@ -199,6 +202,7 @@ def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "aut
     text_format = _response_format(body, instructions,
                                    takes_native_schema(model, structured_outputs))
     if text_format:
+        refuse_prefill(messages[-1])  # as on Anthropic: the grammar starts the answer afresh
         out["outputConfig"] = {"textFormat": text_format}
     if any(name in model for name in NO_SYSTEM_MODELS):
         messages[0]["content"][:0] = instructions  # messages[0] is a user turn (see above)
