@@ -1058,6 +1058,35 @@ async def test_structured_outputs_beside_a_prefill_are_a_400_naming_messages(
                                                    "content": [{"text": '{"name":'}]}
 
 
+@pytest.mark.parametrize(("model", "mode", "strict"), [
+    ("us.anthropic.claude-sonnet-4-20250514-v1:0", "auto", False),
+    ("anthropic.claude-3-7-sonnet-20250219-v1:0", "auto", False),
+    ("us.anthropic.claude-opus-4-1-20250805-v1:0", "auto", False),
+    (MODEL, "auto", False), ("meta.llama3-3-70b-instruct-v1:0", "auto", False),
+    ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "auto", True),
+    ("global.anthropic.claude-opus-4-6-v1", "auto", True),
+    ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "instruction", False),
+    ("qwen.qwen3-32b-v1:0", "native", True)])
+async def test_a_strict_tool_is_strict_only_where_the_model_takes_structured_outputs(
+        proxy: Any, upstream: Any, model: str, mode: str, strict: bool) -> None:
+    """Strict tool use is Converse structured outputs for tool inputs: AWS lists the same
+    models for both, and the others refuse it (as Claude Sonnet 4 does on Anthropic: "does not
+    support strict tools"). They get the tool as a non-strict one, its parameters as written."""
+    upstream.content_type = "application/json"
+    upstream.body = converse_answer("Sunny.")
+    params = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 9}}}
+    client = await proxy(bedrock_config(upstream.url, default_model=model,
+                                        structured_outputs=mode))
+    resp = await client.post(CHAT, json={
+        "model": model, "messages": [{"role": "user", "content": "Weather in Rome?"}],
+        "tools": [{"type": "function", "function": {"name": "weather", "parameters": params,
+                                                    "strict": True}}]})
+    assert resp.status == 200
+    [spec] = upstream.requests[0].json()["toolConfig"]["tools"]
+    assert ("strict" in spec["toolSpec"]) is strict
+    assert (spec["toolSpec"]["inputSchema"]["json"] == params) is not strict
+
+
 def test_json_object_stays_an_instruction_on_every_model() -> None:
     body = {"messages": [{"role": "user", "content": "hi"}],
             "response_format": {"type": "json_object"}}

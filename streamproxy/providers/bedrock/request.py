@@ -16,7 +16,8 @@ Choices (docs/providers/bedrock.md):
   `s3://` URIs (→ `s3Location`); http(s) image URLs are refused: the proxy fetches nothing;
   files are `data:` URLs too (an OpenAI `file_id` is a 400 naming it);
 - a function's `strict: true` → the toolSpec's `strict`, its parameters as `claude_schema`
-  makes them;
+  makes them, for the models that take structured outputs (AWS lists the same models for strict
+  tool use); the others refuse it, so they get the tool as a non-strict one, as on Anthropic;
 - `tool_choice`: auto → `{auto}`, required → `{any}`, a named function → `{tool}`. Converse has
   no "none": the tools are left out instead — unless the conversation already holds toolUse /
   toolResult blocks, where Bedrock requires a `toolConfig`, so the tools stay and "none" is not
@@ -172,6 +173,19 @@ def takes_native_schema(model: str, structured_outputs: str = "auto") -> bool:
     return structured_outputs == "native"
 
 
+class _StructuredOutputs:
+    """Whether the model takes Converse structured outputs (and strict tools), asked when a
+    request needs to know: a plain chat request does not scan the model list."""
+
+    __slots__ = ("_mode", "_model")
+
+    def __init__(self, model: str, mode: str) -> None:
+        self._model, self._mode = model, mode
+
+    def __bool__(self) -> bool:
+        return takes_native_schema(self._model, self._mode)
+
+
 def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "auto",
                 anthropic_betas: list[str] | None = None) -> dict[str, Any]:
     if (body.get("n") or 1) > 1:
@@ -199,8 +213,8 @@ def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "aut
     if inference:
         out["inferenceConfig"] = inference
     instructions: list[dict[str, Any]] = []
-    text_format = _response_format(body, instructions,
-                                   takes_native_schema(model, structured_outputs))
+    native = _StructuredOutputs(model, structured_outputs)
+    text_format = _response_format(body, instructions, native)
     if text_format:
         refuse_prefill(messages[-1])  # as on Anthropic: the grammar starts the answer afresh
         out["outputConfig"] = {"textFormat": text_format}
@@ -210,7 +224,7 @@ def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "aut
         system.extend(instructions)
     if system:
         out["system"] = system
-    tool_config = _tool_config(body, tool_names)
+    tool_config = _tool_config(body, tool_names, native)
     if tool_config:
         out["toolConfig"] = tool_config
     return out
@@ -302,14 +316,14 @@ def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> 
 
 
 def _response_format(body: dict[str, Any], instructions: list[dict[str, Any]],
-                     native: bool) -> dict[str, Any] | None:
+                     native: _StructuredOutputs) -> dict[str, Any] | None:
     """The `outputConfig.textFormat` for a json_schema answer when the model takes one (None
     otherwise); else the instruction that asks for JSON, appended to `instructions`."""
     fmt = body.get("response_format") or {}
     if fmt.get("type") not in ("json_schema", "json_object"):
         return None
     schema = response_schema(fmt)
-    if native and schema is not None:
+    if schema is not None and native:
         return _text_format(fmt["json_schema"], schema)
     instructions.append({"text": json_instruction(schema)})
     return None
@@ -325,12 +339,13 @@ def _text_format(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]
     return {"type": "json_schema", "structure": {"jsonSchema": definition}}
 
 
-def _tool_config(body: dict[str, Any], history_tools: list[str]) -> dict[str, Any] | None:
+def _tool_config(body: dict[str, Any], history_tools: list[str],
+                 native: _StructuredOutputs) -> dict[str, Any] | None:
     tools = body.get("tools") or []
     choice = body.get("tool_choice")
     if choice == "none" and not history_tools:
         return None  # Converse has no "none": offering no tools is the equivalent
-    specs = [block for t in tools for block in (_tool_spec(t["function"]),
+    specs = [block for t in tools for block in (_tool_spec(t["function"], native),
                                                  *_cache_point(t.get("cache_control")))]
     if not specs:
         # Bedrock rejects toolUse / toolResult blocks without a toolConfig.
@@ -348,9 +363,11 @@ def _tool_config(body: dict[str, Any], history_tools: list[str]) -> dict[str, An
     return config
 
 
-def _tool_spec(fn: dict[str, Any]) -> dict[str, Any]:
+def _tool_spec(fn: dict[str, Any], native: _StructuredOutputs) -> dict[str, Any]:
     schema = fn.get("parameters") or {"type": "object", "properties": {}}
-    strict = fn.get("strict") is True
+    # A model without structured outputs refuses strict tools too (Claude Sonnet 4: "does not
+    # support strict tools"): it gets the tool as a non-strict one, its inputs unenforced.
+    strict = fn.get("strict") is True and bool(native)
     # Strict tool inputs take the schema subset structured outputs take, as on Anthropic.
     spec: dict[str, Any] = {"name": fn["name"],
                             "inputSchema": {"json": claude_schema(schema) if strict else schema}}
