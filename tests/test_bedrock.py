@@ -777,6 +777,7 @@ def test_a_conversation_that_starts_with_the_assistant_gets_a_user_turn_first() 
 
 
 CLAUDE = "us.anthropic.claude-sonnet-4-20250514-v1:0"
+CLAUDE_4_5 = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"  # (has Converse structured outputs)
 
 
 def test_claude_gets_no_top_p_of_one_beside_temperature() -> None:
@@ -944,7 +945,7 @@ def test_a_strict_function_is_a_strict_tool_spec() -> None:
     body = {"messages": [{"role": "user", "content": "hi"}], "tools": [
         {"type": "function", "function": {"name": "f", "parameters": schema, "strict": True}},
         {"type": "function", "function": {"name": "g", "parameters": schema}}]}
-    specs = [t["toolSpec"] for t in to_converse(body, CLAUDE)["toolConfig"]["tools"]]
+    specs = [t["toolSpec"] for t in to_converse(body, CLAUDE_4_5)["toolConfig"]["tools"]]
     assert specs[0] == {"name": "f", "inputSchema": {"json": schema}, "strict": True}
     assert "strict" not in specs[1]
 
@@ -1798,9 +1799,6 @@ def test_an_openai_file_id_is_a_400_naming_it() -> None:
     assert "file_data" in str(caught.value)
 
 
-CLAUDE = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
-
-
 async def test_claudes_betas_reach_converse_for_claude_alone(proxy: Any, upstream: Any) -> None:
     # The portkey-ai SDK's `anthropic_beta` (x-portkey-anthropic-beta), a config target's and
     # the provider's own were ignored on Bedrock: Converse takes them in
@@ -1817,21 +1815,21 @@ async def test_claudes_betas_reach_converse_for_claude_alone(proxy: Any, upstrea
         return upstream.requests[-1].json().get("additionalModelRequestFields")
 
     sdk = {"x-portkey-anthropic-beta": "context-1m-2025-08-07,interleaved-thinking-2025-05-14"}
-    assert await fields_sent(CLAUDE, sdk) == {"anthropic_beta": [
+    assert await fields_sent(CLAUDE_4_5, sdk) == {"anthropic_beta": [
         "context-1m-2025-08-07", "interleaved-thinking-2025-05-14"]}
-    assert await fields_sent(CLAUDE, {}) == {"anthropic_beta": ["b-provider"]}
+    assert await fields_sent(CLAUDE_4_5, {}) == {"anthropic_beta": ["b-provider"]}
     config = {"x-portkey-config": orjson.dumps({"provider": "aws",
                                                 "anthropic_beta": "b-target"}).decode()}
-    assert await fields_sent(CLAUDE, {**sdk, **config}) == {"anthropic_beta": ["b-target"]}
+    assert await fields_sent(CLAUDE_4_5, {**sdk, **config}) == {"anthropic_beta": ["b-target"]}
     assert await fields_sent(MODEL, sdk) is None
     # A client's own fields keep theirs, and get the betas beside them unless they name some.
-    assert await fields_sent(CLAUDE, sdk, additionalModelRequestFields={"top_k": 5}) == {
+    assert await fields_sent(CLAUDE_4_5, sdk, additionalModelRequestFields={"top_k": 5}) == {
         "top_k": 5, "anthropic_beta": ["context-1m-2025-08-07",
                                        "interleaved-thinking-2025-05-14"]}
-    assert await fields_sent(CLAUDE, sdk, additionalModelRequestFields={
+    assert await fields_sent(CLAUDE_4_5, sdk, additionalModelRequestFields={
         "anthropic_beta": ["own"]}) == {"anthropic_beta": ["own"]}
     # Anthropic's version is the anthropic type's alone: Converse sets Bedrock's own.
-    assert await fields_sent(CLAUDE, {"x-portkey-anthropic-version": "2023-06-01"}) == {
+    assert await fields_sent(CLAUDE_4_5, {"x-portkey-anthropic-version": "2023-06-01"}) == {
         "anthropic_beta": ["b-provider"]}
     verify_sigv4(upstream.requests[-1], SECRET, "us-west-2")
 
