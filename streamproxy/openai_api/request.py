@@ -244,12 +244,13 @@ TEXT_ONLY = frozenset({"text"})  # the answer_modalities of most translating pro
 _ANSWER_KINDS = {"audio": "audio", "image": "images"}
 
 
-def answer_changing_refusal(provider: str, body: dict[str, Any],
-                            answers: frozenset[str]) -> InvalidRequest | None:
+def answer_changing_refusal(provider: str, body: dict[str, Any], answers: frozenset[str],
+                            searches_web: bool = False) -> InvalidRequest | None:
     """For a provider that translates the request (as for custom tools), the OpenAI features
     it lacks that change the answer, or None. Dropped, the client would get another answer
     than it asked for and not know it. `answers`: the modalities the provider can answer in
-    (`Provider.answer_modalities`)."""
+    (`Provider.answer_modalities`); `searches_web`: whether it maps `web_search_options`
+    (`Provider.searches_web`)."""
     if body.get("functions"):  # deprecated: the model could call none of them
         return InvalidRequest(f"provider '{provider}' does not take the deprecated 'functions' "
                               "(and 'function_call'); send them as 'tools' (and "
@@ -260,9 +261,9 @@ def answer_changing_refusal(provider: str, body: dict[str, Any],
             return InvalidRequest(f"provider '{provider}' does not answer with {noun}; leave "
                                   f"'{kind}' out of 'modalities'.", param="modalities",
                                   code="unsupported_value")
-    if body.get("web_search_options") is not None:  # OpenAI's search models search the web
+    if body.get("web_search_options") is not None and not searches_web:  # (a search model's)
         return InvalidRequest(f"provider '{provider}' does not search the web; "
-                              "'web_search_options' needs an OpenAI-type provider.",
+                              "'web_search_options' needs an OpenAI-type or Gemini provider.",
                               param="web_search_options", code="unsupported_value")
     return None
 

@@ -133,6 +133,9 @@ class Provider:
     # What a translating provider's answers can hold, as OpenAI's `modalities` names it: asked
     # for anything else, it answers a 400 (openai_api.request.answer_changing_refusal).
     answer_modalities: ClassVar[frozenset[str]] = TEXT_ONLY
+    # True when the translator maps `web_search_options` to the upstream's own web search
+    # (Gemini's Google Search grounding); the other translating providers refuse it.
+    searches_web: ClassVar[bool] = False
 
     def __init__(self, cfg: ProviderConfig, *, max_event_bytes: int = 16 * 1024 * 1024) -> None:
         self.cfg = cfg

@@ -114,7 +114,7 @@ class Executor:
             if req.custom_tools or (overrides and offers_custom_tools(overrides)):
                 raise custom_tools_refused(provider.name)
             refusal = answer_changing_refusal(provider.name, target.apply_overrides(req.body),
-                                              provider.answer_modalities)
+                                              provider.answer_modalities, provider.searches_web)
             if refusal is not None:
                 raise refusal
         await provider.prepare(target)

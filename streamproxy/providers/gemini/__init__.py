@@ -51,6 +51,7 @@ class GeminiProvider(Provider):
     dropped_params: ClassVar[frozenset[str]] = DROPPED
     # Image models (gemini-2.5-flash-image, gemini-3-pro-image-preview) answer with images.
     answer_modalities: ClassVar[frozenset[str]] = frozenset({"text", "image"})
+    searches_web: ClassVar[bool] = True  # web_search_options → Google Search grounding
     default_api_version: ClassVar[str] = "v1beta"
     brand: ClassVar[str] = "Gemini"  # as a refusal names the service
 

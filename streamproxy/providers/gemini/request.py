@@ -19,6 +19,8 @@ provider-streams.md §4.2; choices documented in docs/providers/gemini.md.
 - ids we generated for Gemini calls that had none (`call_…`) are never sent upstream;
 - `logprobs` → `responseLogprobs`, `top_logprobs` → `logprobs` (the count: both 0 to 20);
 - `modalities` with `image` → `responseModalities` (image models answer with images);
+- `web_search_options`, and a function tool named `google_search` / `googleSearch`, →
+  the `googleSearch` tool (LiteLLM's and Portkey's mappings): Google Search grounding;
 - JSON Schemas (`response_format`, tool parameters) in the form Gemini reads (schema.py);
 - parameters in DROPPED are dropped; `n` > 1 is rejected.
 """
@@ -48,7 +50,7 @@ from streamproxy.openai_api.content import (
 from streamproxy.providers.gemini.schema import gemini_schema
 
 # OpenAI parameters with no Gemini equivalent: dropped, never forwarded.
-DROPPED = ((OPENAI_ONLY - {"logprobs", "top_logprobs", "modalities"})
+DROPPED = ((OPENAI_ONLY - {"logprobs", "top_logprobs", "modalities", "web_search_options"})
            | {"user", "parallel_tool_calls"})
 # Gemini-native settings a client may pass (openai SDK `extra_body`), forwarded as given.
 PASSTHROUGH_TOP = {"safety_settings": "safetySettings", "cached_content": "cachedContent"}
@@ -60,6 +62,9 @@ GENERATED_ID_PREFIX = "call_"  # ids the proxy made up for calls Gemini sent wit
 # kept only the OpenAI fields, a history from another model): Gemini 3 then skips its check
 # rather than answer the turn with a 400 ("Function call is missing a thought_signature").
 SKIP_SIGNATURE_CHECK = "skip_thought_signature_validator"
+# Function tool names that ask for Gemini's Google Search tool (grounding the answer in search
+# results, with the sources in `groundingMetadata`) rather than declare a function; Portkey's.
+GOOGLE_SEARCH_NAMES = frozenset({"google_search", "googleSearch"})
 DEFAULT_IMAGE_MIME = "image/jpeg"  # for an image URL whose extension names no type
 # Data-URL types clients write that Gemini refuses ("Unsupported MIME type"), by its name.
 MIME_ALIASES = {"image/jpg": "image/jpeg"}
@@ -161,9 +166,28 @@ def _thinking(body: dict[str, Any], model: str) -> dict[str, Any] | None:
 
 
 def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
-    tools = body.get("tools")
+    declarations = []
+    search = None
+    for tool in body.get("tools") or ():
+        fn = tool["function"]
+        if fn["name"] in GOOGLE_SEARCH_NAMES:
+            search = _google_search(fn)
+        else:
+            declarations.append(_declaration(fn))
+    options = body.get("web_search_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise InvalidRequest("'web_search_options' must be an object.",
+                                 param="web_search_options")
+        if search is None:
+            search = {}  # (Google takes neither its search_context_size nor its user_location)
+    tools: list[dict[str, Any]] = []
+    if declarations:
+        tools.append({"functionDeclarations": declarations})
+    if search is not None:
+        tools.append({"googleSearch": search})
     if tools:
-        out["tools"] = [{"functionDeclarations": [_declaration(t["function"]) for t in tools]}]
+        out["tools"] = tools
     choice = body.get("tool_choice")
     mode: dict[str, Any] | None = None
     if choice == "auto":
@@ -174,8 +198,15 @@ def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
         mode = {"mode": "ANY"}
     elif isinstance(choice, dict):
         mode = {"mode": "ANY", "allowedFunctionNames": [choice["function"]["name"]]}
-    if mode is not None and tools:
+    if mode is not None and declarations:  # (it rules function calls; a search is none)
         out["toolConfig"] = {"functionCallingConfig": mode}
+
+
+def _google_search(fn: dict[str, Any]) -> dict[str, Any]:
+    """A function tool naming Google Search → Gemini's `googleSearch` tool; its `parameters`
+    may carry the tool's `timeRangeFilter` (Portkey's convention)."""
+    window = (fn.get("parameters") or {}).get("timeRangeFilter")
+    return {} if window is None else {"timeRangeFilter": window}
 
 
 def _declaration(fn: dict[str, Any]) -> dict[str, Any]:

@@ -15,8 +15,10 @@
 - Once a finish reason was emitted, later parts are ignored (Gemini sends none): the client
   has already been told the answer is complete.
 - A chunk `{"error": {...}}` ends the stream with an OpenAI error frame and no `[DONE]`.
-- `citationMetadata` sources → OpenAI's `url_citation` annotations (`delta.annotations`),
-  each once, after the parts of the chunk that carried them.
+- `citationMetadata` sources, and the web sources of `groundingMetadata` (Google Search
+  grounding: each `groundingSupports` entry's sources over its `segment`) → OpenAI's
+  `url_citation` annotations (`delta.annotations`), each once, after the parts of the chunk
+  that carried them.
 - Logprobs (only when the client asked: `logprobs=True`): a candidate's `logprobsResult`
   covers the tokens of its chunk, so they go with the chunk's first answer text, as one
   content delta (`content_logprobs`), the way OpenAI pairs them.
@@ -174,17 +176,37 @@ def image_url(part: dict[str, Any]) -> str | None:
 def url_citations(metadata: dict[str, Any]) -> list[dict[str, Any]]:
     """`citationMetadata` → OpenAI `url_citation` annotations. Vertex (and Google's current
     SDKs) name the list `citations`, the Gemini API's reference `citationSources`; a source
-    without a `uri` (a book, say) has no place in a url_citation and is left out. The indices
-    are Gemini's as given (proto3 JSON leaves out a 0)."""
+    without a `uri` (a book, say) has no place in a url_citation and is left out."""
     entries = []
     for source in metadata.get("citations") or metadata.get("citationSources") or ():
         uri = source.get("uri")
         if isinstance(uri, str) and uri:
-            entries.append({"type": "url_citation", "url_citation": {
-                "url": uri, "title": source.get("title") or "",
-                "start_index": source.get("startIndex") or 0,
-                "end_index": source.get("endIndex") or 0}})
+            entries.append(_url_citation(uri, source.get("title"), source))
     return entries
+
+
+def grounding_citations(metadata: dict[str, Any]) -> list[dict[str, Any]]:
+    """`groundingMetadata` (Google Search grounding) → `url_citation` annotations: one for
+    each web source (`groundingChunks[i].web`) a support cites, over that support's
+    `segment`. A chunk that is not a web page (a retrieved document, a map place), or an
+    index that names no chunk, is left out."""
+    chunks = metadata.get("groundingChunks") or ()
+    entries = []
+    for support in metadata.get("groundingSupports") or ():
+        segment = support.get("segment") or {}
+        for i in support.get("groundingChunkIndices") or ():
+            web = chunks[i].get("web") if isinstance(i, int) and 0 <= i < len(chunks) else None
+            uri = web.get("uri") if web else None
+            if isinstance(uri, str) and uri:
+                entries.append(_url_citation(uri, web.get("title"), segment))
+    return entries
+
+
+def _url_citation(uri: str, title: Any, span: dict[str, Any]) -> dict[str, Any]:
+    # The indices are Gemini's as given (proto3 JSON leaves out a 0).
+    return {"type": "url_citation", "url_citation": {
+        "url": uri, "title": title or "", "start_index": span.get("startIndex") or 0,
+        "end_index": span.get("endIndex") or 0}}
 
 
 def failed_finish(reason: str, candidate: dict[str, Any], provider: str) -> UpstreamStatusError:
@@ -291,8 +313,11 @@ class GeminiStreamTranslator(SSETranslator):
                             self._parts_with_logprobs(parts, token_logprobs(result))
                         else:
                             self._parts(parts)
-                if "citationMetadata" in candidate:  # (never on a plain text chunk)
-                    self._citations(candidate["citationMetadata"])
+                # (neither is ever on a plain text chunk: the fast path never looks)
+                if "citationMetadata" in candidate:
+                    self._cite(url_citations(candidate["citationMetadata"]))
+                if "groundingMetadata" in candidate:
+                    self._cite(grounding_citations(candidate["groundingMetadata"]))
                 reason = candidate.get("finishReason")
                 if reason:
                     self._finish(reason, candidate)
@@ -372,12 +397,12 @@ class GeminiStreamTranslator(SSETranslator):
                 block["tool_call_id"] = call_id
             self.out.thinking_block(block)
 
-    def _citations(self, metadata: dict[str, Any]) -> None:
-        """A candidate's sources → `url_citation` annotations, each once (a stream may repeat
-        them on later chunks)."""
+    def _cite(self, annotations: list[dict[str, Any]]) -> None:
+        """A candidate's `url_citation` annotations, each once (a stream may repeat its
+        sources on later chunks)."""
         seen = self._cited
         entries = []
-        for entry in url_citations(metadata):
+        for entry in annotations:
             key = orjson.dumps(entry)
             if key not in seen:
                 seen.add(key)
