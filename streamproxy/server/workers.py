@@ -357,7 +357,13 @@ async def _wait_served(drain: Drain, server: Any, grace: list[float]) -> bool:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace[0]
     while await drain.wait_idle(deadline - loop.time()):
-        if not server.open_connections() or drain.aborted or loop.time() >= deadline:
+        if not server.open_connections() or drain.aborted:
+            return True
+        if loop.time() >= deadline:
+            # The grace is over with connections still open: a request they bring from now on
+            # gets 503 (served, it would outlive the grace; the cleanup may come much later,
+            # after a reload's old app has drained too).
+            drain.abort_all()  # (nothing runs: it ends no request)
             return True
         await asyncio.sleep(CLOSING_POLL)
     return False
