@@ -202,6 +202,32 @@ async def test_a_request_after_the_grace_gets_a_503_when_no_stream_outlived_it(
         assert answer.startswith(b"http/1.1 503") and b'"code":"shutting_down"' in answer
 
 
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
+async def test_a_connection_accepted_as_the_drain_begins_is_wound_down_too(
+        monkeypatch: pytest.MonkeyPatch, front: str) -> None:
+    """asyncio makes an accepted connection's protocol, then calls its connection_made a loop
+    turn later: a drain beginning in between did not find it among the connections, so it kept
+    its requests alive (no `Connection: close`) and stayed open, for a request after the grace
+    or the runner's cleanup to cut."""
+    monkeypatch.setenv(FRONT_ENV, front)
+    async with asyncio.timeout(TEST_TIMEOUT), serving(make_runner) as running:
+        draining: list[asyncio.Task[float]] = []
+
+        def accept() -> asyncio.BaseProtocol:
+            protocol = running.runner.server()  # type: ignore[misc]
+            draining.append(asyncio.create_task(running.drain(grace=5.0)))  # runs first
+            return protocol
+
+        ours, theirs = socket.socketpair()
+        await asyncio.get_running_loop().connect_accepted_socket(accept, ours)
+        reader, writer = await asyncio.open_connection(sock=theirs)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = (await asyncio.wait_for(reader.read(), 2)).lower()  # then EOF
+        writer.close()
+        await draining[0]
+    assert answer.startswith(b"http/1.1 503") and b"connection: close" in answer
+
+
 async def test_a_request_not_yet_streaming_when_the_grace_ends_gets_a_503(
         running: Running) -> None:
     drain_state = running.app[STATE].drain

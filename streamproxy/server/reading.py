@@ -257,10 +257,14 @@ class ReadTimedServer(web.Server):
         self.stopping = False
 
     def __call__(self) -> ReadTimedHandler:
-        handler = ReadTimedHandler(self, loop=self._loop, **self._kwargs)
+        return ReadTimedHandler(self, loop=self._loop, **self._kwargs)
+
+    def connection_made(self, handler: web.RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        # Here, not as the handler is made: asyncio calls connection_made a loop turn after
+        # making the protocol, and `wind_down` finds only the connections made by then.
         if self.stopping:  # accepted (or handed over by the lean front) as the drain began
-            handler.wind_down()
-        return handler
+            handler.wind_down()  # type: ignore[attr-defined]
 
     def wind_down(self) -> None:
         """The drain begins: idle connections close, the others after their next answers."""
