@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 from prometheus_client import REGISTRY
 
 from streamproxy.config import ConfigError, load_config, parse_config
@@ -312,6 +313,7 @@ def test_what_aiohttp_keeps_privately_is_still_there() -> None:
             "_keepalive_handle", "_loop", "_request_factory", "_next_keepalive_close_time",
             "_keepalive_timeout"} <= slots
     assert callable(ReadTimedHandler.__mro__[1]._process_keepalive)
+    assert "_message" in web.BaseRequest.ATTRS  # (its should_close: wind_down)
 
 
 async def dribble(writer: asyncio.StreamWriter, data: bytes, gap: float) -> None:

@@ -133,6 +133,28 @@ async def test_a_request_on_a_kept_alive_connection_during_the_drain_is_served_t
 
 
 @pytest.mark.parametrize("front", ["lean", "aiohttp"])
+async def test_a_request_being_served_as_the_drain_begins_is_answered_with_connection_close(
+        monkeypatch: pytest.MonkeyPatch, front: str) -> None:
+    """Its answer kept the connection alive, which the drain then closed once idle 1 s: a
+    client that does not retry (http.client) and waited longer before its next request sent
+    it on a closed connection, an error on every reload. Told to close, it opens a new one."""
+    monkeypatch.setenv(FRONT_ENV, front)
+    async with asyncio.timeout(TEST_TIMEOUT), serving(make_runner) as running:
+        host, port = running.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        body = (b'{"model": "mock/fast:stall_ms=300", "messages": [{"role": "user", '
+                b'"content": "hi"}]}')
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+        await wait_for(lambda: running.app[STATE].drain.active == 1)
+        drain = asyncio.create_task(running.drain(grace=5.0))
+        answer = (await asyncio.wait_for(reader.read(), 2)).lower()  # then EOF
+        writer.close()
+        await drain
+    assert answer.startswith(b"http/1.1 200") and b"connection: close" in answer
+
+
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
 async def test_an_idle_kept_alive_connection_closes_when_the_drain_begins(
         monkeypatch: pytest.MonkeyPatch, front: str) -> None:
     """Closed at once (it has been idle longer than the drain's linger), without waiting for

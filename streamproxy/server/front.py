@@ -359,7 +359,7 @@ class Connection(asyncio.Protocol):
         body = bytes(buf[start:start + length])
         del buf[:start + length]
         self._head = None
-        ex = LeanExchange(self, headers, body, close or self._front.stopping, arrived)
+        ex = LeanExchange(self, headers, body, close, arrived)
         self.task = self._front.loop.create_task(self._serve(ex))
 
     async def _serve(self, ex: LeanExchange) -> None:
@@ -564,8 +564,12 @@ class LeanExchange:
     async def _prepare(self, status: int, headers: Mapping[str, str]) -> bytes:
         """The head's status line and header lines (not its end), after the app's
         on_response_prepare hooks."""
+        front = self._conn._front
+        # Read as the answer begins, not as the request came: one being served as a drain
+        # begins closes its connection too, instead of lingering for a next request.
+        self.close = self.close or front.stopping
         response = ResponseHead(status, headers)
-        for hook in self._conn._front.prepare_hooks:
+        for hook in front.prepare_hooks:
             await hook(self, response)
         # One str.join per line, no loop in Python: it takes the names, multidict's istr, as
         # they are (an f-string calls the subclass's __format__ for each). Never empty: every

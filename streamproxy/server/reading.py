@@ -180,12 +180,15 @@ class ReadTimedHandler(web.RequestHandler):
         self._read_timer = self._drain_timer = None
 
     def wind_down(self) -> None:
-        """The drain: every later request is answered with `Connection: close` (aiohttp then
-        closes), and the connection closes once it has been between requests DRAIN_LINGER
-        seconds (at once if it has been already)."""
+        """The drain: every answer not begun yet (of the request being served, or a later
+        one) says `Connection: close` (aiohttp then closes), and the connection closes once it
+        has been between requests DRAIN_LINGER seconds (at once if it has been already)."""
         make_request = self._request_factory
         self._request_factory = lambda message, *rest: make_request(
             message._replace(should_close=True), *rest)
+        request = self._current_request
+        if request is not None:  # its answer, unless begun already, closes the connection too
+            request._message = request._message._replace(should_close=True)
         if self._drain_timer is None:  # (looked at once connected, for a connection this new)
             self._drain_timer = self._loop.call_at(self._loop.time(), self._close_if_idle)
 
