@@ -19,6 +19,7 @@ from streamproxy.providers.anthropic.request import (
 )
 from streamproxy.providers.anthropic.response import to_completion
 from streamproxy.providers.bedrock.request import to_converse
+from streamproxy.providers.gemini.request import to_gemini
 from streamproxy.providers.ollama.request import to_ollama
 from tests.conftest import provider_config
 from tests.helpers import fixture_bytes, make_config, openai_sdk, read_sdk_stream
@@ -818,6 +819,20 @@ def test_a_blank_user_message_between_assistant_turns_keeps_them_apart(content: 
     assert [m["role"] for m in out["messages"]] == ["user", "assistant", "user", "assistant",
                                                     "user"]
     assert out["messages"][2]["content"] == [{"type": "text", "text": "(empty message)"}]
+
+
+@pytest.mark.parametrize("content", ["  ", None, [{"type": "text", "text": ""}]])
+def test_a_blank_user_message_before_a_user_message_is_left_out(content: Any) -> None:
+    # The next user message keeps the turn: the stand-in went with it, as a second text.
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+               {"role": "user", "content": content}, {"role": "user", "content": "and?"}]
+    claude = to_anthropic({"messages": history}, "claude-x")["messages"][-1]
+    assert claude == {"role": "user", "content": [{"type": "text", "text": "and?"}]}
+    converse = to_converse({"messages": history}, "amazon.nova-pro-v1:0")["messages"][-1]
+    assert converse == {"role": "user", "content": [{"text": "and?"}]}
+    if content != "  ":  # (Gemini takes whitespace as it is)
+        gemini = to_gemini({"messages": history}, "gemini-2.5-flash")["contents"][-1]
+        assert gemini == {"role": "user", "parts": [{"text": "and?"}]}
 
 
 def test_a_blank_user_message_after_tool_results_is_left_out() -> None:

@@ -22,6 +22,13 @@ PLACEHOLDER_USER_TEXT = "Begin."
 BLANK_USER_TEXT = "(empty message)"
 
 
+def stood_in_for_blank(turn: list[dict[str, Any]], blank: dict[str, Any] | None) -> bool:
+    """`turn` holds only `blank`, the BLANK_USER_TEXT block a translator put there: a user
+    message that follows it gives the turn its content, and the stand-in goes (it kept a turn
+    that no longer needs it)."""
+    return blank is not None and len(turn) == 1 and turn[0] is blank
+
+
 # An assistant's content parts that hold no text for the model: its refusal, and the thinking
 # Portkey's clients send back there (read by `signed_thinking`, for Claude).
 NOT_TEXT_PARTS = frozenset({"refusal", "thinking", "redacted_thinking"})

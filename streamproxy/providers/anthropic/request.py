@@ -62,6 +62,7 @@ from streamproxy.openai_api.content import (
     parse_data_url,
     reasoning_effort,
     signed_thinking,
+    stood_in_for_blank,
     stop_list,
     text_parts,
     texts,
@@ -326,6 +327,7 @@ def _tool(fn: dict[str, Any], native: bool) -> dict[str, Any]:
 def _messages(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     system: list[dict[str, Any]] = []
     out: list[dict[str, Any]] = []
+    blank: dict[str, Any] | None = None  # the last BLANK_USER_TEXT block put in
     for i, m in enumerate(msgs):
         role = m["role"]
         if role in ("system", "developer"):
@@ -346,12 +348,15 @@ def _messages(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
         if not blocks:
             if role != "user" or not out or out[-1]["role"] != "assistant":
                 continue  # nothing vanishes: a user turn is there, or no turn yet
-            blocks = [{"type": "text", "text": BLANK_USER_TEXT}]
+            blank = {"type": "text", "text": BLANK_USER_TEXT}
+            blocks = [blank]
         _marked(blocks, m)
         if out and out[-1]["role"] == role_out:
             # Tool results must lead the user turn that follows a tool_use turn.
             prev = out[-1]["content"]
-            if role == "tool" and prev and prev[-1].get("type") != "tool_result":
+            if stood_in_for_blank(prev, blank):  # the turn has its user message now
+                out[-1]["content"] = blocks
+            elif role == "tool" and prev and prev[-1].get("type") != "tool_result":
                 out[-1]["content"] = [b for b in prev if b.get("type") == "tool_result"] + \
                     blocks + [b for b in prev if b.get("type") != "tool_result"]
             else:

@@ -82,6 +82,7 @@ from streamproxy.openai_api.content import (
     parse_data_url,
     reasoning_effort,
     signed_thinking,
+    stood_in_for_blank,
     stop_list,
     text_parts,
     texts,
@@ -383,6 +384,7 @@ def _messages(msgs: list[dict[str, Any]]
     system: list[dict[str, Any]] = []
     out: list[dict[str, Any]] = []
     tool_names: list[str] = []  # tools the history uses, for a toolConfig when none is given
+    blank: dict[str, Any] | None = None  # the last BLANK_USER_TEXT block put in
     for i, m in enumerate(msgs):
         role = m["role"]
         if role in ("system", "developer"):
@@ -400,11 +402,14 @@ def _messages(msgs: list[dict[str, Any]]
         if not blocks:  # Converse rejects a message without content
             if role != "user" or not out or out[-1]["role"] != "assistant":
                 continue  # nothing vanishes: a user turn is there, or no turn yet
-            blocks = [{"text": BLANK_USER_TEXT}]  # (the turn stays, as on Anthropic)
+            blank = {"text": BLANK_USER_TEXT}  # (the turn stays, as on Anthropic)
+            blocks = [blank]
         _marked(blocks, m)
         role_out = "assistant" if role == "assistant" else "user"
         if out and out[-1]["role"] == role_out:
             prev = out[-1]["content"]
+            if stood_in_for_blank(prev, blank):  # the turn has its user message now
+                prev.clear()
             prev.extend(blocks)
             if role == "tool":
                 out[-1]["content"] = _tool_results_first(prev)

@@ -43,6 +43,7 @@ from streamproxy.openai_api.content import (
     logprobs_asked,
     parse_data_url,
     reasoning_effort,
+    stood_in_for_blank,
     stop_list,
     texts,
     tool_call_input,
@@ -227,6 +228,7 @@ def _contents(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
     # tool_call_id → (name, Gemini's id or None, the call's place among its turn's calls)
     calls: dict[str, tuple[str, str | None, int]] = {}
     places: list[int] = []  # those places, for the responses in the last content, in order
+    blank: dict[str, Any] | None = None  # the last BLANK_USER_TEXT part put in
     for i, m in enumerate(msgs):
         role = m["role"]
         if role in ("system", "developer"):
@@ -245,7 +247,8 @@ def _contents(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
         if not parts:  # Gemini refuses an empty text part, and a content without parts
             if role != "user" or not contents or contents[-1]["role"] != "model":
                 continue  # nothing vanishes: a user content is there, or none yet
-            parts = [{"text": BLANK_USER_TEXT}]  # (the turn stays, as on Anthropic)
+            blank = {"text": BLANK_USER_TEXT}  # (the turn stays, as on Anthropic)
+            parts = [blank]
         if contents and contents[-1]["role"] == role_out \
                 and _holds_results(contents[-1]) == (role == "tool"):
             if role == "tool":
@@ -256,6 +259,8 @@ def _contents(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
                 places.insert(at, place)
                 contents[-1]["parts"].insert(at, response)
             else:
+                if stood_in_for_blank(contents[-1]["parts"], blank):  # its user message now
+                    contents[-1]["parts"].clear()
                 contents[-1]["parts"].extend(parts)
         else:
             contents.append({"role": role_out, "parts": parts})
