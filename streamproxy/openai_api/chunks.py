@@ -127,6 +127,19 @@ def error_frame(err: ProxyError) -> bytes:
     return b"data: " + _dumps(err.to_dict()) + b"\n\n"
 
 
+def unseen_citations(entries: list[dict[str, Any]], seen: set[bytes]) -> list[dict[str, Any]]:
+    """The `url_citation` entries not in `seen` yet (by their JSON), which they join: a
+    provider may repeat a source on later chunks, or two citations may share a url; the
+    client gets each annotation once."""
+    fresh = []
+    for entry in entries:
+        key = orjson.dumps(entry)
+        if key not in seen:
+            seen.add(key)
+            fresh.append(entry)
+    return fresh
+
+
 class ChunkEncoder:
     """ChunkSink → SSE bytes. Also the per-stream record that logs and metrics read."""
 

@@ -13,13 +13,13 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import UpstreamProtocolError
+from streamproxy.openai_api.chunks import unseen_citations
 from streamproxy.openai_api.completion import CompletionBuilder
 from streamproxy.providers.cohere.stream import (
     FAILED,
     FINISH_REASONS,
     failure,
     map_usage,
-    unseen,
     url_citations,
 )
 
@@ -46,7 +46,8 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
             elif block.get("type") == "thinking":
                 out.reasoning(block.get("thinking") or "")
         seen: set[bytes] = set()
-        cited = [e for c in message.get("citations") or () for e in unseen(url_citations(c), seen)]
+        cited = [e for c in message.get("citations") or ()
+                 for e in unseen_citations(url_citations(c), seen)]
         if cited:
             out.citations(cited)
         calls = message.get("tool_calls") or ()

@@ -24,11 +24,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import StreamDecodeError, UpstreamStatusError
-from streamproxy.openai_api.chunks import ChunkSink, make_usage
+from streamproxy.openai_api.chunks import ChunkSink, make_usage, unseen_citations
 from streamproxy.providers.base import SSETranslator, load_event_json
 
 FINISH_REASONS = {
@@ -68,18 +66,6 @@ def url_citations(citation: dict[str, Any]) -> list[dict[str, Any]]:
                 "start_index": citation.get("start") or 0,
                 "end_index": citation.get("end") or 0}})
     return entries
-
-
-def unseen(entries: list[dict[str, Any]], seen: set[bytes]) -> list[dict[str, Any]]:
-    """The entries not in `seen` yet (by their JSON), which they join: each annotation once,
-    should two sources of a citation share a url."""
-    fresh = []
-    for entry in entries:
-        key = orjson.dumps(entry)
-        if key not in seen:
-            seen.add(key)
-            fresh.append(entry)
-    return fresh
 
 
 def failure(reason: str, message: Any, provider: str) -> UpstreamStatusError:
@@ -175,7 +161,7 @@ class CohereStreamTranslator(SSETranslator):
         citation = ((msg.get("delta") or {}).get("message") or {}).get("citations")
         if not isinstance(citation, dict):
             return
-        entries = unseen(url_citations(citation), self._cited)
+        entries = unseen_citations(url_citations(citation), self._cited)
         if entries:
             self._start()
             self.out.citations(entries)

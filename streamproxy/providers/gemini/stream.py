@@ -52,7 +52,7 @@ import orjson
 
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
-from streamproxy.openai_api.chunks import ChunkSink, make_usage
+from streamproxy.openai_api.chunks import ChunkSink, make_usage, unseen_citations
 from streamproxy.providers.base import SSETranslator, load_event_json
 from streamproxy.providers.gemini.errors import error_from_object
 from streamproxy.providers.gemini.request import GENERATED_ID_PREFIX, SIGNATURE_BLOCK
@@ -400,13 +400,7 @@ class GeminiStreamTranslator(SSETranslator):
     def _cite(self, annotations: list[dict[str, Any]]) -> None:
         """A candidate's `url_citation` annotations, each once (a stream may repeat its
         sources on later chunks)."""
-        seen = self._cited
-        entries = []
-        for entry in annotations:
-            key = orjson.dumps(entry)
-            if key not in seen:
-                seen.add(key)
-                entries.append(entry)
+        entries = unseen_citations(annotations, self._cited)
         if entries:
             self.out.citations(entries)
 
