@@ -615,6 +615,13 @@ async def test_through_the_proxy_the_terminator_a_read_later_keeps_the_connectio
 
 # -- requests against raw upstreams ---------------------------------------------------------------
 
+async def read_request(reader: asyncio.StreamReader) -> None:
+    """Read one request with a Content-Length body (what the proxy sends upstream)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+
+
 async def raw_server(handle: Any) -> tuple[asyncio.Server, str]:
     """A raw upstream on loopback calling `handle(reader, writer)` per connection."""
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
@@ -704,9 +711,7 @@ async def test_a_transfer_coding_besides_chunked_is_refused_by_name(
 
     async def answer_gzip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            await reader.readexactly(length)
+            await read_request(reader)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                          b"Transfer-Encoding: " + coding + b"\r\n\r\n"
                          + b"%x\r\n%s\r\n0\r\n\r\n" % (len(packed), packed))
@@ -737,9 +742,7 @@ async def test_an_error_answer_read_whole_keeps_its_connection(
         connections += 1
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                await reader.readexactly(length)
+                await read_request(reader)
                 writer.write(b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json"
                              b"\r\nContent-Length: 30\r\n\r\n"
                              b'{"error":{"message":"slow"}}\n\n')
@@ -767,9 +770,7 @@ async def test_a_body_that_does_not_inflate_is_a_protocol_error_not_a_cut(
     async def answer_not_gzip(reader: asyncio.StreamReader,
                               writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            await reader.readexactly(length)
+            await read_request(reader)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                          b"Content-Encoding: gzip\r\nContent-Length: 14\r\n\r\n"
                          b"data: [DONE]\n\n")
@@ -814,9 +815,7 @@ async def test_a_bad_chunk_after_the_first_fails_at_once(
     async def answer_a_bad_chunk(reader: asyncio.StreamReader,
                                  writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            await reader.readexactly(length)
+            await read_request(reader)
             writer.write(HEAD + b"%x\r\n%s\r\n" % (len(FIRST_EVENTS), FIRST_EVENTS))
             await writer.drain()
             await asyncio.sleep(0.05)  # read apart from the head and the first chunk
@@ -860,9 +859,7 @@ async def test_both_clients_take_the_same_response_heads(
     async def answer_with_fields(reader: asyncio.StreamReader,
                                  writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            await reader.readexactly(length)
+            await read_request(reader)
             writer.write(b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
                          + b"".join(field + b"\r\n" for field in fields)
                          + b'Content-Length: 28\r\n\r\n{"error":{"message":"slow"}}')
