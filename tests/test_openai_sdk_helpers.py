@@ -133,33 +133,45 @@ def _keywords(schema: Any) -> set[str]:
     return set(schema).union(*map(_keywords, schema.values()))
 
 
+ORDER = '{"items":[{"sku":"ABC","qty":2}],"total":9.5,"due":"2025-01-02"}'
+
+
+def answer_order(upstream: Any, stream: bool, model: str) -> None:
+    """The fake Anthropic answers ORDER, streamed in two deltas or as one Message."""
+    if stream:
+        upstream.body = anthropic_sse([{"type": "text", "text": ""},
+                                       {"type": "text_delta", "text": ORDER[:20]},
+                                       {"type": "text_delta", "text": ORDER[20:]}])
+    else:
+        upstream.content_type = "application/json"
+        upstream.body = orjson.dumps({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": ORDER}], "stop_reason": "end_turn",
+            "usage": {"input_tokens": 5, "output_tokens": 9}})
+
+
+async def parse_order(proxy_client: Any, stream: bool, model: str) -> Any:
+    """The Order the openai SDK parses: stream() + get_final_completion(), or parse()."""
+    client = openai_sdk(proxy_client)
+    if stream:
+        async with client.chat.completions.stream(model=model, messages=USER,
+                                                  response_format=Order) as events:
+            return (await events.get_final_completion()).choices[0].message.parsed
+    answered = await client.chat.completions.parse(model=model, messages=USER,
+                                                   response_format=Order)
+    return answered.choices[0].message.parsed
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_parse_with_field_constraints_on_claude(stream: bool, proxy: Any,
                                                       upstream: Any) -> None:
     """pydantic's Field(ge=…, max_length=…) writes constraints OpenAI's json_schema takes and
     Claude's structured outputs refuse with a 400 ("For 'integer' type, property 'minimum' is
     not supported"): they reach Claude in the descriptions, and parse() still checks them."""
-    answer = '{"items":[{"sku":"ABC","qty":2}],"total":9.5,"due":"2025-01-02"}'
-    if stream:
-        upstream.body = anthropic_sse([{"type": "text", "text": ""},
-                                       {"type": "text_delta", "text": answer[:20]},
-                                       {"type": "text_delta", "text": answer[20:]}])
-    else:
-        upstream.content_type = "application/json"
-        upstream.body = orjson.dumps({
-            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
-            "content": [{"type": "text", "text": answer}], "stop_reason": "end_turn",
-            "usage": {"input_tokens": 5, "output_tokens": 9}})
-    client = openai_sdk(await proxy(provider_config("anthropic", upstream.url)))
-    if stream:
-        async with client.chat.completions.stream(model="m", messages=USER,
-                                                  response_format=Order) as events:
-            parsed = (await events.get_final_completion()).choices[0].message.parsed
-    else:
-        answered = await client.chat.completions.parse(model="m", messages=USER,
-                                                       response_format=Order)
-        parsed = answered.choices[0].message.parsed
-    assert parsed == Order.model_validate_json(answer)
+    answer_order(upstream, stream, "claude-sonnet-4-5")
+    parsed = await parse_order(await proxy(provider_config("anthropic", upstream.url)), stream,
+                               "m")
+    assert parsed == Order.model_validate_json(ORDER)
     schema = upstream.requests[-1].json()["output_config"]["format"]["schema"]
     assert not _keywords(schema) & {"minimum", "maximum", "exclusiveMinimum", "multipleOf",
                                     "minLength", "maxLength", "maxItems"}
@@ -173,36 +185,16 @@ async def test_parse_with_field_constraints_on_claude(stream: bool, proxy: Any,
     assert schema["properties"]["due"]["format"] == "date"  # a format Claude takes stays
 
 
-
 @pytest.mark.parametrize("stream", [False, True])
 async def test_parse_on_a_claude_without_structured_outputs(stream: bool, proxy: Any,
                                                             upstream: Any) -> None:
     """Claude 3.7 refuses `output_config.format`: it is asked for the schema in the system
     prompt instead, and parse() yields the object from its answer, checking every constraint
     (sent as written)."""
-    answer = '{"items":[{"sku":"ABC","qty":2}],"total":9.5,"due":"2025-01-02"}'
-    if stream:
-        upstream.body = anthropic_sse([{"type": "text", "text": ""},
-                                       {"type": "text_delta", "text": answer[:20]},
-                                       {"type": "text_delta", "text": answer[20:]}])
-    else:
-        upstream.content_type = "application/json"
-        upstream.body = orjson.dumps({
-            "id": "msg_1", "type": "message", "role": "assistant",
-            "model": "claude-3-7-sonnet-20250219",
-            "content": [{"type": "text", "text": answer}], "stop_reason": "end_turn",
-            "usage": {"input_tokens": 5, "output_tokens": 9}})
-    client = openai_sdk(await proxy(provider_config("anthropic", upstream.url)))
-    model = "up/claude-3-7-sonnet-20250219"
-    if stream:
-        async with client.chat.completions.stream(model=model, messages=USER,
-                                                  response_format=Order) as events:
-            parsed = (await events.get_final_completion()).choices[0].message.parsed
-    else:
-        answered = await client.chat.completions.parse(model=model, messages=USER,
-                                                       response_format=Order)
-        parsed = answered.choices[0].message.parsed
-    assert parsed == Order.model_validate_json(answer)
+    answer_order(upstream, stream, "claude-3-7-sonnet-20250219")
+    parsed = await parse_order(await proxy(provider_config("anthropic", upstream.url)), stream,
+                               "up/claude-3-7-sonnet-20250219")
+    assert parsed == Order.model_validate_json(ORDER)
     sent = upstream.requests[-1].json()
     assert "output_config" not in sent
     [instruction] = sent["system"]
