@@ -11,8 +11,11 @@ from typing import Any
 import orjson
 import pytest
 
+from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.providers.gemini.response import to_completion
+from streamproxy.providers.gemini.stream import GeminiStreamTranslator
 from tests.conftest import provider_config
-from tests.helpers import openai_sdk, random_splits, sse_chunks
+from tests.helpers import openai_sdk, random_splits, relay_pieces, sse_chunks
 from tests.test_gemini import FINISH, google_sse, text_chunk, translate, translate_counting
 
 USER = [{"role": "user", "content": "Who won the euro 2024?"}]
@@ -192,3 +195,88 @@ async def test_the_sdk_reads_message_annotations(proxy: Any, upstream: Any, kind
     assert message.content == "".join(ANSWER)
     assert [a.model_dump() for a in message.annotations or []] == ANNOTATIONS
     assert sent_tools(upstream) == {"tools": [{"googleSearch": {}}]}
+
+
+# Gemini counts a segment's `startIndex` / `endIndex` in UTF-8 bytes of the answer's text
+# (Google's reference: "measured in bytes"); OpenAI's `start_index` / `end_index` index its
+# characters, as Python's `content[start:end]` does. Accents, CJK and emoji (2, 3, 4 bytes)
+# before and inside the cited spans.
+WIDE = ["España ganó la Euro 2024 🏆, ", "venciendo a Inglaterra 2-1. ", "西班牙第四次夺冠。"]
+WIDE_SPANS = ["España ganó la Euro 2024 🏆", "venciendo a Inglaterra 2-1.", "西班牙第四次夺冠"]
+
+
+def byte_span(text: str, part: str) -> dict[str, Any]:
+    start = text.encode().index(part.encode())
+    return {"startIndex": start, "endIndex": start + len(part.encode()), "text": part}
+
+
+def wide_grounding() -> dict[str, Any]:
+    text = "".join(WIDE)
+    return {"groundingChunks": [{"web": EURO}, {"web": NEWS}], "groundingSupports": [
+        {"segment": byte_span(text, span), "groundingChunkIndices": [i % 2]}
+        for i, span in enumerate(WIDE_SPANS)]}
+
+
+def cited_spans(annotations: list[Any], text: str) -> list[str]:
+    return [text[a["url_citation"]["start_index"]:a["url_citation"]["end_index"]]
+            for a in annotations]
+
+
+def translate_grounded(pieces: list[bytes]) -> bytes:
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
+    return relay_pieces(enc, GeminiStreamTranslator(enc, 1 << 20, grounded=True), pieces)
+
+
+def test_streamed_offsets_count_characters_of_non_ascii_text() -> None:
+    last = text_chunk(WIDE[2])
+    last["candidates"][0]["groundingMetadata"] = wide_grounding()
+    stream = google_sse([*map(text_chunk, WIDE[:2]), last, FINISH])
+    rng = random.Random(148)
+    for pieces in [[stream], *(random_splits(stream, rng, max_piece=rng.choice([5, 200]))
+                               for _ in range(20))]:
+        annotations, text, _ = annotations_and_text(translate_grounded(pieces))
+        assert text == "".join(WIDE)
+        assert cited_spans(annotations, text) == WIDE_SPANS
+
+
+def test_spliced_runs_count_characters_too() -> None:
+    # A read of a kilobyte or more has its plain text chunks spliced, never decoded: their
+    # text still counts.
+    filler = ["Ñandú ", "über ", "日本 ", "🙂 "] * 6
+    last = text_chunk(WIDE[2])
+    text = "".join(filler) + "".join(WIDE)
+    last["candidates"][0]["groundingMetadata"] = {
+        "groundingChunks": [{"web": EURO}],
+        "groundingSupports": [{"segment": byte_span(text, s), "groundingChunkIndices": [0]}
+                              for s in WIDE_SPANS]}
+    stream = google_sse([*map(text_chunk, filler + WIDE[:2]), last, FINISH])
+    assert len(stream) > 4096
+    annotations, said, _ = annotations_and_text(translate_grounded([stream]))
+    assert said == text
+    assert cited_spans(annotations, said) == WIDE_SPANS
+
+
+def test_a_non_streamed_answer_counts_characters() -> None:
+    answer = orjson.loads(orjson.dumps(FINISH))
+    answer["candidates"][0]["content"]["parts"] = [{"text": "".join(WIDE)}]
+    answer["candidates"][0]["groundingMetadata"] = wide_grounding()
+    completion = to_completion(orjson.dumps(answer), completion_id="c", created=1, model="m")
+    message = completion["choices"][0]["message"]
+    assert cited_spans(message["annotations"], message["content"]) == WIDE_SPANS
+
+
+async def test_the_sdk_gets_character_offsets(proxy: Any, upstream: Any) -> None:
+    last = text_chunk(WIDE[2])
+    last["candidates"][0]["groundingMetadata"] = wide_grounding()
+    upstream.pieces = random_splits(google_sse([*map(text_chunk, WIDE[:2]), last, FINISH]),
+                                    random.Random(8), max_piece=60)
+    api = openai_sdk(await proxy(provider_config("gemini", upstream.url)))
+    async with api:
+        stream = await api.chat.completions.create(
+            model="gemini-2.5-flash", messages=USER, stream=True, web_search_options={})
+        text, annotations = "", []
+        async for part in stream:
+            delta = part.choices[0].delta
+            text += delta.content or ""
+            annotations += (delta.model_extra or {}).get("annotations") or []
+    assert cited_spans(annotations, text) == WIDE_SPANS

@@ -22,7 +22,7 @@ from streamproxy.providers.base import Provider, StreamTranslator, UpstreamReque
 from streamproxy.providers.gemini import credentials
 from streamproxy.providers.gemini.auth import CommandToken, TokenSource, TokenUnavailable
 from streamproxy.providers.gemini.errors import google_error
-from streamproxy.providers.gemini.request import DROPPED, to_gemini
+from streamproxy.providers.gemini.request import DROPPED, asks_search, to_gemini
 from streamproxy.providers.gemini.response import to_completion
 from streamproxy.providers.gemini.stream import GeminiStreamTranslator
 from streamproxy.providers.gemini.vertex_anthropic import VertexClaudeProvider, is_claude
@@ -91,7 +91,8 @@ class GeminiProvider(Provider):
 
     def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
         return GeminiStreamTranslator(out, self.max_event_bytes, self.name,
-                                      logprobs=bool(req.body.get("logprobs")))
+                                      logprobs=bool(req.body.get("logprobs")),
+                                      grounded=asks_search(req.body))
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
                            created: int, model: str = "") -> dict[str, Any]:

@@ -203,6 +203,13 @@ def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
         out["toolConfig"] = {"functionCallingConfig": mode}
 
 
+def asks_search(body: dict[str, Any]) -> bool:
+    """Whether the request goes with Google Search (`_tools`): its answer may be grounded."""
+    return body.get("web_search_options") is not None or any(
+        isinstance(tool, dict) and (tool.get("function") or {}).get("name") in GOOGLE_SEARCH_NAMES
+        for tool in body.get("tools") or ())
+
+
 def _google_search(fn: dict[str, Any]) -> dict[str, Any]:
     """A function tool naming Google Search → Gemini's `googleSearch` tool; its `parameters`
     may carry the tool's `timeRangeFilter` (Portkey's convention)."""

@@ -24,7 +24,7 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
     if not isinstance(msg, dict):
         raise UpstreamProtocolError("the upstream answered with a malformed response")
     out = CompletionBuilder()
-    translator = GeminiStreamTranslator(out, 0, provider, logprobs=logprobs)
+    translator = GeminiStreamTranslator(out, 0, provider, logprobs=logprobs, grounded=True)
     translator.on_message(msg)
     if out.failure is not None:
         if isinstance(out.failure, UpstreamStatusError):  # a failed finish

@@ -18,7 +18,8 @@
 - `citationMetadata` sources, and the web sources of `groundingMetadata` (Google Search
   grounding: each `groundingSupports` entry's sources over its `segment`) → OpenAI's
   `url_citation` annotations (`delta.annotations`), each once, after the parts of the chunk
-  that carried them.
+  that carried them. Their offsets count UTF-8 bytes, OpenAI's characters: a stream asking
+  for Google Search (`grounded`) keeps its answer's text to convert them (AnswerText).
 - Logprobs (only when the client asked: `logprobs=True`): a candidate's `logprobsResult`
   covers the tokens of its chunk, so they go with the chunk's first answer text, as one
   content delta (`content_logprobs`), the way OpenAI pairs them.
@@ -203,10 +204,57 @@ def grounding_citations(metadata: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _url_citation(uri: str, title: Any, span: dict[str, Any]) -> dict[str, Any]:
-    # The indices are Gemini's as given (proto3 JSON leaves out a 0).
+    # The indices are Gemini's (proto3 JSON leaves out a 0): bytes, until to_characters.
     return {"type": "url_citation", "url_citation": {
         "url": uri, "title": title or "", "start_index": span.get("startIndex") or 0,
         "end_index": span.get("endIndex") or 0}}
+
+
+def to_characters(entries: list[dict[str, Any]], text: str) -> None:
+    """Gemini's offsets count UTF-8 bytes of the answer's text ("measured in bytes"),
+    OpenAI's count its characters (code points: Python's `content[start:end]`): each entry's
+    converted in place. An offset inside a character counts that character's start; one past
+    the text known goes on counting bytes as characters."""
+    if text.isascii():
+        return  # the same count
+    data = text.encode()
+    for entry in entries:
+        citation = entry["url_citation"]
+        for key in ("start_index", "end_index"):
+            offset = citation[key]
+            if isinstance(offset, int) and offset > 0:
+                citation[key] = (len(data[:offset].decode(errors="ignore"))
+                                 + max(0, offset - len(data)))
+
+
+class AnswerText:
+    """The answer's text so far, kept for a stream whose citations' byte offsets must become
+    characters (one asking for Google Search): each piece is passed on to the sink as well.
+    Spliced literals are kept escaped, and decoded only when a citation needs them."""
+
+    __slots__ = ("_content", "_literals", "_pieces")
+
+    def __init__(self, out: ChunkSink) -> None:
+        self._pieces: list[str | bytes] = []
+        self._content = out.content
+        self._literals = getattr(out, "content_literals", None)
+
+    def content(self, text: str) -> None:
+        self._pieces.append(text)
+        self._content(text)
+
+    def literals(self, literals: list[bytes]) -> None:
+        self._pieces += literals
+        self._literals(literals)  # type: ignore[misc]
+
+    def logprobs_text(self, text: str) -> None:  # (the sink took it with its logprobs)
+        self._pieces.append(text)
+
+    def text(self) -> str:
+        text = "".join(p if isinstance(p, str) else _loads(b'"' + p + b'"')
+                       for p in self._pieces)
+        self._pieces = [text]
+        return text
 
 
 def failed_finish(reason: str, candidate: dict[str, Any], provider: str) -> UpstreamStatusError:
@@ -221,7 +269,7 @@ def failed_finish(reason: str, candidate: dict[str, Any], provider: str) -> Upst
 
 class GeminiStreamTranslator(SSETranslator):
     def __init__(self, out: ChunkSink, max_event_bytes: int, provider: str = "gemini", *,
-                 logprobs: bool = False) -> None:
+                 logprobs: bool = False, grounded: bool = False) -> None:
         super().__init__(out, max_event_bytes)
         self._provider = provider
         self._logprobs = logprobs  # the client asked: candidates' logprobsResult are read
@@ -236,6 +284,13 @@ class GeminiStreamTranslator(SSETranslator):
         self._content = out.content
         # Sinks that take escaped text literals (the encoders, the tee) get runs spliced.
         self._literals = getattr(out, "content_literals", None)
+        # A grounded answer's text is kept (its citations' offsets count its bytes); any
+        # other stream's text is only passed on, at no cost.
+        self._said = AnswerText(out) if grounded else None
+        if self._said is not None:
+            self._content = self._said.content
+            if self._literals is not None:
+                self._literals = self._said.literals
 
     def feed(self, data: bytes) -> None:
         # A read of a chunk or two (a paced stream) is cheaper on the per-chunk fast path.
@@ -368,7 +423,7 @@ class GeminiStreamTranslator(SSETranslator):
             text = part.get("text")
             if text is not None and len(part) == 1:  # the hot case: a plain text part
                 if text:
-                    out.content(text)
+                    self._content(text)
                 continue
             call_id = None
             if text is not None:
@@ -376,7 +431,7 @@ class GeminiStreamTranslator(SSETranslator):
                     if part.get("thought"):
                         out.reasoning(text)
                     else:
-                        out.content(text)
+                        self._content(text)
             elif "functionCall" in part:
                 call = part["functionCall"]
                 call_id = call.get("id") or new_call_id()
@@ -400,6 +455,8 @@ class GeminiStreamTranslator(SSETranslator):
     def _cite(self, annotations: list[dict[str, Any]]) -> None:
         """A candidate's `url_citation` annotations, each once (a stream may repeat its
         sources on later chunks)."""
+        if self._said is not None:  # else no text is known: the offsets stay bytes
+            to_characters(annotations, self._said.text())
         entries = unseen_citations(annotations, self._cited)
         if entries:
             self.out.citations(entries)
@@ -414,6 +471,8 @@ class GeminiStreamTranslator(SSETranslator):
                 self._parts((part,))
                 continue
             self.out.content_logprobs(text, tokens)
+            if self._said is not None:
+                self._said.logprobs_text(text)
             tokens = []
             if "thoughtSignature" in part:
                 self._signature(part["thoughtSignature"], None)
