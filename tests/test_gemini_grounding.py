@@ -280,3 +280,25 @@ async def test_the_sdk_gets_character_offsets(proxy: Any, upstream: Any) -> None
             text += delta.content or ""
             annotations += (delta.model_extra or {}).get("annotations") or []
     assert cited_spans(annotations, text) == WIDE_SPANS
+
+
+def test_streamed_grounding_chunks_accumulate() -> None:
+    # Streamed, a chunk's `groundingChunks` holds only the sources not sent before, and
+    # `groundingChunkIndices` index all of them, in order (Google's reference: "the client's
+    # responsibility to accumulate the grounding chunks from all responses").
+    text = "".join(ANSWER)
+    spans = [("Spain won Euro 2024, ", [0]), ("beating England 2-1 in the final.", [1]),
+             ("It is Spain's fourth European title.", [0, 1])]
+    supports = [{"segment": byte_span(text, s), "groundingChunkIndices": i} for s, i in spans]
+    second, last = text_chunk(ANSWER[1]), orjson.loads(orjson.dumps(FINISH))
+    second["candidates"][0]["groundingMetadata"] = {
+        "groundingChunks": [{"web": EURO}], "groundingSupports": supports[:1]}
+    last["candidates"][0]["groundingMetadata"] = {
+        "groundingChunks": [{"web": NEWS}], "groundingSupports": supports[1:]}
+    stream = google_sse([text_chunk(ANSWER[0]), second, text_chunk(ANSWER[2]), last])
+    annotations, said, _ = annotations_and_text(translate_grounded([stream]))
+    assert said == text
+    assert [(a["url_citation"]["url"], span) for a, span in zip(
+        annotations, cited_spans(annotations, said), strict=True)] == [
+        (EURO["uri"], spans[0][0]), (NEWS["uri"], spans[1][0]),
+        (EURO["uri"], spans[2][0]), (NEWS["uri"], spans[2][0])]

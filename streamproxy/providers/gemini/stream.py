@@ -186,12 +186,14 @@ def url_citations(metadata: dict[str, Any]) -> list[dict[str, Any]]:
     return entries
 
 
-def grounding_citations(metadata: dict[str, Any]) -> list[dict[str, Any]]:
+def grounding_citations(metadata: dict[str, Any], chunks: list[Any]) -> list[dict[str, Any]]:
     """`groundingMetadata` (Google Search grounding) → `url_citation` annotations: one for
     each web source (`groundingChunks[i].web`) a support cites, over that support's
     `segment`. A chunk that is not a web page (a retrieved document, a map place), or an
-    index that names no chunk, is left out."""
-    chunks = metadata.get("groundingChunks") or ()
+    index that names no chunk, is left out. `chunks`: the stream's earlier groundingChunks,
+    which this metadata's join — streamed, a chunk sends only the sources not sent before,
+    and the indices count them all (Google's reference)."""
+    chunks += metadata.get("groundingChunks") or ()
     entries = []
     for support in metadata.get("groundingSupports") or ():
         segment = support.get("segment") or {}
@@ -277,6 +279,7 @@ class GeminiStreamTranslator(SSETranslator):
         self.finished = False  # a finish reason (or a prompt block) was emitted
         self._tools = 0
         self._cited: set[bytes] = set()  # the url_citations sent (a stream may repeat them)
+        self._sources: list[Any] = []  # the groundingChunks so far, which supports index
         self._usage: dict[str, Any] | None = None
         # The plain text chunk whose unread usage snapshot is the latest one, if it is.
         self._usage_chunk: bytes | None = None
@@ -372,7 +375,7 @@ class GeminiStreamTranslator(SSETranslator):
                 if "citationMetadata" in candidate:
                     self._cite(url_citations(candidate["citationMetadata"]))
                 if "groundingMetadata" in candidate:
-                    self._cite(grounding_citations(candidate["groundingMetadata"]))
+                    self._cite(grounding_citations(candidate["groundingMetadata"], self._sources))
                 reason = candidate.get("finishReason")
                 if reason:
                     self._finish(reason, candidate)
