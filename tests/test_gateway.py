@@ -413,6 +413,18 @@ async def test_retry_count_is_minus_one_when_the_retries_ran_out(proxy: Any) -> 
     assert not_retried.headers["x-portkey-retry-attempt-count"] == "0"
 
 
+async def test_anthropics_overloaded_529_is_retried_by_default(
+        proxy: Any, access_log: Any) -> None:
+    # Anthropic's "overloaded" answer is its most common transient failure; Portkey's default
+    # retry codes include it. A config asking for retries without codes did not retry it.
+    client = await proxy(gateway_config())
+    retry = {"attempts": 1, "use_retry_after_header": False}
+    resp = await post(client, json.dumps(leaf("fast:status=529", retry=retry)))
+    assert resp.status == 529
+    assert resp.headers["x-portkey-retry-attempt-count"] == "-1"  # retried, then ran out
+    assert access_log()[-1]["attempts"] == 2
+
+
 async def test_a_refusal_before_routing_echoes_the_trace_id(proxy: Any) -> None:
     config = make_config({"mock": {"type": "mock", "default_model": "fast"}}, default="mock",
                          auth={"keys": [{"name": "a", "key": "proxy-key-0123456789abcdef"}]})

@@ -22,7 +22,9 @@ from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.routing.conditions import validate_query
 
 MODES = ("single", "fallback", "loadbalance", "conditional")
-DEFAULT_RETRY_CODES = frozenset({429, 500, 502, 503, 504})
+# Portkey's documented defaults, with Anthropic's 529 "overloaded" (its most common transient
+# failure, and a status we pass on as it is): without it `retry: {attempts: 3}` gave up at once.
+DEFAULT_RETRY_CODES = frozenset({429, 500, 502, 503, 504, 529})
 RETRY_ATTEMPTS_MAX = 10
 _TIMEOUT_KEYS = ("connect", "first_token", "idle", "total")
 
