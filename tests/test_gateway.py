@@ -517,6 +517,14 @@ async def test_targets_inherit_their_parents_custom_host(proxy: Any, upstream: A
         load_settings(named)
 
 
+def test_a_named_config_with_a_bad_cache_fails_at_start() -> None:
+    # It loaded, and then every request through it was a 400.
+    named = gateway_config(configs={"c": {"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "mock"}, {"provider": "mock2", "cache": {"mode": "semantic"}}]}})
+    with pytest.raises(ConfigError, match=r"configs\.c.*targets\[1\]\.cache\.mode"):
+        load_settings(named)
+
+
 async def _anthropic_body() -> bytes:
     from tests.helpers import fixture_bytes
 

@@ -81,6 +81,16 @@ def make(raw: dict[str, Any], seed: int = 0, breakers: CircuitBreakers | None = 
       "targets": [{"provider": "a"}]}, "config.strategy.cb_config"),
     ({"provider": "a", "request_timeout": "soon"}, "config.request_timeout"),
     ({"targets": [{"provider": "a"}]}, "config.strategy"),
+    # a target's cache, checked with the config: checked per request, a bad one was a 400
+    # naming 'cache.mode' only when a draw or condition reached its target, and a named
+    # config with one loaded and then refused every request
+    ({"strategy": {"mode": "loadbalance"}, "targets": [
+        {"provider": "a"}, {"provider": "b", "cache": {"mode": "semantic"}}]},
+     "config.targets[1].cache.mode"),
+    ({"provider": "a", "cache": {"max_age": 60}}, "config.cache.mode"),
+    ({"provider": "a", "cache": {"mode": "simple", "max_age": "60"}}, "config.cache.max_age"),
+    ({"provider": "a", "cache": {"mode": "simple", "max_age": 0}}, "config.cache.max_age"),
+    ({"provider": "a", "cache": {"mode": "simple", "maxAge": 60}}, "config.cache.maxAge"),
     # store is consumed before routing and never forwarded: in a target it could not apply
     ({"strategy": {"mode": "fallback"}, "targets": [
         {"provider": "a", "override_params": {"store": True}}]},

@@ -266,6 +266,23 @@ def _breaker(raw: Any, path: str) -> BreakerSpec:
                        else None, minimum)
 
 
+def _cache(raw: Any, path: str) -> dict[str, Any]:
+    """Checked with the config, not per request: there a bad one was a 400 only when a draw or
+    a condition reached its target, and a named config with one refused every request."""
+    if not isinstance(raw, dict):
+        raise _bad(path, "must be an object")
+    for key in raw:
+        if key not in ("mode", "max_age"):
+            raise _bad(f"{path}.{key}", "is not a cache field (mode, max_age)")
+    if raw.get("mode") != "simple":
+        raise _bad(f"{path}.mode", "must be 'simple' (exact match; this gateway has no "
+                                   "semantic cache)")
+    max_age = raw.get("max_age")  # (absent or null: the cache section's default_max_age)
+    if max_age is not None and _number(max_age, f"{path}.max_age") == 0:
+        raise _bad(f"{path}.max_age", "must be a positive number of seconds")
+    return raw
+
+
 def _timeouts(raw: Any, path: str) -> dict[str, float | None]:
     if not isinstance(raw, dict):
         raise _bad(path, "must be an object")
@@ -353,10 +370,7 @@ def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode
     if "cb_config" in raw:
         changes["breaker"] = _breaker(raw["cb_config"], f"{path}.cb_config")
     if "cache" in raw:
-        cache = raw["cache"]
-        if not isinstance(cache, dict):
-            raise _bad(f"{path}.cache", "must be an object")
-        changes["cache"] = cache
+        changes["cache"] = _cache(raw["cache"], f"{path}.cache")
     return replace(node, **changes)
 
 
