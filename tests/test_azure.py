@@ -483,3 +483,26 @@ def test_a_captured_tool_call_keeps_its_id_in_azures_key_order() -> None:
     assert c.ids == {"chatcmpl-ours"} and [t["id"] for t in c.tool_calls] == ["call_1"]
     assert builder.id == "chatcmpl-ours"
     assert [t["id"] for t in builder.message()["tool_calls"]] == ["call_1"]
+
+
+@pytest.mark.parametrize(("options", "headers"), [
+    ({"deployment": "gpt4o-prod"}, {}),  # the configured deployment
+    ({}, {"x-portkey-azure-deployment-id": "gpt4o-prod"}),  # the portkey-ai SDK's
+])
+async def test_a_request_without_a_model_goes_to_the_deployment(
+        proxy: Any, upstream: Any, options: dict[str, str], headers: dict[str, str]) -> None:
+    # The deployment names the model: the portkey-ai SDK, given none, sends `portkey-default`
+    # (read as no model), and a provider without a default_model answered it with a 400.
+    upstream.body = STREAM
+    config = make_config({"up": {"type": "azure", "base_url": upstream.url, "api_key": "k",
+                                 "api_version": VERSION, **options}}, default="up")
+    client = await proxy(config)
+    for model in ({}, {"model": "portkey-default"}):
+        resp = await client.post("/v1/chat/completions", headers=headers, json={
+            **model, "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+        assert resp.status == 200, await resp.text()
+        got = collect(sse_chunks(await resp.read()))
+        assert got.content == "Hello there!" and got.error is None
+    assert [sent.path for sent in upstream.requests] == 2 * [
+        f"/openai/deployments/gpt4o-prod/chat/completions?api-version={VERSION}"]
+    assert {sent.json()["model"] for sent in upstream.requests} == {"gpt4o-prod"}

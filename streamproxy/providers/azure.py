@@ -132,6 +132,13 @@ class AzureOpenAIProvider(OpenAIProvider):
     def answering_server(self) -> str | None:
         return self.base_url  # a resource (a target may name its own) runs its own deployments
 
+    def model_for(self, target: Target) -> str:
+        # The deployment names the model: a request with none (the portkey-ai SDK's
+        # `portkey-default`) goes to it, as Portkey sends it, with no default_model needed.
+        if not (target.model or self.cfg.default_model) and self.cfg.options.get("deployment"):
+            return str(self.cfg.options["deployment"])
+        return super().model_for(target)
+
     def answering_model(self, target: Target) -> str | None:
         return self.cfg.options.get("deployment") or super().answering_model(target)
 
