@@ -506,3 +506,25 @@ async def test_a_request_without_a_model_goes_to_the_deployment(
     assert [sent.path for sent in upstream.requests] == 2 * [
         f"/openai/deployments/gpt4o-prod/chat/completions?api-version={VERSION}"]
     assert {sent.json()["model"] for sent in upstream.requests} == {"gpt4o-prod"}
+
+
+@pytest.mark.parametrize("version", [{}, {"api_version": "preview"}])
+async def test_the_v1_surface_takes_the_deployment_as_model(
+        proxy: Any, upstream: Any, version: dict[str, str]) -> None:
+    # Azure's v1 API (`{endpoint}/openai/v1/`, the endpoint its portal now shows): OpenAI's
+    # paths, the deployment as the body's `model`, no dated api-version. Configured as
+    # base_url, it went to /openai/v1/openai/deployments/… (a 404 on every request).
+    upstream.body = ASYNC_STREAM  # its quirks are Azure's on either surface
+    config = make_config({"up": {"type": "azure", "base_url": upstream.url + "/openai/v1/",
+                                 "api_key": "k", "deployment": "gpt4o-prod", **version}},
+                         default="up")
+    client = await proxy(config)
+    resp = await client.post("/v1/chat/completions", json={**STREAM_REQ, "model": "gpt-4o"})
+    assert resp.status == 200, await resp.text()
+    check(await resp.read(), "Hello")
+    [sent] = upstream.requests
+    query = "?api-version=preview" if version else ""
+    assert sent.path == "/openai/v1/chat/completions" + query
+    assert sent.headers["api-key"] == "k"
+    assert sent.json()["model"] == "gpt4o-prod"
+    assert sent.json()["stream_options"] == {"include_usage": True}

@@ -3,8 +3,10 @@
 URL: `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version={api_version}`,
 where endpoint is `https://{resource}.openai.azure.com` or the configured `base_url` (a
 trailing `/openai` is tolerated), and the deployment is the `deployment` option or else the
-request's model name; a Portkey config target's `resource_name` / `deployment_id` /
-`api_version` (the portkey-ai SDK's `x-portkey-azure-*` headers) set those per request. Auth:
+request's model name; a `base_url` ending in `/openai/v1` is Azure's v1 API instead:
+`{base_url}/chat/completions`, the deployment as the body's `model`, api_version optional. A
+Portkey config target's `resource_name` / `deployment_id` / `api_version` (the portkey-ai
+SDK's `x-portkey-azure-*` headers) set those per request. Auth:
 the `api-key` header, or `Authorization: Bearer` when `auth: entra` says the key is a
 Microsoft Entra ID token.
 
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
 AUTH_MODES = ("api-key", "entra")
 # The first api-version that takes `stream_options` (earlier ones answer it with a 400).
 STREAM_USAGE_SINCE = "2024-09-01"
+# Azure's v1 API: OpenAI's paths under {endpoint}/openai/v1, the deployment as the body's
+# `model`, no dated api-version (a base_url ending so selects it).
+V1_PATH = "/openai/v1"
 _DATED = re.compile(r"\d{4}-\d{2}-\d{2}")
 # The envelope fields an async-filter chunk leaves empty.
 _ENVELOPE_KEYS = ("id", "created", "model")
@@ -93,11 +98,7 @@ class AzureOpenAIProvider(OpenAIProvider):
     @classmethod
     def check_options(cls, options: dict[str, Any], source: str, where: str) -> None:
         super().check_options(options, source, where)
-        version = options.get("api_version")
-        if not isinstance(version, str) or not version:
-            raise ConfigError(source, f"{where}.api_version",
-                              "required for type azure (e.g. 2024-10-21)")
-        for key in ("resource", "deployment"):
+        for key in ("resource", "deployment", "api_version"):
             if key in options and (not isinstance(options[key], str) or not options[key]):
                 raise ConfigError(source, f"{where}.{key}", "must be a non-empty string")
         if options.get("auth", "api-key") not in AUTH_MODES:
@@ -108,6 +109,11 @@ class AzureOpenAIProvider(OpenAIProvider):
         if not entry.get("resource") and not entry.get("base_url"):
             raise ConfigError(source, f"{where}.resource",
                               "required for type azure (or a base_url for the endpoint)")
+        base_url = entry.get("base_url")
+        v1 = isinstance(base_url, str) and base_url.rstrip("/").endswith(V1_PATH)
+        if not entry.get("api_version") and not v1:
+            raise ConfigError(source, f"{where}.api_version",
+                              "required for type azure (e.g. 2024-10-21)")
 
     @property
     def asks_stream_usage(self) -> bool:  # type: ignore[override]
@@ -115,8 +121,14 @@ class AzureOpenAIProvider(OpenAIProvider):
         STREAM_USAGE_SINCE (2024-06-01 and 2024-02-01 are still common), which would refuse
         every stream; those streams carry no usage (a client's own `stream_options`, sent
         as written, gets that 400)."""
-        version = self.cfg.options["api_version"]
+        version = self.cfg.options.get("api_version") or ""
         return not (_DATED.match(version) and version[:10] < STREAM_USAGE_SINCE)
+
+    @property
+    def v1(self) -> bool:
+        """Whether the endpoint is Azure's v1 surface (`base_url` ending in /openai/v1)."""
+        base = self.cfg.base_url
+        return base is not None and base.endswith(V1_PATH)
 
     @property
     def base_url(self) -> str:
@@ -134,18 +146,24 @@ class AzureOpenAIProvider(OpenAIProvider):
 
     def model_for(self, target: Target) -> str:
         # The deployment names the model: a request with none (the portkey-ai SDK's
-        # `portkey-default`) goes to it, as Portkey sends it, with no default_model needed.
-        if not (target.model or self.cfg.default_model) and self.cfg.options.get("deployment"):
-            return str(self.cfg.options["deployment"])
+        # `portkey-default`) goes to it, with no default_model needed; on the v1 surface it
+        # is the body's `model` (the deployments URL names it instead).
+        deployment = self.cfg.options.get("deployment")
+        if deployment and (self.v1 or not (target.model or self.cfg.default_model)):
+            return str(deployment)
         return super().model_for(target)
 
     def answering_model(self, target: Target) -> str | None:
         return self.cfg.options.get("deployment") or super().answering_model(target)
 
     def chat_url(self, model: str) -> str:
+        version = self.cfg.options.get("api_version")
+        if self.v1:  # OpenAI's path; an api-version only when one is set (`preview`)
+            query = f"?api-version={quote(version)}" if version else ""
+            return f"{self.cfg.base_url}/chat/completions{query}"
         deployment = self.cfg.options.get("deployment") or model
         return (f"{self.base_url}/openai/deployments/{quote(deployment, safe='')}"
-                f"/chat/completions?api-version={quote(self.cfg.options['api_version'])}")
+                f"/chat/completions?api-version={quote(version or '')}")
 
     def auth_headers(self, api_key: str | None) -> dict[str, str]:
         if not api_key:
