@@ -1108,6 +1108,27 @@ async def test_reasoning_under_the_upstreams_own_name_is_never_replayed_under_an
     assert statuses == (["MISS", "MISS", "MISS"] if fill_streamed else ["MISS", "MISS", "HIT"])
 
 
+@pytest.mark.parametrize("fill_streamed", [True])
+async def test_a_legacy_function_call_is_never_replayed_without_it(
+        proxy: Any, upstream: Any, fill_streamed: bool) -> None:
+    # The deprecated `functions`' answer, `function_call` (a delta of its own when streamed):
+    # a replay has no delta for it, so a client on a hit got finish_reason "function_call"
+    # and no call to make.
+    streamed = _openai_chunks(
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": None, "function_call":
+                                            {"name": "get_weather", "arguments": ""}}}]},
+        {"choices": [{"index": 0, "delta": {"function_call": {"arguments": '{"city":"Paris"}'}}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "function_call"}]})
+    whole = orjson.dumps({**TOOL_ANSWER, "choices": [{
+        "index": 0, "logprobs": None, "finish_reason": "function_call", "message": {
+            "role": "assistant", "content": None, "function_call": {
+                "name": "get_weather", "arguments": '{"city":"Paris"}'}}}]})
+    client = await proxy(config(upstream.url, kind="openai"))
+    statuses = await _fill_then_ask_both_ways(client, upstream, fill_streamed, streamed, whole,
+                                              b'"function_call":{"name":"get_weather"')
+    assert statuses == (["MISS", "MISS", "MISS"] if fill_streamed else ["MISS", "MISS", "HIT"])
+
+
 def test_a_tool_call_whose_id_and_name_repeat_on_every_chunk_is_captured_once() -> None:
     # DeepSeek and Qwen send id (and name) again with each argument fragment.
     def call(args: str, name: str) -> dict[str, Any]:

@@ -522,6 +522,25 @@ async def test_a_streamed_answers_audio_is_stored(proxy: Any, upstream: Any,
         "audio_1", "Hello", "UklGRiQ=", 1700000000)
 
 
+async def test_a_streamed_answers_legacy_function_call_is_stored(proxy: Any, upstream: Any,
+                                                                tmp_path: Path) -> None:
+    # The deprecated `functions`, which OpenAI-type upstreams still answer: the call comes as
+    # `delta.function_call`, its name first and its arguments in pieces, content null.
+    upstream.body = _pass_through_stream(
+        {"role": "assistant", "content": None,
+         "function_call": {"name": "get_weather", "arguments": ""}},
+        {"function_call": {"arguments": '{"city":'}}, {"function_call": {"arguments": '"Paris"}'}},
+        finish="function_call")
+    api = await _pass_through_api(proxy, upstream, tmp_path)
+    cid, _ = await stream_text(api, model="gpt", messages=USER, store=True,
+                               functions=[{"name": "get_weather", "parameters": {}}])
+    got = (await stored(api, cid)).choices[0]
+    assert got.finish_reason == "function_call" and got.message.content is None
+    assert got.message.function_call is not None
+    assert (got.message.function_call.name, got.message.function_call.arguments) == (
+        "get_weather", '{"city":"Paris"}')
+
+
 async def test_a_streamed_answers_reasoning_is_stored_under_the_name_the_client_read(
         proxy: Any, upstream: Any, tmp_path: Path) -> None:
     # OpenRouter, Groq and vLLM stream `reasoning` (DeepSeek `reasoning_content`); the client

@@ -68,6 +68,9 @@ class CompletionBuilder:
         # chunk carried any.
         self.logprobs: dict[str, Any] | None = None
         self.custom_calls: set[int] = set()  # indices of custom (freeform) tool calls
+        # A pass-through's call of the deprecated `functions` (`delta.function_call`): its
+        # name and argument pieces, as `message.function_call` has them joined.
+        self._function_call: tuple[str, list[str]] | None = None
         self.upstream_fields: dict[str, str] = {}  # a pass-through's UPSTREAM_FIELDS
         self.other_choices: dict[int, CompletionBuilder] = {}  # a pass-through's n > 1
         self._runs: list[list[Any]] = []  # closed runs; the open one is the three below
@@ -276,11 +279,14 @@ class CompletionBuilder:
         if isinstance(content, list):  # typed parts (Mistral's reasoning models): their text
             content = "".join(p["text"] for p in content if isinstance(p, dict)
                               and p.get("type") == "text" and isinstance(p.get("text"), str))
-        if isinstance(content, str):
-            if content:
-                self.content(content)
-            else:  # (a pass-through's content is what its stream said: a string, or null)
-                self.text_first = True
+        if isinstance(content, str) and content:
+            self.content(content)
+        else:
+            if isinstance(content, str):  # (a pass-through's content is what its stream
+                self.text_first = True  # said: a string, or null)
+            call = delta.get("function_call")  # (never beside text: text deltas skip this)
+            if isinstance(call, dict):
+                self._raw_function_call(call)
         # DeepSeek's name, else OpenRouter's, Groq's and vLLM's; a server that sends both
         # (vllm-mlx, vLLM while it renamed the field) sends the same text twice.
         key = "reasoning_content"
@@ -357,6 +363,17 @@ class CompletionBuilder:
             if isinstance(audio.get(key), str):
                 kept[key].append(audio[key])
 
+    def _raw_function_call(self, call: dict[str, Any]) -> None:
+        """A deprecated `functions` call's delta: the name once, the arguments in pieces. A
+        replay has no delta for it (it would answer finish_reason "function_call" and no
+        call), so the cache keeps none."""
+        self.replayable = False
+        name, args = call.get("name"), call.get("arguments")
+        if self._function_call is None:
+            self._function_call = name if isinstance(name, str) else "", []
+        if isinstance(args, str) and args:
+            self._function_call[1].append(args)
+
     def _custom_call(self, index: int, custom: Any) -> dict[str, Any]:
         """A custom tool call's delta (`custom: {name, input}`), read as a function's: its
         input is the arguments; `message` gives it back its own shape. A replay would make
@@ -389,6 +406,9 @@ class CompletionBuilder:
             msg["audio"] = {"id": audio["id"], "data": "".join(audio["data"]),
                             "expires_at": audio["expires_at"],
                             "transcript": "".join(audio["transcript"])}
+        if self._function_call is not None:
+            name, args = self._function_call
+            msg["function_call"] = {"name": name, "arguments": "".join(args)}
         if self.tool_calls:
             for call, parts in zip(self.tool_calls, self._args, strict=True):
                 call["function"]["arguments"] = "".join(parts)
