@@ -1108,7 +1108,7 @@ async def test_reasoning_under_the_upstreams_own_name_is_never_replayed_under_an
     assert statuses == (["MISS", "MISS", "MISS"] if fill_streamed else ["MISS", "MISS", "HIT"])
 
 
-@pytest.mark.parametrize("fill_streamed", [True])
+@pytest.mark.parametrize("fill_streamed", [True, False])
 async def test_a_legacy_function_call_is_never_replayed_without_it(
         proxy: Any, upstream: Any, fill_streamed: bool) -> None:
     # The deprecated `functions`' answer, `function_call` (a delta of its own when streamed):

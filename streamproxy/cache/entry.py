@@ -57,9 +57,10 @@ def is_fresh(entry: dict[str, Any], max_age: float, now: float | None = None) ->
 
 def streams_whole(entry: dict[str, Any]) -> bool:
     """Whether a stream replayed from `entry` carries the whole answer: a non-streamed fill's
-    refusal, logprobs, annotations, audio, generated images, custom tool calls and reasoning
-    under the upstream's own name (`reasoning`; a replay writes `reasoning_content`) have no
-    delta here (a streamed request is then a miss). Streamed fills that had them are never kept
+    refusal, logprobs, annotations, audio, generated images, custom tool calls, a deprecated
+    `functions` call (`function_call`) and reasoning under the upstream's own name
+    (`reasoning`; a replay writes `reasoning_content`) have no delta here (a streamed
+    request is then a miss). Streamed fills that had them are never kept
     (CompletionBuilder.replayable)."""
     completion = entry.get("completion")
     if completion is None:
@@ -68,6 +69,7 @@ def streams_whole(entry: dict[str, Any]) -> bool:
     message = choice.get("message") or {}
     return not (choice.get("logprobs") or message.get("refusal") or message.get("annotations")
                 or message.get("audio") or message.get("images") or message.get("reasoning")
+                or message.get("function_call")
                 or any(call.get("type") != "function" for call in message.get("tool_calls") or ()))
 
 
