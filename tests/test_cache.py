@@ -1129,6 +1129,44 @@ async def test_a_legacy_function_call_is_never_replayed_without_it(
     assert statuses == (["MISS", "MISS", "MISS"] if fill_streamed else ["MISS", "MISS", "HIT"])
 
 
+async def test_a_forced_refresh_whose_answer_cant_be_kept_removes_the_old_one(
+        proxy: Any, upstream: Any) -> None:
+    # The client forced a refresh to be rid of a cached answer; when the fresh one can't be
+    # replayed (a refusal), the old one stayed and went on answering every later request.
+    client = await proxy(config(upstream.url, kind="openai"))
+    body = {"model": "up/m", "stream": True}
+    upstream.body = _openai_chunks(
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Old"},
+                      "finish_reason": "stop"}]})
+    resp, _ = await post(client, body, cache_header())
+    assert resp.headers[STATUS] == "MISS"
+    await drained(client)
+    upstream.body = _openai_chunks(
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "refusal": "No."},
+                      "finish_reason": "stop"}]})
+    refresh = {**cache_header(), "x-portkey-cache-force-refresh": "true"}
+    resp, _ = await post(client, body, refresh)
+    assert resp.headers[STATUS] == "REFRESH"
+    await drained(client)
+    resp, text = await post(client, body, cache_header())
+    assert resp.headers[STATUS] == "MISS" and b'"refusal":"No."' in text
+
+
+async def test_an_answer_too_big_to_keep_replaces_the_older_entry(redis_url: str) -> None:
+    """A forced refresh whose answer is over `max_bytes` left the refreshed entry in place,
+    in both backends, so later requests still got the old answer."""
+    for backend in (MemoryCache(max_entries=10, max_bytes=4096),
+                    make_backend(CacheSettings(backend="redis", redis_url=redis_url,
+                                               max_bytes=4096))):
+        try:
+            await backend.set("k", cached.from_completion({"id": "old"}), 60)
+            assert (await backend.get("k"))["completion"]["id"] == "old"
+            await backend.set("k", cached.from_completion({"id": "n" * 5000}), 60)
+            assert await backend.get("k") is None
+        finally:
+            await backend.close()
+
+
 def test_a_tool_call_whose_id_and_name_repeat_on_every_chunk_is_captured_once() -> None:
     # DeepSeek and Qwen send id (and name) again with each argument fragment.
     def call(args: str, name: str) -> dict[str, Any]:

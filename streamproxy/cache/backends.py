@@ -22,6 +22,8 @@ class CacheBackend(Protocol):
 
     async def set(self, key: str, entry: dict[str, Any], ttl: float) -> None: ...
 
+    async def delete(self, key: str) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -54,14 +56,18 @@ class MemoryCache:
     async def set(self, key: str, entry: dict[str, Any], ttl: float) -> None:
         # A copy: orjson's bytes keep the whole buffer it wrote into (32 KiB for a 2 KB entry).
         raw = bytes(memoryview(orjson.dumps(entry)))
+        if key in self._items:  # (an answer too big to keep still replaces the older one)
+            self._drop(key)
         if len(raw) > self.max_bytes:
             return
-        if key in self._items:
-            self._drop(key)
         self._items[key] = (raw, time.monotonic() + ttl)
         self.bytes += len(raw)
         while len(self._items) > self.max_entries or self.bytes > self.max_bytes:
             self._drop(next(iter(self._items)))  # the least recently used
+
+    async def delete(self, key: str) -> None:
+        if key in self._items:
+            self._drop(key)
 
     def _drop(self, key: str) -> None:
         raw, _ = self._items.pop(key)
@@ -75,7 +81,8 @@ class MemoryCache:
 class RedisCache:
     """Entries as orjson bytes under `streamproxy:cache:<key>`, expiring with Redis's own TTL.
     An entry over `max_bytes` is not written (as the memory backend keeps none over its bound):
-    every hit would carry it whole, in each worker that reads it.
+    every hit would carry it whole, in each worker that reads it. It still replaces an older
+    entry under its key, which is deleted: after a forced refresh, the old answer is gone.
 
     Any failure is a miss, not only a RedisError: a server that answers garbage (`+OK` to
     `HELLO 3`) makes redis-py fail inside its parsing, with an AttributeError or a TypeError."""
@@ -113,9 +120,16 @@ class RedisCache:
     async def set(self, key: str, entry: dict[str, Any], ttl: float) -> None:
         raw = orjson.dumps(entry)
         if self.max_bytes is not None and len(raw) > self.max_bytes:
+            await self.delete(key)
             return
         try:
             await self._redis.set(self.PREFIX + key, raw, px=max(1, int(ttl * 1000)))
+        except Exception as e:  # (see the class)
+            self._warn("write", e)
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self._redis.delete(self.PREFIX + key)
         except Exception as e:  # (see the class)
             self._warn("write", e)
 

@@ -183,14 +183,20 @@ class ResponseCache:
         key, max_age = where
         try:
             if record.response is not None:
-                entry = cached.from_completion(record.response)
+                write = self.backend.set(key, cached.from_completion(record.response), max_age)
             else:
                 builder = record.builder
-                if (builder is None or not builder.ended or builder.failure is not None
-                        or not builder.replayable):
+                if builder is None or not builder.ended or builder.failure is not None:
                     return
-                entry = cached.from_builder(builder)
-            task = asyncio.get_running_loop().create_task(self.backend.set(key, entry, max_age))
+                if not builder.replayable:  # (a refusal, audio…: no replay could say it)
+                    if record.cache_status != "REFRESH":
+                        return
+                    # A forced refresh's answer replaces the entry even when it can't be
+                    # kept: later requests go upstream, not to the answer it refreshed.
+                    write = self.backend.delete(key)
+                else:
+                    write = self.backend.set(key, cached.from_builder(builder), max_age)
+            task = asyncio.get_running_loop().create_task(write)
         except Exception:
             log.exception("could not prepare a cache entry")
             return
