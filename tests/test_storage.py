@@ -276,6 +276,20 @@ async def test_an_update_whose_body_does_not_decode_is_a_400(proxy: Any,
     assert (await response.json())["error"]["code"] == "invalid_encoding"
 
 
+async def test_an_update_of_anything_but_metadata_is_a_400(proxy: Any,
+                                                          tmp_path: Path) -> None:
+    # It was ignored: a client believing it had changed the model or the messages got a 200.
+    api = openai_sdk(await proxy(config(tmp_path)), "sk-client")
+    done = await api.chat.completions.create(model="mock/fast:tokens=1", messages=USER,
+                                             store=True, metadata={"a": "1"})
+    await stored(api, done.id)
+    with pytest.raises(openai.BadRequestError) as refused:
+        await api.chat.completions.update(done.id, metadata={"a": "2"},
+                                          extra_body={"model": "other"})
+    assert refused.value.param == "model" and refused.value.code == "unknown_parameter"
+    assert (await api.chat.completions.retrieve(done.id)).metadata == {"a": "1"}
+
+
 async def test_lists_are_in_time_order_and_survive_deleting_as_they_go(proxy: Any,
                                                                      tmp_path: Path) -> None:
     api = openai_sdk(await proxy(config(tmp_path)), "sk-client")

@@ -170,6 +170,10 @@ class StoredCompletions:
         if not isinstance(body, dict) or "metadata" not in body:
             raise InvalidRequest("Only 'metadata' can be updated on a stored chat completion.",
                                  param="metadata", code="missing_required_parameter")
+        extra = sorted(k for k in body if k != "metadata")
+        if extra:  # (as OpenAI answers: nothing else of a stored completion changes)
+            raise InvalidRequest(f"Unrecognized request argument supplied: {extra[0]}",
+                                 param=extra[0], code="unknown_parameter")
         metadata = check_metadata(body["metadata"])
         cid = request.match_info["completion_id"]
         item = await self.store.update_metadata(owner_of(request), cid, metadata)
