@@ -250,7 +250,8 @@ def answer_changing_refusal(provider: str, body: dict[str, Any], answers: frozen
     it lacks that change the answer, or None. Dropped, the client would get another answer
     than it asked for and not know it. `answers`: the modalities the provider can answer in
     (`Provider.answer_modalities`); `searches_web`: whether it maps `web_search_options`
-    (`Provider.searches_web`)."""
+    (`Provider.searches_web`). A `response_format` of a type OpenAI does not know is refused
+    too, as OpenAI refuses it."""
     if body.get("functions"):  # deprecated: the model could call none of them
         return InvalidRequest(f"provider '{provider}' does not take the deprecated 'functions' "
                               "(and 'function_call'); send them as 'tools' (and "
@@ -265,7 +266,26 @@ def answer_changing_refusal(provider: str, body: dict[str, Any], answers: frozen
         return InvalidRequest(f"provider '{provider}' does not search the web; "
                               "'web_search_options' needs an OpenAI-type or Gemini provider.",
                               param="web_search_options", code="unsupported_value")
-    return None
+    return _response_format_refusal(body.get("response_format"))
+
+
+# OpenAI's response_format types, the ones the translators read. Pass-through types forward
+# others (Fireworks' `grammar`, vLLM's `structural_tag`) to upstreams that know them.
+RESPONSE_FORMAT_TYPES = ("json_object", "json_schema", "text")
+
+
+def _response_format_refusal(fmt: Any) -> InvalidRequest | None:
+    """A 400 worded as OpenAI's for a response_format of no type it knows: a translator would
+    answer in prose a client that asked for some format (`{"type": "object"}`, `{}`)."""
+    if not isinstance(fmt, dict) or fmt.get("type") in RESPONSE_FORMAT_TYPES:
+        return None  # (not an object: _validate's 400 already)
+    if fmt.get("type") is None:
+        return InvalidRequest("Missing required parameter: 'response_format.type'.",
+                              param="response_format.type", code="missing_required_parameter")
+    supported = ", ".join(f"'{t}'" for t in RESPONSE_FORMAT_TYPES[:-1])
+    return InvalidRequest(f"Invalid value: {fmt['type']!r}. Supported values are: {supported}, "
+                          f"and '{RESPONSE_FORMAT_TYPES[-1]}'.", param="response_format.type",
+                          code="invalid_value")
 
 
 def _check_scalars(body: dict[str, Any]) -> None:

@@ -1,0 +1,61 @@
+"""OpenAI request parameters a translating provider cannot take as written: refused with a 400
+in OpenAI's shape naming the parameter, never dropped or clamped unnoticed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import provider_config
+from tests.helpers import fixture_bytes, jsonl_to_sse
+
+TRANSLATING = ("anthropic", "gemini", "bedrock", "cohere", "ollama", "mistral")
+
+
+def _settings(kind: str) -> dict[str, Any]:
+    return {"region": "us-east-1", "api_key": "k"} if kind == "bedrock" else {}
+
+
+@pytest.mark.parametrize("kind", TRANSLATING)
+@pytest.mark.parametrize(("fmt", "code"), [
+    ({"type": "object"}, "invalid_value"),  # a real client's mistake: OpenAI answers a 400
+    ({"type": "json"}, "invalid_value"),
+    ({}, "missing_required_parameter"),
+])
+async def test_a_response_format_of_no_known_type_is_a_400(
+        proxy: Any, upstream: Any, kind: str, fmt: dict[str, Any], code: str) -> None:
+    """The translators read json_object and json_schema only: another type went unnoticed and
+    the client, which asked for a format, got prose where OpenAI answers a 400."""
+    client = await proxy(provider_config(kind, upstream.url, **_settings(kind)))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "hi"}], "response_format": fmt})
+    assert resp.status == 400
+    err = (await resp.json())["error"]
+    assert (err["code"], err["param"]) == (code, "response_format.type")
+    assert err["type"] == "invalid_request_error"
+    assert upstream.requests == []
+
+
+async def test_a_text_response_format_still_goes_to_a_translating_provider(
+        proxy: Any, upstream: Any) -> None:
+    upstream.body = jsonl_to_sse(fixture_bytes("anthropic/vercel-ai_anthropic-text.chunks.jsonl"))
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}],
+        "response_format": {"type": "text"}})
+    assert resp.status == 200
+    assert len(upstream.requests) == 1
+
+
+async def test_a_pass_through_type_forwards_other_response_formats(proxy: Any,
+                                                                   upstream: Any) -> None:
+    # (OpenAI-compatible servers have their own: Fireworks' grammar, vLLM's structural_tag)
+    upstream.body = fixture_bytes("openai/pydantic-ai_run_stream_sync.response0.sse")
+    client = await proxy(provider_config("openai", upstream.url))
+    fmt = {"type": "grammar", "grammar": "root ::= \"yes\""}
+    await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}],
+        "response_format": fmt})
+    [sent] = upstream.requests
+    assert sent.json()["response_format"] == fmt
