@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from streamproxy.errors import InvalidRequest
+from streamproxy.providers.cohere.request import to_cohere
 from tests.conftest import provider_config
 from tests.helpers import fixture_bytes, jsonl_to_sse
 
@@ -59,3 +61,13 @@ async def test_a_pass_through_type_forwards_other_response_formats(proxy: Any,
         "response_format": fmt})
     [sent] = upstream.requests
     assert sent.json()["response_format"] == fmt
+
+
+@pytest.mark.parametrize("top_p", [1.5, 7])
+def test_a_top_p_above_openai_s_range_is_not_clamped_for_cohere(top_p: float) -> None:
+    """Cohere's `p` tops out at 0.99, so top_p 1 (no nucleus cut) goes as 0.99; a top_p above
+    1, which OpenAI refuses, went as 0.99 too and was answered as if it were valid."""
+    with pytest.raises(InvalidRequest) as caught:
+        to_cohere({"messages": [{"role": "user", "content": "hi"}], "top_p": top_p}, "m")
+    assert (caught.value.param, caught.value.code) == ("top_p", "decimal_above_max_value")
+    assert f"got {top_p} instead" in str(caught.value)

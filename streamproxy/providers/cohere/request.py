@@ -10,8 +10,9 @@ Choices (docs/providers/others.md "cohere"):
 - tool_choice "required" → "REQUIRED", "none" → "NONE", "auto" → omitted; a named tool_choice
   (Cohere has none) → "REQUIRED" with only that tool sent, which forces exactly that call;
 - max tokens, temperature, top_p → p, stop → stop_sequences, seed and the penalties map 1:1,
-  except that a top_p above P_MAX (OpenAI's default 1: no nucleus cut) is sent as P_MAX, the
-  largest `p` Cohere takes (its API reference: "min value of 0.01, max value of 0.99");
+  except that a top_p above P_MAX up to 1 (OpenAI's default 1: no nucleus cut) is sent as P_MAX,
+  the largest `p` Cohere takes (its API reference: "min value of 0.01, max value of 0.99"); one
+  above 1 is OpenAI's 400;
 - `top_k` (no OpenAI parameter, but the extra_body name Anthropic, Gemini and Ollama take) → `k`;
 - response_format json_object → {"type": "json_object"}, json_schema → the same with
   `json_schema: <schema>`;
@@ -56,7 +57,7 @@ def to_cohere(body: dict[str, Any], model: str) -> dict[str, Any]:
         if body.get(key) is not None:
             out[key] = body[key]
     if body.get("top_p") is not None:
-        out["p"] = min(body["top_p"], P_MAX)
+        out["p"] = _p(body["top_p"])
     if body.get("top_k") is not None:  # extra_body's common name (a native `k` wins, below)
         out["k"] = body["top_k"]
     stop = body.get("stop")
@@ -75,6 +76,16 @@ def to_cohere(body: dict[str, Any], model: str) -> dict[str, Any]:
     if body.get("stream"):
         out["stream"] = True
     return out
+
+
+def _p(top_p: float) -> float:
+    """OpenAI's top_p as Cohere's `p`: up to 1 (OpenAI's default, no nucleus cut) it goes as at
+    most P_MAX; above 1 it is OpenAI's 400, not a valid request clamped unnoticed."""
+    if top_p > 1:
+        raise InvalidRequest(f"Invalid 'top_p': decimal above maximum value. Expected a value "
+                             f"<= 1, but got {top_p} instead.", param="top_p",
+                             code="decimal_above_max_value")
+    return min(top_p, P_MAX)
 
 
 def _response_format(body: dict[str, Any], out: dict[str, Any]) -> None:
