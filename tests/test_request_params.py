@@ -71,3 +71,41 @@ def test_a_top_p_above_openai_s_range_is_not_clamped_for_cohere(top_p: float) ->
         to_cohere({"messages": [{"role": "user", "content": "hi"}], "top_p": top_p}, "m")
     assert (caught.value.param, caught.value.code) == ("top_p", "decimal_above_max_value")
     assert f"got {top_p} instead" in str(caught.value)
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather",
+                                            "parameters": {"type": "object", "properties": {}}}}
+
+
+@pytest.mark.parametrize("kind", TRANSLATING)
+@pytest.mark.parametrize("extra", [
+    {"tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+    {"tool_choice": {"type": "function", "function": {"name": "get_time"}}, "tools": [WEATHER]},
+    {"tool_choice": "required"},
+    {"tool_choice": "required", "tools": []},
+])
+async def test_a_tool_choice_forcing_a_call_to_no_tool_offered_is_a_400(
+        proxy: Any, upstream: Any, kind: str, extra: dict[str, Any]) -> None:
+    """Anthropic, Bedrock and Gemini send a tool_choice only beside tools: a client that
+    forced a call got a prose answer (or the provider's own 400 about its field)."""
+    client = await proxy(provider_config(kind, upstream.url, **_settings(kind)))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "hi"}], **extra})
+    assert resp.status == 400
+    err = (await resp.json())["error"]
+    assert (err["code"], err["param"]) == ("invalid_value", "tool_choice")
+    assert "'tools'" in err["message"]
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize("choice", ["auto", "none"])
+async def test_a_tool_choice_that_forces_nothing_still_goes_without_tools(
+        proxy: Any, upstream: Any, choice: str) -> None:
+    upstream.body = jsonl_to_sse(fixture_bytes("anthropic/vercel-ai_anthropic-text.chunks.jsonl"))
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}],
+        "tool_choice": choice})
+    assert resp.status == 200
+    [sent] = upstream.requests
+    assert "tool_choice" not in sent.json()

@@ -250,8 +250,9 @@ def answer_changing_refusal(provider: str, body: dict[str, Any], answers: frozen
     it lacks that change the answer, or None. Dropped, the client would get another answer
     than it asked for and not know it. `answers`: the modalities the provider can answer in
     (`Provider.answer_modalities`); `searches_web`: whether it maps `web_search_options`
-    (`Provider.searches_web`). A `response_format` of a type OpenAI does not know is refused
-    too, as OpenAI refuses it."""
+    (`Provider.searches_web`). A tool_choice that forces a call to no tool offered, and a
+    `response_format` of a type OpenAI does not know, are refused too, as OpenAI refuses
+    them."""
     if body.get("functions"):  # deprecated: the model could call none of them
         return InvalidRequest(f"provider '{provider}' does not take the deprecated 'functions' "
                               "(and 'function_call'); send them as 'tools' (and "
@@ -266,7 +267,28 @@ def answer_changing_refusal(provider: str, body: dict[str, Any], answers: frozen
         return InvalidRequest(f"provider '{provider}' does not search the web; "
                               "'web_search_options' needs an OpenAI-type or Gemini provider.",
                               param="web_search_options", code="unsupported_value")
-    return _response_format_refusal(body.get("response_format"))
+    return (_forced_call_refusal(body.get("tool_choice"), body.get("tools"))
+            or _response_format_refusal(body.get("response_format")))
+
+
+def _forced_call_refusal(choice: Any, tools: Any) -> InvalidRequest | None:
+    """A 400 for a tool_choice that forces a call to no function the request offers ('required'
+    without tools, or a function not among them): the translators send a choice only beside
+    its tools (Anthropic, Bedrock, Gemini), so the client would get prose where it forced a
+    call. "auto" and "none" without tools hold as they are."""
+    named = _named_function(choice)
+    if choice != "required" and named is None:
+        return None
+    offered = {fn["name"] for fn in map(_named_function, tools or ()) if fn is not None}
+    if named is None:
+        if offered:
+            return None
+        message = "tool_choice 'required' forces a tool call, but 'tools' offers none."
+    elif named["name"] in offered:
+        return None
+    else:
+        message = f"tool_choice names '{named['name']}', which is not in 'tools'."
+    return InvalidRequest(message, param="tool_choice", code="invalid_value")
 
 
 # OpenAI's response_format types, the ones the translators read. Pass-through types forward
