@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from streamproxy.errors import InvalidRequest
+from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.cohere.request import to_cohere
 from tests.conftest import provider_config
 from tests.helpers import fixture_bytes, jsonl_to_sse
@@ -109,3 +111,20 @@ async def test_a_tool_choice_that_forces_nothing_still_goes_without_tools(
     assert resp.status == 200
     [sent] = upstream.requests
     assert "tool_choice" not in sent.json()
+
+
+def test_an_assistant_tool_call_without_an_id_is_a_400() -> None:
+    """OpenAI refuses it; the translators made one up (`toolu_1_0`), which the tool result
+    that follows could not name: Anthropic and Bedrock answered their own 400 about an
+    unknown tool_use_id, Ollama and Gemini lost which call a result answers."""
+    body = {"messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+            {"type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sun"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "rain"}]}
+    with pytest.raises(InvalidRequest) as caught:
+        parse_chat_request(orjson.dumps(body))
+    assert (caught.value.param, caught.value.code) == ("messages[1].tool_calls[1].id",
+                                                       "missing_required_parameter")

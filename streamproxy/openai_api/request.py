@@ -353,6 +353,12 @@ def _validate_message(i: int, m: Any) -> bool:
             continue
         if _named_function(c) is None:
             raise _type_error(f"{where}.tool_calls[{j}].function", "an object with a name")
+        if c.get("id") is None:
+            # As OpenAI: the tool message that answers a call names it by this id, and a made-up
+            # one would match none (Anthropic's 400 about an unknown tool_use_id).
+            raise InvalidRequest(f"Missing required parameter: '{where}.tool_calls[{j}].id'.",
+                                 param=f"{where}.tool_calls[{j}].id",
+                                 code="missing_required_parameter")
         _check_fields(c, f"{where}.tool_calls[{j}]", _CALL_FIELDS)
     return custom
 
