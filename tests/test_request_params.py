@@ -128,3 +128,24 @@ def test_an_assistant_tool_call_without_an_id_is_a_400() -> None:
         parse_chat_request(orjson.dumps(body))
     assert (caught.value.param, caught.value.code) == ("messages[1].tool_calls[1].id",
                                                        "missing_required_parameter")
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("seed", 1.5, "an integer"),
+    ("seed", "42", "an integer"),
+    ("frequency_penalty", "0.5", "a number"),
+    ("presence_penalty", True, "a number"),
+    ("logprobs", "yes", "a boolean"),
+    ("top_logprobs", 2.5, "an integer"),
+    ("safety_identifier", 123, "a string"),
+])
+def test_sampling_fields_of_the_wrong_type_are_a_400_naming_them(field: str, value: Any,
+                                                                  expected: str) -> None:
+    """Translators forwarded them as sent, into fields the client never named (a number as
+    Anthropic's metadata.user_id: its 400 about that), or read them loosely (logprobs "yes"
+    as true), or dropped them: OpenAI refuses each."""
+    body = {"messages": [{"role": "user", "content": "hi"}], field: value}
+    with pytest.raises(InvalidRequest) as caught:
+        parse_chat_request(orjson.dumps(body))
+    assert (caught.value.param, caught.value.code) == (field, "invalid_type")
+    assert expected in str(caught.value)

@@ -136,6 +136,13 @@ _SCALARS: dict[str, tuple[Any, str]] = {
     "temperature": (_is_num, "a number"),
     "top_p": (_is_num, "a number"),
     "user": (lambda v: isinstance(v, str), "a string"),
+    # (the translators forward these, or read them as Python would: "yes" as true)
+    "seed": (_is_int, "an integer"),
+    "frequency_penalty": (_is_num, "a number"),
+    "presence_penalty": (_is_num, "a number"),
+    "logprobs": (lambda v: isinstance(v, bool), "a boolean"),
+    "top_logprobs": (_is_int, "an integer"),
+    "safety_identifier": (lambda v: isinstance(v, str), "a string"),
     "stream_options": (lambda v: isinstance(v, dict), "an object"),
     "tools": (lambda v: isinstance(v, list), "an array"),
     "stop": (lambda v: isinstance(v, str) or (isinstance(v, list)
@@ -149,7 +156,7 @@ _SCALARS: dict[str, tuple[Any, str]] = {
 
 
 def _validate(body: dict[str, Any], limits: Limits) -> bool:
-    # Only the fields a body has (a few of the 14) are looked at; when one is wrong, the one
+    # Only the fields a body has (a few of the 20) are looked at; when one is wrong, the one
     # named is still the first wrong in `_SCALARS`'s order.
     for name, value in body.items():
         check = _SCALARS.get(name)
