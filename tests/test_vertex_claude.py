@@ -182,6 +182,25 @@ def test_which_models_are_claude() -> None:
         assert build(gemini).url.endswith(":streamGenerateContent?alt=sse"), gemini
 
 
+def test_portkeys_anthropic_dot_names_reach_claude() -> None:
+    # Portkey's Vertex names a partner model by its publisher: `anthropic.claude-…` (its docs'
+    # "prepend anthropic. to the model name"). Such a name went to Google's publisher as a
+    # Gemini model (a 404 from Vertex); it is Claude's id, the publisher's prefix left out —
+    # also where the id decides the request (no structured outputs for the 4.5s on Vertex).
+    sent = build(f"anthropic.{CLAUDE}")
+    assert sent.url == (f"https://vertex.test{BASE}/publishers/anthropic/models/"
+                        f"{CLAUDE}:streamRawPredict")
+    provider = build_providers(vertex("https://vertex.test"))["v"]
+    target = Target(provider, f"anthropic.{CLAUDE}").served()
+    req = parse_chat_request(orjson.dumps({
+        "model": f"anthropic.{CLAUDE}", "messages": USER,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "s",
+                                                                   "schema": SCHEMA}}}))
+    body = orjson.loads(target.provider.build_request(req, target).body)
+    assert "output_config" not in body and "model" not in body
+    assert body["anthropic_version"] == "vertex-2023-10-16"
+
+
 def test_a_targets_vertex_region_reaches_claude() -> None:
     url = build(CLAUDE, location="europe-west1").url
     assert url.startswith("https://vertex.test/v1/projects/my-proj/locations/europe-west1/"

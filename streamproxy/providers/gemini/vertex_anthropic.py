@@ -13,8 +13,9 @@ list `anthropic_beta`: Vertex refuses some of them in the header (`context-1m-20
 (Anthropic's "Claude on Vertex AI" page and its SDK's `AnthropicVertex` client give these
 rules.)
 
-A model is Claude when its name starts with `claude-` (Vertex's ids: `claude-sonnet-4-5@20250929`)
-or it is the full resource path `publishers/anthropic/models/<model>`.
+A model is Claude when its name starts with `claude-` (Vertex's ids: `claude-sonnet-4-5@20250929`),
+with Portkey's publisher prefix `anthropic.` (`anthropic.claude-sonnet-4-5@20250929`, sent as the
+id after it), or it is the full resource path `publishers/anthropic/models/<model>`.
 """
 
 from __future__ import annotations
@@ -43,10 +44,13 @@ if TYPE_CHECKING:
 
 VERTEX_ANTHROPIC_VERSION = "vertex-2023-10-16"
 PUBLISHER_PATH = "publishers/anthropic/models/"
+# Portkey's Vertex names a partner model `<publisher>.<id>` ("prepend anthropic. to the model
+# name"): the id is what Vertex and the model lists know.
+PORTKEY_PREFIX = "anthropic."
 
 
 def is_claude(model: str) -> bool:
-    return model.startswith(("claude-", PUBLISHER_PATH))
+    return model.startswith(("claude-", PUBLISHER_PATH, PORTKEY_PREFIX))
 
 
 class VertexClaudeProvider(Provider):
@@ -70,7 +74,7 @@ class VertexClaudeProvider(Provider):
         await self.vertex.prepare(target)
 
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
-        model = self.vertex.checked_model(target)
+        model = self.vertex.checked_model(target).removeprefix(PORTKEY_PREFIX)
         url = self.vertex.model_url(model if "/" in model else PUBLISHER_PATH + model)
         body = to_anthropic(target.apply_overrides(req.body), model,
                             VERTEX_WITHOUT_STRUCTURED_OUTPUTS)
