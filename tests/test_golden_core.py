@@ -461,6 +461,25 @@ def test_anthropic_blocks_and_deltas_with_no_openai_slot() -> None:
     assert c.finish_reason == "tool_calls" and c.done
 
 
+def test_anthropic_tool_input_sent_whole_at_its_start_is_the_calls_arguments() -> None:
+    # An Anthropic-compatible upstream may send a call's input whole in its content_block_start
+    # and no argument fragment; Anthropic's SDK keeps that input then (fragments, when they
+    # come, replace it). The client got "{}", and ran the tool without its arguments.
+    def call(index: int, city: str, *fragments: str) -> list[dict[str, Any]]:
+        return block(index, {"type": "tool_use", "id": f"t{index}", "name": "get",
+                             "input": {"city": city}},
+                     *({"type": "input_json_delta", "partial_json": f} for f in fragments))
+
+    c = anthropic(*call(0, "Paris"), *call(1, "Rome", ""), *call(2, "x", '{"city": ', '"Oslo"}'),
+                  *block(3, {"type": "tool_use", "id": "t3", "name": "now", "input": {}}),
+                  stop("tool_use"))
+    assert c.tool_calls == [
+        {"id": "t0", "name": "get", "arguments": '{"city":"Paris"}'},
+        {"id": "t1", "name": "get", "arguments": '{"city":"Rome"}'},
+        {"id": "t2", "name": "get", "arguments": '{"city": "Oslo"}'},
+        {"id": "t3", "name": "now", "arguments": "{}"}]
+
+
 # An answer with server tools, as Anthropic's web search, web fetch and code execution docs show
 # them (doc-derived: no recorded one was found). Nothing in it may become a client tool call but
 # the one tool_use; the text arrives whole, its citations dropped; usage is message_delta's.

@@ -2,7 +2,9 @@
 
 - Tool-call `index` is the running count of tool_use blocks, not Anthropic's block index
   (text and thinking blocks count there too).
-- A tool_use block that ends with no argument fragment gets "{}" so the arguments parse.
+- A tool_use block that ends with no argument fragment gets the input its start gave (an
+  Anthropic-compatible upstream may send it whole there, as Anthropic's SDK reads it), else
+  "{}" so the arguments parse. Fragments, when they come, are the arguments alone.
 - Usage values are cumulative: the latest message_delta overwrites message_start, field by
   field; prompt_tokens = input + cache read + cache creation.
 - An `error` event ends the stream with an OpenAI error frame and no [DONE].
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import re
 from typing import Any
+
+import orjson
 
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import StreamDecodeError, UpstreamStatusError
@@ -90,7 +94,8 @@ class AnthropicStreamTranslator(SSETranslator):
         super().__init__(out, max_event_bytes)
         self._provider = provider
         self._tool_of_block: dict[int, int] = {}  # block index → tool ordinal
-        self._args_seen: set[int] = set()  # block indices that got a non-empty fragment
+        # A tool_use block's arguments should no fragment come: its start's input, else "{}".
+        self._unsent_args: dict[int, str] = {}
         self._usage: dict[str, Any] = {}
         self._started = False
         self._blocks_begun = False  # a content_block_start came
@@ -138,7 +143,7 @@ class AnthropicStreamTranslator(SSETranslator):
                 fragment = delta["partial_json"]
                 tool = self._tool_of_block.get(msg["index"])
                 if fragment and tool is not None:
-                    self._args_seen.add(msg["index"])
+                    self._unsent_args.pop(msg["index"], None)
                     self.out.tool_call_args(tool, fragment)
             elif dtype == "thinking_delta":
                 self._thinking.append(delta["thinking"])
@@ -154,9 +159,9 @@ class AnthropicStreamTranslator(SSETranslator):
             self._block_start(msg["index"], msg["content_block"])
         elif kind == "content_block_stop":
             index = msg["index"]
-            tool = self._tool_of_block.get(index)
-            if tool is not None and index not in self._args_seen:
-                self.out.tool_call_args(tool, "{}")
+            args = self._unsent_args.pop(index, None)
+            if args is not None:
+                self.out.tool_call_args(self._tool_of_block[index], args)
         elif kind == "message_start":
             message = msg["message"]
             self._usage.update(message.get("usage") or {})
@@ -208,7 +213,10 @@ class AnthropicStreamTranslator(SSETranslator):
         if btype == "tool_use":
             tool = len(self._tool_of_block)
             self._tool_of_block[index] = tool
-            # Never serialise the placeholder `input: {}` into the arguments.
+            # Never serialise the placeholder `input: {}` into the arguments: it is the call's
+            # input only if no fragment follows (content_block_stop).
+            start_input = block.get("input")
+            self._unsent_args[index] = orjson.dumps(start_input).decode() if start_input else "{}"
             self.out.tool_call_start(tool, block["id"], block["name"])
         elif btype == "text":
             if block.get("text"):
