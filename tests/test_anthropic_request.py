@@ -724,7 +724,8 @@ async def test_a_request_s_cache_control_is_sent_as_given(proxy: Any, upstream: 
 async def test_an_openai_client_sees_the_cache_writes(proxy: Any, upstream: Any,
                                                       stream: bool) -> None:
     # A first request with a breakpoint writes the cache (billed above the input price): the
-    # count has no OpenAI field, so it goes as Portkey (and LiteLLM) put it, beside the reads.
+    # count goes where OpenAI's SDK reads it (`prompt_tokens_details.cache_write_tokens`), and
+    # as Portkey (and LiteLLM) put it, beside the reads.
     usage = {"input_tokens": 12, "cache_creation_input_tokens": 2048,
              "cache_read_input_tokens": 0, "output_tokens": 3}
     message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
@@ -755,6 +756,7 @@ async def test_an_openai_client_sees_the_cache_writes(proxy: Any, upstream: Any,
         got = (await read_sdk_stream(answer)).usage if stream else answer.usage
     assert (got.prompt_tokens, got.completion_tokens, got.total_tokens) == (2060, 3, 2063)
     assert got.prompt_tokens_details.cached_tokens == 0
+    assert got.prompt_tokens_details.cache_write_tokens == 2048
     assert got.model_extra == {"cache_read_input_tokens": 0,
                                "cache_creation_input_tokens": 2048}
 

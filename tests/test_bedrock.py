@@ -351,7 +351,7 @@ def test_tool_indices_are_ordinals_and_argless_tools_get_empty_object() -> None:
     assert c.args(0) == {} and c.args(1) == {"a": 1}
     assert c.finish_reason == "tool_calls"
     assert c.usage == {"prompt_tokens": 117, "completion_tokens": 5, "total_tokens": 122,
-                       "prompt_tokens_details": {"cached_tokens": 100},
+                       "prompt_tokens_details": {"cached_tokens": 100, "cache_write_tokens": 7},
                        "cache_read_input_tokens": 100, "cache_creation_input_tokens": 7}
 
 

@@ -357,7 +357,7 @@ def test_anthropic_usage_left_null_by_message_delta_keeps_message_start_values()
     usage = collect(sse_chunks(enc.take())).usage
     assert usage is not None
     assert (usage["prompt_tokens"], usage["completion_tokens"]) == (1060, 7)
-    assert usage["prompt_tokens_details"] == {"cached_tokens": 1000}
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 1000, "cache_write_tokens": 50}
 
 
 def test_anthropic_usage_so_far_is_message_start_and_deltas_before_a_cut() -> None:

@@ -107,10 +107,14 @@ def make_usage(
     if cached is not None:
         usage["prompt_tokens_details"] = {"cached_tokens": cached}
     if cache_write or (cache_write is not None and cached):
-        # Anthropic's and Bedrock's cache counts, as Portkey (and LiteLLM) add them: OpenAI's
-        # usage has no field for cache writes, which cost more than input does.
+        # Anthropic's and Bedrock's cache counts, as Portkey (and LiteLLM) add them: cache
+        # writes cost more than input does. OpenAI's usage now names them too (its SDK's
+        # `prompt_tokens_details.cache_write_tokens`).
         usage["cache_read_input_tokens"] = cached or 0
         usage["cache_creation_input_tokens"] = cache_write
+        if cache_write:
+            details = usage.setdefault("prompt_tokens_details", {"cached_tokens": cached or 0})
+            details["cache_write_tokens"] = cache_write
     if reasoning is not None:
         usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
     return usage
