@@ -174,6 +174,21 @@ async def test_what_the_front_does_not_serve_aiohttp_answers(lean: Any,
     writer.close()
 
 
+@pytest.mark.parametrize("end", [b"\n\r\n", b"\r\n\r\x0c\n", b"\r\n\x0c\r\n", b"\r\n\r\xc3\n"])
+async def test_a_head_not_ended_by_crlf_crlf_is_400_byte_by_byte(lean: Any, end: bytes) -> None:
+    """A head whose end is not CRLF CRLF (nor LF LF): aiohttp's parser answers 400 at the bad
+    line; the lean front, finding no end, waited for the head timeout (a minute) and answered
+    408. It hands such a head over as it arrives, whole or a byte at a time."""
+    reader, writer = await connect(lean)
+    for byte in chat_request().replace(b"\r\n\r\n", end, 1):
+        writer.write(bytes([byte]))
+        await writer.drain()
+    head = await asyncio.wait_for(reader.read(), 10)  # (the 400 closes the connection)
+    assert head.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
+    assert lean.served == []
+    writer.close()
+
+
 @pytest.mark.parametrize("control", [b"\x01", b"\x08", b"\x0b", b"\x1b", b"\x7f"])
 async def test_a_control_byte_in_a_header_value_is_400(lean: Any, control: bytes) -> None:
     """A control byte other than HTAB is invalid in a field value (RFC 9110 §5.5): aiohttp's

@@ -66,6 +66,11 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110
 # A control byte other than HTAB: invalid in a field value (RFC 9110 §5.5); aiohttp's parser
 # answers 400 to any, so such a head is aiohttp's.
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# A byte a head this front serves never has: a control byte but HTAB, CR and LF, a CR not
+# before an LF, an LF not after a CR. Looked for while a head is incomplete, so that one ended
+# otherwise than by CRLF CRLF (LF LF, 'a: b\n\r\n', '\r\n\r\x0c\n') is not held until the head
+# timeout (a 408 a minute later) but goes to aiohttp, which answers 400 at once.
+_UNSERVED = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r[^\n]|(?<!\r)\n")
 # aiohttp's to handle (Content-Encoding: it decodes, and caps the decoded size at max_body_bytes)
 _REFUSED = frozenset({b"transfer-encoding", b"content-encoding", b"expect", b"upgrade"})
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
@@ -333,10 +338,11 @@ class Connection(asyncio.Protocol):
                 return
             end = buf.find(b"\r\n\r\n", self._scanned)
             if end < 0:
-                # Not the chat line, a head too long or with bare-LF endings: aiohttp's.
+                # Not the chat line, a head too long or one this front would not serve
+                # (`_UNSERVED`): aiohttp's, at once, which answers 400 as soon as a line is bad.
                 if (not CHAT_LINE.startswith(bytes(buf[:len(CHAT_LINE)]))
                         or len(buf) > self._front.max_head
-                        or buf.find(b"\n\n", self._scanned) >= 0):
+                        or _UNSERVED.search(buf, self._scanned)):
                     self._hand_off()
                 else:  # a head that arrives in pieces is scanned once, not once per piece
                     self._scanned = max(0, len(buf) - 3)
