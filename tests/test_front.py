@@ -189,6 +189,22 @@ async def test_a_head_not_ended_by_crlf_crlf_is_400_byte_by_byte(lean: Any, end:
     writer.close()
 
 
+@pytest.mark.parametrize("end", [b"\r\n", b"\r\n \r\n", b"\r\n\t\r\n"],
+                         ids=["no-empty-line", "space-line", "tab-line"])
+async def test_a_head_missing_its_empty_line_is_400_byte_by_byte(lean: Any, end: bytes) -> None:
+    """The body right after the last field (a client that left out the empty line), or a
+    blank-looking line of whitespace: aiohttp's parser answers 400 at that line; the lean
+    front, finding no end of the head, waited for the head timeout and answered 408."""
+    reader, writer = await connect(lean)
+    for byte in chat_request().replace(b"\r\n\r\n", end, 1):
+        writer.write(bytes([byte]))
+        await writer.drain()
+    head = await asyncio.wait_for(reader.read(), 10)  # (the 400 closes the connection)
+    assert head.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
+    assert lean.served == []
+    writer.close()
+
+
 @pytest.mark.parametrize("control", [b"\x01", b"\x08", b"\x0b", b"\x1b", b"\x7f"])
 async def test_a_control_byte_in_a_header_value_is_400(lean: Any, control: bytes) -> None:
     """A control byte other than HTAB is invalid in a field value (RFC 9110 §5.5): aiohttp's

@@ -79,6 +79,7 @@ CASES: dict[str, tuple[bytes, int]] = {
     "no Host": (request(JSON).replace(b"Host: t\r\n", b""), 1),
     # A bare LF ending the last field, then the empty line's CRLF: no CRLF CRLF, no LF LF.
     "bare LF before the end": (request(JSON).replace(b"\r\n\r\n", b"\n\r\n", 1), 1),
+    "no empty line": (request(JSON).replace(b"\r\n\r\n", b"\r\n", 1), 1),
     "trace id": (request(JSON, b"x-portkey-trace-id: t-1", body=STREAM), 1),
     "/v1/models": (get(b"/v1/models"), 1),
     "/healthz": (get(b"/healthz"), 1),

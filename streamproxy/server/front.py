@@ -66,11 +66,13 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110
 # A control byte other than HTAB: invalid in a field value (RFC 9110 §5.5); aiohttp's parser
 # answers 400 to any, so such a head is aiohttp's.
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-# A byte a head this front serves never has: a control byte but HTAB, CR and LF, a CR not
-# before an LF, an LF not after a CR. Looked for while a head is incomplete, so that one ended
-# otherwise than by CRLF CRLF (LF LF, 'a: b\n\r\n', '\r\n\r\x0c\n') is not held until the head
-# timeout (a 408 a minute later) but goes to aiohttp, which answers 400 at once.
-_UNSERVED = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r[^\n]|(?<!\r)\n")
+# What a head this front serves never has: a control byte but HTAB, CR and LF, a CR not
+# before an LF, an LF not after a CR, a line that starts with neither a name nor the end (CR).
+# Looked for while a head is incomplete, so that one which will not end in CRLF CRLF (LF LF,
+# 'a: b\n\r\n', '\r\n \r\n', a body after the last field with no empty line) is not held until
+# the head timeout (a 408 a minute later) but goes to aiohttp, which answers 400 at once.
+_UNSERVED = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r[^\n]|(?<!\r)\n"
+                       rb"|\r\n[^!#$%&'*+\-.^_`|~0-9A-Za-z\r]")
 # aiohttp's to handle (Content-Encoding: it decodes, and caps the decoded size at max_body_bytes)
 _REFUSED = frozenset({b"transfer-encoding", b"content-encoding", b"expect", b"upgrade"})
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
