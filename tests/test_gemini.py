@@ -287,6 +287,7 @@ def test_a_call_without_arguments_gets_an_empty_object() -> None:
     ("RECITATION", "content_filter"), ("PROHIBITED_CONTENT", "content_filter"),
     ("BLOCKLIST", "content_filter"), ("SPII", "content_filter"), ("LANGUAGE", "content_filter"),
     ("IMAGE_SAFETY", "content_filter"), ("OTHER", "content_filter"),
+    ("MODEL_ARMOR", "content_filter"),  # Vertex: the answer was blocked by Model Armor
     ("FINISH_REASON_UNSPECIFIED", "stop"), ("SOMETHING_NEW", "stop"),
 ])
 def test_finish_reasons(reason: str, expected: str) -> None:

@@ -73,6 +73,7 @@ FINISH_REASONS = {
     "IMAGE_PROHIBITED_CONTENT": _FILTERED,
     "IMAGE_RECITATION": _FILTERED,
     "IMAGE_OTHER": _FILTERED,
+    "MODEL_ARMOR": _FILTERED,  # Vertex: Model Armor (the project's screening) blocked the answer
     "OTHER": _FILTERED,  # "unknown reason": cut short, so never reported as a clean stop
     "NO_IMAGE": "stop",
     "FINISH_REASON_UNSPECIFIED": "stop",
