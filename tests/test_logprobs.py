@@ -380,3 +380,33 @@ async def test_ollama_logprobs_through_the_proxy(proxy: Any, upstream: Any) -> N
     body = await resp.json()
     assert body["choices"][0]["logprobs"] == {
         "content": [{**ollama_token("The", -0.5), "top_logprobs": []}], "refusal": None}
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_gemini_logprobs_asked_by_a_configs_override_params(stream: bool, proxy: Any,
+                                                                  upstream: Any) -> None:
+    """A config target's `override_params` asking for logprobs: Gemini is asked for them, and
+    the answer carries them as it does for a client that asked itself."""
+    if stream:
+        upstream.body = google_sse(GEMINI_STREAM)
+    else:
+        upstream.content_type = "application/json"
+        upstream.body = orjson.dumps(gemini_chunk("Hi", [("Hi", -0.5)], finish="STOP"))
+    config = {"provider": "up", "override_params": {"logprobs": True, "top_logprobs": 2}}
+    client = openai_sdk(await proxy(provider_config("gemini", upstream.url)))
+    async with client:
+        answer = await client.chat.completions.create(
+            model="gemini-2.5-flash", messages=USER, stream=stream,
+            extra_headers={"x-portkey-config": json.dumps(config)})
+        if stream:
+            got = [(choice.delta.content, [(t.token, t.logprob) for t in choice.logprobs.content])
+                   async for ch in answer for choice in ch.choices
+                   if choice.logprobs is not None]
+            assert got == [(text, [(t, lp or 0.0) for t, lp in steps]) for text, steps in
+                           zip(["Hello,", " world", " é", "!"], STEPS, strict=True)]
+        else:
+            assert answer.choices[0].logprobs is not None
+            assert [(t.token, t.logprob) for t in answer.choices[0].logprobs.content] == [
+                ("Hi", -0.5)]
+    assert upstream.requests[0].json()["generationConfig"] == {"responseLogprobs": True,
+                                                               "logprobs": 2}

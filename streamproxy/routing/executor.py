@@ -16,7 +16,7 @@ import email.utils
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -46,6 +46,15 @@ from streamproxy.upstream.passed_headers import passed_headers
 
 def new_completion_id() -> str:
     return "chatcmpl-" + time_ordered_hex()
+
+
+def _as_sent(req: ChatRequest, target: Target) -> ChatRequest:
+    """The request as the target's upstream was asked it (its `override_params` on top), for
+    the translator: it reads what the answer holds from it (logprobs, a web search, `n`), so
+    a field a config adds is read back from the answer, not dropped."""
+    if not target.override_params:
+        return req
+    return replace(req, body=target.apply_overrides(req.body))
 
 
 @dataclass(slots=True)
@@ -269,7 +278,8 @@ class Executor:
         resp.release()
         completion_id = record.completion_id or new_completion_id()
         try:
-            result = provider.translate_response(body, req, completion_id=completion_id,
+            result = provider.translate_response(body, _as_sent(req, target),
+                                                 completion_id=completion_id,
                                                  created=int(time.time()),
                                                  model=_envelope_model(target))
         except UpstreamStatusError as e:
@@ -317,7 +327,7 @@ class _StreamParts:
             record.builder = CompletionBuilder()
             sink = TeeSink(encoder, record.builder)
         encoder.secret = self._target.api_key
-        self.built = encoder, provider.stream_translator(req, sink)
+        self.built = encoder, provider.stream_translator(_as_sent(req, self._target), sink)
 
     def note_usage(self) -> None:
         """An attempt that failed before the commit point (its first read held the error):
