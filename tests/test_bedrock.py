@@ -1863,3 +1863,26 @@ def test_a_providers_betas_that_cannot_be_sent_are_a_config_error(value: Any) ->
     with pytest.raises(ConfigError) as info:
         bedrock_config("http://127.0.0.1:1", anthropic_beta=value)
     assert info.value.key == "providers.aws.anthropic_beta"
+
+
+def test_documents_that_would_share_a_name_get_unique_ones() -> None:
+    """Converse refuses a request whose documents share a name ("Messages can't contain
+    duplicate document names"): a file attached again later in the conversation, report.pdf
+    beside report.docx, or two files without a name... the first keeps its name, the later
+    ones get a suffix."""
+    def doc(filename: str | None, mime: str = "application/pdf") -> dict[str, Any]:
+        file = {"file_data": f"data:{mime};base64,JVBERi0="}
+        return {"type": "file", "file": {**file, "filename": filename} if filename else file}
+
+    docx = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+    out = to_converse({"messages": [
+        {"role": "user", "content": [doc("report.pdf"), doc("Report.docx", docx),
+                                     {"type": "text", "text": "Compare them."}]},
+        {"role": "assistant", "content": "They differ."},
+        {"role": "user", "content": [doc("report.pdf"), doc("report-2.pdf"),
+                                     {"type": "text", "text": "And now?"}]}]}, CLAUDE)
+    names = [b["document"]["name"] for m in out["messages"] for b in m["content"]
+             if "document" in b]
+    assert names[0] == "report"
+    assert len({n.lower() for n in names}) == len(names) == 4
+    assert all(re.fullmatch(r"[A-Za-z0-9\-()\[\]]+(?: [A-Za-z0-9\-()\[\]]+)*", n) for n in names)

@@ -197,8 +197,9 @@ def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "aut
     messages = drop_trailing_thinking(messages, _is_reasoning)
     if not messages or messages[0]["role"] != "user":  # Converse starts with a user turn
         messages.insert(0, {"role": "user", "content": [{"text": PLACEHOLDER_USER_TEXT}]})
+    names: set[str] = set()  # the documents' names so far, folded
     for message in messages:
-        _caption_documents(message)
+        _caption_documents(message, names)
     trim_prefill(messages[-1])
     _marked(messages[-1]["content"], body)  # automatic caching: after the last block
     out: dict[str, Any] = {"messages": messages}
@@ -418,14 +419,35 @@ def _messages(msgs: list[dict[str, Any]]
     return system, out, tool_names
 
 
-def _caption_documents(message: dict[str, Any]) -> None:
+def _caption_documents(message: dict[str, Any], names: set[str]) -> None:
     """Give a user turn with documents and no text a DOCUMENT_ONLY_TEXT block: Converse refuses
     one ("A text block must be included when using documents"), where OpenAI takes a file
-    alone. Run on merged turns, so text from a neighbouring message counts."""
+    alone. Run on merged turns, so text from a neighbouring message counts. Each document also
+    gets a name no earlier one in the request has (`names`, updated)."""
     blocks = message["content"]
-    if (message["role"] == "user" and any("document" in b for b in blocks)
-            and not any("text" in b for b in blocks)):
-        blocks.append({"text": DOCUMENT_ONLY_TEXT})
+    if message["role"] == "user" and any("document" in b for b in blocks):
+        _unique_names(blocks, names)
+        if not any("text" in b for b in blocks):
+            blocks.append({"text": DOCUMENT_ONLY_TEXT})
+
+
+def _unique_names(blocks: list[dict[str, Any]], names: set[str]) -> None:
+    """Converse refuses a request whose documents share a name ("Messages can't contain
+    duplicate document names"): a file attached again later in the conversation, or
+    report.pdf beside report.docx. The first keeps its name (so a conversation's earlier turns
+    stay as they were sent), a later one gets "-2", "-3"…; compared regardless of case, which
+    costs a needless suffix at worst."""
+    for block in blocks:
+        document = block.get("document")
+        if document is None:
+            continue
+        name = base = document["name"]
+        n = 1
+        while name.casefold() in names:
+            n += 1
+            name = f"{base}-{n}"
+        names.add(name.casefold())
+        document["name"] = name
 
 
 def _tool_results_first(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
