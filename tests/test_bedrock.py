@@ -1886,3 +1886,32 @@ def test_documents_that_would_share_a_name_get_unique_ones() -> None:
     assert names[0] == "report"
     assert len({n.lower() for n in names}) == len(names) == 4
     assert all(re.fullmatch(r"[A-Za-z0-9\-()\[\]]+(?: [A-Za-z0-9\-()\[\]]+)*", n) for n in names)
+
+
+@pytest.mark.parametrize("model", ["us.anthropic.claude-opus-4-7",
+                                   "global.anthropic.claude-opus-4-7", "anthropic.claude-opus-4-8",
+                                   "us.anthropic.claude-fable-5",
+                                   "anthropic.claude-mythos-preview"])
+@pytest.mark.parametrize(("effort", "level"), [("minimal", "low"), ("low", "low"),
+                                               ("medium", "medium"), ("high", "high"),
+                                               ("xhigh", "max")])
+def test_reasoning_effort_is_adaptive_thinking_on_the_claudes_that_take_no_budget(
+        model: str, effort: str, level: str) -> None:
+    """Claude Opus 4.7 and every later Claude take adaptive thinking only: a thinking budget
+    (`type: enabled`) is a 400 from Bedrock. The effort goes as Claude's own
+    `output_config.effort`, and no budget sizes or checks the client's max."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": effort}
+    out = to_converse(body, model)
+    assert out["additionalModelRequestFields"] == {"thinking": {"type": "adaptive"},
+                                                   "output_config": {"effort": level}}
+    assert "inferenceConfig" not in out
+    capped = to_converse({**body, "max_completion_tokens": 1000}, model)
+    assert capped["inferenceConfig"] == {"maxTokens": 1000}
+    assert "additionalModelRequestFields" not in to_converse(
+        {**body, "reasoning_effort": "none"}, model)
+    own = to_converse({**body, "additionalModelRequestFields": {
+        "output_config": {"effort": "low"}}}, model)["additionalModelRequestFields"]
+    assert own == {"output_config": {"effort": "low"}, "thinking": {"type": "adaptive"}}
+    with pytest.raises(InvalidRequest):  # as with a budget: Claude refuses a forced tool
+        to_converse({**body, "tools": [{"type": "function", "function": {"name": "f"}}],
+                     "tool_choice": "required"}, model)

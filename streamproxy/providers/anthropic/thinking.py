@@ -37,12 +37,13 @@ MIN_TOP_P = 0.95  # the lowest top_p Claude takes with thinking on
 
 
 def fit_thinking(body: dict[str, Any], native: Any, effort: str | None, answer_allowance: int,
-                 top_k: Any = None) -> tuple[Any, int | None]:
+                 top_k: Any = None, adaptive: bool = False) -> tuple[Any, int | None]:
     """(the `thinking` to send or None, the `max_tokens` to send or None). `native` is the
     client's own thinking object, which wins over `effort` (one of REASONING_EFFORTS, as
     `content.reasoning_effort` checked it, or None); `max_tokens` is None only when the
     client set none and there is no budget to make room for. `top_k` is the one the request
-    will carry (Anthropic's own parameter, wherever the provider takes it)."""
+    will carry (Anthropic's own parameter, wherever the provider takes it). `adaptive`: the
+    model takes adaptive thinking alone (no budget; its effort is the caller's to send)."""
     max_tokens, param = _client_max_tokens(body)
     thinking = native
     if thinking is None and effort in EFFORT_BUDGET:  # (none: no thinking)
@@ -55,10 +56,11 @@ def fit_thinking(body: dict[str, Any], native: Any, effort: str | None, answer_a
                 "function): use tool_choice 'auto', or leave out reasoning_effort.",
                 param="tool_choice", code="invalid_value")
         _refuse_sampling(effort, body.get("temperature"), body.get("top_p"), top_k)
-        budget = _effort_budget(effort, max_tokens, param)
+        budget = None if adaptive else _effort_budget(effort, max_tokens, param)
         # (checked above all the same: whether a request is valid does not depend on its history)
         if not _loop_without_thinking(body["messages"]):
-            thinking = {"type": "enabled", "budget_tokens": budget}
+            thinking = ({"type": "adaptive"} if budget is None
+                        else {"type": "enabled", "budget_tokens": budget})
     budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
     if max_tokens is None and isinstance(budget, int) and budget > 0:
         max_tokens = budget + answer_allowance
