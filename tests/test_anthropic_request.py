@@ -28,6 +28,8 @@ TOOL = {"type": "function", "function": {"name": "get_weather", "description": "
                                          "parameters": {"type": "object", "properties": {
                                              "city": {"type": "string"}}}}}
 
+CLAUDE = "claude-sonnet-4-5"  # one that takes a thinking budget (not Opus 4.7 on)
+
 
 async def sent_for(proxy: Any, upstream: Any, body: dict[str, Any],
                    headers: dict[str, str] | None = None, **provider: Any) -> Any:
@@ -43,7 +45,7 @@ async def sent_for(proxy: Any, upstream: Any, body: dict[str, Any],
 async def test_conversation_with_tools_images_and_tool_results(proxy: Any,
                                                                upstream: Any) -> None:
     sent = await sent_for(proxy, upstream, {
-        "model": "up/claude-x",
+        "model": "up/claude-sonnet-4-5",
         "messages": [
             {"role": "system", "content": "Be brief."},
             {"role": "developer", "content": [{"type": "text", "text": "Use tools."}]},
@@ -69,7 +71,7 @@ async def test_conversation_with_tools_images_and_tool_results(proxy: Any,
     assert sent.headers["x-api-key"] == "sk-test-secret"
     assert sent.headers["anthropic-version"] == "2023-06-01"
     assert "authorization" not in {k.lower() for k in sent.headers}
-    assert body["model"] == "claude-x"  # provider prefix stripped
+    assert body["model"] == "claude-sonnet-4-5"  # provider prefix stripped
     assert body["system"] == [{"type": "text", "text": "Be brief."},
                               {"type": "text", "text": "Use tools."}]
     assert body["max_tokens"] == 4096 and body["stream"] is True
@@ -155,7 +157,7 @@ async def test_a_json_schema_is_an_instruction_for_claudes_without_structured_ou
 @pytest.mark.parametrize("model", ["claude-sonnet-4-5-20250929", "claude-sonnet-4-5",
                                    "claude-haiku-4-5", "claude-opus-4-5-20251101",
                                    "claude-opus-4-6", "claude-sonnet-4-6", "claude-opus-4-7",
-                                   "claude-sonnet-5", "claude-x"])
+                                   "claude-sonnet-5", "claude-sonnet-4-5"])
 async def test_a_json_schema_is_structured_output_for_the_other_claudes(
         proxy: Any, upstream: Any, model: str) -> None:
     """The models Anthropic lists, and any name it does not know (a newer model), are sent
@@ -172,7 +174,7 @@ async def test_a_json_schema_is_structured_output_for_the_other_claudes(
     ("claude-sonnet-4-20250514", False, False), ("claude-3-7-sonnet-20250219", False, False),
     ("claude-opus-4-1", False, False), ("claude-sonnet-4-5@20250929", True, False),
     ("claude-sonnet-4-5", False, True), ("claude-opus-4-7", True, True),
-    ("claude-x", False, True)])
+    ("claude-sonnet-4-5", False, True)])
 def test_a_strict_tool_is_strict_only_where_claude_has_structured_outputs(
         model: str, vertex: bool, strict: bool) -> None:
     """Strict tool use shares structured outputs' availability: the other models refuse it
@@ -218,7 +220,7 @@ async def test_structured_outputs_beside_a_prefill_are_a_400_naming_messages(
 
 
 def translate(**body: Any) -> dict[str, Any]:
-    return to_anthropic({"messages": [{"role": "user", "content": "x"}], **body}, "claude-x")
+    return to_anthropic({"messages": [{"role": "user", "content": "x"}], **body}, CLAUDE)
 
 
 @pytest.mark.parametrize("choice", ["none", "auto", "required"])
@@ -360,14 +362,14 @@ async def test_a_max_too_small_for_thinking_is_refused_before_sending(proxy: Any
 def test_a_request_without_a_user_turn_gets_a_placeholder_one(
         messages: list[dict[str, Any]]) -> None:
     # OpenAI answers system-only requests; Anthropic rejects "messages": [].
-    out = to_anthropic({"messages": messages}, "claude-x")
+    out = to_anthropic({"messages": messages}, "claude-sonnet-4-5")
     assert out["system"] == [{"type": "text", "text": messages[0]["content"]}]
     assert out["messages"] == [{"role": "user", "content": [{"type": "text",
                                                              "text": "Begin."}]}]
 
 
 def user_parts(*parts: dict[str, Any]) -> list[dict[str, Any]]:
-    out = to_anthropic({"messages": [{"role": "user", "content": list(parts)}]}, "claude-x")
+    out = to_anthropic({"messages": [{"role": "user", "content": list(parts)}]}, CLAUDE)
     return out["messages"][0]["content"]
 
 
@@ -481,7 +483,7 @@ def loop(assistant: dict[str, Any], *after: dict[str, Any]) -> list[dict[str, An
 ])
 def test_effort_thinks_unless_a_tool_loop_came_back_without_its_thinking(
         messages: list[dict[str, Any]], thinks: bool) -> None:
-    out = to_anthropic({"messages": messages, "reasoning_effort": "low"}, "claude-x")
+    out = to_anthropic({"messages": messages, "reasoning_effort": "low"}, "claude-sonnet-4-5")
     assert ("thinking" in out) == thinks
     assert out["max_tokens"] == (1024 + 4096 if thinks else 4096)
 
@@ -498,19 +500,19 @@ def test_thinking_that_ends_an_assistant_turn_is_left_out(after: list[Any]) -> N
     expected = [{"role": "user", "content": [{"type": "text", "text": "Hi"},
                                              *[{"type": "text", "text": "Again?"}
                                                for _ in after]]}]
-    assert to_anthropic({"messages": messages}, "claude-x")["messages"] == expected
+    assert to_anthropic({"messages": messages}, "claude-sonnet-4-5")["messages"] == expected
     converse = to_converse({"messages": messages}, "anthropic.claude-x")["messages"]
     assert converse == [{"role": "user", "content": [{"text": "Hi"},
                                                       *[{"text": "Again?"} for _ in after]]}]
     # Thinking before the turn's text or tool calls stays, as Claude wants it.
     messages[1]["content"] = "Hello."
-    sent = to_anthropic({"messages": messages}, "claude-x")["messages"][1]["content"]
+    sent = to_anthropic({"messages": messages}, "claude-sonnet-4-5")["messages"][1]["content"]
     assert [block["type"] for block in sent] == ["thinking", "text"]
 
 
 def test_a_native_thinking_object_is_kept_in_a_loop_without_thinking() -> None:
     thinking = {"type": "enabled", "budget_tokens": 2048}
-    out = to_anthropic({"messages": loop({"content": None}), "thinking": thinking}, "claude-x")
+    out = to_anthropic({"messages": loop({"content": None}), "thinking": thinking}, CLAUDE)
     assert out["thinking"] == thinking  # the client asked Claude itself: its call
 
 
@@ -521,11 +523,11 @@ async def test_an_openai_client_s_tool_loop_with_reasoning_effort_goes_on(
     upstream.body = fixture_bytes("anthropic/sdk-python_tool_use_response.sse")
     async with client:
         stream = await client.chat.completions.create(
-            model="claude-x", messages=[{"role": "user", "content": "Weather?"}],
+            model="claude-sonnet-4-5", messages=[{"role": "user", "content": "Weather?"}],
             reasoning_effort="low", stream=True)
         first = await read_sdk_stream(stream)
         call_id, name, args = first.tool_calls[0]
-        stream = await client.chat.completions.create(model="claude-x", reasoning_effort="low",
+        stream = await client.chat.completions.create(model=CLAUDE, reasoning_effort="low",
                                                       stream=True, messages=[
             {"role": "user", "content": "Weather?"},
             {"role": "assistant", "content": first.text, "tool_calls": [
@@ -728,7 +730,7 @@ async def test_an_openai_client_sees_the_cache_writes(proxy: Any, upstream: Any,
     # as Portkey (and LiteLLM) put it, beside the reads.
     usage = {"input_tokens": 12, "cache_creation_input_tokens": 2048,
              "cache_read_input_tokens": 0, "output_tokens": 3}
-    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
                "content": [{"type": "text", "text": "Hi"}], "stop_reason": "end_turn",
                "usage": usage}
     if stream:
@@ -750,7 +752,7 @@ async def test_an_openai_client_sees_the_cache_writes(proxy: Any, upstream: Any,
     client = openai_sdk(await proxy(provider_config("anthropic", upstream.url)))
     async with client:
         answer = await client.chat.completions.create(
-            model="claude-x", stream=stream, stream_options={"include_usage": True} if stream
+            model=CLAUDE, stream=stream, stream_options={"include_usage": True} if stream
             else None, messages=[{"role": "user", "content": "Hi", "cache_control":
                                   {"type": "ephemeral"}}])
         got = (await read_sdk_stream(answer)).usage if stream else answer.usage
@@ -783,7 +785,7 @@ def test_whitespace_only_text_is_left_out() -> None:
         {"role": "tool", "tool_call_id": "t1", "content": [{"type": "text", "text": " "},
                                                            {"type": "text", "text": "Sun"}]},
         {"role": "user", "content": "\t"},
-    ]}, "claude-x")
+    ]}, "claude-sonnet-4-5")
     assert "system" not in out
     assert out["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "Weather?"}]},
@@ -817,7 +819,7 @@ def test_a_blank_user_message_between_assistant_turns_keeps_them_apart(content: 
     out = to_anthropic({"messages": [
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
         {"role": "user", "content": content}, {"role": "assistant", "content": "still there?"},
-        {"role": "user", "content": "yes"}]}, "claude-x")
+        {"role": "user", "content": "yes"}]}, "claude-sonnet-4-5")
     assert [m["role"] for m in out["messages"]] == ["user", "assistant", "user", "assistant",
                                                     "user"]
     assert out["messages"][2]["content"] == [{"type": "text", "text": "(empty message)"}]
@@ -828,7 +830,7 @@ def test_a_blank_user_message_before_a_user_message_is_left_out(content: Any) ->
     # The next user message keeps the turn: the stand-in went with it, as a second text.
     history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
                {"role": "user", "content": content}, {"role": "user", "content": "and?"}]
-    claude = to_anthropic({"messages": history}, "claude-x")["messages"][-1]
+    claude = to_anthropic({"messages": history}, "claude-sonnet-4-5")["messages"][-1]
     assert claude == {"role": "user", "content": [{"type": "text", "text": "and?"}]}
     converse = to_converse({"messages": history}, "amazon.nova-pro-v1:0")["messages"][-1]
     assert converse == {"role": "user", "content": [{"text": "and?"}]}
@@ -840,7 +842,7 @@ def test_a_blank_user_message_before_a_user_message_is_left_out(content: Any) ->
 def test_a_blank_user_message_after_tool_results_is_left_out() -> None:
     # The tool results' user turn answers the assistant turn already.
     out = to_anthropic({"messages": [*tool_loop(["call_1"]), {"role": "user", "content": " "}]},
-                       "claude-x")
+                       "claude-sonnet-4-5")
     assert out["messages"][-1] == {"role": "user", "content": [
         {"type": "tool_result", "tool_use_id": "call_1", "content": "sunny"}]}
 
@@ -862,7 +864,7 @@ def test_a_final_assistant_turn_loses_its_trailing_whitespace() -> None:
     # whitespace: "final assistant content cannot end with trailing whitespace".
     out = to_anthropic({"messages": [{"role": "user", "content": "Name a colour."},
                                      {"role": "assistant", "content": "The colour is \n"}]},
-                       "claude-x")
+                       "claude-sonnet-4-5")
     assert out["messages"][-1] == {"role": "assistant",
                                    "content": [{"type": "text", "text": "The colour is"}]}
 
@@ -890,6 +892,30 @@ def test_thinking_from_effort_beside_sampling_claude_refuses_is_a_400(
     assert caught.value.code == "unsupported_value"
     # Without thinking the same sampling is sent as given.
     assert translate(**sampling)[param] == sampling[param]
+
+
+@pytest.mark.parametrize(("effort", "claude_effort"), [("minimal", "low"), ("medium", "medium"),
+                                                      ("xhigh", "max")])
+@pytest.mark.parametrize("model", ["claude-opus-4-7", "claude-sonnet-5", "claude-mythos-preview"])
+def test_claudes_without_a_budget_think_adaptively(model: str, effort: str,
+                                                   claude_effort: str) -> None:
+    # Opus 4.7 and later answer a thinking budget with a 400: every request with a
+    # reasoning_effort failed there. Adaptive thinking's depth is Claude's effort, beside a
+    # structured-outputs format when there is one.
+    schema = {"type": "json_schema", "json_schema": {"name": "a", "schema": {
+        "type": "object", "properties": {"x": {"type": "string"}}}}}
+    out = to_anthropic({"messages": [{"role": "user", "content": "x"}], "reasoning_effort": effort,
+                        "response_format": schema}, model)
+    assert out["thinking"] == {"type": "adaptive"}
+    assert out["output_config"]["effort"] == claude_effort
+    assert out["output_config"]["format"]["type"] == "json_schema"
+    assert out["max_tokens"] == 4096  # no budget to make room for
+    with pytest.raises(InvalidRequest):  # the sampling Claude refuses with thinking, still
+        to_anthropic({"messages": [{"role": "user", "content": "x"}],
+                      "reasoning_effort": effort, "temperature": 0.2}, model)
+    budget = to_anthropic({"messages": [{"role": "user", "content": "x"}],
+                           "reasoning_effort": effort}, "claude-opus-4-6")
+    assert budget["thinking"]["type"] == "enabled" and "output_config" not in budget
 
 
 def test_thinking_from_effort_keeps_sampling_claude_takes_with_it() -> None:

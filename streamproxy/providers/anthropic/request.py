@@ -15,6 +15,8 @@ Choices (README "Anthropic"):
 - `reasoning_effort` minimal/low/medium/high/xhigh → a thinking budget of
   1024/1024/4096/16384/24576 tokens (none: no thinking), kept below the client's max; beside
   a temperature other than 1, a top_k or a top_p below 0.95 it is a 400 (see `thinking.py`);
+  the Claudes that take no budget (Opus 4.7 on) get `thinking: {type: adaptive}` and
+  `output_config.effort` low/low/medium/high/max instead;
 - `response_format` json_schema → `output_config.format` (structured outputs), in the subset
   Claude takes (`claude_schema`: objects closed, the constraints it refuses described), unless
   the model is one WITHOUT_STRUCTURED_OUTPUTS names (Vertex: VERTEX_WITHOUT_STRUCTURED_OUTPUTS):
@@ -69,7 +71,11 @@ from streamproxy.openai_api.content import (
     tool_call_input,
     tool_use_id,
 )
-from streamproxy.providers.anthropic.thinking import fit_thinking
+from streamproxy.providers.anthropic.thinking import (
+    adaptive_effort,
+    fit_thinking,
+    takes_adaptive_thinking_only,
+)
 
 DEFAULT_MAX_TOKENS = 4096
 USER_ID_MAX = 256  # the longest metadata.user_id Anthropic documents
@@ -124,10 +130,15 @@ def to_anthropic(body: dict[str, Any], model: str,
         messages = [{"role": "user", "content": [{"type": "text", "text": PLACEHOLDER_USER_TEXT}]}]
     trim_prefill(messages[-1])
     out: dict[str, Any] = {"model": model, "messages": messages}
-    thinking, max_tokens = fit_thinking(body, body.get("thinking"), reasoning_effort(body),
-                                        DEFAULT_MAX_TOKENS, body.get("top_k"))
+    effort = reasoning_effort(body)
+    thinking, max_tokens = fit_thinking(body, body.get("thinking"), effort, DEFAULT_MAX_TOKENS,
+                                        body.get("top_k"),
+                                        effort is not None and takes_adaptive_thinking_only(model))
     if thinking is not None:
         out["thinking"] = thinking
+        output_config = adaptive_effort(thinking, effort, None)
+        if output_config is not None:  # adaptive thinking's depth: Claude's effort
+            out["output_config"] = output_config
     out["max_tokens"] = max_tokens or DEFAULT_MAX_TOKENS
     for key in ("temperature", "top_p", *PASSTHROUGH):
         if body.get(key) is not None:
@@ -147,7 +158,7 @@ def to_anthropic(body: dict[str, Any], model: str,
     output_format = _output_format(body, system, native)
     if output_format:
         refuse_prefill(messages[-1])
-        out["output_config"] = {"format": output_format}
+        out["output_config"] = {**out.get("output_config", {}), "format": output_format}
     if system:
         out["system"] = system
     _tools(body, out, native)

@@ -22,6 +22,7 @@ turn thinks again.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from streamproxy.errors import InvalidRequest
@@ -34,6 +35,33 @@ MIN_BUDGET = 1024
 EFFORT_BUDGET = {"minimal": MIN_BUDGET, "low": MIN_BUDGET, "medium": 4096, "high": 16384,
                  "xhigh": 24576}
 MIN_TOP_P = 0.95  # the lowest top_p Claude takes with thinking on
+# The Claudes that take a thinking budget (`thinking.type: enabled`), by their names on any
+# platform (`claude-opus-4-1-…`, `anthropic.claude-3-…`, `claude-opus-4@…`): 2, 3.x, 4, 4.1,
+# 4.5 and 4.6 (4.6 takes adaptive thinking too). Opus 4.7, Mythos and the Claude 5 family take
+# adaptive thinking alone and answer a budget with a 400 (Anthropic's and AWS's "Adaptive
+# thinking"): the earlier ones are a closed set, so a newer Claude gets adaptive thinking.
+_BUDGET_CLAUDES = re.compile(r"claude-(?:[123]|v\d|instant|(?:sonnet|opus)-4(?![.\d]|-[3-9])"
+                             r"|(?:sonnet|opus|haiku)-4-[56])")
+# reasoning_effort → adaptive thinking's `output_config.effort`. xhigh, OpenAI's top, is Claude's
+# top (max), which every adaptive Claude takes (its own xhigh not all).
+ADAPTIVE_EFFORT = {"minimal": "low", "low": "low", "medium": "medium", "high": "high",
+                   "xhigh": "max"}
+
+
+def takes_adaptive_thinking_only(model: str) -> bool:
+    """Whether `model` is a Claude that refuses a thinking budget (adaptive thinking only)."""
+    return "claude" in model and _BUDGET_CLAUDES.search(model) is None
+
+
+def adaptive_effort(thinking: Any, effort: str | None,
+                    output_config: Any) -> dict[str, Any] | None:
+    """The `output_config` to send beside adaptive thinking made from `effort`: the client's
+    own with Claude's effort added (its own effort wins), or None when nothing changes."""
+    if not (isinstance(thinking, dict) and thinking.get("type") == "adaptive"
+            and effort in ADAPTIVE_EFFORT):
+        return None
+    own = output_config if isinstance(output_config, dict) else {}
+    return None if "effort" in own else {**own, "effort": ADAPTIVE_EFFORT[effort]}
 
 
 def fit_thinking(body: dict[str, Any], native: Any, effort: str | None, answer_allowance: int,

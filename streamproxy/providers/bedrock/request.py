@@ -26,7 +26,7 @@ Choices (docs/providers/bedrock.md):
   with a budget of 1024/1024/4096/16384/24576 tokens for Claude models (`anthropic.claude` in
   the model id), kept below the client's max and refused beside a temperature other than 1, a
   top_k or a top_p below 0.95, as on Anthropic (anthropic/thinking.py) — for the Claudes that
-  take no budget (Opus 4.7 on, BUDGET_THINKING_MODELS) `thinking: {type: adaptive}` and
+  take no budget (Opus 4.7 on: anthropic/thinking.py) `thinking: {type: adaptive}` and
   `output_config.effort` low/low/medium/high/max instead, the same refusals kept; for Nova 2
   (`amazon.nova-2-`) → `additionalModelRequestFields.reasoningConfig` and for gpt-oss
   (`openai.gpt-oss`) → `….reasoning_effort`, the nearest of the low/medium/high both take
@@ -100,7 +100,11 @@ from streamproxy.providers.anthropic.request import (
     response_schema,
     trim_prefill,
 )
-from streamproxy.providers.anthropic.thinking import fit_thinking
+from streamproxy.providers.anthropic.thinking import (
+    adaptive_effort,
+    fit_thinking,
+    takes_adaptive_thinking_only,
+)
 
 DEFAULT_MAX_TOKENS = 4096  # the answer's allowance beside a thinking budget
 # OpenAI parameters with no Converse equivalent: dropped, never forwarded.
@@ -146,19 +150,6 @@ STRUCTURED_OUTPUTS = ("auto", "native", "instruction")
 # asked, so "none" sends nothing; gpt-oss always reasons, so "none" is its least, as Gemini 3's.
 REASONING_LEVELS = {"none": "low", "minimal": "low", "low": "low", "medium": "medium",
                     "high": "high", "xhigh": "high"}
-# The Claude models that take a thinking budget (`thinking.type: enabled`), as they appear in
-# model ids: those before Opus 4.7 (the 4.6 ones take adaptive thinking too). Opus 4.7 and every
-# later Claude take adaptive thinking alone and answer a budget with a 400 (AWS, "Adaptive
-# thinking"): the earlier ones are a closed list, so a new Claude gets adaptive thinking.
-BUDGET_THINKING_MODELS = ("anthropic.claude-3", "anthropic.claude-v", "anthropic.claude-instant",
-                          "anthropic.claude-sonnet-4-2", "anthropic.claude-opus-4-2",
-                          "anthropic.claude-opus-4-1", "anthropic.claude-sonnet-4-5",
-                          "anthropic.claude-opus-4-5", "anthropic.claude-haiku-4-5",
-                          "anthropic.claude-sonnet-4-6", "anthropic.claude-opus-4-6")
-# reasoning_effort → the `output_config.effort` of adaptive thinking. xhigh, OpenAI's top, is
-# Claude's top (max), which every adaptive Claude takes (its own xhigh not all).
-ADAPTIVE_EFFORT = {"minimal": "low", "low": "low", "medium": "medium", "high": "high",
-                   "xhigh": "max"}
 # What Nova 2 refuses beside its high reasoning effort (AWS: they must be unset there).
 UNSET_FOR_HIGH_EFFORT = {"max_completion_tokens": "a maximum of output tokens",
                          "max_tokens": "a maximum of output tokens",
@@ -169,10 +160,6 @@ _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9\s\-()\[\]]+")
 
 def is_claude(model: str) -> bool:
     return "anthropic.claude" in model
-
-
-def takes_adaptive_thinking_only(model: str) -> bool:
-    return is_claude(model) and not any(name in model for name in BUDGET_THINKING_MODELS)
 
 
 def is_nova(model: str) -> bool:
@@ -318,10 +305,9 @@ def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> 
                                         fields.get("top_k"), adaptive)
     if thinking is not None and "thinking" not in fields:
         added = {"thinking": thinking}
-        own = fields.get("output_config")
-        own = own if isinstance(own, dict) else {}
-        if adaptive and "effort" not in own:  # adaptive thinking's depth: Claude's effort
-            added["output_config"] = {**own, "effort": ADAPTIVE_EFFORT[effort]}
+        output_config = adaptive_effort(thinking, effort, fields.get("output_config"))
+        if output_config is not None:  # adaptive thinking's depth: Claude's effort
+            added["output_config"] = output_config
         out["additionalModelRequestFields"] = {**fields, **added}
     if max_tokens:
         config["maxTokens"] = max_tokens
