@@ -26,7 +26,14 @@ from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.registry import PROVIDER_TYPES
 from streamproxy.routing.target import Target
 from tests.conftest import provider_config
-from tests.helpers import collect, fixture_bytes, make_config, random_splits, sse_chunks
+from tests.helpers import (
+    assert_finish_last,
+    collect,
+    fixture_bytes,
+    make_config,
+    random_splits,
+    sse_chunks,
+)
 
 DEFAULT_URLS = {
     "groq": "https://api.groq.com/openai/v1",
@@ -280,6 +287,29 @@ async def test_openrouter_mid_stream_error_keeps_its_metadata(proxy: Any,
     c = collect(await stream(proxy, upstream, "openrouter", body))
     assert c.error == {"message": "Provider returned error", "type": "api_error",
                        "param": None, "code": "502", "metadata": metadata}
+
+
+# OpenRouter's usage rides on a chunk of its own after the finish chunk, whose choice says
+# nothing (`delta: {"role": "assistant", "content": ""}`, finish null) — as recorded by its
+# clients (speakeasy-api/gram#921, a Venice and a Parasail stream quoted in other projects).
+OPENROUTER_TAIL = sse(HEAD[0], HEAD[1], chunk([{**choice("stop", role="assistant", content=""),
+                                                "native_finish_reason": "stop"}]),
+                      chunk([{**choice(None, role="assistant", content=""),
+                              "native_finish_reason": None}], usage={**USAGE, "cost": 0.0001}))
+
+
+@pytest.mark.parametrize("usage", [True, False])
+async def test_openrouter_usage_after_the_finish_leaves_no_empty_chunk(proxy: Any, upstream: Any,
+                                                                       usage: bool) -> None:
+    """Its usage moved to a usage chunk, the chunk it rode on went on without it: a choice
+    after the finish chunk, which OpenAI never sends (and, usage not asked for, a chunk of
+    nothing)."""
+    chunks = await stream(proxy, upstream, "openrouter", OPENROUTER_TAIL, usage=usage)
+    assert_finish_last(chunks)
+    c = collect(chunks)
+    assert c.content == "Hello" and c.finish_reason == "stop" and c.done
+    assert c.usage == ({**USAGE, "cost": 0.0001} if usage else None)
+    assert len(usage_chunks(chunks)) == usage
 
 
 @pytest.mark.parametrize("kind", ["openrouter", "openai"])

@@ -9,7 +9,9 @@ usage, finish and error chunks; every other chunk is still forwarded byte for by
   are taken for logs and, when the client asked for usage, sent as OpenAI's own usage chunk
   (`choices: []`) just before `[DONE]` — unless the upstream sent one itself, so usage is never
   duplicated. Usage on a chunk with choices is removed from it (a client summing would count
-  it twice); a trailing empty-choices chunk without usage is dropped by the pass-through.
+  it twice); a trailing empty-choices chunk without usage is dropped by the pass-through, and
+  so is a chunk that, once the answer has finished, held nothing but usage (OpenRouter's, whose
+  choice carries only the role it repeats on every chunk).
 - finish reasons outside OpenAI's set are mapped (`eos` → stop, `model_length` → length);
   those that mean the answer failed (`error`, DeepSeek's `insufficient_system_resource`) end
   the stream with an OpenAI error frame instead of a finish that looks complete.
@@ -74,6 +76,10 @@ class CompatTranslator(PassthroughTranslator):
             super().on_chunk(chunk, data)
             return
         changed = self._take_usage(chunk)
+        if changed and len(self._finished) >= self._choices and all(map(_says_nothing, choices)):
+            # OpenRouter's usage chunk: after the finish, a choice with nothing in it. Without
+            # its usage it would be a delta after the finish chunk, which OpenAI never sends.
+            return
         for choice in choices:  # (with `n`, a server may finish several choices in one chunk)
             reason = choice.get("finish_reason") if isinstance(choice, dict) else None
             if not isinstance(reason, str):
@@ -108,6 +114,15 @@ class CompatTranslator(PassthroughTranslator):
             usage_chunk["object"] = "chat.completion.chunk"
             self.out.raw(orjson.dumps(usage_chunk))
         super().on_done()
+
+
+def _says_nothing(choice: Any) -> bool:
+    """A chunk's choice with no content, finish or logprobs: its delta is empty but for a
+    role, which OpenRouter repeats on every chunk."""
+    if not isinstance(choice, dict) or not isinstance(choice.get("delta", {}), dict):
+        return False
+    return (not any(v for k, v in choice.items() if k not in ("index", "delta"))
+            and not any(v for k, v in choice.get("delta", {}).items() if k != "role"))
 
 
 _NONE: frozenset[str] = frozenset()
