@@ -290,6 +290,19 @@ def test_a_stream_that_closes_after_its_finish_without_done_ends_normally() -> N
     assert not c.done
 
 
+def test_an_unwrapped_error_object_mid_stream_ends_the_stream_with_that_error() -> None:
+    """vLLM-style servers write a mid-stream failure as the error object itself (`object:
+    "error"`, not under an `error` key), then `[DONE]` (block/goose's "vllm error format"
+    test). It was dropped as an empty-choices chunk: the client got `[DONE]` after a cut
+    answer, as if it were whole."""
+    failure = (b'data: {"object":"error","message":"CUDA out of memory",'
+               b'"type":"InternalServerError","param":null,"code":500}\n\n')
+    c = collect(sse_chunks(_passthrough(_chunk_event("He") + failure + b"data: [DONE]\n\n")))
+    assert c.content == "He" and not c.done
+    assert c.error is not None and c.error["message"] == "CUDA out of memory"
+    assert c.error["type"] == "InternalServerError"
+
+
 def _two_choices(body: bytes) -> tuple[Any, str | None]:
     """A pass-through stream of `n: 2`: its last frame and the answer's finish reason
     (`collect` reads one choice only)."""

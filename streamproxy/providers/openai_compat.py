@@ -167,6 +167,10 @@ class PassthroughTranslator(SSETranslator):
         """An event worth a look, parsed; `data` (its bytes) is what gets forwarded. Provider
         quirks hook in by overriding this (providers/presets.py, providers/azure.py)."""
         error = chunk.get("error")
+        if not error and chunk.get("object") == "error" and "choices" not in chunk:
+            # The error object itself, not under an `error` key (vLLM-style servers' and
+            # Mistral's shape); dropped as a chunk without choices, the client got `[DONE]`.
+            error = {k: v for k, v in chunk.items() if k != "object"}
         if error:
             self.out.error(_stream_error(error, self._provider))
             self.done = True
