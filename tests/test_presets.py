@@ -430,6 +430,23 @@ async def test_groq_drops_the_answer_only_fields_of_an_appended_message(proxy: A
         *HI, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "again"}]
 
 
+async def test_groq_drops_the_gateways_own_fields_of_an_answer_sent_back(proxy: Any,
+                                                                         upstream: Any) -> None:
+    """An answer the gateway translated (Claude's or Gemini's thinking, a Gemini image model's
+    pictures) carries `thinking_blocks` and `images`, which a client sends back with the
+    message; Groq refuses any message key it does not know with a 400, so a conversation that
+    falls back or is balanced from Anthropic or Gemini to Groq failed there."""
+    answer = {"role": "assistant", "content": "Hello", "reasoning_content": "Greet.",
+              "thinking_blocks": [{"type": "thinking", "thinking": "Greet.",
+                                   "signature": "c2ln"}],
+              "images": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"},
+                          "index": 0}]}
+    await stream(proxy, upstream, "groq", GROQ, messages=[*HI, answer,
+                                                          {"role": "user", "content": "again"}])
+    assert upstream.requests[0].json()["messages"] == [
+        *HI, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "again"}]
+
+
 # xAI: 400 {"code": "Client specified an invalid argument", "error": "Only messages of role
 # 'user' can have a name."} (BerriAI/litellm#9720, microsoft/autogen#4715).
 async def test_xai_keeps_name_on_user_messages_only(proxy: Any, upstream: Any) -> None:

@@ -223,9 +223,11 @@ class GroqProvider(CompatProvider):
     """Groq answers a 400 to `logprobs`, `logit_bias`, `top_logprobs` and `messages[].name`
     (console.groq.com/docs/openai, "Currently Unsupported OpenAI Features"), and to any message
     key it does not know — among them, in an assistant turn sent back, the `reasoning_content`
-    DeepSeek's clients and our own translated streams carry, and the answer-only fields of
-    OpenAI's message that the openai SDK echoes when a client appends the answer's message
-    (`refusal`, `annotations`, `audio`: "property 'annotations' is unsupported")."""
+    DeepSeek's clients and our own translated streams carry, the `thinking_blocks` and
+    `images` of our translated answers (Claude's and Gemini's thinking, Gemini's pictures),
+    and the answer-only fields of OpenAI's message that the openai SDK echoes when a client
+    appends the answer's message (`refusal`, `annotations`, `audio`: "property 'annotations'
+    is unsupported")."""
 
     type_name: ClassVar[str] = "groq"
     default_base_url: ClassVar[str | None] = "https://api.groq.com/openai/v1"
@@ -233,7 +235,8 @@ class GroqProvider(CompatProvider):
                                                           "top_logprobs"})
     refused_message_keys: ClassVar[dict[str, frozenset[str]]] = {
         "*": frozenset({"name"}),
-        "assistant": frozenset({"reasoning_content", "refusal", "annotations", "audio"})}
+        "assistant": frozenset({"reasoning_content", "thinking_blocks", "images", "refusal",
+                                "annotations", "audio"})}
 
 
 # The keys Mistral's message schemas take; anything else (an echoed `refusal: null`, a user
