@@ -460,6 +460,40 @@ async def test_xai_keeps_name_on_user_messages_only(proxy: Any, upstream: Any) -
         {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "again"}]
 
 
+# xAI counts reasoning tokens beside completion_tokens, in total_tokens only (docs.x.ai
+# "consumption and rate limits"; Vertex AI's Grok page: completion 50, reasoning 124, prompt 663,
+# total 837); OpenAI's completion_tokens include them (vercel/ai#12425, langchain#34603).
+XAI_USAGE = {"prompt_tokens": 663, "completion_tokens": 50, "total_tokens": 837,
+             "completion_tokens_details": {"reasoning_tokens": 124}}
+OPENAI_USAGE = {**XAI_USAGE, "completion_tokens": 174}
+
+
+@pytest.mark.parametrize("body", [
+    sse(*HEAD, chunk([choice("stop")], usage=XAI_USAGE), chunk([])),  # on the finish chunk
+    sse(*HEAD, chunk([choice("stop")]), chunk([], usage=XAI_USAGE)),  # a usage chunk
+])
+async def test_xai_reasoning_tokens_count_as_completion_tokens(proxy: Any, upstream: Any,
+                                                               body: bytes,
+                                                               access_log: Any) -> None:
+    """As they were, a client (and the access log) counted the answer's output without its
+    reasoning: a grok reasoning model's cost came out a third, or a tenth, of the bill."""
+    c = collect(await stream(proxy, upstream, "xai", body))
+    assert c.usage == OPENAI_USAGE and c.done
+    assert access_log()[-1]["completion_tokens"] == 174
+    # already counted as OpenAI counts them: left alone
+    c = collect(await stream(proxy, upstream, "xai", body.replace(b'"completion_tokens":50',
+                                                                  b'"completion_tokens":174')))
+    assert c.usage == OPENAI_USAGE
+
+
+def test_xai_non_streamed_reasoning_tokens_count_as_completion_tokens() -> None:
+    provider, _ = build("xai")
+    answer = orjson.loads(_answer("stop"))
+    body = orjson.dumps({**answer, "usage": XAI_USAGE})
+    out = orjson.loads(provider.translate_response(body, request(), completion_id="c", created=1))
+    assert out == {**answer, "usage": OPENAI_USAGE}
+
+
 # -- Mistral request -------------------------------------------------------------------------
 TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
          for n in ("a", "b")]

@@ -18,6 +18,8 @@ usage, finish and error chunks; every other chunk is still forwarded byte for by
 - OpenRouter's `: OPENROUTER PROCESSING` keep-alives are SSE comments (the decoder skips them);
   its mid-stream `data: {"error": …}` becomes an error frame (the pass-through does that).
 - vLLM's usage chunk with `choices: null` is forwarded with `choices: []` (the pass-through).
+- xAI's usage leaves reasoning tokens out of `completion_tokens`: they are added in
+  (`count_reasoning_as_completion`), streamed or not.
 
 Request quirks: Mistral (see MistralProvider: names, roles, tool-call ids). Mistral's reasoning
 models also stream `delta.content` as a list of typed chunks, which becomes OpenAI's string
@@ -60,10 +62,12 @@ def failed_finish(status: int, reason: str, provider: str) -> UpstreamStatusErro
 
 class CompatTranslator(PassthroughTranslator):
     def __init__(self, out: ChunkSink, max_event_bytes: int, *, finish_reasons: dict[str, str],
-                 failed_finishes: dict[str, int], **passthrough: Any) -> None:
+                 failed_finishes: dict[str, int], reasoning_beside_completion: bool = False,
+                 **passthrough: Any) -> None:
         super().__init__(out, max_event_bytes, **passthrough)
         self._finish_reasons = finish_reasons
         self._failed = failed_finishes
+        self._count_reasoning = reasoning_beside_completion  # see count_reasoning_as_completion
         self._moved_usage: dict[str, Any] | None = None  # counts taken off a choices chunk
         self._usage_chunk_seen = False  # the upstream sent a proper usage chunk
         self._envelope: dict[str, Any] = {}
@@ -73,6 +77,8 @@ class CompatTranslator(PassthroughTranslator):
         if chunk.get("error") or not choices or not isinstance(choices[0], dict):
             if chunk.get("usage") and not chunk.get("error"):
                 self._usage_chunk_seen = True
+                if self._count_reasoning and count_reasoning_as_completion(chunk["usage"]):
+                    data = orjson.dumps(chunk)
             super().on_chunk(chunk, data)
             return
         changed = self._take_usage(chunk)
@@ -103,6 +109,8 @@ class CompatTranslator(PassthroughTranslator):
             x_groq = chunk.get("x_groq")
             usage = x_groq.get("usage") if isinstance(x_groq, dict) else None
         if usage:
+            if self._count_reasoning:
+                count_reasoning_as_completion(usage)
             self._moved_usage = usage
             self._envelope = {k: chunk[k] for k in _ENVELOPE if k in chunk}
             self.out.usage(usage)
@@ -114,6 +122,25 @@ class CompatTranslator(PassthroughTranslator):
             usage_chunk["object"] = "chat.completion.chunk"
             self.out.raw(orjson.dumps(usage_chunk))
         super().on_done()
+
+
+def count_reasoning_as_completion(usage: Any) -> bool:
+    """Usage whose reasoning tokens are counted beside `completion_tokens` (in `total_tokens`
+    only: xAI's) gets OpenAI's count, which includes them; True when it changed. Only when the
+    sum shows they are left out, so a count already OpenAI's is left alone."""
+    if not isinstance(usage, dict):
+        return False
+    details = usage.get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    counts = (usage.get("prompt_tokens"), usage.get("completion_tokens"),
+              usage.get("total_tokens"), reasoning)
+    if not reasoning or not all(type(n) is int for n in counts):
+        return False
+    prompt, completion, total, _ = counts
+    if prompt + completion + reasoning != total:
+        return False
+    usage["completion_tokens"] = completion + reasoning
+    return True
 
 
 def _says_nothing(choice: Any) -> bool:
@@ -156,6 +183,8 @@ class CompatProvider(OpenAIProvider):
     # OpenAI's parameter → the upstream's name for it (one the upstream would ignore otherwise).
     renamed_params: ClassVar[dict[str, str]] = {}
     developer_as_system: ClassVar[bool] = False
+    # Usage counts reasoning tokens beside completion_tokens (count_reasoning_as_completion).
+    reasoning_beside_completion: ClassVar[bool] = False
     translator_type = CompatTranslator
 
     def adapt_body(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -186,7 +215,8 @@ class CompatProvider(OpenAIProvider):
 
     def translator_options(self, req: ChatRequest) -> dict[str, Any]:
         return {**super().translator_options(req), "finish_reasons": self.finish_reasons,
-                "failed_finishes": self.failed_finishes}
+                "failed_finishes": self.failed_finishes,
+                "reasoning_beside_completion": self.reasoning_beside_completion}
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
                            created: int, model: str = "") -> bytes:
@@ -195,13 +225,18 @@ class CompatProvider(OpenAIProvider):
         so retries and fallbacks apply)."""
         body = super().translate_response(body, req, completion_id=completion_id,
                                           created=created, model=model)
-        if not (self.finish_reasons or self.failed_finishes) or b"finish_reason" not in body:
+        finishes = bool(self.finish_reasons or self.failed_finishes) and b"finish_reason" in body
+        usage = self.reasoning_beside_completion and b'"reasoning_tokens"' in body
+        if not (finishes or usage):
             return body
         try:
             answer = orjson.loads(body)
         except orjson.JSONDecodeError:
             return body  # the executor's parse reports it
-        return orjson.dumps(answer) if self._map_finishes(answer) else body
+        changed = self._map_finishes(answer)
+        if usage and isinstance(answer, dict):
+            changed = count_reasoning_as_completion(answer.get("usage")) or changed
+        return orjson.dumps(answer) if changed else body
 
     def _map_finishes(self, answer: Any) -> bool:
         changed = False
@@ -434,10 +469,13 @@ _NAME = frozenset({"name"})
 
 class XAIProvider(CompatProvider):
     """xAI takes a `name` on user messages only ("Only messages of role 'user' can have a name.",
-    a 400), so it is dropped from the others."""
+    a 400), so it is dropped from the others. Its usage counts a reasoning model's reasoning
+    tokens beside `completion_tokens` ("counted separately from completion_tokens, but ... in
+    the total_tokens"), where OpenAI's include them: they are added in."""
 
     type_name: ClassVar[str] = "xai"
     default_base_url: ClassVar[str | None] = "https://api.x.ai/v1"
+    reasoning_beside_completion: ClassVar[bool] = True
     refused_message_keys: ClassVar[dict[str, frozenset[str]]] = {
         role: _NAME for role in ("system", "developer", "assistant", "tool")}
 
