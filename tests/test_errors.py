@@ -120,6 +120,27 @@ async def test_upstream_error_status_and_message_are_carried_over(
     assert err["type"] == etype
 
 
+@pytest.mark.parametrize(("kind", "body", "message", "code"), [
+    ("openai", b'{"error":{"message":"The model `gpt-9` does not exist","type":'
+               b'"invalid_request_error","param":null,"code":"model_not_found"}}',
+     "The model `gpt-9` does not exist", "model_not_found"),
+    ("anthropic", b'{"type":"error","error":{"type":"overloaded_error","message":'
+                  b'"Overloaded"}}\n', "Overloaded", "overloaded_error"),
+])
+async def test_a_stream_answered_with_a_json_error_body_keeps_its_message(
+        proxy: Any, upstream: Any, kind: str, body: bytes, message: str, code: str) -> None:
+    """An upstream that answers a stream request 200 with one JSON error object, not events
+    (as some OpenAI-compatible servers and relays do): the client gets the provider's error,
+    as it does for the same answer to a non-streamed request, not a cut stream's."""
+    upstream.content_type = "application/json"
+    upstream.body = body
+    client = await proxy(provider_config(kind, upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True})
+    assert resp.status == 502
+    err = assert_openai_error(await resp.json())
+    assert (err["message"], err["code"]) == (message, code)
+
+
 async def test_a_listed_error_keeps_its_message(proxy: Any, upstream: Any) -> None:
     """Cloudflare's API (Workers AI's OpenAI-compatible endpoint, AI Gateway) lists errors."""
     upstream.status = 503

@@ -33,7 +33,7 @@ from streamproxy.openai_api.request import (
     custom_tools_refused,
     offers_custom_tools,
 )
-from streamproxy.providers.base import StreamTranslator
+from streamproxy.providers.base import Provider, StreamTranslator
 from streamproxy.record import RequestRecord
 from streamproxy.routing.breaker import CircuitBreakers
 from streamproxy.routing.planner import Attempt, Plan
@@ -249,11 +249,22 @@ class Executor:
             resp = await self._send(req, target, record)
             encoder, translator = parts.take()
             read = resp.content.readany
+            # The reads before the commit, up to the event cap: a body that ends among them
+            # may be no stream at all, but one JSON error (`_json_error`).
+            reads: list[bytes] = []
+            kept, cap = 0, provider.max_event_bytes
             while not encoder.pending:
                 data = await read()
                 if not data:
-                    translator.close()
+                    try:
+                        translator.close()
+                    except ProxyError as e:
+                        answer = _json_error(provider, reads) if kept <= cap else None
+                        raise answer or e from None
                     break
+                if kept <= cap:
+                    reads.append(data)
+                    kept += len(data)
                 translator.feed(data)
             if encoder.failure is not None:
                 raise encoder.failure
@@ -351,6 +362,26 @@ def _after_total(first_try: float | None, total: float | None, delay: float) -> 
     if first_try is None or total is None:
         return False
     return asyncio.get_running_loop().time() + delay >= first_try + total
+
+
+def _json_error(provider: Provider, reads: list[bytes]) -> UpstreamStatusError | None:
+    """The provider's error when a stream request was answered 200 with one JSON error object
+    instead of events (as some OpenAI-compatible servers and relays answer): read as the same
+    body answering a non-streamed request is, not reported as a stream cut short (its message
+    and code lost). None for any other body: an event stream begins with a field or a
+    comment, never `{`."""
+    body = b"".join(reads).strip()
+    if body[:1] not in (b"{", b"["):
+        return None
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(obj, list) and obj:  # (Gemini wraps its error in an array)
+        obj = obj[0]
+    if not isinstance(obj, dict) or "error" not in obj:
+        return None
+    return provider.parse_error(502, body)
 
 
 def _envelope_model(target: Target) -> str:
