@@ -141,6 +141,36 @@ async def test_a_stream_answered_with_a_json_error_body_keeps_its_message(
     assert (err["message"], err["code"]) == (message, code)
 
 
+OPENROUTER_ERROR = b'{"error":{"message":"Rate limit exceeded","code":429}}'
+GOOGLE_ERROR = (b'[{"error":{"code":429,"message":"Rate limit exceeded",'
+                b'"status":"RESOURCE_EXHAUSTED"}}]')
+
+
+@pytest.mark.parametrize(("kind", "body", "stream"), [
+    ("openai", OPENROUTER_ERROR, False), ("openai", OPENROUTER_ERROR, True),
+    ("gemini", GOOGLE_ERROR, True)])
+async def test_a_200_json_error_naming_its_status_answers_with_it(
+        proxy: Any, upstream: Any, kind: str, body: bytes, stream: bool) -> None:
+    """The status an error object in a 200 answer names (OpenRouter's numeric `code`,
+    Google's) is the client's, and what retries and fallbacks act on: a streamed request's
+    as a non-streamed one's, and as the same object sent as an error event."""
+    upstream.content_type = "application/json"
+    upstream.body = body
+    client = await proxy(provider_config(kind, upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": stream})
+    assert resp.status == 429
+    assert assert_openai_error(await resp.json())["message"] == "Rate limit exceeded"
+
+
+async def test_a_200_json_error_naming_no_status_is_a_502(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = b'{"error":"quota exhausted"}'
+    client = await proxy(provider_config("gemini", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True})
+    assert resp.status == 502
+    assert assert_openai_error(await resp.json())["message"] == "quota exhausted"
+
+
 async def test_a_listed_error_keeps_its_message(proxy: Any, upstream: Any) -> None:
     """Cloudflare's API (Workers AI's OpenAI-compatible endpoint, AI Gateway) lists errors."""
     upstream.status = 503

@@ -252,6 +252,11 @@ class Provider:
         body does not (Bedrock's `x-amzn-errortype`)."""
         return self.parse_error(status, body)
 
+    def answered_error(self, body: bytes) -> UpstreamStatusError:
+        """An error object a 200 carried instead of the answer (a stream request answered
+        with one JSON body): 502, unless the provider's errors name their status (override)."""
+        return self.parse_error(502, body)
+
 
 def generic_error(status: int, body: bytes, provider: str, *,
                   keep_fields: bool = False) -> UpstreamStatusError:

@@ -325,6 +325,10 @@ class OpenAIProvider(Provider):
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
         return generic_error(status, body, self.name, keep_fields=True)
 
+    def answered_error(self, body: bytes) -> UpstreamStatusError:
+        # as a non-streamed 200's error is read: the status its `code` names (OpenRouter's)
+        return error_answer(body, self.name) or self.parse_error(502, body)
+
     def adapt_body(self, body: dict[str, Any]) -> dict[str, Any]:
         """The body to send, for compatible upstreams whose parameters differ from OpenAI's
         (providers/presets.py). Returns `body` itself when nothing changes, else a new dict."""

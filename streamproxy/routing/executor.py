@@ -381,7 +381,7 @@ def _json_error(provider: Provider, reads: list[bytes]) -> UpstreamStatusError |
         obj = obj[0]
     if not isinstance(obj, dict) or "error" not in obj:
         return None
-    return provider.parse_error(502, body)
+    return provider.answered_error(body)
 
 
 def _envelope_model(target: Target) -> str:

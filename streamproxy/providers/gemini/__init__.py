@@ -103,6 +103,9 @@ class GeminiProvider(Provider):
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
         return google_error(status, body, self.name)
 
+    def answered_error(self, body: bytes) -> UpstreamStatusError:
+        return google_error(0, body, self.name)  # (0: Google's numeric `code` is the status)
+
 
 class VertexProvider(GeminiProvider):
     """Vertex AI. The bearer token comes from one of `token_command`, `token_env`,

@@ -29,8 +29,8 @@ def google_error(status: int, body: bytes, provider: str) -> UpstreamStatusError
     if isinstance(obj, list) and obj:
         obj = obj[0]
     err = obj.get("error") if isinstance(obj, dict) else None
-    if not isinstance(err, dict):
-        return generic_error(status, body, provider)
+    if not isinstance(err, dict):  # (one with no `code`: 502 for an error in a 200)
+        return generic_error(status or 502, body, provider)
     return error_from_object(err, status, provider)
 
 
