@@ -98,6 +98,14 @@ async def test_the_total_timeout_still_applies_while_held() -> None:
     assert "total" in (why or "")
 
 
+async def test_the_idle_timeout_counts_again_after_a_hold_when_a_total_is_set() -> None:
+    # The timer came due (idle) while held, and the total is far: it must not wait for the
+    # total once the client has drained and the upstream then stalls.
+    at, why = await _run(Timeouts(first_token=5, idle=0.1, total=30), (0.0,), 2.0, hold=0.4)
+    assert at is not None, "the stalled stream was not ended by its idle timeout"
+    assert "idle" in (why or "")
+
+
 async def _expiry(timeouts: Timeouts) -> ProxyError | None:
     """What the deadline of a stream that never gets its first event expires with."""
 

@@ -67,7 +67,11 @@ class Deadline:
 
     def _due(self) -> float | None:
         if self._held:  # the gap is the client's doing: only the total applies
-            return self._total_end
+            if self._total_end is None:
+                return None
+            # ...but the timer comes back within an idle gap: release() (per write) does not
+            # re-arm an armed one, which a stall after it would otherwise wait out to the total
+            return min(self._total_end, self.loop.time() + self._timeouts.idle)
         due = (max(self._last, self._resumed) + self._timeouts.idle if self._streaming
                else self._start + self._first_token())
         if self._total_end is not None:
