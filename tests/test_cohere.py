@@ -307,6 +307,17 @@ async def test_top_k_is_sent_as_k(proxy: Any, upstream: Any) -> None:
     assert to_cohere(_body(top_k=40, k=5), "m")["k"] == 5  # Cohere's own name wins
 
 
+def test_a_zero_penalty_is_not_sent() -> None:
+    # Cohere refuses a request with both penalties ("cannot specify both frequency_penalty and
+    # presence_penalty", its errors reference); clients (the OpenAI playground's code, UIs)
+    # send both as 0, OpenAI's and Cohere's default: no penalty, so nothing to send.
+    out = to_cohere(_body(frequency_penalty=0, presence_penalty=0.0), "m")
+    assert "frequency_penalty" not in out and "presence_penalty" not in out
+    out = to_cohere(_body(frequency_penalty=0, presence_penalty=0.4), "m")
+    assert "frequency_penalty" not in out and out["presence_penalty"] == 0.4
+    assert to_cohere(_body(frequency_penalty=0.3), "m")["frequency_penalty"] == 0.3
+
+
 def test_top_p_of_one_is_sent_as_cohere_s_largest_p() -> None:
     # Cohere's `p` is at most 0.99 (a 1 is refused); OpenAI's top_p 1 means no nucleus cut.
     assert to_cohere(_body(top_p=1), "m")["p"] == 0.99

@@ -9,7 +9,8 @@ Choices (docs/providers/others.md "cohere"):
 - a function's `strict: true` → `strict_tools: true` (Cohere's switch covers every tool sent);
 - tool_choice "required" → "REQUIRED", "none" → "NONE", "auto" → omitted; a named tool_choice
   (Cohere has none) → "REQUIRED" with only that tool sent, which forces exactly that call;
-- max tokens, temperature, top_p → p, stop → stop_sequences, seed and the penalties map 1:1,
+- max tokens, temperature, top_p → p, stop → stop_sequences, seed and the penalties map 1:1
+  (a penalty of 0, the default, is not sent: Cohere refuses the two together),
   except that a top_p above P_MAX up to 1 (OpenAI's default 1: no nucleus cut) is sent as P_MAX,
   the largest `p` Cohere takes (its API reference: "min value of 0.01, max value of 0.99"); one
   above 1 is OpenAI's 400;
@@ -39,7 +40,11 @@ from streamproxy.openai_api.content import (
 
 DROPPED = OPENAI_ONLY | {"user", "parallel_tool_calls"}
 PASSTHROUGH = ("k", "safety_mode", "documents", "citation_options", "strict_tools", "thinking")
-SAME_NAME = ("temperature", "seed", "frequency_penalty", "presence_penalty")
+SAME_NAME = ("temperature", "seed")
+# Cohere refuses both in one request ("cannot specify both frequency_penalty and
+# presence_penalty", its errors reference); a 0 is both APIs' default (no penalty), which
+# clients often send for each, so only a non-zero one goes.
+PENALTIES = ("frequency_penalty", "presence_penalty")
 P_MAX = 0.99  # Cohere refuses a larger `p`; OpenAI's top_p goes up to 1 (its default)
 THINKING_BUDGET = {"minimal": 512, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768}
 
@@ -55,6 +60,9 @@ def to_cohere(body: dict[str, Any], model: str) -> dict[str, Any]:
         out["max_tokens"] = max_tokens
     for key in SAME_NAME:
         if body.get(key) is not None:
+            out[key] = body[key]
+    for key in PENALTIES:
+        if body.get(key):
             out[key] = body[key]
     if body.get("top_p") is not None:
         out["p"] = _p(body["top_p"])
