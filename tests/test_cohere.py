@@ -261,11 +261,25 @@ def test_named_tool_choice_sends_only_that_tool_as_required() -> None:
     tools = [{"type": "function", "function": {"name": n}} for n in ("a", "b")]
     out = to_cohere(_body(tools=tools, tool_choice={"type": "function",
                                                     "function": {"name": "b"}}), "m")
-    assert out["tools"] == [{"type": "function", "function": {"name": "b"}}]
+    assert out["tools"] == [{"type": "function", "function": {
+        "name": "b", "parameters": {"type": "object", "properties": {}}}}]
     assert out["tool_choice"] == "REQUIRED"
     out = to_cohere(_body(tools=tools, tool_choice="none"), "m")
     assert out["tool_choice"] == "NONE" and len(out["tools"]) == 2
     assert "tool_choice" not in to_cohere(_body(tools=tools, tool_choice="auto"), "m")
+
+
+def test_a_tool_without_parameters_is_sent_with_an_empty_object_schema() -> None:
+    # OpenAI: "omitting parameters defines a function with an empty parameter list"; Cohere
+    # requires a tool's `parameters` (its API reference, its SDK's ToolV2Function).
+    empty = {"type": "object", "properties": {}}
+    out = to_cohere(_body(tools=[{"type": "function", "function": {"name": "now"}},
+                                 {"type": "function", "function": {"name": "w", "parameters": {
+                                     "type": "object", "properties": {"c": {}}}}}]), "m")
+    assert out["tools"] == [
+        {"type": "function", "function": {"name": "now", "parameters": empty}},
+        {"type": "function", "function": {"name": "w", "parameters": {
+            "type": "object", "properties": {"c": {}}}}}]
 
 
 async def test_strict_tool_is_sent_as_strict_tools(proxy: Any, upstream: Any) -> None:

@@ -6,6 +6,8 @@ Choices (docs/providers/others.md "cohere"):
 - an assistant turn with tool calls sends its text (or its `reasoning_content`, which is where
   we stream Cohere's tool plan) back as `tool_plan`, the calls in v2 shape (arguments stay a JSON
   string); tool results are `tool` messages with `tool_call_id` and string content;
+- a function without `parameters` (OpenAI: no arguments) gets an empty object schema, as
+  Cohere requires one;
 - a function's `strict: true` → `strict_tools: true` (Cohere's switch covers every tool sent);
 - tool_choice "required" → "REQUIRED", "none" → "NONE", "auto" → omitted; a named tool_choice
   (Cohere has none) → "REQUIRED" with only that tool sent, which forces exactly that call;
@@ -119,9 +121,8 @@ def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
                                  param="tool_choice", code="invalid_value")
         choice = "required"
     if tools:
-        out["tools"] = [{"type": "function", "function": {
-            k: v for k, v in t["function"].items() if k in ("name", "description", "parameters")
-        }} for t in tools]
+        out["tools"] = [{"type": "function", "function": _function(t["function"])}
+                        for t in tools]
         if any(t["function"].get("strict") is True for t in tools):
             # Cohere's switch is per request: one strict tool makes all sent tools strict
             # (schema-following arguments are what a strict tool's caller relies on).
@@ -130,6 +131,13 @@ def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
         out["tool_choice"] = "REQUIRED"
     elif choice == "none":
         out["tool_choice"] = "NONE"
+
+
+def _function(fn: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in fn.items() if k in ("name", "description")}
+    # Cohere requires `parameters`; OpenAI's function without them takes no arguments.
+    out["parameters"] = fn.get("parameters") or {"type": "object", "properties": {}}
+    return out
 
 
 def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
