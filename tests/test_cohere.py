@@ -18,6 +18,7 @@ from streamproxy.errors import StreamTruncated
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.cohere.request import to_cohere
+from streamproxy.providers.cohere.response import to_completion
 from streamproxy.providers.cohere.stream import CohereStreamTranslator
 from tests.conftest import provider_config
 from tests.helpers import (
@@ -388,6 +389,19 @@ async def test_non_stream_response(proxy: Any, upstream: Any) -> None:
     assert done["choices"][0]["finish_reason"] == "tool_calls"
     assert done["usage"] == {"prompt_tokens": 1549, "completion_tokens": 103,
                              "total_tokens": 1652, "prompt_tokens_details": {"cached_tokens": 992}}
+
+
+def test_non_stream_null_arguments_of_a_no_argument_tool_are_an_empty_object() -> None:
+    # Cohere answers a call of a tool without parameters with `"arguments": "null"` (the AI
+    # SDK's recorded answer, which it maps to "{}"); OpenAI's arguments are a JSON object, and
+    # a client that parses them into keyword arguments fails on null.
+    body = orjson.dumps({**NON_STREAM, "message": {**NON_STREAM["message"], "tool_calls": [
+        {"id": "currentTime_1", "type": "function",
+         "function": {"name": "currentTime", "arguments": "null"}}]}})
+    done = to_completion(body, completion_id="c", created=1, model="m", provider="cohere")
+    [call] = done["choices"][0]["message"]["tool_calls"]
+    assert call["function"] == {"name": "currentTime", "arguments": "{}"}
+    assert done["choices"][0]["finish_reason"] == "tool_calls"
 
 
 async def test_openai_sdk_streams_the_recorded_tool_calls(proxy: Any, upstream: Any) -> None:

@@ -1,9 +1,9 @@
 """Cohere v2 non-streamed chat response → OpenAI `chat.completion` (pure).
 
 Same mapping as the stream: text → content, thinking blocks and the tool plan →
-reasoning_content, tool calls with their JSON-string arguments ("{}" when empty), citations
-of sources with a url → `message.annotations`, finish reasons, usage; ERROR/TIMEOUT → an
-error with the same status the stream would give.
+reasoning_content, tool calls with their JSON-string arguments ("{}" when empty or "null"),
+citations of sources with a url → `message.annotations`, finish reasons, usage; ERROR/TIMEOUT
+→ an error with the same status the stream would give.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
         calls = message.get("tool_calls") or ()
         for i, call in enumerate(calls):
             out.tool_call_start(i, call["id"], call["function"]["name"],
-                                call["function"].get("arguments") or "{}")
+                                _arguments(call["function"].get("arguments")))
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
         raise UpstreamProtocolError("the upstream answered with a malformed message") from None
     finish = FINISH_REASONS.get(reason, "stop")
@@ -61,3 +61,10 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
     if resp.get("usage"):
         out.usage(map_usage(resp["usage"]))
     return out.completion(completion_id=completion_id, created=created, model=model)
+
+
+def _arguments(arguments: str | None) -> str:
+    """A call's arguments as OpenAI's JSON object: Cohere sends "null" for a tool without
+    parameters (and may send none), which a client parsing them into keyword arguments
+    cannot take."""
+    return "{}" if not arguments or arguments.strip() == "null" else arguments
