@@ -363,6 +363,20 @@ async def test_error_body_keeps_status_and_message(proxy: Any, upstream: Any,
     assert "sk-test-secret" not in orjson.dumps(body).decode()
 
 
+async def test_cohere_s_invalid_token_status_is_an_authentication_error(
+        proxy: Any, upstream: Any) -> None:
+    # Cohere answers a refused key with its own 498, which the openai SDK raised as a bare
+    # APIStatusError (no AuthenticationError, no 401 to act on).
+    upstream.status = 498
+    upstream.content_type = "application/json"
+    upstream.body = b'{"id":"x","message":"invalid api token"}'
+    client = await proxy(provider_config("cohere", upstream.url))
+    resp = await client.post("/v1/chat/completions", json=STREAM_REQ)
+    assert resp.status == 401
+    error = (await resp.json())["error"]
+    assert error["message"] == "invalid api token" and error["type"] == "authentication_error"
+
+
 NON_STREAM = {
     "id": "f201af17", "finish_reason": "TOOL_CALL",
     "message": {"role": "assistant", "tool_plan": "I will use the weather tool.",

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
+from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.base import Provider, StreamTranslator, UpstreamRequest
 from streamproxy.providers.cohere.request import DROPPED, to_cohere
@@ -15,6 +16,11 @@ from streamproxy.providers.cohere.stream import CohereStreamTranslator
 if TYPE_CHECKING:
     from streamproxy.openai_api.request import ChatRequest
     from streamproxy.routing.target import Target
+
+
+# Cohere's own status for a key it refuses ("invalid token"), which no OpenAI client reads as
+# one: the openai SDK raises a bare APIStatusError for it, not an AuthenticationError.
+INVALID_TOKEN = 498
 
 
 class CohereProvider(Provider):
@@ -36,3 +42,6 @@ class CohereProvider(Provider):
                            created: int, model: str = "") -> dict[str, Any]:
         return to_completion(body, completion_id=completion_id, created=created,
                              model=model, provider=self.name)
+
+    def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
+        return super().parse_error(401 if status == INVALID_TOKEN else status, body)
