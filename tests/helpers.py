@@ -363,3 +363,11 @@ def assert_splice_matches_decoding(factory: Callable[[ChunkEncoder], StreamTrans
     recorded, decoded = make_encoder(RecordingChunkEncoder), make_encoder(DecodingRecorder)
     assert translate_reads(factory, reads, recorded) == translate_reads(factory, reads, decoded)
     assert recorded.literals == decoded.literals  # type: ignore[attr-defined]
+
+
+def unnumbered(annotations: list[Any]) -> list[Any]:
+    """Streamed `delta.annotations` entries as `message.annotations` has them: each carries its
+    `index` in the stream (the openai SDK's stream helper merges list deltas by it), which must
+    count from 0; the entries without it."""
+    assert [a.get("index") for a in annotations] == list(range(len(annotations)))
+    return [{k: v for k, v in a.items() if k != "index"} for a in annotations]

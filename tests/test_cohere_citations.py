@@ -20,7 +20,14 @@ from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.providers.cohere.response import to_completion
 from streamproxy.providers.cohere.stream import CohereStreamTranslator
 from tests.conftest import provider_config
-from tests.helpers import collect, jsonl_to_sse, openai_sdk, random_splits, sse_chunks
+from tests.helpers import (
+    collect,
+    jsonl_to_sse,
+    openai_sdk,
+    random_splits,
+    sse_chunks,
+    unnumbered,
+)
 
 TEXT = "The tallest penguins are the Emperor penguins. They only live in Antarctica."
 TALL = {"id": "doc:0", "title": "Tall penguins", "snippet": "Emperor penguins are the tallest.",
@@ -89,8 +96,8 @@ def translate(pieces: list[bytes]) -> list[Any]:
 
 
 def streamed_annotations(chunks: list[Any]) -> list[Any]:
-    return [a for c in chunks if c != "[DONE]" and c["choices"]
-            for a in c["choices"][0]["delta"].get("annotations") or ()]
+    return unnumbered([a for c in chunks if c != "[DONE]" and c["choices"]
+                       for a in c["choices"][0]["delta"].get("annotations") or ()])
 
 
 def test_citations_stream_as_url_citations_at_random_splits() -> None:
@@ -152,6 +159,7 @@ async def test_the_sdk_reads_the_annotations(proxy: Any, upstream: Any, stream: 
                 delta = part.choices[0].delta
                 text += delta.content or ""
                 annotations += (delta.model_extra or {}).get("annotations") or []
+            annotations = unnumbered(annotations)
         else:
             message = (await api.chat.completions.create(**kwargs)).choices[0].message
             text = message.content or ""

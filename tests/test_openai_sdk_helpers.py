@@ -113,6 +113,23 @@ async def test_stream_helper_takes_tool_calls_an_upstream_sent_without_index(
         ("call_a", "weather", '{"city":"Paris"}'), ("call_b", "time", "{}")]
 
 
+async def test_stream_helper_takes_citations_streamed_in_several_deltas(
+        proxy: Any, upstream: Any) -> None:
+    # Cohere streams a `delta.annotations` per citation (Gemini per chunk that cites): the
+    # helper merges list deltas by `index` and raised on the second entry without one.
+    from tests.test_cohere_citations import ANNOTATIONS, RAG_SSE, TEXT
+
+    upstream.body = RAG_SSE
+    client = openai_sdk(await proxy(provider_config("cohere", upstream.url)))
+    async with client.chat.completions.stream(model="m", messages=USER) as stream:
+        final = await stream.get_final_completion()
+    message = final.choices[0].message
+    assert message.content == TEXT
+    annotations = [a.model_dump() for a in message.annotations or []]
+    assert [a.pop("index") for a in annotations] == [0, 1, 2]
+    assert annotations == ANNOTATIONS
+
+
 class LineItem(pydantic.BaseModel):
     sku: str = pydantic.Field(min_length=3, max_length=12)
     qty: int = pydantic.Field(ge=1, le=99)

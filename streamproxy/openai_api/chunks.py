@@ -68,7 +68,8 @@ class ChunkSink(Protocol):
     def citations(self, entries: list[dict[str, Any]]) -> None:
         """`delta.annotations: entries` — `url_citation`s for the answer's text, as OpenAI's
         search models send them (`{"type": "url_citation", "url_citation": {"url", "title",
-        "start_index", "end_index"}}`); whole, on a delta of their own."""
+        "start_index", "end_index"}}`); whole, on a delta of their own. The encoder numbers
+        them (`index`, as for images); `message.annotations` has no index."""
 
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None: ...
 
@@ -148,10 +149,10 @@ class ChunkEncoder:
     """ChunkSink → SSE bytes. Also the per-stream record that logs and metrics read."""
 
     __slots__ = (
-        "_buf", "_content_head", "_content_null", "_content_tail", "_images", "_literal_sep",
-        "_prefix", "_role", "_tail", "_thinking_blocks", "bytes_taken", "chunks", "completion_id",
-        "created", "ended", "failure", "finish_reason", "include_usage", "model", "secret",
-        "usage_data",
+        "_buf", "_citations", "_content_head", "_content_null", "_content_tail", "_images",
+        "_literal_sep", "_prefix", "_role", "_tail", "_thinking_blocks", "bytes_taken", "chunks",
+        "completion_id", "created", "ended", "failure", "finish_reason", "include_usage",
+        "model", "secret", "usage_data",
     )
 
     # The envelope's fields after `model`: ours are null; a cache hit's encoder gives back an
@@ -180,6 +181,7 @@ class ChunkEncoder:
         self._role: bytes | None = None
         self._thinking_blocks = 0  # thinking_block(): the next block's index
         self._images = 0  # image(): the next image's index
+        self._citations = 0  # citations(): the next annotation's index
         self.chunks = 0
         self.bytes_taken = 0  # everything take() returned: the bytes sent to the client
         self.finish_reason: str | None = None
@@ -294,7 +296,13 @@ class ChunkEncoder:
         self._content_null = False  # (an image answer's content is null without text)
 
     def citations(self, entries: list[dict[str, Any]]) -> None:
-        self._frame(_dumps({"annotations": entries}))
+        # Numbered across the stream, as thinking blocks and images: a stream may cite in more
+        # than one delta, and the openai SDK's stream helper raises on a second list delta
+        # whose entries have no `index` (OpenAI's search models send theirs in one delta).
+        first = self._citations
+        self._citations += len(entries)
+        self._frame(_dumps({"annotations": [{"index": first + i, **entry}
+                                            for i, entry in enumerate(entries)]}))
 
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None:
         calls = _dumps([{"index": index, "id": call_id, "type": "function",
