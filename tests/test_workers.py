@@ -556,14 +556,15 @@ def test_a_worker_dying_young_for_hours_is_still_restarted(tmp_path: Path) -> No
 
 @contextlib.contextmanager
 def hung_processes(count: int) -> Any:
-    """Stand-ins for workers that hang: each ignores SIGTERM and sleeps (60 s at most)."""
+    """Stand-ins for workers that hang: each ignores SIGTERM and SIGUSR2 (the master's words
+    to drain) and sleeps (60 s at most)."""
     procs = [subprocess.Popen(
-        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
-         "signal.SIG_IGN); print(flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
-        for _ in range(count)]
+        [sys.executable, "-c", "import signal, time; [signal.signal(s, signal.SIG_IGN) for s "
+         "in (signal.SIGTERM, signal.SIGUSR2)]; print(flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE) for _ in range(count)]
     try:
         for p in procs:
-            assert p.stdout is not None and p.stdout.readline()  # SIGTERM is ignored by now
+            assert p.stdout is not None and p.stdout.readline()  # both are ignored by now
         yield procs
     finally:
         for p in procs:
@@ -694,12 +695,15 @@ async def test_a_stray_sigusr1_is_ignored(tmp_path: Path, workers: int) -> None:
         assert await stream_ok(t.url)
 
 
-def _loop_on_one_connection(url: str, seconds: float, halfway: Callable[[], None]) -> list[str]:
-    """Chat requests back to back on one kept-alive connection, as curl or a load-test user
-    sends them (http.client: a new connection only after `Connection: close`, no retry); the
-    errors seen. `halfway` runs once, after the first second."""
+def _loop_on_one_connection(url: str, seconds: float, halfway: Callable[[], None],
+                            path: str = "/v1/chat/completions") -> list[str]:
+    """Chat requests (or GETs of another `path`) back to back on one kept-alive connection, as
+    curl, a load-test user or a load balancer's health check sends them (http.client: a new
+    connection only after `Connection: close`, no retry); the errors seen. `halfway` runs
+    once, after the first second."""
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    chat = path == "/v1/chat/completions"
     body = json.dumps({"model": "mock/fast", "messages": [{"role": "user", "content": "hi"}]})
     errors, served, started = [], 0, time.monotonic()
     try:
@@ -707,8 +711,10 @@ def _loop_on_one_connection(url: str, seconds: float, halfway: Callable[[], None
             if halfway and time.monotonic() - started > 1:
                 halfway, _ = None, halfway()  # type: ignore[assignment]
             try:
-                conn.request("POST", "/v1/chat/completions", body,
-                             {"content-type": "application/json"})
+                if chat:
+                    conn.request("POST", path, body, {"content-type": "application/json"})
+                else:
+                    conn.request("GET", path)
                 answer = conn.getresponse()
                 data = answer.read()
                 if answer.status == 200:
@@ -734,4 +740,19 @@ async def test_a_client_looping_on_one_kept_alive_connection_sees_no_error_acros
         errors = await asyncio.to_thread(_loop_on_one_connection, t.url, 3.5,
                                          lambda: t.proc.send_signal(signal.SIGHUP))
         assert reloaded in t.output()
+        assert errors == []
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_healthz_on_a_kept_alive_connection_stays_200_across_a_reload(
+        tmp_path: Path, workers: int) -> None:
+    """A reload drains the old app (or workers) but the instance stays: a load balancer whose
+    health checks reuse a connection (Envoy's do) got 503 draining from the old one, and took
+    a healthy instance out on every SIGHUP."""
+    async with serving(tmp_path, CONFIG.format(grace=5, models="fast"), workers) as t:
+        reloaded = "SIGHUP: reloaded" if workers == 1 else "reloaded: generation"
+        errors = await asyncio.to_thread(_loop_on_one_connection, t.url, 3.5,
+                                         lambda: t.proc.send_signal(signal.SIGHUP), "/healthz")
+        assert reloaded in t.output()
+        assert "draining" in t.output()  # (the old app or workers did drain meanwhile)
         assert errors == []

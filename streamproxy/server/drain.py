@@ -63,8 +63,11 @@ class Drain:
         """The drain is coming: load balancers are told (`/healthz`), requests still served."""
         self.unready = True
 
-    def start(self) -> None:
-        self.unready = self.draining = True
+    def start(self, leaving: bool = True) -> None:
+        """`leaving`: the instance goes (a stop), so `/healthz` fails; a reload's old app or
+        workers drain while the new ones serve, and the instance stays healthy."""
+        self.draining = True
+        self.unready = self.unready or leaving
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no chat request is running, at most `timeout` seconds."""

@@ -7,8 +7,9 @@ set flags and wake a `select()` through a self-pipe.
 - A worker that dies is replaced, after a backoff that doubles while it keeps dying young
   (or before it listens).
 - SIGHUP re-reads the config file and starts a new generation of workers next to the old
-  ones; once every new worker listens, the old ones drain. A config that does not load, or
-  new workers that do not come up, are reported and the old workers keep serving.
+  ones; once every new worker listens, the old ones drain (SIGUSR2: as on SIGTERM, but their
+  `/healthz` stays 200, the instance serving on). A config that does not load, or new workers
+  that do not come up, are reported and the old workers keep serving.
 - SIGTERM / SIGINT: every worker drains, the master exits 0 when they are gone. A second
   signal ends the streams at once (SIGQUIT to the workers). With `server.drain_delay`, the
   master first tells the workers that listen to fail `/healthz` and serve on (SIGUSR1), and
@@ -111,6 +112,7 @@ class Master:
         # The master's word to its workers (fail /healthz), whose default would kill a master
         # sent it; a worker inherits this until it listens and handles it.
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # (its word to a reload's old workers)
         log.info("streamproxy master %d: %d workers on http://%s:%d (config: %s)", os.getpid(),
                  self.count, self.host, self.port, self.config.source)
         try:
@@ -308,7 +310,7 @@ class Master:
                 self.generation, self.config, self.reload = generation, config, None
                 self.restarts.clear()
                 for w in old:
-                    self._signal(w, signal.SIGTERM)
+                    self._hand_over(w)
                 log.info("reloaded: generation %d serving, %d old workers draining",
                          generation, len(old))
             elif now > deadline:
@@ -355,7 +357,13 @@ class Master:
         self._rate_buckets.pop(generation, None)
         for w in self.workers.values():
             if w.generation == generation:
-                self._signal(w, signal.SIGTERM)
+                self._hand_over(w)
+
+    def _hand_over(self, w: Worker) -> None:
+        """`w` drains while other workers serve on (a reload): its `/healthz` stays 200, or a
+        load balancer checking on a kept-alive connection would take the instance out.
+        SIGUSR2 says so; one not listening yet has no handler for it, and nothing to drain."""
+        self._signal(w, signal.SIGUSR2 if w.ready else signal.SIGTERM)
 
     def _stop(self) -> None:
         if self.drain_at is not None:  # a second signal during the drain delay: drain now

@@ -9,7 +9,9 @@ the others after their next answer (served, with `Connection: close`), `/healthz
 running requests get `server.shutdown_grace` seconds, then the rest end with an OpenAI error.
 SIGQUIT drains with no grace, and so does a second SIGTERM or SIGINT to a worker running alone
 (no master). Alone, it also reloads on SIGHUP in place: the new config's app accepts on the
-same listening sockets, then the old app drains.
+same listening sockets, then the old app drains. A reload's drain leaves `/healthz` at 200
+(the instance stays; a health check on a kept-alive connection must not take it out): under
+a master, SIGUSR2 is that drain, the master's to a reload's old workers.
 
 `server.drain_delay` puts a pause before the drain: `/healthz` answers 503 at once, requests
 are still served for that many seconds (a Kubernetes Service removes the endpoint meanwhile),
@@ -208,17 +210,29 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
         else:
             quit_now()
 
+    leaving = [True]  # the instance stops (/healthz fails), or a reload hands over: it stays
+
+    def hand_over() -> None:
+        leaving[0] = False
+        stop.set()
+
+    def leave() -> None:  # (after a hand-over too: the master is stopping, or dead)
+        current.app[STATE].drain.announce()
+        stop.set()
+
     loop.add_signal_handler(signal.SIGQUIT, quit_now)
     if supervised:  # the master relays Ctrl-C as SIGTERM, and reloads by new workers
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, leave)
         loop.add_signal_handler(signal.SIGUSR1, lambda: current.app[STATE].drain.announce())
+        loop.add_signal_handler(signal.SIGUSR2, hand_over)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     else:  # alone, it reloads in place: the next app beside this one, then this one drains
         loop.add_signal_handler(signal.SIGTERM, stop_then_quit)
         loop.add_signal_handler(signal.SIGINT, stop_then_quit)
         loop.add_signal_handler(signal.SIGHUP, reload)
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a master's word: its default kills
+        for sig in (signal.SIGUSR1, signal.SIGUSR2):  # a master's words: their default kills
+            signal.signal(sig, signal.SIG_IGN)
     _tune_gc()
     keep_heap_cushion()
     try:
@@ -231,13 +245,15 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
         for task in list(reloading):
             await task  # a reload under way ends first: the app it started is the one drained
         if not supervised:
+            for old in retiring.values():  # (a reload's old app, healthy so far: we stop)
+                old.app[STATE].drain.announce()
             await drain_delay(current.app, skip_delay)
         skip_delay.set()
         # The sites accept on copies of these sockets: each listens until every copy is
         # closed, queueing connections nobody will accept (with workers, the kernel keeps
         # handing this one its share). Closed here, stopping the sites refuses new ones.
         _close_all(listeners)
-        await drain_and_stop(current.runner, grace)
+        await drain_and_stop(current.runner, grace, leaving[0])
         if retiring:
             await asyncio.gather(*retiring)
     finally:
@@ -271,7 +287,8 @@ async def _retire(old: _Generation) -> None:
     from streamproxy.server.app import STATE
 
     try:
-        await drain_and_stop(old.runner, [old.app[STATE].config.server.shutdown_grace])
+        await drain_and_stop(old.runner, [old.app[STATE].config.server.shutdown_grace],
+                             leaving=False)
     finally:
         await old.runner.cleanup()
 
@@ -329,13 +346,15 @@ async def drain_delay(app: web.Application, cut_short: asyncio.Event) -> None:
         await asyncio.wait_for(cut_short.wait(), delay)
 
 
-async def drain_and_stop(runner: web.AppRunner, grace: list[float]) -> None:
+async def drain_and_stop(runner: web.AppRunner, grace: list[float], leaving: bool = True
+                         ) -> None:
     """Stop accepting, close the idle connections, give running requests (and those still
-    arriving on open connections) the grace period, then end the rest."""
+    arriving on open connections) the grace period, then end the rest. `leaving`: the instance
+    stops (`/healthz` fails), rather than a reload's new app or workers taking over."""
     from streamproxy.server.app import STATE
 
     drain = runner.app[STATE].drain
-    drain.start()
+    drain.start(leaving)
     for site in runner.sites:
         await site.stop()
     server = runner.server
