@@ -38,6 +38,7 @@ from aiohttp import web
 
 from streamproxy.config import Config, ConfigError, load_config
 from streamproxy.routing.breaker import CircuitBreakers
+from streamproxy.server.cpus import default_workers
 from streamproxy.server.drain import Drain
 from streamproxy.server.heap import keep_heap_cushion
 
@@ -46,11 +47,6 @@ log = logging.getLogger("streamproxy.workers")
 BACKLOG = 2048  # listen(2) queue: benchmarks open thousands of connections at once
 GC_THRESHOLD = 10_000  # net container allocations between young collections (CPython: 700)
 CLOSING_POLL = 0.05  # seconds between a drain's looks at the connections left open
-
-
-def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
 
 
 def raise_fd_limit() -> None:
