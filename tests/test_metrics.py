@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -362,6 +363,47 @@ def test_exited_workers_files_are_summed_into_one_not_kept_each(tmp_path: Path) 
     line = 'streamproxy_requests_total{model="m",provider="mp",status="200",stream="true"}'
     assert f"{line} 6.0" in proc.stdout
     assert 'streamproxy_request_duration_seconds_count{model="m",provider="mp",' in proc.stdout
+
+
+MODELS_SCRIPT = textwrap.dedent("""
+    import os, sys
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+    from streamproxy.observe.metrics import MAX_MODEL_LABELS, metrics, render, retire_process
+    from streamproxy.record import RequestRecord
+
+    for generation in range(3):  # as reloads: two workers each, then they exit
+        pids = []
+        for worker in range(2):
+            pid = os.fork()
+            if pid == 0:  # clients naming models of their own, more than the cap
+                for n in range(MAX_MODEL_LABELS + 50):
+                    metrics().observe(RequestRecord(trace_id="t", provider="mp", stream=True,
+                                                    model=f"g{generation}-w{worker}-{n}"))
+                os._exit(0)
+            pids.append(pid)
+        for pid in pids:
+            os.waitpid(pid, 0)
+            retire_process(pid)  # the master's job when a worker exits
+    print(render().decode())
+""")
+
+
+def test_reloads_do_not_add_model_series_past_the_cap(tmp_path: Path) -> None:
+    """Each worker capped the models it exported at 100, but a reload's (or a replacement's)
+    workers started with none: each generation added 100 per worker, kept for good in the
+    retired files — the series grew with every SIGHUP. A worker now counts those the
+    directory already holds."""
+    proc = subprocess.run([sys.executable, "-c", MODELS_SCRIPT, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    models = set(re.findall(r'^streamproxy_requests_total\{model="([^"]*)"', proc.stdout,
+                            re.MULTILINE))
+    assert "other" in models
+    assert {m.split("-")[0] for m in models - {"other"}} == {"g0"}  # the first generation's
+    assert len(models) <= 2 * MAX_MODEL_LABELS + 1
+    total = sum(float(v) for v in re.findall(r"^streamproxy_requests_total\{.*\} (\S+)$",
+                                             proc.stdout, re.MULTILINE))
+    assert total == 3 * 2 * (MAX_MODEL_LABELS + 50)  # every request still counted
 
 
 @pytest.mark.parametrize(("ttft", "bucket"), [

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import re
@@ -137,6 +138,14 @@ class Metrics:
         """The configured models (those /v1/models lists) keep their own label whatever
         clients named first: they do not count against the cap, so cannot be crowded out."""
         self._configured_models.update(m[:MAX_LABEL_CHARS] for m in models if m)
+        self._models -= self._configured_models
+
+    def seed_models(self, models: Iterable[str]) -> None:
+        """Client models other workers (live, or gone: a reload's predecessors) already
+        export: reusing them adds no series, and they count against this worker's cap, or each
+        reload and replaced worker would add MAX_MODEL_LABELS more for the master's life."""
+        self._models.update(m for m in models if m and m != "other")
+        self._models -= self._configured_models
 
     def model_label(self, model: str | None) -> str:
         if not model:
@@ -306,7 +315,28 @@ def metrics() -> Metrics:
             values.ValueClass = values.get_value_class()
         disable_created_metrics()  # `_created` series would double the series count
         _metrics = Metrics(REGISTRY)
+        if path is not None:
+            _metrics.seed_models(_exported_models(path))
     return _metrics
+
+
+def _exported_models(path: str) -> set[str]:
+    """The `model` labels of streamproxy_requests_total in the directory's counter files
+    (live workers' and the retired one); read once, as a worker's metrics are made."""
+    models: set[str] = set()
+    with _directory_lock(path, fcntl.LOCK_SH):  # (not half-way through a retirement)
+        for name in os.listdir(path):
+            if not (name.startswith("counter_") and name.endswith(".db")):
+                continue
+            try:
+                entries = MmapedDict.read_all_values_from_file(os.path.join(path, name))
+                for key, _, _, _ in entries:
+                    metric, _, labels, _ = json.loads(key)
+                    if metric == "streamproxy_requests" and isinstance(labels, dict):
+                        models.add(str(labels.get("model") or ""))
+            except Exception:  # (gone, half-written, corrupt: not seeded; a start never fails)
+                continue
+    return models
 
 
 def set_circuit_state(target_key: str, state: str, half_open_after: float | None = None
