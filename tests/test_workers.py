@@ -500,6 +500,27 @@ def test_a_reload_whose_workers_cannot_be_forked_keeps_the_old_ones(
     assert _open_pipes() == pipes  # the ready pipe is not left open
 
 
+def test_a_bad_reload_while_the_first_workers_start_keeps_them(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A SIGHUP before every first worker listened, to a config whose workers fail (an auth
+    key's variable unset): the failed new worker counted as a failed start-up, and the master
+    stopped the whole server (exit status 2) instead of keeping the config it was starting."""
+    from streamproxy.server import master as master_module
+
+    m = _master(tmp_path, grace=1)
+    assert m.booting
+    with hung_processes(1) as [booting]:
+        now = time.monotonic()
+        m.workers[booting.pid] = master_module.Worker(booting.pid, 0, 0, now, None)
+        m.reload = (1, m.config, now + master_module.READY_TIMEOUT)
+        failed = master_module.Worker(2**22 + 1, 0, 1, now, None)  # (exited: no process)
+        with caplog.at_level("ERROR", logger="streamproxy.workers"):
+            m._worker_exited(failed, 2 << 8)  # (a wait status: exit status 2)
+        assert m.stopping is None and m.exit_status == 0 and m.reload is None
+        assert booting.poll() is None and not m.workers[booting.pid].stopping
+        assert any(msg.startswith("reload failed: new worker") for msg in caplog.messages)
+
+
 def _open_pipes() -> int:
     count = 0
     for fd in os.listdir("/proc/self/fd"):

@@ -258,16 +258,17 @@ class Master:
         if w.stopping or self.stopping is not None:
             log.info("worker %d exited (%s)", w.pid, how)
             return
+        # (a reload's worker first: a SIGHUP while the first workers start may fail alone)
+        if self.reload is not None and w.generation == self.reload[0]:
+            log.error("reload failed: new worker %d exited (%s); the old workers keep serving",
+                      w.pid, how)
+            self._abandon_reload()
+            return
         if self.booting and not w.ready:
             log.error("worker %d failed to start (%s); stopping", w.pid, how)
             self.exit_status = os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1
             self.exit_status = self.exit_status or 1
             self._stop()
-            return
-        if self.reload is not None and w.generation == self.reload[0]:
-            log.error("reload failed: new worker %d exited (%s); the old workers keep serving",
-                      w.pid, how)
-            self._abandon_reload()
             return
         if w.generation != self.generation:
             return
