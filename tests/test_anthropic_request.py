@@ -1008,3 +1008,20 @@ def test_strict_tools_take_claude_schema_on_bedrock_too() -> None:
     assert strict["properties"]["n"] == {"type": "integer",
                                          "description": "Constraints: minimum 1."}
     assert loose == params  # a tool that is not strict takes any schema
+
+
+IMAGE_HEADS = {"image/png": b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR",
+               "image/jpeg": b"\xff\xd8\xff\xe0\0\x10JFIF\0",
+               "image/gif": b"GIF89a\x01\0\x01\0\x80\0", "image/webp": b"RIFF\x24\0\0\0WEBPVP8 "}
+
+
+@pytest.mark.parametrize("actual", list(IMAGE_HEADS))
+@pytest.mark.parametrize("label", ["image/jpeg", "image/png", "application/octet-stream"])
+def test_an_image_is_sent_as_the_type_its_bytes_are(actual: str, label: str) -> None:
+    """Anthropic refuses an image whose media_type is not what its bytes are ("The image was
+    specified using the image/jpeg media type, but the image appears to be a image/png
+    image"), where OpenAI reads a PNG labelled image/jpeg (or application/octet-stream):
+    the type is read from the bytes' signature."""
+    data = base64.b64encode(IMAGE_HEADS[actual] + b"rest of the image").decode()
+    [block] = user_parts({"type": "image_url", "image_url": {"url": f"data:{label};base64,{data}"}})
+    assert block["source"] == {"type": "base64", "media_type": actual, "data": data}

@@ -1915,3 +1915,16 @@ def test_reasoning_effort_is_adaptive_thinking_on_the_claudes_that_take_no_budge
     with pytest.raises(InvalidRequest):  # as with a budget: Claude refuses a forced tool
         to_converse({**body, "tools": [{"type": "function", "function": {"name": "f"}}],
                      "tool_choice": "required"}, model)
+
+
+
+def test_an_image_is_sent_in_the_format_its_bytes_are() -> None:
+    """Converse refuses an image whose format is not what its bytes are ("The image was
+    specified using the image/jpeg media type, but the image appears to be a image/png
+    image"); OpenAI reads a PNG labelled image/jpeg. The format is read from the bytes."""
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR and the rest").decode()
+    for label in ("image/jpeg", "application/octet-stream"):
+        out = to_converse({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": f"data:{label};base64,{png}"}}]}]}, CLAUDE)
+        assert out["messages"][0]["content"] == [{"image": {"format": "png",
+                                                            "source": {"bytes": png}}}]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import re
 from typing import Any
@@ -100,6 +102,28 @@ def parse_data_url(url: str, where: str) -> tuple[str, str]:
         raise InvalidRequest("A data: URL must look like data:<mime>;base64,<data>.",
                              param=where, code="invalid_value")
     return mime, data
+
+
+# The first bytes of the image types Anthropic and Bedrock take, and the WebP mark at 8.
+_IMAGE_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
+                     (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif"))
+
+
+def image_type(data: str) -> str | None:
+    """The type of a base64 image read from its first bytes: png, jpeg, gif or webp, else None.
+    Anthropic (and Bedrock) refuse an image whose declared type is not what its bytes are
+    ("…specified using the image/jpeg media type, but the image appears to be a image/png
+    image"), where OpenAI reads a PNG labelled image/jpeg; clients do send such labels."""
+    try:
+        head = base64.b64decode(data[:16])  # 12 bytes: enough for WebP's RIFF….WEBP
+    except (binascii.Error, ValueError):
+        return None
+    for signature, mime in _IMAGE_SIGNATURES:
+        if head.startswith(signature):
+            return mime
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return None
 
 
 def file_data(file: dict[str, Any], where: str, provider: str) -> Any:

@@ -59,6 +59,7 @@ from streamproxy.openai_api.content import (
     PLACEHOLDER_USER_TEXT,
     THINKING_TYPES,
     file_data,
+    image_type,
     is_blank,
     logprobs_asked,
     parse_data_url,
@@ -469,6 +470,7 @@ def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
 def _image_source(url: Any, where: str) -> dict[str, Any]:
     if isinstance(url, str) and url.startswith("data:"):
         media_type, data = parse_data_url(url, where)
+        media_type = image_type(data) or media_type  # the bytes' type, which Anthropic checks
         if media_type not in IMAGE_MEDIA_TYPES:
             raise InvalidRequest(f"Anthropic takes png, jpeg, gif or webp images, not "
                                  f"{media_type}.", param=where, code="unsupported_value")

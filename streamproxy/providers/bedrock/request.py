@@ -79,6 +79,7 @@ from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     PLACEHOLDER_USER_TEXT,
     file_data,
+    image_type,
     is_blank,
     logprobs_asked,
     parse_data_url,
@@ -528,7 +529,7 @@ def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
 def _image(url: Any, where: str) -> dict[str, Any]:
     if isinstance(url, str) and url.startswith("data:"):
         media_type, data = parse_data_url(url, where)
-        fmt = IMAGE_FORMATS.get(media_type)
+        fmt = IMAGE_FORMATS.get(image_type(data) or media_type)  # the bytes' type (checked)
         if fmt is None:
             raise InvalidRequest(f"Bedrock takes png, jpeg, gif or webp images, not {media_type}.",
                                  param=where, code="unsupported_value")
