@@ -1886,6 +1886,11 @@ def test_documents_that_would_share_a_name_get_unique_ones() -> None:
     assert names[0] == "report"
     assert len({n.lower() for n in names}) == len(names) == 4
     assert all(re.fullmatch(r"[A-Za-z0-9\-()\[\]]+(?: [A-Za-z0-9\-()\[\]]+)*", n) for n in names)
+    # Converse refuses a name over 200 characters, too: a long filename is cut, repeats too.
+    long = to_converse({"messages": [{"role": "user", "content": [
+        doc("x" * 300 + ".pdf"), doc("x" * 300 + ".pdf"),
+        {"type": "text", "text": "Read."}]}]}, CLAUDE)["messages"][0]["content"]
+    assert [b["document"]["name"] for b in long[:2]] == ["x" * 200, "x" * 198 + "-2"]
 
 
 @pytest.mark.parametrize("model", ["us.anthropic.claude-opus-4-7",

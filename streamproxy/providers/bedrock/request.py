@@ -157,6 +157,7 @@ UNSET_FOR_HIGH_EFFORT = {"max_completion_tokens": "a maximum of output tokens",
                          "temperature": "a temperature", "top_p": "a top_p"}
 # Converse document names allow letters, digits, whitespace, hyphens, parentheses, brackets.
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9\s\-()\[\]]+")
+NAME_MAX = 200  # Converse's longest document name
 
 
 def is_claude(model: str) -> bool:
@@ -448,16 +449,17 @@ def _unique_names(blocks: list[dict[str, Any]], names: set[str]) -> None:
     duplicate document names"): a file attached again later in the conversation, or
     report.pdf beside report.docx. The first keeps its name (so a conversation's earlier turns
     stay as they were sent), a later one gets "-2", "-3"…; compared regardless of case, which
-    costs a needless suffix at worst."""
+    costs a needless suffix at worst. A name over NAME_MAX, which Converse refuses too, is cut."""
     for block in blocks:
         document = block.get("document")
         if document is None:
             continue
-        name = base = document["name"]
+        name = base = document["name"][:NAME_MAX].rstrip() or "-"
         n = 1
         while name.casefold() in names:
             n += 1
-            name = f"{base}-{n}"
+            suffix = f"-{n}"
+            name = base[:NAME_MAX - len(suffix)] + suffix
         names.add(name.casefold())
         document["name"] = name
 
