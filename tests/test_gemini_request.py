@@ -7,6 +7,7 @@ import copy
 import sys
 from typing import Any
 
+import orjson
 import pytest
 
 from streamproxy.config import ConfigError
@@ -371,6 +372,28 @@ def test_default_urls() -> None:
 def test_a_project_number_written_unquoted_is_the_project() -> None:
     vertex = provider("vertex", project=123456789012, location="us-central1")  # YAML: an int
     assert "/projects/123456789012/locations/us-central1/" in vertex.model_url("m")
+
+
+def vertex_request(model: str) -> Any:
+    from streamproxy.openai_api.request import parse_chat_request
+    from streamproxy.routing.target import Target
+
+    vertex = provider("vertex", project="proj", location="us-central1", api_key="ya29.k")
+    target = Target(vertex, model).served()
+    req = parse_chat_request(orjson.dumps({
+        "model": model, "stream": True,
+        "messages": [{"role": "user", "content": "x"}]}))
+    return target.provider.build_request(req, target)
+
+
+def test_portkeys_google_dot_names_reach_gemini() -> None:
+    # Portkey's Vertex names a model by its publisher, `google.gemini-2.5-pro` as
+    # `anthropic.claude-…`; such a name went to Google's publisher as the model
+    # `google.gemini-2.5-pro` (Vertex's 404). It is Gemini's id after the prefix.
+    sent = vertex_request("google.gemini-2.5-pro")
+    assert sent.url == ("https://us-central1-aiplatform.googleapis.com/v1/projects/proj/"
+                        "locations/us-central1/publishers/google/models/gemini-2.5-pro"
+                        ":streamGenerateContent?alt=sse")
 
 
 @pytest.mark.parametrize("model", ["../files", "models/../x", "a b", "m:generateContent?x=1",

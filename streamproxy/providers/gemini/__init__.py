@@ -42,6 +42,9 @@ TOKEN_OPTIONS = ("token_command", "token_env", "credentials_file", "credentials"
 # Vertex's multi-region locations, served from regional endpoints of their own (the hosts
 # google-genai's client builds for them).
 MULTI_REGIONS = ("us", "eu")
+# Portkey's Vertex names a model `<publisher>.<id>`; Google's own, `google.gemini-2.5-pro`, is
+# the id after the prefix (Claude's `anthropic.` is vertex_anthropic.py's).
+GOOGLE_PREFIX = "google."
 
 
 class GeminiProvider(Provider):
@@ -174,6 +177,9 @@ class VertexProvider(GeminiProvider):
         assert isinstance(clone, VertexProvider)
         clone.location = options.get("location", self.location)  # the same token
         return clone
+
+    def checked_model(self, target: Target) -> str:
+        return super().checked_model(target).removeprefix(GOOGLE_PREFIX)
 
     def model_url(self, model: str) -> str:
         path = model if "/" in model else f"publishers/google/models/{model}"
