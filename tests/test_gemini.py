@@ -673,6 +673,19 @@ async def test_vertex_request_on_the_wire_with_the_provider_key(proxy: Any,
                                                "responseJsonSchema": {"type": "object"}}
 
 
+async def test_a_portkey_meta_model_on_vertex_is_a_400_not_sent(proxy: Any,
+                                                                  upstream: Any) -> None:
+    client = await proxy(provider_config("vertex", upstream.url, project="my-proj",
+                                         location="us-east5"))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "meta.llama-3.3-70b-instruct-maas", "stream": True, "messages": USER})
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert (error["param"], error["code"]) == ("model", "unsupported_value")
+    assert "Gemini and Claude" in error["message"]
+    assert upstream.requests == []  # (was a Gemini request to publishers/google/models/meta.…)
+
+
 async def test_vertex_token_from_env(proxy: Any, upstream: Any,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SP_TEST_VERTEX_TOKEN", "ya29.env-token")

@@ -396,6 +396,21 @@ def test_portkeys_google_dot_names_reach_gemini() -> None:
                         ":streamGenerateContent?alt=sse")
 
 
+@pytest.mark.parametrize("model", ["meta.llama-3.3-70b-instruct-maas",
+                                   "mistralai.mistral-small-2503", "endpoints.1234567890"])
+def test_portkeys_partner_and_endpoint_names_are_a_clear_400(model: str) -> None:
+    # Portkey sends these to APIs a vertex provider does not speak (Vertex's OpenAI-compatible
+    # chat/completions, Mistral's rawPredict). They went to Google's publisher as Gemini models
+    # named `meta.llama-…`: Vertex's 404 "Publisher Model … not found" — or, in a fallback,
+    # one wasted call — for a model that is there.
+    with pytest.raises(InvalidRequest) as caught:
+        vertex_request(model)
+    assert (caught.value.status, caught.value.param, caught.value.code) == \
+        (400, "model", "unsupported_value")
+    assert f"'{model}'" in str(caught.value)
+    assert "Gemini and Claude" in str(caught.value)
+
+
 @pytest.mark.parametrize("model", ["../files", "models/../x", "a b", "m:generateContent?x=1",
                                    "/abs"])
 def test_model_names_cannot_leave_the_model_path(model: str) -> None:

@@ -45,6 +45,11 @@ MULTI_REGIONS = ("us", "eu")
 # Portkey's Vertex names a model `<publisher>.<id>`; Google's own, `google.gemini-2.5-pro`, is
 # the id after the prefix (Claude's `anthropic.` is vertex_anthropic.py's).
 GOOGLE_PREFIX = "google."
+# Its other prefixes name models it calls through APIs this provider does not speak (Llama's
+# and a deployed model's OpenAI-compatible chat/completions, Mistral's rawPredict): a 400
+# saying so, rather than sending them to Google's publisher as Gemini models (Vertex's 404).
+UNSERVED_PREFIXES = {"meta.": "a Meta model", "mistralai.": "a Mistral model",
+                     "endpoints.": "a deployed endpoint's model"}
 
 
 class GeminiProvider(Provider):
@@ -179,7 +184,15 @@ class VertexProvider(GeminiProvider):
         return clone
 
     def checked_model(self, target: Target) -> str:
-        return super().checked_model(target).removeprefix(GOOGLE_PREFIX)
+        model = super().checked_model(target)
+        for prefix, what in UNSERVED_PREFIXES.items():
+            if model.startswith(prefix):
+                raise InvalidRequest(
+                    f"'{model}' names {what} (Portkey's '{prefix}' prefix), which Vertex serves "
+                    f"through another API: provider '{self.name}' sends Vertex's Gemini and "
+                    "Claude models only (a tuned Gemini endpoint is 'endpoints/<id>').",
+                    param="model", code="unsupported_value")
+        return model.removeprefix(GOOGLE_PREFIX)
 
     def model_url(self, model: str) -> str:
         path = model if "/" in model else f"publishers/google/models/{model}"
