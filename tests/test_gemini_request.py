@@ -396,6 +396,23 @@ def test_portkeys_google_dot_names_reach_gemini() -> None:
                         ":streamGenerateContent?alt=sse")
 
 
+def test_a_tuned_endpoints_full_resource_name_is_its_path() -> None:
+    # The console and google-genai name a tuned model's endpoint
+    # `projects/<p>/locations/<l>/endpoints/<id>`; it was put after the provider's own project
+    # and location (`…/locations/us-central1/projects/proj/locations/…`: Vertex's 404).
+    sent = vertex_request("projects/proj/locations/us-central1/endpoints/1234567890")
+    assert sent.url == ("https://us-central1-aiplatform.googleapis.com/v1/projects/proj/"
+                        "locations/us-central1/endpoints/1234567890"
+                        ":streamGenerateContent?alt=sse")
+    # Another project's or location's is refused, never sent with the gateway's credentials.
+    for other in ("projects/other/locations/us-central1/endpoints/1",
+                  "projects/proj/locations/europe-west4/endpoints/1"):
+        with pytest.raises(InvalidRequest) as caught:
+            vertex_request(other)
+        assert (caught.value.param, caught.value.code) == ("model", "invalid_value")
+        assert "endpoints/<id>" in str(caught.value)
+
+
 @pytest.mark.parametrize("model", ["meta.llama-3.3-70b-instruct-maas",
                                    "mistralai.mistral-small-2503", "endpoints.1234567890"])
 def test_portkeys_partner_and_endpoint_names_are_a_clear_400(model: str) -> None:

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 # plain segments, so a client cannot steer the request to another Google endpoint.
 _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*(?:/[A-Za-z0-9][A-Za-z0-9._@-]*)*")
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# A resource's full name, as the console and google-genai give a tuned model's endpoint.
+_RESOURCE = re.compile(r"projects/([^/]+)/locations/([^/]+)/(.+)")
 DEFAULT_TOKEN_REFRESH = 300.0
 # Where a Vertex token comes from, besides the provider key: one of these at most.
 TOKEN_OPTIONS = ("token_command", "token_env", "credentials_file", "credentials")
@@ -185,6 +187,15 @@ class VertexProvider(GeminiProvider):
 
     def checked_model(self, target: Target) -> str:
         model = super().checked_model(target)
+        full = _RESOURCE.fullmatch(model)
+        if full:  # the path after the location; only the provider's: its credentials may
+            # reach other projects, which a request does not choose
+            if (full[1], full[2]) != (self.project, self.location):
+                raise InvalidRequest(
+                    f"'{model}' is not in provider '{self.name}''s project and location: give "
+                    "the model's path after the location (e.g. 'endpoints/<id>').",
+                    param="model", code="invalid_value")
+            model = full[3]
         for prefix, what in UNSERVED_PREFIXES.items():
             if model.startswith(prefix):
                 raise InvalidRequest(
