@@ -164,8 +164,8 @@ def test_only_the_grounded_chunks_take_the_full_parse() -> None:
     assert parsed == 3
 
 
-async def test_the_sdk_streams_the_annotations(proxy: Any, upstream: Any) -> None:
-    upstream.pieces = random_splits(GROUNDED_STREAM, random.Random(7), max_piece=60)
+async def sdk_text_and_annotations(proxy: Any, upstream: Any) -> tuple[str, list[Any]]:
+    """A grounded stream read through the openai SDK: its text and its annotations."""
     api = openai_sdk(await proxy(provider_config("gemini", upstream.url)))
     async with api:
         stream = await api.chat.completions.create(
@@ -175,6 +175,12 @@ async def test_the_sdk_streams_the_annotations(proxy: Any, upstream: Any) -> Non
             delta = part.choices[0].delta
             text += delta.content or ""
             annotations += (delta.model_extra or {}).get("annotations") or []
+    return text, annotations
+
+
+async def test_the_sdk_streams_the_annotations(proxy: Any, upstream: Any) -> None:
+    upstream.pieces = random_splits(GROUNDED_STREAM, random.Random(7), max_piece=60)
+    text, annotations = await sdk_text_and_annotations(proxy, upstream)
     assert (text, unnumbered(annotations)) == ("".join(ANSWER), ANNOTATIONS)
     assert sent_tools(upstream) == {"tools": [{"googleSearch": {}}]}
 
@@ -270,15 +276,7 @@ async def test_the_sdk_gets_character_offsets(proxy: Any, upstream: Any) -> None
     last["candidates"][0]["groundingMetadata"] = wide_grounding()
     upstream.pieces = random_splits(google_sse([*map(text_chunk, WIDE[:2]), last, FINISH]),
                                     random.Random(8), max_piece=60)
-    api = openai_sdk(await proxy(provider_config("gemini", upstream.url)))
-    async with api:
-        stream = await api.chat.completions.create(
-            model="gemini-2.5-flash", messages=USER, stream=True, web_search_options={})
-        text, annotations = "", []
-        async for part in stream:
-            delta = part.choices[0].delta
-            text += delta.content or ""
-            annotations += (delta.model_extra or {}).get("annotations") or []
+    text, annotations = await sdk_text_and_annotations(proxy, upstream)
     assert cited_spans(annotations, text) == WIDE_SPANS
 
 
