@@ -595,3 +595,38 @@ def test_definitions_beside_a_defs_that_is_no_object_stay_where_they_are(defs: A
     out = translate([{"role": "user", "content": "x"}], response_format={
         "type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
     assert out["generationConfig"]["responseJsonSchema"] == schema
+
+
+FILES_URI = "https://generativelanguage.googleapis.com/v1beta/files/abc-123"
+
+
+@pytest.mark.parametrize("file", [
+    {"file_id": FILES_URI},  # a Files API upload, as its `uri`
+    {"file_data": "https://www.youtube.com/watch?v=9hE5-98ZeCg"},  # Gemini's video docs
+])
+def test_a_file_uri_of_unknown_type_goes_without_mime_on_gemini(file: dict[str, Any]) -> None:
+    # The Gemini API takes fileData without mimeType (it knows an upload's type, and reads
+    # YouTube URLs so); Vertex requires one, so there it stays a 400 naming the part.
+    messages = [{"role": "user", "content": [{"type": "file", "file": file}]}]
+    out = translate(messages)
+    assert out["contents"][0]["parts"] == [{"fileData": {"fileUri": next(iter(file.values()))}}]
+    field = next(iter(file))
+    with pytest.raises(InvalidRequest) as info:
+        to_gemini({"messages": messages}, "gemini-2.5-flash", mime_required=True)
+    assert info.value.param == f"messages[0].content[0].file.{field}"
+
+
+def test_vertex_requires_a_file_mime_type_and_gemini_does_not() -> None:
+    import orjson
+
+    from streamproxy.openai_api.request import parse_chat_request
+    from streamproxy.routing.target import Target
+
+    req = parse_chat_request(orjson.dumps({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "file", "file": {"file_id": FILES_URI}}]}]}))
+    gemini = provider("gemini")
+    sent = orjson.loads(gemini.build_request(req, Target(gemini, "m", api_key="k")).body)
+    assert sent["contents"][0]["parts"] == [{"fileData": {"fileUri": FILES_URI}}]
+    vertex = provider("vertex", project="p", location="us-central1")
+    with pytest.raises(InvalidRequest, match="MIME type"):
+        vertex.build_request(req, Target(vertex, "m", api_key="k"))

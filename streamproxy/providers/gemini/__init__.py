@@ -64,6 +64,7 @@ class GeminiProvider(Provider):
     searches_web: ClassVar[bool] = True  # web_search_options → Google Search grounding
     default_api_version: ClassVar[str] = "v1beta"
     brand: ClassVar[str] = "Gemini"  # as a refusal names the service
+    file_mime_required: ClassVar[bool] = False  # fileData.mimeType (see to_gemini)
 
     @classmethod
     def check_options(cls, options: dict[str, Any], source: str, where: str) -> None:
@@ -93,7 +94,8 @@ class GeminiProvider(Provider):
 
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
         model = self.checked_model(target)
-        body = to_gemini(target.apply_overrides(req.body), model)
+        body = to_gemini(target.apply_overrides(req.body), model,
+                         mime_required=self.file_mime_required)
         method = "streamGenerateContent?alt=sse" if req.stream else "generateContent"
         headers = {"content-type": "application/json", **self.cfg.headers, **target.headers,
                    **self.auth_headers(target)}
@@ -131,6 +133,7 @@ class VertexProvider(GeminiProvider):
     answering_options: ClassVar[frozenset[str]] = frozenset({"anthropic_beta"})  # (Claude's)
     default_api_version: ClassVar[str] = "v1"
     brand: ClassVar[str] = "Vertex"
+    file_mime_required: ClassVar[bool] = True  # Vertex's FileData: "Required"
 
     def __init__(self, cfg: ProviderConfig, **kw: Any) -> None:
         super().__init__(cfg, **kw)

@@ -77,11 +77,13 @@ THINKING_LEVEL = {"none": "minimal", "minimal": "minimal", "low": "low", "medium
                   "high": "high", "xhigh": "high"}
 
 
-def to_gemini(body: dict[str, Any], model: str) -> dict[str, Any]:
+def to_gemini(body: dict[str, Any], model: str, *, mime_required: bool = False) -> dict[str, Any]:
+    """`mime_required`: a file URL's `fileData` must name its MIME type (Vertex). The Gemini
+    API's is optional: it knows a Files API upload's type, and reads YouTube URLs without one."""
     if (body.get("n") or 1) > 1:
         raise InvalidRequest("Gemini returns one choice per request here; 'n' must be 1.",
                              param="n", code="unsupported_value")
-    system, contents = _contents(body["messages"])
+    system, contents = _contents(body["messages"], mime_required)
     if not contents:
         contents = [{"role": "user", "parts": [{"text": PLACEHOLDER_USER_TEXT}]}]
     if _checks_signatures(model):
@@ -229,7 +231,8 @@ def _declaration(fn: dict[str, Any]) -> dict[str, Any]:
 
 # -- messages -------------------------------------------------------------------------------
 
-def _contents(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _contents(msgs: list[dict[str, Any]],
+              mime_required: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     system: list[dict[str, Any]] = []
     contents: list[dict[str, Any]] = []
     # tool_call_id → (name, Gemini's id or None, the call's place among its turn's calls)
@@ -242,7 +245,7 @@ def _contents(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
             system.extend(_text_parts(m.get("content"), f"messages[{i}].content"))
             continue
         if role == "user":
-            parts, role_out = _user_parts(m.get("content"), i), "user"
+            parts, role_out = _user_parts(m.get("content"), i, mime_required), "user"
         elif role == "assistant":
             parts, role_out = _model_parts(m, i, calls, _calls_joined(contents)), "model"
         elif role == "tool":
@@ -295,7 +298,7 @@ def _text_parts(content: Any, where: str) -> list[dict[str, Any]]:
     return [{"text": t} for t in texts(content, where)]
 
 
-def _user_parts(content: Any, i: int) -> list[dict[str, Any]]:
+def _user_parts(content: Any, i: int, mime_required: bool) -> list[dict[str, Any]]:
     if not isinstance(content, list):
         return _text_parts(content, f"messages[{i}].content")
     parts = []
@@ -319,8 +322,8 @@ def _user_parts(content: Any, i: int) -> list[dict[str, Any]]:
             file = part.get("file") or {}
             # file_id: a Files API or gs:// URI (Google reads those; OpenAI's ids it cannot)
             field = "file_id" if file.get("file_id") and not file.get("file_data") else "file_data"
-            parts.append(_media(file.get(field), f"{where}.file.{field}", None,
-                                file.get("filename")))
+            parts.append(_media(file.get(field), f"{where}.file.{field}",
+                                None if mime_required else "", file.get("filename")))
         else:
             raise InvalidRequest(f"Content part type '{kind}' is not supported by Gemini.",
                                  param=f"{where}.type", code="unsupported_value")
@@ -330,7 +333,8 @@ def _user_parts(content: Any, i: int) -> list[dict[str, Any]]:
 def _media(url: Any, where: str, default_mime: str | None,
            filename: str | None = None) -> dict[str, Any]:
     """A data: URL → `inlineData`; an http(s) or gs:// URL → `fileData` (Google fetches it;
-    the translator does no I/O), its MIME type guessed from the file extension."""
+    the translator does no I/O), its MIME type guessed from the file extension, else
+    `default_mime`: None is a 400, "" leaves the type out (for Google to tell)."""
     if isinstance(url, str) and url.startswith("data:"):
         mime, data = parse_data_url(url, where)
         return {"inlineData": {"mimeType": MIME_ALIASES.get(mime, mime), "data": data}}
@@ -340,7 +344,7 @@ def _media(url: Any, where: str, default_mime: str | None,
         if mime is None:
             raise InvalidRequest("Cannot tell this file's MIME type from its name; send it as "
                                  "a data: URL.", param=where, code="invalid_value")
-        return {"fileData": {"mimeType": mime, "fileUri": url}}
+        return {"fileData": {"mimeType": mime, "fileUri": url} if mime else {"fileUri": url}}
     raise InvalidRequest("Expected a data: URL or an http(s)/gs:// URL.", param=where,
                          code="invalid_value")
 
