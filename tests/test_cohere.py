@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streamproxy.errors import StreamTruncated
+from streamproxy.errors import InvalidRequest, StreamTruncated
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.cohere.request import to_cohere
@@ -474,3 +474,43 @@ async def test_non_stream_answer_names_the_model_a_stream_would(proxy: Any,
     assert (await named.json())["model"] == "command-a"
     default = await client.post("/v1/chat/completions", json={"messages": hi})
     assert (await default.json())["model"] == "m"
+
+
+PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAA"  # a PNG's first 18 bytes
+BMP_B64 = "Qk02AAAAAAAAADYAAAAoAAAA"  # "BM…": a Windows bitmap
+
+
+def _image(url: str) -> dict[str, Any]:
+    return to_cohere({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is it?"},
+        {"type": "image_url", "image_url": {"url": url, "detail": "low"}}]}]},
+        "command-a-vision-07-2025")["messages"][0]["content"][1]
+
+
+@pytest.mark.parametrize("url", [
+    f"data:image/png;base64,{PNG_B64}",
+    f"data:IMAGE/PNG;base64,{PNG_B64}",  # upper case, which data: URLs allow
+    f"data:image/png;charset=utf-8;base64,{PNG_B64}",  # a parameter before ;base64
+    f"data:image/jpeg;base64,{PNG_B64}",  # mislabelled: the bytes say PNG
+    f"data:application/octet-stream;base64,{PNG_B64}",
+])
+def test_a_data_url_image_goes_in_the_form_cohere_reads(url: str) -> None:
+    assert _image(url) == {"type": "image_url", "image_url": {
+        "url": f"data:image/png;base64,{PNG_B64}", "detail": "low"}}
+
+
+@pytest.mark.parametrize("url", [
+    f"data:image/bmp;base64,{BMP_B64}",  # Cohere takes png, jpeg, webp and gif
+    "data:application/pdf;base64,JVBERi0xLjQK",
+    f"data:image/png,{PNG_B64}",  # not base64
+    "data:image/png;base64,",
+])
+def test_a_data_url_cohere_cannot_read_is_a_400_naming_it(url: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        _image(url)
+    assert info.value.param == "messages[0].content[1].image_url.url"
+
+
+def test_an_https_image_goes_as_it_is() -> None:
+    url = "https://example.com/chart.bmp?x=1"  # Cohere fetches it and judges its type
+    assert _image(url)["image_url"]["url"] == url

@@ -2,7 +2,10 @@
 
 Choices (docs/providers/others.md "cohere"):
 - system and developer messages stay in place as `system` messages;
-- user content parts: text, and `image_url` (data: or http(s) URLs, for vision models);
+- user content parts: text, and `image_url` (data: or http(s) URLs, for vision models); a
+  data: URL goes as `data:<type>;base64,<data>`, its type read from the image's first bytes
+  when they show one (else its label, lower-cased), and must be one Cohere takes
+  (IMAGE_TYPES); an http(s) URL goes as it is (Cohere fetches it);
 - an assistant turn with tool calls sends its text (or its `reasoning_content`, which is where
   we stream Cohere's tool plan) back as `tool_plan`, the calls in v2 shape (arguments stay a JSON
   string); tool results are `tool` messages with `tool_call_id` and string content;
@@ -34,7 +37,9 @@ from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     answer_cap,
+    image_type,
     logprobs_asked,
+    parse_data_url,
     reasoning_effort,
     stop_list,
     texts,
@@ -48,6 +53,10 @@ SAME_NAME = ("temperature", "seed")
 # clients often send for each, so only a non-zero one goes.
 PENALTIES = ("frequency_penalty", "presence_penalty")
 P_MAX = 0.99  # Cohere refuses a larger `p`; OpenAI's top_p goes up to 1 (its default)
+# The image types Cohere's vision models take (its image-inputs docs: PNG, JPEG, WebP, GIF),
+# by the labels clients write; a data: URL goes with the type as Cohere spells it.
+IMAGE_TYPES = {"image/png": "image/png", "image/jpeg": "image/jpeg", "image/jpg": "image/jpeg",
+               "image/webp": "image/webp", "image/gif": "image/gif"}
 THINKING_BUDGET = {"minimal": 512, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768}
 
 
@@ -196,15 +205,29 @@ def _user(content: Any, i: int) -> Any:
             parts.append({"type": "text", "text": part.get("text") or ""})
         elif kind == "image_url":
             image = part.get("image_url") or {}
-            url = image.get("url")
-            if not isinstance(url, str) or not url.startswith(("data:", "http://", "https://")):
-                raise InvalidRequest("Expected a data: URL or an http(s) URL.",
-                                     param=f"messages[{i}].content[{j}].image_url.url",
-                                     code="invalid_value")
-            parts.append({"type": "image_url", "image_url": {
-                k: v for k, v in image.items() if k in ("url", "detail")}})
+            sent = {k: v for k, v in image.items() if k in ("url", "detail")}
+            sent["url"] = _image_url(image.get("url"),
+                                     f"messages[{i}].content[{j}].image_url.url")
+            parts.append({"type": "image_url", "image_url": sent})
         else:
             raise InvalidRequest(f"Content part type '{kind}' is not supported by Cohere.",
                                  param=f"messages[{i}].content[{j}].type",
                                  code="unsupported_value")
     return parts
+
+
+def _image_url(url: Any, where: str) -> str:
+    """An image's URL as Cohere reads it: an http(s) URL as it is; a data: URL rebuilt as
+    `data:<type>;base64,<data>` (it reads no upper-case type nor parameters such as
+    `;charset=`), or a 400 naming `where` for one it cannot read."""
+    if isinstance(url, str) and url.startswith(("http://", "https://")):
+        return url
+    if not isinstance(url, str) or not url.startswith("data:"):
+        raise InvalidRequest("Expected a data: URL or an http(s) URL.", param=where,
+                             code="invalid_value")
+    mime, data = parse_data_url(url, where)
+    mime = image_type(data) or mime  # the bytes' type: a label may be wrong or generic
+    if mime not in IMAGE_TYPES:
+        raise InvalidRequest(f"Cohere takes png, jpeg, webp or gif images, not {mime}.",
+                             param=where, code="unsupported_value")
+    return f"data:{IMAGE_TYPES[mime]};base64,{data}"
