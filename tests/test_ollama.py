@@ -16,7 +16,7 @@ import openai
 import orjson
 import pytest
 
-from streamproxy.errors import StreamTruncated
+from streamproxy.errors import InvalidRequest, StreamTruncated
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.providers.ollama.request import to_ollama
 from streamproxy.providers.ollama.stream import OllamaStreamTranslator
@@ -396,3 +396,34 @@ def test_tool_call_arguments_go_back_as_an_object() -> None:
             for arguments in ('"Paris"', "[1]", "", '{"city": "Paris"}')]
     assert [calls[0]["function"]["arguments"] for calls in sent] == [
         {"value": "Paris"}, {"value": [1]}, {}, {"city": "Paris"}]
+
+
+PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAA"  # a PNG's first 18 bytes
+
+
+def _images(url: str) -> Any:
+    return to_ollama({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is it?"},
+        {"type": "image_url", "image_url": {"url": url}}]}]},
+        "gemma3", stream=False)["messages"][0]["images"]
+
+
+@pytest.mark.parametrize("url", [
+    f"data:image/png;base64,{PNG_B64}",
+    f"data:IMAGE/PNG;charset=utf-8;base64,{PNG_B64}",
+    f"data:application/octet-stream;base64,{PNG_B64}",  # a generic label: the bytes say PNG
+])
+def test_an_image_data_url_goes_as_its_base64(url: str) -> None:
+    assert _images(url) == [PNG_B64]
+
+
+@pytest.mark.parametrize("url", [
+    "data:application/pdf;base64,JVBERi0xLjQK",  # a PDF is no image: Ollama cannot decode it
+    "data:text/plain;base64,aGVsbG8=",
+    "https://example.com/cat.png",  # Ollama takes base64 only; the proxy fetches nothing
+    f"data:image/png,{PNG_B64}",
+])
+def test_what_ollama_cannot_take_as_an_image_is_a_400_naming_it(url: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        _images(url)
+    assert info.value.param == "messages[0].content[1].image_url.url"

@@ -3,7 +3,8 @@
 Choices (docs/providers/others.md "ollama"):
 - system and developer messages stay in place as `system` messages;
 - images: `image_url` parts must be `data:` URLs, sent as the message's base64 `images` list
-  (Ollama takes no URLs, and the proxy fetches nothing on a client's behalf);
+  (Ollama takes no URLs, and the proxy fetches nothing on a client's behalf); one whose label
+  is not an image type and whose bytes show no image (a PDF) is a 400;
 - assistant tool calls go back with their arguments as objects; a tool result carries the
   function's name (`tool_name`), looked up from the assistant call it answers, and a turn's
   results go in the order of its calls (they go without call ids: see `_messages`);
@@ -33,7 +34,9 @@ from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     UNMATCHED_PLACE,
     answer_cap,
+    image_type,
     logprobs_asked,
+    parse_data_url,
     reasoning_effort,
     stop_list,
     texts,
@@ -210,9 +213,13 @@ def _user(content: Any, i: int) -> dict[str, Any]:
 
 def _image(part: dict[str, Any], where: str) -> str:
     url = (part.get("image_url") or {}).get("url")
-    if isinstance(url, str) and url.startswith("data:"):
-        head, _, data = url.partition(",")
-        if ";base64" in head and data:
-            return data
-    raise InvalidRequest("Ollama takes images as data: URLs (data:<mime>;base64,<data>).",
-                         param=where, code="invalid_value")
+    if not isinstance(url, str) or not url.startswith("data:"):
+        raise InvalidRequest("Ollama takes images as data: URLs (data:<mime>;base64,<data>).",
+                             param=where, code="invalid_value")
+    mime, data = parse_data_url(url, where)
+    # `images` carries bare base64, so the label goes no further: Ollama would try to decode
+    # a PDF as an image (the label may be generic, e.g. application/octet-stream, or wrong).
+    if not mime.startswith("image/") and image_type(data) is None:
+        raise InvalidRequest(f"Ollama takes images here, not {mime}.", param=where,
+                             code="unsupported_value")
+    return data
