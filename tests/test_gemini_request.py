@@ -630,3 +630,42 @@ def test_vertex_requires_a_file_mime_type_and_gemini_does_not() -> None:
     vertex = provider("vertex", project="p", location="us-central1")
     with pytest.raises(InvalidRequest, match="MIME type"):
         vertex.build_request(req, Target(vertex, "m", api_key="k"))
+
+
+PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAA"  # a PNG's first 18 bytes
+
+
+@pytest.mark.parametrize(("kind", "part"), [
+    ("image_url", {"type": "image_url", "image_url": {"url": "data:image/bmp;base64,Qk02AAAA"}}),
+    ("image_url", {"type": "image_url", "image_url": {"url": "data:image/gif;base64,R0lGODlh"}}),
+    ("file", {"type": "file", "file": {"file_data": "data:image/tiff;base64,SUkqAA=="}}),
+])
+def test_an_image_type_gemini_does_not_take_is_a_400_naming_the_part(
+        kind: str, part: dict[str, Any]) -> None:
+    # Gemini takes png, jpeg, webp, heic and heif images ("Unsupported MIME type" otherwise)
+    with pytest.raises(InvalidRequest) as info:
+        translate([{"role": "user", "content": [{"type": "text", "text": "x"}, part]}])
+    field = "image_url.url" if kind == "image_url" else "file.file_data"
+    assert info.value.param == f"messages[0].content[1].{field}"
+
+
+@pytest.mark.parametrize("url", [
+    f"data:application/octet-stream;base64,{PNG_B64}",  # a generic label Gemini refuses
+    f"data:image/bmp;base64,{PNG_B64}",  # a wrong label: the bytes say PNG
+    f"data:IMAGE/PNG;charset=utf-8;base64,{PNG_B64}",
+])
+def test_an_image_goes_as_the_type_its_bytes_are(url: str) -> None:
+    out = translate([{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}}]}])
+    assert out["contents"][0]["parts"] == [{"inlineData": {"mimeType": "image/png",
+                                                           "data": PNG_B64}}]
+
+
+def test_a_pdf_or_video_in_image_url_still_goes() -> None:
+    # LiteLLM's convention for Gemini: any inline media in image_url, which Gemini reads.
+    out = translate([{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:application/pdf;base64,JVBERi0x"}},
+        {"type": "image_url", "image_url": {"url": "data:video/mp4;base64,AAAAGGZ0eXA="}},
+        {"type": "image_url", "image_url": {"url": "data:image/heic;base64,AAAAGGZ0eXA="}}]}])
+    assert [p["inlineData"]["mimeType"] for p in out["contents"][0]["parts"]] == [
+        "application/pdf", "video/mp4", "image/heic"]

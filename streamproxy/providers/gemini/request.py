@@ -40,6 +40,7 @@ from streamproxy.openai_api.content import (
     PLACEHOLDER_USER_TEXT,
     UNMATCHED_PLACE,
     answer_cap,
+    image_type,
     logprobs_asked,
     parse_data_url,
     reasoning_effort,
@@ -69,6 +70,10 @@ GOOGLE_SEARCH_NAMES = frozenset({"google_search", "googleSearch"})
 DEFAULT_IMAGE_MIME = "image/jpeg"  # for an image URL whose extension names no type
 # Data-URL types clients write that Gemini refuses ("Unsupported MIME type"), by its name.
 MIME_ALIASES = {"image/jpg": "image/jpeg"}
+# The image types Gemini reads (Google's image-understanding docs; an image/gif, bmp, tiff… is
+# its 400 "Unsupported MIME type"). Other media (audio, video, PDF, text) go as labelled, in
+# image_url too, LiteLLM's convention for Gemini.
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"})
 # reasoning_effort → Gemini 2.x thinking budget / Gemini 3 thinking level. high and xhigh get
 # the most each takes (2.5 Flash's budget tops out at 24576, a level at high).
 THINKING_BUDGET = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576,
@@ -337,7 +342,13 @@ def _media(url: Any, where: str, default_mime: str | None,
     `default_mime`: None is a 400, "" leaves the type out (for Google to tell)."""
     if isinstance(url, str) and url.startswith("data:"):
         mime, data = parse_data_url(url, where)
-        return {"inlineData": {"mimeType": MIME_ALIASES.get(mime, mime), "data": data}}
+        # an image's bytes tell its type: a label may be generic (application/octet-stream,
+        # which Gemini refuses) or wrong
+        mime = image_type(data) or MIME_ALIASES.get(mime, mime)
+        if mime.startswith("image/") and mime not in IMAGE_TYPES:
+            raise InvalidRequest(f"Gemini takes png, jpeg, webp, heic or heif images, not "
+                                 f"{mime}.", param=where, code="unsupported_value")
+        return {"inlineData": {"mimeType": mime, "data": data}}
     if isinstance(url, str) and url.startswith(("http://", "https://", "gs://")):
         path = url.split("?", 1)[0].split("#", 1)[0]
         mime = mimetypes.guess_type(filename or path, strict=False)[0] or default_mime
