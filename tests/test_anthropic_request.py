@@ -383,12 +383,24 @@ def test_files_are_pdf_or_plain_text_documents() -> None:
                       file_part(f"data:text/plain;base64,{text}"),
                       file_part(f"data:text/markdown;charset=utf-8;base64,{text}")) == [
         {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
-                                        "data": "JVBERi0="}},
+                                        "data": "JVBERi0="}, "title": "f"},
         {"type": "document", "source": {"type": "text", "media_type": "text/plain",
-                                        "data": "Ünïcode notes\n"}},
+                                        "data": "Ünïcode notes\n"}, "title": "f"},
         {"type": "document", "source": {"type": "text", "media_type": "text/plain",
-                                        "data": "Ünïcode notes\n"}},
+                                        "data": "Ünïcode notes\n"}, "title": "f"},
     ]
+
+
+@pytest.mark.parametrize(("filename", "title"), [
+    ("Q3 report.pdf", "Q3 report.pdf"), (None, None), ("", None), ("x" * 600, "x" * 500)])
+def test_a_files_name_is_its_documents_title(filename: Any, title: Any) -> None:
+    # Claude reads a document's title (and cites by it): without it, it cannot tell which
+    # of several files a question names, nor answer with the name the user gave.
+    file = {"file_data": "data:application/pdf;base64,JVBERi0="}
+    if filename is not None:
+        file["filename"] = filename
+    [block] = user_parts({"type": "file", "file": file})
+    assert block.get("title") == title
 
 
 def test_image_jpg_is_sent_as_image_jpeg() -> None:

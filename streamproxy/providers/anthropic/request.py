@@ -83,6 +83,7 @@ USER_ID_MAX = 256  # the longest metadata.user_id Anthropic documents
 # OpenAI parameters with no Anthropic equivalent: dropped, never forwarded.
 DROPPED = (OPENAI_ONLY - {"safety_identifier"}) | {"frequency_penalty", "presence_penalty", "seed"}
 # The image types Anthropic takes, by the names clients send (image/jpg is common).
+TITLE_MAX = 500  # a document title's longest in Anthropic's API schema
 IMAGE_MEDIA_TYPES = {"image/jpeg": "image/jpeg", "image/jpg": "image/jpeg",
                      "image/png": "image/png", "image/gif": "image/gif", "image/webp": "image/webp"}
 # Anthropic-native parameters a client may pass through (e.g. openai SDK `extra_body`):
@@ -458,9 +459,15 @@ def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
             blocks.append(_cached({"type": "image",
                                    "source": _image_source(url, f"{where}.image_url.url")}, part))
         elif kind == "file":
-            data = file_data(part.get("file") or {}, f"{where}.file", "Anthropic")
-            blocks.append(_cached({"type": "document", "source": _document_source(
-                data, f"{where}.file.file_data")}, part))
+            file = part.get("file") or {}
+            data = file_data(file, f"{where}.file", "Anthropic")
+            document = {"type": "document",
+                        "source": _document_source(data, f"{where}.file.file_data")}
+            filename = file.get("filename")
+            if isinstance(filename, str) and filename:
+                # Claude reads the title (and cites by it): the name the user knows the file by
+                document["title"] = filename[:TITLE_MAX]
+            blocks.append(_cached(document, part))
         else:
             raise InvalidRequest(f"Content part type '{kind}' is not supported by Anthropic.",
                                  param=f"{where}.type", code="unsupported_value")
