@@ -19,6 +19,7 @@ from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
 from streamproxy.providers.openai_compat import PassthroughTranslator
 from tests.conftest import provider_config
 from tests.helpers import (
+    DecodingEncoder,
     assert_finish_last,
     collect,
     count_spliced_reads,
@@ -216,6 +217,29 @@ def test_an_event_cut_by_the_end_of_the_stream_is_never_forwarded() -> None:
     assert c.content == "He" and c.error is not None and not c.done
     # `data: [DONE]` without its blank line is still the normal end
     c = collect(sse_chunks(_passthrough(_chunk_event("He") + b"data: [DONE]")))
+    assert c.content == "He" and c.done and c.error is None
+
+
+@pytest.mark.parametrize("empty", [b"data: \n\n", b"data:\n\n", b"data:  \n\n",
+                                   b"data: \r\n\r\n", b"data:\ndata: \n\n"])
+def test_an_empty_data_event_is_skipped_not_a_failure(empty: bytes) -> None:
+    """Some relays keep a stream alive with empty `data:` events (WHATWG dispatches them,
+    with empty data): each failed the stream as "not valid JSON", a good answer cut. Passed
+    on, the openai SDK would fail on it too (`json.loads("")`). Fast path and decoder."""
+    clean = (_chunk_event("He") + _chunk_event("llo") + _finish_event("stop") + _USAGE_EVENT
+             + b"data: [DONE]\n\n")
+    body = (empty + _chunk_event("He") + empty + _chunk_event("llo") + empty
+            + _finish_event("stop") + empty + _USAGE_EVENT + empty + b"data: [DONE]\n\n")
+    rng = random.Random(5)
+    for cls in (ChunkEncoder, DecodingEncoder):
+        for pieces in [[body], *(random_splits(body, rng, max_piece=60) for _ in range(10))]:
+            # (a pass-through's encoder adds no usage chunk: the translator forwards it)
+            enc = cls(completion_id="chatcmpl-t", created=1, model="m", include_usage=False)
+            tr = PassthroughTranslator(enc, 1 << 20, provider="p", client_wants_usage=True)
+            assert relay_pieces(enc, tr, pieces) == clean
+    # one at the end of a stream that closes without [DONE] once its answer is whole
+    tail = _chunk_event("He") + _finish_event("stop")
+    c = collect(sse_chunks(_passthrough(tail + empty.rstrip(b"\r\n"))))
     assert c.content == "He" and c.done and c.error is None
 
 

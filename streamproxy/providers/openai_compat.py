@@ -131,11 +131,17 @@ class PassthroughTranslator(SSETranslator):
             self.on_done()
             return
         if 0x0A in data:  # several data: lines, joined by the decoder: one line again
+            if data.isspace():
+                return  # (a keep-alive: see below)
             data = orjson.dumps(load_event_json(data))
         if self._interesting.search(data) is not None:
             self.on_chunk(load_chunk(data), data)
             return
         if data[:1] != b"{" or data[-1:] != b"}":
+            if not data.strip():
+                # An empty `data:` event, some relays' keep-alive: it carries nothing, and
+                # forwarded it would fail the openai SDK (`json.loads("")`) as it fails here.
+                return
             # Not framed like a JSON object: a cut or garbled event is an error, never forwarded
             # (the parse, only on this rare path, still lets padded JSON through).
             load_event_json(data)
@@ -154,7 +160,7 @@ class PassthroughTranslator(SSETranslator):
 
     def on_unended_event(self, event: SSEEvent) -> None:
         # Forwarded only if it parses: a cut that happens to end with "}" is an error.
-        if event.data[:6] != b"[DONE]":
+        if event.data[:6] != b"[DONE]" and event.data.strip():
             load_event_json(event.data)
         self.on_event(event)
 
