@@ -312,6 +312,28 @@ async def test_openrouter_usage_after_the_finish_leaves_no_empty_chunk(proxy: An
     assert len(usage_chunks(chunks)) == usage
 
 
+# Its usage may also ride on a second finish chunk (the finish repeated, the content empty),
+# as in a stream an OpenRouter client's tests quote from OpenRouter's docs.
+OPENROUTER_FINISH_TWICE = sse(HEAD[0], chunk([{**choice("stop", content="Hello"),
+                                               "native_finish_reason": "stop"}]),
+                              chunk([{**choice("stop", content=""),
+                                      "native_finish_reason": "stop"}],
+                                    usage={**USAGE, "cost": 0.0004}))
+
+
+@pytest.mark.parametrize("usage", [True, False])
+async def test_openrouter_usage_on_a_repeated_finish_chunk_finishes_once(
+        proxy: Any, upstream: Any, usage: bool) -> None:
+    """The repeated finish, once its usage was moved off it, reached the client as a second
+    finish chunk of the same choice (OpenAI finishes a choice once)."""
+    chunks = await stream(proxy, upstream, "openrouter", OPENROUTER_FINISH_TWICE, usage=usage)
+    assert_finish_last(chunks)
+    c = collect(chunks)
+    assert c.content == "Hello" and c.finish_reason == "stop" and c.done
+    assert c.usage == ({**USAGE, "cost": 0.0004} if usage else None)
+    assert len(usage_chunks(chunks)) == usage
+
+
 @pytest.mark.parametrize("kind", ["openrouter", "openai"])
 async def test_a_non_streamed_200_carrying_an_error_is_that_error(proxy: Any, upstream: Any,
                                                                    kind: str) -> None:

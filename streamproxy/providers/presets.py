@@ -11,7 +11,7 @@ usage, finish and error chunks; every other chunk is still forwarded byte for by
   duplicated. Usage on a chunk with choices is removed from it (a client summing would count
   it twice); a trailing empty-choices chunk without usage is dropped by the pass-through, and
   so is a chunk that, once the answer has finished, held nothing but usage (OpenRouter's, whose
-  choice carries only the role it repeats on every chunk).
+  choice carries only the role it repeats on every chunk, or the finish repeated).
 - finish reasons outside OpenAI's set are mapped (`eos` → stop, `model_length` → length);
   those that mean the answer failed (`error`, DeepSeek's `insufficient_system_resource`) end
   the stream with an OpenAI error frame instead of a finish that looks complete.
@@ -83,8 +83,9 @@ class CompatTranslator(PassthroughTranslator):
             return
         changed = self._take_usage(chunk)
         if changed and len(self._finished) >= self._choices and all(map(_says_nothing, choices)):
-            # OpenRouter's usage chunk: after the finish, a choice with nothing in it. Without
-            # its usage it would be a delta after the finish chunk, which OpenAI never sends.
+            # OpenRouter's usage chunk: after the finish, a choice with nothing in it (or only
+            # the finish repeated). Without its usage it would be a delta after the finish
+            # chunk, or a second finish, which OpenAI never sends.
             return
         for choice in choices:  # (with `n`, a server may finish several choices in one chunk)
             reason = choice.get("finish_reason") if isinstance(choice, dict) else None
@@ -143,12 +144,16 @@ def count_reasoning_as_completion(usage: Any) -> bool:
     return True
 
 
+_REPEATED = ("index", "delta", "finish_reason", "native_finish_reason")
+
+
 def _says_nothing(choice: Any) -> bool:
-    """A chunk's choice with no content, finish or logprobs: its delta is empty but for a
-    role, which OpenRouter repeats on every chunk."""
+    """A choice, after every choice has finished, with no content or logprobs: its delta is
+    empty but for a role, which OpenRouter repeats on every chunk, and its finish reason, if
+    any, a repeat."""
     if not isinstance(choice, dict) or not isinstance(choice.get("delta", {}), dict):
         return False
-    return (not any(v for k, v in choice.items() if k not in ("index", "delta"))
+    return (not any(v for k, v in choice.items() if k not in _REPEATED)
             and not any(v for k, v in choice.get("delta", {}).items() if k != "role"))
 
 
