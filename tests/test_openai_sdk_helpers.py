@@ -130,6 +130,44 @@ async def test_stream_helper_takes_citations_streamed_in_several_deltas(
     assert annotations == ANNOTATIONS
 
 
+def _mistral_chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    return b"data: " + orjson.dumps({
+        "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "devstral",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + b"\n\n"
+
+
+def _mistral_call(index: int, arguments: str, call_id: str | None = None,
+                  name: str = "") -> dict[str, Any]:
+    call: dict[str, Any] = {"function": {"name": name, "arguments": arguments},
+                            "index": index}  # (Mistral writes `index` last)
+    return {"id": call_id, **call} if call_id is not None else call
+
+
+async def test_stream_helper_keeps_the_call_id_mistral_follows_with_a_placeholder(
+        proxy: Any, upstream: Any) -> None:
+    """Mistral's continuation fragments of a tool call can carry `"id": "null"`, and a later
+    one its call's own id again (mistral-vibe's recorded stream; langchainjs#11505): the
+    helper concatenates ids as strings, so the call's id became `abc123XYZnull…`, the id the
+    client then sends back with the call and its result."""
+    upstream.body = b"".join([
+        _mistral_chunk({"role": "assistant", "content": ""}),
+        _mistral_chunk({"tool_calls": [_mistral_call(0, "", "abc123XYZ", "weather")]}),
+        _mistral_chunk({"tool_calls": [_mistral_call(0, '{"city": ')]}),
+        _mistral_chunk({"tool_calls": [_mistral_call(0, '"Paris"}', "null")]}),
+        _mistral_chunk({"tool_calls": [_mistral_call(1, "{}", "def456UVW", "time")]}),
+        _mistral_chunk({"tool_calls": [_mistral_call(1, "", "def456UVW")]}),
+        _mistral_chunk({"content": ""}, "tool_calls"), b"data: [DONE]\n\n"])
+    client = openai_sdk(await proxy(provider_config("mistral", upstream.url)))
+    tools = [{"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+             for name in ("weather", "time")]
+    async with client.chat.completions.stream(model="m", messages=USER,
+                                              tools=tools) as stream:
+        final = await stream.get_final_completion()
+    calls = final.choices[0].message.tool_calls or []
+    assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [
+        ("abc123XYZ", "weather", '{"city": "Paris"}'), ("def456UVW", "time", "{}")]
+
+
 class LineItem(pydantic.BaseModel):
     sku: str = pydantic.Field(min_length=3, max_length=12)
     qty: int = pydantic.Field(ge=1, le=99)

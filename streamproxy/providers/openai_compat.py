@@ -204,7 +204,7 @@ class PassthroughTranslator(SSETranslator):
         for choice in choices:
             reason = choice.get("finish_reason") if isinstance(choice, dict) else None
             if reason:
-                number = _choice_number(choice)
+                number = choice_number(choice)
                 self._finished.add(number)
                 if number == 0:
                     answer_reason = reason
@@ -220,7 +220,7 @@ class PassthroughTranslator(SSETranslator):
         for choice in choices:
             if not isinstance(choice, dict):
                 continue
-            number = _choice_number(choice)
+            number = choice_number(choice)
             delta = choice.get("delta")
             calls = delta.get("tool_calls") if isinstance(delta, dict) else None
             for position, call in enumerate(calls if isinstance(calls, list) else ()):
@@ -236,7 +236,7 @@ class PassthroughTranslator(SSETranslator):
         return changed
 
 
-def _choice_number(choice: dict[str, Any]) -> int:
+def choice_number(choice: dict[str, Any]) -> int:
     """A choice's `index`; 0 when it is none or no integer (a garbled one must not raise)."""
     number = choice.get("index")
     return number if isinstance(number, int) else 0

@@ -22,8 +22,8 @@ usage, finish and error chunks; every other chunk is still forwarded byte for by
   (`count_reasoning_as_completion`), streamed or not.
 
 Request quirks: Mistral (see MistralProvider: names, roles, tool-call ids). Mistral's reasoning
-models also stream `delta.content` as a list of typed chunks, which becomes OpenAI's string
-(MistralTranslator).
+models also stream `delta.content` as a list of typed chunks, which becomes OpenAI's string, and
+a tool call's later fragments can carry a placeholder id, which is dropped (MistralTranslator).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from streamproxy.providers.openai_compat import (
     INTERESTING,
     OpenAIProvider,
     PassthroughTranslator,
+    choice_number,
     load_chunk,
 )
 
@@ -369,6 +370,31 @@ class MistralTranslator(CompatTranslator):
     """Only events whose content is a list are parsed for it (a byte search first)."""
 
     run_stop = re.compile(INTERESTING.pattern + b"|" + _LIST_CONTENT.pattern)
+
+    def __init__(self, out: ChunkSink, max_event_bytes: int, **options: Any) -> None:
+        super().__init__(out, max_event_bytes, **options)
+        self._call_ids: dict[tuple[int, int], Any] = {}  # (choice, call index) → its first id
+
+    def _index_tool_calls(self, choices: list[Any]) -> bool:
+        """A call's later fragments can carry `"id": "null"` or the call's id again, where
+        OpenAI's carry none: clients that accumulate a call join its ids as strings (the
+        openai SDK's stream helper: `abc123XYZnull`), so those ids are dropped. (Mistral puts
+        `index` last in a call, so with tools offered these chunks are parsed anyway.)"""
+        changed = super()._index_tool_calls(choices)
+        for choice in choices:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+            for call in calls if isinstance(calls, list) else ():
+                index = call.get("index") if isinstance(call, dict) else None
+                if not isinstance(index, int):
+                    continue
+                key = (choice_number(choice), index)
+                if key not in self._call_ids:
+                    self._call_ids[key] = call.get("id")
+                elif "id" in call and call["id"] in ("null", None, self._call_ids[key]):
+                    del call["id"]
+                    changed = True
+        return changed
 
     def on_event(self, event: SSEEvent) -> None:
         data = event.data
