@@ -130,9 +130,9 @@ async def test_stream_helper_takes_citations_streamed_in_several_deltas(
     assert annotations == ANNOTATIONS
 
 
-def _mistral_chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+def _sse_chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
     return b"data: " + orjson.dumps({
-        "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "devstral",
+        "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + b"\n\n"
 
 
@@ -150,13 +150,13 @@ async def test_stream_helper_keeps_the_call_id_mistral_follows_with_a_placeholde
     helper concatenates ids as strings, so the call's id became `abc123XYZnull…`, the id the
     client then sends back with the call and its result."""
     upstream.body = b"".join([
-        _mistral_chunk({"role": "assistant", "content": ""}),
-        _mistral_chunk({"tool_calls": [_mistral_call(0, "", "abc123XYZ", "weather")]}),
-        _mistral_chunk({"tool_calls": [_mistral_call(0, '{"city": ')]}),
-        _mistral_chunk({"tool_calls": [_mistral_call(0, '"Paris"}', "null")]}),
-        _mistral_chunk({"tool_calls": [_mistral_call(1, "{}", "def456UVW", "time")]}),
-        _mistral_chunk({"tool_calls": [_mistral_call(1, "", "def456UVW")]}),
-        _mistral_chunk({"content": ""}, "tool_calls"), b"data: [DONE]\n\n"])
+        _sse_chunk({"role": "assistant", "content": ""}),
+        _sse_chunk({"tool_calls": [_mistral_call(0, "", "abc123XYZ", "weather")]}),
+        _sse_chunk({"tool_calls": [_mistral_call(0, '{"city": ')]}),
+        _sse_chunk({"tool_calls": [_mistral_call(0, '"Paris"}', "null")]}),
+        _sse_chunk({"tool_calls": [_mistral_call(1, "{}", "def456UVW", "time")]}),
+        _sse_chunk({"tool_calls": [_mistral_call(1, "", "def456UVW")]}),
+        _sse_chunk({"content": ""}, "tool_calls"), b"data: [DONE]\n\n"])
     client = openai_sdk(await proxy(provider_config("mistral", upstream.url)))
     tools = [{"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
              for name in ("weather", "time")]
@@ -166,6 +166,32 @@ async def test_stream_helper_keeps_the_call_id_mistral_follows_with_a_placeholde
     calls = final.choices[0].message.tool_calls or []
     assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [
         ("abc123XYZ", "weather", '{"city": "Paris"}'), ("def456UVW", "time", "{}")]
+
+
+# OpenRouter's deltas (speakeasy-api/gram#921) and Together's (its chunks keep `token_id`)
+# carry the role on every chunk.
+ROLE_EVERY_DELTA = {
+    "openrouter": lambda text: {"role": "assistant", "content": text},
+    "together": lambda text: {"token_id": 30, "role": "assistant", "content": text,
+                              "tool_calls": None},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ROLE_EVERY_DELTA))
+async def test_stream_helper_message_role_is_assistant_when_every_delta_repeats_it(
+        kind: str, proxy: Any, upstream: Any) -> None:
+    """The helper joins string fields of deltas, the role among them: the final message's
+    role was `assistantassistant…`, refused as a role when the client appends the message
+    to its next request (an agent loop's second turn)."""
+    delta = ROLE_EVERY_DELTA[kind]
+    texts = ["", "Hel", "lo", "", ""]
+    upstream.body = b"".join(_sse_chunk(delta(text), "stop" if i == 4 else None)
+                             for i, text in enumerate(texts)) + b"data: [DONE]\n\n"
+    client = openai_sdk(await proxy(provider_config(kind, upstream.url)))
+    async with client.chat.completions.stream(model="m", messages=USER) as stream:
+        final = await stream.get_final_completion()
+    message = final.choices[0].message
+    assert (message.role, message.content) == ("assistant", "Hello")
 
 
 class LineItem(pydantic.BaseModel):

@@ -22,16 +22,19 @@ import pytest
 from openai.types.chat import ChatCompletionMessage
 
 from streamproxy.config import ConfigError
+from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.registry import PROVIDER_TYPES
 from streamproxy.routing.target import Target
 from tests.conftest import provider_config
 from tests.helpers import (
+    DecodingEncoder,
     assert_finish_last,
     collect,
     fixture_bytes,
     make_config,
     random_splits,
+    relay_pieces,
     sse_chunks,
 )
 
@@ -332,6 +335,36 @@ async def test_openrouter_usage_on_a_repeated_finish_chunk_finishes_once(
     assert c.content == "Hello" and c.finish_reason == "stop" and c.done
     assert c.usage == ({**USAGE, "cost": 0.0004} if usage else None)
     assert len(usage_chunks(chunks)) == usage
+
+
+def _relayed(kind: str, body: bytes, pieces: list[bytes], encoder: type, **req: Any) -> bytes:
+    provider, _ = build(kind)
+    enc = encoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=False)
+    tr = provider.stream_translator(request(stream=True, **req), enc)
+    return relay_pieces(enc, tr, pieces)
+
+
+@pytest.mark.parametrize("kind", ["openrouter", "together"])
+def test_a_role_repeated_on_every_delta_reaches_the_client_once(kind: str) -> None:
+    """Fast path and decoder alike, at any split: the first delta keeps the role, the others
+    lose it, and a text that speaks of it (escaped in JSON) is left whole."""
+    text = 'say "role":"assistant", then'
+    deltas = [{"role": "assistant", "content": t} for t in ("", "Hi", text, "!", "")]
+    if kind == "together":
+        deltas = [{"token_id": 30, **d, "tool_calls": None} for d in deltas]
+    body = sse(*(chunk([choice("stop" if i == 4 else None, **d)]) for i, d in enumerate(deltas)))
+    rng = random.Random(3)
+    outs = set()
+    for encoder in (ChunkEncoder, DecodingEncoder):
+        for pieces in [[body], *(random_splits(body, rng, max_piece=50) for _ in range(10))]:
+            outs.add(_relayed(kind, body, pieces, encoder))
+    [out] = outs
+    chunks = sse_chunks(out)
+    assert [c["choices"][0]["delta"].get("role") for c in chunks[:-1]] == [
+        "assistant", None, None, None, None]
+    assert collect(chunks).content == "Hi" + text + "!"
+    # with n > 1 each choice's first delta has it: left as it came
+    assert _relayed(kind, body, [body], ChunkEncoder, n=2) == body
 
 
 @pytest.mark.parametrize("kind", ["openrouter", "openai"])

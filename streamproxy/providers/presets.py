@@ -12,6 +12,8 @@ usage, finish and error chunks; every other chunk is still forwarded byte for by
   it twice); a trailing empty-choices chunk without usage is dropped by the pass-through, and
   so is a chunk that, once the answer has finished, held nothing but usage (OpenRouter's, whose
   choice carries only the role it repeats on every chunk, or the finish repeated).
+- OpenRouter's and Together's deltas all carry `"role": "assistant"`: kept on the first only
+  (RoleOnceTranslator), as OpenAI sends it.
 - finish reasons outside OpenAI's set are mapped (`eos` → stop, `model_length` → length);
   those that mean the answer failed (`error`, DeepSeek's `insufficient_system_resource`) end
   the stream with an OpenAI error frame instead of a finish that looks complete.
@@ -124,6 +126,45 @@ class CompatTranslator(PassthroughTranslator):
             usage_chunk["object"] = "chat.completion.chunk"
             self.out.raw(orjson.dumps(usage_chunk))
         super().on_done()
+
+
+# The role as OpenRouter and Together repeat it on every delta (with a key after it), compact.
+_REPEATED_ROLE = b'"role":"assistant",'
+
+
+class RoleOnceTranslator(CompatTranslator):
+    """For upstreams whose deltas all carry `"role": "assistant"`, where OpenAI's first alone
+    does: the openai SDK's stream helper joins deltas' strings, the role among them, into
+    `assistantassistant…` (its final message, appended to the next request, is refused). The
+    role stays on the first event that has it and is cut from every later one — in place, as
+    bytes (one C-level replace per run or decoded event, only for these types). A JSON string
+    holds its quotes escaped, so the bytes are never a string's content. Not with `n` > 1,
+    where each choice has a first delta."""
+
+    def __init__(self, out: ChunkSink, max_event_bytes: int, **options: Any) -> None:
+        super().__init__(out, max_event_bytes, **options)
+        self._role_kept = False  # the first event with the role has gone
+        self._cut = self._choices == 1
+        self._forward_run = self._raw_run
+        if self._raw_run is not None and self._cut:
+            self._raw_run = self._run_without_role
+
+    def _without_role(self, data: bytes) -> bytes:
+        if self._role_kept:
+            return data.replace(_REPEATED_ROLE, b"")
+        first = data.find(_REPEATED_ROLE)
+        if first < 0:
+            return data
+        self._role_kept = True
+        first += len(_REPEATED_ROLE)
+        return data[:first] + data[first:].replace(_REPEATED_ROLE, b"")
+
+    def _run_without_role(self, run: bytes, events: int) -> None:
+        self._forward_run(self._without_role(run), events)  # type: ignore[misc]
+
+    def on_event(self, event: SSEEvent) -> None:
+        data = self._without_role(event.data) if self._cut else event.data
+        super().on_event(event if data is event.data else event._replace(data=data))
 
 
 def count_reasoning_as_completion(usage: Any) -> bool:
@@ -480,6 +521,7 @@ class DeepSeekProvider(CompatProvider):
 
 class TogetherProvider(CompatProvider):
     type_name: ClassVar[str] = "together"
+    translator_type = RoleOnceTranslator  # its deltas all carry the role
     default_base_url: ClassVar[str | None] = "https://api.together.xyz/v1"
     finish_reasons: ClassVar[dict[str, str]] = {"eos": "stop"}
 
@@ -491,6 +533,7 @@ class FireworksProvider(CompatProvider):
 
 class OpenRouterProvider(CompatProvider):
     type_name: ClassVar[str] = "openrouter"
+    translator_type = RoleOnceTranslator  # its deltas all carry the role
     default_base_url: ClassVar[str | None] = "https://openrouter.ai/api/v1"
     failed_finishes: ClassVar[dict[str, int]] = {"error": 502}
 
