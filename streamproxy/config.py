@@ -20,6 +20,7 @@ import yaml
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
 MAX_PORT = 65535
+LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_DRAIN_DELAY = 300  # seconds; a load balancer notices a failing readiness probe well before
 
 
@@ -304,10 +305,10 @@ def _parse_server(raw: Any, source: str) -> ServerConfig:
             if not isinstance(v, str):
                 raise ConfigError(source, key, "must be a string")
             kwargs[k] = v
-        elif k == "log_level":
-            if v not in ("debug", "info", "warning", "error"):
-                raise ConfigError(source, key, "must be one of debug, info, warning, error")
-            kwargs[k] = v
+        elif k == "log_level":  # any case, as env STREAMPROXY_LOG_LEVEL
+            if not isinstance(v, str) or v.lower() not in LOG_LEVELS:
+                raise ConfigError(source, key, f"must be one of {', '.join(LOG_LEVELS)}")
+            kwargs[k] = v.lower()
         elif k == "timeouts":
             kwargs[k] = Timeouts().merged(parse_timeouts(v, source, key))
         elif k == "keepalive_interval":

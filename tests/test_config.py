@@ -243,3 +243,21 @@ def test_a_providers_betas_listed_or_comma_separated_are_one_header(betas: Any) 
         "an": {"type": "anthropic", "api_key": "k", "anthropic_beta": betas}}))["an"]
     req = parse_chat_request(orjson.dumps({"messages": [{"role": "user", "content": "hi"}]}))
     assert provider.build_request(req, Target(provider, "m")).headers["anthropic-beta"] == "b1,b2"
+
+
+@pytest.mark.parametrize(("written", "level"), [("INFO", "info"), ("Warning", "warning"),
+                                                 ("debug", "debug")])
+def test_the_log_level_is_any_case_as_its_environment_variable(
+        tmp_path: Path, written: str, level: str) -> None:
+    """STREAMPROXY_LOG_LEVEL=DEBUG was accepted, `server.log_level: DEBUG` refused at start."""
+    config = load_config(write(tmp_path, f"server: {{log_level: {written}}}\n"
+                                         "providers: {x: {type: mock}}"))
+    assert config.server.log_level == level
+
+
+@pytest.mark.parametrize("written", ["loud", "[info]", "5"])
+def test_an_unknown_log_level_names_the_valid_ones(tmp_path: Path, written: str) -> None:
+    with pytest.raises(ConfigError, match=r"server\.log_level: must be one of debug, info, "
+                                          "warning, error"):
+        load_config(write(tmp_path, f"server: {{log_level: {written}}}\n"
+                                    "providers: {x: {type: mock}}"))

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 
-from streamproxy.config import Config, ConfigError
+from streamproxy.config import LOG_LEVELS, Config, ConfigError
 from streamproxy.record import RequestRecord
 from streamproxy.upstream.passed_headers import upstream_request_id
 
@@ -36,7 +36,7 @@ ACCESS_LOGGER = logging.getLogger("streamproxy.access")
 log = logging.getLogger("streamproxy.observe")
 
 LEVEL_ENV = "STREAMPROXY_LOG_LEVEL"
-LEVELS = ("debug", "info", "warning", "error")
+LEVELS = LOG_LEVELS
 
 
 @dataclass(frozen=True, slots=True)
