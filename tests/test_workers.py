@@ -777,3 +777,40 @@ async def test_healthz_on_a_kept_alive_connection_stays_200_across_a_reload(
         assert reloaded in t.output()
         assert "draining" in t.output()  # (the old app or workers did drain meanwhile)
         assert errors == []
+
+
+@pytest.mark.parametrize("listening", [True, False])
+def test_a_stop_during_a_reload_cancels_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture,
+                                           listening: bool) -> None:
+    """SIGTERM while a reload's workers started: the reload stayed pending. New workers that
+    said they listened after the stop completed it, and the old workers were told to drain at
+    once (SIGUSR2), skipping `drain_delay`; a stop outlasting the reload's 30 s logged that the
+    reload failed, as if the config were to blame."""
+    from streamproxy.config import load_config
+    from streamproxy.server import master as master_module
+
+    path = tmp_path / "proxy.yaml"
+    path.write_text(DELAYED.format(delay=60, grace=1, models="fast"))
+    m = master_module.Master(str(path), load_config(path), "127.0.0.1", 44811, count=2)
+    m.booting = False
+    sent: list[tuple[int, int]] = []
+    real_kill = os.kill
+    monkeypatch.setattr(master_module.os, "kill",
+                        lambda pid, sig: (sent.append((pid, sig)), real_kill(pid, sig)))
+    with hung_processes(3) as (old, *new), caplog.at_level("INFO", logger="streamproxy.workers"):
+        now = time.monotonic()
+        m.workers[old.pid] = master_module.Worker(old.pid, 0, 0, now, None, ready=True)
+        for slot, p in enumerate(new):
+            m.workers[p.pid] = master_module.Worker(p.pid, slot, 1, now, None)
+        m.reload = (1, m.config, now + 0.2)
+        m._stop()
+        assert m.drain_at is not None and (old.pid, signal.SIGUSR1) in sent
+        for p in new:  # their ready bytes, read after the stop (or none: still starting)
+            m.workers[p.pid].ready = listening
+        m._tick()
+        time.sleep(0.3)  # past the reload's deadline
+        m._tick()
+        assert m.generation == 0 and m.reload is None and m.drain_at is not None
+        assert not [s for s in sent if s[1] == signal.SIGUSR2]
+        assert not [msg for msg in caplog.messages if "reload failed" in msg]

@@ -10,10 +10,11 @@ set flags and wake a `select()` through a self-pipe.
   ones; once every new worker listens, the old ones drain (SIGUSR2: as on SIGTERM, but their
   `/healthz` stays 200, the instance serving on). A config that does not load, or new workers
   that do not come up, are reported and the old workers keep serving.
-- SIGTERM / SIGINT: every worker drains, the master exits 0 when they are gone. A second
-  signal ends the streams at once (SIGQUIT to the workers). With `server.drain_delay`, the
-  master first tells the workers that listen to fail `/healthz` and serve on (SIGUSR1), and
-  only after the delay to drain (SIGTERM); a second signal then ends the delay.
+- SIGTERM / SIGINT: every worker drains (a reload's new ones too: the reload is abandoned),
+  the master exits 0 when they are gone. A second signal ends the streams at once (SIGQUIT to
+  the workers). With `server.drain_delay`, the master first tells the workers that listen to
+  fail `/healthz` and serve on (SIGUSR1), and only after the delay to drain (SIGTERM); a
+  second signal then ends the delay.
 - No worker is waited for forever: one that does not listen within 30 s of its start (at
   start-up, a replacement, a reload's) or is still there its grace + 10 s after it was told to
   drain (on a stop, or as an old worker after a reload) gets SIGKILL.
@@ -376,6 +377,10 @@ class Master:
             return
         self.stopping = time.monotonic()
         self.restarts.clear()
+        if self.reload is not None:  # its workers stop with the rest: one listening late must
+            # not complete it (the old ones would drain at once, drain_delay or not)
+            log.info("stopping: the reload to generation %d is abandoned", self.reload[0])
+            self.reload = None
         delay = self.config.server.drain_delay
         if delay <= 0:
             self._drain_all()
