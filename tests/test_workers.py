@@ -814,3 +814,29 @@ def test_a_stop_during_a_reload_cancels_it(tmp_path: Path, monkeypatch: pytest.M
         assert m.generation == 0 and m.reload is None and m.drain_at is not None
         assert not [s for s in sent if s[1] == signal.SIGUSR2]
         assert not [msg for msg in caplog.messages if "reload failed" in msg]
+
+
+async def test_a_single_process_reload_keeps_its_admission_limit(tmp_path: Path) -> None:
+    """`server.max_concurrent_streams` bounds one worker's streams (its memory): after a reload
+    in place the new app counted from 0 while the old app's streams ran on in the same
+    process, which then served up to twice the limit for as long as they lasted."""
+    limited = CONFIG.replace("server:\n", "server:\n  max_concurrent_streams: 2\n")
+    async with serving(tmp_path, limited.format(grace=30, models="fast"), 1) as t, \
+            aiohttp.ClientSession() as s:
+        body = {"model": "mock/tokens=40,tps=10", "stream": True,
+                "messages": [{"role": "user", "content": "hi"}]}
+        async with s.post(t.url + "/v1/chat/completions", json=body) as a, \
+                s.post(t.url + "/v1/chat/completions", json=body) as b:
+            assert a.status == b.status == 200
+            await a.content.readany()
+            await b.content.readany()
+            t.proc.send_signal(signal.SIGHUP)
+            await until(lambda: "SIGHUP: reloaded" in t.output(), "the reload in the log")
+            async with aiohttp.ClientSession() as fresh, fresh.post(  # the new app's
+                    t.url + "/v1/chat/completions", json=body) as third:
+                assert third.status == 503
+                assert (await third.json())["error"]["code"] == "overloaded"
+            a.close()
+            b.close()
+        await until(lambda: stream_ok(t.url, "mock/fast:tokens=2"), "a slot free again",
+                    timeout=10)

@@ -25,25 +25,32 @@ RETRY_AFTER_SECONDS = 1
 
 class Admission:
     """`active` is this worker's count of admitted requests in flight (also the
-    streamproxy_active_streams gauge)."""
+    streamproxy_active_streams gauge). `previous`: the app a process reloads in place from,
+    whose requests still run in the same memory: they count against the new limit too."""
 
-    def __init__(self, limit: int) -> None:
+    __slots__ = ("_gauge", "_in_flight", "limit")
+
+    def __init__(self, limit: int, previous: Admission | None = None) -> None:
         self.limit = limit
-        self.active = 0
+        self._in_flight = previous._in_flight if previous is not None else [0]  # (shared)
         self._gauge = metrics().active_streams
+
+    @property
+    def active(self) -> int:
+        return self._in_flight[0]
 
     def enter(self) -> None:
         """Count one more request in, or refuse it (503, counted; the chat handler's record
         logs it)."""
-        if self.active >= self.limit:
+        if self._in_flight[0] >= self.limit:
             metrics().rejected.labels("overloaded").inc()
             raise Overloaded(f"The proxy is serving its limit of {self.limit} concurrent "
                              "requests; retry shortly.", retry_after=RETRY_AFTER_SECONDS)
-        self.active += 1
+        self._in_flight[0] += 1
         self._gauge.inc()
 
     def leave(self) -> None:
-        self.active -= 1
+        self._in_flight[0] -= 1
         self._gauge.dec()
 
 

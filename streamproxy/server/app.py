@@ -65,9 +65,11 @@ def _egress(config: Config) -> EgressProxies:
         raise ConfigError("environment", "HTTP(S)_PROXY", str(e)) from None
 
 
-def create_app(config: Config, breakers: CircuitBreakers | None = None) -> web.Application:
-    """The app serving `config`; `breakers`: the running app's, when a process reloads in place
-    (what is known to be down stays so, as with workers, whose table outlives a reload)."""
+def create_app(config: Config, breakers: CircuitBreakers | None = None,
+               admission: Admission | None = None) -> web.Application:
+    """The app serving `config`; `breakers` and `admission`: the running app's, when a process
+    reloads in place (what is known to be down stays so, as with workers, whose table outlives
+    a reload; the old app's requests still count against the process's limit)."""
     server = config.server
     egress = _egress(config)
     providers = build_providers(config, egress)
@@ -96,7 +98,7 @@ def create_app(config: Config, breakers: CircuitBreakers | None = None) -> web.A
                                                      server.max_headers),
                                        *([auth_middleware(auth)] if auth else [])])
     app[STATE] = state
-    app[ADMISSION] = Admission(server.max_concurrent_streams)
+    app[ADMISSION] = Admission(server.max_concurrent_streams, admission)
     if auth is not None:
         app[AUTH] = auth
     install_observers(app, state)

@@ -37,7 +37,6 @@ from typing import Any
 from aiohttp import web
 
 from streamproxy.config import Config, ConfigError, load_config
-from streamproxy.routing.breaker import CircuitBreakers
 from streamproxy.server.cpus import default_workers
 from streamproxy.server.drain import Drain
 from streamproxy.server.heap import keep_heap_cushion
@@ -115,11 +114,15 @@ class _Generation:
 
 
 async def _start_generation(config: Config, listeners: list[socket.socket],
-                            breakers: CircuitBreakers | None = None) -> _Generation:
+                            running: web.Application | None = None) -> _Generation:
+    """`running`: the app a reload in place follows (its breakers and admission count)."""
+    from streamproxy.server.admission import ADMISSION
     from streamproxy.server.app import create_app, http_limits
     from streamproxy.server.front import make_runner
+    from streamproxy.server.state import STATE
 
-    app = create_app(config, breakers)
+    app = (create_app(config) if running is None else
+           create_app(config, running[STATE].breakers, running[ADMISSION]))
     runner = make_runner(app, handler_cancellation=True, access_log=None,
                          shutdown_timeout=5.0, **http_limits(config))
     await runner.setup()
@@ -175,8 +178,7 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
             if new_config is None:
                 return
             try:
-                new = await _start_generation(new_config, listeners,
-                                              current.app[STATE].breakers)
+                new = await _start_generation(new_config, listeners, current.app)
             except ConfigError as e:  # a section checked as the app is built (auth, ...)
                 log.error("reload failed: config error: %s; the running config keeps serving", e)
                 return
