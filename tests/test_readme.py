@@ -118,3 +118,30 @@ def test_every_config_key_the_code_takes_is_documented() -> None:
                if not re.search(rf"(`|\.|^ +(# )?){key}(`|:)", where.get(section, everywhere),
                                 re.M)]
     assert not missing, f"config keys the docs never name: {missing}"
+
+
+def test_the_systemd_unit_signals_only_the_master_and_waits_out_a_stop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """systemd's default KillMode=control-group sends SIGTERM to the workers as well as the
+    master: they drained at once, and `drain_delay` was skipped (connections refused at once).
+    The documented unit sends it to the master alone, runs the documented command line, and
+    leaves the stop time for the delay, the grace and the master's kill margin."""
+    import shlex
+
+    from streamproxy import cli
+    from streamproxy.server.master import KILL_AFTER
+
+    section = OPERATIONS.split("## Draining behind a load balancer")[1].split("\n## ")[0]
+    unit = dict(line.split("=", 1) for line in section.split("```ini\n")[1].split("```")[0]
+                .splitlines() if "=" in line and not line.startswith("#"))
+    assert unit["KillMode"] == "mixed"
+    assert unit["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    seen: list[Any] = []
+    monkeypatch.setattr(cli, "cmd_serve", seen.append)
+    program, *argv = shlex.split(unit["ExecStart"])
+    assert program.endswith("/streamproxy")
+    cli.main(argv)
+    assert seen and seen[0].workers > 1 and seen[0].config
+    delay, grace = (int(re.search(rf"{key}: (\d+)", section)[1])  # type: ignore[index]
+                    for key in ("drain_delay", "shutdown_grace"))
+    assert int(unit["TimeoutStopSec"]) >= delay + grace + KILL_AFTER

@@ -14,7 +14,8 @@ set flags and wake a `select()` through a self-pipe.
   the master exits 0 when they are gone. A second signal ends the streams at once (SIGQUIT to
   the workers). With `server.drain_delay`, the master first tells the workers that listen to
   fail `/healthz` and serve on (SIGUSR1), and only after the delay to drain (SIGTERM); a
-  second signal then ends the delay.
+  second signal then ends the delay. The stop's SIGTERM is for the master alone: a worker
+  sent one too drains at once (systemd: KillMode=mixed, docs/operations.md).
 - No worker is waited for forever: one that does not listen within 30 s of its start (at
   start-up, a replacement, a reload's) or is still there its grace + 10 s after it was told to
   drain (on a stop, or as an old worker after a reload) gets SIGKILL.
