@@ -20,6 +20,10 @@
         │   └── BufferOverflow              an incomplete event grew past its cap
         └── StreamTruncated                 the upstream closed before its end-of-stream event
 
+An error a retry cannot mend (an upstream's redirect, an answer over `max_event_bytes`) has
+`should_retry = False`: its answer says `x-should-retry: false`, which the openai SDKs obey
+before the status (a 502 they would retry twice, generating and paying for it three times).
+
 Foreign exceptions (aiohttp, asyncio) are mapped into this tree at one boundary each
 (`upstream/client.py`); errors become JSON only at the server boundary (`server/errors.py`).
 Messages never contain API keys: a key an upstream's error echoes is masked in the message
@@ -41,6 +45,9 @@ class ProxyError(Exception):
     code: str | None = None
     # Headers the answer carries besides the error's own (the chat handler's x-portkey-*).
     response_headers: dict[str, str] | None = None
+    # The answer's `x-should-retry` when not None (server/errors.py): False for a failure
+    # that would come again however often the request is sent.
+    should_retry: bool | None = None
 
     def __init__(
         self,
@@ -266,7 +273,8 @@ class StreamDecodeError(UpstreamProtocolError):
 
 
 class BufferOverflow(StreamDecodeError):
-    pass
+    # (the same request gets an answer, or an event, as large again)
+    should_retry = False
 
 
 class StreamTruncated(UpstreamProtocolError):

@@ -401,10 +401,12 @@ def _redirect_error(resp: aiohttp.ClientResponse, provider: str) -> UpstreamStat
         where = f" to {location.origin()}" if location.is_absolute() else ""
     except ValueError:  # an upstream's malformed Location (a bad port, IPv6 literal): unnamed
         where = ""
-    return UpstreamStatusError(
+    err = UpstreamStatusError(
         502, f"provider '{provider}' answered HTTP {resp.status}, a redirect{where}, which is "
         "not followed: check the provider's base_url", provider=provider,
         code="upstream_redirect")
+    err.should_retry = False  # (every try is redirected alike, until the config changes)
+    return err
 
 
 async def _read_body(resp: aiohttp.ClientResponse, limit: int, *, cut: bool = False) -> bytes:

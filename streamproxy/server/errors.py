@@ -19,6 +19,7 @@ from streamproxy.errors import (
 )
 from streamproxy.ids import random_hex
 from streamproxy.server.reading import BodyTimeout
+from streamproxy.upstream.passed_headers import SHOULD_RETRY
 
 log = logging.getLogger("streamproxy.server")
 
@@ -44,12 +45,15 @@ def request_trace_headers(request_headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def error_headers(err: ProxyError, request_headers: Mapping[str, str]) -> dict[str, str]:
-    """Retry-After when the error has one, and the x-portkey-* headers: those the chat handler
-    noted, else (a request refused before it ran, another route's error) the client's trace id
-    echoed or a new one (`request_trace_headers`)."""
+    """Retry-After when the error has one, x-should-retry when it says (`should_retry`), and
+    the x-portkey-* headers: those the chat handler noted, else (a request refused before it
+    ran, another route's error) the client's trace id echoed or a new one
+    (`request_trace_headers`)."""
     headers = dict(err.response_headers or {})
     if TRACE_HEADER not in headers:
         headers.update(request_trace_headers(request_headers))
+    if err.should_retry is not None:  # (over an upstream's own: this failure is ours)
+        headers[SHOULD_RETRY] = "true" if err.should_retry else "false"
     retry_after = getattr(err, "retry_after", None)
     if retry_after is not None:
         retry_after = min(retry_after, MAX_RETRY_AFTER)

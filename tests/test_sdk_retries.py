@@ -1,0 +1,81 @@
+"""What the openai SDK's retries do with the proxy's errors: it obeys `x-should-retry` before
+the status (`_base_client._should_retry`), so an error a retry cannot mend says `false`, and
+the SDK does not send (and pay for) the same request again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import openai._base_client
+import orjson
+import pytest
+
+from tests.conftest import provider_config
+from tests.helpers import make_config
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(autouse=True)
+def _no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK's retries at once (its backoff starts at half a second)."""
+    monkeypatch.setattr(openai._base_client, "INITIAL_RETRY_DELAY", 0.0)
+
+
+def _sdk(client: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=2)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_an_upstream_redirect_is_not_retried_by_the_sdk(proxy: Any, upstream: Any,
+                                                              stream: bool) -> None:
+    upstream.status = 301  # a base_url that is off: every try gets the same redirect
+    upstream.content_type = "application/json"
+    upstream.extra_headers = {"location": "https://api.example.com/v1/chat/completions"}
+    client = await proxy(provider_config("openai", upstream.url))
+    with pytest.raises(openai.InternalServerError) as info:
+        await _sdk(client).chat.completions.create(model="m", messages=USER, stream=stream)
+    assert info.value.status_code == 502 and info.value.code == "upstream_redirect"
+    assert info.value.response.headers["x-should-retry"] == "false"
+    assert len(upstream.requests) == 1
+
+
+def _capped(url: str) -> Any:
+    return make_config({"up": {"type": "openai", "base_url": url, "api_key": "k",
+                               "default_model": "m"}}, default="up",
+                       server={"max_event_bytes": 64 * 1024})
+
+
+async def test_an_answer_over_max_event_bytes_is_not_generated_again(proxy: Any,
+                                                                     upstream: Any) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({
+        "id": "c", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "x" * 100_000}}]})
+    client = await proxy(_capped(upstream.url))
+    with pytest.raises(openai.InternalServerError) as info:
+        await _sdk(client).chat.completions.create(model="m", messages=USER)
+    assert info.value.status_code == 502 and "exceeded" in info.value.message
+    assert len(upstream.requests) == 1  # (the SDK's retries had it generated three times)
+
+
+async def test_a_first_stream_event_over_max_event_bytes_is_not_retried(proxy: Any,
+                                                                        upstream: Any) -> None:
+    upstream.pieces = [b"data: " + b"x" * 16384] + [b"x" * 16384] * 8
+    client = await proxy(_capped(upstream.url))
+    with pytest.raises(openai.InternalServerError) as info:
+        await _sdk(client).chat.completions.create(model="m", messages=USER, stream=True)
+    assert info.value.status_code == 502
+    assert len(upstream.requests) == 1
+
+
+async def test_an_upstreams_own_5xx_is_still_retried(proxy: Any, upstream: Any) -> None:
+    """A provider's 500 or 503 may pass: the SDK's own rule (retry a 5xx) stands."""
+    upstream.statuses = [503, 500]
+    upstream.body = b'data: {"choices":[{"index":0,"delta":{"content":"ok"}}]}\n\ndata: [DONE]\n\n'
+    client = await proxy(provider_config("openai", upstream.url))
+    stream = await _sdk(client).chat.completions.create(model="m", messages=USER, stream=True)
+    text = "".join([c.choices[0].delta.content or "" async for c in stream])
+    assert text == "ok" and len(upstream.requests) == 3
