@@ -770,3 +770,21 @@ async def test_with_auth_the_proxy_key_is_the_scope_whatever_provider_key_comes_
     await stored(openai_sdk(client, "ka"), cid)
     other = {"x-portkey-api-key": "ka", "authorization": "Bearer sk-two"}
     assert (await client.get(f"/v1/chat/completions/{cid}", headers=other)).status == 200
+
+
+async def test_the_model_filter_finds_every_name_of_a_model(proxy: Any, tmp_path: Path) -> None:
+    """`provider/model`, `@provider/model` and (the default provider's) the bare model name
+    one model, as `/v1/models/{model}` reads them: a filter by any finds what each created."""
+    api = openai_sdk(await proxy(config(tmp_path)), "sk-client")
+    ids = []
+    for named in ("mock/fast:tokens=2", "@mock/fast:tokens=2", "fast:tokens=2"):
+        done = await api.chat.completions.create(model=named, messages=USER, store=True)
+        ids.append(done.id)
+    other = await api.chat.completions.create(model="mock-openai/slow:tokens=2", messages=USER,
+                                              store=True)
+    await stored(api, other.id)
+    for named in ("mock/fast:tokens=2", "@mock/fast:tokens=2", "fast:tokens=2"):
+        page = await api.chat.completions.list(model=named)
+        assert [x.id for x in page.data] == ids, named
+    page = await api.chat.completions.list(model="@mock-openai/slow:tokens=2")
+    assert [x.id for x in page.data] == [other.id]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from streamproxy.config import Timeouts
+from streamproxy.config import Config, Timeouts
 from streamproxy.errors import AuthenticationFailed, UnknownProvider
 from streamproxy.providers.base import Provider
 from streamproxy.providers.registry import type_for_prefix
@@ -31,6 +31,30 @@ def client_key(headers: Mapping[str, str]) -> str | None:
     if key is not None and not key.isascii():  # (no provider issues such keys)
         raise AuthenticationFailed("The API key in the request is not ASCII text.")
     return key
+
+
+def listed_model(config: Config, model: str) -> str:
+    """A model's one name (the `/v1/models` id) from any a chat request gives it:
+    `@name/model` is `name/model`, and a model naming no configured provider is the default
+    provider's (the chat endpoint sends `claude-sonnet-4-5` there)."""
+    head, slash, _ = model.partition("/")
+    if slash and head.removeprefix("@") in config.providers:
+        return model.removeprefix("@")
+    return f"{config.default_provider}/{model}" if config.default_provider else model
+
+
+def model_names(config: Config, model: str) -> tuple[str, ...]:
+    """Every name a chat request may give the model `model` names: itself, its
+    `listed_model`, that with `@`, and the bare model when it is the default provider's (and
+    routes there: `x/y` with `x` configured does not)."""
+    listed = listed_model(config, model)
+    names = {model, listed}
+    head, slash, rest = listed.partition("/")
+    if slash and head in config.providers:
+        names.add("@" + listed)
+        if listed_model(config, rest) == listed:
+            names.add(rest)
+    return tuple(sorted(names))
 
 
 class Router:

@@ -12,7 +12,6 @@ import time
 import orjson
 from aiohttp import web
 
-from streamproxy.config import Config
 from streamproxy.errors import NotFound, ProxyError
 from streamproxy.ids import random_hex
 from streamproxy.openai_api.chunks import error_frame
@@ -22,6 +21,7 @@ from streamproxy.relay import relay
 from streamproxy.routing.executor import OpenedStream
 from streamproxy.routing.gateway import parse_metadata
 from streamproxy.routing.planner import Plan
+from streamproxy.routing.router import listed_model
 from streamproxy.server.admission import ADMISSION
 from streamproxy.server.auth import allowed_targets
 from streamproxy.server.drain import shutdown_error
@@ -313,22 +313,12 @@ async def retrieve_model(request: web.Request) -> web.Response:
     """`GET /v1/models/{model}` (the SDKs' `models.retrieve`): one of the listed models, else
     OpenAI's 404. The SDKs percent-encode the id's `/`; aiohttp decodes it."""
     model = request.match_info["model"]
-    listed = _listed_id(request.app[STATE].config, model)
+    listed = listed_model(request.app[STATE].config, model)
     for item in _models(request):
         if item["id"] == listed:
             return web.json_response({**item, "id": model})
     raise NotFound(f"The model `{model}` does not exist or you do not have access to it.",
                    code="model_not_found", error_type="invalid_request_error")  # as OpenAI
-
-
-def _listed_id(config: Config, model: str) -> str:
-    """The listing's id of a model as a chat request names it: `@name/model` is `name/model`,
-    and a model naming no configured provider is the default provider's (the chat endpoint
-    sends `claude-sonnet-4-5` there)."""
-    head, slash, _ = model.partition("/")
-    if slash and head.removeprefix("@") in config.providers:
-        return model.removeprefix("@")
-    return f"{config.default_provider}/{model}" if config.default_provider else model
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -27,6 +27,9 @@ class StoredCompletion:
 @dataclass(slots=True, frozen=True)
 class ListQuery:
     model: str | None = None
+    # The names a chat request may give `model` (routing/router.py `model_names`): a stored
+    # request's model as sent matches any.
+    model_names: tuple[str, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
     after: str | None = None
     limit: int = 20

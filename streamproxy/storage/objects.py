@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from streamproxy.errors import InvalidRequest
@@ -60,13 +60,17 @@ def parse_page(query: Mapping[str, str]) -> tuple[str | None, int, str]:
     return query.get("after") or None, limit, order
 
 
-def parse_list_query(query: Mapping[str, str]) -> ListQuery:
-    """`?model=…&metadata[k]=v&after=…&limit=…&order=…` (the SDK's bracket encoding)."""
+def parse_list_query(query: Mapping[str, str],
+                     names: Callable[[str], tuple[str, ...]] | None = None) -> ListQuery:
+    """`?model=…&metadata[k]=v&after=…&limit=…&order=…` (the SDK's bracket encoding);
+    `names`: every name of a model (`model_names`), which the filter matches."""
     after, limit, order = parse_page(query)
     metadata = {k[9:-1]: v for k, v in query.items()
                 if k.startswith("metadata[") and k.endswith("]")}
-    return ListQuery(model=query.get("model") or None, metadata=metadata, after=after,
-                     limit=limit, order=order)  # type: ignore[arg-type]
+    model = query.get("model") or None
+    return ListQuery(model=model, model_names=names(model) if model and names else (),
+                     metadata=metadata, after=after, limit=limit,
+                     order=order)  # type: ignore[arg-type]
 
 
 def completion_object(item: StoredCompletion) -> dict[str, Any]:

@@ -24,9 +24,10 @@ from aiohttp import web
 from streamproxy.errors import InvalidRequest, NotFound
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.record import RequestRecord
-from streamproxy.routing.router import client_key
+from streamproxy.routing.router import client_key, model_names
 from streamproxy.server.auth import PROXY_KEY_HEADER
 from streamproxy.server.observing import AUTH_KEY
+from streamproxy.server.state import STATE
 from streamproxy.storage.base import CompletionStore, StoredCompletion
 from streamproxy.storage.config import StorageConfig
 from streamproxy.storage.objects import (
@@ -155,8 +156,11 @@ class StoredCompletions:
         r.add_get("/v1/chat/completions/{completion_id}/messages", self.list_messages)
 
     async def list_completions(self, request: web.Request) -> web.Response:
-        items, has_more = await self.store.list(owner_of(request),
-                                                parse_list_query(request.query))
+        # (`mock/x`, `@mock/x` and, the default provider's, `x` are one model: a request
+        # created under one is listed under each, as `/v1/models/{model}` reads them)
+        config = request.app[STATE].config
+        query = parse_list_query(request.query, lambda model: model_names(config, model))
+        items, has_more = await self.store.list(owner_of(request), query)
         return _json(page([completion_object(i) for i in items], has_more))
 
     async def retrieve(self, request: web.Request) -> web.Response:

@@ -238,8 +238,9 @@ def _list(conn: sqlite3.Connection, owner: str,
           q: ListQuery) -> tuple[list[StoredCompletion], bool]:
     where, params = ["owner = ?"], [owner]
     if q.model:
-        where.append("(model = ? OR request_model = ?)")
-        params += [q.model, q.model]
+        names = q.model_names or (q.model,)
+        where.append(f"(model = ? OR request_model IN ({', '.join('?' * len(names))}))")
+        params += [q.model, *names]
     for key, value in q.metadata.items():
         where.append("EXISTS (SELECT 1 FROM json_each(stored_completions.metadata) AS m "
                      "WHERE m.key = ? AND m.value = ?)")
