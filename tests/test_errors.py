@@ -43,6 +43,16 @@ def assert_openai_error(body: dict[str, Any]) -> dict[str, Any]:
     (b'{"messages": [{"role": "user", "content": "x"}], "store": "yes"}', "store", "boolean"),
     (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}', "max_tokens", "least"),
     (b'{"messages": [{"role": "tool", "content": "x"}]}', "messages[0].tool_call_id", "tool_call"),
+    # As OpenAI: each role but an assistant with calls (or audio) needs its content.
+    (b'{"messages": [{"role": "user"}]}', "messages[0].content", "Missing required parameter"),
+    (b'{"messages": [{"role": "system"}, {"role": "user", "content": "x"}]}',
+     "messages[0].content", "Missing required parameter"),
+    (b'{"messages": [{"role": "developer"}, {"role": "user", "content": "x"}]}',
+     "messages[0].content", "Missing required parameter"),
+    (b'{"messages": [{"role": "user", "content": "x"}, {"role": "assistant"}]}',
+     "messages[1].content", "Missing required parameter"),
+    (b'{"messages": [{"role": "tool", "tool_call_id": "c"}]}', "messages[0].content",
+     "Missing required parameter"),
     (b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}',
      "tools[0].function.name", "required"),
 ])

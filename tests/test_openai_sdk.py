@@ -119,3 +119,11 @@ async def test_models_list_and_retrieve(default_proxy: Any) -> None:
     with pytest.raises(openai.NotFoundError):
         await client.models.retrieve("nope")
     assert info.value.type == "invalid_request_error"
+
+
+async def test_a_message_without_content_is_openais_400(default_proxy: Any) -> None:
+    client = openai_sdk(await default_proxy(), "sk-client")
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.chat.completions.create(model="mock/fast", messages=[{"role": "user"}])
+    assert info.value.param == "messages[0].content"
+    assert info.value.code == "missing_required_parameter"

@@ -149,3 +149,17 @@ def test_sampling_fields_of_the_wrong_type_are_a_400_naming_them(field: str, val
         parse_chat_request(orjson.dumps(body))
     assert (caught.value.param, caught.value.code) == (field, "invalid_type")
     assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize("message", [
+    {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                                          "function": {"name": "f", "arguments": "{}"}}]},
+    {"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}},
+    {"role": "assistant", "audio": {"id": "audio_1"}},
+    {"role": "assistant", "content": None},  # a replayed answer's null: a blank message
+    {"role": "user", "content": None},
+])
+def test_a_message_may_say_nothing_in_content_where_openai_allows_it(
+        message: dict[str, Any]) -> None:
+    body = {"messages": [{"role": "user", "content": "x"}, message]}
+    assert parse_chat_request(orjson.dumps(body)).body["messages"][1] == message

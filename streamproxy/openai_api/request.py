@@ -22,6 +22,9 @@ GATEWAY_FIELDS = frozenset({"fallback_models", "retries", "fallback_config"})
 # as the provider's default model, as a body without `model` is read here.
 PORTKEY_DEFAULT_MODEL = "portkey-default"
 _PLAIN_ROLES = ROLES - {"tool"}  # a tool message also needs its tool_call_id
+# What an assistant message may say instead of `content` (OpenAI: content is "required unless
+# tool_calls or function_call is specified"; a turn that was audio names it by its id).
+_SAY_WITHOUT_CONTENT = ("tool_calls", "function_call", "audio")
 
 
 @dataclass(slots=True)
@@ -325,6 +328,11 @@ def _check_scalars(body: dict[str, Any]) -> None:
             raise _type_error(name, expected)
 
 
+def _missing(param: str) -> InvalidRequest:
+    return InvalidRequest(f"Missing required parameter: '{param}'.", param=param,
+                          code="missing_required_parameter")
+
+
 def _validate_message(i: int, m: Any) -> bool:
     """Raise for what is wrong; True when it holds a custom tool call."""
     where = f"messages[{i}]"
@@ -343,9 +351,14 @@ def _validate_message(i: int, m: Any) -> bool:
             if not isinstance(part, dict) or not isinstance(part.get("type"), str):
                 raise _type_error(f"{where}.content[{j}]", "an object with a 'type'")
             _check_part(part, f"{where}.content[{j}]")
+    if "content" not in m and role != "function" and not (
+            role == "assistant" and any(m.get(k) is not None for k in _SAY_WITHOUT_CONTENT)):
+        # As OpenAI: a message without content is malformed (an assistant's may be its calls
+        # or audio alone); it went upstream as a blank turn. An explicit null stays a blank
+        # message, as the translators read it (replayed answers carry `content: null`).
+        raise _missing(f"{where}.content")
     if role == "tool" and not isinstance(m.get("tool_call_id"), str):
-        raise InvalidRequest(f"Missing required parameter: '{where}.tool_call_id'.",
-                             param=f"{where}.tool_call_id", code="missing_required_parameter")
+        raise _missing(f"{where}.tool_call_id")
     if m.get("thinking_blocks") is not None and not isinstance(m["thinking_blocks"], list):
         raise _type_error(f"{where}.thinking_blocks", "an array")
     calls = m.get("tool_calls")
