@@ -181,6 +181,29 @@ async def test_a_200_json_error_naming_no_status_is_a_502(proxy: Any, upstream: 
     assert assert_openai_error(await resp.json())["message"] == "quota exhausted"
 
 
+ANTHROPIC_ERROR = b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+BEDROCK_ERROR = b'{"message":"Too many requests, please wait before trying again."}'
+
+
+@pytest.mark.parametrize(("kind", "body", "status", "message"), [
+    ("anthropic", ANTHROPIC_ERROR, 502, "Overloaded"),
+    ("gemini", GOOGLE_ERROR, 429, "Rate limit exceeded"),
+    ("cohere", b'{"message":"invalid api token"}', 502, "invalid api token"),
+    ("bedrock", BEDROCK_ERROR, 502, "Too many requests, please wait before trying again.")])
+async def test_a_non_streamed_200_json_error_keeps_the_providers_message(
+        proxy: Any, upstream: Any, kind: str, body: bytes, status: int, message: str) -> None:
+    """A 200 carrying one JSON error object in place of a non-streamed answer (as relays
+    answer) is the provider's error, as the same body to a stream request is: not "malformed
+    message"."""
+    upstream.content_type = "application/json"
+    upstream.body = body
+    extra = {"region": "us-east-1"} if kind == "bedrock" else {}
+    client = await proxy(provider_config(kind, upstream.url, **extra))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER})
+    assert resp.status == status
+    assert assert_openai_error(await resp.json())["message"] == message
+
+
 async def test_a_listed_error_keeps_its_message(proxy: Any, upstream: Any) -> None:
     """Cloudflare's API (Workers AI's OpenAI-compatible endpoint, AI Gateway) lists errors."""
     upstream.status = 503

@@ -23,7 +23,13 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from streamproxy.errors import BufferOverflow, InvalidRequest, ProxyError, UpstreamStatusError
+from streamproxy.errors import (
+    BufferOverflow,
+    InvalidRequest,
+    ProxyError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+)
 from streamproxy.ids import time_ordered_hex
 from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
 from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
@@ -296,6 +302,10 @@ class Executor:
         except UpstreamStatusError as e:
             record.usage = e.usage  # an answer made an error (a failed finish) spent tokens
             raise
+        except UpstreamProtocolError as e:
+            # A 200 with one JSON error object in place of the answer: the provider's error,
+            # not "malformed message" (its message and status lost), as for a stream.
+            raise _json_error(provider, [body]) or e from None
         if isinstance(result, bytes):  # the pass-through's body
             parsed = _parse_body(result)
             record.usage = parsed.get("usage")
@@ -379,9 +389,18 @@ def _json_error(provider: Provider, reads: list[bytes]) -> UpstreamStatusError |
         return None
     if isinstance(obj, list) and obj:  # (Gemini wraps its error in an array)
         obj = obj[0]
-    if not isinstance(obj, dict) or "error" not in obj:
+    if not isinstance(obj, dict) or ("error" not in obj and not _bare_error(obj)):
         return None
     return provider.answered_error(body)
+
+
+def _bare_error(obj: dict[str, Any]) -> bool:
+    """`{"message": "..."}` and nothing but an error's fields: Bedrock's errors, and bare ones
+    (not an answer or a stream's line that has a `message`: Cohere's, Ollama's)."""
+    return isinstance(obj.get("message"), str) and obj.keys() <= _BARE_ERROR_FIELDS
+
+
+_BARE_ERROR_FIELDS = frozenset(("message", "__type", "code", "type"))
 
 
 def _envelope_model(target: Target) -> str:
