@@ -204,6 +204,19 @@ async def test_a_non_streamed_200_json_error_keeps_the_providers_message(
     assert assert_openai_error(await resp.json())["message"] == message
 
 
+async def test_a_bedrock_stream_answered_200_with_a_json_error_keeps_its_message(
+        proxy: Any, upstream: Any) -> None:
+    """Bedrock streams binary events: a JSON error in their place broke the framing first
+    ("event-stream prelude CRC mismatch"), where the body's own message belongs."""
+    upstream.content_type = "application/json"
+    upstream.body = BEDROCK_ERROR
+    client = await proxy(provider_config("bedrock", upstream.url, region="us-east-1"))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True})
+    assert resp.status == 502
+    err = assert_openai_error(await resp.json())
+    assert err["message"] == "Too many requests, please wait before trying again."
+
+
 async def test_a_listed_error_keeps_its_message(proxy: Any, upstream: Any) -> None:
     """Cloudflare's API (Workers AI's OpenAI-compatible endpoint, AI Gateway) lists errors."""
     upstream.status = 503

@@ -271,7 +271,11 @@ class Executor:
                 if kept <= cap:
                     reads.append(data)
                     kept += len(data)
-                translator.feed(data)
+                try:
+                    translator.feed(data)
+                except ProxyError as e:  # (a binary framing the JSON broke: Bedrock's)
+                    answer = await _json_error_body(provider, reads, kept, read)
+                    raise answer or e from None
             if encoder.failure is not None:
                 raise encoder.failure
             deadline.first_event()
@@ -401,6 +405,21 @@ def _bare_error(obj: dict[str, Any]) -> bool:
 
 
 _BARE_ERROR_FIELDS = frozenset(("message", "__type", "code", "type"))
+
+
+async def _json_error_body(provider: Provider, reads: list[bytes], kept: int,
+                           read: Any) -> UpstreamStatusError | None:
+    """`_json_error` for a body whose framing failed before it ended (a binary event stream
+    reads a JSON object's first bytes as a length): the rest of the body is read, up to the
+    event cap, when it begins as JSON — never for an event stream, whose prelude's first byte
+    is never `{` or `[` (a length over 2 GB)."""
+    if b"".join(reads).lstrip()[:1] not in (b"{", b"["):
+        return None
+    cap = provider.max_event_bytes
+    while kept <= cap and (data := await read()):
+        reads.append(data)
+        kept += len(data)
+    return _json_error(provider, reads) if kept <= cap else None
 
 
 def _envelope_model(target: Target) -> str:
