@@ -403,3 +403,31 @@ async def test_a_thousand_client_disconnects_leave_nothing_behind(
         await session.close()
     # Anything kept per stream (a response, a buffer, a task) would be megabytes by now.
     assert grown < 1_000_000, f"{grown} bytes still held after 1,000 disconnects"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_an_error_whose_body_stalls_keeps_its_status(
+        proxy: Any, aiohttp_server: Any, monkeypatch: Any, stream: bool) -> None:
+    """An upstream error's head, then part of its body and a stall: the error's own status
+    (503) once its body's short bound runs out, not a 504 at the first-token timeout."""
+    from streamproxy.routing import executor
+    monkeypatch.setattr(executor, "ERROR_BODY_SECONDS", 0.05)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(status=503, headers={"content-type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(b'{"error": {"message": "overlo')
+        await asyncio.sleep(3600)  # (cancelled when the proxy closes the connection)
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handle)
+    server = await aiohttp_server(app)
+    url = str(server.make_url("")).rstrip("/")
+    client = await proxy(make_config({"up": {
+        "type": "openai", "base_url": url, "api_key": "k", "default_model": "m",
+        "timeouts": {"first_token": 20, "idle": 20}}}, default="up"))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": stream})
+    assert resp.status == 503
+    assert (await resp.json())["error"]["code"] != "upstream_timeout"

@@ -49,6 +49,8 @@ from streamproxy.upstream.client import UpstreamClient, map_client_error
 from streamproxy.upstream.deadline import Deadline
 from streamproxy.upstream.passed_headers import passed_headers
 
+ERROR_BODY_SECONDS = 5.0  # an upstream error's body, after its status line and headers
+
 
 def new_completion_id() -> str:
     return "chatcmpl-" + time_ordered_hex()
@@ -142,10 +144,17 @@ class Executor:
         record.upstream_headers = passed_headers(
             resp.headers.items() if fields is None else fields, error=resp.status >= 400)
         if resp.status >= 300:
+            parts: list[bytes] = []
             try:
-                body = await _read_body(resp, provider.max_event_bytes, cut=True)
+                # Under a short bound of its own: the status is the answer, the body only its
+                # words, and one that stalls was held to the first-token timeout, then a 504.
+                async with asyncio.timeout(ERROR_BODY_SECONDS):
+                    await _read_body(resp, provider.max_event_bytes, cut=True, parts=parts)
+            except TimeoutError:
+                pass  # the status stands, with what came of its body
             finally:
                 resp.close()
+            body = b"".join(parts)
             if resp.status < 400:
                 raise _redirect_error(resp, provider.name)
             err = provider.error_from_response(resp.status, body, resp.headers)
@@ -447,11 +456,13 @@ def _redirect_error(resp: aiohttp.ClientResponse, provider: str) -> UpstreamStat
     return err
 
 
-async def _read_body(resp: aiohttp.ClientResponse, limit: int, *, cut: bool = False) -> bytes:
+async def _read_body(resp: aiohttp.ClientResponse, limit: int, *, cut: bool = False,
+                     parts: list[bytes] | None = None) -> bytes:
     """A whole upstream body, held to `server.max_event_bytes` as a stream's events are: an
     answer over it is refused (BufferOverflow), an error body (`cut`) is cut there — only its
-    status and message are read."""
-    parts: list[bytes] = []
+    status and message are read. `parts`: where the reads go (what came, if it is cut short)."""
+    if parts is None:
+        parts = []
     size = 0
     while data := await resp.content.readany():
         size += len(data)
