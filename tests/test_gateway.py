@@ -314,6 +314,26 @@ async def test_an_open_circuit_is_skipped(proxy: Any, access_log: Any) -> None:
     assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
 
 
+async def test_a_requests_retries_count_once_toward_the_breaker(
+        proxy: Any, access_log: Any, monkeypatch: Any) -> None:
+    # The unit is a request's try of the target, retries and all (as Portkey records a
+    # target's response after its retries): one request with retries never trips a
+    # threshold by itself; three such requests trip a threshold of 3.
+    from streamproxy.routing import retry
+    monkeypatch.setattr(retry, "BACKOFF_BASE", 0.001)
+    client = await proxy(gateway_config())
+    config = fallback(leaf("fast:status=503", retry={"attempts": 2,
+                                                     "use_retry_after_header": False}),
+                      leaf("fast:tokens=2", "mock2"),
+                      cb_config={"failure_threshold": 3, "cooldown_interval": 60000})
+    for _ in range(3):
+        resp = await post(client, config)
+        assert resp.status == 200
+        assert access_log()[-1]["attempts"] == 4  # the target tried 3 times, then mock2
+    await post(client, config)
+    assert access_log()[-1]["attempts"] == 1  # open: skipped
+
+
 async def test_loadbalance_through_the_proxy_uses_every_weighted_target(proxy: Any) -> None:
     client = await proxy(gateway_config())
     config = json.dumps({"strategy": {"mode": "loadbalance"},

@@ -1,7 +1,9 @@
 """Circuit breakers per target (Portkey 2.x `cb_config`), with an injectable clock.
 
-CLOSED counts requests and failures; it opens when the failures reach `failure_threshold`, or
-when their share reaches `failure_threshold_percentage` once `minimum_requests` were seen.
+CLOSED counts requests and failures (a request's tries of the target count once, retries
+and all: the executor records their outcome); it opens when the failures reach
+`failure_threshold`, or when their share reaches `failure_threshold_percentage` once
+`minimum_requests` were seen.
 OPEN targets are skipped by fallback and load balancing; after `cooldown_interval` the
 breaker lets requests through again (HALF-OPEN): one success closes it and resets the
 counts, one failure opens it for another cooldown. If every target of a plan is open, the

@@ -209,6 +209,25 @@ class Executor:
 
     async def _with_retries(self, req: ChatRequest, attempt: Attempt, record: RequestRecord,
                             once: Any) -> Any:
+        """The target's tries; its breaker records their outcome once, retries and all (as
+        Portkey records a target's response after its retries): a request is the unit of
+        `failure_threshold` and of a failure percentage, so one request's retries never trip
+        a breaker by themselves, and a half-open breaker's trial is the whole request."""
+        if attempt.breaker is None:
+            return await self._retrying(req, attempt, record, once)
+        try:
+            result = await self._retrying(req, attempt, record, once)
+        except ProxyError as e:
+            if not isinstance(e, InvalidRequest):
+                # (a 400 of the target's translation was never sent: it tells nothing of the
+                # upstream's health, and must not close a half-open breaker)
+                self.breakers.record(attempt.breaker_key, attempt.breaker, e.status)
+            raise
+        self.breakers.record(attempt.breaker_key, attempt.breaker, None)  # (key built per call)
+        return result
+
+    async def _retrying(self, req: ChatRequest, attempt: Attempt, record: RequestRecord,
+                        once: Any) -> Any:
         target, spec = attempt.target.served(), attempt.retry
         record.provider = target.provider.name
         record.model = target.model or target.provider.cfg.default_model
@@ -226,10 +245,6 @@ class Executor:
                 if target.api_key and isinstance(e, UpstreamStatusError):
                     e.mask(target.api_key)  # an HTTP error, a 200 error body, an error event
                 record.note_upstream_error(e)  # metrics: upstream errors by kind
-                if attempt.breaker is not None and not isinstance(e, InvalidRequest):
-                    # (a 400 of the target's translation was never sent: it tells nothing of
-                    # the upstream's health, and must not close a half-open breaker)
-                    self.breakers.record(attempt.breaker_key, attempt.breaker, e.status)
                 if e.status not in spec.on_status_codes:
                     raise
                 if retry >= spec.attempts:
@@ -247,8 +262,6 @@ class Executor:
                 record.retries = retry
                 record.note_retry()
                 continue
-            if attempt.breaker is not None:  # (its key is built per call)
-                self.breakers.record(attempt.breaker_key, attempt.breaker, None)
             return result
 
     async def _open_one(self, req: ChatRequest, target: Target, record: RequestRecord,
