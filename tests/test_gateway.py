@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
 from streamproxy.config import ConfigError
 from streamproxy.providers.mock.server import mock_text
@@ -312,6 +313,49 @@ async def test_an_open_circuit_is_skipped(proxy: Any, access_log: Any) -> None:
     assert resp.status == 200
     assert access_log()[-1]["attempts"] == 1  # `down` was not tried
     assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
+
+
+async def test_a_half_open_target_gets_one_trial_while_others_fall_back(
+        proxy: Any, aiohttp_server: Any, access_log: Any) -> None:
+    # A target still down after its cooldown: of the requests that come at once, one is the
+    # trial (and waits for its failure); the others go straight to the fallback.
+    release = asyncio.Event()
+    arrived: list[None] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        arrived.append(None)
+        await asyncio.wait_for(release.wait(), 10)
+        return web.json_response({"error": {"message": "down"}}, status=503)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handle)
+    server = await aiohttp_server(app)
+    client = await proxy(make_config({
+        "mock2": {"type": "mock", "default_model": "fast"},
+        "slow": {"type": "openai", "base_url": str(server.make_url("")).rstrip("/"),
+                 "api_key": "k", "default_model": "m"}}, default="mock2"))
+    config = fallback({"provider": "slow"}, leaf("fast:tokens=2", "mock2"),
+                      cb_config={"failure_threshold": 1, "cooldown_interval": 50})
+    release.set()
+    await post(client, config)  # one failure opens it
+    assert access_log()[-1]["attempts"] == 2
+    release.clear()
+    await asyncio.sleep(0.1)  # half-open
+    trial = asyncio.ensure_future(post(client, config))
+    for _ in range(200):  # (bounded) until the trial reached the upstream
+        if arrived[1:]:
+            break
+        await asyncio.sleep(0.01)
+    others = [await post(client, config) for _ in range(3)]
+    assert [r.headers["x-portkey-last-used-option-index"] for r in others] == [
+        "config.targets[1]"] * 3
+    assert [line["attempts"] for line in access_log()[-3:]] == [1, 1, 1]
+    assert len(arrived) == 2  # the first request's, then the trial's alone
+    release.set()
+    assert (await trial).status == 200  # the trial failed over
+    assert access_log()[-1]["attempts"] == 2
+    resp = await post(client, config)  # the failed trial opened it again
+    assert access_log()[-1]["attempts"] == 1 and resp.status == 200
 
 
 async def test_a_requests_retries_count_once_toward_the_breaker(

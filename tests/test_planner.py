@@ -310,6 +310,35 @@ def test_breaker_opens_at_the_threshold_cools_down_and_closes_on_success(
     assert changes == [("k", OPEN, 30), ("k", OPEN, 30), ("k", CLOSED, None)]
 
 
+def test_a_half_open_breaker_lets_one_trial_through(new_breakers: BreakersFactory) -> None:
+    # After the cooldown one request is the trial; the others skip the target as if it were
+    # open until the trial's outcome closes it or opens it again (a new cooldown).
+    clock = Clock()
+    cb = new_breakers(clock)
+    spec = BreakerSpec(failure_threshold=1, cooldown_interval=30)
+    cb.record("k", spec, 500)
+    clock.now = 31
+    assert not cb.is_open("k", spec)
+    assert cb.admit("k", spec) is True  # the trial
+    assert cb.is_open("k", spec) and cb.admit("k", spec) is False  # the others skip it
+    assert cb.state("k", spec) == HALF_OPEN
+    cb.record("k", spec, 500)  # the trial failed: open for another cooldown
+    assert cb.state("k", spec) == OPEN
+    clock.now = 62
+    assert cb.admit("k", spec) is True
+    cb.record("k", spec, None)  # it succeeded: closed, every request goes
+    assert cb.state("k", spec) == CLOSED and cb.admit("k", spec) is None
+    # A trial whose outcome never came (its request cancelled, refused before sending) is
+    # released; one never released (a worker that died) is stale after a cooldown.
+    cb.record("k", spec, 500)
+    clock.now = 93
+    assert cb.admit("k", spec) is True
+    cb.release("k", spec)
+    assert cb.admit("k", spec) is True and cb.admit("k", spec) is False
+    clock.now = 124
+    assert not cb.is_open("k", spec) and cb.admit("k", spec) is True
+
+
 def test_breaker_percentage_waits_for_minimum_requests(new_breakers: BreakersFactory) -> None:
     cb = new_breakers(Clock())
     spec = BreakerSpec(failure_threshold_percentage=50, minimum_requests=4,

@@ -3,11 +3,14 @@
 CLOSED counts requests and failures (a request's tries of the target count once, retries
 and all: the executor records their outcome); it opens when the failures reach
 `failure_threshold`, or when their share reaches `failure_threshold_percentage` once
-`minimum_requests` were seen.
-OPEN targets are skipped by fallback and load balancing; after `cooldown_interval` the
-breaker lets requests through again (HALF-OPEN): one success closes it and resets the
-counts, one failure opens it for another cooldown. If every target of a plan is open, the
-plan ignores the breakers (as Portkey does): failing fast on all of them helps nobody.
+`minimum_requests` were seen. OPEN targets are skipped by fallback and load balancing;
+after `cooldown_interval` the breaker lets one trial request through (HALF-OPEN, `admit`):
+its success (a stream's, when it opens) closes it and resets the counts, its failure opens
+it for another cooldown; while it is under way the others skip the target as if it were
+open. A trial whose outcome never comes (a request cancelled, refused before it was sent) is
+`release`d; one never released (a worker that died) is stale after a cooldown, and another
+request is the trial. If every target of a plan is open, the plan ignores the breakers (as
+Portkey does): failing fast on all of them helps nobody.
 
 The states live in this process (`CircuitBreakers`) or, with `--workers N`, in a table all
 the workers share (server/shared_breakers.py overrides `_load` / `_save` / `_locked`), so
@@ -39,6 +42,7 @@ class BreakerState:
     requests: int = 0
     failures: int = 0
     opened_at: float | None = None
+    trial_at: float | None = None  # when a half-open breaker's trial was let through
 
 
 # (key, state, for an open one the seconds until it turns half-open: by time alone, which no
@@ -59,7 +63,37 @@ class CircuitBreakers:
         return self._phase(self._load(key), spec)
 
     def is_open(self, key: str, spec: BreakerSpec | None) -> bool:
-        return spec is not None and self.state(key, spec) == OPEN
+        """Skipped by a plan: open, or half-open with its trial under way."""
+        if spec is None:
+            return False
+        st = self._load(key)
+        phase = self._phase(st, spec)
+        return phase == OPEN or (phase == HALF_OPEN and self._trying(st, spec))
+
+    def admit(self, key: str, spec: BreakerSpec) -> bool | None:
+        """Before a request's tries of the target: True when it is a half-open breaker's
+        trial (its outcome must be recorded or released), False when another's trial is under
+        way (the target is skipped if the plan has another), None otherwise (closed; or open,
+        tried when all the plan's targets are)."""
+        if self._phase(self._load(key), spec) != HALF_OPEN:  # (no lock for a closed one)
+            return None
+        with self._locked():
+            st = self._load(key)
+            if st is None or self._phase(st, spec) != HALF_OPEN:
+                return None
+            if self._trying(st, spec):
+                return False
+            st.trial_at = self._clock()
+            self._save(key, st)
+        return True
+
+    def release(self, key: str, spec: BreakerSpec) -> None:
+        """A trial that ended with no outcome: the next request may be the trial."""
+        with self._locked():
+            st = self._load(key)
+            if st is not None and st.trial_at is not None:
+                st.trial_at = None
+                self._save(key, st)
 
     def record(self, key: str, spec: BreakerSpec | None, status: int | None) -> None:
         """One finished attempt: `status` None for success, else the error's HTTP status."""
@@ -70,6 +104,7 @@ class CircuitBreakers:
             st = self._load(key) or BreakerState()
             before = self._phase(st, spec)
             if before == HALF_OPEN:
+                st.trial_at = None
                 if failed:
                     st.opened_at = self._clock()
                 else:
@@ -93,6 +128,11 @@ class CircuitBreakers:
         if self._clock() - st.opened_at >= spec.cooldown_interval:
             return HALF_OPEN
         return OPEN
+
+    def _trying(self, st: BreakerState | None, spec: BreakerSpec) -> bool:
+        """A trial under way, not yet stale (a cooldown after it began)."""
+        return (st is not None and st.trial_at is not None
+                and self._clock() - st.trial_at < spec.cooldown_interval)
 
     @staticmethod
     def _trips(st: BreakerState, spec: BreakerSpec) -> bool:

@@ -179,6 +179,8 @@ class Executor:
         moves to where the plan's fallback structure says (`Plan.next_after`), or ends the
         request."""
         index = 0
+        failed: tuple[int, int] | None = None  # the last failed attempt, and its status
+        skipped: frozenset[int] = frozenset()
         while True:
             attempt = plan.attempts[index]
             # (a failed target's headers belong to its error alone: not to a refusal's or a
@@ -193,38 +195,58 @@ class Executor:
             if cached is not None:
                 record.target_index, record.option_path = index, attempt.path
                 return cached
+            trial = None if attempt.breaker is None else self.breakers.admit(
+                attempt.breaker_key, attempt.breaker)
+            if trial is False:
+                # Another request's trial of this half-open target is under way: skipped as
+                # if open (as the planner leaves open targets out), unless the plan has
+                # nothing else, which tries it as when all its targets are open.
+                skipped |= {index}
+                following = (index + 1 if index + 1 < len(plan.attempts) else None
+                             ) if failed is None else plan.next_after(*failed, skipped)
+                if following is not None:
+                    index = following
+                    continue
             try:
-                result = await self._with_retries(req, attempt, record, once)
+                result = await self._with_retries(req, attempt, record, once, trial is True)
             except ProxyError as e:
-                following = plan.next_after(index, e.status)
+                following = plan.next_after(index, e.status, skipped)
                 if following is None:
                     record.option_path = attempt.path  # the target whose error is returned
                     raise
                 record.fallbacks += 1
-                index = following
+                failed, index = (index, e.status), following
                 continue
             record.target_index = index
             record.option_path = attempt.path
             return result
 
     async def _with_retries(self, req: ChatRequest, attempt: Attempt, record: RequestRecord,
-                            once: Any) -> Any:
+                            once: Any, trial: bool = False) -> Any:
         """The target's tries; its breaker records their outcome once, retries and all (as
         Portkey records a target's response after its retries): a request is the unit of
         `failure_threshold` and of a failure percentage, so one request's retries never trip
         a breaker by themselves, and a half-open breaker's trial is the whole request."""
-        if attempt.breaker is None:
+        spec = attempt.breaker
+        if spec is None:
             return await self._retrying(req, attempt, record, once)
+        key, recorded = attempt.breaker_key, False  # (the key is built per call)
         try:
             result = await self._retrying(req, attempt, record, once)
         except ProxyError as e:
             if not isinstance(e, InvalidRequest):
                 # (a 400 of the target's translation was never sent: it tells nothing of the
                 # upstream's health, and must not close a half-open breaker)
-                self.breakers.record(attempt.breaker_key, attempt.breaker, e.status)
+                self.breakers.record(key, spec, e.status)
+                recorded = True
             raise
-        self.breakers.record(attempt.breaker_key, attempt.breaker, None)  # (key built per call)
-        return result
+        else:
+            self.breakers.record(key, spec, None)
+            recorded = True
+            return result
+        finally:
+            if trial and not recorded:  # (cancelled, or never sent): the next one may try
+                self.breakers.release(key, spec)
 
     async def _retrying(self, req: ChatRequest, attempt: Attempt, record: RequestRecord,
                         once: Any) -> Any:

@@ -50,8 +50,11 @@ class Attempt:
 class Plan:
     attempts: list[Attempt]
 
-    def next_after(self, index: int, status: int) -> int | None:
-        """The attempt to try after `index` failed with `status`, or None: the request fails."""
+    def next_after(self, index: int, status: int,
+                   skipped: frozenset[int] = frozenset()) -> int | None:
+        """The attempt to try after `index` failed with `status`, or None: the request fails.
+        `skipped`: attempts left out, as if the plan had not had them (a breaker's trial
+        under way, found when the attempt was reached)."""
         groups = self.attempts[index].groups
         for depth in range(len(groups) - 1, -1, -1):
             gid, position, codes = groups[depth]
@@ -59,7 +62,8 @@ class Plan:
                 continue  # this group does not act on the status: it fails as a whole
             for j in range(index + 1, len(self.attempts)):
                 other = self.attempts[j].groups
-                if len(other) > depth and other[depth][0] == gid and other[depth][1] > position:
+                if (len(other) > depth and other[depth][0] == gid
+                        and other[depth][1] > position and j not in skipped):
                     return j
         return None
 

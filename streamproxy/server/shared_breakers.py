@@ -22,7 +22,7 @@ from streamproxy.routing.breaker import BreakerState, CircuitBreakers
 from streamproxy.server.shared_memory import SharedRegion
 
 _HASH = struct.Struct("Q")  # 0: a free slot
-_STATE = struct.Struct("qqd")  # requests, failures, opened_at (NaN: not open)
+_STATE = struct.Struct("qqdd")  # requests, failures, opened_at, trial_at (NaN: none)
 _SLOT_SIZE = _HASH.size + _STATE.size
 SLOTS = 4096
 PROBES = 64
@@ -47,7 +47,7 @@ class SharedBreakerTable:
             if found == 0:
                 if not claim:
                     return None
-                _STATE.pack_into(region, offset + _HASH.size, 0, 0, math.nan)
+                _STATE.pack_into(region, offset + _HASH.size, 0, 0, math.nan, math.nan)
                 _HASH.pack_into(region, offset, h)
                 return offset
         return None
@@ -72,9 +72,10 @@ class SharedCircuitBreakers(CircuitBreakers):
         offset = self._offset(key, claim=False)
         if offset is None:
             return super()._load(key)  # never recorded, or kept here (no slot free)
-        requests, failures, opened_at = _STATE.unpack_from(self._table.region.map,
-                                                           offset + _HASH.size)
-        return BreakerState(requests, failures, None if math.isnan(opened_at) else opened_at)
+        requests, failures, opened_at, trial_at = _STATE.unpack_from(self._table.region.map,
+                                                                     offset + _HASH.size)
+        return BreakerState(requests, failures, None if math.isnan(opened_at) else opened_at,
+                            None if math.isnan(trial_at) else trial_at)
 
     def _save(self, key: str, st: BreakerState) -> None:
         offset = self._offset(key, claim=True)  # (record() holds the lock)
@@ -82,7 +83,8 @@ class SharedCircuitBreakers(CircuitBreakers):
             super()._save(key, st)
             return
         _STATE.pack_into(self._table.region.map, offset + _HASH.size, st.requests, st.failures,
-                         math.nan if st.opened_at is None else st.opened_at)
+                         math.nan if st.opened_at is None else st.opened_at,
+                         math.nan if st.trial_at is None else st.trial_at)
 
     def _locked(self) -> AbstractContextManager[object]:
         return self._table.region.locked()
