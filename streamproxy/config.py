@@ -226,15 +226,19 @@ def parse_config(data: Any, source: str) -> Config:
                   sections=sections)
 
 
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# `${VAR}` (compose files'), `$VAR` (the shell's), `os.environ/VAR` (LiteLLM's config files').
+_ENV_REFERENCE = re.compile(
+    r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)|os\.environ/([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def refuse_env_reference(secret: Any, source: str, key: str, env_key: str) -> None:
-    """A secret written `${VAR}` (compose files', LiteLLM's habit) would go upstream as those
-    very characters: nothing here expands it, so it is refused with the key that reads one."""
+    """A secret written as a reference to a variable would go upstream as those very
+    characters (the provider's 401): nothing here expands one, so it is refused with the key
+    that reads the variable."""
     if isinstance(secret, str) and (match := _ENV_REFERENCE.fullmatch(secret.strip())):
+        name = next(filter(None, match.groups()))
         raise ConfigError(source, key, f"{secret.strip()} is not expanded here: write "
-                          f"{env_key}: {match[1]} to read the environment")
+                          f"{env_key}: {name} to read the environment")
 
 
 def required_secret(raw: dict[str, Any], source: str, where: str, key: str,

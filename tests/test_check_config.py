@@ -192,6 +192,16 @@ def test_auth_off_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
      "FILE: virtual_keys.vk: give exactly one of `api_key` or `api_key_env`"),
     ("providers: {mock: {type: mock}}\nvirtual_keys: {vk: {provider: mock, api_key: ''}}\n",
      "FILE: virtual_keys.vk.api_key: must be a non-empty string"),
+    # LiteLLM's reference and the shell's went upstream as those characters too: a 401
+    ("providers: {c: {type: anthropic, api_key: os.environ/ANTHROPIC_API_KEY}}\n",
+     "FILE: providers.c.api_key: os.environ/ANTHROPIC_API_KEY is not expanded here: write "
+     "api_key_env: ANTHROPIC_API_KEY"),
+    ("providers: {c: {type: anthropic, api_key: $ANTHROPIC_API_KEY}}\n",
+     "FILE: providers.c.api_key: $ANTHROPIC_API_KEY is not expanded here: write "
+     "api_key_env: ANTHROPIC_API_KEY"),
+    ("providers: {mock: {type: mock}}\nauth: {keys: [{name: a, key: os.environ/PROXY_KEY}]}\n",
+     "FILE: auth.keys[0].key: os.environ/PROXY_KEY is not expanded here: write key_env: "
+     "PROXY_KEY"),
     ("providers: {mock: {type: mock}}\nauth: {keys: [{name: a, key: '${PROXY_KEY}'}]}\n",
      "FILE: auth.keys[0].key: ${PROXY_KEY} is not expanded here: write key_env: PROXY_KEY"),
     # (a target's api_key went upstream as the characters ${OPENAI_KEY})
