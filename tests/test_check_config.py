@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,7 +156,7 @@ def test_auth_off_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "default provider: none (requests must name one)" in out
 
 
-@pytest.mark.parametrize(("text", "expected"), [
+ERRORS = [
     ("providers: {mock: {type: nope}}\n", "FILE: providers.mock.type: unknown provider type"),
     ("providers: {mock: {type: mock}}\nserver: {max_concurrent_streams: 0}\n",
      "FILE: server.max_concurrent_streams: must be a positive integer"),
@@ -235,7 +236,10 @@ def test_auth_off_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
      "             targets: [{provider: az, resource_name: fabrikam}]}}\n",
      "FILE: configs.a: config.targets[0].resource_name: 'fabrikam.openai.azure.com' is not "
      "under allowed_custom_hosts"),
-])
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), ERRORS)
 def test_errors_name_file_key_and_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                          monkeypatch: pytest.MonkeyPatch, text: str,
                                          expected: str) -> None:
@@ -244,6 +248,35 @@ def test_errors_name_file_key_and_reason(tmp_path: Path, capsys: pytest.CaptureF
     assert code == 2
     assert out == ""
     assert err.startswith(expected), err
+
+
+def _parsed(text: str) -> Any:
+    """The Config `text` loads as (before any section is checked), or None: a load error."""
+    import yaml
+
+    from streamproxy.config import ConfigError, _ConfigLoader, parse_config
+
+    try:
+        return parse_config(yaml.load(text, _ConfigLoader), "FILE")
+    except (ConfigError, yaml.YAMLError):
+        return None
+
+
+@pytest.mark.parametrize(("text", "expected"), [e for e in ERRORS if _parsed(e[0])])
+def test_the_masters_check_finds_what_building_the_app_finds(
+        monkeypatch: pytest.MonkeyPatch, text: str, expected: str) -> None:
+    """`serve --workers N` checks the sections before it forks (check_sections), not by
+    building the app: every mistake the app's construction finds, it must find too."""
+    from streamproxy.config import ConfigError
+    from streamproxy.server.app import check_sections, create_app
+
+    monkeypatch.delenv("CHECK_CONFIG_UNSET", raising=False)
+    config = _parsed(text)
+    with pytest.raises(ConfigError) as built:
+        create_app(config)
+    with pytest.raises(ConfigError) as checked:
+        check_sections(config)
+    assert str(checked.value) == str(built.value) and str(built.value).startswith(expected)
 
 
 def test_the_installed_command(tmp_path: Path) -> None:

@@ -194,6 +194,20 @@ async def test_sighup_reloads_and_a_bad_config_keeps_the_old_workers(tree: Tree)
     assert await stream_ok(tree.url)
 
 
+async def test_a_reload_with_a_bad_section_is_one_line_and_forks_no_worker(
+        tree: Tree) -> None:
+    """A section checked as the app is built: each new worker reported it and died, then
+    the master said the reload failed; now the master finds it, as for the file's own keys."""
+    old = tree.workers()
+    tree.config.write_text(CONFIG.format(grace=0.5, models="fast") + "auth: {keys: [{name: a}]}\n")
+    tree.proc.send_signal(signal.SIGHUP)
+    await until(lambda: "reload failed" in tree.output(), "the reload error in the log")
+    assert (f"reload failed: config error: {tree.config}: auth.keys[0]: give exactly one of "
+            "`key` or `key_env`; the running config keeps serving") in tree.output()
+    assert tree.output().count("config error") == 1 and "generation 1" not in tree.output()
+    assert tree.proc.poll() is None and tree.workers() == old and await stream_ok(tree.url)
+
+
 async def test_a_reload_with_a_list_where_a_name_goes_keeps_the_old_workers(
         tree: Tree) -> None:
     """`default_provider: [mock]` made the parser raise a TypeError, not a config error: on
@@ -253,6 +267,35 @@ async def test_a_single_process_reloads_in_place_and_its_streams_finish(
         assert await asyncio.to_thread(t.proc.wait, 10) == 0
     finally:
         t.kill()
+
+
+# Sections checked as the app is built: auth, storage, a config's gateway settings, logging.
+APP_SECTION_ERRORS = [
+    ("auth: {keys: [{name: a}]}\n", "auth.keys[0]: give exactly one of `key` or `key_env`"),
+    ("storage: {path: /nonexistent-dir/x.sqlite3}\n",
+     "storage.path: directory /nonexistent-dir does not exist"),
+    ("routes: {smart: nowhere}\n", "routes.smart: 'nowhere' is not under configs"),
+    ("cache: {backend: memcached}\n", "cache.backend"),
+]
+
+
+@pytest.mark.parametrize(("section", "reason"), APP_SECTION_ERRORS)
+def test_workers_report_a_bad_section_once_and_start_none(tmp_path: Path, section: str,
+                                                           reason: str) -> None:
+    """Each forked worker found the mistake as it built its app, so it was printed once per
+    worker (one per CPU by default), lines interleaved, then the master's 'failed to start'.
+    The master checks every section before it forks: one line, exit status 2."""
+    config = tmp_path / "proxy.yaml"
+    config.write_text(CONFIG.format(grace=1, models="fast") + section)
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamproxy", "serve", "--config", str(config),
+         "--port", str(_free_port()), "--workers", "3"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"streamproxy: config error: {config}: {reason}"), proc.stderr
+    assert proc.stderr.count("config error") == 1, proc.stderr
+    assert "failed to start" not in proc.stderr and "started worker" not in proc.stderr
 
 
 async def test_a_single_process_says_why_a_reload_failed_in_one_line(tmp_path: Path) -> None:

@@ -7,7 +7,9 @@ import os
 
 from aiohttp import web, web_app
 
+from streamproxy.cache.config import parse_cache_settings
 from streamproxy.config import Config, ConfigError
+from streamproxy.observe.access_log import parse_logging
 from streamproxy.openai_api.request import Limits
 from streamproxy.providers.base import Provider
 from streamproxy.providers.mock import MockProvider
@@ -31,6 +33,7 @@ from streamproxy.server.shared_breakers import SharedCircuitBreakers
 from streamproxy.server.shared_memory import inherited
 from streamproxy.server.state import STATE, AppState
 from streamproxy.server.store_and_cache import install as install_store_and_cache
+from streamproxy.storage.config import parse_storage_config
 from streamproxy.upstream.client import UpstreamClient
 from streamproxy.upstream.egress import EgressProxies, egress_from_setting
 
@@ -63,6 +66,19 @@ def _egress(config: Config) -> EgressProxies:
         return egress_from_setting(config.server.upstream_proxy, os.environ)
     except ValueError as e:  # a malformed HTTPS_PROXY / HTTP_PROXY
         raise ConfigError("environment", "HTTP(S)_PROXY", str(e)) from None
+
+
+def check_sections(config: Config) -> None:
+    """Raise the ConfigError that building the app would, without building it: for the master,
+    before it forks (else each worker reports the mistake, and the metrics would be made
+    before the master gives them their multi-process directory). Keep in step with
+    create_app and install_store_and_cache."""
+    build_providers(config, _egress(config))
+    load_settings(config)
+    parse_auth(config)
+    parse_logging(config)
+    parse_storage_config(config)
+    parse_cache_settings(config)
 
 
 def create_app(config: Config, breakers: CircuitBreakers | None = None,

@@ -65,6 +65,9 @@ def run(config_path: str | None, config: Config, host: str, port: int,
     workers = default_workers() if workers is None else workers
     if workers <= 1:
         return run_worker(config, host, port, config_path=config_path)
+    from streamproxy.server.app import check_sections
+
+    check_sections(config)  # (a ConfigError: the CLI reports it once, not once per worker)
     if port == 0:
         print("streamproxy: --workers > 1 needs a fixed --port (each worker binds it)",
               file=sys.stderr)
@@ -262,8 +265,11 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
 def reloaded_config(path: str | None, running: Config) -> Config | None:
     """The config file read again, or None (logged) when it does not load; what a reload
     cannot change (the listening address, logging: set up once, at start) is said."""
+    from streamproxy.server.app import check_sections
+
     try:
         config = load_config(path)
+        check_sections(config)  # (the master's new workers would each report it, and die)
     except ConfigError as e:
         log.error("reload failed: config error: %s; the running config keeps serving", e)
         return None
