@@ -7,9 +7,11 @@ adding a provider never touches this file.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,14 @@ class ConfigError(Exception):
     def __init__(self, source: str, key: str, reason: str) -> None:
         super().__init__(f"{source}: {key}: {reason}" if key else f"{source}: {reason}")
         self.source, self.key, self.reason = source, key, reason
+
+
+def unknown_key(key: Any, known: Iterable[str], what: str = "unknown key") -> str:
+    """Why `key` is refused: the known key it most likely misspells (`defualt_model`), if
+    any, then all of them; a long list alone hides the one a typo meant."""
+    names = sorted(known)
+    close = difflib.get_close_matches(str(key), names, n=1)
+    return f"{what}{f'; did you mean {close[0]}?' if close else ''} (known: {', '.join(names)})"
 
 
 @dataclass(slots=True, frozen=True)
@@ -115,8 +125,8 @@ class Config:
     sections: dict[str, Any] = field(default_factory=dict)  # later sections, validated by owners
 
 
-_COMMON_PROVIDER_KEYS = {"type", "base_url", "api_key", "api_key_env", "headers",
-                         "default_model", "models", "timeouts"}
+COMMON_PROVIDER_KEYS = {"type", "base_url", "api_key", "api_key_env", "headers",
+                        "default_model", "models", "timeouts"}
 _TIMEOUT_KEYS = {"connect", "first_token", "idle", "total"}
 # Top-level sections owned by other modules; each validates its own.
 EXTRA_SECTIONS: set[str] = {"auth", "logging",  # server/auth.py, observe/access_log.py
@@ -210,7 +220,7 @@ def parse_config(data: Any, source: str) -> Config:
     known = {"server", "providers", "default_provider"} | EXTRA_SECTIONS
     for key in data:
         if key not in known:
-            raise ConfigError(source, str(key), f"unknown key (known: {', '.join(sorted(known))})")
+            raise ConfigError(source, str(key), unknown_key(key, known))
     server = _parse_server(data.get("server") or {}, source)
     providers_raw = data.get("providers")
     if not isinstance(providers_raw, dict) or not providers_raw:
@@ -285,8 +295,8 @@ def parse_timeouts(raw: Any, source: str, key: str) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for k, v in raw.items():
         if k not in _TIMEOUT_KEYS:
-            raise ConfigError(source, f"{key}.{k}",
-                              f"unknown timeout (known: {', '.join(sorted(_TIMEOUT_KEYS))})")
+            raise ConfigError(source, f"{key}.{k}", unknown_key(k, _TIMEOUT_KEYS,
+                                                                "unknown timeout"))
         out[k] = _number(v, source, f"{key}.{k}", allow_none=(k == "total"))
     return out
 
@@ -340,7 +350,7 @@ def _parse_server(raw: Any, source: str) -> ServerConfig:
                                   f"must be a finite number of seconds, 0 to {MAX_DRAIN_DELAY}")
             kwargs[k] = float(v)
         else:
-            raise ConfigError(source, key, "unknown key")
+            raise ConfigError(source, key, unknown_key(k, ServerConfig.__dataclass_fields__))
     return ServerConfig(**kwargs)
 
 
@@ -419,7 +429,7 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
                           f"unknown provider type {ptype!r} "
                           f"(known: {', '.join(sorted(PROVIDER_TYPES))})")
     cls = PROVIDER_TYPES[ptype]
-    options = {k: v for k, v in raw.items() if k not in _COMMON_PROVIDER_KEYS}
+    options = {k: v for k, v in raw.items() if k not in COMMON_PROVIDER_KEYS}
     cls.check_options(options, source, where)
     cls.check_entry(raw, source, where)
     for key in ("base_url", "api_key", "api_key_env", "default_model"):

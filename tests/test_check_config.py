@@ -181,7 +181,8 @@ ERRORS = [
     ("providers: {mock: {type: mock}}\nvirtual_keys: {vk: {provider: mock, api_key_env: [A]}}\n",
      "FILE: virtual_keys.vk.api_key_env: must be a string"),
     ("providers: {mock: {type: mock}}\nvirtual_keys: {vk: {provider: mock, apikey: sk-1}}\n",
-     "FILE: virtual_keys.vk.apikey: unknown key (known: api_key, api_key_env, provider)"),
+     "FILE: virtual_keys.vk.apikey: unknown key; did you mean api_key? (known: api_key, "
+     "api_key_env, provider)"),
     ("providers: {mock: {type: mock}}\nvirtual_keys: {vk: {provider: mock, api_key: '${VK}'}}\n",
      "FILE: virtual_keys.vk.api_key: ${VK} is not expanded here: write api_key_env: VK"),
     # A virtual key fails closed, as auth.keys do: without its secret the client's own key

@@ -122,6 +122,41 @@ def test_config_errors_name_the_file_key_and_reason(tmp_path: Path, text: str, k
     assert reason in info.value.reason
 
 
+@pytest.mark.parametrize(("text", "key", "reason"), [
+    # The provider's listed only its type-specific keys, as if default_model were none of them.
+    ("providers: {c: {type: anthropic, defualt_model: claude-sonnet-4-5}}",
+     "providers.c.defualt_model", "unknown key for type anthropic; did you mean default_model? "
+     "(known: anthropic_beta, anthropic_version, api_key, api_key_env, base_url, "
+     "default_model, headers, models, timeouts, type)"),
+    ("providers: {c: {type: openai, api_key_evn: OPENAI_API_KEY}}", "providers.c.api_key_evn",
+     "did you mean api_key_env?"),
+    # server's named no key at all
+    ("providers: {x: {type: mock}}\nserver: {prot: 8080}", "server.prot",
+     "unknown key; did you mean port? (known: client_body_timeout,"),
+    ("providers: {x: {type: mock}}\ndefault_provder: x", "default_provder",
+     "unknown key; did you mean default_provider? (known: allowed_custom_hosts,"),
+    ("providers: {x: {type: mock, timeouts: {frist_token: 5}}}", "providers.x.timeouts.frist_token",
+     "unknown timeout; did you mean first_token? (known: connect, first_token, idle, total)"),
+    ("providers: {x: {type: mock}}\nstorage: {pth: a.sqlite3}", "storage.pth",
+     "did you mean path?"),
+    ("providers: {x: {type: mock}}\ncache: {max_entires: 5}", "cache.max_entires",
+     "did you mean max_entries?"),
+    ("providers: {x: {type: mock}}\nlogging: {acces_log: false}", "logging.acces_log",
+     "did you mean access_log?"),
+    # nothing close: no guess
+    ("providers: {x: {type: mock}}\nserver: {zzz: 1}", "server.zzz", "unknown key (known: "),
+])
+def test_an_unknown_key_names_the_closest_known_one(tmp_path: Path, text: str, key: str,
+                                                    reason: str) -> None:
+    from streamproxy.server.app import check_sections
+
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        check_sections(load_config(path))
+    assert (info.value.key, info.value.source) == (key, str(path))
+    assert reason in info.value.reason, info.value.reason
+
+
 @pytest.mark.parametrize(("data", "key", "reason"), [
     ("providers:\n  x: {type: mock}\n# café\n".encode("latin-1"), "line 3", "not UTF-8 text"),
     (b"providers: {x: {type: mock, headers: " + b"[" * 5000 + b"]" * 5000 + b"}}", "",

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from streamproxy.config import Config, ConfigError, positive_seconds
+from streamproxy.config import Config, ConfigError, positive_seconds, unknown_key
 from streamproxy.errors import InvalidRequest
 
 FORCE_REFRESH_HEADER = "x-portkey-cache-force-refresh"
@@ -73,7 +73,7 @@ def parse_cache_settings(config: Config) -> CacheSettings:
             if value not in MODES:
                 raise ConfigError(source, where, f"must be one of {', '.join(MODES)}")
         else:
-            raise ConfigError(source, where, f"unknown key (known: {', '.join(_KEYS)})")
+            raise ConfigError(source, where, unknown_key(key, _KEYS))
         out[key] = value
     return CacheSettings(**out)
 

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 
-from streamproxy.config import LOG_LEVELS, Config, ConfigError
+from streamproxy.config import LOG_LEVELS, Config, ConfigError, unknown_key
 from streamproxy.record import RequestRecord
 from streamproxy.upstream.passed_headers import upstream_request_id
 
@@ -54,8 +54,7 @@ def parse_logging(config: Config) -> LoggingSettings:
     known = {f.name for f in fields(LoggingSettings)}
     for key, value in raw.items():
         if key not in known:
-            raise ConfigError(config.source, f"logging.{key}",
-                              f"unknown key (known: {', '.join(sorted(known))})")
+            raise ConfigError(config.source, f"logging.{key}", unknown_key(key, known))
         if not isinstance(value, bool):
             raise ConfigError(config.source, f"logging.{key}", "must be true or false")
     return LoggingSettings(**raw)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
-from streamproxy.config import ConfigError, ProviderConfig
+from streamproxy.config import COMMON_PROVIDER_KEYS, ConfigError, ProviderConfig, unknown_key
 from streamproxy.decode.sse import SSEDecoder, SSEEvent
 from streamproxy.errors import (
     InvalidRequest,
@@ -146,10 +146,9 @@ class Provider:
     def check_options(cls, options: dict[str, Any], source: str, where: str) -> None:
         for key in options:
             if key not in cls.option_keys:
-                known = sorted(cls.option_keys)
-                raise ConfigError(source, f"{where}.{key}",
-                                  f"unknown key for type {cls.type_name}"
-                                  + (f" (type-specific keys: {', '.join(known)})" if known else ""))
+                raise ConfigError(source, f"{where}.{key}", unknown_key(
+                    key, COMMON_PROVIDER_KEYS | cls.option_keys,
+                    f"unknown key for type {cls.type_name}"))
 
     @classmethod
     def check_entry(cls, entry: dict[str, Any], source: str, where: str) -> None:

@@ -42,6 +42,7 @@ from streamproxy.config import (
     Timeouts,
     refuse_env_reference,
     required_secret,
+    unknown_key,
 )
 from streamproxy.errors import InvalidRequest, UnknownProvider
 from streamproxy.openai_api.request import ChatRequest
@@ -174,8 +175,7 @@ def _virtual_secret(raw: dict[str, Any], src: str, where: str) -> str:
     """A virtual key's secret, once its entry's fields are checked."""
     for key, value in raw.items():
         if key not in _VIRTUAL_KEY_FIELDS:
-            raise ConfigError(src, f"{where}.{key}",
-                              f"unknown key (known: {', '.join(sorted(_VIRTUAL_KEY_FIELDS))})")
+            raise ConfigError(src, f"{where}.{key}", unknown_key(key, _VIRTUAL_KEY_FIELDS))
         if value is not None and not isinstance(value, str):
             raise ConfigError(src, f"{where}.{key}", "must be a string")
     # A virtual key is its secret: without one the provider's key, or the client's own, would

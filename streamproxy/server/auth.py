@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from streamproxy.config import Config, ConfigError, required_secret
+from streamproxy.config import Config, ConfigError, required_secret, unknown_key
 from streamproxy.errors import AuthenticationFailed, InvalidRequest, PermissionDenied, RateLimited
 from streamproxy.routing.target import Target
 from streamproxy.server.observing import AUTH_KEY, observe_rejection
@@ -145,8 +145,7 @@ def _parse_key(entry: Any, where: str, config: Config) -> ProxyKey:
         raise ConfigError(src, where, "must be a mapping")
     for k in entry:
         if k not in _KEY_FIELDS:
-            raise ConfigError(src, f"{where}.{k}",
-                              f"unknown key (known: {', '.join(sorted(_KEY_FIELDS))})")
+            raise ConfigError(src, f"{where}.{k}", unknown_key(k, _KEY_FIELDS))
     name = entry.get("name")
     if not isinstance(name, str) or not name:
         raise ConfigError(src, f"{where}.name", "a non-empty string is required")

@@ -12,7 +12,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from streamproxy.config import Config, ConfigError
+from streamproxy.config import Config, ConfigError, unknown_key
+
+STORAGE_KEYS = ("backend", "force_store", "max_pending", "path")
 
 DEFAULT_PATH = "./streamproxy.sqlite3"
 
@@ -51,8 +53,7 @@ def parse_storage_config(config: Config) -> StorageConfig:
                 raise ConfigError(source, where, "must be a positive integer")
             out[key] = value
         else:
-            raise ConfigError(source, where,
-                              "unknown key (known: backend, force_store, max_pending, path)")
+            raise ConfigError(source, where, unknown_key(key, STORAGE_KEYS))
     return StorageConfig(**out)
 
 
