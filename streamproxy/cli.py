@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="streamproxy")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the proxy")
-    serve.add_argument("--config", help="YAML config file (default: the embedded default)")
+    serve.add_argument("--config", help="YAML or JSON config file (default: the embedded default)")
     # Unset, they are the config's server.host / server.port, whose defaults these are.
     serve.add_argument("--host", default=None,
                        help=f"listen address (default: server.host, else {DEFAULT_HOST})")

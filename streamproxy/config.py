@@ -8,6 +8,7 @@ adding a provider never touches this file.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import re
@@ -203,13 +204,38 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         line = raw.count(b"\n", 0, e.start) + 1
         raise ConfigError(source, f"line {line}", "not UTF-8 text") from None
     try:
-        return parse_config(yaml.load(text, _ConfigLoader), source)
+        return parse_config(_parse_text(text, source), source)
+    except RecursionError:  # thousands of nested brackets: no config is that deep
+        raise ConfigError(source, "", "nested too deeply") from None
+
+
+def _parse_text(text: str, source: str) -> Any:
+    """YAML, or JSON: YAML's flow style reads most JSON, but PyYAML takes no tab before a
+    token, so a JSON file indented with tabs (jq --tab, Go's MarshalIndent) is read as JSON."""
+    json_error = None
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text, object_pairs_hook=lambda pairs: _json_object(pairs, source))
+        except json.JSONDecodeError as e:  # (maybe a YAML flow mapping: `{providers: ...}`)
+            json_error = e
+    try:
+        return yaml.load(text, _ConfigLoader)
     except yaml.YAMLError as e:
+        if json_error is not None and source.endswith(".json"):
+            raise ConfigError(source, f"line {json_error.lineno}",
+                              f"invalid JSON: {json_error.msg}") from None
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
         raise ConfigError(source, where, f"invalid YAML: {getattr(e, 'problem', e)}") from None
-    except RecursionError:  # thousands of nested brackets: no config is that deep
-        raise ConfigError(source, "", "nested too deeply") from None
+
+
+def _json_object(pairs: list[tuple[str, Any]], source: str) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:  # refused as the YAML loader refuses it (its docstring)
+        if key in seen:
+            raise ConfigError(source, "", f"duplicate key {key!r} in one mapping")
+        seen.add(key)
+    return dict(pairs)
 
 
 def parse_config(data: Any, source: str) -> Config:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -180,6 +181,35 @@ def test_a_base_url_error_never_echoes_what_stands_where_the_port_goes(
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert info.value.key == "providers.x.base_url" and "sk-secret" not in str(info.value)
+
+
+def test_a_json_config_indented_with_tabs_loads(tmp_path: Path) -> None:
+    """JSON is YAML's flow style and loaded so, but PyYAML takes no tab before a token: a JSON
+    file indented with tabs (jq --tab, Go's MarshalIndent) failed as 'invalid YAML: found
+    character '\\t' that cannot start any token'."""
+    path = tmp_path / "proxy.json"
+    path.write_text(json.dumps({"server": {"port": 8788}, "providers": {
+        "m": {"type": "mock", "default_model": "fast", "models": ["fast"]}},
+        "default_provider": "m"}, indent="\t"))
+    config = load_config(path)
+    assert (config.server.port, config.default_provider) == (8788, "m")
+    assert config.providers["m"].models == ("fast",)
+
+
+@pytest.mark.parametrize(("text", "key", "reason"), [
+    # (as YAML's loader refuses one: two providers under one name would serve as one)
+    ('{\n\t"providers": {"m": {"type": "mock"}, "m": {"type": "openai"}}\n}', "",
+     "duplicate key 'm' in one mapping"),
+    ('{\n\t"providers": {"m": {"type": "mock"},}\n}', "line 2",
+     "invalid JSON: Expecting property name enclosed in double quotes"),
+])
+def test_a_json_config_error_names_its_line(tmp_path: Path, text: str, key: str,
+                                            reason: str) -> None:
+    path = tmp_path / "proxy.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert (info.value.key, info.value.reason) == (key, reason)
 
 
 def test_a_yaml_merge_may_override_what_it_merges(tmp_path: Path) -> None:
