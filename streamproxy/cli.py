@@ -178,11 +178,12 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", default=None,
                        help=f"listen address (default: server.host, else {DEFAULT_HOST})")
     serve.add_argument("--port", type=_port, default=None,
-                       help=f"port, 0 for any free one (default: server.port, else "
-                            f"{DEFAULT_PORT})")
+                       help=f"port, 0 for any free one (then one process; default: server.port, "
+                            f"else {DEFAULT_PORT})")
     serve.add_argument("--workers", type=_positive, default=None,
                        help="worker processes (default: one per CPU, or per CPU of the "
-                            "container's limit if lower; 1 = a single process, no master)")
+                            "container's limit if lower; one with port 0; 1 = a single "
+                            "process, no master)")
     serve.set_defaults(func=cmd_serve)
     mock = sub.add_parser("mock", help="run the mock upstream alone (benchmarks)")
     mock.add_argument("--host", default="127.0.0.1")

@@ -269,6 +269,22 @@ async def test_a_single_process_reloads_in_place_and_its_streams_finish(
         t.kill()
 
 
+def test_port_0_without_workers_serves_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve --port 0` (the help's "0 for any free one") refused on any machine of more than
+    one CPU: "--workers > 1 needs a fixed --port", though no --workers was given. Without
+    one, any free port is one process; `--port 0 --workers 2` is still refused."""
+    from streamproxy.config import load_config
+    from streamproxy.server import workers
+
+    served: list[int] = []
+    monkeypatch.setattr(workers, "default_workers", lambda: 4)
+    monkeypatch.setattr(workers, "raise_fd_limit", lambda: None)
+    monkeypatch.setattr(workers, "run_worker", lambda config, host, port, **_: served.append(port)
+                        or 0)
+    assert workers.run(None, load_config(None), "127.0.0.1", 0) == 0 and served == [0]
+    assert workers.run(None, load_config(None), "127.0.0.1", 0, 2) == 2 and served == [0]
+
+
 # Sections checked as the app is built: auth, storage, a config's gateway settings, logging.
 APP_SECTION_ERRORS = [
     ("auth: {keys: [{name: a}]}\n", "auth.keys[0]: give exactly one of `key` or `key_env`"),

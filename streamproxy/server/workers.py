@@ -62,7 +62,8 @@ def run(config_path: str | None, config: Config, host: str, port: int,
         workers: int | None = None) -> int:
     """Serve until stopped; returns the process exit status."""
     raise_fd_limit()
-    workers = default_workers() if workers is None else workers
+    if workers is None:  # (any free port: one process, as N workers would each bind their own)
+        workers = 1 if port == 0 else default_workers()
     if workers <= 1:
         return run_worker(config, host, port, config_path=config_path)
     from streamproxy.server.app import check_sections
