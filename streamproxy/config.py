@@ -33,11 +33,12 @@ class ConfigError(Exception):
         self.source, self.key, self.reason = source, key, reason
 
 
-def unknown_key(key: Any, known: Iterable[str], what: str = "unknown key") -> str:
+def unknown_key(key: Any, known: Iterable[str], what: str = "unknown key",
+                meant: str | None = None) -> str:
     """Why `key` is refused: the known key it most likely misspells (`defualt_model`), if
-    any, then all of them; a long list alone hides the one a typo meant."""
+    any (or `meant`), then all of them; a long list alone hides the one a typo meant."""
     names = sorted(known)
-    close = difflib.get_close_matches(str(key), names, n=1)
+    close = [meant] if meant else difflib.get_close_matches(str(key), names, n=1)
     return f"{what}{f'; did you mean {close[0]}?' if close else ''} (known: {', '.join(names)})"
 
 
@@ -442,7 +443,7 @@ def _check_base_url(url: str, source: str, key: str) -> None:
 
 
 def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
-    from streamproxy.providers.registry import PROVIDER_TYPES
+    from streamproxy.providers.registry import PROVIDER_TYPES, type_for_prefix
 
     where = f"providers.{name}"
     if "/" in name or not name:
@@ -451,9 +452,9 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
         raise ConfigError(source, where, "must be a mapping")
     ptype = raw.get("type")
     if not isinstance(ptype, str) or ptype not in PROVIDER_TYPES:
-        raise ConfigError(source, f"{where}.type",
-                          f"unknown provider type {ptype!r} "
-                          f"(known: {', '.join(sorted(PROVIDER_TYPES))})")
+        meant = type_for_prefix(ptype) if isinstance(ptype, str) else None  # (OneLLM's names)
+        raise ConfigError(source, f"{where}.type", unknown_key(
+            ptype, PROVIDER_TYPES, f"unknown provider type {ptype!r}", meant))
     cls = PROVIDER_TYPES[ptype]
     options = {k: v for k, v in raw.items() if k not in COMMON_PROVIDER_KEYS}
     cls.check_options(options, source, where)

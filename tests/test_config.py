@@ -144,6 +144,12 @@ def test_config_errors_name_the_file_key_and_reason(tmp_path: Path, text: str, k
      "did you mean max_entries?"),
     ("providers: {x: {type: mock}}\nlogging: {acces_log: false}", "logging.acces_log",
      "did you mean access_log?"),
+    ("providers: {c: {type: antropic}}", "providers.c.type",
+     "unknown provider type 'antropic'; did you mean anthropic? (known: anthropic, azure,"),
+    # OneLLM's names for two of our types
+    ("providers: {g: {type: google}}", "providers.g.type",
+     "unknown provider type 'google'; did you mean gemini?"),
+    ("providers: {v: {type: vertexai}}", "providers.v.type", "did you mean vertex?"),
     # nothing close: no guess
     ("providers: {x: {type: mock}}\nserver: {zzz: 1}", "server.zzz", "unknown key (known: "),
 ])
