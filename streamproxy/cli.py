@@ -12,6 +12,7 @@ from streamproxy.config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     MAX_PORT,
+    Config,
     ConfigError,
     ProviderConfig,
     load_config,
@@ -74,11 +75,26 @@ def cmd_serve(args: argparse.Namespace) -> None:
     _install_uvloop()
     try:
         configure_logging(config)
+        if args.config is not None:  # (the embedded default's are meant to be optional)
+            _warn_unset_key_envs(config)
         with contextlib.suppress(KeyboardInterrupt):
             sys.exit(run(args.config, config, host, port, args.workers))
     except ConfigError as e:  # sections validated when the app is built (auth, logging, ...)
         print(f"streamproxy: config error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def _warn_unset_key_envs(config: Config) -> None:
+    """A provider's api_key_env names a variable that is not set: serving on is documented
+    (the client's key is forwarded), but a missing export must not go unnoticed until clients
+    get the provider's 401. check-config says the same."""
+    import logging
+
+    for p in config.providers.values():
+        if p.api_key_env and not p.api_key:
+            logging.getLogger("streamproxy").warning(
+                "provider %s: environment variable %s (its api_key_env) is not set", p.name,
+                p.api_key_env)
 
 
 def cmd_mock(args: argparse.Namespace) -> None:

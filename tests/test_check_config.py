@@ -99,6 +99,35 @@ def test_a_providers_unset_api_key_env_is_named(tmp_path: Path,
                for line in lines), out
 
 
+def test_serve_warns_of_an_unset_api_key_env(tmp_path: Path) -> None:
+    """serve said nothing: a missing export went unnoticed until clients without a key of
+    their own got the provider's 401. It starts (the client's key is forwarded, as
+    documented) but names the variable once, at start-up."""
+    path = tmp_path / "proxy.yaml"
+    path.write_text("providers:\n  gpt: {type: openai, api_key_env: CHECK_CONFIG_UNSET}\n"
+                    "  own: {type: openai}\n")
+    env = {k: v for k, v in os.environ.items() if k != "CHECK_CONFIG_UNSET"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamproxy", "serve", "--config", str(path),
+                             "--port", "0"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, env=env)
+    lines = []
+    try:
+        assert proc.stderr is not None
+        for _ in range(50):  # (bounded: the listening line comes after a few)
+            line = proc.stderr.readline()
+            lines.append(line)
+            if not line or "listening on" in line:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert "listening on" in lines[-1], lines
+    warnings = [line for line in lines if "WARNING" in line]
+    assert len(warnings) == 1, lines
+    assert warnings[0].rstrip().endswith("provider gpt: environment variable CHECK_CONFIG_UNSET "
+                                         "(its api_key_env) is not set"), warnings
+
+
 def test_bedrock_says_how_it_authenticates(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Bedrock signs with AWS credentials unless it has a key: `auth=client's key` was printed
