@@ -103,15 +103,21 @@ async def test_stream_helper_takes_tool_calls_an_upstream_sent_without_index(
                       "function": {"name": "time", "arguments": "{}"}}]}}]}
     upstream.body = b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n"
     client = openai_sdk(await proxy(provider_config(kind, upstream.url, **options)))
+    assert await streamed_calls(client) == [
+        ("call_a", "weather", '{"city":"Paris"}'), ("call_b", "time", "{}")]
+
+
+
+async def streamed_calls(client: Any) -> list[tuple[str, str, str]]:
+    """The tool calls of the final message the SDK's stream() helper builds, offered the
+    weather and time functions: (id, name, arguments) each."""
     tools = [{"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
              for name in ("weather", "time")]
     async with client.chat.completions.stream(model="m", messages=USER,
                                               tools=tools) as stream:
         final = await stream.get_final_completion()
     calls = final.choices[0].message.tool_calls or []
-    assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [
-        ("call_a", "weather", '{"city":"Paris"}'), ("call_b", "time", "{}")]
-
+    return [(c.id, c.function.name, c.function.arguments) for c in calls]
 
 async def test_stream_helper_takes_citations_streamed_in_several_deltas(
         proxy: Any, upstream: Any) -> None:
@@ -158,13 +164,7 @@ async def test_stream_helper_keeps_the_call_id_mistral_follows_with_a_placeholde
         _sse_chunk({"tool_calls": [_mistral_call(1, "", "def456UVW")]}),
         _sse_chunk({"content": ""}, "tool_calls"), b"data: [DONE]\n\n"])
     client = openai_sdk(await proxy(provider_config("mistral", upstream.url)))
-    tools = [{"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
-             for name in ("weather", "time")]
-    async with client.chat.completions.stream(model="m", messages=USER,
-                                              tools=tools) as stream:
-        final = await stream.get_final_completion()
-    calls = final.choices[0].message.tool_calls or []
-    assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [
+    assert await streamed_calls(client) == [
         ("abc123XYZ", "weather", '{"city": "Paris"}'), ("def456UVW", "time", "{}")]
 
 

@@ -301,20 +301,6 @@ OPENROUTER_TAIL = sse(HEAD[0], HEAD[1], chunk([{**choice("stop", role="assistant
                               "native_finish_reason": None}], usage={**USAGE, "cost": 0.0001}))
 
 
-@pytest.mark.parametrize("usage", [True, False])
-async def test_openrouter_usage_after_the_finish_leaves_no_empty_chunk(proxy: Any, upstream: Any,
-                                                                       usage: bool) -> None:
-    """Its usage moved to a usage chunk, the chunk it rode on went on without it: a choice
-    after the finish chunk, which OpenAI never sends (and, usage not asked for, a chunk of
-    nothing)."""
-    chunks = await stream(proxy, upstream, "openrouter", OPENROUTER_TAIL, usage=usage)
-    assert_finish_last(chunks)
-    c = collect(chunks)
-    assert c.content == "Hello" and c.finish_reason == "stop" and c.done
-    assert c.usage == ({**USAGE, "cost": 0.0001} if usage else None)
-    assert len(usage_chunks(chunks)) == usage
-
-
 # Its usage may also ride on a second finish chunk (the finish repeated, the content empty),
 # as in a stream an OpenRouter client's tests quote from OpenRouter's docs.
 OPENROUTER_FINISH_TWICE = sse(HEAD[0], chunk([{**choice("stop", content="Hello"),
@@ -325,15 +311,20 @@ OPENROUTER_FINISH_TWICE = sse(HEAD[0], chunk([{**choice("stop", content="Hello")
 
 
 @pytest.mark.parametrize("usage", [True, False])
-async def test_openrouter_usage_on_a_repeated_finish_chunk_finishes_once(
-        proxy: Any, upstream: Any, usage: bool) -> None:
-    """The repeated finish, once its usage was moved off it, reached the client as a second
-    finish chunk of the same choice (OpenAI finishes a choice once)."""
-    chunks = await stream(proxy, upstream, "openrouter", OPENROUTER_FINISH_TWICE, usage=usage)
+@pytest.mark.parametrize(("body", "cost"), [(OPENROUTER_TAIL, 0.0001),
+                                            (OPENROUTER_FINISH_TWICE, 0.0004)],
+                         ids=["after-the-finish", "on-a-repeated-finish"])
+async def test_openrouter_usage_leaves_nothing_after_the_finish(
+        proxy: Any, upstream: Any, usage: bool, body: bytes, cost: float) -> None:
+    """Its usage moved to a usage chunk, the chunk it rode on went on without it: a choice
+    after the finish chunk, which OpenAI never sends (and, usage not asked for, a chunk of
+    nothing), or the repeated finish as a second finish of the same choice (OpenAI finishes a
+    choice once)."""
+    chunks = await stream(proxy, upstream, "openrouter", body, usage=usage)
     assert_finish_last(chunks)
     c = collect(chunks)
     assert c.content == "Hello" and c.finish_reason == "stop" and c.done
-    assert c.usage == ({**USAGE, "cost": 0.0004} if usage else None)
+    assert c.usage == ({**USAGE, "cost": cost} if usage else None)
     assert len(usage_chunks(chunks)) == usage
 
 
