@@ -27,12 +27,18 @@ run: $(VENV)/.installed-base
 test: $(VENV)/.installed-test redis-server-present
 	$(BIN)/ruff check streamproxy tests bench loadtests
 	$(BIN)/python -m pytest -q -p no:cacheprovider --benchmark-disable
-	@# The core paths once more on the alternative upstream client (aiohttp's).
-	STREAMPROXY_UPSTREAM_CLIENT=aiohttp $(BIN)/python -m pytest -q -p no:cacheprovider \
-		--benchmark-disable $(AIOHTTP_CLIENT_TESTS)
-	@# And on aiohttp's server front for chat requests (the lean front is the default).
-	STREAMPROXY_FRONT=aiohttp $(BIN)/python -m pytest -q -p no:cacheprovider \
-		--benchmark-disable $(AIOHTTP_CLIENT_TESTS) tests/test_auth.py tests/test_cache.py
+	@# The tests that serve requests (STREAMPROXY_RERUN: conftest.py) once more on the
+	@# alternative upstream client (aiohttp's), and at the same time on aiohttp's server front
+	@# for chat requests (the lean front is the default): they mostly wait on sockets, so the
+	@# two runs share the machine's cores well. The first's output follows the second's.
+	STREAMPROXY_RERUN=1 STREAMPROXY_UPSTREAM_CLIENT=aiohttp $(BIN)/python -m pytest -q \
+		-p no:cacheprovider --benchmark-disable $(AIOHTTP_CLIENT_TESTS) > .rerun-client.log 2>&1 & \
+	client=$$!; \
+	STREAMPROXY_RERUN=1 STREAMPROXY_FRONT=aiohttp $(BIN)/python -m pytest -q -p no:cacheprovider \
+		--benchmark-disable $(AIOHTTP_CLIENT_TESTS) tests/test_auth.py tests/test_cache.py; \
+	front=$$?; wait $$client; client=$$?; \
+	echo "--- on aiohttp's upstream client:"; cat .rerun-client.log; rm -f .rerun-client.log; \
+	test $$front -eq 0 && test $$client -eq 0
 
 # The Redis cache tests start their own redis-server (tests/redis_server.py) and the egress
 # proxy tests make a certificate with openssl: install them when missing (apt-get, as root),

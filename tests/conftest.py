@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import inspect
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,6 +15,22 @@ from streamproxy.config import Config
 from streamproxy.server.app import create_app
 from streamproxy.server.front import make_runner
 from tests.helpers import FakeUpstream, make_config
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`STREAMPROXY_RERUN=1` (the Makefile's second and third runs, on aiohttp's upstream
+    client and on its front): only the coroutine tests, which serve requests through them. The
+    synchronous ones are pure (translators, decoders, their property tests): they ran in the
+    first run already, and the other client or front cannot change what they check."""
+    if not os.environ.get("STREAMPROXY_RERUN"):
+        return
+    served, pure = [], []
+    for item in items:
+        coroutine = inspect.iscoroutinefunction(getattr(item, "function", None))
+        (served if coroutine else pure).append(item)
+    if pure:
+        config.hook.pytest_deselected(items=pure)
+        items[:] = served
 
 
 class ProxyTestServer(TestServer):
