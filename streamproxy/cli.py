@@ -57,6 +57,12 @@ def _positive(text: str) -> int:
     return value
 
 
+def _host(text: str) -> str:
+    """A listen address; an IPv6 one may come bracketed, as in a URL (`[::1]`), which the
+    socket layer would look up as a name and fail."""
+    return text[1:-1] if text.startswith("[") and text.endswith("]") else text
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= MAX_PORT:  # beyond it the socket layer wraps: 70000 listens on 4464
@@ -191,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     serve = sub.add_parser("serve", help="run the proxy")
     serve.add_argument("--config", help="YAML or JSON config file (default: the embedded default)")
     # Unset, they are the config's server.host / server.port, whose defaults these are.
-    serve.add_argument("--host", default=None,
+    serve.add_argument("--host", type=_host, default=None,
                        help=f"listen address (default: server.host, else {DEFAULT_HOST})")
     serve.add_argument("--port", type=_port, default=None,
                        help=f"port, 0 for any free one (then one process; default: server.port, "
@@ -202,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
                             "process, no master)")
     serve.set_defaults(func=cmd_serve)
     mock = sub.add_parser("mock", help="run the mock upstream alone (benchmarks)")
-    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--host", type=_host, default="127.0.0.1")
     mock.add_argument("--port", type=_port, default=9100)
     mock.set_defaults(func=cmd_mock)
     check = sub.add_parser("check-config", help="validate a config and print what it serves")

@@ -199,8 +199,8 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         raw = Path(path).read_bytes()
     except OSError as e:
         raise ConfigError(source, "", f"cannot read file: {e.strerror}") from None
-    try:  # UTF-8 whatever the locale, as YAML files are
-        text = raw.decode("utf-8")
+    try:  # UTF-8 whatever the locale, as YAML files are; a BOM (Windows editors) dropped
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:  # (a Latin-1 comment): a traceback, and a master's death
         line = raw.count(b"\n", 0, e.start) + 1
         raise ConfigError(source, f"line {line}", "not UTF-8 text") from None

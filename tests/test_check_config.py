@@ -381,3 +381,13 @@ providers:
     assert code == 0, err
     assert "SECRET" not in out and "alice" not in out
     assert "base_url=https://***@vllm.example.com/v1 " in out
+
+
+@pytest.mark.parametrize(("given", "listens_on"), [("[::1]", "::1"), ("::1", "::1"),
+                                                    ("127.0.0.1", "127.0.0.1")])
+def test_a_bracketed_ipv6_host_is_its_address(given: str, listens_on: str) -> None:
+    # `--host [::1]`, as an address is written in a URL, failed with "Name or service not
+    # known": the socket layer looked the brackets up as a name.
+    from streamproxy.cli import _host
+
+    assert _host(given) == listens_on

@@ -189,14 +189,16 @@ def test_a_base_url_error_never_echoes_what_stands_where_the_port_goes(
     assert info.value.key == "providers.x.base_url" and "sk-secret" not in str(info.value)
 
 
-def test_a_json_config_indented_with_tabs_loads(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bom", ["", "\ufeff"], ids=["plain", "bom"])
+def test_a_json_config_indented_with_tabs_loads(tmp_path: Path, bom: str) -> None:
     """JSON is YAML's flow style and loaded so, but PyYAML takes no tab before a token: a JSON
     file indented with tabs (jq --tab, Go's MarshalIndent) failed as 'invalid YAML: found
-    character '\\t' that cannot start any token'."""
+    character '\\t' that cannot start any token'. With a BOM (as Windows editors save) it
+    still failed: the JSON check saw no `{` first."""
     path = tmp_path / "proxy.json"
-    path.write_text(json.dumps({"server": {"port": 8788}, "providers": {
+    path.write_text(bom + json.dumps({"server": {"port": 8788}, "providers": {
         "m": {"type": "mock", "default_model": "fast", "models": ["fast"]}},
-        "default_provider": "m"}, indent="\t"))
+        "default_provider": "m"}, indent="\t"), encoding="utf-8")
     config = load_config(path)
     assert (config.server.port, config.default_provider) == (8788, "m")
     assert config.providers["m"].models == ("fast",)

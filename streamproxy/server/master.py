@@ -115,8 +115,9 @@ class Master:
         # sent it; a worker inherits this until it listens and handles it.
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # (its word to a reload's old workers)
+        host = f"[{self.host}]" if ":" in self.host else self.host  # (IPv6, as in a URL)
         log.info("streamproxy master %d: %d workers on http://%s:%d (config: %s)", os.getpid(),
-                 self.count, self.host, self.port, self.config.source)
+                 self.count, host, self.port, self.config.source)
         try:
             for slot in range(self.count):
                 self._spawn(slot, self.generation, self.config)
