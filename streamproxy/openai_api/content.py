@@ -126,6 +126,12 @@ def image_type(data: str) -> str | None:
     return None
 
 
+def image_media_type(data: str, label: str) -> str:
+    """A base64 image's type for a provider: the one its bytes show (`image_type`), else its
+    label, with the common misspelling `image/jpg` read as image/jpeg."""
+    return image_type(data) or ("image/jpeg" if label == "image/jpg" else label)
+
+
 def file_data(file: dict[str, Any], where: str, provider: str) -> Any:
     """A `file` part's `file_data`. A `file_id` names a file in OpenAI's Files API, which
     `provider` cannot read: a 400 naming it, rather than one about a missing `file_data`."""

@@ -59,7 +59,7 @@ from streamproxy.openai_api.content import (
     PLACEHOLDER_USER_TEXT,
     THINKING_TYPES,
     file_data,
-    image_type,
+    image_media_type,
     is_blank,
     logprobs_asked,
     parse_data_url,
@@ -82,10 +82,9 @@ DEFAULT_MAX_TOKENS = 4096
 USER_ID_MAX = 256  # the longest metadata.user_id Anthropic documents
 # OpenAI parameters with no Anthropic equivalent: dropped, never forwarded.
 DROPPED = (OPENAI_ONLY - {"safety_identifier"}) | {"frequency_penalty", "presence_penalty", "seed"}
-# The image types Anthropic takes, by the names clients send (image/jpg is common).
+# The image types Anthropic takes (`image_media_type` reads a misspelt image/jpg as jpeg).
 TITLE_MAX = 500  # a document title's longest in Anthropic's API schema
-IMAGE_MEDIA_TYPES = {"image/jpeg": "image/jpeg", "image/jpg": "image/jpeg",
-                     "image/png": "image/png", "image/gif": "image/gif", "image/webp": "image/webp"}
+IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 # Anthropic-native parameters a client may pass through (e.g. openai SDK `extra_body`):
 # `cache_control` is automatic prompt caching (the breakpoint on the last cacheable block);
 # `thinking` too, which also sizes `max_tokens` (fit_thinking).
@@ -477,11 +476,11 @@ def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
 def _image_source(url: Any, where: str) -> dict[str, Any]:
     if isinstance(url, str) and url.startswith("data:"):
         media_type, data = parse_data_url(url, where)
-        media_type = image_type(data) or media_type  # the bytes' type, which Anthropic checks
+        media_type = image_media_type(data, media_type)  # the bytes' type: Anthropic checks
         if media_type not in IMAGE_MEDIA_TYPES:
             raise InvalidRequest(f"Anthropic takes png, jpeg, gif or webp images, not "
                                  f"{media_type}.", param=where, code="unsupported_value")
-        return {"type": "base64", "media_type": IMAGE_MEDIA_TYPES[media_type], "data": data}
+        return {"type": "base64", "media_type": media_type, "data": data}
     if isinstance(url, str) and url.startswith(("http://", "https://")):
         return {"type": "url", "url": url}
     raise InvalidRequest("Expected a data: URL or an http(s) URL.", param=where,

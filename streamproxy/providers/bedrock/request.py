@@ -79,7 +79,7 @@ from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     PLACEHOLDER_USER_TEXT,
     file_data,
-    image_type,
+    image_media_type,
     is_blank,
     logprobs_asked,
     parse_data_url,
@@ -114,7 +114,7 @@ DROPPED = OPENAI_ONLY | {"frequency_penalty", "presence_penalty", "seed", "user"
 # Converse request fields a client may set itself, forwarded as given.
 PASSTHROUGH = ("additionalModelRequestFields", "additionalModelResponseFieldPaths",
                "guardrailConfig", "performanceConfig", "promptVariables", "requestMetadata")
-IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg",
+IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg",
                  "image/gif": "gif", "image/webp": "webp"}
 IMAGE_EXTENSIONS = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "gif": "gif", "webp": "webp"}
 DOCUMENT_FORMATS = {
@@ -531,7 +531,7 @@ def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
 def _image(url: Any, where: str) -> dict[str, Any]:
     if isinstance(url, str) and url.startswith("data:"):
         media_type, data = parse_data_url(url, where)
-        fmt = IMAGE_FORMATS.get(image_type(data) or media_type)  # the bytes' type (checked)
+        fmt = IMAGE_FORMATS.get(image_media_type(data, media_type))  # the bytes' (checked)
         if fmt is None:
             raise InvalidRequest(f"Bedrock takes png, jpeg, gif or webp images, not {media_type}.",
                                  param=where, code="unsupported_value")

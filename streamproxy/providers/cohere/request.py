@@ -37,7 +37,7 @@ from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     answer_cap,
-    image_type,
+    image_media_type,
     logprobs_asked,
     parse_data_url,
     reasoning_effort,
@@ -53,10 +53,9 @@ SAME_NAME = ("temperature", "seed")
 # clients often send for each, so only a non-zero one goes.
 PENALTIES = ("frequency_penalty", "presence_penalty")
 P_MAX = 0.99  # Cohere refuses a larger `p`; OpenAI's top_p goes up to 1 (its default)
-# The image types Cohere's vision models take (its image-inputs docs: PNG, JPEG, WebP, GIF),
-# by the labels clients write; a data: URL goes with the type as Cohere spells it.
-IMAGE_TYPES = {"image/png": "image/png", "image/jpeg": "image/jpeg", "image/jpg": "image/jpeg",
-               "image/webp": "image/webp", "image/gif": "image/gif"}
+# The image types Cohere's vision models take (its image-inputs docs: PNG, JPEG, WebP, GIF);
+# a data: URL goes with the type as Cohere spells it (`image_media_type`).
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
 THINKING_BUDGET = {"minimal": 512, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768}
 
 
@@ -226,8 +225,8 @@ def _image_url(url: Any, where: str) -> str:
         raise InvalidRequest("Expected a data: URL or an http(s) URL.", param=where,
                              code="invalid_value")
     mime, data = parse_data_url(url, where)
-    mime = image_type(data) or mime  # the bytes' type: a label may be wrong or generic
+    mime = image_media_type(data, mime)  # the bytes' type: a label may be wrong or generic
     if mime not in IMAGE_TYPES:
         raise InvalidRequest(f"Cohere takes png, jpeg, webp or gif images, not {mime}.",
                              param=where, code="unsupported_value")
-    return f"data:{IMAGE_TYPES[mime]};base64,{data}"
+    return f"data:{mime};base64,{data}"

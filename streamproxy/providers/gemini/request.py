@@ -40,7 +40,7 @@ from streamproxy.openai_api.content import (
     PLACEHOLDER_USER_TEXT,
     UNMATCHED_PLACE,
     answer_cap,
-    image_type,
+    image_media_type,
     logprobs_asked,
     parse_data_url,
     reasoning_effort,
@@ -68,8 +68,6 @@ SKIP_SIGNATURE_CHECK = "skip_thought_signature_validator"
 # results, with the sources in `groundingMetadata`) rather than declare a function; Portkey's.
 GOOGLE_SEARCH_NAMES = frozenset({"google_search", "googleSearch"})
 DEFAULT_IMAGE_MIME = "image/jpeg"  # for an image URL whose extension names no type
-# Data-URL types clients write that Gemini refuses ("Unsupported MIME type"), by its name.
-MIME_ALIASES = {"image/jpg": "image/jpeg"}
 # The image types Gemini reads (Google's image-understanding docs; an image/gif, bmp, tiff… is
 # its 400 "Unsupported MIME type"). Other media (audio, video, PDF, text) go as labelled, in
 # image_url too, LiteLLM's convention for Gemini.
@@ -344,7 +342,7 @@ def _media(url: Any, where: str, default_mime: str | None,
         mime, data = parse_data_url(url, where)
         # an image's bytes tell its type: a label may be generic (application/octet-stream,
         # which Gemini refuses) or wrong
-        mime = image_type(data) or MIME_ALIASES.get(mime, mime)
+        mime = image_media_type(data, mime)
         if mime.startswith("image/") and mime not in IMAGE_TYPES:
             raise InvalidRequest(f"Gemini takes png, jpeg, webp, heic or heif images, not "
                                  f"{mime}.", param=where, code="unsupported_value")
