@@ -1,11 +1,18 @@
 """Random ids for traces and completions.
 
-They only have to be unique, not secret, so they come from `random`'s generator (seeded from
-the OS, and reseeded by `random` itself in every forked worker) instead of a getrandom()
-system call per id on the request path."""
+They only have to be unique, not secret, so they come from a Mersenne Twister seeded from the
+OS instead of a getrandom() system call per id on the request path. It is the proxy's own, not
+`random`'s global one: an application or test that seeds the global generator must not make
+the proxy repeat ids, and the proxy must not move a state others read. Reseeded in every
+forked child, so workers do not replay the master's ids."""
 
-from random import getrandbits
+import os
+from random import Random
 from time import time_ns
+
+_rng = Random()
+os.register_at_fork(after_in_child=_rng.seed)
+getrandbits = _rng.getrandbits
 
 
 def random_hex(nbytes: int) -> str:

@@ -1,6 +1,7 @@
 """Trace and completion ids: the right shape, and unique across forked workers."""
 
 import os
+import random
 import re
 import time
 
@@ -44,3 +45,15 @@ def test_a_forked_worker_does_not_repeat_its_parents_ids() -> None:
     os.close(read)
     os.waitpid(pid, 0)
     assert len(child) == 32 and child != random_hex(16)
+
+
+def test_ids_do_not_follow_the_global_random_state() -> None:
+    # An application or a test that seeds `random` (or reads it to check it was left alone,
+    # as hypothesis does) must neither make the proxy repeat ids nor see the proxy move it.
+    random.seed(7)
+    first = (random_hex(16), time_ordered_hex()[11:])
+    random.seed(7)
+    state = random.getstate()
+    second = (random_hex(16), time_ordered_hex()[11:])
+    assert random.getstate() == state
+    assert first[0] != second[0] and first[1] != second[1]
