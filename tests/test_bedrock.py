@@ -366,6 +366,34 @@ def test_stop_reasons(reason: str, finish: str) -> None:
     assert collect(sse_chunks(translate([body]))).finish_reason == finish
 
 
+@pytest.mark.parametrize("reason", ["end_turn", "stop_sequence", None])
+def test_a_turn_with_tool_calls_finishes_with_tool_calls_whatever_stop_it_names(
+        reason: str | None) -> None:
+    """Some Converse models end a turn that called tools with `end_turn` (AWS's own Strands
+    SDK overrides it to tool_use for that reason): the client's agent loop, which runs the
+    calls when finish_reason is `tool_calls`, took the turn for a final answer."""
+    stop = {"stopReason": reason} if reason else {}
+    body = b"".join([
+        event("messageStart", {"role": "assistant"}),
+        event("contentBlockStart", {"contentBlockIndex": 0, "start": {
+            "toolUse": {"toolUseId": "t1", "name": "now"}}}),
+        event("contentBlockStop", {"contentBlockIndex": 0}),
+        event("messageStop", stop),
+        event("metadata", {"usage": {"inputTokens": 1, "outputTokens": 2}})])
+    c = collect(sse_chunks(translate([body])))
+    assert c.tool_calls == [{"id": "t1", "name": "now", "arguments": "{}"}]
+    assert c.finish_reason == "tool_calls"
+    provider = BedrockProvider(parse_config({"providers": {"b": {
+        "type": "bedrock", "region": "us-east-1", "api_key": "k"}}}, "<t>").providers["b"])
+    answer = orjson.dumps({"output": {"message": {"role": "assistant", "content": [
+        {"toolUse": {"toolUseId": "t1", "name": "now", "input": {}}}]}}, **stop,
+        "usage": {"inputTokens": 1, "outputTokens": 2}})
+    completion = provider.translate_response(answer, parse_chat_request(
+        b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'),
+        completion_id="c", created=1)
+    assert completion["choices"][0]["finish_reason"] == "tool_calls"
+
+
 @pytest.mark.parametrize("reason", ["malformed_tool_use", "malformed_model_output"])
 def test_stop_reasons_that_mean_no_usable_answer_are_errors(reason: str) -> None:
     # A tool call's input cut or invalid: never a clean finish around partial arguments.

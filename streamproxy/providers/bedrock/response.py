@@ -10,8 +10,8 @@ from streamproxy.errors import UpstreamProtocolError
 from streamproxy.openai_api.completion import CompletionBuilder
 from streamproxy.providers.bedrock.stream import (
     FAILED_REASONS,
-    FINISH_REASONS,
     failed_stop,
+    finish_reason,
     map_usage,
 )
 
@@ -45,7 +45,7 @@ def _translate(blocks: list[dict[str, Any]], answer: dict[str, Any]) -> Completi
         elif "reasoningContent" in block:
             _reasoning(block["reasoningContent"], out)
         # citationsContent, image, document... have no OpenAI slot in an answer: dropped.
-    out.finish(FINISH_REASONS.get(answer.get("stopReason") or "end_turn", "stop"))
+    out.finish(finish_reason(answer.get("stopReason") or "end_turn", tools > 0))
     if answer.get("usage"):
         out.usage(map_usage(answer["usage"]))
     return out

@@ -6,6 +6,7 @@
   before the tool takes index 0 there). A toolUse block with no input fragment gets "{}".
 - Reasoning text goes to `reasoning_content`; the block's signature (Claude) is emitted with the
   whole signed text as a `thinking_blocks` entry, so the client can send it back (request.py).
+- A turn with tool calls finishes as `tool_calls` even when its stopReason says `end_turn`.
 - Bedrock sends `metadata` (usage) *after* `messageStop`; metadata is the end of the stream.
   A stream that closes after messageStop without metadata is reported as truncated: the answer
   is complete, but nothing tells a cut connection from a finished one there, so we do not guess.
@@ -56,6 +57,14 @@ FINISH_REASONS = {
 # Stop reasons that mean no usable answer was produced (a tool call's input cut or invalid):
 # an error, never a finish that looks complete (provider-streams.md §2.4).
 FAILED_REASONS = {"malformed_tool_use": 502, "malformed_model_output": 502}
+
+
+def finish_reason(reason: str, called: bool) -> str:
+    """`stopReason` → OpenAI's finish reason. A turn that made tool calls ends as `tool_calls`
+    though it names `end_turn`, as some Converse models do (AWS's Strands SDK overrides it the
+    same way): an agent loop runs the calls only on `tool_calls`."""
+    finish = FINISH_REASONS.get(reason, "stop")
+    return "tool_calls" if called and finish == "stop" else finish
 
 
 def failed_stop(reason: str, provider: str) -> UpstreamStatusError:
@@ -252,7 +261,7 @@ class BedrockStreamTranslator(StreamTranslator):
                 # Every frame now goes through _on_message (_after_failure).
                 self._delta_headers = self._delta_frame = None
                 return
-            self.out.finish(FINISH_REASONS.get(reason, "stop"))
+            self.out.finish(finish_reason(reason, bool(self._tool_of_block)))
         elif event == "metadata":
             self._start()
             if body.get("usage"):
