@@ -583,6 +583,23 @@ async def test_tool_arguments_that_are_not_json_go_as_raw_text(proxy: Any, upstr
     assert ollama[1]["tool_calls"][0]["function"]["arguments"] == {"raw_arguments": arguments}
 
 
+@pytest.mark.parametrize("arguments", ["null", " null ", ""])
+def test_a_call_without_arguments_written_as_null_goes_back_with_none(arguments: str) -> None:
+    # "null" is how Cohere (and clients serialising a missing value) write a call of a tool
+    # without parameters; it went back as {"value": null}, an argument the call never had,
+    # which the model then read as one it had passed.
+    messages = tool_loop(["call_1"])
+    messages[1]["tool_calls"][0]["function"]["arguments"] = arguments
+    anthropic = translate(messages=messages)["messages"]
+    assert anthropic[1]["content"][0]["input"] == {}
+    bedrock = to_converse({"messages": messages}, "anthropic.claude-x")["messages"]
+    assert bedrock[1]["content"][0]["toolUse"]["input"] == {}
+    gemini = to_gemini({"messages": messages}, "gemini-2.5-flash")["contents"]
+    assert gemini[1]["parts"][0]["functionCall"]["args"] == {}
+    ollama = to_ollama({"messages": messages}, "llama3.2", stream=True)["messages"]
+    assert ollama[1]["tool_calls"][0]["function"]["arguments"] == {}
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"n": 2}, "n"),
     ({"messages": [{"role": "user", "content": [{"type": "input_audio",

@@ -150,7 +150,9 @@ RAW_ARGUMENTS = "raw_arguments"
 
 def tool_call_input(arguments: Any) -> dict[str, Any]:
     """An assistant tool call's `arguments` (a JSON string; "" means no arguments) → the
-    object providers take as input. A non-object JSON value is wrapped as {"value": …}, text
+    object providers take as input. `null` means none too: Cohere and clients that serialise
+    a missing value write it for a tool without parameters (wrapped, the model would read an
+    argument it never passed). Another non-object JSON value is wrapped as {"value": …}, text
     that is not JSON as {RAW_ARGUMENTS: text}."""
     if not arguments:
         return {}
@@ -158,6 +160,8 @@ def tool_call_input(arguments: Any) -> dict[str, Any]:
         parsed = orjson.loads(arguments) if isinstance(arguments, str) else arguments
     except orjson.JSONDecodeError:
         return {RAW_ARGUMENTS: arguments}
+    if parsed is None:
+        return {}
     return parsed if isinstance(parsed, dict) else {"value": parsed}
 
 
