@@ -682,3 +682,23 @@ def test_an_anthropic_option_header_cannot_split_a_header(header: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         sent_with_headers(gateway_for(), {"x-portkey-provider": "an", header: "a;b=c\u00e9"})
     assert info.value.param == header
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ({"metadata.tier": {"$regex": "^[23]$"}}, True),  # a number, as JavaScript prints it
+    ({"params.max_tokens": {"$regex": "^\\d{4}$"}}, True),
+    ({"params.temperature": {"$regex": "^1$"}}, True),  # 1.0 prints "1" in JavaScript
+    ({"params.top_p": {"$regex": "^0\\.5$"}}, True),
+    ({"params.stream": {"$regex": "^true$"}}, True),  # not Python's "True"
+    ({"params.small": {"$regex": "^0\\.00001$"}}, True),  # not Python's "1e-05"
+    ({"params.tools": {"$regex": "."}}, False),  # an array: no text to match
+    ({"metadata.missing": {"$regex": "."}}, False),
+])
+def test_regex_matches_numbers_and_booleans_as_javascript_prints_them(
+        query: dict[str, Any], expected: bool) -> None:
+    # Portkey's conditionalRouter.ts runs `new RegExp(arg).test(value)`, which reads the
+    # value as a string: metadata.tier 3 matched ^[23]$ there and never here.
+    params = {"max_tokens": 1024, "temperature": 1.0, "top_p": 0.5, "stream": True,
+              "small": 1e-05, "tools": [{}]}
+    validate_query(query, "q")
+    assert matches(query, {"tier": 3}, params) is expected

@@ -10,6 +10,8 @@ As in Portkey's conditionalRouter.ts, `$gt $gte $lt $lte` compare both sides as 
 that is not a number never matches; `$length` applies a number (equality) or an operator
 object to the length of an array (anything else never matches). Equality (`$eq $ne $in $nin`,
 a literal) is JavaScript's strict one for booleans: `true` is not `1`, nor `false` `0`.
+`$regex` reads a number or a boolean as JavaScript's `RegExp.test` does, as its text (`3`,
+`1024`, `true`); an array, an object, null or an absent field never matches.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import math
 import operator
 import re
 from collections.abc import Callable
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -86,6 +89,27 @@ def _parse_float(value: Any) -> float:
     return float(match.group(1).replace("Infinity", "inf")) if match else math.nan
 
 
+def _js_text(value: Any) -> str | None:
+    """A scalar as JavaScript's `String(value)` writes it (the text `RegExp.test` reads): 1.0
+    is "1", True "true", 1e-05 "0.00001", 1e-07 "1e-7"; None for what is no scalar (its
+    text would be "[object Object]" or "null")."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):  # (the shortest digits, as both write them; where they differ
+        # is when to use an exponent: JavaScript's from 1e21 and below 1e-6, and its form)
+        if value.is_integer() and abs(value) < 1e21:
+            return str(int(value))
+        text = repr(value)
+        if "e" in text and -6 <= int(text.partition("e")[2]) < 21:
+            return format(Decimal(text), "f")
+        return re.sub(r"e([+-])0*", r"e\1", text)
+    return None
+
+
 def _lookup(field: str, metadata: dict[str, Any], params: dict[str, Any], path: str) -> Any:
     root, _, rest = field.partition(".")
     value: Any = {"metadata": metadata, "params": params, "url": {"pathname": path}}[root]
@@ -113,7 +137,8 @@ def _compare(op: str, value: Any, arg: Any) -> bool:
     if op == "$nin":
         return not any(_equal(value, a) for a in arg)
     if op == "$regex":
-        return isinstance(value, str) and _regex(arg).search(value) is not None
+        text = _js_text(value)
+        return text is not None and _regex(arg).search(text) is not None
     if op == "$length":
         if not isinstance(value, list):
             return False
