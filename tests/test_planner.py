@@ -702,3 +702,16 @@ def test_regex_matches_numbers_and_booleans_as_javascript_prints_them(
               "small": 1e-05, "tools": [{}]}
     validate_query(query, "q")
     assert matches(query, {"tier": 3}, params) is expected
+
+
+def test_a_conditional_without_conditions_routes_to_its_default() -> None:
+    # Portkey's conditionalRouter.ts loops over no conditions and takes the default (a config
+    # whose rules were all removed, or not yet written): a 400 here for every request.
+    raw = {"strategy": {"mode": "conditional", "conditions": [], "default": "b"},
+           "targets": [{"name": "a", "provider": "a"}, {"name": "b", "provider": "b"}]}
+    assert names(make(raw, metadata={"x": 1})) == ["b"]
+    # with no default either, no request could be routed: refused with the config
+    del raw["strategy"]["default"]
+    with pytest.raises(InvalidRequest) as info:
+        parse_config(raw)
+    assert info.value.param == "config.strategy.conditions"

@@ -429,8 +429,11 @@ def _names_target(name: Any, names: set[str]) -> bool:
 def _conditions(node: ConfigNode, strategy: dict[str, Any], path: str) -> ConfigNode:
     names = {c.name for c in node.targets if c.name}
     raw = strategy.get("conditions")
-    if not isinstance(raw, list) or not raw:
-        raise _bad(f"{path}.strategy.conditions", "must be a non-empty array")
+    # Empty with a default: every request goes to it, as in Portkey (a config whose rules
+    # were removed); with no default, none could be routed.
+    if not isinstance(raw, list) or not (raw or strategy.get("default") is not None):
+        raise _bad(f"{path}.strategy.conditions", "must be an array, non-empty unless "
+                                                  "strategy.default names a target")
     conditions = []
     for i, cond in enumerate(raw):
         where = f"{path}.strategy.conditions[{i}]"
