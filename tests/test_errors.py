@@ -130,15 +130,17 @@ async def test_upstream_error_status_and_message_are_carried_over(
     assert err["type"] == etype
 
 
-@pytest.mark.parametrize(("kind", "body", "message", "code"), [
+@pytest.mark.parametrize(("kind", "body", "message", "code", "status"), [
     ("openai", b'{"error":{"message":"The model `gpt-9` does not exist","type":'
                b'"invalid_request_error","param":null,"code":"model_not_found"}}',
-     "The model `gpt-9` does not exist", "model_not_found"),
+     "The model `gpt-9` does not exist", "model_not_found", 502),
+    # Anthropic's error type names its status (529 overloaded), as in an error event
     ("anthropic", b'{"type":"error","error":{"type":"overloaded_error","message":'
-                  b'"Overloaded"}}\n', "Overloaded", "overloaded_error"),
+                  b'"Overloaded"}}\n', "Overloaded", "overloaded_error", 529),
 ])
 async def test_a_stream_answered_with_a_json_error_body_keeps_its_message(
-        proxy: Any, upstream: Any, kind: str, body: bytes, message: str, code: str) -> None:
+        proxy: Any, upstream: Any, kind: str, body: bytes, message: str, code: str,
+        status: int) -> None:
     """An upstream that answers a stream request 200 with one JSON error object, not events
     (as some OpenAI-compatible servers and relays do): the client gets the provider's error,
     as it does for the same answer to a non-streamed request, not a cut stream's."""
@@ -146,7 +148,7 @@ async def test_a_stream_answered_with_a_json_error_body_keeps_its_message(
     upstream.body = body
     client = await proxy(provider_config(kind, upstream.url))
     resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True})
-    assert resp.status == 502
+    assert resp.status == status
     err = assert_openai_error(await resp.json())
     assert (err["message"], err["code"]) == (message, code)
 
@@ -186,7 +188,7 @@ BEDROCK_ERROR = b'{"message":"Too many requests, please wait before trying again
 
 
 @pytest.mark.parametrize(("kind", "body", "status", "message"), [
-    ("anthropic", ANTHROPIC_ERROR, 502, "Overloaded"),
+    ("anthropic", ANTHROPIC_ERROR, 529, "Overloaded"),  # the status its type names
     ("gemini", GOOGLE_ERROR, 429, "Rate limit exceeded"),
     ("cohere", b'{"message":"invalid api token"}', 502, "invalid api token"),
     ("bedrock", BEDROCK_ERROR, 502, "Too many requests, please wait before trying again.")])

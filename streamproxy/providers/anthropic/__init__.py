@@ -10,10 +10,11 @@ from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.anthropic.options import beta_names, check_option_values
 from streamproxy.providers.anthropic.request import DROPPED, to_anthropic
 from streamproxy.providers.anthropic.response import to_completion
-from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
+from streamproxy.providers.anthropic.stream import ERROR_STATUS, AnthropicStreamTranslator
 from streamproxy.providers.base import Provider, StreamTranslator, UpstreamRequest
 
 if TYPE_CHECKING:
+    from streamproxy.errors import UpstreamStatusError
     from streamproxy.openai_api.request import ChatRequest
     from streamproxy.routing.target import Target
 
@@ -56,3 +57,10 @@ class AnthropicProvider(Provider):
                            created: int, model: str = "") -> dict[str, Any]:
         return to_completion(body, completion_id=completion_id, created=created,
                              model=model)
+
+    def answered_error(self, body: bytes) -> UpstreamStatusError:
+        # The status its error type names (overloaded_error: 529), as for the same object sent
+        # as an error event: a 502 was not retried or failed over by codes listing 529.
+        err = self.parse_error(502, body)
+        status = ERROR_STATUS.get(err.code or "")
+        return err if status is None else self.parse_error(status, body)
