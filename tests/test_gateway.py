@@ -358,6 +358,47 @@ async def test_a_half_open_target_gets_one_trial_while_others_fall_back(
     assert access_log()[-1]["attempts"] == 1 and resp.status == 200
 
 
+async def test_a_slow_trial_is_the_only_one_past_its_cooldown(
+        proxy: Any, aiohttp_server: Any, access_log: Any) -> None:
+    # A trial that takes longer than the cooldown (a slow first token, a long non-streamed
+    # answer) is still the only one: a second request let through after one cooldown met
+    # the same broken target, with its own client waiting on it.
+    release = asyncio.Event()
+    arrived: list[None] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        arrived.append(None)
+        await asyncio.wait_for(release.wait(), 10)
+        return web.json_response({"error": {"message": "down"}}, status=503)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handle)
+    server = await aiohttp_server(app)
+    client = await proxy(make_config({
+        "mock2": {"type": "mock", "default_model": "fast"},
+        "slow": {"type": "openai", "base_url": str(server.make_url("")).rstrip("/"),
+                 "api_key": "k", "default_model": "m"}}, default="mock2"))
+    config = fallback({"provider": "slow"}, leaf("fast:tokens=2", "mock2"),
+                      cb_config={"failure_threshold": 1, "cooldown_interval": 50})
+    release.set()
+    await post(client, config)  # one failure opens it
+    release.clear()
+    await asyncio.sleep(0.1)  # half-open
+    trial = asyncio.ensure_future(post(client, config, stream=False))
+    for _ in range(200):  # (bounded) until the trial reached the upstream
+        if arrived[1:]:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.15)  # three cooldowns, the trial still waiting on the target
+    others = [await post(client, config) for _ in range(2)]
+    assert [r.headers["x-portkey-last-used-option-index"] for r in others] == [
+        "config.targets[1]"] * 2
+    assert len(arrived) == 2  # the first request's, then the trial's alone
+    release.set()
+    assert (await trial).status == 200  # the trial failed over
+    assert access_log()[-1]["attempts"] == 2
+
+
 async def test_a_requests_retries_count_once_toward_the_breaker(
         proxy: Any, access_log: Any, monkeypatch: Any) -> None:
     # The unit is a request's try of the target, retries and all (as Portkey records a

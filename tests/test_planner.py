@@ -339,6 +339,23 @@ def test_a_half_open_breaker_lets_one_trial_through(new_breakers: BreakersFactor
     assert not cb.is_open("k", spec) and cb.admit("k", spec) is True
 
 
+def test_a_trial_under_way_is_held_for_as_long_as_its_tries_may_last(
+        new_breakers: BreakersFactory) -> None:
+    # A trial is stale (its worker died) only once its tries could no longer be running: a
+    # slow one (a long non-streamed answer, retries) let a second trial through after one
+    # cooldown while the first was still waiting on the target.
+    clock = Clock()
+    cb = new_breakers(clock)
+    spec = BreakerSpec(failure_threshold=1, cooldown_interval=30)
+    cb.record("k", spec, 500)
+    clock.now = 31
+    assert cb.admit("k", spec, lasts=600) is True
+    clock.now = 31 + 300  # ten cooldowns on, the trial still under way
+    assert cb.is_open("k", spec) and cb.admit("k", spec, lasts=600) is False
+    clock.now = 31 + 601  # past anything its tries could take: its worker is gone
+    assert not cb.is_open("k", spec) and cb.admit("k", spec, lasts=600) is True
+
+
 def test_breaker_percentage_waits_for_minimum_requests(new_breakers: BreakersFactory) -> None:
     cb = new_breakers(Clock())
     spec = BreakerSpec(failure_threshold_percentage=50, minimum_requests=4,

@@ -8,9 +8,10 @@ after `cooldown_interval` the breaker lets one trial request through (HALF-OPEN,
 its success (a stream's, when it opens) closes it and resets the counts, its failure opens
 it for another cooldown; while it is under way the others skip the target as if it were
 open. A trial whose outcome never comes (a request cancelled, refused before it was sent) is
-`release`d; one never released (a worker that died) is stale after a cooldown, and another
-request is the trial. If every target of a plan is open, the plan ignores the breakers (as
-Portkey does): failing fast on all of them helps nobody.
+`release`d; one never released (a worker that died) is stale once its tries could no longer
+be running (`admit`'s `lasts`, at least a cooldown), and another request is the trial. If
+every target of a plan is open, the plan ignores the breakers (as Portkey does): failing fast
+on all of them helps nobody.
 
 The states live in this process (`CircuitBreakers`) or, with `--workers N`, in a table all
 the workers share (server/shared_breakers.py overrides `_load` / `_save` / `_locked`), so
@@ -42,7 +43,8 @@ class BreakerState:
     requests: int = 0
     failures: int = 0
     opened_at: float | None = None
-    trial_at: float | None = None  # when a half-open breaker's trial was let through
+    # When a half-open breaker's trial under way is stale: its worker died, never recording it.
+    trial_until: float | None = None
 
 
 # (key, state, for an open one the seconds until it turns half-open: by time alone, which no
@@ -68,22 +70,24 @@ class CircuitBreakers:
             return False
         st = self._load(key)
         phase = self._phase(st, spec)
-        return phase == OPEN or (phase == HALF_OPEN and self._trying(st, spec))
+        return phase == OPEN or (phase == HALF_OPEN and self._trying(st))
 
-    def admit(self, key: str, spec: BreakerSpec) -> bool | None:
+    def admit(self, key: str, spec: BreakerSpec, lasts: float = 0.0) -> bool | None:
         """Before a request's tries of the target: True when it is a half-open breaker's
         trial (its outcome must be recorded or released), False when another's trial is under
         way (the target is skipped if the plan has another), None otherwise (closed; or open,
-        tried when all the plan's targets are)."""
+        tried when all the plan's targets are). `lasts`: the longest its tries may take; the
+        trial is held that long, or a cooldown if longer (a slow one, held for one cooldown,
+        let a second trial through while it still waited on the target)."""
         if self._phase(self._load(key), spec) != HALF_OPEN:  # (no lock for a closed one)
             return None
         with self._locked():
             st = self._load(key)
             if st is None or self._phase(st, spec) != HALF_OPEN:
                 return None
-            if self._trying(st, spec):
+            if self._trying(st):
                 return False
-            st.trial_at = self._clock()
+            st.trial_until = self._clock() + max(lasts, spec.cooldown_interval)
             self._save(key, st)
         return True
 
@@ -91,8 +95,8 @@ class CircuitBreakers:
         """A trial that ended with no outcome: the next request may be the trial."""
         with self._locked():
             st = self._load(key)
-            if st is not None and st.trial_at is not None:
-                st.trial_at = None
+            if st is not None and st.trial_until is not None:
+                st.trial_until = None
                 self._save(key, st)
 
     def record(self, key: str, spec: BreakerSpec | None, status: int | None) -> None:
@@ -104,7 +108,7 @@ class CircuitBreakers:
             st = self._load(key) or BreakerState()
             before = self._phase(st, spec)
             if before == HALF_OPEN:
-                st.trial_at = None
+                st.trial_until = None
                 if failed:
                     st.opened_at = self._clock()
                 else:
@@ -129,10 +133,10 @@ class CircuitBreakers:
             return HALF_OPEN
         return OPEN
 
-    def _trying(self, st: BreakerState | None, spec: BreakerSpec) -> bool:
-        """A trial under way, not yet stale (a cooldown after it began)."""
-        return (st is not None and st.trial_at is not None
-                and self._clock() - st.trial_at < spec.cooldown_interval)
+    def _trying(self, st: BreakerState | None) -> bool:
+        """A trial under way, not yet stale."""
+        return (st is not None and st.trial_until is not None
+                and self._clock() < st.trial_until)
 
     @staticmethod
     def _trips(st: BreakerState, spec: BreakerSpec) -> bool:

@@ -43,7 +43,7 @@ from streamproxy.providers.base import Provider, StreamTranslator
 from streamproxy.record import RequestRecord
 from streamproxy.routing.breaker import CircuitBreakers
 from streamproxy.routing.planner import Attempt, Plan
-from streamproxy.routing.retry import retry_delay
+from streamproxy.routing.retry import RETRY_AFTER_CAP, retry_delay
 from streamproxy.routing.target import Target
 from streamproxy.upstream.client import UpstreamClient, map_client_error
 from streamproxy.upstream.deadline import Deadline
@@ -196,7 +196,7 @@ class Executor:
                 record.target_index, record.option_path = index, attempt.path
                 return cached
             trial = None if attempt.breaker is None else self.breakers.admit(
-                attempt.breaker_key, attempt.breaker)
+                attempt.breaker_key, attempt.breaker, _longest_tries(attempt))
             if trial is False:
                 # Another request's trial of this half-open target is under way: skipped as
                 # if open (as the planner leaves open targets out), unless the plan has
@@ -413,6 +413,17 @@ class _StreamParts:
         self.build()
         assert self.built is not None
         return self.built
+
+
+def _longest_tries(attempt: Attempt) -> float:
+    """The longest a target's tries may take before their outcome is known (how long a
+    half-open breaker's trial is held): its total, else each try's connect and first-token
+    (for a non-streamed answer, whole-answer) timeouts and the longest waits between them."""
+    t, retries = attempt.target.timeouts, attempt.retry.attempts
+    if t.total is not None:
+        return t.total
+    first = t.first_token if t.request is None else min(t.first_token, t.request)
+    return (retries + 1) * (t.connect + first) + retries * RETRY_AFTER_CAP
 
 
 def _after_total(first_try: float | None, total: float | None, delay: float) -> bool:

@@ -22,7 +22,7 @@ from streamproxy.routing.breaker import BreakerState, CircuitBreakers
 from streamproxy.server.shared_memory import SharedRegion
 
 _HASH = struct.Struct("Q")  # 0: a free slot
-_STATE = struct.Struct("qqdd")  # requests, failures, opened_at, trial_at (NaN: none)
+_STATE = struct.Struct("qqdd")  # requests, failures, opened_at, trial_until (NaN: none)
 _SLOT_SIZE = _HASH.size + _STATE.size
 SLOTS = 4096
 PROBES = 64
@@ -72,10 +72,10 @@ class SharedCircuitBreakers(CircuitBreakers):
         offset = self._offset(key, claim=False)
         if offset is None:
             return super()._load(key)  # never recorded, or kept here (no slot free)
-        requests, failures, opened_at, trial_at = _STATE.unpack_from(self._table.region.map,
-                                                                     offset + _HASH.size)
+        requests, failures, opened_at, trial_until = _STATE.unpack_from(
+            self._table.region.map, offset + _HASH.size)
         return BreakerState(requests, failures, None if math.isnan(opened_at) else opened_at,
-                            None if math.isnan(trial_at) else trial_at)
+                            None if math.isnan(trial_until) else trial_until)
 
     def _save(self, key: str, st: BreakerState) -> None:
         offset = self._offset(key, claim=True)  # (record() holds the lock)
@@ -84,7 +84,7 @@ class SharedCircuitBreakers(CircuitBreakers):
             return
         _STATE.pack_into(self._table.region.map, offset + _HASH.size, st.requests, st.failures,
                          math.nan if st.opened_at is None else st.opened_at,
-                         math.nan if st.trial_at is None else st.trial_at)
+                         math.nan if st.trial_until is None else st.trial_until)
 
     def _locked(self) -> AbstractContextManager[object]:
         return self._table.region.locked()
