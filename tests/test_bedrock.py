@@ -1608,6 +1608,41 @@ async def test_error_bodies_keep_status_and_message(status: int, kind: str, prox
         "provider 'aws' returned HTTP 500"
 
 
+# AWS's answer to a signature it computes otherwise (a wrong secret key, a header changed on
+# the way): its message quotes the canonical request, every signed header with its value —
+# the gateway's session token among them (LiteLLM #14763, Continue #9297 show the text).
+SIGNATURE_MISMATCH = (
+    "The request signature we calculated does not match the signature you provided. Check "
+    "your AWS Secret Access Key and signing method. Consult the service documentation for "
+    "details.\n\nThe Canonical String for this request should have been\n'POST\n"
+    f"/model/{quote(MODEL, safe='')}/converse-stream\n\ncontent-type:application/json\n"
+    "host:bedrock-runtime.us-west-2.amazonaws.com\nx-amz-date:20250921T101604Z\n"
+    f"x-amz-security-token:{TOKEN}\n\ncontent-type;host;x-amz-date;x-amz-security-token\n"
+    "fea7815fd74adf3ef10f764bcea846ea6a3ffec335c8754302d2e40114f9db3e'\n\nThe String-to-Sign "
+    "should have been\n'AWS4-HMAC-SHA256\n20250921T101604Z\n20250921/us-west-2/bedrock/"
+    "aws4_request\nd61e31a0afb51765f0b2ee88381d0950cc8a0fc054633f0e163ff85336a4beae'\n")
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_signature_mismatch_never_shows_the_session_token(stream: bool, proxy: Any,
+                                                                  upstream: Any) -> None:
+    upstream.status = 403
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({"message": SIGNATURE_MISMATCH})
+    upstream.extra_headers = {"x-amzn-errortype": "InvalidSignatureException:http://internal."
+                                                  "amazon.com/coral/com.amazon.coral.service/"}
+    client = await proxy(bedrock_config(upstream.url, aws_session_token=TOKEN))
+    resp = await client.post(CHAT, json={"model": MODEL, "stream": stream, "messages": [
+        {"role": "user", "content": "hi"}]})
+    assert upstream.requests[0].headers["X-Amz-Security-Token"] == TOKEN  # (it was signed)
+    assert resp.status == 403
+    body = await resp.read()
+    assert TOKEN.encode() not in body
+    error = orjson.loads(body)["error"]
+    assert error["code"] == "InvalidSignatureException"
+    assert error["message"] == SIGNATURE_MISMATCH.split("\n")[0]  # what went wrong, and where
+
+
 async def test_exception_as_first_frame_is_an_error_response(proxy: Any, upstream: Any) -> None:
     upstream.content_type = EVENTSTREAM
     upstream.body = EXCEPTION

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 
 NO_REGION = "no AWS region: set region, AWS_REGION / AWS_DEFAULT_REGION, or one in the profile"
+# Where AWS's answer to a signature it computes otherwise goes on to quote the request it
+# signed: every signed header with its value, the gateway's session token among them.
+_SIGNED_REQUEST_QUOTE = "The Canonical String for this request"
 
 
 class BedrockProvider(Provider):
@@ -135,7 +138,8 @@ class BedrockProvider(Provider):
                     error_type: str | None = None) -> UpstreamStatusError:
         """`{"message": ...}` with the same status. The error's name travels in the
         `x-amzn-errortype` header (`error_type`, when the caller has it; `Name:namespace`) or,
-        from some endpoints, a `__type` field; it becomes the OpenAI error `code`."""
+        from some endpoints, a `__type` field; it becomes the OpenAI error `code`. A message
+        that quotes the signed request (`_SIGNED_REQUEST_QUOTE`) is cut before the quote."""
         message = None
         try:
             obj = orjson.loads(body) if body else None
@@ -144,6 +148,8 @@ class BedrockProvider(Provider):
         if isinstance(obj, dict):
             message = obj.get("message") or obj.get("Message")
             error_type = error_type or obj.get("__type")
+        if isinstance(message, str) and _SIGNED_REQUEST_QUOTE in message:
+            message = message.partition(_SIGNED_REQUEST_QUOTE)[0].rstrip()
         name = error_type.split(":", 1)[0].rsplit("#", 1)[-1] if isinstance(error_type, str) \
             else None
         if not isinstance(message, str) or not message:
