@@ -203,7 +203,11 @@ class UpstreamStatusError(ProxyError):
     def mask(self, key: str) -> None:
         """Mask the key the upstream's error echoes (a provider that echoes the key it refused
         would show the client a server-side secret), in its message, code, param and every
-        field kept (the code and param go to the access log too)."""
+        field kept (the code and param go to the access log too). Not a key shorter than
+        `MIN_SECRET_LENGTH`: a placeholder a local server ignores (`x`, `EMPTY`, `ollama`, the
+        openai SDK wants one), masked inside every word that held its letters ("ma…_tokens")."""
+        if len(key) < MIN_SECRET_LENGTH:
+            return
         if key in self.message:
             self.message = _masked(self.message, key)
         if self.code and key in self.code:
@@ -212,6 +216,11 @@ class UpstreamStatusError(ProxyError):
             self.param = _masked(self.param, key)
         if self.fields:
             self.fields = _masked_value(self.fields, key)
+
+
+# No provider issues a key this short (theirs are 32 to 100+ characters): a shorter one is a
+# placeholder, whose characters are in ordinary words.
+MIN_SECRET_LENGTH = 8
 
 
 def _masked(text: str, key: str) -> str:

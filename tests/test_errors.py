@@ -324,6 +324,26 @@ async def test_a_key_echoed_in_an_errors_code_or_param_is_masked(
     assert "sk-test-secret" not in caplog.text  # the access log's error_code
 
 
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("key", ["x", "1", "-", "EMPTY", "ollama"])
+async def test_a_placeholder_key_leaves_the_errors_words_alone(
+        key: str, stream: bool, proxy: Any, upstream: Any) -> None:
+    # A local server (vLLM, Ollama, llama.cpp) ignores the key, and the openai SDK insists on
+    # one: `api_key="x"`, forwarded as the client's own, was masked inside every word that held
+    # its letters ("ma…_tokens"), the `param` the client's code reads included.
+    upstream.status, upstream.content_type = 400, "application/json"
+    upstream.body = (b'{"error":{"message":"max-tokens is too large: 10000. This model supports '
+                     b'at most 4096 completion tokens (EMPTY context, ollama-style)",'
+                     b'"type":"invalid_request_error","param":"max_tokens","code":null}}')
+    client = await proxy(make_config({"local": {"type": "openai", "base_url": upstream.url,
+                                                "default_model": "m"}}, default="local"))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": stream},
+                             headers={"authorization": f"Bearer {key}"})
+    assert upstream.requests[0].headers["Authorization"] == f"Bearer {key}"
+    assert resp.status == 400
+    assert (await resp.json())["error"] == orjson.loads(upstream.body)["error"]
+
+
 @pytest.mark.parametrize("where", ["first event", "non-streamed 200"])
 @pytest.mark.parametrize(("error", "message"), [
     (b'"rate limited"', "rate limited"),
