@@ -290,14 +290,35 @@ def required_secret(raw: dict[str, Any], source: str, where: str, key: str,
         if not isinstance(secret, str) or not secret:
             raise ConfigError(source, f"{where}.{key}", "must be a non-empty string")
         refuse_env_reference(secret, source, f"{where}.{key}", env_key)
+        check_secret(secret, source, f"{where}.{key}")
         return secret
     env = raw[env_key]
     if not isinstance(env, str) or not env:
         raise ConfigError(source, f"{where}.{env_key}", "must be an environment variable name")
-    secret = os.environ.get(env)
+    secret = secret_from_env(env, source, f"{where}.{env_key}")
     if not secret:
         raise ConfigError(source, f"{where}.{env_key}", f"environment variable {env} is not set")
     return secret
+
+
+# A secret goes into a header (Authorization, x-api-key...), which no control character may be
+# in: every request to the provider was a 500. Refused as the config loads, never echoed.
+_SECRET_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_secret(secret: Any, source: str, key: str) -> None:
+    if isinstance(secret, str) and _SECRET_CONTROL.search(secret):
+        raise ConfigError(source, key, "holds a control character (a line break?), which no "
+                                       "header can carry")
+
+
+def secret_from_env(env: str, source: str, key: str) -> str | None:
+    """The secret in variable `env`, None when unset or empty. Without the whitespace around
+    it: one mounted from a file (a Kubernetes secret) or written with `echo` ends in a newline,
+    which no key has."""
+    secret = (os.environ.get(env) or "").strip()
+    check_secret(secret, source, key)
+    return secret or None
 
 
 def positive_seconds(value: Any, source: str, key: str) -> float:
@@ -468,8 +489,9 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
         raise ConfigError(source, f"{where}.models", "must be a list of model names")
     api_key = raw.get("api_key")
     refuse_env_reference(api_key, source, f"{where}.api_key", "api_key_env")
+    check_secret(api_key, source, f"{where}.api_key")
     if api_key is None and raw.get("api_key_env"):
-        api_key = os.environ.get(raw["api_key_env"]) or None
+        api_key = secret_from_env(raw["api_key_env"], source, f"{where}.api_key_env")
     base_url = raw.get("base_url") or cls.default_base_url
     if base_url is not None:
         _check_base_url(base_url, source, f"{where}.base_url")

@@ -1293,7 +1293,7 @@ async def test_bedrock_api_key_as_bearer(where: str, proxy: Any, upstream: Any,
     if where == "api_key":
         extra["api_key"] = "bedrock-api-key-1"
     else:
-        monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", "bedrock-api-key-1")
+        monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", "bedrock-api-key-1\n")  # (a file's newline)
     upstream.content_type = EVENTSTREAM
     upstream.body = RECORDING
     client = await proxy(bedrock_config(upstream.url, **extra))

@@ -334,3 +334,30 @@ def test_an_unknown_log_level_names_the_valid_ones(tmp_path: Path, written: str)
                                           "warning, error"):
         load_config(write(tmp_path, f"server: {{log_level: {written}}}\n"
                                     "providers: {x: {type: mock}}"))
+
+
+@pytest.mark.parametrize("value", ["sk-abc123456\n", "  sk-abc123456\r\n", "\tsk-abc123456 "])
+def test_a_key_read_from_the_environment_loses_its_surrounding_whitespace(
+        tmp_path: Path, monkeypatch: Any, value: str) -> None:
+    # A secret mounted from a file (Kubernetes) or written with `echo` ends in a newline; sent
+    # as it was, no header could hold it and every request to the provider was a 500.
+    monkeypatch.setenv("K", value)
+    monkeypatch.setenv("V", value)
+    config = load_config(write(tmp_path, "providers: {x: {type: openai, api_key_env: K}}\n"))
+    assert config.providers["x"].api_key == "sk-abc123456"
+    from streamproxy.config import required_secret
+    assert required_secret({"api_key_env": "V"}, "f", "virtual_keys.v", "api_key",
+                           "api_key_env") == "sk-abc123456"
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("providers: {x: {type: openai, api_key_env: K}}\n", "providers.x.api_key_env"),
+    ('providers: {x: {type: openai, api_key: "sk-abc\\n123456"}}\n', "providers.x.api_key"),
+])
+def test_a_key_with_a_control_character_inside_is_a_config_error_that_does_not_echo_it(
+        tmp_path: Path, monkeypatch: Any, text: str, key: str) -> None:
+    monkeypatch.setenv("K", "sk-abc\n123456")
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert err.value.key == key and "control character" in str(err.value)
+    assert "123456" not in str(err.value)

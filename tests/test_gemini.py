@@ -688,7 +688,7 @@ async def test_a_portkey_meta_model_on_vertex_is_a_400_not_sent(proxy: Any,
 
 async def test_vertex_token_from_env(proxy: Any, upstream: Any,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SP_TEST_VERTEX_TOKEN", "ya29.env-token")
+    monkeypatch.setenv("SP_TEST_VERTEX_TOKEN", "ya29.env-token\n")  # (as a mounted file ends)
     upstream.body = gemini_sse([chunk([{"text": "ok"}], finish="STOP")])
     client = await proxy(provider_config("vertex", upstream.url, project="p", location="global",
                                          token_env="SP_TEST_VERTEX_TOKEN"))

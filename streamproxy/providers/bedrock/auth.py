@@ -82,7 +82,7 @@ def static_keys(options: dict[str, Any]) -> tuple[str | None, str | None, str | 
     for key in KEY_OPTIONS:
         value = options.get(key)
         if not value and options.get(f"{key}_env"):
-            value = os.environ.get(options[f"{key}_env"])
+            value = (os.environ.get(options[f"{key}_env"]) or "").strip()  # (a file's newline)
         values.append(value or None)
     return values[0], values[1], values[2]
 
@@ -127,7 +127,7 @@ class BedrockAuth:
         elif not self._bearer and self._profile:
             self.summary = f"sigv4 (profile {self._profile})"
         elif not self._bearer:
-            self._bearer = os.environ.get(BEARER_ENV) or None
+            self._bearer = (os.environ.get(BEARER_ENV) or "").strip() or None
             self.summary = (f"bearer ({BEARER_ENV})" if self._bearer else
                             "sigv4 (the AWS credential chain; without credentials, the client's "
                             "key)")

@@ -239,7 +239,7 @@ class VertexProvider(GeminiProvider):
                 raise TokenUnavailable(f"provider '{self.name}': no access token yet")
             return {"authorization": f"Bearer {token}", **self.token_source.headers}
         if self._token_env:
-            token = os.environ.get(self._token_env)
+            token = (os.environ.get(self._token_env) or "").strip()  # (a file's newline)
             if not token:
                 raise TokenUnavailable(f"provider '{self.name}': the environment variable "
                                        f"{self._token_env} is not set")
