@@ -788,3 +788,38 @@ async def test_the_model_filter_finds_every_name_of_a_model(proxy: Any, tmp_path
         assert [x.id for x in page.data] == ids, named
     page = await api.chat.completions.list(model="@mock-openai/slow:tokens=2")
     assert [x.id for x in page.data] == [other.id]
+
+
+async def test_an_inline_configs_api_key_scopes_what_it_stores(proxy: Any,
+                                                               tmp_path: Path) -> None:
+    # The portkey-ai SDK's `config={"provider": …, "api_key": …}` brings the client's key in
+    # x-portkey-config (on every call, lists and retrieves too): it is the client's
+    # credential, as a Bearer key is. Before, such completions landed in the anonymous scope,
+    # readable by any request without a key and by every other inline key.
+    client = await proxy(config(tmp_path))
+
+    def inline(key: str) -> dict[str, str]:
+        return {"x-portkey-config": orjson.dumps({"provider": "mock-openai",
+                                                  "api_key": key}).decode()}
+
+    resp = await client.post("/v1/chat/completions", headers=inline("sk-inline-a"), json={
+        "model": "fast:tokens=2", "messages": USER, "store": True})
+    cid = (await resp.json())["id"]
+    for _ in range(200):  # the write follows the answer (bounded wait)
+        resp = await client.get(f"/v1/chat/completions/{cid}", headers=inline("sk-inline-a"))
+        if resp.status == 200:
+            break
+        await asyncio.sleep(0.025)
+    assert resp.status == 200
+    for other in ({}, inline("sk-inline-b")):
+        assert (await client.get(f"/v1/chat/completions/{cid}", headers=other)).status == 404
+        resp = await client.get("/v1/chat/completions", headers=other)
+        assert (await resp.json())["data"] == []
+    # a key under a fallback's targets counts as well; a named config's (the operator's) not
+    fallback = {"strategy": {"mode": "fallback"},
+                "targets": [{"provider": "mock-openai", "api_key": "sk-inline-a"}]}
+    assert credential_owner({"x-portkey-config": orjson.dumps(fallback).decode()}) \
+        == credential_owner(inline("sk-inline-a")) not in ("", credential_owner(
+            inline("sk-inline-b")))
+    assert credential_owner({"x-portkey-config": "prod"}) == ""
+    assert credential_owner({"x-portkey-config": "{not json"}) == ""

@@ -24,6 +24,7 @@ from aiohttp import web
 from streamproxy.errors import InvalidRequest, NotFound
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.record import RequestRecord
+from streamproxy.routing.gateway import CONFIG_HEADER
 from streamproxy.routing.router import client_key, model_names
 from streamproxy.server.auth import PROXY_KEY_HEADER
 from streamproxy.server.observing import AUTH_KEY
@@ -70,16 +71,46 @@ def owner_of(request: Exchange | web.Request) -> str:
 
 def credential_owner(headers: Mapping[str, str]) -> str:
     """A hash of the client's provider key (as routing reads it: `Authorization: Bearer`,
-    `x-api-key`, `api-key`) and its `x-portkey-api-key` (the portkey-ai SDK's `api_key`, sent
-    with a placeholder Bearer when the client gives no provider key) — the key itself is never
-    kept. "" (the anonymous scope, the one all clients shared before) when it sent neither."""
+    `x-api-key`, `api-key`), its `x-portkey-api-key` (the portkey-ai SDK's `api_key`, sent
+    with a placeholder Bearer when the client gives no provider key) and the `api_key`s of an
+    inline `x-portkey-config` (the SDK's `config`, sent on every call) — the keys themselves
+    are never kept. "" (the anonymous scope, the one all clients shared before) when it sent
+    none."""
     provider_key = client_key(headers)
     portkey_key = (headers.get(PROXY_KEY_HEADER) or "").strip()
-    if provider_key is None and not portkey_key:
+    config_keys = inline_config_keys(headers.get(CONFIG_HEADER) or "")
+    if provider_key is None and not portkey_key and not config_keys:
         return ""
-    # (NUL cannot occur in a header value: the separator keeps the two apart)
+    # (NUL cannot occur in a header value: the separator keeps them apart; a key without
+    # inline ones hashes as before, so existing owners keep their rows)
     material = f"{_OWNER_DOMAIN}\0{provider_key or ''}\0{portkey_key}"
+    if config_keys:
+        material += "\0" + "\0".join(config_keys)
     return "key:" + hashlib.sha256(material.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def inline_config_keys(header: str) -> list[str]:
+    """The `api_key`s anywhere in an inline config (its targets', nested), sorted and unique;
+    none for a named config (the operator's keys, not the client's) or one not JSON (that
+    request was a 400)."""
+    text = header.strip()
+    if not text.startswith("{"):
+        return []
+    try:
+        raw = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return []
+    keys: set[str] = set()
+    stack = [raw]  # (a loop, not recursion: JSON may nest deeper than Python's stack)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("api_key"), str) and node["api_key"]:
+                keys.add(node["api_key"])
+            targets = node.get("targets")
+            if isinstance(targets, list):
+                stack.extend(targets)
+    return sorted(keys)
 
 
 @dataclass(slots=True)
