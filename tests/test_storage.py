@@ -436,7 +436,7 @@ def test_consuming_store_leaves_the_clients_bytes_unencoded() -> None:
         assert record.capture is extra["store"]
         if record.capture:  # the stored request keeps the metadata; only `store` goes
             assert record.pending == {"store": StoreTicket(
-                "", {"model": "m", "messages": USER, "metadata": {"k": "v"}}, {"k": "v"})}
+                "", {"model": "m", "messages": USER, "metadata": {"k": "v"}}, {"k": "v"}, "m")}
 
 
 class _Request(dict[Any, Any]):
@@ -823,3 +823,20 @@ async def test_an_inline_configs_api_key_scopes_what_it_stores(proxy: Any,
             inline("sk-inline-b")))
     assert credential_owner({"x-portkey-config": "prod"}) == ""
     assert credential_owner({"x-portkey-config": "{not json"}) == ""
+
+
+async def test_the_model_filter_knows_a_model_by_the_provider_its_header_named(
+        proxy: Any, tmp_path: Path) -> None:
+    # `model: "fast"` with `x-portkey-provider: mock-openai` is mock-openai's `fast`: listed
+    # under that provider's names, not under the default provider's `fast`.
+    api = openai_sdk(await proxy(config(tmp_path)), "sk-client")
+    done = await api.chat.completions.create(
+        model="fast:tokens=2", messages=USER, store=True,
+        extra_headers={"x-portkey-provider": "mock-openai"})
+    await stored(api, done.id)
+    for named in ("mock-openai/fast:tokens=2", "@mock-openai/fast:tokens=2"):
+        assert [x.id for x in (await api.chat.completions.list(model=named)).data] == [done.id]
+    for named in ("mock/fast:tokens=2", "@mock/fast:tokens=2"):
+        assert (await api.chat.completions.list(model=named)).data == []
+    # what the request sent is kept as it was sent
+    assert (await api.chat.completions.retrieve(done.id)).model == "fast:tokens=2"

@@ -57,6 +57,30 @@ def model_names(config: Config, model: str) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+def model_for(name: str, model: str | None) -> str | None:
+    """The model as provider `name` gets it when something other than the model (a header,
+    a config target) chose that provider: a prefix naming `name` is stripped, any other
+    prefix, `@x/` included, is part of the model's id."""
+    if model and "/" in model:
+        head, _, rest = model.partition("/")
+        if head.removeprefix("@") == name:
+            return rest or None
+    return model
+
+
+def routed_model(headers: Mapping[str, str], model: str | None) -> str | None:
+    """The name routing reads `model` by: with an `x-portkey-provider` header, `name/model`
+    (the header chose the provider: a bare `fast` is that provider's, not the default's);
+    else the model as sent. (The header names a configured provider: routing refused it
+    otherwise.)"""
+    header = headers.get(PROVIDER_HEADER)
+    if not header or not model:
+        return model
+    name = header.removeprefix("@")
+    upstream = model_for(name, model)
+    return f"{name}/{upstream}" if upstream else model
+
+
 class Router:
     def __init__(self, providers: dict[str, Provider], default: str | None,
                  timeouts: Timeouts) -> None:
@@ -94,14 +118,7 @@ class Router:
         return name if name in self.providers else None
 
     def model_for(self, name: str, model: str | None) -> str | None:
-        """The model as provider `name` gets it when something other than the model (a header,
-        a config target) chose that provider: a prefix naming `name` is stripped, any other
-        prefix, `@x/` included, is part of the model's id."""
-        if model and "/" in model:
-            head, _, rest = model.partition("/")
-            if head.removeprefix("@") == name:
-                return rest or None
-        return model
+        return model_for(name, model)
 
     def resolve(self, headers: Mapping[str, str], model: str | None) -> Target:
         header = headers.get(PROVIDER_HEADER)

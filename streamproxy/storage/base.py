@@ -18,7 +18,9 @@ class StoredCompletion:
     owner: str
     created: int
     model: str  # the model the answer names (the upstream's)
-    request_model: str | None  # the model string the client sent (e.g. "anthropic/claude-…")
+    # the model the client sent (e.g. "anthropic/claude-…"), as `provider/model` when an
+    # x-portkey-provider header chose the provider (routing/router.py `routed_model`)
+    request_model: str | None
     metadata: dict[str, str]
     request: dict[str, Any]  # the client's body (messages, params), minus `store`
     response: dict[str, Any]  # the chat.completion object the client received

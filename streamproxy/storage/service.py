@@ -25,7 +25,7 @@ from streamproxy.errors import InvalidRequest, NotFound
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.record import RequestRecord
 from streamproxy.routing.gateway import CONFIG_HEADER
-from streamproxy.routing.router import client_key, model_names
+from streamproxy.routing.router import client_key, model_names, routed_model
 from streamproxy.server.auth import PROXY_KEY_HEADER
 from streamproxy.server.observing import AUTH_KEY
 from streamproxy.server.state import STATE
@@ -118,6 +118,8 @@ class StoreTicket:
     owner: str
     request: dict[str, Any]
     metadata: dict[str, str]
+    # the model by the name routing read it (the list's `model` filter matches it)
+    request_model: str | None = None
 
 
 class StoredCompletions:
@@ -145,7 +147,8 @@ class StoredCompletions:
         req.stripped = True
         record.capture = True
         pending = record.pending if record.pending is not None else {}
-        pending["store"] = StoreTicket(owner_of(request), snapshot, dict(metadata))
+        pending["store"] = StoreTicket(owner_of(request), snapshot, dict(metadata),
+                                       routed_model(request.headers, snapshot.get("model")))
         record.pending = pending
 
     def observe(self, record: RequestRecord) -> None:
@@ -174,7 +177,7 @@ class StoredCompletions:
         return StoredCompletion(
             id=answer["id"], owner=ticket.owner, created=int(answer.get("created") or 0),
             model=str(answer.get("model") or record.model or ""),
-            request_model=ticket.request.get("model"), metadata=ticket.metadata,
+            request_model=ticket.request_model, metadata=ticket.metadata,
             request=ticket.request, response=answer)
 
     # -- the endpoints -----------------------------------------------------------------------
