@@ -840,3 +840,26 @@ async def test_the_model_filter_knows_a_model_by_the_provider_its_header_named(
         assert (await api.chat.completions.list(model=named)).data == []
     # what the request sent is kept as it was sent
     assert (await api.chat.completions.retrieve(done.id)).model == "fast:tokens=2"
+
+
+async def test_a_list_after_a_cursor_that_names_no_completion_is_a_400(proxy: Any,
+                                                                      tmp_path: Path) -> None:
+    # As messages.list answers an unknown `after`: before, the list answered an empty page
+    # (asc: "no more", the rest silently lost) or everything from the newest (desc).
+    api = openai_sdk(await proxy(config(tmp_path)), "sk-client")
+    ids = [(await api.chat.completions.create(model="mock/fast:tokens=1", messages=USER,
+                                              store=True)).id for _ in range(3)]
+    await stored(api, ids[-1])
+    for order in ("asc", "desc"):
+        for after in ("nope", "chatcmpl-zzz", ids[0].upper()):
+            with pytest.raises(openai.BadRequestError) as caught:
+                await api.chat.completions.list(after=after, order=order)  # type: ignore[arg-type]
+            assert caught.value.param == "after" and after in caught.value.message
+        with pytest.raises(openai.BadRequestError):
+            await api.chat.completions.messages.list(ids[0], after="nope", order=order)
+    # a completion deleted since its page was read is still a position (list-and-delete)
+    await api.chat.completions.delete(ids[1])
+    page = await api.chat.completions.list(after=ids[1])
+    assert [x.id for x in page.data] == [ids[2]]
+    page = await api.chat.completions.list(after=ids[1], order="desc")
+    assert [x.id for x in page.data] == [ids[0]]

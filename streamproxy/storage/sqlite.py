@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import queue
+import re
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from streamproxy.errors import ProxyError
+from streamproxy.errors import InvalidRequest, ProxyError
 from streamproxy.storage.base import ListQuery, StoredCompletion
 
 log = logging.getLogger("streamproxy.storage")
@@ -43,6 +44,8 @@ CREATE TABLE IF NOT EXISTS stored_completions (
 """
 _COLUMNS = "id, owner, created, model, request_model, metadata, request, response"
 _STOP = object()
+# The ids we give (routing/executor.py new_completion_id: time-ordered hex).
+_OUR_ID = re.compile(r"chatcmpl-[0-9a-f]{24}")
 _BATCH_MAX = 256
 _BATCH_WINDOW = 0.05  # seconds a write waits for company: fewer, larger transactions
 _ROWS_PER_INSERT = 100  # 8 columns each: well under SQLite's 32,766 bound parameters
@@ -249,6 +252,14 @@ def _list(conn: sqlite3.Connection, owner: str,
     # OpenAI's "by timestamp", served by the (owner, id) index, and a page's cursor is a
     # position in that order, valid even once its completion is deleted (list-and-delete).
     if q.after:
+        if not _OUR_ID.fullmatch(q.after) and conn.execute(
+                "SELECT 1 FROM stored_completions WHERE owner = ? AND id = ?",
+                (owner, q.after)).fetchone() is None:
+            # Not a position in that order: "after" it, an ascending list was empty (the
+            # client read "no more") and a descending one everything. (One of our ids is a
+            # position even once deleted; another's, an older one's, while it is there.)
+            raise InvalidRequest(f"No stored chat completion found with id '{q.after}'.",
+                                 param="after", code="invalid_value")
         where.append("id > ?" if q.order == "asc" else "id < ?")
         params.append(q.after)
     direction = "ASC" if q.order == "asc" else "DESC"
