@@ -1092,6 +1092,27 @@ async def test_an_answer_with_citations_is_never_replayed_without_them(
 
 
 @pytest.mark.parametrize("fill_streamed", [True, False])
+async def test_top_level_citations_are_never_replayed_without_them(
+        proxy: Any, upstream: Any, fill_streamed: bool) -> None:
+    # Perplexity's `citations` and `search_results` (xAI's `citations`) ride on the chunks'
+    # and the answer's top level: a replayed stream's chunks have no place for them, so a
+    # client on a hit read an answer whose [1] cites nothing.
+    sources = {"citations": ["https://example.com/"],
+               "search_results": [{"title": "Example", "url": "https://example.com/"}]}
+    streamed = _openai_chunks(
+        {**sources, "choices": [{"index": 0, "delta": {"role": "assistant",
+                                                       "content": "Hi [1]"}}]},
+        {**sources, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    whole = orjson.dumps({**TOOL_ANSWER, **sources, "choices": [{
+        "index": 0, "logprobs": None, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": "Hi [1]"}}]})
+    client = await proxy(config(upstream.url, kind="openai"))
+    statuses = await _fill_then_ask_both_ways(client, upstream, fill_streamed, streamed, whole,
+                                              b'"citations":["https://example.com/"]')
+    assert statuses == (["MISS", "MISS", "MISS"] if fill_streamed else ["MISS", "MISS", "HIT"])
+
+
+@pytest.mark.parametrize("fill_streamed", [True, False])
 async def test_reasoning_under_the_upstreams_own_name_is_never_replayed_under_another(
         proxy: Any, upstream: Any, fill_streamed: bool) -> None:
     # OpenRouter, Groq and vLLM call it `reasoning`; a replayed stream writes

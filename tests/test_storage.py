@@ -519,6 +519,24 @@ async def test_a_streamed_answers_annotations_are_stored(proxy: Any, upstream: A
     assert [a.model_dump() for a in message.annotations or []] == [citation]
 
 
+async def test_a_streamed_answers_top_level_citations_are_stored(proxy: Any, upstream: Any,
+                                                                tmp_path: Path) -> None:
+    # Perplexity's `citations` and `search_results` (xAI's `citations`) ride on the chunks'
+    # top level, as on its non-streamed answer's: the stored answer keeps them there.
+    sources = {"citations": ["https://example.com/"],
+               "search_results": [{"title": "Example", "url": "https://example.com/"}]}
+    upstream.body = b"".join(
+        b"data: " + orjson.dumps({"id": "up", "object": "chat.completion.chunk", "created": 1,
+                                  "model": "sonar", **sources, "choices": [choice]}) + b"\n\n"
+        for choice in ({"index": 0, "delta": {"role": "assistant", "content": "Hi [1]"}},
+                       {"index": 0, "delta": {}, "finish_reason": "stop"})) + b"data: [DONE]\n\n"
+    api = await _pass_through_api(proxy, upstream, tmp_path)
+    cid, _ = await stream_text(api, model="gpt", messages=USER, store=True)
+    got = (await stored(api, cid)).model_extra
+    assert (got["citations"], got["search_results"]) == (sources["citations"],
+                                                         sources["search_results"])
+
+
 async def test_a_streamed_answers_audio_is_stored(proxy: Any, upstream: Any,
                                                   tmp_path: Path) -> None:
     # `modalities: ["text", "audio"]`: the id first, the transcript and base64 data in pieces,

@@ -19,7 +19,11 @@ from typing import Any
 import orjson
 
 from streamproxy.openai_api.chunks import ChunkEncoder, ChunkSink
-from streamproxy.openai_api.completion import UPSTREAM_FIELDS, CompletionBuilder
+from streamproxy.openai_api.completion import (
+    SOURCE_FIELDS,
+    UPSTREAM_FIELDS,
+    CompletionBuilder,
+)
 
 FORMAT = 1
 # What replaying an entry that claims FORMAT but lacks fields or has the wrong types raises.
@@ -57,17 +61,18 @@ def is_fresh(entry: dict[str, Any], max_age: float, now: float | None = None) ->
 
 def streams_whole(entry: dict[str, Any]) -> bool:
     """Whether a stream replayed from `entry` carries the whole answer: a non-streamed fill's
-    refusal, logprobs, annotations, audio, generated images, custom tool calls, a deprecated
-    `functions` call (`function_call`) and reasoning under the upstream's own name
-    (`reasoning`; a replay writes `reasoning_content`) have no delta here (a streamed
-    request is then a miss). Streamed fills that had them are never kept
-    (CompletionBuilder.replayable)."""
+    top-level sources (`citations`, `search_results`), refusal, logprobs, annotations, audio,
+    generated images, custom tool calls, a deprecated `functions` call (`function_call`) and
+    reasoning under the upstream's own name (`reasoning`; a replay writes
+    `reasoning_content`) have no delta here (a streamed request is then a miss). Streamed
+    fills that had them are never kept (CompletionBuilder.replayable)."""
     completion = entry.get("completion")
     if completion is None:
         return True
     choice = (completion.get("choices") or [{}])[0]
     message = choice.get("message") or {}
-    return not (choice.get("logprobs") or message.get("refusal") or message.get("annotations")
+    return not (any(completion.get(key) for key in SOURCE_FIELDS)
+                or choice.get("logprobs") or message.get("refusal") or message.get("annotations")
                 or message.get("audio") or message.get("images") or message.get("reasoning")
                 or message.get("function_call")
                 or any(call.get("type") != "function" for call in message.get("tool_calls") or ()))

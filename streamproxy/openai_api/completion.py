@@ -27,6 +27,9 @@ _MAX_CHOICES = 128  # OpenAI's bound on `n`: a choice index beyond it is not cap
 # A pass-through's envelope fields kept as the upstream sent them (in OpenAI's order); ours
 # are null (system_fingerprint) or absent (service_tier).
 UPSTREAM_FIELDS = ("service_tier", "system_fingerprint")
+# A search model's sources on a pass-through's top level, beside `choices` (Perplexity's
+# `citations` and `search_results`, xAI's `citations`): the answer keeps them there.
+SOURCE_FIELDS = ("citations", "search_results")
 
 
 class CompletionBuilder:
@@ -72,6 +75,7 @@ class CompletionBuilder:
         # name and argument pieces, as `message.function_call` has them joined.
         self._function_call: tuple[str, list[str]] | None = None
         self.upstream_fields: dict[str, str] = {}  # a pass-through's UPSTREAM_FIELDS
+        self.sources: dict[str, Any] = {}  # a pass-through's SOURCE_FIELDS, the last given
         self.other_choices: dict[int, CompletionBuilder] = {}  # a pass-through's n > 1
         self._runs: list[list[Any]] = []  # closed runs; the open one is the three below
         self._kind: str | None = None
@@ -231,6 +235,10 @@ class CompletionBuilder:
         for key in UPSTREAM_FIELDS:
             if isinstance(chunk.get(key), str):
                 self.upstream_fields[key] = chunk[key]
+        for key in SOURCE_FIELDS:
+            if chunk.get(key):  # (repeated on every chunk, or sent once at the end)
+                self.sources[key] = chunk[key]
+                self.replayable = False  # a replay's chunks would carry none
         if isinstance(chunk.get("usage"), dict) and chunk["usage"]:
             self.usage_data = chunk["usage"]
         choices = chunk.get("choices")
@@ -444,6 +452,7 @@ class CompletionBuilder:
         if self.usage_data is not None:
             out["usage"] = self.usage_data
         out.update(self.upstream_fields)
+        out.update(self.sources)
         return out
 
 
