@@ -1112,6 +1112,31 @@ async def test_top_level_citations_are_never_replayed_without_them(
     assert statuses == (["MISS", "MISS", "MISS"] if fill_streamed else ["MISS", "MISS", "HIT"])
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_an_answer_cut_by_a_content_filter_is_not_cached(proxy: Any, upstream: Any,
+                                                               stream: bool) -> None:
+    # finish_reason "content_filter" (Azure's, OpenAI's): the output was cut by a filter that
+    # judged this sampling of it, not the question. Cached, every identical request got the
+    # cut answer for the entry's max_age (7 days by default) without the upstream asked.
+    cut = {"role": "assistant", "content": "Here is how"}
+    if stream:
+        upstream.body = _openai_chunks(
+            {"choices": [{"index": 0, "delta": cut}]},
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": "content_filter"}]})
+    else:
+        upstream.content_type = "application/json"
+        upstream.body = orjson.dumps({**TOOL_ANSWER, "choices": [{
+            "index": 0, "logprobs": None, "finish_reason": "content_filter", "message": cut}]})
+    client = await proxy(config(upstream.url, kind="openai"))
+    statuses = []
+    for _ in range(2):
+        resp, out = await post(client, {"model": "up/m", "stream": stream}, cache_header())
+        assert b'"content_filter"' in out
+        statuses.append(resp.headers[STATUS])
+        await drained(client)
+    assert statuses == ["MISS", "MISS"] and len(upstream.requests) == 2
+
+
 @pytest.mark.parametrize("fill_streamed", [True, False])
 async def test_reasoning_under_the_upstreams_own_name_is_never_replayed_under_another(
         proxy: Any, upstream: Any, fill_streamed: bool) -> None:

@@ -44,6 +44,7 @@ from streamproxy.storage.service import proxy_key_name
 log = logging.getLogger("streamproxy.cache")
 
 STATUS_HEADER = "x-portkey-cache-status"
+FILTERED = "content_filter"  # the finish reason of an answer a content filter cut (never kept)
 _STATUS = web.RequestKey("streamproxy_cache_status", str)  # for on_response_prepare
 
 
@@ -182,7 +183,13 @@ class ResponseCache:
             return
         key, max_age = where
         try:
-            if record.response is not None:
+            if record.finish_reason == FILTERED:
+                # Cut by a filter's verdict on this sampling, not an answer to the question:
+                # kept, it would answer every identical request cut for its max_age.
+                if record.cache_status != "REFRESH":
+                    return
+                write = self.backend.delete(key)  # (as for an answer a replay cannot say)
+            elif record.response is not None:
                 write = self.backend.set(key, cached.from_completion(record.response), max_age)
             else:
                 builder = record.builder
