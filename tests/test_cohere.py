@@ -340,6 +340,31 @@ def test_top_p_of_one_is_sent_as_cohere_s_largest_p() -> None:
     assert to_cohere(_body(top_p=0.5), "m")["p"] == 0.5
 
 
+def test_top_p_of_zero_is_sent_as_cohere_s_smallest_p() -> None:
+    # OpenAI takes top_p 0 (keep only the likeliest tokens); Cohere's `p` is at least 0.01,
+    # and its 400 about `p` names no parameter the client sent.
+    assert to_cohere(_body(top_p=0), "m")["p"] == 0.01
+    assert to_cohere(_body(top_p=0.001), "m")["p"] == 0.01
+    with pytest.raises(InvalidRequest) as info:
+        to_cohere(_body(top_p=-0.1), "m")
+    assert info.value.param == "top_p" and info.value.code == "decimal_below_min_value"
+
+
+@pytest.mark.parametrize("name", ["frequency_penalty", "presence_penalty"])
+def test_penalties_outside_cohere_s_range_are_brought_into_it(name: str) -> None:
+    # OpenAI's penalties go from -2 to 2, Cohere's from 0 to 1 (its API reference): above 1 is
+    # Cohere's strongest penalty; below 0 (OpenAI: favour repeats) Cohere has no way to say,
+    # so none is sent, as for 0.
+    assert to_cohere(_body(**{name: 1.5}), "m")[name] == 1
+    assert to_cohere(_body(**{name: 2}), "m")[name] == 1
+    assert name not in to_cohere(_body(**{name: -1}), "m")
+    assert to_cohere(_body(**{name: 0.7}), "m")[name] == 0.7
+    for wrong, code in ((2.5, "decimal_above_max_value"), (-3, "decimal_below_min_value")):
+        with pytest.raises(InvalidRequest) as info:  # OpenAI's own 400, naming its parameter
+            to_cohere(_body(**{name: wrong}), "m")
+        assert info.value.param == name and info.value.code == code
+
+
 def test_json_schema_and_reasoning_effort() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
     out = to_cohere(_body(response_format={"type": "json_schema", "json_schema": {

@@ -16,9 +16,11 @@ Choices (docs/providers/others.md "cohere"):
   (Cohere has none) → "REQUIRED" with only that tool sent, which forces exactly that call;
 - max tokens, temperature, top_p → p, stop → stop_sequences, seed and the penalties map 1:1
   (a penalty of 0, the default, is not sent: Cohere refuses the two together),
-  except that a top_p above P_MAX up to 1 (OpenAI's default 1: no nucleus cut) is sent as P_MAX,
-  the largest `p` Cohere takes (its API reference: "min value of 0.01, max value of 0.99"); one
-  above 1 is OpenAI's 400;
+  except that a top_p within OpenAI's range (0 to 1) but outside Cohere's (its API reference:
+  "min value of 0.01, max value of 0.99") goes as the nearest `p` Cohere takes (P_MIN, P_MAX;
+  OpenAI's default 1 is no nucleus cut), and a penalty within OpenAI's (-2 to 2) but outside
+  Cohere's (0 to 1) as the nearest it takes (a negative one, which favours repeats, as none);
+  a value outside OpenAI's range is OpenAI's 400;
 - `top_k` (no OpenAI parameter, but the extra_body name Anthropic, Gemini and Ollama take) → `k`;
 - response_format json_object → {"type": "json_object"}, json_schema → the same with
   `json_schema: <schema>`;
@@ -52,7 +54,9 @@ SAME_NAME = ("temperature", "seed")
 # presence_penalty", its errors reference); a 0 is both APIs' default (no penalty), which
 # clients often send for each, so only a non-zero one goes.
 PENALTIES = ("frequency_penalty", "presence_penalty")
-P_MAX = 0.99  # Cohere refuses a larger `p`; OpenAI's top_p goes up to 1 (its default)
+# Cohere refuses a `p` outside these; OpenAI's top_p goes from 0 to 1 (its default).
+P_MIN, P_MAX = 0.01, 0.99
+PENALTY_MAX = 1  # Cohere's penalties go from 0 to 1; OpenAI's from -2 to 2
 # The image types Cohere's vision models take (its image-inputs docs: PNG, JPEG, WebP, GIF);
 # a data: URL goes with the type as Cohere spells it (`image_media_type`).
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
@@ -73,7 +77,9 @@ def to_cohere(body: dict[str, Any], model: str) -> dict[str, Any]:
             out[key] = body[key]
     for key in PENALTIES:
         if body.get(key):
-            out[key] = body[key]
+            penalty = min(_openai_range(body[key], -2, 2, key), PENALTY_MAX)
+            if penalty > 0:  # (a negative one has no Cohere equivalent: no penalty)
+                out[key] = penalty
     if body.get("top_p") is not None:
         out["p"] = _p(body["top_p"])
     if body.get("top_k") is not None:  # extra_body's common name (a native `k` wins, below)
@@ -97,13 +103,22 @@ def to_cohere(body: dict[str, Any], model: str) -> dict[str, Any]:
 
 
 def _p(top_p: float) -> float:
-    """OpenAI's top_p as Cohere's `p`: up to 1 (OpenAI's default, no nucleus cut) it goes as at
-    most P_MAX; above 1 it is OpenAI's 400, not a valid request clamped unnoticed."""
-    if top_p > 1:
-        raise InvalidRequest(f"Invalid 'top_p': decimal above maximum value. Expected a value "
-                             f"<= 1, but got {top_p} instead.", param="top_p",
+    """OpenAI's top_p as Cohere's `p`: from 0 to 1 (OpenAI's default, no nucleus cut) it goes
+    within P_MIN..P_MAX; outside it is OpenAI's 400, not a valid request clamped unnoticed."""
+    return min(max(_openai_range(top_p, 0, 1, "top_p"), P_MIN), P_MAX)
+
+
+def _openai_range(value: float, low: float, high: float, param: str) -> float:
+    """`value`, or OpenAI's 400 for one outside its range `low`..`high`, naming `param`."""
+    if value > high:
+        raise InvalidRequest(f"Invalid '{param}': decimal above maximum value. Expected a "
+                             f"value <= {high}, but got {value} instead.", param=param,
                              code="decimal_above_max_value")
-    return min(top_p, P_MAX)
+    if value < low:
+        raise InvalidRequest(f"Invalid '{param}': decimal below minimum value. Expected a "
+                             f"value >= {low}, but got {value} instead.", param=param,
+                             code="decimal_below_min_value")
+    return value
 
 
 def _response_format(body: dict[str, Any], out: dict[str, Any]) -> None:
