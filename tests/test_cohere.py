@@ -322,6 +322,13 @@ async def test_top_k_is_sent_as_k(proxy: Any, upstream: Any) -> None:
     assert to_cohere(_body(top_k=40, k=5), "m")["k"] == 5  # Cohere's own name wins
 
 
+def test_tool_choice_none_without_tools_is_not_sent() -> None:
+    # Nothing to keep the model from calling; and models before Command R7B refuse the
+    # parameter itself (Cohere's reference), so a client that always sends it would fail there.
+    assert "tool_choice" not in to_cohere(_body(tool_choice="none"), "m")
+    assert "tool_choice" not in to_cohere(_body(tools=[], tool_choice="none"), "m")
+
+
 def test_a_zero_penalty_is_not_sent() -> None:
     # Cohere refuses a request with both penalties ("cannot specify both frequency_penalty and
     # presence_penalty", its errors reference); clients (the OpenAI playground's code, UIs)

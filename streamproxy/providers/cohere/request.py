@@ -12,8 +12,9 @@ Choices (docs/providers/others.md "cohere"):
 - a function without `parameters` (OpenAI: no arguments) gets an empty object schema, as
   Cohere requires one;
 - a function's `strict: true` → `strict_tools: true` (Cohere's switch covers every tool sent);
-- tool_choice "required" → "REQUIRED", "none" → "NONE", "auto" → omitted; a named tool_choice
-  (Cohere has none) → "REQUIRED" with only that tool sent, which forces exactly that call;
+- tool_choice "required" → "REQUIRED", "none" → "NONE" (beside tools only), "auto" → omitted;
+  a named tool_choice (Cohere has none) → "REQUIRED" with only that tool sent, which forces
+  exactly that call;
 - max tokens, temperature, top_p → p, stop → stop_sequences, seed and the penalties map 1:1
   (a penalty of 0, the default, is not sent: Cohere refuses the two together),
   except that a top_p within OpenAI's range (0 to 1) but outside Cohere's (its API reference:
@@ -150,9 +151,11 @@ def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
             # Cohere's switch is per request: one strict tool makes all sent tools strict
             # (schema-following arguments are what a strict tool's caller relies on).
             out.setdefault("strict_tools", True)
+    # Only beside tools: without, there is nothing to force or forbid, and models before
+    # Command R7B refuse `tool_choice` itself (Cohere's reference).
     if choice == "required" and tools:
         out["tool_choice"] = "REQUIRED"
-    elif choice == "none":
+    elif choice == "none" and tools:
         out["tool_choice"] = "NONE"
 
 
