@@ -329,6 +329,22 @@ def test_tool_choice_none_without_tools_is_not_sent() -> None:
     assert "tool_choice" not in to_cohere(_body(tools=[], tool_choice="none"), "m")
 
 
+def test_tool_turn_text_beside_its_reasoning_goes_as_content() -> None:
+    # The reasoning is the turn's tool plan; its text (what the model said before its calls,
+    # e.g. a Claude turn replayed) is another thing the model said, and stays as content.
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    turn = {"role": "assistant", "content": "Let me check.", "reasoning_content": "Use f.",
+            "tool_calls": [call]}
+    [_, sent] = to_cohere(_body(messages=[{"role": "user", "content": "x"}, turn]),
+                          "m")["messages"]
+    assert sent["tool_plan"] == "Use f." and sent["content"] == "Let me check."
+    # Text alone is the plan, as before (not sent twice).
+    [_, sent] = to_cohere(_body(messages=[
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": "Let me check.", "tool_calls": [call]}]), "m")["messages"]
+    assert sent["tool_plan"] == "Let me check." and "content" not in sent
+
+
 def test_a_zero_penalty_is_not_sent() -> None:
     # Cohere refuses a request with both penalties ("cannot specify both frequency_penalty and
     # presence_penalty", its errors reference); clients (the OpenAI playground's code, UIs)

@@ -6,9 +6,10 @@ Choices (docs/providers/others.md "cohere"):
   data: URL goes as `data:<type>;base64,<data>`, its type read from the image's first bytes
   when they show one (else its label, lower-cased), and must be one Cohere takes
   (IMAGE_TYPES); an http(s) URL goes as it is (Cohere fetches it);
-- an assistant turn with tool calls sends its text (or its `reasoning_content`, which is where
-  we stream Cohere's tool plan) back as `tool_plan`, the calls in v2 shape (arguments stay a JSON
-  string); tool results are `tool` messages with `tool_call_id` and string content;
+- an assistant turn with tool calls sends its `reasoning_content` (where we stream Cohere's
+  tool plan), or failing that its text, back as `tool_plan` (text beside a reasoning_content
+  stays `content`), the calls in v2 shape (arguments stay a JSON string); tool results are
+  `tool` messages with `tool_call_id` and string content;
 - a function without `parameters` (OpenAI: no arguments) gets an empty object schema, as
   Cohere requires one;
 - a function's `strict: true` → `strict_tools: true` (Cohere's switch covers every tool sent);
@@ -196,9 +197,13 @@ def _assistant(m: dict[str, Any], i: int) -> dict[str, Any]:
         "function": {"name": call["function"]["name"],
                      "arguments": _arguments(call["function"].get("arguments"))},
     } for j, call in enumerate(calls)]}
-    plan = m.get("reasoning_content") or text
+    plan = m.get("reasoning_content")
     if isinstance(plan, str) and plan:
         msg["tool_plan"] = plan
+        if text:  # said beside the plan (a turn from another model): still said
+            msg["content"] = text
+    elif text:
+        msg["tool_plan"] = text
     return msg
 
 
