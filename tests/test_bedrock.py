@@ -228,6 +228,39 @@ def test_exception_frame_is_one_error_frame_with_its_status_type() -> None:
                                  "param": None, "code": "modelStreamErrorException"}}]
 
 
+class StatusEncoder(ChunkEncoder):
+    """Keeps the status of the error it is given (an error frame carries none)."""
+
+    statuses: list[int] = []
+
+    def error(self, err: Any) -> None:
+        StatusEncoder.statuses.append(err.status)
+        super().error(err)
+
+
+@pytest.mark.parametrize(("original", "status", "error_type"), [
+    (429, 429, "rate_limit_error"), (400, 400, "invalid_request_error"),
+    (503, 503, "api_error"),
+    # A status that is no error, or no number, leaves the exception's own.
+    (200, 500, "api_error"), ("429", 500, "api_error"), (None, 500, "api_error"),
+])
+def test_model_stream_error_takes_the_model_s_original_status(original: Any, status: int,
+                                                               error_type: str) -> None:
+    # AWS's ModelStreamErrorException carries the status the model answered with: a 429 is a
+    # rate limit a client backs off from, not a server error.
+    frame = encode_frame({":message-type": "exception",
+                          ":exception-type": "modelStreamErrorException"},
+                         orjson.dumps({"message": "Model Stream Error",
+                                       "originalStatusCode": original,
+                                       "originalMessage": "Too many requests"}))
+    StatusEncoder.statuses = []
+    c = collect(sse_chunks(translate([event("messageStart", {}) + frame],
+                                     encoder=StatusEncoder)))
+    assert c.error == {"message": "Model Stream Error", "type": error_type, "param": None,
+                       "code": "modelStreamErrorException"}
+    assert StatusEncoder.statuses == [status]
+
+
 @pytest.mark.parametrize(("kind", "error_type"), [
     ("throttlingException", "rate_limit_error"),
     ("validationException", "invalid_request_error"),

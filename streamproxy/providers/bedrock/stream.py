@@ -13,7 +13,8 @@
 - A failed stop (FAILED_REASONS) is an error at once, so an attempt whose first read held it
   still falls back; the stream is then read on to its metadata, whose usage the answer cost
   (access log, metrics), and nothing else of it reaches the sink.
-- Exception frames end the stream with one OpenAI error frame and no [DONE].
+- Exception frames end the stream with one OpenAI error frame and no [DONE] (a
+  modelStreamErrorException with the status the model answered, its `originalStatusCode`).
 
 Speed: nearly every frame is a text delta, so `feed` handles those inline. It knows them by
 their header mapping, which the decoder shares between frames with the same header block:
@@ -90,10 +91,15 @@ ERROR_STATUS = {
 }
 
 
-def aws_error(kind: Any, message: Any, provider: str) -> UpstreamStatusError:
-    """An AWS error name + message from a stream → our error; an unknown name is a 502."""
+def aws_error(kind: Any, message: Any, provider: str,
+              original: Any = None) -> UpstreamStatusError:
+    """An AWS error name + message from a stream → our error; an unknown name is a 502.
+    `original`: a ModelStreamErrorException's `originalStatusCode`, the status the model
+    answered with (a 429 is a rate limit), which wins when it is an error status."""
     name = kind if isinstance(kind, str) else ""
     status = ERROR_STATUS.get(name.lower(), 502)
+    if type(original) is int and 400 <= original <= 599:
+        status = original
     text = message if isinstance(message, str) and message else (
         f"provider '{provider}' reported {name or 'an error'}")
     return UpstreamStatusError(status, text, provider=provider, code=name or None)
@@ -117,14 +123,18 @@ _RUNS_FROM = 512  # bytes a read: below (one or two deltas), frame by frame is a
 _PROBES = 8  # frames a stream decodes one by one in large reads, looking for its first delta
 
 
-def _message_of(payload: bytes) -> Any:
-    """An exception payload's `message`; a payload that is not JSON still ends the stream with
-    the exception's status, not with a decode error that would hide it."""
+def _exception_error(kind: Any, payload: bytes, provider: str) -> UpstreamStatusError:
+    """An exception frame's error, from its payload's `message` (and `originalStatusCode`); a
+    payload that is not JSON still ends the stream with the exception's status, not with a
+    decode error that would hide it."""
     try:
         body = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        return None
-    return body.get("message") or body.get("Message") if isinstance(body, dict) else None
+        body = None
+    if not isinstance(body, dict):
+        return aws_error(kind, None, provider)
+    return aws_error(kind, body.get("message") or body.get("Message"), provider,
+                     body.get("originalStatusCode"))
 
 
 class BedrockStreamTranslator(StreamTranslator):
@@ -215,8 +225,8 @@ class BedrockStreamTranslator(StreamTranslator):
                     self._delta_frame = frame_pattern(block, _TEXT_PAYLOAD)
             self._on_event(event, load_event_json(payload))
         elif kind == "exception":
-            self._fail(aws_error(headers.get(":exception-type"), _message_of(payload),
-                                 self._provider))
+            self._fail(_exception_error(headers.get(":exception-type"), payload,
+                                        self._provider))
         elif kind == "error":  # protocol-level error: code and message are headers
             self._fail(aws_error(headers.get(":error-code"), headers.get(":error-message"),
                                  self._provider))
