@@ -366,6 +366,21 @@ def test_tool_results_go_in_the_order_of_their_calls() -> None:
     assert messages[2]["tool_name"] == messages[3]["tool_name"] == "get_weather"
 
 
+def test_text_parts_of_every_role_are_joined_as_a_user_s_are() -> None:
+    # Ollama's message content is one string; parts joined with nothing ran words together
+    # ("Be brief.Answer in French."). Every role joins them as a user message does.
+    parts = [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Use French."}]
+    body = {"messages": [
+        {"role": "system", "content": parts},
+        {"role": "user", "content": parts},
+        {"role": "assistant", "content": parts, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": parts},
+    ]}
+    messages = to_ollama(body, "llama3.2", stream=True)["messages"]
+    assert [m["content"] for m in messages] == ["Be brief.\nUse French."] * 4
+
+
 def test_tool_results_follow_the_calls_of_assistant_messages_in_a_row() -> None:
     # Two assistant messages in a row ask one turn's calls: a result answering the second's
     # call goes after the first's.

@@ -1,7 +1,8 @@
 """OpenAI Chat Completions request → Ollama `/api/chat` request (pure).
 
 Choices (docs/providers/others.md "ollama"):
-- system and developer messages stay in place as `system` messages;
+- system and developer messages stay in place as `system` messages; a message's text parts
+  go as one string, a line between each;
 - images: `image_url` parts must be `data:` URLs, sent as the message's base64 `images` list
   (Ollama takes no URLs, and the proxy fetches nothing on a client's behalf); one whose label
   is not an image type and whose bytes show no image (a PDF) is a 400;
@@ -188,7 +189,9 @@ def _calls_asked(out: list[dict[str, Any]]) -> int:
 
 
 def _text(content: Any, i: int) -> str:
-    return "".join(texts(content, f"messages[{i}].content"))
+    # Parts are separate pieces of text (Ollama's own OpenAI endpoint makes each a message): a
+    # line between them, as for a user's, so words do not run together.
+    return "\n".join(texts(content, f"messages[{i}].content"))
 
 
 def _user(content: Any, i: int) -> dict[str, Any]:
