@@ -318,6 +318,9 @@ def test_dropped_parameters_never_reach_gemini() -> None:
 
 @pytest.mark.parametrize(("model", "effort", "thinking"), [
     ("gemini-2.5-flash", "none", {"thinkingBudget": 0}),
+    # 2.5 Pro cannot turn thinking off (a budget of 0 is its 400): the least it takes, 128.
+    ("gemini-2.5-pro", "none", {"thinkingBudget": 128}),
+    ("gemini-2.5-pro-preview-06-05", "none", {"thinkingBudget": 128}),
     ("gemini-2.5-pro", "high", {"thinkingBudget": 24576, "includeThoughts": True}),
     ("gemini-3-pro-preview", "low", {"thinkingLevel": "low", "includeThoughts": True}),
     # OpenAI's xhigh: the most each generation takes (2.5 Flash's budget tops out at 24576).

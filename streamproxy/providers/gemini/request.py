@@ -76,6 +76,9 @@ IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/heic", 
 # the most each takes (2.5 Flash's budget tops out at 24576, a level at high).
 THINKING_BUDGET = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576,
                    "xhigh": 24576}
+# Gemini 2.5 Pro cannot turn thinking off: its budget goes from 128 (Google's thinking docs;
+# a 0 is its 400), so "none" asks for the least it takes.
+PRO_MIN_BUDGET = 128
 THINKING_LEVEL = {"none": "minimal", "minimal": "minimal", "low": "low", "medium": "medium",
                   "high": "high", "xhigh": "high"}
 
@@ -163,7 +166,10 @@ def _thinking(body: dict[str, Any], model: str) -> dict[str, Any] | None:
         return None
     # Gemini 2.x takes a token budget; Gemini 3 a level (it rejects both together).
     if "gemini-2" in model:
-        config: dict[str, Any] = {"thinkingBudget": THINKING_BUDGET[effort]}
+        budget = THINKING_BUDGET[effort]
+        if budget == 0 and "gemini-2.5-pro" in model:
+            budget = PRO_MIN_BUDGET
+        config: dict[str, Any] = {"thinkingBudget": budget}
     else:
         config = {"thinkingLevel": THINKING_LEVEL[effort]}
     if effort != "none":
