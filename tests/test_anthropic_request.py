@@ -829,7 +829,8 @@ BLANK_USER_CONTENTS = ["  ", "", None, [{"type": "text", "text": ""}],
                        [{"type": "text", "text": "\n"}, {"type": "text", "text": " "}]]
 
 
-@pytest.mark.parametrize("content", BLANK_USER_CONTENTS)
+# (through the proxy: a null is OpenAI's 400 before any translator, test_request_params)
+@pytest.mark.parametrize("content", [c for c in BLANK_USER_CONTENTS if c is not None])
 async def test_a_final_blank_user_message_keeps_its_turn(proxy: Any, upstream: Any,
                                                         content: Any) -> None:
     # Left out, the request would end with the assistant turn, which Claude continues (a

@@ -735,7 +735,8 @@ def test_whitespace_only_text_is_left_out(content: Any) -> None:
 
 
 @pytest.mark.parametrize("model", [MODEL, "us.anthropic.claude-sonnet-4-20250514-v1:0"])
-@pytest.mark.parametrize("content", ["  ", "", None, [{"type": "text", "text": ""}],
+# (a null is OpenAI's 400 before any translator: test_request_params)
+@pytest.mark.parametrize("content", ["  ", "", [{"type": "text", "text": ""}],
                                      [{"type": "text", "text": "\n"}]])
 async def test_a_blank_user_message_keeps_its_turn(proxy: Any, upstream: Any, model: str,
                                                    content: Any) -> None:

@@ -621,7 +621,8 @@ async def test_gemini_request_on_the_wire(proxy: Any, upstream: Any) -> None:
     }
 
 
-@pytest.mark.parametrize("content", ["", None, [{"type": "text", "text": ""}]])
+# (a null is OpenAI's 400 before any translator: test_request_params)
+@pytest.mark.parametrize("content", ["", [{"type": "text", "text": ""}]])
 async def test_a_user_message_without_text_keeps_its_turn(proxy: Any, upstream: Any,
                                                           content: Any) -> None:
     # Gemini refuses an empty text part; left out, the request would end with the model turn

@@ -157,9 +157,31 @@ def test_sampling_fields_of_the_wrong_type_are_a_400_naming_them(field: str, val
     {"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}},
     {"role": "assistant", "audio": {"id": "audio_1"}},
     {"role": "assistant", "content": None},  # a replayed answer's null: a blank message
-    {"role": "user", "content": None},
+    {"role": "assistant", "content": [], "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+    # A tool that returned nothing (OpenAI refuses these two): the result goes without
+    # content, so the agent loop goes on (test_anthropic_request).
+    {"role": "tool", "tool_call_id": "c", "content": None},
+    {"role": "tool", "tool_call_id": "c", "content": []},
 ])
-def test_a_message_may_say_nothing_in_content_where_openai_allows_it(
+def test_a_message_may_say_nothing_in_content_where_it_is_allowed(
         message: dict[str, Any]) -> None:
     body = {"messages": [{"role": "user", "content": "x"}, message]}
     assert parse_chat_request(orjson.dumps(body)).body["messages"][1] == message
+
+
+@pytest.mark.parametrize("role", ["system", "developer", "user"])
+@pytest.mark.parametrize(("content", "code", "says"), [
+    (None, "invalid_type", "expected a string, got null"),
+    ([], "empty_array", "empty array"),
+])
+def test_a_null_or_empty_content_is_openai_s_400_where_it_is_one(
+        role: str, content: Any, code: str, says: str) -> None:
+    # OpenAI refuses both for these roles; translators went on without the message (Cohere and
+    # Ollama sent a blank one; Anthropic, Bedrock and Gemini left it out, or put a made-up
+    # "Begin." in its place), answering a request OpenAI refuses.
+    body = {"messages": [{"role": "user", "content": "x"}, {"role": role, "content": content}]}
+    with pytest.raises(InvalidRequest) as caught:
+        parse_chat_request(orjson.dumps(body))
+    assert (caught.value.param, caught.value.code) == ("messages[1].content", code)
+    assert says in str(caught.value)

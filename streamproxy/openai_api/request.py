@@ -25,6 +25,10 @@ _PLAIN_ROLES = ROLES - {"tool"}  # a tool message also needs its tool_call_id
 # What an assistant message may say instead of `content` (OpenAI: content is "required unless
 # tool_calls or function_call is specified"; a turn that was audio names it by its id).
 _SAY_WITHOUT_CONTENT = ("tool_calls", "function_call", "audio")
+# Roles whose content OpenAI requires to say something: neither null nor an empty array. An
+# assistant's may be null (replayed answers carry it); a tool's, as OpenAI's too, still goes as
+# a result without content (a tool that returned nothing: the agent loop goes on).
+_SAYS_IN_CONTENT = frozenset({"system", "developer", "user"})
 
 
 @dataclass(slots=True)
@@ -346,6 +350,14 @@ def _validate_message(i: int, m: Any) -> bool:
     content = m.get("content")
     if content is not None and not isinstance(content, str | list):
         raise _type_error(f"{where}.content", "a string or an array of content parts")
+    if role in _SAYS_IN_CONTENT and "content" in m and not content and content != "":
+        # As OpenAI: a translator went on without the message (a blank turn, or none).
+        if content is None:
+            raise InvalidRequest("Invalid value for 'content': expected a string, got null.",
+                                 param=f"{where}.content", code="invalid_type")
+        raise InvalidRequest(f"Invalid '{where}.content': empty array. Expected an array with "
+                             "minimum length 1, but got an empty array instead.",
+                             param=f"{where}.content", code="empty_array")
     if isinstance(content, list):
         for j, part in enumerate(content):
             if not isinstance(part, dict) or not isinstance(part.get("type"), str):
@@ -354,8 +366,8 @@ def _validate_message(i: int, m: Any) -> bool:
     if "content" not in m and role != "function" and not (
             role == "assistant" and any(m.get(k) is not None for k in _SAY_WITHOUT_CONTENT)):
         # As OpenAI: a message without content is malformed (an assistant's may be its calls
-        # or audio alone); it went upstream as a blank turn. An explicit null stays a blank
-        # message, as the translators read it (replayed answers carry `content: null`).
+        # or audio alone); it went upstream as a blank turn. An assistant's explicit null stays
+        # a blank message, as the translators read it (replayed answers carry it).
         raise _missing(f"{where}.content")
     if role == "tool" and not isinstance(m.get("tool_call_id"), str):
         raise _missing(f"{where}.tool_call_id")
