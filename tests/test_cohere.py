@@ -562,3 +562,18 @@ def test_a_data_url_cohere_cannot_read_is_a_400_naming_it(url: str) -> None:
 def test_an_https_image_goes_as_it_is() -> None:
     url = "https://example.com/chart.bmp?x=1"  # Cohere fetches it and judges its type
     assert _image(url)["image_url"]["url"] == url
+
+
+def test_text_parts_of_system_assistant_and_tool_messages_are_joined_by_a_line() -> None:
+    # Joined with nothing, separate parts ran their words together ("Be brief.Use French.").
+    parts = [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Use French."}]
+    body = {"messages": [
+        {"role": "system", "content": parts},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": parts, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": parts},
+    ]}
+    messages = to_cohere(body, "command-a-03-2025")["messages"]
+    assert messages[0]["content"] == messages[3]["content"] == "Be brief.\nUse French."
+    assert messages[2]["tool_plan"] == "Be brief.\nUse French."

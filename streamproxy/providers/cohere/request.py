@@ -214,7 +214,8 @@ def _arguments(args: Any) -> str:
 
 
 def _text(content: Any, i: int) -> str:
-    return "".join(texts(content, f"messages[{i}].content"))
+    # A line between parts, as Ollama's: joined with nothing, their words ran together.
+    return "\n".join(texts(content, f"messages[{i}].content"))
 
 
 def _user(content: Any, i: int) -> Any:
