@@ -512,3 +512,23 @@ async def test_keep_alive_requests_arm_no_timer_of_their_own(lean: Any, monkeypa
     monkeypatch.undo()
     assert armed == []
     writer.close()
+
+
+@pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
+async def test_an_over_long_request_target_is_414(proxy: Any, monkeypatch: Any,
+                                                  front_kind: str) -> None:
+    """RFC 9110 §15.5.15: a target longer than the server will read is 414 URI Too Long; it
+    was answered 431, the status of over-large header fields, which the target is not."""
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    config = parse_config({"server": {"max_header_bytes": 200}, "default_provider": "mock",
+                           "providers": {"mock": {"type": "mock"}}}, "<test>")
+    client = await proxy(config)
+    reader, writer = await connect(client)
+    writer.write(chat_request().replace(b"/v1/chat/completions",
+                                        b"/v1/chat/completions?x=" + b"a" * 300, 1))
+    status, headers, body = await read_response(reader)
+    assert status == 414 and headers["content-type"] == "application/json"
+    assert orjson.loads(body)["error"]["code"] == "uri_too_long"
+    writer.write(chat_request())  # (the head was read whole: the connection stays)
+    assert (await read_response(reader))[0] == 200
+    writer.close()

@@ -2,8 +2,8 @@
 
 aiohttp's own parser limits refuse a request with a plain-text 400 before any middleware
 runs, so they are set to a looser backstop (BACKSTOP times ours) and this middleware enforces the
-configured `server.max_header_bytes` (the request line or one header field) and
-`server.max_headers` with a 431 in OpenAI's error shape.
+configured `server.max_header_bytes` (the request target or one header field) and
+`server.max_headers` in OpenAI's error shape: 431, or 414 for the target (RFC 9110 §15.5.15).
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ def too_large(what: str) -> ProxyError:
                       error_type="invalid_request_error", code="request_header_fields_too_large")
 
 
+def target_too_long(limit: int) -> ProxyError:
+    return ProxyError(f"Request target too long: it is over {limit} bytes.", status=414,
+                      error_type="invalid_request_error", code="uri_too_long")
+
+
 def header_limits(max_field_bytes: int, max_headers: int) -> Callable[..., Awaitable[object]]:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -42,7 +47,7 @@ def _over_limits(request: web.Request, max_field_bytes: int,
     if len(raw) > max_headers:
         return too_large(f"{len(raw)} headers, the limit is {max_headers}")
     if len(request.raw_path) > max_field_bytes:
-        return too_large(f"the request target is over {max_field_bytes} bytes")
+        return target_too_long(max_field_bytes)
     for name, value in raw:
         if len(name) + len(value) + 2 > max_field_bytes:
             # The header's name only: its value may be a key.
