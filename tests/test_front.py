@@ -532,3 +532,27 @@ async def test_an_over_long_request_target_is_414(proxy: Any, monkeypatch: Any,
     writer.write(chat_request())  # (the head was read whole: the connection stays)
     assert (await read_response(reader))[0] == 200
     writer.close()
+
+
+@pytest.mark.parametrize("codings", [b"gzip, chunked", b"deflate,chunked",
+                                     b"x-custom;p=1, chunked"])
+@pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
+async def test_a_transfer_coding_besides_chunked_is_501(proxy: Any, monkeypatch: Any,
+                                                        front_kind: str, codings: bytes) -> None:
+    """RFC 9112 §6.1: a transfer coding the server does not understand is 501. aiohttp
+    de-chunks the body and passes the rest of the codings' bytes on as the body: a gzipped
+    body was answered 400 invalid_json, as if the client had sent bad JSON."""
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    client = await proxy(load_config(None))
+    reader, writer = await connect(client)
+    zipped = gzip.compress(BODY)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: %b\r\n"
+                 b"Content-Type: application/json\r\n\r\n%x\r\n%b\r\n0\r\n\r\n"
+                 % (codings, len(zipped), zipped))
+    status, headers, body = await read_response(reader)
+    assert status == 501 and headers["content-type"] == "application/json"
+    error = orjson.loads(body)["error"]
+    assert error["code"] == "unsupported_transfer_coding" and error["param"] is None
+    writer.write(chat_request())  # (the chunked framing is understood: the connection stays)
+    assert (await read_response(reader))[0] == 200
+    writer.close()

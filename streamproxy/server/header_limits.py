@@ -4,6 +4,8 @@ aiohttp's own parser limits refuse a request with a plain-text 400 before any mi
 runs, so they are set to a looser backstop (BACKSTOP times ours) and this middleware enforces the
 configured `server.max_header_bytes` (the request target or one header field) and
 `server.max_headers` in OpenAI's error shape: 431, or 414 for the target (RFC 9110 §15.5.15).
+It also answers a transfer coding other than chunked with 501 (RFC 9112 §6.1): aiohttp's parser
+removes only the chunked framing and hands the still-coded bytes on as the body.
 """
 
 from __future__ import annotations
@@ -29,10 +31,18 @@ def target_too_long(limit: int) -> ProxyError:
                       error_type="invalid_request_error", code="uri_too_long")
 
 
+def unsupported_coding(codings: str) -> ProxyError:
+    return ProxyError(f"Transfer-Encoding '{codings[:64]}' is not supported: send the body with "
+                      "chunked alone (Content-Encoding: gzip or deflate is understood).",
+                      status=501, error_type="invalid_request_error",
+                      code="unsupported_transfer_coding")
+
+
 def header_limits(max_field_bytes: int, max_headers: int) -> Callable[..., Awaitable[object]]:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        err = _over_limits(request, max_field_bytes, max_headers)
+        err = (_over_limits(request, max_field_bytes, max_headers)
+               or _unsupported_coding(request))
         if err is not None:
             observe_refused_chat(request, err)  # a chat request's line and count, as a 413's
             raise err
@@ -53,4 +63,16 @@ def _over_limits(request: web.Request, max_field_bytes: int,
             # The header's name only: its value may be a key.
             return too_large(f"header '{name.decode('latin-1')[:64]}' is over "
                              f"{max_field_bytes} bytes")
+    return None
+
+
+def _unsupported_coding(request: web.Request) -> ProxyError | None:
+    # aiohttp's parser answers 400 when chunked is not the last coding, so here it is; any
+    # other before it (`gzip, chunked`, with or without parameters) is not decoded.
+    codings = request.headers.getall("Transfer-Encoding", ())
+    if not codings:
+        return None
+    joined = ",".join(codings)
+    if any(c.partition(";")[0].strip(" \t").lower() != "chunked" for c in joined.split(",")):
+        return unsupported_coding(joined)
     return None
