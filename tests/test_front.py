@@ -556,3 +556,35 @@ async def test_a_transfer_coding_besides_chunked_is_501(proxy: Any, monkeypatch:
     writer.write(chat_request())  # (the chunked framing is understood: the connection stays)
     assert (await read_response(reader))[0] == 200
     writer.close()
+
+
+@pytest.mark.parametrize("trace", [b"caf\xe9", b"\xff\xfe"])
+@pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
+async def test_a_trace_id_that_is_not_utf8_is_refused(proxy: Any, monkeypatch: Any,
+                                                      front_kind: str, trace: bytes,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """aiohttp writes header values as UTF-8 and drops what is not text: a trace id of
+    latin-1 bytes (what requests and Node send for 'café') came back as 'caf', or empty, and
+    the access log had a third spelling ('caf?'); the id the client chose to find its
+    request by matched neither. The bytes cannot be echoed as they came, so the request is
+    refused, 400, before anything is spent; its answer and its log line share a new id."""
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    client = await proxy(load_config(None))
+    reader, writer = await connect(client)
+    caplog.set_level("INFO", "streamproxy.access")
+    writer.write(chat_request(extra=b"x-portkey-trace-id: " + trace + b"\r\n"))
+    status, headers, body = await read_response(reader)
+    assert status == 400 and orjson.loads(body)["error"]["code"] == "invalid_trace_id"
+    trace_id = headers["x-portkey-trace-id"]
+    assert len(trace_id) == 32 and headers["x-request-id"] == trace_id
+    line = orjson.loads(next(r.getMessage() for r in caplog.records
+                             if r.name == "streamproxy.access"))
+    assert line["trace_id"] == trace_id and line["status"] == 400
+    writer.write(b"GET /v1/models HTTP/1.1\r\nHost: t\r\nx-portkey-trace-id: " + trace
+                 + b"\r\n\r\n")  # (another route's answer has the header too)
+    status, headers, _ = await read_response(reader)
+    assert status == 400 and len(headers["x-portkey-trace-id"]) == 32
+    writer.write(chat_request(extra="x-portkey-trace-id: café\r\n".encode()))  # UTF-8: echoed
+    status, headers, _ = await read_response(reader)
+    assert status == 200 and headers["x-portkey-trace-id"] == "café"
+    writer.close()

@@ -41,7 +41,31 @@ def request_trace_headers(request_headers: Mapping[str, str]) -> dict[str, str]:
     """The trace headers of an answer the chat handler did not make: the client's trace id
     echoed, else a new one (every OpenAI answer has an x-request-id, errors and other routes
     included)."""
-    return trace_headers(request_headers.get(TRACE_HEADER) or random_hex(16))
+    return trace_headers(client_trace_id(request_headers))
+
+
+def client_trace_id(request_headers: Mapping[str, str]) -> str:
+    """The client's trace id, or a new one when it sent none, or one that is not UTF-8 (which
+    `invalid_trace_id` refuses: aiohttp cannot write it back as it came)."""
+    value = request_headers.get(TRACE_HEADER)
+    if not value or (not value.isascii() and not is_text(value)):
+        return random_hex(16)
+    return value
+
+
+def is_text(value: str) -> bool:
+    """A header value aiohttp decoded whole: its undecodable bytes are surrogates
+    ('surrogateescape'), which its writer drops."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def invalid_trace_id() -> InvalidRequest:
+    return InvalidRequest(f"The {TRACE_HEADER} header is not UTF-8 text.",
+                          code="invalid_trace_id")
 
 
 def error_headers(err: ProxyError, request_headers: Mapping[str, str]) -> dict[str, str]:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from streamproxy.errors import ProxyError
+from streamproxy.server.errors import TRACE_HEADER, invalid_trace_id, is_text
 from streamproxy.server.observing import observe_refused_chat
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -42,7 +43,7 @@ def header_limits(max_field_bytes: int, max_headers: int) -> Callable[..., Await
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         err = (_over_limits(request, max_field_bytes, max_headers)
-               or _unsupported_coding(request))
+               or _unsupported_coding(request) or _undecodable_trace_id(request))
         if err is not None:
             observe_refused_chat(request, err)  # a chat request's line and count, as a 413's
             raise err
@@ -76,3 +77,11 @@ def _unsupported_coding(request: web.Request) -> ProxyError | None:
     if any(c.partition(";")[0].strip(" \t").lower() != "chunked" for c in joined.split(",")):
         return unsupported_coding(joined)
     return None
+
+
+def _undecodable_trace_id(request: web.Request) -> ProxyError | None:
+    # (aiohttp's alone: the lean front hands every head that is not UTF-8 to it)
+    value = request.headers.get(TRACE_HEADER)
+    if value is None or value.isascii() or is_text(value):
+        return None
+    return invalid_trace_id()

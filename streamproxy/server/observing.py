@@ -11,12 +11,16 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from streamproxy.errors import ProxyError
-from streamproxy.ids import random_hex
 from streamproxy.observe.access_log import ACCESS_LOGGER, AccessLog, LoggingSettings, parse_logging
 from streamproxy.observe.metrics import metrics, metrics_handler, set_circuit_state
 from streamproxy.record import RequestRecord
 from streamproxy.routing.gateway import CHAT_PATH
-from streamproxy.server.errors import body_too_large, trace_headers, undecodable_body
+from streamproxy.server.errors import (
+    body_too_large,
+    client_trace_id,
+    trace_headers,
+    undecodable_body,
+)
 from streamproxy.server.reading import BodyTimeout
 
 if TYPE_CHECKING:
@@ -117,7 +121,7 @@ def _observe_unhandled(request: web.Request | Exchange, record: RequestRecord) -
 
 
 def _trace_id(request: web.Request | Exchange) -> str:
-    return request.headers.get(TRACE_HEADER) or random_hex(16)  # (as `request_trace_headers`)
+    return client_trace_id(request.headers)  # (as `request_trace_headers`)
 
 
 def _is_chat(request: web.Request | Exchange) -> bool:
