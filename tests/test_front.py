@@ -588,3 +588,27 @@ async def test_a_trace_id_that_is_not_utf8_is_refused(proxy: Any, monkeypatch: A
     status, headers, _ = await read_response(reader)
     assert status == 200 and headers["x-portkey-trace-id"] == "café"
     writer.close()
+
+
+@pytest.mark.parametrize("first", [chat_request(orjson.dumps({**orjson.loads(BODY),
+                                                              "stream": False})),
+                                   b"GET /v1/models HTTP/1.1\r\nHost: t\r\n\r\n"],
+                         ids=["chat", "models"])
+@pytest.mark.parametrize("junk", [b"\x00\x01junk\r\n\r\n", b"hello world\r\n\r\n"])
+@pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
+async def test_junk_after_a_whole_request_is_answered_after_it(
+        proxy: Any, monkeypatch: Any, front_kind: str, first: bytes, junk: bytes) -> None:
+    """Bytes that are no request, arriving with a whole one before them: that one is
+    answered, then the junk is 400 and the connection closes. aiohttp's parser, failing on
+    the junk, dropped the requests it had parsed from the same read: the client got only the
+    400 (on the lean front too, for a request it had handed over)."""
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    client = await proxy(load_config(None))
+    reader, writer = await connect(client)
+    writer.write(first + first + junk)  # (two: pipelined requests before the junk too)
+    for _ in range(2):
+        status, _, body = await read_response(reader)
+        assert status == 200 and orjson.loads(body)["object"] in ("list", "chat.completion")
+    rest = await asyncio.wait_for(reader.read(), 10)  # (the 400 closes the connection)
+    assert rest.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
+    writer.close()

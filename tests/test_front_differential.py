@@ -81,6 +81,7 @@ CASES: dict[str, tuple[bytes, int]] = {
     "bare LF before the end": (request(JSON).replace(b"\r\n\r\n", b"\n\r\n", 1), 1),
     "no empty line": (request(JSON).replace(b"\r\n\r\n", b"\r\n", 1), 1),
     "trace id": (request(JSON, b"x-portkey-trace-id: t-1", body=STREAM), 1),
+    "junk after a request": (request(JSON) + get(b"/v1/models") + b"hello\r\n\r\n", 3),
     "/v1/models": (get(b"/v1/models"), 1),
     "/healthz": (get(b"/healthz"), 1),
     "/metrics HEAD": (get(b"/metrics", method=b"HEAD"), 1),

@@ -311,7 +311,8 @@ def test_what_aiohttp_keeps_privately_is_still_there() -> None:
     slots = {name for cls in ReadTimedHandler.__mro__ for name in getattr(cls, "__slots__", ())}
     assert {"_waiter", "_messages", "_current_request", "_reading_paused",
             "_keepalive_handle", "_loop", "_request_factory", "_next_keepalive_close_time",
-            "_keepalive_timeout"} <= slots
+            "_keepalive_timeout", "_parser", "_read_bufsize", "_max_msg_queue_size",
+            "_upgraded"} <= slots
     assert callable(ReadTimedHandler.__mro__[1]._process_keepalive)
     assert "_message" in web.BaseRequest.ATTRS  # (its should_close: wind_down)
 

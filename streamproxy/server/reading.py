@@ -29,6 +29,8 @@ from email.utils import formatdate
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_parser import HttpRequestParser
+from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
 
 from streamproxy.config import ServerConfig
 from streamproxy.errors import ClientReadTimeout
@@ -124,6 +126,11 @@ class ReadTimedHandler(web.RequestHandler):
     only then, with no response in flight, may a 408 be written. A body is being read while
     a handler runs and its request's payload has not ended; its timeout is set on the payload,
     so the handler's own read fails and the route answers.
+
+    Its parser stops after each whole request (`max_msg_queue_size=1`), and a read parses on
+    while one comes: aiohttp's, failing on bytes that are no request, dropped the requests
+    it had parsed from the same read (a client pipelining a request and junk got only the
+    400); one at a time, they are queued before the 400 as they arrived.
     """
 
     __slots__ = ("_drain_timer", "_head_began", "_head_wait", "_last_read", "_read_timeouts",
@@ -137,9 +144,22 @@ class ReadTimedHandler(web.RequestHandler):
         self._head_began = 0.0  # when that head's first bytes came
         self._read_timer: asyncio.TimerHandle | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
+        self._parser = HttpRequestParser(
+            self, self._loop, self._read_bufsize, max_line_size=self.max_line_size,
+            max_field_size=self.max_field_size, max_headers=self.max_headers,
+            payload_exception=RequestPayloadError,
+            auto_decompress=kwargs.get("auto_decompress", True), max_msg_queue_size=1)
 
     def data_received(self, data: bytes) -> None:
+        queued = len(self._messages)
         super().data_received(data)
+        messages = self._messages
+        # A request came: parse on from where the parser stopped after it (bounded: each
+        # turn takes a whole request from what is held, or ends), up to aiohttp's queue limit.
+        while (queued < len(messages) < self._max_msg_queue_size and not self._upgraded
+               and not isinstance(messages[-1][0], _ErrInfo)):
+            queued = len(messages)
+            super().data_received(b"")
         if not data or self.transport is None:  # (aiohttp parses what it held back with b"")
             return
         loop = self._loop
