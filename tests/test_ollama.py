@@ -223,6 +223,17 @@ def test_reasoning_effort_is_think_true_except_on_gpt_oss(model: str, effort: st
     assert to_ollama({**body, "think": "high"}, model, stream=True)["think"] == "high"
 
 
+@pytest.mark.parametrize(("stop", "sent"), [
+    (["", "END"], ["END"]), ([""], None), ("", None), ([], None), (" ", [" "]), ("END", ["END"]),
+])
+def test_an_empty_stop_sequence_is_not_sent(stop: Any, sent: list[str] | None) -> None:
+    # Ollama's runner stops at once on an empty sequence (an empty answer, finish "stop"), and
+    # `stop: []` replaces the model's own stop tokens (ollama/ollama#3629): an empty sequence
+    # cuts nothing, as on Gemini and Bedrock.
+    body = {"messages": [{"role": "user", "content": "hi"}], "stop": stop}
+    assert to_ollama(body, "llama3.2", stream=True).get("options", {}).get("stop") == sent
+
+
 async def test_no_key_no_auth_header_and_json_mode(proxy: Any, upstream: Any) -> None:
     upstream.content_type = NDJSON
     upstream.body = TEXT

@@ -102,9 +102,12 @@ def _options(body: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     for key in OPTIONS:
         if body.get(key) is not None:
             options[key] = body[key]
-    stop = body.get("stop")
+    # Ollama's runner stops at once on an empty sequence (an empty answer): it cuts nothing, so
+    # it goes, as on Gemini and Bedrock; a list left empty too, since `stop: []` would replace
+    # the model's own stop tokens.
+    stop = [sequence for sequence in stop_list(body.get("stop") or []) if sequence]
     if stop:
-        options["stop"] = stop_list(stop)
+        options["stop"] = stop
     return options
 
 
