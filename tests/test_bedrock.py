@@ -390,10 +390,11 @@ def test_tool_indices_are_ordinals_and_argless_tools_get_empty_object() -> None:
 
 @pytest.mark.parametrize(("reason", "finish"), [
     ("end_turn", "stop"), ("stop_sequence", "stop"), ("max_tokens", "length"),
-    ("tool_use", "tool_calls"), ("guardrail_intervened", "content_filter"),
+    ("tool_use", "stop"), ("guardrail_intervened", "content_filter"),
     ("content_filtered", "content_filter"),
 ])
 def test_stop_reasons(reason: str, finish: str) -> None:
+    # (no tool call in this answer: a `tool_use` without one is a stop, see below)
     body = event("messageStart", {}) + event("messageStop", {"stopReason": reason}) + \
         event("metadata", {"usage": {"inputTokens": 1, "outputTokens": 1}})
     assert collect(sse_chunks(translate([body]))).finish_reason == finish
@@ -425,6 +426,29 @@ def test_a_turn_with_tool_calls_finishes_with_tool_calls_whatever_stop_it_names(
         b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'),
         completion_id="c", created=1)
     assert completion["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_a_tool_use_stop_without_a_tool_call_is_stop() -> None:
+    # Bedrock may end a text-only answer with `tool_use` (strands-rl/strands-env#252): OpenAI
+    # never says tool_calls without calls, and a client that runs `message.tool_calls` on that
+    # finish (OpenAI's own examples) failed on its null.
+    body = b"".join([
+        event("messageStart", {"role": "assistant"}),
+        event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Done."}}),
+        event("contentBlockStop", {"contentBlockIndex": 0}),
+        event("messageStop", {"stopReason": "tool_use"}),
+        event("metadata", {"usage": {"inputTokens": 1, "outputTokens": 1}})])
+    c = collect(sse_chunks(translate([body])))
+    assert (c.content, c.tool_calls, c.finish_reason) == ("Done.", [], "stop")
+    provider = BedrockProvider(parse_config({"providers": {"b": {
+        "type": "bedrock", "region": "us-east-1", "api_key": "k"}}}, "<t>").providers["b"])
+    answer = orjson.dumps({"output": {"message": {"role": "assistant", "content": [
+        {"text": "Done."}]}}, "stopReason": "tool_use",
+        "usage": {"inputTokens": 1, "outputTokens": 1}})
+    whole = provider.translate_response(answer, parse_chat_request(
+        b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'),
+        completion_id="c", created=1)
+    assert isinstance(whole, dict) and whole["choices"][0]["finish_reason"] == "stop"
 
 
 @pytest.mark.parametrize("reason", ["malformed_tool_use", "malformed_model_output"])

@@ -61,10 +61,14 @@ FAILED_REASONS = {"malformed_tool_use": 502, "malformed_model_output": 502}
 
 
 def finish_reason(reason: str, called: bool) -> str:
-    """`stopReason` → OpenAI's finish reason. A turn that made tool calls ends as `tool_calls`
-    though it names `end_turn`, as some Converse models do (AWS's Strands SDK overrides it the
-    same way): an agent loop runs the calls only on `tool_calls`."""
+    """`stopReason` → OpenAI's finish reason, which says `tool_calls` exactly when the turn
+    made calls. A turn that made tool calls ends as `tool_calls` though it names `end_turn`,
+    as some Converse models do (AWS's Strands SDK overrides it the same way): an agent loop runs
+    the calls only on `tool_calls`. Bedrock may end a text-only answer with `tool_use`, where a
+    client would look for calls in null: `stop`."""
     finish = FINISH_REASONS.get(reason, "stop")
+    if finish == "tool_calls" and not called:
+        return "stop"
     return "tool_calls" if called and finish == "stop" else finish
 
 
