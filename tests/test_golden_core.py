@@ -462,11 +462,27 @@ TOOL_BLOCK = block(1, {"type": "tool_use", "id": "t1", "name": "now", "input": {
 @pytest.mark.parametrize(("reason", "finish"), [
     ("end_turn", "stop"), ("stop_sequence", "stop"), ("pause_turn", "stop"),
     ("max_tokens", "length"), ("model_context_window_exceeded", "length"),
-    ("tool_use", "tool_calls"), ("refusal", "content_filter"), ("a_new_reason", "stop"),
+    ("tool_use", "stop"), ("refusal", "content_filter"), ("a_new_reason", "stop"),
 ])
 def test_anthropic_stop_reasons(reason: str, finish: str) -> None:
+    # (no block in these answers: a `tool_use` without a call is a stop, see below)
     c = anthropic(stop(reason))
     assert c.finish_reason == finish and c.done
+
+
+def test_anthropic_tool_use_is_tool_calls_only_with_a_call() -> None:
+    # Claude may end a text-only answer with `tool_use` (anthropics/claude-code#40240): OpenAI
+    # never says tool_calls without calls, and a client that runs `message.tool_calls` on that
+    # finish (OpenAI's own examples) failed on its null. Streamed and not.
+    text = block(0, {"type": "text", "text": ""}, {"type": "text_delta", "text": "Let me look."})
+    assert anthropic(*text, stop("tool_use")).finish_reason == "stop"
+    assert anthropic(*text, *TOOL_BLOCK, stop("tool_use")).finish_reason == "tool_calls"
+    for blocks, finish in (([{"type": "text", "text": "Let me look."}], "stop"),
+                           ([{"type": "tool_use", "id": "t", "name": "f", "input": {}}],
+                            "tool_calls")):
+        whole = to_completion(orjson.dumps({"content": blocks, "stop_reason": "tool_use"}),
+                              completion_id="c", created=1, model="m")
+        assert whole["choices"][0]["finish_reason"] == finish
 
 
 def test_anthropic_end_without_a_stop_reason_still_finishes_once() -> None:

@@ -8,7 +8,7 @@ import orjson
 
 from streamproxy.errors import UpstreamProtocolError
 from streamproxy.openai_api.completion import CompletionBuilder
-from streamproxy.providers.anthropic.stream import FINISH_REASONS, map_usage
+from streamproxy.providers.anthropic.stream import finish_reason, map_usage
 
 
 def to_completion(body: bytes, *, completion_id: str, created: int, model: str) -> dict[str, Any]:
@@ -45,7 +45,7 @@ def _completion(msg: dict[str, Any], completion_id: str, created: int,
             out.thinking_block({"type": "redacted_thinking", "data": block.get("data", "")})
     # No stop_reason (an Anthropic-compatible upstream): the calls made say how it ended.
     reason = msg.get("stop_reason") or ("tool_use" if tools else "end_turn")
-    out.finish(FINISH_REASONS.get(reason, "stop"))
+    out.finish(finish_reason(reason, tools > 0))
     if msg.get("usage"):
         out.usage(map_usage(msg["usage"]))
     return out.completion(completion_id=completion_id, created=created, model=model)

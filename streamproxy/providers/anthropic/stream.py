@@ -44,6 +44,14 @@ FINISH_REASONS = {
     "refusal": "content_filter",
 }
 
+
+def finish_reason(stop_reason: str, made_calls: bool) -> str:
+    """A stop reason as OpenAI's finish reason: `tool_use` is tool_calls only when the answer
+    made a call. Claude may end a text-only answer with it, and a client that runs
+    `message.tool_calls` on tool_calls (as OpenAI's examples do) would find null."""
+    finish = FINISH_REASONS.get(stop_reason, "stop")
+    return "stop" if finish == "tool_calls" and not made_calls else finish
+
 # Anthropic error type → HTTP status, for errors that arrive inside a stream (Anthropic's
 # errors page). Before the commit point the status is the client's, and what retries and
 # fallbacks act on: an unknown type is a 502, which the default retry codes retry.
@@ -175,7 +183,7 @@ class AnthropicStreamTranslator(SSETranslator):
             reason = (msg.get("delta") or {}).get("stop_reason")
             if reason and not self._finished:
                 self._finished = True
-                self.out.finish(FINISH_REASONS.get(reason, "stop"))
+                self.out.finish(finish_reason(reason, bool(self._tool_of_block)))
         elif kind == "message_stop":
             self._start(None)
             if not self._finished:
