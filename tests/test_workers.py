@@ -899,3 +899,25 @@ async def test_a_single_process_reload_keeps_its_admission_limit(tmp_path: Path)
             b.close()
         await until(lambda: stream_ok(t.url, "mock/fast:tokens=2"), "a slot free again",
                     timeout=10)
+
+
+@pytest.mark.parametrize(("env", "warned"), [("", True), ("warning", False)])
+def test_a_reload_says_the_log_level_takes_a_restart_unless_the_environment_sets_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        env: str, warned: bool) -> None:
+    """STREAMPROXY_LOG_LEVEL overrides server.log_level: with it set, a restart would not
+    change the level either, and the reload said it would take one."""
+    from streamproxy.config import load_config
+    from streamproxy.server import workers
+
+    config = tmp_path / "proxy.yaml"
+    config.write_text(CONFIG.format(grace=1, models="fast"))
+    running = load_config(str(config))
+    config.write_text(CONFIG.format(grace=1, models="fast").replace(
+        "server:\n", "server:\n  log_level: debug\n"))
+    monkeypatch.setenv("STREAMPROXY_LOG_LEVEL", env)
+    with caplog.at_level("WARNING", logger="streamproxy.workers"):
+        assert workers.reloaded_config(str(config), running) is not None
+    expected = ["reload: server.log_level changed; that takes a restart (the running value "
+                "stays)"] if warned else []
+    assert caplog.messages == expected

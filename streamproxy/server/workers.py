@@ -266,6 +266,7 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
 def reloaded_config(path: str | None, running: Config) -> Config | None:
     """The config file read again, or None (logged) when it does not load; what a reload
     cannot change (the listening address, logging: set up once, at start) is said."""
+    from streamproxy.observe.access_log import log_level
     from streamproxy.server.app import check_sections
 
     try:
@@ -278,8 +279,10 @@ def reloaded_config(path: str | None, running: Config) -> Config | None:
         log.error("reload failed: %s: %s; the running config keeps serving",
                   type(e).__name__, e)
         return None
-    fixed = [f"server.{k}" for k in ("host", "port", "log_level")
+    fixed = [f"server.{k}" for k in ("host", "port")
              if getattr(config.server, k) != getattr(running.server, k)]
+    if log_level(config) != log_level(running):  # (STREAMPROXY_LOG_LEVEL wins over both)
+        fixed.append("server.log_level")
     if fixed:
         log.warning("reload: %s changed; that takes a restart (the running value stays)",
                     ", ".join(fixed))
