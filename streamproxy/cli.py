@@ -50,8 +50,16 @@ def _check_environment() -> None:
             sys.exit(2)
 
 
+def _whole(text: str, what: str, allowed: str) -> int:
+    # (a ValueError would read "invalid _port value": argparse names the converter)
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}: {allowed}") from None
+
+
 def _positive(text: str) -> int:
-    value = int(text)
+    value = _whole(text, "a whole number", "must be 1 or more")
     if value < 1:
         raise argparse.ArgumentTypeError("must be 1 or more")
     return value
@@ -64,9 +72,10 @@ def _host(text: str) -> str:
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    allowed = f"must be 0 to {MAX_PORT} (0: any free port)"
+    value = _whole(text, "a port number", allowed)
     if not 0 <= value <= MAX_PORT:  # beyond it the socket layer wraps: 70000 listens on 4464
-        raise argparse.ArgumentTypeError(f"must be 0 to {MAX_PORT} (0: any free port)")
+        raise argparse.ArgumentTypeError(allowed)
     return value
 
 

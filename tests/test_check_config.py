@@ -391,3 +391,20 @@ def test_a_bracketed_ipv6_host_is_its_address(given: str, listens_on: str) -> No
     from streamproxy.cli import _host
 
     assert _host(given) == listens_on
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["serve", "--port", "abc"], "argument --port: 'abc' is not a port number: must be 0 to "
+                                 "65535 (0: any free port)"),
+    (["mock", "--port", ""], "argument --port: '' is not a port number"),
+    (["serve", "--workers", "two"], "argument --workers: 'two' is not a whole number: must be "
+                                    "1 or more"),
+])
+def test_a_cli_value_that_is_not_a_number_is_said_plainly(
+        argv: list[str], said: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # argparse named the converter: "invalid _port value: 'abc'".
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and said in err, err
+    assert "_port" not in err and "_positive" not in err
