@@ -523,3 +523,39 @@ def test_reasoning_and_cache_write_tokens_are_counted() -> None:
         "input": 30, "output": 9, "cached": 4, "cache_write": 20, "reasoning": 7}
     entry = access_entry(r)
     assert (entry["cache_write_tokens"], entry["reasoning_tokens"]) == (20, 7)
+
+
+PREVIOUS_RUN_SCRIPT = textwrap.dedent("""
+    import os, sys
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+    from streamproxy.observe.metrics import metrics
+    from streamproxy.record import RequestRecord
+
+    metrics().observe(RequestRecord(trace_id="t", provider="old-run", model="m", stream=True))
+    metrics().active_streams.inc()  # (killed mid-stream: its livesum gauge file stays)
+""")
+
+
+def test_serve_clears_a_previous_runs_samples_from_the_operators_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PROMETHEUS_MULTIPROC_DIR the operator gives persists across restarts (a volume, a
+    fixed path in a unit file): the previous run's files were summed into every scrape, so
+    the counters started where the last run left them (prometheus-client: wipe it between
+    runs). serve removes prometheus-client's files from it at start, and nothing else."""
+    from streamproxy.config import load_config
+    from streamproxy.observe.metrics import render
+    from streamproxy.server import workers
+
+    subprocess.run([sys.executable, "-c", PREVIOUS_RUN_SCRIPT, str(tmp_path)], check=True,
+                   timeout=60, cwd=ROOT)
+    assert any(p.name.startswith("gauge_livesum_") for p in tmp_path.iterdir())
+    (tmp_path / "README.txt").write_text("the operator's")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    scraped: list[str] = []
+    monkeypatch.setattr(workers, "raise_fd_limit", lambda: None)
+    monkeypatch.setattr(workers, "run_worker", lambda *_, **__: scraped.append(
+        render().decode()) or 0)
+    assert workers.run(None, load_config(None), "127.0.0.1", 0) == 0
+    assert "old-run" not in scraped[0]
+    assert "streamproxy_active_streams 1.0" not in scraped[0]
+    assert {p.name for p in tmp_path.iterdir() if not p.name.startswith(".")} == {"README.txt"}

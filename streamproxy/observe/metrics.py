@@ -58,6 +58,9 @@ MAX_LABEL_CHARS = 100
 MAX_CIRCUIT_LABELS = 100
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
 _USERINFO = re.compile(r"://[^/?#|]*@")  # (to the host part's last @, as urlsplit reads it)
+# prometheus-client's sample files (`counter_<pid>.db`, `gauge_livesum_<pid>.db`, …) and the
+# retired ones: what a previous run leaves, and nothing an operator may keep beside them.
+_SAMPLE_FILE = re.compile(r"(?:counter|histogram|summary|gauge_[a-z]+)_(?:\d+|retired)\.db")
 
 # From the proxy's own sub-millisecond answers (a local model, the mock) to the default
 # first_token timeout (600 s): neither end falls in a catch-all bucket.
@@ -361,6 +364,21 @@ def render() -> bytes:
         with _directory_lock(path, fcntl.LOCK_SH):  # never half-way through a retirement
             return generate_latest(registry)
     return generate_latest(REGISTRY)
+
+
+def clear_previous_run(path: str) -> int:
+    """At start, before any process writes there: the sample files a previous run left in an
+    operator's persistent directory (prometheus-client reads every file in it: its counters
+    would start where that run's ended, its killed workers' gauges count on). Returns how many
+    were removed."""
+    removed = 0
+    with _directory_lock(path, fcntl.LOCK_EX):
+        for name in os.listdir(path):
+            if _SAMPLE_FILE.fullmatch(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(path, name))
+                    removed += 1
+    return removed
 
 
 def retire_process(pid: int) -> None:

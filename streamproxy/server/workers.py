@@ -62,6 +62,7 @@ def run(config_path: str | None, config: Config, host: str, port: int,
         workers: int | None = None) -> int:
     """Serve until stopped; returns the process exit status."""
     raise_fd_limit()
+    _clear_metrics_dir()
     if workers is None:  # (any free port: one process, as N workers would each bind their own)
         workers = 1 if port == 0 else default_workers()
     if workers <= 1:
@@ -81,6 +82,17 @@ def run(config_path: str | None, config: Config, host: str, port: int,
     from streamproxy.server.master import Master  # (it imports run_worker from here)
 
     return Master(config_path, config, host, port, workers).run()
+
+
+def _clear_metrics_dir() -> None:
+    """An operator's PROMETHEUS_MULTIPROC_DIR outlives the run (the master's own is new)."""
+    from streamproxy.observe.metrics import clear_previous_run, multiprocess_dir
+
+    path = multiprocess_dir()
+    if path is not None and os.path.isdir(path):  # (not one: the metrics say so, as they start)
+        removed = clear_previous_run(path)
+        if removed:
+            log.info("metrics: removed %d file(s) of a previous run from %s", removed, path)
 
 
 def _check_port_free(host: str, port: int) -> None:
