@@ -921,3 +921,25 @@ def test_a_reload_says_the_log_level_takes_a_restart_unless_the_environment_sets
     expected = ["reload: server.log_level changed; that takes a restart (the running value "
                 "stays)"] if warned else []
     assert caplog.messages == expected
+
+
+def test_an_empty_prometheus_multiproc_dir_is_as_unset_for_the_master(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`PROMETHEUS_MULTIPROC_DIR=` (an env file's empty line, a chart's empty value) is unset
+    for prometheus-client, but the master made no directory since the name was there: each
+    worker served its own counts, and every scrape showed whichever worker answered it."""
+    m = _master(tmp_path, grace=1)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    seen: list[str] = []
+    monkeypatch.setattr(m, "_spawn", lambda slot, generation, config: seen.append(
+        os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1,
+               signal.SIGUSR2)
+    saved = {sig: signal.getsignal(sig) for sig in handled}
+    try:
+        assert m.run() == 0  # (no worker started: it returns at once)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert len(seen) == 2 and seen[0] == seen[1] != ""  # one directory, the workers' both
+    assert not os.path.exists(seen[0])  # the master's own: removed at exit

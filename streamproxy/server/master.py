@@ -103,7 +103,9 @@ class Master:
 
     # -- main loop --------------------------------------------------------------------------------
     def run(self) -> int:
-        if PROMETHEUS_ENV not in os.environ:  # per-worker sample files, aggregated on scrape
+        # Per-worker sample files, aggregated on scrape. (Set empty, it is unset for
+        # prometheus-client: each worker would count alone, a scrape showing one's.)
+        if not os.environ.get(PROMETHEUS_ENV):
             self._metrics_dir = tempfile.mkdtemp(prefix="streamproxy-metrics-")
             os.environ[PROMETHEUS_ENV] = self._metrics_dir
         wake_r, wake_w = self._wake = os.pipe()
