@@ -943,3 +943,19 @@ def test_an_empty_prometheus_multiproc_dir_is_as_unset_for_the_master(
             signal.signal(sig, handler)
     assert len(seen) == 2 and seen[0] == seen[1] != ""  # one directory, the workers' both
     assert not os.path.exists(seen[0])  # the master's own: removed at exit
+
+
+def test_a_metrics_directory_that_is_not_one_is_said_once_at_start(tmp_path: Path) -> None:
+    """Each worker found it as it built its metrics: the error once per worker, then the
+    master's traceback for each one whose files it could not retire."""
+    config = tmp_path / "proxy.yaml"
+    config.write_text(CONFIG.format(grace=1, models="fast"))
+    missing = tmp_path / "missing"
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamproxy", "serve", "--config", str(config),
+         "--port", str(_free_port()), "--workers", "2"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(missing)})
+    assert proc.returncode == 2
+    assert proc.stderr == (f"streamproxy: config error: env PROMETHEUS_MULTIPROC_DIR: "
+                           f"'{missing}' is not a directory\n")

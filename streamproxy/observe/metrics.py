@@ -313,14 +313,18 @@ def metrics() -> Metrics:
     if _metrics is None:
         path = multiprocess_dir()
         if path is not None:
-            if not os.path.isdir(path):
-                raise ConfigError(f"env {MULTIPROC_ENV}", "", f"{path!r} is not a directory")
+            _check_directory(path)
             values.ValueClass = values.get_value_class()
         disable_created_metrics()  # `_created` series would double the series count
         _metrics = Metrics(REGISTRY)
         if path is not None:
             _metrics.seed_models(_exported_models(path))
     return _metrics
+
+
+def _check_directory(path: str) -> None:
+    if not os.path.isdir(path):
+        raise ConfigError(f"env {MULTIPROC_ENV}", "", f"{path!r} is not a directory")
 
 
 def _exported_models(path: str) -> set[str]:
@@ -370,14 +374,18 @@ def clear_previous_run(path: str) -> int:
     """At start, before any process writes there: the sample files a previous run left in an
     operator's persistent directory (prometheus-client reads every file in it: its counters
     would start where that run's ended, its killed workers' gauges count on). Returns how many
-    were removed."""
+    were removed. Not a directory: a ConfigError, said once before any worker starts."""
+    _check_directory(path)
     removed = 0
-    with _directory_lock(path, fcntl.LOCK_EX):
-        for name in os.listdir(path):
-            if _SAMPLE_FILE.fullmatch(name):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(path, name))
-                    removed += 1
+    try:
+        with _directory_lock(path, fcntl.LOCK_EX):
+            for name in os.listdir(path):
+                if _SAMPLE_FILE.fullmatch(name):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(path, name))
+                        removed += 1
+    except OSError as e:  # (read-only, not ours: every worker would fail to write there)
+        raise ConfigError(f"env {MULTIPROC_ENV}", "", f"{path!r}: {e.strerror or e}") from None
     return removed
 
 

@@ -89,7 +89,7 @@ def _clear_metrics_dir() -> None:
     from streamproxy.observe.metrics import clear_previous_run, multiprocess_dir
 
     path = multiprocess_dir()
-    if path is not None and os.path.isdir(path):  # (not one: the metrics say so, as they start)
+    if path is not None:
         removed = clear_previous_run(path)
         if removed:
             log.info("metrics: removed %d file(s) of a previous run from %s", removed, path)
