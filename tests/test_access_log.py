@@ -163,7 +163,8 @@ async def test_a_kept_alive_stream_logs_every_byte_it_sent(
     a stream that never opened, is counted with them (the error frame was counted as 0)."""
     caplog.set_level(logging.INFO)
     client = await proxy(mock_config(server={"keepalive_interval": 0.1}))
-    before = REGISTRY.get_sample_value("streamproxy_bytes_out_total", {"provider": "mock"}) or 0
+    sent = "streamproxy_response_body_bytes_total"
+    before = REGISTRY.get_sample_value(sent, {"provider": "mock"}) or 0
     bodies = []
     for model in ("fast:stall_ms=350,status=500", "fast:stall_ms=350,tokens=2"):
         resp = await client.post("/v1/chat/completions", json={
@@ -175,7 +176,7 @@ async def test_a_kept_alive_stream_logs_every_byte_it_sent(
     assert failed["bytes_out"] == len(bodies[0])
     assert answered["finish_reason"] == "stop"
     assert answered["bytes_out"] == len(bodies[1])
-    assert REGISTRY.get_sample_value("streamproxy_bytes_out_total", {"provider": "mock"}) \
+    assert REGISTRY.get_sample_value(sent, {"provider": "mock"}) \
         == before + len(bodies[0]) + len(bodies[1])
 
 

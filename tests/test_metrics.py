@@ -49,8 +49,8 @@ async def test_metrics_after_a_streamed_request(default_proxy: Any) -> None:
         "gap_sum": sample("streamproxy_stream_max_gap_seconds_sum", **lbl),
         "in": sample("streamproxy_tokens_total", **lbl, type="input"),
         "out": sample("streamproxy_tokens_total", **lbl, type="output"),
-        "bytes_in": sample("streamproxy_bytes_in_total", provider="mock"),
-        "bytes_out": sample("streamproxy_bytes_out_total", provider="mock"),
+        "bytes_in": sample("streamproxy_request_body_bytes_total", provider="mock"),
+        "bytes_out": sample("streamproxy_response_body_bytes_total", provider="mock"),
     }
     body = await (await client.post("/v1/chat/completions", json={
         "model": "mock/paced", "stream": True,
@@ -66,7 +66,8 @@ async def test_metrics_after_a_streamed_request(default_proxy: Any) -> None:
     for name in ("streamproxy_requests", "streamproxy_active_streams",
                  "streamproxy_time_to_first_token_seconds", "streamproxy_request_duration_seconds",
                  "streamproxy_stream_max_gap_seconds", "streamproxy_stream_mean_gap_seconds",
-                 "streamproxy_tokens", "streamproxy_bytes_in", "streamproxy_bytes_out",
+                 "streamproxy_tokens", "streamproxy_request_body_bytes",
+                 "streamproxy_response_body_bytes",
                  "streamproxy_upstream_errors", "streamproxy_retries", "streamproxy_fallbacks",
                  "streamproxy_circuit_breaker_state"):
         assert name in families, name
@@ -83,8 +84,8 @@ async def test_metrics_after_a_streamed_request(default_proxy: Any) -> None:
     assert sample("streamproxy_stream_max_gap_seconds_sum", **lbl) - before["gap_sum"] > 0.005
     assert sample("streamproxy_tokens_total", **lbl, type="input") > before["in"]
     assert sample("streamproxy_tokens_total", **lbl, type="output") == before["out"] + 50
-    assert sample("streamproxy_bytes_in_total", provider="mock") > before["bytes_in"]
-    assert sample("streamproxy_bytes_out_total", provider="mock") \
+    assert sample("streamproxy_request_body_bytes_total", provider="mock") > before["bytes_in"]
+    assert sample("streamproxy_response_body_bytes_total", provider="mock") \
         == before["bytes_out"] + len(body)
     assert sample("streamproxy_active_streams") == 0
 
@@ -94,14 +95,14 @@ async def test_non_streamed_request_counts_without_ttft(default_proxy: Any) -> N
     lbl = {"provider": "mock", "model": "tool"}
     ttft = sample("streamproxy_time_to_first_token_seconds_count", **lbl)
     req = sample("streamproxy_requests_total", **lbl, status="200", stream="false")
-    out = sample("streamproxy_bytes_out_total", provider="mock")
+    out = sample("streamproxy_response_body_bytes_total", provider="mock")
     resp = await client.post("/v1/chat/completions", json={
         "model": "mock/tool", "messages": [{"role": "user", "content": "x"}]})
     body = await resp.read()
     assert resp.status == 200
     assert sample("streamproxy_requests_total", **lbl, status="200", stream="false") == req + 1
     assert sample("streamproxy_time_to_first_token_seconds_count", **lbl) == ttft
-    assert sample("streamproxy_bytes_out_total", provider="mock") == out + len(body)
+    assert sample("streamproxy_response_body_bytes_total", provider="mock") == out + len(body)
 
 
 async def test_an_invalid_request_counts_with_its_status(default_proxy: Any) -> None:
@@ -559,3 +560,24 @@ def test_serve_clears_a_previous_runs_samples_from_the_operators_directory(
     assert "old-run" not in scraped[0]
     assert "streamproxy_active_streams 1.0" not in scraped[0]
     assert {p.name for p in tmp_path.iterdir() if not p.name.startswith(".")} == {"README.txt"}
+
+
+def test_metric_names_end_in_their_unit() -> None:
+    """Prometheus' naming: the unit, plural, is the name's suffix, before a counter's _total
+    (`node_network_receive_bytes_total`); the byte counters were streamproxy_bytes_in_total
+    and streamproxy_bytes_out_total."""
+    from prometheus_client import CollectorRegistry
+
+    from streamproxy.observe.metrics import Metrics
+
+    registry = CollectorRegistry()
+    Metrics(registry)
+    families = {f.name: f for f in registry.collect()}
+    assert families, "no metric registered"
+    for name in families:
+        assert name.startswith("streamproxy_"), name
+        for unit in ("bytes", "seconds"):
+            if unit in name.split("_"):
+                assert name.endswith(f"_{unit}"), name
+    assert families["streamproxy_request_body_bytes"].type == "counter"
+    assert families["streamproxy_response_body_bytes"].type == "counter"

@@ -126,10 +126,12 @@ class Metrics:
         self.cache_requests = Counter("streamproxy_cache_requests",
                                       "Response cache lookups by x-portkey-cache-status: HIT, "
                                       "MISS or REFRESH.", ["status"], registry=r)
-        self.bytes_in = Counter("streamproxy_bytes_in", "Request body bytes from clients.",
-                                ["provider"], registry=r)
-        self.bytes_out = Counter("streamproxy_bytes_out", "Response bytes sent to clients.",
-                                 ["provider"], registry=r)
+        # The unit last, as Prometheus names them (they were streamproxy_bytes_in/_out).
+        self.bytes_in = Counter("streamproxy_request_body_bytes",
+                                "Request body bytes from clients.", ["provider"], registry=r)
+        self.bytes_out = Counter("streamproxy_response_body_bytes",
+                                 "Response body bytes sent to clients.", ["provider"],
+                                 registry=r)
         self._models: set[str] = set()
         self._configured_models: set[str] = set()  # outside the cap: see keep_models
         self._circuit_targets: set[str] = set()
