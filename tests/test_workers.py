@@ -959,3 +959,50 @@ def test_a_metrics_directory_that_is_not_one_is_said_once_at_start(tmp_path: Pat
     assert proc.returncode == 2
     assert proc.stderr == (f"streamproxy: config error: env PROMETHEUS_MULTIPROC_DIR: "
                            f"'{missing}' is not a directory\n")
+
+
+SLOW_RELOAD = """
+import asyncio, sys
+from streamproxy.server import workers
+
+started = workers._start_generation
+
+async def slow(config, listeners, running=None):
+    if running is not None:  # a reload's app: built slowly (a big config, a slow disk)
+        print("building the reload's app", flush=True)
+        await asyncio.sleep(1.0)
+    return await started(config, listeners, running)
+
+workers._start_generation = slow
+from streamproxy.cli import main
+main(["serve", "--config", sys.argv[1], "--port", sys.argv[2], "--workers", "1"])
+"""
+
+
+async def test_a_stop_during_a_single_process_reload_keeps_the_new_configs_drain_delay(
+        tmp_path: Path) -> None:
+    """A SIGTERM while a reload's app was being built decided on the old config's
+    drain_delay (0: none), though the reload then completed and the new config's app was the
+    one stopped: it drained at once, its 2 s of failing /healthz skipped."""
+    config = tmp_path / "proxy.yaml"
+    config.write_text(DELAYED.format(delay=0, grace=1, models="fast"))
+    port = _free_port()
+    url, log = f"http://127.0.0.1:{port}", tmp_path / "out.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", SLOW_RELOAD, str(config), str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        await until(lambda: healthy(url), "listening")
+        config.write_text(DELAYED.format(delay=2, grace=1, models="fast"))
+        proc.send_signal(signal.SIGHUP)
+        await until(lambda: "building the reload's app" in log.read_text(), "the reload")
+        proc.send_signal(signal.SIGTERM)
+        await until(lambda: "serving 2s more before draining" in log.read_text(),
+                    "the new config's drain delay", timeout=5)
+        assert await _health(url) == (503, {"status": "draining"})
+        assert await stream_ok(url)
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)

@@ -217,7 +217,8 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
         master's death: it drains on)."""
         if not stop.is_set():
             stop.set()
-            if not current.app[STATE].config.server.drain_delay:
+            # (a reload under way completes first: its config's delay is the one to keep)
+            if not reloading and not current.app[STATE].config.server.drain_delay:
                 skip_delay.set()
         elif not skip_delay.is_set():
             skip_delay.set()
