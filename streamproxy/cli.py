@@ -146,7 +146,8 @@ def cmd_check_config(args: argparse.Namespace) -> None:
         sys.exit(2)
     s = config.server
     print(f"{config.source}: OK")
-    print(f"listen: {s.host}:{s.port}")
+    host = f"[{s.host}]" if ":" in s.host else s.host  # (IPv6, as in a URL)
+    print(f"listen: {host}:{s.port}")
     for name, p in config.providers.items():
         default = " (default)" if name == config.default_provider else ""
         key = providers[name].auth_summary() or _key_summary(p)

@@ -408,3 +408,13 @@ def test_a_cli_value_that_is_not_a_number_is_said_plainly(
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and said in err, err
     assert "_port" not in err and "_positive" not in err
+
+
+def test_check_config_writes_an_ipv6_listen_address_bracketed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # "listen: ::1:9999" — which colon starts the port? As the master's and workers' logs,
+    # and a URL, write it.
+    code, out, err = run(tmp_path, "server: {host: '::1', port: 9999}\n"
+                                   "providers: {mock: {type: mock}}\n", capsys)
+    assert code == 0, err
+    assert "listen: [::1]:9999" in out.splitlines()
