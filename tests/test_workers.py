@@ -1006,3 +1006,17 @@ async def test_a_stop_during_a_single_process_reload_keeps_the_new_configs_drain
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+def test_an_empty_host_listens_on_every_interface_with_workers_too() -> None:
+    """`server.host: ""` (every interface, as the listening sockets take it) served with one
+    process, but --workers N refused to start: "cannot listen on :8787: Name or service not
+    known", the free-port probe looking "" up as a name."""
+    from streamproxy.server import workers
+
+    port = _free_port()
+    workers._check_port_free("", port)  # (raised socket.gaierror)
+    # Still the probe: in use, it is refused.
+    with socket.create_server(("", port)), pytest.raises(OSError) as refused:
+        workers._check_port_free("", port)
+    assert not isinstance(refused.value, socket.gaierror)

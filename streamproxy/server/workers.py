@@ -99,8 +99,8 @@ def _check_port_free(host: str, port: int) -> None:
     """The workers bind with SO_REUSEPORT, which another instance's workers would share
     without a word: two configs answering on one port. A bind without it fails while anyone
     listens there (TIME_WAIT aside: SO_REUSEADDR)."""
-    for family, kind, proto, _, address in socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+    for family, kind, proto, _, address in socket.getaddrinfo(  # ("": every interface)
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(address)
