@@ -159,16 +159,29 @@ async def test_workers_drain_and_exit_when_their_master_is_killed(tree: Tree) ->
     assert not await healthy(tree.url)
 
 
-async def test_a_second_instance_on_the_same_port_refuses_to_start(tree: Tree) -> None:
+async def _served_count(url: str) -> float:
+    async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as r:
+        text = await r.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("streamproxy_requests_total{"))
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_second_instance_on_the_same_port_refuses_to_start(tree: Tree,
+                                                                   workers: str) -> None:
     # SO_REUSEPORT would let its workers share the port with the running ones, unnoticed.
+    # Given the same metrics directory, it must leave the running instance's files alone
+    # (serve clears a previous run's from it: only once the port is its own).
+    assert await stream_ok(tree.url)
     proc = subprocess.run(
         [sys.executable, "-m", "streamproxy", "serve", "--config", str(tree.config),
-         "--port", str(tree.port), "--workers", "2"],
+         "--port", str(tree.port), "--workers", workers],
         capture_output=True, text=True, timeout=30,
         env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tree.config.parent / "metrics")})
     assert proc.returncode == 1
     assert f"cannot listen on 127.0.0.1:{tree.port}" in proc.stderr
     assert await stream_ok(tree.url)
+    assert await _served_count(tree.url) == 2
 
 
 async def test_sighup_reloads_and_a_bad_config_keeps_the_old_workers(tree: Tree) -> None:

@@ -62,23 +62,26 @@ def run(config_path: str | None, config: Config, host: str, port: int,
         workers: int | None = None) -> int:
     """Serve until stopped; returns the process exit status."""
     raise_fd_limit()
-    _clear_metrics_dir()
     if workers is None:  # (any free port: one process, as N workers would each bind their own)
         workers = 1 if port == 0 else default_workers()
+    if workers > 1:
+        from streamproxy.server.app import check_sections
+
+        check_sections(config)  # (a ConfigError: the CLI reports it once, not once per worker)
+        if port == 0:
+            print("streamproxy: --workers > 1 needs a fixed --port (each worker binds it)",
+                  file=sys.stderr)
+            return 2
+    if port != 0:  # (a second instance, refused here, must not clear the first's metrics)
+        try:
+            _check_port_free(host, port)
+        except OSError as e:
+            print(f"streamproxy: cannot listen on {host}:{port}: {e.strerror or e}",
+                  file=sys.stderr)
+            return 1
+    _clear_metrics_dir()
     if workers <= 1:
         return run_worker(config, host, port, config_path=config_path)
-    from streamproxy.server.app import check_sections
-
-    check_sections(config)  # (a ConfigError: the CLI reports it once, not once per worker)
-    if port == 0:
-        print("streamproxy: --workers > 1 needs a fixed --port (each worker binds it)",
-              file=sys.stderr)
-        return 2
-    try:
-        _check_port_free(host, port)
-    except OSError as e:
-        print(f"streamproxy: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr)
-        return 1
     from streamproxy.server.master import Master  # (it imports run_worker from here)
 
     return Master(config_path, config, host, port, workers).run()
