@@ -197,8 +197,10 @@ def test_odd_usage_from_a_passthrough_provider_is_ignored() -> None:
     metrics().observe(RequestRecord(trace_id="t", provider="rec-odd", usage=7))  # type: ignore
 
 
-def test_model_labels_are_capped() -> None:
+def test_model_labels_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     m = metrics()
+    # The cap is the process's: filled here and kept, it turned later tests' models "other".
+    monkeypatch.setattr(m, "_models", set())
     labels = {m.model_label(f"cap-model-{i}") for i in range(MAX_MODEL_LABELS + 50)}
     assert "other" in labels
     assert len(labels) <= MAX_MODEL_LABELS + 1
@@ -206,9 +208,10 @@ def test_model_labels_are_capped() -> None:
 
 
 async def test_configured_models_are_not_crowded_out_by_clients_models(
-        default_proxy: Any) -> None:
+        default_proxy: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     client = await default_proxy()  # the embedded default lists mock's models: fast, slow, …
     m = metrics()
+    monkeypatch.setattr(m, "_models", set())  # (the cap is the process's: not kept full)
     for i in range(MAX_MODEL_LABELS + 1):
         m.model_label(f"crowd-{i}")
     assert m.model_label("crowd-x") == "other"
