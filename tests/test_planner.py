@@ -732,3 +732,30 @@ def test_a_conditional_without_conditions_routes_to_its_default() -> None:
     with pytest.raises(InvalidRequest) as info:
         parse_config(raw)
     assert info.value.param == "config.strategy.conditions"
+
+
+def attempts_for(gateway: Any, body: dict[str, Any]) -> list[tuple[str, str | None, int]]:
+    """(provider, model, retries) of each attempt the gateway plans for `body` (no headers)."""
+    from streamproxy.openai_api.request import parse_chat_request
+
+    req = parse_chat_request(orjson.dumps({"messages": [{"role": "user", "content": "hi"}],
+                                           **body}))
+    return [(a.target.provider.name, a.target.model, a.retry.attempts)
+            for a in gateway.plan({}, req, None).attempts]
+
+
+def test_onellm_retries_apply_when_the_primary_runs_the_default_config() -> None:
+    # README: the primary goes where it would alone — naming no provider, through
+    # default_config — and `retries` are its more tries. They were dropped there: set on the
+    # primary's leaf, which the default config then replaced (and ignored with no fallbacks).
+    gateway = gateway_for(
+        configs={"dc": {"strategy": {"mode": "fallback"}, "targets": [
+            {"provider": "an"}, {"provider": "groq", "retry": {"attempts": 1}}]}},
+        default_config="dc")
+    assert attempts_for(gateway, {"model": "x", "retries": 2, "fallback_models": ["oa/y"]}) == [
+        ("an", "x", 2), ("groq", "x", 1), ("oa", "y", 0)]  # a target's own retry stands
+    assert attempts_for(gateway, {"model": "x", "retries": 2}) == [("an", "x", 2), ("groq", "x", 1)]
+    # A fallback model's run of the config gets none: retries are the primary's.
+    assert attempts_for(gateway, {"model": "oa/x", "retries": 2, "fallback_models": ["y"]}) == [
+        ("oa", "x", 2), ("an", "y", 0), ("groq", "y", 1)]
+    assert attempts_for(gateway, {"model": "x"}) == [("an", "x", 0), ("groq", "x", 1)]

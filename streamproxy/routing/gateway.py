@@ -297,7 +297,7 @@ class Gateway:
             return parse_config(raw, "config")
         default = self.settings.default_config
         if default and not (named or self.router.split_model(model)[0]):  # nothing explicit
-            return self.settings.configs[default]
+            return _with_retries(self.settings.configs[default], req.retries)
         return None  # (an unknown `@name/` prefix is refused by the router's resolve)
 
     def _named_by_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
@@ -340,9 +340,11 @@ class Gateway:
             return root
         # A model that names no provider runs the default config, as it would alone.
         targets = tuple(
-            _as_target(self.settings.configs[default], t.path, model)
+            _with_retries(_as_target(self.settings.configs[default], t.path, model),
+                          None if i else req.retries)
             if self.router.prefix_provider(model) is None else t
-            for t, model in zip(root.targets, [req.model, *req.fallback_models], strict=True))
+            for i, (t, model) in enumerate(
+                zip(root.targets, [req.model, *req.fallback_models], strict=True)))
         return replace(root, targets=targets)
 
     def _header_config(self, header: str) -> ConfigNode:
@@ -487,6 +489,17 @@ def _as_target(config: ConfigNode, path: str, model: str | None) -> ConfigNode:
     if model and "model" not in params:
         params = {**params, "model": model}
     return replace(config, path=moved, override_params=params)
+
+
+def _with_retries(node: ConfigNode, attempts: int | None) -> ConfigNode:
+    """`node` with OneLLM's `retries` on each target that has none of its own, as a parent's
+    `retry` is inherited in Portkey's configs: the primary's retries when it runs a config."""
+    if not attempts:
+        return node
+    if node.is_leaf:
+        return node if node.retry.attempts else replace(
+            node, retry=replace(node.retry, attempts=attempts))
+    return replace(node, targets=tuple(_with_retries(t, attempts) for t in node.targets))
 
 
 def _with_target_options(provider: Provider, leaf: ConfigNode) -> Provider:
