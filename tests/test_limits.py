@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from streamproxy.decode.sse import SSEDecoder
 from streamproxy.errors import BufferOverflow, InvalidRequest
-from streamproxy.openai_api.request import Limits, parse_chat_request
+from streamproxy.openai_api.request import MAX_FALLBACK_MODELS, Limits, parse_chat_request
 from streamproxy.server.admission import ADMISSION
 from streamproxy.server.app import create_app, http_limits
 from streamproxy.server.front import FRONT_ENV
@@ -287,3 +287,22 @@ def test_sse_decoder_never_holds_more_than_its_cap_plus_one_read() -> None:
             fed += piece
     assert cap - piece <= fed <= cap + piece
 
+
+
+def test_fallback_models_are_capped_as_messages_and_tools_are() -> None:
+    # Each fallback model is a config target, checked and resolved before the first upstream
+    # request, on the event loop: a 700 kB body of 100,000 models held a worker (every
+    # stream it relays) for seconds, and could make as many upstream requests.
+    def parse(**extra: Any) -> Any:
+        return parse_chat_request(orjson.dumps({"messages": USER, "model": "a/b", **extra}))
+
+    assert len(parse(fallback_models=["a/c"] * MAX_FALLBACK_MODELS).fallback_models) == (
+        MAX_FALLBACK_MODELS)
+    for models in (MAX_FALLBACK_MODELS + 1, 100_000):
+        with pytest.raises(InvalidRequest) as info:
+            parse(fallback_models=["a/c"] * models)
+        assert (info.value.param, info.value.code) == ("fallback_models",
+                                                       "array_above_max_length")
+    # The models tried are what counts: fallback_config.max_fallbacks keeps the first N.
+    capped = parse(fallback_models=["a/c"] * 1000, fallback_config={"max_fallbacks": 3})
+    assert capped.fallback_models == ["a/c"] * 3

@@ -18,6 +18,9 @@ from streamproxy.errors import InvalidRequest
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # OneLLM's body fields, consumed by the gateway: they never reach a provider.
 GATEWAY_FIELDS = frozenset({"fallback_models", "retries", "fallback_config"})
+# Each fallback model is a config target, checked and resolved before the first upstream
+# request: without a cap a large body of them held the event loop for seconds.
+MAX_FALLBACK_MODELS = 50
 # The model the portkey-ai SDK sends when its caller names none; Portkey's gateway reads it
 # as the provider's default model, as a body without `model` is read here.
 PORTKEY_DEFAULT_MODEL = "portkey-default"
@@ -80,6 +83,11 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
     if not isinstance(fallback, list) or not all(isinstance(m, str) for m in fallback):
         raise InvalidRequest("'fallback_models' must be an array of strings.",
                              param="fallback_models")
+    if max_fallbacks is not None:
+        fallback = fallback[:max_fallbacks]
+    if len(fallback) > MAX_FALLBACK_MODELS:
+        raise InvalidRequest(f"'fallback_models' has more than {MAX_FALLBACK_MODELS} entries.",
+                             param="fallback_models", code="array_above_max_length")
     if retries is not None and (not _is_int(retries) or not 0 <= retries <= 10):
         raise InvalidRequest("'retries' must be an integer from 0 to 10.", param="retries")
     opts = body.get("stream_options") or {}
@@ -94,7 +102,7 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
         raw=raw,
         stream=bool(body.get("stream")),
         include_usage=bool(opts.get("include_usage")),
-        fallback_models=fallback if max_fallbacks is None else fallback[:max_fallbacks],
+        fallback_models=fallback,
         retries=retries,
         stripped=stripped,
         custom_tools=custom_tools,
