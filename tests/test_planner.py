@@ -759,3 +759,23 @@ def test_onellm_retries_apply_when_the_primary_runs_the_default_config() -> None
     assert attempts_for(gateway, {"model": "oa/x", "retries": 2, "fallback_models": ["y"]}) == [
         ("oa", "x", 2), ("an", "y", 0), ("groq", "y", 1)]
     assert attempts_for(gateway, {"model": "x"}) == [("an", "x", 0), ("groq", "x", 1)]
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"model": "@nope/x", "fallback_models": ["oa/y"]}, "model"),
+    ({"model": "oa/x", "fallback_models": ["y", "@nope/y"]}, "fallback_models[1]"),
+])
+def test_an_unknown_at_prefix_is_a_400_beside_fallback_models_and_a_default_config(
+        body: dict[str, Any], param: str) -> None:
+    # README: an `@name/` prefix naming no configured provider is a 400, as `@nope/x` alone is
+    # with a default_config. With fallback_models it ran the default config, whose provider
+    # was asked for the model '@nope/x' (a typo'd provider answered as another's 404).
+    from streamproxy.errors import UnknownProvider
+
+    gateway = gateway_for(configs={"dc": {"provider": "an"}}, default_config="dc")
+    with pytest.raises(UnknownProvider) as info:
+        attempts_for(gateway, body)
+    assert info.value.param == param and "'nope'" in info.value.message
+    # A name that is not an `@` prefix still runs the config, as it would alone.
+    assert attempts_for(gateway, {"model": "nope/x", "fallback_models": ["oa/y"]}) == [
+        ("an", "nope/x", 0), ("oa", "y", 0)]

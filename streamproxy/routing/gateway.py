@@ -328,9 +328,11 @@ class Gateway:
             leaf: dict[str, Any] = {"override_params": {"model": model}} if model else {}
             if named and (i == 0 or self.router.prefix_provider(model) is None):
                 leaf.update(named)
-            elif i and not default and (
-                    error := self.router.unroutable(model, f"fallback_models[{i - 1}]")):
-                raise error  # (its leaf would be refused as the client's `model`)
+            elif (i or default) and (error := self.router.unroutable(
+                    model, f"fallback_models[{i - 1}]" if i else "model", bool(default))):
+                # (a fallback's leaf would be refused as the client's `model`; under the
+                # default config an unknown `@name/` was sent to its provider as the model)
+                raise error
             leaves.append(leaf)
         if req.retries:  # the primary's, as OneLLM's: more tries before the first fallback
             leaves[0]["retry"] = {"attempts": req.retries}

@@ -101,14 +101,16 @@ class Router:
             raise self._unknown(model.partition("/")[0][1:])
         return None, model
 
-    def unroutable(self, model: str | None, param: str) -> UnknownProvider | None:
-        """Why `model` alone (no header, no config) reaches no provider, or None: an `@name/`
-        prefix naming none; with no default provider, any model without a configured one."""
+    def unroutable(self, model: str | None, param: str,
+                   default_config: bool = False) -> UnknownProvider | None:
+        """Why `model` alone (no header) reaches no provider, or None: an `@name/` prefix
+        naming none; with no default provider and no `default_config` (which serves a model
+        naming no provider), any model without a configured one."""
         if self.prefix_provider(model) is not None:
             return None
         if model and model[:1] == "@" and "/" in model:
             return self._unknown(model.partition("/")[0][1:], param)
-        return None if self.default else self._no_default(model, param)
+        return None if self.default or default_config else self._no_default(model, param)
 
     def prefix_provider(self, model: str | None) -> str | None:
         """The configured provider a model's `name/` or `@name/` prefix names, if any."""
