@@ -779,3 +779,25 @@ def test_an_unknown_at_prefix_is_a_400_beside_fallback_models_and_a_default_conf
     # A name that is not an `@` prefix still runs the config, as it would alone.
     assert attempts_for(gateway, {"model": "nope/x", "fallback_models": ["oa/y"]}) == [
         ("an", "nope/x", 0), ("oa", "y", 0)]
+
+
+@pytest.mark.parametrize("sections", [{}, {"default_config": "one"}])
+@pytest.mark.parametrize("headers", [{}, {"x-portkey-provider": "groq"}])
+def test_a_fallback_model_naming_a_route_runs_its_config(sections: dict[str, Any],
+                                                         headers: dict[str, str]) -> None:
+    # README: a fallback model goes where it would alone, and a model that `routes:` names
+    # runs that config (before the headers and default_config). `smart` went to the provider
+    # as a model name: the client got its model-not-found instead of the operator's route.
+    from streamproxy.openai_api.request import parse_chat_request
+
+    gateway = gateway_for(configs={
+        "smart": {"strategy": {"mode": "fallback"}, "targets": [
+            {"provider": "an", "override_params": {"model": "claude"}},
+            {"provider": "vx"}]},
+        "one": {"provider": "oa"}}, routes={"smart": "smart"}, **sections)
+    req = parse_chat_request(orjson.dumps({"messages": [{"role": "user", "content": "hi"}],
+                                           "model": "aws/x", "fallback_models": ["smart"]}))
+    attempts = gateway.plan(headers, req, None).attempts
+    assert [(a.target.provider.name, a.target.model, a.path) for a in attempts][1:] == [
+        ("an", "claude", "config.targets[1].targets[0]"),
+        ("vx", "smart", "config.targets[1].targets[1]")]  # as `smart` alone asks for it

@@ -321,12 +321,15 @@ class Gateway:
         """OneLLM's `fallback_models` (and `retries`, the primary's) as a fallback config. Each
         model goes where it would alone: to the provider the headers name, unless (for a
         fallback model) its prefix names a configured one; else by its prefix, else to the
-        default."""
+        default; a fallback model that `routes:` names runs its config, as it would alone."""
         default = None if named else self.settings.default_config
+        routes = self.settings.routes
         leaves = []
         for i, model in enumerate([req.model, *req.fallback_models]):
             leaf: dict[str, Any] = {"override_params": {"model": model}} if model else {}
-            if named and (i == 0 or self.router.prefix_provider(model) is None):
+            if i and model in routes:
+                pass  # (replaced by the route's config below)
+            elif named and (i == 0 or self.router.prefix_provider(model) is None):
                 leaf.update(named)
             elif (i or default) and (error := self.router.unroutable(
                     model, f"fallback_models[{i - 1}]" if i else "model", bool(default))):
@@ -338,16 +341,20 @@ class Gateway:
             leaves[0]["retry"] = {"attempts": req.retries}
         raw: dict[str, Any] = {"strategy": {"mode": "fallback"}, "targets": leaves}
         root = parse_config(raw, "config")
-        if not default:
+        if not default and routes.keys().isdisjoint(req.fallback_models):
             return root
-        # A model that names no provider runs the default config, as it would alone.
-        targets = tuple(
-            _with_retries(_as_target(self.settings.configs[default], t.path, model),
-                          None if i else req.retries)
-            if self.router.prefix_provider(model) is None else t
-            for i, (t, model) in enumerate(
-                zip(root.targets, [req.model, *req.fallback_models], strict=True)))
-        return replace(root, targets=targets)
+        # A route's model runs its config, one naming no provider the default config, as
+        # each would alone (the primary's route was taken before: root_for).
+        targets = []
+        for i, (t, model) in enumerate(
+                zip(root.targets, [req.model, *req.fallback_models], strict=True)):
+            if i and model in routes:
+                t = _as_target(self.settings.configs[routes[model]], t.path, model)
+            elif default and self.router.prefix_provider(model) is None:
+                t = _with_retries(_as_target(self.settings.configs[default], t.path, model),
+                                  None if i else req.retries)
+            targets.append(t)
+        return replace(root, targets=tuple(targets))
 
     def _header_config(self, header: str) -> ConfigNode:
         text = header.strip()
