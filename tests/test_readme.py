@@ -145,3 +145,74 @@ def test_the_systemd_unit_signals_only_the_master_and_waits_out_a_stop(
     delay, grace = (int(re.search(rf"{key}: (\d+)", section)[1])  # type: ignore[index]
                     for key in ("drain_delay", "shutdown_grace"))
     assert int(unit["TimeoutStopSec"]) >= delay + grace + KILL_AFTER
+
+
+def _config_blocks() -> list[Any]:
+    """Every YAML block of README.md and docs/ (each `---` document) that is a streamproxy
+    config: its top-level keys are config sections (not the pod spec beside one)."""
+    import yaml
+
+    from streamproxy.config import EXTRA_SECTIONS
+
+    sections = {"server", "providers", "default_provider", *EXTRA_SECTIONS}
+    root = Path(__file__).parent.parent
+    blocks = []
+    for path in [root / "README.md", *sorted((root / "docs").rglob("*.md"))]:
+        text = path.read_text()
+        for m in re.finditer(r"^( *)```yaml\n(.*?)^\1```", text, re.M | re.S):
+            indent = len(m[1])
+            body = "\n".join(line[indent:] for line in m[2].splitlines())
+            line = text[:m.start()].count("\n") + 1
+            for i, doc in enumerate(yaml.safe_load_all(body)):
+                if isinstance(doc, dict) and set(doc) <= sections:
+                    blocks.append(pytest.param(body, i, id=f"{path.name}:{line}[{i}]"))
+    return blocks
+
+
+@pytest.mark.parametrize(("body", "doc"), _config_blocks())
+def test_every_config_block_in_the_docs_loads(
+        body: str, doc: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A config a reader copies from the docs passes `streamproxy check-config`, given the
+    environment it names: its variables set, its files present. A block of one section
+    goes beside the providers the docs' examples name, as it would in a real file."""
+    import json
+
+    import yaml
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from streamproxy.cli import main
+
+    config = list(yaml.safe_load_all(body))[doc]
+    # the providers the README's examples name: its complete example's and the embedded default's
+    config.setdefault("providers", {"claude": {"type": "anthropic"}, "gpt": {"type": "openai"},
+                                    "anthropic": {"type": "anthropic"},
+                                    "openai": {"type": "openai"}, "mock": {"type": "mock"}})
+    for name in re.findall(r"\b(?:api_key_env|key_env|token_env|[a-z_]+_env): *([A-Z_]+)",
+                           body):
+        monkeypatch.setenv(name, f"sk-docs-{name.lower()}")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    (tmp_path / "aws-config").write_text("[profile dev]\nregion = us-east-1\n")
+    (tmp_path / "aws-credentials").write_text("")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    for p in config["providers"].values():
+        if isinstance(p, dict) and "credentials_file" in p:
+            p["credentials_file"] = str(tmp_path / "sa.json")
+            (tmp_path / "sa.json").write_text(json.dumps({
+                "type": "service_account", "project_id": "p", "private_key_id": "k",
+                "client_email": "sa@p.iam.gserviceaccount.com", "client_id": "1",
+                "token_uri": "https://oauth2.googleapis.com/token",
+                "private_key": key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption()).decode()}))
+    if "path" in config.get("storage", {}):
+        config["storage"]["path"] = str(tmp_path / "store.sqlite3")
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    try:
+        main(["check-config", str(path)])
+    except SystemExit as e:
+        pytest.fail(f"check-config exited {e.code}: {capsys.readouterr().err}")
+    assert ": OK" in capsys.readouterr().out
