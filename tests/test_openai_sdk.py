@@ -121,6 +121,23 @@ async def test_models_list_and_retrieve(default_proxy: Any) -> None:
     assert info.value.type == "invalid_request_error"
 
 
+async def test_models_retrieve_reads_a_bare_model_as_the_provider_header_routes_it(
+        default_proxy: Any) -> None:
+    """With `x-portkey-provider` (the portkey-ai SDK's `provider`, sent on every call), a chat
+    request's bare model is that provider's, not the default provider's: `models.retrieve`
+    names it the same way, so what a chat request would be served is found, and what the
+    provider does not list is not reported as the default provider's."""
+    client = openai_sdk(await default_proxy(), "sk-client")
+    for header, named, owner in (("@openai", "gpt-4o-mini", "openai"),
+                                 ("mock-openai", "tool", "mock-openai"),
+                                 ("mock-openai", "mock-openai/tool", "mock-openai"),
+                                 ("mock-openai", "@mock-openai/tool", "mock-openai")):
+        model = await client.models.retrieve(named, extra_headers={"x-portkey-provider": header})
+        assert (model.id, model.owned_by) == (named, owner)
+    with pytest.raises(openai.NotFoundError):  # mock's alone: a chat would ask mock-openai
+        await client.models.retrieve("paced", extra_headers={"x-portkey-provider": "mock-openai"})
+
+
 async def test_a_message_without_content_is_openais_400(default_proxy: Any) -> None:
     client = openai_sdk(await default_proxy(), "sk-client")
     with pytest.raises(openai.BadRequestError) as info:
