@@ -216,3 +216,10 @@ def test_every_config_block_in_the_docs_loads(
     except SystemExit as e:
         pytest.fail(f"check-config exited {e.code}: {capsys.readouterr().err}")
     assert ": OK" in capsys.readouterr().out
+
+
+def test_the_retry_limit_is_the_one_documented() -> None:
+    from streamproxy.routing.portkey_config import RETRY_ATTEMPTS_MAX
+
+    retries = README.split("- **Retries** (per target)")[1].split("\n- ")[0]
+    assert f"`attempts` (0 to {RETRY_ATTEMPTS_MAX}," in retries
