@@ -69,3 +69,25 @@ async def test_a_tool_only_answer_has_null_content(default_proxy: Any, provider:
     assert [call.id for call in message.tool_calls or []] == [
         f"{'toolu' if provider == 'mock' else 'call'}_mock_{k}" for k in range(2)]
     assert final.choices[0].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize(("path", "status"), [("/v1/messages", 529),
+                                               ("/v1/chat/completions", 503)])
+async def test_a_non_streamed_answer_fails_as_its_stream_would(mock_url: str, path: str,
+                                                               status: int) -> None:
+    """`mock/error` is documented as an overloaded_error: asked without `stream`, it answered
+    a 200 with a whole answer, so a non-streamed fallback could not be tried against it."""
+    body = {"model": "error", "max_tokens": 64, "messages": USER}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(mock_url + path, json=body) as resp:
+            error = (await resp.json())["error"]
+            assert (resp.status, error["message"]) == (status, "Overloaded")
+        for knob in ("truncate_after=3", "reset_first=1"):
+            with pytest.raises(aiohttp.ClientPayloadError):
+                async with session.post(mock_url + path, json={**body, "model": knob}) as resp:
+                    assert resp.status == 200
+                    await resp.read()
+        started = time.monotonic()
+        async with session.post(mock_url + path, json={**body, "model": "ttft_ms=150"}) as resp:
+            assert resp.status == 200 and (await resp.json())["model"] == "ttft_ms=150"
+        assert time.monotonic() - started >= 0.15

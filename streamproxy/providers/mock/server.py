@@ -7,8 +7,8 @@ Knobs per request, from the model name (`fast`, `slow:tokens=40`, `tokens=500,tp
     tps             deltas per second (0 = all at once)
     ttft_ms         delay before the first delta
     tool_calls      tool calls after the text
-    error_after     send an error event after N deltas
-    truncate_after  close the connection abruptly after N deltas
+    error_after     send an error event after N deltas (not streamed: the error status)
+    truncate_after  close the connection abruptly after N deltas (not streamed: mid-body)
     status          answer with this HTTP error status
     stall_ms        delay before the response headers
     reset_first     1: send 200 headers, then reset the connection before any event
@@ -337,8 +337,7 @@ async def _serve(request: web.Request, wire: _Wire) -> web.StreamResponse:
                             content_type="application/json", headers={"retry-after": "1"})
     prompt = prompt_tokens(body)
     if not body.get("stream"):
-        return web.Response(body=orjson.dumps(wire.message(opts, model, prompt)),
-                            content_type="application/json")
+        return await _whole(request, wire, opts, model, prompt)
     usage = bool((body.get("stream_options") or {}).get("include_usage"))
     resp = web.StreamResponse(headers={"content-type": wire.content_type,
                                        "cache-control": "no-cache"})
@@ -352,6 +351,30 @@ async def _serve(request: web.Request, wire: _Wire) -> web.StreamResponse:
         return resp
     await _paced(request, resp, wire, opts, model, prompt, usage)
     return resp
+
+
+async def _whole(request: web.Request, wire: _Wire, opts: MockOptions, model: str,
+                 prompt: int) -> web.StreamResponse:
+    """A non-streamed answer fails as its stream would: an error event is the provider's
+    error status (Anthropic's overloaded_error is a 529), a cut or reset stream a body cut
+    short; `ttft_ms` is the wait before it."""
+    if opts.ttft_ms:
+        await asyncio.sleep(opts.ttft_ms / 1000)
+    if 0 <= opts.error_after <= opts.tokens:
+        status = 529 if wire is ANTHROPIC else 503
+        error = orjson.loads(wire.error().partition(b"data: ")[2])
+        return web.Response(body=orjson.dumps(error), status=status,
+                            content_type="application/json")
+    answer = orjson.dumps(wire.message(opts, model, prompt))
+    if opts.reset_first or 0 <= opts.truncate_after <= opts.tokens:
+        resp = web.StreamResponse(headers={"content-type": "application/json"})
+        resp.content_length = len(answer)
+        await resp.prepare(request)
+        if not opts.reset_first:
+            await resp.write(answer[:len(answer) // 2])
+        request.transport.close()  # type: ignore[union-attr]
+        return resp
+    return web.Response(body=answer, content_type="application/json")
 
 
 async def _paced(request: web.Request, resp: web.StreamResponse, wire: _Wire, opts: MockOptions,
