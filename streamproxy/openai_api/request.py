@@ -8,6 +8,7 @@ carried back to the client.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,9 +63,7 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
-        raise InvalidRequest(
-            f"We could not parse the JSON body of your request: {e}", code="invalid_json"
-        ) from None
+        body, raw = _loads_with_lone_surrogates(raw, e)
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     # Each level of nesting opens a bracket (one inside a string only adds to the count): a body
@@ -107,6 +106,27 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
         stripped=stripped,
         custom_tools=custom_tools,
     )
+
+
+# An escaped backslash, a surrogate pair, or a UTF-16 half alone (case-insensitive hex).
+_ESCAPES = re.compile(rb"\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+                      rb"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _loads_with_lone_surrogates(raw: bytes, error: orjson.JSONDecodeError) -> tuple[Any, bytes]:
+    """A `\\ud83d` escape with no other half is valid JSON (RFC 8259 §8.2), which
+    JSON.stringify and json.dumps write for a string cut inside an emoji, and OpenAI accepts;
+    orjson refuses it, and no str holding one can be encoded again. Each such half is read
+    as U+FFFD, as a UTF-16 decoder does, in the body and in the bytes forwarded. (Off the fast
+    path: only a body orjson refused.)"""
+    fixed = _ESCAPES.sub(lambda m: rb"\ufffd" if len(m[0]) == 6 else m[0], raw)
+    if fixed != raw:
+        try:
+            return orjson.loads(fixed), fixed
+        except orjson.JSONDecodeError as e:
+            error = e
+    raise InvalidRequest(f"We could not parse the JSON body of your request: {error}",
+                         code="invalid_json") from None
 
 
 def _max_fallbacks(config: Any) -> int | None:
