@@ -11,8 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamproxy.openai_api.request import parse_chat_request
+from streamproxy.providers.base import load_event_json
+from streamproxy.server.store_and_cache import FEATURES
 from tests.conftest import provider_config
-from tests.helpers import fixture_bytes, jsonl_to_sse
+from tests.helpers import collect, fixture_bytes, jsonl_to_sse, make_config, sse_chunks
 
 # Text with UTF-16 halves in it, alone or paired, as a JavaScript string cut at a code unit has.
 _HALVES = st.sampled_from(["\ud83d", "\ude00", "\udbff", "\udc00", "\ud800", "\udfff"])
@@ -45,3 +47,90 @@ async def test_a_lone_surrogate_reaches_a_translated_provider(proxy: Any, upstre
     [sent] = upstream.requests
     assert sent.json()["messages"][0]["content"] in ("cut \ufffd",
                                                      [{"type": "text", "text": "cut \ufffd"}])
+
+
+# -- a provider's answer with a UTF-16 half alone (a Node server cut a stream inside an emoji) --
+
+def _openai_sse(*texts: str, finish_text: str = "") -> bytes:
+    events = [{"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+               "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+              for text in texts]
+    events.append({"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                   "choices": [{"index": 0, "delta": {"content": finish_text},
+                                "finish_reason": "stop"}]})
+    # json.dumps, as a Node server's JSON.stringify, writes a lone half as its escape
+    return b"".join(b"data: %b\n\n" % json.dumps(e).encode() for e in events) + b"data: [DONE]\n\n"
+
+
+def _chunks(body: bytes) -> list[dict[str, Any]]:
+    """A stream's chunks as the openai SDK reads them (json.loads takes a lone half)."""
+    frames = body.split(b"\n\n")
+    assert frames.pop() == b"" and frames.pop() == b"data: [DONE]", body[-200:]
+    return [json.loads(frame.removeprefix(b"data: ")) for frame in frames]
+
+
+def _text(chunks: list[dict[str, Any]]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+@given(_TEXT)
+def test_an_event_with_a_lone_surrogate_escape_is_read(text: str) -> None:
+    event = json.dumps({"type": "text_delta", "text": text}).encode()
+    assert load_event_json(event)["text"] == _as_a_server_reads_it(text)
+
+
+async def test_a_lone_surrogate_in_an_answer_is_no_502(proxy: Any, upstream: Any) -> None:
+    """OpenAI's SDKs read such an answer; the proxy answered 502 upstream_protocol_error
+    (streamed: the finish chunk's parse; whole: the answer's; translated: every event's)."""
+    upstream.body = _openai_sse("a", finish_text="b\ud83d")
+    client = await proxy(provider_config("openai", upstream.url))
+    streamed = await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    assert streamed.status == 200, await streamed.text()
+    assert _text(_chunks(await streamed.read())) == "ab\ud83d"  # as it came
+
+    upstream.content_type, upstream.body = "application/json", json.dumps({
+        "id": "up-1", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "b\ud83d"},
+                     "finish_reason": "stop"}]}).encode()
+    whole = await client.post("/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    assert whole.status == 200, await whole.text()
+
+    upstream.content_type = "text/event-stream"
+    upstream.body = b"".join(b"data: %b\n\n" % json.dumps(e).encode() for e in [
+        {"type": "message_start", "message": {
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+            "content": [], "stop_reason": None, "usage": {"input_tokens": 1, "output_tokens": 1}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0,
+         "delta": {"type": "text_delta", "text": "b\ud83d"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+         "usage": {"output_tokens": 2}},
+        {"type": "message_stop"}])
+    client = await proxy(provider_config("anthropic", upstream.url))
+    translated = await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    assert translated.status == 200, await translated.text()
+    assert collect(sse_chunks(await translated.read())).content == "b\ufffd"
+
+
+async def test_a_cached_pass_through_keeps_the_chunks_with_a_lone_surrogate(
+        proxy: Any, upstream: Any) -> None:
+    """The capture parsed each chunk with orjson and skipped those it refused: the cache
+    replayed the answer without their text (here, all but ' ok'), and the client's stream
+    carried the upstream's id on them and ours on the others."""
+    upstream.body = _openai_sse("a\ud83d", "\ude00b", " ok")
+    client = await proxy(make_config({"up": {
+        "type": "openai", "base_url": upstream.url, "api_key": "sk-test-secret",
+        "default_model": "m"}}, default="up"))
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"x-portkey-config": '{"cache": {"mode": "simple"}}'}
+    first = await client.post("/v1/chat/completions", json=body, headers=headers)
+    ids = {chunk["id"] for chunk in _chunks(await first.read())}
+    assert len(ids) == 1 and "up-1" not in ids
+    await client.server.app[FEATURES].cache.drain()
+    hit = await client.post("/v1/chat/completions", json=body, headers=headers)
+    assert hit.headers["x-portkey-cache-status"] == "HIT"
+    assert collect(sse_chunks(await hit.read())).content == "a\ufffd\ufffdb ok"

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from streamproxy._json import loads_lenient, loads_repaired
 from streamproxy.errors import ProxyError
 from streamproxy.openai_api.chunks import RecordingChunkEncoder, image_entry
 
@@ -222,7 +223,10 @@ class CompletionBuilder:
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return
+            try:  # (a lone surrogate escape: the client's parser read it, so do we)
+                chunk = loads_repaired(data)
+            except orjson.JSONDecodeError:
+                return
         if not isinstance(chunk, dict):
             return
         if self.raw_chunks == 1:  # a pass-through stream: the client saw the upstream's ids
@@ -471,12 +475,12 @@ def _upstream_id(data: bytes) -> bytes | None:
         if not spellings:
             continue
         try:
-            chunk = orjson.loads(event)
+            chunk = loads_lenient(event)
         except orjson.JSONDecodeError:
             continue
         completion_id = chunk.get("id") if isinstance(chunk, dict) else None
         for spelling in spellings:
-            if orjson.loads(spelling) == completion_id:
+            if loads_lenient(spelling) == completion_id:
                 return spelling  # type: ignore[no-any-return]
     return None
 
@@ -488,7 +492,7 @@ def _with_id(event: bytes, id_field: bytes) -> bytes:
     if event[:1] != b"{":
         return event
     try:  # (what is no JSON object goes as it came; an empty id of its own stays)
-        chunk = orjson.loads(event)
+        chunk = loads_lenient(event)
     except orjson.JSONDecodeError:
         return event
     if not isinstance(chunk, dict) or "id" in chunk:

@@ -8,12 +8,12 @@ carried back to the client.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from streamproxy._json import without_lone_surrogates
 from streamproxy.errors import InvalidRequest
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -108,18 +108,10 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
     )
 
 
-# An escaped backslash, a surrogate pair, or a UTF-16 half alone (case-insensitive hex).
-_ESCAPES = re.compile(rb"\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
-                      rb"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-
-
 def _loads_with_lone_surrogates(raw: bytes, error: orjson.JSONDecodeError) -> tuple[Any, bytes]:
-    """A `\\ud83d` escape with no other half is valid JSON (RFC 8259 §8.2), which
-    JSON.stringify and json.dumps write for a string cut inside an emoji, and OpenAI accepts;
-    orjson refuses it, and no str holding one can be encoded again. Each such half is read
-    as U+FFFD, as a UTF-16 decoder does, in the body and in the bytes forwarded. (Off the fast
-    path: only a body orjson refused.)"""
-    fixed = _ESCAPES.sub(lambda m: rb"\ufffd" if len(m[0]) == 6 else m[0], raw)
+    """A body orjson refused, with its lone surrogate escapes (which OpenAI accepts) read as
+    U+FFFD, in the body and in the bytes forwarded."""
+    fixed = without_lone_surrogates(raw)
     if fixed != raw:
         try:
             return orjson.loads(fixed), fixed

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
+from streamproxy._json import loads_repaired
 from streamproxy.config import COMMON_PROVIDER_KEYS, ConfigError, ProviderConfig, unknown_key
 from streamproxy.decode.sse import SSEDecoder, SSEEvent
 from streamproxy.errors import (
@@ -100,7 +101,11 @@ def load_event_json(data: bytes) -> dict[str, Any]:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
-        raise StreamDecodeError("the upstream sent an event that is not valid JSON") from None
+        try:  # (a lone surrogate escape, valid JSON orjson refuses)
+            obj = loads_repaired(data)
+        except orjson.JSONDecodeError:
+            raise StreamDecodeError("the upstream sent an event that is not valid JSON"
+                                    ) from None
     if not isinstance(obj, dict):
         raise StreamDecodeError("the upstream sent an event that is not a JSON object")
     return obj

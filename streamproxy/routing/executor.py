@@ -23,6 +23,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from streamproxy._json import loads_lenient
 from streamproxy.errors import (
     BufferOverflow,
     InvalidRequest,
@@ -523,7 +524,7 @@ async def _read_body(resp: aiohttp.ClientResponse, limit: int, *, cut: bool = Fa
 
 def _parse_body(body: bytes) -> dict[str, Any]:
     try:
-        obj = orjson.loads(body)
+        obj = loads_lenient(body)
     except orjson.JSONDecodeError:
         raise UpstreamStatusError(502, "the provider answered with a body that is not JSON",
                                   code="upstream_protocol_error") from None

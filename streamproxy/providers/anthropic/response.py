@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+from streamproxy._json import loads_lenient
 from streamproxy.errors import UpstreamProtocolError
 from streamproxy.openai_api.completion import CompletionBuilder
 from streamproxy.providers.anthropic.stream import finish_reason, map_usage
@@ -13,7 +14,7 @@ from streamproxy.providers.anthropic.stream import finish_reason, map_usage
 
 def to_completion(body: bytes, *, completion_id: str, created: int, model: str) -> dict[str, Any]:
     try:
-        return _completion(orjson.loads(body), completion_id, created, model)
+        return _completion(loads_lenient(body), completion_id, created, model)
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
         # A 502 that retries and fallbacks act on, not a 500 (an Anthropic-compatible
         # upstream may send a block without its id or name).

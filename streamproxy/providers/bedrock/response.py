@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+from streamproxy._json import loads_lenient
 from streamproxy.errors import UpstreamProtocolError
 from streamproxy.openai_api.completion import CompletionBuilder
 from streamproxy.providers.bedrock.stream import (
@@ -19,7 +20,7 @@ from streamproxy.providers.bedrock.stream import (
 def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
                   provider: str = "bedrock") -> dict[str, Any]:
     try:
-        answer = orjson.loads(body)
+        answer = loads_lenient(body)
         blocks = answer["output"]["message"]["content"]
         out = _translate(blocks, answer)
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):

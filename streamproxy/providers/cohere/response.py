@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from streamproxy._json import loads_lenient
 from streamproxy.errors import UpstreamProtocolError
 from streamproxy.openai_api.chunks import unseen_citations
 from streamproxy.openai_api.completion import CompletionBuilder
@@ -27,7 +28,7 @@ from streamproxy.providers.cohere.stream import (
 def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
                   provider: str) -> dict[str, Any]:
     try:
-        resp = orjson.loads(body)
+        resp = loads_lenient(body)
         message = resp["message"]
         reason = resp.get("finish_reason") or "COMPLETE"
         if reason in FAILED:

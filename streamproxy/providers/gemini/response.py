@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from streamproxy._json import loads_lenient
 from streamproxy.errors import StreamTruncated, UpstreamProtocolError, UpstreamStatusError
 from streamproxy.openai_api.completion import CompletionBuilder
 from streamproxy.providers.gemini.stream import GeminiStreamTranslator
@@ -18,7 +19,7 @@ from streamproxy.providers.gemini.stream import GeminiStreamTranslator
 def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
                   provider: str = "gemini", logprobs: bool = False) -> dict[str, Any]:
     try:
-        msg = orjson.loads(body)
+        msg = loads_lenient(body)
     except orjson.JSONDecodeError:
         msg = None
     if not isinstance(msg, dict):
