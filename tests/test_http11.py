@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import select
 import socket
 import ssl
 import subprocess
@@ -259,6 +260,52 @@ async def test_stale_pooled_connection_is_retried(server: tuple[Upstream, str]) 
         assert await resp.read() == b"x" * 1000
         resp.release()
     assert client.pool.opened == 2 and len(up.requests) == 2
+
+
+async def test_a_pooled_connection_closed_before_the_loop_saw_it_is_not_used() -> None:
+    """An upstream closing an idle keep-alive connection (uvicorn's 5 s, vLLM's) just as a
+    request comes: its FIN is in our socket, the loop has not read it yet. The POST was written
+    on the dead connection and failed with no byte of an answer (a 502, as aiohttp's client
+    gives), though the upstream closed before it could read any of it: a pooled connection
+    with something to read is not trusted, and the request goes on a new one."""
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    accepted: list[socket.socket] = []
+
+    async def answer() -> None:
+        for _ in range(2):
+            sock, _ = await loop.sock_accept(listener)
+            accepted.append(sock)
+            request = b""
+            for _ in range(100):
+                request += await loop.sock_recv(sock, 65536)
+                if request.endswith(b"\r\n\r\n{}"):
+                    break
+            await loop.sock_sendall(sock, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    upstream = asyncio.ensure_future(answer())
+    try:
+        async with native_client() as client:
+            resp = await post(client, url)
+            assert await resp.read() == b"ok"
+            resp.release()
+            ((conn,),) = client.pool.idle.values()
+            accepted[0].close()  # the upstream's keep-alive timeout
+            # Blocking, not awaiting: the FIN is in, and the loop does not read it first.
+            sock = conn.transport.get_extra_info("socket")
+            assert select.select([sock.fileno()], [], [], TEST_TIMEOUT)[0]
+            resp = await post(client, url)
+            assert await resp.read() == b"ok"
+            resp.release()
+            await upstream
+        assert client.pool.opened == 2
+    finally:
+        upstream.cancel()
+        listener.close()
+        for sock in accepted:
+            sock.close()
 
 
 async def test_connection_refused_and_connect_timeout() -> None:

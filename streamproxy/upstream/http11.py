@@ -27,6 +27,7 @@ the proxy with its absolute URL as the request target (pooled per proxy).
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import ssl
 import struct
@@ -217,6 +218,19 @@ def _reset(transport: asyncio.Transport) -> None:
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
+
+
+def _readable(transport: asyncio.Transport) -> bool:
+    """An idle connection with something to read: the upstream's close (its keep-alive ended
+    as our request came, the loop not having read the FIN yet) or bytes nobody asked for.
+    Either way a request written on it would fail, or read a stray answer, so it is not
+    reused (urllib3's and httpcore's check: one poll, per reuse, not per read)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class BodySink(Protocol):
@@ -437,7 +451,7 @@ class Pool:
             conn = conns.pop()
             if conn.closed or conn.transport is None or conn.transport.is_closing():
                 continue
-            if now - conn.idle_since > self.keepalive:
+            if now - conn.idle_since > self.keepalive or _readable(conn.transport):
                 conn.close()
                 continue
             return conn
