@@ -326,6 +326,45 @@ async def test_connection_refused_and_connect_timeout() -> None:
     await client.close()
 
 
+async def test_a_name_whose_first_address_does_not_answer_is_reached_on_the_next(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A provider's name resolving to an address that never answers (an IPv6 route that drops
+    packets: providers publish AAAA records) before one that does: every new connection waited
+    the whole connect timeout on the first and failed (a 504), where aiohttp's client tries the
+    next address after 250 ms (Happy Eyeballs, RFC 8305) and is answered."""
+    # A listener whose accept queue is full drops SYNs (Linux): a connect to it never ends.
+    black = socket.create_server(("127.0.0.1", 0), backlog=0)
+    filler = socket.create_connection(black.getsockname())
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+        writer.close()
+
+    server, _ = await raw_server(answer)
+    addresses = [black.getsockname(), server.sockets[0].getsockname()]
+    resolve = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "upstream.test":
+            return resolve(host, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", address)
+                for address in addresses]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    try:
+        async with native_client() as client:
+            resp = await post(client, "http://upstream.test/")
+            assert resp.status == 200 and await resp.read() == b"ok"
+            resp.release()
+    finally:
+        server.close()
+        filler.close()
+        black.close()
+
+
 async def test_cancellation_closes_the_connection(server: tuple[Upstream, str]) -> None:
     up, base = server
     async with native_client() as client:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import quote, urlsplit
 
+import aiohappyeyeballs
 from multidict import CIMultiDictProxy
 
 from streamproxy.upstream.egress import NO_PROXIES, EgressProxies, ProxyRoute
@@ -58,6 +59,7 @@ MAX_IDLE_HOSTS = 256
 # was not yet): it is read and dropped for up to this long / this many bytes, then pooled.
 LINGER_SECONDS = 1.0
 LINGER_MAX_BYTES = 64 * 1024
+HAPPY_EYEBALLS_DELAY = 0.25  # aiohttp's client's, RFC 8305's recommended
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -511,7 +513,8 @@ class Pool:
         try:
             async with asyncio.timeout(timeout):
                 if tunnel is None:
-                    await loop.create_connection(lambda: conn, host, port, ssl=context,
+                    await loop.create_connection(lambda: conn, sock=await _open_socket(host, port),
+                                                 ssl=context,
                                                  server_hostname=host if context else None)
                 else:  # (only https upstreams are tunnelled: see _split_url)
                     assert context is not None
@@ -532,6 +535,25 @@ class Pool:
             for conn in conns:
                 conn.close()
         self.idle.clear()
+
+
+async def _open_socket(host: str, port: int) -> socket.socket:
+    """A connected socket to `host`, its addresses tried as aiohttp's client tries them (Happy
+    Eyeballs, RFC 8305): the next one starts when the one before has not connected within
+    HAPPY_EYEBALLS_DELAY, address families alternating. One at a time (asyncio's and uvloop's
+    create_connection), an address that drops packets (a broken IPv6 route, when the provider
+    publishes AAAA records) held every new connection for the whole connect timeout, and the
+    next address was never tried."""
+    try:  # an address needs no lookup (nor the executor's thread)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port,
+                                                             type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"no address for {host}")
+    return await aiohappyeyeballs.start_connection(
+        infos, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY, interleave=1)
 
 
 class _TunnelHandshake(asyncio.Protocol):
@@ -563,8 +585,8 @@ async def _open_tunnel(loop: asyncio.AbstractEventLoop, conn: _Connection, proxy
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     auth = f"Proxy-Authorization: {proxy.authorization}\r\n" if proxy.authorization else ""
     request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{auth}\r\n".encode()
-    transport, handshake = await loop.create_connection(lambda: _TunnelHandshake(request),
-                                                        proxy.host, proxy.port)
+    transport, handshake = await loop.create_connection(
+        lambda: _TunnelHandshake(request), sock=await _open_socket(proxy.host, proxy.port))
     try:
         answer = await handshake.answer
         status_line = answer.split(b"\n", 1)[0].rstrip(b"\r")
