@@ -322,6 +322,20 @@ def test_a_chunk_whose_data_holds_a_crlf_is_not_cut_there() -> None:
     assert ChunkedDecoder().feed(tricky) == b"x\r\n3\r\nababc"
 
 
+@pytest.mark.parametrize("raw", [
+    b"5 \r\nhello\r\n0\r\n\r\n",
+    b"5\t\r\nhello\r\n0 \r\n\r\n",
+    b"5  \r\nhello\r\n",  # alone in a read: the fast path
+    b"2 \r\nhe\r\n3\t\r\nllo\r\n",  # whole chunks in a read
+])
+def test_whitespace_after_a_chunk_size_is_taken(raw: bytes) -> None:
+    """A chunk size padded with spaces or tabs (some servers write fixed-width sizes) was an
+    InvalidChunk, a 502, where aiohttp's client (llhttp), Go's and curl read the size: the
+    whitespace is read as before an extension (BWS), with or without one."""
+    decoder = ChunkedDecoder()
+    assert decoder.feed(raw) == b"hello"
+
+
 def test_chunk_extensions_are_not_remembered() -> None:
     """The process-wide memo of chunk-size lines took any line up to 4 KiB: an upstream
     sending a new extension each chunk left 4,096 of them, 16 MB, for the process's life."""

@@ -79,7 +79,10 @@ def _chunk_size(line: bytes) -> int:
     call), a lookup ~50, and a stream's chunks repeat a few dozen sizes."""
     given = line
     if b";" in line:
-        line = line.split(b";", 1)[0].rstrip(b" \t")
+        line = line.split(b";", 1)[0]
+    # Whitespace after the size, with an extension or without (padded sizes), is taken as
+    # llhttp (aiohttp's client), Go and curl take it.
+    line = line.rstrip(b" \t")
     # int(x, 16) alone would also take "0x1f", "+5", "1_0" and spaces.
     if not line or len(line) > 16 or line.translate(None, _HEXDIGITS):
         raise InvalidChunk("invalid chunk size")
