@@ -26,7 +26,12 @@ from streamproxy.errors import (
 )
 from streamproxy.providers.base import UpstreamRequest
 from streamproxy.server.app import STATE
-from streamproxy.upstream.client import CLIENT_ENV, UpstreamClient, map_client_error
+from streamproxy.upstream.client import (
+    CLIENT_ENV,
+    UpstreamClient,
+    _trust_store,
+    map_client_error,
+)
 from streamproxy.upstream.http11 import PAUSE_AT, ConnectFailed, HTTP11Client, _split_url
 from streamproxy.upstream.response_parser import (
     MAX_HEAD_BYTES,
@@ -448,6 +453,36 @@ def test_config_key_and_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CLIENT_ENV, "bogus")
     with pytest.raises(ValueError, match=CLIENT_ENV):
         UpstreamClient()
+
+
+@pytest.mark.parametrize("kind", ["native", "aiohttp"])
+async def test_the_trust_store_is_read_when_the_client_starts(
+        kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading the trust store takes ~80 ms of the loop. The native client read it at its
+    first https connect: the first request of each worker waited that long more for its
+    first token, and every stream the worker was relaying stalled as long."""
+    monkeypatch.delenv(CLIENT_ENV, raising=False)
+    contexts: list[ssl.SSLContext] = []
+    create = ssl.create_default_context
+
+    def counted() -> ssl.SSLContext:
+        contexts.append(create())
+        return contexts[-1]
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    _trust_store.cache_clear()  # (read once per process: not by an earlier test)
+    client = UpstreamClient(kind=kind)
+    await client.start()
+    try:
+        assert len(contexts) == 1  # before any request
+        if client.native is not None:
+            assert client.native.pool._ssl is contexts[0]
+        await client.close()
+        await client.start()  # another client (a test's): the same store, not read again
+        assert len(contexts) == 1
+    finally:
+        await client.close()
+        _trust_store.cache_clear()  # (the counted one is not left for later tests)
 
 
 async def test_the_aiohttp_clients_memos_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -433,14 +433,17 @@ class Pool:
 
     def __init__(self, *, keepalive: float = KEEPALIVE_TIMEOUT,
                  max_idle_per_host: int = MAX_IDLE_PER_HOST,
-                 max_hosts: int = MAX_IDLE_HOSTS) -> None:
+                 max_hosts: int = MAX_IDLE_HOSTS,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.keepalive = keepalive
         self.max_idle = max_idle_per_host
         self.max_hosts = max_hosts
         self.idle: dict[tuple[str, str, int], list[_Connection]] = {}  # least recently put first
         self.opened = 0  # connections ever opened (tests, metrics)
         self.busy = 0  # connections carrying a request now
-        self._ssl: ssl.SSLContext | None = None
+        # Made at the first https connect when not given: reading the trust store blocks the
+        # loop ~80 ms, which a worker's client pays at its start (upstream/client.py).
+        self._ssl = ssl_context
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -649,8 +652,10 @@ class HTTP11Client:
 
     def __init__(self, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT,
                  max_idle_per_host: int = MAX_IDLE_PER_HOST,
-                 egress: EgressProxies = NO_PROXIES) -> None:
-        self.pool = Pool(keepalive=keepalive_timeout, max_idle_per_host=max_idle_per_host)
+                 egress: EgressProxies = NO_PROXIES,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.pool = Pool(keepalive=keepalive_timeout, max_idle_per_host=max_idle_per_host,
+                         ssl_context=ssl_context)
         self.egress = egress
         self._urls: dict[str, _Url] = {}
 
