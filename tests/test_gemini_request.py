@@ -52,6 +52,39 @@ def test_a_system_only_request_gets_a_placeholder_user_turn() -> None:
     assert out["contents"] == [{"role": "user", "parts": [{"text": "Begin."}]}]
 
 
+@pytest.mark.parametrize("model", ["gemma-3-27b-it", "gemma-3n-e4b-it", "models/gemma-3-4b-it"])
+def test_gemma_gets_its_instructions_in_the_first_user_turn(model: str) -> None:
+    # Gemma 1 to 3 have no system role: the Gemini API answers any systemInstruction with a
+    # 400 "Developer instruction is not enabled for models/gemma-3-27b-it".
+    out = translate([{"role": "system", "content": "Be brief."},
+                     {"role": "user", "content": "a"},
+                     {"role": "developer", "content": "Use metric."},
+                     {"role": "assistant", "content": "b"},
+                     {"role": "user", "content": "c"}], model=model)
+    assert "systemInstruction" not in out
+    assert out["contents"] == [
+        {"role": "user", "parts": [{"text": "Be brief."}, {"text": "Use metric."},
+                                   {"text": "a"}]},
+        {"role": "model", "parts": [{"text": "b"}]},
+        {"role": "user", "parts": [{"text": "c"}]},
+    ]
+    # with no user turn first, or none at all, the instructions are one of their own
+    out = translate([{"role": "system", "content": "Be brief."},
+                     {"role": "assistant", "content": "b"},
+                     {"role": "user", "content": "c"}], model=model)
+    assert out["contents"][0] == {"role": "user", "parts": [{"text": "Be brief."}]}
+    out = translate([{"role": "system", "content": "Write a haiku."}], model=model)
+    assert out["contents"] == [{"role": "user", "parts": [{"text": "Write a haiku."}]}]
+
+
+@pytest.mark.parametrize("model", ["gemini-2.5-flash", "gemma-4-31b-it"])
+def test_models_with_a_system_role_keep_system_instruction(model: str) -> None:
+    out = translate([{"role": "system", "content": "Be brief."},
+                     {"role": "user", "content": "a"}], model=model)
+    assert out["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
+    assert out["contents"] == [{"role": "user", "parts": [{"text": "a"}]}]
+
+
 def tool_turn(call_id: str, **extra: Any) -> dict[str, Any]:
     return {"role": "assistant", "content": None, "tool_calls": [
         {"id": call_id, "type": "function", **extra,

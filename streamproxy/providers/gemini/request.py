@@ -1,8 +1,9 @@
 """OpenAI Chat Completions request → Gemini `GenerateContentRequest` (pure).
 provider-streams.md §4.2; choices documented in docs/providers/gemini.md.
 
-- system/developer messages are joined, in order, into `systemInstruction`; a request with no
-  other message gets a PLACEHOLDER_USER_TEXT user turn (Gemini needs one);
+- system/developer messages are joined, in order, into `systemInstruction` (for Gemma 1 to 3,
+  which refuse one, they open the first user turn); a request with no other message gets a
+  PLACEHOLDER_USER_TEXT user turn (Gemini needs one);
 - a user message with no text (empty, null, only empty parts: Gemini refuses an empty text
   part) that answers a model turn is BLANK_USER_TEXT, so the request still ends with the user;
   whitespace-only text, which Gemini takes, goes as it is;
@@ -28,6 +29,7 @@ provider-streams.md §4.2; choices documented in docs/providers/gemini.md.
 from __future__ import annotations
 
 import mimetypes
+import re
 from bisect import bisect_right
 from typing import Any
 
@@ -79,6 +81,10 @@ THINKING_BUDGET = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high
 # Gemini 2.5 Pro cannot turn thinking off: its budget goes from 128 (Google's thinking docs;
 # a 0 is its 400), so "none" asks for the least it takes.
 PRO_MIN_BUDGET = 128
+# Gemma 1 to 3 have no system role: the Gemini API answers a systemInstruction with a 400
+# ("Developer instruction is not enabled for models/gemma-3-27b-it"), so their instructions
+# open the first user turn, where Gemma's own docs put them.
+NO_SYSTEM_ROLE = re.compile(r"(?:^|/)gemma-[1-3](?![0-9])")
 THINKING_LEVEL = {"none": "minimal", "minimal": "minimal", "low": "low", "medium": "medium",
                   "high": "high", "xhigh": "high"}
 
@@ -90,6 +96,9 @@ def to_gemini(body: dict[str, Any], model: str, *, mime_required: bool = False) 
         raise InvalidRequest("Gemini returns one choice per request here; 'n' must be 1.",
                              param="n", code="unsupported_value")
     system, contents = _contents(body["messages"], mime_required)
+    if system and NO_SYSTEM_ROLE.search(model):
+        _open_first_user_turn(system, contents)
+        system = []
     if not contents:
         contents = [{"role": "user", "parts": [{"text": PLACEHOLDER_USER_TEXT}]}]
     if _checks_signatures(model):
@@ -285,6 +294,16 @@ def _contents(msgs: list[dict[str, Any]],
             contents.append({"role": role_out, "parts": parts})
             places = [place] if role == "tool" else []
     return system, contents
+
+
+def _open_first_user_turn(system: list[dict[str, Any]], contents: list[dict[str, Any]]) -> None:
+    """The system parts put at the start of the first content, a user turn of their own when
+    that is not one (a model turn, or none: they are then the whole request)."""
+    first = contents[0] if contents else None
+    if first is not None and first["role"] == "user" and not _holds_results(first):
+        first["parts"][:0] = system
+    else:
+        contents.insert(0, {"role": "user", "parts": system})
 
 
 def _calls_joined(contents: list[dict[str, Any]]) -> int:
