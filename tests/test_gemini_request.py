@@ -356,6 +356,13 @@ def test_dropped_parameters_never_reach_gemini() -> None:
     ("gemini-2.5-pro-preview-06-05", "none", {"thinkingBudget": 128}),
     ("gemini-2.5-pro", "high", {"thinkingBudget": 24576, "includeThoughts": True}),
     ("gemini-3-pro-preview", "low", {"thinkingLevel": "low", "includeThoughts": True}),
+    # Gemini 3 Flash takes minimal; the 3.x Pro models do not ("Thinking level MINIMAL is not
+    # supported for this model", their 400) and cannot turn thinking off: the least, low.
+    ("gemini-3-flash-preview", "none", {"thinkingLevel": "minimal"}),
+    ("gemini-3-flash-preview", "minimal", {"thinkingLevel": "minimal", "includeThoughts": True}),
+    ("gemini-3.1-pro-preview", "none", {"thinkingLevel": "low"}),
+    ("gemini-3-pro-preview", "minimal", {"thinkingLevel": "low", "includeThoughts": True}),
+    ("gemini-pro-latest", "none", {"thinkingLevel": "low"}),
     # OpenAI's xhigh: the most each generation takes (2.5 Flash's budget tops out at 24576).
     ("gemini-2.5-flash", "xhigh", {"thinkingBudget": 24576, "includeThoughts": True}),
     ("gemini-3-pro-preview", "xhigh", {"thinkingLevel": "high", "includeThoughts": True}),

@@ -87,6 +87,9 @@ PRO_MIN_BUDGET = 128
 NO_SYSTEM_ROLE = re.compile(r"(?:^|/)gemma-[1-3](?![0-9])")
 THINKING_LEVEL = {"none": "minimal", "minimal": "minimal", "low": "low", "medium": "medium",
                   "high": "high", "xhigh": "high"}
+# Nor can the Gemini 3.x Pro models: they refuse "minimal" ("Thinking level MINIMAL is not
+# supported for this model"), and low is the least they take.
+PRO_MIN_LEVEL = "low"
 
 
 def to_gemini(body: dict[str, Any], model: str, *, mime_required: bool = False) -> dict[str, Any]:
@@ -180,7 +183,10 @@ def _thinking(body: dict[str, Any], model: str) -> dict[str, Any] | None:
             budget = PRO_MIN_BUDGET
         config: dict[str, Any] = {"thinkingBudget": budget}
     else:
-        config = {"thinkingLevel": THINKING_LEVEL[effort]}
+        level = THINKING_LEVEL[effort]
+        if level == "minimal" and "-pro" in model:
+            level = PRO_MIN_LEVEL
+        config = {"thinkingLevel": level}
     if effort != "none":
         config["includeThoughts"] = True  # thought summaries → reasoning_content
     return config
