@@ -85,6 +85,25 @@ def test_models_with_a_system_role_keep_system_instruction(model: str) -> None:
     assert out["contents"] == [{"role": "user", "parts": [{"text": "a"}]}]
 
 
+def test_a_conversation_that_starts_with_the_assistant_gets_a_user_turn_first() -> None:
+    # A greeting first, or a history cut before its first user message: Gemini refuses
+    # contents that open with a model turn ("Please ensure that multiturn requests alternate
+    # between user and model"; a function call must follow a user turn).
+    out = translate([{"role": "system", "content": "Be brief."},
+                     {"role": "assistant", "content": "Hi! How can I help?"},
+                     {"role": "user", "content": "a"}])
+    assert out["contents"] == [
+        {"role": "user", "parts": [{"text": "Begin."}]},
+        {"role": "model", "parts": [{"text": "Hi! How can I help?"}]},
+        {"role": "user", "parts": [{"text": "a"}]},
+    ]
+    out = translate([tool_turn("c1"), {"role": "tool", "tool_call_id": "c1", "content": "1"}],
+                    model="gemini-2.5-flash")
+    assert [c["role"] for c in out["contents"]] == ["user", "model", "user"]
+    assert out["contents"][0] == {"role": "user", "parts": [{"text": "Begin."}]}
+    assert "functionCall" in out["contents"][1]["parts"][0]
+
+
 def tool_turn(call_id: str, **extra: Any) -> dict[str, Any]:
     return {"role": "assistant", "content": None, "tool_calls": [
         {"id": call_id, "type": "function", **extra,

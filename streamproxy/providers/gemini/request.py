@@ -2,8 +2,9 @@
 provider-streams.md §4.2; choices documented in docs/providers/gemini.md.
 
 - system/developer messages are joined, in order, into `systemInstruction` (for Gemma 1 to 3,
-  which refuse one, they open the first user turn); a request with no other message gets a
-  PLACEHOLDER_USER_TEXT user turn (Gemini needs one);
+  which refuse one, they open the first user turn); a request with no other message, or whose
+  conversation starts with the assistant, gets a PLACEHOLDER_USER_TEXT user turn first (Gemini
+  refuses contents that open with a model turn);
 - a user message with no text (empty, null, only empty parts: Gemini refuses an empty text
   part) that answers a model turn is BLANK_USER_TEXT, so the request still ends with the user;
   whitespace-only text, which Gemini takes, goes as it is;
@@ -102,8 +103,8 @@ def to_gemini(body: dict[str, Any], model: str, *, mime_required: bool = False) 
     if system and NO_SYSTEM_ROLE.search(model):
         _open_first_user_turn(system, contents)
         system = []
-    if not contents:
-        contents = [{"role": "user", "parts": [{"text": PLACEHOLDER_USER_TEXT}]}]
+    if not contents or contents[0]["role"] != "user":  # Gemini's contents open with the user
+        contents.insert(0, {"role": "user", "parts": [{"text": PLACEHOLDER_USER_TEXT}]})
     if _checks_signatures(model):
         _sign_unsigned_calls(contents)
     out: dict[str, Any] = {"contents": contents}
