@@ -469,6 +469,11 @@ def loop(assistant: dict[str, Any], *after: dict[str, Any]) -> list[dict[str, An
             {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"}, *after]
 
 
+# A later step of the loop: a call without thinking, and its result.
+STEP = ({"role": "assistant", "content": None, "tool_calls": [{**PORTKEY_CALL, "id": "toolu_2"}]},
+        {"role": "tool", "tool_call_id": "toolu_2", "content": "windy"})
+
+
 @pytest.mark.parametrize(("messages", "thinks"), [
     # An OpenAI client keeps no thinking (nor does a loop begun on Gemini): Claude would
     # refuse thinking here ("a final assistant message must start with a thinking block").
@@ -488,6 +493,21 @@ def loop(assistant: dict[str, Any], *after: dict[str, Any]) -> list[dict[str, An
       {"role": "system", "content": "Be brief."}], False),
     ([{"role": "user", "content": "Hi"},
       {"role": "assistant", "content": "Well,", "thinking_blocks": [PORTKEY_THINKING]}], True),
+    # Claude thinks once, at its turn's start, not after each tool result (Anthropic's
+    # extended thinking with tool use): a loop's later steps carry no thinking, the first
+    # one's does. Thinking turned off there was the 400 "When thinking is disabled, an
+    # `assistant` message in the final position cannot contain `thinking`".
+    (loop({"content": None, "thinking_blocks": [PORTKEY_THINKING]}, *STEP), True),
+    (loop({"content": None, "thinking_blocks": [PORTKEY_THINKING]}, *STEP,
+          {"role": "user", "content": "Hurry."}), True),
+    (loop({"content": None, "thinking_blocks": [PORTKEY_THINKING]}, *STEP,
+          {"role": "assistant", "content": "Well,"}), True),
+    (loop({"content": None}, *STEP), False),
+    # Thinking of an earlier turn (before the user's message that began this one) is not
+    # this turn's.
+    ([{"role": "user", "content": "Hi"},
+      {"role": "assistant", "content": "Hello.", "thinking_blocks": [PORTKEY_THINKING]},
+      *loop({"content": None})], False),
     # A new user turn after the loop, or no loop: thinking as asked.
     (loop({"content": None}, {"role": "assistant", "content": "Sunny."},
           {"role": "user", "content": "And tomorrow?"}), True),

@@ -809,6 +809,23 @@ def test_claude_thinking_from_effort_skips_a_tool_loop_that_came_back_without_it
         "thinking": {"type": "enabled", "budget_tokens": 1024}}
 
 
+def test_claude_thinking_from_effort_goes_on_through_a_tool_loop_s_later_steps() -> None:
+    # Claude thinks at its turn's start only: the loop's second call comes without thinking,
+    # and the first call's, sent back, keeps the next step thinking (without it, Claude
+    # refuses the thinking block of a turn with thinking disabled).
+    claude = "us.anthropic.claude-sonnet-4-20250514-v1:0"
+    messages = [*conversation(), {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "tu3", "type": "function", "function": {"name": "get_capital",
+                                                       "arguments": '{"country":"Chad"}'}}]},
+        {"role": "tool", "tool_call_id": "tu3", "content": "N'Djamena"}]
+    messages[3]["thinking_blocks"] = [
+        {"type": "thinking", "thinking": "Two calls.", "signature": "SIG=="}]
+    out = to_converse({"messages": messages, "tools": TOOLS, "reasoning_effort": "low"}, claude)
+    assert out["additionalModelRequestFields"] == {
+        "thinking": {"type": "enabled", "budget_tokens": 1024}}
+    assert "reasoningContent" in out["messages"][1]["content"][0]
+
+
 def test_claude_thinking_from_effort_skips_a_prefill_without_it() -> None:
     # A final assistant turn Claude continues, without thinking to start it: refused with
     # thinking on, as on Anthropic.

@@ -16,8 +16,9 @@ A request that continues a tool loop whose assistant turn came back without its 
 thinking (an OpenAI client keeps none; a loop begun on another provider has none), or that
 ends with such an assistant turn (a prefill), gets no thinking from `reasoning_effort`: Claude
 refuses thinking there ("a final assistant message must start with a thinking block";
-Anthropic's advice: disable thinking), where OpenAI asks for no reasoning back. The next user
-turn thinks again.
+Anthropic's advice: disable thinking), where OpenAI asks for no reasoning back. The turn is
+Claude's: every step of the loop since the user's message, of which only the first thinks.
+The next user turn thinks again.
 """
 
 from __future__ import annotations
@@ -127,19 +128,37 @@ def _refuse_sampling(effort: str, temperature: Any, top_p: Any, top_k: Any) -> N
 
 
 def _loop_without_thinking(messages: list[dict[str, Any]]) -> bool:
-    """Whether the request continues an assistant turn that came back without a signed
-    thinking block: it answers that turn's tool results (a tool message after the last
-    assistant one), or the turn is the last (a prefill, which Claude continues; only system
-    messages after it, as they are hoisted)."""
+    """Whether the request continues Claude's turn and no assistant message of that turn came
+    back with signed thinking. It continues the turn when it answers the last assistant
+    message's tool results (a tool message after it), or when that message is the last (a
+    prefill, which Claude continues; only system messages after it, as they are hoisted). The
+    turn goes back to the user message that began it: Claude thinks at a turn's start, not
+    after each tool result, so a tool loop's later steps carry no thinking of their own, and
+    thinking turned off there meets the first step's ("When thinking is disabled, an
+    `assistant` message in the final position cannot contain `thinking`"). A user message
+    after tool results shares their user turn (messages of a role merge), so it begins none."""
     answers_tools, prefill = False, True
-    for m in reversed(messages):
-        role = m.get("role")
-        if role == "assistant":
-            return ((answers_tools or prefill)
-                    and not any(_signed(block) for block in signed_thinking(m)))
+    last = len(messages) - 1
+    while last >= 0 and messages[last].get("role") != "assistant":
+        role = messages[last].get("role")
         answers_tools = answers_tools or role == "tool"
         prefill = prefill and role in ("system", "developer")
-    return False
+        last -= 1
+    if last < 0 or not (answers_tools or prefill):
+        return False
+    after_user = False  # a user message came after this one, not after tool results
+    for m in reversed(messages[:last + 1]):
+        role = m.get("role")
+        if role == "assistant":
+            if after_user:
+                return True  # that user message began the turn
+            if any(_signed(block) for block in signed_thinking(m)):
+                return False
+        elif role == "tool":
+            after_user = False
+        elif role == "user":
+            after_user = True
+    return True
 
 
 def _signed(block: dict[str, Any]) -> bool:
