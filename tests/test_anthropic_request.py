@@ -536,10 +536,44 @@ def test_thinking_that_ends_an_assistant_turn_is_left_out(after: list[Any]) -> N
     converse = to_converse({"messages": messages}, "anthropic.claude-x")["messages"]
     assert converse == [{"role": "user", "content": [{"text": "Hi"},
                                                       *[{"text": "Again?"} for _ in after]]}]
-    # Thinking before the turn's text or tool calls stays, as Claude wants it.
+    # Thinking before the turn's text or tool calls stays, as Claude wants it (in the final
+    # turn, a prefill, only when the request thinks: see below).
     messages[1]["content"] = "Hello."
-    sent = to_anthropic({"messages": messages}, "claude-sonnet-4-5")["messages"][1]["content"]
+    sent = to_anthropic({"messages": messages, "reasoning_effort": "low"},
+                        "claude-sonnet-4-5")["messages"][1]["content"]
     assert [block["type"] for block in sent] == ["thinking", "text"]
+
+
+@pytest.mark.parametrize("off", [{}, {"reasoning_effort": "none"},
+                                 {"thinking": {"type": "disabled"}}])
+@pytest.mark.parametrize("messages", [
+    loop({"content": None, "thinking_blocks": [PORTKEY_THINKING]}),
+    loop({"content": None, "thinking_blocks": [PORTKEY_THINKING]}, *STEP),
+    [{"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": "Well,", "thinking_blocks": [PORTKEY_THINKING]}],
+])
+def test_thinking_of_the_final_turn_is_left_out_when_the_request_does_not_think(
+        messages: list[dict[str, Any]], off: dict[str, Any]) -> None:
+    # A loop begun with reasoning_effort and continued without (a client that asks for it on
+    # a plan's first step only, a fallback target without it), or a prefill: Claude refuses
+    # "When thinking is disabled, an `assistant` message in the final position cannot contain
+    # `thinking`", where OpenAI answers. Both Claude APIs alike.
+    for sent in (to_anthropic({"messages": messages, **off}, CLAUDE)["messages"],
+                 to_converse({"messages": messages, **off}, "anthropic.claude-sonnet-4-5")
+                 ["messages"]):
+        assert not [block for message in sent for block in message["content"]
+                    if block.get("type") in ("thinking", "redacted_thinking")
+                    or "reasoningContent" in block]
+        assert sent[1]["role"] == "assistant"  # (the turn itself stays)
+
+
+def test_thinking_of_an_earlier_turn_is_sent_back_when_the_request_does_not_think() -> None:
+    # Claude takes it there (and leaves it out of its context itself): sent as it came.
+    messages = [{"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello.", "thinking_blocks": [PORTKEY_THINKING]},
+                {"role": "user", "content": "Bye."}]
+    assert to_anthropic({"messages": messages}, CLAUDE)["messages"][1]["content"][0] == \
+        PORTKEY_THINKING
 
 
 def test_a_native_thinking_object_is_kept_in_a_loop_without_thinking() -> None:

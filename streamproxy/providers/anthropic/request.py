@@ -25,7 +25,8 @@ Choices (README "Anthropic"):
 - assistant `thinking_blocks` (as we stream them; or Portkey's `content_blocks` or thinking
   parts in `content`, see `signed_thinking`) are sent back as thinking blocks; one without
   its signature (or a redacted one without data) is left out, as Anthropic refuses it, and
-  so is thinking that ends an assistant turn (`drop_trailing_thinking`);
+  so is thinking that ends an assistant turn (`drop_trailing_thinking`), and the final
+  turn's thinking when the request does not think (`drop_final_turn_thinking`);
 - a function's `strict: true` → the tool's `strict` (Anthropic's strict tool use), its
   parameters in the subset Claude takes there too (`claude_schema`); not for the models
   without structured outputs, which refuse it: the tool goes as a non-strict one;
@@ -140,6 +141,8 @@ def to_anthropic(body: dict[str, Any], model: str,
         output_config = adaptive_effort(thinking, effort, None)
         if output_config is not None:  # adaptive thinking's depth: Claude's effort
             out["output_config"] = output_config
+    if not thinks(thinking):
+        drop_final_turn_thinking(messages, _is_thinking, _is_tool_result)
     out["max_tokens"] = max_tokens or DEFAULT_MAX_TOKENS
     for key in ("temperature", "top_p", *PASSTHROUGH):
         if body.get(key) is not None:
@@ -401,8 +404,35 @@ def drop_trailing_thinking(messages: list[dict[str, Any]],
     return kept
 
 
+def drop_final_turn_thinking(messages: list[dict[str, Any]],
+                             is_thinking: Callable[[dict[str, Any]], bool],
+                             is_tool_result: Callable[[dict[str, Any]], bool]) -> None:
+    """Leaves out the thinking of Claude's final turn (its assistant messages since the user
+    message that began it; tool results continue a turn) for a request that does not think:
+    Claude refuses it there ("When thinking is disabled, an `assistant` message in the final
+    position cannot contain `thinking`"; on Bedrock too), where OpenAI answers a loop or a
+    prefill continued without reasoning_effort. Claude would not read it anyway, as it does
+    not an earlier turn's, which is sent as it came. (drop_trailing_thinking has run: no
+    message is left empty.)"""
+    for message in reversed(messages):
+        blocks = message["content"]
+        if message["role"] == "assistant":
+            message["content"] = [block for block in blocks if not is_thinking(block)]
+        elif not any(is_tool_result(block) for block in blocks):
+            return
+
+
 def _is_thinking(block: dict[str, Any]) -> bool:
     return block.get("type") in THINKING_TYPES
+
+
+def _is_tool_result(block: dict[str, Any]) -> bool:
+    return block.get("type") == "tool_result"
+
+
+def thinks(thinking: Any) -> bool:
+    """Whether a request's `thinking` (Anthropic's object, as sent) turns thinking on."""
+    return isinstance(thinking, dict) and thinking.get("type") != "disabled"
 
 
 def trim_prefill(last: dict[str, Any]) -> None:

@@ -34,7 +34,8 @@ Choices (docs/providers/bedrock.md):
   dropped for other models;
 - assistant `thinking_blocks` (as we stream them; or Portkey's forms, see `signed_thinking`)
   go back as `reasoningContent` blocks; one without its signature (or a redacted one without
-  data) is left out, and so is reasoning that ends an assistant turn (as on Anthropic);
+  data) is left out, and so is reasoning that ends an assistant turn, and for Claude the
+  final turn's reasoning when the request does not think (as on Anthropic);
 - a content part's or a tool's `cache_control` (Anthropic's prompt-caching breakpoint, as
   Portkey passes it) → a `cachePoint` block after the block made from it (after the tool's
   spec; after the whole `toolResult`, whose content cannot hold one); a message's own
@@ -95,10 +96,12 @@ from streamproxy.openai_api.content import (
 from streamproxy.providers.anthropic.request import (
     claude_schema,
     claude_stop_sequences,
+    drop_final_turn_thinking,
     drop_trailing_thinking,
     json_instruction,
     refuse_prefill,
     response_schema,
+    thinks,
     trim_prefill,
 )
 from streamproxy.providers.anthropic.thinking import (
@@ -222,6 +225,8 @@ def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "aut
     inference = _inference_config(body, model, out)
     if inference:
         out["inferenceConfig"] = inference
+    if is_claude(model) and not thinks(_model_fields(out).get("thinking")):
+        drop_final_turn_thinking(messages, _is_reasoning, _is_tool_result)
     instructions: list[dict[str, Any]] = []
     native = _StructuredOutputs(model, structured_outputs)
     text_format = _response_format(body, instructions, native)
@@ -584,6 +589,10 @@ def _assistant_blocks(m: dict[str, Any], i: int, tool_names: list[str]) -> list[
 
 def _is_reasoning(block: dict[str, Any]) -> bool:
     return "reasoningContent" in block
+
+
+def _is_tool_result(block: dict[str, Any]) -> bool:
+    return "toolResult" in block
 
 
 def _tool_result(m: dict[str, Any], i: int) -> list[dict[str, Any]]:
