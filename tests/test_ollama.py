@@ -270,6 +270,35 @@ async def test_error_body_keeps_status(proxy: Any, upstream: Any) -> None:
         'model "nope" not found, try pulling it first'
 
 
+async def test_an_unpulled_model_is_openai_s_model_not_found(proxy: Any,
+                                                            upstream: Any) -> None:
+    # Ollama's 404 for a model it does not have, streamed or not; the openai SDK's
+    # NotFoundError carries OpenAI's code for it, as the gateway's own unknown model does.
+    upstream.status = 404
+    upstream.content_type = "application/json"
+    upstream.body = b'{"error":"model \\"nope\\" not found, try pulling it first"}'
+    client = openai_sdk(await proxy(provider_config("ollama", upstream.url)))
+    for stream in (False, True):
+        with pytest.raises(openai.NotFoundError) as info:
+            await client.chat.completions.create(
+                model="nope", messages=[{"role": "user", "content": "hi"}], stream=stream)
+        assert info.value.code == "model_not_found"
+        assert info.value.body["type"] == "invalid_request_error"  # type: ignore[index]
+        assert info.value.message.endswith('model "nope" not found, try pulling it first')
+
+
+async def test_a_404_that_is_not_ollama_s_own_names_no_model(proxy: Any,
+                                                             upstream: Any) -> None:
+    # A wrong base_url (an /api/chat that is no Ollama's): Go's plain-text 404, not a model.
+    upstream.status = 404
+    upstream.content_type = "text/plain"
+    upstream.body = b"404 page not found"
+    client = await proxy(provider_config("ollama", upstream.url))
+    resp = await client.post("/v1/chat/completions", json=STREAM_REQ)
+    assert resp.status == 404
+    assert (await resp.json())["error"]["code"] != "model_not_found"
+
+
 NON_STREAM = {**line("Hello!", thinking="greet"), "done": True, "done_reason": "stop",
               "prompt_eval_count": 9, "eval_count": 3}
 

@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import orjson
 
 from streamproxy.config import ConfigError
-from streamproxy.errors import UpstreamProtocolError
+from streamproxy.errors import UpstreamProtocolError, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.openai_api.completion import CompletionBuilder
 from streamproxy.providers.base import (
     Provider,
     StreamTranslator,
     UpstreamRequest,
+    generic_error,
     load_event_json,
 )
 from streamproxy.providers.ollama.request import DROPPED, to_ollama
@@ -51,6 +52,15 @@ class OllamaProvider(Provider):
             headers["authorization"] = f"Bearer {target.api_key}"
         return UpstreamRequest(f"{self.base_url}/api/chat", orjson.dumps(body), headers)
 
+    def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
+        error = generic_error(status, body, self.name)
+        if status == 404 and _own_error(body):
+            # Ollama's 404 is a model it has not pulled (`model "x" not found, try pulling it
+            # first`): OpenAI's answer for an unknown model, as the gateway's own says it. Only
+            # Ollama's `{"error": "..."}`: a wrong base_url's 404 is Go's plain text.
+            error.code, error.error_type = "model_not_found", "invalid_request_error"
+        return error
+
     def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
         return OllamaStreamTranslator(out, self.max_event_bytes, self.name,
                                       logprobs=bool(req.body.get("logprobs")))
@@ -71,3 +81,12 @@ class OllamaProvider(Provider):
             raise UpstreamProtocolError("the upstream answered without `done: true`")
         return builder.completion(completion_id=completion_id, created=created,
                                   model=model)
+
+
+def _own_error(body: bytes) -> bool:
+    """Whether `body` is Ollama's error object, `{"error": "<message>"}`."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and isinstance(obj.get("error"), str)
