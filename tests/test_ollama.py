@@ -482,3 +482,24 @@ def test_what_ollama_cannot_take_as_an_image_is_a_400_naming_it(url: str) -> Non
     with pytest.raises(InvalidRequest) as info:
         _images(url)
     assert info.value.param == "messages[0].content[1].image_url.url"
+
+
+def test_the_configured_options_partition_the_cache() -> None:
+    # A provider's `options` (num_predict, temperature, stop, num_ctx…) change the answer, as
+    # Anthropic's betas do: after an operator raised `num_predict` (a reload, or another
+    # instance on the same Redis), answers cut at the old cap were still served from the
+    # cache. `keep_alive` changes no answer: it shares the key.
+    from streamproxy.cache.service import _key
+    from streamproxy.openai_api.request import parse_chat_request
+    from streamproxy.routing.target import Target
+    from streamproxy.server.app import build_providers
+
+    req = parse_chat_request(b'{"model":"m","messages":[{"role":"user","content":"x"}]}')
+
+    def key(**options: Any) -> str:
+        config = make_config({"local": {"type": "ollama", "default_model": "m", **options}})
+        return _key("ns", req, Target(build_providers(config)["local"], "m"))
+
+    assert key(options={"num_predict": 64}) != key(options={"num_predict": 4096})
+    assert key(options={"num_predict": 64}) != key()
+    assert key(keep_alive="5m") == key(keep_alive=-1) == key()

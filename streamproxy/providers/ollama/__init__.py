@@ -31,6 +31,9 @@ class OllamaProvider(Provider):
     # keep_alive: how long Ollama keeps the model loaded; options: default model options
     # (e.g. num_ctx) under the request's own.
     option_keys: ClassVar[frozenset[str]] = frozenset({"keep_alive", "options"})
+    # The model options change the answer (a cached one must not outlive a change of them);
+    # keep_alive does not.
+    answering_options: ClassVar[frozenset[str]] = frozenset({"options"})
     dropped_params: ClassVar[frozenset[str]] = DROPPED
 
     @classmethod
