@@ -740,3 +740,34 @@ async def test_mistral_validation_errors_keep_what_was_refused(proxy: Any, upstr
     error = (await resp.json())["error"]
     assert error["message"] == "body.messages.0.user.name: Extra inputs are not permitted"
     assert error["type"] == "invalid_request_error"
+
+
+# -- llama.cpp's `error:` lines ---------------------------------------------------------------
+# llama.cpp's server (2024-25 builds) writes a failure met while streaming as an `error:` line,
+# not `data:`, and then `data: [DONE]` (tools/server: `server_sent_event(sink, "error", …)`).
+LLAMA_CPP_ERROR = (b'error: {"code":400,"message":"the request exceeds the available context '
+                   b'size, try increasing it","type":"exceed_context_size_error"}\n\n'
+                   b"data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize("kind", ["openai", "vllm"])
+async def test_a_llama_cpp_error_line_mid_stream_is_an_error(proxy: Any, upstream: Any,
+                                                             kind: str) -> None:
+    chunks = await stream(proxy, upstream, kind, sse(*HEAD, done=False) + LLAMA_CPP_ERROR)
+    c = collect(chunks)
+    assert c.content == "Hello world"
+    assert c.error is not None and "exceeds the available context size" in c.error["message"]
+    assert c.error["type"] == "exceed_context_size_error"
+    assert not c.done and "[DONE]" not in chunks
+
+
+@pytest.mark.parametrize("kind", ["openai", "vllm"])
+async def test_a_llama_cpp_error_line_before_any_output_is_an_http_error(
+        proxy: Any, upstream: Any, kind: str) -> None:
+    upstream.body = LLAMA_CPP_ERROR
+    client = await proxy(provider_config(kind, upstream.url))
+    resp = await client.post("/v1/chat/completions",
+                             json={"model": "m", "stream": True, "messages": HI})
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["message"].startswith("the request exceeds the available context size")

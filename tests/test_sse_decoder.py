@@ -126,3 +126,12 @@ def test_byte_by_byte_equals_whole() -> None:
     for body in VARIANTS:
         assert decode(*[body[i : i + 1] for i in range(len(body))]) == decode(body)
 
+
+
+def test_an_error_field_is_an_error_event() -> None:
+    # llama.cpp's server writes a failure as `error: {…}` and then `data: [DONE]`: ignored as
+    # an unknown field, the stream ended as if the answer were complete.
+    failure = b'{"code":500,"message":"context full","type":"server_error"}'
+    assert decode(b"error: " + failure + b"\n\ndata: [DONE]\n\n") == [
+        SSEEvent(b'{"error":' + failure + b"}"), SSEEvent(b"[DONE]")]
+    assert decode(b"error: out of memory\r\n\r\n") == [SSEEvent(b'{"error":"out of memory"}')]
