@@ -80,7 +80,10 @@ async def serving(tmp_path: Path, config_text: str, workers: int) -> AsyncIterat
     config.write_text(config_text)
     t = Tree(config, _free_port(), workers=workers)
     try:
-        await until(lambda: healthy(t.url), "listening")
+        try:
+            await until(lambda: healthy(t.url), "listening")
+        except AssertionError as e:  # say why: the server's own words
+            raise AssertionError(f"{e}; the server wrote:\n{t.output()[-2000:]}") from None
         # Healthy is not enough: until the master has read both workers' ready signals, a
         # worker that dies counts as a failed start-up (which stops the server by design).
         await until(lambda: workers == 1 or "all 2 workers listening" in t.output(),
