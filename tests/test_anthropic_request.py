@@ -994,12 +994,51 @@ def test_claudes_without_a_budget_think_adaptively(model: str, effort: str,
     assert out["output_config"]["effort"] == claude_effort
     assert out["output_config"]["format"]["type"] == "json_schema"
     assert out["max_tokens"] == 4096  # no budget to make room for
-    with pytest.raises(InvalidRequest):  # the sampling Claude refuses with thinking, still
-        to_anthropic({"messages": [{"role": "user", "content": "x"}],
-                      "reasoning_effort": effort, "temperature": 0.2}, model)
+    # They take no sampling at all (test_claudes_that_take_no_sampling_get_none): a
+    # temperature beside the effort is left out, not refused.
+    sampled = to_anthropic({"messages": [{"role": "user", "content": "x"}],
+                            "reasoning_effort": effort, "temperature": 0.2}, model)
+    assert sampled["thinking"] == {"type": "adaptive"} and "temperature" not in sampled
     budget = to_anthropic({"messages": [{"role": "user", "content": "x"}],
                            "reasoning_effort": effort}, "claude-opus-4-6")
     assert budget["thinking"]["type"] == "enabled" and "output_config" not in budget
+
+
+SAMPLING = {"temperature": 0.7, "top_p": 0.9, "top_k": 40}
+
+
+@pytest.mark.parametrize("model", ["claude-opus-4-7", "claude-opus-4-8", "claude-sonnet-5",
+                                   "claude-opus-4-7@20260416"])
+def test_claudes_that_take_no_sampling_get_none(model: str) -> None:
+    """Opus 4.7 and every later Claude answer any temperature, top_p or top_k with a 400
+    ("`temperature` is deprecated for this model"): every request that carried one (a
+    framework's default temperature) failed there. They are left out, as parameters a model
+    cannot take are; the rest of the request is sent."""
+    body = {"messages": [{"role": "user", "content": "x"}], **SAMPLING}
+    out = to_anthropic(body, model)
+    assert not SAMPLING.keys() & out.keys()
+    assert out["max_tokens"] == 4096 and out["messages"][0]["role"] == "user"
+    # Not refused beside reasoning_effort either: there is no sampling left to refuse.
+    thinking = to_anthropic({**body, "reasoning_effort": "high"}, model)
+    assert thinking["thinking"] == {"type": "adaptive"} and not SAMPLING.keys() & thinking.keys()
+    # The Claudes before them take it as sent.
+    assert to_anthropic(body, "claude-opus-4-6").keys() >= SAMPLING.keys()
+    assert to_anthropic(body, "claude-haiku-4-5").keys() >= SAMPLING.keys()
+
+
+@pytest.mark.parametrize("model", ["us.anthropic.claude-opus-4-7", "anthropic.claude-sonnet-5"])
+def test_claudes_that_take_no_sampling_get_none_on_bedrock(model: str) -> None:
+    body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 300, **SAMPLING}
+    out = to_converse(body, model)
+    assert out["inferenceConfig"] == {"maxTokens": 300}
+    assert "additionalModelRequestFields" not in out
+    thinking = to_converse({**body, "reasoning_effort": "low"}, model)
+    assert thinking["additionalModelRequestFields"] == {"thinking": {"type": "adaptive"},
+                                                        "output_config": {"effort": "low"}}
+    assert thinking["inferenceConfig"] == {"maxTokens": 300}
+    older = to_converse(body, "anthropic.claude-sonnet-4-5-20250929-v1:0")
+    assert older["inferenceConfig"] == {"maxTokens": 300, "temperature": 0.7, "topP": 0.9}
+    assert older["additionalModelRequestFields"] == {"top_k": 40}
 
 
 def test_thinking_from_effort_keeps_sampling_claude_takes_with_it() -> None:

@@ -648,7 +648,7 @@ async def test_named_configs_routes_virtual_keys_and_forward_headers(
         configs={"smart": {"strategy": {"mode": "fallback"}, "targets": [
             {"provider": "mock", "override_params": {"model": "fast:status=500"}},
             {"virtual_key": "claude-prod", "forward_headers": ["x-team"],
-             "override_params": {"model": "claude-x", "temperature": 0.5}}]}},
+             "override_params": {"model": "claude-haiku-4-5", "temperature": 0.5}}]}},
         routes={"smart": "smart"})
     client = await proxy(config)
     resp = await post(client, model="smart", headers={"x-team": "blue"})
@@ -657,7 +657,7 @@ async def test_named_configs_routes_virtual_keys_and_forward_headers(
     sent = upstream.requests[0]
     assert sent.headers["x-api-key"] == "sk-virtual"
     assert sent.headers["x-team"] == "blue"
-    assert sent.json()["model"] == "claude-x" and sent.json()["temperature"] == 0.5
+    assert sent.json()["model"] == "claude-haiku-4-5" and sent.json()["temperature"] == 0.5
     by_name = await post(client, "smart", model="whatever")
     assert by_name.status == 200
 

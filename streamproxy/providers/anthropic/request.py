@@ -39,6 +39,8 @@ Choices (README "Anthropic"):
   types are a 400 naming the type, and so is an OpenAI `file_id`;
 - a whitespace-only stop sequence is a 400 (Claude refuses one);
 - `top_p` 1 (no nucleus cut) is not sent: newer Claude models refuse it beside `temperature`;
+  the Claudes that refuse sampling at all (Opus 4.7 on: `takes_no_sampling`) get no
+  `temperature`, `top_p` or `top_k`;
 - `safety_identifier` (else `user`) → `metadata.user_id`, Anthropic's end-user id (its
   SHA-256 when longer than Anthropic takes);
 - parameters in DROPPED are dropped; `n` > 1 is rejected (one answer per request).
@@ -77,6 +79,7 @@ from streamproxy.providers.anthropic.thinking import (
     adaptive_effort,
     fit_thinking,
     takes_adaptive_thinking_only,
+    takes_no_sampling,
 )
 
 DEFAULT_MAX_TOKENS = 4096
@@ -90,6 +93,7 @@ IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/we
 # `cache_control` is automatic prompt caching (the breakpoint on the last cacheable block);
 # `thinking` too, which also sizes `max_tokens` (fit_thinking).
 PASSTHROUGH = ("top_k", "cache_control")
+SAMPLING = ("temperature", "top_p", "top_k")  # what takes_no_sampling Claudes refuse
 # JSON Schema keywords whose value maps names to subschemas, and those that hold data, not a
 # schema (closed_objects walks the first and leaves the second as written).
 _SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions",
@@ -147,6 +151,9 @@ def to_anthropic(body: dict[str, Any], model: str,
     for key in ("temperature", "top_p", *PASSTHROUGH):
         if body.get(key) is not None:
             out[key] = body[key]
+    if any(key in out for key in SAMPLING) and takes_no_sampling(model):
+        for key in SAMPLING:  # (frameworks send a default temperature: a 400 on these)
+            out.pop(key, None)
     if out.get("top_p") == 1:
         # No nucleus cut, as with none; newer Claude models refuse top_p beside temperature,
         # and frameworks send OpenAI's default 1 with one.

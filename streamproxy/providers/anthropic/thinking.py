@@ -10,8 +10,9 @@ A `thinking` object the client passed itself is sent as given. Thinking from
 `reasoning_effort` with a tool_choice that forces a tool is a 400 (Claude refuses the pair), and
 so is it beside sampling Claude refuses with thinking: a `temperature` other than 1, any `top_k`,
 a `top_p` below 0.95 (Anthropic's extended-thinking docs; OpenAI's reasoning models answer a
-temperature other than 1 with a 400 too). They are refused, not dropped: the client asked for
-both, and only it knows which one matters.
+temperature other than 1 with a 400 too) — but not on the Claudes that take no sampling at all
+(`takes_no_sampling`), whose callers leave it out. They are refused, not dropped: the client
+asked for both, and only it knows which one matters.
 A request that continues a tool loop whose assistant turn came back without its signed
 thinking (an OpenAI client keeps none; a loop begun on another provider has none), or that
 ends with such an assistant turn (a prefill), gets no thinking from `reasoning_effort`: Claude
@@ -54,6 +55,13 @@ def takes_adaptive_thinking_only(model: str) -> bool:
     return "claude" in model and _BUDGET_CLAUDES.search(model) is None
 
 
+def takes_no_sampling(model: str) -> bool:
+    """Whether `model` is a Claude that answers any `temperature`, `top_p` or `top_k` with a 400
+    ("`temperature` is deprecated for this model"): the same Claudes as take adaptive thinking
+    alone (Opus 4.7 on). Their callers leave the three out, as parameters a model cannot take."""
+    return takes_adaptive_thinking_only(model)
+
+
 def adaptive_effort(thinking: Any, effort: str | None,
                     output_config: Any) -> dict[str, Any] | None:
     """The `output_config` to send beside adaptive thinking made from `effort`: the client's
@@ -84,7 +92,8 @@ def fit_thinking(body: dict[str, Any], native: Any, effort: str | None, answer_a
                 "be combined with a tool_choice that forces a tool ('required' or a named "
                 "function): use tool_choice 'auto', or leave out reasoning_effort.",
                 param="tool_choice", code="invalid_value")
-        _refuse_sampling(effort, body.get("temperature"), body.get("top_p"), top_k)
+        if not adaptive:  # (the adaptive-only Claudes are sent no sampling: takes_no_sampling)
+            _refuse_sampling(effort, body.get("temperature"), body.get("top_p"), top_k)
         budget = None if adaptive else _effort_budget(effort, max_tokens, param)
         # (checked above all the same: whether a request is valid does not depend on its history)
         if not _loop_without_thinking(body["messages"]):

@@ -49,6 +49,8 @@ Choices (docs/providers/bedrock.md):
 - a whitespace-only stop sequence is a 400 for Claude, as on Anthropic; other models get no
   empty one (Converse refuses it);
 - `top_p` 1 (no nucleus cut) is not sent for Claude, which refuses it beside `temperature`;
+  the Claudes that refuse sampling at all (Opus 4.7 on) get no `temperature`, `top_p` or
+  `top_k`, as on Anthropic;
 - `response_format` json_schema → Converse structured outputs (`outputConfig.textFormat`, the
   schema in Claude's subset as Anthropic's `claude_schema` makes it, sent as a JSON string) for
   the models NATIVE_SCHEMA_MODELS names, or for any model with STRUCTURED_OUTPUTS "native";
@@ -108,6 +110,7 @@ from streamproxy.providers.anthropic.thinking import (
     adaptive_effort,
     fit_thinking,
     takes_adaptive_thinking_only,
+    takes_no_sampling,
 )
 
 DEFAULT_MAX_TOKENS = 4096  # the answer's allowance beside a thinking budget
@@ -263,7 +266,7 @@ def _add_top_k(out: dict[str, Any], top_k: Any, model: str) -> None:
     """`top_k` where the model's own fields take it (Converse's inferenceConfig has none), so a
     Claude with thinking refuses it as on Anthropic; unless the client's fields name one."""
     fields = _model_fields(out)
-    if is_claude(model) and "top_k" not in fields:
+    if is_claude(model) and "top_k" not in fields and not takes_no_sampling(model):
         out["additionalModelRequestFields"] = {**fields, "top_k": top_k}
     elif is_nova(model):
         nova = fields.get("inferenceConfig")
@@ -318,11 +321,14 @@ def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> 
         out["additionalModelRequestFields"] = {**fields, **added}
     if max_tokens:
         config["maxTokens"] = max_tokens
-    if body.get("temperature") is not None:
+    # The Claudes that refuse any sampling (Opus 4.7 on) get none, as on Anthropic.
+    sampling = not (is_claude(model) and takes_no_sampling(model))
+    if body.get("temperature") is not None and sampling:
         config["temperature"] = body["temperature"]
     # A top_p of 1 (no nucleus cut) is left out for Claude, which refuses it beside temperature
     # on newer models; other models' default may be lower, so they get it as sent.
-    if body.get("top_p") is not None and not (body["top_p"] == 1 and is_claude(model)):
+    if (body.get("top_p") is not None and sampling
+            and not (body["top_p"] == 1 and is_claude(model))):
         config["topP"] = body["top_p"]
     stop = body.get("stop")
     if stop and is_claude(model):
