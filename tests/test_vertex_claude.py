@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.routing.target import Target
 from streamproxy.server.app import build_providers
@@ -272,3 +273,24 @@ def test_a_providers_betas_that_cannot_be_sent_are_a_config_error(value: Any) ->
     with pytest.raises(ConfigError) as info:
         vertex("https://vertex.test", anthropic_beta=value)
     assert info.value.key == "providers.v.anthropic_beta"
+
+
+def test_an_image_by_url_is_a_400_naming_it_before_vertex_is_asked() -> None:
+    """Claude on Vertex takes no URL image sources (Vertex answers one with a 400 naming
+    `image.source.base64.data`, "URL sources are not supported"), which the Anthropic API
+    takes: the image goes as a data: URL there, and the proxy fetches nothing. So, as on
+    Bedrock, an http(s) image is a 400 naming its part, before anything is sent."""
+    provider = build_providers(vertex("https://vertex.test"))["v"]
+    target = Target(provider, CLAUDE).served()
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    req = parse_chat_request(orjson.dumps({"model": CLAUDE, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "What is it?"}, image]}]}))
+    with pytest.raises(InvalidRequest) as caught:
+        target.provider.build_request(req, target)
+    assert caught.value.param == "messages[0].content[1].image_url.url"
+    assert "data: URL" in str(caught.value) and caught.value.code == "unsupported_value"
+    inline = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    req = parse_chat_request(orjson.dumps({"model": CLAUDE, "messages": [
+        {"role": "user", "content": [inline]}]}))
+    sent = orjson.loads(target.provider.build_request(req, target).body)
+    assert sent["messages"][0]["content"][0]["source"]["type"] == "base64"

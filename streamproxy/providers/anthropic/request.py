@@ -34,7 +34,9 @@ Choices (README "Anthropic"):
   on the block made from it; a message's own (LiteLLM's form, e.g. beside string content) goes
   on the last block made from the message; the request's own (automatic caching) is sent as
   given (PASSTHROUGH);
-- images: png, jpeg (`image/jpg` too), gif, webp; `file` parts: a PDF → a base64 document, a
+- images: png, jpeg (`image/jpg` too), gif, webp; an http(s) one → a URL source, but a 400 where
+  the platform takes none (`url_images` False: Claude on Vertex, which answers one with a 400
+  naming `image.source.base64.data`); `file` parts: a PDF → a base64 document, a
   `text/*` file → a plain-text document (Anthropic's base64 documents take only PDF); other
   types are a 400 naming the type, and so is an OpenAI `file_id`;
 - a whitespace-only stop sequence is a 400 (Claude refuses one);
@@ -124,13 +126,13 @@ VERTEX_WITHOUT_STRUCTURED_OUTPUTS = (*WITHOUT_STRUCTURED_OUTPUTS, "claude-sonnet
 
 
 def to_anthropic(body: dict[str, Any], model: str,
-                 without_structured_outputs: tuple[str, ...] = WITHOUT_STRUCTURED_OUTPUTS
-                 ) -> dict[str, Any]:
+                 without_structured_outputs: tuple[str, ...] = WITHOUT_STRUCTURED_OUTPUTS,
+                 url_images: bool = True) -> dict[str, Any]:
     if (body.get("n") or 1) > 1:
         raise InvalidRequest("Anthropic returns one choice per request; 'n' must be 1.",
                              param="n", code="unsupported_value")
     logprobs_asked(body)  # dropped, but a request OpenAI refuses is refused here too
-    system, messages = _messages(body["messages"])
+    system, messages = _messages(body["messages"], url_images)
     messages = drop_trailing_thinking(messages, _is_thinking)
     if not messages:
         messages = [{"role": "user", "content": [{"type": "text", "text": PLACEHOLDER_USER_TEXT}]}]
@@ -346,7 +348,8 @@ def _tool(fn: dict[str, Any], native: bool) -> dict[str, Any]:
     return tool
 
 
-def _messages(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _messages(msgs: list[dict[str, Any]], url_images: bool
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     system: list[dict[str, Any]] = []
     out: list[dict[str, Any]] = []
     blank: dict[str, Any] | None = None  # the last BLANK_USER_TEXT block put in
@@ -356,7 +359,7 @@ def _messages(msgs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
             system.extend(_marked(_text_blocks(m.get("content"), f"messages[{i}].content"), m))
             continue
         if role == "user":
-            blocks = _user_blocks(m.get("content"), i)
+            blocks = _user_blocks(m.get("content"), i, url_images)
             role_out = "user"
         elif role == "assistant":
             blocks = _assistant_blocks(m, i)
@@ -480,7 +483,7 @@ def _marked(blocks: list[dict[str, Any]], message: dict[str, Any]) -> list[dict[
     return blocks
 
 
-def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
+def _user_blocks(content: Any, i: int, url_images: bool) -> list[dict[str, Any]]:
     if not isinstance(content, list):
         return _text_blocks(content, f"messages[{i}].content")
     blocks = []
@@ -492,8 +495,8 @@ def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
                 blocks.append(_cached({"type": "text", "text": part["text"]}, part))
         elif kind == "image_url":
             url = (part.get("image_url") or {}).get("url")
-            blocks.append(_cached({"type": "image",
-                                   "source": _image_source(url, f"{where}.image_url.url")}, part))
+            source = _image_source(url, f"{where}.image_url.url", url_images)
+            blocks.append(_cached({"type": "image", "source": source}, part))
         elif kind == "file":
             file = part.get("file") or {}
             data = file_data(file, f"{where}.file", "Anthropic")
@@ -510,7 +513,7 @@ def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
     return blocks
 
 
-def _image_source(url: Any, where: str) -> dict[str, Any]:
+def _image_source(url: Any, where: str, url_images: bool) -> dict[str, Any]:
     if isinstance(url, str) and url.startswith("data:"):
         media_type, data = parse_data_url(url, where)
         media_type = image_media_type(data, media_type)  # the bytes' type: Anthropic checks
@@ -519,6 +522,10 @@ def _image_source(url: Any, where: str) -> dict[str, Any]:
                                  f"{media_type}.", param=where, code="unsupported_value")
         return {"type": "base64", "media_type": media_type, "data": data}
     if isinstance(url, str) and url.startswith(("http://", "https://")):
+        if not url_images:  # (Claude on Vertex: "URL sources are not supported")
+            raise InvalidRequest("Claude on this provider takes images as data: URLs (base64), "
+                                 "not http(s) URLs, and the proxy fetches none.", param=where,
+                                 code="unsupported_value")
         return {"type": "url", "url": url}
     raise InvalidRequest("Expected a data: URL or an http(s) URL.", param=where,
                          code="invalid_value")

@@ -7,9 +7,11 @@
 The body is Anthropic's Messages request without `model` (it is in the URL) and with
 `"anthropic_version": "vertex-2023-10-16"`; the answer is Anthropic's SSE stream or Message
 JSON. So the Anthropic translations are reused whole, and only the URL, the body's two keys and
-the authentication (the Vertex provider's token) differ. Claude's betas (the provider option
-`anthropic_beta`, the `anthropic` type's `anthropic-beta` header) go in the body too, as the
-list `anthropic_beta`: Vertex refuses some of them in the header (`context-1m-2025-08-07`).
+the authentication (the Vertex provider's token) differ — and images: Vertex refuses URL image
+sources ("URL sources are not supported"), so an http(s) image is a 400 naming it (as on
+Bedrock: the proxy fetches nothing), and images go as data: URLs. Claude's betas (the provider
+option `anthropic_beta`, the `anthropic` type's `anthropic-beta` header) go in the body too, as
+the list `anthropic_beta`: Vertex refuses some of them in the header (`context-1m-2025-08-07`).
 (Anthropic's "Claude on Vertex AI" page and its SDK's `AnthropicVertex` client give these
 rules.)
 
@@ -76,8 +78,9 @@ class VertexClaudeProvider(Provider):
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
         model = self.vertex.checked_model(target).removeprefix(PORTKEY_PREFIX)
         url = self.vertex.model_url(model if "/" in model else PUBLISHER_PATH + model)
+        # (Vertex takes no URL image sources: a 400 naming the image, not Vertex's misleading one)
         body = to_anthropic(target.apply_overrides(req.body), model,
-                            VERTEX_WITHOUT_STRUCTURED_OUTPUTS)
+                            VERTEX_WITHOUT_STRUCTURED_OUTPUTS, url_images=False)
         del body["model"]
         body["anthropic_version"] = VERTEX_ANTHROPIC_VERSION
         betas = self.cfg.options.get("anthropic_beta")
