@@ -306,3 +306,20 @@ def test_fallback_models_are_capped_as_messages_and_tools_are() -> None:
     # The models tried are what counts: fallback_config.max_fallbacks keeps the first N.
     capped = parse(fallback_models=["a/c"] * 1000, fallback_config={"max_fallbacks": 3})
     assert capped.fallback_models == ["a/c"] * 3
+
+
+@pytest.mark.parametrize("value", ["", {}, 0, False, "a/b", {"a": "b"}, 1, True, [1], [None]])
+def test_fallback_models_of_another_type_is_openais_invalid_type(value: Any) -> None:
+    # A falsy value of the wrong type ("", {}, 0, false) was read as no fallbacks: the
+    # request ran with none, where the client had meant some (or sent the wrong field).
+    with pytest.raises(InvalidRequest) as info:
+        parse_chat_request(orjson.dumps({"messages": USER, "model": "a/b",
+                                         "fallback_models": value}))
+    assert (info.value.param, info.value.code) == ("fallback_models", "invalid_type")
+
+
+def test_fallback_models_null_or_empty_is_none() -> None:
+    for value in (None, []):
+        req = parse_chat_request(orjson.dumps({"messages": USER, "model": "a/b",
+                                               "fallback_models": value}))
+        assert req.fallback_models == []

@@ -76,12 +76,13 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
     if body.get("model") == PORTKEY_DEFAULT_MODEL:
         del body["model"]
         stripped = True
-    fallback = body.pop("fallback_models", None) or []
+    # (null is none, as OpenAI reads null; a falsy "" or {} is the client's mistake, not none)
+    fallback = body.pop("fallback_models", None)
+    fallback = [] if fallback is None else fallback
     retries = body.pop("retries", None)
     max_fallbacks = _max_fallbacks(body.pop("fallback_config", None))
     if not isinstance(fallback, list) or not all(isinstance(m, str) for m in fallback):
-        raise InvalidRequest("'fallback_models' must be an array of strings.",
-                             param="fallback_models")
+        raise _type_error("fallback_models", "an array of strings")
     if max_fallbacks is not None:
         fallback = fallback[:max_fallbacks]
     if len(fallback) > MAX_FALLBACK_MODELS:
