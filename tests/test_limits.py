@@ -323,3 +323,14 @@ def test_fallback_models_null_or_empty_is_none() -> None:
         req = parse_chat_request(orjson.dumps({"messages": USER, "model": "a/b",
                                                "fallback_models": value}))
         assert req.fallback_models == []
+
+
+@pytest.mark.parametrize(("models", "param"), [([""], "fallback_models[0]"),
+                                                (["a/c", ""], "fallback_models[1]")])
+def test_an_empty_fallback_model_is_a_400_naming_it(models: list[str], param: str) -> None:
+    # An empty name became a fallback target with no model, which takes the request's own:
+    # the primary was tried again where the client had named another model (or a typo).
+    with pytest.raises(InvalidRequest) as info:
+        parse_chat_request(orjson.dumps({"messages": USER, "model": "a/b",
+                                         "fallback_models": models}))
+    assert (info.value.param, info.value.code) == (param, "invalid_value")

@@ -88,6 +88,10 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
     if len(fallback) > MAX_FALLBACK_MODELS:
         raise InvalidRequest(f"'fallback_models' has more than {MAX_FALLBACK_MODELS} entries.",
                              param="fallback_models", code="array_above_max_length")
+    if "" in fallback:  # a target without a model takes the request's: the primary again
+        i = fallback.index("")
+        raise InvalidRequest(f"'fallback_models[{i}]' is an empty model name.",
+                             param=f"fallback_models[{i}]", code="invalid_value")
     if retries is not None and (not _is_int(retries) or not 0 <= retries <= 10):
         raise InvalidRequest("'retries' must be an integer from 0 to 10.", param="retries")
     opts = body.get("stream_options") or {}
