@@ -801,3 +801,20 @@ def test_a_fallback_model_naming_a_route_runs_its_config(sections: dict[str, Any
     assert [(a.target.provider.name, a.target.model, a.path) for a in attempts][1:] == [
         ("an", "claude", "config.targets[1].targets[0]"),
         ("vx", "smart", "config.targets[1].targets[1]")]  # as `smart` alone asks for it
+
+
+def test_a_route_as_the_primary_keeps_fallback_models_and_retries() -> None:
+    # The route ran, but fallback_models and retries in the same body were dropped in
+    # silence: a failing route was the request's answer, with no fallback and no retry.
+    gateway = gateway_for(configs={
+        "smart": {"strategy": {"mode": "fallback"}, "targets": [
+            {"provider": "an", "override_params": {"model": "claude"}},
+            {"provider": "vx", "retry": {"attempts": 1}}]}}, routes={"smart": "smart"})
+    assert attempts_for(gateway, {"model": "smart", "retries": 2,
+                                  "fallback_models": ["oa/y", "groq/z"]}) == [
+        ("an", "claude", 2), ("vx", "smart", 1), ("oa", "y", 0), ("groq", "z", 0)]
+    assert attempts_for(gateway, {"model": "smart", "retries": 2}) == [
+        ("an", "claude", 2), ("vx", "smart", 1)]
+    assert attempts_for(gateway, {"model": "smart", "fallback_models": ["oa/y"]}) == [
+        ("an", "claude", 0), ("vx", "smart", 1), ("oa", "y", 0)]
+    assert attempts_for(gateway, {"model": "smart"}) == [("an", "claude", 0), ("vx", "smart", 1)]

@@ -285,8 +285,10 @@ class Gateway:
         if header:
             return self._header_config(header)
         model = req.model
-        if model in self.settings.routes:
-            return self.settings.configs[self.settings.routes[model]]
+        if model in self.settings.routes and not req.fallback_models:
+            # OneLLM's retries go on its targets, as on a default config's (below)
+            return _with_retries(self.settings.configs[self.settings.routes[model]],
+                                 req.retries)
         named = self._named_by_headers(headers)
         if req.fallback_models:
             return self._onellm_fallbacks(named, req)
@@ -321,13 +323,13 @@ class Gateway:
         """OneLLM's `fallback_models` (and `retries`, the primary's) as a fallback config. Each
         model goes where it would alone: to the provider the headers name, unless (for a
         fallback model) its prefix names a configured one; else by its prefix, else to the
-        default; a fallback model that `routes:` names runs its config, as it would alone."""
+        default; a model that `routes:` names runs its config, as it would alone."""
         default = None if named else self.settings.default_config
         routes = self.settings.routes
         leaves = []
         for i, model in enumerate([req.model, *req.fallback_models]):
             leaf: dict[str, Any] = {"override_params": {"model": model}} if model else {}
-            if i and model in routes:
+            if model in routes:
                 pass  # (replaced by the route's config below)
             elif named and (i == 0 or self.router.prefix_provider(model) is None):
                 leaf.update(named)
@@ -341,15 +343,17 @@ class Gateway:
             leaves[0]["retry"] = {"attempts": req.retries}
         raw: dict[str, Any] = {"strategy": {"mode": "fallback"}, "targets": leaves}
         root = parse_config(raw, "config")
-        if not default and routes.keys().isdisjoint(req.fallback_models):
+        if (not default and routes.keys().isdisjoint(req.fallback_models)
+                and req.model not in routes):
             return root
         # A route's model runs its config, one naming no provider the default config, as
-        # each would alone (the primary's route was taken before: root_for).
+        # each would alone; the primary's with the primary's retries.
         targets = []
         for i, (t, model) in enumerate(
                 zip(root.targets, [req.model, *req.fallback_models], strict=True)):
-            if i and model in routes:
-                t = _as_target(self.settings.configs[routes[model]], t.path, model)
+            if model in routes:
+                t = _with_retries(_as_target(self.settings.configs[routes[model]], t.path,
+                                             model), None if i else req.retries)
             elif default and self.router.prefix_provider(model) is None:
                 t = _with_retries(_as_target(self.settings.configs[default], t.path, model),
                                   None if i else req.retries)
