@@ -1176,3 +1176,117 @@ async def test_a_provider_named_by_header_or_prefix_wins_over_the_default_config
     resp = await post(client, stream=False, model="m")
     assert resp.status == 200 and served(upstream) == ("e2", "m")
     assert resp.headers["x-portkey-last-used-option-index"] == "config"
+
+
+# -- Portkey's Model Catalog: `@name` addresses a virtual key ------------------------------------
+
+def catalog_pair(upstream: Any, monkeypatch: Any, **sections: Any) -> Any:
+    """openai_pair with the virtual key vk-e2 (e2's secret) and one named e1 (a provider's
+    name: the provider wins)."""
+    monkeypatch.setenv("VK_E2", "sk-e2-secret")
+    vkeys = {"vk-e2": {"provider": "e2", "api_key_env": "VK_E2"},
+             "e1": {"provider": "e2", "api_key": "sk-shadowed"}}
+    return openai_pair(upstream, virtual_keys=vkeys, **sections)
+
+
+def key_sent(upstream: Any) -> tuple[str, str, str]:
+    """(provider path, model, Authorization) of the last upstream request."""
+    sent = {k.lower(): v for k, v in upstream.requests[-1].headers.items()}
+    return (*served(upstream), sent.get("authorization", ""))
+
+
+async def test_an_at_name_selects_the_virtual_key_of_that_name(
+        proxy: Any, upstream: Any, monkeypatch: Any) -> None:
+    # The catalog's `@openai-prod/gpt-4o` and x-portkey-provider `@openai-prod` were a 400
+    # 'Unknown provider' for a name under virtual_keys.
+    client = await proxy(catalog_pair(
+        upstream, monkeypatch, configs={"c": {"provider": "@vk-e2"},
+                                        "c2": {"override_params": {"model": "@vk-e2/m9"}}},
+        routes={"smart": "c", "smarter": "c2"}))
+    mine = {"authorization": "Bearer sk-client"}
+    secret = "Bearer sk-e2-secret"
+
+    async def sent(config: str | None = None, headers: dict[str, str] | None = None,
+                   **body: Any) -> tuple[str, str, str]:
+        resp = await post(client, config, stream=False, headers={**mine, **(headers or {})},
+                          **body)
+        assert resp.status == 200, await resp.text()
+        return key_sent(upstream)
+
+    assert await sent(model="@vk-e2/m1") == ("e2", "m1", secret)
+    at_vk = {"x-portkey-provider": "@vk-e2"}
+    assert await sent(headers=at_vk, model="m2") == ("e2", "m2", secret)
+    assert await sent(headers=at_vk, model="@vk-e2/m3") == ("e2", "m3", secret)
+    assert await sent(headers=at_vk, model="m4", retries=1) == ("e2", "m4", secret)
+    # fallback_models: the primary fails (the mock's 500), the fallback is the key's
+    assert await sent(model="fast:status=500", fallback_models=["@vk-e2/m5"]) == (
+        "e2", "m5", secret)
+    assert await sent(model="@vk-e2/m6", fallback_models=["e1/x"]) == ("e2", "m6", secret)
+    assert await sent(headers={"x-portkey-provider": "mock"}, model="fast:status=500",
+                      fallback_models=["@vk-e2/m7"]) == ("e2", "m7", secret)
+    # a config target's provider or override model, inline or under routes:
+    assert await sent(json.dumps({"provider": "@vk-e2", "override_params": {"model": "m8"}})) \
+        == ("e2", "m8", secret)
+    assert await sent(json.dumps({"override_params": {"model": "@vk-e2/m9"}})) == (
+        "e2", "m9", secret)
+    assert await sent(json.dumps({"retry": {"attempts": 1}}), headers=at_vk, model="m10") == (
+        "e2", "m10", secret)
+    assert await sent(model="smart") == ("e2", "smart", secret)
+    assert await sent(model="smarter") == ("e2", "m9", secret)
+    # A provider of the name wins; the catalog's form needs its `@`.
+    assert await sent(model="@e1/m11") == ("e1", "m11", "Bearer sk-client")
+    assert await sent(headers={"x-portkey-provider": "@e1"}, model="m12") == (
+        "e1", "m12", "Bearer sk-client")
+    bare = await post(client, stream=False, headers={"x-portkey-provider": "vk-e2"}, model="m")
+    assert bare.status == 400 and (await bare.json())["error"]["param"] == "x-portkey-provider"
+
+
+async def test_an_at_name_never_sends_a_virtual_keys_secret_elsewhere(
+        proxy: Any, upstream: Any, monkeypatch: Any) -> None:
+    client = await proxy(catalog_pair(upstream, monkeypatch))
+    mine = {"authorization": "Bearer sk-client"}
+
+    async def sent(config: Any = None, headers: dict[str, str] | None = None,
+                   **body: Any) -> tuple[str, str, str]:
+        resp = await post(client, None if config is None else json.dumps(config),
+                          stream=False, headers={**mine, **(headers or {})}, **body)
+        assert resp.status == 200, await resp.text()
+        return key_sent(upstream)
+
+    # Another provider named beside the `@name` (header, target, parent) keeps its own key:
+    # the `@name/` model is its model id there, as any other prefix.
+    assert await sent(headers={"x-portkey-provider": "e1"}, model="@vk-e2/m") == (
+        "e1", "@vk-e2/m", "Bearer sk-client")
+    assert await sent({"provider": "e1", "override_params": {"model": "@vk-e2/m"}}) == (
+        "e1", "@vk-e2/m", "Bearer sk-client")
+    assert await sent({"provider": "@vk-e2", "strategy": {"mode": "fallback"},
+                       "targets": [{"provider": "e1"}]}, model="m") == (
+        "e1", "m", "Bearer sk-client")
+    assert await sent({"provider": "@vk-e2", "strategy": {"mode": "fallback"},
+                       "targets": [{"override_params": {"model": "m2"}}]}) == (
+        "e2", "m2", "Bearer sk-e2-secret")  # (the parent's provider is the key's)
+    # Two keys, or a custom host, beside it: refused before anything is sent.
+    for config, headers in (
+            ({"provider": "@vk-e2", "virtual_key": "e1"}, {}),
+            ({"provider": "@e1", "virtual_key": "vk-e2"}, {}),
+            ({"provider": "@vk-e2", "custom_host": "https://evil.example"}, {}),
+            (None, {"x-portkey-provider": "@vk-e2",
+                    "x-portkey-custom-host": "https://evil.example"})):
+        before = len(upstream.requests)
+        resp = await post(client, None if config is None else json.dumps(config),
+                          stream=False, headers={**mine, **headers}, model="m")
+        assert resp.status == 400, config
+        assert "sk-e2-secret" not in await resp.text()
+        assert len(upstream.requests) == before
+    # The same key named twice is one key.
+    assert await sent({"provider": "@vk-e2", "virtual_key": "vk-e2"}, model="m3") == (
+        "e2", "m3", "Bearer sk-e2-secret")
+
+
+def test_a_named_config_may_name_a_virtual_key_as_its_provider(
+        upstream: Any, monkeypatch: Any) -> None:
+    assert load_settings(catalog_pair(upstream, monkeypatch,
+                                      configs={"c": {"provider": "@vk-e2"}})).configs
+    for target in ({"provider": "@vk-e2", "virtual_key": "e1"}, {"provider": "vk-e2"}):
+        with pytest.raises(ConfigError, match=r"config\.provider"):
+            load_settings(catalog_pair(upstream, monkeypatch, configs={"c": target}))

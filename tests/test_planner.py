@@ -818,3 +818,23 @@ def test_a_route_as_the_primary_keeps_fallback_models_and_retries() -> None:
     assert attempts_for(gateway, {"model": "smart", "fallback_models": ["oa/y"]}) == [
         ("an", "claude", 0), ("vx", "smart", 1), ("oa", "y", 0)]
     assert attempts_for(gateway, {"model": "smart"}) == [("an", "claude", 0), ("vx", "smart", 1)]
+
+
+def test_an_at_virtual_key_is_explicit_beside_a_default_config() -> None:
+    # `@vk/x` names a provider (the key's) as `@an/x` does: the default_config serves only
+    # models naming none, alone or beside fallback_models.
+    gateway = gateway_for(configs={"dc": {"provider": "groq"}}, default_config="dc",
+                          virtual_keys={"vk": {"provider": "an", "api_key": "sk-vk"}})
+    assert attempts_for(gateway, {"model": "@vk/x"}) == [("an", "x", 0)]
+    assert attempts_for(gateway, {"model": "@vk/x", "retries": 1,
+                                  "fallback_models": ["@vk/y", "z"]}) == [
+        ("an", "x", 1), ("an", "y", 0), ("groq", "z", 0)]
+    assert [a.target.api_key for a in gateway.plan({}, _req({"model": "@vk/x"}),
+                                                   None).attempts] == ["sk-vk"]
+
+
+def _req(body: dict[str, Any]) -> Any:
+    from streamproxy.openai_api.request import parse_chat_request
+
+    return parse_chat_request(orjson.dumps({"messages": [{"role": "user", "content": "hi"}],
+                                            **body}))

@@ -12,7 +12,8 @@ YAML sections owned here:
     allowed_custom_hosts: [api.example.com, "https://llm.example.com"]  # custom_host allow-list
 
 Precedence for a request: the `x-portkey-config` header; a route for its model; an explicit
-provider (`x-portkey-virtual-key` or `x-portkey-provider` header, or model prefix);
+provider (`x-portkey-virtual-key` or `x-portkey-provider` header, or model prefix; an `@name`
+naming a virtual key, not a provider, is that key: Portkey's Model Catalog);
 `default_config`; the plain default provider. OneLLM's body fields `fallback_models` /
 `retries` build an implicit fallback config when no config applies. The headers the
 portkey-ai SDK sends for its client options apply to every target, over the config's
@@ -153,9 +154,24 @@ def load_settings(config: Config) -> GatewaySettings:
 _VKEY_PROVIDER_RULE = "names another provider than its virtual_key's, whose secret is for that one"
 
 
-def _names_other_than_key(leaf: ConfigNode, key_provider: str) -> bool:
-    """Whether `leaf` names a provider other than `key_provider`, its virtual key's."""
-    return bool(leaf.provider) and leaf.provider.removeprefix("@") != key_provider
+def _names_other_than_key(leaf: ConfigNode, key_provider: str,
+                          providers: Mapping[str, Any], keys: Mapping[str, VirtualKey]) -> bool:
+    """Whether `leaf` names a provider other than `key_provider`, its virtual key's (its
+    `@name` naming that same key names no other)."""
+    return (bool(leaf.provider) and leaf.provider.removeprefix("@") != key_provider
+            and catalog_key(leaf.provider, providers, keys) != leaf.virtual_key)
+
+
+def catalog_key(name: str | None, providers: Mapping[str, Any],
+                keys: Mapping[str, VirtualKey]) -> str | None:
+    """The virtual key `@name` addresses, as Portkey's Model Catalog names an AI provider (its
+    successor to virtual keys) by `@slug` — in x-portkey-provider, a config's `provider` and
+    a model's `@slug/` prefix; only with the `@`, which a model id's own prefix rarely has,
+    and only when no provider has the name (a provider of that name wins)."""
+    if not name or name[:1] != "@":
+        return None
+    name = name[1:]
+    return name if name not in providers and name in keys else None
 
 
 def _allowed_entry(entry: str, src: str, where: str) -> str:
@@ -189,7 +205,9 @@ def _names_config(name: Any, settings: GatewaySettings) -> bool:
 
 def _check_leaf_static(leaf: ConfigNode, settings: GatewaySettings, config: Config,
                        where: str) -> None:
-    provider = (leaf.provider or "").removeprefix("@")
+    keys = settings.virtual_keys
+    at_key = catalog_key(leaf.provider, config.providers, keys)
+    provider = "" if at_key else (leaf.provider or "").removeprefix("@")
     if provider and provider not in config.providers:
         raise ConfigError(config.source, f"{where}: {leaf.path}.provider",
                           f"'{provider}' is not a configured provider")
@@ -205,10 +223,10 @@ def _check_leaf_static(leaf: ConfigNode, settings: GatewaySettings, config: Conf
                           f"'{_host_of(leaf.custom_host) or leaf.custom_host}' is not under "
                           "allowed_custom_hosts")
     if leaf.virtual_key and _names_other_than_key(
-            leaf, settings.virtual_keys[leaf.virtual_key].provider):
+            leaf, keys[leaf.virtual_key].provider, config.providers, keys):
         raise ConfigError(config.source, f"{where}: {leaf.path}.provider", _VKEY_PROVIDER_RULE)
-    provider = provider or (settings.virtual_keys[leaf.virtual_key].provider
-                            if leaf.virtual_key else "")
+    vk_name = leaf.virtual_key or at_key
+    provider = provider or (keys[vk_name].provider if vk_name else "")
     if provider and provider in config.providers:
         type_name = config.providers[provider].type
         for name in leaf.provider_options:
@@ -292,10 +310,13 @@ class Gateway:
         named = self._named_by_headers(headers)
         if req.fallback_models:
             return self._onellm_fallbacks(named, req)
+        if not named and (vk := self._model_key(model)):
+            named = {"virtual_key": vk}
         if "virtual_key" in named:
-            # The plain path knows no virtual keys: one target resolved as a config's, which
-            # takes the header's virtual key as a target that names nothing does.
-            raw: dict[str, Any] = {"retry": {"attempts": req.retries}} if req.retries else {}
+            # The plain path knows no virtual keys: one target resolved as a config's.
+            raw: dict[str, Any] = dict(named)
+            if req.retries:
+                raw["retry"] = {"attempts": req.retries}
             return parse_config(raw, "config")
         default = self.settings.default_config
         if default and not (named or self.router.split_model(model)[0]):  # nothing explicit
@@ -312,6 +333,8 @@ class Gateway:
         name = headers.get(PROVIDER_HEADER)
         if not name:
             return {}
+        if vk := self._at_key(name):
+            return {"virtual_key": vk}
         name = name.removeprefix("@")
         if name not in self.router.providers:
             raise UnknownProvider(f"Unknown provider '{name}' in {PROVIDER_HEADER}. Configured "
@@ -331,8 +354,10 @@ class Gateway:
             leaf: dict[str, Any] = {"override_params": {"model": model}} if model else {}
             if model in routes:
                 pass  # (replaced by the route's config below)
-            elif named and (i == 0 or self.router.prefix_provider(model) is None):
+            elif named and (i == 0 or self._prefix_target(model) is None):
                 leaf.update(named)
+            elif vk := self._model_key(model):
+                leaf["virtual_key"] = vk
             elif (i or default) and (error := self.router.unroutable(
                     model, f"fallback_models[{i - 1}]" if i else "model", bool(default))):
                 # (a fallback's leaf would be refused as the client's `model`; under the
@@ -354,7 +379,7 @@ class Gateway:
             if model in routes:
                 t = _with_retries(_as_target(self.settings.configs[routes[model]], t.path,
                                              model), None if i else req.retries)
-            elif default and self.router.prefix_provider(model) is None:
+            elif default and self._prefix_target(model) is None:
                 t = _with_retries(_as_target(self.settings.configs[default], t.path, model),
                                   None if i else req.retries)
             targets.append(t)
@@ -397,25 +422,28 @@ class Gateway:
                      request_timeouts: dict[str, float | None]) -> Target:
         params = dict(leaf.override_params)
         model_param = params.pop("model", None)
+        model = model_param if model_param is not None else req.model
         vkey = None
-        if leaf.virtual_key:
-            vkey = self._virtual_key(leaf.virtual_key, f"{leaf.path}.virtual_key")
-            if _names_other_than_key(leaf, vkey.provider):
+        vk_name = self._leaf_key(leaf, headers, model_param, model)
+        if vk_name is not None:
+            vkey = self._virtual_key(vk_name, f"{leaf.path}.virtual_key" if leaf.virtual_key
+                                     else VIRTUAL_KEY_HEADER)
+            if leaf.virtual_key and _names_other_than_key(
+                    leaf, vkey.provider, self.router.providers, self.settings.virtual_keys):
                 raise InvalidRequest(f"Invalid config: '{leaf.path}.provider' "
                                      f"{_VKEY_PROVIDER_RULE}.", param=f"{leaf.path}.provider",
                                      code="invalid_config")
-        elif not leaf.provider and model_param is None and VIRTUAL_KEY_HEADER in headers:
-            # A target that names nothing routes like a plain request: by the headers.
-            vkey = self._virtual_key(headers[VIRTUAL_KEY_HEADER], VIRTUAL_KEY_HEADER)
-        name = (leaf.provider or "").removeprefix("@") or (vkey.provider if vkey else None)
-        model = model_param if model_param is not None else req.model
+        name = vkey.provider if vkey else (leaf.provider or "").removeprefix("@")
         if name:
             if name not in self.router.providers:
                 raise InvalidRequest(
                     f"Unknown provider '{name}' at '{leaf.path}.provider'. Configured "
                     f"providers: {', '.join(self.router.providers)}.",
                     param=f"{leaf.path}.provider", code="unknown_provider")
-            target = self.router.target(name, self.router.model_for(name, model), headers)
+            upstream = (model.partition("/")[2] or None
+                        if vk_name and model and model.startswith(f"@{vk_name}/")
+                        else self.router.model_for(name, model))
+            target = self.router.target(name, upstream, headers)
         else:  # a model in override_params with a provider prefix routes by it, not by the
             # header; without one it is the model for the provider the header names
             target = self.router.resolve({k: v for k, v in headers.items()
@@ -432,6 +460,34 @@ class Gateway:
         self._client_options(target, headers, leaf,
                              _sends_operators_key(leaf, vkey, provider, headers))
         return target
+
+    def _leaf_key(self, leaf: ConfigNode, headers: Mapping[str, str],
+                  model_param: str | None, model: str | None) -> str | None:
+        """The virtual key a leaf's target uses: its own, or its `provider: "@name"`; for a
+        leaf naming no provider, as a plain request reads it — an override model's `@name/`
+        prefix, else the x-portkey-virtual-key header, else x-portkey-provider `@name`
+        (unless an override model's prefix names a provider), else the model's `@name/`."""
+        if leaf.virtual_key or leaf.provider:
+            return leaf.virtual_key or self._at_key(leaf.provider)
+        if model_param is not None and (vk := self._model_key(model_param)):
+            return vk
+        if model_param is None and VIRTUAL_KEY_HEADER in headers:
+            return headers[VIRTUAL_KEY_HEADER]
+        header = headers.get(PROVIDER_HEADER)
+        if header:
+            return None if _names_a_provider(self.router, model_param) else self._at_key(header)
+        return self._model_key(model)
+
+    def _at_key(self, name: str | None) -> str | None:
+        return catalog_key(name, self.router.providers, self.settings.virtual_keys)
+
+    def _model_key(self, model: str | None) -> str | None:
+        """The virtual key a model's `@name/` prefix names (see catalog_key), if any."""
+        return self._at_key(model.partition("/")[0]) if model and "/" in model else None
+
+    def _prefix_target(self, model: str | None) -> str | None:
+        """The provider or virtual key a model's prefix names, if any."""
+        return self.router.prefix_provider(model) or self._model_key(model)
 
     def _virtual_key(self, name: str, param: str) -> VirtualKey:
         vkey = self.settings.virtual_keys.get(name)
