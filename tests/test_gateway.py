@@ -1290,3 +1290,21 @@ def test_a_named_config_may_name_a_virtual_key_as_its_provider(
     for target in ({"provider": "@vk-e2", "virtual_key": "e1"}, {"provider": "vk-e2"}):
         with pytest.raises(ConfigError, match=r"config\.provider"):
             load_settings(catalog_pair(upstream, monkeypatch, configs={"c": target}))
+
+
+@pytest.mark.parametrize("header", [{"x-portkey-virtual-key": "vk-e2"},
+                                    {"x-portkey-provider": "@vk-e2"}])
+async def test_a_config_model_without_a_prefix_is_for_the_virtual_key_the_header_names(
+        proxy: Any, upstream: Any, monkeypatch: Any, header: dict[str, str]) -> None:
+    # The SDK's virtual_key= (or provider="@vk-e2") with a config's override_params.model:
+    # the model went to the default provider (the mock: its model-not-found, or another
+    # provider's answer), not the key's; a prefixed model still routes by its prefix.
+    client = await proxy(catalog_pair(upstream, monkeypatch))
+    for model, where in (("m7", ("e2", "m7", "Bearer sk-e2-secret")),
+                         ("e1/m8", ("e1", "m8", "Bearer sk-client")),
+                         ("org/m10", ("e2", "org/m10", "Bearer sk-e2-secret"))):
+        resp = await post(client, stream=False, headers={**header,
+                                                         "authorization": "Bearer sk-client"},
+                          config=orjson.dumps({"override_params": {"model": model}}).decode())
+        assert resp.status == 200, await resp.text()
+        assert key_sent(upstream) == where

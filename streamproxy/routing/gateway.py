@@ -465,17 +465,18 @@ class Gateway:
                   model_param: str | None, model: str | None) -> str | None:
         """The virtual key a leaf's target uses: its own, or its `provider: "@name"`; for a
         leaf naming no provider, as a plain request reads it — an override model's `@name/`
-        prefix, else the x-portkey-virtual-key header, else x-portkey-provider `@name`
-        (unless an override model's prefix names a provider), else the model's `@name/`."""
+        prefix, else the x-portkey-virtual-key header or x-portkey-provider `@name` (unless
+        an override model's prefix names a provider: the SDK's virtual_key= with a config's
+        model asks the key's provider for it), else the model's `@name/`."""
         if leaf.virtual_key or leaf.provider:
             return leaf.virtual_key or self._at_key(leaf.provider)
         if model_param is not None and (vk := self._model_key(model_param)):
             return vk
-        if model_param is None and VIRTUAL_KEY_HEADER in headers:
-            return headers[VIRTUAL_KEY_HEADER]
         header = headers.get(PROVIDER_HEADER)
-        if header:
-            return None if _names_a_provider(self.router, model_param) else self._at_key(header)
+        if VIRTUAL_KEY_HEADER in headers or header:
+            if _names_a_provider(self.router, model_param):
+                return None
+            return headers.get(VIRTUAL_KEY_HEADER) or self._at_key(header)
         return self._model_key(model)
 
     def _at_key(self, name: str | None) -> str | None:
