@@ -315,46 +315,66 @@ async def test_an_open_circuit_is_skipped(proxy: Any, access_log: Any) -> None:
     assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
 
 
+class HalfOpen:
+    """A target that fails with a 503 once `release` is set, behind a 50 ms breaker that its
+    first failure opened and that is half-open now; `arrived` counts its requests."""
+
+    def __init__(self) -> None:
+        self.client: Any = None
+        self.config = ""
+        self.release = asyncio.Event()
+        self.arrived: list[None] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.arrived.append(None)
+        await asyncio.wait_for(self.release.wait(), 10)
+        return web.json_response({"error": {"message": "down"}}, status=503)
+
+    async def trial(self, stream: bool = True) -> asyncio.Future[Any]:
+        """The trial request, once it has reached the target (and waits on it)."""
+        trial = asyncio.ensure_future(post(self.client, self.config, stream=stream))
+        for _ in range(200):  # (bounded)
+            if self.arrived[1:]:
+                break
+            await asyncio.sleep(0.01)
+        return trial
+
+
+async def half_open(proxy: Any, aiohttp_server: Any, access_log: Any) -> HalfOpen:
+    target = HalfOpen()
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", target.handle)
+    server = await aiohttp_server(app)
+    client = target.client = await proxy(make_config({
+        "mock2": {"type": "mock", "default_model": "fast"},
+        "slow": {"type": "openai", "base_url": str(server.make_url("")).rstrip("/"),
+                 "api_key": "k", "default_model": "m"}}, default="mock2"))
+    config = target.config = fallback({"provider": "slow"}, leaf("fast:tokens=2", "mock2"),
+                                      cb_config={"failure_threshold": 1,
+                                                 "cooldown_interval": 50})
+    target.release.set()
+    await post(client, config)  # one failure opens it
+    assert access_log()[-1]["attempts"] == 2
+    target.release.clear()
+    await asyncio.sleep(0.1)  # half-open
+    return target
+
+
 async def test_a_half_open_target_gets_one_trial_while_others_fall_back(
         proxy: Any, aiohttp_server: Any, access_log: Any) -> None:
     # A target still down after its cooldown: of the requests that come at once, one is the
     # trial (and waits for its failure); the others go straight to the fallback.
-    release = asyncio.Event()
-    arrived: list[None] = []
-
-    async def handle(request: web.Request) -> web.Response:
-        arrived.append(None)
-        await asyncio.wait_for(release.wait(), 10)
-        return web.json_response({"error": {"message": "down"}}, status=503)
-
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", handle)
-    server = await aiohttp_server(app)
-    client = await proxy(make_config({
-        "mock2": {"type": "mock", "default_model": "fast"},
-        "slow": {"type": "openai", "base_url": str(server.make_url("")).rstrip("/"),
-                 "api_key": "k", "default_model": "m"}}, default="mock2"))
-    config = fallback({"provider": "slow"}, leaf("fast:tokens=2", "mock2"),
-                      cb_config={"failure_threshold": 1, "cooldown_interval": 50})
-    release.set()
-    await post(client, config)  # one failure opens it
-    assert access_log()[-1]["attempts"] == 2
-    release.clear()
-    await asyncio.sleep(0.1)  # half-open
-    trial = asyncio.ensure_future(post(client, config))
-    for _ in range(200):  # (bounded) until the trial reached the upstream
-        if arrived[1:]:
-            break
-        await asyncio.sleep(0.01)
-    others = [await post(client, config) for _ in range(3)]
+    target = await half_open(proxy, aiohttp_server, access_log)
+    trial = await target.trial()
+    others = [await post(target.client, target.config) for _ in range(3)]
     assert [r.headers["x-portkey-last-used-option-index"] for r in others] == [
         "config.targets[1]"] * 3
     assert [line["attempts"] for line in access_log()[-3:]] == [1, 1, 1]
-    assert len(arrived) == 2  # the first request's, then the trial's alone
-    release.set()
+    assert len(target.arrived) == 2  # the first request's, then the trial's alone
+    target.release.set()
     assert (await trial).status == 200  # the trial failed over
     assert access_log()[-1]["attempts"] == 2
-    resp = await post(client, config)  # the failed trial opened it again
+    resp = await post(target.client, target.config)  # the failed trial opened it again
     assert access_log()[-1]["attempts"] == 1 and resp.status == 200
 
 
@@ -363,38 +383,14 @@ async def test_a_slow_trial_is_the_only_one_past_its_cooldown(
     # A trial that takes longer than the cooldown (a slow first token, a long non-streamed
     # answer) is still the only one: a second request let through after one cooldown met
     # the same broken target, with its own client waiting on it.
-    release = asyncio.Event()
-    arrived: list[None] = []
-
-    async def handle(request: web.Request) -> web.Response:
-        arrived.append(None)
-        await asyncio.wait_for(release.wait(), 10)
-        return web.json_response({"error": {"message": "down"}}, status=503)
-
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", handle)
-    server = await aiohttp_server(app)
-    client = await proxy(make_config({
-        "mock2": {"type": "mock", "default_model": "fast"},
-        "slow": {"type": "openai", "base_url": str(server.make_url("")).rstrip("/"),
-                 "api_key": "k", "default_model": "m"}}, default="mock2"))
-    config = fallback({"provider": "slow"}, leaf("fast:tokens=2", "mock2"),
-                      cb_config={"failure_threshold": 1, "cooldown_interval": 50})
-    release.set()
-    await post(client, config)  # one failure opens it
-    release.clear()
-    await asyncio.sleep(0.1)  # half-open
-    trial = asyncio.ensure_future(post(client, config, stream=False))
-    for _ in range(200):  # (bounded) until the trial reached the upstream
-        if arrived[1:]:
-            break
-        await asyncio.sleep(0.01)
+    target = await half_open(proxy, aiohttp_server, access_log)
+    trial = await target.trial(stream=False)
     await asyncio.sleep(0.15)  # three cooldowns, the trial still waiting on the target
-    others = [await post(client, config) for _ in range(2)]
+    others = [await post(target.client, target.config) for _ in range(2)]
     assert [r.headers["x-portkey-last-used-option-index"] for r in others] == [
         "config.targets[1]"] * 2
-    assert len(arrived) == 2  # the first request's, then the trial's alone
-    release.set()
+    assert len(target.arrived) == 2  # the first request's, then the trial's alone
+    target.release.set()
     assert (await trial).status == 200  # the trial failed over
     assert access_log()[-1]["attempts"] == 2
 
