@@ -259,21 +259,11 @@ async def test_remote_image_url_is_rejected(proxy: Any, upstream: Any) -> None:
     assert upstream.requests == []
 
 
-async def test_error_body_keeps_status(proxy: Any, upstream: Any) -> None:
-    upstream.status = 404
-    upstream.content_type = "application/json"
-    upstream.body = b'{"error":"model \\"nope\\" not found, try pulling it first"}'
-    client = await proxy(provider_config("ollama", upstream.url))
-    resp = await client.post("/v1/chat/completions", json=STREAM_REQ)
-    assert resp.status == 404
-    assert (await resp.json())["error"]["message"] == \
-        'model "nope" not found, try pulling it first'
-
-
 async def test_an_unpulled_model_is_openai_s_model_not_found(proxy: Any,
                                                             upstream: Any) -> None:
-    # Ollama's 404 for a model it does not have, streamed or not; the openai SDK's
-    # NotFoundError carries OpenAI's code for it, as the gateway's own unknown model does.
+    # Ollama's 404 for a model it does not have, streamed or not, keeps its status and words;
+    # the openai SDK's NotFoundError carries OpenAI's code for it, as the gateway's own
+    # unknown model does.
     upstream.status = 404
     upstream.content_type = "application/json"
     upstream.body = b'{"error":"model \\"nope\\" not found, try pulling it first"}'
