@@ -345,6 +345,19 @@ def test_tool_turn_text_beside_its_reasoning_goes_as_content() -> None:
     assert sent["tool_plan"] == "Let me check." and "content" not in sent
 
 
+@pytest.mark.parametrize("fields", [
+    {"reasoning": "Use f."},  # OpenRouter's, Groq's and vLLM's name for it
+    {"reasoning_details": [{"type": "reasoning.text", "text": "Use f.", "index": 0},
+                           {"type": "reasoning.encrypted", "data": "b64"}]},
+])
+def test_tool_turn_reasoning_under_other_names_is_the_plan(fields: dict[str, Any]) -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    turn = {"role": "assistant", "content": "Let me check.", **fields, "tool_calls": [call]}
+    [_, sent] = to_cohere(_body(messages=[{"role": "user", "content": "x"}, turn]),
+                          "m")["messages"]
+    assert sent["tool_plan"] == "Use f." and sent["content"] == "Let me check."
+
+
 def test_a_zero_penalty_is_not_sent() -> None:
     # Cohere refuses a request with both penalties ("cannot specify both frequency_penalty and
     # presence_penalty", its errors reference); clients (the OpenAI playground's code, UIs)

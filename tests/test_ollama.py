@@ -376,6 +376,30 @@ def test_assistant_reasoning_goes_back_as_thinking() -> None:
     assert messages[3] == {"role": "assistant", "content": "It is 18C."}
 
 
+# History collected through OpenRouter, Groq or vLLM (then sent here, by a fallback or a
+# client that changed providers) names the reasoning `reasoning`; OpenRouter's answers also
+# carry it as `reasoning_details` entries (encrypted ones have no text).
+@pytest.mark.parametrize("fields", [
+    {"reasoning": "Need the weather tool."},
+    {"reasoning_details": [{"type": "reasoning.text", "text": "Need the ", "format": "unknown",
+                            "index": 0},
+                           {"type": "reasoning.encrypted", "data": "b64", "index": 1},
+                           {"type": "reasoning.summary", "summary": "weather tool."}]},
+    {"reasoning_content": "Need the weather tool.", "reasoning": "other"},
+    {"reasoning_content": "", "reasoning": "Need the weather tool."},
+])
+def test_reasoning_under_other_names_goes_back_as_thinking(fields: dict[str, Any]) -> None:
+    body = {"messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, **fields,
+         "tool_calls": [{"id": "c1", "type": "function",
+                         "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "18C"},
+    ]}
+    messages = to_ollama(body, "gpt-oss:20b", stream=True)["messages"]
+    assert messages[1]["thinking"] == "Need the weather tool."
+
+
 def test_tool_results_go_in_the_order_of_their_calls() -> None:
     # Calls and results go to Ollama without ids: the model reads a turn's results in order, so
     # parallel calls answered in another order (as each finished) would swap their results.

@@ -77,6 +77,32 @@ def signed_thinking(m: dict[str, Any]) -> list[Any]:
     return []
 
 
+# OpenRouter's `reasoning_details` entries that hold readable text, and the key of their text.
+_REASONING_DETAIL_TEXT = {"reasoning.text": "text", "reasoning.summary": "summary"}
+
+
+def replayed_reasoning(m: dict[str, Any]) -> str:
+    """The reasoning text of an assistant turn sent back, under any name an OpenAI-compatible
+    answer gives it: `reasoning_content` (DeepSeek's, and ours), else `reasoning` (OpenRouter's,
+    Groq's, vLLM's), else the text and summaries in OpenRouter's `reasoning_details` (encrypted
+    entries have none). "" when there is none: a loop begun on another provider keeps its
+    reasoning wherever it goes."""
+    for key in ("reasoning_content", "reasoning"):
+        text = m.get(key)
+        if isinstance(text, str) and text:
+            return text
+    details = m.get("reasoning_details")
+    if not isinstance(details, list):
+        return ""
+    parts = []
+    for detail in details:
+        kind = detail.get("type") if isinstance(detail, dict) else None
+        field = _REASONING_DETAIL_TEXT.get(kind) if isinstance(kind, str) else None
+        if field is not None and isinstance(detail.get(field), str):
+            parts.append(detail[field])
+    return "".join(parts)
+
+
 def answer_cap(body: dict[str, Any]) -> Any:
     """The client's cap on the answer's tokens: `max_completion_tokens` (OpenAI's current
     name), else `max_tokens`; None (or 0) without one."""

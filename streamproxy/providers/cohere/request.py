@@ -6,10 +6,11 @@ Choices (docs/providers/others.md "cohere"):
   data: URL goes as `data:<type>;base64,<data>`, its type read from the image's first bytes
   when they show one (else its label, lower-cased), and must be one Cohere takes
   (IMAGE_TYPES); an http(s) URL goes as it is (Cohere fetches it);
-- an assistant turn with tool calls sends its `reasoning_content` (where we stream Cohere's
-  tool plan), or failing that its text, back as `tool_plan` (text beside a reasoning_content
-  stays `content`), the calls in v2 shape (arguments stay a JSON string); tool results are
-  `tool` messages with `tool_call_id` and string content;
+- an assistant turn with tool calls sends its reasoning (`reasoning_content`, where we stream
+  Cohere's tool plan, or another provider's name for it: `replayed_reasoning`), or failing
+  that its text, back as `tool_plan` (text beside that reasoning stays `content`), the calls
+  in v2 shape (arguments stay a JSON string); tool results are `tool` messages with
+  `tool_call_id` and string content;
 - a function without `parameters` (OpenAI: no arguments) gets an empty object schema, as
   Cohere requires one;
 - a function's `strict: true` → `strict_tools: true` (Cohere's switch covers every tool sent);
@@ -45,6 +46,7 @@ from streamproxy.openai_api.content import (
     logprobs_asked,
     parse_data_url,
     reasoning_effort,
+    replayed_reasoning,
     stop_list,
     texts,
 )
@@ -197,8 +199,8 @@ def _assistant(m: dict[str, Any], i: int) -> dict[str, Any]:
         "function": {"name": call["function"]["name"],
                      "arguments": _arguments(call["function"].get("arguments"))},
     } for j, call in enumerate(calls)]}
-    plan = m.get("reasoning_content")
-    if isinstance(plan, str) and plan:
+    plan = replayed_reasoning(m)
+    if plan:
         msg["tool_plan"] = plan
         if text:  # said beside the plan (a turn from another model): still said
             msg["content"] = text

@@ -9,9 +9,10 @@ Choices (docs/providers/others.md "ollama"):
 - assistant tool calls go back with their arguments as objects; a tool result carries the
   function's name (`tool_name`), looked up from the assistant call it answers, and a turn's
   results go in the order of its calls (they go without call ids: see `_messages`);
-- an assistant turn's `reasoning_content` (where we stream Ollama's `thinking`) goes back as
-  its `thinking`: Ollama's docs ask for it in the history, and gpt-oss, which reasons before
-  its tool calls, otherwise loses why it made them;
+- an assistant turn's reasoning (`reasoning_content`, where we stream Ollama's `thinking`, or
+  another provider's name for it: `replayed_reasoning`) goes back as its `thinking`:
+  Ollama's docs ask for it in the history, and gpt-oss, which reasons before its tool calls,
+  otherwise loses why it made them;
 - `tool_choice: "none"` sends no tools; a named tool_choice sends only that tool; Ollama has no
   way to force a call, so `"required"` is best effort (documented);
 - `response_format` json_object → `format: "json"`, json_schema → `format: <schema>`;
@@ -39,6 +40,7 @@ from streamproxy.openai_api.content import (
     logprobs_asked,
     parse_data_url,
     reasoning_effort,
+    replayed_reasoning,
     stop_list,
     texts,
     tool_call_input,
@@ -147,8 +149,8 @@ def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(_user(m.get("content"), i))
         elif role == "assistant":
             msg: dict[str, Any] = {"role": "assistant", "content": _text(m.get("content"), i)}
-            thinking = m.get("reasoning_content")
-            if isinstance(thinking, str) and thinking:
+            thinking = replayed_reasoning(m)
+            if thinking:
                 msg["thinking"] = thinking
             calls = []
             first = _calls_asked(out)
