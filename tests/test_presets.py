@@ -435,6 +435,54 @@ def test_deepseek_body_without_a_developer_message_is_not_rebuilt() -> None:
     assert provider.adapt_body(body) is body
 
 
+# DeepSeek's thinking mode (its default on V4; deepseek-reasoner) refuses an assistant turn with
+# tool calls sent back without its reasoning: "Missing `reasoning_content` field in the assistant
+# message at message index 2" (continuedev/continue#9831, deepseek-ai/DeepSeek-V3#1053), and V4
+# Pro refuses it empty too (NousResearch/hermes-agent#17341, HKUDS/nanobot#946) — a loop begun
+# on another provider, or a client that keeps only content and tool calls, failed on its second
+# step. Reasoning under another name is that reasoning; with none, a blank stand-in.
+CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
+@pytest.mark.parametrize(("fields", "sent"), [
+    ({}, " "),
+    ({"reasoning_content": ""}, " "),
+    ({"reasoning_content": None}, " "),
+    ({"reasoning": "Use f."}, "Use f."),  # OpenRouter's, Groq's, vLLM's name
+    ({"reasoning_details": [{"type": "reasoning.text", "text": "Use f.", "index": 0}]}, "Use f."),
+    ({"reasoning_content": "Mine.", "reasoning": "Other."}, "Mine."),
+])
+def test_deepseek_tool_turn_always_carries_reasoning_content(fields: dict[str, Any],
+                                                             sent: str) -> None:
+    provider, _ = build("deepseek")
+    turn = {"role": "assistant", "content": None, "tool_calls": [CALL], **fields}
+    messages = [*HI, turn, {"role": "tool", "tool_call_id": "c1", "content": "ok"}]
+    body = {"model": "deepseek-reasoner", "messages": messages}
+    out = provider.adapt_body(body)["messages"]
+    assert out[1] == {**turn, "reasoning_content": sent}
+    assert out[0] == HI[0] and out[2] == messages[2]
+    assert body["messages"][1] == turn  # the client's body is left as is
+
+
+def test_deepseek_turn_without_tool_calls_is_left_as_is() -> None:
+    # Outside a tool loop DeepSeek ignores the reasoning of earlier turns (its thinking-mode
+    # guide): nothing is added.
+    provider, _ = build("deepseek")
+    body = {"model": "m", "messages": [*HI, {"role": "assistant", "content": "Hello"},
+                                       {"role": "assistant", "content": "x", "tool_calls": []},
+                                       {"role": "user", "content": "again"}]}
+    assert provider.adapt_body(body) is body
+
+
+async def test_deepseek_gets_reasoning_back_on_a_loop_begun_elsewhere(proxy: Any,
+                                                                      upstream: Any) -> None:
+    turn = {"role": "assistant", "content": "Checking.", "reasoning": "Need f.",
+            "tool_calls": [CALL]}
+    messages = [*HI, turn, {"role": "tool", "tool_call_id": "c1", "content": "ok"}]
+    await stream(proxy, upstream, "deepseek", MISTRAL, messages=messages)
+    assert upstream.requests[0].json()["messages"][1]["reasoning_content"] == "Need f."
+
+
 # Groq: "The following fields are currently not supported and will result in a 400 error …:
 # logprobs, logit_bias, top_logprobs, messages[].name" (console.groq.com/docs/openai); and
 # "'messages.1' : for 'role:assistant' the following must be satisfied[('messages.1' : property

@@ -41,6 +41,7 @@ from streamproxy.config import ConfigError
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import InvalidRequest, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
+from streamproxy.openai_api.content import replayed_reasoning
 from streamproxy.providers.openai_compat import (
     INTERESTING,
     OpenAIProvider,
@@ -506,17 +507,36 @@ class MistralProvider(CompatProvider):
         return out
 
 
+# The reasoning of a tool-call turn that came back with none: DeepSeek refuses "" as missing.
+NO_REASONING = " "
+
+
 class DeepSeekProvider(CompatProvider):
     """`delta.reasoning_content` (reasoner models) passes through untouched. DeepSeek has no
     `developer` role ("messages[0].role: unknown variant `developer`", a 400), and knows the
     answer's cap only as `max_tokens`: `max_completion_tokens`, which the openai SDKs and most
-    frameworks now send, is silently ignored (the answer runs to the server's default cap)."""
+    frameworks now send, is silently ignored (the answer runs to the server's default cap).
+    In thinking mode (V4's default, deepseek-reasoner) an assistant turn with tool calls must
+    come back with its `reasoning_content`, not empty ("Missing `reasoning_content` field in
+    the assistant message", a 400): one without gets its reasoning under another provider's
+    name (`replayed_reasoning`), else NO_REASONING — a loop begun elsewhere, or a client that
+    keeps only content and calls, goes on (its guide: reasoning sent back where none is
+    needed is ignored)."""
 
     type_name: ClassVar[str] = "deepseek"
     default_base_url: ClassVar[str | None] = "https://api.deepseek.com"
     developer_as_system: ClassVar[bool] = True
     renamed_params: ClassVar[dict[str, str]] = {"max_completion_tokens": "max_tokens"}
     failed_finishes: ClassVar[dict[str, int]] = {"insufficient_system_resource": 503}
+
+    def _adapt_message(self, message: dict[str, Any]) -> dict[str, Any]:
+        out = super()._adapt_message(message)
+        if message["role"] != "assistant" or not message.get("tool_calls"):
+            return out
+        reasoning = message.get("reasoning_content")
+        if isinstance(reasoning, str) and reasoning:
+            return out
+        return {**out, "reasoning_content": replayed_reasoning(message) or NO_REASONING}
 
 
 class TogetherProvider(CompatProvider):
