@@ -346,7 +346,8 @@ def test_tool_choice(choice: Any, config: dict[str, Any]) -> None:
 def test_generation_config_and_json_schema() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}},
               "additionalProperties": False}
-    out = translate([{"role": "user", "content": "x"}], max_completion_tokens=50, max_tokens=9,
+    out = translate([{"role": "user", "content": "x"}], model="gemini-2.0-flash",
+                    max_completion_tokens=50, max_tokens=9,
                     stop=["a", "b"], seed=3, presence_penalty=0.5, frequency_penalty=0.1,
                     top_k=40, response_format={"type": "json_schema", "json_schema": {
                         "name": "s", "schema": schema, "strict": True}})
@@ -354,6 +355,30 @@ def test_generation_config_and_json_schema() -> None:
         "maxOutputTokens": 50, "topK": 40, "presencePenalty": 0.5, "frequencyPenalty": 0.1,
         "seed": 3, "stopSequences": ["a", "b"], "responseMimeType": "application/json",
         "responseJsonSchema": schema}
+
+
+@pytest.mark.parametrize(("model", "penalties", "sent"), [
+    # 1.5 (002) and 2.0 take penalties; 2.5 and later answer any with a 400 ("Penalty is not
+    # enabled for models/gemini-2.5-flash"): dropped there, as a parameter the model can't take.
+    ("gemini-2.0-flash", {"presence_penalty": 0.5, "frequency_penalty": -0.1},
+     {"presencePenalty": 0.5, "frequencyPenalty": -0.1}),
+    ("gemini-1.5-pro-002", {"frequency_penalty": 1}, {"frequencyPenalty": 1}),
+    ("gemini-2.5-flash", {"presence_penalty": 0.5, "frequency_penalty": 0.1}, {}),
+    ("gemini-3-pro-preview", {"presence_penalty": 0.5}, {}),
+    ("gemini-3.1-flash-lite", {"frequency_penalty": 2}, {}),
+    ("gemini-flash-latest", {"frequency_penalty": 0.3}, {}),
+    # A 0 is no penalty (both APIs' default), what frameworks send for one they don't set: never
+    # sent, whatever the model.
+    ("gemini-2.0-flash", {"presence_penalty": 0, "frequency_penalty": 0.0}, {}),
+    ("gemini-2.5-pro", {"presence_penalty": 0, "frequency_penalty": 0}, {}),
+    # Names that are no Gemini release (tuned models, endpoints, Gemma) keep them: Google's
+    # answer says whether the model takes them.
+    ("tunedModels/mine", {"presence_penalty": 0.5}, {"presencePenalty": 0.5}),
+])
+def test_penalties_go_only_to_models_that_take_them(model: str, penalties: dict[str, Any],
+                                                      sent: dict[str, Any]) -> None:
+    out = translate([{"role": "user", "content": "x"}], model=model, **penalties)
+    assert out.get("generationConfig", {}) == sent
 
 
 def test_n_above_one_is_a_400() -> None:

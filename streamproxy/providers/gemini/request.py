@@ -19,6 +19,7 @@ provider-streams.md §4.2; choices documented in docs/providers/gemini.md.
   `_signatures`) and are put back on the part they were received with; for Gemini 3 a
   function call that comes back without one gets Google's SKIP_SIGNATURE_CHECK value;
 - ids we generated for Gemini calls that had none (`call_…`) are never sent upstream;
+- penalties only to the models that take them (`_takes_penalties`), and never a 0;
 - `logprobs` → `responseLogprobs`, `top_logprobs` → `logprobs` (the count: both 0 to 20);
 - `modalities` with `image` → `responseModalities` (image models answer with images);
 - `web_search_options`, and a function tool named `google_search` / `googleSearch`, →
@@ -86,6 +87,10 @@ PRO_MIN_BUDGET = 128
 # ("Developer instruction is not enabled for models/gemma-3-27b-it"), so their instructions
 # open the first user turn, where Gemma's own docs put them.
 NO_SYSTEM_ROLE = re.compile(r"(?:^|/)gemma-[1-3](?![0-9])")
+# The Gemini releases that take presencePenalty / frequencyPenalty: 1.5 (its 002 versions) and
+# 2.0 (Google's "New in 002" cookbook); see _takes_penalties.
+TAKES_PENALTIES = re.compile(r"gemini-(?:1\.|2\.0)")
+PENALTIES = (("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty"))
 THINKING_LEVEL = {"none": "minimal", "minimal": "minimal", "low": "low", "medium": "medium",
                   "high": "high", "xhigh": "high"}
 # Nor can the Gemini 3.x Pro models: they refuse "minimal" ("Thinking level MINIMAL is not
@@ -126,10 +131,13 @@ def _generation_config(body: dict[str, Any], model: str) -> dict[str, Any]:
     if max_tokens:
         config["maxOutputTokens"] = max_tokens
     for key, native in (("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK"),
-                        ("presence_penalty", "presencePenalty"),
-                        ("frequency_penalty", "frequencyPenalty"), ("seed", "seed")):
+                        ("seed", "seed")):
         if body.get(key) is not None:
             config[native] = body[key]
+    if _takes_penalties(model):
+        for key, native in PENALTIES:
+            if body.get(key):  # a 0 is no penalty: left out
+                config[native] = body[key]
     if body.get("n") == 1:
         config["candidateCount"] = 1
     # An empty sequence cuts nothing: it is left out (as for Converse), and so is a list left
@@ -158,6 +166,13 @@ def _generation_config(body: dict[str, Any], model: str) -> dict[str, Any]:
     if thinking is not None:
         config["thinkingConfig"] = thinking
     return config
+
+
+def _takes_penalties(model: str) -> bool:
+    """Gemini 2.5 and later answer any penalty with a 400 ("Penalty is not enabled for this
+    model"): for them the two are dropped, as a parameter a model can't take. A name that is
+    no Gemini release (a tuned model, an endpoint, Gemma) keeps them, for Google to judge."""
+    return "gemini-" not in model or TAKES_PENALTIES.search(model) is not None
 
 
 def _response_modalities(body: dict[str, Any]) -> list[str] | None:
