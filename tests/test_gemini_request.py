@@ -343,6 +343,19 @@ def test_tool_choice(choice: Any, config: dict[str, Any]) -> None:
     assert out["toolConfig"] == {"functionCallingConfig": config}
 
 
+@pytest.mark.parametrize("name", ["google_search", "googleSearch"])
+def test_a_named_choice_of_google_search_calls_no_function(name: str) -> None:
+    # Portkey's search tool, named as OpenAI names the tool that must be used, beside functions:
+    # allowedFunctionNames [name] named no declared function (Gemini's 400), and ANY would force
+    # a function call. Search is no function call: the functions are ruled out, search stays.
+    tools = [{"type": "function", "function": {"name": "f"}},
+             {"type": "function", "function": {"name": name}}]
+    out = translate([{"role": "user", "content": "x"}], tools=tools,
+                    tool_choice={"type": "function", "function": {"name": name}})
+    assert out["tools"] == [{"functionDeclarations": [{"name": "f"}]}, {"googleSearch": {}}]
+    assert out["toolConfig"] == {"functionCallingConfig": {"mode": "NONE"}}
+
+
 def test_generation_config_and_json_schema() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}},
               "additionalProperties": False}

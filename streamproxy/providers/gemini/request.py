@@ -239,6 +239,10 @@ def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
         mode = {"mode": "NONE"}
     elif choice == "required":
         mode = {"mode": "ANY"}
+    elif isinstance(choice, dict) and choice["function"]["name"] in GOOGLE_SEARCH_NAMES:
+        # the search tool must be the one used: it is no function call (allowedFunctionNames
+        # would name no declaration, and ANY force a call), so no function is called
+        mode = {"mode": "NONE"}
     elif isinstance(choice, dict):
         mode = {"mode": "ANY", "allowedFunctionNames": [choice["function"]["name"]]}
     if mode is not None and declarations:  # (it rules function calls; a search is none)
