@@ -429,6 +429,31 @@ def test_reasoning_effort(model: str, effort: str, thinking: dict[str, Any]) -> 
     assert out["generationConfig"] == {"thinkingConfig": thinking}
 
 
+@pytest.mark.parametrize("model", ["gemini-2.0-flash", "gemini-2.0-flash-lite-001",
+                                   "gemini-1.5-pro-002", "gemma-3-27b-it", "gemma-3n-e4b-it",
+                                   "models/gemma-2-9b-it"])
+@pytest.mark.parametrize("effort", ["none", "low", "high"])
+def test_reasoning_effort_is_dropped_for_models_that_cannot_think(model: str,
+                                                                   effort: str) -> None:
+    # They answer any thinkingConfig with a 400 ("Thinking is not enabled for
+    # models/gemini-2.0-flash"); a client's own thinking_config still goes as given.
+    out = translate([{"role": "user", "content": "x"}], model=model, reasoning_effort=effort)
+    assert "generationConfig" not in out
+    out = translate([{"role": "user", "content": "x"}], model=model, reasoning_effort=effort,
+                    thinking_config={"thinkingBudget": 0})
+    assert out["generationConfig"] == {"thinkingConfig": {"thinkingBudget": 0}}
+
+
+@pytest.mark.parametrize(("effort", "level"), [
+    ("none", "minimal"), ("minimal", "minimal"), ("low", "minimal"), ("medium", "high"),
+    ("high", "high"), ("xhigh", "high")])
+def test_gemma_4_takes_minimal_or_high(effort: str, level: str) -> None:
+    # Gemma 4 takes a thinking level, minimal or high alone (low and medium are its 400).
+    out = translate([{"role": "user", "content": "x"}], model="gemma-4-31b-it",
+                    reasoning_effort=effort)
+    assert out["generationConfig"]["thinkingConfig"]["thinkingLevel"] == level
+
+
 def test_native_passthrough() -> None:
     out = translate([{"role": "user", "content": "x"}], reasoning_effort="high",
                     thinking_config={"thinkingBudget": 128},

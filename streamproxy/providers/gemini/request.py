@@ -91,6 +91,13 @@ NO_SYSTEM_ROLE = re.compile(r"(?:^|/)gemma-[1-3](?![0-9])")
 # 2.0 (Google's "New in 002" cookbook); see _takes_penalties.
 TAKES_PENALTIES = re.compile(r"gemini-(?:1\.|2\.0)")
 PENALTIES = (("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty"))
+# Models that do not think and answer any thinkingConfig with a 400 ("Thinking is not enabled
+# for models/gemini-2.0-flash"): Gemini 1.x and 2.0, Gemma 1 to 3. reasoning_effort is dropped
+# for them, as a parameter a model can't take.
+NO_THINKING = re.compile(r"gemini-(?:1\.|2\.0)|(?:^|/)gemma-[1-3](?![0-9])")
+# Gemma 4 takes a level, minimal or high alone (low and medium are its 400).
+GEMMA_LEVEL = {"none": "minimal", "minimal": "minimal", "low": "minimal", "medium": "high",
+               "high": "high", "xhigh": "high"}
 THINKING_LEVEL = {"none": "minimal", "minimal": "minimal", "low": "low", "medium": "medium",
                   "high": "high", "xhigh": "high"}
 # Nor can the Gemini 3.x Pro models: they refuse "minimal" ("Thinking level MINIMAL is not
@@ -190,14 +197,17 @@ def _thinking(body: dict[str, Any], model: str) -> dict[str, Any] | None:
     effort = reasoning_effort(body)  # checked even where a native thinking_config wins
     if body.get("thinking_config") is not None:  # native, wins over reasoning_effort
         return body["thinking_config"]
-    if effort is None:
+    if effort is None or NO_THINKING.search(model):
         return None
-    # Gemini 2.x takes a token budget; Gemini 3 a level (it rejects both together).
-    if "gemini-2" in model:
+    # Gemini 2.x takes a token budget; Gemini 3 and Gemma 4 a level (both together are a 400).
+    config: dict[str, Any]
+    if "gemma-" in model:
+        config = {"thinkingLevel": GEMMA_LEVEL[effort]}
+    elif "gemini-2" in model:
         budget = THINKING_BUDGET[effort]
         if budget == 0 and "gemini-2.5-pro" in model:
             budget = PRO_MIN_BUDGET
-        config: dict[str, Any] = {"thinkingBudget": budget}
+        config = {"thinkingBudget": budget}
     else:
         level = THINKING_LEVEL[effort]
         if level == "minimal" and "-pro" in model:
