@@ -722,6 +722,47 @@ def test_definitions_beside_a_defs_that_is_no_object_stay_where_they_are(defs: A
     assert out["generationConfig"]["responseJsonSchema"] == schema
 
 
+# pydantic 2's schema of a discriminated union (Literal tags; pydantic < 2.9 writes them with no
+# type) and zod's z.literal: `const`, which Gemini's schema fields do not read (ignored: any tag
+# would do). A one-member enum says the same in the words Gemini reads.
+PET = {"$defs": {"Cat": {"properties": {"kind": {"const": "cat", "type": "string"},
+                                        "lives": {"const": 9, "type": "integer"}},
+                         "type": "object"},
+                 "Dog": {"properties": {"kind": {"const": "dog"}, "weight": {"const": 1.5}}}},
+       "properties": {"pet": {"anyOf": [{"$ref": "#/$defs/Cat"}, {"$ref": "#/$defs/Dog"}]},
+                      "const": {"type": "string"}}}  # a property named const stays one
+PET_FOR_GEMINI = {
+    "$defs": {"Cat": {"properties": {"kind": {"enum": ["cat"], "type": "string"},
+                                     "lives": {"enum": [9], "type": "integer"}},
+                      "type": "object"},
+              "Dog": {"properties": {"kind": {"enum": ["dog"], "type": "string"},
+                                     "weight": {"enum": [1.5], "type": "number"}}}},
+    "properties": {"pet": {"anyOf": [{"$ref": "#/$defs/Cat"}, {"$ref": "#/$defs/Dog"}]},
+                   "const": {"type": "string"}}}
+
+
+def test_const_reaches_gemini_as_a_one_member_enum() -> None:
+    given = copy.deepcopy(PET)
+    out = translate([{"role": "user", "content": "x"}],
+                    response_format={"type": "json_schema",
+                                     "json_schema": {"name": "p", "schema": PET}},
+                    tools=[{"type": "function", "function": {"name": "f", "parameters": PET}}])
+    assert out["generationConfig"]["responseJsonSchema"] == PET_FOR_GEMINI
+    assert out["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"] == PET_FOR_GEMINI
+    assert given == PET  # the client's body is left as it came
+
+
+@pytest.mark.parametrize("schema", [
+    {"const": True}, {"const": None}, {"const": {"a": 1}}, {"const": [1]},
+    {"const": "a", "enum": ["a", "b"]},  # an enum beside it is left as written
+    {"const": "a", "type": "integer"},  # (a contradiction: Gemini's to judge)
+])
+def test_other_consts_stay_as_written(schema: dict[str, Any]) -> None:
+    out = translate([{"role": "user", "content": "x"}], response_format={
+        "type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
+    assert out["generationConfig"]["responseJsonSchema"] == schema
+
+
 FILES_URI = "https://generativelanguage.googleapis.com/v1beta/files/abc-123"
 
 

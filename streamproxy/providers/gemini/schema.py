@@ -10,7 +10,10 @@ So, exactly as the schema says:
 - `definitions` becomes `$defs`, and a reference into it `#/…/$defs/…`;
 - a `$ref` with other keywords beside it goes alone into a one-member `anyOf` (a one-member
   `anyOf` means what the `$ref` did), the other keywords staying where they were;
-- a one-member `allOf` is that same one-member `anyOf`.
+- a one-member `allOf` is that same one-member `anyOf`;
+- a string or number `const` (pydantic's `Literal`, zod's `z.literal`: the tags of discriminated
+  unions), which Gemini's fields do not read and ignore, is the one-member `enum` it reads, with
+  the `type` it implies (others, and one beside an `enum` or another type, stay as written).
 References are kept, never inlined: a recursive schema stays one (Gemini unrolls it a few
 levels, for properties that are not required).
 """
@@ -23,6 +26,7 @@ from typing import Any
 _SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions",
                           "dependentSchemas"})
 _SCHEMA_DATA = frozenset({"enum", "const", "default", "examples"})
+_CONST_TYPES = {str: "string", int: "integer", float: "number"}
 
 
 def gemini_schema(schema: Any) -> Any:
@@ -50,12 +54,25 @@ def gemini_schema(schema: Any) -> Any:
             out[key] = _ref(value)
         else:
             out[key] = gemini_schema(value)
+    _const_as_enum(out)
     all_of = out.get("allOf")
     if isinstance(all_of, list) and len(all_of) == 1 and "anyOf" not in out:
         out["anyOf"] = out.pop("allOf")
     if "$ref" in out and "anyOf" not in out and any(key[:1] != "$" for key in out):
         out["anyOf"] = [{"$ref": out.pop("$ref")}]
     return out
+
+
+def _const_as_enum(out: dict[str, Any]) -> None:
+    const = out.get("const")
+    kind = _CONST_TYPES.get(type(const))  # (exact type: a bool is no integer here)
+    if kind is None or "enum" in out:
+        return
+    declared = out.get("type", kind)
+    if declared != kind and not (kind == "integer" and declared == "number"):
+        return
+    out["type"] = declared
+    out["enum"] = [out.pop("const")]
 
 
 def _ref(ref: str) -> str:
