@@ -95,6 +95,35 @@ def test_parser_decodes_gzip_and_refuses_unknown_encodings() -> None:
         ResponseParser().feed(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\nnot gzip")
 
 
+@pytest.mark.parametrize("fields", [
+    [b"Content-Encoding: identity", b"Content-Encoding: gzip"],
+    [b"Content-Encoding: gzip", b"Content-Encoding: identity"],
+    [b"Content-Encoding: identity, gzip"],
+    [b"Content-Encoding: gzip,identity"],
+])
+def test_content_codings_are_read_from_every_field(fields: list[bytes]) -> None:
+    """RFC 9110 5.3 / 8.4: a field sent as several lines is one list, and identity is no
+    layer. Only the first line was read: identity then gzip passed the body on compressed
+    (aiohttp's client decodes it), and "identity, gzip" in one line was a 502."""
+    packed = gzip.compress(b"data: hello\n\n")
+    raw = b"HTTP/1.1 200 OK\r\n%s\r\nContent-Length: %d\r\n\r\n%s" % (
+        b"\r\n".join(fields), len(packed), packed)
+    parser, body = parse_all([raw])
+    assert body == b"data: hello\n\n" and parser.done
+
+
+@pytest.mark.parametrize("fields", [
+    [b"Content-Encoding: gzip", b"Content-Encoding: gzip"],
+    [b"Content-Encoding: gzip, deflate"],
+    [b"Content-Encoding: identity", b"Content-Encoding: br"],
+])
+def test_a_coding_not_decoded_in_any_field_is_refused(fields: list[bytes]) -> None:
+    """Two layers (only one is decoded) or an unknown coding after identity: refused, not
+    passed on still compressed."""
+    with pytest.raises(MalformedResponse):
+        ResponseParser().feed(b"HTTP/1.1 200 OK\r\n%s\r\n\r\n" % b"\r\n".join(fields))
+
+
 @pytest.mark.parametrize("wbits", [zlib.MAX_WBITS, -zlib.MAX_WBITS])
 @pytest.mark.parametrize("piece", [1, 7, 1 << 20])
 def test_a_deflate_body_is_decoded_with_or_without_its_zlib_header(wbits: int,

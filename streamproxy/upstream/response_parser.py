@@ -317,20 +317,28 @@ def parse_head(head: bytes, *, head_request: bool = False) -> ResponseHead:
             if not value.isdigit() or not value.isascii() or len(value) > MAX_LENGTH_DIGITS:
                 raise MalformedResponse("invalid Content-Length")
             length = int(value)
-    encoding = framing.get("content-encoding", [""])[0].strip().lower()
-    if encoding in ("", "identity"):
-        encoding = ""
-    elif encoding == "x-gzip":
-        encoding = "gzip"
-    elif encoding not in ("gzip", "deflate"):
-        # We ask for identity; gzip/deflate are decoded anyway (aiohttp did), others refused.
-        raise MalformedResponse("unsupported Content-Encoding")
+    content_codings = framing.get("content-encoding")
+    encoding = _content_coding(content_codings) if content_codings else ""
     if head_request or status in (204, 304):
         chunked, length = False, 0
     elif not chunked and length is None:
         keep_alive = False  # the body ends when the connection does
     return ResponseHead(status, m.group(3).decode("latin-1") if m.group(3) else "",
                         fields, keep_alive, chunked, length, encoding)
+
+
+def _content_coding(values: list[str]) -> str:
+    """The one coding to undo, of every Content-Encoding line: RFC 9110 5.3 makes the lines
+    one list, so "identity" then "gzip" is a gzip body (reading the first line alone passed it
+    on compressed). We ask for identity; one layer of gzip or deflate is decoded anyway
+    (aiohttp's client does), anything else — another coding, two layers — refused."""
+    codings = [c for c in (c.strip().lower() for c in ",".join(values).split(","))
+               if c not in ("", "identity")]
+    if not codings:
+        return ""
+    if len(codings) > 1 or codings[0] not in ("gzip", "x-gzip", "deflate"):
+        raise MalformedResponse("unsupported Content-Encoding")
+    return "deflate" if codings[0] == "deflate" else "gzip"
 
 
 def _refuse_transfer_codings(codings: list[str]) -> None:
