@@ -173,6 +173,21 @@ def test_the_request_target_has_no_space_or_control_character(url: str, target: 
     assert _split_url(url).target == target
 
 
+@pytest.mark.parametrize(("url", "host_header"), [
+    ("https://例え.jp/v1", "xn--r8jz45g.jp"),
+    ("http://Bücher.example:8080/v1", "xn--bcher-kva.example:8080"),
+    # IDNA 2008, as aiohttp's client (yarl) encodes: Python's own codec, IDNA 2003, maps ß to
+    # "ss" and would reach another host (the one getaddrinfo and SNI were given)
+    ("https://straße.de/v1", "xn--strae-oqa.de"),
+])
+def test_a_non_ascii_host_is_sent_and_reached_as_punycode(url: str, host_header: str) -> None:
+    """The Host header went out as UTF-8 bytes (aiohttp sends the A-label), and the connect
+    and TLS SNI encoded the name their own way."""
+    u = _split_url(url)
+    assert u.host_header == host_header
+    assert u.key[1] == host_header.partition(":")[0]  # what is resolved, and SNI's name
+
+
 async def test_large_request_body(server: tuple[Upstream, str]) -> None:
     up, base = server
     body = bytes(range(256)) * 1000  # over the size that is joined to the head

@@ -36,6 +36,7 @@ from typing import Protocol
 from urllib.parse import quote, urlsplit
 
 import aiohappyeyeballs
+import idna
 from multidict import CIMultiDictProxy
 
 from streamproxy.upstream.egress import NO_PROXIES, EgressProxies, ProxyRoute
@@ -631,14 +632,23 @@ def _split_url(url: str, egress: EgressProxies = NO_PROXIES) -> _Url:
         raise ValueError(f"unsupported upstream URL scheme {scheme!r}")
     default = 443 if scheme == "https" else 80
     port = parts.port or default
-    host = parts.hostname
+    host = name = parts.hostname
+    if not host.isascii():
+        # The A-label everywhere — Host, the name resolved, SNI, CONNECT — by IDNA 2008 as
+        # aiohttp's client (yarl) encodes it. Left as it was, the Host header went out as UTF-8
+        # and the connect and SNI encoded by Python's IDNA 2003 codec (ß → ss: another host).
+        try:
+            host = idna.encode(host, uts46=True).decode("ascii")
+        except idna.IDNAError as e:
+            raise ValueError(f"invalid upstream host name: {e}") from None
     shown = f"[{host}]" if ":" in host else host
     host_header = shown if port == default else f"{shown}:{port}"
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     # RFC 9112 3.2: no space or control character in the target (a custom_host path may hold
     # any), percent-encoded as aiohttp's client does; escapes already there are kept.
     target = quote(target, safe=_TARGET_SAFE)
-    proxy = egress.route(scheme, host, port)
+    # NO_PROXY is matched against the name as written, as for aiohttp's client (client.py)
+    proxy = egress.route(scheme, name, port)
     if proxy is None:
         return _Url((scheme, host, port), target, host_header)
     if scheme == "https":
