@@ -9,6 +9,7 @@ import gzip
 import select
 import socket
 import ssl
+import struct
 import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
@@ -448,6 +449,35 @@ async def test_truncated_body_raises_disconnected(aiohttp_server: Any) -> None:
         with pytest.raises(Disconnected):
             await resp.read()
         resp.close()
+
+
+async def test_a_body_read_until_close_cut_by_a_reset_is_a_truncation(
+        proxy: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Content-Length, not chunked: the upstream's reset mid-body was taken as the body's
+    end, and the cut JSON reached the client as "the upstream answered with a malformed
+    message" (upstream_protocol_error). It is a truncation, as curl reads it (aiohttp's
+    client still takes the reset as the end)."""
+    monkeypatch.delenv(CLIENT_ENV, raising=False)
+
+    async def answer_then_reset(reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n"
+                         b'{"id":"msg_1","type":"message","role":"assistant","content":[')
+            await writer.drain()
+            await asyncio.sleep(0.05)  # read by the proxy before the reset
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+
+    server, url = await raw_server(answer_then_reset)
+    client = await proxy(native_anthropic_config(url.rstrip("/")))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    server.close()
+    assert resp.status == 502
+    assert (await resp.json())["error"]["code"] == "upstream_stream_truncated"
 
 
 # -- selection: the config key and the environment variable ---------------------------------------

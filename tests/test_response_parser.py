@@ -206,6 +206,19 @@ def test_parser_truncation_is_typed() -> None:
     assert not info.value.nothing_received
 
 
+def test_a_body_read_until_close_ends_at_a_close_not_at_a_reset() -> None:
+    """Without Content-Length or chunked only the close ends the body: a clean one (FIN) does;
+    a reset (or any read error) may have cut it anywhere, so it is a truncation."""
+    raw = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: par"
+    parser, body = parse_all([raw])
+    parser.eof()
+    assert parser.done and body == b"data: par"
+    parser, _ = parse_all([raw])
+    with pytest.raises(Disconnected):
+        parser.eof(reset=True)
+    assert not parser.done
+
+
 @pytest.mark.parametrize("raw", [
     b"HTTP/1.1 OK\r\n\r\n",
     b"HTTP/2 200 OK\r\n\r\n",

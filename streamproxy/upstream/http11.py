@@ -143,7 +143,7 @@ class _Connection(asyncio.Protocol):
         if parser is None:
             return
         try:
-            parser.eof()
+            parser.eof(reset=exc is not None)
         except Disconnected as e:
             self._fail(e)
             return

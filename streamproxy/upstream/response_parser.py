@@ -486,10 +486,13 @@ class ResponseParser:
                 self.done = head.length == 0
             return buf
 
-    def eof(self) -> None:
+    def eof(self, *, reset: bool = False) -> None:
+        """`reset`: the connection ended by an error (a reset), not the upstream's close."""
         if self.done:
             return
         if self.head is not None and self._chunked is None and self._left is None:
+            if reset:  # a body read until close is cut by a reset, as curl and Go read it
+                raise Disconnected("the connection was reset mid-response")
             self.done = True  # read-until-close: this is the end
             return
         if self.head is None:
