@@ -757,6 +757,55 @@ async def test_a_released_body_that_does_not_end_is_closed(
         server.close()
 
 
+@pytest.mark.parametrize("piped", [False, True])
+async def test_closing_the_client_ends_the_requests_still_running(piped: bool) -> None:
+    """close() (a worker's cleanup, after its drain) closed only idle connections: a stream
+    still running kept its socket open and its reader waiting, for as long as the upstream
+    went on. Now, as aiohttp's client does, every connection closes and what is still being
+    read fails."""
+    closed = asyncio.Event()
+
+    async def answer_and_wait(reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await read_request(reader)
+            writer.write(HEAD + b"9\r\ndata: x\n\n\r\n")  # and never the end
+            await reader.read()  # until the proxy side closes
+            closed.set()
+        writer.close()
+
+    server, url = await raw_server(answer_and_wait)
+    ended: list[BaseException | None] = []
+
+    class Sink:
+        def data(self, data: bytes) -> None:
+            pass
+
+        def end(self, exc: BaseException | None) -> None:
+            ended.append(exc)
+
+    async with native_client() as client:
+        resp = await post(client, url)
+        await read_event(resp)
+        if piped:
+            resp.pipe(Sink())
+        else:
+            reading = asyncio.ensure_future(resp.read())
+            await asyncio.sleep(0)
+        await client.close()
+        assert client.pool.busy == 0 and resp._conn.closed
+        await closed.wait()  # the upstream saw the close
+        if piped:
+            assert len(ended) == 1 and isinstance(ended[0], Disconnected)
+        else:
+            with pytest.raises(Disconnected):
+                await reading
+        # A request sent after the close is refused, as by a closed aiohttp session.
+        with pytest.raises(ConnectionError):
+            await post(client, url)
+    server.close()
+
+
 async def test_through_the_proxy_the_terminator_a_read_later_keeps_the_connection(
         proxy: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
     """The chunked terminator often arrives a read after the last event (here 50 ms after):

@@ -194,7 +194,10 @@ class _Connection(asyncio.Protocol):
     def _set_busy(self, busy: bool) -> None:
         if busy != self.busy:
             self.busy = busy
-            self.pool.busy += 1 if busy else -1
+            if busy:
+                self.pool.in_use.add(self)
+            else:
+                self.pool.in_use.discard(self)
 
     def close(self) -> None:
         self.closed = True
@@ -441,12 +444,16 @@ class Pool:
         self.max_hosts = max_hosts
         self.idle: dict[tuple[str, str, int], list[_Connection]] = {}  # least recently put first
         self.opened = 0  # connections ever opened (tests, metrics)
-        self.busy = 0  # connections carrying a request now
+        self.in_use: set[_Connection] = set()  # connections carrying a request now
         # Made at the first https connect when not given: reading the trust store blocks the
         # loop ~80 ms, which a worker's client pays at its start (upstream/client.py).
         self._ssl = ssl_context
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
+
+    @property
+    def busy(self) -> int:
+        return len(self.in_use)
 
     def take(self, key: tuple[str, str, int]) -> _Connection | None:
         conns = self.idle.get(key)
@@ -506,6 +513,8 @@ class Pool:
     async def connect(self, key: tuple[str, str, int], timeout: float,
                       tunnel: ProxyRoute | None = None) -> _Connection:
         """A new connection for `key`; with `tunnel`, through a CONNECT to that proxy."""
+        if self._closed:  # (its connection would outlive the client)
+            raise ConnectFailed("the upstream client is closed")
         scheme, host, port = key
         loop = asyncio.get_running_loop()
         conn = _Connection(loop, key, self)
@@ -539,6 +548,11 @@ class Pool:
             for conn in conns:
                 conn.close()
         self.idle.clear()
+        # Requests still running (those a worker's drain did not end) too, as aiohttp's client
+        # closes its acquired connections: left open, each kept its socket and its reader
+        # waiting for as long as the upstream went on. Their readers see the failure.
+        for conn in list(self.in_use):
+            conn._fail(Disconnected("the upstream client closed"))
 
 
 async def _open_socket(host: str, port: int) -> socket.socket:
