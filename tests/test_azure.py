@@ -20,7 +20,7 @@ from streamproxy.config import ConfigError, load_config
 from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.request import parse_chat_request
-from streamproxy.providers.azure import AzureOpenAIProvider
+from streamproxy.providers.azure import AzureOpenAIProvider, AzureTranslator
 from streamproxy.providers.openai_compat import PassthroughTranslator
 from streamproxy.routing.target import Target
 from streamproxy.server.app import build_providers
@@ -130,6 +130,20 @@ async def test_async_filter_finish_without_delta_gets_an_empty_delta(proxy: Any,
     assert finish["choices"][0]["delta"] == {}
     assert finish["choices"][0]["content_filter_results"] == SAFE  # kept for who reads it
     assert not any(c["id"] == "" for c in chunks[:-1])  # annotation chunks dropped
+
+
+@pytest.mark.parametrize("body", [STREAM, ASYNC_STREAM], ids=["sync-filter", "async-filter"])
+@pytest.mark.parametrize("keep_alive", [b"data:\n\n", b"data:   \n\n"], ids=["empty", "blank"])
+def test_an_empty_data_event_is_a_keep_alive(body: bytes, keep_alive: bytes) -> None:
+    # Relays in front of Azure (APIM, proxies) send empty `data:` events as keep-alives; the
+    # plain pass-through skips them, Azure's translator parsed them as JSON and failed the
+    # stream (a 502, or an error frame mid-stream).
+    stream = body.replace(b"data: {", keep_alive + b"data: {")
+    enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    tr = AzureTranslator(enc, 1 << 20, provider="p", client_wants_usage=True)
+    tr.feed(stream)
+    tr.close()
+    check(enc.take(), "Hello there!" if body is STREAM else "Hello")
 
 
 # Asynchronous filter mode when the filter catches the answer: the `content_filter` finish

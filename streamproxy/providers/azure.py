@@ -64,8 +64,8 @@ class AzureTranslator(PassthroughTranslator):
                 self._envelope = {key: first[key] for key in _ENVELOPE_KEYS if first.get(key)}
             super().on_event(event)
             return
-        if data[:6] == b"[DONE]":
-            super().on_event(event)
+        if data[:6] == b"[DONE]" or not data.strip():
+            super().on_event(event)  # the end, or a relay's empty keep-alive (skipped there)
             return
         chunk = load_chunk(data)
         choices = chunk.get("choices")
