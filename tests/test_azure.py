@@ -426,6 +426,27 @@ def test_a_clients_own_key_goes_to_any_resource(headers: dict[str, str]) -> None
     assert sent.headers["api-key"] == "mine"
 
 
+# A Microsoft Entra ID access token: a JWT (base64url header, payload, signature).
+ENTRA_TOKEN = ("eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9"
+               ".eyJhdWQiOiJodHRwczovL2NvZ25pdGl2ZXNlcnZpY2VzLmF6dXJlLmNvbSJ9.c2ln")
+
+
+@pytest.mark.parametrize("key", [None, ENTRA_TOKEN])  # the client's token, or the provider's
+def test_an_entra_token_goes_as_a_bearer_token_in_api_key_mode(key: str | None) -> None:
+    # Azure takes an Entra token only as `Authorization: Bearer`; sent as `api-key` it is a
+    # 401, so a client authenticating with its own Entra token (the openai SDK's
+    # azure_ad_token_provider, through a provider holding no key) could never get through.
+    sent = planned_request({"authorization": f"Bearer {ENTRA_TOKEN}"}, key=key)
+    assert sent.headers["authorization"] == f"Bearer {ENTRA_TOKEN}"
+    assert "api-key" not in sent.headers
+
+
+def test_an_api_key_still_goes_as_api_key() -> None:
+    key = "0123456789abcdef0123456789abcdef"  # Azure's key: 32 hex digits (or 84 characters)
+    sent = planned_request({"authorization": f"Bearer {key}"}, key=None)
+    assert sent.headers["api-key"] == key and "authorization" not in sent.headers
+
+
 def test_the_configured_resource_needs_no_allow_list() -> None:
     sent = planned_request({"x-portkey-azure-resource-name": "Contoso"})
     assert sent.url.lower().startswith("https://contoso.openai.azure.com/")  # (DNS: any case)

@@ -8,7 +8,7 @@ request's model name; a `base_url` ending in `/openai/v1` is Azure's v1 API inst
 Portkey config target's `resource_name` / `deployment_id` / `api_version` (the portkey-ai
 SDK's `x-portkey-azure-*` headers) set those per request. Auth:
 the `api-key` header, or `Authorization: Bearer` when `auth: entra` says the key is a
-Microsoft Entra ID token.
+Microsoft Entra ID token or the key is one (a JWT, such as a client's own token).
 
 Azure's stream differs from OpenAI's in two ways that break naive clients
 (provider-streams.md §8), both normalised here:
@@ -44,6 +44,10 @@ STREAM_USAGE_SINCE = "2024-09-01"
 # `model`, no dated api-version (a base_url ending so selects it).
 V1_PATH = "/openai/v1"
 _DATED = re.compile(r"\d{4}-\d{2}-\d{2}")
+# A Microsoft Entra ID token (a JWT: base64url header `{"…`, payload, signature), which Azure
+# takes only as `Authorization: Bearer` (as `api-key`, a 401); Azure's keys are hex or
+# alphanumeric, never dotted. So a client's own token works without `auth: entra`.
+_JWT = re.compile(r"eyJ[\w-]*\.[\w-]+\.[\w-]*", re.ASCII)
 # The envelope fields an async-filter chunk leaves empty.
 _ENVELOPE_KEYS = ("id", "created", "model")
 
@@ -168,6 +172,6 @@ class AzureOpenAIProvider(OpenAIProvider):
     def auth_headers(self, api_key: str | None) -> dict[str, str]:
         if not api_key:
             return {}
-        if self.cfg.options.get("auth") == "entra":
+        if self.cfg.options.get("auth") == "entra" or _JWT.fullmatch(api_key):
             return {"authorization": f"Bearer {api_key}"}
         return {"api-key": api_key}
