@@ -233,6 +233,10 @@ def test_resource_builds_the_endpoint() -> None:
     ({"api_version": VERSION}, "providers.az.resource"),
     ({"resource": "r", "api_version": VERSION, "auth": "oauth"}, "providers.az.auth"),
     ({"resource": "r", "api_version": VERSION, "deployment": 3}, "providers.az.deployment"),
+    # a host or URL as resource built https://r.openai.azure.com.openai.azure.com
+    ({"resource": "r.openai.azure.com", "api_version": VERSION}, "providers.az.resource"),
+    ({"resource": "https://r.openai.azure.com/", "api_version": VERSION},
+     "providers.az.resource"),
 ])
 def test_config_errors_name_the_key(entry: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as info:

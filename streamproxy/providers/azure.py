@@ -44,6 +44,8 @@ STREAM_USAGE_SINCE = "2024-09-01"
 # `model`, no dated api-version (a base_url ending so selects it).
 V1_PATH = "/openai/v1"
 _DATED = re.compile(r"\d{4}-\d{2}-\d{2}")
+# An Azure resource's name: the first label of its host, {resource}.openai.azure.com.
+_RESOURCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 # A Microsoft Entra ID token (a JWT: base64url header `{"…`, payload, signature), which Azure
 # takes only as `Authorization: Bearer` (as `api-key`, a 401); Azure's keys are hex or
 # alphanumeric, never dotted. So a client's own token works without `auth: entra`.
@@ -105,6 +107,12 @@ class AzureOpenAIProvider(OpenAIProvider):
         for key in ("resource", "deployment", "api_version"):
             if key in options and (not isinstance(options[key], str) or not options[key]):
                 raise ConfigError(source, f"{where}.{key}", "must be a non-empty string")
+        resource = options.get("resource")
+        if resource is not None and not _RESOURCE.fullmatch(resource):
+            # a host or URL here built https://myres.openai.azure.com.openai.azure.com
+            raise ConfigError(source, f"{where}.resource", (
+                "must be the resource's name alone (myres, for https://myres.openai.azure.com), "
+                "not a host or URL: an endpoint elsewhere goes in base_url"))
         if options.get("auth", "api-key") not in AUTH_MODES:
             raise ConfigError(source, f"{where}.auth", f"must be one of {', '.join(AUTH_MODES)}")
 
