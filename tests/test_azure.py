@@ -567,3 +567,27 @@ async def test_the_v1_surface_takes_the_deployment_as_model(
     assert sent.headers["api-key"] == "k"
     assert sent.json()["model"] == "gpt4o-prod"
     assert sent.json()["stream_options"] == {"include_usage": True}
+
+
+async def test_a_deployments_custom_host_without_an_api_version_is_a_400(
+        proxy: Any, upstream: Any) -> None:
+    # A v1 provider needs no api_version, but a custom host that is not v1 is Azure's
+    # deployments API, which does: the request went with an empty `?api-version=`, which Azure
+    # refuses (the client saw Azure's error, not what to send). Given one, it goes.
+    upstream.body = STREAM
+    config = make_config({"up": {"type": "azure", "base_url": upstream.url + "/openai/v1",
+                                 "api_key": "k"}}, default="up",
+                         allowed_custom_hosts=[upstream.url.split("://")[1]])
+    client = await proxy(config)
+    custom = {"x-portkey-custom-host": upstream.url}
+    resp = await client.post("/v1/chat/completions", json=STREAM_REQ, headers=custom)
+    assert resp.status == 400, await resp.text()
+    err = (await resp.json())["error"]
+    assert (err["param"], err["code"]) == ("api_version", "missing_required_parameter")
+    assert "x-portkey-azure-api-version" in err["message"]
+    assert upstream.requests == []
+    resp = await client.post("/v1/chat/completions", json=STREAM_REQ, headers={
+        **custom, "x-portkey-azure-api-version": VERSION})
+    check(await resp.read(), "Hello there!")
+    [sent] = upstream.requests
+    assert sent.path == f"/openai/deployments/m/chat/completions?api-version={VERSION}"

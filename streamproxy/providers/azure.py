@@ -31,6 +31,7 @@ import orjson
 
 from streamproxy.config import ConfigError
 from streamproxy.decode.sse import SSEEvent
+from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.openai_compat import OpenAIProvider, PassthroughTranslator, load_chunk
 
@@ -173,9 +174,17 @@ class AzureOpenAIProvider(OpenAIProvider):
         if self.v1:  # OpenAI's path; an api-version only when one is set (`preview`)
             query = f"?api-version={quote(version)}" if version else ""
             return f"{self.cfg.base_url}/chat/completions{query}"
+        if not version:  # a v1 provider's custom host that is not v1: Azure refuses an
+            # empty api-version, so the client is told what to send
+            raise InvalidRequest(
+                f"Provider '{self.name}' has no api_version, and the custom host (not "
+                "/openai/v1) is Azure's deployments API, which needs one: send "
+                "x-portkey-azure-api-version (or a config target's api_version), or a custom "
+                "host ending in /openai/v1.", param="api_version",
+                code="missing_required_parameter")
         deployment = self.cfg.options.get("deployment") or model
         return (f"{self.base_url}/openai/deployments/{quote(deployment, safe='')}"
-                f"/chat/completions?api-version={quote(version or '')}")
+                f"/chat/completions?api-version={quote(version)}")
 
     def auth_headers(self, api_key: str | None) -> dict[str, str]:
         if not api_key:
