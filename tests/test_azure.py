@@ -591,3 +591,17 @@ async def test_a_deployments_custom_host_without_an_api_version_is_a_400(
     check(await resp.read(), "Hello there!")
     [sent] = upstream.requests
     assert sent.path == f"/openai/deployments/m/chat/completions?api-version={VERSION}"
+
+
+@pytest.mark.parametrize(("headers", "param"), [
+    ({"x-portkey-azure-resource-name": "fabrikam.openai.azure.com"},
+     "x-portkey-azure-resource-name"),
+    ({"x-portkey-config": '{"resource_name": "https://fabrikam.openai.azure.com"}'},
+     "config.resource_name"),
+])
+def test_a_resource_name_given_as_a_host_is_a_400(headers: dict[str, str], param: str) -> None:
+    # It went to https://fabrikam.openai.azure.com.openai.azure.com (a DNS failure, a 502).
+    with pytest.raises(InvalidRequest) as info:
+        planned_request({**headers, "authorization": "Bearer mine"}, key=None)
+    assert info.value.param == param
+    assert "not a host" in info.value.message

@@ -43,6 +43,12 @@ _NODE_KEYS = {"strategy", "targets", "name", "weight", "provider", "api_key", "v
 _ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 OPTION_VALUE = re.compile(_ID)
 OPTION_VALUE_RULE = "an id of letters, digits, '.', '-' and '_'"
+# Azure's resource is the first label of its host ({resource}.openai.azure.com): a host given
+# (`myres.openai.azure.com`) built `myres.openai.azure.com.openai.azure.com`.
+_HOST_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+_HOST_LABEL_RULE = ("a resource's name alone (letters, digits and '-': myres, for "
+                    "https://myres.openai.azure.com), not a host or URL")
+_HOST_LABEL_OPTIONS = frozenset({"resource_name"})
 # Anthropic's beta header names several betas, comma-separated.
 _LIST_OPTIONS = frozenset({"anthropic_beta"})
 _OPTION_LIST = re.compile(rf"{_ID}(?: *, *{_ID})*")
@@ -137,6 +143,8 @@ def option_value_error(name: str, value: Any) -> str | None:
     """What a provider setting's value must be, when `value` is not that; None when it is."""
     if name in _LIST_OPTIONS:
         pattern, rule = _OPTION_LIST, _OPTION_LIST_RULE
+    elif name in _HOST_LABEL_OPTIONS:
+        pattern, rule = _HOST_LABEL, _HOST_LABEL_RULE
     else:
         pattern, rule = OPTION_VALUE, OPTION_VALUE_RULE
     return None if isinstance(value, str) and pattern.fullmatch(value) else rule
