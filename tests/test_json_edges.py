@@ -134,3 +134,35 @@ async def test_a_cached_pass_through_keeps_the_chunks_with_a_lone_surrogate(
     hit = await client.post("/v1/chat/completions", json=body, headers=headers)
     assert hit.headers["x-portkey-cache-status"] == "HIT"
     assert collect(sse_chunks(await hit.read())).content == "a\ufffd\ufffdb ok"
+
+
+# -- a request body that starts with a UTF-8 byte order mark --
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def test_a_body_after_a_utf8_bom_is_read() -> None:
+    """A file saved with a BOM (Windows editors), sent by `curl -d @body.json`: RFC 8259 lets a
+    parser ignore the mark, and what is forwarded is the JSON without it."""
+    raw = b'{"model": "m", "messages": [{"role": "user", "content": "hi \\ud83d"}]}'
+    req = parse_chat_request(_BOM + raw)
+    assert req.body["messages"][0]["content"] == "hi \ufffd"
+    assert not req.raw.startswith(_BOM) and orjson.loads(req.raw) == req.body
+    plain = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
+    assert parse_chat_request(_BOM + plain).raw == plain
+
+
+async def test_a_body_after_a_bom_is_answered_on_both_fronts(proxy: Any, upstream: Any,
+                                                             monkeypatch: Any) -> None:
+    from streamproxy.server import front
+    upstream.body = _openai_sse("hello")
+    for kind in front.FRONTS:
+        monkeypatch.setenv(front.FRONT_ENV, kind)
+        client = await proxy(provider_config("openai", upstream.url))
+        body = orjson.dumps({"model": "m", "stream": True,
+                             "messages": [{"role": "user", "content": "hi"}]})
+        resp = await client.post("/v1/chat/completions", data=_BOM + body,
+                                 headers={"content-type": "application/json"})
+        assert resp.status == 200, (kind, await resp.text())
+        await resp.read()
+        assert upstream.requests[-1].json()["messages"] == [{"role": "user", "content": "hi"}]

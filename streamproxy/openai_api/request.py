@@ -22,6 +22,9 @@ GATEWAY_FIELDS = frozenset({"fallback_models", "retries", "fallback_config"})
 # Each fallback model is a config target, checked and resolved before the first upstream
 # request: without a cap a large body of them held the event loop for seconds.
 MAX_FALLBACK_MODELS = 50
+# A UTF-8 byte order mark: a file saved with one (Windows editors) and sent by `curl -d @f`
+# starts with it. RFC 8259 lets a parser ignore it; orjson refuses it.
+_BOM = b"\xef\xbb\xbf"
 # The model the portkey-ai SDK sends when its caller names none; Portkey's gateway reads it
 # as the provider's default model, as a body without `model` is read here.
 PORTKEY_DEFAULT_MODEL = "portkey-default"
@@ -114,9 +117,10 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
 
 
 def _loads_with_lone_surrogates(raw: bytes, error: orjson.JSONDecodeError) -> tuple[Any, bytes]:
-    """A body orjson refused, with its lone surrogate escapes (which OpenAI accepts) read as
-    U+FFFD, in the body and in the bytes forwarded."""
-    fixed = without_lone_surrogates(raw)
+    """A body orjson refused, without a leading BOM and with its lone surrogate escapes (which
+    OpenAI accepts) read as U+FFFD, in the body and in the bytes forwarded. (Only a refused
+    body is looked at again: one without either costs nothing more.)"""
+    fixed = without_lone_surrogates(raw.removeprefix(_BOM))
     if fixed != raw:
         try:
             return orjson.loads(fixed), fixed
