@@ -185,3 +185,49 @@ def test_a_null_or_empty_content_is_openai_s_400_where_it_is_one(
         parse_chat_request(orjson.dumps(body))
     assert (caught.value.param, caught.value.code) == ("messages[1].content", code)
     assert says in str(caught.value)
+
+
+_HI = b'"messages": [{"role": "user", "content": "hi"}]'
+
+
+@pytest.mark.parametrize(("field", "number", "code", "bound"), [
+    # 2**64 and more: orjson reads the integer as a float (it was 'expected an integer')
+    ("seed", b"18446744073709551616", "integer_above_max_value", "<= 9223372036854775807"),
+    ("seed", b"-9223372036854775809", "integer_below_min_value", ">= -9223372036854775808"),
+    ("seed", b"123456789012345678901234567890", "integer_above_max_value",
+     "<= 9223372036854775807"),
+    # beyond OpenAI's int64 seed, within orjson's u64: it went upstream as it was
+    ("seed", b"9223372036854775808", "integer_above_max_value", "<= 9223372036854775807"),
+    ("seed", b"18446744073709551615", "integer_above_max_value", "<= 9223372036854775807"),
+    ("max_tokens", b"18446744073709551616", "integer_above_max_value", "<= 9223372036854775807"),
+    ("max_completion_tokens", b"99999999999999999999", "integer_above_max_value",
+     "<= 9223372036854775807"),
+    ("n", b"18446744073709551616", "integer_above_max_value", "<= 9223372036854775807"),
+    ("top_logprobs", b"18446744073709551616", "integer_above_max_value",
+     "<= 9223372036854775807"),
+    ("max_tokens", b"-18446744073709551616", "integer_below_min_value", ">= 1"),
+    ("top_logprobs", b"-18446744073709551616", "integer_below_min_value", ">= 0"),
+])
+def test_an_integer_beyond_64_bits_is_openai_s_range_error(field: str, number: bytes, code: str,
+                                                           bound: str) -> None:
+    """OpenAI's answer to an integer out of range (its `seed` is an int64) is a 400 naming the
+    bound, not 'expected an integer' for a number that is one."""
+    raw = b'{"model": "m", "%b": %b, %b}' % (field.encode(), number, _HI)
+    with pytest.raises(InvalidRequest) as caught:
+        parse_chat_request(raw)
+    assert (caught.value.param, caught.value.code) == (field, code)
+    assert f"Expected a value {bound}" in str(caught.value)
+
+
+@pytest.mark.parametrize("body", [b'"seed": 9223372036854775807', b'"seed": -9223372036854775808',
+                                  b'"seed": 0', b'"max_tokens": 9223372036854775807'])
+def test_integers_within_int64_still_pass(body: bytes) -> None:
+    req = parse_chat_request(b'{"model": "m", %b, %b}' % (body, _HI))
+    assert orjson.loads(req.raw) == req.body
+
+
+@pytest.mark.parametrize("value", [b"1.5", b"5.0", b'"5"'])
+def test_a_seed_that_is_no_integer_is_still_a_type_error(value: bytes) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_chat_request(b'{"model": "m", "seed": %b, %b}' % (value, _HI))
+    assert (caught.value.param, caught.value.code) == ("seed", "invalid_type")

@@ -158,6 +158,24 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+# OpenAI's integers are int64s (its `seed`'s documented range), with these least values. An
+# integer beyond 64 bits is a float to orjson, and answered as out of range, as OpenAI does.
+_INT64_MAX = 2**63 - 1
+_INT_MINIMUM = {"max_tokens": 1, "max_completion_tokens": 1, "n": 1, "seed": -(2**63),
+                "top_logprobs": 0}
+
+
+def _out_of_range(param: str, value: float) -> InvalidRequest:
+    above = value > _INT64_MAX
+    bound = f"<= {_INT64_MAX}" if above else f">= {_INT_MINIMUM[param]}"
+    # (a float's digits are no longer the client's: it is not echoed)
+    got = f", but got {value} instead" if isinstance(value, int) else ""
+    side = "above maximum" if above else "below minimum"
+    return InvalidRequest(f"Invalid '{param}': integer {side} value. Expected a value "
+                          f"{bound}{got}.", param=param,
+                          code=f"integer_{'above_max' if above else 'below_min'}_value")
+
+
 def _type_error(param: str, expected: str) -> InvalidRequest:
     return InvalidRequest(f"Invalid type for '{param}': expected {expected}.", param=param,
                           code="invalid_type")
@@ -202,6 +220,9 @@ def _validate(body: dict[str, Any], limits: Limits) -> bool:
         if body.get(name) is not None and body[name] < 1:
             raise InvalidRequest(f"'{name}' must be at least 1.", param=name,
                                  code="invalid_value")
+    for name in _INT_MINIMUM:  # (orjson's ints go up to 2**64 - 1)
+        if (body.get(name) or 0) > _INT64_MAX:
+            raise _out_of_range(name, body[name])
     if "messages" not in body:
         raise InvalidRequest("Missing required parameter: 'messages'.", param="messages",
                              code="missing_required_parameter")
@@ -358,6 +379,9 @@ def _check_scalars(body: dict[str, Any]) -> None:
     for name, (ok, expected) in _SCALARS.items():
         value = body.get(name)
         if value is not None and not ok(value):
+            if (name in _INT_MINIMUM and type(value) is float and value.is_integer()
+                    and not -(2**63) < value <= _INT64_MAX):  # an integer beyond 64 bits
+                raise _out_of_range(name, value)
             raise _type_error(name, expected)
 
 
