@@ -231,3 +231,18 @@ def test_a_seed_that_is_no_integer_is_still_a_type_error(value: bytes) -> None:
     with pytest.raises(InvalidRequest) as caught:
         parse_chat_request(b'{"model": "m", "seed": %b, %b}' % (value, _HI))
     assert (caught.value.param, caught.value.code) == ("seed", "invalid_type")
+
+
+@pytest.mark.parametrize("message", [
+    {"role": "assistant", "content": "sunny", "tool_calls": []},
+    {"role": "assistant", "tool_calls": []},  # went on as a blank assistant turn
+    {"role": "assistant", "content": None, "tool_calls": []},
+])
+def test_an_empty_tool_calls_array_is_openai_s_400(message: dict[str, Any]) -> None:
+    """OpenAI refuses `tool_calls: []` (what openai-node's parse helpers once sent back);
+    the translators answered it, and one with no content besides as a blank turn."""
+    body = {"messages": [{"role": "user", "content": "weather?"}, message]}
+    with pytest.raises(InvalidRequest) as caught:
+        parse_chat_request(orjson.dumps(body))
+    assert (caught.value.param, caught.value.code) == ("messages[1].tool_calls", "empty_array")
+    assert "Expected an array with minimum length 1" in str(caught.value)

@@ -390,6 +390,12 @@ def _missing(param: str) -> InvalidRequest:
                           code="missing_required_parameter")
 
 
+def _empty_array(param: str) -> InvalidRequest:
+    return InvalidRequest(f"Invalid '{param}': empty array. Expected an array with minimum "
+                          "length 1, but got an empty array instead.", param=param,
+                          code="empty_array")
+
+
 def _validate_message(i: int, m: Any) -> bool:
     """Raise for what is wrong; True when it holds a custom tool call."""
     where = f"messages[{i}]"
@@ -408,9 +414,7 @@ def _validate_message(i: int, m: Any) -> bool:
         if content is None:
             raise InvalidRequest("Invalid value for 'content': expected a string, got null.",
                                  param=f"{where}.content", code="invalid_type")
-        raise InvalidRequest(f"Invalid '{where}.content': empty array. Expected an array with "
-                             "minimum length 1, but got an empty array instead.",
-                             param=f"{where}.content", code="empty_array")
+        raise _empty_array(f"{where}.content")
     if isinstance(content, list):
         for j, part in enumerate(content):
             if not isinstance(part, dict) or not isinstance(part.get("type"), str):
@@ -431,6 +435,8 @@ def _validate_message(i: int, m: Any) -> bool:
         return False
     if not isinstance(calls, list):
         raise _type_error(f"{where}.tool_calls", "an array")
+    if not calls:  # as OpenAI (without content, it went on as a blank turn)
+        raise _empty_array(f"{where}.tool_calls")
     custom = False
     for j, c in enumerate(calls):
         if is_custom(c):
