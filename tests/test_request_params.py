@@ -246,3 +246,17 @@ def test_an_empty_tool_calls_array_is_openai_s_400(message: dict[str, Any]) -> N
         parse_chat_request(orjson.dumps(body))
     assert (caught.value.param, caught.value.code) == ("messages[1].tool_calls", "empty_array")
     assert "Expected an array with minimum length 1" in str(caught.value)
+
+
+@pytest.mark.parametrize(("retries", "code"), [
+    (11, "invalid_value"), (-1, "invalid_value"), (10**30, "invalid_value"),
+    ("2", "invalid_type"), (1.5, "invalid_type"), (True, "invalid_type"), ({}, "invalid_type"),
+])
+def test_a_onellm_retries_out_of_range_or_type_has_a_code(retries: Any, code: str) -> None:
+    """A 400 naming `retries` had `code: null`, where every other field's has one."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "retries": retries}
+    with pytest.raises(InvalidRequest) as caught:
+        parse_chat_request(orjson.dumps(body) if retries != 10**30 else
+                           b'{"retries": %d, %b}' % (retries, _HI))
+    assert (caught.value.param, caught.value.code) == ("retries", code)
+    assert "from 0 to 10" in str(caught.value)

@@ -96,7 +96,10 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
         raise InvalidRequest(f"'fallback_models[{i}]' is an empty model name.",
                              param=f"fallback_models[{i}]", code="invalid_value")
     if retries is not None and (not _is_int(retries) or not 0 <= retries <= 10):
-        raise InvalidRequest("'retries' must be an integer from 0 to 10.", param="retries")
+        # (a number out of range, 10**30 a float to orjson, is a wrong value, not type)
+        out = _is_num(retries) and not 0 <= retries <= 10
+        raise InvalidRequest("'retries' must be an integer from 0 to 10.", param="retries",
+                             code="invalid_value" if out else "invalid_type")
     opts = body.get("stream_options") or {}
     if body.get("stream_options") is not None and body.get("stream") is not True:
         # As OpenAI: options for a stream on a request for one answer are a client's mistake.
