@@ -144,3 +144,28 @@ async def test_a_message_without_content_is_openais_400(default_proxy: Any) -> N
         await client.chat.completions.create(model="mock/fast", messages=[{"role": "user"}])
     assert info.value.param == "messages[0].content"
     assert info.value.code == "missing_required_parameter"
+
+
+async def test_models_retrieve_reads_a_bare_model_as_a_virtual_key_routes_it(proxy: Any) -> None:
+    """x-portkey-virtual-key (the portkey-ai SDK's `virtual_key`), or x-portkey-provider
+    `@key`, picks the provider a chat request goes to (before x-portkey-provider's name):
+    `models.retrieve` names a bare model by that provider too, as does `@key/model`."""
+    from tests.helpers import make_config
+    config = make_config({"mock": {"type": "mock", "default_model": "fast", "models": ["paced"]},
+                          "mock-openai": {"type": "mock", "wire": "openai",
+                                          "default_model": "fast", "models": ["tool"]}},
+                         default="mock", virtual_keys={"team": {"provider": "mock-openai",
+                                                                "api_key": "sk-team"}})
+    client = openai_sdk(await proxy(config), "sk-client")
+    for headers, named in (({"x-portkey-virtual-key": "team"}, "tool"),
+                           ({"x-portkey-virtual-key": "team"}, "@team/tool"),
+                           ({"x-portkey-virtual-key": "team"}, "mock-openai/tool"),
+                           ({"x-portkey-virtual-key": "team",
+                             "x-portkey-provider": "mock"}, "tool"),  # (the key wins)
+                           ({"x-portkey-provider": "@team"}, "tool"),
+                           ({}, "@team/tool")):
+        model = await client.models.retrieve(named, extra_headers=headers)
+        assert (model.id, model.owned_by) == (named, "mock-openai"), headers
+    for headers in ({"x-portkey-virtual-key": "team"}, {"x-portkey-provider": "@team"}):
+        with pytest.raises(openai.NotFoundError):  # mock's alone: a chat would ask mock-openai
+            await client.models.retrieve("paced", extra_headers=headers)

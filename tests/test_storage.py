@@ -881,3 +881,22 @@ async def test_a_list_after_a_cursor_that_names_no_completion_is_a_400(proxy: An
     assert [x.id for x in page.data] == [ids[2]]
     page = await api.chat.completions.list(after=ids[1], order="desc")
     assert [x.id for x in page.data] == [ids[0]]
+
+
+async def test_the_model_filter_knows_a_model_by_the_provider_its_virtual_key_named(
+        proxy: Any, tmp_path: Path) -> None:
+    # x-portkey-virtual-key picks the provider as x-portkey-provider does (and before it):
+    # `model: "fast"` with a key of mock-openai's is mock-openai's `fast`.
+    keys = {"team": {"provider": "mock-openai", "api_key": "sk-team"}}
+    api = openai_sdk(await proxy(config(tmp_path, virtual_keys=keys)), "sk-client")
+    done = [await api.chat.completions.create(model="fast:tokens=2", messages=USER, store=True,
+                                              extra_headers=headers)
+            for headers in ({"x-portkey-virtual-key": "team"}, {"x-portkey-provider": "@team"})]
+    await stored(api, done[-1].id)
+    await stored(api, done[0].id)
+    ids = sorted(d.id for d in done)
+    for named in ("mock-openai/fast:tokens=2", "@mock-openai/fast:tokens=2"):
+        page = await api.chat.completions.list(model=named)
+        assert sorted(x.id for x in page.data) == ids, named
+    for named in ("mock/fast:tokens=2", "@mock/fast:tokens=2"):
+        assert (await api.chat.completions.list(model=named)).data == [], named

@@ -58,7 +58,7 @@ from streamproxy.routing.portkey_config import (
     option_value_error,
     parse_config,
 )
-from streamproxy.routing.router import PROVIDER_HEADER, Router, client_key
+from streamproxy.routing.router import PROVIDER_HEADER, Router, client_key, routed_model
 from streamproxy.routing.target import Target
 
 CONFIG_HEADER = "x-portkey-config"
@@ -478,6 +478,21 @@ class Gateway:
                 return None
             return headers.get(VIRTUAL_KEY_HEADER) or self._at_key(header)
         return self._model_key(model)
+
+    def routed_model(self, headers: Mapping[str, str], model: str | None) -> str | None:
+        """The name routing reads `model` by (router.routed_model), as `provider/model` for
+        the provider a virtual key picks too — by x-portkey-virtual-key, x-portkey-provider
+        `@key` or, without those, a model's `@key/` prefix: what `/v1/models/{model}` and the
+        stored completions' model filter match, as a chat request would be served."""
+        vk = headers.get(VIRTUAL_KEY_HEADER) or self._at_key(headers.get(PROVIDER_HEADER))
+        if not vk and not headers.get(PROVIDER_HEADER):
+            vk = self._model_key(model)
+        vkey = self.settings.virtual_keys.get(vk) if vk else None
+        if vkey is None or not model:  # (an unknown key: routing's 400)
+            return routed_model(headers, model)
+        upstream = (model.partition("/")[2] or None if model.startswith(f"@{vk}/")
+                    else self.router.model_for(vkey.provider, model))  # (as resolve_leaf)
+        return f"{vkey.provider}/{upstream}" if upstream else model
 
     def _at_key(self, name: str | None) -> str | None:
         return catalog_key(name, self.router.providers, self.settings.virtual_keys)

@@ -21,7 +21,7 @@ from streamproxy.relay import relay
 from streamproxy.routing.executor import OpenedStream
 from streamproxy.routing.gateway import parse_metadata
 from streamproxy.routing.planner import Plan
-from streamproxy.routing.router import listed_model, routed_model
+from streamproxy.routing.router import listed_model
 from streamproxy.server.admission import ADMISSION
 from streamproxy.server.auth import allowed_targets
 from streamproxy.server.drain import shutdown_error
@@ -312,11 +312,12 @@ async def list_models(request: web.Request) -> web.Response:
 async def retrieve_model(request: web.Request) -> web.Response:
     """`GET /v1/models/{model}` (the SDKs' `models.retrieve`): one of the listed models, else
     OpenAI's 404. The SDKs percent-encode the id's `/`; aiohttp decodes it. The model is
-    named as a chat request names it: with `x-portkey-provider` a bare one is that
-    provider's, not the default's."""
+    named as a chat request names it: with `x-portkey-provider` or a virtual key a bare one
+    is that provider's, not the default's."""
     model = request.match_info["model"]
-    listed = listed_model(request.app[STATE].config,
-                          routed_model(request.headers, model) or model)
+    state = request.app[STATE]
+    listed = listed_model(state.config, state.gateway.routed_model(request.headers, model)
+                          or model)
     for item in _models(request):
         if item["id"] == listed:
             return web.json_response({**item, "id": model})

@@ -38,7 +38,8 @@ FEATURES = web.AppKey("streamproxy_store_and_cache", StoreAndCache)
 
 
 def install(app: web.Application, state: AppState) -> None:
-    features = StoreAndCache(StoredCompletions(parse_storage_config(state.config)),
+    features = StoreAndCache(StoredCompletions(parse_storage_config(state.config),
+                                               routed=state.gateway.routed_model),
                              ResponseCache(parse_cache_settings(state.config)))
     app[FEATURES] = features
     features.storage.add_routes(app)

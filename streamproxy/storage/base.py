@@ -18,8 +18,8 @@ class StoredCompletion:
     owner: str
     created: int
     model: str  # the model the answer names (the upstream's)
-    # the model the client sent (e.g. "anthropic/claude-…"), as `provider/model` when an
-    # x-portkey-provider header chose the provider (routing/router.py `routed_model`)
+    # the model the client sent (e.g. "anthropic/claude-…"), as `provider/model` when a
+    # header chose the provider (routing/gateway.py `Gateway.routed_model`)
     request_model: str | None
     metadata: dict[str, str]
     request: dict[str, Any]  # the client's body (messages, params), minus `store`

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -123,8 +123,13 @@ class StoreTicket:
 
 
 class StoredCompletions:
-    def __init__(self, cfg: StorageConfig, store: CompletionStore | None = None) -> None:
+    def __init__(self, cfg: StorageConfig, store: CompletionStore | None = None,
+                 routed: Callable[[Mapping[str, str], str | None], str | None] = routed_model,
+                 ) -> None:
         self.cfg = cfg
+        # The name routing reads a model by (the app's Gateway.routed_model, which knows its
+        # virtual keys): the stored request's model, which the list's filter matches.
+        self.routed_model = routed
         self.store: CompletionStore = store or SQLiteStore(cfg.path,
                                                            max_pending=cfg.max_pending)
 
@@ -148,7 +153,8 @@ class StoredCompletions:
         record.capture = True
         pending = record.pending if record.pending is not None else {}
         pending["store"] = StoreTicket(owner_of(request), snapshot, dict(metadata),
-                                       routed_model(request.headers, snapshot.get("model")))
+                                       self.routed_model(request.headers,
+                                                         snapshot.get("model")))
         record.pending = pending
 
     def observe(self, record: RequestRecord) -> None:
