@@ -66,7 +66,7 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
-        body, raw = _loads_with_lone_surrogates(raw, e)
+        body, raw = _loads_refused_body(raw, e)
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     # Each level of nesting opens a bracket (one inside a string only adds to the count): a body
@@ -119,7 +119,7 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
     )
 
 
-def _loads_with_lone_surrogates(raw: bytes, error: orjson.JSONDecodeError) -> tuple[Any, bytes]:
+def _loads_refused_body(raw: bytes, error: orjson.JSONDecodeError) -> tuple[Any, bytes]:
     """A body orjson refused, without a leading BOM and with its lone surrogate escapes (which
     OpenAI accepts) read as U+FFFD, in the body and in the bytes forwarded. (Only a refused
     body is looked at again: one without either costs nothing more.)"""
