@@ -73,6 +73,16 @@ class Tree:
             self.proc.wait(5)
 
 
+def serve_refused(config: Path, port: int, workers: str, metrics: Path,
+                  timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`streamproxy serve` run to its end, which a test expects to come at start."""
+    return subprocess.run(
+        [sys.executable, "-m", "streamproxy", "serve", "--config", str(config),
+         "--port", str(port), "--workers", workers],
+        capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+
+
 @contextlib.asynccontextmanager
 async def serving(tmp_path: Path, config_text: str, workers: int) -> AsyncIterator[Tree]:
     """A tree serving `config_text` with every worker listening; killed at the end."""
@@ -176,11 +186,7 @@ async def test_a_second_instance_on_the_same_port_refuses_to_start(tree: Tree,
     # Given the same metrics directory, it must leave the running instance's files alone
     # (serve clears a previous run's from it: only once the port is its own).
     assert await stream_ok(tree.url)
-    proc = subprocess.run(
-        [sys.executable, "-m", "streamproxy", "serve", "--config", str(tree.config),
-         "--port", str(tree.port), "--workers", workers],
-        capture_output=True, text=True, timeout=30,
-        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tree.config.parent / "metrics")})
+    proc = serve_refused(tree.config, tree.port, workers, tree.config.parent / "metrics", 30)
     assert proc.returncode == 1
     assert f"cannot listen on 127.0.0.1:{tree.port}" in proc.stderr
     assert await stream_ok(tree.url)
@@ -319,11 +325,7 @@ def test_workers_report_a_bad_section_once_and_start_none(tmp_path: Path, sectio
     The master checks every section before it forks: one line, exit status 2."""
     config = tmp_path / "proxy.yaml"
     config.write_text(CONFIG.format(grace=1, models="fast") + section)
-    proc = subprocess.run(
-        [sys.executable, "-m", "streamproxy", "serve", "--config", str(config),
-         "--port", str(_free_port()), "--workers", "3"],
-        capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    proc = serve_refused(config, _free_port(), "3", tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"streamproxy: config error: {config}: {reason}"), proc.stderr
     assert proc.stderr.count("config error") == 1, proc.stderr
@@ -967,11 +969,7 @@ def test_a_metrics_directory_that_is_not_one_is_said_once_at_start(tmp_path: Pat
     config = tmp_path / "proxy.yaml"
     config.write_text(CONFIG.format(grace=1, models="fast"))
     missing = tmp_path / "missing"
-    proc = subprocess.run(
-        [sys.executable, "-m", "streamproxy", "serve", "--config", str(config),
-         "--port", str(_free_port()), "--workers", "2"],
-        capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(missing)})
+    proc = serve_refused(config, _free_port(), "2", missing)
     assert proc.returncode == 2
     assert proc.stderr == (f"streamproxy: config error: env PROMETHEUS_MULTIPROC_DIR: "
                            f"'{missing}' is not a directory\n")
