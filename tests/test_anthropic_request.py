@@ -248,6 +248,29 @@ def test_an_end_user_id_too_long_for_anthropic_goes_as_its_hash() -> None:
     assert sent == [hashlib.sha256(i.encode()).hexdigest() for i in long_ids]
 
 
+@pytest.mark.parametrize(("temperature", "sent"), [(1.5, 1), (2, 1), (1.0, 1.0), (0.7, 0.7),
+                                                   (0, 0), (2.5, 2.5)])
+def test_a_temperature_above_claudes_range_is_claudes_top(temperature: float, sent: float,
+                                                          ) -> None:
+    """OpenAI's temperature runs to 2, Claude's to 1 (Anthropic answers 1.5 with a 400, and so
+    a fallback from an OpenAI model would fail): one within OpenAI's range is sent as Claude's
+    most random, 1; one OpenAI refuses goes as sent, for Anthropic's 400. So on Vertex."""
+    assert translate(temperature=temperature)["temperature"] == sent
+    vertex = to_anthropic({"messages": [{"role": "user", "content": "x"}],
+                           "temperature": temperature}, "claude-sonnet-4-5@20250929",
+                          VERTEX_WITHOUT_STRUCTURED_OUTPUTS, url_images=False)
+    assert vertex["temperature"] == sent
+
+
+def test_a_temperature_sent_as_1_goes_beside_thinking() -> None:
+    # Thinking takes a temperature of 1 only: 1.5 is sent as 1, so it is not refused.
+    out = translate(temperature=1.5, reasoning_effort="low")
+    assert out["temperature"] == 1 and out["thinking"]["type"] == "enabled"
+    with pytest.raises(InvalidRequest) as refused:
+        translate(temperature=0.5, reasoning_effort="low")
+    assert refused.value.param == "temperature"
+
+
 def test_top_p_of_one_is_not_sent_beside_temperature() -> None:
     """Newer Claude models refuse temperature and top_p together ("cannot both be specified
     for this model"), and frameworks send OpenAI's default top_p 1 (no nucleus cut) with a

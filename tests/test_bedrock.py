@@ -892,6 +892,17 @@ def test_claude_gets_no_top_p_of_one_beside_temperature() -> None:
     assert to_converse({**body, "top_p": 0.9}, CLAUDE)["inferenceConfig"]["topP"] == 0.9
 
 
+def test_claude_gets_a_temperature_above_1_as_1() -> None:
+    """As on Anthropic: Claude's temperature runs to 1, OpenAI's to 2 (Converse answers Claude
+    1.5 with a 400), so one between is Claude's top; also beside thinking, which takes 1."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "temperature": 1.5}
+    assert to_converse(body, CLAUDE)["inferenceConfig"] == {"temperature": 1}
+    thinking = to_converse({**body, "reasoning_effort": "low"}, CLAUDE)
+    assert thinking["inferenceConfig"]["temperature"] == 1
+    assert to_converse({**body, "temperature": 0.3}, CLAUDE)["inferenceConfig"] == {
+        "temperature": 0.3}
+
+
 @pytest.mark.parametrize(("body", "budget", "max_tokens"), [
     ({"reasoning_effort": "high", "max_completion_tokens": 5000}, 4999, 5000),
     ({"reasoning_effort": "low", "max_tokens": 1025}, 1024, 1025),

@@ -40,6 +40,7 @@ Choices (README "Anthropic"):
   `text/*` file → a plain-text document (Anthropic's base64 documents take only PDF); other
   types are a 400 naming the type, and so is an OpenAI `file_id`;
 - a whitespace-only stop sequence is a 400 (Claude refuses one);
+- a `temperature` above Claude's 1 and within OpenAI's 2 is sent as 1 (`claude_temperature`);
 - `top_p` 1 (no nucleus cut) is not sent: newer Claude models refuse it beside `temperature`;
   the Claudes that refuse sampling at all (Opus 4.7 on: `takes_no_sampling`) get no
   `temperature`, `top_p` or `top_k`;
@@ -79,6 +80,7 @@ from streamproxy.openai_api.content import (
 )
 from streamproxy.providers.anthropic.thinking import (
     adaptive_effort,
+    claude_temperature,
     fit_thinking,
     takes_adaptive_thinking_only,
     takes_no_sampling,
@@ -153,6 +155,8 @@ def to_anthropic(body: dict[str, Any], model: str,
     for key in ("temperature", "top_p", *PASSTHROUGH):
         if body.get(key) is not None:
             out[key] = body[key]
+    if "temperature" in out:
+        out["temperature"] = claude_temperature(out["temperature"])
     if any(key in out for key in SAMPLING) and takes_no_sampling(model):
         for key in SAMPLING:  # (frameworks send a default temperature: a 400 on these)
             out.pop(key, None)

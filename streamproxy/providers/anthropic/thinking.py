@@ -62,6 +62,17 @@ def takes_no_sampling(model: str) -> bool:
     return takes_adaptive_thinking_only(model)
 
 
+def claude_temperature(temperature: Any) -> Any:
+    """`temperature` as Claude takes it: one above Claude's top (1) but within OpenAI's (2) is
+    1, the most random Claude samples, where Anthropic and Converse answer it with a 400
+    ("temperature: range: 0..1") and a fallback from an OpenAI model would fail on it (Portkey
+    clamps it alike). Scaled instead, the 0.7 a client tuned for Claude would change. One
+    outside OpenAI's range goes as sent, for the provider's 400, as OpenAI's would be."""
+    if isinstance(temperature, int | float) and 1 < temperature <= 2:
+        return 1
+    return temperature
+
+
 def adaptive_effort(thinking: Any, effort: str | None,
                     output_config: Any) -> dict[str, Any] | None:
     """The `output_config` to send beside adaptive thinking made from `effort`: the client's
@@ -122,6 +133,7 @@ def _effort_budget(effort: str, max_tokens: int | None, param: str) -> int:
 def _refuse_sampling(effort: str, temperature: Any, top_p: Any, top_k: Any) -> None:
     """A 400 naming the first sampling parameter Claude refuses beside thinking, rather than
     the upstream's ("temperature may only be set to 1 when thinking is enabled")."""
+    temperature = claude_temperature(temperature)  # (what Claude would be sent)
     if temperature is not None and temperature != 1:
         param, value, fix = "temperature", temperature, "leave out temperature (or set it to 1)"
     elif top_k is not None:

@@ -48,6 +48,7 @@ Choices (docs/providers/bedrock.md):
   rejects blank text blocks and an empty `content`;
 - a whitespace-only stop sequence is a 400 for Claude, as on Anthropic; other models get no
   empty one (Converse refuses it);
+- a `temperature` above 1 and within OpenAI's 2 is sent as 1 for Claude, as on Anthropic;
 - `top_p` 1 (no nucleus cut) is not sent for Claude, which refuses it beside `temperature`;
   the Claudes that refuse sampling at all (Opus 4.7 on) get no `temperature`, `top_p` or
   `top_k`, as on Anthropic;
@@ -108,6 +109,7 @@ from streamproxy.providers.anthropic.request import (
 )
 from streamproxy.providers.anthropic.thinking import (
     adaptive_effort,
+    claude_temperature,
     fit_thinking,
     takes_adaptive_thinking_only,
     takes_no_sampling,
@@ -324,7 +326,8 @@ def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> 
     # The Claudes that refuse any sampling (Opus 4.7 on) get none, as on Anthropic.
     sampling = not (is_claude(model) and takes_no_sampling(model))
     if body.get("temperature") is not None and sampling:
-        config["temperature"] = body["temperature"]
+        temperature = body["temperature"]  # (Claude's top is 1, as on Anthropic)
+        config["temperature"] = claude_temperature(temperature) if is_claude(model) else temperature
     # A top_p of 1 (no nucleus cut) is left out for Claude, which refuses it beside temperature
     # on newer models; other models' default may be lower, so they get it as sent.
     if (body.get("top_p") is not None and sampling
