@@ -338,7 +338,7 @@ def test_thinking_budget_stays_below_max_tokens(body: dict[str, Any], budget: in
 
 def test_a_native_thinking_object_is_sent_as_given() -> None:
     adaptive = translate(thinking={"type": "adaptive"})
-    assert adaptive["thinking"] == {"type": "adaptive"} and adaptive["max_tokens"] == 4096
+    assert adaptive["thinking"] == {"type": "adaptive"}
     tight = translate(thinking={"type": "enabled", "budget_tokens": 3000}, max_tokens=2000)
     assert tight["thinking"]["budget_tokens"] == 3000 and tight["max_tokens"] == 2000
 
@@ -1016,7 +1016,7 @@ def test_claudes_without_a_budget_think_adaptively(model: str, effort: str,
     assert out["thinking"] == {"type": "adaptive"}
     assert out["output_config"]["effort"] == claude_effort
     assert out["output_config"]["format"]["type"] == "json_schema"
-    assert out["max_tokens"] == 4096  # no budget to make room for
+    assert out["max_tokens"] > 4096  # room for the thinking (test_adaptive_thinking_has_room)
     # They take no sampling at all (test_claudes_that_take_no_sampling_get_none): a
     # temperature beside the effort is left out, not refused.
     sampled = to_anthropic({"messages": [{"role": "user", "content": "x"}],
@@ -1025,6 +1025,26 @@ def test_claudes_without_a_budget_think_adaptively(model: str, effort: str,
     budget = to_anthropic({"messages": [{"role": "user", "content": "x"}],
                            "reasoning_effort": effort}, "claude-opus-4-6")
     assert budget["thinking"]["type"] == "enabled" and "output_config" not in budget
+
+
+@pytest.mark.parametrize(("body", "max_tokens"), [
+    ({"reasoning_effort": "high"}, 16384 + 4096),
+    ({"reasoning_effort": "xhigh"}, 24576 + 4096),
+    ({"reasoning_effort": "low"}, 1024 + 4096),
+    ({"thinking": {"type": "adaptive"}}, 16384 + 4096),  # Claude's default effort, high
+    ({"reasoning_effort": "high", "max_tokens": 3000}, 3000),  # the client's own, as sent
+    ({"reasoning_effort": "none"}, 4096),  # no thinking: the default
+])
+@pytest.mark.parametrize("model", ["claude-opus-4-7", "claude-opus-4-7@20260416"])
+def test_adaptive_thinking_has_room_for_its_thinking(body: dict[str, Any], max_tokens: int,
+                                                     model: str) -> None:
+    """Adaptive thinking counts against max_tokens as a budget does, and Anthropic needs a
+    max: with the bare default (4096) a reasoning_effort 'high' request without a max could
+    spend it all thinking and stop at `length` with no answer, where a budget Claude gets its
+    budget + 4096. It gets the same room now (so on Vertex, which shares the translation;
+    Converse's default max is the model's own, so Bedrock is sent none)."""
+    out = to_anthropic({"messages": [{"role": "user", "content": "x"}], **body}, model)
+    assert out["max_tokens"] == max_tokens
 
 
 SAMPLING = {"temperature": 0.7, "top_p": 0.9, "top_k": 40}

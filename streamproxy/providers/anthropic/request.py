@@ -16,7 +16,8 @@ Choices (README "Anthropic"):
   1024/1024/4096/16384/24576 tokens (none: no thinking), kept below the client's max; beside
   a temperature other than 1, a top_k or a top_p below 0.95 it is a 400 (see `thinking.py`);
   the Claudes that take no budget (Opus 4.7 on) get `thinking: {type: adaptive}` and
-  `output_config.effort` low/low/medium/high/max instead;
+  `output_config.effort` low/low/medium/high/max instead, and adaptive thinking without the
+  client's max the same room as the effort's budget would have (`adaptive_room`);
 - `response_format` json_schema → `output_config.format` (structured outputs), in the subset
   Claude takes (`claude_schema`: objects closed, the constraints it refuses described), unless
   the model is one WITHOUT_STRUCTURED_OUTPUTS names (Vertex: VERTEX_WITHOUT_STRUCTURED_OUTPUTS):
@@ -80,6 +81,7 @@ from streamproxy.openai_api.content import (
 )
 from streamproxy.providers.anthropic.thinking import (
     adaptive_effort,
+    adaptive_room,
     claude_temperature,
     fit_thinking,
     takes_adaptive_thinking_only,
@@ -151,7 +153,8 @@ def to_anthropic(body: dict[str, Any], model: str,
             out["output_config"] = output_config
     if not thinks(thinking):
         drop_final_turn_thinking(messages, _is_thinking, _is_tool_result)
-    out["max_tokens"] = max_tokens or DEFAULT_MAX_TOKENS
+    out["max_tokens"] = (max_tokens or adaptive_room(thinking, effort, DEFAULT_MAX_TOKENS)
+                         or DEFAULT_MAX_TOKENS)
     for key in ("temperature", "top_p", *PASSTHROUGH):
         if body.get(key) is not None:
             out[key] = body[key]

@@ -116,6 +116,17 @@ def fit_thinking(body: dict[str, Any], native: Any, effort: str | None, answer_a
     return thinking, max_tokens
 
 
+def adaptive_room(thinking: Any, effort: str | None, answer_allowance: int) -> int | None:
+    """The `max_tokens` for adaptive thinking when the client set none and the API needs one
+    (Anthropic, Claude on Vertex; None for other thinking): the room a budget Claude gets for
+    the same effort (EFFORT_BUDGET; high, Claude's default effort, when none says) plus the
+    answer's. Adaptive thinking counts against max_tokens too, and at high effort it alone
+    took a bare DEFAULT_MAX_TOKENS: the answer stopped at `length` with no text."""
+    if isinstance(thinking, dict) and thinking.get("type") == "adaptive":
+        return EFFORT_BUDGET.get(effort or "high", EFFORT_BUDGET["high"]) + answer_allowance
+    return None
+
+
 def _effort_budget(effort: str, max_tokens: int | None, param: str) -> int:
     budget = EFFORT_BUDGET[effort]
     if max_tokens is None:
