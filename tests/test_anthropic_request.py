@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from streamproxy.errors import InvalidRequest, UpstreamProtocolError
+from streamproxy.openai_api.content import PLACEHOLDER_USER_TEXT
 from streamproxy.providers.anthropic.request import (
     VERTEX_WITHOUT_STRUCTURED_OUTPUTS,
     WITHOUT_STRUCTURED_OUTPUTS,
@@ -486,6 +487,39 @@ async def test_thinking_sent_back_as_portkey_clients_do(proxy: Any, upstream: An
 
 
 
+@pytest.mark.parametrize("model", [CLAUDE, "claude-opus-4-6", "claude-opus-4-7"])
+@pytest.mark.parametrize("late", [
+    [{"role": "system", "content": "Now answer in French."}],
+    [{"role": "developer", "content": "Now answer in French."},
+     {"role": "system", "content": [{"type": "text", "text": "Be brief."}]}],
+])
+def test_system_messages_after_the_last_assistant_turn_ask_for_a_new_answer(
+        model: str, late: list[dict[str, Any]]) -> None:
+    """OpenAI answers [user, assistant, system] anew, as the system message asks. Its text is
+    hoisted into Anthropic's system prompt, which left the assistant turn last: a prefill,
+    which Claude 4.6 and later refuse with a 400 ("does not support assistant message
+    prefill") the client could not make sense of, and which older Claudes continued instead of
+    answering. A user turn (as for a request of system messages alone) follows it now."""
+    messages = [{"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello! How can I help?"}, *late]
+    out = to_anthropic({"messages": messages, "reasoning_effort": "low"}, model)
+    assert [m["role"] for m in out["messages"]] == ["user", "assistant", "user"]
+    assert out["messages"][-1]["content"] == [{"type": "text", "text": PLACEHOLDER_USER_TEXT}]
+    assert out["system"][0]["text"] == "Now answer in French."
+    assert "thinking" in out  # a new turn: Claude thinks as asked
+    converse = to_converse({"messages": messages}, "us.anthropic.claude-opus-4-6-v1")
+    assert [m["role"] for m in converse["messages"]] == ["user", "assistant", "user"]
+    assert converse["messages"][-1]["content"] == [{"text": PLACEHOLDER_USER_TEXT}]
+    # A final assistant message the client sent (a prefill) is continued as before, and a
+    # system message before it or after a user turn adds no turn.
+    prefill = to_anthropic({"messages": [*late, *messages[:2]]}, model)
+    assert prefill["messages"][-1]["role"] == "assistant"
+    answered = to_anthropic({"messages": [*messages, {"role": "user", "content": "Oui?"}, *late]},
+                            model)
+    assert [m["role"] for m in answered["messages"]] == ["user", "assistant", "user"]
+    assert answered["messages"][-1]["content"] == [{"type": "text", "text": "Oui?"}]
+
+
 def loop(assistant: dict[str, Any], *after: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"role": "user", "content": "Weather?"},
             {"role": "assistant", "tool_calls": [PORTKEY_CALL], **assistant},
@@ -510,10 +544,11 @@ STEP = ({"role": "assistant", "content": None, "tool_calls": [{**PORTKEY_CALL, "
      True),
     # A final assistant turn (a prefill Claude continues) without its thinking: refused with
     # thinking on ("Expected thinking or redacted_thinking, but found text"), as in a loop;
-    # a system message after it is hoisted, so it is still the final turn.
+    # a system message after it asks for a new answer (a user turn is sent after it), which
+    # thinks (test_system_messages_after_the_last_assistant_turn_ask_for_a_new_answer).
     ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Well,"}], False),
     ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Well,"},
-      {"role": "system", "content": "Be brief."}], False),
+      {"role": "system", "content": "Be brief."}], True),
     ([{"role": "user", "content": "Hi"},
       {"role": "assistant", "content": "Well,", "thinking_blocks": [PORTKEY_THINKING]}], True),
     # Claude thinks once, at its turn's start, not after each tool result (Anthropic's

@@ -2,7 +2,9 @@
 
 Choices (README "Anthropic"):
 - every system/developer message is joined, in order, into the top-level `system`; a request
-  with no other message gets a PLACEHOLDER_USER_TEXT user turn (Anthropic needs one);
+  with no other message gets a PLACEHOLDER_USER_TEXT user turn (Anthropic needs one), and so
+  does one whose system messages follow the final assistant turn (`ends_with_system`: it is
+  answered anew, not continued as a prefill);
 - consecutive tool results become one user message of `tool_result` blocks; consecutive
   messages of one role are merged, since Anthropic wants alternating turns;
 - empty and whitespace-only text is left out (a tool result of none has no `content`), and a
@@ -138,8 +140,9 @@ def to_anthropic(body: dict[str, Any], model: str,
     logprobs_asked(body)  # dropped, but a request OpenAI refuses is refused here too
     system, messages = _messages(body["messages"], url_images)
     messages = drop_trailing_thinking(messages, _is_thinking)
-    if not messages:
-        messages = [{"role": "user", "content": [{"type": "text", "text": PLACEHOLDER_USER_TEXT}]}]
+    if not messages or ends_with_system(body["messages"], messages):
+        messages.append({"role": "user", "content": [{"type": "text",
+                                                      "text": PLACEHOLDER_USER_TEXT}]})
     trim_prefill(messages[-1])
     out: dict[str, Any] = {"model": model, "messages": messages}
     effort = reasoning_effort(body)
@@ -450,6 +453,15 @@ def _is_tool_result(block: dict[str, Any]) -> bool:
 def thinks(thinking: Any) -> bool:
     """Whether a request's `thinking` (Anthropic's object, as sent) turns thinking on."""
     return isinstance(thinking, dict) and thinking.get("type") != "disabled"
+
+
+def ends_with_system(msgs: list[dict[str, Any]], turns: list[dict[str, Any]]) -> bool:
+    """Whether the request ends with system/developer messages (hoisted into the system prompt)
+    after what is now the final assistant turn. OpenAI answers such a request anew, as the
+    system message asks; sent as it is, Claude would continue that turn as a prefill (and Claude
+    4.6 and later refuse one with a 400 naming a prefill the client never sent), so it gets a
+    PLACEHOLDER_USER_TEXT turn, as a request of system messages alone does."""
+    return turns[-1]["role"] == "assistant" and msgs[-1].get("role") in ("system", "developer")
 
 
 def trim_prefill(last: dict[str, Any]) -> None:

@@ -163,19 +163,19 @@ def _loop_without_thinking(messages: list[dict[str, Any]]) -> bool:
     """Whether the request continues Claude's turn and no assistant message of that turn came
     back with signed thinking. It continues the turn when it answers the last assistant
     message's tool results (a tool message after it), or when that message is the last (a
-    prefill, which Claude continues; only system messages after it, as they are hoisted). The
+    prefill, which Claude continues). The
     turn goes back to the user message that began it: Claude thinks at a turn's start, not
     after each tool result, so a tool loop's later steps carry no thinking of their own, and
     thinking turned off there meets the first step's ("When thinking is disabled, an
     `assistant` message in the final position cannot contain `thinking`"). A user message
     after tool results shares their user turn (messages of a role merge), so it begins none."""
-    answers_tools, prefill = False, True
+    answers_tools = False
     last = len(messages) - 1
     while last >= 0 and messages[last].get("role") != "assistant":
-        role = messages[last].get("role")
-        answers_tools = answers_tools or role == "tool"
-        prefill = prefill and role in ("system", "developer")
+        answers_tools = answers_tools or messages[last].get("role") == "tool"
         last -= 1
+    # (system messages after it make it no prefill either: request.ends_with_system)
+    prefill = last == len(messages) - 1
     if last < 0 or not (answers_tools or prefill):
         return False
     after_user = False  # a user message came after this one, not after tool results

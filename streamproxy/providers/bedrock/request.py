@@ -3,7 +3,8 @@
 Choices (docs/providers/bedrock.md):
 - system/developer messages → `system: [{text}]`, in order; a request with no other message,
   or whose conversation starts with the assistant, gets a PLACEHOLDER_USER_TEXT user turn
-  first (Converse rejects a conversation that does not start with a user message);
+  first (Converse rejects a conversation that does not start with a user message), and one
+  whose system messages follow the final assistant turn gets one last, as on Anthropic;
 - consecutive tool results become one user message of `toolResult` blocks, placed before any
   other user content; consecutive messages of one role are merged (Converse wants alternation);
 - empty and whitespace-only text is left out in every role (Converse refuses it), and a final
@@ -101,6 +102,7 @@ from streamproxy.providers.anthropic.request import (
     claude_stop_sequences,
     drop_final_turn_thinking,
     drop_trailing_thinking,
+    ends_with_system,
     json_instruction,
     refuse_prefill,
     response_schema,
@@ -213,6 +215,8 @@ def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "aut
     messages = drop_trailing_thinking(messages, _is_reasoning)
     if not messages or messages[0]["role"] != "user":  # Converse starts with a user turn
         messages.insert(0, {"role": "user", "content": [{"text": PLACEHOLDER_USER_TEXT}]})
+    if ends_with_system(body["messages"], messages):  # answered anew, as on Anthropic
+        messages.append({"role": "user", "content": [{"text": PLACEHOLDER_USER_TEXT}]})
     names: set[str] = set()  # the documents' names so far, folded
     for message in messages:
         _caption_documents(message, names)
