@@ -451,33 +451,45 @@ async def test_truncated_body_raises_disconnected(aiohttp_server: Any) -> None:
         resp.close()
 
 
+@pytest.mark.parametrize("kind", ["native", "aiohttp"])
+@pytest.mark.parametrize("reset", [True, False], ids=["reset", "clean-close"])
 async def test_a_body_read_until_close_cut_by_a_reset_is_a_truncation(
-        proxy: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No Content-Length, not chunked: the upstream's reset mid-body was taken as the body's
-    end, and the cut JSON reached the client as "the upstream answered with a malformed
-    message" (upstream_protocol_error). It is a truncation, as curl reads it (aiohttp's
-    client still takes the reset as the end)."""
-    monkeypatch.delenv(CLIENT_ENV, raising=False)
+        proxy: Any, monkeypatch: pytest.MonkeyPatch, kind: str, reset: bool) -> None:
+    """No Content-Length, not chunked: the upstream's reset after the body's bytes was taken
+    as the body's end, so what had come was served as a whole answer (a 200 from aiohttp's
+    client here; a cut JSON was "the upstream answered with a malformed message",
+    upstream_protocol_error). A reset may cut a body anywhere: it is a truncation, as curl
+    reads it; a clean close (FIN) still ends the body."""
+    monkeypatch.setenv(CLIENT_ENV, kind)
 
-    async def answer_then_reset(reader: asyncio.StreamReader,
+    async def answer_then_close(reader: asyncio.StreamReader,
                                 writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             await read_request(reader)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n"
-                         b'{"id":"msg_1","type":"message","role":"assistant","content":[')
+                         b'{"id":"msg_1","type":"message","role":"assistant","model":"m",'
+                         b'"content":[{"type":"text","text":"Hi"}],"stop_reason":"end_turn",'
+                         b'"usage":{"input_tokens":1,"output_tokens":1}}')
             await writer.drain()
-            await asyncio.sleep(0.05)  # read by the proxy before the reset
-            sock = writer.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            writer.transport.abort()
+            await asyncio.sleep(0.05)  # read by the proxy before the close
+            if reset:
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+            else:
+                writer.close()
 
-    server, url = await raw_server(answer_then_reset)
+    server, url = await raw_server(answer_then_close)
     client = await proxy(native_anthropic_config(url.rstrip("/")))
     resp = await client.post("/v1/chat/completions", json={
         "model": "m", "messages": [{"role": "user", "content": "hi"}]})
     server.close()
-    assert resp.status == 502
-    assert (await resp.json())["error"]["code"] == "upstream_stream_truncated"
+    if reset:
+        assert resp.status == 502
+        assert (await resp.json())["error"]["code"] == "upstream_stream_truncated"
+    else:
+        assert resp.status == 200
+        assert (await resp.json())["choices"][0]["message"]["content"] == "Hi"
 
 
 # -- selection: the config key and the environment variable ---------------------------------------

@@ -67,10 +67,24 @@ class MalformedBody(aiohttp.ClientPayloadError):
 
 class BodyFailingHandler(ResponseHandler):
     """aiohttp's connection protocol, also failing the body being read when the parser refuses
-    its bytes. aiohttp's C parser raises on a malformed chunk in a read after the head, the body
-    already handed out: the protocol kept the error and closed the connection, but the body
-    neither ended nor failed, so its reader waited for our idle (streamed) or first-token
-    deadline. Only that failure runs this: nothing is added per read."""
+    its bytes, or when a reset cuts a body read until close. aiohttp's C parser raises on a
+    malformed chunk in a read after the head, the body already handed out: the protocol kept the
+    error and closed the connection, but the body neither ended nor failed, so its reader waited
+    for our idle (streamed) or first-token deadline. Only those failures run this: nothing is
+    added per read."""
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        # Without Content-Length or chunked framing only the close ends a body, and aiohttp
+        # takes any close for that end: a reset (or any read error) may have cut it anywhere,
+        # so it is a truncation, as the native client, curl and Go read it. A clean close (a
+        # FIN; TLS without close_notify brings no error here either) still ends the body. Set
+        # before aiohttp's own handling, which ends the body and wakes its reader.
+        body = self._payload
+        if (exc is not None and body is not None and not body.is_eof()
+                and body.exception() is None):
+            body.set_exception(aiohttp.ClientPayloadError(
+                f"Response payload is not completed: {exc!r}"), exc)
+        super().connection_lost(exc)
 
     def set_exception(self, exc: BaseException, *cause: BaseException) -> None:
         super().set_exception(exc, *cause)
