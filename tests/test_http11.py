@@ -27,6 +27,7 @@ from streamproxy.errors import (
 )
 from streamproxy.providers.base import UpstreamRequest
 from streamproxy.server.app import STATE
+from streamproxy.upstream import http11
 from streamproxy.upstream.client import (
     CLIENT_ENV,
     UpstreamClient,
@@ -816,6 +817,32 @@ async def test_closing_the_client_ends_the_requests_still_running(piped: bool) -
         with pytest.raises(ConnectionError):
             await post(client, url)
     server.close()
+
+
+async def test_a_connection_still_opening_when_the_client_closes_carries_no_request(
+        server: tuple[Upstream, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """close() ran while a new connection was being opened (its DNS, TCP or TLS): the connect
+    went on and the request was sent on it, a socket the closed client no longer tracked,
+    held for as long as the upstream answered. The connection is now closed as it opens and
+    the request refused, as one begun after the close is."""
+    up, base = server
+    opening, go_on = asyncio.Event(), asyncio.Event()
+    open_socket = http11._open_socket
+
+    async def slow_open(host: str, port: int) -> socket.socket:
+        opening.set()
+        await go_on.wait()
+        return await open_socket(host, port)
+
+    monkeypatch.setattr(http11, "_open_socket", slow_open)
+    async with native_client() as client:
+        sending = asyncio.ensure_future(post(client, base + "/length"))
+        await opening.wait()
+        await client.close()
+        go_on.set()
+        with pytest.raises(ConnectFailed):
+            await sending
+    assert up.requests == [] and client.pool.busy == 0
 
 
 async def test_through_the_proxy_the_terminator_a_read_later_keeps_the_connection(

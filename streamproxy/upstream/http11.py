@@ -536,6 +536,9 @@ class Pool:
             raise
         except OSError as e:
             raise ConnectFailed(f"{type(e).__name__}: {e.strerror or e}") from e
+        if self._closed:  # close() ran while it opened: it would carry a request no one ends
+            conn.close()
+            raise ConnectFailed("the upstream client is closed")
         self.opened += 1
         return conn
 
