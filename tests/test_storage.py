@@ -276,6 +276,24 @@ async def test_an_update_whose_body_does_not_decode_is_a_400(proxy: Any,
     assert (await response.json())["error"]["code"] == "invalid_encoding"
 
 
+async def test_an_update_body_after_a_utf8_bom_is_read(proxy: Any, tmp_path: Path) -> None:
+    """A body file saved with a byte order mark (curl -d @body.json from a Windows editor):
+    the chat route reads it (RFC 8259 lets a parser ignore the mark), the metadata update
+    answered 400 "Only 'metadata' can be updated" to a body that updates only metadata."""
+    client = await proxy(config(tmp_path))
+    api = openai_sdk(client, "sk-client")
+    done = await api.chat.completions.create(model="mock/fast:tokens=1", messages=USER,
+                                             store=True, metadata={"a": "1"})
+    await stored(api, done.id)
+    response = await client.post(f"/v1/chat/completions/{done.id}",
+                                 data=b'\xef\xbb\xbf{"metadata": {"a": "2"}}',
+                                 headers={"Authorization": "Bearer sk-client",
+                                          "Content-Type": "application/json"})
+    assert response.status == 200, await response.text()
+    assert (await response.json())["metadata"] == {"a": "2"}
+    assert (await api.chat.completions.retrieve(done.id)).metadata == {"a": "2"}
+
+
 async def test_an_update_of_anything_but_metadata_is_a_400(proxy: Any,
                                                           tmp_path: Path) -> None:
     # It was ignored: a client believing it had changed the model or the messages got a 200.

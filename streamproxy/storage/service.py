@@ -207,8 +207,11 @@ class StoredCompletions:
         return _json(completion_object(await self._get(request)))
 
     async def update(self, request: web.Request) -> web.Response:
+        # A leading BOM is dropped, as the chat route drops it (RFC 8259 lets a parser ignore
+        # it; a body file saved by a Windows editor has one)
+        raw = (await request.read()).removeprefix(b"\xef\xbb\xbf")
         try:
-            body = orjson.loads(await request.read() or b"{}")
+            body = orjson.loads(raw or b"{}")
         except orjson.JSONDecodeError:
             body = None
         if not isinstance(body, dict) or "metadata" not in body:
