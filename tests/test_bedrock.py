@@ -224,8 +224,44 @@ def test_a_damaged_frame_in_a_run_fails_as_on_the_decoder_path(damage: str) -> N
 
 def test_exception_frame_is_one_error_frame_with_its_status_type() -> None:
     chunks = sse_chunks(translate([EXCEPTION]))
-    assert chunks == [{"error": {"message": "Model Stream Error", "type": "api_error",
-                                 "param": None, "code": "modelStreamErrorException"}}]
+    assert chunks == [{"error": {"message": "Model Stream Error: The model stream failed.",
+                                 "type": "api_error", "param": None,
+                                 "code": "modelStreamErrorException"}}]
+
+
+def stream_error(payload: dict[str, Any]) -> bytes:
+    return encode_frame({":message-type": "exception",
+                         ":exception-type": "modelStreamErrorException"}, orjson.dumps(payload))
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    # The model's own words follow AWS's generic ones: they say what went wrong.
+    ({"message": "Model Stream Error", "originalMessage": "Input is too long for requested "
+      "model."}, "Model Stream Error: Input is too long for requested model."),
+    ({"originalMessage": "Overloaded"}, "Overloaded"),  # (no message of AWS's own)
+    ({"message": "Overloaded", "originalMessage": "Overloaded"}, "Overloaded"),  # said once
+    ({"message": "Model Stream Error", "originalMessage": ""}, "Model Stream Error"),
+    ({"message": "Model Stream Error", "originalMessage": 7}, "Model Stream Error"),
+])
+def test_model_stream_error_carries_the_model_s_original_message(payload: dict[str, Any],
+                                                                  message: str) -> None:
+    frame = stream_error(payload)
+    c = collect(sse_chunks(translate([event("messageStart", {}) + frame])))
+    assert c.error is not None and c.error["message"] == message
+
+
+def test_model_stream_error_s_original_message_is_masked_of_the_key() -> None:
+    key = "ABSKQmVkcm9ja0FQSUtleS1leGFtcGxlMTIzNDU2Nzg5"
+    frame = stream_error({"message": "Model Stream Error",
+                          "originalMessage": f"invalid key {key} for model"})
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
+    enc.secret = key  # as the executor sets it: the key sent upstream
+    tr = BedrockStreamTranslator(enc, 1 << 20)
+    out = relay_pieces(enc, tr, [event("messageStart", {}) + frame])
+    c = collect(sse_chunks(out))
+    assert key.encode() not in out
+    assert c.error is not None and c.error["message"] == (
+        f"Model Stream Error: invalid key …{key[-4:]} for model")
 
 
 class StatusEncoder(ChunkEncoder):
@@ -256,8 +292,8 @@ def test_model_stream_error_takes_the_model_s_original_status(original: Any, sta
     StatusEncoder.statuses = []
     c = collect(sse_chunks(translate([event("messageStart", {}) + frame],
                                      encoder=StatusEncoder)))
-    assert c.error == {"message": "Model Stream Error", "type": error_type, "param": None,
-                       "code": "modelStreamErrorException"}
+    assert c.error == {"message": "Model Stream Error: Too many requests", "type": error_type,
+                       "param": None, "code": "modelStreamErrorException"}
     assert StatusEncoder.statuses == [status]
 
 

@@ -14,7 +14,8 @@
   still falls back; the stream is then read on to its metadata, whose usage the answer cost
   (access log, metrics), and nothing else of it reaches the sink.
 - Exception frames end the stream with one OpenAI error frame and no [DONE] (a
-  modelStreamErrorException with the status the model answered, its `originalStatusCode`).
+  modelStreamErrorException with the status the model answered, its `originalStatusCode`,
+  and the model's own message, its `originalMessage`, after AWS's).
 
 Speed: nearly every frame is a text delta, so `feed` handles those inline. It knows them by
 their header mapping, which the decoder shares between frames with the same header block:
@@ -128,17 +129,21 @@ _PROBES = 8  # frames a stream decodes one by one in large reads, looking for it
 
 
 def _exception_error(kind: Any, payload: bytes, provider: str) -> UpstreamStatusError:
-    """An exception frame's error, from its payload's `message` (and `originalStatusCode`); a
-    payload that is not JSON still ends the stream with the exception's status, not with a
-    decode error that would hide it."""
+    """An exception frame's error, from its payload's `message` (and `originalMessage`,
+    `originalStatusCode`); a payload that is not JSON still ends the stream with the
+    exception's status, not with a decode error that would hide it."""
     try:
         body = orjson.loads(payload)
     except orjson.JSONDecodeError:
         body = None
     if not isinstance(body, dict):
         return aws_error(kind, None, provider)
-    return aws_error(kind, body.get("message") or body.get("Message"), provider,
-                     body.get("originalStatusCode"))
+    message = body.get("message") or body.get("Message")
+    original = body.get("originalMessage")  # a ModelStreamErrorException's: the model's words
+    if isinstance(original, str) and original and original != message:
+        # AWS's own message is generic ("Model Stream Error"): what went wrong is the model's.
+        message = f"{message}: {original}" if isinstance(message, str) and message else original
+    return aws_error(kind, message, provider, body.get("originalStatusCode"))
 
 
 class BedrockStreamTranslator(StreamTranslator):
