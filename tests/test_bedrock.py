@@ -672,7 +672,7 @@ def test_full_request_translation() -> None:
             "toolChoice": {"any": {}}},
         "guardrailConfig": {"guardrailIdentifier": "g", "guardrailVersion": "1"},
     }
-    assert {"seed", "user", "logprobs", "parallel_tool_calls"} <= DROPPED
+    assert {"seed", "user", "logprobs"} <= DROPPED  # (parallel_tool_calls: Claude's alone)
 
 
 @pytest.mark.parametrize(("choice", "expected"), [
@@ -697,6 +697,51 @@ def test_tool_choice_none_drops_tools_unless_the_history_needs_a_tool_config() -
     assert config == {"tools": [{"toolSpec": {
         "name": "get_capital", "description": "Capital of a country",
         "inputSchema": {"json": TOOLS[0]["function"]["parameters"]}}}]}
+
+
+@pytest.mark.parametrize(("choice", "sent"), [
+    # No toolChoice: Claude's tool_choice needs its type (Bedrock: "missing field `type`").
+    (None, {"type": "auto", "disable_parallel_tool_use": True}),
+    # Beside a toolChoice Bedrock takes the type from it; one here too is a 400 ("The additional
+    # field tool_choice/type conflicts with the existing field toolConfig.toolChoice").
+    ("auto", {"disable_parallel_tool_use": True}),
+    ("required", {"disable_parallel_tool_use": True}),
+    ({"type": "function", "function": {"name": "get_capital"}},
+     {"disable_parallel_tool_use": True}),
+])
+def test_parallel_tool_calls_false_is_claude_s_disable_parallel_tool_use(choice: Any,
+                                                                          sent: Any) -> None:
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}], "tools": TOOLS,
+                            "parallel_tool_calls": False}
+    if choice is not None:
+        body["tool_choice"] = choice
+    out = to_converse(body, "us.anthropic.claude-sonnet-4-5-20250929-v1:0")
+    assert out["additionalModelRequestFields"] == {"tool_choice": sent}
+    assert "toolConfig" in out
+
+
+@pytest.mark.parametrize(("body", "model"), [
+    ({"tools": TOOLS, "parallel_tool_calls": False}, MODEL),  # not Claude: no such field
+    ({"tools": TOOLS, "parallel_tool_calls": True}, "anthropic.claude-3-5-haiku-20241022-v1:0"),
+    ({"tools": TOOLS}, "anthropic.claude-3-5-haiku-20241022-v1:0"),
+    # No tools offered (none given, or "none" with none in the history): nothing to call, and a
+    # tool_choice without a toolConfig is Bedrock's 400.
+    ({"parallel_tool_calls": False}, "anthropic.claude-3-5-haiku-20241022-v1:0"),
+    ({"tools": TOOLS, "tool_choice": "none", "parallel_tool_calls": False},
+     "anthropic.claude-3-5-haiku-20241022-v1:0"),
+])
+def test_parallel_tool_calls_adds_nothing_else(body: dict[str, Any], model: str) -> None:
+    out = to_converse({"messages": [{"role": "user", "content": "hi"}], **body}, model)
+    assert "additionalModelRequestFields" not in out
+
+
+def test_a_client_s_own_tool_choice_field_is_sent_as_given() -> None:
+    own = {"type": "any", "disable_parallel_tool_use": False}
+    body = {"messages": [{"role": "user", "content": "hi"}], "tools": TOOLS,
+            "parallel_tool_calls": False,
+            "additionalModelRequestFields": {"tool_choice": own, "top_k": 5}}
+    out = to_converse(body, "anthropic.claude-3-5-haiku-20241022-v1:0")
+    assert out["additionalModelRequestFields"] == {"tool_choice": own, "top_k": 5}
 
 
 def test_tool_use_ids_bedrock_refuses_are_mapped_alike_in_call_and_result() -> None:

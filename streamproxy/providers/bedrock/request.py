@@ -19,6 +19,8 @@ Choices (docs/providers/bedrock.md):
 - a function's `strict: true` → the toolSpec's `strict`, its parameters as `claude_schema`
   makes them, for the models that take structured outputs (AWS lists the same models for strict
   tool use); the others refuse it, so they get the tool as a non-strict one, as on Anthropic;
+- `parallel_tool_calls: false` → Claude's `disable_parallel_tool_use`, in its own `tool_choice`
+  in `additionalModelRequestFields` (`_one_call_at_a_time`); dropped for other models;
 - `tool_choice`: auto → `{auto}`, required → `{any}`, a named function → `{tool}`. Converse has
   no "none": the tools are left out instead — unless the conversation already holds toolUse /
   toolResult blocks, where Bedrock requires a `toolConfig`, so the tools stay and "none" is not
@@ -119,8 +121,8 @@ from streamproxy.providers.anthropic.thinking import (
 
 DEFAULT_MAX_TOKENS = 4096  # the answer's allowance beside a thinking budget
 # OpenAI parameters with no Converse equivalent: dropped, never forwarded.
-DROPPED = OPENAI_ONLY | {"frequency_penalty", "presence_penalty", "seed", "user",
-                        "parallel_tool_calls"}
+# (`parallel_tool_calls` is Claude's alone, below; other models have no such setting.)
+DROPPED = OPENAI_ONLY | {"frequency_penalty", "presence_penalty", "seed", "user"}
 # Converse request fields a client may set itself, forwarded as given.
 PASSTHROUGH = ("additionalModelRequestFields", "additionalModelResponseFieldPaths",
                "guardrailConfig", "performanceConfig", "promptVariables", "requestMetadata")
@@ -251,7 +253,24 @@ def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "aut
     tool_config = _tool_config(body, tool_names, native)
     if tool_config:
         out["toolConfig"] = tool_config
+        if body.get("parallel_tool_calls") is False and is_claude(model):
+            _one_call_at_a_time(out, tool_config, body.get("tool_choice"))
     return out
+
+
+def _one_call_at_a_time(out: dict[str, Any], tool_config: dict[str, Any], choice: Any) -> None:
+    """`parallel_tool_calls: false` as Claude's `disable_parallel_tool_use`, which Converse takes
+    in Claude's own `tool_choice` (additionalModelRequestFields), merged with the toolConfig's:
+    beside a `toolChoice` Bedrock takes the type from it (a type here too is its 400, "conflicts
+    with the existing field toolConfig.toolChoice"); without one Claude's needs its type ("missing
+    field `type`"), `auto`, the default. Not beside "none" (no calls), nor a client's own."""
+    fields = _model_fields(out)
+    if choice == "none" or "tool_choice" in fields:
+        return
+    claude_choice: dict[str, Any] = {"disable_parallel_tool_use": True}
+    if "toolChoice" not in tool_config:
+        claude_choice = {"type": "auto", **claude_choice}
+    out["additionalModelRequestFields"] = {**fields, "tool_choice": claude_choice}
 
 
 def _model_fields(out: dict[str, Any]) -> dict[str, Any]:
