@@ -1487,6 +1487,73 @@ async def test_no_credentials_uses_the_client_key_or_fails_401(
     assert upstream.requests[0].headers["Authorization"] == "Bearer client-bedrock-key"
 
 
+TARGET_KEY = "ABSKdGFyZ2V0LWJlZHJvY2sta2V5LTE="  # a config target's or virtual key's
+
+
+def bedrock_provider(url: str, provider_auth: str) -> dict[str, Any]:
+    """A Bedrock provider authenticating with a Bedrock API key (`api_key`), static SigV4 keys
+    (`sigv4`), or neither (`env`: AWS_BEARER_TOKEN_BEDROCK, when the test sets it)."""
+    provider = {"type": "bedrock", "base_url": url, "region": "us-west-2",
+                "default_model": MODEL}
+    if provider_auth == "api_key":
+        provider["api_key"] = "bedrock-api-key-1"
+    elif provider_auth == "sigv4":
+        provider.update(aws_access_key_id=AKID, aws_secret_access_key=SECRET)
+    return provider
+
+
+@pytest.mark.parametrize("provider_auth", ["api_key", "env", "sigv4"])
+@pytest.mark.parametrize("headers", [
+    {"x-portkey-config": orjson.dumps({"provider": "aws", "api_key": TARGET_KEY}).decode()},
+    {"x-portkey-config": "named"},
+    {"x-portkey-virtual-key": "vk"},
+    {"x-portkey-provider": "@vk"},
+])
+async def test_a_target_s_own_key_wins_over_the_provider_s_credentials(
+        provider_auth: str, headers: dict[str, str], proxy: Any, upstream: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # As on every provider type, the key a config target or virtual key names is the one sent
+    # (a Bedrock API key), not the provider's own: it was ignored beside one.
+    hermetic_aws_env(monkeypatch)
+    if provider_auth == "env":
+        monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", "bedrock-api-key-1")
+    upstream.content_type = EVENTSTREAM
+    upstream.body = RECORDING
+    client = await proxy(make_config(
+        {"aws": bedrock_provider(upstream.url, provider_auth)}, default="aws",
+        virtual_keys={"vk": {"provider": "aws", "api_key": TARGET_KEY}},
+        configs={"named": {"provider": "aws", "api_key": TARGET_KEY}}))
+    resp = await client.post(CHAT, headers=headers, json={
+        "model": MODEL, "stream": True, "messages": [{"role": "user", "content": "x"}]})
+    check_recording_no_usage(await resp.read())
+    sent = {k.lower(): v for k, v in upstream.requests[0].headers.items()}
+    assert sent["authorization"] == f"Bearer {TARGET_KEY}"
+    assert "x-amz-date" not in sent
+
+
+@pytest.mark.parametrize("provider_auth", ["api_key", "env", "sigv4"])
+async def test_the_client_s_authorization_does_not_replace_the_provider_s_credentials(
+        provider_auth: str, proxy: Any, upstream: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    hermetic_aws_env(monkeypatch)
+    if provider_auth == "env":
+        monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", "bedrock-api-key-1")
+    upstream.content_type = EVENTSTREAM
+    upstream.body = RECORDING
+    client = await proxy(make_config({"aws": bedrock_provider(upstream.url, provider_auth)},
+                                     default="aws"))
+    for headers in ({"authorization": "Bearer client-bedrock-key"},
+                    {"authorization": "Bearer client-bedrock-key",
+                     "x-portkey-config": '{"provider": "aws"}'}):
+        resp = await client.post(CHAT, headers=headers, json={
+            "model": MODEL, "stream": True, "messages": [{"role": "user", "content": "x"}]})
+        check_recording_no_usage(await resp.read())
+    for request in upstream.requests:
+        sent = request.headers["Authorization"]
+        assert "client-bedrock-key" not in sent
+        assert sent == "Bearer bedrock-api-key-1" if provider_auth != "sigv4" else (
+            sent.startswith("AWS4-HMAC-SHA256 "))
+
+
 def check_recording_no_usage(out: bytes) -> None:
     c = collect(sse_chunks(out))
     assert c.done and c.content == CONTENT and c.usage is None

@@ -453,6 +453,7 @@ class Gateway:
         provider = target.provider
         secret = leaf.api_key or (vkey.api_key if vkey else None)
         target.api_key = secret or provider.cfg.api_key or client_key(headers)
+        target.own_key = bool(secret)
         if leaf.provider_options:
             target.provider = _with_target_options(provider, leaf)
         target.override_params = params

@@ -16,6 +16,9 @@ class Target:
     provider: Provider
     model: str | None  # the upstream model name (prefix stripped); None = provider default
     api_key: str | None = None  # resolved secret: configured key, else the client's
+    # api_key is the target's own (a config target's `api_key`, a virtual key's): it wins over
+    # credentials a provider holds besides a key (Bedrock's SigV4, its AWS_BEARER_TOKEN_BEDROCK).
+    own_key: bool = False
     override_params: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)  # extra upstream headers
     timeouts: Timeouts = field(default_factory=Timeouts)

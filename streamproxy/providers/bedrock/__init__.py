@@ -107,6 +107,8 @@ class BedrockProvider(Provider):
         self.auth.egress = egress
 
     async def prepare(self, target: Target) -> None:
+        if target.own_key and target.api_key:
+            return  # sent as the Bedrock API key (build_request): no credentials looked up
         if self.auth.needs_io():  # the first credential lookup, or a renewal: off the loop
             await self.auth.load_off_loop()
 
@@ -119,6 +121,11 @@ class BedrockProvider(Provider):
         action = "converse-stream" if req.stream else "converse"
         url = str(URL(f"{self.base_url}/model/{quote(model, safe='')}/{action}"))
         headers = {"content-type": "application/json", **self.cfg.headers, **target.headers}
+        if target.own_key and target.api_key:
+            # A config target's or virtual key's own key is a Bedrock API key, and wins over the
+            # provider's credentials, as a target's key wins over a provider's on every type.
+            return UpstreamRequest(url, body, {**headers,
+                                               "authorization": f"Bearer {target.api_key}"})
         return UpstreamRequest(url, body, self.auth.sign(url, body, headers, target.api_key,
                                                          self.region))
 

@@ -1,6 +1,7 @@
 """Bedrock authentication: a Bedrock API key (`Authorization: Bearer`) or AWS SigV4.
 
 Which one, in order (docs/providers/bedrock.md):
+0. a config target's or virtual key's own key (`Target.own_key`) → Bearer, by build_request;
 1. the provider's `api_key` / `api_key_env` → Bearer;
 2. `aws_access_key_id` + `aws_secret_access_key` (+ `aws_session_token`), each also as `*_env`
    naming an environment variable → SigV4 with those static keys;
