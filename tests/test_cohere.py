@@ -258,6 +258,15 @@ def _body(**extra: Any) -> dict[str, Any]:
         "model": "m", "messages": [{"role": "user", "content": "x"}], **extra})).body
 
 
+@pytest.mark.parametrize(("stop", "sent"), [
+    (["", "END"], ["END"]), ([""], None), ("", None), ([], None), (" ", [" "]), ("END", ["END"]),
+])
+def test_an_empty_stop_sequence_is_not_sent(stop: Any, sent: list[str] | None) -> None:
+    # OpenAI takes "" as a stop sequence that cuts nothing; sent to Cohere it is a sequence
+    # that matches anywhere (or one it refuses), so it goes nowhere, as on Ollama and Gemini.
+    assert to_cohere(_body(stop=stop), "command-a").get("stop_sequences") == sent
+
+
 def test_named_tool_choice_sends_only_that_tool_as_required() -> None:
     tools = [{"type": "function", "function": {"name": n}} for n in ("a", "b")]
     out = to_cohere(_body(tools=tools, tool_choice={"type": "function",

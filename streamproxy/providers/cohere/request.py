@@ -17,8 +17,9 @@ Choices (docs/providers/others.md "cohere"):
 - tool_choice "required" → "REQUIRED", "none" → "NONE" (beside tools only), "auto" → omitted;
   a named tool_choice (Cohere has none) → "REQUIRED" with only that tool sent, which forces
   exactly that call;
-- max tokens, temperature, top_p → p, stop → stop_sequences, seed and the penalties map 1:1
-  (a penalty of 0, the default, is not sent: Cohere refuses the two together),
+- max tokens, temperature, top_p → p, stop → stop_sequences (an empty one left out), seed
+  and the penalties map 1:1 (a penalty of 0, the default, is not sent: Cohere refuses the
+  two together),
   except that a top_p within OpenAI's range (0 to 1) but outside Cohere's (its API reference:
   "min value of 0.01, max value of 0.99") goes as the nearest `p` Cohere takes (P_MIN, P_MAX;
   OpenAI's default 1 is no nucleus cut), and a penalty within OpenAI's (-2 to 2) but outside
@@ -88,9 +89,11 @@ def to_cohere(body: dict[str, Any], model: str) -> dict[str, Any]:
         out["p"] = _p(body["top_p"])
     if body.get("top_k") is not None:  # extra_body's common name (a native `k` wins, below)
         out["k"] = body["top_k"]
-    stop = body.get("stop")
+    # An empty sequence cuts nothing in OpenAI's terms; Cohere would match it at once (or
+    # refuse it), so it is left out, and a list left empty is not sent (as on Ollama, Gemini).
+    stop = [sequence for sequence in stop_list(body.get("stop") or []) if sequence]
     if stop:
-        out["stop_sequences"] = stop_list(stop)
+        out["stop_sequences"] = stop
     _response_format(body, out)
     effort = reasoning_effort(body)
     if effort == "none":
