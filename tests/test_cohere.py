@@ -163,6 +163,31 @@ def test_tool_call_without_arguments_gets_an_empty_object() -> None:
     assert c.finish_reason == "tool_calls"
 
 
+CALL_START = {"type": "tool-call-start", "index": 0, "delta": {"message": {"tool_calls": {
+    "id": "now_1", "type": "function", "function": {"name": "now", "arguments": "{}"}}}}}
+
+
+@pytest.mark.parametrize("with_call", [False, True])
+def test_a_tool_call_finish_without_a_call_is_stop_streamed_or_not(with_call: bool) -> None:
+    # Cohere may end a text-only answer with TOOL_CALL (as Claude and Bedrock with tool_use):
+    # OpenAI never says tool_calls without calls, and a client that runs message.tool_calls
+    # on that finish (as OpenAI's examples do) finds null.
+    expected = "tool_calls" if with_call else "stop"
+    call = [CALL_START, {"type": "tool-call-end", "index": 0}] if with_call else []
+    c = collect(sse_chunks(translate([events(START, text_delta("It is noon."), *call,
+                                             end("TOOL_CALL"))])))
+    assert (c.content, c.finish_reason) == ("It is noon.", expected)
+    message: dict[str, Any] = {"role": "assistant",
+                               "content": [{"type": "text", "text": "It is noon."}]}
+    if with_call:
+        message["tool_calls"] = [{"id": "now_1", "type": "function",
+                                  "function": {"name": "now", "arguments": "{}"}}]
+    done = to_completion(orjson.dumps({**NON_STREAM, "message": message}), completion_id="c",
+                         created=1, model="m", provider="cohere")
+    assert done["choices"][0]["finish_reason"] == expected
+    assert done["choices"][0]["message"]["content"] == "It is noon."
+
+
 @pytest.mark.parametrize(("reason", "status"), [("ERROR", 502), ("TIMEOUT", 504)])
 def test_error_finish_is_an_error_frame(reason: str, status: int) -> None:
     body = events(START, text_delta("partial"), end(reason, error="the model broke"))

@@ -18,8 +18,8 @@ from streamproxy.openai_api.chunks import unseen_citations
 from streamproxy.openai_api.completion import CompletionBuilder
 from streamproxy.providers.cohere.stream import (
     FAILED,
-    FINISH_REASONS,
     failure,
+    finish_reason,
     map_usage,
     url_citations,
 )
@@ -57,8 +57,7 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
                                 _arguments(call["function"].get("arguments")))
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
         raise UpstreamProtocolError("the upstream answered with a malformed message") from None
-    finish = FINISH_REASONS.get(reason, "stop")
-    out.finish("tool_calls" if calls and finish == "stop" else finish)
+    out.finish(finish_reason(reason, bool(calls)))
     if resp.get("usage"):
         out.usage(map_usage(resp["usage"]))
     return out.completion(completion_id=completion_id, created=created, model=model)

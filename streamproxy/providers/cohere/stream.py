@@ -15,7 +15,8 @@
   annotations (`delta.annotations`), one per source with a `url`, each once; a citation of the
   tool plan or of thinking, or a source without a url, has no OpenAI place and is left out.
 - `message-end`: finish COMPLETE/STOP_SEQUENCE → stop, MAX_TOKENS → length, TOOL_CALL →
-  tool_calls; ERROR/TIMEOUT → an OpenAI error frame (never a fake finish). Usage: prompt =
+  tool_calls (but stop when no call came, and tool_calls for a stop with calls);
+  ERROR/TIMEOUT → an OpenAI error frame (never a fake finish). Usage: prompt =
   tokens.input_tokens, completion = tokens.output_tokens (billed_units when `tokens` is
   absent), cached = cached_tokens. EOF before message-end → StreamTruncated.
 """
@@ -37,6 +38,16 @@ FINISH_REASONS = {
 }
 # Finish reasons that mean the answer failed: HTTP status of the error frame.
 FAILED = {"ERROR": 502, "TIMEOUT": 504}
+
+
+def finish_reason(reason: str, made_calls: bool) -> str:
+    """Cohere's finish reason as OpenAI's, by the calls the answer made: OpenAI says
+    tool_calls exactly when there are calls, and a client that runs `message.tool_calls` on it
+    would find null after a text-only answer that Cohere ended with TOOL_CALL."""
+    finish = FINISH_REASONS.get(reason, "stop")
+    if finish == "stop" and made_calls:
+        return "tool_calls"
+    return "stop" if finish == "tool_calls" and not made_calls else finish
 
 
 def map_usage(usage: dict[str, Any]) -> dict[str, Any]:
@@ -175,7 +186,6 @@ class CohereStreamTranslator(SSETranslator):
             self.out.error(failure(reason, delta.get("error"), self._provider))
             self.done = True
             return
-        finish = FINISH_REASONS.get(reason, "stop")
-        self.out.finish("tool_calls" if self._tool_of and finish == "stop" else finish)
+        self.out.finish(finish_reason(reason, bool(self._tool_of)))
         self.out.end()
         self.done = True
