@@ -163,6 +163,40 @@ def test_tool_call_without_arguments_gets_an_empty_object() -> None:
     assert c.finish_reason == "tool_calls"
 
 
+def call_events(start: str, fragments: list[str]) -> bytes:
+    return events(START, {"type": "tool-call-start", "index": 0, "delta": {"message": {
+        "tool_calls": {"id": "now_1", "type": "function",
+                       "function": {"name": "now", "arguments": start}}}}},
+        *({"type": "tool-call-delta", "index": 0,
+           "delta": {"message": {"tool_calls": {"function": {"arguments": f}}}}}
+          for f in fragments),
+        {"type": "tool-call-end", "index": 0}, end("TOOL_CALL"))
+
+
+@pytest.mark.parametrize(("start", "fragments", "arguments"), [
+    ("", ["null"], "{}"), ("", ["nu", "ll"], "{}"), ("", [" ", "null", "\n"], "{}"),
+    ("null", [], "{}"), ("", [" ", '{"tz"', ': "UTC"}'], ' {"tz": "UTC"}'),
+    ("", ["{}"], "{}"), ('{"tz": "UTC"}', [], '{"tz": "UTC"}'),
+])
+def test_streamed_null_arguments_are_an_empty_object_as_non_streamed(
+        start: str, fragments: list[str], arguments: str) -> None:
+    # Cohere's arguments for a call of a tool without parameters are "null" (non-streamed
+    # they become "{}" since cf07bd2); streamed, the client got "null", which parses to None
+    # where OpenAI always gives an object. A call's first fragments that may still spell null
+    # are held until they do not.
+    body = call_events(start, fragments)
+    rng = random.Random(body)
+    for pieces in ([body], *(random_splits(body, rng, 7) for _ in range(5))):
+        c = collect(sse_chunks(translate(pieces)))
+        assert c.tool_calls == [{"id": "now_1", "name": "now", "arguments": arguments}]
+        assert c.finish_reason == "tool_calls"
+    whole = to_completion(orjson.dumps({**NON_STREAM, "message": {"role": "assistant",
+        "tool_calls": [{"id": "now_1", "type": "function", "function": {
+            "name": "now", "arguments": start + "".join(fragments)}}]}}),
+        completion_id="c", created=1, model="m", provider="cohere")
+    assert whole["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == arguments
+
+
 CALL_START = {"type": "tool-call-start", "index": 0, "delta": {"message": {"tool_calls": {
     "id": "now_1", "type": "function", "function": {"name": "now", "arguments": "{}"}}}}}
 

@@ -18,6 +18,7 @@ from streamproxy.openai_api.chunks import unseen_citations
 from streamproxy.openai_api.completion import CompletionBuilder
 from streamproxy.providers.cohere.stream import (
     FAILED,
+    NULL,
     failure,
     finish_reason,
     map_usage,
@@ -67,4 +68,4 @@ def _arguments(arguments: str | None) -> str:
     """A call's arguments as OpenAI's JSON object: Cohere sends "null" for a tool without
     parameters (and may send none), which a client parsing them into keyword arguments
     cannot take."""
-    return "{}" if not arguments or arguments.strip() == "null" else arguments
+    return "{}" if not arguments or arguments.strip() == NULL else arguments

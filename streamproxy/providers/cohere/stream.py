@@ -10,7 +10,8 @@
 - `tool-call-start` (its `tool_calls` is one object, not an array) → tool_call_start. Cohere's
   `index` is already a dense tool ordinal, but we keep our own (running count, mapped from
   Cohere's index) so a gap or a shared content/tool numbering can never make a client merge two
-  calls. `tool-call-delta` → argument fragments; `tool-call-end` with no fragment → "{}".
+  calls. `tool-call-delta` → argument fragments; `tool-call-end` with no fragment → "{}", as
+  for arguments that are "null" (a tool without parameters; held until they cannot be).
 - `citation-start` (its `citations` is one object, as `tool_calls`) → `url_citation`
   annotations (`delta.annotations`), one per source with a `url`, each once; a citation of the
   tool plan or of thinking, or a source without a url, has no OpenAI place and is left out.
@@ -36,6 +37,9 @@ FINISH_REASONS = {
     "MAX_TOKENS": "length",
     "TOOL_CALL": "tool_calls",
 }
+# A call's arguments when its tool has no parameters (non-streamed and streamed): OpenAI's
+# are always a JSON object, so it goes to the client as "{}".
+NULL = "null"
 # Finish reasons that mean the answer failed: HTTP status of the error frame.
 FAILED = {"ERROR": 502, "TIMEOUT": 504}
 
@@ -90,7 +94,8 @@ class CohereStreamTranslator(SSETranslator):
         super().__init__(out, max_event_bytes)
         self._provider = provider
         self._tool_of: dict[int, int] = {}  # Cohere tool index → our ordinal
-        self._args_seen: set[int] = set()  # ordinals that got a non-empty fragment
+        self._args_seen: set[int] = set()  # ordinals whose arguments were sent
+        self._held: dict[int, str] = {}  # a call's first fragments while they may spell null
         self._cited: set[bytes] = set()  # the url_citations sent
         self._started = False
 
@@ -117,8 +122,10 @@ class CohereStreamTranslator(SSETranslator):
             fragment = msg["delta"]["message"]["tool_calls"]["function"].get("arguments")
             tool = self._tool_of[msg["index"]]
             if fragment:
-                self._args_seen.add(tool)
-                self.out.tool_call_args(tool, fragment)
+                if tool in self._args_seen:
+                    self.out.tool_call_args(tool, fragment)
+                else:
+                    self._opening_args(tool, fragment)
         elif kind == "tool-plan-delta":
             self._start()
             plan = msg["delta"]["message"].get("tool_plan")
@@ -128,8 +135,9 @@ class CohereStreamTranslator(SSETranslator):
             self._tool_start(msg)
         elif kind == "tool-call-end":
             tool = self._tool_of[msg["index"]]
-            if tool not in self._args_seen:
-                self.out.tool_call_args(tool, "{}")
+            if tool not in self._args_seen:  # none, or held: "null" (or blank) is "{}"
+                held = self._held.pop(tool, "").strip()
+                self.out.tool_call_args(tool, held if held and held != NULL else "{}")
         elif kind == "message-start":
             self._start()
         elif kind == "content-start":
@@ -163,9 +171,24 @@ class CohereStreamTranslator(SSETranslator):
         tool = len(self._tool_of)
         self._tool_of[msg["index"]] = tool
         arguments = call["function"].get("arguments") or ""
-        if arguments:
+        if arguments and not NULL.startswith(arguments.strip()):
             self._args_seen.add(tool)
-        self.out.tool_call_start(tool, call["id"], call["function"]["name"], arguments)
+            self.out.tool_call_start(tool, call["id"], call["function"]["name"], arguments)
+            return
+        if arguments:
+            self._held[tool] = arguments
+        self.out.tool_call_start(tool, call["id"], call["function"]["name"], "")
+
+    def _opening_args(self, tool: int, fragment: str) -> None:
+        """A call's first argument fragments: held while they may still spell `null` (Cohere's
+        arguments for a tool without parameters, which the call ends as "{}"), sent once they
+        cannot. Only until then: later fragments go straight out."""
+        held = self._held.pop(tool, "") + fragment
+        if NULL.startswith(held.strip()):
+            self._held[tool] = held
+        else:
+            self._args_seen.add(tool)
+            self.out.tool_call_args(tool, held)
 
     def _citations(self, msg: dict[str, Any]) -> None:
         # An annotation is an extra: an event without a citation object is no broken answer.
