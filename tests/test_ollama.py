@@ -435,6 +435,22 @@ def test_text_parts_of_every_role_are_joined_as_a_user_s_are() -> None:
     assert [m["content"] for m in messages] == ["Be brief.\nUse French."] * 4
 
 
+def test_empty_text_parts_of_a_user_message_add_no_blank_line() -> None:
+    # Other roles' empty parts are left out (`texts`); a user's were joined as they came, so
+    # ["Be brief.", "", "Use French."] reached the model with an empty line between them (and
+    # an image's empty caption part as a leading line).
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    parts = [{"type": "text", "text": ""}, image, {"type": "text", "text": "Be brief."},
+             {"type": "text", "text": ""}, {"type": "text", "text": "Use French."}]
+    [msg] = to_ollama({"messages": [{"role": "user", "content": parts}]}, "llama3.2",
+                      stream=True)["messages"]
+    assert msg["content"] == "Be brief.\nUse French."
+    assert msg["images"] == ["iVBORw0KGgo="]
+    [msg] = to_ollama({"messages": [{"role": "user", "content": [image, {"type": "text"}]}]},
+                      "llama3.2", stream=True)["messages"]
+    assert msg["content"] == ""
+
+
 def test_tool_results_follow_the_calls_of_assistant_messages_in_a_row() -> None:
     # Two assistant messages in a row ask one turn's calls: a result answering the second's
     # call goes after the first's.

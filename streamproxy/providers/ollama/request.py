@@ -206,7 +206,8 @@ def _user(content: Any, i: int) -> dict[str, Any]:
     for j, part in enumerate(content):
         kind = part.get("type")
         if kind == "text":
-            text.append(part.get("text") or "")
+            if part.get("text"):  # an empty part adds no blank line (as `texts` for others)
+                text.append(part["text"])
         elif kind == "image_url":
             images.append(_image(part, f"messages[{i}].content[{j}].image_url.url"))
         else:
