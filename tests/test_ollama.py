@@ -10,12 +10,14 @@ whose arguments are objects, a final `done: true` line with `done_reason` and ev
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import openai
 import orjson
 import pytest
 
+from streamproxy.config import ConfigError, load_config
 from streamproxy.errors import InvalidRequest, StreamTruncated
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.providers.ollama.request import to_ollama
@@ -433,6 +435,36 @@ def test_text_parts_of_every_role_are_joined_as_a_user_s_are() -> None:
     ]}
     messages = to_ollama(body, "llama3.2", stream=True)["messages"]
     assert [m["content"] for m in messages] == ["Be brief.\nUse French."] * 4
+
+
+@pytest.mark.parametrize("keep_alive", [True, False, {"m": 5}, ["5m"]])
+def test_a_keep_alive_ollama_cannot_read_is_a_400_naming_it(keep_alive: Any) -> None:
+    # Ollama reads keep_alive as a duration string or a number of seconds and answers anything
+    # else with a 400 ("Unsupported type: 'bool'") that names no field, after a round trip.
+    body = {"messages": [{"role": "user", "content": "hi"}], "keep_alive": keep_alive}
+    with pytest.raises(InvalidRequest) as caught:
+        to_ollama(body, "llama3.2", stream=True)
+    assert (caught.value.param, caught.value.code) == ("keep_alive", "invalid_type")
+    for fine in ("10m", -1, 0, 300, 1.5):
+        assert to_ollama({**body, "keep_alive": fine}, "llama3.2",
+                         stream=True)["keep_alive"] == fine
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    ("true", False), ("no", False), ("[5m]", False), ("10m", True), ("-1", True), ("1.5", True),
+])
+def test_a_configured_keep_alive_ollama_cannot_read_is_a_config_error(
+        tmp_path: Path, value: str, ok: bool) -> None:
+    # YAML's true/no are booleans, which passed the check (a bool is an int to Python) and
+    # then failed every request at Ollama; a number of seconds with a fraction was refused.
+    path = tmp_path / "streamproxy.yaml"
+    path.write_text(f"providers: {{o: {{type: ollama, keep_alive: {value}}}}}")
+    if ok:
+        load_config(path)
+        return
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == "providers.o.keep_alive"
 
 
 def test_empty_text_parts_of_a_user_message_add_no_blank_line() -> None:

@@ -17,7 +17,7 @@ from streamproxy.providers.base import (
     generic_error,
     load_event_json,
 )
-from streamproxy.providers.ollama.request import DROPPED, to_ollama
+from streamproxy.providers.ollama.request import DROPPED, is_duration, to_ollama
 from streamproxy.providers.ollama.stream import OllamaStreamTranslator
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class OllamaProvider(Provider):
         super().check_options(options, source, where)
         if not isinstance(options.get("options", {}), dict):
             raise ConfigError(source, f"{where}.options", "must be a mapping of Ollama options")
-        if not isinstance(options.get("keep_alive", ""), str | int):
+        if not is_duration(options.get("keep_alive", "")):
             raise ConfigError(source, f"{where}.keep_alive",
                               "must be a duration string (e.g. 5m) or a number of seconds")
 

@@ -23,6 +23,8 @@ Choices (docs/providers/others.md "ollama"):
   (the name contains "gpt-oss") take levels, so they get one ("minimal" → "low"). A client's own
   `think` wins;
 - `logprobs` and `top_logprobs` (0 to 20 in both) go as they are;
+- `keep_alive` (extra_body) goes as it is when Ollama reads it (a duration string or a number
+  of seconds), else it is a 400 naming it;
 - parameters in DROPPED are dropped; `n` > 1 is rejected.
 """
 
@@ -84,6 +86,9 @@ def to_ollama(body: dict[str, Any], model: str, *, stream: bool,
     elif effort is not None:
         out["think"] = _think(effort, model)
     if body.get("keep_alive") is not None:
+        if not is_duration(body["keep_alive"]):
+            raise InvalidRequest("'keep_alive' must be a duration string (e.g. \"5m\") or a "
+                                 "number of seconds.", param="keep_alive", code="invalid_type")
         out["keep_alive"] = body["keep_alive"]
     if logprobs_asked(body):  # Ollama 0.12.11 and later; older ones ignore both
         out["logprobs"] = True
@@ -93,6 +98,13 @@ def to_ollama(body: dict[str, Any], model: str, *, stream: bool,
     if tools:
         out["tools"] = tools
     return out
+
+
+def is_duration(value: Any) -> bool:
+    """Whether Ollama reads `value` as a keep_alive: a duration string or a number of seconds
+    (anything else is its 400, "Unsupported type"). A bool is no number to it, but an int to
+    Python (and YAML's true/no are bools)."""
+    return isinstance(value, str | int | float) and not isinstance(value, bool)
 
 
 def _options(body: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
