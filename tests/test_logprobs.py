@@ -31,7 +31,7 @@ from streamproxy.providers.gemini.request import to_gemini
 from streamproxy.providers.gemini.response import to_completion
 from streamproxy.providers.gemini.stream import GeminiStreamTranslator, token_logprobs
 from streamproxy.providers.ollama.request import to_ollama
-from streamproxy.providers.ollama.stream import OllamaStreamTranslator
+from streamproxy.providers.ollama.stream import OllamaStreamTranslator, content_logprobs_only
 from tests.conftest import provider_config
 from tests.helpers import (
     count_spliced_reads,
@@ -380,6 +380,63 @@ async def test_ollama_logprobs_through_the_proxy(proxy: Any, upstream: Any) -> N
     body = await resp.json()
     assert body["choices"][0]["logprobs"] == {
         "content": [{**ollama_token("The", -0.5), "top_logprobs": []}], "refusal": None}
+
+
+# A thinking model's answer as Ollama's builtin parser streams it, a line per token: the tag
+# and the blank after it spell nothing; thinking lines carry thinking. Non-streamed, Ollama
+# joins the lines' thinking and content and gives every line's logprobs in one list.
+THINKING_LINES = [
+    ollama_line("", [ollama_token("<think>", -0.01)]),
+    ollama_line("", [ollama_token("Blue", -0.5)], thinking="Blue"),
+    ollama_line("", [ollama_token(" sky", -0.75)], thinking=" sky"),
+    ollama_line("", [ollama_token("</think>", -0.02)]),
+    ollama_line("", [ollama_token("\n\n", -0.03)]),
+    ollama_line("The", [ollama_token("The", -0.25)]),
+    ollama_line(" sky", [ollama_token(" sky", -0.125)]),
+    ollama_line("", None, done=True),
+]
+THINKING_WHOLE = {**THINKING_LINES[-1], "message": {
+    "role": "assistant", "content": "The sky", "thinking": "Blue sky"},
+    "logprobs": [t for line in THINKING_LINES for t in line.get("logprobs") or ()]}
+
+
+async def test_ollama_thinking_tokens_logprobs_are_left_out_streamed_and_not(
+        proxy: Any, upstream: Any) -> None:
+    # Streamed, a thinking line's logprobs are dropped (OpenAI gives none for reasoning); the
+    # non-streamed answer's list holds them all, and they came back as the content's, before
+    # its own: content "The sky" with logprobs for "<think>Blue sky</think>\n\nThe sky".
+    client = await proxy(provider_config("ollama", upstream.url))
+    upstream.content_type = "application/x-ndjson"
+    upstream.body = ndjson(THINKING_LINES)
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "gemma3", "messages": USER, "stream": True, "logprobs": True})
+    streamed = [t for _, tokens in logprob_chunks(sse_chunks(await resp.read()))
+                for t in tokens]
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps(THINKING_WHOLE)
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "gemma3", "messages": USER, "logprobs": True})
+    whole = (await resp.json())["choices"][0]
+    assert whole["message"]["content"] == "The sky"
+    assert whole["message"]["reasoning_content"] == "Blue sky"
+    expected = [{**ollama_token(t, lp), "top_logprobs": []}
+                for t, lp in (("The", -0.25), (" sky", -0.125))]
+    assert streamed == expected
+    assert whole["logprobs"] == {"content": expected, "refusal": None}
+
+
+@pytest.mark.parametrize(("tokens", "content", "kept"), [
+    (["<think>", "Say", " Hi", "</think>", "Hi", "!"], "Hi!", ["Hi", "!"]),  # said in thinking too
+    (["Let", " me", " check", "[", "{\"name\"", "}]"], "Let me check", ["Let", " me", " check"]),
+    (["<think>", "Hm", "</think>"], "", []),  # thinking only: no content, no content logprobs
+    (["H", "i"], "Hi", ["H", "i"]),
+    (["\ufffd", "\ufffd"], "\U0001f600", ["\ufffd", "\ufffd"]),  # spelled nowhere: as it came
+])
+def test_ollama_whole_answer_keeps_the_logprobs_of_its_content(
+        tokens: list[str], content: str, kept: list[str]) -> None:
+    answer = {"message": {"role": "assistant", "content": content},
+              "logprobs": [ollama_token(t, -0.5) for t in tokens]}
+    assert [t["token"] for t in content_logprobs_only(answer)["logprobs"]] == kept
 
 
 @pytest.mark.parametrize("stream", [True, False])

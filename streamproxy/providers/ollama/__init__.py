@@ -18,7 +18,7 @@ from streamproxy.providers.base import (
     load_event_json,
 )
 from streamproxy.providers.ollama.request import DROPPED, is_duration, to_ollama
-from streamproxy.providers.ollama.stream import OllamaStreamTranslator
+from streamproxy.providers.ollama.stream import OllamaStreamTranslator, content_logprobs_only
 
 if TYPE_CHECKING:
     from streamproxy.openai_api.request import ChatRequest
@@ -72,10 +72,11 @@ class OllamaProvider(Provider):
                            created: int, model: str = "") -> dict[str, Any]:
         # A non-streamed answer is one object of the streamed shape, with `done: true`.
         builder = CompletionBuilder()
-        translator = OllamaStreamTranslator(builder, 0, self.name,
-                                            logprobs=bool(req.body.get("logprobs")))
+        logprobs = bool(req.body.get("logprobs"))
+        translator = OllamaStreamTranslator(builder, 0, self.name, logprobs=logprobs)
         try:
-            translator.handle(load_event_json(body))
+            answer = load_event_json(body)
+            translator.handle(content_logprobs_only(answer) if logprobs else answer)
         except UpstreamProtocolError:
             raise UpstreamProtocolError("the upstream answered with a malformed message") from None
         if builder.failure is not None:

@@ -9,7 +9,8 @@
   `done_reason: "length"`, else `stop`; usage = prompt_eval_count / eval_count.
 - Logprobs (only when the client asked: `logprobs=True`): a line's `logprobs` are its
   tokens', already in OpenAI's entry shape; they go with the line's content as one delta.
-  A line of thinking only has them too: OpenAI gives none for reasoning, so they are dropped.
+  A line of thinking only has them too: OpenAI gives none for reasoning, so they are dropped
+  (from a non-streamed answer, whose list holds every token's, by `content_logprobs_only`).
 - A line with `error` ends the stream with an OpenAI error frame. EOF before `done` (or inside
   a line) is StreamTruncated, never a fake `stop`.
 
@@ -47,6 +48,35 @@ def _entry(token: dict[str, Any], top: bool) -> dict[str, Any]:
     if top:
         entry["top_logprobs"] = [_entry(t, False) for t in token.get("top_logprobs") or ()]
     return entry
+
+
+def content_logprobs_only(answer: dict[str, Any]) -> dict[str, Any]:
+    """A non-streamed answer with only the logprobs of the tokens that spell its content.
+
+    Ollama gives such an answer every token's logprobs, thinking's, its tags' and tool calls'
+    too, where the stream carries them on lines of their own, whose logprobs go nowhere
+    (OpenAI gives none for reasoning). The content is the last place its text stands in the
+    tokens' (after the thinking); where it stands nowhere (a parser that rewrote it), the list
+    is left as it came."""
+    tokens, message = answer.get("logprobs"), answer.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not tokens or not isinstance(tokens, list) or not isinstance(content, str):
+        return answer
+    if not content:
+        return {**answer, "logprobs": []}
+    try:
+        texts = [token.get("token") or "" for token in tokens]
+        start = "".join(texts).rfind(content)
+    except (AttributeError, TypeError):
+        return answer  # not Ollama's shape: read (and refused) as the stream reads it
+    if start < 0:
+        return answer
+    end, at, kept = start + len(content), 0, []
+    for token, text in zip(tokens, texts, strict=True):
+        if at < end and at + len(text) > start:
+            kept.append(token)
+        at += len(text)
+    return {**answer, "logprobs": kept}
 
 
 class OllamaStreamTranslator(StreamTranslator):
