@@ -10,8 +10,12 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamproxy.cache import entry as cache_entry
+from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
+from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
 from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.base import load_event_json
+from streamproxy.providers.openai_compat import PassthroughTranslator
 from streamproxy.server.store_and_cache import FEATURES
 from tests.conftest import provider_config
 from tests.helpers import collect, fixture_bytes, jsonl_to_sse, make_config, sse_chunks
@@ -120,7 +124,8 @@ async def test_a_cached_pass_through_keeps_the_chunks_with_a_lone_surrogate(
         proxy: Any, upstream: Any) -> None:
     """The capture parsed each chunk with orjson and skipped those it refused: the cache
     replayed the answer without their text (here, all but ' ok'), and the client's stream
-    carried the upstream's id on them and ours on the others."""
+    carried the upstream's id on them and ours on the others. The emoji cut in two halves
+    across the chunks is the emoji again (it was two U+FFFD), as a JavaScript client read it."""
     upstream.body = _openai_sse("a\ud83d", "\ude00b", " ok")
     client = await proxy(make_config({"up": {
         "type": "openai", "base_url": upstream.url, "api_key": "sk-test-secret",
@@ -133,7 +138,49 @@ async def test_a_cached_pass_through_keeps_the_chunks_with_a_lone_surrogate(
     await client.server.app[FEATURES].cache.drain()
     hit = await client.post("/v1/chat/completions", json=body, headers=headers)
     assert hit.headers["x-portkey-cache-status"] == "HIT"
-    assert collect(sse_chunks(await hit.read())).content == "a\ufffd\ufffdb ok"
+    assert collect(sse_chunks(await hit.read())).content == "a\U0001f600b ok"
+
+
+def _captured(*deltas: dict[str, Any]) -> CompletionBuilder:
+    """A pass-through stream of these deltas (written as a Node server writes a cut string),
+    captured as for store: true and a cache fill."""
+    encoder = RecordingChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    builder = CompletionBuilder()
+    translator = PassthroughTranslator(TeeSink(encoder, builder), 1 << 20, provider="p",
+                                       client_wants_usage=False)
+    for i, delta in enumerate(deltas):
+        translator.feed(b"data: %b\n\n" % json.dumps({
+            "id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": delta,
+                         "finish_reason": "stop" if i == len(deltas) - 1 else None}]}).encode())
+    translator.feed(b"data: [DONE]\n\n")
+    translator.close()
+    return builder
+
+
+def test_an_emoji_cut_across_pass_through_chunks_is_stored_and_cached_whole() -> None:
+    """Each chunk's halves were read as U+FFFD one by one: the stored completion and the
+    cache entry had two where the client's deltas joined into the emoji; a half still alone
+    stays U+FFFD, and nothing kept holds a half orjson cannot write."""
+    builder = _captured(
+        {"content": "a\ud83d"}, {"content": "\ude00b"}, {"content": "\ud83d"},
+        {"content": "\ude00"}, {"reasoning_content": "r\ud83d"}, {"reasoning_content": "\ude00"},
+        {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                         "function": {"name": "f", "arguments": '{"s": "\ud83d'}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '\ude00"}'}}]},
+        {"content": "end \ude00"})
+    completion = builder.completion(completion_id="c", created=1, model="m")
+    message = completion["choices"][0]["message"]
+    assert message["content"] == "a\U0001f600b\U0001f600end \ufffd"
+    assert message["reasoning_content"] == "r\U0001f600"
+    assert message["tool_calls"][0]["function"]["arguments"] == '{"s": "\U0001f600"}'
+    assert orjson.loads(orjson.dumps(completion)) == completion
+
+    entry = cache_entry.from_builder(builder)
+    assert "".join(entry["content"]) == message["content"]
+    replayed = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    cache_entry.replay(orjson.loads(orjson.dumps(entry)), replayed)
+    assert collect(sse_chunks(replayed.take())).content == message["content"]
 
 
 # -- a request body that starts with a UTF-8 byte order mark --

@@ -14,6 +14,7 @@ A builder holds choice 0; a pass-through's other choices (`n` > 1) get a builder
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -87,6 +88,8 @@ class CompletionBuilder:
         # stream's first chunk (the upstream's own id).
         self.id: str | None = None
         self.created: int | None = None
+        # A pass-through chunk with a UTF-16 half alone came (see `_mend`).
+        self._halves = False
 
     def _take_text(self) -> None:
         """The content deltas appended since the last step, as (the rest of) a `c` run."""
@@ -202,6 +205,28 @@ class CompletionBuilder:
 
     def end(self) -> None:
         self.ended = True
+        if self._halves:
+            self._mend()
+
+    def _mend(self) -> None:
+        """A Node server cuts a string inside an emoji as `\\ud83d` in one chunk and `\\ude00`
+        in the next; the client's JavaScript parser joins its deltas into the emoji. Such
+        chunks were read keeping each half (`raw_chunk`): once, at the end, the halves that
+        meet across pieces are paired and those still alone read as U+FFFD, what the stream
+        path reads them as — no str kept here holds one (orjson could not write it)."""
+        for b in (self, *self.other_choices.values()):
+            b._parts[:] = _paired(b.content_parts)
+            b._decoded = len(b._parts)
+            b.reasoning_parts = _paired(b.reasoning_parts)
+            b.refusal_parts = _paired(b.refusal_parts)
+            b._args = [_paired(args) for args in b._args]
+            if b._function_call is not None:
+                b._function_call = (_whole(b._function_call[0]), _paired(b._function_call[1]))
+            if b._audio is not None:
+                b._audio["transcript"] = _paired(b._audio["transcript"])
+            for name in ("model", "id", "tool_calls", "annotations", "images", "logprobs",
+                         "_audio", "upstream_fields", "sources", "usage_data"):
+                setattr(b, name, _whole(getattr(b, name)))
 
     def error(self, err: ProxyError) -> None:
         self.failure = err
@@ -224,9 +249,11 @@ class CompletionBuilder:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
             try:  # (a lone surrogate escape: the client's parser read it, so do we)
-                chunk = loads_repaired(data)
+                loads_repaired(data)  # (what orjson takes but for the halves: no NaN, no 2**64)
             except orjson.JSONDecodeError:
                 return
+            chunk = json.loads(data)  # its halves kept, to pair across chunks (`_mend`)
+            self._halves = True
         if not isinstance(chunk, dict):
             return
         if self.raw_chunks == 1:  # a pass-through stream: the client saw the upstream's ids
@@ -458,6 +485,38 @@ class CompletionBuilder:
         out.update(self.upstream_fields)
         out.update(self.sources)
         return out
+
+
+def _whole_text(text: str) -> str:
+    """`text` with its UTF-16 halves paired, each one alone as U+FFFD (a UTF-16 decoder's
+    reading)."""
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _whole(value: Any) -> Any:
+    """`value` (parsed JSON) with `_whole_text` applied to each string in it."""
+    if isinstance(value, str):
+        return _whole_text(value)
+    if isinstance(value, list):
+        return [_whole(item) for item in value]
+    if isinstance(value, dict):
+        return {_whole(key): _whole(item) for key, item in value.items()}
+    return value
+
+
+def _paired(parts: list[str]) -> list[str]:
+    """Text pieces in order, whole (`_whole_text`): a high half ending a piece goes on to the
+    next, where the low half that starts it makes the pair (the piece it left may be empty;
+    the count stays, for the cache's runs)."""
+    out: list[str] = []
+    carry = ""
+    for part in parts:
+        part = carry + part
+        carry = part[-1:] if "\ud800" <= part[-1:] <= "\udbff" else ""
+        out.append(_whole_text(part[:-1] if carry else part))
+    if carry and out:
+        out[-1] += "\ufffd"
+    return out
 
 
 # An `"id"` with a non-empty string in a pass-through chunk: its completion id, or a nested
