@@ -202,9 +202,8 @@ _HI = b'"messages": [{"role": "user", "content": "hi"}]'
     ("max_tokens", b"18446744073709551616", "integer_above_max_value", "<= 9223372036854775807"),
     ("max_completion_tokens", b"99999999999999999999", "integer_above_max_value",
      "<= 9223372036854775807"),
-    ("n", b"18446744073709551616", "integer_above_max_value", "<= 9223372036854775807"),
-    ("top_logprobs", b"18446744073709551616", "integer_above_max_value",
-     "<= 9223372036854775807"),
+    ("n", b"18446744073709551616", "integer_above_max_value", "<= 128"),
+    ("top_logprobs", b"18446744073709551616", "integer_above_max_value", "<= 20"),
     ("max_tokens", b"-18446744073709551616", "integer_below_min_value", ">= 1"),
     ("top_logprobs", b"-18446744073709551616", "integer_below_min_value", ">= 0"),
 ])
@@ -217,6 +216,32 @@ def test_an_integer_beyond_64_bits_is_openai_s_range_error(field: str, number: b
         parse_chat_request(raw)
     assert (caught.value.param, caught.value.code) == (field, code)
     assert f"Expected a value {bound}" in str(caught.value)
+
+
+@pytest.mark.parametrize(("field", "number", "says"), [
+    # OpenAI's API reference bounds these lower than int64, and answers so; they went on (a
+    # provider made 129 choices, or refused with its own wording), 2**63 to 2**64 - 1 too
+    ("n", 129, "integer above maximum value. Expected a value <= 128, but got 129 instead."),
+    ("n", 2**64 - 1, "integer above maximum value. Expected a value <= 128, but got "
+                     "18446744073709551615 instead."),
+    ("top_logprobs", 21, "integer above maximum value. Expected a value <= 20, but got 21 "
+                         "instead."),
+    ("top_logprobs", -1, "integer below minimum value. Expected a value >= 0, but got -1 "
+                         "instead."),
+    ("max_tokens", 2**63, "integer above maximum value. Expected a value <= "
+                          "9223372036854775807, but got 9223372036854775808 instead."),
+])
+def test_n_and_top_logprobs_out_of_openai_s_range_are_its_400(field: str, number: int,
+                                                              says: str) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "logprobs": True,
+            field: number}
+    with pytest.raises(InvalidRequest) as caught:
+        parse_chat_request(orjson.dumps(body))
+    assert caught.value.status == 400
+    assert (caught.value.param, str(caught.value)) == (field, f"Invalid '{field}': {says}")
+    assert caught.value.code == f"integer_{'above_max' if number > 0 else 'below_min'}_value"
+    for within in ((1, 128) if field == "n" else (0, 20) if field == "top_logprobs" else ()):
+        parse_chat_request(orjson.dumps({**body, field: within}))
 
 
 @pytest.mark.parametrize("body", [b'"seed": 9223372036854775807', b'"seed": -9223372036854775808',

@@ -166,11 +166,15 @@ def _is_num(v: Any) -> bool:
 _INT64_MAX = 2**63 - 1
 _INT_MINIMUM = {"max_tokens": 1, "max_completion_tokens": 1, "n": 1, "seed": -(2**63),
                 "top_logprobs": 0}
+# The ones OpenAI's API reference bounds lower, as it refuses them (a provider would take 500
+# choices, or refuse them with its own wording; each has its own top_logprobs bound).
+_INT_MAXIMUM = {"n": 128, "top_logprobs": 20}
 
 
 def _out_of_range(param: str, value: float) -> InvalidRequest:
-    above = value > _INT64_MAX
-    bound = f"<= {_INT64_MAX}" if above else f">= {_INT_MINIMUM[param]}"
+    most = _INT_MAXIMUM.get(param, _INT64_MAX)
+    above = value > most
+    bound = f"<= {most}" if above else f">= {_INT_MINIMUM[param]}"
     # (a float's digits are no longer the client's: it is not echoed)
     got = f", but got {value} instead" if isinstance(value, int) else ""
     side = "above maximum" if above else "below minimum"
@@ -223,9 +227,10 @@ def _validate(body: dict[str, Any], limits: Limits) -> bool:
         if body.get(name) is not None and body[name] < 1:
             raise InvalidRequest(f"'{name}' must be at least 1.", param=name,
                                  code="invalid_value")
-    for name in _INT_MINIMUM:  # (orjson's ints go up to 2**64 - 1)
-        if (body.get(name) or 0) > _INT64_MAX:
-            raise _out_of_range(name, body[name])
+    for name, least in _INT_MINIMUM.items():  # (orjson's ints go up to 2**64 - 1)
+        value = body.get(name)
+        if value is not None and not least <= value <= _INT_MAXIMUM.get(name, _INT64_MAX):
+            raise _out_of_range(name, value)
     if "messages" not in body:
         raise InvalidRequest("Missing required parameter: 'messages'.", param="messages",
                              code="missing_required_parameter")
