@@ -10,7 +10,11 @@ import pytest
 
 from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.request import parse_chat_request
+from streamproxy.providers.anthropic.request import to_anthropic
+from streamproxy.providers.bedrock.request import to_converse
 from streamproxy.providers.cohere.request import to_cohere
+from streamproxy.providers.gemini.request import to_gemini
+from streamproxy.providers.ollama.request import to_ollama
 from tests.conftest import provider_config
 from tests.helpers import fixture_bytes, jsonl_to_sse
 
@@ -128,6 +132,64 @@ def test_an_assistant_tool_call_without_an_id_is_a_400() -> None:
         parse_chat_request(orjson.dumps(body))
     assert (caught.value.param, caught.value.code) == ("messages[1].tool_calls[1].id",
                                                        "missing_required_parameter")
+
+
+def _results_pair(provider: str, sent: dict[str, Any]) -> list[tuple[str, str]]:
+    """(call, result) of each tool result in a translated request, by what pairs them: the
+    id (Anthropic, Bedrock, Cohere) or the function's name (Gemini, Ollama)."""
+    if provider == "gemini":
+        calls = [p["functionCall"]["name"] for c in sent["contents"] for p in c["parts"]
+                 if "functionCall" in p]
+        results = [p["functionResponse"]["name"] for c in sent["contents"] for p in c["parts"]
+                   if "functionResponse" in p]
+    elif provider == "ollama":
+        calls = [c["function"]["name"] for m in sent["messages"] for c in m.get("tool_calls", ())]
+        results = [m.get("tool_name", "") for m in sent["messages"] if m["role"] == "tool"]
+    elif provider == "cohere":
+        calls = [c["id"] for m in sent["messages"] for c in m.get("tool_calls", ())]
+        results = [m["tool_call_id"] for m in sent["messages"] if m["role"] == "tool"]
+    else:
+        blocks = [b for m in sent["messages"] for b in m["content"] if isinstance(b, dict)]
+        if provider == "anthropic":
+            calls = [b["id"] for b in blocks if b.get("type") == "tool_use"]
+            results = [b["tool_use_id"] for b in blocks if b.get("type") == "tool_result"]
+        else:
+            calls = [b["toolUse"]["toolUseId"] for b in blocks if "toolUse" in b]
+            results = [b["toolResult"]["toolUseId"] for b in blocks if "toolResult" in b]
+    return list(zip(calls, results, strict=True))
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "bedrock", "cohere", "gemini", "ollama"])
+def test_tool_calls_replayed_with_empty_ids_pair_with_their_results(provider: str) -> None:
+    """Calls replayed with `id: ""` (as some proxies in front of Gemini send them) and their
+    results with `tool_call_id: ""`: the translators gave each call a made-up id and each
+    result another (Anthropic's and Bedrock's `_e3b0c44298fc1c14`, Cohere's `""`), so the
+    provider answered a 400 about a call without its result; Gemini answered our 400 (no
+    call named ''), Ollama gave both results the second call's name. Each result now names
+    the call it follows, in order."""
+    call = {"type": "function", "id": ""}
+    body = parse_chat_request(orjson.dumps({"model": "m", "messages": [
+        {"role": "user", "content": "weather and time?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {**call, "function": {"name": "weather", "arguments": "{}"}},
+            {**call, "function": {"name": "time", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "", "content": "sun"},
+        {"role": "tool", "tool_call_id": "", "content": "noon"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {**call, "function": {"name": "date", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "", "content": "monday"}]})).body
+    sent = {"anthropic": lambda: to_anthropic(body, "claude-sonnet-4-5"),
+            "bedrock": lambda: to_converse(body, "amazon.nova-micro-v1:0"),
+            "cohere": lambda: to_cohere(body, "command-a"),
+            "gemini": lambda: to_gemini(body, "gemini-2.5-flash"),
+            "ollama": lambda: to_ollama(body, "qwen3", stream=True)}[provider]()
+    pairs = _results_pair(provider, sent)
+    assert len(pairs) == 3 and all(call == result for call, result in pairs), pairs
+    assert len({call for call, _ in pairs}) == 3 and all(call for call, _ in pairs)
+    if provider == "gemini":  # an id we made up is not sent to Gemini (its own ids are)
+        parts = [p for c in sent["contents"] for p in c["parts"]]
+        assert not [p for p in parts if "id" in (p.get("functionCall") or {})
+                    or "id" in (p.get("functionResponse") or {})]
 
 
 @pytest.mark.parametrize(("field", "value", "expected"), [

@@ -196,6 +196,39 @@ def tool_call_input(arguments: Any) -> dict[str, Any]:
 UNMATCHED_PLACE = 1 << 30
 
 
+def with_call_ids(msgs: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
+    """`msgs` with each assistant tool call of `id: ""` named `<prefix><i>_<j>` (message i,
+    call j), and each tool result of `tool_call_id: ""` after it naming the first such call of
+    the latest assistant turn that no result named yet: a client that replays calls without
+    ids (some proxies in front of Gemini send `""`) answers them without ids, in order, and a
+    provider pairs a call and its result by id (Anthropic and Bedrock refuse a call left
+    unanswered, Gemini needs the call's name). `msgs` itself when no call is without one."""
+    out = msgs
+    unnamed: list[str] = []  # the latest assistant turn's calls of no id, not yet answered
+    for i, m in enumerate(msgs):
+        role = m.get("role")
+        if role == "assistant":
+            unnamed = []
+            calls = m.get("tool_calls")
+            if not calls or all(call.get("id") for call in calls):
+                continue
+            named = []
+            for j, call in enumerate(calls):
+                if not call.get("id"):
+                    call = {**call, "id": f"{prefix}{i}_{j}"}
+                    unnamed.append(call["id"])
+                named.append(call)
+            m = {**m, "tool_calls": named}
+        elif role == "tool" and m.get("tool_call_id") == "" and unnamed:
+            m = {**m, "tool_call_id": unnamed.pop(0)}
+        else:
+            continue
+        if out is msgs:
+            out = list(msgs)
+        out[i] = m
+    return out
+
+
 # Anthropic's tool_use ids and Bedrock's toolUseIds: 1 to 64 of these (a 400 otherwise).
 _TOOL_USE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NOT_IN_TOOL_USE_ID = re.compile(r"[^A-Za-z0-9_-]")

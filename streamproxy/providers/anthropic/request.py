@@ -80,6 +80,7 @@ from streamproxy.openai_api.content import (
     texts,
     tool_call_input,
     tool_use_id,
+    with_call_ids,
 )
 from streamproxy.providers.anthropic.thinking import (
     adaptive_effort,
@@ -138,7 +139,7 @@ def to_anthropic(body: dict[str, Any], model: str,
         raise InvalidRequest("Anthropic returns one choice per request; 'n' must be 1.",
                              param="n", code="unsupported_value")
     logprobs_asked(body)  # dropped, but a request OpenAI refuses is refused here too
-    system, messages = _messages(body["messages"], url_images)
+    system, messages = _messages(with_call_ids(body["messages"], "toolu_"), url_images)
     messages = drop_trailing_thinking(messages, _is_thinking)
     if not messages or ends_with_system(body["messages"], messages):
         messages.append({"role": "user", "content": [{"type": "text",

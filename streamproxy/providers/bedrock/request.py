@@ -98,6 +98,7 @@ from streamproxy.openai_api.content import (
     texts,
     tool_call_input,
     tool_use_id,
+    with_call_ids,
 )
 from streamproxy.providers.anthropic.request import (
     claude_schema,
@@ -213,7 +214,7 @@ def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "aut
         raise InvalidRequest("Bedrock returns one choice per request; 'n' must be 1.",
                              param="n", code="unsupported_value")
     logprobs_asked(body)  # dropped, but a request OpenAI refuses is refused here too
-    system, messages, tool_names = _messages(body["messages"])
+    system, messages, tool_names = _messages(with_call_ids(body["messages"], "tooluse_"))
     messages = drop_trailing_thinking(messages, _is_reasoning)
     if not messages or messages[0]["role"] != "user":  # Converse starts with a user turn
         messages.insert(0, {"role": "user", "content": [{"text": PLACEHOLDER_USER_TEXT}]})

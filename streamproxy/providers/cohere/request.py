@@ -50,6 +50,7 @@ from streamproxy.openai_api.content import (
     replayed_reasoning,
     stop_list,
     texts,
+    with_call_ids,
 )
 
 DROPPED = OPENAI_ONLY | {"user", "parallel_tool_calls"}
@@ -73,7 +74,8 @@ def to_cohere(body: dict[str, Any], model: str) -> dict[str, Any]:
         raise InvalidRequest("Cohere returns one choice per request; 'n' must be 1.",
                              param="n", code="unsupported_value")
     logprobs_asked(body)  # dropped, but a request OpenAI refuses is refused here too
-    out: dict[str, Any] = {"model": model, "messages": _messages(body["messages"])}
+    out: dict[str, Any] = {"model": model,
+                           "messages": _messages(with_call_ids(body["messages"], "call_"))}
     max_tokens = answer_cap(body)
     if max_tokens:
         out["max_tokens"] = max_tokens

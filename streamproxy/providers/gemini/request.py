@@ -52,6 +52,7 @@ from streamproxy.openai_api.content import (
     stop_list,
     texts,
     tool_call_input,
+    with_call_ids,
 )
 from streamproxy.providers.gemini.schema import gemini_schema
 
@@ -111,7 +112,8 @@ def to_gemini(body: dict[str, Any], model: str, *, mime_required: bool = False) 
     if (body.get("n") or 1) > 1:
         raise InvalidRequest("Gemini returns one choice per request here; 'n' must be 1.",
                              param="n", code="unsupported_value")
-    system, contents = _contents(body["messages"], mime_required)
+    system, contents = _contents(with_call_ids(body["messages"], GENERATED_ID_PREFIX),
+                                mime_required)
     if system and NO_SYSTEM_ROLE.search(model):
         _open_first_user_turn(system, contents)
         system = []

@@ -46,6 +46,7 @@ from streamproxy.openai_api.content import (
     stop_list,
     texts,
     tool_call_input,
+    with_call_ids,
 )
 
 DROPPED = (OPENAI_ONLY - {"logprobs", "top_logprobs"}) | {"user", "parallel_tool_calls"}
@@ -66,7 +67,8 @@ def to_ollama(body: dict[str, Any], model: str, *, stream: bool,
     if not isinstance(native, dict):
         raise InvalidRequest("'options' must be an object.", param="options",
                              code="invalid_type")
-    out: dict[str, Any] = {"model": model, "messages": _messages(body["messages"]),
+    out: dict[str, Any] = {"model": model,
+                           "messages": _messages(with_call_ids(body["messages"], "call_")),
                            "stream": stream}
     options = _options(body, {**(defaults or {}), **native})
     if options:
