@@ -26,7 +26,8 @@ before the status (a 502 they would retry twice, generating and paying for it th
 
 Foreign exceptions (aiohttp, asyncio) are mapped into this tree at one boundary each
 (`upstream/client.py`); errors become JSON only at the server boundary (`server/errors.py`).
-Messages never contain API keys: a key an upstream's error echoes is masked in the message
+Messages never contain API keys: a key (or any credential the request carried upstream,
+`UpstreamRequest.credentials`) an upstream's error echoes is masked in the message
 and in the fields an OpenAI-compatible provider's error keeps (`UpstreamStatusError.mask`,
 where an attempt fails, `routing/executor.py`, and in a stream's error frame,
 `openai_api/chunks.py`).

@@ -603,3 +603,38 @@ async def test_a_chat_request_refused_by_proxy_auth_has_a_request_id(proxy: Any)
     resp = await client.post("/v1/chat/completions", json={"messages": USER})
     assert resp.status == 401
     assert resp.headers["x-request-id"] == resp.headers["x-portkey-trace-id"]
+
+
+SENT_TOKEN = "ya29.SECRET-token-0123456789abcdef"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize(("kind", "options", "env"), [
+    ("vertex", {"project": "p", "location": "us-east5", "token_env": "SP_TEST_TOKEN"},
+     {"SP_TEST_TOKEN": SENT_TOKEN}),  # an access token, not the target's key
+    ("bedrock", {"region": "us-east-1"}, {"AWS_BEARER_TOKEN_BEDROCK": SENT_TOKEN}),
+    ("bedrock", {"region": "us-east-1", "aws_access_key_id": "AKIAEXAMPLEEXAMPLE",
+                 "aws_secret_access_key": "s" * 40, "aws_session_token": SENT_TOKEN}, {}),
+], ids=["vertex-token", "bedrock-bearer-env", "aws-session-token"])
+async def test_a_credential_other_than_the_key_echoed_in_an_error_is_masked(
+        kind: str, options: dict[str, Any], env: dict[str, str], stream: bool, proxy: Any,
+        upstream: Any, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # An upstream (or a relay before it) that echoes its request's headers in its error: only
+    # the target's api_key was masked, and these went to the client and the access log.
+    caplog.set_level(logging.INFO)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    upstream.status, upstream.content_type = 403, "application/json"
+    upstream.body = orjson.dumps({
+        "error": {"code": 403, "message": f"denied, headers: Bearer {SENT_TOKEN}",
+                  "status": f"x-amz-security-token={SENT_TOKEN}"},
+        "message": f"denied, headers: Bearer {SENT_TOKEN}"})
+    client = await proxy(make_config({"up": {"type": kind, "base_url": upstream.url,
+                                             "default_model": "m", **options}}, default="up"))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": stream})
+    assert resp.status == 403
+    body = await resp.read()
+    assert SENT_TOKEN in str(upstream.requests[0].headers)  # (it was sent)
+    assert SENT_TOKEN.encode() not in body and b"denied, headers: Bearer \xe2\x80\xa6" in body
+    assert SENT_TOKEN not in caplog.text

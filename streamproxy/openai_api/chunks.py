@@ -152,7 +152,7 @@ class ChunkEncoder:
         "_buf", "_citations", "_content_head", "_content_null", "_content_tail", "_images",
         "_literal_sep", "_prefix", "_role", "_tail", "_thinking_blocks", "bytes_taken", "chunks",
         "completion_id", "created", "ended", "failure", "finish_reason", "include_usage",
-        "model", "secret", "usage_data",
+        "model", "secrets", "usage_data",
     )
 
     # The envelope's fields after `model`: ours are null; a cache hit's encoder gives back an
@@ -188,7 +188,8 @@ class ChunkEncoder:
         self.usage_data: dict[str, Any] | None = None
         self.failure: ProxyError | None = None
         self.ended = False
-        self.secret: str | None = None  # the key sent upstream: masked in errors that echo it
+        # the credentials sent upstream: masked in the errors that echo them
+        self.secrets: tuple[str, ...] = ()
 
     # -- output ------------------------------------------------------------------------------
     def take(self) -> bytes:
@@ -361,8 +362,9 @@ class ChunkEncoder:
     def error(self, err: ProxyError) -> None:
         if self.ended:
             return
-        if self.secret and isinstance(err, UpstreamStatusError):  # an upstream's error event
-            err.mask(self.secret)
+        if isinstance(err, UpstreamStatusError):  # an upstream's error event
+            for secret in self.secrets:
+                err.mask(secret)
         self.failure = err
         self._role = None  # (a stream that fails before its first delta has no role chunk)
         self._buf.append(error_frame(err))

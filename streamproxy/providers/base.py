@@ -45,6 +45,24 @@ class UpstreamRequest:
     headers: dict[str, str] = field(default_factory=dict)
     method: str = "POST"
 
+    def credentials(self, api_key: str | None) -> tuple[str, ...]:
+        """The secrets this request carries (`api_key`, and each credential header's value):
+        masked in an error that echoes them. Not the target's key alone: a Vertex or Azure
+        token, Bedrock's bearer key or AWS session token are none of them, and an upstream (or
+        a relay before it) that echoes its request's headers showed them to the client."""
+        found = [api_key] if api_key else []
+        for name, value in self.headers.items():
+            if name.lower() in CREDENTIAL_HEADERS:
+                scheme, _, token = value.partition(" ")
+                found.append(token if token and scheme.lower() == "bearer" else value)
+        return tuple(found)
+
+
+# The headers a provider authenticates with (signed AWS requests carry the session token apart
+# from the signature; botocore writes them capitalized).
+CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key",
+                                "x-amz-security-token"})
+
 
 class StreamTranslator:
     """Provider stream bytes → ChunkSink calls. `done` turns true at the provider's end-of-stream

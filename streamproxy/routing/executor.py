@@ -137,6 +137,7 @@ class Executor:
                 raise refusal
         await provider.prepare(target)
         upstream = provider.build_request(req, target)
+        target.secrets = upstream.credentials(target.api_key)
         resp = await self.client.send(upstream, connect_timeout=target.timeouts.connect,
                                       provider=provider.name)
         # (the native client's fields as parsed: its `headers` would build a CIMultiDict,
@@ -265,8 +266,9 @@ class Executor:
             try:
                 result = await once(req, target, record, first_try)
             except ProxyError as e:
-                if target.api_key and isinstance(e, UpstreamStatusError):
-                    e.mask(target.api_key)  # an HTTP error, a 200 error body, an error event
+                if isinstance(e, UpstreamStatusError):
+                    for secret in target.secrets:  # an HTTP error, a 200 error body, an event
+                        e.mask(secret)
                 record.note_upstream_error(e)  # metrics: upstream errors by kind
                 if e.status not in spec.on_status_codes:
                     raise
@@ -299,6 +301,7 @@ class Executor:
             deadline.loop.call_soon(parts.build)
             resp = await self._send(req, target, record)
             encoder, translator = parts.take()
+            encoder.secrets = target.secrets  # (known once the request was built)
             read = resp.content.readany
             # The reads before the commit, up to the event cap: a body that ends among them
             # may be no stream at all, but one JSON error (`_json_error`).
@@ -396,7 +399,6 @@ class _StreamParts:
         if record.capture:
             record.builder = CompletionBuilder()
             sink = TeeSink(encoder, record.builder)
-        encoder.secret = self._target.api_key
         self.built = encoder, provider.stream_translator(_as_sent(req, self._target), sink)
 
     def note_usage(self) -> None:

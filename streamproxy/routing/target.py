@@ -22,6 +22,9 @@ class Target:
     override_params: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)  # extra upstream headers
     timeouts: Timeouts = field(default_factory=Timeouts)
+    # The secrets its latest request carried upstream (`UpstreamRequest.credentials`): masked
+    # in the errors that echo them.
+    secrets: tuple[str, ...] = ()
 
     def apply_overrides(self, body: dict[str, Any]) -> dict[str, Any]:
         """The body with this target's `override_params` on top (a new dict only if needed)."""
