@@ -294,3 +294,30 @@ def test_an_image_by_url_is_a_400_naming_it_before_vertex_is_asked() -> None:
         {"role": "user", "content": [inline]}]}))
     sent = orjson.loads(target.provider.build_request(req, target).body)
     assert sent["messages"][0]["content"][0]["source"]["type"] == "base64"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize(("body", "status", "code"), [
+    ({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, 529,
+     "overloaded_error"),
+    ({"type": "error", "error": {"type": "rate_limit_error", "message": "Slow down"}}, 429,
+     "rate_limit_error"),
+    ({"error": {"code": 429, "message": "Quota exceeded", "status": "RESOURCE_EXHAUSTED"}}, 429,
+     "RESOURCE_EXHAUSTED"),
+    ([{"error": {"code": 429, "message": "Quota exceeded", "status": "RESOURCE_EXHAUSTED"}}],
+     429, "RESOURCE_EXHAUSTED"),
+], ids=["claude-overloaded", "claude-rate-limit", "vertex-quota", "vertex-quota-listed"])
+async def test_an_error_inside_a_200_has_the_status_it_names(
+        body: Any, status: int, code: str, stream: bool, proxy: Any, upstream: Any) -> None:
+    # Claude's error names its status by its type, Vertex's by its code, as when each comes
+    # with its status (above): each was a 502 api_error, which retry and fallback codes
+    # listing 429 or 529 did not act on.
+    upstream.content_type = "text/event-stream" if stream else "application/json"
+    upstream.body = orjson.dumps(body)
+    client = await proxy(vertex(upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"model": CLAUDE, "messages": USER,
+                                                           "stream": stream})
+    assert resp.status == status
+    err = (await resp.json())["error"]
+    assert (err["code"], err["type"]) == (code, "rate_limit_error" if status == 429
+                                          else "api_error")

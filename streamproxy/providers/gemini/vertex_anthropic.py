@@ -35,7 +35,7 @@ from streamproxy.providers.anthropic.request import (
     to_anthropic,
 )
 from streamproxy.providers.anthropic.response import to_completion
-from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
+from streamproxy.providers.anthropic.stream import ERROR_STATUS, AnthropicStreamTranslator
 from streamproxy.providers.base import Provider, StreamTranslator, UpstreamRequest, generic_error
 from streamproxy.providers.gemini.errors import google_error
 
@@ -103,10 +103,26 @@ class VertexClaudeProvider(Provider):
         `{"error": {"code", "message", "status"}}`; Claude's are Anthropic's `{"type": "error",
         "error": {"type", "message"}}`, passed through: each read by its own fields."""
         self.vertex.drop_rejected_token(status)
-        try:
-            obj = orjson.loads(body) if body else None
-        except orjson.JSONDecodeError:
-            obj = None
-        if isinstance(obj, dict) and obj.get("type") == "error":
+        if _is_claudes(body):
             return generic_error(status, body, self.name)
         return google_error(status, body, self.name)
+
+    def answered_error(self, body: bytes) -> UpstreamStatusError:
+        """An error a 200 carried, with the status it names, as the same object with its own
+        status is read: Claude's by its type (overloaded_error: 529, as `type: anthropic`
+        reads it), Vertex's by its numeric `code` (as for Gemini). Each was a 502 `api_error`,
+        which retries and fallbacks listing 429 or 529 did not act on."""
+        if not _is_claudes(body):
+            return google_error(0, body, self.name)
+        err = generic_error(502, body, self.name)
+        status = ERROR_STATUS.get(err.code or "")
+        return err if status is None else generic_error(status, body, self.name)
+
+
+def _is_claudes(body: bytes) -> bool:
+    """Whether an error body is Anthropic's `{"type": "error", ...}` (else Google's)."""
+    try:
+        obj = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and obj.get("type") == "error"
