@@ -838,3 +838,28 @@ def _req(body: dict[str, Any]) -> Any:
 
     return parse_chat_request(orjson.dumps({"messages": [{"role": "user", "content": "hi"}],
                                             **body}))
+
+
+@pytest.mark.parametrize(("headers", "model"), [
+    ({}, "@claude-prd/m"),
+    ({"x-portkey-provider": "@claude-prd"}, "m"),
+    ({"x-portkey-config": '{"provider": "@claude-prd"}'}, "m"),
+], ids=["model-prefix", "provider-header", "config-provider"])
+def test_an_unknown_name_lists_the_virtual_keys_beside_the_providers(
+        headers: dict[str, str], model: str) -> None:
+    # `@name` names a virtual key as well as a provider: a typo in one listed the providers
+    # alone, so the client could not tell which names it may use. (Not a key a provider's
+    # name shadows, which @name does not reach.)
+    import orjson
+
+    from streamproxy.openai_api.request import parse_chat_request
+
+    gateway = gateway_for(virtual_keys={"claude-prod": {"provider": "an", "api_key": "sk-vk"},
+                                        "an": {"provider": "an", "api_key": "sk-vk2"}})
+    req = parse_chat_request(orjson.dumps({"model": model, "messages": [
+        {"role": "user", "content": "hi"}]}))
+    with pytest.raises(InvalidRequest) as info:
+        gateway.plan(headers, req, None)
+    assert info.value.code == "unknown_provider"
+    assert info.value.message.endswith(
+        "Configured providers: oa, groq, aws, vx, an. Virtual keys (as @name): claude-prod.")

@@ -294,6 +294,7 @@ class Gateway:
                  rng: random.Random | None = None) -> None:
         self.router = router
         self.settings = settings
+        router.virtual_keys = tuple(settings.virtual_keys)
         self.breakers = breakers
         self.rng = rng or random.Random()
 
@@ -337,9 +338,8 @@ class Gateway:
             return {"virtual_key": vk}
         name = name.removeprefix("@")
         if name not in self.router.providers:
-            raise UnknownProvider(f"Unknown provider '{name}' in {PROVIDER_HEADER}. Configured "
-                                  f"providers: {', '.join(self.router.providers)}.",
-                                  param=PROVIDER_HEADER)
+            raise UnknownProvider(f"Unknown provider '{name}' in {PROVIDER_HEADER}. "
+                                  f"{self.router.known_names()}", param=PROVIDER_HEADER)
         return {"provider": name}
 
     def _onellm_fallbacks(self, named: dict[str, str], req: ChatRequest) -> ConfigNode:
@@ -437,8 +437,8 @@ class Gateway:
         if name:
             if name not in self.router.providers:
                 raise InvalidRequest(
-                    f"Unknown provider '{name}' at '{leaf.path}.provider'. Configured "
-                    f"providers: {', '.join(self.router.providers)}.",
+                    f"Unknown provider '{name}' at '{leaf.path}.provider'. "
+                    f"{self.router.known_names()}",
                     param=f"{leaf.path}.provider", code="unknown_provider")
             upstream = (model.partition("/")[2] or None
                         if vk_name and model and model.startswith(f"@{vk_name}/")

@@ -90,6 +90,16 @@ class Router:
         # Timeouts are frozen: each provider's merged set is built once, not per request.
         self._provider_timeouts = {name: timeouts.merged(p.cfg.timeouts)
                                    for name, p in providers.items()}
+        # The gateway's virtual keys, which `@name` names as well (the Gateway sets them): an
+        # unknown name's 400 lists them beside the providers.
+        self.virtual_keys: tuple[str, ...] = ()
+
+    def known_names(self) -> str:
+        """What a 400 for an unknown provider lists: the providers, and the virtual keys an
+        `@name` may name (not one a provider's name shadows)."""
+        text = f"Configured providers: {', '.join(self.providers)}."
+        keys = [k for k in self.virtual_keys if k not in self.providers]
+        return text + (f" Virtual keys (as @name): {', '.join(keys)}." if keys else "")
 
     def split_model(self, model: str | None) -> tuple[str | None, str | None]:
         """`@name/model` / `name/model` → (name, model) when name is a configured provider;
@@ -156,7 +166,7 @@ class Router:
             return self._unknown(model.partition("/")[0], param)
         return UnknownProvider(
             "No provider given: set the x-portkey-provider header or prefix the model with "
-            f"a provider name. Configured providers: {', '.join(self.providers)}.",
+            f"a provider name. {self.known_names()}",
             param=param)
 
     def _unknown(self, name: str, param: str = "model") -> UnknownProvider:
@@ -164,5 +174,4 @@ class Router:
         hint = (f" To serve '{name}/…' models, configure a provider named '{name}' "
                 f"(type {ptype}).") if ptype else ""
         return UnknownProvider(
-            f"Unknown provider '{name[:64]}'. Configured providers: "
-            f"{', '.join(self.providers)}.{hint}", param=param)
+            f"Unknown provider '{name[:64]}'. {self.known_names()}{hint}", param=param)
