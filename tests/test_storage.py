@@ -918,3 +918,18 @@ async def test_the_model_filter_knows_a_model_by_the_provider_its_virtual_key_na
         assert sorted(x.id for x in page.data) == ids, named
     for named in ("mock/fast:tokens=2", "@mock/fast:tokens=2"):
         assert (await api.chat.completions.list(model=named)).data == [], named
+
+
+async def test_the_model_filter_resolves_a_virtual_keys_prefix_as_the_chat_route_does(
+        proxy: Any, tmp_path: Path) -> None:
+    # `@team/fast` sends `fast` to the key's provider, and is stored under that provider's
+    # name; the filter read `@team/` as no provider's prefix (the default's model
+    # `@team/fast`), so the name the completion was created with did not find it.
+    keys = {"team": {"provider": "mock-openai", "api_key": "sk-team"}}
+    api = openai_sdk(await proxy(config(tmp_path, virtual_keys=keys)), "sk-client")
+    done = await api.chat.completions.create(model="@team/fast:tokens=2", messages=USER,
+                                             store=True)
+    await stored(api, done.id)
+    page = await api.chat.completions.list(model="@team/fast:tokens=2")
+    assert [x.id for x in page.data] == [done.id]
+    assert (await api.chat.completions.list(model="@team/slow")).data == []

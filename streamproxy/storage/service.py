@@ -197,9 +197,11 @@ class StoredCompletions:
 
     async def list_completions(self, request: web.Request) -> web.Response:
         # (`mock/x`, `@mock/x` and, the default provider's, `x` are one model: a request
-        # created under one is listed under each, as `/v1/models/{model}` reads them)
+        # created under one is listed under each, as `/v1/models/{model}` reads them; a
+        # virtual key's `@key/x` is its provider's, as the chat route and the stored row read it)
         config = request.app[STATE].config
-        query = parse_list_query(request.query, lambda model: model_names(config, model))
+        query = parse_list_query(request.query, lambda model: model_names(
+            config, self.routed_model(request.headers, model) or model))
         items, has_more = await self.store.list(owner_of(request), query)
         return _json(page([completion_object(i) for i in items], has_more))
 
