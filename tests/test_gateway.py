@@ -666,15 +666,29 @@ async def test_request_timeout_header_bounds_the_first_token(proxy: Any) -> None
     assert (await resp.json())["error"]["type"] == "timeout_error"
 
 
-@pytest.mark.parametrize("value", ["nan", "inf", "-5", "0", "soon"])
-async def test_a_request_timeout_header_that_is_no_positive_number_is_a_400(proxy: Any,
-                                                                           value: str) -> None:
+@pytest.mark.parametrize("value", ["nan", "inf", "-5", "soon"])
+async def test_a_request_timeout_header_that_is_no_number_of_ms_is_a_400(proxy: Any,
+                                                                        value: str) -> None:
     client = await proxy(gateway_config())
     for stream in (False, True):
         resp = await post(client, model="mock/fast:tokens=1", stream=stream,
                           headers={"x-portkey-request-timeout": value})
         assert resp.status == 400, (value, stream)
         assert (await resp.json())["error"]["param"] == "x-portkey-request-timeout"
+
+
+async def test_a_request_timeout_of_0_sets_none_as_in_portkey(proxy: Any) -> None:
+    # Portkey's gateway reads 0 as unset (the header's: the config's holds; a target's: its
+    # parent's holds, else there is none); here each was a 400.
+    client = await proxy(gateway_config())
+    zero = {"x-portkey-request-timeout": "0"}
+    resp = await post(client, json.dumps(leaf("fast:stall_ms=300", request_timeout=0)),
+                      headers=zero)
+    assert resp.status == 200
+    held = await post(client, json.dumps({"request_timeout": 100, "strategy": {
+        "mode": "fallback"}, "targets": [leaf("fast:stall_ms=3000", request_timeout=0)]}),
+        headers=zero)
+    assert held.status == 408
 
 
 async def test_request_timeout_is_a_408_that_on_status_codes_act_on(proxy: Any) -> None:

@@ -143,6 +143,15 @@ def test_targets_inherit_retry_timeouts_and_merge_override_params() -> None:
     assert b.override_params == {"temperature": 0.1, "max_tokens": 5}
 
 
+
+def test_a_request_timeout_of_0_sets_none_and_keeps_the_parents() -> None:
+    # As Portkey's gateway reads 0 (unset): a 400 before.
+    assert parse_config({"provider": "a", "request_timeout": 0}).timeouts == {}
+    root = parse_config({"request_timeout": 2500, "strategy": {"mode": "fallback"},
+                         "targets": [{"provider": "a", "request_timeout": 0}]})
+    assert root.targets[0].timeouts == {"request": 2.5}
+
+
 # -- planning -----------------------------------------------------------------------------------
 
 def test_loadbalance_1_2_7_splits_10000_plans_within_2_percent() -> None:

@@ -679,10 +679,11 @@ def _request_timeouts(headers: Mapping[str, str]) -> dict[str, float | None]:
         ms = float(value)
     except ValueError:
         ms = -1
-    if not 0 < ms < math.inf:  # (NaN too: a timer cannot be set for it)
-        raise InvalidRequest(f"{TIMEOUT_HEADER} must be a positive number of milliseconds.",
+    if not 0 <= ms < math.inf:  # (NaN too: a timer cannot be set for it)
+        raise InvalidRequest(f"{TIMEOUT_HEADER} must be a number of milliseconds (0: none).",
                              param=TIMEOUT_HEADER, code="invalid_value")
-    return {"request": ms / 1000}
+    # 0 sets none, as in Portkey (its gateway reads 0 as unset): the config's holds
+    return {"request": ms / 1000} if ms else {}
 
 
 def parse_metadata(headers: Mapping[str, str]) -> dict[str, Any] | None:

@@ -367,8 +367,10 @@ def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode
         if not isinstance(headers, list) or not all(isinstance(h, str) for h in headers):
             raise _bad(f"{path}.forward_headers", "must be an array of header names")
         changes["forward_headers"] = tuple(h.lower() for h in headers)
-    if "request_timeout" in raw:  # Portkey: milliseconds until the answer starts (then 408)
-        ms = _number(raw["request_timeout"], f"{path}.request_timeout", minimum=1)
+    # Portkey: milliseconds until the answer starts (then 408); 0 sets none, as there (its
+    # gateway reads 0 as unset: the parent's holds, else there is none).
+    ms = _number(raw.get("request_timeout", 0), f"{path}.request_timeout")
+    if ms:
         changes["timeouts"] = {**node.timeouts, "request": ms / 1000}
     if "timeouts" in raw:
         changes["timeouts"] = {**changes.get("timeouts", node.timeouts),
