@@ -211,6 +211,7 @@ class UpstreamStatusError(ProxyError):
             return
         if key in self.message:
             self.message = _masked(self.message, key)
+            self.args = (self.message,)  # (what str(), repr() and a traceback print)
         if self.code and key in self.code:
             self.code = _masked(self.code, key)
         if self.param and key in self.param:

@@ -638,3 +638,15 @@ async def test_a_credential_other_than_the_key_echoed_in_an_error_is_masked(
     assert SENT_TOKEN in str(upstream.requests[0].headers)  # (it was sent)
     assert SENT_TOKEN.encode() not in body and b"denied, headers: Bearer \xe2\x80\xa6" in body
     assert SENT_TOKEN not in caplog.text
+
+
+def test_a_masked_errors_own_text_holds_no_key() -> None:
+    # mask() rewrote `message` but not args[0], which str() and repr() print: a traceback
+    # that shows the error (a chained one's, asyncio's "exception was never retrieved") or a
+    # log line formatting it wrote the key out.
+    from streamproxy.errors import UpstreamStatusError
+
+    err = UpstreamStatusError(401, f"Incorrect API key provided: {SENT_TOKEN}")
+    err.mask(SENT_TOKEN)
+    assert err.message == "Incorrect API key provided: …cdef"
+    assert SENT_TOKEN not in str(err) and SENT_TOKEN not in repr(err)
