@@ -819,3 +819,34 @@ async def test_a_llama_cpp_error_line_before_any_output_is_an_http_error(
     assert resp.status == 400
     error = (await resp.json())["error"]
     assert error["message"].startswith("the request exceeds the available context size")
+
+
+# Groq's schema takes an assistant `reasoning` only on its reasoning models ("messages[2].
+# reasoning: reasoning is not supported with this model" on kimi-k2-instruct, Llama:
+# vercel/ai#8057) and no `reasoning_details` at all (OpenRouter's; Groq refuses any message key
+# it does not know) — a conversation begun on OpenRouter, or balanced to Groq, failed there.
+def groq_sent(model: str, turn: dict[str, Any]) -> dict[str, Any]:
+    provider, _ = build("groq")
+    messages = [*HI, turn, {"role": "user", "content": "again"}]
+    up = provider.build_request(request(messages=messages), Target(provider, model,
+                                                                   api_key="k"))
+    return orjson.loads(up.body)["messages"][1]
+
+
+DETAILS = [{"type": "reasoning.text", "text": "Greet.", "format": "unknown", "index": 0}]
+
+
+@pytest.mark.parametrize("model", ["llama-3.3-70b-versatile", "moonshotai/kimi-k2-instruct-0905",
+                                   "meta-llama/llama-4-scout-17b-16e-instruct"])
+def test_groq_non_reasoning_models_get_no_reasoning_back(model: str) -> None:
+    turn = {"role": "assistant", "content": "Hello", "reasoning": "Greet.",
+            "reasoning_details": DETAILS}
+    assert groq_sent(model, turn) == {"role": "assistant", "content": "Hello"}
+
+
+@pytest.mark.parametrize("model", ["openai/gpt-oss-120b", "openai/gpt-oss-20b", "qwen/qwen3-32b"])
+def test_groq_reasoning_models_keep_reasoning_but_not_openrouters_details(model: str) -> None:
+    turn = {"role": "assistant", "content": "Hello", "reasoning": "Greet.",
+            "reasoning_details": DETAILS}
+    assert groq_sent(model, turn) == {"role": "assistant", "content": "Hello",
+                                      "reasoning": "Greet."}

@@ -335,9 +335,10 @@ class OpenAIProvider(Provider):
         # as a non-streamed 200's error is read: the status its `code` names (OpenRouter's)
         return error_answer(body, self.name) or self.parse_error(502, body)
 
-    def adapt_body(self, body: dict[str, Any]) -> dict[str, Any]:
-        """The body to send, for compatible upstreams whose parameters differ from OpenAI's
-        (providers/presets.py). Returns `body` itself when nothing changes, else a new dict."""
+    def adapt_body(self, body: dict[str, Any], model: str = "") -> dict[str, Any]:
+        """The body to send to `model`, for compatible upstreams whose parameters differ from
+        OpenAI's (providers/presets.py). Returns `body` itself when nothing changes, else a new
+        dict."""
         return body
 
     def auth_headers(self, api_key: str | None) -> dict[str, str]:
@@ -348,7 +349,7 @@ class OpenAIProvider(Provider):
 
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
         model = self.model_for(target)
-        body = self.adapt_body(target.apply_overrides(req.body))
+        body = self.adapt_body(target.apply_overrides(req.body), model)
         changed = model != req.model or body is not req.body or req.stripped
         if req.stream and not req.include_usage and self.asks_stream_usage:
             body = {**body, "stream_options": {**(body.get("stream_options") or {}),

@@ -235,24 +235,30 @@ class CompatProvider(OpenAIProvider):
     reasoning_beside_completion: ClassVar[bool] = False
     translator_type = CompatTranslator
 
-    def adapt_body(self, body: dict[str, Any]) -> dict[str, Any]:
+    def adapt_body(self, body: dict[str, Any], model: str = "") -> dict[str, Any]:
         """`body` itself when nothing is refused (so the client's bytes go as they are)."""
         out = body
         if not self.dropped_params.isdisjoint(body):
             out = {k: v for k, v in body.items() if k not in self.dropped_params}
         if not self.renamed_params.keys().isdisjoint(out):
             out = _renamed(out, self.renamed_params)
-        if self.refused_message_keys or self.developer_as_system:
+        refused = self.refused_keys(model)
+        if refused or self.developer_as_system:
             messages = body["messages"]
-            adapted = [self._adapt_message(m) for m in messages]
+            adapted = [self._adapt_message(m, refused) for m in messages]
             if any(a is not m for a, m in zip(adapted, messages, strict=True)):
                 out = {**out, "messages": adapted}
         return out
 
-    def _adapt_message(self, message: dict[str, Any]) -> dict[str, Any]:
+    def refused_keys(self, model: str) -> dict[str, frozenset[str]]:
+        """The message keys `model` refuses, by role (a preset whose models differ says so)."""
+        return self.refused_message_keys
+
+    def _adapt_message(self, message: dict[str, Any],
+                       refused: dict[str, frozenset[str]]) -> dict[str, Any]:
         role = message["role"]
-        for_any = self.refused_message_keys.get("*", _NONE)
-        for_role = self.refused_message_keys.get(role, _NONE)
+        for_any = refused.get("*", _NONE)
+        for_role = refused.get(role, _NONE)
         to_system = role == "developer" and self.developer_as_system
         if not to_system and for_any.isdisjoint(message) and for_role.isdisjoint(message):
             return message  # (the usual case: no set built per message)
@@ -302,6 +308,11 @@ class CompatProvider(OpenAIProvider):
         return changed
 
 
+# Groq's reasoning models (console.groq.com/docs/reasoning): gpt-oss, Qwen 3 and the retired
+# QwQ and DeepSeek R1 distill; any other model refuses an assistant `reasoning`.
+_GROQ_REASONING = re.compile(r"gpt-oss|qwen3|qwq|deepseek-r1", re.IGNORECASE)
+
+
 class GroqProvider(CompatProvider):
     """Groq answers a 400 to `logprobs`, `logit_bias`, `top_logprobs` and `messages[].name`
     (console.groq.com/docs/openai, "Currently Unsupported OpenAI Features"), and to any message
@@ -310,7 +321,9 @@ class GroqProvider(CompatProvider):
     `images` of our translated answers (Claude's and Gemini's thinking, Gemini's pictures),
     and the answer-only fields of OpenAI's message that the openai SDK echoes when a client
     appends the answer's message (`refusal`, `annotations`, `audio`: "property 'annotations'
-    is unsupported")."""
+    is unsupported"), and OpenRouter's `reasoning_details`. Its own `reasoning` (its answers'
+    name for the thinking) it takes back on its reasoning models alone: the others answer it
+    with "reasoning is not supported with this model" (vercel/ai#8057)."""
 
     type_name: ClassVar[str] = "groq"
     default_base_url: ClassVar[str | None] = "https://api.groq.com/openai/v1"
@@ -318,8 +331,17 @@ class GroqProvider(CompatProvider):
                                                           "top_logprobs"})
     refused_message_keys: ClassVar[dict[str, frozenset[str]]] = {
         "*": frozenset({"name"}),
-        "assistant": frozenset({"reasoning_content", "thinking_blocks", "images", "refusal",
-                                "annotations", "audio"})}
+        "assistant": frozenset({"reasoning_content", "reasoning_details", "thinking_blocks",
+                                "images", "refusal", "annotations", "audio"})}
+    _without_reasoning: ClassVar[dict[str, frozenset[str]]] = {
+        **refused_message_keys,
+        "assistant": refused_message_keys["assistant"] | {"reasoning"}}
+
+    def refused_keys(self, model: str) -> dict[str, frozenset[str]]:
+        if _GROQ_REASONING.search(model) is not None:
+            return self.refused_message_keys
+        return self._without_reasoning
+
 
 
 # The keys Mistral's message schemas take; anything else (an echoed `refusal: null`, a user
@@ -486,7 +508,7 @@ class MistralProvider(CompatProvider):
         changed = self._map_finishes(answer) or changed
         return orjson.dumps(answer) if changed else body
 
-    def adapt_body(self, body: dict[str, Any]) -> dict[str, Any]:
+    def adapt_body(self, body: dict[str, Any], model: str = "") -> dict[str, Any]:
         out = {k: v for k, v in body.items() if k not in self.dropped_params}
         out["messages"] = [_mistral_message(m) for m in body["messages"]]
         if out.get("max_completion_tokens") is not None:
@@ -529,8 +551,9 @@ class DeepSeekProvider(CompatProvider):
     renamed_params: ClassVar[dict[str, str]] = {"max_completion_tokens": "max_tokens"}
     failed_finishes: ClassVar[dict[str, int]] = {"insufficient_system_resource": 503}
 
-    def _adapt_message(self, message: dict[str, Any]) -> dict[str, Any]:
-        out = super()._adapt_message(message)
+    def _adapt_message(self, message: dict[str, Any],
+                       refused: dict[str, frozenset[str]]) -> dict[str, Any]:
+        out = super()._adapt_message(message, refused)
         if message["role"] != "assistant" or not message.get("tool_calls"):
             return out
         reasoning = message.get("reasoning_content")
