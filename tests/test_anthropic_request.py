@@ -1226,3 +1226,46 @@ def test_an_image_is_sent_as_the_type_its_bytes_are(actual: str, label: str) -> 
     data = base64.b64encode(IMAGE_HEADS[actual] + b"rest of the image").decode()
     [block] = user_parts({"type": "image_url", "image_url": {"url": f"data:{label};base64,{data}"}})
     assert block["source"] == {"type": "base64", "media_type": actual, "data": data}
+
+
+# OpenRouter answers a Claude's thinking as `reasoning_details` (format `anthropic-claude-v1`:
+# `reasoning.text` with its signature, `reasoning.encrypted` for redacted thinking), which its
+# docs say to send back whole. A loop begun there that fell back to Anthropic or Bedrock lost
+# it: thinking was turned off for the loop (or, with a client's own `thinking`, Claude's 400
+# "a final assistant message must start with a thinking block"). Another model's entries
+# (Gemini's signatures, OpenAI's encrypted reasoning) mean nothing to Claude.
+OPENROUTER_CLAUDE = [
+    {"type": "reasoning.text", "text": "Needs ", "format": "anthropic-claude-v1", "index": 0},
+    {"type": "reasoning.text", "text": "the tool.", "signature": "sig==",
+     "format": "anthropic-claude-v1", "index": 0},
+    {"type": "reasoning.encrypted", "data": "UkVE", "format": "anthropic-claude-v1", "index": 1},
+    {"type": "reasoning.encrypted", "data": "gem", "id": "toolu_1", "format": "google-gemini-v1",
+     "index": 2},
+    {"type": "reasoning.text", "text": "Other.", "signature": "x", "format": "unknown",
+     "index": 3}]
+
+
+def test_openrouters_claude_reasoning_details_go_back_to_claude() -> None:
+    messages = loop({"content": None, "reasoning": "Needs the tool.",
+                     "reasoning_details": OPENROUTER_CLAUDE})
+    out = to_anthropic({"messages": messages, "reasoning_effort": "low"}, CLAUDE)
+    assert out["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    assert out["messages"][1]["content"] == [
+        PORTKEY_THINKING, {"type": "redacted_thinking", "data": "UkVE"},
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}]
+    converse = to_converse({"messages": messages, "reasoning_effort": "low"},
+                           "anthropic.claude-sonnet-4-5-20250929-v1:0")
+    assert converse["messages"][1]["content"] == [
+        {"reasoningContent": {"reasoningText": {"text": "Needs the tool.",
+                                                "signature": "sig=="}}},
+        {"reasoningContent": {"redactedContent": "UkVE"}},
+        {"toolUse": {"toolUseId": "toolu_1", "name": "get_weather", "input": {}}}]
+
+
+def test_other_models_reasoning_details_are_not_claudes() -> None:
+    details = [d for d in OPENROUTER_CLAUDE if d["format"] != "anthropic-claude-v1"]
+    messages = loop({"content": None, "reasoning_details": details})
+    out = to_anthropic({"messages": messages, "reasoning_effort": "low"}, CLAUDE)
+    assert "thinking" not in out
+    assert out["messages"][1]["content"] == [
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}]

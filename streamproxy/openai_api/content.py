@@ -65,16 +65,54 @@ def text_parts(content: list[dict[str, Any]], where: str) -> list[dict[str, Any]
 def signed_thinking(m: dict[str, Any]) -> list[Any]:
     """An assistant turn's thinking blocks, as clients send them back: `thinking_blocks` (as we
     answer them, and LiteLLM), else Portkey's forms — its answers' `content_blocks`, or
-    `thinking` / `redacted_thinking` parts in `content` (Portkey's multi-turn docs). The first
-    field that holds any is used, so a block is never sent twice. Claude wants them back with
-    the tool calls of a turn that thought."""
+    `thinking` / `redacted_thinking` parts in `content` (Portkey's multi-turn docs) —, else
+    a Claude's thinking in OpenRouter's `reasoning_details`. The first field that holds any is
+    used, so a block is never sent twice. Claude wants them back with the tool calls of a turn
+    that thought."""
     for field in ("thinking_blocks", "content_blocks", "content"):
         source = m.get(field)
         if isinstance(source, list):
             blocks = [b for b in source if isinstance(b, dict) and b.get("type") in THINKING_TYPES]
             if blocks:
                 return blocks
-    return []
+    return _claude_details(m.get("reasoning_details"))
+
+
+# OpenRouter's `format` of the reasoning_details a Claude wrote (served by Anthropic, Bedrock or
+# Vertex, whose signatures hold on each other); another model's signature Claude cannot check.
+_CLAUDE_FORMAT = "anthropic-claude-v1"
+
+
+def _claude_details(details: Any) -> list[dict[str, Any]]:
+    """A Claude's entries of OpenRouter's `reasoning_details` as its thinking blocks:
+    `reasoning.text` (its `signature` beside) → thinking, `reasoning.encrypted` →
+    redacted_thinking. Consecutive text entries of one `index` are one block, as a stream's
+    deltas give it (the signature on the last)."""
+    blocks: list[dict[str, Any]] = []
+    claudes: list[bool] = []  # per block: a Claude's (an entry of it said so)
+    index: Any = None  # the last text block's index
+    for detail in details if isinstance(details, list) else ():
+        if not isinstance(detail, dict):
+            continue
+        kind, claude = detail.get("type"), detail.get("format") == _CLAUDE_FORMAT
+        if kind == "reasoning.text":
+            if index is not None and detail.get("index") == index:
+                claudes[-1] = claudes[-1] or claude
+            else:
+                blocks.append({"type": "thinking", "thinking": "", "signature": ""})
+                claudes.append(claude)
+            text, signature = detail.get("text"), detail.get("signature")
+            if isinstance(text, str):
+                blocks[-1]["thinking"] += text
+            if isinstance(signature, str) and signature:
+                blocks[-1]["signature"] = signature
+            index = detail.get("index")
+            continue
+        index = None
+        if kind == "reasoning.encrypted" and claude and isinstance(detail.get("data"), str):
+            blocks.append({"type": "redacted_thinking", "data": detail["data"]})
+            claudes.append(True)
+    return [block for block, claude in zip(blocks, claudes, strict=True) if claude]
 
 
 # OpenRouter's `reasoning_details` entries that hold readable text, and the key of their text.
