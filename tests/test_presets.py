@@ -46,6 +46,7 @@ DEFAULT_URLS = {
     "fireworks": "https://api.fireworks.ai/inference/v1",
     "openrouter": "https://openrouter.ai/api/v1",
     "xai": "https://api.x.ai/v1",
+    "moonshot": "https://api.moonshot.ai/v1",
 }
 PRESETS = [*DEFAULT_URLS, "vllm"]
 USAGE = {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}
@@ -850,3 +851,39 @@ def test_groq_reasoning_models_keep_reasoning_but_not_openrouters_details(model:
             "reasoning_details": DETAILS}
     assert groq_sent(model, turn) == {"role": "assistant", "content": "Hello",
                                       "reasoning": "Greet."}
+
+
+# Moonshot (Kimi): "thinking is enabled but reasoning_content is missing in assistant tool call
+# message at index 2", a 400 (bytedance/deer-flow#3043, continuedev/continue#11711) — the rule
+# DeepSeek's thinking mode has, for kimi-k2-thinking and K2.5 on (thinking by default).
+@pytest.mark.parametrize(("fields", "sent"), [
+    ({}, " "),
+    ({"reasoning_content": ""}, " "),
+    ({"reasoning_details": [{"type": "reasoning.text", "text": "Use f.", "index": 0}]}, "Use f."),
+    ({"reasoning_content": "Mine."}, "Mine."),
+])
+def test_moonshot_tool_turn_always_carries_reasoning_content(fields: dict[str, Any],
+                                                             sent: str) -> None:
+    provider, _ = build("moonshot")
+    turn = {"role": "assistant", "content": None, "tool_calls": [CALL], **fields}
+    messages = [*HI, turn, {"role": "tool", "tool_call_id": "c1", "content": "ok"}]
+    up = provider.build_request(request(messages=messages),
+                                Target(provider, "kimi-k2.5", api_key="k"))
+    assert orjson.loads(up.body)["messages"][1] == {**turn, "reasoning_content": sent}
+
+
+# Moonshot puts a stream's usage in the finish chunk's choice (`choices[0].usage`), where no
+# OpenAI client reads it (higress-group/higress#1568, earendil-works/pi#2017).
+MOONSHOT = sse(*HEAD, chunk([{**choice("stop"), "usage": USAGE}]))
+
+
+async def test_moonshot_usage_in_the_choice_becomes_a_usage_chunk(proxy: Any,
+                                                                  upstream: Any) -> None:
+    chunks = await stream(proxy, upstream, "moonshot", MOONSHOT)
+    c = collect(chunks)
+    assert c.content == "Hello world" and c.finish_reason == "stop" and c.done
+    [only] = usage_chunks(chunks)
+    assert only["choices"] == [] and only["usage"] == USAGE and chunks[-2] is only
+    assert all("usage" not in ch for x in chunks if isinstance(x, dict)
+               for ch in x.get("choices") or ())
+    assert usage_chunks(await stream(proxy, upstream, "moonshot", MOONSHOT, usage=False)) == []

@@ -5,7 +5,8 @@ they would break an OpenAI client.
 Stream quirks, handled by `CompatTranslator` (on the few chunks the pass-through parses anyway —
 usage, finish and error chunks; every other chunk is still forwarded byte for byte):
 - usage riding on a content/finish chunk (xAI sends it on the second-to-last chunk, then an
-  empty-choices chunk; Mistral on the finish chunk) or only in Groq's `x_groq.usage`: the counts
+  empty-choices chunk; Mistral on the finish chunk) or only in Groq's `x_groq.usage` or in
+  Moonshot's finish choice (`choices[0].usage`, MoonshotTranslator): the counts
   are taken for logs and, when the client asked for usage, sent as OpenAI's own usage chunk
   (`choices: []`) just before `[DONE]` — unless the upstream sent one itself, so usage is never
   duplicated. Usage on a chunk with choices is removed from it (a client summing would count
@@ -201,6 +202,8 @@ def _says_nothing(choice: Any) -> bool:
 
 
 _NONE: frozenset[str] = frozenset()
+# The reasoning of a tool-call turn that came back with none: DeepSeek refuses "" as missing.
+NO_REASONING = " "
 
 
 def _renamed(body: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
@@ -231,6 +234,9 @@ class CompatProvider(OpenAIProvider):
     # OpenAI's parameter → the upstream's name for it (one the upstream would ignore otherwise).
     renamed_params: ClassVar[dict[str, str]] = {}
     developer_as_system: ClassVar[bool] = False
+    # Thinking mode refuses an assistant turn with tool calls sent back without its
+    # `reasoning_content` (DeepSeek's, Moonshot's): see `_adapt_message`.
+    tool_turns_carry_reasoning: ClassVar[bool] = False
     # Usage counts reasoning tokens beside completion_tokens (count_reasoning_as_completion).
     reasoning_beside_completion: ClassVar[bool] = False
     translator_type = CompatTranslator
@@ -243,7 +249,7 @@ class CompatProvider(OpenAIProvider):
         if not self.renamed_params.keys().isdisjoint(out):
             out = _renamed(out, self.renamed_params)
         refused = self.refused_keys(model)
-        if refused or self.developer_as_system:
+        if refused or self.developer_as_system or self.tool_turns_carry_reasoning:
             messages = body["messages"]
             adapted = [self._adapt_message(m, refused) for m in messages]
             if any(a is not m for a, m in zip(adapted, messages, strict=True)):
@@ -260,11 +266,15 @@ class CompatProvider(OpenAIProvider):
         for_any = refused.get("*", _NONE)
         for_role = refused.get(role, _NONE)
         to_system = role == "developer" and self.developer_as_system
-        if not to_system and for_any.isdisjoint(message) and for_role.isdisjoint(message):
-            return message  # (the usual case: no set built per message)
-        out = {k: v for k, v in message.items() if k not in for_any and k not in for_role}
-        if to_system:
-            out["role"] = "system"
+        out = message
+        if to_system or not (for_any.isdisjoint(message) and for_role.isdisjoint(message)):
+            out = {k: v for k, v in message.items() if k not in for_any and k not in for_role}
+            if to_system:
+                out["role"] = "system"
+        if self.tool_turns_carry_reasoning and role == "assistant" and message.get("tool_calls"):
+            reasoning = message.get("reasoning_content")
+            if not (isinstance(reasoning, str) and reasoning):
+                return {**out, "reasoning_content": replayed_reasoning(message) or NO_REASONING}
         return out
 
     def translator_options(self, req: ChatRequest) -> dict[str, Any]:
@@ -529,9 +539,6 @@ class MistralProvider(CompatProvider):
         return out
 
 
-# The reasoning of a tool-call turn that came back with none: DeepSeek refuses "" as missing.
-NO_REASONING = " "
-
 
 class DeepSeekProvider(CompatProvider):
     """`delta.reasoning_content` (reasoner models) passes through untouched. DeepSeek has no
@@ -550,16 +557,35 @@ class DeepSeekProvider(CompatProvider):
     developer_as_system: ClassVar[bool] = True
     renamed_params: ClassVar[dict[str, str]] = {"max_completion_tokens": "max_tokens"}
     failed_finishes: ClassVar[dict[str, int]] = {"insufficient_system_resource": 503}
+    tool_turns_carry_reasoning: ClassVar[bool] = True
 
-    def _adapt_message(self, message: dict[str, Any],
-                       refused: dict[str, frozenset[str]]) -> dict[str, Any]:
-        out = super()._adapt_message(message, refused)
-        if message["role"] != "assistant" or not message.get("tool_calls"):
-            return out
-        reasoning = message.get("reasoning_content")
-        if isinstance(reasoning, str) and reasoning:
-            return out
-        return {**out, "reasoning_content": replayed_reasoning(message) or NO_REASONING}
+
+class MoonshotTranslator(CompatTranslator):
+    def _take_usage(self, chunk: dict[str, Any]) -> bool:
+        """Moonshot puts a stream's usage in the finish chunk's choice (`choices[0].usage`),
+        where no OpenAI client looks: it is taken as usage on the chunk would be."""
+        moved = False
+        if not chunk.get("usage"):
+            for choice in chunk["choices"]:
+                if isinstance(choice, dict) and "usage" in choice:
+                    usage, moved = choice.pop("usage"), True
+                    if usage:
+                        chunk["usage"] = usage
+        return super()._take_usage(chunk) or moved
+
+
+class MoonshotProvider(CompatProvider):
+    """Moonshot's Kimi API (platform.kimi.ai; `https://api.moonshot.cn/v1` for a mainland-China
+    key, as `base_url`). Its thinking models (kimi-k2-thinking, K2.5 on, thinking by default)
+    have DeepSeek's rule: an assistant turn with tool calls must come back with its
+    `reasoning_content` ("thinking is enabled but reasoning_content is missing in assistant
+    tool call message at index N", a 400), so one without gets it as on DeepSeek. A stream's
+    usage comes in the finish chunk's choice (MoonshotTranslator)."""
+
+    type_name: ClassVar[str] = "moonshot"
+    default_base_url: ClassVar[str | None] = "https://api.moonshot.ai/v1"
+    translator_type = MoonshotTranslator
+    tool_turns_carry_reasoning: ClassVar[bool] = True
 
 
 class TogetherProvider(CompatProvider):
@@ -614,5 +640,5 @@ class VLLMProvider(CompatProvider):
 
 PRESETS: tuple[type[CompatProvider], ...] = (
     GroqProvider, MistralProvider, DeepSeekProvider, TogetherProvider, FireworksProvider,
-    OpenRouterProvider, XAIProvider, VLLMProvider,
+    OpenRouterProvider, XAIProvider, MoonshotProvider, VLLMProvider,
 )
