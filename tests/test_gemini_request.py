@@ -835,3 +835,24 @@ def test_a_pdf_or_video_in_image_url_still_goes() -> None:
         {"type": "image_url", "image_url": {"url": "data:image/heic;base64,AAAAGGZ0eXA="}}]}])
     assert [p["inlineData"]["mimeType"] for p in out["contents"][0]["parts"]] == [
         "application/pdf", "video/mp4", "image/heic"]
+
+
+def test_openrouters_gemini_signatures_in_reasoning_details_go_back() -> None:
+    # OpenRouter answers a Gemini's thought signature as a `reasoning_details` entry of format
+    # `google-gemini-v1` named by its call's id, and says to send the entries back: a loop
+    # begun there that fell back to Gemini lost it (Gemini 3 went on unchecked, without the
+    # reasoning it signed). Another model's entries are not Gemini's signatures.
+    assistant = tool_turn("tool_0_get_weather_Xy1")
+    assistant["reasoning_details"] = [
+        {"type": "reasoning.text", "text": "Weather.", "format": "google-gemini-v1", "index": 0},
+        {"type": "reasoning.encrypted", "data": "claude", "id": "tool_0_get_weather_Xy1",
+         "format": "anthropic-claude-v1", "index": 1},
+        {"type": "reasoning.encrypted", "data": SIG, "id": "tool_0_get_weather_Xy1",
+         "format": "google-gemini-v1", "index": 2}]
+    out = translate([{"role": "user", "content": "Weather?"}, assistant,
+                     {"role": "tool", "tool_call_id": "tool_0_get_weather_Xy1",
+                      "content": "sunny"}], model="gemini-3-flash-preview")
+    assert out["contents"][1]["parts"] == [{
+        "functionCall": {"name": "get_weather", "args": {"city": "Paris"},
+                         "id": "tool_0_get_weather_Xy1"},
+        "thoughtSignature": SIG}]

@@ -432,10 +432,16 @@ def _upstream_id(call_id: str) -> str | None:
     return None if call_id.startswith(GENERATED_ID_PREFIX) else call_id
 
 
+# OpenRouter's `format` of the reasoning_details a Gemini wrote.
+_GEMINI_DETAILS = "google-gemini-v1"
+
+
 def _signatures(m: dict[str, Any]) -> tuple[dict[str, str], str | None]:
     """Signatures the client sent back with an assistant message: our `thinking_blocks`
-    entries `{"type": "thought_signature", "signature", "tool_call_id"?}`. Returns
-    (tool_call_id → signature, the signature of the text part)."""
+    entries `{"type": "thought_signature", "signature", "tool_call_id"?}`, else OpenRouter's
+    `reasoning_details` entries of a Gemini's (`reasoning.encrypted`, the signature as `data`,
+    its call's id as `id`). Returns (tool_call_id → signature, the signature of the text
+    part)."""
     by_call: dict[str, str] = {}
     text_signature = None
     for block in m.get("thinking_blocks") or []:
@@ -449,6 +455,13 @@ def _signatures(m: dict[str, Any]) -> tuple[dict[str, str], str | None]:
             by_call[call_id] = signature
         elif text_signature is None:
             text_signature = signature
+    details = m.get("reasoning_details")
+    for detail in details if isinstance(details, list) else ():
+        if (isinstance(detail, dict) and detail.get("type") == "reasoning.encrypted"
+                and detail.get("format") == _GEMINI_DETAILS
+                and isinstance(detail.get("id"), str) and isinstance(detail.get("data"), str)
+                and detail["data"]):
+            by_call.setdefault(detail["id"], detail["data"])
     return by_call, text_signature
 
 
