@@ -255,7 +255,7 @@ def test_model_stream_error_s_original_message_is_masked_of_the_key() -> None:
     frame = stream_error({"message": "Model Stream Error",
                           "originalMessage": f"invalid key {key} for model"})
     enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
-    enc.secret = key  # as the executor sets it: the key sent upstream
+    enc.secrets = (key,)  # as the executor sets them: the credentials sent upstream
     tr = BedrockStreamTranslator(enc, 1 << 20)
     out = relay_pieces(enc, tr, [event("messageStart", {}) + frame])
     c = collect(sse_chunks(out))
