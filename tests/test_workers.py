@@ -74,8 +74,10 @@ class Tree:
 
 
 def serve_refused(config: Path, port: int, workers: str, metrics: Path,
-                  timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """`streamproxy serve` run to its end, which a test expects to come at start."""
+                  timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`streamproxy serve` run to its end, which a test expects to come at start. The timeout
+    only bounds a hang: a start takes ~0.6 s of CPU, which a loaded 2-core machine gave over
+    40 s (a refused second instance, beside two busy loops per core)."""
     return subprocess.run(
         [sys.executable, "-m", "streamproxy", "serve", "--config", str(config),
          "--port", str(port), "--workers", workers],
@@ -179,6 +181,10 @@ async def _served_count(url: str) -> float:
                if line.startswith("streamproxy_requests_total{"))
 
 
+async def _counted(url: str, n: int) -> bool:
+    return await _served_count(url) >= n
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 async def test_a_second_instance_on_the_same_port_refuses_to_start(tree: Tree,
                                                                    workers: str) -> None:
@@ -186,10 +192,13 @@ async def test_a_second_instance_on_the_same_port_refuses_to_start(tree: Tree,
     # Given the same metrics directory, it must leave the running instance's files alone
     # (serve clears a previous run's from it: only once the port is its own).
     assert await stream_ok(tree.url)
-    proc = serve_refused(tree.config, tree.port, workers, tree.config.parent / "metrics", 30)
+    proc = serve_refused(tree.config, tree.port, workers, tree.config.parent / "metrics")
     assert proc.returncode == 1
     assert f"cannot listen on 127.0.0.1:{tree.port}" in proc.stderr
     assert await stream_ok(tree.url)
+    # A worker counts a request after its last byte is written: /metrics (maybe on the other
+    # worker) can come before that. Two is reached unless the count of the first was lost.
+    await until(lambda: _counted(tree.url, 2), "both requests counted")
     assert await _served_count(tree.url) == 2
 
 
