@@ -9,6 +9,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -737,6 +738,7 @@ def test_an_old_worker_that_never_finishes_draining_after_a_reload_is_killed(
 
 
 DELAYED = CONFIG.replace("server:\n", "server:\n  drain_delay: {delay}\n")
+DRAINING = re.compile(r"worker \d+ draining: ")  # (once its drain delay is over)
 
 
 async def _health(url: str, session: aiohttp.ClientSession | None = None) -> tuple[int, Any]:
@@ -756,20 +758,23 @@ async def test_the_drain_delay_fails_health_at_once_and_serves_on_until_it_ends(
         tmp_path: Path, workers: int) -> None:
     """`server.drain_delay` (Kubernetes: endpoints go after SIGTERM, asynchronously): /healthz
     answers 503 on new and open connections at once, new requests are still served, and only
-    when the delay ends do the listeners close."""
-    async with serving(tmp_path, DELAYED.format(delay=2, grace=30, models="fast"), workers) as t:
+    when the delay ends do the listeners close. The checks are made within the delay: the
+    workers' logs say none has begun to drain (a time bound on them failed on a loaded
+    machine; the 503s and the stream still served show that /healthz failed at once)."""
+    async with serving(tmp_path, DELAYED.format(delay=3, grace=30, models="fast"), workers) as t:
         async with aiohttp.ClientSession() as kept:
             assert (await _health(t.url, kept))[0] == 200
             t0 = time.monotonic()
             t.proc.send_signal(signal.SIGTERM)
-            await until(lambda: _unhealthy(t.url), "/healthz failing", timeout=1)
+            await until(lambda: _unhealthy(t.url), "/healthz failing", timeout=3)
             for _ in range(4):  # fresh connections: either worker
                 assert await _health(t.url) == (503, {"status": "draining"})
             assert await _health(t.url, kept) == (503, {"status": "draining"})
             assert await stream_ok(t.url)
-            assert time.monotonic() - t0 < 1.5, "the checks took the whole delay"
-        await until(lambda: _refused(t.url), "new connections refused", timeout=5)
-        assert time.monotonic() - t0 >= 1.8
+            assert not DRAINING.search(t.output()), "the checks took the whole delay"
+        await until(lambda: _refused(t.url), "new connections refused", timeout=30)
+        assert time.monotonic() - t0 >= 2.8
+        assert DRAINING.search(t.output())
         assert await asyncio.to_thread(t.proc.wait, 10) == 0
 
 
