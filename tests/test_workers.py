@@ -807,21 +807,31 @@ async def test_a_stray_sigusr1_is_ignored(tmp_path: Path, workers: int) -> None:
         assert await stream_ok(t.url)
 
 
-def _loop_on_one_connection(url: str, seconds: float, halfway: Callable[[], None],
-                            path: str = "/v1/chat/completions") -> list[str]:
+def _loop_on_one_connection(url: str, reload: Callable[[], None], reloaded: Callable[[], bool],
+                            path: str = "/v1/chat/completions",
+                            deadline: float = 120) -> list[str]:
     """Chat requests (or GETs of another `path`) back to back on one kept-alive connection, as
     curl, a load-test user or a load balancer's health check sends them (http.client: a new
-    connection only after `Connection: close`, no retry); the errors seen. `halfway` runs
-    once, after the first second."""
+    connection only after `Connection: close`, no retry); the errors seen. `reload` runs once,
+    after the first second; the loop goes on until `reloaded()` says so, the old app (or
+    worker) has closed the connection after an answer (its drain) and 20 more requests were
+    answered on the next one, over 50 in all: waits on those events, not on a time, which
+    a loaded machine's reload overran (`deadline` only bounds a hang)."""
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=5)
     chat = path == "/v1/chat/completions"
     body = json.dumps({"model": "mock/fast", "messages": [{"role": "user", "content": "hi"}]})
-    errors, served, started = [], 0, time.monotonic()
+    errors: list[str] = []
+    served, started = 0, time.monotonic()
+    sent_at: int | None = None  # requests served when the reload was asked for
+    closed_at: int | None = None  # ... when an answer after it closed the connection
     try:
-        while time.monotonic() - started < seconds:
-            if halfway and time.monotonic() - started > 1:
-                halfway, _ = None, halfway()  # type: ignore[assignment]
+        while not (closed_at is not None and served >= max(closed_at + 20, 51)):
+            assert time.monotonic() - started < deadline, (
+                f"the reload's drain never closed the connection: {served} served, {errors}")
+            if sent_at is None and time.monotonic() - started > 1:
+                sent_at = served
+                reload()
             try:
                 if chat:
                     conn.request("POST", path, body, {"content-type": "application/json"})
@@ -833,12 +843,14 @@ def _loop_on_one_connection(url: str, seconds: float, halfway: Callable[[], None
                     served += 1
                 else:
                     errors.append(f"{answer.status} {data[:100]!r}")
+                if sent_at is not None and closed_at is None and answer.will_close \
+                        and reloaded():
+                    closed_at = served
             except (OSError, http.client.HTTPException) as e:
                 errors.append(repr(e))
                 conn.close()
     finally:
         conn.close()
-    assert served > 50
     return errors
 
 
@@ -849,8 +861,9 @@ async def test_a_client_looping_on_one_kept_alive_connection_sees_no_error_acros
     it as the request came): an error on every reload for a client that does not retry."""
     async with serving(tmp_path, CONFIG.format(grace=5, models="fast"), workers) as t:
         reloaded = "SIGHUP: reloaded" if workers == 1 else "reloaded: generation"
-        errors = await asyncio.to_thread(_loop_on_one_connection, t.url, 3.5,
-                                         lambda: t.proc.send_signal(signal.SIGHUP))
+        errors = await asyncio.to_thread(_loop_on_one_connection, t.url,
+                                         lambda: t.proc.send_signal(signal.SIGHUP),
+                                         lambda: reloaded in t.output())
         assert reloaded in t.output()
         assert errors == []
 
@@ -863,8 +876,9 @@ async def test_healthz_on_a_kept_alive_connection_stays_200_across_a_reload(
     a healthy instance out on every SIGHUP."""
     async with serving(tmp_path, CONFIG.format(grace=5, models="fast"), workers) as t:
         reloaded = "SIGHUP: reloaded" if workers == 1 else "reloaded: generation"
-        errors = await asyncio.to_thread(_loop_on_one_connection, t.url, 3.5,
-                                         lambda: t.proc.send_signal(signal.SIGHUP), "/healthz")
+        errors = await asyncio.to_thread(_loop_on_one_connection, t.url,
+                                         lambda: t.proc.send_signal(signal.SIGHUP),
+                                         lambda: reloaded in t.output(), "/healthz")
         assert reloaded in t.output()
         assert "draining" in t.output()  # (the old app or workers did drain meanwhile)
         assert errors == []
