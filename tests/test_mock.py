@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from streamproxy.providers.mock import server as mock_server
 from streamproxy.providers.mock.server import start_mock_server
 from tests.helpers import openai_sdk
 
@@ -32,9 +33,21 @@ async def _hog_the_loop(stop: asyncio.Event) -> None:
         await asyncio.sleep(0.001)
 
 
-async def test_paced_deltas_keep_their_rate_on_a_busy_loop(mock_url: str) -> None:
+async def test_paced_deltas_keep_their_rate_on_a_busy_loop(mock_url: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Each delta is due at a fixed time from the first, so late timers do not add up (with a
-    fixed gap after each write, 29 gaps of 20 ms took ~4 ms more each here)."""
+    fixed gap after each write, 29 gaps of 20 ms took ~4 ms more each here). The deadlines the
+    mock sets are checked, not the stream's length: a loaded machine made its timers late by
+    more than any bound the length could be held to."""
+    loop = asyncio.get_running_loop()
+    deadlines: list[tuple[float, float]] = []  # (due, woken)
+    sleep_until = mock_server._sleep_until
+
+    async def recording(loop_: asyncio.AbstractEventLoop, when: float) -> None:
+        await sleep_until(loop_, when)
+        deadlines.append((when, loop.time()))
+
+    monkeypatch.setattr(mock_server, "_sleep_until", recording)
     stop = asyncio.Event()
     hog = asyncio.create_task(_hog_the_loop(stop))
     try:
@@ -48,7 +61,13 @@ async def test_paced_deltas_keep_their_rate_on_a_busy_loop(mock_url: str) -> Non
         stop.set()
         await hog
     assert body.count(b"text_delta") == 30
-    assert 0.58 - 0.01 <= took < 0.58 + 0.05  # 29 gaps of 20 ms, plus one late timer
+    assert len(deadlines) == 29
+    first = deadlines[0][0] - 0.02
+    # Each due 20 ms after the first delta's time, however late the one before woke.
+    assert [round(due - first, 6) for due, _ in deadlines] == [
+        round(0.02 * k, 6) for k in range(1, 30)]
+    assert max(woken - due for due, woken in deadlines) > 0.001  # the loop was busy
+    assert took >= 0.58 - 0.01  # 29 gaps of 20 ms: never faster than the rate
 
 
 @pytest.mark.parametrize("stream", [True, False])
