@@ -104,6 +104,30 @@ def test_a_conversation_that_starts_with_the_assistant_gets_a_user_turn_first() 
     assert "functionCall" in out["contents"][1]["parts"][0]
 
 
+@pytest.mark.parametrize("model", ["gemini-3.6-flash", "gemini-2.5-pro",
+                                   "publishers/google/models/gemini-3-flash-preview",
+                                   "gemma-3-27b-it"])
+@pytest.mark.parametrize("late", ["system", "developer"])
+def test_system_messages_after_the_last_assistant_turn_ask_for_a_new_answer(
+        model: str, late: str) -> None:
+    # An agent framework's late instruction: OpenAI answers it anew. With its text hoisted
+    # into systemInstruction (or the first user turn, for Gemma) the request ended with the
+    # model turn: a prefill the client never sent, which Gemini 2.5 continued and Gemini 3.6
+    # Flash and later refuse ("Requests ending with a model turn are not supported").
+    out = translate([{"role": "user", "content": "Hi"},
+                     {"role": "assistant", "content": "Hello! How can I help?"},
+                     {"role": late, "content": "Now summarise the chat in French."}],
+                    model=model)
+    assert out["contents"][-2] == {"role": "model",
+                                   "parts": [{"text": "Hello! How can I help?"}]}
+    assert out["contents"][-1] == {"role": "user", "parts": [{"text": "Begin."}]}
+    # a final assistant message the client sends itself is still its prefill, as it is
+    out = translate([{"role": "system", "content": "Be brief."},
+                     {"role": "user", "content": "Hi"},
+                     {"role": "assistant", "content": "Hello"}], model=model)
+    assert out["contents"][-1] == {"role": "model", "parts": [{"text": "Hello"}]}
+
+
 def tool_turn(call_id: str, **extra: Any) -> dict[str, Any]:
     return {"role": "assistant", "content": None, "tool_calls": [
         {"id": call_id, "type": "function", **extra,

@@ -4,7 +4,8 @@ provider-streams.md §4.2; choices documented in docs/providers/gemini.md.
 - system/developer messages are joined, in order, into `systemInstruction` (for Gemma 1 to 3,
   which refuse one, they open the first user turn); a request with no other message, or whose
   conversation starts with the assistant, gets a PLACEHOLDER_USER_TEXT user turn first (Gemini
-  refuses contents that open with a model turn);
+  refuses contents that open with a model turn), and one whose system messages follow the
+  final assistant turn gets one last (`_ends_with_system`: answered anew, not continued);
 - a user message with no text (empty, null, only empty parts: Gemini refuses an empty text
   part) that answers a model turn is BLANK_USER_TEXT, so the request still ends with the user;
   whitespace-only text, which Gemini takes, goes as it is;
@@ -119,6 +120,8 @@ def to_gemini(body: dict[str, Any], model: str, *, mime_required: bool = False) 
         system = []
     if not contents or contents[0]["role"] != "user":  # Gemini's contents open with the user
         contents.insert(0, {"role": "user", "parts": [{"text": PLACEHOLDER_USER_TEXT}]})
+    if _ends_with_system(body["messages"], contents):
+        contents.append({"role": "user", "parts": [{"text": PLACEHOLDER_USER_TEXT}]})
     if _checks_signatures(model):
         _sign_unsigned_calls(contents)
     out: dict[str, Any] = {"contents": contents}
@@ -332,6 +335,15 @@ def _contents(msgs: list[dict[str, Any]],
             contents.append({"role": role_out, "parts": parts})
             places = [place] if role == "tool" else []
     return system, contents
+
+
+def _ends_with_system(msgs: list[dict[str, Any]], contents: list[dict[str, Any]]) -> bool:
+    """Whether system/developer messages (hoisted out of `contents`) follow what is now the
+    final model turn. OpenAI answers them anew; sent as it is, the request would be a prefill
+    the client never sent, which Gemini 2.5 continues and Gemini 3.6 Flash and later refuse
+    ("Requests ending with a model turn are not supported"): it gets a PLACEHOLDER_USER_TEXT
+    turn, as on Anthropic and Bedrock."""
+    return contents[-1]["role"] == "model" and msgs[-1].get("role") in ("system", "developer")
 
 
 def _open_first_user_turn(system: list[dict[str, Any]], contents: list[dict[str, Any]]) -> None:
