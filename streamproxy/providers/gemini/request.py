@@ -102,9 +102,13 @@ GEMMA_LEVEL = {"none": "minimal", "minimal": "minimal", "low": "minimal", "mediu
                "high": "high", "xhigh": "high"}
 THINKING_LEVEL = {"none": "minimal", "minimal": "minimal", "low": "low", "medium": "medium",
                   "high": "high", "xhigh": "high"}
-# Nor can the Gemini 3.x Pro models: they refuse "minimal" ("Thinking level MINIMAL is not
-# supported for this model"), and low is the least they take.
-PRO_MIN_LEVEL = "low"
+# The models that take the "minimal" level: Gemini 3 Flash, 3.5 and 3.6 Flash, the Flash-Lites
+# and Nano Banana 2 (3.1 Flash Image). The others refuse it ("Thinking level MINIMAL is not
+# supported for this model"): the 3.x Pro models, 3.7 and 3.8 Flash and the Gemini 4 models
+# (Google's thinking-level table), so an allow-list: a model not named here (an alias such as
+# gemini-flash-latest, a newer release) gets low, the least every level model takes.
+TAKES_MINIMAL = re.compile(r"gemini-3(?:\.[1-6])?-flash|flash-lite")
+MIN_LEVEL = "low"
 
 
 def to_gemini(body: dict[str, Any], model: str, *, mime_required: bool = False) -> dict[str, Any]:
@@ -215,8 +219,8 @@ def _thinking(body: dict[str, Any], model: str) -> dict[str, Any] | None:
         config = {"thinkingBudget": budget}
     else:
         level = THINKING_LEVEL[effort]
-        if level == "minimal" and "-pro" in model:
-            level = PRO_MIN_LEVEL
+        if level == "minimal" and TAKES_MINIMAL.search(model) is None:
+            level = MIN_LEVEL
         config = {"thinkingLevel": level}
     if effort != "none":
         config["includeThoughts"] = True  # thought summaries → reasoning_content
