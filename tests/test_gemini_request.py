@@ -477,12 +477,15 @@ def test_models_with_the_minimal_level_keep_it(model: str) -> None:
 
 @pytest.mark.parametrize("model", ["gemini-2.0-flash", "gemini-2.0-flash-lite-001",
                                    "gemini-1.5-pro-002", "gemma-3-27b-it", "gemma-3n-e4b-it",
-                                   "models/gemma-2-9b-it"])
+                                   "models/gemma-2-9b-it", "gemini-2.5-flash-image",
+                                   "publishers/google/models/gemini-2.5-flash-image",
+                                   "gemini-2.5-flash-image-preview"])
 @pytest.mark.parametrize("effort", ["none", "low", "high"])
 def test_reasoning_effort_is_dropped_for_models_that_cannot_think(model: str,
                                                                    effort: str) -> None:
     # They answer any thinkingConfig with a 400 ("Thinking is not enabled for
-    # models/gemini-2.0-flash"); a client's own thinking_config still goes as given.
+    # models/gemini-2.0-flash"; the image model Gemini 2.5 Flash Image, Nano Banana, alike);
+    # a client's own thinking_config still goes as given.
     out = translate([{"role": "user", "content": "x"}], model=model, reasoning_effort=effort)
     assert "generationConfig" not in out
     out = translate([{"role": "user", "content": "x"}], model=model, reasoning_effort=effort,

@@ -94,9 +94,10 @@ NO_SYSTEM_ROLE = re.compile(r"(?:^|/)gemma-[1-3](?![0-9])")
 TAKES_PENALTIES = re.compile(r"gemini-(?:1\.|2\.0)")
 PENALTIES = (("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty"))
 # Models that do not think and answer any thinkingConfig with a 400 ("Thinking is not enabled
-# for models/gemini-2.0-flash"): Gemini 1.x and 2.0, Gemma 1 to 3. reasoning_effort is dropped
-# for them, as a parameter a model can't take.
-NO_THINKING = re.compile(r"gemini-(?:1\.|2\.0)|(?:^|/)gemma-[1-3](?![0-9])")
+# for models/gemini-2.0-flash"): Gemini 1.x and 2.0, the image model Gemini 2.5 Flash Image
+# (Google's model page: thinking not supported), Gemma 1 to 3. reasoning_effort is dropped for
+# them, as a parameter a model can't take.
+NO_THINKING = re.compile(r"gemini-(?:1\.|2\.0|2\.5-flash-image)|(?:^|/)gemma-[1-3](?![0-9])")
 # Gemma 4 takes a level, minimal or high alone (low and medium are its 400).
 GEMMA_LEVEL = {"none": "minimal", "minimal": "minimal", "low": "minimal", "medium": "high",
                "high": "high", "xhigh": "high"}
