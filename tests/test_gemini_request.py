@@ -475,6 +475,18 @@ def test_models_with_the_minimal_level_keep_it(model: str) -> None:
     assert out["generationConfig"]["thinkingConfig"] == {"thinkingLevel": "minimal"}
 
 
+@pytest.mark.parametrize(("model", "level"), [
+    ("gemini-4-hydrogen", "xhigh"), ("gemini-4-neon", "xhigh"),
+    ("publishers/google/models/gemini-4-neon", "xhigh"),
+    # the others top out at high (xhigh is Gemini 4 Carbon's 400)
+    ("gemini-4-carbon", "high"), ("gemini-3.8-flash", "high"), ("gemini-3.1-pro-preview", "high")])
+def test_xhigh_reaches_the_models_that_take_it(model: str, level: str) -> None:
+    # Gemini 4 Hydrogen and Neon have an xhigh level of their own, deeper than high.
+    out = translate([{"role": "user", "content": "x"}], model=model, reasoning_effort="xhigh")
+    assert out["generationConfig"]["thinkingConfig"] == {"thinkingLevel": level,
+                                                         "includeThoughts": True}
+
+
 @pytest.mark.parametrize("model", ["gemini-2.0-flash", "gemini-2.0-flash-lite-001",
                                    "gemini-1.5-pro-002", "gemma-3-27b-it", "gemma-3n-e4b-it",
                                    "models/gemma-2-9b-it", "gemini-2.5-flash-image",

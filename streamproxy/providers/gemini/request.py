@@ -79,7 +79,7 @@ DEFAULT_IMAGE_MIME = "image/jpeg"  # for an image URL whose extension names no t
 # image_url too, LiteLLM's convention for Gemini.
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"})
 # reasoning_effort → Gemini 2.x thinking budget / Gemini 3 thinking level. high and xhigh get
-# the most each takes (2.5 Flash's budget tops out at 24576, a level at high).
+# the most each takes (2.5 Flash's budget tops out at 24576, a level at high but on TAKES_XHIGH).
 THINKING_BUDGET = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576,
                    "xhigh": 24576}
 # Gemini 2.5 Pro cannot turn thinking off: its budget goes from 128 (Google's thinking docs;
@@ -110,6 +110,9 @@ THINKING_LEVEL = {"none": "minimal", "minimal": "minimal", "low": "low", "medium
 # gemini-flash-latest, a newer release) gets low, the least every level model takes.
 TAKES_MINIMAL = re.compile(r"gemini-3(?:\.[1-6])?-flash|flash-lite")
 MIN_LEVEL = "low"
+# Gemini 4 Hydrogen and Neon have a level above high, xhigh (OpenAI's xhigh); the other level
+# models top out at high, and Gemini 4 Carbon answers xhigh with a 400.
+TAKES_XHIGH = re.compile(r"gemini-4-(?:hydrogen|neon)")
 
 
 def to_gemini(body: dict[str, Any], model: str, *, mime_required: bool = False) -> dict[str, Any]:
@@ -222,6 +225,8 @@ def _thinking(body: dict[str, Any], model: str) -> dict[str, Any] | None:
         level = THINKING_LEVEL[effort]
         if level == "minimal" and TAKES_MINIMAL.search(model) is None:
             level = MIN_LEVEL
+        elif effort == "xhigh" and TAKES_XHIGH.search(model):
+            level = "xhigh"
         config = {"thinkingLevel": level}
     if effort != "none":
         config["includeThoughts"] = True  # thought summaries → reasoning_content
