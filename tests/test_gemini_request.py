@@ -505,13 +505,16 @@ def test_reasoning_effort_is_dropped_for_models_that_cannot_think(model: str,
     assert out["generationConfig"] == {"thinkingConfig": {"thinkingBudget": 0}}
 
 
+@pytest.mark.parametrize("model", [
+    "gemma-4-31b-it", "gemini-3.1-flash-image-preview", "gemini-3.1-flash-image",
+    "gemini-3.1-flash-lite-image", "publishers/google/models/gemini-3.1-flash-image"])
 @pytest.mark.parametrize(("effort", "level"), [
     ("none", "minimal"), ("minimal", "minimal"), ("low", "minimal"), ("medium", "high"),
     ("high", "high"), ("xhigh", "high")])
-def test_gemma_4_takes_minimal_or_high(effort: str, level: str) -> None:
-    # Gemma 4 takes a thinking level, minimal or high alone (low and medium are its 400).
-    out = translate([{"role": "user", "content": "x"}], model="gemma-4-31b-it",
-                    reasoning_effort=effort)
+def test_two_level_models_take_minimal_or_high(model: str, effort: str, level: str) -> None:
+    # Gemma 4 and the Nano Banana 2 image models (Gemini 3.1 Flash Image and Flash-Lite Image)
+    # take a thinking level, minimal or high alone (low and medium are their 400).
+    out = translate([{"role": "user", "content": "x"}], model=model, reasoning_effort=effort)
     assert out["generationConfig"]["thinkingConfig"]["thinkingLevel"] == level
 
 

@@ -98,13 +98,15 @@ PENALTIES = (("presence_penalty", "presencePenalty"), ("frequency_penalty", "fre
 # (Google's model page: thinking not supported), Gemma 1 to 3. reasoning_effort is dropped for
 # them, as a parameter a model can't take.
 NO_THINKING = re.compile(r"gemini-(?:1\.|2\.0|2\.5-flash-image)|(?:^|/)gemma-[1-3](?![0-9])")
-# Gemma 4 takes a level, minimal or high alone (low and medium are its 400).
-GEMMA_LEVEL = {"none": "minimal", "minimal": "minimal", "low": "minimal", "medium": "high",
-               "high": "high", "xhigh": "high"}
+# Gemma 4 and the Nano Banana 2 image models (Gemini 3.1 Flash Image, 3.1 Flash-Lite Image)
+# take a level, minimal or high alone (low and medium are their 400).
+TWO_LEVELS = re.compile(r"gemma-|gemini-3\.1-flash(?:-lite)?-image")
+MINIMAL_OR_HIGH = {"none": "minimal", "minimal": "minimal", "low": "minimal", "medium": "high",
+                   "high": "high", "xhigh": "high"}
 THINKING_LEVEL = {"none": "minimal", "minimal": "minimal", "low": "low", "medium": "medium",
                   "high": "high", "xhigh": "high"}
 # The models that take the "minimal" level: Gemini 3 Flash, 3.5 and 3.6 Flash, the Flash-Lites
-# and Nano Banana 2 (3.1 Flash Image). The others refuse it ("Thinking level MINIMAL is not
+# (TWO_LEVELS models aside). The others refuse it ("Thinking level MINIMAL is not
 # supported for this model"): the 3.x Pro models, 3.7 and 3.8 Flash and the Gemini 4 models
 # (Google's thinking-level table), so an allow-list: a model not named here (an alias such as
 # gemini-flash-latest, a newer release) gets low, the least every level model takes.
@@ -214,8 +216,8 @@ def _thinking(body: dict[str, Any], model: str) -> dict[str, Any] | None:
         return None
     # Gemini 2.x takes a token budget; Gemini 3 and Gemma 4 a level (both together are a 400).
     config: dict[str, Any]
-    if "gemma-" in model:
-        config = {"thinkingLevel": GEMMA_LEVEL[effort]}
+    if TWO_LEVELS.search(model):
+        config = {"thinkingLevel": MINIMAL_OR_HIGH[effort]}
     elif "gemini-2" in model:
         budget = THINKING_BUDGET[effort]
         if budget == 0 and "gemini-2.5-pro" in model:
