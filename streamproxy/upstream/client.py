@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
-from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from streamproxy.errors import (
@@ -41,8 +41,10 @@ from streamproxy.upstream.http11 import HTTP11Client
 from streamproxy.upstream.response_parser import (
     MAX_HEAD_BYTES,
     MAX_HEADERS,
+    Inflater,
     MalformedResponse,
     UnsupportedTransferCoding,
+    content_coding,
 )
 
 CLIENT_ENV = "STREAMPROXY_UPSTREAM_CLIENT"
@@ -96,6 +98,33 @@ class BodyFailingHandler(ResponseHandler):
             body.set_exception(error)
 
 
+class Decoded:
+    """aiohttp's body reader of a gzip or deflate response, its reads inflated (`readany`, all
+    the proxy reads; the rest is aiohttp's reader's). Only such a response pays for it."""
+
+    __slots__ = ("_body", "_inflater")
+
+    def __init__(self, body: aiohttp.StreamReader, inflater: Inflater) -> None:
+        self._body = body
+        self._inflater = inflater
+
+    async def readany(self) -> bytes:
+        while data := await self._body.readany():
+            data = self._inflater.decompress(data)
+            if data:  # (a read of a gzip header alone inflates to nothing yet)
+                return data
+        return b""
+
+    async def read(self) -> bytes:
+        parts = []
+        while data := await self.readany():
+            parts.append(data)
+        return b"".join(parts)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._body, name)
+
+
 class UpstreamClient:
     def __init__(self, *, limit_per_host: int = 0, keepalive_timeout: float = 30.0,
                  kind: str = "native", egress: EgressProxies = NO_PROXIES) -> None:
@@ -134,7 +163,10 @@ class UpstreamClient:
         self.session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None),
-            auto_decompress=True,
+            # Decoded here by the native client's rule (`Decoded`): aiohttp's parser reads one
+            # Content-Encoding line (its C parser the last, its Python one the first), no list
+            # ("identity, gzip") and no x-gzip, and passed such a body on still compressed.
+            auto_decompress=False,
             # The codings zlib decodes: aiohttp's own default adds br and zstd whenever their
             # packages happen to be installed (not dependencies of ours), as the native client
             # never would (it asks for identity and refuses them).
@@ -185,13 +217,23 @@ class UpstreamClient:
         proxy = self._proxies[req.url]
         headers = {**req.headers, **proxy["headers"]} if "headers" in proxy else req.headers
         try:
-            return await self.session.request(
+            resp = await self.session.request(
                 req.method, url, data=req.body, headers=headers, timeout=timeout,
                 allow_redirects=False, proxy=proxy.get("proxy"),
                 proxy_headers=proxy.get("proxy_headers"),  # type: ignore[arg-type]
             )
         except Exception as e:
             raise map_client_error(e, provider, before_response=True) from None
+        codings = resp.headers.getall("Content-Encoding", None)
+        if codings:  # rare: we ask for gzip and deflate only
+            try:
+                encoding = content_coding(codings)
+            except MalformedResponse as e:
+                resp.close()
+                raise map_client_error(e, provider, before_response=True) from None
+            if encoding:
+                resp.content = Decoded(resp.content, Inflater(encoding))  # type: ignore[assignment]
+        return resp
 
     def _proxy_arguments(self, url: URL) -> dict[str, Any]:
         route = self.egress.route(url.scheme, url.host or "", url.port or 0)
@@ -218,9 +260,8 @@ def map_client_error(exc: BaseException, provider: str, *, before_response: bool
         detail = str(exc) if isinstance(exc, UnsupportedTransferCoding) else type(exc).__name__
         return UpstreamProtocolError(f"bad response from provider '{provider}': {detail}")
     if isinstance(exc, aiohttp.ClientPayloadError):
-        if isinstance(exc, MalformedBody) or isinstance(exc.__cause__, ContentEncodingError):
-            # A body that does not inflate (not gzip, a coding not decoded) or a malformed
-            # chunk: no cut, as the native client's MalformedResponse says.
+        if isinstance(exc, MalformedBody):
+            # A malformed chunk: no cut, as the native client's MalformedResponse says.
             return UpstreamProtocolError(f"bad response from provider '{provider}': "
                                          f"{type(exc.__cause__).__name__}")
         return StreamTruncated(f"provider '{provider}' closed the connection mid-response")

@@ -318,7 +318,7 @@ def parse_head(head: bytes, *, head_request: bool = False) -> ResponseHead:
                 raise MalformedResponse("invalid Content-Length")
             length = int(value)
     content_codings = framing.get("content-encoding")
-    encoding = _content_coding(content_codings) if content_codings else ""
+    encoding = content_coding(content_codings) if content_codings else ""
     if head_request or status in (204, 304):
         chunked, length = False, 0
     elif not chunked and length is None:
@@ -327,11 +327,12 @@ def parse_head(head: bytes, *, head_request: bool = False) -> ResponseHead:
                         fields, keep_alive, chunked, length, encoding)
 
 
-def _content_coding(values: list[str]) -> str:
+def content_coding(values: list[str]) -> str:
     """The one coding to undo, of every Content-Encoding line: RFC 9110 5.3 makes the lines
     one list, so "identity" then "gzip" is a gzip body (reading the first line alone passed it
     on compressed). We ask for identity; one layer of gzip or deflate is decoded anyway
-    (aiohttp's client does), anything else — another coding, two layers — refused."""
+    anything else — another coding, two layers — refused. aiohttp's client follows this rule
+    too (`upstream/client.py`): its own parser reads one line and no list."""
     codings = [c for c in (c.strip().lower() for c in ",".join(values).split(","))
                if c not in ("", "identity")]
     if not codings:
@@ -349,6 +350,44 @@ def _refuse_transfer_codings(codings: list[str]) -> None:
         if coding not in ("chunked", "identity", ""):
             name = coding if _TOKEN.fullmatch(coding.encode("latin-1", "replace")) else "?"
             raise UnsupportedTransferCoding(f"unsupported Transfer-Encoding {name[:40]!r}")
+
+
+class Inflater:
+    """A gzip or deflate body → its bytes, read by read (both clients decode with this)."""
+
+    __slots__ = ("_gzip", "_inflate", "_sniff_deflate")
+
+    def __init__(self, encoding: str) -> None:
+        self._gzip = encoding == "gzip"
+        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS if self._gzip else zlib.MAX_WBITS)
+        self._sniff_deflate = not self._gzip  # a deflate body whose first byte is to come
+
+    def decompress(self, body: bytes) -> bytes:
+        """The bytes of one read (not empty) of the body; b"" when they are not out yet."""
+        inflate = self._inflate
+        if self._sniff_deflate:
+            self._sniff_deflate = False
+            if body[0] & 0x0F != 8:  # no zlib header (its method nibble is 8): raw deflate,
+                # as some servers send for `deflate` (aiohttp's client reads it the same way)
+                inflate = self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+        out: list[bytes] = []
+        room = MAX_INFLATED_READ
+        while True:
+            try:
+                data = inflate.decompress(body, room)
+            except zlib.error:
+                raise MalformedResponse("invalid compressed body") from None
+            out.append(data)
+            room -= len(data)
+            if inflate.unconsumed_tail or (room <= 0 and inflate.unused_data):
+                raise MalformedResponse(f"compressed body inflating over {MAX_INFLATED_READ} "
+                                        "bytes in one read")
+            if not (inflate.eof and inflate.unused_data and self._gzip):
+                return data if len(out) == 1 else b"".join(out)
+            # The next member of a gzip body written in several (RFC 1952 2.2: a gzip file
+            # is a series of members, and a reader decodes them all).
+            body = inflate.unused_data
+            inflate = self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
 
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
@@ -371,16 +410,15 @@ class ResponseParser:
     is true when bytes followed the end (the connection is then not reused). `eof()` is called
     when the connection closes and raises `Disconnected` when the body was cut."""
 
-    __slots__ = ("_buf", "_chunked", "_head_request", "_inflate", "_left", "_sniff_deflate",
-                 "done", "extra", "head", "received")
+    __slots__ = ("_buf", "_chunked", "_head_request", "_inflate", "_left", "done", "extra",
+                 "head", "received")
 
     def __init__(self, *, head_request: bool = False) -> None:
         self._buf = b""
         self._head_request = head_request
         self._chunked: ChunkedDecoder | None = None
         self._left: int | None = None  # Content-Length bytes left; None = until close
-        self._inflate: zlib._Decompress | None = None  # a compressed body (rare)
-        self._sniff_deflate = False  # a deflate body whose first byte is still to come
+        self._inflate: Inflater | None = None  # a compressed body (rare)
         self.head: ResponseHead | None = None
         self.done = False
         self.extra = False
@@ -405,35 +443,8 @@ class ResponseParser:
         else:
             body = self._feed_length(data)
         if self._inflate is not None and body:
-            return self._decompress(body)
+            return self._inflate.decompress(body)
         return body
-
-    def _decompress(self, body: bytes) -> bytes:
-        inflate = self._inflate
-        assert inflate is not None and self.head is not None
-        if self._sniff_deflate:
-            self._sniff_deflate = False
-            if body[0] & 0x0F != 8:  # no zlib header (its method nibble is 8): raw deflate,
-                # as some servers send for `deflate` (aiohttp's client reads it the same way)
-                inflate = self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)
-        out: list[bytes] = []
-        room = MAX_INFLATED_READ
-        while True:
-            try:
-                data = inflate.decompress(body, room)
-            except zlib.error:
-                raise MalformedResponse("invalid compressed body") from None
-            out.append(data)
-            room -= len(data)
-            if inflate.unconsumed_tail or (room <= 0 and inflate.unused_data):
-                raise MalformedResponse(f"compressed body inflating over {MAX_INFLATED_READ} "
-                                        "bytes in one read")
-            if not (inflate.eof and inflate.unused_data and self.head.encoding == "gzip"):
-                return data if len(out) == 1 else b"".join(out)
-            # The next member of a gzip body written in several (RFC 1952 2.2: a gzip file
-            # is a series of members, and a reader decodes them all).
-            body = inflate.unused_data
-            inflate = self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
 
     def _feed_length(self, data: bytes) -> bytes:
         """A Content-Length body, or one read until the connection closes."""
@@ -476,9 +487,7 @@ class ResponseParser:
             self._buf = b""
             self.head = head
             if head.encoding:
-                self._inflate = zlib.decompressobj(
-                    16 + zlib.MAX_WBITS if head.encoding == "gzip" else zlib.MAX_WBITS)
-                self._sniff_deflate = head.encoding == "deflate"
+                self._inflate = Inflater(head.encoding)
             if head.chunked:
                 self._chunked = ChunkedDecoder()
             elif head.length is not None:

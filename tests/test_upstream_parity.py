@@ -1,0 +1,99 @@
+"""Both upstream clients (`server.upstream_client`: native, aiohttp) against raw upstreams on
+loopback: a response's edges give the proxy's client the same answer whichever one is used."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import zlib
+from typing import Any
+
+import pytest
+
+from streamproxy.upstream.client import CLIENT_ENV
+from tests.helpers import collect, sse_chunks
+from tests.test_http11 import FIRST_EVENTS, native_anthropic_config, raw_server, read_request
+
+KINDS = ["native", "aiohttp"]
+STREAM_BODY = FIRST_EVENTS + (
+    b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+    b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+    b'"usage":{"output_tokens":1}}\n\n'
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+JSON_BODY = (b'{"id":"msg_1","type":"message","role":"assistant","model":"m","content":'
+             b'[{"type":"text","text":"Hi"}],"stop_reason":"end_turn",'
+             b'"usage":{"input_tokens":1,"output_tokens":1}}')
+
+
+async def ask(proxy: Any, url: str, stream: bool) -> tuple[int, str | None, dict[str, Any] | None]:
+    """(status, the answer's text, its error) of one chat request through the proxy."""
+    client = await proxy(native_anthropic_config(url.rstrip("/")))
+    async with asyncio.timeout(10):
+        resp = await client.post("/v1/chat/completions", json={
+            "model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+        if resp.status != 200:
+            return resp.status, None, (await resp.json())["error"]
+        if stream:
+            got = collect(sse_chunks(await resp.read()))
+            return resp.status, got.content, got.error
+        answer = await resp.json()
+        return resp.status, answer["choices"][0]["message"]["content"], None
+
+
+def answering(head: bytes, body: bytes) -> Any:
+    """A raw upstream handler: reads the request, writes `head` + `body`, closes."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await read_request(reader)
+            writer.write(head + body)
+            await writer.drain()
+        writer.close()
+    return handle
+
+
+# -- Content-Encoding ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("fields", [
+    [b"gzip"], [b"x-gzip"], [b"identity, gzip"], [b"gzip", b"identity"],
+    [b"identity", b"gzip"], [b"deflate"]])
+async def test_content_codings_both_clients_decode(
+        proxy: Any, kind: str, stream: bool, fields: list[bytes],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 9110 8.4: Content-Encoding lines are one list, x-gzip is gzip. aiohttp's client
+    read one line only (its C parser the last, its Python one the first), no list and no
+    x-gzip: the body went on compressed and the client got a 502 'not JSON' or a truncated
+    stream, where the native client decoded it."""
+    monkeypatch.setenv(CLIENT_ENV, kind)
+    body = STREAM_BODY if stream else JSON_BODY
+    packed = zlib.compress(body) if fields == [b"deflate"] else gzip.compress(body)
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: "
+            + (b"text/event-stream" if stream else b"application/json") + b"\r\n"
+            + b"".join(b"Content-Encoding: " + f + b"\r\n" for f in fields)
+            + b"Content-Length: %d\r\n\r\n" % len(packed))
+    server, url = await raw_server(answering(head, packed))
+    status, text, error = await ask(proxy, url, stream)
+    server.close()
+    assert (status, text, error) == (200, "Hi", None)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("coding", [b"gzip, gzip", b"br", b"zstd", b"compress"])
+async def test_content_codings_neither_client_decodes_are_refused(
+        proxy: Any, kind: str, stream: bool, coding: bytes,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two layers, or a coding zlib does not decode: a protocol error saying so, from both
+    (aiohttp's client passed on what it did not know, read as a body that is not JSON)."""
+    monkeypatch.setenv(CLIENT_ENV, kind)
+    packed = gzip.compress(gzip.compress(STREAM_BODY if stream else JSON_BODY))
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Encoding: " + coding + b"\r\nContent-Length: %d\r\n\r\n" % len(packed))
+    server, url = await raw_server(answering(head, packed))
+    status, _, error = await ask(proxy, url, stream)
+    server.close()
+    assert status == 502 and error is not None
+    assert error["code"] == "upstream_protocol_error"
+    assert error["message"].startswith("bad response from provider 'up': ")
