@@ -45,6 +45,7 @@ from streamproxy.upstream.response_parser import (
     MalformedResponse,
     UnsupportedTransferCoding,
     content_coding,
+    transfer_codings,
 )
 
 CLIENT_ENV = "STREAMPROXY_UPSTREAM_CLIENT"
@@ -224,10 +225,18 @@ class UpstreamClient:
             )
         except Exception as e:
             raise map_client_error(e, provider, before_response=True) from None
-        codings = resp.headers.getall("Content-Encoding", None)
-        if codings:  # rare: we ask for gzip and deflate only
+        # The codings of the body, read as the native client reads them (aiohttp's parser
+        # reads one Content-Encoding line and no list, and takes a Transfer-Encoding ending in
+        # chunked, or without it, as a plain body): a gzip or deflate body is inflated here,
+        # anything else refused before the body.
+        headers = resp.headers
+        codings = headers.getall("Content-Encoding", None)
+        te = headers.getall("Transfer-Encoding", None)
+        if codings or (te and te != ["chunked"]):  # rare: we ask for gzip and deflate only
             try:
-                encoding = content_coding(codings)
+                if te:
+                    transfer_codings(te)
+                encoding = content_coding(codings) if codings else ""
             except MalformedResponse as e:
                 resp.close()
                 raise map_client_error(e, provider, before_response=True) from None

@@ -303,8 +303,7 @@ def parse_head(head: bytes, *, head_request: bool = False) -> ResponseHead:
     if te == ["chunked"]:  # the usual one: no coding list to read
         chunked = True
     elif te:
-        codings = [c.strip().lower() for c in ",".join(te).split(",")]
-        _refuse_transfer_codings(codings)
+        codings = transfer_codings(te)
         chunked = codings[-1] == "chunked"
         if not chunked:
             keep_alive = False  # RFC 9112 6.3: read until close
@@ -342,14 +341,17 @@ def content_coding(values: list[str]) -> str:
     return "deflate" if codings[0] == "deflate" else "gzip"
 
 
-def _refuse_transfer_codings(codings: list[str]) -> None:
-    """RFC 9112 6.1: a transfer coding besides chunked (gzip, compress, deflate) is a layer of
-    the body we never asked for (no TE header goes out) and would pass on undecoded, so it is
-    refused by name; "identity" (RFC 2616's, since withdrawn) changes nothing."""
+def transfer_codings(values: list[str]) -> list[str]:
+    """The transfer codings of every Transfer-Encoding line. RFC 9112 6.1: one besides chunked
+    (gzip, compress, deflate) is a layer of the body we never asked for (no TE header goes out)
+    and would pass on undecoded, so it is refused by name; "identity" (RFC 2616's, since
+    withdrawn) changes nothing. aiohttp's client is held to this too (`upstream/client.py`)."""
+    codings = [c.strip().lower() for c in ",".join(values).split(",")]
     for coding in codings:
         if coding not in ("chunked", "identity", ""):
             name = coding if _TOKEN.fullmatch(coding.encode("latin-1", "replace")) else "?"
             raise UnsupportedTransferCoding(f"unsupported Transfer-Encoding {name[:40]!r}")
+    return codings
 
 
 class Inflater:
