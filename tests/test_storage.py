@@ -294,6 +294,30 @@ async def test_an_update_body_after_a_utf8_bom_is_read(proxy: Any, tmp_path: Pat
     assert (await api.chat.completions.retrieve(done.id)).metadata == {"a": "2"}
 
 
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"metadata": {"a": "2"}', "We could not parse the JSON body of your request: "),
+    (b"metadata=a", "We could not parse the JSON body of your request: "),
+    (b'[{"metadata": {"a": "2"}}]', "The request body must be a JSON object."),
+])
+async def test_an_update_body_that_is_not_a_json_object_says_so(
+        proxy: Any, tmp_path: Path, body: bytes, message: str) -> None:
+    """A truncated or form-encoded body was answered "Only 'metadata' can be updated"
+    (missing_required_parameter), sending the client after a field it had sent, where the
+    chat route answers invalid_json."""
+    client = await proxy(config(tmp_path))
+    api = openai_sdk(client, "sk-client")
+    done = await api.chat.completions.create(model="mock/fast:tokens=1", messages=USER,
+                                             store=True, metadata={"a": "1"})
+    await stored(api, done.id)
+    response = await client.post(f"/v1/chat/completions/{done.id}", data=body,
+                                 headers={"Authorization": "Bearer sk-client",
+                                          "Content-Type": "application/json"})
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["code"] == "invalid_json" and error["message"].startswith(message)
+    assert (await api.chat.completions.retrieve(done.id)).metadata == {"a": "1"}
+
+
 async def test_an_update_of_anything_but_metadata_is_a_400(proxy: Any,
                                                           tmp_path: Path) -> None:
     # It was ignored: a client believing it had changed the model or the messages got a 200.

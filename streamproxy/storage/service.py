@@ -212,11 +212,16 @@ class StoredCompletions:
         # A leading BOM is dropped, as the chat route drops it (RFC 8259 lets a parser ignore
         # it; a body file saved by a Windows editor has one)
         raw = (await request.read()).removeprefix(b"\xef\xbb\xbf")
+        # What is wrong is said as the chat route says it: "Only 'metadata' can be updated"
+        # sent a client whose body was cut or not JSON after a field it had sent.
         try:
             body = orjson.loads(raw or b"{}")
-        except orjson.JSONDecodeError:
-            body = None
-        if not isinstance(body, dict) or "metadata" not in body:
+        except orjson.JSONDecodeError as e:
+            raise InvalidRequest(f"We could not parse the JSON body of your request: {e}",
+                                 code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+        if "metadata" not in body:
             raise InvalidRequest("Only 'metadata' can be updated on a stored chat completion.",
                                  param="metadata", code="missing_required_parameter")
         extra = sorted(k for k in body if k != "metadata")
