@@ -321,3 +321,48 @@ async def test_an_error_inside_a_200_has_the_status_it_names(
     err = (await resp.json())["error"]
     assert (err["code"], err["type"]) == (code, "rate_limit_error" if status == 429
                                           else "api_error")
+
+
+TARGET_TOKEN = "ya29.target-own-token"  # a config target's or virtual key's access token
+
+
+@pytest.mark.parametrize("provider_auth", ["api_key", "token_env", "token_command"])
+@pytest.mark.parametrize("model", [CLAUDE, "gemini-2.5-flash"])
+@pytest.mark.parametrize("how", [
+    {"x-portkey-config": orjson.dumps({"provider": "v", "api_key": TARGET_TOKEN}).decode()},
+    {"x-portkey-config": "named"},
+    {"x-portkey-virtual-key": "vk"},
+    {"x-portkey-provider": "@vk"},
+])
+async def test_a_target_s_own_token_wins_over_the_provider_s(
+        provider_auth: str, model: str, how: dict[str, str], proxy: Any, upstream: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # As on every provider type (Bedrock's own_key), the key a config target or virtual key
+    # names is the one sent, as the Vertex access token: the provider's token (its source's,
+    # or its api_key) went instead, so a virtual key silently used the operator's account.
+    monkeypatch.setenv("SP_TEST_VERTEX_TOKEN", "ya29.operator-env")
+    auth: dict[str, Any] = {
+        "api_key": {},
+        "token_env": {"token_env": "SP_TEST_VERTEX_TOKEN"},
+        # a command that fails: the target's token needs none, and waits for none
+        "token_command": {"token_command": [sys.executable, "-c", "import sys; sys.exit(3)"]},
+    }[provider_auth]
+    config = make_config(
+        {"v": {"type": "vertex", "base_url": upstream.url, "project": "my-proj",
+               "location": "us-east5", **({"api_key": "ya29.configured"}
+                                          if provider_auth == "api_key" else {}), **auth}},
+        default="v", virtual_keys={"vk": {"provider": "v", "api_key": TARGET_TOKEN}},
+        configs={"named": {"provider": "v", "api_key": TARGET_TOKEN}})
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps(
+        {"id": "msg_1", "type": "message", "role": "assistant", "model": CLAUDE,
+         "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn",
+         "usage": {"input_tokens": 1, "output_tokens": 1}} if model == CLAUDE else
+        {"candidates": [{"content": {"role": "model", "parts": [{"text": "ok"}]},
+                         "finishReason": "STOP"}]})
+    client = await proxy(config)
+    resp = await client.post("/v1/chat/completions", headers=how,
+                             json={"model": model, "messages": USER})
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["choices"][0]["message"]["content"] == "ok"
+    assert headers(upstream.requests[0])["authorization"] == f"Bearer {TARGET_TOKEN}"

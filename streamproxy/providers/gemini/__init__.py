@@ -120,9 +120,10 @@ class GeminiProvider(Provider):
 
 
 class VertexProvider(GeminiProvider):
-    """Vertex AI. The bearer token comes from one of `token_command`, `token_env`,
-    `credentials_file` or `credentials: adc`, else the provider key (`api_key` /
-    `api_key_env`, or the client's own `Authorization: Bearer` key when none is configured)."""
+    """Vertex AI. The bearer token is a config target's or virtual key's own key, else from one
+    of `token_command`, `token_env`, `credentials_file` or `credentials: adc`, else the
+    provider key (`api_key` / `api_key_env`, or the client's own `Authorization: Bearer` key
+    when none is configured)."""
 
     type_name: ClassVar[str] = "vertex"
     default_base_url: ClassVar[str | None] = None  # derived from `location`
@@ -228,11 +229,18 @@ class VertexProvider(GeminiProvider):
             self.token_source.egress = egress
 
     async def prepare(self, target: Target) -> None:
+        if target.own_key and target.api_key:
+            return  # sent as the access token (auth_headers): the provider's is not needed
         if self.token_source is not None:
             await self.token_source.get()  # waits only without a usable token (auth.py)
 
     def auth_headers(self, target: Target) -> dict[str, str]:
         token: str | None
+        if target.own_key and target.api_key:
+            # A config target's or virtual key's own key is its access token, and wins over the
+            # provider's token source, as a target's key wins over a provider's on every type
+            # (and without the provider's quota project: the token is not the provider's).
+            return {"authorization": f"Bearer {target.api_key}"}
         if self.token_source is not None:
             token = self.token_source.cached
             if token is None:  # prepare() was not awaited, or the token was just dropped
