@@ -366,3 +366,21 @@ async def test_a_target_s_own_token_wins_over_the_provider_s(
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["choices"][0]["message"]["content"] == "ok"
     assert headers(upstream.requests[0])["authorization"] == f"Bearer {TARGET_TOKEN}"
+
+
+def test_a_claude_model_s_full_resource_name_reaches_claude() -> None:
+    # The console's (and google-genai's) full name of a model, `projects/…/locations/…/…`, is
+    # its path after the location: for Claude's, that path is Claude's. It went to Gemini's
+    # `streamGenerateContent` with Gemini's body, which Claude's endpoint does not serve.
+    full = f"projects/my-proj/locations/us-east5/publishers/anthropic/models/{CLAUDE}"
+    sent = build(full)
+    assert sent.url == (f"https://vertex.test{BASE}/publishers/anthropic/models/"
+                        f"{CLAUDE}:streamRawPredict")
+    body = orjson.loads(sent.body)
+    assert body["anthropic_version"] == "vertex-2023-10-16" and "messages" in body
+    provider = build_providers(vertex("https://vertex.test", anthropic_beta="b1"))["v"]
+    assert provider.answering_option_values(Target(provider, full)) == \
+        provider.answering_option_values(Target(provider, CLAUDE)) != {}
+    with pytest.raises(InvalidRequest) as caught:  # another project's: refused as for Gemini
+        build(full.replace("my-proj", "other-proj"))
+    assert "project and location" in str(caught.value)

@@ -256,13 +256,13 @@ class VertexProvider(GeminiProvider):
         return {"authorization": f"Bearer {token}"} if token else {}
 
     def for_model(self, model: str | None) -> Provider:
-        return VertexClaudeProvider(self) if model and is_claude(model) else self
+        return VertexClaudeProvider(self) if model and _is_claude(model) else self
 
     def answering_option_values(self, target: Target) -> dict[str, Any]:
         # Claude's betas are sent to Claude alone (vertex_anthropic.py): Gemini's answers do
         # not depend on them.
         model = self.answering_model(target)
-        if model and is_claude(model):
+        if model and _is_claude(model):
             return super().answering_option_values(target)
         return {}
 
@@ -274,6 +274,13 @@ class VertexProvider(GeminiProvider):
         """After a 401 the token is not used again: the next request waits for a new one."""
         if status == 401 and self.token_source is not None:
             self.token_source.invalidate()
+
+
+def _is_claude(model: str) -> bool:
+    # A full resource name is Claude's when its path after the location is (its project and
+    # location are checked where the URL is built: checked_model).
+    full = _RESOURCE.fullmatch(model)
+    return is_claude(full[3] if full else model)
 
 
 def _token_option_problem(options: dict[str, Any]) -> tuple[str, str] | None:

@@ -17,7 +17,8 @@ rules.)
 
 A model is Claude when its name starts with `claude-` (Vertex's ids: `claude-sonnet-4-5@20250929`),
 with Portkey's publisher prefix `anthropic.` (`anthropic.claude-sonnet-4-5@20250929`, sent as the
-id after it), or it is the full resource path `publishers/anthropic/models/<model>`.
+id after it), or it is the resource path `publishers/anthropic/models/<model>` (also after
+`projects/…/locations/…/`: VertexProvider.for_model).
 """
 
 from __future__ import annotations
