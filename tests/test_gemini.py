@@ -704,6 +704,24 @@ async def test_vertex_token_from_env(proxy: Any, upstream: Any,
     assert len(upstream.requests) == 1  # nothing sent without a token
 
 
+@pytest.mark.parametrize("token", ["ya29.a\n# rotated 2026-01-01", "ya29.tok\u00e9n",
+                                   "ya29.a b"])
+async def test_a_token_env_that_holds_no_single_token_is_a_clear_error(
+        token: str, proxy: Any, upstream: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As a token_command's output and a Google token are: a value that cannot go in the header
+    # was a 500 internal_error (a line break) or sent to Vertex for its 401 (non-ASCII).
+    monkeypatch.setenv("SP_TEST_VERTEX_TOKEN", token)
+    client = await proxy(provider_config("vertex", upstream.url, project="p", location="global",
+                                         token_env="SP_TEST_VERTEX_TOKEN"))
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "stream": True,
+                                                           "messages": USER})
+    assert resp.status == 502
+    err = (await resp.json())["error"]
+    assert err["code"] == "upstream_credentials_unavailable"
+    assert "SP_TEST_VERTEX_TOKEN" in err["message"] and "ya29" not in err["message"]
+    assert upstream.requests == []
+
+
 async def test_vertex_token_command_is_cached_and_refetched_after_a_401(
         proxy: Any, upstream: Any, tmp_path: Any) -> None:
     counter = tmp_path / "runs"

@@ -20,7 +20,12 @@ from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.anthropic.options import check_option_values
 from streamproxy.providers.base import Provider, StreamTranslator, UpstreamRequest
 from streamproxy.providers.gemini import credentials
-from streamproxy.providers.gemini.auth import CommandToken, TokenSource, TokenUnavailable
+from streamproxy.providers.gemini.auth import (
+    CommandToken,
+    TokenSource,
+    TokenUnavailable,
+    is_sendable_token,
+)
 from streamproxy.providers.gemini.errors import google_error
 from streamproxy.providers.gemini.request import DROPPED, asks_search, to_gemini
 from streamproxy.providers.gemini.response import to_completion
@@ -251,6 +256,10 @@ class VertexProvider(GeminiProvider):
             if not token:
                 raise TokenUnavailable(f"provider '{self.name}': the environment variable "
                                        f"{self._token_env} is not set")
+            if not is_sendable_token(token):  # as the other sources' tokens: a line break
+                # in it failed the request as an internal error, a non-ASCII one at Vertex
+                raise TokenUnavailable(f"provider '{self.name}': the environment variable "
+                                       f"{self._token_env} does not hold a single token")
         else:
             token = target.api_key
         return {"authorization": f"Bearer {token}"} if token else {}
