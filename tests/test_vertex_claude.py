@@ -384,3 +384,38 @@ def test_a_claude_model_s_full_resource_name_reaches_claude() -> None:
     with pytest.raises(InvalidRequest) as caught:  # another project's: refused as for Gemini
         build(full.replace("my-proj", "other-proj"))
     assert "project and location" in str(caught.value)
+
+
+@pytest.mark.parametrize("model", [CLAUDE, "gemini-2.5-flash"])
+async def test_a_401_on_a_target_s_own_token_keeps_the_provider_s(
+        model: str, proxy: Any, upstream: Any, tmp_path: Any) -> None:
+    # Vertex's 401 drops the token that was refused; a target's own token refused is not the
+    # provider's: dropping that made every other request wait for a new one, and any client
+    # sending a bad key in x-portkey-config made the provider fetch a token per request.
+    counter = tmp_path / "runs"
+    script = ("import pathlib, sys; p = pathlib.Path(sys.argv[1]); "
+              "n = int(p.read_text()) + 1 if p.exists() else 1; p.write_text(str(n)); "
+              "print(f'ya29.token-{n}')")
+    client = await proxy(vertex(upstream.url, token_command=[sys.executable, "-c", script,
+                                                             str(counter)], token_refresh=3600))
+    refused = orjson.dumps({"error": {"code": 401, "message": "Request had invalid "
+                                      "authentication credentials.", "status": "UNAUTHENTICATED"}})
+    own = {"x-portkey-config": orjson.dumps({"provider": "v", "api_key": "ya29.bad"}).decode()}
+    for _ in range(2):
+        upstream.status, upstream.content_type, upstream.body = 200, "application/json", (
+            orjson.dumps({"candidates": [{"content": {"role": "model", "parts": [{"text": "ok"}]},
+                                          "finishReason": "STOP"}]}))
+        if model == CLAUDE:
+            upstream.body = orjson.dumps({
+                "id": "msg_1", "type": "message", "role": "assistant", "model": CLAUDE,
+                "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn",
+                "usage": {"input_tokens": 1, "output_tokens": 1}})
+        resp = await client.post("/v1/chat/completions", json={"model": model, "messages": USER})
+        assert resp.status == 200
+        upstream.status, upstream.body = 401, refused
+        resp = await client.post("/v1/chat/completions", headers=own,
+                                 json={"model": model, "messages": USER})
+        assert resp.status == 401
+    assert [headers(r)["authorization"] for r in upstream.requests] == [
+        "Bearer ya29.token-1", "Bearer ya29.bad"] * 2
+    assert counter.read_text() == "1"

@@ -234,6 +234,12 @@ class Provider:
         clone.cfg = replace(self.cfg, options={**self.cfg.options, **options})
         return clone
 
+    def with_own_key(self) -> Provider:
+        """This provider for a target with a key of its own (`Target.own_key`), when it holds
+        credentials besides a key that such a target must not use or touch (Vertex's token
+        source). Itself by default."""
+        return self
+
     def for_model(self, model: str | None) -> Provider:
         """The provider that serves `model`: this one, unless one endpoint speaks another
         format for some models (Vertex's Claude models take Anthropic's). `Target.served`."""

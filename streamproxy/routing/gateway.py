@@ -454,8 +454,10 @@ class Gateway:
         secret = leaf.api_key or (vkey.api_key if vkey else None)
         target.api_key = secret or provider.cfg.api_key or client_key(headers)
         target.own_key = bool(secret)
+        if secret:
+            target.provider = provider.with_own_key()
         if leaf.provider_options:
-            target.provider = _with_target_options(provider, leaf)
+            target.provider = _with_target_options(target.provider, leaf)
         target.override_params = params
         target.timeouts = _merge(target.timeouts, leaf.timeouts, request_timeouts)
         self._client_options(target, headers, leaf,

@@ -7,6 +7,7 @@ Vertex also serves Claude, in Anthropic's format (`vertex_anthropic.py`).
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shlex
@@ -233,19 +234,21 @@ class VertexProvider(GeminiProvider):
         if isinstance(self.token_source, credentials.GoogleToken):
             self.token_source.egress = egress
 
+    def with_own_key(self) -> VertexProvider:
+        # A config target's or virtual key's own key is its access token (auth_headers, as a
+        # provider key is), over the provider's token source, as a target's key wins over a
+        # provider's on every type: no token is fetched for it, no quota project goes with it,
+        # and Vertex's 401 for it does not drop the provider's token (drop_rejected_token).
+        clone = copy.copy(self)
+        clone.token_source, clone._token_env = None, None
+        return clone
+
     async def prepare(self, target: Target) -> None:
-        if target.own_key and target.api_key:
-            return  # sent as the access token (auth_headers): the provider's is not needed
         if self.token_source is not None:
             await self.token_source.get()  # waits only without a usable token (auth.py)
 
     def auth_headers(self, target: Target) -> dict[str, str]:
         token: str | None
-        if target.own_key and target.api_key:
-            # A config target's or virtual key's own key is its access token, and wins over the
-            # provider's token source, as a target's key wins over a provider's on every type
-            # (and without the provider's quota project: the token is not the provider's).
-            return {"authorization": f"Bearer {target.api_key}"}
         if self.token_source is not None:
             token = self.token_source.cached
             if token is None:  # prepare() was not awaited, or the token was just dropped
