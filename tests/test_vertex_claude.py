@@ -419,3 +419,27 @@ async def test_a_401_on_a_target_s_own_token_keeps_the_provider_s(
     assert [headers(r)["authorization"] for r in upstream.requests] == [
         "Bearer ya29.token-1", "Bearer ya29.bad"] * 2
     assert counter.read_text() == "1"
+
+
+@pytest.mark.parametrize(("body", "status", "code"), [
+    ({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+     529, "overloaded_error"),
+    ([{"error": {"code": 429, "message": "Quota exceeded for aiplatform.googleapis.com",
+                 "status": "RESOURCE_EXHAUSTED"}}], 429, "RESOURCE_EXHAUSTED"),
+    ({"error": {"code": 403, "message": "Permission 'aiplatform.endpoints.predict' denied",
+                "status": "PERMISSION_DENIED"}}, 403, "PERMISSION_DENIED"),
+])
+async def test_a_stream_answered_with_one_error_object_keeps_its_status(
+        body: Any, status: int, code: str, proxy: Any, upstream: Any) -> None:
+    # A stream request answered 200 with one JSON error instead of events: the status the
+    # error names, as the same object gets through `type: anthropic` (its type's status) and
+    # Gemini on Vertex (Google's `code`) — it was a 502 for Claude on Vertex, which
+    # retry and fallback codes listing 429 or 529 did not act on.
+    upstream.content_type, upstream.body = "application/json", orjson.dumps(body)
+    client = await proxy(vertex(upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"model": CLAUDE, "stream": True,
+                                                           "messages": USER})
+    assert resp.status == status
+    err = (await resp.json())["error"]
+    assert err["code"] == code and err["message"] == (
+        body[0] if isinstance(body, list) else body)["error"]["message"]
