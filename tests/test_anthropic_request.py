@@ -1269,3 +1269,27 @@ def test_other_models_reasoning_details_are_not_claudes() -> None:
     assert "thinking" not in out
     assert out["messages"][1]["content"] == [
         {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}]
+
+
+@pytest.mark.parametrize(("dotted", "hyphenated"), [
+    ("claude-sonnet-4.5", "claude-sonnet-4-5"),
+    ("anthropic/claude-sonnet-4.5", "claude-sonnet-4-5"),  # OpenRouter's Anthropic endpoint
+    ("claude-opus-4.1", "claude-opus-4-1"),
+    ("claude-haiku-4.5", "claude-haiku-4-5"),
+    ("anthropic/claude-3.7-sonnet", "claude-3-7-sonnet-20250219"),
+    ("claude-opus-4.7", "claude-opus-4-7"),
+])
+def test_dotted_claude_ids_are_classified_as_their_hyphenated_twins(dotted: str,
+                                                                    hyphenated: str) -> None:
+    # Some Anthropic-compatible services (OpenRouter) spell versions with a dot. Read as a
+    # Claude newer than the closed set of budget Claudes, Sonnet 4.5 got adaptive thinking
+    # (its 400) and lost the client's temperature; Opus 4.1 got structured outputs (its 400).
+    schema = {"type": "json_schema", "json_schema": {"name": "a", "schema": {
+        "type": "object", "properties": {"x": {"type": "string"}}}}}
+    for body in ({"reasoning_effort": "high"}, {"temperature": 0.3},
+                 {"response_format": schema}):
+        request = {"messages": [{"role": "user", "content": "x"}], **body}
+        out = to_anthropic(request, dotted)
+        twin = to_anthropic(request, hyphenated)
+        assert out["model"] == dotted  # the id is sent as the client wrote it
+        assert {**out, "model": hyphenated} == twin

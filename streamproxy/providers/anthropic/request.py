@@ -87,6 +87,7 @@ from streamproxy.providers.anthropic.thinking import (
     adaptive_room,
     claude_temperature,
     fit_thinking,
+    hyphenated,
     takes_adaptive_thinking_only,
     takes_no_sampling,
 )
@@ -198,7 +199,7 @@ class _StructuredOutputs:
     __slots__ = ("_model", "_without")
 
     def __init__(self, model: str, without: tuple[str, ...]) -> None:
-        self._model, self._without = model, without
+        self._model, self._without = hyphenated(model), without
 
     def __bool__(self) -> bool:
         return not any(name in self._model for name in self._without)

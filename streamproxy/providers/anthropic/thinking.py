@@ -42,17 +42,26 @@ MIN_TOP_P = 0.95  # the lowest top_p Claude takes with thinking on
 # 4.5 and 4.6 (4.6 takes adaptive thinking too). Opus 4.7, Mythos and the Claude 5 family take
 # adaptive thinking alone and answer a budget with a 400 (Anthropic's and AWS's "Adaptive
 # thinking"): the earlier ones are a closed set, so a newer Claude gets adaptive thinking.
-_BUDGET_CLAUDES = re.compile(r"claude-(?:[123]|v\d|instant|(?:sonnet|opus)-4(?![.\d]|-[3-9])"
+_BUDGET_CLAUDES = re.compile(r"claude-(?:[123]|v\d|instant|(?:sonnet|opus)-4(?!\d|-[3-9])"
                              r"|(?:sonnet|opus|haiku)-4-[56])")
 # reasoning_effort → adaptive thinking's `output_config.effort`. xhigh, OpenAI's top, is Claude's
 # top (max), which every adaptive Claude takes (its own xhigh not all).
 ADAPTIVE_EFFORT = {"minimal": "low", "low": "low", "medium": "medium", "high": "high",
                    "xhigh": "max"}
+# A dot between version digits (`claude-sonnet-4.5`, `anthropic/claude-3.7-sonnet`: OpenRouter's
+# and some Anthropic-compatible services' spelling); Anthropic, Vertex and Bedrock write a hyphen.
+_DOTTED_VERSION = re.compile(r"(?<=\d)\.(?=\d)")
+
+
+def hyphenated(model: str) -> str:
+    """`model` with its version written as Anthropic writes it, for the classifiers: read as
+    written, `claude-sonnet-4.5` was a Claude newer than every one they name."""
+    return _DOTTED_VERSION.sub("-", model) if "." in model else model
 
 
 def takes_adaptive_thinking_only(model: str) -> bool:
     """Whether `model` is a Claude that refuses a thinking budget (adaptive thinking only)."""
-    return "claude" in model and _BUDGET_CLAUDES.search(model) is None
+    return "claude" in model and _BUDGET_CLAUDES.search(hyphenated(model)) is None
 
 
 def takes_no_sampling(model: str) -> bool:
