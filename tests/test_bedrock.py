@@ -984,6 +984,22 @@ def test_claude_gets_a_temperature_above_1_as_1() -> None:
         "temperature": 0.3}
 
 
+@pytest.mark.parametrize("model", [MODEL, "us.meta.llama3-3-70b-instruct-v1:0",
+                                   "mistral.mistral-large-2407-v1:0", "openai.gpt-oss-120b-1:0",
+                                   "us.deepseek.r1-v1:0", "amazon.titan-text-premier-v1:0"])
+def test_every_model_gets_a_temperature_above_1_as_1(model: str) -> None:
+    """Converse's inferenceConfig.temperature runs from 0 to 1 whatever the model (its API
+    reference; 'Value '1.5' at 'inferenceConfig.temperature' failed to satisfy constraint'),
+    so OpenAI's 1.5 was a 400 on Nova, Llama, Mistral and the rest, as it was on Claude."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "temperature": 1.5}
+    assert to_converse(body, model)["inferenceConfig"] == {"temperature": 1}
+    assert to_converse({**body, "temperature": 0.3}, model)["inferenceConfig"] == {
+        "temperature": 0.3}
+    # One OpenAI refuses too goes as sent, for the provider's 400.
+    assert to_converse({**body, "temperature": 2.5}, model)["inferenceConfig"] == {
+        "temperature": 2.5}
+
+
 @pytest.mark.parametrize(("body", "budget", "max_tokens"), [
     ({"reasoning_effort": "high", "max_completion_tokens": 5000}, 4999, 5000),
     ({"reasoning_effort": "low", "max_tokens": 1025}, 1024, 1025),

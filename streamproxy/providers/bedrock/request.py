@@ -51,7 +51,8 @@ Choices (docs/providers/bedrock.md):
   rejects blank text blocks and an empty `content`;
 - a whitespace-only stop sequence is a 400 for Claude, as on Anthropic; other models get no
   empty one (Converse refuses it);
-- a `temperature` above 1 and within OpenAI's 2 is sent as 1 for Claude, as on Anthropic;
+- a `temperature` above 1 and within OpenAI's 2 is sent as 1, as on Anthropic: Converse's
+  `inferenceConfig.temperature` runs from 0 to 1 for every model;
 - `top_p` 1 (no nucleus cut) is not sent for Claude, which refuses it beside `temperature`;
   the Claudes that refuse sampling at all (Opus 4.7 on) get no `temperature`, `top_p` or
   `top_k`, as on Anthropic;
@@ -350,8 +351,9 @@ def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> 
     # The Claudes that refuse any sampling (Opus 4.7 on) get none, as on Anthropic.
     sampling = not (is_claude(model) and takes_no_sampling(model))
     if body.get("temperature") is not None and sampling:
-        temperature = body["temperature"]  # (Claude's top is 1, as on Anthropic)
-        config["temperature"] = claude_temperature(temperature) if is_claude(model) else temperature
+        # Converse's temperature runs to 1 for every model (its API reference; Claude's top on
+        # Anthropic too), OpenAI's to 2: one between goes as 1, as on Anthropic.
+        config["temperature"] = claude_temperature(body["temperature"])
     # A top_p of 1 (no nucleus cut) is left out for Claude, which refuses it beside temperature
     # on newer models; other models' default may be lower, so they get it as sent.
     if (body.get("top_p") is not None and sampling
