@@ -91,6 +91,9 @@ ERROR_STATUS = {
     "throttlingexception": 429,
     "modelnotreadyexception": 429,
     "internalserverexception": 500,
+    # AWS lists it as 424, with "Retry your request": as 424 it would be retried by no default
+    # (Portkey's retry codes, the breaker's ≥ 500), so without the model's own status
+    # (`originalStatusCode`, which wins) it is the 500 those treat as worth retrying.
     "modelstreamerrorexception": 500,
     "serviceunavailableexception": 503,
 }
