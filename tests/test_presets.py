@@ -887,3 +887,30 @@ async def test_moonshot_usage_in_the_choice_becomes_a_usage_chunk(proxy: Any,
     assert all("usage" not in ch for x in chunks if isinstance(x, dict)
                for ch in x.get("choices") or ())
     assert usage_chunks(await stream(proxy, upstream, "moonshot", MOONSHOT, usage=False)) == []
+
+
+# Groq's assistant message takes the thinking back as `reasoning` on its reasoning models (its
+# SDK's ChatCompletionAssistantMessageParam; console.groq.com/docs/reasoning). A turn that
+# carries it under another name — DeepSeek's and our translated answers' `reasoning_content`,
+# OpenRouter's `reasoning_details` — lost it: those keys are a 400 at Groq and are dropped, so
+# a gpt-oss tool loop begun elsewhere (or balanced to Groq) went on without its reasoning.
+@pytest.mark.parametrize("fields", [
+    {"reasoning_content": "Use f."},
+    {"reasoning_details": [{"type": "reasoning.text", "text": "Use f.", "index": 0}]},
+    {"reasoning_content": "Use f.", "reasoning_details": DETAILS},
+])
+@pytest.mark.parametrize("model", ["openai/gpt-oss-120b", "qwen/qwen3-32b"])
+def test_groq_reasoning_models_get_other_names_reasoning_as_reasoning(
+        model: str, fields: dict[str, Any]) -> None:
+    turn = {"role": "assistant", "content": None, "tool_calls": [CALL], **fields}
+    assert groq_sent(model, turn) == {"role": "assistant", "content": None,
+                                      "tool_calls": [CALL], "reasoning": "Use f."}
+
+
+def test_groq_keeps_its_own_reasoning_and_gives_none_to_models_that_do_not_reason() -> None:
+    turn = {"role": "assistant", "content": "Hi", "reasoning": "Mine.",
+            "reasoning_content": "Other."}
+    assert groq_sent("openai/gpt-oss-20b", turn)["reasoning"] == "Mine."
+    assert "reasoning" not in groq_sent("llama-3.3-70b-versatile", turn)
+    plain = {"role": "assistant", "content": "Hi"}
+    assert groq_sent("openai/gpt-oss-20b", plain) == plain

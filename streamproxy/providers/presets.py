@@ -333,7 +333,8 @@ class GroqProvider(CompatProvider):
     appends the answer's message (`refusal`, `annotations`, `audio`: "property 'annotations'
     is unsupported"), and OpenRouter's `reasoning_details`. Its own `reasoning` (its answers'
     name for the thinking) it takes back on its reasoning models alone: the others answer it
-    with "reasoning is not supported with this model" (vercel/ai#8057)."""
+    with "reasoning is not supported with this model" (vercel/ai#8057); those models get the
+    thinking sent under another name as `reasoning`."""
 
     type_name: ClassVar[str] = "groq"
     default_base_url: ClassVar[str | None] = "https://api.groq.com/openai/v1"
@@ -351,6 +352,21 @@ class GroqProvider(CompatProvider):
         if _GROQ_REASONING.search(model) is not None:
             return self.refused_message_keys
         return self._without_reasoning
+
+    def adapt_body(self, body: dict[str, Any], model: str = "") -> dict[str, Any]:
+        """A reasoning model also gets, as its `reasoning`, the thinking a turn carries under
+        another name (`reasoning_content`, `reasoning_details`: dropped, each a 400 here), so a
+        gpt-oss tool loop begun elsewhere keeps it."""
+        out = super().adapt_body(body, model)
+        if out is body or _GROQ_REASONING.search(model) is None:
+            return out  # (unchanged: no such key was dropped)
+        messages = list(out["messages"])
+        for i, (sent, m) in enumerate(zip(messages, body["messages"], strict=True)):
+            if sent is not m and m["role"] == "assistant" and not sent.get("reasoning"):
+                reasoning = replayed_reasoning(m)
+                if reasoning:
+                    messages[i] = {**sent, "reasoning": reasoning}
+        return {**out, "messages": messages}
 
 
 
