@@ -914,3 +914,22 @@ def test_groq_keeps_its_own_reasoning_and_gives_none_to_models_that_do_not_reaso
     assert "reasoning" not in groq_sent("llama-3.3-70b-versatile", turn)
     plain = {"role": "assistant", "content": "Hi"}
     assert groq_sent("openai/gpt-oss-20b", plain) == plain
+
+
+# xAI's grok-4 models refuse the penalties whatever their value ("Model grok-4.5 does not
+# support parameter presencePenalty.", a 400, also for 0: open-webui/open-webui#21266,
+# QuantumNous/new-api#6081), and chat UIs send both as 0 when the user set none — every request
+# from them failed. A 0 is no penalty, so it is not sent; another value still goes, and xAI's
+# 400 names it.
+def xai_sent(**params: Any) -> dict[str, Any]:
+    provider, _ = build("xai")
+    up = provider.build_request(request(**params), Target(provider, "grok-4.5", api_key="k"))
+    return orjson.loads(up.body)
+
+
+def test_xai_does_not_send_zero_penalties() -> None:
+    sent = xai_sent(presence_penalty=0, frequency_penalty=0.0, temperature=0.7)
+    assert "presence_penalty" not in sent and "frequency_penalty" not in sent
+    assert sent["temperature"] == 0.7
+    sent = xai_sent(presence_penalty=0.5, frequency_penalty=0)
+    assert sent["presence_penalty"] == 0.5 and "frequency_penalty" not in sent

@@ -218,10 +218,15 @@ def _renamed(body: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def _is_zero(value: Any) -> bool:
+    return value is None or (type(value) in (int, float) and value == 0)
+
+
 class CompatProvider(OpenAIProvider):
     """Base of the presets: OpenAI's wire format under another name and URL. The request goes as
     the client wrote it but for what the upstream refuses with a 400 or ignores: the parameters
-    in `dropped_params`, those in `renamed_params` (sent under the upstream's name), the message
+    in `dropped_params`, those in `renamed_params` (sent under the upstream's name), those in
+    `unsent_when_zero` at 0, the message
     keys in `refused_message_keys`, and the `developer` role where `developer_as_system` (the
     same instructions as a `system` message)."""
 
@@ -233,6 +238,9 @@ class CompatProvider(OpenAIProvider):
     refused_message_keys: ClassVar[dict[str, frozenset[str]]] = {}
     # OpenAI's parameter → the upstream's name for it (one the upstream would ignore otherwise).
     renamed_params: ClassVar[dict[str, str]] = {}
+    # Parameters not sent when 0 or null (no effect), for upstreams that refuse them on some
+    # models whatever the value, while clients send the 0 by default.
+    unsent_when_zero: ClassVar[frozenset[str]] = frozenset()
     developer_as_system: ClassVar[bool] = False
     # Thinking mode refuses an assistant turn with tool calls sent back without its
     # `reasoning_content` (DeepSeek's, Moonshot's): see `_adapt_message`.
@@ -248,6 +256,9 @@ class CompatProvider(OpenAIProvider):
             out = {k: v for k, v in body.items() if k not in self.dropped_params}
         if not self.renamed_params.keys().isdisjoint(out):
             out = _renamed(out, self.renamed_params)
+        if any(k in out and _is_zero(out[k]) for k in self.unsent_when_zero):
+            out = {k: v for k, v in out.items() if k not in self.unsent_when_zero
+                   or not _is_zero(v)}
         refused = self.refused_keys(model)
         if refused or self.developer_as_system or self.tool_turns_carry_reasoning:
             messages = body["messages"]
@@ -630,10 +641,15 @@ class XAIProvider(CompatProvider):
     """xAI takes a `name` on user messages only ("Only messages of role 'user' can have a name.",
     a 400), so it is dropped from the others. Its usage counts a reasoning model's reasoning
     tokens beside `completion_tokens` ("counted separately from completion_tokens, but ... in
-    the total_tokens"), where OpenAI's include them: they are added in."""
+    the total_tokens"), where OpenAI's include them: they are added in. Its grok-4 models
+    refuse the penalties even at 0 ("Model grok-4.5 does not support parameter
+    presencePenalty."), which chat UIs send when none is set: a 0 is not sent (any other
+    value is, and xAI's 400 names it)."""
 
     type_name: ClassVar[str] = "xai"
     default_base_url: ClassVar[str | None] = "https://api.x.ai/v1"
+    unsent_when_zero: ClassVar[frozenset[str]] = frozenset({"presence_penalty",
+                                                            "frequency_penalty"})
     reasoning_beside_completion: ClassVar[bool] = True
     refused_message_keys: ClassVar[dict[str, frozenset[str]]] = {
         role: _NAME for role in ("system", "developer", "assistant", "tool")}
