@@ -1,6 +1,6 @@
 """OpenAI-compatible presets (`type: groq`, `mistral`, `deepseek`, `together`, `fireworks`,
-`openrouter`, `xai`, `vllm`): default URLs and auth, each handled quirk, and the `openai` SDK
-end to end for every type.
+`openrouter`, `xai`, `moonshot`, `cerebras`, `vllm`): default URLs and auth, each handled
+quirk, and the `openai` SDK end to end for every type.
 
 The quirky streams are built from the documented/reported shapes in provider-streams.md §8
 (Groq `x_groq.usage`, xAI usage on the second-to-last chunk then an empty-choices chunk —
@@ -47,6 +47,9 @@ DEFAULT_URLS = {
     "openrouter": "https://openrouter.ai/api/v1",
     "xai": "https://api.x.ai/v1",
     "moonshot": "https://api.moonshot.ai/v1",
+    # inference-docs.cerebras.ai/resources/openai: "change the baseURL to
+    # https://api.cerebras.ai/v1", the key as the OpenAI client's
+    "cerebras": "https://api.cerebras.ai/v1",
 }
 PRESETS = [*DEFAULT_URLS, "vllm"]
 USAGE = {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}

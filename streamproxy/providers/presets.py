@@ -634,6 +634,11 @@ class OpenRouterProvider(CompatProvider):
     failed_finishes: ClassVar[dict[str, int]] = {"error": 502}
 
 
+class CerebrasProvider(CompatProvider):
+    type_name: ClassVar[str] = "cerebras"
+    default_base_url: ClassVar[str | None] = "https://api.cerebras.ai/v1"
+
+
 _NAME = frozenset({"name"})
 
 
@@ -672,5 +677,5 @@ class VLLMProvider(CompatProvider):
 
 PRESETS: tuple[type[CompatProvider], ...] = (
     GroqProvider, MistralProvider, DeepSeekProvider, TogetherProvider, FireworksProvider,
-    OpenRouterProvider, XAIProvider, MoonshotProvider, VLLMProvider,
+    OpenRouterProvider, XAIProvider, MoonshotProvider, CerebrasProvider, VLLMProvider,
 )
