@@ -1,6 +1,6 @@
 """OpenAI-compatible presets (`type: groq`, `mistral`, `deepseek`, `together`, `fireworks`,
-`openrouter`, `xai`, `moonshot`, `cerebras`, `vllm`): default URLs and auth, each handled
-quirk, and the `openai` SDK end to end for every type.
+`openrouter`, `xai`, `moonshot`, `cerebras`, `deepinfra`, `vllm`): default URLs and auth, each
+handled quirk, and the `openai` SDK end to end for every type.
 
 The quirky streams are built from the documented/reported shapes in provider-streams.md §8
 (Groq `x_groq.usage`, xAI usage on the second-to-last chunk then an empty-choices chunk —
@@ -50,6 +50,8 @@ DEFAULT_URLS = {
     # inference-docs.cerebras.ai/resources/openai: "change the baseURL to
     # https://api.cerebras.ai/v1", the key as the OpenAI client's
     "cerebras": "https://api.cerebras.ai/v1",
+    # deepinfra.com/docs/advanced/openai_api: "The api_base is https://api.deepinfra.com/v1/openai"
+    "deepinfra": "https://api.deepinfra.com/v1/openai",
 }
 PRESETS = [*DEFAULT_URLS, "vllm"]
 USAGE = {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}

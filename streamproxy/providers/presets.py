@@ -639,6 +639,11 @@ class CerebrasProvider(CompatProvider):
     default_base_url: ClassVar[str | None] = "https://api.cerebras.ai/v1"
 
 
+class DeepInfraProvider(CompatProvider):
+    type_name: ClassVar[str] = "deepinfra"
+    default_base_url: ClassVar[str | None] = "https://api.deepinfra.com/v1/openai"
+
+
 _NAME = frozenset({"name"})
 
 
@@ -677,5 +682,6 @@ class VLLMProvider(CompatProvider):
 
 PRESETS: tuple[type[CompatProvider], ...] = (
     GroqProvider, MistralProvider, DeepSeekProvider, TogetherProvider, FireworksProvider,
-    OpenRouterProvider, XAIProvider, MoonshotProvider, CerebrasProvider, VLLMProvider,
+    OpenRouterProvider, XAIProvider, MoonshotProvider, CerebrasProvider,
+    DeepInfraProvider, VLLMProvider,
 )
