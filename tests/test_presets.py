@@ -671,6 +671,28 @@ def test_mistral_own_ids_are_kept() -> None:
         ("D681PevKs", "D681PevKs")
 
 
+def test_mistral_calls_without_ids_get_distinct_ids_their_results_name() -> None:
+    # A client replaying two calls of one turn with `id: ""` (some proxies in front of Gemini
+    # send them so) answers them without ids, in order. Both calls got the id of "" (one id
+    # twice in a turn), so Mistral could not tell which result answers which call.
+    provider, _ = build("mistral")
+    calls = [{"id": "", "type": "function", "function": {"name": n, "arguments": "{}"}}
+             for n in ("a", "b")]
+    body = {"model": "m", "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "", "content": "rain"}]}
+    sent = provider.adapt_body(body)["messages"]
+    first, second = (call["id"] for call in sent[1]["tool_calls"])
+    assert first != second
+    assert all(re.fullmatch(r"[A-Za-z0-9]{9}", i) for i in (first, second))
+    assert [m["tool_call_id"] for m in sent[2:]] == [first, second]
+    # The conversation's next request maps them alike; the client's body is left as it was.
+    assert provider.adapt_body(body)["messages"] == sent
+    assert body["messages"][1]["tool_calls"] == calls
+
+
 def test_mistral_named_tool_choice_is_any_with_only_that_tool() -> None:
     provider, target = build("mistral")
     up = provider.build_request(request(tools=TOOLS, tool_choice={

@@ -42,7 +42,7 @@ from streamproxy.config import ConfigError
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import InvalidRequest, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
-from streamproxy.openai_api.content import replayed_reasoning
+from streamproxy.openai_api.content import replayed_reasoning, with_call_ids
 from streamproxy.providers.openai_compat import (
     INTERESTING,
     OpenAIProvider,
@@ -547,7 +547,10 @@ class MistralProvider(CompatProvider):
 
     def adapt_body(self, body: dict[str, Any], model: str = "") -> dict[str, Any]:
         out = {k: v for k, v in body.items() if k not in self.dropped_params}
-        out["messages"] = [_mistral_message(m) for m in body["messages"]]
+        # Calls replayed with `id: ""` get distinct ids first (their results pair with them):
+        # each "" would map to one id, shared by a turn's calls.
+        out["messages"] = [_mistral_message(m)
+                           for m in with_call_ids(body["messages"], "call_")]
         if out.get("max_completion_tokens") is not None:
             out["max_tokens"] = out.pop("max_completion_tokens")
         out.pop("max_completion_tokens", None)
