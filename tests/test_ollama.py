@@ -500,6 +500,27 @@ def test_tool_results_follow_the_calls_of_assistant_messages_in_a_row() -> None:
     assert [m["content"] for m in messages[3:]] == ["sun", "rain"]
 
 
+def test_calls_sharing_an_id_keep_their_own_results() -> None:
+    # Some OpenAI-compatible servers give a turn's calls one id (e.g. "call_0" each): the
+    # translator kept one call per id, the last, so both results went as that call's (its
+    # tool_name, its place) and the model read the weather as the time. Results of a shared
+    # id answer its calls in order, as they are sent.
+    def call(name: str) -> dict[str, Any]:
+        return {"id": "call_0", "type": "function", "function": {"name": name, "arguments": "{}"}}
+    body = {"messages": [
+        {"role": "user", "content": "Weather and time in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call("get_weather"),
+                                                               call("get_time")]},
+        {"role": "tool", "tool_call_id": "call_0", "content": "sun"},
+        {"role": "tool", "tool_call_id": "call_0", "content": "noon"},
+        {"role": "assistant", "content": None, "tool_calls": [call("get_date")]},
+        {"role": "tool", "tool_call_id": "call_0", "content": "May 1"},
+    ]}
+    messages = to_ollama(body, "llama3.2", stream=True)["messages"]
+    assert [(m["content"], m["tool_name"]) for m in messages if m["role"] == "tool"] == [
+        ("sun", "get_weather"), ("noon", "get_time"), ("May 1", "get_date")]
+
+
 def test_tool_call_arguments_go_back_as_an_object() -> None:
     # Ollama takes a call's arguments as an object only (a JSON string or list is its 400);
     # OpenAI takes any arguments string in the history. As on Anthropic, Gemini and Bedrock, a

@@ -152,8 +152,10 @@ def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    # tool call id → (function name, the call's place among its turn's calls), for its result
-    asked: dict[str, tuple[str, int]] = {}
+    # tool call id → (function name, the call's place among its turn's calls) of each call of
+    # that id not yet answered, for its result: a turn's calls can share an id (servers that
+    # number each answer's calls alike), and their results answer them in order.
+    asked: dict[str, list[tuple[str, int]]] = {}
     places: list[int] = []  # those places, for the tool results that end `out`, in order
     for i, m in enumerate(msgs):
         role = m["role"]
@@ -168,18 +170,23 @@ def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 msg["thinking"] = thinking
             calls = []
             first = _calls_asked(out)
+            turn: dict[str, list[tuple[str, int]]] = {}  # an id's calls in this message
             for j, call in enumerate(m.get("tool_calls") or []):
                 fn = call["function"]
-                asked[call.get("id") or ""] = (fn["name"], first + j)
+                turn.setdefault(call.get("id") or "", []).append((fn["name"], first + j))
                 # An object, which Ollama requires (a non-object JSON value is wrapped).
                 arguments = tool_call_input(fn.get("arguments"))
                 calls.append({"function": {"name": fn["name"], "arguments": arguments}})
+            asked.update(turn)  # an earlier message's calls of these ids were answered before
             if calls:
                 msg["tool_calls"] = calls
             out.append(msg)
         elif role == "tool":
             msg = {"role": "tool", "content": _text(m.get("content"), i)}
-            known = asked.get(m["tool_call_id"])
+            known: tuple[str, int] | None = None
+            calls_of_id = asked.get(m["tool_call_id"])
+            if calls_of_id:  # its first call not answered yet (the last stays for a repeat)
+                known = calls_of_id.pop(0) if len(calls_of_id) > 1 else calls_of_id[0]
             if known:
                 msg["tool_name"] = known[0]
             # Calls and results go without ids (a name at most): the model reads a turn's results
