@@ -439,6 +439,21 @@ def test_ollama_whole_answer_keeps_the_logprobs_of_its_content(
     assert [t["token"] for t in content_logprobs_only(answer)["logprobs"]] == kept
 
 
+def test_ollama_line_of_thinking_and_content_keeps_the_contents_logprobs() -> None:
+    # One line can end the thinking and begin the answer (its logprobs the tokens of both):
+    # streamed, all went as the content's, "</think>" and the thinking's tokens too, where the
+    # same answer non-streamed keeps only the content's. Streamed and not now agree.
+    both = ollama_line("The", [ollama_token(t, -0.5) for t in (" sky", "</think>", "\n\n",
+                                                              "The")], thinking=" sky")
+    lines = [THINKING_LINES[0], THINKING_LINES[1], both, *THINKING_LINES[6:]]
+    streamed = [t["token"] for _, tokens in logprob_chunks(ollama_translate(ndjson(lines)))
+                for t in tokens]
+    assert streamed == ["The", " sky"]
+    whole = {**THINKING_WHOLE, "logprobs": [t for line in lines for t in line.get("logprobs")
+                                            or ()]}
+    assert [t["token"] for t in content_logprobs_only(whole)["logprobs"]] == streamed
+
+
 @pytest.mark.parametrize("stream", [True, False])
 async def test_gemini_logprobs_asked_by_a_configs_override_params(stream: bool, proxy: Any,
                                                                   upstream: Any) -> None:

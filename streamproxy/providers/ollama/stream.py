@@ -10,7 +10,8 @@
 - Logprobs (only when the client asked: `logprobs=True`): a line's `logprobs` are its
   tokens', already in OpenAI's entry shape; they go with the line's content as one delta.
   A line of thinking only has them too: OpenAI gives none for reasoning, so they are dropped
-  (from a non-streamed answer, whose list holds every token's, by `content_logprobs_only`).
+  (from a non-streamed answer, whose list holds every token's, by `content_logprobs_only`,
+  and from a line of both thinking and content, whose content keeps its own).
 - A line with `error` ends the stream with an OpenAI error frame. EOF before `done` (or inside
   a line) is StreamTruncated, never a fake `stop`.
 
@@ -129,10 +130,13 @@ class OllamaStreamTranslator(StreamTranslator):
             self._started = True
             self.out.start(msg.get("model"))
         message = msg.get("message") or {}
-        if message.get("thinking"):
-            self.out.reasoning(message["thinking"])
+        thinking = message.get("thinking")
+        if thinking:
+            self.out.reasoning(thinking)
         tokens = self._logprobs and msg.get("logprobs")
         if tokens and message.get("content"):
+            if thinking:  # a line that ends the thinking: its tokens are the thinking's too
+                tokens = content_logprobs_only(msg)["logprobs"]
             self.out.content_logprobs(message["content"], [_entry(t, True) for t in tokens])
         elif message.get("content"):
             self.out.content(message["content"])
