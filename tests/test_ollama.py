@@ -519,6 +519,14 @@ def test_calls_sharing_an_id_keep_their_own_results() -> None:
     messages = to_ollama(body, "llama3.2", stream=True)["messages"]
     assert [(m["content"], m["tool_name"]) for m in messages if m["role"] == "tool"] == [
         ("sun", "get_weather"), ("noon", "get_time"), ("May 1", "get_date")]
+    # The same turn asked in two assistant messages in a row.
+    body["messages"][1:2] = [{"role": "assistant", "content": "First the weather.",
+                              "tool_calls": [call("get_weather")]},
+                             {"role": "assistant", "content": None,
+                              "tool_calls": [call("get_time")]}]
+    messages = to_ollama(body, "llama3.2", stream=True)["messages"]
+    assert [(m["content"], m["tool_name"]) for m in messages if m["role"] == "tool"] == [
+        ("sun", "get_weather"), ("noon", "get_time"), ("May 1", "get_date")]
 
 
 def test_tool_call_arguments_go_back_as_an_object() -> None:

@@ -156,6 +156,7 @@ def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     # that id not yet answered, for its result: a turn's calls can share an id (servers that
     # number each answer's calls alike), and their results answer them in order.
     asked: dict[str, list[tuple[str, int]]] = {}
+    turn: dict[str, list[tuple[str, int]]] = {}  # those of the latest turn's calls
     places: list[int] = []  # those places, for the tool results that end `out`, in order
     for i, m in enumerate(msgs):
         role = m["role"]
@@ -170,14 +171,15 @@ def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 msg["thinking"] = thinking
             calls = []
             first = _calls_asked(out)
-            turn: dict[str, list[tuple[str, int]]] = {}  # an id's calls in this message
+            if not first:  # a new turn (not an assistant message after one with calls)
+                turn = {}
             for j, call in enumerate(m.get("tool_calls") or []):
                 fn = call["function"]
                 turn.setdefault(call.get("id") or "", []).append((fn["name"], first + j))
                 # An object, which Ollama requires (a non-object JSON value is wrapped).
                 arguments = tool_call_input(fn.get("arguments"))
                 calls.append({"function": {"name": fn["name"], "arguments": arguments}})
-            asked.update(turn)  # an earlier message's calls of these ids were answered before
+            asked.update(turn)  # an earlier turn's calls of these ids were answered before
             if calls:
                 msg["tool_calls"] = calls
             out.append(msg)
