@@ -87,13 +87,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
     _check_environment()
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port  # (0: any free port)
+    # Set here, a reload's change in the file would not move them, nor would a restart.
+    pinned = frozenset(k for k in ("host", "port") if getattr(args, k) not in (None, ""))
     _install_uvloop()
     try:
         configure_logging(config)
         if args.config is not None:  # (the embedded default's are meant to be optional)
             _warn_unset_key_envs(config)
         with contextlib.suppress(KeyboardInterrupt):
-            sys.exit(run(args.config, config, host, port, args.workers))
+            sys.exit(run(args.config, config, host, port, args.workers, pinned))
     except ConfigError as e:  # sections validated when the app is built (auth, logging, ...)
         print(f"streamproxy: config error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -213,12 +213,12 @@ async def test_sighup_reloads_and_a_bad_config_keeps_the_old_workers(tree: Tree)
     assert tree.workers() == old and await stream_ok(tree.url)
 
     tree.config.write_text(CONFIG.format(grace=0.5, models="fast, newmodel").replace(
-        "server:\n", "server:\n  port: 1\n"))  # (the address is the master's: kept, and said)
-    tree.proc.send_signal(signal.SIGHUP)
+        "server:\n", "server:\n  host: localhost\n"))  # (the address is the master's: kept,
+    tree.proc.send_signal(signal.SIGHUP)                # and said)
     new = await until(lambda: (w := tree.workers()) and not (w & old) and len(w) == 2 and w,
                       "a new generation of workers")
     assert new.isdisjoint(old)
-    assert "server.port changed; that takes a restart" in tree.output()
+    assert "server.host changed; that takes a restart" in tree.output()
 
     async def models() -> list[str]:
         async with aiohttp.ClientSession() as s, s.get(tree.url + "/v1/models") as r:
@@ -408,6 +408,20 @@ async def test_sigterm_refuses_new_connections_while_streams_finish(tmp_path: Pa
         c = collect(sse_chunks(first + rest))
         assert c.done and c.finish_reason == "stop" and c.error is None
         assert await asyncio.to_thread(t.proc.wait, 10) == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_reload_does_not_say_a_restart_would_change_what_the_command_line_sets(
+        tmp_path: Path, workers: int) -> None:
+    """--port overrides server.port: a reload whose file changed it warned that the change
+    takes a restart, but a restart with the same command line listens where it does now."""
+    async with serving(tmp_path, CONFIG.format(grace=0.5, models="fast"), workers) as t:
+        t.config.write_text(CONFIG.format(grace=0.5, models="fast").replace(
+            "server:\n", "server:\n  host: localhost\n  port: 1\n"))
+        t.proc.send_signal(signal.SIGHUP)
+        await until(lambda: "SIGHUP: reload" in t.output(), "the reload in the log")
+        assert "reload: server.host changed; that takes a restart" in t.output()  # (no --host)
+        assert "server.port" not in t.output()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

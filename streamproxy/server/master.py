@@ -79,9 +79,10 @@ class Worker:
 
 class Master:
     def __init__(self, config_path: str | None, config: Config, host: str, port: int,
-                 count: int) -> None:
+                 count: int, pinned: frozenset[str] = frozenset()) -> None:
         self.path, self.config = config_path, config
         self.host, self.port, self.count = host, port, count
+        self.pinned = pinned  # the server keys the command line sets (host, port)
         self.workers: dict[int, Worker] = {}
         self.generation = 0  # the one serving
         # The config as the file said at start: what a reload cannot change (host, port, log
@@ -342,7 +343,7 @@ class Master:
         if self.reload is not None:
             log.warning("SIGHUP ignored: a reload is already in progress")
             return
-        config = reloaded_config(self.path, self._started_with)
+        config = reloaded_config(self.path, self._started_with, self.pinned)
         if config is None:
             return
         generation = next(self._generations)  # (a failed reload's state is not inherited)

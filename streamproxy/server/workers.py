@@ -59,8 +59,9 @@ def raise_fd_limit() -> None:
 
 
 def run(config_path: str | None, config: Config, host: str, port: int,
-        workers: int | None = None) -> int:
-    """Serve until stopped; returns the process exit status."""
+        workers: int | None = None, pinned: frozenset[str] = frozenset()) -> int:
+    """Serve until stopped; returns the process exit status. `pinned`: the server keys the
+    command line sets (host, port), whatever the file says."""
     raise_fd_limit()
     if workers is None:  # (any free port: one process, as N workers would each bind their own)
         workers = 1 if port == 0 else default_workers()
@@ -81,10 +82,10 @@ def run(config_path: str | None, config: Config, host: str, port: int,
             return 1
     _clear_metrics_dir()
     if workers <= 1:
-        return run_worker(config, host, port, config_path=config_path)
+        return run_worker(config, host, port, config_path=config_path, pinned=pinned)
     from streamproxy.server.master import Master  # (it imports run_worker from here)
 
-    return Master(config_path, config, host, port, workers).run()
+    return Master(config_path, config, host, port, workers, pinned).run()
 
 
 def _clear_metrics_dir() -> None:
@@ -113,9 +114,10 @@ def _check_port_free(host: str, port: int) -> None:
 
 def run_worker(config: Config, host: str, port: int, *, reuse_port: bool = False,
                ready_fd: int | None = None, supervised: bool = False,
-               config_path: str | None = None) -> int:
+               config_path: str | None = None, pinned: frozenset[str] = frozenset()) -> int:
     try:
-        asyncio.run(_serve(config, host, port, reuse_port, ready_fd, supervised, config_path))
+        asyncio.run(_serve(config, host, port, reuse_port, ready_fd, supervised, config_path,
+                           pinned))
     except KeyboardInterrupt:
         pass
     except OSError as e:
@@ -158,7 +160,7 @@ async def _start_generation(config: Config, listeners: list[socket.socket],
 
 
 async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_fd: int | None,
-                 supervised: bool, config_path: str | None) -> None:
+                 supervised: bool, config_path: str | None, pinned: frozenset[str]) -> None:
     from streamproxy.server.app import STATE
 
     loop = asyncio.get_running_loop()
@@ -193,7 +195,7 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
     async def _reload() -> None:
         nonlocal current
         try:
-            new_config = reloaded_config(config_path, config)
+            new_config = reloaded_config(config_path, config, pinned)
             if new_config is None:
                 return
             try:
@@ -279,9 +281,11 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
         _close_all(listeners)
 
 
-def reloaded_config(path: str | None, running: Config) -> Config | None:
+def reloaded_config(path: str | None, running: Config, pinned: frozenset[str] = frozenset()
+                    ) -> Config | None:
     """The config file read again, or None (logged) when it does not load; what a reload
-    cannot change (the listening address, logging: set up once, at start) is said."""
+    cannot change (the listening address, logging: set up once, at start) is said, unless the
+    command line sets it (`pinned`): a restart would not change it either."""
     from streamproxy.observe.access_log import log_level
     from streamproxy.server.app import check_sections
 
@@ -296,7 +300,7 @@ def reloaded_config(path: str | None, running: Config) -> Config | None:
                   type(e).__name__, e)
         return None
     fixed = [f"server.{k}" for k in ("host", "port")
-             if getattr(config.server, k) != getattr(running.server, k)]
+             if k not in pinned and getattr(config.server, k) != getattr(running.server, k)]
     if log_level(config) != log_level(running):  # (STREAMPROXY_LOG_LEVEL wins over both)
         fixed.append("server.log_level")
     if fixed:
