@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -584,3 +585,17 @@ def test_metric_names_end_in_their_unit() -> None:
                 assert name.endswith(f"_{unit}"), name
     assert families["streamproxy_request_body_bytes"].type == "counter"
     assert families["streamproxy_response_body_bytes"].type == "counter"
+
+
+def test_the_metrics_directory_is_one_running_instances_until_it_exits(tmp_path: Path) -> None:
+    """Two instances given one PROMETHEUS_MULTIPROC_DIR: the second cleared the first's files
+    at start. The first holds the directory now; once it is gone, the next one may start."""
+    from streamproxy.config import ConfigError
+    from streamproxy.observe.metrics import claim_directory
+
+    first = claim_directory(str(tmp_path))
+    held = rf"is in use by another streamproxy \(pid {os.getpid()}\)"
+    with pytest.raises(ConfigError, match=held):
+        claim_directory(str(tmp_path))
+    os.close(first)  # (its processes exited, however: the kernel lets the lock go)
+    os.close(claim_directory(str(tmp_path)))

@@ -205,6 +205,22 @@ async def test_a_second_instance_on_the_same_port_refuses_to_start(tree: Tree,
     assert await _served_count(tree.url) == 2
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_second_instance_given_the_same_metrics_directory_refuses_to_start(
+        tree: Tree, workers: str) -> None:
+    # On another port, it cleared the running instance's sample files at start (its counters
+    # fell back to zero, its live gauges were lost), then both added into each other's
+    # scrapes. The directory is the running instance's for its life: the second one says so.
+    assert await stream_ok(tree.url)
+    metrics = tree.config.parent / "metrics"
+    proc = serve_refused(tree.config, _free_port(), workers, metrics, 30)
+    assert proc.returncode == 2, proc.stderr
+    assert (f"PROMETHEUS_MULTIPROC_DIR: {str(metrics)!r} is in use by another streamproxy "
+            f"(pid {tree.proc.pid})") in proc.stderr
+    assert await stream_ok(tree.url)
+    assert await _served_count(tree.url) == 2
+
+
 async def test_sighup_reloads_and_a_bad_config_keeps_the_old_workers(tree: Tree) -> None:
     old = tree.workers()
     tree.config.write_text("providers: [this is not: valid")

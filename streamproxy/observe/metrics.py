@@ -49,6 +49,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _RETIRED = "retired"
 _KEPT_TYPES = ("counter", "histogram", "summary")  # samples that outlive their process
 _LOCK_FILE = ".retire.lock"  # not *.db: the collector's glob never reads it
+_INSTANCE_LOCK = ".instance.lock"  # held by the instance the directory is for (its pid in it)
 # Clients choose model names: past this many distinct ones per process, the rest are "other",
 # so a client cannot grow the series count (and Prometheus' memory) without bound.
 MAX_MODEL_LABELS = 100
@@ -370,6 +371,30 @@ def render() -> bytes:
         with _directory_lock(path, fcntl.LOCK_SH):  # never half-way through a retirement
             return generate_latest(registry)
     return generate_latest(REGISTRY)
+
+
+def claim_directory(path: str) -> int:
+    """At start: the directory for this instance alone, for its life — the descriptor returned
+    holds an exclusive flock, which the kernel lets go when the last process holding it (the
+    master, its forked workers) exits, however it ends. A second instance given the same
+    directory would clear the first's files at start, and each would scrape the other's
+    samples as its own: it is refused (a ConfigError naming the holder)."""
+    _check_directory(path)
+    try:
+        fd = os.open(os.path.join(path, _INSTANCE_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:  # (read-only, not ours: every worker would fail to write there)
+        raise ConfigError(f"env {MULTIPROC_ENV}", "", f"{path!r}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 20, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise ConfigError(f"env {MULTIPROC_ENV}", "", f"{path!r} is in use by another "
+                          f"streamproxy (pid {holder}); give each instance its own "
+                          "directory") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def clear_previous_run(path: str) -> int:

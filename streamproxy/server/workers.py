@@ -80,23 +80,36 @@ def run(config_path: str | None, config: Config, host: str, port: int,
             print(f"streamproxy: cannot listen on {host}:{port}: {e.strerror or e}",
                   file=sys.stderr)
             return 1
-    _clear_metrics_dir()
-    if workers <= 1:
-        return run_worker(config, host, port, config_path=config_path, pinned=pinned)
-    from streamproxy.server.master import Master  # (it imports run_worker from here)
+    claim = _claim_metrics_dir()
+    try:
+        if workers <= 1:
+            return run_worker(config, host, port, config_path=config_path, pinned=pinned)
+        from streamproxy.server.master import Master  # (it imports run_worker from here)
 
-    return Master(config_path, config, host, port, workers, pinned).run()
+        return Master(config_path, config, host, port, workers, pinned).run()
+    finally:
+        if claim is not None:
+            os.close(claim)
 
 
-def _clear_metrics_dir() -> None:
-    """An operator's PROMETHEUS_MULTIPROC_DIR outlives the run (the master's own is new)."""
-    from streamproxy.observe.metrics import clear_previous_run, multiprocess_dir
+def _claim_metrics_dir() -> int | None:
+    """An operator's PROMETHEUS_MULTIPROC_DIR, made this run's (the master's own is new): no
+    other instance's, and cleared of a previous run's files, which it outlives. Returns the
+    descriptor that holds it (inherited by the workers)."""
+    from streamproxy.observe.metrics import claim_directory, clear_previous_run, multiprocess_dir
 
     path = multiprocess_dir()
-    if path is not None:
+    if path is None:
+        return None
+    claim = claim_directory(path)
+    try:
         removed = clear_previous_run(path)
-        if removed:
-            log.info("metrics: removed %d file(s) of a previous run from %s", removed, path)
+    except BaseException:
+        os.close(claim)
+        raise
+    if removed:
+        log.info("metrics: removed %d file(s) of a previous run from %s", removed, path)
+    return claim
 
 
 def _check_port_free(host: str, port: int) -> None:
