@@ -16,6 +16,7 @@ from streamproxy.config import (
     ConfigError,
     ProviderConfig,
     load_config,
+    shown_address,
 )
 
 
@@ -148,8 +149,7 @@ def cmd_check_config(args: argparse.Namespace) -> None:
         sys.exit(2)
     s = config.server
     print(f"{config.source}: OK")
-    host = f"[{s.host}]" if ":" in s.host else s.host  # (IPv6, as in a URL)
-    print(f"listen: {host}:{s.port}")
+    print(f"listen: {shown_address(s.host, s.port)}")
     for name, p in config.providers.items():
         default = " (default)" if name == config.default_provider else ""
         key = providers[name].auth_summary() or _key_summary(p)

@@ -23,6 +23,14 @@ import yaml
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
 MAX_PORT = 65535
+
+
+def shown_address(host: str, port: int) -> str:
+    """`host:port` as a user would paste it into a URL: an IPv6 address bracketed, and ""
+    (every interface, IPv4 and IPv6 alike) as 0.0.0.0, said so (":8787" is no address)."""
+    if not host:
+        return f"0.0.0.0:{port} (every interface)"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_DRAIN_DELAY = 300  # seconds; a load balancer notices a failing readiness probe well before
 

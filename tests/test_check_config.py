@@ -99,6 +99,15 @@ def test_a_providers_unset_api_key_env_is_named(tmp_path: Path,
                for line in lines), out
 
 
+def test_check_config_writes_an_empty_host_as_an_address(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # server.host "" (every interface) was "listen: :9999", which no client can connect to.
+    code, out, err = run(tmp_path, "server: {host: '', port: 9999}\n"
+                                   "providers: {mock: {type: mock}}\n", capsys)
+    assert code == 0, err
+    assert "listen: 0.0.0.0:9999 (every interface)" in out.splitlines()
+
+
 def test_serve_warns_of_an_unset_api_key_env(tmp_path: Path) -> None:
     """serve said nothing: a missing export went unnoticed until clients without a key of
     their own got the provider's 401. It starts (the client's key is forwarded, as

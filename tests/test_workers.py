@@ -1082,6 +1082,13 @@ async def test_a_stop_during_a_single_process_reload_keeps_the_new_configs_drain
             proc.wait(5)
 
 
+async def test_the_master_logs_an_empty_host_as_an_address(tmp_path: Path) -> None:
+    # "2 workers on http://:PORT": no URL a user can paste (server.host "", every interface).
+    text = CONFIG.format(grace=0.5, models="fast").replace("server:\n", "server:\n  host: ''\n")
+    async with serving(tmp_path, text, 2) as t:
+        assert f"2 workers on http://0.0.0.0:{t.port} (every interface);" in t.output()
+
+
 def test_an_empty_host_listens_on_every_interface_with_workers_too() -> None:
     """`server.host: ""` (every interface, as the listening sockets take it) served with one
     process, but --workers N refused to start: "cannot listen on :8787: Name or service not

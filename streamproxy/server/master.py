@@ -43,7 +43,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from streamproxy.config import Config, ConfigError
+from streamproxy.config import Config, ConfigError, shown_address
 from streamproxy.server.shared_breakers import SharedBreakerTable
 from streamproxy.server.shared_memory import Shared, inherit
 from streamproxy.server.shared_rate import SharedBuckets
@@ -118,9 +118,8 @@ class Master:
         # sent it; a worker inherits this until it listens and handles it.
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # (its word to a reload's old workers)
-        host = f"[{self.host}]" if ":" in self.host else self.host  # (IPv6, as in a URL)
-        log.info("streamproxy master %d: %d workers on http://%s:%d (config: %s)", os.getpid(),
-                 self.count, host, self.port, self.config.source)
+        log.info("streamproxy master %d: %d workers on http://%s; config: %s", os.getpid(),
+                 self.count, shown_address(self.host, self.port), self.config.source)
         try:
             for slot in range(self.count):
                 self._spawn(slot, self.generation, self.config)

@@ -36,7 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
-from streamproxy.config import Config, ConfigError, load_config
+from streamproxy.config import Config, ConfigError, load_config, shown_address
 from streamproxy.server.cpus import default_workers
 from streamproxy.server.drain import Drain
 from streamproxy.server.heap import keep_heap_cushion
@@ -77,8 +77,8 @@ def run(config_path: str | None, config: Config, host: str, port: int,
         try:
             _check_port_free(host, port)
         except OSError as e:
-            print(f"streamproxy: cannot listen on {host}:{port}: {e.strerror or e}",
-                  file=sys.stderr)
+            print(f"streamproxy: cannot listen on {shown_address(host, port)}: "
+                  f"{e.strerror or e}", file=sys.stderr)
             return 1
     claim = _claim_metrics_dir()
     try:
@@ -134,7 +134,8 @@ def run_worker(config: Config, host: str, port: int, *, reuse_port: bool = False
     except KeyboardInterrupt:
         pass
     except OSError as e:
-        print(f"streamproxy: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr)
+        print(f"streamproxy: cannot listen on {shown_address(host, port)}: {e.strerror or e}",
+              file=sys.stderr)
         return 1
     return 0
 
