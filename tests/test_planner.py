@@ -319,6 +319,35 @@ def test_breaker_opens_at_the_threshold_cools_down_and_closes_on_success(
     assert changes == [("k", OPEN, 30), ("k", OPEN, 30), ("k", CLOSED, None)]
 
 
+def test_a_clients_cb_config_keeps_apart_from_the_operators_breaker(
+        new_breakers: BreakersFactory) -> None:
+    """Breakers were shared by target whatever the cb_config: a client's inline
+    x-portkey-config naming the operator's target with a 1 ms cooldown_interval found the
+    breaker the operator's config had opened for 10 minutes half-open at once, and its trial
+    closed it (or re-opened it for 1 ms); with failure_threshold 1 and its own
+    failure_status_codes, one bad request of its own opened the operator's. Other rules keep
+    other states (Portkey keeps them per config)."""
+    clock = Clock()
+    cb = new_breakers(clock)
+    operator = BreakerSpec(failure_threshold=1, cooldown_interval=600)
+    client = BreakerSpec(failure_threshold=1, cooldown_interval=0.001,
+                         failure_status_codes=frozenset({400}))
+    changes: list[tuple[str, str, float | None]] = []
+    cb.listeners.append(lambda *change: changes.append(change))
+    cb.record("k", operator, 500)
+    clock.now = 1
+    assert cb.admit("k", client) is None  # (closed, its own: no trial)
+    cb.record("k", client, None)  # its success does not close the operator's
+    assert cb.state("k", operator) == OPEN and cb.is_open("k", operator)
+    cb.record("k", operator, None)  # (open: a last-hope try changes nothing)
+    clock.now = 1000
+    assert cb.admit("k", operator) is True
+    cb.record("k", operator, None)
+    cb.record("k", client, 400)  # the client's own bad request opens its breaker alone
+    assert cb.state("k", client) == OPEN and cb.state("k", operator) == CLOSED
+    assert changes == [("k", OPEN, 600), ("k", CLOSED, None), ("k", OPEN, 0.001)]
+
+
 def test_a_half_open_breaker_lets_one_trial_through(new_breakers: BreakersFactory) -> None:
     # After the cooldown one request is the trial; the others skip the target as if it were
     # open until the trial's outcome closes it or opens it again (a new cooldown).

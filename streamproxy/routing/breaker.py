@@ -13,6 +13,13 @@ be running (`admit`'s `lasts`, at least a cooldown), and another request is the 
 every target of a plan is open, the plan ignores the breakers (as Portkey does): failing fast
 on all of them helps nobody.
 
+A state is a target's under one set of rules (`BreakerSpec`): the configs that give a target
+the same cb_config share its breaker, one with other rules (a client's inline
+x-portkey-config) keeps its own, as Portkey keeps them per config. Shared whatever the rules,
+a client's 1 ms cooldown_interval half-opened the breaker an operator's config held open (its
+trial closing it), and its failure_threshold 1 with its own failure_status_codes let one bad
+request of its own open it. Listeners (metrics) are told the target's key alone.
+
 The states live in this process (`CircuitBreakers`) or, with `--workers N`, in a table all
 the workers share (server/shared_breakers.py overrides `_load` / `_save` / `_locked`), so
 that a target trips after `failure_threshold` failures on the instance, not per worker.
@@ -27,6 +34,7 @@ and would otherwise be the first dropped. Only when all are open does the oldest
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -62,13 +70,13 @@ class CircuitBreakers:
         self.listeners: list[StateListener] = []  # on every change; metrics
 
     def state(self, key: str, spec: BreakerSpec) -> str:
-        return self._phase(self._load(key), spec)
+        return self._phase(self._load(key + _rules(spec)), spec)
 
     def is_open(self, key: str, spec: BreakerSpec | None) -> bool:
         """Skipped by a plan: open, or half-open with its trial under way."""
         if spec is None:
             return False
-        st = self._load(key)
+        st = self._load(key + _rules(spec))
         phase = self._phase(st, spec)
         return phase == OPEN or (phase == HALF_OPEN and self._trying(st))
 
@@ -79,6 +87,7 @@ class CircuitBreakers:
         tried when all the plan's targets are). `lasts`: the longest its tries may take; the
         trial is held that long, or a cooldown if longer (a slow one, held for one cooldown,
         let a second trial through while it still waited on the target)."""
+        key += _rules(spec)
         if self._phase(self._load(key), spec) != HALF_OPEN:  # (no lock for a closed one)
             return None
         with self._locked():
@@ -93,6 +102,7 @@ class CircuitBreakers:
 
     def release(self, key: str, spec: BreakerSpec) -> None:
         """A trial that ended with no outcome: the next request may be the trial."""
+        key += _rules(spec)
         with self._locked():
             st = self._load(key)
             if st is not None and st.trial_until is not None:
@@ -104,8 +114,9 @@ class CircuitBreakers:
         if spec is None:
             return
         failed = status is not None and spec.is_failure(status)
+        state_key = key + _rules(spec)
         with self._locked():  # one read-modify-write, whoever else records at the same time
-            st = self._load(key) or BreakerState()
+            st = self._load(state_key) or BreakerState()
             before = self._phase(st, spec)
             if before == HALF_OPEN:
                 st.trial_until = None
@@ -119,7 +130,7 @@ class CircuitBreakers:
                 st.failures += failed
                 if failed and self._trips(st, spec):
                     st.opened_at = self._clock()
-            self._save(key, st)
+            self._save(state_key, st)
             after = self._phase(st, spec)
         if after != before:
             half_open_after = spec.cooldown_interval if after == OPEN else None
@@ -163,3 +174,12 @@ class CircuitBreakers:
 
     def _locked(self) -> AbstractContextManager[object]:
         return contextlib.nullcontext()
+
+
+@functools.lru_cache(maxsize=1024)
+def _rules(spec: BreakerSpec) -> str:
+    """The rules' part of a state's key (a spec's codes sorted: one set, one key)."""
+    codes = spec.failure_status_codes
+    return (f"#{spec.failure_threshold}/{spec.failure_threshold_percentage}/"
+            f"{spec.minimum_requests}/{spec.cooldown_interval!r}/"
+            f"{'' if codes is None else ','.join(map(str, sorted(codes)))}")
