@@ -443,3 +443,38 @@ async def test_a_stream_answered_with_one_error_object_keeps_its_status(
     err = (await resp.json())["error"]
     assert err["code"] == code and err["message"] == (
         body[0] if isinstance(body, list) else body)["error"]["message"]
+
+
+VERTEX_QUOTA = (b'data: {"error": {"code": 429, "message": "Quota exceeded for '
+                b'aiplatform.googleapis.com", "status": "RESOURCE_EXHAUSTED", "details": [{"@type":'
+                b' "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "7s"}]}}\n\n')
+
+
+async def test_vertexs_error_event_in_claudes_stream_is_vertexs_error(proxy: Any,
+                                                                       upstream: Any) -> None:
+    """Vertex's own error (Google's shape, no `type`) as an event of streamRawPredict's stream
+    was a 502 "malformed None event (KeyError('type'))": it is Google's error, status and wait."""
+    upstream.body = VERTEX_QUOTA
+    client = await proxy(vertex(upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": CLAUDE, "stream": True, "messages": USER},
+        headers={"x-portkey-config": '{"retry": {"attempts": 0}}'})
+    assert resp.status == 429
+    assert resp.headers["retry-after"] == "7"
+    assert (await resp.json())["error"] == {
+        "message": "Quota exceeded for aiplatform.googleapis.com", "type": "rate_limit_error",
+        "param": None, "code": "RESOURCE_EXHAUSTED"}
+
+
+def test_vertexs_error_event_mid_stream_is_an_error_frame_of_its_own() -> None:
+    from streamproxy.openai_api.chunks import ChunkEncoder
+    provider = build_providers(vertex("http://v"))["v"].for_model(CLAUDE)
+    req = parse_chat_request(orjson.dumps({"model": CLAUDE, "stream": True, "messages": USER}))
+    out = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    translator = provider.stream_translator(req, out)
+    start = ANTHROPIC_STREAM[:ANTHROPIC_STREAM.index(b"event: content_block_stop")]
+    translator.feed(start + VERTEX_QUOTA)
+    c = collect(sse_chunks(out.take()))
+    assert translator.done and c.content and not c.done
+    assert c.error == {"message": "Quota exceeded for aiplatform.googleapis.com",
+                       "type": "rate_limit_error", "param": None, "code": "RESOURCE_EXHAUSTED"}

@@ -137,8 +137,17 @@ class AnthropicStreamTranslator(SSETranslator):
                     return
             self._dispatch(msg)
         except (KeyError, TypeError, AttributeError) as e:
+            if "type" not in msg and isinstance(msg.get("error"), dict):
+                # An error event in the platform's own shape, with no `type` (Vertex's).
+                self.out.error(self.platform_error(msg["error"]))
+                self.done = True
+                return
             raise StreamDecodeError(
                 f"the upstream sent a malformed {msg.get('type')!r} event ({e!r})") from None
+
+    def platform_error(self, err: dict[str, Any]) -> UpstreamStatusError:
+        """An error object that came as an event of its own, without Anthropic's envelope."""
+        return stream_error(err, self._provider)
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         kind = msg["type"]

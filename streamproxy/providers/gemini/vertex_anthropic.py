@@ -38,7 +38,7 @@ from streamproxy.providers.anthropic.request import (
 from streamproxy.providers.anthropic.response import to_completion
 from streamproxy.providers.anthropic.stream import ERROR_STATUS, AnthropicStreamTranslator
 from streamproxy.providers.base import Provider, StreamTranslator, UpstreamRequest, generic_error
-from streamproxy.providers.gemini.errors import google_error
+from streamproxy.providers.gemini.errors import error_from_object, google_error
 
 if TYPE_CHECKING:
     from streamproxy.openai_api.request import ChatRequest
@@ -93,7 +93,7 @@ class VertexClaudeProvider(Provider):
         return UpstreamRequest(f"{url}:{method}", orjson.dumps(body), headers)
 
     def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
-        return AnthropicStreamTranslator(out, self.max_event_bytes, self.name)
+        return VertexClaudeStreamTranslator(out, self.max_event_bytes, self.name)
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
                            created: int, model: str = "") -> dict[str, Any]:
@@ -118,6 +118,15 @@ class VertexClaudeProvider(Provider):
         err = generic_error(502, body, self.name)
         status = ERROR_STATUS.get(err.code or "")
         return err if status is None else generic_error(status, body, self.name)
+
+
+class VertexClaudeStreamTranslator(AnthropicStreamTranslator):
+    """Claude's stream, in which Vertex itself may fail with Google's `data: {"error": {"code",
+    "message", "status"}}` (a quota, a permission): read as the Gemini stream reads it, by its
+    numeric code, Google's status as the code and its RetryInfo wait."""
+
+    def platform_error(self, err: dict[str, Any]) -> UpstreamStatusError:
+        return error_from_object(err, 0, self._provider)
 
 
 def _is_claudes(body: bytes) -> bool:
