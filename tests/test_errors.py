@@ -650,3 +650,56 @@ def test_a_masked_errors_own_text_holds_no_key() -> None:
     err.mask(SENT_TOKEN)
     assert err.message == "Incorrect API key provided: …cdef"
     assert SENT_TOKEN not in str(err) and SENT_TOKEN not in repr(err)
+
+
+# Well-formed JSON of the wrong shape, one per translator: (provider config, stream bytes, the
+# field the message should name or None). The client reads the message: Python's text for the
+# exception the translator met ("KeyError('delta')", "'int' object is not subscriptable") says
+# nothing a user can act on.
+_WRONG_SHAPES = {
+    "anthropic-missing": ("anthropic", b'event: content_block_delta\ndata: {"type":'
+                          b'"content_block_delta","index":0}\n\n', "delta"),
+    "anthropic-type": ("anthropic", b'event: content_block_delta\ndata: {"type":'
+                       b'"content_block_delta","index":0,"delta":5}\n\n', None),
+    "anthropic-list": ("anthropic", b'event: message_delta\ndata: {"type":"message_delta",'
+                       b'"delta":{},"usage":[1]}\n\n', None),
+    "cohere": ("cohere", b'event: content-delta\ndata: {"type":"content-delta","index":0,'
+               b'"delta":"x"}\n\n', None),
+    "gemini": ("gemini", b'data: {"candidates":[{"content":{"parts":5}}]}\n\n', None),
+    "ollama": ("ollama", b'{"model":"m","message":5,"done":false}\n', None),
+}
+
+
+@pytest.mark.parametrize("case", list(_WRONG_SHAPES))
+def test_a_wrong_shaped_event_is_a_protocol_error_without_pythons_words(case: str) -> None:
+    from streamproxy.errors import StreamDecodeError
+    from streamproxy.openai_api.chunks import ChunkEncoder
+    from streamproxy.openai_api.request import parse_chat_request
+    from streamproxy.server.app import build_providers
+    kind, stream, field = _WRONG_SHAPES[case]
+    provider = build_providers(provider_config(kind, "http://u"))["up"]
+    req = parse_chat_request(orjson.dumps({"model": "m", "stream": True, "messages": [
+        {"role": "user", "content": "hi"}]}))
+    out = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    with pytest.raises(StreamDecodeError) as caught:
+        provider.stream_translator(req, out).feed(stream)
+    message = caught.value.message
+    assert caught.value.status == 502 and caught.value.code == "upstream_protocol_error"
+    assert message.startswith("the upstream sent a malformed")
+    for python in ("Error(", "object", "subscriptable", "NoneType", "indices", "'int'"):
+        assert python not in message, message
+    if field is not None:
+        assert f"'{field}'" in message
+
+
+def test_a_wrong_shaped_bedrock_event_is_a_protocol_error_without_pythons_words() -> None:
+    from streamproxy.errors import StreamDecodeError
+    from streamproxy.openai_api.chunks import ChunkEncoder
+    from streamproxy.providers.bedrock.stream import BedrockStreamTranslator
+    from tests.eventstream_frames import event
+    out = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    with pytest.raises(StreamDecodeError) as caught:
+        BedrockStreamTranslator(out, 1 << 20).feed(event("contentBlockStart", {
+            "contentBlockIndex": 0, "start": {"toolUse": "x"}}))
+    assert caught.value.message == ("the upstream sent a malformed 'contentBlockStart' event "
+                                    "(a field of the wrong type)")

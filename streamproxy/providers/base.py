@@ -129,6 +129,24 @@ def load_event_json(data: bytes) -> dict[str, Any]:
     return obj
 
 
+def malformed(what: str, e: Exception) -> StreamDecodeError:
+    """A translator's error for well-formed JSON of the wrong shape: `what` it was, and the
+    field a KeyError names. Never Python's text for `e` ("KeyError('delta')", "'int' object
+    is not subscriptable"), which the client would read and could not act on."""
+    if not isinstance(e, KeyError):
+        detail = "a field of the wrong type"
+    elif e.args and isinstance(e.args[0], str) and e.args[0].isidentifier():
+        detail = f"no '{e.args[0][:40]}' field"
+    else:  # (our lookup of an upstream's value: a block index it never started)
+        detail = "an index it never started"
+    return StreamDecodeError(f"the upstream sent a malformed {what} ({detail})")
+
+
+def event_kind(kind: Any) -> str:
+    """An event named by its type, for `malformed`: "'message_delta' event", else "event"."""
+    return f"{kind!r} event" if isinstance(kind, str) and len(kind) <= 40 else "event"
+
+
 class Provider:
     type_name: ClassVar[str]
     default_base_url: ClassVar[str | None] = None

@@ -29,9 +29,9 @@ from typing import Any
 import orjson
 
 from streamproxy.decode.sse import SSEEvent
-from streamproxy.errors import StreamDecodeError, UpstreamStatusError
+from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage
-from streamproxy.providers.base import SSETranslator, load_event_json
+from streamproxy.providers.base import SSETranslator, event_kind, load_event_json, malformed
 from streamproxy.providers.splice import JSON_INDEX, JSON_TEXT, feed_runs
 
 FINISH_REASONS = {
@@ -142,8 +142,7 @@ class AnthropicStreamTranslator(SSETranslator):
                 self.out.error(self.platform_error(msg["error"]))
                 self.done = True
                 return
-            raise StreamDecodeError(
-                f"the upstream sent a malformed {msg.get('type')!r} event ({e!r})") from None
+            raise malformed(event_kind(msg.get("type")), e) from None
 
     def platform_error(self, err: dict[str, Any]) -> UpstreamStatusError:
         """An error object that came as an event of its own, without Anthropic's envelope."""

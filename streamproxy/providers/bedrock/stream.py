@@ -44,7 +44,7 @@ from streamproxy.decode.eventstream import (
 )
 from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage
-from streamproxy.providers.base import StreamTranslator, load_event_json
+from streamproxy.providers.base import StreamTranslator, event_kind, load_event_json, malformed
 from streamproxy.providers.splice import JSON_INDEX, JSON_TEXT, is_utf8
 
 FINISH_REASONS = {
@@ -249,8 +249,7 @@ class BedrockStreamTranslator(StreamTranslator):
         try:
             self._event(event, body)
         except (KeyError, TypeError, AttributeError) as e:
-            raise StreamDecodeError(
-                f"the upstream sent a malformed {event!r} event ({e!r})") from None
+            raise malformed(event_kind(event), e) from None
 
     def _fail(self, err: UpstreamStatusError) -> None:
         self.out.error(err)

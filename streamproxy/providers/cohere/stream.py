@@ -27,9 +27,9 @@ from __future__ import annotations
 from typing import Any
 
 from streamproxy.decode.sse import SSEEvent
-from streamproxy.errors import StreamDecodeError, UpstreamStatusError
+from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage, unseen_citations
-from streamproxy.providers.base import SSETranslator, load_event_json
+from streamproxy.providers.base import SSETranslator, event_kind, load_event_json, malformed
 
 FINISH_REASONS = {
     "COMPLETE": "stop",
@@ -107,8 +107,7 @@ class CohereStreamTranslator(SSETranslator):
         try:
             self._dispatch(msg)
         except (KeyError, TypeError, AttributeError) as e:
-            raise StreamDecodeError(
-                f"the upstream sent a malformed {msg.get('type')!r} event ({e!r})") from None
+            raise malformed(event_kind(msg.get("type")), e) from None
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")

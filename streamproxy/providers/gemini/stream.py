@@ -54,7 +54,7 @@ import orjson
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage, unseen_citations
-from streamproxy.providers.base import SSETranslator, load_event_json
+from streamproxy.providers.base import SSETranslator, load_event_json, malformed
 from streamproxy.providers.gemini.errors import error_from_object
 from streamproxy.providers.gemini.request import GENERATED_ID_PREFIX, SIGNATURE_BLOCK
 from streamproxy.providers.splice import JSON_TEXT, feed_runs
@@ -387,7 +387,7 @@ class GeminiStreamTranslator(SSETranslator):
                     self.finished = True
             self._plain = not self.finished
         except (KeyError, TypeError, AttributeError) as e:
-            raise StreamDecodeError(f"the upstream sent a malformed chunk ({e!r})") from None
+            raise malformed("chunk", e) from None
 
     def close(self) -> None:
         for event in self._decoder.close():
@@ -407,8 +407,7 @@ class GeminiStreamTranslator(SSETranslator):
             try:
                 self.out.usage(map_usage(usage))
             except (TypeError, AttributeError) as e:
-                raise StreamDecodeError(f"the upstream sent a malformed usageMetadata ({e!r})"
-                                        ) from None
+                raise malformed("usageMetadata", e) from None
         self.out.end()
         self.done = True
 

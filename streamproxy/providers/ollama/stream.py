@@ -28,7 +28,7 @@ import orjson
 from streamproxy.decode.ndjson import NDJSONDecoder
 from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage
-from streamproxy.providers.base import StreamTranslator, load_event_json
+from streamproxy.providers.base import StreamTranslator, load_event_json, malformed
 
 
 def new_call_id() -> str:
@@ -115,7 +115,7 @@ class OllamaStreamTranslator(StreamTranslator):
         try:
             self._dispatch(msg)
         except (KeyError, TypeError, AttributeError) as e:
-            raise StreamDecodeError(f"the upstream sent a malformed line ({e!r})") from None
+            raise malformed("line", e) from None
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         if "error" in msg:
