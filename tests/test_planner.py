@@ -901,3 +901,28 @@ def test_an_unknown_name_lists_the_virtual_keys_beside_the_providers(
     assert info.value.code == "unknown_provider"
     assert info.value.message.endswith(
         "Configured providers: oa, groq, aws, vx, an. Virtual keys (as @name): claude-prod.")
+
+
+@pytest.mark.parametrize(("headers", "param"), [
+    ({"x-portkey-virtual-key": "claude-prd"}, "x-portkey-virtual-key"),
+    ({"x-portkey-config": '{"virtual_key": "claude-prd"}'}, "config.virtual_key"),
+], ids=["header", "config"])
+def test_an_unknown_virtual_key_lists_the_configured_ones(headers: dict[str, str],
+                                                          param: str) -> None:
+    # The portkey-ai SDK's virtual_key= (the header) or a config's virtual_key with a typo:
+    # the 400 named the key alone, so the client could not tell which names it may use.
+    gateway = gateway_for(virtual_keys={"claude-prod": {"provider": "an", "api_key": "sk-vk"},
+                                        "oa-prod": {"provider": "oa", "api_key": "sk-vk2"}})
+    with pytest.raises(InvalidRequest) as info:
+        gateway.plan(headers, _req({"model": "m"}), None)
+    assert (info.value.code, info.value.param) == ("unknown_virtual_key", param)
+    assert info.value.message == (
+        f"Unknown virtual key 'claude-prd' in {param}: it is not under this gateway's "
+        "virtual_keys. Configured virtual keys: claude-prod, oa-prod.")
+    assert "sk-vk" not in info.value.message
+
+
+def test_an_unknown_virtual_key_says_when_there_are_none() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        gateway_for().plan({"x-portkey-virtual-key": "vk"}, _req({"model": "m"}), None)
+    assert info.value.message.endswith("This gateway has no virtual keys.")

@@ -509,10 +509,14 @@ class Gateway:
         return self.router.prefix_provider(model) or self._model_key(model)
 
     def _virtual_key(self, name: str, param: str) -> VirtualKey:
-        vkey = self.settings.virtual_keys.get(name)
+        keys = self.settings.virtual_keys
+        vkey = keys.get(name)
         if vkey is None:
+            # The names (never their secrets) a client may use, as an unknown provider's lists.
+            known = (f"Configured virtual keys: {', '.join(keys)}." if keys
+                     else "This gateway has no virtual keys.")
             raise InvalidRequest(f"Unknown virtual key '{name[:64]}' in {param}: it is not "
-                                 "under this gateway's virtual_keys.", param=param,
+                                 f"under this gateway's virtual_keys. {known}", param=param,
                                  code="unknown_virtual_key")
         return vkey
 
