@@ -7,6 +7,7 @@ import logging
 import socket
 from typing import Any
 
+import openai
 import orjson
 import pytest
 
@@ -703,3 +704,93 @@ def test_a_wrong_shaped_bedrock_event_is_a_protocol_error_without_pythons_words(
             "contentBlockIndex": 0, "start": {"toolUse": "x"}}))
     assert caught.value.message == ("the upstream sent a malformed 'contentBlockStart' event "
                                     "(a field of the wrong type)")
+
+
+# -- every 4xx the proxy answers itself, as OpenAI shapes it and the openai SDK reads it ----------
+
+_KEY, _LIMITED, _MOCK_ONLY = ("proxy-key-main-0123456789", "proxy-key-limited-0123456789",
+                              "proxy-key-mock-only-0123456789")
+_USER = [{"role": "user", "content": "hi"}]
+_BIG = [{"role": "user", "content": "x" * 3000}]
+# OpenAI's error type for each status the proxy answers with (its API reference's table).
+_OPENAI_TYPE = {400: "invalid_request_error", 401: "authentication_error",
+                403: "permission_error", 404: "not_found_error", 405: "invalid_request_error",
+                413: "invalid_request_error", 429: "rate_limit_error"}
+# Where OpenAI itself departs from that table: its model_not_found 404 is invalid_request_error.
+_AS_OPENAI = {"unknown-model": "invalid_request_error"}
+
+
+def _own_errors_config() -> Any:
+    return make_config({
+        "mock": {"type": "mock", "default_model": "fast"},
+        "llama": {"type": "ollama", "base_url": "http://127.0.0.1:9", "default_model": "m"},
+    }, default="mock", server={"max_body_bytes": 2000}, virtual_keys={
+        "vk-main": {"provider": "mock", "api_key": "sk-vk-secret"}}, auth={"keys": [
+            {"name": "main", "key": _KEY},
+            {"name": "limited", "key": _LIMITED,
+             "rate_limit": {"requests_per_minute": 1, "burst": 1}},
+            {"name": "mock-only", "key": _MOCK_ONLY, "allowed_providers": ["mock"]}]})
+
+
+def _chat(**kw: Any) -> Any:
+    return lambda sdk: sdk.chat.completions.create(**{"messages": _USER, **kw})
+
+
+_OWN_ERRORS: dict[str, tuple[str, Any, int, str | None, type[Exception]]] = {
+    # name: (proxy key, the SDK's call, status, param, the SDK's exception)
+    "unknown-provider": (_KEY, _chat(model="@nope/x"), 400, "model", openai.BadRequestError),
+    "bad-config-header": (_KEY, _chat(model="fast", extra_headers={
+        "x-portkey-config": "{not json"}), 400, "x-portkey-config", openai.BadRequestError),
+    "unknown-virtual-key": (_KEY, _chat(model="fast", extra_headers={
+        "x-portkey-virtual-key": "vk-nope"}), 400, "x-portkey-virtual-key",
+        openai.BadRequestError),
+    "unsupported-parameter": (_KEY, _chat(model="llama/m", n=2), 400, "n",
+                              openai.BadRequestError),
+    "invalid-parameter": (_KEY, _chat(model="fast", max_tokens=0), 400, "max_tokens",
+                          openai.BadRequestError),
+    "invalid-key": ("proxy-key-wrong-0123456789", _chat(model="fast"), 401, None,
+                    openai.AuthenticationError),
+    "provider-not-allowed": (_MOCK_ONLY, _chat(model="llama/m"), 403, None,
+                             openai.PermissionDeniedError),
+    "unknown-model": (_KEY, lambda sdk: sdk.models.retrieve("no-such-model"), 404, None,
+                      openai.NotFoundError),
+    "unknown-path": (_KEY, lambda sdk: sdk.get("/no-such-path", cast_to=object), 404, None,
+                     openai.NotFoundError),
+    "method-not-allowed": (_KEY, lambda sdk: sdk.delete("/models", cast_to=object), 405, None,
+                           openai.APIStatusError),
+    "body-too-large": (_KEY, _chat(model="fast", messages=_BIG), 413, None,
+                       openai.APIStatusError),
+    "rate-limited": (_LIMITED, _chat(model="fast"), 429, None, openai.RateLimitError),
+}
+
+
+@pytest.mark.parametrize("case", list(_OWN_ERRORS))
+async def test_the_proxys_own_4xx_are_openai_shaped(proxy: Any, case: str) -> None:
+    key, call, status, param, exc = _OWN_ERRORS[case]
+    client = await proxy(_own_errors_config())
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=key, max_retries=0)
+    if case == "rate-limited":  # its one request a minute
+        await _chat(model="fast")(sdk)
+    with pytest.raises(exc) as caught:
+        await call(sdk)
+    err = caught.value
+    assert isinstance(err, openai.APIStatusError) and err.status_code == status
+    body = err.response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert body["error"]["type"] == _AS_OPENAI.get(case, _OPENAI_TYPE[status]), body
+    assert body["error"]["param"] == param, body
+    assert err.request_id  # x-request-id, as on every OpenAI answer
+
+
+@pytest.mark.parametrize(("payload", "content_type"), [
+    (b"{not json", "application/json"), (b"[]", "application/json"),
+    (b"messages=hi", "application/x-www-form-urlencoded")])
+async def test_a_body_the_sdk_cannot_send_is_an_openai_shaped_400(
+        proxy: Any, payload: bytes, content_type: str) -> None:
+    client = await proxy(_own_errors_config())
+    resp = await client.post("/v1/chat/completions", data=payload, headers={
+        "content-type": content_type, "authorization": f"Bearer {_KEY}"})
+    assert resp.status == 400
+    assert assert_openai_error(await resp.json())["type"] == "invalid_request_error"
