@@ -668,6 +668,13 @@ _WRONG_SHAPES = {
                b'"delta":"x"}\n\n', None),
     "gemini": ("gemini", b'data: {"candidates":[{"content":{"parts":5}}]}\n\n', None),
     "ollama": ("ollama", b'{"model":"m","message":5,"done":false}\n', None),
+    # A value of the right JSON type that does not convert: Python's ValueError, which escaped
+    # the translators as a 500 internal_error (a bug's answer, logged with a traceback).
+    "anthropic-usage": ("anthropic", b'event: message_start\ndata: {"type":"message_start",'
+                        b'"message":{"model":"m","usage":"s"}}\n\n', None),
+    "cohere-usage": ("cohere", b'event: message-end\ndata: {"type":"message-end","delta":{'
+                     b'"finish_reason":"COMPLETE","usage":{"tokens":{"input_tokens":"s"}}}}\n\n',
+                     None),
 }
 
 
@@ -794,3 +801,15 @@ async def test_a_body_the_sdk_cannot_send_is_an_openai_shaped_400(
         "content-type": content_type, "authorization": f"Bearer {_KEY}"})
     assert resp.status == 400
     assert assert_openai_error(await resp.json())["type"] == "invalid_request_error"
+
+
+def test_a_non_streamed_answer_with_a_count_that_is_no_number_is_a_protocol_error() -> None:
+    # Cohere's count "s": int() raised a ValueError, which escaped as a 500 internal_error.
+    from streamproxy.errors import UpstreamProtocolError
+    from streamproxy.providers.cohere.response import to_completion
+    body = orjson.dumps({"id": "x", "finish_reason": "COMPLETE", "message": {
+        "role": "assistant", "content": [{"type": "text", "text": "hi"}]},
+        "usage": {"tokens": {"input_tokens": "s", "output_tokens": 1}}})
+    with pytest.raises(UpstreamProtocolError) as caught:
+        to_completion(body, completion_id="c", created=1, model="m", provider="co")
+    assert (caught.value.status, caught.value.code) == (502, "upstream_protocol_error")

@@ -129,6 +129,11 @@ def load_event_json(data: bytes) -> dict[str, Any]:
     return obj
 
 
+# What a translator meets in well-formed JSON of another shape: a missing field, a number or
+# list where an object belongs, a string where a count belongs (int("s"), dict.update("s")).
+WRONG_SHAPE = (KeyError, TypeError, AttributeError, ValueError)
+
+
 def malformed(what: str, e: Exception) -> StreamDecodeError:
     """A translator's error for well-formed JSON of the wrong shape: `what` it was, and the
     field a KeyError names. Never Python's text for `e` ("KeyError('delta')", "'int' object

@@ -10,12 +10,13 @@ from streamproxy._json import loads_lenient
 from streamproxy.errors import UpstreamProtocolError
 from streamproxy.openai_api.completion import CompletionBuilder
 from streamproxy.providers.anthropic.stream import finish_reason, map_usage
+from streamproxy.providers.base import WRONG_SHAPE
 
 
 def to_completion(body: bytes, *, completion_id: str, created: int, model: str) -> dict[str, Any]:
     try:
         return _completion(loads_lenient(body), completion_id, created, model)
-    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+    except WRONG_SHAPE:  # (orjson.JSONDecodeError is a ValueError)
         # A 502 that retries and fallbacks act on, not a 500 (an Anthropic-compatible
         # upstream may send a block without its id or name).
         raise UpstreamProtocolError("the upstream answered with a malformed message") from None

@@ -31,7 +31,13 @@ import orjson
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage
-from streamproxy.providers.base import SSETranslator, event_kind, load_event_json, malformed
+from streamproxy.providers.base import (
+    WRONG_SHAPE,
+    SSETranslator,
+    event_kind,
+    load_event_json,
+    malformed,
+)
 from streamproxy.providers.splice import JSON_INDEX, JSON_TEXT, feed_runs
 
 FINISH_REASONS = {
@@ -136,7 +142,7 @@ class AnthropicStreamTranslator(SSETranslator):
                     self._content(delta["text"])
                     return
             self._dispatch(msg)
-        except (KeyError, TypeError, AttributeError) as e:
+        except WRONG_SHAPE as e:
             if "type" not in msg and isinstance(msg.get("error"), dict):
                 # An error event in the platform's own shape, with no `type` (Vertex's).
                 self.out.error(self.platform_error(msg["error"]))

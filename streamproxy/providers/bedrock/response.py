@@ -9,6 +9,7 @@ import orjson
 from streamproxy._json import loads_lenient
 from streamproxy.errors import UpstreamProtocolError
 from streamproxy.openai_api.completion import CompletionBuilder
+from streamproxy.providers.base import WRONG_SHAPE
 from streamproxy.providers.bedrock.stream import (
     FAILED_REASONS,
     failed_stop,
@@ -23,7 +24,7 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
         answer = loads_lenient(body)
         blocks = answer["output"]["message"]["content"]
         out = _translate(blocks, answer)
-    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+    except WRONG_SHAPE:  # (orjson.JSONDecodeError is a ValueError)
         raise UpstreamProtocolError("the upstream answered with a malformed message") from None
     if answer.get("stopReason") in FAILED_REASONS:
         raise failed_stop(answer["stopReason"], provider).with_usage(out.usage_data)

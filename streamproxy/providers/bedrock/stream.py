@@ -44,7 +44,13 @@ from streamproxy.decode.eventstream import (
 )
 from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage
-from streamproxy.providers.base import StreamTranslator, event_kind, load_event_json, malformed
+from streamproxy.providers.base import (
+    WRONG_SHAPE,
+    StreamTranslator,
+    event_kind,
+    load_event_json,
+    malformed,
+)
 from streamproxy.providers.splice import JSON_INDEX, JSON_TEXT, is_utf8
 
 FINISH_REASONS = {
@@ -248,7 +254,7 @@ class BedrockStreamTranslator(StreamTranslator):
     def _on_event(self, event: Any, body: dict[str, Any]) -> None:
         try:
             self._event(event, body)
-        except (KeyError, TypeError, AttributeError) as e:
+        except WRONG_SHAPE as e:
             raise malformed(event_kind(event), e) from None
 
     def _fail(self, err: UpstreamStatusError) -> None:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from streamproxy._json import loads_lenient
 from streamproxy.errors import UpstreamProtocolError
 from streamproxy.openai_api.chunks import unseen_citations
 from streamproxy.openai_api.completion import CompletionBuilder
+from streamproxy.providers.base import WRONG_SHAPE
 from streamproxy.providers.cohere.stream import (
     FAILED,
     NULL,
@@ -56,11 +55,12 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
         for i, call in enumerate(calls):
             out.tool_call_start(i, call["id"], call["function"]["name"],
                                 _arguments(call["function"].get("arguments")))
-    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        usage = map_usage(resp["usage"]) if resp.get("usage") else None
+    except WRONG_SHAPE:  # (orjson.JSONDecodeError is a ValueError)
         raise UpstreamProtocolError("the upstream answered with a malformed message") from None
     out.finish(finish_reason(reason, bool(calls)))
-    if resp.get("usage"):
-        out.usage(map_usage(resp["usage"]))
+    if usage:
+        out.usage(usage)
     return out.completion(completion_id=completion_id, created=created, model=model)
 
 

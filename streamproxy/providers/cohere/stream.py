@@ -29,7 +29,13 @@ from typing import Any
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage, unseen_citations
-from streamproxy.providers.base import SSETranslator, event_kind, load_event_json, malformed
+from streamproxy.providers.base import (
+    WRONG_SHAPE,
+    SSETranslator,
+    event_kind,
+    load_event_json,
+    malformed,
+)
 
 FINISH_REASONS = {
     "COMPLETE": "stop",
@@ -106,7 +112,7 @@ class CohereStreamTranslator(SSETranslator):
         msg = load_event_json(data)
         try:
             self._dispatch(msg)
-        except (KeyError, TypeError, AttributeError) as e:
+        except WRONG_SHAPE as e:
             raise malformed(event_kind(msg.get("type")), e) from None
 
     def _dispatch(self, msg: dict[str, Any]) -> None:

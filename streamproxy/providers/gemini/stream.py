@@ -54,7 +54,7 @@ import orjson
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage, unseen_citations
-from streamproxy.providers.base import SSETranslator, load_event_json, malformed
+from streamproxy.providers.base import WRONG_SHAPE, SSETranslator, load_event_json, malformed
 from streamproxy.providers.gemini.errors import error_from_object
 from streamproxy.providers.gemini.request import GENERATED_ID_PREFIX, SIGNATURE_BLOCK
 from streamproxy.providers.splice import JSON_TEXT, feed_runs
@@ -386,7 +386,7 @@ class GeminiStreamTranslator(SSETranslator):
                     self.out.finish(_FILTERED)
                     self.finished = True
             self._plain = not self.finished
-        except (KeyError, TypeError, AttributeError) as e:
+        except WRONG_SHAPE as e:
             raise malformed("chunk", e) from None
 
     def close(self) -> None:
@@ -406,7 +406,7 @@ class GeminiStreamTranslator(SSETranslator):
         if usage is not None:
             try:
                 self.out.usage(map_usage(usage))
-            except (TypeError, AttributeError) as e:
+            except WRONG_SHAPE as e:
                 raise malformed("usageMetadata", e) from None
         self.out.end()
         self.done = True

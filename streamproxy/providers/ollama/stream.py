@@ -28,7 +28,7 @@ import orjson
 from streamproxy.decode.ndjson import NDJSONDecoder
 from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage
-from streamproxy.providers.base import StreamTranslator, load_event_json, malformed
+from streamproxy.providers.base import WRONG_SHAPE, StreamTranslator, load_event_json, malformed
 
 
 def new_call_id() -> str:
@@ -114,7 +114,7 @@ class OllamaStreamTranslator(StreamTranslator):
         """One parsed line (also a whole non-streamed answer)."""
         try:
             self._dispatch(msg)
-        except (KeyError, TypeError, AttributeError) as e:
+        except WRONG_SHAPE as e:
             raise malformed("line", e) from None
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
