@@ -813,3 +813,28 @@ def test_a_non_streamed_answer_with_a_count_that_is_no_number_is_a_protocol_erro
     with pytest.raises(UpstreamProtocolError) as caught:
         to_completion(body, completion_id="c", created=1, model="m", provider="co")
     assert (caught.value.status, caught.value.code) == (502, "upstream_protocol_error")
+
+
+@pytest.mark.parametrize(("kind", "stream"), [
+    ("anthropic", b'event: error\ndata: {"type":"error","error":{"type":5,"message":["no"]}}\n\n'),
+    ("anthropic", b'event: error\ndata: {"type":"error","error":{"type":"x",'
+                  b'"message":{"a":1}}}\n\n'),
+    ("ollama", b'{"error":{"message":5,"code":"x"}}\n'),
+    ("ollama", b'{"error":{"message":["no"]}}\n'),
+], ids=["anthropic-list", "anthropic-object", "ollama-number", "ollama-list"])
+def test_an_error_events_message_is_always_text(kind: str, stream: bytes) -> None:
+    # OpenAI's error.message is a string: a provider's number, list or object went on as it
+    # came, as the HTTP error's message or the error frame's (and a number as the code).
+    from streamproxy.openai_api.chunks import ChunkEncoder
+    from streamproxy.openai_api.request import parse_chat_request
+    from streamproxy.server.app import build_providers
+    provider = build_providers(provider_config(kind, "http://u"))["up"]
+    req = parse_chat_request(orjson.dumps({"model": "m", "stream": True, "messages": [
+        {"role": "user", "content": "hi"}]}))
+    out = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    translator = provider.stream_translator(req, out)
+    translator.feed(stream)
+    error = collect(sse_chunks(out.take())).error
+    assert translator.done and error is not None
+    assert error["message"] == "the provider reported an error mid-stream"
+    assert error["code"] is None or isinstance(error["code"], str)

@@ -95,9 +95,12 @@ def map_usage(u: dict[str, Any]) -> dict[str, Any]:
 def stream_error(err: dict[str, Any], provider: str) -> UpstreamStatusError:
     etype = err.get("type") if isinstance(err, dict) else None
     message = err.get("message") if isinstance(err, dict) else None
+    # (OpenAI's message and code are text: an Anthropic-compatible upstream's other JSON is not)
+    etype = etype if isinstance(etype, str) else None
     return UpstreamStatusError(
         ERROR_STATUS.get(etype or "", 502),
-        message or "the provider reported an error mid-stream",
+        message if isinstance(message, str) and message
+        else "the provider reported an error mid-stream",
         provider=provider,
         code=etype,
     )

@@ -121,8 +121,9 @@ class OllamaStreamTranslator(StreamTranslator):
         if "error" in msg:
             error = msg["error"]
             text = error if isinstance(error, str) else (error or {}).get("message")
-            self.out.error(UpstreamStatusError(
-                502, text or "the provider reported an error mid-stream",
+            self.out.error(UpstreamStatusError(  # (a message that is not text is none)
+                502, text if isinstance(text, str) and text
+                else "the provider reported an error mid-stream",
                 provider=self._provider))
             self.done = True
             return
