@@ -115,6 +115,10 @@ class ServerConfig:
     # and its connection closed (server/reading.py; nginx's client_*_timeout).
     client_header_timeout: float = 60.0
     client_body_timeout: float = 60.0
+    # The longest a client may leave a response's bytes untaken (its socket full, nothing
+    # leaving) before its connection is closed, its stream and upstream request with it
+    # (server/send_timeout.py; nginx's send_timeout). None: never.
+    send_timeout: float | None = 60.0
     # The HTTP client for upstream requests: the lean one in upstream/http11.py, or aiohttp's
     # (env STREAMPROXY_UPSTREAM_CLIENT overrides this; upstream/client.py).
     upstream_client: str = "native"
@@ -399,6 +403,12 @@ def _parse_server(raw: Any, source: str) -> ServerConfig:
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
                 raise ConfigError(source, key, "must be a finite number of seconds, 0 or more")
             kwargs[k] = float(v)
+        elif k == "send_timeout":  # 0 or null: off
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)
+                                  or not 0 <= v < math.inf):  # (NaN fails both)
+                raise ConfigError(source, key, "must be a finite number of seconds, 0 or null "
+                                  "for none")
+            kwargs[k] = float(v) if v else None
         elif k == "drain_delay":
             if isinstance(v, bool) or not isinstance(v, int | float) or not (
                     0 <= v <= MAX_DRAIN_DELAY):  # (NaN fails both)

@@ -17,10 +17,13 @@ import orjson
 import pytest
 from aiohttp import web
 
+from streamproxy.config import ConfigError
 from streamproxy.providers.mock.server import anthropic_delta, anthropic_prelude, openai_delta
+from streamproxy.server.admission import ADMISSION
 from streamproxy.server.front import FRONT_ENV
 from streamproxy.upstream.client import CLIENT_ENV
 from tests.conftest import provider_config
+from tests.helpers import make_config
 
 SMALL_BUFFER = 32 * 1024  # socket buffers at both ends we control, so the kernel holds little
 CAP = 512 * 1024 * 1024  # an unbounded proxy would drain this much in well under a minute
@@ -157,3 +160,108 @@ async def test_a_total_timeout_while_the_client_is_full_ends_the_stream_it_was_r
     [line] = lines
     assert (line["status"], line["error_code"]) == (200, "upstream_timeout")
     assert line["client_disconnected"] is False
+
+
+def send_timeout_config(url: str, seconds: float) -> Any:
+    return make_config({"up": {"type": "openai", "base_url": url, "api_key": "sk-test-secret",
+                               "default_model": "m"}}, default="up",
+                       server={"send_timeout": seconds})
+
+
+async def open_raw_client(port: int) -> socket.socket:
+    """A client socket with a small receive buffer that has sent a streamed chat request."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    body = orjson.dumps({"model": "m", "stream": True,
+                         "messages": [{"role": "user", "content": "hi"}]})
+    await loop.sock_sendall(sock, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                            % (len(body), body))
+    return sock
+
+
+@pytest.mark.parametrize("upstream_client", ["native", "aiohttp"])  # piped, pulled relay
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
+async def test_a_client_that_stops_reading_is_cut_after_the_send_timeout(
+        front: str, upstream_client: str, proxy: Any, aiohttp_server: Any, monkeypatch: Any,
+        access_log: Any) -> None:
+    """`server.send_timeout`: a client that keeps its connection open but takes nothing for that
+    long loses it, and its upstream request and admission slot go with it."""
+    monkeypatch.setenv(FRONT_ENV, front)
+    monkeypatch.setenv(CLIENT_ENV, upstream_client)
+    upstream = EndlessUpstream("openai")
+    server = await aiohttp_server(upstream.app())
+    client = await proxy(send_timeout_config(str(server.make_url("")).rstrip("/"), 0.5))
+    loop = asyncio.get_running_loop()
+    sock = await open_raw_client(client.server.port)
+    try:
+        first = await asyncio.wait_for(loop.sock_recv(sock, 4096), 10)
+        assert first.startswith(b"HTTP/1.1 200")
+        # The client reads nothing more: the proxy closes the upstream request...
+        await asyncio.wait_for(upstream.gone.wait(), 10)
+        # ...and the client's connection: what it reads now ends, no error frame in it (none
+        # could be written to a client that takes nothing).
+        got = b""
+        for _ in range(10_000):
+            try:
+                piece = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10)
+            except ConnectionResetError:
+                break
+            if not piece:
+                break
+            got += piece
+        else:
+            raise AssertionError("the connection stayed open")
+        assert not got.endswith(b"\r\n0\r\n\r\n")
+    finally:
+        sock.close()
+    for _ in range(100):
+        if access_log():
+            break
+        await asyncio.sleep(0.02)
+    [line] = access_log()
+    assert line["status"] == 200
+    assert (line["client_disconnected"], line["error_code"]) == (True, "client_send_timeout")
+    assert client.server.app[ADMISSION].active == 0
+
+
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
+async def test_a_slow_client_that_reads_on_is_not_cut(front: str, proxy: Any,
+                                                       aiohttp_server: Any,
+                                                       monkeypatch: Any) -> None:
+    """The send timeout is on a stall, not on a slow pace: a client taking a little every
+    0.2 s, its buffers full all along, keeps its stream (the proxy's transport buffer stays
+    flat for seconds meanwhile: the socket's send queue is what moves)."""
+    monkeypatch.setenv(FRONT_ENV, front)
+    upstream = EndlessUpstream("openai")
+    server = await aiohttp_server(upstream.app())
+    # 1 s, five reads' time: a margin for a loaded machine's late timers
+    client = await proxy(send_timeout_config(str(server.make_url("")).rstrip("/"), 1.0))
+    loop = asyncio.get_running_loop()
+    sock = await open_raw_client(client.server.port)
+    try:
+        assert (await asyncio.wait_for(loop.sock_recv(sock, 4096), 10)).startswith(
+            b"HTTP/1.1 200")
+        for _ in range(15):  # 3 s: three send timeouts
+            await asyncio.sleep(0.2)
+            assert await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), 10)
+        # It was held back all along (the upstream, unpaused, would have sent hundreds of MB)...
+        assert upstream.written < 64 * 1024 * 1024
+        # ...and was not cut.
+        assert not upstream.gone.is_set()
+        assert await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), 10)
+    finally:
+        sock.close()
+
+
+def test_send_timeout_validates() -> None:
+    assert make_config({"x": {"type": "mock"}}).server.send_timeout == 60.0
+    for off in (0, None):
+        assert not make_config({"x": {"type": "mock"}},
+                               server={"send_timeout": off}).server.send_timeout
+    for bad in (-1, "60", float("inf"), float("nan"), True):
+        with pytest.raises(ConfigError, match=r"server\.send_timeout"):
+            make_config({"x": {"type": "mock"}}, server={"send_timeout": bad})

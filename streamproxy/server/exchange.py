@@ -6,7 +6,8 @@ lean front for `POST /v1/chat/completions` (server/front.py, `LeanExchange`):
 
 - `headers` (case-insensitive), `app` (the application's keys), request-scoped state
   (`get`, `[]`), `read()` the body, `client_max_size`, `arrived` (`time.monotonic()` when the
-  head had come: the request's timings, TTFT and duration, count from it on both fronts);
+  head had come: the request's timings, TTFT and duration, count from it on both fronts),
+  `send_timed_out` (its connection was closed for taking nothing for `server.send_timeout`);
 - `reply(body, status, headers)`: a whole JSON answer (a `ConnectionError` when the client is
   found gone as it is written: the lean front writes it at once, aiohttp's after the handler);
 - `await start_events(headers)`: the commit point of a stream. It returns the `EventWriter`
@@ -63,6 +64,7 @@ class Exchange(Protocol):
     app: web.Application
     client_max_size: int
     arrived: float
+    send_timed_out: bool
 
     def get(self, key: Any, default: Any = None) -> Any: ...
 
@@ -117,6 +119,10 @@ class AiohttpExchange:
     @property
     def client_max_size(self) -> int:
         return self.request.client_max_size
+
+    @property
+    def send_timed_out(self) -> bool:
+        return getattr(self.request.protocol, "send_timed_out", False)  # (ReadTimedHandler's)
 
     def get(self, key: Any, default: Any = None) -> Any:
         return self.request.get(key, default)

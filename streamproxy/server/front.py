@@ -52,6 +52,7 @@ from streamproxy.server.reading import (
     request_timeout,
     timeout_response,
 )
+from streamproxy.server.send_timeout import SendWatch
 from streamproxy.server.sse_writer import chunk
 from streamproxy.server.state import STATE
 from streamproxy.upstream.response_parser import plain_fields
@@ -133,6 +134,7 @@ class Front:
         self.max_head = (server.max_headers + 1) * (server.max_header_bytes + 2)
         self.max_body = server.max_body_bytes
         self.read_timeouts = ReadTimeouts(server)
+        self.send_timeout = server.send_timeout
         self.auth = app.get(AUTH)
         self.prepare_hooks = tuple(app.on_response_prepare)  # the app is frozen by now
         self.connections: set[Connection] = set()
@@ -278,7 +280,8 @@ class Connection(asyncio.Protocol):
     """One client connection, until it closes or is handed to aiohttp."""
 
     __slots__ = ("_buf", "_drain", "_front", "_head", "_head_began", "_last_read", "_paused",
-                 "_scanned", "_timer", "_writing_paused", "closing", "task", "transport")
+                 "_scanned", "_send_watch", "_timer", "_writing_paused", "closing",
+                 "send_timed_out", "task", "transport")
 
     def __init__(self, front: Front) -> None:
         self._front = front
@@ -295,6 +298,8 @@ class Connection(asyncio.Protocol):
         self._paused = False  # reading paused: pipelined requests wait
         self._writing_paused = False
         self._drain: asyncio.Future[None] | None = None
+        self._send_watch: SendWatch | None = None  # while writing is paused
+        self.send_timed_out = False  # closed for taking nothing for `server.send_timeout`
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -316,6 +321,7 @@ class Connection(asyncio.Protocol):
         self.transport = None
         if self._timer is not None:
             self._timer.cancel()
+        self._unwatch_send()
         if self.task is not None:
             self.task.cancel()  # the client went away: so does its upstream request
         elif self._head is not None:  # ... while its body was arriving
@@ -324,10 +330,27 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        seconds = self._front.send_timeout
+        if seconds and self.transport is not None:
+            self._send_watch = SendWatch(self.transport, seconds, self._send_stalled)
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self._unwatch_send()
         self._wake_drain(None)
+
+    def _send_stalled(self) -> None:
+        """The client took nothing for `server.send_timeout`: the connection ends, its
+        request's task is cancelled (`connection_lost`)."""
+        self._send_watch = None
+        self.send_timed_out = True
+        if self.transport is not None:
+            self.transport.abort()  # (closing would wait for the bytes it does not take)
+
+    def _unwatch_send(self) -> None:
+        if self._send_watch is not None:
+            self._send_watch.cancel()
+            self._send_watch = None
 
     # -- requests ------------------------------------------------------------------------------
     def _next(self) -> None:
@@ -395,6 +418,7 @@ class Connection(asyncio.Protocol):
         self._front.connections.discard(self)
         if self._timer is not None:
             self._timer.cancel()
+        self._unwatch_send()  # (aiohttp's protocol watches from here: pause_writing below)
         data, self._buf = bytes(self._buf), bytearray()
         self.transport = None
         handler = self._front.aiohttp_server()
@@ -539,6 +563,10 @@ class LeanExchange:
     @property
     def client_max_size(self) -> int:
         return self._conn._front.max_body
+
+    @property
+    def send_timed_out(self) -> bool:
+        return self._conn.send_timed_out
 
     def get(self, key: Any, default: Any = None) -> Any:
         return self._state.get(key, default)

@@ -28,6 +28,7 @@ from streamproxy.server.drain import shutdown_error
 from streamproxy.server.errors import TRACE_HEADER, trace_headers
 from streamproxy.server.exchange import AiohttpExchange, EventWriter, Exchange, reply_error
 from streamproxy.server.observing import AUTH_KEY, CLIENT_CLOSED, read_body
+from streamproxy.server.send_timeout import CLIENT_SEND_TIMEOUT
 from streamproxy.server.state import STATE, AppState
 from streamproxy.server.store_and_cache import before_upstream
 
@@ -113,6 +114,8 @@ async def chat(ex: Exchange) -> None:
             record.status, record.error_type, record.error_code = 503, err.error_type, err.code
             raise err from None
         _client_left(record)
+        if ex.send_timed_out:  # not gone: cut by us, for taking nothing (send_timeout.py)
+            record.error_code = CLIENT_SEND_TIMEOUT
         raise
     except BaseException as e:
         if isinstance(e, Exception):

@@ -34,6 +34,7 @@ from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
 
 from streamproxy.config import ServerConfig
 from streamproxy.errors import ClientReadTimeout
+from streamproxy.server.send_timeout import SendWatch
 
 # How long a closed connection's unsent bytes may wait without the client taking any (nginx's
 # send_timeout): closing waits for them to drain, so a client that stays connected and never
@@ -134,7 +135,7 @@ class ReadTimedHandler(web.RequestHandler):
     """
 
     __slots__ = ("_drain_timer", "_head_began", "_head_wait", "_last_read", "_read_timeouts",
-                 "_read_timer")
+                 "_read_timer", "_send_timeout", "_send_watch", "send_timed_out")
 
     def __init__(self, manager: ReadTimedServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -144,6 +145,9 @@ class ReadTimedHandler(web.RequestHandler):
         self._head_began = 0.0  # when that head's first bytes came
         self._read_timer: asyncio.TimerHandle | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
+        self._send_timeout = manager.send_timeout
+        self._send_watch: SendWatch | None = None  # while writing is paused (send_timeout.py)
+        self.send_timed_out = False
         self._parser = HttpRequestParser(
             self, self._loop, self._read_bufsize, max_line_size=self.max_line_size,
             max_field_size=self.max_field_size, max_headers=self.max_headers,
@@ -194,10 +198,29 @@ class ReadTimedHandler(web.RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
-        for timer in (self._read_timer, self._drain_timer):
+        for timer in (self._read_timer, self._drain_timer, self._send_watch):
             if timer is not None:
                 timer.cancel()
-        self._read_timer = self._drain_timer = None
+        self._read_timer = self._drain_timer = self._send_watch = None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timeout and self.transport is not None:
+            self._send_watch = SendWatch(self.transport, self._send_timeout, self._send_stalled)
+
+    def resume_writing(self) -> None:
+        if self._send_watch is not None:
+            self._send_watch.cancel()
+            self._send_watch = None
+        super().resume_writing()
+
+    def _send_stalled(self) -> None:
+        """The client took nothing for `server.send_timeout`: the connection ends, and with
+        it the handler (`handler_cancellation`)."""
+        self._send_watch = None
+        self.send_timed_out = True
+        if self.transport is not None:
+            self.transport.abort()  # (closing would wait for the bytes it does not take)
 
     def wind_down(self) -> None:
         """The drain: every answer not begun yet (of the request being served, or a later
@@ -274,9 +297,11 @@ class ReadTimedHandler(web.RequestHandler):
 class ReadTimedServer(web.Server):
     """aiohttp's low-level server, making `ReadTimedHandler`s."""
 
-    def __init__(self, *args: Any, read_timeouts: ReadTimeouts, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, read_timeouts: ReadTimeouts,
+                 send_timeout: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.read_timeouts = read_timeouts
+        self.send_timeout = send_timeout
         self.stopping = False
 
     def __call__(self) -> ReadTimedHandler:
@@ -306,4 +331,5 @@ def read_timed(server: web.Server, config: ServerConfig) -> ReadTimedServer:
     timeouts."""
     return ReadTimedServer(server.request_handler, request_factory=server.request_factory,
                            handler_cancellation=server.handler_cancellation,
-                           read_timeouts=ReadTimeouts(config), **server._kwargs)
+                           read_timeouts=ReadTimeouts(config),
+                           send_timeout=config.send_timeout, **server._kwargs)
