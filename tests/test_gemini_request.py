@@ -12,7 +12,7 @@ import pytest
 
 from streamproxy.config import ConfigError
 from streamproxy.errors import InvalidRequest
-from streamproxy.providers.gemini.auth import CommandToken, TokenUnavailable
+from streamproxy.providers.gemini.auth import CommandToken, Fetched, TokenSource, TokenUnavailable
 from streamproxy.providers.gemini.request import DROPPED, to_gemini
 from tests.helpers import make_config
 
@@ -686,6 +686,41 @@ async def test_a_failing_command_backs_off(tmp_path: Any) -> None:
     with pytest.raises(TokenUnavailable, match="exited with status 1"):
         await source.get()
     assert source.runs == 1  # the second request did not run it again right away
+
+
+class Raising(TokenSource):
+    """A fetch that fails with whatever it is given (google-auth's, requests', the thread's)."""
+
+    def __init__(self, error: BaseException, **kw: Any) -> None:
+        super().__init__(60, provider="v", **kw)
+        self.error = error
+        self.fetches = 0
+
+    def _fetch(self) -> Fetched:
+        self.fetches += 1
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [RuntimeError("can't start new thread"),
+                                   ValueError("embedded null byte"),
+                                   TimeoutError("timed out reading ya29.secret")])
+async def test_any_failed_fetch_is_a_502_that_backs_off(error: Exception) -> None:
+    # Was: the exception itself (a 500 internal_error), and no back-off: every request
+    # started a fetch of its own.
+    source = Raising(error)
+    for _ in range(3):
+        with pytest.raises(TokenUnavailable) as info:
+            await source.get()
+        assert info.value.status == 502
+        assert info.value.message == f"provider 'v': the token fetch failed " \
+                                     f"({type(error).__name__})"
+    assert source.fetches == 1 and source.runs == 1
+
+
+async def test_a_fetch_that_raises_timeouterror_under_a_deadline_is_not_called_slow() -> None:
+    source = Raising(TimeoutError(), deadline=30.0)
+    with pytest.raises(TokenUnavailable, match=r"failed \(TimeoutError\)"):
+        await source.get()
 
 
 @pytest.mark.parametrize("printed", ["tok en", "tok\x00en", "t\u00f6ken", ""])

@@ -112,10 +112,22 @@ class TokenSource:
         # waits for it again rather than starting a second thread beside it (one per timeout).
         if self._worker is None or self._worker.done():
             self._worker = asyncio.ensure_future(self._fetch_and_keep())
+        worker = self._worker
         try:
-            return await asyncio.wait_for(asyncio.shield(self._worker), self._deadline)
-        except TimeoutError:
-            raise self._fail(f"the token fetch took more than {self._deadline:g}s") from None
+            return await asyncio.wait_for(asyncio.shield(worker), self._deadline)
+        except TokenUnavailable:
+            raise
+        except Exception as e:
+            if not worker.done():  # wait_for's own timeout (a TimeoutError the fetch raised
+                # is a failure like any other)
+                raise self._fail(f"the token fetch took more than {self._deadline:g}s") \
+                    from None
+            # Anything else (the thread not started, a library's own error) is a failed fetch
+            # too: a 502, and the same back-off, not a 500 and a new fetch for each request.
+            # Its type only, to the client: its text may quote a secret.
+            log.warning("provider %r: the token fetch failed: %s: %s", self._provider,
+                        type(e).__name__, str(e)[:300])
+            raise self._fail(f"the token fetch failed ({type(e).__name__})") from None
 
     async def _fetch_and_keep(self) -> str:
         """One fetch; its token is kept even if it came after the requests gave up on it."""
