@@ -27,6 +27,7 @@ from typing import Any
 import openai
 import orjson
 import pytest
+from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -754,6 +755,53 @@ async def test_vertex_token_command_is_cached_and_refetched_after_a_401(
                                                            "messages": USER})
     await resp.read()
     assert headers(upstream.requests[-1])["authorization"] == "Bearer ya29.token-2"
+    assert counter.read_text() == "2"
+
+
+async def test_a_late_401_for_a_replaced_token_keeps_the_new_one(
+        proxy: Any, aiohttp_server: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A request sent with token 1 is answered 401 only after a background refresh replaced
+    # it with token 2: token 2 was dropped (it was never rejected), and the next request
+    # waited for a third fetch; under load, every such late 401 cost one more.
+    sources: list[CommandToken] = []
+
+    class Recorded(CommandToken):
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **kw)
+            sources.append(self)
+
+    monkeypatch.setattr("streamproxy.providers.gemini.CommandToken", Recorded)
+    sent: list[str] = []
+
+    async def vertex(request: web.Request) -> web.StreamResponse:
+        sent.append(request.headers["authorization"])
+        if len(sent) == 1:  # the refresh ends while this request is in flight
+            [source] = sources
+            source._stale_at = 0.0
+            assert await source.get() == "ya29.token-1"
+            assert source._running is not None and await source._running == "ya29.token-2"
+            return web.json_response({"error": {"code": 401, "message": "Request had invalid "
+                                                "authentication credentials.",
+                                                "status": "UNAUTHENTICATED"}}, status=401)
+        return web.Response(body=gemini_sse([chunk([{"text": "ok"}], finish="STOP")]),
+                            content_type="text/event-stream")
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", vertex)
+    server = await aiohttp_server(app)
+    counter = tmp_path / "runs"
+    script = ("import pathlib, sys; p = pathlib.Path(sys.argv[1]); "
+              "n = int(p.read_text()) + 1 if p.exists() else 1; p.write_text(str(n)); "
+              "print(f'ya29.token-{n}')")
+    client = await proxy(provider_config(
+        "vertex", str(server.make_url("")).rstrip("/"), project="p", location="us-east5",
+        token_command=[sys.executable, "-c", script, str(counter)], token_refresh=3600))
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "messages": USER})
+    assert resp.status == 401
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "stream": True,
+                                                           "messages": USER})
+    assert collect(sse_chunks(await resp.read())).done
+    assert sent == ["Bearer ya29.token-1", "Bearer ya29.token-2"]
     assert counter.read_text() == "2"
 
 

@@ -297,6 +297,10 @@ class Provider:
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
         return generic_error(status, body, self.name)
 
+    def rejected(self, status: int, sent: UpstreamRequest) -> None:
+        """The upstream answered `sent` with an HTTP error (before `error_from_response`): a
+        provider that caches credentials forgets those it refused. No-op by default."""
+
     def error_from_response(self, status: int, body: bytes,
                             headers: Mapping[str, str]) -> UpstreamStatusError:
         """An upstream HTTP error → our error; override when the headers say something the

@@ -159,6 +159,7 @@ class Executor:
             body = b"".join(parts)
             if resp.status < 400:
                 raise _redirect_error(resp, provider.name)
+            provider.rejected(resp.status, upstream)
             err = provider.error_from_response(resp.status, body, resp.headers)
             retry_after = _retry_after(resp)
             if retry_after is not None:  # the header, else the wait the body named (Gemini's)

@@ -238,7 +238,7 @@ class VertexProvider(GeminiProvider):
         # A config target's or virtual key's own key is its access token (auth_headers, as a
         # provider key is), over the provider's token source, as a target's key wins over a
         # provider's on every type: no token is fetched for it, no quota project goes with it,
-        # and Vertex's 401 for it does not drop the provider's token (drop_rejected_token).
+        # and Vertex's 401 for it does not drop the provider's token (`rejected`).
         clone = copy.copy(self)
         clone.token_source, clone._token_env = None, None
         return clone
@@ -278,14 +278,13 @@ class VertexProvider(GeminiProvider):
             return super().answering_option_values(target)
         return {}
 
-    def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
-        self.drop_rejected_token(status)
-        return super().parse_error(status, body)
-
-    def drop_rejected_token(self, status: int) -> None:
-        """After a 401 the token is not used again: the next request waits for a new one."""
+    def rejected(self, status: int, sent: UpstreamRequest) -> None:
+        """After a 401 the token it carried is not used again: the next request waits for a
+        new one. Only that token: a 401 that comes after a refresh replaced it leaves the new
+        one (dropping it cost one more fetch per late 401)."""
         if status == 401 and self.token_source is not None:
-            self.token_source.invalidate()
+            self.token_source.invalidate(
+                sent.headers.get("authorization", "").removeprefix("Bearer "))
 
 
 def _is_claude(model: str) -> bool:

@@ -75,9 +75,11 @@ class TokenSource:
         """Headers that go with the token (besides `Authorization`)."""
         return {}
 
-    def invalidate(self) -> None:
-        """The upstream rejected the token: fetch a new one before the next request."""
-        self._token = None
+    def invalidate(self, rejected: str) -> None:
+        """The upstream rejected a token: unless a refresh replaced it already, fetch a new one
+        before the next request."""
+        if rejected == self._token:
+            self._token = None
 
     async def get(self) -> str:
         now = self._clock()

@@ -99,11 +99,13 @@ class VertexClaudeProvider(Provider):
                            created: int, model: str = "") -> dict[str, Any]:
         return to_completion(body, completion_id=completion_id, created=created, model=model)
 
+    def rejected(self, status: int, sent: UpstreamRequest) -> None:
+        self.vertex.rejected(status, sent)
+
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
         """Vertex's own refusals (quota, permission, an unknown model) are Google's
         `{"error": {"code", "message", "status"}}`; Claude's are Anthropic's `{"type": "error",
         "error": {"type", "message"}}`, passed through: each read by its own fields."""
-        self.vertex.drop_rejected_token(status)
         if _is_claudes(body):
             return generic_error(status, body, self.name)
         return google_error(status, body, self.name)
