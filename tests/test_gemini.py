@@ -805,6 +805,19 @@ async def test_a_late_401_for_a_replaced_token_keeps_the_new_one(
     assert counter.read_text() == "2"
 
 
+async def test_vertex_express_mode_streams_with_the_api_key(proxy: Any, upstream: Any) -> None:
+    upstream.body = gemini_sse([chunk([{"text": "ok"}], finish="STOP")])
+    client = await proxy(provider_config("vertex", upstream.url, api_key="AIzaSy-express"))
+    resp = await client.post("/v1/chat/completions", json={"model": "gemini-2.5-flash",
+                                                           "stream": True, "messages": USER})
+    assert collect(sse_chunks(await resp.read())).content == "ok"
+    [sent] = upstream.requests
+    assert sent.path == "/v1/publishers/google/models/gemini-2.5-flash" \
+                        ":streamGenerateContent?alt=sse"
+    assert headers(sent)["x-goog-api-key"] == "AIzaSy-express"
+    assert "authorization" not in headers(sent)
+
+
 async def test_vertex_token_command_failure_is_a_clear_error(proxy: Any, upstream: Any) -> None:
     config = provider_config("vertex", upstream.url, project="p", location="us-east5",
                              token_command=[sys.executable, "-c", "import sys; sys.exit(3)"])

@@ -585,6 +585,40 @@ def test_portkeys_google_dot_names_reach_gemini() -> None:
                         ":streamGenerateContent?alt=sse")
 
 
+def express_request(model: str, stream: bool = True, **extra: Any) -> Any:
+    from streamproxy.openai_api.request import parse_chat_request
+    from streamproxy.routing.target import Target
+
+    vertex = provider("vertex", api_key="AIzaSy-express", **extra)
+    target = Target(vertex, model, api_key="AIzaSy-express").served()
+    req = parse_chat_request(orjson.dumps({
+        "model": model, "stream": stream,
+        "messages": [{"role": "user", "content": "x"}]}))
+    return target.provider.build_request(req, target)
+
+
+def test_express_mode_an_api_key_without_a_project() -> None:
+    # Vertex AI express mode: a Google Cloud API key, sent as x-goog-api-key, on the global
+    # host without a project or location. Such a config was refused (project required), and
+    # the key given with a project went as a Bearer token (Vertex's 401).
+    sent = express_request("gemini-2.5-flash")
+    assert sent.url == ("https://aiplatform.googleapis.com/v1/publishers/google/models/"
+                        "gemini-2.5-flash:streamGenerateContent?alt=sse")
+    assert sent.headers["x-goog-api-key"] == "AIzaSy-express"
+    assert "authorization" not in {k.lower() for k in sent.headers}
+    sent = express_request("google.gemini-2.5-pro", stream=False, api_version="v1beta1")
+    assert sent.url == ("https://aiplatform.googleapis.com/v1beta1/publishers/google/models/"
+                        "gemini-2.5-pro:generateContent")
+
+
+def test_express_mode_refuses_what_needs_a_project() -> None:
+    # Claude's rawPredict takes no API key; a full resource name names a project.
+    for model in ("claude-sonnet-4-5", "projects/p/locations/us-central1/endpoints/1"):
+        with pytest.raises(InvalidRequest) as caught:
+            express_request(model)
+        assert "express mode" in caught.value.message
+
+
 def test_a_tuned_endpoints_full_resource_name_is_its_path() -> None:
     # The console and google-genai name a tuned model's endpoint
     # `projects/<p>/locations/<l>/endpoints/<id>`; it was put after the provider's own project
@@ -631,6 +665,9 @@ def test_model_names_cannot_leave_the_model_path(model: str) -> None:
 
 @pytest.mark.parametrize(("extra", "key"), [
     ({"location": "us-central1"}, "project"),
+    ({}, "project"),  # no project and no API key (express mode)
+    ({"location": "us-central1", "api_key": "AIza"}, "project"),
+    ({"api_key": "AIza", "token_env": "A"}, "project"),
     ({"project": "p"}, "location"),
     ({"project": "p/../x", "location": "l"}, "project"),
     ({"project": "p", "location": "l", "token_env": "A", "token_command": "x"}, "token_env"),

@@ -129,7 +129,10 @@ class VertexProvider(GeminiProvider):
     """Vertex AI. The bearer token is a config target's or virtual key's own key, else from one
     of `token_command`, `token_env`, `credentials_file` or `credentials: adc`, else the
     provider key (`api_key` / `api_key_env`, or the client's own `Authorization: Bearer` key
-    when none is configured)."""
+    when none is configured).
+
+    Without a project it is express mode: the key is a Google Cloud API key, sent as
+    `x-goog-api-key` to the global host, whose paths name no project or location."""
 
     type_name: ClassVar[str] = "vertex"
     default_base_url: ClassVar[str | None] = None  # derived from `location`
@@ -145,8 +148,8 @@ class VertexProvider(GeminiProvider):
     def __init__(self, cfg: ProviderConfig, **kw: Any) -> None:
         super().__init__(cfg, **kw)
         opts = cfg.options
-        self.project: str = opts["project"]
-        self.location: str = opts["location"]
+        self.project: str | None = opts.get("project")  # None: express mode
+        self.location: str | None = opts.get("location")
         self._token_env: str | None = opts.get("token_env")
         self.token_source: TokenSource | None = _token_source(opts, self.name)
 
@@ -156,7 +159,8 @@ class VertexProvider(GeminiProvider):
         project = options.get("project")
         if type(project) is int:  # a project number, as YAML reads it unquoted (the API takes it)
             options["project"] = str(project)
-        for key in ("project", "location"):
+        express = options.get("project") is None and options.get("location") is None
+        for key in () if express else ("project", "location"):  # (express: check_entry)
             value = options.get(key)
             if not (isinstance(value, str) and _SEGMENT.fullmatch(value)):
                 raise ConfigError(source, f"{where}.{key}",
@@ -175,11 +179,27 @@ class VertexProvider(GeminiProvider):
             positive_seconds(options["token_refresh"], source, f"{where}.token_refresh")
         check_option_values(options, source, where)
 
+    @classmethod
+    def check_entry(cls, entry: dict[str, Any], source: str, where: str) -> None:
+        if entry.get("project") is not None:
+            return
+        # Express mode: an API key is its only credential (an OAuth token needs a project).
+        token = next((key for key in TOKEN_OPTIONS if entry.get(key) is not None), None)
+        if token is not None or not (entry.get("api_key") or entry.get("api_key_env")):
+            raise ConfigError(source, f"{where}.project", "is required for type vertex (a "
+                              "Google Cloud project id" + (f", with {token}" if token else "")
+                              + "); without one, for Vertex AI express mode, give an api_key "
+                              "(a Google Cloud API key) alone")
+
+    @property
+    def express(self) -> bool:
+        return self.project is None
+
     @property
     def base_url(self) -> str:
         if self.cfg.base_url:
             return self.cfg.base_url
-        if self.location == "global":
+        if self.express or self.location == "global":
             return "https://aiplatform.googleapis.com"
         if self.location in MULTI_REGIONS:  # `us-aiplatform.…` does not exist
             return f"https://aiplatform.{self.location}.rep.googleapis.com"
@@ -187,17 +207,24 @@ class VertexProvider(GeminiProvider):
 
     @property
     def endpoint(self) -> str:
-        return f"{super().endpoint}@{self.location}"
+        return super().endpoint if self.express else f"{super().endpoint}@{self.location}"
 
     def with_options(self, options: dict[str, str]) -> VertexProvider:
         clone = super().with_options(options)
         assert isinstance(clone, VertexProvider)
-        clone.location = options.get("location", self.location)  # the same token
+        if not self.express:  # (express mode has one global endpoint: no region to choose)
+            clone.location = options.get("location", self.location)  # the same token
         return clone
 
     def checked_model(self, target: Target) -> str:
         model = super().checked_model(target)
         full = _RESOURCE.fullmatch(model)
+        if self.express and (full or _is_claude(model)):
+            raise InvalidRequest(
+                f"'{model}' cannot be reached in Vertex AI express mode (provider "
+                f"'{self.name}' has an API key and no project): "
+                + ("a resource name needs the project's credentials." if full else
+                   "Claude on Vertex takes no API key."), param="model", code="unsupported_value")
         if full:  # the path after the location; only the provider's: its credentials may
             # reach other projects, which a request does not choose
             if (full[1], full[2]) != (self.project, self.location):
@@ -217,6 +244,8 @@ class VertexProvider(GeminiProvider):
 
     def model_url(self, model: str) -> str:
         path = model if "/" in model else f"publishers/google/models/{model}"
+        if self.express:
+            return f"{self.base_url}/{self.api_version}/{path}"
         return (f"{self.base_url}/{self.api_version}/projects/{self.project}"
                 f"/locations/{self.location}/{path}")
 
@@ -265,10 +294,14 @@ class VertexProvider(GeminiProvider):
                                        f"{self._token_env} does not hold a single token")
         else:
             token = target.api_key
+            if self.express:  # a Google Cloud API key, not an OAuth token
+                return super().auth_headers(target)
         return {"authorization": f"Bearer {token}"} if token else {}
 
     def for_model(self, model: str | None) -> Provider:
-        return VertexClaudeProvider(self) if model and _is_claude(model) else self
+        # (express mode: Gemini's view, whose checked_model refuses Claude)
+        return VertexClaudeProvider(self) if model and _is_claude(model) \
+            and not self.express else self
 
     def answering_option_values(self, target: Target) -> dict[str, Any]:
         # Claude's betas are sent to Claude alone (vertex_anthropic.py): Gemini's answers do
