@@ -337,6 +337,16 @@ def test_error_object_mid_stream() -> None:
                        "param": None, "code": "UNAVAILABLE"}
 
 
+def test_an_error_that_is_only_text_is_the_providers_error() -> None:
+    """`{"error": "…"}` (a string, as some Google front ends and proxies send): Google's
+    words, not a 502 about the stream's shape."""
+    body = gemini_sse([chunk([{"text": "partial"}]), {"error": "Internal error encountered."}])
+    c = collect(sse_chunks(translate([body])))
+    assert c.content == "partial" and not c.done
+    assert c.error == {"message": "Internal error encountered.", "type": "api_error",
+                       "param": None, "code": None}
+
+
 # -- through the proxy ----------------------------------------------------------------------
 
 async def test_truncated_stream_through_the_proxy(proxy: Any, upstream: Any) -> None:

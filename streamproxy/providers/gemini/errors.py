@@ -34,9 +34,13 @@ def google_error(status: int, body: bytes, provider: str) -> UpstreamStatusError
     return error_from_object(err, status, provider)
 
 
-def error_from_object(err: dict[str, Any], status: int, provider: str) -> UpstreamStatusError:
+def error_from_object(err: Any, status: int, provider: str) -> UpstreamStatusError:
     """`status` is the HTTP status; an error that arrives inside a 200 stream passes 0 and
-    takes Google's numeric `code` (502 when that is missing or not an HTTP error status)."""
+    takes Google's numeric `code` (502 when that is missing or not an HTTP error status).
+    An error that is only text (`{"error": "…"}`, as a whole body generic_error reads it) is
+    that message: the provider's error, not a stream of the wrong shape."""
+    if not isinstance(err, dict):
+        err = {"message": err}
     if not status:
         code = err.get("code")
         status = code if isinstance(code, int) and 400 <= code < 600 else 502
