@@ -453,6 +453,25 @@ def test_reasoning_effort(model: str, effort: str, thinking: dict[str, Any]) -> 
     assert out["generationConfig"] == {"thinkingConfig": thinking}
 
 
+@pytest.mark.parametrize(("model", "effort", "thinking"), [
+    ("gemini-robotics-er-1.5-preview", "none", {"thinkingBudget": 0}),
+    ("gemini-robotics-er-1.5-preview", "medium", {"thinkingBudget": 8192,
+                                                  "includeThoughts": True}),
+    ("publishers/google/models/gemini-robotics-er-1.5-preview", "low",
+     {"thinkingBudget": 1024, "includeThoughts": True}),
+    # ER 1.6 (on Gemini 3 Flash) and ER 2 (on 3.5 Flash) take a level, as their base models
+    ("gemini-robotics-er-1.6-preview", "high", {"thinkingLevel": "high",
+                                                "includeThoughts": True}),
+    ("gemini-robotics-er-2-preview", "low", {"thinkingLevel": "low", "includeThoughts": True}),
+])
+def test_models_built_on_gemini_2_take_a_budget(model: str, effort: str,
+                                                 thinking: dict[str, Any]) -> None:
+    # Gemini Robotics-ER 1.5 is built on Gemini 2.5 and takes a thinking budget (Google's
+    # robotics docs set thinking_budget); a thinkingLevel is a 2.5 model's 400.
+    out = translate([{"role": "user", "content": "x"}], model=model, reasoning_effort=effort)
+    assert out["generationConfig"] == {"thinkingConfig": thinking}
+
+
 @pytest.mark.parametrize("model", [
     "gemini-3.7-flash", "gemini-3.8-flash", "publishers/google/models/gemini-3.8-flash",
     "gemini-4-hydrogen", "gemini-4-neon", "gemini-4-carbon", "gemini-3.1-pro-preview",

@@ -98,6 +98,11 @@ PENALTIES = (("presence_penalty", "presencePenalty"), ("frequency_penalty", "fre
 # (Google's model page: thinking not supported), Gemma 1 to 3. reasoning_effort is dropped for
 # them, as a parameter a model can't take.
 NO_THINKING = re.compile(r"gemini-(?:1\.|2\.0|2\.5-flash-image)|(?:^|/)gemma-[1-3](?![0-9])")
+# The models that take a thinking budget: Gemini 2.x and the models built on 2.5 whose names
+# do not say so, Gemini Robotics-ER 1.5 (Google's robotics docs set its thinking_budget; a
+# thinkingLevel is a 2.5 model's 400). Robotics-ER 1.6 and 2 are built on Gemini 3 Flash and
+# 3.5 Flash, and take a level as those do.
+TAKES_BUDGET = re.compile(r"gemini-(?:2|robotics-er-1\.5(?![0-9]))")
 # Gemma 4 and the Nano Banana 2 image models (Gemini 3.1 Flash Image, 3.1 Flash-Lite Image)
 # take a level, minimal or high alone (low and medium are their 400).
 TWO_LEVELS = re.compile(r"gemma-|gemini-3\.1-flash(?:-lite)?-image")
@@ -218,7 +223,7 @@ def _thinking(body: dict[str, Any], model: str) -> dict[str, Any] | None:
     config: dict[str, Any]
     if TWO_LEVELS.search(model):
         config = {"thinkingLevel": MINIMAL_OR_HIGH[effort]}
-    elif "gemini-2" in model:
+    elif TAKES_BUDGET.search(model):
         budget = THINKING_BUDGET[effort]
         if budget == 0 and "gemini-2.5-pro" in model:
             budget = PRO_MIN_BUDGET
