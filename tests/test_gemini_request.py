@@ -472,6 +472,19 @@ def test_models_built_on_gemini_2_take_a_budget(model: str, effort: str,
     assert out["generationConfig"] == {"thinkingConfig": thinking}
 
 
+@pytest.mark.parametrize(("model", "level"), [
+    ("gemini-3-pro-preview", "high"), ("publishers/google/models/gemini-3-pro-preview", "high"),
+    ("gemini-3-pro-preview-11-2025", "high"),
+    # the models that have a medium level keep it
+    ("gemini-3.1-pro-preview", "medium"), ("gemini-3-flash-preview", "medium")])
+def test_gemini_3_pro_takes_low_or_high(model: str, level: str) -> None:
+    # Gemini 3 Pro has two levels, low and high (Google's thinking docs); a medium is its 400
+    # ("reasoning_effort medium" fails where low and high work).
+    out = translate([{"role": "user", "content": "x"}], model=model, reasoning_effort="medium")
+    assert out["generationConfig"]["thinkingConfig"] == {"thinkingLevel": level,
+                                                         "includeThoughts": True}
+
+
 @pytest.mark.parametrize("model", [
     "gemini-3.7-flash", "gemini-3.8-flash", "publishers/google/models/gemini-3.8-flash",
     "gemini-4-hydrogen", "gemini-4-neon", "gemini-4-carbon", "gemini-3.1-pro-preview",

@@ -117,6 +117,9 @@ THINKING_LEVEL = {"none": "minimal", "minimal": "minimal", "low": "low", "medium
 # gemini-flash-latest, a newer release) gets low, the least every level model takes.
 TAKES_MINIMAL = re.compile(r"gemini-3(?:\.[1-6])?-flash|flash-lite")
 MIN_LEVEL = "low"
+# Gemini 3 Pro has two levels, low and high (Google's thinking-level table): its medium is a
+# 400, so medium asks for high, as on the TWO_LEVELS models. 3.1 Pro has a medium of its own.
+LOW_OR_HIGH = re.compile(r"gemini-3-pro(?!-image)")
 # Gemini 4 Hydrogen and Neon have a level above high, xhigh (OpenAI's xhigh); the other level
 # models top out at high, and Gemini 4 Carbon answers xhigh with a 400.
 TAKES_XHIGH = re.compile(r"gemini-4-(?:hydrogen|neon)")
@@ -234,6 +237,8 @@ def _thinking(body: dict[str, Any], model: str) -> dict[str, Any] | None:
             level = MIN_LEVEL
         elif effort == "xhigh" and TAKES_XHIGH.search(model):
             level = "xhigh"
+        elif level == "medium" and LOW_OR_HIGH.search(model):
+            level = "high"
         config = {"thinkingLevel": level}
     if effort != "none":
         config["includeThoughts"] = True  # thought summaries → reasoning_content
