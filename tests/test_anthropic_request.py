@@ -337,6 +337,33 @@ def test_thinking_budget_stays_below_max_tokens(body: dict[str, Any], budget: in
     assert out["max_tokens"] == max_tokens
 
 
+@pytest.mark.parametrize("model", [
+    "claude-3-5-sonnet-20241022", "claude-3-5-haiku-latest", "claude-3-opus-20240229",
+    "claude-3-haiku-20240307", "claude-3-sonnet@20240229", "anthropic/claude-3.5-sonnet",
+    "claude-2.1", "claude-instant-1.2"])
+def test_reasoning_effort_is_dropped_for_claudes_that_cannot_think(model: str) -> None:
+    # Extended thinking came with Claude 3.7 Sonnet: the earlier Claudes answer a thinking
+    # budget with a 400, so reasoning_effort is dropped for them, as on Gemini's non-thinking
+    # models; so are the 400s it would bring (a sampling or forced tool beside thinking).
+    body = {"messages": [{"role": "user", "content": "x"}], "reasoning_effort": "high",
+            "temperature": 0.2, "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": "required"}
+    out = to_anthropic(body, model)
+    assert "thinking" not in out and "output_config" not in out
+    assert out["max_tokens"] == 4096 and out["temperature"] == 0.2
+    # a client's own thinking object still goes as given
+    own = {"type": "enabled", "budget_tokens": 2000}
+    assert to_anthropic({**body, "thinking": own}, model)["thinking"] == own
+
+
+@pytest.mark.parametrize("model", ["claude-3-7-sonnet-20250219", "anthropic/claude-3.7-sonnet",
+                                   "claude-sonnet-4-20250514", "claude-haiku-4-5"])
+def test_reasoning_effort_thinks_on_the_claudes_that_can(model: str) -> None:
+    out = to_anthropic({"messages": [{"role": "user", "content": "x"}],
+                        "reasoning_effort": "low"}, model)
+    assert out["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+
+
 def test_a_native_thinking_object_is_sent_as_given() -> None:
     adaptive = translate(thinking={"type": "adaptive"})
     assert adaptive["thinking"] == {"type": "adaptive"}

@@ -926,6 +926,16 @@ def test_reasoning_effort_is_claude_thinking_and_dropped_elsewhere() -> None:
     assert "additionalModelRequestFields" not in nova and "inferenceConfig" not in nova
 
 
+@pytest.mark.parametrize("model", ["anthropic.claude-3-5-sonnet-20241022-v2:0",
+                                   "us.anthropic.claude-3-haiku-20240307-v1:0",
+                                   "anthropic.claude-v2:1", "anthropic.claude-instant-v1"])
+def test_reasoning_effort_is_dropped_for_claudes_that_cannot_think(model: str) -> None:
+    # Claude before 3.7 Sonnet has no extended thinking (Converse's 400), as for Nova 1.
+    body = {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "medium"}
+    out = to_converse(body, model)
+    assert "additionalModelRequestFields" not in out and "inferenceConfig" not in out
+
+
 @pytest.mark.parametrize("content", ["", " \n", None, [], [{"type": "text", "text": ""}],
                                      [{"type": "text", "text": " "}, {"type": "text", "text": ""}]])
 def test_an_empty_tool_result_is_a_placeholder_text_never_a_blank_block(content: Any) -> None:

@@ -15,7 +15,8 @@ Choices (README "Anthropic"):
   mapped alike in call and result (`tool_use_id`);
 - `max_tokens` defaults to DEFAULT_MAX_TOKENS (Anthropic requires one);
 - `reasoning_effort` minimal/low/medium/high/xhigh → a thinking budget of
-  1024/1024/4096/16384/24576 tokens (none: no thinking), kept below the client's max; beside
+  1024/1024/4096/16384/24576 tokens (none: no thinking), dropped for the Claudes that cannot
+  think (`cannot_think`: before 3.7 Sonnet), kept below the client's max; beside
   a temperature other than 1, a top_k or a top_p below 0.95 it is a 400 (see `thinking.py`);
   the Claudes that take no budget (Opus 4.7 on) get `thinking: {type: adaptive}` and
   `output_config.effort` low/low/medium/high/max instead, and adaptive thinking without the
@@ -85,6 +86,7 @@ from streamproxy.openai_api.content import (
 from streamproxy.providers.anthropic.thinking import (
     adaptive_effort,
     adaptive_room,
+    cannot_think,
     claude_temperature,
     fit_thinking,
     hyphenated,
@@ -147,7 +149,9 @@ def to_anthropic(body: dict[str, Any], model: str,
                                                       "text": PLACEHOLDER_USER_TEXT}]})
     trim_prefill(messages[-1])
     out: dict[str, Any] = {"model": model, "messages": messages}
-    effort = reasoning_effort(body)
+    effort = reasoning_effort(body)  # checked for every model, as OpenAI would
+    if effort is not None and cannot_think(model):
+        effort = None  # (a Claude before 3.7 Sonnet: a thinking budget is its 400)
     thinking, max_tokens = fit_thinking(body, body.get("thinking"), effort, DEFAULT_MAX_TOKENS,
                                         body.get("top_k"),
                                         effort is not None and takes_adaptive_thinking_only(model))

@@ -44,6 +44,13 @@ MIN_TOP_P = 0.95  # the lowest top_p Claude takes with thinking on
 # thinking"): the earlier ones are a closed set, so a newer Claude gets adaptive thinking.
 _BUDGET_CLAUDES = re.compile(r"claude-(?:[123]|v\d|instant|(?:sonnet|opus)-4(?!\d|-[3-9])"
                              r"|(?:sonnet|opus|haiku)-4-[56])")
+# The Claudes without extended thinking, which answer any `thinking` with a 400: those before
+# Claude 3.7 Sonnet (Anthropic's extended-thinking docs list 3.7 Sonnet and Claude 4 on), i.e.
+# Claude 1, 2 and Instant (`anthropic.claude-v2`), 3 (Opus, Sonnet, Haiku) and 3.5 (Sonnet,
+# Haiku). reasoning_effort is dropped for them, as Gemini and Bedrock drop it for the models
+# that do not reason; a closed set, so a Claude not named here thinks.
+_UNTHINKING_CLAUDES = re.compile(r"claude-(?:[12](?!\d)|instant|v\d|3-(?:opus|sonnet|haiku"
+                                 r"|5(?!\d)))")
 # reasoning_effort → adaptive thinking's `output_config.effort`. xhigh, OpenAI's top, is Claude's
 # top (max), which every adaptive Claude takes (its own xhigh not all).
 ADAPTIVE_EFFORT = {"minimal": "low", "low": "low", "medium": "medium", "high": "high",
@@ -62,6 +69,11 @@ def hyphenated(model: str) -> str:
 def takes_adaptive_thinking_only(model: str) -> bool:
     """Whether `model` is a Claude that refuses a thinking budget (adaptive thinking only)."""
     return "claude" in model and _BUDGET_CLAUDES.search(hyphenated(model)) is None
+
+
+def cannot_think(model: str) -> bool:
+    """Whether `model` is a Claude with no extended thinking (_UNTHINKING_CLAUDES)."""
+    return "claude" in model and _UNTHINKING_CLAUDES.search(hyphenated(model)) is not None
 
 
 def takes_no_sampling(model: str) -> bool:

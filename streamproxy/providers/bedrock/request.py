@@ -27,7 +27,8 @@ Choices (docs/providers/bedrock.md):
   enforced. A conversation with tool blocks and no `tools` gets name-only tool specs;
 - `reasoning_effort` minimal/low/medium/high/xhigh → `additionalModelRequestFields.thinking`
   with a budget of 1024/1024/4096/16384/24576 tokens for Claude models (`anthropic.claude` in
-  the model id), kept below the client's max and refused beside a temperature other than 1, a
+  the model id; not the Claudes before 3.7 Sonnet: `cannot_think`), kept below the client's
+  max and refused beside a temperature other than 1, a
   top_k or a top_p below 0.95, as on Anthropic (anthropic/thinking.py) — for the Claudes that
   take no budget (Opus 4.7 on: anthropic/thinking.py) `thinking: {type: adaptive}` and
   `output_config.effort` low/low/medium/high/max instead, the same refusals kept; for Nova 2
@@ -115,6 +116,7 @@ from streamproxy.providers.anthropic.request import (
 )
 from streamproxy.providers.anthropic.thinking import (
     adaptive_effort,
+    cannot_think,
     claude_temperature,
     fit_thinking,
     takes_adaptive_thinking_only,
@@ -336,7 +338,7 @@ def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> 
     config: dict[str, Any] = {}
     fields = _model_fields(out)
     effort = reasoning_effort(body)  # checked for every model, as OpenAI would
-    effort = effort if is_claude(model) else None
+    effort = effort if is_claude(model) and not cannot_think(model) else None
     adaptive = effort is not None and takes_adaptive_thinking_only(model)
     thinking, max_tokens = fit_thinking(body, fields.get("thinking"), effort, DEFAULT_MAX_TOKENS,
                                         fields.get("top_k"), adaptive)
