@@ -191,6 +191,23 @@ def test_a_strict_tool_is_strict_only_where_claude_has_structured_outputs(
     assert (sent["input_schema"] == params) is not strict
 
 
+@pytest.mark.parametrize(("model", "vertex", "native"), [
+    # OpenRouter's (and some Anthropic-compatible services') ids name Claude 4 without a date
+    ("anthropic/claude-sonnet-4", False, False), ("anthropic/claude-opus-4", False, False),
+    ("claude-sonnet-4", False, False), ("claude-opus-4", True, False),
+    ("anthropic/claude-opus-4.1", False, False),
+    # the later ones keep theirs
+    ("anthropic/claude-sonnet-4.5", False, True), ("anthropic/claude-opus-4.6", False, True),
+    ("claude-sonnet-4-5", False, True), ("anthropic/claude-sonnet-4.5", True, False)])
+def test_claude_4_without_a_date_is_sent_no_structured_outputs(model: str, vertex: bool,
+                                                               native: bool) -> None:
+    without = VERTEX_WITHOUT_STRUCTURED_OUTPUTS if vertex else WITHOUT_STRUCTURED_OUTPUTS
+    out = to_anthropic({"messages": [{"role": "user", "content": "x"}],
+                        "response_format": AS_PERSON}, model, without)
+    assert ("output_config" in out) is native
+    assert ("system" in out) is not native
+
+
 def test_json_object_is_an_instruction_for_every_claude() -> None:
     for model in ("claude-3-7-sonnet-20250219", "claude-sonnet-4-5"):
         out = to_anthropic({"messages": [{"role": "user", "content": "x"}],

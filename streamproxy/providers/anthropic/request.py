@@ -203,7 +203,10 @@ class _StructuredOutputs:
     __slots__ = ("_model", "_without")
 
     def __init__(self, model: str, without: tuple[str, ...]) -> None:
-        self._model, self._without = hyphenated(model), without
+        # An id that ends at its version (`anthropic/claude-sonnet-4`, OpenRouter's, with no
+        # date) reads as one a Vertex date follows (`claude-sonnet-4@…`), which the lists
+        # name: `claude-sonnet-4` alone is Claude 4, not a newer Claude.
+        self._model, self._without = hyphenated(model) + "@", without
 
     def __bool__(self) -> bool:
         return not any(name in self._model for name in self._without)
