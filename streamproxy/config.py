@@ -430,8 +430,11 @@ def _upstream_proxy(value: Any, source: str, key: str) -> str | dict[str, Any]:
     if not isinstance(value, dict) or set(value) - {"url", "no_proxy"} or "url" not in value:
         raise ConfigError(source, key, "must be env, none, a proxy URL, or a mapping with "
                           "url and (optionally) no_proxy")
+    if not isinstance(value["url"], str):  # (as its text, `3` or null named a proxy host)
+        raise ConfigError(source, f"{key}.url", "must be a string (http://[user:pass@]host"
+                          "[:port])")
     try:
-        parse_proxy_url(str(value["url"]))
+        parse_proxy_url(value["url"])
     except ValueError as e:
         raise ConfigError(source, f"{key}.url", str(e)) from None
     no_proxy = value.get("no_proxy", [])
@@ -440,7 +443,7 @@ def _upstream_proxy(value: Any, source: str, key: str) -> str | dict[str, Any]:
     if not isinstance(no_proxy, list) or not all(isinstance(e, str) for e in no_proxy):
         raise ConfigError(source, f"{key}.no_proxy", "must be a list of hosts, domains, "
                           "addresses or CIDR blocks")
-    return {"url": str(value["url"]), "no_proxy": no_proxy}
+    return {"url": value["url"], "no_proxy": no_proxy}
 
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an RFC 9110 token

@@ -95,6 +95,14 @@ def test_config_setting() -> None:
         _server(upstream_proxy={"url": "http://p:1", "no_proxy": 3})
 
 
+@pytest.mark.parametrize("url", [3, 12.5, None, True, ["http://p:1"]])
+def test_a_proxy_url_that_is_no_string_is_refused(url: object) -> None:
+    """Read as its text it passed check-config: `{url: 3}` a proxy at host 3, `{url: null}`
+    one at host None, each request's connection then failing."""
+    with pytest.raises(ConfigError, match=r"upstream_proxy\.url: must be a string"):
+        _server(upstream_proxy={"url": url})
+
+
 # -- through a real forward proxy ----------------------------------------------------------------
 
 class ForwardProxy:
