@@ -225,31 +225,81 @@ async def test_configured_models_are_not_crowded_out_by_clients_models(
 
 def test_circuit_state() -> None:
     set_circuit_state("openai/gpt-4o", "open")
-    assert sample("streamproxy_circuit_breaker_state", target="openai/gpt-4o") == 2
+    assert sample("streamproxy_circuit_breaker_state", target="openai/gpt-4o", cb_config="") == 2
     set_circuit_state("openai/gpt-4o", "half_open")
-    assert sample("streamproxy_circuit_breaker_state", target="openai/gpt-4o") == 1
+    assert sample("streamproxy_circuit_breaker_state", target="openai/gpt-4o", cb_config="") == 1
     set_circuit_state("openai/gpt-4o", "closed")
-    assert sample("streamproxy_circuit_breaker_state", target="openai/gpt-4o") == 0
+    assert sample("streamproxy_circuit_breaker_state", target="openai/gpt-4o", cb_config="") == 0
     with pytest.raises(ValueError):
         set_circuit_state("openai/gpt-4o", "ajar")
     set_circuit_state("p|m|https://user:pw@llm.internal/v1", "open")
-    assert sample("streamproxy_circuit_breaker_state", target="p|m|https://llm.internal/v1") == 2
+    assert sample("streamproxy_circuit_breaker_state", target="p|m|https://llm.internal/v1",
+                  cb_config="") == 2
     # An '@' in the password (urlsplit and yarl read the host after the last one): no part of
     # it in the label.
     set_circuit_state("p|m|https://user:p@ss-SECRET@llm.internal/v2", "open")
-    assert sample("streamproxy_circuit_breaker_state", target="p|m|https://llm.internal/v2") == 2
+    assert sample("streamproxy_circuit_breaker_state", target="p|m|https://llm.internal/v2",
+                  cb_config="") == 2
 
 
 def test_circuit_targets_are_capped() -> None:
-    """A client's config names the model in a breaker's key: 10k models must not make 10k
-    series."""
-    for i in range(MAX_CIRCUIT_LABELS + 50):
-        set_circuit_state(f"mock|cap-{i}|", "open")
-    targets = {s.labels["target"] for f in REGISTRY.collect() for s in f.samples
-               if s.name == "streamproxy_circuit_breaker_state"}
-    assert len(targets) <= MAX_CIRCUIT_LABELS
-    set_circuit_state("openai/gpt-4o", "closed")  # a target already exported still changes
-    assert sample("streamproxy_circuit_breaker_state", target="openai/gpt-4o") == 0
+    """A client's config names the model in a breaker's key, and its cb_config the rules:
+    10k models or cooldowns must not make 10k series."""
+    m = metrics()
+    exported = set(m._circuit_targets)
+    try:
+        for i in range(MAX_CIRCUIT_LABELS + 50):
+            set_circuit_state(f"mock|cap-{i}|", "open")
+            set_circuit_state("mock|cap|", "open", None, f"cooldown_interval={i}")
+        series = {tuple(s.labels.values()) for f in REGISTRY.collect() for s in f.samples
+                  if s.name == "streamproxy_circuit_breaker_state"}
+        assert len(series) <= MAX_CIRCUIT_LABELS
+        set_circuit_state("openai/gpt-4o", "closed")  # a target already exported still changes
+        assert sample("streamproxy_circuit_breaker_state", target="openai/gpt-4o",
+                      cb_config="") == 0
+    finally:  # (the other tests' breakers exported as before: the cap is per process)
+        for target, rules in m._circuit_targets - exported:
+            m.circuit.remove(target, rules)
+        m._circuit_targets = exported
+
+
+def test_one_targets_breakers_under_other_rules_are_apart_series() -> None:
+    """Breakers are kept per target and cb_config: the gauge, labelled by the target alone,
+    showed whichever changed last — a client's inline config closing its own breaker on the
+    target read as the operator's open one closed. Each is now its own series, its rules in
+    the cb_config label (Portkey's names; the cooldown in ms as given)."""
+    from streamproxy.routing.breaker import CircuitBreakers
+    from streamproxy.routing.portkey_config import BreakerSpec
+
+    now = [0.0]
+    breakers = CircuitBreakers(clock=lambda: now[0])
+    breakers.listeners.append(set_circuit_state)
+    operator = BreakerSpec(failure_threshold=1, cooldown_interval=600)
+    client = BreakerSpec(failure_threshold=2, cooldown_interval=0.001,
+                         failure_status_codes=frozenset({500, 400}))
+    key = "openai/gpt-4o"  # (exported, whatever the cap test ran before)
+    breakers.record(key, operator, 503)
+    breakers.record(key, client, 400)
+    breakers.record(key, client, 400)  # (open)
+    breakers.record(key, client, None)  # (open: no change)
+    name = "streamproxy_circuit_breaker_state"
+    assert sample(name, target=key,
+                  cb_config="failure_threshold=1,cooldown_interval=600000") == 2
+    assert sample(name, target=key, cb_config="failure_threshold=2,cooldown_interval=1,"
+                                              "failure_status_codes=400 500") == 2
+    now[0] = 1  # (the client's half-open: its trial closes it)
+    breakers.record(key, client, None)
+    assert sample(name, target=key, cb_config="failure_threshold=2,cooldown_interval=1,"
+                                              "failure_status_codes=400 500") == 0
+    assert sample(name, target=key,
+                  cb_config="failure_threshold=1,cooldown_interval=600000") == 2
+    pct = BreakerSpec(failure_threshold_percentage=12.5, minimum_requests=4,
+                      cooldown_interval=30)
+    breakers.record(key, pct, 500)  # (1 of 1, under minimum_requests)
+    for _ in range(3):
+        breakers.record(key, pct, 500)
+    assert sample(name, target=key, cb_config="failure_threshold_percentage=12.5,"
+                                              "minimum_requests=4,cooldown_interval=30000") == 2
 
 
 async def test_circuit_breakers_report_their_changes(default_proxy: Any) -> None:
@@ -305,12 +355,14 @@ MULTIPROCESS_SCRIPT = textwrap.dedent("""
         metrics().observe(RequestRecord(trace_id="t", provider="mp", model="m", stream=True))
 
     one()
-    set_circuit_state("down", "open")
+    set_circuit_state("down", "open", None, "failure_threshold=1,cooldown_interval=1000")
     pid = os.fork()
     if pid == 0:  # a second worker
         one()
         metrics().active_streams.inc()
-        set_circuit_state("down", "closed")  # a later change of the shared breaker
+        set_circuit_state("down", "closed", None,  # a later change of the shared breaker
+                          "failure_threshold=1,cooldown_interval=1000")
+        set_circuit_state("down", "open", None, "failure_threshold=2,cooldown_interval=1000")
         os._exit(0)
     os.waitpid(pid, 0)
     print(render().decode())
@@ -328,8 +380,13 @@ def test_multiprocess_mode_aggregates_workers(tmp_path: Path) -> None:
     line = 'streamproxy_requests_total{model="m",provider="mp",status="200",stream="true"}'
     assert f"{line} 2.0" in live  # both processes' samples, from either one
     assert "streamproxy_active_streams 1.0" in live
-    # The workers share the breakers: the latest change is the state, whoever made it.
-    assert 'streamproxy_circuit_breaker_state{target="down"} 0.0' in live
+    # The workers share the breakers: the latest change is the state, whoever made it; the
+    # target's breaker under other rules is another series.
+    gauge = "streamproxy_circuit_breaker_state"
+    assert (f'{gauge}{{cb_config="failure_threshold=1,cooldown_interval=1000",target="down"}} '
+            '0.0') in live
+    assert (f'{gauge}{{cb_config="failure_threshold=2,cooldown_interval=1000",target="down"}} '
+            '2.0') in live
     assert "streamproxy_active_streams 0.0" in after  # livesum drops the dead worker
 
 
@@ -433,7 +490,7 @@ def test_ttft_buckets_tell_the_proxy_s_own_times_and_the_slowest_first_tokens(
 async def test_the_circuit_gauge_turns_half_open_when_the_cooldown_ends() -> None:
     """Open → half-open happens by time alone, with no record to report it: the gauge read 2
     (open) until a trial request closed or reopened the breaker, never 1."""
-    from streamproxy.routing.breaker import CircuitBreakers
+    from streamproxy.routing.breaker import CircuitBreakers, rules_label
     from streamproxy.routing.portkey_config import BreakerSpec
 
     breakers = CircuitBreakers()
@@ -442,7 +499,8 @@ async def test_the_circuit_gauge_turns_half_open_when_the_cooldown_ends() -> Non
     key = "openai/gpt-4o"  # (exported, whatever the cap test ran before)
 
     def gauge() -> float:
-        return sample("streamproxy_circuit_breaker_state", target=key)
+        return sample("streamproxy_circuit_breaker_state", target=key,
+                      cb_config=rules_label(spec))
 
     async def half_open() -> None:
         for _ in range(200):  # bounded: 2 s

@@ -54,8 +54,9 @@ _INSTANCE_LOCK = ".instance.lock"  # held by the instance the directory is for (
 # so a client cannot grow the series count (and Prometheus' memory) without bound.
 MAX_MODEL_LABELS = 100
 MAX_LABEL_CHARS = 100
-# Breaker keys hold the target's model, which a client's x-portkey-config chooses: past this
-# many distinct targets per process, further ones are not exported (their breakers still work).
+# Breaker keys hold the target's model, which a client's x-portkey-config chooses (and its
+# cb_config, the rules): past this many distinct (target, rules) per process, further ones are
+# not exported (their breakers still work).
 MAX_CIRCUIT_LABELS = 100
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
 _USERINFO = re.compile(r"://[^/?#|]*@")  # (to the host part's last @, as urlsplit reads it)
@@ -123,7 +124,8 @@ class Metrics:
         self.circuit = Gauge("streamproxy_circuit_breaker_state",
                              "0 closed, 1 half-open, 2 open (workers share the breakers: the "
                              "latest change any of them made).",
-                             ["target"], registry=r, multiprocess_mode="livemostrecent")
+                             ["target", "cb_config"], registry=r,
+                             multiprocess_mode="livemostrecent")
         self.cache_requests = Counter("streamproxy_cache_requests",
                                       "Response cache lookups by x-portkey-cache-status: HIT, "
                                       "MISS or REFRESH.", ["status"], registry=r)
@@ -135,8 +137,9 @@ class Metrics:
                                  registry=r)
         self._models: set[str] = set()
         self._configured_models: set[str] = set()  # outside the cap: see keep_models
-        self._circuit_targets: set[str] = set()
-        self._half_open_timers: dict[str, asyncio.TimerHandle] = {}  # (open exported targets)
+        self._circuit_targets: set[tuple[str, str]] = set()  # (target, rules)
+        # (open exported breakers)
+        self._half_open_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._children: dict[tuple[Any, ...], Any] = {}
         self._series: dict[tuple[str, str, str, str], _Series] = {}
 
@@ -163,26 +166,28 @@ class Metrics:
             self._models.add(model)
         return model
 
-    def circuit_state(self, target: str, value: int, half_open_after: float | None = None
-                      ) -> None:
+    def circuit_state(self, target: str, value: int, half_open_after: float | None = None,
+                      rules: str = "") -> None:
         """`half_open_after`: an open breaker turns half-open then, by time alone; a timer
-        shows it (in the worker that saw it open: the most recent change, for the others)."""
-        if target not in self._circuit_targets:
+        shows it (in the worker that saw it open: the most recent change, for the others).
+        `rules`: the breaker's cb_config (one target's breakers under other rules are apart)."""
+        breaker = (target, rules)
+        if breaker not in self._circuit_targets:
             if len(self._circuit_targets) >= MAX_CIRCUIT_LABELS:
                 return
-            self._circuit_targets.add(target)
-        self.circuit.labels(target).set(value)
-        timer = self._half_open_timers.pop(target, None)
+            self._circuit_targets.add(breaker)
+        self.circuit.labels(target, rules).set(value)
+        timer = self._half_open_timers.pop(breaker, None)
         if timer is not None:
             timer.cancel()
         if half_open_after is not None:
             with contextlib.suppress(RuntimeError):  # (no loop: nothing to show it on)
-                self._half_open_timers[target] = asyncio.get_running_loop().call_later(
-                    half_open_after, self._half_opened, target)
+                self._half_open_timers[breaker] = asyncio.get_running_loop().call_later(
+                    half_open_after, self._half_opened, breaker)
 
-    def _half_opened(self, target: str) -> None:
-        del self._half_open_timers[target]
-        self.circuit.labels(target).set(CIRCUIT_STATES["half_open"])
+    def _half_opened(self, breaker: tuple[str, str]) -> None:
+        del self._half_open_timers[breaker]
+        self.circuit.labels(*breaker).set(CIRCUIT_STATES["half_open"])
 
     def observe(self, r: RequestRecord) -> None:
         """The observer: every sample of one request, at its end."""
@@ -349,17 +354,18 @@ def _exported_models(path: str) -> set[str]:
     return models
 
 
-def set_circuit_state(target_key: str, state: str, half_open_after: float | None = None
-                      ) -> None:
+def set_circuit_state(target_key: str, state: str, half_open_after: float | None = None,
+                      rules: str = "") -> None:
     """For the circuit breakers (routing/): `state` is closed, half_open or open; an open one
-    turns half-open after `half_open_after` seconds."""
+    turns half-open after `half_open_after` seconds; `rules` its cb_config (breaker.py's
+    rules_label)."""
     try:
         value = CIRCUIT_STATES[state]
     except KeyError:
         raise ValueError(f"unknown circuit state {state!r}") from None
     # A breaker key may hold a base URL: never expose credentials written into one.
     target = _USERINFO.sub("://", target_key)[:MAX_LABEL_CHARS]
-    metrics().circuit_state(target, value, half_open_after)
+    metrics().circuit_state(target, value, half_open_after, rules[:MAX_LABEL_CHARS])
 
 
 def render() -> bytes:

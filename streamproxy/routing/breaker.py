@@ -18,7 +18,8 @@ the same cb_config share its breaker, one with other rules (a client's inline
 x-portkey-config) keeps its own, as Portkey keeps them per config. Shared whatever the rules,
 a client's 1 ms cooldown_interval half-opened the breaker an operator's config held open (its
 trial closing it), and its failure_threshold 1 with its own failure_status_codes let one bad
-request of its own open it. Listeners (metrics) are told the target's key alone.
+request of its own open it. Listeners (metrics) are told the target's key and its rules
+(`rules_label`): told the key alone, the gauge showed whichever breaker changed last.
 
 The states live in this process (`CircuitBreakers`) or, with `--workers N`, in a table all
 the workers share (server/shared_breakers.py overrides `_load` / `_save` / `_locked`), so
@@ -56,8 +57,8 @@ class BreakerState:
 
 
 # (key, state, for an open one the seconds until it turns half-open: by time alone, which no
-# record reports)
-StateListener = Callable[[str, str, float | None], None]
+# record reports; its rules, `rules_label`)
+StateListener = Callable[[str, str, float | None, str], None]
 
 
 class CircuitBreakers:
@@ -134,8 +135,9 @@ class CircuitBreakers:
             after = self._phase(st, spec)
         if after != before:
             half_open_after = spec.cooldown_interval if after == OPEN else None
+            rules = rules_label(spec)
             for listener in self.listeners:
-                listener(key, after, half_open_after)
+                listener(key, after, half_open_after, rules)
 
     def _phase(self, st: BreakerState | None, spec: BreakerSpec) -> str:
         if st is None or st.opened_at is None:
@@ -183,3 +185,19 @@ def _rules(spec: BreakerSpec) -> str:
     return (f"#{spec.failure_threshold}/{spec.failure_threshold_percentage}/"
             f"{spec.minimum_requests}/{spec.cooldown_interval!r}/"
             f"{'' if codes is None else ','.join(map(str, sorted(codes)))}")
+
+
+@functools.lru_cache(maxsize=1024)
+def rules_label(spec: BreakerSpec) -> str:
+    """The rules as a config gives them (Portkey's names, the cooldown in ms, the fields set):
+    the metrics' cb_config label, telling apart one target's breakers under other rules."""
+    ms = f"{spec.cooldown_interval * 1000:.3f}".rstrip("0").rstrip(".")
+    parts = [f"failure_threshold={spec.failure_threshold}"
+             if spec.failure_threshold is not None else "",
+             f"failure_threshold_percentage={spec.failure_threshold_percentage:g}"
+             if spec.failure_threshold_percentage is not None else "",
+             f"minimum_requests={spec.minimum_requests}" if spec.minimum_requests != 1 else "",
+             f"cooldown_interval={ms}",
+             "failure_status_codes=" + " ".join(map(str, sorted(spec.failure_status_codes)))
+             if spec.failure_status_codes is not None else ""]
+    return ",".join(p for p in parts if p)
