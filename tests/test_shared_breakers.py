@@ -57,3 +57,42 @@ def test_a_full_table_keeps_the_state_in_the_worker() -> None:
             a.record(key, SPEC, 500)
     assert all(a.state(key, SPEC) == OPEN for key in keys)  # each tripped, wherever it lives
     assert sum(b.state(key, SPEC) == OPEN for key in keys) == 2  # two slots were shared
+
+
+def test_closed_slots_are_reclaimed_for_new_targets() -> None:
+    """The table's slots were never freed: a client naming new models (or inline cb_config
+    values) filled it with closed breakers of one success each, after which every new target's
+    breaker — the operator's among them — was kept per worker, tripping after N times its
+    failure_threshold. A new target now takes the least recently recorded closed slot near its
+    own; the workers that cached the slot for its old target find it is no longer theirs."""
+    table, clock = SharedBreakerTable(slots=8), Clock(100.0)
+    a, b = SharedCircuitBreakers(table, clock), SharedCircuitBreakers(table, clock)
+    client = [f"openai|client-model-{i}|" for i in range(8)]
+    for key in client:
+        clock.now += 1
+        a.record(key, SPEC, None)
+        b.state(key, SPEC)  # (b caches the slot too)
+    clock.now += 1
+    a.record(client[1], SPEC, 500)  # (recorded again: the least recent is now client-0's)
+    for _ in range(2):
+        a.record("operator|gpt-4o|", SPEC, 500)
+    b.record("operator|gpt-4o|", SPEC, 503)  # the third failure on the instance
+    assert a.is_open("operator|gpt-4o|", SPEC) and b.is_open("operator|gpt-4o|", SPEC)
+    # client-0's slot went: its old breaker is closed with no count, in every worker, never
+    # read as the operator's open one; client-1's failure is still counted.
+    assert a.state(client[0], SPEC) == b.state(client[0], SPEC) == CLOSED
+    for _ in range(2):
+        b.record(client[1], SPEC, 500)
+    assert a.is_open(client[1], SPEC)
+
+
+def test_open_slots_are_not_reclaimed() -> None:
+    """An open breaker never loses its state to a new target (a down target would be tried
+    by every request again): a table full of open ones keeps the new one in the worker."""
+    table, clock = SharedBreakerTable(slots=2), Clock(100.0)
+    a, b = SharedCircuitBreakers(table, clock), SharedCircuitBreakers(table, clock)
+    for key in ("down-1", "down-2"):
+        for _ in range(3):
+            a.record(key, SPEC, 500)
+    a.record("new", SPEC, None)
+    assert b.is_open("down-1", SPEC) and b.is_open("down-2", SPEC)

@@ -1,12 +1,18 @@
 """Circuit-breaker states shared by all the workers of a master (`--workers N`).
 
 A fixed table in a shared region (server/shared_memory.py): a slot per target key, found by
-an 8-byte BLAKE2b hash of the key and linear probing, never freed (a key is a target's
-provider, model and base URL, so there are few). Updates are read-modify-writes under the
+an 8-byte BLAKE2b hash of the key and linear probing. Updates are read-modify-writes under the
 region's lock; the per-request check (`is_open`) reads without it: a slot is filled before
 its hash is written, and a state read a moment early is as good as one read a moment later.
-A key that finds no slot within `PROBES` of its own (a table full of other targets) keeps its
-state in the worker, as without workers.
+
+A key names a model and rules a client's config chooses, so the slots are reclaimed: a key
+with no free slot within `PROBES` of its own takes the least recently recorded closed one
+there (never freed, they filled for good, and every later target's breaker, the operator's
+among them, was kept per worker). A slot is never emptied (a probe chain keeps no hole), only
+given another hash, so a worker checks that a slot it found still holds its key's hash (read
+with the state, in one unpack): a key whose slot went starts again from closed, as one the
+in-process map drops. An open breaker is never reclaimed: with every slot near a key open,
+the key keeps its state in the worker, as without workers.
 """
 
 from __future__ import annotations
@@ -22,10 +28,17 @@ from streamproxy.routing.breaker import BreakerState, CircuitBreakers
 from streamproxy.server.shared_memory import SharedRegion
 
 _HASH = struct.Struct("Q")  # 0: a free slot
-_STATE = struct.Struct("qqdd")  # requests, failures, opened_at, trial_until (NaN: none)
-_SLOT_SIZE = _HASH.size + _STATE.size
+# requests, failures, opened_at, trial_until (NaN: none), recorded_at (when last saved)
+_STATE = struct.Struct("qqddd")
+_SLOT = struct.Struct("Q" + _STATE.format)  # the hash and the state, read at once
+_SLOT_SIZE = _SLOT.size
 SLOTS = 4096
 PROBES = 64
+
+
+def key_hash(key: str) -> int:
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return _HASH.unpack(digest)[0] or 1
 
 
 class SharedBreakerTable:
@@ -33,24 +46,29 @@ class SharedBreakerTable:
         self.slots = slots
         self.region = SharedRegion(slots * _SLOT_SIZE)
 
-    def find(self, key: str, claim: bool) -> int | None:
-        """The byte offset of `key`'s slot; with `claim` (under the lock), a free one is taken
-        for it when it has none. None: no slot (not claimed, or none free nearby)."""
-        digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest()
-        h = _HASH.unpack(digest)[0] or 1
+    def find(self, h: int, claim: bool) -> int | None:
+        """The byte offset of the slot of the key hashed `h`; with `claim` (under the lock), a
+        free one is taken for it when it has none, else the least recently recorded closed one
+        nearby. None: no slot (not claimed, or all nearby open)."""
         region = self.region.map
+        reclaim, oldest = None, math.inf
         for i in range(PROBES):
             offset = ((h + i) % self.slots) * _SLOT_SIZE
-            found = _HASH.unpack_from(region, offset)[0]
+            found, _, _, opened_at, _, recorded_at = _SLOT.unpack_from(region, offset)
             if found == h:
                 return offset
             if found == 0:
                 if not claim:
                     return None
-                _STATE.pack_into(region, offset + _HASH.size, 0, 0, math.nan, math.nan)
-                _HASH.pack_into(region, offset, h)
-                return offset
-        return None
+                reclaim = offset
+                break
+            if math.isnan(opened_at) and recorded_at < oldest:
+                reclaim, oldest = offset, recorded_at
+        if not claim or reclaim is None:
+            return None
+        _STATE.pack_into(region, reclaim + _HASH.size, 0, 0, math.nan, math.nan, -math.inf)
+        _HASH.pack_into(region, reclaim, h)
+        return reclaim
 
 
 class SharedCircuitBreakers(CircuitBreakers):
@@ -58,33 +76,49 @@ class SharedCircuitBreakers(CircuitBreakers):
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(clock)
         self._table = table
-        self._offsets: dict[str, int] = {}  # keys whose slot this worker has found
+        self._offsets: dict[str, tuple[int, int]] = {}  # keys whose slot this worker found
 
-    def _offset(self, key: str, claim: bool) -> int | None:
-        offset = self._offsets.get(key)
-        if offset is None:
-            offset = self._table.find(key, claim)
-            if offset is not None:
-                self._offsets[key] = offset
-        return offset
+    def _offset(self, key: str, claim: bool) -> tuple[int, int] | None:
+        """(offset, hash) of `key`'s slot, as this worker last found it (it may be another
+        key's since: _load checks)."""
+        found = self._offsets.get(key)
+        if found is None:
+            h = key_hash(key)
+            offset = self._table.find(h, claim)
+            if offset is None:
+                return None
+            found = self._offsets[key] = (offset, h)
+        return found
+
+    def _read(self, key: str, claim: bool) -> tuple[int, tuple[int, int, float, float, float]
+                                                    ] | None:
+        found = self._offset(key, claim)
+        if found is None:
+            return None
+        offset, h = found
+        slot = _SLOT.unpack_from(self._table.region.map, offset)
+        if slot[0] != h:  # reclaimed for another key: this one's is gone, or elsewhere
+            del self._offsets[key]
+            return self._read(key, claim) if claim else None
+        return offset, slot[1:]
 
     def _load(self, key: str) -> BreakerState | None:
-        offset = self._offset(key, claim=False)
-        if offset is None:
+        read = self._read(key, claim=False)
+        if read is None:
             return super()._load(key)  # never recorded, or kept here (no slot free)
-        requests, failures, opened_at, trial_until = _STATE.unpack_from(
-            self._table.region.map, offset + _HASH.size)
+        requests, failures, opened_at, trial_until, _ = read[1]
         return BreakerState(requests, failures, None if math.isnan(opened_at) else opened_at,
                             None if math.isnan(trial_until) else trial_until)
 
     def _save(self, key: str, st: BreakerState) -> None:
-        offset = self._offset(key, claim=True)  # (record() holds the lock)
-        if offset is None:
+        read = self._read(key, claim=True)  # (record() holds the lock)
+        if read is None:
             super()._save(key, st)
             return
-        _STATE.pack_into(self._table.region.map, offset + _HASH.size, st.requests, st.failures,
-                         math.nan if st.opened_at is None else st.opened_at,
-                         math.nan if st.trial_until is None else st.trial_until)
+        _STATE.pack_into(self._table.region.map, read[0] + _HASH.size, st.requests,
+                         st.failures, math.nan if st.opened_at is None else st.opened_at,
+                         math.nan if st.trial_until is None else st.trial_until,
+                         self._clock())
 
     def _locked(self) -> AbstractContextManager[object]:
         return self._table.region.locked()
