@@ -823,6 +823,44 @@ async def test_failure_after_a_keepalive_is_an_error_frame(proxy: Any) -> None:
     assert c.error is not None and c.error["code"] == "upstream_timeout" and not c.done
 
 
+async def test_a_keepalive_head_names_the_target_when_the_plan_has_one(proxy: Any) -> None:
+    """The keep-alive comments commit the 200 before any target answered: its head had the
+    trace id alone, where an answer names x-portkey-provider and the option that answered.
+    When the plan has one target (a cache hit aside, nothing else can answer), they are
+    known and sent, as the answer without keep-alives sends them, and its retry count when
+    it has no retries (0, final). A fallback across providers knows none."""
+    mock = {"type": "mock", "default_model": "fast", "timeouts": {"first_token": 1.0}}
+    client = await proxy(make_config({"mock": mock, "mock2": mock}, default="mock",
+                                     server={"keepalive_interval": 0.1}))
+    fast = await post(client, model="mock/fast:tokens=2")
+    await fast.read()
+    late = await post(client, model="mock/fast:tokens=2,stall_ms=300")
+    assert await late.content.readuntil(b"\n\n") == b": keep-alive\n\n"
+    for name in ("x-portkey-provider", "x-portkey-last-used-option-index",
+                 "x-portkey-retry-attempt-count"):  # (no retries: 0 is final)
+        assert late.headers.get(name) == fast.headers[name], name
+    await late.read()
+    retried = json.dumps(leaf("fast:tokens=2,stall_ms=300", retry={"attempts": 2}))
+    resp = await post(client, retried)  # (a retry may follow: no count yet)
+    assert await resp.content.readuntil(b"\n\n") == b": keep-alive\n\n"
+    assert resp.headers.get("x-portkey-provider") == "mock"
+    assert resp.headers.get("x-portkey-last-used-option-index") == "config"
+    assert "x-portkey-retry-attempt-count" not in resp.headers
+    await resp.read()
+    one = fallback(leaf("fast:tokens=2,stall_ms=300"), leaf("fast:tokens=2"))
+    resp = await post(client, one)  # (two targets of one provider: the provider is known)
+    assert await resp.content.readuntil(b"\n\n") == b": keep-alive\n\n"
+    assert resp.headers.get("x-portkey-provider") == "mock"
+    assert "x-portkey-last-used-option-index" not in resp.headers
+    assert "x-portkey-retry-attempt-count" not in resp.headers
+    await resp.read()
+    two = fallback(leaf("fast:tokens=2,stall_ms=300"), leaf("fast:tokens=2", "mock2"))
+    resp = await post(client, two)
+    assert await resp.content.readuntil(b"\n\n") == b": keep-alive\n\n"
+    assert "x-portkey-provider" not in resp.headers
+    await resp.read()
+
+
 async def test_no_keepalive_when_the_first_token_is_fast(proxy: Any) -> None:
     client = await proxy(keepalive_config())
     resp = await post(client, model="mock/fast:tokens=2")

@@ -231,7 +231,7 @@ async def _open_with_keepalives(ex: Exchange, state: AppState, req: ChatRequest,
             while not (await asyncio.wait({opening}, timeout=interval))[0]:
                 if client is None:
                     client = await ex.start_events({**SSE_HEADERS,
-                                                    **response_headers(record, None)})
+                                                    **_keepalive_head(record, plan)})
                     record.kept_alive = True
                 await client.write(KEEPALIVE_COMMENT)
                 record.bytes_out += len(KEEPALIVE_COMMENT)
@@ -262,6 +262,26 @@ async def _open_with_keepalives(ex: Exchange, state: AppState, req: ChatRequest,
             opened = opening.result()
             if isinstance(opened, OpenedStream):
                 _close_unrelayed(opened)
+
+
+def _keepalive_head(record: RequestRecord, plan: Plan) -> dict[str, str]:
+    """The head the first keep-alive comment commits, before any target answered: of the
+    x-portkey-* headers an answer carries, those already known (once committed, no header can
+    follow: the SDKs read no trailers). The provider when every target of the plan is its; the
+    option when the plan has one target (a cache hit answers in its name too), and its retry
+    count when it has no retries (then 0 is final). Not the count so far: the answer's may
+    differ (a retry or a fallback to come)."""
+    attempts = plan.attempts
+    providers = {a.target.served().provider.name for a in attempts}
+    headers = response_headers(record, providers.pop() if len(providers) == 1 else None)
+    headers.pop("x-portkey-retry-attempt-count", None)
+    if len(attempts) == 1 and attempts[0].refusal is None:
+        headers["x-portkey-last-used-option-index"] = attempts[0].path
+        if attempts[0].retry.attempts == 0:
+            headers["x-portkey-retry-attempt-count"] = "0"
+    else:
+        headers.pop("x-portkey-last-used-option-index", None)
+    return headers
 
 
 def _close_unrelayed(stream: OpenedStream) -> None:
