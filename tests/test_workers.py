@@ -218,6 +218,8 @@ async def test_a_second_instance_given_the_same_metrics_directory_refuses_to_sta
     assert (f"PROMETHEUS_MULTIPROC_DIR: {str(metrics)!r} is in use by another streamproxy "
             f"(pid {tree.proc.pid})") in proc.stderr
     assert await stream_ok(tree.url)
+    # (counted after its last byte is written: wait for two, as the same-port test does)
+    await until(lambda: _counted(tree.url, 2), "both requests counted")
     assert await _served_count(tree.url) == 2
 
 
