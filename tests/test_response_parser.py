@@ -231,6 +231,10 @@ def test_a_body_read_until_close_ends_at_a_close_not_at_a_reset() -> None:
     b"HTTP/1.1 200 OK\r\nContent-Length: 0x10\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
     b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+    # RFC 9110 5.5: NUL or CR in a field value is rejected (or replaced), never kept
+    b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-A: a\r\n \x00b\r\n\r\n",
 ])
 def test_parser_malformed_head(raw: bytes) -> None:
     with pytest.raises(MalformedResponse):

@@ -123,3 +123,40 @@ async def test_a_transfer_coding_besides_chunked_is_refused_by_both_clients(
     assert error == {"code": "upstream_protocol_error", "type": "api_error", "param": None,
                      "message": "bad response from provider 'up': "
                                 "unsupported Transfer-Encoding 'gzip'"}
+
+
+# -- header fields ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("value", [b"a\x00b", b"a\rb"], ids=["NUL", "CR"])
+async def test_nul_or_cr_in_a_header_value_is_refused_by_both_clients(
+        proxy: Any, kind: str, stream: bool, value: bytes,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 9110 5.5: a field value holding NUL or CR MUST be rejected or each replaced by SP.
+    aiohttp's client rejects it; the native client kept it, a 200 with the NUL in the header
+    the proxy may pass on (passed_headers)."""
+    monkeypatch.setenv(CLIENT_ENV, kind)
+    body = STREAM_BODY if stream else JSON_BODY
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Request-Id: " + value
+            + b"\r\nContent-Length: %d\r\n\r\n" % len(body))
+    server, url = await raw_server(answering(head, body))
+    status, _, error = await ask(proxy, url, stream)
+    server.close()
+    assert status == 502 and error is not None
+    assert error["code"] == "upstream_protocol_error"
+    assert error["message"].startswith("bad response from provider 'up': ")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("value", [b"a\x01b", b"a\x7fb"], ids=["SOH", "DEL"])
+async def test_other_controls_in_a_header_value_are_kept_by_both_clients(
+        proxy: Any, kind: str, value: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 9110 5.5: other CTLs are invalid too, but a recipient MAY retain them for
+    robustness: both clients do, and the answer is served."""
+    monkeypatch.setenv(CLIENT_ENV, kind)
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Other: " + value
+            + b"\r\nContent-Length: %d\r\n\r\n" % len(JSON_BODY))
+    server, url = await raw_server(answering(head, JSON_BODY))
+    assert await ask(proxy, url, False) == (200, "Hi", None)
+    server.close()

@@ -259,6 +259,11 @@ def _fields_exactly(lines: list[bytes]) -> list[tuple[str, str]]:
     """The (name, value) fields of header lines, whatever their bytes."""
     fields: list[tuple[str, str]] = []
     for line in lines:
+        # RFC 9110 5.5: NUL or CR in a value MUST be rejected (or replaced); kept, a NUL went
+        # on in a passed header. (Plain lines never hold them; other CTLs MAY stay, and do,
+        # as aiohttp's client keeps them.)
+        if b"\x00" in line or b"\r" in line:
+            raise MalformedResponse("NUL or CR in a header line")
         if line[:1] in (b" ", b"\t") and fields:
             # obs-fold (RFC 9112 5.2): the line goes on with the field before it, the fold
             # read as one SP, as aiohttp's client reads it (a 502 for an answer it takes).
