@@ -83,6 +83,15 @@ def test_parser_no_body_statuses_and_extra_bytes() -> None:
     assert body == b"ok" and parser.done and parser.extra
 
 
+def test_a_101_ends_the_response_and_the_connection() -> None:
+    """A 101 is the last response on its connection (what follows is another protocol's): a
+    head without a body, never reused; the executor says what it was."""
+    parser, body = parse_all([b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                              b"Connection: Upgrade\r\n\r\n\x81\x05hello"])
+    assert parser.head is not None and parser.head.status == 101 and body == b""
+    assert parser.done and parser.extra and not parser.head.keep_alive
+
+
 def test_parser_decodes_gzip_and_refuses_unknown_encodings() -> None:
     packed = gzip.compress(b"data: hello\n\n" * 50)
     raw = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (
@@ -230,7 +239,6 @@ def test_a_body_read_until_close_ends_at_a_close_not_at_a_reset() -> None:
     b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: 0x10\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
-    b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
     # RFC 9110 5.5: NUL or CR in a field value is rejected (or replaced), never kept
     b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\n\r\n",

@@ -160,3 +160,55 @@ async def test_other_controls_in_a_header_value_are_kept_by_both_clients(
     server, url = await raw_server(answering(head, JSON_BODY))
     assert await ask(proxy, url, False) == (200, "Hi", None)
     server.close()
+
+
+# -- statuses without an answer --------------------------------------------------------------------
+
+NO_ANSWERS = {
+    b"101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade":
+        "provider 'up' answered HTTP 101 Switching Protocols, an upgrade the request never "
+        "asked for",
+    b"204 No Content": "provider 'up' answered HTTP 204 No Content: a success without the "
+                       "answer",
+    b"304 Not Modified": "provider 'up' answered HTTP 304 Not Modified to a request that was "
+                         "not conditional",
+    b"304 Not Modified\r\nContent-Length: 120": "provider 'up' answered HTTP 304 Not Modified to "
+                                                "a request that was not conditional",
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("status_line", list(NO_ANSWERS), ids=lambda s: s[:3].decode())
+async def test_a_status_without_an_answer_is_one_clear_error_on_both_clients(
+        proxy: Any, kind: str, stream: bool, status_line: bytes,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 304 was called 'a redirect … check the provider's base_url' (it is Not Modified, and
+    we never send a conditional request); a 204 was a 'truncated stream' or 'a malformed
+    message' (an empty body that is not JSON); a 101 a MalformedResponse on the native client
+    and a truncated stream or malformed message on aiohttp's. Each now says what came, alike on
+    both clients."""
+    monkeypatch.setenv(CLIENT_ENV, kind)
+    server, url = await raw_server(answering(b"HTTP/1.1 " + status_line + b"\r\n\r\n", b""))
+    status, _, error = await ask(proxy, url, stream)
+    server.close()
+    assert status == 502
+    assert error == {"code": "upstream_protocol_error", "type": "api_error", "param": None,
+                     "message": NO_ANSWERS[status_line]}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("code", [101, 204, 304])
+async def test_a_status_without_an_answer_says_do_not_retry(
+        proxy: Any, kind: str, code: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """x-should-retry: false, which the openai SDKs obey over the 502 (each try would get the
+    same), as an upstream redirect says."""
+    monkeypatch.setenv(CLIENT_ENV, kind)
+    head = b"HTTP/1.1 %d Status\r\nConnection: close\r\n\r\n" % code
+    server, url = await raw_server(answering(head, b""))
+    client = await proxy(native_anthropic_config(url.rstrip("/")))
+    async with asyncio.timeout(10):
+        resp = await client.post("/v1/chat/completions", json={
+            "model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    server.close()
+    assert resp.status == 502 and resp.headers["x-should-retry"] == "false"

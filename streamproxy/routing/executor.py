@@ -51,6 +51,13 @@ from streamproxy.upstream.deadline import Deadline
 from streamproxy.upstream.passed_headers import passed_headers
 
 ERROR_BODY_SECONDS = 5.0  # an upstream error's body, after its status line and headers
+# Statuses that are no answer and no error of the provider's: what each one means, said as
+# it is (a 304 is not a redirect, a 204 no truncated stream).
+NOT_ANSWERS = {
+    101: "Switching Protocols, an upgrade the request never asked for",
+    204: "No Content: a success without the answer",
+    304: "Not Modified to a request that was not conditional",
+}
 
 
 def new_completion_id() -> str:
@@ -145,6 +152,12 @@ class Executor:
         fields = getattr(resp, "header_fields", None)
         record.upstream_headers = passed_headers(
             resp.headers.items() if fields is None else fields, error=resp.status >= 400)
+        if resp.status in NOT_ANSWERS:
+            resp.close()
+            err = UpstreamProtocolError(f"provider '{provider.name}' answered HTTP {resp.status} "
+                                        f"{NOT_ANSWERS[resp.status]}")
+            err.should_retry = False  # (every try would get the same)
+            raise err
         if resp.status >= 300:
             parts: list[bytes] = []
             try:

@@ -323,8 +323,10 @@ def parse_head(head: bytes, *, head_request: bool = False) -> ResponseHead:
             length = int(value)
     content_codings = framing.get("content-encoding")
     encoding = content_coding(content_codings) if content_codings else ""
-    if head_request or status in (204, 304):
+    if head_request or status in (101, 204, 304):
         chunked, length = False, 0
+        if status == 101:  # what follows is another protocol's: never reused
+            keep_alive = False
     elif not chunked and length is None:
         keep_alive = False  # the body ends when the connection does
     return ResponseHead(status, m.group(3).decode("latin-1") if m.group(3) else "",
@@ -487,10 +489,10 @@ class ResponseParser:
                 raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
             head = parse_head(raw, head_request=self._head_request)
             buf = buf[rest:]
-            if 100 <= head.status < 200:
-                if head.status == 101:
-                    raise MalformedResponse("unexpected protocol switch")
-                continue  # an interim response: the real one follows
+            if 100 <= head.status < 200 and head.status != 101:
+                # An interim response: the real one follows. (A 101 ends the response: what
+                # follows is the other protocol's, and the executor refuses the switch.)
+                continue
             self._buf = b""
             self.head = head
             if head.encoding:
