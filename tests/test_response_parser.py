@@ -79,6 +79,13 @@ def test_parser_read_until_close_and_connection_close() -> None:
 def test_parser_no_body_statuses_and_extra_bytes() -> None:
     parser, body = parse_all([b"HTTP/1.1 204 No Content\r\n\r\n"])
     assert parser.done and body == b""
+    # a stray CRLF after it is no body (aiohttp's client takes it too); a body is malformed
+    parser, body = parse_all([b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n\r\n"])
+    assert parser.done and body == b"" and parser.extra
+    for raw in (b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\nok",
+                b"HTTP/1.1 304 Not Modified\r\n\r\n\r\n{}"):
+        with pytest.raises(MalformedResponse):
+            ResponseParser().feed(raw)
     parser, body = parse_all([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA"])
     assert body == b"ok" and parser.done and parser.extra
 

@@ -212,3 +212,29 @@ async def test_a_status_without_an_answer_says_do_not_retry(
             "model": "m", "messages": [{"role": "user", "content": "hi"}]})
     server.close()
     assert resp.status == 502 and resp.headers["x-should-retry"] == "false"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("status_line", [b"204 No Content", b"304 Not Modified"])
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_a_204_or_304_with_a_body_is_a_malformed_response_on_both_clients(
+        proxy: Any, kind: str, stream: bool, status_line: bytes, framing: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 9112 6.3: a 204 or 304 ends at its head; the bytes of a body after it are no
+    response. aiohttp's client refuses them (read as a next status line); the native client
+    took the status and dropped them, an answer that said "HTTP 204 No Content" where the
+    upstream sent content. Both now answer the same protocol error."""
+    monkeypatch.setenv(CLIENT_ENV, kind)
+    body = STREAM_BODY if stream else JSON_BODY
+    if framing == "length":
+        head = b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n" % (status_line, len(body))
+    else:
+        head = b"HTTP/1.1 %s\r\nTransfer-Encoding: chunked\r\n\r\n" % status_line
+        body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    server, url = await raw_server(answering(head, body))
+    status, _, error = await ask(proxy, url, stream)
+    server.close()
+    assert status == 502 and error is not None
+    assert error["code"] == "upstream_protocol_error"
+    assert error["message"].startswith("bad response from provider 'up': ")

@@ -493,6 +493,12 @@ class ResponseParser:
                 # An interim response: the real one follows. (A 101 ends the response: what
                 # follows is the other protocol's, and the executor refuses the switch.)
                 continue
+            if head.status in (204, 304) and buf.strip(b"\r\n"):
+                # RFC 9112 6.3: these end at their head, so bytes after it in its read are a
+                # body they cannot have (content sent with a 204): refused, as aiohttp's client
+                # refuses them, not an answer of "No Content" that dropped the upstream's.
+                # (Stray CRLFs are no body; bytes in a later read only end the connection.)
+                raise MalformedResponse(f"a body after a {head.status} response")
             self._buf = b""
             self.head = head
             if head.encoding:
