@@ -162,6 +162,33 @@ async def test_other_controls_in_a_header_value_are_kept_by_both_clients(
     server.close()
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("field", [
+    b"Content-Length : %d", b"Connection : keep-alive", b"Upgrade : h2c", b"X-Request-Id : 1",
+    b"Content-Type\t: application/json"], ids=lambda f: f.split(b":")[0].decode())
+async def test_whitespace_before_a_colon_is_refused_by_both_clients_for_every_header(
+        proxy: Any, kind: str, stream: bool, field: bytes,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 9112 5.1: no whitespace between a field's name and its colon (it has split
+    requests and responses before). h11 (the openai SDK's httpx), Go and the native client
+    refuse such a line, whatever its name. aiohttp's parser refused most, but took
+    'Content-Length :', 'Transfer-Encoding :', 'Connection :', 'Upgrade :' and
+    'Proxy-Connection :' (a header named 'Content-Length ' that its framing still read): a
+    200 where the native client answered 502. Both now refuse every one."""
+    monkeypatch.setenv(CLIENT_ENV, kind)
+    body = STREAM_BODY if stream else JSON_BODY
+    line = field % len(body) if b"%d" in field else field
+    length = b"" if field.startswith(b"Content-Length") else b"Content-Length: %d\r\n" % len(body)
+    head = b"HTTP/1.1 200 OK\r\n" + line + b"\r\n" + length + b"\r\n"
+    server, url = await raw_server(answering(head, body))
+    status, _, error = await ask(proxy, url, stream)
+    server.close()
+    assert status == 502 and error is not None
+    assert error["code"] == "upstream_protocol_error"
+    assert error["message"].startswith("bad response from provider 'up': ")
+
+
 # -- statuses without an answer --------------------------------------------------------------------
 
 NO_ANSWERS = {

@@ -225,6 +225,14 @@ class UpstreamClient:
             )
         except Exception as e:
             raise map_client_error(e, provider, before_response=True) from None
+        # RFC 9112 5.1: no whitespace before a field's colon. llhttp refuses it but for the
+        # names it matches for framing (Content-Length, Transfer-Encoding, Connection, Upgrade,
+        # Proxy-Connection), which it takes, space and all, and frames the body by: refused
+        # here as h11 and the native client refuse every such line (one pass over the names).
+        if any(name[-1:] == b" " for name, _ in resp.raw_headers):
+            resp.close()
+            raise map_client_error(MalformedResponse("whitespace before a header's colon"),
+                                   provider, before_response=True)
         # The codings of the body, read as the native client reads them (aiohttp's parser
         # reads one Content-Encoding line and no list, and takes a Transfer-Encoding ending in
         # chunked, or without it, as a plain body): a gzip or deflate body is inflated here,
