@@ -57,6 +57,15 @@ def test_parser_chunked_headers_and_trailers() -> None:
         assert head.headers.getall("X-DUP") == ["a", "b"]
 
 
+@pytest.mark.parametrize("trailers", [b"not a trailer\r\n", b"X: 1\r\n: no name\r\n",
+                                      b"Bad Name: 1\r\n", b" a fold of nothing\r\n"])
+def test_a_malformed_trailer_line_is_refused(trailers: bytes) -> None:
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n" + trailers
+    for pieces in ([raw], [raw[i:i + 1] for i in range(len(raw))]):
+        with pytest.raises(InvalidChunk):
+            parse_all(pieces)
+
+
 def test_parser_skips_interim_responses() -> None:
     raw = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n"
            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")

@@ -96,7 +96,10 @@ def _chunk_size(line: bytes) -> int:
 
 # ChunkedDecoder's states; module constants, not class attributes, which Python 3.11 looks up
 # through the instance (unspecialised) on every read.
-_SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+_SIZE, _DATA, _DATA_END, _TRAILER, _MORE_TRAILERS = range(5)
+# A trailer line's start (RFC 9112 7.1.2: field lines): a name and its colon. Values are not
+# read: trailers are dropped.
+_TRAILER_FIELD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:")
 
 
 class ChunkedDecoder:
@@ -192,6 +195,12 @@ class ChunkedDecoder:
                 self.done = True
                 self.rest = data[pos:]
                 break
+            elif _TRAILER_FIELD.match(line) or (state == _MORE_TRAILERS and line[:1] in b" \t"):
+                self._state = _MORE_TRAILERS  # (a field: an obs-fold may go on with it)
+            else:
+                # Not a field line: what follows the last chunk is not what the framing says
+                # (aiohttp's client and h11 refuse it too).
+                raise InvalidChunk("malformed trailer line")
         if len(out) == 1:
             return out[0]
         return b"".join(out)
