@@ -309,3 +309,52 @@ async def test_a_204_or_304_with_a_body_is_a_malformed_response_on_both_clients(
     assert status == 502 and error is not None
     assert error["code"] == "upstream_protocol_error"
     assert error["message"].startswith("bad response from provider 'up': ")
+
+
+# -- framing both clients may read differently -----------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("framing", ["length-and-chunked", "same-length-twice"])
+async def test_framing_the_rfc_lets_either_client_refuse_and_native_reuse_rules(
+        proxy: Any, kind: str, framing: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A documented difference, both within the RFC. Content-Length with Transfer-Encoding
+    (RFC 9112 6.3: the coding wins, and it "ought to be handled as an error"), and one
+    Content-Length sent twice alike (RFC 9110 8.6: a recipient MAY reject it, or read it as
+    one): aiohttp's client refuses both, a 502; the native client serves them, the first
+    by its chunks and never on a reused connection (it may be a response split), the second
+    as one length on a kept one, which is unambiguous."""
+    monkeypatch.setenv(CLIENT_ENV, kind)
+    connections = 0
+    if framing == "length-and-chunked":
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        answer = head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(JSON_BODY), JSON_BODY)
+    else:
+        length = b"Content-Length: %d\r\n" % len(JSON_BODY)
+        answer = b"HTTP/1.1 200 OK\r\n" + length + length + b"\r\n" + JSON_BODY
+
+    async def keep_answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            for _ in range(3):
+                await read_request(reader)
+                writer.write(answer)
+                await writer.drain()
+        writer.close()
+
+    server, url = await raw_server(keep_answering)
+    client = await proxy(native_anthropic_config(url.rstrip("/")))  # one pool for both
+    statuses = []
+    async with asyncio.timeout(10):
+        for _ in range(2):
+            resp = await client.post("/v1/chat/completions", json={
+                "model": "m", "messages": [{"role": "user", "content": "hi"}]})
+            got = await resp.json()
+            statuses.append(resp.status)
+    server.close()
+    if kind == "aiohttp":
+        assert statuses == [502, 502]
+        assert got["error"]["code"] == "upstream_protocol_error"
+    else:
+        assert statuses == [200, 200] and got["choices"][0]["message"]["content"] == "Hi"
+        assert connections == (2 if framing == "length-and-chunked" else 1)
