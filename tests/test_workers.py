@@ -417,11 +417,14 @@ async def test_sigterm_refuses_new_connections_while_streams_finish(tmp_path: Pa
     the kernel gave a draining old worker hung the same way."""
     async with serving(tmp_path, CONFIG.format(grace=30, models="fast"), workers) as t:
         async with aiohttp.ClientSession() as s, s.post(t.url + "/v1/chat/completions", json={
-                "model": "mock/tokens=50,tps=10", "stream": True,
+                "model": "mock/tokens=30,tps=10", "stream": True,
                 "messages": [{"role": "user", "content": "hi"}]}) as r:
             first = await r.content.readany()
             t.proc.send_signal(signal.SIGTERM)
             await until(lambda: _refused(t.url), "new connections refused", timeout=2)
+            # Refused while the stream was still on (3 s of it, refusal within 2 s): not
+            # because the drain had already ended.
+            assert not r.content.is_eof()
             rest = await asyncio.wait_for(r.read(), 15)
         c = collect(sse_chunks(first + rest))
         assert c.done and c.finish_reason == "stop" and c.error is None
