@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,17 +93,21 @@ async def serving(tmp_path: Path, config_text: str, workers: int) -> AsyncIterat
     config.write_text(config_text)
     t = Tree(config, _free_port(), workers=workers)
     try:
-        try:
-            await until(lambda: healthy(t.url), "listening")
-        except AssertionError as e:  # say why: the server's own words
-            raise AssertionError(f"{e}; the server wrote:\n{t.output()[-2000:]}") from None
-        # Healthy is not enough: until the master has read both workers' ready signals, a
-        # worker that dies counts as a failed start-up (which stops the server by design).
-        await until(lambda: workers == 1 or "all 2 workers listening" in t.output(),
-                    "the master's ready log")
+        await ready(t, workers)
         yield t
     finally:
         t.kill()
+
+
+async def ready(t: Tree, workers: int) -> None:
+    try:
+        await until(lambda: healthy(t.url), "listening")
+    except AssertionError as e:  # say why: the server's own words
+        raise AssertionError(f"{e}; the server wrote:\n{t.output()[-2000:]}") from None
+    # Healthy is not enough: until the master has read both workers' ready signals, a
+    # worker that dies counts as a failed start-up (which stops the server by design).
+    await until(lambda: workers == 1 or "all 2 workers listening" in t.output(),
+                "the master's ready log")
 
 
 async def until(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
@@ -149,6 +153,21 @@ async def tree(tmp_path: Path) -> AsyncIterator[Tree]:
         yield t
 
 
+@pytest.fixture(scope="module")
+def shared_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
+    """`tree`, started once for the tests that leave it as they found it (requests, and a
+    second instance that must refuse to start): a start is seconds of a loaded machine's CPU.
+    Tests that signal, kill or reload a tree have their own."""
+    config = tmp_path_factory.mktemp("shared-tree") / "proxy.yaml"
+    config.write_text(CONFIG.format(grace=0.5, models="fast"))
+    t = Tree(config, _free_port())
+    try:
+        asyncio.run(ready(t, 2))
+        yield t
+    finally:
+        t.kill()
+
+
 async def test_requests_succeed_and_a_killed_worker_is_replaced(tree: Tree) -> None:
     for _ in range(6):
         assert await stream_ok(tree.url)
@@ -189,28 +208,32 @@ async def _counted(url: str, n: int) -> bool:
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-async def test_a_second_instance_on_the_same_port_refuses_to_start(tree: Tree,
+async def test_a_second_instance_on_the_same_port_refuses_to_start(shared_tree: Tree,
                                                                    workers: str) -> None:
     # SO_REUSEPORT would let its workers share the port with the running ones, unnoticed.
     # Given the same metrics directory, it must leave the running instance's files alone
     # (serve clears a previous run's from it: only once the port is its own).
+    tree = shared_tree
+    before = await _served_count(tree.url)  # (every earlier test's requests counted)
     assert await stream_ok(tree.url)
     proc = serve_refused(tree.config, tree.port, workers, tree.config.parent / "metrics")
     assert proc.returncode == 1
     assert f"cannot listen on 127.0.0.1:{tree.port}" in proc.stderr
     assert await stream_ok(tree.url)
     # A worker counts a request after its last byte is written: /metrics (maybe on the other
-    # worker) can come before that. Two is reached unless the count of the first was lost.
-    await until(lambda: _counted(tree.url, 2), "both requests counted")
-    assert await _served_count(tree.url) == 2
+    # worker) can come before that. Two more is reached unless the count of one was lost.
+    await until(lambda: _counted(tree.url, before + 2), "both requests counted")
+    assert await _served_count(tree.url) == before + 2
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 async def test_a_second_instance_given_the_same_metrics_directory_refuses_to_start(
-        tree: Tree, workers: str) -> None:
+        shared_tree: Tree, workers: str) -> None:
     # On another port, it cleared the running instance's sample files at start (its counters
     # fell back to zero, its live gauges were lost), then both added into each other's
     # scrapes. The directory is the running instance's for its life: the second one says so.
+    tree = shared_tree
+    before = await _served_count(tree.url)  # (every earlier test's requests counted)
     assert await stream_ok(tree.url)
     metrics = tree.config.parent / "metrics"
     proc = serve_refused(tree.config, _free_port(), workers, metrics, 30)
@@ -218,9 +241,9 @@ async def test_a_second_instance_given_the_same_metrics_directory_refuses_to_sta
     assert (f"PROMETHEUS_MULTIPROC_DIR: {str(metrics)!r} is in use by another streamproxy "
             f"(pid {tree.proc.pid})") in proc.stderr
     assert await stream_ok(tree.url)
-    # (counted after its last byte is written: wait for two, as the same-port test does)
-    await until(lambda: _counted(tree.url, 2), "both requests counted")
-    assert await _served_count(tree.url) == 2
+    # (waited for as above; a lost count stays below it)
+    await until(lambda: _counted(tree.url, before + 2), "both requests counted")
+    assert await _served_count(tree.url) == before + 2
 
 
 async def test_sighup_reloads_and_a_bad_config_keeps_the_old_workers(tree: Tree) -> None:
