@@ -52,6 +52,18 @@ def answering(head: bytes, body: bytes) -> Any:
     return handle
 
 
+async def protocol_error(proxy: Any, head: bytes, body: bytes, stream: bool) -> dict[str, Any]:
+    """The error of a request whose upstream answers `head` + `body`, which a client must
+    refuse: a 502 `upstream_protocol_error` naming the provider."""
+    server, url = await raw_server(answering(head, body))
+    status, _, error = await ask(proxy, url, stream)
+    server.close()
+    assert status == 502 and error is not None
+    assert error["code"] == "upstream_protocol_error"
+    assert error["message"].startswith("bad response from provider 'up': ")
+    return error
+
+
 # -- Content-Encoding ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -91,12 +103,7 @@ async def test_content_codings_neither_client_decodes_are_refused(
     packed = gzip.compress(gzip.compress(STREAM_BODY if stream else JSON_BODY))
     head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
             b"Content-Encoding: " + coding + b"\r\nContent-Length: %d\r\n\r\n" % len(packed))
-    server, url = await raw_server(answering(head, packed))
-    status, _, error = await ask(proxy, url, stream)
-    server.close()
-    assert status == 502 and error is not None
-    assert error["code"] == "upstream_protocol_error"
-    assert error["message"].startswith("bad response from provider 'up': ")
+    await protocol_error(proxy, head, packed, stream)
 
 
 # -- Transfer-Encoding -----------------------------------------------------------------------------
@@ -140,12 +147,7 @@ async def test_nul_or_cr_in_a_header_value_is_refused_by_both_clients(
     body = STREAM_BODY if stream else JSON_BODY
     head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Request-Id: " + value
             + b"\r\nContent-Length: %d\r\n\r\n" % len(body))
-    server, url = await raw_server(answering(head, body))
-    status, _, error = await ask(proxy, url, stream)
-    server.close()
-    assert status == 502 and error is not None
-    assert error["code"] == "upstream_protocol_error"
-    assert error["message"].startswith("bad response from provider 'up': ")
+    await protocol_error(proxy, head, body, stream)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -181,12 +183,7 @@ async def test_whitespace_before_a_colon_is_refused_by_both_clients_for_every_he
     line = field % len(body) if b"%d" in field else field
     length = b"" if field.startswith(b"Content-Length") else b"Content-Length: %d\r\n" % len(body)
     head = b"HTTP/1.1 200 OK\r\n" + line + b"\r\n" + length + b"\r\n"
-    server, url = await raw_server(answering(head, body))
-    status, _, error = await ask(proxy, url, stream)
-    server.close()
-    assert status == 502 and error is not None
-    assert error["code"] == "upstream_protocol_error"
-    assert error["message"].startswith("bad response from provider 'up': ")
+    await protocol_error(proxy, head, body, stream)
 
 
 # -- trailers and framing -------------------------------------------------------------------------
@@ -303,12 +300,7 @@ async def test_a_204_or_304_with_a_body_is_a_malformed_response_on_both_clients(
     else:
         head = b"HTTP/1.1 %s\r\nTransfer-Encoding: chunked\r\n\r\n" % status_line
         body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
-    server, url = await raw_server(answering(head, body))
-    status, _, error = await ask(proxy, url, stream)
-    server.close()
-    assert status == 502 and error is not None
-    assert error["code"] == "upstream_protocol_error"
-    assert error["message"].startswith("bad response from provider 'up': ")
+    await protocol_error(proxy, head, body, stream)
 
 
 # -- framing both clients may read differently -----------------------------------------------------
