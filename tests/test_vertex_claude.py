@@ -337,7 +337,7 @@ TARGET_TOKEN = "ya29.target-own-token"  # a config target's or virtual key's acc
 async def test_a_target_s_own_token_wins_over_the_provider_s(
         provider_auth: str, model: str, how: dict[str, str], proxy: Any, upstream: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # As on every provider type (Bedrock's own_key), the key a config target or virtual key
+    # As on every provider type (Bedrock's too), the key a config target or virtual key
     # names is the one sent, as the Vertex access token: the provider's token (its source's,
     # or its api_key) went instead, so a virtual key silently used the operator's account.
     monkeypatch.setenv("SP_TEST_VERTEX_TOKEN", "ya29.operator-env")

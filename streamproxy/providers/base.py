@@ -258,9 +258,9 @@ class Provider:
         return clone
 
     def with_own_key(self) -> Provider:
-        """This provider for a target with a key of its own (`Target.own_key`), when it holds
-        credentials besides a key that such a target must not use or touch (Vertex's token
-        source). Itself by default."""
+        """This provider for a target with a key of its own (a config target's or virtual key's
+        `api_key`), when it holds credentials besides a key that such a target must not use or
+        touch (Vertex's token source, Bedrock's SigV4). Itself by default."""
         return self
 
     def for_model(self, model: str | None) -> Provider:

@@ -453,8 +453,7 @@ class Gateway:
         provider = target.provider
         secret = leaf.api_key or (vkey.api_key if vkey else None)
         target.api_key = secret or provider.cfg.api_key or client_key(headers)
-        target.own_key = bool(secret)
-        if secret:
+        if secret:  # (over the provider's other credentials: Bedrock's SigV4, Vertex's token)
             target.provider = provider.with_own_key()
         if leaf.provider_options:
             target.provider = _with_target_options(target.provider, leaf)

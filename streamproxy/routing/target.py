@@ -15,10 +15,10 @@ if TYPE_CHECKING:
 class Target:
     provider: Provider
     model: str | None  # the upstream model name (prefix stripped); None = provider default
-    api_key: str | None = None  # resolved secret: configured key, else the client's
-    # api_key is the target's own (a config target's `api_key`, a virtual key's): it wins over
-    # credentials a provider holds besides a key (Bedrock's SigV4, its AWS_BEARER_TOKEN_BEDROCK).
-    own_key: bool = False
+    # The resolved secret: configured key, else the client's. A config target's or virtual
+    # key's own key wins over credentials a provider holds besides a key (Bedrock's SigV4,
+    # Vertex's token source) through `provider`: the gateway gives it `Provider.with_own_key()`.
+    api_key: str | None = None
     override_params: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)  # extra upstream headers
     timeouts: Timeouts = field(default_factory=Timeouts)

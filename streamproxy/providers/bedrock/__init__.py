@@ -10,6 +10,7 @@ way aiohttp will send it before it is signed, so the signed path is the path on 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
@@ -59,7 +60,7 @@ class BedrockProvider(Provider):
         if not region:
             raise ConfigError("config", f"providers.{cfg.name}.region", NO_REGION)
         self.region = region
-        self.auth = auth.BedrockAuth(cfg, region)
+        self.auth: auth.BedrockAuth | auth.TargetKey = auth.BedrockAuth(cfg, region)
 
     @classmethod
     def check_options(cls, options: dict[str, Any], source: str, where: str) -> None:
@@ -106,9 +107,15 @@ class BedrockProvider(Provider):
     def use_egress(self, egress: EgressProxies) -> None:
         self.auth.egress = egress
 
+    def with_own_key(self) -> BedrockProvider:
+        # A config target's or virtual key's own key is a Bedrock API key, and wins over the
+        # provider's credentials (SigV4, its key, AWS_BEARER_TOKEN_BEDROCK), as a target's key
+        # wins over a provider's on every type: none of them is looked up for it.
+        clone = copy.copy(self)
+        clone.auth = auth.TargetKey(self.name)
+        return clone
+
     async def prepare(self, target: Target) -> None:
-        if target.own_key and target.api_key:
-            return  # sent as the Bedrock API key (build_request): no credentials looked up
         if self.auth.needs_io():  # the first credential lookup, or a renewal: off the loop
             await self.auth.load_off_loop()
 
@@ -121,11 +128,6 @@ class BedrockProvider(Provider):
         action = "converse-stream" if req.stream else "converse"
         url = str(URL(f"{self.base_url}/model/{quote(model, safe='')}/{action}"))
         headers = {"content-type": "application/json", **self.cfg.headers, **target.headers}
-        if target.own_key and target.api_key:
-            # A config target's or virtual key's own key is a Bedrock API key, and wins over the
-            # provider's credentials, as a target's key wins over a provider's on every type.
-            return UpstreamRequest(url, body, {**headers,
-                                               "authorization": f"Bearer {target.api_key}"})
         return UpstreamRequest(url, body, self.auth.sign(url, body, headers, target.api_key,
                                                          self.region))
 

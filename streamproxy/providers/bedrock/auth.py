@@ -1,7 +1,7 @@
 """Bedrock authentication: a Bedrock API key (`Authorization: Bearer`) or AWS SigV4.
 
 Which one, in order (docs/providers/bedrock.md):
-0. a config target's or virtual key's own key (`Target.own_key`) → Bearer, by build_request;
+0. a config target's or virtual key's own key → Bearer (`TargetKey`, by `with_own_key`);
 1. the provider's `api_key` / `api_key_env` → Bearer;
 2. `aws_access_key_id` + `aws_secret_access_key` (+ `aws_session_token`), each also as `*_env`
    naming an environment variable → SigV4 with those static keys;
@@ -227,6 +227,30 @@ class BedrockAuth:
             raise AuthenticationFailed(  # the type only: botocore messages may name ARNs
                 f"provider '{self._provider}': AWS credentials could not be loaded "
                 f"({type(e).__name__})") from None
+
+
+class TargetKey:
+    """The auth of a provider serving a target with a key of its own (`with_own_key`): that
+    key as a Bedrock API key, whatever credentials the provider holds; nothing looked up."""
+
+    mode = "bearer"
+    summary = None
+    egress: EgressProxies | None = None  # (unused: no call of its own)
+
+    def __init__(self, provider: str) -> None:
+        self._provider = provider
+
+    def needs_io(self) -> bool:
+        return False
+
+    async def load_off_loop(self) -> None:
+        """Nothing to load (`needs_io`)."""
+
+    def sign(self, url: str, body: bytes, headers: dict[str, str], client_key: str | None,
+             region: str | None = None) -> dict[str, str]:
+        if not client_key:  # (the gateway gives such a target its key: never empty)
+            raise AuthenticationFailed(f"provider '{self._provider}': the target has no key")
+        return {**headers, "authorization": f"Bearer {client_key}"}
 
 
 def _retrieve(run: asyncio.Future[None]) -> None:
