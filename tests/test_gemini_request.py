@@ -643,6 +643,32 @@ def test_express_mode_an_api_key_without_a_project() -> None:
                         "gemini-2.5-pro:generateContent")
 
 
+@pytest.mark.parametrize("configured", [True, False])
+def test_an_api_key_with_a_project_goes_as_x_goog_api_key(configured: bool) -> None:
+    # A Google Cloud API key (`AIza…`, one bound to a service account) with a project went as
+    # `Authorization: Bearer`, which Vertex answers with a 401 (a bearer is an OAuth token);
+    # Vertex takes it as x-goog-api-key on the project's regional endpoint. Configured or the
+    # client's own (the provider has no key), as a provider key is sent either way.
+    from streamproxy.openai_api.request import parse_chat_request
+    from streamproxy.routing.target import Target
+
+    key = "AIzaSyA-project-bound-key_0123456789abc"
+    vertex = provider("vertex", project="proj", location="us-central1",
+                      **({"api_key": key} if configured else {}))
+    req = parse_chat_request(orjson.dumps({"model": "gemini-2.5-flash", "stream": True,
+                                           "messages": [{"role": "user", "content": "x"}]}))
+    sent = vertex.build_request(req, Target(vertex, "gemini-2.5-flash", api_key=key))
+    assert sent.url == ("https://us-central1-aiplatform.googleapis.com/v1/projects/proj/"
+                        "locations/us-central1/publishers/google/models/gemini-2.5-flash"
+                        ":streamGenerateContent?alt=sse")
+    assert sent.headers["x-goog-api-key"] == key
+    assert "authorization" not in {k.lower() for k in sent.headers}
+    # An OAuth access token still goes as the bearer.
+    sent = vertex.build_request(req, Target(vertex, "gemini-2.5-flash", api_key="ya29.tok"))
+    assert sent.headers["authorization"] == "Bearer ya29.tok"
+    assert "x-goog-api-key" not in sent.headers
+
+
 def test_express_mode_refuses_what_needs_a_project() -> None:
     # Claude's rawPredict takes no API key; a full resource name names a project.
     for model in ("claude-sonnet-4-5", "projects/p/locations/us-central1/endpoints/1"):

@@ -47,6 +47,8 @@ _RESOURCE = re.compile(r"projects/([^/]+)/locations/([^/]+)/(.+)")
 DEFAULT_TOKEN_REFRESH = 300.0
 # Where a Vertex token comes from, besides the provider key: one of these at most.
 TOKEN_OPTIONS = ("token_command", "token_env", "credentials_file", "credentials")
+# How every Google Cloud API key begins (an OAuth access token never does: `ya29.`).
+API_KEY_PREFIX = "AIza"
 # Vertex's multi-region locations, served from regional endpoints of their own (the hosts
 # google-genai's client builds for them).
 MULTI_REGIONS = ("us", "eu")
@@ -294,7 +296,9 @@ class VertexProvider(GeminiProvider):
                                        f"{self._token_env} does not hold a single token")
         else:
             token = target.api_key
-            if self.express:  # a Google Cloud API key, not an OAuth token
+            if self.express or (token and token.startswith(API_KEY_PREFIX)):
+                # a Google Cloud API key, not an OAuth token (as a Bearer: Vertex's 401); with
+                # a project (a key bound to a service account) it goes to the project's path
                 return super().auth_headers(target)
         return {"authorization": f"Bearer {token}"} if token else {}
 
