@@ -27,6 +27,8 @@ PROVIDERS: dict[str, dict[str, Any]] = {
     "gm": {"type": "gemini", "api_key": "operator-key"},
     "az": {"type": "azure", "resource": "res", "api_version": "2024-10-21",
            "api_key": "operator-key"},
+    "az-entra": {"type": "azure", "resource": "res", "api_version": "2024-10-21",
+                 "auth": "entra", "api_key": "operator-key"},
     "co": {"type": "cohere", "api_key": "operator-key"},
     "ol": {"type": "ollama", "base_url": "http://127.0.0.1:11434", "api_key": "operator-key"},
     "aws-key": {"type": "bedrock", "region": "us-east-1", "api_key": "operator-key"},
@@ -40,6 +42,7 @@ PROVIDERS: dict[str, dict[str, Any]] = {
 # Where each type carries the key, and how.
 SENT_AS = {"oa": ("authorization", "Bearer {}"), "an": ("x-api-key", "{}"),
            "gm": ("x-goog-api-key", "{}"), "az": ("api-key", "{}"),
+           "az-entra": ("api-key", "{}"),
            "co": ("authorization", "Bearer {}"), "ol": ("authorization", "Bearer {}"),
            "aws-key": ("authorization", "Bearer {}"), "aws-sigv4": ("authorization", "Bearer {}"),
            "aws-chain": ("authorization", "Bearer {}"), "vx": ("authorization", "Bearer {}"),
@@ -124,3 +127,19 @@ async def test_bedrock_with_an_own_key_looks_no_aws_credentials_up(
     target = planned({"x-portkey-virtual-key": "vk"},
                      virtual_keys={"vk": {"provider": "aws-chain", "api_key": OWN}})
     assert lowered(await sent(target))["authorization"] == f"Bearer {OWN}"
+
+
+# A Microsoft Entra ID access token (a JWT), as test_azure's.
+ENTRA_TOKEN = ("eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9"
+               ".eyJhdWQiOiJodHRwczovL2NvZ25pdGl2ZXNlcnZpY2VzLmF6dXJlLmNvbSJ9.c2ln")
+
+
+async def test_azure_s_auth_entra_is_the_provider_key_s_not_a_target_s() -> None:
+    # `auth: entra` says what the provider's key is: a target's own Azure key on such a
+    # provider went as `Authorization: Bearer` (Azure's 401). It goes by its shape, as Azure
+    # takes it: `api-key`, or the bearer for an Entra token (a JWT, always).
+    config = orjson.dumps({"provider": "az-entra", "api_key": ENTRA_TOKEN}).decode()
+    request = lowered(await sent(planned({"x-portkey-config": config})))
+    assert request["authorization"] == f"Bearer {ENTRA_TOKEN}" and "api-key" not in request
+    request = lowered(await sent(planned({"x-portkey-config": '{"provider": "az-entra"}'})))
+    assert request["authorization"] == "Bearer operator-key" and "api-key" not in request

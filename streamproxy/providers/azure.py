@@ -23,7 +23,9 @@ Azure's stream differs from OpenAI's in two ways that break naive clients
 
 from __future__ import annotations
 
+import copy
 import re
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
@@ -185,6 +187,17 @@ class AzureOpenAIProvider(OpenAIProvider):
         deployment = self.cfg.options.get("deployment") or model
         return (f"{self.base_url}/openai/deployments/{quote(deployment, safe='')}"
                 f"/chat/completions?api-version={quote(version)}")
+
+    def with_own_key(self) -> AzureOpenAIProvider:
+        # `auth: entra` says what the provider's key is. A config target's or virtual key's
+        # own key goes by its shape: `api-key`, or the bearer for an Entra token (a JWT,
+        # always); an Azure key sent as a bearer was Azure's 401.
+        if self.cfg.options.get("auth") != "entra":
+            return self
+        clone = copy.copy(self)
+        clone.cfg = replace(self.cfg, options={k: v for k, v in self.cfg.options.items()
+                                               if k != "auth"})
+        return clone
 
     def auth_headers(self, api_key: str | None) -> dict[str, str]:
         if not api_key:
