@@ -299,6 +299,29 @@ def test_top_p_of_one_is_not_sent_beside_temperature() -> None:
     assert translate(temperature=0.7, top_p=0.9)["top_p"] == 0.9  # a real choice: Claude's
 
 
+@pytest.mark.parametrize("temperature", [1, 1.0, 1.5])
+def test_temperature_of_one_is_not_sent_beside_top_p(temperature: float) -> None:
+    """The mirror of a top_p of 1: a temperature of 1 is Claude's default (so is one above it,
+    sent as 1), and newer Claudes (Sonnet and Haiku 4.5, Opus 4.1 on) answer it beside a top_p
+    with a 400 ("`temperature` and `top_p` cannot both be specified for this model"); clients
+    send OpenAI's default temperature 1 with the top_p they chose. The top_p is what is sent,
+    also beside thinking (which takes a top_p from 0.95) and on Vertex."""
+    out = translate(temperature=temperature, top_p=0.9)
+    assert out["top_p"] == 0.9 and "temperature" not in out
+    thinking = translate(temperature=temperature, top_p=0.95, reasoning_effort="low")
+    assert thinking["top_p"] == 0.95 and "temperature" not in thinking
+    assert thinking["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    vertex = to_anthropic({"messages": [{"role": "user", "content": "x"}],
+                           "temperature": temperature, "top_p": 0.9}, "claude-haiku-4-5@20251001",
+                          VERTEX_WITHOUT_STRUCTURED_OUTPUTS, url_images=False)
+    assert vertex["top_p"] == 0.9 and "temperature" not in vertex
+    # Alone, or beside a top_p of 1 (not sent), it goes; another temperature goes beside top_p
+    # as given (a real choice of both: Claude's to take or refuse).
+    assert translate(temperature=temperature)["temperature"] == 1
+    assert translate(temperature=temperature, top_p=1)["temperature"] == 1
+    assert translate(temperature=0.7, top_p=0.9)["temperature"] == 0.7
+
+
 def test_json_schema_objects_are_closed_as_anthropic_requires() -> None:
     """Anthropic refuses an object schema without `additionalProperties: false` (OpenAI's
     non-strict json_schema takes one): objects that say nothing get it, at every depth; an
@@ -1164,9 +1187,11 @@ def test_claudes_that_take_no_sampling_get_none_on_bedrock(model: str) -> None:
 
 
 def test_thinking_from_effort_keeps_sampling_claude_takes_with_it() -> None:
-    out = translate(reasoning_effort="low", temperature=1, top_p=0.95)
+    out = translate(reasoning_effort="low", temperature=1, top_p=0.99)
     assert out["thinking"]["budget_tokens"] == 1024
-    assert out["temperature"] == 1 and out["top_p"] == 0.95
+    assert out["top_p"] == 0.99  # (the temperature of 1 beside it is not sent: see above)
+    out = translate(reasoning_effort="low", temperature=1)
+    assert out["thinking"]["budget_tokens"] == 1024 and out["temperature"] == 1
 
 
 @pytest.mark.parametrize("stop", ["\n", ["END", " \t"], [""]])

@@ -983,6 +983,21 @@ def test_claude_gets_no_top_p_of_one_beside_temperature() -> None:
     assert to_converse({**body, "top_p": 0.9}, CLAUDE)["inferenceConfig"]["topP"] == 0.9
 
 
+def test_claude_gets_no_temperature_of_one_beside_top_p() -> None:
+    """As on Anthropic: a temperature of 1 (or above, sent as 1) is Claude's default, which
+    newer Claudes refuse beside a top_p ("cannot both be specified"): the top_p goes alone.
+    Other models keep it (1 is not every model's default)."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "temperature": 1, "top_p": 0.9}
+    assert to_converse(body, CLAUDE_4_5)["inferenceConfig"] == {"topP": 0.9}
+    assert to_converse({**body, "temperature": 1.5}, CLAUDE_4_5)["inferenceConfig"] == {
+        "topP": 0.9}
+    thinking = to_converse({**body, "top_p": 0.95, "reasoning_effort": "low"}, CLAUDE_4_5)
+    assert thinking["inferenceConfig"] == {"maxTokens": 5120, "topP": 0.95}
+    assert to_converse(body, MODEL)["inferenceConfig"] == {"temperature": 1, "topP": 0.9}
+    assert to_converse({**body, "top_p": 1}, CLAUDE_4_5)["inferenceConfig"] == {
+        "temperature": 1}
+
+
 def test_claude_gets_a_temperature_above_1_as_1() -> None:
     """As on Anthropic: Claude's temperature runs to 1, OpenAI's to 2 (Converse answers Claude
     1.5 with a 400), so one between is Claude's top; also beside thinking, which takes 1."""

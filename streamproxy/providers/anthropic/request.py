@@ -46,6 +46,7 @@ Choices (README "Anthropic"):
 - a whitespace-only stop sequence is a 400 (Claude refuses one);
 - a `temperature` above Claude's 1 and within OpenAI's 2 is sent as 1 (`claude_temperature`);
 - `top_p` 1 (no nucleus cut) is not sent: newer Claude models refuse it beside `temperature`;
+  nor, beside a `top_p` that is sent, a `temperature` of 1 (Claude's default), for the same;
   the Claudes that refuse sampling at all (Opus 4.7 on: `takes_no_sampling`) get no
   `temperature`, `top_p` or `top_k`;
 - `safety_identifier` (else `user`) → `metadata.user_id`, Anthropic's end-user id (its
@@ -176,6 +177,8 @@ def to_anthropic(body: dict[str, Any], model: str,
         # No nucleus cut, as with none; newer Claude models refuse top_p beside temperature,
         # and frameworks send OpenAI's default 1 with one.
         del out["top_p"]
+    elif "top_p" in out and out.get("temperature") == 1:
+        del out["temperature"]  # (Claude's default: the same refusal, the other way round)
     stop = body.get("stop")
     if stop:
         out["stop_sequences"] = claude_stop_sequences(stop)

@@ -54,7 +54,8 @@ Choices (docs/providers/bedrock.md):
   empty one (Converse refuses it);
 - a `temperature` above 1 and within OpenAI's 2 is sent as 1, as on Anthropic: Converse's
   `inferenceConfig.temperature` runs from 0 to 1 for every model;
-- `top_p` 1 (no nucleus cut) is not sent for Claude, which refuses it beside `temperature`;
+- `top_p` 1 (no nucleus cut) is not sent for Claude, which refuses it beside `temperature`,
+  nor a `temperature` of 1 (Claude's default) beside a `topP` that is sent;
   the Claudes that refuse sampling at all (Opus 4.7 on) get no `temperature`, `top_p` or
   `top_k`, as on Anthropic;
 - `response_format` json_schema → Converse structured outputs (`outputConfig.textFormat`, the
@@ -361,6 +362,8 @@ def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> 
     if (body.get("top_p") is not None and sampling
             and not (body["top_p"] == 1 and is_claude(model))):
         config["topP"] = body["top_p"]
+        if config.get("temperature") == 1 and is_claude(model):
+            del config["temperature"]  # (Claude's default, refused beside topP the same way)
     stop = body.get("stop")
     if stop and is_claude(model):
         config["stopSequences"] = claude_stop_sequences(stop)
