@@ -2127,6 +2127,22 @@ def test_a_final_assistant_turn_loses_its_trailing_whitespace() -> None:
     assert out["messages"][-1] == {"role": "assistant", "content": [{"text": "The colour is"}]}
 
 
+@pytest.mark.parametrize("prefill", [
+    {"role": "assistant", "content": "The colour is ", "cache_control": {"type": "ephemeral"}},
+    {"role": "assistant", "content": [{"type": "text", "text": "The colour is ",
+                                       "cache_control": {"type": "ephemeral"}}]}])
+def test_a_cached_final_assistant_turn_loses_its_trailing_whitespace(
+        prefill: dict[str, Any]) -> None:
+    """A prefill with a prompt-caching marker (LiteLLM's on the message, Portkey's on the part)
+    ends in a cachePoint, after its text: that text is trimmed all the same, as on Anthropic
+    (where the marker sits on the block itself). Claude on Converse refused it otherwise
+    ("final assistant content cannot end with trailing whitespace")."""
+    out = to_converse({"messages": [{"role": "user", "content": "Name a colour."}, prefill]},
+                      CLAUDE_4_5)
+    assert out["messages"][-1] == {"role": "assistant", "content": [
+        {"text": "The colour is"}, {"cachePoint": {"type": "default"}}]}
+
+
 def test_an_openai_file_id_is_a_400_naming_it() -> None:
     body = {"messages": [{"role": "user", "content": [
         {"type": "text", "text": "Sum it up."},

@@ -480,10 +480,16 @@ def trim_prefill(last: dict[str, Any]) -> None:
     """A final assistant turn is the start of Claude's answer (a prefill), which Claude refuses
     when it ends in whitespace ("final assistant content cannot end with trailing whitespace";
     on Bedrock too); OpenAI takes such a turn as it is. Anthropic's text blocks and Converse's
-    both hold their text in `text`, and no other block has one."""
-    block = last["content"][-1]
-    if last["role"] == "assistant" and "text" in block:
-        block["text"] = block["text"].rstrip()
+    both hold their text in `text`, and no other block has one. Converse's `cachePoint` (a
+    prompt-caching marker) follows the block it caches: the text before it is what ends the
+    turn."""
+    if last["role"] != "assistant":
+        return
+    for block in reversed(last["content"]):
+        if "cachePoint" not in block:
+            if "text" in block:
+                block["text"] = block["text"].rstrip()
+            return
 
 
 def _text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
