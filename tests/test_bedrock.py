@@ -2143,6 +2143,27 @@ def test_a_cached_final_assistant_turn_loses_its_trailing_whitespace(
         {"text": "The colour is"}, {"cachePoint": {"type": "default"}}]}
 
 
+@pytest.mark.parametrize("after", [[], [{"role": "user", "content": "Again?"}]])
+def test_a_cached_turn_that_only_thought_is_left_out(after: list[Any]) -> None:
+    """As on Anthropic, where a thinking block takes no cache_control: a message's marker
+    (LiteLLM's) on a turn that only thought makes no cachePoint after its reasoning, which
+    hid the reasoning from being left out, and Claude refused the turn ("The final block in
+    an assistant message cannot be `thinking`")."""
+    messages = [{"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": " ", "cache_control": {"type": "ephemeral"},
+                 "thinking_blocks": [{"type": "thinking", "thinking": "Hmm.",
+                                      "signature": "sig"}]}, *after]
+    for effort in ({}, {"reasoning_effort": "low"}):
+        out = to_converse({"messages": messages, **effort}, CLAUDE_4_5)["messages"]
+        assert out == [{"role": "user", "content": [{"text": "Hi"},
+                                                     *[{"text": "Again?"} for _ in after]]}]
+    # A turn with text keeps its marker after the text, its thinking before it.
+    messages[1]["content"] = "Hello."
+    kept = to_converse({"messages": messages, "reasoning_effort": "low"}, CLAUDE_4_5)
+    assert [next(iter(block)) for block in kept["messages"][1]["content"]] == [
+        "reasoningContent", "text", "cachePoint"]
+
+
 def test_an_openai_file_id_is_a_400_naming_it() -> None:
     body = {"messages": [{"role": "user", "content": [
         {"type": "text", "text": "Sum it up."},

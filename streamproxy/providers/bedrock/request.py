@@ -544,8 +544,10 @@ def _cache_point(control: Any) -> list[dict[str, Any]]:
 def _marked(blocks: list[dict[str, Any]], message: dict[str, Any]) -> list[dict[str, Any]]:
     """`blocks` and the cachePoint of the message they were made from (its `cache_control`,
     LiteLLM's form, the only one a string content can carry) after the last, which caches the
-    prompt through the message's end; none when a part's own point is already there."""
-    if blocks and "cachePoint" not in blocks[-1]:
+    prompt through the message's end; none when a part's own point is already there, nor
+    after reasoning, as on Anthropic (a thinking block holds no marker): reasoning that ends
+    a turn is left out (drop_trailing_thinking), which a point after it hid."""
+    if blocks and "cachePoint" not in blocks[-1] and not _is_reasoning(blocks[-1]):
         blocks.extend(_cache_point(message.get("cache_control")))
     return blocks
 
