@@ -347,3 +347,44 @@ def test_a_onellm_retries_out_of_range_or_type_has_a_code(retries: Any, code: st
                            b'{"retries": %d, %b}' % (retries, _HI))
     assert (caught.value.param, caught.value.code) == ("retries", code)
     assert "from 0 to 10" in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", TRANSLATING)
+@pytest.mark.parametrize("verbosity", ["max", "LOW", 3, True])
+async def test_a_verbosity_openai_does_not_know_is_a_400_where_it_is_dropped(
+        proxy: Any, upstream: Any, kind: str, verbosity: Any) -> None:
+    """The translating providers (and mistral) drop `verbosity`, a hint they have no field for:
+    a value OpenAI refuses went unnoticed, so one request was a 400 on OpenAI and an answer on
+    Claude, as a reasoning_effort OpenAI does not know is not."""
+    client = await proxy(provider_config(kind, upstream.url, **_settings(kind)))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "hi"}], "verbosity": verbosity})
+    assert resp.status == 400
+    err = (await resp.json())["error"]
+    assert (err["code"], err["param"]) == ("invalid_value", "verbosity")
+    assert "'low', 'medium', and 'high'" in err["message"]
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize("verbosity", ["low", "medium", "high", None])
+async def test_a_verbosity_openai_knows_is_still_dropped(proxy: Any, upstream: Any,
+                                                         verbosity: Any) -> None:
+    upstream.body = jsonl_to_sse(fixture_bytes("anthropic/vercel-ai_anthropic-text.chunks.jsonl"))
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}],
+        "verbosity": verbosity})
+    assert resp.status == 200
+    [sent] = upstream.requests
+    assert "verbosity" not in sent.json()
+
+
+async def test_a_pass_through_type_forwards_any_verbosity(proxy: Any, upstream: Any) -> None:
+    # (an OpenAI-compatible upstream may know more: OpenRouter's `max`)
+    upstream.body = fixture_bytes("openai/pydantic-ai_run_stream_sync.response0.sse")
+    client = await proxy(provider_config("openai", upstream.url))
+    await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}],
+        "verbosity": "max"})
+    [sent] = upstream.requests
+    assert sent.json()["verbosity"] == "max"

@@ -324,7 +324,7 @@ def answer_changing_refusal(provider: str, body: dict[str, Any], answers: frozen
     (`Provider.answer_modalities`); `searches_web`: whether it maps `web_search_options`
     (`Provider.searches_web`). A tool_choice that forces a call to no tool offered, and a
     `response_format` of a type OpenAI does not know, are refused too, as OpenAI refuses
-    them."""
+    them; so is a `verbosity` OpenAI does not know (dropped, it would go unnoticed)."""
     if body.get("functions"):  # deprecated: the model could call none of them
         return InvalidRequest(f"provider '{provider}' does not take the deprecated 'functions' "
                               "(and 'function_call'); send them as 'tools' (and "
@@ -340,7 +340,8 @@ def answer_changing_refusal(provider: str, body: dict[str, Any], answers: frozen
                               "'web_search_options' needs an OpenAI-type or Gemini provider.",
                               param="web_search_options", code="unsupported_value")
     return (_forced_call_refusal(body.get("tool_choice"), body.get("tools"))
-            or _response_format_refusal(body.get("response_format")))
+            or _response_format_refusal(body.get("response_format"))
+            or _verbosity_refusal(body.get("verbosity")))
 
 
 def _forced_call_refusal(choice: Any, tools: Any) -> InvalidRequest | None:
@@ -379,6 +380,22 @@ def _response_format_refusal(fmt: Any) -> InvalidRequest | None:
     supported = ", ".join(f"'{t}'" for t in RESPONSE_FORMAT_TYPES[:-1])
     return InvalidRequest(f"Invalid value: {fmt['type']!r}. Supported values are: {supported}, "
                           f"and '{RESPONSE_FORMAT_TYPES[-1]}'.", param="response_format.type",
+                          code="invalid_value")
+
+
+# OpenAI's verbosity values. Checked only where it is dropped: an OpenAI-compatible upstream
+# may know more (OpenRouter's `max`), and judges its own.
+VERBOSITIES = ("low", "medium", "high")
+
+
+def _verbosity_refusal(verbosity: Any) -> InvalidRequest | None:
+    """OpenAI's 400 for a `verbosity` outside VERBOSITIES, as a reasoning_effort it does not
+    know is one on every provider: the request is valid or not whichever answers it."""
+    if verbosity is None or (isinstance(verbosity, str) and verbosity in VERBOSITIES):
+        return None
+    supported = ", ".join(f"'{v}'" for v in VERBOSITIES[:-1])
+    return InvalidRequest(f"Invalid value for 'verbosity': {verbosity!r}. Supported values are: "
+                          f"{supported}, and '{VERBOSITIES[-1]}'.", param="verbosity",
                           code="invalid_value")
 
 
