@@ -388,3 +388,20 @@ async def test_a_pass_through_type_forwards_any_verbosity(proxy: Any, upstream: 
         "verbosity": "max"})
     [sent] = upstream.requests
     assert sent.json()["verbosity"] == "max"
+
+
+@pytest.mark.parametrize("kind", TRANSLATING)
+@pytest.mark.parametrize("modalities", ["audio", "text", {"audio": True}, ["text", 5]])
+async def test_modalities_that_are_no_array_of_strings_are_a_400(
+        proxy: Any, upstream: Any, kind: str, modalities: Any) -> None:
+    """The refusal of audio answers looks into an array: `modalities: "audio"` (a string) went
+    past it, was dropped, and the client that asked for a spoken answer got text, where OpenAI
+    answers a 400 for the type."""
+    client = await proxy(provider_config(kind, upstream.url, **_settings(kind)))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "hi"}], "modalities": modalities})
+    assert resp.status == 400
+    err = (await resp.json())["error"]
+    assert (err["code"], err["param"]) == ("invalid_type", "modalities")
+    assert "an array of strings" in err["message"]
+    assert upstream.requests == []

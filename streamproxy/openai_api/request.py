@@ -213,6 +213,9 @@ _SCALARS: dict[str, tuple[Any, str]] = {
     "parallel_tool_calls": (lambda v: isinstance(v, bool), "a boolean"),
     "metadata": (lambda v: isinstance(v, dict), "an object"),
     "store": (lambda v: isinstance(v, bool), "a boolean"),
+    # (answer_changing_refusal looks into the array: a string "audio" went past it, dropped)
+    "modalities": (lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v),
+                   "an array of strings"),
 }
 
 
