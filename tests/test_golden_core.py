@@ -397,6 +397,35 @@ def test_anthropic_usage_left_null_by_message_delta_keeps_message_start_values()
     assert usage["prompt_tokens_details"] == {"cached_tokens": 1000, "cache_write_tokens": 50}
 
 
+def test_anthropic_usage_zeroed_by_message_delta_keeps_message_start_values() -> None:
+    # Anthropic-compatible servers (SGLang's /v1/messages; envoyproxy/ai-gateway#1631 met it
+    # too) send `input_tokens: 0` in message_delta, meaning "none here", where Anthropic
+    # repeats the cumulative count. Taken as the count, the client's prompt_tokens was 0.
+    start = {"type": "message_start", "message": {"id": "m", "model": "c", "usage": {
+        "input_tokens": 10, "cache_read_input_tokens": 1000,
+        "cache_creation_input_tokens": 50, "output_tokens": 1}}}
+    delta = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {
+        "input_tokens": 0, "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": 0, "output_tokens": 7}}
+    body = b"".join(b"event: %b\ndata: %b\n\n" % (e["type"].encode(), orjson.dumps(e))
+                    for e in (start, delta, {"type": "message_stop"}))
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
+    tr = AnthropicStreamTranslator(enc, 1 << 20)
+    tr.feed(body)
+    tr.close()
+    usage = collect(sse_chunks(enc.take())).usage
+    assert usage is not None
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (1060, 7)
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 1000, "cache_write_tokens": 50}
+    # (a count that did grow, as a server tool's search adds input, still overwrites)
+    body = body.replace(b'"input_tokens":0,', b'"input_tokens":30,')
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
+    tr = AnthropicStreamTranslator(enc, 1 << 20)
+    tr.feed(body)
+    tr.close()
+    assert collect(sse_chunks(enc.take())).usage["prompt_tokens"] == 1080  # type: ignore[index]
+
+
 def test_anthropic_usage_so_far_is_message_start_and_deltas_before_a_cut() -> None:
     start = {"type": "message_start", "message": {"id": "m", "model": "c", "usage": {
         "input_tokens": 10, "cache_read_input_tokens": 1000, "output_tokens": 1}}}

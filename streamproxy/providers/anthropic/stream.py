@@ -6,7 +6,8 @@
   Anthropic-compatible upstream may send it whole there, as Anthropic's SDK reads it), else
   "{}" so the arguments parse. Fragments, when they come, are the arguments alone.
 - Usage values are cumulative: the latest message_delta overwrites message_start, field by
-  field; prompt_tokens = input + cache read + cache creation.
+  field (but for a null, or a 0 input count); prompt_tokens = input + cache read + cache
+  creation.
 - An `error` event ends the stream with an OpenAI error frame and no [DONE].
 - The finish reason comes once: a `message_stop` with no `stop_reason` before it (an
   Anthropic-compatible upstream) ends as `tool_calls` after a tool call, else `stop`, as the
@@ -82,6 +83,11 @@ ERROR_STATUS = {
 _TEXT_DELTA = re.compile(
     rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":' + JSON_INDEX
     + rb',"delta":\{"type":"text_delta","text":"(' + JSON_TEXT + rb')"\} *\}\n\n')
+
+
+# The usage counts of the prompt side, which a message_delta's 0 does not overwrite.
+_INPUT_COUNTS = frozenset({"input_tokens", "cache_read_input_tokens",
+                           "cache_creation_input_tokens"})
 
 
 def map_usage(u: dict[str, Any]) -> dict[str, Any]:
@@ -194,9 +200,11 @@ class AnthropicStreamTranslator(SSETranslator):
         elif kind == "message_delta":
             self._start(None)
             # Fields the delta leaves out — or sends as null (Anthropic-compatible upstreams,
-            # and the SDK's types allow it) — keep message_start's values.
+            # and the SDK's types allow it) — keep message_start's values. So does an input
+            # count of 0: Anthropic's are cumulative, never back to 0; Anthropic-compatible
+            # servers (SGLang) send 0 there for "counted in message_start".
             self._usage.update((k, v) for k, v in (msg.get("usage") or {}).items()
-                               if v is not None)
+                               if v is not None and (v or k not in _INPUT_COUNTS))
             reason = (msg.get("delta") or {}).get("stop_reason")
             if reason and not self._finished:
                 self._finished = True
