@@ -543,6 +543,32 @@ def test_anthropic_blocks_and_deltas_with_no_openai_slot() -> None:
     assert c.finish_reason == "tool_calls" and c.done
 
 
+def test_anthropic_thinking_left_out_is_no_reasoning_streamed_or_not() -> None:
+    # Claude's thinking with `display: "omitted"` (Opus 4.7's default) comes as a thinking
+    # block with empty text and its signature. The stream gave no reasoning_content, the
+    # whole answer `reasoning_content: ""`: a client showed an empty reasoning either way.
+    omitted = {"type": "thinking", "thinking": "", "signature": "SIG"}
+    events = (*block(0, {"type": "thinking", "thinking": "", "signature": ""},
+                     {"type": "signature_delta", "signature": "SIG"}),
+              *block(1, {"type": "text", "text": ""}, {"type": "text_delta", "text": "Hi."}),
+              stop("end_turn"))
+    body = b"".join(b"event: %b\ndata: %b\n\n" % (e["type"].encode(), orjson.dumps(e))
+                    for e in (START, *events, {"type": "message_stop"}))
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
+    tr = AnthropicStreamTranslator(enc, 1 << 20)
+    tr.feed(body)
+    tr.close()
+    chunks = sse_chunks(enc.take())
+    assert not any("reasoning_content" in c["choices"][0]["delta"]
+                   for c in chunks if c != "[DONE]" and c["choices"])
+    assert collect(chunks).thinking_blocks == [omitted]
+    msg = to_completion(orjson.dumps({"content": [omitted, {"type": "text", "text": "Hi."}],
+                                      "stop_reason": "end_turn"}),
+                        completion_id="c", created=1, model="m")["choices"][0]["message"]
+    assert "reasoning_content" not in msg
+    assert msg["thinking_blocks"] == [omitted] and msg["content"] == "Hi."
+
+
 def test_anthropic_tool_input_sent_whole_at_its_start_is_the_calls_arguments() -> None:
     # An Anthropic-compatible upstream may send a call's input whole in its content_block_start
     # and no argument fragment; Anthropic's SDK keeps that input then (fragments, when they

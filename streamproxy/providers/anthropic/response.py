@@ -40,8 +40,10 @@ def _completion(msg: dict[str, Any], completion_id: str, created: int,
                                 orjson.dumps(block.get("input") or {}).decode())
             tools += 1
         elif kind == "thinking":
-            out.reasoning(block.get("thinking", ""))
-            out.thinking_block({"type": "thinking", "thinking": block.get("thinking", ""),
+            thinking = block.get("thinking", "")
+            if thinking:  # (empty when Claude leaves it out, display "omitted": no reasoning)
+                out.reasoning(thinking)
+            out.thinking_block({"type": "thinking", "thinking": thinking,
                                 "signature": block.get("signature", "")})
         elif kind == "redacted_thinking":
             out.thinking_block({"type": "redacted_thinking", "data": block.get("data", "")})
