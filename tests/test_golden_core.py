@@ -569,6 +569,31 @@ def test_anthropic_thinking_left_out_is_no_reasoning_streamed_or_not() -> None:
     assert msg["thinking_blocks"] == [omitted] and msg["content"] == "Hi."
 
 
+def test_anthropic_unsigned_thinking_is_reasoning_without_a_block_streamed_or_not() -> None:
+    # An Anthropic-compatible server's thinking has no signature (SGLang's /v1/messages, for
+    # an open model: no signature field, or ""). The stream gave its text as reasoning and no
+    # thinking block (there is nothing to replay: a request leaves unsigned blocks out); the
+    # whole answer added a block with a `signature: ""` the upstream never sent.
+    events = (*block(0, {"type": "thinking", "thinking": ""},
+                     {"type": "thinking_delta", "thinking": "Hm."}),
+              *block(1, {"type": "text", "text": ""}, {"type": "text_delta", "text": "Hi."}),
+              stop("end_turn"))
+    body = b"".join(b"event: %b\ndata: %b\n\n" % (e["type"].encode(), orjson.dumps(e))
+                    for e in (START, *events, {"type": "message_stop"}))
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
+    tr = AnthropicStreamTranslator(enc, 1 << 20)
+    tr.feed(body)
+    tr.close()
+    streamed = collect(sse_chunks(enc.take()))
+    assert (streamed.reasoning, streamed.thinking_blocks) == ("Hm.", [])
+    for unsigned in ({"type": "thinking", "thinking": "Hm."},
+                     {"type": "thinking", "thinking": "Hm.", "signature": ""}):
+        msg = to_completion(orjson.dumps({"content": [unsigned, {"type": "text", "text": "Hi."}],
+                                          "stop_reason": "end_turn"}),
+                            completion_id="c", created=1, model="m")["choices"][0]["message"]
+        assert msg["reasoning_content"] == "Hm." and "thinking_blocks" not in msg
+
+
 def test_anthropic_tool_input_sent_whole_at_its_start_is_the_calls_arguments() -> None:
     # An Anthropic-compatible upstream may send a call's input whole in its content_block_start
     # and no argument fragment; Anthropic's SDK keeps that input then (fragments, when they

@@ -43,8 +43,9 @@ def _completion(msg: dict[str, Any], completion_id: str, created: int,
             thinking = block.get("thinking", "")
             if thinking:  # (empty when Claude leaves it out, display "omitted": no reasoning)
                 out.reasoning(thinking)
-            out.thinking_block({"type": "thinking", "thinking": thinking,
-                                "signature": block.get("signature", "")})
+            if block.get("signature"):  # (as the stream: an unsigned block has no replay)
+                out.thinking_block({"type": "thinking", "thinking": thinking,
+                                    "signature": block["signature"]})
         elif kind == "redacted_thinking":
             out.thinking_block({"type": "redacted_thinking", "data": block.get("data", "")})
     # No stop_reason (an Anthropic-compatible upstream): the calls made say how it ended.
