@@ -569,6 +569,28 @@ async def test_the_v1_surface_takes_the_deployment_as_model(
     assert sent.json()["stream_options"] == {"include_usage": True}
 
 
+@pytest.mark.parametrize(("version", "headers"), [
+    ({"api_version": "2024-06-01"}, {}),  # the provider's (before stream_options, on classic)
+    ({}, {"x-portkey-azure-api-version": VERSION}),  # the portkey-ai SDK's
+])
+async def test_the_v1_surface_gets_no_dated_api_version(
+        proxy: Any, upstream: Any, version: dict[str, str], headers: dict[str, str]) -> None:
+    # v1 has no dated api-version and refuses one ("API version not supported"): a provider
+    # moved to v1 with its old api_version kept, or a portkey-ai SDK set up for the deployments
+    # API, got that 400 on every request; and an old one also cost a stream its usage.
+    upstream.body = STREAM
+    config = make_config({"up": {"type": "azure", "base_url": upstream.url + "/openai/v1",
+                                 "api_key": "k", **version}}, default="up")
+    client = await proxy(config)
+    resp = await client.post("/v1/chat/completions", headers=headers, json={
+        "model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status == 200, await resp.text()
+    await resp.read()
+    [sent] = upstream.requests
+    assert sent.path == "/openai/v1/chat/completions"
+    assert sent.json()["stream_options"] == {"include_usage": True}
+
+
 async def test_a_deployments_custom_host_without_an_api_version_is_a_400(
         proxy: Any, upstream: Any) -> None:
     # A v1 provider needs no api_version, but a custom host that is not v1 is Azure's

@@ -4,7 +4,8 @@ URL: `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version={a
 where endpoint is `https://{resource}.openai.azure.com` or the configured `base_url` (a
 trailing `/openai` is tolerated), and the deployment is the `deployment` option or else the
 request's model name; a `base_url` ending in `/openai/v1` is Azure's v1 API instead:
-`{base_url}/chat/completions`, the deployment as the body's `model`, api_version optional. A
+`{base_url}/chat/completions`, the deployment as the body's `model`, api_version optional
+(an undated one only: a dated one is not sent there). A
 Portkey config target's `resource_name` / `deployment_id` / `api_version` (the portkey-ai
 SDK's `x-portkey-azure-*` headers) set those per request. Auth:
 the `api-key` header, or `Authorization: Bearer` when `auth: entra` says the key is a
@@ -137,7 +138,8 @@ class AzureOpenAIProvider(OpenAIProvider):
         every stream; those streams carry no usage (a client's own `stream_options`, sent
         as written, gets that 400)."""
         version = self.cfg.options.get("api_version") or ""
-        return not (_DATED.match(version) and version[:10] < STREAM_USAGE_SINCE)
+        # (v1 sends no dated version: `chat_url`)
+        return self.v1 or not (_DATED.match(version) and version[:10] < STREAM_USAGE_SINCE)
 
     @property
     def v1(self) -> bool:
@@ -173,8 +175,11 @@ class AzureOpenAIProvider(OpenAIProvider):
 
     def chat_url(self, model: str) -> str:
         version = self.cfg.options.get("api_version")
-        if self.v1:  # OpenAI's path; an api-version only when one is set (`preview`)
-            query = f"?api-version={quote(version)}" if version else ""
+        if self.v1:  # OpenAI's path; an api-version only when one is set (`preview`), never a
+            # dated one: v1 has none and refuses one ("API version not supported"), while a
+            # provider's, a target's or the portkey-ai SDK's header may well name one
+            undated = version and not _DATED.match(version)
+            query = f"?api-version={quote(version)}" if undated else ""
             return f"{self.cfg.base_url}/chat/completions{query}"
         if not version:  # a v1 provider's custom host that is not v1: Azure refuses an
             # empty api-version, so the client is told what to send
