@@ -337,14 +337,16 @@ def test_an_api_version_written_unquoted_in_yaml_is_that_string(tmp_path: Any) -
 
 # -- Portkey's Azure settings: config target fields and the portkey-ai SDK's headers ----------
 
-def planned_request(headers: dict[str, str], key: str | None = "k", **sections: Any) -> Any:
+def planned_request(headers: dict[str, str], key: str | None = "k",
+                    options: dict[str, str] | None = None, **sections: Any) -> Any:
     """The upstream request the first planned target would send (no sockets); `key`: the
-    Azure provider's own (the gateway's), None for none (the client's goes upstream)."""
+    Azure provider's own (the gateway's), None for none (the client's goes upstream);
+    `options`: more of the provider's."""
     from streamproxy.routing.breaker import CircuitBreakers
     from streamproxy.routing.gateway import Gateway, load_settings
     from streamproxy.routing.router import Router
 
-    azure = {"type": "azure", "resource": "contoso", "api_version": VERSION}
+    azure = {"type": "azure", "resource": "contoso", "api_version": VERSION, **(options or {})}
     config = make_config({"az": {**azure, **({"api_key": key} if key else {})},
                           "oa": {"type": "openai", "api_key": "k"}}, default="az", **sections)
     providers = build_providers(config)
@@ -449,6 +451,24 @@ def test_an_api_key_still_goes_as_api_key() -> None:
     key = "0123456789abcdef0123456789abcdef"  # Azure's key: 32 hex digits (or 84 characters)
     sent = planned_request({"authorization": f"Bearer {key}"}, key=None)
     assert sent.headers["api-key"] == key and "authorization" not in sent.headers
+
+
+@pytest.mark.parametrize("headers", [
+    {"x-portkey-virtual-key": "vk"},  # the operator's virtual key
+    {"x-portkey-config": '{"provider": "az", "api_key": "0123456789abcdef0123456789abcdef"}'},
+])
+def test_a_targets_own_api_key_goes_as_api_key_from_an_entra_provider(
+        headers: dict[str, str]) -> None:
+    # `auth: entra` says the provider's own key is a token; a target's own key (a virtual
+    # key's, a client's inline config's) was sent as a Bearer token too, so an Azure key
+    # there was a 401 on every request. It goes by its shape, as a client's own key does.
+    vkeys = {"virtual_keys": {"vk": {"provider": "az",
+                                     "api_key": "0123456789abcdef0123456789abcdef"}}}
+    sent = planned_request(headers, key=ENTRA_TOKEN, options={"auth": "entra"}, **vkeys)
+    assert sent.headers["api-key"] == "0123456789abcdef0123456789abcdef"
+    assert "authorization" not in sent.headers
+    sent = planned_request({}, key="opaque-token", options={"auth": "entra"}, **vkeys)
+    assert sent.headers["authorization"] == "Bearer opaque-token"  # the provider's own
 
 
 def test_the_configured_resource_needs_no_allow_list() -> None:
