@@ -22,7 +22,8 @@
 
 An error a retry cannot mend (an upstream's redirect, an answer over `max_event_bytes`) has
 `should_retry = False`: its answer says `x-should-retry: false`, which the openai SDKs obey
-before the status (a 502 they would retry twice, generating and paying for it three times).
+before the status (a 502 they would retry twice, generating and paying for it three times),
+and a config's `retry` does not repeat it either (routing/executor.py; a fallback still runs).
 
 Foreign exceptions (aiohttp, asyncio) are mapped into this tree at one boundary each
 (`upstream/client.py`); errors become JSON only at the server boundary (`server/errors.py`).

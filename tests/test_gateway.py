@@ -514,6 +514,34 @@ async def test_retry_count_is_minus_one_when_the_retries_ran_out(proxy: Any) -> 
     assert not_retried.headers["x-portkey-retry-attempt-count"] == "0"
 
 
+@pytest.mark.parametrize(("status", "headers"), [
+    (301, {"location": "https://api.example.com/v1/chat/completions"}),  # base_url is off
+    (204, {}),  # a success without the answer
+])
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_final_error_of_the_proxys_is_not_retried_but_falls_back(
+        proxy: Any, upstream: Any, access_log: Any, status: int, headers: dict[str, str],
+        stream: bool) -> None:
+    """A 502 the proxy answers with `x-should-retry: false` (a redirect, a 204) comes again on
+    every try of that target: a retry asking for 502 sent the same request again, after a
+    backoff, and had it fail alike. Another target may answer: its fallback still runs."""
+    upstream.status, upstream.extra_headers = status, headers
+    upstream.content_type = "application/json"
+    client = await proxy(make_config({
+        "up": {"type": "openai", "base_url": upstream.url, "api_key": "sk-up",
+               "default_model": "m"},
+        "mock": {"type": "mock", "default_model": "fast"}}, default="mock"))
+    retries = {"provider": "up", "retry": {"attempts": 2, "on_status_codes": [502]}}
+    resp = await post(client, json.dumps(retries), stream=stream)
+    assert resp.status == 502 and resp.headers["x-should-retry"] == "false"
+    assert resp.headers["x-portkey-retry-attempt-count"] == "0"
+    assert len(upstream.requests) == 1 and access_log()[-1]["attempts"] == 1
+    resp = await post(client, fallback(retries, leaf("fast:tokens=2")), stream=stream)
+    assert resp.status == 200 and resp.headers["x-portkey-provider"] == "mock"
+    await resp.read()
+    assert len(upstream.requests) == 2 and access_log()[-1]["attempts"] == 2
+
+
 async def test_anthropics_overloaded_529_is_retried_by_default(
         proxy: Any, access_log: Any) -> None:
     # Anthropic's "overloaded" answer is its most common transient failure; Portkey's default

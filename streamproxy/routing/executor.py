@@ -284,7 +284,10 @@ class Executor:
                     for secret in target.secrets:  # an HTTP error, a 200 error body, an event
                         e.mask(secret)
                 record.note_upstream_error(e)  # metrics: upstream errors by kind
-                if e.status not in spec.on_status_codes:
+                # (an error ours that says a retry cannot mend it — a redirect, a 204, an
+                # answer over the cap — comes again on every try of this target, whatever its
+                # status; a fallback to another target still may answer: `_run` decides)
+                if e.status not in spec.on_status_codes or e.should_retry is False:
                     raise
                 if retry >= spec.attempts:
                     record.retries_exhausted = spec.attempts > 0
