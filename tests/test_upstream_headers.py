@@ -4,6 +4,7 @@ not, translated or not, on errors too; nothing else of the upstream's head does.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import logging
@@ -14,6 +15,7 @@ from typing import Any
 import openai
 import orjson
 import pytest
+from aiohttp import web
 
 from streamproxy.observe.access_log import ACCESS_LOGGER
 from streamproxy.upstream.passed_headers import passed_headers
@@ -281,3 +283,67 @@ async def test_a_fallbacks_cache_hit_carries_none_of_the_failed_targets_headers(
     assert resp.status == 200 and resp.headers["x-portkey-cache-status"] == "HIT"
     assert not any(k.lower().startswith("x-ratelimit-") or k.lower() == "x-should-retry"
                    for k in resp.headers)
+
+
+async def _limited_then_streaming(aiohttp_server: Any, first_event_after: float) -> str:
+    """An upstream whose first answer is a 429 with its rate limits (none left), its request id
+    and `x-should-retry: true`, asking for a 0.4 s wait; every later one a 200 stream with its
+    own limits and id, whose first event comes `first_event_after` seconds after its head."""
+    answered: list[int] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        answered.append(1)
+        if len(answered) == 1:
+            return web.json_response({"error": {"message": "slow down"}}, status=429, headers={
+                "x-ratelimit-remaining-requests": "0", "x-request-id": "req_failed",
+                "x-should-retry": "true", "retry-after-ms": "400"})
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream",
+                                           "x-ratelimit-remaining-requests": "41",
+                                           "x-request-id": "req_answer"})
+        await resp.prepare(request)
+        await resp.write(b": opening\n\n")  # (the head goes out now)
+        await asyncio.sleep(first_event_after)
+        await resp.write(CHUNKS)
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handle)
+    return str((await aiohttp_server(app)).make_url("")).rstrip("/")
+
+
+async def test_a_keepalive_head_carries_no_failed_trys_headers(proxy: Any,
+                                                               aiohttp_server: Any) -> None:
+    """The keep-alive comments commit the 200 while a retry waits: its head carried the 429's
+    rate limits (0 requests left), request id and `x-should-retry: true`, which the client
+    read as its answer's. Before the answer is known, no upstream's head is the request's."""
+    url = await _limited_then_streaming(aiohttp_server, 0.0)
+    client = await proxy(make_config({"up": {"type": "openai", "base_url": url, "api_key": "k",
+                                             "default_model": "m"}}, default="up",
+                                     server={"keepalive_interval": 0.1}))
+    retry = json.dumps({"retry": {"attempts": 1, "on_status_codes": [429]}})
+    resp = await client.post("/v1/chat/completions", headers={"x-portkey-config": retry},
+                             json={"messages": USER, "stream": True})
+    assert resp.status == 200
+    assert await resp.content.readuntil(b"\n\n") == b": keep-alive\n\n"
+    assert not [k for k in resp.headers if k.lower().startswith("x-ratelimit-")
+                or k.lower() in ("x-should-retry", "llm_provider-x-request-id")]
+    assert b'"content":"hi"' in await resp.read()
+
+
+async def test_a_keepalive_head_of_the_only_try_carries_its_headers(proxy: Any,
+                                                                    aiohttp_server: Any) -> None:
+    """One target without retries: the try whose head came before its late first event is
+    the answer, whatever follows, so its rate limits and id are the request's."""
+    url = await _limited_then_streaming(aiohttp_server, 0.4)
+    client = await proxy(make_config({"up": {"type": "openai", "base_url": url, "api_key": "k",
+                                             "default_model": "m"}}, default="up",
+                                     server={"keepalive_interval": 0.1}))
+    limited = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True})
+    assert limited.status == 429  # (no retries: the first answer, as it came)
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True})
+    assert await resp.content.readuntil(b"\n\n") == b": keep-alive\n\n"
+    assert resp.headers["x-ratelimit-remaining-requests"] == "41"
+    assert resp.headers["llm_provider-x-request-id"] == "req_answer"
+    assert "x-should-retry" not in resp.headers
+    assert b'"content":"hi"' in await resp.read()

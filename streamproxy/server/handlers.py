@@ -43,12 +43,13 @@ SSE_HEADERS = {
 KEEPALIVE_COMMENT = b": keep-alive\n\n"
 
 
-def response_headers(record: RequestRecord, provider: str | None) -> dict[str, str]:
+def response_headers(record: RequestRecord, provider: str | None,
+                     upstream: bool = True) -> dict[str, str]:
     """The x-portkey-* headers of an answer, a success's or (as Portkey sends them) an
-    error's: what is known by then; the trace id also as OpenAI's x-request-id; and the
-    upstream's rate-limit headers (upstream/passed_headers.py)."""
+    error's: what is known by then; the trace id also as OpenAI's x-request-id; and
+    (`upstream`) the upstream's rate-limit headers (upstream/passed_headers.py)."""
     headers = trace_headers(record.trace_id)
-    if record.upstream_headers:
+    if upstream and record.upstream_headers:
         headers.update(record.upstream_headers)
     if provider is not None:
         headers["x-portkey-provider"] = provider
@@ -269,15 +270,19 @@ def _keepalive_head(record: RequestRecord, plan: Plan) -> dict[str, str]:
     x-portkey-* headers an answer carries, those already known (once committed, no header can
     follow: the SDKs read no trailers). The provider when every target of the plan is its; the
     option when the plan has one target (a cache hit answers in its name too), and its retry
-    count when it has no retries (then 0 is final). Not the count so far: the answer's may
-    differ (a retry or a fallback to come)."""
+    count and the upstream's headers (its head may have come before a late first event) when
+    it has no retries: that one try is the answer. Not the count or the upstream headers so
+    far: the answer's may differ (a retry or a fallback to come), and a failed try's rate
+    limits or `x-should-retry` would be read as the answer's."""
     attempts = plan.attempts
+    final = len(attempts) == 1 and attempts[0].refusal is None and attempts[0].retry.attempts == 0
     providers = {a.target.served().provider.name for a in attempts}
-    headers = response_headers(record, providers.pop() if len(providers) == 1 else None)
+    headers = response_headers(record, providers.pop() if len(providers) == 1 else None,
+                               upstream=final)
     headers.pop("x-portkey-retry-attempt-count", None)
     if len(attempts) == 1 and attempts[0].refusal is None:
         headers["x-portkey-last-used-option-index"] = attempts[0].path
-        if attempts[0].retry.attempts == 0:
+        if final:
             headers["x-portkey-retry-attempt-count"] = "0"
     else:
         headers.pop("x-portkey-last-used-option-index", None)
