@@ -11,8 +11,17 @@ import openai
 import orjson
 import pytest
 
+from streamproxy import errors
 from streamproxy.errors import RateLimited
-from streamproxy.server.errors import error_headers
+from streamproxy.server import header_limits
+from streamproxy.server.drain import shutdown_error
+from streamproxy.server.errors import (
+    body_too_large,
+    error_headers,
+    internal_error,
+    invalid_trace_id,
+    undecodable_body,
+)
 from tests.conftest import provider_config
 from tests.helpers import collect, make_config, sse_chunks
 
@@ -838,3 +847,24 @@ def test_an_error_events_message_is_always_text(kind: str, stream: bytes) -> Non
     assert translator.done and error is not None
     assert error["message"] == "the provider reported an error mid-stream"
     assert error["code"] is None or isinstance(error["code"], str)
+
+
+def _error_classes(cls: type[errors.ProxyError]) -> list[type[errors.ProxyError]]:
+    return [cls] + [c for sub in cls.__subclasses__() for c in _error_classes(sub)]
+
+
+def test_every_errors_type_agrees_with_its_status_class() -> None:
+    """OpenAI's SDKs read the status: a 5xx is a server's error and retried. The 501 for an
+    unsupported Transfer-Encoding had type invalid_request_error (a 4xx's), and no
+    `x-should-retry: false`: a client read its own mistake as one to retry."""
+    made = [cls("m") for cls in _error_classes(errors.ProxyError)
+            if cls is not errors.UpstreamStatusError]
+    made += [header_limits.too_large("x"), header_limits.target_too_long(1),
+             header_limits.unsupported_coding("gzip, chunked"), internal_error(),
+             body_too_large(1), undecodable_body(), invalid_trace_id(), shutdown_error()]
+    made += [errors.UpstreamStatusError(status, "m") for status in (400, 409, 422, 500, 529)]
+    for err in made:
+        assert (err.status >= 500) == (err.error_type == "api_error"), (err.status, err)
+    refused = header_limits.unsupported_coding("gzip, chunked")
+    assert (refused.status, refused.should_retry) == (501, False)
+    assert error_headers(refused, {})["x-should-retry"] == "false"

@@ -541,7 +541,9 @@ async def test_a_transfer_coding_besides_chunked_is_501(proxy: Any, monkeypatch:
                                                         front_kind: str, codings: bytes) -> None:
     """RFC 9112 §6.1: a transfer coding the server does not understand is 501. aiohttp
     de-chunks the body and passes the rest of the codings' bytes on as the body: a gzipped
-    body was answered 400 invalid_json, as if the client had sent bad JSON."""
+    body was answered 400 invalid_json, as if the client had sent bad JSON. A 501's type is a
+    server error's, as its status says (it was invalid_request_error), and it says
+    `x-should-retry: false`: the SDKs retry a 5xx, and this one would come again alike."""
     monkeypatch.setenv(front.FRONT_ENV, front_kind)
     client = await proxy(load_config(None))
     reader, writer = await connect(client)
@@ -553,6 +555,7 @@ async def test_a_transfer_coding_besides_chunked_is_501(proxy: Any, monkeypatch:
     assert status == 501 and headers["content-type"] == "application/json"
     error = orjson.loads(body)["error"]
     assert error["code"] == "unsupported_transfer_coding" and error["param"] is None
+    assert error["type"] == "api_error" and headers["x-should-retry"] == "false"
     writer.write(chat_request())  # (the chunked framing is understood: the connection stays)
     assert (await read_response(reader))[0] == 200
     writer.close()

@@ -33,10 +33,14 @@ def target_too_long(limit: int) -> ProxyError:
 
 
 def unsupported_coding(codings: str) -> ProxyError:
-    return ProxyError(f"Transfer-Encoding '{codings[:64]}' is not supported: send the body with "
-                      "chunked alone (Content-Encoding: gzip or deflate is understood).",
-                      status=501, error_type="invalid_request_error",
-                      code="unsupported_transfer_coding")
+    """501, as RFC 9112 §6.1 asks, with a server error's type as its status class says (the
+    SDKs go by the status); a retry gets the same, so the SDKs are told not to (they retry a
+    5xx unless `x-should-retry: false`)."""
+    err = ProxyError(f"Transfer-Encoding '{codings[:64]}' is not supported: send the body with "
+                     "chunked alone (Content-Encoding: gzip or deflate is understood).",
+                     status=501, code="unsupported_transfer_coding")
+    err.should_retry = False
+    return err
 
 
 def header_limits(max_field_bytes: int, max_headers: int) -> Callable[..., Awaitable[object]]:
