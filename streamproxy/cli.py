@@ -86,10 +86,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     config = _load(args.config)
     _check_environment()
-    host = args.host or config.server.host
+    # ("" is every interface, as `server.host: ""` is: set, it wins over the config's host)
+    host = config.server.host if args.host is None else args.host
     port = config.server.port if args.port is None else args.port  # (0: any free port)
     # Set here, a reload's change in the file would not move them, nor would a restart.
-    pinned = frozenset(k for k in ("host", "port") if getattr(args, k) not in (None, ""))
+    pinned = frozenset(k for k in ("host", "port") if getattr(args, k) is not None)
     _install_uvloop()
     try:
         configure_logging(config)
@@ -210,7 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--config", help="YAML or JSON config file (default: the embedded default)")
     # Unset, they are the config's server.host / server.port, whose defaults these are.
     serve.add_argument("--host", type=_host, default=None,
-                       help=f"listen address (default: server.host, else {DEFAULT_HOST})")
+                       help=f"listen address, \"\" for every interface (default: server.host, "
+                            f"else {DEFAULT_HOST})")
     serve.add_argument("--port", type=_port, default=None,
                        help=f"port, 0 for any free one (then one process; default: server.port, "
                             f"else {DEFAULT_PORT})")

@@ -1129,3 +1129,33 @@ def test_an_empty_host_listens_on_every_interface_with_workers_too() -> None:
     with socket.create_server(("", port)), pytest.raises(OSError) as refused:
         workers._check_port_free("", port)
     assert not isinstance(refused.value, socket.gaierror)
+
+
+@pytest.mark.parametrize(("argv", "host", "pinned"), [
+    (["--host", ""], "", {"host"}),  # every interface, as `server.host: ""` is
+    (["--host", "[::1]"], "::1", {"host"}),
+    ([], "10.1.2.3", set()),  # the config's
+])
+def test_serve_host_from_the_command_line_wins_even_when_empty(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], host: str,
+        pinned: set[str]) -> None:
+    """`serve --host ""` was ignored (`args.host or config`): with a config naming one host an
+    operator could not ask for every interface from the command line (and, not counted as
+    set, a reload said a changed server.host "takes a restart" of what the command line
+    sets). "" is every interface, as `server.host: ""` is."""
+    from streamproxy import cli
+    from streamproxy.observe import access_log
+    from streamproxy.server import workers
+
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG.format(grace=0.5, models="fast").replace(
+        "server:\n", "server:\n  host: 10.1.2.3\n"))
+    served: list[tuple[str, frozenset[str]]] = []
+    monkeypatch.setattr(cli, "_install_uvloop", lambda: None)
+    monkeypatch.setattr(access_log, "configure_logging", lambda config: None)
+    monkeypatch.setattr(workers, "run", lambda path, config, host, port, count, pinned:
+                        served.append((host, pinned)) or 0)
+    with pytest.raises(SystemExit) as done:
+        cli.main(["serve", "--config", str(path), *argv])
+    assert done.value.code == 0
+    assert served == [(host, frozenset(pinned))]
