@@ -132,6 +132,36 @@ async def test_a_transfer_coding_besides_chunked_is_refused_by_both_clients(
                                 "unsupported Transfer-Encoding 'gzip'"}
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_transfer_coding_besides_chunked_is_not_retried(
+        proxy: Any, kind: str, stream: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The upstream frames every answer so: a retry (the config's on 502, or the SDKs' of a
+    5xx) sent the request again, generated and paid for again, to be refused alike."""
+    monkeypatch.setenv(CLIENT_ENV, kind)
+    packed = gzip.compress(STREAM_BODY if stream else JSON_BODY)
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: gzip, chunked\r\n\r\n")
+    answer = answering(head, b"%x\r\n%s\r\n0\r\n\r\n" % (len(packed), packed))
+    asked: list[int] = []
+
+    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        asked.append(1)
+        await answer(reader, writer)
+
+    server, url = await raw_server(counted)
+    client = await proxy(native_anthropic_config(url.rstrip("/")))
+    async with asyncio.timeout(10):
+        resp = await client.post("/v1/chat/completions", headers={
+            "x-portkey-config": '{"retry": {"attempts": 2, "on_status_codes": [502]}}'},
+            json={"model": "m", "stream": stream, "messages": [{"role": "user",
+                                                                  "content": "hi"}]})
+        assert resp.status == 502 and resp.headers["x-should-retry"] == "false"
+        assert (await resp.json())["error"]["code"] == "upstream_protocol_error"
+    server.close()
+    assert len(asked) == 1
+
+
 # -- header fields ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -274,8 +274,12 @@ def map_client_error(exc: BaseException, provider: str, *, before_response: bool
         phase = "connecting to" if before_response else "reading from"
         return UpstreamTimeout(f"timed out {phase} provider '{provider}'")
     if isinstance(exc, MalformedResponse):  # the native client's; before ConnectionError
-        detail = str(exc) if isinstance(exc, UnsupportedTransferCoding) else type(exc).__name__
-        return UpstreamProtocolError(f"bad response from provider '{provider}': {detail}")
+        if isinstance(exc, UnsupportedTransferCoding):
+            err = UpstreamProtocolError(f"bad response from provider '{provider}': {exc}")
+            err.should_retry = False  # (the upstream frames every answer so: not retried)
+            return err
+        return UpstreamProtocolError(f"bad response from provider '{provider}': "
+                                     f"{type(exc).__name__}")
     if isinstance(exc, aiohttp.ClientPayloadError):
         if isinstance(exc, MalformedBody):
             # A malformed chunk: no cut, as the native client's MalformedResponse says.
