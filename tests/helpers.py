@@ -27,6 +27,26 @@ def fixture_bytes(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 
 
+# Real model ids that select the translators' model-specific paths, for the fuzzes that send
+# one example to every provider type (test_fuzz.py, test_faults.py): with one generic name
+# these paths were never fuzzed. By the classifiers that pick them:
+TRANSLATOR_MODELS = (
+    "m",  # none of them
+    # Claude: on a vertex provider, Vertex's Claude view (VertexProvider.for_model); a
+    # budget, adaptive-only (no sampling), and no-thinking Claude (anthropic/thinking.py)
+    "claude-sonnet-4-5@20250929", "claude-opus-4-7", "claude-3-5-haiku-20241022",
+    # Bedrock: a Claude with native schemas, one without, Nova 2, gpt-oss, no system prompt
+    "us.anthropic.claude-sonnet-4-5-20250929-v1:0", "anthropic.claude-3-haiku-20240307-v1:0",
+    "amazon.nova-2-lite-v1:0", "openai.gpt-oss-120b-1:0", "mistral.mistral-7b-instruct-v0:2",
+    # Gemini: a budget (2.5 Pro's least), no thinking but penalties, levels (low/high only,
+    # minimal), Gemma 3 (no system role), Gemma 4 (two levels), xhigh
+    "gemini-2.5-pro", "gemini-2.0-flash", "gemini-3-pro-preview", "gemini-3-flash-preview",
+    "gemma-3-27b-it", "gemma-4-31b-it", "gemini-4-hydrogen",
+    # the OpenAI-compatible presets' reasoning models (Groq, DeepSeek, Kimi, xAI)
+    "qwen/qwen3-32b", "deepseek-reasoner", "kimi-k2-thinking", "grok-4",
+)
+
+
 def jsonl_to_sse(data: bytes, *, event_names: bool = True, crlf: bool = False) -> bytes:
     """Payload-only JSON lines (vercel/ai recordings) → SSE as the provider sends it."""
     out = []

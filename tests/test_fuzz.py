@@ -26,7 +26,7 @@ from streamproxy.openai_api.request import Limits, parse_chat_request
 from streamproxy.providers.registry import PROVIDER_TYPES
 from streamproxy.routing.target import Target
 from streamproxy.server.app import create_app, http_limits
-from tests.helpers import collect, sse_chunks
+from tests.helpers import TRANSLATOR_MODELS, collect, sse_chunks
 
 # Fixed examples by default (bounded, reproducible); STREAMPROXY_FUZZ_EXAMPLES=5000 explores.
 EXPLORE = int(os.environ.get("STREAMPROXY_FUZZ_EXAMPLES", "0"))
@@ -156,7 +156,8 @@ BODY = st.fixed_dictionaries({"messages": maybe(st.lists(MESSAGE, min_size=1, ma
         ["text", "json_object", "json_schema"]))}, optional={"json_schema": maybe(
             st.fixed_dictionaries({"name": st.just("s"), "schema": maybe(st.just(
                 {"type": "object"}))}))})),
-    "reasoning_effort": maybe(st.sampled_from(["low", "medium", "high"])),
+    "reasoning_effort": maybe(st.sampled_from(["none", "minimal", "low", "medium", "high",
+                                               "xhigh"])),
     "user": maybe(st.text(max_size=5)),
     "metadata": maybe(st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2)),
     "fallback_models": maybe(st.lists(st.text(max_size=5), max_size=2)),
@@ -296,8 +297,6 @@ PROVIDER_EXTRAS: dict[str, dict[str, Any]] = {
     "vertex": {"project": "p", "location": "us-central1"},
     "azure": {"deployment": "d", "api_version": "2024-10-21"},
 }
-REQUEST_SIDE = ["openai", "anthropic", "mock", "gemini", "vertex", "bedrock", "cohere", "ollama",
-                "azure"]
 
 
 @pytest.fixture
@@ -307,26 +306,42 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
 
 
-@pytest.mark.parametrize("kind", REQUEST_SIDE)
-def test_request_translation_raises_only_typed_errors(kind: str, aws_env: None) -> None:
-    config = parse_config({"providers": {"p": {
-        "type": kind, "base_url": "http://127.0.0.1:9", "api_key": "k", "default_model": "m",
-        **PROVIDER_EXTRAS.get(kind, {})}}}, "<fuzz>")
-    provider = PROVIDER_TYPES[kind](config.providers["p"])
-    target = Target(provider=provider, model="m", api_key="k")
-    asyncio.run(provider.prepare(target))
+def test_request_translation_raises_only_typed_errors(aws_env: None) -> None:
+    """Each example goes to every provider type's translator in turn (the stream fuzz's way,
+    test_faults.py): drawing the examples is nearly all of the cost. Its model is drawn from
+    TRANSLATOR_MODELS, as the target's, so each type's model-specific paths are fuzzed too —
+    Vertex's Claude view among them (`Target.served`, as the executor picks it)."""
+    providers = {}
+    for kind in sorted(PROVIDER_TYPES):
+        config = parse_config({"providers": {"p": {
+            "type": kind, "base_url": "http://127.0.0.1:9", "api_key": "k",
+            "default_model": "m", **PROVIDER_EXTRAS.get(kind, {})}}}, "<fuzz>")
+        providers[kind] = PROVIDER_TYPES[kind](config.providers["p"])
+    targets = {(kind, model): Target(provider=provider, model=model, api_key="k").served()
+               for kind, provider in providers.items() for model in TRANSLATOR_MODELS}
 
-    @settings(FUZZ, max_examples=300 * SCALE)
-    @given(body=BODY | mutated())
-    def translate(body: dict[str, Any]) -> None:
+    async def prepare() -> None:
+        for target in targets.values():
+            await target.provider.prepare(target)
+
+    asyncio.run(prepare())
+
+    @settings(FUZZ, max_examples=400 * SCALE)
+    @given(body=BODY | mutated(), model=st.sampled_from(TRANSLATOR_MODELS))
+    def translate(body: dict[str, Any], model: str) -> None:
         try:
             req = parse_chat_request(orjson.dumps(body))
         except ProxyError as e:
             assert 400 <= e.status < 500
             return
-        try:
-            provider.build_request(req, target)
-        except ProxyError as e:
-            assert 400 <= e.status < 500
+        for kind in providers:
+            target = targets[kind, model]
+            try:
+                target.provider.build_request(req, target)
+            except ProxyError as e:
+                assert 400 <= e.status < 500, (kind, e)
+            except BaseException as e:
+                e.add_note(f"provider type: {kind}, model: {model}")
+                raise
 
     translate()
