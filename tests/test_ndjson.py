@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from streamproxy.decode.ndjson import NDJSONDecoder
 from streamproxy.errors import BufferOverflow, StreamDecodeError
+from tests.helpers import fixture_bytes
 
 STREAM = (b'{"message":{"content":"caf\xc3\xa9 \xe2\x80\xa8 ok"},"done":false}\n'
           b'\n'
@@ -73,6 +74,25 @@ def test_any_lines_any_split(lines: list[bytes], data: st.DataObject) -> None:
     pieces = [body[a:b] for a, b in pairwise(bounds)]
     expected = [line[:-1] if line.endswith(b"\r") else line for line in lines]
     assert decode(pieces) == [line for line in expected if line]
+
+
+# Recorded JSON lines (../shared/fixtures), as Ollama frames its stream: LF, and CRLF as a
+# server on Windows or behind a proxy writes them.
+RECORDED = [fixture_bytes(name) for name in (
+    "anthropic/vercel-ai_anthropic-text.chunks.jsonl",
+    "cohere/vercel-ai_cohere-tool-call.chunks.jsonl",
+    "gemini/vercel-ai_issue-19758-prompt-block.chunks.jsonl")]
+RECORDED_VARIANTS = [b for r in RECORDED for b in (r, r.replace(b"\n", b"\r\n"))]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(RECORDED_VARIANTS), st.data())
+def test_any_split_of_a_recorded_stream_gives_its_lines(body: bytes, data: st.DataObject) -> None:
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=40)))
+    pieces = [body[a:b] for a, b in pairwise([0, *cuts, len(body)])]
+    whole = decode([body])
+    assert whole == [line for line in body.replace(b"\r\n", b"\n").split(b"\n") if line]
+    assert decode(pieces) == whole
 
 
 def test_cap_on_an_incomplete_line_is_a_typed_error() -> None:
