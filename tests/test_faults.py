@@ -29,12 +29,13 @@ from streamproxy.decode.sse import SSEDecoder
 from streamproxy.errors import BufferOverflow, ProxyError
 from streamproxy.observe.access_log import ACCESS_LOGGER
 from streamproxy.openai_api.chunks import ChunkEncoder
-from streamproxy.openai_api.request import parse_chat_request
+from streamproxy.openai_api.request import ChatRequest, parse_chat_request
 from streamproxy.providers.registry import PROVIDER_TYPES
+from streamproxy.routing.target import Target
 from streamproxy.server.admission import ADMISSION
 from streamproxy.server.app import STATE
 from tests.eventstream_frames import encode_frame, split_frames
-from tests.helpers import collect, fixture_bytes, make_config, sse_chunks
+from tests.helpers import TRANSLATOR_MODELS, collect, fixture_bytes, make_config, sse_chunks
 
 USER = [{"role": "user", "content": "hi"}]
 UPSTREAM_CODES = {"upstream_protocol_error", "upstream_stream_truncated", "upstream_timeout"}
@@ -252,8 +253,15 @@ EVENTS = st.lists(st.tuples(st.dictionaries(st.sampled_from(VOCAB), VALUE, max_s
 PROVIDER_EXTRAS = {"bedrock": {"region": "us-east-1"},
                    "vertex": {"project": "p", "location": "us-central1"},
                    "azure": {"deployment": "d", "api_version": "2024-10-21"}}
-STREAM_REQ = parse_chat_request(orjson.dumps({"model": "m", "stream": True, "messages": USER,
-                                              "stream_options": {"include_usage": True}}))
+# What a translator reads of the request besides the stream: nothing, logprobs with n and tools
+# (the compatible types' choices and calls, Gemini's and Ollama's logprobs), a web search
+# (Gemini's grounding).
+STREAM_ASKS = ({}, {"logprobs": True, "top_logprobs": 2, "n": 2,
+                    "tools": [{"type": "function", "function": {"name": "f"}}]},
+               {"web_search_options": {}})
+STREAM_REQS = [parse_chat_request(orjson.dumps({
+    "model": "m", "stream": True, "messages": USER, "stream_options": {"include_usage": True},
+    **asks})) for asks in STREAM_ASKS]
 
 
 def frame(kind: str, events: list[tuple[dict[str, Any], str]]) -> bytes:
@@ -272,33 +280,40 @@ def test_stream_translators_raise_only_typed_errors(monkeypatch: pytest.MonkeyPa
     """Each example goes to every provider type's translator in turn. Drawing the examples is
     nearly all of the cost (one type's translators take a few ms of the seconds 150 examples
     take), and with derandomize every type was given the same 150 anyway when each drew its
-    own: one draw, fed to all, is the same cases for ~1/20 of the time."""
+    own: one draw, fed to all, is the same cases for ~1/20 of the time. The target's model is
+    drawn from TRANSLATOR_MODELS and served as the executor serves it (`Target.served`): a
+    Claude on a vertex provider streams Anthropic's events (vertex_anthropic.py)."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake")
-    providers = {}
+    served = {}
     for kind in sorted(PROVIDER_TYPES):
         config = parse_config({"providers": {"p": {
             "type": kind, "base_url": "http://127.0.0.1:9", "api_key": "k",
             "default_model": "m", **PROVIDER_EXTRAS.get(kind, {})}}}, "<faults>")
-        providers[kind] = PROVIDER_TYPES[kind](config.providers["p"])
+        provider = PROVIDER_TYPES[kind](config.providers["p"])
+        for model in TRANSLATOR_MODELS:
+            served[kind, model] = Target(provider, model).served().provider
 
     @settings(max_examples=150, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(events=EVENTS)
-    def translate(events: list[tuple[dict[str, Any], str]]) -> None:
-        for kind, provider in providers.items():
+    @given(events=EVENTS, model=st.sampled_from(TRANSLATOR_MODELS),
+           req=st.sampled_from(STREAM_REQS))
+    def translate(events: list[tuple[dict[str, Any], str]], model: str,
+                  req: ChatRequest) -> None:
+        for kind in PROVIDER_TYPES:
             try:
-                translate_one(kind, provider, events)
+                translate_one(kind, served[kind, model], events, req)
             except BaseException as e:
-                e.add_note(f"provider type: {kind}")
+                e.add_note(f"provider type: {kind}, model: {model}, request: {req.body}")
                 raise
 
     translate()
 
 
-def translate_one(kind: str, provider: Any, events: list[tuple[dict[str, Any], str]]) -> None:
+def translate_one(kind: str, provider: Any, events: list[tuple[dict[str, Any], str]],
+                  req: ChatRequest) -> None:
     out = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=True)
-    translator = provider.stream_translator(STREAM_REQ, out)
+    translator = provider.stream_translator(req, out)
     try:
         translator.feed(frame(kind, events))
         translator.close()
