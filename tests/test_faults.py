@@ -1,8 +1,8 @@
 """Fault suite: malformed upstream streams of every framing (SSE, NDJSON, AWS event-stream) end
 with an OpenAI error — a JSON 502/504 before the commit point, one error frame after it — never
-a hang, never a fake `stop`, never [DONE]; every provider's stream translator raises only our
-typed errors on arbitrary events; 1,000 client disconnects mid-stream leave no upstream
-connection open and memory back near its baseline."""
+a hang, never a fake `stop`, never [DONE]; every provider's stream translator, and its
+translation of a whole answer, raises only our typed errors on arbitrary events; 1,000 client
+disconnects mid-stream leave no upstream connection open and memory back near its baseline."""
 
 from __future__ import annotations
 
@@ -239,7 +239,8 @@ VOCAB = ["type", "index", "delta", "text", "content_block", "message", "usage", 
          "toolUse", "input", "stopReason", "toolUseId", "reasoningContent", "done_reason",
          "eval_count", "thought", "thoughtSignature", "inlineData", "data", "content-delta",
          "message-end", "tool-call-start", "tool-call-delta", "prompt_tokens",
-         "completion_tokens", "prompt_tokens_details", "redacted_thinking", "refusal"]
+         "completion_tokens", "prompt_tokens_details", "redacted_thinking", "refusal", "output",
+         "inputTokens", "outputTokens", "candidatesTokenCount", "tokens", "billed_units"]
 EVENT_TYPES = ["", "message_start", "content_block_delta", "message_stop", "error",
                "messageStart", "contentBlockDelta", "contentBlockStop", "messageStop",
                "metadata", "internalServerException"]
@@ -262,6 +263,8 @@ STREAM_ASKS = ({}, {"logprobs": True, "top_logprobs": 2, "n": 2,
 STREAM_REQS = [parse_chat_request(orjson.dumps({
     "model": "m", "stream": True, "messages": USER, "stream_options": {"include_usage": True},
     **asks})) for asks in STREAM_ASKS]
+WHOLE_REQS = [parse_chat_request(orjson.dumps({"model": "m", "messages": USER, **asks}))
+              for asks in STREAM_ASKS]
 
 
 def frame(kind: str, events: list[tuple[dict[str, Any], str]]) -> bytes:
@@ -296,13 +299,14 @@ def test_stream_translators_raise_only_typed_errors(monkeypatch: pytest.MonkeyPa
 
     @settings(max_examples=150, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(events=EVENTS, model=st.sampled_from(TRANSLATOR_MODELS),
-           req=st.sampled_from(STREAM_REQS))
-    def translate(events: list[tuple[dict[str, Any], str]], model: str,
-                  req: ChatRequest) -> None:
+    @given(events=EVENTS, model=st.sampled_from(TRANSLATOR_MODELS), asks=st.integers(0, 2))
+    def translate(events: list[tuple[dict[str, Any], str]], model: str, asks: int) -> None:
+        req = STREAM_REQS[asks]
         for kind in PROVIDER_TYPES:
             try:
                 translate_one(kind, served[kind, model], events, req)
+                # The first event as a whole answer (a 200's body): the same few ms.
+                answer_one(served[kind, model], orjson.dumps(events[0][0]), WHOLE_REQS[asks])
             except BaseException as e:
                 e.add_note(f"provider type: {kind}, model: {model}, request: {req.body}")
                 raise
@@ -322,6 +326,14 @@ def translate_one(kind: str, provider: Any, events: list[tuple[dict[str, Any], s
     # No error: the provider's own end came, so the stream ended properly — [DONE] or an
     # error frame — and never just stopped.
     assert translator.done and out.ended
+
+
+def answer_one(provider: Any, body: bytes, req: ChatRequest) -> None:
+    try:
+        answer = provider.translate_response(body, req, completion_id="c", created=1, model="m")
+    except ProxyError:
+        return  # an OpenAI error answer
+    assert isinstance(answer, dict | bytes)
 
 
 # -- pure: decoders hold at most their cap (plus one read) of an endless event --------------
