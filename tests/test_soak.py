@@ -241,3 +241,37 @@ async def test_a_soak_of_mixed_failures_leaves_nothing_behind(
     # (an idle upstream connection is two sockets here: the upstreams are in this process)
     assert await settle(lambda: _sockets() <= baseline_sockets + 2 * idle()), (
         where, _sockets(), baseline_sockets, idle())
+
+
+async def test_a_stream_opened_after_its_client_left_during_keepalives_is_closed(
+        proxy: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `keepalive_interval` the stream opens in a task of its own, cancelled when the
+    client goes. A cancel that task never sees (redis-py's cache lookup swallows one that
+    comes as its pool's wait times out: the soak with a Redis cache found it) let it open the
+    upstream stream anyway, which nobody relayed or closed: its connection stayed busy, out of
+    the pool and open, for good."""
+    monkeypatch.delenv("STREAMPROXY_UPSTREAM_CLIENT", raising=False)
+    client = await proxy(make_config({"mock": {"type": "mock", "default_model": "fast"}},
+                                     default="mock", server={"keepalive_interval": 0.05}))
+    state, features = client.server.app[STATE], client.server.app[FEATURES]
+    pool = state.client.native.pool
+    looked_up = asyncio.Event()
+
+    async def swallowing_get(key: str) -> None:
+        looked_up.set()
+        with contextlib.suppress(asyncio.CancelledError):  # as redis-py may
+            await asyncio.sleep(0.5)
+        return None  # a miss: the upstream is asked
+
+    monkeypatch.setattr(features.cache.backend, "get", swallowing_get)
+    config = {**leaf("fast:tokens=3"), "cache": {"mode": "simple"}}
+    resp = await client.post("/v1/chat/completions", headers={
+        "x-portkey-config": orjson.dumps(config).decode()},
+        json={"model": "m", "messages": USER, "stream": True})
+    assert resp.status == 200
+    assert await resp.content.readany()  # a keep-alive comment: the lookup is under way
+    assert looked_up.is_set()
+    resp.close()  # the client goes away
+    opened = pool.opened
+    assert await settle(lambda: pool.opened > opened, timeout=3)  # the upstream was asked
+    assert await settle(lambda: pool.busy == 0, timeout=3), pool.busy

@@ -256,13 +256,13 @@ async def _open_with_keepalives(ex: Exchange, state: AppState, req: ChatRequest,
             stream.deadline.rebind()
         return stream, client
     finally:
-        if not opening.done():
-            opening.cancel()  # the client went away (or the worker stops) while we waited
-        elif stream is None and not opening.cancelled() and opening.exception() is None:
-            # ...as the stream opened (the same loop iteration): nobody will relay it
-            opened = opening.result()
-            if isinstance(opened, OpenedStream):
-                _close_unrelayed(opened)
+        if stream is None:  # nobody will relay what the opening gives
+            if not opening.done():
+                opening.cancel()  # the client went away (or the worker stops) while we waited
+            # Closed once done: a stream that opened in this same loop iteration, or one
+            # opened after all because the cancel never reached it (redis-py's cache lookup
+            # swallows one), which held its upstream connection, busy, for good.
+            opening.add_done_callback(_close_if_opened)
 
 
 def _keepalive_head(record: RequestRecord, plan: Plan) -> dict[str, str]:
@@ -287,6 +287,13 @@ def _keepalive_head(record: RequestRecord, plan: Plan) -> dict[str, str]:
     else:
         headers.pop("x-portkey-last-used-option-index", None)
     return headers
+
+
+def _close_if_opened(opening: asyncio.Future[OpenedStream | bytes]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opened = opening.result()
+        if isinstance(opened, OpenedStream):
+            _close_unrelayed(opened)
 
 
 def _close_unrelayed(stream: OpenedStream) -> None:
