@@ -1382,3 +1382,32 @@ async def test_cache_lookups_are_counted_by_status(proxy: Any) -> None:
         await drained(client)
     assert {s: counted(s) - before[s] for s in statuses} == {
         "HIT": 1, "MISS": 1, "REFRESH": 1, "DISABLED": 0}
+
+
+async def test_a_keepalive_head_names_no_cache_status_a_fallback_may_change(
+        proxy: Any, access_log: Any) -> None:
+    # The first keep-alive comment commits the head while the primary is late: its MISS went
+    # out, and the fallback's cached answer then followed under it.
+    from tests.test_gateway import leaf
+
+    config = make_config({"mock": {"type": "mock", "default_model": "fast"},
+                          "mock2": {"type": "mock", "default_model": "fast"}}, default="mock",
+                         server={"keepalive_interval": 0.05}, cache={"backend": "memory"})
+    client = await proxy(config)
+    slow = leaf("fast:stall_ms=2000", request_timeout=300)
+    fallback = orjson.dumps({"cache": {"mode": "simple"}, "strategy": {"mode": "fallback"},
+                             "targets": [slow, leaf("fast:tokens=3", "mock2")]}).decode()
+    heads = []
+    for _ in range(2):
+        resp = await client.post("/v1/chat/completions", headers={"x-portkey-config": fallback},
+                                 json={"messages": USER, "stream": True})
+        assert collect(sse_chunks(await resp.read())).content == mock_text(3)
+        heads.append(resp.headers.get("x-portkey-cache-status"))
+    assert access_log()[-1]["cache_status"] == "HIT"  # the second came from the cache
+    assert heads == [None, None]
+    # One target: the status noted before its request is its answer's.
+    alone = orjson.dumps({"cache": {"mode": "simple"}, **slow}).decode()
+    resp = await client.post("/v1/chat/completions", headers={"x-portkey-config": alone},
+                             json={"messages": USER, "stream": True})
+    await resp.read()
+    assert resp.headers["x-portkey-cache-status"] == "MISS"

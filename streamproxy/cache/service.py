@@ -218,12 +218,19 @@ class ResponseCache:
     async def on_response_prepare(self, request: web.Request | Exchange,
                                   response: HasHeaders) -> None:
         status = request.get(_STATUS)
-        if status is not None:
+        if status:  # ("": withheld, see withhold_status)
             response.headers[STATUS_HEADER] = status
 
     async def close(self) -> None:
         await self.drain()
         await self.backend.close()
+
+
+def withhold_status(request: Exchange) -> None:
+    """No cache status on a head sent before the answering target is known (keep-alive
+    comments): a status noted so far is an earlier target's, and a fallback may still be
+    answered from the cache (its MISS went out on a HIT's replay)."""
+    request[_STATUS] = ""
 
 
 def _note(request: Exchange, record: RequestRecord, status: str) -> None:

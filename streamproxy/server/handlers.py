@@ -30,7 +30,7 @@ from streamproxy.server.exchange import AiohttpExchange, EventWriter, Exchange, 
 from streamproxy.server.observing import AUTH_KEY, CLIENT_CLOSED, read_body
 from streamproxy.server.send_timeout import CLIENT_SEND_TIMEOUT
 from streamproxy.server.state import STATE, AppState
-from streamproxy.server.store_and_cache import before_upstream
+from streamproxy.server.store_and_cache import before_upstream, head_before_answer
 
 # Portkey's x-portkey-retry-attempt-count when the target whose error is returned used up its
 # retries (automatic-retries: "-1: all retries exhausted, request failed").
@@ -231,6 +231,7 @@ async def _open_with_keepalives(ex: Exchange, state: AppState, req: ChatRequest,
         try:
             while not (await asyncio.wait({opening}, timeout=interval))[0]:
                 if client is None:
+                    head_before_answer(ex, plan.attempts)
                     client = await ex.start_events({**SSE_HEADERS,
                                                     **_keepalive_head(record, plan)})
                     record.kept_alive = True

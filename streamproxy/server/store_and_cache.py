@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from streamproxy.cache.config import parse_cache_settings
-from streamproxy.cache.service import ResponseCache
+from streamproxy.cache.service import ResponseCache, withhold_status
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.record import RequestRecord
 from streamproxy.routing.planner import Attempt
@@ -54,6 +54,13 @@ def before_upstream(ex: Exchange, req: ChatRequest, attempts: Sequence[Attempt],
     features = ex.app[FEATURES]
     features.storage.before_upstream(ex, req, record)
     features.cache.before_upstream(ex, req, attempts, record)
+
+
+def head_before_answer(ex: Exchange, attempts: Sequence[Attempt]) -> None:
+    """A head about to be committed before any target answered (keep-alive comments): the
+    cache status noted so far is final only when the plan has one target."""
+    if len(attempts) > 1:
+        withhold_status(ex)
 
 
 async def _close(app: web.Application) -> None:
