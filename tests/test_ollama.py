@@ -594,3 +594,13 @@ def test_the_configured_options_partition_the_cache() -> None:
     assert key(options={"num_predict": 64}) != key(options={"num_predict": 4096})
     assert key(options={"num_predict": 64}) != key()
     assert key(keep_alive="5m") == key(keep_alive=-1) == key()
+
+
+def test_prompt_tokens_read_from_the_cache_are_cached_tokens() -> None:
+    # Ollama's final line counts the prompt's tokens found in its KV cache apart
+    # (`prompt_eval_cached_count`, within `prompt_eval_count`): OpenAI's `cached_tokens`.
+    out = translate([ndjson(line("Hi"), final(prompt_eval_count=900,
+                                              prompt_eval_cached_count=850, eval_count=5))])
+    usage = sse_chunks(out)[-2]["usage"]  # (the usage chunk, before [DONE])
+    assert usage == {"prompt_tokens": 900, "completion_tokens": 5, "total_tokens": 905,
+                     "prompt_tokens_details": {"cached_tokens": 850}}

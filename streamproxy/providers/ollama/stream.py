@@ -6,7 +6,8 @@
   serialised arguments. Calls are accumulated across lines (not only the last); the index is
   the running count; an id is generated when Ollama gives none.
 - `done: true` ends the answer: finish `tool_calls` if any call was seen, else `length` for
-  `done_reason: "length"`, else `stop`; usage = prompt_eval_count / eval_count.
+  `done_reason: "length"`, else `stop`; usage = prompt_eval_count / eval_count,
+  cached_tokens = prompt_eval_cached_count when the server sends it.
 - Logprobs (only when the client asked: `logprobs=True`): a line's `logprobs` are its
   tokens', already in OpenAI's entry shape; they go with the line's content as one delta.
   A line of thinking only has them too: OpenAI gives none for reasoning, so they are dropped
@@ -154,7 +155,11 @@ class OllamaStreamTranslator(StreamTranslator):
             else:
                 reason = "stop"
             self.out.finish(reason)
+            # `prompt_eval_count` includes the prompt's tokens found in the KV cache, which
+            # newer servers count apart (`prompt_eval_cached_count`): OpenAI's cached_tokens.
+            cached = msg.get("prompt_eval_cached_count")
             self.out.usage(make_usage(msg.get("prompt_eval_count") or 0,
-                                      msg.get("eval_count") or 0))
+                                      msg.get("eval_count") or 0,
+                                      cached=cached if type(cached) is int else None))
             self.out.end()
             self.done = True
