@@ -916,6 +916,39 @@ async def test_moonshot_usage_in_the_choice_becomes_a_usage_chunk(proxy: Any,
     assert usage_chunks(await stream(proxy, upstream, "moonshot", MOONSHOT, usage=False)) == []
 
 
+# Moonshot counts the prompt's cache hits at the top of its usage (`usage.cached_tokens`,
+# platform.kimi.ai/docs/api/chat), within `prompt_tokens`: OpenAI clients, the access log and
+# the cached-tokens metric read `prompt_tokens_details.cached_tokens`, and found none.
+KIMI_USAGE = {**USAGE, "cached_tokens": 8}
+KIMI_OPENAI_USAGE = {**KIMI_USAGE, "prompt_tokens_details": {"cached_tokens": 8}}
+
+
+@pytest.mark.parametrize("body", [
+    sse(*HEAD, chunk([{**choice("stop"), "usage": KIMI_USAGE}])),  # in the finish choice
+    sse(*HEAD, chunk([choice("stop")]), chunk([], usage=KIMI_USAGE)),  # a usage chunk
+])
+@pytest.mark.parametrize("asked", [True, False])
+def test_moonshot_cached_tokens_are_openai_s_cached_tokens(body: bytes, asked: bool) -> None:
+    provider, _ = build("moonshot")
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=False)
+    req = request(stream=True, stream_options={"include_usage": asked})
+    chunks = sse_chunks(relay_pieces(enc, provider.stream_translator(req, enc), [body]))
+    assert collect(chunks).usage == (KIMI_OPENAI_USAGE if asked else None)
+    assert enc.usage_data == KIMI_OPENAI_USAGE  # what the log, metrics and store read
+
+
+def test_moonshot_non_streamed_cached_tokens_are_openai_s_cached_tokens() -> None:
+    provider, _ = build("moonshot")
+    answer = orjson.loads(_answer("stop"))
+    body = orjson.dumps({**answer, "usage": KIMI_USAGE})
+    out = orjson.loads(provider.translate_response(body, request(), completion_id="c", created=1))
+    assert out == {**answer, "usage": KIMI_OPENAI_USAGE}
+    # a count already where OpenAI puts it is left as it came
+    given = {**KIMI_USAGE, "prompt_tokens_details": {"cached_tokens": 8, "audio_tokens": 0}}
+    body = orjson.dumps({**answer, "usage": given})
+    assert provider.translate_response(body, request(), completion_id="c", created=1) == body
+
+
 # Groq's assistant message takes the thinking back as `reasoning` on its reasoning models (its
 # SDK's ChatCompletionAssistantMessageParam; console.groq.com/docs/reasoning). A turn that
 # carries it under another name — DeepSeek's and our translated answers' `reasoning_content`,

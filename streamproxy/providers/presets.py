@@ -23,6 +23,8 @@ usage, finish and error chunks; every other chunk is still forwarded byte for by
 - vLLM's usage chunk with `choices: null` is forwarded with `choices: []` (the pass-through).
 - xAI's usage leaves reasoning tokens out of `completion_tokens`: they are added in
   (`count_reasoning_as_completion`), streamed or not.
+- Moonshot's usage counts the prompt's cache hits at its top (`cached_tokens`): they also go
+  in `prompt_tokens_details.cached_tokens` (`nest_cached_tokens`), streamed or not.
 
 Request quirks: Mistral (see MistralProvider: names, roles, tool-call ids). Mistral's reasoning
 models also stream `delta.content` as a list of typed chunks, which becomes OpenAI's string, and
@@ -82,7 +84,7 @@ class CompatTranslator(PassthroughTranslator):
         if chunk.get("error") or not choices or not isinstance(choices[0], dict):
             if chunk.get("usage") and not chunk.get("error"):
                 self._usage_chunk_seen = True
-                if self._count_reasoning and count_reasoning_as_completion(chunk["usage"]):
+                if self._openai_usage(chunk["usage"]):
                     data = orjson.dumps(chunk)
             super().on_chunk(chunk, data)
             return
@@ -115,12 +117,16 @@ class CompatTranslator(PassthroughTranslator):
             x_groq = chunk.get("x_groq")
             usage = x_groq.get("usage") if isinstance(x_groq, dict) else None
         if usage:
-            if self._count_reasoning:
-                count_reasoning_as_completion(usage)
+            self._openai_usage(usage)
             self._moved_usage = usage
             self._envelope = {k: chunk[k] for k in _ENVELOPE if k in chunk}
             self.out.usage(usage)
         return removed
+
+    def _openai_usage(self, usage: Any) -> bool:
+        """Give usage a provider counts otherwise OpenAI's counts, in place; True when it
+        changed. Only usage goes through here: a chunk or two a stream."""
+        return self._count_reasoning and count_reasoning_as_completion(usage)
 
     def on_done(self) -> None:
         if self._moved_usage and self._forward_usage and not self._usage_chunk_seen:
@@ -185,6 +191,20 @@ def count_reasoning_as_completion(usage: Any) -> bool:
     if prompt + completion + reasoning != total:
         return False
     usage["completion_tokens"] = completion + reasoning
+    return True
+
+
+def nest_cached_tokens(usage: Any) -> bool:
+    """Usage that counts the prompt's cache hits at its top (`cached_tokens`, Moonshot's, within
+    `prompt_tokens`) gets them where OpenAI's clients read them too,
+    `prompt_tokens_details.cached_tokens`; True when it changed. A count already there wins."""
+    if not isinstance(usage, dict):
+        return False
+    cached, details = usage.get("cached_tokens"), usage.get("prompt_tokens_details")
+    if type(cached) is not int or (isinstance(details, dict) and "cached_tokens" in details):
+        return False
+    usage["prompt_tokens_details"] = {**(details if isinstance(details, dict) else {}),
+                                      "cached_tokens": cached}
     return True
 
 
@@ -603,6 +623,9 @@ class MoonshotTranslator(CompatTranslator):
                         chunk["usage"] = usage
         return super()._take_usage(chunk) or moved
 
+    def _openai_usage(self, usage: Any) -> bool:
+        return nest_cached_tokens(usage) | super()._openai_usage(usage)
+
 
 class MoonshotProvider(CompatProvider):
     """Moonshot's Kimi API (platform.kimi.ai; `https://api.moonshot.cn/v1` for a mainland-China
@@ -610,12 +633,28 @@ class MoonshotProvider(CompatProvider):
     have DeepSeek's rule: an assistant turn with tool calls must come back with its
     `reasoning_content` ("thinking is enabled but reasoning_content is missing in assistant
     tool call message at index N", a 400), so one without gets it as on DeepSeek. A stream's
-    usage comes in the finish chunk's choice (MoonshotTranslator)."""
+    usage comes in the finish chunk's choice (MoonshotTranslator), and its cache hits at the
+    usage's top (`cached_tokens`), where OpenAI's are nested: both places get them."""
 
     type_name: ClassVar[str] = "moonshot"
     default_base_url: ClassVar[str | None] = "https://api.moonshot.ai/v1"
     translator_type = MoonshotTranslator
     tool_turns_carry_reasoning: ClassVar[bool] = True
+
+    def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
+                           created: int, model: str = "") -> bytes:
+        """Its usage's cache hits also go where OpenAI's are (`nest_cached_tokens`)."""
+        body = super().translate_response(body, req, completion_id=completion_id,
+                                          created=created, model=model)
+        if b'"cached_tokens"' not in body:
+            return body
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body  # the executor's parse reports it
+        if isinstance(answer, dict) and nest_cached_tokens(answer.get("usage")):
+            return orjson.dumps(answer)
+        return body
 
 
 class TogetherProvider(CompatProvider):
