@@ -172,6 +172,30 @@ async def test_vllm_usage_chunk_with_null_choices(proxy: Any, upstream: Any) -> 
     assert usage_chunks(chunks)[0]["choices"] == []
 
 
+
+# vLLM's (and SGLang's) `stream_options.continuous_usage_stats`: the running usage on every
+# chunk, then the usage chunk. A client that asked for it got it on no chunk but the last.
+RUNNING = [{"prompt_tokens": 11, "completion_tokens": n, "total_tokens": 11 + n}
+           for n in (1, 2, 3)]
+CONTINUOUS = sse(chunk([choice(role="assistant", content="")], usage=RUNNING[0]),
+                 chunk([choice(content="Hello")], usage=RUNNING[1]),
+                 chunk([choice("stop", content=" world")], usage=RUNNING[2]),
+                 chunk([], usage=RUNNING[2]))
+
+
+@pytest.mark.parametrize("continuous", [True, False])
+def test_vllm_running_usage_stays_on_every_chunk_when_the_client_asked(continuous: bool) -> None:
+    provider, _ = build("vllm", base_url="http://127.0.0.1:8000/v1")
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=False)
+    req = request(stream=True, stream_options={"include_usage": True,
+                                               "continuous_usage_stats": continuous})
+    chunks = sse_chunks(relay_pieces(enc, provider.stream_translator(req, enc), [CONTINUOUS]))
+    c = collect(chunks)
+    assert c.content == "Hello world" and c.usage == RUNNING[2] and c.done
+    running = [x.get("usage") for x in chunks[:-2]]
+    assert running == (RUNNING if continuous else [None] * 3)
+    assert enc.usage_data == RUNNING[2]  # the last count, not a sum
+
 # -- finish reasons ---------------------------------------------------------------------------
 @pytest.mark.parametrize(("kind", "upstream_reason", "reason"), [
     ("together", "eos", "stop"), ("mistral", "model_length", "length"),

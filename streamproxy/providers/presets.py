@@ -12,7 +12,9 @@ usage, finish and error chunks; every other chunk is still forwarded byte for by
   duplicated. Usage on a chunk with choices is removed from it (a client summing would count
   it twice); a trailing empty-choices chunk without usage is dropped by the pass-through, and
   so is a chunk that, once the answer has finished, held nothing but usage (OpenRouter's, whose
-  choice carries only the role it repeats on every chunk, or the finish repeated).
+  choice carries only the role it repeats on every chunk, or the finish repeated). A client that
+  asked for usage on every chunk (`stream_options.continuous_usage_stats`, vLLM's and SGLang's)
+  has each chunk's left on it, and the last one counted.
 - OpenRouter's and Together's deltas all carry `"role": "assistant"`: kept on the first only
   (RoleOnceTranslator), as OpenAI sends it.
 - finish reasons outside OpenAI's set are mapped (`eos` → stop, `model_length` → length);
@@ -70,11 +72,14 @@ def failed_finish(status: int, reason: str, provider: str) -> UpstreamStatusErro
 class CompatTranslator(PassthroughTranslator):
     def __init__(self, out: ChunkSink, max_event_bytes: int, *, finish_reasons: dict[str, str],
                  failed_finishes: dict[str, int], reasoning_beside_completion: bool = False,
-                 **passthrough: Any) -> None:
+                 running_usage: bool = False, **passthrough: Any) -> None:
         super().__init__(out, max_event_bytes, **passthrough)
         self._finish_reasons = finish_reasons
         self._failed = failed_finishes
         self._count_reasoning = reasoning_beside_completion  # see count_reasoning_as_completion
+        # The client asked for the running usage on every chunk (vLLM's and SGLang's
+        # `stream_options.continuous_usage_stats`): a chunk's usage stays on it.
+        self._running_usage = running_usage
         self._moved_usage: dict[str, Any] | None = None  # counts taken off a choices chunk
         self._usage_chunk_seen = False  # the upstream sent a proper usage chunk
         self._envelope: dict[str, Any] = {}
@@ -108,20 +113,22 @@ class CompatTranslator(PassthroughTranslator):
         super().on_chunk(chunk, orjson.dumps(chunk) if changed else data)
 
     def _take_usage(self, chunk: dict[str, Any]) -> bool:
-        """Keep usage found on a chunk with choices; True if it was removed from the chunk."""
+        """Keep usage found on a chunk with choices; True if the chunk changed: its usage was
+        removed, or (the running usage the client asked for, left on it) made OpenAI's."""
         usage = chunk.get("usage")
-        removed = bool(usage)
-        if removed:
+        kept = bool(usage) and self._running_usage
+        changed = bool(usage) and not kept
+        if changed:
             del chunk["usage"]
-        else:
+        elif not usage:
             x_groq = chunk.get("x_groq")
             usage = x_groq.get("usage") if isinstance(x_groq, dict) else None
         if usage:
-            self._openai_usage(usage)
+            changed = (self._openai_usage(usage) and kept) or changed
             self._moved_usage = usage
             self._envelope = {k: chunk[k] for k in _ENVELOPE if k in chunk}
             self.out.usage(usage)
-        return removed
+        return changed
 
     def _openai_usage(self, usage: Any) -> bool:
         """Give usage a provider counts otherwise OpenAI's counts, in place; True when it
@@ -309,9 +316,12 @@ class CompatProvider(OpenAIProvider):
         return out
 
     def translator_options(self, req: ChatRequest) -> dict[str, Any]:
+        stream_options = req.body.get("stream_options")
         return {**super().translator_options(req), "finish_reasons": self.finish_reasons,
                 "failed_finishes": self.failed_finishes,
-                "reasoning_beside_completion": self.reasoning_beside_completion}
+                "reasoning_beside_completion": self.reasoning_beside_completion,
+                "running_usage": req.include_usage and isinstance(stream_options, dict)
+                and stream_options.get("continuous_usage_stats") is True}
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
                            created: int, model: str = "") -> bytes:
