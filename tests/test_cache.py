@@ -1175,6 +1175,46 @@ async def test_a_legacy_function_call_is_never_replayed_without_it(
     assert statuses == (["MISS", "MISS", "MISS"] if fill_streamed else ["MISS", "MISS", "HIT"])
 
 
+# What a thinking model's next turn needs back, riding beside the parts a replay writes:
+# Gemini's OpenAI endpoint signs a tool call in its `extra_content`, OpenRouter gives the
+# (often encrypted) reasoning as `reasoning_details`; an answer replayed without them made
+# the client's next turn lose its reasoning, or Gemini 3 refuse the unsigned call (a 400).
+_SIGNED_CALL = {"index": 0, "id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                "extra_content": {"google": {"thought_signature": "c2lnbmVk"}}}
+_DETAILS = [{"type": "reasoning.encrypted", "data": "ZW5j", "id": "call_1",
+             "format": "google-gemini-v1", "index": 0}]
+_KEPT_BESIDE = {
+    "thought-signature": ({"tool_calls": [_SIGNED_CALL]},
+                          {"tool_calls": [{k: v for k, v in _SIGNED_CALL.items()
+                                           if k != "index"}]},
+                          b'"thought_signature":"c2lnbmVk"'),
+    "reasoning-details": ({"reasoning_details": _DETAILS, "tool_calls": [{
+                              k: v for k, v in _SIGNED_CALL.items() if k != "extra_content"}]},
+                          {"reasoning_details": _DETAILS, "tool_calls": [{
+                              k: v for k, v in _SIGNED_CALL.items()
+                              if k not in ("index", "extra_content")}]},
+                          b'"reasoning_details":[{"type":"reasoning.encrypted"'),
+}
+
+
+@pytest.mark.parametrize("fill_streamed", [True, False])
+@pytest.mark.parametrize("case", list(_KEPT_BESIDE))
+async def test_what_a_next_turn_needs_back_is_never_replayed_without_it(
+        proxy: Any, upstream: Any, fill_streamed: bool, case: str) -> None:
+    delta, message, expected = _KEPT_BESIDE[case]
+    streamed = _openai_chunks(
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": None, **delta}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+    whole = orjson.dumps({**TOOL_ANSWER, "choices": [{
+        "index": 0, "logprobs": None, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": None, **message}}]})
+    client = await proxy(config(upstream.url, kind="openai"))
+    statuses = await _fill_then_ask_both_ways(client, upstream, fill_streamed, streamed, whole,
+                                              expected)
+    assert statuses == (["MISS", "MISS", "MISS"] if fill_streamed else ["MISS", "MISS", "HIT"])
+
+
 async def test_a_forced_refresh_whose_answer_cant_be_kept_removes_the_old_one(
         proxy: Any, upstream: Any) -> None:
     # The client forced a refresh to be rid of a cached answer; when the fresh one can't be

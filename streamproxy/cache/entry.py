@@ -62,9 +62,11 @@ def is_fresh(entry: dict[str, Any], max_age: float, now: float | None = None) ->
 def streams_whole(entry: dict[str, Any]) -> bool:
     """Whether a stream replayed from `entry` carries the whole answer: a non-streamed fill's
     top-level sources (`citations`, `search_results`), refusal, logprobs, annotations, audio,
-    generated images, custom tool calls, a deprecated `functions` call (`function_call`) and
+    generated images, custom tool calls, a deprecated `functions` call (`function_call`),
     reasoning under the upstream's own name (`reasoning`; a replay writes
-    `reasoning_content`) have no delta here (a streamed request is then a miss). Streamed
+    `reasoning_content`) and what a thinking model's next turn sends back beside the parts
+    (OpenRouter's `reasoning_details`, a tool call's `extra_content`: Gemini's thought
+    signature) have no delta here (a streamed request is then a miss). Streamed
     fills that had them are never kept (CompletionBuilder.replayable)."""
     completion = entry.get("completion")
     if completion is None:
@@ -74,8 +76,9 @@ def streams_whole(entry: dict[str, Any]) -> bool:
     return not (any(completion.get(key) for key in SOURCE_FIELDS)
                 or choice.get("logprobs") or message.get("refusal") or message.get("annotations")
                 or message.get("audio") or message.get("images") or message.get("reasoning")
-                or message.get("function_call")
-                or any(call.get("type") != "function" for call in message.get("tool_calls") or ()))
+                or message.get("function_call") or message.get("reasoning_details")
+                or any(call.get("type") != "function" or call.get("extra_content")
+                       for call in message.get("tool_calls") or ()))
 
 
 def upstream_fields(entry: dict[str, Any]) -> dict[str, str]:

@@ -61,8 +61,8 @@ class CompletionBuilder:
         self.raw_chunks = 0
         # A pass-through answer's refusal (captured, stored), and whether it carried what a
         # replay cannot give back (a refusal, logprobs, annotations, audio, images, reasoning
-        # named `reasoning`, a custom tool call, a choice beyond 0): the cache keeps no entry
-        # for it.
+        # named `reasoning` or in `reasoning_details`, a custom or signed tool call, a choice
+        # beyond 0): the cache keeps no entry for it.
         self.refusal_parts: list[str] = []
         self.replayable = True
         self.annotations: list[Any] = []  # a pass-through's citations (search models)
@@ -357,6 +357,8 @@ class CompletionBuilder:
             self.replayable = False  # a replay would answer without it
             if isinstance(audio, dict):
                 self._raw_audio(audio)
+        if delta.get("reasoning_details"):  # (OpenRouter's, often encrypted: the next turn
+            self.replayable = False  # sends them back; a replay has no delta for them)
         calls = delta.get("tool_calls")
         if isinstance(calls, list):
             self._raw_tool_calls(calls)
@@ -366,6 +368,8 @@ class CompletionBuilder:
             index = tc.get("index", 0) if isinstance(tc, dict) else None
             if type(index) is not int or not 0 <= index < _MAX_TOOL_CALLS:
                 continue  # (the list grows to the index: a bound, whatever the upstream says)
+            if tc.get("extra_content"):  # (Gemini's thought signature: the next turn sends
+                self.replayable = False  # it back; a replay's call has only id, name, args)
             fn = tc.get("function")
             if not isinstance(fn, dict):
                 fn = self._custom_call(index, tc.get("custom"))
