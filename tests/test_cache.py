@@ -1137,6 +1137,33 @@ async def test_an_answer_cut_by_a_content_filter_is_not_cached(proxy: Any, upstr
     assert statuses == ["MISS", "MISS"] and len(upstream.requests) == 2
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_an_answer_that_ended_in_an_error_is_not_cached(proxy: Any, upstream: Any,
+                                                              stream: bool) -> None:
+    # finish_reason "error" (OpenRouter's, in the choice, with the choice's `error`): the model
+    # failed part way once it had begun, so the upstream answered 200 with what came before.
+    # Cached, every identical request got that broken answer for the entry's max_age.
+    cut = {"role": "assistant", "content": "Here is how"}
+    error = {"code": 502, "message": "Provider disconnected unexpectedly"}
+    if stream:
+        upstream.body = _openai_chunks(
+            {"choices": [{"index": 0, "delta": cut}]},
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": "error", "error": error}]})
+    else:
+        upstream.content_type = "application/json"
+        upstream.body = orjson.dumps({**TOOL_ANSWER, "choices": [{
+            "index": 0, "logprobs": None, "finish_reason": "error", "error": error,
+            "message": cut}]})
+    client = await proxy(config(upstream.url, kind="openai"))
+    statuses = []
+    for _ in range(2):
+        resp, out = await post(client, {"model": "up/m", "stream": stream}, cache_header())
+        assert b'"finish_reason":"error"' in out
+        statuses.append(resp.headers[STATUS])
+        await drained(client)
+    assert statuses == ["MISS", "MISS"] and len(upstream.requests) == 2
+
+
 @pytest.mark.parametrize("fill_streamed", [True, False])
 async def test_reasoning_under_the_upstreams_own_name_is_never_replayed_under_another(
         proxy: Any, upstream: Any, fill_streamed: bool) -> None:

@@ -44,7 +44,9 @@ from streamproxy.storage.service import proxy_key_name
 log = logging.getLogger("streamproxy.cache")
 
 STATUS_HEADER = "x-portkey-cache-status"
-FILTERED = "content_filter"  # the finish reason of an answer a content filter cut (never kept)
+# Finish reasons of answers never kept: cut by a content filter, or ended by an error once the
+# model had begun (OpenRouter's "error": a 200 with what came before it).
+NOT_KEPT = frozenset({"content_filter", "error"})
 _STATUS = web.RequestKey("streamproxy_cache_status", str)  # for on_response_prepare
 
 
@@ -183,9 +185,10 @@ class ResponseCache:
             return
         key, max_age = where
         try:
-            if record.finish_reason == FILTERED:
-                # Cut by a filter's verdict on this sampling, not an answer to the question:
-                # kept, it would answer every identical request cut for its max_age.
+            if record.finish_reason in NOT_KEPT:
+                # Cut by a filter's verdict on this sampling, or by a failure, not an answer
+                # to the question: kept, it would answer every identical request cut for its
+                # max_age.
                 if record.cache_status != "REFRESH":
                     return
                 write = self.backend.delete(key)  # (as for an answer a replay cannot say)
