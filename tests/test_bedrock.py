@@ -37,6 +37,7 @@ from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.bedrock import BedrockProvider
 from streamproxy.providers.bedrock import auth as bedrock_auth
 from streamproxy.providers.bedrock.request import DROPPED, STRUCTURED_OUTPUTS, to_converse
+from streamproxy.providers.bedrock.response import to_completion
 from streamproxy.providers.bedrock.stream import BedrockStreamTranslator
 from streamproxy.routing.target import Target
 from tests.eventstream_frames import encode_frame, event, exception, split_frames
@@ -1859,6 +1860,23 @@ async def test_non_stream_converse(proxy: Any, upstream: Any) -> None:
     assert out["usage"] == {"prompt_tokens": 25, "completion_tokens": 10, "total_tokens": 35,
                             "prompt_tokens_details": {"cached_tokens": 5},
                             "cache_read_input_tokens": 5, "cache_creation_input_tokens": 0}
+
+
+def test_non_stream_cited_text_is_content() -> None:
+    # With document citations on, Converse answers a cited span as a citationsContent block
+    # whose text is in its `content` (AWS CitationsContentBlock), not as a text block beside it:
+    # the stream sends that text as text deltas, so the answer must hold it too.
+    answer = {"output": {"message": {"role": "assistant", "content": [
+        {"text": "The grass is "},
+        {"citationsContent": {"content": [{"text": "green"}, {"text": " and tall"}],
+                              "citations": [{"title": "doc", "location": {
+                                  "documentChar": {"documentIndex": 0, "start": 0, "end": 9}},
+                                  "sourceContent": [{"text": "grass green"}]}]}},
+        {"text": "."}]}},
+        "stopReason": "end_turn", "usage": {"inputTokens": 3, "outputTokens": 4}}
+    out = to_completion(orjson.dumps(answer), completion_id="c", created=1, model="m")
+    assert out["choices"][0]["message"]["content"] == "The grass is green and tall."
+    assert out["choices"][0]["finish_reason"] == "stop"
 
 
 @pytest.mark.parametrize(("status", "kind"), [(400, "ValidationException"),

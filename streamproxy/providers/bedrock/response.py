@@ -46,7 +46,13 @@ def _translate(blocks: list[dict[str, Any]], answer: dict[str, Any]) -> Completi
             tools += 1
         elif "reasoningContent" in block:
             _reasoning(block["reasoningContent"], out)
-        # citationsContent, image, document... have no OpenAI slot in an answer: dropped.
+        elif "citationsContent" in block:
+            # A cited span's text is only here (the stream sends it as text deltas); the
+            # citations themselves have no OpenAI slot.
+            for part in block["citationsContent"].get("content") or ():
+                if part.get("text"):
+                    out.content(part["text"])
+        # image, document... have no OpenAI slot in an answer: dropped.
     out.finish(finish_reason(answer.get("stopReason") or "end_turn", tools > 0))
     if answer.get("usage"):
         out.usage(map_usage(answer["usage"]))
