@@ -14,8 +14,10 @@ import json
 import logging
 import random
 import re
+import struct
 import threading
 import time
+import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -216,12 +218,36 @@ def test_a_damaged_frame_in_a_run_fails_as_on_the_decoder_path(damage: str) -> N
                                                     b'{"text":"\xff"},"p":"a"}'))
     frames[5] = bytes(bad)
     out = translate([b"".join(frames)])
-    # What the frames before it carried still goes out, as when each frame is its own read
-    # (the decoder alone raises for the whole read, before handing out its good frames).
+    # What the frames before it carried still goes out, as when each frame is its own read.
     assert out == translate(frames, encoder=DecodingEncoder)
     c = collect(sse_chunks(out))
     assert c.content == "abcd" and c.error is not None and c.error["code"] == (
         "upstream_protocol_error")
+
+@pytest.mark.parametrize("damage", ["prelude-crc", "message-crc", "lengths"])
+@pytest.mark.parametrize("encoder", [ChunkEncoder, DecodingEncoder])
+def test_the_frames_before_a_damaged_one_reach_the_client_whatever_the_reads(
+        damage: str, encoder: type[ChunkEncoder]) -> None:
+    # In a read below the splice's 512 bytes (or to a sink that takes no literals) the decoder
+    # alone reads the frames: those before the damaged one must still go out, as they do when
+    # each frame is its own read.
+    frames = [START] + [text_delta(t) for t in "abcdefgh"] + [END]
+    bad = bytearray(frames[5])
+    if damage == "prelude-crc":
+        bad[9] ^= 1
+    elif damage == "message-crc":
+        bad[-1] ^= 1
+    else:  # a valid prelude CRC over lengths that cannot be
+        lengths = struct.pack(">II", 8, 0)
+        bad[:12] = lengths + struct.pack(">I", zlib.crc32(lengths))
+    frames[5] = bytes(bad)
+    for size in range(1, len(frames) + 1):
+        reads = [b"".join(frames[i : i + size]) for i in range(0, len(frames), size)]
+        c = collect(sse_chunks(translate(reads, encoder=encoder)))
+        assert c.content == "abcd", (size, c.content)
+        assert c.error is not None and c.error["code"] == "upstream_protocol_error"
+        assert c.finish_reason is None and not c.done
+
 
 def test_exception_frame_is_one_error_frame_with_its_status_type() -> None:
     chunks = sse_chunks(translate([EXCEPTION]))

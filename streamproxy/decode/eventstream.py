@@ -9,8 +9,9 @@ Frames are cut by `total_length`, never by searching. The lengths are trusted on
 prelude CRC matched, and a length above the cap is refused right there (BufferOverflow), before a
 single payload byte is buffered. The message CRC covers everything before it; a frame whose CRC
 does not match raises instead of yielding an event, so a flipped byte can never become a wrong
-event. A frame that spans reads costs one prelude check: its length is remembered
-(`_need`), so later reads only add up sizes, and the reads are joined once, when it is whole.
+event (the whole frames before it in that read are still the caller's: `intact`). A frame that
+spans reads costs one prelude check: its length is remembered (`_need`), so later reads only add
+up sizes, and the reads are joined once, when it is whole.
 
 Header blocks repeat verbatim across frames of one event type, and across streams (Bedrock sends
 the same three string headers on every delta of every stream), so parsed header blocks are
@@ -65,13 +66,16 @@ _make = tuple.__new__
 
 
 class EventStreamDecoder:
-    __slots__ = ("_max", "_need", "_parts", "_size")
+    __slots__ = ("_max", "_need", "_parts", "_size", "intact")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self._max = max_frame_bytes
         self._parts: list[bytes] = []  # an unfinished frame: the reads it spans so far
         self._size = 0  # their length
         self._need = 0  # total length of the frame at the head of _parts, once its prelude passed
+        # When feed() raises: the whole frames of that read before the damaged one, which the
+        # caller still hands on (they are intact; only what follows them is lost).
+        self.intact: list[EventStreamMessage] = []
 
     def feed(self, data: bytes) -> list[EventStreamMessage]:
         if self._parts:  # joined once, when the frame is complete: O(size), not O(size * reads)
@@ -90,28 +94,33 @@ class EventStreamDecoder:
         prelude_from = _PRELUDE.unpack_from
         u32_from = _U32.unpack_from
         cap = self._max
-        while have - pos >= _PRELUDE_LEN:
-            total, headers_len, prelude_crc = prelude_from(data, pos)
-            if not need:
-                if crc32(data[pos : pos + 8]) != prelude_crc:
-                    raise EventStreamCRCError("event-stream prelude CRC mismatch")
-                if not (_MIN_FRAME <= total <= cap and headers_len <= total - _MIN_FRAME):
-                    self._bad_lengths(total, headers_len)
-                need = total
-            if have - pos < total:
-                break
-            end = pos + total
-            # The message CRC continues from the (verified) prelude CRC.
-            if crc32(data[pos + 8 : end - 4], prelude_crc) != u32_from(data, end - 4)[0]:
-                raise EventStreamCRCError("event-stream message CRC mismatch")
-            start = pos + _PRELUDE_LEN
-            block = data[start : start + headers_len]
-            headers = cache.get(block)
-            if headers is None:
-                headers = _parsed(block)
-            out.append(_make(EventStreamMessage, (headers, data[start + headers_len : end - 4])))
-            pos = end
-            need = 0
+        try:  # (free in 3.11 until something raises)
+            while have - pos >= _PRELUDE_LEN:
+                total, headers_len, prelude_crc = prelude_from(data, pos)
+                if not need:
+                    if crc32(data[pos : pos + 8]) != prelude_crc:
+                        raise EventStreamCRCError("event-stream prelude CRC mismatch")
+                    if not (_MIN_FRAME <= total <= cap and headers_len <= total - _MIN_FRAME):
+                        self._bad_lengths(total, headers_len)
+                    need = total
+                if have - pos < total:
+                    break
+                end = pos + total
+                # The message CRC continues from the (verified) prelude CRC.
+                if crc32(data[pos + 8 : end - 4], prelude_crc) != u32_from(data, end - 4)[0]:
+                    raise EventStreamCRCError("event-stream message CRC mismatch")
+                start = pos + _PRELUDE_LEN
+                block = data[start : start + headers_len]
+                headers = cache.get(block)
+                if headers is None:
+                    headers = _parsed(block)
+                out.append(_make(EventStreamMessage,
+                                 (headers, data[start + headers_len : end - 4])))
+                pos = end
+                need = 0
+        except StreamDecodeError:
+            self.intact = out
+            raise
         self._need = need
         if pos < have:
             rest = data[pos:] if pos else data

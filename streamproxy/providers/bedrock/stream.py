@@ -26,7 +26,7 @@ header block, a text delta's payload) walks the run frame by frame, yielding eac
 literal, and the decoder checks each frame as `feed` does (declared length, cap, both CRCs)
 (`EventStreamDecoder.take_run`); 1.8 -> 1.0 us per frame on a whole body. A frame that stops
 a run goes through the decoder alone, so the frames before a damaged one still reach the client
-(the decoder alone raises for the whole read).
+(its `intact` frames, when it raises for the read), as they do at any read boundaries.
 """
 
 from __future__ import annotations
@@ -207,7 +207,13 @@ class BedrockStreamTranslator(StreamTranslator):
             self._feed_frames(data[pos:] if pos else data)
 
     def _feed_frames(self, data: bytes) -> None:
-        for headers, payload in self._decoder.feed(data):
+        failure = None
+        try:
+            frames = self._decoder.feed(data)
+        except StreamDecodeError as e:
+            # The frames before the damaged one go out first, whatever the read boundaries.
+            frames, failure = self._decoder.intact, e
+        for headers, payload in frames:
             if self.done:
                 return
             if headers is self._delta_headers:  # the hot case inline: see _on_message
@@ -221,6 +227,8 @@ class BedrockStreamTranslator(StreamTranslator):
                 self._on_event("contentBlockDelta", body)
                 continue
             self._on_message(headers, payload)
+        if failure is not None and not self.done:
+            raise failure
 
     def close(self) -> None:
         self._decoder.close()  # raises StreamTruncated if a frame was cut short
