@@ -1236,3 +1236,24 @@ def test_no_usage_so_far_from_a_malformed_or_absent_snapshot() -> None:
     body = google_sse([text_chunk("a"), text_chunk("b", 7)])
     tr.feed(body.replace(b'"candidatesTokenCount": 7', b'"candidatesTokenCount": "7"'))
     assert tr.usage_so_far() is None  # never raises: the relay reads it in its cleanup
+
+
+@pytest.mark.parametrize("status", [400, 0])  # 0: the same object inside a 200
+def test_a_refused_api_key_is_a_401(status: int) -> None:
+    # Google answers a wrong, deleted or expired key with 400 INVALID_ARGUMENT, its ErrorInfo
+    # reason API_KEY_INVALID: the openai SDK raised BadRequestError, not AuthenticationError.
+    body = orjson.dumps({"error": {
+        "code": 400, "message": "API key not valid. Please pass a valid API key.",
+        "status": "INVALID_ARGUMENT", "details": [
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+             "domain": "googleapis.com",
+             "metadata": {"service": "generativelanguage.googleapis.com"}},
+            {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US",
+             "message": "API key not valid. Please pass a valid API key."}]}})
+    err = google_error(status, body, "gemini")
+    assert (err.status, err.error_type, err.code) == (401, "authentication_error",
+                                                      "API_KEY_INVALID")
+    assert err.message == "API key not valid. Please pass a valid API key."
+    other = body.replace(b"API_KEY_INVALID", b"SERVICE_DISABLED")  # any other reason: as sent
+    assert (google_error(status, other, "gemini").status,
+            google_error(status, other, "gemini").code) == (400, "INVALID_ARGUMENT")

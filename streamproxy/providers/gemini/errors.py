@@ -4,7 +4,8 @@ Google answers `{"error": {"code": 400, "message": "…", "status": "INVALID_ARG
 the streaming endpoint sometimes wraps that object in a one-element array. The client gets the
 same HTTP status, Google's message, and Google's status string as the OpenAI `code`. A 429's
 `RetryInfo` detail (`"retryDelay": "24s"`), Google's only word on when to come back (it sends no
-Retry-After header), becomes the error's wait, for retries and the client's Retry-After.
+Retry-After header), becomes the error's wait, for retries and the client's Retry-After. A
+refused API key (400 with the `ErrorInfo` reason `API_KEY_INVALID`) is a 401.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ from streamproxy.providers.base import generic_error
 
 # The `details` entry that says when to retry (google.rpc.RetryInfo, its `retryDelay`).
 RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+# The `details` entry that names the cause (google.rpc.ErrorInfo, its `reason`). Google answers
+# a wrong, deleted or expired API key with 400 INVALID_ARGUMENT and this reason: the client gets
+# a 401, as any OpenAI client reads a refused key (the openai SDK's AuthenticationError).
+ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+KEY_REFUSED = "API_KEY_INVALID"
 
 
 def google_error(status: int, body: bytes, provider: str) -> UpstreamStatusError:
@@ -48,9 +54,21 @@ def error_from_object(err: Any, status: int, provider: str) -> UpstreamStatusErr
     if not isinstance(message, str) or not message:
         message = f"provider '{provider}' returned HTTP {status}"
     google_status = err.get("status")
-    return UpstreamStatusError(status, message, provider=provider,
-                               code=google_status if isinstance(google_status, str) else None,
-                               retry_after=_retry_delay(err.get("details")))
+    code = google_status if isinstance(google_status, str) else None
+    details = err.get("details")
+    if _reason(details) == KEY_REFUSED:
+        status, code = 401, KEY_REFUSED
+    return UpstreamStatusError(status, message, provider=provider, code=code,
+                               retry_after=_retry_delay(details))
+
+
+def _reason(details: Any) -> str | None:
+    """The `reason` of an `ErrorInfo` detail, if there is one."""
+    for detail in details if isinstance(details, list) else ():
+        if isinstance(detail, dict) and detail.get("@type") == ERROR_INFO:
+            reason = detail.get("reason")
+            return reason if isinstance(reason, str) else None
+    return None
 
 
 def _retry_delay(details: Any) -> float | None:
