@@ -24,6 +24,8 @@ Configuration, all by environment variable (see loadtests/README.md):
     SP_HEADERS     extra headers, JSON object (e.g. '{"x-portkey-provider": "openai"}')
     SP_WAIT        seconds each user waits between streams, default 0
     SP_CA_BUNDLE   CA certificates (PEM file) an https --host's certificate chains to
+    SP_TIMEOUT     seconds to wait for the connection, the response headers and each read
+                   of the stream, default 600; a stream that stalls longer is a failure
 """
 
 from __future__ import annotations
@@ -51,6 +53,14 @@ MODELS = {
 }
 SCENARIOS = [s.strip() for s in _env("SP_SCENARIOS", "translated,passthrough").split(",")
              if s.strip()]
+# Locust's client has no timeout: a hung proxy or upstream would hold its users for ever and
+# the run would end with no failure at all. 600 s is the OpenAI SDK's default and the proxy's
+# own first-token timeout (a reasoning model can think that long before its first byte).
+try:
+    TIMEOUT = float(_env("SP_TIMEOUT", "600"))
+except ValueError:
+    raise SystemExit(f"SP_TIMEOUT: not a number of seconds: {os.environ['SP_TIMEOUT']!r}") \
+        from None
 for _name in SCENARIOS:
     if _name not in MODELS:
         raise SystemExit(f"SP_SCENARIOS: unknown scenario {_name!r} (known: {', '.join(MODELS)})")
@@ -164,7 +174,8 @@ class _StreamingUser(HttpUser):
         reader = StreamReader(started)
         try:
             with self.client.post(PATH, data=self.body, headers=self.headers, stream=True,
-                                  name=f"{name} POST (headers)", catch_response=True) as resp:
+                                  timeout=TIMEOUT, name=f"{name} POST (headers)",
+                                  catch_response=True) as resp:
                 if resp.status_code != 200:
                     # One failure, on this row: no stream began, so no `stream` sample (a
                     # few-ms "stream" would also drag the stream times' percentiles down).

@@ -232,3 +232,68 @@ def test_an_internal_ca_for_an_https_host(monkeypatch: pytest.MonkeyPatch) -> No
     user.client = types.SimpleNamespace(verify=True)
     user.on_start()
     assert user.client.verify == "/etc/ssl/internal-ca.pem"
+
+
+class _StallingServer(http.server.BaseHTTPRequestHandler):
+    """200 and the first chunk, then nothing until released (bounded), then the end."""
+    protocol_version = "HTTP/1.1"
+    release = threading.Event()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        first, rest = _sse(_content("a"))[0], b"".join(_sse(_content("b"), "[DONE]"))
+        for part in (first, None, rest, b""):
+            if part is None:
+                self.release.wait(10)
+                continue
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.flush()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class _RequestsClient:
+    """Locust's HttpSession, as far as the streaming user uses it: requests underneath, the
+    keyword arguments it is given (`timeout` among them) passed on, locust's own dropped."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def post(self, path: str, *, name: str, catch_response: bool, **kw: Any) -> Any:
+        import requests
+
+        resp = requests.post(self.base + path, **kw)
+        resp.__class__ = type("Caught", (type(resp),), {
+            "success": lambda self: None, "failure": lambda self, why: None})
+        return resp
+
+
+def test_a_stream_that_stalls_is_a_failure_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A hung proxy or upstream: without a client timeout the user waits on it for ever, and
+    # the run reports nothing at all — no failure, exit status 0.
+    monkeypatch.setenv("SP_TIMEOUT", "0.5")
+    locustfile, events = _load_locustfile(monkeypatch)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StallingServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        user = locustfile.CustomUser()
+        user.client = _RequestsClient(f"http://127.0.0.1:{server.server_port}")
+        user.body, user.headers = "{}", {}
+        user.stream()
+    finally:
+        _StallingServer.release.set()
+        server.shutdown()
+        server.server_close()
+    (stream,) = [e for e in events.fired if e["name"] == "custom stream"]
+    assert "timed out" in str(stream["exception"])
+
+
+def test_a_timeout_that_is_no_number_is_said(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SP_TIMEOUT", "10m")
+    with pytest.raises(SystemExit, match="SP_TIMEOUT"):
+        _load_locustfile(monkeypatch)
