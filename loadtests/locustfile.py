@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from typing import Any
 
@@ -137,12 +138,24 @@ class StreamReader:
                 self.chunks += 1
 
 
+# A number standing alone (not part of a name: gpt-4o, org-x1), with its unit if a time: a
+# count, a wait (60ms, 1.92s), an address.
+_NUMBER = re.compile(r"(?<![\w-])\d+(?:\.\d+)*(?:ms|s|m|h)?(?!\w)")
+
+
+def _grouped(text: str) -> str:
+    """Locust makes a row of each distinct failure text: a message with the counts of its
+    moment (OpenAI's 429 "Used 199826, Requested 374. Please try again in 60ms", requests'
+    "IncompleteRead(1234 bytes read, …)") would be a row per failure. Its numbers are masked."""
+    return _NUMBER.sub("#", text)
+
+
 def _why_no_stream(resp: Any) -> str:
     """A non-200's status and body; status 0 is locust's "no response", its cause in `error`
     (a TLS certificate not trusted, a refused connection, a name that does not resolve)."""
     if resp.status_code == 0:
-        return f"no response: {resp.error!r}"
-    return f"HTTP {resp.status_code}: {resp.text[:200]}"
+        return f"no response: {_grouped(repr(resp.error))}"
+    return f"HTTP {resp.status_code}: {_grouped(resp.text)[:200]}"
 
 
 def _report(name: str, ms: float, length: int = 0, exception: Exception | None = None) -> None:
@@ -186,7 +199,7 @@ class _StreamingUser(HttpUser):
                     reader.feed(data, time.perf_counter())
         except Exception as e:  # connection reset, bad JSON, …: a stream error
             _report(f"{name} stream", (time.perf_counter() - started) * 1000,
-                    exception=StreamFailed(f"{type(e).__name__}: {e}"))
+                    exception=StreamFailed(_grouped(f"{type(e).__name__}: {e}")))
             return
         self.report(name, reader, time.perf_counter())
 
@@ -194,7 +207,7 @@ class _StreamingUser(HttpUser):
         total_ms = (ended - r.started) * 1000
         failure = None
         if r.error is not None:
-            failure = StreamFailed(f"error frame: {r.error}")
+            failure = StreamFailed(f"error frame: {_grouped(r.error)}")
         elif not r.done:
             failure = StreamFailed("stream ended without [DONE]")
         elif r.first_token is None:

@@ -297,3 +297,34 @@ def test_a_timeout_that_is_no_number_is_said(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("SP_TIMEOUT", "10m")
     with pytest.raises(SystemExit, match="SP_TIMEOUT"):
         _load_locustfile(monkeypatch)
+
+
+# Locust groups failures by their text: OpenAI's rate-limit message holds the counts and the
+# wait of that moment, and one row per failure would bury how many 429s the run had.
+_RATE_LIMITED = ("Rate limit reached for gpt-4o-mini in organization org-x on tokens per min "
+                 "(TPM): Limit 200000, Used {used}, Requested {asked}. Please try again in {wait}.")
+
+
+def test_refusals_that_differ_only_in_numbers_are_one_failure_row(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    locustfile, _ = _load_locustfile(monkeypatch)
+    results = set()
+    for used, asked, wait in ((199826, 374, "60ms"), (199990, 1200, "1.92s")):
+        error = {"error": {"message": _RATE_LIMITED.format(used=used, asked=asked, wait=wait),
+                           "type": "requests", "code": "rate_limit_exceeded"}}
+        response = _Response(429, json.dumps(error).encode())
+        _run_one_stream(locustfile, response)
+        results.add(response.result)
+    (result,) = results
+    assert result is not None and result.startswith("failure: HTTP 429")
+    assert "gpt-4o-mini" in result  # a model's name is no count
+
+
+def test_error_frames_that_differ_only_in_numbers_are_one_failure_row(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    locustfile, events = _load_locustfile(monkeypatch)
+    for used in (199826, 199990):
+        error = {"error": {"message": _RATE_LIMITED.format(used=used, asked=9, wait="2s")}}
+        _run_one_stream(locustfile, _Response(200, b"".join(_sse(_content("a"), error))))
+    failures = {str(e["exception"]) for e in events.fired if e["name"] == "custom stream"}
+    assert len(failures) == 1 and "error frame: Rate limit reached" in failures.pop()
