@@ -73,7 +73,10 @@ def _headers() -> dict[str, str]:
     headers = {"content-type": "application/json", "accept": "text/event-stream"}
     if os.environ.get("SP_API_KEY"):
         headers["authorization"] = f"Bearer {os.environ['SP_API_KEY']}"
-    headers.update(json.loads(os.environ.get("SP_HEADERS") or "{}"))
+    # A value that is no string is sent as its JSON text: an inline x-portkey-config object
+    # (Portkey's header is the config's JSON), a number (requests takes only strings).
+    extra = json.loads(os.environ.get("SP_HEADERS") or "{}")
+    headers.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
     return headers
 
 

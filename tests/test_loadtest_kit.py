@@ -328,3 +328,18 @@ def test_error_frames_that_differ_only_in_numbers_are_one_failure_row(
         _run_one_stream(locustfile, _Response(200, b"".join(_sse(_content("a"), error))))
     failures = {str(e["exception"]) for e in events.fired if e["name"] == "custom stream"}
     assert len(failures) == 1 and "error frame: Rate limit reached" in failures.pop()
+
+
+def test_an_inline_portkey_config_object_is_sent_as_its_json(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Portkey's x-portkey-config is a config's JSON text; written as an object inside
+    # SP_HEADERS, every request failed before it was sent (requests takes only str headers).
+    config = {"strategy": {"mode": "fallback"}, "targets": [{"provider": "mock"}]}
+    monkeypatch.setenv("SP_HEADERS", json.dumps({"x-portkey-config": config,
+                                                 "x-portkey-provider": "mock"}))
+    locustfile, _ = _load_locustfile(monkeypatch)
+    user = locustfile.CustomUser()
+    user.client = types.SimpleNamespace(verify=True)
+    user.on_start()
+    assert json.loads(user.headers["x-portkey-config"]) == config
+    assert user.headers["x-portkey-provider"] == "mock"
