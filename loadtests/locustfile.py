@@ -19,7 +19,7 @@ Configuration, all by environment variable (see loadtests/README.md):
     SP_MODEL       model for `custom` (e.g. "claude/claude-sonnet-4-5")
     SP_MOCK        mock knobs for the two mock scenarios, default "tokens=100,tps=100"
     SP_PROMPT      the user message, default a short one
-    SP_MAX_TOKENS  max_tokens, default 256
+    SP_MAX_TOKENS  max_completion_tokens, default 256
     SP_API_KEY     sent as `Authorization: Bearer` (a proxy key, or a provider key)
     SP_HEADERS     extra headers, JSON object (e.g. '{"x-portkey-provider": "openai"}')
     SP_WAIT        seconds each user waits between streams, default 0
@@ -175,7 +175,9 @@ class _StreamingUser(HttpUser):
         self.body = json.dumps({
             "model": MODELS[self.scenario], "stream": True,
             "stream_options": {"include_usage": True},
-            "max_tokens": int(_env("SP_MAX_TOKENS", "256")),
+            # OpenAI's current name, which its reasoning models require (they refuse
+            # `max_tokens`); the proxy's translators and renaming presets read it.
+            "max_completion_tokens": int(_env("SP_MAX_TOKENS", "256")),
             "messages": [{"role": "user", "content": _env(
                 "SP_PROMPT", "Write two sentences about load testing.")}],
         })

@@ -343,3 +343,15 @@ def test_an_inline_portkey_config_object_is_sent_as_its_json(
     user.on_start()
     assert json.loads(user.headers["x-portkey-config"]) == config
     assert user.headers["x-portkey-provider"] == "mock"
+
+
+def test_the_answer_cap_is_sent_as_max_completion_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    # OpenAI's reasoning models (o-series, gpt-5) refuse `max_tokens` with a 400 ("Use
+    # 'max_completion_tokens' instead"); every translator of the proxy reads either name.
+    monkeypatch.setenv("SP_MAX_TOKENS", "64")
+    locustfile, _ = _load_locustfile(monkeypatch)
+    user = locustfile.PassthroughUser()
+    user.client = types.SimpleNamespace(verify=True)
+    user.on_start()
+    body = json.loads(user.body)
+    assert body["max_completion_tokens"] == 64 and "max_tokens" not in body
