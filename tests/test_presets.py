@@ -726,6 +726,17 @@ def test_mistral_named_tool_choice_is_any_with_only_that_tool() -> None:
     assert "stream_options" not in body
 
 
+def test_mistral_gets_no_null_seed() -> None:
+    # Mistral has no `seed` and refuses the field whatever its value (422 extra_forbidden,
+    # "loc": ["body", "seed"]); a client sending `"seed": null` (no seed) got that 422.
+    provider, target = build("mistral")
+    sent = orjson.loads(provider.build_request(request(seed=None, temperature=0.2),
+                                               target).body)
+    assert "seed" not in sent and "random_seed" not in sent and sent["temperature"] == 0.2
+    sent = orjson.loads(provider.build_request(request(seed=7), target).body)
+    assert "seed" not in sent and sent["random_seed"] == 7
+
+
 def test_other_presets_ask_for_stream_usage() -> None:
     provider, target = build("xai")
     body = orjson.loads(provider.build_request(request(stream=True), target).body)

@@ -584,8 +584,10 @@ class MistralProvider(CompatProvider):
         if out.get("max_completion_tokens") is not None:
             out["max_tokens"] = out.pop("max_completion_tokens")
         out.pop("max_completion_tokens", None)
-        if out.get("seed") is not None:
-            out["random_seed"] = out.pop("seed")
+        # (`seed` is a 422 there whatever its value, a null too: it goes only as `random_seed`)
+        seed = out.pop("seed", None)
+        if seed is not None:
+            out["random_seed"] = seed
         choice = out.get("tool_choice")
         if choice == "required":
             out["tool_choice"] = "any"
