@@ -658,3 +658,19 @@ def test_text_parts_of_system_assistant_and_tool_messages_are_joined_by_a_line()
     messages = to_cohere(body, "command-a-03-2025")["messages"]
     assert messages[0]["content"] == messages[3]["content"] == "Be brief.\nUse French."
     assert messages[2]["tool_plan"] == "Be brief.\nUse French."
+
+
+def test_calls_that_share_an_id_get_distinct_ids_their_results_name() -> None:
+    # One turn's calls under one id (servers that number each answer's calls alike): Cohere
+    # pairs a result with its call by id, so the two results could not be told apart. The
+    # calls after the first of an id get ids of their own; that id's results pair in order.
+    calls = [{"id": "call_0", "type": "function", "function": {"name": n, "arguments": "{}"}}
+             for n in ("a", "b")]
+    messages = [{"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": None, "tool_calls": calls},
+                {"role": "tool", "tool_call_id": "call_0", "content": "sunny"},
+                {"role": "tool", "tool_call_id": "call_0", "content": "rain"}]
+    sent = to_cohere({"messages": messages}, "command-a-03-2025")["messages"]
+    first, second = (call["id"] for call in sent[1]["tool_calls"])
+    assert first == "call_0" and second != first
+    assert [m["tool_call_id"] for m in sent[2:]] == [first, second]

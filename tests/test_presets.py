@@ -24,6 +24,7 @@ from openai.types.chat import ChatCompletionMessage
 from streamproxy.config import ConfigError
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.request import parse_chat_request
+from streamproxy.providers.presets import mistral_tool_call_id
 from streamproxy.providers.registry import PROVIDER_TYPES
 from streamproxy.routing.target import Target
 from tests.conftest import provider_config
@@ -715,6 +716,27 @@ def test_mistral_calls_without_ids_get_distinct_ids_their_results_name() -> None
     # The conversation's next request maps them alike; the client's body is left as it was.
     assert provider.adapt_body(body)["messages"] == sent
     assert body["messages"][1]["tool_calls"] == calls
+
+
+def test_mistral_calls_that_share_an_id_get_distinct_ids_their_results_name() -> None:
+    # A turn whose calls share an id (servers that number each answer's calls alike, a client
+    # that copied one): both went under one id, and their results too, so Mistral could not
+    # tell which result answers which call. The calls after the first of an id get ids of
+    # their own, and that id's results pair with its calls in order, as results of `id: ""`.
+    provider, _ = build("mistral")
+    calls = [{"id": "call_0", "type": "function", "function": {"name": n, "arguments": "{}"}}
+             for n in ("a", "b")]
+    body = {"model": "m", "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "call_0", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "call_0", "content": "rain"}]}
+    sent = provider.adapt_body(body)["messages"]
+    first, second = (call["id"] for call in sent[1]["tool_calls"])
+    assert first != second and first == mistral_tool_call_id("call_0")
+    assert [m["tool_call_id"] for m in sent[2:]] == [first, second]
+    assert provider.adapt_body(body)["messages"] == sent  # alike in the next request
+    assert body["messages"][1]["tool_calls"] == calls  # the client's body is left as it was
 
 
 def test_mistral_named_tool_choice_is_any_with_only_that_tool() -> None:

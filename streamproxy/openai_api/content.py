@@ -240,25 +240,40 @@ def with_call_ids(msgs: list[dict[str, Any]], prefix: str) -> list[dict[str, Any
     the latest assistant turn that no result named yet: a client that replays calls without
     ids (some proxies in front of Gemini send `""`) answers them without ids, in order, and a
     provider pairs a call and its result by id (Anthropic and Bedrock refuse a call left
-    unanswered, Gemini needs the call's name). `msgs` itself when no call is without one."""
+    unanswered, Gemini needs the call's name). A call whose id an earlier call of its turn
+    has (servers that number each answer's calls alike) is named so too, and that id's
+    results name its calls in order (the last again for any more). `msgs` itself when every
+    call has an id of its own."""
     out = msgs
     unnamed: list[str] = []  # the latest assistant turn's calls of no id, not yet answered
+    shared: dict[str, list[str]] = {}  # the latest turn's repeated ids → their calls' ids
     for i, m in enumerate(msgs):
         role = m.get("role")
         if role == "assistant":
-            unnamed = []
+            unnamed, shared = [], {}
             calls = m.get("tool_calls")
-            if not calls or all(call.get("id") for call in calls):
+            if not calls:
+                continue
+            ids = [call.get("id") for call in calls]
+            if all(ids) and len(set(ids)) == len(ids):
                 continue
             named = []
             for j, call in enumerate(calls):
-                if not call.get("id"):
+                call_id = call.get("id")
+                if not call_id:
                     call = {**call, "id": f"{prefix}{i}_{j}"}
                     unnamed.append(call["id"])
+                elif call_id in ids[:j]:
+                    call = {**call, "id": f"{prefix}{i}_{j}"}
+                    shared.setdefault(call_id, [call_id]).append(call["id"])
                 named.append(call)
             m = {**m, "tool_calls": named}
         elif role == "tool" and m.get("tool_call_id") == "" and unnamed:
             m = {**m, "tool_call_id": unnamed.pop(0)}
+        elif role == "tool" and m.get("tool_call_id") in shared:
+            calls_of_id = shared[m["tool_call_id"]]
+            m = {**m, "tool_call_id": calls_of_id.pop(0) if len(calls_of_id) > 1
+                 else calls_of_id[0]}
         else:
             continue
         if out is msgs:
