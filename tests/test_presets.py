@@ -1050,3 +1050,28 @@ def test_xai_does_not_send_zero_penalties() -> None:
     assert sent["temperature"] == 0.7
     sent = xai_sent(presence_penalty=0.5, frequency_penalty=0)
     assert sent["presence_penalty"] == 0.5 and "frequency_penalty" not in sent
+
+
+# Kimi K2.5 on fix their sampling (platform.kimi.ai, "Model Parameter Reference": temperature,
+# top_p 0.95, n and the penalties "cannot be modified"): "invalid top_p: only 0.95 is allowed
+# for this model", a 400, also for OpenAI's default top_p of 1, which chat UIs send when none
+# is set (CherryHQ/cherry-studio#12691). OpenAI's defaults (top_p 1, no cut; temperature 1) are
+# not sent to them; another value still goes, and Moonshot's 400 names it.
+def moonshot_sent(model: str, **params: Any) -> dict[str, Any]:
+    provider, _ = build("moonshot")
+    return orjson.loads(provider.build_request(request(**params),
+                                               Target(provider, model, api_key="k")).body)
+
+
+@pytest.mark.parametrize("model", ["kimi-k2.5", "kimi-k2.6", "kimi-k2.5-preview"])
+def test_moonshot_fixed_sampling_models_get_no_default_sampling(model: str) -> None:
+    sent = moonshot_sent(model, top_p=1, temperature=1.0, max_tokens=9)
+    assert "top_p" not in sent and "temperature" not in sent and sent["max_tokens"] == 9
+    sent = moonshot_sent(model, top_p=0.5, temperature=0.2)
+    assert sent["top_p"] == 0.5 and sent["temperature"] == 0.2
+
+
+@pytest.mark.parametrize("model", ["kimi-k2-thinking", "kimi-k2-0905-preview", "moonshot-v1-8k"])
+def test_moonshot_models_of_free_sampling_get_it_as_sent(model: str) -> None:
+    sent = moonshot_sent(model, top_p=1, temperature=1.0)
+    assert sent["top_p"] == 1 and sent["temperature"] == 1.0

@@ -639,6 +639,19 @@ class MoonshotTranslator(CompatTranslator):
         return nest_cached_tokens(usage) | super()._openai_usage(usage)
 
 
+# Kimi models whose sampling is fixed (platform.kimi.ai "Model Parameter Reference": K2.5 and
+# K2.6 — temperature, top_p, n and the penalties "cannot be modified"; the K2 and K2 thinking
+# series and moonshot-v1 take them).
+_KIMI_FIXED_SAMPLING = re.compile(r"kimi-k2\.[5-9]", re.IGNORECASE)
+# OpenAI's defaults, which clients send when none is set: no change to the model's sampling.
+_DEFAULT_SAMPLING = {"temperature": 1, "top_p": 1}
+
+
+def _default_sampling(key: str, value: Any) -> bool:
+    return key in _DEFAULT_SAMPLING and (value is None or (
+        type(value) in (int, float) and value == _DEFAULT_SAMPLING[key]))
+
+
 class MoonshotProvider(CompatProvider):
     """Moonshot's Kimi API (platform.kimi.ai; `https://api.moonshot.cn/v1` for a mainland-China
     key, as `base_url`). Its thinking models (kimi-k2-thinking, K2.5 on, thinking by default)
@@ -646,7 +659,8 @@ class MoonshotProvider(CompatProvider):
     `reasoning_content` ("thinking is enabled but reasoning_content is missing in assistant
     tool call message at index N", a 400), so one without gets it as on DeepSeek. A stream's
     usage comes in the finish chunk's choice (MoonshotTranslator), and its cache hits at the
-    usage's top (`cached_tokens`), where OpenAI's are nested: both places get them."""
+    usage's top (`cached_tokens`), where OpenAI's are nested: both places get them. K2.5 on fix
+    their sampling (`adapt_body`)."""
 
     type_name: ClassVar[str] = "moonshot"
     default_base_url: ClassVar[str | None] = "https://api.moonshot.ai/v1"
@@ -667,6 +681,17 @@ class MoonshotProvider(CompatProvider):
         if isinstance(answer, dict) and nest_cached_tokens(answer.get("usage")):
             return orjson.dumps(answer)
         return body
+
+    def adapt_body(self, body: dict[str, Any], model: str = "") -> dict[str, Any]:
+        """K2.5 on refuse any sampling but their own ("invalid top_p: only 0.95 is allowed for
+        this model", a 400), OpenAI's default top_p of 1 and temperature of 1 too, which chat
+        UIs send when none is set: those (and nulls) are not sent. Another value goes, and
+        Moonshot's 400 names it, as xAI's does a penalty."""
+        out = super().adapt_body(body, model)
+        if (_KIMI_FIXED_SAMPLING.search(model) is not None
+                and any(_default_sampling(k, out[k]) for k in _DEFAULT_SAMPLING if k in out)):
+            out = {k: v for k, v in out.items() if not _default_sampling(k, v)}
+        return out
 
 
 class TogetherProvider(CompatProvider):
