@@ -553,3 +553,28 @@ async def test_a_client_gone_as_a_kept_alive_stream_writes_is_logged_disconnecte
     [line] = access_lines(caplog)
     assert (line["status"], line["client_disconnected"]) == (200, True)
     assert not [r for r in caplog.records if r.name == "streamproxy.server"]
+
+
+async def test_a_request_refused_before_it_was_sent_upstream_counts_no_attempt(
+        proxy: Any, access_log: Any) -> None:
+    """`attempts` is the upstream requests sent: a target that refuses the request itself (a
+    provider that takes function tools only, given a custom tool) sends none. Each such
+    target counted one, so the line of a request that never left the proxy read 1 (2 after a
+    fallback to a second such target)."""
+    client = await proxy(make_config({"mock": {"type": "mock", "default_model": "fast"},
+                                      "mock2": {"type": "mock", "default_model": "fast"}},
+                                     default="mock"))
+    body = {"model": "fast", "stream": True, "messages": USER,
+            "tools": [{"type": "custom", "custom": {"name": "grep"}}]}
+    resp = await client.post("/v1/chat/completions", json=body)
+    assert resp.status == 400
+    line = access_log()[-1]
+    assert (line["provider"], line["error_code"], line["attempts"]) == ("mock",
+                                                                        "unsupported_value", 0)
+    config = {"strategy": {"mode": "fallback"},
+              "targets": [{"provider": "mock"}, {"provider": "mock2"}]}
+    resp = await client.post("/v1/chat/completions", json=body,
+                             headers={"x-portkey-config": orjson.dumps(config).decode()})
+    assert resp.status == 400
+    line = access_log()[-1]
+    assert (line["provider"], line["fallbacks"], line["attempts"]) == ("mock2", 1, 0)

@@ -145,6 +145,8 @@ class Executor:
         await provider.prepare(target)
         upstream = provider.build_request(req, target)
         target.secrets = upstream.credentials(target.api_key)
+        # Counted here, as it goes: a target that refused the request above sent nothing.
+        record.attempts += 1
         resp = await self.client.send(upstream, connect_timeout=target.timeouts.connect,
                                       provider=provider.name)
         # (the native client's fields as parsed: its `headers` would build a CIMultiDict,
@@ -276,7 +278,6 @@ class Executor:
         # looked up for them, as on 3.11 each lookup is a system call).
         first_try = None if total is None else asyncio.get_running_loop().time()
         while True:
-            record.attempts += 1
             try:
                 result = await once(req, target, record, first_try)
             except ProxyError as e:
