@@ -22,6 +22,7 @@ from streamproxy.errors import StreamTruncated, UpstreamStatusError, UpstreamTim
 from streamproxy.observe.access_log import access_entry
 from streamproxy.observe.metrics import (
     MAX_CIRCUIT_LABELS,
+    MAX_LABEL_CHARS,
     MAX_MODEL_LABELS,
     metrics,
     set_circuit_state,
@@ -300,6 +301,41 @@ def test_one_targets_breakers_under_other_rules_are_apart_series() -> None:
         breakers.record(key, pct, 500)
     assert sample(name, target=key, cb_config="failure_threshold_percentage=12.5,"
                                               "minimum_requests=4,cooldown_interval=30000") == 2
+
+
+def test_long_labels_that_share_their_start_stay_apart_series() -> None:
+    """Labels are cut to MAX_LABEL_CHARS, and a cut one kept only its first 100 characters: an
+    operator's breaker and a client's on one target, under rules that differ past them (the
+    failure_status_codes of a percentage rule), showed as one series, whichever changed last —
+    the open one read closed. So did two long model names (Vertex's resource paths) with one
+    start: their requests were counted as one model's."""
+    from streamproxy.routing.breaker import rules_label
+    from streamproxy.routing.portkey_config import BreakerSpec
+
+    codes = frozenset({429, 500, 502, 503, 504})
+    operator = rules_label(BreakerSpec(failure_threshold_percentage=50, minimum_requests=10,
+                                       cooldown_interval=60, failure_status_codes=codes))
+    client = rules_label(BreakerSpec(failure_threshold_percentage=50, minimum_requests=10,
+                                     cooldown_interval=60,
+                                     failure_status_codes=codes | {529}))
+    assert operator[:MAX_LABEL_CHARS] == client[:MAX_LABEL_CHARS]
+    target = "mock|long-rules|"
+    set_circuit_state(target, "open", None, operator)
+    set_circuit_state(target, "closed", None, client)
+    states = {s.labels["cb_config"]: s.value for f in REGISTRY.collect() for s in f.samples
+              if s.name == "streamproxy_circuit_breaker_state" and s.labels["target"] == target}
+    assert sorted(states.values()) == [0, 2]
+    assert all(len(label) <= MAX_LABEL_CHARS for label in states)
+    assert all(label.startswith(operator[:80]) for label in states)
+
+    m = metrics()
+    path = ("projects/a-fairly-long-project-name-0123/locations/us-central1/publishers/google/"
+            "models/")
+    pro, flash = m.model_label(path + "gemini-2.5-pro"), m.model_label(path + "gemini-2.5-flash")
+    assert pro != flash and len(pro) <= MAX_LABEL_CHARS and len(flash) <= MAX_LABEL_CHARS
+    assert m.model_label(path + "gemini-2.5-pro") == pro  # the same model: the same label
+    short = "gemini-2.5-pro"
+    assert m.model_label(short) == short  # (a label within the limit is the name itself)
 
 
 async def test_circuit_breakers_report_their_changes(default_proxy: Any) -> None:

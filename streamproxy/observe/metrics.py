@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -70,6 +71,17 @@ TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1
                 5, 7.5, 10, 15, 20, 30, 60, 120, 300, 600)
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
 GAP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def bounded_label(value: str) -> str:
+    """`value`, or past MAX_LABEL_CHARS its start and a digest of the whole (`~` and 8 hex
+    digits): two long values that share their first characters (one target's rules differing
+    in their status codes, Vertex model paths) stay apart series. A stable hash, not hash():
+    every worker must give one breaker's or model's value the same label."""
+    if len(value) <= MAX_LABEL_CHARS:
+        return value
+    digest = hashlib.blake2b(value.encode(errors="replace"), digest_size=4).hexdigest()
+    return f"{value[:MAX_LABEL_CHARS - 9]}~{digest}"
 
 
 def multiprocess_dir() -> str | None:
@@ -146,7 +158,7 @@ class Metrics:
     def keep_models(self, models: Iterable[str]) -> None:
         """The configured models (those /v1/models lists) keep their own label whatever
         clients named first: they do not count against the cap, so cannot be crowded out."""
-        self._configured_models.update(m[:MAX_LABEL_CHARS] for m in models if m)
+        self._configured_models.update(bounded_label(m) for m in models if m)
         self._models -= self._configured_models
 
     def seed_models(self, models: Iterable[str]) -> None:
@@ -159,7 +171,8 @@ class Metrics:
     def model_label(self, model: str | None) -> str:
         if not model:
             return ""
-        model = model[:MAX_LABEL_CHARS]
+        if len(model) > MAX_LABEL_CHARS:
+            model = bounded_label(model)
         if model not in self._models and model not in self._configured_models:
             if len(self._models) >= MAX_MODEL_LABELS:
                 return "other"
@@ -364,8 +377,8 @@ def set_circuit_state(target_key: str, state: str, half_open_after: float | None
     except KeyError:
         raise ValueError(f"unknown circuit state {state!r}") from None
     # A breaker key may hold a base URL: never expose credentials written into one.
-    target = _USERINFO.sub("://", target_key)[:MAX_LABEL_CHARS]
-    metrics().circuit_state(target, value, half_open_after, rules[:MAX_LABEL_CHARS])
+    target = bounded_label(_USERINFO.sub("://", target_key))
+    metrics().circuit_state(target, value, half_open_after, bounded_label(rules))
 
 
 def render() -> bytes:
