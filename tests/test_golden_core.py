@@ -378,13 +378,15 @@ def _chunk_event(text: str) -> bytes:
         "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}) + b"\n\n"
 
 
-def test_anthropic_usage_left_null_by_message_delta_keeps_message_start_values() -> None:
+def _anthropic_usage_after(delta_input: int | None, cache: int | None) -> dict[str, Any]:
+    """The usage a client reads after message_start (10 input, 1000 cache reads, 50 cache
+    writes) and a message_delta with these input-side counts and 7 output tokens."""
     start = {"type": "message_start", "message": {"id": "m", "model": "c", "usage": {
         "input_tokens": 10, "cache_read_input_tokens": 1000,
         "cache_creation_input_tokens": 50, "output_tokens": 1}}}
     delta = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {
-        "input_tokens": None, "cache_read_input_tokens": None,
-        "cache_creation_input_tokens": None, "output_tokens": 7}}
+        "input_tokens": delta_input, "cache_read_input_tokens": cache,
+        "cache_creation_input_tokens": cache, "output_tokens": 7}}
     body = b"".join(b"event: %b\ndata: %b\n\n" % (e["type"].encode(), orjson.dumps(e))
                     for e in (start, delta, {"type": "message_stop"}))
     enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
@@ -393,6 +395,11 @@ def test_anthropic_usage_left_null_by_message_delta_keeps_message_start_values()
     tr.close()
     usage = collect(sse_chunks(enc.take())).usage
     assert usage is not None
+    return usage
+
+
+def test_anthropic_usage_left_null_by_message_delta_keeps_message_start_values() -> None:
+    usage = _anthropic_usage_after(None, None)
     assert (usage["prompt_tokens"], usage["completion_tokens"]) == (1060, 7)
     assert usage["prompt_tokens_details"] == {"cached_tokens": 1000, "cache_write_tokens": 50}
 
@@ -401,29 +408,11 @@ def test_anthropic_usage_zeroed_by_message_delta_keeps_message_start_values() ->
     # Anthropic-compatible servers (SGLang's /v1/messages; envoyproxy/ai-gateway#1631 met it
     # too) send `input_tokens: 0` in message_delta, meaning "none here", where Anthropic
     # repeats the cumulative count. Taken as the count, the client's prompt_tokens was 0.
-    start = {"type": "message_start", "message": {"id": "m", "model": "c", "usage": {
-        "input_tokens": 10, "cache_read_input_tokens": 1000,
-        "cache_creation_input_tokens": 50, "output_tokens": 1}}}
-    delta = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {
-        "input_tokens": 0, "cache_read_input_tokens": 0,
-        "cache_creation_input_tokens": 0, "output_tokens": 7}}
-    body = b"".join(b"event: %b\ndata: %b\n\n" % (e["type"].encode(), orjson.dumps(e))
-                    for e in (start, delta, {"type": "message_stop"}))
-    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
-    tr = AnthropicStreamTranslator(enc, 1 << 20)
-    tr.feed(body)
-    tr.close()
-    usage = collect(sse_chunks(enc.take())).usage
-    assert usage is not None
+    usage = _anthropic_usage_after(0, 0)
     assert (usage["prompt_tokens"], usage["completion_tokens"]) == (1060, 7)
     assert usage["prompt_tokens_details"] == {"cached_tokens": 1000, "cache_write_tokens": 50}
     # (a count that did grow, as a server tool's search adds input, still overwrites)
-    body = body.replace(b'"input_tokens":0,', b'"input_tokens":30,')
-    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
-    tr = AnthropicStreamTranslator(enc, 1 << 20)
-    tr.feed(body)
-    tr.close()
-    assert collect(sse_chunks(enc.take())).usage["prompt_tokens"] == 1080  # type: ignore[index]
+    assert _anthropic_usage_after(30, 0)["prompt_tokens"] == 1080
 
 
 def test_anthropic_usage_so_far_is_message_start_and_deltas_before_a_cut() -> None:
