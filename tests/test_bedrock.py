@@ -629,6 +629,37 @@ def test_reasoning_and_its_signature_come_out_for_the_next_turn() -> None:
 
 
 
+def test_thinking_left_out_is_no_reasoning_streamed_or_not() -> None:
+    # Claude's thinking with display "omitted" (Opus 4.7's default): a reasoning block with no
+    # text and its signature. The whole answer said `reasoning_content: ""`, the stream none.
+    omitted = {"type": "thinking", "thinking": "", "signature": "SIG=="}
+    chunks = sse_chunks(translate([b"".join([
+        event("messageStart", {"role": "assistant"}),
+        event("contentBlockDelta", {"contentBlockIndex": 0,
+                                    "delta": {"reasoningContent": {"text": ""}}}),
+        event("contentBlockDelta", {"contentBlockIndex": 0,
+                                    "delta": {"reasoningContent": {"signature": "SIG=="}}}),
+        event("contentBlockStop", {"contentBlockIndex": 0}),
+        event("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"text": "Paris."}}),
+        event("messageStop", {"stopReason": "end_turn"}),
+        event("metadata", {"usage": {"inputTokens": 4, "outputTokens": 9}})])]))
+    assert not any("reasoning_content" in c["choices"][0]["delta"]
+                   for c in chunks if c != "[DONE]" and c["choices"])
+    assert collect(chunks).thinking_blocks == [omitted]
+    msg = bedrock_completion([
+        {"reasoningContent": {"reasoningText": {"text": "", "signature": "SIG=="}}},
+        {"text": "Paris."}])["choices"][0]["message"]
+    assert "reasoning_content" not in msg
+    assert msg["thinking_blocks"] == [omitted] and msg["content"] == "Paris."
+
+
+def bedrock_completion(blocks: list[dict[str, Any]], stop: str = "end_turn") -> dict[str, Any]:
+    return to_completion(orjson.dumps({"output": {"message": {"role": "assistant",
+                                                             "content": blocks}},
+                                       "stopReason": stop}),
+                         completion_id="c", created=1, model="m")
+
+
 def test_thinking_parts_of_the_content_go_back_as_reasoning() -> None:
     # Portkey's form: the signed thinking among the assistant's content parts.
     sent = to_converse({"messages": [

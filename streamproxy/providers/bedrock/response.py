@@ -62,7 +62,8 @@ def _translate(blocks: list[dict[str, Any]], answer: dict[str, Any]) -> Completi
 def _reasoning(content: dict[str, Any], out: CompletionBuilder) -> None:
     text = content.get("reasoningText")
     if text:
-        out.reasoning(text.get("text") or "")
+        if text.get("text"):  # (empty when Claude leaves it out, display "omitted": no reasoning)
+            out.reasoning(text["text"])
         if text.get("signature"):
             out.thinking_block({"type": "thinking", "thinking": text.get("text") or "",
                                 "signature": text["signature"]})
