@@ -583,6 +583,23 @@ def test_anthropic_unsigned_thinking_is_reasoning_without_a_block_streamed_or_no
         assert msg["reasoning_content"] == "Hm." and "thinking_blocks" not in msg
 
 
+@pytest.mark.parametrize("redacted", [{"type": "redacted_thinking"},
+                                      {"type": "redacted_thinking", "data": ""}])
+def test_anthropic_redacted_thinking_without_data_is_left_out_streamed_or_not(
+        redacted: dict[str, Any]) -> None:
+    # An Anthropic-compatible server's redacted_thinking with no data: the stream failed as
+    # malformed (a 502, or an error frame mid-answer), the whole answer kept a block with
+    # data "" that a replay leaves out (nothing to send back). Both now leave it out.
+    c = anthropic(*block(0, redacted),
+                  *block(1, {"type": "text", "text": ""}, {"type": "text_delta", "text": "Hi."}),
+                  stop("end_turn"))
+    assert c.error is None and c.content == "Hi." and c.thinking_blocks == []
+    msg = to_completion(orjson.dumps({"content": [redacted, {"type": "text", "text": "Hi."}],
+                                      "stop_reason": "end_turn"}),
+                        completion_id="c", created=1, model="m")["choices"][0]["message"]
+    assert "thinking_blocks" not in msg and msg["content"] == "Hi."
+
+
 def test_anthropic_tool_input_sent_whole_at_its_start_is_the_calls_arguments() -> None:
     # An Anthropic-compatible upstream may send a call's input whole in its content_block_start
     # and no argument fragment; Anthropic's SDK keeps that input then (fragments, when they

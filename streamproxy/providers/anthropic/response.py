@@ -46,8 +46,8 @@ def _completion(msg: dict[str, Any], completion_id: str, created: int,
             if block.get("signature"):  # (as the stream: an unsigned block has no replay)
                 out.thinking_block({"type": "thinking", "thinking": thinking,
                                     "signature": block["signature"]})
-        elif kind == "redacted_thinking":
-            out.thinking_block({"type": "redacted_thinking", "data": block.get("data", "")})
+        elif kind == "redacted_thinking" and block.get("data"):  # (no data: nothing to replay)
+            out.thinking_block({"type": "redacted_thinking", "data": block["data"]})
     # No stop_reason (an Anthropic-compatible upstream): the calls made say how it ended.
     reason = msg.get("stop_reason") or ("tool_use" if tools else "end_turn")
     out.finish(finish_reason(reason, tools > 0))

@@ -258,5 +258,7 @@ class AnthropicStreamTranslator(SSETranslator):
             self._thinking = [block.get("thinking") or ""]
             if block.get("thinking"):
                 self.out.reasoning(block["thinking"])
-        elif btype == "redacted_thinking":
+        elif btype == "redacted_thinking" and block.get("data"):
+            # (no data, an Anthropic-compatible server's: nothing to send back, left out as the
+            # whole answer, and Bedrock, do)
             self.out.thinking_block({"type": "redacted_thinking", "data": block["data"]})
