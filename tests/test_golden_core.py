@@ -583,6 +583,28 @@ def test_anthropic_unsigned_thinking_is_reasoning_without_a_block_streamed_or_no
         assert msg["reasoning_content"] == "Hm." and "thinking_blocks" not in msg
 
 
+def test_anthropic_signature_sent_whole_at_its_start_is_kept_streamed_or_not() -> None:
+    # An Anthropic-compatible server may send a thinking block whole in its
+    # content_block_start, signature included, with no signature_delta: the stream lost the
+    # signature (no thinking block to send back), where the whole answer kept it.
+    signed = {"type": "thinking", "thinking": "hm.", "signature": "SIG"}
+    c = anthropic(*block(0, signed),
+                  *block(1, {"type": "text", "text": ""}, {"type": "text_delta", "text": "Hi."}),
+                  stop("end_turn"))
+    assert c.error is None and c.reasoning == "hm." and c.thinking_blocks == [signed]
+    # Its text may still come as deltas: the signature covers all of it, and comes once.
+    c = anthropic(*block(0, {"type": "thinking", "thinking": "", "signature": "SIG"},
+                         {"type": "thinking_delta", "thinking": "hm."}), stop("end_turn"))
+    assert c.reasoning == "hm." and c.thinking_blocks == [signed]
+    c = anthropic(*block(0, {"type": "thinking", "thinking": "", "signature": "OLD"},
+                         {"type": "thinking_delta", "thinking": "hm."},
+                         {"type": "signature_delta", "signature": "SIG"}), stop("end_turn"))
+    assert c.thinking_blocks == [signed]
+    msg = to_completion(orjson.dumps({"content": [signed], "stop_reason": "end_turn"}),
+                        completion_id="c", created=1, model="m")["choices"][0]["message"]
+    assert msg["thinking_blocks"] == [signed] and msg["reasoning_content"] == "hm."
+
+
 @pytest.mark.parametrize("redacted", [{"type": "redacted_thinking"},
                                       {"type": "redacted_thinking", "data": ""}])
 def test_anthropic_redacted_thinking_without_data_is_left_out_streamed_or_not(

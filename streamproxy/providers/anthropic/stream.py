@@ -124,6 +124,9 @@ class AnthropicStreamTranslator(SSETranslator):
         self._blocks_begun = False  # a content_block_start came
         self._finished = False  # a finish reason was emitted
         self._thinking: list[str] = []  # the current thinking block's text, for its signature
+        # (block index, signature) of a thinking block whose start carried its signature (an
+        # Anthropic-compatible server's whole block): sent at its stop, unless a delta's came.
+        self._start_signature: tuple[int, str] | None = None
         self._content = out.content
         # Sinks that take escaped text literals (the encoders, the tee) get runs spliced.
         self._literals = getattr(out, "content_literals", None)
@@ -182,6 +185,7 @@ class AnthropicStreamTranslator(SSETranslator):
             elif dtype == "signature_delta":
                 # The signature covers the whole thinking text: send both, so the client can
                 # return the block unchanged on its next turn.
+                self._start_signature = None
                 self.out.thinking_block({"type": "thinking", "thinking": "".join(self._thinking),
                                          "signature": delta["signature"]})
             # citations_delta (annotations would need the content's character offsets, which
@@ -193,6 +197,10 @@ class AnthropicStreamTranslator(SSETranslator):
             args = self._unsent_args.pop(index, None)
             if args is not None:
                 self.out.tool_call_args(self._tool_of_block[index], args)
+            elif self._start_signature is not None and self._start_signature[0] == index:
+                self.out.thinking_block({"type": "thinking", "thinking": "".join(self._thinking),
+                                         "signature": self._start_signature[1]})
+                self._start_signature = None
         elif kind == "message_start":
             message = msg["message"]
             self._usage.update(message.get("usage") or {})
@@ -258,6 +266,9 @@ class AnthropicStreamTranslator(SSETranslator):
             self._thinking = [block.get("thinking") or ""]
             if block.get("thinking"):
                 self.out.reasoning(block["thinking"])
+            # (Anthropic's start has `signature: ""`, its signature comes as a delta)
+            signature = block.get("signature")
+            self._start_signature = (index, signature) if signature else None
         elif btype == "redacted_thinking" and block.get("data"):
             # (no data, an Anthropic-compatible server's: nothing to send back, left out as the
             # whole answer, and Bedrock, do)
