@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 import pytest
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletionChunk
 
 from streamproxy.errors import ProxyError
 from streamproxy.openai_api.chunks import ChunkEncoder
@@ -620,6 +622,57 @@ def test_anthropic_redacted_thinking_without_data_is_left_out_streamed_or_not(
                                       "stop_reason": "end_turn"}),
                         completion_id="c", created=1, model="m")["choices"][0]["message"]
     assert "thinking_blocks" not in msg and msg["content"] == "Hi."
+
+
+def refused(details: Any, *blocks: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the openai SDK's stream helper's message and finish, the whole answer's choice) for a
+    Claude answer of `blocks` that ends with stop_reason refusal and `details`."""
+    events: list[dict[str, Any]] = []
+    for index, b in enumerate(blocks):
+        events += block(index, {"type": "text", "text": ""},
+                        {"type": "text_delta", "text": b["text"]})
+    end = {"type": "message_delta", "delta": {"stop_reason": "refusal", "stop_sequence": None,
+                                              "stop_details": details},
+           "usage": {"output_tokens": 3}}
+    body = b"".join(b"event: %b\ndata: %b\n\n" % (e["type"].encode(), orjson.dumps(e))
+                    for e in (START, *events, end, {"type": "message_stop"}))
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
+    tr = AnthropicStreamTranslator(enc, 1 << 20)
+    tr.feed(body)
+    tr.close()
+    chunks = sse_chunks(enc.take())
+    assert_finish_last(chunks)
+    state = ChatCompletionStreamState()
+    for chunk in chunks:
+        if chunk != "[DONE]":
+            state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    [streamed] = state.current_completion_snapshot.choices
+    whole = to_completion(orjson.dumps({"content": list(blocks), "stop_reason": "refusal",
+                                        "stop_details": details}),
+                          completion_id="c", created=1, model="m")["choices"][0]
+    return ({"content": streamed.message.content, "refusal": streamed.message.refusal,
+             "finish": streamed.finish_reason},
+            {"content": whole["message"]["content"], "refusal": whole["message"]["refusal"],
+             "finish": whole["finish_reason"]})
+
+
+def test_anthropic_refusal_explanation_is_the_answer_s_refusal_streamed_or_not() -> None:
+    # Claude's refusal stop says why in `stop_details.explanation` (the whole message's, the
+    # stream's message_delta's): OpenAI's place for a refusal's words is message.refusal /
+    # delta.refusal. The client got finish_reason content_filter and no word of why.
+    why = "This request was declined under the cyber policy."
+    details = {"type": "refusal", "category": "cyber", "explanation": why}
+    streamed, whole = refused(details, {"type": "text", "text": "Hello.."})
+    assert streamed == whole == {"content": "Hello..", "refusal": why,
+                                 "finish": "content_filter"}
+    # Refused before any output: content null, as OpenAI's refusals.
+    streamed, whole = refused(details)
+    assert streamed == whole == {"content": None, "refusal": why, "finish": "content_filter"}
+    # No explanation (null for a category without one, or no stop_details): no refusal text.
+    for details in ({"type": "refusal", "category": None, "explanation": None}, None):
+        streamed, whole = refused(details, {"type": "text", "text": "Hello.."})
+        assert streamed == whole == {"content": "Hello..", "refusal": None,
+                                     "finish": "content_filter"}
 
 
 def test_anthropic_tool_input_sent_whole_at_its_start_is_the_calls_arguments() -> None:

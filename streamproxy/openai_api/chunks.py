@@ -55,6 +55,10 @@ class ChunkSink(Protocol):
     def reasoning(self, text: str) -> None:
         """`delta.reasoning_content` (DeepSeek / LiteLLM convention)."""
 
+    def refusal(self, text: str) -> None:
+        """`delta.refusal`: the words of a refusal the provider gave apart from the content
+        (Claude's `stop_details.explanation`), before the content_filter finish."""
+
     def thinking_block(self, block: dict[str, Any]) -> None:
         """`delta.thinking_blocks: [block]` — opaque reasoning state (signatures, redacted
         thinking) that the client must send back for the next turn. Each is whole; the
@@ -284,6 +288,10 @@ class ChunkEncoder:
 
     def reasoning(self, text: str) -> None:
         self._frame(b'{"reasoning_content":' + _dumps(text) + b"}")
+
+    def refusal(self, text: str) -> None:
+        self._frame(b'{"refusal":' + _dumps(text) + b"}")
+        self._content_null = False  # (a refusal alone: content null, as OpenAI's)
 
     def thinking_block(self, block: dict[str, Any]) -> None:
         # Numbered like tool calls: the openai SDK's stream helper merges list deltas by

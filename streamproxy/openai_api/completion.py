@@ -59,10 +59,10 @@ class CompletionBuilder:
         self.failure: ProxyError | None = None
         self.ended = False
         self.raw_chunks = 0
-        # A pass-through answer's refusal (captured, stored), and whether it carried what a
-        # replay cannot give back (a refusal, logprobs, annotations, audio, images, reasoning
-        # named `reasoning` or in `reasoning_details`, a custom or signed tool call, a choice
-        # beyond 0): the cache keeps no entry for it.
+        # The answer's refusal (a pass-through's, captured, or a translator's `refusal`), and
+        # whether it carried what a replay cannot give back (a refusal, logprobs, annotations,
+        # audio, images, reasoning named `reasoning` or in `reasoning_details`, a custom or
+        # signed tool call, a choice beyond 0): the cache keeps no entry for it.
         self.refusal_parts: list[str] = []
         self.replayable = True
         self.annotations: list[Any] = []  # a pass-through's citations (search models)
@@ -169,6 +169,10 @@ class CompletionBuilder:
             self._count += 1
         else:
             self._step("r")
+
+    def refusal(self, text: str) -> None:
+        self.refusal_parts.append(text)
+        self.replayable = False  # a replay's runs have no refusal
 
     def thinking_block(self, block: dict[str, Any]) -> None:
         self.thinking_blocks.append(block)
@@ -598,6 +602,10 @@ class TeeSink:
     def reasoning(self, text: str) -> None:
         self.encoder.reasoning(text)
         self.builder.reasoning(text)
+
+    def refusal(self, text: str) -> None:
+        self.encoder.refusal(text)
+        self.builder.refusal(text)
 
     def thinking_block(self, block: dict[str, Any]) -> None:
         self.encoder.thinking_block(block)

@@ -9,7 +9,7 @@ import orjson
 from streamproxy._json import loads_lenient
 from streamproxy.errors import UpstreamProtocolError
 from streamproxy.openai_api.completion import CompletionBuilder
-from streamproxy.providers.anthropic.stream import finish_reason, map_usage
+from streamproxy.providers.anthropic.stream import finish_reason, map_usage, refusal_text
 from streamproxy.providers.base import WRONG_SHAPE
 
 
@@ -50,6 +50,9 @@ def _completion(msg: dict[str, Any], completion_id: str, created: int,
             out.thinking_block({"type": "redacted_thinking", "data": block["data"]})
     # No stop_reason (an Anthropic-compatible upstream): the calls made say how it ended.
     reason = msg.get("stop_reason") or ("tool_use" if tools else "end_turn")
+    why = refusal_text(reason, msg.get("stop_details"))
+    if why:
+        out.refusal(why)
     out.finish(finish_reason(reason, tools > 0))
     if msg.get("usage"):
         out.usage(map_usage(msg["usage"]))

@@ -59,6 +59,17 @@ def finish_reason(stop_reason: str, made_calls: bool) -> str:
     finish = FINISH_REASONS.get(stop_reason, "stop")
     return "stop" if finish == "tool_calls" and not made_calls else finish
 
+
+def refusal_text(stop_reason: Any, details: Any) -> str | None:
+    """A refusal stop's `stop_details.explanation` (the message's, or the stream's
+    message_delta's): its words, which OpenAI gives as `refusal`. None when it has none (null
+    for a category without one; no stop_details from an older Claude or a compatible server)."""
+    if stop_reason != "refusal" or not isinstance(details, dict):
+        return None
+    why = details.get("explanation")
+    return why if isinstance(why, str) and why else None
+
+
 # Anthropic error type → HTTP status, for errors that arrive inside a stream (Anthropic's
 # errors page). Before the commit point the status is the client's, and what retries and
 # fallbacks act on: an unknown type is a 502, which the default retry codes retry.
@@ -213,9 +224,13 @@ class AnthropicStreamTranslator(SSETranslator):
             # servers (SGLang) send 0 there for "counted in message_start".
             self._usage.update((k, v) for k, v in (msg.get("usage") or {}).items()
                                if v is not None and (v or k not in _INPUT_COUNTS))
-            reason = (msg.get("delta") or {}).get("stop_reason")
+            delta = msg.get("delta") or {}
+            reason = delta.get("stop_reason")
             if reason and not self._finished:
                 self._finished = True
+                why = refusal_text(reason, delta.get("stop_details"))
+                if why:
+                    self.out.refusal(why)
                 self.out.finish(finish_reason(reason, bool(self._tool_of_block)))
         elif kind == "message_stop":
             self._start(None)
