@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from streamproxy.errors import InvalidRequest
-from streamproxy.routing.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreakers
+from streamproxy.routing.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreakers, Trial
 from streamproxy.routing.conditions import matches, validate_query
 from streamproxy.routing.planner import plan
 from streamproxy.routing.portkey_config import BreakerSpec, ConfigNode, parse_config
@@ -341,8 +341,9 @@ def test_a_clients_cb_config_keeps_apart_from_the_operators_breaker(
     assert cb.state("k", operator) == OPEN and cb.is_open("k", operator)
     cb.record("k", operator, None)  # (open: a last-hope try changes nothing)
     clock.now = 1000
-    assert cb.admit("k", operator) is True
-    cb.record("k", operator, None)
+    trial = cb.admit("k", operator)
+    assert isinstance(trial, Trial)
+    cb.record("k", operator, None, trial)
     cb.record("k", client, 400)  # the client's own bad request opens its breaker alone
     assert cb.state("k", client) == OPEN and cb.state("k", operator) == CLOSED
     assert changes == [("k", OPEN, 600), ("k", CLOSED, None), ("k", OPEN, 0.001)]
@@ -357,24 +358,27 @@ def test_a_half_open_breaker_lets_one_trial_through(new_breakers: BreakersFactor
     cb.record("k", spec, 500)
     clock.now = 31
     assert not cb.is_open("k", spec)
-    assert cb.admit("k", spec) is True  # the trial
+    trial = cb.admit("k", spec)
+    assert isinstance(trial, Trial)  # the trial
     assert cb.is_open("k", spec) and cb.admit("k", spec) is False  # the others skip it
     assert cb.state("k", spec) == HALF_OPEN
-    cb.record("k", spec, 500)  # the trial failed: open for another cooldown
+    cb.record("k", spec, 500, trial)  # the trial failed: open for another cooldown
     assert cb.state("k", spec) == OPEN
     clock.now = 62
-    assert cb.admit("k", spec) is True
-    cb.record("k", spec, None)  # it succeeded: closed, every request goes
+    trial = cb.admit("k", spec)
+    assert isinstance(trial, Trial)
+    cb.record("k", spec, None, trial)  # it succeeded: closed, every request goes
     assert cb.state("k", spec) == CLOSED and cb.admit("k", spec) is None
     # A trial whose outcome never came (its request cancelled, refused before sending) is
     # released; one never released (a worker that died) is stale after a cooldown.
     cb.record("k", spec, 500)
     clock.now = 93
-    assert cb.admit("k", spec) is True
-    cb.release("k", spec)
-    assert cb.admit("k", spec) is True and cb.admit("k", spec) is False
+    trial = cb.admit("k", spec)
+    assert isinstance(trial, Trial)
+    cb.release("k", spec, trial)
+    assert isinstance(cb.admit("k", spec), Trial) and cb.admit("k", spec) is False
     clock.now = 124
-    assert not cb.is_open("k", spec) and cb.admit("k", spec) is True
+    assert not cb.is_open("k", spec) and isinstance(cb.admit("k", spec), Trial)
 
 
 def test_a_trial_under_way_is_held_for_as_long_as_its_tries_may_last(
@@ -387,11 +391,39 @@ def test_a_trial_under_way_is_held_for_as_long_as_its_tries_may_last(
     spec = BreakerSpec(failure_threshold=1, cooldown_interval=30)
     cb.record("k", spec, 500)
     clock.now = 31
-    assert cb.admit("k", spec, lasts=600) is True
+    assert isinstance(cb.admit("k", spec, lasts=600), Trial)
     clock.now = 31 + 300  # ten cooldowns on, the trial still under way
     assert cb.is_open("k", spec) and cb.admit("k", spec, lasts=600) is False
     clock.now = 31 + 601  # past anything its tries could take: its worker is gone
-    assert not cb.is_open("k", spec) and cb.admit("k", spec, lasts=600) is True
+    assert not cb.is_open("k", spec) and isinstance(cb.admit("k", spec, lasts=600), Trial)
+
+
+def test_a_stale_trials_late_release_or_outcome_leaves_the_newer_trial_alone(
+        new_breakers: BreakersFactory) -> None:
+    """A trial held past its `lasts` is stale and another request becomes the trial: the
+    stale one's release, coming late, cleared the newer trial's mark (a third request went
+    to the half-open target while the second was still trying it), and its late outcome
+    decided the breaker the newer trial was testing (a late failure re-opened it, and the
+    newer trial's success then changed nothing). Only the trial under way decides."""
+    clock = Clock()
+    cb = new_breakers(clock)
+    spec = BreakerSpec(failure_threshold=1, cooldown_interval=30)
+    cb.record("k", spec, 500)
+    clock.now = 31
+    stale = cb.admit("k", spec)
+    assert isinstance(stale, Trial)
+    clock.now = 62  # its hold is over: the next request is the trial
+    newer = cb.admit("k", spec)
+    assert isinstance(newer, Trial)
+    cb.release("k", spec, stale)
+    assert cb.is_open("k", spec) and cb.admit("k", spec) is False  # still the newer's
+    cb.record("k", spec, 500, stale)  # a late failure: the newer trial decides
+    cb.record("k", spec, None)  # (nor does a last-hope try, not the trial)
+    assert cb.state("k", spec) == HALF_OPEN and cb.admit("k", spec) is False
+    cb.record("k", spec, None, newer)
+    assert cb.state("k", spec) == CLOSED
+    cb.release("k", spec, newer)  # (recorded: nothing to release)
+    assert cb.state("k", spec) == CLOSED
 
 
 def test_breaker_percentage_waits_for_minimum_requests(new_breakers: BreakersFactory) -> None:

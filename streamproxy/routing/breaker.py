@@ -9,7 +9,10 @@ its success (a stream's, when it opens) closes it and resets the counts, its fai
 it for another cooldown; while it is under way the others skip the target as if it were
 open. A trial whose outcome never comes (a request cancelled, refused before it was sent) is
 `release`d; one never released (a worker that died) is stale once its tries could no longer
-be running (`admit`'s `lasts`, at least a cooldown), and another request is the trial. If
+be running (`admit`'s `lasts`, at least a cooldown), and another request is the trial. A
+trial is named by the `Trial` `admit` returns: a stale one's late release or outcome leaves a
+newer trial under way alone (it cleared the newer one's mark, letting a third request through,
+or decided the breaker the newer one was testing). If
 every target of a plan is open, the plan ignores the breakers (as Portkey does): failing fast
 on all of them helps nobody.
 
@@ -40,6 +43,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Literal
 
 from streamproxy.routing.portkey_config import BreakerSpec
 
@@ -54,6 +58,13 @@ class BreakerState:
     opened_at: float | None = None
     # When a half-open breaker's trial under way is stale: its worker died, never recording it.
     trial_until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Trial:
+    """A half-open breaker's trial, as `admit` let it through: its `trial_until` (each later
+    trial's ends later, so it names this one)."""
+    until: float
 
 
 # (key, state, for an open one the seconds until it turns half-open: by time alone, which no
@@ -81,13 +92,14 @@ class CircuitBreakers:
         phase = self._phase(st, spec)
         return phase == OPEN or (phase == HALF_OPEN and self._trying(st))
 
-    def admit(self, key: str, spec: BreakerSpec, lasts: float = 0.0) -> bool | None:
-        """Before a request's tries of the target: True when it is a half-open breaker's
-        trial (its outcome must be recorded or released), False when another's trial is under
-        way (the target is skipped if the plan has another), None otherwise (closed; or open,
-        tried when all the plan's targets are). `lasts`: the longest its tries may take; the
-        trial is held that long, or a cooldown if longer (a slow one, held for one cooldown,
-        let a second trial through while it still waited on the target)."""
+    def admit(self, key: str, spec: BreakerSpec, lasts: float = 0.0
+              ) -> Trial | Literal[False] | None:
+        """Before a request's tries of the target: a `Trial` when it is a half-open breaker's
+        trial (its outcome must be recorded or released with it), False when another's trial
+        is under way (the target is skipped if the plan has another), None otherwise (closed;
+        or open, tried when all the plan's targets are). `lasts`: the longest its tries may
+        take; the trial is held that long, or a cooldown if longer (a slow one, held for one
+        cooldown, let a second trial through while it still waited on the target)."""
         key += _rules(spec)
         if self._phase(self._load(key), spec) != HALF_OPEN:  # (no lock for a closed one)
             return None
@@ -99,19 +111,22 @@ class CircuitBreakers:
                 return False
             st.trial_until = self._clock() + max(lasts, spec.cooldown_interval)
             self._save(key, st)
-        return True
+        return Trial(st.trial_until)
 
-    def release(self, key: str, spec: BreakerSpec) -> None:
-        """A trial that ended with no outcome: the next request may be the trial."""
+    def release(self, key: str, spec: BreakerSpec, trial: Trial) -> None:
+        """A trial that ended with no outcome: the next request may be the trial (unless
+        `trial` went stale and another is the trial now)."""
         key += _rules(spec)
         with self._locked():
             st = self._load(key)
-            if st is not None and st.trial_until is not None:
+            if st is not None and st.trial_until == trial.until:
                 st.trial_until = None
                 self._save(key, st)
 
-    def record(self, key: str, spec: BreakerSpec | None, status: int | None) -> None:
-        """One finished attempt: `status` None for success, else the error's HTTP status."""
+    def record(self, key: str, spec: BreakerSpec | None, status: int | None,
+               trial: Trial | None = None) -> None:
+        """One finished attempt: `status` None for success, else the error's HTTP status;
+        `trial`: what `admit` returned, if it was the trial."""
         if spec is None:
             return
         failed = status is not None and spec.is_failure(status)
@@ -120,6 +135,8 @@ class CircuitBreakers:
             st = self._load(state_key) or BreakerState()
             before = self._phase(st, spec)
             if before == HALF_OPEN:
+                if self._trying(st) and (trial is None or trial.until != st.trial_until):
+                    return  # another's trial is under way: its outcome decides
                 st.trial_until = None
                 if failed:
                     st.opened_at = self._clock()

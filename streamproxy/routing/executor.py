@@ -42,7 +42,7 @@ from streamproxy.openai_api.request import (
 )
 from streamproxy.providers.base import Provider, StreamTranslator
 from streamproxy.record import RequestRecord
-from streamproxy.routing.breaker import CircuitBreakers
+from streamproxy.routing.breaker import CircuitBreakers, Trial
 from streamproxy.routing.planner import Attempt, Plan
 from streamproxy.routing.retry import RETRY_AFTER_CAP, retry_delay
 from streamproxy.routing.target import Target
@@ -226,7 +226,7 @@ class Executor:
                     index = following
                     continue
             try:
-                result = await self._with_retries(req, attempt, record, once, trial is True)
+                result = await self._with_retries(req, attempt, record, once, trial or None)
             except ProxyError as e:
                 following = plan.next_after(index, e.status, skipped)
                 if following is None:
@@ -240,7 +240,7 @@ class Executor:
             return result
 
     async def _with_retries(self, req: ChatRequest, attempt: Attempt, record: RequestRecord,
-                            once: Any, trial: bool = False) -> Any:
+                            once: Any, trial: Trial | None = None) -> Any:
         """The target's tries; its breaker records their outcome once, retries and all (as
         Portkey records a target's response after its retries): a request is the unit of
         `failure_threshold` and of a failure percentage, so one request's retries never trip
@@ -255,16 +255,16 @@ class Executor:
             if not isinstance(e, InvalidRequest):
                 # (a 400 of the target's translation was never sent: it tells nothing of the
                 # upstream's health, and must not close a half-open breaker)
-                self.breakers.record(key, spec, e.status)
+                self.breakers.record(key, spec, e.status, trial)
                 recorded = True
             raise
         else:
-            self.breakers.record(key, spec, None)
+            self.breakers.record(key, spec, None, trial)
             recorded = True
             return result
         finally:
-            if trial and not recorded:  # (cancelled, or never sent): the next one may try
-                self.breakers.release(key, spec)
+            if trial is not None and not recorded:  # (cancelled, or never sent): the next
+                self.breakers.release(key, spec, trial)  # one may try
 
     async def _retrying(self, req: ChatRequest, attempt: Attempt, record: RequestRecord,
                         once: Any) -> Any:
