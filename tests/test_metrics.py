@@ -254,7 +254,8 @@ def test_circuit_targets_are_capped() -> None:
             set_circuit_state("mock|cap|", "open", None, f"cooldown_interval={i}")
         series = {tuple(s.labels.values()) for f in REGISTRY.collect() for s in f.samples
                   if s.name == "streamproxy_circuit_breaker_state"}
-        assert len(series) <= MAX_CIRCUIT_LABELS
+        # (the clients' inline configs' breakers, made by other tests, are capped apart)
+        assert len(series - m._client_circuit_targets) <= MAX_CIRCUIT_LABELS
         set_circuit_state("openai/gpt-4o", "closed")  # a target already exported still changes
         assert sample("streamproxy_circuit_breaker_state", target="openai/gpt-4o",
                       cb_config="") == 0
@@ -262,6 +263,34 @@ def test_circuit_targets_are_capped() -> None:
         for target, rules in m._circuit_targets - exported:
             m.circuit.remove(target, rules)
         m._circuit_targets = exported
+
+
+def test_client_made_breakers_cannot_crowd_the_operators_out_of_the_gauge() -> None:
+    """One cap for all: a client's 100 inline cb_configs (each a breaker of its own, opened by
+    a bad request of its own) took every series, and the operator's breaker opening later was
+    never reported. The clients' breakers are capped apart."""
+    from streamproxy.routing.breaker import CircuitBreakers
+    from streamproxy.routing.portkey_config import BreakerSpec
+
+    m = metrics()
+    exported, clients = set(m._circuit_targets), set(m._client_circuit_targets)
+    breakers = CircuitBreakers(clock=lambda: 0.0)
+    breakers.listeners.append(set_circuit_state)
+    try:
+        for i in range(MAX_CIRCUIT_LABELS + 50):
+            breakers.record("mock|flood|", BreakerSpec(
+                failure_threshold=1, cooldown_interval=1 + i,
+                failure_status_codes=frozenset({404}), client=True), 404)
+        assert len(m._client_circuit_targets) == MAX_CIRCUIT_LABELS
+        breakers.record("mock|operators|", BreakerSpec(failure_threshold=1,
+                                                       cooldown_interval=600), 500)
+        assert sample("streamproxy_circuit_breaker_state", target="mock|operators|",
+                      cb_config="failure_threshold=1,cooldown_interval=600000") == 2
+    finally:  # (the other tests' breakers exported as before: the cap is per process)
+        for target, rules in (m._circuit_targets - exported) | (
+                m._client_circuit_targets - clients):
+            m.circuit.remove(target, rules)
+        m._circuit_targets, m._client_circuit_targets = exported, clients
 
 
 def test_one_targets_breakers_under_other_rules_are_apart_series() -> None:

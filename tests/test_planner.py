@@ -12,7 +12,14 @@ import orjson
 import pytest
 
 from streamproxy.errors import InvalidRequest
-from streamproxy.routing.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreakers, Trial
+from streamproxy.routing.breaker import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    CircuitBreakers,
+    Trial,
+    _rules,
+)
 from streamproxy.routing.conditions import matches, validate_query
 from streamproxy.routing.planner import plan
 from streamproxy.routing.portkey_config import BreakerSpec, ConfigNode, parse_config
@@ -463,6 +470,52 @@ def test_an_open_breaker_outlives_the_cap_while_closed_ones_are_dropped() -> Non
         cb.record(f"mock|failing-{i}|", spec, 500)
     assert len(cb._states) == 3 and not cb.is_open("down", spec)
     assert cb.is_open("mock|failing-0|", spec)
+
+
+def test_a_flood_of_client_breakers_never_drops_the_operators_open_one() -> None:
+    """A client's inline configs make breakers (other rules: other states), each opened by a
+    bad request of its own (failure_threshold 1, failure_status_codes [404]): 4,096 of them
+    dropped the operator's open breaker, the least recently recorded open one, and its failing
+    target was tried again at full rate. Client-made states are capped apart, at half."""
+    cb = CircuitBreakers(Clock(), max_states=8)
+    operator = BreakerSpec(failure_threshold=1, cooldown_interval=600)
+    cb.record("down", operator, 500)
+    cb.record("up", operator, None)  # (an operator's closed one is kept too)
+    for i in range(1000):
+        client = BreakerSpec(failure_threshold=1, cooldown_interval=1 + i,
+                             failure_status_codes=frozenset({404}), client=True)
+        cb.record("down", client, 404)
+        assert cb.is_open("down", client)  # (the client's own breakers still work)
+    assert cb.is_open("down", operator) and len(cb._states) <= 8
+    assert "up" + _rules(operator) in cb._states
+    assert len(cb._clients) == 4
+    # The operator's config giving the same rules makes a client-made state the operator's.
+    cb.record("down", BreakerSpec(failure_threshold=1, cooldown_interval=1000,
+                                  failure_status_codes=frozenset({404})), None)
+    assert "down" + _rules(client) not in cb._clients
+    # A client's breaker when every state is an operator's open one: not kept.
+    full = CircuitBreakers(Clock(), max_states=2)
+    for key in ("a", "b"):
+        full.record(key, operator, 500)
+    full.record("c", client, 404)
+    assert full.is_open("a", operator) and full.is_open("b", operator)
+
+
+def test_an_inline_configs_breakers_are_the_clients() -> None:
+    gateway = gateway_for(configs={"named": {"cb_config": {"failure_threshold": 1},
+                                             "provider": "oa"}})
+    from streamproxy.openai_api.request import parse_chat_request
+    req = parse_chat_request(orjson.dumps({"model": "m", "messages": [
+        {"role": "user", "content": "hi"}]}))
+    inline = {"strategy": {"mode": "fallback", "cb_config": {"failure_threshold": 1}},
+              "targets": [{"provider": "oa"}, {"provider": "groq",
+                                               "cb_config": {"failure_threshold": 2}}]}
+    attempts = gateway.plan({"x-portkey-config": orjson.dumps(inline).decode()}, req,
+                            None).attempts
+    assert [a.breaker is not None and a.breaker.client for a in attempts] == [True, True]
+    named = gateway.plan({"x-portkey-config": "named"}, req, None).attempts
+    assert named[0].breaker is not None and not named[0].breaker.client
+    assert named[0].breaker == attempts[0].breaker  # (the same rules: one breaker)
 
 
 def test_open_targets_are_skipped_unless_all_are_open(new_breakers: BreakersFactory) -> None:

@@ -9,7 +9,11 @@ import multiprocessing
 
 from streamproxy.routing.breaker import CLOSED, HALF_OPEN, OPEN
 from streamproxy.routing.portkey_config import BreakerSpec
-from streamproxy.server.shared_breakers import SharedBreakerTable, SharedCircuitBreakers
+from streamproxy.server.shared_breakers import (
+    PROBES,
+    SharedBreakerTable,
+    SharedCircuitBreakers,
+)
 from tests.helpers import Clock
 
 SPEC = BreakerSpec(failure_threshold=3, cooldown_interval=30)
@@ -96,3 +100,27 @@ def test_open_slots_are_not_reclaimed() -> None:
             a.record(key, SPEC, 500)
     a.record("new", SPEC, None)
     assert b.is_open("down-1", SPEC) and b.is_open("down-2", SPEC)
+
+
+def test_a_flood_of_client_breakers_leaves_the_operator_a_slot() -> None:
+    """Open slots are never reclaimed, so a client's inline configs, each breaker opened by a
+    bad request of its own, filled every slot near the operator's key: its breaker was kept
+    per worker, and tripped only after failure_threshold failures in each. The operator's
+    keys take a client-made slot, open or not; a client's never takes an open one."""
+    table, clock = SharedBreakerTable(slots=PROBES), Clock(100.0)
+    a, b = SharedCircuitBreakers(table, clock), SharedCircuitBreakers(table, clock)
+    for i in range(PROBES):
+        client = BreakerSpec(failure_threshold=1, cooldown_interval=1 + i,
+                             failure_status_codes=frozenset({404}), client=True)
+        a.record("down", client, 404)
+        clock.now += 1
+    for _ in range(3):
+        a.record("down", SPEC, 500)
+    assert b.is_open("down", SPEC)  # one breaker for the workers
+    # The oldest client-made one gave its slot; the others are still shared.
+    first = BreakerSpec(failure_threshold=1, cooldown_interval=1,
+                        failure_status_codes=frozenset({404}), client=True)
+    assert not b.is_open("down", first) and b.is_open("down", client)
+    a.record("another", first, 404)  # a client's key: no open slot for it, kept in a
+    assert a.is_open("another", first) and not b.is_open("another", first)
+    assert b.is_open("down", SPEC) and b.is_open("down", client)

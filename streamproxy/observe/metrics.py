@@ -57,7 +57,8 @@ MAX_MODEL_LABELS = 100
 MAX_LABEL_CHARS = 100
 # Breaker keys hold the target's model, which a client's x-portkey-config chooses (and its
 # cb_config, the rules): past this many distinct (target, rules) per process, further ones are
-# not exported (their breakers still work).
+# not exported (their breakers still work). As many again for the breakers clients' inline
+# configs made: one cap for both, and a client's 100 cooldowns hid the operator's breakers.
 MAX_CIRCUIT_LABELS = 100
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
 _USERINFO = re.compile(r"://[^/?#|]*@")  # (to the host part's last @, as urlsplit reads it)
@@ -150,6 +151,7 @@ class Metrics:
         self._models: set[str] = set()
         self._configured_models: set[str] = set()  # outside the cap: see keep_models
         self._circuit_targets: set[tuple[str, str]] = set()  # (target, rules)
+        self._client_circuit_targets: set[tuple[str, str]] = set()  # (clients' configs made)
         # (open exported breakers)
         self._half_open_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -180,15 +182,17 @@ class Metrics:
         return model
 
     def circuit_state(self, target: str, value: int, half_open_after: float | None = None,
-                      rules: str = "") -> None:
+                      rules: str = "", client: bool = False) -> None:
         """`half_open_after`: an open breaker turns half-open then, by time alone; a timer
         shows it (in the worker that saw it open: the most recent change, for the others).
-        `rules`: the breaker's cb_config (one target's breakers under other rules are apart)."""
+        `rules`: the breaker's cb_config (one target's breakers under other rules are apart);
+        `client`: a client's inline config made it (capped apart from the operator's)."""
         breaker = (target, rules)
-        if breaker not in self._circuit_targets:
-            if len(self._circuit_targets) >= MAX_CIRCUIT_LABELS:
+        if breaker not in self._circuit_targets and breaker not in self._client_circuit_targets:
+            kept = self._client_circuit_targets if client else self._circuit_targets
+            if len(kept) >= MAX_CIRCUIT_LABELS:
                 return
-            self._circuit_targets.add(breaker)
+            kept.add(breaker)
         self.circuit.labels(target, rules).set(value)
         timer = self._half_open_timers.pop(breaker, None)
         if timer is not None:
@@ -368,17 +372,17 @@ def _exported_models(path: str) -> set[str]:
 
 
 def set_circuit_state(target_key: str, state: str, half_open_after: float | None = None,
-                      rules: str = "") -> None:
+                      rules: str = "", client: bool = False) -> None:
     """For the circuit breakers (routing/): `state` is closed, half_open or open; an open one
     turns half-open after `half_open_after` seconds; `rules` its cb_config (breaker.py's
-    rules_label)."""
+    rules_label); `client`: a client's inline config made it."""
     try:
         value = CIRCUIT_STATES[state]
     except KeyError:
         raise ValueError(f"unknown circuit state {state!r}") from None
     # A breaker key may hold a base URL: never expose credentials written into one.
     target = bounded_label(_USERINFO.sub("://", target_key))
-    metrics().circuit_state(target, value, half_open_after, bounded_label(rules))
+    metrics().circuit_state(target, value, half_open_after, bounded_label(rules), client)
 
 
 def render() -> bytes:

@@ -33,6 +33,10 @@ in a process are capped at `MAX_STATES`, so distinct models cannot grow the map 
 of the process. A dropped state starts again from closed, so the closed ones go first (the
 least recently recorded of them): an open breaker is not recorded while its target is skipped,
 and would otherwise be the first dropped. Only when all are open does the oldest open one go.
+The states a client's inline config made (`BreakerSpec.client`, until the operator's rules
+record one) are capped apart, at half, and never drop an operator's open one: a flood of
+distinct client cb_configs, each opened by a bad request of its own, dropped the operator's
+open breakers, and its failing targets were tried again at full rate.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class BreakerState:
     opened_at: float | None = None
     # When a half-open breaker's trial under way is stale: its worker died, never recording it.
     trial_until: float | None = None
+    client: bool = False  # made by a client's inline config (BreakerSpec.client)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +73,8 @@ class Trial:
 
 
 # (key, state, for an open one the seconds until it turns half-open: by time alone, which no
-# record reports; its rules, `rules_label`)
-StateListener = Callable[[str, str, float | None, str], None]
+# record reports; its rules, `rules_label`; whether a client's inline config made it)
+StateListener = Callable[[str, str, float | None, str, bool], None]
 
 
 class CircuitBreakers:
@@ -77,8 +82,13 @@ class CircuitBreakers:
                  max_states: int = MAX_STATES) -> None:
         self._clock = clock
         self._max_states = max_states
+        self._max_clients = max_states // 2
         self._states: dict[str, BreakerState] = {}  # least recently recorded first
-        self._closed: dict[str, None] = {}  # the keys of the closed ones, in the same order
+        # The keys of some of them, in the same order: the operator's closed ones, the
+        # clients' closed ones, all the clients'.
+        self._closed: dict[str, None] = {}
+        self._clients_closed: dict[str, None] = {}
+        self._clients: dict[str, None] = {}
         self.listeners: list[StateListener] = []  # on every change; metrics
 
     def state(self, key: str, spec: BreakerSpec) -> str:
@@ -132,7 +142,8 @@ class CircuitBreakers:
         failed = status is not None and spec.is_failure(status)
         state_key = key + _rules(spec)
         with self._locked():  # one read-modify-write, whoever else records at the same time
-            st = self._load(state_key) or BreakerState()
+            st = self._load(state_key) or BreakerState(client=spec.client)
+            st.client &= spec.client  # (the operator's rules recorded it: the operator's)
             before = self._phase(st, spec)
             if before == HALF_OPEN:
                 if self._trying(st) and (trial is None or trial.until != st.trial_until):
@@ -154,7 +165,7 @@ class CircuitBreakers:
             half_open_after = spec.cooldown_interval if after == OPEN else None
             rules = rules_label(spec)
             for listener in self.listeners:
-                listener(key, after, half_open_after, rules)
+                listener(key, after, half_open_after, rules, st.client)
 
     def _phase(self, st: BreakerState | None, spec: BreakerSpec) -> str:
         if st is None or st.opened_at is None:
@@ -181,15 +192,30 @@ class CircuitBreakers:
         return self._states.get(key)
 
     def _save(self, key: str, st: BreakerState) -> None:
-        states, closed = self._states, self._closed
-        closed.pop(key, None)
-        if states.pop(key, None) is None and len(states) >= self._max_states:
-            dropped = next(iter(closed or states))
-            del states[dropped]
-            closed.pop(dropped, None)
+        states = self._states
+        for keys in (self._closed, self._clients_closed, self._clients):
+            keys.pop(key, None)
+        if states.pop(key, None) is None:
+            if st.client and len(self._clients) >= self._max_clients:
+                pools: tuple[dict[str, object], ...] = (self._clients_closed, self._clients)
+            elif len(states) >= self._max_states:  # never an operator's open one for a client
+                pools = (self._clients_closed, self._closed, self._clients,
+                         *(() if st.client else (states,)))
+            else:
+                pools = ()
+            if pools:
+                pool = next((p for p in pools if p), None)
+                if pool is None:  # all the operator's open breakers: the client's is not kept
+                    return
+                dropped = next(iter(pool))
+                del states[dropped]
+                for keys in (self._closed, self._clients_closed, self._clients):
+                    keys.pop(dropped, None)
         states[key] = st
         if st.opened_at is None:
-            closed[key] = None
+            (self._clients_closed if st.client else self._closed)[key] = None
+        if st.client:
+            self._clients[key] = None
 
     def _locked(self) -> AbstractContextManager[object]:
         return contextlib.nullcontext()

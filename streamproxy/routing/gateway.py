@@ -55,6 +55,7 @@ from streamproxy.routing.portkey_config import (
     PROVIDER_OPTION_KEYS,
     ConfigNode,
     RetrySpec,
+    client_made,
     option_value_error,
     parse_config,
 )
@@ -398,7 +399,7 @@ class Gateway:
         except orjson.JSONDecodeError:
             raise InvalidRequest(f"{CONFIG_HEADER} is not valid JSON.", param=CONFIG_HEADER,
                                  code="invalid_config") from None
-        return parse_config(raw, "config")
+        return client_made(parse_config(raw, "config"))
 
     # -- the plan ------------------------------------------------------------------------------
     def plan(self, headers: Mapping[str, str], req: ChatRequest,

@@ -94,6 +94,9 @@ class BreakerSpec:
     cooldown_interval: float = 30.0  # seconds (Portkey gives milliseconds; converted)
     failure_status_codes: frozenset[int] | None = None  # None: any status ≥ 500
     minimum_requests: int = 1
+    # A client's inline x-portkey-config gave it (`client_made`): its breakers are kept apart
+    # in the tables' caps. Not part of the rules: the same rules share one breaker.
+    client: bool = field(default=False, compare=False)
 
     def is_failure(self, status: int) -> bool:
         if self.failure_status_codes is None:
@@ -336,6 +339,15 @@ def parse_config(raw: Any, path: str = "config", parent: ConfigNode | None = Non
     # A leaf without provider or virtual_key routes like a plain request (model prefix,
     # x-portkey-provider, default provider): a config may only add cache, retry, timeouts.
     return node
+
+
+def client_made(node: ConfigNode) -> ConfigNode:
+    """`node` as a client's inline config: its breakers marked the client's, so a flood of
+    distinct client configs cannot crowd the operator's out of the breaker tables or the
+    circuit gauge (routing/breaker.py)."""
+    breaker = node.breaker
+    return replace(node, targets=tuple(client_made(t) for t in node.targets),
+                   breaker=None if breaker is None else replace(breaker, client=True))
 
 
 def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode:

@@ -12,7 +12,12 @@ among them, was kept per worker). A slot is never emptied (a probe chain keeps n
 given another hash, so a worker checks that a slot it found still holds its key's hash (read
 with the state, in one unpack): a key whose slot went starts again from closed, as one the
 in-process map drops. An open breaker is never reclaimed: with every slot near a key open,
-the key keeps its state in the worker, as without workers.
+the key keeps its state in the worker, as without workers. Except for the operator's: a
+client's inline config makes breakers of its own (`BreakerState.client`), and a flood of them,
+each opened by a bad request of the client's, filled every slot near a key of the operator's,
+which then tripped per worker (after N times its failure_threshold). The operator's keys take
+the least recently recorded client-made slot nearby, open or not, when no closed one is left;
+a client's key takes a closed one, a client's first.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from streamproxy.routing.breaker import BreakerState, CircuitBreakers
 from streamproxy.server.shared_memory import SharedRegion
 
 _HASH = struct.Struct("Q")  # 0: a free slot
-# requests, failures, opened_at, trial_until (NaN: none), recorded_at (when last saved)
-_STATE = struct.Struct("qqddd")
+# requests, failures, opened_at, trial_until (NaN: none), recorded_at (when last saved),
+# client (1: made by a client's inline config)
+_STATE = struct.Struct("qqdddq")
 _SLOT = struct.Struct("Q" + _STATE.format)  # the hash and the state, read at once
 _SLOT_SIZE = _SLOT.size
 SLOTS = 4096
@@ -46,15 +52,17 @@ class SharedBreakerTable:
         self.slots = slots
         self.region = SharedRegion(slots * _SLOT_SIZE)
 
-    def find(self, h: int, claim: bool) -> int | None:
+    def find(self, h: int, claim: bool, client: bool = False) -> int | None:
         """The byte offset of the slot of the key hashed `h`; with `claim` (under the lock), a
-        free one is taken for it when it has none, else the least recently recorded closed one
-        nearby. None: no slot (not claimed, or all nearby open)."""
+        free one is taken for it when it has none, else the least recently recorded nearby of
+        the client-made closed ones, the operator's closed ones, and (for an operator's key,
+        `client` False) the client-made open ones, in that order. None: no slot (not claimed,
+        or none of those nearby)."""
         region = self.region.map
-        reclaim, oldest = None, math.inf
+        reclaim, best = None, (3, math.inf)  # (rank, recorded_at): the lowest goes
         for i in range(PROBES):
             offset = ((h + i) % self.slots) * _SLOT_SIZE
-            found, _, _, opened_at, _, recorded_at = _SLOT.unpack_from(region, offset)
+            found, _, _, opened_at, _, recorded_at, made = _SLOT.unpack_from(region, offset)
             if found == h:
                 return offset
             if found == 0:
@@ -62,11 +70,13 @@ class SharedBreakerTable:
                     return None
                 reclaim = offset
                 break
-            if math.isnan(opened_at) and recorded_at < oldest:
-                reclaim, oldest = offset, recorded_at
+            rank = (not made) if math.isnan(opened_at) else 2 if made and not client else 3
+            if rank < 3 and (rank, recorded_at) < best:
+                reclaim, best = offset, (rank, recorded_at)
         if not claim or reclaim is None:
             return None
-        _STATE.pack_into(region, reclaim + _HASH.size, 0, 0, math.nan, math.nan, -math.inf)
+        _STATE.pack_into(region, reclaim + _HASH.size, 0, 0, math.nan, math.nan, -math.inf,
+                         client)
         _HASH.pack_into(region, reclaim, h)
         return reclaim
 
@@ -78,47 +88,47 @@ class SharedCircuitBreakers(CircuitBreakers):
         self._table = table
         self._offsets: dict[str, tuple[int, int]] = {}  # keys whose slot this worker found
 
-    def _offset(self, key: str, claim: bool) -> tuple[int, int] | None:
+    def _offset(self, key: str, claim: bool, client: bool = False) -> tuple[int, int] | None:
         """(offset, hash) of `key`'s slot, as this worker last found it (it may be another
         key's since: _load checks)."""
         found = self._offsets.get(key)
         if found is None:
             h = key_hash(key)
-            offset = self._table.find(h, claim)
+            offset = self._table.find(h, claim, client)
             if offset is None:
                 return None
             found = self._offsets[key] = (offset, h)
         return found
 
-    def _read(self, key: str, claim: bool) -> tuple[int, tuple[int, int, float, float, float]
-                                                    ] | None:
-        found = self._offset(key, claim)
+    def _read(self, key: str, claim: bool, client: bool = False
+              ) -> tuple[int, tuple[int, int, float, float, float, int]] | None:
+        found = self._offset(key, claim, client)
         if found is None:
             return None
         offset, h = found
         slot = _SLOT.unpack_from(self._table.region.map, offset)
         if slot[0] != h:  # reclaimed for another key: this one's is gone, or elsewhere
             del self._offsets[key]
-            return self._read(key, claim) if claim else None
+            return self._read(key, claim, client) if claim else None
         return offset, slot[1:]
 
     def _load(self, key: str) -> BreakerState | None:
         read = self._read(key, claim=False)
         if read is None:
             return super()._load(key)  # never recorded, or kept here (no slot free)
-        requests, failures, opened_at, trial_until, _ = read[1]
+        requests, failures, opened_at, trial_until, _, client = read[1]
         return BreakerState(requests, failures, None if math.isnan(opened_at) else opened_at,
-                            None if math.isnan(trial_until) else trial_until)
+                            None if math.isnan(trial_until) else trial_until, bool(client))
 
     def _save(self, key: str, st: BreakerState) -> None:
-        read = self._read(key, claim=True)  # (record() holds the lock)
+        read = self._read(key, claim=True, client=st.client)  # (record() holds the lock)
         if read is None:
             super()._save(key, st)
             return
         _STATE.pack_into(self._table.region.map, read[0] + _HASH.size, st.requests,
                          st.failures, math.nan if st.opened_at is None else st.opened_at,
                          math.nan if st.trial_until is None else st.trial_until,
-                         self._clock())
+                         self._clock(), st.client)
 
     def _locked(self) -> AbstractContextManager[object]:
         return self._table.region.locked()
