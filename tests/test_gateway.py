@@ -276,8 +276,9 @@ async def test_a_targets_own_400_is_a_providers_400_to_the_fallback(proxy: Any) 
         assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[0]"
 
 
-async def test_a_targets_own_400_is_no_trial_of_its_breaker(proxy: Any,
-                                                            access_log: Any) -> None:
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_targets_own_400_is_no_trial_of_its_breaker(proxy: Any, access_log: Any,
+                                                            stream: bool) -> None:
     # The refusal never reached the upstream, so it says nothing of its health: a half-open
     # breaker waits for a request that does, and the next failure opens it again.
     client = await proxy(make_config({
@@ -287,15 +288,17 @@ async def test_a_targets_own_400_is_no_trial_of_its_breaker(proxy: Any,
     config = fallback({"provider": "claude"}, leaf("fast:tokens=2", "gpt"),
                       cb_config={"failure_threshold": 2, "cooldown_interval": 100})
     for _ in range(2):  # the upstream is down: two failures open the breaker
-        await post(client, config)
+        await post(client, config, stream=stream)
         assert access_log()[-1]["attempts"] == 2
     await asyncio.sleep(0.15)  # half-open: the next request that reaches claude decides
-    resp = await post(client, config, stop=["\n"])  # refused by claude's translation
+    # refused by claude's translation
+    resp = await post(client, config, stream=stream, stop=["\n"])
     assert resp.status == 200
     assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
-    await post(client, config)
+    await post(client, config, stream=stream)
     assert access_log()[-1]["attempts"] == 2  # claude tried: its breaker was still half-open
-    resp = await post(client, config)  # the trial failed: open again, claude is skipped
+    # the trial failed: open again, claude is skipped
+    resp = await post(client, config, stream=stream)
     assert access_log()[-1]["attempts"] == 1
     assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
 
@@ -393,6 +396,32 @@ async def test_a_slow_trial_is_the_only_one_past_its_cooldown(
     target.release.set()
     assert (await trial).status == 200  # the trial failed over
     assert access_log()[-1]["attempts"] == 2
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_trial_its_client_left_lets_the_next_request_be_the_trial(
+        proxy: Any, aiohttp_server: Any, access_log: Any, stream: bool) -> None:
+    # A trial cancelled by its client's disconnect never records an outcome: it is released
+    # at once, and the next request tries the target (not skipped for a hold that lasts as
+    # long as the trial's tries could).
+    target = await half_open(proxy, aiohttp_server, access_log)
+    trial = await target.trial(stream=stream)
+    logged = len(access_log())
+    trial.cancel()
+    for _ in range(300):  # (bounded) until the proxy has seen the client leave
+        if len(access_log()) > logged:
+            break
+        await asyncio.sleep(0.01)
+    assert access_log()[-1]["status"] == 499
+    following = asyncio.ensure_future(post(target.client, target.config, stream=stream))
+    for _ in range(300):  # (bounded) until it reaches the target, or is answered
+        if target.arrived[2:] or following.done():
+            break
+        await asyncio.sleep(0.01)
+    assert len(target.arrived) == 3  # the first request's, the trial's, the next one's
+    target.release.set()
+    resp = await following
+    assert resp.status == 200 and access_log()[-1]["attempts"] == 2  # it failed over
 
 
 async def test_a_requests_retries_count_once_toward_the_breaker(
