@@ -471,6 +471,21 @@ def test_a_targets_own_api_key_goes_as_api_key_from_an_entra_provider(
     assert sent.headers["authorization"] == "Bearer opaque-token"  # the provider's own
 
 
+def test_a_clients_own_api_key_goes_as_api_key_to_an_entra_provider_holding_none() -> None:
+    # `auth: entra` with no key on the provider (its clients authenticate): a client's own
+    # Azure key was sent as a Bearer token, which Azure answers with a 401. It goes by its
+    # shape, as a target's own key does; a client's Entra token still goes as the bearer.
+    key = "0123456789abcdef0123456789abcdef"
+    sent = planned_request({"authorization": f"Bearer {key}"}, key=None,
+                           options={"auth": "entra"})
+    assert sent.headers["api-key"] == key and "authorization" not in sent.headers
+    sent = planned_request({"api-key": key}, key=None, options={"auth": "entra"})
+    assert sent.headers["api-key"] == key and "authorization" not in sent.headers
+    sent = planned_request({"authorization": f"Bearer {ENTRA_TOKEN}"}, key=None,
+                           options={"auth": "entra"})
+    assert sent.headers["authorization"] == f"Bearer {ENTRA_TOKEN}"
+
+
 def test_the_configured_resource_needs_no_allow_list() -> None:
     sent = planned_request({"x-portkey-azure-resource-name": "Contoso"})
     assert sent.url.lower().startswith("https://contoso.openai.azure.com/")  # (DNS: any case)

@@ -9,7 +9,8 @@ request's model name; a `base_url` ending in `/openai/v1` is Azure's v1 API inst
 Portkey config target's `resource_name` / `deployment_id` / `api_version` (the portkey-ai
 SDK's `x-portkey-azure-*` headers) set those per request. Auth:
 the `api-key` header, or `Authorization: Bearer` when `auth: entra` says the key is a
-Microsoft Entra ID token or the key is one (a JWT, such as a client's own token).
+Microsoft Entra ID token (the provider's own key: any other goes by its shape) or the key
+is one (a JWT, such as a client's own token).
 
 Azure's stream differs from OpenAI's in two ways that break naive clients
 (provider-streams.md §8), both normalised here:
@@ -207,6 +208,9 @@ class AzureOpenAIProvider(OpenAIProvider):
     def auth_headers(self, api_key: str | None) -> dict[str, str]:
         if not api_key:
             return {}
-        if self.cfg.options.get("auth") == "entra" or _JWT.fullmatch(api_key):
+        # `auth: entra` is about the provider's own key: a client's key (forwarded when the
+        # provider holds none) goes by its shape, as a target's own does (`with_own_key`).
+        entra = self.cfg.options.get("auth") == "entra" and api_key == self.cfg.api_key
+        if entra or _JWT.fullmatch(api_key):
             return {"authorization": f"Bearer {api_key}"}
         return {"api-key": api_key}
