@@ -173,6 +173,33 @@ async def test_async_filter_finish_in_an_empty_envelope_gets_the_streams_own(
     assert chunks[-1].choices[0].content_filter_results == FILTERED  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("capture", [False, True], ids=["plain", "captured"])
+def test_an_async_filter_finish_before_any_delta_gets_the_proxys_envelope(capture: bool) -> None:
+    # The filter cut the answer at its start: the `content_filter` finish, in Azure's empty
+    # envelope, came before any delta chunk, so no stream envelope was there to fill it and the
+    # client got `id: ""`, `created: 0`, `model: ""`. The stream's own is the proxy's.
+    from streamproxy.openai_api.chunks import RecordingChunkEncoder
+    from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
+
+    finish = {**ANNOTATION, "choices": [{**ANNOTATION["choices"][0], "finish_reason":
+                                         "content_filter", "content_filter_results": FILTERED}]}
+    encoder = RecordingChunkEncoder(completion_id="chatcmpl-ours", created=7, model="gpt-4o",
+                                    include_usage=False)
+    builder = CompletionBuilder()
+    sink: Any = TeeSink(encoder, builder) if capture else encoder
+    translator = AzureTranslator(sink, 1 << 20, provider="az", client_wants_usage=False)
+    translator.feed(sse(PREAMBLE, finish))
+    translator.close()
+    chunks = sse_chunks(encoder.take())
+    assert chunks[-1] == "[DONE]"
+    [chunk] = chunks[:-1]
+    assert (chunk["id"], chunk["created"], chunk["model"]) == ("chatcmpl-ours", 7, "gpt-4o")
+    assert chunk["choices"][0]["finish_reason"] == "content_filter"
+    assert chunk["choices"][0]["delta"] == {}
+    if capture:
+        assert (builder.id, builder.created) == ("chatcmpl-ours", 7)
+
+
 async def test_url_api_key_header_and_body(proxy: Any, upstream: Any) -> None:
     upstream.body = STREAM
     client = await proxy(azure_config(upstream.url))

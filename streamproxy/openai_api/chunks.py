@@ -94,6 +94,10 @@ class ChunkSink(Protocol):
         """An already-OpenAI chunk (pass-through), forwarded without re-encoding; the finish
         reason it carries, when the translator looked, is recorded for observers."""
 
+    def envelope(self) -> dict[str, Any]:
+        """The stream's own `id`, `created` and `model`, for a pass-through chunk that comes
+        before any chunk naming them (Azure's asynchronous-filter finish); rare, not per chunk."""
+
 
 def make_usage(
     prompt: int,
@@ -383,6 +387,9 @@ class ChunkEncoder:
             self.finish_reason = finish_reason
         self._buf += (b"data: ", data, b"\n\n")
         self.chunks += 1
+
+    def envelope(self) -> dict[str, Any]:
+        return {"id": self.completion_id, "created": self.created, "model": self.model}
 
     def raw_run(self, frames: bytes, count: int) -> None:
         """`count` pass-through events, each already framed as `raw()` frames one (the

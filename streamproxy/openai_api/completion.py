@@ -239,6 +239,9 @@ class CompletionBuilder:
     def raw(self, data: bytes, finish_reason: str | None = None) -> None:
         self.raw_chunk(data, finish_reason)
 
+    def envelope(self) -> dict[str, Any]:
+        return {"id": self.id or "", "created": self.created or 0, "model": self.model or ""}
+
     def raw_run(self, frames: bytes) -> None:
         """Pass-through events framed as `ChunkEncoder.raw_run` takes them, one by one."""
         for data in frames[6:-2].split(b"\n\ndata: "):
@@ -647,6 +650,9 @@ class TeeSink:
         data = self._our_id(data)
         self.encoder.raw(data, finish_reason)
         self.builder.raw_chunk(data, finish_reason)
+
+    def envelope(self) -> dict[str, Any]:
+        return self.encoder.envelope()
 
     def raw_run(self, frames: bytes, count: int) -> None:
         if self._theirs:

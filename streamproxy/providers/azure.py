@@ -20,7 +20,7 @@ Azure's stream differs from OpenAI's in two ways that break naive clients
   `content_filter_results` / offsets, often with an empty id and model). One without a
   finish_reason carries nothing a client can use and is dropped; one with a finish_reason gets
   `delta: {}` so `choices[0].delta` exists, as in every OpenAI chunk, and the stream's id,
-  created and model where it left them empty.
+  created and model where it left them empty (the proxy's, before any delta chunk).
 """
 
 from __future__ import annotations
@@ -87,7 +87,10 @@ class AzureTranslator(PassthroughTranslator):
         if not choice.get("finish_reason"):
             return  # filter annotations only
         choice["delta"] = {}
-        for key, value in (self._envelope or {}).items():
+        # Before any delta chunk (the filter cut the answer at its start) the stream's own
+        # envelope is the proxy's: Azure's here is empty, and a client saw `id: ""`.
+        envelope = self._envelope if self._envelope is not None else self.out.envelope()
+        for key, value in envelope.items():
             if not chunk.get(key):
                 chunk[key] = value
         if not chunk.get("object"):
