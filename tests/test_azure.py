@@ -631,6 +631,33 @@ async def test_the_v1_surface_takes_the_deployment_as_model(
     assert sent.json()["stream_options"] == {"include_usage": True}
 
 
+@pytest.mark.parametrize(("entry", "headers"), [
+    ({"resource": "contoso", "api_version": "v1"}, {}),  # as LiteLLM writes "the v1 API"
+    ({"base_url": "https://contoso.openai.azure.com/openai", "api_version": "v1"}, {}),
+    ({"resource": "contoso", "api_version": VERSION}, {"x-portkey-azure-api-version": "v1"}),
+])
+def test_api_version_v1_selects_the_v1_surface(entry: dict[str, str],
+                                               headers: dict[str, str]) -> None:
+    # `api_version: v1` went to the deployments URL with `?api-version=v1`, which Azure
+    # refuses on every request; it names the v1 API: OpenAI's path, the deployment as `model`.
+    from streamproxy.routing.breaker import CircuitBreakers
+    from streamproxy.routing.gateway import Gateway, load_settings
+    from streamproxy.routing.router import Router
+
+    config = make_config({"az": {"type": "azure", "api_key": "k", "deployment": "gpt4o-prod",
+                                 **entry}}, default="az")
+    router = Router(build_providers(config), config.default_provider, config.server.timeouts)
+    gateway = Gateway(router, load_settings(config), CircuitBreakers(), random.Random(0))
+    req = parse_chat_request(b'{"model":"gpt-4o","stream":true,'
+                             b'"messages":[{"role":"user","content":"x"}]}')
+    target = gateway.plan(headers, req, None).attempts[0].target
+    sent = target.provider.build_request(req, target)
+    assert sent.url == "https://contoso.openai.azure.com/openai/v1/chat/completions"
+    body = orjson.loads(sent.body)
+    assert body["model"] == "gpt4o-prod"
+    assert body["stream_options"] == {"include_usage": True}
+
+
 @pytest.mark.parametrize(("version", "headers"), [
     ({"api_version": "2024-06-01"}, {}),  # the provider's (before stream_options, on classic)
     ({}, {"x-portkey-azure-api-version": VERSION}),  # the portkey-ai SDK's

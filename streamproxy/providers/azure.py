@@ -3,7 +3,8 @@
 URL: `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version={api_version}`,
 where endpoint is `https://{resource}.openai.azure.com` or the configured `base_url` (a
 trailing `/openai` is tolerated), and the deployment is the `deployment` option or else the
-request's model name; a `base_url` ending in `/openai/v1` is Azure's v1 API instead:
+request's model name; a `base_url` ending in `/openai/v1` (or `api_version: v1`) is Azure's
+v1 API instead:
 `{base_url}/chat/completions`, the deployment as the body's `model`, api_version optional
 (an undated one only: a dated one is not sent there). A
 Portkey config target's `resource_name` / `deployment_id` / `api_version` (the portkey-ai
@@ -46,8 +47,9 @@ AUTH_MODES = ("api-key", "entra")
 # The first api-version that takes `stream_options` (earlier ones answer it with a 400).
 STREAM_USAGE_SINCE = "2024-09-01"
 # Azure's v1 API: OpenAI's paths under {endpoint}/openai/v1, the deployment as the body's
-# `model`, no dated api-version (a base_url ending so selects it).
+# `model`, no dated api-version (a base_url ending so selects it, or api_version V1).
 V1_PATH = "/openai/v1"
+V1 = "v1"  # as LiteLLM (and Azure's docs) name that API: a path, never sent as api-version
 _DATED = re.compile(r"\d{4}-\d{2}-\d{2}")
 # An Azure resource's name: the first label of its host, {resource}.openai.azure.com.
 _RESOURCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
@@ -147,9 +149,11 @@ class AzureOpenAIProvider(OpenAIProvider):
 
     @property
     def v1(self) -> bool:
-        """Whether the endpoint is Azure's v1 surface (`base_url` ending in /openai/v1)."""
+        """Whether the endpoint is Azure's v1 surface: a `base_url` ending in /openai/v1, or
+        `api_version: v1` (the provider's, a target's or the portkey-ai SDK's header)."""
         base = self.cfg.base_url
-        return base is not None and base.endswith(V1_PATH)
+        return (base is not None and base.endswith(V1_PATH)) or (
+            self.cfg.options.get("api_version") == V1)
 
     @property
     def base_url(self) -> str:
@@ -182,9 +186,12 @@ class AzureOpenAIProvider(OpenAIProvider):
         if self.v1:  # OpenAI's path; an api-version only when one is set (`preview`), never a
             # dated one: v1 has none and refuses one ("API version not supported"), while a
             # provider's, a target's or the portkey-ai SDK's header may well name one
-            undated = version and not _DATED.match(version)
+            undated = version and version != V1 and not _DATED.match(version)
             query = f"?api-version={quote(version)}" if undated else ""
-            return f"{self.cfg.base_url}/chat/completions{query}"
+            base = self.cfg.base_url or ""
+            if not base.endswith(V1_PATH):  # (`api_version: v1`: the endpoint's v1 path)
+                base = self.base_url + V1_PATH
+            return f"{base}/chat/completions{query}"
         if not version:  # a v1 provider's custom host that is not v1: Azure refuses an
             # empty api-version, so the client is told what to send
             raise InvalidRequest(
