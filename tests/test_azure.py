@@ -631,6 +631,33 @@ async def test_the_v1_surface_takes_the_deployment_as_model(
     assert sent.json()["stream_options"] == {"include_usage": True}
 
 
+@pytest.mark.parametrize("deployment", [{}, {"deployment": "gpt4o-prod"}])
+async def test_the_foundry_models_endpoint_takes_the_deployment_as_model(
+        proxy: Any, upstream: Any, deployment: dict[str, str]) -> None:
+    # Azure AI Foundry's model-inference endpoint (https://{res}.services.ai.azure.com/models):
+    # `{base_url}/chat/completions?api-version=…`, the deployment in the body. Configured as
+    # base_url, it went to /models/openai/deployments/{model}/… (a 404 on every request).
+    upstream.body = ASYNC_STREAM
+    config = make_config({"up": {"type": "azure", "base_url": upstream.url + "/models/",
+                                 "api_key": "k", "api_version": "2024-05-01-preview",
+                                 **deployment}}, default="up")
+    client = await proxy(config)
+    resp = await client.post("/v1/chat/completions", json={**STREAM_REQ, "model": "gpt-4o"})
+    assert resp.status == 200, await resp.text()
+    check(await resp.read(), "Hello")
+    [sent] = upstream.requests
+    assert sent.path == "/models/chat/completions?api-version=2024-05-01-preview"
+    assert sent.headers["api-key"] == "k"
+    assert sent.json()["model"] == deployment.get("deployment", "gpt-4o")
+
+
+def test_api_version_v1_on_the_models_endpoint_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="/openai/v1") as info:
+        make_config({"az": {"type": "azure", "api_version": "v1",
+                            "base_url": "https://r.services.ai.azure.com/models"}})
+    assert info.value.key == "providers.az.api_version"
+
+
 @pytest.mark.parametrize(("entry", "headers"), [
     ({"resource": "contoso", "api_version": "v1"}, {}),  # as LiteLLM writes "the v1 API"
     ({"base_url": "https://contoso.openai.azure.com/openai", "api_version": "v1"}, {}),

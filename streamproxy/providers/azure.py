@@ -6,7 +6,9 @@ trailing `/openai` is tolerated), and the deployment is the `deployment` option 
 request's model name; a `base_url` ending in `/openai/v1` (or `api_version: v1`) is Azure's
 v1 API instead:
 `{base_url}/chat/completions`, the deployment as the body's `model`, api_version optional
-(an undated one only: a dated one is not sent there). A
+(an undated one only: a dated one is not sent there); a `base_url` ending in `/models` is Azure
+AI Foundry's model-inference endpoint: `{base_url}/chat/completions?api-version=…`, the
+deployment as the body's `model`. A
 Portkey config target's `resource_name` / `deployment_id` / `api_version` (the portkey-ai
 SDK's `x-portkey-azure-*` headers) set those per request. Auth:
 the `api-key` header, or `Authorization: Bearer` when `auth: entra` says the key is a
@@ -50,6 +52,10 @@ STREAM_USAGE_SINCE = "2024-09-01"
 # `model`, no dated api-version (a base_url ending so selects it, or api_version V1).
 V1_PATH = "/openai/v1"
 V1 = "v1"  # as LiteLLM (and Azure's docs) name that API: a path, never sent as api-version
+# Azure AI Foundry's model-inference endpoint, https://{resource}.services.ai.azure.com/models:
+# `{base_url}/chat/completions?api-version=…` (a dated one: 2024-05-01-preview), the deployment
+# as the body's `model`, the same keys and chunks (a base_url ending so selects it).
+MODELS_PATH = "/models"
 _DATED = re.compile(r"\d{4}-\d{2}-\d{2}")
 # An Azure resource's name: the first label of its host, {resource}.openai.azure.com.
 _RESOURCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
@@ -132,10 +138,15 @@ class AzureOpenAIProvider(OpenAIProvider):
             raise ConfigError(source, f"{where}.resource",
                               "required for type azure (or a base_url for the endpoint)")
         base_url = entry.get("base_url")
-        v1 = isinstance(base_url, str) and base_url.rstrip("/").endswith(V1_PATH)
-        if not entry.get("api_version") and not v1:
-            raise ConfigError(source, f"{where}.api_version",
-                              "required for type azure (e.g. 2024-10-21)")
+        base = base_url.rstrip("/") if isinstance(base_url, str) else ""
+        models = base.endswith(MODELS_PATH)
+        if not entry.get("api_version") and not base.endswith(V1_PATH):
+            raise ConfigError(source, f"{where}.api_version", "required for type azure (e.g. "
+                              f"{'2024-05-01-preview' if models else '2024-10-21'})")
+        if models and entry.get("api_version") == V1:
+            raise ConfigError(source, f"{where}.api_version", (
+                "v1 is the /openai/v1 API: the /models endpoint takes a dated one (e.g. "
+                "2024-05-01-preview); for v1, a base_url ending in /openai/v1"))
 
     @property
     def asks_stream_usage(self) -> bool:  # type: ignore[override]
@@ -152,8 +163,17 @@ class AzureOpenAIProvider(OpenAIProvider):
         """Whether the endpoint is Azure's v1 surface: a `base_url` ending in /openai/v1, or
         `api_version: v1` (the provider's, a target's or the portkey-ai SDK's header)."""
         base = self.cfg.base_url
-        return (base is not None and base.endswith(V1_PATH)) or (
-            self.cfg.options.get("api_version") == V1)
+        if base is None:
+            return self.cfg.options.get("api_version") == V1
+        return base.endswith(V1_PATH) or (
+            self.cfg.options.get("api_version") == V1 and not self.models)
+
+    @property
+    def models(self) -> bool:
+        """Whether the endpoint is Azure AI Foundry's model-inference one (`base_url` ending in
+        /models), which takes the deployment as the body's `model`."""
+        base = self.cfg.base_url
+        return base is not None and base.endswith(MODELS_PATH)
 
     @property
     def base_url(self) -> str:
@@ -171,10 +191,11 @@ class AzureOpenAIProvider(OpenAIProvider):
 
     def model_for(self, target: Target) -> str:
         # The deployment names the model: a request with none (the portkey-ai SDK's
-        # `portkey-default`) goes to it, with no default_model needed; on the v1 surface it
-        # is the body's `model` (the deployments URL names it instead).
+        # `portkey-default`) goes to it, with no default_model needed; on the v1 surface and
+        # the /models endpoint it is the body's `model` (the deployments URL names it instead).
         deployment = self.cfg.options.get("deployment")
-        if deployment and (self.v1 or not (target.model or self.cfg.default_model)):
+        if deployment and (self.v1 or self.models
+                           or not (target.model or self.cfg.default_model)):
             return str(deployment)
         return super().model_for(target)
 
@@ -200,6 +221,8 @@ class AzureOpenAIProvider(OpenAIProvider):
                 "x-portkey-azure-api-version (or a config target's api_version), or a custom "
                 "host ending in /openai/v1.", param="api_version",
                 code="missing_required_parameter")
+        if self.models:  # the body names the deployment (`model_for`)
+            return f"{self.cfg.base_url}/chat/completions?api-version={quote(version)}"
         deployment = self.cfg.options.get("deployment") or model
         return (f"{self.base_url}/openai/deployments/{quote(deployment, safe='')}"
                 f"/chat/completions?api-version={quote(version)}")
