@@ -353,6 +353,21 @@ def generic_error(status: int, body: bytes, provider: str, *,
     )
 
 
+# OpenAI's code for a prompt longer than the model's context (400 `invalid_request_error`,
+# param `messages`): what the openai SDK's users, LangChain and agents that trim their history
+# key on. Each provider says it in words of its own (`context_overflow`).
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+
+
+def context_overflow(err: UpstreamStatusError, phrases: tuple[str, ...]) -> UpstreamStatusError:
+    """`err` as OpenAI's context overflow when it is a 400 whose message holds one of the
+    provider's own `phrases` for it (lower case); the provider's message and status stay."""
+    if err.status == 400 and any(phrase in err.message.lower() for phrase in phrases):
+        err.code, err.param = CONTEXT_LENGTH_EXCEEDED, "messages"
+        err.error_type = "invalid_request_error"
+    return err
+
+
 def upstream_code(code: Any, etype: Any) -> str | None:
     """Our `code` for an upstream's error: its `code` as a string (OpenRouter's and
     Cloudflare's are numbers), else its `type`. An object or a list is no code: its Python

@@ -10,7 +10,11 @@ from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.anthropic.options import beta_names, check_option_values
 from streamproxy.providers.anthropic.request import DROPPED, to_anthropic
 from streamproxy.providers.anthropic.response import to_completion
-from streamproxy.providers.anthropic.stream import ERROR_STATUS, AnthropicStreamTranslator
+from streamproxy.providers.anthropic.stream import (
+    ERROR_STATUS,
+    AnthropicStreamTranslator,
+    anthropic_error,
+)
 from streamproxy.providers.base import Provider, StreamTranslator, UpstreamRequest
 
 if TYPE_CHECKING:
@@ -57,6 +61,9 @@ class AnthropicProvider(Provider):
                            created: int, model: str = "") -> dict[str, Any]:
         return to_completion(body, completion_id=completion_id, created=created,
                              model=model)
+
+    def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
+        return anthropic_error(status, body, self.name)
 
     def answered_error(self, body: bytes) -> UpstreamStatusError:
         # The status its error type names (overloaded_error: 529), as for the same object sent

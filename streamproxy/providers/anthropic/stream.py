@@ -35,7 +35,9 @@ from streamproxy.openai_api.chunks import ChunkSink, make_usage
 from streamproxy.providers.base import (
     WRONG_SHAPE,
     SSETranslator,
+    context_overflow,
     event_kind,
+    generic_error,
     load_event_json,
     malformed,
 )
@@ -109,18 +111,29 @@ def map_usage(u: dict[str, Any]) -> dict[str, Any]:
                       cache_write=cache_write)
 
 
+# How Anthropic's 400 words a prompt over the model's context ("prompt is too long: 208656
+# tokens > 200000 maximum"; with max_tokens, "input length and `max_tokens` exceed context
+# limit: …"): OpenAI's `context_length_exceeded` (providers/base.py `context_overflow`).
+OVERFLOW = ("prompt is too long", "exceed context limit")
+
+
+def anthropic_error(status: int, body: bytes, provider: str) -> UpstreamStatusError:
+    """An error body of Anthropic's (`{"type": "error", "error": {"type", "message"}}`)."""
+    return context_overflow(generic_error(status, body, provider), OVERFLOW)
+
+
 def stream_error(err: dict[str, Any], provider: str) -> UpstreamStatusError:
     etype = err.get("type") if isinstance(err, dict) else None
     message = err.get("message") if isinstance(err, dict) else None
     # (OpenAI's message and code are text: an Anthropic-compatible upstream's other JSON is not)
     etype = etype if isinstance(etype, str) else None
-    return UpstreamStatusError(
+    return context_overflow(UpstreamStatusError(
         ERROR_STATUS.get(etype or "", 502),
         message if isinstance(message, str) and message
         else "the provider reported an error mid-stream",
         provider=provider,
         code=etype,
-    )
+    ), OVERFLOW)
 
 
 class AnthropicStreamTranslator(SSETranslator):

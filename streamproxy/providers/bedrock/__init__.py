@@ -31,7 +31,7 @@ from streamproxy.providers.bedrock.request import (
     to_converse,
 )
 from streamproxy.providers.bedrock.response import to_completion
-from streamproxy.providers.bedrock.stream import BedrockStreamTranslator
+from streamproxy.providers.bedrock.stream import BedrockStreamTranslator, overflow_checked
 
 if TYPE_CHECKING:
     from streamproxy.openai_api.request import ChatRequest
@@ -163,4 +163,5 @@ class BedrockProvider(Provider):
             else None
         if not isinstance(message, str) or not message:
             message = f"provider '{self.name}' returned HTTP {status}"
-        return UpstreamStatusError(status, message, provider=self.name, code=name or None)
+        return overflow_checked(UpstreamStatusError(status, message, provider=self.name,
+                                                    code=name or None))

@@ -47,6 +47,7 @@ from streamproxy.openai_api.chunks import ChunkSink, make_usage
 from streamproxy.providers.base import (
     WRONG_SHAPE,
     StreamTranslator,
+    context_overflow,
     event_kind,
     load_event_json,
     malformed,
@@ -116,7 +117,22 @@ def aws_error(kind: Any, message: Any, provider: str,
         status = original
     text = message if isinstance(message, str) and message else (
         f"provider '{provider}' reported {name or 'an error'}")
-    return UpstreamStatusError(status, text, provider=provider, code=name or None)
+    return overflow_checked(UpstreamStatusError(status, text, provider=provider,
+                                                code=name or None))
+
+
+# How a ValidationException words a prompt over the model's context: Bedrock's own ("Input is
+# too long for requested model.", "Too many input tokens. …") or the model's, quoted ("The
+# model returned the following errors: prompt is too long: …", Claude's).
+OVERFLOW = ("input is too long", "too many input tokens", "prompt is too long")
+
+
+def overflow_checked(err: UpstreamStatusError) -> UpstreamStatusError:
+    """`err` as OpenAI's `context_length_exceeded` when it is a ValidationException that says
+    the prompt is over the model's context (providers/base.py `context_overflow`)."""
+    if (err.code or "").lower() != "validationexception":
+        return err
+    return context_overflow(err, OVERFLOW)
 
 
 def map_usage(u: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,12 @@ import orjson
 
 from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
-from streamproxy.providers.base import Provider, StreamTranslator, UpstreamRequest
+from streamproxy.providers.base import (
+    Provider,
+    StreamTranslator,
+    UpstreamRequest,
+    context_overflow,
+)
 from streamproxy.providers.cohere.request import DROPPED, to_cohere
 from streamproxy.providers.cohere.response import to_completion
 from streamproxy.providers.cohere.stream import CohereStreamTranslator
@@ -21,6 +26,9 @@ if TYPE_CHECKING:
 # Cohere's own status for a key it refuses ("invalid token"), which no OpenAI client reads as
 # one: the openai SDK raises a bare APIStatusError for it, not an AuthenticationError.
 INVALID_TOKEN = 498
+# How Cohere's 400 words a prompt over the model's context ("too many tokens: size limit
+# exceeded by 11326 tokens. …"): OpenAI's `context_length_exceeded`.
+OVERFLOW = ("too many tokens",)
 
 
 class CohereProvider(Provider):
@@ -44,4 +52,5 @@ class CohereProvider(Provider):
                              model=model, provider=self.name)
 
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
-        return super().parse_error(401 if status == INVALID_TOKEN else status, body)
+        return context_overflow(super().parse_error(401 if status == INVALID_TOKEN else status,
+                                                    body), OVERFLOW)

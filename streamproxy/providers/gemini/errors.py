@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import UpstreamStatusError
-from streamproxy.providers.base import generic_error
+from streamproxy.providers.base import context_overflow, generic_error
 
 # The `details` entry that says when to retry (google.rpc.RetryInfo, its `retryDelay`).
 RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
@@ -25,6 +25,9 @@ RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 # a 401, as any OpenAI client reads a refused key (the openai SDK's AuthenticationError).
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 KEY_REFUSED = "API_KEY_INVALID"
+# How a 400 INVALID_ARGUMENT (Gemini's and Vertex's) words a prompt over the model's context:
+# "The input token count (1200293) exceeds the maximum number of tokens allowed (1048576)."
+OVERFLOW = ("exceeds the maximum number of tokens allowed",)
 
 
 def google_error(status: int, body: bytes, provider: str) -> UpstreamStatusError:
@@ -58,8 +61,8 @@ def error_from_object(err: Any, status: int, provider: str) -> UpstreamStatusErr
     details = err.get("details")
     if _reason(details) == KEY_REFUSED:
         status, code = 401, KEY_REFUSED
-    return UpstreamStatusError(status, message, provider=provider, code=code,
-                               retry_after=_retry_delay(details))
+    return context_overflow(UpstreamStatusError(status, message, provider=provider, code=code,
+                                                retry_after=_retry_delay(details)), OVERFLOW)
 
 
 def _reason(details: Any) -> str | None:

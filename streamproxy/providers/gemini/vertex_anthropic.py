@@ -36,7 +36,11 @@ from streamproxy.providers.anthropic.request import (
     to_anthropic,
 )
 from streamproxy.providers.anthropic.response import to_completion
-from streamproxy.providers.anthropic.stream import ERROR_STATUS, AnthropicStreamTranslator
+from streamproxy.providers.anthropic.stream import (
+    ERROR_STATUS,
+    AnthropicStreamTranslator,
+    anthropic_error,
+)
 from streamproxy.providers.base import Provider, StreamTranslator, UpstreamRequest, generic_error
 from streamproxy.providers.gemini.errors import error_from_object, google_error
 
@@ -107,7 +111,7 @@ class VertexClaudeProvider(Provider):
         `{"error": {"code", "message", "status"}}`; Claude's are Anthropic's `{"type": "error",
         "error": {"type", "message"}}`, passed through: each read by its own fields."""
         if _is_claudes(body):
-            return generic_error(status, body, self.name)
+            return anthropic_error(status, body, self.name)
         return google_error(status, body, self.name)
 
     def answered_error(self, body: bytes) -> UpstreamStatusError:
@@ -119,7 +123,7 @@ class VertexClaudeProvider(Provider):
             return google_error(0, body, self.name)
         err = generic_error(502, body, self.name)
         status = ERROR_STATUS.get(err.code or "")
-        return err if status is None else generic_error(status, body, self.name)
+        return err if status is None else anthropic_error(status, body, self.name)
 
 
 class VertexClaudeStreamTranslator(AnthropicStreamTranslator):
