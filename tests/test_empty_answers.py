@@ -171,8 +171,7 @@ GEMINI = {  # name: (the answer as one chunk, expected)
     "thoughts only, MAX_TOKENS": (gemini_chunk([{"text": "Hm", "thought": True}], "MAX_TOKENS"),
                                   empty("length")),
     "a blocked answer": (gemini_chunk(None, "SAFETY"), empty("content_filter")),
-    "a blocked prompt": (orjson.dumps({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
-                                       "usageMetadata": USAGE}), empty("content_filter")),
+    # (a blocked prompt is no empty answer: its refusal says why, tests/test_prompt_blocked.py)
 }
 
 

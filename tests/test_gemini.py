@@ -489,7 +489,10 @@ async def test_non_streamed_blocked_prompt(proxy: Any, upstream: Any) -> None:
     resp = await client.post("/v1/chat/completions", json={"model": "m", "messages": USER})
     body = await resp.json()
     assert body["choices"][0]["finish_reason"] == "content_filter"
-    assert body["choices"][0]["message"]["content"] == ""  # as the stream's role chunk says
+    # Why, in OpenAI's place for a refusal (content null, as the stream's role chunk says)
+    message = body["choices"][0]["message"]
+    assert message["content"] is None
+    assert message["refusal"] == "The prompt was blocked (PROHIBITED_CONTENT)."
     assert body["usage"]["total_tokens"] == 9
 
 

@@ -75,6 +75,11 @@ class ChunkSink(Protocol):
         "start_index", "end_index"}}`); whole, on a delta of their own. The encoder numbers
         them (`index`, as for images); `message.annotations` has no index."""
 
+    def refusal(self, text: str) -> None:
+        """`delta.refusal` — why the answer was refused, in OpenAI's place for it (a filter
+        that blocked the prompt says so there); the answer's `content` is then null, as
+        OpenAI's refusals have it."""
+
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None: ...
 
     def tool_call_args(self, index: int, fragment: str) -> None: ...
@@ -316,6 +321,10 @@ class ChunkEncoder:
         self._citations += len(entries)
         self._frame(_dumps({"annotations": [{"index": first + i, **entry}
                                             for i, entry in enumerate(entries)]}))
+
+    def refusal(self, text: str) -> None:
+        self._frame(b'{"refusal":' + _dumps(text) + b"}")
+        self._content_null = False  # (the refusal stands for the content: null, as OpenAI's)
 
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None:
         calls = _dumps([{"index": index, "id": call_id, "type": "function",

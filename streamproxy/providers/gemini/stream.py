@@ -270,6 +270,15 @@ def failed_finish(reason: str, candidate: dict[str, Any], provider: str) -> Upst
                                code=reason.lower())
 
 
+def blocked_prompt(feedback: dict[str, Any]) -> str:
+    """Why Gemini blocked the prompt, for the answer's `refusal`: its `blockReason` and
+    Vertex's `blockReasonMessage`. (The answer is otherwise empty: a client could not tell a
+    blocked prompt from a blocked answer, nor which rule it broke.)"""
+    detail = feedback.get("blockReasonMessage")
+    text = f"The prompt was blocked ({feedback['blockReason']})"
+    return f"{text}: {detail}" if isinstance(detail, str) and detail else text + "."
+
+
 class GeminiStreamTranslator(SSETranslator):
     def __init__(self, out: ChunkSink, max_event_bytes: int, provider: str = "gemini", *,
                  logprobs: bool = False, grounded: bool = False) -> None:
@@ -383,6 +392,7 @@ class GeminiStreamTranslator(SSETranslator):
             else:
                 feedback = msg.get("promptFeedback")
                 if feedback and feedback.get("blockReason"):
+                    self.out.refusal(blocked_prompt(feedback))
                     self.out.finish(_FILTERED)
                     self.finished = True
             self._plain = not self.finished
