@@ -57,7 +57,8 @@ class ChunkSink(Protocol):
 
     def refusal(self, text: str) -> None:
         """`delta.refusal`: the words of a refusal the provider gave apart from the content
-        (Claude's `stop_details.explanation`), before the content_filter finish."""
+        (Claude's `stop_details.explanation`, why Gemini blocked the prompt), before the
+        content_filter finish; a refusal alone leaves `content` null, as OpenAI's."""
 
     def thinking_block(self, block: dict[str, Any]) -> None:
         """`delta.thinking_blocks: [block]` — opaque reasoning state (signatures, redacted
@@ -74,11 +75,6 @@ class ChunkSink(Protocol):
         search models send them (`{"type": "url_citation", "url_citation": {"url", "title",
         "start_index", "end_index"}}`); whole, on a delta of their own. The encoder numbers
         them (`index`, as for images); `message.annotations` has no index."""
-
-    def refusal(self, text: str) -> None:
-        """`delta.refusal` — why the answer was refused, in OpenAI's place for it (a filter
-        that blocked the prompt says so there); the answer's `content` is then null, as
-        OpenAI's refusals have it."""
 
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None: ...
 
@@ -321,10 +317,6 @@ class ChunkEncoder:
         self._citations += len(entries)
         self._frame(_dumps({"annotations": [{"index": first + i, **entry}
                                             for i, entry in enumerate(entries)]}))
-
-    def refusal(self, text: str) -> None:
-        self._frame(b'{"refusal":' + _dumps(text) + b"}")
-        self._content_null = False  # (the refusal stands for the content: null, as OpenAI's)
 
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None:
         calls = _dumps([{"index": index, "id": call_id, "type": "function",

@@ -186,10 +186,6 @@ class CompletionBuilder:
         self.annotations.extend(entries)
         self.replayable = False  # a replay would answer without them
 
-    def refusal(self, text: str) -> None:
-        self.refusal_parts.append(text)
-        self.replayable = False  # a replay would answer without it (its runs have no kind)
-
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None:
         while len(self.tool_calls) <= index:
             self.tool_calls.append({"id": "", "type": "function",
@@ -625,10 +621,6 @@ class TeeSink:
     def citations(self, entries: list[dict[str, Any]]) -> None:
         self.encoder.citations(entries)
         self.builder.citations(entries)
-
-    def refusal(self, text: str) -> None:
-        self.encoder.refusal(text)
-        self.builder.refusal(text)
 
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None:
         self.encoder.tool_call_start(index, call_id, name, arguments)
