@@ -405,3 +405,45 @@ async def test_modalities_that_are_no_array_of_strings_are_a_400(
     assert (err["code"], err["param"]) == ("invalid_type", "modalities")
     assert "an array of strings" in err["message"]
     assert upstream.requests == []
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("service_tier", 5, "a string"),
+    ("prompt_cache_key", 3, "a string"),
+    ("prompt_cache_retention", 24, "a string"),
+    ("logit_bias", "x", "an object of numbers"),
+    ("logit_bias", {"50256": "ban"}, "an object of numbers"),
+    ("audio", "alloy", "an object"),
+    ("prediction", "the old file", "an object"),
+    ("web_search_options", True, "an object"),
+])
+def test_dropped_fields_of_the_wrong_type_are_a_400_naming_them(field: str, value: Any,
+                                                                 expected: str) -> None:
+    """The translating providers drop these: a value OpenAI refuses for its type was answered
+    as if valid, so one request was a 400 on OpenAI and an answer elsewhere."""
+    body = {"messages": [{"role": "user", "content": "hi"}], field: value}
+    with pytest.raises(InvalidRequest) as caught:
+        parse_chat_request(orjson.dumps(body))
+    assert (caught.value.param, caught.value.code) == (field, "invalid_type")
+    assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["yes", 1])
+def test_include_obfuscation_that_is_no_boolean_is_a_400(value: Any) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "stream": True,
+            "stream_options": {"include_obfuscation": value}}
+    with pytest.raises(InvalidRequest) as caught:
+        parse_chat_request(orjson.dumps(body))
+    assert (caught.value.param, caught.value.code) == ("stream_options.include_obfuscation",
+                                                       "invalid_type")
+
+
+def test_dropped_fields_of_the_right_type_still_pass() -> None:
+    req = parse_chat_request(orjson.dumps({
+        "messages": [{"role": "user", "content": "hi"}], "stream": True,
+        "service_tier": "flex", "prompt_cache_key": "k", "prompt_cache_retention": "24h",
+        "logit_bias": {"50256": -100, "13": 2.5}, "audio": {"voice": "alloy"},
+        "prediction": {"type": "content", "content": "x"}, "web_search_options": {},
+        "stream_options": {"include_usage": True, "include_obfuscation": False}}))
+    assert req.include_usage
+

@@ -105,8 +105,9 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
         # As OpenAI: options for a stream on a request for one answer are a client's mistake.
         raise InvalidRequest("The 'stream_options' parameter is only allowed when 'stream' is "
                              "enabled.", param="stream_options")
-    if not isinstance(opts.get("include_usage", False), bool):
-        raise _type_error("stream_options.include_usage", "a boolean")
+    for option in ("include_usage", "include_obfuscation"):  # (the latter is dropped, or passed)
+        if not isinstance(opts.get(option, False), bool):
+            raise _type_error(f"stream_options.{option}", "a boolean")
     return ChatRequest(
         body=body,
         raw=raw,
@@ -216,6 +217,15 @@ _SCALARS: dict[str, tuple[Any, str]] = {
     # (answer_changing_refusal looks into the array: a string "audio" went past it, dropped)
     "modalities": (lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v),
                    "an array of strings"),
+    # (the translators drop these: unchecked, a request OpenAI refuses got an answer)
+    "service_tier": (lambda v: isinstance(v, str), "a string"),
+    "prompt_cache_key": (lambda v: isinstance(v, str), "a string"),
+    "prompt_cache_retention": (lambda v: isinstance(v, str), "a string"),
+    "logit_bias": (lambda v: isinstance(v, dict) and all(map(_is_num, v.values())),
+                   "an object of numbers (token ids to biases)"),
+    "audio": (lambda v: isinstance(v, dict), "an object"),
+    "prediction": (lambda v: isinstance(v, dict), "an object"),
+    "web_search_options": (lambda v: isinstance(v, dict), "an object"),
 }
 
 
