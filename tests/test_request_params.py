@@ -447,3 +447,44 @@ def test_dropped_fields_of_the_right_type_still_pass() -> None:
         "stream_options": {"include_usage": True, "include_obfuscation": False}}))
     assert req.include_usage
 
+
+@pytest.mark.parametrize("kind", TRANSLATING)
+@pytest.mark.parametrize(("field", "value"), [
+    ("service_tier", "fast"), ("service_tier", "on_demand"), ("service_tier", "FLEX"),
+])
+async def test_a_dropped_value_openai_does_not_know_is_a_400(
+        proxy: Any, upstream: Any, kind: str, field: str, value: str) -> None:
+    """Dropped, `service_tier: "fast"` was answered as if valid, where OpenAI answers 400."""
+    client = await proxy(provider_config(kind, upstream.url, **_settings(kind)))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "hi"}], field: value})
+    assert resp.status == 400
+    err = (await resp.json())["error"]
+    assert (err["code"], err["param"]) == ("invalid_value", field)
+    assert "'auto', 'default', 'flex', 'scale', and 'priority'" in err["message"]
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("service_tier", "priority"), ("service_tier", "auto"), ("prompt_cache_retention", "24h")])
+async def test_a_dropped_value_openai_knows_is_still_dropped(proxy: Any, upstream: Any,
+                                                             field: str, value: str) -> None:
+    upstream.body = jsonl_to_sse(fixture_bytes("anthropic/vercel-ai_anthropic-text.chunks.jsonl"))
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}],
+        field: value})
+    assert resp.status == 200
+    [sent] = upstream.requests
+    assert field not in sent.json()
+
+
+async def test_a_pass_through_type_forwards_any_service_tier(proxy: Any, upstream: Any) -> None:
+    # (Groq's own tiers: on_demand, performance)
+    upstream.body = fixture_bytes("openai/pydantic-ai_run_stream_sync.response0.sse")
+    client = await proxy(provider_config("openai", upstream.url))
+    await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}],
+        "service_tier": "on_demand"})
+    [sent] = upstream.requests
+    assert sent.json()["service_tier"] == "on_demand"

@@ -337,7 +337,8 @@ def answer_changing_refusal(provider: str, body: dict[str, Any], answers: frozen
     (`Provider.answer_modalities`); `searches_web`: whether it maps `web_search_options`
     (`Provider.searches_web`). A tool_choice that forces a call to no tool offered, and a
     `response_format` of a type OpenAI does not know, are refused too, as OpenAI refuses
-    them; so is a `verbosity` OpenAI does not know (dropped, it would go unnoticed)."""
+    them; so is a `verbosity` or `service_tier` OpenAI does not know (dropped, it would go
+    unnoticed)."""
     if body.get("functions"):  # deprecated: the model could call none of them
         return InvalidRequest(f"provider '{provider}' does not take the deprecated 'functions' "
                               "(and 'function_call'); send them as 'tools' (and "
@@ -354,7 +355,7 @@ def answer_changing_refusal(provider: str, body: dict[str, Any], answers: frozen
                               param="web_search_options", code="unsupported_value")
     return (_forced_call_refusal(body.get("tool_choice"), body.get("tools"))
             or _response_format_refusal(body.get("response_format"))
-            or _verbosity_refusal(body.get("verbosity")))
+            or _dropped_value_refusal(body))
 
 
 def _forced_call_refusal(choice: Any, tools: Any) -> InvalidRequest | None:
@@ -396,20 +397,27 @@ def _response_format_refusal(fmt: Any) -> InvalidRequest | None:
                           code="invalid_value")
 
 
-# OpenAI's verbosity values. Checked only where it is dropped: an OpenAI-compatible upstream
-# may know more (OpenRouter's `max`), and judges its own.
+# OpenAI's values of fields the translators drop. Checked only where dropped: an
+# OpenAI-compatible upstream may know more (OpenRouter's verbosity `max`, Groq's service_tier
+# `on_demand`), and judges its own.
 VERBOSITIES = ("low", "medium", "high")
+SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority")
+_DROPPED_VALUES = {"verbosity": VERBOSITIES, "service_tier": SERVICE_TIERS}
 
 
-def _verbosity_refusal(verbosity: Any) -> InvalidRequest | None:
-    """OpenAI's 400 for a `verbosity` outside VERBOSITIES, as a reasoning_effort it does not
-    know is one on every provider: the request is valid or not whichever answers it."""
-    if verbosity is None or (isinstance(verbosity, str) and verbosity in VERBOSITIES):
-        return None
-    supported = ", ".join(f"'{v}'" for v in VERBOSITIES[:-1])
-    return InvalidRequest(f"Invalid value for 'verbosity': {verbosity!r}. Supported values are: "
-                          f"{supported}, and '{VERBOSITIES[-1]}'.", param="verbosity",
-                          code="invalid_value")
+def _dropped_value_refusal(body: dict[str, Any]) -> InvalidRequest | None:
+    """OpenAI's 400 for a dropped field's value it does not know (`verbosity: "max"`,
+    `service_tier: "fast"`), as a reasoning_effort it does not know is one on every provider:
+    the request is valid or not whichever answers it."""
+    for name, values in _DROPPED_VALUES.items():
+        value = body.get(name)
+        if value is None or (isinstance(value, str) and value in values):
+            continue
+        supported = ", ".join(f"'{v}'" for v in values[:-1])
+        return InvalidRequest(f"Invalid value for '{name}': {value!r}. Supported values are: "
+                              f"{supported}, and '{values[-1]}'.", param=name,
+                              code="invalid_value")
+    return None
 
 
 def _check_scalars(body: dict[str, Any]) -> None:
