@@ -49,19 +49,20 @@ async def test_an_openai_type_provider_gets_them_as_written(proxy: Any, upstream
 
 
 @pytest.mark.parametrize("kind", ["anthropic", "gemini", "cohere", "ollama", "mistral"])
-@pytest.mark.parametrize("extra", [
-    {"tools": [CUSTOM_TOOL]},
-    {"tools": [FUNCTION_TOOL], "tool_choice": ALLOWED},
-    {"tools": [FUNCTION_TOOL], "messages": HISTORY},
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"tools": [CUSTOM_TOOL]}, "tools"),
+    # (the tools are functions: the choice, allowing a custom tool, is what is refused)
+    ({"tools": [FUNCTION_TOOL], "tool_choice": ALLOWED}, "tool_choice"),
+    ({"tools": [FUNCTION_TOOL], "messages": HISTORY}, "tools"),
 ])
 async def test_a_translating_provider_refuses_them_with_a_400(
-        proxy: Any, upstream: Any, kind: str, extra: dict[str, Any]) -> None:
+        proxy: Any, upstream: Any, kind: str, extra: dict[str, Any], param: str) -> None:
     client = await proxy(provider_config(kind, upstream.url))
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
     resp = await client.post("/v1/chat/completions", json=body)
     assert resp.status == 400
     err = (await resp.json())["error"]
-    assert (err["code"], err["param"]) == ("unsupported_value", "tools")
+    assert (err["code"], err["param"]) == ("unsupported_value", param)
     assert "provider 'up'" in err["message"] and "custom tools" in err["message"]
     assert upstream.requests == []
 

@@ -316,12 +316,17 @@ def offers_custom_tools(fields: dict[str, Any]) -> bool:
             or (isinstance(tc, dict) and tc.get("type") == "allowed_tools"))
 
 
-def custom_tools_refused(provider: str) -> InvalidRequest:
+def custom_tools_refused(provider: str, body: dict[str, Any]) -> InvalidRequest:
     """For a provider that translates the request, and knows function tools only: a clear 400
-    rather than a KeyError or a silent drop."""
+    rather than a KeyError or a silent drop, naming `tool_choice` when it alone is the cause
+    (a custom tool's choice, or allowed_tools naming one, beside function tools)."""
+    tc = body.get("tool_choice")
+    by_choice = (isinstance(tc, dict) and tc.get("type") in ("custom", "allowed_tools")
+                 and not any(is_custom(t) for t in body.get("tools") or ()))
     return InvalidRequest(f"provider '{provider}' takes function tools only: custom tools and "
-                          "allowed_tools choices need an OpenAI-type provider.",
-                          param="tools", code="unsupported_value")
+                          "allowed_tools choices of them need an OpenAI-type provider.",
+                          param="tool_choice" if by_choice else "tools",
+                          code="unsupported_value")
 
 
 TEXT_ONLY = frozenset({"text"})  # the answer_modalities of most translating providers

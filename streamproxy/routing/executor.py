@@ -136,9 +136,10 @@ class Executor:
             # (the target's override_params go on top: an override is refused as the request's
             # own fields are, not dropped by the translator)
             overrides = target.override_params
+            body = target.apply_overrides(req.body)
             if req.custom_tools or (overrides and offers_custom_tools(overrides)):
-                raise custom_tools_refused(provider.name)
-            refusal = answer_changing_refusal(provider.name, target.apply_overrides(req.body),
+                raise custom_tools_refused(provider.name, body)
+            refusal = answer_changing_refusal(provider.name, body,
                                               provider.answer_modalities, provider.searches_web)
             if refusal is not None:
                 raise refusal
