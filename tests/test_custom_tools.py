@@ -196,3 +196,84 @@ async def test_a_streamed_custom_call_is_stored_as_one(proxy: Any, upstream: Any
                                tools=[CUSTOM_TOOL], store=True)
     [call] = (await stored(api, cid)).choices[0].message.tool_calls
     assert (call.type, call.custom.name, call.custom.input) == ("custom", "run_sql", "SELECT 1")
+
+
+OTHER_TOOL = {"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {}}}}
+ALLOWED_FUNCTIONS = {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [
+    {"type": "function", "function": {"name": "get_weather"}}]}}
+
+
+def _sent_tools(kind: str, sent: dict[str, Any]) -> tuple[list[str], Any]:
+    """The tool names and the tool choice a translator sent, in its provider's words."""
+    if kind == "anthropic":
+        return [t["name"] for t in sent["tools"]], sent.get("tool_choice")
+    if kind == "bedrock":
+        config = sent["toolConfig"]
+        return [t["toolSpec"]["name"] for t in config["tools"]], config.get("toolChoice")
+    if kind == "gemini":
+        return ([d["name"] for d in sent["tools"][0]["functionDeclarations"]],
+                sent.get("toolConfig"))
+    return [t["function"]["name"] for t in sent["tools"]], sent.get("tool_choice")
+
+
+@pytest.mark.parametrize(("kind", "forced"), [
+    ("anthropic", {"type": "any"}),
+    ("bedrock", {"any": {}}),
+    ("gemini", {"functionCallingConfig": {"mode": "ANY"}}),
+    ("cohere", "REQUIRED"),
+    ("ollama", None),  # (Ollama cannot force a call: required is best effort)
+    ("mistral", "any"),
+])
+async def test_an_allowed_tools_choice_of_functions_sends_only_those(
+        proxy: Any, upstream: Any, kind: str, forced: Any) -> None:
+    """An allowed_tools choice listing function tools only was refused by every translating
+    provider; it goes as the tools it allows, with its mode as the provider's choice."""
+    settings = {"region": "us-east-1", "api_key": "k"} if kind == "bedrock" else {}
+    client = await proxy(provider_config(kind, upstream.url, **settings))
+    await client.post("/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "hi"}],
+        "tools": [FUNCTION_TOOL, OTHER_TOOL], "tool_choice": ALLOWED_FUNCTIONS})
+    [sent] = upstream.requests
+    assert _sent_tools(kind, sent.json()) == (["get_weather"], forced)
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "cohere", "mistral"])
+async def test_an_allowed_tools_choice_in_auto_mode_lets_the_model_choose(
+        proxy: Any, upstream: Any, kind: str) -> None:
+    client = await proxy(provider_config(kind, upstream.url))
+    choice = {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [
+        {"type": "function", "function": {"name": "get_time"}}]}}
+    await client.post("/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "hi"}],
+        "tools": [FUNCTION_TOOL, OTHER_TOOL], "tool_choice": choice})
+    [sent] = upstream.requests
+    names, mapped = _sent_tools(kind, sent.json())
+    assert names == ["get_time"]
+    assert mapped in (None, "auto", {"type": "auto"})
+
+
+
+async def test_an_allowed_tools_choice_of_functions_still_goes_as_written_to_openai(
+        proxy: Any, upstream: Any) -> None:
+    upstream.body = fixture_bytes("openai/pydantic-ai_run_stream_sync.response0.sse")
+    client = await proxy(provider_config("openai", upstream.url))
+    await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}],
+        "tools": [FUNCTION_TOOL, OTHER_TOOL], "tool_choice": ALLOWED_FUNCTIONS})
+    [sent] = upstream.requests
+    assert sent.json()["tool_choice"] == ALLOWED_FUNCTIONS
+    assert len(sent.json()["tools"]) == 2
+
+
+async def test_an_allowed_tools_choice_beside_a_targets_tools_override_is_still_a_400(
+        proxy: Any, upstream: Any) -> None:
+    # (the override's tools would go on top of the narrowed ones: all callable again)
+    client = await proxy(provider_config("anthropic", upstream.url))
+    resp = await client.post("/v1/chat/completions", headers={"x-portkey-config": orjson.dumps(
+        {"provider": "up", "override_params": {"tools": [FUNCTION_TOOL, OTHER_TOOL]}}).decode()},
+        json={"model": "m", "messages": [{"role": "user", "content": "hi"}],
+              "tool_choice": ALLOWED_FUNCTIONS})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == "tool_choice"
+    assert upstream.requests == []

@@ -286,6 +286,8 @@ def _validate(body: dict[str, Any], limits: Limits) -> bool:
         return custom
     if _named_function(tc) is not None:
         return custom
+    if isinstance(tc, dict) and tc.get("type") == "allowed_tools" and _allowed_names(tc):
+        return custom  # (functions only: the translators narrow `tools` to them)
     if is_custom(tc) or (isinstance(tc, dict) and tc.get("type") == "allowed_tools"
                          and isinstance(tc.get("allowed_tools"), dict)):
         return True
@@ -327,6 +329,39 @@ def custom_tools_refused(provider: str, body: dict[str, Any]) -> InvalidRequest:
                           "allowed_tools choices of them need an OpenAI-type provider.",
                           param="tool_choice" if by_choice else "tools",
                           code="unsupported_value")
+
+
+def _allowed_names(choice: dict[str, Any]) -> set[str] | None:
+    """The function names an allowed_tools choice lists, when it is OpenAI's shape with
+    function tools only (`mode` auto or required); else None."""
+    allowed = choice.get("allowed_tools")
+    if not isinstance(allowed, dict) or allowed.get("mode") not in ("auto", "required"):
+        return None
+    tools = allowed.get("tools")
+    if not isinstance(tools, list) or not tools:
+        return None
+    names = set()
+    for t in tools:
+        fn = _named_function(t)
+        if fn is None or t.get("type") != "function":
+            return None
+        names.add(fn["name"])
+    return names
+
+
+def narrowed_to_allowed(body: dict[str, Any]) -> dict[str, Any]:
+    """The body with an allowed_tools choice of function tools as the translators can take
+    it: only the allowed tools sent, with its mode (auto or required) as the tool_choice, so
+    the model can call none of the others, as OpenAI holds it; the body itself otherwise."""
+    choice = body.get("tool_choice")
+    if not isinstance(choice, dict) or choice.get("type") != "allowed_tools":
+        return body
+    names = _allowed_names(choice)
+    if names is None:
+        return body
+    tools = [t for t in body.get("tools") or ()
+             if (fn := _named_function(t)) is not None and fn["name"] in names]
+    return {**body, "tools": tools, "tool_choice": choice["allowed_tools"]["mode"]}
 
 
 TEXT_ONLY = frozenset({"text"})  # the answer_modalities of most translating providers

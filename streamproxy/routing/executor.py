@@ -38,6 +38,7 @@ from streamproxy.openai_api.request import (
     ChatRequest,
     answer_changing_refusal,
     custom_tools_refused,
+    narrowed_to_allowed,
     offers_custom_tools,
 )
 from streamproxy.providers.base import Provider, StreamTranslator
@@ -139,7 +140,14 @@ class Executor:
             body = target.apply_overrides(req.body)
             if req.custom_tools or (overrides and offers_custom_tools(overrides)):
                 raise custom_tools_refused(provider.name, body)
-            refusal = answer_changing_refusal(provider.name, body,
+            # An allowed_tools choice of functions goes as the tools it allows and its mode
+            # (the translators know no such choice); once per request, not per chunk.
+            narrowed = narrowed_to_allowed(body)
+            if narrowed is not body:
+                if overrides and "tools" in overrides:  # (they would go back on top of it)
+                    raise custom_tools_refused(provider.name, body)
+                req = replace(req, body=narrowed_to_allowed(req.body), stripped=True)
+            refusal = answer_changing_refusal(provider.name, narrowed,
                                               provider.answer_modalities, provider.searches_web)
             if refusal is not None:
                 raise refusal
