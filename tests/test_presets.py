@@ -22,6 +22,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessage
 
 from streamproxy.config import ConfigError
+from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.presets import mistral_tool_call_id
@@ -757,6 +758,24 @@ def test_mistral_gets_no_null_seed() -> None:
     assert "seed" not in sent and "random_seed" not in sent and sent["temperature"] == 0.2
     sent = orjson.loads(provider.build_request(request(seed=7), target).body)
     assert "seed" not in sent and sent["random_seed"] == 7
+
+
+@pytest.mark.parametrize(("effort", "sent"), [
+    ("none", "none"), ("minimal", "none"), ("low", "high"), ("medium", "high"),
+    ("high", "high"), ("xhigh", "high")])
+def test_mistral_reasoning_effort_is_one_of_the_two_it_takes(effort: str, sent: str) -> None:
+    """Mistral takes reasoning_effort "none" or "high" only (its docs and API schema); OpenAI's
+    "low", "medium", "xhigh" went as they came, and Mistral refused a valid request."""
+    provider, target = build("mistral")
+    up = provider.build_request(request(reasoning_effort=effort), target)
+    assert orjson.loads(up.body)["reasoning_effort"] == sent
+
+
+def test_mistral_refuses_a_reasoning_effort_openai_does_not_know_as_openai_does() -> None:
+    provider, target = build("mistral")
+    with pytest.raises(InvalidRequest) as caught:
+        provider.build_request(request(reasoning_effort="max"), target)
+    assert (caught.value.param, caught.value.code) == ("reasoning_effort", "invalid_value")
 
 
 def test_other_presets_ask_for_stream_usage() -> None:

@@ -46,7 +46,7 @@ from streamproxy.config import ConfigError
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import InvalidRequest, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
-from streamproxy.openai_api.content import replayed_reasoning, with_call_ids
+from streamproxy.openai_api.content import reasoning_effort, replayed_reasoning, with_call_ids
 from streamproxy.providers.openai_compat import (
     INTERESTING,
     OpenAIProvider,
@@ -537,6 +537,13 @@ class MistralTranslator(CompatTranslator):
         self.on_chunk(chunk, orjson.dumps(chunk) if changed else data)
 
 
+# OpenAI's reasoning_effort → the two Mistral takes (its reasoning docs and API schema: "none",
+# which still thinks minimally, and "high"; another is its 422): the nearest, thinking on for
+# any level above minimal.
+MISTRAL_EFFORTS = {"none": "none", "minimal": "none", "low": "high", "medium": "high",
+                   "high": "high", "xhigh": "high"}
+
+
 class MistralProvider(CompatProvider):
     """Mistral validates strictly (unknown fields are a 422) and differs from OpenAI in names:
     `stream_options` is not accepted (usage comes anyway, on the finish chunk), max tokens is
@@ -545,8 +552,9 @@ class MistralProvider(CompatProvider):
     the named tool sent, which forces exactly that call). Tool-call ids that are not Mistral's
     9 letters and digits are mapped to such ids (`mistral_tool_call_id`). Message keys Mistral
     does not know and the parameters in `dropped_params` are dropped; `reasoning_effort` goes as
-    is (Mistral Small 4 and Medium 3.5 take it), and the thinking its answers then carry
-    becomes `reasoning_content`, streamed or not."""
+    the one of Mistral's two values nearest (MISTRAL_EFFORTS; Mistral Small 4 and Medium 3.5
+    take it), and the thinking its answers then carry becomes `reasoning_content`, streamed or
+    not."""
 
     type_name: ClassVar[str] = "mistral"
     default_base_url: ClassVar[str | None] = "https://api.mistral.ai/v1"
@@ -588,6 +596,9 @@ class MistralProvider(CompatProvider):
         seed = out.pop("seed", None)
         if seed is not None:
             out["random_seed"] = seed
+        effort = reasoning_effort(body)  # (OpenAI's 400 for one it does not know, as elsewhere)
+        if effort is not None:
+            out["reasoning_effort"] = MISTRAL_EFFORTS[effort]
         choice = out.get("tool_choice")
         if choice == "required":
             out["tool_choice"] = "any"
