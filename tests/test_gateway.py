@@ -277,6 +277,29 @@ async def test_a_targets_own_400_is_a_providers_400_to_the_fallback(proxy: Any) 
 
 
 @pytest.mark.parametrize("stream", [True, False])
+async def test_a_targets_own_400_is_final_for_it_but_falls_back(proxy: Any, access_log: Any,
+                                                                 stream: bool) -> None:
+    # The refusal is the target's translation's, made before any request: a retry on 400
+    # got it again after each backoff (three tries, the retries reported run out). Another
+    # target may take the request: a fallback still runs.
+    client = await proxy(make_config({
+        "claude": {"type": "anthropic", "base_url": f"http://127.0.0.1:{closed_port()}",
+                   "api_key": "sk-claude", "default_model": "m"},
+        "gpt": {"type": "mock", "wire": "openai", "default_model": "fast"}}, default="gpt"))
+    claude = {"provider": "claude", "retry": {"attempts": 2, "on_status_codes": [400]}}
+    resp = await post(client, json.dumps(claude), stream=stream, stop=["\n"])
+    assert resp.status == 400 and (await resp.json())["error"]["param"] == "stop"
+    assert resp.headers["x-portkey-retry-attempt-count"] == "0"
+    assert access_log()[-1]["attempts"] == 0  # (upstream requests sent: none)
+    resp = await post(client, fallback(claude, leaf("fast:tokens=2", "gpt")), stream=stream,
+                      stop=["\n"])
+    assert resp.status == 200
+    assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
+    await resp.read()
+    assert access_log()[-1]["attempts"] == 1
+
+
+@pytest.mark.parametrize("stream", [True, False])
 async def test_a_targets_own_400_is_no_trial_of_its_breaker(proxy: Any, access_log: Any,
                                                             stream: bool) -> None:
     # The refusal never reached the upstream, so it says nothing of its health: a half-open

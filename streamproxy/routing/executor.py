@@ -296,8 +296,10 @@ class Executor:
                 record.note_upstream_error(e)  # metrics: upstream errors by kind
                 # (an error ours that says a retry cannot mend it — a redirect, a 204, an
                 # answer over the cap — comes again on every try of this target, whatever its
-                # status; a fallback to another target still may answer: `_run` decides)
-                if e.status not in spec.on_status_codes or e.should_retry is False:
+                # status, as does a refusal of its translation, made before any request; a
+                # fallback to another target still may answer: `_run` decides)
+                if (e.status not in spec.on_status_codes or e.should_retry is False
+                        or isinstance(e, InvalidRequest)):
                     raise
                 if retry >= spec.attempts:
                     record.retries_exhausted = spec.attempts > 0
