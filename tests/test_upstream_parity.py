@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import json
 import zlib
 from typing import Any
 
 import pytest
 
+from streamproxy.config import parse_config
 from streamproxy.upstream.client import CLIENT_ENV
 from tests.helpers import collect, sse_chunks
 from tests.test_http11 import FIRST_EVENTS, native_anthropic_config, raw_server, read_request
@@ -104,6 +106,53 @@ async def test_content_codings_neither_client_decodes_are_refused(
     head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
             b"Content-Encoding: " + coding + b"\r\nContent-Length: %d\r\n\r\n" % len(packed))
     await protocol_error(proxy, head, packed, stream)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize(("coding", "named"), [(b"br", "br"), (b"zstd", "zstd"),
+                                               (b"gzip, gzip", "gzip, gzip"),
+                                               (b"x-\x7fodd", "?")])
+async def test_a_content_coding_neither_client_decodes_is_final_but_falls_back(
+        proxy: Any, kind: str, stream: bool, coding: bytes, named: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The upstream codes every answer so: it was a generic 'MalformedResponse' 502 that the
+    config's retry on 502 (and the SDKs') sent again, generated and paid for again, to be
+    refused alike. Now it names the coding, says x-should-retry: false and is not retried;
+    another target may still answer."""
+    monkeypatch.setenv(CLIENT_ENV, kind)
+    packed = gzip.compress(STREAM_BODY if stream else JSON_BODY)
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Encoding: " + coding + b"\r\nContent-Length: %d\r\n\r\n" % len(packed))
+    answer = answering(head, packed)
+    asked: list[int] = []
+
+    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        asked.append(1)
+        await answer(reader, writer)
+
+    server, url = await raw_server(counted)
+    client = await proxy(parse_config({
+        "providers": {"up": {"type": "anthropic", "base_url": url.rstrip("/"),
+                             "api_key": "sk-test-secret", "default_model": "m"},
+                      "mock": {"type": "mock", "default_model": "fast"}},
+        "default_provider": "up"}, "<t>"))
+    retried = {"provider": "up", "retry": {"attempts": 2, "on_status_codes": [502]}}
+    body = {"stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+    async with asyncio.timeout(10):
+        resp = await client.post("/v1/chat/completions", json=body,
+                                 headers={"x-portkey-config": json.dumps(retried)})
+        assert resp.status == 502 and resp.headers["x-should-retry"] == "false"
+        assert (await resp.json())["error"]["message"] == (
+            f"bad response from provider 'up': unsupported Content-Encoding {named!r}")
+        assert len(asked) == 1
+        resp = await client.post("/v1/chat/completions", json=body, headers={
+            "x-portkey-config": json.dumps({"strategy": {"mode": "fallback"},
+                                            "targets": [retried, {"provider": "mock"}]})})
+        assert resp.status == 200 and resp.headers["x-portkey-provider"] == "mock"
+        await resp.read()
+    server.close()
+    assert len(asked) == 2
 
 
 # -- Transfer-Encoding -----------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from streamproxy.upstream.response_parser import (
     MAX_HEADERS,
     Inflater,
     MalformedResponse,
+    UnsupportedContentCoding,
     UnsupportedTransferCoding,
     content_coding,
     transfer_codings,
@@ -274,9 +275,10 @@ def map_client_error(exc: BaseException, provider: str, *, before_response: bool
         phase = "connecting to" if before_response else "reading from"
         return UpstreamTimeout(f"timed out {phase} provider '{provider}'")
     if isinstance(exc, MalformedResponse):  # the native client's; before ConnectionError
-        if isinstance(exc, UnsupportedTransferCoding):
+        if isinstance(exc, UnsupportedTransferCoding | UnsupportedContentCoding):
             err = UpstreamProtocolError(f"bad response from provider '{provider}': {exc}")
-            err.should_retry = False  # (the upstream frames every answer so: not retried)
+            # (the upstream frames, or codes, every answer so: not retried)
+            err.should_retry = False
             return err
         return UpstreamProtocolError(f"bad response from provider '{provider}': "
                                      f"{type(exc).__name__}")

@@ -58,6 +58,11 @@ class UnsupportedTransferCoding(MalformedResponse):
     """A transfer coding besides chunked (its name is the message: the 502 says it)."""
 
 
+class UnsupportedContentCoding(MalformedResponse):
+    """A content coding not decoded (br, zstd, two layers): named in the message, as the
+    upstream codes every answer so (a retry gets the same)."""
+
+
 # -- sans-IO parsing ------------------------------------------------------------------------------
 
 _HEXDIGITS = b"0123456789abcdefABCDEF"
@@ -353,7 +358,10 @@ def content_coding(values: list[str]) -> str:
     if not codings:
         return ""
     if len(codings) > 1 or codings[0] not in ("gzip", "x-gzip", "deflate"):
-        raise MalformedResponse("unsupported Content-Encoding")
+        named = ", ".join(codings)
+        if not all(_TOKEN.fullmatch(c.encode("latin-1", "replace")) for c in codings):
+            named = "?"  # (the upstream's bytes, not echoed)
+        raise UnsupportedContentCoding(f"unsupported Content-Encoding {named[:40]!r}")
     return "deflate" if codings[0] == "deflate" else "gzip"
 
 
