@@ -243,24 +243,33 @@ async def test_a_soak_of_mixed_failures_leaves_nothing_behind(
         where, _sockets(), baseline_sockets, idle())
 
 
+@pytest.mark.parametrize("lost", [False, True], ids=["swallowed", "lost"])
 async def test_a_stream_opened_after_its_client_left_during_keepalives_is_closed(
-        proxy: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        proxy: Any, monkeypatch: pytest.MonkeyPatch, lost: bool) -> None:
     """With `keepalive_interval` the stream opens in a task of its own, cancelled when the
     client goes. A cancel that task never sees (redis-py's cache lookup swallows one that
     comes as its pool's wait times out: the soak with a Redis cache found it) let it open the
     upstream stream anyway, which nobody relayed or closed: its connection stayed busy, out of
-    the pool and open, for good."""
+    the pool and open, for good. A swallowed cancel is still the task's (`cancelling()`): the
+    upstream is not asked. One lost without a trace (`lost`: uncancelled too) still opens the
+    stream, which is then closed."""
     monkeypatch.delenv("STREAMPROXY_UPSTREAM_CLIENT", raising=False)
     client = await proxy(make_config({"mock": {"type": "mock", "default_model": "fast"}},
                                      default="mock", server={"keepalive_interval": 0.05}))
     state, features = client.server.app[STATE], client.server.app[FEATURES]
     pool = state.client.native.pool
     looked_up = asyncio.Event()
+    opening: list[asyncio.Task[Any]] = []
 
     async def swallowing_get(key: str) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        opening.append(task)
         looked_up.set()
         with contextlib.suppress(asyncio.CancelledError):  # as redis-py may
             await asyncio.sleep(0.5)
+        if lost:
+            task.uncancel()
         return None  # a miss: the upstream is asked
 
     monkeypatch.setattr(features.cache.backend, "get", swallowing_get)
@@ -271,7 +280,49 @@ async def test_a_stream_opened_after_its_client_left_during_keepalives_is_closed
     assert resp.status == 200
     assert await resp.content.readany()  # a keep-alive comment: the lookup is under way
     assert looked_up.is_set()
-    resp.close()  # the client goes away
     opened = pool.opened
-    assert await settle(lambda: pool.opened > opened, timeout=3)  # the upstream was asked
+    resp.close()  # the client goes away
+    done, _ = await asyncio.wait(opening, timeout=3)
+    assert done
+    if lost:
+        assert await settle(lambda: pool.opened > opened, timeout=3)  # the upstream was asked
+    else:
+        assert pool.opened == opened  # not asked
     assert await settle(lambda: pool.busy == 0, timeout=3), pool.busy
+
+
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_request_whose_client_left_during_a_swallowing_lookup_asks_no_upstream(
+        proxy: Any, upstream: Any, access_log: Any, monkeypatch: pytest.MonkeyPatch,
+        front: str, stream: bool) -> None:
+    """Without keep-alive comments the handler's own task looks the cache up; a lookup that
+    swallows the cancel of its client's leaving (redis-py's may) returned a miss, and the
+    request went on: the upstream was asked, its tokens spent, for nobody."""
+    monkeypatch.setenv("STREAMPROXY_FRONT", front)
+    client = await proxy(make_config({"up": {"type": "openai", "base_url": upstream.url,
+                                             "api_key": "sk-up", "default_model": "m"}},
+                                     default="up"))
+    features = client.server.app[FEATURES]
+    looked_up, returned = asyncio.Event(), asyncio.Event()
+
+    async def swallowing_get(key: str) -> None:
+        looked_up.set()
+        with contextlib.suppress(asyncio.CancelledError):  # as redis-py may
+            await asyncio.sleep(0.5)
+        returned.set()
+        return None  # a miss: the upstream would be asked
+
+    monkeypatch.setattr(features.cache.backend, "get", swallowing_get)
+    headers = {"x-portkey-config": orjson.dumps({"provider": "up",
+                                                 "cache": {"mode": "simple"}}).decode()}
+    body = {"model": "m", "messages": USER, "stream": stream}
+    leaving = asyncio.ensure_future(send_and_leave(
+        str(client.make_url("/v1/chat/completions")), body, headers, cut=False))
+    async with asyncio.timeout(5):
+        await looked_up.wait()
+        await leaving
+        await returned.wait()
+    assert await settle(lambda: bool(access_log()), timeout=3)  # the request has ended
+    assert access_log()[-1]["client_disconnected"] is True
+    assert upstream.requests == []

@@ -83,6 +83,12 @@ class TargetLookups:
         self.keys[index] = key, max_age
         if not self._refresh:
             entry = await self._cache.backend.get(key)
+            # A cancel the lookup swallowed (redis-py's may, as its pool's wait times out) is
+            # still the task's: its client left, or the worker stops. Going on would ask the
+            # upstream, and spend its tokens, for nobody.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             if entry is not None and cached.is_fresh(entry, max_age):
                 answer = self._cache.replay(request, self._req, attempt, record, entry)
                 if answer is not None:
