@@ -594,6 +594,28 @@ async def test_a_final_error_of_the_proxys_is_not_retried_but_falls_back(
     assert len(upstream.requests) == 2 and access_log()[-1]["attempts"] == 2
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_an_upstreams_own_should_retry_false_is_not_retried_but_falls_back(
+        proxy: Any, upstream: Any, access_log: Any, stream: bool) -> None:
+    """An upstream that says `x-should-retry: false` (as OpenAI's API may) knows a retry gets
+    the same: the openai SDKs obey it before the status, the config's retry sent the request
+    again after each backoff, generated and paid for, to fail alike. A fallback still runs."""
+    upstream.statuses, upstream.extra_headers = [500] * 6, {"x-should-retry": "false"}
+    client = await proxy(make_config({
+        "up": {"type": "openai", "base_url": upstream.url, "api_key": "sk-up",
+               "default_model": "m"},
+        "mock": {"type": "mock", "default_model": "fast"}}, default="mock"))
+    retries = {"provider": "up", "retry": {"attempts": 2, "on_status_codes": [500]}}
+    resp = await post(client, json.dumps(retries), stream=stream)
+    assert resp.status == 500 and resp.headers["x-should-retry"] == "false"
+    assert resp.headers["x-portkey-retry-attempt-count"] == "0"
+    assert len(upstream.requests) == 1 and access_log()[-1]["attempts"] == 1
+    resp = await post(client, fallback(retries, leaf("fast:tokens=2")), stream=stream)
+    assert resp.status == 200 and resp.headers["x-portkey-provider"] == "mock"
+    await resp.read()
+    assert len(upstream.requests) == 2 and access_log()[-1]["attempts"] == 2
+
+
 async def test_anthropics_overloaded_529_is_retried_by_default(
         proxy: Any, access_log: Any) -> None:
     # Anthropic's "overloaded" answer is its most common transient failure; Portkey's default

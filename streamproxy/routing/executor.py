@@ -49,7 +49,7 @@ from streamproxy.routing.retry import RETRY_AFTER_CAP, retry_delay
 from streamproxy.routing.target import Target
 from streamproxy.upstream.client import UpstreamClient, map_client_error
 from streamproxy.upstream.deadline import Deadline
-from streamproxy.upstream.passed_headers import passed_headers
+from streamproxy.upstream.passed_headers import SHOULD_RETRY, passed_headers
 
 ERROR_BODY_SECONDS = 5.0  # an upstream error's body, after its status line and headers
 # Statuses that are no answer and no error of the provider's: what each one means, said as
@@ -188,6 +188,10 @@ class Executor:
             retry_after = _retry_after(resp)
             if retry_after is not None:  # the header, else the wait the body named (Gemini's)
                 err.retry_after = retry_after
+            if resp.headers.get(SHOULD_RETRY, "").strip().lower() == "false":
+                # The upstream's word that a retry gets the same (OpenAI's SDKs obey it before
+                # the status): not retried by the config either; a fallback still runs.
+                err.should_retry = False
             raise err
         return resp
 
