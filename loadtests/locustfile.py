@@ -62,6 +62,15 @@ try:
 except ValueError:
     raise SystemExit(f"SP_TIMEOUT: not a number of seconds: {os.environ['SP_TIMEOUT']!r}") \
         from None
+# Read once, here: read per user, a bad value was a traceback for each user and a run that
+# idled to its end with nothing streamed.
+try:
+    EXTRA_HEADERS = json.loads(os.environ.get("SP_HEADERS") or "{}")
+except ValueError as e:
+    raise SystemExit(f"SP_HEADERS: not a JSON object of headers ({e}): "
+                     f"{os.environ['SP_HEADERS']!r}") from None
+if not isinstance(EXTRA_HEADERS, dict):
+    raise SystemExit(f"SP_HEADERS: not a JSON object of headers: {os.environ['SP_HEADERS']!r}")
 for _name in SCENARIOS:
     if _name not in MODELS:
         raise SystemExit(f"SP_SCENARIOS: unknown scenario {_name!r} (known: {', '.join(MODELS)})")
@@ -75,8 +84,8 @@ def _headers() -> dict[str, str]:
         headers["authorization"] = f"Bearer {os.environ['SP_API_KEY']}"
     # A value that is no string is sent as its JSON text: an inline x-portkey-config object
     # (Portkey's header is the config's JSON), a number (requests takes only strings).
-    extra = json.loads(os.environ.get("SP_HEADERS") or "{}")
-    headers.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
+    headers.update({k: v if isinstance(v, str) else json.dumps(v)
+                    for k, v in EXTRA_HEADERS.items()})
     return headers
 
 

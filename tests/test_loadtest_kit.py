@@ -355,3 +355,14 @@ def test_the_answer_cap_is_sent_as_max_completion_tokens(monkeypatch: pytest.Mon
     user.on_start()
     body = json.loads(user.body)
     assert body["max_completion_tokens"] == 64 and "max_tokens" not in body
+
+
+@pytest.mark.parametrize("value", ['{"x-portkey-provider": "mock"', "x-portkey-provider: mock",
+                                   '["x-portkey-provider", "mock"]'])
+def test_headers_that_are_no_json_object_stop_the_run_at_start(
+        monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    # Read per user in on_start, a bad SP_HEADERS printed a traceback for each user and the
+    # run went on with none streaming: it is said once, before any user starts.
+    monkeypatch.setenv("SP_HEADERS", value)
+    with pytest.raises(SystemExit, match=r"SP_HEADERS: .*JSON object"):
+        _load_locustfile(monkeypatch)
