@@ -54,14 +54,23 @@ MODELS = {
 }
 SCENARIOS = [s.strip() for s in _env("SP_SCENARIOS", "translated,passthrough").split(",")
              if s.strip()]
+
+
+def _number(name: str, default: str, kind: type[float] | type[int], what: str) -> Any:
+    """A numeric setting, refused here, once: read in a user's on_start, a bad one was a
+    traceback for every user and a run that streamed nothing."""
+    try:
+        return kind(_env(name, default))
+    except ValueError:
+        raise SystemExit(f"{name}: not {what}: {os.environ[name]!r}") from None
+
+
 # Locust's client has no timeout: a hung proxy or upstream would hold its users for ever and
 # the run would end with no failure at all. 600 s is the OpenAI SDK's default and the proxy's
 # own first-token timeout (a reasoning model can think that long before its first byte).
-try:
-    TIMEOUT = float(_env("SP_TIMEOUT", "600"))
-except ValueError:
-    raise SystemExit(f"SP_TIMEOUT: not a number of seconds: {os.environ['SP_TIMEOUT']!r}") \
-        from None
+TIMEOUT = _number("SP_TIMEOUT", "600", float, "a number of seconds")
+MAX_TOKENS = _number("SP_MAX_TOKENS", "256", int, "a whole number of tokens")
+WAIT = _number("SP_WAIT", "0", float, "a number of seconds")
 # Read once, here: read per user, a bad value was a traceback for each user and a run that
 # idled to its end with nothing streamed.
 try:
@@ -178,7 +187,7 @@ def _report(name: str, ms: float, length: int = 0, exception: Exception | None =
 class _StreamingUser(HttpUser):
     abstract = True
     scenario = ""
-    wait_time = constant(float(_env("SP_WAIT", "0")))
+    wait_time = constant(WAIT)
 
     def on_start(self) -> None:
         self.body = json.dumps({
@@ -186,7 +195,7 @@ class _StreamingUser(HttpUser):
             "stream_options": {"include_usage": True},
             # OpenAI's current name, which its reasoning models require (they refuse
             # `max_tokens`); the proxy's translators and renaming presets read it.
-            "max_completion_tokens": int(_env("SP_MAX_TOKENS", "256")),
+            "max_completion_tokens": MAX_TOKENS,
             "messages": [{"role": "user", "content": _env(
                 "SP_PROMPT", "Write two sentences about load testing.")}],
         })

@@ -366,3 +366,13 @@ def test_headers_that_are_no_json_object_stop_the_run_at_start(
     monkeypatch.setenv("SP_HEADERS", value)
     with pytest.raises(SystemExit, match=r"SP_HEADERS: .*JSON object"):
         _load_locustfile(monkeypatch)
+
+
+@pytest.mark.parametrize(("name", "value"), [("SP_MAX_TOKENS", "256k"), ("SP_MAX_TOKENS", "1.5"),
+                                             ("SP_WAIT", "1s")])
+def test_numbers_that_are_no_numbers_stop_the_run_at_start(
+        monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    # SP_MAX_TOKENS was read per user in on_start: a traceback for each user, nothing streamed.
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit, match=name):
+        _load_locustfile(monkeypatch)
