@@ -325,3 +325,50 @@ def test_a_malformed_environment_proxy_is_a_config_error(monkeypatch: Any) -> No
     with pytest.raises(ConfigError, match="only http://"):
         create_app(_server())
     assert os.environ["HTTPS_PROXY"] == "socks5://p:1"
+
+
+# -- why an upstream could not be reached is logged for the operator ----------------------------
+
+def _unreachable_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "streamproxy.upstream" and r.levelname == "WARNING"]
+
+
+async def test_an_upstream_certificate_not_trusted_is_logged_with_its_reason(
+        proxy: Any, client_kind: str, certificate: tuple[Path, Path],
+        caplog: pytest.LogCaptureFixture) -> None:
+    # An internal CA not in the trust store: the client's 502 says only "could not reach
+    # provider 'up': ConnectFailed" and nothing was logged, so nothing told the operator that
+    # the certificate was the cause (and that SSL_CERT_FILE is the remedy).
+    cert, key = certificate
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    fake = FakeUpstream()
+    async with serve_fake(fake, tls) as port:
+        client = await proxy(make_config(
+            {"up": {"type": "anthropic", "base_url": f"https://127.0.0.1:{port}",
+                    "api_key": "k", "default_model": "m"}}, default="up"))
+        for _ in range(2):
+            status, body = await _stream(client)
+            assert status == 502
+            assert orjson.loads(body)["error"]["code"] == "upstream_unreachable"
+        await client.close()
+    assert not fake.requests
+    (warning,) = _unreachable_warnings(caplog)  # once a minute per provider, not per request
+    assert "'up'" in warning and "CERTIFICATE_VERIFY_FAILED" in warning
+
+
+async def test_a_refused_tunnel_is_logged_with_the_proxy_and_its_answer_not_its_credentials(
+        proxy: Any, client_kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    forward = ForwardProxy(("127.0.0.1", 9), connect_status=407)
+    await forward.start()
+    try:
+        client = await proxy(_config(f"https://{HOST}", forward.port))
+        status, _ = await _stream(client)
+        await client.close()
+    finally:
+        await forward.stop()
+    assert status == 502
+    (warning,) = _unreachable_warnings(caplog)
+    assert "407" in warning and f"127.0.0.1:{forward.port}" in warning
+    assert SECRET not in warning and "alice" not in warning

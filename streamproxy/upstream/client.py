@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import ssl
+import time
 from typing import Any
 
 import aiohttp
@@ -37,7 +39,7 @@ from streamproxy.errors import (
 )
 from streamproxy.providers.base import UpstreamRequest
 from streamproxy.upstream.egress import NO_PROXIES, EgressProxies
-from streamproxy.upstream.http11 import HTTP11Client
+from streamproxy.upstream.http11 import ConnectFailed, HTTP11Client
 from streamproxy.upstream.response_parser import (
     MAX_HEAD_BYTES,
     MAX_HEADERS,
@@ -48,6 +50,8 @@ from streamproxy.upstream.response_parser import (
     content_coding,
     transfer_codings,
 )
+
+log = logging.getLogger("streamproxy.upstream")
 
 CLIENT_ENV = "STREAMPROXY_UPSTREAM_CLIENT"
 CLIENT_KINDS = ("aiohttp", "native")
@@ -292,6 +296,7 @@ def map_client_error(exc: BaseException, provider: str, *, before_response: bool
                   | aiohttp.ServerDisconnectedError | ConnectionError
                   | aiohttp.ClientHttpProxyError):  # (an egress proxy refused the tunnel)
         if before_response:
+            _log_unreachable(provider, exc)
             return UpstreamUnreachable(f"could not reach provider '{provider}': "
                                        f"{type(exc).__name__}")
         return StreamTruncated(f"provider '{provider}' closed the connection mid-response")
@@ -299,3 +304,23 @@ def map_client_error(exc: BaseException, provider: str, *, before_response: bool
         return UpstreamProtocolError(f"bad response from provider '{provider}': "
                                      f"{type(exc).__name__}")
     raise exc
+
+
+# (provider, cause) → when it was last logged. The client's error names only the exception's
+# type (no upstream address for it); the cause — a certificate not trusted, a refused port, an
+# egress proxy's 407 — is for the operator, once a minute for each, not per request.
+_UNREACHABLE_LOGGED: dict[tuple[str, str], float] = {}
+
+
+def _log_unreachable(provider: str, exc: BaseException) -> None:
+    # The native client's ConnectFailed already begins with its cause's type. Neither client's
+    # text holds a URL's userinfo: hosts and ports only.
+    cause = str(exc) if isinstance(exc, ConnectFailed) else f"{type(exc).__name__}: {exc}"
+    now = time.monotonic()
+    key = (provider, cause)
+    if now - _UNREACHABLE_LOGGED.get(key, -60.0) < 60.0:
+        return
+    if len(_UNREACHABLE_LOGGED) >= 256:  # causes name ports and addresses: bounded
+        _UNREACHABLE_LOGGED.clear()
+    _UNREACHABLE_LOGGED[key] = now
+    log.warning("could not reach provider %r (logged once a minute): %s", provider, cause)
