@@ -19,6 +19,9 @@ from streamproxy.providers.cohere import CohereProvider
 from streamproxy.providers.gemini import GeminiProvider, VertexProvider
 from streamproxy.providers.gemini.errors import error_from_object
 from streamproxy.providers.gemini.vertex_anthropic import VertexClaudeProvider
+from streamproxy.providers.ollama import OllamaProvider
+from streamproxy.providers.presets import DeepSeekProvider
+from streamproxy.providers.registry import PROVIDER_TYPES
 from tests.conftest import provider_config
 
 
@@ -116,3 +119,69 @@ def test_other_refusals_are_left_alone(kind: str, cls: type[Any], extra: dict[st
     err = provider(cls, kind, **extra).parse_error(status, body)
     assert err.status == status and err.code != "context_length_exceeded"
     assert err.param is None
+
+
+def openai_error_body(message: str, *, code: Any, param: Any = None,
+                      etype: str = "invalid_request_error") -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": etype, "param": param,
+                                   "code": code}})
+
+
+DEEPSEEK_MESSAGE = ("This model's maximum context length is 131072 tokens. However, you "
+                    "requested 141980 tokens (133980 in the messages, 8000 in the completion). "
+                    "Please reduce the length of the messages or completion.")
+MISTRAL_MESSAGE = "Prompt contains 300000 tokens, too large for model with 131072 maximum " \
+                  "context length"
+VLLM_MESSAGE = ("This model's maximum context length is 16384 tokens. However, you requested "
+                "19591 tokens (9591 in the messages, 10000 in the completion). Please reduce "
+                "the length of the messages or completion.")
+TOGETHER_MESSAGE = "The input (516368 tokens) is longer than the model's context length " \
+                   "(262144 tokens)."
+
+
+@pytest.mark.parametrize(("kind", "extra", "body", "message"), [
+    # DeepSeek's code is its type again (or null), its param null
+    ("deepseek", {}, openai_error_body(DEEPSEEK_MESSAGE, code="invalid_request_error"),
+     DEEPSEEK_MESSAGE),
+    ("deepseek", {}, openai_error_body(DEEPSEEK_MESSAGE, code=None), DEEPSEEK_MESSAGE),
+    # Mistral's (docs.mistral.ai known limitations), with an image count too
+    ("mistral", {}, orjson.dumps({"object": "error", "message": MISTRAL_MESSAGE,
+                                  "type": "invalid_request_error", "param": None,
+                                  "code": None}), MISTRAL_MESSAGE),
+    ("mistral", {}, openai_error_body(MISTRAL_MESSAGE.replace(" tokens,", " tokens and 0 "
+                                                              "images"), code=None),
+     MISTRAL_MESSAGE.replace(" tokens,", " tokens and 0 images")),
+    # vLLM's, also behind a plain `type: openai`: the error object is the whole body
+    ("vllm", {}, orjson.dumps({"object": "error", "message": VLLM_MESSAGE,
+                               "type": "BadRequestError", "param": None, "code": 400}),
+     VLLM_MESSAGE),
+    ("openai", {}, orjson.dumps({"object": "error", "message": VLLM_MESSAGE,
+                                 "type": "BadRequestError", "param": None, "code": 400}),
+     VLLM_MESSAGE),
+    ("together", {}, openai_error_body(TOGETHER_MESSAGE, code=None), TOGETHER_MESSAGE),
+    ("openrouter", {}, openai_error_body(
+        "This endpoint's maximum context length is 200000 tokens. However, you requested "
+        "about 231077 tokens (231077 of text input). Please reduce the length of either one, "
+        "or use the \"middle-out\" transform to compress your prompt automatically.", code=400),
+     "This endpoint's maximum context length is 200000 tokens. However, you requested about "
+     "231077 tokens (231077 of text input). Please reduce the length of either one, or use "
+     "the \"middle-out\" transform to compress your prompt automatically."),
+])
+def test_openai_compatible_overflows(kind: str, extra: dict[str, Any], body: bytes,
+                                     message: str) -> None:
+    up = provider(PROVIDER_TYPES[kind], kind, **extra)
+    assert_overflow(up.parse_error(400, body), message)
+
+
+def test_ollamas_prompt_too_long() -> None:
+    message = "prompt too long; exceeded max context length by 4096 tokens"
+    up = provider(OllamaProvider, "ollama")
+    assert_overflow(up.parse_error(400, orjson.dumps({"error": message})), message)
+
+
+def test_an_openai_compatible_refusal_of_another_kind_keeps_its_fields() -> None:
+    body = openai_error_body("Invalid max_tokens value, the valid range of max_tokens is "
+                             "[1, 8192]", code="invalid_request_error")
+    err = provider(DeepSeekProvider, "deepseek").parse_error(400, body)
+    assert err.to_dict()["error"]["code"] == "invalid_request_error"
+    assert err.to_dict()["error"]["param"] is None

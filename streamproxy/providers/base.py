@@ -361,10 +361,15 @@ CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 
 def context_overflow(err: UpstreamStatusError, phrases: tuple[str, ...]) -> UpstreamStatusError:
     """`err` as OpenAI's context overflow when it is a 400 whose message holds one of the
-    provider's own `phrases` for it (lower case); the provider's message and status stay."""
+    provider's own `phrases` for it (lower case); the provider's message and status stay, and
+    so do the other fields an OpenAI-compatible error keeps (ours replace its own type, code
+    and param, which said otherwise: DeepSeek's code is its type again, its param null)."""
     if err.status == 400 and any(phrase in err.message.lower() for phrase in phrases):
         err.code, err.param = CONTEXT_LENGTH_EXCEEDED, "messages"
         err.error_type = "invalid_request_error"
+        if err.fields:
+            err.fields = {**err.fields, "type": err.error_type, "param": err.param,
+                          "code": err.code}
     return err
 
 

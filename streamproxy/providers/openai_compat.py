@@ -33,6 +33,7 @@ from streamproxy.providers.base import (
     SSETranslator,
     StreamTranslator,
     UpstreamRequest,
+    context_overflow,
     generic_error,
     kept_fields,
     load_event_json,
@@ -314,6 +315,15 @@ def _event_status(error: dict[str, Any]) -> int:
     return 502
 
 
+# How OpenAI-compatible servers word a prompt over the model's context, which OpenAI calls
+# `context_length_exceeded` and they do not (a code null, or their type again): "This model's
+# maximum context length is N tokens. …" (OpenAI's own wording, kept by DeepSeek, vLLM and
+# OpenRouter's "This endpoint's …"), Mistral's "Prompt contains N tokens, too large for model
+# with M maximum context length", Together's "The input (N tokens) is longer than the model's
+# context length (M tokens)." Read only on a 400 (errors, never a chunk).
+OVERFLOW = ("maximum context length", "longer than the model's context length")
+
+
 class OpenAIProvider(Provider):
     type_name: ClassVar[str] = "openai"
     default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"
@@ -329,7 +339,8 @@ class OpenAIProvider(Provider):
     translator_type: ClassVar[type[PassthroughTranslator]] = PassthroughTranslator
 
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
-        return generic_error(status, body, self.name, keep_fields=True)
+        return context_overflow(generic_error(status, body, self.name, keep_fields=True),
+                                OVERFLOW)
 
     def answered_error(self, body: bytes) -> UpstreamStatusError:
         # as a non-streamed 200's error is read: the status its `code` names (OpenRouter's)

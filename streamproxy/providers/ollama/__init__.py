@@ -14,6 +14,7 @@ from streamproxy.providers.base import (
     Provider,
     StreamTranslator,
     UpstreamRequest,
+    context_overflow,
     generic_error,
     load_event_json,
 )
@@ -62,7 +63,7 @@ class OllamaProvider(Provider):
             # first`): OpenAI's answer for an unknown model, as the gateway's own says it. Only
             # Ollama's `{"error": "..."}`: a wrong base_url's 404 is Go's plain text.
             error.code, error.error_type = "model_not_found", "invalid_request_error"
-        return error
+        return context_overflow(error, OVERFLOW)
 
     def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
         return OllamaStreamTranslator(out, self.max_event_bytes, self.name,
@@ -85,6 +86,11 @@ class OllamaProvider(Provider):
             raise UpstreamProtocolError("the upstream answered without `done: true`")
         return builder.completion(completion_id=completion_id, created=created,
                                   model=model)
+
+
+# How Ollama's 400 words a prompt over the model's context (its `num_ctx`), when it refuses
+# one rather than cutting it: "prompt too long; exceeded max context length by N tokens".
+OVERFLOW = ("prompt too long; exceeded max context length",)
 
 
 def _own_error(body: bytes) -> bool:
