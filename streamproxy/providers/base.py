@@ -343,7 +343,7 @@ def generic_error(status: int, body: bytes, provider: str, *,
             message = _detail_message(message if message is not None else obj.get("detail"))
     if not isinstance(message, str) or not message:
         message = f"provider '{provider}' returned HTTP {status}"
-    return UpstreamStatusError(
+    err = UpstreamStatusError(
         status,
         message,
         provider=provider,
@@ -351,6 +351,16 @@ def generic_error(status: int, body: bytes, provider: str, *,
         param=param if isinstance(param, str) else None,
         fields=fields,
     )
+    if err.code == INSUFFICIENT_QUOTA:
+        err.should_retry = False
+    return err
+
+
+# OpenAI's code (and type) for a quota or credit balance used up: a 429 that, unlike a rate
+# limit, comes again on every try until someone pays. It says `x-should-retry: false` (the
+# openai SDK would retry its 429 twice more) and a config's `retry` does not repeat it,
+# which only delayed the fallback that can answer (routing/executor.py).
+INSUFFICIENT_QUOTA = "insufficient_quota"
 
 
 # OpenAI's code for a prompt longer than the model's context (400 `invalid_request_error`,
