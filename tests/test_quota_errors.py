@@ -40,3 +40,29 @@ def test_a_rate_limit_is_still_retried() -> None:
                                    "requests", "param": None, "code": "rate_limit_exceeded"}})
     err: UpstreamStatusError = provider("openai").parse_error(429, body)
     assert err.status == 429 and err.should_retry is None
+
+
+ANTHROPIC_CREDIT = ("Your credit balance is too low to access the Anthropic API. Please go to "
+                    "Plans & Billing to upgrade or purchase credits.")
+
+
+def test_anthropics_credit_balance_too_low_is_openais_insufficient_quota() -> None:
+    # Anthropic says it with a 400 invalid_request_error, as if the request were wrong: a
+    # client (or a fallback on 429) could not tell it from its own mistake.
+    body = orjson.dumps({"type": "error", "error": {"type": "invalid_request_error",
+                                                    "message": ANTHROPIC_CREDIT},
+                         "request_id": "req_011CbrFTcXhtiMzr3s6EocF7"})
+    up = provider("anthropic")
+    for err in (up.parse_error(400, body), up.answered_error(body)):
+        assert err.status == 429 and err.should_retry is False
+        assert err.to_dict() == {"error": {"message": ANTHROPIC_CREDIT,
+                                           "type": "insufficient_quota", "param": None,
+                                           "code": "insufficient_quota"}}
+
+
+def test_anthropics_other_400s_stay_400s() -> None:
+    body = orjson.dumps({"type": "error", "error": {"type": "invalid_request_error",
+                                                    "message": "max_tokens: 10000 > 4096"}})
+    err = provider("anthropic").parse_error(400, body)
+    assert err.status == 400 and err.code == "invalid_request_error"
+    assert err.should_retry is None

@@ -363,6 +363,19 @@ def generic_error(status: int, body: bytes, provider: str, *,
 INSUFFICIENT_QUOTA = "insufficient_quota"
 
 
+def quota_exhausted(err: UpstreamStatusError, phrases: tuple[str, ...]) -> UpstreamStatusError:
+    """`err` as OpenAI's used-up quota (429, type and code `insufficient_quota`, not retried)
+    when its message holds one of the provider's own `phrases` for it (lower case), which it
+    sent with another status (Anthropic's 400): a client, or a fallback on 429, took it for a
+    mistake in the request. The provider's message stays."""
+    if any(phrase in err.message.lower() for phrase in phrases):
+        err.status, err.param, err.should_retry = 429, None, False
+        err.code = err.error_type = INSUFFICIENT_QUOTA
+        if err.fields:
+            err.fields = {**err.fields, "type": err.error_type, "param": None, "code": err.code}
+    return err
+
+
 # OpenAI's code for a prompt longer than the model's context (400 `invalid_request_error`,
 # param `messages`): what the openai SDK's users, LangChain and agents that trim their history
 # key on. Each provider says it in words of its own (`context_overflow`).

@@ -40,6 +40,7 @@ from streamproxy.providers.base import (
     generic_error,
     load_event_json,
     malformed,
+    quota_exhausted,
 )
 from streamproxy.providers.splice import JSON_INDEX, JSON_TEXT, feed_runs
 
@@ -117,9 +118,15 @@ def map_usage(u: dict[str, Any]) -> dict[str, Any]:
 OVERFLOW = ("prompt is too long", "exceed context limit")
 
 
+# How Anthropic's 400 words a credit balance used up ("Your credit balance is too low to access
+# the Anthropic API. …"): OpenAI's 429 `insufficient_quota` (providers/base.py).
+NO_CREDIT = ("credit balance is too low",)
+
+
 def anthropic_error(status: int, body: bytes, provider: str) -> UpstreamStatusError:
     """An error body of Anthropic's (`{"type": "error", "error": {"type", "message"}}`)."""
-    return context_overflow(generic_error(status, body, provider), OVERFLOW)
+    return quota_exhausted(context_overflow(generic_error(status, body, provider), OVERFLOW),
+                           NO_CREDIT)
 
 
 def stream_error(err: dict[str, Any], provider: str) -> UpstreamStatusError:
