@@ -1011,3 +1011,38 @@ def test_an_unknown_virtual_key_says_when_there_are_none() -> None:
     with pytest.raises(InvalidRequest) as info:
         gateway_for().plan({"x-portkey-virtual-key": "vk"}, _req({"model": "m"}), None)
     assert info.value.message.endswith("This gateway has no virtual keys.")
+
+
+def test_a_client_breaker_not_kept_is_not_reported() -> None:
+    """Every state an operator's open breaker: a new client breaker is not stored, but its
+    listener (the circuit gauge) was told it opened, showing an open breaker that isn't kept
+    (and that the next request finds closed)."""
+    operator = BreakerSpec(failure_threshold=1, cooldown_interval=600)
+    client = BreakerSpec(failure_threshold=1, cooldown_interval=1,
+                         failure_status_codes=frozenset({404}), client=True)
+    full = CircuitBreakers(Clock(), max_states=2)
+    heard: list[tuple[str, str, bool]] = []
+    full.listeners.append(lambda key, state, _after, _rules, made: heard.append(
+        (key, state, made)))
+    for key in ("a", "b"):
+        full.record(key, operator, 500)
+    full.record("c", client, 404)
+    assert not full.is_open("c", client)  # (not kept)
+    assert heard == [("a", OPEN, False), ("b", OPEN, False)]
+
+
+def test_a_shared_client_breaker_not_kept_is_not_reported() -> None:
+    """The same with workers: no slot near the key, and the worker's own map full."""
+    operator = BreakerSpec(failure_threshold=1, cooldown_interval=600)
+    client = BreakerSpec(failure_threshold=1, cooldown_interval=1,
+                         failure_status_codes=frozenset({404}), client=True)
+    table = SharedBreakerTable(slots=2)
+    shared = SharedCircuitBreakers(table, Clock())
+    shared._max_states = shared._max_clients = 0  # (no room in the worker either)
+    heard: list[str] = []
+    shared.listeners.append(lambda key, state, *_: heard.append(key))
+    for key in ("a", "b"):
+        shared.record(key, operator, 500)
+    assert shared.is_open("a", operator) and shared.is_open("b", operator)
+    shared.record("c", client, 404)
+    assert not shared.is_open("c", client) and heard == ["a", "b"]

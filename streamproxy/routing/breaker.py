@@ -159,9 +159,9 @@ class CircuitBreakers:
                 st.failures += failed
                 if failed and self._trips(st, spec):
                     st.opened_at = self._clock()
-            self._save(state_key, st)
+            kept = self._save(state_key, st)
             after = self._phase(st, spec)
-        if after != before:
+        if after != before and kept:  # (one not kept: the gauge showed a breaker none has)
             half_open_after = spec.cooldown_interval if after == OPEN else None
             rules = rules_label(spec)
             for listener in self.listeners:
@@ -191,7 +191,8 @@ class CircuitBreakers:
     def _load(self, key: str) -> BreakerState | None:
         return self._states.get(key)
 
-    def _save(self, key: str, st: BreakerState) -> None:
+    def _save(self, key: str, st: BreakerState) -> bool:
+        """False: not kept (a client's, when every state is an operator's open one)."""
         states = self._states
         for keys in (self._closed, self._clients_closed, self._clients):
             keys.pop(key, None)
@@ -206,7 +207,7 @@ class CircuitBreakers:
             if pools:
                 pool = next((p for p in pools if p), None)
                 if pool is None:  # all the operator's open breakers: the client's is not kept
-                    return
+                    return False
                 dropped = next(iter(pool))
                 del states[dropped]
                 for keys in (self._closed, self._clients_closed, self._clients):
@@ -216,6 +217,7 @@ class CircuitBreakers:
             (self._clients_closed if st.client else self._closed)[key] = None
         if st.client:
             self._clients[key] = None
+        return True
 
     def _locked(self) -> AbstractContextManager[object]:
         return contextlib.nullcontext()

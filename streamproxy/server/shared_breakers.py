@@ -120,15 +120,15 @@ class SharedCircuitBreakers(CircuitBreakers):
         return BreakerState(requests, failures, None if math.isnan(opened_at) else opened_at,
                             None if math.isnan(trial_until) else trial_until, bool(client))
 
-    def _save(self, key: str, st: BreakerState) -> None:
+    def _save(self, key: str, st: BreakerState) -> bool:
         read = self._read(key, claim=True, client=st.client)  # (record() holds the lock)
         if read is None:
-            super()._save(key, st)
-            return
+            return super()._save(key, st)
         _STATE.pack_into(self._table.region.map, read[0] + _HASH.size, st.requests,
                          st.failures, math.nan if st.opened_at is None else st.opened_at,
                          math.nan if st.trial_until is None else st.trial_until,
                          self._clock(), st.client)
+        return True
 
     def _locked(self) -> AbstractContextManager[object]:
         return self._table.region.locked()
