@@ -502,8 +502,11 @@ def test_a_flood_of_client_breakers_never_drops_the_operators_open_one() -> None
 
 
 def test_an_inline_configs_breakers_are_the_clients() -> None:
+    # (the named config names the model: a breaker for a model the client chose is the
+    # client's, test_a_model_the_client_chose_makes_a_client_breaker)
     gateway = gateway_for(configs={"named": {"cb_config": {"failure_threshold": 1},
-                                             "provider": "oa"}})
+                                             "provider": "oa",
+                                             "override_params": {"model": "m"}}})
     from streamproxy.openai_api.request import parse_chat_request
     req = parse_chat_request(orjson.dumps({"model": "m", "messages": [
         {"role": "user", "content": "hi"}]}))
@@ -568,7 +571,8 @@ def test_both_spellings_of_use_retry_after_must_agree() -> None:
 
 # -- per-target provider settings (Portkey's openai_organization, aws_region, vertex_region) ------
 
-def gateway_for(**sections: Any) -> Any:
+def gateway_for(breakers: CircuitBreakers | None = None,
+                providers: dict[str, Any] | None = None, **sections: Any) -> Any:
     from streamproxy.routing.gateway import Gateway, load_settings
     from streamproxy.routing.router import Router
     from streamproxy.server.app import build_providers
@@ -580,11 +584,11 @@ def gateway_for(**sections: Any) -> Any:
         "aws": {"type": "bedrock", "region": "us-east-1", "aws_access_key_id": "AKIDEXAMPLE",
                 "aws_secret_access_key": "secret"},
         "vx": {"type": "vertex", "project": "p", "location": "us-central1", "api_key": "tok"},
-        "an": {"type": "anthropic", "api_key": "k"},
+        "an": {"type": "anthropic", "api_key": "k"}, **(providers or {}),
     }, default="oa", **sections)
-    providers = build_providers(config)
-    router = Router(providers, config.default_provider, config.server.timeouts)
-    return Gateway(router, load_settings(config), CircuitBreakers(), random.Random(0))
+    router = Router(build_providers(config), config.default_provider, config.server.timeouts)
+    return Gateway(router, load_settings(config), breakers or CircuitBreakers(),
+                   random.Random(0))
 
 
 def sent_for(gateway: Any, config: dict[str, Any] | None) -> Any:
@@ -1046,3 +1050,42 @@ def test_a_shared_client_breaker_not_kept_is_not_reported() -> None:
     assert shared.is_open("a", operator) and shared.is_open("b", operator)
     shared.record("c", client, 404)
     assert not shared.is_open("c", client) and heard == ["a", "b"]
+
+
+def test_a_model_the_client_chose_makes_a_client_breaker() -> None:
+    """A breaker key names the model, which a client chooses under an operator's named config
+    whose targets name none: those breakers counted as the operator's, so a client cycling
+    model names (each failing: a 5xx from the provider) filled the operator's share of the
+    states and dropped the operator's open breaker of a model it named (and its 100 gauge
+    series). A model neither the config nor the providers' `models:` name is the client's."""
+    from streamproxy.openai_api.request import parse_chat_request
+    from streamproxy.routing.portkey_config import BreakerSpec as Spec
+
+    cb = CircuitBreakers(Clock(), max_states=4)
+    cb_config = {"failure_threshold": 1, "cooldown_interval": 600000}
+    gateway = gateway_for(cb, configs={
+        "any": {"provider": "oa", "cb_config": cb_config},
+        "pinned": {"provider": "groq", "cb_config": cb_config,
+                   "override_params": {"model": "llama"}}},
+        providers={"oa": {"type": "openai", "api_key": "k", "models": ["gpt-4o"]}})
+
+    def attempt(config: str, model: str) -> Any:
+        req = parse_chat_request(orjson.dumps({"model": model, "messages": [
+            {"role": "user", "content": "hi"}]}))
+        return gateway.plan({"x-portkey-config": config}, req, None).attempts[0]
+
+    def spec(a: Any) -> Spec:
+        assert a.breaker is not None
+        return a.breaker  # type: ignore[no-any-return]
+
+    listed, pinned = attempt("any", "gpt-4o"), attempt("pinned", "whatever")
+    assert not spec(listed).client and not spec(pinned).client  # the operator named them
+    assert spec(attempt("any", "client-model")).client
+    for a in (listed, pinned):
+        cb.record(a.breaker_key, a.breaker, 500)
+    for i in range(100):  # a client cycling models the provider fails
+        a = attempt("any", f"client-model-{i}")
+        cb.record(a.breaker_key, a.breaker, 500)
+        assert cb.is_open(a.breaker_key, a.breaker)  # (its breakers still work)
+    assert cb.is_open(listed.breaker_key, listed.breaker)
+    assert cb.is_open(pinned.breaker_key, pinned.breaker)

@@ -28,6 +28,7 @@ takes the gateway's key only when allowed.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Mapping
@@ -53,6 +54,7 @@ from streamproxy.routing.breaker import CircuitBreakers
 from streamproxy.routing.planner import NO_RETRY, Plan, plan, single
 from streamproxy.routing.portkey_config import (
     PROVIDER_OPTION_KEYS,
+    BreakerSpec,
     ConfigNode,
     RetrySpec,
     client_made,
@@ -298,6 +300,7 @@ class Gateway:
         router.virtual_keys = tuple(settings.virtual_keys)
         self.breakers = breakers
         self.rng = rng or random.Random()
+        self._operator_models = _operator_models(router, settings)
 
     # -- which tree ----------------------------------------------------------------------------
     def root_for(self, headers: Mapping[str, str], req: ChatRequest) -> ConfigNode | None:
@@ -413,11 +416,28 @@ class Gateway:
             self._client_options(target, headers, None, bool(target.provider.cfg.api_key))
             return single(target, RetrySpec(req.retries) if req.retries else NO_RETRY)
 
-        def resolve(leaf: ConfigNode) -> Target:
-            return self.resolve_leaf(leaf, headers, req, request_timeouts)
+        chosen: set[str] = set()  # leaves whose model the client chose
 
-        return plan(root, resolve, rng=self.rng, breakers=self.breakers,
-                    metadata=metadata, params=req.body, path=CHAT_PATH)
+        def resolve(leaf: ConfigNode) -> Target:
+            target = self.resolve_leaf(leaf, headers, req, request_timeouts)
+            if leaf.breaker is not None and not leaf.breaker.client:
+                model = leaf.override_params.get("model") or req.model
+                known = self._operator_models
+                if model and model not in known and target.model not in known:
+                    chosen.add(leaf.path)
+            return target
+
+        planned = plan(root, resolve, rng=self.rng, breakers=self.breakers,
+                       metadata=metadata, params=req.body, path=CHAT_PATH)
+        if chosen:
+            # A breaker key names the model: one the operator's config let the client choose
+            # counts as the client's in the tables' caps and the gauge's, or a client cycling
+            # model names crowded out the operator's open breakers (the rules are the config's,
+            # so a model the operator names shares the breaker: its records make it theirs).
+            for a in planned.attempts:
+                if a.path in chosen and a.breaker is not None:
+                    a.breaker = _as_clients(a.breaker)
+        return planned
 
     def resolve_leaf(self, leaf: ConfigNode, headers: Mapping[str, str], req: ChatRequest,
                      request_timeouts: dict[str, float | None]) -> Target:
@@ -568,6 +588,23 @@ class Gateway:
                 f"'{_host_of(url)}' at '{param}' is not allowed by this gateway with its own key "
                 "(allowed_custom_hosts in its config); send your own key to use it.",
                 param=param, code="custom_host_not_allowed")
+
+
+def _operator_models(router: Router, settings: GatewaySettings) -> frozenset[str]:
+    """The models the operator names: the providers' `models:` and default_model, the named
+    configs' targets' override_params.model, the routes' aliases."""
+    names = set(settings.routes)
+    for provider in router.providers.values():
+        names.update(m for m in (provider.cfg.default_model, *provider.cfg.models) if m)
+    for config in settings.configs.values():
+        names.update(str(leaf.override_params["model"]) for leaf in config.leaves()
+                     if leaf.override_params.get("model"))
+    return frozenset(names)
+
+
+@functools.lru_cache(maxsize=1024)
+def _as_clients(spec: BreakerSpec) -> BreakerSpec:
+    return replace(spec, client=True)
 
 
 def _as_target(config: ConfigNode, path: str, model: str | None) -> ConfigNode:
