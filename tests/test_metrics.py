@@ -492,6 +492,45 @@ def test_exited_workers_files_are_summed_into_one_not_kept_each(tmp_path: Path) 
     assert 'streamproxy_request_duration_seconds_count{model="m",provider="mp",' in proc.stdout
 
 
+CIRCUIT_RETIRE_SCRIPT = textwrap.dedent("""
+    import os, sys
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+    from streamproxy.observe.metrics import render, retire_process, set_circuit_state
+
+    rules = "failure_threshold=1,cooldown_interval=600000"
+    for generation in range(3):  # as reloads or replaced workers: each one's exits
+        pid = os.fork()
+        if pid == 0:  # the worker that saw the shared breakers change
+            set_circuit_state(f"down-{generation}", "open", None, rules)
+            if generation == 2:
+                set_circuit_state("down-0", "open", None, rules)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        retire_process(pid)  # the master's job when a worker exits
+        print(sorted(f for f in os.listdir(sys.argv[1]) if f.startswith("gauge_mostrecent")))
+    set_circuit_state("down-1", "closed", None, rules)  # a later change, by a live worker
+    print(render().decode())
+""")
+
+
+def test_an_open_breaker_stays_exported_after_the_worker_that_opened_it_exits(
+        tmp_path: Path) -> None:
+    """The gauge was `livemostrecent`: when the only worker that set a breaker's state exited,
+    its series went, though the breaker is still open in the table the workers share (and a
+    reload's workers do not report it again until it changes). The latest change stays, in one
+    retired file, until a later change by any worker."""
+    proc = subprocess.run([sys.executable, "-c", CIRCUIT_RETIRE_SCRIPT, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == lines[1] == lines[2] == "['gauge_mostrecent_retired.db']"
+    gauge = 'streamproxy_circuit_breaker_state{cb_config="failure_threshold=1,' \
+        'cooldown_interval=600000",target="down-%s"}'
+    assert f"{gauge % 0} 2.0" in proc.stdout
+    assert f"{gauge % 1} 0.0" in proc.stdout  # (the live worker's later change)
+    assert f"{gauge % 2} 2.0" in proc.stdout
+
+
 MODELS_SCRIPT = textwrap.dedent("""
     import os, sys
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]

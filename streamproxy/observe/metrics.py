@@ -49,6 +49,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Files of exited workers are added into these (`counter_retired.db`, …); not a pid: never live.
 _RETIRED = "retired"
 _KEPT_TYPES = ("counter", "histogram", "summary")  # samples that outlive their process
+# Gauges whose latest value outlives its process (the circuit breakers': their states are in
+# the table the workers share, and an open one is not reported again until it changes).
+_LATEST_GAUGES = "gauge_mostrecent"
 _LOCK_FILE = ".retire.lock"  # not *.db: the collector's glob never reads it
 _INSTANCE_LOCK = ".instance.lock"  # held by the instance the directory is for (its pid in it)
 # Clients choose model names: past this many distinct ones per process, the rest are "other",
@@ -138,7 +141,9 @@ class Metrics:
                              "0 closed, 1 half-open, 2 open (workers share the breakers: the "
                              "latest change any of them made).",
                              ["target", "cb_config"], registry=r,
-                             multiprocess_mode="livemostrecent")
+                             # not live*: the breakers outlive the worker that reported one
+                             # (retire_process keeps its latest changes)
+                             multiprocess_mode="mostrecent")
         self.cache_requests = Counter("streamproxy_cache_requests",
                                       "Response cache lookups by x-portkey-cache-status: HIT, "
                                       "MISS or REFRESH.", ["status"], registry=r)
@@ -440,7 +445,8 @@ def clear_previous_run(path: str) -> int:
 
 
 def retire_process(pid: int) -> None:
-    """The master's, when a worker exits: its live gauges go, and its counters and histograms
+    """The master's, when a worker exits: its live gauges go, its breaker gauge's latest
+    changes are kept in the `retired` file (later ones win), and its counters and histograms
     are added into the `retired` files and removed (summed, they stay in every total). Under
     the directory's lock, so a scrape sees them in one place or the other, never both or
     neither (and never a file listed then gone)."""
@@ -454,13 +460,22 @@ def retire_process(pid: int) -> None:
             if os.path.exists(dead):
                 _add_into(os.path.join(path, f"{kind}_{_RETIRED}.db"), dead)
                 os.unlink(dead)
+        dead = os.path.join(path, f"{_LATEST_GAUGES}_{pid}.db")
+        if os.path.exists(dead):
+            _add_into(os.path.join(path, f"{_LATEST_GAUGES}_{_RETIRED}.db"), dead, latest=True)
+            os.unlink(dead)
 
 
-def _add_into(into: str, dead: str) -> None:
+def _add_into(into: str, dead: str, latest: bool = False) -> None:
+    """`dead`'s samples added into `into`'s; `latest`: the later of the two kept instead."""
     retired = MmapedDict(into)
     try:
         for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(dead):
-            retired.write_value(key, retired.read_value(key)[0] + value, timestamp)
+            kept, kept_at = retired.read_value(key)
+            if not latest:
+                retired.write_value(key, kept + value, timestamp)
+            elif timestamp >= kept_at:
+                retired.write_value(key, value, timestamp)
     finally:
         retired.close()
 
