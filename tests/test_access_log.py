@@ -578,3 +578,30 @@ async def test_a_request_refused_before_it_was_sent_upstream_counts_no_attempt(
     assert resp.status == 400
     line = access_log()[-1]
     assert (line["provider"], line["fallbacks"], line["attempts"]) == ("mock2", 1, 0)
+
+
+async def test_a_gemini_stream_that_ends_with_a_failed_finish_logs_its_final_tokens(
+        proxy: Any, upstream: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A failed finish (MALFORMED_FUNCTION_CALL, after text was sent) ends the stream with an
+    error frame, but its chunk carries the answer's last usage snapshot: the count it cost,
+    final, not one taken before a failure (docs/operations.md, `tokens_partial`)."""
+    caplog.set_level(logging.INFO)
+
+    def element(candidate: dict[str, Any], output: int) -> bytes:
+        return b"data: " + orjson.dumps({"candidates": [candidate], "usageMetadata": {
+            "promptTokenCount": 11, "candidatesTokenCount": output,
+            "totalTokenCount": 11 + output}}) + b"\r\n\r\n"
+
+    text = {"index": 0, "content": {"role": "model", "parts": [{"text": "Let me call it"}]}}
+    upstream.pieces = [element(text, 3),
+                       element({"index": 0, "finishReason": "MALFORMED_FUNCTION_CALL"}, 9)]
+    upstream.piece_delay = 0.05  # the text is committed first: the failure is the stream's
+    client = await proxy(provider_config("gemini", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "stream": True,
+                                                           "messages": USER})
+    c = collect(sse_chunks(await resp.read()))
+    assert resp.status == 200 and c.error is not None and c.error["code"] == \
+        "malformed_function_call"
+    line = access_lines(caplog)[-1]
+    assert (line["error_code"], line["prompt_tokens"], line["completion_tokens"],
+            line["tokens_partial"]) == ("malformed_function_call", 11, 9, False)

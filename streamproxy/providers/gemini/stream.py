@@ -43,6 +43,7 @@ fast path is cheaper.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -388,7 +389,7 @@ class GeminiStreamTranslator(SSETranslator):
                     self._cite(grounding_citations(candidate["groundingMetadata"], self._sources))
                 reason = candidate.get("finishReason")
                 if reason:
-                    self._finish(reason, candidate)
+                    self._finish(reason, candidate, usage)
             else:
                 feedback = msg.get("promptFeedback")
                 if feedback and feedback.get("blockReason"):
@@ -490,9 +491,15 @@ class GeminiStreamTranslator(SSETranslator):
             if "thoughtSignature" in part:
                 self._signature(part["thoughtSignature"], None)
 
-    def _finish(self, reason: str, candidate: dict[str, Any]) -> None:
+    def _finish(self, reason: str, candidate: dict[str, Any], usage: Any = None) -> None:
         if reason in FAILED_REASONS:
             self.out.error(failed_finish(reason, candidate, self._provider))
+            if usage is not None:
+                # The finish chunk's snapshot is the answer's final count, not one taken before
+                # a failure (the sink has ended: no usage chunk follows), as Bedrock's failed
+                # stop hands on its metadata's.
+                with contextlib.suppress(*WRONG_SHAPE):  # (malformed: none, as usage_so_far)
+                    self.out.usage(map_usage(usage))
             self.done = True
             return
         mapped = FINISH_REASONS.get(reason, "stop")
