@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamproxy.errors import (
     BufferOverflow,
@@ -17,6 +17,9 @@ from streamproxy.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+
+if TYPE_CHECKING:
+    from streamproxy.providers.base import StreamTranslator
 
 
 @dataclass(slots=True)
@@ -87,12 +90,15 @@ class RequestRecord:
     def duration(self) -> float | None:
         return None if self.finished is None else self.finished - self.started
 
-    def note_usage(self, final: dict[str, Any] | None,
-                   so_far: Callable[[], dict[str, Any] | None]) -> None:
-        """A stream's usage, once, at its end: its final count, else (it failed, or its client
-        left) what the provider had reported by then (`StreamTranslator.usage_so_far`)."""
-        usage = final if final is not None else so_far()
-        self.usage, self.usage_partial = usage, final is None and usage is not None
+    def note_usage(self, given: dict[str, Any] | None, translator: StreamTranslator,
+                   ended: bool = False) -> None:
+        """A stream's usage, once, at its end: the count its sink was given, else (it failed,
+        or its client left) what the provider had reported by then (`usage_so_far`). Partial
+        unless the stream `ended` normally or the translator says the count given is final
+        (a pass-through's may be a running count: `usage_is_final`)."""
+        usage = given if given is not None else translator.usage_so_far()
+        final = given is not None and (ended or translator.usage_is_final())
+        self.usage, self.usage_partial = usage, usage is not None and not final
 
     def note_upstream_error(self, err: BaseException) -> None:
         """Remember an upstream failure for metrics; errors of our own making are skipped."""

@@ -87,7 +87,8 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord) 
         record.bytes_out += encoder.bytes_taken  # after any keep-alive comments
         record.chunks = encoder.chunks
         record.finish_reason = encoder.finish_reason
-        record.note_usage(encoder.usage_data, translator.usage_so_far)
+        record.note_usage(encoder.usage_data, translator,
+                          ended=encoder.ended and encoder.failure is None)
         record.upstream_reads, record.gap_max, record.gap_mean = deadline.gap_stats()
         if encoder.failure is not None:
             record.error_type = encoder.failure.error_type

@@ -605,3 +605,56 @@ async def test_a_gemini_stream_that_ends_with_a_failed_finish_logs_its_final_tok
     line = access_lines(caplog)[-1]
     assert (line["error_code"], line["prompt_tokens"], line["completion_tokens"],
             line["tokens_partial"]) == ("malformed_function_call", 11, 9, False)
+
+
+@pytest.mark.parametrize("kind", ["openai", "vllm"])
+async def test_a_pass_through_stream_with_running_usage_that_fails_logs_it_partial(
+        kind: str, proxy: Any, upstream: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A server that puts usage on every chunk (vLLM's `continuous_usage_stats`, asked by the
+    client or not) and then fails: the last count came before the failure, a running one,
+    not the answer's final count. A stream that ends after its finish keeps its last count
+    as final."""
+    caplog.set_level(logging.INFO)
+
+    def event(delta: dict[str, Any], output: int, finish: str | None = None) -> bytes:
+        return b"data: " + orjson.dumps({
+            "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": output,
+                      "total_tokens": 5 + output}}) + b"\n\n"
+
+    head = event({"role": "assistant", "content": "Hel"}, 1) + event({"content": "lo"}, 2)
+    failure = b'data: {"error": {"message": "The model crashed", "code": 500}}\n\n'
+    client = await proxy(provider_config(kind, upstream.url))
+    body = {"model": "m", "stream": True, "messages": USER,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    for tail in (failure, event({}, 3, "stop") + b"data: [DONE]\n\n"):
+        upstream.pieces, upstream.piece_delay = [head, tail], 0.05  # (committed, then the tail)
+        c = collect(sse_chunks(await (await client.post("/v1/chat/completions",
+                                                         json=body)).read()))
+        assert c.content == "Hello"
+    failed, complete = access_lines(caplog)
+    assert failed["error_code"] is not None and failed["completion_tokens"] == 2
+    assert failed["tokens_partial"] is True
+    assert (complete["error_code"], complete["completion_tokens"],
+            complete["tokens_partial"]) == (None, 3, False)
+
+
+async def test_a_pass_through_stream_whose_finish_failed_logs_its_final_usage(
+        proxy: Any, upstream: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Mistral's finish_reason "error" ends the stream with an error frame; the usage on its
+    finish chunk is the answer's final count."""
+    caplog.set_level(logging.INFO)
+    text = (b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+            b'"choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},'
+            b'"finish_reason":null}]}\n\n')
+    failed = (b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+              b'"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}],'
+              b'"usage":{"prompt_tokens":5,"completion_tokens":4,"total_tokens":9}}\n\n')
+    upstream.pieces, upstream.piece_delay = [text, failed], 0.05
+    client = await proxy(provider_config("mistral", upstream.url))
+    c = collect(sse_chunks(await (await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": True, "messages": USER})).read()))
+    assert c.content == "Hi" and c.error is not None
+    line = access_lines(caplog)[-1]
+    assert (line["completion_tokens"], line["tokens_partial"]) == (4, False)

@@ -83,6 +83,12 @@ class StreamTranslator:
         Read once, at the stream's end, by the relay; never raises."""
         return None
 
+    def usage_is_final(self) -> bool:
+        """Whether the usage the sink was given (`out.usage`) is the answer's final count, for
+        a stream that did not end normally; read once, at its end. Translators hand on the
+        final count alone, but for a pass-through's running one."""
+        return True
+
 
 class SSETranslator(StreamTranslator):
     """Base for SSE-framed providers: subclasses implement `on_event(SSEEvent)`."""

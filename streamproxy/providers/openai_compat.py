@@ -159,6 +159,12 @@ class PassthroughTranslator(SSETranslator):
                 raise
             self.on_done()
 
+    def usage_is_final(self) -> bool:
+        # Usage may come on every chunk (vLLM's continuous_usage_stats, servers that send it
+        # unasked): the count given once every choice had finished (on its finish chunk, or
+        # the usage chunk after) is the answer's; one before is a running count.
+        return len(self._finished) >= self._choices
+
     def on_unended_event(self, event: SSEEvent) -> None:
         # Forwarded only if it parses: a cut that happens to end with "}" is an error.
         if event.data[:6] != b"[DONE]" and event.data.strip():

@@ -105,6 +105,7 @@ class CompatTranslator(PassthroughTranslator):
                 continue
             if reason in self._failed:
                 self.out.error(failed_finish(self._failed[reason], reason, self._provider))
+                self._note_finishes(choices)  # (the usage beside a failed finish is final)
                 self.done = True
                 return
             if reason in self._finish_reasons:

@@ -442,7 +442,7 @@ class _StreamParts:
             self._record.usage, self._record.usage_partial = None, False
         else:
             encoder, translator = self.built
-            self._record.note_usage(encoder.usage_data, translator.usage_so_far)
+            self._record.note_usage(encoder.usage_data, translator)
 
     def take(self) -> tuple[ChunkEncoder, StreamTranslator]:
         """The parts, built now if the loop has not run `build` yet (the send did not wait)."""
