@@ -629,6 +629,32 @@ async def test_a_streamed_answers_reasoning_is_stored_under_the_name_the_client_
         assert message.model_extra == {key: "Thinking."}
 
 
+async def test_a_streamed_answers_reasoning_details_are_stored_joined(
+        proxy: Any, upstream: Any, tmp_path: Path) -> None:
+    # OpenRouter streams `reasoning_details` in pieces, each entry's text in parts under its
+    # `index`, its signature on a later piece; a tool loop sends the whole list back, as the
+    # non-streamed answer's `message.reasoning_details` has it.
+    fmt = "anthropic-claude-v1"
+    upstream.body = _pass_through_stream(
+        {"role": "assistant", "reasoning": "Think", "reasoning_details": [
+            {"type": "reasoning.text", "text": "Think", "format": fmt, "index": 0}]},
+        {"reasoning": "ing.", "reasoning_details": [
+            {"type": "reasoning.text", "text": "ing.", "format": fmt, "index": 0}]},
+        {"reasoning_details": [{"type": "reasoning.text", "signature": "c2ln", "format": fmt,
+                                "index": 0}]},
+        {"reasoning_details": [{"type": "reasoning.encrypted", "data": "ZW5j", "format": fmt,
+                                "index": 1}]},
+        {"content": "Done"})
+    api = await _pass_through_api(proxy, upstream, tmp_path)
+    cid, _ = await stream_text(api, model="gpt", messages=USER, store=True)
+    message = (await stored(api, cid)).choices[0].message
+    assert message.content == "Done" and message.model_extra["reasoning"] == "Thinking."
+    assert message.model_extra["reasoning_details"] == [
+        {"type": "reasoning.text", "text": "Thinking.", "format": fmt, "index": 0,
+         "signature": "c2ln"},
+        {"type": "reasoning.encrypted", "data": "ZW5j", "format": fmt, "index": 1}]
+
+
 async def test_a_streamed_answer_with_several_choices_is_stored_whole(
         proxy: Any, upstream: Any, tmp_path: Path) -> None:
     def chunk(*choices: dict[str, Any], **extra: Any) -> bytes:

@@ -32,6 +32,8 @@ UPSTREAM_FIELDS = ("service_tier", "system_fingerprint")
 # A search model's sources on a pass-through's top level, beside `choices` (Perplexity's
 # `citations` and `search_results`, xAI's `citations`): the answer keeps them there.
 SOURCE_FIELDS = ("citations", "search_results")
+# A `reasoning_details` entry's fields that come in pieces (`_raw_reasoning_details`).
+_JOINED_DETAILS = frozenset({"text", "summary", "data"})
 
 
 class CompletionBuilder:
@@ -47,6 +49,7 @@ class CompletionBuilder:
         # The field the reasoning came in: a pass-through's client read it under the upstream's
         # name (`reasoning`: OpenRouter, Groq, vLLM), as the upstream's whole answer has it.
         self.reasoning_key = "reasoning_content"
+        self.reasoning_details: list[dict[str, Any]] = []  # a pass-through's, joined
         self.thinking_blocks: list[dict[str, Any]] = []
         self.tool_calls: list[dict[str, Any]] = []
         self._args: list[list[str]] = []
@@ -229,7 +232,8 @@ class CompletionBuilder:
             if b._audio is not None:
                 b._audio["transcript"] = _paired(b._audio["transcript"])
             for name in ("model", "id", "tool_calls", "annotations", "images", "logprobs",
-                         "_audio", "upstream_fields", "sources", "usage_data"):
+                         "_audio", "upstream_fields", "sources", "usage_data",
+                         "reasoning_details"):
                 setattr(b, name, _whole(getattr(b, name)))
 
     def error(self, err: ProxyError) -> None:
@@ -364,11 +368,36 @@ class CompletionBuilder:
             self.replayable = False  # a replay would answer without it
             if isinstance(audio, dict):
                 self._raw_audio(audio)
-        if delta.get("reasoning_details"):  # (OpenRouter's, often encrypted: the next turn
-            self.replayable = False  # sends them back; a replay has no delta for them)
+        details = delta.get("reasoning_details")
+        if details:  # (OpenRouter's, often encrypted: the next turn sends them back; a replay
+            self.replayable = False  # has no delta for them)
+            if isinstance(details, list):
+                self._raw_reasoning_details(details)
         calls = delta.get("tool_calls")
         if isinstance(calls, list):
             self._raw_tool_calls(calls)
+
+    def _raw_reasoning_details(self, details: list[Any]) -> None:
+        """OpenRouter's `reasoning_details` pieces, joined as its whole answer has them: a
+        piece with the `index` and type of a kept entry continues it (its text, summary or
+        data appended, a later field such as the signature added), another is a new entry."""
+        kept = self.reasoning_details
+        for piece in details:
+            if not isinstance(piece, dict):
+                continue
+            index = piece.get("index")
+            entry = next((e for e in reversed(kept) if index is not None
+                          and e.get("index") == index and e.get("type") == piece.get("type")),
+                         None)
+            if entry is None:
+                kept.append(dict(piece))
+                continue
+            for key, value in piece.items():
+                if key in _JOINED_DETAILS and isinstance(value, str) \
+                        and isinstance(entry.get(key), str):
+                    entry[key] += value
+                elif value is not None:
+                    entry[key] = value
 
     def _raw_tool_calls(self, calls: list[Any]) -> None:
         for tc in calls:
@@ -445,6 +474,8 @@ class CompletionBuilder:
             msg["content"] = ""  # as OpenAI's empty answer, and the stream's chunks, say
         if self.reasoning_parts:
             msg[self.reasoning_key] = "".join(self.reasoning_parts)
+        if self.reasoning_details:
+            msg["reasoning_details"] = self.reasoning_details
         if self.thinking_blocks:
             msg["thinking_blocks"] = self.thinking_blocks
         if self.annotations:
