@@ -655,6 +655,27 @@ async def test_a_streamed_answers_reasoning_details_are_stored_joined(
         {"type": "reasoning.encrypted", "data": "ZW5j", "format": fmt, "index": 1}]
 
 
+async def test_a_streamed_tool_calls_thought_signature_is_stored(
+        proxy: Any, upstream: Any, tmp_path: Path) -> None:
+    # Gemini's OpenAI endpoint signs a thinking model's call in its `extra_content`, which the
+    # next turn must send back (Gemini 3 refuses an unsigned call): stored on the call, as
+    # its non-streamed answer has it.
+    signed = {"google": {"thought_signature": "c2lnbmVk"}}
+    upstream.body = _pass_through_stream(
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"index": 0, "id": "call_1", "type": "function", "extra_content": signed,
+             "function": {"name": "get_weather", "arguments": '{"city":'}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
+        {"tool_calls": [{"index": 1, "id": "call_2", "type": "function",
+                         "function": {"name": "get_time", "arguments": "{}"}}]},
+        finish="tool_calls")
+    api = await _pass_through_api(proxy, upstream, tmp_path)
+    cid, _ = await stream_text(api, model="gpt", messages=USER, store=True)
+    calls = (await stored(api, cid)).choices[0].message.tool_calls or []
+    assert [(c.id, c.function.arguments, c.model_extra) for c in calls] == [
+        ("call_1", '{"city":"Paris"}', {"extra_content": signed}), ("call_2", "{}", {})]
+
+
 async def test_a_streamed_answer_with_several_choices_is_stored_whole(
         proxy: Any, upstream: Any, tmp_path: Path) -> None:
     def chunk(*choices: dict[str, Any], **extra: Any) -> bytes:

@@ -404,8 +404,9 @@ class CompletionBuilder:
             index = tc.get("index", 0) if isinstance(tc, dict) else None
             if type(index) is not int or not 0 <= index < _MAX_TOOL_CALLS:
                 continue  # (the list grows to the index: a bound, whatever the upstream says)
-            if tc.get("extra_content"):  # (Gemini's thought signature: the next turn sends
-                self.replayable = False  # it back; a replay's call has only id, name, args)
+            extra = tc.get("extra_content")
+            if extra:  # (Gemini's thought signature: the next turn sends it back; a replay's
+                self.replayable = False  # call has only id, name, args)
             fn = tc.get("function")
             if not isinstance(fn, dict):
                 fn = self._custom_call(index, tc.get("custom"))
@@ -421,6 +422,9 @@ class CompletionBuilder:
                     self.tool_call_start(index, call_id, name, args)
             elif args:  # (some upstreams repeat the id and name on every chunk)
                 self.tool_call_args(index, args)
+            if isinstance(extra, dict) and self._started(index):  # kept on the call, as the
+                call = self.tool_calls[index]  # whole answer has it
+                call["extra_content"] = {**call.get("extra_content", {}), **extra}
 
     def _started(self, index: int) -> bool:
         """Whether the call at `index` has started (not a gap `tool_call_start` filled)."""
