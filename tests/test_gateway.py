@@ -1458,3 +1458,32 @@ async def test_a_config_model_without_a_prefix_is_for_the_virtual_key_the_header
                           config=orjson.dumps({"override_params": {"model": model}}).decode())
         assert resp.status == 200, await resp.text()
         assert key_sent(upstream) == where
+
+
+@pytest.mark.parametrize("wire", ["anthropic", "openai"])
+async def test_a_targets_stream_options_override_says_whether_the_client_gets_usage(
+        proxy: Any, wire: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Portkey's `override_params` may set `stream_options` (a client that cannot ask for
+    usage itself): the upstream is asked so, and the client gets the usage chunk, translated
+    or passed through; an override turning it off leaves it out, and the log still counts."""
+    client = await proxy(make_config({"mock": {"type": "mock", "wire": wire,
+                                               "default_model": "fast"}}, default="mock"))
+
+    async def usage(client_asks: bool, override: bool) -> Any:
+        config = {"provider": "mock", "override_params": {
+            "stream_options": {"include_usage": override}}}
+        body: dict[str, Any] = {"model": "fast:tokens=3", "stream": True, "messages": USER}
+        if client_asks:
+            body["stream_options"] = {"include_usage": True}
+        resp = await client.post("/v1/chat/completions", json=body, headers={
+            "x-portkey-config": json.dumps(config)})
+        c = collect(sse_chunks(await resp.read()))
+        assert resp.status == 200 and c.done and c.content
+        return c.usage
+
+    caplog.set_level(logging.INFO)
+    assert (await usage(False, True))["completion_tokens"] == 3
+    assert await usage(True, False) is None
+    lines = [orjson.loads(r.getMessage()) for r in caplog.records
+             if r.name == "streamproxy.access"]
+    assert [line["completion_tokens"] for line in lines] == [3, 3]

@@ -35,7 +35,7 @@ from streamproxy.cache.config import (
 from streamproxy.cache.key import cache_key
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.record import RequestRecord
-from streamproxy.routing.executor import new_completion_id
+from streamproxy.routing.executor import as_sent, new_completion_id
 from streamproxy.routing.planner import Attempt
 from streamproxy.routing.target import Target
 from streamproxy.server.exchange import Exchange, HasHeaders
@@ -153,7 +153,8 @@ class ResponseCache:
             if req.stream:
                 encoder = cached.ReplayEncoder(cached.upstream_fields(entry),
                                                completion_id=completion_id, created=created,
-                                               model=model, include_usage=req.include_usage)
+                                               model=model,
+                                               include_usage=as_sent(req, target).include_usage)
                 cached.replay(entry, encoder)
                 body = encoder.take()
             else:

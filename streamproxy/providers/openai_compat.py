@@ -368,7 +368,10 @@ class OpenAIProvider(Provider):
         model = self.model_for(target)
         body = self.adapt_body(target.apply_overrides(req.body), model)
         changed = model != req.model or body is not req.body or req.stripped
-        if req.stream and not req.include_usage and self.asks_stream_usage:
+        # (the body's own, a target's override in it: logs and metrics want the counts even
+        # where an override turned them off for the client)
+        if req.stream and self.asks_stream_usage and not (
+                body.get("stream_options") or {}).get("include_usage"):
             body = {**body, "stream_options": {**(body.get("stream_options") or {}),
                                                "include_usage": True}}
             changed = True

@@ -65,13 +65,18 @@ def new_completion_id() -> str:
     return "chatcmpl-" + time_ordered_hex()
 
 
-def _as_sent(req: ChatRequest, target: Target) -> ChatRequest:
+def as_sent(req: ChatRequest, target: Target) -> ChatRequest:
     """The request as the target's upstream was asked it (its `override_params` on top), for
-    the translator: it reads what the answer holds from it (logprobs, a web search, `n`), so
-    a field a config adds is read back from the answer, not dropped."""
-    if not target.override_params:
+    the translator and the encoder: they read what the answer holds from it (logprobs, a web
+    search, `n`, the usage chunk of `stream_options.include_usage`), so a field a config adds
+    is read back from the answer, not dropped."""
+    overrides = target.override_params
+    if not overrides:
         return req
-    return replace(req, body=target.apply_overrides(req.body))
+    sent = replace(req, body=target.apply_overrides(req.body))
+    if "stream_options" in overrides:  # (checked as a request's: an object or null)
+        sent.include_usage = bool((overrides["stream_options"] or {}).get("include_usage"))
+    return sent
 
 
 @dataclass(slots=True)
@@ -380,7 +385,7 @@ class Executor:
         resp.release()
         completion_id = record.completion_id or new_completion_id()
         try:
-            result = provider.translate_response(body, _as_sent(req, target),
+            result = provider.translate_response(body, as_sent(req, target),
                                                  completion_id=completion_id,
                                                  created=int(time.time()),
                                                  model=_envelope_model(target))
@@ -421,7 +426,8 @@ class _StreamParts:
     def build(self) -> None:
         if self.built is not None:
             return
-        req, provider, record = self._req, self._target.provider, self._record
+        req, provider, record = as_sent(self._req, self._target), self._target.provider, \
+            self._record
         encoder = (RecordingChunkEncoder if record.capture else ChunkEncoder)(
             completion_id=record.completion_id or new_completion_id(),
             created=int(time.time()),
@@ -432,7 +438,7 @@ class _StreamParts:
         if record.capture:
             record.builder = CompletionBuilder()
             sink = TeeSink(encoder, record.builder)
-        self.built = encoder, provider.stream_translator(_as_sent(req, self._target), sink)
+        self.built = encoder, provider.stream_translator(req, sink)
 
     def note_usage(self) -> None:
         """An attempt that failed before the commit point (its first read held the error):
