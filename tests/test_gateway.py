@@ -616,6 +616,42 @@ async def test_an_upstreams_own_should_retry_false_is_not_retried_but_falls_back
     assert len(upstream.requests) == 2 and access_log()[-1]["attempts"] == 2
 
 
+# OpenRouter's error in a 200: as the body of a non-streamed answer, as a stream's first event.
+ERROR_IN_200 = b'{"error": {"message": "Rate limit exceeded", "code": 429}}'
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_200s_error_is_retried_as_its_head_says(
+        proxy: Any, upstream: Any, access_log: Any, stream: bool) -> None:
+    """An upstream's error in a 200 (OpenRouter's body, a stream's first event) comes with the
+    same head as an HTTP error: its `x-should-retry: false` and its Retry-After were read only
+    from an error status, so the config retried the request it said not to (three requests,
+    the backoffs waited out), and the client got neither header."""
+    upstream.body = b"data: " + ERROR_IN_200 + b"\n\n" if stream else ERROR_IN_200
+    upstream.content_type = "text/event-stream" if stream else "application/json"
+    upstream.extra_headers = {"x-should-retry": "false", "retry-after": "7"}
+    client = await proxy(make_config({
+        "up": {"type": "openai", "base_url": upstream.url, "api_key": "sk-up",
+               "default_model": "m"},
+        "mock": {"type": "mock", "default_model": "fast"}}, default="mock"))
+    retries = {"provider": "up", "retry": {"attempts": 2, "on_status_codes": [429]}}
+    resp = await post(client, json.dumps(retries), stream=stream)
+    assert resp.status == 429 and resp.headers["x-should-retry"] == "false"
+    assert resp.headers["retry-after"] == "7" and resp.headers["retry-after-ms"] == "7000"
+    assert resp.headers["x-portkey-retry-attempt-count"] == "0"
+    assert len(upstream.requests) == 1
+    # A Retry-After past the cap gives the retries up, as on an HTTP error's.
+    upstream.extra_headers = {"retry-after": "600"}
+    resp = await post(client, json.dumps(retries), stream=stream)
+    assert resp.status == 429 and resp.headers["retry-after"] == "600"
+    assert resp.headers["x-portkey-retry-attempt-count"] == "-1"
+    assert len(upstream.requests) == 2
+    resp = await post(client, fallback(retries, leaf("fast:tokens=2")), stream=stream)
+    assert resp.status == 200 and resp.headers["x-portkey-provider"] == "mock"
+    await resp.read()
+    assert len(upstream.requests) == 3
+
+
 async def test_anthropics_overloaded_529_is_retried_by_default(
         proxy: Any, access_log: Any) -> None:
     # Anthropic's "overloaded" answer is its most common transient failure; Portkey's default

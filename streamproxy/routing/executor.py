@@ -88,6 +88,21 @@ class OpenedStream:
     deadline: Deadline
 
 
+def _with_signals(err: UpstreamStatusError,
+                  resp: aiohttp.ClientResponse) -> UpstreamStatusError:
+    """The upstream's error with what its answer's head says of a retry — an HTTP error's,
+    and a 200's whose body or first event is the error (OpenRouter's, Gemini's, Vertex
+    Claude's): the same head, read alike."""
+    retry_after = _retry_after(resp)
+    if retry_after is not None:  # the header, else the wait the body named (Gemini's)
+        err.retry_after = retry_after
+    if resp.headers.get(SHOULD_RETRY, "").strip().lower() == "false":
+        # The upstream's word that a retry gets the same (OpenAI's SDKs obey it before the
+        # status): not retried by the config either; a fallback still runs.
+        err.should_retry = False
+    return err
+
+
 def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
     """The upstream's wait: `retry-after-ms` first, then `Retry-After` (seconds or an
     HTTP-date), as the SDKs read them — a header in neither form is absent, so the other is
@@ -189,15 +204,8 @@ class Executor:
             if resp.status < 400:
                 raise _redirect_error(resp, provider.name)
             provider.rejected(resp.status, upstream)
-            err = provider.error_from_response(resp.status, body, resp.headers)
-            retry_after = _retry_after(resp)
-            if retry_after is not None:  # the header, else the wait the body named (Gemini's)
-                err.retry_after = retry_after
-            if resp.headers.get(SHOULD_RETRY, "").strip().lower() == "false":
-                # The upstream's word that a retry gets the same (OpenAI's SDKs obey it before
-                # the status): not retried by the config either; a fallback still runs.
-                err.should_retry = False
-            raise err
+            raise _with_signals(provider.error_from_response(resp.status, body, resp.headers),
+                                resp)
         return resp
 
     async def open_stream(self, req: ChatRequest, plan: Plan,
@@ -391,11 +399,12 @@ class Executor:
                                                  model=_envelope_model(target))
         except UpstreamStatusError as e:
             record.usage = e.usage  # an answer made an error (a failed finish) spent tokens
-            raise
+            raise _with_signals(e, resp) from None
         except UpstreamProtocolError as e:
             # A 200 with one JSON error object in place of the answer: the provider's error,
             # not "malformed message" (its message and status lost), as for a stream.
-            raise _json_error(provider, [body]) or e from None
+            answer = _json_error(provider, [body])
+            raise e if answer is None else _with_signals(answer, resp) from None
         if isinstance(result, bytes):  # the pass-through's body
             parsed = _parse_body(result)
             record.usage = parsed.get("usage")
@@ -590,6 +599,8 @@ def _failure(exc: BaseException, deadline: Deadline, resp: aiohttp.ClientRespons
         resp.close()
     if isinstance(exc, asyncio.CancelledError):
         return deadline.expired if deadline.owns() and deadline.expired else exc
+    if resp is not None and isinstance(exc, UpstreamStatusError):
+        return _with_signals(exc, resp)  # a 200's error (event): its head's retry signals
     if isinstance(exc, Exception):
         return map_client_error(exc, provider, before_response=resp is None)
     return exc
