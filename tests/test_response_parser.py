@@ -120,6 +120,23 @@ def test_parser_decodes_gzip_and_refuses_unknown_encodings() -> None:
         ResponseParser().feed(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\nnot gzip")
 
 
+@pytest.mark.parametrize("status", [429, 503])
+@pytest.mark.parametrize("coding", [b"br", b"zstd", b"gzip, gzip"])
+def test_parser_keeps_an_errors_head_whose_body_it_cannot_decode(
+        status: int, coding: bytes) -> None:
+    """An error's status and head are its answer (a 429's Retry-After): refused for its body's
+    coding, the client got a 502 in place of the upstream's 429. The body is dropped, whole
+    by its framing (the connection kept); a 200 in such a coding is still refused."""
+    raw = (b"HTTP/1.1 %d Oops\r\nRetry-After: 3\r\nContent-Encoding: %s\r\n"
+           b"Content-Length: 6\r\n\r\n\x8b\x05\x80abc" % (status, coding))
+    parser, body = parse_all([raw[i:i + 5] for i in range(0, len(raw), 5)])
+    assert parser.head is not None and parser.head.status == status
+    assert parser.head.headers["retry-after"] == "3"
+    assert body == b"" and parser.done and parser.head.keep_alive and not parser.extra
+    with pytest.raises(MalformedResponse):
+        ResponseParser().feed(raw.replace(b"%d Oops" % status, b"200 OK"))
+
+
 @pytest.mark.parametrize("fields", [
     [b"Content-Encoding: identity", b"Content-Encoding: gzip"],
     [b"Content-Encoding: gzip", b"Content-Encoding: identity"],

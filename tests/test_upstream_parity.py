@@ -155,6 +155,46 @@ async def test_a_content_coding_neither_client_decodes_is_final_but_falls_back(
     assert len(asked) == 2
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("coding", [b"br", b"zstd"])
+async def test_an_errors_status_survives_a_body_neither_client_decodes(
+        proxy: Any, kind: str, stream: bool, coding: bytes,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 429 whose body is in a coding not decoded was refused at its head: the client got a
+    final 502 (x-should-retry: false) in place of the upstream's 429 and its Retry-After, and
+    a config's retry on 429 never ran. Its status and head stand; the message says the body
+    could not be read."""
+    monkeypatch.setenv(CLIENT_ENV, kind)
+    body = b"\x8b\x05\x80 not json"
+    head = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+            b"retry-after-ms: 20\r\nanthropic-ratelimit-requests-remaining: 0\r\n"
+            b"Content-Encoding: " + coding + b"\r\nContent-Length: %d\r\n\r\n" % len(body))
+    answer = answering(head, body)
+    asked: list[int] = []
+
+    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        asked.append(1)
+        await answer(reader, writer)
+
+    server, url = await raw_server(counted)
+    client = await proxy(native_anthropic_config(url.rstrip("/")))
+    retried = {"retry": {"attempts": 1, "on_status_codes": [429]}}
+    async with asyncio.timeout(10):
+        resp = await client.post("/v1/chat/completions", json={
+            "model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"x-portkey-config": json.dumps(retried)})
+        assert resp.status == 429 and "x-should-retry" not in resp.headers
+        assert resp.headers["retry-after-ms"] == "20"
+        assert resp.headers["anthropic-ratelimit-requests-remaining"] == "0"
+        assert resp.headers["x-portkey-retry-attempt-count"] == "-1"
+        assert (await resp.json())["error"]["message"] == (
+            "provider 'up' returned HTTP 429 (its body could not be read: "
+            f"unsupported Content-Encoding {coding.decode()!r})")
+    server.close()
+    assert len(asked) == 2
+
+
 # -- Transfer-Encoding -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -50,6 +50,7 @@ from streamproxy.routing.target import Target
 from streamproxy.upstream.client import UpstreamClient, map_client_error
 from streamproxy.upstream.deadline import Deadline
 from streamproxy.upstream.passed_headers import SHOULD_RETRY, passed_headers
+from streamproxy.upstream.response_parser import unread_coding
 
 ERROR_BODY_SECONDS = 5.0  # an upstream error's body, after its status line and headers
 # Statuses that are no answer and no error of the provider's: what each one means, said as
@@ -204,8 +205,11 @@ class Executor:
             if resp.status < 400:
                 raise _redirect_error(resp, provider.name)
             provider.rejected(resp.status, upstream)
-            raise _with_signals(provider.error_from_response(resp.status, body, resp.headers),
-                                resp)
+            err = provider.error_from_response(resp.status, body, resp.headers)
+            unread = unread_coding(resp.headers.getall("content-encoding", None))
+            if unread is not None:  # (its status and head stand: the clients dropped its body)
+                err.message = f"{err.message} (its body could not be read: {unread})"
+            raise _with_signals(err, resp)
         return resp
 
     async def open_stream(self, req: ChatRequest, plan: Plan,

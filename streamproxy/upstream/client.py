@@ -43,11 +43,13 @@ from streamproxy.upstream.http11 import ConnectFailed, HTTP11Client
 from streamproxy.upstream.response_parser import (
     MAX_HEAD_BYTES,
     MAX_HEADERS,
+    Dropped,
     Inflater,
     MalformedResponse,
     UnsupportedContentCoding,
     UnsupportedTransferCoding,
-    content_coding,
+    body_coding,
+    body_decoder,
     transfer_codings,
 )
 
@@ -106,11 +108,12 @@ class BodyFailingHandler(ResponseHandler):
 
 class Decoded:
     """aiohttp's body reader of a gzip or deflate response, its reads inflated (`readany`, all
-    the proxy reads; the rest is aiohttp's reader's). Only such a response pays for it."""
+    the proxy reads; the rest is aiohttp's reader's), or of an error's body that is dropped
+    (`Dropped`). Only such a response pays for it."""
 
     __slots__ = ("_body", "_inflater")
 
-    def __init__(self, body: aiohttp.StreamReader, inflater: Inflater) -> None:
+    def __init__(self, body: aiohttp.StreamReader, inflater: Inflater | Dropped) -> None:
         self._body = body
         self._inflater = inflater
 
@@ -249,12 +252,13 @@ class UpstreamClient:
             try:
                 if te:
                     transfer_codings(te)
-                encoding = content_coding(codings) if codings else ""
+                encoding = body_coding(codings, resp.status) if codings else ""
             except MalformedResponse as e:
                 resp.close()
                 raise map_client_error(e, provider, before_response=True) from None
             if encoding:
-                resp.content = Decoded(resp.content, Inflater(encoding))  # type: ignore[assignment]
+                resp.content = Decoded(resp.content,  # type: ignore[assignment]
+                                       body_decoder(encoding))
         return resp
 
     def _proxy_arguments(self, url: URL) -> dict[str, Any]:

@@ -245,7 +245,8 @@ class ResponseHead:
         self.keep_alive = keep_alive
         self.chunked = chunked
         self.length = length  # Content-Length; None with chunked or read-until-close
-        self.encoding = encoding  # Content-Encoding: "" (identity), "gzip" or "deflate"
+        # Content-Encoding: "" (identity), "gzip", "deflate" or an error's UNREAD
+        self.encoding = encoding
         self._headers: CIMultiDictProxy[str] | None = None
 
     @property
@@ -336,7 +337,7 @@ def parse_head(head: bytes, *, head_request: bool = False) -> ResponseHead:
                 raise MalformedResponse("invalid Content-Length")
             length = int(value)
     content_codings = framing.get("content-encoding")
-    encoding = content_coding(content_codings) if content_codings else ""
+    encoding = body_coding(content_codings, status) if content_codings else ""
     if head_request or status in (101, 204, 304):
         chunked, length = False, 0
         if status == 101:  # what follows is another protocol's: never reused
@@ -363,6 +364,47 @@ def content_coding(values: list[str]) -> str:
             named = "?"  # (the upstream's bytes, not echoed)
         raise UnsupportedContentCoding(f"unsupported Content-Encoding {named[:40]!r}")
     return "deflate" if codings[0] == "deflate" else "gzip"
+
+
+# An error answer's coding that is not decoded: its body is dropped (`Dropped`), its status and
+# head stand.
+UNREAD = "unread"
+
+
+def body_coding(values: list[str], status: int) -> str:
+    """`content_coding`, but an error answer (4xx/5xx) in a coding not decoded is not refused:
+    its status and head are the answer (a 429's Retry-After), its body only the words, which
+    the executor says could not be read (`unread_coding`). Both clients read it so."""
+    try:
+        return content_coding(values)
+    except UnsupportedContentCoding:
+        if status < 400:
+            raise
+        return UNREAD
+
+
+def unread_coding(values: list[str] | None) -> str | None:
+    """Why an error answer's body was dropped (`body_coding`), or None when it was read."""
+    if values:
+        try:
+            content_coding(values)
+        except UnsupportedContentCoding as e:
+            return str(e)
+    return None
+
+
+class Dropped:
+    """The body of an error answer in a coding not decoded: its reads come to nothing."""
+
+    __slots__ = ()
+
+    def decompress(self, body: bytes) -> bytes:
+        return b""
+
+
+def body_decoder(encoding: str) -> Inflater | Dropped:
+    """The decoder of a body in `encoding` (not ""), as `body_coding` named it."""
+    return Dropped() if encoding == UNREAD else Inflater(encoding)
 
 
 def transfer_codings(values: list[str]) -> list[str]:
@@ -444,7 +486,7 @@ class ResponseParser:
         self._head_request = head_request
         self._chunked: ChunkedDecoder | None = None
         self._left: int | None = None  # Content-Length bytes left; None = until close
-        self._inflate: Inflater | None = None  # a compressed body (rare)
+        self._inflate: Inflater | Dropped | None = None  # a compressed body (rare)
         self.head: ResponseHead | None = None
         self.done = False
         self.extra = False
@@ -519,7 +561,7 @@ class ResponseParser:
             self._buf = b""
             self.head = head
             if head.encoding:
-                self._inflate = Inflater(head.encoding)
+                self._inflate = body_decoder(head.encoding)
             if head.chunked:
                 self._chunked = ChunkedDecoder()
             elif head.length is not None:
