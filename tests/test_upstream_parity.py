@@ -195,6 +195,29 @@ async def test_an_errors_status_survives_a_body_neither_client_decodes(
     assert len(asked) == 2
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("framing", [
+    b"Content-Encoding: gzip\r\nContent-Length: 20\r\n\r\n\x1f\x8b\x08\x00 not gzip at all",
+    b"Content-Length: 400\r\n\r\n{\"error\": {\"message\": \"cut"], ids=["not gzip", "cut"])
+async def test_an_errors_status_survives_a_body_cut_or_malformed(
+        proxy: Any, kind: str, stream: bool, framing: bytes,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 429 whose body was cut or malformed (a gzip that is not) was a 502
+    upstream_protocol_error or a truncated stream: the upstream's status and Retry-After
+    lost, a config's retry on 429 not run. The status and head stand, as for a body that
+    stalls; the message says the body could not be read."""
+    monkeypatch.setenv(CLIENT_ENV, kind)
+    head = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+            b"retry-after: 3\r\n")
+    server, url = await raw_server(answering(head, framing))
+    status, _, error = await ask(proxy, url, stream)
+    server.close()
+    assert status == 429 and error is not None
+    assert error["message"] == ("provider 'up' returned HTTP 429 (its body could not be read: "
+                                "it was cut short or malformed)")
+
+
 # -- Transfer-Encoding -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)

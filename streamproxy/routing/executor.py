@@ -192,6 +192,7 @@ class Executor:
             raise err
         if resp.status >= 300:
             parts: list[bytes] = []
+            unread: str | None = None
             try:
                 # Under a short bound of its own: the status is the answer, the body only its
                 # words, and one that stalls was held to the first-token timeout, then a 504.
@@ -199,6 +200,10 @@ class Executor:
                     await _read_body(resp, provider.max_event_bytes, cut=True, parts=parts)
             except TimeoutError:
                 pass  # the status stands, with what came of its body
+            except (ConnectionError, aiohttp.ClientError):
+                # Cut, or not the gzip it said (either client): the status and its head (a
+                # 429's Retry-After) still stand, not a 502 for the body.
+                unread = "it was cut short or malformed"
             finally:
                 resp.close()
             body = b"".join(parts)
@@ -206,8 +211,9 @@ class Executor:
                 raise _redirect_error(resp, provider.name)
             provider.rejected(resp.status, upstream)
             err = provider.error_from_response(resp.status, body, resp.headers)
-            unread = unread_coding(resp.headers.getall("content-encoding", None))
-            if unread is not None:  # (its status and head stand: the clients dropped its body)
+            # (a coding the clients do not decode: its status and head stand, its body dropped)
+            unread = unread_coding(resp.headers.getall("content-encoding", None)) or unread
+            if unread is not None:
                 err.message = f"{err.message} (its body could not be read: {unread})"
             raise _with_signals(err, resp)
         return resp

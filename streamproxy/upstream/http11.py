@@ -105,6 +105,11 @@ class _Connection(asyncio.Protocol):
         try:
             body = parser.feed(data)
         except MalformedResponse as e:
+            if self.response is None and parser.head is not None:
+                # The head was whole, its body's first bytes bad (not the gzip it said): the
+                # head is still the answer (an error's status and Retry-After), its body fails
+                # — as aiohttp's client has it, the same read whether in one packet or two.
+                self._answer(parser.head)
             self._fail(e)
             return
         response = self.response
@@ -112,11 +117,7 @@ class _Connection(asyncio.Protocol):
             head = parser.head
             if head is None:
                 return
-            response = self.response = Response(self, head)
-            waiter = self._head_waiter
-            self._head_waiter = None
-            if waiter is not None and not waiter.done():
-                waiter.set_result(response)
+            response = self._answer(head)
         if body:
             sink = response._sink
             if sink is not None:  # piped: straight on, nothing buffered here
@@ -133,6 +134,15 @@ class _Connection(asyncio.Protocol):
                 # connection is not trusted any more, so it is not reused.
                 self.close()
             response._finish(None)
+
+    def _answer(self, head: ResponseHead) -> Response:
+        """The response to `head`, handed to the request waiting for it."""
+        response = self.response = Response(self, head)
+        waiter = self._head_waiter
+        self._head_waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(response)
+        return response
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost does the rest
