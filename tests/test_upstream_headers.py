@@ -347,3 +347,48 @@ async def test_a_keepalive_head_of_the_only_try_carries_its_headers(proxy: Any,
     assert resp.headers["llm_provider-x-request-id"] == "req_answer"
     assert "x-should-retry" not in resp.headers
     assert b'"content":"hi"' in await resp.read()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_configs_retry_waits_as_each_answer_says_and_passes_on_the_last(
+        proxy: Any, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch,
+        stream: bool) -> None:
+    """Each retry waits as the answer before it says — retry-after-ms over Retry-After, an
+    HTTP-date, whole seconds — and the client gets the last answer's wait and rate limits,
+    never an earlier try's (the waits are recorded, then skipped)."""
+    from streamproxy.routing import executor
+    waits: list[float | None] = []
+    delay = executor.retry_delay
+
+    def recorded(*args: Any) -> float | None:
+        waits.append(delay(*args))
+        return None if waits[-1] is None else 0.0
+
+    monkeypatch.setattr(executor, "retry_delay", recorded)
+    heads = [{"retry-after-ms": "50", "retry-after": "9", "x-ratelimit-remaining-requests": "2"},
+             {"retry-after": email.utils.formatdate(math.ceil(time.time()) + 5, usegmt=True),
+              "x-ratelimit-remaining-requests": "1"},
+             {"retry-after": "2"},
+             {"retry-after": "7", "x-ratelimit-limit-requests": "60"}]
+    answered: list[int] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        answered.append(1)
+        return web.json_response({"error": {"message": f"slow down {len(answered)}"}},
+                                 status=429, headers=heads[len(answered) - 1])
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = await aiohttp_server(app)
+    client = await proxy(make_config({"up": {
+        "type": "openai", "base_url": str(server.make_url("")).rstrip("/"), "api_key": "k",
+        "default_model": "m"}}, default="up"))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": stream},
+                             headers={"x-portkey-config": json.dumps(
+                                 {"retry": {"attempts": 3, "on_status_codes": [429]}})})
+    assert resp.status == 429 and len(answered) == 4
+    assert waits[0] == 0.05 and 3 < (waits[1] or 0) <= 6 and waits[2] == 2
+    assert (resp.headers["retry-after"], resp.headers["retry-after-ms"]) == ("7", "7000")
+    assert resp.headers["x-ratelimit-limit-requests"] == "60"
+    assert "x-ratelimit-remaining-requests" not in resp.headers
+    assert (await resp.json())["error"]["message"] == "slow down 4"
