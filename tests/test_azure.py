@@ -743,3 +743,33 @@ def test_a_resource_name_given_as_a_host_is_a_400(headers: dict[str, str], param
         planned_request({**headers, "authorization": "Bearer mine"}, key=None)
     assert info.value.param == param
     assert "not a host" in info.value.message
+
+
+@pytest.mark.parametrize("capture", [False, True], ids=["plain", "captured"])
+def test_a_stream_stamped_with_the_proxys_envelope_keeps_it_to_the_end(capture: bool) -> None:
+    # An early async-filter finish takes the proxy's id (above); Azure's usage chunk after it
+    # (and, with n > 1, another choice's deltas) carried Azure's own: two ids in one stream,
+    # where the openai SDK's stream helpers and store/cache read the first.
+    from streamproxy.openai_api.chunks import RecordingChunkEncoder
+    from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
+
+    finish = {**ANNOTATION, "choices": [{**ANNOTATION["choices"][0], "finish_reason":
+                                         "content_filter", "content_filter_results": FILTERED}]}
+    other = {**ENVELOPE, "choices": [{**choice({"content": "Hi"}), "index": 1}]}
+    other_finish = {**ENVELOPE, "choices": [{**choice({}, "stop"), "index": 1}]}
+    encoder = RecordingChunkEncoder(completion_id="chatcmpl-ours", created=7, model="gpt-4o",
+                                    include_usage=False)
+    builder = CompletionBuilder()
+    sink: Any = TeeSink(encoder, builder) if capture else encoder
+    translator = AzureTranslator(sink, 1 << 20, provider="az", client_wants_usage=True,
+                                 choices=2)
+    translator.feed(sse(PREAMBLE, finish, other, other_finish,
+                        {**ENVELOPE, "choices": [], "usage": USAGE}))
+    translator.close()
+    chunks = sse_chunks(encoder.take())
+    assert chunks[-1] == "[DONE]"
+    assert [c["choices"][0]["index"] for c in chunks[:-2]] == [0, 1, 1]
+    assert chunks[-2]["usage"] == USAGE
+    assert {(c["id"], c["created"], c["model"]) for c in chunks[:-1]} == {
+        ("chatcmpl-ours", 7, "gpt-4o")}
+    assert chunks[1]["choices"][0]["delta"] == {"content": "Hi"}

@@ -23,7 +23,8 @@ Azure's stream differs from OpenAI's in two ways that break naive clients
   `content_filter_results` / offsets, often with an empty id and model). One without a
   finish_reason carries nothing a client can use and is dropped; one with a finish_reason gets
   `delta: {}` so `choices[0].delta` exists, as in every OpenAI chunk, and the stream's id,
-  created and model where it left them empty (the proxy's, before any delta chunk).
+  created and model where it left them empty (the proxy's, before any delta chunk: then
+  every chunk after it takes the proxy's too, so one stream has one id).
 """
 
 from __future__ import annotations
@@ -73,14 +74,26 @@ class AzureTranslator(PassthroughTranslator):
     def __init__(self, out: ChunkSink, max_event_bytes: int, **passthrough: Any) -> None:
         super().__init__(out, max_event_bytes, **passthrough)
         self._envelope: dict[str, Any] | None = None  # the stream's id, created, model
+        # Whether delta chunks are parsed: the first (for the envelope), and every one once
+        # the stream took the proxy's envelope (`_stamped`); never else, so not per chunk.
+        self._parse_deltas = True
+        # Whether the stream carries the proxy's envelope (an async-filter finish came before
+        # any delta chunk): Azure's own id on the chunks after it made two ids in one stream.
+        self._stamped = False
 
     def on_event(self, event: SSEEvent) -> None:
         data = event.data
         # Cheap test first: every OpenAI chunk with a choice has a "delta" key.
         if b'"delta"' in data:
-            if self._envelope is None:  # the first delta chunk only: one parse per stream
-                first = load_chunk(data)
-                self._envelope = {key: first[key] for key in _ENVELOPE_KEYS if first.get(key)}
+            if self._parse_deltas:
+                chunk = load_chunk(data)
+                if not self._stamped:  # the first delta chunk: one parse per stream
+                    self._envelope = {key: chunk[key] for key in _ENVELOPE_KEYS
+                                      if chunk.get(key)}
+                    self._parse_deltas = False
+                else:
+                    self._restamp(chunk)
+                    return
             super().on_event(event)
             return
         if data[:6] == b"[DONE]" or not data.strip():
@@ -89,7 +102,10 @@ class AzureTranslator(PassthroughTranslator):
         chunk = load_chunk(data)
         choices = chunk.get("choices")
         if not choices or not isinstance(choices[0], dict) or "delta" in choices[0]:
-            super().on_event(event)  # the preamble, the usage chunk, an error…
+            if self._stamped and chunk.get("usage"):  # (the rest is dropped or an error)
+                self._restamp(chunk)
+            else:
+                super().on_event(event)  # the preamble, the usage chunk, an error…
             return
         choice = choices[0]
         if not choice.get("finish_reason"):
@@ -97,10 +113,22 @@ class AzureTranslator(PassthroughTranslator):
         choice["delta"] = {}
         # Before any delta chunk (the filter cut the answer at its start) the stream's own
         # envelope is the proxy's: Azure's here is empty, and a client saw `id: ""`.
-        envelope = self._envelope if self._envelope is not None else self.out.envelope()
-        for key, value in envelope.items():
+        if self._envelope is None:
+            self._envelope = self.out.envelope()
+            self._stamped = self._parse_deltas = True
+        if self._stamped:
+            self._restamp(chunk)
+            return
+        for key, value in self._envelope.items():
             if not chunk.get(key):
                 chunk[key] = value
+        if not chunk.get("object"):
+            chunk["object"] = "chat.completion.chunk"
+        self.on_chunk(chunk, orjson.dumps(chunk))
+
+    def _restamp(self, chunk: dict[str, Any]) -> None:
+        """Forward `chunk` with the proxy's envelope, which the stream took (`_stamped`)."""
+        chunk.update(self._envelope or ())
         if not chunk.get("object"):
             chunk["object"] = "chat.completion.chunk"
         self.on_chunk(chunk, orjson.dumps(chunk))
