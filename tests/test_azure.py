@@ -773,3 +773,29 @@ def test_a_stream_stamped_with_the_proxys_envelope_keeps_it_to_the_end(capture: 
     assert {(c["id"], c["created"], c["model"]) for c in chunks[:-1]} == {
         ("chatcmpl-ours", 7, "gpt-4o")}
     assert chunks[1]["choices"][0]["delta"] == {"content": "Hi"}
+
+
+MODELS = {"base_url": "https://r.services.ai.azure.com/models",
+          "api_version": "2024-05-01-preview"}
+
+
+@pytest.mark.parametrize(("headers", "param"), [
+    ({"x-portkey-azure-api-version": "v1"}, "x-portkey-azure-api-version"),  # portkey-ai SDK
+    ({"x-portkey-config": '{"provider": "az", "api_version": "v1"}'}, "config.api_version"),
+    ({"x-portkey-config": '{"provider": "az", "api_version": "v1"}',  # the target's wins
+      "x-portkey-azure-api-version": "2024-05-01-preview"}, "config.api_version"),
+])
+def test_api_version_v1_for_one_request_to_the_models_endpoint_is_a_400(
+        headers: dict[str, str], param: str) -> None:
+    # The provider's own `api_version: v1` there is a config error; given per request it went
+    # as `?api-version=v1`, which Azure refuses on every request (the client saw Azure's 400).
+    with pytest.raises(InvalidRequest) as info:
+        planned_request(headers, options=MODELS)
+    assert (info.value.param, info.value.code) == (param, "invalid_value")
+    assert param in info.value.message and "/models" in info.value.message
+    assert "2024-05-01-preview" in info.value.message
+    # A dated one goes as it did.
+    assert planned_request({"x-portkey-azure-api-version": "2025-05-01-preview"},
+                           options=MODELS).url == (
+        "https://r.services.ai.azure.com/models/chat/completions"
+        "?api-version=2025-05-01-preview")

@@ -203,6 +203,15 @@ class AzureOpenAIProvider(OpenAIProvider):
         base = self.cfg.base_url
         return base is not None and base.endswith(MODELS_PATH)
 
+    def refused_option(self) -> tuple[str, str] | None:
+        # (the provider's own is a config error: `check_entry`; a target's or the SDK's
+        # header went as `?api-version=v1`, which Azure refuses)
+        if self.models and self.cfg.options.get("api_version") == V1:
+            return "api_version", (
+                "v1 is the /openai/v1 API, but the endpoint is Azure AI Foundry's /models "
+                "one, which takes a dated api-version (e.g. 2024-05-01-preview)")
+        return None
+
     @property
     def base_url(self) -> str:
         if self.cfg.base_url:

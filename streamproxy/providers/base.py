@@ -263,6 +263,12 @@ class Provider:
         clone.cfg = replace(self.cfg, options={**self.cfg.options, **options})
         return clone
 
+    def refused_option(self) -> tuple[str, str] | None:
+        """A Portkey field of `target_options` whose value, as set for this target, its
+        endpoint refuses on every request, and why (the gateway's 400 names where it was
+        set); None when there is none."""
+        return None
+
     def with_own_key(self) -> Provider:
         """This provider for a target with a key of its own (a config target's or virtual key's
         `api_key`), when it holds credentials besides a key that such a target must not use or

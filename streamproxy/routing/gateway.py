@@ -555,6 +555,11 @@ class Gateway:
         elif leaf is not None and leaf.custom_host:
             target.provider = self._custom_host(target.provider, leaf.custom_host,
                                                 f"{leaf.path}.custom_host")
+        refused = target.provider.refused_option()
+        if refused is not None:
+            name, reason = refused
+            param = _option_param(name, headers, leaf) or name
+            raise InvalidRequest(f"'{param}': {reason}.", param=param, code="invalid_value")
         if operators_key:
             self._refuse_other_tenant(target.provider, headers, leaf)
         listed = headers.get(FORWARD_HEADERS_HEADER)
@@ -691,6 +696,12 @@ def _tenant_param(provider: Provider, headers: Mapping[str, str],
     name = provider.tenant_option
     if name is None or provider.target_option(name) is None:
         return None
+    return _option_param(name, headers, leaf)
+
+
+def _option_param(name: str, headers: Mapping[str, str], leaf: ConfigNode | None) -> str | None:
+    """Where a provider setting (Portkey's `name`) was set for the target, if anywhere: its
+    config target's field, else the SDK's header (as `_header_provider_options` picks)."""
     if leaf is not None and name in leaf.provider_options:
         return f"{leaf.path}.{name}"
     header = PROVIDER_OPTION_HEADERS[name]
