@@ -799,3 +799,29 @@ def test_api_version_v1_for_one_request_to_the_models_endpoint_is_a_400(
                            options=MODELS).url == (
         "https://r.services.ai.azure.com/models/chat/completions"
         "?api-version=2025-05-01-preview")
+
+
+async def test_a_models_custom_host_without_an_api_version_is_a_400_saying_so(
+        proxy: Any, upstream: Any) -> None:
+    # A v1 provider (no api_version) reached at a custom host ending in /models: the 400 said
+    # the host was Azure's deployments API and offered an /openai/v1 host, not what /models
+    # needs (a dated api-version, 2024-05-01-preview). Given one, it goes.
+    upstream.body = STREAM
+    config = make_config({"up": {"type": "azure", "base_url": upstream.url + "/openai/v1",
+                                 "api_key": "k"}}, default="up",
+                         allowed_custom_hosts=[upstream.url.split("://")[1]])
+    client = await proxy(config)
+    custom = {"x-portkey-custom-host": upstream.url + "/models"}
+    resp = await client.post("/v1/chat/completions", json=STREAM_REQ, headers=custom)
+    assert resp.status == 400, await resp.text()
+    err = (await resp.json())["error"]
+    assert (err["param"], err["code"]) == ("api_version", "missing_required_parameter")
+    assert "/models" in err["message"] and "2024-05-01-preview" in err["message"]
+    assert "x-portkey-azure-api-version" in err["message"]
+    assert "deployments" not in err["message"]
+    assert upstream.requests == []
+    resp = await client.post("/v1/chat/completions", json=STREAM_REQ, headers={
+        **custom, "x-portkey-azure-api-version": "2024-05-01-preview"})
+    check(await resp.read(), "Hello there!")
+    [sent] = upstream.requests
+    assert sent.path == "/models/chat/completions?api-version=2024-05-01-preview"

@@ -251,13 +251,15 @@ class AzureOpenAIProvider(OpenAIProvider):
                 base = self.base_url + V1_PATH
             return f"{base}/chat/completions{query}"
         if not version:  # a v1 provider's custom host that is not v1: Azure refuses an
-            # empty api-version, so the client is told what to send
+            # empty api-version, so the client is told what to send (and what the host is)
+            host = ("Azure AI Foundry's /models endpoint, which needs a dated one (e.g. "
+                    "2024-05-01-preview)" if self.models else
+                    "Azure's deployments API, which needs one")
             raise InvalidRequest(
                 f"Provider '{self.name}' has no api_version, and the custom host (not "
-                "/openai/v1) is Azure's deployments API, which needs one: send "
-                "x-portkey-azure-api-version (or a config target's api_version), or a custom "
-                "host ending in /openai/v1.", param="api_version",
-                code="missing_required_parameter")
+                f"/openai/v1) is {host}: send x-portkey-azure-api-version (or a config "
+                "target's api_version), or a custom host ending in /openai/v1.",
+                param="api_version", code="missing_required_parameter")
         if self.models:  # the body names the deployment (`model_for`)
             return f"{self.cfg.base_url}/chat/completions?api-version={quote(version)}"
         deployment = self.cfg.options.get("deployment") or model
