@@ -364,11 +364,45 @@ async def test_a_refused_tunnel_is_logged_with_the_proxy_and_its_answer_not_its_
     await forward.start()
     try:
         client = await proxy(_config(f"https://{HOST}", forward.port))
-        status, _ = await _stream(client)
+        status, body = await _stream(client)
         await client.close()
     finally:
         await forward.stop()
     assert status == 502
+    # The client is told only that the provider was unreachable: no proxy, no credentials.
+    message = orjson.loads(body)["error"]["message"]
+    assert message.startswith("could not reach provider 'up': ")
+    assert SECRET not in message and "alice" not in message and "127.0.0.1" not in message
     (warning,) = _unreachable_warnings(caplog)
     assert "407" in warning and f"127.0.0.1:{forward.port}" in warning
     assert SECRET not in warning and "alice" not in warning
+    assert "ConnectFailed" not in warning  # (the native client's cause, not its wrapper)
+
+
+@pytest.mark.parametrize("status", [407, 502])
+async def test_a_refused_tunnel_says_its_cause_once(status: int) -> None:
+    # The native client's ConnectFailed for the proxy's answer, raised inside the connect,
+    # was caught as an OSError and wrapped again: its text read "ConnectFailed: the egress
+    # proxy …" (a traceback's line "ConnectFailed: ConnectFailed: …"), and so did the
+    # diagnostics log's warning.
+    import traceback
+
+    from streamproxy.upstream.http11 import ConnectFailed, HTTP11Client
+
+    forward = ForwardProxy(("127.0.0.1", 9), connect_status=status)
+    await forward.start()
+    client = HTTP11Client(egress=egress_from_setting(
+        {"url": f"http://alice:{SECRET}@127.0.0.1:{forward.port}"}, {}))
+    try:
+        with pytest.raises(ConnectFailed) as info:
+            await client.send("POST", f"https://{HOST}/v1/messages", b"{}", {},
+                              connect_timeout=10)
+    finally:
+        await client.close()
+        await forward.stop()
+    cause = f"the egress proxy 127.0.0.1:{forward.port} answered {status} to CONNECT {HOST}:443"
+    assert str(info.value) == cause
+    shown = "".join(traceback.format_exception(info.value))
+    assert shown.endswith(f"streamproxy.upstream.http11.ConnectFailed: {cause}\n")
+    assert "direct cause" not in shown  # (the same cause, chained to itself)
+    assert SECRET not in shown and "alice" not in shown

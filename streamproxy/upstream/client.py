@@ -317,8 +317,9 @@ _UNREACHABLE_LOGGED: dict[tuple[str, str], float] = {}
 
 
 def _log_unreachable(provider: str, exc: BaseException) -> None:
-    # The native client's ConnectFailed already begins with its cause's type. Neither client's
-    # text holds a URL's userinfo: hosts and ports only.
+    # The native client's ConnectFailed already says its cause (the OSError's type and text,
+    # or the egress proxy's answer). Neither client's text holds a URL's userinfo: hosts and
+    # ports only.
     cause = str(exc) if isinstance(exc, ConnectFailed) else f"{type(exc).__name__}: {exc}"
     now = time.monotonic()
     key = (provider, cause)

@@ -542,7 +542,7 @@ class Pool:
                 else:  # (only https upstreams are tunnelled: see _split_url)
                     assert context is not None
                     await _open_tunnel(loop, conn, tunnel, host, port, context)
-        except TimeoutError:
+        except (TimeoutError, ConnectFailed):  # (the tunnel's: its cause said already)
             raise
         except OSError as e:
             raise ConnectFailed(f"{type(e).__name__}: {e.strerror or e}") from e
