@@ -356,6 +356,9 @@ async def test_an_upstream_certificate_not_trusted_is_logged_with_its_reason(
     assert not fake.requests
     (warning,) = _unreachable_warnings(caplog)  # once a minute per provider, not per request
     assert "'up'" in warning and "CERTIFICATE_VERIFY_FAILED" in warning
+    # ...and the host it was (a target's or client's Azure resource or custom host is not the
+    # provider's configured one): the native client's said no host, aiohttp's did.
+    assert f"127.0.0.1:{port}" in warning
 
 
 async def test_a_refused_tunnel_is_logged_with_the_proxy_and_its_answer_not_its_credentials(
@@ -406,3 +409,25 @@ async def test_a_refused_tunnel_says_its_cause_once(status: int) -> None:
     assert shown.endswith(f"streamproxy.upstream.http11.ConnectFailed: {cause}\n")
     assert "direct cause" not in shown  # (the same cause, chained to itself)
     assert SECRET not in shown and "alice" not in shown
+
+
+async def test_a_proxy_that_cannot_be_reached_is_named_with_the_upstream() -> None:
+    import socket
+
+    from streamproxy.upstream.http11 import ConnectFailed, HTTP11Client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: refused
+        client = HTTP11Client(egress=egress_from_setting(
+            {"url": f"http://alice:{SECRET}@127.0.0.1:{port}"}, {}))
+        try:
+            with pytest.raises(ConnectFailed) as info:
+                await client.send("POST", f"https://{HOST}/v1/messages", b"{}", {},
+                                  connect_timeout=10)
+        finally:
+            await client.close()
+    said = str(info.value)
+    assert said.startswith(f"ConnectionRefusedError connecting to {HOST}:443 via the egress "
+                           f"proxy 127.0.0.1:{port}: ")
+    assert SECRET not in said and "alice" not in said

@@ -544,8 +544,13 @@ class Pool:
                     await _open_tunnel(loop, conn, tunnel, host, port, context)
         except (TimeoutError, ConnectFailed):  # (the tunnel's: its cause said already)
             raise
-        except OSError as e:
-            raise ConnectFailed(f"{type(e).__name__}: {e.strerror or e}") from e
+        except OSError as e:  # its text may not name the host (a TLS or DNS failure), and a
+            # target's or client's host (an Azure resource, a custom host) is not the config's
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            if tunnel is not None:
+                where += f" via the egress proxy {tunnel.host}:{tunnel.port}"
+            raise ConnectFailed(f"{type(e).__name__} connecting to {where}: "
+                                f"{e.strerror or e}") from e
         if self._closed:  # close() ran while it opened: it would carry a request no one ends
             conn.close()
             raise ConnectFailed("the upstream client is closed")
