@@ -579,13 +579,20 @@ async def test_a_final_error_of_the_proxys_is_not_retried_but_falls_back(
     backoff, and had it fail alike. Another target may answer: its fallback still runs."""
     upstream.status, upstream.extra_headers = status, headers
     upstream.content_type = "application/json"
+    await tried_once_then_fallen_back(proxy, upstream, access_log, 502, stream)
+
+
+async def tried_once_then_fallen_back(proxy: Any, upstream: Any, access_log: Any, status: int,
+                                      stream: bool) -> None:
+    """`upstream`, set to fail with `status` and `x-should-retry: false`, under a retry on that
+    status: tried once, then, behind a fallback, once more before the mock answers."""
     client = await proxy(make_config({
         "up": {"type": "openai", "base_url": upstream.url, "api_key": "sk-up",
                "default_model": "m"},
         "mock": {"type": "mock", "default_model": "fast"}}, default="mock"))
-    retries = {"provider": "up", "retry": {"attempts": 2, "on_status_codes": [502]}}
+    retries = {"provider": "up", "retry": {"attempts": 2, "on_status_codes": [status]}}
     resp = await post(client, json.dumps(retries), stream=stream)
-    assert resp.status == 502 and resp.headers["x-should-retry"] == "false"
+    assert resp.status == status and resp.headers["x-should-retry"] == "false"
     assert resp.headers["x-portkey-retry-attempt-count"] == "0"
     assert len(upstream.requests) == 1 and access_log()[-1]["attempts"] == 1
     resp = await post(client, fallback(retries, leaf("fast:tokens=2")), stream=stream)
@@ -601,19 +608,7 @@ async def test_an_upstreams_own_should_retry_false_is_not_retried_but_falls_back
     the same: the openai SDKs obey it before the status, the config's retry sent the request
     again after each backoff, generated and paid for, to fail alike. A fallback still runs."""
     upstream.statuses, upstream.extra_headers = [500] * 6, {"x-should-retry": "false"}
-    client = await proxy(make_config({
-        "up": {"type": "openai", "base_url": upstream.url, "api_key": "sk-up",
-               "default_model": "m"},
-        "mock": {"type": "mock", "default_model": "fast"}}, default="mock"))
-    retries = {"provider": "up", "retry": {"attempts": 2, "on_status_codes": [500]}}
-    resp = await post(client, json.dumps(retries), stream=stream)
-    assert resp.status == 500 and resp.headers["x-should-retry"] == "false"
-    assert resp.headers["x-portkey-retry-attempt-count"] == "0"
-    assert len(upstream.requests) == 1 and access_log()[-1]["attempts"] == 1
-    resp = await post(client, fallback(retries, leaf("fast:tokens=2")), stream=stream)
-    assert resp.status == 200 and resp.headers["x-portkey-provider"] == "mock"
-    await resp.read()
-    assert len(upstream.requests) == 2 and access_log()[-1]["attempts"] == 2
+    await tried_once_then_fallen_back(proxy, upstream, access_log, 500, stream)
 
 
 # OpenRouter's error in a 200: as the body of a non-streamed answer, as a stream's first event.
