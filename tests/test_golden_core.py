@@ -450,8 +450,8 @@ START = {"type": "message_start", "message": {"id": "m", "model": "c", "usage": 
     "input_tokens": 5, "output_tokens": 1}}}
 
 
-def anthropic(*events: dict[str, Any]) -> Any:
-    """The client's view of a stream of these events, between message_start and message_stop."""
+def anthropic_chunks(*events: dict[str, Any]) -> list[Any]:
+    """The chunks a client gets for these events, between message_start and message_stop."""
     body = b"".join(b"event: %b\ndata: %b\n\n" % (e["type"].encode(), orjson.dumps(e))
                     for e in (START, *events, {"type": "message_stop"}))
     enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
@@ -460,7 +460,12 @@ def anthropic(*events: dict[str, Any]) -> Any:
     tr.close()
     chunks = sse_chunks(enc.take())
     assert_finish_last(chunks)
-    return collect(chunks)
+    return chunks
+
+
+def anthropic(*events: dict[str, Any]) -> Any:
+    """The client's view of a stream of these events, between message_start and message_stop."""
+    return collect(anthropic_chunks(*events))
 
 
 def stop(reason: str | None) -> dict[str, Any]:
@@ -543,13 +548,7 @@ def test_anthropic_thinking_left_out_is_no_reasoning_streamed_or_not() -> None:
                      {"type": "signature_delta", "signature": "SIG"}),
               *block(1, {"type": "text", "text": ""}, {"type": "text_delta", "text": "Hi."}),
               stop("end_turn"))
-    body = b"".join(b"event: %b\ndata: %b\n\n" % (e["type"].encode(), orjson.dumps(e))
-                    for e in (START, *events, {"type": "message_stop"}))
-    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
-    tr = AnthropicStreamTranslator(enc, 1 << 20)
-    tr.feed(body)
-    tr.close()
-    chunks = sse_chunks(enc.take())
+    chunks = anthropic_chunks(*events)
     assert not any("reasoning_content" in c["choices"][0]["delta"]
                    for c in chunks if c != "[DONE]" and c["choices"])
     assert collect(chunks).thinking_blocks == [omitted]
@@ -569,13 +568,7 @@ def test_anthropic_unsigned_thinking_is_reasoning_without_a_block_streamed_or_no
                      {"type": "thinking_delta", "thinking": "Hm."}),
               *block(1, {"type": "text", "text": ""}, {"type": "text_delta", "text": "Hi."}),
               stop("end_turn"))
-    body = b"".join(b"event: %b\ndata: %b\n\n" % (e["type"].encode(), orjson.dumps(e))
-                    for e in (START, *events, {"type": "message_stop"}))
-    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
-    tr = AnthropicStreamTranslator(enc, 1 << 20)
-    tr.feed(body)
-    tr.close()
-    streamed = collect(sse_chunks(enc.take()))
+    streamed = anthropic(*events)
     assert (streamed.reasoning, streamed.thinking_blocks) == ("Hm.", [])
     for unsigned in ({"type": "thinking", "thinking": "Hm."},
                      {"type": "thinking", "thinking": "Hm.", "signature": ""}):
@@ -634,14 +627,7 @@ def refused(details: Any, *blocks: dict[str, Any]) -> tuple[dict[str, Any], dict
     end = {"type": "message_delta", "delta": {"stop_reason": "refusal", "stop_sequence": None,
                                               "stop_details": details},
            "usage": {"output_tokens": 3}}
-    body = b"".join(b"event: %b\ndata: %b\n\n" % (e["type"].encode(), orjson.dumps(e))
-                    for e in (START, *events, end, {"type": "message_stop"}))
-    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
-    tr = AnthropicStreamTranslator(enc, 1 << 20)
-    tr.feed(body)
-    tr.close()
-    chunks = sse_chunks(enc.take())
-    assert_finish_last(chunks)
+    chunks = anthropic_chunks(*events, end)
     state = ChatCompletionStreamState()
     for chunk in chunks:
         if chunk != "[DONE]":
