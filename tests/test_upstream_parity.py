@@ -43,9 +43,12 @@ async def ask(proxy: Any, url: str, stream: bool) -> tuple[int, str | None, dict
         return resp.status, answer["choices"][0]["message"]["content"], None
 
 
-def answering(head: bytes, body: bytes) -> Any:
-    """A raw upstream handler: reads the request, writes `head` + `body`, closes."""
+def answering(head: bytes, body: bytes, asked: list[int] | None = None) -> Any:
+    """A raw upstream handler: reads the request, writes `head` + `body`, closes; counts each
+    connection in `asked`, if given."""
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if asked is not None:
+            asked.append(1)
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             await read_request(reader)
             writer.write(head + body)
@@ -124,14 +127,8 @@ async def test_a_content_coding_neither_client_decodes_is_final_but_falls_back(
     packed = gzip.compress(STREAM_BODY if stream else JSON_BODY)
     head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
             b"Content-Encoding: " + coding + b"\r\nContent-Length: %d\r\n\r\n" % len(packed))
-    answer = answering(head, packed)
     asked: list[int] = []
-
-    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        asked.append(1)
-        await answer(reader, writer)
-
-    server, url = await raw_server(counted)
+    server, url = await raw_server(answering(head, packed, asked))
     client = await proxy(parse_config({
         "providers": {"up": {"type": "anthropic", "base_url": url.rstrip("/"),
                              "api_key": "sk-test-secret", "default_model": "m"},
@@ -170,14 +167,8 @@ async def test_an_errors_status_survives_a_body_neither_client_decodes(
     head = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
             b"retry-after-ms: 20\r\nanthropic-ratelimit-requests-remaining: 0\r\n"
             b"Content-Encoding: " + coding + b"\r\nContent-Length: %d\r\n\r\n" % len(body))
-    answer = answering(head, body)
     asked: list[int] = []
-
-    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        asked.append(1)
-        await answer(reader, writer)
-
-    server, url = await raw_server(counted)
+    server, url = await raw_server(answering(head, body, asked))
     client = await proxy(native_anthropic_config(url.rstrip("/")))
     retried = {"retry": {"attempts": 1, "on_status_codes": [429]}}
     async with asyncio.timeout(10):
@@ -254,14 +245,9 @@ async def test_a_transfer_coding_besides_chunked_is_not_retried(
     packed = gzip.compress(STREAM_BODY if stream else JSON_BODY)
     head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
             b"Transfer-Encoding: gzip, chunked\r\n\r\n")
-    answer = answering(head, b"%x\r\n%s\r\n0\r\n\r\n" % (len(packed), packed))
+    framed = b"%x\r\n%s\r\n0\r\n\r\n" % (len(packed), packed)
     asked: list[int] = []
-
-    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        asked.append(1)
-        await answer(reader, writer)
-
-    server, url = await raw_server(counted)
+    server, url = await raw_server(answering(head, framed, asked))
     client = await proxy(native_anthropic_config(url.rstrip("/")))
     async with asyncio.timeout(10):
         resp = await client.post("/v1/chat/completions", headers={
