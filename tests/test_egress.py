@@ -369,6 +369,22 @@ async def test_a_refused_tunnel_is_a_502_logged_with_the_proxy_and_its_answer_no
     assert "ConnectFailed" not in warning  # (the native client's cause, not its wrapper)
 
 
+async def _native_connect_failure(proxy_port: int) -> BaseException:
+    """The native client's ConnectFailed for a request to HOST through the egress proxy on
+    `proxy_port` (with credentials: alice and SECRET)."""
+    from streamproxy.upstream.http11 import ConnectFailed, HTTP11Client
+
+    client = HTTP11Client(egress=egress_from_setting(
+        {"url": f"http://alice:{SECRET}@127.0.0.1:{proxy_port}"}, {}))
+    try:
+        with pytest.raises(ConnectFailed) as info:
+            await client.send("POST", f"https://{HOST}/v1/messages", b"{}", {},
+                              connect_timeout=10)
+    finally:
+        await client.close()
+    return info.value
+
+
 @pytest.mark.parametrize("status", [407, 502])
 async def test_a_refused_tunnel_says_its_cause_once(status: int) -> None:
     # The native client's ConnectFailed for the proxy's answer, raised inside the connect,
@@ -377,22 +393,15 @@ async def test_a_refused_tunnel_says_its_cause_once(status: int) -> None:
     # diagnostics log's warning.
     import traceback
 
-    from streamproxy.upstream.http11 import ConnectFailed, HTTP11Client
-
     forward = ForwardProxy(("127.0.0.1", 9), connect_status=status)
     await forward.start()
-    client = HTTP11Client(egress=egress_from_setting(
-        {"url": f"http://alice:{SECRET}@127.0.0.1:{forward.port}"}, {}))
     try:
-        with pytest.raises(ConnectFailed) as info:
-            await client.send("POST", f"https://{HOST}/v1/messages", b"{}", {},
-                              connect_timeout=10)
+        failure = await _native_connect_failure(forward.port)
     finally:
-        await client.close()
         await forward.stop()
     cause = f"the egress proxy 127.0.0.1:{forward.port} answered {status} to CONNECT {HOST}:443"
-    assert str(info.value) == cause
-    shown = "".join(traceback.format_exception(info.value))
+    assert str(failure) == cause
+    shown = "".join(traceback.format_exception(failure))
     assert shown.endswith(f"streamproxy.upstream.http11.ConnectFailed: {cause}\n")
     assert "direct cause" not in shown  # (the same cause, chained to itself)
     assert SECRET not in shown and "alice" not in shown
@@ -401,20 +410,11 @@ async def test_a_refused_tunnel_says_its_cause_once(status: int) -> None:
 async def test_a_proxy_that_cannot_be_reached_is_named_with_the_upstream() -> None:
     import socket
 
-    from streamproxy.upstream.http11 import ConnectFailed, HTTP11Client
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening: refused
-        client = HTTP11Client(egress=egress_from_setting(
-            {"url": f"http://alice:{SECRET}@127.0.0.1:{port}"}, {}))
-        try:
-            with pytest.raises(ConnectFailed) as info:
-                await client.send("POST", f"https://{HOST}/v1/messages", b"{}", {},
-                                  connect_timeout=10)
-        finally:
-            await client.close()
-    said = str(info.value)
+        failure = await _native_connect_failure(port)
+    said = str(failure)
     assert said.startswith(f"ConnectionRefusedError connecting to {HOST}:443 via the egress "
                            f"proxy 127.0.0.1:{port}: ")
     assert SECRET not in said and "alice" not in said
