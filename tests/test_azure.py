@@ -707,20 +707,27 @@ async def test_the_v1_surface_gets_no_dated_api_version(
     assert sent.json()["stream_options"] == {"include_usage": True}
 
 
-async def test_a_deployments_custom_host_without_an_api_version_is_a_400(
-        proxy: Any, upstream: Any) -> None:
-    # A v1 provider needs no api_version, but a custom host that is not v1 is Azure's
-    # deployments API, which does: the request went with an empty `?api-version=`, which Azure
-    # refuses (the client saw Azure's error, not what to send). Given one, it goes.
+async def v1_provider_at_a_custom_host(proxy: Any, upstream: Any, host: str
+                                       ) -> tuple[Any, dict[str, str], dict[str, Any]]:
+    """(the proxy's client, the custom-host header, the error) of a streamed request with no
+    api-version to a v1 Azure provider (which needs none) sent to `host` instead."""
     upstream.body = STREAM
     config = make_config({"up": {"type": "azure", "base_url": upstream.url + "/openai/v1",
                                  "api_key": "k"}}, default="up",
                          allowed_custom_hosts=[upstream.url.split("://")[1]])
     client = await proxy(config)
-    custom = {"x-portkey-custom-host": upstream.url}
+    custom = {"x-portkey-custom-host": host}
     resp = await client.post("/v1/chat/completions", json=STREAM_REQ, headers=custom)
     assert resp.status == 400, await resp.text()
-    err = (await resp.json())["error"]
+    return client, custom, (await resp.json())["error"]
+
+
+async def test_a_deployments_custom_host_without_an_api_version_is_a_400(
+        proxy: Any, upstream: Any) -> None:
+    # A v1 provider needs no api_version, but a custom host that is not v1 is Azure's
+    # deployments API, which does: the request went with an empty `?api-version=`, which Azure
+    # refuses (the client saw Azure's error, not what to send). Given one, it goes.
+    client, custom, err = await v1_provider_at_a_custom_host(proxy, upstream, upstream.url)
     assert (err["param"], err["code"]) == ("api_version", "missing_required_parameter")
     assert "x-portkey-azure-api-version" in err["message"]
     assert upstream.requests == []
@@ -806,15 +813,8 @@ async def test_a_models_custom_host_without_an_api_version_is_a_400_saying_so(
     # A v1 provider (no api_version) reached at a custom host ending in /models: the 400 said
     # the host was Azure's deployments API and offered an /openai/v1 host, not what /models
     # needs (a dated api-version, 2024-05-01-preview). Given one, it goes.
-    upstream.body = STREAM
-    config = make_config({"up": {"type": "azure", "base_url": upstream.url + "/openai/v1",
-                                 "api_key": "k"}}, default="up",
-                         allowed_custom_hosts=[upstream.url.split("://")[1]])
-    client = await proxy(config)
-    custom = {"x-portkey-custom-host": upstream.url + "/models"}
-    resp = await client.post("/v1/chat/completions", json=STREAM_REQ, headers=custom)
-    assert resp.status == 400, await resp.text()
-    err = (await resp.json())["error"]
+    client, custom, err = await v1_provider_at_a_custom_host(proxy, upstream,
+                                                             upstream.url + "/models")
     assert (err["param"], err["code"]) == ("api_version", "missing_required_parameter")
     assert "/models" in err["message"] and "2024-05-01-preview" in err["message"]
     assert "x-portkey-azure-api-version" in err["message"]
