@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from streamproxy.config import Config, parse_config
 from streamproxy.decode.sse import SSEDecoder
 from streamproxy.errors import ProxyError
+from streamproxy.observe.metrics import metrics
 from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
 from streamproxy.providers.base import StreamTranslator
 
@@ -391,3 +392,25 @@ def unnumbered(annotations: list[Any]) -> list[Any]:
     count from 0; the entries without it."""
     assert [a.get("index") for a in annotations] == list(range(len(annotations)))
     return [{k: v for k, v in a.items() if k != "index"} for a in annotations]
+
+
+def metric_value(name: str, labels: dict[str, str]) -> float:
+    """One sample of the process's metrics (0 when absent), collecting only its family:
+    REGISTRY.get_sample_value walks every series the suite has made so far (a second per
+    call late in a full run)."""
+    for sample in metric_samples(name):
+        if sample.name == name and sample.labels == labels:
+            return sample.value
+    return 0.0
+
+
+_SAMPLE_SUFFIXES = ("", "_total", "_count", "_sum", "_bucket")
+
+
+def metric_samples(name: str) -> list[Any]:
+    """Every sample of the streamproxy_ family that `name` (a sample's name) belongs to."""
+    for metric in vars(metrics()).values():
+        families = getattr(metric, "describe", lambda: [])()
+        if any(name.removeprefix(f.name) in _SAMPLE_SUFFIXES for f in families):
+            return [s for family in metric.collect() for s in family.samples]
+    raise KeyError(name)

@@ -13,7 +13,6 @@ import orjson
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from prometheus_client import REGISTRY
 
 from streamproxy.config import ConfigError
 from streamproxy.observe.access_log import (
@@ -28,7 +27,7 @@ from streamproxy.observe.access_log import (
 )
 from streamproxy.record import RequestRecord
 from tests.conftest import provider_config
-from tests.helpers import collect, make_config, sse_chunks
+from tests.helpers import collect, make_config, metric_value, sse_chunks
 
 FIELDS = {"ts", "trace_id", "auth_key", "provider", "model", "status", "stream", "ttft_ms",
           "duration_ms", "prompt_tokens", "completion_tokens", "cached_tokens", "tokens_partial",
@@ -93,7 +92,7 @@ async def test_a_stream_that_fails_logs_the_tokens_the_provider_had_reported(
     caplog.set_level(logging.INFO)
     client = await proxy(mock_config())
     lbl = {"provider": "mock", "model": model, "type": "input"}
-    before = REGISTRY.get_sample_value("streamproxy_tokens_total", lbl) or 0
+    before = metric_value("streamproxy_tokens_total", lbl)
     for m in ("fast:tokens=3", model):
         body = await (await client.post("/v1/chat/completions", json={
             "model": m, "stream": True, "messages": USER})).read()
@@ -103,7 +102,7 @@ async def test_a_stream_that_fails_logs_the_tokens_the_provider_had_reported(
     assert failed["prompt_tokens"] == complete["prompt_tokens"] >= 1
     assert failed["completion_tokens"] == 1  # message_start's count: no message_delta came
     assert failed["tokens_partial"] is True
-    assert (REGISTRY.get_sample_value("streamproxy_tokens_total", lbl)
+    assert (metric_value("streamproxy_tokens_total", lbl)
             == before + failed["prompt_tokens"])
 
 
@@ -164,7 +163,7 @@ async def test_a_kept_alive_stream_logs_every_byte_it_sent(
     caplog.set_level(logging.INFO)
     client = await proxy(mock_config(server={"keepalive_interval": 0.1}))
     sent = "streamproxy_response_body_bytes_total"
-    before = REGISTRY.get_sample_value(sent, {"provider": "mock"}) or 0
+    before = metric_value(sent, {"provider": "mock"})
     bodies = []
     for model in ("fast:stall_ms=350,status=500", "fast:stall_ms=350,tokens=2"):
         resp = await client.post("/v1/chat/completions", json={
@@ -176,7 +175,7 @@ async def test_a_kept_alive_stream_logs_every_byte_it_sent(
     assert failed["bytes_out"] == len(bodies[0])
     assert answered["finish_reason"] == "stop"
     assert answered["bytes_out"] == len(bodies[1])
-    assert REGISTRY.get_sample_value(sent, {"provider": "mock"}) \
+    assert metric_value(sent, {"provider": "mock"}) \
         == before + len(bodies[0]) + len(bodies[1])
 
 
@@ -184,8 +183,8 @@ async def test_a_refused_body_still_logs_its_stream_flag_and_metadata(
         proxy: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     client = await proxy(mock_config())
-    before = REGISTRY.get_sample_value("streamproxy_requests_total", {
-        "provider": "", "model": "", "status": "400", "stream": "true"}) or 0
+    before = metric_value("streamproxy_requests_total", {
+        "provider": "", "model": "", "status": "400", "stream": "true"})
     resp = await client.post("/v1/chat/completions", headers={
         "x-portkey-metadata": '{"team": "blue"}'}, json={
         "model": "fast", "stream": True, "n": 0, "messages": USER})
@@ -197,7 +196,7 @@ async def test_a_refused_body_still_logs_its_stream_flag_and_metadata(
     assert refused["bytes_out"] == len(answer)  # the error's JSON body is what was sent
     assert refused["metadata"] == {"team": "blue"}
     assert unparsed["stream"] is False
-    assert REGISTRY.get_sample_value("streamproxy_requests_total", {
+    assert metric_value("streamproxy_requests_total", {
         "provider": "", "model": "", "status": "400", "stream": "true"}) == before + 1
 
 
@@ -208,7 +207,7 @@ async def test_a_chat_request_over_the_header_limits_is_logged_and_counted(
     caplog.set_level(logging.INFO)
     client = await proxy(mock_config(server={"max_headers": 20}))
     labels = {"provider": "", "model": "", "status": "431", "stream": ""}
-    before = REGISTRY.get_sample_value("streamproxy_requests_total", labels) or 0
+    before = metric_value("streamproxy_requests_total", labels)
     headers = {f"x-extra-{i}": "1" for i in range(30)}
     resp = await client.post("/v1/chat/completions", headers={
         **headers, "x-portkey-trace-id": "trace-431"}, json={"messages": USER})
@@ -220,7 +219,7 @@ async def test_a_chat_request_over_the_header_limits_is_logged_and_counted(
     assert line["error_code"] == "request_header_fields_too_large"
     assert line["bytes_out"] == len(answer)
     assert resp.headers["x-request-id"] == "trace-431"
-    assert REGISTRY.get_sample_value("streamproxy_requests_total", labels) == before + 1
+    assert metric_value("streamproxy_requests_total", labels) == before + 1
 
 
 async def test_bodies_only_when_opted_in(proxy: Any, caplog: pytest.LogCaptureFixture) -> None:

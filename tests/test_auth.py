@@ -14,7 +14,7 @@ import pytest
 
 from streamproxy.config import ConfigError
 from streamproxy.server.auth import TokenBucket, parse_auth, presented_key
-from tests.helpers import make_config
+from tests.helpers import make_config, metric_value
 
 USER = [{"role": "user", "content": "hi"}]
 KEY_A, KEY_B = "proxy-key-team-a-0123456789", "proxy-key-team-b-9876543210"
@@ -76,15 +76,13 @@ async def test_only_a_refused_chat_request_is_logged_and_counted_as_a_request(
         proxy: Any, json_upstream: Any, caplog: pytest.LogCaptureFixture) -> None:
     # A 401 on /v1/models or /metrics (a scraper with a wrong key) is a rejection, not a
     # chat request: the access log and streamproxy_requests_total are chat requests'.
-    from prometheus_client import REGISTRY
 
     def counted() -> float:
-        return REGISTRY.get_sample_value("streamproxy_requests_total", {
-            "provider": "", "model": "", "status": "401", "stream": ""}) or 0.0
+        return metric_value("streamproxy_requests_total", {
+            "provider": "", "model": "", "status": "401", "stream": ""})
 
     def rejected() -> float:
-        return REGISTRY.get_sample_value("streamproxy_rejected_requests_total",
-                                         {"reason": "unauthenticated"}) or 0.0
+        return metric_value("streamproxy_rejected_requests_total", {"reason": "unauthenticated"})
 
     caplog.set_level(logging.INFO, logger="streamproxy.access")
     client = await proxy(config(json_upstream.url))

@@ -17,7 +17,6 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import REGISTRY
 
 from streamproxy.cache import entry as cached
 from streamproxy.cache.backends import MemoryCache, RedisCache
@@ -36,6 +35,7 @@ from tests.helpers import (
     fixture_bytes,
     jsonl_to_sse,
     make_config,
+    metric_value,
     random_splits,
     sse_chunks,
 )
@@ -101,7 +101,7 @@ async def test_a_hit_is_logged_as_one_and_its_tokens_are_not_the_providers(
     client = await proxy(config())
     body = {"model": "mock/fast", "stream": stream}  # a configured model: its own label
     lbl = {"provider": "mock", "model": "fast", "type": "output"}
-    before = REGISTRY.get_sample_value("streamproxy_tokens_total", lbl) or 0
+    before = metric_value("streamproxy_tokens_total", lbl)
     for _ in range(2):
         resp, _ = await post(client, body, cache_header())
         assert resp.status == 200
@@ -111,7 +111,7 @@ async def test_a_hit_is_logged_as_one_and_its_tokens_are_not_the_providers(
              if r.name == "streamproxy.access"]
     assert [line["cache_status"] for line in lines] == ["MISS", "HIT"]
     assert lines[1]["completion_tokens"] == 200  # what the client got, logged
-    assert REGISTRY.get_sample_value("streamproxy_tokens_total", lbl) == before + 200  # once
+    assert metric_value("streamproxy_tokens_total", lbl) == before + 200  # once
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -1432,11 +1432,9 @@ async def test_a_redis_that_answers_garbage_is_a_miss(
 async def test_cache_lookups_are_counted_by_status(proxy: Any) -> None:
     """The hit rate was in the access log alone: `streamproxy_cache_requests_total{status}`
     counts the lookups (a request with no cache config, DISABLED, is none)."""
-    from prometheus_client import REGISTRY
 
     def counted(status: str) -> float:
-        return REGISTRY.get_sample_value("streamproxy_cache_requests_total",
-                                         {"status": status}) or 0.0
+        return metric_value("streamproxy_cache_requests_total", {"status": status})
 
     statuses = ("HIT", "MISS", "REFRESH", "DISABLED")
     before = {s: counted(s) for s in statuses}

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamproxy.config import Timeouts
@@ -31,13 +30,13 @@ from streamproxy.record import RequestRecord
 from streamproxy.server.app import STATE
 from streamproxy.server.store_and_cache import FEATURES
 from streamproxy.upstream.deadline import Deadline
-from tests.helpers import collect, make_config, sse_chunks
+from tests.helpers import collect, make_config, metric_samples, metric_value, sse_chunks
 
 ROOT = Path(__file__).parent.parent
 
 
 def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    return metric_value(name, labels)
 
 
 async def test_metrics_after_a_streamed_request(default_proxy: Any) -> None:
@@ -252,8 +251,8 @@ def test_circuit_targets_are_capped() -> None:
         for i in range(MAX_CIRCUIT_LABELS + 50):
             set_circuit_state(f"mock|cap-{i}|", "open")
             set_circuit_state("mock|cap|", "open", None, f"cooldown_interval={i}")
-        series = {tuple(s.labels.values()) for f in REGISTRY.collect() for s in f.samples
-                  if s.name == "streamproxy_circuit_breaker_state"}
+        series = {tuple(s.labels.values())
+                  for s in metric_samples("streamproxy_circuit_breaker_state")}
         # (the clients' inline configs' breakers, made by other tests, are capped apart)
         assert len(series - m._client_circuit_targets) <= MAX_CIRCUIT_LABELS
         set_circuit_state("openai/gpt-4o", "closed")  # a target already exported still changes
@@ -351,8 +350,9 @@ def test_long_labels_that_share_their_start_stay_apart_series() -> None:
     target = "mock|long-rules|"
     set_circuit_state(target, "open", None, operator)
     set_circuit_state(target, "closed", None, client)
-    states = {s.labels["cb_config"]: s.value for f in REGISTRY.collect() for s in f.samples
-              if s.name == "streamproxy_circuit_breaker_state" and s.labels["target"] == target}
+    states = {s.labels["cb_config"]: s.value
+              for s in metric_samples("streamproxy_circuit_breaker_state")
+              if s.labels["target"] == target}
     assert sorted(states.values()) == [0, 2]
     assert all(len(label) <= MAX_LABEL_CHARS for label in states)
     assert all(label.startswith(operator[:80]) for label in states)

@@ -14,12 +14,11 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from prometheus_client import REGISTRY
 
 from streamproxy.config import ConfigError, load_config, parse_config
 from streamproxy.server import front, reading
 from streamproxy.server.reading import ReadTimedHandler
-from tests.helpers import make_config
+from tests.helpers import make_config, metric_value
 
 TIMEOUT = 0.4  # both read timeouts, in these tests
 FRONTS = ["lean", "aiohttp"]
@@ -80,8 +79,7 @@ def assert_408(answer: bytes) -> None:
 
 
 def rejected_for_timeout() -> float:
-    return REGISTRY.get_sample_value("streamproxy_rejected_requests_total",
-                                     {"reason": "request_timeout"}) or 0.0
+    return metric_value("streamproxy_rejected_requests_total", {"reason": "request_timeout"})
 
 
 # What a client sent before it stopped: a Content-Length body (the lean front's own), and the
