@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
 BIN := $(VENV)/bin
 PORT ?= 8787
+# The suite's processes (pytest-xdist): half its tests wait on sockets, sleeps and child
+# processes, the rest fuzz on a core; two share a 2-core machine well (1: one process).
+TEST_PROCESSES ?= 2
 AIOHTTP_CLIENT_TESTS = tests/test_golden_core.py tests/test_errors.py tests/test_gateway.py \
 	tests/test_lifecycle.py tests/test_openai_sdk.py tests/test_bedrock.py tests/test_faults.py
 
@@ -26,7 +29,8 @@ run: $(VENV)/.installed-base
 
 test: $(VENV)/.installed-test redis-server-present
 	$(BIN)/ruff check streamproxy tests bench loadtests
-	$(BIN)/python -m pytest -q -p no:cacheprovider --benchmark-disable
+	$(BIN)/python -m pytest -q -p no:cacheprovider --benchmark-disable \
+		$(if $(filter-out 1,$(TEST_PROCESSES)),-n $(TEST_PROCESSES) --dist worksteal)
 	@# The tests that serve requests (STREAMPROXY_RERUN: conftest.py) once more on the
 	@# alternative upstream client (aiohttp's), and at the same time on aiohttp's server front
 	@# for chat requests (the lean front is the default): they mostly wait on sockets, so the
