@@ -242,20 +242,29 @@ def with_call_ids(msgs: list[dict[str, Any]], prefix: str) -> list[dict[str, Any
     provider pairs a call and its result by id (Anthropic and Bedrock refuse a call left
     unanswered, Gemini needs the call's name). A call whose id an earlier call of its turn
     has (servers that number each answer's calls alike) is named so too, and that id's
-    results name its calls in order (the last again for any more). `msgs` itself when every
-    call has an id of its own."""
+    results name its calls in order (the last again for any more). So is one whose id an
+    earlier turn's call has (those servers' `call_0` in every answer), since Anthropic refuses
+    a request whose tool_use ids repeat: the turn's results of that id name it. `msgs` itself
+    when every call has an id of its own."""
     out = msgs
     unnamed: list[str] = []  # the latest assistant turn's calls of no id, not yet answered
     shared: dict[str, list[str]] = {}  # the latest turn's repeated ids → their calls' ids
+    turn: set[str] = set()  # the ids of the latest turn's calls (its assistant messages')
+    earlier: set[str] = set()  # those of the turns before it
     for i, m in enumerate(msgs):
         role = m.get("role")
         if role == "assistant":
-            unnamed, shared = [], {}
+            if not i or msgs[i - 1].get("role") != "assistant":  # (not a turn's next message)
+                unnamed, shared = [], {}
+                earlier |= turn
+                turn = set()
             calls = m.get("tool_calls")
             if not calls:
                 continue
             ids = [call.get("id") for call in calls]
-            if all(ids) and len(set(ids)) == len(ids):
+            if all(ids) and len(set(ids)) == len(ids) and turn.isdisjoint(ids) \
+                    and earlier.isdisjoint(ids):
+                turn.update(ids)
                 continue
             named = []
             for j, call in enumerate(calls):
@@ -263,10 +272,15 @@ def with_call_ids(msgs: list[dict[str, Any]], prefix: str) -> list[dict[str, Any
                 if not call_id:
                     call = {**call, "id": f"{prefix}{i}_{j}"}
                     unnamed.append(call["id"])
-                elif call_id in ids[:j]:
+                elif call_id in earlier:  # (the turn's results of that id name this call)
+                    call = {**call, "id": f"{prefix}{i}_{j}"}
+                    shared.setdefault(call_id, []).append(call["id"])
+                elif call_id in turn or call_id in ids[:j]:
                     call = {**call, "id": f"{prefix}{i}_{j}"}
                     shared.setdefault(call_id, [call_id]).append(call["id"])
                 named.append(call)
+            turn.update(ids)
+            turn.update(call["id"] for call in named)
             m = {**m, "tool_calls": named}
         elif role == "tool" and m.get("tool_call_id") == "" and unnamed:
             m = {**m, "tool_call_id": unnamed.pop(0)}
