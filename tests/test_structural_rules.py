@@ -202,7 +202,7 @@ _USER_PARTS = st.lists(st.sampled_from([{"type": "text", "text": ""},
                                         {"type": "text", "text": "b"},
                                         {"type": "image_url", "image_url": {"url": PNG}}]),
                        min_size=1, max_size=3)
-_IDS = st.sampled_from(["call_{n}", "toolu_{n}", "functions.f:{n}"])
+_IDS = st.sampled_from(["call_{n}", "toolu_{n}", "functions.f:{n}", ""])
 
 
 @st.composite
@@ -227,6 +227,10 @@ def conversations(draw: st.DrawFn) -> list[dict[str, Any]]:
             m["name"] = "alice"
         if kind == "assistant" and m["content"] is None:
             m["content"] = "ok"
+        if kind in ("assistant", "tools") and draw(st.integers(0, 3)) == 0:  # Claude's, sent back
+            m["thinking_blocks"] = draw(st.sampled_from([
+                [{"type": "thinking", "thinking": "hm", "signature": "sig"}],
+                [{"type": "redacted_thinking", "data": "x"}], [{"type": "thinking"}]]))
         messages.append(m)
         if kind != "tools":
             continue
