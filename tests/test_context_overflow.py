@@ -11,6 +11,8 @@ import orjson
 import pytest
 
 from streamproxy.errors import UpstreamStatusError
+from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.anthropic import AnthropicProvider
 from streamproxy.providers.anthropic.stream import stream_error
 from streamproxy.providers.bedrock import BedrockProvider
@@ -23,6 +25,7 @@ from streamproxy.providers.ollama import OllamaProvider
 from streamproxy.providers.presets import DeepSeekProvider
 from streamproxy.providers.registry import PROVIDER_TYPES
 from tests.conftest import provider_config
+from tests.helpers import collect, relay_pieces, sse_chunks
 
 
 def provider(cls: type[Any], kind: str, **extra: Any) -> Any:
@@ -185,3 +188,52 @@ def test_an_openai_compatible_refusal_of_another_kind_keeps_its_fields() -> None
     err = provider(DeepSeekProvider, "deepseek").parse_error(400, body)
     assert err.to_dict()["error"]["code"] == "invalid_request_error"
     assert err.to_dict()["error"]["param"] is None
+
+
+OPENROUTER_MESSAGE = ("This endpoint's maximum context length is 200000 tokens. However, you "
+                      "requested about 231077 tokens (231077 of text input).")
+VLLM_ENGINE_MESSAGE = "The decoder prompt (length 40123) is longer than the maximum model " \
+                      "length of 32768. Make sure that `max_model_len` is no smaller than the " \
+                      "number of text tokens."
+
+
+def streamed_error(up: Any, event: bytes) -> dict[str, Any]:
+    """The error frame the client gets for an upstream stream of this one event."""
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=False)
+    req = parse_chat_request(orjson.dumps({"model": "m", "stream": True, "messages": [
+        {"role": "user", "content": "hi"}]}))
+    error = collect(sse_chunks(relay_pieces(enc, up.stream_translator(req, enc),
+                                            [b"data: " + event + b"\n\n"]))).error
+    assert error is not None
+    return error
+
+
+@pytest.mark.parametrize(("kind", "error"), [
+    # OpenRouter answers 200 before its provider does: the provider's refusal comes as an
+    # error event, or as the 200's body, with the status in `code` (its errors page)
+    ("openrouter", {"code": 400, "message": OPENROUTER_MESSAGE}),
+    ("openai", {"code": 400, "message": OPENROUTER_MESSAGE}),
+    # vLLM's engine refuses the prompt once its stream has begun: an error event (or, from
+    # older servers, the error object itself), with its status as `code`
+    ("vllm", {"message": VLLM_MESSAGE, "type": "BadRequestError", "param": None, "code": 400}),
+    ("vllm", {"object": "error", "message": VLLM_MESSAGE, "type": "BadRequestError",
+              "param": None, "code": 400}),
+])
+def test_an_openai_compatible_overflow_in_a_stream_or_a_200(kind: str,
+                                                            error: dict[str, Any]) -> None:
+    up = provider(PROVIDER_TYPES[kind], kind)
+    message = error["message"]
+    if "object" not in error:
+        assert_overflow(up.answered_error(orjson.dumps({"error": error})), message)
+    body = orjson.dumps(error if "object" in error else {"error": error})
+    frame = streamed_error(up, body)
+    assert {k: frame[k] for k in ("message", "type", "param", "code")} == {
+        "message": message, "type": "invalid_request_error", "param": "messages",
+        "code": "context_length_exceeded"}
+
+
+def test_a_streamed_error_of_another_kind_keeps_its_code() -> None:
+    up = provider(PROVIDER_TYPES["openrouter"], "openrouter")
+    frame = streamed_error(up, orjson.dumps({"error": {"code": 502,
+                                                       "message": "Provider returned error"}}))
+    assert frame["code"] == "502" and frame["param"] is None

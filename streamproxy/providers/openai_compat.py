@@ -306,10 +306,12 @@ def _stream_error(error: Any, provider: str) -> UpstreamStatusError:
         # (an object went out as the message, against OpenAI's shape; nested past the 254
         # levels orjson writes, or a bare nested list through str(), it was a 500)
         message = "the provider reported an error"
-    return UpstreamStatusError(_event_status(error), message,
-                               provider=provider,
-                               code=upstream_code(code, error.get("type")),
-                               fields=kept_fields(error))
+    # (an overflow comes this way too: OpenRouter's provider refuses the prompt after the 200,
+    # vLLM's engine after its stream began; each names its 400 in `code`)
+    return context_overflow(UpstreamStatusError(_event_status(error), message,
+                                                provider=provider,
+                                                code=upstream_code(code, error.get("type")),
+                                                fields=kept_fields(error)), OVERFLOW)
 
 
 def _event_status(error: dict[str, Any]) -> int:
@@ -326,7 +328,8 @@ def _event_status(error: dict[str, Any]) -> int:
 # maximum context length is N tokens. …" (OpenAI's own wording, kept by DeepSeek, vLLM and
 # OpenRouter's "This endpoint's …"), Mistral's "Prompt contains N tokens, too large for model
 # with M maximum context length", Together's "The input (N tokens) is longer than the model's
-# context length (M tokens)." Read only on a 400 (errors, never a chunk).
+# context length (M tokens)." Read only on a 400 (errors, never a chunk): an HTTP error, an
+# error event, or the error object a 200 carried.
 OVERFLOW = ("maximum context length", "longer than the model's context length")
 
 
