@@ -32,10 +32,12 @@ def provider(cls: type[Any], kind: str, **extra: Any) -> Any:
     return cls(provider_config(kind, "http://127.0.0.1:9", **extra).providers["up"])
 
 
-def assert_overflow(err: UpstreamStatusError, message: str) -> None:
+def assert_overflow(err: UpstreamStatusError, message: str, **kept: Any) -> None:
+    """`kept`: the provider's own fields besides OpenAI's, which the client gets too."""
     assert err.status == 400
     assert err.to_dict() == {"error": {"message": message, "type": "invalid_request_error",
-                                       "param": "messages", "code": "context_length_exceeded"}}
+                                       "param": "messages", "code": "context_length_exceeded",
+                                       **kept}}
 
 
 ANTHROPIC_MESSAGES = ["prompt is too long: 208656 tokens > 200000 maximum",
@@ -138,6 +140,10 @@ MISTRAL_MESSAGE = "Prompt contains 300000 tokens, too large for model with 13107
 VLLM_MESSAGE = ("This model's maximum context length is 16384 tokens. However, you requested "
                 "19591 tokens (9591 in the messages, 10000 in the completion). Please reduce "
                 "the length of the messages or completion.")
+VLLM_ENGINE_MESSAGE = "The decoder prompt (length 40123) is longer than the maximum model " \
+                      "length of 32768. Make sure that `max_model_len` is no smaller than the " \
+                      "number of text tokens."
+LLAMA_CPP_MESSAGE = "request (4476 tokens) exceeds the available context size (4096 tokens)"
 TOGETHER_MESSAGE = "The input (516368 tokens) is longer than the model's context length " \
                    "(262144 tokens)."
 
@@ -162,6 +168,19 @@ TOGETHER_MESSAGE = "The input (516368 tokens) is longer than the model's context
                                  "type": "BadRequestError", "param": None, "code": 400}),
      VLLM_MESSAGE),
     ("together", {}, openai_error_body(TOGETHER_MESSAGE, code=None), TOGETHER_MESSAGE),
+    # llama.cpp's server (tools/server: `exceed_context_size_error`), as it words it now and
+    # as older builds did, behind `type: openai`
+    ("openai", {}, orjson.dumps({"error": {
+        "code": 400, "message": LLAMA_CPP_MESSAGE, "type": "exceed_context_size_error",
+        "n_prompt_tokens": 4476, "n_ctx": 4096}}), LLAMA_CPP_MESSAGE),
+    ("openai", {}, orjson.dumps({"error": {
+        "code": 400, "message": "the request exceeds the available context size, try "
+                                "increasing it", "type": "exceed_context_size_error"}}),
+     "the request exceeds the available context size, try increasing it"),
+    # vLLM's engine, for a prompt its API server let through
+    ("vllm", {}, orjson.dumps({"error": {"message": VLLM_ENGINE_MESSAGE,
+                                         "type": "BadRequestError", "param": None,
+                                         "code": 400}}), VLLM_ENGINE_MESSAGE),
     ("openrouter", {}, openai_error_body(
         "This endpoint's maximum context length is 200000 tokens. However, you requested "
         "about 231077 tokens (231077 of text input). Please reduce the length of either one, "
@@ -173,7 +192,9 @@ TOGETHER_MESSAGE = "The input (516368 tokens) is longer than the model's context
 def test_openai_compatible_overflows(kind: str, extra: dict[str, Any], body: bytes,
                                      message: str) -> None:
     up = provider(PROVIDER_TYPES[kind], kind, **extra)
-    assert_overflow(up.parse_error(400, body), message)
+    error = orjson.loads(body).get("error", {})
+    assert_overflow(up.parse_error(400, body), message, **{
+        k: v for k, v in error.items() if k not in ("message", "type", "param", "code")})
 
 
 def test_ollamas_prompt_too_long() -> None:
@@ -192,9 +213,6 @@ def test_an_openai_compatible_refusal_of_another_kind_keeps_its_fields() -> None
 
 OPENROUTER_MESSAGE = ("This endpoint's maximum context length is 200000 tokens. However, you "
                       "requested about 231077 tokens (231077 of text input).")
-VLLM_ENGINE_MESSAGE = "The decoder prompt (length 40123) is longer than the maximum model " \
-                      "length of 32768. Make sure that `max_model_len` is no smaller than the " \
-                      "number of text tokens."
 
 
 def streamed_error(up: Any, event: bytes) -> dict[str, Any]:

@@ -909,7 +909,9 @@ async def test_a_llama_cpp_error_line_mid_stream_is_an_error(proxy: Any, upstrea
     c = collect(chunks)
     assert c.content == "Hello world"
     assert c.error is not None and "exceeds the available context size" in c.error["message"]
-    assert c.error["type"] == "exceed_context_size_error"
+    # (a prompt over the context: OpenAI's type and code for it, not llama.cpp's own)
+    assert c.error["type"] == "invalid_request_error"
+    assert c.error["code"] == "context_length_exceeded"
     assert not c.done and "[DONE]" not in chunks
 
 

@@ -327,10 +327,14 @@ def _event_status(error: dict[str, Any]) -> int:
 # `context_length_exceeded` and they do not (a code null, or their type again): "This model's
 # maximum context length is N tokens. …" (OpenAI's own wording, kept by DeepSeek, vLLM and
 # OpenRouter's "This endpoint's …"), Mistral's "Prompt contains N tokens, too large for model
-# with M maximum context length", Together's "The input (N tokens) is longer than the model's
-# context length (M tokens)." Read only on a 400 (errors, never a chunk): an HTTP error, an
+# with M maximum context length", Together's and SGLang's "The input (N tokens) is longer than
+# the model's context length (M tokens).", vLLM's engine's "The decoder prompt (length N) is
+# longer than the maximum model length of M." and llama.cpp's "request (N tokens) exceeds the
+# available context size (M tokens)" (older builds: "the request exceeds the available context
+# size, try increasing it"). Read only on a 400 (errors, never a chunk): an HTTP error, an
 # error event, or the error object a 200 carried.
-OVERFLOW = ("maximum context length", "longer than the model's context length")
+OVERFLOW = ("maximum context length", "longer than the model's context length",
+            "longer than the maximum model length", "exceeds the available context size")
 
 
 class OpenAIProvider(Provider):
