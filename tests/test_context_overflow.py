@@ -143,6 +143,12 @@ VLLM_MESSAGE = ("This model's maximum context length is 16384 tokens. However, y
 VLLM_ENGINE_MESSAGE = "The decoder prompt (length 40123) is longer than the maximum model " \
                       "length of 32768. Make sure that `max_model_len` is no smaller than the " \
                       "number of text tokens."
+XAI_MESSAGE = "This model's maximum prompt length is 131072 but the request contains 136973 " \
+              "tokens."
+MOONSHOT_MESSAGE = "Invalid request: Your request exceeded model token limit: 262144 " \
+                   "(requested: 300000)"
+LM_STUDIO_MESSAGE = "The number of tokens to keep from the initial prompt is greater than the " \
+                    "context length."
 LLAMA_CPP_MESSAGE = "request (4476 tokens) exceeds the available context size (4096 tokens)"
 TOGETHER_MESSAGE = "The input (516368 tokens) is longer than the model's context length " \
                    "(262144 tokens)."
@@ -177,6 +183,13 @@ TOGETHER_MESSAGE = "The input (516368 tokens) is longer than the model's context
         "code": 400, "message": "the request exceeds the available context size, try "
                                 "increasing it", "type": "exceed_context_size_error"}}),
      "the request exceeds the available context size, try increasing it"),
+    # xAI's, its error a string beside a code that is words (cline/cline#3120)
+    ("xai", {}, orjson.dumps({"code": "Client specified an invalid argument",
+                              "error": XAI_MESSAGE}), XAI_MESSAGE),
+    # Moonshot's (Kimi)
+    ("moonshot", {}, openai_error_body(MOONSHOT_MESSAGE, code=None), MOONSHOT_MESSAGE),
+    # LM Studio's, behind `type: openai`
+    ("openai", {}, orjson.dumps({"error": LM_STUDIO_MESSAGE}), LM_STUDIO_MESSAGE),
     # vLLM's engine, for a prompt its API server let through
     ("vllm", {}, orjson.dumps({"error": {"message": VLLM_ENGINE_MESSAGE,
                                          "type": "BadRequestError", "param": None,
@@ -192,9 +205,10 @@ TOGETHER_MESSAGE = "The input (516368 tokens) is longer than the model's context
 def test_openai_compatible_overflows(kind: str, extra: dict[str, Any], body: bytes,
                                      message: str) -> None:
     up = provider(PROVIDER_TYPES[kind], kind, **extra)
-    error = orjson.loads(body).get("error", {})
+    error = orjson.loads(body).get("error")
     assert_overflow(up.parse_error(400, body), message, **{
-        k: v for k, v in error.items() if k not in ("message", "type", "param", "code")})
+        k: v for k, v in (error.items() if isinstance(error, dict) else ())
+        if k not in ("message", "type", "param", "code")})
 
 
 def test_ollamas_prompt_too_long() -> None:

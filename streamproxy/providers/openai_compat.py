@@ -331,10 +331,15 @@ def _event_status(error: dict[str, Any]) -> int:
 # the model's context length (M tokens).", vLLM's engine's "The decoder prompt (length N) is
 # longer than the maximum model length of M." and llama.cpp's "request (N tokens) exceeds the
 # available context size (M tokens)" (older builds: "the request exceeds the available context
-# size, try increasing it"). Read only on a 400 (errors, never a chunk): an HTTP error, an
-# error event, or the error object a 200 carried.
+# size, try increasing it"), xAI's "This model's maximum prompt length is N but the request
+# contains M tokens.", Moonshot's "Your request exceeded model token limit: N (requested: M)",
+# LM Studio's "The number of tokens to keep from the initial prompt is greater than the context
+# length." Read only on a 400 (errors, never a chunk): an HTTP error, an error event, or the
+# error object a 200 carried.
 OVERFLOW = ("maximum context length", "longer than the model's context length",
-            "longer than the maximum model length", "exceeds the available context size")
+            "longer than the maximum model length", "exceeds the available context size",
+            "maximum prompt length", "exceeded model token limit",
+            "greater than the context length")
 
 
 class OpenAIProvider(Provider):
