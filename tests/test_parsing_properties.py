@@ -23,7 +23,7 @@ from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.completion import CompletionBuilder
 from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.base import generic_error
-from streamproxy.providers.openai_compat import PassthroughTranslator, _stream_error, error_answer
+from streamproxy.providers.openai_compat import PassthroughTranslator, error_answer, error_object
 from streamproxy.record import RequestRecord
 from streamproxy.routing.planner import Attempt
 from streamproxy.routing.target import Target
@@ -167,7 +167,7 @@ def _shaped(err: ProxyError) -> dict[str, Any]:
 def _errors_from(error: Any) -> list[UpstreamStatusError]:
     """The error an upstream's error object becomes on each path: an event of a stream, a
     non-streamed 200's body, an HTTP error's body (compatible and not)."""
-    out = [_stream_error(error, "p")]
+    out = [error_object(error, "p")]
     try:
         body = orjson.dumps({"error": error})
     except orjson.JSONEncodeError:  # (deeper than orjson writes: built by hand)

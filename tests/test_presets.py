@@ -22,7 +22,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessage
 
 from streamproxy.config import ConfigError
-from streamproxy.errors import InvalidRequest
+from streamproxy.errors import InvalidRequest, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.presets import mistral_tool_call_id
@@ -322,6 +322,39 @@ async def test_openrouter_mid_stream_error_keeps_its_metadata(proxy: Any,
     c = collect(await stream(proxy, upstream, "openrouter", body))
     assert c.error == {"message": "Provider returned error", "type": "api_error",
                        "param": None, "code": "502", "metadata": metadata}
+
+
+# OpenRouter's schema gives a choice an `error` of its own (`StreamingChoice` and
+# `NonStreamingChoice`: `error?: ErrorResponse`, `{code, message, metadata?}`) beside its
+# finish `error`: what failed, which the client gets rather than the finish named.
+CHOICE_ERROR = {"code": 429, "message": "Provider returned error",
+                "metadata": {"provider_name": "Together", "raw": "rate limited"}}
+
+
+def test_openrouter_choice_error_is_the_streamed_error() -> None:
+    provider, _ = build("openrouter")
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=False)
+    failed = {**choice("error", content=""), "native_finish_reason": "error",
+              "error": CHOICE_ERROR}
+    out = relay_pieces(enc, provider.stream_translator(request(stream=True), enc),
+                       [sse(HEAD[0], HEAD[1], chunk([failed]), done=False)])
+    c = collect(sse_chunks(out))
+    assert c.content == "Hello" and not c.done
+    assert c.error == {"message": "Provider returned error", "type": "rate_limit_error",
+                       "param": None, "code": "429", "metadata": CHOICE_ERROR["metadata"]}
+
+
+def test_openrouter_non_streamed_choice_error_is_the_answers_error() -> None:
+    provider, _ = build("openrouter")
+    answer = orjson.loads(_answer("error", ""))
+    answer["choices"][0]["error"] = CHOICE_ERROR
+    with pytest.raises(UpstreamStatusError) as caught:
+        provider.translate_response(orjson.dumps(answer), request(), completion_id="c",
+                                    created=1)
+    assert caught.value.status == 429 and caught.value.usage == USAGE
+    assert caught.value.to_dict()["error"] == {
+        "message": "Provider returned error", "type": "rate_limit_error", "param": None,
+        "code": "429", "metadata": CHOICE_ERROR["metadata"]}
 
 
 # OpenRouter's usage rides on a chunk of its own after the finish chunk, whose choice says

@@ -185,7 +185,7 @@ class PassthroughTranslator(SSETranslator):
             # Mistral's shape); dropped as a chunk without choices, the client got `[DONE]`.
             error = {k: v for k, v in chunk.items() if k != "object"}
         if error:
-            self.out.error(_stream_error(error, self._provider))
+            self.out.error(error_object(error, self._provider))
             self.done = True
             return
         usage = chunk.get("usage")
@@ -295,10 +295,12 @@ def error_answer(body: bytes, provider: str) -> UpstreamStatusError | None:
         return None  # the executor's parse reports it
     if not isinstance(answer, dict) or not answer.get("error") or answer.get("choices"):
         return None
-    return _stream_error(answer["error"], provider)
+    return error_object(answer["error"], provider)
 
 
-def _stream_error(error: Any, provider: str) -> UpstreamStatusError:
+def error_object(error: Any, provider: str, status: int = 502) -> UpstreamStatusError:
+    """An OpenAI-compatible error object (an event's, a 200's, a choice's) as our error: the
+    status it names, else `status`."""
     if not isinstance(error, dict):
         error = {"message": error}
     code, message = error.get("code"), error.get("message")
@@ -308,19 +310,20 @@ def _stream_error(error: Any, provider: str) -> UpstreamStatusError:
         message = "the provider reported an error"
     # (an overflow comes this way too: OpenRouter's provider refuses the prompt after the 200,
     # vLLM's engine after its stream began; each names its 400 in `code`)
-    return context_overflow(UpstreamStatusError(_event_status(error), message,
+    return context_overflow(UpstreamStatusError(_event_status(error, status), message,
                                                 provider=provider,
                                                 code=upstream_code(code, error.get("type")),
                                                 fields=kept_fields(error)), OVERFLOW)
 
 
-def _event_status(error: dict[str, Any]) -> int:
+def _event_status(error: dict[str, Any], default: int) -> int:
     """The HTTP status an error object names: OpenRouter's numeric `code`, else Azure's
-    `status` (its `code` is a name, `content_filter`); 502 when neither is an error status."""
+    `status` (its `code` is a name, `content_filter`); `default` when neither is an error
+    status."""
     for status in (error.get("code"), error.get("status")):
         if isinstance(status, int) and 400 <= status < 600:
             return status
-    return 502
+    return default
 
 
 # How OpenAI-compatible servers word a prompt over the model's context, which OpenAI calls

@@ -21,7 +21,8 @@ usage, finish and error chunks; every other chunk is still forwarded byte for by
   those that mean the answer failed (`error`, DeepSeek's `insufficient_system_resource`) end
   the stream with an OpenAI error frame instead of a finish that looks complete.
 - OpenRouter's `: OPENROUTER PROCESSING` keep-alives are SSE comments (the decoder skips them);
-  its mid-stream `data: {"error": …}` becomes an error frame (the pass-through does that).
+  its mid-stream `data: {"error": …}` becomes an error frame (the pass-through does that), and
+  so does a choice's own `error` beside its finish `error` (`failed_finish`).
 - vLLM's usage chunk with `choices: null` is forwarded with `choices: []` (the pass-through).
 - xAI's usage leaves reasoning tokens out of `completion_tokens`: they are added in
   (`count_reasoning_as_completion`), streamed or not.
@@ -52,6 +53,7 @@ from streamproxy.providers.openai_compat import (
     OpenAIProvider,
     PassthroughTranslator,
     choice_number,
+    error_object,
     load_chunk,
 )
 
@@ -62,9 +64,14 @@ if TYPE_CHECKING:
 _ENVELOPE = ("id", "object", "created", "model", "system_fingerprint")
 
 
-def failed_finish(status: int, reason: str, provider: str) -> UpstreamStatusError:
+def failed_finish(status: int, reason: str, provider: str,
+                  error: Any = None) -> UpstreamStatusError:
     """A finish reason that means the answer failed, as the error the client gets (an error
-    frame in a stream; the HTTP error of a non-streamed answer)."""
+    frame in a stream; the HTTP error of a non-streamed answer). The choice's own `error`
+    (OpenRouter's schema gives a choice one), when it has one, is that error: its message,
+    status and metadata say what failed, where the finish reason says only that it did."""
+    if isinstance(error, dict):
+        return error_object(error, provider, status)
     return UpstreamStatusError(status, f"the provider ended the answer with finish_reason "
                                f"'{reason}'", provider=provider, code=reason)
 
@@ -104,7 +111,8 @@ class CompatTranslator(PassthroughTranslator):
             if not isinstance(reason, str):
                 continue
             if reason in self._failed:
-                self.out.error(failed_finish(self._failed[reason], reason, self._provider))
+                self.out.error(failed_finish(self._failed[reason], reason, self._provider,
+                                             choice.get("error")))
                 self._note_finishes(choices)  # (the usage beside a failed finish is final)
                 self.done = True
                 return
@@ -352,8 +360,8 @@ class CompatProvider(OpenAIProvider):
             if not isinstance(reason, str):
                 continue
             if reason in self.failed_finishes:
-                raise failed_finish(self.failed_finishes[reason], reason,
-                                    self.name).with_usage(answer.get("usage"))
+                raise failed_finish(self.failed_finishes[reason], reason, self.name,
+                                    choice.get("error")).with_usage(answer.get("usage"))
             if reason in self.finish_reasons:
                 choice["finish_reason"] = self.finish_reasons[reason]
                 changed = True
