@@ -441,13 +441,14 @@ def _response_format_refusal(fmt: Any) -> InvalidRequest | None:
 # OpenAI-compatible upstream may know more (OpenRouter's verbosity `max`, Groq's service_tier
 # `on_demand`), and judges its own.
 VERBOSITIES = ("low", "medium", "high")
-SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority")
+# ("fast": priority processing's new name, which OpenAI takes as well as "priority")
+SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority", "fast")
 _DROPPED_VALUES = {"verbosity": VERBOSITIES, "service_tier": SERVICE_TIERS}
 
 
 def _dropped_value_refusal(body: dict[str, Any]) -> InvalidRequest | None:
     """OpenAI's 400 for a dropped field's value it does not know (`verbosity: "max"`,
-    `service_tier: "fast"`), as a reasoning_effort it does not know is one on every provider:
+    `service_tier: "turbo"`), as a reasoning_effort it does not know is one on every provider:
     the request is valid or not whichever answers it."""
     for name, values in _DROPPED_VALUES.items():
         value = body.get(name)
