@@ -31,15 +31,16 @@ def stood_in_for_blank(turn: list[dict[str, Any]], blank: dict[str, Any] | None)
     return blank is not None and len(turn) == 1 and turn[0] is blank
 
 
-# An assistant's content parts that hold no text for the model: its refusal, and the thinking
-# Portkey's clients send back there (read by `signed_thinking`, for Claude).
-NOT_TEXT_PARTS = frozenset({"refusal", "thinking", "redacted_thinking"})
+# An assistant's content parts that hold no text for the model: the thinking Portkey's clients
+# send back there (read by `signed_thinking`, for Claude). A `refusal` part is text (below).
+NOT_TEXT_PARTS = frozenset({"thinking", "redacted_thinking"})
 THINKING_TYPES = frozenset({"thinking", "redacted_thinking"})
 
 
 def texts(content: Any, where: str) -> list[str]:
     """The non-empty texts of a content field that may hold only text: a string, or an array
-    of `text` parts (NOT_TEXT_PARTS are skipped; any other part is a 400 naming it)."""
+    of `text` and `refusal` parts (NOT_TEXT_PARTS are skipped; any other part is a 400 naming
+    it)."""
     if content is None:
         return []
     if isinstance(content, str):
@@ -49,13 +50,18 @@ def texts(content: Any, where: str) -> list[str]:
 
 def text_parts(content: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
     """The `text` parts with text of an array that may hold only text, as `texts` reads it
-    (for a translator that carries a part's other keys, such as `cache_control`)."""
+    (for a translator that carries a part's other keys, such as `cache_control`). A `refusal`
+    part comes as a text part of its words: what the assistant said, as OpenAI's model reads
+    it; left out, a replayed turn that refused vanished and the model never knew it had."""
     out = []
     for j, part in enumerate(content):
         kind = part.get("type")
         if kind == "text":
             if part.get("text"):
                 out.append(part)
+        elif kind == "refusal":
+            if isinstance(part.get("refusal"), str) and part["refusal"]:
+                out.append({**part, "type": "text", "text": part["refusal"]})
         elif kind not in NOT_TEXT_PARTS:
             raise InvalidRequest(f"Content part type '{kind}' is not allowed here.",
                                  param=f"{where}[{j}].type", code="unsupported_value")

@@ -1,0 +1,51 @@
+"""Content parts in requests, as every translating provider receives them (pure): each part
+reaches the provider in a form it reads, or is a 400 naming it; none goes missing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+
+from streamproxy.providers.anthropic.request import to_anthropic
+from streamproxy.providers.bedrock.request import to_converse
+from streamproxy.providers.cohere.request import to_cohere
+from streamproxy.providers.gemini.request import to_gemini
+from streamproxy.providers.ollama.request import to_ollama
+
+TRANSLATORS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "anthropic": lambda body: to_anthropic(body, "claude-sonnet-4-5"),
+    "bedrock": lambda body: to_converse(body, "anthropic.claude-sonnet-4-5-20250929-v1:0"),
+    "gemini": lambda body: to_gemini(body, "gemini-2.5-flash"),
+    "cohere": lambda body: to_cohere(body, "command-a-vision-07-2025"),
+    "ollama": lambda body: to_ollama(body, "llava", stream=True),
+}
+
+
+def _conversation(out: dict[str, Any]) -> list[dict[str, Any]]:
+    return out.get("messages") or out["contents"]
+
+
+REFUSED = "I can't help with that."
+
+
+@pytest.mark.parametrize("provider", TRANSLATORS)
+@pytest.mark.parametrize("content", [
+    [{"type": "refusal", "refusal": REFUSED}],
+    [{"type": "text", "text": "Let me see."}, {"type": "refusal", "refusal": REFUSED}],
+])
+def test_an_assistant_s_refusal_part_reaches_the_model_as_what_it_said(
+        provider: str, content: list[dict[str, Any]]) -> None:
+    """An assistant turn that refused (OpenAI's `refusal` part, as a client replays such an
+    answer) was left out: alone, the turn vanished and the user turns around it merged (Claude,
+    Converse, Gemini) or went blank (Cohere, Ollama), so the model answered "why not?" without
+    knowing it had refused. OpenAI reads the refusal as what the assistant said."""
+    out = TRANSLATORS[provider]({"model": "m", "messages": [
+        {"role": "user", "content": "How do I pick this lock?"},
+        {"role": "assistant", "content": content},
+        {"role": "user", "content": "Why not?"}]})
+    turns = _conversation(out)
+    assert len(turns) == 3
+    assert REFUSED in orjson.dumps(turns[1]).decode()
