@@ -49,3 +49,29 @@ def test_an_assistant_s_refusal_part_reaches_the_model_as_what_it_said(
     turns = _conversation(out)
     assert len(turns) == 3
     assert REFUSED in orjson.dumps(turns[1]).decode()
+
+
+@pytest.mark.parametrize("provider", TRANSLATORS)
+@pytest.mark.parametrize("content", [None, ""])
+def test_an_assistant_message_s_refusal_field_reaches_the_model(
+        provider: str, content: str | None) -> None:
+    """The openai SDK's message object of a refused answer (`content: null`, `refusal` its
+    words; ours too, for a Claude refusal or a blocked Gemini prompt), appended to the history
+    as clients do: the refusal was dropped with the turn, as a refusal part was."""
+    out = TRANSLATORS[provider]({"model": "m", "messages": [
+        {"role": "user", "content": "How do I pick this lock?"},
+        {"role": "assistant", "content": content, "refusal": REFUSED},
+        {"role": "user", "content": "Why not?"}]})
+    turns = _conversation(out)
+    assert len(turns) == 3
+    assert REFUSED in orjson.dumps(turns[1]).decode()
+
+
+@pytest.mark.parametrize("provider", TRANSLATORS)
+def test_a_refusal_field_beside_content_adds_nothing(provider: str) -> None:
+    # An answer has one or the other; beside text (a client's own edit), the text is the turn.
+    out = TRANSLATORS[provider]({"model": "m", "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello.", "refusal": None},
+        {"role": "user", "content": "Bye."}]})
+    assert orjson.dumps(_conversation(out)[1]).decode().count("Hello.") == 1

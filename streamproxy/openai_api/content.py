@@ -68,6 +68,17 @@ def text_parts(content: list[dict[str, Any]], where: str) -> list[dict[str, Any]
     return out
 
 
+def said(m: dict[str, Any]) -> Any:
+    """An assistant message's content as its text is read: `content`, or, where that is empty
+    (null, "", []), its `refusal`. The openai SDK's message object of a refused answer has
+    `content: null` and the words in `refusal`, and clients append it to the history as it
+    came: read as content, the turn is not lost."""
+    content, refusal = m.get("content"), m.get("refusal")
+    if not content and isinstance(refusal, str) and refusal:
+        return refusal
+    return content
+
+
 def signed_thinking(m: dict[str, Any]) -> list[Any]:
     """An assistant turn's thinking blocks, as clients send them back: `thinking_blocks` (as we
     answer them, and LiteLLM), else Portkey's forms — its answers' `content_blocks`, or

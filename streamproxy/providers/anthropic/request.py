@@ -75,6 +75,7 @@ from streamproxy.openai_api.content import (
     logprobs_asked,
     parse_data_url,
     reasoning_effort,
+    said,
     signed_thinking,
     stood_in_for_blank,
     stop_list,
@@ -590,7 +591,7 @@ def _utf8_text(data: str, where: str) -> str:
 
 def _assistant_blocks(m: dict[str, Any], i: int) -> list[dict[str, Any]]:
     blocks = [block for tb in signed_thinking(m) for block in _thinking_block(tb)]
-    blocks.extend(_text_blocks(m.get("content"), f"messages[{i}].content"))
+    blocks.extend(_text_blocks(said(m), f"messages[{i}].content"))
     for j, call in enumerate(m.get("tool_calls") or []):
         fn = call["function"]
         call_id = tool_use_id(call.get("id") or f"toolu_{i}_{j}")

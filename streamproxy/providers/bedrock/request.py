@@ -94,6 +94,7 @@ from streamproxy.openai_api.content import (
     logprobs_asked,
     parse_data_url,
     reasoning_effort,
+    said,
     signed_thinking,
     stood_in_for_blank,
     stop_list,
@@ -618,7 +619,7 @@ def _assistant_blocks(m: dict[str, Any], i: int, tool_names: list[str]) -> list[
                 "text": tb.get("thinking") or "", "signature": tb["signature"]}}})
         elif tb.get("type") == "redacted_thinking" and tb.get("data"):
             blocks.append({"reasoningContent": {"redactedContent": tb["data"]}})
-    blocks.extend(_text_blocks(m.get("content"), f"messages[{i}].content"))
+    blocks.extend(_text_blocks(said(m), f"messages[{i}].content"))
     for j, call in enumerate(m.get("tool_calls") or []):
         fn = call["function"]
         parsed = tool_call_input(fn.get("arguments"))

@@ -48,6 +48,7 @@ from streamproxy.openai_api.content import (
     parse_data_url,
     reasoning_effort,
     replayed_reasoning,
+    said,
     stop_list,
     texts,
     with_call_ids,
@@ -194,7 +195,7 @@ def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _assistant(m: dict[str, Any], i: int) -> dict[str, Any]:
-    text = _text(m.get("content"), i)
+    text = _text(said(m), i)
     calls = m.get("tool_calls") or []
     if not calls:
         return {"role": "assistant", "content": text}

@@ -49,6 +49,7 @@ from streamproxy.openai_api.content import (
     logprobs_asked,
     parse_data_url,
     reasoning_effort,
+    said,
     stood_in_for_blank,
     stop_list,
     texts,
@@ -504,7 +505,7 @@ def _model_parts(m: dict[str, Any], i: int, calls: dict[str, tuple[str, str | No
     """An assistant message's parts; its calls noted in `calls`, placed from `first` among
     their turn's."""
     by_call, text_signature = _signatures(m)
-    parts = _text_parts(m.get("content"), f"messages[{i}].content")
+    parts = _text_parts(said(m), f"messages[{i}].content")
     if parts and text_signature:
         parts[0]["thoughtSignature"] = text_signature
     for j, call in enumerate(m.get("tool_calls") or []):

@@ -43,6 +43,7 @@ from streamproxy.openai_api.content import (
     parse_data_url,
     reasoning_effort,
     replayed_reasoning,
+    said,
     stop_list,
     texts,
     tool_call_input,
@@ -165,7 +166,7 @@ def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         elif role == "user":
             out.append(_user(m.get("content"), i))
         elif role == "assistant":
-            msg: dict[str, Any] = {"role": "assistant", "content": _text(m.get("content"), i)}
+            msg: dict[str, Any] = {"role": "assistant", "content": _text(said(m), i)}
             thinking = replayed_reasoning(m)
             if thinking:
                 msg["thinking"] = thinking
