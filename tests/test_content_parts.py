@@ -3,6 +3,7 @@ reaches the provider in a form it reads, or is a 400 naming it; none goes missin
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -75,3 +76,47 @@ def test_a_refusal_field_beside_content_adds_nothing(provider: str) -> None:
         {"role": "assistant", "content": "Hello.", "refusal": None},
         {"role": "user", "content": "Bye."}]})
     assert orjson.dumps(_conversation(out)[1]).decode().count("Hello.") == 1
+
+
+# A 1x1 PNG, and its base64 as MIME (and Android's Base64.DEFAULT, GNU base64) write it: a line
+# break every 76 characters.
+PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5E"
+       "rkJggg==")
+WRAPPED = "\r\n".join(PNG[k:k + 76] for k in range(0, len(PNG), 76)) + "\n"
+
+
+@pytest.mark.parametrize("provider", TRANSLATORS)
+@pytest.mark.parametrize("data", [WRAPPED, " " + PNG, PNG.replace("A", "A\t", 1)])
+def test_whitespace_in_a_data_url_s_base64_is_not_sent_on(provider: str, data: str) -> None:
+    """A data: URL's base64 may hold ASCII whitespace (line breaks from MIME-style encoders, a
+    space after the comma), which data: URL readers skip (WHATWG's forgiving-base64). The
+    providers' base64 fields are strict (Anthropic: "invalid base64 data"), and a space before
+    the data hid the bytes' type too (a PNG labelled image/jpeg went as jpeg, which Claude
+    refuses). The base64 goes on without it."""
+    out = TRANSLATORS[provider]({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{data}"}}]}]})
+    images = [s for s in _strings(out) if "iVBOR" in s]
+    assert images in ([PNG], [f"data:image/png;base64,{PNG}"])  # (Cohere's is a data: URL)
+    if provider != "ollama":  # (Ollama's images carry no type)
+        assert "jpeg" not in orjson.dumps(out).decode()
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string in a translated request, its keys' aside."""
+    if isinstance(value, str):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return [s for item in items for s in _strings(item)]
+
+
+def test_a_wrapped_text_file_is_read_as_its_text() -> None:
+    # Anthropic's text documents are decoded here: a wrapped one was a 400 saying it is no UTF-8.
+    text = "A line of a text file, long enough that its base64 runs over one MIME line."
+    encoded = base64.b64encode(text.encode()).decode()
+    wrapped = "\n".join(encoded[k:k + 76] for k in range(0, len(encoded), 76))
+    out = TRANSLATORS["anthropic"]({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "file", "file": {"filename": "a.txt",
+                                  "file_data": f"data:text/plain;base64,{wrapped}"}}]}]})
+    assert out["messages"][0]["content"][0]["source"] == {
+        "type": "text", "media_type": "text/plain", "data": text}

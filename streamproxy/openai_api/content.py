@@ -175,9 +175,18 @@ def is_blank(text: str | None) -> bool:
     return not text or text.isspace()
 
 
+# The ASCII whitespace a data: URL's base64 may hold (WHATWG's forgiving-base64 skips it).
+_BASE64_SPACE = ("\n", " ", "\r", "\t", "\f")
+
+
 def parse_data_url(url: str, where: str) -> tuple[str, str]:
-    """`data:<mime>;base64,<data>` → (lower-cased mime, the base64 text as it is)."""
+    """`data:<mime>;base64,<data>` → (lower-cased mime, the base64 text without whitespace).
+    Encoders break lines in base64 (MIME's every 76 characters, Android's Base64.DEFAULT),
+    clients put a space after the comma, and data: URL readers skip both; the providers'
+    base64 fields are strict (Anthropic: "invalid base64 data"), so it goes on without."""
     head, _, data = url.partition(",")
+    if any(space in data for space in _BASE64_SPACE):  # (a scan; a split copies megabytes)
+        data = "".join(data.split())
     mime = head[5:].split(";")[0].lower()
     if not head.startswith("data:") or ";base64" not in head or not mime or not data:
         raise InvalidRequest("A data: URL must look like data:<mime>;base64,<data>.",
