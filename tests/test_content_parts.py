@@ -120,3 +120,20 @@ def test_a_wrapped_text_file_is_read_as_its_text() -> None:
                                   "file_data": f"data:text/plain;base64,{wrapped}"}}]}]})
     assert out["messages"][0]["content"][0]["source"] == {
         "type": "text", "media_type": "text/plain", "data": text}
+
+
+@pytest.mark.parametrize("provider", TRANSLATORS)
+def test_a_tool_result_s_text_parts_keep_apart(provider: str) -> None:
+    """A tool result of several text parts (an MCP tool's content items, one per hit): Gemini's
+    function response joined them with nothing ("…Paris.Result 2…"), where Cohere and Ollama
+    put a line between and Anthropic and Converse keep each a block of its own."""
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "search", "arguments": '{"q": "capital"}'}}
+    out = TRANSLATORS[provider]({"model": "m", "messages": [
+        {"role": "user", "content": "Search."},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": [
+            {"type": "text", "text": "Result 1: Paris."},
+            {"type": "text", "text": "Result 2: Lyon."}]}]})
+    assert "Paris.Result" not in orjson.dumps(out).decode()
+    assert "Result 2: Lyon." in orjson.dumps(out).decode()

@@ -564,8 +564,9 @@ def _function_response(m: dict[str, Any], i: int, calls: dict[str, tuple[str, st
 
 
 def _result(content: Any, i: int) -> dict[str, Any]:
-    if isinstance(content, list):
-        content = "".join(p["text"] for p in _text_parts(content, f"messages[{i}].content"))
+    if isinstance(content, list):  # a line between parts (as Cohere's, Ollama's): joined with
+        # nothing, an MCP tool's content items ran together
+        content = "\n".join(p["text"] for p in _text_parts(content, f"messages[{i}].content"))
     text = content or ""
     if text.lstrip()[:1] == "{":
         try:
