@@ -137,3 +137,22 @@ def test_a_tool_result_s_text_parts_keep_apart(provider: str) -> None:
             {"type": "text", "text": "Result 2: Lyon."}]}]})
     assert "Paris.Result" not in orjson.dumps(out).decode()
     assert "Result 2: Lyon." in orjson.dumps(out).decode()
+
+
+PDF = base64.b64encode(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj").decode()
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "bedrock", "gemini"])
+@pytest.mark.parametrize("label", ["application/octet-stream", "binary/octet-stream"])
+def test_a_pdf_with_a_generic_label_goes_as_a_pdf(provider: str, label: str) -> None:
+    """A PDF whose data: URL says only application/octet-stream (what a client writes when
+    its file library does not know the type): its bytes say PDF, as an image's say its type,
+    yet Anthropic and Bedrock answered it with the proxy's 400 and Gemini got a type it
+    refuses ("Unsupported MIME type")."""
+    out = TRANSLATORS[provider]({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Summarise."},
+        {"type": "file", "file": {"filename": "report.pdf",
+                                  "file_data": f"data:{label};base64,{PDF}"}}]}]})
+    sent = orjson.dumps(out).decode()
+    assert label not in sent
+    assert "application/pdf" in sent or '"format":"pdf"' in sent

@@ -222,6 +222,18 @@ def image_media_type(data: str, label: str) -> str:
     return image_type(data) or ("image/jpeg" if label == "image/jpg" else label)
 
 
+def file_media_type(data: str, label: str) -> str:
+    """A base64 file's type for a provider: application/pdf when its bytes begin as a PDF's
+    (its label may be generic, application/octet-stream, which no provider takes as a
+    document), else as `image_media_type` reads it."""
+    try:
+        if base64.b64decode(data[:8]).startswith(b"%PDF-"):
+            return "application/pdf"
+    except (binascii.Error, ValueError):
+        pass
+    return image_media_type(data, label)
+
+
 def file_data(file: dict[str, Any], where: str, provider: str) -> Any:
     """A `file` part's `file_data`. A `file_id` names a file in OpenAI's Files API, which
     `provider` cannot read: a 400 naming it, rather than one about a missing `file_data`."""

@@ -70,6 +70,7 @@ from streamproxy.openai_api.content import (
     PLACEHOLDER_USER_TEXT,
     THINKING_TYPES,
     file_data,
+    file_media_type,
     image_media_type,
     is_blank,
     logprobs_asked,
@@ -573,6 +574,7 @@ def _document_source(url: Any, where: str) -> dict[str, Any]:
     if not isinstance(url, str) or not url.startswith("data:"):
         raise InvalidRequest("Expected a data: URL.", param=where, code="invalid_value")
     media_type, data = parse_data_url(url, where)
+    media_type = file_media_type(data, media_type)  # a PDF's bytes say so, whatever its label
     if media_type == "application/pdf":
         return {"type": "base64", "media_type": media_type, "data": data}
     if media_type.startswith("text/"):  # Anthropic's text source is text/plain, not base64

@@ -89,6 +89,7 @@ from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     PLACEHOLDER_USER_TEXT,
     file_data,
+    file_media_type,
     image_media_type,
     is_blank,
     logprobs_asked,
@@ -600,6 +601,7 @@ def _document(file: dict[str, Any], where: str, i: int, j: int) -> dict[str, Any
         raise InvalidRequest("Bedrock takes files as file_data data: URLs.",
                              param=f"{where}.file_data", code="invalid_value")
     media_type, payload = parse_data_url(data, f"{where}.file_data")
+    media_type = file_media_type(payload, media_type)  # a PDF's bytes say so, whatever its label
     fmt = DOCUMENT_FORMATS.get(media_type)
     if fmt is None:
         raise InvalidRequest(f"Bedrock does not take documents of type {media_type}.",

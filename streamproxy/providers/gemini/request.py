@@ -45,7 +45,7 @@ from streamproxy.openai_api.content import (
     PLACEHOLDER_USER_TEXT,
     UNMATCHED_PLACE,
     answer_cap,
-    image_media_type,
+    file_media_type,
     logprobs_asked,
     parse_data_url,
     reasoning_effort,
@@ -438,9 +438,9 @@ def _media(url: Any, where: str, default_mime: str | None,
     `default_mime`: None is a 400, "" leaves the type out (for Google to tell)."""
     if isinstance(url, str) and url.startswith("data:"):
         mime, data = parse_data_url(url, where)
-        # an image's bytes tell its type: a label may be generic (application/octet-stream,
-        # which Gemini refuses) or wrong
-        mime = image_media_type(data, mime)
+        # an image's or a PDF's bytes tell its type: a label may be generic
+        # (application/octet-stream, which Gemini refuses) or wrong
+        mime = file_media_type(data, mime)
         if mime.startswith("image/") and mime not in IMAGE_TYPES:
             raise InvalidRequest(f"Gemini takes png, jpeg, webp, heic or heif images, not "
                                  f"{mime}.", param=where, code="unsupported_value")
