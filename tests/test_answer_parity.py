@@ -1,7 +1,8 @@
 """One logical answer, every provider's wire format, the same OpenAI result.
 
-Each answer (`Answer`) is rendered as each provider sends it, streamed and whole (provider-
-streams.md §3 to §8, shapes as in /work/shared/fixtures), and fed through the provider's translator:
+Each answer (`Answer`) is rendered as each provider sends it, streamed and whole
+(provider-streams.md §3 to §8, shapes as in /work/shared/fixtures), and fed through the provider's
+translator:
 the stream whole, at every byte boundary and at random splits; the whole answer through
 `translate_response`. What an OpenAI client reads must be the same everywhere: the joined content
 and reasoning, the tool calls (ids present and unique, names, arguments as JSON, indexes 0..n-1,
@@ -9,8 +10,9 @@ each call's first delta with id, type and name — the openai SDK's accumulator 
 finish_reason, usage that adds up, the role on the first chunk only and one finish chunk.
 
 Usage differs only where a provider reports less: Anthropic, Bedrock and Cohere give no reasoning
-token count, Ollama neither a cached nor a reasoning one. A pass-through preset (DeepSeek) sends
-its own usage chunk, so the encoder adds none (routing/executor.py).
+token count, nor does Ollama (its cached count comes from servers that send
+`prompt_eval_cached_count`). A pass-through preset (DeepSeek) sends its own usage chunk, so the
+encoder adds none (routing/executor.py).
 """
 
 from __future__ import annotations
@@ -234,15 +236,15 @@ def ollama(a: Answer) -> Wire:
              + [line({"tool_calls": [{"function": {"name": n, "arguments": g}}
                                      for _, n, g in a.calls]})] * bool(a.calls))
     last = {**line({}), "done": True, "done_reason": "length" if a.finish == "length" else "stop",
-            "prompt_eval_count": PROMPT, "eval_count": COMPLETION, "total_duration": 9}
+            "prompt_eval_count": PROMPT, "prompt_eval_cached_count": CACHED,  # (newer servers)
+            "eval_count": COMPLETION, "total_duration": 9}
     message: dict[str, Any] = {"role": "assistant", "content": "".join(a.text)}
     if a.reasoning:
         message["thinking"] = "".join(a.reasoning)
     if a.calls:
         message["tool_calls"] = [{"function": {"name": n, "arguments": g}} for _, n, g in a.calls]
     stream = b"".join(orjson.dumps(x) + b"\n" for x in [*lines, last])
-    return Wire("ollama", stream, orjson.dumps({**last, "message": message}),
-                cached=None, reasoning=None)
+    return Wire("ollama", stream, orjson.dumps({**last, "message": message}), reasoning=None)
 
 
 def deepseek(a: Answer) -> Wire:
