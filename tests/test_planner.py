@@ -1089,3 +1089,18 @@ def test_a_model_the_client_chose_makes_a_client_breaker() -> None:
         assert cb.is_open(a.breaker_key, a.breaker)  # (its breakers still work)
     assert cb.is_open(listed.breaker_key, listed.breaker)
     assert cb.is_open(pinned.breaker_key, pinned.breaker)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_overrides_stream_options_goes_only_with_a_streamed_request(stream: bool) -> None:
+    # A config asking every stream for usage served non-streamed requests too: they went to
+    # OpenAI with stream_options beside no stream, which it refuses (a 400 for every one).
+    gateway = gateway_for()
+    config = {"provider": "oa", "override_params": {"stream_options": {"include_usage": True}}}
+    req = _req({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                **({"stream": True} if stream else {})})
+    target = gateway.plan({"x-portkey-config": orjson.dumps(config).decode()}, req,
+                          None).attempts[0].target
+    sent = orjson.loads(target.provider.build_request(req, target).body)
+    assert sent.get("stream_options") == ({"include_usage": True} if stream else None)
+    assert sent.get("stream") is (True if stream else None)

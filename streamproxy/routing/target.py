@@ -28,9 +28,15 @@ class Target:
 
     def apply_overrides(self, body: dict[str, Any]) -> dict[str, Any]:
         """The body with this target's `override_params` on top (a new dict only if needed)."""
-        if not self.override_params:
+        overrides = self.override_params
+        if not overrides:
             return body
-        return {**body, **self.override_params}
+        merged = {**body, **overrides}
+        if "stream_options" in overrides and merged.get("stream") is not True:
+            # A config's stream_options is for the streams it serves: beside a non-streamed
+            # request OpenAI refuses it (a 400), as the request's own checks do.
+            del merged["stream_options"]
+        return merged
 
     def served(self) -> Target:
         """This target with the provider that serves its model (`Provider.for_model`): itself
