@@ -108,6 +108,15 @@ def make(raw: dict[str, Any], seed: int = 0, breakers: CircuitBreakers | None = 
         {"provider": "a", "override_params": {"n": 2}}]},
      "config.targets[0].override_params.n"),
     ({"provider": "a", "override_params": {"n": 1}}, "config.override_params.n"),
+    # OneLLM's routing fields are read from the body before routing: as overrides they went
+    # upstream as they were (OpenAI answers an unknown argument with a 400)
+    ({"provider": "a", "override_params": {"fallback_models": ["b/m"]}},
+     "config.override_params.fallback_models"),
+    ({"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "a", "override_params": {"retries": 2}}]},
+     "config.targets[0].override_params.retries"),
+    ({"provider": "a", "override_params": {"fallback_config": {"max_fallbacks": 1}}},
+     "config.override_params.fallback_config"),
     # an override goes on top of a checked body: a server tool's shape reached Anthropic's
     # translator unchecked (KeyError 'function': a 500)
     ({"provider": "a", "override_params": {"tools": [

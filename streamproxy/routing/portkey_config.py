@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import InvalidRequest
-from streamproxy.openai_api.request import parse_chat_request
+from streamproxy.openai_api.request import GATEWAY_FIELDS, parse_chat_request
 from streamproxy.routing.conditions import validate_query
 
 MODES = ("single", "fallback", "loadbalance", "conditional")
@@ -175,6 +175,11 @@ def _override_params(params: Any, where: str) -> dict[str, Any]:
         # choice 0 alone (they read n from the request)
         raise _bad(f"{where}.n", "would change how many choices the answer has from what the "
                    "client asked for: send n in the request body")
+    for key in GATEWAY_FIELDS.intersection(params):  # read from the body before routing,
+        # never forwarded: as an override each went upstream as it was (OpenAI's 400)
+        raise _bad(f"{where}.{key}", "is a routing field of the request (OneLLM's), not a "
+                   "provider parameter: send it in the request body, or give this config "
+                   "fallback targets or a retry")
     _check_overrides(params, where)
     return params
 
