@@ -1518,3 +1518,13 @@ async def test_a_targets_stream_options_override_says_whether_the_client_gets_us
     lines = [orjson.loads(r.getMessage()) for r in caplog.records
              if r.name == "streamproxy.access"]
     assert [line["completion_tokens"] for line in lines] == [3, 3]
+
+
+async def test_a_deeply_nested_condition_is_a_400_not_a_500(proxy: Any) -> None:
+    client = await proxy(gateway_config())
+    query = '{"$and":[' * 330 + '{"metadata.x":"1"}' + ']}' * 330
+    config = ('{"strategy":{"mode":"conditional","conditions":[{"query":' + query
+              + ',"then":"a"}],"default":"a"},"targets":[{"name":"a","provider":"mock"}]}')
+    resp = await post(client, config, stream=False, headers={"x-portkey-metadata": '{"x":"1"}'})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "invalid_config"

@@ -1113,3 +1113,18 @@ def test_an_overrides_stream_options_goes_only_with_a_streamed_request(stream: b
     sent = orjson.loads(target.provider.build_request(req, target).body)
     assert sent.get("stream_options") == ({"include_usage": True} if stream else None)
     assert sent.get("stream") is (True if stream else None)
+
+
+def test_a_query_nested_deeper_than_a_config_needs_is_a_400() -> None:
+    # 330 levels of $and (a 3.8 kB header) ran matching out of Python's stack: a 500
+    query: dict[str, Any] = {"metadata.x": "1"}
+    for _ in range(330):
+        query = {"$and": [query]}
+    raw = {"strategy": {"mode": "conditional", "conditions": [{"query": query, "then": "a"}]},
+           "targets": [{"name": "a", "provider": "a"}]}
+    with pytest.raises(InvalidRequest, match="nested deeper") as info:
+        parse_config(raw)
+    assert info.value.param.startswith("config.strategy.conditions[0].query.$and[0].$and[0]")
+    shallow = {"$or": [{"$and": [{"metadata.x": "1"}, {"$or": [{"metadata.y": "2"}]}]}]}
+    validate_query(shallow, "q")
+    assert matches(shallow, {"x": "1", "y": "2"}, {})

@@ -33,6 +33,9 @@ _ORDERING: dict[str, Callable[[float, float], bool]] = {
 # What parseFloat reads: leading whitespace, then the longest prefix that is a decimal number.
 _FLOAT_PREFIX = re.compile(r"\s*([+-]?(?:Infinity|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?))")
 _MISSING = object()
+# How deep `$and` / `$or` may nest: far beyond what a routing rule needs, and far within
+# Python's stack (330 levels, a 4 kB header, ran matching out of it: a 500).
+MAX_QUERY_DEPTH = 32
 
 
 def _bad(path: str, reason: str) -> InvalidRequest:
@@ -40,15 +43,18 @@ def _bad(path: str, reason: str) -> InvalidRequest:
                           code="invalid_config")
 
 
-def validate_query(query: Any, path: str) -> None:
+def validate_query(query: Any, path: str, depth: int = 0) -> None:
     if not isinstance(query, dict):
         raise _bad(path, "must be an object")
     for key, value in query.items():
         if key in ("$and", "$or"):
             if not isinstance(value, list) or not value:
                 raise _bad(f"{path}.{key}", "must be a non-empty array of queries")
+            if depth >= MAX_QUERY_DEPTH:
+                raise _bad(f"{path}.{key}", f"is nested deeper than {MAX_QUERY_DEPTH} levels "
+                                            "of $and / $or")
             for i, sub in enumerate(value):
-                validate_query(sub, f"{path}.{key}[{i}]")
+                validate_query(sub, f"{path}.{key}[{i}]", depth + 1)
         elif key.startswith("$"):
             raise _bad(f"{path}.{key}", "is not a logical operator ($and, $or)")
         elif not key.startswith(("metadata.", "params.")) and key not in URL_FIELDS:
