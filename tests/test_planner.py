@@ -1128,3 +1128,18 @@ def test_a_query_nested_deeper_than_a_config_needs_is_a_400() -> None:
     shallow = {"$or": [{"$and": [{"metadata.x": "1"}, {"$or": [{"metadata.y": "2"}]}]}]}
     validate_query(shallow, "q")
     assert matches(shallow, {"x": "1", "y": "2"}, {})
+
+
+def test_targets_nested_deeper_than_a_config_needs_are_a_400() -> None:
+    # 400 levels (17 kB: a header under a raised server.max_header_bytes) ran parsing and
+    # planning out of Python's stack: a 500
+    raw: dict[str, Any] = {"provider": "a"}
+    for _ in range(400):
+        raw = {"strategy": {"mode": "single"}, "targets": [raw]}
+    with pytest.raises(InvalidRequest, match="nested deeper") as info:
+        parse_config(raw)
+    assert info.value.param.startswith("config" + ".targets[0]" * 32)
+    raw = {"provider": "a"}
+    for _ in range(32):  # as deep as may be
+        raw = {"strategy": {"mode": "fallback"}, "targets": [raw, {"provider": "b"}]}
+    assert names(make(raw))[0] == "a"

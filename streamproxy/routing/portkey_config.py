@@ -26,6 +26,9 @@ MODES = ("single", "fallback", "loadbalance", "conditional")
 # failure, and a status we pass on as it is): without it `retry: {attempts: 3}` gave up at once.
 DEFAULT_RETRY_CODES = frozenset({429, 500, 502, 503, 504, 529})
 RETRY_ATTEMPTS_MAX = 10
+# How deep targets may nest: far beyond what a config needs, and far within Python's stack
+# (400 levels, a header under a raised server.max_header_bytes, ran parsing out of it: a 500).
+MAX_TARGET_DEPTH = 32
 _TIMEOUT_KEYS = ("connect", "first_token", "idle", "total")
 
 # Portkey's per-target provider settings, applied where the target's provider type takes
@@ -319,7 +322,8 @@ def _string(raw: dict[str, Any], key: str, path: str) -> str | None:
     return value
 
 
-def parse_config(raw: Any, path: str = "config", parent: ConfigNode | None = None) -> ConfigNode:
+def parse_config(raw: Any, path: str = "config", parent: ConfigNode | None = None,
+                 depth: int = 0) -> ConfigNode:
     if not isinstance(raw, dict):
         raise _bad(path, "must be a JSON object")
     for key in raw:
@@ -340,7 +344,7 @@ def parse_config(raw: Any, path: str = "config", parent: ConfigNode | None = Non
         node = replace(node, weight=_number(raw["weight"], f"{path}.weight"))
     node = _leaf_fields(node, raw, path)
     if "strategy" in raw or "targets" in raw:
-        node = _strategy(node, raw, path)
+        node = _strategy(node, raw, path, depth)
     # A leaf without provider or virtual_key routes like a plain request (model prefix,
     # x-portkey-provider, default provider): a config may only add cache, retry, timeouts.
     return node
@@ -419,7 +423,7 @@ def _bare(provider: str) -> str:
     return provider.removeprefix("@")
 
 
-def _strategy(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode:
+def _strategy(node: ConfigNode, raw: dict[str, Any], path: str, depth: int) -> ConfigNode:
     strategy = raw.get("strategy")
     if not isinstance(strategy, dict):
         raise _bad(f"{path}.strategy", "must be an object with a mode")
@@ -439,7 +443,9 @@ def _strategy(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode:
     targets = raw.get("targets")
     if not isinstance(targets, list) or not targets:
         raise _bad(f"{path}.targets", "must be a non-empty array")
-    children = tuple(parse_config(t, f"{path}.targets[{i}]", node)
+    if depth >= MAX_TARGET_DEPTH:
+        raise _bad(f"{path}.targets", f"are nested deeper than {MAX_TARGET_DEPTH} levels")
+    children = tuple(parse_config(t, f"{path}.targets[{i}]", node, depth + 1)
                      for i, t in enumerate(targets))
     node = replace(node, targets=children)
     if mode == "loadbalance" and sum(c.weight for c in children) <= 0:
