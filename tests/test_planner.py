@@ -1143,3 +1143,22 @@ def test_targets_nested_deeper_than_a_config_needs_are_a_400() -> None:
     for _ in range(32):  # as deep as may be
         raw = {"strategy": {"mode": "fallback"}, "targets": [raw, {"provider": "b"}]}
     assert names(make(raw))[0] == "a"
+
+
+@pytest.mark.parametrize(("override", "asked"), [("max_tokens", "max_completion_tokens"),
+                                                  ("max_completion_tokens", "max_tokens")])
+@pytest.mark.parametrize("provider", ["oa", "an", "aws"])
+def test_an_overrides_token_cap_replaces_the_requests_under_either_name(
+        provider: str, override: str, asked: str) -> None:
+    # The cap has two names: a config's max_tokens went beside a client's
+    # max_completion_tokens, which OpenAI refuses (a 400) and Anthropic's and Bedrock's
+    # translators read first (the client's 4000 went, not the config's cap of 50).
+    gateway = gateway_for()
+    config = {"provider": provider, "override_params": {override: 50}}
+    req = _req({"model": "m", asked: 4000})
+    target = gateway.plan({"x-portkey-config": orjson.dumps(config).decode()}, req,
+                          None).attempts[0].target
+    sent = orjson.loads(target.provider.build_request(req, target).body)
+    caps = {k: v for k, v in {**sent, **sent.get("inferenceConfig", {})}.items()
+            if k in ("max_tokens", "max_completion_tokens", "maxTokens")}
+    assert list(caps.values()) == [50]

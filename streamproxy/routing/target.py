@@ -11,6 +11,9 @@ if TYPE_CHECKING:
     from streamproxy.providers.base import Provider
 
 
+_TOKEN_CAPS = (("max_tokens", "max_completion_tokens"), ("max_completion_tokens", "max_tokens"))
+
+
 @dataclass(slots=True)
 class Target:
     provider: Provider
@@ -32,6 +35,11 @@ class Target:
         if not overrides:
             return body
         merged = {**body, **overrides}
+        for name, other in _TOKEN_CAPS:
+            if name in overrides and other not in overrides:
+                # The answer's cap has two names: the override's replaces the request's under
+                # the other (both are OpenAI's 400; the translators read one of them first).
+                merged.pop(other, None)
         if "stream_options" in overrides and merged.get("stream") is not True:
             # A config's stream_options is for the streams it serves: beside a non-streamed
             # request OpenAI refuses it (a 400), as the request's own checks do.
