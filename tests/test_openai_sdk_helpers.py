@@ -297,3 +297,27 @@ async def test_strict_pydantic_tool_reaches_claude_without_refused_constraints(
     assert not _keywords(sent["input_schema"]) & {"minimum", "maximum", "minLength", "maxLength"}
     assert sent["input_schema"]["properties"]["qty"]["description"] == (
         "Constraints: maximum 99, minimum 1.")
+
+
+class City(pydantic.BaseModel):
+    city: str
+
+
+async def test_a_parsed_answer_appended_to_the_next_request_reaches_groq_without_parsed(
+        proxy: Any, upstream: Any) -> None:
+    """parse()'s message carries `parsed` (the object it read), which the SDK sends back when
+    an agent loop appends the message; Groq answers any message key it does not know with a
+    400 ("property 'parsed' is unsupported"), so the loop's second turn failed there."""
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({
+        "id": "c1", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": '{"city":"Paris"}'}}]})
+    client = openai_sdk(await proxy(provider_config("groq", upstream.url)))
+    answer = await client.chat.completions.parse(model="m", messages=USER, response_format=City)
+    assert answer.choices[0].message.parsed == City(city="Paris")
+    await client.chat.completions.parse(model="m", response_format=City, messages=[
+        *USER, answer.choices[0].message, {"role": "user", "content": "and?"}])
+    sent = upstream.requests[-1].json()["messages"][1]
+    assert "parsed" not in sent
+    assert (sent["role"], sent["content"]) == ("assistant", '{"city":"Paris"}')

@@ -381,7 +381,8 @@ class GroqProvider(CompatProvider):
     `images` of our translated answers (Claude's and Gemini's thinking, Gemini's pictures),
     and the answer-only fields of OpenAI's message that the openai SDK echoes when a client
     appends the answer's message (`refusal`, `annotations`, `audio`: "property 'annotations'
-    is unsupported"), and OpenRouter's `reasoning_details`. Its own `reasoning` (its answers'
+    is unsupported"; `parsed` from its parse() and stream() helpers), and OpenRouter's
+    `reasoning_details`. Its own `reasoning` (its answers'
     name for the thinking) it takes back on its reasoning models alone: the others answer it
     with "reasoning is not supported with this model" (vercel/ai#8057); those models get the
     thinking sent under another name as `reasoning`."""
@@ -393,7 +394,7 @@ class GroqProvider(CompatProvider):
     refused_message_keys: ClassVar[dict[str, frozenset[str]]] = {
         "*": frozenset({"name"}),
         "assistant": frozenset({"reasoning_content", "reasoning_details", "thinking_blocks",
-                                "images", "refusal", "annotations", "audio"})}
+                                "images", "refusal", "annotations", "audio", "parsed"})}
     _without_reasoning: ClassVar[dict[str, frozenset[str]]] = {
         **refused_message_keys,
         "assistant": refused_message_keys["assistant"] | {"reasoning"}}
