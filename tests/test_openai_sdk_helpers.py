@@ -321,3 +321,29 @@ async def test_a_parsed_answer_appended_to_the_next_request_reaches_groq_without
     sent = upstream.requests[-1].json()["messages"][1]
     assert "parsed" not in sent
     assert (sent["role"], sent["content"]) == ("assistant", '{"city":"Paris"}')
+
+
+async def test_a_parsed_tool_call_appended_to_the_next_request_reaches_mistral_as_its_schema(
+        proxy: Any, upstream: Any) -> None:
+    """The stream() and parse() helpers put `parsed_arguments` (the tool's pydantic object)
+    in each call's `function`, which the SDK sends back when an agent loop appends the
+    message with the tools' results; Mistral refuses any key its schemas lack (a 422, "Extra
+    inputs are not permitted"), so the loop's second turn failed there."""
+    upstream.body = b"".join([
+        _sse_chunk({"role": "assistant", "content": ""}),
+        _sse_chunk({"tool_calls": [{"id": "abc123XYZ", "type": "function", "function": {
+            "name": "City", "arguments": '{"city": "Paris"}'}, "index": 0}]}),
+        _sse_chunk({"content": ""}, "tool_calls"), b"data: [DONE]\n\n"])
+    client = openai_sdk(await proxy(provider_config("mistral", upstream.url)))
+    tools = [openai.pydantic_function_tool(City)]
+    async with client.chat.completions.stream(model="m", messages=USER, tools=tools) as stream:
+        message = (await stream.get_final_completion()).choices[0].message
+    assert message.tool_calls and message.tool_calls[0].function.parsed_arguments == City(
+        city="Paris")
+    async with client.chat.completions.stream(model="m", tools=tools, messages=[
+            *USER, message, {"role": "tool", "tool_call_id": "abc123XYZ", "content": "sunny"}
+    ]) as stream:
+        await stream.get_final_completion()
+    [call] = upstream.requests[-1].json()["messages"][1]["tool_calls"]
+    assert call["function"] == {"name": "City", "arguments": '{"city": "Paris"}'}
+    assert call["id"] == "abc123XYZ" and call["type"] == "function"

@@ -445,10 +445,21 @@ def _mistral_message(m: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# The keys of Mistral's FunctionCall: the openai SDK's parse() and stream() helpers add
+# `parsed_arguments` to a call they parsed, sent back with the message (a 422 there).
+_MISTRAL_FUNCTION_KEYS = ("name", "arguments")
+
+
 def _with_mistral_id(call: Any) -> Any:
-    if not isinstance(call, dict) or not isinstance(call.get("id"), str):
+    if not isinstance(call, dict):
         return call
-    return {**call, "id": mistral_tool_call_id(call["id"])}
+    out = dict(call)
+    function = call.get("function")
+    if isinstance(function, dict) and not function.keys() <= set(_MISTRAL_FUNCTION_KEYS):
+        out["function"] = {k: function[k] for k in _MISTRAL_FUNCTION_KEYS if k in function}
+    if isinstance(call.get("id"), str):
+        out["id"] = mistral_tool_call_id(call["id"])
+    return out
 
 
 _MISTRAL_ID = re.compile(r"[A-Za-z0-9]{9}")
