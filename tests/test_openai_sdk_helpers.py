@@ -347,3 +347,26 @@ async def test_a_parsed_tool_call_appended_to_the_next_request_reaches_mistral_a
     [call] = upstream.requests[-1].json()["messages"][1]["tool_calls"]
     assert call["function"] == {"name": "City", "arguments": '{"city": "Paris"}'}
     assert call["id"] == "abc123XYZ" and call["type"] == "function"
+
+
+async def test_stream_helper_parses_a_strict_tools_call_an_upstream_sent_without_type(
+        proxy: Any, upstream: Any) -> None:
+    """Mistral's streamed tool calls can leave out `"type": "function"` (and `index`: the
+    AI SDK's recorded mistral-large stream): the helper parses a strict tool's arguments, and
+    fires its `tool_calls.function.arguments.*` events, only for a call whose type says
+    function, so `parsed_arguments` stayed None and no event came."""
+    upstream.body = b"".join([
+        _sse_chunk({"role": "assistant", "content": ""}),
+        _sse_chunk({"content": None, "tool_calls": [{"id": "yfBEybNYi", "function": {
+            "name": "City", "arguments": '{"city": "Paris"}'}}]}, "tool_calls"),
+        b"data: [DONE]\n\n"])
+    client = openai_sdk(await proxy(provider_config("mistral", upstream.url)))
+    async with client.chat.completions.stream(
+            model="m", messages=USER, tools=[openai.pydantic_function_tool(City)]) as stream:
+        parsed = [event.parsed_arguments async for event in stream
+                  if event.type == "tool_calls.function.arguments.delta"]
+        final = await stream.get_final_completion()
+    [call] = final.choices[0].message.tool_calls or []
+    assert (call.id, call.type, call.function.parsed_arguments) == (
+        "yfBEybNYi", "function", City(city="Paris"))
+    assert parsed == [{"city": "Paris"}]

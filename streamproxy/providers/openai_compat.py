@@ -218,10 +218,12 @@ class PassthroughTranslator(SSETranslator):
         return answer_reason
 
     def _index_tool_calls(self, choices: list[Any]) -> bool:
-        """Give tool-call deltas without `index` one, and a `stop` after them `tool_calls`
-        (True if the chunk changed). Gemini's OpenAI-compatible endpoint and older Ollama
-        servers leave the index out; the openai SDK's stream helpers and the AI SDK refuse
-        such chunks. A call starts with an id not seen before (or, without an id, with its
+        """Give tool-call deltas without `index` one, a call's first delta without `type`
+        `"function"`, and a `stop` after them `tool_calls` (True if the chunk changed).
+        Gemini's OpenAI-compatible endpoint and older Ollama servers leave the index out;
+        the openai SDK's stream helpers and the AI SDK refuse such chunks. Mistral can leave
+        both out; the SDK's helper parses a strict tool's arguments only for a call typed
+        `function`. A call starts with an id not seen before (or, without an id, with its
         function's name); a delta with neither continues the choice's last call."""
         changed = False
         for choice in choices:
@@ -231,9 +233,16 @@ class PassthroughTranslator(SSETranslator):
             delta = choice.get("delta")
             calls = delta.get("tool_calls") if isinstance(delta, dict) else None
             for position, call in enumerate(calls if isinstance(calls, list) else ()):
-                if isinstance(call, dict) and "index" not in call:
+                if not isinstance(call, dict):
+                    continue
+                fixed = call
+                if "index" not in call:
                     seen = self._tool_calls.setdefault(number, _ToolCalls())
-                    calls[position] = {"index": seen.index_of(call), **call}
+                    fixed = {"index": seen.index_of(call), **call}
+                if "type" not in call and _names_a_call(call):
+                    fixed = {**fixed, "type": "function"}
+                if fixed is not call:
+                    calls[position] = fixed
                     changed = True
             if choice.get("finish_reason") == "stop" and number in self._tool_calls:
                 # (Gemini's streams end a tool call so; its non-streamed answers, and OpenAI,
@@ -247,6 +256,12 @@ def choice_number(choice: dict[str, Any]) -> int:
     """A choice's `index`; 0 when it is none or no integer (a garbled one must not raise)."""
     number = choice.get("index")
     return number if isinstance(number, int) else 0
+
+
+def _names_a_call(call: dict[str, Any]) -> bool:
+    """A tool-call delta that carries its call's id or function name: a call's first."""
+    function = call.get("function")
+    return bool(call.get("id")) or (isinstance(function, dict) and bool(function.get("name")))
 
 
 class _ToolCalls:
