@@ -66,3 +66,58 @@ def test_anthropics_other_400s_stay_400s() -> None:
     err = provider("anthropic").parse_error(400, body)
     assert err.status == 400 and err.code == "invalid_request_error"
     assert err.should_retry is None
+
+
+# Gemini's 429 RESOURCE_EXHAUSTED names the quotas it hit (QuotaFailure); a requests- or
+# tokens-per-day one resets at midnight Pacific (ai.google.dev/gemini-api/docs/rate-limits),
+# yet Google still sends a RetryInfo of seconds (that of the per-minute quota listed with it).
+def gemini_429(*quota_ids: str, delay: str = "27s") -> bytes:
+    return orjson.dumps({"error": {
+        "code": 429, "message": "You exceeded your current quota, please check your plan and "
+        "billing details.", "status": "RESOURCE_EXHAUSTED",
+        "details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [
+            {"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_"
+                            "requests", "quotaId": quota_id,
+             "quotaDimensions": {"location": "global", "model": "gemini-2.5-flash"}}
+            for quota_id in quota_ids]},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}]}})
+
+
+PER_DAY = "GenerateRequestsPerDayPerProjectPerModel-FreeTier"
+PER_MINUTE = "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"
+
+
+@pytest.mark.parametrize("quotas", [(PER_DAY,), (PER_MINUTE, PER_DAY),
+                                    ("GenerateContentInputTokensPerModelPerDay-FreeTier",)])
+def test_geminis_per_day_quota_is_insufficient_quota_not_a_wait_of_seconds(
+        quotas: tuple[str, ...]) -> None:
+    # The client (and a config's retry) waited the 27 s and retried, twice with the openai
+    # SDK, for the same 429 until midnight Pacific.
+    up = provider("gemini")
+    for err in (up.parse_error(429, gemini_429(*quotas)),
+                up.answered_error(gemini_429(*quotas))):
+        assert err.status == 429 and err.should_retry is False
+        assert err.code == err.error_type == "insufficient_quota"
+        assert err.retry_after is None
+        assert err.message.startswith("You exceeded your current quota")
+
+
+def test_geminis_per_minute_quota_is_still_a_rate_limit_with_its_wait() -> None:
+    err = provider("gemini").parse_error(429, gemini_429(PER_MINUTE))
+    assert err.status == 429 and err.should_retry is None and err.retry_after == 27.0
+    assert (err.error_type, err.code) == ("rate_limit_error", "RESOURCE_EXHAUSTED")
+
+
+async def test_a_gemini_per_day_quota_reaches_the_client_as_not_retried(proxy: Any,
+                                                                        upstream: Any) -> None:
+    upstream.status = 429
+    upstream.content_type = "application/json"
+    upstream.body = gemini_429(PER_MINUTE, PER_DAY, delay="0.2s")
+    client = await proxy(provider_config("gemini", upstream.url))
+    config = orjson.dumps({"retry": {"attempts": 2}}).decode()
+    resp = await client.post("/v1/chat/completions", headers={"x-portkey-config": config},
+                             json={"model": "m", "stream": True,
+                                   "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status == 429 and len(upstream.requests) == 1  # not retried by the config
+    assert resp.headers["x-should-retry"] == "false" and "retry-after" not in resp.headers
+    assert (await resp.json())["error"]["code"] == "insufficient_quota"

@@ -381,10 +381,17 @@ def quota_exhausted(err: UpstreamStatusError, phrases: tuple[str, ...]) -> Upstr
     sent with another status (Anthropic's 400): a client, or a fallback on 429, took it for a
     mistake in the request. The provider's message stays."""
     if any(phrase in err.message.lower() for phrase in phrases):
-        err.status, err.param, err.should_retry = 429, None, False
-        err.code = err.error_type = INSUFFICIENT_QUOTA
-        if err.fields:
-            err.fields = {**err.fields, "type": err.error_type, "param": None, "code": err.code}
+        insufficient_quota(err)
+    return err
+
+
+def insufficient_quota(err: UpstreamStatusError) -> UpstreamStatusError:
+    """`err` as OpenAI's used-up quota: 429, type and code `insufficient_quota`, not retried,
+    no wait (none the provider named brings the quota back); its message stays."""
+    err.status, err.param, err.should_retry, err.retry_after = 429, None, False, None
+    err.code = err.error_type = INSUFFICIENT_QUOTA
+    if err.fields:
+        err.fields = {**err.fields, "type": err.error_type, "param": None, "code": err.code}
     return err
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import UpstreamStatusError
-from streamproxy.providers.base import context_overflow, generic_error
+from streamproxy.providers.base import context_overflow, generic_error, insufficient_quota
 
 # The `details` entry that says when to retry (google.rpc.RetryInfo, its `retryDelay`).
 RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
@@ -24,6 +24,12 @@ RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 # a wrong, deleted or expired API key with 400 INVALID_ARGUMENT and this reason: the client gets
 # a 401, as any OpenAI client reads a refused key (the openai SDK's AuthenticationError).
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+# The `details` entry that names the quotas a 429 hit (google.rpc.QuotaFailure, its
+# `violations[].quotaId`). A per-day one ("GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+# "…InputTokensPerModelPerDay…") resets at midnight Pacific, yet comes with a RetryInfo of
+# seconds (the per-minute quota's listed with it): it is OpenAI's `insufficient_quota`, not
+# retried by a config or the SDKs, without that wait (a fallback still runs).
+QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
 KEY_REFUSED = "API_KEY_INVALID"
 # How a 400 INVALID_ARGUMENT (Gemini's and Vertex's) words a prompt over the model's context:
 # "The input token count (1200293) exceeds the maximum number of tokens allowed (1048576)."
@@ -61,8 +67,11 @@ def error_from_object(err: Any, status: int, provider: str) -> UpstreamStatusErr
     details = err.get("details")
     if _reason(details) == KEY_REFUSED:
         status, code = 401, KEY_REFUSED
-    return context_overflow(UpstreamStatusError(status, message, provider=provider, code=code,
-                                                retry_after=_retry_delay(details)), OVERFLOW)
+    error = UpstreamStatusError(status, message, provider=provider, code=code,
+                                retry_after=_retry_delay(details))
+    if status == 429 and _per_day_quota(details):
+        return insufficient_quota(error)
+    return context_overflow(error, OVERFLOW)
 
 
 def _reason(details: Any) -> str | None:
@@ -72,6 +81,18 @@ def _reason(details: Any) -> str | None:
             reason = detail.get("reason")
             return reason if isinstance(reason, str) else None
     return None
+
+
+def _per_day_quota(details: Any) -> bool:
+    """Does a `QuotaFailure` detail name a per-day quota among those the request hit?"""
+    for detail in details if isinstance(details, list) else ():
+        if isinstance(detail, dict) and detail.get("@type") == QUOTA_FAILURE:
+            violations = detail.get("violations")
+            for violation in violations if isinstance(violations, list) else ():
+                quota = violation.get("quotaId") if isinstance(violation, dict) else None
+                if isinstance(quota, str) and "PerDay" in quota:
+                    return True
+    return False
 
 
 def _retry_delay(details: Any) -> float | None:
