@@ -204,6 +204,21 @@ async def test_models_lists_only_the_providers_a_key_may_use(proxy: Any,
     assert await ids(KEY_B) == {"mock/fast", "up/m"}  # team-b: every provider
 
 
+async def test_a_rate_limits_sub_second_wait_is_told_in_retry_after_ms(proxy: Any,
+                                                                      json_upstream: Any) -> None:
+    # 600 a minute is a token every 0.1 s: retry-after-ms said 1000 (the wait rounded up to
+    # whole seconds first), and the openai SDK, which reads it first, waited ten times longer.
+    client = await proxy(config(json_upstream.url,
+                                rate_limit={"requests_per_minute": 600, "burst": 1}))
+    a = {"authorization": f"Bearer {KEY_A}"}
+    assert (await client.post("/v1/chat/completions", headers=a,
+                              json={"messages": USER})).status == 200
+    refused = await client.post("/v1/chat/completions", headers=a, json={"messages": USER})
+    assert refused.status == 429
+    assert refused.headers["retry-after"] == "1"  # whole seconds, never early
+    assert 0 < int(refused.headers["retry-after-ms"]) <= 100
+
+
 async def test_rate_limit_per_key_is_429_with_retry_after(proxy: Any,
                                                           json_upstream: Any) -> None:
     client = await proxy(config(json_upstream.url,

@@ -117,7 +117,9 @@ async def read_answer(reader: asyncio.StreamReader, head_only: bool) -> tuple[An
         await reader.readexactly(2)
     else:
         body = await reader.readexactly(int(fields.get("content-length", 0)))
-    kept = [(name, RANDOM.sub(b"~", value.encode()))
+    # (retry-after-ms is a wait counted down on the clock, as the two fronts' requests came:
+    # its presence is compared, not its milliseconds)
+    kept = [(name, b"~" if name == "retry-after-ms" else RANDOM.sub(b"~", value.encode()))
             for name, value in headers if name in SIGNIFICANT or name.startswith("x-portkey")]
     return status, kept, RANDOM.sub(b"~", body)
 

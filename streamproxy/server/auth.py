@@ -218,7 +218,7 @@ def identify_client(auth: Auth, request: web.Request | Exchange) -> tuple[ProxyK
         if wait is not None:
             err = RateLimited(f"Rate limit of {key.bucket.per_minute:g} requests per minute "
                               f"reached for proxy key '{key.name}'.",
-                              retry_after=math.ceil(wait))
+                              retry_after=wait)  # (its answer rounds retry-after up)
             observe_rejection(request, err, "rate_limited", key.name)
             raise err
     return key, in_authorization
