@@ -561,6 +561,17 @@ def test_backoff_grows_with_jitter_and_retry_after_wins_up_to_the_cap() -> None:
     assert retry_delay(0, rng, RETRY_AFTER_CAP + 1, True) is None
 
 
+def test_a_zero_retry_after_is_no_wait_named_and_backs_off() -> None:
+    # `retry-after: 0` (or an HTTP-date already past) sent every retry at once, up to ten in
+    # a burst at an upstream that is refusing; the openai SDKs read a wait of 0 as none named
+    # and back off, and so do the config's retries now.
+    rng = random.Random(7)
+    for retry in range(3):
+        waits = [retry_delay(retry, rng, 0.0, True) for _ in range(50)]
+        assert min(waits) >= 0.125 * 2 ** retry  # the backoff's, never an instant retry
+    assert retry_delay(0, rng, 0.001, True) == 0.001  # (a short wait named is still waited)
+
+
 @pytest.mark.parametrize("key", ["use_retry_after_headers", "use_retry_after_header"])
 def test_use_retry_after_in_portkeys_documented_spelling_and_its_gateways(key: str) -> None:
     for value in (True, False):
