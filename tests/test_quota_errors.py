@@ -35,6 +35,21 @@ def test_an_openai_compatible_insufficient_quota_is_not_retried(kind: str,
     assert err.to_dict()["error"] == {**error}  # its own fields, as they came
 
 
+@pytest.mark.parametrize("code", ["credit_balance_exhausted", "organization_spend_limit_exceeded",
+                                  "project_spend_limit_exceeded",
+                                  "organization_usage_limit_exceeded"])
+@pytest.mark.parametrize("kind", ["openai", "azure"])
+def test_openais_billing_codes_under_type_insufficient_quota_are_not_retried(kind: str,
+                                                                             code: str) -> None:
+    # OpenAI names the cause in `code` and keeps `insufficient_quota` as the type: the client
+    # (the SDK's two retries) and a config's retry sent it again, to the same 429.
+    extra = {"resource": "r", "api_version": "2024-10-21"} if kind == "azure" else {}
+    error = {**OPENAI_QUOTA, "code": code}
+    err = provider(kind, **extra).parse_error(429, orjson.dumps({"error": error}))
+    assert err.status == 429 and err.should_retry is False
+    assert err.to_dict()["error"] == error  # its own fields, as they came
+
+
 def test_a_rate_limit_is_still_retried() -> None:
     body = orjson.dumps({"error": {"message": "Rate limit reached for gpt-4o", "type":
                                    "requests", "param": None, "code": "rate_limit_exceeded"}})

@@ -363,7 +363,9 @@ def generic_error(status: int, body: bytes, provider: str, *,
         param=param if isinstance(param, str) else None,
         fields=fields,
     )
-    if err.code == INSUFFICIENT_QUOTA:
+    if err.code == INSUFFICIENT_QUOTA or etype == INSUFFICIENT_QUOTA:
+        # (OpenAI names the cause in `code`, credit_balance_exhausted or a spend limit, under
+        # this type: as used up, until someone pays or the month turns)
         err.should_retry = False
     return err
 
