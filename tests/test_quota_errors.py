@@ -75,6 +75,24 @@ def test_anthropics_credit_balance_too_low_is_openais_insufficient_quota() -> No
                                            "code": "insufficient_quota"}}
 
 
+@pytest.mark.parametrize("message", [
+    "You have reached your specified API usage limits. You will regain access on 2026-04-01 "
+    "at 00:00 UTC.",
+    "You have reached your specified workspace API usage limits. You will regain access on "
+    "2026-04-01 at 00:00 UTC."])
+def test_anthropics_spend_limit_reached_is_openais_insufficient_quota(message: str) -> None:
+    # Anthropic's 400 invalid_request_error for an organization's or workspace's spend limit:
+    # the client read its own request as wrong, and a fallback on 429 never ran.
+    body = orjson.dumps({"type": "error", "error": {"type": "invalid_request_error",
+                                                    "message": message},
+                         "request_id": "req_011CYwZjVSiJTexyaHTWcaqh"})
+    up = provider("anthropic")
+    for err in (up.parse_error(400, body), up.answered_error(body)):
+        assert err.status == 429 and err.should_retry is False
+        assert err.to_dict() == {"error": {"message": message, "type": "insufficient_quota",
+                                           "param": None, "code": "insufficient_quota"}}
+
+
 def test_anthropics_other_400s_stay_400s() -> None:
     body = orjson.dumps({"type": "error", "error": {"type": "invalid_request_error",
                                                     "message": "max_tokens: 10000 > 4096"}})

@@ -119,8 +119,11 @@ OVERFLOW = ("prompt is too long", "exceed context limit")
 
 
 # How Anthropic's 400 words a credit balance used up ("Your credit balance is too low to access
-# the Anthropic API. …"): OpenAI's 429 `insufficient_quota` (providers/base.py).
-NO_CREDIT = ("credit balance is too low",)
+# the Anthropic API. …") or a spend limit reached, an organization's or a workspace's ("You
+# have reached your specified [workspace] API usage limits. You will regain access on …"):
+# OpenAI's 429 `insufficient_quota` (providers/base.py).
+NO_CREDIT = ("credit balance is too low", "reached your specified api usage limits",
+             "reached your specified workspace api usage limits")
 
 
 def anthropic_error(status: int, body: bytes, provider: str) -> UpstreamStatusError:
