@@ -86,6 +86,11 @@ class StreamConnection(asyncio.Protocol):
         """The current stream has delivered its first token."""
         return self._ttft is not None
 
+    @property
+    def streaming(self) -> bool:
+        """The current stream has delivered its first token and has not ended (nor failed)."""
+        return self._ttft is not None and self._done is not None and not self._done.done()
+
     # -- one request ---------------------------------------------------------------------------
     async def run_once(self) -> bool:
         """Send the request and wait for the whole response. False if the stream failed."""

@@ -493,7 +493,9 @@ async def hold(target: Target, n: int, server: Proc, tokens: int, harness: list[
     # Then until every stream has had its first token: all of them are open at once.
     while time.perf_counter() < deadline and sum(c.got_token for c in conns) < len(conns):
         await asyncio.sleep(0.25)
-    opened = sum(c.got_token for c in conns)
+    # Open at once: streams that had their first token and are still streaming (one cut or
+    # ended before this moment holds no memory in the RSS read below).
+    opened = sum(c.streaming for c in conns)
     ramp = time.perf_counter() - t0
     plateau = server.rss_kb()
     fds = open_fds(server.pid)

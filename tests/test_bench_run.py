@@ -116,3 +116,28 @@ async def test_slow_streams_that_never_end_are_failed_streams(
     assert held["errors"] == 2
     assert held["streams_open_at_once"] == 2
     assert held["streams_ok"] == 0
+
+
+class _Cutting(asyncio.Protocol):
+    """Answers every request with a first token, then closes the connection: a cut stream."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"  # type: ignore[attr-defined]
+                             b"10\r\ndata: {\"a\": 1}\n\n\r\n")
+        self.transport.close()  # type: ignore[attr-defined]
+
+
+async def test_slow_streams_already_cut_are_not_counted_as_open_at_once() -> None:
+    server = await asyncio.get_running_loop().create_server(_Cutting, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    target = loadgen.Target("127.0.0.1", port, "/", b"{}", b"\n\n", b'"a"', b"[DONE]", 1)
+    try:
+        held = await asyncio.wait_for(run.hold(target, 3, _this_process(), 3, []), 10)
+    finally:
+        server.close()
+    assert held["errors"] == 3
+    # Every stream had its first token, and every one had ended when the RSS was read.
+    assert held["streams_open_at_once"] == 0
