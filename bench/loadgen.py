@@ -179,13 +179,15 @@ class StreamConnection(asyncio.Protocol):
                 continue
             if not self._chunked:
                 break
-            nl = data.find(b"\r\n", pos)
+            # The LF ends a size line: a read may end between its CR and LF, and then the CR
+            # is carried over with the line (a search for CRLF would miss it).
+            nl = data.find(b"\n", pos)
             if nl < 0:
                 self._size_line += data[pos:]
                 return
-            line = self._size_line + data[pos:nl]
+            line = (self._size_line + data[pos:nl]).rstrip(b"\r")
             self._size_line = b""
-            pos = nl + 2
+            pos = nl + 1
             try:
                 self._remaining = int(line.split(b";", 1)[0], 16)
             except ValueError:

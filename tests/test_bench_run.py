@@ -141,3 +141,36 @@ async def test_slow_streams_already_cut_are_not_counted_as_open_at_once() -> Non
     assert held["errors"] == 3
     # Every stream had its first token, and every one had ended when the RSS was read.
     assert held["streams_open_at_once"] == 0
+
+
+class _Sink:
+    """A transport that takes the request and nothing else."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _chunked(*events: bytes) -> bytes:
+    body = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
+    return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body + b"0\r\n\r\n"
+
+
+async def test_a_read_that_ends_inside_a_chunk_size_lines_crlf_is_not_a_failed_stream() -> None:
+    events = [b'data: {"a": 1}\n\n', b'data: {"b": 2}\n\n', b"data: [DONE]\n\n"]
+    wire = _chunked(*events)
+    # Every split point, the one between a size line's CR and LF included (a TCP read ends
+    # wherever the socket buffer did).
+    for cut in range(1, len(wire)):
+        stats = loadgen.Stats(measuring=True)
+        target = loadgen.Target("127.0.0.1", 1, "/", b"{}", b"\n\n", b'"a"', b"[DONE]", 3)
+        conn = loadgen.StreamConnection(target, stats)
+        conn.connection_made(_Sink())  # type: ignore[arg-type]
+        once = asyncio.create_task(conn.run_once())
+        await asyncio.sleep(0)
+        conn.data_received(wire[:cut])
+        conn.data_received(wire[cut:])
+        assert await asyncio.wait_for(once, 1), (cut, stats.error_samples)
+        assert stats.events == 3 and stats.ttft, cut
