@@ -3,8 +3,8 @@
 It must never be the bottleneck, so it does almost nothing per byte: one persistent connection
 per virtual user, a pre-encoded request, chunked-transfer framing walked by offsets (no copies),
 events counted with `bytes.count(separator, start, end)` and the first token found with
-`bytes.find(marker, ...)`. Nothing is JSON-parsed. Separators and markers that straddle two
-reads are caught by carrying the last few body bytes over.
+`bytes.find(marker, ...)`. Nothing is JSON-parsed. Separators and markers that straddle reads
+are caught by carrying the last few body bytes over.
 """
 
 from __future__ import annotations
@@ -232,7 +232,10 @@ class StreamConnection(asyncio.Protocol):
         if self._ttft is None and data.find(self._marker, start, end) >= 0:
             self._ttft = _now() - self._t0
         if keep:
-            self._tail = data[max(start, end - keep):end]
+            # The last `keep` body bytes, from before this piece too when it is shorter (a
+            # marker or separator may span three reads).
+            self._tail = (data[end - keep:end] if end - start >= keep
+                          else (tail + data[start:end])[-keep:])
         self._end = (self._end + data[max(start, end - _END_BYTES):end])[-_END_BYTES:]
         self._stream_events += self._events
         if self._stats.measuring:

@@ -174,3 +174,26 @@ async def test_a_read_that_ends_inside_a_chunk_size_lines_crlf_is_not_a_failed_s
         conn.data_received(wire[cut:])
         assert await asyncio.wait_for(once, 1), (cut, stats.error_samples)
         assert stats.events == 3 and stats.ttft, cut
+
+
+@pytest.mark.parametrize("sep", [b"\n\n", b"\r\n\r\n"])
+async def test_a_marker_or_separator_spread_over_three_reads_is_still_seen(sep: bytes) -> None:
+    events = [b'data: {"delta":{"content":"hi"}}' + sep, b'data: {"b": 2}' + sep,
+              b"data: [DONE]" + sep]
+    wire = _chunked(*events)
+    body_at = wire.index(b"\r\n\r\n") + 4
+    # Reads of a few bytes in the middle of an event: the first token's marker, or a
+    # separator, then spans three reads.
+    for a in range(body_at, len(wire) - 1):
+        for b in range(a + 1, min(a + 8, len(wire))):
+            stats = loadgen.Stats(measuring=True)
+            target = loadgen.Target("127.0.0.1", 1, "/", b"{}", sep, b'"delta":{"content":"',
+                                    b"[DONE]", 3)
+            conn = loadgen.StreamConnection(target, stats)
+            conn.connection_made(_Sink())  # type: ignore[arg-type]
+            once = asyncio.create_task(conn.run_once())
+            await asyncio.sleep(0)
+            for piece in (wire[:a], wire[a:b], wire[b:]):
+                conn.data_received(piece)
+            assert await asyncio.wait_for(once, 1), (a, b, stats.error_samples)
+            assert stats.events == 3 and len(stats.ttft) == 1, (a, b)
