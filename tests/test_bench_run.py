@@ -46,6 +46,23 @@ def test_failed_rounds_and_workers_count_as_the_scenarios_errors() -> None:
     assert checks["gemini CPU per event vs anthropic (c32, interleaved)"]["held"] is False
 
 
+def test_slow_stream_targets_are_not_held_when_fewer_streams_were_open_at_once() -> None:
+    def slow(open_at_once: int) -> dict[str, Any]:
+        return {"scenario": "slow-10k",
+                "proxied": _run(concurrency=10_000, streams_open_at_once=open_at_once,
+                                rss_per_stream_kb=20.0),
+                "direct": _run(concurrency=10_000, streams_open_at_once=10_000)}
+
+    full = _by_target([slow(10_000)])
+    assert full["slow streams: errors"]["held"] is True
+    assert full["slow streams: RSS per stream"]["held"] is True
+    # The ramp ran out of time: 4,000 streams had not started when the RSS was read.
+    short = _by_target([slow(6_000)])
+    assert short["slow streams: errors"]["held"] is False
+    assert short["slow streams: RSS per stream"]["held"] is False
+    assert short["slow streams: errors"]["streams_not_open_at_once"] == 4_000
+
+
 def test_an_unmeasured_target_stays_unmeasured() -> None:
     check = _by_target([])["peak RSS at 128 streams"]
     assert check["held"] is None
