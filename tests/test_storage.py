@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -428,6 +429,23 @@ async def test_an_unopenable_database_is_a_clear_error(tmp_path: Path) -> None:
         await store.get("", "x")
     assert store.add(_item("x"))  # accepted, then logged and dropped by the writer
     await store.close()
+
+
+async def test_another_workers_write_lock_at_open_does_not_disable_storage(
+        tmp_path: Path) -> None:
+    """Two workers starting on a new file: while one held a write lock, the other's switch to
+    WAL failed at once ("database is locked", no busy wait) and that worker's storage stayed
+    off until a restart: every `store: true` answer dropped, every list a 500."""
+    path = str(tmp_path / "s.sqlite3")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.3, other.execute, ("COMMIT",)).start()
+    store = SQLiteStore(path)
+    assert store.add(_item("kept"))
+    await store.flush()
+    assert (await store.get("", "kept")) is not None
+    await store.close()
+    other.close()
 
 
 def test_storage_config_is_validated(tmp_path: Path) -> None:

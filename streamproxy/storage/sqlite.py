@@ -18,6 +18,7 @@ import queue
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +50,7 @@ _OUR_ID = re.compile(r"chatcmpl-[0-9a-f]{24}")
 _BATCH_MAX = 256
 _BATCH_WINDOW = 0.05  # seconds a write waits for company: fewer, larger transactions
 _ROWS_PER_INSERT = 100  # 8 columns each: well under SQLite's 32,766 bound parameters
+_OPEN_TRIES = 50  # x 0.1 s: another worker's write holds the lock the journal-mode switch needs
 
 
 class StorageUnavailable(ProxyError):
@@ -202,9 +204,22 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
 
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(SCHEMA)
+    try:
+        for attempt in range(_OPEN_TRIES):
+            try:
+                # SQLite answers SQLITE_BUSY here at once, without the busy timeout, while
+                # another worker holds a write lock (two workers starting on a new file)
+                conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as e:
+                if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or attempt == _OPEN_TRIES - 1:
+                    raise
+                time.sleep(0.1)  # (the writer thread's: the loop never waits)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA)
+    except BaseException:
+        conn.close()
+        raise
     conn.isolation_level = ""  # `with conn:` = one transaction per batch
     return conn
 
