@@ -448,6 +448,25 @@ async def test_another_workers_write_lock_at_open_does_not_disable_storage(
     other.close()
 
 
+async def test_a_database_that_opens_later_is_used_then(tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A failed open was final for the process: a directory made or a permission fixed
+    afterwards left storage off until a restart. Tried again on each job, it is logged at
+    most once a minute."""
+    directory = tmp_path / "later"
+    store = SQLiteStore(str(directory / "s.sqlite3"))
+    for _ in range(3):
+        with pytest.raises(ProxyError, match="unavailable"):
+            await store.get("", "x")
+    assert sum("cannot open the storage database" in r.getMessage()
+               for r in caplog.records) == 1
+    directory.mkdir()
+    assert store.add(_item("x"))
+    await store.flush()
+    assert (await store.get("", "x")) is not None
+    await store.close()
+
+
 def test_storage_config_is_validated(tmp_path: Path) -> None:
     assert parse_storage_config(config(tmp_path, storage={})).path == "./streamproxy.sqlite3"
     for bad in ({"path": 3}, {"force_store": "yes"}, {"nope": 1}, {"backend": "postgres"},

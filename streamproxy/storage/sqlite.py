@@ -51,6 +51,7 @@ _BATCH_MAX = 256
 _BATCH_WINDOW = 0.05  # seconds a write waits for company: fewer, larger transactions
 _ROWS_PER_INSERT = 100  # 8 columns each: well under SQLite's 32,766 bound parameters
 _OPEN_TRIES = 50  # x 0.1 s: another worker's write holds the lock the journal-mode switch needs
+_LOG_EVERY = 60.0  # seconds between two logs of a database that still does not open
 
 
 class StorageUnavailable(ProxyError):
@@ -69,6 +70,7 @@ class SQLiteStore:
         self._timer: asyncio.TimerHandle | None = None
         self._sent = 0  # written by the loop only
         self._written = 0  # written by the thread only
+        self._open_logged = -_LOG_EVERY  # (thread) when a failed open was last logged
 
     # -- the loop side ---------------------------------------------------------------------
     def _ensure_started(self) -> None:
@@ -142,16 +144,13 @@ class SQLiteStore:
 
     # -- the thread side -------------------------------------------------------------------
     def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
-        try:
-            conn = _connect(self.path)
-        except (sqlite3.Error, OSError) as e:
-            self._open_error = e
-            log.error("cannot open the storage database %s: %s", self.path, e)
+        conn = self._open()
         while True:
             job = self._queue.get()
             if job is _STOP:
                 break
+            if conn is None:  # tried again: a lock or a fixed permission must not last forever
+                conn = self._open()
             if isinstance(job, list):
                 self._write(conn, job)
                 self._written += len(job)
@@ -159,6 +158,19 @@ class SQLiteStore:
                 self._answer(conn, *job)
         if conn is not None:
             conn.close()
+
+    def _open(self) -> sqlite3.Connection | None:
+        try:
+            conn = _connect(self.path)
+        except (sqlite3.Error, OSError) as e:
+            self._open_error = e
+            now = time.monotonic()
+            if now - self._open_logged >= _LOG_EVERY:
+                self._open_logged = now
+                log.error("cannot open the storage database %s: %s", self.path, e)
+            return None
+        self._open_error = None
+        return conn
 
     def _write(self, conn: sqlite3.Connection | None, batch: list[StoredCompletion]) -> None:
         if conn is None:
