@@ -467,6 +467,25 @@ async def test_a_database_that_opens_later_is_used_then(tmp_path: Path,
     await store.close()
 
 
+async def test_a_full_disk_is_logged_once_a_minute(tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Every batch failing (a full disk) logged an error each 50 ms."""
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"))
+    await store.flush()
+    # The file may not grow by a page: SQLite's "database or disk is full"
+    await store._call(lambda conn: conn.execute(
+        "PRAGMA max_page_count = " + str(conn.execute("PRAGMA page_count").fetchone()[0])))
+    for i in range(3):
+        item = _item(f"c{i}")
+        item.request["messages"][0]["content"] = "x" * 20_000  # more than the free pages
+        assert store.add(item)
+        await store.flush()
+    assert await store.get("", "c0") is None
+    errors = [r.getMessage() for r in caplog.records if "could not store" in r.getMessage()]
+    assert len(errors) == 1 and "full" in errors[0], errors
+    await store.close()
+
+
 def test_storage_config_is_validated(tmp_path: Path) -> None:
     assert parse_storage_config(config(tmp_path, storage={})).path == "./streamproxy.sqlite3"
     for bad in ({"path": 3}, {"force_store": "yes"}, {"nope": 1}, {"backend": "postgres"},

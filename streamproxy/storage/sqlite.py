@@ -71,6 +71,8 @@ class SQLiteStore:
         self._sent = 0  # written by the loop only
         self._written = 0  # written by the thread only
         self._open_logged = -_LOG_EVERY  # (thread) when a failed open was last logged
+        self._write_logged = -_LOG_EVERY  # (thread) when a failed write was last logged
+        self._unstored = 0  # (thread) completions lost to failed writes since that log
 
     # -- the loop side ---------------------------------------------------------------------
     def _ensure_started(self) -> None:
@@ -184,7 +186,13 @@ class SQLiteStore:
                     rows = [_row(item) for item in batch[start : start + _ROWS_PER_INSERT]]
                     conn.execute(_insert(len(rows)), [v for row in rows for v in row])
         except (sqlite3.Error, TypeError) as e:
-            log.error("could not store %d completions: %s", len(batch), e)
+            # A full disk fails every batch (one each 50 ms): one log a minute says it all.
+            self._unstored += len(batch)
+            now = time.monotonic()
+            if now - self._write_logged >= _LOG_EVERY:
+                self._write_logged = now
+                log.error("could not store %d completions: %s", self._unstored, e)
+                self._unstored = 0
 
     def _answer(self, conn: sqlite3.Connection | None, fn: Callable[..., Any],
                 args: tuple[Any, ...], future: asyncio.Future[Any],
