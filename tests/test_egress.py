@@ -81,6 +81,29 @@ def test_unsupported_proxy_urls_are_refused(bad: str) -> None:
         _server(upstream_proxy=bad)
 
 
+# A password pasted raw, not percent-encoded: urlsplit's ValueError quotes it — the part
+# between brackets (read as an IPv6 host), or the whole user:password@host when a character
+# normalises to a delimiter — and that text was the config error on stderr and in the log.
+@pytest.mark.parametrize("password", [f"Xy[{SECRET}]zz", f"{SECRET}\uff0fzz"],
+                         ids=["brackets", "nfkc"])
+def test_a_malformed_proxy_url_is_refused_without_quoting_its_password(
+        password: str, monkeypatch: Any) -> None:
+    from streamproxy.server.app import create_app
+
+    url = f"http://alice:{password}@proxy.corp:3128"
+    with pytest.raises(ValueError) as raised:
+        parse_proxy_url(url)
+    assert SECRET not in str(raised.value)
+    with pytest.raises(ConfigError) as config_error:
+        _server(upstream_proxy=url)
+    assert "upstream_proxy.url" in str(config_error.value)
+    assert SECRET not in str(config_error.value)
+    monkeypatch.setenv("HTTPS_PROXY", url)
+    with pytest.raises(ConfigError) as env_error:
+        create_app(_server())
+    assert "HTTP(S)_PROXY" in str(env_error.value) and SECRET not in str(env_error.value)
+
+
 def test_config_setting() -> None:
     cfg = _server(upstream_proxy={"url": "http://p:3128", "no_proxy": ["internal.example"]})
     e = egress_from_setting(cfg.server.upstream_proxy, {"HTTPS_PROXY": "http://ignored:1"})

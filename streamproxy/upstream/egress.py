@@ -53,7 +53,11 @@ def parse_proxy_url(value: str) -> ProxyRoute:
     text = value.strip()
     if "://" not in text:
         text = "http://" + text
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # (not its text: it quotes the user info, a bracketed part or all)
+        raise ValueError("the proxy URL is malformed (a password's special characters must "
+                         "be percent-encoded)") from None
     if parts.scheme.lower() != "http":
         raise ValueError(f"only http:// egress proxies are supported, not {parts.scheme}://")
     try:
