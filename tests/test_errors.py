@@ -650,6 +650,45 @@ async def test_a_credential_other_than_the_key_echoed_in_an_error_is_masked(
     assert SENT_TOKEN not in caplog.text
 
 
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize(("name", "value"), [
+    ("cf-aig-authorization", f"Bearer {SENT_TOKEN}"),  # Cloudflare AI Gateway's
+    ("helicone-auth", f"Bearer {SENT_TOKEN}"),
+    ("x-portkey-api-key", SENT_TOKEN),  # Portkey's, with streamproxy in front of it
+    ("ocp-apim-subscription-key", SENT_TOKEN),  # Azure API Management's
+])
+async def test_a_configured_auth_header_echoed_in_an_error_is_masked(
+        name: str, value: str, stream: bool, proxy: Any, upstream: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A gateway or API manager before the provider authenticates by a header of its own,
+    # which the operator sets in `headers:`: only the five provider headers were masked, and
+    # an upstream that echoes its request's headers showed the gateway's key to the client.
+    caplog.set_level(logging.DEBUG)
+    upstream.status, upstream.content_type = 401, "application/json"
+    upstream.body = orjson.dumps({"error": {"message": f"refused: {name}: {value}",
+                                            "code": "invalid_api_key"}})
+    client = await proxy(make_config({"up": {"type": "openai", "base_url": upstream.url,
+                                             "api_key": "sk-provider-key-0123456789",
+                                             "headers": {name: value},
+                                             "default_model": "m"}}, default="up"))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": stream})
+    assert resp.status == 401
+    body = await resp.read()
+    assert upstream.requests[0].headers[name] == value  # (it was sent)
+    assert SENT_TOKEN.encode() not in body and b"refused: " + name.encode() in body
+    assert SENT_TOKEN not in caplog.text
+
+
+def test_a_header_that_is_no_credential_is_not_masked() -> None:
+    from streamproxy.providers.base import UpstreamRequest
+
+    sent = UpstreamRequest("https://u", b"", {
+        "anthropic-beta": "prompt-caching-2024-07-31", "http-referer": "https://app.example",
+        "x-title": "My App", "openai-organization": "org-123456789",
+        "x-custom-token": "tok-123456789", "authorization": "Bearer sk-0123456789"})
+    assert sent.credentials(None) == ("tok-123456789", "sk-0123456789")
+
+
 def test_a_masked_errors_own_text_holds_no_key() -> None:
     # mask() rewrote `message` but not args[0], which str() and repr() print: a traceback
     # that shows the error (a chained one's, asyncio's "exception was never retrieved") or a

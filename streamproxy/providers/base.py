@@ -13,6 +13,7 @@ None of them does I/O; `routing/executor.py` and `relay.py` own the sockets.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -52,7 +53,8 @@ class UpstreamRequest:
         a relay before it) that echoes its request's headers showed them to the client."""
         found = [api_key] if api_key else []
         for name, value in self.headers.items():
-            if name.lower() in CREDENTIAL_HEADERS:
+            lowered = name.lower()
+            if lowered in CREDENTIAL_HEADERS or _CREDENTIAL_NAME.search(lowered):
                 scheme, _, token = value.partition(" ")
                 found.append(token if token and scheme.lower() == "bearer" else value)
         return tuple(found)
@@ -62,6 +64,10 @@ class UpstreamRequest:
 # from the signature; botocore writes them capitalized).
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key",
                                 "x-amz-security-token"})
+# A gateway's or API manager's before the provider, set in a provider's `headers:`
+# (Cloudflare AI Gateway's cf-aig-authorization, Helicone-Auth, Portkey's x-portkey-api-key,
+# Azure API Management's Ocp-Apim-Subscription-Key): by its name, as no list can know them.
+_CREDENTIAL_NAME = re.compile(r"auth|key|token|secret|passw|credential|signature|cookie")
 
 
 class StreamTranslator:
