@@ -175,13 +175,14 @@ def cmd_check_config(args: argparse.Namespace) -> None:
     print(f"shutdown: drain_delay={s.drain_delay:g}s grace={s.shutdown_grace:g}s")
 
 
-# The user:password@ of a URL: check-config's output goes to terminals and CI logs.
-_USERINFO = re.compile(r"://[^/?#]*@")  # (to the host part's last @, as urlsplit reads it)
+# The user:password@ of a URL, or of a bare host[:port] (an allowed_custom_hosts entry):
+# check-config's output goes to terminals and CI logs.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/?#]*@")  # (to the host part's last @)
 
 
 def _shown_url(url: str) -> str:
     """`url` with its credentials, if it holds any, masked (as the metrics' labels drop them)."""
-    return _USERINFO.sub("://***@", url, count=1)
+    return _USERINFO.sub(lambda m: f"{m[1] or ''}***@", url, count=1)
 
 
 def _key_summary(p: ProviderConfig) -> str:
@@ -194,12 +195,13 @@ def _key_summary(p: ProviderConfig) -> str:
 
 def _summary(value: object) -> str:
     """A section owned by another module, generically: names, never a mapping's values (a
-    cache URL or a virtual key may hold a secret)."""
+    cache URL or a virtual key may hold a secret), nor a listed URL's user info."""
     if isinstance(value, dict):
         return ", ".join(map(str, value)) or "(empty)"
     if isinstance(value, list):
-        names = [v if isinstance(v, str) else str(v.get("name") or v.get("id") or "?")
-                 if isinstance(v, dict) else "?" for v in value]
+        names = [_shown_url(v) if isinstance(v, str)
+                 else str(v.get("name") or v.get("id") or "?") if isinstance(v, dict) else "?"
+                 for v in value]
         return ", ".join(names) or "(empty)"
     return str(value)
 

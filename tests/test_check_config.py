@@ -392,6 +392,22 @@ providers:
     assert "base_url=https://***@vllm.example.com/v1 " in out
 
 
+def test_credentials_in_an_allowed_custom_host_are_not_printed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An allow-list entry matches a custom_host with its user info (a config target's
+    `https://alice:…@vllm…` is allowed by that very entry): it was printed as written."""
+    code, out, err = run(tmp_path, """
+providers:
+  vllm: {type: openai}
+allowed_custom_hosts: ["https://alice:pw-SECRET@vllm.example.com", api.example.com,
+                       "bob:pw-SECRET@llm.example.com:8443"]
+""", capsys)
+    assert code == 0, err
+    assert "SECRET" not in out and "alice" not in out and "bob" not in out
+    assert ("allowed_custom_hosts: https://***@vllm.example.com, api.example.com, "
+            "***@llm.example.com:8443") in out.splitlines()
+
+
 @pytest.mark.parametrize(("given", "listens_on"), [("[::1]", "::1"), ("::1", "::1"),
                                                     ("127.0.0.1", "127.0.0.1")])
 def test_a_bracketed_ipv6_host_is_its_address(given: str, listens_on: str) -> None:
