@@ -242,6 +242,33 @@ def test_circuit_state() -> None:
                   cb_config="") == 2
 
 
+@pytest.mark.parametrize(("kind", "options", "host"), [
+    ("bedrock", {"region": "us-east-1", "api_key": "k"},
+     "vpce-1.bedrock-runtime.us-east-1.vpce.amazonaws.com"),
+    ("vertex", {"project": "p", "location": "us-east5", "token_env": "SP_UNSET"},
+     "vertex.corp.example"),
+])
+@pytest.mark.parametrize("userinfo", ["", "alice:pw-SECRET@"])
+def test_a_regional_breakers_label_keeps_its_host(kind: str, options: dict[str, str],
+                                                  host: str, userinfo: str) -> None:
+    """A regional type's breaker key is its base URL and its region: the credentials' mask
+    read the `@` before the region as the end of a user info, and the host went with it
+    (`https://us-east-1`: a VPC endpoint's breaker no longer said which)."""
+    from streamproxy.routing.planner import Attempt
+    from streamproxy.routing.target import Target
+    from streamproxy.server.app import build_providers
+
+    config = make_config({"up": {"type": kind, "base_url": f"https://{userinfo}{host}",
+                                 "default_model": "m", **options}}, default="up")
+    key = Attempt(Target(build_providers(config)["up"], f"m-{kind}-{len(userinfo)}"),
+                  "").breaker_key
+    set_circuit_state(key, "open")
+    labels = [s.labels["target"] for s in metric_samples("streamproxy_circuit_breaker_state")
+              if s.labels["target"].startswith(f"up|m-{kind}-{len(userinfo)}|")]
+    assert len(labels) == 1
+    assert f"https://{host}" in labels[0] and "SECRET" not in labels[0]
+
+
 def test_circuit_targets_are_capped() -> None:
     """A client's config names the model in a breaker's key, and its cb_config the rules:
     10k models or cooldowns must not make 10k series."""

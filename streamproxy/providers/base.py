@@ -222,7 +222,9 @@ class Provider:
     @property
     def endpoint(self) -> str:
         """Where requests go, as far as a circuit breaker tells targets apart (its key): the
-        configured base URL; a regional type adds its region, which fails on its own."""
+        configured base URL; a regional type adds its region, which fails on its own, after
+        a `#`: after an `@`, the metrics' label took the host for a URL's user info, masked
+        it and showed `https://us-east-1`."""
         return self.cfg.base_url or ""
 
     @property

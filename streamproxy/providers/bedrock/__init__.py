@@ -89,7 +89,7 @@ class BedrockProvider(Provider):
 
     @property
     def endpoint(self) -> str:
-        return f"{super().endpoint}@{self.region}"
+        return f"{super().endpoint}#{self.region}"
 
     def with_options(self, options: dict[str, str]) -> BedrockProvider:
         clone = super().with_options(options)

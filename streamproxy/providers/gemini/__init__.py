@@ -209,7 +209,7 @@ class VertexProvider(GeminiProvider):
 
     @property
     def endpoint(self) -> str:
-        return super().endpoint if self.express else f"{super().endpoint}@{self.location}"
+        return super().endpoint if self.express else f"{super().endpoint}#{self.location}"
 
     def with_options(self, options: dict[str, str]) -> VertexProvider:
         clone = super().with_options(options)
