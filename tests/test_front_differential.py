@@ -17,9 +17,19 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp.http_exceptions import (
+    BadHttpMessage,
+    BadHttpMethod,
+    BadStatusLine,
+    InvalidHeader,
+    InvalidURLError,
+    LineTooLong,
+    TransferEncodingError,
+)
 
 from streamproxy.config import load_config, parse_config
 from streamproxy.server import front
+from streamproxy.server.errors import malformed_request
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 STREAM = orjson.dumps({"model": "mock/tokens=2", "stream": True, "messages": MESSAGES})
@@ -171,3 +181,74 @@ def test_the_cases_are_served_by_the_lean_front_itself(name: str) -> None:
     f.max_headers, f.max_field, f.max_body = 128, 8190, 1 << 20
     sent = CASES[name][0]
     assert f.parse_head(sent[:sent.index(b"\r\n\r\n")]) is not None
+
+
+KEY = b"sk-secret-0123456789"  # in a malformed line: it must never come back to the client
+# name: a request aiohttp's parser refuses (the lean front hands each over), on each route
+MALFORMED: dict[str, bytes] = {
+    "Content-Length abc": request(JSON, b"Content-Length: abc", body=b""),
+    "Content-Length -1": request(JSON, b"Content-Length: -1", body=b""),
+    "two Content-Lengths": request(JSON, b"Content-Length: 2", b"Content-Length: 3",
+                                   body=b"{}"),
+    "bad header name": request(JSON, b"Bad Name: " + KEY),
+    "header without a colon": request(JSON, b"Authorization Bearer " + KEY),
+    "bad request line": request(JSON).replace(b"HTTP/1.1", b"HTTP/1.1 " + KEY, 1),
+    "bad version": request(JSON).replace(b"HTTP/1.1", b"HTTP/9.9", 1),
+    "bad method": request(JSON, method=b"P@ST"),
+    "bad chunk size": request(JSON, b"Transfer-Encoding: chunked", body=b"zz\r\n{}\r\n0\r\n\r\n"),
+    "unknown transfer coding": request(JSON, b"Transfer-Encoding: " + KEY, body=b""),
+    "Content-Length and Transfer-Encoding": request(JSON, b"Transfer-Encoding: chunked",
+                                                    b"Content-Length: 5", body=b"0\r\n\r\n"),
+    "HTTP/2 preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "/v1/models Content-Length abc": get(b"/v1/models", b"Content-Length: abc"),
+    "/healthz without a colon": get(b"/healthz", b"x-api-key " + KEY),
+    "/metrics bad header name": get(b"/metrics", b"Bad Name: x"),
+    "/metrics HEAD bad version": get(b"/metrics", method=b"HEAD").replace(b"HTTP/1.1",
+                                                                         b"HTTP/9.9"),
+}
+
+
+async def test_the_fronts_refuse_malformed_requests_alike(proxy: Any, monkeypatch: Any) -> None:
+    await compare(await both_fronts(proxy, monkeypatch, load_config(None)),
+                  {name: (sent, 1) for name, sent in MALFORMED.items()})
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+@pytest.mark.parametrize("front_kind", front.FRONTS)
+async def test_a_malformed_request_is_an_openai_error(proxy: Any, monkeypatch: Any,
+                                                      front_kind: str, name: str) -> None:
+    """aiohttp's parser answered these with a plain-text 400 of its own (`400, message: ...`,
+    quoting the bad line, a key in it included), which the SDKs cannot read as an error; the
+    answer is OpenAI's shape, and the connection still closes (the stream's framing is lost)."""
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    client = await proxy(load_config(None))
+    (status, headers, body), after = await answers(client, MALFORMED[name], 1, False)
+    fields = dict(headers)
+    assert (status, fields["content-type"], fields["connection"]) == (
+        400, b"application/json", b"close")
+    assert after == "closed"
+    assert fields["x-request-id"] == b"~"  # (a new one: by shape)
+    error = orjson.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["type"], error["param"], error["code"]) == (
+        "invalid_request_error", None, "malformed_request")
+    assert error["message"].startswith("Malformed HTTP request: ")
+    assert KEY.decode() not in error["message"] and "\\x" not in error["message"]
+
+
+@pytest.mark.parametrize("exc, fault", [
+    (LineTooLong(b"/v1/x?key=" + KEY, 8190), "a request line or header field is too long"),
+    (BadStatusLine("POST /?key=" + KEY.decode()), "the request line is not valid"),
+    (BadHttpMethod("K" + KEY.decode()), "the request method is not valid"),
+    (InvalidHeader(b"Authorization Bearer " + KEY), "it cannot be parsed"),
+    (InvalidURLError("/?key=" + KEY.decode()), "it cannot be parsed"),
+    (TransferEncodingError(KEY.decode()), "it cannot be parsed"),
+    (BadHttpMessage("Data after `Connection: close`"), "Data after `Connection: close`"),
+])
+def test_the_python_parsers_faults_are_named_without_the_bytes(exc: Exception,
+                                                                fault: str) -> None:
+    """aiohttp's Python parser (AIOHTTP_NO_EXTENSIONS) quotes the request's bytes in its
+    messages without llhttp's ':\\n\\n' before them: those are named by their class."""
+    message = malformed_request(exc).message
+    assert message.startswith(f"Malformed HTTP request: {fault}")
+    assert KEY.decode() not in message

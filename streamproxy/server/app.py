@@ -43,7 +43,8 @@ log = logging.getLogger("streamproxy")
 def http_limits(config: Config) -> dict[str, int]:
     """aiohttp's request-parser limits (AppRunner / TestServer keyword arguments): a backstop
     above the configured limits, which `header_limits` enforces with an OpenAI-shaped 431;
-    beyond the backstop aiohttp refuses with a plain 400 before any handler runs."""
+    beyond the backstop aiohttp's parser refuses with a 400
+    (`malformed_request`) before any handler runs."""
     server = config.server
     return {"max_line_size": BACKSTOP * server.max_header_bytes,
             "max_field_size": BACKSTOP * server.max_header_bytes,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, BadStatusLine, LineTooLong
 from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_urldispatcher import _default_expect_handler
 
@@ -18,7 +20,6 @@ from streamproxy.errors import (
     ProxyError,
 )
 from streamproxy.ids import random_hex
-from streamproxy.server.reading import BodyTimeout
 from streamproxy.upstream.passed_headers import SHOULD_RETRY
 
 log = logging.getLogger("streamproxy.server")
@@ -31,6 +32,16 @@ REQUEST_ID_HEADER = "x-request-id"
 # The longest wait a client is told: an upstream may name any (Gemini's retryDelay "1e306s"),
 # and one past ~1e305 s overflowed `retry-after-ms` (the client got an empty reply).
 MAX_RETRY_AFTER = 86400.0
+
+
+class BodyTimeout(asyncio.TimeoutError):
+    """Set on a request's payload when its body stopped arriving: the handler's read raises it
+    and the server boundary answers `error` (408); aiohttp's lingering read after that answer
+    raises it too, and ends quietly on a TimeoutError."""
+
+    def __init__(self, error: ClientReadTimeout) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 def trace_headers(trace_id: str) -> dict[str, str]:
@@ -96,6 +107,35 @@ def internal_error() -> ProxyError:
 
 def body_too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
+
+
+# What aiohttp's parser faults are called when its message cannot be shown (see `malformed_request`)
+_FAULTS: tuple[tuple[type[BaseException], str], ...] = (
+    (LineTooLong, "a request line or header field is too long"),
+    (BadHttpMethod, "the request method is not valid (HTTPS sent to an HTTP port?)"),
+    (BadStatusLine, "the request line is not valid"),
+)
+# llhttp's name for an HTTP/2 connection preface, which says nothing to its client
+_H2_PREFACE = "Pause on PRI/Upgrade"
+
+
+def malformed_request(exc: BaseException) -> InvalidRequest:
+    """aiohttp's parser refused the request (it answered a plain-text 400 quoting the bad
+    line): the refusal in OpenAI's shape. Only the fault's name is told, never the request's
+    bytes, which may hold a key: the llhttp parser's reason (its message's text before
+    ':\n\n', then the quoted bytes) or aiohttp's own fixed message; the Python parser quotes
+    the bytes in its messages, so its faults are named by class."""
+    text = exc.message if isinstance(exc, BadHttpMessage) else ""
+    reason, quoted, _ = text.partition(":\n\n")
+    if quoted:  # llhttp's: 'Bad status line:\n  <reason>' for a request line
+        fault = reason.rpartition("\n")[2].strip()
+    elif type(exc) is BadHttpMessage and "\n" not in text:  # aiohttp's own, a fixed text
+        fault = text.rstrip(".")
+    else:
+        fault = next((f for cls, f in _FAULTS if isinstance(exc, cls)), "it cannot be parsed")
+    if fault == _H2_PREFACE:
+        fault = "HTTP/2 is not served on this port (send HTTP/1.1)"
+    return InvalidRequest(f"Malformed HTTP request: {fault}.", code="malformed_request")
 
 
 def undecodable_body() -> InvalidRequest:

@@ -16,12 +16,12 @@ from streamproxy.observe.metrics import metrics, metrics_handler, set_circuit_st
 from streamproxy.record import RequestRecord
 from streamproxy.routing.gateway import CHAT_PATH
 from streamproxy.server.errors import (
+    BodyTimeout,
     body_too_large,
     client_trace_id,
     trace_headers,
     undecodable_body,
 )
-from streamproxy.server.reading import BodyTimeout
 
 if TYPE_CHECKING:
     from streamproxy.server.exchange import Exchange

@@ -29,11 +29,18 @@ from email.utils import formatdate
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod
 from aiohttp.http_parser import HttpRequestParser
 from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
 
 from streamproxy.config import ServerConfig
 from streamproxy.errors import ClientReadTimeout
+from streamproxy.server.errors import (
+    BodyTimeout,
+    error_headers,
+    internal_error,
+    malformed_request,
+)
 from streamproxy.server.send_timeout import SendWatch
 
 # How long a closed connection's unsent bytes may wait without the client taking any (nginx's
@@ -99,16 +106,6 @@ def timeout_response(err: ClientReadTimeout) -> bytes:
     return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
             b"%bcontent-length: %d\r\ndate: %b\r\nconnection: close\r\n\r\n%b"
             % (fields, len(body), formatdate(usegmt=True).encode(), body))
-
-
-class BodyTimeout(asyncio.TimeoutError):
-    """Set on a request's payload when its body stopped arriving: the handler's read raises it
-    and the server boundary answers `error` (408); aiohttp's lingering read after that answer
-    raises it too, and ends quietly on a TimeoutError."""
-
-    def __init__(self, error: ClientReadTimeout) -> None:
-        super().__init__(error.message)
-        self.error = error
 
 
 _FIRST = object()  # the connection's first head, read before aiohttp started waiting for one
@@ -182,6 +179,31 @@ class ReadTimedHandler(web.RequestHandler):
         if self._read_timer is None:
             self._read_timer = loop.call_at(self._last_read + self._read_timeouts.step,
                                             self._check_reading)
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """aiohttp's answer to a request its parser refused (400), or to a handler's exception
+        that escaped the middlewares (500), in OpenAI's shape where aiohttp's was plain text.
+        The connection closes, as aiohttp's does: after a malformed head the stream's framing
+        is lost."""
+        # Logged as aiohttp logs them (access_log.ParserErrorFilter keeps a parser's refusal to
+        # a line naming it, without the bad line's bytes)
+        if self._request_count == 1 and isinstance(exc, BadHttpMethod):  # (port scanners)
+            self.logger.debug("Error handling request from %s", request.remote, exc_info=exc)
+        else:
+            self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
+        err = (malformed_request(exc) if status == 400 and exc is not None
+               else internal_error())
+        if request.writer.output_size > 0:  # (as aiohttp: an answer had begun)
+            raise ConnectionError("an answer had begun: no error answer can follow it")
+        response = web.Response(body=err.body(), status=err.status,
+                                content_type="application/json",
+                                headers=error_headers(err, request.headers))
+        # Said, not only done: aiohttp answers these as HTTP/1.0, which it closes silently.
+        response.headers["connection"] = "close"
+        response.force_close()
+        return response
 
     async def start(self) -> None:
         try:
