@@ -252,3 +252,33 @@ def test_the_python_parsers_faults_are_named_without_the_bytes(exc: Exception,
     message = malformed_request(exc).message
     assert message.startswith(f"Malformed HTTP request: {fault}")
     assert KEY.decode() not in message
+
+
+CHUNKED_HEAD = request(JSON, b"Transfer-Encoding: chunked", body=b"")
+BROKEN_CHUNKS = {"bad chunk size": b"zz\r\n}\r\n0\r\n\r\n",
+                 "no CRLF after a chunk": b"1\r\n}X\r\n0\r\n\r\n"}
+
+
+@pytest.mark.parametrize("path", [b"/v1/chat/completions", b"/v1/chat/completions?x=1"])
+@pytest.mark.parametrize("broken", list(BROKEN_CHUNKS))
+@pytest.mark.parametrize("front_kind", front.FRONTS)
+async def test_a_chunked_body_whose_framing_breaks_is_400_at_once(
+        proxy: Any, monkeypatch: Any, front_kind: str, broken: str, path: bytes) -> None:
+    """The framing of a chunked body breaking after its head and first chunk came: the parser
+    failed, but the handler reading the body was not told, and waited for the rest until the
+    body timeout (a 408 a minute later). It is the same 400 as a head the parser refuses, and
+    the connection closes, after one answer."""
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    client = await proxy(load_config(None))
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(CHUNKED_HEAD.replace(b"/v1/chat/completions", path, 1) + chunked(b"{")[:-5])
+    await writer.drain()
+    await asyncio.sleep(0.05)  # (the head is read, its body awaited: either way, the same)
+    writer.write(BROKEN_CHUNKS[broken])
+    status, headers, body = await read_answer(reader, False)
+    error = orjson.loads(body)["error"]
+    assert (status, error["type"], error["code"]) == (400, "invalid_request_error",
+                                                       "malformed_request")
+    assert dict(headers)["connection"] == b"close"
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, nothing more said
+    writer.close()

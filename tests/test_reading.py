@@ -310,7 +310,7 @@ def test_what_aiohttp_keeps_privately_is_still_there() -> None:
     assert {"_waiter", "_messages", "_current_request", "_reading_paused",
             "_keepalive_handle", "_loop", "_request_factory", "_next_keepalive_close_time",
             "_keepalive_timeout", "_parser", "_read_bufsize", "_max_msg_queue_size",
-            "_upgraded"} <= slots
+            "_upgraded", "_lingering_time"} <= slots
     assert callable(ReadTimedHandler.__mro__[1]._process_keepalive)
     assert "_message" in web.BaseRequest.ATTRS  # (its should_close: wind_down)
 

@@ -119,7 +119,13 @@ _FAULTS: tuple[tuple[type[BaseException], str], ...] = (
 _H2_PREFACE = "Pause on PRI/Upgrade"
 
 
-def malformed_request(exc: BaseException) -> InvalidRequest:
+class MalformedRequest(InvalidRequest):
+    """A request aiohttp's parser refused: its framing is lost, so its connection closes."""
+
+    code = "malformed_request"
+
+
+def malformed_request(exc: BaseException) -> MalformedRequest:
     """aiohttp's parser refused the request (it answered a plain-text 400 quoting the bad
     line): the refusal in OpenAI's shape. Only the fault's name is told, never the request's
     bytes, which may hold a key: the llhttp parser's reason (its message's text before
@@ -135,7 +141,7 @@ def malformed_request(exc: BaseException) -> InvalidRequest:
         fault = next((f for cls, f in _FAULTS if isinstance(exc, cls)), "it cannot be parsed")
     if fault == _H2_PREFACE:
         fault = "HTTP/2 is not served on this port (send HTTP/1.1)"
-    return InvalidRequest(f"Malformed HTTP request: {fault}.", code="malformed_request")
+    return MalformedRequest(f"Malformed HTTP request: {fault}.")
 
 
 def undecodable_body() -> InvalidRequest:
@@ -180,7 +186,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ProxyError as e:
         response = error_response(e, request)
-        if isinstance(e, ClientReadTimeout):  # the rest of the request will not be read
+        # the rest of the request will not be read, or cannot be (its framing broke)
+        if isinstance(e, (ClientReadTimeout, MalformedRequest)):
             response.force_close()
         return response
     except BodyTimeout as e:  # another route's read of a body that stopped arriving

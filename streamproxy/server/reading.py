@@ -114,10 +114,11 @@ _FIRST = object()  # the connection's first head, read before aiohttp started wa
 class ReadTimedHandler(web.RequestHandler):
     """aiohttp's connection protocol, with the request read timeouts.
 
-    aiohttp keeps what this needs in private attributes, read here only: `_waiter` (pending
-    while it waits for a head), `_messages` (heads parsed, not yet served), `_current_request`
-    (the request whose handler runs) and `_reading_paused`; and its keep-alive check,
-    `_process_keepalive`, stands aside while a head arrives. tests/test_reading.py pins them.
+    aiohttp keeps what this needs in private attributes, read here (one written): `_waiter`
+    (pending while it waits for a head), `_messages` (heads parsed, not yet served),
+    `_current_request` (the request whose handler runs) and `_reading_paused`; its keep-alive
+    check, `_process_keepalive`, stands aside while a head arrives; `_lingering_time` is zeroed
+    once a body cannot be read on. tests/test_reading.py pins them.
 
     A head is being read when bytes came while aiohttp waited for one and made no whole
     request (or came first on a connection the lean front handed over before aiohttp waited):
@@ -161,6 +162,8 @@ class ReadTimedHandler(web.RequestHandler):
                and not isinstance(messages[-1][0], _ErrInfo)):
             queued = len(messages)
             super().data_received(b"")
+        if messages and isinstance(messages[-1][0], _ErrInfo):
+            self._fail_unfinished_body(messages[-1][0].exc)
         if not data or self.transport is None:  # (aiohttp parses what it held back with b"")
             return
         loop = self._loop
@@ -179,6 +182,21 @@ class ReadTimedHandler(web.RequestHandler):
         if self._read_timer is None:
             self._read_timer = loop.call_at(self._last_read + self._read_timeouts.step,
                                             self._check_reading)
+
+    def _fail_unfinished_body(self, exc: BaseException) -> None:
+        """The parser failed inside a body (a chunked body's framing broke): the handler
+        reading it gets the 400 now. It was not told, and waited for the rest until the body
+        timeout (a 408); the refusal queued behind it is never answered, as the handler's
+        answer closes the connection (`MalformedRequest`)."""
+        payloads = [payload for _, payload in list(self._messages)[:-1]]  # (read, not served)
+        if self._current_request is not None:
+            payloads.append(self._current_request.content)
+        for payload in payloads:
+            if not payload.is_eof():
+                payload.set_exception(malformed_request(exc))
+                # Nothing more of it can be read: aiohttp's lingering read after the answer
+                # would raise the error again (logged as an unhandled exception), and wait.
+                self._lingering_time = 0.0
 
     def handle_error(self, request: web.BaseRequest, status: int = 500,
                      exc: BaseException | None = None,
