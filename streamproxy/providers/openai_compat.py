@@ -332,10 +332,12 @@ def error_object(error: Any, provider: str, status: int = 502) -> UpstreamStatus
 
 
 def _event_status(error: dict[str, Any], default: int) -> int:
-    """The HTTP status an error object names: OpenRouter's numeric `code`, else Azure's
-    `status` (its `code` is a name, `content_filter`); `default` when neither is an error
-    status."""
+    """The HTTP status an error object names: OpenRouter's numeric `code` (LiteLLM's proxy
+    sends it as a string, "429"), else Azure's `status` (its `code` is a name,
+    `content_filter`); `default` when neither is an error status."""
     for status in (error.get("code"), error.get("status")):
+        if isinstance(status, str) and status.isascii() and status.isdigit():
+            status = int(status)  # (isascii: int() also reads other scripts' digits)
         if isinstance(status, int) and 400 <= status < 600:
             return status
     return default
