@@ -31,3 +31,40 @@ def test_an_overflow_named_400_as_a_string_is_context_length_exceeded() -> None:
 @pytest.mark.parametrize("code", ["content_filter", "4000", "1113", "٤٠٠", "²00", ""])
 def test_a_code_that_names_no_status_leaves_the_default(code: Any) -> None:
     assert error_object({"message": "m", "code": code}, "up").status == 502
+
+
+@pytest.mark.parametrize(("error", "status"), [
+    ({"type": "invalid_request_error", "code": None}, 400),
+    ({"type": "invalid_request_error", "code": "context_length_exceeded"}, 400),
+    ({"type": "authentication_error"}, 401),
+    ({"type": "invalid_request_error", "code": "invalid_api_key"}, 401),
+    ({"type": "permission_error"}, 403),
+    ({"type": "not_found_error"}, 404),
+    ({"type": "invalid_request_error", "code": "model_not_found"}, 404),
+    ({"type": "rate_limit_error"}, 429),
+    ({"type": "tokens", "code": "rate_limit_exceeded"}, 429),  # OpenAI's rate limits
+    ({"type": "server_error", "code": None}, 500),
+    ({"type": "server_error", "code": "overloaded"}, 503),
+    ({"type": "overloaded_error"}, 529),  # Anthropic's, which some relays pass on as is
+    # a numeric status wins over the names
+    ({"type": "invalid_request_error", "code": 429}, 429),
+    ({"type": "invalid_request_error", "status": 413}, 413),
+    # a name not known leaves the default
+    ({"type": "BadRequestError", "code": "weird"}, 502),
+])
+def test_an_error_named_only_by_openais_type_or_code_has_its_status(error: dict[str, Any],
+                                                                    status: int) -> None:
+    # before the first byte the status decides retries and fallbacks: a client error taken
+    # for a 502 was retried as a server error
+    assert error_object({"message": "m", **error}, "up").status == status
+
+
+def test_a_200s_invalid_request_error_is_a_400_with_the_providers_fields() -> None:
+    up = provider(PROVIDER_TYPES["openai"], "openai")
+    err = up.answered_error(orjson.dumps({"error": {
+        "message": "Invalid value for 'temperature'", "type": "invalid_request_error",
+        "param": "temperature", "code": None}}))
+    assert err.status == 400
+    assert err.to_dict() == {"error": {"message": "Invalid value for 'temperature'",
+                                       "type": "invalid_request_error",
+                                       "param": "temperature", "code": None}}

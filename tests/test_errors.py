@@ -141,9 +141,10 @@ async def test_upstream_error_status_and_message_are_carried_over(
 
 
 @pytest.mark.parametrize(("kind", "body", "message", "code", "status"), [
+    # OpenAI's code names its status (model_not_found: 404, as OpenAI answers it)
     ("openai", b'{"error":{"message":"The model `gpt-9` does not exist","type":'
                b'"invalid_request_error","param":null,"code":"model_not_found"}}',
-     "The model `gpt-9` does not exist", "model_not_found", 502),
+     "The model `gpt-9` does not exist", "model_not_found", 404),
     # Anthropic's error type names its status (529 overloaded), as in an error event
     ("anthropic", b'{"type":"error","error":{"type":"overloaded_error","message":'
                   b'"Overloaded"}}\n', "Overloaded", "overloaded_error", 529),

@@ -334,13 +334,31 @@ def error_object(error: Any, provider: str, status: int = 502) -> UpstreamStatus
 def _event_status(error: dict[str, Any], default: int) -> int:
     """The HTTP status an error object names: OpenRouter's numeric `code` (LiteLLM's proxy
     sends it as a string, "429"), else Azure's `status` (its `code` is a name,
-    `content_filter`); `default` when neither is an error status."""
-    for status in (error.get("code"), error.get("status")):
+    `content_filter`); else the status its OpenAI `code` or `type` name stands for; `default`
+    when none is known."""
+    code, etype = error.get("code"), error.get("type")
+    for status in (code, error.get("status")):
         if isinstance(status, str) and status.isascii() and status.isdigit():
             status = int(status)  # (isascii: int() also reads other scripts' digits)
         if isinstance(status, int) and 400 <= status < 600:
             return status
+    for name in (code, etype):  # (the code is the finer: server_error's `overloaded`)
+        if isinstance(name, str) and name in STATUS_FOR_NAME:
+            return STATUS_FOR_NAME[name]
     return default
+
+
+# The status each of OpenAI's error types and codes stands for (and Anthropic's overloaded,
+# which relays pass on), for an error object that names no number: taken for a 502, a client
+# error was retried as a server error before the first byte, a rate limit not waited out.
+STATUS_FOR_NAME = {
+    "invalid_request_error": 400, "context_length_exceeded": 400,
+    "authentication_error": 401, "invalid_api_key": 401,
+    "permission_error": 403,
+    "not_found_error": 404, "model_not_found": 404,
+    "rate_limit_error": 429, "rate_limit_exceeded": 429, "insufficient_quota": 429,
+    "server_error": 500, "overloaded": 503, "overloaded_error": 529,
+}
 
 
 # How OpenAI-compatible servers word a prompt over the model's context, which OpenAI calls
