@@ -9,9 +9,13 @@ from typing import Any
 import orjson
 import pytest
 
+from streamproxy.errors import UpstreamStatusError
+from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.openai_compat import error_object
 from streamproxy.providers.registry import PROVIDER_TYPES
 from tests.test_context_overflow import VLLM_MESSAGE, provider, streamed_error
+
+USER = [{"role": "user", "content": "hi"}]
 
 
 @pytest.mark.parametrize(("code", "status"), [("400", 400), ("429", 429), ("503", 503)])
@@ -68,3 +72,34 @@ def test_a_200s_invalid_request_error_is_a_400_with_the_providers_fields() -> No
     assert err.to_dict() == {"error": {"message": "Invalid value for 'temperature'",
                                        "type": "invalid_request_error",
                                        "param": "temperature", "code": None}}
+
+
+VLLM_ERROR = {"object": "error", "message": "[{'type': 'missing', 'loc': ('body', 'messages')}]",
+              "type": "BadRequestError", "param": None, "code": 400}
+
+
+def test_a_200_carrying_vllms_bare_error_object_is_that_error() -> None:
+    # vLLM-style servers (and Mistral) send the error object itself, not under `error`: it was
+    # forwarded to the client as if it were a completion
+    up = provider(PROVIDER_TYPES["vllm"], "vllm")
+    req = parse_chat_request(orjson.dumps({"model": "m", "messages": USER}))
+    with pytest.raises(UpstreamStatusError) as caught:
+        up.translate_response(orjson.dumps(VLLM_ERROR), req, completion_id="c", created=1)
+    assert caught.value.status == 400
+    assert caught.value.to_dict() == {"error": {"message": VLLM_ERROR["message"],
+                                                "type": "BadRequestError", "param": None,
+                                                "code": "400"}}
+
+
+def test_a_stream_request_answered_with_vllms_bare_error_object_has_its_status() -> None:
+    # (a stream request answered 200 with one JSON body: routing/executor.py `_json_error`)
+    err = provider(PROVIDER_TYPES["openai"], "openai").answered_error(orjson.dumps(VLLM_ERROR))
+    assert (err.status, err.message) == (400, VLLM_ERROR["message"])
+
+
+def test_a_completion_whose_object_is_not_error_is_no_error() -> None:
+    up = provider(PROVIDER_TYPES["openai"], "openai")
+    req = parse_chat_request(orjson.dumps({"model": "m", "messages": USER}))
+    body = orjson.dumps({"object": "chat.completion", "choices": [{"index": 0, "message": {
+        "role": "assistant", "content": '"error"'}, "finish_reason": "stop"}]})
+    assert up.translate_response(body, req, completion_id="c", created=1) == body

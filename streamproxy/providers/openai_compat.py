@@ -308,9 +308,14 @@ def error_answer(body: bytes, provider: str) -> UpstreamStatusError | None:
         answer = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None  # the executor's parse reports it
-    if not isinstance(answer, dict) or not answer.get("error") or answer.get("choices"):
+    if not isinstance(answer, dict) or answer.get("choices"):
         return None
-    return error_object(answer["error"], provider)
+    error = answer.get("error")
+    if not error and answer.get("object") == "error":
+        # vLLM's and Mistral's shape, the error object itself (as their error events): it went
+        # to the client as a completion
+        error = {k: v for k, v in answer.items() if k != "object"}
+    return error_object(error, provider) if error else None
 
 
 def error_object(error: Any, provider: str, status: int = 502) -> UpstreamStatusError:
