@@ -103,3 +103,30 @@ def test_a_completion_whose_object_is_not_error_is_no_error() -> None:
     body = orjson.dumps({"object": "chat.completion", "choices": [{"index": 0, "message": {
         "role": "assistant", "content": '"error"'}, "finish_reason": "stop"}]})
     assert up.translate_response(body, req, completion_id="c", created=1) == body
+
+
+@pytest.mark.parametrize("body", [
+    {"detail": {"message": "Model 'x' is not served here"}},  # FastAPI's HTTPException(detail=…)
+    {"detail": {"msg": "Model 'x' is not served here"}},
+    {"error": {"detail": "Model 'x' is not served here"}},
+    {"error": {"detail": {"message": "Model 'x' is not served here"}}},
+])
+def test_an_error_whose_message_is_under_detail_keeps_it(body: dict[str, Any]) -> None:
+    up = provider(PROVIDER_TYPES["openai"], "openai")
+    err = up.parse_error(404, orjson.dumps(body))
+    assert (err.status, err.message) == (404, "Model 'x' is not served here")
+
+
+@pytest.mark.parametrize("body", [
+    {"detail": [{"loc": ["body", "model"], "msg": "Field required", "type": "missing"}]},
+    {"message": {"detail": [{"loc": ["body", "model"], "msg": "Field required"}]}},
+])
+def test_a_validation_errors_detail_still_names_the_field(body: dict[str, Any]) -> None:
+    err = provider(PROVIDER_TYPES["openai"], "openai").parse_error(422, orjson.dumps(body))
+    assert err.message == "body.model: Field required"
+
+
+def test_a_streamed_error_whose_message_is_under_detail_keeps_it() -> None:
+    up = provider(PROVIDER_TYPES["openai"], "openai")
+    frame = streamed_error(up, orjson.dumps({"error": {"detail": "Engine died", "code": 500}}))
+    assert frame["message"] == "Engine died"

@@ -337,7 +337,7 @@ def generic_error(status: int, body: bytes, provider: str, *,
                   keep_fields: bool = False) -> UpstreamStatusError:
     """Read an error body by its JSON fields: OpenAI's `{"error": {...}}`, Anthropic's
     `{"type": "error", "error": {...}}`, a bare `{"message": ...}`, Cloudflare's list
-    (`_listed_error`), or a validation error's `detail` (`_detail_message`). A body that is not
+    (`_listed_error`), or a validation error's `detail` (`detail_message`). A body that is not
     JSON is not echoed (it may be an HTML page from some intermediary). `keep_fields`: an
     OpenAI-compatible provider's `{"error": {...}}` also goes to the client as it came
     (`kept_fields`)."""
@@ -360,7 +360,10 @@ def generic_error(status: int, body: bytes, provider: str, *,
         elif isinstance(err, str):
             message = err
         if not isinstance(message, str):
-            message = _detail_message(message if message is not None else obj.get("detail"))
+            # (the error object's own `detail` before the body's: `{"error": {"detail": …}}`)
+            detail = err.get("detail") if isinstance(err, dict) else None
+            message = detail_message(message if message is not None
+                                     else obj.get("detail") if detail is None else detail)
     if not isinstance(message, str) or not message:
         message = f"provider '{provider}' returned HTTP {status}"
     err = UpstreamStatusError(
@@ -475,13 +478,15 @@ def _listed_error(body: dict[str, Any]) -> dict[str, Any] | None:
     return first if isinstance(first, dict) else None
 
 
-def _detail_message(detail: Any) -> str | None:
+def detail_message(detail: Any) -> str | None:
     """The message of a FastAPI/pydantic validation error, which Mistral's 422 sends as
     `{"message": {"detail": [...]}}` (or `"message": [...]`) and other servers as a top-level
     `{"detail": ...}`: each item's `loc` and `msg`, e.g. `body.messages.0.user.name: Extra
     inputs are not permitted` — the one thing that says which field was refused."""
     if isinstance(detail, dict):
-        detail = detail.get("detail")
+        # (FastAPI's HTTPException(detail={"message": …}): a server's own error, not a list)
+        detail = next((detail[key] for key in ("detail", "message", "msg") if key in detail),
+                      None)
     if isinstance(detail, str):
         return detail
     if not isinstance(detail, list):

@@ -34,6 +34,7 @@ from streamproxy.providers.base import (
     StreamTranslator,
     UpstreamRequest,
     context_overflow,
+    detail_message,
     generic_error,
     kept_fields,
     load_event_json,
@@ -324,6 +325,9 @@ def error_object(error: Any, provider: str, status: int = 502) -> UpstreamStatus
     if not isinstance(error, dict):
         error = {"message": error}
     code, message = error.get("code"), error.get("message")
+    if not isinstance(message, str):
+        # (a server's message under `detail`, FastAPI's way, or a validation error's list)
+        message = detail_message(message if message is not None else error.get("detail"))
     if not isinstance(message, str) or not message:
         # (an object went out as the message, against OpenAI's shape; nested past the 254
         # levels orjson writes, or a bare nested list through str(), it was a 500)
