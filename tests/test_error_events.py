@@ -130,3 +130,35 @@ def test_a_streamed_error_whose_message_is_under_detail_keeps_it() -> None:
     up = provider(PROVIDER_TYPES["openai"], "openai")
     frame = streamed_error(up, orjson.dumps({"error": {"detail": "Engine died", "code": 500}}))
     assert frame["message"] == "Engine died"
+
+
+# OpenAI's errors as its HTTP answers carry them, with their status
+OPENAI_ERRORS = [
+    (400, {"message": "Invalid value", "type": "invalid_request_error", "param": "n",
+           "code": None}),
+    (401, {"message": "Incorrect API key provided", "type": "invalid_request_error",
+           "param": None, "code": "invalid_api_key"}),
+    (404, {"message": "The model `gpt-9` does not exist", "type": "invalid_request_error",
+           "param": None, "code": "model_not_found"}),
+    (429, {"message": "Rate limit reached", "type": "tokens", "param": None,
+           "code": "rate_limit_exceeded"}),
+    (429, {"message": "You exceeded your current quota", "type": "insufficient_quota",
+           "param": None, "code": "insufficient_quota"}),
+    (429, {"message": "Your credit balance is too low", "type": "insufficient_quota",
+           "param": None, "code": "credit_balance_exhausted"}),
+    (500, {"message": "The server had an error", "type": "server_error", "param": None,
+           "code": None}),
+]
+
+
+@pytest.mark.parametrize(("status", "error"), OPENAI_ERRORS)
+def test_an_error_object_in_a_stream_or_a_200_is_the_same_error_as_its_http_answer(
+        status: int, error: dict[str, Any]) -> None:
+    """Before the first byte, an error event (or a 200's error object) decides retries,
+    fallbacks and the client's answer as the same error answered over HTTP does: the same
+    status, body and `x-should-retry` (a used-up quota is not retried either way)."""
+    up = provider(PROVIDER_TYPES["openai"], "openai")
+    body = orjson.dumps({"error": error})
+    http, event = up.parse_error(status, body), up.answered_error(body)
+    assert (event.status, event.should_retry, event.to_dict()) == (
+        http.status, http.should_retry, http.to_dict())

@@ -374,6 +374,11 @@ def generic_error(status: int, body: bytes, provider: str, *,
         param=param if isinstance(param, str) else None,
         fields=fields,
     )
+    return quota_not_retried(err, etype)
+
+
+def quota_not_retried(err: UpstreamStatusError, etype: Any) -> UpstreamStatusError:
+    """`err` not to be retried when its code or its type `etype` is `insufficient_quota`."""
     if err.code == INSUFFICIENT_QUOTA or etype == INSUFFICIENT_QUOTA:
         # (OpenAI names the cause in `code`, credit_balance_exhausted or a spend limit, under
         # this type: as used up, until someone pays or the month turns)

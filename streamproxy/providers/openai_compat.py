@@ -38,6 +38,7 @@ from streamproxy.providers.base import (
     generic_error,
     kept_fields,
     load_event_json,
+    quota_not_retried,
     upstream_code,
 )
 
@@ -332,12 +333,13 @@ def error_object(error: Any, provider: str, status: int = 502) -> UpstreamStatus
         # (an object went out as the message, against OpenAI's shape; nested past the 254
         # levels orjson writes, or a bare nested list through str(), it was a 500)
         message = "the provider reported an error"
+    etype = error.get("type")
+    err = UpstreamStatusError(_event_status(error, status), message, provider=provider,
+                              code=upstream_code(code, etype), fields=kept_fields(error))
     # (an overflow comes this way too: OpenRouter's provider refuses the prompt after the 200,
-    # vLLM's engine after its stream began; each names its 400 in `code`)
-    return context_overflow(UpstreamStatusError(_event_status(error, status), message,
-                                                provider=provider,
-                                                code=upstream_code(code, error.get("type")),
-                                                fields=kept_fields(error)), OVERFLOW)
+    # vLLM's engine after its stream began; each names its 400 in `code`; a used-up quota is
+    # not retried, as over HTTP)
+    return context_overflow(quota_not_retried(err, etype), OVERFLOW)
 
 
 def _event_status(error: dict[str, Any], default: int) -> int:
