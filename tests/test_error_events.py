@@ -162,3 +162,18 @@ def test_an_error_object_in_a_stream_or_a_200_is_the_same_error_as_its_http_answ
     http, event = up.parse_error(status, body), up.answered_error(body)
     assert (event.status, event.should_retry, event.to_dict()) == (
         http.status, http.should_retry, http.to_dict())
+
+
+@pytest.mark.parametrize(("kind", "error"), [
+    ("vllm", {"object": "error", "message": "bad", "type": "BadRequestError", "param": None,
+              "code": 400}),
+    ("mistral", {"object": "error", "message": "Invalid model: x", "type": "invalid_model",
+                 "param": None, "code": "1500"}),
+])
+def test_a_bare_error_object_answered_over_http_keeps_its_fields_as_in_a_stream(
+        kind: str, error: dict[str, Any]) -> None:
+    # the client got the provider's own `type` from the stream's error event but ours from
+    # the same object as an HTTP 400's body
+    up = provider(PROVIDER_TYPES[kind], kind)
+    assert up.parse_error(400, orjson.dumps(error)).to_dict()["error"] == streamed_error(
+        up, orjson.dumps(error))

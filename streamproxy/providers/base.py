@@ -339,8 +339,8 @@ def generic_error(status: int, body: bytes, provider: str, *,
     `{"type": "error", "error": {...}}`, a bare `{"message": ...}`, Cloudflare's list
     (`_listed_error`), or a validation error's `detail` (`detail_message`). A body that is not
     JSON is not echoed (it may be an HTML page from some intermediary). `keep_fields`: an
-    OpenAI-compatible provider's `{"error": {...}}` also goes to the client as it came
-    (`kept_fields`)."""
+    OpenAI-compatible provider's `{"error": {...}}` (or `{"object": "error", ...}`) also goes
+    to the client as it came (`kept_fields`)."""
     message, code, etype, param, fields = None, None, None, None, None
     try:
         obj = orjson.loads(body) if body else None
@@ -357,6 +357,10 @@ def generic_error(status: int, body: bytes, provider: str, *,
             param = err.get("param")
             if keep_fields and err is obj.get("error"):
                 fields = kept_fields(err)
+            elif keep_fields and obj.get("object") == "error":
+                # (vLLM's and Mistral's shape, the error object itself: kept as their error
+                # events' are)
+                fields = kept_fields({k: v for k, v in err.items() if k != "object"})
         elif isinstance(err, str):
             message = err
         if not isinstance(message, str):
