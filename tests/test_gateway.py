@@ -1528,3 +1528,35 @@ async def test_a_deeply_nested_condition_is_a_400_not_a_500(proxy: Any) -> None:
     resp = await post(client, config, stream=False, headers={"x-portkey-metadata": '{"x":"1"}'})
     assert resp.status == 400
     assert (await resp.json())["error"]["code"] == "invalid_config"
+
+
+def _regex_config(pattern: str, field: str = "params.user") -> str:
+    return json.dumps({
+        "strategy": {"mode": "conditional",
+                     "conditions": [{"query": {field: {"$regex": pattern}}, "then": "g"}],
+                     "default": "base"},
+        "targets": [{"name": "g", **leaf("fast", "mock2")}, {"name": "base", **leaf("fast")}]})
+
+
+@pytest.mark.parametrize("pattern", ["(a+)+$", "(a|a)*$", "a*a*$"])
+async def test_a_clients_backtracking_regex_is_a_400_not_a_stalled_worker(
+        proxy: Any, pattern: str) -> None:
+    # `(a+)+$` on 22 a's and a b took ~1 s of the event loop (every stream of the worker
+    # stalled); on 30, minutes.
+    client = await proxy(gateway_config())
+    response = await post(client, _regex_config(pattern), user="a" * 22 + "b")
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["param"] == "config.strategy.conditions[0].query.params.user.$regex"
+    assert error["code"] == "invalid_config"
+
+
+async def test_a_clients_regex_reads_no_value_longer_than_its_cap(proxy: Any) -> None:
+    # Backtracking is polynomial in the subject's length at best (`.*x` on a 100 kB `user`
+    # held the loop for ~25 s), so a longer value never matches a client's pattern.
+    client = await proxy(gateway_config())
+    config = _regex_config("^gpt|x$")
+    short = await post(client, config, user="a" * 100 + "x")
+    assert short.headers["x-portkey-provider"] == "mock2"
+    long = await post(client, config, user="a" * 100_000 + "x")
+    assert long.status == 200 and long.headers["x-portkey-provider"] == "mock"

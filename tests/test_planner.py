@@ -1173,3 +1173,23 @@ def test_an_overrides_token_cap_replaces_the_requests_under_either_name(
     caps = {k: v for k, v in {**sent, **sent.get("inferenceConfig", {})}.items()
             if k in ("max_tokens", "max_completion_tokens", "maxTokens")}
     assert list(caps.values()) == [50]
+
+
+@pytest.mark.parametrize(("pattern", "allowed"), [
+    ("-mini$", True), (".*sonnet", True), ("^gpt-4o(-mini|-nano)?$", True),
+    (r"^(gpt|o)\d+.*$", True), ("^(prod|staging)$", True),
+    ("(a+)+$", False), ("(a|ab)*c", False), ("a*a*$", False), (r"(a)\1", False),
+    ("(?m)^a*a*$", False)])
+def test_a_clients_regex_is_held_to_a_backtracking_budget(pattern: str, allowed: bool) -> None:
+    from streamproxy.routing.conditions import CLIENT_REGEX_BUDGET, regex_cost
+    from streamproxy.routing.portkey_config import client_made
+    assert (regex_cost(pattern) <= CLIENT_REGEX_BUDGET) is allowed
+    raw = {"strategy": {"mode": "conditional", "conditions": [
+               {"query": {"metadata.m": {"$regex": pattern}}, "then": "a"}]},
+           "targets": [{"name": "a"}]}
+    node = parse_config(raw)  # an operator's config may hold any valid pattern
+    if allowed:
+        assert client_made(node).conditions[0].client
+    else:
+        with pytest.raises(InvalidRequest, match=r"conditions\[0\]\.query\.metadata\.m\.\$regex"):
+            client_made(node)

@@ -12,6 +12,13 @@ object to the length of an array (anything else never matches). Equality (`$eq $
 a literal) is JavaScript's strict one for booleans: `true` is not `1`, nor `false` `0`.
 `$regex` reads a number or a boolean as JavaScript's `RegExp.test` does, as its text (`3`,
 `1024`, `true`); an array, an object, null or an absent field never matches.
+
+A client's inline config's `$regex` runs on the event loop against values the request brings,
+and Python's `re` backtracks: `(a+)+$` takes time exponential in its subject, `a*a*$` cubic,
+stalling every stream of the worker. So its patterns must fit a backtracking budget
+(`regex_cost`, checked as the config is read) and a value longer than
+CLIENT_REGEX_TEXT_MAX characters never matches one. An operator's patterns are the
+operator's to write and are not held to it.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import re
 from collections.abc import Callable
 from decimal import Decimal
 from functools import lru_cache
+from re import _constants as sre  # (the stdlib's own parse of a pattern: no new dependency)
+from re import _parser as sre_parse
 from typing import Any
 
 from streamproxy.errors import InvalidRequest
@@ -36,6 +45,14 @@ _MISSING = object()
 # How deep `$and` / `$or` may nest: far beyond what a routing rule needs, and far within
 # Python's stack (330 levels, a 4 kB header, ran matching out of it: a 500).
 MAX_QUERY_DEPTH = 32
+# What a client's patterns may cost: the ways backtracking may try them on a subject of
+# CLIENT_REGEX_TEXT_MAX characters, all of a config's together (~20 ms of the loop at most).
+# Room for one unbounded repeat (`-mini$`, `.*sonnet`), or two behind a `^` (`^o\d+.*$`);
+# not for a repeated group that can match a text in several ways (`(a+)+`, `(a|ab)*`).
+CLIENT_REGEX_TEXT_MAX = 256
+CLIENT_REGEX_BUDGET = 1 << 21
+_REPEATS = (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT)
+_BEGINNINGS = (sre.AT_BEGINNING, sre.AT_BEGINNING_STRING)
 
 
 def _bad(path: str, reason: str) -> InvalidRequest:
@@ -80,6 +97,65 @@ def _validate_operators(matcher: dict[str, Any], path: str) -> None:
                 _validate_operators(arg, f"{path}.{op}")
             elif isinstance(arg, bool) or not isinstance(arg, int | float):
                 raise _bad(f"{path}.{op}", "must be a number or an object of operators")
+
+
+def regex_cost(pattern: str) -> float:
+    """An upper bound on the steps a search for `pattern` (a valid one) may backtrack through
+    on a text of CLIENT_REGEX_TEXT_MAX characters: one per start (one only after a leading
+    `^`) times its items' ways; a backreference's are unbounded (inf)."""
+    items = sre_parse.parse(pattern)
+    anchored = (len(items) > 0 and items[0][0] is sre.AT and items[0][1] in _BEGINNINGS
+                and not items.state.flags & re.MULTILINE)  # ((?m)^: each line's start)
+    return (1 if anchored else CLIENT_REGEX_TEXT_MAX + 1) * _ways(items)
+
+
+def _ways(items: Any) -> float:
+    """How many ways `items` (a parsed sequence) may match from one place, at most."""
+    total = 1.0
+    for op, av in items:
+        if op in _REPEATS:
+            low, high, body = av
+            total *= _repeat_ways(low, min(high, CLIENT_REGEX_TEXT_MAX), _ways(body))
+        elif op is sre.SUBPATTERN:
+            total *= _ways(av[3])
+        elif op is sre.ATOMIC_GROUP:
+            total *= _ways(av)
+        elif op in (sre.ASSERT, sre.ASSERT_NOT):
+            total *= _ways(av[1])
+        elif op is sre.BRANCH:
+            total *= sum(_ways(alt) for alt in av[1])
+        elif op in (sre.GROUPREF, sre.GROUPREF_EXISTS):
+            return math.inf
+        if total > CLIENT_REGEX_BUDGET:
+            return math.inf
+    return total
+
+
+def _repeat_ways(low: int, high: int, inner: float) -> float:
+    """The ways of a repeat of `low` to `high` iterations, each of `inner` ways: one per count
+    of iterations when the body has one way, else a sum of powers (`(a|a)*`: exponential)."""
+    if inner == 1:
+        return max(high - low + 1, 1)  # (a `low` past the longest text: it never matches)
+    ways, term = 0.0, 1.0
+    for count in range(high + 1):  # (high ≤ CLIENT_REGEX_TEXT_MAX)
+        if count >= low:
+            ways += term
+        if ways > CLIENT_REGEX_BUDGET:
+            return math.inf
+        term *= inner
+    return max(ways, 1)
+
+
+def client_regex_costs(query: dict[str, Any], path: str) -> list[tuple[str, float]]:
+    """Each `$regex` of `query` (a valid one) with its path and `regex_cost`."""
+    out = []
+    for key, value in query.items():
+        if key in ("$and", "$or"):
+            for i, sub in enumerate(value):
+                out += client_regex_costs(sub, f"{path}.{key}[{i}]")
+        elif isinstance(value, dict) and "$regex" in value:
+            out.append((f"{path}.{key}.$regex", regex_cost(value["$regex"])))
+    return out
 
 
 @lru_cache(maxsize=256)
@@ -133,7 +209,7 @@ def _equal(value: Any, arg: Any) -> bool:
     return bool(value == arg)
 
 
-def _compare(op: str, value: Any, arg: Any) -> bool:
+def _compare(op: str, value: Any, arg: Any, text_max: int | None = None) -> bool:
     if op == "$eq":
         return _equal(value, arg)
     if op == "$ne":
@@ -144,7 +220,8 @@ def _compare(op: str, value: Any, arg: Any) -> bool:
         return not any(_equal(value, a) for a in arg)
     if op == "$regex":
         text = _js_text(value)
-        return text is not None and _regex(arg).search(text) is not None
+        return (text is not None and (text_max is None or len(text) <= text_max)
+                and _regex(arg).search(text) is not None)
     if op == "$length":
         if not isinstance(value, list):
             return False
@@ -155,14 +232,15 @@ def _compare(op: str, value: Any, arg: Any) -> bool:
 
 
 def matches(query: dict[str, Any], metadata: dict[str, Any], params: dict[str, Any],
-            path: str = "") -> bool:
-    """Whether the query holds; `path` is the request's, for `url.pathname`."""
+            path: str = "", text_max: int | None = None) -> bool:
+    """Whether the query holds; `path` is the request's, for `url.pathname`; `text_max`: the
+    longest text a `$regex` reads (a longer one never matches), for a client's query."""
     for key, matcher in query.items():
         if key == "$and":
-            if not all(matches(q, metadata, params, path) for q in matcher):
+            if not all(matches(q, metadata, params, path, text_max) for q in matcher):
                 return False
         elif key == "$or":
-            if not any(matches(q, metadata, params, path) for q in matcher):
+            if not any(matches(q, metadata, params, path, text_max) for q in matcher):
                 return False
         else:
             value = _lookup(key, metadata, params, path)
@@ -172,7 +250,7 @@ def matches(query: dict[str, Any], metadata: dict[str, Any], params: dict[str, A
                     if any(op not in ("$ne", "$nin") for op in matcher):
                         return False
                     continue
-                if not all(_compare(op, value, arg) for op, arg in matcher.items()):
+                if not all(_compare(op, value, arg, text_max) for op, arg in matcher.items()):
                     return False
             elif value is _MISSING or not _equal(value, matcher):
                 return False

@@ -18,7 +18,7 @@ from typing import Any
 
 from streamproxy.errors import InvalidRequest
 from streamproxy.routing.breaker import CircuitBreakers
-from streamproxy.routing.conditions import matches
+from streamproxy.routing.conditions import CLIENT_REGEX_TEXT_MAX, matches
 from streamproxy.routing.portkey_config import BreakerSpec, ConfigNode, RetrySpec
 from streamproxy.routing.target import Target
 
@@ -125,7 +125,8 @@ class _Walk:
             if child.name:
                 by_name.setdefault(child.name, child)
         for cond in node.conditions:
-            if matches(cond.query, self.metadata, self.params, self.path):
+            if matches(cond.query, self.metadata, self.params, self.path,
+                       CLIENT_REGEX_TEXT_MAX if cond.client else None):
                 return by_name[cond.then]
         if node.default is None:
             raise InvalidRequest(f"No condition of '{node.path}' matched the request and the "

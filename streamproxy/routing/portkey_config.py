@@ -19,7 +19,12 @@ import orjson
 
 from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.request import GATEWAY_FIELDS, parse_chat_request
-from streamproxy.routing.conditions import validate_query
+from streamproxy.routing.conditions import (
+    CLIENT_REGEX_BUDGET,
+    CLIENT_REGEX_TEXT_MAX,
+    client_regex_costs,
+    validate_query,
+)
 
 MODES = ("single", "fallback", "loadbalance", "conditional")
 # Portkey's documented defaults, with Anthropic's 529 "overloaded" (its most common transient
@@ -111,6 +116,9 @@ class BreakerSpec:
 class Condition:
     query: dict[str, Any]
     then: str
+    # A client's inline config's (`client_made`): its `$regex` reads CLIENT_REGEX_TEXT_MAX
+    # characters at most (conditions.py).
+    client: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,10 +361,37 @@ def parse_config(raw: Any, path: str = "config", parent: ConfigNode | None = Non
 def client_made(node: ConfigNode) -> ConfigNode:
     """`node` as a client's inline config: its breakers marked the client's, so a flood of
     distinct client configs cannot crowd the operator's out of the breaker tables or the
-    circuit gauge (routing/breaker.py)."""
+    circuit gauge (routing/breaker.py); its conditions' `$regex` held to a budget, as they
+    run on the event loop (conditions.py)."""
+    _check_client_regexes(node)
+    return _client_made(node)
+
+
+def _client_made(node: ConfigNode) -> ConfigNode:
     breaker = node.breaker
-    return replace(node, targets=tuple(client_made(t) for t in node.targets),
-                   breaker=None if breaker is None else replace(breaker, client=True))
+    return replace(node, targets=tuple(_client_made(t) for t in node.targets),
+                   breaker=None if breaker is None else replace(breaker, client=True),
+                   conditions=tuple(replace(c, client=True) for c in node.conditions))
+
+
+def _check_client_regexes(root: ConfigNode) -> None:
+    """The whole config's patterns within CLIENT_REGEX_BUDGET together (each condition may run
+    on every request), else a 400 naming the one that spent it."""
+    spent = 0.0
+    nodes = [root]
+    while nodes:
+        node = nodes.pop()
+        nodes.extend(node.targets)
+        for i, cond in enumerate(node.conditions):
+            where = f"{node.path}.strategy.conditions[{i}].query"
+            for path, cost in client_regex_costs(cond.query, where):
+                spent += cost
+                if spent > CLIENT_REGEX_BUDGET:
+                    raise _bad(path, "may backtrack too long for a client's config: no "
+                               "repeated group that can match a text in several ways "
+                               "((a+)+, (a|ab)*), no backreference, at most one unbounded "
+                               f"repeat (two after a leading ^); values longer than "
+                               f"{CLIENT_REGEX_TEXT_MAX} characters never match")
 
 
 def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode:
