@@ -1560,3 +1560,27 @@ async def test_a_clients_regex_reads_no_value_longer_than_its_cap(proxy: Any) ->
     assert short.headers["x-portkey-provider"] == "mock2"
     long = await post(client, config, user="a" * 100_000 + "x")
     assert long.status == 200 and long.headers["x-portkey-provider"] == "mock"
+
+
+async def test_a_clients_config_cannot_fan_one_request_out_to_hundreds_upstream(
+        proxy: Any, access_log: Any) -> None:
+    # 100 failing targets: one request (one count of a rate limit) made 100 upstream requests;
+    # a retry on the root, inherited by each of 2,700 `{}`s in a header, ~30,000.
+    client = await proxy(gateway_config())
+    fanned = await post(client, fallback(*[leaf("fast:status=400")] * 100), stream=False)
+    assert fanned.status == 400
+    error = (await fanned.json())["error"]
+    assert (error["param"], error["code"]) == ("config", "invalid_config")
+    assert "61" in error["message"]
+    retried = json.dumps({"retry": {"attempts": 10}, "strategy": {"mode": "fallback"},
+                          "targets": [leaf("fast:status=400")] * 6})
+    assert (await post(client, retried, stream=False)).status == 400  # 66 tries
+    drawn = json.dumps({"strategy": {"mode": "loadbalance"}, "targets": [leaf("fast")] * 60})
+    assert (await post(client, drawn, stream=False)).status == 400  # resolved, each of them
+    # the most OneLLM's fields may ask for (a primary with 10 retries, 50 fallbacks) is served
+    most = json.dumps({"strategy": {"mode": "fallback"}, "targets": [
+        {**leaf("fast:status=400"), "retry": {"attempts": 10}}, *[leaf("fast:status=400")] * 49,
+        leaf("fast")]})
+    served = await post(client, most, stream=False)
+    assert served.status == 200
+    assert access_log()[-1]["attempts"] == 51  # (a 400 is not retried: one try each)

@@ -18,7 +18,11 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import InvalidRequest
-from streamproxy.openai_api.request import GATEWAY_FIELDS, parse_chat_request
+from streamproxy.openai_api.request import (
+    GATEWAY_FIELDS,
+    MAX_FALLBACK_MODELS,
+    parse_chat_request,
+)
 from streamproxy.routing.conditions import (
     CLIENT_REGEX_BUDGET,
     CLIENT_REGEX_TEXT_MAX,
@@ -34,6 +38,12 @@ RETRY_ATTEMPTS_MAX = 10
 # How deep targets may nest: far beyond what a config needs, and far within Python's stack
 # (400 levels, a header under a raised server.max_header_bytes, ran parsing out of it: a 500).
 MAX_TARGET_DEPTH = 32
+# What a client's inline config may ask of the gateway for one request: as much as OneLLM's
+# body fields may (a primary with its retries, then 50 fallback models). Without a cap one
+# request, one count of a rate limit, fanned out to thousands of upstream requests (a root
+# `retry` inherited by every `{}` target of a header), and every target was resolved first.
+MAX_CLIENT_TARGETS = 1 + MAX_FALLBACK_MODELS
+MAX_CLIENT_TRIES = MAX_CLIENT_TARGETS + RETRY_ATTEMPTS_MAX
 _TIMEOUT_KEYS = ("connect", "first_token", "idle", "total")
 
 # Portkey's per-target provider settings, applied where the target's provider type takes
@@ -363,8 +373,22 @@ def client_made(node: ConfigNode) -> ConfigNode:
     distinct client configs cannot crowd the operator's out of the breaker tables or the
     circuit gauge (routing/breaker.py); its conditions' `$regex` held to a budget, as they
     run on the event loop (conditions.py)."""
+    leaves = node.leaves()
+    if len(leaves) > MAX_CLIENT_TARGETS or _most_tries(node) > MAX_CLIENT_TRIES:
+        raise _bad(node.path, f"may have at most {MAX_CLIENT_TARGETS} targets and send one "
+                   f"request upstream at most {MAX_CLIENT_TRIES} times (each target once and "
+                   "its retry.attempts more, along its longest fallback)")
     _check_client_regexes(node)
     return _client_made(node)
+
+
+def _most_tries(node: ConfigNode) -> int:
+    """The most upstream requests `node` may make for one request: a fallback's targets in
+    turn, one target of any other strategy."""
+    if node.is_leaf:
+        return 1 + node.retry.attempts
+    tries = [_most_tries(t) for t in node.targets]
+    return sum(tries) if node.mode == "fallback" else max(tries)
 
 
 def _client_made(node: ConfigNode) -> ConfigNode:
