@@ -362,6 +362,7 @@ async def test_a_client_that_never_reads_its_answer_is_reset_when_closed(
     stayed connected but never read kept its connection, and its unsent answer, for ever."""
     monkeypatch.setattr(front, "KEEPALIVE_TIMEOUT", 0.3)
     monkeypatch.setattr(reading, "SEND_TIMEOUT", 0.3)
+    monkeypatch.setattr(reading, "LINGER_TIME", 0.3)  # (a closing connection lingers first)
     client = await start(front_kind)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # (before the window is set)
@@ -456,3 +457,105 @@ async def test_an_abandoned_uploads_duration_counts_from_its_head(
     (line,) = access_lines(caplog)
     assert line["status"] == 499
     assert line["duration_ms"] >= TIMEOUT / 2 * 1000 * 0.9
+
+
+async def keep_sending(writer: asyncio.StreamWriter, data: bytes, times: int) -> None:
+    """`data`, `times` times, a loop turn apart, as a client still uploading does; a write the
+    proxy refuses (a reset) is the client's error to see when it reads."""
+    for _ in range(times):
+        if writer.is_closing():
+            return
+        writer.write(data)
+        await asyncio.sleep(0.01)
+
+
+# What a client sent before a 408: part of a head, part of a body.
+BEFORE_408 = {"head": chat_head(len(BODY))[:30], "body": chat_head(len(BODY)) + BODY[:10]}
+
+
+@pytest.mark.parametrize("part", list(BEFORE_408))
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_a_client_still_sending_after_a_408_reads_all_of_it(
+        start: Any, front_kind: str, part: str) -> None:
+    """A client whose bytes arrive after its 408 (a stalled upload that resumes, a head that
+    dribbles in) reads the whole answer: closing with bytes unread, or arriving later, made
+    Linux reset the connection, and the client saw "connection reset" instead of the 408.
+    The proxy closes its side and discards what comes until the client closes (bounded)."""
+    client = await start(front_kind)
+    reader, writer = await client.connect()
+    writer.write(BEFORE_408[part])
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)  # the 408 has come
+    await keep_sending(writer, b"x" * 1000, 5)
+    answer = head + await asyncio.wait_for(reader.read(), 10)  # to the proxy's close
+    assert_408(answer)
+    writer.close()
+
+
+def lingering(client: Any) -> int:
+    """The proxy's connections closing, lingering (reading.Lingering), on either front."""
+    server = client.server.runner.server
+    aiohttp_server = getattr(server, "aiohttp_server", None)
+    return len(server.lingering) + (len(aiohttp_server.lingering) if aiohttp_server else 0)
+
+
+@pytest.mark.parametrize("bound", ["time", "bytes"])
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_a_client_that_never_stops_sending_after_a_408_is_closed(
+        start: Any, monkeypatch: Any, front_kind: str, bound: str) -> None:
+    """Lingering is bounded, in time and in bytes: a client that never stops sending is
+    closed all the same; what it sent is no request (a whole one gets no answer)."""
+    monkeypatch.setattr(reading, "LINGER_TIME", 0.3 if bound == "time" else 60.0)
+    monkeypatch.setattr(reading, "LINGER_BYTES", 10**9 if bound == "time" else 50_000)
+    client = await start(front_kind)
+    reader, writer = await client.connect()
+    writer.write(BEFORE_408["head"])
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    await asyncio.sleep(0.05)  # (the proxy closes its side, and lingers)
+    # (not open to a drain, which does not wait for it)
+    assert lingering(client) == 1 and client.server.runner.server.open_connections() == 0
+    another = (chat_head(len(BODY)) + BODY) * 20
+    for _ in range(500):  # bounded: 5 s
+        writer.write(another)
+        await asyncio.sleep(0.01)
+        if not lingering(client) and not open_connections(client):
+            break
+    assert lingering(client) == 0 and open_connections(client) == 0
+    with pytest.raises(ConnectionError):  # closed with bytes unread (the bound): a reset
+        for _ in range(10):  # bounded
+            writer.write(another)
+            await asyncio.sleep(0.01)
+            await writer.drain()
+    assert b"HTTP/1.1" not in reader._buffer.split(b"\r\n\r\n", 1)[-1]  # one answer: the 408
+
+
+@pytest.mark.parametrize("expect", [True, False])
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_a_client_uploading_a_body_over_the_limit_reads_its_413(
+        start: Any, front_kind: str, expect: bool) -> None:
+    """A body over `server.max_body_bytes` sent as fast as the client can, with
+    `Connection: close` or after an `Expect: 100-continue` it did not wait on (the 413 comes
+    at once): the client reads the whole 413, not a reset (the closing connection lingers
+    where aiohttp's own read of the rest of the body did)."""
+    client = await start(front_kind, max_body_bytes=100_000)
+    size = 20_000_000
+    extra = b"Expect: 100-continue\r\n" if expect else b"Connection: close\r\n"
+    reader, writer = await client.connect()
+    writer.write(chat_head(size, extra=extra) + b"x" * size)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert orjson.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "request_too_large"
+
+
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_a_client_still_sending_after_a_400_reads_all_of_it(start: Any,
+                                                                 front_kind: str) -> None:
+    """A malformed head (aiohttp's parser answers 400 and closes) whose client sends on."""
+    client = await start(front_kind)
+    reader, writer = await client.connect()
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nBad header\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    await keep_sending(writer, b"x" * 1000, 5)
+    answer = head + await asyncio.wait_for(reader.read(), 10)
+    assert answer.startswith((b"HTTP/1.1 400 ", b"HTTP/1.0 400 ")), answer  # (aiohttp's)
+    writer.close()

@@ -46,8 +46,10 @@ from streamproxy.server.handlers import chat
 from streamproxy.server.observing import AUTH_KEY, observe_abandoned, observe_rejection
 from streamproxy.server.reading import (
     DRAIN_LINGER,
+    Lingering,
     ReadTimeouts,
     close_bounded,
+    close_lingering,
     read_timed,
     request_timeout,
     timeout_response,
@@ -138,6 +140,7 @@ class Front:
         self.auth = app.get(AUTH)
         self.prepare_hooks = tuple(app.on_response_prepare)  # the app is frozen by now
         self.connections: set[Connection] = set()
+        self.lingering: set[Lingering] = set()  # connections closing (`close_lingering`)
         self.stopping = False  # draining: every answer from now on says `Connection: close`
 
     def __call__(self) -> Connection:
@@ -182,6 +185,8 @@ class Front:
                 task.cancel()
         for conn in list(self.connections):
             conn.close()
+        for lingering in list(self.lingering):
+            lingering.close()
         await self.aiohttp_server.shutdown(timeout)
 
     def parse_head(self, head: bytes) -> tuple[CIMultiDict[str], int, bool] | None:
@@ -402,8 +407,10 @@ class Connection(asyncio.Protocol):
             self.task = None
             transport = self.transport
             if transport is not None:
-                if not ex.finished or ex.close or self.closing:
+                if not ex.finished:
                     close_bounded(transport)  # an unfinished answer cannot be followed by another
+                elif ex.close or self.closing:
+                    self._close_lingering()  # (the client may have sent more)
                 else:
                     if self._paused:
                         self._paused = False
@@ -483,7 +490,7 @@ class Connection(asyncio.Protocol):
             observe_rejection(self._unanswered(self._head), err, "request_timeout")
             self._head = None  # answered: not a request its client abandoned
         self.transport.write(timeout_response(err))
-        self.close()
+        self._close_lingering()
 
     def _unanswered(self, head: tuple[CIMultiDict[str], int, int, bool, float]) -> LeanExchange:
         """The exchange of a request whose body never came whole, to be logged."""
@@ -498,6 +505,19 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             close_bounded(self.transport)
+
+    def _close_lingering(self) -> None:
+        """Close after the last answer, lingering (`Lingering`, in `Front.lingering` till
+        closed): its bytes are no request, and it is not open to the drain."""
+        transport, self.transport = self.transport, None
+        if transport is None:
+            return
+        self._front.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._unwatch_send()
+        close_lingering(transport, self, self._front.lingering)
 
     # -- writing -------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:

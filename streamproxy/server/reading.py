@@ -53,6 +53,66 @@ SEND_TIMEOUT = 60.0
 DRAIN_LINGER = 1.0
 
 
+# A lingering close (nginx's lingering_close): how long, and how many bytes, what a client still
+# sends after its connection's last answer is read and discarded, so that it reads the answer.
+# Closing with bytes unread, or arriving later, makes Linux reset the connection, and a client
+# still uploading (a 413's body, a 408's resumed upload) saw "connection reset", not the answer
+# (the openai SDK retries that, uploading it all again). aiohttp's own lingering_time is 10 s.
+LINGER_TIME = 10.0
+LINGER_BYTES = 64 * 2**20
+
+
+def close_lingering(transport: asyncio.Transport, former: asyncio.BaseProtocol,
+                    lingering: set[Lingering]) -> None:
+    """Close `transport` after its last answer as `Lingering` does; `former`, its protocol
+    until now, is told when the connection is lost, as it would have been."""
+    if transport.is_closing() or not transport.can_write_eof():
+        close_bounded(transport)
+        return
+    Lingering(transport, former, lingering)
+
+
+class Lingering(asyncio.Protocol):
+    """A connection whose answer is written and whose client may still be sending: its side is
+    shut (the client reads the answer, then the end), what comes is discarded, and it closes
+    once the client closes its side, LINGER_BYTES came, LINGER_TIME passed, or the server
+    shuts down (it is in `lingering` till then). Nothing here is a request: it is neither
+    parsed nor counted."""
+
+    __slots__ = ("_former", "_left", "_lingering", "_timer", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, former: asyncio.BaseProtocol,
+                 lingering: set[Lingering]) -> None:
+        self._transport = transport
+        self._former = former
+        self._lingering = lingering
+        self._left = LINGER_BYTES
+        lingering.add(self)
+        self._timer = asyncio.get_running_loop().call_later(LINGER_TIME, self.close)
+        transport.set_protocol(self)
+        transport.write_eof()  # (once the answer has left)
+        transport.resume_reading()  # (paused while pipelined requests waited)
+
+    def data_received(self, data: bytes) -> None:
+        self._left -= len(data)
+        if self._left < 0:
+            self.close()
+
+    def eof_received(self) -> bool:
+        self.close()
+        return True  # (closed here, with its unsent bytes bounded)
+
+    def close(self) -> None:
+        self._timer.cancel()
+        self._lingering.discard(self)
+        close_bounded(self._transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._timer.cancel()
+        self._lingering.discard(self)
+        self._former.connection_lost(exc)
+
+
 def close_bounded(transport: asyncio.WriteTransport) -> None:
     """Close `transport`, its unsent bytes bounded (`bound_unsent`)."""
     transport.close()
@@ -132,8 +192,8 @@ class ReadTimedHandler(web.RequestHandler):
     400); one at a time, they are queued before the 400 as they arrived.
     """
 
-    __slots__ = ("_drain_timer", "_head_began", "_head_wait", "_last_read", "_read_timeouts",
-                 "_read_timer", "_send_timeout", "_send_watch", "send_timed_out")
+    __slots__ = ("_drain_timer", "_head_began", "_head_wait", "_last_read", "_lingering",
+                 "_read_timeouts", "_read_timer", "_send_timeout", "_send_watch", "send_timed_out")
 
     def __init__(self, manager: ReadTimedServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -144,6 +204,7 @@ class ReadTimedHandler(web.RequestHandler):
         self._read_timer: asyncio.TimerHandle | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
         self._send_timeout = manager.send_timeout
+        self._lingering = manager.lingering
         self._send_watch: SendWatch | None = None  # while writing is paused (send_timeout.py)
         self.send_timed_out = False
         self._parser = HttpRequestParser(
@@ -236,6 +297,23 @@ class ReadTimedHandler(web.RequestHandler):
         if transport is not None:
             bound_unsent(transport)
 
+    async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
+                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
+        resp, reset = await super().finish_response(request, resp, start_time)
+        if not reset and not resp.keep_alive:  # the last answer (a 400, a 408, a 413, ...)
+            self._close_lingering()
+        return resp, reset
+
+    def _close_lingering(self) -> None:
+        """Close after the answer written, lingering (`Lingering`), in place of aiohttp's
+        close: the request loop ends and nothing more is parsed (`_force_close`)."""
+        transport = self.transport
+        if transport is None:
+            return
+        self.transport = None
+        self.force_close()  # (with no transport to close)
+        close_lingering(transport, self, self._lingering)
+
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
         for timer in (self._read_timer, self._drain_timer, self._send_watch):
@@ -318,7 +396,7 @@ class ReadTimedHandler(web.RequestHandler):
             if now >= due:
                 self.transport.write(timeout_response(
                     request_timeout("head", self._read_timeouts.header)))
-                self.force_close()
+                self._close_lingering()
                 return
         elif request is not None and not request.content.is_eof():
             if self._reading_paused:  # the handler has not taken what came: not the client's gap
@@ -343,6 +421,7 @@ class ReadTimedServer(web.Server):
         self.read_timeouts = read_timeouts
         self.send_timeout = send_timeout
         self.stopping = False
+        self.lingering: set[Lingering] = set()  # connections closing (`close_lingering`)
 
     def __call__(self) -> ReadTimedHandler:
         return ReadTimedHandler(self, loop=self._loop, **self._kwargs)
@@ -359,6 +438,11 @@ class ReadTimedServer(web.Server):
         self.stopping = True
         for handler in self.connections:
             handler.wind_down()  # type: ignore[attr-defined]
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        await super().shutdown(timeout)
+        for conn in list(self.lingering):
+            conn.close()
 
     def open_connections(self) -> int:
         """Connections not closing yet (the drain waits for them)."""
