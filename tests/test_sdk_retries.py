@@ -79,3 +79,25 @@ async def test_an_upstreams_own_5xx_is_still_retried(proxy: Any, upstream: Any) 
     stream = await _sdk(client).chat.completions.create(model="m", messages=USER, stream=True)
     text = "".join([c.choices[0].delta.content or "" async for c in stream])
     assert text == "ok" and len(upstream.requests) == 3
+
+
+@pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
+@pytest.mark.parametrize("close", [False, True])
+async def test_a_body_over_the_limit_is_the_sdks_413_sent_once(
+        proxy: Any, monkeypatch: pytest.MonkeyPatch, access_log: Any, front_kind: str,
+        close: bool) -> None:
+    """An image too large for `server.max_body_bytes`: the SDK gets the 413 as an
+    APIStatusError, not a connection reset it retries, uploading it all again."""
+    from streamproxy.server import front
+
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    client = await proxy(make_config({"mock": {"type": "mock", "default_model": "fast"}},
+                                     default="mock", server={"max_body_bytes": 100_000}))
+    sdk = _sdk(client)
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 400_000}}
+    with pytest.raises(openai.APIStatusError) as info:
+        await sdk.chat.completions.create(
+            model="fast", messages=[{"role": "user", "content": [image]}],
+            extra_headers={"connection": "close"} if close else None)
+    assert info.value.status_code == 413 and info.value.code == "request_too_large"
+    assert [line["status"] for line in access_log()] == [413]  # (sent once)
