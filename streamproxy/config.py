@@ -448,6 +448,10 @@ def _upstream_proxy(value: Any, source: str, key: str) -> str | dict[str, Any]:
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an RFC 9110 token
 _HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # (a tab may be in a value)
+# `${VAR}` or `os.environ/VAR` within a header value (`Bearer ${TOKEN}`); not `$VAR`, which a
+# value may hold as it is (a password's `$`).
+_EMBEDDED_ENV_REFERENCE = re.compile(
+    r"\$\{[A-Za-z_][A-Za-z0-9_]*\}|os\.environ/[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _parse_headers(raw: Any, source: str, key: str) -> dict[str, str]:
@@ -464,6 +468,10 @@ def _parse_headers(raw: Any, source: str, key: str) -> dict[str, str]:
         if _HEADER_CONTROL.search(value):  # (the value is not echoed: it may be a secret)
             raise ConfigError(source, f"{key}.{name}",
                               "a header value may not hold a control character (CR, LF, ...)")
+        if ref := _EMBEDDED_ENV_REFERENCE.search(value):  # (the reference alone is echoed)
+            raise ConfigError(source, f"{key}.{name}", f"{ref[0]} is not expanded here: the "
+                              "header would go upstream as those very characters (a provider's "
+                              "key is read from the environment by api_key_env)")
     # Not accept-encoding: the upstream client asks for the codings it decodes (a `br` here
     # invited an answer it refuses), and Bedrock's SigV4 would sign one it replaces.
     return {str(k).lower(): v for k, v in raw.items() if str(k).lower() != "accept-encoding"}

@@ -52,6 +52,13 @@ def test_the_readme_example_loads(tmp_path: Path, monkeypatch: Any) -> None:
     assert "sk-" not in repr(config.providers["gpt"])
 
 
+def test_a_header_value_with_a_dollar_is_left_as_it_is(tmp_path: Path) -> None:
+    """Only `${VAR}` and `os.environ/VAR` are refused in a header: a `$` is a password's."""
+    config = load_config(write(tmp_path, "providers: {x: {type: openai, headers: "
+                                         "{x-pw: 'pa$$w0rd', x-tag: '$Secret', x-b: '${'}}}"))
+    assert config.providers["x"].headers == {"x-pw": "pa$$w0rd", "x-tag": "$Secret", "x-b": "${"}
+
+
 @pytest.mark.parametrize(("text", "key", "reason"), [
     ("providers: {x: {type: nope}}", "providers.x.type", "unknown provider type"),
     ("providers: {x: {type: openai, base_url: ftp://a}}", "providers.x.base_url", "http"),
@@ -108,6 +115,12 @@ def test_the_readme_example_loads(tmp_path: Path, monkeypatch: Any) -> None:
      "providers.x.headers.authorization", "control character"),
     ("providers: {x: {type: openai, headers: {\"x-a:b\": c}}}", "providers.x.headers.x-a:b",
      "not a header name"),
+    # Nothing expands a reference: the header went upstream as the characters `${TOKEN}` (a
+    # gateway's or a provider's 401 on every request, check-config said OK).
+    ("providers: {x: {type: openai, headers: {cf-aig-authorization: 'Bearer ${CF_TOKEN}'}}}",
+     "providers.x.headers.cf-aig-authorization", "${CF_TOKEN} is not expanded here"),
+    ("providers: {x: {type: openai, headers: {Helicone-Auth: 'Bearer os.environ/HELICONE'}}}",
+     "providers.x.headers.Helicone-Auth", "os.environ/HELICONE is not expanded here"),
     # A base URL with no host or an impossible port failed every request with a 500.
     ("providers: {x: {type: openai, base_url: 'http://'}}", "providers.x.base_url", "no host"),
     ("providers: {x: {type: openai, base_url: 'https://u:sk-1@api.example.com:99999/v1'}}",
