@@ -276,8 +276,11 @@ def parse_config(data: Any, source: str) -> Config:
 
 
 # `${VAR}` (compose files'), `$VAR` (the shell's), `os.environ/VAR` (LiteLLM's config files').
+# `$VAR` only with an upper-case name, as environment variables are named: `$ecretPw` is a
+# password that begins with a `$` (refused, and echoed in the error, it was neither usable
+# nor kept secret).
 _ENV_REFERENCE = re.compile(
-    r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)|os\.environ/([A-Za-z_][A-Za-z0-9_]*)")
+    r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Z_][A-Z0-9_]*)|os\.environ/([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def refuse_env_reference(secret: Any, source: str, key: str, env_key: str) -> None:

@@ -52,6 +52,21 @@ def test_the_readme_example_loads(tmp_path: Path, monkeypatch: Any) -> None:
     assert "sk-" not in repr(config.providers["gpt"])
 
 
+def test_a_secret_beginning_with_a_dollar_is_the_secret(tmp_path: Path) -> None:
+    """`$ecretPw` is a password, not the shell's `$VAR` (a variable's name is upper case): it
+    was refused as a reference, and the error printed it to the terminal and the logs."""
+    from streamproxy.server.auth import parse_auth
+
+    config = load_config(write(tmp_path, "providers: {x: {type: openai, api_key: $ecretPw}}\n"
+                                         "auth: {keys: [{name: a, key: $0me-Pa55}, "
+                                         "{name: b, key: $hunter2}]}"))
+    assert config.providers["x"].api_key == "$ecretPw"
+    assert len(parse_auth(config).keys) == 2
+    with pytest.raises(ConfigError) as info:  # the shell's reference is still one
+        load_config(write(tmp_path, "providers: {x: {type: openai, api_key: $OPENAI_API_KEY}}"))
+    assert "write api_key_env: OPENAI_API_KEY" in info.value.reason
+
+
 def test_a_header_value_with_a_dollar_is_left_as_it_is(tmp_path: Path) -> None:
     """Only `${VAR}` and `os.environ/VAR` are refused in a header: a `$` is a password's."""
     config = load_config(write(tmp_path, "providers: {x: {type: openai, headers: "
