@@ -455,6 +455,7 @@ _HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # (a tab may be in a 
 # value may hold as it is (a password's `$`).
 _EMBEDDED_ENV_REFERENCE = re.compile(
     r"\$\{[A-Za-z_][A-Za-z0-9_]*\}|os\.environ/[A-Za-z_][A-Za-z0-9_]*")
+_SHELL_REFERENCE = re.compile(r"\$[A-Z_][A-Z0-9_]*")  # (as _ENV_REFERENCE reads `$VAR`)
 
 
 def _parse_headers(raw: Any, source: str, key: str) -> dict[str, str]:
@@ -483,6 +484,11 @@ def _parse_headers(raw: Any, source: str, key: str) -> dict[str, str]:
 def _check_base_url(url: str, source: str, key: str) -> None:
     """An http(s) URL with a host and a port that is one: `http://` alone or a port beyond
     65535 passed, then every request to the provider was a 500 with a traceback."""
+    # (`http://${OLLAMA_HOST}:11434` passed as a URL whose host is those characters; `$VAR`
+    # looked for in the host alone: a password in the URL may hold a `$`, and is not echoed)
+    host = url.partition("://")[2].split("/", 1)[0].rpartition("@")[2]
+    if ref := _EMBEDDED_ENV_REFERENCE.search(url) or _SHELL_REFERENCE.search(host):
+        raise ConfigError(source, key, f"{ref[0]} is not expanded here: write the URL itself")
     if not url.startswith(("http://", "https://")):
         raise ConfigError(source, key, "must start with http:// or https://")
     try:

@@ -67,11 +67,15 @@ def test_a_secret_beginning_with_a_dollar_is_the_secret(tmp_path: Path) -> None:
     assert "write api_key_env: OPENAI_API_KEY" in info.value.reason
 
 
-def test_a_header_value_with_a_dollar_is_left_as_it_is(tmp_path: Path) -> None:
-    """Only `${VAR}` and `os.environ/VAR` are refused in a header: a `$` is a password's."""
+def test_a_dollar_in_a_header_or_url_is_left_as_it_is(tmp_path: Path) -> None:
+    """Only `${VAR}` and `os.environ/VAR` are refused in a header, and `$VAR` in a base URL's
+    host: a `$` elsewhere is a password's."""
     config = load_config(write(tmp_path, "providers: {x: {type: openai, headers: "
                                          "{x-pw: 'pa$$w0rd', x-tag: '$Secret', x-b: '${'}}}"))
     assert config.providers["x"].headers == {"x-pw": "pa$$w0rd", "x-tag": "$Secret", "x-b": "${"}
+    config = load_config(write(tmp_path, "providers: {x: {type: openai, base_url: "
+                                         "'https://u:$ECRET@llm.example.com/v1'}}"))
+    assert config.providers["x"].base_url == "https://u:$ECRET@llm.example.com/v1"
 
 
 @pytest.mark.parametrize(("text", "key", "reason"), [
@@ -136,6 +140,14 @@ def test_a_header_value_with_a_dollar_is_left_as_it_is(tmp_path: Path) -> None:
      "providers.x.headers.cf-aig-authorization", "${CF_TOKEN} is not expanded here"),
     ("providers: {x: {type: openai, headers: {Helicone-Auth: 'Bearer os.environ/HELICONE'}}}",
      "providers.x.headers.Helicone-Auth", "os.environ/HELICONE is not expanded here"),
+    # Nothing expands a reference in a base URL: check-config said OK, and every request
+    # failed to resolve the host `${ollama_host}` (a 502).
+    ("providers: {x: {type: ollama, base_url: 'http://${OLLAMA_HOST}:11434'}}",
+     "providers.x.base_url", "${OLLAMA_HOST} is not expanded here"),
+    ("providers: {x: {type: openai, base_url: 'https://$LLM_HOST/v1'}}",
+     "providers.x.base_url", "$LLM_HOST is not expanded here"),
+    ("providers: {x: {type: openai, base_url: 'os.environ/LLM_URL'}}",
+     "providers.x.base_url", "os.environ/LLM_URL is not expanded here"),
     # A base URL with no host or an impossible port failed every request with a 500.
     ("providers: {x: {type: openai, base_url: 'http://'}}", "providers.x.base_url", "no host"),
     ("providers: {x: {type: openai, base_url: 'https://u:sk-1@api.example.com:99999/v1'}}",
