@@ -128,6 +128,14 @@ def test_a_dollar_in_a_header_or_url_is_left_as_it_is(tmp_path: Path) -> None:
      "providers.x.anthropic_beta", "beta names"),
     ("providers: {x: {type: anthropic, anthropic_version: \"2023-06-01\\r\\nx: 1\"}}",
      "providers.x.anthropic_version", "a version"),
+    # OpenAI's organization and project go into headers as they are: a `|` block's line
+    # break failed every request as it was sent, a number was a TypeError there, a list went
+    # as the characters ['org-1'].
+    ("providers: {x: {type: openai, organization: \"org-1\\n\"}}", "providers.x.organization",
+     "an id of letters"),
+    ("providers: {x: {type: openai, project: 12345}}", "providers.x.project", "an id of"),
+    ("providers: {x: {type: openai, organization: [org-1]}}", "providers.x.organization",
+     "an id of"),
     # Any provider's extra headers, likewise: both HTTP clients refused them as each request
     # was sent, a 500 with a traceback for every request to the provider.
     ("providers: {x: {type: openai, headers: {authorization: \"Bearer sk-1\\r\\nx-evil: 1\"}}}",

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
+from streamproxy.config import ConfigError
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
@@ -49,6 +50,9 @@ if TYPE_CHECKING:
 # Byte patterns that mark an event worth parsing: a usage object, an error, a finish reason,
 # empty or null choices. A false positive only costs a parse. One regex scan per event, not
 # one substring scan per pattern (four times cheaper on a typical 200-byte chunk).
+# An OpenAI organization or project id (a config target's openai_organization is held to the
+# same rule: routing/portkey_config.py OPTION_VALUE).
+_ACCOUNT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 INTERESTING = re.compile(
     rb'"(?:usage": ?\{|error"|finish_reason": ?"|choices": ?(?:\[\]|null))')
 # When the request offered tools, also tool calls whose first key is not OpenAI's leading
@@ -404,6 +408,17 @@ class OpenAIProvider(Provider):
     asks_stream_usage: ClassVar[bool] = True
     # The stream's translator; subclasses with their own quirks name theirs (Azure, presets).
     translator_type: ClassVar[type[PassthroughTranslator]] = PassthroughTranslator
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any], source: str, where: str) -> None:
+        super().check_options(options, source, where)
+        # Sent as OpenAI-Organization / OpenAI-Project as they are: a `|` block's line break
+        # failed every request as it was written, a number or a list was no header value.
+        for key in ("organization", "project"):
+            if key in options and not (isinstance(options[key], str)
+                                       and _ACCOUNT_ID.fullmatch(options[key])):
+                raise ConfigError(source, f"{where}.{key}", "must be an id of letters, digits, "
+                                  "'.', '-' and '_' (org-..., proj_...)")
 
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
         return context_overflow(generic_error(status, body, self.name, keep_fields=True),
