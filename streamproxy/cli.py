@@ -17,6 +17,7 @@ from streamproxy.config import (
     ProviderConfig,
     load_config,
     shown_address,
+    shown_env,
 )
 
 
@@ -113,7 +114,7 @@ def _warn_unset_key_envs(config: Config) -> None:
         if p.api_key_env and not p.api_key:
             logging.getLogger("streamproxy").warning(
                 "provider %s: environment variable %s (its api_key_env) is not set", p.name,
-                p.api_key_env)
+                shown_env(p.api_key_env))
 
 
 def cmd_mock(args: argparse.Namespace) -> None:
@@ -189,7 +190,7 @@ def _key_summary(p: ProviderConfig) -> str:
     if p.api_key:
         return "configured key"
     if p.api_key_env:  # the operator meant a key: say which variable was empty
-        return f"client's key (environment variable {p.api_key_env} is not set)"
+        return f"client's key (environment variable {shown_env(p.api_key_env)} is not set)"
     return "client's key"
 
 

@@ -312,8 +312,19 @@ def required_secret(raw: dict[str, Any], source: str, where: str, key: str,
         raise ConfigError(source, f"{where}.{env_key}", "must be an environment variable name")
     secret = secret_from_env(env, source, f"{where}.{env_key}")
     if not secret:
-        raise ConfigError(source, f"{where}.{env_key}", f"environment variable {env} is not set")
+        raise ConfigError(source, f"{where}.{env_key}",
+                          f"environment variable {shown_env(env)} is not set")
     return secret
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def shown_env(env: str) -> str:
+    """The variable `env` as a message names it: not when it is no variable's name, as the key
+    itself is (`api_key_env: sk-proj-...`, written where its variable's name goes), which
+    check-config printed and serve logged."""
+    return env if _ENV_NAME.fullmatch(env) else "(not shown: no variable's name; the key itself?)"
 
 
 # A secret goes into a header (Authorization, x-api-key...), which no control character may be

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import orjson
 from yarl import URL
 
-from streamproxy.config import ConfigError, ProviderConfig
+from streamproxy.config import ConfigError, ProviderConfig, shown_env
 from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.anthropic.options import beta_names, check_option_values
@@ -80,7 +80,7 @@ class BedrockProvider(Provider):
     def auth_summary(self) -> str | None:
         summary = self.auth.summary
         if summary is not None and self.cfg.api_key_env:  # the operator meant a Bedrock key
-            summary += f" (environment variable {self.cfg.api_key_env} is not set)"
+            summary += f" (environment variable {shown_env(self.cfg.api_key_env)} is not set)"
         return summary
 
     @property
