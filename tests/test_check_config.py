@@ -285,6 +285,25 @@ ERRORS = [
      "             targets: [{provider: mock, api_key: '${OPENAI_KEY}'}]}}\n",
      "FILE: configs.a: config.targets[0].api_key: ${OPENAI_KEY} is not expanded here: write "
      "a virtual key's api_key_env: OPENAI_KEY"),
+    # A misspelt field of a named config said only "is not a config field", not which
+    ("providers: {mock: {type: mock}}\n"
+     "configs: {a: {stratgy: {mode: fallback}, targets: [{provider: mock}]}}\n",
+     "FILE: configs.a: Invalid config: 'config.stratgy' is not a config field (did you mean "
+     "strategy?)."),
+    ("providers: {mock: {type: mock}}\nconfigs: {a: {provider: mock, retry: {attempt: 3}}}\n",
+     "FILE: configs.a: Invalid config: 'config.retry.attempt' is not a retry field (did you "
+     "mean attempts?)."),
+    ("providers: {mock: {type: mock}}\nconfigs: {a: {strategy: {mode: fallback, "
+     "on_status_code: [429]}, targets: [{provider: mock}]}}\n",
+     "FILE: configs.a: Invalid config: 'config.strategy.on_status_code' is not a strategy field "
+     "(did you mean on_status_codes?)."),
+    ("providers: {mock: {type: mock}}\n"
+     "configs: {a: {provider: mock, cb_config: {failure_treshold: 3}}}\n",
+     "FILE: configs.a: Invalid config: 'config.cb_config.failure_treshold' is not a cb_config "
+     "field (did you mean failure_threshold?)."),
+    ("providers: {mock: {type: mock}}\nconfigs: {a: {provider: mock, cache: {mod: simple}}}\n",
+     "FILE: configs.a: Invalid config: 'config.cache.mod' is not a cache field (mode, max_age; "
+     "did you mean mode?)."),
     # every request through the target would be a 400 custom_host_not_allowed
     ("providers: {mock: {type: mock}}\nallowed_custom_hosts: [llm.example.com]\n"
      "configs: {a: {provider: mock, custom_host: 'https://other.example.com/v1'}}\n",

@@ -10,6 +10,7 @@ section, or as a route's default. Every invalid field is a 400 naming its path
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -179,6 +180,13 @@ def _bad(path: str, reason: str) -> InvalidRequest:
                           code="invalid_config")
 
 
+def _unknown(path: str, key: Any, what: str, known: Any, listed: str = "") -> InvalidRequest:
+    """A field no `what` has, with the known one it most likely misspells (`stratgy`)."""
+    hints = [listed] if listed else []
+    hints += [f"did you mean {m}?" for m in difflib.get_close_matches(str(key), sorted(known), 1)]
+    return _bad(f"{path}.{key}", f"is not a {what}" + (f" ({'; '.join(hints)})" if hints else ""))
+
+
 def _override_params(params: Any, where: str) -> dict[str, Any]:
     """A node's own `override_params`, checked: none that only the request may set, and the
     rest as a request's fields (`_check_overrides`)."""
@@ -256,8 +264,8 @@ def _retry(raw: Any, path: str) -> RetrySpec:
     if not isinstance(raw, dict):
         raise _bad(path, "must be an object")
     for key in raw:
-        if key not in ("attempts", "on_status_codes", *_USE_RETRY_AFTER):
-            raise _bad(f"{path}.{key}", "is not a retry field")
+        if key not in (known := ("attempts", "on_status_codes", *_USE_RETRY_AFTER)):
+            raise _unknown(path, key, "retry field", known)
     attempts = raw.get("attempts", 0)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or not (
             0 <= attempts <= RETRY_ATTEMPTS_MAX):
@@ -282,7 +290,7 @@ def _breaker(raw: Any, path: str) -> BreakerSpec:
              "failure_status_codes", "minimum_requests")
     for key in raw:
         if key not in known:
-            raise _bad(f"{path}.{key}", "is not a cb_config field")
+            raise _unknown(path, key, "cb_config field", known)
     threshold = raw.get("failure_threshold")
     pct = raw.get("failure_threshold_percentage")
     if threshold is None and pct is None:
@@ -310,7 +318,7 @@ def _cache(raw: Any, path: str) -> dict[str, Any]:
         raise _bad(path, "must be an object")
     for key in raw:
         if key not in ("mode", "max_age"):
-            raise _bad(f"{path}.{key}", "is not a cache field (mode, max_age)")
+            raise _unknown(path, key, "cache field", ("mode", "max_age"), "mode, max_age")
     if raw.get("mode") != "simple":
         raise _bad(f"{path}.mode", "must be 'simple' (exact match; this gateway has no "
                                    "semantic cache)")
@@ -352,7 +360,7 @@ def parse_config(raw: Any, path: str = "config", parent: ConfigNode | None = Non
         elif key in _CREDENTIALS_NOT_TAKEN:
             raise _bad(f"{path}.{key}", _CREDENTIALS_NOT_TAKEN[key])
         elif key not in _NODE_KEYS and key not in _IGNORED_KEYS:
-            raise _bad(f"{path}.{key}", "is not a config field")
+            raise _unknown(path, key, "config field", _NODE_KEYS)
     base = parent or ConfigNode(path=path)
     node = replace(
         base, path=path, mode=None, targets=(), on_status_codes=None, conditions=(),
@@ -490,8 +498,9 @@ def _strategy(node: ConfigNode, raw: dict[str, Any], path: str, depth: int) -> C
     if mode not in MODES:
         raise _bad(f"{path}.strategy.mode", f"must be one of {', '.join(MODES)}")
     for key in strategy:
-        if key not in ("mode", "on_status_codes", "conditions", "default", "cb_config"):
-            raise _bad(f"{path}.strategy.{key}", "is not a strategy field")
+        if key not in (known := ("mode", "on_status_codes", "conditions", "default",
+                                 "cb_config")):
+            raise _unknown(f"{path}.strategy", key, "strategy field", known)
     changes: dict[str, Any] = {"mode": mode}
     if "on_status_codes" in strategy:
         changes["on_status_codes"] = _codes(strategy["on_status_codes"],
