@@ -365,6 +365,9 @@ def test_json_schema_objects_are_closed_as_anthropic_requires() -> None:
     # OpenAI's top effort is at least as much thinking as high, never none; the pair stays
     # within every thinking Claude's output cap (32000 on Opus 4 / 4.1).
     ({"reasoning_effort": "xhigh"}, 24576, 24576 + 4096),
+    # max, above xhigh: the largest budget that, with the answer allowance, still fits Opus 4's.
+    ({"reasoning_effort": "max"}, 32000 - 4096, 32000),
+    ({"reasoning_effort": "max", "max_tokens": 20000}, 19999, 20000),
     ({"thinking": {"type": "enabled", "budget_tokens": 10000}}, 10000, 10000 + 4096),
     # The client's own thinking object wins over reasoning_effort, and sizes max_tokens.
     ({"thinking": {"type": "enabled", "budget_tokens": 2000}, "reasoning_effort": "high"},
@@ -1104,7 +1107,7 @@ def test_thinking_from_effort_beside_sampling_claude_refuses_is_a_400(
 
 
 @pytest.mark.parametrize(("effort", "claude_effort"), [("minimal", "low"), ("medium", "medium"),
-                                                      ("xhigh", "max")])
+                                                      ("xhigh", "max"), ("max", "max")])
 @pytest.mark.parametrize("model", ["claude-opus-4-7", "claude-sonnet-5", "claude-mythos-preview"])
 def test_claudes_without_a_budget_think_adaptively(model: str, effort: str,
                                                    claude_effort: str) -> None:
@@ -1132,6 +1135,7 @@ def test_claudes_without_a_budget_think_adaptively(model: str, effort: str,
 @pytest.mark.parametrize(("body", "max_tokens"), [
     ({"reasoning_effort": "high"}, 16384 + 4096),
     ({"reasoning_effort": "xhigh"}, 24576 + 4096),
+    ({"reasoning_effort": "max"}, 32000),
     ({"reasoning_effort": "low"}, 1024 + 4096),
     ({"thinking": {"type": "adaptive"}}, 16384 + 4096),  # Claude's default effort, high
     ({"reasoning_effort": "high", "max_tokens": 3000}, 3000),  # the client's own, as sent

@@ -1088,6 +1088,7 @@ def test_every_model_gets_a_temperature_above_1_as_1(model: str) -> None:
     ({"reasoning_effort": "low", "max_tokens": 1025}, 1024, 1025),
     ({"reasoning_effort": "high"}, 16384, 16384 + 4096),
     ({"reasoning_effort": "xhigh"}, 24576, 24576 + 4096),
+    ({"reasoning_effort": "max"}, 32000 - 4096, 32000),
     ({"reasoning_effort": "minimal"}, 1024, 1024 + 4096),
     ({"additionalModelRequestFields": {"thinking": {"type": "enabled", "budget_tokens": 10000},
                                        "top_k": 5}}, 10000, 10000 + 4096),
@@ -1158,6 +1159,7 @@ GPT_OSS = "openai.gpt-oss-120b-1:0"
     ("medium", "medium", "medium"),
     ("high", "high", "high"),
     ("xhigh", "high", "high"),
+    ("max", "high", "high"),  # OpenAI's max: the top level both take
 ])
 def test_reasoning_effort_is_nova_2_and_gpt_oss_reasoning_levels(
         effort: str, nova: str | None, gpt_oss: str) -> None:
@@ -2349,7 +2351,7 @@ def test_documents_that_would_share_a_name_get_unique_ones() -> None:
                                    "anthropic.claude-mythos-preview"])
 @pytest.mark.parametrize(("effort", "level"), [("minimal", "low"), ("low", "low"),
                                                ("medium", "medium"), ("high", "high"),
-                                               ("xhigh", "max")])
+                                               ("xhigh", "max"), ("max", "max")])
 def test_reasoning_effort_is_adaptive_thinking_on_the_claudes_that_take_no_budget(
         model: str, effort: str, level: str) -> None:
     """Claude Opus 4.7 and every later Claude take adaptive thinking only: a thinking budget

@@ -476,6 +476,9 @@ def test_json_schema_and_reasoning_effort() -> None:
     assert out["response_format"] == {"type": "json_object", "json_schema": schema}
     assert out["thinking"] == {"type": "enabled", "token_budget": 1024}
     assert to_cohere(_body(reasoning_effort="none"), "m")["thinking"] == {"type": "disabled"}
+    # OpenAI's max, above xhigh: the largest budget, as xhigh's.
+    assert to_cohere(_body(reasoning_effort="max"), "m")["thinking"] == {
+        "type": "enabled", "token_budget": 32768}
 
 
 @pytest.mark.parametrize("status", [400, 401, 429, 500])

@@ -157,7 +157,7 @@ BODY = st.fixed_dictionaries({"messages": maybe(st.lists(MESSAGE, min_size=1, ma
             st.fixed_dictionaries({"name": st.just("s"), "schema": maybe(st.just(
                 {"type": "object"}))}))})),
     "reasoning_effort": maybe(st.sampled_from(["none", "minimal", "low", "medium", "high",
-                                               "xhigh"])),
+                                               "xhigh", "max"])),
     "user": maybe(st.text(max_size=5)),
     "metadata": maybe(st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2)),
     "fallback_models": maybe(st.lists(st.text(max_size=5), max_size=2)),

@@ -447,6 +447,10 @@ def test_dropped_parameters_never_reach_gemini() -> None:
     # OpenAI's xhigh: the most each generation takes (2.5 Flash's budget tops out at 24576).
     ("gemini-2.5-flash", "xhigh", {"thinkingBudget": 24576, "includeThoughts": True}),
     ("gemini-3-pro-preview", "xhigh", {"thinkingLevel": "high", "includeThoughts": True}),
+    # OpenAI's max, above xhigh: the top of each as well.
+    ("gemini-2.5-flash", "max", {"thinkingBudget": 24576, "includeThoughts": True}),
+    ("gemini-3-pro-preview", "max", {"thinkingLevel": "high", "includeThoughts": True}),
+    ("gemini-3.1-pro-preview", "max", {"thinkingLevel": "high", "includeThoughts": True}),
 ])
 def test_reasoning_effort(model: str, effort: str, thinking: dict[str, Any]) -> None:
     out = translate([{"role": "user", "content": "x"}], model=model, reasoning_effort=effort)
@@ -507,14 +511,15 @@ def test_models_with_the_minimal_level_keep_it(model: str) -> None:
     assert out["generationConfig"]["thinkingConfig"] == {"thinkingLevel": "minimal"}
 
 
+@pytest.mark.parametrize("effort", ["xhigh", "max"])  # (max: their top level too)
 @pytest.mark.parametrize(("model", "level"), [
     ("gemini-4-hydrogen", "xhigh"), ("gemini-4-neon", "xhigh"),
     ("publishers/google/models/gemini-4-neon", "xhigh"),
     # the others top out at high (xhigh is Gemini 4 Carbon's 400)
     ("gemini-4-carbon", "high"), ("gemini-3.8-flash", "high"), ("gemini-3.1-pro-preview", "high")])
-def test_xhigh_reaches_the_models_that_take_it(model: str, level: str) -> None:
+def test_xhigh_reaches_the_models_that_take_it(model: str, level: str, effort: str) -> None:
     # Gemini 4 Hydrogen and Neon have an xhigh level of their own, deeper than high.
-    out = translate([{"role": "user", "content": "x"}], model=model, reasoning_effort="xhigh")
+    out = translate([{"role": "user", "content": "x"}], model=model, reasoning_effort=effort)
     assert out["generationConfig"]["thinkingConfig"] == {"thinkingLevel": level,
                                                          "includeThoughts": True}
 
@@ -542,7 +547,7 @@ def test_reasoning_effort_is_dropped_for_models_that_cannot_think(model: str,
     "gemini-3.1-flash-lite-image", "publishers/google/models/gemini-3.1-flash-image"])
 @pytest.mark.parametrize(("effort", "level"), [
     ("none", "minimal"), ("minimal", "minimal"), ("low", "minimal"), ("medium", "high"),
-    ("high", "high"), ("xhigh", "high")])
+    ("high", "high"), ("xhigh", "high"), ("max", "high")])
 def test_two_level_models_take_minimal_or_high(model: str, effort: str, level: str) -> None:
     # Gemma 4 and the Nano Banana 2 image models (Gemini 3.1 Flash Image and Flash-Lite Image)
     # take a thinking level, minimal or high alone (low and medium are their 400).

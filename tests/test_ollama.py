@@ -216,7 +216,8 @@ async def test_request_translation_on_the_wire(proxy: Any, upstream: Any) -> Non
     ("qwen3", "none", False),
     # gpt-oss takes levels.
     ("gpt-oss:20b", "medium", "medium"), ("gpt-oss:120b", "minimal", "low"),
-    ("GPT-OSS", "xhigh", "high"), ("gpt-oss", "none", False),
+    ("GPT-OSS", "xhigh", "high"), ("gpt-oss", "max", "high"), ("gpt-oss", "none", False),
+    ("qwen3", "max", True),
 ])
 def test_reasoning_effort_is_think_true_except_on_gpt_oss(model: str, effort: str,
                                                           think: Any) -> None:

@@ -795,7 +795,7 @@ def test_mistral_gets_no_null_seed() -> None:
 
 @pytest.mark.parametrize(("effort", "sent"), [
     ("none", "none"), ("minimal", "none"), ("low", "high"), ("medium", "high"),
-    ("high", "high"), ("xhigh", "high")])
+    ("high", "high"), ("xhigh", "high"), ("max", "high")])
 def test_mistral_reasoning_effort_is_one_of_the_two_it_takes(effort: str, sent: str) -> None:
     """Mistral takes reasoning_effort "none" or "high" only (its docs and API schema); OpenAI's
     "low", "medium", "xhigh" went as they came, and Mistral refused a valid request."""
@@ -807,7 +807,7 @@ def test_mistral_reasoning_effort_is_one_of_the_two_it_takes(effort: str, sent: 
 def test_mistral_refuses_a_reasoning_effort_openai_does_not_know_as_openai_does() -> None:
     provider, target = build("mistral")
     with pytest.raises(InvalidRequest) as caught:
-        provider.build_request(request(reasoning_effort="max"), target)
+        provider.build_request(request(reasoning_effort="ultra"), target)
     assert (caught.value.param, caught.value.code) == ("reasoning_effort", "invalid_value")
 
 

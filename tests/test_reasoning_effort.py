@@ -60,3 +60,18 @@ def test_a_value_outside_openais_is_a_400_beside_a_native_thinking_knob(provider
 @pytest.mark.parametrize("effort", [*REASONING_EFFORTS, None])
 def test_every_openai_value_is_taken(provider: str, effort: Any) -> None:
     TRANSLATORS[provider](body(effort))
+
+
+def test_openais_values_are_the_openai_sdks() -> None:
+    """The openai SDK types `reasoning_effort` with every value OpenAI takes; its top, `max`
+    (above xhigh), was a 400 "Invalid value" on every translating provider."""
+    from typing import get_args
+
+    from openai.types.shared.reasoning_effort import ReasoningEffort
+    sdk = {v for arg in get_args(ReasoningEffort) for v in get_args(arg)}
+    assert set(REASONING_EFFORTS) == sdk
+
+
+@pytest.mark.parametrize("provider", TRANSLATORS)
+def test_max_is_taken(provider: str) -> None:
+    TRANSLATORS[provider](body("max"))

@@ -350,9 +350,10 @@ def tool_use_id(call_id: str) -> str:
     return f"{_NOT_IN_TOOL_USE_ID.sub('_', call_id)[:47]}_{digest}"
 
 
-# OpenAI's reasoning_effort values. OpenAI answers another with a 400, and so does every provider
-# that translates it: ignoring one would answer without the reasoning the client asked for.
-REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+# OpenAI's reasoning_effort values (the openai SDK's `ReasoningEffort`), max the top, above
+# xhigh. OpenAI answers another with a 400, and so does every provider that translates it:
+# ignoring one would answer without the reasoning the client asked for.
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
 
 def reasoning_effort(body: dict[str, Any]) -> str | None:

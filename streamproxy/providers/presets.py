@@ -562,7 +562,7 @@ class MistralTranslator(CompatTranslator):
 # which still thinks minimally, and "high"; another is its 422): the nearest, thinking on for
 # any level above minimal.
 MISTRAL_EFFORTS = {"none": "none", "minimal": "none", "low": "high", "medium": "high",
-                   "high": "high", "xhigh": "high"}
+                   "high": "high", "xhigh": "high", "max": "high"}
 
 
 class MistralProvider(CompatProvider):

@@ -14,12 +14,12 @@ Choices (README "Anthropic"):
 - tool-call ids Anthropic cannot take (other providers', e.g. Kimi's `functions.f:0`) are
   mapped alike in call and result (`tool_use_id`);
 - `max_tokens` defaults to DEFAULT_MAX_TOKENS (Anthropic requires one);
-- `reasoning_effort` minimal/low/medium/high/xhigh → a thinking budget of
-  1024/1024/4096/16384/24576 tokens (none: no thinking), dropped for the Claudes that cannot
+- `reasoning_effort` minimal/low/medium/high/xhigh/max → a thinking budget of
+  1024/1024/4096/16384/24576/27904 tokens (none: no thinking), dropped for the Claudes that cannot
   think (`cannot_think`: before 3.7 Sonnet), kept below the client's max; beside
   a temperature other than 1, a top_k or a top_p below 0.95 it is a 400 (see `thinking.py`);
   the Claudes that take no budget (Opus 4.7 on) get `thinking: {type: adaptive}` and
-  `output_config.effort` low/low/medium/high/max instead, and adaptive thinking without the
+  `output_config.effort` low/low/medium/high/max/max instead, and adaptive thinking without the
   client's max the same room as the effort's budget would have (`adaptive_room`);
 - `response_format` json_schema → `output_config.format` (structured outputs), in the subset
   Claude takes (`claude_schema`: objects closed, the constraints it refuses described), unless

@@ -31,11 +31,12 @@ from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import signed_thinking
 
 MIN_BUDGET = 1024
-# xhigh (OpenAI's top effort) is more than high, within every thinking Claude's output cap
-# with the answer allowance beside it (Opus 4 / 4.1: 32000 tokens). minimal is still some
-# reasoning (on OpenAI, and as Gemini and Cohere take it): Claude's smallest budget, as low.
+# xhigh is more than high; max (OpenAI's top) the most that, with the default answer allowance
+# (4096) beside it, fits every thinking Claude's output cap (Opus 4 / 4.1: 32000 tokens).
+# minimal is still some reasoning (on OpenAI, and as Gemini and Cohere take it): Claude's
+# smallest budget, as low.
 EFFORT_BUDGET = {"minimal": MIN_BUDGET, "low": MIN_BUDGET, "medium": 4096, "high": 16384,
-                 "xhigh": 24576}
+                 "xhigh": 24576, "max": 32000 - 4096}
 MIN_TOP_P = 0.95  # the lowest top_p Claude takes with thinking on
 # The Claudes that take a thinking budget (`thinking.type: enabled`), by their names on any
 # platform (`claude-opus-4-1-…`, `anthropic.claude-3-…`, `claude-opus-4@…`): 2, 3.x, 4, 4.1,
@@ -51,10 +52,10 @@ _BUDGET_CLAUDES = re.compile(r"claude-(?:[123]|v\d|instant|(?:sonnet|opus)-4(?!\
 # that do not reason; a closed set, so a Claude not named here thinks.
 _UNTHINKING_CLAUDES = re.compile(r"claude-(?:[12](?!\d)|instant|v\d|3-(?:opus|sonnet|haiku"
                                  r"|5(?!\d)))")
-# reasoning_effort → adaptive thinking's `output_config.effort`. xhigh, OpenAI's top, is Claude's
-# top (max), which every adaptive Claude takes (its own xhigh not all).
+# reasoning_effort → adaptive thinking's `output_config.effort`. xhigh and max, OpenAI's top,
+# are Claude's top (max), which every adaptive Claude takes (its own xhigh not all).
 ADAPTIVE_EFFORT = {"minimal": "low", "low": "low", "medium": "medium", "high": "high",
-                   "xhigh": "max"}
+                   "xhigh": "max", "max": "max"}
 # A dot between version digits (`claude-sonnet-4.5`, `anthropic/claude-3.7-sonnet`: OpenRouter's
 # and some Anthropic-compatible services' spelling); Anthropic, Vertex and Bedrock write a hyphen.
 _DOTTED_VERSION = re.compile(r"(?<=\d)\.(?=\d)")

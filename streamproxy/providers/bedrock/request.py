@@ -25,13 +25,13 @@ Choices (docs/providers/bedrock.md):
   no "none": the tools are left out instead — unless the conversation already holds toolUse /
   toolResult blocks, where Bedrock requires a `toolConfig`, so the tools stay and "none" is not
   enforced. A conversation with tool blocks and no `tools` gets name-only tool specs;
-- `reasoning_effort` minimal/low/medium/high/xhigh → `additionalModelRequestFields.thinking`
-  with a budget of 1024/1024/4096/16384/24576 tokens for Claude models (`anthropic.claude` in
+- `reasoning_effort` minimal/low/medium/high/xhigh/max → `additionalModelRequestFields.thinking`
+  with a budget of 1024/1024/4096/16384/24576/27904 tokens for Claude models (`anthropic.claude` in
   the model id; not the Claudes before 3.7 Sonnet: `cannot_think`), kept below the client's
   max and refused beside a temperature other than 1, a
   top_k or a top_p below 0.95, as on Anthropic (anthropic/thinking.py) — for the Claudes that
   take no budget (Opus 4.7 on: anthropic/thinking.py) `thinking: {type: adaptive}` and
-  `output_config.effort` low/low/medium/high/max instead, the same refusals kept; for Nova 2
+  `output_config.effort` low/low/medium/high/max/max instead, the same refusals kept; for Nova 2
   (`amazon.nova-2-`) → `additionalModelRequestFields.reasoningConfig` and for gpt-oss
   (`openai.gpt-oss`) → `….reasoning_effort`, the nearest of the low/medium/high both take
   (REASONING_LEVELS; Nova 2's high beside a max, a temperature or a top_p is a 400);
@@ -169,7 +169,7 @@ STRUCTURED_OUTPUTS = ("auto", "native", "instruction")
 # own `reasoning_effort`) take: low, medium or high, the nearest one. Nova 2 reasons only when
 # asked, so "none" sends nothing; gpt-oss always reasons, so "none" is its least, as Gemini 3's.
 REASONING_LEVELS = {"none": "low", "minimal": "low", "low": "low", "medium": "medium",
-                    "high": "high", "xhigh": "high"}
+                    "high": "high", "xhigh": "high", "max": "high"}
 # What Nova 2 refuses beside its high reasoning effort (AWS: they must be unset there).
 UNSET_FOR_HIGH_EFFORT = {"max_completion_tokens": "a maximum of output tokens",
                          "max_tokens": "a maximum of output tokens",

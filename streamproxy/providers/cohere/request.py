@@ -67,7 +67,8 @@ PENALTY_MAX = 1  # Cohere's penalties go from 0 to 1; OpenAI's from -2 to 2
 # The image types Cohere's vision models take (its image-inputs docs: PNG, JPEG, WebP, GIF);
 # a data: URL goes with the type as Cohere spells it (`image_media_type`).
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
-THINKING_BUDGET = {"minimal": 512, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768}
+THINKING_BUDGET = {"minimal": 512, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768,
+                   "max": 32768}
 
 
 def to_cohere(body: dict[str, Any], model: str) -> dict[str, Any]:

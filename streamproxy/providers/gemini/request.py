@@ -79,10 +79,11 @@ DEFAULT_IMAGE_MIME = "image/jpeg"  # for an image URL whose extension names no t
 # its 400 "Unsupported MIME type"). Other media (audio, video, PDF, text) go as labelled, in
 # image_url too, LiteLLM's convention for Gemini.
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"})
-# reasoning_effort → Gemini 2.x thinking budget / Gemini 3 thinking level. high and xhigh get
-# the most each takes (2.5 Flash's budget tops out at 24576, a level at high but on TAKES_XHIGH).
+# reasoning_effort → Gemini 2.x thinking budget / Gemini 3 thinking level. high, xhigh and max
+# get the most each takes (2.5 Flash's budget tops out at 24576, a level at high but on
+# TAKES_XHIGH).
 THINKING_BUDGET = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576,
-                   "xhigh": 24576}
+                   "xhigh": 24576, "max": 24576}
 # Gemini 2.5 Pro cannot turn thinking off: its budget goes from 128 (Google's thinking docs;
 # a 0 is its 400), so "none" asks for the least it takes.
 PRO_MIN_BUDGET = 128
@@ -108,9 +109,9 @@ TAKES_BUDGET = re.compile(r"gemini-(?:2|robotics-er-1\.5(?![0-9]))")
 # take a level, minimal or high alone (low and medium are their 400).
 TWO_LEVELS = re.compile(r"gemma-|gemini-3\.1-flash(?:-lite)?-image")
 MINIMAL_OR_HIGH = {"none": "minimal", "minimal": "minimal", "low": "minimal", "medium": "high",
-                   "high": "high", "xhigh": "high"}
+                   "high": "high", "xhigh": "high", "max": "high"}
 THINKING_LEVEL = {"none": "minimal", "minimal": "minimal", "low": "low", "medium": "medium",
-                  "high": "high", "xhigh": "high"}
+                  "high": "high", "xhigh": "high", "max": "high"}
 # The models that take the "minimal" level: Gemini 3 Flash, 3.5 and 3.6 Flash, the Flash-Lites
 # (TWO_LEVELS models aside). The others refuse it ("Thinking level MINIMAL is not
 # supported for this model"): the 3.x Pro models, 3.7 and 3.8 Flash and the Gemini 4 models
@@ -121,8 +122,9 @@ MIN_LEVEL = "low"
 # Gemini 3 Pro has two levels, low and high (Google's thinking-level table): its medium is a
 # 400, so medium asks for high, as on the TWO_LEVELS models. 3.1 Pro has a medium of its own.
 LOW_OR_HIGH = re.compile(r"gemini-3-pro(?!-image)")
-# Gemini 4 Hydrogen and Neon have a level above high, xhigh (OpenAI's xhigh); the other level
-# models top out at high, and Gemini 4 Carbon answers xhigh with a 400.
+# Gemini 4 Hydrogen and Neon have a level above high, xhigh (OpenAI's xhigh, and their top for
+# OpenAI's max); the other level models top out at high, and Gemini 4 Carbon answers xhigh
+# with a 400.
 TAKES_XHIGH = re.compile(r"gemini-4-(?:hydrogen|neon)")
 
 
@@ -236,7 +238,7 @@ def _thinking(body: dict[str, Any], model: str) -> dict[str, Any] | None:
         level = THINKING_LEVEL[effort]
         if level == "minimal" and TAKES_MINIMAL.search(model) is None:
             level = MIN_LEVEL
-        elif effort == "xhigh" and TAKES_XHIGH.search(model):
+        elif effort in ("xhigh", "max") and TAKES_XHIGH.search(model):
             level = "xhigh"
         elif level == "medium" and LOW_OR_HIGH.search(model):
             level = "high"

@@ -54,7 +54,7 @@ DROPPED = (OPENAI_ONLY - {"logprobs", "top_logprobs"}) | {"user", "parallel_tool
 # Parameters that go into `options` under the same name (top_k: a common extra_body key).
 OPTIONS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty", "top_k")
 THINK_LEVEL = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
-               "high": "high", "xhigh": "high"}
+               "high": "high", "xhigh": "high", "max": "high"}
 LEVELS_MODEL = "gpt-oss"  # models whose `think` takes a level, not only true/false
 
 
