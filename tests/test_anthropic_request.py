@@ -1107,7 +1107,7 @@ def test_thinking_from_effort_beside_sampling_claude_refuses_is_a_400(
 
 
 @pytest.mark.parametrize(("effort", "claude_effort"), [("minimal", "low"), ("medium", "medium"),
-                                                      ("xhigh", "max"), ("max", "max")])
+                                                      ("max", "max")])
 @pytest.mark.parametrize("model", ["claude-opus-4-7", "claude-sonnet-5", "claude-mythos-preview"])
 def test_claudes_without_a_budget_think_adaptively(model: str, effort: str,
                                                    claude_effort: str) -> None:
@@ -1130,6 +1130,21 @@ def test_claudes_without_a_budget_think_adaptively(model: str, effort: str,
     budget = to_anthropic({"messages": [{"role": "user", "content": "x"}],
                            "reasoning_effort": effort}, "claude-opus-4-6")
     assert budget["thinking"]["type"] == "enabled" and "output_config" not in budget
+
+
+@pytest.mark.parametrize(("model", "claude_effort"), [
+    ("claude-opus-4-7", "xhigh"), ("claude-opus-4-8", "xhigh"), ("claude-opus-5", "xhigh"),
+    ("claude-sonnet-5", "xhigh"), ("claude-mythos-5", "xhigh"), ("claude-fable-5", "xhigh"),
+    ("claude-opus-4-7@20260416", "xhigh"),
+    # Mythos Preview has max but no xhigh (Anthropic's effort docs): its top, as before.
+    ("claude-mythos-preview", "max")])
+def test_xhigh_is_claudes_own_xhigh_where_it_has_one(model: str, claude_effort: str) -> None:
+    """Claude's xhigh, like OpenAI's, lies between high and max. Every adaptive Claude got
+    max for OpenAI's xhigh — the same as for OpenAI's max, above it: a client asking for
+    xhigh paid for Claude's unbounded top."""
+    out = to_anthropic({"messages": [{"role": "user", "content": "x"}],
+                        "reasoning_effort": "xhigh"}, model)
+    assert out["output_config"] == {"effort": claude_effort}
 
 
 @pytest.mark.parametrize(("body", "max_tokens"), [

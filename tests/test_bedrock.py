@@ -2351,7 +2351,7 @@ def test_documents_that_would_share_a_name_get_unique_ones() -> None:
                                    "anthropic.claude-mythos-preview"])
 @pytest.mark.parametrize(("effort", "level"), [("minimal", "low"), ("low", "low"),
                                                ("medium", "medium"), ("high", "high"),
-                                               ("xhigh", "max"), ("max", "max")])
+                                               ("max", "max")])
 def test_reasoning_effort_is_adaptive_thinking_on_the_claudes_that_take_no_budget(
         model: str, effort: str, level: str) -> None:
     """Claude Opus 4.7 and every later Claude take adaptive thinking only: a thinking budget
@@ -2372,6 +2372,16 @@ def test_reasoning_effort_is_adaptive_thinking_on_the_claudes_that_take_no_budge
     with pytest.raises(InvalidRequest):  # as with a budget: Claude refuses a forced tool
         to_converse({**body, "tools": [{"type": "function", "function": {"name": "f"}}],
                      "tool_choice": "required"}, model)
+
+
+@pytest.mark.parametrize(("model", "level"), [
+    ("us.anthropic.claude-opus-4-7", "xhigh"), ("anthropic.claude-opus-4-8", "xhigh"),
+    ("us.anthropic.claude-fable-5", "xhigh"), ("anthropic.claude-mythos-preview", "max")])
+def test_xhigh_is_claudes_own_xhigh_on_bedrock_where_it_has_one(model: str, level: str) -> None:
+    # As on Anthropic: Claude's xhigh is below its max, as OpenAI's is; Mythos Preview has none.
+    out = to_converse({"messages": [{"role": "user", "content": "hi"}],
+                       "reasoning_effort": "xhigh"}, model)
+    assert out["additionalModelRequestFields"]["output_config"] == {"effort": level}
 
 
 

@@ -19,7 +19,8 @@ Choices (README "Anthropic"):
   think (`cannot_think`: before 3.7 Sonnet), kept below the client's max; beside
   a temperature other than 1, a top_k or a top_p below 0.95 it is a 400 (see `thinking.py`);
   the Claudes that take no budget (Opus 4.7 on) get `thinking: {type: adaptive}` and
-  `output_config.effort` low/low/medium/high/max/max instead, and adaptive thinking without the
+  `output_config.effort` low/low/medium/high/xhigh/max instead (xhigh: max on the Claudes
+  without it, `TAKES_XHIGH`), and adaptive thinking without the
   client's max the same room as the effort's budget would have (`adaptive_room`);
 - `response_format` json_schema → `output_config.format` (structured outputs), in the subset
   Claude takes (`claude_schema`: objects closed, the constraints it refuses described), unless
@@ -160,7 +161,7 @@ def to_anthropic(body: dict[str, Any], model: str,
                                         effort is not None and takes_adaptive_thinking_only(model))
     if thinking is not None:
         out["thinking"] = thinking
-        output_config = adaptive_effort(thinking, effort, None)
+        output_config = adaptive_effort(thinking, effort, None, model)
         if output_config is not None:  # adaptive thinking's depth: Claude's effort
             out["output_config"] = output_config
     if not thinks(thinking):

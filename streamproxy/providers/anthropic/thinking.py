@@ -52,10 +52,15 @@ _BUDGET_CLAUDES = re.compile(r"claude-(?:[123]|v\d|instant|(?:sonnet|opus)-4(?!\
 # that do not reason; a closed set, so a Claude not named here thinks.
 _UNTHINKING_CLAUDES = re.compile(r"claude-(?:[12](?!\d)|instant|v\d|3-(?:opus|sonnet|haiku"
                                  r"|5(?!\d)))")
-# reasoning_effort → adaptive thinking's `output_config.effort`. xhigh and max, OpenAI's top,
-# are Claude's top (max), which every adaptive Claude takes (its own xhigh not all).
+# reasoning_effort → adaptive thinking's `output_config.effort`. max, OpenAI's top, is Claude's
+# top (max), which every adaptive Claude takes; xhigh is Claude's own xhigh, between high and
+# max as OpenAI's is, on the Claudes that have it (TAKES_XHIGH), and max on the others.
 ADAPTIVE_EFFORT = {"minimal": "low", "low": "low", "medium": "medium", "high": "high",
                    "xhigh": "max", "max": "max"}
+# The Claudes with an xhigh effort (Anthropic's effort docs): Opus 4.7 and 4.8, and the
+# Claude 5 Opus, Sonnet, Mythos and Fable. An allow-list: Mythos Preview has max but no
+# xhigh (its 400), and a Claude not named here keeps max, which every adaptive Claude takes.
+TAKES_XHIGH = re.compile(r"claude-(?:opus-4-[78]|(?:opus|sonnet|mythos|fable)-5)(?!\d)")
 # A dot between version digits (`claude-sonnet-4.5`, `anthropic/claude-3.7-sonnet`: OpenRouter's
 # and some Anthropic-compatible services' spelling); Anthropic, Vertex and Bedrock write a hyphen.
 _DOTTED_VERSION = re.compile(r"(?<=\d)\.(?=\d)")
@@ -95,15 +100,20 @@ def claude_temperature(temperature: Any) -> Any:
     return temperature
 
 
-def adaptive_effort(thinking: Any, effort: str | None,
-                    output_config: Any) -> dict[str, Any] | None:
+def adaptive_effort(thinking: Any, effort: str | None, output_config: Any,
+                    model: str) -> dict[str, Any] | None:
     """The `output_config` to send beside adaptive thinking made from `effort`: the client's
     own with Claude's effort added (its own effort wins), or None when nothing changes."""
     if not (isinstance(thinking, dict) and thinking.get("type") == "adaptive"
             and effort in ADAPTIVE_EFFORT):
         return None
     own = output_config if isinstance(output_config, dict) else {}
-    return None if "effort" in own else {**own, "effort": ADAPTIVE_EFFORT[effort]}
+    if "effort" in own:
+        return None
+    level = ADAPTIVE_EFFORT[effort]
+    if effort == "xhigh" and TAKES_XHIGH.search(hyphenated(model)):
+        level = "xhigh"
+    return {**own, "effort": level}
 
 
 def fit_thinking(body: dict[str, Any], native: Any, effort: str | None, answer_allowance: int,

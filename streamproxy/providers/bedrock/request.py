@@ -31,7 +31,8 @@ Choices (docs/providers/bedrock.md):
   max and refused beside a temperature other than 1, a
   top_k or a top_p below 0.95, as on Anthropic (anthropic/thinking.py) — for the Claudes that
   take no budget (Opus 4.7 on: anthropic/thinking.py) `thinking: {type: adaptive}` and
-  `output_config.effort` low/low/medium/high/max/max instead, the same refusals kept; for Nova 2
+  `output_config.effort` low/low/medium/high/xhigh/max instead (xhigh: max on the Claudes
+  without it), the same refusals kept; for Nova 2
   (`amazon.nova-2-`) → `additionalModelRequestFields.reasoningConfig` and for gpt-oss
   (`openai.gpt-oss`) → `….reasoning_effort`, the nearest of the low/medium/high both take
   (REASONING_LEVELS; Nova 2's high beside a max, a temperature or a top_p is a 400);
@@ -347,7 +348,7 @@ def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> 
                                         fields.get("top_k"), adaptive)
     if thinking is not None and "thinking" not in fields:
         added = {"thinking": thinking}
-        output_config = adaptive_effort(thinking, effort, fields.get("output_config"))
+        output_config = adaptive_effort(thinking, effort, fields.get("output_config"), model)
         if output_config is not None:  # adaptive thinking's depth: Claude's effort
             added["output_config"] = output_config
         out["additionalModelRequestFields"] = {**fields, **added}
