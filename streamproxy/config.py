@@ -104,7 +104,8 @@ class ServerConfig:
     timeouts: Timeouts = Timeouts()
     log_level: str = "info"
     # Seconds without a first upstream event after which SSE comments keep the client's
-    # connection alive. Off by default: sending one commits the response, so no fallback
+    # connection alive; once streaming, the least time between comments sent for upstream
+    # reads that give the client nothing (pings: relay.py). Off by default: sending one commits the response, so no fallback
     # can happen after it (README, Gateway controls: "Timeouts").
     keepalive_interval: float | None = None
     shutdown_grace: float = 30.0  # seconds running requests get on SIGTERM (server/drain.py)

@@ -35,10 +35,38 @@ from streamproxy.upstream.http11 import Response
 
 log = logging.getLogger("streamproxy.relay")
 
+KEEPALIVE_COMMENT = b": keep-alive\n\n"
 
-async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord) -> None:
+
+class _KeepAlive:
+    """`server.keepalive_interval` once the stream runs: an upstream read that gives the client
+    nothing (Anthropic's `ping`, a relay's comment, part of an event) sends a comment when the
+    interval passed since the last one, so a pause the upstream keeps alive (Claude writing a
+    long tool input a whole key at a time) is not cut by a load balancer's idle timeout. Only
+    such reads look at the clock: a read with frames costs nothing more."""
+
+    __slots__ = ("_due", "_interval", "_loop", "sent")
+
+    def __init__(self, interval: float, loop: asyncio.AbstractEventLoop) -> None:
+        self._interval = interval
+        self._loop = loop
+        self._due = loop.time() + interval
+        self.sent = 0
+
+    def due(self) -> bool:
+        now = self._loop.time()
+        if now < self._due:
+            return False
+        self._due = now + self._interval
+        self.sent += 1
+        return True
+
+
+async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord,
+                keepalive: float | None = None) -> None:
     encoder, translator, deadline = stream.encoder, stream.translator, stream.deadline
     upstream = stream.response
+    kept = None if not keepalive else _KeepAlive(keepalive, deadline.loop)
     try:
         try:
             first = encoder.take()  # the response head leaves with these frames
@@ -47,10 +75,10 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord) 
             else:
                 await client.write(first)
                 if isinstance(upstream, Response) and client.direct:
-                    await _Pump(translator, encoder, deadline, client, upstream).run()
+                    await _Pump(translator, encoder, deadline, client, upstream, kept).run()
                 else:
                     await _pull(translator, encoder, deadline, upstream.content.readany,
-                                client.write)
+                                client.write, kept)
         except asyncio.CancelledError:
             if not deadline.owns():
                 record.client_disconnected = True
@@ -85,6 +113,8 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord) 
         else:
             upstream.close()
         record.bytes_out += encoder.bytes_taken  # after any keep-alive comments
+        if kept is not None:
+            record.bytes_out += kept.sent * len(KEEPALIVE_COMMENT)
         record.chunks = encoder.chunks
         record.finish_reason = encoder.finish_reason
         record.note_usage(encoder.usage_data, translator,
@@ -98,7 +128,8 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord) 
 
 async def _pull(translator: StreamTranslator, encoder: ChunkEncoder, deadline: Deadline,
                 read: Callable[[], Awaitable[bytes]],
-                write: Callable[[bytes], Awaitable[None]]) -> None:
+                write: Callable[[bytes], Awaitable[None]],
+                kept: _KeepAlive | None = None) -> None:
     while not translator.done:
         data = out = b""  # nothing held while an idle stream waits (10,000 of them)
         data = await read()
@@ -108,6 +139,8 @@ async def _pull(translator: StreamTranslator, encoder: ChunkEncoder, deadline: D
         deadline.progress()
         translator.feed(data)
         out = encoder.take()
+        if not out and kept is not None and kept.due():
+            out = KEEPALIVE_COMMENT
         if out:
             deadline.hold()  # a write that waits for a slow client is not the provider's gap
             await write(out)
@@ -120,16 +153,17 @@ class _Pump:
     reading pauses, reads already on their way are held, and the task resumes reading once
     the client has drained)."""
 
-    __slots__ = ("_client", "_deadline", "_encoder", "_ended", "_held", "_outcome",
+    __slots__ = ("_client", "_deadline", "_encoder", "_ended", "_held", "_kept", "_outcome",
                  "_translator", "_upstream", "_waiter")
 
     def __init__(self, translator: StreamTranslator, encoder: ChunkEncoder, deadline: Deadline,
-                 client: SSEWriter, upstream: Response) -> None:
+                 client: SSEWriter, upstream: Response, kept: _KeepAlive | None = None) -> None:
         self._translator = translator
         self._encoder = encoder
         self._deadline = deadline
         self._client = client
         self._upstream = upstream
+        self._kept = kept
         self._outcome: BaseException | bool | None = None  # True: ended; an error: failed
         self._held: list[bytes] | None = None  # reads that came while the client was full
         self._ended: tuple[BaseException | None] | None = None  # an end that came then
@@ -168,6 +202,8 @@ class _Pump:
                 self._client.end_with(out)  # [DONE] and the body's end: one write
             elif out:
                 self._client.write_now(out)
+            elif self._kept is not None and self._kept.due():
+                self._client.write_now(KEEPALIVE_COMMENT)
         except Exception as e:
             self._stop(e)
             return

@@ -17,6 +17,7 @@ from aiohttp import web
 from streamproxy.config import ConfigError
 from streamproxy.providers.mock.server import mock_text
 from streamproxy.routing.gateway import load_settings
+from streamproxy.upstream.client import CLIENT_ENV
 from tests.helpers import collect, make_config, openai_sdk, sse_chunks
 
 USER = [{"role": "user", "content": "hi"}]
@@ -992,6 +993,44 @@ async def test_a_keepalive_head_names_the_target_when_the_plan_has_one(proxy: An
     assert await resp.content.readuntil(b"\n\n") == b": keep-alive\n\n"
     assert "x-portkey-provider" not in resp.headers
     await resp.read()
+
+
+def anthropic_event(obj: dict[str, Any]) -> bytes:
+    return b"event: %s\ndata: %s\n\n" % (obj["type"].encode(), orjson.dumps(obj))
+
+
+@pytest.mark.parametrize("upstream_client", ["native", "aiohttp"])  # piped, pulled relay
+async def test_keepalives_while_a_committed_stream_is_quiet_but_for_pings(
+        upstream_client: str, proxy: Any, upstream: Any, monkeypatch: Any) -> None:
+    """Claude pauses mid-answer (a long tool input is sent a whole key at a time) with only
+    `ping` events: the client, past its first token, got nothing either, and a load balancer's
+    idle timeout cut a stream the upstream kept alive. An upstream read that gives the client
+    nothing sends a comment once `keepalive_interval` passed since the last one."""
+    monkeypatch.setenv(CLIENT_ENV, upstream_client)
+    delta = [anthropic_event({"type": "content_block_delta", "index": 0,
+                              "delta": {"type": "text_delta", "text": t}}) for t in ("a", "b")]
+    upstream.pieces = [
+        anthropic_event({"type": "message_start", "message": {
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [],
+            "stop_reason": None, "usage": {"input_tokens": 3, "output_tokens": 1}}}),
+        anthropic_event({"type": "content_block_start", "index": 0,
+                         "content_block": {"type": "text", "text": ""}}),
+        delta[0], *[anthropic_event({"type": "ping"})] * 8, delta[1],
+        anthropic_event({"type": "content_block_stop", "index": 0}),
+        anthropic_event({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                         "usage": {"output_tokens": 2}}),
+        anthropic_event({"type": "message_stop"})]
+    upstream.piece_delay = 0.1
+    client = await proxy(make_config(
+        {"claude": {"type": "anthropic", "base_url": upstream.url, "api_key": "k",
+                    "default_model": "m"}}, default="claude", server={"keepalive_interval": 0.2}))
+    resp = await post(client)
+    body = await resp.read()
+    assert resp.status == 200
+    quiet = body[body.index(b'"content":"a"'):body.index(b'"content":"b"')]
+    assert 1 <= quiet.count(b"\n\n: keep-alive\n\n") <= 8  # (at most one a read)
+    c = collect(sse_chunks(body))
+    assert c.content == "ab" and c.done
 
 
 async def test_no_keepalive_when_the_first_token_is_fast(proxy: Any) -> None:

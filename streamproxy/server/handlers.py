@@ -17,7 +17,7 @@ from streamproxy.ids import random_hex
 from streamproxy.openai_api.chunks import error_frame
 from streamproxy.openai_api.request import ChatRequest, parse_chat_request
 from streamproxy.record import RequestRecord
-from streamproxy.relay import relay
+from streamproxy.relay import KEEPALIVE_COMMENT, relay
 from streamproxy.routing.executor import OpenedStream
 from streamproxy.routing.gateway import parse_metadata
 from streamproxy.routing.planner import Plan
@@ -40,7 +40,6 @@ SSE_HEADERS = {
     "cache-control": "no-cache",
     "x-accel-buffering": "no",
 }
-KEEPALIVE_COMMENT = b": keep-alive\n\n"
 
 
 def response_headers(record: RequestRecord, provider: str | None,
@@ -193,7 +192,7 @@ async def _stream(ex: Exchange, state: AppState, req: ChatRequest, plan: Plan,
     record.first_byte = time.monotonic()
     state.drain.committed(stream.deadline)  # a shutdown now ends it with an error frame
     try:
-        await relay(stream, client, record)
+        await relay(stream, client, record, interval)
     finally:
         state.drain.leave(stream.deadline.task)
     if not record.client_disconnected:
