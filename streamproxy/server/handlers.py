@@ -221,8 +221,8 @@ async def _open_with_keepalives(ex: Exchange, state: AppState, req: ChatRequest,
                                 plan: Plan, record: RequestRecord, interval: float,
                                 ) -> tuple[OpenedStream | bytes | None, EventWriter | None]:
     """Open the upstream while sending `: keep-alive` comments every `interval` seconds once
-    the first event is late. The first comment commits the response (200, SSE headers), so a
-    failure after it is an error frame, not a fallback."""
+    the first event is late. The first comment commits the response (200, SSE headers): the
+    plan's retries and fallbacks still run behind it, and its failure is an error frame."""
     opening = asyncio.ensure_future(state.executor.open_stream(req, plan, record))
     client: EventWriter | None = None
     stream: OpenedStream | bytes | None = None
