@@ -1031,6 +1031,10 @@ async def test_keepalives_while_a_committed_stream_is_quiet_but_for_pings(
     assert 1 <= quiet.count(b"\n\n: keep-alive\n\n") <= 8  # (at most one a read)
     c = collect(sse_chunks(body))
     assert c.content == "ab" and c.done
+    stream = await openai_sdk(client).chat.completions.create(  # (comments: nothing to it)
+        model="m", messages=USER, stream=True)
+    assert "".join([ch.choices[0].delta.content or "" async for ch in stream
+                    if ch.choices]) == "ab"
 
 
 async def test_no_keepalive_when_the_first_token_is_fast(proxy: Any) -> None:
