@@ -605,3 +605,14 @@ def test_prompt_tokens_read_from_the_cache_are_cached_tokens() -> None:
     usage = sse_chunks(out)[-2]["usage"]  # (the usage chunk, before [DONE])
     assert usage == {"prompt_tokens": 900, "completion_tokens": 5, "total_tokens": 905,
                      "prompt_tokens_details": {"cached_tokens": 850}}
+
+
+def test_ollama_option_names_at_the_top_level_go_into_options() -> None:
+    # A client's extra_body with Ollama's own option names (as LiteLLM's ollama_chat takes
+    # them): num_ctx left out, Ollama's default context cuts a long prompt's start in silence.
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 9, "num_ctx": 32768,
+            "min_p": 0.05, "typical_p": 0.9, "repeat_penalty": 1.1, "repeat_last_n": 128,
+            "options": {"num_ctx": 4096, "min_p": 0.2, "mirostat": 1}}
+    assert to_ollama(body, "llama3.2", stream=True)["options"] == {
+        "num_ctx": 32768, "min_p": 0.05, "typical_p": 0.9, "repeat_penalty": 1.1,
+        "repeat_last_n": 128, "mirostat": 1, "num_predict": 9}

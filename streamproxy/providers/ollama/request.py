@@ -16,8 +16,9 @@ Choices (docs/providers/others.md "ollama"):
 - `tool_choice: "none"` sends no tools; a named tool_choice sends only that tool; Ollama has no
   way to force a call, so `"required"` is best effort (documented);
 - `response_format` json_object → `format: "json"`, json_schema → `format: <schema>`;
-- max tokens, temperature, top_p, stop, seed and the penalties go in `options`; a client's
-  native `options` (extra_body) and the provider's configured `options` sit underneath;
+- max tokens, temperature, top_p, stop, seed and the penalties go in `options`, and so do
+  Ollama's option names sent at the top level (OPTIONS: num_ctx, min_p, ...); a client's native
+  `options` (extra_body) and the provider's configured `options` sit underneath;
 - `reasoning_effort` → `think`: "none" → false, any other level → true, since most thinking
   models refuse a level ("think value … is not supported for this model"); gpt-oss models
   (the name contains "gpt-oss") take levels, so they get one ("minimal" → "low"). A client's own
@@ -51,8 +52,12 @@ from streamproxy.openai_api.content import (
 )
 
 DROPPED = (OPENAI_ONLY - {"logprobs", "top_logprobs"}) | {"user", "parallel_tool_calls"}
-# Parameters that go into `options` under the same name (top_k: a common extra_body key).
-OPTIONS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty", "top_k")
+# Parameters that go into `options` under the same name (top_k: a common extra_body key), and
+# Ollama's own option names a client sends at the top level (extra_body, as LiteLLM's
+# ollama_chat takes them): dropped, a num_ctx left Ollama's default context, which cuts a long
+# prompt's start in silence. (num_predict is max_tokens', which wins.)
+OPTIONS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty", "top_k",
+           "num_ctx", "min_p", "typical_p", "repeat_penalty", "repeat_last_n")
 THINK_LEVEL = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
                "high": "high", "xhigh": "high", "max": "high"}
 LEVELS_MODEL = "gpt-oss"  # models whose `think` takes a level, not only true/false
