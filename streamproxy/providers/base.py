@@ -32,6 +32,7 @@ from streamproxy.errors import (
 )
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.openai_api.request import TEXT_ONLY
+from streamproxy.upstream.userinfo import userinfo_secrets
 
 if TYPE_CHECKING:
     from streamproxy.openai_api.request import ChatRequest
@@ -57,6 +58,8 @@ class UpstreamRequest:
             if lowered in CREDENTIAL_HEADERS or _CREDENTIAL_NAME.search(lowered):
                 scheme, _, token = value.partition(" ")
                 found.append(token if token and scheme.lower() == "bearer" else value)
+        if "@" in self.url:  # (user info the upstream client sends as Basic auth)
+            found.extend(userinfo_secrets(self.url))
         return tuple(found)
 
 

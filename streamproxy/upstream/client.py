@@ -52,6 +52,7 @@ from streamproxy.upstream.response_parser import (
     body_decoder,
     transfer_codings,
 )
+from streamproxy.upstream.userinfo import has_authorization, split_userinfo
 
 log = logging.getLogger("streamproxy.upstream")
 
@@ -152,6 +153,10 @@ class UpstreamClient:
         self._urls: dict[str, URL] = {}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._proxies: dict[str, dict[str, Any]] = {}  # aiohttp's proxy arguments per URL
+        # "Basic …" of a URL's user info, sent as the native client sends it: aiohttp's own
+        # refused a request with an Authorization besides (a ValueError, a 500) and would
+        # replace one (upstream/userinfo.py).
+        self._basic: dict[str, str] = {}
 
     async def start(self) -> None:
         if self.kind == "native":
@@ -215,7 +220,11 @@ class UpstreamClient:
             if len(self._urls) > 1024:  # per-request URLs (e.g. a model in the path): bound it
                 self._urls.clear()
                 self._proxies.clear()
-            url = self._urls[req.url] = URL(req.url)
+                self._basic.clear()
+            plain, basic = split_userinfo(req.url)
+            if basic is not None:
+                self._basic[req.url] = basic
+            url = self._urls[req.url] = URL(plain)
             self._proxies[req.url] = self._proxy_arguments(url)
         timeout = self._timeouts.get(connect_timeout)
         if timeout is None:
@@ -225,6 +234,9 @@ class UpstreamClient:
                 total=None, sock_connect=connect_timeout, connect=connect_timeout)
         proxy = self._proxies[req.url]
         headers = {**req.headers, **proxy["headers"]} if "headers" in proxy else req.headers
+        basic = self._basic.get(req.url) if self._basic else None
+        if basic is not None and not has_authorization(headers):
+            headers = {**headers, "Authorization": basic}
         try:
             resp = await self.session.request(
                 req.method, url, data=req.body, headers=headers, timeout=timeout,

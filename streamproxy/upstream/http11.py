@@ -48,6 +48,7 @@ from streamproxy.upstream.response_parser import (
     ResponseParser,
     find_head_end,
 )
+from streamproxy.upstream.userinfo import has_authorization, split_userinfo
 
 PAUSE_AT = 64 * 1024  # unread body bytes beyond which the socket stops being read
 KEEPALIVE_TIMEOUT = 30.0  # like aiohttp's connector
@@ -647,6 +648,7 @@ class _Url:
     host_header: str
     tunnel: ProxyRoute | None = None  # an https upstream behind this proxy
     proxy_authorization: str | None = None  # an http upstream sent through a proxy
+    authorization: str | None = None  # "Basic …" of the URL's user info (upstream/userinfo.py)
 
 
 _DROPPED = frozenset({"host", "content-length", "connection", "transfer-encoding",
@@ -658,6 +660,7 @@ _TARGET_SAFE = "/?#[]@!$&'()*+,;=:%~"  # with letters, digits and "_.-": kept as
 
 
 def _split_url(url: str, egress: EgressProxies = NO_PROXIES) -> _Url:
+    url, authorization = split_userinfo(url)
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname:
@@ -682,11 +685,12 @@ def _split_url(url: str, egress: EgressProxies = NO_PROXIES) -> _Url:
     # NO_PROXY is matched against the name as written, as for aiohttp's client (client.py)
     proxy = egress.route(scheme, name, port)
     if proxy is None:
-        return _Url((scheme, host, port), target, host_header)
+        return _Url((scheme, host, port), target, host_header, authorization=authorization)
     if scheme == "https":
-        return _Url((scheme, host, port), target, host_header, tunnel=proxy)
+        return _Url((scheme, host, port), target, host_header, tunnel=proxy,
+                    authorization=authorization)
     return _Url(("http", proxy.host, proxy.port), f"http://{host_header}{target}", host_header,
-                proxy_authorization=proxy.authorization)
+                proxy_authorization=proxy.authorization, authorization=authorization)
 
 
 class HTTP11Client:
@@ -717,6 +721,8 @@ class HTTP11Client:
                  "Connection: keep-alive\r\n"]
         if u.proxy_authorization:
             lines.append(f"Proxy-Authorization: {u.proxy_authorization}\r\n")
+        if u.authorization is not None and not has_authorization(headers):
+            lines.append(f"Authorization: {u.authorization}\r\n")
         for name, value in headers.items():
             if name.lower() in _DROPPED:
                 continue
