@@ -462,6 +462,11 @@ def _upstream_proxy(value: Any, source: str, key: str) -> str | dict[str, Any]:
     return {"url": value["url"], "no_proxy": no_proxy}
 
 
+# A cloud region (AWS's us-east-1, Vertex's us-central1 or global): it becomes part of the
+# provider's host name, so never a '.' (`x.s3`: bedrock-runtime.x.s3.amazonaws.com, an S3
+# bucket's host), '/', ':' or '@'.
+REGION = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
+REGION_RULE = "a region name of letters, digits and '-' (e.g. us-east-1)"
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an RFC 9110 token
 _HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # (a tab may be in a value)
 # `${VAR}` or `os.environ/VAR` within a header value (`Bearer ${TOKEN}`); not `$VAR`, which a

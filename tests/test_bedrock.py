@@ -1687,6 +1687,17 @@ def test_missing_region_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> No
     assert provider.base_url == "https://bedrock-runtime.ap-south-1.amazonaws.com"
 
 
+def test_a_region_that_is_not_one_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ("x.s3" aimed every request at bedrock-runtime.x.s3.amazonaws.com, an S3 bucket's host)
+    with pytest.raises(ConfigError, match="AWS region") as info:
+        bedrock_config(None, region="x.s3")  # type: ignore[arg-type]
+    assert info.value.key == "providers.aws.region"
+    monkeypatch.setenv("AWS_REGION", "x.s3/")
+    with pytest.raises(ConfigError, match="AWS_REGION") as info:
+        bedrock_config(None, region=None)  # type: ignore[arg-type]
+    assert info.value.key == "providers.aws.region"
+
+
 async def test_credential_lookup_and_renewal_happen_in_prepare_not_in_signing(
         monkeypatch: pytest.MonkeyPatch) -> None:
     now = datetime.now(UTC)

@@ -733,6 +733,8 @@ def test_model_names_cannot_leave_the_model_path(model: str) -> None:
     ({"api_key": "AIza", "token_env": "A"}, "project"),
     ({"project": "p"}, "location"),
     ({"project": "p/../x", "location": "l"}, "project"),
+    ({"project": "p", "location": "us-central1.evil"}, "location"),  # (a host name's part)
+    ({"project": "p", "location": "us_central1"}, "location"),
     ({"project": "p", "location": "l", "token_env": "A", "token_command": "x"}, "token_env"),
     ({"project": "p", "location": "l", "token_command": []}, "token_command"),
     ({"project": "p", "location": "l", "token_refresh": 0}, "token_refresh"),

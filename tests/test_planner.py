@@ -736,6 +736,21 @@ def test_a_provider_option_header_is_an_id_never_a_host() -> None:
     assert info.value.param == "x-portkey-aws-region"
 
 
+@pytest.mark.parametrize("region", ["x.s3", "us-east-1.evil", "us_east_1", "-us"])
+@pytest.mark.parametrize("option", ["aws_region", "vertex_region"])
+def test_a_region_is_letters_digits_and_dashes(option: str, region: str) -> None:
+    """A region names a host under the provider's domain: `aws_region: "x.s3"` aimed Bedrock
+    at bedrock-runtime.x.s3.amazonaws.com (an S3 bucket's host)."""
+    provider = "aws" if option == "aws_region" else "vx"
+    with pytest.raises(InvalidRequest) as info:
+        sent_for(gateway_for(), {"provider": provider, option: region})
+    assert info.value.param == f"config.{option}" and "a region name" in info.value.message
+    header = "x-portkey-" + option.replace("_", "-")
+    with pytest.raises(InvalidRequest) as info:
+        sent_with_headers(gateway_for(), {"x-portkey-provider": provider, header: region})
+    assert info.value.param == header and "a region name" in info.value.message
+
+
 def test_a_named_config_with_a_misplaced_target_option_fails_at_start() -> None:
     from streamproxy.config import ConfigError
 

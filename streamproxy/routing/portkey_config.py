@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from streamproxy.config import REGION, REGION_RULE
 from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.request import (
     GATEWAY_FIELDS,
@@ -68,6 +69,7 @@ _HOST_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 _HOST_LABEL_RULE = ("a resource's name alone (letters, digits and '-': myres, for "
                     "https://myres.openai.azure.com), not a host or URL")
 _HOST_LABEL_OPTIONS = frozenset({"resource_name"})
+_REGION_OPTIONS = frozenset({"aws_region", "vertex_region"})  # (host name parts too)
 # Anthropic's beta header names several betas, comma-separated.
 _LIST_OPTIONS = frozenset({"anthropic_beta"})
 _OPTION_LIST = re.compile(rf"{_ID}(?: *, *{_ID})*")
@@ -170,6 +172,8 @@ def option_value_error(name: str, value: Any) -> str | None:
         pattern, rule = _OPTION_LIST, _OPTION_LIST_RULE
     elif name in _HOST_LABEL_OPTIONS:
         pattern, rule = _HOST_LABEL, _HOST_LABEL_RULE
+    elif name in _REGION_OPTIONS:
+        pattern, rule = REGION, REGION_RULE
     else:
         pattern, rule = OPTION_VALUE, OPTION_VALUE_RULE
     return None if isinstance(value, str) and pattern.fullmatch(value) else rule

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import orjson
 from yarl import URL
 
-from streamproxy.config import ConfigError, ProviderConfig, shown_env
+from streamproxy.config import REGION, ConfigError, ProviderConfig, shown_env
 from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.anthropic.options import beta_names, check_option_values
@@ -45,6 +45,19 @@ NO_REGION = "no AWS region: set region, AWS_REGION / AWS_DEFAULT_REGION, or one 
 _SIGNED_REQUEST_QUOTE = "The Canonical String for this request"
 
 
+def checked_region(options: dict[str, Any], source: str, where: str) -> str:
+    """The provider's AWS region (`auth.resolve_region`), else a ConfigError: none, or one
+    that is not a region name, which makes the host (`x.s3`: an S3 bucket's)."""
+    region = auth.resolve_region(options)
+    if not region:
+        raise ConfigError(source, f"{where}.region", NO_REGION)
+    if not REGION.fullmatch(region):
+        given = "" if options.get("region") else " (AWS_REGION / AWS_DEFAULT_REGION or profile)"
+        raise ConfigError(source, f"{where}.region", f"{region[:64]!r}{given} is not an AWS "
+                          "region: letters, digits and '-' (e.g. us-east-1)")
+    return region
+
+
 class BedrockProvider(Provider):
     type_name: ClassVar[str] = "bedrock"
     option_keys: ClassVar[frozenset[str]] = auth.OPTION_KEYS | {"structured_outputs",
@@ -56,9 +69,7 @@ class BedrockProvider(Provider):
 
     def __init__(self, cfg: ProviderConfig, **kw: Any) -> None:
         super().__init__(cfg, **kw)
-        region = auth.resolve_region(cfg.options)
-        if not region:
-            raise ConfigError("config", f"providers.{cfg.name}.region", NO_REGION)
+        region = checked_region(cfg.options, "config", f"providers.{cfg.name}")
         self.region = region
         self.auth: auth.BedrockAuth | auth.TargetKey = auth.BedrockAuth(cfg, region)
 
@@ -73,9 +84,7 @@ class BedrockProvider(Provider):
 
     @classmethod
     def check_entry(cls, entry: dict[str, Any], source: str, where: str) -> None:
-        options = {k: v for k, v in entry.items() if k in cls.option_keys}
-        if not auth.resolve_region(options):
-            raise ConfigError(source, f"{where}.region", NO_REGION)
+        checked_region({k: v for k, v in entry.items() if k in cls.option_keys}, source, where)
 
     def auth_summary(self) -> str | None:
         summary = self.auth.summary

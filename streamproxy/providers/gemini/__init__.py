@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
-from streamproxy.config import ConfigError, ProviderConfig, positive_seconds
+from streamproxy.config import REGION, ConfigError, ProviderConfig, positive_seconds
 from streamproxy.errors import InvalidRequest, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.anthropic.options import check_option_values
@@ -164,7 +164,9 @@ class VertexProvider(GeminiProvider):
         express = options.get("project") is None and options.get("location") is None
         for key in () if express else ("project", "location"):  # (express: check_entry)
             value = options.get(key)
-            if not (isinstance(value, str) and _SEGMENT.fullmatch(value)):
+            # (a location is also part of the host name: no '.')
+            pattern = _SEGMENT if key == "project" else REGION
+            if not (isinstance(value, str) and pattern.fullmatch(value)):
                 raise ConfigError(source, f"{where}.{key}",
                                   "is required for type vertex (a Google Cloud "
                                   + ("project id" if key == "project" else "region, or global")
