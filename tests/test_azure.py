@@ -825,3 +825,15 @@ async def test_a_models_custom_host_without_an_api_version_is_a_400_saying_so(
     check(await resp.read(), "Hello there!")
     [sent] = upstream.requests
     assert sent.path == "/models/chat/completions?api-version=2024-05-01-preview"
+
+
+@pytest.mark.parametrize("model", ["..", "."])
+def test_a_dot_segment_deployment_is_a_400_not_another_path(model: str) -> None:
+    # A request's model names the deployment: `..` went to /openai/chat/completions
+    config = make_config({"az": {"type": "azure", "resource": "contoso",
+                                 "api_version": "2025-01-01-preview", "api_key": "k"}})
+    provider = AzureOpenAIProvider(config.providers["az"])
+    req = parse_chat_request(b'{"model":"m","messages":[{"role":"user","content":"x"}]}')
+    with pytest.raises(InvalidRequest) as info:
+        provider.build_request(req, Target(provider, model, api_key="k"))
+    assert info.value.param == "model" and info.value.status == 400

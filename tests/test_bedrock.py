@@ -2406,3 +2406,25 @@ def test_an_image_is_sent_in_the_format_its_bytes_are() -> None:
             {"type": "image_url", "image_url": {"url": f"data:{label};base64,{png}"}}]}]}, CLAUDE)
         assert out["messages"][0]["content"] == [{"image": {"format": "png",
                                                             "source": {"bytes": png}}}]
+
+
+@pytest.mark.parametrize("model", ["..", "."])
+def test_a_dot_segment_model_is_a_400_not_another_path(model: str) -> None:
+    # Percent-encoded, `..` is still a dot segment that yarl (and servers) resolve: the
+    # operator's signed request went to https://bedrock-runtime…/converse.
+    provider = BedrockProvider(bedrock_config("https://h/prefix").providers["aws"])
+    req = parse_chat_request(b'{"model":"m","messages":[{"role":"user","content":"x"}]}')
+    with pytest.raises(InvalidRequest) as info:
+        provider.build_request(req, Target(provider, model))
+    assert info.value.param == "model" and info.value.status == 400
+
+
+def test_a_model_id_is_one_encoded_path_segment() -> None:
+    provider = BedrockProvider(bedrock_config("https://h").providers["aws"])
+    req = parse_chat_request(b'{"model":"m","messages":[{"role":"user","content":"x"}]}')
+    arn = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-v1:0"
+    url = provider.build_request(req, Target(provider, arn)).url
+    assert url == ("https://h/model/arn:aws:bedrock:us-east-1:123456789012:inference-profile"
+                   "%2Fus.anthropic.claude-v1:0/converse")
+    url = provider.build_request(req, Target(provider, "a/../b?c#d")).url
+    assert url == "https://h/model/a%2F..%2Fb%3Fc%23d/converse"

@@ -41,6 +41,7 @@ from streamproxy.config import ConfigError
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.chunks import ChunkSink
+from streamproxy.providers.base import path_segment
 from streamproxy.providers.openai_compat import OpenAIProvider, PassthroughTranslator, load_chunk
 
 if TYPE_CHECKING:
@@ -263,7 +264,7 @@ class AzureOpenAIProvider(OpenAIProvider):
         if self.models:  # the body names the deployment (`model_for`)
             return f"{self.cfg.base_url}/chat/completions?api-version={quote(version)}"
         deployment = self.cfg.options.get("deployment") or model
-        return (f"{self.base_url}/openai/deployments/{quote(deployment, safe='')}"
+        return (f"{self.base_url}/openai/deployments/{path_segment(deployment, 'deployment')}"
                 f"/chat/completions?api-version={quote(version)}")
 
     def with_own_key(self) -> AzureOpenAIProvider:

@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
 
 import orjson
 
@@ -334,6 +335,17 @@ class Provider:
         """An error object a 200 carried instead of the answer (a stream request answered
         with one JSON body): 502, unless the provider's errors name their status (override)."""
         return self.parse_error(502, body)
+
+
+def path_segment(value: str, what: str = "model") -> str:
+    """A request's `value` (its model, Azure's deployment) as one segment of the upstream URL's
+    path: percent-encoded ('/', '?', '#' included), and never a dot segment, which yarl and
+    servers resolve however encoded (RFC 3986 5.2.4): `..` took the request to the path's
+    parent (Bedrock's /converse, Azure's /openai/chat/completions). A 400 naming `what`."""
+    if value in (".", ".."):
+        raise InvalidRequest(f"'{value}' is not a valid {what} name.", param="model",
+                             code="invalid_value")
+    return quote(value, safe="")
 
 
 def generic_error(status: int, body: bytes, provider: str, *,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote
 
 import orjson
 from yarl import URL
@@ -22,7 +21,12 @@ from streamproxy.config import REGION, ConfigError, ProviderConfig, shown_env
 from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.anthropic.options import beta_names, check_option_values
-from streamproxy.providers.base import Provider, StreamTranslator, UpstreamRequest
+from streamproxy.providers.base import (
+    Provider,
+    StreamTranslator,
+    UpstreamRequest,
+    path_segment,
+)
 from streamproxy.providers.bedrock import auth
 from streamproxy.providers.bedrock.request import (
     DROPPED,
@@ -135,7 +139,7 @@ class BedrockProvider(Provider):
                                         options.get("structured_outputs", "auto"),
                                         beta_names(options.get("anthropic_beta") or [])))
         action = "converse-stream" if req.stream else "converse"
-        url = str(URL(f"{self.base_url}/model/{quote(model, safe='')}/{action}"))
+        url = str(URL(f"{self.base_url}/model/{path_segment(model)}/{action}"))
         headers = {"content-type": "application/json", **self.cfg.headers, **target.headers}
         return UpstreamRequest(url, body, self.auth.sign(url, body, headers, target.api_key,
                                                          self.region))
