@@ -7,15 +7,18 @@ import json
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from streamproxy.cache import entry as cache_entry
+from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
 from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
 from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.base import load_event_json
 from streamproxy.providers.openai_compat import PassthroughTranslator
+from streamproxy.providers.registry import PROVIDER_TYPES
 from streamproxy.server.store_and_cache import FEATURES
 from tests.conftest import provider_config
 from tests.helpers import collect, fixture_bytes, jsonl_to_sse, make_config, sse_chunks
@@ -213,3 +216,41 @@ async def test_a_body_after_a_bom_is_answered_on_both_fronts(proxy: Any, upstrea
         assert resp.status == 200, (kind, await resp.text())
         await resp.read()
         assert upstream.requests[-1].json()["messages"] == [{"role": "user", "content": "hi"}]
+
+
+# -- a non-streamed answer with a UTF-16 half alone, on a preset that rewrites answers --
+
+def _cut_answer(reason: str, content: Any = "cut \ud83d", **extra: Any) -> bytes:
+    """A completion as a Node server (OpenRouter's) writes one cut inside an emoji."""
+    return json.dumps({"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+                       "choices": [{"index": 0, "finish_reason": reason, "message": {
+                           "role": "assistant", "content": content}}], **extra}).encode()
+
+
+def _translated(kind: str, body: bytes) -> Any:
+    config = make_config({"p": {"type": kind, "api_key": "k", "base_url": "http://127.0.0.1:9"}})
+    provider = PROVIDER_TYPES[kind](config.providers["p"])
+    req = parse_chat_request(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}')
+    return provider.translate_response(body, req, completion_id="c", created=1)
+
+
+def test_a_failed_finish_beside_a_lone_surrogate_is_still_an_error() -> None:
+    """The preset's parse of the answer was orjson's, and on its refusal the answer went on as
+    it came: an OpenRouter answer that failed inside an emoji reached the client as a 200 with
+    finish_reason "error" (no retry, no fallback), Together's `eos` went out unmapped,
+    Mistral's list content unflattened, Moonshot's cached tokens not where OpenAI's are."""
+    for kind, reason, status in [("openrouter", "error", 502), ("mistral", "error", 502),
+                                 ("deepseek", "insufficient_system_resource", 503),
+                                 ("vllm", "abort", 503)]:
+        with pytest.raises(UpstreamStatusError) as e:
+            _translated(kind, _cut_answer(reason))
+        assert (e.value.status, e.value.code) == (status, reason)
+    answer = orjson.loads(_translated("together", _cut_answer("eos")))
+    assert answer["choices"][0] == {"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": "cut \ufffd"}}
+    answer = orjson.loads(_translated("mistral", _cut_answer(
+        "stop", [{"type": "text", "text": "cut \ud83d"}])))
+    assert answer["choices"][0]["message"]["content"] == "cut \ufffd"
+    answer = orjson.loads(_translated("moonshot", _cut_answer("stop", usage={
+        "prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10, "cached_tokens": 8})))
+    assert answer["usage"]["prompt_tokens_details"]["cached_tokens"] == 8

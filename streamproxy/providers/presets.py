@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
+from streamproxy._json import loads_lenient
 from streamproxy.config import ConfigError
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import InvalidRequest, UpstreamStatusError
@@ -343,8 +344,8 @@ class CompatProvider(OpenAIProvider):
         usage = self.reasoning_beside_completion and b'"reasoning_tokens"' in body
         if not (finishes or usage):
             return body
-        try:
-            answer = orjson.loads(body)
+        try:  # (lenient: refused, a Node server's answer cut inside an emoji went unmapped)
+            answer = loads_lenient(body)
         except orjson.JSONDecodeError:
             return body  # the executor's parse reports it
         changed = self._map_finishes(answer)
@@ -597,7 +598,7 @@ class MistralProvider(CompatProvider):
             return super().translate_response(body, req, completion_id=completion_id,
                                               created=created, model=model)
         try:
-            answer = orjson.loads(body)
+            answer = loads_lenient(body)  # (as CompatProvider's)
         except orjson.JSONDecodeError:
             return body  # the executor's parse reports it
         changed = _flatten_choices(answer, "message")
@@ -707,7 +708,7 @@ class MoonshotProvider(CompatProvider):
         if b'"cached_tokens"' not in body:
             return body
         try:
-            answer = orjson.loads(body)
+            answer = loads_lenient(body)  # (as CompatProvider's)
         except orjson.JSONDecodeError:
             return body  # the executor's parse reports it
         if isinstance(answer, dict) and nest_cached_tokens(answer.get("usage")):
