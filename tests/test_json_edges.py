@@ -254,3 +254,32 @@ def test_a_failed_finish_beside_a_lone_surrogate_is_still_an_error() -> None:
     answer = orjson.loads(_translated("moonshot", _cut_answer("stop", usage={
         "prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10, "cached_tokens": 8})))
     assert answer["usage"]["prompt_tokens_details"]["cached_tokens"] == 8
+
+
+# -- a provider's error body with a UTF-16 half alone (a message that quotes a cut string) --
+
+_CUT_MESSAGE = "Invalid content: 'cut \ud83d'"
+
+
+@pytest.mark.parametrize(("kind", "error"), [
+    ("openai", {"error": {"message": _CUT_MESSAGE, "type": "invalid_request_error",
+                          "param": None, "code": "bad"}}),
+    ("mistral", {"object": "error", "message": _CUT_MESSAGE, "type": "invalid_request_error",
+                 "param": None, "code": "bad"}),
+    ("anthropic", {"type": "error", "error": {"type": "invalid_request_error",
+                                              "message": _CUT_MESSAGE}}),
+    ("gemini", {"error": {"code": 400, "message": _CUT_MESSAGE, "status": "INVALID_ARGUMENT"}}),
+    ("bedrock", {"message": _CUT_MESSAGE}),
+    ("cohere", {"message": _CUT_MESSAGE}),
+])
+def test_an_error_body_with_a_lone_surrogate_keeps_its_message(kind: str,
+                                                               error: dict[str, Any]) -> None:
+    """Each error parse was orjson's alone: the provider's message (and type, code, fields)
+    was lost for "provider 'p' returned HTTP 400", and a context overflow or an exhausted
+    quota quoting a cut string was not known as one."""
+    entry = ({"region": "us-east-1", "aws_access_key_id": "a", "aws_secret_access_key": "b"}
+             if kind == "bedrock" else {"api_key": "k", "base_url": "http://127.0.0.1:9"})
+    provider = PROVIDER_TYPES[kind](make_config({"p": {"type": kind, **entry}}).providers["p"])
+    err = provider.parse_error(400, json.dumps(error).encode())
+    assert (err.status, err.message) == (400, "Invalid content: 'cut \ufffd'")
+    assert orjson.loads(err.body())["error"]["message"] == err.message

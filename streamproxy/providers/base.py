@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import orjson
 
-from streamproxy._json import loads_repaired
+from streamproxy._json import loads_lenient, loads_repaired
 from streamproxy.config import COMMON_PROVIDER_KEYS, ConfigError, ProviderConfig, unknown_key
 from streamproxy.decode.sse import SSEDecoder, SSEEvent
 from streamproxy.errors import (
@@ -357,8 +357,8 @@ def generic_error(status: int, body: bytes, provider: str, *,
     OpenAI-compatible provider's `{"error": {...}}` (or `{"object": "error", ...}`) also goes
     to the client as it came (`kept_fields`)."""
     message, code, etype, param, fields = None, None, None, None, None
-    try:
-        obj = orjson.loads(body) if body else None
+    try:  # (lenient: a message quoting a string cut inside an emoji was lost)
+        obj = loads_lenient(body) if body else None
     except orjson.JSONDecodeError:
         obj = None
     if isinstance(obj, list) and obj and isinstance(obj[0], dict):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import orjson
 from yarl import URL
 
+from streamproxy._json import loads_lenient
 from streamproxy.config import REGION, ConfigError, ProviderConfig, shown_env
 from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
@@ -164,7 +165,7 @@ class BedrockProvider(Provider):
         that quotes the signed request (`_SIGNED_REQUEST_QUOTE`) is cut before the quote."""
         message = None
         try:
-            obj = orjson.loads(body) if body else None
+            obj = loads_lenient(body) if body else None  # (as generic_error)
         except orjson.JSONDecodeError:
             obj = None  # not echoed: it may be an HTML page from an intermediary
         if isinstance(obj, dict):

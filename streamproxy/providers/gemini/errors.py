@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from streamproxy._json import loads_lenient
 from streamproxy.errors import UpstreamStatusError
 from streamproxy.providers.base import context_overflow, generic_error, insufficient_quota
 
@@ -38,7 +39,7 @@ OVERFLOW = ("exceeds the maximum number of tokens allowed",)
 
 def google_error(status: int, body: bytes, provider: str) -> UpstreamStatusError:
     try:
-        obj = orjson.loads(body) if body else None
+        obj = loads_lenient(body) if body else None  # (as generic_error)
     except orjson.JSONDecodeError:
         obj = None
     if isinstance(obj, list) and obj:
