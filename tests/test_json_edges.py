@@ -283,3 +283,18 @@ def test_an_error_body_with_a_lone_surrogate_keeps_its_message(kind: str,
     err = provider.parse_error(400, json.dumps(error).encode())
     assert (err.status, err.message) == (400, "Invalid content: 'cut \ufffd'")
     assert orjson.loads(err.body())["error"]["message"] == err.message
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_200_error_object_with_a_lone_surrogate_is_that_error(
+        proxy: Any, upstream: Any, stream: bool) -> None:
+    """OpenRouter answers 200 and puts a later failure in the body: with a cut string in its
+    message orjson refused it, so a non-streamed request's client got it as a 200 completion
+    (no retry, no fallback), and a streamed one's a 502 "malformed" in place of its error."""
+    upstream.content_type = "application/json"
+    upstream.body = json.dumps({"error": {"message": _CUT_MESSAGE, "code": 429}}).encode()
+    client = await proxy(provider_config("openrouter", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status == 429, await resp.text()
+    assert (await resp.json())["error"]["message"] == "Invalid content: 'cut \ufffd'"

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
+from streamproxy._json import loads_lenient
 from streamproxy.config import ConfigError
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
@@ -310,8 +311,8 @@ def error_answer(body: bytes, provider: str) -> UpstreamStatusError | None:
     200 that is no completion, and no retry or fallback would act on it."""
     if b'"error"' not in body:  # (a completion's text holds the word only escaped)
         return None
-    try:
-        answer = orjson.loads(body)
+    try:  # (lenient, as the executor's parse: else a cut message made the error a 200)
+        answer = loads_lenient(body)
     except orjson.JSONDecodeError:
         return None  # the executor's parse reports it
     if not isinstance(answer, dict) or answer.get("choices"):

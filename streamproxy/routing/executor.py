@@ -504,7 +504,7 @@ def _json_error(provider: Provider, reads: list[bytes]) -> UpstreamStatusError |
     if body[:1] not in (b"{", b"["):
         return None
     try:
-        obj = orjson.loads(body)
+        obj = loads_lenient(body)  # (as the error parses)
     except orjson.JSONDecodeError:
         return None
     if isinstance(obj, list) and obj:  # (Gemini wraps its error in an array)
