@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamproxy.cache import entry as cache_entry
-from streamproxy.errors import UpstreamStatusError
+from streamproxy.errors import InvalidRequest, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
 from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
 from streamproxy.openai_api.request import parse_chat_request
@@ -298,3 +298,19 @@ async def test_a_200_error_object_with_a_lone_surrogate_is_that_error(
         "model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
     assert resp.status == 429, await resp.text()
     assert (await resp.json())["error"]["message"] == "Invalid content: 'cut \ufffd'"
+
+
+@pytest.mark.parametrize(("body", "at"), [
+    ('{"model": "m", "messages": [{"role": "user", "content": "café"}]}'.encode("latin-1"), 60),
+    ('{"model": "m", "messages": []}'.encode("utf-16"), 0),  # `charset=utf-16`, its BOM first
+    (b'{"model": "m", "messages": [{"role": "user", "content": "\xc0\xaf"}]}', 57),  # overlong
+])
+def test_a_body_that_is_not_utf8_is_refused_saying_so(body: bytes, at: int) -> None:
+    """orjson's reason for any bytes that are not UTF-8 is "str is not valid UTF-8: surrogates
+    not allowed ... (char 0)": a client that sent latin-1 or UTF-16 (its `charset=`) was told
+    of surrogates it never sent, at the body's start."""
+    with pytest.raises(InvalidRequest) as e:
+        parse_chat_request(body)
+    assert (e.value.status, e.value.code) == (400, "invalid_json")
+    assert e.value.message == ("We could not parse the JSON body of your request: it is not "
+                               f"UTF-8 (byte {at}); JSON is sent as UTF-8 (RFC 8259 §8.1).")

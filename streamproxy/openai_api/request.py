@@ -130,7 +130,12 @@ def _loads_refused_body(raw: bytes, error: orjson.JSONDecodeError) -> tuple[Any,
             return orjson.loads(fixed), fixed
         except orjson.JSONDecodeError as e:
             error = e
-    raise InvalidRequest(f"We could not parse the JSON body of your request: {error}",
+    reason = str(error)
+    try:  # orjson says "surrogates not allowed ... (char 0)" of any bytes that are not UTF-8
+        raw.decode()
+    except UnicodeDecodeError as e:  # (a latin-1 or UTF-16 body: its client's `charset=`)
+        reason = f"it is not UTF-8 (byte {e.start}); JSON is sent as UTF-8 (RFC 8259 §8.1)."
+    raise InvalidRequest(f"We could not parse the JSON body of your request: {reason}",
                          code="invalid_json") from None
 
 
