@@ -156,3 +156,22 @@ def test_a_pdf_with_a_generic_label_goes_as_a_pdf(provider: str, label: str) -> 
     sent = orjson.dumps(out).decode()
     assert label not in sent
     assert "application/pdf" in sent or '"format":"pdf"' in sent
+
+
+@pytest.mark.parametrize("provider", TRANSLATORS)
+@pytest.mark.parametrize("scheme", ["DATA", "Data"])
+def test_an_upper_case_data_scheme_is_a_data_url(provider: str, scheme: str) -> None:
+    """URL schemes are case-insensitive (RFC 3986 §3.1), and so is `;base64` (WHATWG): a
+    `DATA:image/png;BASE64,…` image was a 400 "Expected a data: URL" on every provider."""
+    out = TRANSLATORS[provider]({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": f"{scheme}:image/png;BASE64,{PNG}"}}]}]})
+    assert [s for s in _strings(out) if "iVBOR" in s] in (
+        [PNG], [f"data:image/png;base64,{PNG}"])
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "gemini", "cohere"])
+def test_an_upper_case_https_scheme_is_an_http_url(provider: str) -> None:
+    # The providers that take image URLs get it with its scheme lower-cased, as they read it.
+    out = TRANSLATORS[provider]({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "HTTPS://example.com/Cat.png"}}]}]})
+    assert "https://example.com/Cat.png" in _strings(out)

@@ -179,6 +179,18 @@ def is_blank(text: str | None) -> bool:
 _BASE64_SPACE = ("\n", " ", "\r", "\t", "\f")
 
 
+def lower_scheme(url: Any) -> Any:
+    """`url` with its scheme lower-cased, anything else as it is. Schemes are case-insensitive
+    (RFC 3986 §3.1): `DATA:…` and `HTTPS://…` are what the client meant, and the translators'
+    checks (and the providers) read them lower-cased. Only such a URL is copied."""
+    if not isinstance(url, str):
+        return url
+    colon = url.find(":", 0, 16)  # (a scheme is short; a data: URL's whole text is not read)
+    if colon > 0 and not url[:colon].islower():
+        return url[:colon].lower() + url[colon:]
+    return url
+
+
 def parse_data_url(url: str, where: str) -> tuple[str, str]:
     """`data:<mime>;base64,<data>` → (lower-cased mime, the base64 text without whitespace).
     Encoders break lines in base64 (MIME's every 76 characters, Android's Base64.DEFAULT),
@@ -187,7 +199,8 @@ def parse_data_url(url: str, where: str) -> tuple[str, str]:
     head, _, data = url.partition(",")
     if any(space in data for space in _BASE64_SPACE):  # (a scan; a split copies megabytes)
         data = "".join(data.split())
-    mime = head[5:].split(";")[0].lower()
+    head = head.lower()  # (the scheme and `;base64` are case-insensitive)
+    mime = head[5:].split(";")[0]
     if not head.startswith("data:") or ";base64" not in head or not mime or not data:
         raise InvalidRequest("A data: URL must look like data:<mime>;base64,<data>.",
                              param=where, code="invalid_value")

@@ -75,6 +75,7 @@ from streamproxy.openai_api.content import (
     image_media_type,
     is_blank,
     logprobs_asked,
+    lower_scheme,
     parse_data_url,
     reasoning_effort,
     said,
@@ -554,6 +555,7 @@ def _user_blocks(content: Any, i: int, url_images: bool) -> list[dict[str, Any]]
 
 
 def _image_source(url: Any, where: str, url_images: bool) -> dict[str, Any]:
+    url = lower_scheme(url)
     if isinstance(url, str) and url.startswith("data:"):
         media_type, data = parse_data_url(url, where)
         media_type = image_media_type(data, media_type)  # the bytes' type: Anthropic checks
@@ -572,6 +574,7 @@ def _image_source(url: Any, where: str, url_images: bool) -> dict[str, Any]:
 
 
 def _document_source(url: Any, where: str) -> dict[str, Any]:
+    url = lower_scheme(url)
     if not isinstance(url, str) or not url.startswith("data:"):
         raise InvalidRequest("Expected a data: URL.", param=where, code="invalid_value")
     media_type, data = parse_data_url(url, where)

@@ -94,6 +94,7 @@ from streamproxy.openai_api.content import (
     image_media_type,
     is_blank,
     logprobs_asked,
+    lower_scheme,
     parse_data_url,
     reasoning_effort,
     said,
@@ -579,6 +580,7 @@ def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
 
 
 def _image(url: Any, where: str) -> dict[str, Any]:
+    url = lower_scheme(url)
     if isinstance(url, str) and url.startswith("data:"):
         media_type, data = parse_data_url(url, where)
         fmt = IMAGE_FORMATS.get(image_media_type(data, media_type))  # the bytes' (checked)
@@ -597,7 +599,7 @@ def _image(url: Any, where: str) -> dict[str, Any]:
 
 
 def _document(file: dict[str, Any], where: str, i: int, j: int) -> dict[str, Any]:
-    data = file_data(file, where, "Bedrock")
+    data = lower_scheme(file_data(file, where, "Bedrock"))
     if not isinstance(data, str) or not data.startswith("data:"):
         raise InvalidRequest("Bedrock takes files as file_data data: URLs.",
                              param=f"{where}.file_data", code="invalid_value")

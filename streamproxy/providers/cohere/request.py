@@ -45,6 +45,7 @@ from streamproxy.openai_api.content import (
     answer_cap,
     image_media_type,
     logprobs_asked,
+    lower_scheme,
     parse_data_url,
     reasoning_effort,
     replayed_reasoning,
@@ -252,6 +253,7 @@ def _image_url(url: Any, where: str) -> str:
     """An image's URL as Cohere reads it: an http(s) URL as it is; a data: URL rebuilt as
     `data:<type>;base64,<data>` (it reads no upper-case type nor parameters such as
     `;charset=`), or a 400 naming `where` for one it cannot read."""
+    url = lower_scheme(url)
     if isinstance(url, str) and url.startswith(("http://", "https://")):
         return url
     if not isinstance(url, str) or not url.startswith("data:"):

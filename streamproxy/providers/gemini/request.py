@@ -47,6 +47,7 @@ from streamproxy.openai_api.content import (
     answer_cap,
     file_media_type,
     logprobs_asked,
+    lower_scheme,
     parse_data_url,
     reasoning_effort,
     said,
@@ -438,6 +439,7 @@ def _media(url: Any, where: str, default_mime: str | None,
     """A data: URL → `inlineData`; an http(s) or gs:// URL → `fileData` (Google fetches it;
     the translator does no I/O), its MIME type guessed from the file extension, else
     `default_mime`: None is a 400, "" leaves the type out (for Google to tell)."""
+    url = lower_scheme(url)
     if isinstance(url, str) and url.startswith("data:"):
         mime, data = parse_data_url(url, where)
         # an image's or a PDF's bytes tell its type: a label may be generic

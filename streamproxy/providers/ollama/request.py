@@ -41,6 +41,7 @@ from streamproxy.openai_api.content import (
     answer_cap,
     image_type,
     logprobs_asked,
+    lower_scheme,
     parse_data_url,
     reasoning_effort,
     replayed_reasoning,
@@ -250,7 +251,7 @@ def _user(content: Any, i: int) -> dict[str, Any]:
 
 
 def _image(part: dict[str, Any], where: str) -> str:
-    url = (part.get("image_url") or {}).get("url")
+    url = lower_scheme((part.get("image_url") or {}).get("url"))
     if not isinstance(url, str) or not url.startswith("data:"):
         raise InvalidRequest("Ollama takes images as data: URLs (data:<mime>;base64,<data>).",
                              param=where, code="invalid_value")
