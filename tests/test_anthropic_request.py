@@ -87,7 +87,7 @@ async def test_conversation_with_tools_images_and_tool_results(proxy: Any,
         assert dropped not in body
     user, assistant, results = body["messages"]
     assert user["content"][1] == {"type": "image", "source": {
-        "type": "base64", "media_type": "image/png", "data": "iVBORw0"}}
+        "type": "base64", "media_type": "image/png", "data": "iVBORw0="}}  # (padded)
     assert user["content"][2] == {"type": "image", "source": {
         "type": "url", "url": "https://example.com/a.jpg"}}
     assert assistant == {"role": "assistant", "content": [
@@ -505,7 +505,7 @@ def test_image_jpg_is_sent_as_image_jpeg() -> None:
 @pytest.mark.parametrize(("part", "named"), [
     (file_part("data:application/msword;base64,AAAA"), "application/msword"),
     (file_part("data:image/png;base64,iVBORw0"), "image/png"),
-    (file_part("data:text/plain;base64,not base64!"), "UTF-8"),
+    (file_part("data:text/plain;base64,not base64!"), "base64"),
     (file_part("data:text/plain;base64,//79"), "UTF-8"),  # bytes ff fe fd: not UTF-8
     ({"type": "image_url", "image_url": {"url": "data:image/bmp;base64,Qk0="}}, "image/bmp"),
     ({"type": "image_url", "image_url": {"url": "data:image/svg+xml;base64,PHN2Zz4="}},

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from streamproxy.errors import InvalidRequest
 from streamproxy.providers.anthropic.request import to_anthropic
 from streamproxy.providers.bedrock.request import to_converse
 from streamproxy.providers.cohere.request import to_cohere
@@ -175,3 +176,26 @@ def test_an_upper_case_https_scheme_is_an_http_url(provider: str) -> None:
     out = TRANSLATORS[provider]({"model": "m", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "HTTPS://example.com/Cat.png"}}]}]})
     assert "https://example.com/Cat.png" in _strings(out)
+
+
+@pytest.mark.parametrize("provider", TRANSLATORS)
+@pytest.mark.parametrize("data", ["%%%", "iVBORw0KGgo=A", "iVBORw0KGgoA=", "iVBOR", "i=VBORw0KGgo"])
+def test_a_data_url_s_bad_base64_is_a_400_naming_the_part(provider: str, data: str) -> None:
+    """A data: URL whose base64 is not base64 (a stray `%`, padding inside or of the wrong
+    length) went to every provider as it was, and the client got the provider's 400 (or one
+    about something else) instead of one naming its part, as OpenAI's does."""
+    with pytest.raises(InvalidRequest) as raised:
+        TRANSLATORS[provider]({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}}]}]})
+    assert raised.value.param == "messages[0].content[1].image_url.url"
+    assert "base64" in str(raised.value)
+
+
+@pytest.mark.parametrize("provider", TRANSLATORS)
+def test_a_data_url_s_base64_without_its_padding_goes_padded(provider: str) -> None:
+    # data: URL readers take base64 without its `=`s (WHATWG's forgiving-base64); the
+    # providers' base64 fields do not.
+    out = TRANSLATORS[provider]({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG.rstrip('=')}"}}]}]})
+    assert [s for s in _strings(out) if "iVBOR" in s] in ([PNG], [f"data:image/png;base64,{PNG}"])

@@ -204,7 +204,25 @@ def parse_data_url(url: str, where: str) -> tuple[str, str]:
     if not head.startswith("data:") or ";base64" not in head or not mime or not data:
         raise InvalidRequest("A data: URL must look like data:<mime>;base64,<data>.",
                              param=where, code="invalid_value")
-    return mime, data
+    return mime, base64_text(data, where)
+
+
+# The base64 alphabet and its padding: what is left of a valid base64 text without them is "".
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+
+
+def base64_text(data: str, where: str) -> str:
+    """Base64 text (without whitespace) as the providers' strict base64 fields take it, or a
+    400 naming `where`: sent on, bad base64 got the provider's 400, which names no part.
+    As WHATWG's forgiving-base64 (data: URL readers), missing padding is added. Checked
+    without decoding (a translate over the bytes, faster than a decode or a regex)."""
+    pad = data.find("=")
+    if (not data.isascii() or data.encode().translate(None, _BASE64_ALPHABET)
+            or (pad >= 0 and (len(data) % 4 or pad < len(data) - 2 or data[-1] != "="))
+            or len(data) % 4 == 1):
+        raise InvalidRequest(f"Invalid '{where}': its data is not valid base64.", param=where,
+                             code="invalid_value")
+    return data + "=" * (-len(data) % 4)  # (a copy only for the unpadded)
 
 
 # The first bytes of the image types Anthropic and Bedrock take, and the WebP mark at 8.
