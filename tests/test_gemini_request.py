@@ -1057,3 +1057,18 @@ def test_openrouters_gemini_signatures_in_reasoning_details_go_back() -> None:
         "functionCall": {"name": "get_weather", "args": {"city": "Paris"},
                          "id": "tool_0_get_weather_Xy1"},
         "thoughtSignature": SIG}]
+
+
+@pytest.mark.parametrize("name", ["cat.gif", "cat.bmp", "logo.svg", "scan.TIFF"])
+def test_an_image_url_of_a_type_gemini_refuses_is_a_400_naming_it(name: str) -> None:
+    """An http(s) image whose extension names a type Gemini refuses (gif, bmp, svg, tiff) went
+    as fileData of that type, which Gemini answers with its 400 "Unsupported MIME type", where
+    the same image as a data: URL is the proxy's 400 naming the part."""
+    with pytest.raises(InvalidRequest) as info:
+        to_gemini({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": f"https://example.com/{name}?v=1"}}]}]},
+                  "gemini-2.5-flash")
+    assert info.value.param == "messages[0].content[1].image_url.url"
+    assert "png, jpeg, webp" in str(info.value)
+

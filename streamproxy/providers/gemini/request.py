@@ -444,10 +444,7 @@ def _media(url: Any, where: str, default_mime: str | None,
         mime, data = parse_data_url(url, where)
         # an image's or a PDF's bytes tell its type: a label may be generic
         # (application/octet-stream, which Gemini refuses) or wrong
-        mime = file_media_type(data, mime)
-        if mime.startswith("image/") and mime not in IMAGE_TYPES:
-            raise InvalidRequest(f"Gemini takes png, jpeg, webp, heic or heif images, not "
-                                 f"{mime}.", param=where, code="unsupported_value")
+        mime = _image_checked(file_media_type(data, mime), where)
         return {"inlineData": {"mimeType": mime, "data": data}}
     if isinstance(url, str) and url.startswith(("http://", "https://", "gs://")):
         path = url.split("?", 1)[0].split("#", 1)[0]
@@ -455,9 +452,18 @@ def _media(url: Any, where: str, default_mime: str | None,
         if mime is None:
             raise InvalidRequest("Cannot tell this file's MIME type from its name; send it as "
                                  "a data: URL.", param=where, code="invalid_value")
+        mime = _image_checked(mime, where)  # (a .gif went on, and Gemini refused image/gif)
         return {"fileData": {"mimeType": mime, "fileUri": url} if mime else {"fileUri": url}}
     raise InvalidRequest("Expected a data: URL or an http(s)/gs:// URL.", param=where,
                          code="invalid_value")
+
+
+def _image_checked(mime: str, where: str) -> str:
+    """`mime`, or a 400 naming `where` for an image type Gemini refuses."""
+    if mime.startswith("image/") and mime not in IMAGE_TYPES:
+        raise InvalidRequest(f"Gemini takes png, jpeg, webp, heic or heif images, not {mime}.",
+                             param=where, code="unsupported_value")
+    return mime
 
 
 def split_call_id(call_id: str) -> tuple[str, str | None]:
