@@ -1072,3 +1072,11 @@ def test_an_image_url_of_a_type_gemini_refuses_is_a_400_naming_it(name: str) -> 
     assert info.value.param == "messages[0].content[1].image_url.url"
     assert "png, jpeg, webp" in str(info.value)
 
+
+def test_an_openai_file_id_is_named_as_one_gemini_cannot_read() -> None:
+    # as Anthropic's and Bedrock's 400 say it; the generic "Expected a data: URL" did not
+    with pytest.raises(InvalidRequest) as info:
+        to_gemini({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "file", "file": {"file_id": "file-abc123"}}]}]}, "gemini-2.5-flash")
+    assert "cannot read OpenAI file ids" in str(info.value)
+    assert info.value.param == "messages[0].content[0].file.file_id"

@@ -75,6 +75,7 @@ SKIP_SIGNATURE_CHECK = "skip_thought_signature_validator"
 # Function tool names that ask for Gemini's Google Search tool (grounding the answer in search
 # results, with the sources in `groundingMetadata`) rather than declare a function; Portkey's.
 GOOGLE_SEARCH_NAMES = frozenset({"google_search", "googleSearch"})
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # a URL's start (RFC 3986); an id has none
 DEFAULT_IMAGE_MIME = "image/jpeg"  # for an image URL whose extension names no type
 # The image types Gemini reads (Google's image-understanding docs; an image/gif, bmp, tiff… is
 # its 400 "Unsupported MIME type"). Other media (audio, video, PDF, text) go as labelled, in
@@ -426,6 +427,11 @@ def _user_parts(content: Any, i: int, mime_required: bool) -> list[dict[str, Any
             file = part.get("file") or {}
             # file_id: a Files API or gs:// URI (Google reads those; OpenAI's ids it cannot)
             field = "file_id" if file.get("file_id") and not file.get("file_data") else "file_data"
+            if field == "file_id" and not _SCHEME.match(str(file[field])):  # (no URL)
+                raise InvalidRequest("Gemini cannot read OpenAI file ids; send the file as "
+                                     "'file_data' (a data: URL), or a Files API or gs:// URI "
+                                     "as 'file_id'.", param=f"{where}.file.file_id",
+                                     code="unsupported_value")
             parts.append(_media(file.get(field), f"{where}.file.{field}",
                                 None if mime_required else "", file.get("filename")))
         else:
