@@ -1080,3 +1080,25 @@ def test_an_openai_file_id_is_named_as_one_gemini_cannot_read() -> None:
             {"type": "file", "file": {"file_id": "file-abc123"}}]}]}, "gemini-2.5-flash")
     assert "cannot read OpenAI file ids" in str(info.value)
     assert info.value.param == "messages[0].content[0].file.file_id"
+
+
+@pytest.mark.parametrize("fmt", ["m4a", "pcm16", "audio/wav", "", "webm"])
+def test_an_input_audio_format_gemini_cannot_read_is_a_400_naming_it(fmt: str) -> None:
+    """`input_audio.format` went as `audio/<format>` whatever it was (`audio/m4a`,
+    `audio/audio/wav`), and the client got Gemini's 400, which names no field; OpenAI's names
+    `format`. Gemini's formats are OpenAI's wav and mp3, and aiff, aac, ogg and flac."""
+    with pytest.raises(InvalidRequest) as info:
+        to_gemini({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": fmt}}]}]},
+                  "gemini-2.5-flash")
+    assert info.value.param == "messages[0].content[0].input_audio.format"
+    assert "'wav'" in str(info.value)
+
+
+@pytest.mark.parametrize(("fmt", "mime"), [("wav", "audio/wav"), ("MP3", "audio/mp3"),
+                                           ("flac", "audio/flac"), ("ogg", "audio/ogg")])
+def test_an_input_audio_format_gemini_reads_goes_as_its_type(fmt: str, mime: str) -> None:
+    out = to_gemini({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": fmt}}]}]},
+                    "gemini-2.5-flash")
+    assert out["contents"][0]["parts"] == [{"inlineData": {"mimeType": mime, "data": "UklGRg=="}}]

@@ -76,6 +76,9 @@ SKIP_SIGNATURE_CHECK = "skip_thought_signature_validator"
 # results, with the sources in `groundingMetadata`) rather than declare a function; Portkey's.
 GOOGLE_SEARCH_NAMES = frozenset({"google_search", "googleSearch"})
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # a URL's start (RFC 3986); an id has none
+# `input_audio.format`s Gemini reads (audio/<format>; Google's audio docs): OpenAI's wav and
+# mp3 first, then Gemini's own.
+AUDIO_FORMATS = ("wav", "mp3", "aiff", "aac", "ogg", "flac")
 DEFAULT_IMAGE_MIME = "image/jpeg"  # for an image URL whose extension names no type
 # The image types Gemini reads (Google's image-understanding docs; an image/gif, bmp, tiff… is
 # its 400 "Unsupported MIME type"). Other media (audio, video, PDF, text) go as labelled, in
@@ -421,7 +424,7 @@ def _user_parts(content: Any, i: int, mime_required: bool) -> list[dict[str, Any
             if not isinstance(audio.get("data"), str) or not isinstance(audio.get("format"), str):
                 raise InvalidRequest("'input_audio' needs 'data' (base64) and 'format'.",
                                      param=f"{where}.input_audio", code="invalid_value")
-            parts.append({"inlineData": {"mimeType": f"audio/{audio['format']}",
+            parts.append({"inlineData": {"mimeType": _audio_type(audio["format"], where),
                                          "data": audio["data"]}})
         elif kind == "file":
             file = part.get("file") or {}
@@ -462,6 +465,16 @@ def _media(url: Any, where: str, default_mime: str | None,
         return {"fileData": {"mimeType": mime, "fileUri": url} if mime else {"fileUri": url}}
     raise InvalidRequest("Expected a data: URL or an http(s)/gs:// URL.", param=where,
                          code="invalid_value")
+
+
+def _audio_type(fmt: str, where: str) -> str:
+    """An `input_audio.format` as its MIME type, or a 400 naming it, worded as OpenAI's, for
+    one Gemini does not read (it would answer its own 400, which names no field)."""
+    if fmt.lower() not in AUDIO_FORMATS:
+        supported = ", ".join(f"'{f}'" for f in AUDIO_FORMATS)
+        raise InvalidRequest(f"Invalid value: {fmt!r}. Supported values are: {supported}.",
+                             param=f"{where}.input_audio.format", code="invalid_value")
+    return f"audio/{fmt.lower()}"
 
 
 def _image_checked(mime: str, where: str) -> str:
