@@ -1102,3 +1102,18 @@ def test_an_input_audio_format_gemini_reads_goes_as_its_type(fmt: str, mime: str
         {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": fmt}}]}]},
                     "gemini-2.5-flash")
     assert out["contents"][0]["parts"] == [{"inlineData": {"mimeType": mime, "data": "UklGRg=="}}]
+
+
+def test_input_audio_base64_is_checked_as_a_data_url_s() -> None:
+    """`input_audio.data` went to Gemini as sent: MIME-wrapped base64 (line breaks) reached
+    its strict base64 field, and base64 that is not got Gemini's 400 naming no part."""
+    wrapped = "UklG\nRg=="
+    out = to_gemini({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": wrapped, "format": "wav"}}]}]},
+                    "gemini-2.5-flash")
+    assert out["contents"][0]["parts"][0]["inlineData"]["data"] == "UklGRg=="
+    with pytest.raises(InvalidRequest) as info:
+        to_gemini({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": "%%%", "format": "wav"}}]}]},
+                  "gemini-2.5-flash")
+    assert info.value.param == "messages[0].content[0].input_audio.data"

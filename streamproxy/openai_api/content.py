@@ -197,8 +197,6 @@ def parse_data_url(url: str, where: str) -> tuple[str, str]:
     clients put a space after the comma, and data: URL readers skip both; the providers'
     base64 fields are strict (Anthropic: "invalid base64 data"), so it goes on without."""
     head, _, data = url.partition(",")
-    if any(space in data for space in _BASE64_SPACE):  # (a scan; a split copies megabytes)
-        data = "".join(data.split())
     head = head.lower()  # (the scheme and `;base64` are case-insensitive)
     mime = head[5:].split(";")[0]
     if not head.startswith("data:") or ";base64" not in head or not mime or not data:
@@ -212,12 +210,14 @@ _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456
 
 
 def base64_text(data: str, where: str) -> str:
-    """Base64 text (without whitespace) as the providers' strict base64 fields take it, or a
-    400 naming `where`: sent on, bad base64 got the provider's 400, which names no part.
-    As WHATWG's forgiving-base64 (data: URL readers), missing padding is added. Checked
-    without decoding (a translate over the bytes, faster than a decode or a regex)."""
+    """Base64 text as the providers' strict base64 fields take it, or a 400 naming `where`:
+    sent on, bad base64 got the provider's 400, which names no part. As WHATWG's
+    forgiving-base64 (data: URL readers), whitespace is left out and missing padding added.
+    Checked without decoding (a translate over the bytes, faster than a decode or a regex)."""
+    if any(space in data for space in _BASE64_SPACE):  # (a scan; a split copies megabytes)
+        data = "".join(data.split())
     pad = data.find("=")
-    if (not data.isascii() or data.encode().translate(None, _BASE64_ALPHABET)
+    if (not data or not data.isascii() or data.encode().translate(None, _BASE64_ALPHABET)
             or (pad >= 0 and (len(data) % 4 or pad < len(data) - 2 or data[-1] != "="))
             or len(data) % 4 == 1):
         raise InvalidRequest(f"Invalid '{where}': its data is not valid base64.", param=where,

@@ -45,6 +45,7 @@ from streamproxy.openai_api.content import (
     PLACEHOLDER_USER_TEXT,
     UNMATCHED_PLACE,
     answer_cap,
+    base64_text,
     file_media_type,
     logprobs_asked,
     lower_scheme,
@@ -425,7 +426,8 @@ def _user_parts(content: Any, i: int, mime_required: bool) -> list[dict[str, Any
                 raise InvalidRequest("'input_audio' needs 'data' (base64) and 'format'.",
                                      param=f"{where}.input_audio", code="invalid_value")
             parts.append({"inlineData": {"mimeType": _audio_type(audio["format"], where),
-                                         "data": audio["data"]}})
+                                         "data": base64_text(audio["data"],
+                                                             f"{where}.input_audio.data")}})
         elif kind == "file":
             file = part.get("file") or {}
             # file_id: a Files API or gs:// URI (Google reads those; OpenAI's ids it cannot)
