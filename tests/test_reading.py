@@ -559,3 +559,35 @@ async def test_a_client_still_sending_after_a_400_reads_all_of_it(start: Any,
     answer = head + await asyncio.wait_for(reader.read(), 10)
     assert answer.startswith((b"HTTP/1.1 400 ", b"HTTP/1.0 400 ")), answer  # (aiohttp's)
     writer.close()
+
+
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_a_413_on_a_kept_alive_connection_lingers_for_the_rest_of_the_upload(
+        start: Any, monkeypatch: Any, front_kind: str) -> None:
+    """A body over `server.max_body_bytes` on a keep-alive connection, whose rest arrives
+    after aiohttp's own lingering read (`lingering_time`, shortened here) gave up: aiohttp
+    then closed the connection while the client was still uploading (a reset, which the
+    openai SDK retries, uploading it all again). The 413 says `Connection: close`, and the
+    connection lingers (reading.Lingering) while the client sends the rest, then reads it."""
+    handler_init = ReadTimedHandler.__init__
+
+    def short_lingering(self: ReadTimedHandler, manager: Any, **kwargs: Any) -> None:
+        handler_init(self, manager, **{**kwargs, "lingering_time": 0.05})
+
+    monkeypatch.setattr(ReadTimedHandler, "__init__", short_lingering)
+    client = await start(front_kind, max_body_bytes=100_000)
+    size, sent = 1_000_000, 200_000
+    reader, writer = await client.connect()
+    writer.write(chat_head(size) + b"x" * sent)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 413 "), head
+    assert b"\r\nconnection: close\r\n" in head.lower()
+    await asyncio.sleep(0.2)  # (longer than aiohttp's lingering, shortened above)
+    for _ in range((size - sent) // 100_000):  # the rest of the upload, after it
+        writer.write(b"x" * 100_000)
+        await writer.drain()
+        await asyncio.sleep(0.01)
+    writer.write_eof()
+    answer = head + await asyncio.wait_for(reader.read(), 10)  # to the proxy's close
+    assert orjson.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "request_too_large"
+    assert lingering(client) == 0 and client.server.runner.server.open_connections() == 0

@@ -299,6 +299,11 @@ class ReadTimedHandler(web.RequestHandler):
 
     async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
                               start_time: float | None) -> tuple[web.StreamResponse, bool]:
+        if not request.content.is_eof():
+            # Answered before its body all came (a 413): the connection closes, lingering, as
+            # after any last answer. aiohttp read the rest for its lingering_time, then closed
+            # on a client still uploading (a reset the openai SDK retries).
+            resp.force_close()
         resp, reset = await super().finish_response(request, resp, start_time)
         if not reset and not resp.keep_alive:  # the last answer (a 400, a 408, a 413, ...)
             self._close_lingering()
