@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -110,3 +111,17 @@ async def test_a_non_streamed_answer_fails_as_its_stream_would(mock_url: str, pa
         async with session.post(mock_url + path, json={**body, "model": "ttft_ms=150"}) as resp:
             assert resp.status == 200 and (await resp.json())["model"] == "ttft_ms=150"
         assert time.monotonic() - started >= 0.15
+
+
+@pytest.mark.parametrize("model", ["mock/fast:tokens=3", "mock-openai/fast:tokens=3"])
+async def test_a_request_with_a_large_image_is_answered(default_proxy: Any, model: str) -> None:
+    """A 3 MB base64 image (as the openai SDK sends one) through the embedded default: the
+    mock refused any body over aiohttp's 1 MiB default, and the client got a 413 ("provider
+    'mock' returned HTTP 413") for what every real provider takes."""
+    image = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(2**21)
+                                                        ).decode()
+    client = openai_sdk(await default_proxy())
+    done = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": [
+        {"type": "text", "text": "what is this"},
+        {"type": "image_url", "image_url": {"url": image}}]}])
+    assert done.choices[0].message.content == mock_server.mock_text(3)

@@ -429,8 +429,14 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
     return await _serve(request, OPENAI)
 
 
+# The largest body the mock takes. aiohttp's default, 1 MiB, answered a request with an image
+# of a few MB 413, which the APIs it stands in for take (Anthropic's cap is 32 MB); this is
+# above any body the proxy accepts by default (`server.max_body_bytes`, 10 MiB).
+MAX_BODY = 64 * 2**20
+
+
 def create_mock_app() -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=MAX_BODY)
     app.router.add_post("/v1/messages", anthropic_messages)
     app.router.add_post("/v1/chat/completions", openai_chat)
     return app
