@@ -431,6 +431,18 @@ async def test_an_unopenable_database_is_a_clear_error(tmp_path: Path) -> None:
     await store.close()
 
 
+async def test_an_unopenable_database_is_a_retryable_503(tmp_path: Path) -> None:
+    """A database that does not open is a backend that is down, not a failed request: it was
+    a 500 `storage_error`, which the SDKs' retry policies treat as the server's own fault."""
+    store = SQLiteStore(str(tmp_path / "missing-dir" / "s.sqlite3"))
+    with pytest.raises(ProxyError) as info:
+        await store.list("", ListQuery())
+    assert (info.value.status, info.value.error_type, info.value.code) == (
+        503, "api_error", "service_unavailable")
+    assert info.value.should_retry is not False
+    await store.close()
+
+
 async def test_another_workers_write_lock_at_open_does_not_disable_storage(
         tmp_path: Path) -> None:
     """Two workers starting on a new file: while one held a write lock, the other's switch to

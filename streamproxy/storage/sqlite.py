@@ -58,6 +58,15 @@ class StorageUnavailable(ProxyError):
     code = "storage_error"
 
 
+class StorageDown(StorageUnavailable):
+    """The database does not open (a missing directory, a permission, a lock): a backend that
+    is down, which may come back (the open is tried again on each job), so a retryable 503
+    rather than a 500 that reads as this request's failure."""
+
+    status = 503
+    code = "service_unavailable"
+
+
 class SQLiteStore:
     def __init__(self, path: str, *, max_pending: int = 10_000) -> None:
         self.path = path
@@ -200,7 +209,7 @@ class SQLiteStore:
         result: Any = None
         error: BaseException | None = None
         if conn is None:
-            error = StorageUnavailable(f"stored completions are unavailable: {self._open_error}")
+            error = StorageDown(f"stored completions are unavailable: {self._open_error}")
         else:
             try:
                 result = fn(conn, *args)
