@@ -262,7 +262,7 @@ def parse_config(data: Any, source: str) -> Config:
     for key in data:
         if key not in known:
             raise ConfigError(source, str(key), unknown_key(key, known))
-    server = _parse_server(data.get("server") or {}, source)
+    server = _parse_server(unless_null(data.get("server"), {}), source)
     providers_raw = data.get("providers")
     if not isinstance(providers_raw, dict) or not providers_raw:
         raise ConfigError(source, "providers", "must be a non-empty mapping of name → provider")
@@ -347,6 +347,13 @@ def secret_from_env(env: str, source: str, key: str) -> str | None:
     secret = (os.environ.get(env) or "").strip()
     check_secret(secret, source, key)
     return secret or None
+
+
+def unless_null(value: Any, default: Any) -> Any:
+    """`value`, or `default` when it is null (a key written with nothing after it). Not `or`:
+    it read any empty value as "not given", so `server: []` or `timeouts: 0` passed silently
+    where the type is checked."""
+    return default if value is None else value
 
 
 def positive_seconds(value: Any, source: str, key: str) -> float:
@@ -539,8 +546,8 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
     for key in ("base_url", "api_key", "api_key_env", "default_model"):
         if raw.get(key) is not None and not isinstance(raw[key], str):
             raise ConfigError(source, f"{where}.{key}", "must be a string")
-    headers = _parse_headers(raw.get("headers") or {}, source, f"{where}.headers")
-    models = raw.get("models") or []
+    headers = _parse_headers(unless_null(raw.get("headers"), {}), source, f"{where}.headers")
+    models = unless_null(raw.get("models"), [])
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise ConfigError(source, f"{where}.models", "must be a list of model names")
     api_key = raw.get("api_key")
@@ -560,6 +567,6 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
         headers=headers,
         default_model=raw.get("default_model"),
         models=tuple(models),
-        timeouts=parse_timeouts(raw.get("timeouts") or {}, source, f"{where}.timeouts"),
+        timeouts=parse_timeouts(unless_null(raw.get("timeouts"), {}), source, f"{where}.timeouts"),
         options=options,
     )

@@ -409,3 +409,37 @@ def test_a_key_with_a_control_character_inside_is_a_config_error_that_does_not_e
         load_config(write(tmp_path, text))
     assert err.value.key == key and "control character" in str(err.value)
     assert "123456" not in str(err.value)
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("server: []\nproviders: {x: {type: openai}}\n", "server"),
+    ("providers: {x: {type: openai, timeouts: []}}\n", "providers.x.timeouts"),
+    ("providers: {x: {type: openai, timeouts: 0}}\n", "providers.x.timeouts"),
+    ("providers: {x: {type: openai, headers: 0}}\n", "providers.x.headers"),
+    ("providers: {x: {type: openai, models: {}}}\n", "providers.x.models"),
+    ("providers: {x: {type: openai, models: 0}}\n", "providers.x.models"),
+    ("providers: {x: {type: openai}}\nroutes: []\n", "routes"),
+    ("providers: {x: {type: openai}}\nconfigs: []\n", "configs"),
+    ("providers: {x: {type: openai}}\nvirtual_keys: ''\n", "virtual_keys"),
+    ("providers: {x: {type: openai}}\nallowed_custom_hosts: {}\n", "allowed_custom_hosts"),
+])
+def test_an_empty_value_of_the_wrong_type_is_an_error(tmp_path: Path, text: str,
+                                                      key: str) -> None:
+    """Any empty value (`[]`, `0`, `''`) was read as "not given", so a mapping written as a
+    list, or a list as a mapping, passed silently where a non-empty one is refused."""
+    from streamproxy.routing.gateway import load_settings
+
+    with pytest.raises(ConfigError) as info:
+        load_settings(load_config(write(tmp_path, text)))
+    assert info.value.key == key
+
+
+def test_an_empty_mapping_or_null_where_a_mapping_goes_is_fine(tmp_path: Path) -> None:
+    from streamproxy.routing.gateway import load_settings
+
+    config = load_config(write(tmp_path, "server: {}\nproviders: {x: {type: openai, headers: {},"
+                               " timeouts: {}, models: []}, y: {type: openai, headers: null,"
+                               " timeouts: null, models: null}}\nroutes: {}\nconfigs: null\n"
+                               "allowed_custom_hosts: []\n"))
+    load_settings(config)
+    assert config.providers["x"].headers == {} and config.providers["y"].models == ()

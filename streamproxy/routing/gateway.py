@@ -45,6 +45,7 @@ from streamproxy.config import (
     refuse_env_reference,
     required_secret,
     unknown_key,
+    unless_null,
 )
 from streamproxy.errors import InvalidRequest, UnknownProvider
 from streamproxy.openai_api.request import ChatRequest
@@ -111,7 +112,7 @@ class GatewaySettings:
 def load_settings(config: Config) -> GatewaySettings:
     src, sections = config.source, config.sections
     settings = GatewaySettings()
-    raw_configs = sections.get("configs") or {}
+    raw_configs = unless_null(sections.get("configs"), {})
     if not isinstance(raw_configs, dict):
         raise ConfigError(src, "configs", "must be a mapping of name → Portkey config")
     for name, raw in raw_configs.items():
@@ -119,7 +120,7 @@ def load_settings(config: Config) -> GatewaySettings:
             settings.configs[str(name)] = parse_config(raw, "config")
         except InvalidRequest as e:
             raise ConfigError(src, f"configs.{name}", e.message) from None
-    raw_routes = sections.get("routes") or {}
+    raw_routes = unless_null(sections.get("routes"), {})
     if not isinstance(raw_routes, dict):
         raise ConfigError(src, "routes", "must map model aliases to names under configs")
     for alias, name in raw_routes.items():
@@ -130,7 +131,7 @@ def load_settings(config: Config) -> GatewaySettings:
     if default is not None and not _names_config(default, settings):
         raise ConfigError(src, "default_config", f"{default!r} is not under configs")
     settings.default_config = default
-    raw_keys = sections.get("virtual_keys") or {}
+    raw_keys = unless_null(sections.get("virtual_keys"), {})
     if not isinstance(raw_keys, dict):
         raise ConfigError(src, "virtual_keys", "must be a mapping")
     for name, raw in raw_keys.items():
@@ -140,7 +141,7 @@ def load_settings(config: Config) -> GatewaySettings:
             raise ConfigError(src, f"{where}.provider",
                               f"must name a configured provider ({', '.join(config.providers)})")
         settings.virtual_keys[str(name)] = VirtualKey(provider, _virtual_secret(raw, src, where))
-    hosts = sections.get("allowed_custom_hosts") or []
+    hosts = unless_null(sections.get("allowed_custom_hosts"), [])
     if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
         raise ConfigError(src, "allowed_custom_hosts", "must be a list of host[:port] names")
     settings.allowed_hosts = frozenset(_allowed_entry(h, src, f"allowed_custom_hosts[{i}]")
