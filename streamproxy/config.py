@@ -295,6 +295,16 @@ def refuse_env_reference(secret: Any, source: str, key: str, env_key: str) -> No
                           f"{env_key}: {name} to read the environment")
 
 
+def refuse_reference_as_name(env: Any, source: str, key: str) -> None:
+    """A variable's name written as a reference (`api_key_env: ${OPENAI_API_KEY}`) named a
+    variable called `${OPENAI_API_KEY}`, which is never set: serve only warned of it, and the
+    client's own key went upstream. Refused with the name alone to write instead."""
+    if isinstance(env, str) and (match := _ENV_REFERENCE.fullmatch(env.strip())):
+        leaf = key.rpartition(".")[2]
+        raise ConfigError(source, key, f"{env.strip()} is not expanded here: write {leaf}: "
+                          f"{next(filter(None, match.groups()))}, the variable's name alone")
+
+
 def required_secret(raw: dict[str, Any], source: str, where: str, key: str,
                     env_key: str) -> str:
     """The secret of an entry that is nothing without one (a proxy key, a virtual key): written
@@ -312,6 +322,7 @@ def required_secret(raw: dict[str, Any], source: str, where: str, key: str,
     env = raw[env_key]
     if not isinstance(env, str) or not env:
         raise ConfigError(source, f"{where}.{env_key}", "must be an environment variable name")
+    refuse_reference_as_name(env, source, f"{where}.{env_key}")
     secret = secret_from_env(env, source, f"{where}.{env_key}")
     if not secret:
         raise ConfigError(source, f"{where}.{env_key}",
@@ -550,6 +561,7 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
     models = unless_null(raw.get("models"), [])
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise ConfigError(source, f"{where}.models", "must be a list of model names")
+    refuse_reference_as_name(raw.get("api_key_env"), source, f"{where}.api_key_env")
     api_key = raw.get("api_key")
     refuse_env_reference(api_key, source, f"{where}.api_key", "api_key_env")
     check_secret(api_key, source, f"{where}.api_key")

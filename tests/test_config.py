@@ -443,3 +443,41 @@ def test_an_empty_mapping_or_null_where_a_mapping_goes_is_fine(tmp_path: Path) -
                                "allowed_custom_hosts: []\n"))
     load_settings(config)
     assert config.providers["x"].headers == {} and config.providers["y"].models == ()
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("providers: {x: {type: openai, api_key_env: '${OPENAI_API_KEY}'}}\n",
+     "providers.x.api_key_env"),
+    ("providers: {x: {type: openai, api_key_env: $OPENAI_API_KEY}}\n",
+     "providers.x.api_key_env"),
+    ("providers: {x: {type: openai, api_key_env: os.environ/OPENAI_API_KEY}}\n",
+     "providers.x.api_key_env"),
+    ("providers: {x: {type: openai}}\n"
+     "virtual_keys: {v: {provider: x, api_key_env: '${OPENAI_API_KEY}'}}\n",
+     "virtual_keys.v.api_key_env"),
+    ("providers: {x: {type: bedrock, region: us-east-1,"
+     " aws_access_key_id_env: '${OPENAI_API_KEY}', aws_secret_access_key: s}}\n",
+     "providers.x.aws_access_key_id_env"),
+])
+def test_a_reference_where_a_variables_name_goes_says_to_write_the_name(
+        tmp_path: Path, monkeypatch: Any, text: str, key: str) -> None:
+    """`api_key_env: ${OPENAI_API_KEY}` looked for a variable named `${OPENAI_API_KEY}`:
+    serve only warned that it was unset, and the client's own key went upstream."""
+    from streamproxy.routing.gateway import load_settings
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-abc123456")
+    with pytest.raises(ConfigError) as info:
+        load_settings(load_config(write(tmp_path, text)))
+    assert info.value.key == key
+    assert f"write {key.rpartition('.')[2]}: OPENAI_API_KEY" in info.value.reason
+
+
+def test_an_auth_key_env_holding_a_reference_says_to_write_the_name(tmp_path: Path) -> None:
+    from streamproxy.server.auth import parse_auth
+
+    config = load_config(write(tmp_path, "providers: {x: {type: openai}}\n"
+                               "auth: {keys: [{name: a, key_env: $PROXY_KEY}]}\n"))
+    with pytest.raises(ConfigError) as info:
+        parse_auth(config)
+    assert info.value.key == "auth.keys[0].key_env"
+    assert "write key_env: PROXY_KEY" in info.value.reason
