@@ -15,6 +15,7 @@ from streamproxy.config import (
     Config,
     ConfigError,
     ProviderConfig,
+    each_problem,
     load_config,
     shown_address,
     shown_env,
@@ -135,19 +136,22 @@ def cmd_mock(args: argparse.Namespace) -> None:
 
 def cmd_check_config(args: argparse.Namespace) -> None:
     """Validate as `serve` would — the app is built, so every section's owner checks it — and
-    print what would be served. Errors: `file: key: reason` on stderr, exit status 2."""
+    print what would be served. Errors: `file: key: reason` on stderr, one line each (every
+    independent problem, as a linter lists them), exit status 2."""
     from streamproxy.errors import ProxyError
     from streamproxy.observe.access_log import log_level, parse_logging
-    from streamproxy.server.app import STATE, create_app
+    from streamproxy.server.app import STATE, check_sections, create_app
     from streamproxy.server.auth import describe, parse_auth
 
     _check_environment()
     try:
         config = load_config(args.file)
+        check_sections(config)
         providers = create_app(config)[STATE].providers
         auth, logs, level = parse_auth(config), parse_logging(config), log_level(config)
     except ConfigError as e:
-        print(e, file=sys.stderr)
+        for problem in each_problem(e):
+            print(problem, file=sys.stderr)
         sys.exit(2)
     s = config.server
     print(f"{config.source}: OK")

@@ -41,6 +41,27 @@ class ConfigError(Exception):
         self.source, self.key, self.reason = source, key, reason
 
 
+class ConfigErrors(ConfigError):
+    """Several independent problems, for check-config to print each (a linter's list, not one
+    fix-and-rerun per mistake); read as a ConfigError, it is the first, as `serve` reports."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        first = errors[0]
+        super().__init__(first.source, first.key, first.reason)
+        self.errors = errors
+
+
+def raise_collected(errors: list[ConfigError]) -> None:
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
+
+
+def each_problem(error: ConfigError) -> list[ConfigError]:
+    return error.errors if isinstance(error, ConfigErrors) else [error]
+
+
 def unknown_key(key: Any, known: Iterable[str], what: str = "unknown key",
                 meant: str | None = None) -> str:
     """Why `key` is refused: the known key it most likely misspells (`defualt_model`), if
@@ -259,19 +280,32 @@ def parse_config(data: Any, source: str) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(source, "", "the top level must be a mapping")
     known = {"server", "providers", "default_provider"} | EXTRA_SECTIONS
-    for key in data:
-        if key not in known:
-            raise ConfigError(source, str(key), unknown_key(key, known))
-    server = _parse_server(unless_null(data.get("server"), {}), source)
+    # Each top-level key and each provider checked apart, every problem collected.
+    errors = [ConfigError(source, str(key), unknown_key(key, known))
+              for key in data if key not in known]
+    server = ServerConfig()
+    try:
+        server = _parse_server(unless_null(data.get("server"), {}), source)
+    except ConfigError as e:
+        errors.append(e)
     providers_raw = data.get("providers")
+    providers: dict[str, ProviderConfig] = {}
     if not isinstance(providers_raw, dict) or not providers_raw:
-        raise ConfigError(source, "providers", "must be a non-empty mapping of name → provider")
-    providers = {str(n): _parse_provider(str(n), p, source) for n, p in providers_raw.items()}
+        errors.append(ConfigError(source, "providers",
+                                  "must be a non-empty mapping of name → provider"))
+        providers_raw = {}
+    for n, p in providers_raw.items():
+        try:
+            providers[str(n)] = _parse_provider(str(n), p, source)
+        except ConfigError as e:
+            errors.append(e)
+    names = [str(n) for n in providers_raw]  # (a provider in error is still configured)
     default = data.get("default_provider")
-    if default is not None and (not isinstance(default, str) or default not in providers):
-        raise ConfigError(source, "default_provider",
-                          f"{default!r} is not a configured provider "
-                          f"(configured: {', '.join(providers)})")
+    if default is not None and (not isinstance(default, str) or default not in names):
+        errors.append(ConfigError(source, "default_provider",
+                                  f"{default!r} is not a configured provider "
+                                  f"(configured: {', '.join(names)})"))
+    raise_collected(errors)
     sections = {k: data[k] for k in EXTRA_SECTIONS if k in data}
     return Config(server=server, providers=providers, default_provider=default, source=source,
                   sections=sections)

@@ -497,3 +497,53 @@ def test_check_config_writes_an_ipv6_listen_address_bracketed(
                                    "providers: {mock: {type: mock}}\n", capsys)
     assert code == 0, err
     assert "listen: [::1]:9999" in out.splitlines()
+
+
+def test_every_independent_problem_is_listed_one_per_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """check-config stopped at the first problem: an operator fixing a config learned of the
+    next only by running it again, once per mistake."""
+    code, out, err = run(tmp_path, """
+server: {port: 0.5}
+providers:
+  a: {type: openai, timeouts: {idle: -1}}
+  b: {type: nope}
+  c: {type: openai}
+default_provider: d
+extra: 1
+""", capsys)
+    assert code == 2 and out == ""
+    assert err.splitlines() == [
+        "FILE: extra: unknown key (known: allowed_custom_hosts, auth, cache, configs, "
+        "default_config, default_provider, logging, providers, routes, server, storage, "
+        "virtual_keys)",
+        "FILE: server.port: must be a positive integer",
+        "FILE: providers.a.timeouts.idle: must be a positive, finite number of seconds",
+        "FILE: providers.b.type: " + err.splitlines()[3].partition("providers.b.type: ")[2],
+        "FILE: default_provider: 'd' is not a configured provider (configured: a, b, c)",
+    ]
+    assert "unknown provider type 'nope'" in err.splitlines()[3]
+
+
+def test_every_sections_problem_is_listed(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(tmp_path, """
+providers: {mock: {type: mock}}
+auth: {keys: []}
+logging: {access_log: 1}
+storage: {max_pending: 0}
+routes: {fast: nowhere}
+""", capsys)
+    assert code == 2 and out == ""
+    assert [line.partition(": ")[2].partition(":")[0] for line in err.splitlines()] == [
+        "routes.fast", "auth.keys", "logging.access_log", "storage.max_pending"]
+
+
+def test_serve_reports_the_first_problem(tmp_path: Path) -> None:
+    from streamproxy.config import ConfigError, load_config
+
+    path = tmp_path / "proxy.yaml"
+    path.write_text("providers: {a: {type: nope}, b: {type: openai, models: 0}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == "providers.a.type" and str(info.value).count("\n") == 0

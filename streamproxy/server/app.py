@@ -8,7 +8,7 @@ import os
 from aiohttp import web, web_app
 
 from streamproxy.cache.config import parse_cache_settings
-from streamproxy.config import Config, ConfigError
+from streamproxy.config import Config, ConfigError, each_problem, raise_collected
 from streamproxy.observe.access_log import parse_logging
 from streamproxy.openai_api.request import Limits
 from streamproxy.providers.base import Provider
@@ -73,13 +73,16 @@ def check_sections(config: Config) -> None:
     """Raise the ConfigError that building the app would, without building it: for the master,
     before it forks (else each worker reports the mistake, and the metrics would be made
     before the master gives them their multi-process directory). Keep in step with
-    create_app and install_store_and_cache."""
-    build_providers(config, _egress(config))
-    load_settings(config)
-    parse_auth(config)
-    parse_logging(config)
-    parse_storage_config(config)
-    parse_cache_settings(config)
+    create_app and install_store_and_cache. Each section is checked apart: every problem is
+    collected (`ConfigErrors`), for check-config to list."""
+    errors: list[ConfigError] = []
+    for check in (lambda c: build_providers(c, _egress(c)), load_settings, parse_auth,
+                  parse_logging, parse_storage_config, parse_cache_settings):
+        try:
+            check(config)
+        except ConfigError as e:
+            errors.extend(each_problem(e))
+    raise_collected(errors)
 
 
 def create_app(config: Config, breakers: CircuitBreakers | None = None,
