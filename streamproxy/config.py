@@ -240,7 +240,12 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         line = raw.count(b"\n", 0, e.start) + 1
         raise ConfigError(source, f"line {line}", "not UTF-8 text") from None
     try:
-        return parse_config(_parse_text(text, source), source)
+        data = _parse_text(text, source)
+        if data is None:  # (not the embedded default: a reload of a truncated file would
+            # swap the operator's providers for the mock, and clients' keys go to OpenAI)
+            raise ConfigError(source, "", "the file is empty: give at least `providers` "
+                              "(without --config, the embedded default is served)")
+        return parse_config(data, source)
     except RecursionError:  # thousands of nested brackets: no config is that deep
         raise ConfigError(source, "", "nested too deeply") from None
 

@@ -481,3 +481,17 @@ def test_an_auth_key_env_holding_a_reference_says_to_write_the_name(tmp_path: Pa
         parse_auth(config)
     assert info.value.key == "auth.keys[0].key_env"
     assert "write key_env: PROXY_KEY" in info.value.reason
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# providers: to come\n", "---\n", "\ufeff"])
+def test_an_empty_file_is_refused_as_empty_not_as_the_embedded_default(
+        tmp_path: Path, text: str) -> None:
+    """An empty file (a truncated write, an unfilled ConfigMap) failed as "providers: must be
+    a non-empty mapping", which did not say the file had nothing in it. It is not read as the
+    embedded default: a reload would then swap a real config for the mock and forward
+    clients' keys to OpenAI and Anthropic."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert info.value.key == ""
+    assert info.value.reason == ("the file is empty: give at least `providers` (without "
+                                 "--config, the embedded default is served)")
