@@ -1072,3 +1072,30 @@ async def test_the_model_filter_resolves_a_virtual_keys_prefix_as_the_chat_route
     page = await api.chat.completions.list(model="@team/fast:tokens=2")
     assert [x.id for x in page.data] == [done.id]
     assert (await api.chat.completions.list(model="@team/slow")).data == []
+
+
+async def test_a_database_file_deleted_while_running_is_made_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Deleting the file (an operator's cleanup, a volume swapped) left the open connection
+    writing to the deleted inode, unannounced: every completion stored from then on was gone
+    at the next restart. The file is looked at (at most once a minute: here each job) and
+    opened again, with a warning."""
+    import streamproxy.storage.sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "_FILE_CHECK_EVERY", 0.0)
+    path = tmp_path / "s.sqlite3"
+    store = SQLiteStore(str(path))
+    assert store.add(_item("before"))
+    await store.flush()
+    for name in ("s.sqlite3", "s.sqlite3-wal", "s.sqlite3-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    assert store.add(_item("after"))
+    await store.flush()
+    assert (await store.get("", "after")) is not None
+    await store.close()
+    assert path.exists()
+    reopened = SQLiteStore(str(path))
+    assert (await reopened.get("", "after")) is not None
+    await reopened.close()
+    assert any("was deleted or replaced" in r.getMessage() for r in caplog.records)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import queue
 import re
 import sqlite3
@@ -52,6 +53,7 @@ _BATCH_WINDOW = 0.05  # seconds a write waits for company: fewer, larger transac
 _ROWS_PER_INSERT = 100  # 8 columns each: well under SQLite's 32,766 bound parameters
 _OPEN_TRIES = 50  # x 0.1 s: another worker's write holds the lock the journal-mode switch needs
 _LOG_EVERY = 60.0  # seconds between two logs of a database that still does not open
+_FILE_CHECK_EVERY = 60.0  # seconds between two looks at whether the open file is still the path's
 
 
 class StorageUnavailable(ProxyError):
@@ -82,6 +84,8 @@ class SQLiteStore:
         self._open_logged = -_LOG_EVERY  # (thread) when a failed open was last logged
         self._write_logged = -_LOG_EVERY  # (thread) when a failed write was last logged
         self._unstored = 0  # (thread) completions lost to failed writes since that log
+        self._file_id: tuple[int, int] | None = None  # (thread) the open file's (device, inode)
+        self._file_checked = 0.0  # (thread) when that was last compared with the path's
 
     # -- the loop side ---------------------------------------------------------------------
     def _ensure_started(self) -> None:
@@ -162,6 +166,8 @@ class SQLiteStore:
                 break
             if conn is None:  # tried again: a lock or a fixed permission must not last forever
                 conn = self._open()
+            elif time.monotonic() - self._file_checked >= _FILE_CHECK_EVERY:
+                conn = self._same_file(conn)
             if isinstance(job, list):
                 self._write(conn, job)
                 self._written += len(job)
@@ -181,7 +187,21 @@ class SQLiteStore:
                 log.error("cannot open the storage database %s: %s", self.path, e)
             return None
         self._open_error = None
+        self._file_id = _file_id(self.path)
+        self._file_checked = time.monotonic()
         return conn
+
+    def _same_file(self, conn: sqlite3.Connection) -> sqlite3.Connection | None:
+        """The open connection, or a new one when the file at the path is no longer the one it
+        opened (deleted, or replaced): writes went to the deleted inode, unannounced, and were
+        gone at the next restart. One stat a minute at most."""
+        self._file_checked = time.monotonic()
+        if self._file_id is None or _file_id(self.path) == self._file_id:
+            return conn
+        log.warning("the storage database %s was deleted or replaced while open: opening it "
+                    "again (completions stored in the old file since are lost)", self.path)
+        conn.close()
+        return self._open()
 
     def _write(self, conn: sqlite3.Connection | None, batch: list[StoredCompletion]) -> None:
         if conn is None:
@@ -229,6 +249,16 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    if path == ":memory:":
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:  # (gone: no file is the one opened)
+        return (-1, -1)
+    return st.st_dev, st.st_ino
 
 
 def _connect(path: str) -> sqlite3.Connection:
