@@ -590,6 +590,11 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
         raise ConfigError(source, f"{where}.type", unknown_key(
             ptype, PROVIDER_TYPES, f"unknown provider type {ptype!r}", meant))
     cls = PROVIDER_TYPES[ptype]
+    if isinstance(raw.get("base_url"), str) and not raw["base_url"].strip():
+        # (read as "not given", a template's unset variable sent the key meant for a local
+        # server, and every prompt, to the type's default: api.openai.com)
+        raise ConfigError(source, f"{where}.base_url", "is empty: give the URL, or leave "
+                          "base_url out for the type's default")
     options = {k: v for k, v in raw.items() if k not in COMMON_PROVIDER_KEYS}
     cls.check_options(options, source, where)
     cls.check_entry(raw, source, where)

@@ -495,3 +495,15 @@ def test_an_empty_file_is_refused_as_empty_not_as_the_embedded_default(
     assert info.value.key == ""
     assert info.value.reason == ("the file is empty: give at least `providers` (without "
                                  "--config, the embedded default is served)")
+
+
+@pytest.mark.parametrize("ptype", ["openai", "ollama", "azure"])
+def test_an_empty_base_url_is_an_error_not_the_types_default(tmp_path: Path,
+                                                             ptype: str) -> None:
+    """`base_url: ""` (a template's unset variable) read as "not given": an OpenAI-type entry
+    meant for a local server sent its key, and every prompt, to api.openai.com."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"providers: {{x: {{type: {ptype}, base_url: '', "
+                                    "api_key: sk-local}}\n"))
+    assert info.value.key == "providers.x.base_url"
+    assert "is empty" in info.value.reason
