@@ -140,7 +140,18 @@ class Live(logging.Handler):
         self.conn: Any = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+        if not _another_loops_leftover(record):
+            self.records.append(record)
+
+
+def _another_loops_leftover(record: logging.LogRecord) -> bool:
+    """An earlier test's openai SDK client, collected while this proxy's loop runs, schedules
+    its close there (AsyncHttpxClientWrapper.__del__) on connections of a loop long closed:
+    asyncio logs "Task exception was never retrieved ... Event loop is closed". Not this
+    proxy's doing (its loop runs until the module ends), so not counted."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return (record.name == "asyncio" and isinstance(exc, RuntimeError)
+            and str(exc) == "Event loop is closed")
 
 
 @pytest.fixture(scope="module")
