@@ -211,10 +211,48 @@ def test_openai_compatible_overflows(kind: str, extra: dict[str, Any], body: byt
         if k not in ("message", "type", "param", "code")})
 
 
-def test_ollamas_prompt_too_long() -> None:
-    message = "prompt too long; exceeded max context length by 4096 tokens"
+OLLAMA_MESSAGES = [
+    "prompt too long; exceeded max context length by 4096 tokens",
+    # its runner's refusal when the request asks for no truncation (`truncate: false`)
+    "the input length exceeds the context length",
+    # its server's, a prompt over the loaded context (num_ctx)
+    "the prompt is longer than the context length currently available to the model; shorten "
+    "the prompt, adjust the context length in settings, or use a model with a longer context "
+    "length",
+    # llama.cpp's engine behind it, its error object passed on as the message's text
+    '{"error":{"code":400,"message":"request (9000 tokens) exceeds the available context size '
+    '(8192 tokens), try increasing it","type":"exceed_context_size_error","n_prompt_tokens":'
+    '9000,"n_ctx":8192}}',
+]
+
+
+@pytest.mark.parametrize("message", OLLAMA_MESSAGES)
+def test_ollamas_prompt_too_long(message: str) -> None:
     up = provider(OllamaProvider, "ollama")
     assert_overflow(up.parse_error(400, orjson.dumps({"error": message})), message)
+
+
+@pytest.mark.parametrize("message", OLLAMA_MESSAGES)
+def test_ollamas_prompt_too_long_as_an_error_line(message: str) -> None:
+    # Ollama's stream ends with `{"error": …}` when the refusal comes after its 200
+    up = provider(OllamaProvider, "ollama")
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=False)
+    req = parse_chat_request(orjson.dumps({"model": "m", "stream": True, "messages": [
+        {"role": "user", "content": "hi"}]}))
+    error = collect(sse_chunks(relay_pieces(enc, up.stream_translator(req, enc), [
+        orjson.dumps({"error": message}) + b"\n"]))).error
+    assert error == {"message": message, "type": "invalid_request_error", "param": "messages",
+                     "code": "context_length_exceeded"}
+
+
+def test_another_ollama_error_line_is_no_overflow() -> None:
+    up = provider(OllamaProvider, "ollama")
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=False)
+    req = parse_chat_request(orjson.dumps({"model": "m", "stream": True, "messages": [
+        {"role": "user", "content": "hi"}]}))
+    error = collect(sse_chunks(relay_pieces(enc, up.stream_translator(req, enc), [
+        b'{"error": "model runner has unexpectedly stopped"}\n']))).error
+    assert error is not None and error.get("code") != "context_length_exceeded"
 
 
 def test_an_openai_compatible_refusal_of_another_kind_keeps_its_fields() -> None:

@@ -19,7 +19,11 @@ from streamproxy.providers.base import (
     load_event_json,
 )
 from streamproxy.providers.ollama.request import DROPPED, is_duration, to_ollama
-from streamproxy.providers.ollama.stream import OllamaStreamTranslator, content_logprobs_only
+from streamproxy.providers.ollama.stream import (
+    OVERFLOW,
+    OllamaStreamTranslator,
+    content_logprobs_only,
+)
 
 if TYPE_CHECKING:
     from streamproxy.openai_api.request import ChatRequest
@@ -87,10 +91,6 @@ class OllamaProvider(Provider):
         return builder.completion(completion_id=completion_id, created=created,
                                   model=model)
 
-
-# How Ollama's 400 words a prompt over the model's context (its `num_ctx`), when it refuses
-# one rather than cutting it: "prompt too long; exceeded max context length by N tokens".
-OVERFLOW = ("prompt too long; exceeded max context length",)
 
 
 def _own_error(body: bytes) -> bool:

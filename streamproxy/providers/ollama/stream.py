@@ -13,7 +13,8 @@
   A line of thinking only has them too: OpenAI gives none for reasoning, so they are dropped
   (from a non-streamed answer, whose list holds every token's, by `content_logprobs_only`,
   and from a line of both thinking and content, whose content keeps its own).
-- A line with `error` ends the stream with an OpenAI error frame. EOF before `done` (or inside
+- A line with `error` ends the stream with an OpenAI error frame (a prompt over the context:
+  400 `context_length_exceeded`, as its HTTP error). EOF before `done` (or inside
   a line) is StreamTruncated, never a fake `stop`.
 
 The same translator reads a non-streamed answer (one such line) into a CompletionBuilder.
@@ -29,7 +30,13 @@ import orjson
 from streamproxy.decode.ndjson import NDJSONDecoder
 from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage
-from streamproxy.providers.base import WRONG_SHAPE, StreamTranslator, load_event_json, malformed
+from streamproxy.providers.base import (
+    WRONG_SHAPE,
+    StreamTranslator,
+    context_overflow,
+    load_event_json,
+    malformed,
+)
 
 
 def new_call_id() -> str:
@@ -81,6 +88,17 @@ def content_logprobs_only(answer: dict[str, Any]) -> dict[str, Any]:
     return {**answer, "logprobs": kept}
 
 
+# How Ollama's 400 words a prompt over the model's context (its `num_ctx`), when it refuses
+# one rather than cutting it: "prompt too long; exceeded max context length by N tokens"
+# (ollama.com's), "the input length exceeds the context length" (its runner's, asked not to
+# truncate), "the prompt is longer than the context length currently available to the model"
+# (its server's), and llama.cpp's own error passed on as text ("request (N tokens) exceeds the
+# available context size …", type exceed_context_size_error).
+OVERFLOW = ("exceeded max context length", "exceeds the context length",
+            "longer than the context length", "exceeds the available context size",
+            "exceed_context_size_error")
+
+
 class OllamaStreamTranslator(StreamTranslator):
     def __init__(self, out: ChunkSink, max_line_bytes: int, provider: str = "ollama", *,
                  logprobs: bool = False) -> None:
@@ -122,10 +140,14 @@ class OllamaStreamTranslator(StreamTranslator):
         if "error" in msg:
             error = msg["error"]
             text = error if isinstance(error, str) else (error or {}).get("message")
-            self.out.error(UpstreamStatusError(  # (a message that is not text is none)
+            err = UpstreamStatusError(  # (a message that is not text is none)
                 502, text if isinstance(text, str) and text
                 else "the provider reported an error mid-stream",
-                provider=self._provider))
+                provider=self._provider)
+            if any(phrase in err.message.lower() for phrase in OVERFLOW):
+                # (the refusal of a request, whatever the line's place: as its HTTP error is)
+                err.status = 400
+            self.out.error(context_overflow(err, OVERFLOW))
             self.done = True
             return
         if not self._started:
