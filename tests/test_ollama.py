@@ -616,3 +616,25 @@ def test_ollama_option_names_at_the_top_level_go_into_options() -> None:
     assert to_ollama(body, "llama3.2", stream=True)["options"] == {
         "num_ctx": 32768, "min_p": 0.05, "typical_p": 0.9, "repeat_penalty": 1.1,
         "repeat_last_n": 128, "mirostat": 1, "num_predict": 9}
+
+
+def test_truncate_and_shift_go_to_ollama() -> None:
+    # Ollama's own switches for a prompt over the context: `truncate: false` asks for its 400
+    # (context_length_exceeded) where it would cut the history's start in silence, `shift:
+    # false` ends the answer (`length`) where it would slide the context. They were dropped.
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    for value in (False, True):
+        out = to_ollama({**body, "truncate": value, "shift": value}, "llama3.2", stream=True)
+        assert (out["truncate"], out["shift"]) == (value, value)
+    out = to_ollama({**body, "truncate": None}, "llama3.2", stream=True)
+    assert "truncate" not in out and "shift" not in out
+
+
+@pytest.mark.parametrize("key", ["truncate", "shift"])
+@pytest.mark.parametrize("value", ["false", 0, {"x": 1}])
+def test_a_truncate_or_shift_that_is_no_bool_is_a_400_naming_it(key: str, value: Any) -> None:
+    # Ollama refuses the request ("cannot unmarshal … of type bool"), naming no field
+    body = {"messages": [{"role": "user", "content": "hi"}], key: value}
+    with pytest.raises(InvalidRequest) as caught:
+        to_ollama(body, "llama3.2", stream=True)
+    assert (caught.value.param, caught.value.code) == (key, "invalid_type")

@@ -26,6 +26,8 @@ Choices (docs/providers/others.md "ollama"):
 - `logprobs` and `top_logprobs` (0 to 20 in both) go as they are;
 - `keep_alive` (extra_body) goes as it is when Ollama reads it (a duration string or a number
   of seconds), else it is a 400 naming it;
+- `truncate` and `shift` (extra_body) go as they are when they are booleans, else a 400 naming
+  them;
 - parameters in DROPPED are dropped; `n` > 1 is rejected.
 """
 
@@ -59,6 +61,10 @@ DROPPED = (OPENAI_ONLY - {"logprobs", "top_logprobs"}) | {"user", "parallel_tool
 # prompt's start in silence. (num_predict is max_tokens', which wins.)
 OPTIONS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty", "top_k",
            "num_ctx", "min_p", "typical_p", "repeat_penalty", "repeat_last_n")
+# Ollama's switches for a prompt over the context (extra_body): `truncate: false` refuses it
+# (a 400, context_length_exceeded) where Ollama cuts the history's start in silence; `shift:
+# false` ends the answer at the context's end (`length`) where it slides the context.
+SWITCHES = ("truncate", "shift")
 THINK_LEVEL = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
                "high": "high", "xhigh": "high", "max": "high"}
 LEVELS_MODEL = "gpt-oss"  # models whose `think` takes a level, not only true/false
@@ -99,6 +105,12 @@ def to_ollama(body: dict[str, Any], model: str, *, stream: bool,
             raise InvalidRequest("'keep_alive' must be a duration string (e.g. \"5m\") or a "
                                  "number of seconds.", param="keep_alive", code="invalid_type")
         out["keep_alive"] = body["keep_alive"]
+    for key in SWITCHES:
+        if body.get(key) is not None:
+            if not isinstance(body[key], bool):
+                raise InvalidRequest(f"'{key}' must be a boolean.", param=key,
+                                     code="invalid_type")
+            out[key] = body[key]
     if logprobs_asked(body):  # Ollama 0.12.11 and later; older ones ignore both
         out["logprobs"] = True
         if body.get("top_logprobs"):
