@@ -638,3 +638,25 @@ def test_a_truncate_or_shift_that_is_no_bool_is_a_400_naming_it(key: str, value:
     with pytest.raises(InvalidRequest) as caught:
         to_ollama(body, "llama3.2", stream=True)
     assert (caught.value.param, caught.value.code) == (key, "invalid_type")
+
+
+@pytest.mark.parametrize(("option", "value", "ok"), [
+    ("num_ctx", '"8k"', False), ("num_ctx", "true", False), ("num_ctx", "8192", True),
+    ("temperature", "hot", False), ("temperature", "0.7", True), ("temperature", "1", True),
+    ("stop", '"<|end|>"', False), ("stop", "[1, 2]", False), ("stop", '["<|end|>"]', True),
+    ("use_mmap", '"yes"', False), ("use_mmap", "false", True),
+    ("some_new_option", '"x"', True),  # one Ollama may take that we do not know of
+])
+def test_a_configured_ollama_option_of_the_wrong_type_is_a_config_error(
+        tmp_path: Path, option: str, value: str, ok: bool) -> None:
+    # Ollama refuses every request whose option has the wrong type ("option \"num_ctx\" must
+    # be of type integer", a 400 the client took for its own mistake): a config's is caught
+    # at load, naming it.
+    path = tmp_path / "streamproxy.yaml"
+    path.write_text(f"providers: {{o: {{type: ollama, options: {{{option}: {value}}}}}}}")
+    if ok:
+        load_config(path)
+        return
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == f"providers.o.options.{option}"

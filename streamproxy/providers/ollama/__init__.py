@@ -18,7 +18,12 @@ from streamproxy.providers.base import (
     generic_error,
     load_event_json,
 )
-from streamproxy.providers.ollama.request import DROPPED, is_duration, to_ollama
+from streamproxy.providers.ollama.request import (
+    DROPPED,
+    is_duration,
+    option_type_error,
+    to_ollama,
+)
 from streamproxy.providers.ollama.stream import (
     OVERFLOW,
     OllamaStreamTranslator,
@@ -46,6 +51,11 @@ class OllamaProvider(Provider):
         super().check_options(options, source, where)
         if not isinstance(options.get("options", {}), dict):
             raise ConfigError(source, f"{where}.options", "must be a mapping of Ollama options")
+        # (else Ollama refuses every request, a 400 its clients take for their own mistake)
+        for name, value in (options.get("options") or {}).items():
+            problem = option_type_error(str(name), value)
+            if problem:
+                raise ConfigError(source, f"{where}.options.{name}", problem)
         if not is_duration(options.get("keep_alive", "")):
             raise ConfigError(source, f"{where}.keep_alive",
                               "must be a duration string (e.g. 5m) or a number of seconds")

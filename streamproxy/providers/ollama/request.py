@@ -128,6 +128,36 @@ def is_duration(value: Any) -> bool:
     return isinstance(value, str | int | float) and not isinstance(value, bool)
 
 
+# The types Ollama reads its options as (api/types.go `Options`, `Runner`): one of another type
+# fails every request that carries it (`option "num_ctx" must be of type integer`). An integer
+# option takes any number (Ollama drops a fraction); a bool is none (JSON's true is no number).
+OPTION_TYPES = {
+    **dict.fromkeys(("num_keep", "seed", "num_predict", "top_k", "repeat_last_n", "num_ctx",
+                     "num_batch", "num_gpu", "main_gpu", "num_thread", "mirostat",
+                     "temperature", "top_p", "min_p", "typical_p", "tfs_z", "repeat_penalty",
+                     "presence_penalty", "frequency_penalty", "mirostat_tau", "mirostat_eta"),
+                    "a number"),
+    **dict.fromkeys(("numa", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mmap",
+                     "use_mlock", "penalize_newline"), "a boolean"),
+    "stop": "a list of strings",
+}
+
+
+def option_type_error(name: str, value: Any) -> str | None:
+    """What `value` of Ollama's option `name` must be, when Ollama would refuse it; None when it
+    reads it (or does not know the name, which it ignores)."""
+    kind = OPTION_TYPES.get(name)
+    if kind is None or value is None:  # (Ollama skips a null)
+        return None
+    if kind == "a boolean":
+        fits = isinstance(value, bool)
+    elif kind == "a number":
+        fits = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        fits = isinstance(value, list) and all(isinstance(item, str) for item in value)
+    return None if fits else f"must be {kind}"
+
+
 def _options(body: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """`options` (the configured ones under the client's native ones) with the request's
     sampling and length parameters over them."""
