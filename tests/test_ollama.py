@@ -660,3 +660,13 @@ def test_a_configured_ollama_option_of_the_wrong_type_is_a_config_error(
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert info.value.key == f"providers.o.options.{option}"
+
+
+def test_repetition_penalty_is_ollamas_repeat_penalty() -> None:
+    # vLLM's and OpenRouter's name for the same multiplicative penalty (1.0: none) was dropped;
+    # Ollama's own name, sent too, wins
+    body = {"messages": [{"role": "user", "content": "hi"}], "repetition_penalty": 1.15}
+    out = to_ollama(body, "llama3.2", stream=True)
+    assert out["options"]["repeat_penalty"] == 1.15 and "repetition_penalty" not in out
+    out = to_ollama({**body, "repeat_penalty": 1.3}, "llama3.2", stream=True)
+    assert out["options"]["repeat_penalty"] == 1.3

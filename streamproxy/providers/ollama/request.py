@@ -17,7 +17,8 @@ Choices (docs/providers/others.md "ollama"):
   way to force a call, so `"required"` is best effort (documented);
 - `response_format` json_object → `format: "json"`, json_schema → `format: <schema>`;
 - max tokens, temperature, top_p, stop, seed and the penalties go in `options`, and so do
-  Ollama's option names sent at the top level (OPTIONS: num_ctx, min_p, ...); a client's native
+  Ollama's option names sent at the top level (OPTIONS: num_ctx, min_p, ...), and
+  `repetition_penalty` (vLLM's name) as `repeat_penalty`; a client's native
   `options` (extra_body) and the provider's configured `options` sit underneath;
 - `reasoning_effort` → `think`: "none" → false, any other level → true, since most thinking
   models refuse a level ("think value … is not supported for this model"); gpt-oss models
@@ -167,6 +168,9 @@ def _options(body: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     for key in OPTIONS:
         if body.get(key) is not None:
             options[key] = body[key]
+    if body.get("repetition_penalty") is not None and body.get("repeat_penalty") is None:
+        # vLLM's and OpenRouter's name for llama.cpp's multiplicative penalty (1.0: none)
+        options["repeat_penalty"] = body["repetition_penalty"]
     # Ollama's runner stops at once on an empty sequence (an empty answer): it cuts nothing, so
     # it goes, as on Gemini and Bedrock; a list left empty too, since `stop: []` would replace
     # the model's own stop tokens.
