@@ -133,17 +133,24 @@ async def measure(target: Target, conc: int, plan: Plan, server: Proc, harness: 
     stop_at = time.perf_counter() + warmup + window
     users = [asyncio.create_task(loadgen.user(target, stats, stop_at, i * spread / conc))
              for i in range(conc)]
-    await asyncio.sleep(warmup)
-    server.reset_peak()
-    cpu0, harness0, gen0 = server.cpu(), sum(p.cpu() for p in harness), time.process_time()
-    kernel0, calls0 = server.kernel_cpu(), server.syscalls()
-    t0 = time.perf_counter()
-    stats.measuring = True
-    await asyncio.sleep(window)
-    stats.measuring = False
-    elapsed = time.perf_counter() - t0
-    cpu, kernel, calls = server.cpu() - cpu0, server.kernel_cpu() - kernel0, server.syscalls()
-    harness_cpu = sum(p.cpu() for p in harness) - harness0 + time.process_time() - gen0
+    try:
+        await asyncio.sleep(warmup)
+        server.reset_peak()
+        cpu0, harness0, gen0 = server.cpu(), sum(p.cpu() for p in harness), time.process_time()
+        kernel0, calls0 = server.kernel_cpu(), server.syscalls()
+        t0 = time.perf_counter()
+        stats.measuring = True
+        await asyncio.sleep(window)
+        stats.measuring = False
+        elapsed = time.perf_counter() - t0
+        cpu, kernel, calls = (server.cpu() - cpu0, server.kernel_cpu() - kernel0,
+                              server.syscalls())
+        harness_cpu = sum(p.cpu() for p in harness) - harness0 + time.process_time() - gen0
+    except Exception:
+        # A server gone mid-run (its /proc files vanish): its users must not stream on into
+        # the next scenario.
+        await loadgen.finish(users, stats, 0)
+        raise
     await loadgen.finish(users, stats, STALL)
     result = summary(stats, elapsed, cpu, harness_cpu, server.peak_rss_kb(), conc, kernel)
     if calls and calls0:  # the server's socket reads and writes (and its log's writes)
@@ -581,14 +588,18 @@ async def worker_cost(env: Env, count: int, cores_each: list[set[int]],
         target = proxied(port, "mock/fast", 203)
         stop_at = time.perf_counter() + env.plan.warmup + env.plan.window
         users = [asyncio.create_task(loadgen.user(target, stats, stop_at)) for _ in range(128)]
-        await asyncio.sleep(env.plan.warmup)
-        cpu0 = [cpu_seconds(pid) for pid in children]
-        stats.measuring = True
-        await asyncio.sleep(env.plan.window / 2)
-        held = [sockets(pid) - base for pid, base in zip(children, idle, strict=True)]
-        await asyncio.sleep(env.plan.window / 2)
-        stats.measuring = False
-        cpu = sum(cpu_seconds(pid) - c for pid, c in zip(children, cpu0, strict=True))
+        try:
+            await asyncio.sleep(env.plan.warmup)
+            cpu0 = [cpu_seconds(pid) for pid in children]
+            stats.measuring = True
+            await asyncio.sleep(env.plan.window / 2)
+            held = [sockets(pid) - base for pid, base in zip(children, idle, strict=True)]
+            await asyncio.sleep(env.plan.window / 2)
+            stats.measuring = False
+            cpu = sum(cpu_seconds(pid) - c for pid, c in zip(children, cpu0, strict=True))
+        except Exception:  # a worker gone mid-run: its users must not outlive the scenario
+            await loadgen.finish(users, stats, 0)
+            raise
         await loadgen.finish(users, stats, STALL)
     finally:
         master.stop()
@@ -679,8 +690,12 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         errors = row_errors(by.get(scenario) or {})
         if errors and held is not None:
             held = False
+        if (by.get(scenario) or {}).get("failed"):  # crashed: whatever it measured is partial
+            held = False
         out.append({"target": what, "value": value, "limit": limit, "unit": unit, "held": held,
                     "scenario_errors": errors})
+        if (by.get(scenario) or {}).get("failed"):
+            out[-1]["scenario_failed"] = by[scenario]["failed"]
 
     # Both upstream shapes are held to both c32 targets: a one-write body saturates the proxy
     # (its floor per event), an event per write is how providers send (one read per event).
@@ -748,7 +763,23 @@ async def run(env: Env, only: set[str]) -> None:
     ]
     for name, step in steps:
         if not only or name in only:
-            await step()
+            try:
+                await step()
+            except Exception as e:  # one scenario's crash must not lose the others' results
+                failed(env, name, e)
+
+
+def failed(env: Env, name: str, error: BaseException) -> None:
+    """A scenario that crashed (its proxy did not start, or died mid-run): its row says why
+    and its targets are missed; the others still run and the JSON is still written."""
+    lines = str(error).strip().splitlines()
+    reason = f"{type(error).__name__}: {lines[0] if lines else ''}"
+    row = next((r for r in env.results if r["scenario"] == name), None)
+    if row is None:  # nothing recorded before the crash
+        row = {"scenario": name, "what": "", "proxied": None, "direct": None, "note": ""}
+        env.results.append(row)
+    row["failed"] = reason
+    print(f"{name:<15}FAILED: {reason}", flush=True)
 
 
 def registered_types() -> set[str]:
@@ -803,12 +834,14 @@ def main(argv: list[str] | None = None) -> None:
         state = {True: "held", False: "MISSED", None: "not measured"}[c["held"]]
         value = "-" if c["value"] is None else f"{c['value']:.3g}"
         failed = f"; {c['scenario_errors']} failed streams" if c["scenario_errors"] else ""
+        if c.get("scenario_failed"):
+            failed += f"; scenario FAILED: {c['scenario_failed']}"
         if c.get("streams_not_open_at_once"):
             failed += f"; {c['streams_not_open_at_once']} streams not open at once"
         print(f"  {state:<13}{c['target']}: {value} (limit {c['limit']:g} {c['unit']}{failed})")
     c32 = next((r for r in env.results if r["scenario"] == "anthropic-c32"), None)
-    if c32 and speed_before and speed_after:
-        per_event = c32["proxied"]["server_cpu_us_per_event"]
+    per_event = ((c32 or {}).get("proxied") or {}).get("server_cpu_us_per_event")
+    if per_event is not None and speed_before and speed_after:
         print(f"\nVM speed: pure translation {speed_before:.2f} µs/event before, "
               f"{speed_after:.2f} after; the proxy's c32 CPU per event is "
               f"{per_event / ((speed_before + speed_after) / 2):.2f}x it (to compare runs of "

@@ -214,3 +214,76 @@ async def test_a_marker_or_separator_spread_over_three_reads_is_still_seen(sep: 
                 conn.data_received(piece)
             assert await asyncio.wait_for(once, 1), (a, b, stats.error_samples)
             assert stats.events == 3 and len(stats.ttft) == 1, (a, b)
+
+
+def _env() -> run.Env:
+    proc = _this_process()
+    return run.Env(run.Plan(quick=True), Path(os.devnull), None, None, proc, 0, proc, 0,
+                   set())
+
+
+async def test_a_crashing_scenario_fails_alone_and_the_others_still_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def throughput(env: run.Env, conc: int) -> None:
+        if conc == 1:
+            raise RuntimeError("proxy exited with 1:\nTraceback ...")
+        run.record(env, f"anthropic-c{conc}", "", _run(
+            concurrency=conc, streams_per_s=1.0, events_per_s=1.0, server_cpu_us_per_event=1.0,
+            server_cpu_pct=50.0, harness_cpu_pct=50.0, ttft_p50_ms=1.0, ttft_p99_ms=1.0,
+            duration_p50_ms=1.0, peak_rss_mb=50.0), None)
+
+    monkeypatch.setattr(run, "throughput", throughput)
+    env = _env()
+    await run.run(env, {"anthropic-c1", "anthropic-c128"})
+    rows = {r["scenario"]: r for r in env.results}
+    assert rows["anthropic-c1"]["failed"] == "RuntimeError: proxy exited with 1:"
+    assert "failed" not in rows["anthropic-c128"]
+    assert _by_target(env.results)["peak RSS at 128 streams"]["held"] is True
+
+
+async def test_a_scenario_that_crashes_after_recording_misses_its_targets(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def throughput(env: run.Env, conc: int) -> None:
+        run.record(env, f"anthropic-c{conc}", "", _run(
+            concurrency=conc, streams_per_s=1.0, events_per_s=1.0, server_cpu_us_per_event=1.0,
+            server_cpu_pct=50.0, harness_cpu_pct=50.0, ttft_p50_ms=1.0, ttft_p99_ms=1.0,
+            duration_p50_ms=1.0, peak_rss_mb=50.0), None)
+        raise FileNotFoundError("/proc/123/stat")  # the proxy died after its row was written
+
+    monkeypatch.setattr(run, "throughput", throughput)
+    env = _env()
+    await run.run(env, {"anthropic-c128"})
+    assert len(env.results) == 1
+    check = _by_target(env.results)["peak RSS at 128 streams"]
+    assert check["held"] is False
+    assert check["scenario_failed"] == "FileNotFoundError: /proc/123/stat"
+
+
+async def test_a_server_gone_mid_window_stops_the_scenarios_users() -> None:
+    server = await asyncio.get_running_loop().create_server(_Stalling, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    target = loadgen.Target("127.0.0.1", port, "/", b"{}", b"\n\n", b'"a"', b"[DONE]", 1)
+    calls = 0
+
+    def cpu() -> float:  # the first read works; by the window's end /proc/PID is gone
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise FileNotFoundError("/proc/123/stat")
+        return 0.0
+
+    gone = SimpleNamespace(cpu=cpu, kernel_cpu=lambda: 0.0, syscalls=lambda: None,
+                           reset_peak=lambda: None)
+    plan = SimpleNamespace(warmup=0.05)
+    before = asyncio.all_tasks()
+    try:
+        with pytest.raises(FileNotFoundError):
+            await asyncio.wait_for(run.measure(target, 2, plan, gone, [], 0.05), 5)  # type: ignore[arg-type]
+        assert not (asyncio.all_tasks() - before - {asyncio.current_task()})
+        for _ in range(20):  # the stalled streams' connections are closed
+            if not _open:
+                break
+            await asyncio.sleep(0.01)
+        assert not _open
+    finally:
+        server.close()
