@@ -559,8 +559,7 @@ async def workers_scaling(env: Env) -> None:
     finally:
         for pid in (0, env.mock.pid):
             os.sched_setaffinity(pid, env.harness_core)
-    scaling = 2 * cost_1 / cost_2
-    open_loop = cost_1 / (cost_2 * max(share))
+    scaling, open_loop = scalings(cost_1, cost_2, share)
     row = {"scenario": "workers-2", "what": "--workers 2 vs 1, a core per worker, 128 conns",
            "proxied": None, "direct": None,
            "note": "scaling computed from CPU per event and the connection split "
@@ -569,14 +568,24 @@ async def workers_scaling(env: Env) -> None:
                        "connection_share": share, "errors": errors_1 + errors_2,
                        "scaling": scaling, "scaling_open_loop": open_loop}}
     env.results.append(row)
-    print(f"  workers-2: {cost_1:.2f} µs/event with one worker, {cost_2:.2f} with two; "
-          f"connections split {share[0]:.0%}/{share[1]:.0%}; scaling {scaling:.2f}x (closed "
-          f"loop), {open_loop:.2f}x (open loop); errors {errors_1 + errors_2}", flush=True)
+    print(f"  workers-2: {fmt(cost_1, '.2f')} µs/event with one worker, {fmt(cost_2, '.2f')} "
+          f"with two; connections split {share[0]:.0%}/{share[1]:.0%}; scaling "
+          f"{fmt(scaling, '.2f')}x (closed loop), {fmt(open_loop, '.2f')}x (open loop); errors "
+          f"{errors_1 + errors_2}", flush=True)
+
+
+def scalings(cost_1: float | None, cost_2: float | None, share: list[float],
+             ) -> tuple[float | None, float | None]:
+    """(closed-loop, open-loop) scaling; None where a figure is missing: no events (no cost),
+    no CPU tick in the window (a cost of 0) or no connection seen on either worker."""
+    if not cost_1 or not cost_2:
+        return None, None
+    return 2 * cost_1 / cost_2, cost_1 / (cost_2 * max(share)) if max(share) else None
 
 
 async def worker_cost(env: Env, count: int, cores_each: list[set[int]],
-                      ) -> tuple[float, list[float], int]:
-    """(worker CPU µs per event, connection share per worker, errors) for `--workers count`,
+                      ) -> tuple[float | None, list[float], int]:
+    """(worker CPU µs per event or None, connection share per worker, errors) for `--workers count`,
     worker i pinned to cores_each[i]."""
     master, port = start_proxy(env, mock_providers(env), workers=count, pin=cores_each[0])
     try:
@@ -603,8 +612,9 @@ async def worker_cost(env: Env, count: int, cores_each: list[set[int]],
         await loadgen.finish(users, stats, STALL)
     finally:
         master.stop()
-    return (cpu / max(stats.events, 1) * 1e6, [h / max(sum(held), 1) for h in held],
-            stats.errors_total)
+    # No events: no cost (not the window's CPU over one event, which would read as a huge one).
+    return (cpu / stats.events * 1e6 if stats.events else None,
+            [h / max(sum(held), 1) for h in held], stats.errors_total)
 
 
 def sockets(pid: int) -> int:

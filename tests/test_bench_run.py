@@ -287,3 +287,30 @@ async def test_a_server_gone_mid_window_stops_the_scenarios_users() -> None:
         assert not _open
     finally:
         server.close()
+
+
+def test_workers_scaling_without_a_cost_or_a_split_is_unmeasured_not_a_crash() -> None:
+    assert run.scalings(4.0, 4.0, [0.5, 0.5]) == (2.0, 2.0)
+    assert run.scalings(4.0, 4.0, [0.75, 0.25]) == (2.0, pytest.approx(4 / 3))
+    # No CPU tick in the two-worker window, or no events at all: no scaling either way.
+    assert run.scalings(4.0, 0.0, [0.5, 0.5]) == (None, None)
+    assert run.scalings(None, 4.0, [0.5, 0.5]) == (None, None)
+    # No connection counted on either worker: the open-loop figure has no split to use.
+    assert run.scalings(4.0, 4.0, [0.0, 0.0]) == (2.0, None)
+
+
+@pytest.mark.parametrize("two", [(0.0, [0.5, 0.5], 0), (4.0, [0.0, 0.0], 0),
+                                 (None, [0.0, 0.0], 128)])
+async def test_a_two_worker_run_with_no_cost_or_no_split_is_recorded_not_a_crash(
+        monkeypatch: pytest.MonkeyPatch, two: tuple[float | None, list[float], int]) -> None:
+    async def worker_cost(env: run.Env, count: int, cores_each: list[set[int]],
+                          ) -> tuple[float | None, list[float], int]:
+        return (4.0, [1.0], 0) if count == 1 else two
+
+    monkeypatch.setattr(run, "worker_cost", worker_cost)
+    env = _env()
+    env.proxy_core = env.harness_core = os.sched_getaffinity(0)
+    await run.workers_scaling(env)
+    (row,) = env.results
+    assert row["workers"]["us_per_event_two_workers"] == two[0]
+    assert row["workers"]["scaling_open_loop"] is None
