@@ -117,10 +117,17 @@ def direct_openai(port: int, preset: str, expect: int | None) -> Target:
 # -- one measured run -----------------------------------------------------------------------------
 
 def pct(values: list[float], q: float) -> float | None:
+    """The q-th percentile in ms, interpolated linearly between the two nearest ranks (numpy's
+    default; p50 is the median): one definition for every figure, proxied and direct alike.
+    Not `round` to an index, which rounds half to even and so takes the lower or the upper
+    neighbour depending on the sample's size."""
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] * 1000
+    at = q / 100 * (len(ordered) - 1)
+    below = int(at)
+    above = min(below + 1, len(ordered) - 1)
+    return (ordered[below] + (ordered[above] - ordered[below]) * (at - below)) * 1000
 
 
 async def measure(target: Target, conc: int, plan: Plan, server: Proc, harness: list[Proc],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -314,3 +315,20 @@ async def test_a_two_worker_run_with_no_cost_or_no_split_is_recorded_not_a_crash
     (row,) = env.results
     assert row["workers"]["us_per_event_two_workers"] == two[0]
     assert row["workers"]["scaling_open_loop"] is None
+
+
+@pytest.mark.parametrize("n", [2, 4, 6, 8, 101, 200])
+def test_percentiles_have_one_definition_whatever_the_samples_size(n: int) -> None:
+    values = [float(i) for i in range(n, 0, -1)]  # unsorted on purpose
+    # p50 is the median (the mean of the two middle values of an even-sized sample) ...
+    assert run.pct(values, 50) == pytest.approx(statistics.median(values) * 1000)
+    # ... and every percentile interpolates between its two nearest ranks, as numpy's default.
+    for q in (0, 1, 25, 90, 99, 100):
+        expected = statistics.quantiles(values, n=100, method="inclusive")[q - 1] if 0 < q < 100 \
+            else (min(values) if q == 0 else max(values))
+        assert run.pct(values, q) == pytest.approx(expected * 1000)
+
+
+def test_a_percentile_of_one_sample_or_none() -> None:
+    assert run.pct([0.002], 99) == pytest.approx(2.0)
+    assert run.pct([], 50) is None
