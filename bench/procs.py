@@ -66,6 +66,28 @@ def status_kb(pid: int, key: str) -> int:
     return 0
 
 
+def listening(pid: int, port: int) -> bool:
+    """Whether the process holds a socket listening on `port` (its fds' socket inodes against
+    the LISTEN rows of its network namespace's TCP tables)."""
+    inodes: set[str] = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):  # closed meanwhile
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()  # sl local_address rem_address st ... inode (the 10th)
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port and f[9] in inodes:
+                return True
+    return False
+
+
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 

@@ -39,12 +39,22 @@ import orjson
 
 from bench import loadgen
 from bench.loadgen import Stats, Target
-from bench.procs import Proc, cores, cpu_seconds, free_port, open_fds, raise_fd_limit, start
+from bench.procs import (
+    Proc,
+    cores,
+    cpu_seconds,
+    free_port,
+    listening,
+    open_fds,
+    raise_fd_limit,
+    start,
+)
 
 ROOT = Path(__file__).resolve().parent
 PROXY_TOKEN = b'"delta":{"content":"'  # the first content chunk of an OpenAI stream
 RAMP_BATCH = 500  # slow streams started together
 STALL = 10.0  # seconds after a window within which every stream must have ended
+WORKERS_LISTEN = 15.0  # seconds every worker of a `--workers N` proxy has to listen
 SSE = b"\n\n"
 
 
@@ -597,6 +607,9 @@ async def worker_cost(env: Env, count: int, cores_each: list[set[int]],
     master, port = start_proxy(env, mock_providers(env), workers=count, pin=cores_each[0])
     try:
         children = await worker_pids(master.pid, count) if count > 1 else [master.pid]
+        # The master's port answering means one worker listens: connections opened before the
+        # other binds its SO_REUSEPORT socket all stay (keep-alive) on the first.
+        await all_listening(children, port)
         for pid, core in zip(children, cores_each, strict=True):
             os.sched_setaffinity(pid, core)
         idle = [sockets(pid) for pid in children]
@@ -631,6 +644,17 @@ def sockets(pid: int) -> int:
         with contextlib.suppress(OSError):  # closed meanwhile
             count += os.readlink(fd).startswith("socket:")
     return count
+
+
+async def all_listening(pids: list[int], port: int) -> None:
+    timeout = WORKERS_LISTEN
+    deadline = time.monotonic() + timeout
+    while not all(listening(pid, port) for pid in pids):
+        if time.monotonic() > deadline:
+            waiting = [pid for pid in pids if not listening(pid, port)]
+            raise RuntimeError(f"worker(s) {waiting} not listening on port {port} within "
+                               f"{timeout:g}s")
+        await asyncio.sleep(0.05)
 
 
 async def worker_pids(master: int, count: int, timeout: float = 15.0) -> list[int]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bench import loadgen, run
+from bench import loadgen, procs, run
 from bench.procs import Proc, free_port
 
 
@@ -332,3 +335,46 @@ def test_percentiles_have_one_definition_whatever_the_samples_size(n: int) -> No
 def test_a_percentile_of_one_sample_or_none() -> None:
     assert run.pct([0.002], 99) == pytest.approx(2.0)
     assert run.pct([], 50) is None
+
+
+def test_a_process_listening_on_a_port_is_seen_and_one_only_connected_to_it_is_not() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        port = server.getsockname()[1]
+        assert not procs.listening(os.getpid(), port)  # bound, not yet listening
+        server.listen()
+        assert procs.listening(os.getpid(), port)
+        other = free_port()
+        assert not procs.listening(os.getpid(), other)
+        with socket.create_connection(("127.0.0.1", port)):  # a client of it is no listener
+            assert not procs.listening(os.getpid(), other)
+
+
+async def test_two_workers_are_not_measured_before_both_listen(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first worker listens (the master's port answers), the second never does: the run
+    must not send its 128 keep-alive connections all to the first and call that two workers."""
+    first = socket.socket()
+    first.bind(("127.0.0.1", 0))
+    first.listen()
+    port = first.getsockname()[1]
+    second = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    master = Proc("master", second, Path(os.devnull))  # stopped by worker_cost's finally
+    monkeypatch.setattr(run, "start_proxy", lambda *a, **k: (master, port))
+
+    async def worker_pids(pid: int, count: int) -> list[int]:
+        return [os.getpid(), second.pid]
+
+    monkeypatch.setattr(run, "worker_pids", worker_pids)
+    monkeypatch.setattr(run, "WORKERS_LISTEN", 0.3, raising=False)
+    monkeypatch.setattr(run, "STALL", 0.5)
+    env = _env()
+    cores_now = os.sched_getaffinity(0)
+    try:
+        with pytest.raises(RuntimeError, match=f"{second.pid}.* not listening"):
+            await asyncio.wait_for(run.worker_cost(env, 2, [cores_now, cores_now]), 20)
+    finally:
+        first.close()
+        os.sched_setaffinity(0, cores_now)
+        second.kill()
+        second.wait(5)
