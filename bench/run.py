@@ -503,37 +503,45 @@ async def hold(target: Target, n: int, server: Proc, tokens: int, harness: list[
     baseline = server.rss_kb()
     cpu0, harness0, gen0 = server.cpu(), sum(p.cpu() for p in harness), time.process_time()
     t0 = time.perf_counter()
-    conns = await loadgen.open_many(target, stats, n)
-    # Streams start a batch at a time, each batch once most of the previous one has its first
-    # token: a ramp at the pace the server takes, not one burst of n requests.
+    conns: list[loadgen.StreamConnection] = []
     tasks: list[asyncio.Task[bool]] = []
-    deadline = t0 + tokens - 2
-    for i in range(0, len(conns), RAMP_BATCH):
-        tasks += [asyncio.create_task(c.run_once()) for c in conns[i:i + RAMP_BATCH]]
-        batch_due = time.perf_counter() + 2.0
-        while (time.perf_counter() < min(batch_due, deadline)
-               and sum(c.got_token for c in conns[:len(tasks)]) < 0.9 * len(tasks)):
-            await asyncio.sleep(0.05)
-    # Then until every stream has had its first token: all of them are open at once.
-    while time.perf_counter() < deadline and sum(c.got_token for c in conns) < len(conns):
-        await asyncio.sleep(0.25)
-    # Open at once: streams that had their first token and are still streaming (one cut or
-    # ended before this moment holds no memory in the RSS read below).
-    opened = sum(c.streaming for c in conns)
-    ramp = time.perf_counter() - t0
-    plateau = server.rss_kb()
-    fds = open_fds(server.pid)
-    # The last streams started about now; none of them should outlast its tokens by much.
     ended: set[asyncio.Task[bool]] = set()
-    if tasks:
-        ended, stalled = await asyncio.wait(tasks, timeout=tokens + STALL)
-        for task in stalled:
-            stats.error(f"a slow stream still open {tokens + STALL:g} s after the ramp")
+    try:
+        conns = await loadgen.open_many(target, stats, n)
+        # Streams start a batch at a time, each batch once most of the previous one has its
+        # first token: a ramp at the pace the server takes, not one burst of n requests.
+        deadline = t0 + tokens - 2
+        for i in range(0, len(conns), RAMP_BATCH):
+            tasks += [asyncio.create_task(c.run_once()) for c in conns[i:i + RAMP_BATCH]]
+            batch_due = time.perf_counter() + 2.0
+            while (time.perf_counter() < min(batch_due, deadline)
+                   and sum(c.got_token for c in conns[:len(tasks)]) < 0.9 * len(tasks)):
+                await asyncio.sleep(0.05)
+        # Then until every stream has had its first token: all of them are open at once.
+        while time.perf_counter() < deadline and sum(c.got_token for c in conns) < len(conns):
+            await asyncio.sleep(0.25)
+        # Open at once: streams that had their first token and are still streaming (one cut
+        # or ended before this moment holds no memory in the RSS read below).
+        opened = sum(c.streaming for c in conns)
+        ramp = time.perf_counter() - t0
+        plateau = server.rss_kb()
+        fds = open_fds(server.pid)
+        # The last streams started about now; none of them should outlast its tokens by much.
+        if tasks:
+            ended, stalled = await asyncio.wait(tasks, timeout=tokens + STALL)
+            for task in stalled:
+                stats.error(f"a slow stream still open {tokens + STALL:g} s after the ramp")
+                task.cancel()
+            await asyncio.gather(*stalled, return_exceptions=True)
+    finally:
+        # Also when the server vanished mid-run (its /proc files gone): no stream of this
+        # scenario streams on into the next one.
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*stalled, return_exceptions=True)
-    for c in conns:
-        if c.transport is not None:
-            c.transport.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for c in conns:
+            if c.transport is not None:
+                c.transport.close()
     elapsed = time.perf_counter() - t0
     cpu = server.cpu() - cpu0
     harness_cpu = sum(p.cpu() for p in harness) - harness0 + time.process_time() - gen0

@@ -378,3 +378,31 @@ async def test_two_workers_are_not_measured_before_both_listen(
         os.sched_setaffinity(0, cores_now)
         second.kill()
         second.wait(5)
+
+
+async def test_slow_streams_of_a_server_gone_mid_run_do_not_outlive_the_scenario() -> None:
+    server = await asyncio.get_running_loop().create_server(_Stalling, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    target = loadgen.Target("127.0.0.1", port, "/", b"{}", b"\n\n", b'"a"', b"[DONE]", 1)
+    reads = 0
+
+    def rss_kb() -> int:  # the idle RSS is read; by the plateau /proc/PID is gone
+        nonlocal reads
+        reads += 1
+        if reads > 1:
+            raise FileNotFoundError("/proc/123/status")
+        return 1000
+
+    gone = SimpleNamespace(rss_kb=rss_kb, cpu=lambda: 0.0, pid=os.getpid())
+    before = asyncio.all_tasks()
+    try:
+        with pytest.raises(FileNotFoundError):
+            await asyncio.wait_for(run.hold(target, 3, gone, 3, []), 10)  # type: ignore[arg-type]
+        assert not (asyncio.all_tasks() - before - {asyncio.current_task()})
+        for _ in range(20):  # the stalled streams' connections are closed
+            if not _open:
+                break
+            await asyncio.sleep(0.01)
+        assert not _open
+    finally:
+        server.close()
