@@ -4,12 +4,14 @@ measured."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -91,13 +93,21 @@ class _Stalling(asyncio.Protocol):
 _open: list[_Stalling] = []
 
 
-async def test_a_stream_that_never_ends_is_a_failed_stream_and_its_user_is_stopped() -> None:
-    server = await asyncio.get_running_loop().create_server(_Stalling, "127.0.0.1", 0)
+@contextlib.asynccontextmanager
+async def _serving(protocol: Callable[[], asyncio.Protocol]) -> AsyncIterator[loadgen.Target]:
+    """A loopback server speaking `protocol`, as the load generator's target."""
+    server = await asyncio.get_running_loop().create_server(protocol, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    target = loadgen.Target("127.0.0.1", port, "/", b"{}", b"\n\n", b'"a"', b"[DONE]", 1)
-    stats = loadgen.Stats(measuring=True)
-    users = [asyncio.create_task(loadgen.user(target, stats, time.perf_counter() + 0.1))]
     try:
+        yield loadgen.Target("127.0.0.1", port, "/", b"{}", b"\n\n", b'"a"', b"[DONE]", 1)
+    finally:
+        server.close()
+
+
+async def test_a_stream_that_never_ends_is_a_failed_stream_and_its_user_is_stopped() -> None:
+    async with _serving(_Stalling) as target:
+        stats = loadgen.Stats(measuring=True)
+        users = [asyncio.create_task(loadgen.user(target, stats, time.perf_counter() + 0.1))]
         await asyncio.sleep(0.2)
         await asyncio.wait_for(loadgen.finish(users, stats, 0.2), 2)
         assert stats.errors_total == 1
@@ -108,8 +118,6 @@ async def test_a_stream_that_never_ends_is_a_failed_stream_and_its_user_is_stopp
                 break
             await asyncio.sleep(0.01)
         assert not _open
-    finally:
-        server.close()
 
 
 def _this_process() -> Proc:
@@ -127,13 +135,8 @@ async def test_slow_streams_count_each_refused_connection_once() -> None:
 async def test_slow_streams_that_never_end_are_failed_streams(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(run, "STALL", 0.2)
-    server = await asyncio.get_running_loop().create_server(_Stalling, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    target = loadgen.Target("127.0.0.1", port, "/", b"{}", b"\n\n", b'"a"', b"[DONE]", 1)
-    try:
+    async with _serving(_Stalling) as target:
         held = await asyncio.wait_for(run.hold(target, 2, _this_process(), 3, []), 10)
-    finally:
-        server.close()
     assert held["errors"] == 2
     assert held["streams_open_at_once"] == 2
     assert held["streams_ok"] == 0
@@ -152,13 +155,8 @@ class _Cutting(asyncio.Protocol):
 
 
 async def test_slow_streams_already_cut_are_not_counted_as_open_at_once() -> None:
-    server = await asyncio.get_running_loop().create_server(_Cutting, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    target = loadgen.Target("127.0.0.1", port, "/", b"{}", b"\n\n", b'"a"', b"[DONE]", 1)
-    try:
+    async with _serving(_Cutting) as target:
         held = await asyncio.wait_for(run.hold(target, 3, _this_process(), 3, []), 10)
-    finally:
-        server.close()
     assert held["errors"] == 3
     # Every stream had its first token, and every one had ended when the RSS was read.
     assert held["streams_open_at_once"] == 0
@@ -264,23 +262,20 @@ async def test_a_scenario_that_crashes_after_recording_misses_its_targets(
 
 
 async def test_a_server_gone_mid_window_stops_the_scenarios_users() -> None:
-    server = await asyncio.get_running_loop().create_server(_Stalling, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    target = loadgen.Target("127.0.0.1", port, "/", b"{}", b"\n\n", b'"a"', b"[DONE]", 1)
-    calls = 0
+    async with _serving(_Stalling) as target:
+        calls = 0
 
-    def cpu() -> float:  # the first read works; by the window's end /proc/PID is gone
-        nonlocal calls
-        calls += 1
-        if calls > 1:
-            raise FileNotFoundError("/proc/123/stat")
-        return 0.0
+        def cpu() -> float:  # the first read works; by the window's end /proc/PID is gone
+            nonlocal calls
+            calls += 1
+            if calls > 1:
+                raise FileNotFoundError("/proc/123/stat")
+            return 0.0
 
-    gone = SimpleNamespace(cpu=cpu, kernel_cpu=lambda: 0.0, syscalls=lambda: None,
-                           reset_peak=lambda: None)
-    plan = SimpleNamespace(warmup=0.05)
-    before = asyncio.all_tasks()
-    try:
+        gone = SimpleNamespace(cpu=cpu, kernel_cpu=lambda: 0.0, syscalls=lambda: None,
+                               reset_peak=lambda: None)
+        plan = SimpleNamespace(warmup=0.05)
+        before = asyncio.all_tasks()
         with pytest.raises(FileNotFoundError):
             await asyncio.wait_for(run.measure(target, 2, plan, gone, [], 0.05), 5)  # type: ignore[arg-type]
         assert not (asyncio.all_tasks() - before - {asyncio.current_task()})
@@ -289,8 +284,6 @@ async def test_a_server_gone_mid_window_stops_the_scenarios_users() -> None:
                 break
             await asyncio.sleep(0.01)
         assert not _open
-    finally:
-        server.close()
 
 
 def test_workers_scaling_without_a_cost_or_a_split_is_unmeasured_not_a_crash() -> None:
@@ -381,21 +374,18 @@ async def test_two_workers_are_not_measured_before_both_listen(
 
 
 async def test_slow_streams_of_a_server_gone_mid_run_do_not_outlive_the_scenario() -> None:
-    server = await asyncio.get_running_loop().create_server(_Stalling, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    target = loadgen.Target("127.0.0.1", port, "/", b"{}", b"\n\n", b'"a"', b"[DONE]", 1)
-    reads = 0
+    async with _serving(_Stalling) as target:
+        reads = 0
 
-    def rss_kb() -> int:  # the idle RSS is read; by the plateau /proc/PID is gone
-        nonlocal reads
-        reads += 1
-        if reads > 1:
-            raise FileNotFoundError("/proc/123/status")
-        return 1000
+        def rss_kb() -> int:  # the idle RSS is read; by the plateau /proc/PID is gone
+            nonlocal reads
+            reads += 1
+            if reads > 1:
+                raise FileNotFoundError("/proc/123/status")
+            return 1000
 
-    gone = SimpleNamespace(rss_kb=rss_kb, cpu=lambda: 0.0, pid=os.getpid())
-    before = asyncio.all_tasks()
-    try:
+        gone = SimpleNamespace(rss_kb=rss_kb, cpu=lambda: 0.0, pid=os.getpid())
+        before = asyncio.all_tasks()
         with pytest.raises(FileNotFoundError):
             await asyncio.wait_for(run.hold(target, 3, gone, 3, []), 10)  # type: ignore[arg-type]
         assert not (asyncio.all_tasks() - before - {asyncio.current_task()})
@@ -404,5 +394,3 @@ async def test_slow_streams_of_a_server_gone_mid_run_do_not_outlive_the_scenario
                 break
             await asyncio.sleep(0.01)
         assert not _open
-    finally:
-        server.close()
