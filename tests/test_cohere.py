@@ -677,3 +677,37 @@ def test_calls_that_share_an_id_get_distinct_ids_their_results_name() -> None:
     first, second = (call["id"] for call in sent[1]["tool_calls"])
     assert first == "call_0" and second != first
     assert [m["tool_call_id"] for m in sent[2:]] == [first, second]
+
+
+def test_thinking_and_tool_plan_are_one_reasoning_in_one_order_streamed_or_not() -> None:
+    # A reasoning model thinks first, then plans its calls: streamed and whole give the two
+    # in that order, a blank line between them (joined bare, "Hm.I will…" ran together).
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    stream = events(
+        START,
+        {"type": "content-start", "index": 0,
+         "delta": {"message": {"content": {"type": "thinking", "thinking": ""}}}},
+        {"type": "content-delta", "index": 0,
+         "delta": {"message": {"content": {"thinking": "Hm."}}}},
+        {"type": "content-end", "index": 0},
+        {"type": "tool-plan-delta", "delta": {"message": {"tool_plan": "I will"}}},
+        {"type": "tool-plan-delta", "delta": {"message": {"tool_plan": " call f."}}},
+        {"type": "tool-call-start", "index": 0, "delta": {"message": {"tool_calls": call}}},
+        {"type": "tool-call-end", "index": 0},
+        end("TOOL_CALL"),
+    )
+    streamed = collect(sse_chunks(translate([stream])))
+    whole = to_completion(orjson.dumps({"finish_reason": "TOOL_CALL", "message": {
+        "role": "assistant", "tool_plan": "I will call f.",
+        "content": [{"type": "thinking", "thinking": "Hm."}], "tool_calls": [call]}}),
+        completion_id="x", created=0, model="m", provider="cohere")
+    assert streamed.reasoning == "Hm.\n\nI will call f."
+    assert whole["choices"][0]["message"]["reasoning_content"] == "Hm.\n\nI will call f."
+    # Either alone is as it came.
+    plan_only = events(START, {"type": "tool-plan-delta",
+                               "delta": {"message": {"tool_plan": "I will call f."}}},
+                       {"type": "tool-call-start", "index": 0,
+                        "delta": {"message": {"tool_calls": call}}},
+                       {"type": "tool-call-end", "index": 0}, end("TOOL_CALL"))
+    assert collect(sse_chunks(translate([plan_only]))).reasoning == "I will call f."
+    assert collect(sse_chunks(translate([TEXT_SSE]))).reasoning == "Hm."

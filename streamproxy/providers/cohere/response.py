@@ -18,6 +18,7 @@ from streamproxy.providers.base import WRONG_SHAPE
 from streamproxy.providers.cohere.stream import (
     FAILED,
     NULL,
+    PLAN_BREAK,
     failure,
     finish_reason,
     map_usage,
@@ -35,8 +36,7 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
             usage = map_usage(resp["usage"]) if resp.get("usage") else None
             raise failure(reason, resp.get("error"), provider).with_usage(usage)
         out = CompletionBuilder()
-        if message.get("tool_plan"):
-            out.reasoning(message["tool_plan"])
+        thought = False
         for block in message.get("content") or ():
             # As the stream's content-start: what the first block is says the role chunk's
             # content ("" before text), and an empty block adds nothing.
@@ -45,7 +45,10 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
                 if block.get("text"):
                     out.content(block["text"])
             elif block.get("type") == "thinking":
+                thought = True
                 out.reasoning(block.get("thinking") or "")
+        if message.get("tool_plan"):  # after the thinking, as streamed
+            out.reasoning((PLAN_BREAK if thought else "") + message["tool_plan"])
         seen: set[bytes] = set()
         cited = [e for c in message.get("citations") or ()
                  for e in unseen_citations(url_citations(c), seen)]

@@ -6,7 +6,8 @@
 - `tool-plan-delta` → reasoning_content. The plan ("I will use the weather tool…") is the
   model's reasoning before it calls tools; OpenAI's schema has no slot for it, and
   `reasoning_content` is where OpenAI-compatible clients already look for text that is not the
-  answer — putting it in `content` would make a tool turn look like a text answer.
+  answer — putting it in `content` would make a tool turn look like a text answer; after
+  thinking it follows a blank line (PLAN_BREAK).
 - `tool-call-start` (its `tool_calls` is one object, not an array) → tool_call_start. Cohere's
   `index` is already a dense tool ordinal, but we keep our own (running count, mapped from
   Cohere's index) so a gap or a shared content/tool numbering can never make a client merge two
@@ -46,6 +47,9 @@ FINISH_REASONS = {
 # A call's arguments when its tool has no parameters (non-streamed and streamed): OpenAI's
 # are always a JSON object, so it goes to the client as "{}".
 NULL = "null"
+# Between a reasoning model's thinking and its tool plan, both reasoning_content: it thinks
+# first, then plans its calls (streamed and whole alike); joined bare, their words ran together.
+PLAN_BREAK = "\n\n"
 # Finish reasons that mean the answer failed: HTTP status of the error frame.
 FAILED = {"ERROR": 502, "TIMEOUT": 504}
 
@@ -104,6 +108,8 @@ class CohereStreamTranslator(SSETranslator):
         self._held: dict[int, str] = {}  # a call's first fragments while they may spell null
         self._cited: set[bytes] = set()  # the url_citations sent
         self._started = False
+        self._thought = False  # a thinking block began (a plan after it needs PLAN_BREAK)
+        self._planned = False  # some of the tool plan was sent
 
     def on_event(self, event: SSEEvent) -> None:
         data = event.data
@@ -135,6 +141,10 @@ class CohereStreamTranslator(SSETranslator):
             self._start()
             plan = msg["delta"]["message"].get("tool_plan")
             if plan:
+                if not self._planned:
+                    self._planned = True
+                    if self._thought:
+                        plan = PLAN_BREAK + plan
                 self.out.reasoning(plan)
         elif kind == "tool-call-start":
             self._tool_start(msg)
@@ -151,6 +161,8 @@ class CohereStreamTranslator(SSETranslator):
             # What the answer's first block is says what the role chunk holds, so it leaves
             # with this read even when the block's first delta comes in a later one.
             self.out.start(None, content.get("type", "text") == "text")
+            if content.get("type") == "thinking":
+                self._thought = True
             if content.get("text"):
                 self.out.content(content["text"])
             elif content.get("thinking"):
