@@ -476,9 +476,9 @@ def test_json_schema_and_reasoning_effort() -> None:
     assert out["response_format"] == {"type": "json_object", "json_schema": schema}
     assert out["thinking"] == {"type": "enabled", "token_budget": 1024}
     assert to_cohere(_body(reasoning_effort="none"), "m")["thinking"] == {"type": "disabled"}
-    # OpenAI's max, above xhigh: the largest budget, as xhigh's.
+    # OpenAI's max, above xhigh: the largest budget, as xhigh's (31K: Cohere's advice).
     assert to_cohere(_body(reasoning_effort="max"), "m")["thinking"] == {
-        "type": "enabled", "token_budget": 32768}
+        "type": "enabled", "token_budget": 31000}
 
 
 @pytest.mark.parametrize("status", [400, 401, 429, 500])
@@ -711,3 +711,21 @@ def test_thinking_and_tool_plan_are_one_reasoning_in_one_order_streamed_or_not()
                        {"type": "tool-call-end", "index": 0}, end("TOOL_CALL"))
     assert collect(sse_chunks(translate([plan_only]))).reasoning == "I will call f."
     assert collect(sse_chunks(translate([TEXT_SSE]))).reasoning == "Hm."
+
+
+@pytest.mark.parametrize(("effort", "max_tokens", "budget"), [
+    ("max", None, 31000), ("xhigh", None, 31000), ("high", None, 16384),
+    # Below the client's max, which counts thinking and answer: 1000 left for the answer,
+    # or half of a max smaller than twice that.
+    ("high", 8000, 7000), ("max", 32000, 31000), ("low", 1500, 750), ("medium", 1, 1),
+])
+def test_thinking_budget_leaves_room_for_the_answer(effort: str, max_tokens: int | None,
+                                                    budget: int) -> None:
+    # Cohere's reasoning docs: leave at least 1K tokens for the response (31K at most, under
+    # Command A Reasoning's 32,000-token output cap).
+    extra = {"max_tokens": max_tokens} if max_tokens else {}
+    assert to_cohere(_body(reasoning_effort=effort, **extra), "m")["thinking"] == {
+        "type": "enabled", "token_budget": budget}
+    if max_tokens:  # (OpenAI's current name is the same cap)
+        assert to_cohere(_body(reasoning_effort=effort, max_completion_tokens=max_tokens),
+                         "m")["thinking"]["token_budget"] == budget

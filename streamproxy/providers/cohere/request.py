@@ -28,7 +28,8 @@ Choices (docs/providers/others.md "cohere"):
 - `top_k` (no OpenAI parameter, but the extra_body name Anthropic, Gemini and Ollama take) → `k`;
 - response_format json_object → {"type": "json_object"}, json_schema → the same with
   `json_schema: <schema>`;
-- reasoning_effort → `thinking` ("none" → disabled, otherwise enabled with a token budget);
+- reasoning_effort → `thinking` ("none" → disabled, otherwise enabled with a token budget,
+  31K at most and leaving the answer ANSWER_ROOM below the client's max: `_budget`);
 - Cohere-native parameters in PASSTHROUGH may come from the client (openai SDK `extra_body`);
 - parameters in DROPPED are dropped; `n` > 1 is rejected.
 """
@@ -68,8 +69,11 @@ PENALTY_MAX = 1  # Cohere's penalties go from 0 to 1; OpenAI's from -2 to 2
 # The image types Cohere's vision models take (its image-inputs docs: PNG, JPEG, WebP, GIF);
 # a data: URL goes with the type as Cohere spells it (`image_media_type`).
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
-THINKING_BUDGET = {"minimal": 512, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768,
-                   "max": 32768}
+# Cohere's reasoning docs: leave at least 1K tokens of the output for the answer ("to reason
+# until the maximum limit, we recommend 31K": Command A Reasoning's output cap is 32,000).
+ANSWER_ROOM = 1000
+THINKING_BUDGET = {"minimal": 512, "low": 1024, "medium": 4096, "high": 16384,
+                   "xhigh": 32000 - ANSWER_ROOM, "max": 32000 - ANSWER_ROOM}
 
 
 def to_cohere(body: dict[str, Any], model: str) -> dict[str, Any]:
@@ -104,7 +108,8 @@ def to_cohere(body: dict[str, Any], model: str) -> dict[str, Any]:
     if effort == "none":
         out["thinking"] = {"type": "disabled"}
     elif effort in THINKING_BUDGET:
-        out["thinking"] = {"type": "enabled", "token_budget": THINKING_BUDGET[effort]}
+        out["thinking"] = {"type": "enabled",
+                           "token_budget": _budget(THINKING_BUDGET[effort], max_tokens)}
     for key in PASSTHROUGH:
         if body.get(key) is not None:
             out[key] = body[key]
@@ -112,6 +117,15 @@ def to_cohere(body: dict[str, Any], model: str) -> dict[str, Any]:
     if body.get("stream"):
         out["stream"] = True
     return out
+
+
+def _budget(budget: int, max_tokens: int | None) -> int:
+    """The effort's thinking budget, below the client's max (which counts thinking and answer
+    alike): ANSWER_ROOM left for the answer, or half of a max under twice that; a positive
+    number, as Cohere requires. A budget above it left no answer, or none at all."""
+    if not max_tokens:
+        return budget
+    return max(min(budget, max_tokens - min(ANSWER_ROOM, max_tokens // 2)), 1)
 
 
 def _p(top_p: float) -> float:
