@@ -217,6 +217,32 @@ class ChunkEncoder:
     def pending(self) -> bool:
         return bool(self._buf or self._role)
 
+    def role_only(self) -> bool:
+        """Asked once, at the commit: the frames due are the answer's role chunk alone, with
+        nothing of the answer in it (an OpenAI-compatible reasoning model sends it at once,
+        then thinks in silence). `chunks` passes 1 when more followed."""
+        if not self.chunks:  # (a translator's start(): its role chunk is built by take())
+            return bool(self._role) and not self._buf
+        if self.chunks != 1:
+            return False
+        frame = b"".join(self._buf)
+        if not frame.startswith(b"data: "):
+            return False
+        try:
+            chunk = orjson.loads(frame[6:])
+        except orjson.JSONDecodeError:
+            return False
+        choices = chunk.get("choices") if isinstance(chunk, dict) else None
+        return bool(choices) and not chunk.get("usage") and all(
+            isinstance(c, dict) and not c.get("finish_reason")
+            and isinstance(c.get("delta"), dict)
+            and not any(v for k, v in c["delta"].items() if k != "role")
+            for c in choices)
+
+    def past_role(self) -> bool:
+        """After a commit on the role chunk alone: frames followed it (the answer began)."""
+        return self.chunks > 1
+
     # -- envelope ----------------------------------------------------------------------------
     def _envelope(self) -> None:
         self._prefix = b"".join((

@@ -382,7 +382,9 @@ class Executor:
                     raise answer or e from None
             if encoder.failure is not None:
                 raise encoder.failure
-            deadline.first_event()
+            # A role chunk alone is not the first token: a reasoning model that sends it, then
+            # thinks in silence, stays under the first-token timeout, not the shorter idle one.
+            deadline.first_event(encoder.past_role if encoder.role_only() else None)
             return OpenedStream(target, resp, translator, encoder, deadline)
         except BaseException as e:
             parts.note_usage()

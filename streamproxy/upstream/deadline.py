@@ -12,15 +12,16 @@ client disconnect (`owns()`), as asyncio.timeout does.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from streamproxy.config import Timeouts
 from streamproxy.errors import ProxyError, RequestTimeout, UpstreamTimeout
 
 
 class Deadline:
-    __slots__ = ("_handle", "_held", "_last", "_provider", "_resumed", "_since", "_start",
-                 "_streaming", "_task", "_timeouts", "_total_end", "expired", "loop", "max_gap",
-                 "reads")
+    __slots__ = ("_answered", "_handle", "_held", "_last", "_provider", "_resumed", "_since",
+                 "_start", "_streaming", "_task", "_timeouts", "_total_end", "expired", "loop",
+                 "max_gap", "reads")
 
     def __init__(self, timeouts: Timeouts, provider: str,
                  first_try: float | None = None) -> None:
@@ -39,6 +40,8 @@ class Deadline:
                            else (self._start if first_try is None else first_try)
                            + timeouts.total)
         self._streaming = False
+        # After a commit on a role chunk alone (see first_event): whether the answer began since
+        self._answered: Callable[[], bool] | None = None
         self._held = False  # upstream reads paused for a slow client (`hold`)
         # When they last resumed: the idle gap counts from there or the last read, whichever
         # is later. Not `_last`, which the gap metrics read: they include the client's waits.
@@ -74,6 +77,8 @@ class Deadline:
             return min(self._total_end, self.loop.time() + self._timeouts.idle)
         due = (max(self._last, self._resumed) + self._timeouts.idle if self._streaming
                else self._start + self._first_token())
+        if self._answered is not None:  # the answer may begin any time and its idle gap
+            due = min(due, self.loop.time() + self._timeouts.idle)  # end: look by then
         if self._total_end is not None:
             due = min(due, self._total_end)
         return due
@@ -87,10 +92,16 @@ class Deadline:
         self._last = now
         self.reads += 1
 
-    def first_event(self) -> None:
-        """The first upstream event arrived: from now on the idle gap applies."""
-        self._streaming = True
+    def first_event(self, answered: Callable[[], bool] | None = None) -> None:
+        """The first upstream event arrived: from now on the idle gap applies. `answered`:
+        the event gave the client a role chunk alone (a reasoning model's, sent before it
+        thinks in silence), so the first-token timeout runs on until the answer begins, which
+        the timer, when it fires, asks `answered()` about (reads do nothing more)."""
         self._last = self._since = self.loop.time()
+        if answered is None:
+            self._streaming = True
+        else:
+            self._answered = answered
         due = self._due()  # later than the armed time, unless the timer already re-armed
         if self._handle is not None and due is not None and due < self._handle.when():
             self._handle.cancel()
@@ -110,6 +121,9 @@ class Deadline:
 
     def _fire(self) -> None:
         now = self.loop.time()
+        if self._answered is not None and self._answered():
+            self._answered = None
+            self._streaming = True  # the idle gap counts from the last read
         due = self._due()
         if due is None:  # held, with no total: release() re-arms
             self._handle = None

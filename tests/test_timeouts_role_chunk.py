@@ -1,0 +1,142 @@
+"""An OpenAI-compatible reasoning model (OpenAI's o-series, vLLM, DeepSeek's reasoner behind a
+relay) sends its role chunk at once, then thinks in silence: that chunk commits the stream but
+is not its first token, so the first-token timeout, not the idle one, runs until the answer
+begins. Fake upstreams on loopback, short timeouts, both relays."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from streamproxy.config import Timeouts
+from streamproxy.providers.openai_compat import PassthroughTranslator
+from streamproxy.upstream.client import CLIENT_ENV
+from streamproxy.upstream.deadline import Deadline
+from tests.helpers import collect, make_config, make_encoder, sse_chunks
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+def frame(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    return b"data: %s\n\n" % orjson.dumps({
+        "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "o3",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+
+
+ROLE = frame({"role": "assistant", "content": "", "refusal": None})  # OpenAI's first chunk
+ANSWER = frame({"content": "42"}) + frame({}, "stop") + b"data: [DONE]\n\n"
+
+
+async def _stream(proxy: Any, upstream: Any, timeouts: dict[str, float]) -> Any:
+    client = await proxy(make_config(
+        {"o": {"type": "openai", "base_url": upstream.url, "api_key": "k",
+               "default_model": "o3", "timeouts": timeouts}}, default="o"))
+    resp = await client.post("/v1/chat/completions",
+                             json={"messages": USER, "stream": True})
+    assert resp.status == 200
+    return collect(sse_chunks(await resp.read()))
+
+
+@pytest.mark.parametrize("upstream_client", ["native", "aiohttp"])  # piped, pulled relay
+async def test_a_silent_think_after_the_role_chunk_runs_under_the_first_token_timeout(
+        upstream_client: str, proxy: Any, upstream: Any, monkeypatch: Any) -> None:
+    # The answer comes 0.6 s after the role chunk: past the idle timeout (0.25), within the
+    # first-token one. The idle timeout cut the think with an error frame.
+    monkeypatch.setenv(CLIENT_ENV, upstream_client)
+    upstream.pieces = [ROLE, ANSWER]
+    upstream.piece_delay = 0.6
+    c = await _stream(proxy, upstream, {"first_token": 5, "idle": 0.25})
+    assert c.error is None and c.done and c.content == "42"
+
+
+@pytest.mark.parametrize("upstream_client", ["native", "aiohttp"])
+async def test_the_idle_timeout_applies_once_the_answer_began_after_a_role_chunk(
+        upstream_client: str, proxy: Any, upstream: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv(CLIENT_ENV, upstream_client)
+    upstream.pieces = [ROLE, frame({"content": "4"})]
+    upstream.piece_delay = 0.1
+    upstream.hold_open = True  # then a stall: the idle timeout (0.25), not the first-token
+    c = await _stream(proxy, upstream, {"first_token": 30, "idle": 0.25})
+    assert c.content == "4" and not c.done
+    assert c.error is not None and c.error["code"] == "upstream_timeout"
+    assert "idle" in c.error["message"]
+
+
+async def test_a_think_past_the_first_token_timeout_after_a_role_chunk_is_cut(
+        proxy: Any, upstream: Any) -> None:
+    upstream.pieces = [ROLE]
+    upstream.hold_open = True
+    c = await _stream(proxy, upstream, {"first_token": 0.4, "idle": 0.15})
+    assert not c.done and c.error is not None and c.error["code"] == "upstream_timeout"
+    assert "first-token" in c.error["message"]
+
+
+@pytest.mark.parametrize(("frames", "role_only"), [
+    (ROLE, True),
+    (frame({"role": "assistant"}), True),
+    (frame({"role": "assistant", "content": "Hi"}), False),
+    (frame({"role": "assistant", "reasoning_content": "Let me"}), False),
+    (frame({"role": "assistant", "content": None, "tool_calls": [
+        {"index": 0, "id": "c", "type": "function",
+         "function": {"name": "f", "arguments": ""}}]}), False),
+    (frame({"role": "assistant", "content": ""}, "stop"), False),
+    (ROLE + frame({"content": "Hi"}), False),  # both came in the first read
+])
+def test_role_only_is_a_role_chunk_with_nothing_of_the_answer(
+        frames: bytes, role_only: bool) -> None:
+    encoder = make_encoder()
+    translator = PassthroughTranslator(encoder, 1 << 20, provider="o",
+                                       client_wants_usage=False)
+    translator.feed(frames)
+    assert encoder.pending and encoder.role_only() is role_only
+    if role_only:
+        encoder.take()
+        assert not encoder.past_role()
+        translator.feed(frame({"content": "4"}))
+        assert encoder.past_role()
+
+
+def test_a_translators_role_chunk_alone_is_role_only() -> None:
+    encoder = make_encoder()
+    encoder.start(None, True)  # (Anthropic's text block began: its first delta is to come)
+    assert encoder.pending and encoder.role_only()
+    encoder.take()
+    assert not encoder.past_role()
+    encoder.content("4")
+    assert encoder.past_role()
+    other = make_encoder()
+    other.start(None, True)
+    other.content("4")
+    assert not other.role_only()
+
+
+@pytest.mark.parametrize("role_chunk_at", [0.0, 0.2])  # before, after the timer first fired
+async def test_an_answer_that_begins_after_the_timer_looked_still_gets_the_idle_timeout(
+        role_chunk_at: float) -> None:
+    # The timer finds no answer at 0.15 s; it begins at 0.25 s, then stalls: the idle timeout
+    # ends it 0.15 s later, not the first-token timeout (30 s) the timer could have waited for.
+    loop = asyncio.get_running_loop()
+    began: list[bool] = []
+    start = loop.time()
+    at: list[float] = []
+
+    async def stream() -> None:
+        deadline = Deadline(Timeouts(first_token=30, idle=0.15), "p")
+        try:
+            await asyncio.sleep(role_chunk_at)
+            deadline.first_event(lambda: bool(began))
+            await asyncio.sleep(0.25 - role_chunk_at)
+            deadline.progress()
+            began.append(True)
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            assert deadline.owns() and "idle" in str(deadline.expired)
+            at.append(loop.time() - start)
+        finally:
+            deadline.cancel()
+
+    await asyncio.wait_for(asyncio.create_task(stream()), 10)
+    assert at and 0.38 <= at[0] < 2, at
