@@ -119,7 +119,8 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord,
         record.finish_reason = encoder.finish_reason
         record.note_usage(encoder.usage_data, translator,
                           ended=encoder.ended and encoder.failure is None)
-        record.upstream_reads, record.gap_max, record.gap_mean = deadline.gap_stats()
+        record.upstream_reads, record.gap_max, record.gap_mean = deadline.gap_stats(
+            cut=not translator.done)
         if encoder.failure is not None:
             record.error_type = encoder.failure.error_type
             record.error_code = encoder.failure.code

@@ -236,7 +236,7 @@ class Metrics:
             series.duration.observe(r.duration)
         if r.stream and r.ttft is not None and asked:
             series.ttft.observe(r.ttft)
-        if r.upstream_reads and r.gap_max is not None and r.gap_mean is not None:
+        if r.gap_max is not None and r.gap_mean is not None:  # (a cut stream's: no read)
             series.gap_max.observe(r.gap_max)
             series.gap_mean.observe(r.gap_mean)
         if isinstance(r.usage, dict) and asked:

@@ -168,11 +168,20 @@ class Deadline:
         """True when `exc` is our own expiry and nobody else also cancelled the task."""
         return self.expired is not None and self._task.uncancel() == 0
 
-    def gap_stats(self) -> tuple[int, float | None, float | None]:
-        """(reads, largest gap, mean gap) since the first event; gaps None without a read."""
-        if not self.reads:
+    def gap_stats(self, cut: bool = False) -> tuple[int, float | None, float | None]:
+        """(reads, largest gap, mean gap) since the first event; gaps None without one.
+        `cut`: the stream ended without its end event (a timeout, the client gone, an error),
+        so the silence since the last read is a gap too — the one an idle timeout ended it
+        for, which measured between reads alone it was not."""
+        reads, end, largest = self.reads, self._last, self.max_gap
+        gaps = reads
+        if cut:  # (once per stream: no read pays for it)
+            end = self.loop.time()
+            largest = max(largest, end - self._last)
+            gaps += 1
+        if not gaps:
             return 0, None, None
-        return self.reads, self.max_gap, (self._last - self._since) / self.reads
+        return reads, largest, (end - self._since) / gaps
 
     def cancel(self) -> None:
         if self._handle is not None:

@@ -1,0 +1,68 @@
+"""A stream that ends without its end event — an idle timeout, above all — records the silence
+it ended in as its last gap: the access log's `max_gap_ms` and the gap histograms measured
+between reads only, so a stream cut by a long idle gap logged the small gaps before it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from streamproxy.config import Timeouts
+from streamproxy.upstream.client import CLIENT_ENV
+from streamproxy.upstream.deadline import Deadline
+from tests.helpers import collect, make_config, metric_value, sse_chunks
+
+
+def frame(delta: dict[str, Any]) -> bytes:
+    return b"data: %s\n\n" % orjson.dumps({
+        "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]})
+
+
+@pytest.mark.parametrize("upstream_client", ["native", "aiohttp"])  # piped, pulled relay
+async def test_an_idle_timeout_logs_the_gap_that_ended_the_stream(
+        upstream_client: str, proxy: Any, upstream: Any, access_log: Any,
+        monkeypatch: Any) -> None:
+    monkeypatch.setenv(CLIENT_ENV, upstream_client)
+    upstream.pieces = [frame({"role": "assistant", "content": "a"}), frame({"content": "b"}),
+                       frame({"content": "c"})]
+    upstream.piece_delay = 0.01
+    upstream.hold_open = True  # then silence, until the idle timeout (0.3 s)
+    lbl = {"provider": "o", "model": "m"}
+    before = metric_value("streamproxy_stream_max_gap_seconds_sum", lbl)
+    client = await proxy(make_config(
+        {"o": {"type": "openai", "base_url": upstream.url, "api_key": "k",
+               "default_model": "m", "timeouts": {"first_token": 5, "idle": 0.3}}},
+        default="o"))
+    resp = await client.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "hi"}], "stream": True})
+    c = collect(sse_chunks(await resp.read()))
+    assert c.content == "abc" and c.error is not None and c.error["code"] == "upstream_timeout"
+    line = access_log()[-1]
+    assert line["error_code"] == "upstream_timeout"
+    assert line["max_gap_ms"] is not None and line["max_gap_ms"] >= 290, line["max_gap_ms"]
+    gap = metric_value("streamproxy_stream_max_gap_seconds_sum", lbl) - before
+    assert gap >= 0.29, gap
+
+
+async def test_a_cut_stream_without_reads_after_its_first_event_has_its_gap() -> None:
+    deadline = Deadline(Timeouts(first_token=30, idle=30), "p")
+    deadline.first_event()
+    await asyncio.sleep(0.05)
+    reads, gap_max, gap_mean = deadline.gap_stats(cut=True)
+    deadline.cancel()
+    assert reads == 0 and gap_max is not None and gap_mean is not None
+    assert 0.04 <= gap_max < 5 and gap_mean == gap_max
+
+
+async def test_a_stream_that_ended_normally_adds_no_gap() -> None:
+    deadline = Deadline(Timeouts(first_token=30, idle=30), "p")
+    deadline.first_event()
+    deadline.progress()  # its end came with this read
+    await asyncio.sleep(0.05)  # (the relay's own work after it)
+    reads, gap_max, _ = deadline.gap_stats()
+    deadline.cancel()
+    assert reads == 1 and gap_max is not None and gap_max < 0.04
