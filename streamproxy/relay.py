@@ -45,12 +45,13 @@ class _KeepAlive:
     long tool input a whole key at a time) is not cut by a load balancer's idle timeout. Only
     such reads look at the clock: a read with frames costs nothing more."""
 
-    __slots__ = ("_due", "_interval", "_loop", "sent")
+    __slots__ = ("_due", "_handle", "_interval", "_loop", "sent")
 
     def __init__(self, interval: float, loop: asyncio.AbstractEventLoop) -> None:
         self._interval = interval
         self._loop = loop
         self._due = loop.time() + interval
+        self._handle: asyncio.TimerHandle | None = None
         self.sent = 0
 
     def due(self) -> bool:
@@ -60,6 +61,27 @@ class _KeepAlive:
         self._due = now + self._interval
         self.sent += 1
         return True
+
+    def until_answer(self, write_now: Callable[[bytes], None],
+                     began: Callable[[], bool]) -> None:
+        """The stream committed on a role chunk alone and the model thinks in silence: no
+        read comes to send comments on, so a timer sends them until `began()` (the first
+        token) — the wait the comments before a commit cover, as a load balancer sees it."""
+        if began():
+            self._handle = None
+            return
+        if self.due():  # (else a ping's comment went out within the interval)
+            try:
+                write_now(KEEPALIVE_COMMENT)
+            except (ConnectionError, OSError):  # the client is gone: the relay hears of it
+                self._handle = None
+                return
+        self._handle = self._loop.call_at(self._due, self.until_answer, write_now, began)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord,
@@ -74,6 +96,8 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord,
                 await client.finish(first)
             else:
                 await client.write(first)
+                if kept is not None and client.direct and deadline.first_token_due:
+                    kept.until_answer(client.write_now, encoder.past_role)
                 if isinstance(upstream, Response) and client.direct:
                     await _Pump(translator, encoder, deadline, client, upstream, kept).run()
                 else:
@@ -106,6 +130,8 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord,
         record.client_disconnected = True
     finally:
         deadline.cancel()
+        if kept is not None:
+            kept.stop()
         if translator.done:
             # Back to the pool; the native client first reads the body's end if it is still
             # on its way (typically the chunked terminator, one read behind the last event).

@@ -140,3 +140,26 @@ async def test_an_answer_that_begins_after_the_timer_looked_still_gets_the_idle_
 
     await asyncio.wait_for(asyncio.create_task(stream()), 10)
     assert at and 0.38 <= at[0] < 2, at
+
+
+@pytest.mark.parametrize("upstream_client", ["native", "aiohttp"])  # piped, pulled relay
+async def test_keepalives_while_a_model_thinks_in_silence_after_its_role_chunk(
+        upstream_client: str, proxy: Any, upstream: Any, monkeypatch: Any) -> None:
+    # No read comes while it thinks: the comments went out only on reads, so with
+    # keepalive_interval set the client (and a load balancer) got nothing for the whole think.
+    monkeypatch.setenv(CLIENT_ENV, upstream_client)
+    upstream.pieces = [ROLE, frame({"content": "4"}), frame({"content": "2"}),
+                       frame({}, "stop") + b"data: [DONE]\n\n"]
+    upstream.piece_delay = 0.5
+    client = await proxy(make_config(
+        {"o": {"type": "openai", "base_url": upstream.url, "api_key": "k",
+               "default_model": "o3", "timeouts": {"first_token": 5, "idle": 5}}},
+        default="o", server={"keepalive_interval": 0.1}))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True})
+    body = await resp.read()
+    assert resp.status == 200
+    think = body[:body.index(b'"content":"4"')]
+    assert 2 <= think.count(b"\n\n: keep-alive\n\n") <= 6, think  # ~0.5 s at 0.1 s
+    assert b"keep-alive" not in body[body.index(b'"content":"4"'):]  # answering: no timer
+    c = collect(sse_chunks(body))
+    assert c.content == "42" and c.done and c.error is None

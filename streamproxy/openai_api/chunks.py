@@ -240,8 +240,9 @@ class ChunkEncoder:
             for c in choices)
 
     def past_role(self) -> bool:
-        """After a commit on the role chunk alone: frames followed it (the answer began)."""
-        return self.chunks > 1
+        """After a commit on the role chunk alone: frames followed it (the answer began), or
+        the stream ended (an end or error frame is no chunk, and nothing may follow it)."""
+        return self.chunks > 1 or self.ended
 
     # -- envelope ----------------------------------------------------------------------------
     def _envelope(self) -> None:

@@ -107,6 +107,11 @@ class Deadline:
             self._handle.cancel()
             self._handle = self.loop.call_at(due, self._fire)
 
+    @property
+    def first_token_due(self) -> bool:
+        """Committed on a role chunk alone, with no sign yet that the answer began."""
+        return self._answered is not None
+
     def hold(self) -> None:
         """The client's buffer is full and upstream reads are paused: the wait is not the
         provider's, so no idle (or first-token) deadline runs until `release()`."""
