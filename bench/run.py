@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -305,7 +305,24 @@ async def latency(env: Env) -> None:
                lambda port: proxied(port, "mock/paced", 53),
                direct_anthropic(env.mock_port, "paced", 55), env.mock, 16,
                env.plan.paced_window, spread=1.0)
-    # The floor: the same direct streams through a byte forwarder on the proxy's core.
+    row = env.results[-1]
+    await diagnostic(row, "floor", paced_floor(env, row))
+    if env.proxy_core:
+        await diagnostic(row, "awake", paced_awake(env, row))
+
+
+async def diagnostic(row: dict[str, Any], key: str, line: Awaitable[None]) -> None:
+    """Run a diagnostic line: one that crashes marks only itself (`<key>_failed`), as it holds
+    no target; the row's proxied and direct figures were measured and keep their targets."""
+    try:
+        await line
+    except Exception as e:
+        row[f"{key}_failed"] = reason(e)
+        print(f"{'':<15}{key}: FAILED: {row[f'{key}_failed']}", flush=True)
+
+
+async def paced_floor(env: Env, row: dict[str, Any]) -> None:
+    """The floor: the same direct streams through a byte forwarder on the proxy's core."""
     port = free_port()
     hop = start("forwarder", ["-m", "bench.forwarder", "--port", str(port), "--upstream-port",
                               str(env.mock_port)], pin=env.proxy_core, logdir=env.logdir,
@@ -315,10 +332,7 @@ async def latency(env: Env) -> None:
                               env.plan.paced_window, spread=1.0)
     finally:
         hop.stop()
-    row = env.results[-1]
     extra_line(row, "floor", floor, "a byte forwarder in the proxy's place adds TTFT", "")
-    if env.proxy_core:
-        await paced_awake(env, row)
 
 
 def extra_line(row: dict[str, Any], key: str, run: dict[str, Any], says: str,
@@ -821,14 +835,18 @@ async def run(env: Env, only: set[str]) -> None:
 def failed(env: Env, name: str, error: BaseException) -> None:
     """A scenario that crashed (its proxy did not start, or died mid-run): its row says why
     and its targets are missed; the others still run and the JSON is still written."""
-    lines = str(error).strip().splitlines()
-    reason = f"{type(error).__name__}: {lines[0] if lines else ''}"
     row = next((r for r in env.results if r["scenario"] == name), None)
     if row is None:  # nothing recorded before the crash
         row = {"scenario": name, "what": "", "proxied": None, "direct": None, "note": ""}
         env.results.append(row)
-    row["failed"] = reason
-    print(f"{name:<15}FAILED: {reason}", flush=True)
+    row["failed"] = reason(error)
+    print(f"{name:<15}FAILED: {row['failed']}", flush=True)
+
+
+def reason(error: BaseException) -> str:
+    """An exception as one line: its type and its message's first line."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def registered_types() -> set[str]:

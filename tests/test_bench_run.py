@@ -394,3 +394,54 @@ async def test_slow_streams_of_a_server_gone_mid_run_do_not_outlive_the_scenario
                 break
             await asyncio.sleep(0.01)
         assert not _open
+
+
+def _paced_row(env: run.Env) -> None:
+    """paced-c16's measured row: proxied and direct, both within the targets."""
+    figures = dict(concurrency=16, streams_per_s=1.0, events_per_s=1.0,
+                   server_cpu_us_per_event=1.0, server_cpu_pct=50.0, harness_cpu_pct=50.0,
+                   duration_p50_ms=1.0, peak_rss_mb=50.0)
+    run.record(env, "paced-c16", "", _run(ttft_p50_ms=1.2, ttft_p99_ms=2.5, **figures),
+               _run(ttft_p50_ms=1.0, ttft_p99_ms=1.5, **figures))
+
+
+async def _pair_records_paced(env: run.Env, *args: Any, **kwargs: Any) -> None:
+    _paced_row(env)
+
+
+async def test_a_crashing_floor_line_marks_only_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    def start(name: str, *args: Any, **kwargs: Any) -> Proc:
+        raise RuntimeError(f"{name} exited with 1:\nTraceback ...")
+
+    monkeypatch.setattr(run, "pair", _pair_records_paced)
+    monkeypatch.setattr(run, "start", start)
+    env = _env()
+    await run.run(env, {"paced-c16"})
+    (row,) = env.results
+    assert "failed" not in row
+    assert row["floor_failed"] == "RuntimeError: forwarder exited with 1:"
+    checks = _by_target(env.results)
+    assert checks["added TTFT p50 (paced, c16)"]["held"] is True
+    assert checks["added TTFT p99 (paced, c16)"]["held"] is True
+    assert "scenario_failed" not in checks["added TTFT p50 (paced, c16)"]
+
+
+async def test_a_crashing_awake_line_marks_only_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def measure(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return _run(ttft_p50_ms=1.1, ttft_p99_ms=1.6)
+
+    async def paced_awake(env: run.Env, row: dict[str, Any]) -> None:
+        raise FileNotFoundError("/proc/123/stat")  # its proxy died mid-run
+
+    monkeypatch.setattr(run, "pair", _pair_records_paced)
+    monkeypatch.setattr(run, "start", lambda *a, **k: SimpleNamespace(stop=lambda: None))
+    monkeypatch.setattr(run, "measure", measure)
+    monkeypatch.setattr(run, "paced_awake", paced_awake)
+    env = _env()
+    env.proxy_core = os.sched_getaffinity(0)
+    await run.run(env, {"paced-c16"})
+    (row,) = env.results
+    assert "failed" not in row
+    assert row["floor"]["ttft_p50_ms"] == 1.1
+    assert row["awake_failed"] == "FileNotFoundError: /proc/123/stat"
+    assert _by_target(env.results)["added TTFT p50 (paced, c16)"]["held"] is True
