@@ -445,3 +445,18 @@ async def test_a_crashing_awake_line_marks_only_itself(monkeypatch: pytest.Monke
     assert row["floor"]["ttft_p50_ms"] == 1.1
     assert row["awake_failed"] == "FileNotFoundError: /proc/123/stat"
     assert _by_target(env.results)["added TTFT p50 (paced, c16)"]["held"] is True
+
+
+@pytest.mark.parametrize("kind", ["gemini", "bedrock"])
+async def test_a_translated_scenarios_proxy_that_does_not_start_is_failed_not_skipped(
+        monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    def start_proxy(*args: Any, **kwargs: Any) -> tuple[Proc, int]:
+        raise RuntimeError("proxy exited with 1:\nconfig error: ...")
+
+    monkeypatch.setattr(run, "start_proxy", start_proxy)
+    env = _env()
+    env.types = {kind}
+    await run.run(env, {f"{kind}-c32"})
+    (row,) = env.results
+    assert row["failed"] == "RuntimeError: proxy exited with 1:"
+    assert "skipped" not in row["note"]
