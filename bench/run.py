@@ -868,31 +868,39 @@ def main(argv: list[str] | None = None) -> None:
         os.sched_setaffinity(0, harness_core)
     started = time.monotonic()
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="streamproxy-bench-") as tmp:
-        logdir = Path(tmp)
-        mock_port, upstream_port = free_port(), free_port()
-        mock = start("mock", ["-m", "streamproxy", "mock", "--port", str(mock_port)],
-                     pin=harness_core, logdir=logdir, port=mock_port)
-        upstream = start("upstream", ["-m", "bench.upstreams", "--port", str(upstream_port)],
-                         pin=harness_core, logdir=logdir, port=upstream_port)
-        env = Env(plan, logdir, proxy_core, harness_core, mock, mock_port, upstream,
-                  upstream_port, registered_types())
-        pinning = (f"proxy on CPU {sorted(proxy_core)}, load generator + upstreams on CPU "
-                   f"{sorted(harness_core)}" if proxy_core and harness_core else "no pinning "
-                   "(fewer than two CPUs)")
-        speed_before = calibrate(proxy_core)
-        print(f"streamproxy bench ({'quick' if plan.quick else 'full'}): {pinning}; "
-              f"load average {load_before[0]:.2f}; VM speed: {fmt(speed_before, '.2f')} µs "
-              f"per event for the pure Anthropic translation on the proxy's core")
-        print(HEADER)
+    pinning = (f"proxy on CPU {sorted(proxy_core)}, load generator + upstreams on CPU "
+               f"{sorted(harness_core)}" if proxy_core and harness_core else "no pinning "
+               "(fewer than two CPUs)")
+    results: list[dict[str, Any]] = []
+    speed_before: float | None = None
+    # A failure outside the scenarios (the mock or the upstream does not start, Ctrl-C) still
+    # writes what was measured, with the reason, and the exit status says the run is incomplete.
+    aborted: BaseException | None = None
+    with tempfile.TemporaryDirectory(prefix="streamproxy-bench-") as tmp, \
+            contextlib.ExitStack() as servers:
         try:
+            logdir = Path(tmp)
+            mock_port, upstream_port = free_port(), free_port()
+            mock = start("mock", ["-m", "streamproxy", "mock", "--port", str(mock_port)],
+                         pin=harness_core, logdir=logdir, port=mock_port)
+            servers.callback(mock.stop)
+            upstream = start("upstream", ["-m", "bench.upstreams", "--port", str(upstream_port)],
+                             pin=harness_core, logdir=logdir, port=upstream_port)
+            servers.callback(upstream.stop)
+            env = Env(plan, logdir, proxy_core, harness_core, mock, mock_port, upstream,
+                      upstream_port, registered_types(), results)
+            speed_before = calibrate(proxy_core)
+            print(f"streamproxy bench ({'quick' if plan.quick else 'full'}): {pinning}; "
+                  f"load average {load_before[0]:.2f}; VM speed: {fmt(speed_before, '.2f')} µs "
+                  f"per event for the pure Anthropic translation on the proxy's core")
+            print(HEADER)
             _install_loop()
             asyncio.run(run(env, only))
-        finally:
-            mock.stop()
-            upstream.stop()
-    speed_after = calibrate(proxy_core)
-    checks = targets(env.results)
+        except (Exception, KeyboardInterrupt) as e:
+            aborted = e
+            print(f"\nbench ABORTED: {reason(e)}; writing what was measured", flush=True)
+    speed_after = None if aborted else calibrate(proxy_core)
+    checks = targets(results)
     print("\ntargets (issue 5; the last two: issue 3):")
     for c in checks:
         state = {True: "held", False: "MISSED", None: "not measured"}[c["held"]]
@@ -903,7 +911,7 @@ def main(argv: list[str] | None = None) -> None:
         if c.get("streams_not_open_at_once"):
             failed += f"; {c['streams_not_open_at_once']} streams not open at once"
         print(f"  {state:<13}{c['target']}: {value} (limit {c['limit']:g} {c['unit']}{failed})")
-    c32 = next((r for r in env.results if r["scenario"] == "anthropic-c32"), None)
+    c32 = next((r for r in results if r["scenario"] == "anthropic-c32"), None)
     per_event = ((c32 or {}).get("proxied") or {}).get("server_cpu_us_per_event")
     if per_event is not None and speed_before and speed_after:
         print(f"\nVM speed: pure translation {speed_before:.2f} µs/event before, "
@@ -921,9 +929,12 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                     "platform": platform.platform()},
         "commit": _commit(), "calibration_us_per_event": [speed_before, speed_after],
-        "scenarios": env.results, "targets": checks,
+        "scenarios": results, "targets": checks,
+        "aborted": reason(aborted) if aborted else None,
     }, indent=2))
     print(f"results: {out}")
+    if aborted:
+        sys.exit(130 if isinstance(aborted, KeyboardInterrupt) else 1)
 
 
 def calibrate(core: set[int] | None) -> float | None:

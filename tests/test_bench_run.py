@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import statistics
@@ -460,3 +461,56 @@ async def test_a_translated_scenarios_proxy_that_does_not_start_is_failed_not_sk
     (row,) = env.results
     assert row["failed"] == "RuntimeError: proxy exited with 1:"
     assert "skipped" not in row["note"]
+
+
+def _main_without_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() without pinning this process, calibrating or replacing the event loop policy."""
+    monkeypatch.setattr(run, "cores", lambda: (None, None))
+    monkeypatch.setattr(run, "calibrate", lambda core: None)
+    monkeypatch.setattr(run, "_install_loop", lambda: None)
+
+
+def test_a_mock_that_does_not_start_still_writes_the_json_and_exits_non_zero(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def start(name: str, *args: Any, **kwargs: Any) -> Proc:
+        raise RuntimeError(f"{name} exited with 1:\nTraceback ...")
+
+    _main_without_machine(monkeypatch)
+    monkeypatch.setattr(run, "start", start)
+    out = tmp_path / "latest.json"
+    with pytest.raises(SystemExit) as exit_:
+        run.main(["--quick", "--only", "anthropic-c1", "--out", str(out)])
+    assert exit_.value.code not in (0, None)
+    written = json.loads(out.read_text())
+    assert written["aborted"] == "RuntimeError: mock exited with 1:"
+    assert written["scenarios"] == []
+    assert {c["held"] for c in written["targets"]} == {None}
+
+
+def test_an_interrupted_bench_writes_what_it_measured_and_exits_non_zero(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    stopped: list[str] = []
+
+    def start(name: str, *args: Any, **kwargs: Any) -> Any:
+        return SimpleNamespace(pid=os.getpid(), stop=lambda: stopped.append(name))
+
+    async def interrupted(env: run.Env, only: set[str]) -> None:
+        run.record(env, "anthropic-c128", "", _run(
+            concurrency=128, streams_per_s=1.0, events_per_s=1.0, server_cpu_us_per_event=1.0,
+            server_cpu_pct=50.0, harness_cpu_pct=50.0, ttft_p50_ms=1.0, ttft_p99_ms=1.0,
+            duration_p50_ms=1.0, peak_rss_mb=50.0), None)
+        raise KeyboardInterrupt  # Ctrl-C in the next scenario
+
+    _main_without_machine(monkeypatch)
+    monkeypatch.setattr(run, "start", start)
+    monkeypatch.setattr(run, "run", interrupted)
+    out = tmp_path / "latest.json"
+    with pytest.raises(SystemExit) as exit_:
+        run.main(["--quick", "--out", str(out)])
+    assert exit_.value.code not in (0, None)
+    written = json.loads(out.read_text())
+    assert written["aborted"].startswith("KeyboardInterrupt")
+    assert [r["scenario"] for r in written["scenarios"]] == ["anthropic-c128"]
+    held = {c["target"]: c["held"] for c in written["targets"]}
+    assert held["peak RSS at 128 streams"] is True
+    assert sorted(stopped) == ["mock", "upstream"]
