@@ -514,3 +514,24 @@ def test_an_interrupted_bench_writes_what_it_measured_and_exits_non_zero(
     held = {c["target"]: c["held"] for c in written["targets"]}
     assert held["peak RSS at 128 streams"] is True
     assert sorted(stopped) == ["mock", "upstream"]
+
+
+@pytest.mark.parametrize("share,held", [([0.55, 0.45], True), ([0.75, 0.25], True),
+                                        ([0.95, 0.05], False), ([1.0, 0.0], False)])
+async def test_workers_scaling_of_a_lopsided_split_does_not_hold_its_target(
+        monkeypatch: pytest.MonkeyPatch, share: list[float], held: bool) -> None:
+    async def worker_cost(env: run.Env, count: int, cores_each: list[set[int]],
+                          ) -> tuple[float | None, list[float], int]:
+        return (4.0, [1.0], 0) if count == 1 else (4.2, share, 0)
+
+    monkeypatch.setattr(run, "worker_cost", worker_cost)
+    env = _env()
+    env.proxy_core = env.harness_core = os.sched_getaffinity(0)
+    await run.workers_scaling(env)
+    (row,) = env.results
+    assert row["workers"]["scaling"] == pytest.approx(2 * 4.0 / 4.2)  # still reported
+    check = _by_target(env.results)["2 workers vs 1 (projected, one core each)"]
+    assert check["held"] is held
+    assert ("invalid" in check) is not held
+    if not held:
+        assert f"{min(share):.0%}" in check["invalid"]
