@@ -1099,3 +1099,47 @@ async def test_a_database_file_deleted_while_running_is_made_again(
     assert (await reopened.get("", "after")) is not None
     await reopened.close()
     assert any("was deleted or replaced" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_write_that_fails_unexpectedly_does_not_stop_the_writer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A batch failing with what `_write` did not expect (a MemoryError, a bug) killed the
+    writer thread: every later list/retrieve waited for ever on its future, and every later
+    `store: true` answer piled up until max_pending dropped them all."""
+    import streamproxy.storage.sqlite as sqlite_store
+
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"))
+    real_row, failures = sqlite_store._row, iter([MemoryError()])
+
+    def row(item: StoredCompletion) -> tuple[Any, ...]:
+        for error in failures:
+            raise error
+        return real_row(item)
+
+    monkeypatch.setattr(sqlite_store, "_row", row)
+    assert store.add(_item("lost"))
+    store._send_batch()
+    # the database is opened again and used: the failed batch is lost, nothing else
+    assert await asyncio.wait_for(store.get("", "lost"), 10) is None
+    assert store.add(_item("kept"))
+    await asyncio.wait_for(store.flush(), 10)
+    assert await asyncio.wait_for(store.get("", "kept"), 10) is not None
+    assert store._sent == store._written  # the lost batch is not a backlog for ever
+    assert sum("storage writer failed" in r.getMessage() for r in caplog.records) == 1
+    await asyncio.wait_for(store.close(), 10)
+
+
+async def test_a_completion_sqlite_cannot_encode_does_not_stop_the_writer(
+        tmp_path: Path) -> None:
+    """A row SQLite cannot take (a lone surrogate: UnicodeEncodeError, a ValueError `_write`
+    did not catch) killed the writer thread, and every later read hung."""
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"))
+    bad = _item("bad")
+    bad.request_model = "mock/\udcff"
+    assert store.add(bad)
+    await asyncio.wait_for(store.flush(), 10)
+    assert store.add(_item("kept"))
+    await asyncio.wait_for(store.flush(), 10)
+    assert await asyncio.wait_for(store.get("", "kept"), 10) is not None
+    await asyncio.wait_for(store.close(), 10)

@@ -83,6 +83,7 @@ class SQLiteStore:
         self._written = 0  # written by the thread only
         self._open_logged = -_LOG_EVERY  # (thread) when a failed open was last logged
         self._write_logged = -_LOG_EVERY  # (thread) when a failed write was last logged
+        self._failed_logged = -_LOG_EVERY  # (thread) when an unexpected failure was last logged
         self._unstored = 0  # (thread) completions lost to failed writes since that log
         self._file_id: tuple[int, int] | None = None  # (thread) the open file's (device, inode)
         self._file_checked = 0.0  # (thread) when that was last compared with the path's
@@ -164,17 +165,48 @@ class SQLiteStore:
             job = self._queue.get()
             if job is _STOP:
                 break
-            if conn is None:  # tried again: a lock or a fixed permission must not last forever
-                conn = self._open()
-            elif time.monotonic() - self._file_checked >= _FILE_CHECK_EVERY:
-                conn = self._same_file(conn)
-            if isinstance(job, list):
-                self._write(conn, job)
-                self._written += len(job)
-            else:
-                self._answer(conn, *job)
+            try:
+                conn = self._do(conn, job)
+            except Exception as e:  # a thread that dies leaves every later read hung
+                conn = self._failed(conn, job, e)
         if conn is not None:
             conn.close()
+
+    def _do(self, conn: sqlite3.Connection | None, job: Any) -> sqlite3.Connection | None:
+        if conn is None:  # tried again: a lock or a fixed permission must not last forever
+            conn = self._open()
+        elif time.monotonic() - self._file_checked >= _FILE_CHECK_EVERY:
+            conn = self._same_file(conn)
+        if isinstance(job, list):
+            self._write(conn, job)
+            self._written += len(job)
+        else:
+            self._answer(conn, *job)
+        return conn
+
+    def _failed(self, conn: sqlite3.Connection | None, job: Any,
+                error: Exception) -> sqlite3.Connection | None:
+        """What no handler expected (a MemoryError, an OSError, a bug): the job fails — a
+        batch is counted as lost, a read answered 503 — and the database is opened afresh for
+        the next one. Logged at most once a minute."""
+        if isinstance(job, list):
+            self._written += len(job)  # (not a backlog for ever: `add` would drop everything)
+            self._unstored += len(job)
+        else:
+            _fn, _args, future, loop = job
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, future, None, StorageDown(
+                    "stored completions are unavailable: the database failed"))
+        now = time.monotonic()
+        if now - self._failed_logged >= _LOG_EVERY:
+            self._failed_logged = now
+            log.error("storage writer failed (%d completions not stored): opening the "
+                      "database again", self._unstored, exc_info=error)
+            self._unstored = 0
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+        return None
 
     def _open(self) -> sqlite3.Connection | None:
         try:
@@ -243,7 +275,7 @@ class SQLiteStore:
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.cancelled():
+    if future.done():  # cancelled, or answered already before its job failed
         return
     if error is not None:
         future.set_exception(error)
