@@ -1143,3 +1143,28 @@ async def test_a_completion_sqlite_cannot_encode_does_not_stop_the_writer(
     await asyncio.wait_for(store.flush(), 10)
     assert await asyncio.wait_for(store.get("", "kept"), 10) is not None
     await asyncio.wait_for(store.close(), 10)
+
+
+async def test_a_read_arriving_while_the_store_closes_is_answered(tmp_path: Path) -> None:
+    """A read sent after close() had queued the writer's stop (a request still running during
+    shutdown or a reload) went in behind the stop: the thread ended without it, and its
+    request waited for ever."""
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"))
+    assert store.add(_item("kept"))
+    entered, release = threading.Event(), threading.Event()
+
+    def block(conn: Any) -> None:  # hold the writer thread busy
+        entered.set()
+        release.wait(10)
+
+    busy = asyncio.ensure_future(store._call(block))
+    assert await asyncio.to_thread(entered.wait, 10)
+    closing = asyncio.ensure_future(store.close())
+    await asyncio.sleep(0)  # close() has queued the stop
+    late = asyncio.ensure_future(store.get("", "kept"))
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.wait_for(busy, 10)
+    await asyncio.wait_for(closing, 10)
+    assert (await asyncio.wait_for(late, 10)) is not None
+    await asyncio.wait_for(store.close(), 10)

@@ -92,8 +92,8 @@ class SQLiteStore:
     def _ensure_started(self) -> None:
         # Lazy: a proxy that never stores anything never creates the file.
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="streamproxy-sqlite",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._run, args=(self._queue,),
+                                            name="streamproxy-sqlite", daemon=True)
             self._thread.start()
 
     def add(self, item: StoredCompletion) -> bool:
@@ -150,19 +150,23 @@ class SQLiteStore:
         await self._call(_noop)
 
     async def close(self) -> None:
-        self._send_batch()
-        thread = self._thread
-        if thread is None:
-            return
-        self._queue.put(_STOP)  # after every queued write: those still land
-        await asyncio.to_thread(thread.join, 30)
-        self._thread = None
+        # A job sent while the thread winds down (a request still running at shutdown) must
+        # not go in behind the stop, where nothing would ever answer it: it goes to a new
+        # queue, and a new thread, which is stopped in turn (rounds bounded).
+        for _ in range(3):
+            self._send_batch()
+            thread, jobs = self._thread, self._queue
+            if thread is None:
+                return
+            jobs.put(_STOP)  # after every queued write: those still land
+            self._thread, self._queue = None, queue.SimpleQueue()
+            await asyncio.to_thread(thread.join, 30)
 
     # -- the thread side -------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, jobs: queue.SimpleQueue[Any]) -> None:
         conn = self._open()
         while True:
-            job = self._queue.get()
+            job = jobs.get()
             if job is _STOP:
                 break
             try:
