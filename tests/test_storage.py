@@ -1168,3 +1168,38 @@ async def test_a_read_arriving_while_the_store_closes_is_answered(tmp_path: Path
     await asyncio.wait_for(closing, 10)
     assert (await asyncio.wait_for(late, 10)) is not None
     await asyncio.wait_for(store.close(), 10)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_reads_are_answered_after_the_writer_thread_died(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer thread that ended anyway (an exception no handler takes, here SystemExit) left
+    the reads queued behind its job waiting for ever, and every later read too: the thread
+    was never started again. A read now fails with the storage-down 503 after a bound, and
+    the next one starts a new thread."""
+    import streamproxy.storage.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_CALL_TIMEOUT", 0.5)
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"))
+    assert store.add(_item("kept"))
+    entered, release = threading.Event(), threading.Event()
+
+    def die(conn: Any) -> None:
+        entered.set()
+        release.wait(10)
+        raise SystemExit
+
+    monkeypatch.setattr(store, "_answer", lambda conn, fn, *rest: fn(conn))
+    dying = asyncio.ensure_future(store._call(die))
+    assert await asyncio.to_thread(entered.wait, 10)
+    monkeypatch.undo()  # (the timeout too: the next reads have the real bound)
+    monkeypatch.setattr(sqlite_store, "_CALL_TIMEOUT", 0.5)
+    queued = asyncio.ensure_future(store.get("", "kept"))
+    await asyncio.sleep(0)
+    release.set()
+    for call in (dying, queued):
+        with pytest.raises(ProxyError) as info:
+            await asyncio.wait_for(call, 10)
+        assert (info.value.status, info.value.code) == (503, "service_unavailable")
+    assert await asyncio.wait_for(store.get("", "kept"), 10) is not None
+    await asyncio.wait_for(store.close(), 10)

@@ -54,6 +54,9 @@ _ROWS_PER_INSERT = 100  # 8 columns each: well under SQLite's 32,766 bound param
 _OPEN_TRIES = 50  # x 0.1 s: another worker's write holds the lock the journal-mode switch needs
 _LOG_EVERY = 60.0  # seconds between two logs of a database that still does not open
 _FILE_CHECK_EVERY = 60.0  # seconds between two looks at whether the open file is still the path's
+# The most a read waits for the thread: one that ended anyway (an exception no handler takes)
+# never answers the jobs queued behind it. Far above any real query (SQLite's busy wait: 5 s).
+_CALL_TIMEOUT = 60.0
 
 
 class StorageUnavailable(ProxyError):
@@ -90,8 +93,9 @@ class SQLiteStore:
 
     # -- the loop side ---------------------------------------------------------------------
     def _ensure_started(self) -> None:
-        # Lazy: a proxy that never stores anything never creates the file.
-        if self._thread is None:
+        # Lazy: a proxy that never stores anything never creates the file. A thread that
+        # ended anyway is replaced: the jobs queued for it are the new one's.
+        if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, args=(self._queue,),
                                             name="streamproxy-sqlite", daemon=True)
             self._thread.start()
@@ -131,7 +135,11 @@ class SQLiteStore:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.put((fn, args, future, loop))
-        return await future
+        try:
+            return await asyncio.wait_for(future, _CALL_TIMEOUT)
+        except TimeoutError:
+            raise StorageDown("stored completions are unavailable: the database did not "
+                              f"answer within {_CALL_TIMEOUT:g} s") from None
 
     async def get(self, owner: str, completion_id: str) -> StoredCompletion | None:
         return await self._call(_get, owner, completion_id)
@@ -155,9 +163,10 @@ class SQLiteStore:
         # queue, and a new thread, which is stopped in turn (rounds bounded).
         for _ in range(3):
             self._send_batch()
-            thread, jobs = self._thread, self._queue
-            if thread is None:
+            if self._thread is None:
                 return
+            self._ensure_started()  # (one that ended anyway: its queued writes still land)
+            thread, jobs = self._thread, self._queue
             jobs.put(_STOP)  # after every queued write: those still land
             self._thread, self._queue = None, queue.SimpleQueue()
             await asyncio.to_thread(thread.join, 30)
@@ -173,6 +182,9 @@ class SQLiteStore:
                 conn = self._do(conn, job)
             except Exception as e:  # a thread that dies leaves every later read hung
                 conn = self._failed(conn, job, e)
+            except BaseException as e:  # ending anyway: the job in hand is answered first
+                self._failed(conn, job, e)
+                raise
         if conn is not None:
             conn.close()
 
@@ -189,7 +201,7 @@ class SQLiteStore:
         return conn
 
     def _failed(self, conn: sqlite3.Connection | None, job: Any,
-                error: Exception) -> sqlite3.Connection | None:
+                error: BaseException) -> sqlite3.Connection | None:
         """What no handler expected (a MemoryError, an OSError, a bug): the job fails — a
         batch is counted as lost, a read answered 503 — and the database is opened afresh for
         the next one. Logged at most once a minute."""
