@@ -1203,3 +1203,35 @@ async def test_reads_are_answered_after_the_writer_thread_died(
         assert (info.value.status, info.value.code) == (503, "service_unavailable")
     assert await asyncio.wait_for(store.get("", "kept"), 10) is not None
     await asyncio.wait_for(store.close(), 10)
+
+
+async def test_a_write_locked_past_the_busy_timeout_is_tried_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process holding the write lock past SQLite's busy timeout (an operator's
+    clean-up DELETE on a large file) cost the whole batch — up to 256 clients' completions —
+    at the first "database is locked". The batch is tried again (bounded)."""
+    import streamproxy.storage.sqlite as sqlite_store
+
+    path = str(tmp_path / "s.sqlite3")
+    monkeypatch.setattr(sqlite_store, "_BUSY_TIMEOUT", 0.05)
+    store = SQLiteStore(path)
+    await store.flush()
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    real_insert, locked = sqlite_store._insert_batch, []
+
+    def insert_batch(conn: sqlite3.Connection, batch: list[StoredCompletion]) -> None:
+        try:
+            real_insert(conn, batch)
+        except sqlite3.OperationalError as e:
+            locked.append(str(e))
+            other.execute("COMMIT")  # the other process's write ends after the busy timeout
+            raise
+
+    monkeypatch.setattr(sqlite_store, "_insert_batch", insert_batch)
+    assert store.add(_item("kept"))
+    await asyncio.wait_for(store.flush(), 10)
+    assert locked == ["database is locked"]
+    assert await asyncio.wait_for(store.get("", "kept"), 10) is not None
+    await asyncio.wait_for(store.close(), 10)
+    other.close()

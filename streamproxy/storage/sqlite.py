@@ -57,6 +57,10 @@ _FILE_CHECK_EVERY = 60.0  # seconds between two looks at whether the open file i
 # The most a read waits for the thread: one that ended anyway (an exception no handler takes)
 # never answers the jobs queued behind it. Far above any real query (SQLite's busy wait: 5 s).
 _CALL_TIMEOUT = 60.0
+_BUSY_TIMEOUT = 5.0  # seconds a statement waits for another process's write lock (the default)
+# Tries of a batch still locked after that wait (another process's long write: a clean-up
+# DELETE): the lock usually ends soon after, and a batch is up to 256 clients' completions.
+_WRITE_TRIES = 3
 
 
 class StorageUnavailable(ProxyError):
@@ -255,13 +259,13 @@ class SQLiteStore:
         if conn is None:
             return  # the open error was logged once
         try:
-            with conn:
-                # One multi-row INSERT per slice rather than executemany: sqlite3 releases
-                # and retakes the GIL around every statement step, and that ping-pong with
-                # the event loop's thread cost more than the writes themselves.
-                for start in range(0, len(batch), _ROWS_PER_INSERT):
-                    rows = [_row(item) for item in batch[start : start + _ROWS_PER_INSERT]]
-                    conn.execute(_insert(len(rows)), [v for row in rows for v in row])
+            for attempt in range(_WRITE_TRIES):
+                try:
+                    _insert_batch(conn, batch)
+                    break
+                except sqlite3.OperationalError as e:
+                    if not _locked(e) or attempt == _WRITE_TRIES - 1:
+                        raise
         except (sqlite3.Error, TypeError) as e:
             # A full disk fails every batch (one each 50 ms): one log a minute says it all.
             self._unstored += len(batch)
@@ -290,6 +294,20 @@ class SQLiteStore:
             loop.call_soon_threadsafe(_resolve, future, result, error)
 
 
+def _insert_batch(conn: sqlite3.Connection, batch: list[StoredCompletion]) -> None:
+    with conn:
+        # One multi-row INSERT per slice rather than executemany: sqlite3 releases and
+        # retakes the GIL around every statement step, and that ping-pong with the event
+        # loop's thread cost more than the writes themselves.
+        for start in range(0, len(batch), _ROWS_PER_INSERT):
+            rows = [_row(item) for item in batch[start : start + _ROWS_PER_INSERT]]
+            conn.execute(_insert(len(rows)), [v for row in rows for v in row])
+
+
+def _locked(e: sqlite3.OperationalError) -> bool:
+    return e.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.done():  # cancelled, or answered already before its job failed
         return
@@ -310,7 +328,8 @@ def _file_id(path: str) -> tuple[int, int] | None:
 
 
 def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT, check_same_thread=False,
+                           isolation_level=None)
     try:
         for attempt in range(_OPEN_TRIES):
             try:
