@@ -1235,3 +1235,28 @@ async def test_a_write_locked_past_the_busy_timeout_is_tried_again(
     assert await asyncio.wait_for(store.get("", "kept"), 10) is not None
     await asyncio.wait_for(store.close(), 10)
     other.close()
+
+
+async def test_writes_a_stuck_writer_leaves_at_shutdown_are_counted_in_a_log(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """close() waited a bounded time for the thread, then returned in silence: the process
+    exited with completions still queued, lost without a word to the operator."""
+    import streamproxy.storage.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_CLOSE_WAIT", 0.05)
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"))
+    entered, release = threading.Event(), threading.Event()
+
+    def block(conn: Any) -> None:  # a writer stuck (a disk that does not answer)
+        entered.set()
+        release.wait(10)
+
+    busy = asyncio.ensure_future(store._call(block))
+    assert await asyncio.to_thread(entered.wait, 10)
+    assert store.add(_item("a")) and store.add(_item("b"))
+    await asyncio.wait_for(store.close(), 10)
+    lost = [r.getMessage() for r in caplog.records if "may be lost" in r.getMessage()]
+    assert len(lost) == 1 and "2 stored completions" in lost[0], lost
+    release.set()
+    await asyncio.wait_for(busy, 10)

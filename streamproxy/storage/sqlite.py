@@ -57,6 +57,7 @@ _FILE_CHECK_EVERY = 60.0  # seconds between two looks at whether the open file i
 # The most a read waits for the thread: one that ended anyway (an exception no handler takes)
 # never answers the jobs queued behind it. Far above any real query (SQLite's busy wait: 5 s).
 _CALL_TIMEOUT = 60.0
+_CLOSE_WAIT = 30.0  # seconds close() waits for the queued writes (the process exits after)
 _BUSY_TIMEOUT = 5.0  # seconds a statement waits for another process's write lock (the default)
 # Tries of a batch still locked after that wait (another process's long write: a clean-up
 # DELETE): the lock usually ends soon after, and a batch is up to 256 clients' completions.
@@ -173,7 +174,10 @@ class SQLiteStore:
             thread, jobs = self._thread, self._queue
             jobs.put(_STOP)  # after every queued write: those still land
             self._thread, self._queue = None, queue.SimpleQueue()
-            await asyncio.to_thread(thread.join, 30)
+            await asyncio.to_thread(thread.join, _CLOSE_WAIT)
+            if thread.is_alive():  # the process ends without them: the operator hears of it
+                log.error("storage did not finish writing within %g s at close: %d stored "
+                          "completions may be lost", _CLOSE_WAIT, self._sent - self._written)
 
     # -- the thread side -------------------------------------------------------------------
     def _run(self, jobs: queue.SimpleQueue[Any]) -> None:
