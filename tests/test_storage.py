@@ -1260,3 +1260,41 @@ async def test_writes_a_stuck_writer_leaves_at_shutdown_are_counted_in_a_log(
     assert len(lost) == 1 and "2 stored completions" in lost[0], lost
     release.set()
     await asyncio.wait_for(busy, 10)
+
+
+async def test_every_completion_a_failing_disk_lost_is_counted_in_a_log(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The once-a-minute error counted only the completions lost up to it: those lost after it
+    were told at the next failure a minute on — never, when the disk came back (or no more
+    came) before then. An operator read "could not store 1 completions" for many more."""
+    import streamproxy.storage.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_LOG_EVERY", 0.05)
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"))
+    await store.flush()
+    real_insert, failures = sqlite_store._insert_batch, [sqlite3.OperationalError("disk I/O")] * 3
+
+    def insert_batch(conn: sqlite3.Connection, batch: list[StoredCompletion]) -> None:
+        if failures:
+            raise failures.pop()
+        real_insert(conn, batch)
+
+    monkeypatch.setattr(sqlite_store, "_insert_batch", insert_batch)
+    for i in range(3):
+        assert store.add(_item(f"lost{i}"))
+        store._send_batch()
+    assert store.add(_item("kept"))
+    await asyncio.wait_for(store.flush(), 10)
+
+    def counted() -> int:
+        return sum(int(r.getMessage().split()[3]) for r in caplog.records
+                   if r.getMessage().startswith("could not store"))
+
+    for _ in range(200):  # (bounded: the count is told within the log interval)
+        if counted() == 3:
+            break
+        await asyncio.sleep(0.025)
+    assert counted() == 3, [r.getMessage() for r in caplog.records]
+    assert await asyncio.wait_for(store.get("", "kept"), 10) is not None
+    await asyncio.wait_for(store.close(), 10)

@@ -93,6 +93,7 @@ class SQLiteStore:
         self._write_logged = -_LOG_EVERY  # (thread) when a failed write was last logged
         self._failed_logged = -_LOG_EVERY  # (thread) when an unexpected failure was last logged
         self._unstored = 0  # (thread) completions lost to failed writes since that log
+        self._write_error: BaseException | None = None  # (thread) the last write's failure
         self._file_id: tuple[int, int] | None = None  # (thread) the open file's (device, inode)
         self._file_checked = 0.0  # (thread) when that was last compared with the path's
 
@@ -183,7 +184,15 @@ class SQLiteStore:
     def _run(self, jobs: queue.SimpleQueue[Any]) -> None:
         conn = self._open()
         while True:
-            job = jobs.get()
+            if self._unstored:  # a count to tell: at the latest when its minute is up
+                wait = max(0.0, self._write_logged + _LOG_EVERY - time.monotonic())
+                try:
+                    job = jobs.get(timeout=wait)
+                except queue.Empty:
+                    self._report_unstored()
+                    continue
+            else:
+                job = jobs.get()
             if job is _STOP:
                 break
             try:
@@ -193,6 +202,9 @@ class SQLiteStore:
             except BaseException as e:  # ending anyway: the job in hand is answered first
                 self._failed(conn, job, e)
                 raise
+        if self._unstored:  # the last count, at once: the process may be ending
+            self._write_logged = -_LOG_EVERY
+            self._report_unstored()
         if conn is not None:
             conn.close()
 
@@ -216,6 +228,7 @@ class SQLiteStore:
         if isinstance(job, list):
             self._written += len(job)  # (not a backlog for ever: `add` would drop everything)
             self._unstored += len(job)
+            self._write_error = error
         else:
             _fn, _args, future, loop = job
             with contextlib.suppress(RuntimeError):
@@ -273,11 +286,19 @@ class SQLiteStore:
         except (sqlite3.Error, TypeError) as e:
             # A full disk fails every batch (one each 50 ms): one log a minute says it all.
             self._unstored += len(batch)
-            now = time.monotonic()
-            if now - self._write_logged >= _LOG_EVERY:
-                self._write_logged = now
-                log.error("could not store %d completions: %s", self._unstored, e)
-                self._unstored = 0
+            self._write_error = e
+        if self._unstored:
+            self._report_unstored()
+
+    def _report_unstored(self) -> None:
+        """Log the completions lost since the last such log, at most once a minute. Also after
+        a write that succeeds, and when no job comes (`_run`): those lost after one log are
+        told, though no later failure comes to tell them."""
+        now = time.monotonic()
+        if now - self._write_logged >= _LOG_EVERY:
+            self._write_logged = now
+            log.error("could not store %d completions: %s", self._unstored, self._write_error)
+            self._unstored = 0
 
     def _answer(self, conn: sqlite3.Connection | None, fn: Callable[..., Any],
                 args: tuple[Any, ...], future: asyncio.Future[Any],
@@ -309,7 +330,9 @@ def _insert_batch(conn: sqlite3.Connection, batch: list[StoredCompletion]) -> No
 
 
 def _locked(e: sqlite3.OperationalError) -> bool:
-    return e.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    # (an error raised without SQLite's code — not SQLite's own — has none)
+    code = getattr(e, "sqlite_errorcode", None) or 0
+    return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
