@@ -1298,3 +1298,30 @@ async def test_every_completion_a_failing_disk_lost_is_counted_in_a_log(
     assert counted() == 3, [r.getMessage() for r in caplog.records]
     assert await asyncio.wait_for(store.get("", "kept"), 10) is not None
     await asyncio.wait_for(store.close(), 10)
+
+
+async def test_every_stall_that_drops_completions_is_logged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Drops beyond max_pending were logged at the 1st and each 1000th only: a second stall
+    (an hour later, 50 completions dropped) said nothing at all. Now once a log interval, with
+    the count since the last; the request itself is never affected (add only returns False)."""
+    import streamproxy.storage.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_LOG_EVERY", 0.0)  # every drop its own interval
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"), max_pending=1)
+    entered, release = threading.Event(), threading.Event()
+
+    def block(conn: Any) -> None:  # hold the writer thread busy
+        entered.set()
+        release.wait(10)
+
+    busy = asyncio.ensure_future(store._call(block))
+    assert await asyncio.to_thread(entered.wait, 10)
+    assert store.add(_item("kept"))
+    assert store.add(_item("d1")) is False and store.add(_item("d2")) is False
+    warnings = [r.getMessage() for r in caplog.records if "storage is behind" in r.getMessage()]
+    assert len(warnings) == 2 and store.dropped == 2, warnings
+    release.set()
+    await asyncio.wait_for(busy, 10)
+    await asyncio.wait_for(store.close(), 10)

@@ -82,6 +82,8 @@ class SQLiteStore:
         self.path = path
         self.max_pending = max_pending
         self.dropped = 0
+        self._drops = 0  # (loop) dropped since the last warning
+        self._drops_logged = -_LOG_EVERY  # (loop) when that warning was last given
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._open_error: Exception | None = None
@@ -110,10 +112,11 @@ class SQLiteStore:
         backlog = self._sent - self._written + len(self._batch)
         if backlog >= self.max_pending:
             self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning("storage is behind: %d stored completions dropped so far",
-                            self.dropped)
+            self._drops += 1
+            self._report_drops()
             return False
+        if self._drops:  # a stall's last drops, told once its interval is up
+            self._report_drops()
         self._batch.append(item)
         if len(self._batch) >= _BATCH_MAX:
             self._send_batch()
@@ -124,6 +127,16 @@ class SQLiteStore:
             except RuntimeError:  # no loop (a synchronous caller): send at once
                 self._send_batch()
         return True
+
+    def _report_drops(self) -> None:
+        # Once a minute, with the count since the last: each stall is told, however small
+        # (at the 1st and each 1000th drop only, a later stall of 50 said nothing).
+        now = time.monotonic()
+        if now - self._drops_logged >= _LOG_EVERY:
+            self._drops_logged = now
+            log.warning("storage is behind: %d stored completions dropped (%d in all)",
+                        self._drops, self.dropped)
+            self._drops = 0
 
     def _send_batch(self) -> None:
         if self._timer is not None:
