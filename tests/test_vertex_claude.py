@@ -478,3 +478,23 @@ def test_vertexs_error_event_mid_stream_is_an_error_frame_of_its_own() -> None:
     assert translator.done and c.content and not c.done
     assert c.error == {"message": "Quota exceeded for aiplatform.googleapis.com",
                        "type": "rate_limit_error", "param": None, "code": "RESOURCE_EXHAUSTED"}
+
+
+def test_a_domain_scoped_project_is_a_project() -> None:
+    # (`example.com:my-project` was refused as "is required for type vertex")
+    from streamproxy.config import ConfigError
+
+    config = make_config({"v": {"type": "vertex", "project": "example.com:my-project",
+                                "location": "us-central1", "api_key": "ya29.k"}}, default="v")
+    provider = build_providers(config)["v"]
+    for model, path in (("gemini-2.5-flash", "google/models/gemini-2.5-flash:generate"),
+                        (CLAUDE, f"anthropic/models/{CLAUDE}:rawPredict")):
+        target = Target(provider, model).served()
+        req = parse_chat_request(orjson.dumps({"model": model, "messages": USER}))
+        assert target.provider.build_request(req, target).url == (
+            "https://us-central1-aiplatform.googleapis.com/v1/projects/example.com:my-project/"
+            f"locations/us-central1/publishers/{path}" + ("Content" if "gemini" in model else ""))
+    for bad in ("example.com:my/x", "a:b:c", ":p", "x.com:", "p?x", "p#x", "a%2Fb", "x.com:../p"):
+        with pytest.raises(ConfigError, match="project"):
+            make_config({"v": {"type": "vertex", "project": bad, "location": "us-central1",
+                               "api_key": "ya29.k"}}, default="v")

@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 # plain segments, so a client cannot steer the request to another Google endpoint.
 _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*(?:/[A-Za-z0-9][A-Za-z0-9._@-]*)*")
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# A project id, or a domain-scoped one (`example.com:my-project`, Google's name for projects
+# of a Workspace domain). ':' is a plain character in a path segment; no '/', '?', '#' or '%'.
+_PROJECT = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9.-]*:)?[A-Za-z0-9][A-Za-z0-9._-]*")
 # A resource's full name, as the console and google-genai give a tuned model's endpoint.
 _RESOURCE = re.compile(r"projects/([^/]+)/locations/([^/]+)/(.+)")
 DEFAULT_TOKEN_REFRESH = 300.0
@@ -165,7 +168,7 @@ class VertexProvider(GeminiProvider):
         for key in () if express else ("project", "location"):  # (express: check_entry)
             value = options.get(key)
             # (a location is also part of the host name: no '.')
-            pattern = _SEGMENT if key == "project" else REGION
+            pattern = _PROJECT if key == "project" else REGION
             if not (isinstance(value, str) and pattern.fullmatch(value)):
                 raise ConfigError(source, f"{where}.{key}",
                                   "is required for type vertex (a Google Cloud "
