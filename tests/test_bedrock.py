@@ -2428,3 +2428,23 @@ def test_a_model_id_is_one_encoded_path_segment() -> None:
                    "%2Fus.anthropic.claude-v1:0/converse")
     url = provider.build_request(req, Target(provider, "a/../b?c#d")).url
     assert url == "https://h/model/a%2F..%2Fb%3Fc%23d/converse"
+
+
+def test_an_upper_case_region_is_signed_and_addressed_in_lower_case(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # (`US-EAST-1` went into the host and the SigV4 scope as written: AWS refuses the signature)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    req = parse_chat_request(orjson.dumps({"model": MODEL, "messages": [
+        {"role": "user", "content": "hi"}]}))
+    for config, option, region in ((None, None, "us-east-1"), (None, "EU-West-3", "eu-west-3"),
+                                   ("https://h", None, "us-east-1")):
+        provider = BedrockProvider(bedrock_config(config, region="US-EAST-1").providers["aws"])
+        if option:
+            provider = provider.with_options({"region": option})
+        sent = provider.build_request(req, Target(provider, MODEL))
+        scope = re.search(r"Credential=\w+/\d+/([^/]+)/bedrock/", sent.headers["Authorization"])
+        assert scope is not None and scope[1] == region
+        assert sent.url.startswith(config or f"https://bedrock-runtime.{region}.amazonaws.com/")
+    monkeypatch.setenv("AWS_REGION", "AP-SOUTH-1")
+    provider = BedrockProvider(bedrock_config(None, region=None).providers["aws"])
+    assert provider.base_url == "https://bedrock-runtime.ap-south-1.amazonaws.com"

@@ -498,3 +498,18 @@ def test_a_domain_scoped_project_is_a_project() -> None:
         with pytest.raises(ConfigError, match="project"):
             make_config({"v": {"type": "vertex", "project": bad, "location": "us-central1",
                                "api_key": "ya29.k"}}, default="v")
+
+
+def test_an_upper_case_location_is_addressed_in_lower_case() -> None:
+    # (`US-CENTRAL1` went into the host and the path as written)
+    config = make_config({"v": {"type": "vertex", "project": "p", "location": "US-CENTRAL1",
+                                "api_key": "ya29.k"}}, default="v")
+    provider = build_providers(config)["v"]
+    for options, location in (({}, "us-central1"), ({"location": "Europe-West1"}, "europe-west1")):
+        chosen = provider.with_options(options) if options else provider
+        for model in ("gemini-2.5-flash", CLAUDE):
+            target = Target(chosen, model).served()
+            req = parse_chat_request(orjson.dumps({"model": model, "messages": USER}))
+            assert target.provider.build_request(req, target).url.startswith(
+                f"https://{location}-aiplatform.googleapis.com/v1/projects/p/"
+                f"locations/{location}/publishers/")

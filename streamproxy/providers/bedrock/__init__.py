@@ -60,7 +60,7 @@ def checked_region(options: dict[str, Any], source: str, where: str) -> str:
         given = "" if options.get("region") else " (AWS_REGION / AWS_DEFAULT_REGION or profile)"
         raise ConfigError(source, f"{where}.region", f"{region[:64]!r}{given} is not an AWS "
                           "region: letters, digits and '-' (e.g. us-east-1)")
-    return region
+    return region.lower()  # (SigV4 signs the region as given: AWS refuses `US-EAST-1`'s)
 
 
 class BedrockProvider(Provider):
@@ -108,7 +108,8 @@ class BedrockProvider(Provider):
     def with_options(self, options: dict[str, str]) -> BedrockProvider:
         clone = super().with_options(options)
         assert isinstance(clone, BedrockProvider)
-        clone.region = options.get("region", self.region)  # the same credentials, signed for it
+        # the same credentials, signed for it (lower case, as checked_region's)
+        clone.region = options.get("region", self.region).lower()
         return clone
 
     def answering_option_values(self, target: Target) -> dict[str, Any]:

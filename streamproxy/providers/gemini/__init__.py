@@ -164,6 +164,8 @@ class VertexProvider(GeminiProvider):
         project = options.get("project")
         if type(project) is int:  # a project number, as YAML reads it unquoted (the API takes it)
             options["project"] = str(project)
+        if isinstance(options.get("location"), str):  # Vertex's regions are lower case
+            options["location"] = options["location"].lower()
         express = options.get("project") is None and options.get("location") is None
         for key in () if express else ("project", "location"):  # (express: check_entry)
             value = options.get(key)
@@ -220,7 +222,8 @@ class VertexProvider(GeminiProvider):
         clone = super().with_options(options)
         assert isinstance(clone, VertexProvider)
         if not self.express:  # (express mode has one global endpoint: no region to choose)
-            clone.location = options.get("location", self.location)  # the same token
+            location = options.get("location")  # the same token; lower case, as configured
+            clone.location = location.lower() if location is not None else self.location
         return clone
 
     def checked_model(self, target: Target) -> str:
