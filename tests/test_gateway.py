@@ -1246,6 +1246,30 @@ async def test_custom_host_header_under_the_same_allow_list(proxy: Any, upstream
     assert (err["param"], err["code"]) == ("x-portkey-custom-host", "custom_host_not_allowed")
 
 
+async def test_a_custom_host_with_a_query_or_fragment_is_refused(proxy: Any,
+                                                                 upstream: Any) -> None:
+    """`https://allowed.host?x` matched its allowed host, and the provider's path went after
+    the '?' (the request reached the host's root, the path in its query)."""
+    host = upstream.url.split("://")[1]
+    client = await proxy(openai_pair(upstream, allowed_custom_hosts=[host]))
+    for bad in (f"{upstream.url}?x", f"{upstream.url}/v1#f", f"{upstream.url}/v1?",
+                f"{upstream.url}/v\t1"):
+        header = await post(client, stream=False, model="e1/m",
+                            headers={"x-portkey-custom-host": bad})
+        config = await post(client, json.dumps({"strategy": {"mode": "fallback"}, "targets": [
+            {"provider": "e1", "custom_host": bad}]}), stream=False)
+        for resp, param in ((header, "x-portkey-custom-host"),
+                            (config, "config.targets[0].custom_host")):
+            assert resp.status == 400
+            err = (await resp.json())["error"]
+            assert err["param"] == param and "no query or fragment" in err["message"]
+    assert upstream.requests == []
+    named = openai_pair(upstream, allowed_custom_hosts=[host],
+                        configs={"c": {"provider": "e1", "custom_host": f"{upstream.url}?x"}})
+    with pytest.raises(ConfigError, match=r"configs\.c.*custom_host.*no query or fragment"):
+        load_settings(named)
+
+
 async def test_an_allowed_host_written_with_its_scheme_allows_that_scheme_alone(
         proxy: Any, upstream: Any) -> None:
     """A scheme-less entry allows http:// and https:// alike, so a client could send the

@@ -59,6 +59,7 @@ from streamproxy.routing.portkey_config import (
     ConfigNode,
     RetrySpec,
     client_made,
+    custom_host_error,
     option_value_error,
     parse_config,
 )
@@ -571,6 +572,9 @@ class Gateway:
             target.headers = {**target.headers, **forwarded}
 
     def _custom_host(self, provider: Provider, custom_host: str, param: str) -> Provider:
+        rule = custom_host_error(custom_host)  # (a config's is refused as it is parsed)
+        if rule is not None:
+            raise InvalidRequest(f"{param} {rule}.", param=param, code="invalid_value")
         host = _host_of(custom_host)
         if not _allowed_url(custom_host, self.settings):
             raise InvalidRequest(

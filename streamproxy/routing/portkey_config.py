@@ -77,6 +77,11 @@ _OPTION_LIST_RULE = "a comma-separated list of ids of letters, digits, '.', '-' 
 # A control character in a key that goes into a header: CR/LF would split it (both upstream
 # clients refuse to write one: a 500), NUL would go on as it is (RFC 9110 5.5 forbids it).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A custom_host is the provider's base URL, its paths appended: after a '?' or '#' they would be
+# the query or fragment (and the request would go to the host's root); urlsplit drops a tab or
+# newline the client's URL library may not.
+_NOT_IN_CUSTOM_HOST = re.compile(r"[?#\s\x00-\x1f\x7f]")
+CUSTOM_HOST_RULE = "must be a URL with no query or fragment ('?', '#') and no spaces"
 # Portkey fields we accept and ignore (they configure Portkey's hosted features).
 _IGNORED_KEYS = {"id", "strict_open_ai_compliance"}
 # Portkey's credential and account settings: a provider authenticates with what the gateway's
@@ -164,6 +169,11 @@ class ConfigNode:
         if self.is_leaf:
             return [self]
         return [leaf for t in self.targets for leaf in t.leaves()]
+
+
+def custom_host_error(value: str) -> str | None:
+    """Why `value` cannot be a custom_host (CUSTOM_HOST_RULE); None when it can."""
+    return CUSTOM_HOST_RULE if _NOT_IN_CUSTOM_HOST.search(value) else None
 
 
 def option_value_error(name: str, value: Any) -> str | None:
@@ -438,6 +448,8 @@ def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode
             changes[key] = value
     if _CONTROL.search(changes.get("api_key", "")):
         raise _bad(f"{path}.api_key", "must not contain control characters")
+    if custom_host_error(changes.get("custom_host", "")):
+        raise _bad(f"{path}.custom_host", CUSTOM_HOST_RULE)
     if _names_another_provider(node, changes):
         # A key goes only to the provider it was given for: the parent's api_key or virtual
         # key (another provider's secret) is not this target's.
