@@ -1270,6 +1270,17 @@ async def test_a_custom_host_with_a_query_or_fragment_is_refused(proxy: Any,
         load_settings(named)
 
 
+def test_an_allowed_host_entry_that_no_url_can_match_is_a_config_error() -> None:
+    # (a path, query or bad port in a scheme-less entry loaded, then matched nothing)
+    for bad in ("allowed.host:0", "allowed.host:99999", "allowed.host:", "allowed.host/v1",
+                "allowed.host?x", "allowed.host#x", "https://allowed.host:0"):
+        with pytest.raises(ConfigError, match=r"allowed_custom_hosts\[1\]"):
+            load_settings(gateway_config(allowed_custom_hosts=["ok.host", bad]))
+    hosts = load_settings(gateway_config(allowed_custom_hosts=[
+        "OK.Host:8443", "[::1]:8080", "HTTPS://ok.host/", "u:p@ok.host"])).allowed_hosts
+    assert hosts == {"ok.host:8443", "[::1]:8080", "https://ok.host", "u:p@ok.host"}
+
+
 async def test_an_allowed_host_written_with_its_scheme_allows_that_scheme_alone(
         proxy: Any, upstream: Any) -> None:
     """A scheme-less entry allows http:// and https:// alike, so a client could send the

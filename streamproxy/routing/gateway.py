@@ -182,14 +182,25 @@ def catalog_key(name: str | None, providers: Mapping[str, Any],
 def _allowed_entry(entry: str, src: str, where: str) -> str:
     """An allow-list entry as `_allowed_url` looks it up: host[:port], any HTTP scheme; or
     scheme://host[:port], that scheme alone (an entry written https:// used to match nothing)."""
-    if "://" not in entry:
-        return entry.lower()
     host = _host_of(entry)
-    scheme = entry.split("://", 1)[0].lower()
-    if not host or f"{scheme}://{host}" != entry.lower().rstrip("/"):
+    scheme = entry.split("://", 1)[0].lower() if "://" in entry else None
+    written = entry.lower().rstrip("/") if scheme else entry.lower()
+    # (a path, query or port 0 / over 65535 in an entry matched no request, in silence)
+    if not host or (f"{scheme}://{host}" if scheme else host) != written:
         raise ConfigError(src, where, "must be host[:port], or http:// or https:// and "
                                       "host[:port] (no path)")
-    return f"{scheme}://{host}"
+    if not _port_ok(host):
+        raise ConfigError(src, where, "has a port outside 1-65535")
+    return f"{scheme}://{host}" if scheme else host
+
+
+def _port_ok(host: str) -> bool:
+    """Whether host[:port] has no port, or one from 1 to 65535."""
+    try:
+        port = urlsplit(f"//{host}").port
+    except ValueError:
+        return False
+    return (port is None and not host.endswith(":")) or (port is not None and port > 0)
 
 
 def _virtual_secret(raw: dict[str, Any], src: str, where: str) -> str:
