@@ -605,6 +605,13 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
     models = unless_null(raw.get("models"), [])
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise ConfigError(source, f"{where}.models", "must be a list of model names")
+    for key in ("api_key", "api_key_env"):
+        if isinstance(raw.get(key), str) and not raw[key].strip():
+            # (an unset template variable, most likely: read as "no key", the client's own
+            # key went upstream, and an api_key_env beside it was ignored; fail closed)
+            raise ConfigError(source, f"{where}.{key}", "is empty: give it, or leave it out "
+                              "(with neither api_key nor api_key_env, the client's key is "
+                              "forwarded)")
     refuse_reference_as_name(raw.get("api_key_env"), source, f"{where}.api_key_env")
     api_key = raw.get("api_key")
     refuse_env_reference(api_key, source, f"{where}.api_key", "api_key_env")

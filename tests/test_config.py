@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from streamproxy.config import ConfigError, load_config
+from streamproxy.config import ConfigError, load_config, parse_config
 from streamproxy.errors import UnknownProvider
 from streamproxy.routing.router import Router
 from streamproxy.server.app import build_providers
@@ -507,3 +507,19 @@ def test_an_empty_base_url_is_an_error_not_the_types_default(tmp_path: Path,
                                     "api_key: sk-local}}\n"))
     assert info.value.key == "providers.x.base_url"
     assert "is empty" in info.value.reason
+
+
+@pytest.mark.parametrize(("entry", "key"), [
+    ({"api_key": "", "api_key_env": "R274_SET_KEY"}, "api_key"),
+    ({"api_key": "   "}, "api_key"),
+    ({"api_key_env": ""}, "api_key_env"),
+])
+def test_an_empty_provider_key_field_is_an_error(monkeypatch: Any, entry: dict[str, Any],
+                                                 key: str) -> None:
+    """`api_key: ""` (an unset template variable) was read as "no key": api_key_env beside it
+    was ignored and the client's own key went upstream."""
+    monkeypatch.setenv("R274_SET_KEY", "sk-from-env")
+    with pytest.raises(ConfigError) as e:
+        parse_config({"providers": {"gpt": {"type": "openai", **entry}}}, "f.yaml")
+    assert e.value.key == f"providers.gpt.{key}"
+    assert "empty" in e.value.reason
