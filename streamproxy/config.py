@@ -322,6 +322,7 @@ def parse_config(data: Any, source: str) -> Config:
 # nor kept secret).
 _ENV_REFERENCE = re.compile(
     r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Z_][A-Z0-9_]*)|os\.environ/([A-Za-z_][A-Za-z0-9_]*)")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def refuse_env_reference(secret: Any, source: str, key: str, env_key: str) -> None:
@@ -334,14 +335,20 @@ def refuse_env_reference(secret: Any, source: str, key: str, env_key: str) -> No
                           f"{env_key}: {name} to read the environment")
 
 
-def refuse_reference_as_name(env: Any, source: str, key: str) -> None:
-    """A variable's name written as a reference (`api_key_env: ${OPENAI_API_KEY}`) named a
-    variable called `${OPENAI_API_KEY}`, which is never set: serve only warned of it, and the
-    client's own key went upstream. Refused with the name alone to write instead."""
-    if isinstance(env, str) and (match := _ENV_REFERENCE.fullmatch(env.strip())):
+def check_env_name(env: Any, source: str, key: str) -> None:
+    """A `*_env` value that is no variable's name named a variable that is never set: serve
+    only warned of it, and the client's own key went upstream. A reference
+    (`api_key_env: ${OPENAI_API_KEY}`) is refused with the name alone to write instead; any
+    other non-name (`api_key_env: sk-proj-...`, the key itself) without its value."""
+    if not isinstance(env, str) or not env:  # (the type and emptiness are the caller's)
+        return
+    if match := _ENV_REFERENCE.fullmatch(env.strip()):
         leaf = key.rpartition(".")[2]
         raise ConfigError(source, key, f"{env.strip()} is not expanded here: write {leaf}: "
                           f"{next(filter(None, match.groups()))}, the variable's name alone")
+    if not _ENV_NAME.fullmatch(env):
+        raise ConfigError(source, key, "is no environment variable's name (the key itself? it "
+                          "is not shown): write the name of the variable that holds it")
 
 
 def required_secret(raw: dict[str, Any], source: str, where: str, key: str,
@@ -361,15 +368,12 @@ def required_secret(raw: dict[str, Any], source: str, where: str, key: str,
     env = raw[env_key]
     if not isinstance(env, str) or not env:
         raise ConfigError(source, f"{where}.{env_key}", "must be an environment variable name")
-    refuse_reference_as_name(env, source, f"{where}.{env_key}")
+    check_env_name(env, source, f"{where}.{env_key}")
     secret = secret_from_env(env, source, f"{where}.{env_key}")
     if not secret:
         raise ConfigError(source, f"{where}.{env_key}",
                           f"environment variable {shown_env(env)} is not set")
     return secret
-
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def shown_env(env: str) -> str:
@@ -612,7 +616,7 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
             raise ConfigError(source, f"{where}.{key}", "is empty: give it, or leave it out "
                               "(with neither api_key nor api_key_env, the client's key is "
                               "forwarded)")
-    refuse_reference_as_name(raw.get("api_key_env"), source, f"{where}.api_key_env")
+    check_env_name(raw.get("api_key_env"), source, f"{where}.api_key_env")
     api_key = raw.get("api_key")
     refuse_env_reference(api_key, source, f"{where}.api_key", "api_key_env")
     check_secret(api_key, source, f"{where}.api_key")

@@ -523,3 +523,24 @@ def test_an_empty_provider_key_field_is_an_error(monkeypatch: Any, entry: dict[s
         parse_config({"providers": {"gpt": {"type": "openai", **entry}}}, "f.yaml")
     assert e.value.key == f"providers.gpt.{key}"
     assert "empty" in e.value.reason
+
+
+_KEY_AS_NAME = "sk-proj-R274-secret-9"
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    ({"providers": {"gpt": {"type": "openai", "api_key_env": _KEY_AS_NAME}}},
+     "providers.gpt.api_key_env"),
+    ({"providers": {"b": {"type": "bedrock", "region": "us-east-1",
+                          "aws_access_key_id_env": "R274_ID",
+                          "aws_secret_access_key_env": _KEY_AS_NAME}}},
+     "providers.b.aws_secret_access_key_env"),
+])
+def test_a_key_written_where_its_variables_name_goes_is_an_error(
+        data: dict[str, Any], key: str) -> None:
+    """`api_key_env: sk-proj-...` named a variable never set: serve only warned, and the
+    client's own key went upstream. An error naming the field, never the value."""
+    with pytest.raises(ConfigError) as e:
+        parse_config(data, "f.yaml")
+    assert e.value.key == key
+    assert _KEY_AS_NAME not in str(e.value)

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from streamproxy.config import ConfigError, ProviderConfig, refuse_reference_as_name
+from streamproxy.config import ConfigError, ProviderConfig, check_env_name
 from streamproxy.errors import AuthenticationFailed, CredentialsUnavailable
 from streamproxy.providers.threads import in_daemon_thread
 
@@ -66,7 +66,7 @@ def check_options(options: dict[str, Any], source: str, where: str) -> None:
         if key in OPTION_KEYS and value is not None and not isinstance(value, str):
             raise ConfigError(source, f"{where}.{key}", "must be a string")
         if key.endswith("_env"):
-            refuse_reference_as_name(value, source, f"{where}.{key}")
+            check_env_name(value, source, f"{where}.{key}")
     for key in KEY_OPTIONS:
         if options.get(key) and options.get(f"{key}_env"):
             raise ConfigError(source, f"{where}.{key}", f"give {key} or {key}_env, not both")
