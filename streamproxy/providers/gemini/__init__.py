@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
-from streamproxy.config import REGION, ConfigError, ProviderConfig, positive_seconds
+from streamproxy.config import (
+    REGION,
+    ConfigError,
+    ProviderConfig,
+    check_env_name,
+    positive_seconds,
+)
 from streamproxy.errors import InvalidRequest, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.anthropic.options import check_option_values
@@ -184,6 +190,8 @@ class VertexProvider(GeminiProvider):
         problem = _token_option_problem(options)
         if problem:
             raise ConfigError(source, f"{where}.{problem[0]}", problem[1])
+        # (`${TOKEN}` or the token itself named a variable never set: every request failed)
+        check_env_name(options.get("token_env"), source, f"{where}.token_env")
         if options.get("token_refresh") is not None:
             positive_seconds(options["token_refresh"], source, f"{where}.token_refresh")
         check_option_values(options, source, where)
@@ -348,7 +356,9 @@ def _token_option_problem(options: dict[str, Any]) -> tuple[str, str] | None:
             or (isinstance(command, list) and command
                 and all(isinstance(a, str) for a in command))):
         return "token_command", "must be a command line or a non-empty list of arguments"
-    if options.get("token_env") is not None and not isinstance(options["token_env"], str):
+    if options.get("token_env") is not None and not (
+            isinstance(options["token_env"], str) and options["token_env"]):
+        # ("" counted as the token option given, then as none: the provider key went instead)
         return "token_env", "must be an environment variable name"
     path = options.get("credentials_file")
     if path is not None:
