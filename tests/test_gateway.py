@@ -1662,3 +1662,19 @@ async def test_a_clients_config_cannot_fan_one_request_out_to_hundreds_upstream(
     served = await post(client, most, stream=False)
     assert served.status == 200
     assert access_log()[-1]["attempts"] == 51  # (a 400 is not retried: one try each)
+
+
+async def test_an_empty_override_model_is_refused_and_null_keeps_the_requests(
+        proxy: Any) -> None:
+    """override_params {model: ""} answered from the provider's default model, not the one
+    the request named; null (unset) keeps the request's."""
+    client = await proxy(gateway_config())
+    resp = await post(client, json.dumps({"provider": "mock", "override_params": {"model": ""}}),
+                      stream=False, model="slow")
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == "config.override_params.model"
+    resp = await post(client, json.dumps({"provider": "mock",
+                                          "override_params": {"model": None}}),
+                      stream=False, model="slow")
+    assert resp.status == 200
+    assert (await resp.json())["model"] == "slow"

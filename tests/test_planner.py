@@ -108,6 +108,12 @@ def make(raw: dict[str, Any], seed: int = 0, breakers: CircuitBreakers | None = 
         {"provider": "a", "override_params": {"n": 2}}]},
      "config.targets[0].override_params.n"),
     ({"provider": "a", "override_params": {"n": 1}}, "config.override_params.n"),
+    # a model's name is never empty: "" sent the provider's default model in place of the
+    # request's, where null keeps the request's
+    ({"provider": "a", "override_params": {"model": ""}}, "config.override_params.model"),
+    ({"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "a", "override_params": {"model": " "}}]},
+     "config.targets[0].override_params.model"),
     # OneLLM's routing fields are read from the body before routing: as overrides they went
     # upstream as they were (OpenAI answers an unknown argument with a 400)
     ({"provider": "a", "override_params": {"fallback_models": ["b/m"]}},

@@ -218,6 +218,11 @@ def _override_params(params: Any, where: str) -> dict[str, Any]:
         # choice 0 alone (they read n from the request)
         raise _bad(f"{where}.n", "would change how many choices the answer has from what the "
                    "client asked for: send n in the request body")
+    model = params.get("model")
+    if isinstance(model, str) and not model.strip():  # (no model's name: it sent the
+        # provider's default model in place of the request's, where null keeps the request's)
+        raise _bad(f"{where}.model", "is empty: give a model name, or null to keep the "
+                   "request's model")
     for key in GATEWAY_FIELDS.intersection(params):  # read from the body before routing,
         # never forwarded: as an override each went upstream as it was (OpenAI's 400)
         raise _bad(f"{where}.{key}", "is a routing field of the request (OneLLM's), not a "
