@@ -292,7 +292,7 @@ def parse_config(data: Any, source: str) -> Config:
     try:
         server = _parse_server(unless_null(data.get("server"), {}), source)
     except ConfigError as e:
-        errors.append(e)
+        errors.extend(each_problem(e))
     providers_raw = data.get("providers")
     providers: dict[str, ProviderConfig] = {}
     if not isinstance(providers_raw, dict) or not providers_raw:
@@ -441,60 +441,70 @@ def parse_timeouts(raw: Any, source: str, key: str) -> dict[str, float | None]:
 def _parse_server(raw: Any, source: str) -> ServerConfig:
     if not isinstance(raw, dict):
         raise ConfigError(source, "server", "must be a mapping")
-    ints = {"port", "max_body_bytes", "max_event_bytes", "max_messages", "max_tools",
-            "max_json_depth", "max_concurrent_streams", "max_header_bytes", "max_headers"}
     kwargs: dict[str, Any] = {}
+    errors: list[ConfigError] = []  # each key's problem, as check-config lists them
     for k, v in raw.items():
-        key = f"server.{k}"
-        if k in ints:
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ConfigError(source, key, "must be a positive integer")
-            if k == "port" and v > MAX_PORT:  # (the socket layer would wrap it: 70000 → 4464)
-                raise ConfigError(source, key, f"must be a port number, 1 to {MAX_PORT}")
-            kwargs[k] = v
-        elif k == "host":
-            if not isinstance(v, str):
-                raise ConfigError(source, key, "must be a string")
-            kwargs[k] = v
-        elif k == "log_level":  # any case, as env STREAMPROXY_LOG_LEVEL
-            if not isinstance(v, str) or v.lower() not in LOG_LEVELS:
-                raise ConfigError(source, key, f"must be one of {', '.join(LOG_LEVELS)}")
-            kwargs[k] = v.lower()
-        elif k == "timeouts":
-            kwargs[k] = Timeouts().merged(parse_timeouts(v, source, key))
-        elif k == "keepalive_interval":
-            kwargs[k] = _number(v, source, key, allow_none=True)
-        elif k in ("client_header_timeout", "client_body_timeout"):
-            kwargs[k] = _number(v, source, key)
-        elif k == "upstream_client":
-            if v not in ("aiohttp", "native"):
-                raise ConfigError(source, key, "must be one of aiohttp, native")
-            kwargs[k] = v
-        elif k == "upstream_proxy":
-            kwargs[k] = _upstream_proxy(v, source, key)
-        elif k == "front":
-            if v not in ("aiohttp", "lean"):
-                raise ConfigError(source, key, "must be one of aiohttp, lean")
-            kwargs[k] = v
-        elif k == "shutdown_grace":
-            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
-                raise ConfigError(source, key, "must be a finite number of seconds, 0 or more")
-            kwargs[k] = float(v)
-        elif k == "send_timeout":  # 0 or null: off
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)
-                                  or not 0 <= v < math.inf):  # (NaN fails both)
-                raise ConfigError(source, key, "must be a finite number of seconds, 0 or null "
-                                  "for none")
-            kwargs[k] = float(v) if v else None
-        elif k == "drain_delay":
-            if isinstance(v, bool) or not isinstance(v, int | float) or not (
-                    0 <= v <= MAX_DRAIN_DELAY):  # (NaN fails both)
-                raise ConfigError(source, key,
-                                  f"must be a finite number of seconds, 0 to {MAX_DRAIN_DELAY}")
-            kwargs[k] = float(v)
-        else:
-            raise ConfigError(source, key, unknown_key(k, ServerConfig.__dataclass_fields__))
+        try:
+            kwargs[k] = _server_value(k, v, source, f"server.{k}")
+        except ConfigError as e:
+            errors.append(e)
+    raise_collected(errors)
     return ServerConfig(**kwargs)
+
+
+_SERVER_INTS = {"port", "max_body_bytes", "max_event_bytes", "max_messages", "max_tools",
+                "max_json_depth", "max_concurrent_streams", "max_header_bytes", "max_headers"}
+
+
+def _server_value(k: str, v: Any, source: str, key: str) -> Any:
+    if k in _SERVER_INTS:
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ConfigError(source, key, "must be a positive integer")
+        if k == "port" and v > MAX_PORT:  # (the socket layer would wrap it: 70000 → 4464)
+            raise ConfigError(source, key, f"must be a port number, 1 to {MAX_PORT}")
+        return v
+    elif k == "host":
+        if not isinstance(v, str):
+            raise ConfigError(source, key, "must be a string")
+        return v
+    elif k == "log_level":  # any case, as env STREAMPROXY_LOG_LEVEL
+        if not isinstance(v, str) or v.lower() not in LOG_LEVELS:
+            raise ConfigError(source, key, f"must be one of {', '.join(LOG_LEVELS)}")
+        return v.lower()
+    elif k == "timeouts":
+        return Timeouts().merged(parse_timeouts(v, source, key))
+    elif k == "keepalive_interval":
+        return _number(v, source, key, allow_none=True)
+    elif k in ("client_header_timeout", "client_body_timeout"):
+        return _number(v, source, key)
+    elif k == "upstream_client":
+        if v not in ("aiohttp", "native"):
+            raise ConfigError(source, key, "must be one of aiohttp, native")
+        return v
+    elif k == "upstream_proxy":
+        return _upstream_proxy(v, source, key)
+    elif k == "front":
+        if v not in ("aiohttp", "lean"):
+            raise ConfigError(source, key, "must be one of aiohttp, lean")
+        return v
+    elif k == "shutdown_grace":
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
+            raise ConfigError(source, key, "must be a finite number of seconds, 0 or more")
+        return float(v)
+    elif k == "send_timeout":  # 0 or null: off
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)
+                              or not 0 <= v < math.inf):  # (NaN fails both)
+            raise ConfigError(source, key, "must be a finite number of seconds, 0 or null "
+                              "for none")
+        return float(v) if v else None
+    elif k == "drain_delay":
+        if isinstance(v, bool) or not isinstance(v, int | float) or not (
+                0 <= v <= MAX_DRAIN_DELAY):  # (NaN fails both)
+            raise ConfigError(source, key,
+                              f"must be a finite number of seconds, 0 to {MAX_DRAIN_DELAY}")
+        return float(v)
+    else:
+        raise ConfigError(source, key, unknown_key(k, ServerConfig.__dataclass_fields__))
 
 
 def _upstream_proxy(value: Any, source: str, key: str) -> str | dict[str, Any]:

@@ -512,6 +512,21 @@ extra: 1
     assert "unknown provider type 'nope'" in err.splitlines()[3]
 
 
+def test_each_server_keys_problem_is_listed(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Within `server`, check-config still stopped at the first bad key."""
+    code, out, err = run(tmp_path, """
+server: {port: 0.5, log_level: loud, front: fast, host: 127.0.0.1}
+providers: {mock: {type: mock}}
+""", capsys)
+    assert code == 2 and out == ""
+    assert err.splitlines() == [
+        "FILE: server.port: must be a positive integer",
+        "FILE: server.log_level: must be one of debug, info, warning, error",
+        "FILE: server.front: must be one of aiohttp, lean",
+    ]
+
+
 def test_every_sections_problem_is_listed(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(tmp_path, """
