@@ -1671,6 +1671,21 @@ def test_config_validation() -> None:
         bedrock_config("http://x", structured_outputs="strict")
 
 
+@pytest.mark.parametrize("options", [
+    {"aws_access_key_id_env": "", "aws_secret_access_key_env": ""},
+    {"aws_access_key_id": "", "aws_secret_access_key": ""},
+    {"profile": " "},
+])
+def test_an_empty_credential_option_is_an_error_not_the_default_chain(
+        options: dict[str, Any]) -> None:
+    """`aws_access_key_id_env: ""` (an unset template variable) was read as not given: the
+    default credential chain (the host's role, ~/.aws) signed in place of the keys meant."""
+    with pytest.raises(ConfigError, match="is empty") as info:
+        parse_config({"providers": {"b": {"type": "bedrock", "region": "us-east-1",
+                                          **options}}}, "f.yaml")
+    assert info.value.key == f"providers.b.{next(iter(options))}"
+
+
 def test_missing_region_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_REGION", raising=False)
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)

@@ -65,6 +65,10 @@ def check_options(options: dict[str, Any], source: str, where: str) -> None:
     for key, value in options.items():
         if key in OPTION_KEYS and value is not None and not isinstance(value, str):
             raise ConfigError(source, f"{where}.{key}", "must be a string")
+        if key in OPTION_KEYS and isinstance(value, str) and not value.strip():
+            # (an unset template variable: read as not given, the default credential chain,
+            # the host's role or ~/.aws, signed in place of the keys meant; fail closed)
+            raise ConfigError(source, f"{where}.{key}", "is empty: give it, or leave it out")
         if key.endswith("_env"):
             check_env_name(value, source, f"{where}.{key}")
     for key in KEY_OPTIONS:
