@@ -252,7 +252,7 @@ def test_resource_builds_the_endpoint() -> None:
     assert up.url == ("https://contoso.openai.azure.com/openai/deployments/gpt-4o/"
                       "chat/completions?api-version=2025-01-01-preview")
     assert up.headers["api-key"] == "k"
-    assert up.body is req.raw  # nothing to change: the client's bytes go as they are
+    assert up.body == req.raw  # (written from the body: tests/test_duplicate_keys.py)
 
 
 @pytest.mark.parametrize(("entry", "key"), [

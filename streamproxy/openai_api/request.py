@@ -41,7 +41,7 @@ _SAYS_IN_CONTENT = frozenset({"system", "developer", "user"})
 @dataclass(slots=True)
 class ChatRequest:
     body: dict[str, Any]  # the client's body minus gateway fields
-    raw: bytes  # the client's bytes, forwarded unchanged when nothing must change
+    raw: bytes  # the client's bytes (a repeated key in them: `body` holds its last value)
     stream: bool
     include_usage: bool
     fallback_models: list[str] = field(default_factory=list)

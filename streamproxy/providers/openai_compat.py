@@ -452,7 +452,12 @@ class OpenAIProvider(Provider):
             body = {**body, "stream_options": {**(body.get("stream_options") or {}),
                                                "include_usage": True}}
             changed = True
-        raw = orjson.dumps({**body, "model": model}) if changed else req.raw
+        # Never the client's bytes as they came: orjson kept a repeated key's last value (the
+        # one routed, authorised, limited and cached by, as OpenAI reads it), and an upstream
+        # that keeps the first (serde, Go, Java servers) or refuses duplicates would be asked
+        # something else, at any depth (a message's content). Writing the parsed body costs a
+        # fifth of its parse; telling whether the bytes hold a duplicate would cost more.
+        raw = orjson.dumps({**body, "model": model} if changed else body)
         headers = {"content-type": "application/json", **self.auth_headers(target.api_key)}
         if self.cfg.options.get("organization"):
             headers["openai-organization"] = self.cfg.options["organization"]
