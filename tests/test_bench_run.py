@@ -94,6 +94,15 @@ class _Stalling(asyncio.Protocol):
 _open: list[_Stalling] = []
 
 
+async def _all_closed() -> bool:
+    """Whether every connection to a _Stalling server is closed, within 0.2 s."""
+    for _ in range(20):
+        if not _open:
+            return True
+        await asyncio.sleep(0.01)
+    return not _open
+
+
 @contextlib.asynccontextmanager
 async def _serving(protocol: Callable[[], asyncio.Protocol]) -> AsyncIterator[loadgen.Target]:
     """A loopback server speaking `protocol`, as the load generator's target."""
@@ -114,11 +123,7 @@ async def test_a_stream_that_never_ends_is_a_failed_stream_and_its_user_is_stopp
         assert stats.errors_total == 1
         assert "still open" in stats.error_samples[0]
         assert users[0].done()
-        for _ in range(20):  # the server sees the connection closed
-            if not _open:
-                break
-            await asyncio.sleep(0.01)
-        assert not _open
+        assert await _all_closed()  # the server sees the connection closed
 
 
 def _this_process() -> Proc:
@@ -280,11 +285,7 @@ async def test_a_server_gone_mid_window_stops_the_scenarios_users() -> None:
         with pytest.raises(FileNotFoundError):
             await asyncio.wait_for(run.measure(target, 2, plan, gone, [], 0.05), 5)  # type: ignore[arg-type]
         assert not (asyncio.all_tasks() - before - {asyncio.current_task()})
-        for _ in range(20):  # the stalled streams' connections are closed
-            if not _open:
-                break
-            await asyncio.sleep(0.01)
-        assert not _open
+        assert await _all_closed()  # the stalled streams' connections are closed
 
 
 def test_workers_scaling_without_a_cost_or_a_split_is_unmeasured_not_a_crash() -> None:
@@ -390,11 +391,7 @@ async def test_slow_streams_of_a_server_gone_mid_run_do_not_outlive_the_scenario
         with pytest.raises(FileNotFoundError):
             await asyncio.wait_for(run.hold(target, 3, gone, 3, []), 10)  # type: ignore[arg-type]
         assert not (asyncio.all_tasks() - before - {asyncio.current_task()})
-        for _ in range(20):  # the stalled streams' connections are closed
-            if not _open:
-                break
-            await asyncio.sleep(0.01)
-        assert not _open
+        assert await _all_closed()  # the stalled streams' connections are closed
 
 
 def _paced_row(env: run.Env) -> None:

@@ -405,16 +405,22 @@ async def test_sqlite_store_batches_persists_and_reopens(tmp_path: Path) -> None
     await reopened.close()
 
 
-async def test_sqlite_store_drops_writes_beyond_max_pending(tmp_path: Path) -> None:
-    store = SQLiteStore(str(tmp_path / "s.sqlite3"), max_pending=1)
+async def _hold_the_writer(store: SQLiteStore) -> tuple[asyncio.Future[Any], threading.Event]:
+    """Keep `store`'s writer thread busy until the event is set: (its job, the event)."""
     entered, release = threading.Event(), threading.Event()
 
-    def block(conn: Any) -> None:  # hold the writer thread busy
+    def block(conn: Any) -> None:
         entered.set()
         release.wait(10)
 
     busy = asyncio.ensure_future(store._call(block))
     assert await asyncio.to_thread(entered.wait, 10)
+    return busy, release
+
+
+async def test_sqlite_store_drops_writes_beyond_max_pending(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"), max_pending=1)
+    busy, release = await _hold_the_writer(store)
     assert store.add(_item("kept")) is True
     assert store.add(_item("dropped")) is False and store.dropped == 1
     release.set()
@@ -1151,14 +1157,7 @@ async def test_a_read_arriving_while_the_store_closes_is_answered(tmp_path: Path
     request waited for ever."""
     store = SQLiteStore(str(tmp_path / "s.sqlite3"))
     assert store.add(_item("kept"))
-    entered, release = threading.Event(), threading.Event()
-
-    def block(conn: Any) -> None:  # hold the writer thread busy
-        entered.set()
-        release.wait(10)
-
-    busy = asyncio.ensure_future(store._call(block))
-    assert await asyncio.to_thread(entered.wait, 10)
+    busy, release = await _hold_the_writer(store)
     closing = asyncio.ensure_future(store.close())
     await asyncio.sleep(0)  # close() has queued the stop
     late = asyncio.ensure_future(store.get("", "kept"))
@@ -1310,14 +1309,7 @@ async def test_every_stall_that_drops_completions_is_logged(
 
     monkeypatch.setattr(sqlite_store, "_LOG_EVERY", 0.0)  # every drop its own interval
     store = SQLiteStore(str(tmp_path / "s.sqlite3"), max_pending=1)
-    entered, release = threading.Event(), threading.Event()
-
-    def block(conn: Any) -> None:  # hold the writer thread busy
-        entered.set()
-        release.wait(10)
-
-    busy = asyncio.ensure_future(store._call(block))
-    assert await asyncio.to_thread(entered.wait, 10)
+    busy, release = await _hold_the_writer(store)
     assert store.add(_item("kept"))
     assert store.add(_item("d1")) is False and store.add(_item("d2")) is False
     warnings = [r.getMessage() for r in caplog.records if "storage is behind" in r.getMessage()]
