@@ -258,13 +258,19 @@ async def test_a_targets_retries_share_its_total_timeout(proxy: Any) -> None:
     assert "total timeout" in (await resp.json())["error"]["message"]
 
 
+def _claude_refusing_and_gpt() -> Any:
+    """An Anthropic target (its translation refuses `stop: ["\\n"]` before sending; nothing
+    listens at its URL) and a mock to fall back to."""
+    return make_config({
+        "claude": {"type": "anthropic", "base_url": f"http://127.0.0.1:{closed_port()}",
+                   "api_key": "sk-claude", "default_model": "m"},
+        "gpt": {"type": "mock", "wire": "openai", "default_model": "fast"}}, default="gpt")
+
+
 async def test_a_targets_own_400_is_a_providers_400_to_the_fallback(proxy: Any) -> None:
     # Claude refuses a whitespace-only stop, so its translation answers the 400 Claude would:
     # a fallback acts on it as on any 400, moving on unless its on_status_codes leave 400 out.
-    client = await proxy(make_config({
-        "claude": {"type": "anthropic", "base_url": f"http://127.0.0.1:{closed_port()}",
-                   "api_key": "sk-claude", "default_model": "m"},
-        "gpt": {"type": "mock", "wire": "openai", "default_model": "fast"}}, default="gpt"))
+    client = await proxy(_claude_refusing_and_gpt())
     targets = ({"provider": "claude"}, leaf("fast:tokens=2", "gpt"))
     for stream in (True, False):
         resp = await post(client, fallback(*targets), stream=stream, stop=["\n"])
@@ -283,10 +289,7 @@ async def test_a_targets_own_400_is_final_for_it_but_falls_back(proxy: Any, acce
     # The refusal is the target's translation's, made before any request: a retry on 400
     # got it again after each backoff (three tries, the retries reported run out). Another
     # target may take the request: a fallback still runs.
-    client = await proxy(make_config({
-        "claude": {"type": "anthropic", "base_url": f"http://127.0.0.1:{closed_port()}",
-                   "api_key": "sk-claude", "default_model": "m"},
-        "gpt": {"type": "mock", "wire": "openai", "default_model": "fast"}}, default="gpt"))
+    client = await proxy(_claude_refusing_and_gpt())
     claude = {"provider": "claude", "retry": {"attempts": 2, "on_status_codes": [400]}}
     resp = await post(client, json.dumps(claude), stream=stream, stop=["\n"])
     assert resp.status == 400 and (await resp.json())["error"]["param"] == "stop"
@@ -305,10 +308,7 @@ async def test_a_targets_own_400_is_no_trial_of_its_breaker(proxy: Any, access_l
                                                             stream: bool) -> None:
     # The refusal never reached the upstream, so it says nothing of its health: a half-open
     # breaker waits for a request that does, and the next failure opens it again.
-    client = await proxy(make_config({
-        "claude": {"type": "anthropic", "base_url": f"http://127.0.0.1:{closed_port()}",
-                   "api_key": "sk-claude", "default_model": "m"},
-        "gpt": {"type": "mock", "wire": "openai", "default_model": "fast"}}, default="gpt"))
+    client = await proxy(_claude_refusing_and_gpt())
     config = fallback({"provider": "claude"}, leaf("fast:tokens=2", "gpt"),
                       cb_config={"failure_threshold": 2, "cooldown_interval": 100})
     for _ in range(2):  # the upstream is down: two failures open the breaker

@@ -379,15 +379,19 @@ async def test_a_verbosity_openai_knows_is_still_dropped(proxy: Any, upstream: A
     assert "verbosity" not in sent.json()
 
 
-async def test_a_pass_through_type_forwards_any_verbosity(proxy: Any, upstream: Any) -> None:
-    # (an OpenAI-compatible upstream may know more: OpenRouter's `max`)
+# (an OpenAI-compatible upstream may know more: OpenRouter's verbosity `max`, Groq's own
+# service tiers on_demand and performance)
+@pytest.mark.parametrize(("field", "value"), [("verbosity", "max"),
+                                              ("service_tier", "on_demand")])
+async def test_a_pass_through_type_forwards_any_value_of_a_dropped_field(
+        proxy: Any, upstream: Any, field: str, value: str) -> None:
     upstream.body = fixture_bytes("openai/pydantic-ai_run_stream_sync.response0.sse")
     client = await proxy(provider_config("openai", upstream.url))
     await client.post("/v1/chat/completions", json={
         "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}],
-        "verbosity": "max"})
+        field: value})
     [sent] = upstream.requests
-    assert sent.json()["verbosity"] == "max"
+    assert sent.json()[field] == value
 
 
 @pytest.mark.parametrize("kind", TRANSLATING)
@@ -482,12 +486,3 @@ async def test_a_dropped_value_openai_knows_is_still_dropped(proxy: Any, upstrea
     assert field not in sent.json()
 
 
-async def test_a_pass_through_type_forwards_any_service_tier(proxy: Any, upstream: Any) -> None:
-    # (Groq's own tiers: on_demand, performance)
-    upstream.body = fixture_bytes("openai/pydantic-ai_run_stream_sync.response0.sse")
-    client = await proxy(provider_config("openai", upstream.url))
-    await client.post("/v1/chat/completions", json={
-        "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}],
-        "service_tier": "on_demand"})
-    [sent] = upstream.requests
-    assert sent.json()["service_tier"] == "on_demand"
