@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from streamproxy.cache import entry as cached
 from streamproxy.cache.backends import MemoryCache, RedisCache
-from streamproxy.cache.config import CacheSettings, parse_cache_settings
+from streamproxy.cache.config import CacheSettings, max_age_for, parse_cache_settings
 from streamproxy.cache.key import cache_key
 from streamproxy.cache.service import make_backend
 from streamproxy.config import ConfigError
@@ -700,6 +700,24 @@ async def test_redis_entries_expire_with_max_age(redis_url: str) -> None:
         assert (await backend.get("k-kept"))["completion"]["id"] == "y"
     finally:
         await backend.close()
+
+
+async def test_a_max_age_beyond_portkeys_90_days_is_capped_and_cached(
+        proxy: Any, redis_url: str) -> None:
+    """Portkey caps `max_age` at 90 days. Uncapped, a "forever" max_age (1e17 s) was a TTL
+    Redis refuses ("value is not an integer or out of range"): every such request a MISS,
+    the write failing in the log, while the memory backend cached it."""
+    assert max_age_for({"mode": "simple", "max_age": 1e17}, CacheSettings()) == 90 * 86400
+    assert max_age_for({"mode": "simple", "max_age": 3600}, CacheSettings()) == 3600
+    client = await proxy(config(cache={"backend": "redis", "redis_url": redis_url}))
+    body = {"model": "mock/fast:tokens=3", "messages": [{"role": "user",
+                                                         "content": f"{random.random()}"}]}
+    statuses = []
+    for _ in range(2):
+        resp, _ = await post(client, body, cache_header(max_age=1e17))
+        statuses.append(resp.headers[STATUS])
+        await drained(client)
+    assert statuses == ["MISS", "HIT"]
 
 
 async def test_a_redis_entry_over_max_bytes_is_not_written(redis_url: str) -> None:

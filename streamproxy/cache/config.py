@@ -28,6 +28,9 @@ from streamproxy.errors import InvalidRequest
 FORCE_REFRESH_HEADER = "x-portkey-cache-force-refresh"
 NAMESPACE_HEADER = "x-portkey-cache-namespace"
 MODES = ("simple",)
+# Portkey's maximum `max_age` (90 days). A longer one is capped, not refused: Redis refuses a
+# TTL beyond ~2.9e8 years, so an uncapped "forever" was never cached there.
+MAX_AGE_CAP = 90 * 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,4 +109,4 @@ def max_age_for(cache: dict[str, Any] | None, settings: CacheSettings) -> float 
     if isinstance(max_age, bool) or not isinstance(max_age, int | float) or max_age <= 0:
         raise InvalidRequest("'cache.max_age' must be a positive number of seconds.",
                              param="cache.max_age", code="invalid_value")
-    return float(max_age)
+    return min(float(max_age), MAX_AGE_CAP)
