@@ -117,6 +117,16 @@ class RequestRecord:
         self.retried.append(self.provider or "")
 
 
+def cache_write_tokens(usage: dict[str, Any], details: Any) -> Any:
+    """The prompt's tokens written to the provider's cache, as the client's usage names them:
+    OpenAI's `prompt_tokens_details.cache_write_tokens` (OpenRouter's usage has only that),
+    else Anthropic's `cache_creation_input_tokens` at the top. `details` is the usage's
+    `prompt_tokens_details`; the value is the provider's JSON, unchecked."""
+    if isinstance(details, dict) and "cache_write_tokens" in details:
+        return details["cache_write_tokens"]
+    return usage.get("cache_creation_input_tokens")
+
+
 def upstream_error_kind(err: BaseException) -> str | None:
     """A small, bounded label for an upstream failure; None when the provider is not to blame."""
     if isinstance(err, UpstreamStatusError):

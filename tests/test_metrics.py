@@ -719,6 +719,24 @@ def test_reasoning_and_cache_write_tokens_are_counted() -> None:
     assert (entry["cache_write_tokens"], entry["reasoning_tokens"]) == (20, 7)
 
 
+def test_cache_writes_named_in_prompt_tokens_details_are_counted() -> None:
+    """OpenRouter's usage (the usage chunk of its docs) names a cache write only as
+    `prompt_tokens_details.cache_write_tokens`, OpenAI's name, with no Anthropic-style
+    `cache_creation_input_tokens` beside it: the client got the count, the dashboard and the
+    access log must too."""
+    r = RequestRecord(trace_id="t", provider="rec-tokens-or", model="m1", stream=True,
+                      usage={"prompt_tokens": 194, "completion_tokens": 2, "total_tokens": 196,
+                             "prompt_tokens_details": {"cached_tokens": 0,
+                                                       "cache_write_tokens": 100,
+                                                       "audio_tokens": 0},
+                             "completion_tokens_details": {"reasoning_tokens": 0}})
+    r.finished = r.started + 1
+    metrics().observe(r)
+    lbl = {"provider": "rec-tokens-or", "model": "m1"}
+    assert sample("streamproxy_tokens_total", **lbl, type="cache_write") == 100
+    assert access_entry(r)["cache_write_tokens"] == 100
+
+
 PREVIOUS_RUN_SCRIPT = textwrap.dedent("""
     import os, sys
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]

@@ -29,7 +29,7 @@ import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 
 from streamproxy.config import LOG_LEVELS, Config, ConfigError, unknown_key
-from streamproxy.record import RequestRecord
+from streamproxy.record import RequestRecord, cache_write_tokens
 from streamproxy.upstream.passed_headers import upstream_request_id
 
 ACCESS_LOGGER = logging.getLogger("streamproxy.access")
@@ -141,7 +141,10 @@ def _ms(seconds: float | None) -> float | None:
 
 
 def _count(usage: dict[str, Any], key: str) -> int | None:
-    n = usage.get(key)
+    return _int(usage.get(key))
+
+
+def _int(n: Any) -> int | None:
     return n if isinstance(n, int) and not isinstance(n, bool) else None
 
 
@@ -184,7 +187,7 @@ def access_entry(r: RequestRecord, now: float | None = None) -> dict[str, Any]:
         "prompt_tokens": _count(usage, "prompt_tokens"),
         "completion_tokens": _count(usage, "completion_tokens"),
         "cached_tokens": cached,
-        "cache_write_tokens": _count(usage, "cache_creation_input_tokens"),  # Anthropic's
+        "cache_write_tokens": _int(cache_write_tokens(usage, details)),
         "reasoning_tokens": reasoning,
         "tokens_partial": r.usage_partial,  # counted before the stream failed or was left
         "finish_reason": r.finish_reason,

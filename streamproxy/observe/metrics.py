@@ -41,7 +41,7 @@ from prometheus_client import (
 from prometheus_client.mmap_dict import MmapedDict
 
 from streamproxy.config import ConfigError
-from streamproxy.record import RequestRecord
+from streamproxy.record import RequestRecord, cache_write_tokens
 
 log = logging.getLogger("streamproxy.metrics")
 
@@ -277,7 +277,7 @@ class Metrics:
                   (series.output_tokens, usage.get("completion_tokens")),
                   (series.cached_tokens,
                    details.get("cached_tokens") if isinstance(details, dict) else 0),
-                  (series.cache_write_tokens, usage.get("cache_creation_input_tokens")),
+                  (series.cache_write_tokens, cache_write_tokens(usage, details)),
                   (series.reasoning_tokens,
                    output.get("reasoning_tokens") if isinstance(output, dict) else 0))
         for inc, n in counts:
