@@ -806,3 +806,28 @@ def test_the_metrics_directory_is_one_running_instances_until_it_exits(tmp_path:
         claim_directory(str(tmp_path))
     os.close(first)  # (its processes exited, however: the kernel lets the lock go)
     os.close(claim_directory(str(tmp_path)))
+
+
+@pytest.mark.parametrize("model", ["fast:tokens=2", "mock/fast:tokens=2", "@mock/fast:tokens=2"])
+async def test_models_the_operators_configs_ask_for_are_not_crowded_out(
+        proxy: Any, monkeypatch: pytest.MonkeyPatch, model: str) -> None:
+    """A named config's target (a `routes:` alias runs it) asks for a model no provider's
+    `models:` lists: it was a client model, and a client cycling 100 names turned the
+    operator's own routed traffic into `model="other"`."""
+    config = make_config({"mock": {"type": "mock", "default_model": "fast"}}, default="mock",
+                         configs={"smart": {"strategy": {"mode": "fallback"}, "targets": [
+                             {"provider": "mock", "override_params": {"model": model}}]}},
+                         routes={"smart": "smart"})
+    client = await proxy(config)
+    m = metrics()
+    monkeypatch.setattr(m, "_models", set())  # (the cap is the process's: not kept full)
+    for i in range(MAX_MODEL_LABELS + 1):
+        m.model_label(f"crowd-op-{i}")
+    assert m.model_label("crowd-op-x") == "other"
+    before = sample("streamproxy_requests_total", provider="mock", model="fast:tokens=2",
+                    status="200", stream="false")
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "smart", "messages": [{"role": "user", "content": "x"}]})
+    assert resp.status == 200
+    assert sample("streamproxy_requests_total", provider="mock", model="fast:tokens=2",
+                  status="200", stream="false") == before + 1

@@ -315,6 +315,18 @@ class Gateway:
         self.rng = rng or random.Random()
         self._operator_models = _operator_models(router, settings)
 
+    def operator_upstream_models(self) -> set[str]:
+        """The models the operator names, as a provider is asked for them (the metrics'
+        `model` label): a `name/` or `@name/` prefix naming a provider or virtual key dropped,
+        as routing drops it."""
+        names = set(self._operator_models)
+        for model in self._operator_models:
+            head, _, rest = model.partition("/")
+            head = head.removeprefix("@")
+            if rest and (head in self.router.providers or head in self.settings.virtual_keys):
+                names.add(rest)
+        return names
+
     # -- which tree ----------------------------------------------------------------------------
     def root_for(self, headers: Mapping[str, str], req: ChatRequest) -> ConfigNode | None:
         header = headers.get(CONFIG_HEADER)

@@ -39,8 +39,9 @@ def install_observers(app: web.Application, state: AppState) -> None:
     settings = parse_logging(state.config)
     app[LOGGING] = settings
     state.observers.append(metrics().observe)
-    metrics().keep_models(m for cfg in state.config.providers.values()
-                          for m in (cfg.default_model, *cfg.models) if m)
+    # (the providers' models, and those the named configs' targets ask for: a `routes:`
+    # alias's traffic is the operator's as much as a listed model's)
+    metrics().keep_models(state.gateway.operator_upstream_models())
     if set_circuit_state not in state.breakers.listeners:  # (breakers kept by a reload)
         state.breakers.listeners.append(set_circuit_state)
     if settings.access_log:
