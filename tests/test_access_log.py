@@ -326,6 +326,26 @@ def test_entry_of_a_rejected_request_is_complete() -> None:
     assert entry["provider"] is None and entry["duration_ms"] == 0.0
 
 
+async def test_a_clients_huge_model_name_does_not_make_a_huge_line(
+        proxy: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The model is the client's (the body's), as long as the body may be: a 200,000-character
+    name made a 200 KB access line per request (and, past the pipe's 4 KiB, lines several
+    workers write to one stdout interleave). Cut as the metrics' label is, its digest kept:
+    two such names stay apart; a real model id is logged whole."""
+    caplog.set_level(logging.INFO)
+    client = await proxy(mock_config())
+    for model in ("fast" + "x" * 200_000, "fast" + "x" * 199_999 + "y", "fast:tokens=2"):
+        resp = await client.post("/v1/chat/completions", json={"model": model,
+                                                              "messages": USER})
+        assert resp.status == 200
+        await resp.read()
+    raw = [r.getMessage() for r in caplog.records if r.name == ACCESS_LOGGER.name]
+    assert all(len(line) < 2000 for line in raw)
+    first, second, plain = access_lines(caplog)
+    assert first["model"].startswith("fastxxx") and first["model"] != second["model"]
+    assert plain["model"] == "fast:tokens=2"
+
+
 def test_logging_section_is_validated() -> None:
     assert parse_logging(mock_config()).log_bodies is False
     assert parse_logging(mock_config(logging={"log_bodies": True})).log_bodies is True

@@ -29,6 +29,7 @@ import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 
 from streamproxy.config import LOG_LEVELS, Config, ConfigError, unknown_key
+from streamproxy.observe.metrics import bounded_label
 from streamproxy.record import RequestRecord, cache_write_tokens
 from streamproxy.upstream.passed_headers import upstream_request_id
 
@@ -36,6 +37,10 @@ ACCESS_LOGGER = logging.getLogger("streamproxy.access")
 log = logging.getLogger("streamproxy.observe")
 
 LEVEL_ENV = "STREAMPROXY_LOG_LEVEL"
+# The model is the client's, as long as its body may be: past this, cut (with a digest of the
+# whole, as the metrics' label is), so one request cannot make a line of megabytes. Room for
+# the longest real ids (Vertex endpoint paths, Bedrock ARNs).
+MAX_MODEL_CHARS = 256
 LEVELS = LOG_LEVELS
 
 
@@ -179,7 +184,7 @@ def access_entry(r: RequestRecord, now: float | None = None) -> dict[str, Any]:
         "trace_id": r.trace_id,
         "auth_key": r.auth_key_name,
         "provider": r.provider,
-        "model": r.model,
+        "model": r.model if r.model is None else bounded_label(r.model, MAX_MODEL_CHARS),
         "status": r.status,
         "stream": r.stream,
         "ttft_ms": _ms(r.ttft) if r.stream else None,

@@ -77,15 +77,15 @@ DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200
 GAP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
-def bounded_label(value: str) -> str:
-    """`value`, or past MAX_LABEL_CHARS its start and a digest of the whole (`~` and 8 hex
+def bounded_label(value: str, limit: int = MAX_LABEL_CHARS) -> str:
+    """`value`, or past `limit` characters its start and a digest of the whole (`~` and 8 hex
     digits): two long values that share their first characters (one target's rules differing
     in their status codes, Vertex model paths) stay apart series. A stable hash, not hash():
     every worker must give one breaker's or model's value the same label."""
-    if len(value) <= MAX_LABEL_CHARS:
+    if len(value) <= limit:
         return value
     digest = hashlib.blake2b(value.encode(errors="replace"), digest_size=4).hexdigest()
-    return f"{value[:MAX_LABEL_CHARS - 9]}~{digest}"
+    return f"{value[:limit - 9]}~{digest}"
 
 
 def multiprocess_dir() -> str | None:
