@@ -1317,3 +1317,36 @@ async def test_every_stall_that_drops_completions_is_logged(
     release.set()
     await asyncio.wait_for(busy, 10)
     await asyncio.wait_for(store.close(), 10)
+
+
+def _lost_in_logs(caplog: pytest.LogCaptureFixture) -> int:
+    """The completions the once-a-minute "could not store N completions" errors counted."""
+    return sum(int(r.getMessage().split()[3]) for r in caplog.records
+               if r.getMessage().startswith("could not store"))
+
+
+async def _until_lost_logged(caplog: pytest.LogCaptureFixture, count: int) -> None:
+    for _ in range(200):  # (bounded: the count is told within the log interval)
+        if _lost_in_logs(caplog) >= count:
+            break
+        await asyncio.sleep(0.025)
+    assert _lost_in_logs(caplog) == count, [r.getMessage() for r in caplog.records]
+
+
+async def test_completions_lost_while_the_database_does_not_open_are_counted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A batch written while the file did not open (its directory gone, a permission) was
+    dropped uncounted: the operator read "cannot open" once a minute, never how many
+    completions were gone."""
+    import streamproxy.storage.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_LOG_EVERY", 0.05)
+    store = SQLiteStore(str(tmp_path / "missing-dir" / "s.sqlite3"))
+    assert store.add(_item("a")) and store.add(_item("b"))
+    store._send_batch()
+    assert store.add(_item("c"))
+    with pytest.raises(ProxyError):
+        await asyncio.wait_for(store.flush(), 10)
+    await _until_lost_logged(caplog, 3)
+    await asyncio.wait_for(store.close(), 10)

@@ -286,8 +286,11 @@ class SQLiteStore:
         return self._open()
 
     def _write(self, conn: sqlite3.Connection | None, batch: list[StoredCompletion]) -> None:
-        if conn is None:
-            return  # the open error was logged once
+        if conn is None:  # (the open error is logged apart: this says how many it cost)
+            self._unstored += len(batch)
+            self._write_error = self._open_error
+            self._report_unstored()
+            return
         try:
             for attempt in range(_WRITE_TRIES):
                 try:
