@@ -1350,3 +1350,31 @@ async def test_completions_lost_while_the_database_does_not_open_are_counted(
         await asyncio.wait_for(store.flush(), 10)
     await _until_lost_logged(caplog, 3)
     await asyncio.wait_for(store.close(), 10)
+
+
+async def test_an_update_or_delete_the_database_refuses_is_a_retryable_503(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A metadata update or a delete that SQLite refused (another process's write lock past
+    the busy wait) was a 500 `storage_error` — the request's own failure, to the SDKs — where
+    a read of a database that is down is a 503 `service_unavailable`. Both are now the 503,
+    and the row is untouched."""
+    import streamproxy.storage.sqlite as sqlite_store
+
+    path = str(tmp_path / "s.sqlite3")
+    monkeypatch.setattr(sqlite_store, "_BUSY_TIMEOUT", 0.05)
+    store = SQLiteStore(path)
+    assert store.add(_item("kept", tag="a"))
+    await asyncio.wait_for(store.flush(), 10)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    for call in (store.update_metadata("", "kept", {"tag": "b"}), store.delete("", "kept")):
+        with pytest.raises(ProxyError) as info:
+            await asyncio.wait_for(call, 10)
+        assert (info.value.status, info.value.error_type, info.value.code) == (
+            503, "api_error", "service_unavailable")
+        assert "locked" in info.value.message
+    other.execute("COMMIT")
+    other.close()
+    item = await asyncio.wait_for(store.get("", "kept"), 10)
+    assert item is not None and item.metadata == {"tag": "a"}
+    await asyncio.wait_for(store.close(), 10)

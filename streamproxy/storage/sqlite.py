@@ -328,6 +328,11 @@ class SQLiteStore:
                 result = fn(conn, *args)
             except ProxyError as e:
                 error = e
+            except sqlite3.OperationalError as e:  # locked past the busy wait, a full disk,
+                # a read-only file: the database is unavailable, as when it does not open —
+                # the retryable 503 the reads answer, not a 500 (this request's fault)
+                log.warning("storage query failed: %s", e)
+                error = StorageDown(f"stored completions are unavailable: {e}")
             except Exception:  # the thread must survive: every waiter gets an answer
                 log.exception("storage query failed")
                 error = StorageUnavailable("the stored completions database failed")
