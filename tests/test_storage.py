@@ -1378,3 +1378,29 @@ async def test_an_update_or_delete_the_database_refuses_is_a_retryable_503(
     item = await asyncio.wait_for(store.get("", "kept"), 10)
     assert item is not None and item.metadata == {"tag": "a"}
     await asyncio.wait_for(store.close(), 10)
+
+
+async def test_a_row_sqlite_refuses_loses_only_itself_not_its_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A batch is one transaction: one completion SQLite would not take (a `created` past 64
+    bits: OverflowError; a lone surrogate: UnicodeEncodeError) failed it, and every other
+    completion written with it — up to 255 other clients' — was lost too. The batch is now
+    written row by row after such a failure: only the bad rows are lost, and counted."""
+    import streamproxy.storage.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_LOG_EVERY", 0.05)
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"))
+    await asyncio.wait_for(store.flush(), 10)
+    too_big, unencodable = _item("too-big"), _item("unencodable")
+    too_big.created = 2**70
+    unencodable.request_model = "mock/\udcff"
+    for item in (_item("a"), too_big, _item("b"), unencodable, _item("c")):
+        assert store.add(item)  # (one batch: nothing sent in between)
+    await asyncio.wait_for(store.flush(), 10)
+    for cid in ("a", "b", "c"):
+        assert await asyncio.wait_for(store.get("", cid), 10) is not None, cid
+    for cid in ("too-big", "unencodable"):
+        assert await asyncio.wait_for(store.get("", cid), 10) is None, cid
+    await _until_lost_logged(caplog, 2)
+    await asyncio.wait_for(store.close(), 10)

@@ -62,6 +62,9 @@ _BUSY_TIMEOUT = 5.0  # seconds a statement waits for another process's write loc
 # Tries of a batch still locked after that wait (another process's long write: a clean-up
 # DELETE): the lock usually ends soon after, and a batch is up to 256 clients' completions.
 _WRITE_TRIES = 3
+# What one row can fail a write with (SQLite's refusals, an int past 64 bits, a lone surrogate,
+# a value orjson cannot encode): the batch is then written row by row, losing only that row.
+_ROW_ERRORS = (sqlite3.Error, TypeError, ValueError, OverflowError)
 
 
 class StorageUnavailable(ProxyError):
@@ -299,12 +302,28 @@ class SQLiteStore:
                 except sqlite3.OperationalError as e:
                     if not _locked(e) or attempt == _WRITE_TRIES - 1:
                         raise
-        except (sqlite3.Error, TypeError) as e:
-            # A full disk fails every batch (one each 50 ms): one log a minute says it all.
-            self._unstored += len(batch)
-            self._write_error = e
+        except _ROW_ERRORS as e:
+            if len(batch) > 1 and not _is_lock(e):
+                # The batch is one transaction: one row SQLite refuses (an int past 64 bits, a
+                # lone surrogate, a constraint) failed every other client's with it. Row by
+                # row, only that one is lost. (Not after a lock: each row would wait it out.)
+                self._write_rows(conn, batch)
+            else:  # a full disk fails every batch (one each 50 ms): one log a minute says it
+                self._unstored += len(batch)
+                self._write_error = e
         if self._unstored:
             self._report_unstored()
+
+    def _write_rows(self, conn: sqlite3.Connection, batch: list[StoredCompletion]) -> None:
+        for i, item in enumerate(batch):
+            try:
+                _insert_batch(conn, [item])
+            except _ROW_ERRORS as e:
+                self._write_error = e
+                if _is_lock(e):  # (the rest would wait in turn: they are lost with it)
+                    self._unstored += len(batch) - i
+                    return
+                self._unstored += 1
 
     def _report_unstored(self) -> None:
         """Log the completions lost since the last such log, at most once a minute. Also after
@@ -348,6 +367,10 @@ def _insert_batch(conn: sqlite3.Connection, batch: list[StoredCompletion]) -> No
         for start in range(0, len(batch), _ROWS_PER_INSERT):
             rows = [_row(item) for item in batch[start : start + _ROWS_PER_INSERT]]
             conn.execute(_insert(len(rows)), [v for row in rows for v in row])
+
+
+def _is_lock(e: BaseException) -> bool:
+    return isinstance(e, sqlite3.OperationalError) and _locked(e)
 
 
 def _locked(e: sqlite3.OperationalError) -> bool:
