@@ -1404,3 +1404,24 @@ async def test_a_row_sqlite_refuses_loses_only_itself_not_its_batch(
         assert await asyncio.wait_for(store.get("", cid), 10) is None, cid
     await _until_lost_logged(caplog, 2)
     await asyncio.wait_for(store.close(), 10)
+
+
+async def test_a_completion_added_after_close_starts_no_writer_and_is_counted(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A completion whose request ended after close() (a stream still running at shutdown or
+    a reload) started a new writer thread that nothing would stop: a thread and an open
+    database left behind by each such store. It is now refused, and counted in a warning."""
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"))
+    assert store.add(_item("kept"))
+    await asyncio.wait_for(store.close(), 10)
+    assert store.add(_item("late")) is False
+    store._send_batch()  # (what the batch timer would do)
+    with pytest.raises(ProxyError) as info:  # (a read, likewise: a 503, no thread)
+        await asyncio.wait_for(store.get("", "kept"), 10)
+    assert (info.value.status, info.value.code) == (503, "service_unavailable")
+    assert store._thread is None and store.dropped == 1
+    assert any("storage is closed" in r.getMessage() for r in caplog.records)
+    reopened = SQLiteStore(str(tmp_path / "s.sqlite3"))
+    assert await asyncio.wait_for(reopened.get("", "kept"), 10) is not None
+    assert await asyncio.wait_for(reopened.get("", "late"), 10) is None
+    await asyncio.wait_for(reopened.close(), 10)

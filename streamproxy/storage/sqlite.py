@@ -101,6 +101,7 @@ class SQLiteStore:
         self._write_error: BaseException | None = None  # (thread) the last write's failure
         self._file_id: tuple[int, int] | None = None  # (thread) the open file's (device, inode)
         self._file_checked = 0.0  # (thread) when that was last compared with the path's
+        self._closed = False  # (loop) close() has ended: nothing stops a thread started after
 
     # -- the loop side ---------------------------------------------------------------------
     def _ensure_started(self) -> None:
@@ -112,11 +113,12 @@ class SQLiteStore:
             self._thread.start()
 
     def add(self, item: StoredCompletion) -> bool:
+        if self._closed:  # a request ending after shutdown (or a reload): its writer is gone
+            self._drop(1, "storage is closed")
+            return False
         backlog = self._sent - self._written + len(self._batch)
         if backlog >= self.max_pending:
-            self.dropped += 1
-            self._drops += 1
-            self._report_drops()
+            self._drop(1)
             return False
         if self._drops:  # a stall's last drops, told once its interval is up
             self._report_drops()
@@ -131,14 +133,19 @@ class SQLiteStore:
                 self._send_batch()
         return True
 
-    def _report_drops(self) -> None:
+    def _drop(self, count: int, why: str = "storage is behind") -> None:
+        self.dropped += count
+        self._drops += count
+        self._report_drops(why)
+
+    def _report_drops(self, why: str = "storage is behind") -> None:
         # Once a minute, with the count since the last: each stall is told, however small
         # (at the 1st and each 1000th drop only, a later stall of 50 said nothing).
         now = time.monotonic()
         if now - self._drops_logged >= _LOG_EVERY:
             self._drops_logged = now
-            log.warning("storage is behind: %d stored completions dropped (%d in all)",
-                        self._drops, self.dropped)
+            log.warning("%s: %d stored completions dropped (%d in all)",
+                        why, self._drops, self.dropped)
             self._drops = 0
 
     def _send_batch(self) -> None:
@@ -147,11 +154,16 @@ class SQLiteStore:
             self._timer = None
         if self._batch:
             batch, self._batch = self._batch, []
+            if self._closed:  # (added during close's last round: no thread is left for it)
+                self._drop(len(batch), "storage is closed")
+                return
             self._sent += len(batch)
             self._ensure_started()
             self._queue.put(batch)
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._closed:  # (as a late write: a thread started for it would never be stopped)
+            raise StorageDown("stored completions are unavailable: the store is closed")
         self._send_batch()  # writes queued before this call land before it runs
         self._ensure_started()
         loop = asyncio.get_running_loop()
@@ -186,7 +198,7 @@ class SQLiteStore:
         for _ in range(3):
             self._send_batch()
             if self._thread is None:
-                return
+                break
             self._ensure_started()  # (one that ended anyway: its queued writes still land)
             thread, jobs = self._thread, self._queue
             jobs.put(_STOP)  # after every queued write: those still land
@@ -195,6 +207,10 @@ class SQLiteStore:
             if thread.is_alive():  # the process ends without them: the operator hears of it
                 log.error("storage did not finish writing within %g s at close: %d stored "
                           "completions may be lost", _CLOSE_WAIT, self._sent - self._written)
+        # A thread started from here on would outlive the store (a leak at each reload): a
+        # later write is refused and counted, as a batch the rounds above did not reach.
+        self._closed = True
+        self._send_batch()
 
     # -- the thread side -------------------------------------------------------------------
     def _run(self, jobs: queue.SimpleQueue[Any]) -> None:
