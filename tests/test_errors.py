@@ -164,6 +164,22 @@ async def test_a_stream_answered_with_a_json_error_body_keeps_its_message(
     assert (err["message"], err["code"]) == (message, code)
 
 
+@pytest.mark.parametrize("kind", ["vllm", "mistral"])
+async def test_a_stream_answered_with_a_bare_error_object_is_that_error(
+        proxy: Any, upstream: Any, kind: str) -> None:
+    """vLLM's (and Mistral's) error object itself, `object: "error"` with its `param`, as the
+    200 body of a stream request: its 400, as for a non-streamed request, not a 502 stream
+    "closed before it was complete" (a client error retried and fallen back as a 5xx)."""
+    upstream.content_type = "application/json"
+    upstream.body = (b'{"object":"error","message":"temperature must be at most 2",'
+                     b'"type":"BadRequestError","param":null,"code":400}')
+    client = await proxy(provider_config(kind, upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True})
+    assert resp.status == 400
+    err = (await resp.json())["error"]
+    assert (err["message"], err["type"]) == ("temperature must be at most 2", "BadRequestError")
+
+
 OPENROUTER_ERROR = b'{"error":{"message":"Rate limit exceeded","code":429}}'
 GOOGLE_ERROR = (b'[{"error":{"code":429,"message":"Rate limit exceeded",'
                 b'"status":"RESOURCE_EXHAUSTED"}}]')

@@ -511,7 +511,9 @@ def _json_error(provider: Provider, reads: list[bytes]) -> UpstreamStatusError |
         return None
     if isinstance(obj, list) and obj:  # (Gemini wraps its error in an array)
         obj = obj[0]
-    if not isinstance(obj, dict) or ("error" not in obj and not _bare_error(obj)):
+    if not isinstance(obj, dict) or ("error" not in obj and obj.get("object") != "error"
+                                     and not _bare_error(obj)):
+        # (`object: "error"`: vLLM's and Mistral's error object itself, with its `param`)
         return None
     return provider.answered_error(body)
 
