@@ -300,6 +300,21 @@ def test_mistral_non_streamed_list_content_and_finish_reason_are_both_mapped() -
     assert answer["choices"][0]["message"]["content"] == "Hi"
 
 
+
+def test_mistral_200_error_quoting_list_content_is_that_error() -> None:
+    # A 200 carrying Mistral's validation error (a relay's), which quotes the message it
+    # refused, list content and all: the list-content path skipped the error check, and the
+    # client got the error object as its completion (a 200 no SDK can read).
+    provider, _ = build("mistral")
+    body = orjson.dumps({"object": "error", "message": {"detail": [{
+        "type": "extra_forbidden", "loc": ["body", "messages", 0, "content", 0, "cache"],
+        "msg": "Extra inputs are not permitted",
+        "input": {"role": "user", "content": [{"type": "text", "text": "hi"}]}}]},
+        "type": "invalid_request_message_error", "param": None, "code": None})
+    with pytest.raises(UpstreamStatusError) as caught:
+        provider.translate_response(body, request(), completion_id="c", created=1)
+    assert "Extra inputs are not permitted" in caught.value.message
+
 # -- OpenRouter ---------------------------------------------------------------------------------
 async def test_openrouter_keepalives_and_mid_stream_error(proxy: Any, upstream: Any) -> None:
     body = sse(b": OPENROUTER PROCESSING\n\n", HEAD[0], b": OPENROUTER PROCESSING\n\n",

@@ -54,6 +54,7 @@ from streamproxy.providers.openai_compat import (
     OpenAIProvider,
     PassthroughTranslator,
     choice_number,
+    error_answer,
     error_object,
     load_chunk,
 )
@@ -597,6 +598,10 @@ class MistralProvider(CompatProvider):
         if _LIST_CONTENT.search(body) is None:
             return super().translate_response(body, req, completion_id=completion_id,
                                               created=created, model=model)
+        # (an error object can quote a message's list content: its validation error's input)
+        error = error_answer(body, self.name)
+        if error is not None:
+            raise error
         try:
             answer = loads_lenient(body)  # (as CompatProvider's)
         except orjson.JSONDecodeError:
