@@ -177,3 +177,40 @@ def test_a_bare_error_object_answered_over_http_keeps_its_fields_as_in_a_stream(
     up = provider(PROVIDER_TYPES[kind], kind)
     assert up.parse_error(400, orjson.dumps(error)).to_dict()["error"] == streamed_error(
         up, orjson.dumps(error))
+
+
+# OpenRouter's 429 when its provider is rate-limited (it may answer 200 first, so it also
+# comes as a stream's error event or a 200's body, where no HTTP header carries the wait):
+# the wait is in the error object's metadata.
+OPENROUTER_RATE_LIMITED = {"message": "Provider returned error", "code": 429, "metadata": {
+    "raw": "meta-llama/llama-3.3-70b-instruct:free is temporarily rate-limited upstream. "
+           "Please retry shortly.", "provider_name": "Venice", "is_byok": False,
+    "retry_after_seconds": 17, "retry_after_seconds_raw": 16.007,
+    "headers": {"Retry-After": "17"}}}
+
+
+@pytest.mark.parametrize("metadata", [
+    OPENROUTER_RATE_LIMITED["metadata"],
+    {"retry_after_seconds": 16.007},
+    {"headers": {"Retry-After": "16.007"}},
+    {"headers": {"retry-after": "16.007"}},
+])
+def test_a_wait_an_error_object_names_is_the_errors_wait(metadata: dict[str, Any]) -> None:
+    # Without it a config's retry came back at once (and was refused again) and the client
+    # got no retry-after; the same object answered as an HTTP 429 is read alike.
+    error = {**OPENROUTER_RATE_LIMITED, "metadata": metadata}
+    up = provider(PROVIDER_TYPES["openrouter"], "openrouter")
+    event = error_object(error, "openrouter")
+    http = up.parse_error(429, orjson.dumps({"error": error}))
+    assert (event.status, http.status) == (429, 429)
+    assert round(event.retry_after or 0) == round(http.retry_after or 0) == 16
+
+
+@pytest.mark.parametrize("metadata", [
+    {}, {"retry_after_seconds": -1}, {"retry_after_seconds": "soon"},
+    {"retry_after_seconds": True}, {"headers": {"Retry-After": "Wed, 21 Oct 2015"}},
+    {"headers": ["Retry-After"]}, "17",
+])
+def test_an_error_object_naming_no_readable_wait_has_none(metadata: Any) -> None:
+    error = {**OPENROUTER_RATE_LIMITED, "metadata": metadata}
+    assert error_object(error, "openrouter").retry_after is None

@@ -924,3 +924,18 @@ def test_every_errors_type_agrees_with_its_status_class() -> None:
     refused = header_limits.unsupported_coding("gzip, chunked")
     assert (refused.status, refused.should_retry) == (501, False)
     assert error_headers(refused, {})["x-should-retry"] == "false"
+
+
+async def test_a_streams_rate_limit_event_tells_the_client_its_wait(
+        proxy: Any, upstream: Any) -> None:
+    """OpenRouter answers 200, then its provider's 429 as the first event, the wait in the
+    error's metadata: the client's 429 says it (retry-after), as an HTTP 429's would."""
+    upstream.body = (b": OPENROUTER PROCESSING\n\ndata: {\"error\":{\"message\":\"Provider "
+                     b"returned error\",\"code\":429,\"metadata\":{\"provider_name\":\"Venice\","
+                     b"\"retry_after_seconds\":17,\"headers\":{\"Retry-After\":\"17\"}}}}\n\n")
+    client = await proxy(provider_config("openrouter", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True})
+    assert resp.status == 429
+    assert (resp.headers.get("retry-after"), resp.headers.get("retry-after-ms")) == (
+        "17", "17000")
+    assert (await resp.json())["error"]["metadata"]["provider_name"] == "Venice"

@@ -20,6 +20,7 @@ around it take the decoder. The counts prove the framing: see `_run_events`.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -340,11 +341,36 @@ def error_object(error: Any, provider: str, status: int = 502) -> UpstreamStatus
         message = "the provider reported an error"
     etype = error.get("type")
     err = UpstreamStatusError(_event_status(error, status), message, provider=provider,
-                              code=upstream_code(code, etype), fields=kept_fields(error))
+                              code=upstream_code(code, etype), fields=kept_fields(error),
+                              retry_after=named_wait(error))
     # (an overflow comes this way too: OpenRouter's provider refuses the prompt after the 200,
     # vLLM's engine after its stream began; each names its 400 in `code`; a used-up quota is
     # not retried, as over HTTP)
     return context_overflow(quota_not_retried(err, etype), OVERFLOW)
+
+
+def named_wait(error: dict[str, Any]) -> float | None:
+    """The seconds to wait an error object names in its `metadata` (OpenRouter's, for its
+    provider's 429: `retry_after_seconds`, and the provider's `Retry-After` under `headers`):
+    an error event or a 200's body has no header of its own to say it. None without one."""
+    metadata = error.get("metadata")
+    if not isinstance(metadata, dict):
+        return None
+    headers = metadata.get("headers")
+    named = [metadata.get("retry_after_seconds_raw"), metadata.get("retry_after_seconds")]
+    if isinstance(headers, dict):
+        named += [value for key, value in headers.items()
+                  if isinstance(key, str) and key.lower() == "retry-after"]
+    for value in named:
+        if isinstance(value, str):
+            try:
+                value = float(value)  # (seconds; an HTTP-date is read as none)
+            except ValueError:
+                continue
+        if (isinstance(value, int | float) and not isinstance(value, bool)
+                and math.isfinite(value) and value >= 0):
+            return float(value)
+    return None
 
 
 def _event_status(error: dict[str, Any], default: int) -> int:
@@ -422,8 +448,10 @@ class OpenAIProvider(Provider):
                                   "'.', '-' and '_' (org-..., proj_...)")
 
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
-        return context_overflow(generic_error(status, body, self.name, keep_fields=True),
-                                OVERFLOW)
+        err = generic_error(status, body, self.name, keep_fields=True)
+        if err.fields:  # (a Retry-After header, read later, wins: routing/executor.py)
+            err.retry_after = named_wait(err.fields)
+        return context_overflow(err, OVERFLOW)
 
     def answered_error(self, body: bytes) -> UpstreamStatusError:
         # as a non-streamed 200's error is read: the status its `code` names (OpenRouter's)
