@@ -214,3 +214,25 @@ def test_a_wait_an_error_object_names_is_the_errors_wait(metadata: dict[str, Any
 def test_an_error_object_naming_no_readable_wait_has_none(metadata: Any) -> None:
     error = {**OPENROUTER_RATE_LIMITED, "metadata": metadata}
     assert error_object(error, "openrouter").retry_after is None
+
+
+# Mistral's error objects name their HTTP status in `raw_status_code` (their `code` is
+# Mistral's own number, their type its own name)
+MISTRAL_ERRORS = [
+    ({"object": "error", "message": "Rate limit exceeded", "type": "rate_limited",
+      "param": None, "code": "1300", "raw_status_code": 429}, 429),
+    ({"object": "error", "message": "This model is not available in your subscription tier",
+      "type": "tier_not_allowed", "param": None, "code": "1910", "raw_status_code": 403}, 403),
+    ({"object": "error", "message": "Invalid model: x", "type": "invalid_model", "param": None,
+      "code": "1500", "raw_status_code": 400}, 400),
+]
+
+
+@pytest.mark.parametrize(("error", "status"), MISTRAL_ERRORS)
+def test_a_status_named_in_raw_status_code_is_that_status(error: dict[str, Any],
+                                                          status: int) -> None:
+    # as an error event or a 200's body it was a 502: a rate limit retried at once as a server
+    # error (and a fallback on 429 not taken), a refused request retried in vain
+    up = provider(PROVIDER_TYPES["mistral"], "mistral")
+    assert error_object(error, "mistral").status == status
+    assert up.answered_error(orjson.dumps(error)).status == status

@@ -376,10 +376,11 @@ def named_wait(error: dict[str, Any]) -> float | None:
 def _event_status(error: dict[str, Any], default: int) -> int:
     """The HTTP status an error object names: OpenRouter's numeric `code` (LiteLLM's proxy
     sends it as a string, "429"), else Azure's `status` (its `code` is a name,
-    `content_filter`); else the status its OpenAI `code` or `type` name stands for; `default`
-    when none is known."""
+    `content_filter`), else Mistral's `raw_status_code` (its `code` is its own number, "1300");
+    else the status its OpenAI `code` or `type` name stands for; `default` when none is
+    known."""
     code, etype = error.get("code"), error.get("type")
-    for status in (code, error.get("status")):
+    for status in (code, error.get("status"), error.get("raw_status_code")):
         if isinstance(status, str) and status.isascii() and status.isdigit():
             status = int(status)  # (isascii: int() also reads other scripts' digits)
         if isinstance(status, int) and 400 <= status < 600:
