@@ -125,10 +125,10 @@ class ServerConfig:
     timeouts: Timeouts = Timeouts()
     log_level: str = "info"
     # Seconds without a first upstream event after which SSE comments keep the client's
-    # connection alive; once streaming, the least time between comments sent for upstream
-    # reads that give the client nothing (pings: relay.py). Off by default: sending one
-    # commits a 200, so a plan whose targets all fail (fallbacks still run behind it) ends in
-    # an error frame, not the error's status (README, Gateway controls: "Timeouts").
+    # connection alive; once streaming, the time the client may get nothing (a silent pause,
+    # or reads that give it nothing: pings) before a comment goes (relay.py). Off by default:
+    # sending one commits a 200, so a plan whose targets all fail (fallbacks still run behind
+    # it) ends in an error frame, not the error's status (README, Gateway controls: "Timeouts").
     keepalive_interval: float | None = None
     shutdown_grace: float = 30.0  # seconds running requests get on SIGTERM (server/drain.py)
     # Seconds between SIGTERM and the listeners' close: /healthz answers 503 at once while new

@@ -39,11 +39,18 @@ KEEPALIVE_COMMENT = b": keep-alive\n\n"
 
 
 class _KeepAlive:
-    """`server.keepalive_interval` once the stream runs: an upstream read that gives the client
-    nothing (Anthropic's `ping`, a relay's comment, part of an event) sends a comment when the
-    interval passed since the last one, so a pause the upstream keeps alive (Claude writing a
-    long tool input a whole key at a time) is not cut by a load balancer's idle timeout. Only
-    such reads look at the clock: a read with frames costs nothing more."""
+    """`server.keepalive_interval` once the stream runs, so a pause is not cut by a load
+    balancer's idle timeout (an ALB's, nginx's: 60 s). Two ways, neither per read:
+
+    - `run()`: one timer a stream, firing about once an interval. When the interval has
+      passed since the latest upstream read (the deadline's clock, which every read stores
+      already) and since the latest comment, it sends one: an upstream silent in a pause
+      (Gemini, Bedrock, an OpenAI-compatible server, a reasoning model thinking after its role
+      chunk) gives no read to send one on. A busy stream's timer only re-arms, once an
+      interval.
+    - `due()`: an upstream read that gives the client nothing (Anthropic's `ping`, a relay's
+      comment, part of an event) sends one when the interval passed since the last one, as
+      those reads keep the timer from firing. Only such reads look at the clock."""
 
     __slots__ = ("_due", "_handle", "_interval", "_loop", "sent")
 
@@ -62,21 +69,24 @@ class _KeepAlive:
         self.sent += 1
         return True
 
-    def until_answer(self, write_now: Callable[[bytes], None],
-                     began: Callable[[], bool]) -> None:
-        """The stream committed on a role chunk alone and the model thinks in silence: no
-        read comes to send comments on, so a timer sends them until `began()` (the first
-        token) — the wait the comments before a commit cover, as a load balancer sees it."""
-        if began():
+    def run(self, client: SSEWriter, translator: StreamTranslator, deadline: Deadline) -> None:
+        """Send a comment if the client got nothing for an interval; re-arm for the next."""
+        if translator.done:  # the body's end may be written (the piped relay's callback)
             self._handle = None
             return
-        if self.due():  # (else a ping's comment went out within the interval)
-            try:
-                write_now(KEEPALIVE_COMMENT)
-            except (ConnectionError, OSError):  # the client is gone: the relay hears of it
-                self._handle = None
-                return
-        self._handle = self._loop.call_at(self._due, self.until_answer, write_now, began)
+        now = self._loop.time()
+        quiet_until = max(deadline.last_read + self._interval, self._due)
+        if now + 0.001 >= quiet_until:  # (a timer may fire a hair early)
+            # A full client is not reading what it has: a comment would only queue.
+            if not client.full:
+                try:
+                    client.write_now(KEEPALIVE_COMMENT)
+                except (ConnectionError, OSError):  # the client is gone: the relay hears of it
+                    self._handle = None
+                    return
+                self.sent += 1
+            self._due = quiet_until = now + self._interval
+        self._handle = self._loop.call_at(quiet_until, self.run, client, translator, deadline)
 
     def stop(self) -> None:
         if self._handle is not None:
@@ -96,8 +106,8 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord,
                 await client.finish(first)
             else:
                 await client.write(first)
-                if kept is not None and client.direct and deadline.first_token_due:
-                    kept.until_answer(client.write_now, encoder.past_role)
+                if kept is not None and client.direct:  # (after the head went out)
+                    kept.run(client, translator, deadline)
                 if isinstance(upstream, Response) and client.direct:
                     await _Pump(translator, encoder, deadline, client, upstream, kept).run()
                 else:
