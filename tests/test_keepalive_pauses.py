@@ -5,12 +5,16 @@ upstreams on loopback that pause between events; short intervals; both relays, b
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
+from streamproxy.server.app import create_app
 from streamproxy.upstream.client import CLIENT_ENV
+from tests.conftest import ProxyTestServer
 from tests.helpers import collect, make_config, sse_chunks
 
 USER = [{"role": "user", "content": "hi"}]
@@ -72,3 +76,29 @@ async def test_no_keepalives_without_the_interval(proxy: Any, upstream: Any) -> 
     body = await resp.read()
     assert b"keep-alive" not in body and collect(sse_chunks(body)).content == "42"
 
+
+async def test_an_event_stream_an_app_hook_compresses_still_streams(
+        upstream: Any, aiohttp_client: Any) -> None:
+    """An embedding app's `on_response_prepare` hook enables compression (aiohttp front):
+    aiohttp's compressor does not flush per write, so the frames, and the keep-alive comments
+    (sent through it, or not at all), waited in its buffer: the client got nothing until it
+    filled or the stream ended. An event stream is left uncompressed."""
+    upstream.pieces = [openai_frame({"role": "assistant", "content": "4"})]
+    upstream.hold_open = True  # then silent for good
+    app = create_app(make_config(
+        {"up": {"type": "openai", "base_url": upstream.url, "api_key": "k",
+                "default_model": "m"}},
+        default="up", server={"keepalive_interval": 0.1, "front": "aiohttp"}))
+
+    async def compress(request: Any, response: Any) -> None:
+        if isinstance(response, web.StreamResponse):
+            response.enable_compression()
+
+    app.on_response_prepare.append(compress)
+    client = await aiohttp_client(ProxyTestServer(app, handler_cancellation=True))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True},
+                             headers={"accept-encoding": "gzip"})
+    async with asyncio.timeout(5):  # (held in the compressor: until the bound)
+        assert b'"content":"4"' in await resp.content.readuntil(b"\n\n")
+        assert await resp.content.readuntil(b"\n\n") == b": keep-alive\n\n"
+    resp.close()

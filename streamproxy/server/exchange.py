@@ -97,6 +97,12 @@ class SSEResponse(web.StreamResponse):
 
     _send_headers_immediately = False
 
+    def enable_compression(self, force: Any = None, strategy: int | None = None) -> None:
+        """Ignored (an embedding app's `on_response_prepare` hook may call it): aiohttp's
+        compressor does not flush per write, so a compressed stream's frames and keep-alive
+        comments waited in its buffer, the client getting nothing until it filled or the stream
+        ended. Compressing each small frame on its own, with a flush, would save little."""
+
 
 class AiohttpExchange:
     """The aiohttp front: a `web.Request`, and the response the route handler returns."""
