@@ -16,7 +16,7 @@ from aiohttp import web
 
 from streamproxy.config import ConfigError
 from streamproxy.providers.mock.server import mock_text
-from streamproxy.routing.gateway import load_settings
+from streamproxy.routing.gateway import _allowed_url, load_settings
 from streamproxy.upstream.client import CLIENT_ENV
 from tests.helpers import collect, make_config, openai_sdk, sse_chunks
 
@@ -1279,6 +1279,31 @@ def test_an_allowed_host_entry_that_no_url_can_match_is_a_config_error() -> None
     hosts = load_settings(gateway_config(allowed_custom_hosts=[
         "OK.Host:8443", "[::1]:8080", "HTTPS://ok.host/", "u:p@ok.host"])).allowed_hosts
     assert hosts == {"ok.host:8443", "[::1]:8080", "https://ok.host", "u:p@ok.host"}
+
+
+@pytest.mark.parametrize(("entry", "url", "allowed"), [
+    ("https://llm.example.com", "https://llm.example.com:443/v1", True),
+    ("https://llm.example.com:443", "https://llm.example.com/v1", True),
+    ("http://llm.example.com:80", "http://llm.example.com", True),
+    ("llm.example.com", "https://llm.example.com:443", True),
+    ("llm.example.com", "http://llm.example.com:80/v1", True),
+    ("llm.example.com:443", "https://llm.example.com/v1", True),
+    ("llm.example.com.", "https://llm.example.com/v1", True),
+    ("https://llm.example.com", "https://LLM.example.com.:443/v1", True),
+    # (a port other than the scheme's default is another server)
+    ("https://llm.example.com", "https://llm.example.com:8443", False),
+    ("llm.example.com", "http://llm.example.com:443", False),
+    ("llm.example.com:443", "http://llm.example.com", False),
+    ("https://llm.example.com:443", "http://llm.example.com:443", False),
+    ("llm.example.com", "https://llm.example.com.evil.com", False),
+])
+def test_an_allowed_host_matches_its_url_written_with_the_default_port_or_a_root_dot(
+        entry: str, url: str, allowed: bool) -> None:
+    """`https://h:443` is `https://h`, and `h.` (a fully qualified name) is `h`: the same
+    server. An entry written one way refused a custom_host written the other (400
+    custom_host_not_allowed, a config error for a named config)."""
+    settings = load_settings(gateway_config(allowed_custom_hosts=[entry]))
+    assert _allowed_url(url, settings) is allowed
 
 
 async def test_an_allowed_host_written_with_its_scheme_allows_that_scheme_alone(

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import math
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -191,7 +192,32 @@ def _allowed_entry(entry: str, src: str, where: str) -> str:
                                       "host[:port] (no path)")
     if not _port_ok(host):
         raise ConfigError(src, where, "has a port outside 1-65535")
-    return f"{scheme}://{host}" if scheme else host
+    canonical = _joined(*_canonical(host, scheme))
+    return f"{scheme}://{canonical}" if scheme else canonical
+
+
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+_NETLOC = re.compile(r"(?P<user>.*@)?(?P<host>\[[^\]]*\]|[^:]*)(?::(?P<port>\d*))?")
+
+
+def _canonical(netloc: str, scheme: str | None) -> tuple[str, str | None]:
+    """host[:port] as the allow-list compares it, as (userinfo and host, port or None): a
+    name's trailing root dot dropped (`h.` is `h`), and the scheme's default port
+    (`https://h:443` is `https://h`) — the same server written two ways, where an entry
+    written one way refused a custom_host written the other."""
+    m = _NETLOC.fullmatch(netloc)
+    if m is None:
+        return netloc, None
+    host, port = m["host"], m["port"]
+    if not host.startswith("["):
+        host = host.rstrip(".") or host
+    if scheme is not None and port == _DEFAULT_PORTS.get(scheme):
+        port = None
+    return f"{m['user'] or ''}{host}", port
+
+
+def _joined(host: str, port: str | None) -> str:
+    return host if port is None else f"{host}:{port}"
 
 
 def _port_ok(host: str) -> bool:
@@ -289,11 +315,16 @@ def _allowed_url(url: str, settings: GatewaySettings) -> bool:
     """Whether allowed_custom_hosts lists where `url` goes: its host[:port], or its
     scheme://host[:port] — so an entry written https:// keeps the gateway's key off a plain
     http:// to the same host."""
-    host = _host_of(url)
-    if host is None:
+    netloc = _host_of(url)
+    if netloc is None:
         return False
     scheme = url.split("://", 1)[0].lower() if "://" in url else "https"
-    return host in settings.allowed_hosts or f"{scheme}://{host}" in settings.allowed_hosts
+    host, port = _canonical(netloc, scheme)  # (port None: the scheme's default)
+    hosts = settings.allowed_hosts
+    if port is None and f"{host}:{_DEFAULT_PORTS[scheme]}" in hosts:
+        return True  # (a scheme-less entry keeps its port as written: `h:443` is https://h)
+    written = _joined(host, port)
+    return written in hosts or f"{scheme}://{written}" in hosts
 
 
 def _tenant_url(configured: Provider, provider: Provider) -> str | None:
