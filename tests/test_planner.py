@@ -1214,3 +1214,29 @@ def test_a_clients_regex_is_held_to_a_backtracking_budget(pattern: str, allowed:
     else:
         with pytest.raises(InvalidRequest, match=r"conditions\[0\]\.query\.metadata\.m\.\$regex"):
             client_made(node)
+
+
+@pytest.mark.parametrize(("parents", "own"), [("max_tokens", "max_completion_tokens"),
+                                              ("max_completion_tokens", "max_tokens")])
+@pytest.mark.parametrize("provider", ["oa", "an", "aws"])
+def test_a_targets_token_cap_replaces_its_parents_under_either_name(
+        provider: str, parents: str, own: str) -> None:
+    # A parent's override_params and a target's were checked and merged apart: a parent's
+    # max_tokens stayed beside its target's max_completion_tokens, and both went upstream —
+    # OpenAI's 400, and Anthropic's and Bedrock's translators read the parent's cap first
+    # (the target's 50 never applied). The target's cap replaces its parent's, as an
+    # override's replaces the request's.
+    node = parse_config({"override_params": {parents: 4000, "temperature": 0.5},
+                         "strategy": {"mode": "single"},
+                         "targets": [{"override_params": {own: 50}}]})
+    assert node.leaves()[0].override_params == {"temperature": 0.5, own: 50}
+    gateway = gateway_for()
+    config = {"provider": provider, "override_params": {parents: 4000},
+              "strategy": {"mode": "single"}, "targets": [{"override_params": {own: 50}}]}
+    req = _req({"model": "m"})
+    target = gateway.plan({"x-portkey-config": orjson.dumps(config).decode()}, req,
+                          None).attempts[0].target
+    sent = orjson.loads(target.provider.build_request(req, target).body)
+    caps = {k: v for k, v in {**sent, **sent.get("inferenceConfig", {})}.items()
+            if k in ("max_tokens", "max_completion_tokens", "maxTokens")}
+    assert list(caps.values()) == [50]

@@ -236,6 +236,7 @@ def _override_params(params: Any, where: str) -> dict[str, Any]:
 # them require (stream_options needs stream, top_logprobs needs logprobs) when it does not set
 # them itself — the request brings those.
 _OVERRIDE_COMPANIONS = {"messages": [{"role": "user", "content": "-"}]}
+_TOKEN_CAPS = frozenset({"max_tokens", "max_completion_tokens"})
 _COMPANION_OF = {"stream_options": ("stream", True), "top_logprobs": ("logprobs", True)}
 
 
@@ -470,7 +471,12 @@ def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode
         changes["provider_options"] = options
     if "override_params" in raw:
         params = _override_params(raw["override_params"], f"{path}.override_params")
-        changes["override_params"] = {**node.override_params, **params}
+        inherited = node.override_params
+        if not _TOKEN_CAPS.isdisjoint(params):  # the answer's cap has two names: the target's
+            # replaces its parent's under either (both went upstream: OpenAI's 400, and the
+            # translators read one of them first, maybe the parent's)
+            inherited = {k: v for k, v in inherited.items() if k not in _TOKEN_CAPS}
+        changes["override_params"] = {**inherited, **params}
     if "forward_headers" in raw:
         headers = raw["forward_headers"]
         if not isinstance(headers, list) or not all(isinstance(h, str) for h in headers):
