@@ -948,6 +948,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"results: {out}")
     if aborted:
         sys.exit(130 if isinstance(aborted, KeyboardInterrupt) else 1)
+    # A scenario that crashed is the bench failing at its job (a CI step must see it); a
+    # missed target is a finding the run measured, so it exits 0 (see docs/performance.md).
+    crashed = [r["scenario"] for r in results if r.get("failed")]
+    if crashed:
+        print(f"bench FAILED: {', '.join(crashed)}", flush=True)
+        sys.exit(1)
 
 
 def calibrate(core: set[int] | None) -> float | None:

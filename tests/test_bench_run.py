@@ -532,3 +532,39 @@ async def test_workers_scaling_of_a_lopsided_split_does_not_hold_its_target(
     assert ("invalid" in check) is not held
     if not held:
         assert f"{min(share):.0%}" in check["invalid"]
+
+
+def test_a_failed_scenario_still_writes_the_json_and_exits_non_zero(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    async def crashing(env: run.Env, only: set[str]) -> None:
+        run.failed(env, "anthropic-c1", RuntimeError("proxy exited with 1:\nTraceback ..."))
+
+    _main_without_machine(monkeypatch)
+    monkeypatch.setattr(run, "start", lambda name, *a, **kw: SimpleNamespace(
+        pid=os.getpid(), stop=lambda: None))
+    monkeypatch.setattr(run, "run", crashing)
+    out = tmp_path / "latest.json"
+    with pytest.raises(SystemExit) as exit_:
+        run.main(["--quick", "--only", "anthropic-c1", "--out", str(out)])
+    assert exit_.value.code == 1
+    written = json.loads(out.read_text())
+    assert written["scenarios"][0]["failed"] == "RuntimeError: proxy exited with 1:"
+    assert written["aborted"] is None
+
+
+def test_a_missed_target_is_no_failure_of_the_bench(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    async def heavy(env: run.Env, only: set[str]) -> None:
+        run.record(env, "anthropic-c128", "", _run(
+            concurrency=128, streams_per_s=1.0, events_per_s=1.0, server_cpu_us_per_event=1.0,
+            server_cpu_pct=50.0, harness_cpu_pct=50.0, ttft_p50_ms=1.0, ttft_p99_ms=1.0,
+            duration_p50_ms=1.0, peak_rss_mb=500.0), None)
+
+    _main_without_machine(monkeypatch)
+    monkeypatch.setattr(run, "start", lambda name, *a, **kw: SimpleNamespace(
+        pid=os.getpid(), stop=lambda: None))
+    monkeypatch.setattr(run, "run", heavy)
+    out = tmp_path / "latest.json"
+    run.main(["--quick", "--only", "anthropic-c128", "--out", str(out)])  # returns: exit 0
+    held = {c["target"]: c["held"] for c in json.loads(out.read_text())["targets"]}
+    assert held["peak RSS at 128 streams"] is False
