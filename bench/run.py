@@ -887,27 +887,35 @@ def main(argv: list[str] | None = None) -> None:
     # A failure outside the scenarios (the mock or the upstream does not start, Ctrl-C) still
     # writes what was measured, with the reason, and the exit status says the run is incomplete.
     aborted: BaseException | None = None
-    with tempfile.TemporaryDirectory(prefix="streamproxy-bench-") as tmp, \
-            contextlib.ExitStack() as servers:
-        try:
-            logdir = Path(tmp)
-            mock_port, upstream_port = free_port(), free_port()
-            mock = start("mock", ["-m", "streamproxy", "mock", "--port", str(mock_port)],
-                         pin=harness_core, logdir=logdir, port=mock_port)
-            servers.callback(mock.stop)
-            upstream = start("upstream", ["-m", "bench.upstreams", "--port", str(upstream_port)],
-                             pin=harness_core, logdir=logdir, port=upstream_port)
-            servers.callback(upstream.stop)
-            env = Env(plan, logdir, proxy_core, harness_core, mock, mock_port, upstream,
-                      upstream_port, registered_types(), results)
-            speed_before = calibrate(proxy_core)
-            print(f"streamproxy bench ({'quick' if plan.quick else 'full'}): {pinning}; "
-                  f"load average {load_before[0]:.2f}; VM speed: {fmt(speed_before, '.2f')} µs "
-                  f"per event for the pure Anthropic translation on the proxy's core")
-            print(HEADER)
-            _install_loop()
-            asyncio.run(run(env, only))
-        except (Exception, KeyboardInterrupt) as e:
+    try:
+        with tempfile.TemporaryDirectory(prefix="streamproxy-bench-") as tmp, \
+                contextlib.ExitStack() as servers:
+            try:
+                logdir = Path(tmp)
+                mock_port, upstream_port = free_port(), free_port()
+                mock = start("mock", ["-m", "streamproxy", "mock", "--port", str(mock_port)],
+                             pin=harness_core, logdir=logdir, port=mock_port)
+                servers.callback(mock.stop)
+                upstream = start("upstream", ["-m", "bench.upstreams", "--port",
+                                              str(upstream_port)],
+                                 pin=harness_core, logdir=logdir, port=upstream_port)
+                servers.callback(upstream.stop)
+                env = Env(plan, logdir, proxy_core, harness_core, mock, mock_port, upstream,
+                          upstream_port, registered_types(), results)
+                speed_before = calibrate(proxy_core)
+                print(f"streamproxy bench ({'quick' if plan.quick else 'full'}): {pinning}; "
+                      f"load average {load_before[0]:.2f}; VM speed: {fmt(speed_before, '.2f')} µs "
+                      f"per event for the pure Anthropic translation on the proxy's core")
+                print(HEADER)
+                _install_loop()
+                asyncio.run(run(env, only))
+            except (Exception, KeyboardInterrupt) as e:
+                aborted = e
+                print(f"\nbench ABORTED: {reason(e)}; writing what was measured", flush=True)
+    except (Exception, KeyboardInterrupt) as e:
+        # Raised while the servers stop or the logs are removed (a second Ctrl-C during the
+        # abort's clean-up): the remaining clean-up has run; what was measured is still written.
+        if aborted is None:
             aborted = e
             print(f"\nbench ABORTED: {reason(e)}; writing what was measured", flush=True)
     speed_after = None if aborted else calibrate(proxy_core)

@@ -568,3 +568,29 @@ def test_a_missed_target_is_no_failure_of_the_bench(
     run.main(["--quick", "--only", "anthropic-c128", "--out", str(out)])  # returns: exit 0
     held = {c["target"]: c["held"] for c in json.loads(out.read_text())["targets"]}
     assert held["peak RSS at 128 streams"] is False
+
+
+def test_a_ctrl_c_while_the_servers_stop_still_writes_the_json(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    stopped: list[str] = []
+
+    def stop(name: str) -> None:
+        stopped.append(name)
+        if name == "upstream":  # the second Ctrl-C lands while the clean-up waits on it
+            raise KeyboardInterrupt
+
+    def start(name: str, *args: Any, **kwargs: Any) -> Any:
+        return SimpleNamespace(pid=os.getpid(), stop=lambda: stop(name))
+
+    async def interrupted(env: run.Env, only: set[str]) -> None:
+        raise KeyboardInterrupt
+
+    _main_without_machine(monkeypatch)
+    monkeypatch.setattr(run, "start", start)
+    monkeypatch.setattr(run, "run", interrupted)
+    out = tmp_path / "latest.json"
+    with pytest.raises(SystemExit) as exit_:
+        run.main(["--quick", "--out", str(out)])
+    assert exit_.value.code == 130
+    assert json.loads(out.read_text())["aborted"].startswith("KeyboardInterrupt")
+    assert sorted(stopped) == ["mock", "upstream"]
