@@ -138,8 +138,12 @@ class StreamReader:
             self.done = True
             return
         chunk = json.loads(payload)
-        if "error" in chunk:
-            self.error = str(chunk["error"].get("message") or chunk["error"])
+        # As the openai SDK reads it: a truthy `error` only (a null one is a healthy chunk),
+        # an object with a message or the message itself (Hugging Face TGI sends a string).
+        error = chunk.get("error")
+        if error:
+            self.error = str(error.get("message") or error) if isinstance(error, dict) else str(
+                error)
             return
         if chunk.get("usage"):
             usage = chunk["usage"]

@@ -376,3 +376,25 @@ def test_numbers_that_are_no_numbers_stop_the_run_at_start(
     monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit, match=name):
         _load_locustfile(monkeypatch)
+
+
+def test_an_error_frame_whose_error_is_a_string_is_named_by_its_text(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Hugging Face TGI's mid-stream error, passed through: `error` is the message itself.
+    locustfile, events = _load_locustfile(monkeypatch)
+    error = {"error": "Request failed during generation: Server error: out of memory",
+             "error_type": "generation"}
+    _run_one_stream(locustfile, _Response(200, b"".join(_sse(_content("a"), error))))
+    (stream,) = [e for e in events.fired if e["name"] == "custom stream"]
+    assert str(stream["exception"]) == (
+        "error frame: Request failed during generation: Server error: out of memory")
+
+
+def test_a_chunk_with_a_null_error_is_no_failed_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The openai SDK raises only for a truthy `error`: a null one is a healthy chunk.
+    locustfile, events = _load_locustfile(monkeypatch)
+    chunk = {**_content("a"), "error": None}
+    _run_one_stream(locustfile, _Response(200, b"".join(_sse(chunk, chunk, "[DONE]"))))
+    (stream,) = [e for e in events.fired if e["name"] == "custom stream"]
+    assert stream["exception"] is None
+    assert [e["name"] for e in events.fired].count("custom inter-token") == 1
