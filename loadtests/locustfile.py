@@ -166,13 +166,18 @@ class StreamReader:
 # A number standing alone (not part of a name: gpt-4o, org-x1), with its unit if a time: a
 # count, a wait (60ms, 1.92s), an address.
 _NUMBER = re.compile(r"(?<![\w-])\d+(?:\.\d+)*(?:ms|s|m|h)?(?!\w)")
+# An ID standing alone: a UUID, a long hex one, a `prefix_` one with digits (OpenAI's request
+# `req_1332ed8a…`, Anthropic's `req_011C…`). OpenAI's server error names the failed request's.
+_ID = re.compile(r"(?<![\w-])(?:[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"
+                 r"|[0-9a-fA-F]{16,}|[a-z]+_(?=[A-Za-z]*\d)[A-Za-z0-9]{12,})(?![\w-])")
 
 
 def _grouped(text: str) -> str:
     """Locust makes a row of each distinct failure text: a message with the counts of its
     moment (OpenAI's 429 "Used 199826, Requested 374. Please try again in 60ms", requests'
-    "IncompleteRead(1234 bytes read, …)") would be a row per failure. Its numbers are masked."""
-    return _NUMBER.sub("#", text)
+    "IncompleteRead(1234 bytes read, …)") or the ID of its request would be a row per failure.
+    Its numbers and IDs are masked."""
+    return _NUMBER.sub("#", _ID.sub("#", text))
 
 
 def _why_no_stream(resp: Any) -> str:

@@ -398,3 +398,28 @@ def test_a_chunk_with_a_null_error_is_no_failed_stream(monkeypatch: pytest.Monke
     (stream,) = [e for e in events.fired if e["name"] == "custom stream"]
     assert stream["exception"] is None
     assert [e["name"] for e in events.fired].count("custom inter-token") == 1
+
+
+# OpenAI's server error names the failed request: its ID differs every time (hex before
+# 2024, `req_…` since; Anthropic's `req_011C…` ids are base 62, a Realtime session `sess_…`).
+_SERVER_ERROR = ("The server had an error while processing your request. Sorry about that! You "
+                 "can retry your request, or contact us through our help center at "
+                 "help.openai.com if the error persists. (Please include the request ID {id} in "
+                 "your message.)")
+
+
+@pytest.mark.parametrize("ids", [
+    ("req_1332ed8a813a4caaa2f0f3c55a6a68cb", "req_9f0c1e2d3b4a59687766554433221100"),
+    ("fb94b183e8b7bc5aca22fa62981cc107", "0a5f3e7c0a0c5e4e9d7e2e4a1b5c8d9e"),
+    ("req_011CSHoEeqs5C35K2UUqR7Fy", "req_011CSHpQ4mXn7Vb2sT9wLk3J"),
+    ("7c3733ea-69ee-4cff-8904-d9ad1b210e78", "0b1e2d3c-4a5b-4c6d-8e7f-a0b1c2d3e4f5")])
+def test_error_frames_that_differ_only_in_a_request_id_are_one_failure_row(
+        monkeypatch: pytest.MonkeyPatch, ids: tuple[str, str]) -> None:
+    locustfile, events = _load_locustfile(monkeypatch)
+    for request_id in ids:
+        error = {"error": {"message": _SERVER_ERROR.format(id=request_id),
+                           "type": "server_error", "param": None, "code": None}}
+        _run_one_stream(locustfile, _Response(200, b"".join(_sse(_content("a"), error))))
+    failures = {str(e["exception"]) for e in events.fired if e["name"] == "custom stream"}
+    assert len(failures) == 1
+    assert "help.openai.com" in failures.pop()  # the words kept
