@@ -34,6 +34,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from locust import HttpUser, constant, events, task
@@ -188,6 +189,16 @@ def _why_no_stream(resp: Any) -> str:
     return f"HTTP {resp.status_code}: {_grouped(resp.text)[:200]}"
 
 
+def _reads(resp: Any) -> Iterator[bytes]:
+    """The body as it arrives. iter_content(chunk_size=None) reads a body without chunked
+    framing (HTTP/1.0, ended by the close, or with a length) to its end in one piece: TTFT was
+    the whole stream's time and every gap 0. urllib3's read1 returns what has arrived."""
+    raw = resp.raw
+    if raw.chunked or not hasattr(raw, "read1"):  # read1: urllib3 2.3 and later
+        return resp.iter_content(chunk_size=None)
+    return iter(lambda: raw.read1(65536, decode_content=True), b"")
+
+
 def _report(name: str, ms: float, length: int = 0, exception: Exception | None = None) -> None:
     events.request.fire(request_type=STREAM_TYPE, name=name, response_time=ms,
                         response_length=length, exception=exception, context={})
@@ -227,7 +238,7 @@ class _StreamingUser(HttpUser):
                     resp.failure(_why_no_stream(resp))
                     return
                 resp.success()
-                for data in resp.iter_content(chunk_size=None):
+                for data in _reads(resp):
                     reader.feed(data, time.perf_counter())
         except Exception as e:  # connection reset, bad JSON, …: a stream error
             _report(f"{name} stream", (time.perf_counter() - started) * 1000,

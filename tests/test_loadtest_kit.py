@@ -99,6 +99,7 @@ class _Response:
     def __init__(self, status: int, body: bytes, error: Exception | None = None) -> None:
         self.status_code, self.text, self.body, self.error = status, body.decode(), body, error
         self.result: str | None = None
+        self.raw = types.SimpleNamespace(chunked=True)  # urllib3's response, as the proxy frames
 
     def __enter__(self) -> _Response:
         return self
@@ -423,3 +424,54 @@ def test_error_frames_that_differ_only_in_a_request_id_are_one_failure_row(
     failures = {str(e["exception"]) for e in events.fired if e["name"] == "custom stream"}
     assert len(failures) == 1
     assert "help.openai.com" in failures.pop()  # the words kept
+
+
+class _CloseDelimitedServer(http.server.BaseHTTPRequestHandler):
+    """An SSE answer with no chunked framing (HTTP/1.0: the body ends when the connection
+    closes), as a server or a proxy in front of one may send: the first event, then the rest
+    once the client has read it (or after 10 s)."""
+    protocol_version = "HTTP/1.0"
+    first_read = threading.Event()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.end_headers()
+        self.wfile.write(_sse(_content("a"))[0])
+        self.wfile.flush()
+        self.first_read.wait(10)
+        self.wfile.write(b"".join(_sse(_content("b"), "[DONE]")))
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_stream_without_chunked_framing_is_read_as_it_arrives(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # requests' iter_content(chunk_size=None) reads such a body to its end in one piece: the
+    # first token "arrived" when the stream ended, and every inter-token gap was 0.
+    locustfile, events = _load_locustfile(monkeypatch)
+    reads: list[bytes] = []
+    feed = locustfile.StreamReader.feed
+
+    def reading(self: Any, data: bytes, now: float) -> None:
+        reads.append(data)
+        _CloseDelimitedServer.first_read.set()
+        feed(self, data, now)
+
+    monkeypatch.setattr(locustfile.StreamReader, "feed", reading)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CloseDelimitedServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        user = locustfile.CustomUser()
+        user.client = _RequestsClient(f"http://127.0.0.1:{server.server_port}")
+        user.body, user.headers = "{}", {}
+        user.stream()
+    finally:
+        _CloseDelimitedServer.first_read.set()
+        server.shutdown()
+        server.server_close()
+    assert reads[0] == _sse(_content("a"))[0]
+    (stream,) = [e for e in events.fired if e["name"] == "custom stream"]
+    assert stream["exception"] is None
