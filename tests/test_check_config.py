@@ -288,6 +288,11 @@ ERRORS = [
      "configs: {a: {provider: mock, cb_config: {failure_treshold: 3}}}\n",
      "FILE: configs.a: Invalid config: 'config.cb_config.failure_treshold' is not a cb_config "
      "field (did you mean failure_threshold?)."),
+    # Redis refused the TTL of every write ("value is not an integer or out of range"): with
+    # redis, no request without its own max_age was ever cached
+    ("providers: {mock: {type: mock}}\ncache: {default_max_age: 1.0e+17}\n",
+     "FILE: cache.default_max_age: must be at most 7776000 seconds (90 days, Portkey's "
+     "maximum max_age)"),
     ("providers: {mock: {type: mock}}\nconfigs: {a: {provider: mock, cache: {mod: simple}}}\n",
      "FILE: configs.a: Invalid config: 'config.cache.mod' is not a cache field (mode, max_age; "
      "did you mean mode?)."),

@@ -13,7 +13,8 @@ The operator's defaults and the backend, in the `cache:` top-level YAML section:
       redis_max_connections: 50  # per worker process; a burst beyond it waits (then a miss)
       max_entries: 10000         # memory: LRU bound on entries…
       max_bytes: 268435456       # …and on their encoded size
-      default_max_age: 604800    # seconds, when a config says no max_age (Portkey: 7 days)
+      default_max_age: 604800    # seconds, when a config says no max_age (Portkey: 7 days;
+                                 # at most 90 days, Portkey's maximum)
       mode: simple               # optional: cache every request, with no config needed
 """
 
@@ -72,6 +73,10 @@ def parse_cache_settings(config: Config) -> CacheSettings:
                 raise ConfigError(source, where, "must be a positive integer")
         elif key in ("default_max_age", "redis_timeout"):
             value = positive_seconds(value, source, where)
+            if key == "default_max_age" and value > MAX_AGE_CAP:  # (Redis refused such a
+                # TTL on every write: no request without its own max_age was ever cached)
+                raise ConfigError(source, where, f"must be at most {MAX_AGE_CAP:.0f} seconds "
+                                  "(90 days, Portkey's maximum max_age)")
         elif key == "mode":
             if value not in MODES:
                 raise ConfigError(source, where, f"must be one of {', '.join(MODES)}")
