@@ -73,8 +73,9 @@ class FakeRedis:
     (None: never) and counts its connections, to see what a client's pool opens. HELLO is
     refused, as by a Redis before 6, so that redis-py speaks RESP2."""
 
-    def __init__(self, value: bytes, delay: float | None) -> None:
-        self.value, self.delay = value, delay
+    def __init__(self, value: bytes, delay: float | None, *, every: float = 0) -> None:
+        """`every`: seconds before each answer to any other command too (a slow Redis)."""
+        self.value, self.delay, self.every = value, delay, every
         self.live = self.peak = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -100,6 +101,7 @@ class FakeRedis:
                 args = [(await reader.readline(), await reader.readline())[1].strip()
                         for _ in range(int(line[1:]))]
                 command = args[0].upper()
+                await asyncio.sleep(self.every)
                 if command == b"GET":
                     if self.delay is None:
                         await asyncio.Event().wait()

@@ -766,6 +766,25 @@ async def test_a_lookup_waiting_for_a_redis_connection_times_out_as_a_miss() -> 
     assert got == [None] * 10 and fake.peak <= 2
 
 
+async def test_a_slow_redis_lookup_is_a_miss_within_redis_timeout(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """`redis_timeout` bounded each reply, not the lookup: on a new connection redis-py asks
+    HELLO and CLIENT SETINFO (twice) before the GET, so a Redis answering each within the
+    timeout held the request up to 4 times redis_timeout before its upstream was asked
+    (after a pool wait of up to one more). The whole lookup is now bounded (twice
+    redis_timeout, a connection's wait included): a miss."""
+    fake = FakeRedis(orjson.dumps(cached.from_completion({"id": "slow"})), delay=0,
+                     every=0.8)
+    async with fake as url:
+        backend = RedisCache(url, timeout=1.0)
+        try:
+            got = await asyncio.wait_for(backend.get("k"), 10)
+        finally:
+            await backend.close()
+    assert got is None
+    assert "redis cache read failed" in caplog.text
+
+
 def test_redis_max_connections_is_configurable() -> None:
     assert parse_cache_settings(config()).redis_max_connections == 50
     settings = parse_cache_settings(config(cache={"redis_max_connections": 8}))

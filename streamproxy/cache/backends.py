@@ -7,6 +7,7 @@ logged and forgotten.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -85,7 +86,13 @@ class RedisCache:
     entry under its key, which is deleted: after a forced refresh, the old answer is gone.
 
     Any failure is a miss, not only a RedisError: a server that answers garbage (`+OK` to
-    `HELLO 3`) makes redis-py fail inside its parsing, with an AttributeError or a TypeError."""
+    `HELLO 3`) makes redis-py fail inside its parsing, with an AttributeError or a TypeError.
+
+    Each call takes at most twice `timeout`: up to one waiting for a free connection, the
+    rest to ask. redis-py's own timeouts bound each reply, and a new connection asks three
+    questions before the command: a slow Redis held a lookup (and the request's upstream) up
+    to five times `timeout`. (Not once: a lookup cut as the others' pool wait ended freed
+    its connection to one of them, which opened a new one only to be cut at once.)"""
 
     PREFIX = "streamproxy:cache:"
 
@@ -100,12 +107,14 @@ class RedisCache:
             url, max_connections=max_connections, timeout=timeout, socket_timeout=timeout,
             socket_connect_timeout=timeout)
         self._redis = redis.Redis.from_pool(pool)
+        self.deadline = 2 * timeout  # (see the class)
         self._last_warning = 0.0
         self.max_bytes = max_bytes
 
     async def get(self, key: str) -> dict[str, Any] | None:
         try:
-            raw = await self._redis.get(self.PREFIX + key)
+            async with asyncio.timeout(self.deadline):  # (see the class)
+                raw = await self._redis.get(self.PREFIX + key)
         except Exception as e:  # (see the class)
             self._warn("read", e)
             return None
@@ -123,13 +132,15 @@ class RedisCache:
             await self.delete(key)
             return
         try:
-            await self._redis.set(self.PREFIX + key, raw, px=max(1, int(ttl * 1000)))
+            async with asyncio.timeout(self.deadline):
+                await self._redis.set(self.PREFIX + key, raw, px=max(1, int(ttl * 1000)))
         except Exception as e:  # (see the class)
             self._warn("write", e)
 
     async def delete(self, key: str) -> None:
         try:
-            await self._redis.delete(self.PREFIX + key)
+            async with asyncio.timeout(self.deadline):
+                await self._redis.delete(self.PREFIX + key)
         except Exception as e:  # (see the class)
             self._warn("write", e)
 

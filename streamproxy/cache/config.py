@@ -9,7 +9,8 @@ The operator's defaults and the backend, in the `cache:` top-level YAML section:
     cache:
       backend: memory            # memory (per process, LRU) | redis (shared by instances)
       redis_url: redis://127.0.0.1:6379/0
-      redis_timeout: 1.0         # seconds per Redis command, and to wait for a connection
+      redis_timeout: 1.0         # seconds to wait for a connection, and for each reply
+                                 # (a lookup or write: twice this at most, all told)
       redis_max_connections: 50  # per worker process; a burst beyond it waits (then a miss)
       max_entries: 10000         # memory: LRU bound on entries…
       max_bytes: 268435456       # …and on their encoded size
@@ -42,7 +43,7 @@ class CacheSettings:
     max_bytes: int = 256 * 1024 * 1024
     default_max_age: float = 7 * 24 * 3600.0
     mode: str | None = None
-    redis_timeout: float = 1.0  # seconds for one Redis command; a slow Redis is a miss
+    redis_timeout: float = 1.0  # a wait for a connection, a reply; a slow Redis is a miss
     redis_max_connections: int = 50  # per process: requests beyond it wait for one
 
 
