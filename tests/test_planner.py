@@ -95,7 +95,9 @@ def make(raw: dict[str, Any], seed: int = 0, breakers: CircuitBreakers | None = 
         {"provider": "a"}, {"provider": "b", "cache": {"mode": "semantic"}}]},
      "config.targets[1].cache.mode"),
     ({"provider": "a", "cache": {"max_age": 60}}, "config.cache.mode"),
+    # as Portkey's gateway validates x-portkey-config (zod: cache an object, max_age a number)
     ({"provider": "a", "cache": {"mode": "simple", "max_age": "60"}}, "config.cache.max_age"),
+    ({"provider": "a", "cache": "simple"}, "config.cache"),
     ({"provider": "a", "cache": {"mode": "simple", "max_age": 0}}, "config.cache.max_age"),
     ({"provider": "a", "cache": {"mode": "simple", "maxAge": 60}}, "config.cache.maxAge"),
     # store is consumed before routing and never forwarded: in a target it could not apply
