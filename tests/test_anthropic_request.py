@@ -266,6 +266,17 @@ def test_an_end_user_id_too_long_for_anthropic_goes_as_its_hash() -> None:
     assert sent == [hashlib.sha256(i.encode()).hexdigest() for i in long_ids]
 
 
+@pytest.mark.parametrize("user_id", ["alice@example.com", "Bob.Smith+llm@mail.example.co.uk"])
+def test_an_end_user_id_that_is_an_email_goes_as_its_hash(user_id: str) -> None:
+    # Anthropic answers an email in metadata.user_id with a 400 ("user_id appears to contain
+    # an email address"), where OpenAI takes one as `user`: it goes as its SHA-256, one per
+    # user. An id without one goes as sent.
+    for field in ("user", "safety_identifier"):
+        sent = translate(**{field: user_id})["metadata"]["user_id"]
+        assert sent == hashlib.sha256(user_id.encode()).hexdigest()
+    assert translate(user="u-1")["metadata"] == {"user_id": "u-1"}
+
+
 @pytest.mark.parametrize(("temperature", "sent"), [(1.5, 1), (2, 1), (1.0, 1.0), (0.7, 0.7),
                                                    (0, 0), (2.5, 2.5)])
 def test_a_temperature_above_claudes_range_is_claudes_top(temperature: float, sent: float,

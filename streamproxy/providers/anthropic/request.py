@@ -51,7 +51,7 @@ Choices (README "Anthropic"):
   the Claudes that refuse sampling at all (Opus 4.7 on: `takes_no_sampling`) get no
   `temperature`, `top_p` or `top_k`;
 - `safety_identifier` (else `user`) → `metadata.user_id`, Anthropic's end-user id (its
-  SHA-256 when longer than Anthropic takes);
+  SHA-256 when longer than Anthropic takes, or an email address, which it refuses);
 - parameters in DROPPED are dropped; `n` > 1 is rejected (one answer per request).
 """
 
@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -101,6 +102,7 @@ from streamproxy.providers.anthropic.thinking import (
 
 DEFAULT_MAX_TOKENS = 4096
 USER_ID_MAX = 256  # the longest metadata.user_id Anthropic documents
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")  # (an id Anthropic refuses: end_user_id)
 # OpenAI parameters with no Anthropic equivalent: dropped, never forwarded.
 DROPPED = (OPENAI_ONLY - {"safety_identifier"}) | {"frequency_penalty", "presence_penalty", "seed"}
 # The image types Anthropic takes (`image_media_type` reads a misspelt image/jpg as jpeg).
@@ -272,9 +274,11 @@ def end_user_id(body: dict[str, Any]) -> Any:
     `safety_identifier`, which replaces `user` for that purpose (newer SDKs and frameworks send
     it instead), else `user`. One longer than Anthropic takes (a 400 past USER_ID_MAX, where
     OpenAI takes any) goes as its SHA-256: still one id per user, and the opaque hash
-    Anthropic asks for, where a cut could merge two users."""
+    Anthropic asks for, where a cut could merge two users. So does an email address, which
+    apps send as `user` and OpenAI takes, but Anthropic answers with a 400 ("user_id appears
+    to contain an email address")."""
     user_id = body.get("safety_identifier") or body.get("user")
-    if isinstance(user_id, str) and len(user_id) > USER_ID_MAX:
+    if isinstance(user_id, str) and (len(user_id) > USER_ID_MAX or _EMAIL.search(user_id)):
         return hashlib.sha256(user_id.encode()).hexdigest()
     return user_id
 
