@@ -901,6 +901,45 @@ def test_cache_control_on_parts_and_tools_is_kept_on_their_blocks() -> None:
     assert "cache_control" not in translate(tools=[TOOL])["tools"][0]
 
 
+def test_a_tool_result_s_images_and_files_go_in_its_content() -> None:
+    """A tool that returns a screenshot or a PDF (a computer-use or browser agent's, an MCP
+    tool's image content) as image_url / file parts of its tool message: Anthropic's
+    tool_result takes image and document blocks, in order among the text; they were a 400
+    ("Content part type 'image_url' is not allowed here"), and the agent's loop stopped."""
+    png = "data:image/png;base64," + base64.b64encode(IMAGE_HEADS["image/png"]).decode()
+    pdf = "data:application/pdf;base64," + base64.b64encode(b"%PDF-1.4").decode()
+    ephemeral = {"type": "ephemeral"}
+    loop = [{"role": "user", "content": "Look."},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "screenshot", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": [
+                {"type": "text", "text": "The screen:"},
+                {"type": "image_url", "image_url": {"url": png}, "cache_control": ephemeral},
+                {"type": "text", "text": " "},
+                {"type": "file", "file": {"file_data": pdf, "filename": "page.pdf"}}]}]
+    [result] = translate(messages=loop)["messages"][2]["content"]
+    assert result["content"] == [
+        {"type": "text", "text": "The screen:"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                     "data": png.split(",", 1)[1]},
+         "cache_control": ephemeral},
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                        "data": pdf.split(",", 1)[1]}, "title": "page.pdf"}]
+    # An http(s) image where the platform takes none (Claude on Vertex) is a 400 naming it.
+    loop[2]["content"][1] = {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}
+    assert translate(messages=loop)["messages"][2]["content"][0]["content"][1] == {
+        "type": "image", "source": {"type": "url", "url": "https://x.test/a.png"}}
+    with pytest.raises(InvalidRequest) as err:
+        to_anthropic({"messages": loop}, "claude-sonnet-4-5@20250929", url_images=False)
+    assert err.value.param == "messages[2].content[1].image_url.url"
+    # Parts no tool result takes stay a 400 naming them.
+    loop[2]["content"][1] = {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}
+    with pytest.raises(InvalidRequest) as err:
+        translate(messages=loop)
+    assert err.value.param == "messages[2].content[1].type"
+
+
 async def test_a_message_s_cache_control_goes_on_its_last_block(proxy: Any,
                                                                  upstream: Any) -> None:
     # LiteLLM's form: a breakpoint on the message itself, the only place a string content can

@@ -5,7 +5,8 @@ Choices (README "Anthropic"):
   with no other message gets a PLACEHOLDER_USER_TEXT user turn (Anthropic needs one), and so
   does one whose system messages follow the final assistant turn (`ends_with_system`: it is
   answered anew, not continued as a prefill);
-- consecutive tool results become one user message of `tool_result` blocks; consecutive
+- consecutive tool results become one user message of `tool_result` blocks (a tool message's
+  image and file parts as the image and document blocks a tool_result takes); consecutive
   messages of one role are merged, since Anthropic wants alternating turns;
 - empty and whitespace-only text is left out (a tool result of none has no `content`), and a
   final assistant turn (a prefill) loses its trailing whitespace: Anthropic refuses both; a
@@ -395,7 +396,7 @@ def _messages(msgs: list[dict[str, Any]], url_images: bool
             blocks = _assistant_blocks(m, i)
             role_out = "assistant"
         elif role == "tool":
-            blocks = [_tool_result(m, i)]
+            blocks = [_tool_result(m, i, url_images)]
             role_out = "user"
         else:  # legacy "function" role: no tool_call_id to pair it with
             raise InvalidRequest("The legacy 'function' role is not supported; use 'tool'.",
@@ -625,15 +626,19 @@ def _thinking_block(tb: Any) -> list[dict[str, Any]]:
     return []
 
 
-def _tool_result(m: dict[str, Any], i: int) -> dict[str, Any]:
+def _tool_result(m: dict[str, Any], i: int, url_images: bool) -> dict[str, Any]:
     """A tool message's result. One without text (a command that printed nothing, or only
     "\n") goes without `content`, which Anthropic's tool_result may leave out: a blank string
-    there is a text block Claude refuses (see is_blank), and the tool loop could not go on."""
+    there is a text block Claude refuses (see is_blank), and the tool loop could not go on.
+    Image and file parts (a computer-use agent's screenshot, an MCP tool's image) go as the
+    image and document blocks Anthropic's tool_result takes, as in a user message."""
     content = m.get("content")
     result: dict[str, Any] = {"type": "tool_result",
                               "tool_use_id": tool_use_id(m["tool_call_id"])}
     if isinstance(content, list):
-        blocks = _text_blocks(content, f"messages[{i}].content")
+        media = any(part.get("type") in ("image_url", "file") for part in content)
+        blocks = (_user_blocks(content, i, url_images) if media
+                  else _text_blocks(content, f"messages[{i}].content"))
         if blocks:
             result["content"] = blocks
     elif not is_blank(content):
