@@ -1159,3 +1159,92 @@ def test_serve_host_from_the_command_line_wins_even_when_empty(
         cli.main(["serve", "--config", str(path), *argv])
     assert done.value.code == 0
     assert served == [(host, frozenset(pinned))]
+
+
+def test_a_master_whose_every_worker_keeps_failing_gives_up(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """After start-up, workers that all failed (a broken import, a lost permission) were
+    restarted for good: the master lived on serving nothing, its exit status never telling a
+    supervisor (systemd's Restart=on-failure, a pod's restart) that the instance was down."""
+    from streamproxy.server import master as master_module
+
+    m = _master(tmp_path, grace=1)
+    m.booting = False
+    now = time.monotonic()
+    with caplog.at_level("WARNING", logger="streamproxy.workers"):
+        for _ in range(master_module.GIVE_UP):
+            for slot in (0, 1):
+                assert m.stopping is None
+                m._worker_exited(master_module.Worker(2**22 + slot, slot, 0, now, None),
+                                 1 << 8)  # (a wait status: exit status 1, before it listened)
+    assert m.stopping is not None and m.exit_status == 1 and not m.restarts
+    assert caplog.messages[-1] == (f"every worker failed {master_module.GIVE_UP} times in a "
+                                   "row, the last: status 1; giving up")
+
+
+def test_a_master_with_a_worker_serving_restarts_the_failing_ones(tmp_path: Path) -> None:
+    """One slot failing many times while another serves is still restarted (its back-off
+    capped); and a reload's new generation starts its own count."""
+    from streamproxy.server import master as master_module
+
+    m = _master(tmp_path, grace=1)
+    m.booting = False
+    now = time.monotonic()
+    with hung_processes(1) as [serving]:
+        m.workers[serving.pid] = master_module.Worker(serving.pid, 1, 0, now, None, ready=True)
+        m.failures = {0: 50, 1: 50}  # (slot 1's too: its worker failed before this one)
+        m._worker_exited(master_module.Worker(2**22, 0, 0, now, None), 1 << 8)
+        assert m.stopping is None and 0 in m.restarts
+        new = master_module.Worker(2**22 + 1, 0, 1, now, None, ready=True)
+        m.workers[new.pid] = new
+        m.workers[2**22 + 2] = master_module.Worker(2**22 + 2, 1, 1, now, None, ready=True)
+        m.reload = (1, m.config, now + master_module.READY_TIMEOUT)
+        m._tick()
+        assert m.generation == 1 and m.failures == {}
+        m.workers.clear()
+    m._worker_exited(new, 1 << 8)
+    assert m.stopping is None and m.failures == {0: 1}
+
+
+GIVING_UP = """
+import os, sys
+from streamproxy import cli
+from streamproxy.server import master
+master.BACKOFF_START, master.GIVE_UP = 0.05, 3
+real = master.run_worker
+def run_worker(*args, **kwargs):  # a replacement's import fails once the flag file exists
+    if os.path.exists(sys.argv[1]):
+        raise ImportError("No module named 'broken'")
+    return real(*args, **kwargs)
+master.run_worker = run_worker
+cli.main(sys.argv[2:])
+"""
+
+
+async def test_a_master_gives_up_when_no_worker_can_start_again(tmp_path: Path) -> None:
+    """The real process tree: both workers killed, their replacements failing at start; the
+    master stops with a non-zero status instead of restarting them for good."""
+    script, flag = tmp_path / "giving_up.py", tmp_path / "broken"
+    script.write_text(GIVING_UP)
+    config = tmp_path / "proxy.yaml"
+    config.write_text(CONFIG.format(grace=0.5, models="fast"))
+    port = _free_port()
+    log = tmp_path / "proxy.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(flag), "serve", "--config", str(config),
+             "--port", str(port), "--workers", "2"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    try:
+        await until(lambda: "all 2 workers listening" in log.read_text(), "the workers")
+        flag.touch()
+        for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+            os.kill(int(pid), signal.SIGKILL)
+        assert await asyncio.to_thread(proc.wait, 30) == 1
+        assert "every worker failed 3 times in a row, the last: status 1; giving up" in (
+            log.read_text())
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)

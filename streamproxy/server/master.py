@@ -5,7 +5,8 @@ It forks them before any event loop exists, and has no asyncio loop either: sign
 set flags and wake a `select()` through a self-pipe.
 
 - A worker that dies is replaced, after a backoff that doubles while it keeps dying young
-  (or before it listens).
+  (or before it listens). Once every slot has failed GIVE_UP times in a row with none
+  serving, the master gives up: it stops, exit status 1, for its supervisor to act on.
 - SIGHUP re-reads the config file and starts a new generation of workers next to the old
   ones; once every new worker listens, the old ones drain (SIGUSR2: as on SIGTERM, but their
   `/healthz` stays 200, the instance serving on). A config that does not load, or new workers
@@ -55,6 +56,7 @@ log = logging.getLogger("streamproxy.workers")
 READY_TIMEOUT = 30.0  # seconds a worker has to start listening
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
 YOUNG = 10.0  # a worker that dies younger than this counts as crash-looping
+GIVE_UP = 10  # failures in a row of every slot (~2.5 min of back-off) that end the master
 KILL_AFTER = 10.0  # seconds past its grace period before a worker told to drain is killed
 PROMETHEUS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
@@ -279,10 +281,24 @@ class Master:
             return
         if not w.ready or time.monotonic() - w.started < YOUNG:
             delay = self._backoff(w.slot)
+            if self._hopeless():
+                log.error("every worker failed %d times in a row, the last: %s; giving up",
+                          GIVE_UP, how)
+                self.exit_status = 1
+                self._stop()
+                return
         else:
             self.failures[w.slot], delay = 0, 0.0
         log.warning("worker %d died (%s); restarting slot %d in %.1fs", w.pid, how, w.slot, delay)
         self.restarts[w.slot] = time.monotonic() + delay
+
+    def _hopeless(self) -> bool:
+        """Every slot keeps failing and none serves: restarting them for good would leave a
+        master up with nothing listening, which its supervisor would never restart."""
+        return (self.reload is None
+                and all(self.failures.get(s, 0) >= GIVE_UP for s in range(self.count))
+                and not any(w.ready and w.generation == self.generation
+                            for w in self.workers.values()))
 
     def _backoff(self, slot: int) -> float:
         """One more failure in a row for `slot`: seconds until its next start."""
@@ -315,6 +331,7 @@ class Master:
                 old = [w for w in self.workers.values() if w.generation != generation]
                 self.generation, self.config, self.reload = generation, config, None
                 self.restarts.clear()
+                self.failures.clear()  # (the new config's workers: a count of their own)
                 for w in old:
                     self._hand_over(w)
                 log.info("reloaded: generation %d serving, %d old workers draining",
