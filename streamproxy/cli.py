@@ -83,6 +83,19 @@ def _port(text: str) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    import signal
+
+    # A SIGHUP before the reload handler is set (a `systemctl reload` just after the start)
+    # would kill the server, a death systemd counts as clean: held pending until the master
+    # or the single process sets its handler and lets it through.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        _serve(args)
+    finally:  # (called in-process, as by tests, the caller's mask is left as it was)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _serve(args: argparse.Namespace) -> None:
     from streamproxy.observe.access_log import configure_logging
     from streamproxy.server.workers import run
 

@@ -1248,3 +1248,46 @@ async def test_a_master_gives_up_when_no_worker_can_start_again(tmp_path: Path) 
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+HUP_AT_START = """
+import os, signal, sys
+from streamproxy import cli
+from streamproxy.server import workers
+claim = workers._claim_metrics_dir
+def hup_then_claim():  # a `systemctl reload` while the server is still starting
+    os.kill(os.getpid(), signal.SIGHUP)
+    return claim()
+workers._claim_metrics_dir = hup_then_claim
+cli.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_sighup_while_the_server_starts_reloads_once_it_serves(
+        tmp_path: Path, workers: int) -> None:
+    """A SIGHUP before the process handled it (starting: a reload right after a start) took
+    its default action: the server died, without a word, and systemd counts a death by
+    SIGHUP as a clean exit (Restart=on-failure does not restart it)."""
+    script = tmp_path / "hup_at_start.py"
+    script.write_text(HUP_AT_START)
+    config = tmp_path / "proxy.yaml"
+    config.write_text(CONFIG.format(grace=0.5, models="fast"))
+    port = _free_port()
+    log = tmp_path / "proxy.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "serve", "--config", str(config), "--port", str(port),
+             "--workers", str(workers)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    reloaded = "SIGHUP: reloaded" if workers == 1 else "reloaded: generation 1"
+    try:
+        await until(lambda: proc.poll() is not None or reloaded in log.read_text(),
+                    "the reload")
+        assert proc.poll() is None, log.read_text()
+        assert await stream_ok(f"http://127.0.0.1:{port}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)

@@ -120,6 +120,7 @@ class Master:
         # sent it; a worker inherits this until it listens and handles it.
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # (its word to a reload's old workers)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # (held since the start)
         log.info("streamproxy master %d: %d workers on http://%s; config: %s", os.getpid(),
                  self.count, shown_address(self.host, self.port), self.config.source)
         try:

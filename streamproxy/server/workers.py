@@ -267,6 +267,7 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
         loop.add_signal_handler(signal.SIGHUP, reload)
         for sig in (signal.SIGUSR1, signal.SIGUSR2):  # a master's words: their default kills
             signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # (held since the start: cli)
     _tune_gc()
     keep_heap_cushion()
     try:
