@@ -150,6 +150,18 @@ def test_usage_falls_back_to_billed_units_and_max_tokens_is_length() -> None:
     assert c.usage == {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
 
 
+
+def test_cached_tokens_never_exceed_a_prompt_counted_in_billed_units() -> None:
+    # No `tokens`: the prompt is billed_units' count (the template left out), but
+    # cached_tokens counts model tokens — passed on, the client read 448 cached of a 12 prompt.
+    body = events(START, text_delta("a"), {"type": "message-end", "delta": {
+        "finish_reason": "COMPLETE",
+        "usage": {"billed_units": {"input_tokens": 12, "output_tokens": 7},
+                  "cached_tokens": 448}}})
+    c = collect(sse_chunks(translate([body])))
+    assert c.usage == {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19,
+                       "prompt_tokens_details": {"cached_tokens": 12}}
+
 def test_tool_call_without_arguments_gets_an_empty_object() -> None:
     body = events(
         START,

@@ -66,9 +66,12 @@ def finish_reason(reason: str, made_calls: bool) -> str:
 
 def map_usage(usage: dict[str, Any]) -> dict[str, Any]:
     counts = usage.get("tokens") or usage.get("billed_units") or {}
+    prompt = int(counts.get("input_tokens") or 0)
     cached = usage.get("cached_tokens")
-    return make_usage(int(counts.get("input_tokens") or 0), int(counts.get("output_tokens") or 0),
-                      cached=int(cached) if cached is not None else None)
+    # cached_tokens counts model tokens, as `tokens` does; a prompt counted in billed_units
+    # (the template left out) can be smaller: cached is part of the prompt, never more.
+    return make_usage(prompt, int(counts.get("output_tokens") or 0),
+                      cached=min(int(cached), prompt) if cached is not None else None)
 
 
 def url_citations(citation: dict[str, Any]) -> list[dict[str, Any]]:
