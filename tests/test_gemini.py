@@ -277,6 +277,21 @@ def test_audio_prompt_tokens_are_reported() -> None:
     assert c.usage["prompt_tokens_details"] == {"cached_tokens": 0}
 
 
+
+def test_total_tokens_is_prompt_plus_completion_whatever_the_total_said() -> None:
+    """A Gemini-compatible server's totalTokenCount that leaves the thoughts (or the tool-use
+    prompt) out, or says 0: the client's total_tokens is still prompt + completion, streamed
+    and not, as OpenAI's always is."""
+    for total in (15, 0):
+        usage = {"promptTokenCount": 10, "candidatesTokenCount": 5, "thoughtsTokenCount": 20,
+                 "toolUsePromptTokenCount": 3, "totalTokenCount": total}
+        element = chunk([{"text": "Hi"}], finish="STOP", usage=usage)
+        c = collect(sse_chunks(translate([gemini_sse([element])])))
+        answer = to_completion(orjson.dumps(element), completion_id="c", created=1, model="m")
+        for got in (c.usage, answer["usage"]):
+            assert (got["prompt_tokens"], got["completion_tokens"], got["total_tokens"]) \
+                == (13, 25, 38)
+
 def test_a_call_without_arguments_gets_an_empty_object() -> None:
     body = gemini_sse([chunk([{"functionCall": {"name": "now"}}], finish="STOP")])
     c = collect(sse_chunks(translate([body])))
@@ -1227,8 +1242,9 @@ def test_a_cut_stream_keeps_its_latest_usage_snapshot(how: str) -> None:
     tr = GeminiStreamTranslator(enc, 1 << 20)
     c = collect(sse_chunks(relay_pieces(enc, tr, reads)))
     assert c.content == "abcdef" and c.error is not None and enc.usage_data is None
+    # (the chunks keep the recorded totalTokenCount, 295, made for 19 candidate tokens)
     assert tr.usage_so_far() == {"prompt_tokens": 28, "completion_tokens": 5 + 248,
-                                 "total_tokens": 295, "prompt_tokens_details": {
+                                 "total_tokens": 28 + 5 + 248, "prompt_tokens_details": {
                                      "cached_tokens": 0},
                                  "completion_tokens_details": {"reasoning_tokens": 248}}
 

@@ -107,12 +107,13 @@ def make_usage(
     cached: int | None = None,
     cache_write: int | None = None,
     reasoning: int | None = None,
-    total: int | None = None,
 ) -> dict[str, Any]:
+    # The total is always the sum, never an upstream's own total (which may disagree with
+    # its parts): clients and the token metrics take total = prompt + completion.
     usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
-        "total_tokens": prompt + completion if total is None else total,
+        "total_tokens": prompt + completion,
     }
     if cached is not None:
         usage["prompt_tokens_details"] = {"cached_tokens": cached}

@@ -114,9 +114,10 @@ def map_usage(u: dict[str, Any]) -> dict[str, Any]:
     prompt = (u.get("promptTokenCount") or 0) + (u.get("toolUsePromptTokenCount") or 0)
     thoughts = u.get("thoughtsTokenCount") or 0
     completion = (u.get("candidatesTokenCount") or 0) + thoughts
-    total = u.get("totalTokenCount")
+    # totalTokenCount is not read: total_tokens is prompt + completion, as OpenAI's is, even
+    # from a server whose total leaves the thoughts or the tool-use prompt out (make_usage).
     usage = make_usage(prompt, completion, cached=u.get("cachedContentTokenCount") or 0,
-                       reasoning=thoughts, total=total if isinstance(total, int) else None)
+                       reasoning=thoughts)
     audio = _modality_tokens(u.get("promptTokensDetails"), "AUDIO")
     if audio:  # OpenAI's field for it; Gemini bills audio input above text
         usage["prompt_tokens_details"]["audio_tokens"] = audio
