@@ -508,6 +508,51 @@ async def test_a_non_streamed_answer_made_an_error_still_logs_its_tokens(
         resp.status, 11, 4)
 
 
+
+# An answer that says "Hi" with no usage at all (Anthropic- and Gemini-compatible servers,
+# a Cohere-compatible one): each provider's non-streamed shape, and Gemini's stream.
+UNCOUNTED_ANSWERS = {
+    "anthropic": {"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+                  "content": [{"type": "text", "text": "Hi"}], "stop_reason": "end_turn"},
+    "gemini": {"candidates": [{"index": 0, "finishReason": "STOP", "content": {
+        "role": "model", "parts": [{"text": "Hi"}]}}]},
+    "cohere": {"id": "t", "finish_reason": "COMPLETE", "message": {
+        "role": "assistant", "content": [{"type": "text", "text": "Hi"}]}},
+}
+NO_TOKENS = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+
+@pytest.mark.parametrize("kind", sorted(UNCOUNTED_ANSWERS))
+async def test_an_answer_without_usage_gives_the_client_zeros_and_logs_none(
+        kind: str, proxy: Any, upstream: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # OpenAI's non-streamed completion always has usage (clients read usage.total_tokens);
+    # the log says the provider reported none (null), not 0.
+    caplog.set_level(logging.INFO)
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps(UNCOUNTED_ANSWERS[kind])
+    client = await proxy(provider_config(kind, upstream.url))
+    resp = await client.post("/v1/chat/completions", json={"model": "m", "messages": USER})
+    body = await resp.json()
+    assert body["choices"][0]["message"]["content"] == "Hi"
+    assert body["usage"] == NO_TOKENS
+    line = access_lines(caplog)[-1]
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (None, None)
+
+
+async def test_a_stream_without_usage_gives_its_usage_chunk_zeros_and_logs_none(
+        proxy: Any, upstream: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    upstream.body = b"data: " + orjson.dumps(UNCOUNTED_ANSWERS["gemini"]) + b"\r\n\r\n"
+    client = await proxy(provider_config("gemini", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "messages": USER, "stream": True,
+        "stream_options": {"include_usage": True}})
+    c = collect(sse_chunks(await resp.read()))
+    assert c.content == "Hi" and c.done
+    assert c.usage == NO_TOKENS
+    line = access_lines(caplog)[-1]
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (None, None)
+
 async def test_a_client_gone_as_its_whole_answer_is_written_is_logged_disconnected(
         proxy: Any, caplog: pytest.LogCaptureFixture, monkeypatch: Any) -> None:
     """The lean front: the client's reset comes in the loop turn the upstream's answer does

@@ -190,7 +190,8 @@ def test_passthrough_sends_the_client_only_data_lines() -> None:
 
 def _passthrough(body: bytes, tools_offered: bool = False) -> bytes:
     """What the client gets from a pass-through stream, a failure after commit included."""
-    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
+    # (as the executor builds it: the translator forwards the usage, the encoder adds none)
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=False)
     tr = PassthroughTranslator(enc, 1 << 20, provider="p", client_wants_usage=True,
                                tools_offered=tools_offered)
     try:

@@ -598,12 +598,16 @@ def test_a_whole_openai_body_is_forwarded_as_one_run(monkeypatch: pytest.MonkeyP
     finish = b'data: {"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
     body = _chunk("", 0) + b"".join(deltas) + finish + b"data: [DONE]\n\n"
     factory = PASSTHROUGH_TRANSLATORS["openai"]
-    out = translate_reads(factory, [body], make_encoder())
+
+    def encoder() -> ChunkEncoder:  # as the executor builds a pass-through's: no usage chunk
+        return ChunkEncoder(completion_id="c1", created=1, model="m", include_usage=False)
+
+    out = translate_reads(factory, [body], encoder())
     assert runs == [20]  # the first event checks for a BOM in the decoder, the finish is parsed
     assert out == [body]
     runs.clear()  # flushed, a read an event: each delta is a run of one
     flushed = [_chunk("", 0), *deltas, finish, b"data: [DONE]\n\n"]
-    assert translate_reads(factory, flushed, make_encoder()) == flushed
+    assert translate_reads(factory, flushed, encoder()) == flushed
     assert runs == [1] * 20
     runs.clear()  # the Azure translator looks at every event itself
     translate_reads(lambda out: AzureTranslator(out, 1 << 20, provider="p",

@@ -131,6 +131,16 @@ def make_usage(
     return usage
 
 
+def no_usage() -> dict[str, Any]:
+    """The usage of an answer whose provider reported none (an Anthropic-, Gemini- or
+    Cohere-compatible server): zeros, as LiteLLM and Portkey give, since OpenAI's answer
+    always has usage and clients read `usage.total_tokens`."""
+    return make_usage(0, 0)
+
+
+NO_USAGE_JSON = orjson.dumps(no_usage())
+
+
 def image_entry(url: str, index: int) -> dict[str, Any]:
     """One generated image in `message.images` / `delta.images`, as OpenRouter and LiteLLM
     write it; `index` counts the answer's images (the openai SDK's stream helper merges list
@@ -390,12 +400,15 @@ class ChunkEncoder:
             self._open(_ROLE_TEXT)
         if self._null_content_is_due():  # (a stream that ended with no finish reason)
             self._frame(b'{"content":""}')
-        if self.include_usage and self.usage_data is not None:
+        if self.include_usage:
             if not self._prefix:
                 self._envelope()
-            # The usage chunk: same envelope, `choices: []`.
+            # The usage chunk: same envelope, `choices: []`. OpenAI sends it to every client
+            # that asked, so a provider that reported no usage gives zeros (usage_data, what
+            # the log records, stays None: not reported).
+            usage = NO_USAGE_JSON if self.usage_data is None else _dumps(self.usage_data)
             head = self._prefix[: self._prefix.rindex(b'"choices":')]
-            self._buf += (head, b'"choices":[],"usage":', _dumps(self.usage_data), b"}\n\n")
+            self._buf += (head, b'"choices":[],"usage":', usage, b"}\n\n")
             self.chunks += 1
         self._buf.append(DONE_FRAME)
         self.ended = True

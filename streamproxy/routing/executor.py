@@ -32,7 +32,7 @@ from streamproxy.errors import (
     UpstreamStatusError,
 )
 from streamproxy.ids import time_ordered_hex
-from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
+from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder, no_usage
 from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
 from streamproxy.openai_api.request import (
     ChatRequest,
@@ -431,6 +431,8 @@ class Executor:
         if record.capture:
             record.response = result
         record.usage = result.get("usage")
+        if record.usage is None:  # (the log keeps null: the provider reported none)
+            result["usage"] = no_usage()  # OpenAI's answer always has it
         record.finish_reason = _finish_reason(result)
         return orjson.dumps(result)
 
