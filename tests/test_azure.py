@@ -837,3 +837,37 @@ def test_a_dot_segment_deployment_is_a_400_not_another_path(model: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         provider.build_request(req, Target(provider, model, api_key="k"))
     assert info.value.param == "model" and info.value.status == 400
+
+
+# Azure (AI Foundry's models, e.g. DeepSeek's) can refuse with a 400 whose body is no error
+# object but a chat completion cut by the filter: its choice's finish_reason content_filter
+# and the filter's word under content_filter_results.error.
+FILTERED_400 = {
+    "id": "chatcmpl-802d5a", "model": "", "object": "chat.completion", "created": 1789466192,
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": ""},
+                 "finish_reason": "content_filter",
+                 "content_filter_results": {"error": {
+                     "code": "content_filter",
+                     "message": "Response content blocked by label 'Jailbreak'."}}}],
+    "usage": {"prompt_tokens": 55, "total_tokens": 55}, "prompt_filter_results": None}
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_400_that_is_a_filtered_completion_is_a_content_filter_error(
+        proxy: Any, upstream: Any, stream: bool) -> None:
+    # The client got "provider 'up' returned HTTP 400" with no code: nothing said the filter
+    # refused, nor which label, as Azure's body did.
+    upstream.status = 400
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps(FILTERED_400)
+    client = openai_sdk(await proxy(azure_config(upstream.url)))
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.chat.completions.create(model="m", messages=[{"role": "user",
+                                                                   "content": "hi"}],
+                                             stream=stream)
+    assert info.value.code == "content_filter"
+    assert info.value.message.endswith("Response content blocked by label 'Jailbreak'.")
+    body = info.value.body
+    assert isinstance(body, dict)
+    assert body["content_filter_results"] == FILTERED_400["choices"][0][  # type: ignore[index]
+        "content_filter_results"]

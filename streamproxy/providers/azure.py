@@ -37,11 +37,12 @@ from urllib.parse import quote
 
 import orjson
 
+from streamproxy._json import loads_lenient
 from streamproxy.config import ConfigError
 from streamproxy.decode.sse import SSEEvent
-from streamproxy.errors import InvalidRequest
+from streamproxy.errors import InvalidRequest, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
-from streamproxy.providers.base import path_segment
+from streamproxy.providers.base import kept_fields, path_segment
 from streamproxy.providers.openai_compat import OpenAIProvider, PassthroughTranslator, load_chunk
 
 if TYPE_CHECKING:
@@ -67,6 +68,31 @@ _RESOURCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 _JWT = re.compile(r"eyJ[\w-]*\.[\w-]+\.[\w-]*", re.ASCII)
 # The envelope fields an async-filter chunk leaves empty.
 _ENVELOPE_KEYS = ("id", "created", "model")
+FILTERED = "content_filter"
+
+
+def filtered_answer_error(status: int, body: bytes, provider: str) -> UpstreamStatusError | None:
+    """The error of an HTTP error whose body is no error object but a chat completion the
+    filter cut (Azure AI Foundry's models answer a refusal so: a 400, a choice finished
+    `content_filter`, the filter's word in its `content_filter_results.error`), or None. Read
+    as any other body it was "returned HTTP 400" with no code: nothing said the filter
+    refused, nor why."""
+    try:
+        answer = loads_lenient(body)
+    except orjson.JSONDecodeError:
+        return None
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    for choice in choices if isinstance(choices, list) else ():
+        if isinstance(choice, dict) and choice.get("finish_reason") == FILTERED:
+            results = choice.get("content_filter_results")
+            said = results.get("error") if isinstance(results, dict) else None
+            message = said.get("message") if isinstance(said, dict) else None
+            fields = kept_fields({"content_filter_results": results}) if results else None
+            return UpstreamStatusError(
+                status, message if isinstance(message, str) and message else
+                "The response was filtered by the provider's content management policy.",
+                provider=provider, code=FILTERED, fields=fields)
+    return None
 
 
 class AzureTranslator(PassthroughTranslator):
@@ -203,6 +229,12 @@ class AzureOpenAIProvider(OpenAIProvider):
         /models), which takes the deployment as the body's `model`."""
         base = self.cfg.base_url
         return base is not None and base.endswith(MODELS_PATH)
+
+    def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
+        err = super().parse_error(status, body)
+        if err.fields is None and b'"content_filter"' in body:  # (no error object)
+            return filtered_answer_error(status, body, self.name) or err
+        return err
 
     def refused_option(self) -> tuple[str, str] | None:
         # (the provider's own is a config error: `check_entry`; a target's or the SDK's
