@@ -871,3 +871,26 @@ async def test_a_400_that_is_a_filtered_completion_is_a_content_filter_error(
     assert isinstance(body, dict)
     assert body["content_filter_results"] == FILTERED_400["choices"][0][  # type: ignore[index]
         "content_filter_results"]
+
+
+@pytest.mark.parametrize(("version", "renamed"), [
+    ("2024-06-01", True), ("2024-02-15-preview", True), ("2024-08-01-preview", True),
+    ("2024-09-01-preview", False), ("2024-10-21", False), ("2025-04-01-preview", False),
+    ("v1", False)])
+def test_max_completion_tokens_goes_as_max_tokens_to_api_versions_before_it(
+        version: str, renamed: bool) -> None:
+    # An api-version before 2024-09-01-preview (the one that brought o1) answers
+    # `max_completion_tokens`, which the openai SDK's users and LangChain now send, with
+    # "Unrecognized request argument supplied" (a 400 on every request); those versions reach
+    # no reasoning model, so `max_tokens` is the same cap.
+    config = make_config({"az": {"type": "azure", "resource": "contoso", "api_key": "k",
+                                 "api_version": version}})
+    provider = AzureOpenAIProvider(config.providers["az"])
+    req = parse_chat_request(b'{"model":"gpt-4o","max_completion_tokens":100,'
+                             b'"messages":[{"role":"user","content":"x"}]}')
+    body = orjson.loads(provider.build_request(req, Target(provider, "gpt-4o",
+                                                           api_key="k")).body)
+    if renamed:
+        assert body["max_tokens"] == 100 and "max_completion_tokens" not in body
+    else:
+        assert body["max_completion_tokens"] == 100 and "max_tokens" not in body

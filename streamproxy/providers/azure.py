@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 AUTH_MODES = ("api-key", "entra")
 # The first api-version that takes `stream_options` (earlier ones answer it with a 400).
 STREAM_USAGE_SINCE = "2024-09-01"
+# The first that takes `max_completion_tokens` (2024-09-01-preview, which brought o1): earlier
+# ones answer "Unrecognized request argument supplied: max_completion_tokens", a 400.
+COMPLETION_CAP_SINCE = "2024-09-01"
 # Azure's v1 API: OpenAI's paths under {endpoint}/openai/v1, the deployment as the body's
 # `model`, no dated api-version (a base_url ending so selects it, or api_version V1).
 V1_PATH = "/openai/v1"
@@ -209,9 +212,23 @@ class AzureOpenAIProvider(OpenAIProvider):
         STREAM_USAGE_SINCE (2024-06-01 and 2024-02-01 are still common), which would refuse
         every stream; those streams carry no usage (a client's own `stream_options`, sent
         as written, gets that 400)."""
+        return not self._api_version_before(STREAM_USAGE_SINCE)
+
+    def _api_version_before(self, since: str) -> bool:
+        """Whether the request goes with a dated api-version older than `since` (v1 sends none:
+        `chat_url`)."""
         version = self.cfg.options.get("api_version") or ""
-        # (v1 sends no dated version: `chat_url`)
-        return self.v1 or not (_DATED.match(version) and version[:10] < STREAM_USAGE_SINCE)
+        return not self.v1 and bool(_DATED.match(version)) and version[:10] < since
+
+    def adapt_body(self, body: dict[str, Any], model: str = "") -> dict[str, Any]:
+        # The openai SDK's users and LangChain now send `max_completion_tokens`, which an older
+        # api-version refuses; those reach no reasoning model, so `max_tokens` is the same cap.
+        if "max_completion_tokens" in body and self._api_version_before(COMPLETION_CAP_SINCE):
+            body = dict(body)
+            cap = body.pop("max_completion_tokens")
+            if cap is not None:  # (the current name wins over a `max_tokens` beside it)
+                body["max_tokens"] = cap
+        return body
 
     @property
     def v1(self) -> bool:
