@@ -311,3 +311,28 @@ def test_default_burst_is_a_minute_of_requests() -> None:
         {"name": "a", "key": "k", "rate_limit": {"requests_per_minute": 2.5}}]}))
     assert auth is not None and auth.keys[0].bucket is not None
     assert auth.keys[0].bucket.burst == math.ceil(2.5)
+
+
+async def test_a_loadbalance_draws_among_the_targets_the_key_may_use(proxy: Any,
+                                                                   json_upstream: Any) -> None:
+    """A load balance over an allowed and a disallowed provider drew the disallowed one as
+    often as its weight said, and the request was a 403 though the other target could serve
+    it: the same request passed or failed at random. The draw is among the allowed ones."""
+    client = await proxy(config(json_upstream.url, allowed_providers=["mock"]))
+    lb = orjson.dumps({"strategy": {"mode": "loadbalance"}, "targets": [
+        {"provider": "up", "weight": 1},
+        {"provider": "mock", "weight": 0.000001,
+         "override_params": {"model": "fast:tokens=2"}}]}).decode()
+    a = {"authorization": f"Bearer {KEY_A}", "x-portkey-config": lb}
+    for _ in range(3):
+        resp = await client.post("/v1/chat/completions", headers=a,
+                                 json={"messages": USER, "stream": False})
+        assert resp.status == 200
+        assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
+    assert json_upstream.requests == []
+    # With none of its targets allowed, still the 403.
+    only_up = orjson.dumps({"strategy": {"mode": "loadbalance"},
+                            "targets": [{"provider": "up"}]}).decode()
+    resp = await client.post("/v1/chat/completions", json={"messages": USER},
+                             headers={**a, "x-portkey-config": only_up})
+    assert resp.status == 403

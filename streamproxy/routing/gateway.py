@@ -462,7 +462,10 @@ class Gateway:
 
     # -- the plan ------------------------------------------------------------------------------
     def plan(self, headers: Mapping[str, str], req: ChatRequest,
-             metadata: dict[str, Any] | None) -> Plan:
+             metadata: dict[str, Any] | None,
+             allowed_providers: frozenset[str] | None = None) -> Plan:
+        """`allowed_providers`: the request's proxy key's (None: any); a load balance draws
+        among their targets (the handler drops the others' attempts)."""
         request_timeouts = _request_timeouts(headers)
         root = self.root_for(headers, req)
         if root is None:  # the plain path: one target, no planner
@@ -483,8 +486,10 @@ class Gateway:
                     chosen.add(leaf.path)
             return target
 
+        usable = (None if allowed_providers is None
+                  else lambda t: t.provider.name in allowed_providers)
         planned = plan(root, resolve, rng=self.rng, breakers=self.breakers,
-                       metadata=metadata, params=req.body, path=CHAT_PATH)
+                       metadata=metadata, params=req.body, path=CHAT_PATH, usable=usable)
         if chosen:
             # A breaker key names the model: one the operator's config let the client choose
             # counts as the client's in the tables' caps and the gauge's, or a client cycling

@@ -85,6 +85,7 @@ class _Walk:
     params: dict[str, Any]
     path: str
     targets: dict[str, Target]
+    usable: Callable[[Target], bool] | None = None
     next_group: int = 0
 
     def attempts(self, node: ConfigNode, groups: tuple[Group, ...],
@@ -110,8 +111,12 @@ class _Walk:
             return node.targets[0]
         if node.mode == "conditional":
             return self.condition(node)
-        healthy = [c for c in node.targets if c.weight > 0 and not self.all_open(c)]
-        candidates = healthy or [c for c in node.targets if c.weight > 0]
+        weighted = [c for c in node.targets if c.weight > 0]
+        if self.usable is not None:  # (a proxy key's providers: a draw of another was a 403
+            # while a target it may use could answer; none usable: the draw, then the 403)
+            weighted = [c for c in weighted if self.any_usable(c)] or weighted
+        healthy = [c for c in weighted if not self.all_open(c)]
+        candidates = healthy or weighted
         point = self.rng.random() * sum(c.weight for c in candidates)
         for child in candidates:
             point -= child.weight
@@ -134,6 +139,10 @@ class _Walk:
                                  code="no_condition_matched")
         return by_name[node.default]
 
+    def any_usable(self, node: ConfigNode) -> bool:
+        assert self.usable is not None
+        return any(self.usable(self.targets[leaf.path]) for leaf in node.leaves())
+
     def all_open(self, node: ConfigNode) -> bool:
         return all(self.breakers.is_open(_key(self.targets[leaf.path]), leaf.breaker)
                    for leaf in node.leaves())
@@ -145,11 +154,13 @@ def _key(target: Target) -> str:
 
 def plan(root: ConfigNode, resolve: Resolve, *, rng: random.Random,
          breakers: CircuitBreakers, metadata: dict[str, Any] | None = None,
-         params: dict[str, Any] | None = None, path: str = "") -> Plan:
-    """`path`: the request's, for conditions on `url.pathname`."""
+         params: dict[str, Any] | None = None, path: str = "",
+         usable: Callable[[Target], bool] | None = None) -> Plan:
+    """`path`: the request's, for conditions on `url.pathname`. `usable`: the targets a
+    load balance may draw (the others only when none is)."""
     # Every leaf is resolved up front, so a bad target is a 400 whatever the draw.
     targets = {leaf.path: resolve(leaf) for leaf in root.leaves()}
-    walk = _Walk(resolve, rng, breakers, metadata or {}, params or {}, path, targets)
+    walk = _Walk(resolve, rng, breakers, metadata or {}, params or {}, path, targets, usable)
     attempts = walk.attempts(root, ())
     closed = [a for a in attempts if a.refusal is not None or a.breaker is None
               or not breakers.is_open(a.breaker_key, a.breaker)]

@@ -153,7 +153,9 @@ def _client_left(record: RequestRecord) -> None:
 async def _answer(ex: Exchange, state: AppState, req: ChatRequest,
                   record: RequestRecord) -> None:
     record.metadata = parse_metadata(ex.headers)
-    plan = state.gateway.plan(ex.headers, req, record.metadata)
+    key = ex.get(AUTH_KEY)
+    plan = state.gateway.plan(ex.headers, req, record.metadata,
+                              key.allowed_providers if key is not None else None)
     _only_allowed(ex, plan)
     # Stored completions and the response cache (issue 7): the executor answers a hit.
     before_upstream(ex, req, plan.attempts, record)
