@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import sys
-from typing import Any
+from typing import Any, Literal
 
+import openai
 import orjson
 import pytest
+from pydantic import BaseModel
 
 from streamproxy.config import ConfigError
 from streamproxy.errors import InvalidRequest
@@ -1121,3 +1123,58 @@ def test_input_audio_base64_is_checked_as_a_data_url_s() -> None:
             {"type": "input_audio", "input_audio": {"data": "%%%", "format": "wav"}}]}]},
                   "gemini-2.5-flash")
     assert info.value.param == "messages[0].content[0].input_audio.data"
+
+
+# Google: Gemini's schema `enum` holds "strings and numbers"; a null among them (pydantic's
+# Literal["a", None], zod's z.union of z.literal(null), schemars' Option of an enum) goes as
+# the null branch of an anyOf beside the enum of the others: the same values, in Gemini's words.
+class _Tagged(BaseModel):
+    tag: Literal["a", "b", None]
+    count: Literal[1, 2, None] = None
+
+
+def test_a_null_in_an_enum_reaches_gemini_as_a_null_branch() -> None:
+    tool = openai.pydantic_function_tool(_Tagged)  # the SDK's strict schema, as parse() sends
+    schema = tool["function"]["parameters"]
+    given = copy.deepcopy(schema)
+    out = translate([{"role": "user", "content": "x"}],
+                    response_format={"type": "json_schema",
+                                     "json_schema": {"name": "p", "schema": schema}},
+                    tools=[tool])
+    sent = out["generationConfig"]["responseJsonSchema"]["properties"]
+    assert sent["tag"] == {"title": "Tag", "anyOf": [{"enum": ["a", "b"], "type": "string"},
+                                                      {"type": "null"}]}
+    assert sent["count"] == {"title": "Count", "anyOf": [{"enum": [1, 2], "type": "integer"},
+                                                          {"type": "null"}]}
+    tool = out["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"]["properties"]
+    assert tool == sent
+    assert schema == given  # the client's body is left as it came
+
+
+@pytest.mark.parametrize(("schema", "sent"), [
+    # zod-to-json-schema's union of literals: the type list's "null" goes with the null branch
+    ({"type": ["string", "null"], "enum": ["a", None], "description": "d"},
+     {"description": "d", "anyOf": [{"enum": ["a"], "type": "string"}, {"type": "null"}]}),
+    ({"type": ["string", "integer", "null"], "enum": ["a", 1, None]},
+     {"anyOf": [{"enum": ["a", 1], "type": ["string", "integer"]}, {"type": "null"}]}),
+    ({"enum": [1.5, 2, None]}, {"anyOf": [{"enum": [1.5, 2], "type": "number"},
+                                          {"type": "null"}]}),
+    ({"enum": ["a", 1, None]}, {"anyOf": [{"enum": ["a", 1]}, {"type": "null"}]}),
+    ({"enum": [None]}, {"type": "null"}),
+])
+def test_null_leaves_an_enum_for_a_branch_of_its_own(schema: dict[str, Any],
+                                                      sent: dict[str, Any]) -> None:
+    out = translate([{"role": "user", "content": "x"}], response_format={
+        "type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
+    assert out["generationConfig"]["responseJsonSchema"] == sent
+
+
+@pytest.mark.parametrize("schema", [
+    {"enum": ["a", None], "anyOf": [{"type": "string"}, {"type": "null"}]},  # an anyOf already
+    {"enum": ["a", "b"], "type": "string"},  # no null: as written
+    {"enum": ["a", None], "type": "string"},  # (a contradiction: Gemini's to judge)
+])
+def test_other_enums_stay_as_written(schema: dict[str, Any]) -> None:
+    out = translate([{"role": "user", "content": "x"}], response_format={
+        "type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
+    assert out["generationConfig"]["responseJsonSchema"] == schema

@@ -13,7 +13,10 @@ So, exactly as the schema says:
 - a one-member `allOf` is that same one-member `anyOf`;
 - a string or number `const` (pydantic's `Literal`, zod's `z.literal`: the tags of discriminated
   unions), which Gemini's fields do not read and ignore, is the one-member `enum` it reads, with
-  the `type` it implies (others, and one beside an `enum` or another type, stay as written).
+  the `type` it implies (others, and one beside an `enum` or another type, stay as written);
+- an `enum` listing null (pydantic's `Literal["a", None]`, zod's union of literals), where
+  Gemini's enum holds only strings and numbers, is a two-member `anyOf`: the enum of the others
+  (with the `type` they imply, or the non-null part of a `type` list) and `{"type": "null"}`.
 References are kept, never inlined: a recursive schema stays one (Gemini unrolls it a few
 levels, for properties that are not required).
 """
@@ -55,6 +58,7 @@ def gemini_schema(schema: Any) -> Any:
         else:
             out[key] = gemini_schema(value)
     _const_as_enum(out)
+    _null_out_of_enum(out)
     all_of = out.get("allOf")
     if isinstance(all_of, list) and len(all_of) == 1 and "anyOf" not in out:
         out["anyOf"] = out.pop("allOf")
@@ -73,6 +77,33 @@ def _const_as_enum(out: dict[str, Any]) -> None:
         return
     out["type"] = declared
     out["enum"] = [out.pop("const")]
+
+
+def _null_out_of_enum(out: dict[str, Any]) -> None:
+    enum = out.get("enum")
+    if not isinstance(enum, list) or None not in enum or "anyOf" in out:
+        return
+    declared = out.get("type")
+    if declared is not None and not (isinstance(declared, list) and "null" in declared):
+        return  # (null contradicts the type: Gemini's to judge, as written)
+    values = [value for value in enum if value is not None]
+    del out["enum"]
+    out.pop("type", None)
+    if not values:
+        out["type"] = "null"
+        return
+    branch: dict[str, Any] = {"enum": values}
+    if isinstance(declared, list):
+        kinds = [kind for kind in declared if kind != "null"]
+        if kinds:
+            branch["type"] = kinds[0] if len(kinds) == 1 else kinds
+    else:
+        kinds = {_CONST_TYPES.get(type(value)) for value in values}  # (a bool is none here)
+        if kinds == {"integer", "number"}:
+            kinds = {"number"}
+        if len(kinds) == 1 and None not in kinds:
+            branch["type"] = kinds.pop()
+    out["anyOf"] = [branch, {"type": "null"}]
 
 
 def _ref(ref: str) -> str:
