@@ -1178,3 +1178,30 @@ def test_other_enums_stay_as_written(schema: dict[str, Any]) -> None:
     out = translate([{"role": "user", "content": "x"}], response_format={
         "type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
     assert out["generationConfig"]["responseJsonSchema"] == schema
+
+
+class _Invoice(BaseModel):
+    total: float
+
+
+class _Described(BaseModel):
+    """An invoice."""
+    total: float
+
+
+@pytest.mark.parametrize(("model", "description"), [
+    (_Invoice, "The invoice's total, in euros"),
+    (_Described, "The invoice's total, in euros\n\nAn invoice."),  # the schema's own kept too
+])
+def test_the_json_schema_description_reaches_gemini(model: type[BaseModel],
+                                                    description: str) -> None:
+    # OpenAI: json_schema.description is "used by the model to determine how to respond in the
+    # format"; Gemini has no field of its own for it, and reads the schema's description.
+    schema = openai.pydantic_function_tool(model)["function"]["parameters"]
+    given = copy.deepcopy(schema)
+    out = translate([{"role": "user", "content": "x"}], response_format={
+        "type": "json_schema", "json_schema": {
+            "name": "invoice", "description": "The invoice's total, in euros", "schema": schema}})
+    sent = out["generationConfig"]["responseJsonSchema"]
+    assert sent == {**schema, "description": description}
+    assert schema == given  # the client's body is left as it came

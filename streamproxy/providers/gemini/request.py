@@ -188,12 +188,13 @@ def _generation_config(body: dict[str, Any], model: str) -> dict[str, Any]:
     if fmt.get("type") == "json_object":
         config["responseMimeType"] = "application/json"
     elif fmt.get("type") == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
+        spec = fmt.get("json_schema") or {}
+        schema = spec.get("schema")
         if not isinstance(schema, dict):
             raise InvalidRequest("'response_format.json_schema.schema' must be an object.",
                                  param="response_format.json_schema.schema")
         config["responseMimeType"] = "application/json"
-        config["responseJsonSchema"] = gemini_schema(schema)
+        config["responseJsonSchema"] = _described(gemini_schema(schema), spec.get("description"))
     modalities = _response_modalities(body)
     if modalities:
         config["responseModalities"] = modalities
@@ -205,6 +206,18 @@ def _generation_config(body: dict[str, Any], model: str) -> dict[str, Any]:
     if thinking is not None:
         config["thinkingConfig"] = thinking
     return config
+
+
+def _described(schema: dict[str, Any], description: Any) -> dict[str, Any]:
+    """The format's `description` (what the answer is for: OpenAI's model reads it) has no
+    Gemini field of its own: it opens the schema's description, which Gemini reads."""
+    if not isinstance(description, str) or not description:
+        return schema
+    own = schema.get("description")  # (schema is gemini_schema's copy: the client's stays)
+    if isinstance(own, str) and own:
+        description = f"{description}\n\n{own}"
+    schema["description"] = description
+    return schema
 
 
 def _takes_penalties(model: str) -> bool:
