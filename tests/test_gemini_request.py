@@ -1205,3 +1205,43 @@ def test_the_json_schema_description_reaches_gemini(model: type[BaseModel],
     sent = out["generationConfig"]["responseJsonSchema"]
     assert sent == {**schema, "description": description}
     assert schema == given  # the client's body is left as it came
+
+
+# Draft 7's tuple (pydantic 1's Tuple[int, str], zod-to-json-schema's z.tuple): `items` a list,
+# `additionalItems` the rest. Gemini reads 2020-12's words for it: `prefixItems`, and `items`
+# for the rest.
+@pytest.mark.parametrize(("schema", "sent"), [
+    ({"type": "array", "items": [{"type": "integer"}, {"const": "a"}], "minItems": 2,
+      "maxItems": 2},
+     {"type": "array", "prefixItems": [{"type": "integer"}, {"enum": ["a"], "type": "string"}],
+      "minItems": 2, "maxItems": 2}),
+    ({"type": "array", "items": [{"type": "integer"}], "additionalItems": {"type": "string"}},
+     {"type": "array", "prefixItems": [{"type": "integer"}], "items": {"type": "string"}}),
+    ({"type": "array", "items": [{"type": "integer"}], "additionalItems": False},
+     {"type": "array", "prefixItems": [{"type": "integer"}], "maxItems": 1}),
+    ({"type": "array", "items": [{"type": "integer"}], "additionalItems": True},
+     {"type": "array", "prefixItems": [{"type": "integer"}]}),
+])
+def test_a_draft_7_tuple_reaches_gemini_as_prefix_items(schema: dict[str, Any],
+                                                        sent: dict[str, Any]) -> None:
+    given = copy.deepcopy(schema)
+    wrapped = {"type": "object", "properties": {"pair": schema}}
+    out = translate([{"role": "user", "content": "x"}],
+                    response_format={"type": "json_schema",
+                                     "json_schema": {"name": "p", "schema": wrapped}},
+                    tools=[{"type": "function", "function": {"name": "f", "parameters": wrapped}}])
+    assert out["generationConfig"]["responseJsonSchema"]["properties"]["pair"] == sent
+    tool = out["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"]
+    assert tool["properties"]["pair"] == sent
+    assert schema == given
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "array", "items": {"type": "string"}, "additionalItems": False},  # (ignored there)
+    {"type": "array", "prefixItems": [{"type": "string"}], "items": [{"type": "string"}]},
+    {"type": "object", "properties": {"items": {"type": "string"}}},  # a property named items
+])
+def test_other_items_stay_as_written(schema: dict[str, Any]) -> None:
+    out = translate([{"role": "user", "content": "x"}], response_format={
+        "type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
+    assert out["generationConfig"]["responseJsonSchema"] == schema

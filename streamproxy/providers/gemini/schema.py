@@ -17,6 +17,9 @@ So, exactly as the schema says:
 - an `enum` listing null (pydantic's `Literal["a", None]`, zod's union of literals), where
   Gemini's enum holds only strings and numbers, is a two-member `anyOf`: the enum of the others
   (with the `type` they imply, or the non-null part of a `type` list) and `{"type": "null"}`.
+- Draft 7's tuple (pydantic 1's `Tuple[int, str]`, zod-to-json-schema's `z.tuple`): `items` a
+  list, `additionalItems` the rest, is 2020-12's `prefixItems`, and `items` for the rest (a
+  rest of `false` is the `maxItems` it means; one of `true` says nothing).
 References are kept, never inlined: a recursive schema stays one (Gemini unrolls it a few
 levels, for properties that are not required).
 """
@@ -59,6 +62,7 @@ def gemini_schema(schema: Any) -> Any:
             out[key] = gemini_schema(value)
     _const_as_enum(out)
     _null_out_of_enum(out)
+    _tuple_as_prefix_items(out)
     all_of = out.get("allOf")
     if isinstance(all_of, list) and len(all_of) == 1 and "anyOf" not in out:
         out["anyOf"] = out.pop("allOf")
@@ -104,6 +108,18 @@ def _null_out_of_enum(out: dict[str, Any]) -> None:
         if len(kinds) == 1 and None not in kinds:
             branch["type"] = kinds.pop()
     out["anyOf"] = [branch, {"type": "null"}]
+
+
+def _tuple_as_prefix_items(out: dict[str, Any]) -> None:
+    prefix = out.get("items")
+    if not isinstance(prefix, list) or "prefixItems" in out:
+        return
+    out["prefixItems"] = out.pop("items")
+    rest = out.pop("additionalItems", True)
+    if rest is False:
+        out.setdefault("maxItems", len(prefix))
+    elif rest is not True:
+        out["items"] = rest
 
 
 def _ref(ref: str) -> str:
