@@ -38,7 +38,12 @@ from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.bedrock import BedrockProvider
 from streamproxy.providers.bedrock import auth as bedrock_auth
-from streamproxy.providers.bedrock.request import DROPPED, STRUCTURED_OUTPUTS, to_converse
+from streamproxy.providers.bedrock.request import (
+    DROPPED,
+    PASSTHROUGH,
+    STRUCTURED_OUTPUTS,
+    to_converse,
+)
 from streamproxy.providers.bedrock.response import to_completion
 from streamproxy.providers.bedrock.stream import BedrockStreamTranslator
 from streamproxy.routing.target import Target
@@ -731,6 +736,25 @@ def test_full_request_translation() -> None:
         "guardrailConfig": {"guardrailIdentifier": "g", "guardrailVersion": "1"},
     }
     assert {"seed", "user", "logprobs"} <= DROPPED  # (parallel_tool_calls: Claude's alone)
+
+
+# The Converse request fields to_converse makes itself (modelId travels in the URL's path).
+BUILT_FIELDS = {"modelId", "messages", "system", "inferenceConfig", "toolConfig", "outputConfig"}
+
+
+def test_every_converse_native_field_is_forwarded() -> None:
+    """A field of Converse's own that a client passes (extra_body) reaches Bedrock: serviceTier
+    (flex / priority) and projectIdentifier were dropped, so the request ran on the standard
+    tier and the default project, billed as such, with no word to the client."""
+    given = {"serviceTier": {"type": "flex"}, "projectIdentifier": "proj-1",
+             "requestMetadata": {"team": "a"}}
+    body = {"model": "x", "messages": [{"role": "user", "content": "Hi"}], **given}
+    out = to_converse(body, MODEL)
+    assert {key: out.get(key) for key in given} == given
+    shapes = botocore.session.get_session().get_service_model("bedrock-runtime")
+    for operation in ("Converse", "ConverseStream"):
+        fields = set(shapes.operation_model(operation).input_shape.members)
+        assert fields - BUILT_FIELDS <= set(PASSTHROUGH), operation
 
 
 @pytest.mark.parametrize(("choice", "expected"), [

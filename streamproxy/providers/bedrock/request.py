@@ -132,9 +132,12 @@ DEFAULT_MAX_TOKENS = 4096  # the answer's allowance beside a thinking budget
 # OpenAI parameters with no Converse equivalent: dropped, never forwarded.
 # (`parallel_tool_calls` is Claude's alone, below; other models have no such setting.)
 DROPPED = OPENAI_ONLY | {"frequency_penalty", "presence_penalty", "seed", "user"}
-# Converse request fields a client may set itself, forwarded as given.
+# Converse request fields a client may set itself, forwarded as given: every one of Converse's
+# that to_converse does not make (serviceTier's flex / priority, a projectIdentifier: dropped,
+# they left the request on the standard tier and the default project).
 PASSTHROUGH = ("additionalModelRequestFields", "additionalModelResponseFieldPaths",
-               "guardrailConfig", "performanceConfig", "promptVariables", "requestMetadata")
+               "guardrailConfig", "performanceConfig", "projectIdentifier", "promptVariables",
+               "requestMetadata", "serviceTier")
 IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg",
                  "image/gif": "gif", "image/webp": "webp"}
 IMAGE_EXTENSIONS = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "gif": "gif", "webp": "webp"}
