@@ -1292,6 +1292,34 @@ def test_documents_json_mode_and_rejections() -> None:
             to_converse(bad, MODEL)
 
 
+@pytest.mark.parametrize(("label", "filename", "fmt"), [
+    ("application/octet-stream", "Minutes 2024.docx", "docx"),  # a generic label
+    ("binary/octet-stream", "budget.XLSX", "xlsx"),
+    ("text/x-markdown", "notes.md", "md"),  # a label Converse has no format for
+    ("application/zip", "old.doc", "doc"),
+    ("text/plain", "table.csv", "txt"),  # a label Converse knows wins
+])
+def test_a_document_a_label_does_not_tell_goes_by_its_file_extension(
+        label: str, filename: str, fmt: str) -> None:
+    """A Word, Excel or Markdown file a client labels generically (application/octet-stream,
+    what many upload paths give a file they do not know) was a 400, "Bedrock does not take
+    documents of type application/octet-stream", though Converse takes the format."""
+    part = {"type": "file", "file": {"filename": filename,
+                                     "file_data": f"data:{label};base64,UEsDBAo="}}
+    out = to_converse({"messages": [{"role": "user", "content": [part]}]}, MODEL)
+    assert out["messages"][0]["content"][0]["document"]["format"] == fmt
+
+
+@pytest.mark.parametrize(("label", "filename"), [
+    ("application/octet-stream", "data.json"), ("application/octet-stream", "no-extension"),
+    ("application/json", "data.json"), ("application/octet-stream", None)])
+def test_a_document_neither_label_nor_extension_tells_is_a_400(
+        label: str, filename: str | None) -> None:
+    part = {"type": "file", "file": {"filename": filename,
+                                     "file_data": f"data:{label};base64,UEsDBAo="}}
+    with pytest.raises(InvalidRequest, match="does not take documents"):
+        to_converse({"messages": [{"role": "user", "content": [part]}]}, MODEL)
+
 PERSON = {"type": "object", "properties": {
     "name": {"type": "string"},
     "pets": {"type": "array", "items": {"type": "object", "properties": {

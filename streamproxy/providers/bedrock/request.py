@@ -15,7 +15,8 @@ Choices (docs/providers/bedrock.md):
   (`tool_use_id`);
 - images are `data:` URLs (→ `image.source.bytes`, base64 as the JSON protocol carries blobs) or
   `s3://` URIs (→ `s3Location`); http(s) image URLs are refused: the proxy fetches nothing;
-  files are `data:` URLs too (an OpenAI `file_id` is a 400 naming it);
+  files are `data:` URLs too (an OpenAI `file_id` is a 400 naming it), their format by their
+  label, else by their filename's extension (a generic label: application/octet-stream);
 - a function's `strict: true` → the toolSpec's `strict`, its parameters as `claude_schema`
   makes them, for the models that take structured outputs (AWS lists the same models for strict
   tool use); the others refuse it, so they get the tool as a non-strict one, as on Anthropic;
@@ -148,6 +149,9 @@ DOCUMENT_FORMATS = {
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx",
     "text/html": "html", "text/plain": "txt", "text/markdown": "md",
 }
+# A document's format by its file name's extension, for a label that names none of the above
+# (application/octet-stream, what many upload paths give a file; text/x-markdown).
+DOCUMENT_EXTENSIONS = frozenset(DOCUMENT_FORMATS.values())
 # What a tool result that returned nothing says (Converse needs one non-blank block): plain text
 # every model reads as "the tool ran and returned nothing".
 EMPTY_TOOL_RESULT = "(empty)"
@@ -608,11 +612,13 @@ def _document(file: dict[str, Any], where: str, i: int, j: int) -> dict[str, Any
                              param=f"{where}.file_data", code="invalid_value")
     media_type, payload = parse_data_url(data, f"{where}.file_data")
     media_type = file_media_type(payload, media_type)  # a PDF's bytes say so, whatever its label
+    stem, *extension = str(file.get("filename") or "").rsplit(".", 1)
     fmt = DOCUMENT_FORMATS.get(media_type)
+    if fmt is None and extension and extension[0].lower() in DOCUMENT_EXTENSIONS:
+        fmt = extension[0].lower()
     if fmt is None:
         raise InvalidRequest(f"Bedrock does not take documents of type {media_type}.",
                              param=f"{where}.file_data", code="unsupported_value")
-    stem = str(file.get("filename") or "").rsplit(".", 1)[0]
     name = " ".join(_NAME_UNSAFE.sub("-", stem).split()) or f"document-{i}-{j}"
     return {"format": fmt, "name": name, "source": {"bytes": payload}}
 
