@@ -31,6 +31,9 @@ class RequestRecord:
     status: int = 200
     started: float = field(default_factory=time.monotonic)
     first_byte: float | None = None  # monotonic time the first byte went to the client
+    # ...and its first token (a stream's: relay.py), or its whole cached answer; None for a
+    # non-streamed answer, and for a stream that failed before any token.
+    first_token: float | None = None
     kept_alive: bool = False  # a 200 and keep-alive comments went out before the answer
     finished: float | None = None
     attempts: int = 0  # upstream requests sent, retries and fallbacks included
@@ -85,6 +88,14 @@ class RequestRecord:
 
     @property
     def ttft(self) -> float | None:
+        """Time to first token: from arrival to the first token sent (not to a role chunk
+        alone that the stream committed on while the model was still silent)."""
+        return None if self.first_token is None else self.first_token - self.started
+
+    @property
+    def first_chunk(self) -> float | None:
+        """From arrival to the first byte of the answer: a stream's commit (its first chunk,
+        perhaps the role alone), a non-streamed answer's body."""
         return None if self.first_byte is None else self.first_byte - self.started
 
     @property

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -31,7 +32,7 @@ from streamproxy.routing.executor import OpenedStream
 from streamproxy.server.sse_writer import SSEWriter
 from streamproxy.upstream.client import map_client_error
 from streamproxy.upstream.deadline import Deadline
-from streamproxy.upstream.http11 import Response
+from streamproxy.upstream.http11 import BodySink, Response
 
 log = logging.getLogger("streamproxy.relay")
 
@@ -102,6 +103,11 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord,
     try:
         try:
             first = encoder.take()  # the response head leaves with these frames
+            # Committed on the role chunk alone, the first token is still to come: the reads
+            # before it note its time (`_FirstToken`, `_pull_until_answer`), none after it.
+            waiting = deadline.first_token_due and not translator.done
+            if not waiting:
+                record.first_token = record.first_byte
             if translator.done:  # the whole stream came before the commit: one write
                 await client.finish(first)
             else:
@@ -109,10 +115,12 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord,
                 if kept is not None and client.direct:  # (after the head went out)
                     kept.run(client, translator, deadline)
                 if isinstance(upstream, Response) and client.direct:
-                    await _Pump(translator, encoder, deadline, client, upstream, kept).run()
+                    pump = _Pump(translator, encoder, deadline, client, upstream, kept)
+                    await pump.run(_FirstToken(pump, encoder, upstream, record)
+                                   if waiting else pump)
                 else:
                     await _pull(translator, encoder, deadline, upstream.content.readany,
-                                client.write, kept)
+                                client.write, kept, record if waiting else None)
         except asyncio.CancelledError:
             if not deadline.owns():
                 record.client_disconnected = True
@@ -152,6 +160,9 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord,
         if kept is not None:
             record.bytes_out += kept.sent * len(KEEPALIVE_COMMENT)
         record.chunks = encoder.chunks
+        if record.first_token is None and encoder.answered():
+            # (it came among reads held for a full client, which no longer ask: about now)
+            record.first_token = time.monotonic()
         record.finish_reason = encoder.finish_reason
         record.note_usage(encoder.usage_data, translator,
                           ended=encoder.ended and encoder.failure is None)
@@ -166,7 +177,11 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord,
 async def _pull(translator: StreamTranslator, encoder: ChunkEncoder, deadline: Deadline,
                 read: Callable[[], Awaitable[bytes]],
                 write: Callable[[bytes], Awaitable[None]],
-                kept: _KeepAlive | None = None) -> None:
+                kept: _KeepAlive | None = None,
+                before_answer: RequestRecord | None = None) -> None:
+    if before_answer is not None and not await _pull_until_answer(
+            translator, encoder, deadline, read, write, kept, before_answer):
+        return
     while not translator.done:
         data = out = b""  # nothing held while an idle stream waits (10,000 of them)
         data = await read()
@@ -182,6 +197,57 @@ async def _pull(translator: StreamTranslator, encoder: ChunkEncoder, deadline: D
             deadline.hold()  # a write that waits for a slow client is not the provider's gap
             await write(out)
             deadline.release()
+
+
+async def _pull_until_answer(translator: StreamTranslator, encoder: ChunkEncoder,
+                             deadline: Deadline, read: Callable[[], Awaitable[bytes]],
+                             write: Callable[[bytes], Awaitable[None]],
+                             kept: _KeepAlive | None, record: RequestRecord) -> bool:
+    """`_pull`'s loop until the first token after a commit on the role chunk alone, noting
+    its time in `record`; False when the stream ended before it (then nothing is left)."""
+    while not translator.done:
+        data = out = b""
+        data = await read()
+        if not data:
+            translator.close()
+            return False
+        deadline.progress()
+        translator.feed(data)
+        out = encoder.take()
+        if not out and kept is not None and kept.due():
+            out = KEEPALIVE_COMMENT
+        if out:
+            answered = encoder.answered()
+            if answered:
+                record.first_token = time.monotonic()
+            deadline.hold()
+            await write(out)
+            deadline.release()
+            if answered:
+                return True
+    return True
+
+
+class _FirstToken:
+    """The piped relay's sink until the first token after a commit on the role chunk alone:
+    each read goes to the pump, then asks whether the answer began; once it did, the time is
+    noted and the pump takes the reads itself, so no read after the first token asks."""
+
+    __slots__ = ("_encoder", "_pump", "_record", "_upstream")
+
+    def __init__(self, pump: _Pump, encoder: ChunkEncoder, upstream: Response,
+                 record: RequestRecord) -> None:
+        self._pump, self._encoder, self._upstream, self._record = pump, encoder, upstream, record
+
+    def data(self, data: bytes) -> None:
+        # (the time after the pump wrote the token: the client's, as the first chunk's is)
+        self._pump.data(data)
+        if self._encoder.answered():
+            self._record.first_token = time.monotonic()
+            self._upstream.handover(self._pump)
+
+    def end(self, exc: BaseException | None) -> None:
+        self._pump.end(exc)
 
 
 class _Pump:
@@ -206,10 +272,12 @@ class _Pump:
         self._ended: tuple[BaseException | None] | None = None  # an end that came then
         self._waiter: asyncio.Future[None] | None = None
 
-    async def run(self) -> None:
+    async def run(self, sink: BodySink | None = None) -> None:
+        """`sink`: what the upstream pipes to, the pump itself unless given (a `_FirstToken`
+        that hands the reads over)."""
         loop = self._deadline.loop
         try:
-            self._upstream.pipe(self)
+            self._upstream.pipe(sink or self)
             while self._outcome is None:
                 if self._held is not None:
                     await self._client.drain()

@@ -30,8 +30,8 @@ from tests.conftest import provider_config
 from tests.helpers import collect, make_config, metric_value, sse_chunks
 
 FIELDS = {"ts", "trace_id", "auth_key", "provider", "model", "status", "stream", "ttft_ms",
-          "duration_ms", "prompt_tokens", "completion_tokens", "cached_tokens", "tokens_partial",
-          "finish_reason",
+          "first_chunk_ms", "duration_ms", "prompt_tokens", "completion_tokens",
+          "cached_tokens", "tokens_partial", "finish_reason",
           "attempts", "target_index", "option", "fallbacks", "client_disconnected", "error_type",
           "error_code", "upstream_errors", "bytes_in", "bytes_out", "chunks", "max_gap_ms",
           "cache_status", "upstream_request_id", "cache_write_tokens", "reasoning_tokens"}

@@ -609,7 +609,7 @@ def test_ttft_buckets_tell_the_proxy_s_own_times_and_the_slowest_first_tokens(
     """The buckets went from 50 ms to 120 s: every answer of the proxy's own fell in the
     first, and every first token later than 2 minutes in +Inf alone."""
     r = RequestRecord(trace_id="t", provider="ttft-b", model="m", stream=True, status=200)
-    r.first_byte = r.started + ttft
+    r.first_byte = r.first_token = r.started + ttft
     r.finished = r.first_byte + 1
     name, lbl = "streamproxy_time_to_first_token_seconds_bucket", {"provider": "ttft-b",
                                                                   "model": "m"}

@@ -188,6 +188,8 @@ def access_entry(r: RequestRecord, now: float | None = None) -> dict[str, Any]:
         "status": r.status,
         "stream": r.stream,
         "ttft_ms": _ms(r.ttft) if r.stream else None,
+        # the commit (a role chunk alone, perhaps): ttft_ms less this is the model's silence
+        "first_chunk_ms": _ms(r.first_chunk) if r.stream else None,
         "duration_ms": _ms(r.duration),
         "prompt_tokens": _count(usage, "prompt_tokens"),
         "completion_tokens": _count(usage, "completion_tokens"),

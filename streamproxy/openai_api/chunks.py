@@ -255,6 +255,12 @@ class ChunkEncoder:
         the stream ended (an end or error frame is no chunk, and nothing may follow it)."""
         return self.chunks > 1 or self.ended
 
+    def answered(self) -> bool:
+        """After a commit on the role chunk alone: the answer's first token went out — a
+        chunk followed the role's (content, reasoning, a tool call, a refusal; for an empty
+        answer its finish), or the stream ended well without one. An error is no token."""
+        return self.chunks > 1 or (self.ended and self.failure is None)
+
     # -- envelope ----------------------------------------------------------------------------
     def _envelope(self) -> None:
         self._prefix = b"".join((

@@ -211,7 +211,7 @@ async def _replay_cached(ex: Exchange, record: RequestRecord, body: bytes,
     if client is None:
         client = await ex.start_events({**SSE_HEADERS,
                                         **response_headers(record, record.provider)})
-    record.first_byte = time.monotonic()
+    record.first_byte = record.first_token = time.monotonic()  # the whole answer, at once
     record.bytes_out += len(body)  # (after any keep-alive comments, as the relay counts)
     try:
         await client.finish(body)

@@ -108,6 +108,11 @@ class Deadline:
             self._handle = self.loop.call_at(due, self._fire)
 
     @property
+    def first_token_due(self) -> bool:
+        """Committed on a role chunk alone, with no sign yet that the answer began."""
+        return self._answered is not None
+
+    @property
     def last_read(self) -> float:
         """Loop time of the latest upstream read (or of the first event): the keep-alive
         timer reads it, so no read pays for a clock of its own."""

@@ -366,6 +366,11 @@ class Response:
         if self._eof:
             sink.end(self._error)
 
+    def handover(self, sink: BodySink) -> None:
+        """A piped body goes to `sink` from the next read on (its end too)."""
+        if self._sink is not None:
+            self._sink = sink
+
     def pause_reading(self) -> None:
         """Stop reading the socket (the client's buffer is full): the upstream's TCP window
         closes instead of our memory growing."""
