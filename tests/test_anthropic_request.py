@@ -867,6 +867,19 @@ def test_tool_call_ids_anthropic_refuses_are_mapped_alike_in_call_and_result() -
     assert translate(messages=tool_loop(ids[:1]))["messages"][1]["content"][0]["id"] == sent[0]
 
 
+def test_a_tool_s_cache_control_inside_its_function_is_kept_on_the_tool() -> None:
+    # LiteLLM's place for a tool's breakpoint (`tools[].function.cache_control`) was ignored:
+    # no caching and no error. It marks the tool as Portkey's place beside `function` does,
+    # and is not sent inside the tool's fields.
+    ephemeral = {"type": "ephemeral"}
+    tool = {"type": "function", "function": {**TOOL["function"], "cache_control": ephemeral}}
+    sent = translate(tools=[tool])["tools"][0]
+    assert sent["cache_control"] == ephemeral
+    assert sent["name"] == "get_weather" and "cache_control" not in sent["input_schema"]
+    hour = {"type": "ephemeral", "ttl": "1h"}  # the tool-level one, where both are given
+    assert translate(tools=[{**tool, "cache_control": hour}])["tools"][0]["cache_control"] == hour
+
+
 def test_cache_control_on_parts_and_tools_is_kept_on_their_blocks() -> None:
     # Prompt caching as Portkey passes it: a breakpoint on a system, user, assistant or tool
     # result part, an image or file part, or a tool stays on the block made from it.

@@ -869,6 +869,14 @@ def test_cache_control_becomes_a_cache_point_after_its_block() -> None:
     assert "cachePoint" not in str(to_converse({"messages": conversation()}, MODEL))
 
 
+def test_a_tool_s_cache_control_inside_its_function_becomes_a_cache_point() -> None:
+    # LiteLLM's place for a tool's breakpoint (`tools[].function.cache_control`) was ignored.
+    tool = {"type": "function",
+            "function": {**TOOLS[0]["function"], "cache_control": {"type": "ephemeral"}}}
+    body = to_converse({"messages": conversation(), "tools": [tool]}, MODEL)
+    assert body["toolConfig"]["tools"][1] == {"cachePoint": {"type": "default"}}
+
+
 def test_a_message_s_cache_control_becomes_a_cache_point_after_its_last_block() -> None:
     # LiteLLM's form: a breakpoint on the message itself, the only place a string content can
     # carry one. Dropped, the prompt was never cached and every request paid full price.

@@ -36,8 +36,9 @@ Choices (README "Anthropic"):
 - a function's `strict: true` → the tool's `strict` (Anthropic's strict tool use), its
   parameters in the subset Claude takes there too (`claude_schema`); not for the models
   without structured outputs, which refuse it: the tool goes as a non-strict one;
-- a content part's or a tool's `cache_control` (prompt caching, as Portkey passes it) is kept
-  on the block made from it; a message's own (LiteLLM's form, e.g. beside string content) goes
+- a content part's or a tool's `cache_control` (prompt caching, as Portkey passes it; a tool's
+  also inside its `function`, LiteLLM's place: `tool_cache_control`) is kept on the block made
+  from it; a message's own (LiteLLM's form, e.g. beside string content) goes
   on the last block made from the message; the request's own (automatic caching) is sent as
   given (PASSTHROUGH);
 - images: png, jpeg (`image/jpg` too), gif, webp; an http(s) one → a URL source, but a 400 where
@@ -344,7 +345,7 @@ def _refused_constraint(key: str, value: Any) -> bool:
 def _tools(body: dict[str, Any], out: dict[str, Any], native: _StructuredOutputs) -> None:
     tools = body.get("tools")
     if tools:
-        out["tools"] = [_cached(_tool(t["function"], bool(native)), t) for t in tools]
+        out["tools"] = [_tool(t, bool(native)) for t in tools]
     choice = body.get("tool_choice")
     mapped: dict[str, Any] | None = None
     if choice == "auto":
@@ -365,7 +366,15 @@ def _tools(body: dict[str, Any], out: dict[str, Any], native: _StructuredOutputs
         out["tool_choice"] = mapped
 
 
-def _tool(fn: dict[str, Any], native: bool) -> dict[str, Any]:
+def tool_cache_control(tool: dict[str, Any]) -> Any:
+    """A tool's prompt-caching breakpoint: beside its `function` (Portkey's place) or inside it
+    (LiteLLM's), the former first; None without one. (On Bedrock too, as a cachePoint.)"""
+    control = tool.get("cache_control")
+    return control if control is not None else (tool.get("function") or {}).get("cache_control")
+
+
+def _tool(t: dict[str, Any], native: bool) -> dict[str, Any]:
+    fn = t["function"]
     schema = fn.get("parameters") or {"type": "object", "properties": {}}
     # A model without structured outputs refuses strict tools too ("does not support strict
     # tools"): it gets the tool as a non-strict one, its inputs unenforced.
@@ -376,6 +385,9 @@ def _tool(fn: dict[str, Any], native: bool) -> dict[str, Any]:
         tool["description"] = fn["description"]
     if strict:  # strict tool use: inputs that match the schema, as on OpenAI
         tool["strict"] = True
+    control = tool_cache_control(t)
+    if control is not None:
+        tool["cache_control"] = control
     return tool
 
 

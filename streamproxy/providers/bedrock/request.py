@@ -118,6 +118,7 @@ from streamproxy.providers.anthropic.request import (
     refuse_prefill,
     response_schema,
     thinks,
+    tool_cache_control,
     trim_prefill,
 )
 from streamproxy.providers.anthropic.thinking import (
@@ -417,7 +418,7 @@ def _tool_config(body: dict[str, Any], history_tools: list[str],
     if choice == "none" and not history_tools:
         return None  # Converse has no "none": offering no tools is the equivalent
     specs = [block for t in tools for block in (_tool_spec(t["function"], native),
-                                                 *_cache_point(t.get("cache_control")))]
+                                                 *_cache_point(tool_cache_control(t)))]
     if not specs:
         # Bedrock rejects toolUse / toolResult blocks without a toolConfig.
         specs = [{"toolSpec": {"name": name, "inputSchema": {"json": {"type": "object"}}}}
