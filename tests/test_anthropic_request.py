@@ -882,7 +882,8 @@ def test_a_tool_s_cache_control_inside_its_function_is_kept_on_the_tool() -> Non
 
 def test_cache_control_on_parts_and_tools_is_kept_on_their_blocks() -> None:
     # Prompt caching as Portkey passes it: a breakpoint on a system, user, assistant or tool
-    # result part, an image or file part, or a tool stays on the block made from it.
+    # result part, an image or file part, or a tool stays on the block made from it. (Two
+    # requests: Anthropic takes at most 4 breakpoints in one, MAX_BREAKPOINTS.)
     ephemeral = {"type": "ephemeral"}
     hour = {"type": "ephemeral", "ttl": "1h"}
     pdf = "data:application/pdf;base64," + base64.b64encode(b"%PDF-1.4").decode()
@@ -894,7 +895,13 @@ def test_cache_control_on_parts_and_tools_is_kept_on_their_blocks() -> None:
             {"type": "image_url", "image_url": {"url": "https://example.com/a.png"},
              "cache_control": ephemeral},
             {"type": "file", "file": {"file_data": pdf}, "cache_control": ephemeral},
-            {"type": "text", "text": "Now?"}]},
+            {"type": "text", "text": "Now?"}]}])
+    assert body["system"] == [{"type": "text", "text": "Long rules.", "cache_control": hour}]
+    [user] = body["messages"]
+    assert [block.get("cache_control") for block in user["content"]] == [
+        ephemeral, ephemeral, ephemeral, None]
+    body = translate(messages=[
+        {"role": "user", "content": "Weather?"},
         {"role": "assistant", "content": [{"type": "text", "text": "Sure.",
                                            "cache_control": ephemeral}],
          "tool_calls": [{"id": "call_1", "type": "function",
@@ -902,16 +909,58 @@ def test_cache_control_on_parts_and_tools_is_kept_on_their_blocks() -> None:
         {"role": "tool", "tool_call_id": "call_1",
          "content": [{"type": "text", "text": "sunny", "cache_control": ephemeral}]}],
         tools=[{**TOOL, "cache_control": ephemeral}])
-    assert body["system"] == [{"type": "text", "text": "Long rules.", "cache_control": hour}]
-    user, assistant, result = body["messages"]
-    assert [block.get("cache_control") for block in user["content"]] == [
-        ephemeral, ephemeral, ephemeral, None]
+    _, assistant, result = body["messages"]
     assert assistant["content"][0] == {"type": "text", "text": "Sure.",
                                        "cache_control": ephemeral}
     assert result["content"][0]["content"] == [{"type": "text", "text": "sunny",
                                                 "cache_control": ephemeral}]
     assert body["tools"][0]["cache_control"] == ephemeral
     assert "cache_control" not in translate(tools=[TOOL])["tools"][0]
+
+
+def _breakpoints(body: dict[str, Any]) -> list[str]:
+    """The text (or tool name) of each block that holds a cache_control, in prefix order."""
+    blocks = [*body.get("tools", []), *body.get("system", [])]
+    for message in body["messages"]:
+        for block in message["content"]:
+            if block.get("type") == "tool_result" and isinstance(block.get("content"), list):
+                blocks.extend(block["content"])
+            blocks.append(block)
+    return [b.get("text") or b.get("name") or b["type"] for b in blocks if "cache_control" in b]
+
+
+def test_more_breakpoints_than_anthropic_takes_keep_the_stable_prefix_and_the_latest() -> None:
+    # Anthropic answers a 5th cache_control with a 400 ("A maximum of 4 blocks with
+    # cache_control may be provided. Found 5."), which failed the whole request of a client
+    # that marks every turn (LiteLLM's message form) or every tool: the tools' and system's
+    # breakpoints (the prefix other conversations share) and the latest turns' are kept, the
+    # earliest turns' dropped. A breakpoint only decides what is cached, never the answer.
+    mark = {"type": "ephemeral"}
+    turns = [{"role": "system", "content": "Rules.", "cache_control": mark}]
+    for n in range(4):
+        turns += [{"role": "user", "content": f"q{n}", "cache_control": mark},
+                  {"role": "assistant", "content": f"a{n}"}]
+    turns.append({"role": "user", "content": "last", "cache_control": mark})
+    body = translate(messages=turns, tools=[{**TOOL, "cache_control": mark}])
+    assert _breakpoints(body) == ["get_weather", "Rules.", "q3", "last"]
+    # The request's own (automatic caching) takes one of the four.
+    body = translate(messages=turns, cache_control=mark)
+    assert body["cache_control"] == mark and _breakpoints(body) == ["Rules.", "q3", "last"]
+    # Every tool marked: the last ones (each caches the tools before it) and the latest turn.
+    tools = [{"type": "function", "function": {"name": f"t{n}"}, "cache_control": mark}
+             for n in range(6)]
+    body = translate(messages=turns[-1:], tools=tools)
+    assert _breakpoints(body) == ["t3", "t4", "t5", "last"]
+    # Within the limit, nothing moves; a tool result's inner breakpoints count as Anthropic's.
+    loop = [{"role": "user", "content": "w?", "cache_control": mark},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1",
+             "content": [{"type": "text", "text": "r1", "cache_control": mark},
+                         {"type": "text", "text": "r2", "cache_control": mark}]}]
+    assert _breakpoints(translate(messages=loop)) == ["w?", "r1", "r2"]
+    body = translate(messages=loop, tools=[{**TOOL, "cache_control": mark}], cache_control=mark)
+    assert _breakpoints(body) == ["get_weather", "r1", "r2"]
 
 
 def test_a_tool_result_s_images_and_files_go_in_its_content() -> None:
@@ -961,7 +1010,7 @@ async def test_a_message_s_cache_control_goes_on_its_last_block(proxy: Any,
     hour = {"type": "ephemeral", "ttl": "1h"}
     sent = await sent_for(proxy, upstream, {"model": "up/claude-x", "messages": [
         {"role": "system", "content": "Long rules.", "cache_control": hour},
-        {"role": "user", "content": "A long document.", "cache_control": ephemeral},
+        {"role": "user", "content": "A long document."},  # (4 breakpoints: all Anthropic takes)
         {"role": "assistant", "content": "Calling.", "cache_control": ephemeral,
          "tool_calls": [{"id": "call_1", "type": "function",
                          "function": {"name": "get_weather", "arguments": "{}"}}]},
@@ -973,8 +1022,7 @@ async def test_a_message_s_cache_control_goes_on_its_last_block(proxy: Any,
     body = sent.json()
     assert body["system"] == [{"type": "text", "text": "Long rules.", "cache_control": hour}]
     user, assistant, results = body["messages"]
-    assert user["content"] == [{"type": "text", "text": "A long document.",
-                                "cache_control": ephemeral}]
+    assert user["content"] == [{"type": "text", "text": "A long document."}]
     assert assistant["content"][0] == {"type": "text", "text": "Calling."}
     assert assistant["content"][1]["cache_control"] == ephemeral  # the tool_use block
     assert results["content"][0] == {"type": "tool_result", "tool_use_id": "call_1",

@@ -40,7 +40,8 @@ Choices (README "Anthropic"):
   also inside its `function`, LiteLLM's place: `tool_cache_control`) is kept on the block made
   from it; a message's own (LiteLLM's form, e.g. beside string content) goes
   on the last block made from the message; the request's own (automatic caching) is sent as
-  given (PASSTHROUGH);
+  given (PASSTHROUGH); past the MAX_BREAKPOINTS Anthropic takes, the earliest turns' are
+  dropped (`fit_breakpoints`);
 - images: png, jpeg (`image/jpg` too), gif, webp; an http(s) one → a URL source, but a 400 where
   the platform takes none (`url_images` False: Claude on Vertex, which answers one with a 400
   naming `image.source.base64.data`); `file` parts: a PDF → a base64 document, a
@@ -114,6 +115,9 @@ IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/we
 # `cache_control` is automatic prompt caching (the breakpoint on the last cacheable block);
 # `thinking` too, which also sizes `max_tokens` (fit_thinking).
 PASSTHROUGH = ("top_k", "cache_control")
+# The most cache_control breakpoints Anthropic takes in a request, the request's own (automatic
+# caching) among them; a 5th is its 400 (on Vertex too).
+MAX_BREAKPOINTS = 4
 SAMPLING = ("temperature", "top_p", "top_k")  # what takes_no_sampling Claudes refuse
 # JSON Schema keywords whose value maps names to subschemas, and those that hold data, not a
 # schema (closed_objects walks the first and leaves the second as written).
@@ -202,6 +206,7 @@ def to_anthropic(body: dict[str, Any], model: str,
     if system:
         out["system"] = system
     _tools(body, out, native)
+    fit_breakpoints(out)
     if body.get("stream"):
         out["stream"] = True
     return out
@@ -371,6 +376,32 @@ def tool_cache_control(tool: dict[str, Any]) -> Any:
     (LiteLLM's), the former first; None without one. (On Bedrock too, as a cachePoint.)"""
     control = tool.get("cache_control")
     return control if control is not None else (tool.get("function") or {}).get("cache_control")
+
+
+def fit_breakpoints(out: dict[str, Any]) -> None:
+    """Drops the breakpoints past MAX_BREAKPOINTS (Anthropic's 400 "A maximum of 4 blocks with
+    cache_control may be provided"), which a client that marks every turn (LiteLLM's message
+    form) or every tool sends, and OpenAI ignores: the earliest turns' go first, as the tools'
+    and system's cache the prefix other conversations share, and the latest turns' the most
+    of this one; then the earliest tools' and system's (a later one caches their prefix too),
+    the last turn's last of all. A breakpoint decides what is cached, never the answer, so
+    the request is not refused."""
+    stable = [b for b in (*out.get("tools", ()), *out.get("system", ())) if "cache_control" in b]
+    turns = [b for m in out["messages"] for b in _with_nested(m["content"])
+             if "cache_control" in b]
+    excess = len(stable) + len(turns) + ("cache_control" in out) - MAX_BREAKPOINTS
+    for block in (turns[:-1] + stable + turns[-1:])[:max(excess, 0)]:
+        del block["cache_control"]
+
+
+def _with_nested(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`blocks` with a tool_result's own blocks before it, in the prompt's order."""
+    out = []
+    for block in blocks:
+        if block.get("type") == "tool_result" and isinstance(block.get("content"), list):
+            out.extend(block["content"])
+        out.append(block)
+    return out
 
 
 def _tool(t: dict[str, Any], native: bool) -> dict[str, Any]:
