@@ -19,6 +19,7 @@ import threading
 import time
 import zlib
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -877,6 +878,36 @@ def test_a_tool_s_cache_control_inside_its_function_becomes_a_cache_point() -> N
     assert body["toolConfig"]["tools"][1] == {"cachePoint": {"type": "default"}}
 
 
+def _points_after(body: dict[str, Any]) -> list[str]:
+    """The text (or tool name) of each block a cachePoint follows, in prefix order."""
+    lists = [body.get("toolConfig", {}).get("tools", []), body.get("system", []),
+             *(m["content"] for m in body["messages"])]
+    return [str(b.get("text") or b.get("toolSpec", {}).get("name")) for blocks in lists
+            for b, after in pairwise(blocks) if "cachePoint" in after]
+
+
+def test_more_cache_points_than_bedrock_takes_keep_the_stable_prefix_and_the_latest() -> None:
+    # Bedrock takes 4 cachePoints in a request, and for Claude answers a 5th with a 400 ("A
+    # maximum of 4 blocks with cache_control may be provided"): as on Anthropic, the earliest
+    # turns' are dropped first, then the earliest tools' and system's, the last turn's last.
+    mark = {"type": "ephemeral"}
+    turns = [{"role": "system", "content": "Rules.", "cache_control": mark}]
+    for n in range(4):
+        turns += [{"role": "user", "content": f"q{n}", "cache_control": mark},
+                  {"role": "assistant", "content": f"a{n}"}]
+    turns.append({"role": "user", "content": "last", "cache_control": mark})
+    body = to_converse({"messages": turns, "tools": [{**TOOLS[0], "cache_control": mark}]},
+                       CLAUDE)
+    assert _points_after(body) == ["get_capital", "Rules.", "q3", "last"]
+    # The request's own (automatic caching) is the last turn's; within 4 nothing moves.
+    body = to_converse({"messages": turns[-3:], "cache_control": mark}, CLAUDE)
+    assert _points_after(body) == ["q3", "last"]
+    tools = [{"type": "function", "function": {"name": f"t{n}"}, "cache_control": mark}
+             for n in range(6)]
+    body = to_converse({"messages": turns[-1:], "tools": tools}, CLAUDE)
+    assert _points_after(body) == ["t3", "t4", "t5", "last"]
+
+
 def test_a_message_s_cache_control_becomes_a_cache_point_after_its_last_block() -> None:
     # LiteLLM's form: a breakpoint on the message itself, the only place a string content can
     # carry one. Dropped, the prompt was never cached and every request paid full price.
@@ -884,8 +915,7 @@ def test_a_message_s_cache_control_becomes_a_cache_point_after_its_last_block() 
     point = {"cachePoint": {"type": "default"}}
     messages = conversation()
     messages[0]["cache_control"] = {"type": "ephemeral", "ttl": "1h"}  # "Be brief."
-    messages[2]["cache_control"] = ephemeral
-    messages[3]["cache_control"] = ephemeral  # the assistant's tool calls
+    messages[3]["cache_control"] = ephemeral  # the assistant's tool calls (4: all Bedrock takes)
     messages[4]["cache_control"] = ephemeral  # a tool result with string content
     messages[5]["content"] = [{"type": "text", "text": "Lima", "cache_control": ephemeral}]
     messages[5]["cache_control"] = ephemeral  # its part's own point is there already
@@ -893,7 +923,7 @@ def test_a_message_s_cache_control_becomes_a_cache_point_after_its_last_block() 
     assert body["system"][:2] == [{"text": "Be brief."},
                                   {"cachePoint": {"type": "default", "ttl": "1h"}}]
     user, assistant, results = body["messages"]
-    assert user["content"][-1] == point and user["content"].count(point) == 1
+    assert point not in user["content"]
     assert assistant["content"][-1] == point and "toolUse" in assistant["content"][-2]
     assert results["content"] == [
         {"toolResult": {"toolUseId": "tu1", "content": [{"text": "Paris"}]}}, point,

@@ -389,9 +389,16 @@ def fit_breakpoints(out: dict[str, Any]) -> None:
     stable = [b for b in (*out.get("tools", ()), *out.get("system", ())) if "cache_control" in b]
     turns = [b for m in out["messages"] for b in _with_nested(m["content"])
              if "cache_control" in b]
-    excess = len(stable) + len(turns) + ("cache_control" in out) - MAX_BREAKPOINTS
-    for block in (turns[:-1] + stable + turns[-1:])[:max(excess, 0)]:
+    for block in excess_breakpoints(stable, turns, "cache_control" in out):
         del block["cache_control"]
+
+
+def excess_breakpoints(stable: list[Any], turns: list[Any], automatic: bool) -> list[Any]:
+    """Of the breakpoints in the tools and system (`stable`) and in the turns, in the prompt's
+    order, those to drop to keep MAX_BREAKPOINTS (the request's own one among them when
+    `automatic`), in the order fit_breakpoints gives (on Bedrock too, as cachePoints)."""
+    excess = len(stable) + len(turns) + automatic - MAX_BREAKPOINTS
+    return (turns[:-1] + stable + turns[-1:])[:max(excess, 0)]
 
 
 def _with_nested(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -47,7 +47,8 @@ Choices (docs/providers/bedrock.md):
   spec; after the whole `toolResult`, whose content cannot hold one); a message's own
   (LiteLLM's form, e.g. beside string content) → one after the last block made from it; the
   request's own (Anthropic's automatic caching, which Converse lacks) → one after the last
-  block of the conversation, where Anthropic puts that breakpoint;
+  block of the conversation, where Anthropic puts that breakpoint; past the 4 Bedrock takes,
+  the earliest turns' are dropped first (`_fit_cache_points`, as on Anthropic);
 - a user turn with documents and no text gets a DOCUMENT_ONLY_TEXT block (Converse requires
   text beside documents);
 - a tool result with no text (or only blank text) is sent as EMPTY_TOOL_RESULT: Converse
@@ -114,6 +115,7 @@ from streamproxy.providers.anthropic.request import (
     drop_final_turn_thinking,
     drop_trailing_thinking,
     ends_with_system,
+    excess_breakpoints,
     json_instruction,
     refuse_prefill,
     response_schema,
@@ -272,7 +274,21 @@ def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "aut
         out["toolConfig"] = tool_config
         if body.get("parallel_tool_calls") is False and is_claude(model):
             _one_call_at_a_time(out, tool_config, body.get("tool_choice"))
+    _fit_cache_points(out)
     return out
+
+
+def _fit_cache_points(out: dict[str, Any]) -> None:
+    """Drops the cachePoints past the 4 Bedrock takes (Claude's 400 "A maximum of 4 blocks with
+    cache_control may be provided"), as fit_breakpoints does on Anthropic. (The request's own
+    automatic caching is already the last turn's point here.)"""
+    lists = [out.get("toolConfig", {}).get("tools", []), out.get("system", [])]
+    stable = [b for blocks in lists for b in blocks if "cachePoint" in b]
+    turns = [b for m in out["messages"] for b in m["content"] if "cachePoint" in b]
+    dropped = {id(b) for b in excess_breakpoints(stable, turns, False)}
+    if dropped:
+        for blocks in (*lists, *(m["content"] for m in out["messages"])):
+            blocks[:] = [b for b in blocks if id(b) not in dropped]
 
 
 def _one_call_at_a_time(out: dict[str, Any], tool_config: dict[str, Any], choice: Any) -> None:
