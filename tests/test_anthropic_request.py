@@ -241,6 +241,14 @@ def translate(**body: Any) -> dict[str, Any]:
     return to_anthropic({"messages": [{"role": "user", "content": "x"}], **body}, CLAUDE)
 
 
+@pytest.mark.parametrize("param", ["max_tokens", "max_completion_tokens"])
+def test_a_max_above_the_model_s_output_cap_is_sent_as_given(param: str) -> None:
+    # A choice (README): no table of caps to go stale; Anthropic's 400 names the model's cap,
+    # as OpenAI's does, and a fallback target's override_params sets a smaller one.
+    assert translate(**{param: 200_000})["max_tokens"] == 200_000
+    assert translate(**{param: 200_000}, reasoning_effort="low")["max_tokens"] == 200_000
+
+
 @pytest.mark.parametrize("choice", ["none", "auto", "required"])
 def test_no_tool_choice_is_sent_without_tools(choice: str) -> None:
     # Nothing to choose from: Claude calls no tool without tools, so "none" holds; a
