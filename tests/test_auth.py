@@ -72,6 +72,35 @@ async def test_every_endpoint_but_healthz_needs_a_key(proxy: Any, json_upstream:
     assert json_upstream.requests == []
 
 
+async def test_a_placeholder_key_is_told_as_missing_and_a_wrong_key_is_never_echoed(
+        proxy: Any, json_upstream: Any) -> None:
+    # What clients send when given no key: "Invalid proxy API key." sent their users looking
+    # for a typo in a key they never set.
+    from portkey_ai import AsyncPortkey
+
+    client = await proxy(config(json_upstream.url))
+    portkey = AsyncPortkey(base_url=str(client.make_url("/v1")), max_retries=0)  # no api_key
+    with pytest.raises(Exception) as info:  # (the SDK's vendored openai AuthenticationError)
+        await portkey.chat.completions.create(model="m", messages=USER)
+    assert getattr(info.value, "status_code", None) == 401
+    assert "Missing proxy API key" in str(info.value)
+    assert "OPENAI_API_KEY" in str(info.value)  # the portkey SDK's placeholder, named
+    for presented in ("Bearer null", "Bearer undefined", "Bearer None", "Bearer ",
+                      "Bearer OPENAI_API_KEY"):
+        resp = await client.get("/v1/models", headers={"authorization": presented})
+        assert resp.status == 401
+        message = assert_error(await resp.json(), "authentication_error", "invalid_api_key")
+        assert message.startswith("Missing proxy API key"), presented
+    for headers in ({"authorization": "Bearer sk-real-looking-0123456789"},
+                    {"x-portkey-api-key": "sk-real-looking-0123456789"},
+                    {"authorization": "Bearer nullable-key"}):
+        resp = await client.get("/v1/models", headers=headers)
+        text = await resp.text()
+        assert resp.status == 401 and "Invalid proxy API key." in text
+        assert "real-looking" not in text and "nullable" not in text
+    assert json_upstream.requests == []
+
+
 async def test_only_a_refused_chat_request_is_logged_and_counted_as_a_request(
         proxy: Any, json_upstream: Any, caplog: pytest.LogCaptureFixture) -> None:
     # A 401 on /v1/models or /metrics (a scraper with a wrong key) is a rejection, not a

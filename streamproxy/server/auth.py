@@ -46,6 +46,12 @@ Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 PROXY_KEY_HEADER = "x-portkey-api-key"
 OPEN_PATHS = frozenset({"/healthz"})  # load balancers probe without a key
+# What clients send when given no key (lower-cased): the portkey SDK's `Bearer OPENAI_API_KEY`,
+# a JS template of an unset key (`Bearer undefined`, `null`), Python's f"Bearer {None}".
+# Told as missing, not "invalid": the caller forgot the key, it did not mistype one.
+PLACEHOLDER_KEYS = frozenset({"openai_api_key", "undefined", "null", "none"})
+_MISSING = ("Missing proxy API key: send `Authorization: Bearer <key>` or "
+            "`x-portkey-api-key: <key>`.")
 _KEY_FIELDS = {"name", "key", "key_env", "allowed_providers", "rate_limit"}
 
 
@@ -207,10 +213,7 @@ def identify_client(auth: Auth, request: web.Request | Exchange) -> tuple[ProxyK
     presented, in_authorization = presented_key(request.headers)
     key = auth.identify(presented) if presented else None
     if key is None:
-        err = AuthenticationFailed(
-            "Invalid proxy API key." if presented else
-            "Missing proxy API key: send `Authorization: Bearer <key>` or "
-            "`x-portkey-api-key: <key>`.")
+        err = AuthenticationFailed(_refusal(presented))
         observe_rejection(request, err, "unauthenticated")
         raise err
     if key.bucket is not None:
@@ -222,6 +225,15 @@ def identify_client(auth: Auth, request: web.Request | Exchange) -> tuple[ProxyK
             observe_rejection(request, err, "rate_limited", key.name)
             raise err
     return key, in_authorization
+
+
+def _refusal(presented: str | None) -> str:
+    """The 401's message. Only a known placeholder is quoted: a wrong key may be a real one."""
+    if not presented:
+        return _MISSING
+    if presented.lower() in PLACEHOLDER_KEYS:
+        return f"{_MISSING[:-1]} (`{presented}` is a placeholder a client sends when given no key)."
+    return "Invalid proxy API key."
 
 
 AUTH = web.AppKey("streamproxy_auth", Auth)  # absent when auth is off
