@@ -1242,3 +1242,25 @@ def test_a_targets_token_cap_replaces_its_parents_under_either_name(
     caps = {k: v for k, v in {**sent, **sent.get("inferenceConfig", {})}.items()
             if k in ("max_tokens", "max_completion_tokens", "maxTokens")}
     assert list(caps.values()) == [50]
+
+
+def test_onellm_fallback_models_move_on_for_the_errors_onellm_falls_back_on() -> None:
+    # OneLLM's FallbackConfig moves to the next model on its retriable errors alone (rate
+    # limit, service unavailable, bad gateway, timeout); an invalid request or a bad key is
+    # raised at once. Here any error moved on: a 400 (a bad parameter, a context overflow) or
+    # a 401 went to each of up to 50 fallback models, and the client got the last one's error
+    # instead of the primary's.
+    from streamproxy.openai_api.request import parse_chat_request
+
+    gateway = gateway_for(configs={"smart": {"provider": "an"}}, routes={"smart": "smart"})
+    for model in ("oa/x", "smart"):
+        req = parse_chat_request(orjson.dumps({
+            "messages": [{"role": "user", "content": "hi"}], "model": model,
+            "fallback_models": ["groq/y", "an/z"]}))
+        planned = gateway.plan({}, req, None)
+        for status in (429, 500, 502, 503, 504, 529, 408):
+            assert planned.next_after(0, status) == 1, status
+            assert planned.next_after(1, status) == 2, status
+        for status in (400, 401, 403, 404, 413, 422):
+            assert planned.next_after(0, status) is None, status
+            assert planned.next_after(1, status) is None, status

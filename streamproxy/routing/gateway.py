@@ -55,6 +55,7 @@ from streamproxy.providers.registry import PROVIDER_TYPES
 from streamproxy.routing.breaker import CircuitBreakers
 from streamproxy.routing.planner import NO_RETRY, Plan, plan, single
 from streamproxy.routing.portkey_config import (
+    DEFAULT_RETRY_CODES,
     PROVIDER_OPTION_KEYS,
     BreakerSpec,
     ConfigNode,
@@ -91,6 +92,10 @@ PROVIDER_OPTION_HEADERS = {
 # As in Portkey, Anthropic's own header names set its options too (the x-portkey-* one wins).
 _PROVIDERS_OWN_HEADERS = {"anthropic_version": "anthropic-version",
                           "anthropic_beta": "anthropic-beta"}
+# What moves OneLLM's fallback_models on: its FallbackConfig's retriable errors (rate limit,
+# service unavailable, bad gateway, timeout: 408 and our 504), not an invalid request or a bad
+# key, which it raises at once (each fallback would be asked in vain, the primary's error lost).
+_ONELLM_FALLBACK_CODES = sorted(DEFAULT_RETRY_CODES | {408})
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,7 +431,9 @@ class Gateway:
             leaves.append(leaf)
         if req.retries:  # the primary's, as OneLLM's: more tries before the first fallback
             leaves[0]["retry"] = {"attempts": req.retries}
-        raw: dict[str, Any] = {"strategy": {"mode": "fallback"}, "targets": leaves}
+        raw: dict[str, Any] = {"strategy": {"mode": "fallback",
+                                            "on_status_codes": _ONELLM_FALLBACK_CODES},
+                               "targets": leaves}
         root = parse_config(raw, "config")
         if (not default and routes.keys().isdisjoint(req.fallback_models)
                 and req.model not in routes):
