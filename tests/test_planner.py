@@ -1264,3 +1264,41 @@ def test_onellm_fallback_models_move_on_for_the_errors_onellm_falls_back_on() ->
         for status in (400, 401, 403, 404, 413, 422):
             assert planned.next_after(0, status) is None, status
             assert planned.next_after(1, status) is None, status
+
+
+def test_an_x_portkey_config_keeps_fallback_models_and_retries() -> None:
+    # With an x-portkey-config, fallback_models and retries in the same body were dropped in
+    # silence (the client's fallbacks never ran, its retries never happened), as they were
+    # beside a `routes:` alias: the config now runs as the primary, as a route's does.
+    from streamproxy.openai_api.request import parse_chat_request
+
+    gateway = gateway_for(configs={"named": {"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "an", "override_params": {"model": "claude"}},
+        {"provider": "vx", "retry": {"attempts": 1}}]}})
+    inline = orjson.dumps({"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "an", "override_params": {"model": "claude"}},
+        {"provider": "vx", "retry": {"attempts": 1}}]}).decode()
+
+    def attempts(header: str, body: dict[str, Any]) -> list[tuple[str, str | None, int, str]]:
+        req = parse_chat_request(orjson.dumps({
+            "messages": [{"role": "user", "content": "hi"}], "model": "m", **body}))
+        return [(a.target.provider.name, a.target.model, a.retry.attempts, a.path)
+                for a in gateway.plan({"x-portkey-config": header}, req, None).attempts]
+
+    for header in ("named", inline):
+        assert attempts(header, {"retries": 2, "fallback_models": ["oa/y", "groq/z"]}) == [
+            ("an", "claude", 2, "config.targets[0].targets[0]"),
+            ("vx", "m", 1, "config.targets[0].targets[1]"),
+            ("oa", "y", 0, "config.targets[1]"), ("groq", "z", 0, "config.targets[2]")]
+        assert attempts(header, {"retries": 2}) == [
+            ("an", "claude", 2, "config.targets[0]"), ("vx", "m", 1, "config.targets[1]")]
+        assert attempts(header, {}) == [
+            ("an", "claude", 0, "config.targets[0]"), ("vx", "m", 1, "config.targets[1]")]
+    # A client's config stays within its caps with the body's additions counted.
+    wide = orjson.dumps({"strategy": {"mode": "fallback"},
+                         "targets": [{"provider": "oa"}] * 30}).decode()
+    with pytest.raises(InvalidRequest) as info:
+        attempts(wide, {"fallback_models": ["groq/z"] * 30})
+    assert info.value.param.startswith("config")
+    with pytest.raises(InvalidRequest):
+        attempts(wide, {"retries": 2})

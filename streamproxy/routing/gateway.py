@@ -15,7 +15,8 @@ Precedence for a request: the `x-portkey-config` header; a route for its model; 
 provider (`x-portkey-virtual-key` or `x-portkey-provider` header, or model prefix; an `@name`
 naming a virtual key, not a provider, is that key: Portkey's Model Catalog);
 `default_config`; the plain default provider. OneLLM's body fields `fallback_models` /
-`retries` build an implicit fallback config when no config applies. The headers the
+`retries` build an implicit fallback config, whose primary runs the config that applies
+(the header's, a route's, `default_config`) when one does. The headers the
 portkey-ai SDK sends for its client options apply to every target, over the config's
 fields, as in Portkey: `x-portkey-custom-host` (allowed hosts only, as `custom_host`),
 `x-portkey-forward-headers`, `x-portkey-request-timeout`. Its provider settings
@@ -367,7 +368,14 @@ class Gateway:
     def root_for(self, headers: Mapping[str, str], req: ChatRequest) -> ConfigNode | None:
         header = headers.get(CONFIG_HEADER)
         if header:
-            return self._header_config(header)
+            config = self._header_config(header)
+            if not (req.fallback_models or req.retries):
+                return config
+            # OneLLM's fields keep working beside it, as beside a route: the config is the
+            # primary (they were dropped in silence); a client's is capped with their additions.
+            root = (self._onellm_fallbacks(self._named_by_headers(headers), req, config)
+                    if req.fallback_models else _with_retries(config, req.retries))
+            return client_made(root) if _inline_config(headers) else root
         model = req.model
         if model in self.settings.routes and not req.fallback_models:
             # OneLLM's retries go on its targets, as on a default config's (below)
@@ -407,18 +415,20 @@ class Gateway:
                                   f"{self.router.known_names()}", param=PROVIDER_HEADER)
         return {"provider": name}
 
-    def _onellm_fallbacks(self, named: dict[str, str], req: ChatRequest) -> ConfigNode:
+    def _onellm_fallbacks(self, named: dict[str, str], req: ChatRequest,
+                          primary: ConfigNode | None = None) -> ConfigNode:
         """OneLLM's `fallback_models` (and `retries`, the primary's) as a fallback config. Each
         model goes where it would alone: to the provider the headers name, unless (for a
         fallback model) its prefix names a configured one; else by its prefix, else to the
-        default; a model that `routes:` names runs its config, as it would alone."""
+        default; a model that `routes:` names runs its config, as it would alone. `primary`:
+        the x-portkey-config the primary runs instead."""
         default = None if named else self.settings.default_config
         routes = self.settings.routes
         leaves = []
         for i, model in enumerate([req.model, *req.fallback_models]):
             leaf: dict[str, Any] = {"override_params": {"model": model}} if model else {}
-            if model in routes:
-                pass  # (replaced by the route's config below)
+            if model in routes or (i == 0 and primary is not None):
+                pass  # (replaced by the route's config, or `primary`, below)
             elif named and (i == 0 or self._prefix_target(model) is None):
                 leaf.update(named)
             elif vk := self._model_key(model):
@@ -435,7 +445,7 @@ class Gateway:
                                             "on_status_codes": _ONELLM_FALLBACK_CODES},
                                "targets": leaves}
         root = parse_config(raw, "config")
-        if (not default and routes.keys().isdisjoint(req.fallback_models)
+        if (primary is None and not default and routes.keys().isdisjoint(req.fallback_models)
                 and req.model not in routes):
             return root
         # A route's model runs its config, one naming no provider the default config, as
@@ -443,7 +453,9 @@ class Gateway:
         targets = []
         for i, (t, model) in enumerate(
                 zip(root.targets, [req.model, *req.fallback_models], strict=True)):
-            if model in routes:
+            if i == 0 and primary is not None:  # (its leaves take the request's model)
+                t = _with_retries(_as_target(primary, t.path, None), req.retries)
+            elif model in routes:
                 t = _with_retries(_as_target(self.settings.configs[routes[model]], t.path,
                                              model), None if i else req.retries)
             elif default and self._prefix_target(model) is None:
