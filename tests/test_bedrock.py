@@ -2557,3 +2557,21 @@ def test_an_upper_case_region_is_signed_and_addressed_in_lower_case(
     monkeypatch.setenv("AWS_REGION", "AP-SOUTH-1")
     provider = BedrockProvider(bedrock_config(None, region=None).providers["aws"])
     assert provider.base_url == "https://bedrock-runtime.ap-south-1.amazonaws.com"
+
+
+@pytest.mark.parametrize(("tier", "expected"), [
+    ("flex", {"type": "flex"}), ("priority", {"type": "priority"}),
+    ("fast", {"type": "priority"}), ("default", {"type": "default"}),
+    ("auto", None), ("scale", None)])
+def test_openai_service_tier_maps_to_converse_service_tier(tier: str, expected: Any) -> None:
+    """OpenAI's service_tier was dropped: a client asking for flex (half price) or priority ran
+    on Bedrock's standard tier, billed and served as such. Converse's serviceTier takes the
+    same tiers; auto and scale (OpenAI's reserved capacity) leave Bedrock's default."""
+    body = {"messages": [{"role": "user", "content": "Hi"}], "service_tier": tier}
+    assert to_converse(body, MODEL).get("serviceTier") == expected
+
+
+def test_a_native_service_tier_wins_over_openai_service_tier() -> None:
+    body = {"messages": [{"role": "user", "content": "Hi"}], "service_tier": "flex",
+            "serviceTier": {"type": "reserved"}}
+    assert to_converse(body, MODEL)["serviceTier"] == {"type": "reserved"}

@@ -73,6 +73,8 @@ Choices (docs/providers/bedrock.md):
   (where AWS documents each); dropped for other models, whose fields differ or lack one (a
   client's own value in `additionalModelRequestFields` wins);
 - Converse-native fields a client may pass (openai SDK `extra_body`) are forwarded: PASSTHROUGH;
+- `service_tier` flex / priority (or fast) / default → `serviceTier.type` (SERVICE_TIERS); auto
+  and scale send none; a client's own `serviceTier` wins;
 - the provider option `anthropic_beta` (Claude's betas, as the `anthropic` type sends in its
   `anthropic-beta` header) → `additionalModelRequestFields.anthropic_beta`, a list, for Claude
   models only; a client's own list there is sent as given;
@@ -135,13 +137,19 @@ from streamproxy.providers.anthropic.thinking import (
 DEFAULT_MAX_TOKENS = 4096  # the answer's allowance beside a thinking budget
 # OpenAI parameters with no Converse equivalent: dropped, never forwarded.
 # (`parallel_tool_calls` is Claude's alone, below; other models have no such setting.)
-DROPPED = OPENAI_ONLY | {"frequency_penalty", "presence_penalty", "seed", "user"}
+DROPPED = (OPENAI_ONLY - {"service_tier"}) | {"frequency_penalty", "presence_penalty", "seed",
+                                              "user"}
 # Converse request fields a client may set itself, forwarded as given: every one of Converse's
 # that to_converse does not make (serviceTier's flex / priority, a projectIdentifier: dropped,
 # they left the request on the standard tier and the default project).
 PASSTHROUGH = ("additionalModelRequestFields", "additionalModelResponseFieldPaths",
                "guardrailConfig", "performanceConfig", "projectIdentifier", "promptVariables",
                "requestMetadata", "serviceTier")
+# OpenAI's service_tier → Converse's serviceTier type, for the tiers both have ("fast" is
+# OpenAI's new name for priority). auto and scale (OpenAI's reserved capacity; Bedrock's
+# reserved tier needs a reservation arranged with AWS) send none: Bedrock's standard tier.
+SERVICE_TIERS = {"flex": "flex", "priority": "priority", "fast": "priority",
+                 "default": "default"}
 IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg",
                  "image/gif": "gif", "image/webp": "webp"}
 IMAGE_EXTENSIONS = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "gif": "gif", "webp": "webp"}
@@ -247,6 +255,9 @@ def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "aut
     for key in PASSTHROUGH:
         if body.get(key) is not None:
             out[key] = body[key]
+    tier = SERVICE_TIERS.get(body.get("service_tier"))  # (a client's own serviceTier wins)
+    if tier is not None and "serviceTier" not in out:
+        out["serviceTier"] = {"type": tier}
     if anthropic_betas and is_claude(model):
         _add_betas(out, anthropic_betas)
     if body.get("top_k") is not None:
