@@ -2575,3 +2575,38 @@ def test_a_native_service_tier_wins_over_openai_service_tier() -> None:
     body = {"messages": [{"role": "user", "content": "Hi"}], "service_tier": "flex",
             "serviceTier": {"type": "reserved"}}
     assert to_converse(body, MODEL)["serviceTier"] == {"type": "reserved"}
+
+
+PDF = "data:application/pdf;base64," + base64.b64encode(b"%PDF-1.7 rest").decode()
+
+
+def test_a_tool_results_images_and_files_go_in_its_tool_result() -> None:
+    """A tool that returns a screenshot or a PDF (a computer-use agent, an MCP tool's image) as
+    image_url / file parts got the proxy's 400, and the agent's loop stopped, though Converse's
+    toolResult takes image and document blocks; its cache point goes after the toolResult."""
+    messages = conversation()[2:5]
+    messages[2] = {"role": "tool", "tool_call_id": "tu1", "content": [
+        {"type": "text", "text": "Screenshot:"},
+        {"type": "image_url", "image_url": {"url": PNG}, "cache_control": {"type": "ephemeral"}},
+        {"type": "file", "file": {"filename": "page.pdf", "file_data": PDF}}]}
+    turn = to_converse({"messages": messages}, MODEL)["messages"][2]["content"]
+    assert turn == [{"toolResult": {"toolUseId": "tu1", "content": [
+        {"text": "Screenshot:"},
+        {"image": {"format": "png", "source": {"bytes": "iVBORw0KGgo="}}},
+        {"document": {"format": "pdf", "name": "page",
+                      "source": {"bytes": PDF.split(",", 1)[1]}}}]}},
+        {"cachePoint": {"type": "default"}}]
+
+
+def test_a_tool_results_documents_get_a_caption_and_names_of_their_own() -> None:
+    # Converse wants text beside documents, and no two documents of one name in a request.
+    messages = conversation()[2:5]
+    messages[0] = {"role": "user", "content": [
+        {"type": "text", "text": "Read"},
+        {"type": "file", "file": {"filename": "page.pdf", "file_data": PDF}}]}
+    messages[2] = {"role": "tool", "tool_call_id": "tu1", "content": [
+        {"type": "file", "file": {"filename": "page.pdf", "file_data": PDF}}]}
+    turn = to_converse({"messages": messages}, MODEL)["messages"][2]["content"]
+    content = turn[0]["toolResult"]["content"]
+    assert [b["document"]["name"] for b in content if "document" in b] == ["page-2"]
+    assert {"text": "(attached document)"} in content

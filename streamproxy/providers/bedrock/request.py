@@ -52,7 +52,8 @@ Choices (docs/providers/bedrock.md):
 - a user turn with documents and no text gets a DOCUMENT_ONLY_TEXT block (Converse requires
   text beside documents);
 - a tool result with no text (or only blank text) is sent as EMPTY_TOOL_RESULT: Converse
-  rejects blank text blocks and an empty `content`;
+  rejects blank text blocks and an empty `content`; its images and files go in it as image and
+  document blocks, as a user message's;
 - a whitespace-only stop sequence is a 400 for Claude, as on Anthropic; other models get no
   empty one (Converse refuses it);
 - a `temperature` above 1 and within OpenAI's 2 is sent as 1, as on Anthropic: Converse's
@@ -519,10 +520,15 @@ def _messages(msgs: list[dict[str, Any]]
 def _caption_documents(message: dict[str, Any], names: set[str]) -> None:
     """Give a user turn with documents and no text a DOCUMENT_ONLY_TEXT block: Converse refuses
     one ("A text block must be included when using documents"), where OpenAI takes a file
-    alone. Run on merged turns, so text from a neighbouring message counts. Each document also
-    gets a name no earlier one in the request has (`names`, updated)."""
+    alone. Run on merged turns, so text from a neighbouring message counts. Each document (a
+    tool result's too) also gets a name no earlier one in the request has (`names`, updated)."""
     blocks = message["content"]
-    if message["role"] == "user" and any("document" in b for b in blocks):
+    if message["role"] != "user":
+        return
+    for block in blocks:  # (a tool result's documents count too: its captions are its own)
+        if "toolResult" in block:
+            _unique_names(block["toolResult"]["content"], names)
+    if any("document" in b for b in blocks):
         _unique_names(blocks, names)
         if not any("text" in b for b in blocks):
             blocks.append({"text": DOCUMENT_ONLY_TEXT})
@@ -681,8 +687,19 @@ def _is_tool_result(block: dict[str, Any]) -> bool:
 
 
 def _tool_result(m: dict[str, Any], i: int) -> list[dict[str, Any]]:
+    """A tool message's toolResult, and the cachePoint of its parts' `cache_control` after it
+    (its content cannot hold one). Image and file parts (a computer-use agent's screenshot, an
+    MCP tool's image) go as the image and document blocks toolResult takes, as in a user
+    message; documents with no text beside them get DOCUMENT_ONLY_TEXT, as there."""
     content = m.get("content")
-    blocks = [{"text": t} for t in texts(content, f"messages[{i}].content") if not is_blank(t)]
+    if isinstance(content, list) and any(p.get("type") in ("image_url", "file")
+                                         for p in content):
+        blocks = [b for b in _user_blocks(content, i) if "cachePoint" not in b]
+        if any("document" in b for b in blocks) and not any("text" in b for b in blocks):
+            blocks.append({"text": DOCUMENT_ONLY_TEXT})
+    else:
+        blocks = [{"text": t} for t in texts(content, f"messages[{i}].content")
+                  if not is_blank(t)]
     result = {"toolResult": {"toolUseId": tool_use_id(m["tool_call_id"]),
                              "content": blocks or [{"text": EMPTY_TOOL_RESULT}]}}
     parts = content if isinstance(content, list) else []
