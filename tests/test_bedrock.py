@@ -2610,3 +2610,30 @@ def test_a_tool_results_documents_get_a_caption_and_names_of_their_own() -> None
     content = turn[0]["toolResult"]["content"]
     assert [b["document"]["name"] for b in content if "document" in b] == ["page-2"]
     assert {"text": "(attached document)"} in content
+
+
+WAV = base64.b64encode(b"RIFF\x24\0\0\0WAVEfmt ").decode()
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mp3", "flac", "OGG"])
+def test_input_audio_goes_as_a_converse_audio_block(fmt: str) -> None:
+    """OpenAI's input_audio part (a voice note, a recording to transcribe) was the proxy's 400
+    "not supported by Bedrock", though Converse takes an audio block (wav, mp3, flac, ogg…)."""
+    body = {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Transcribe"},
+        {"type": "input_audio", "input_audio": {"data": WAV, "format": fmt}}]}]}
+    content = to_converse(body, "amazon.nova-2-omni-v1:0")["messages"][0]["content"]
+    assert content[1] == {"audio": {"format": fmt.lower(), "source": {"bytes": WAV}}}
+
+
+@pytest.mark.parametrize(("audio", "param"), [
+    ({"data": WAV, "format": "aiff"}, "messages[0].content[0].input_audio.format"),
+    ({"format": "wav"}, "messages[0].content[0].input_audio"),
+    ({"data": "not base64!", "format": "wav"}, "messages[0].content[0].input_audio.data")])
+def test_input_audio_that_converse_cannot_take_is_a_400_naming_it(audio: dict[str, Any],
+                                                                  param: str) -> None:
+    body = {"messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": audio}]}]}
+    with pytest.raises(InvalidRequest) as caught:
+        to_converse(body, MODEL)
+    assert caught.value.param == param

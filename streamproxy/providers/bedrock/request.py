@@ -49,6 +49,7 @@ Choices (docs/providers/bedrock.md):
   request's own (Anthropic's automatic caching, which Converse lacks) → one after the last
   block of the conversation, where Anthropic puts that breakpoint; past the 4 Bedrock takes,
   the earliest turns' are dropped first (`_fit_cache_points`, as on Anthropic);
+- `input_audio` → an `audio` block (AUDIO_FORMATS: OpenAI's wav and mp3, and Converse's own);
 - a user turn with documents and no text gets a DOCUMENT_ONLY_TEXT block (Converse requires
   text beside documents);
 - a tool result with no text (or only blank text) is sent as EMPTY_TOOL_RESULT: Converse
@@ -94,6 +95,7 @@ from streamproxy.openai_api.content import (
     BLANK_USER_TEXT,
     OPENAI_ONLY,
     PLACEHOLDER_USER_TEXT,
+    base64_text,
     file_data,
     file_media_type,
     image_media_type,
@@ -161,6 +163,10 @@ DOCUMENT_FORMATS = {
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx",
     "text/html": "html", "text/plain": "txt", "text/markdown": "md",
 }
+# `input_audio.format`s Converse's audio block takes (its AudioFormat): OpenAI's wav and mp3
+# first, then Converse's own. Which models hear them is Bedrock's to say (its 400).
+AUDIO_FORMATS = ("wav", "mp3", "opus", "aac", "flac", "mp4", "ogg", "mkv", "mka", "x-aac", "m4a",
+                 "mpeg", "mpga", "pcm", "webm")
 # A document's format by its file name's extension, for a label that names none of the above
 # (application/octet-stream, what many upload paths give a file; text/x-markdown).
 DOCUMENT_EXTENSIONS = frozenset(DOCUMENT_FORMATS.values())
@@ -613,6 +619,8 @@ def _user_blocks(content: Any, i: int) -> list[dict[str, Any]]:
             blocks.append({"image": _image(url, f"{where}.image_url.url")})
         elif kind == "file":
             blocks.append({"document": _document(part.get("file") or {}, f"{where}.file", i, j)})
+        elif kind == "input_audio":
+            blocks.append({"audio": _audio(part.get("input_audio") or {}, f"{where}.input_audio")})
         else:
             raise InvalidRequest(f"Content part type '{kind}' is not supported by Bedrock.",
                                  param=f"{where}.type", code="unsupported_value")
@@ -637,6 +645,20 @@ def _image(url: Any, where: str) -> dict[str, Any]:
         return {"format": fmt, "source": {"s3Location": {"uri": url}}}
     raise InvalidRequest("Bedrock takes images as data: URLs or s3:// URIs; the proxy does not "
                          "fetch http(s) URLs.", param=where, code="invalid_value")
+
+
+def _audio(audio: dict[str, Any], where: str) -> dict[str, Any]:
+    """An `input_audio` part as Converse's audio block, or a 400 naming the field Converse
+    would refuse (its own 400 names none)."""
+    data, fmt = audio.get("data"), audio.get("format")
+    if not isinstance(data, str) or not isinstance(fmt, str):
+        raise InvalidRequest("'input_audio' needs 'data' (base64) and 'format'.", param=where,
+                             code="invalid_value")
+    if fmt.lower() not in AUDIO_FORMATS:
+        supported = ", ".join(f"'{f}'" for f in AUDIO_FORMATS)
+        raise InvalidRequest(f"Invalid value: {fmt!r}. Supported values are: {supported}.",
+                             param=f"{where}.format", code="invalid_value")
+    return {"format": fmt.lower(), "source": {"bytes": base64_text(data, f"{where}.data")}}
 
 
 def _document(file: dict[str, Any], where: str, i: int, j: int) -> dict[str, Any]:
