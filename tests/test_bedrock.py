@@ -2637,3 +2637,24 @@ def test_input_audio_that_converse_cannot_take_is_a_400_naming_it(audio: dict[st
     with pytest.raises(InvalidRequest) as caught:
         to_converse(body, MODEL)
     assert caught.value.param == param
+
+
+def test_openai_metadata_goes_as_request_metadata_where_it_fits() -> None:
+    """OpenAI's metadata (string key/values a client tags requests with) was dropped, though
+    Converse's requestMetadata is its counterpart (it filters the invocation logs). An entry
+    outside Converse's pattern (its characters, 256 at most) is left out, not a 400: it never
+    changed an answer, and a request that worked must not start failing."""
+    metadata = {"team": "search", "user_id": "u@example.com", "trace": "a/b=c+d, e.f",
+                "emoji": "\U0001f600", "long": "x" * 257, "quote": 'say "hi"', "empty": ""}
+    body = {"messages": [{"role": "user", "content": "Hi"}], "metadata": metadata}
+    assert to_converse(body, MODEL)["requestMetadata"] == {
+        "team": "search", "user_id": "u@example.com", "trace": "a/b=c+d, e.f", "empty": ""}
+
+
+def test_a_native_request_metadata_wins_and_nothing_fitting_sends_none() -> None:
+    hi = [{"role": "user", "content": "Hi"}]
+    out = to_converse({"messages": hi, "metadata": {"a": "1"},
+                       "requestMetadata": {"b": "2"}}, MODEL)
+    assert out["requestMetadata"] == {"b": "2"}
+    assert "requestMetadata" not in to_converse({"messages": hi, "metadata": {"k": "é"}}, MODEL)
+    assert "requestMetadata" not in to_converse({"messages": hi, "metadata": {}}, MODEL)

@@ -75,6 +75,8 @@ Choices (docs/providers/bedrock.md):
   (where AWS documents each); dropped for other models, whose fields differ or lack one (a
   client's own value in `additionalModelRequestFields` wins);
 - Converse-native fields a client may pass (openai SDK `extra_body`) are forwarded: PASSTHROUGH;
+- `metadata` → `requestMetadata`, the entries that fit its pattern (others left out); a
+  client's own `requestMetadata` wins;
 - `service_tier` flex / priority (or fast) / default → `serviceTier.type` (SERVICE_TIERS); auto
   and scale send none; a client's own `serviceTier` wins;
 - the provider option `anthropic_beta` (Claude's betas, as the `anthropic` type sends in its
@@ -140,8 +142,8 @@ from streamproxy.providers.anthropic.thinking import (
 DEFAULT_MAX_TOKENS = 4096  # the answer's allowance beside a thinking budget
 # OpenAI parameters with no Converse equivalent: dropped, never forwarded.
 # (`parallel_tool_calls` is Claude's alone, below; other models have no such setting.)
-DROPPED = (OPENAI_ONLY - {"service_tier"}) | {"frequency_penalty", "presence_penalty", "seed",
-                                              "user"}
+DROPPED = (OPENAI_ONLY - {"metadata", "service_tier"}) | {"frequency_penalty",
+                                                          "presence_penalty", "seed", "user"}
 # Converse request fields a client may set itself, forwarded as given: every one of Converse's
 # that to_converse does not make (serviceTier's flex / priority, a projectIdentifier: dropped,
 # they left the request on the standard tier and the default project).
@@ -163,6 +165,10 @@ DOCUMENT_FORMATS = {
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx",
     "text/html": "html", "text/plain": "txt", "text/markdown": "md",
 }
+# What Converse's requestMetadata takes (botocore's model): 16 entries, keys of 1 to 256 and
+# values of up to 256 of these characters (\s as Java reads it: ASCII whitespace).
+_METADATA_TEXT = re.compile(r"[A-Za-z0-9 \t\n\x0b\f\r:_@$#=/+,.-]{0,256}")
+METADATA_MAX = 16
 # `input_audio.format`s Converse's audio block takes (its AudioFormat): OpenAI's wav and mp3
 # first, then Converse's own. Which models hear them is Bedrock's to say (its 400).
 AUDIO_FORMATS = ("wav", "mp3", "opus", "aac", "flac", "mp4", "ogg", "mkv", "mka", "x-aac", "m4a",
@@ -262,6 +268,10 @@ def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "aut
     for key in PASSTHROUGH:
         if body.get(key) is not None:
             out[key] = body[key]
+    if body.get("metadata") and "requestMetadata" not in out:  # (a client's own wins)
+        metadata = _request_metadata(body["metadata"])
+        if metadata:
+            out["requestMetadata"] = metadata
     tier = SERVICE_TIERS.get(body.get("service_tier"))  # (a client's own serviceTier wins)
     if tier is not None and "serviceTier" not in out:
         out["serviceTier"] = {"type": tier}
@@ -307,6 +317,16 @@ def _fit_cache_points(out: dict[str, Any]) -> None:
     if dropped:
         for blocks in (*lists, *(m["content"] for m in out["messages"])):
             blocks[:] = [b for b in blocks if id(b) not in dropped]
+
+
+def _request_metadata(metadata: dict[str, Any]) -> dict[str, str]:
+    """OpenAI's `metadata` as Converse's requestMetadata: the entries that fit its pattern (the
+    first METADATA_MAX). One that does not (an emoji, a quote, over 256 characters) is left out,
+    not a 400: metadata tags the request for the logs, it never changed an answer."""
+    fitting = {key: value for key, value in metadata.items()
+               if key and isinstance(value, str) and _METADATA_TEXT.fullmatch(key)
+               and _METADATA_TEXT.fullmatch(value)}
+    return dict(list(fitting.items())[:METADATA_MAX])
 
 
 def _one_call_at_a_time(out: dict[str, Any], tool_config: dict[str, Any], choice: Any) -> None:
