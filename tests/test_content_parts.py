@@ -199,3 +199,37 @@ def test_a_data_url_s_base64_without_its_padding_goes_padded(provider: str) -> N
     out = TRANSLATORS[provider]({"model": "m", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG.rstrip('=')}"}}]}]})
     assert [s for s in _strings(out) if "iVBOR" in s] in ([PNG], [f"data:image/png;base64,{PNG}"])
+
+
+UNLABELLED_PNG = "data:;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR").decode()
+
+
+@pytest.mark.parametrize("provider", TRANSLATORS)
+def test_an_image_whose_data_url_has_no_media_type_goes_as_its_bytes_type(provider: str) -> None:
+    """`data:;base64,…` (RFC 2397 lets the type out: text/plain by default; uploads of a
+    file of no known type make it) was a 400 "A data: URL must look like…" on every
+    translating provider, though an image's bytes tell its type, as they do for a label that
+    is generic or wrong."""
+    out = TRANSLATORS[provider]({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": UNLABELLED_PNG}}]}]})
+    sent = orjson.dumps(_conversation(out)).decode()
+    assert UNLABELLED_PNG.split(",", 1)[1] in sent
+    assert provider in ("ollama", "bedrock") or "image/png" in sent
+    assert provider != "bedrock" or '"format":"png"' in sent
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "bedrock", "gemini"])
+@pytest.mark.parametrize(("data", "expected"), [
+    (b"%PDF-1.7 rest", {"anthropic": "application/pdf", "bedrock": '"format":"pdf"',
+                        "gemini": "application/pdf"}),
+    (b"plain words", {"anthropic": "plain words", "bedrock": '"format":"txt"',
+                      "gemini": "text/plain"})])
+def test_a_file_whose_data_url_has_no_media_type_is_a_pdf_by_its_bytes_else_text(
+        provider: str, data: bytes, expected: dict[str, str]) -> None:
+    # A PDF's bytes say so; other bytes are RFC 2397's default, text/plain.
+    url = "data:;base64," + base64.b64encode(data).decode()
+    out = TRANSLATORS[provider]({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Read"},
+        {"type": "file", "file": {"filename": "f", "file_data": url}}]}]})
+    assert expected[provider] in orjson.dumps(_conversation(out)).decode()

@@ -195,11 +195,14 @@ def parse_data_url(url: str, where: str) -> tuple[str, str]:
     """`data:<mime>;base64,<data>` → (lower-cased mime, the base64 text without whitespace).
     Encoders break lines in base64 (MIME's every 76 characters, Android's Base64.DEFAULT),
     clients put a space after the comma, and data: URL readers skip both; the providers'
-    base64 fields are strict (Anthropic: "invalid base64 data"), so it goes on without."""
+    base64 fields are strict (Anthropic: "invalid base64 data"), so it goes on without.
+    A URL without a mime (`data:;base64,…`, what uploads of a file of no known type make) has
+    RFC 2397's default, text/plain: the translators read an image's or a PDF's type from its
+    bytes anyway (image_media_type, file_media_type)."""
     head, _, data = url.partition(",")
     head = head.lower()  # (the scheme and `;base64` are case-insensitive)
-    mime = head[5:].split(";")[0]
-    if not head.startswith("data:") or ";base64" not in head or not mime or not data:
+    mime = head[5:].split(";")[0].strip() or "text/plain"
+    if not head.startswith("data:") or ";base64" not in head or not data:
         raise InvalidRequest("A data: URL must look like data:<mime>;base64,<data>.",
                              param=where, code="invalid_value")
     return mime, base64_text(data, where)
