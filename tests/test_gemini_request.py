@@ -1245,3 +1245,16 @@ def test_other_items_stay_as_written(schema: dict[str, Any]) -> None:
     out = translate([{"role": "user", "content": "x"}], response_format={
         "type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
     assert out["generationConfig"]["responseJsonSchema"] == schema
+
+
+# A discriminator's mapping maps tags to references: data, not a schema. Walked as one, a tag
+# named like a keyword was rewritten (`const` became an enum, `$ref` beside others an anyOf).
+def test_a_discriminator_mapping_is_left_as_written() -> None:
+    mapping = {"const": "#/$defs/C", "$ref": "#/$defs/R", "plain": "#/$defs/P"}
+    schema = {"oneOf": [{"$ref": "#/$defs/C"}, {"$ref": "#/$defs/R"}, {"$ref": "#/$defs/P"}],
+              "discriminator": {"propertyName": "kind", "mapping": mapping},
+              "$defs": {name: {"type": "object"} for name in ("C", "R", "P")}}
+    out = translate([{"role": "user", "content": "x"}], response_format={
+        "type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
+    assert out["generationConfig"]["responseJsonSchema"]["discriminator"] == {
+        "propertyName": "kind", "mapping": mapping}

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 from typing import Any
 
-# Keywords whose value maps names to subschemas, and those that hold data, not a schema.
+# Keywords whose value maps names to subschemas, and those that hold data, not a schema (a
+# discriminator's mapping maps tags, any names, to references).
 _SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions",
                           "dependentSchemas"})
-_SCHEMA_DATA = frozenset({"enum", "const", "default", "examples"})
+_SCHEMA_DATA = frozenset({"enum", "const", "default", "examples", "discriminator"})
 _CONST_TYPES = {str: "string", int: "integer", float: "number"}
 
 
