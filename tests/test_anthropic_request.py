@@ -1500,3 +1500,15 @@ def test_dotted_claude_ids_are_classified_as_their_hyphenated_twins(dotted: str,
         twin = to_anthropic(request, hyphenated)
         assert out["model"] == dotted  # the id is sent as the client wrote it
         assert {**out, "model": hyphenated} == twin
+
+
+def test_a_discriminator_mapping_is_no_schema_to_describe() -> None:
+    """A discriminator's mapping maps tags to references: a tag named like a refused
+    constraint (`format`, `minimum`) was moved into a description, losing the tag."""
+    mapping = {"format": "#/$defs/F", "minimum": "#/$defs/M"}
+    fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": {
+        "oneOf": [{"$ref": "#/$defs/F"}, {"$ref": "#/$defs/M"}],
+        "discriminator": {"propertyName": "kind", "mapping": mapping},
+        "$defs": {"F": {"type": "object"}, "M": {"type": "object"}}}}}
+    sent = translate(response_format=fmt)["output_config"]["format"]["schema"]
+    assert sent["discriminator"] == {"propertyName": "kind", "mapping": mapping}

@@ -120,10 +120,11 @@ PASSTHROUGH = ("top_k", "cache_control")
 MAX_BREAKPOINTS = 4
 SAMPLING = ("temperature", "top_p", "top_k")  # what takes_no_sampling Claudes refuse
 # JSON Schema keywords whose value maps names to subschemas, and those that hold data, not a
-# schema (closed_objects walks the first and leaves the second as written).
+# schema (closed_objects walks the first and leaves the second as written; a discriminator's
+# mapping maps tags, any names, to references).
 _SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions",
                           "dependentSchemas"})
-_SCHEMA_DATA = frozenset({"enum", "const", "default", "examples"})
+_SCHEMA_DATA = frozenset({"enum", "const", "default", "examples", "discriminator"})
 # Value constraints Claude's structured outputs refuse with a 400 ("For 'integer' type, property
 # 'minimum' is not supported"), which OpenAI's json_schema takes (pydantic's Field(ge=…,
 # max_length=…) writes them): claude_schema moves them into the description, as Anthropic's SDKs
