@@ -23,6 +23,10 @@ import yaml
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
 MAX_PORT = 65535
+# server.max_json_depth's ceiling: orjson writes no more than 255 levels, and the translators
+# nest a client's JSON a few levels deeper (Converse's toolConfig.tools[].toolSpec.inputSchema.json,
+# Gemini's anyOf around a described $ref): above it, a body the limit let in became a 500.
+MAX_JSON_DEPTH = 200
 
 
 def shown_address(host: str, port: int) -> str:
@@ -462,6 +466,8 @@ def _server_value(k: str, v: Any, source: str, key: str) -> Any:
             raise ConfigError(source, key, "must be a positive integer")
         if k == "port" and v > MAX_PORT:  # (the socket layer would wrap it: 70000 → 4464)
             raise ConfigError(source, key, f"must be a port number, 1 to {MAX_PORT}")
+        if k == "max_json_depth" and v > MAX_JSON_DEPTH:
+            raise ConfigError(source, key, f"must be at most {MAX_JSON_DEPTH}")
         return v
     elif k == "host":
         if not isinstance(v, str):

@@ -334,3 +334,45 @@ def test_an_empty_fallback_model_is_a_400_naming_it(models: list[str], param: st
         parse_chat_request(orjson.dumps({"messages": USER, "model": "a/b",
                                          "fallback_models": models}))
     assert (info.value.param, info.value.code) == (param, "invalid_value")
+
+
+def _nested_schema(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+def test_max_json_depth_is_capped_where_every_translation_still_serialises() -> None:
+    """Raised past what orjson writes (255 levels), a body the limit let in failed when the
+    upstream body was serialised (a 500; deeper, gemini_schema's RecursionError): the setting
+    is capped, and a body as deep as the cap allows reaches every provider's wire form."""
+    from streamproxy.config import MAX_JSON_DEPTH, ConfigError
+    from streamproxy.providers.anthropic.request import to_anthropic
+    from streamproxy.providers.bedrock.request import to_converse
+    from streamproxy.providers.cohere.request import to_cohere
+    from streamproxy.providers.gemini.request import to_gemini
+    from streamproxy.providers.ollama.request import to_ollama
+
+    with pytest.raises(ConfigError, match="max_json_depth"):
+        mock_config(max_json_depth=MAX_JSON_DEPTH + 1)
+    assert mock_config(max_json_depth=MAX_JSON_DEPTH).server.max_json_depth == MAX_JSON_DEPTH
+    limits = Limits(max_json_depth=MAX_JSON_DEPTH)
+    levels = (MAX_JSON_DEPTH - 6) // 2  # the deepest schema the limit lets in as a tool's
+    schema = _nested_schema(levels)
+    body = {"model": "m", "messages": USER,
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": schema,
+                                                         "strict": True}}],
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "p", "schema": schema, "strict": True}}}
+    req = parse_chat_request(orjson.dumps(body), limits)
+    with pytest.raises(InvalidRequest):  # (one level more is refused)
+        parse_chat_request(orjson.dumps({**body, "tools": [{"type": "function", "function": {
+            "name": "f", "parameters": _nested_schema(levels + 1)}}]}), limits)
+    for upstream in (to_gemini(req.body, "gemini-2.5-flash"),
+                     to_anthropic(req.body, "claude-sonnet-4-5"),
+                     to_converse(req.body, "anthropic.claude-sonnet-4-5-20250929-v1:0"),
+                     to_cohere(req.body, "command-a-03-2025"),
+                     to_ollama(req.body, "llama3", stream=True),
+                     req.body):
+        assert orjson.loads(orjson.dumps(upstream))
