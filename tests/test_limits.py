@@ -376,3 +376,38 @@ def test_max_json_depth_is_capped_where_every_translation_still_serialises() -> 
                      to_ollama(req.body, "llama3", stream=True),
                      req.body):
         assert orjson.loads(orjson.dumps(upstream))
+
+
+@pytest.mark.parametrize("where", ["arguments", "result"])
+def test_json_nested_inside_a_string_too_deep_to_send_is_a_400(where: str) -> None:
+    """A tool call's arguments (and a tool result, which Gemini takes as an object) are JSON in
+    a string: parsed, they went into the upstream body past the request's depth limit, and
+    deeper than orjson writes they were a 500 (TypeError) on every translated provider."""
+    from streamproxy.providers.anthropic.request import to_anthropic
+    from streamproxy.providers.bedrock.request import to_converse
+    from streamproxy.providers.gemini.request import to_gemini
+    from streamproxy.providers.ollama.request import to_ollama
+
+    deep = '{"a":' * 300 + "1" + "}" * 300
+    args, result = (deep, "{}") if where == "arguments" else ("{}", deep)
+    body = {"model": "m", "messages": [
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                                              "function": {"name": "f", "arguments": args}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": result}]}
+    req = parse_chat_request(orjson.dumps(body))
+    translators = [lambda b: to_gemini(b, "gemini-2.5-flash")]
+    if where == "arguments":  # (the others send a tool result as text)
+        translators += [lambda b: to_anthropic(b, "claude-sonnet-4-5"),
+                        lambda b: to_converse(b, "anthropic.claude-sonnet-4-5-20250929-v1:0"),
+                        lambda b: to_ollama(b, "llama3", stream=True)]
+    for translate in translators:
+        with pytest.raises(InvalidRequest) as info:
+            orjson.dumps(translate(req.body))
+        assert info.value.code == "json_too_deep"
+    shallow = '{"a":' * 150 + "1" + "}" * 150  # (as deep as it may be: sent as before)
+    body["messages"][1]["tool_calls"][0]["function"]["arguments"] = shallow
+    body["messages"][2]["content"] = shallow
+    req = parse_chat_request(orjson.dumps(body))
+    for translate in translators:
+        assert orjson.loads(orjson.dumps(translate(req.body)))

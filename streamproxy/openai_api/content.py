@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from streamproxy.errors import InvalidRequest
+from streamproxy.openai_api.request import check_depth
 
 # The user turn sent to providers that need one (Anthropic, Gemini, Bedrock) when a request has
 # none — only system/developer messages, which OpenAI answers: the system text stays the system
@@ -284,6 +285,21 @@ def file_data(file: dict[str, Any], where: str, provider: str) -> Any:
 RAW_ARGUMENTS = "raw_arguments"
 
 
+# JSON a client sends in a string (a tool call's arguments, a tool result Gemini takes as an
+# object) is parsed and sent a few levels into the upstream body, out of the request depth
+# limit's reach: deeper than orjson writes (255 levels) it was a 500. Deeper than this, a 400.
+EMBEDDED_JSON_DEPTH = 200
+
+
+def loads_embedded(text: str, what: str) -> Any:
+    """orjson.loads(text), refused (json_too_deep) past EMBEDDED_JSON_DEPTH; `what` names it."""
+    parsed = orjson.loads(text)
+    # Each level opens a bracket: with no more brackets than the limit, no walk is needed.
+    if text.count("{") + text.count("[") > EMBEDDED_JSON_DEPTH:
+        check_depth(parsed, EMBEDDED_JSON_DEPTH, what)
+    return parsed
+
+
 def tool_call_input(arguments: Any) -> dict[str, Any]:
     """An assistant tool call's `arguments` (a JSON string; "" means no arguments) → the
     object providers take as input. `null` means none too: Cohere and clients that serialise
@@ -293,7 +309,8 @@ def tool_call_input(arguments: Any) -> dict[str, Any]:
     if not arguments:
         return {}
     try:
-        parsed = orjson.loads(arguments) if isinstance(arguments, str) else arguments
+        parsed = loads_embedded(arguments, "The JSON of a tool call's arguments") \
+            if isinstance(arguments, str) else arguments
     except orjson.JSONDecodeError:
         return {RAW_ARGUMENTS: arguments}
     if parsed is None:

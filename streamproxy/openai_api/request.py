@@ -73,7 +73,7 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
     # with no more brackets than the limit is within it, and the walk is most of a small
     # request's parsing.
     if raw.count(b"{") + raw.count(b"[") > limits.max_json_depth:
-        _check_depth(body, limits.max_json_depth)
+        check_depth(body, limits.max_json_depth)
     custom_tools = _validate(body, limits)
     stripped = not GATEWAY_FIELDS.isdisjoint(body)
     if body.get("model") == PORTKEY_DEFAULT_MODEL:
@@ -583,13 +583,13 @@ def _check_part(part: dict[str, Any], where: str) -> None:
 _CONTAINERS = (dict, list)
 
 
-def _check_depth(obj: Any, limit: int) -> None:
+def check_depth(obj: Any, limit: int, what: str = "The request JSON") -> None:
     """Reject absurdly nested JSON before any recursive translator walks it."""
     level = [obj]  # the containers `depth` levels down, one level at a time
     depth = 1
     while level:
         if depth > limit:
-            raise InvalidRequest(f"The request JSON is nested deeper than {limit} levels.",
+            raise InvalidRequest(f"{what} is nested deeper than {limit} levels.",
                                  code="json_too_deep")
         below = []
         for node in level:

@@ -47,6 +47,7 @@ from streamproxy.openai_api.content import (
     answer_cap,
     base64_text,
     file_media_type,
+    loads_embedded,
     logprobs_asked,
     lower_scheme,
     parse_data_url,
@@ -614,7 +615,7 @@ def _result(content: Any, i: int) -> dict[str, Any]:
     text = content or ""
     if text.lstrip()[:1] == "{":
         try:
-            parsed = orjson.loads(text)
+            parsed = loads_embedded(text, f"The JSON of messages[{i}].content")
         except orjson.JSONDecodeError:
             parsed = None
         if isinstance(parsed, dict):
