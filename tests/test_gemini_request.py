@@ -1258,3 +1258,55 @@ def test_a_discriminator_mapping_is_left_as_written() -> None:
         "type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
     assert out["generationConfig"]["responseJsonSchema"]["discriminator"] == {
         "propertyName": "kind", "mapping": mapping}
+
+
+# Google: cyclic references "may only be used within non-required properties. (Nullable
+# properties are not sufficient.)" OpenAI's strict schema (what parse() and pydantic_function_tool
+# send) lists every property as required, an Optional one as required-and-nullable: a recursive
+# model was a 400 on Gemini. Left out of `required`, such a property may be omitted, which the
+# client's model reads as its default (None).
+class _Node(BaseModel):
+    name: str
+    child: _Node | None = None  # nullable, on the cycle: may be left out
+    children: list[_Node]  # on the cycle too, but not nullable: stays required
+    partner: _Partner | None = None  # a cycle through another model
+
+
+class _Partner(BaseModel):
+    node: _Node | None = None
+    note: str | None = None  # nullable, on no cycle: stays required
+
+
+class _Tree(BaseModel):
+    root: _Node
+    parent: _Node | None = None  # into the cycle, not on it: stays required
+
+
+def test_a_nullable_property_on_a_cycle_is_sent_as_not_required() -> None:
+    schema = openai.lib._pydantic.to_strict_json_schema(_Tree)
+    given = copy.deepcopy(schema)
+    out = translate([{"role": "user", "content": "x"}],
+                    response_format={"type": "json_schema",
+                                     "json_schema": {"name": "t", "schema": schema}},
+                    tools=[openai.pydantic_function_tool(_Tree, name="f")])
+    sent = out["generationConfig"]["responseJsonSchema"]
+    assert sent["$defs"]["_Node"]["required"] == ["name", "children"]
+    assert sent["$defs"]["_Partner"]["required"] == ["note"]
+    assert sent["required"] == ["root", "parent"]
+    assert out["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"] == sent
+    assert schema == given  # the client's body is left as it came
+    # what Gemini may now write fits the client's model
+    assert _Tree.model_validate_json(
+        '{"root": {"name": "a", "children": [{"name": "b", "children": []}],'
+        ' "partner": {"note": null}}, "parent": null}').root.children[0].child is None
+
+
+def test_a_schema_without_a_cycle_keeps_its_required_properties() -> None:
+    schema = {"type": "object", "required": ["a", "b"],
+              "properties": {"a": {"anyOf": [{"$ref": "#/$defs/A"}, {"type": "null"}]},
+                             "b": {"type": ["string", "null"]}},
+              "$defs": {"A": {"type": "object", "required": ["x"],
+                              "properties": {"x": {"type": ["integer", "null"]}}}}}
+    out = translate([{"role": "user", "content": "x"}], response_format={
+        "type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
+    assert out["generationConfig"]["responseJsonSchema"] == schema

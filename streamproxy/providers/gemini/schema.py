@@ -21,11 +21,16 @@ So, exactly as the schema says:
   list, `additionalItems` the rest, is 2020-12's `prefixItems`, and `items` for the rest (a
   rest of `false` is the `maxItems` it means; one of `true` says nothing).
 References are kept, never inlined: a recursive schema stays one (Gemini unrolls it a few
-levels, for properties that are not required).
+levels, and takes a cycle only "within non-required properties. (Nullable properties are not
+sufficient.)"). OpenAI's strict mode lists every property as required, an optional one as
+required-and-nullable, so a recursive pydantic model sent with `parse()` was a 400: a nullable
+property through which a `$defs` entry reaches itself again is left out of `required` (left
+out, it reads as the null it could have been: pydantic's default).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 # Keywords whose value maps names to subschemas, and those that hold data, not a schema (a
@@ -34,12 +39,21 @@ _SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitio
                           "dependentSchemas"})
 _SCHEMA_DATA = frozenset({"enum", "const", "default", "examples", "discriminator"})
 _CONST_TYPES = {str: "string", int: "integer", float: "number"}
+_DEFS_REF = "#/$defs/"
 
 
 def gemini_schema(schema: Any) -> Any:
     """A copy of `schema` in the form Gemini reads (module docstring)."""
+    out = _converted(schema)
+    defs = out.get("$defs") if isinstance(out, dict) else None
+    if isinstance(defs, dict):
+        _cycles_not_required(defs)
+    return out
+
+
+def _converted(schema: Any) -> Any:
     if isinstance(schema, list):
-        return [gemini_schema(s) for s in schema]
+        return [_converted(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
     out: dict[str, Any] = {}
@@ -50,7 +64,7 @@ def gemini_schema(schema: Any) -> Any:
         if key in _SCHEMA_DATA:
             out[key] = value
         elif key in _SCHEMA_MAPS and isinstance(value, dict):
-            named = {name: gemini_schema(s) for name, s in value.items()}
+            named = {name: _converted(s) for name, s in value.items()}
             if key == "definitions" and merge:
                 out["$defs"] = {**named, **out.get("$defs", {})}
             elif key == "$defs":
@@ -60,7 +74,7 @@ def gemini_schema(schema: Any) -> Any:
         elif key == "$ref" and isinstance(value, str):
             out[key] = _ref(value)
         else:
-            out[key] = gemini_schema(value)
+            out[key] = _converted(value)
     _const_as_enum(out)
     _null_out_of_enum(out)
     _tuple_as_prefix_items(out)
@@ -70,6 +84,76 @@ def gemini_schema(schema: Any) -> Any:
     if "$ref" in out and "anyOf" not in out and any(key[:1] != "$" for key in out):
         out["anyOf"] = [{"$ref": out.pop("$ref")}]
     return out
+
+
+def _cycles_not_required(defs: dict[str, Any]) -> None:
+    """Each nullable property, in a `$defs` entry, whose schema refers to an entry reaching
+    that one again, left out of its object's `required` (in `defs`, a copy: module docstring)."""
+    refs = {name: _refs(schema) for name, schema in defs.items()}
+    reach: dict[str, set[str]] = {}
+    for name in defs:  # the entries each one refers to, directly or not
+        seen, todo = set(), list(refs[name])
+        while todo:
+            ref = todo.pop()
+            if ref not in seen:
+                seen.add(ref)
+                todo.extend(refs.get(ref, ()))
+        reach[name] = seen
+    for name, schema in defs.items():
+        if name in reach[name]:
+            _unrequire(schema, lambda ref, home=name: ref == home or home in reach.get(ref, ()))
+
+
+def _unrequire(schema: Any, cyclic: Callable[[str], bool]) -> None:
+    if isinstance(schema, list):
+        for s in schema:
+            _unrequire(s, cyclic)
+        return
+    if not isinstance(schema, dict):
+        return
+    props, required = schema.get("properties"), schema.get("required")
+    if isinstance(props, dict) and isinstance(required, list):
+        schema["required"] = [
+            p for p in required
+            if not (isinstance(p, str) and _nullable(props.get(p))
+                    and any(cyclic(ref) for ref in _refs(props[p])))]
+    for key, value in schema.items():
+        if key == "$defs":  # (other entries, with cycles of their own)
+            continue
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            _unrequire(list(value.values()), cyclic)
+        elif key not in _SCHEMA_DATA:
+            _unrequire(value, cyclic)
+
+
+def _nullable(schema: Any) -> bool:
+    if not isinstance(schema, dict):
+        return False
+    kind = schema.get("type")
+    if kind == "null" or (isinstance(kind, list) and "null" in kind):
+        return True
+    return any(_nullable(branch) for key in ("anyOf", "oneOf")
+               if isinstance(schema.get(key), list) for branch in schema[key])
+
+
+def _refs(schema: Any) -> set[str]:
+    """The `$defs` entries `schema` refers to (not those its references do)."""
+    found: set[str] = set()
+    todo = [schema]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, list):
+            todo.extend(node)
+        elif isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith(_DEFS_REF):
+                found.add(ref[len(_DEFS_REF):])
+            for key, value in node.items():
+                if key in _SCHEMA_MAPS and isinstance(value, dict):
+                    todo.extend(value.values())  # (a property may be named `enum`)
+                elif key not in _SCHEMA_DATA:
+                    todo.append(value)
+    return found
 
 
 def _const_as_enum(out: dict[str, Any]) -> None:
