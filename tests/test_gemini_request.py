@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime
 import sys
 from typing import Any, Literal
 
 import openai
 import orjson
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from streamproxy.config import ConfigError
 from streamproxy.errors import InvalidRequest
@@ -1310,3 +1311,37 @@ def test_a_schema_without_a_cycle_keeps_its_required_properties() -> None:
     out = translate([{"role": "user", "content": "x"}], response_format={
         "type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
     assert out["generationConfig"]["responseJsonSchema"] == schema
+
+
+# Google lists what responseJsonSchema / parametersJsonSchema read: of the value constraints,
+# minimum, maximum, minItems, maxItems, and format (date-time, date, time for strings). Others
+# (pydantic's Field(min_length=…, pattern=…, gt=…, multiple_of=…), set's uniqueItems) are not
+# read: they go into the description, which the model reads, as on Claude.
+class _Sized(BaseModel):
+    code: str = Field(min_length=2, max_length=8, pattern="^[A-Z]+$", description="A code.")
+    count: int = Field(gt=0, multiple_of=5, le=100)
+    tags: set[str] = Field(min_length=1)
+    when: datetime.date
+    mail: str = Field(json_schema_extra={"format": "email"})
+
+
+def test_constraints_gemini_does_not_read_go_into_the_description() -> None:
+    schema = _Sized.model_json_schema()
+    given = copy.deepcopy(schema)
+    out = translate([{"role": "user", "content": "x"}],
+                    response_format={"type": "json_schema",
+                                     "json_schema": {"name": "s", "schema": schema}},
+                    tools=[{"type": "function", "function": {"name": "f", "parameters": schema}}])
+    sent = out["generationConfig"]["responseJsonSchema"]["properties"]
+    assert sent["code"] == {"title": "Code", "type": "string", "description":
+                            'A code.\nConstraints: maxLength 8, minLength 2, pattern "^[A-Z]+$".'}
+    assert sent["count"] == {"title": "Count", "type": "integer", "maximum": 100,
+                             "description": "Constraints: exclusiveMinimum 0, multipleOf 5."}
+    assert sent["tags"] == {"title": "Tags", "type": "array", "items": {"type": "string"},
+                            "minItems": 1, "description": "Constraints: uniqueItems true."}
+    assert sent["when"] == {"title": "When", "type": "string", "format": "date"}
+    assert sent["mail"] == {"title": "Mail", "type": "string",
+                            "description": 'Constraints: format "email".'}
+    tool = out["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"]["properties"]
+    assert tool == sent
+    assert schema == given  # the client's body is left as it came

@@ -17,6 +17,9 @@ So, exactly as the schema says:
 - an `enum` listing null (pydantic's `Literal["a", None]`, zod's union of literals), where
   Gemini's enum holds only strings and numbers, is a two-member `anyOf`: the enum of the others
   (with the `type` they imply, or the non-null part of a `type` list) and `{"type": "null"}`.
+- a constraint Google does not list those fields as reading (_UNREAD_CONSTRAINTS, a format
+  other than a string's date-time, date or time) goes into the schema's description, which the
+  model reads, as on Claude: `{"maxLength": 8}` → `{"description": "Constraints: maxLength 8."}`;
 - Draft 7's tuple (pydantic 1's `Tuple[int, str]`, zod-to-json-schema's `z.tuple`): `items` a
   list, `additionalItems` the rest, is 2020-12's `prefixItems`, and `items` for the rest (a
   rest of `false` is the `maxItems` it means; one of `true` says nothing).
@@ -33,6 +36,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 # Keywords whose value maps names to subschemas, and those that hold data, not a schema (a
 # discriminator's mapping maps tags, any names, to references).
 _SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions",
@@ -40,6 +45,14 @@ _SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitio
 _SCHEMA_DATA = frozenset({"enum", "const", "default", "examples", "discriminator"})
 _CONST_TYPES = {str: "string", int: "integer", float: "number"}
 _DEFS_REF = "#/$defs/"
+# Value constraints outside what Google lists those fields as reading (minimum, maximum,
+# minItems, maxItems, and a string's format date-time, date or time), which pydantic's
+# Field(min_length=…, pattern=…, gt=…) and zod write: unread, the model never saw them. They go
+# into the description, which it reads (as on Claude).
+_UNREAD_CONSTRAINTS = frozenset({"minLength", "maxLength", "pattern", "exclusiveMinimum",
+                                 "exclusiveMaximum", "multipleOf", "uniqueItems",
+                                 "minProperties", "maxProperties"})
+_READ_FORMATS = frozenset({"date-time", "date", "time"})
 
 
 def gemini_schema(schema: Any) -> Any:
@@ -57,6 +70,7 @@ def _converted(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out: dict[str, Any] = {}
+    moved: dict[str, Any] = {}
     # `definitions` join `$defs` only when that is an object too (beside anything else they
     # stay as written, and Gemini's 400 says what is wrong).
     merge = isinstance(schema.get("$defs", {}), dict)
@@ -73,8 +87,16 @@ def _converted(schema: Any) -> Any:
                 out[key] = named
         elif key == "$ref" and isinstance(value, str):
             out[key] = _ref(value)
+        elif key in _UNREAD_CONSTRAINTS or (
+                key == "format" and not (isinstance(value, str) and value in _READ_FORMATS)):
+            moved[key] = value
         else:
             out[key] = _converted(value)
+    if moved:
+        said = ", ".join(f"{key} {orjson.dumps(value).decode()}" for key, value in moved.items())
+        described = out.get("description")
+        note = f"Constraints: {said}."
+        out["description"] = f"{described}\n{note}" if isinstance(described, str) else note
     _const_as_enum(out)
     _null_out_of_enum(out)
     _tuple_as_prefix_items(out)
