@@ -380,11 +380,28 @@ def required_secret(raw: dict[str, Any], source: str, where: str, key: str,
     return secret
 
 
+# A key that passes as a variable's name (letters, digits and `_` alone): one of the known
+# prefixes (Groq's gsk_, Hugging Face's hf_, GitHub's, Replicate's r8_, Google's AIza, AWS's
+# access key ids) before a dozen more, or a run of 20 letters and digits that no name's word
+# is: with a digit or both cases in it, or 32 long (Cohere's, Mistral's, a hex token).
+_KEY_PREFIX = re.compile(r"(?:sk|gsk|hf|ghp|gho|ghs|ghu|github_pat|r8)_[A-Za-z0-9]{12}"
+                         r"|(?:AIza|AKIA|ASIA)[A-Za-z0-9_-]{12}")
+_LONG_RUN = re.compile(r"[A-Za-z0-9]{20,}")
+
+
 def shown_env(env: str) -> str:
-    """The variable `env` as a message names it: not when it is no variable's name, as the key
-    itself is (`api_key_env: sk-proj-...`, written where its variable's name goes), which
-    check-config printed and serve logged."""
-    return env if _ENV_NAME.fullmatch(env) else "(not shown: no variable's name; the key itself?)"
+    """The variable `env` as a message names it: not when it is no variable's name, or looks
+    like a key, as the key itself written where its variable's name goes does
+    (`api_key_env: sk-proj-...`, or one of letters and digits alone), which check-config
+    printed and serve logged."""
+    if _ENV_NAME.fullmatch(env) and not (_KEY_PREFIX.match(env) or _looks_random(env)):
+        return env
+    return "(not shown: it looks like the key itself, not a variable's name)"
+
+
+def _looks_random(env: str) -> bool:
+    return any(len(run) >= 32 or not run.isalpha() or not (run.isupper() or run.islower())
+               for run in _LONG_RUN.findall(env))
 
 
 # A secret goes into a header (Authorization, x-api-key...), which no control character may be

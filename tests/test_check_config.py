@@ -554,3 +554,37 @@ def test_serve_reports_the_first_problem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert info.value.key == "providers.a.type" and str(info.value).count("\n") == 0
+
+
+# Keys of only letters, digits and `_` pass as a variable's name (Cohere's and Mistral's 40
+# and 32 alphanumerics, Groq's gsk_, AWS's access key id, Hugging Face's hf_...).
+KEYS_AS_NAMES = ["Zq8VwR3kLm2Np7Xt5Yb1Hc4Jd6Fg9Ks0Ae3Wr8Ty", "gsk_T4x9QwErTyUiOp1234AsDfGhJkL",
+                 "AKIAIOSFODNN7EXAMPLE", "hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345",
+                 "AIzaSyA1b2C3d4E5f6G7h8I9j0KLmNoPqRsTuVw", "d41d8cd98f00b204e9800998ecf8427e"]
+
+
+@pytest.mark.parametrize("key", KEYS_AS_NAMES)
+def test_a_key_that_reads_as_a_variables_name_is_not_printed_as_unset(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+        key: str) -> None:
+    """`api_key_env: <the key itself>`, a key with no `-`: it passed as a variable's name, and
+    check-config printed it ("environment variable <key> is not set"), as serve logged it."""
+    from streamproxy.cli import _warn_unset_key_envs
+    from streamproxy.config import load_config
+
+    text = f"providers: {{gpt: {{type: openai, api_key_env: {key}}}}}\n"
+    code, out, err = run(tmp_path, text, capsys)
+    assert code == 0, err
+    assert key not in out + err and "not shown" in out, out
+    with caplog.at_level("WARNING", "streamproxy"):
+        _warn_unset_key_envs(load_config(tmp_path / "proxy.yaml"))
+    assert "not shown" in caplog.text and key not in caplog.text, caplog.text
+
+
+@pytest.mark.parametrize("name", ["OPENAI_API_KEY", "ANTHROPIC_BACKUP_KEY", "my_key",
+                                  "AZURE_OPENAI_API_KEY_WESTEUROPE2_PRODUCTION", "GEMINI_KEY_2",
+                                  "SK_PROD_KEY", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"])
+def test_an_ordinary_variables_name_is_still_named(name: str) -> None:
+    from streamproxy.config import shown_env
+
+    assert shown_env(name) == name
