@@ -366,6 +366,7 @@ def required_secret(raw: dict[str, Any], source: str, where: str, key: str,
         secret = raw[key]
         if not isinstance(secret, str) or not secret:
             raise ConfigError(source, f"{where}.{key}", "must be a non-empty string")
+        secret = secret.strip()  # (as secret_from_env's: a pasted key's space, a newline)
         refuse_env_reference(secret, source, f"{where}.{key}", env_key)
         check_secret(secret, source, f"{where}.{key}")
         return secret
@@ -651,6 +652,8 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
                               "forwarded)")
     check_env_name(raw.get("api_key_env"), source, f"{where}.api_key_env")
     api_key = raw.get("api_key")
+    if isinstance(api_key, str):  # (a paste's space, a block scalar's newline: no key has
+        api_key = api_key.strip()  # one; sent, the provider's 401, as from the environment)
     refuse_env_reference(api_key, source, f"{where}.api_key", "api_key_env")
     check_secret(api_key, source, f"{where}.api_key")
     if api_key is None and raw.get("api_key_env"):

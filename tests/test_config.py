@@ -544,3 +544,23 @@ def test_a_key_written_where_its_variables_name_goes_is_an_error(
         parse_config(data, "f.yaml")
     assert e.value.key == key
     assert _KEY_AS_NAME not in str(e.value)
+
+
+@pytest.mark.parametrize("written", ['" sk-abc123456 "', '"sk-abc123456\\n"',
+                                     "|\n        sk-abc123456\n"])
+def test_an_inline_key_loses_its_surrounding_whitespace(tmp_path: Path, written: str) -> None:
+    """A key pasted with a space or a line break around it (a YAML block scalar keeps its
+    last newline) went upstream as it was, and the provider answered 401 (or, a newline, it
+    was refused): it is stripped, as a key read from the environment is."""
+    from streamproxy.server.auth import parse_auth
+
+    config = load_config(write(tmp_path, f"providers:\n  x:\n    type: openai\n"
+                                         f"    api_key: {written}\n"
+                                         f"auth:\n  keys:\n    - name: a\n"
+                                         f"      key: {written}\n"))
+    assert config.providers["x"].api_key == "sk-abc123456"
+    auth = parse_auth(config)
+    assert auth is not None and auth.identify("sk-abc123456") is auth.keys[0]
+    from streamproxy.config import required_secret
+    assert required_secret({"api_key": " sk-abc123456\n"}, "f", "virtual_keys.v", "api_key",
+                           "api_key_env") == "sk-abc123456"
