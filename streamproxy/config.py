@@ -364,9 +364,10 @@ def required_secret(raw: dict[str, Any], source: str, where: str, key: str,
         raise ConfigError(source, where, f"give exactly one of `{key}` or `{env_key}`")
     if key in raw:
         secret = raw[key]
-        if not isinstance(secret, str) or not secret:
+        # Stripped as secret_from_env's (a pasted key's space, a newline); spaces alone are
+        # no secret (a quoted, unset template variable), refused as the empty string is.
+        if not isinstance(secret, str) or not (secret := secret.strip()):
             raise ConfigError(source, f"{where}.{key}", "must be a non-empty string")
-        secret = secret.strip()  # (as secret_from_env's: a pasted key's space, a newline)
         refuse_env_reference(secret, source, f"{where}.{key}", env_key)
         check_secret(secret, source, f"{where}.{key}")
         return secret

@@ -564,3 +564,23 @@ def test_an_inline_key_loses_its_surrounding_whitespace(tmp_path: Path, written:
     from streamproxy.config import required_secret
     assert required_secret({"api_key": " sk-abc123456\n"}, "f", "virtual_keys.v", "api_key",
                            "api_key_env") == "sk-abc123456"
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("auth: {keys: [{name: a, key: '   '}]}\n", "auth.keys[0].key"),
+    ("auth: {keys: [{name: a, key: \"\\n\"}]}\n", "auth.keys[0].key"),
+    ("virtual_keys: {v: {provider: x, api_key: '  '}}\n", "virtual_keys.v.api_key"),
+])
+def test_a_secret_of_whitespace_alone_is_a_config_error(tmp_path: Path, text: str,
+                                                         key: str) -> None:
+    """An auth key or a virtual key's secret of spaces only (an unset template variable in
+    quotes) was accepted: a proxy key no client could present (the presented key is
+    stripped), a virtual key whose spaces went upstream as the provider's key (its 401)."""
+    from streamproxy.routing.gateway import load_settings
+    from streamproxy.server.auth import parse_auth
+
+    config = load_config(write(tmp_path, "providers: {x: {type: openai}}\n" + text))
+    with pytest.raises(ConfigError) as info:
+        parse_auth(config)
+        load_settings(config)
+    assert info.value.key == key and "non-empty" in info.value.reason
