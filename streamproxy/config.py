@@ -599,9 +599,11 @@ def _check_base_url(url: str, source: str, key: str) -> None:
     """An http(s) URL with a host and a port that is one: `http://` alone or a port beyond
     65535 passed, then every request to the provider was a 500 with a traceback."""
     # (`http://${OLLAMA_HOST}:11434` passed as a URL whose host is those characters; `$VAR`
-    # looked for in the host alone: a password in the URL may hold a `$`, and is not echoed)
-    host = url.partition("://")[2].split("/", 1)[0].rpartition("@")[2]
-    if ref := _EMBEDDED_ENV_REFERENCE.search(url) or _SHELL_REFERENCE.search(host):
+    # looked for after the user info alone, in the host, path and query: a password in the
+    # URL may hold a `$`, and is not echoed)
+    authority, slash, path = url.partition("://")[2].partition("/")
+    after_userinfo = authority.rpartition("@")[2] + slash + path
+    if ref := _EMBEDDED_ENV_REFERENCE.search(url) or _SHELL_REFERENCE.search(after_userinfo):
         raise ConfigError(source, key, f"{ref[0]} is not expanded here: write the URL itself")
     if not url.startswith(("http://", "https://")):
         raise ConfigError(source, key, "must start with http:// or https://")

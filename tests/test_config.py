@@ -68,8 +68,8 @@ def test_a_secret_beginning_with_a_dollar_is_the_secret(tmp_path: Path) -> None:
 
 
 def test_a_dollar_in_a_header_or_url_is_left_as_it_is(tmp_path: Path) -> None:
-    """Only `${VAR}` and `os.environ/VAR` are refused in a header, and `$VAR` in a base URL's
-    host: a `$` elsewhere is a password's."""
+    """Only `${VAR}` and `os.environ/VAR` are refused in a header, and `$VAR` in a base URL
+    after its user info: a `$` elsewhere is a password's."""
     config = load_config(write(tmp_path, "providers: {x: {type: openai, headers: "
                                          "{x-pw: 'pa$$w0rd', x-tag: '$Secret', x-b: '${'}}}"))
     assert config.providers["x"].headers == {"x-pw": "pa$$w0rd", "x-tag": "$Secret", "x-b": "${"}
@@ -584,3 +584,19 @@ def test_a_secret_of_whitespace_alone_is_a_config_error(tmp_path: Path, text: st
         parse_auth(config)
         load_settings(config)
     assert info.value.key == key and "non-empty" in info.value.reason
+
+
+@pytest.mark.parametrize(("url", "ref"), [
+    ("https://my.openai.azure.com/openai/deployments/$DEPLOYMENT", "$DEPLOYMENT"),
+    ("https://llm.example.com/$API_VERSION/", "$API_VERSION"),
+    ("https://u:pw@llm.example.com/v1?api-version=$AZURE_API_VERSION", "$AZURE_API_VERSION"),
+])
+def test_a_shell_reference_in_a_base_urls_path_or_query_is_a_config_error(
+        tmp_path: Path, url: str, ref: str) -> None:
+    """`$VAR` was looked for in the host alone: one in the path or query went upstream as
+    those very characters (the provider's 404) on every request."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"providers: {{x: {{type: openai, base_url: '{url}'}}}}"))
+    assert info.value.key == "providers.x.base_url"
+    assert info.value.reason.startswith(f"{ref} is not expanded here") and "pw" not in str(
+        info.value)
