@@ -282,3 +282,24 @@ async def test_a_chunked_body_whose_framing_breaks_is_400_at_once(
     assert dict(headers)["connection"] == b"close"
     assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, nothing more said
     writer.close()
+
+
+@pytest.mark.parametrize("version", [b"1.1", b"1.0"])
+@pytest.mark.parametrize("name", ["bad header name", "bad request line", "HTTP/2 preface"])
+@pytest.mark.parametrize("front_kind", front.FRONTS)
+async def test_a_malformed_request_is_answered_in_http_1_1(
+        proxy: Any, monkeypatch: Any, front_kind: str, name: str, version: bytes) -> None:
+    """aiohttp answers a request its parser refused as if it had come in HTTP/1.0 (its fixed
+    error request's version), even to an HTTP/1.1 client. The status line says HTTP/1.1, the
+    server's version (RFC 9110 §6.2: the highest it conforms to, major version 1), as nginx
+    says it to any request it cannot parse; the connection still closes, said."""
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    client = await proxy(load_config(None))
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(MALFORMED[name].replace(b"HTTP/1.1\r\n", b"HTTP/%b\r\n" % version, 1))
+    answer = await asyncio.wait_for(reader.read(), 10)  # (all of it: the connection closes)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"\r\nconnection: close" in head.lower()
+    assert orjson.loads(body)["error"]["code"] == "malformed_request"

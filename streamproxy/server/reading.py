@@ -29,6 +29,7 @@ from email.utils import formatdate
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import BadHttpMethod
 from aiohttp.http_parser import HttpRequestParser
 from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
@@ -276,10 +277,15 @@ class ReadTimedHandler(web.RequestHandler):
                else internal_error())
         if request.writer.output_size > 0:  # (as aiohttp: an answer had begun)
             raise ConnectionError("an answer had begun: no error answer can follow it")
+        if status == 400:
+            # The parser's refusal is made for aiohttp's fixed error request, which says
+            # HTTP/1.0: the status line says HTTP/1.1, this server's version (RFC 9110 §6.2), as
+            # nginx's does to any request it cannot parse.
+            request._version = HttpVersion11
         response = web.Response(body=err.body(), status=err.status,
                                 content_type="application/json",
                                 headers=error_headers(err, request.headers))
-        # Said, not only done: aiohttp answers these as HTTP/1.0, which it closes silently.
+        # Said, not only done: an HTTP/1.0 request's answer (a 500's) would close silently.
         response.headers["connection"] = "close"
         response.force_close()
         return response
