@@ -1,6 +1,6 @@
-"""Admission control and input limits: each a clear 4xx/503 in OpenAI's error shape (aiohttp's
-own 400 for header limits, refused before any handler); the SSE decoder's cap bounds what an
-upstream can make us buffer."""
+"""Admission control and input limits: each a clear 4xx/503 in OpenAI's error shape (header
+limits too, beyond aiohttp's parser backstop); the SSE decoder's cap bounds what an upstream can
+make us buffer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +18,7 @@ from streamproxy.openai_api.request import MAX_FALLBACK_MODELS, Limits, parse_ch
 from streamproxy.server.admission import ADMISSION
 from streamproxy.server.app import create_app, http_limits
 from streamproxy.server.front import FRONT_ENV
+from tests.conftest import ProxyTestServer
 from tests.helpers import collect, make_config, sse_chunks
 
 USER = [{"role": "user", "content": "hi"}]
@@ -205,8 +205,8 @@ async def raw_request(port: int, head: bytes) -> bytes:
 
 async def test_header_limits_come_from_the_config() -> None:
     config = mock_config(max_header_bytes=1024, max_headers=20)
-    server = TestServer(create_app(config))
-    await server.start_server(**http_limits(config))  # as serve() passes them to AppRunner
+    server = ProxyTestServer(create_app(config))
+    await server.start_server(**http_limits(config))  # as serve() passes them to its runner
     try:
         port = server.port
         assert port is not None
@@ -226,10 +226,50 @@ async def test_header_limits_come_from_the_config() -> None:
         long_url = await raw_request(port, b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\nHost: x"
                                      b"\r\n\r\n")
         assert long_url.startswith(b"HTTP/1.1 414")  # (URI Too Long: 431 before, wrongly)
-        # Far beyond the limit, aiohttp's parser refuses first (the backstop).
+        # Far beyond the limit aiohttp's parser refuses first (the backstop), alike.
         huge = await raw_request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nx-a: "
                                  + b"a" * 5000 + b"\r\n\r\n")
-        assert huge.startswith(b"HTTP/1.0 400")
+        assert huge.startswith(b"HTTP/1.1 431")
+    finally:
+        await server.close()
+
+
+LIMITED = {"max_header_bytes": 1024, "max_headers": 20}
+# name: (a head over aiohttp's backstop, four times the limit, its status, its message's end)
+BEYOND_BACKSTOP = {
+    "field": (b"x-a: " + b"sk-secret" * 600, 431, "a header field is over 1024 bytes."),
+    "target": (b"", 414, "it is over 1024 bytes."),
+    "headers": (b"".join(b"x-h%d: 1\r\n" % i for i in range(100))[:-2], 431,
+                "over 80 headers, the limit is 20."),
+}
+
+
+@pytest.mark.parametrize("name", list(BEYOND_BACKSTOP))
+@pytest.mark.parametrize("path", [b"/v1/chat/completions", b"/healthz"])
+@pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
+async def test_a_head_beyond_the_backstop_gets_the_status_of_what_is_too_long(
+        monkeypatch: Any, front_kind: str, path: bytes, name: str) -> None:
+    """A field, the target or the header count over four times its limit was refused by
+    aiohttp's parser with a 400 `malformed_request`, where a smaller excess gets 431 (414 for
+    the target): the same status and code now, whatever the excess, and the connection closes
+    (the rest of the head is not read)."""
+    monkeypatch.setenv(FRONT_ENV, front_kind)
+    config = mock_config(**LIMITED)
+    server = ProxyTestServer(create_app(config))
+    await server.start_server(**http_limits(config))  # as serve() passes them to its runner
+    try:
+        field, status, message = BEYOND_BACKSTOP[name]
+        target = path + (b"?q=" + b"a" * 5000 if name == "target" else b"")
+        head = b"POST %b HTTP/1.1\r\nHost: x\r\n%b\r\nContent-Length: 2\r\n\r\n{}" % (
+            target, field + b"\r\n" if field else b"")
+        assert server.port is not None
+        answer = await raw_request(server.port, head)
+        assert answer.startswith(b"HTTP/1.1 %d " % status)
+        assert b"\r\nconnection: close\r\n" in answer.lower()
+        error = error_of(answer.split(b"\r\n\r\n", 1)[1])
+        assert error["code"] == ("uri_too_long" if status == 414
+                                 else "request_header_fields_too_large")
+        assert error["message"].endswith(message) and "sk-secret" not in error["message"]
     finally:
         await server.close()
 

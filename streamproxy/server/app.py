@@ -27,7 +27,7 @@ from streamproxy.server.errors import (
     expect_within_limit,
     request_id_middleware,
 )
-from streamproxy.server.header_limits import BACKSTOP, header_limits
+from streamproxy.server.header_limits import backstop_limits, header_limits
 from streamproxy.server.observing import install_observers
 from streamproxy.server.shared_breakers import SharedCircuitBreakers
 from streamproxy.server.shared_memory import inherited
@@ -43,12 +43,9 @@ log = logging.getLogger("streamproxy")
 def http_limits(config: Config) -> dict[str, int]:
     """aiohttp's request-parser limits (AppRunner / TestServer keyword arguments): a backstop
     above the configured limits, which `header_limits` enforces with an OpenAI-shaped 431;
-    beyond the backstop aiohttp's parser refuses with a 400
-    (`malformed_request`) before any handler runs."""
-    server = config.server
-    return {"max_line_size": BACKSTOP * server.max_header_bytes,
-            "max_field_size": BACKSTOP * server.max_header_bytes,
-            "max_headers": BACKSTOP * server.max_headers}
+    beyond the backstop aiohttp's parser refuses before any handler runs, and the connection's
+    error handler answers the same 431 or 414 (`header_limits.beyond_backstop`)."""
+    return backstop_limits(config.server.max_header_bytes, config.server.max_headers)
 
 
 def build_providers(config: Config, egress: EgressProxies | None = None) -> dict[str, Provider]:

@@ -1,9 +1,10 @@
 """Header limits with an OpenAI-shaped answer.
 
-aiohttp's own parser limits refuse a request with a plain-text 400 before any middleware
-runs, so they are set to a looser backstop (BACKSTOP times ours) and this middleware enforces the
-configured `server.max_header_bytes` (the request target or one header field) and
-`server.max_headers` in OpenAI's error shape: 431, or 414 for the target (RFC 9110 §15.5.15).
+aiohttp's own parser limits refuse a request before any middleware runs, so they are set to a
+looser backstop (BACKSTOP times ours) and this middleware enforces the configured
+`server.max_header_bytes` (the request target or one header field) and `server.max_headers` in
+OpenAI's error shape: 431, or 414 for the target (RFC 9110 §15.5.15). A head beyond the backstop
+gets the same answer (`beyond_backstop`), from the connection's error handler.
 It also answers a transfer coding other than chunked with 501 (RFC 9112 §6.1): aiohttp's parser
 removes only the chunked framing and hands the still-coded bytes on as the body.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from streamproxy.errors import ProxyError
 from streamproxy.server.errors import TRACE_HEADER, invalid_trace_id, is_text
@@ -41,6 +43,29 @@ def unsupported_coding(codings: str) -> ProxyError:
                      status=501, code="unsupported_transfer_coding")
     err.should_retry = False
     return err
+
+
+def backstop_limits(max_field_bytes: int, max_headers: int) -> dict[str, int]:
+    """aiohttp's parser limits (its runner's keyword arguments) for the configured ones. The
+    target's is a byte over the fields': its refusal (LineTooLong) names only the limit passed,
+    which tells `beyond_backstop` whether the target or a field was too long."""
+    return {"max_line_size": BACKSTOP * max_field_bytes + 1,
+            "max_field_size": BACKSTOP * max_field_bytes,
+            "max_headers": BACKSTOP * max_headers}
+
+
+def beyond_backstop(exc: BaseException, line_limit: int, field_limit: int,
+                    max_field_bytes: int, max_headers: int) -> ProxyError | None:
+    """The answer to a head aiohttp's parser refused over its limits (`line_limit`,
+    `field_limit`: those it was given): the 431 or 414 that a smaller excess gets from the
+    middleware, not a 400 `malformed_request`. None for another refusal."""
+    if isinstance(exc, LineTooLong):
+        if exc.args[1] == line_limit != field_limit:  # (equal: not set by backstop_limits)
+            return target_too_long(max_field_bytes)
+        return too_large(f"a header field is over {max_field_bytes} bytes")
+    if type(exc) is BadHttpMessage and exc.message == "Too many headers received":
+        return too_large(f"over {BACKSTOP * max_headers} headers, the limit is {max_headers}")
+    return None
 
 
 def header_limits(max_field_bytes: int, max_headers: int) -> Callable[..., Awaitable[object]]:

@@ -42,6 +42,7 @@ from streamproxy.server.errors import (
     internal_error,
     malformed_request,
 )
+from streamproxy.server.header_limits import beyond_backstop
 from streamproxy.server.send_timeout import SendWatch
 
 # How long a closed connection's unsent bytes may wait without the client taking any (nginx's
@@ -193,12 +194,14 @@ class ReadTimedHandler(web.RequestHandler):
     400); one at a time, they are queued before the 400 as they arrived.
     """
 
-    __slots__ = ("_drain_timer", "_head_began", "_head_wait", "_last_read", "_lingering",
-                 "_read_timeouts", "_read_timer", "_send_timeout", "_send_watch", "send_timed_out")
+    __slots__ = ("_drain_timer", "_head_began", "_head_wait", "_header_limits", "_last_read",
+                 "_lingering", "_read_timeouts", "_read_timer", "_send_timeout", "_send_watch",
+                 "send_timed_out")
 
     def __init__(self, manager: ReadTimedServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._read_timeouts = manager.read_timeouts
+        self._header_limits = manager.header_limits  # (the configured ones, for refusals)
         self._last_read = 0.0
         self._head_wait: object = None  # the wait during which bytes of a head came (or _FIRST)
         self._head_began = 0.0  # when that head's first bytes came
@@ -263,8 +266,9 @@ class ReadTimedHandler(web.RequestHandler):
     def handle_error(self, request: web.BaseRequest, status: int = 500,
                      exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
-        """aiohttp's answer to a request its parser refused (400), or to a handler's exception
-        that escaped the middlewares (500), in OpenAI's shape where aiohttp's was plain text.
+        """aiohttp's answer to a request its parser refused (400; 431 or 414 over its limits),
+        or to a handler's exception that escaped the middlewares (500), in OpenAI's shape where
+        aiohttp's was plain text.
         The connection closes, as aiohttp's does: after a malformed head the stream's framing
         is lost."""
         # Logged as aiohttp logs them (access_log.ParserErrorFilter keeps a parser's refusal to
@@ -273,8 +277,11 @@ class ReadTimedHandler(web.RequestHandler):
             self.logger.debug("Error handling request from %s", request.remote, exc_info=exc)
         else:
             self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
-        err = (malformed_request(exc) if status == 400 and exc is not None
-               else internal_error())
+        if status == 400 and exc is not None:
+            err = (beyond_backstop(exc, self.max_line_size, self.max_field_size,
+                                   *self._header_limits) or malformed_request(exc))
+        else:
+            err = internal_error()
         if request.writer.output_size > 0:  # (as aiohttp: an answer had begun)
             raise ConnectionError("an answer had begun: no error answer can follow it")
         if status == 400:
@@ -427,9 +434,11 @@ class ReadTimedServer(web.Server):
     """aiohttp's low-level server, making `ReadTimedHandler`s."""
 
     def __init__(self, *args: Any, read_timeouts: ReadTimeouts,
-                 send_timeout: float | None = None, **kwargs: Any) -> None:
+                 header_limits: tuple[int, int], send_timeout: float | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.read_timeouts = read_timeouts
+        self.header_limits = header_limits  # server.max_header_bytes, server.max_headers
         self.send_timeout = send_timeout
         self.stopping = False
         self.lingering: set[Lingering] = set()  # connections closing (`close_lingering`)
@@ -467,4 +476,5 @@ def read_timed(server: web.Server, config: ServerConfig) -> ReadTimedServer:
     return ReadTimedServer(server.request_handler, request_factory=server.request_factory,
                            handler_cancellation=server.handler_cancellation,
                            read_timeouts=ReadTimeouts(config),
+                           header_limits=(config.max_header_bytes, config.max_headers),
                            send_timeout=config.send_timeout, **server._kwargs)
