@@ -125,6 +125,31 @@ async def test_expect_100_continue_over_the_limit_is_413_at_once(
         writer.close()
 
 
+@pytest.mark.parametrize("expect", [b"something-else", b"100-continue, x", b"\xe9"])
+@pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
+async def test_an_expectation_other_than_100_continue_is_an_openai_417(
+        proxy: Any, monkeypatch: Any, front_kind: str, expect: bytes) -> None:
+    """aiohttp answered it with a plain-text 417 ('Unknown Expect: ...'), without a request id,
+    which the SDKs cannot read as an error: it is OpenAI's shape, as every other refusal, and
+    its body, not read, closes the connection (RFC 9110 §10.1.1 allows the 417)."""
+    monkeypatch.setenv(FRONT_ENV, front_kind)
+    client = await proxy(mock_config())
+    body = orjson.dumps({"model": "fast:tokens=1", "messages": USER})
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: %b\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (expect, len(body)))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        fields = dict(line.lower().split(b": ", 1) for line in head[:-4].split(b"\r\n")[1:])
+        assert head.startswith(b"HTTP/1.1 417 ") and fields[b"connection"] == b"close"
+        assert fields[b"content-type"] == b"application/json" and b"x-request-id" in fields
+        error = error_of(await reader.readexactly(int(fields[b"content-length"])))
+        assert (error["type"], error["code"]) == ("invalid_request_error", "expectation_failed")
+        assert error["message"].startswith("Expect: 100-continue is the only")
+    finally:
+        writer.close()
+
+
 async def test_body_over_the_limit_is_413(proxy: Any) -> None:
     client = await proxy(mock_config(max_body_bytes=2000))
     big = orjson.dumps({"messages": [{"role": "user", "content": "x" * 5000}]})

@@ -8,6 +8,7 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, BadStatusLine, LineTooLong
 from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_urldispatcher import _default_expect_handler
@@ -158,13 +159,26 @@ def error_response(err: ProxyError, request: web.Request,
                         headers={**error_headers(err, request.headers), **(headers or {})})
 
 
+def expectation_failed() -> ProxyError:
+    return ProxyError("Expect: 100-continue is the only expectation supported.",
+                      status=417, error_type="invalid_request_error", code="expectation_failed")
+
+
 async def expect_within_limit(request: web.Request) -> web.StreamResponse | None:
-    """A route's `Expect: 100-continue` handler: a body declared over `max_body_bytes` is
-    refused with 413 at once (RFC 9110 §10.1.1), not after the client has sent all of it; any
-    other gets aiohttp's `100 Continue`."""
+    """A route's `Expect` handler: a body declared over `max_body_bytes` is refused with 413 at
+    once (RFC 9110 §10.1.1), not after the client has sent all of it; another expectation than
+    100-continue, with 417 in OpenAI's shape (aiohttp's is plain text, and a 500 for a value
+    that is not UTF-8); any other gets aiohttp's `100 Continue`. (HTTP/1.0: ignored, as the RFC
+    asks, and as aiohttp does.)"""
     length = request.content_length
+    err: ProxyError | None = None
     if length is not None and length > request.client_max_size:
-        response = error_response(body_too_large(request.client_max_size), request)
+        err = body_too_large(request.client_max_size)
+    elif (request.version >= HttpVersion11
+          and request.headers.get("Expect", "").lower() != "100-continue"):
+        err = expectation_failed()
+    if err is not None:
+        response = error_response(err, request)
         response.force_close()  # its body is not read
         return response
     return await _default_expect_handler(request)
