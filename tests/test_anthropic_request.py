@@ -77,7 +77,8 @@ async def test_conversation_with_tools_images_and_tool_results(proxy: Any,
                               {"type": "text", "text": "Use tools."}]
     assert body["max_tokens"] == 4096 and body["stream"] is True
     assert body["stop_sequences"] == ["END"]
-    assert body["temperature"] == 0.2 and body["top_p"] == 0.9
+    # (Sonnet 4.5 refuses temperature beside top_p: the temperature goes alone)
+    assert body["temperature"] == 0.2 and "top_p" not in body
     assert body["metadata"] == {"user_id": "u-1"}
     assert body["tools"] == [{"name": "get_weather", "description": "Weather",
                               "input_schema": TOOL["function"]["parameters"]}]
@@ -315,7 +316,10 @@ def test_top_p_of_one_is_not_sent_beside_temperature() -> None:
     out = translate(temperature=0.7, top_p=1)
     assert out["temperature"] == 0.7 and "top_p" not in out
     assert "top_p" not in translate(top_p=1.0)
-    assert translate(temperature=0.7, top_p=0.9)["top_p"] == 0.9  # a real choice: Claude's
+    # a real choice: sent to a Claude that takes both (test_claudes_that_take_one_sampler_…)
+    both = to_anthropic({"messages": [{"role": "user", "content": "x"}], "temperature": 0.7,
+                         "top_p": 0.9}, "claude-sonnet-4-20250514")
+    assert both["top_p"] == 0.9
 
 
 @pytest.mark.parametrize("temperature", [1, 1.0, 1.5])
@@ -1304,9 +1308,11 @@ def test_claudes_that_take_no_sampling_get_none(model: str) -> None:
     # Not refused beside reasoning_effort either: there is no sampling left to refuse.
     thinking = to_anthropic({**body, "reasoning_effort": "high"}, model)
     assert thinking["thinking"] == {"type": "adaptive"} and not SAMPLING.keys() & thinking.keys()
-    # The Claudes before them take it as sent.
-    assert to_anthropic(body, "claude-opus-4-6").keys() >= SAMPLING.keys()
-    assert to_anthropic(body, "claude-haiku-4-5").keys() >= SAMPLING.keys()
+    # The Claudes before them take it as sent (but for a top_p beside the temperature,
+    # which Opus 4.1 to 4.6 refuse: test_claudes_that_take_one_sampler_get_temperature_alone).
+    assert to_anthropic(body, "claude-opus-4-6").keys() >= {"temperature", "top_k"}
+    assert to_anthropic(body, "claude-haiku-4-5").keys() >= {"temperature", "top_k"}
+    assert to_anthropic(body, "claude-sonnet-4-20250514").keys() >= SAMPLING.keys()
 
 
 @pytest.mark.parametrize("model", ["us.anthropic.claude-opus-4-7", "anthropic.claude-sonnet-5"])
@@ -1320,7 +1326,7 @@ def test_claudes_that_take_no_sampling_get_none_on_bedrock(model: str) -> None:
                                                         "output_config": {"effort": "low"}}
     assert thinking["inferenceConfig"] == {"maxTokens": 300}
     older = to_converse(body, "anthropic.claude-sonnet-4-5-20250929-v1:0")
-    assert older["inferenceConfig"] == {"maxTokens": 300, "temperature": 0.7, "topP": 0.9}
+    assert older["inferenceConfig"] == {"maxTokens": 300, "temperature": 0.7}  # (one sampler)
     assert older["additionalModelRequestFields"] == {"top_k": 40}
 
 
@@ -1512,3 +1518,46 @@ def test_a_discriminator_mapping_is_no_schema_to_describe() -> None:
         "$defs": {"F": {"type": "object"}, "M": {"type": "object"}}}}}
     sent = translate(response_format=fmt)["output_config"]["format"]["schema"]
     assert sent["discriminator"] == {"propertyName": "kind", "mapping": mapping}
+
+
+@pytest.mark.parametrize("model", [
+    "claude-sonnet-4-5", "claude-sonnet-4-5-20250929", "claude-haiku-4-5@20251001",
+    "claude-opus-4-1-20250805", "claude-opus-4-1", "claude-opus-4-5", "claude-opus-4-6",
+    "claude-sonnet-4-6", "anthropic/claude-sonnet-4.5",
+    "publishers/anthropic/models/claude-opus-4-5@20251101"])
+def test_claudes_that_take_one_sampler_get_temperature_alone(model: str) -> None:
+    """Opus 4.1, Sonnet/Haiku/Opus 4.5 and later answer a temperature beside a top_p with a 400
+    ("`temperature` and `top_p` cannot both be specified for this model"): a chat UI's preset
+    or a fallback from GPT that sets both failed there. The temperature is kept, as gateways
+    do (the parameter OpenAI's docs and clients tune), and the top_p left out; on Vertex too
+    (which shares the translation)."""
+    body = {"messages": [{"role": "user", "content": "x"}], "temperature": 0.7, "top_p": 0.9}
+    out = to_anthropic(body, model)
+    assert out["temperature"] == 0.7 and "top_p" not in out
+    vertex = to_anthropic(body, model, VERTEX_WITHOUT_STRUCTURED_OUTPUTS, url_images=False)
+    assert vertex["temperature"] == 0.7 and "top_p" not in vertex
+    # Alone, each goes as sent; top_k is no part of the refusal.
+    assert to_anthropic({**body, "temperature": None}, model)["top_p"] == 0.9
+    assert to_anthropic({**body, "top_k": 40}, model)["top_k"] == 40
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-20250514", "claude-opus-4-20250514",
+                                   "claude-opus-4-0", "claude-sonnet-4@20250514",
+                                   "claude-3-7-sonnet-20250219", "claude-3-5-haiku-latest"])
+def test_claudes_that_take_both_samplers_keep_both(model: str) -> None:
+    body = {"messages": [{"role": "user", "content": "x"}], "temperature": 0.7, "top_p": 0.9}
+    out = to_anthropic(body, model)
+    assert out["temperature"] == 0.7 and out["top_p"] == 0.9
+
+
+@pytest.mark.parametrize(("model", "one"), [
+    ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", True),
+    ("anthropic.claude-opus-4-1-20250805-v1:0", True),
+    ("global.anthropic.claude-haiku-4-5-20251001-v1:0", True),
+    ("us.anthropic.claude-sonnet-4-20250514-v1:0", False),
+    ("anthropic.claude-3-5-sonnet-20240620-v1:0", False)])
+def test_claudes_that_take_one_sampler_get_temperature_alone_on_bedrock(model: str,
+                                                                        one: bool) -> None:
+    body = {"messages": [{"role": "user", "content": "x"}], "temperature": 0.7, "top_p": 0.9}
+    config = to_converse(body, model)["inferenceConfig"]
+    assert config == ({"temperature": 0.7} if one else {"temperature": 0.7, "topP": 0.9})

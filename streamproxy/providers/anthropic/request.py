@@ -51,6 +51,8 @@ Choices (README "Anthropic"):
 - a `temperature` above Claude's 1 and within OpenAI's 2 is sent as 1 (`claude_temperature`);
 - `top_p` 1 (no nucleus cut) is not sent: newer Claude models refuse it beside `temperature`;
   nor, beside a `top_p` that is sent, a `temperature` of 1 (Claude's default), for the same;
+  any other pair goes as `temperature` alone to the Claudes that refuse both
+  (`takes_one_sampler`: Opus 4.1, the 4.5 and 4.6 models), both to the older ones;
   the Claudes that refuse sampling at all (Opus 4.7 on: `takes_no_sampling`) get no
   `temperature`, `top_p` or `top_k`;
 - `safety_identifier` (else `user`) → `metadata.user_id`, Anthropic's end-user id (its
@@ -101,6 +103,7 @@ from streamproxy.providers.anthropic.thinking import (
     hyphenated,
     takes_adaptive_thinking_only,
     takes_no_sampling,
+    takes_one_sampler,
 )
 
 DEFAULT_MAX_TOKENS = 4096
@@ -192,6 +195,8 @@ def to_anthropic(body: dict[str, Any], model: str,
         del out["top_p"]
     elif "top_p" in out and out.get("temperature") == 1:
         del out["temperature"]  # (Claude's default: the same refusal, the other way round)
+    elif "top_p" in out and "temperature" in out and takes_one_sampler(model):
+        del out["top_p"]  # (two real choices: the temperature, as gateways keep)
     stop = body.get("stop")
     if stop:
         out["stop_sequences"] = claude_stop_sequences(stop)

@@ -52,6 +52,13 @@ _BUDGET_CLAUDES = re.compile(r"claude-(?:[123]|v\d|instant|(?:sonnet|opus)-4(?!\
 # that do not reason; a closed set, so a Claude not named here thinks.
 _UNTHINKING_CLAUDES = re.compile(r"claude-(?:[12](?!\d)|instant|v\d|3-(?:opus|sonnet|haiku"
                                  r"|5(?!\d)))")
+# The Claudes that take `temperature` and `top_p` together, by their names on any platform:
+# 1, 2, Instant, 3.x, and Sonnet 4 and Opus 4 (`claude-opus-4-20250514`, `claude-opus-4-0`).
+# Opus 4.1, the 4.5 and 4.6 models answer the pair with a 400 ("`temperature` and `top_p`
+# cannot both be specified for this model"; Anthropic's Claude 4.5 migration guide), and the
+# later ones take no sampling (takes_no_sampling): a closed set, so a newer Claude takes one.
+_BOTH_SAMPLERS_CLAUDES = re.compile(r"claude-(?:[123]|v\d|instant|(?:sonnet|opus)-4"
+                                    r"(?!\d|-[1-9](?!\d)))")
 # reasoning_effort → adaptive thinking's `output_config.effort`. max, OpenAI's top, is Claude's
 # top (max), which every adaptive Claude takes; xhigh is Claude's own xhigh, between high and
 # max as OpenAI's is, on the Claudes that have it (TAKES_XHIGH), and max on the others.
@@ -87,6 +94,14 @@ def takes_no_sampling(model: str) -> bool:
     ("`temperature` is deprecated for this model"): the same Claudes as take adaptive thinking
     alone (Opus 4.7 on). Their callers leave the three out, as parameters a model cannot take."""
     return takes_adaptive_thinking_only(model)
+
+
+def takes_one_sampler(model: str) -> bool:
+    """Whether `model` is a Claude that refuses `temperature` beside `top_p` (not in
+    _BOTH_SAMPLERS_CLAUDES). Its callers keep the temperature and leave out the top_p, as
+    gateways do: the parameter OpenAI's docs and chat UIs tune, which a preset or a fallback
+    from GPT sends beside a top_p it never meant as the one choice."""
+    return "claude" in model and _BOTH_SAMPLERS_CLAUDES.search(hyphenated(model)) is None
 
 
 def claude_temperature(temperature: Any) -> Any:

@@ -60,7 +60,8 @@ Choices (docs/providers/bedrock.md):
 - a `temperature` above 1 and within OpenAI's 2 is sent as 1, as on Anthropic: Converse's
   `inferenceConfig.temperature` runs from 0 to 1 for every model;
 - `top_p` 1 (no nucleus cut) is not sent for Claude, which refuses it beside `temperature`,
-  nor a `temperature` of 1 (Claude's default) beside a `topP` that is sent;
+  nor a `temperature` of 1 (Claude's default) beside a `topP` that is sent, nor another
+  `topP` beside a `temperature` for the Claudes that refuse both (`takes_one_sampler`);
   the Claudes that refuse sampling at all (Opus 4.7 on) get no `temperature`, `top_p` or
   `top_k`, as on Anthropic;
 - `response_format` json_schema → Converse structured outputs (`outputConfig.textFormat`, the
@@ -137,6 +138,7 @@ from streamproxy.providers.anthropic.thinking import (
     fit_thinking,
     takes_adaptive_thinking_only,
     takes_no_sampling,
+    takes_one_sampler,
 )
 
 DEFAULT_MAX_TOKENS = 4096  # the answer's allowance beside a thinking budget
@@ -430,6 +432,8 @@ def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> 
         config["topP"] = body["top_p"]
         if config.get("temperature") == 1 and is_claude(model):
             del config["temperature"]  # (Claude's default, refused beside topP the same way)
+        elif "temperature" in config and is_claude(model) and takes_one_sampler(model):
+            del config["topP"]  # (the pair's refusal: the temperature is kept, as on Anthropic)
     stop = body.get("stop")
     if stop and is_claude(model):
         config["stopSequences"] = claude_stop_sequences(stop)
