@@ -1023,11 +1023,13 @@ async def test_a_message_s_cache_control_goes_on_its_last_block(proxy: Any,
     sent = await sent_for(proxy, upstream, {"model": "up/claude-x", "messages": [
         {"role": "system", "content": "Long rules.", "cache_control": hour},
         {"role": "user", "content": "A long document."},  # (4 breakpoints: all Anthropic takes)
-        {"role": "assistant", "content": "Calling.", "cache_control": ephemeral,
+        # (1h before the 1h one below: Anthropic takes longer lifetimes first, see
+        # test_a_5m_breakpoint_before_a_1h_one_is_sent_as_1h)
+        {"role": "assistant", "content": "Calling.", "cache_control": hour,
          "tool_calls": [{"id": "call_1", "type": "function",
                          "function": {"name": "get_weather", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny",
-         "cache_control": ephemeral},
+         "cache_control": hour},
         {"role": "user", "content": [{"type": "text", "text": "And?"},
                                      {"type": "text", "text": "Tomorrow?", "cache_control": hour}],
          "cache_control": ephemeral}]})
@@ -1036,9 +1038,9 @@ async def test_a_message_s_cache_control_goes_on_its_last_block(proxy: Any,
     user, assistant, results = body["messages"]
     assert user["content"] == [{"type": "text", "text": "A long document."}]
     assert assistant["content"][0] == {"type": "text", "text": "Calling."}
-    assert assistant["content"][1]["cache_control"] == ephemeral  # the tool_use block
+    assert assistant["content"][1]["cache_control"] == hour  # the tool_use block
     assert results["content"][0] == {"type": "tool_result", "tool_use_id": "call_1",
-                                     "content": "sunny", "cache_control": ephemeral}
+                                     "content": "sunny", "cache_control": hour}
     assert results["content"][1:] == [  # the part's own marker is kept
         {"type": "text", "text": "And?"},
         {"type": "text", "text": "Tomorrow?", "cache_control": hour}]
@@ -1561,3 +1563,56 @@ def test_claudes_that_take_one_sampler_get_temperature_alone_on_bedrock(model: s
     body = {"messages": [{"role": "user", "content": "x"}], "temperature": 0.7, "top_p": 0.9}
     config = to_converse(body, model)["inferenceConfig"]
     assert config == ({"temperature": 0.7} if one else {"temperature": 0.7, "topP": 0.9})
+
+
+def test_a_5m_breakpoint_before_a_1h_one_is_sent_as_1h() -> None:
+    """Anthropic takes mixed cache lifetimes only longest first, in prompt order (tools →
+    system → messages): a 1h breakpoint after a 5m one (or one without `ttl`, 5m) is its 400.
+    A client that marks its system prompt as a framework does (no ttl) and a document an hour
+    failed. The 1h one caches the whole prefix before it for an hour, and Anthropic bills the
+    prompt up to it as 1h writes anyway: the earlier ones go as 1h, so every breakpoint stays
+    and the bill does not change. The client's own marker is not changed."""
+    five, hour = {"type": "ephemeral"}, {"type": "ephemeral", "ttl": "1h"}
+    five_m = {"type": "ephemeral", "ttl": "5m"}
+    tool = {**TOOL, "cache_control": five}
+    body = {"messages": [
+        {"role": "system", "content": [{"type": "text", "text": "Rules.",
+                                        "cache_control": five_m}]},
+        {"role": "user", "content": [{"type": "text", "text": "Doc.", "cache_control": hour},
+                                     {"type": "text", "text": "Q?", "cache_control": five}]}],
+        "tools": [tool]}
+    out = to_anthropic(body, CLAUDE)
+    assert out["tools"][0]["cache_control"] == hour
+    assert out["system"][0]["cache_control"] == hour
+    assert [b["cache_control"] for b in out["messages"][0]["content"]] == [hour, five]
+    assert five == {"type": "ephemeral"} and five_m["ttl"] == "5m"  # (the client's, as sent)
+    # The request's own (automatic caching) is the last breakpoint: a 1h one raises the rest.
+    auto = to_anthropic({**body, "cache_control": hour}, CLAUDE)
+    assert auto["messages"][0]["content"][1]["cache_control"] == hour
+    assert auto["cache_control"] == hour
+    # Longest first already, or one lifetime alone: sent as given.
+    ordered = to_anthropic({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Doc.", "cache_control": hour},
+        {"type": "text", "text": "Q?", "cache_control": five}]}], "cache_control": five}, CLAUDE)
+    assert [b["cache_control"] for b in ordered["messages"][0]["content"]] == [hour, five]
+    assert ordered["cache_control"] == five
+    # A marker that is no object goes as sent, for Anthropic's 400 (not the proxy's 500).
+    odd = to_anthropic({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Doc.", "cache_control": "5m"},
+        {"type": "text", "text": "Q?", "cache_control": hour}]}]}, CLAUDE)
+    assert odd["messages"][0]["content"][0]["cache_control"] == "5m"
+
+
+def test_a_5m_cache_point_before_a_1h_one_is_sent_as_1h_on_bedrock() -> None:
+    # Converse takes cachePoint ttls non-increasing too (tools → system → messages).
+    five, hour = {"type": "ephemeral"}, {"type": "ephemeral", "ttl": "1h"}
+    body = {"messages": [
+        {"role": "system", "content": "Rules.", "cache_control": five},
+        {"role": "user", "content": [{"type": "text", "text": "Doc.", "cache_control": hour},
+                                     {"type": "text", "text": "Q?", "cache_control": five}]}],
+        "tools": [{**TOOL, "cache_control": five}]}
+    out = to_converse(body, "us.anthropic.claude-sonnet-4-5-20250929-v1:0")
+    points = [b["cachePoint"] for blocks in (out["toolConfig"]["tools"], out["system"],
+                                             out["messages"][0]["content"])
+              for b in blocks if "cachePoint" in b]
+    assert points == [{"type": "default", "ttl": "1h"}] * 3 + [{"type": "default"}]

@@ -866,7 +866,9 @@ def test_cache_control_becomes_a_cache_point_after_its_block() -> None:
         {"toolResult": {"toolUseId": "tu1", "content": [{"text": "Paris"}]}}, point,
         {"toolResult": {"toolUseId": "tu2", "content": [{"text": "Lima"}]}},
         {"text": "And the temperature?"}]
-    assert body["toolConfig"]["tools"][1] == point
+    # (the tools come first: before the system's 1h point, the tool's goes as 1h, as Converse
+    # takes ttls only non-increasing; test_a_5m_cache_point_before_a_1h_one_is_sent_as_1h_…)
+    assert body["toolConfig"]["tools"][1] == {"cachePoint": {"type": "default", "ttl": "1h"}}
     assert "cachePoint" not in str(to_converse({"messages": conversation()}, MODEL))
 
 

@@ -41,7 +41,8 @@ Choices (README "Anthropic"):
   from it; a message's own (LiteLLM's form, e.g. beside string content) goes
   on the last block made from the message; the request's own (automatic caching) is sent as
   given (PASSTHROUGH); past the MAX_BREAKPOINTS Anthropic takes, the earliest turns' are
-  dropped (`fit_breakpoints`);
+  dropped (`fit_breakpoints`), and a 5m one before a 1h one goes as 1h (Anthropic takes
+  longer lifetimes first: `shorter_before_longer`);
 - images: png, jpeg (`image/jpg` too), gif, webp; an http(s) one → a URL source, but a 400 where
   the platform takes none (`url_images` False: Claude on Vertex, which answers one with a 400
   naming `image.source.base64.data`); `file` parts: a PDF → a base64 document, a
@@ -121,6 +122,7 @@ PASSTHROUGH = ("top_k", "cache_control")
 # The most cache_control breakpoints Anthropic takes in a request, the request's own (automatic
 # caching) among them; a 5th is its 400 (on Vertex too).
 MAX_BREAKPOINTS = 4
+LONGEST_TTL = "1h"  # the longer of the cache lifetimes Anthropic takes (5m, the default)
 SAMPLING = ("temperature", "top_p", "top_k")  # what takes_no_sampling Claudes refuse
 # JSON Schema keywords whose value maps names to subschemas, and those that hold data, not a
 # schema (closed_objects walks the first and leaves the second as written; a discriminator's
@@ -397,6 +399,14 @@ def fit_breakpoints(out: dict[str, Any]) -> None:
              if "cache_control" in b]
     for block in excess_breakpoints(stable, turns, "cache_control" in out):
         del block["cache_control"]
+    kept = [b for b in (*stable, *turns) if "cache_control" in b]
+    if "cache_control" in out:  # (automatic caching: the last breakpoint)
+        kept.append(out)
+    controls = [b["cache_control"] for b in kept]
+    # (a marker that is no object is Anthropic's 400 to give, never raised here)
+    for i in shorter_before_longer([c.get("ttl") if isinstance(c, dict) else False
+                                    for c in controls]):
+        kept[i]["cache_control"] = {**controls[i], "ttl": LONGEST_TTL}  # (a copy: the client's)
 
 
 def excess_breakpoints(stable: list[Any], turns: list[Any], automatic: bool) -> list[Any]:
@@ -405,6 +415,18 @@ def excess_breakpoints(stable: list[Any], turns: list[Any], automatic: bool) -> 
     `automatic`), in the order fit_breakpoints gives (on Bedrock too, as cachePoints)."""
     excess = len(stable) + len(turns) + automatic - MAX_BREAKPOINTS
     return (turns[:-1] + stable + turns[-1:])[:max(excess, 0)]
+
+
+def shorter_before_longer(ttls: list[Any]) -> list[int]:
+    """Of the breakpoints' `ttl`s in the prompt's order (None: none, 5m), the indexes of the 5m
+    ones before a LONGEST_TTL one, to send as LONGEST_TTL: Anthropic takes mixed lifetimes
+    only longest first ("a 1-hour cache entry must appear before any 5-minute cache entries",
+    its 400 otherwise; so Converse's cachePoints), and clients mark a prompt a framework
+    caches (no ttl) and a document an hour. The 1h breakpoint caches the prefix before it
+    for an hour, billed as 1h writes up to it anyway: raised, the earlier ones cost no more,
+    and every breakpoint stays. (Dropping the 1h would cut a lifetime the client paid for.)"""
+    last = max((i for i, ttl in enumerate(ttls) if ttl == LONGEST_TTL), default=-1)
+    return [i for i in range(last) if ttls[i] in (None, "5m")]
 
 
 def _with_nested(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:

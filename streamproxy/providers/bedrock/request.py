@@ -118,6 +118,7 @@ from streamproxy.openai_api.content import (
     with_call_ids,
 )
 from streamproxy.providers.anthropic.request import (
+    LONGEST_TTL,
     claude_schema,
     claude_stop_sequences,
     drop_final_turn_thinking,
@@ -127,6 +128,7 @@ from streamproxy.providers.anthropic.request import (
     json_instruction,
     refuse_prefill,
     response_schema,
+    shorter_before_longer,
     thinks,
     tool_cache_control,
     trim_prefill,
@@ -310,7 +312,8 @@ def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "aut
 
 def _fit_cache_points(out: dict[str, Any]) -> None:
     """Drops the cachePoints past the 4 Bedrock takes (Claude's 400 "A maximum of 4 blocks with
-    cache_control may be provided"), as fit_breakpoints does on Anthropic. (The request's own
+    cache_control may be provided"), as fit_breakpoints does on Anthropic, and sends a 5m one
+    before a 1h one as 1h, as it does too (Converse takes ttls non-increasing). (The request's own
     automatic caching is already the last turn's point here.)"""
     lists = [out.get("toolConfig", {}).get("tools", []), out.get("system", [])]
     stable = [b for blocks in lists for b in blocks if "cachePoint" in b]
@@ -319,6 +322,9 @@ def _fit_cache_points(out: dict[str, Any]) -> None:
     if dropped:
         for blocks in (*lists, *(m["content"] for m in out["messages"])):
             blocks[:] = [b for b in blocks if id(b) not in dropped]
+    points = [b["cachePoint"] for b in (*stable, *turns) if id(b) not in dropped]
+    for i in shorter_before_longer([point.get("ttl") for point in points]):
+        points[i]["ttl"] = LONGEST_TTL  # (as on Anthropic; each point is made per request)
 
 
 def _request_metadata(metadata: dict[str, Any]) -> dict[str, str]:
