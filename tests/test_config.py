@@ -366,6 +366,36 @@ def test_a_providers_betas_listed_or_comma_separated_are_one_header(betas: Any) 
     assert provider.build_request(req, Target(provider, "m")).headers["anthropic-beta"] == "b1,b2"
 
 
+@pytest.mark.parametrize("betas", ["b1,b2,", " b1 , ,b2", ",b1,,b2", ["b1", "", "b2"],
+                                   ["b1", " b2 ", " "]])
+def test_a_providers_betas_with_an_empty_name_skip_it(betas: Any) -> None:
+    """A trailing comma (`anthropic_beta: "b1,b2,"`, as a list is often left when edited) names
+    no beta more: it was a config error ("must be beta names"), though the header skipped it."""
+    import orjson
+
+    from streamproxy.openai_api.request import parse_chat_request
+    from streamproxy.routing.target import Target
+
+    provider = build_providers(make_config({
+        "an": {"type": "anthropic", "api_key": "k", "anthropic_beta": betas}}))["an"]
+    req = parse_chat_request(orjson.dumps({"messages": [{"role": "user", "content": "hi"}]}))
+    assert provider.build_request(req, Target(provider, "m")).headers["anthropic-beta"] == "b1,b2"
+
+
+@pytest.mark.parametrize("betas", [",", " , ", [""], ""])
+def test_a_providers_betas_naming_none_send_no_header(betas: Any) -> None:
+    # As an empty list does: not an empty `anthropic-beta` header.
+    import orjson
+
+    from streamproxy.openai_api.request import parse_chat_request
+    from streamproxy.routing.target import Target
+
+    provider = build_providers(make_config({
+        "an": {"type": "anthropic", "api_key": "k", "anthropic_beta": betas}}))["an"]
+    req = parse_chat_request(orjson.dumps({"messages": [{"role": "user", "content": "hi"}]}))
+    assert "anthropic-beta" not in provider.build_request(req, Target(provider, "m")).headers
+
+
 @pytest.mark.parametrize(("written", "level"), [("INFO", "info"), ("Warning", "warning"),
                                                  ("debug", "debug")])
 def test_the_log_level_is_any_case_as_its_environment_variable(

@@ -47,9 +47,9 @@ class AnthropicProvider(Provider):
             **self.cfg.headers,
             **target.headers,
         }
-        beta = self.cfg.options.get("anthropic_beta")
-        if beta:
-            headers["anthropic-beta"] = ",".join(beta_names(beta))
+        betas = beta_names(self.cfg.options.get("anthropic_beta") or [])
+        if betas:  # (a value naming none, ",", sends no empty header)
+            headers["anthropic-beta"] = ",".join(betas)
         if target.api_key:
             headers["x-api-key"] = target.api_key
         return UpstreamRequest(f"{self.base_url}/v1/messages", orjson.dumps(body), headers)

@@ -3,8 +3,9 @@ config sets them (a config target's field and the portkey-ai SDK's headers are c
 gateway, routing/portkey_config.py `option_value_error`).
 
 Betas are a string of names, comma-separated as the `anthropic-beta` header carries them, or a
-YAML list. Their values go into a header or a request body as they are: each is checked at
-startup, so a bad one is a config error rather than a split header or a 500 per request.
+YAML list; an empty one (a trailing comma) is skipped. Their values go into a header or a
+request body as they are: each is checked at startup, so a bad one is a config error rather
+than a split header or a 500 per request.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ def check_option_values(options: dict[str, Any], source: str, where: str) -> Non
                           "must be a version like 2023-06-01")
     betas = options.get("anthropic_beta")
     names = betas.split(",") if isinstance(betas, str) else betas
+    # An empty name (a trailing comma, `b1,,b2`) names no beta: beta_names skips it.
     if betas is not None and not (isinstance(names, list) and all(
-            isinstance(name, str) and _NAME.fullmatch(name.strip()) for name in names)):
+            isinstance(name, str) and (not name.strip() or _NAME.fullmatch(name.strip()))
+            for name in names)):
         raise ConfigError(source, f"{where}.anthropic_beta",
                           "must be beta names of letters, digits, '.', '-' and '_', "
                           "comma-separated or a list")

@@ -88,9 +88,9 @@ class VertexClaudeProvider(Provider):
                             VERTEX_WITHOUT_STRUCTURED_OUTPUTS, url_images=False)
         del body["model"]
         body["anthropic_version"] = VERTEX_ANTHROPIC_VERSION
-        betas = self.cfg.options.get("anthropic_beta")
+        betas = beta_names(self.cfg.options.get("anthropic_beta") or [])
         if betas:
-            body["anthropic_beta"] = beta_names(betas)
+            body["anthropic_beta"] = betas
         method = "streamRawPredict" if req.stream else "rawPredict"
         headers = {"content-type": "application/json", **self.cfg.headers, **target.headers,
                    **self.vertex.auth_headers(target)}
