@@ -1291,3 +1291,27 @@ async def test_a_sighup_while_the_server_starts_reloads_once_it_serves(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+def test_a_failed_start_with_a_drain_delay_stops_without_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker failing at start-up stopped the server through the drain delay: the master
+    waited it out (up to 300 s), its healthy workers serving meanwhile, before it exited
+    non-zero. A start that failed has nobody to hand its traffic over to: it stops at once."""
+    from streamproxy.config import load_config
+    from streamproxy.server import master as master_module
+
+    path = tmp_path / "proxy.yaml"
+    path.write_text(DELAYED.format(delay=60, grace=1, models="fast"))
+    m = master_module.Master(str(path), load_config(path), "127.0.0.1", 44811, count=2)
+    sent: list[tuple[int, int]] = []
+    real_kill = os.kill
+    monkeypatch.setattr(master_module.os, "kill",
+                        lambda pid, sig: (sent.append((pid, sig)), real_kill(pid, sig)))
+    with hung_processes(1) as [listening]:
+        now = time.monotonic()
+        m.workers[listening.pid] = master_module.Worker(listening.pid, 0, 0, now, None,
+                                                        ready=True)
+        m._worker_exited(master_module.Worker(2**22, 1, 0, now, None), 2 << 8)
+        assert m.stopping is not None and m.exit_status == 2
+        assert m.drain_at is None and sent == [(listening.pid, signal.SIGTERM)]

@@ -276,7 +276,7 @@ class Master:
             log.error("worker %d failed to start (%s); stopping", w.pid, how)
             self.exit_status = os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1
             self.exit_status = self.exit_status or 1
-            self._stop()
+            self._stop(delay=False)  # (a failed start hands no traffic over: no drain delay)
             return
         if w.generation != self.generation:
             return
@@ -286,7 +286,7 @@ class Master:
                 log.error("every worker failed %d times in a row, the last: %s; giving up",
                           GIVE_UP, how)
                 self.exit_status = 1
-                self._stop()
+                self._stop(delay=False)  # (none of them serves)
                 return
         else:
             self.failures[w.slot], delay = 0, 0.0
@@ -389,7 +389,8 @@ class Master:
         SIGUSR2 says so; one not listening yet has no handler for it, and nothing to drain."""
         self._signal(w, signal.SIGUSR2 if w.ready else signal.SIGTERM)
 
-    def _stop(self) -> None:
+    def _stop(self, delay: bool = True) -> None:
+        """`delay`: keep `server.drain_delay` first (a stop, not a failed start)."""
         if self.drain_at is not None:  # a second signal during the drain delay: drain now
             self._drain_all()
             return
@@ -403,13 +404,13 @@ class Master:
             # not complete it (the old ones would drain at once, drain_delay or not)
             log.info("stopping: the reload to generation %d is abandoned", self.reload[0])
             self.reload = None
-        delay = self.config.server.drain_delay
-        if delay <= 0:
+        seconds = self.config.server.drain_delay if delay else 0.0
+        if seconds <= 0:
             self._drain_all()
             return
-        self.drain_at = self.stopping + delay
+        self.drain_at = self.stopping + seconds
         log.info("stopping: /healthz fails; %d workers serve %gs more, then drain",
-                 len(self.workers), delay)
+                 len(self.workers), seconds)
         for w in self.workers.values():
             if w.ready:  # (its SIGUSR1 handler is set before it says so)
                 with contextlib.suppress(ProcessLookupError):
