@@ -1315,3 +1315,39 @@ def test_a_failed_start_with_a_drain_delay_stops_without_it(
         m._worker_exited(master_module.Worker(2**22, 1, 0, now, None), 2 << 8)
         assert m.stopping is not None and m.exit_status == 2
         assert m.drain_at is None and sent == [(listening.pid, signal.SIGTERM)]
+
+
+@pytest.mark.parametrize("completes", [True, False])
+def test_a_sighup_during_a_reload_reloads_again_after_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        completes: bool) -> None:
+    """A second SIGHUP while a reload's workers started was ignored with a warning: a config
+    change made between the two signals was not applied until yet another SIGHUP. It is now
+    queued (one, however many come) and runs once the reload under way completes or fails."""
+    from streamproxy.server import master as master_module
+
+    m = _master(tmp_path, grace=1)
+    m.booting = False
+    spawned: list[tuple[int, int, Any]] = []
+    monkeypatch.setattr(m, "_spawn", lambda slot, gen, config: spawned.append((slot, gen,
+                                                                               config)))
+    with hung_processes(3) as (old, *new), caplog.at_level("INFO", logger="streamproxy.workers"):
+        now = time.monotonic()
+        m.workers[old.pid] = master_module.Worker(old.pid, 0, 0, now, None, ready=True)
+        for slot, p in enumerate(new):
+            m.workers[p.pid] = master_module.Worker(p.pid, slot, 1, now, None, ready=completes)
+        m.reload = (next(m._generations), m.config,
+                    now if not completes else now + master_module.READY_TIMEOUT)
+        (tmp_path / "proxy.yaml").write_text(CONFIG.format(grace=1, models="fast, slow"))
+        m._signals = [signal.SIGHUP, signal.SIGHUP]
+        m._handle_signals()
+        assert m.reload[0] == 1 and not spawned
+        time.sleep(0.01)
+        m._tick()  # the reload completes (or is past its deadline): the queued one starts
+        assert m.generation == (1 if completes else 0)
+        assert m.reload is not None and m.reload[0] == 2
+        assert [(slot, gen) for slot, gen, _ in spawned] == [(0, 2), (1, 2)]
+        assert spawned[0][2].providers["mock"].models == ("fast", "slow")
+        m._tick()
+        assert len(spawned) == 2  # once, for both signals
+        m.workers.clear()

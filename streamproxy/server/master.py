@@ -11,6 +11,7 @@ set flags and wake a `select()` through a self-pipe.
   ones; once every new worker listens, the old ones drain (SIGUSR2: as on SIGTERM, but their
   `/healthz` stays 200, the instance serving on). A config that does not load, or new workers
   that do not come up, are reported and the old workers keep serving.
+  A SIGHUP during a reload is queued: one more reload once it is over (nginx, gunicorn).
 - SIGTERM / SIGINT: every worker drains (a reload's new ones too: the reload is abandoned),
   the master exits 0 when they are gone. A second signal ends the streams at once (SIGQUIT to
   the workers). With `server.drain_delay`, the master first tells the workers that listen to
@@ -93,6 +94,7 @@ class Master:
         self._generations = itertools.count(1)  # each reload's own, never reused
         self.booting = True  # until the first generation listens: a failure is fatal
         self.reload: tuple[int, Config, float] | None = None  # (generation, config, deadline)
+        self.reload_queued = False  # a SIGHUP during a reload: another one once it is over
         self.restarts: dict[int, float] = {}  # slot → when to start it again
         self.failures: dict[int, int] = {}  # slot → consecutive young deaths
         self.stopping: float | None = None  # when the stop began
@@ -341,6 +343,9 @@ class Master:
                 log.error("reload failed: new workers did not listen within %gs; the old "
                           "workers keep serving", READY_TIMEOUT)
                 self._abandon_reload()
+        if self.reload_queued and self.reload is None:
+            self.reload_queued = False
+            self._start_reload()
         self._kill_hung(now)
 
     def _kill_hung(self, now: float) -> None:
@@ -357,8 +362,10 @@ class Master:
 
     # -- reload and stop --------------------------------------------------------------------------
     def _start_reload(self) -> None:
-        if self.reload is not None:
-            log.warning("SIGHUP ignored: a reload is already in progress")
+        if self.reload is not None:  # (the file may have changed since this one read it)
+            if not self.reload_queued:
+                log.info("SIGHUP: a reload is in progress; reloading again once it is over")
+            self.reload_queued = True
             return
         config = reloaded_config(self.path, self._started_with, self.pinned)
         if config is None:
@@ -400,6 +407,7 @@ class Master:
             return
         self.stopping = time.monotonic()
         self.restarts.clear()
+        self.reload_queued = False
         if self.reload is not None:  # its workers stop with the rest: one listening late must
             # not complete it (the old ones would drain at once, drain_delay or not)
             log.info("stopping: the reload to generation %d is abandoned", self.reload[0])
