@@ -1351,3 +1351,38 @@ def test_a_sighup_during_a_reload_reloads_again_after_it(
         m._tick()
         assert len(spawned) == 2  # once, for both signals
         m.workers.clear()
+
+
+async def test_a_sighup_during_a_single_process_reload_reloads_again_after_it(
+        tmp_path: Path) -> None:
+    """A single process ignored a SIGHUP that came while a reload's app was being built: an
+    edit made between the two signals was not applied until yet another SIGHUP."""
+    config = tmp_path / "proxy.yaml"
+    config.write_text(CONFIG.format(grace=1, models="fast"))
+    port = _free_port()
+    url, log = f"http://127.0.0.1:{port}", tmp_path / "out.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", SLOW_RELOAD, str(config), str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        await until(lambda: healthy(url), "listening")
+        proc.send_signal(signal.SIGHUP)
+        await until(lambda: "building the reload's app" in log.read_text(), "the reload")
+        config.write_text(CONFIG.format(grace=1, models="fast, slow"))
+        proc.send_signal(signal.SIGHUP)
+        proc.send_signal(signal.SIGHUP)
+        await until(lambda: log.read_text().count("SIGHUP: reloaded") == 2, "a second reload",
+                    timeout=10)
+
+        async def models() -> list[str]:
+            async with aiohttp.ClientSession() as s, s.get(url + "/v1/models") as r:
+                return [m["id"] for m in (await r.json())["data"]]
+
+        assert "mock/slow" in await models()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+        assert log.read_text().count("SIGHUP: reloaded") == 2  # once, for both signals
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)

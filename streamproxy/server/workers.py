@@ -188,6 +188,7 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
         raise
     retiring: dict[asyncio.Task[None], _Generation] = {}  # apps draining after a reload
     reloading: list[asyncio.Task[None]] = []
+    queued = [False]  # a SIGHUP during a reload: another one once it is over
 
     skip_delay = asyncio.Event()  # set: no drain delay (left) to skip, a signal quits
 
@@ -201,9 +202,13 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
                 drain.abort_all()
 
     def reload() -> None:
-        if reloading:
-            log.warning("SIGHUP ignored: a reload is already in progress")
-        elif not stop.is_set():
+        if stop.is_set():
+            return
+        if reloading:  # (the file may have changed since this one read it)
+            if not queued[0]:
+                log.info("SIGHUP: a reload is in progress; reloading again once it is over")
+            queued[0] = True
+        else:
             reloading.append(loop.create_task(_reload()))
 
     async def _reload() -> None:
@@ -229,6 +234,9 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
             task.add_done_callback(retiring.pop)
         finally:
             reloading.clear()
+            if queued[0]:
+                queued[0] = False
+                reload()
 
     def stop_then_quit() -> None:
         """Alone, a second SIGTERM or Ctrl-C ends the drain delay if one runs, else the
