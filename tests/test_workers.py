@@ -1386,3 +1386,30 @@ async def test_a_sighup_during_a_single_process_reload_reloads_again_after_it(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_second_signal_and_a_sighup_during_a_stop_are_logged_once(
+        tmp_path: Path, workers: int) -> None:
+    """A second SIGTERM (which ends the streams at once) and a SIGHUP (ignored) during a stop
+    left no line in the log, the master's or the workers': an operator could not tell why
+    streams ended early, nor that the reload was not done."""
+    async with serving(tmp_path, CONFIG.format(grace=30, models="fast"), workers) as t:
+        async with aiohttp.ClientSession() as s, s.post(t.url + "/v1/chat/completions", json={
+                "model": "mock/tokens=400,tps=40", "stream": True,
+                "messages": [{"role": "user", "content": "hi"}]}) as r:
+            first = await r.content.readany()
+            t.proc.send_signal(signal.SIGTERM)
+            await until(lambda: "draining: " in t.output(), "the drain to start")
+            for sig in (signal.SIGHUP, signal.SIGHUP, signal.SIGTERM, signal.SIGTERM):
+                t.proc.send_signal(sig)
+            rest = await asyncio.wait_for(r.read(), 5)
+        c = collect(sse_chunks(first + rest))
+        assert c.error is not None and c.error["code"] == "shutting_down"
+        assert await asyncio.to_thread(t.proc.wait, 5) == 0
+    out = t.output()
+    assert out.count("SIGHUP ignored: stopping") == 1, out
+    told = re.findall(r"worker (\d+): told to end its requests at once", out)
+    assert told and len(told) == len(set(told)) <= workers, out  # (an idle one may be gone)
+    if workers > 1:
+        assert out.count("stopping: a second signal: the workers end their requests now") == 1

@@ -99,6 +99,7 @@ class Master:
         self.failures: dict[int, int] = {}  # slot → consecutive young deaths
         self.stopping: float | None = None  # when the stop began
         self.drain_at: float | None = None  # a stop's drain delay: when the workers drain
+        self._said: set[str] = set()  # a stop's lines logged once, however many signals come
         self.exit_status = 0
         self._signals: list[int] = []
         self._wake: tuple[int, int] | None = None
@@ -167,6 +168,8 @@ class Master:
                 self._stop()
             elif sig == signal.SIGHUP and self.stopping is None:
                 self._start_reload()
+            elif sig == signal.SIGHUP:
+                self._say_once("SIGHUP ignored: stopping")
 
     # -- workers ----------------------------------------------------------------------------------
     def _spawn(self, slot: int, generation: int, config: Config) -> None:
@@ -402,6 +405,7 @@ class Master:
             self._drain_all()
             return
         if self.stopping is not None:  # a second signal: end the streams now
+            self._say_once("stopping: a second signal: the workers end their requests now")
             for w in self.workers.values():
                 self._signal(w, signal.SIGQUIT)
             return
@@ -425,6 +429,11 @@ class Master:
                     os.kill(w.pid, signal.SIGUSR1)
             else:  # not serving yet: nothing to wait for
                 self._signal(w, signal.SIGTERM)
+
+    def _say_once(self, line: str) -> None:
+        if line not in self._said:
+            self._said.add(line)
+            log.warning(line)
 
     def _drain_all(self) -> None:
         self.drain_at = None

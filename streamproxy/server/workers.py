@@ -192,7 +192,15 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
 
     skip_delay = asyncio.Event()  # set: no drain delay (left) to skip, a signal quits
 
+    said: set[str] = set()  # a stop's lines, logged once however many signals come
+
+    def say_once(line: str) -> None:
+        if line not in said:
+            said.add(line)
+            log.warning(line)
+
     def quit_now() -> None:
+        say_once(f"worker {os.getpid()}: told to end its requests at once")
         grace[0] = 0.0
         skip_delay.set()
         stop.set()
@@ -203,6 +211,7 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool, ready_f
 
     def reload() -> None:
         if stop.is_set():
+            say_once("SIGHUP ignored: stopping")
             return
         if reloading:  # (the file may have changed since this one read it)
             if not queued[0]:
