@@ -1413,3 +1413,45 @@ async def test_a_second_signal_and_a_sighup_during_a_stop_are_logged_once(
     assert told and len(told) == len(set(told)) <= workers, out  # (an idle one may be gone)
     if workers > 1:
         assert out.count("stopping: a second signal: the workers end their requests now") == 1
+
+
+SLOW_CLEANUP = """
+import asyncio, sys
+from streamproxy import cli
+from streamproxy.server import workers
+drained = workers.drain_and_stop
+async def slow_drain(*args, **kwargs):  # a worker's own worst case past its grace: requests
+    await drained(*args, **kwargs)      # ended that take their whole wait, then connections
+    await asyncio.sleep(getattr(workers, "DRAIN_OVERRUN", 10.0) + 0.5)  # (and its clean-up)
+workers.drain_and_stop = slow_drain
+cli.main(sys.argv[1:])
+"""
+
+
+async def test_a_worker_draining_within_its_own_worst_case_is_not_killed(
+        tmp_path: Path) -> None:
+    """A worker's drain may take its grace, then 5 s for the requests it ended, then aiohttp's
+    5 s shutdown timeout, and its clean-up: the master killed it at grace + 10 s, logging an
+    error for a worker that was only draining as designed."""
+    script = tmp_path / "slow_cleanup.py"
+    script.write_text(SLOW_CLEANUP)
+    config = tmp_path / "proxy.yaml"
+    config.write_text(CONFIG.format(grace=0.2, models="fast"))
+    port = _free_port()
+    log = tmp_path / "proxy.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "serve", "--config", str(config), "--port", str(port),
+             "--workers", "2"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    try:
+        await until(lambda: "all 2 workers listening" in log.read_text(), "the workers")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+        out = log.read_text()
+        assert "killing it" not in out and out.count("exited (status 0)") == 2, out
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)

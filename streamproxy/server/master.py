@@ -19,7 +19,7 @@ set flags and wake a `select()` through a self-pipe.
   second signal then ends the delay. The stop's SIGTERM is for the master alone: a worker
   sent one too drains at once (systemd: KillMode=mixed, docs/operations.md).
 - No worker is waited for forever: one that does not listen within 30 s of its start (at
-  start-up, a replacement, a reload's) or is still there its grace + 10 s after it was told to
+  start-up, a replacement, a reload's) or is still there its grace + 15 s after it was told to
   drain (on a stop, or as an old worker after a reload) gets SIGKILL.
 - A master that dies (kill -9) takes its workers with it: each gets SIGTERM from the kernel
   (Linux's parent-death signal) and drains, instead of serving on unsupervised.
@@ -49,7 +49,7 @@ from streamproxy.config import Config, ConfigError, shown_address
 from streamproxy.server.shared_breakers import SharedBreakerTable
 from streamproxy.server.shared_memory import Shared, inherit
 from streamproxy.server.shared_rate import SharedBuckets
-from streamproxy.server.workers import reloaded_config, run_worker
+from streamproxy.server.workers import DRAIN_OVERRUN, reloaded_config, run_worker
 
 # The name the master's lines had before it had a module of its own.
 log = logging.getLogger("streamproxy.workers")
@@ -58,7 +58,10 @@ READY_TIMEOUT = 30.0  # seconds a worker has to start listening
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
 YOUNG = 10.0  # a worker that dies younger than this counts as crash-looping
 GIVE_UP = 10  # failures in a row of every slot (~2.5 min of back-off) that end the master
-KILL_AFTER = 10.0  # seconds past its grace period before a worker told to drain is killed
+# Seconds past its grace before a worker told to drain is killed: its drain's own worst case,
+# and 5 s for its clean-up handlers and exit (a kill at about that worst case ended slow but
+# sound drains with SIGKILL).
+KILL_AFTER = DRAIN_OVERRUN + 5.0
 PROMETHEUS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 

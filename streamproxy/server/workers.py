@@ -46,6 +46,12 @@ log = logging.getLogger("streamproxy.workers")
 BACKLOG = 2048  # listen(2) queue: benchmarks open thousands of connections at once
 GC_THRESHOLD = 10_000  # net container allocations between young collections (CPython: 700)
 CLOSING_POLL = 0.05  # seconds between a drain's looks at the connections left open
+# A drain's worst case past its grace, which the master's kill deadline must exceed: the
+# requests the grace's end aborted have ABORTED_WAIT to go, the connections still open then
+# aiohttp's SHUTDOWN_TIMEOUT before the app's clean-up runs.
+ABORTED_WAIT = 5.0
+SHUTDOWN_TIMEOUT = 5.0
+DRAIN_OVERRUN = ABORTED_WAIT + SHUTDOWN_TIMEOUT
 
 
 def raise_fd_limit() -> None:
@@ -159,7 +165,7 @@ async def _start_generation(config: Config, listeners: list[socket.socket],
     app = (create_app(config) if running is None else
            create_app(config, running[STATE].breakers, running[ADMISSION]))
     runner = make_runner(app, handler_cancellation=True, access_log=None,
-                         shutdown_timeout=5.0, **http_limits(config))
+                         shutdown_timeout=SHUTDOWN_TIMEOUT, **http_limits(config))
     await runner.setup()
     sites: list[web.BaseSite] = []
     try:
@@ -425,7 +431,7 @@ async def drain_and_stop(runner: web.AppRunner, grace: list[float], leaving: boo
         ended = drain.abort_all()
         log.warning("worker %d: grace period over, ended %d request(s) with an error",
                     os.getpid(), ended)
-        await drain.wait_idle(5.0)
+        await drain.wait_idle(ABORTED_WAIT)
 
 
 async def _wait_served(drain: Drain, server: Any, grace: list[float]) -> bool:
