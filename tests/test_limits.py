@@ -401,6 +401,34 @@ def test_an_empty_fallback_model_is_a_400_naming_it(models: list[str], param: st
     assert (info.value.param, info.value.code) == (param, "invalid_value")
 
 
+@pytest.mark.parametrize("name", ["oa/gpt-4o ", " groq/y", "gpt-4o\n", "oa/ gpt-4o",
+                                  "oa /gpt-4o", "\u00a0gpt-4o", "gpt\x00-4o", "gpt-4o\r\nx: 1",
+                                  "gpt\x7f4o", "\t"])
+@pytest.mark.parametrize("where", ["model", "fallback_models[1]"])
+def test_a_model_name_with_edge_whitespace_or_a_control_character_is_a_400(
+        name: str, where: str) -> None:
+    # Sent as written, `oa/gpt-4o ` asked the provider for `gpt-4o ` (its model-not-found),
+    # and ` groq/y` went to the default provider as the model ` groq/y`: a 400 naming the
+    # field, before any routing, where the name is wrong.
+    body: dict[str, Any] = {"messages": USER, "model": "a/b"}
+    if where == "model":
+        body["model"] = name
+    else:
+        body["fallback_models"] = ["a/c", name]
+    with pytest.raises(InvalidRequest) as info:
+        parse_chat_request(orjson.dumps(body))
+    assert (info.value.param, info.value.code) == (where, "invalid_value")
+    assert repr(name)[1:-1][:20] in info.value.message  # (escaped: a log line stays one line)
+
+
+@pytest.mark.parametrize("name", ["gpt-4o", "meta-llama/Llama-3.1-8B-Instruct", "@cf/meta/x",
+                                  "my deployment", "qwen2.5:7b", "ft:gpt-4o:org::id", "模型"])
+def test_model_names_without_edge_whitespace_or_control_characters_pass(name: str) -> None:
+    req = parse_chat_request(orjson.dumps({"messages": USER, "model": name,
+                                           "fallback_models": [name]}))
+    assert req.model == name and req.fallback_models == [name]
+
+
 def _nested_schema(levels: int) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "string"}
     for _ in range(levels):

@@ -8,6 +8,7 @@ carried back to the client.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,10 @@ _BOM = b"\xef\xbb\xbf"
 # The model the portkey-ai SDK sends when its caller names none; Portkey's gateway reads it
 # as the provider's default model, as a body without `model` is read here.
 PORTKEY_DEFAULT_MODEL = "portkey-default"
+# What no model's name has: whitespace at an end of it or of a `/` part (` groq/y` went to the
+# default provider as that model; `oa/gpt-4o ` asked for `gpt-4o `), or a control character
+# (names go into URLs and log lines). Sent as written, the client got a provider's 404.
+_BAD_MODEL_NAME = re.compile(r"^\s|\s$|\s/|/\s|[\x00-\x1f\x7f-\x9f]")
 _PLAIN_ROLES = ROLES - {"tool"}  # a tool message also needs its tool_call_id
 # What an assistant message may say instead of `content` (OpenAI: content is "required unless
 # tool_calls or function_call is specified"; a turn that was audio names it by its id).
@@ -95,6 +100,10 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
         i = fallback.index("")
         raise InvalidRequest(f"'fallback_models[{i}]' is an empty model name.",
                              param=f"fallback_models[{i}]", code="invalid_value")
+    if isinstance(model := body.get("model"), str):
+        _check_model_name(model, "model")
+    for i, name in enumerate(fallback):
+        _check_model_name(name, f"fallback_models[{i}]")
     if retries is not None and (not _is_int(retries) or not 0 <= retries <= 10):
         # (a number out of range, 10**30 a float to orjson, is a wrong value, not type)
         out = _is_num(retries) and not 0 <= retries <= 10
@@ -118,6 +127,13 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
         stripped=stripped,
         custom_tools=custom_tools,
     )
+
+
+def _check_model_name(name: str, param: str) -> None:
+    if _BAD_MODEL_NAME.search(name):  # (repr: escaped, the message stays one line)
+        raise InvalidRequest(f"Invalid value for '{param}': {name[:64]!r} has whitespace at its "
+                             "start or end (or beside a '/') or a control character; no model's "
+                             "name does.", param=param, code="invalid_value")
 
 
 def _loads_refused_body(raw: bytes, error: orjson.JSONDecodeError) -> tuple[Any, bytes]:
