@@ -421,6 +421,27 @@ def test_a_model_name_with_edge_whitespace_or_a_control_character_is_a_400(
     assert repr(name)[1:-1][:20] in info.value.message  # (escaped: a log line stays one line)
 
 
+@pytest.mark.parametrize("name", ["oa/", "@oa/", "nope/", "meta-llama/", "/", ""])
+@pytest.mark.parametrize("where", ["model", "fallback_models[1]"])
+def test_a_model_name_with_nothing_after_its_prefix_or_empty_is_a_400(name: str,
+                                                                      where: str) -> None:
+    # `oa/` (a prefix, no model) and "" were served by the provider's default_model, in
+    # `model` and in `fallback_models` alike: an answer from a model the client never named.
+    body: dict[str, Any] = {"messages": USER, "model": "a/b"}
+    if where == "model":
+        body["model"] = name
+    else:
+        body["fallback_models"] = ["a/c", name]
+    with pytest.raises(InvalidRequest) as info:
+        parse_chat_request(orjson.dumps(body))
+    assert (info.value.param, info.value.code) == (where, "invalid_value")
+
+
+def test_no_model_or_portkeys_default_still_means_the_default_model() -> None:
+    for body in ({}, {"model": None}, {"model": "portkey-default"}):
+        assert parse_chat_request(orjson.dumps({"messages": USER, **body})).model is None
+
+
 @pytest.mark.parametrize("name", ["gpt-4o", "meta-llama/Llama-3.1-8B-Instruct", "@cf/meta/x",
                                   "my deployment", "qwen2.5:7b", "ft:gpt-4o:org::id", "模型"])
 def test_model_names_without_edge_whitespace_or_control_characters_pass(name: str) -> None:

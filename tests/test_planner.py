@@ -118,6 +118,7 @@ def make(raw: dict[str, Any], seed: int = 0, breakers: CircuitBreakers | None = 
      "config.targets[0].override_params.model"),
     # nor has whitespace at an end, or a control character: sent as written (a provider's 404)
     ({"provider": "a", "override_params": {"model": "gpt-4o "}}, "config.override_params.model"),
+    ({"provider": "a", "override_params": {"model": "oa/"}}, "config.override_params.model"),
     # OneLLM's routing fields are read from the body before routing: as overrides they went
     # upstream as they were (OpenAI answers an unknown argument with a 400)
     ({"provider": "a", "override_params": {"fallback_models": ["b/m"]}},

@@ -96,10 +96,6 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
     if len(fallback) > MAX_FALLBACK_MODELS:
         raise InvalidRequest(f"'fallback_models' has more than {MAX_FALLBACK_MODELS} entries.",
                              param="fallback_models", code="array_above_max_length")
-    if "" in fallback:  # a target without a model takes the request's: the primary again
-        i = fallback.index("")
-        raise InvalidRequest(f"'fallback_models[{i}]' is an empty model name.",
-                             param=f"fallback_models[{i}]", code="invalid_value")
     if isinstance(model := body.get("model"), str):
         _check_model_name(model, "model")
     for i, name in enumerate(fallback):
@@ -130,6 +126,17 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
 
 
 def _check_model_name(name: str, param: str) -> None:
+    # Empty or a bare prefix (`oa/`) named no model: the provider's default_model answered (a
+    # fallback's "" took the request's model, the primary again). No model (null) is how a
+    # request asks for the default.
+    if not name:
+        raise InvalidRequest(f"'{param}' is an empty model name; leave model out (or null) for "
+                             "the provider's default model.", param=param, code="invalid_value")
+    if name[-1] == "/":
+        raise InvalidRequest(f"Invalid value for '{param}': {name[:64]!r} ends with '/', a "
+                             "provider prefix with no model after it (`name/model`); leave model "
+                             "out for the provider's default model.", param=param,
+                             code="invalid_value")
     if _BAD_MODEL_NAME.search(name):  # (repr: escaped, the message stays one line)
         raise InvalidRequest(f"Invalid value for '{param}': {name[:64]!r} has whitespace at its "
                              "start or end (or beside a '/') or a control character; no model's "
