@@ -75,8 +75,9 @@ class RequestRecord:
     request_body: bytes | None = None  # only when the operator opts in (logging.log_bodies)
     bytes_in: int = 0  # request body bytes from the client
     upstream_reads: int = 0  # upstream reads after the commit point (relay)
-    gap_max: float | None = None  # largest gap between two of those reads (or the last one
-    # and a cut stream's end: Deadline.gap_stats), seconds
+    # Largest gap between two of those reads from the first token's on (or the last one and
+    # a cut stream's end: Deadline.gap_stats), seconds; None without a token
+    gap_max: float | None = None
     gap_mean: float | None = None
     # (provider, kind) of every upstream failure, retried or final (see upstream_error_kind).
     upstream_errors: list[tuple[str, str]] | None = None

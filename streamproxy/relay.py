@@ -116,7 +116,7 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord,
                     kept.run(client, translator, deadline)
                 if isinstance(upstream, Response) and client.direct:
                     pump = _Pump(translator, encoder, deadline, client, upstream, kept)
-                    await pump.run(_FirstToken(pump, encoder, upstream, record)
+                    await pump.run(_FirstToken(pump, encoder, deadline, upstream, record)
                                    if waiting else pump)
                 else:
                     await _pull(translator, encoder, deadline, upstream.content.readany,
@@ -220,6 +220,7 @@ async def _pull_until_answer(translator: StreamTranslator, encoder: ChunkEncoder
             answered = encoder.answered()
             if answered:
                 record.first_token = time.monotonic()
+                deadline.token_came()
             deadline.hold()
             await write(out)
             deadline.release()
@@ -233,17 +234,19 @@ class _FirstToken:
     each read goes to the pump, then asks whether the answer began; once it did, the time is
     noted and the pump takes the reads itself, so no read after the first token asks."""
 
-    __slots__ = ("_encoder", "_pump", "_record", "_upstream")
+    __slots__ = ("_deadline", "_encoder", "_pump", "_record", "_upstream")
 
-    def __init__(self, pump: _Pump, encoder: ChunkEncoder, upstream: Response,
-                 record: RequestRecord) -> None:
-        self._pump, self._encoder, self._upstream, self._record = pump, encoder, upstream, record
+    def __init__(self, pump: _Pump, encoder: ChunkEncoder, deadline: Deadline,
+                 upstream: Response, record: RequestRecord) -> None:
+        self._pump, self._encoder, self._deadline = pump, encoder, deadline
+        self._upstream, self._record = upstream, record
 
     def data(self, data: bytes) -> None:
         # (the time after the pump wrote the token: the client's, as the first chunk's is)
         self._pump.data(data)
         if self._encoder.answered():
             self._record.first_token = time.monotonic()
+            self._deadline.token_came()
             self._upstream.handover(self._pump)
 
     def end(self, exc: BaseException | None) -> None:

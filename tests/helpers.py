@@ -282,6 +282,7 @@ class FakeUpstream:
         self.delay_before_headers = 0.0
         self.hold_open = False  # keep the connection open after the body (a stall)
         self.piece_delay = 0.0  # seconds between pieces, so each one is a separate read
+        self.piece_delays: list[float] | None = None  # per piece, the wait after it
         self.closed = asyncio.Event()  # set when a streaming response's connection closed
         self.url = ""
 
@@ -307,9 +308,11 @@ class FakeUpstream:
                                            **self.extra_headers})
         await resp.prepare(request)
         try:
-            for piece in self.pieces if self.pieces is not None else [self.body]:
+            pieces = self.pieces if self.pieces is not None else [self.body]
+            for i, piece in enumerate(pieces):
                 await resp.write(piece)
-                await asyncio.sleep(self.piece_delay)
+                await asyncio.sleep(self.piece_delay if self.piece_delays is None
+                                    else self.piece_delays[i])
             if self.hold_open:
                 await asyncio.sleep(3600)
             await resp.write_eof()

@@ -114,11 +114,11 @@ class Metrics:
                                   [*pm, "stream"],
                                   buckets=DURATION_BUCKETS, registry=r)
         self.gap_max = Histogram("streamproxy_stream_max_gap_seconds",
-                                 "Per stream: the longest gap between two upstream reads after "
-                                 "the first event.", pm, buckets=GAP_BUCKETS, registry=r)
+                                 "Per stream: the longest gap between two upstream reads from "
+                                 "the first token on.", pm, buckets=GAP_BUCKETS, registry=r)
         self.gap_mean = Histogram("streamproxy_stream_mean_gap_seconds",
-                                  "Per stream: the mean gap between upstream reads after the "
-                                  "first event.", pm, buckets=GAP_BUCKETS, registry=r)
+                                  "Per stream: the mean gap between upstream reads from the "
+                                  "first token on.", pm, buckets=GAP_BUCKETS, registry=r)
         self.tokens = Counter("streamproxy_tokens", "Tokens reported by providers; cached is "
                               "the part of input served from the provider's prompt cache, "
                               "cache_write the part written to it, reasoning the part of "

@@ -20,8 +20,8 @@ from streamproxy.errors import ProxyError, RequestTimeout, UpstreamTimeout
 
 class Deadline:
     __slots__ = ("_answered", "_handle", "_held", "_last", "_provider", "_resumed", "_since",
-                 "_start", "_streaming", "_task", "_timeouts", "_total_end", "expired", "loop",
-                 "max_gap", "reads")
+                 "_start", "_streaming", "_task", "_timeouts", "_token_reads", "_total_end",
+                 "expired", "loop", "max_gap", "reads")
 
     def __init__(self, timeouts: Timeouts, provider: str,
                  first_try: float | None = None) -> None:
@@ -49,6 +49,8 @@ class Deadline:
         self._since = self._start
         self.reads = 0  # reads after the first event, and the largest gap between two reads:
         self.max_gap = 0.0  # kept here because progress() already has the clock (metrics)
+        # `reads` when the first token came (`token_came`); None while it is still due
+        self._token_reads: int | None = 0
         self.expired: ProxyError | None = None  # an UpstreamTimeout, or why abort() ended it
         first = self._start + min(self._first_token(), timeouts.idle)
         if self._total_end is not None:
@@ -102,10 +104,19 @@ class Deadline:
             self._streaming = True
         else:
             self._answered = answered
+            self._token_reads = None
         due = self._due()  # later than the armed time, unless the timer already re-armed
         if self._handle is not None and due is not None and due < self._handle.when():
             self._handle.cancel()
             self._handle = self.loop.call_at(due, self._fire)
+
+    def token_came(self) -> None:
+        """The latest read carried the first token after a commit on a role chunk alone: the
+        gaps count from it, as the silence before it is `first_token`'s, not `idle`'s (once
+        a stream; the reads after it pay nothing)."""
+        self._since = self._last
+        self.max_gap = 0.0
+        self._token_reads = self.reads
 
     @property
     def first_token_due(self) -> bool:
@@ -180,12 +191,16 @@ class Deadline:
         return self.expired is not None and self._task.uncancel() == 0
 
     def gap_stats(self, cut: bool = False) -> tuple[int, float | None, float | None]:
-        """(reads, largest gap, mean gap) since the first event; gaps None without one.
-        `cut`: the stream ended without its end event (a timeout, the client gone, an error),
-        so the silence since the last read is a gap too — the one an idle timeout ended it
-        for, which measured between reads alone it was not."""
+        """(reads, largest gap, mean gap): the reads since the first event, the gaps since
+        the first token (`token_came`; the first event when that carried it); gaps None
+        without one, or without a token. `cut`: the stream ended without its end event (a
+        timeout, the client gone, an error), so the silence since the last read is a gap
+        too — the one an idle timeout ended it for, which measured between reads alone it
+        was not."""
         reads, end, largest = self.reads, self._last, self.max_gap
-        gaps = reads
+        if self._token_reads is None:  # no token: all its silence was the first token's
+            return reads, None, None
+        gaps = reads - self._token_reads
         if cut:  # (once per stream: no read pays for it)
             end = self.loop.time()
             largest = max(largest, end - self._last)
