@@ -161,7 +161,7 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord,
             record.bytes_out += kept.sent * len(KEEPALIVE_COMMENT)
         record.chunks = encoder.chunks
         if record.first_token is None and encoder.answered():
-            # (it came among reads held for a full client, which no longer ask: about now)
+            # (an empty answer that ended on the upstream's close, which does not ask: now)
             record.first_token = time.monotonic()
         record.finish_reason = encoder.finish_reason
         record.note_usage(encoder.usage_data, translator,
@@ -247,7 +247,7 @@ class _FirstToken:
         if self._encoder.answered():
             self._record.first_token = time.monotonic()
             self._deadline.token_came()
-            self._upstream.handover(self._pump)
+            self._pump.take_over()
 
     def end(self, exc: BaseException | None) -> None:
         self._pump.end(exc)
@@ -260,7 +260,7 @@ class _Pump:
     the client has drained)."""
 
     __slots__ = ("_client", "_deadline", "_encoder", "_ended", "_held", "_kept", "_outcome",
-                 "_translator", "_upstream", "_waiter")
+                 "_sink", "_translator", "_upstream", "_waiter")
 
     def __init__(self, translator: StreamTranslator, encoder: ChunkEncoder, deadline: Deadline,
                  client: SSEWriter, upstream: Response, kept: _KeepAlive | None = None) -> None:
@@ -274,13 +274,16 @@ class _Pump:
         self._held: list[bytes] | None = None  # reads that came while the client was full
         self._ended: tuple[BaseException | None] | None = None  # an end that came then
         self._waiter: asyncio.Future[None] | None = None
+        self._sink: BodySink = self  # what the upstream pipes to: held reads go there too
 
     async def run(self, sink: BodySink | None = None) -> None:
         """`sink`: what the upstream pipes to, the pump itself unless given (a `_FirstToken`
         that hands the reads over)."""
         loop = self._deadline.loop
+        if sink is not None:
+            self._sink = sink
         try:
-            self._upstream.pipe(sink or self)
+            self._upstream.pipe(self._sink)
             while self._outcome is None:
                 if self._held is not None:
                     await self._client.drain()
@@ -336,11 +339,16 @@ class _Pump:
                 exc = e
         self._stop(exc or True)
 
+    def take_over(self) -> None:
+        """The reads come to the pump itself from now on (the first token came)."""
+        self._sink = self
+        self._upstream.handover(self)
+
     def _release_held(self) -> None:
         held, self._held = self._held or [], None
         self._deadline.release()
-        if held:
-            self.data(b"".join(held))
+        if held:  # through the sink: the first token may be among them (`_FirstToken`)
+            self._sink.data(b"".join(held))
         if self._held is None:
             if self._ended is not None:
                 self.end(self._ended[0])

@@ -18,7 +18,8 @@ from streamproxy.errors import StreamDecodeError, StreamTruncated
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
 from streamproxy.providers.mock.server import ANTHROPIC, MockOptions, unpaced_body
-from streamproxy.relay import _Pump
+from streamproxy.record import RequestRecord
+from streamproxy.relay import _FirstToken, _Pump
 from streamproxy.upstream.response_parser import Disconnected
 from tests.helpers import relay_reads
 
@@ -32,6 +33,9 @@ class Upstream:
         self.pauses = 0
 
     def pipe(self, sink: Any) -> None:
+        self.sink = sink
+
+    def handover(self, sink: Any) -> None:
         self.sink = sink
 
     def pause_reading(self) -> None:
@@ -79,6 +83,9 @@ class Deadline:
 
     def release(self) -> None:
         self.held = False
+
+    def token_came(self) -> None:
+        self.token_reads = self.reads
 
 
 def parts() -> tuple[ChunkEncoder, AnthropicStreamTranslator]:
@@ -246,3 +253,37 @@ async def test_a_client_full_from_the_first_piped_read_keeps_the_native_upstream
     finally:
         resp.close()
         await http.close()
+
+
+async def test_a_first_token_among_reads_held_for_a_full_client_is_noted_when_they_go() -> None:
+    """Committed on a role chunk alone, whose write left the client's buffer full: the reads
+    that follow are held, the first token among them. When the client drains they go to the
+    sink that asks for the token, so it is noted then (and the pump takes the reads over),
+    not taken at the stream's end by the relay's last resort."""
+    split = BODY.find(b"event: content_block_delta")
+    enc, tr = parts()
+    tr.feed(BODY[:split])  # the commit: the role chunk alone
+    assert enc.role_only()
+    enc.take()  # (the relay wrote it)
+    client, up, deadline = Client(), Upstream(), Deadline()
+    record = RequestRecord(trace_id="t")
+    client.full = True  # ...and the client stopped reading
+    pump = _Pump(tr, enc, deadline, client, up)  # type: ignore[arg-type]
+    sink = _FirstToken(pump, enc, deadline, up, record)  # type: ignore[arg-type]
+    task = asyncio.ensure_future(pump.run(sink))
+    await asyncio.sleep(0)
+    sink.data(b'event: ping\ndata: {"type": "ping"}\n\n')  # nothing for the client...
+    assert up.paused  # ...who is found full: reading pauses
+    rest = BODY[split:]
+    sink.data(rest[:200])  # the first token's read, already on its way: held
+    assert record.first_token is None
+    client.drained.set()
+    await asyncio.sleep(0.01)
+    assert not task.done() and not up.paused
+    assert record.first_token is not None and up.sink is pump
+    assert deadline.token_reads == 2  # (the ping, then the held reads as one)
+    noted = record.first_token
+    up.sink.data(rest[200:])
+    up.sink.end(None)
+    await asyncio.wait_for(task, 1)
+    assert record.first_token == noted and client.ended
