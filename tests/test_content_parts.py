@@ -233,3 +233,18 @@ def test_a_file_whose_data_url_has_no_media_type_is_a_pdf_by_its_bytes_else_text
         {"type": "text", "text": "Read"},
         {"type": "file", "file": {"filename": "f", "file_data": url}}]}]})
     assert expected[provider] in orjson.dumps(_conversation(out)).decode()
+
+
+@pytest.mark.parametrize(("filename", "fmt"), [
+    ("Minutes 2024.docx", '"format":"docx"'), ("budget.XLSX", '"format":"xlsx"'),
+    ("table.csv", '"format":"csv"'), ("data.json", '"format":"txt"'), ("notes", '"format":"txt"')])
+def test_bedrock_an_unlabelled_file_goes_by_its_extension_before_text(
+        filename: str, fmt: str) -> None:
+    """An unlabelled (`data:;base64,`) Word or Excel file went to Bedrock as `txt`, RFC 2397's
+    text/plain beating its filename, which a generic label does not: the model read a zip as
+    text. A type defaulted, not given, yields to a known extension; else it is text."""
+    url = "data:;base64," + base64.b64encode(b"PK\x03\x04\x14\0\x06\0").decode()
+    out = TRANSLATORS["bedrock"]({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Read"},
+        {"type": "file", "file": {"filename": filename, "file_data": url}}]}]})
+    assert fmt in orjson.dumps(_conversation(out)).decode()

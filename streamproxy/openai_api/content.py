@@ -192,17 +192,18 @@ def lower_scheme(url: Any) -> Any:
     return url
 
 
-def parse_data_url(url: str, where: str) -> tuple[str, str]:
+def parse_data_url(url: str, where: str, default: str = "text/plain") -> tuple[str, str]:
     """`data:<mime>;base64,<data>` → (lower-cased mime, the base64 text without whitespace).
     Encoders break lines in base64 (MIME's every 76 characters, Android's Base64.DEFAULT),
     clients put a space after the comma, and data: URL readers skip both; the providers'
     base64 fields are strict (Anthropic: "invalid base64 data"), so it goes on without.
     A URL without a mime (`data:;base64,…`, what uploads of a file of no known type make) has
     RFC 2397's default, text/plain: the translators read an image's or a PDF's type from its
-    bytes anyway (image_media_type, file_media_type)."""
+    bytes anyway (image_media_type, file_media_type). A translator that can tell a file's type
+    by its name passes `default=""`, to know the type was left out, not given."""
     head, _, data = url.partition(",")
     head = head.lower()  # (the scheme and `;base64` are case-insensitive)
-    mime = head[5:].split(";")[0].strip() or "text/plain"
+    mime = head[5:].split(";")[0].strip() or default
     if not head.startswith("data:") or ";base64" not in head or not data:
         raise InvalidRequest("A data: URL must look like data:<mime>;base64,<data>.",
                              param=where, code="invalid_value")

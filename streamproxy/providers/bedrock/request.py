@@ -696,12 +696,15 @@ def _document(file: dict[str, Any], where: str, i: int, j: int) -> dict[str, Any
     if not isinstance(data, str) or not data.startswith("data:"):
         raise InvalidRequest("Bedrock takes files as file_data data: URLs.",
                              param=f"{where}.file_data", code="invalid_value")
-    media_type, payload = parse_data_url(data, f"{where}.file_data")
+    # "": no type given (data:;base64,), whose default, text/plain, a known extension beats
+    media_type, payload = parse_data_url(data, f"{where}.file_data", default="")
     media_type = file_media_type(payload, media_type)  # a PDF's bytes say so, whatever its label
     stem, *extension = str(file.get("filename") or "").rsplit(".", 1)
     fmt = DOCUMENT_FORMATS.get(media_type)
     if fmt is None and extension and extension[0].lower() in DOCUMENT_EXTENSIONS:
         fmt = extension[0].lower()
+    if fmt is None and not media_type:
+        fmt = "txt"  # RFC 2397's text/plain
     if fmt is None:
         raise InvalidRequest(f"Bedrock does not take documents of type {media_type}.",
                              param=f"{where}.file_data", code="unsupported_value")
