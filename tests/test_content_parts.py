@@ -248,3 +248,18 @@ def test_bedrock_an_unlabelled_file_goes_by_its_extension_before_text(
         {"type": "text", "text": "Read"},
         {"type": "file", "file": {"filename": filename, "file_data": url}}]}]})
     assert fmt in orjson.dumps(_conversation(out)).decode()
+
+
+@pytest.mark.parametrize(("filename", "mime"), [
+    ("call.mp3", "audio/mpeg"), ("clip.mp4", "video/mp4"), ("table.csv", "text/csv"),
+    ("report.docx", "text/plain"), ("notes", "text/plain"), (None, "text/plain")])
+def test_gemini_an_unlabelled_file_goes_by_its_extension_before_text(
+        filename: str | None, mime: str) -> None:
+    """An unlabelled (`data:;base64,`) recording or video named call.mp3 went to Gemini as
+    text/plain, RFC 2397's default: the model read audio bytes as text. A defaulted type
+    yields to a media type the filename tells (as a URL's type is guessed); else text."""
+    url = "data:;base64," + base64.b64encode(b"ID3\x04\0\0\0\0\0\x00ftyp").decode()
+    out = TRANSLATORS["gemini"]({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Listen"},
+        {"type": "file", "file": {"filename": filename, "file_data": url}}]}]})
+    assert out["contents"][0]["parts"][1]["inlineData"]["mimeType"] == mime

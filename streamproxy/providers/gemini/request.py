@@ -466,10 +466,11 @@ def _media(url: Any, where: str, default_mime: str | None,
     `default_mime`: None is a 400, "" leaves the type out (for Google to tell)."""
     url = lower_scheme(url)
     if isinstance(url, str) and url.startswith("data:"):
-        mime, data = parse_data_url(url, where)
+        mime, data = parse_data_url(url, where, default="")  # "": no type given
         # an image's or a PDF's bytes tell its type: a label may be generic
         # (application/octet-stream, which Gemini refuses) or wrong
-        mime = _image_checked(file_media_type(data, mime), where)
+        mime = file_media_type(data, mime) or _named_media(filename) or "text/plain"
+        mime = _image_checked(mime, where)
         return {"inlineData": {"mimeType": mime, "data": data}}
     if isinstance(url, str) and url.startswith(("http://", "https://", "gs://")):
         path = url.split("?", 1)[0].split("#", 1)[0]
@@ -481,6 +482,14 @@ def _media(url: Any, where: str, default_mime: str | None,
         return {"fileData": {"mimeType": mime, "fileUri": url} if mime else {"fileUri": url}}
     raise InvalidRequest("Expected a data: URL or an http(s)/gs:// URL.", param=where,
                          code="invalid_value")
+
+
+def _named_media(filename: str | None) -> str | None:
+    """The media type a file's name tells, for a data: URL that gives none: audio, video, an
+    image or text, what Gemini reads inline; RFC 2397's default, text/plain, would have it
+    read a recording's bytes as text. Other types (a .docx) it refuses: still text."""
+    mime = mimetypes.guess_type(filename, strict=False)[0] if isinstance(filename, str) else None
+    return mime if mime and mime.startswith(("audio/", "video/", "image/", "text/")) else None
 
 
 def _audio_type(fmt: str, where: str) -> str:
