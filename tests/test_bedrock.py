@@ -2660,3 +2660,25 @@ def test_a_native_request_metadata_wins_and_nothing_fitting_sends_none() -> None
     assert out["requestMetadata"] == {"b": "2"}
     assert "requestMetadata" not in to_converse({"messages": hi, "metadata": {"k": "é"}}, MODEL)
     assert "requestMetadata" not in to_converse({"messages": hi, "metadata": {}}, MODEL)
+
+
+def _answer_with_tier(tier: Any) -> dict[str, Any]:
+    answer: dict[str, Any] = {"output": {"message": {"role": "assistant", "content": [
+        {"text": "Hi"}]}}, "stopReason": "end_turn", "usage": {"inputTokens": 3, "outputTokens": 1}}
+    if tier is not None:
+        answer["serviceTier"] = {"type": tier}
+    return answer
+
+
+@pytest.mark.parametrize(("tier", "reported"), [
+    ("flex", "flex"), ("priority", "priority"), ("default", "default"),
+    ("reserved", "scale"), (None, None)])
+def test_the_tier_that_served_an_answer_is_its_service_tier(tier: Any, reported: Any) -> None:
+    """Converse says which tier served the answer (`serviceTier`); the completion said none,
+    so a client that asked for flex could not tell flex from a fallback to standard.
+    Reserved capacity is OpenAI's scale tier; no tier reported, no field."""
+    out = to_completion(orjson.dumps(_answer_with_tier(tier)), completion_id="c", created=1,
+                        model="m")
+    assert out.get("service_tier") == reported
+    assert out["choices"][0]["message"]["content"] == "Hi"
+

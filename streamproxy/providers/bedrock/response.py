@@ -15,6 +15,7 @@ from streamproxy.providers.bedrock.stream import (
     failed_stop,
     finish_reason,
     map_usage,
+    service_tier,
 )
 
 
@@ -56,6 +57,9 @@ def _translate(blocks: list[dict[str, Any]], answer: dict[str, Any]) -> Completi
     out.finish(finish_reason(answer.get("stopReason") or "end_turn", tools > 0))
     if answer.get("usage"):
         out.usage(map_usage(answer["usage"]))
+    tier = service_tier(answer)
+    if tier is not None:  # (OpenAI's answer says which tier served it: a flex request may not)
+        out.upstream_fields["service_tier"] = tier
     return out
 
 

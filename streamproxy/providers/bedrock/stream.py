@@ -143,6 +143,19 @@ def map_usage(u: dict[str, Any]) -> dict[str, Any]:
                       cache_write=cache_write)
 
 
+# Converse's `serviceTier.type` (the tier that served the answer) → OpenAI's `service_tier`: the
+# same words, but reserved capacity, bought ahead, is what OpenAI calls its scale tier.
+_SERVICE_TIERS = {"reserved": "scale"}
+
+
+def service_tier(answer: dict[str, Any]) -> str | None:
+    """The tier a Converse answer (or a stream's metadata) says served it, in OpenAI's words;
+    None when it names none."""
+    tier = answer.get("serviceTier")
+    kind = tier.get("type") if isinstance(tier, dict) else None
+    return _SERVICE_TIERS.get(kind, kind) if isinstance(kind, str) and kind else None
+
+
 # A text delta's payload as Bedrock writes it, with a non-empty text in the spelling orjson
 # writes (providers/splice.py) and the padding key it adds to every payload. Its own repeats are
 # possessive: what follows each cannot start inside it, so giving back never matches more, and
