@@ -2682,3 +2682,23 @@ def test_the_tier_that_served_an_answer_is_its_service_tier(tier: Any, reported:
     assert out.get("service_tier") == reported
     assert out["choices"][0]["message"]["content"] == "Hi"
 
+
+def test_a_stream_s_tier_is_on_its_usage_chunk_and_in_the_whole_answer() -> None:
+    """The stream's tier comes in its metadata, after the finish: it goes on the usage chunk
+    (no per-chunk work) and into a captured answer (store, cache)."""
+    from streamproxy.openai_api.chunks import RecordingChunkEncoder
+    from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
+    body = (event("messageStart", {"role": "assistant"}) + text_delta("Hi")
+            + event("messageStop", {"stopReason": "end_turn"})
+            + event("metadata", {"usage": {"inputTokens": 3, "outputTokens": 1},
+                                 "serviceTier": {"type": "flex"}}))
+    chunks = [c for c in sse_chunks(translate([body])) if c != "[DONE]"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["service_tier"] == "flex"
+    assert all("service_tier" not in c for c in chunks[:-1])
+    assert collect(sse_chunks(translate([body]))).content == "Hi"
+    enc = RecordingChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    builder = CompletionBuilder()
+    tr = BedrockStreamTranslator(TeeSink(enc, builder), 1 << 20)
+    tr.feed(body)
+    assert tr.done
+    assert builder.completion(completion_id="c", created=1, model="m")["service_tier"] == "flex"

@@ -82,6 +82,11 @@ class ChunkSink(Protocol):
 
     def finish(self, reason: str) -> None: ...
 
+    def service_tier(self, tier: str) -> None:
+        """OpenAI's `service_tier`, the tier that served the answer, when the provider tells
+        it at the end (Bedrock's metadata): on the usage chunk, the stream's last, so no
+        chunk before it pays, and in the whole answer."""
+
     def usage(self, usage: dict[str, Any]) -> None:
         """Latest cumulative usage in OpenAI's shape; the last call wins."""
 
@@ -170,7 +175,8 @@ class ChunkEncoder:
 
     __slots__ = (
         "_buf", "_citations", "_content_head", "_content_null", "_content_tail", "_images",
-        "_literal_sep", "_prefix", "_role", "_tail", "_thinking_blocks", "bytes_taken", "chunks",
+        "_literal_sep", "_prefix", "_role", "_tail", "_thinking_blocks", "_tier", "bytes_taken",
+        "chunks",
         "completion_id", "created", "ended", "failure", "finish_reason", "include_usage",
         "model", "secrets", "usage_data",
     )
@@ -202,6 +208,7 @@ class ChunkEncoder:
         self._thinking_blocks = 0  # thinking_block(): the next block's index
         self._images = 0  # image(): the next image's index
         self._citations = 0  # citations(): the next annotation's index
+        self._tier = b""  # service_tier(): the usage chunk's `"service_tier":…,`
         self.chunks = 0
         self.bytes_taken = 0  # everything take() returned: the bytes sent to the client
         self.finish_reason: str | None = None
@@ -396,6 +403,9 @@ class ChunkEncoder:
             return True
         return False
 
+    def service_tier(self, tier: str) -> None:
+        self._tier = b'"service_tier":%b,' % _dumps(tier)
+
     def usage(self, usage: dict[str, Any]) -> None:
         self.usage_data = usage
 
@@ -414,7 +424,7 @@ class ChunkEncoder:
             # the log records, stays None: not reported).
             usage = NO_USAGE_JSON if self.usage_data is None else _dumps(self.usage_data)
             head = self._prefix[: self._prefix.rindex(b'"choices":')]
-            self._buf += (head, b'"choices":[],"usage":', usage, b"}\n\n")
+            self._buf += (head, self._tier, b'"choices":[],"usage":', usage, b"}\n\n")
             self.chunks += 1
         self._buf.append(DONE_FRAME)
         self.ended = True

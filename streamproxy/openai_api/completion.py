@@ -207,6 +207,9 @@ class CompletionBuilder:
     def finish(self, reason: str) -> None:
         self.finish_reason = reason
 
+    def service_tier(self, tier: str) -> None:
+        self.upstream_fields["service_tier"] = tier
+
     def usage(self, usage: dict[str, Any]) -> None:
         self.usage_data = usage
 
@@ -668,6 +671,10 @@ class TeeSink:
     def finish(self, reason: str) -> None:
         self.encoder.finish(reason)
         self.builder.finish(reason)
+
+    def service_tier(self, tier: str) -> None:
+        self.encoder.service_tier(tier)
+        self.builder.service_tier(tier)
 
     def usage(self, usage: dict[str, Any]) -> None:
         self.encoder.usage(usage)

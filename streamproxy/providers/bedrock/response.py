@@ -59,7 +59,7 @@ def _translate(blocks: list[dict[str, Any]], answer: dict[str, Any]) -> Completi
         out.usage(map_usage(answer["usage"]))
     tier = service_tier(answer)
     if tier is not None:  # (OpenAI's answer says which tier served it: a flex request may not)
-        out.upstream_fields["service_tier"] = tier
+        out.service_tier(tier)
     return out
 
 

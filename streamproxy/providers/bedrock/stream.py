@@ -7,7 +7,8 @@
 - Reasoning text goes to `reasoning_content`; the block's signature (Claude) is emitted with the
   whole signed text as a `thinking_blocks` entry, so the client can send it back (request.py).
 - A turn with tool calls finishes as `tool_calls` even when its stopReason says `end_turn`.
-- Bedrock sends `metadata` (usage) *after* `messageStop`; metadata is the end of the stream.
+- Bedrock sends `metadata` (usage, the tier that served the answer) *after* `messageStop`, so
+  the tier (`service_tier`) is on the usage chunk only; metadata is the end of the stream.
   A stream that closes after messageStop without metadata is reported as truncated: the answer
   is complete, but nothing tells a cut connection from a finished one there, so we do not guess.
 - A failed stop (FAILED_REASONS) is an error at once, so an attempt whose first read held it
@@ -328,6 +329,9 @@ class BedrockStreamTranslator(StreamTranslator):
             self.out.finish(finish_reason(reason, bool(self._tool_of_block)))
         elif event == "metadata":
             self._start()
+            tier = service_tier(body)
+            if tier is not None:
+                self.out.service_tier(tier)
             if body.get("usage"):
                 self.out.usage(map_usage(body["usage"]))
             self.out.end()
