@@ -72,6 +72,39 @@ async def test_every_endpoint_but_healthz_needs_a_key(proxy: Any, json_upstream:
     assert json_upstream.requests == []
 
 
+async def test_a_placeholder_portkey_key_gives_way_to_a_proxy_key_in_authorization(
+        proxy: Any, json_upstream: Any) -> None:
+    # An empty or placeholder x-portkey-api-key (the portkey SDK given no api_key sends ""; a
+    # JS template of an unset key sends "undefined") is no key: the proxy key the client sent
+    # as `Authorization: Bearer` is the one it presents, and it is still not forwarded.
+    from portkey_ai import AsyncPortkey
+
+    client = await proxy(config(json_upstream.url))
+    portkey = AsyncPortkey(base_url=str(client.make_url("/v1")), max_retries=0,
+                           Authorization=f"Bearer {KEY_A}")
+    answer = await portkey.chat.completions.create(model="m", messages=USER)
+    assert answer.choices[0].message.content == "ok"
+    for placeholder in ("", "  ", "undefined", "null", "None", "OPENAI_API_KEY"):
+        for headers in ({"x-portkey-api-key": placeholder, "authorization": f"Bearer {KEY_A}"},
+                        {"authorization": f"Bearer {KEY_A}", "x-portkey-api-key": placeholder}):
+            resp = await client.post("/v1/chat/completions", json={"messages": USER},
+                                     headers=headers)
+            assert resp.status == 200, (placeholder, await resp.text())
+    assert set(sent_auth(json_upstream)) == {None}
+    # A real x-portkey-api-key still wins (Portkey's order); Authorization stays the
+    # provider key. A wrong one is refused, never echoed, never passed over for Authorization.
+    resp = await client.post("/v1/chat/completions", json={"messages": USER},
+                             headers={"x-portkey-api-key": "sk-wrong-0123456789",
+                                      "authorization": f"Bearer {KEY_A}"})
+    text = await resp.text()
+    assert resp.status == 401 and "Invalid proxy API key." in text and "wrong" not in text
+    # Both placeholders: told as missing.
+    resp = await client.post("/v1/chat/completions", json={"messages": USER},
+                             headers={"x-portkey-api-key": "undefined",
+                                      "authorization": "Bearer OPENAI_API_KEY"})
+    assert resp.status == 401 and "Missing proxy API key" in await resp.text()
+
+
 async def test_a_placeholder_key_is_told_as_missing_and_a_wrong_key_is_never_echoed(
         proxy: Any, json_upstream: Any) -> None:
     # What clients send when given no key: "Invalid proxy API key." sent their users looking
@@ -301,6 +334,13 @@ def test_presented_key() -> None:
     assert presented_key({"authorization": "Basic abc"}) == (None, False)
     assert presented_key({"authorization": "Bearer "}) == (None, True)
     assert presented_key({}) == (None, False)
+    # an empty or placeholder x-portkey-api-key is no key: Authorization's is the one presented
+    assert presented_key({"x-portkey-api-key": " ", "authorization": "Bearer k"}) == ("k", True)
+    assert presented_key({"x-portkey-api-key": "null", "authorization": "Bearer k"}) == ("k",
+                                                                                         True)
+    assert presented_key({"x-portkey-api-key": "undefined"}) == ("undefined", False)
+    assert presented_key({"x-portkey-api-key": "null", "authorization": "Bearer "}) == ("null",
+                                                                                         False)
 
 
 @pytest.mark.parametrize(("auth", "key", "fragment"), [

@@ -9,7 +9,8 @@ server/shared_rate.py).
           allowed_providers: [openai]    # optional; absent = every provider
           rate_limit: {requests_per_minute: 600, burst: 50}   # optional
 
-A client presents a key as `x-portkey-api-key: <key>` or `Authorization: Bearer <key>`. With the
+A client presents a key as `x-portkey-api-key: <key>` or `Authorization: Bearer <key>` (an
+empty or placeholder `x-portkey-api-key` is no key: see `presented_key`). With the
 `x-portkey-api-key` header, `Authorization` stays the client's provider key (Portkey's
 convention); when the proxy key came in `Authorization`, that header is removed from the request
 before routing, so it is never forwarded to a provider as a provider key.
@@ -192,14 +193,19 @@ def _parse_rate(raw: Any, where: str, source: str) -> TokenBucket | None:
 # -- the middleware and the provider check --------------------------------------------------
 
 def presented_key(headers: Any) -> tuple[str | None, bool]:
-    """(the proxy key the client presented, whether it came in `Authorization`)."""
-    key = headers.get(PROXY_KEY_HEADER)
-    if key:
-        return key.strip(), False
+    """(the proxy key the client presented, whether it came in `Authorization`).
+    `x-portkey-api-key` first, as Portkey reads it; but an empty or placeholder one (the
+    portkey SDK given no api_key sends "", a JS template "undefined") is no key, and a key in
+    `Authorization` is the one presented. Both placeholders: the header's, told as missing."""
+    key = (headers.get(PROXY_KEY_HEADER) or "").strip()
+    if key and key.lower() not in PLACEHOLDER_KEYS:
+        return key, False
     auth = headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None, True
-    return None, False
+        bearer = auth[7:].strip()
+        if bearer or not key:
+            return bearer or None, True
+    return key or None, False
 
 
 def _is_open(request: web.Request) -> bool:
