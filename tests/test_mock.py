@@ -125,3 +125,27 @@ async def test_a_request_with_a_large_image_is_answered(default_proxy: Any, mode
         {"type": "text", "text": "what is this"},
         {"type": "image_url", "image_url": {"url": image}}]}])
     assert done.choices[0].message.content == mock_server.mock_text(3)
+
+
+@pytest.mark.parametrize(("path", "statuses"), [("/v1/messages", (429, 529)),
+                                                ("/v1/chat/completions", (429, 503))])
+async def test_only_a_status_a_provider_asks_a_wait_on_carries_retry_after(
+        mock_url: str, default_proxy: Any, path: str, statuses: tuple[int, ...]) -> None:
+    """The mock sent `retry-after: 1` on every error status, 400 and 401 too, and the proxy
+    passed it on: a client read a wait into an answer no retry changes. Now only a rate limit
+    and an overload (429, 503, Anthropic's 529) carry it, as a provider's do."""
+    body = {"model": "fast", "max_tokens": 64, "messages": USER}
+    async with aiohttp.ClientSession() as session:
+        for status in (400, 401, 403, 404, 422, 500, *statuses):
+            options = {"x-mock-options": f"status={status}"}
+            async with session.post(mock_url + path, json=body, headers=options) as resp:
+                assert resp.status == status
+                assert ("retry-after" in resp.headers) == (status in statuses), status
+    client = await default_proxy()
+    provider = "mock" if path == "/v1/messages" else "mock-openai"
+    for status in (400, 401, 404, 429):
+        resp = await client.post("/v1/chat/completions", json={
+            "model": f"{provider}/fast:status={status}", "messages": USER})
+        assert resp.status == status
+        passed = {h for h in ("retry-after", "retry-after-ms") if h in resp.headers}
+        assert passed == ({"retry-after", "retry-after-ms"} if status == 429 else set()), status

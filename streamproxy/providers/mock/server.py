@@ -9,7 +9,7 @@ Knobs per request, from the model name (`fast`, `slow:tokens=40`, `tokens=500,tp
     tool_calls      tool calls after the text
     error_after     send an error event after N deltas (not streamed: the error status)
     truncate_after  close the connection abruptly after N deltas (not streamed: mid-body)
-    status          answer with this HTTP error status
+    status          answer with this HTTP error status (429, 503, 529: retry-after: 1)
     stall_ms        delay before the response headers
     reset_first     1: send 200 headers, then reset the connection before any event
     flush           1: write every event on its own, as providers flush them (no delay)
@@ -36,6 +36,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tools": {"tokens": 5, "tool_calls": 2},
     "error": {"tokens": 20, "error_after": 5},
 }
+# The statuses a provider names a wait on (a rate limit, an overload; Anthropic's is 529): a
+# `retry-after` on a 400 or 401 told clients to wait for an answer no retry changes.
+WAIT_STATUSES = frozenset({429, 503, 529})
 WORDS = ("Hello", " from", " the", " streamproxy", " mock", ",", " token", " by", " token", ".")
 TOOL_ARGS = ('{"city": ', '"Paris"', ', "unit": "c"}')
 
@@ -333,8 +336,9 @@ async def _serve(request: web.Request, wire: _Wire) -> web.StreamResponse:
     if opts.stall_ms:
         await asyncio.sleep(opts.stall_ms / 1000)
     if opts.status != 200:
+        wait = {"retry-after": "1"} if opts.status in WAIT_STATUSES else None
         return web.Response(body=orjson.dumps(wire.error_body(opts.status)), status=opts.status,
-                            content_type="application/json", headers={"retry-after": "1"})
+                            content_type="application/json", headers=wait)
     prompt = prompt_tokens(body)
     if not body.get("stream"):
         return await _whole(request, wire, opts, model, prompt)
