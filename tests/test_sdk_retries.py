@@ -101,3 +101,22 @@ async def test_a_body_over_the_limit_is_the_sdks_413_sent_once(
             extra_headers={"connection": "close"} if close else None)
     assert info.value.status_code == 413 and info.value.code == "request_too_large"
     assert [line["status"] for line in access_log()] == [413]  # (sent once)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_request_timeout_the_client_set_is_retried_as_the_sdks_own_timeout(
+        proxy: Any, upstream: Any, stream: bool) -> None:
+    """`x-portkey-request-timeout` running out is Portkey's 408, with no `x-should-retry`
+    (Portkey's gateway sends none): the SDK retries it as it retries its own `timeout=` running
+    out — a late first token is often a queue that the next try misses, and `max_retries` is
+    the client's choice. So the proxy does not say `false` on it (nor a wait)."""
+    upstream.delay_before_headers = 2.0  # every try outlasts the client's 50 ms
+    client = await proxy(provider_config("openai", upstream.url))
+    with pytest.raises(openai.APIStatusError) as info:
+        await _sdk(client).chat.completions.create(
+            model="m", messages=USER, stream=stream,
+            extra_headers={"x-portkey-request-timeout": "50"})
+    assert info.value.status_code == 408
+    assert (info.value.type, info.value.code) == ("timeout_error", "request_timeout")
+    assert not {"x-should-retry", "retry-after"} & set(info.value.response.headers)
+    assert len(upstream.requests) == 3  # the first try and the SDK's two retries
