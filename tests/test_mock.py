@@ -149,3 +149,34 @@ async def test_only_a_status_a_provider_asks_a_wait_on_carries_retry_after(
         assert resp.status == status
         passed = {h for h in ("retry-after", "retry-after-ms") if h in resp.headers}
         assert passed == ({"retry-after", "retry-after-ms"} if status == 429 else set()), status
+
+
+@pytest.mark.parametrize(("status", "anthropic", "openai"), [
+    (400, "invalid_request_error", ("invalid_request_error", None)),
+    (401, "authentication_error", ("invalid_request_error", "invalid_api_key")),
+    (403, "permission_error", ("invalid_request_error", None)),
+    (404, "not_found_error", ("invalid_request_error", None)),
+    (413, "request_too_large", ("invalid_request_error", None)),
+    (422, "invalid_request_error", ("invalid_request_error", None)),
+    (429, "rate_limit_error", ("requests", "rate_limit_exceeded")),
+    (500, "api_error", ("server_error", None)),
+    (529, "overloaded_error", ("server_error", None))])
+def test_the_mocks_error_status_reads_as_its_providers(status: int, anthropic: str,
+                                                       openai: tuple[str, str | None]) -> None:
+    """`status=401` answered `api_error` (Anthropic's internal error) on the Anthropic wire and
+    `server_error` on OpenAI's, so a client testing its handling of a bad key or a bad request
+    against the mock saw a server fault; each status now has the type its provider sends."""
+    assert mock_server.ANTHROPIC.error_body(status)["error"]["type"] == anthropic
+    error = mock_server.OPENAI.error_body(status)["error"]
+    assert (error["type"], error["code"]) == openai
+
+
+async def test_the_mocks_client_errors_reach_the_client_as_client_errors(
+        default_proxy: Any) -> None:
+    client = await default_proxy()
+    for provider in ("mock", "mock-openai"):
+        resp = await client.post("/v1/chat/completions", json={
+            "model": f"{provider}/fast:status=401", "messages": USER})
+        error = (await resp.json())["error"]
+        assert resp.status == 401 and error["type"] != "server_error", provider
+        assert error["code"] != "api_error", provider

@@ -246,6 +246,13 @@ def openai_completion(opts: MockOptions, model: str, prompt: int) -> dict[str, A
 
 # -- serving ------------------------------------------------------------------------------------
 
+# Anthropic's error type per status (its other 4xx are invalid_request_error, 5xx api_error)
+ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                         403: "permission_error", 404: "not_found_error",
+                         413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+                         529: "overloaded_error"}
+
+
 @dataclass(frozen=True, slots=True)
 class _Wire:
     name: str
@@ -271,14 +278,19 @@ class _Wire:
             openai_completion(opts, model, prompt)
 
     def error_body(self, status: int) -> dict[str, Any]:
+        """The error as the provider types it: a 401 read as a server fault (`api_error`)
+        told a client testing its key handling that the provider failed."""
         msg = f"mock error status {status}"
         if self.name == "anthropic":
-            return {"type": "error", "error": {"type": "rate_limit_error" if status == 429
-                                               else "api_error", "message": msg}}
+            kind = ANTHROPIC_ERROR_TYPES.get(status) or (
+                "invalid_request_error" if status < 500 else "api_error")
+            return {"type": "error", "error": {"type": kind, "message": msg}}
         if status == 429:  # as OpenAI words a rate limit
             return {"error": {"message": msg, "type": "requests", "param": None,
                               "code": "rate_limit_exceeded"}}
-        return {"error": {"message": msg, "type": "server_error", "param": None, "code": None}}
+        return {"error": {"message": msg, "param": None,
+                          "type": "invalid_request_error" if status < 500 else "server_error",
+                          "code": "invalid_api_key" if status == 401 else None}}
 
 
 ANTHROPIC = _Wire("anthropic", "text/event-stream; charset=utf-8")
