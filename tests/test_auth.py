@@ -172,6 +172,18 @@ async def test_a_proxy_key_in_authorization_is_not_forwarded_upstream(
     assert sent_auth(json_upstream) == [None, "Bearer sk-provider"]
 
 
+async def test_a_proxy_key_sent_in_both_headers_is_not_forwarded_as_the_provider_key(
+        proxy: Any, json_upstream: Any) -> None:
+    # The openai SDK given the proxy key as api_key and as x-portkey-api-key sends it twice:
+    # Authorization went upstream as the provider key, the proxy's secret to a third party.
+    client = await proxy(config(json_upstream.url))
+    for bearer in (f"Bearer {KEY_A}", f"bearer  {KEY_A} "):
+        resp = await client.post("/v1/chat/completions", json={"messages": USER},
+                                 headers={"x-portkey-api-key": KEY_A, "authorization": bearer})
+        assert resp.status == 200
+    assert sent_auth(json_upstream) == [None, None]
+
+
 async def test_request_state_set_downstream_survives_the_header_removal(
         proxy: Any, json_upstream: Any) -> None:
     client = await proxy(config(json_upstream.url))
@@ -339,6 +351,8 @@ def test_presented_key() -> None:
     assert presented_key({"x-portkey-api-key": "null", "authorization": "Bearer k"}) == ("k",
                                                                                          True)
     assert presented_key({"x-portkey-api-key": "undefined"}) == ("undefined", False)
+    # the same key in both: Authorization carried it too, and is removed
+    assert presented_key({"x-portkey-api-key": "k", "authorization": "Bearer k"}) == ("k", True)
     assert presented_key({"x-portkey-api-key": "null", "authorization": "Bearer "}) == ("null",
                                                                                          False)
 

@@ -12,8 +12,9 @@ server/shared_rate.py).
 A client presents a key as `x-portkey-api-key: <key>` or `Authorization: Bearer <key>` (an
 empty or placeholder `x-portkey-api-key` is no key: see `presented_key`). With the
 `x-portkey-api-key` header, `Authorization` stays the client's provider key (Portkey's
-convention); when the proxy key came in `Authorization`, that header is removed from the request
-before routing, so it is never forwarded to a provider as a provider key.
+convention) unless it holds the same key; when the proxy key came in `Authorization`, that
+header is removed from the request before routing, so it is never forwarded to a provider as a
+provider key.
 
 Comparison hashes the presented key and compares it with every configured key's hash using
 `hmac.compare_digest`, without stopping at a match: the time taken does not depend on which key
@@ -196,15 +197,16 @@ def presented_key(headers: Any) -> tuple[str | None, bool]:
     """(the proxy key the client presented, whether it came in `Authorization`).
     `x-portkey-api-key` first, as Portkey reads it; but an empty or placeholder one (the
     portkey SDK given no api_key sends "", a JS template "undefined") is no key, and a key in
-    `Authorization` is the one presented. Both placeholders: the header's, told as missing."""
+    `Authorization` is the one presented. Both placeholders: the header's, told as missing.
+    The same key in both (an SDK given it as api_key too) counts as in `Authorization`, so
+    that header is removed rather than forwarded as the provider key."""
     key = (headers.get(PROXY_KEY_HEADER) or "").strip()
-    if key and key.lower() not in PLACEHOLDER_KEYS:
-        return key, False
     auth = headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        bearer = auth[7:].strip()
-        if bearer or not key:
-            return bearer or None, True
+    bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+    if key and key.lower() not in PLACEHOLDER_KEYS:
+        return key, bearer == key
+    if bearer is not None and (bearer or not key):
+        return bearer or None, True
     return key or None, False
 
 
