@@ -104,7 +104,7 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord,
         try:
             first = encoder.take()  # the response head leaves with these frames
             # Committed on the role chunk alone, the first token is still to come: the reads
-            # before it note its time (`_FirstToken`, `_pull_until_answer`), none after it.
+            # before it note its time (`_FirstToken`, `_pull`'s `before_answer`), none after it.
             waiting = deadline.first_token_due and not translator.done
             if not waiting:
                 record.first_token = record.first_byte
@@ -179,9 +179,8 @@ async def _pull(translator: StreamTranslator, encoder: ChunkEncoder, deadline: D
                 write: Callable[[bytes], Awaitable[None]],
                 kept: _KeepAlive | None = None,
                 before_answer: RequestRecord | None = None) -> None:
-    if before_answer is not None and not await _pull_until_answer(
-            translator, encoder, deadline, read, write, kept, before_answer):
-        return
+    """`before_answer`: committed on the role chunk alone, the record whose first token's time
+    the first write of one notes (then None: a written chunk after it asks no more)."""
     while not translator.done:
         data = out = b""  # nothing held while an idle stream waits (10,000 of them)
         data = await read()
@@ -194,39 +193,13 @@ async def _pull(translator: StreamTranslator, encoder: ChunkEncoder, deadline: D
         if not out and kept is not None and kept.due():
             out = KEEPALIVE_COMMENT
         if out:
+            if before_answer is not None and encoder.answered():
+                before_answer.first_token = time.monotonic()
+                deadline.token_came()
+                before_answer = None
             deadline.hold()  # a write that waits for a slow client is not the provider's gap
             await write(out)
             deadline.release()
-
-
-async def _pull_until_answer(translator: StreamTranslator, encoder: ChunkEncoder,
-                             deadline: Deadline, read: Callable[[], Awaitable[bytes]],
-                             write: Callable[[bytes], Awaitable[None]],
-                             kept: _KeepAlive | None, record: RequestRecord) -> bool:
-    """`_pull`'s loop until the first token after a commit on the role chunk alone, noting
-    its time in `record`; False when the stream ended before it (then nothing is left)."""
-    while not translator.done:
-        data = out = b""
-        data = await read()
-        if not data:
-            translator.close()
-            return False
-        deadline.progress()
-        translator.feed(data)
-        out = encoder.take()
-        if not out and kept is not None and kept.due():
-            out = KEEPALIVE_COMMENT
-        if out:
-            answered = encoder.answered()
-            if answered:
-                record.first_token = time.monotonic()
-                deadline.token_came()
-            deadline.hold()
-            await write(out)
-            deadline.release()
-            if answered:
-                return True
-    return True
 
 
 class _FirstToken:
