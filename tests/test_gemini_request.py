@@ -1345,3 +1345,22 @@ def test_constraints_gemini_does_not_read_go_into_the_description() -> None:
     tool = out["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"]["properties"]
     assert tool == sent
     assert schema == given  # the client's body is left as it came
+
+
+@pytest.mark.parametrize("value", [None, "ya29.a b"])
+def test_a_token_env_holding_a_key_is_not_echoed_to_the_client(
+        value: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A key pasted where token_env's name goes (letters and digits alone: it passes as a
+    # name) was echoed in the 502's message, to every client, where check-config hides it.
+    from streamproxy.routing.target import Target
+
+    key = "Zq8VwR3kLm2Np7Xt5Yb1Hc4Jd6Fg9Ks0Ae3Wr8Ty"
+    if value is None:
+        monkeypatch.delenv(key, raising=False)
+    else:
+        monkeypatch.setenv(key, value)
+    vertex = provider("vertex", project="proj", location="us-central1", token_env=key)
+    with pytest.raises(TokenUnavailable) as info:
+        vertex.auth_headers(Target(vertex, "gemini-2.5-flash"))
+    assert key not in info.value.message and "not shown" in info.value.message
+    assert key not in vertex.auth_summary()  # (check-config's line)

@@ -21,6 +21,7 @@ from streamproxy.config import (
     ProviderConfig,
     check_env_name,
     positive_seconds,
+    shown_env,
 )
 from streamproxy.errors import InvalidRequest, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
@@ -274,6 +275,8 @@ class VertexProvider(GeminiProvider):
             if value is not None:
                 if key == "token_command":  # its name only: an argument may be a secret
                     value = shlex.split(value)[0] if isinstance(value, str) else value[0]
+                elif key == "token_env":  # (not the token itself, written for its name)
+                    value = shown_env(value)
                 return f"{key}={value}"
         return None
 
@@ -305,11 +308,12 @@ class VertexProvider(GeminiProvider):
             token = (os.environ.get(self._token_env) or "").strip()  # (a file's newline)
             if not token:
                 raise TokenUnavailable(f"provider '{self.name}': the environment variable "
-                                       f"{self._token_env} is not set")
+                                       f"{shown_env(self._token_env)} is not set")
             if not is_sendable_token(token):  # as the other sources' tokens: a line break
                 # in it failed the request as an internal error, a non-ASCII one at Vertex
                 raise TokenUnavailable(f"provider '{self.name}': the environment variable "
-                                       f"{self._token_env} does not hold a single token")
+                                       f"{shown_env(self._token_env)} does not hold a single "
+                                       "token")
         else:
             token = target.api_key
             if self.express or (token and token.startswith(API_KEY_PREFIX)):
