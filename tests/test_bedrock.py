@@ -2702,3 +2702,19 @@ def test_a_stream_s_tier_is_on_its_usage_chunk_and_in_the_whole_answer() -> None
     tr.feed(body)
     assert tr.done
     assert builder.completion(completion_id="c", created=1, model="m")["service_tier"] == "flex"
+
+
+def test_inline_static_keys_are_used_without_the_whitespace_around_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As keys read from the *_env variables are: a pasted key's space or a block scalar's
+    newline was signed with, and AWS answered 403 (a signature mismatch) with no hint."""
+    config = bedrock_config("http://x", aws_access_key_id=f" {AKID}",
+                            aws_secret_access_key=f"{SECRET}\n", aws_session_token=f"{TOKEN} ")
+    inline = bedrock_auth.static_keys(config.providers["aws"].options)
+    monkeypatch.setenv("MY_AK", f" {AKID}")
+    monkeypatch.setenv("MY_SK", f"{SECRET}\n")
+    monkeypatch.setenv("MY_ST", f"{TOKEN} ")
+    named = bedrock_auth.static_keys({"aws_access_key_id_env": "MY_AK",
+                                      "aws_secret_access_key_env": "MY_SK",
+                                      "aws_session_token_env": "MY_ST"})
+    assert inline == named == (AKID, SECRET, TOKEN)

@@ -84,13 +84,15 @@ def check_options(options: dict[str, Any], source: str, where: str) -> None:
 
 
 def static_keys(options: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
-    """(access key id, secret, session token) from the options or the variables they name."""
+    """(access key id, secret, session token) from the options or the variables they name,
+    without the whitespace around them (a file's newline, a paste's space): SigV4 signs with
+    it, and AWS's 403 says only that the signature does not match."""
     values = []
     for key in KEY_OPTIONS:
         value = options.get(key)
         if not value and options.get(f"{key}_env"):
-            value = (os.environ.get(options[f"{key}_env"]) or "").strip()  # (a file's newline)
-        values.append(value or None)
+            value = os.environ.get(options[f"{key}_env"])
+        values.append(value.strip() if isinstance(value, str) and value.strip() else None)
     return values[0], values[1], values[2]
 
 
