@@ -19,6 +19,7 @@ from streamproxy.config import (
     load_config,
     shown_address,
     shown_env,
+    unset_or_empty,
 )
 
 
@@ -127,8 +128,8 @@ def _warn_unset_key_envs(config: Config) -> None:
     for p in config.providers.values():
         if p.api_key_env and not p.api_key:
             logging.getLogger("streamproxy").warning(
-                "provider %s: environment variable %s (its api_key_env) is not set", p.name,
-                shown_env(p.api_key_env))
+                "provider %s: environment variable %s (its api_key_env) %s", p.name,
+                shown_env(p.api_key_env), unset_or_empty(p.api_key_env))
 
 
 def cmd_mock(args: argparse.Namespace) -> None:
@@ -207,7 +208,8 @@ def _key_summary(p: ProviderConfig) -> str:
     if p.api_key:
         return "configured key"
     if p.api_key_env:  # the operator meant a key: say which variable was empty
-        return f"client's key (environment variable {shown_env(p.api_key_env)} is not set)"
+        return (f"client's key (environment variable {shown_env(p.api_key_env)} "
+                f"{unset_or_empty(p.api_key_env)})")
     return "client's key"
 
 

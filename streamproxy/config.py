@@ -377,9 +377,16 @@ def required_secret(raw: dict[str, Any], source: str, where: str, key: str,
     check_env_name(env, source, f"{where}.{env_key}")
     secret = secret_from_env(env, source, f"{where}.{env_key}")
     if not secret:
-        raise ConfigError(source, f"{where}.{env_key}",
-                          f"environment variable {shown_env(env)} is not set")
+        raise ConfigError(source, f"{where}.{env_key}", f"environment variable {shown_env(env)} "
+                          f"{unset_or_empty(env)}")
     return secret
+
+
+def unset_or_empty(env: str) -> str:
+    """Why variable `env` gave no secret: "is not set", or "is empty" when it is set to nothing
+    or whitespace alone (an empty secret mount, `export KEY=$UNSET`), not the missing export an
+    operator looked for when told "not set"."""
+    return "is not set" if os.environ.get(env) is None else "is empty"
 
 
 # A key that passes as a variable's name (letters, digits and `_` alone): one of the known

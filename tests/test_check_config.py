@@ -588,3 +588,41 @@ def test_an_ordinary_variables_name_is_still_named(name: str) -> None:
     from streamproxy.config import shown_env
 
     assert shown_env(name) == name
+
+
+@pytest.mark.parametrize("blank", [" ", "\n", ""])
+def test_a_variable_set_to_nothing_but_whitespace_is_said_empty_not_unset(
+        blank: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A variable exported empty (a secret mount of nothing, `export KEY=` from an unset one)
+    was reported as "is not set": the operator looked for a missing export that was there."""
+    from streamproxy.cli import _warn_unset_key_envs
+    from streamproxy.config import load_config
+    from streamproxy.providers.gemini.auth import TokenUnavailable
+    from streamproxy.routing.target import Target
+    from streamproxy.server.app import build_providers
+    from tests.helpers import make_config
+
+    monkeypatch.setenv("CHECK_CONFIG_BLANK", blank)
+    for section in ("auth: {keys: [{name: a, key_env: CHECK_CONFIG_BLANK}]}",
+                    "virtual_keys: {vk: {provider: mock, api_key_env: CHECK_CONFIG_BLANK}}"):
+        code, out, err = run(tmp_path, f"providers: {{mock: {{type: mock}}}}\n{section}\n",
+                             capsys)
+        assert code != 0 and "environment variable CHECK_CONFIG_BLANK is empty" in err, err
+    code, out, err = run(tmp_path, "providers:\n  gpt: {type: openai, api_key_env: "
+                         "CHECK_CONFIG_BLANK}\n  b: {type: bedrock, region: eu-west-1, "
+                         "api_key_env: CHECK_CONFIG_BLANK, profile: prod}\n", capsys)
+    assert code == 0, err
+    auth = dict(re.findall(r"^provider (\w+): .* auth=(.*) models=", out, re.MULTILINE))
+    assert auth == {"gpt": "client's key (environment variable CHECK_CONFIG_BLANK is empty)",
+                    "b": "sigv4 (profile prod) (environment variable CHECK_CONFIG_BLANK is "
+                         "empty)"}, out
+    with caplog.at_level("WARNING", "streamproxy"):
+        _warn_unset_key_envs(load_config(tmp_path / "proxy.yaml"))
+    assert "environment variable CHECK_CONFIG_BLANK (its api_key_env) is empty" in caplog.text
+    # (Vertex's token_env, as a request finds it: the client's 502)
+    vertex = build_providers(make_config({"v": {"type": "vertex", "project": "p",
+                                                "location": "global",
+                                                "token_env": "CHECK_CONFIG_BLANK"}}))["v"]
+    with pytest.raises(TokenUnavailable, match="CHECK_CONFIG_BLANK is empty"):
+        vertex.auth_headers(Target(vertex, "gemini-2.5-flash"))

@@ -18,7 +18,7 @@ import orjson
 from yarl import URL
 
 from streamproxy._json import loads_lenient
-from streamproxy.config import REGION, ConfigError, ProviderConfig, shown_env
+from streamproxy.config import REGION, ConfigError, ProviderConfig, shown_env, unset_or_empty
 from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.anthropic.options import beta_names, check_option_values
@@ -94,7 +94,8 @@ class BedrockProvider(Provider):
     def auth_summary(self) -> str | None:
         summary = self.auth.summary
         if summary is not None and self.cfg.api_key_env:  # the operator meant a Bedrock key
-            summary += f" (environment variable {shown_env(self.cfg.api_key_env)} is not set)"
+            env = self.cfg.api_key_env
+            summary += f" (environment variable {shown_env(env)} {unset_or_empty(env)})"
         return summary
 
     @property

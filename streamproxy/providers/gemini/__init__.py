@@ -22,6 +22,7 @@ from streamproxy.config import (
     check_env_name,
     positive_seconds,
     shown_env,
+    unset_or_empty,
 )
 from streamproxy.errors import InvalidRequest, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
@@ -308,7 +309,8 @@ class VertexProvider(GeminiProvider):
             token = (os.environ.get(self._token_env) or "").strip()  # (a file's newline)
             if not token:
                 raise TokenUnavailable(f"provider '{self.name}': the environment variable "
-                                       f"{shown_env(self._token_env)} is not set")
+                                       f"{shown_env(self._token_env)} "
+                                       f"{unset_or_empty(self._token_env)}")
             if not is_sendable_token(token):  # as the other sources' tokens: a line break
                 # in it failed the request as an internal error, a non-ASCII one at Vertex
                 raise TokenUnavailable(f"provider '{self.name}': the environment variable "
