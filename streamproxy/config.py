@@ -350,6 +350,8 @@ def check_env_name(env: Any, source: str, key: str) -> None:
         leaf = key.rpartition(".")[2]
         raise ConfigError(source, key, f"{env.strip()} is not expanded here: write {leaf}: "
                           f"{next(filter(None, match.groups()))}, the variable's name alone")
+    if env != env.strip() and _ENV_NAME.fullmatch(env.strip()):  # (a paste's, in quotes)
+        raise ConfigError(source, key, "has spaces around it: write the variable's name alone")
     if not _ENV_NAME.fullmatch(env):
         raise ConfigError(source, key, "is no environment variable's name (the key itself? it "
                           "is not shown): write the name of the variable that holds it")

@@ -630,3 +630,31 @@ def test_a_shell_reference_in_a_base_urls_path_or_query_is_a_config_error(
     assert info.value.key == "providers.x.base_url"
     assert info.value.reason.startswith(f"{ref} is not expanded here") and "pw" not in str(
         info.value)
+
+
+@pytest.mark.parametrize(("section", "key"), [
+    ({"providers": {"p": {"type": "openai", "api_key_env": "TEAM_KEY "}}},
+     "providers.p.api_key_env"),
+    ({"providers": {"p": {"type": "mock"}},
+      "auth": {"keys": [{"name": "a", "key_env": " TEAM_KEY"}]}}, "auth.keys[0].key_env"),
+    ({"providers": {"p": {"type": "mock"}},
+      "virtual_keys": {"vk": {"provider": "p", "api_key_env": "TEAM_KEY\n"}}},
+     "virtual_keys.vk.api_key_env"),
+    ({"providers": {"p": {"type": "vertex", "project": "x", "location": "global",
+                          "token_env": "TEAM_KEY "}}}, "providers.p.token_env"),
+    ({"providers": {"p": {"type": "bedrock", "region": "us-east-1",
+                          "aws_access_key_id_env": "TEAM_KEY ",
+                          "aws_secret_access_key_env": "TEAM_KEY"}}},
+     "providers.p.aws_access_key_id_env"),
+])
+def test_a_variables_name_with_spaces_around_it_is_said_so(
+        section: dict[str, Any], key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`api_key_env: "TEAM_KEY "` (a paste's space, quoted) was refused as "no environment
+    variable's name (the key itself?)": the operator looked at a name that is one."""
+    from streamproxy.server.app import create_app
+
+    monkeypatch.setenv("TEAM_KEY", "k")
+    with pytest.raises(ConfigError) as info:
+        create_app(parse_config(section, "f.yaml"))  # (auth and virtual keys: as it starts)
+    assert info.value.key == key
+    assert "spaces around it" in info.value.reason and "key itself" not in info.value.reason
