@@ -426,6 +426,17 @@ def check_secret(secret: Any, source: str, key: str) -> None:
                                        "header can carry")
 
 
+def check_provider_key(secret: Any, source: str, key: str) -> None:
+    """A provider's key is ASCII, as every provider issues them: smart quotes pasted from a
+    document, a zero-width or non-breaking space went upstream as UTF-8 bytes (the provider's
+    401, no hint) or failed as the header was written. Not a proxy key's rule: a client may
+    send one as UTF-8, which the server side reads."""
+    if isinstance(secret, str) and not secret.isascii():
+        raise ConfigError(source, key, "holds a character that is not ASCII (a smart quote, a "
+                                       "non-breaking or zero-width space pasted with it?), which "
+                                       "no provider's key has; it is not shown")
+
+
 def secret_from_env(env: str, source: str, key: str) -> str | None:
     """The secret in variable `env`, None when unset or empty. Without the whitespace around
     it: one mounted from a file (a Kubernetes secret) or written with `echo` ends in a newline,
@@ -670,6 +681,9 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
     check_secret(api_key, source, f"{where}.api_key")
     if api_key is None and raw.get("api_key_env"):
         api_key = secret_from_env(raw["api_key_env"], source, f"{where}.api_key_env")
+        check_provider_key(api_key, source, f"{where}.api_key_env")
+    else:
+        check_provider_key(api_key, source, f"{where}.api_key")
     base_url = raw.get("base_url") or cls.default_base_url
     if base_url is not None:
         _check_base_url(base_url, source, f"{where}.base_url")

@@ -658,3 +658,37 @@ def test_a_variables_name_with_spaces_around_it_is_said_so(
         create_app(parse_config(section, "f.yaml"))  # (auth and virtual keys: as it starts)
     assert info.value.key == key
     assert "spaces around it" in info.value.reason and "key itself" not in info.value.reason
+
+
+NON_ASCII_KEYS = ["\u201csk-proj-abc123\u201d", "sk-proj-abc123\u200b", "sk-proj-abc\u00a0123"]
+
+
+@pytest.mark.parametrize("secret", NON_ASCII_KEYS)
+@pytest.mark.parametrize("where", ["inline", "env"])
+def test_a_provider_key_that_is_not_ascii_is_a_config_error(
+        secret: str, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Smart quotes pasted from a document, a zero-width or non-breaking space: the key was
+    accepted and sent (the provider's 401 with no hint, or an encoding error as the header
+    was written). No provider issues such a key: refused with the field, the key not shown."""
+    monkeypatch.setenv("SP_TEST_KEY", secret)
+    entry = {"api_key": secret} if where == "inline" else {"api_key_env": "SP_TEST_KEY"}
+    field = next(iter(entry))
+    for section in ({"providers": {"p": {"type": "openai", **entry}}},
+                    {"providers": {"p": {"type": "openai"}},
+                     "virtual_keys": {"vk": {"provider": "p", **entry}}}):
+        from streamproxy.server.app import create_app
+
+        with pytest.raises(ConfigError) as info:
+            create_app(parse_config(section, "f.yaml"))
+        assert info.value.key.endswith(f".{field}") and "ASCII" in info.value.reason
+        assert secret.strip() not in str(info.value) and "abc" not in str(info.value)
+
+
+@pytest.mark.parametrize("secret", NON_ASCII_KEYS)
+def test_a_bedrock_static_key_that_is_not_ascii_is_a_config_error(secret: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"providers": {"b": {"type": "bedrock", "region": "us-east-1",
+                                          "aws_access_key_id": "AKIDEXAMPLE",
+                                          "aws_secret_access_key": secret}}}, "f.yaml")
+    assert info.value.key == "providers.b.aws_secret_access_key"
+    assert "ASCII" in info.value.reason and "abc" not in str(info.value)

@@ -44,6 +44,7 @@ from streamproxy.config import (
     Config,
     ConfigError,
     Timeouts,
+    check_provider_key,
     refuse_env_reference,
     required_secret,
     unknown_key,
@@ -244,7 +245,9 @@ def _virtual_secret(raw: dict[str, Any], src: str, where: str) -> str:
             raise ConfigError(src, f"{where}.{key}", "must be a string")
     # A virtual key is its secret: without one the provider's key, or the client's own, would
     # go upstream in its name.
-    return required_secret(raw, src, where, "api_key", "api_key_env")
+    secret = required_secret(raw, src, where, "api_key", "api_key_env")
+    check_provider_key(secret, src, f"{where}.{'api_key' if 'api_key' in raw else 'api_key_env'}")
+    return secret
 
 
 def _names_config(name: Any, settings: GatewaySettings) -> bool:
