@@ -97,20 +97,22 @@ async def test_uploads_still_arriving_hold_no_admission_slot(proxy: Any, monkeyp
 @pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
 async def test_expect_100_continue_over_the_limit_is_413_at_once(
         proxy: Any, monkeypatch: Any, front_kind: str) -> None:
-    """The client is told before it sends the body (RFC 9110 §10.1.1), not after."""
+    """The client is told before it sends the body (RFC 9110 §10.1.1), not after; on the
+    stored completion's update route too, which sent `100 Continue`."""
     monkeypatch.setenv(FRONT_ENV, front_kind)
     client = await proxy(mock_config(max_body_bytes=2000))
     head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n")
-    reader, writer = await asyncio.open_connection(client.host, client.port)
-    try:
-        writer.write(head % 2001)
-        answer = await asyncio.wait_for(reader.read(4096), 5)
-        assert answer.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in answer
-        assert b"Connection: close" in answer
-        assert error_of(answer.split(b"\r\n\r\n", 1)[1])["code"] == "request_too_large"
-    finally:
-        writer.close()
+    for path in (b"/v1/chat/completions/chatcmpl-x", b"/v1/chat/completions"):
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        try:
+            writer.write(head.replace(b"/v1/chat/completions", path, 1) % 2001)
+            answer = await asyncio.wait_for(reader.read(4096), 5)
+            assert answer.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in answer
+            assert b"Connection: close" in answer
+            assert error_of(answer.split(b"\r\n\r\n", 1)[1])["code"] == "request_too_large"
+        finally:
+            writer.close()
     # Within the limit: 100 Continue, then the answer.
     body = orjson.dumps({"model": "fast:tokens=1", "messages": USER})
     reader, writer = await asyncio.open_connection(client.host, client.port)
@@ -126,19 +128,21 @@ async def test_expect_100_continue_over_the_limit_is_413_at_once(
 
 
 @pytest.mark.parametrize("expect", [b"something-else", b"100-continue, x", b"\xe9"])
+@pytest.mark.parametrize("path", [b"/v1/chat/completions", b"/v1/chat/completions/chatcmpl-x"])
 @pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
 async def test_an_expectation_other_than_100_continue_is_an_openai_417(
-        proxy: Any, monkeypatch: Any, front_kind: str, expect: bytes) -> None:
+        proxy: Any, monkeypatch: Any, front_kind: str, path: bytes, expect: bytes) -> None:
     """aiohttp answered it with a plain-text 417 ('Unknown Expect: ...'), without a request id,
     which the SDKs cannot read as an error: it is OpenAI's shape, as every other refusal, and
-    its body, not read, closes the connection (RFC 9110 §10.1.1 allows the 417)."""
+    its body, not read, closes the connection (RFC 9110 §10.1.1 allows the 417). The stored
+    completion's update route too (a 500 for a value not UTF-8, there also)."""
     monkeypatch.setenv(FRONT_ENV, front_kind)
     client = await proxy(mock_config())
     body = orjson.dumps({"model": "fast:tokens=1", "messages": USER})
     reader, writer = await asyncio.open_connection(client.host, client.port)
     try:
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: %b\r\n"
-                     b"Content-Length: %d\r\n\r\n" % (expect, len(body)))
+        writer.write(b"POST %b HTTP/1.1\r\nHost: x\r\nExpect: %b\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (path, expect, len(body)))
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         fields = dict(line.lower().split(b": ", 1) for line in head[:-4].split(b"\r\n")[1:])
         assert head.startswith(b"HTTP/1.1 417 ") and fields[b"connection"] == b"close"

@@ -27,6 +27,7 @@ from streamproxy.record import RequestRecord
 from streamproxy.routing.gateway import CONFIG_HEADER
 from streamproxy.routing.router import client_key, model_names, routed_model
 from streamproxy.server.auth import PROXY_KEY_HEADER
+from streamproxy.server.errors import expect_within_limit
 from streamproxy.server.observing import AUTH_KEY
 from streamproxy.server.state import STATE
 from streamproxy.storage.base import CompletionStore, StoredCompletion
@@ -191,7 +192,8 @@ class StoredCompletions:
         r = app.router
         r.add_get("/v1/chat/completions", self.list_completions)
         r.add_get("/v1/chat/completions/{completion_id}", self.retrieve)
-        r.add_post("/v1/chat/completions/{completion_id}", self.update)
+        r.add_post("/v1/chat/completions/{completion_id}", self.update,
+                   expect_handler=expect_within_limit)
         r.add_delete("/v1/chat/completions/{completion_id}", self.delete)
         r.add_get("/v1/chat/completions/{completion_id}/messages", self.list_messages)
 
