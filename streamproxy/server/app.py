@@ -23,6 +23,7 @@ from streamproxy.server import handlers
 from streamproxy.server.admission import ADMISSION, Admission
 from streamproxy.server.auth import AUTH, auth_middleware, parse_auth, share_buckets
 from streamproxy.server.errors import (
+    continue_after_refusals,
     error_middleware,
     expect_within_limit,
     request_id_middleware,
@@ -113,7 +114,8 @@ def create_app(config: Config, breakers: CircuitBreakers | None = None,
                           middlewares=[request_id_middleware, error_middleware,
                                        header_limits(server.max_header_bytes,
                                                      server.max_headers),
-                                       *([auth_middleware(auth)] if auth else [])])
+                                       *([auth_middleware(auth)] if auth else []),
+                                       continue_after_refusals])
     app[STATE] = state
     app[ADMISSION] = Admission(server.max_concurrent_streams, admission)
     if auth is not None:

@@ -164,12 +164,17 @@ def expectation_failed() -> ProxyError:
                       status=417, error_type="invalid_request_error", code="expectation_failed")
 
 
+# A request whose `100 Continue` waits for the middlewares (`continue_after_refusals`)
+EXPECTS_CONTINUE: web.RequestKey[bool] = web.RequestKey("streamproxy_expects_continue", bool)
+
+
 async def expect_within_limit(request: web.Request) -> web.StreamResponse | None:
     """A route's `Expect` handler: a body declared over `max_body_bytes` is refused with 413 at
     once (RFC 9110 §10.1.1), not after the client has sent all of it; another expectation than
     100-continue, with 417 in OpenAI's shape (aiohttp's is plain text, and a 500 for a value
-    that is not UTF-8); any other gets aiohttp's `100 Continue`. (HTTP/1.0: ignored, as the RFC
-    asks, and as aiohttp does.)"""
+    that is not UTF-8); any other gets `100 Continue` from `continue_after_refusals`, once the
+    middlewares have not refused it. (HTTP/1.0: ignored, as the RFC asks, and as aiohttp does.)
+    """
     length = request.content_length
     err: ProxyError | None = None
     if length is not None and length > request.client_max_size:
@@ -181,7 +186,21 @@ async def expect_within_limit(request: web.Request) -> web.StreamResponse | None
         response = error_response(err, request)
         response.force_close()  # its body is not read
         return response
-    return await _default_expect_handler(request)
+    if request.version >= HttpVersion11:
+        request[EXPECTS_CONTINUE] = True
+    return None
+
+
+@web.middleware
+async def continue_after_refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The innermost middleware: `100 Continue` for a request that expects it, now that those
+    before it (header limits, auth, rate limits) did not refuse it. aiohttp sends it before
+    any middleware runs, so a client was told to upload a body (a 20 MB image) only to be
+    refused for its key; a refusal instead of 100 Continue is allowed (RFC 9110 §10.1.1), and
+    its unread body closes the connection (reading.py)."""
+    if request.get(EXPECTS_CONTINUE):
+        await _default_expect_handler(request)
+    return await handler(request)
 
 
 @web.middleware
