@@ -529,3 +529,32 @@ def test_json_nested_inside_a_string_too_deep_to_send_is_a_400(where: str) -> No
     req = parse_chat_request(orjson.dumps(body))
     for translate in translators:
         assert orjson.loads(orjson.dumps(translate(req.body)))
+
+
+@pytest.mark.parametrize("auth", [False, True])
+@pytest.mark.parametrize("target", [b"api.openai.com:443", b"/v1/chat/completions"])
+@pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
+async def test_connect_is_a_501_that_closes_the_connection(
+        proxy: Any, monkeypatch: Any, front_kind: str, target: bytes, auth: bool) -> None:
+    """A client given the proxy as its HTTPS proxy sends CONNECT: it got 404 'Unknown path:
+    CONNECT ' (aiohttp reads no path in it), or with auth a 401 for a key it has no way to send
+    there, and the connection stayed open, every later byte taken for the tunnel. It is told
+    CONNECT is not served (501, not to be retried), and the connection closes."""
+    monkeypatch.setenv(FRONT_ENV, front_kind)
+    sections = {"auth": {"keys": [{"name": "a", "key": "sk-proxy"}]}} if auth else {}
+    client = await proxy(make_config({"mock": {"type": "mock", "default_model": "fast"}},
+                                     default="mock", **sections))
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(b"CONNECT %b HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n" % target)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        fields = dict(line.lower().split(b": ", 1) for line in head[:-4].split(b"\r\n")[1:])
+        assert head.startswith(b"HTTP/1.1 501 ") and fields[b"connection"] == b"close"
+        assert fields[b"x-should-retry"] == b"false" and b"x-request-id" in fields
+        error = error_of(await reader.readexactly(int(fields[b"content-length"])))
+        assert error["code"] == "method_not_supported"
+        assert error["message"].startswith("CONNECT is not supported")
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # no request: the tunnel's
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()

@@ -6,7 +6,8 @@ looser backstop (BACKSTOP times ours) and this middleware enforces the configure
 OpenAI's error shape: 431, or 414 for the target (RFC 9110 §15.5.15). A head beyond the backstop
 gets the same answer (`beyond_backstop`), from the connection's error handler.
 It also answers a transfer coding other than chunked with 501 (RFC 9112 §6.1): aiohttp's parser
-removes only the chunked framing and hands the still-coded bytes on as the body.
+removes only the chunked framing and hands the still-coded bytes on as the body; and CONNECT
+with 501: this is no forward proxy.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from streamproxy.errors import ProxyError
-from streamproxy.server.errors import TRACE_HEADER, invalid_trace_id, is_text
+from streamproxy.server.errors import TRACE_HEADER, error_response, invalid_trace_id, is_text
 from streamproxy.server.observing import observe_refused_chat
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -41,6 +42,15 @@ def unsupported_coding(codings: str) -> ProxyError:
     err = ProxyError(f"Transfer-Encoding '{codings[:64]}' is not supported: send the body with "
                      "chunked alone (Content-Encoding: gzip or deflate is understood).",
                      status=501, code="unsupported_transfer_coding")
+    err.should_retry = False
+    return err
+
+
+def connect_not_supported() -> ProxyError:
+    """501 (RFC 9110 §15.6.2: a method served for no resource), as `unsupported_coding`."""
+    err = ProxyError("CONNECT is not supported: this is an API gateway, not a forward proxy; "
+                     "send requests to it directly (POST /v1/chat/completions).",
+                     status=501, code="method_not_supported")
     err.should_retry = False
     return err
 
@@ -73,6 +83,13 @@ def header_limits(max_field_bytes: int, max_headers: int) -> Callable[..., Await
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         err = (_over_limits(request, max_field_bytes, max_headers)
                or _unsupported_coding(request) or _undecodable_trace_id(request))
+        if err is None and request.method == "CONNECT":
+            # A client given this server as its HTTPS proxy: aiohttp reads no path in the
+            # request (a 404 'Unknown path: CONNECT '), or auth asked for a key it cannot send.
+            # Its parser takes every later byte for the tunnel: the connection closes.
+            response = error_response(connect_not_supported(), request)
+            response.force_close()
+            return response
         if err is not None:
             observe_refused_chat(request, err)  # a chat request's line and count, as a 413's
             raise err
