@@ -12,8 +12,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from streamproxy.config import Config
-from streamproxy.server.app import create_app
+from streamproxy.server.app import create_app, http_limits
 from streamproxy.server.front import make_runner
+from streamproxy.server.state import STATE
 from tests.helpers import FakeUpstream, make_config
 
 
@@ -35,10 +36,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 class ProxyTestServer(TestServer):
     """aiohttp's TestServer with the runner production uses: the lean front for chat
-    requests unless the config or STREAMPROXY_FRONT says aiohttp."""
+    requests unless the config or STREAMPROXY_FRONT says aiohttp, and the parser limits
+    `serve()` gives it (`http_limits`; aiohttp's defaults would refuse a long target as a
+    431, where production answers 414)."""
 
     async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
-        return make_runner(self.app, **kwargs)
+        return make_runner(self.app, **{**http_limits(self.app[STATE].config), **kwargs})
 
 
 @pytest.fixture

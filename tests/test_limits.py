@@ -558,3 +558,18 @@ async def test_connect_is_a_501_that_closes_the_connection(
         assert await asyncio.wait_for(reader.read(), 5) == b""
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
+async def test_the_proxy_fixture_has_the_parser_limits_serve_gives(
+        proxy: Any, monkeypatch: Any, front_kind: str) -> None:
+    """The fixture ran aiohttp's default parser limits (8190 bytes for the target and a field
+    alike), not the backstop `serve()` gives its runner: the suite tested a server no one runs
+    (a target over the limit got 431 there, 414 in production)."""
+    monkeypatch.setenv(FRONT_ENV, front_kind)
+    client = await proxy(mock_config())
+    assert client.server.port is not None
+    long_target = await raw_request(client.server.port, b"GET /v1/models?q=" + b"a" * 9000
+                                    + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert long_target.startswith(b"HTTP/1.1 414 ")
+    assert error_of(long_target.split(b"\r\n\r\n", 1)[1])["code"] == "uri_too_long"
