@@ -573,3 +573,29 @@ async def test_the_proxy_fixture_has_the_parser_limits_serve_gives(
                                     + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     assert long_target.startswith(b"HTTP/1.1 414 ")
     assert error_of(long_target.split(b"\r\n\r\n", 1)[1])["code"] == "uri_too_long"
+
+
+@pytest.mark.parametrize("expect", [b"something-else", b"\xe9"])
+@pytest.mark.parametrize("route", [b"GET /v1/models", b"GET /v1/models/fast", b"GET /healthz",
+                                   b"GET /metrics", b"GET /v1/chat/completions",
+                                   b"GET /v1/chat/completions/chatcmpl-x",
+                                   b"DELETE /v1/chat/completions/chatcmpl-x",
+                                   b"GET /v1/chat/completions/chatcmpl-x/messages"])
+@pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
+async def test_every_route_answers_an_unknown_expectation_with_an_openai_417(
+        proxy: Any, monkeypatch: Any, front_kind: str, route: bytes, expect: bytes) -> None:
+    """The routes besides chat kept aiohttp's Expect handler: a plain-text 417 without a request
+    id (kept alive), or a 500 for a value that is not UTF-8."""
+    monkeypatch.setenv(FRONT_ENV, front_kind)
+    client = await proxy(mock_config())
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(b"%b HTTP/1.1\r\nHost: x\r\nExpect: %b\r\n\r\n" % (route, expect))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        fields = dict(line.lower().split(b": ", 1) for line in head[:-4].split(b"\r\n")[1:])
+        assert head.startswith(b"HTTP/1.1 417 ") and fields[b"connection"] == b"close"
+        assert fields[b"content-type"] == b"application/json" and b"x-request-id" in fields
+        error = error_of(await reader.readexactly(int(fields[b"content-length"])))
+        assert (error["type"], error["code"]) == ("invalid_request_error", "expectation_failed")
+    finally:
+        writer.close()

@@ -124,9 +124,10 @@ def create_app(config: Config, breakers: CircuitBreakers | None = None,
     app.router.add_post("/v1/chat/completions", handlers.chat_completions,
                         expect_handler=expect_within_limit)
     install_store_and_cache(app, state)  # stored completions' routes, the cache
-    app.router.add_get("/v1/models", handlers.list_models)
-    app.router.add_get("/v1/models/{model:.+}", handlers.retrieve_model)
-    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/v1/models", handlers.list_models, expect_handler=expect_within_limit)
+    app.router.add_get("/v1/models/{model:.+}", handlers.retrieve_model,
+                       expect_handler=expect_within_limit)
+    app.router.add_get("/healthz", handlers.healthz, expect_handler=expect_within_limit)
     app.on_startup.append(_startup)
     app.on_cleanup.append(_cleanup)
     return app

@@ -19,6 +19,7 @@ from streamproxy.server.errors import (
     BodyTimeout,
     body_too_large,
     client_trace_id,
+    expect_within_limit,
     trace_headers,
     undecodable_body,
 )
@@ -48,7 +49,7 @@ def install_observers(app: web.Application, state: AppState) -> None:
         if ACCESS_LOGGER.level == 0:  # not configured by the CLI: don't let root's level hide it
             ACCESS_LOGGER.setLevel("INFO")
         state.observers.append(AccessLog())
-    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/metrics", metrics_handler, expect_handler=expect_within_limit)
 
 
 async def read_body(request: Exchange, record: RequestRecord) -> bytes:

@@ -190,12 +190,13 @@ class StoredCompletions:
     # -- the endpoints -----------------------------------------------------------------------
     def add_routes(self, app: web.Application) -> None:
         r = app.router
-        r.add_get("/v1/chat/completions", self.list_completions)
-        r.add_get("/v1/chat/completions/{completion_id}", self.retrieve)
-        r.add_post("/v1/chat/completions/{completion_id}", self.update,
-                   expect_handler=expect_within_limit)
-        r.add_delete("/v1/chat/completions/{completion_id}", self.delete)
-        r.add_get("/v1/chat/completions/{completion_id}/messages", self.list_messages)
+        expect = expect_within_limit  # (aiohttp's: plain-text 417s, a 500 for a non-UTF-8 one)
+        r.add_get("/v1/chat/completions", self.list_completions, expect_handler=expect)
+        r.add_get("/v1/chat/completions/{completion_id}", self.retrieve, expect_handler=expect)
+        r.add_post("/v1/chat/completions/{completion_id}", self.update, expect_handler=expect)
+        r.add_delete("/v1/chat/completions/{completion_id}", self.delete, expect_handler=expect)
+        r.add_get("/v1/chat/completions/{completion_id}/messages", self.list_messages,
+                  expect_handler=expect)
 
     async def list_completions(self, request: web.Request) -> web.Response:
         # (`mock/x`, `@mock/x` and, the default provider's, `x` are one model: a request
