@@ -866,6 +866,23 @@ def test_the_sdks_anthropic_and_openai_project_options_reach_the_upstream() -> N
         "openai-project"] == "proj_t"
 
 
+@pytest.mark.parametrize("value", ["b1,b2,", " b1 , ,b2 ", "b1,,b2"])
+def test_an_empty_beta_name_in_a_header_or_config_is_skipped(value: str) -> None:
+    # As in the gateway's own config (anthropic/options.py): a trailing comma, as a list is
+    # often left when edited, names no beta. Here it was a 400 (header and inline config).
+    gateway = gateway_for()
+    for header in ("x-portkey-anthropic-beta", "anthropic-beta"):
+        sent = sent_with_headers(gateway, {"x-portkey-provider": "an", header: value})
+        assert sent.headers["anthropic-beta"] == "b1,b2"
+    sent = sent_for(gateway, {"provider": "an", "anthropic_beta": value})
+    assert sent.headers["anthropic-beta"] == "b1,b2"
+    # a value naming no beta at all names none, as in the gateway's config
+    assert "anthropic-beta" not in sent_for(gateway, {"provider": "an",
+                                                      "anthropic_beta": ","}).headers
+    with pytest.raises(InvalidRequest):  # a name is still an id
+        sent_for(gateway, {"provider": "an", "anthropic_beta": "b1,b 2"})
+
+
 @pytest.mark.parametrize("header", ["x-portkey-anthropic-beta", "anthropic-beta",
                                     "x-portkey-anthropic-version"])
 def test_an_anthropic_option_header_cannot_split_a_header(header: str) -> None:

@@ -70,9 +70,9 @@ _HOST_LABEL_RULE = ("a resource's name alone (letters, digits and '-': myres, fo
                     "https://myres.openai.azure.com), not a host or URL")
 _HOST_LABEL_OPTIONS = frozenset({"resource_name"})
 _REGION_OPTIONS = frozenset({"aws_region", "vertex_region"})  # (host name parts too)
-# Anthropic's beta header names several betas, comma-separated.
+# Anthropic's beta header names several betas, comma-separated; an empty name (a trailing
+# comma) names none and is skipped, as in the gateway's own config (anthropic/options.py).
 _LIST_OPTIONS = frozenset({"anthropic_beta"})
-_OPTION_LIST = re.compile(rf"{_ID}(?: *, *{_ID})*")
 _OPTION_LIST_RULE = "a comma-separated list of ids of letters, digits, '.', '-' and '_'"
 # A control character in a key that goes into a header: CR/LF would split it (both upstream
 # clients refuse to write one: a 500), NUL would go on as it is (RFC 9110 5.5 forbids it).
@@ -179,8 +179,11 @@ def custom_host_error(value: str) -> str | None:
 def option_value_error(name: str, value: Any) -> str | None:
     """What a provider setting's value must be, when `value` is not that; None when it is."""
     if name in _LIST_OPTIONS:
-        pattern, rule = _OPTION_LIST, _OPTION_LIST_RULE
-    elif name in _HOST_LABEL_OPTIONS:
+        # (split, not one pattern: optional names among optional spaces backtrack badly)
+        names = [n.strip(" \t") for n in value.split(",")] if isinstance(value, str) else None
+        ok = names is not None and all(not n or OPTION_VALUE.fullmatch(n) for n in names)
+        return None if ok else _OPTION_LIST_RULE
+    if name in _HOST_LABEL_OPTIONS:
         pattern, rule = _HOST_LABEL, _HOST_LABEL_RULE
     elif name in _REGION_OPTIONS:
         pattern, rule = REGION, REGION_RULE
