@@ -950,6 +950,26 @@ def test_a_request_s_cache_control_becomes_a_cache_point_after_the_last_block() 
     assert "cachePoint" not in str(to_converse({"messages": messages[:1]}, MODEL))
 
 
+@pytest.mark.parametrize("own", [{"type": "ephemeral"}, {"type": "ephemeral", "ttl": "5m"}])
+def test_a_1h_marker_on_a_block_with_its_own_5m_point_makes_that_point_1h(own: Any) -> None:
+    # The request's (automatic caching) or the message's own 1h marker, where the last part
+    # already has its point: no second point is added, and that one was sent 5m, so the hour
+    # the client asked for was silently lost. The longer wins on that point.
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    point = {"cachePoint": {"type": "default", "ttl": "1h"}}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "doc",
+                                              "cache_control": own}]}]
+    body = to_converse({"messages": messages, "cache_control": hour}, CLAUDE)
+    assert body["messages"][-1]["content"] == [{"text": "doc"}, point]
+    body = to_converse({"messages": [{**messages[0], "cache_control": hour}]}, CLAUDE)
+    assert body["messages"][-1]["content"] == [{"text": "doc"}, point]
+    assert own == {"type": "ephemeral", **({"ttl": "5m"} if "ttl" in own else {})}  # (kept)
+    # a shorter marker leaves the part's own 1h as it is
+    messages[0]["content"][0]["cache_control"] = hour
+    body = to_converse({"messages": messages, "cache_control": own}, CLAUDE)
+    assert body["messages"][-1]["content"] == [{"text": "doc"}, point]
+
+
 @pytest.mark.parametrize("content", ["\n\n", [{"type": "text", "text": " "}]])
 def test_whitespace_only_text_is_left_out(content: Any) -> None:
     # Converse rejects blank text blocks; Claude may answer "\n\n" before a tool call, and

@@ -47,7 +47,8 @@ Choices (docs/providers/bedrock.md):
   spec; after the whole `toolResult`, whose content cannot hold one); a message's own
   (LiteLLM's form, e.g. beside string content) → one after the last block made from it; the
   request's own (Anthropic's automatic caching, which Converse lacks) → one after the last
-  block of the conversation, where Anthropic puts that breakpoint; past the 4 Bedrock takes,
+  block of the conversation, where Anthropic puts that breakpoint (where a part's own point is
+  already, a message's or the request's 1h makes it 1h, not a second one); past the 4 Bedrock takes,
   the earliest turns' are dropped first (`_fit_cache_points`, as on Anthropic);
 - `input_audio` → an `audio` block (AUDIO_FORMATS: OpenAI's wav and mp3, and Converse's own);
 - a user turn with documents and no text gets a DOCUMENT_ONLY_TEXT block (Converse requires
@@ -625,11 +626,17 @@ def _cache_point(control: Any) -> list[dict[str, Any]]:
 def _marked(blocks: list[dict[str, Any]], message: dict[str, Any]) -> list[dict[str, Any]]:
     """`blocks` and the cachePoint of the message they were made from (its `cache_control`,
     LiteLLM's form, the only one a string content can carry) after the last, which caches the
-    prompt through the message's end; none when a part's own point is already there, nor
+    prompt through the message's end; none when a part's own point is already there (that one
+    takes the longer lifetime of the two: the client asked that prefix cached an hour), nor
     after reasoning, as on Anthropic (a thinking block holds no marker): reasoning that ends
     a turn is left out (drop_trailing_thinking), which a point after it hid."""
-    if blocks and "cachePoint" not in blocks[-1] and not _is_reasoning(blocks[-1]):
-        blocks.extend(_cache_point(message.get("cache_control")))
+    control = message.get("cache_control")
+    if not blocks or _is_reasoning(blocks[-1]):
+        return blocks
+    if "cachePoint" not in blocks[-1]:
+        blocks.extend(_cache_point(control))
+    elif isinstance(control, dict) and control.get("ttl") == LONGEST_TTL:
+        blocks[-1]["cachePoint"]["ttl"] = LONGEST_TTL  # (made per request: never the client's)
     return blocks
 
 
