@@ -1046,6 +1046,23 @@ async def test_a_message_s_cache_control_goes_on_its_last_block(proxy: Any,
         {"type": "text", "text": "Tomorrow?", "cache_control": hour}]
 
 
+@pytest.mark.parametrize("own", [{"type": "ephemeral"}, {"type": "ephemeral", "ttl": "5m"}])
+def test_a_message_s_1h_marker_on_a_part_s_own_5m_one_makes_it_1h(own: Any) -> None:
+    # The message's marker goes on its last block, where a part's own is kept: with that one
+    # 5m and the message's 1h, the hour the client asked for was silently lost. The longer
+    # wins on that block, as the request's own 1h does (fit_breakpoints) and as on Bedrock.
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    body = translate(messages=[{"role": "user", "cache_control": hour, "content": [
+        {"type": "text", "text": "doc", "cache_control": own}]}])
+    assert body["messages"][0]["content"] == [{"type": "text", "text": "doc",
+                                               "cache_control": hour}]
+    assert own == {"type": "ephemeral", **({"ttl": "5m"} if "ttl" in own else {})}  # (a copy)
+    # the message's shorter one leaves the part's 1h as it is
+    body = translate(messages=[{"role": "system", "cache_control": own, "content": [
+        {"type": "text", "text": "rules", "cache_control": hour}]}])
+    assert body["system"] == [{"type": "text", "text": "rules", "cache_control": hour}]
+
+
 async def test_a_request_s_cache_control_is_sent_as_given(proxy: Any, upstream: Any) -> None:
     # Anthropic's automatic caching (a top-level cache_control, openai SDK extra_body): dropped,
     # the conversation was never cached and every turn paid full price.

@@ -599,11 +599,15 @@ def _cached(block: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
 def _marked(blocks: list[dict[str, Any]], message: dict[str, Any]) -> list[dict[str, Any]]:
     """`blocks` with the `cache_control` of the message they were made from (LiteLLM's form, the
     only one a string content can carry) on the last: a breakpoint there caches the prompt
-    through the message's end. A part's own marker there is kept; a thinking block, which
-    cannot hold one, is left alone."""
+    through the message's end. A part's own marker there is kept, with the longer lifetime of
+    the two (the client asked that prefix cached an hour); a thinking block, which cannot hold
+    one, is left alone."""
     control = message.get("cache_control")
     if control is not None and blocks and blocks[-1].get("type") not in THINKING_TYPES:
-        blocks[-1].setdefault("cache_control", control)
+        own = blocks[-1].setdefault("cache_control", control)
+        if (isinstance(control, dict) and control.get("ttl") == LONGEST_TTL
+                and isinstance(own, dict) and own.get("ttl") in (None, "5m")):
+            blocks[-1]["cache_control"] = {**own, "ttl": LONGEST_TTL}  # (a copy: the client's)
     return blocks
 
 
