@@ -1527,6 +1527,32 @@ def test_dotted_claude_ids_are_classified_as_their_hyphenated_twins(dotted: str,
         assert {**out, "model": hyphenated} == twin
 
 
+@pytest.mark.parametrize(("number_first", "twin"), [
+    ("claude-4-sonnet", "claude-sonnet-4"),  # Snowflake Cortex's (Anthropic-compatible) name
+    ("claude-4-opus", "claude-opus-4"),
+    ("anthropic/claude-4-sonnet", "claude-sonnet-4"),  # DeepInfra's
+    ("claude-4-sonnet-20250514", "claude-sonnet-4-20250514"),
+    ("claude-4-0-sonnet", "claude-sonnet-4-0"),
+    ("claude-4-1-opus", "claude-opus-4-1"),
+    ("claude-4-5-sonnet", "claude-sonnet-4-5"),
+    ("claude-4.5-sonnet", "claude-sonnet-4-5"),  # (Cursor's)
+])
+def test_number_first_claude_4_ids_are_classified_as_anthropic_s_twins(number_first: str,
+                                                                       twin: str) -> None:
+    # Claude 3.x was named number first (claude-3-7-sonnet); Claude 4 on, Anthropic writes
+    # the family first, but some services and clients kept the old order. Read as a Claude
+    # newer than every one the rules name, Sonnet 4 got adaptive thinking (its 400) and lost
+    # the client's temperature (sampling left out as for Opus 4.7 on).
+    schema = {"type": "json_schema", "json_schema": {"name": "a", "schema": {
+        "type": "object", "properties": {"x": {"type": "string"}}}}}
+    for body in ({"reasoning_effort": "high"}, {"temperature": 0.3, "top_p": 0.9},
+                 {"response_format": schema}):
+        request = {"messages": [{"role": "user", "content": "x"}], **body}
+        out = to_anthropic(request, number_first)
+        assert out["model"] == number_first  # the id is sent as the client wrote it
+        assert {**out, "model": twin} == to_anthropic(request, twin)
+
+
 def test_a_discriminator_mapping_is_no_schema_to_describe() -> None:
     """A discriminator's mapping maps tags to references: a tag named like a refused
     constraint (`format`, `minimum`) was moved into a description, losing the tag."""

@@ -71,12 +71,19 @@ TAKES_XHIGH = re.compile(r"claude-(?:opus-4-[78]|(?:opus|sonnet|mythos|fable)-5)
 # A dot between version digits (`claude-sonnet-4.5`, `anthropic/claude-3.7-sonnet`: OpenRouter's
 # and some Anthropic-compatible services' spelling); Anthropic, Vertex and Bedrock write a hyphen.
 _DOTTED_VERSION = re.compile(r"(?<=\d)\.(?=\d)")
+# A Claude 4 or later named version first, as Claude 3.x was (`claude-4-sonnet`,
+# `claude-4-5-sonnet`: Snowflake Cortex's, DeepInfra's and some clients' names), where
+# Anthropic, Vertex and Bedrock write the family first (`claude-sonnet-4-5`).
+_VERSION_FIRST = re.compile(r"claude-([4-9]|[1-9]\d)(-\d)?-(opus|sonnet|haiku)(?![a-z])")
 
 
 def hyphenated(model: str) -> str:
     """`model` with its version written as Anthropic writes it, for the classifiers: read as
-    written, `claude-sonnet-4.5` was a Claude newer than every one they name."""
-    return _DOTTED_VERSION.sub("-", model) if "." in model else model
+    written, `claude-sonnet-4.5` or `claude-4-sonnet` was a Claude newer than every one they
+    name."""
+    if "." in model:
+        model = _DOTTED_VERSION.sub("-", model)
+    return _VERSION_FIRST.sub(r"claude-\3-\1\2", model)
 
 
 def takes_adaptive_thinking_only(model: str) -> bool:
