@@ -1513,3 +1513,61 @@ async def test_a_keepalive_head_names_no_cache_status_a_fallback_may_change(
                              json={"messages": USER, "stream": True})
     await resp.read()
     assert resp.headers["x-portkey-cache-status"] == "MISS"
+
+
+# An answer that says "Hi" and reports no usage: a Gemini-compatible server's (translated) and
+# an OpenAI-compatible one's (passed through), streamed and not.
+_GEMINI_HI = {"candidates": [{"index": 0, "finishReason": "STOP", "content": {
+    "role": "model", "parts": [{"text": "Hi"}]}}]}
+_OPENAI_HI_CHUNKS = [
+    {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [
+        {"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}]},
+    {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [
+        {"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+UNCOUNTED = {
+    ("gemini", True): b"data: " + orjson.dumps(_GEMINI_HI) + b"\r\n\r\n",
+    ("gemini", False): orjson.dumps(_GEMINI_HI),
+    ("openai", True): b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in _OPENAI_HI_CHUNKS)
+    + b"data: [DONE]\n\n",
+    ("openai", False): orjson.dumps({
+        "id": "c", "object": "chat.completion", "created": 1, "model": "m", "choices": [
+            {"index": 0, "finish_reason": "stop",
+             "message": {"role": "assistant", "content": "Hi"}}]}),
+}
+
+
+@pytest.mark.parametrize("kind", ["gemini"])
+@pytest.mark.parametrize("fill_streamed", [True, False])
+@pytest.mark.parametrize("hit_streamed", [True, False])
+async def test_a_hit_of_an_answer_without_usage_has_the_usage_an_uncached_one_has(
+        proxy: Any, upstream: Any, kind: str, fill_streamed: bool, hit_streamed: bool) -> None:
+    # A translated answer gets zeros (OpenAI's always has usage), a passed-through one is
+    # forwarded as it came: a hit filled by a stream with none gave a non-streamed client no
+    # `usage` (translated), or a streamed one a zero usage chunk no upstream sent (pass-through).
+    client = await proxy(config(upstream.url, kind=kind))
+
+    def serve(streamed: bool) -> None:
+        upstream.content_type = "text/event-stream" if streamed else "application/json"
+        upstream.body = UNCOUNTED[kind, streamed]
+
+    async def usage_of(streamed: bool, headers: dict[str, str] | None) -> Any:
+        body = {"model": "up/m", "stream": streamed, "stream_options": (
+            {"include_usage": True} if streamed else None)}
+        resp, raw = await post(client, body, headers)
+        assert resp.status == 200
+        if streamed:
+            got = collect(sse_chunks(raw))
+            assert got.content == "Hi" and got.done
+            return resp, got.usage
+        answer = orjson.loads(raw)
+        assert answer["choices"][0]["message"]["content"] == "Hi"
+        return resp, answer.get("usage", "absent")
+
+    serve(hit_streamed)
+    _, uncached = await usage_of(hit_streamed, None)
+    serve(fill_streamed)
+    miss, _ = await usage_of(fill_streamed, cache_header())
+    await drained(client)
+    hit, replayed = await usage_of(hit_streamed, cache_header())
+    assert (miss.headers[STATUS], hit.headers[STATUS]) == ("MISS", "HIT")
+    assert replayed == uncached

@@ -33,6 +33,7 @@ from streamproxy.cache.config import (
     max_age_for,
 )
 from streamproxy.cache.key import cache_key
+from streamproxy.openai_api.chunks import no_usage
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.record import RequestRecord
 from streamproxy.routing.executor import as_sent, new_completion_id
@@ -150,6 +151,7 @@ class ResponseCache:
                                                  created=created, model=model)
                           if stored or not req.stream else None)
             encoder = finish = None
+            usage: dict[str, Any] | None = None
             if req.stream:
                 encoder = cached.ReplayEncoder(cached.upstream_fields(entry),
                                                completion_id=completion_id, created=created,
@@ -159,6 +161,11 @@ class ResponseCache:
                 body = encoder.take()
             else:
                 assert completion is not None
+                usage = completion.get("usage")
+                if usage is None and not target.provider.passthrough:
+                    # As the executor answers uncached: a translated answer always has usage
+                    # (zeros when the provider reported none; a stream's fill kept none).
+                    completion = {**completion, "usage": no_usage()}
                 finish = (completion.get("choices") or [{}])[0].get("finish_reason")
                 # (dumped here: an entry Redis held may nest deeper than orjson writes)
                 body = orjson.dumps(completion)
@@ -179,7 +186,7 @@ class ResponseCache:
             record.finish_reason, record.usage = encoder.finish_reason, encoder.usage_data
         else:
             assert completion is not None
-            record.finish_reason, record.usage = finish, completion.get("usage")
+            record.finish_reason, record.usage = finish, usage  # (null: not reported)
         record.usage_partial = False  # (a failed earlier target's partial count is not this)
         return body
 
