@@ -1536,7 +1536,7 @@ UNCOUNTED = {
 }
 
 
-@pytest.mark.parametrize("kind", ["gemini"])
+@pytest.mark.parametrize("kind", ["gemini", "openai"])
 @pytest.mark.parametrize("fill_streamed", [True, False])
 @pytest.mark.parametrize("hit_streamed", [True, False])
 async def test_a_hit_of_an_answer_without_usage_has_the_usage_an_uncached_one_has(
