@@ -394,13 +394,16 @@ def fit_breakpoints(out: dict[str, Any]) -> None:
     of this one; then the earliest tools' and system's (a later one caches their prefix too),
     the last turn's last of all. A breakpoint decides what is cached, never the answer, so
     the request is not refused."""
+    automatic = "cache_control" in out
     stable = [b for b in (*out.get("tools", ()), *out.get("system", ())) if "cache_control" in b]
     turns = [b for m in out["messages"] for b in _with_nested(m["content"])
              if "cache_control" in b]
-    for block in excess_breakpoints(stable, turns, "cache_control" in out):
+    if len(stable) + len(turns) + automatic < 2:
+        return  # (one breakpoint or none, as most requests: nothing to drop or to order)
+    for block in excess_breakpoints(stable, turns, automatic):
         del block["cache_control"]
     kept = [b for b in (*stable, *turns) if "cache_control" in b]
-    if "cache_control" in out:  # (automatic caching: the last breakpoint)
+    if automatic:  # (automatic caching: the last breakpoint)
         kept.append(out)
     controls = [b["cache_control"] for b in kept]
     # (a marker that is no object is Anthropic's 400 to give, never raised here)

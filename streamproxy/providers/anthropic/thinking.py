@@ -24,6 +24,7 @@ The next user turn thinks again.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -77,6 +78,7 @@ _DOTTED_VERSION = re.compile(r"(?<=\d)\.(?=\d)")
 _VERSION_FIRST = re.compile(r"claude-([4-9]|[1-9]\d)(-\d)?-(opus|sonnet|haiku)(?![a-z])")
 
 
+@functools.lru_cache(maxsize=256)  # (a request's classifiers ask of one model a few times)
 def hyphenated(model: str) -> str:
     """`model` with its version written as Anthropic writes it, for the classifiers: read as
     written, `claude-sonnet-4.5` or `claude-4-sonnet` was a Claude newer than every one they
