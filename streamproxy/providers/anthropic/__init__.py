@@ -47,7 +47,7 @@ class AnthropicProvider(Provider):
             **self.cfg.headers,
             **target.headers,
         }
-        betas = beta_names(self.cfg.options.get("anthropic_beta") or [])
+        betas = beta_names(self.cfg.options.get("anthropic_beta"))
         if betas:  # (a value naming none, ",", sends no empty header)
             headers["anthropic-beta"] = ",".join(betas)
         if target.api_key:

@@ -19,8 +19,10 @@ from streamproxy.config import ConfigError
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-def beta_names(value: str | list[str]) -> list[str]:
-    """The betas an `anthropic_beta` value names, in order."""
+def beta_names(value: str | list[str] | None) -> list[str]:
+    """The betas an `anthropic_beta` value names, in order (none for None)."""
+    if not value:  # (most providers set none: no list made per request)
+        return []
     names = value.split(",") if isinstance(value, str) else value
     return [name.strip() for name in names if name.strip()]
 

@@ -140,7 +140,7 @@ class BedrockProvider(Provider):
         options = self.cfg.options
         body = orjson.dumps(to_converse(target.apply_overrides(req.body), model,
                                         options.get("structured_outputs", "auto"),
-                                        beta_names(options.get("anthropic_beta") or [])))
+                                        beta_names(options.get("anthropic_beta"))))
         action = "converse-stream" if req.stream else "converse"
         url = str(URL(f"{self.base_url}/model/{path_segment(model)}/{action}"))
         headers = {"content-type": "application/json", **self.cfg.headers, **target.headers}

@@ -88,7 +88,7 @@ class VertexClaudeProvider(Provider):
                             VERTEX_WITHOUT_STRUCTURED_OUTPUTS, url_images=False)
         del body["model"]
         body["anthropic_version"] = VERTEX_ANTHROPIC_VERSION
-        betas = beta_names(self.cfg.options.get("anthropic_beta") or [])
+        betas = beta_names(self.cfg.options.get("anthropic_beta"))
         if betas:
             body["anthropic_beta"] = betas
         method = "streamRawPredict" if req.stream else "rawPredict"
