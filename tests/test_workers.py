@@ -1206,6 +1206,32 @@ def test_a_master_with_a_worker_serving_restarts_the_failing_ones(tmp_path: Path
     assert m.stopping is None and m.failures == {0: 1}
 
 
+@contextlib.contextmanager
+def _patched_server(tmp_path: Path, source: str, workers: int, grace: float,
+                    args: tuple[str, ...] = ()) -> Iterator[tuple[subprocess.Popen[bytes], Path,
+                                                                  int]]:
+    """`serve` run by a script that patches the server first (`source`, handed `args` before
+    the command line): the process, its log file and its port; the tree killed at the end."""
+    script = tmp_path / "patched.py"
+    script.write_text(source)
+    config = tmp_path / "proxy.yaml"
+    config.write_text(CONFIG.format(grace=grace, models="fast"))
+    port = _free_port()
+    log = tmp_path / "proxy.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), *args, "serve", "--config", str(config),
+             "--port", str(port), "--workers", str(workers)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    try:
+        yield proc, log, port
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
 GIVING_UP = """
 import os, sys
 from streamproxy import cli
@@ -1224,19 +1250,8 @@ cli.main(sys.argv[2:])
 async def test_a_master_gives_up_when_no_worker_can_start_again(tmp_path: Path) -> None:
     """The real process tree: both workers killed, their replacements failing at start; the
     master stops with a non-zero status instead of restarting them for good."""
-    script, flag = tmp_path / "giving_up.py", tmp_path / "broken"
-    script.write_text(GIVING_UP)
-    config = tmp_path / "proxy.yaml"
-    config.write_text(CONFIG.format(grace=0.5, models="fast"))
-    port = _free_port()
-    log = tmp_path / "proxy.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(script), str(flag), "serve", "--config", str(config),
-             "--port", str(port), "--workers", "2"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
-    try:
+    flag = tmp_path / "broken"
+    with _patched_server(tmp_path, GIVING_UP, 2, 0.5, (str(flag),)) as (proc, log, _):
         await until(lambda: "all 2 workers listening" in log.read_text(), "the workers")
         flag.touch()
         for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
@@ -1244,10 +1259,6 @@ async def test_a_master_gives_up_when_no_worker_can_start_again(tmp_path: Path) 
         assert await asyncio.to_thread(proc.wait, 30) == 1
         assert "every worker failed 3 times in a row, the last: status 1; giving up" in (
             log.read_text())
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 HUP_AT_START = """
@@ -1269,28 +1280,12 @@ async def test_a_sighup_while_the_server_starts_reloads_once_it_serves(
     """A SIGHUP before the process handled it (starting: a reload right after a start) took
     its default action: the server died, without a word, and systemd counts a death by
     SIGHUP as a clean exit (Restart=on-failure does not restart it)."""
-    script = tmp_path / "hup_at_start.py"
-    script.write_text(HUP_AT_START)
-    config = tmp_path / "proxy.yaml"
-    config.write_text(CONFIG.format(grace=0.5, models="fast"))
-    port = _free_port()
-    log = tmp_path / "proxy.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(script), "serve", "--config", str(config), "--port", str(port),
-             "--workers", str(workers)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
     reloaded = "SIGHUP: reloaded" if workers == 1 else "reloaded: generation 1"
-    try:
+    with _patched_server(tmp_path, HUP_AT_START, workers, 0.5) as (proc, log, port):
         await until(lambda: proc.poll() is not None or reloaded in log.read_text(),
                     "the reload")
         assert proc.poll() is None, log.read_text()
         assert await stream_ok(f"http://127.0.0.1:{port}")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 def test_a_failed_start_with_a_drain_delay_stops_without_it(
@@ -1433,25 +1428,9 @@ async def test_a_worker_draining_within_its_own_worst_case_is_not_killed(
     """A worker's drain may take its grace, then 5 s for the requests it ended, then aiohttp's
     5 s shutdown timeout, and its clean-up: the master killed it at grace + 10 s, logging an
     error for a worker that was only draining as designed."""
-    script = tmp_path / "slow_cleanup.py"
-    script.write_text(SLOW_CLEANUP)
-    config = tmp_path / "proxy.yaml"
-    config.write_text(CONFIG.format(grace=0.2, models="fast"))
-    port = _free_port()
-    log = tmp_path / "proxy.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(script), "serve", "--config", str(config), "--port", str(port),
-             "--workers", "2"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
-    try:
+    with _patched_server(tmp_path, SLOW_CLEANUP, 2, 0.2) as (proc, log, _):
         await until(lambda: "all 2 workers listening" in log.read_text(), "the workers")
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 30) == 0
         out = log.read_text()
         assert "killing it" not in out and out.count("exited (status 0)") == 2, out
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
