@@ -414,15 +414,8 @@ def test_a_model_name_with_edge_whitespace_or_a_control_character_is_a_400(
     # Sent as written, `oa/gpt-4o ` asked the provider for `gpt-4o ` (its model-not-found),
     # and ` groq/y` went to the default provider as the model ` groq/y`: a 400 naming the
     # field, before any routing, where the name is wrong.
-    body: dict[str, Any] = {"messages": USER, "model": "a/b"}
-    if where == "model":
-        body["model"] = name
-    else:
-        body["fallback_models"] = ["a/c", name]
-    with pytest.raises(InvalidRequest) as info:
-        parse_chat_request(orjson.dumps(body))
-    assert (info.value.param, info.value.code) == (where, "invalid_value")
-    assert repr(name)[1:-1][:20] in info.value.message  # (escaped: a log line stays one line)
+    info = _refused_model_name(name, where)
+    assert repr(name)[1:-1][:20] in info.message  # (escaped: a log line stays one line)
 
 
 @pytest.mark.parametrize("name", ["oa/", "@oa/", "nope/", "meta-llama/", "/", ""])
@@ -431,6 +424,11 @@ def test_a_model_name_with_nothing_after_its_prefix_or_empty_is_a_400(name: str,
                                                                       where: str) -> None:
     # `oa/` (a prefix, no model) and "" were served by the provider's default_model, in
     # `model` and in `fallback_models` alike: an answer from a model the client never named.
+    _refused_model_name(name, where)
+
+
+def _refused_model_name(name: str, where: str) -> InvalidRequest:
+    """The 400 for `name` as the model or as the second fallback model, naming `where`."""
     body: dict[str, Any] = {"messages": USER, "model": "a/b"}
     if where == "model":
         body["model"] = name
@@ -439,6 +437,7 @@ def test_a_model_name_with_nothing_after_its_prefix_or_empty_is_a_400(name: str,
     with pytest.raises(InvalidRequest) as info:
         parse_chat_request(orjson.dumps(body))
     assert (info.value.param, info.value.code) == (where, "invalid_value")
+    return info.value
 
 
 def test_no_model_or_portkeys_default_still_means_the_default_model() -> None:
