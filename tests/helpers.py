@@ -417,3 +417,15 @@ def metric_samples(name: str) -> list[Any]:
         if any(name.removeprefix(f.name) in _SAMPLE_SUFFIXES for f in families):
             return [s for family in metric.collect() for s in family.samples]
     raise KeyError(name)
+
+
+def every_turn_marked(mark: dict[str, Any]) -> list[dict[str, Any]]:
+    """A system prompt and five user turns, each with a cache_control `mark` (a client that
+    marks every turn, LiteLLM's message form): more breakpoints than Claude takes."""
+    turns: list[dict[str, Any]] = [{"role": "system", "content": "Rules.", "cache_control": mark}]
+    for n in range(4):
+        turns += [{"role": "user", "content": f"q{n}", "cache_control": mark},
+                  {"role": "assistant", "content": f"a{n}"}]
+    turns.append({"role": "user", "content": "last", "cache_control": mark})
+    return turns
+

@@ -23,7 +23,13 @@ from streamproxy.providers.bedrock.request import to_converse
 from streamproxy.providers.gemini.request import to_gemini
 from streamproxy.providers.ollama.request import to_ollama
 from tests.conftest import provider_config
-from tests.helpers import fixture_bytes, make_config, openai_sdk, read_sdk_stream
+from tests.helpers import (
+    every_turn_marked,
+    fixture_bytes,
+    make_config,
+    openai_sdk,
+    read_sdk_stream,
+)
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather",
                                          "parameters": {"type": "object", "properties": {
@@ -948,11 +954,7 @@ def test_more_breakpoints_than_anthropic_takes_keep_the_stable_prefix_and_the_la
     # breakpoints (the prefix other conversations share) and the latest turns' are kept, the
     # earliest turns' dropped. A breakpoint only decides what is cached, never the answer.
     mark = {"type": "ephemeral"}
-    turns = [{"role": "system", "content": "Rules.", "cache_control": mark}]
-    for n in range(4):
-        turns += [{"role": "user", "content": f"q{n}", "cache_control": mark},
-                  {"role": "assistant", "content": f"a{n}"}]
-    turns.append({"role": "user", "content": "last", "cache_control": mark})
+    turns = every_turn_marked(mark)
     body = translate(messages=turns, tools=[{**TOOL, "cache_control": mark}])
     assert _breakpoints(body) == ["get_weather", "Rules.", "q3", "last"]
     # The request's own (automatic caching) takes one of the four.

@@ -56,6 +56,7 @@ from tests.helpers import (
     assert_splice_matches_decoding,
     collect,
     count_spliced_reads,
+    every_turn_marked,
     fixture_bytes,
     make_config,
     openai_sdk,
@@ -893,11 +894,7 @@ def test_more_cache_points_than_bedrock_takes_keep_the_stable_prefix_and_the_lat
     # maximum of 4 blocks with cache_control may be provided"): as on Anthropic, the earliest
     # turns' are dropped first, then the earliest tools' and system's, the last turn's last.
     mark = {"type": "ephemeral"}
-    turns = [{"role": "system", "content": "Rules.", "cache_control": mark}]
-    for n in range(4):
-        turns += [{"role": "user", "content": f"q{n}", "cache_control": mark},
-                  {"role": "assistant", "content": f"a{n}"}]
-    turns.append({"role": "user", "content": "last", "cache_control": mark})
+    turns = every_turn_marked(mark)
     body = to_converse({"messages": turns, "tools": [{**TOOLS[0], "cache_control": mark}]},
                        CLAUDE)
     assert _points_after(body) == ["get_capital", "Rules.", "q3", "last"]
