@@ -186,7 +186,12 @@ def _why_no_stream(resp: Any) -> str:
     (a TLS certificate not trusted, a refused connection, a name that does not resolve)."""
     if resp.status_code == 0:
         return f"no response: {_grouped(repr(resp.error))}"
-    return f"HTTP {resp.status_code}: {_grouped(resp.text)[:200]}"
+    try:
+        body = resp.text
+    except OSError as e:  # requests' errors are OSErrors. A reset mid-body, raised out of
+        # locust's context, was a `stream` failure and the POST row (HTTP failures) had none.
+        body = f"(body cut: {type(e).__name__}: {e})"
+    return f"HTTP {resp.status_code}: {_grouped(body)[:200]}"
 
 
 def _reads(resp: Any) -> Iterator[bytes]:

@@ -475,3 +475,30 @@ def test_a_stream_without_chunked_framing_is_read_as_it_arrives(
     assert reads[0] == _sse(_content("a"))[0]
     (stream,) = [e for e in events.fired if e["name"] == "custom stream"]
     assert stream["exception"] is None
+
+
+class _CutErrorResponse(_Response):
+    """A 502 whose body the connection reset cut: requests raises as the body is read."""
+
+    @property  # type: ignore[override]
+    def text(self) -> str:
+        import requests
+
+        raise requests.exceptions.ChunkedEncodingError(
+            "('Connection broken: ConnectionResetError(104, 'Connection reset by peer')')")
+
+    @text.setter
+    def text(self, value: str) -> None:
+        pass
+
+
+def test_an_error_body_cut_by_a_reset_is_a_failure_on_its_post_row(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Read for the failure's text, the cut body raised out of locust's response context: the
+    # POST row counted nothing and a `stream` failure was named after requests' exception.
+    locustfile, events = _load_locustfile(monkeypatch)
+    response = _CutErrorResponse(502, b"")
+    _run_one_stream(locustfile, response)
+    assert response.result is not None and response.result.startswith("failure: HTTP 502")
+    assert "ChunkedEncodingError" in response.result and "#" in response.result
+    assert events.fired == []
