@@ -123,6 +123,8 @@ class StreamReader:
         self.reasoning_streamed = False
         self.done = False
         self.error: str | None = None
+        self.content_type = "text/event-stream"
+        self.head = b""  # the start of a body served as no event stream, to name its failure
 
     def feed(self, data: bytes, now: float) -> None:
         self.buffer += data
@@ -204,6 +206,40 @@ def _reads(resp: Any) -> Iterator[bytes]:
     return iter(lambda: raw.read1(65536, decode_content=True), b"")
 
 
+# Enough for a whole non-streamed completion, to read it as JSON; a page is cut much shorter.
+HEAD = 65536
+
+
+def _keeping_head(reads: Iterator[bytes], reader: StreamReader) -> Iterator[bytes]:
+    """A body served as no event stream is still read as one (a server may mislabel its
+    stream); its start is kept, to say what came if it holds no stream."""
+    for data in reads:
+        if len(reader.head) < HEAD:
+            reader.head += data[:HEAD - len(reader.head)]
+        yield data
+
+
+def _what_came(content_type: str, head: bytes) -> str:
+    """A 200 that is no stream: an upstream that ignored `stream: true` (its whole answer as
+    JSON), an error answered with a 200, a front proxy's page. A completion's id and text
+    differ per request: it is named by its keys, so that it is one failure row."""
+    text = head.decode(errors="replace")
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        error = doc.get("error")
+        if error:
+            shown = "error: " + (str(error.get("message") or error) if isinstance(error, dict)
+                                 else str(error))
+        else:
+            shown = f"JSON {doc.get('object') or 'object'} with {', '.join(doc)}"
+    else:
+        shown = " ".join(text.split())[:120]
+    return f"not an event stream ({content_type or 'no content-type'}): {_grouped(shown)[:200]}"
+
+
 def _report(name: str, ms: float, length: int = 0, exception: Exception | None = None) -> None:
     events.request.fire(request_type=STREAM_TYPE, name=name, response_time=ms,
                         response_length=length, exception=exception, context={})
@@ -243,7 +279,11 @@ class _StreamingUser(HttpUser):
                     resp.failure(_why_no_stream(resp))
                     return
                 resp.success()
-                for data in _reads(resp):
+                reads = _reads(resp)
+                reader.content_type = resp.headers.get("content-type") or ""
+                if "event-stream" not in reader.content_type:
+                    reads = _keeping_head(reads, reader)
+                for data in reads:
                     reader.feed(data, time.perf_counter())
         except Exception as e:  # connection reset, bad JSON, …: a stream error
             _report(f"{name} stream", (time.perf_counter() - started) * 1000,
@@ -256,6 +296,8 @@ class _StreamingUser(HttpUser):
         failure = None
         if r.error is not None:
             failure = StreamFailed(f"error frame: {_grouped(r.error)}")
+        elif not r.done and "event-stream" not in r.content_type:
+            failure = StreamFailed(_what_came(r.content_type, r.head))
         elif not r.done:
             failure = StreamFailed("stream ended without [DONE]")
         elif r.first_token is None:

@@ -96,8 +96,10 @@ def _load_locustfile(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, _Events]:
 class _Response:
     """What the streaming user reads of locust's catch_response context manager."""
 
-    def __init__(self, status: int, body: bytes, error: Exception | None = None) -> None:
+    def __init__(self, status: int, body: bytes, error: Exception | None = None,
+                 content_type: str = "text/event-stream") -> None:
         self.status_code, self.text, self.body, self.error = status, body.decode(), body, error
+        self.headers = {"content-type": content_type}
         self.result: str | None = None
         self.raw = types.SimpleNamespace(chunked=True)  # urllib3's response, as the proxy frames
 
@@ -502,3 +504,51 @@ def test_an_error_body_cut_by_a_reset_is_a_failure_on_its_post_row(
     assert response.result is not None and response.result.startswith("failure: HTTP 502")
     assert "ChunkedEncodingError" in response.result and "#" in response.result
     assert events.fired == []
+
+
+def _completion(request_id: str, text: str) -> bytes:
+    """A whole chat.completion: what an upstream that ignores `stream: true` answers."""
+    return json.dumps({
+        "id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": 1741570283,
+        "model": "gpt-4o-mini-2024-07-18", "choices": [{
+            "index": 0, "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}}).encode()
+
+
+def test_a_whole_completion_instead_of_a_stream_says_what_came(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # It was 'stream ended without [DONE]', as for a cut stream: nothing said a JSON answer came.
+    locustfile, events = _load_locustfile(monkeypatch)
+    for request_id, text in (("B9MHDbslfWZ2x7QeLkPq1", "Load tests find limits."),
+                             ("C1aTq7ZpYw3vN0sKdE8jR", "They measure a system.")):
+        body = _completion(request_id, text)
+        _run_one_stream(locustfile, _Response(200, body, content_type="application/json"))
+    failures = {str(e["exception"]) for e in events.fired if e["name"] == "custom stream"}
+    assert len(failures) == 1  # one row, whatever the completion's id and text
+    failure = failures.pop()
+    assert "not an event stream" in failure and "application/json" in failure
+    assert "chat.completion" in failure and "choices" in failure
+
+
+def test_an_error_answered_as_json_with_a_200_is_named_by_its_message(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    locustfile, events = _load_locustfile(monkeypatch)
+    body = json.dumps({"error": {"message": "model gpt-9 does not exist", "code": 404}}).encode()
+    _run_one_stream(locustfile, _Response(200, body, content_type="application/json"))
+    (stream,) = [e for e in events.fired if e["name"] == "custom stream"]
+    assert str(stream["exception"]) == (
+        "not an event stream (application/json): error: model gpt-9 does not exist")
+
+
+def test_a_page_instead_of_a_stream_is_named_by_its_start(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A front proxy's login or maintenance page, answered with a 200.
+    locustfile, events = _load_locustfile(monkeypatch)
+    page = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head>\n\n<body>" + b"x" * 500
+    _run_one_stream(locustfile, _Response(200, page, content_type="text/html; charset=utf-8"))
+    (stream,) = [e for e in events.fired if e["name"] == "custom stream"]
+    failure = str(stream["exception"])
+    assert failure.startswith("not an event stream (text/html; charset=utf-8): "
+                              "<!DOCTYPE html> <html><head><title>Sign in")
+    assert len(failure) < 300
