@@ -119,8 +119,28 @@ class _Response:
         return [self.body]
 
 
-def _run_one_stream(locustfile: Any, response: _Response) -> None:
+class _Stats:
+    """locust's RequestStats as far as the user logs to it directly: entry by entry, so that
+    the samples stay out of the Aggregated row (locust's `total`)."""
+
+    def __init__(self) -> None:
+        self.logged: list[tuple[str, str, float]] = []
+
+    def get(self, name: str, method: str) -> Any:
+        def log(response_time: float, content_length: int) -> None:
+            self.logged.append((method, name, response_time))
+
+        return types.SimpleNamespace(log=log)
+
+
+def _user(locustfile: Any, stats: _Stats | None = None) -> Any:
     user = locustfile.CustomUser()
+    user.environment = types.SimpleNamespace(stats=stats or _Stats())
+    return user
+
+
+def _run_one_stream(locustfile: Any, response: _Response) -> None:
+    user = _user(locustfile)
     user.client = types.SimpleNamespace(post=lambda *a, **kw: response)
     user.body, user.headers = "{}", {}
     user.stream()
@@ -158,10 +178,14 @@ def _figures(monkeypatch: pytest.MonkeyPatch, timed: list[tuple[float, bytes]],
     reader = locustfile.StreamReader(0.0)
     for at, data in timed:
         reader.feed(data, at)
-    locustfile.CustomUser().report("s", reader, ended)
+    stats = _Stats()
+    _user(locustfile, stats).report("s", reader, ended)
     rows: dict[str, list[float]] = {}
     for sample in events.fired:
         rows.setdefault(sample["name"].removeprefix("s "), []).append(sample["response_time"])
+    for method, name, value in stats.logged:
+        assert method == "STREAM"
+        rows.setdefault(name.removeprefix("s "), []).append(value)
     return rows
 
 
@@ -284,7 +308,7 @@ def test_a_stream_that_stalls_is_a_failure_not_a_hang(monkeypatch: pytest.Monkey
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StallingServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        user = locustfile.CustomUser()
+        user = _user(locustfile)
         user.client = _RequestsClient(f"http://127.0.0.1:{server.server_port}")
         user.body, user.headers = "{}", {}
         user.stream()
@@ -466,7 +490,7 @@ def test_a_stream_without_chunked_framing_is_read_as_it_arrives(
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CloseDelimitedServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        user = locustfile.CustomUser()
+        user = _user(locustfile)
         user.client = _RequestsClient(f"http://127.0.0.1:{server.server_port}")
         user.body, user.headers = "{}", {}
         user.stream()
@@ -552,3 +576,18 @@ def test_a_page_instead_of_a_stream_is_named_by_its_start(
     assert failure.startswith("not an event stream (text/html; charset=utf-8): "
                               "<!DOCTYPE html> <html><head><title>Sign in")
     assert len(failure) < 300
+
+
+def test_tokens_per_second_stay_out_of_the_aggregated_row(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Locust's Aggregated row sums every sample of events.request: tokens/s in it were read as
+    # milliseconds, moving its average and percentiles (and the web UI's response-time chart).
+    locustfile, events = _load_locustfile(monkeypatch)
+    reader = locustfile.StreamReader(0.0)
+    for at, data in zip((0.1, 0.2, 0.3), _sse(*(_content(w) for w in "ab"), "[DONE]"), strict=True):
+        reader.feed(data, at)
+    stats = _Stats()
+    _user(locustfile, stats).report("s", reader, 0.3)
+    assert "s tokens/s" not in [e["name"] for e in events.fired]
+    assert stats.logged == [("STREAM", "s tokens/s", pytest.approx(10))]
+    assert "s inter-token" in [e["name"] for e in events.fired]  # milliseconds are aggregated
