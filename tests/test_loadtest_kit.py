@@ -300,12 +300,11 @@ class _RequestsClient:
         return resp
 
 
-def test_a_stream_that_stalls_is_a_failure_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A hung proxy or upstream: without a client timeout the user waits on it for ever, and
-    # the run reports nothing at all — no failure, exit status 0.
-    monkeypatch.setenv("SP_TIMEOUT", "0.5")
-    locustfile, events = _load_locustfile(monkeypatch)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StallingServer)
+def _stream_once(locustfile: Any, handler: type[http.server.BaseHTTPRequestHandler],
+                 release: threading.Event) -> None:
+    """One streaming user's request against `handler` on a loopback port; `release` set at
+    the end (whatever the handler waits on), then the server stopped."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         user = _user(locustfile)
@@ -313,9 +312,17 @@ def test_a_stream_that_stalls_is_a_failure_not_a_hang(monkeypatch: pytest.Monkey
         user.body, user.headers = "{}", {}
         user.stream()
     finally:
-        _StallingServer.release.set()
+        release.set()
         server.shutdown()
         server.server_close()
+
+
+def test_a_stream_that_stalls_is_a_failure_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A hung proxy or upstream: without a client timeout the user waits on it for ever, and
+    # the run reports nothing at all — no failure, exit status 0.
+    monkeypatch.setenv("SP_TIMEOUT", "0.5")
+    locustfile, events = _load_locustfile(monkeypatch)
+    _stream_once(locustfile, _StallingServer, _StallingServer.release)
     (stream,) = [e for e in events.fired if e["name"] == "custom stream"]
     assert "timed out" in str(stream["exception"])
 
@@ -487,17 +494,7 @@ def test_a_stream_without_chunked_framing_is_read_as_it_arrives(
         feed(self, data, now)
 
     monkeypatch.setattr(locustfile.StreamReader, "feed", reading)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CloseDelimitedServer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        user = _user(locustfile)
-        user.client = _RequestsClient(f"http://127.0.0.1:{server.server_port}")
-        user.body, user.headers = "{}", {}
-        user.stream()
-    finally:
-        _CloseDelimitedServer.first_read.set()
-        server.shutdown()
-        server.server_close()
+    _stream_once(locustfile, _CloseDelimitedServer, _CloseDelimitedServer.first_read)
     assert reads[0] == _sse(_content("a"))[0]
     (stream,) = [e for e in events.fired if e["name"] == "custom stream"]
     assert stream["exception"] is None
