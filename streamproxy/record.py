@@ -27,6 +27,7 @@ class RequestRecord:
     trace_id: str
     stream: bool | None = False  # None: unknown, the request refused before its body was read
     provider: str | None = None
+    passthrough: bool = False  # that provider forwards OpenAI's answer as it came
     model: str | None = None  # the upstream model asked for
     status: int = 200
     started: float = field(default_factory=time.monotonic)

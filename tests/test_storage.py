@@ -1425,3 +1425,50 @@ async def test_a_completion_added_after_close_starts_no_writer_and_is_counted(
     assert await asyncio.wait_for(reopened.get("", "kept"), 10) is not None
     assert await asyncio.wait_for(reopened.get("", "late"), 10) is None
     await asyncio.wait_for(reopened.close(), 10)
+
+
+# A Gemini-compatible answer that reports no usage (translated), streamed and not.
+_GEMINI_HI = {"candidates": [{"index": 0, "finishReason": "STOP", "content": {
+    "role": "model", "parts": [{"text": "Hi"}]}}]}
+
+
+@pytest.mark.parametrize("cache", [False, True])
+async def test_a_translated_answer_without_usage_is_stored_with_zeros_streamed_or_not(
+        proxy: Any, upstream: Any, tmp_path: Path, cache: bool) -> None:
+    """The client of a translated answer whose provider reported no usage gets zeros (the
+    executor's fill; OpenAI's completion always has usage): the one stored from a non-streamed
+    answer had them, the one stored from a stream (or from a streamed cache hit) had no `usage`
+    — `retrieve(...).usage.total_tokens` failed for one and not the other."""
+    api = openai_sdk(await proxy(make_config(
+        {"gem": {"type": "gemini", "base_url": upstream.url, "api_key": "k",
+                 "default_model": "gemini-x"}}, default="gem",
+        storage={"path": str(tmp_path / "s.sqlite3")})), "sk-client")
+    cached_too = {"x-portkey-config": '{"cache": {"mode": "simple"}}'} if cache else None
+    upstream.content_type, upstream.body = "application/json", orjson.dumps(_GEMINI_HI)
+    whole = await api.chat.completions.create(model="gem/gemini-x", messages=USER, store=True)
+    assert whole.usage is not None and whole.usage.total_tokens == 0
+    upstream.content_type = "text/event-stream"
+    upstream.body = b"data: " + orjson.dumps(_GEMINI_HI) + b"\r\n\r\n"
+    ids = []
+    for _ in range(2 if cache else 1):  # (with a cache: the fill, then the hit)
+        cid, text = await stream_text(api, model="gem/gemini-x", messages=USER, store=True,
+                                      stream_options={"include_usage": True},
+                                      extra_headers=cached_too)
+        assert text == "Hi"
+        ids.append(cid)
+    for cid in (whole.id, *ids):
+        got = await stored(api, cid)
+        assert got.choices[0].message.content == "Hi"
+        assert got.usage is not None
+        assert (got.usage.prompt_tokens, got.usage.completion_tokens,
+                got.usage.total_tokens) == (0, 0, 0)
+
+
+async def test_a_pass_through_stream_without_usage_is_stored_as_it_came(
+        proxy: Any, upstream: Any, tmp_path: Path) -> None:
+    # (forwarded as it came, streamed or not: no zeros its upstream never sent)
+    api = await _pass_through_api(proxy, upstream, tmp_path)
+    upstream.body = _pass_through_stream({"role": "assistant", "content": "Hi"})
+    cid, _ = await stream_text(api, model="oa/gpt", messages=USER, store=True)
+    got = await stored(api, cid)
+    assert got.choices[0].message.content == "Hi" and got.usage is None

@@ -181,6 +181,7 @@ class ResponseCache:
             return None
         _note(request, record, "HIT")
         record.provider, record.model = target.provider.name, configured
+        record.passthrough = target.provider.passthrough
         # As Portkey answers a hit: no retries (no upstream asked for this target).
         record.retries, record.retries_exhausted = 0, False
         if stored:

@@ -305,7 +305,7 @@ class Executor:
     async def _retrying(self, req: ChatRequest, attempt: Attempt, record: RequestRecord,
                         once: Any) -> Any:
         target, spec = attempt.target.served(), attempt.retry
-        record.provider = target.provider.name
+        record.provider, record.passthrough = target.provider.name, target.provider.passthrough
         record.model = target.model or target.provider.cfg.default_model
         record.retries, record.retries_exhausted = 0, False
         retry = 0

@@ -22,6 +22,7 @@ import orjson
 from aiohttp import web
 
 from streamproxy.errors import InvalidRequest, NotFound
+from streamproxy.openai_api.chunks import no_usage
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.record import RequestRecord
 from streamproxy.routing.gateway import CONFIG_HEADER
@@ -181,6 +182,10 @@ class StoredCompletions:
                                         model=record.model or "")
         if not answer.get("id"):
             return None
+        if answer.get("usage") is None and not record.passthrough:
+            # As the client of a non-streamed answer got it (the executor's zeros): a stream
+            # (or a streamed hit) of a provider that reported none was stored without usage.
+            answer = {**answer, "usage": no_usage()}
         return StoredCompletion(
             id=answer["id"], owner=ticket.owner, created=int(answer.get("created") or 0),
             model=str(answer.get("model") or record.model or ""),
