@@ -1472,3 +1472,34 @@ async def test_a_pass_through_stream_without_usage_is_stored_as_it_came(
     cid, _ = await stream_text(api, model="oa/gpt", messages=USER, store=True)
     got = await stored(api, cid)
     assert got.choices[0].message.content == "Hi" and got.usage is None
+
+
+async def test_a_damaged_database_is_a_retryable_503_with_a_clear_log(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A database whose pages are garbage (a bad disk, a copy cut short) opens — its first
+    page is intact — then fails each query with "database disk image is malformed", a
+    `sqlite3.DatabaseError` that is not an OperationalError: every read, update and delete
+    was a 500 `storage_error` with a traceback, where a database that does not open (or is
+    locked) is the 503 of a backend that is down."""
+    path = tmp_path / "s.sqlite3"
+    store = SQLiteStore(str(path))
+    for i in range(20):
+        assert store.add(_item(f"c{i}", note="x" * 400))
+    await asyncio.wait_for(store.flush(), 10)
+    await asyncio.wait_for(store.close(), 10)  # (checkpointed: the rows are in the file)
+    with path.open("r+b") as f:  # every page but the first (the schema)
+        f.seek(4096)
+        f.write(b"\xde\xad" * ((path.stat().st_size - 4096) // 2))
+    store = SQLiteStore(str(path))
+    caplog.set_level("WARNING", logger="streamproxy.storage")
+    for call in (store.get("", "c1"), store.list("", ListQuery()),
+                 store.update_metadata("", "c1", {"k": "v"}), store.delete("", "c1")):
+        with pytest.raises(ProxyError) as info:
+            await asyncio.wait_for(call, 10)
+        assert (info.value.status, info.value.error_type, info.value.code) == (
+            503, "api_error", "service_unavailable")
+        assert "malformed" in info.value.message
+    told = [r for r in caplog.records if r.name == "streamproxy.storage"]
+    assert told and all(r.exc_info is None for r in told)  # said, not a traceback each
+    assert str(path) in told[0].getMessage() and "malformed" in told[0].getMessage()
+    await asyncio.wait_for(store.close(), 10)

@@ -97,6 +97,7 @@ class SQLiteStore:
         self._open_logged = -_LOG_EVERY  # (thread) when a failed open was last logged
         self._write_logged = -_LOG_EVERY  # (thread) when a failed write was last logged
         self._failed_logged = -_LOG_EVERY  # (thread) when an unexpected failure was last logged
+        self._damaged_logged = -_LOG_EVERY  # (thread) when a damaged file was last logged
         self._unstored = 0  # (thread) completions lost to failed writes since that log
         self._write_error: BaseException | None = None  # (thread) the last write's failure
         self._file_id: tuple[int, int] | None = None  # (thread) the open file's (device, inode)
@@ -341,6 +342,13 @@ class SQLiteStore:
                     return
                 self._unstored += 1
 
+    def _log_damaged(self, e: BaseException) -> None:
+        now = time.monotonic()  # (once a minute: every read fails alike until it is fixed)
+        if now - self._damaged_logged >= _LOG_EVERY:
+            self._damaged_logged = now
+            log.error("the storage database %s is damaged (%s): stored completions are "
+                      "unavailable until it is restored or removed", self.path, e)
+
     def _report_unstored(self) -> None:
         """Log the completions lost since the last such log, at most once a minute. Also after
         a write that succeeds, and when no job comes (`_run`): those lost after one log are
@@ -368,9 +376,13 @@ class SQLiteStore:
                 # the retryable 503 the reads answer, not a 500 (this request's fault)
                 log.warning("storage query failed: %s", e)
                 error = StorageDown(f"stored completions are unavailable: {e}")
-            except Exception:  # the thread must survive: every waiter gets an answer
-                log.exception("storage query failed")
-                error = StorageUnavailable("the stored completions database failed")
+            except Exception as e:  # the thread must survive: every waiter gets an answer
+                if _damaged(e):  # a file SQLite cannot read: down until an operator acts
+                    self._log_damaged(e)
+                    error = StorageDown(f"stored completions are unavailable: {e}")
+                else:
+                    log.exception("storage query failed")
+                    error = StorageUnavailable("the stored completions database failed")
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
             loop.call_soon_threadsafe(_resolve, future, result, error)
 
@@ -383,6 +395,14 @@ def _insert_batch(conn: sqlite3.Connection, batch: list[StoredCompletion]) -> No
         for start in range(0, len(batch), _ROWS_PER_INSERT):
             rows = [_row(item) for item in batch[start : start + _ROWS_PER_INSERT]]
             conn.execute(_insert(len(rows)), [v for row in rows for v in row])
+
+
+def _damaged(e: BaseException) -> bool:
+    """A database SQLite cannot read ("database disk image is malformed", "file is not a
+    database"): a DatabaseError that is not an OperationalError, which a query meets."""
+    code = getattr(e, "sqlite_errorcode", None) or 0
+    return (isinstance(e, sqlite3.DatabaseError)
+            and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB))
 
 
 def _is_lock(e: BaseException) -> bool:
