@@ -869,7 +869,8 @@ async def test_a_stray_sigusr1_is_ignored(tmp_path: Path, workers: int) -> None:
 
 def _loop_on_one_connection(url: str, reload: Callable[[], None], reloaded: Callable[[], bool],
                             path: str = "/v1/chat/completions",
-                            deadline: float = 120) -> list[str]:
+                            deadline: float = 120, output: Callable[[], str] = str
+                            ) -> list[str]:
     """Chat requests (or GETs of another `path`) back to back on one kept-alive connection, as
     curl, a load-test user or a load balancer's health check sends them (http.client: a new
     connection only after `Connection: close`, no retry); the errors seen. `reload` runs once,
@@ -885,10 +886,13 @@ def _loop_on_one_connection(url: str, reload: Callable[[], None], reloaded: Call
     served, started = 0, time.monotonic()
     sent_at: int | None = None  # requests served when the reload was asked for
     closed_at: int | None = None  # ... when an answer after it closed the connection
+    answers: list[str] = []  # the last few: status, Connection header, whether logged reloaded
     try:
         while not (closed_at is not None and served >= max(closed_at + 20, 51)):
             assert time.monotonic() - started < deadline, (
-                f"the reload's drain never closed the connection: {served} served, {errors}")
+                f"the reload's drain never closed the connection: {served} served (reload "
+                f"asked at {sent_at}), reloaded: {reloaded()}, errors: {errors}; the last "
+                f"answers: {answers}; the proxy wrote:\n{output()[-3000:]}")
             if sent_at is None and time.monotonic() - started > 1:
                 sent_at = served
                 reload()
@@ -899,6 +903,9 @@ def _loop_on_one_connection(url: str, reload: Callable[[], None], reloaded: Call
                     conn.request("GET", path)
                 answer = conn.getresponse()
                 data = answer.read()
+                answers = [*answers[-5:], f"#{served} {answer.status} "
+                           f"{answer.getheader('connection')} will_close={answer.will_close} "
+                           f"reloaded={reloaded()}"]
                 if answer.status == 200:
                     served += 1
                 else:
@@ -923,7 +930,7 @@ async def test_a_client_looping_on_one_kept_alive_connection_sees_no_error_acros
         reloaded = "SIGHUP: reloaded" if workers == 1 else "reloaded: generation"
         errors = await asyncio.to_thread(_loop_on_one_connection, t.url,
                                          lambda: t.proc.send_signal(signal.SIGHUP),
-                                         lambda: reloaded in t.output())
+                                         lambda: reloaded in t.output(), output=t.output)
         assert reloaded in t.output()
         assert errors == []
 
@@ -938,7 +945,8 @@ async def test_healthz_on_a_kept_alive_connection_stays_200_across_a_reload(
         reloaded = "SIGHUP: reloaded" if workers == 1 else "reloaded: generation"
         errors = await asyncio.to_thread(_loop_on_one_connection, t.url,
                                          lambda: t.proc.send_signal(signal.SIGHUP),
-                                         lambda: reloaded in t.output(), "/healthz")
+                                         lambda: reloaded in t.output(), "/healthz",
+                                         output=t.output)
         assert reloaded in t.output()
         assert "draining" in t.output()  # (the old app or workers did drain meanwhile)
         assert errors == []
