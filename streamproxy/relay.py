@@ -193,10 +193,12 @@ async def _pull(translator: StreamTranslator, encoder: ChunkEncoder, deadline: D
         if not out and kept is not None and kept.due():
             out = KEEPALIVE_COMMENT
         if out:
-            if before_answer is not None and encoder.answered():
-                before_answer.first_token = time.monotonic()
-                deadline.token_came()
-                before_answer = None
+            if before_answer is not None:
+                encoder.skip_empty(out)  # (chunks with nothing in them are no token)
+                if encoder.answered():
+                    before_answer.first_token = time.monotonic()
+                    deadline.token_came()
+                    before_answer = None
             deadline.hold()  # a write that waits for a slow client is not the provider's gap
             await write(out)
             deadline.release()
@@ -204,8 +206,9 @@ async def _pull(translator: StreamTranslator, encoder: ChunkEncoder, deadline: D
 
 class _FirstToken:
     """The piped relay's sink until the first token after a commit on the role chunk alone:
-    each read goes to the pump, then asks whether the answer began; once it did, the time is
-    noted and the pump takes the reads itself, so no read after the first token asks."""
+    each read goes to the pump, whose frames it looks at (`_take`: chunks with nothing in them
+    are no token), then asks whether the answer began; once it did, the time is noted and the
+    pump takes the reads itself, so no read after the first token asks."""
 
     __slots__ = ("_deadline", "_encoder", "_pump", "_record", "_upstream")
 
@@ -213,6 +216,12 @@ class _FirstToken:
                  upstream: Response, record: RequestRecord) -> None:
         self._pump, self._encoder, self._deadline = pump, encoder, deadline
         self._upstream, self._record = upstream, record
+        pump.take = self._take
+
+    def _take(self) -> bytes:
+        out = self._encoder.take()
+        self._encoder.skip_empty(out)
+        return out
 
     def data(self, data: bytes) -> None:
         # (the time after the pump wrote the token: the client's, as the first chunk's is)
@@ -233,7 +242,7 @@ class _Pump:
     the client has drained)."""
 
     __slots__ = ("_client", "_deadline", "_encoder", "_ended", "_held", "_kept", "_outcome",
-                 "_sink", "_translator", "_upstream", "_waiter")
+                 "_sink", "_translator", "_upstream", "_waiter", "take")
 
     def __init__(self, translator: StreamTranslator, encoder: ChunkEncoder, deadline: Deadline,
                  client: SSEWriter, upstream: Response, kept: _KeepAlive | None = None) -> None:
@@ -248,6 +257,9 @@ class _Pump:
         self._ended: tuple[BaseException | None] | None = None  # an end that came then
         self._waiter: asyncio.Future[None] | None = None
         self._sink: BodySink = self  # what the upstream pipes to: held reads go there too
+        # The read's frames: the encoder's, or while the first token is due `_FirstToken`'s
+        # look at them first (so no read after it pays for the look)
+        self.take: Callable[[], bytes] = encoder.take
 
     async def run(self, sink: BodySink | None = None) -> None:
         """`sink`: what the upstream pipes to, the pump itself unless given (a `_FirstToken`
@@ -280,7 +292,7 @@ class _Pump:
         try:
             self._deadline.progress()
             self._translator.feed(data)
-            out = self._encoder.take()
+            out = self.take()
             done = self._translator.done
             if done:
                 self._client.end_with(out)  # [DONE] and the body's end: one write
@@ -315,6 +327,7 @@ class _Pump:
     def take_over(self) -> None:
         """The reads come to the pump itself from now on (the first token came)."""
         self._sink = self
+        self.take = self._encoder.take
         self._upstream.handover(self)
 
     def _release_held(self) -> None:

@@ -165,3 +165,62 @@ async def test_keepalives_while_a_model_thinks_in_silence_after_its_role_chunk(
     assert 2 <= answer.count(b"\n\n: keep-alive\n\n") <= 6, answer
     c = collect(sse_chunks(body))
     assert c.content == "42" and c.done and c.error is None
+
+
+# Chunks with nothing of the answer in them, as OpenAI-compatible servers and relays send them
+# after (or with) the role chunk and before a think: empty content, an empty delta, the role
+# again with empty fields (OpenRouter repeats the role; DashScope and LiteLLM keep an empty
+# `reasoning_content`).
+NOTHING = [
+    frame({"content": ""}),
+    frame({}),
+    frame({"role": "assistant", "content": "", "reasoning_content": "", "tool_calls": []}),
+]
+
+
+@pytest.mark.parametrize("empty", NOTHING)
+def test_a_chunk_with_nothing_in_it_after_the_role_chunk_is_not_the_first_token(
+        empty: bytes) -> None:
+    encoder = make_encoder()
+    translator = PassthroughTranslator(encoder, 1 << 20, provider="o",
+                                       client_wants_usage=False)
+    translator.feed(ROLE)
+    assert encoder.role_only()
+    encoder.take()
+    translator.feed(empty + empty)  # (what the relay does with a read while the token is due)
+    encoder.skip_empty(encoder.take())
+    assert not encoder.past_role() and not encoder.answered()
+    translator.feed(empty + frame({"content": "4"}))
+    encoder.skip_empty(encoder.take())
+    assert encoder.past_role() and encoder.answered()
+
+
+@pytest.mark.parametrize("empty", NOTHING)
+def test_a_first_read_of_the_role_chunk_and_empty_chunks_is_role_only(empty: bytes) -> None:
+    encoder = make_encoder()
+    translator = PassthroughTranslator(encoder, 1 << 20, provider="o",
+                                       client_wants_usage=False)
+    translator.feed(ROLE + empty)
+    assert encoder.role_only()
+    encoder.take()
+    assert not encoder.past_role()
+    translator.feed(frame({}, "stop"))  # (an empty answer: its finish is its first token)
+    encoder.skip_empty(encoder.take())
+    assert encoder.past_role() and encoder.answered()
+
+
+@pytest.mark.parametrize("upstream_client", ["native", "aiohttp"])  # piped, pulled relay
+@pytest.mark.parametrize("together", [False, True])  # the empty chunk in the role's read
+async def test_an_empty_chunk_before_a_silent_think_leaves_it_the_first_token_timeout(
+        upstream_client: str, together: bool, proxy: Any, upstream: Any,
+        access_log: Any, monkeypatch: Any) -> None:
+    # The empty chunk counted as the first token: the idle timeout (0.25 s) cut the think
+    # with an error frame, and the access log's ttft_ms was the empty chunk's time.
+    monkeypatch.setenv(CLIENT_ENV, upstream_client)
+    empty = frame({"content": ""})
+    upstream.pieces = [ROLE + empty, ANSWER] if together else [ROLE, empty, ANSWER]
+    upstream.piece_delays = [0.05, 0.6, 0] if not together else [0.6, 0]
+    c = await _stream(proxy, upstream, {"first_token": 5, "idle": 0.25})
+    assert c.error is None and c.done and c.content == "42"
+    (line,) = access_log()
+    assert line["ttft_ms"] >= 600 and line["first_chunk_ms"] < 600

@@ -170,12 +170,37 @@ def unseen_citations(entries: list[dict[str, Any]], seen: set[bytes]) -> list[di
     return fresh
 
 
+def _carry_nothing(frames: bytes) -> bool:
+    """`frames` (`data: {…}` frames, one line each) are all chunks with nothing of the answer
+    in them: no finish reason, no usage, no delta field with a value but the role. Parsed
+    only at a commit and while the first token is due after one, never after it."""
+    start, size = 0, len(frames)
+    while start < size:  # (frame by frame, to the first with something: no split of the rest)
+        end = frames.find(b"\n\n", start)
+        if end < 0 or not frames.startswith(b"data: ", start):
+            return False
+        try:
+            chunk = orjson.loads(frames[start + 6:end])
+        except orjson.JSONDecodeError:
+            return False
+        start = end + 2
+        choices = chunk.get("choices") if isinstance(chunk, dict) else None
+        if not (choices and not chunk.get("usage") and all(
+                isinstance(c, dict) and not c.get("finish_reason")
+                and isinstance(c.get("delta"), dict)
+                and not any(v for k, v in c["delta"].items() if k != "role")
+                for c in choices)):
+            return False
+    return True
+
+
 class ChunkEncoder:
     """ChunkSink → SSE bytes. Also the per-stream record that logs and metrics read."""
 
     __slots__ = (
         "_buf", "_citations", "_content_head", "_content_null", "_content_tail", "_images",
-        "_literal_sep", "_prefix", "_role", "_tail", "_thinking_blocks", "_tier", "bytes_taken",
+        "_literal_sep", "_prefix", "_role", "_tail", "_thinking_blocks", "_tier", "_token_after",
+        "bytes_taken",
         "chunks",
         "completion_id", "created", "ended", "failure", "finish_reason", "include_usage",
         "model", "secrets", "usage_data",
@@ -210,6 +235,9 @@ class ChunkEncoder:
         self._citations = 0  # citations(): the next annotation's index
         self._tier = b""  # service_tier(): the usage chunk's `"service_tier":…,`
         self.chunks = 0
+        # After a commit on the role chunk alone: the chunks that carried nothing of the answer
+        # (role_only, skip_empty); the next one is its first token.
+        self._token_after = 1
         self.bytes_taken = 0  # everything take() returned: the bytes sent to the client
         self.finish_reason: str | None = None
         self.usage_data: dict[str, Any] | None = None
@@ -238,35 +266,36 @@ class ChunkEncoder:
     def role_only(self) -> bool:
         """Asked once, at the commit: the frames due are the answer's role chunk alone, with
         nothing of the answer in it (an OpenAI-compatible reasoning model sends it at once,
-        then thinks in silence). `chunks` passes 1 when more followed."""
+        then thinks in silence), with any chunks as empty after it. `past_role()` and
+        `answered()` tell when a chunk with something in it followed."""
         if not self.chunks:  # (a translator's start(): its role chunk is built by take())
             return bool(self._role) and not self._buf
-        if self.chunks != 1:
+        # A pass-through upstream's role chunk may come with chunks as empty in the same read
+        # (`content: ""`, `{}`): the answer has not begun either.
+        if not _carry_nothing(b"".join(self._buf)):
             return False
-        frame = b"".join(self._buf)
-        if not frame.startswith(b"data: "):
-            return False
-        try:
-            chunk = orjson.loads(frame[6:])
-        except orjson.JSONDecodeError:
-            return False
-        choices = chunk.get("choices") if isinstance(chunk, dict) else None
-        return bool(choices) and not chunk.get("usage") and all(
-            isinstance(c, dict) and not c.get("finish_reason")
-            and isinstance(c.get("delta"), dict)
-            and not any(v for k, v in c["delta"].items() if k != "role")
-            for c in choices)
+        self._token_after = self.chunks
+        return True
+
+    def skip_empty(self, frames: bytes) -> None:
+        """Only while the first token is due after a commit on the role chunk alone: `frames`,
+        what take() just returned, are chunks with nothing of the answer in them either (an
+        OpenAI-compatible server's `content: ""` or `{}` before it thinks, its role again), so
+        the first token is still to come (`past_role`, `answered`)."""
+        if frames and not self.ended and _carry_nothing(frames):
+            self._token_after = self.chunks
 
     def past_role(self) -> bool:
-        """After a commit on the role chunk alone: frames followed it (the answer began), or
-        the stream ended (an end or error frame is no chunk, and nothing may follow it)."""
-        return self.chunks > 1 or self.ended
+        """After a commit on the role chunk alone: a chunk with something of the answer
+        followed it (the answer began), or the stream ended (an end or error frame is no
+        chunk, and nothing may follow it)."""
+        return self.chunks > self._token_after or self.ended
 
     def answered(self) -> bool:
         """After a commit on the role chunk alone: the answer's first token went out — a
         chunk followed the role's (content, reasoning, a tool call, a refusal; for an empty
         answer its finish), or the stream ended well without one. An error is no token."""
-        return self.chunks > 1 or (self.ended and self.failure is None)
+        return self.chunks > self._token_after or (self.ended and self.failure is None)
 
     # -- envelope ----------------------------------------------------------------------------
     def _envelope(self) -> None:
