@@ -1703,3 +1703,12 @@ async def test_an_empty_override_model_is_refused_and_null_keeps_the_requests(
                       stream=False, model="slow")
     assert resp.status == 200
     assert (await resp.json())["model"] == "slow"
+
+
+def test_a_named_config_api_key_that_is_not_ascii_fails_at_start() -> None:
+    # It loaded, and every request through the target went upstream with the pasted smart
+    # quotes as UTF-8 bytes: the provider's 401, no hint.
+    named = gateway_config(configs={"c": {"provider": "mock", "api_key": "\u201csk-abc\u201d"}})
+    with pytest.raises(ConfigError, match=r"configs\.c.*config\.api_key.*ASCII") as info:
+        load_settings(named)
+    assert "sk-abc" not in str(info.value)

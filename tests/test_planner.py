@@ -1322,3 +1322,19 @@ def test_an_x_portkey_config_keeps_fallback_models_and_retries() -> None:
     assert info.value.param.startswith("config")
     with pytest.raises(InvalidRequest):
         attempts(wide, {"retries": 2})
+
+
+@pytest.mark.parametrize("api_key", ["\u201csk-proj-abc123\u201d", "sk-proj-abc123\u200b",
+                                     "sk-proj-abc\u00a0123"])
+def test_a_config_api_key_that_is_not_ascii_is_refused_naming_the_field(api_key: str) -> None:
+    """Smart quotes or a non-breaking/zero-width space pasted with a target's key went upstream
+    as UTF-8 bytes: the provider's 401 with no hint. Refused as a control character is, in a
+    client's config and a nested target alike, the key never echoed."""
+    for raw, param in (({"provider": "p", "api_key": api_key}, "config.api_key"),
+                       ({"strategy": {"mode": "fallback"}, "targets": [
+                           {"provider": "p"}, {"provider": "q", "api_key": api_key}]},
+                        "config.targets[1].api_key")):
+        with pytest.raises(InvalidRequest) as info:
+            parse_config(raw)
+        assert info.value.param == param and "ASCII" in info.value.message
+        assert "abc" not in info.value.message

@@ -457,6 +457,10 @@ def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode
             changes[key] = value
     if _CONTROL.search(changes.get("api_key", "")):
         raise _bad(f"{path}.api_key", "must not contain control characters")
+    if not changes.get("api_key", "").isascii():  # (config.py's check_provider_key: the
+        # provider's 401 with no hint, for smart quotes or a non-breaking space pasted with it)
+        raise _bad(f"{path}.api_key", "must be ASCII, as every provider's key is (a smart "
+                   "quote, a non-breaking or zero-width space pasted with it? it is not shown)")
     if custom_host_error(changes.get("custom_host", "")):
         raise _bad(f"{path}.custom_host", CUSTOM_HOST_RULE)
     if _names_another_provider(node, changes):
