@@ -2735,3 +2735,26 @@ def test_inline_static_keys_are_used_without_the_whitespace_around_them(
                                       "aws_secret_access_key_env": "MY_SK",
                                       "aws_session_token_env": "MY_ST"})
     assert inline == named == (AKID, SECRET, TOKEN)
+
+
+@pytest.mark.parametrize("key", bedrock_auth.KEY_OPTIONS)
+@pytest.mark.parametrize("where", ["inline", "env"])
+def test_a_static_key_with_a_control_character_is_a_config_error(
+        key: str, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line break inside a key (a token wrapped as it was pasted into a secret) reached the
+    signed request: in x-amz-security-token or the Authorization header the upstream client
+    refused to write it (every request a 500); in the secret, AWS's 403. Refused as the
+    config loads, as a provider's api_key is, naming the field and not the key."""
+    keys = {"aws_access_key_id": AKID, "aws_secret_access_key": SECRET,
+            "aws_session_token": TOKEN}
+    bad = f"{keys[key][:8]}\r\n{keys[key][8:]}"
+    monkeypatch.setenv("SP_TEST_AWS", bad)
+    field = key if where == "inline" else f"{key}_env"
+    keys[key] = None  # type: ignore[assignment]
+    options = {k: v for k, v in keys.items() if v} | {field: bad if where == "inline"
+                                                      else "SP_TEST_AWS"}
+    with pytest.raises(ConfigError) as info:
+        parse_config({"providers": {"b": {"type": "bedrock", "region": "us-east-1",
+                                          **options}}}, "f.yaml")
+    assert info.value.key == f"providers.b.{field}" and "control character" in info.value.reason
+    assert bad[:8] not in str(info.value)

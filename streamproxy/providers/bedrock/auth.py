@@ -35,7 +35,13 @@ from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from streamproxy.config import ConfigError, ProviderConfig, check_env_name, check_provider_key
+from streamproxy.config import (
+    ConfigError,
+    ProviderConfig,
+    check_env_name,
+    check_provider_key,
+    check_secret,
+)
 from streamproxy.errors import AuthenticationFailed, CredentialsUnavailable
 from streamproxy.providers.threads import in_daemon_thread
 
@@ -76,7 +82,10 @@ def check_options(options: dict[str, Any], source: str, where: str) -> None:
             raise ConfigError(source, f"{where}.{key}", f"give {key} or {key}_env, not both")
     keys = static_keys(options)
     for key, value in zip(KEY_OPTIONS, keys, strict=True):  # (signed with: AWS's 403)
-        check_provider_key(value, source, f"{where}.{key if options.get(key) else f'{key}_env'}")
+        field = f"{where}.{key if options.get(key) else f'{key}_env'}"
+        # (a line break inside: in x-amz-security-token or Authorization, a 500 per request)
+        check_secret(value, source, field)
+        check_provider_key(value, source, field)
     if bool(keys[0]) != bool(keys[1]):
         raise ConfigError(source, f"{where}.aws_access_key_id",
                           "aws_access_key_id and aws_secret_access_key go together (set or "
