@@ -1712,3 +1712,19 @@ def test_a_named_config_api_key_that_is_not_ascii_fails_at_start() -> None:
     with pytest.raises(ConfigError, match=r"configs\.c.*config\.api_key.*ASCII") as info:
         load_settings(named)
     assert "sk-abc" not in str(info.value)
+
+
+async def test_a_config_api_key_is_sent_without_the_whitespace_around_it(
+        proxy: Any, upstream: Any) -> None:
+    """A pasted key's space went upstream (`Bearer  sk-...`: the provider's 401), and one from
+    a YAML block scalar (its line end) was refused as a control character, where a provider's
+    own api_key is used stripped. Spaces alone are no key: refused, not sent as one."""
+    client = await proxy(openai_pair(upstream))
+    resp = await post(client, json.dumps({"provider": "e1", "api_key": " sk-own-key\n"}),
+                      stream=False)
+    assert resp.status == 200
+    sent = {k.lower(): v for k, v in upstream.requests[-1].headers.items()}
+    assert sent["authorization"] == "Bearer sk-own-key"
+    resp = await post(client, json.dumps({"provider": "e1", "api_key": "   "}), stream=False)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == "config.api_key"

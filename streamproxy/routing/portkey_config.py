@@ -455,6 +455,11 @@ def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode
         value = _string(raw, key, path)
         if value is not None:
             changes[key] = value
+    if "api_key" in changes:  # without a paste's space or a block scalar's line end, as a
+        # provider's own key (config.py): `Bearer  sk-...` was the provider's 401
+        if not (key := changes["api_key"].strip()):
+            raise _bad(f"{path}.api_key", "must be a non-empty string")
+        changes["api_key"] = key
     if _CONTROL.search(changes.get("api_key", "")):
         raise _bad(f"{path}.api_key", "must not contain control characters")
     if not changes.get("api_key", "").isascii():  # (config.py's check_provider_key: the
