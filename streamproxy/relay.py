@@ -106,6 +106,9 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord,
             # Committed on the role chunk alone, the first token is still to come: the reads
             # before it note its time (`_FirstToken`, `_pull`'s `before_answer`), none after it.
             waiting = deadline.first_token_due and not translator.done
+            # A pass-through upstream's chunks may carry nothing (`content: ""`) before its
+            # first token; a translator's never do, so only those are looked at.
+            blanks = stream.target.provider.passthrough
             if not waiting:
                 record.first_token = record.first_byte
             if translator.done:  # the whole stream came before the commit: one write
@@ -116,11 +119,12 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord,
                     kept.run(client, translator, deadline)
                 if isinstance(upstream, Response) and client.direct:
                     pump = _Pump(translator, encoder, deadline, client, upstream, kept)
-                    await pump.run(_FirstToken(pump, encoder, deadline, upstream, record)
+                    await pump.run(_FirstToken(pump, encoder, deadline, upstream, record,
+                                               blanks)
                                    if waiting else pump)
                 else:
                     await _pull(translator, encoder, deadline, upstream.content.readany,
-                                client.write, kept, record if waiting else None)
+                                client.write, kept, record if waiting else None, blanks)
         except asyncio.CancelledError:
             if not deadline.owns():
                 record.client_disconnected = True
@@ -178,9 +182,10 @@ async def _pull(translator: StreamTranslator, encoder: ChunkEncoder, deadline: D
                 read: Callable[[], Awaitable[bytes]],
                 write: Callable[[bytes], Awaitable[None]],
                 kept: _KeepAlive | None = None,
-                before_answer: RequestRecord | None = None) -> None:
+                before_answer: RequestRecord | None = None, blanks: bool = False) -> None:
     """`before_answer`: committed on the role chunk alone, the record whose first token's time
-    the first write of one notes (then None: a written chunk after it asks no more)."""
+    the first write of one notes (then None: a written chunk after it asks no more); `blanks`:
+    chunks with nothing in them may come before it, and are no token."""
     while not translator.done:
         data = out = b""  # nothing held while an idle stream waits (10,000 of them)
         data = await read()
@@ -194,7 +199,8 @@ async def _pull(translator: StreamTranslator, encoder: ChunkEncoder, deadline: D
             out = KEEPALIVE_COMMENT
         if out:
             if before_answer is not None:
-                encoder.skip_empty(out)  # (chunks with nothing in them are no token)
+                if blanks:
+                    encoder.skip_empty(out)
                 if encoder.answered():
                     before_answer.first_token = time.monotonic()
                     deadline.token_came()
@@ -213,10 +219,11 @@ class _FirstToken:
     __slots__ = ("_deadline", "_encoder", "_pump", "_record", "_upstream")
 
     def __init__(self, pump: _Pump, encoder: ChunkEncoder, deadline: Deadline,
-                 upstream: Response, record: RequestRecord) -> None:
+                 upstream: Response, record: RequestRecord, blanks: bool = False) -> None:
         self._pump, self._encoder, self._deadline = pump, encoder, deadline
         self._upstream, self._record = upstream, record
-        pump.take = self._take
+        if blanks:  # (a pass-through upstream's: see relay())
+            pump.take = self._take
 
     def _take(self) -> bytes:
         out = self._encoder.take()

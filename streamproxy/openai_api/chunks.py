@@ -263,16 +263,17 @@ class ChunkEncoder:
     def pending(self) -> bool:
         return bool(self._buf or self._role)
 
-    def role_only(self) -> bool:
+    def role_only(self, blanks: bool = False) -> bool:
         """Asked once, at the commit: the frames due are the answer's role chunk alone, with
         nothing of the answer in it (an OpenAI-compatible reasoning model sends it at once,
         then thinks in silence), with any chunks as empty after it. `past_role()` and
         `answered()` tell when a chunk with something in it followed."""
         if not self.chunks:  # (a translator's start(): its role chunk is built by take())
             return bool(self._role) and not self._buf
-        # A pass-through upstream's role chunk may come with chunks as empty in the same read
-        # (`content: ""`, `{}`): the answer has not begun either.
-        if not _carry_nothing(b"".join(self._buf)):
+        # A pass-through upstream's role chunk (`blanks`) may come with chunks as empty in the
+        # same read (`content: ""`, `{}`): the answer has not begun either. A translator's
+        # chunks always carry something: more than the role's is the answer.
+        if (self.chunks != 1 and not blanks) or not _carry_nothing(b"".join(self._buf)):
             return False
         self._token_after = self.chunks
         return True

@@ -384,7 +384,8 @@ class Executor:
                 raise encoder.failure
             # A role chunk alone is not the first token: a reasoning model that sends it, then
             # thinks in silence, stays under the first-token timeout, not the shorter idle one.
-            deadline.first_event(encoder.past_role if encoder.role_only() else None)
+            role_only = encoder.role_only(blanks=provider.passthrough)
+            deadline.first_event(encoder.past_role if role_only else None)
             return OpenedStream(target, resp, translator, encoder, deadline)
         except BaseException as e:
             parts.note_usage()
