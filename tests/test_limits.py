@@ -127,6 +127,17 @@ async def test_expect_100_continue_over_the_limit_is_413_at_once(
         writer.close()
 
 
+async def _openai_417(reader: asyncio.StreamReader) -> dict[str, Any]:
+    """The error of an OpenAI-shaped 417 that closes the connection, read from `reader`."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    fields = dict(line.lower().split(b": ", 1) for line in head[:-4].split(b"\r\n")[1:])
+    assert head.startswith(b"HTTP/1.1 417 ") and fields[b"connection"] == b"close"
+    assert fields[b"content-type"] == b"application/json" and b"x-request-id" in fields
+    error = error_of(await reader.readexactly(int(fields[b"content-length"])))
+    assert (error["type"], error["code"]) == ("invalid_request_error", "expectation_failed")
+    return error
+
+
 @pytest.mark.parametrize("expect", [b"something-else", b"100-continue, x", b"\xe9"])
 @pytest.mark.parametrize("path", [b"/v1/chat/completions", b"/v1/chat/completions/chatcmpl-x"])
 @pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
@@ -143,12 +154,7 @@ async def test_an_expectation_other_than_100_continue_is_an_openai_417(
     try:
         writer.write(b"POST %b HTTP/1.1\r\nHost: x\r\nExpect: %b\r\n"
                      b"Content-Length: %d\r\n\r\n" % (path, expect, len(body)))
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        fields = dict(line.lower().split(b": ", 1) for line in head[:-4].split(b"\r\n")[1:])
-        assert head.startswith(b"HTTP/1.1 417 ") and fields[b"connection"] == b"close"
-        assert fields[b"content-type"] == b"application/json" and b"x-request-id" in fields
-        error = error_of(await reader.readexactly(int(fields[b"content-length"])))
-        assert (error["type"], error["code"]) == ("invalid_request_error", "expectation_failed")
+        error = await _openai_417(reader)
         assert error["message"].startswith("Expect: 100-continue is the only")
     finally:
         writer.close()
@@ -590,11 +596,6 @@ async def test_every_route_answers_an_unknown_expectation_with_an_openai_417(
     reader, writer = await asyncio.open_connection(client.host, client.port)
     try:
         writer.write(b"%b HTTP/1.1\r\nHost: x\r\nExpect: %b\r\n\r\n" % (route, expect))
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        fields = dict(line.lower().split(b": ", 1) for line in head[:-4].split(b"\r\n")[1:])
-        assert head.startswith(b"HTTP/1.1 417 ") and fields[b"connection"] == b"close"
-        assert fields[b"content-type"] == b"application/json" and b"x-request-id" in fields
-        error = error_of(await reader.readexactly(int(fields[b"content-length"])))
-        assert (error["type"], error["code"]) == ("invalid_request_error", "expectation_failed")
+        await _openai_417(reader)
     finally:
         writer.close()
