@@ -1091,6 +1091,25 @@ main(["serve", "--config", sys.argv[1], "--port", sys.argv[2], "--workers", "1"]
 """
 
 
+@contextlib.asynccontextmanager
+async def _slow_reloading(config: Path) -> AsyncIterator[tuple[subprocess.Popen[bytes], str,
+                                                                Path]]:
+    """A single process on `config` whose reloads build their app slowly (SLOW_RELOAD), once
+    it listens: the process, its URL and its log; the tree killed at the end."""
+    port = _free_port()
+    url, log = f"http://127.0.0.1:{port}", config.parent / "out.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", SLOW_RELOAD, str(config), str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        await until(lambda: healthy(url), "listening")
+        yield proc, url, log
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
 async def test_a_stop_during_a_single_process_reload_keeps_the_new_configs_drain_delay(
         tmp_path: Path) -> None:
     """A SIGTERM while a reload's app was being built decided on the old config's
@@ -1098,13 +1117,7 @@ async def test_a_stop_during_a_single_process_reload_keeps_the_new_configs_drain
     one stopped: it drained at once, its 2 s of failing /healthz skipped."""
     config = tmp_path / "proxy.yaml"
     config.write_text(DELAYED.format(delay=0, grace=1, models="fast"))
-    port = _free_port()
-    url, log = f"http://127.0.0.1:{port}", tmp_path / "out.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", SLOW_RELOAD, str(config), str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        await until(lambda: healthy(url), "listening")
+    async with _slow_reloading(config) as (proc, url, log):
         config.write_text(DELAYED.format(delay=2, grace=1, models="fast"))
         proc.send_signal(signal.SIGHUP)
         await until(lambda: "building the reload's app" in log.read_text(), "the reload")
@@ -1114,10 +1127,6 @@ async def test_a_stop_during_a_single_process_reload_keeps_the_new_configs_drain
         assert await _health(url) == (503, {"status": "draining"})
         assert await stream_ok(url)
         assert await asyncio.to_thread(proc.wait, 10) == 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 async def test_the_master_logs_an_empty_host_as_an_address(tmp_path: Path) -> None:
@@ -1364,13 +1373,7 @@ async def test_a_sighup_during_a_single_process_reload_reloads_again_after_it(
     edit made between the two signals was not applied until yet another SIGHUP."""
     config = tmp_path / "proxy.yaml"
     config.write_text(CONFIG.format(grace=1, models="fast"))
-    port = _free_port()
-    url, log = f"http://127.0.0.1:{port}", tmp_path / "out.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", SLOW_RELOAD, str(config), str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        await until(lambda: healthy(url), "listening")
+    async with _slow_reloading(config) as (proc, url, log):
         proc.send_signal(signal.SIGHUP)
         await until(lambda: "building the reload's app" in log.read_text(), "the reload")
         config.write_text(CONFIG.format(grace=1, models="fast, slow"))
@@ -1387,10 +1390,6 @@ async def test_a_sighup_during_a_single_process_reload_reloads_again_after_it(
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 10) == 0
         assert log.read_text().count("SIGHUP: reloaded") == 2  # once, for both signals
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
