@@ -1199,6 +1199,15 @@ def test_targets_nested_deeper_than_a_config_needs_are_a_400() -> None:
     assert names(make(raw))[0] == "a"
 
 
+def _caps_sent(gateway: Any, config: dict[str, Any], req: Any) -> list[Any]:
+    """The token caps, under any of their names, in the body `config`'s first target sends."""
+    target = gateway.plan({"x-portkey-config": orjson.dumps(config).decode()}, req,
+                          None).attempts[0].target
+    sent = orjson.loads(target.provider.build_request(req, target).body)
+    return [v for k, v in {**sent, **sent.get("inferenceConfig", {})}.items()
+            if k in ("max_tokens", "max_completion_tokens", "maxTokens")]
+
+
 @pytest.mark.parametrize(("override", "asked"), [("max_tokens", "max_completion_tokens"),
                                                   ("max_completion_tokens", "max_tokens")])
 @pytest.mark.parametrize("provider", ["oa", "an", "aws"])
@@ -1210,12 +1219,7 @@ def test_an_overrides_token_cap_replaces_the_requests_under_either_name(
     gateway = gateway_for()
     config = {"provider": provider, "override_params": {override: 50}}
     req = _req({"model": "m", asked: 4000})
-    target = gateway.plan({"x-portkey-config": orjson.dumps(config).decode()}, req,
-                          None).attempts[0].target
-    sent = orjson.loads(target.provider.build_request(req, target).body)
-    caps = {k: v for k, v in {**sent, **sent.get("inferenceConfig", {})}.items()
-            if k in ("max_tokens", "max_completion_tokens", "maxTokens")}
-    assert list(caps.values()) == [50]
+    assert _caps_sent(gateway, config, req) == [50]
 
 
 @pytest.mark.parametrize(("pattern", "allowed"), [
@@ -1256,12 +1260,7 @@ def test_a_targets_token_cap_replaces_its_parents_under_either_name(
     config = {"provider": provider, "override_params": {parents: 4000},
               "strategy": {"mode": "single"}, "targets": [{"override_params": {own: 50}}]}
     req = _req({"model": "m"})
-    target = gateway.plan({"x-portkey-config": orjson.dumps(config).decode()}, req,
-                          None).attempts[0].target
-    sent = orjson.loads(target.provider.build_request(req, target).body)
-    caps = {k: v for k, v in {**sent, **sent.get("inferenceConfig", {})}.items()
-            if k in ("max_tokens", "max_completion_tokens", "maxTokens")}
-    assert list(caps.values()) == [50]
+    assert _caps_sent(gateway, config, req) == [50]
 
 
 def test_onellm_fallback_models_move_on_for_the_errors_onellm_falls_back_on() -> None:
