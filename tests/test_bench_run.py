@@ -467,18 +467,27 @@ def _main_without_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(run, "_install_loop", lambda: None)
 
 
+def _main_exits(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: list[str],
+                start: Any, scenarios: Any = None) -> tuple[Any, dict[str, Any]]:
+    """main(`args`) with `start` (and `scenarios` as `run.run`), off the machine: its exit
+    status and the JSON it wrote."""
+    _main_without_machine(monkeypatch)
+    monkeypatch.setattr(run, "start", start)
+    if scenarios is not None:
+        monkeypatch.setattr(run, "run", scenarios)
+    out = tmp_path / "latest.json"
+    with pytest.raises(SystemExit) as exit_:
+        run.main(["--quick", *args, "--out", str(out)])
+    return exit_.value.code, json.loads(out.read_text())
+
+
 def test_a_mock_that_does_not_start_still_writes_the_json_and_exits_non_zero(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     def start(name: str, *args: Any, **kwargs: Any) -> Proc:
         raise RuntimeError(f"{name} exited with 1:\nTraceback ...")
 
-    _main_without_machine(monkeypatch)
-    monkeypatch.setattr(run, "start", start)
-    out = tmp_path / "latest.json"
-    with pytest.raises(SystemExit) as exit_:
-        run.main(["--quick", "--only", "anthropic-c1", "--out", str(out)])
-    assert exit_.value.code not in (0, None)
-    written = json.loads(out.read_text())
+    code, written = _main_exits(monkeypatch, tmp_path, ["--only", "anthropic-c1"], start)
+    assert code not in (0, None)
     assert written["aborted"] == "RuntimeError: mock exited with 1:"
     assert written["scenarios"] == []
     assert {c["held"] for c in written["targets"]} == {None}
@@ -498,14 +507,8 @@ def test_an_interrupted_bench_writes_what_it_measured_and_exits_non_zero(
             duration_p50_ms=1.0, peak_rss_mb=50.0), None)
         raise KeyboardInterrupt  # Ctrl-C in the next scenario
 
-    _main_without_machine(monkeypatch)
-    monkeypatch.setattr(run, "start", start)
-    monkeypatch.setattr(run, "run", interrupted)
-    out = tmp_path / "latest.json"
-    with pytest.raises(SystemExit) as exit_:
-        run.main(["--quick", "--out", str(out)])
-    assert exit_.value.code not in (0, None)
-    written = json.loads(out.read_text())
+    code, written = _main_exits(monkeypatch, tmp_path, [], start, interrupted)
+    assert code not in (0, None)
     assert written["aborted"].startswith("KeyboardInterrupt")
     assert [r["scenario"] for r in written["scenarios"]] == ["anthropic-c128"]
     held = {c["target"]: c["held"] for c in written["targets"]}
@@ -539,15 +542,10 @@ def test_a_failed_scenario_still_writes_the_json_and_exits_non_zero(
     async def crashing(env: run.Env, only: set[str]) -> None:
         run.failed(env, "anthropic-c1", RuntimeError("proxy exited with 1:\nTraceback ..."))
 
-    _main_without_machine(monkeypatch)
-    monkeypatch.setattr(run, "start", lambda name, *a, **kw: SimpleNamespace(
-        pid=os.getpid(), stop=lambda: None))
-    monkeypatch.setattr(run, "run", crashing)
-    out = tmp_path / "latest.json"
-    with pytest.raises(SystemExit) as exit_:
-        run.main(["--quick", "--only", "anthropic-c1", "--out", str(out)])
-    assert exit_.value.code == 1
-    written = json.loads(out.read_text())
+    code, written = _main_exits(
+        monkeypatch, tmp_path, ["--only", "anthropic-c1"],
+        lambda name, *a, **kw: SimpleNamespace(pid=os.getpid(), stop=lambda: None), crashing)
+    assert code == 1
     assert written["scenarios"][0]["failed"] == "RuntimeError: proxy exited with 1:"
     assert written["aborted"] is None
 
@@ -585,12 +583,7 @@ def test_a_ctrl_c_while_the_servers_stop_still_writes_the_json(
     async def interrupted(env: run.Env, only: set[str]) -> None:
         raise KeyboardInterrupt
 
-    _main_without_machine(monkeypatch)
-    monkeypatch.setattr(run, "start", start)
-    monkeypatch.setattr(run, "run", interrupted)
-    out = tmp_path / "latest.json"
-    with pytest.raises(SystemExit) as exit_:
-        run.main(["--quick", "--out", str(out)])
-    assert exit_.value.code == 130
-    assert json.loads(out.read_text())["aborted"].startswith("KeyboardInterrupt")
+    code, written = _main_exits(monkeypatch, tmp_path, [], start, interrupted)
+    assert code == 130
+    assert written["aborted"].startswith("KeyboardInterrupt")
     assert sorted(stopped) == ["mock", "upstream"]
