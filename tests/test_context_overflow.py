@@ -84,6 +84,22 @@ def test_geminis_input_token_count_exceeded() -> None:
     assert_overflow(error_from_object(GEMINI_ERROR, 0, "up"), GEMINI_MESSAGE)  # in a stream
 
 
+# Vertex's other wording of it (Gemini models, 400 INVALID_ARGUMENT), as it answers today.
+VERTEX_MESSAGE = ("Unable to submit request because the input token count is 1251952 but model "
+                  "only supports up to 1048576. Reduce the input token count and try again. You "
+                  "can also use the CountTokens API to calculate prompt token count and billable "
+                  "characters. Learn more: https://cloud.google.com/vertex-ai/generative-ai/docs/"
+                  "learn/models")
+
+
+def test_vertexs_input_token_count_over_what_the_model_supports() -> None:
+    error = {"code": 400, "message": VERTEX_MESSAGE, "status": "INVALID_ARGUMENT"}
+    up = provider(VertexProvider, "vertex", project="p", location="us-central1")
+    assert_overflow(up.parse_error(400, orjson.dumps({"error": error})), VERTEX_MESSAGE)
+    assert_overflow(up.parse_error(400, orjson.dumps([{"error": error}])), VERTEX_MESSAGE)
+    assert_overflow(error_from_object(error, 0, "up"), VERTEX_MESSAGE)  # in a stream
+
+
 @pytest.mark.parametrize("message", [
     "Input is too long for requested model.",
     "The model returned the following errors: Input is too long for requested model.",

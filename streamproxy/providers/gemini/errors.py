@@ -33,8 +33,10 @@ ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
 KEY_REFUSED = "API_KEY_INVALID"
 # How a 400 INVALID_ARGUMENT (Gemini's and Vertex's) words a prompt over the model's context:
-# "The input token count (1200293) exceeds the maximum number of tokens allowed (1048576)."
-OVERFLOW = ("exceeds the maximum number of tokens allowed",)
+# "The input token count (1200293) exceeds the maximum number of tokens allowed (1048576).",
+# and Vertex's other wording: "Unable to submit request because the input token count is
+# 1251952 but model only supports up to 1048576. Reduce the input token count and try again."
+OVERFLOW = ("exceeds the maximum number of tokens allowed", "but model only supports up to")
 
 
 def google_error(status: int, body: bytes, provider: str) -> UpstreamStatusError:
