@@ -722,3 +722,26 @@ async def test_a_pass_through_stream_whose_finish_failed_logs_its_final_usage(
     assert c.content == "Hi" and c.error is not None
     line = access_lines(caplog)[-1]
     assert (line["completion_tokens"], line["tokens_partial"]) == (4, False)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_metadata_nested_past_the_json_depth_is_refused_and_still_logged(
+        proxy: Any, caplog: pytest.LogCaptureFixture, stream: bool) -> None:
+    # Was accepted (the body's depth limit never read the header), and orjson cannot write
+    # it back (255 levels at most): the request's access-log line was lost, with an error
+    # and a traceback in its place, for any client that sent one.
+    caplog.set_level(logging.INFO)
+    client = await proxy(mock_config())
+    deep = '{"team": ' + "[" * 300 + "]" * 300 + "}"
+    resp = await client.post("/v1/chat/completions", headers={
+        "x-portkey-trace-id": "trace-deep", "x-portkey-metadata": deep},
+        json={"model": "fast:tokens=2", "stream": stream, "messages": USER})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == "x-portkey-metadata"
+    [line] = access_lines(caplog)
+    assert (line["trace_id"], line["status"]) == ("trace-deep", 400)
+    within = '{"team": ' + "[" * 8 + "]" * 8 + "}"  # (as deep as the body may be: served)
+    resp = await client.post("/v1/chat/completions", headers={"x-portkey-metadata": within},
+                             json={"model": "fast:tokens=2", "messages": USER})
+    assert resp.status == 200
+    assert access_lines(caplog)[-1]["metadata"] == orjson.loads(within)

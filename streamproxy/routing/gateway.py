@@ -51,7 +51,7 @@ from streamproxy.config import (
     unless_null,
 )
 from streamproxy.errors import InvalidRequest, UnknownProvider
-from streamproxy.openai_api.request import ChatRequest
+from streamproxy.openai_api.request import ChatRequest, check_depth
 from streamproxy.providers.base import Provider
 from streamproxy.providers.registry import PROVIDER_TYPES
 from streamproxy.routing.breaker import CircuitBreakers
@@ -826,7 +826,10 @@ def _request_timeouts(headers: Mapping[str, str]) -> dict[str, float | None]:
     return {"request": ms / 1000} if ms else {}
 
 
-def parse_metadata(headers: Mapping[str, str]) -> dict[str, Any] | None:
+def parse_metadata(headers: Mapping[str, str], max_depth: int) -> dict[str, Any] | None:
+    """The x-portkey-metadata object, held to the body's depth limit (`server.max_json_depth`):
+    it goes into the access-log line, and orjson writes no more than 255 levels (deeper, the
+    request's line was lost)."""
     value = headers.get(METADATA_HEADER)
     if not value:
         return None
@@ -837,6 +840,12 @@ def parse_metadata(headers: Mapping[str, str]) -> dict[str, Any] | None:
     if not isinstance(metadata, dict):
         raise InvalidRequest(f"{METADATA_HEADER} must be a JSON object.",
                              param=METADATA_HEADER, code="invalid_metadata")
+    if value.count("{") + value.count("[") > max_depth:  # (as the body's: no walk when fewer)
+        try:
+            check_depth(metadata, max_depth, f"The {METADATA_HEADER} header")
+        except InvalidRequest as e:
+            e.param = METADATA_HEADER
+            raise
     return metadata
 
 

@@ -140,7 +140,7 @@ def _note_refused_body(ex: Exchange, raw: bytes, record: RequestRecord) -> None:
         body = None
     record.stream = isinstance(body, dict) and bool(body.get("stream"))
     with contextlib.suppress(ProxyError):  # the body's error is the one answered
-        record.metadata = parse_metadata(ex.headers)
+        record.metadata = parse_metadata(ex.headers, ex.app[STATE].limits.max_json_depth)
 
 
 def _client_left(record: RequestRecord) -> None:
@@ -152,7 +152,7 @@ def _client_left(record: RequestRecord) -> None:
 
 async def _answer(ex: Exchange, state: AppState, req: ChatRequest,
                   record: RequestRecord) -> None:
-    record.metadata = parse_metadata(ex.headers)
+    record.metadata = parse_metadata(ex.headers, state.limits.max_json_depth)
     key = ex.get(AUTH_KEY)
     plan = state.gateway.plan(ex.headers, req, record.metadata,
                               key.allowed_providers if key is not None else None)
