@@ -527,6 +527,24 @@ async def test_a_conditional_without_a_match_fails_only_when_a_fallback_reaches_
     first = await post(client, fallback(unmatched, leaf("fast")), stream=stream)
     assert first.status == 400  # nothing was tried
 
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_conditional_refusal_after_a_fallback_names_no_provider(
+        proxy: Any, access_log: Any, stream: bool) -> None:
+    # The 400 is the gateway's (no condition matched), not the failed first target's: it
+    # was answered with x-portkey-provider: mock and logged and counted under mock's
+    # provider and model, as if mock had refused the request.
+    client = await proxy(gateway_config())
+    unmatched = {"strategy": {"mode": "conditional",
+                              "conditions": [{"query": {"metadata.tier": "gold"}, "then": "g"}]},
+                 "targets": [{"name": "g", **leaf("fast", "mock2")}]}
+    failed = await post(client, fallback(leaf("fast:status=500"), unmatched), stream=stream)
+    assert failed.status == 400
+    assert "x-portkey-provider" not in failed.headers
+    line = access_log()[-1]
+    assert (line["provider"], line["model"]) == (None, None)
+    assert line["upstream_errors"] == ["mock:status_500"]  # (the failed target still shows)
+
 async def test_trace_id_is_echoed(proxy: Any) -> None:
     client = await proxy(gateway_config())
     resp = await post(client, headers={"x-portkey-trace-id": "trace-123"}, model="mock/fast")

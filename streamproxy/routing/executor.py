@@ -242,6 +242,9 @@ class Executor:
             record.upstream_headers = None
             if attempt.refusal is not None:  # reached by a fallback: the request's answer
                 record.option_path, record.retries = attempt.path, None
+                # (the gateway's error, not the failed target's before it: no provider named)
+                record.provider = record.model = None
+                record.passthrough = False
                 raise attempt.refusal
             # The target's own cache first, once (not before each retry), as Portkey's
             # tryPost looks it up: a hit answers in its name.
