@@ -236,3 +236,21 @@ def test_a_status_named_in_raw_status_code_is_that_status(error: dict[str, Any],
     up = provider(PROVIDER_TYPES["mistral"], "mistral")
     assert error_object(error, "mistral").status == status
     assert up.answered_error(orjson.dumps(error)).status == status
+
+
+# Mistral's rate limits as its API has sent them without `raw_status_code`: the status only in
+# their `type` (cline/cline#9085: "rate_limited", code "1300"; "service_tier_capacity_exceeded",
+# code "3505"), as an error event or a stream request's 200 body
+@pytest.mark.parametrize("error", [
+    {"object": "error", "message": "Rate limit exceeded", "type": "rate_limited",
+     "param": None, "code": "1300"},
+    {"object": "error", "message": "Service tier capacity exceeded for this model.",
+     "type": "service_tier_capacity_exceeded", "param": None, "code": "3505"},
+])
+def test_mistrals_rate_limit_types_are_a_429(error: dict[str, Any]) -> None:
+    # it was a 502: retried at once as a server error, a fallback on 429 not taken, and the
+    # openai SDK's RateLimitError never raised
+    up = provider(PROVIDER_TYPES["mistral"], "mistral")
+    assert error_object(error, "mistral").status == 429
+    assert up.answered_error(orjson.dumps(error)).status == 429
+    assert up.answered_error(orjson.dumps(error)).to_dict()["error"]["type"] == error["type"]

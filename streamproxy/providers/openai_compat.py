@@ -392,8 +392,9 @@ def _event_status(error: dict[str, Any], default: int) -> int:
 
 
 # The status each of OpenAI's error types and codes stands for (and Anthropic's overloaded,
-# which relays pass on), for an error object that names no number: taken for a 502, a client
-# error was retried as a server error before the first byte, a rate limit not waited out.
+# which relays pass on, and Mistral's rate-limit types), for an error object that names no
+# number: taken for a 502, a client error was retried as a server error before the first
+# byte, a rate limit not waited out.
 STATUS_FOR_NAME = {
     "invalid_request_error": 400, "context_length_exceeded": 400,
     "authentication_error": 401, "invalid_api_key": 401,
@@ -401,6 +402,9 @@ STATUS_FOR_NAME = {
     "not_found_error": 404, "model_not_found": 404,
     "rate_limit_error": 429, "rate_limit_exceeded": 429, "insufficient_quota": 429,
     "server_error": 500, "overloaded": 503, "overloaded_error": 529,
+    # Mistral's rate limits where its object has no `raw_status_code` (its `code` is its own
+    # number, "1300", "3505"): a 502 was retried at once and no fallback on 429 taken
+    "rate_limited": 429, "service_tier_capacity_exceeded": 429,
 }
 
 
