@@ -4,6 +4,7 @@ the ones the object names, whichever way it came. Shapes as servers send them.""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -214,6 +215,37 @@ def test_a_wait_an_error_object_names_is_the_errors_wait(metadata: dict[str, Any
 def test_an_error_object_naming_no_readable_wait_has_none(metadata: Any) -> None:
     error = {**OPENROUTER_RATE_LIMITED, "metadata": metadata}
     assert error_object(error, "openrouter").retry_after is None
+
+
+def openrouter_daily_limit(reset_ms: Any, **headers: str) -> dict[str, Any]:
+    """OpenRouter's own 429 for a used-up free-model allowance: its reset as epoch milliseconds
+    in `metadata.headers` (Gitlawb/openclaude#936)."""
+    return {"message": "Rate limit exceeded: free-models-per-day. Add 10 credits to unlock "
+                       "1000 free model requests per day", "code": 429,
+            "metadata": {"headers": {"X-RateLimit-Limit": "50", "X-RateLimit-Remaining": "0",
+                                     "X-RateLimit-Reset": reset_ms, **headers},
+                         "provider_name": None}}
+
+
+def test_openrouters_rate_limit_reset_is_the_errors_wait() -> None:
+    # it named no wait: a config's retry came back at once (refused again until the reset),
+    # and the client got no retry-after to wait on
+    up = provider(PROVIDER_TYPES["openrouter"], "openrouter")
+    error = openrouter_daily_limit(str(int((time.time() + 600) * 1000)))
+    for err in (error_object(error, "openrouter"),
+                up.parse_error(429, orjson.dumps({"error": error}))):
+        assert err.status == 429
+        assert err.retry_after is not None and 590 < err.retry_after <= 600
+
+
+def test_a_retry_after_beside_the_reset_wins_and_a_past_reset_is_no_wait() -> None:
+    future = str(int((time.time() + 600) * 1000))
+    waited = error_object(openrouter_daily_limit(future, **{"Retry-After": "7"}), "openrouter")
+    assert waited.retry_after == 7
+    past = error_object(openrouter_daily_limit(str(int(time.time() * 1000) - 5000)), "up")
+    assert past.retry_after == 0
+    for garbled in ("soon", True, None, "nan", -1):
+        assert error_object(openrouter_daily_limit(garbled), "up").retry_after is None
 
 
 # Mistral's error objects name their HTTP status in `raw_status_code` (their `code` is

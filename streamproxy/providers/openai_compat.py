@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
@@ -351,25 +352,44 @@ def error_object(error: Any, provider: str, status: int = 502) -> UpstreamStatus
 
 def named_wait(error: dict[str, Any]) -> float | None:
     """The seconds to wait an error object names in its `metadata` (OpenRouter's, for its
-    provider's 429: `retry_after_seconds`, and the provider's `Retry-After` under `headers`):
-    an error event or a 200's body has no header of its own to say it. None without one."""
+    provider's 429: `retry_after_seconds`, and the provider's `Retry-After` under `headers`;
+    for its own, the `X-RateLimit-Reset` under `headers`, epoch milliseconds): an error event
+    or a 200's body has no header of its own to say it. None without one."""
     metadata = error.get("metadata")
     if not isinstance(metadata, dict):
         return None
     headers = metadata.get("headers")
     named = [metadata.get("retry_after_seconds_raw"), metadata.get("retry_after_seconds")]
+    reset: list[Any] = []
     if isinstance(headers, dict):
-        named += [value for key, value in headers.items()
-                  if isinstance(key, str) and key.lower() == "retry-after"]
+        for key, value in headers.items():
+            name = key.lower() if isinstance(key, str) else ""
+            if name == "retry-after":
+                named.append(value)
+            elif name == "x-ratelimit-reset":
+                reset.append(value)
     for value in named:
-        if isinstance(value, str):
-            try:
-                value = float(value)  # (seconds; an HTTP-date is read as none)
-            except ValueError:
-                continue
-        if (isinstance(value, int | float) and not isinstance(value, bool)
-                and math.isfinite(value) and value >= 0):
-            return float(value)
+        seconds = _number(value)  # (an HTTP-date is read as none)
+        if seconds is not None:
+            return seconds
+    for value in reset:
+        # (a reset already past is no wait: the limit has lifted)
+        at = _number(value)
+        if at is not None:
+            return max(0.0, at / 1000 - time.time())
+    return None
+
+
+def _number(value: Any) -> float | None:
+    """A JSON value's finite, non-negative number (a numeric string's too), else None."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0):
+        return float(value)
     return None
 
 
