@@ -20,6 +20,8 @@ import pytest
 from streamproxy.config import ConfigError, load_config
 from streamproxy.errors import InvalidRequest, StreamTruncated
 from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.openai_api.completion import CompletionBuilder
+from streamproxy.providers.ollama import OllamaProvider
 from streamproxy.providers.ollama.request import to_ollama
 from streamproxy.providers.ollama.stream import OllamaStreamTranslator
 from tests.conftest import provider_config
@@ -670,3 +672,22 @@ def test_repetition_penalty_is_ollamas_repeat_penalty() -> None:
     assert out["options"]["repeat_penalty"] == 1.15 and "repetition_penalty" not in out
     out = to_ollama({**body, "repeat_penalty": 1.3}, "llama3.2", stream=True)
     assert out["options"]["repeat_penalty"] == 1.3
+
+
+# Ollama's refusals to take a request now: its scheduler's queue full (OLLAMA_MAX_QUEUE,
+# ollama/ollama#4159) and ollama.com's overload (ollama/ollama#15934) are its HTTP 503; a
+# server that sends one as a line (after its 200) said it no other way
+@pytest.mark.parametrize(("message", "status"), [
+    ("server busy, please try again.  maximum pending requests exceeded", 503),
+    ("Server overloaded, please retry shortly (ref: aaa65c70-cfa0-446b-86f1-4ab0e2deb9e4)", 503),
+    ("model runner has unexpectedly stopped", 502),
+])
+def test_a_busy_line_is_a_retryable_503(message: str, status: int) -> None:
+    # it was a 502 (a gateway fault), with no overload for a client's or a config's retry
+    builder = CompletionBuilder()
+    OllamaStreamTranslator(builder, 1 << 20).feed(orjson.dumps({"error": message}) + b"\n")
+    assert builder.failure is not None and builder.failure.status == status
+    assert builder.failure.message == message
+    up = OllamaProvider(provider_config("ollama", "http://127.0.0.1:9").providers["up"])
+    answered = up.answered_error(orjson.dumps({"error": message}))  # a stream request's 200
+    assert answered.status == status and answered.message == message

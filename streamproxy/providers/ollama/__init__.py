@@ -28,6 +28,7 @@ from streamproxy.providers.ollama.stream import (
     OVERFLOW,
     OllamaStreamTranslator,
     content_logprobs_only,
+    line_status,
 )
 
 if TYPE_CHECKING:
@@ -77,6 +78,12 @@ class OllamaProvider(Provider):
             # first`): OpenAI's answer for an unknown model, as the gateway's own says it. Only
             # Ollama's `{"error": "..."}`: a wrong base_url's 404 is Go's plain text.
             error.code, error.error_type = "model_not_found", "invalid_request_error"
+        return context_overflow(error, OVERFLOW)
+
+    def answered_error(self, body: bytes) -> UpstreamStatusError:
+        # (a stream request's 200 that is one `{"error": …}`: the status its line would have)
+        error = generic_error(502, body, self.name)
+        error.status = line_status(error.message)  # (its type, api_error, stays so for 503)
         return context_overflow(error, OVERFLOW)
 
     def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:

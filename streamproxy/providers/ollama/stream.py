@@ -14,8 +14,8 @@
   (from a non-streamed answer, whose list holds every token's, by `content_logprobs_only`,
   and from a line of both thinking and content, whose content keeps its own).
 - A line with `error` ends the stream with an OpenAI error frame (a prompt over the context:
-  400 `context_length_exceeded`, as its HTTP error). EOF before `done` (or inside
-  a line) is StreamTruncated, never a fake `stop`.
+  400 `context_length_exceeded`, a busy server: 503, as their HTTP errors; `line_status`).
+  EOF before `done` (or inside a line) is StreamTruncated, never a fake `stop`.
 
 The same translator reads a non-streamed answer (one such line) into a CompletionBuilder.
 """
@@ -99,6 +99,23 @@ OVERFLOW = ("exceeded max context length", "exceeds the context length",
             "exceed_context_size_error")
 
 
+# How Ollama words a refusal to take the request now, which its HTTP error says with a 503:
+# its scheduler's full queue (OLLAMA_MAX_QUEUE: "server busy, please try again.  maximum
+# pending requests exceeded") and ollama.com's "Server overloaded, please retry shortly".
+BUSY = ("server busy", "server overloaded")
+
+
+def line_status(message: str) -> int:
+    """The status of an error that came with no status of its own (an `{"error": …}` line, a
+    200's body): a refusal of the request 400, a busy server 503, anything else 502."""
+    lowered = message.lower()
+    if any(phrase in lowered for phrase in OVERFLOW):
+        return 400  # (the refusal of a request, whatever the line's place: as its HTTP error)
+    if any(phrase in lowered for phrase in BUSY):
+        return 503  # (retried, and waited out, as the same 503 over HTTP is)
+    return 502
+
+
 class OllamaStreamTranslator(StreamTranslator):
     def __init__(self, out: ChunkSink, max_line_bytes: int, provider: str = "ollama", *,
                  logprobs: bool = False) -> None:
@@ -144,9 +161,7 @@ class OllamaStreamTranslator(StreamTranslator):
                 502, text if isinstance(text, str) and text
                 else "the provider reported an error mid-stream",
                 provider=self._provider)
-            if any(phrase in err.message.lower() for phrase in OVERFLOW):
-                # (the refusal of a request, whatever the line's place: as its HTTP error is)
-                err.status = 400
+            err.status = line_status(err.message)
             self.out.error(context_overflow(err, OVERFLOW))
             self.done = True
             return
