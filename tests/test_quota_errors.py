@@ -10,8 +10,10 @@ import orjson
 import pytest
 
 from streamproxy.errors import UpstreamStatusError
+from streamproxy.providers.anthropic.stream import stream_error
 from streamproxy.providers.registry import PROVIDER_TYPES
 from tests.conftest import provider_config
+from tests.test_context_overflow import streamed_error
 
 
 def provider(kind: str, **extra: Any) -> Any:
@@ -68,11 +70,15 @@ def test_anthropics_credit_balance_too_low_is_openais_insufficient_quota() -> No
                                                     "message": ANTHROPIC_CREDIT},
                          "request_id": "req_011CbrFTcXhtiMzr3s6EocF7"})
     up = provider("anthropic")
-    for err in (up.parse_error(400, body), up.answered_error(body)):
+    error = {"message": ANTHROPIC_CREDIT, "type": "insufficient_quota", "param": None,
+             "code": "insufficient_quota"}
+    event = {"type": "invalid_request_error", "message": ANTHROPIC_CREDIT}
+    # over HTTP, in a 200's body, as an error event (before the first byte: the relay answers
+    # with this error's status; after it: the error frame)
+    for err in (up.parse_error(400, body), up.answered_error(body), stream_error(event, "up")):
         assert err.status == 429 and err.should_retry is False
-        assert err.to_dict() == {"error": {"message": ANTHROPIC_CREDIT,
-                                           "type": "insufficient_quota", "param": None,
-                                           "code": "insufficient_quota"}}
+        assert err.to_dict() == {"error": error}
+    assert streamed_error(up, body) == error
 
 
 @pytest.mark.parametrize("message", [
@@ -87,10 +93,13 @@ def test_anthropics_spend_limit_reached_is_openais_insufficient_quota(message: s
                                                     "message": message},
                          "request_id": "req_011CYwZjVSiJTexyaHTWcaqh"})
     up = provider("anthropic")
-    for err in (up.parse_error(400, body), up.answered_error(body)):
+    error = {"message": message, "type": "insufficient_quota", "param": None,
+             "code": "insufficient_quota"}
+    event = {"type": "invalid_request_error", "message": message}
+    for err in (up.parse_error(400, body), up.answered_error(body), stream_error(event, "up")):
         assert err.status == 429 and err.should_retry is False
-        assert err.to_dict() == {"error": {"message": message, "type": "insufficient_quota",
-                                           "param": None, "code": "insufficient_quota"}}
+        assert err.to_dict() == {"error": error}
+    assert streamed_error(up, body) == error  # the error frame of an error event
 
 
 def test_anthropics_other_400s_stay_400s() -> None:

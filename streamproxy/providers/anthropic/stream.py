@@ -137,13 +137,15 @@ def stream_error(err: dict[str, Any], provider: str) -> UpstreamStatusError:
     message = err.get("message") if isinstance(err, dict) else None
     # (OpenAI's message and code are text: an Anthropic-compatible upstream's other JSON is not)
     etype = etype if isinstance(etype, str) else None
-    return context_overflow(UpstreamStatusError(
+    # Read as the same object over HTTP is (anthropic_error): a used-up credit balance or spend
+    # limit as an error event (a relay's 200 stream) was a 400 that fallbacks on 429 passed by.
+    return quota_exhausted(context_overflow(UpstreamStatusError(
         ERROR_STATUS.get(etype or "", 502),
         message if isinstance(message, str) and message
         else "the provider reported an error mid-stream",
         provider=provider,
         code=etype,
-    ), OVERFLOW)
+    ), OVERFLOW), NO_CREDIT)
 
 
 class AnthropicStreamTranslator(SSETranslator):
