@@ -2,42 +2,67 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import orjson
 
-from streamproxy._json import loads_lenient
+from streamproxy._json import loads_lenient, without_lone_surrogates
 from streamproxy.errors import UpstreamProtocolError
 from streamproxy.openai_api.completion import CompletionBuilder
 from streamproxy.providers.anthropic.stream import finish_reason, map_usage, refusal_text
 from streamproxy.providers.base import WRONG_SHAPE
 
+# A run of 19 digits: an integer that may be past 64 bits, which orjson reads as a float
+# (123456789012345678901 → 1.2345678901234568e+20).
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
 
 def to_completion(body: bytes, *, completion_id: str, created: int, model: str) -> dict[str, Any]:
     try:
-        return _completion(loads_lenient(body), completion_id, created, model)
+        return _completion(loads_lenient(body), completion_id, created, model, body)
     except WRONG_SHAPE:  # (orjson.JSONDecodeError is a ValueError)
         # A 502 that retries and fallbacks act on, not a 500 (an Anthropic-compatible
         # upstream may send a block without its id or name).
         raise UpstreamProtocolError("the upstream answered with a malformed message") from None
 
 
-def _completion(msg: dict[str, Any], completion_id: str, created: int,
-                model: str) -> dict[str, Any]:
+def exact_inputs(body: bytes) -> list[str] | None:
+    """The answer's tool_use inputs as JSON with every integer as Claude wrote it, when the
+    body holds one orjson may not (a long digit run; else None): a call's arguments carried
+    another number than the stream's fragments (passed on as written) did. The stdlib's
+    parse keeps integers exact; once an answer, and only for one with a tool call."""
+    if _LONG_DIGITS.search(body) is None:
+        return None
+    try:
+        blocks = json.loads(without_lone_surrogates(body))["content"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return [json.dumps(b.get("input") or {}, ensure_ascii=False, separators=(",", ":"))
+            for b in blocks if isinstance(b, dict) and b.get("type") == "tool_use"]
+
+
+def _completion(msg: dict[str, Any], completion_id: str, created: int, model: str,
+                body: bytes) -> dict[str, Any]:
     blocks = msg["content"]
     out = CompletionBuilder()
     # As the stream's role chunk: `content: ""` when the first block is text, though it is
     # empty; an empty text block after thinking or a call adds nothing (content stays null).
     out.start(msg.get("model"), blocks[0].get("type") == "text" if blocks else None)
     tools = 0
+    exact: list[str] | None = None
     for block in blocks:
         kind = block.get("type")
         if kind == "text":
             if block.get("text"):
                 out.content(block["text"])
         elif kind == "tool_use":
-            out.tool_call_start(tools, block["id"], block["name"],
-                                orjson.dumps(block.get("input") or {}).decode())
+            if not tools:
+                exact = exact_inputs(body)
+            args = (exact[tools] if exact is not None and tools < len(exact)
+                    else orjson.dumps(block.get("input") or {}).decode())
+            out.tool_call_start(tools, block["id"], block["name"], args)
             tools += 1
         elif kind == "thinking":
             thinking = block.get("thinking", "")

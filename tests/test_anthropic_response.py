@@ -1,0 +1,58 @@
+"""Anthropic's non-streamed Message → `chat.completion`: what a tool call's arguments carry."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.providers.anthropic.response import to_completion
+from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
+from tests.helpers import collect, relay_pieces, sse_chunks
+
+# An integer past 64 bits (an amount in wei, a 20-digit id): orjson reads it as a float.
+INPUT = ('{"wei":123456789012345678901,"low":-9223372036854775809,"id":18446744073709551616,'
+         '"n":5,"x":1.5,"s":"é"}')
+
+
+def whole_arguments(raw_input: str) -> str:
+    body = ('{"id":"msg_1","type":"message","role":"assistant","model":"claude","content":['
+            '{"type":"tool_use","id":"toolu_1","name":"send","input":' + raw_input + '}],'
+            '"stop_reason":"tool_use","usage":{"input_tokens":3,"output_tokens":4}}')
+    completion = to_completion(body.encode(), completion_id="c", created=1, model="m")
+    return completion["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+
+
+def streamed_arguments(raw_input: str) -> str:
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": {"id": "msg_1", "type": "message",
+                                              "role": "assistant", "model": "claude",
+                                              "content": [], "usage": {"input_tokens": 3}}},
+        {"type": "content_block_start", "index": 0, "content_block": {
+            "type": "tool_use", "id": "toolu_1", "name": "send", "input": {}}},
+        {"type": "content_block_delta", "index": 0,
+         "delta": {"type": "input_json_delta", "partial_json": raw_input}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+         "usage": {"output_tokens": 4}},
+        {"type": "message_stop"}]
+    sse = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events)
+    enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    c = collect(sse_chunks(relay_pieces(enc, AnthropicStreamTranslator(enc, 1 << 20), [sse])))
+    return str(c.tool_calls[0]["arguments"])
+
+
+def test_a_tool_calls_big_integers_keep_every_digit_as_in_the_stream() -> None:
+    # The whole answer's arguments read 1.2345678901234568e+20 where the client's tool (and
+    # the streamed call) had 123456789012345678901: a different number, and no integer.
+    exact = json.loads(INPUT)
+    assert json.loads(whole_arguments(INPUT)) == exact == json.loads(streamed_arguments(INPUT))
+    assert isinstance(json.loads(whole_arguments(INPUT))["wei"], int)
+
+
+def test_a_long_digit_run_in_text_leaves_the_arguments_as_before() -> None:
+    assert whole_arguments('{"q":"1234567890123456789012","n":2}') == \
+        '{"q":"1234567890123456789012","n":2}'
+    assert whole_arguments("{}") == "{}"
