@@ -9,7 +9,9 @@ import time
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamproxy.server.auth import TokenBucket, parse_auth, share_buckets
+from streamproxy.config import Config
+from streamproxy.server.app import create_app
+from streamproxy.server.auth import AUTH, TokenBucket, parse_auth, share_buckets
 from streamproxy.server.shared_rate import SharedBuckets
 from tests.helpers import make_config
 
@@ -64,3 +66,42 @@ def test_only_rate_limited_keys_get_a_shared_slot() -> None:
     assert c.bucket is not None and c.bucket.shared == (shared, 1)
     assert [c.bucket.take(10.0) for _ in range(3)][:2] == [None, None]
     assert a.bucket.take(10.0) is None  # c's spending is not a's
+
+
+def _keys(**limits: dict[str, float]) -> Config:
+    return make_config({"m": {"type": "mock"}}, "m", auth={"keys": [
+        {"name": name, "key": f"k-{name}", "rate_limit": limit}
+        for name, limit in limits.items()]})
+
+
+def test_a_reload_keeps_the_spent_tokens_of_keys_whose_limit_it_keeps() -> None:
+    """Each reload's generation got new, full buckets: a client at its limit had a fresh
+    burst after every SIGHUP (and the old workers still draining a budget of their own).
+    A key with the same rate_limit now takes from the slot it had; a changed one starts full."""
+    before = SharedBuckets.for_config(_keys(a={"requests_per_minute": 1, "burst": 2},
+                                            b={"requests_per_minute": 1, "burst": 2}))
+    for name in ("a", "b"):
+        assert [before.take(before.slots[name], 2, 1 / 60, 10.0) for _ in range(2)] == [None] * 2
+    after = SharedBuckets.for_config(_keys(c={"requests_per_minute": 1},
+                                           a={"requests_per_minute": 1, "burst": 2},
+                                           b={"requests_per_minute": 2, "burst": 2}), before)
+    assert after.take(after.slots["a"], 2, 1 / 60, 11.0) is not None  # still spent
+    assert after.take(after.slots["b"], 2, 2 / 60, 11.0) is None  # a new limit: a new bucket
+    assert after.take(after.slots["c"], 1, 1 / 60, 11.0) is None
+    # The old generation's draining workers and the new one share a's one budget.
+    assert before.take(before.slots["a"], 2, 1 / 60, 100.0) is None  # (refilled by then)
+    assert after.take(after.slots["a"], 2, 1 / 60, 100.0) is not None
+
+
+def test_a_reload_in_place_keeps_the_spent_tokens_of_keys_whose_limit_it_keeps() -> None:
+    """A single process reloading in place (no master) built new, full buckets too."""
+    running = create_app(_keys(a={"requests_per_minute": 1, "burst": 1},
+                               b={"requests_per_minute": 1, "burst": 1}))
+    old = running[AUTH].keys
+    assert all(k.bucket is not None and k.bucket.take(10.0) is None for k in old)
+    reloaded = create_app(_keys(a={"requests_per_minute": 1, "burst": 1},
+                                b={"requests_per_minute": 1, "burst": 2}),
+                          running_auth=running[AUTH])
+    a, b = reloaded[AUTH].keys
+    assert a.bucket is not None and a.bucket.take(11.0) is not None
+    assert b.bucket is not None and b.bucket.take(11.0) is None

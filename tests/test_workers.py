@@ -534,6 +534,27 @@ async def test_a_reload_after_a_failed_one_still_shares_the_rate_limit(tree: Tre
     assert statuses.count(200) == 4, statuses
 
 
+@pytest.mark.parametrize("workers", [2, 1])
+async def test_a_reload_is_no_fresh_burst_for_a_key_at_its_limit(tmp_path: Path,
+                                                                  workers: int) -> None:
+    """A reload (a master's new generation, or one process in place) gave every key a full
+    bucket: a client at its limit got its burst again after each SIGHUP. Its rate_limit
+    unchanged, the key's spent tokens stay spent."""
+    async def statuses(url: str, n: int) -> list[int]:
+        got = []
+        for _ in range(n):
+            async with aiohttp.ClientSession() as s, s.get(
+                    url + "/v1/models", headers={"authorization": "Bearer sk-proxy-team"}) as r:
+                got.append(r.status)
+        return got
+
+    async with serving(tmp_path, RATE_LIMITED.format(grace=0.5, models="fast"), workers) as t:
+        assert (await statuses(t.url, 6)).count(200) == 4
+        t.proc.send_signal(signal.SIGHUP)
+        await until(lambda: "reloaded" in t.output(), "the reload to finish")
+        assert await statuses(t.url, 6) == [429] * 6, t.output()
+
+
 BREAKER = """
 providers:
   mock:

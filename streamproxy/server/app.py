@@ -21,7 +21,14 @@ from streamproxy.routing.gateway import Gateway, load_settings
 from streamproxy.routing.router import Router
 from streamproxy.server import handlers
 from streamproxy.server.admission import ADMISSION, Admission
-from streamproxy.server.auth import AUTH, auth_middleware, parse_auth, share_buckets
+from streamproxy.server.auth import (
+    AUTH,
+    Auth,
+    auth_middleware,
+    keep_buckets,
+    parse_auth,
+    share_buckets,
+)
 from streamproxy.server.errors import (
     continue_after_refusals,
     error_middleware,
@@ -84,10 +91,12 @@ def check_sections(config: Config) -> None:
 
 
 def create_app(config: Config, breakers: CircuitBreakers | None = None,
-               admission: Admission | None = None) -> web.Application:
-    """The app serving `config`; `breakers` and `admission`: the running app's, when a process
-    reloads in place (what is known to be down stays so, as with workers, whose table outlives
-    a reload; the old app's requests still count against the process's limit)."""
+               admission: Admission | None = None,
+               running_auth: Auth | None = None) -> web.Application:
+    """The app serving `config`; `breakers`, `admission` and `running_auth`: the running
+    app's, when a process reloads in place (what is known to be down stays so, as with
+    workers, whose table outlives a reload; the old app's requests still count against the
+    process's limit, and its keys' spent tokens stay spent)."""
     server = config.server
     egress = _egress(config)
     providers = build_providers(config, egress)
@@ -109,6 +118,7 @@ def create_app(config: Config, breakers: CircuitBreakers | None = None,
     )
     auth = parse_auth(config)
     if auth is not None:
+        keep_buckets(auth, running_auth)
         share_buckets(auth, shared.buckets)  # with workers: one rate per key for all of them
     app = web.Application(client_max_size=server.max_body_bytes,
                           middlewares=[request_id_middleware, error_middleware,

@@ -116,6 +116,18 @@ def share_buckets(auth: Auth, shared: SharedBuckets | None) -> None:
             key.bucket.shared = (shared, slot)
 
 
+def keep_buckets(auth: Auth, running: Auth | None) -> None:
+    """A single process reloading in place: a key whose rate_limit the new config keeps takes
+    its tokens from the running app's bucket (a reload is no fresh burst, and the old app
+    still draining is no second budget), as a master's new workers do (shared_rate.py)."""
+    before = {k.name: k.bucket for k in running.keys} if running is not None else {}
+    for key in auth.keys:
+        old = before.get(key.name)
+        if (key.bucket is not None and old is not None
+                and (old.per_minute, old.burst) == (key.bucket.per_minute, key.bucket.burst)):
+            key.bucket = old
+
+
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 

@@ -213,12 +213,14 @@ class Master:
     def _share_state(self, generation: int, config: Config) -> None:
         """What the next worker shares with the others: the circuit breakers' table, and its
         generation's rate-limit buckets, made once and inherited by each of its workers (a
-        replaced worker included); those of ended generations are let go."""
+        replaced worker included); those of ended generations are let go. A reload's keys
+        whose rate_limit is unchanged keep the serving generation's state (shared_rate.py)."""
         buckets = self._rate_buckets.get(generation)
         if buckets is None:
+            serving = self._rate_buckets.get(self.generation)
             live = {w.generation for w in self.workers.values()}
             self._rate_buckets = {g: b for g, b in self._rate_buckets.items() if g in live}
-            buckets = self._rate_buckets[generation] = SharedBuckets.for_config(config)
+            buckets = self._rate_buckets[generation] = SharedBuckets.for_config(config, serving)
         inherit(Shared(buckets, self._breakers))
 
     def _become_worker(self) -> None:

@@ -4,7 +4,8 @@ master before it forks, with a lock, and what each forked worker inherits from i
 A region is an unlinked temporary file, mapped: the open fd, kept for the object's life, is
 what the forked workers share. `locked()` takes a POSIX record lock on it (`lockf`: per
 process, released by the kernel if a worker dies holding it). What lives in regions: the rate
-limits' token buckets (server/shared_rate.py, one set per generation: its keys may differ) and
+limits' token buckets (server/shared_rate.py, one set per generation: its keys may differ; a
+key whose rate_limit a reload keeps keeps its slot) and
 the circuit breakers' states (server/shared_breakers.py, one table for the master's life: a
 reload does not forget that a provider is down). One worker alone keeps both in memory.
 """

@@ -4,8 +4,10 @@ Without this, each worker would keep its own token bucket per proxy key and a ke
 times its `rate_limit`. The master makes, before it forks a generation of workers, one small
 shared region (server/shared_memory.py) with a (tokens, stamp) slot per rate-limited key;
 every worker of that generation takes its tokens there, under the region's lock. A reload's
-new generation gets new buckets (its keys may differ). One worker alone keeps its buckets in
-memory (server/auth.py).
+new generation gets new buckets (its keys may differ), but a key whose `rate_limit` it keeps
+takes its tokens from the same slot as before: a reload is no fresh burst for a client at its
+limit, nor are the old workers still draining a second budget. One worker alone keeps its
+buckets in memory (server/auth.py).
 """
 
 from __future__ import annotations
@@ -19,27 +21,40 @@ _SLOT = struct.Struct("dd")  # tokens (negative: never used), stamp (time.monoto
 
 
 class SharedBuckets:
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], limits: dict[str, tuple[float, int]] | None = None,
+                 previous: SharedBuckets | None = None) -> None:
+        """`limits`: each name's (requests_per_minute, burst); a name `previous` (the serving
+        generation's) has with the same limit keeps its slot there (the region stays open
+        while a generation uses it)."""
         self.slots = {name: i for i, name in enumerate(names)}
+        self.limits = limits or {}
         self._region = SharedRegion(len(names) * _SLOT.size)
-        for i in range(len(names)):
+        self._where: list[tuple[SharedRegion, int]] = []  # each slot's region and offset
+        for i, name in enumerate(names):
+            limit = self.limits.get(name)
+            if (previous is not None and limit is not None and name in previous.slots
+                    and previous.limits.get(name) == limit):
+                self._where.append(previous._where[previous.slots[name]])
+                continue
             _SLOT.pack_into(self._region.map, i * _SLOT.size, -1.0, 0.0)
+            self._where.append((self._region, i * _SLOT.size))
 
     @classmethod
-    def for_config(cls, config: Config) -> SharedBuckets:
+    def for_config(cls, config: Config, previous: SharedBuckets | None = None) -> SharedBuckets:
         from streamproxy.server.auth import parse_auth
 
         try:
             auth = parse_auth(config)
         except ConfigError:  # the workers report it
             auth = None
-        keys = auth.keys if auth is not None else ()
-        return cls([k.name for k in keys if k.bucket is not None])
+        limits = {k.name: (k.bucket.per_minute, k.bucket.burst)
+                  for k in (auth.keys if auth is not None else ()) if k.bucket is not None}
+        return cls(list(limits), limits, previous)
 
     def take(self, slot: int, burst: int, rate: float, now: float) -> float | None:
         """`TokenBucket.take` on the shared slot: None when granted, else seconds to wait."""
-        offset = slot * _SLOT.size
-        with self._region.locked() as region:
+        shared, offset = self._where[slot]
+        with shared.locked() as region:
             tokens, stamp = _SLOT.unpack_from(region, offset)
             fresh = tokens < 0
             tokens, stamp, wait = take_token(float(burst) if fresh else tokens,

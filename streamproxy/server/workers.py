@@ -156,14 +156,16 @@ class _Generation:
 
 async def _start_generation(config: Config, listeners: list[socket.socket],
                             running: web.Application | None = None) -> _Generation:
-    """`running`: the app a reload in place follows (its breakers and admission count)."""
+    """`running`: the app a reload in place follows (its breakers, admission count and rate
+    limits' buckets)."""
     from streamproxy.server.admission import ADMISSION
     from streamproxy.server.app import create_app, http_limits
+    from streamproxy.server.auth import AUTH
     from streamproxy.server.front import make_runner
     from streamproxy.server.state import STATE
 
     app = (create_app(config) if running is None else
-           create_app(config, running[STATE].breakers, running[ADMISSION]))
+           create_app(config, running[STATE].breakers, running[ADMISSION], running.get(AUTH)))
     runner = make_runner(app, handler_cancellation=True, access_log=None,
                          shutdown_timeout=SHUTDOWN_TIMEOUT, **http_limits(config))
     await runner.setup()
