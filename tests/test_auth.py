@@ -13,7 +13,9 @@ import orjson
 import pytest
 
 from streamproxy.config import ConfigError
+from streamproxy.errors import RateLimited
 from streamproxy.server.auth import TokenBucket, parse_auth, presented_key
+from streamproxy.server.errors import error_headers
 from tests.helpers import make_config, metric_value
 
 USER = [{"role": "user", "content": "hi"}]
@@ -322,6 +324,19 @@ def test_token_bucket_refills_at_its_rate() -> None:
     assert bucket.take(101.0) is None
     assert bucket.take(1000.0) is None and bucket.take(1000.0) is None  # capped at burst
     assert bucket.take(1000.0) is not None
+
+
+def test_a_refusal_never_says_retry_after_ms_0() -> None:
+    """600 a minute is a token every 0.1 s; the next request 0.1 s later (as retry-after-ms
+    said) found 0.99999… of a token (floating point), and its 429 said `retry-after-ms: 0`:
+    retry at once, to be refused again (the openai SDKs, reading 0 as no wait, backed off a
+    second instead). A refusal's wait is rounded up to a millisecond, never down to 0."""
+    bucket = TokenBucket(per_minute=600, burst=1)
+    assert bucket.take(100.0) is None
+    wait = bucket.take(100.1)
+    assert wait is not None
+    headers = error_headers(RateLimited("slow down", retry_after=wait), {})
+    assert (headers["retry-after"], headers["retry-after-ms"]) == ("1", "1")
 
 
 def test_identify_compares_against_every_key(monkeypatch: pytest.MonkeyPatch) -> None:

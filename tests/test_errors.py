@@ -583,7 +583,8 @@ async def test_a_retry_after_that_is_no_number_of_seconds_is_ignored(
 
 
 @pytest.mark.parametrize(("wait", "seconds", "ms"), [(0.25, "1", "250"), (1.4, "2", "1400"),
-                                                     (3, "3", "3000")])
+                                                     (3, "3", "3000"), (0.007, "1", "7"),
+                                                     (0.0004, "1", "1"), (6e-14, "1", "1")])
 def test_retry_after_is_never_early_and_keeps_milliseconds(wait: float, seconds: str,
                                                            ms: str) -> None:
     headers = error_headers(RateLimited("slow down", retry_after=wait), {})

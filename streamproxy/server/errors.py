@@ -94,9 +94,11 @@ def error_headers(err: ProxyError, request_headers: Mapping[str, str]) -> dict[s
     if retry_after is not None:
         retry_after = min(retry_after, MAX_RETRY_AFTER)
         # Whole seconds, never early (HTTP); the SDKs read OpenAI's `retry-after-ms` first,
-        # which keeps an upstream's sub-second wait as it was.
+        # which keeps an upstream's sub-second wait as it was. Rounded up too, and never 0 (a
+        # wait under a millisecond read as "now" is refused again); the 1e-6 keeps a whole
+        # number of ms that floating point put a hair over (0.007 s: 7.000000000000001).
         headers["retry-after"] = str(max(1, math.ceil(retry_after)))
-        headers["retry-after-ms"] = str(max(0, round(retry_after * 1000)))
+        headers["retry-after-ms"] = str(max(1, math.ceil(retry_after * 1000 - 1e-6)))
     return headers
 
 
