@@ -387,6 +387,15 @@ def test_presented_key() -> None:
      "auth.keys[0].allowed_providers", "not a configured provider"),
     ({"keys": [{"name": "a", "key": "k", "rate_limit": {"requests_per_minute": 0}}]},
      "auth.keys[0].rate_limit.requests_per_minute", "positive"),
+    # YAML's .nan and .inf: a traceback (the default burst could not be computed), or, with
+    # a burst given, a NaN rate that refilled every bucket at once (no limit at all).
+    ({"keys": [{"name": "a", "key": "k", "rate_limit": {"requests_per_minute": math.nan}}]},
+     "auth.keys[0].rate_limit.requests_per_minute", "positive"),
+    ({"keys": [{"name": "a", "key": "k", "rate_limit": {"requests_per_minute": math.nan,
+                                                         "burst": 2}}]},
+     "auth.keys[0].rate_limit.requests_per_minute", "positive"),
+    ({"keys": [{"name": "a", "key": "k", "rate_limit": {"requests_per_minute": math.inf}}]},
+     "auth.keys[0].rate_limit.requests_per_minute", "positive"),
     ({"keys": [{"name": "a", "key": "k", "rate_limit": {"requests_per_minute": 5,
                                                          "burst": 1.5}}]},
      "auth.keys[0].rate_limit.burst", "positive integer"),

@@ -195,7 +195,8 @@ def _parse_rate(raw: Any, where: str, source: str) -> TokenBucket | None:
     if not isinstance(raw, dict) or set(raw) - {"requests_per_minute", "burst"}:
         raise ConfigError(source, where, "must be a mapping of requests_per_minute and burst")
     rpm = raw.get("requests_per_minute")
-    if isinstance(rpm, bool) or not isinstance(rpm, int | float) or rpm <= 0:
+    # (finite: YAML's .nan would refill a bucket at once, its .inf leave no default burst)
+    if isinstance(rpm, bool) or not isinstance(rpm, int | float) or not 0 < rpm < math.inf:
         raise ConfigError(source, f"{where}.requests_per_minute", "must be a positive number")
     burst = raw.get("burst", max(1, math.ceil(rpm)))
     if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
