@@ -16,6 +16,7 @@ from streamproxy.config import ConfigError
 from streamproxy.errors import RateLimited
 from streamproxy.server.auth import TokenBucket, parse_auth, presented_key
 from streamproxy.server.errors import error_headers
+from streamproxy.server.state import STATE
 from tests.helpers import make_config, metric_value
 
 USER = [{"role": "user", "content": "hi"}]
@@ -158,6 +159,21 @@ async def test_only_a_refused_chat_request_is_logged_and_counted_as_a_request(
     assert (counted() - before[0], rejected() - before[1]) == (1, 4)
     (line,) = [r for r in caplog.records if r.name == "streamproxy.access"]
     assert orjson.loads(line.getMessage())["bytes_out"] == len(await resp.read())
+
+
+async def test_a_request_refused_while_draining_is_logged_under_its_keys_name(
+        proxy: Any, json_upstream: Any) -> None:
+    """A chat request that came once a drain's grace was over (503 shutting_down) was logged
+    and counted with no proxy key name: the key was noted only as the body was read."""
+    client = await proxy(config(json_upstream.url))
+    state = client.server.app[STATE]
+    records: list[Any] = []
+    state.observers.append(records.append)
+    state.drain.aborted = True
+    resp = await client.post("/v1/chat/completions", json={"messages": USER},
+                             headers={"authorization": f"Bearer {KEY_A}"})
+    assert resp.status == 503
+    assert [(r.status, r.auth_key_name) for r in records] == [(503, "team-a")]
 
 
 async def test_a_proxy_key_in_authorization_is_not_forwarded_upstream(

@@ -79,8 +79,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def chat(ex: Exchange) -> None:
     state = ex.app[STATE]
+    key = ex.get(AUTH_KEY)  # (noted first: every answer's log line names it, a drain's 503 too)
     record = RequestRecord(trace_id=ex.headers.get(TRACE_HEADER) or random_hex(16),
-                           stream=None, started=ex.arrived)
+                           stream=None, started=ex.arrived,
+                           auth_key_name=key.name if key is not None else None)
     task = asyncio.current_task()
     assert task is not None
     state.drain.enter(task)

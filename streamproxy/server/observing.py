@@ -53,13 +53,11 @@ def install_observers(app: web.Application, state: AppState) -> None:
 
 
 async def read_body(request: Exchange, record: RequestRecord) -> bytes:
-    """The request body, with its facts noted in the record: size, the proxy key's name, and the
-    body itself when the operator opted in. Too large a body is a typed 413 here, and one that
+    """The request body, with its facts noted in the record: size, and the body itself when
+    the operator opted in. Too large a body is a typed 413 here, and one that
     stopped arriving a 408 (server/reading.py), so the record gets the right status rather than
     looking like a disconnect; a gzip or deflate body that does not decode is a 400, not a
     bug's 500."""
-    key = request.get(AUTH_KEY)
-    record.auth_key_name = key.name if key is not None else None
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as e:
