@@ -117,6 +117,27 @@ def test_tool_index_is_our_own_dense_ordinal() -> None:
     check_tool_golden(translate([body]))
 
 
+def test_a_cohere_index_seen_again_is_still_a_new_call() -> None:
+    # Our ordinal was the size of the index map, which a start under an index already seen
+    # does not grow: the second and third calls both went out as index 1, and the openai
+    # SDK merged them into one call (one id, arguments '{"city": "B"}{"city": "C"}').
+    def start(call_id: str) -> dict[str, Any]:
+        return {"type": "tool-call-start", "index": 0, "delta": {"message": {"tool_calls": {
+            "id": call_id, "type": "function",
+            "function": {"name": "weather", "arguments": ""}}}}}
+    def args(city: str) -> dict[str, Any]:
+        return {"type": "tool-call-delta", "index": 0, "delta": {"message": {"tool_calls": {
+            "function": {"arguments": f'{{"city": "{city}"}}'}}}}}
+    body = events(START, *(e for call_id, city in (("w_a", "A"), ("w_b", "B"), ("w_c", "C"))
+                           for e in (start(call_id), args(city),
+                                     {"type": "tool-call-end", "index": 0})),
+                  end("TOOL_CALL"))
+    c = collect(sse_chunks(translate([body])))
+    assert [(t["id"], t["arguments"]) for t in c.tool_calls] == [
+        ("w_a", '{"city": "A"}'), ("w_b", '{"city": "B"}'), ("w_c", '{"city": "C"}')]
+    assert c.finish_reason == "tool_calls"
+
+
 async def test_recorded_tool_stream_through_the_proxy(proxy: Any, upstream: Any) -> None:
     upstream.pieces = random_splits(TOOL_SSE, random.Random(3), max_piece=40)
     client = await proxy(provider_config("cohere", upstream.url))

@@ -10,9 +10,10 @@
   thinking it follows a blank line (PLAN_BREAK).
 - `tool-call-start` (its `tool_calls` is one object, not an array) → tool_call_start. Cohere's
   `index` is already a dense tool ordinal, but we keep our own (running count, mapped from
-  Cohere's index) so a gap or a shared content/tool numbering can never make a client merge two
-  calls. `tool-call-delta` → argument fragments; `tool-call-end` with no fragment → "{}", as
-  for arguments that are "null" (a tool without parameters; held until they cannot be).
+  Cohere's index) so a gap, a shared content/tool numbering or an index used again can never
+  make a client merge two calls. `tool-call-delta` → argument fragments; `tool-call-end` with
+  no fragment → "{}", as for arguments that are "null" (a tool without parameters; held until
+  they cannot be).
 - `citation-start` (its `citations` is one object, as `tool_calls`) → `url_citation`
   annotations (`delta.annotations`), one per source with a `url`, each once; a citation of the
   tool plan or of thinking, or a source without a url, has no OpenAI place and is left out.
@@ -107,6 +108,7 @@ class CohereStreamTranslator(SSETranslator):
         super().__init__(out, max_event_bytes)
         self._provider = provider
         self._tool_of: dict[int, int] = {}  # Cohere tool index → our ordinal
+        self._calls = 0  # calls started: the next ordinal (an index seen again is a new call)
         self._args_seen: set[int] = set()  # ordinals whose arguments were sent
         self._held: dict[int, str] = {}  # a call's first fragments while they may spell null
         self._cited: set[bytes] = set()  # the url_citations sent
@@ -188,7 +190,8 @@ class CohereStreamTranslator(SSETranslator):
     def _tool_start(self, msg: dict[str, Any]) -> None:
         self._start()
         call = msg["delta"]["message"]["tool_calls"]
-        tool = len(self._tool_of)
+        tool = self._calls
+        self._calls += 1
         self._tool_of[msg["index"]] = tool
         arguments = call["function"].get("arguments") or ""
         if arguments and not NULL.startswith(arguments.strip()):
