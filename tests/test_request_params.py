@@ -486,3 +486,31 @@ async def test_a_dropped_value_openai_knows_is_still_dropped(proxy: Any, upstrea
     assert field not in sent.json()
 
 
+
+
+@pytest.mark.parametrize(("field", "value", "code", "bound"), [
+    ("temperature", 2.5, "decimal_above_max_value", "<= 2"),
+    ("temperature", -0.1, "decimal_below_min_value", ">= 0"),
+    ("top_p", 1.5, "decimal_above_max_value", "<= 1"),
+    ("top_p", -1, "decimal_below_min_value", ">= 0"),
+    ("presence_penalty", 3, "decimal_above_max_value", "<= 2"),
+    ("frequency_penalty", -2.5, "decimal_below_min_value", ">= -2"),
+])
+def test_a_decimal_outside_openai_s_range_is_its_400(field: str, value: float, code: str,
+                                                     bound: str) -> None:
+    """OpenAI refuses these on every model. Unchecked, a request went on as it was: answered
+    where a translator drops the field (penalties on Anthropic, Bedrock and most Gemini
+    models; sampling on the Claudes that take none), else refused in the provider's words."""
+    body = {"messages": [{"role": "user", "content": "hi"}], field: value}
+    with pytest.raises(InvalidRequest) as caught:
+        parse_chat_request(orjson.dumps(body))
+    assert (caught.value.param, caught.value.code) == (field, code)
+    assert f"Expected a value {bound}, but got {value} instead." in str(caught.value)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("temperature", 0), ("temperature", 2), ("top_p", 0), ("top_p", 1),
+    ("presence_penalty", -2), ("frequency_penalty", 2), ("frequency_penalty", 0.5)])
+def test_a_decimal_at_openai_s_bounds_is_taken(field: str, value: float) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], field: value}
+    assert parse_chat_request(orjson.dumps(body)).body[field] == value

@@ -1,9 +1,10 @@
 """Parse and validate an incoming Chat Completions request body.
 
 Validation is shallow on purpose: enough that every translator can trust the shape it reads
-(types of the fields it touches), with a 400 that names the parameter, as OpenAI does. Values a
-provider may reject (temperature ranges, model names) are left to the provider, whose message is
-carried back to the client.
+(types of the fields it touches), with a 400 that names the parameter, as OpenAI does. OpenAI's
+own numeric ranges are checked too (a translator may drop the field); values a provider may
+reject within them (a thinking model's temperature, model names) are left to the provider,
+whose message is carried back to the client.
 """
 
 from __future__ import annotations
@@ -212,6 +213,27 @@ def _out_of_range(param: str, value: float) -> InvalidRequest:
                           code=f"integer_{'above_max' if above else 'below_min'}_value")
 
 
+# OpenAI's ranges of its decimal parameters, which it refuses beyond on every model. Checked
+# for every provider, as the integers' are: the translators drop some (penalties on Anthropic,
+# Bedrock and most Gemini models; sampling on the Claudes that take none), and a request
+# OpenAI refuses was answered there, or refused in another provider's words.
+_DECIMAL_RANGE = {"temperature": (0, 2), "top_p": (0, 1), "frequency_penalty": (-2, 2),
+                  "presence_penalty": (-2, 2)}
+
+
+def in_openai_range(value: float, low: float, high: float, param: str) -> float:
+    """`value`, or OpenAI's 400 for one outside its range `low`..`high`, naming `param`."""
+    if value > high:
+        raise InvalidRequest(f"Invalid '{param}': decimal above maximum value. Expected a "
+                             f"value <= {high}, but got {value} instead.", param=param,
+                             code="decimal_above_max_value")
+    if value < low:
+        raise InvalidRequest(f"Invalid '{param}': decimal below minimum value. Expected a "
+                             f"value >= {low}, but got {value} instead.", param=param,
+                             code="decimal_below_min_value")
+    return value
+
+
 def _type_error(param: str, expected: str) -> InvalidRequest:
     return InvalidRequest(f"Invalid type for '{param}': expected {expected}.", param=param,
                           code="invalid_type")
@@ -272,6 +294,9 @@ def _validate(body: dict[str, Any], limits: Limits) -> bool:
         value = body.get(name)
         if value is not None and not least <= value <= _INT_MAXIMUM.get(name, _INT64_MAX):
             raise _out_of_range(name, value)
+    for name, (low, high) in _DECIMAL_RANGE.items():
+        if body.get(name) is not None:
+            in_openai_range(body[name], low, high, name)
     if "messages" not in body:
         raise InvalidRequest("Missing required parameter: 'messages'.", param="messages",
                              code="missing_required_parameter")

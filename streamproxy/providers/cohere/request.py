@@ -55,6 +55,7 @@ from streamproxy.openai_api.content import (
     texts,
     with_call_ids,
 )
+from streamproxy.openai_api.request import in_openai_range
 
 DROPPED = OPENAI_ONLY | {"user", "parallel_tool_calls"}
 PASSTHROUGH = ("k", "safety_mode", "documents", "citation_options", "strict_tools", "thinking")
@@ -91,7 +92,7 @@ def to_cohere(body: dict[str, Any], model: str) -> dict[str, Any]:
             out[key] = body[key]
     for key in PENALTIES:
         if body.get(key):
-            penalty = min(_openai_range(body[key], -2, 2, key), PENALTY_MAX)
+            penalty = min(in_openai_range(body[key], -2, 2, key), PENALTY_MAX)
             if penalty > 0:  # (a negative one has no Cohere equivalent: no penalty)
                 out[key] = penalty
     if body.get("top_p") is not None:
@@ -131,20 +132,7 @@ def _budget(budget: int, max_tokens: int | None) -> int:
 def _p(top_p: float) -> float:
     """OpenAI's top_p as Cohere's `p`: from 0 to 1 (OpenAI's default, no nucleus cut) it goes
     within P_MIN..P_MAX; outside it is OpenAI's 400, not a valid request clamped unnoticed."""
-    return min(max(_openai_range(top_p, 0, 1, "top_p"), P_MIN), P_MAX)
-
-
-def _openai_range(value: float, low: float, high: float, param: str) -> float:
-    """`value`, or OpenAI's 400 for one outside its range `low`..`high`, naming `param`."""
-    if value > high:
-        raise InvalidRequest(f"Invalid '{param}': decimal above maximum value. Expected a "
-                             f"value <= {high}, but got {value} instead.", param=param,
-                             code="decimal_above_max_value")
-    if value < low:
-        raise InvalidRequest(f"Invalid '{param}': decimal below minimum value. Expected a "
-                             f"value >= {low}, but got {value} instead.", param=param,
-                             code="decimal_below_min_value")
-    return value
+    return min(max(in_openai_range(top_p, 0, 1, "top_p"), P_MIN), P_MAX)
 
 
 def _response_format(body: dict[str, Any], out: dict[str, Any]) -> None:
