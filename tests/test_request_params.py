@@ -442,6 +442,16 @@ def test_include_obfuscation_that_is_no_boolean_is_a_400(value: Any) -> None:
                                                        "invalid_type")
 
 
+@pytest.mark.parametrize("option", ["include_usage", "include_obfuscation"])
+def test_a_stream_option_of_null_is_no_option(option: str) -> None:
+    """OpenAI reads null as the option left out (clients that serialise every field of their
+    options object, Java's and .NET's among them, write it): it was a 400 invalid_type."""
+    req = parse_chat_request(orjson.dumps({
+        "messages": [{"role": "user", "content": "hi"}], "stream": True,
+        "stream_options": {option: None}}))
+    assert req.stream and not req.include_usage
+
+
 def test_dropped_fields_of_the_right_type_still_pass() -> None:
     req = parse_chat_request(orjson.dumps({
         "messages": [{"role": "user", "content": "hi"}], "stream": True,

@@ -112,7 +112,7 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
         raise InvalidRequest("The 'stream_options' parameter is only allowed when 'stream' is "
                              "enabled.", param="stream_options")
     for option in ("include_usage", "include_obfuscation"):  # (the latter is dropped, or passed)
-        if not isinstance(opts.get(option, False), bool):
+        if opts.get(option) is not None and not isinstance(opts[option], bool):  # (null: none)
             raise _type_error(f"stream_options.{option}", "a boolean")
     return ChatRequest(
         body=body,
