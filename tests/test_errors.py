@@ -51,7 +51,8 @@ def assert_openai_error(body: dict[str, Any]) -> dict[str, Any]:
     (b'{"messages": [{"role": "user", "content": "x"}], "stream": false, '
      b'"stream_options": {"include_usage": true}}', "stream_options", "only allowed"),
     (b'{"messages": [{"role": "user", "content": "x"}], "store": "yes"}', "store", "boolean"),
-    (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}', "max_tokens", "least"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}', "max_tokens",
+     "integer below minimum value. Expected a value >= 1, but got 0 instead."),
     (b'{"messages": [{"role": "tool", "content": "x"}]}', "messages[0].tool_call_id", "tool_call"),
     # As OpenAI: each role but an assistant with calls (or audio) needs its content.
     (b'{"messages": [{"role": "user"}]}', "messages[0].content", "Missing required parameter"),

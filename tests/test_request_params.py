@@ -280,6 +280,20 @@ def test_an_integer_beyond_64_bits_is_openai_s_range_error(field: str, number: b
     assert f"Expected a value {bound}" in str(caught.value)
 
 
+@pytest.mark.parametrize(("field", "number"), [
+    ("max_tokens", 0), ("max_tokens", -678), ("max_completion_tokens", 0), ("n", 0), ("n", -1)])
+def test_a_count_below_1_is_openai_s_range_error(field: str, number: int) -> None:
+    """OpenAI answers `max_tokens: 0` (a client that computed its budget and ran out) with
+    integer_below_min_value and the bound; here it was an invalid_value of other words, where
+    an integer below 64 bits' least already got OpenAI's."""
+    body = {"messages": [{"role": "user", "content": "hi"}], field: number}
+    with pytest.raises(InvalidRequest) as caught:
+        parse_chat_request(orjson.dumps(body))
+    assert (caught.value.param, caught.value.code) == (field, "integer_below_min_value")
+    assert str(caught.value) == (f"Invalid '{field}': integer below minimum value. Expected a "
+                                 f"value >= 1, but got {number} instead.")
+
+
 @pytest.mark.parametrize(("field", "number", "says"), [
     # OpenAI's API reference bounds these lower than int64, and answers so; they went on (a
     # provider made 129 choices, or refused with its own wording), 2**63 to 2**64 - 1 too

@@ -286,10 +286,6 @@ def _validate(body: dict[str, Any], limits: Limits) -> bool:
         check = _SCALARS.get(name)
         if check is not None and value is not None and not check[0](value):
             _check_scalars(body)
-    for name in ("max_tokens", "max_completion_tokens", "n"):
-        if body.get(name) is not None and body[name] < 1:
-            raise InvalidRequest(f"'{name}' must be at least 1.", param=name,
-                                 code="invalid_value")
     for name, least in _INT_MINIMUM.items():  # (orjson's ints go up to 2**64 - 1)
         value = body.get(name)
         if value is not None and not least <= value <= _INT_MAXIMUM.get(name, _INT64_MAX):
