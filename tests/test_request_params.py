@@ -538,3 +538,13 @@ def test_a_decimal_outside_openai_s_range_is_its_400(field: str, value: float, c
 def test_a_decimal_at_openai_s_bounds_is_taken(field: str, value: float) -> None:
     body = {"messages": [{"role": "user", "content": "hi"}], field: value}
     assert parse_chat_request(orjson.dumps(body)).body[field] == value
+
+
+@pytest.mark.parametrize("message", [{"content": "hi"}, {"role": None, "content": "hi"}])
+def test_a_message_without_a_role_is_a_missing_parameter(message: dict[str, Any]) -> None:
+    # As OpenAI answers it (a null role is none); it was an invalid_value listing the roles.
+    with pytest.raises(InvalidRequest) as caught:
+        parse_chat_request(orjson.dumps({"messages": [message]}))
+    assert (caught.value.param, caught.value.code) == ("messages[0].role",
+                                                       "missing_required_parameter")
+    assert str(caught.value) == "Missing required parameter: 'messages[0].role'."

@@ -538,6 +538,8 @@ def _validate_message(i: int, m: Any) -> bool:
     if not isinstance(m, dict):
         raise _type_error(where, "an object")
     role = m.get("role")
+    if role is None:  # (as OpenAI: null is none)
+        raise _missing(f"{where}.role")
     if not isinstance(role, str) or role not in ROLES:  # (a list is not hashable)
         raise InvalidRequest(
             f"Invalid value for '{where}.role': expected one of "
