@@ -23,7 +23,7 @@ from streamproxy.routing.breaker import (
 from streamproxy.routing.conditions import matches, validate_query
 from streamproxy.routing.planner import plan
 from streamproxy.routing.portkey_config import BreakerSpec, ConfigNode, parse_config
-from streamproxy.routing.retry import RETRY_AFTER_CAP, retry_delay
+from streamproxy.routing.retry import RETRY_AFTER_CAP, RETRY_WAIT_BUDGET, retry_delay
 from streamproxy.routing.target import Target
 from streamproxy.server.shared_breakers import SharedBreakerTable, SharedCircuitBreakers
 from tests.helpers import Clock
@@ -581,6 +581,19 @@ def test_a_zero_retry_after_is_no_wait_named_and_backs_off() -> None:
         waits = [retry_delay(retry, rng, 0.0, True) for _ in range(50)]
         assert min(waits) >= 0.125 * 2 ** retry  # the backoff's, never an instant retry
     assert retry_delay(0, rng, 0.001, True) == 0.001  # (a short wait named is still waited)
+
+
+def test_a_targets_retry_waits_together_are_held_to_a_budget() -> None:
+    # Each wait under RETRY_AFTER_CAP, but not without end together (as Portkey caps them).
+    rng = random.Random(7)
+    assert retry_delay(2, rng, 25.0, True, waited=25.0) == 25.0
+    assert retry_delay(2, rng, 25.0, True, waited=50.0) is None  # 75 s in all
+    assert retry_delay(9, rng, None, True, waited=RETRY_WAIT_BUDGET - 1) is None  # 8 s more
+    waited = 0.0
+    for retry in range(10):  # the backoff's alone stay within it
+        delay = retry_delay(retry, rng, None, False, waited)
+        assert delay is not None
+        waited += delay
 
 
 @pytest.mark.parametrize("key", ["use_retry_after_headers", "use_retry_after_header"])

@@ -392,3 +392,40 @@ async def test_a_configs_retry_waits_as_each_answer_says_and_passes_on_the_last(
     assert resp.headers["x-ratelimit-limit-requests"] == "60"
     assert "x-ratelimit-remaining-requests" not in resp.headers
     assert (await resp.json())["error"]["message"] == "slow down 4"
+
+
+async def test_a_targets_retry_waits_together_stay_within_portkeys_60_seconds(
+        proxy: Any, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each `retry-after: 25` is under the 30 s a single wait may be, but five of them held the
+    request (its stream not started) for over two minutes: as Portkey caps a request's retry
+    waits at 60 s together, the retry whose wait would pass that is given up (the waits are
+    recorded, then skipped)."""
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def skipped(delay: float, result: Any = None) -> Any:
+        if delay >= 1:  # (a retry's wait: recorded, not waited)
+            slept.append(delay)
+            delay = 0
+        return await real_sleep(delay, result)
+
+    monkeypatch.setattr(asyncio, "sleep", skipped)
+    answered: list[int] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        answered.append(1)
+        return web.json_response({"error": {"message": "slow down"}}, status=429,
+                                 headers={"retry-after": "25"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = await aiohttp_server(app)
+    client = await proxy(make_config({"up": {
+        "type": "openai", "base_url": str(server.make_url("")).rstrip("/"), "api_key": "k",
+        "default_model": "m"}}, default="up"))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True},
+                             headers={"x-portkey-config": json.dumps(
+                                 {"retry": {"attempts": 5, "on_status_codes": [429]}})})
+    assert resp.status == 429
+    assert slept == [25, 25] and len(answered) == 3  # a third wait: 75 s in all
+    assert resp.headers["x-portkey-retry-attempt-count"] == "-1"  # the retries given up

@@ -45,7 +45,7 @@ from streamproxy.providers.base import Provider, StreamTranslator
 from streamproxy.record import RequestRecord
 from streamproxy.routing.breaker import CircuitBreakers, Trial
 from streamproxy.routing.planner import Attempt, Plan
-from streamproxy.routing.retry import RETRY_AFTER_CAP, retry_delay
+from streamproxy.routing.retry import RETRY_AFTER_CAP, RETRY_WAIT_BUDGET, retry_delay
 from streamproxy.routing.target import Target
 from streamproxy.upstream.client import UpstreamClient, map_client_error
 from streamproxy.upstream.deadline import Deadline
@@ -311,7 +311,7 @@ class Executor:
         record.provider, record.passthrough = target.provider.name, target.provider.passthrough
         record.model = target.model or target.provider.cfg.default_model
         record.retries, record.retries_exhausted = 0, False
-        retry = 0
+        retry, waited = 0, 0.0
         total = target.timeouts.total if spec.attempts else None
         # The retries share the target's total, from its first try (the loop's clock: only
         # looked up for them, as on 3.11 each lookup is a system call).
@@ -335,13 +335,15 @@ class Executor:
                     record.retries_exhausted = spec.attempts > 0
                     raise
                 delay = retry_delay(retry, self.rng, getattr(e, "retry_after", None),
-                                    spec.use_retry_after_header)
+                                    spec.use_retry_after_header, waited)
                 if delay is None or _after_total(first_try, total, delay):
-                    # a Retry-After beyond the cap, or a retry that would start after the
-                    # target's total ran out: the retries are given up
+                    # a Retry-After beyond the cap, waits past their budget together, or a
+                    # retry that would start after the target's total ran out: the retries
+                    # are given up
                     record.retries_exhausted = True
                     raise
                 retry += 1
+                waited += delay
                 await asyncio.sleep(delay)
                 record.retries = retry
                 record.note_retry()
@@ -492,7 +494,8 @@ def _longest_tries(attempt: Attempt) -> float:
     if t.total is not None:
         return t.total
     first = t.first_token if t.request is None else min(t.first_token, t.request)
-    return (retries + 1) * (t.connect + first) + retries * RETRY_AFTER_CAP
+    return (retries + 1) * (t.connect + first) + min(retries * RETRY_AFTER_CAP,
+                                                     RETRY_WAIT_BUDGET)
 
 
 def _after_total(first_try: float | None, total: float | None, delay: float) -> bool:
