@@ -14,6 +14,7 @@ from typing import Any
 import openai
 import orjson
 import pytest
+from aiohttp import web
 from multidict import CIMultiDict
 
 from streamproxy.cache import entry as cached
@@ -337,13 +338,16 @@ async def test_lists_are_in_time_order_and_survive_deleting_as_they_go(proxy: An
                                                                      tmp_path: Path) -> None:
     api = openai_sdk(await proxy(config(tmp_path)), "sk-client")
     # A slow stream that starts first and ends last is still first in time (OpenAI sorts by
-    # timestamp, not by when the answer was saved).
-    slow = asyncio.ensure_future(stream_text(api, model="mock/tokens=3,tps=10", messages=USER,
-                                             store=True))
-    await asyncio.sleep(0.05)
+    # timestamp, not by when the answer was saved). Its first chunk read: it has begun (a
+    # sleep alone let its request reach the proxy with the first fast one's, in one ms).
+    slow = await api.chat.completions.create(model="mock/tokens=3,tps=10", messages=USER,
+                                             store=True, stream=True)
+    first = (await anext(aiter(slow))).id
+    await asyncio.sleep(0.01)  # (a later millisecond: ids made in one sort at random)
     fast = [(await api.chat.completions.create(model="mock/fast:tokens=1", messages=USER,
                                                store=True)).id for _ in range(4)]
-    first, _ = await slow
+    async for _ in slow:
+        pass
     for cid in [first, *fast]:
         await stored(api, cid)
     page = await api.chat.completions.list(order="asc")
@@ -357,6 +361,36 @@ async def test_lists_are_in_time_order_and_survive_deleting_as_they_go(proxy: An
         deleted.append(item.id)
     assert deleted == [first, *fast]
     assert (await api.chat.completions.list()).data == []
+
+
+async def test_a_slow_non_streamed_answer_is_listed_when_its_request_came(
+        proxy: Any, aiohttp_server: Any, tmp_path: Path) -> None:
+    # As a stream's: the id (and `created`) were made once the upstream had answered, so a
+    # slow non-streamed request was listed after every request that came while it waited.
+    arrived, answer = asyncio.Event(), asyncio.Event()
+
+    async def held(request: web.Request) -> web.Response:
+        arrived.set()
+        await answer.wait()
+        return web.Response(body=ANTHROPIC_MESSAGE, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", held)
+    slow_upstream = await aiohttp_server(app)
+    api = openai_sdk(await proxy(config(tmp_path, str(slow_upstream.make_url("")).rstrip("/"))),
+                     "sk-client")
+    slow = asyncio.ensure_future(api.chat.completions.create(
+        model="claude/claude-x", messages=USER, store=True))
+    await asyncio.wait_for(arrived.wait(), 10)
+    await asyncio.sleep(0.01)  # (a later millisecond: ids made in one sort at random)
+    fast = [await api.chat.completions.create(model="mock/fast:tokens=1", messages=USER,
+                                              store=True) for _ in range(2)]
+    answer.set()
+    first = await slow
+    await stored(api, first.id)
+    page = await api.chat.completions.list()
+    assert [c.id for c in page.data] == [first.id, *(f.id for f in fast)]
+    assert first.created <= fast[0].created
 
 
 async def test_each_proxy_key_sees_only_its_own(proxy: Any, tmp_path: Path) -> None:

@@ -402,6 +402,10 @@ class Executor:
         deadline = Deadline(target.timeouts, provider.name, first_try)
         resp: aiohttp.ClientResponse | None = None
         record.usage = None  # this attempt's, never an earlier one's (as a stream's)
+        # Made when the request is sent, as a stream's (_StreamParts.build): ids begin with
+        # their millisecond and stored completions are listed in that order — made once the
+        # answer came, a slow request was listed after those that came while it waited.
+        completion_id, created = record.completion_id or new_completion_id(), int(time.time())
         try:
             resp = await self._send(req, target, record)
             body = await _read_body(resp, provider.max_event_bytes)
@@ -409,11 +413,10 @@ class Executor:
             raise _failure(e, deadline, resp, provider.name) from None
         deadline.cancel()
         resp.release()
-        completion_id = record.completion_id or new_completion_id()
         try:
             result = provider.translate_response(body, as_sent(req, target),
                                                  completion_id=completion_id,
-                                                 created=int(time.time()),
+                                                 created=created,
                                                  model=_envelope_model(target))
         except UpstreamStatusError as e:
             record.usage = e.usage  # an answer made an error (a failed finish) spent tokens
