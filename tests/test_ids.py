@@ -5,6 +5,9 @@ import random
 import re
 import time
 
+import pytest
+
+from streamproxy import ids as ids_module
 from streamproxy.ids import random_hex, time_ordered_hex
 from streamproxy.routing.executor import new_completion_id
 
@@ -31,6 +34,20 @@ def test_completion_ids_sort_by_time_and_do_not_repeat() -> None:
     assert millis[-1] - millis[0] >= 4  # two sleeps apart
     assert sorted(ids[:500])[-1] < ids[-1]  # a later millisecond sorts after every earlier id
     assert len({time_ordered_hex()[11:] for _ in range(1000)}) == 1000
+
+
+def test_ids_made_in_one_millisecond_sort_in_the_order_they_were_made(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stored completion's id is its place in the list: in one millisecond (a client's
+    # requests one after another, to a fast upstream or the cache) they sorted at random.
+    monkeypatch.setattr(ids_module, "time_ns", lambda: 1_700_000_000_123_456_789)
+    monkeypatch.setattr(ids_module, "_last_ordered", 0, raising=False)  # (none made yet)
+    made = [time_ordered_hex() for _ in range(1000)]
+    assert made == sorted(made) and len(set(made)) == len(made)
+    assert {m[:11] for m in made} == {f"{1_700_000_000_123:011x}"}
+    # a clock stepped back (NTP) does not sort a new id before the last one either
+    monkeypatch.setattr(ids_module, "time_ns", lambda: 1_700_000_000_000_000_000)
+    assert time_ordered_hex() > made[-1]
 
 
 def test_a_forked_worker_does_not_repeat_its_parents_ids() -> None:

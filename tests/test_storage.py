@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
+from streamproxy import ids as ids_module
 from streamproxy.cache import entry as cached
 from streamproxy.config import ConfigError
 from streamproxy.errors import ProxyError
@@ -391,6 +392,26 @@ async def test_a_slow_non_streamed_answer_is_listed_when_its_request_came(
     page = await api.chat.completions.list()
     assert [c.id for c in page.data] == [first.id, *(f.id for f in fast)]
     assert first.created <= fast[0].created
+
+
+async def test_completions_made_in_one_millisecond_are_listed_in_request_order(
+        proxy: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Requests one after another to a fast upstream (or the cache) share a millisecond:
+    # they were listed, and auto-paginated, in a random order.
+    monkeypatch.setattr(ids_module, "time_ns", lambda: 1_700_000_000_123_456_789)
+    monkeypatch.setattr(ids_module, "_last_ordered", 0, raising=False)  # (none made yet)
+    api = openai_sdk(await proxy(config(tmp_path)), "sk-client")
+    made = []
+    for i in range(6):
+        if i % 2:
+            made.append((await api.chat.completions.create(
+                model="mock/fast:tokens=1", messages=USER, store=True)).id)
+        else:
+            made.append((await stream_text(api, model="mock/fast:tokens=1", messages=USER,
+                                           store=True))[0])
+    await stored(api, made[-1])
+    assert [x.id async for x in api.chat.completions.list(limit=4)] == made
+    assert [x.id async for x in api.chat.completions.list(limit=4, order="desc")] == made[::-1]
 
 
 async def test_each_proxy_key_sees_only_its_own(proxy: Any, tmp_path: Path) -> None:
