@@ -372,3 +372,38 @@ async def test_stream_helper_parses_a_strict_tools_call_an_upstream_sent_without
     assert (call.id, call.type, call.function.parsed_arguments) == (
         "yfBEybNYi", "function", City(city="Paris"))
     assert parsed == [{"city": "Paris"}]
+
+
+class Zone(pydantic.BaseModel):
+    zone: str
+
+
+@pytest.mark.parametrize("kind", ["openai", "mistral"])
+async def test_stream_helper_fires_arguments_done_for_a_call_on_the_finish_chunk(
+        kind: str, proxy: Any, upstream: Any) -> None:
+    """Mistral (and Gemini's OpenAI-compatible endpoint) send tool calls on the finish
+    chunk: the helper reads a chunk's finish before its calls, so the call it started got no
+    `tool_calls.function.arguments.done`, which a client that dispatches tools on that event
+    never ran. The usage the upstream put on that chunk stays the answer's."""
+    usage = {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}
+    finish = orjson.loads(_sse_chunk({"tool_calls": [
+        {"index": 1, "id": "b", "type": "function",
+         "function": {"name": "Zone", "arguments": '{"zone":"CET"}'}}]}, "tool_calls")[6:])
+    upstream.body = b"".join([
+        _sse_chunk({"role": "assistant", "content": ""}),
+        _sse_chunk({"tool_calls": [{"index": 0, "id": "a", "type": "function", "function": {
+            "name": "City", "arguments": '{"city":"Paris"}'}}]}),
+        b"data: " + orjson.dumps({**finish, "usage": usage}) + b"\n\n", b"data: [DONE]\n\n"])
+    client = openai_sdk(await proxy(provider_config(kind, upstream.url)))
+    tools = [openai.pydantic_function_tool(City), openai.pydantic_function_tool(Zone)]
+    async with client.chat.completions.stream(
+            model="m", messages=USER, tools=tools,
+            stream_options={"include_usage": True}) as stream:
+        done = [(event.index, event.name, event.parsed_arguments) async for event in stream
+                if event.type == "tool_calls.function.arguments.done"]
+        final = await stream.get_final_completion()
+    assert done == [(0, "City", City(city="Paris")), (1, "Zone", Zone(zone="CET"))]
+    assert final.choices[0].finish_reason == "tool_calls"
+    assert [c.function.arguments for c in final.choices[0].message.tool_calls or []] == [
+        '{"city":"Paris"}', '{"zone":"CET"}']
+    assert final.usage is not None and final.usage.total_tokens == 14

@@ -209,9 +209,14 @@ class PassthroughTranslator(SSETranslator):
                     data = orjson.dumps(chunk)
                 self.out.raw(data)
             return
-        if self._index_tool_calls(choices):
-            data = orjson.dumps(chunk)
-        self.out.raw(data, self._note_finishes(choices))
+        changed = self._index_tool_calls(choices)
+        reason = self._note_finishes(choices)
+        finish = finish_apart(chunk, choices)
+        if finish is not None:
+            self.out.raw(orjson.dumps(chunk))
+            self.out.raw(orjson.dumps(finish), reason)
+            return
+        self.out.raw(orjson.dumps(chunk) if changed else data, reason)
 
     def _note_finishes(self, choices: list[Any]) -> str | None:
         """Mark the choices this chunk finishes (a server may finish several in one chunk);
@@ -259,6 +264,36 @@ class PassthroughTranslator(SSETranslator):
                 choice["finish_reason"] = "tool_calls"
                 changed = True
         return changed
+
+
+def finish_apart(chunk: dict[str, Any], choices: list[Any]) -> dict[str, Any] | None:
+    """The finish chunk to send after `chunk` when a choice's finish reason came on a chunk
+    that starts a tool call (Mistral's and Gemini's OpenAI-compatible streams send their
+    calls on the finish chunk), or None. The openai SDK's stream helper fires a call's
+    `tool_calls.function.arguments.done` when the next call starts or when a finish arrives
+    while it is the latest: on one chunk, the finish is seen before that chunk's calls, so
+    the call it started never got its event (nor its `parsed_arguments` checked). Split, as
+    OpenAI sends it: the chunk without the finish (and without its usage: the helper keeps
+    the last chunk's), then an empty delta with it. A call's last fragment on the finish
+    chunk is complete when the finish is seen: left as it came. Only finish chunks get here:
+    no per-chunk cost."""
+    finishing = [choice for choice in choices if isinstance(choice, dict)
+                 and choice.get("finish_reason") and _starts_a_call(choice.get("delta"))]
+    if not finishing:
+        return None
+    finish = {key: value for key, value in chunk.items() if key != "choices"}
+    finish["choices"] = [{**choice, "delta": {}, "logprobs": None} for choice in finishing]
+    for choice in finishing:
+        choice["finish_reason"] = None
+    if chunk.get("usage"):
+        chunk["usage"] = None
+    return finish
+
+
+def _starts_a_call(delta: Any) -> bool:
+    calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+    return isinstance(calls, list) and any(
+        isinstance(call, dict) and _names_a_call(call) for call in calls)
 
 
 def choice_number(choice: dict[str, Any]) -> int:
