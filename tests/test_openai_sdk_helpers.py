@@ -407,3 +407,36 @@ async def test_stream_helper_fires_arguments_done_for_a_call_on_the_finish_chunk
     assert [c.function.arguments for c in final.choices[0].message.tool_calls or []] == [
         '{"city":"Paris"}', '{"zone":"CET"}']
     assert final.usage is not None and final.usage.total_tokens == 14
+
+
+def _fireworks_call(index: int, call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"index": index, "id": call_id, "type": "function",
+            "function": {"name": name, "arguments": arguments}, "name": None}
+
+
+async def test_stream_helper_keeps_the_call_id_and_name_fireworks_repeats_on_every_fragment(
+        proxy: Any, upstream: Any) -> None:
+    """Fireworks repeats a call's id, type and function name on every fragment (LiteLLM#8990,
+    SillyTavern#5948's recorded chunks): the helper joins string fields, so the call's id
+    became `chatcmpl-tool-aa62chatcmpl-tool-aa62…` and its name `CityCityCity`, no tool the
+    client offered (no `parsed_arguments`; the agent loop cannot dispatch it)."""
+    upstream.body = b"".join([
+        _sse_chunk({"role": "assistant", "content": None}),
+        _sse_chunk({"tool_calls": [_fireworks_call(0, "chatcmpl-tool-aa62", "City", "")]}),
+        _sse_chunk({"tool_calls": [_fireworks_call(0, "chatcmpl-tool-aa62", "City",
+                                                   '{"city": ')]}),
+        _sse_chunk({"tool_calls": [_fireworks_call(0, "chatcmpl-tool-aa62", "City",
+                                                   '"Paris"}')]}),
+        _sse_chunk({"tool_calls": [_fireworks_call(1, "chatcmpl-tool-bb73", "Zone",
+                                                   '{"zone": "CET"}')]}),
+        _sse_chunk({"tool_calls": [_fireworks_call(1, "chatcmpl-tool-bb73", "Zone", "")]}),
+        _sse_chunk({}, "tool_calls"), b"data: [DONE]\n\n"])
+    client = openai_sdk(await proxy(provider_config("fireworks", upstream.url)))
+    tools = [openai.pydantic_function_tool(City), openai.pydantic_function_tool(Zone)]
+    async with client.chat.completions.stream(model="m", messages=USER, tools=tools) as stream:
+        final = await stream.get_final_completion()
+    calls = final.choices[0].message.tool_calls or []
+    assert [(c.id, c.type, c.function.name, c.function.arguments) for c in calls] == [
+        ("chatcmpl-tool-aa62", "function", "City", '{"city": "Paris"}'),
+        ("chatcmpl-tool-bb73", "function", "Zone", '{"zone": "CET"}')]
+    assert [c.function.parsed_arguments for c in calls] == [City(city="Paris"), Zone(zone="CET")]

@@ -65,8 +65,9 @@ _TOOL_CALL_WITHOUT_INDEX = rb'"tool_calls": ?\[\{"(?!index")'
 
 
 @functools.cache
-def with_tool_calls(pattern: re.Pattern[bytes]) -> re.Pattern[bytes]:
-    return re.compile(pattern.pattern + b"|" + _TOOL_CALL_WITHOUT_INDEX)
+def with_tool_calls(pattern: re.Pattern[bytes],
+                    calls: bytes = _TOOL_CALL_WITHOUT_INDEX) -> re.Pattern[bytes]:
+    return re.compile(pattern.pattern + b"|" + calls)
 
 
 _RUN_HEAD = b"data: {"
@@ -90,6 +91,8 @@ class PassthroughTranslator(SSETranslator):
     # What ends a run: the events `on_event` parses. None: no runs (a subclass that looks at
     # every event).
     run_stop: ClassVar[re.Pattern[bytes] | None] = INTERESTING
+    # The tool-call deltas parsed when the request offered tools (a subclass can widen it).
+    tool_call_stop: ClassVar[bytes] = _TOOL_CALL_WITHOUT_INDEX
 
     def __init__(self, out: ChunkSink, max_event_bytes: int, *, provider: str,
                  client_wants_usage: bool, choices: int = 1,
@@ -99,10 +102,11 @@ class PassthroughTranslator(SSETranslator):
         self._forward_usage = client_wants_usage
         self._choices = choices  # `n`
         self._finished: set[Any] = set()  # the indexes of the choices whose finish came
-        self._interesting = with_tool_calls(INTERESTING) if tools_offered else INTERESTING
+        self._interesting = (with_tool_calls(INTERESTING, self.tool_call_stop)
+                             if tools_offered else INTERESTING)
         self._run_stop = self.run_stop
         if tools_offered and self.run_stop is not None:
-            self._run_stop = with_tool_calls(self.run_stop)
+            self._run_stop = with_tool_calls(self.run_stop, self.tool_call_stop)
         self._tool_calls: dict[int, _ToolCalls] = {}  # by choice: see _index_tool_calls
         # Sinks that take framed events whole (the encoders, the tee) get runs forwarded.
         self._raw_run = getattr(out, "raw_run", None) if self.run_stop is not None else None

@@ -520,20 +520,18 @@ def _flatten_choices(obj: dict[str, Any], field: str) -> bool:
     return changed
 
 
-class MistralTranslator(CompatTranslator):
-    """Only events whose content is a list are parsed for it (a byte search first)."""
-
-    run_stop = re.compile(INTERESTING.pattern + b"|" + _LIST_CONTENT.pattern)
+class RepeatedCallTranslator(CompatTranslator):
+    """For upstreams whose later fragments of a tool call carry its id (or a placeholder) and
+    its function's name again, where OpenAI's carry only `index` and arguments: clients that
+    accumulate a call join its strings (the openai SDK's stream helper: `abc123XYZnull`,
+    `get_weatherget_weather`, no tool the client offered), so those repeats are dropped."""
 
     def __init__(self, out: ChunkSink, max_event_bytes: int, **options: Any) -> None:
         super().__init__(out, max_event_bytes, **options)
-        self._call_ids: dict[tuple[int, int], Any] = {}  # (choice, call index) → its first id
+        # (choice, call index) → the call's first id and function name
+        self._calls: dict[tuple[int, int], tuple[Any, Any]] = {}
 
     def _index_tool_calls(self, choices: list[Any]) -> bool:
-        """A call's later fragments can carry `"id": "null"` or the call's id again, where
-        OpenAI's carry none: clients that accumulate a call join its ids as strings (the
-        openai SDK's stream helper: `abc123XYZnull`), so those ids are dropped. (Mistral puts
-        `index` last in a call, so with tools offered these chunks are parsed anyway.)"""
         changed = super()._index_tool_calls(choices)
         for choice in choices:
             delta = choice.get("delta") if isinstance(choice, dict) else None
@@ -543,12 +541,28 @@ class MistralTranslator(CompatTranslator):
                 if not isinstance(index, int):
                     continue
                 key = (choice_number(choice), index)
-                if key not in self._call_ids:
-                    self._call_ids[key] = call.get("id")
-                elif "id" in call and call["id"] in ("null", None, self._call_ids[key]):
+                function = call.get("function")
+                name = function.get("name") if isinstance(function, dict) else None
+                if key not in self._calls:
+                    self._calls[key] = (call.get("id"), name)
+                    continue
+                first_id, first_name = self._calls[key]
+                if "id" in call and call["id"] in ("null", None, first_id):
                     del call["id"]
                     changed = True
+                if name is not None and name in ("", first_name):
+                    del function["name"]
+                    changed = True
         return changed
+
+
+class MistralTranslator(RepeatedCallTranslator):
+    """Only events whose content is a list are parsed for it (a byte search first). A call's
+    later fragments can carry `"id": "null"` or its id again (mistral-vibe's recorded stream);
+    Mistral puts `index` last in a call, so with tools offered these chunks are parsed
+    anyway."""
+
+    run_stop = re.compile(INTERESTING.pattern + b"|" + _LIST_CONTENT.pattern)
 
     def on_event(self, event: SSEEvent) -> None:
         data = event.data
@@ -739,8 +753,17 @@ class TogetherProvider(CompatProvider):
     finish_reasons: ClassVar[dict[str, str]] = {"eos": "stop"}
 
 
+class FireworksTranslator(RepeatedCallTranslator):
+    """Fireworks repeats a call's id, type and name on every fragment (LiteLLM#8990,
+    SillyTavern#5948): with tools offered, every tool-call delta is parsed (this pattern
+    replaces the pass-through's, so the scan of other events costs no more)."""
+
+    tool_call_stop = rb'"tool_calls": ?\[\{'
+
+
 class FireworksProvider(CompatProvider):
     type_name: ClassVar[str] = "fireworks"
+    translator_type = FireworksTranslator
     default_base_url: ClassVar[str | None] = "https://api.fireworks.ai/inference/v1"
 
 
