@@ -55,9 +55,7 @@ async def test_paced_deltas_keep_their_rate_on_a_busy_loop(mock_url: str,
         async with aiohttp.ClientSession() as session, session.post(
                 mock_url + "/v1/messages", json={"model": "tokens=30,tps=50", "stream": True,
                                                  "max_tokens": 50, "messages": USER}) as resp:
-            started = time.monotonic()  # the headers and the first delta leave together
             body = await resp.read()
-            took = time.monotonic() - started
     finally:
         stop.set()
         await hog
@@ -68,7 +66,10 @@ async def test_paced_deltas_keep_their_rate_on_a_busy_loop(mock_url: str,
     assert [round(due - first, 6) for due, _ in deadlines] == [
         round(0.02 * k, 6) for k in range(1, 30)]
     assert max(woken - due for due, woken in deadlines) > 0.001  # the loop was busy
-    assert took >= 0.58 - 0.01  # 29 gaps of 20 ms: never faster than the rate
+    # Never faster than the rate: no delta woke before its time (the timer's resolution aside).
+    # (Not the client's clock: the hog on its loop can read the first delta late, which
+    # shortens what it measures below 29 gaps.)
+    assert min(woken - due for due, woken in deadlines) >= -0.001
 
 
 @pytest.mark.parametrize("stream", [True, False])
