@@ -453,8 +453,27 @@ def test_a_keep_alive_ollama_cannot_read_is_a_400_naming_it(keep_alive: Any) -> 
                          stream=True)["keep_alive"] == fine
 
 
+@pytest.mark.parametrize("keep_alive", ["300", "-1", "", "forever", "5 m", "5M", ".m", "1.5"])
+def test_a_keep_alive_string_that_is_no_go_duration_is_a_400_naming_it(keep_alive: str) -> None:
+    # Ollama parses a keep_alive string with Go's time.ParseDuration, which wants a unit on
+    # every number ("0" alone aside): "300" or "-1" as a string was its 400 "time: missing unit
+    # in duration", naming no field, after a round trip.
+    body = {"messages": [{"role": "user", "content": "hi"}], "keep_alive": keep_alive}
+    with pytest.raises(InvalidRequest) as caught:
+        to_ollama(body, "llama3.2", stream=True)
+    assert (caught.value.param, caught.value.code) == ("keep_alive", "invalid_type")
+
+
+@pytest.mark.parametrize("keep_alive", ["0", "-1m", "+5m", "1h30m", "2h45m", "300ms", "1.5h",
+                                        ".5s", "1.s", "10us", "10\u00b5s", "24h"])
+def test_a_go_duration_keep_alive_goes_as_it_is(keep_alive: str) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "keep_alive": keep_alive}
+    assert to_ollama(body, "llama3.2", stream=True)["keep_alive"] == keep_alive
+
+
 @pytest.mark.parametrize(("value", "ok"), [
     ("true", False), ("no", False), ("[5m]", False), ("10m", True), ("-1", True), ("1.5", True),
+    ("'-1'", False), ("'300'", False), ("forever", False), ("1h30m", True),
 ])
 def test_a_configured_keep_alive_ollama_cannot_read_is_a_config_error(
         tmp_path: Path, value: str, ok: bool) -> None:

@@ -57,7 +57,7 @@ class OllamaProvider(Provider):
             problem = option_type_error(str(name), value)
             if problem:
                 raise ConfigError(source, f"{where}.options.{name}", problem)
-        if not is_duration(options.get("keep_alive", "")):
+        if "keep_alive" in options and not is_duration(options["keep_alive"]):
             raise ConfigError(source, f"{where}.keep_alive",
                               "must be a duration string (e.g. 5m) or a number of seconds")
 

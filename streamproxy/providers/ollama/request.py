@@ -25,8 +25,8 @@ Choices (docs/providers/others.md "ollama"):
   (the name contains "gpt-oss") take levels, so they get one ("minimal" → "low"). A client's own
   `think` wins;
 - `logprobs` and `top_logprobs` (0 to 20 in both) go as they are;
-- `keep_alive` (extra_body) goes as it is when Ollama reads it (a duration string or a number
-  of seconds), else it is a 400 naming it;
+- `keep_alive` (extra_body) goes as it is when Ollama reads it (a Go duration string, "5m", or
+  a number of seconds), else it is a 400 naming it;
 - `truncate` and `shift` (extra_body) go as they are when they are booleans, else a 400 naming
   them;
 - parameters in DROPPED are dropped; `n` > 1 is rejected.
@@ -34,6 +34,7 @@ Choices (docs/providers/others.md "ollama"):
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from typing import Any
 
@@ -122,11 +123,19 @@ def to_ollama(body: dict[str, Any], model: str, *, stream: bool,
     return out
 
 
+# Go's time.ParseDuration, which Ollama reads a keep_alive string with: a unit on every number
+# ("300" or "-1" is its 400 "time: missing unit in duration", naming no field), "0" alone aside.
+_GO_DURATION = re.compile(r"[-+]?(?:0|(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+                          r"(?:ns|us|\u00b5s|\u03bcs|ms|s|m|h))+)")
+
+
 def is_duration(value: Any) -> bool:
-    """Whether Ollama reads `value` as a keep_alive: a duration string or a number of seconds
-    (anything else is its 400, "Unsupported type"). A bool is no number to it, but an int to
-    Python (and YAML's true/no are bools)."""
-    return isinstance(value, str | int | float) and not isinstance(value, bool)
+    """Whether Ollama reads `value` as a keep_alive: a Go duration string or a number of
+    seconds (anything else is its 400, "Unsupported type"). A bool is no number to it, but an
+    int to Python (and YAML's true/no are bools)."""
+    if isinstance(value, str):
+        return _GO_DURATION.fullmatch(value) is not None
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 # The types Ollama reads its options as (api/types.go `Options`, `Runner`): one of another type
