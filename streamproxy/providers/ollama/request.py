@@ -22,8 +22,8 @@ Choices (docs/providers/others.md "ollama"):
   `options` (extra_body) and the provider's configured `options` sit underneath;
 - `reasoning_effort` → `think`: "none" → false, any other level → true, since most thinking
   models refuse a level ("think value … is not supported for this model"); gpt-oss models
-  (the name contains "gpt-oss") take levels, so they get one ("minimal" → "low"). A client's own
-  `think` wins;
+  (the name contains "gpt-oss") take levels, so they get one ("minimal" and "none" → "low":
+  gpt-oss cannot stop reasoning). A client's own `think` wins;
 - `logprobs` and `top_logprobs` (0 to 20 in both) go as they are;
 - `keep_alive` (extra_body) goes as it is when Ollama reads it (a Go duration string, "5m", or
   a number of seconds), else it is a 400 naming it;
@@ -191,9 +191,12 @@ def _options(body: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
 
 def _think(effort: str, model: str) -> bool | str:
     level = THINK_LEVEL[effort]
-    if level is False or LEVELS_MODEL in model.lower():
-        return level
-    return True
+    if LEVELS_MODEL in model.lower():
+        # gpt-oss always reasons: `false` sets it no level (it reasons at its default, medium;
+        # ollama/ollama#11751) and beside a `format` left its answer empty. Low is its least,
+        # as on Bedrock.
+        return level or "low"
+    return level is not False
 
 
 def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:
