@@ -711,3 +711,17 @@ def test_a_busy_line_is_a_retryable_503(message: str, status: int) -> None:
     up = OllamaProvider(provider_config("ollama", "http://127.0.0.1:9").providers["up"])
     answered = up.answered_error(orjson.dumps({"error": message}))  # a stream request's 200
     assert answered.status == status and answered.message == message
+
+
+@pytest.mark.parametrize("fmt", ["json", {"type": "object",
+                                           "properties": {"a": {"type": "integer"}}}])
+def test_a_native_format_goes_to_ollama(fmt: Any) -> None:
+    # Ollama's own `format` (extra_body, as its native API and LiteLLM's ollama_chat take it)
+    # was dropped in silence, beside the native think, keep_alive and options that go: the
+    # client got free text where it asked for JSON. It wins over a response_format, as think
+    # over reasoning_effort.
+    body = {"messages": [{"role": "user", "content": "hi"}], "format": fmt}
+    assert to_ollama(body, "llama3.2", stream=True)["format"] == fmt
+    both = {**body, "response_format": {"type": "json_object"}}
+    assert to_ollama(both, "llama3.2", stream=True)["format"] == fmt
+    assert "format" not in to_ollama({**body, "format": None}, "llama3.2", stream=True)

@@ -15,7 +15,8 @@ Choices (docs/providers/others.md "ollama"):
   otherwise loses why it made them;
 - `tool_choice: "none"` sends no tools; a named tool_choice sends only that tool; Ollama has no
   way to force a call, so `"required"` is best effort (documented);
-- `response_format` json_object → `format: "json"`, json_schema → `format: <schema>`;
+- `response_format` json_object → `format: "json"`, json_schema → `format: <schema>`; a
+  client's native `format` (extra_body: "json" or a schema) goes as it is, and wins;
 - max tokens, temperature, top_p, stop, seed and the penalties go in `options`, and so do
   Ollama's option names sent at the top level (OPTIONS: num_ctx, min_p, ...), and
   `repetition_penalty` (vLLM's name) as `repeat_penalty`; a client's native
@@ -97,6 +98,8 @@ def to_ollama(body: dict[str, Any], model: str, *, stream: bool,
             raise InvalidRequest("'response_format.json_schema.schema' must be an object.",
                                  param="response_format.json_schema.schema")
         out["format"] = schema
+    if body.get("format") is not None:  # Ollama's own (extra_body) wins, as `think` does
+        out["format"] = body["format"]
     effort = reasoning_effort(body)  # checked even where a native `think` wins
     if "think" in body:
         out["think"] = body["think"]
