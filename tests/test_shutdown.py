@@ -281,3 +281,32 @@ async def test_a_stream_kept_alive_while_its_first_event_is_late_ends_with_an_er
     c = collect(sse_chunks(first + rest))
     assert c.error is not None and c.error["code"] == "shutting_down" and not c.done
     assert took < 3.0
+
+
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
+async def test_a_503_at_the_grace_end_carries_its_log_lines_trace_id_and_provider(
+        monkeypatch: pytest.MonkeyPatch, front: str) -> None:
+    """The 503 of a request the grace's end aborted before it committed had none of the
+    headers the handler noted: a new x-request-id (not the one its access-log line has, so
+    the client's error could not be found in the log) and no x-portkey-provider, which every
+    other error of a routed request carries."""
+    monkeypatch.setenv(FRONT_ENV, front)
+    async with asyncio.timeout(TEST_TIMEOUT), serving(make_runner) as running:
+        records: list[Any] = []
+        running.app[STATE].observers.append(records.append)
+        async with aiohttp.ClientSession() as session:
+            pending = asyncio.create_task(session.post(  # the mock holds its headers for 5 s
+                running.url + "/v1/chat/completions",
+                json={**chat("mock/fast:stall_ms=5000"), "stream": False}))
+            await wait_for(lambda: running.app[STATE].drain.active == 1)
+            await running.drain(grace=0.2)
+            resp = await pending
+            body = await resp.read()
+            assert resp.status == 503 and b'"code":"shutting_down"' in body
+    [record] = records
+    assert record.status == 503 and record.error_code == "shutting_down"
+    assert record.bytes_out == len(body)  # (it said 0)
+    assert resp.headers["x-request-id"] == record.trace_id
+    assert resp.headers["x-portkey-trace-id"] == record.trace_id
+    assert resp.headers["x-portkey-provider"] == "mock"
+    assert resp.headers["retry-after"] == "1"

@@ -104,16 +104,12 @@ async def chat(ex: Exchange) -> None:
         finally:
             admission.leave()
     except ProxyError as e:
-        record.status = e.status
-        record.error_type, record.error_code = e.error_type, e.code
-        if record.first_byte is None:  # the error's JSON body is the answer (not yet written)
-            record.bytes_out = len(e.body())
-        e.response_headers = response_headers(record, record.provider)
+        _note_error(e, record)
         raise
     except asyncio.CancelledError:
         if state.drain.owns():  # the shutdown grace ran out before this request committed
             err = shutdown_error()
-            record.status, record.error_type, record.error_code = 503, err.error_type, err.code
+            _note_error(err, record)  # (its headers too: the log line's trace id, ...)
             raise err from None
         _client_left(record)
         if ex.send_timed_out:  # not gone: cut by us, for taking nothing (send_timeout.py)
@@ -130,6 +126,15 @@ async def chat(ex: Exchange) -> None:
         record.finished = time.monotonic()
         for observe in state.observers:
             observe(record)
+
+
+def _note_error(e: ProxyError, record: RequestRecord) -> None:
+    """`e` answers the request: its log line says so, and its headers say what was noted."""
+    record.status = e.status
+    record.error_type, record.error_code = e.error_type, e.code
+    if record.first_byte is None:  # the error's JSON body is the answer (not yet written)
+        record.bytes_out = len(e.body())
+    e.response_headers = response_headers(record, record.provider)
 
 
 def _note_refused_body(ex: Exchange, raw: bytes, record: RequestRecord) -> None:
