@@ -223,3 +223,15 @@ def test_the_retry_limit_is_the_one_documented() -> None:
 
     retries = README.split("- **Retries** (per target)")[1].split("\n- ")[0]
     assert f"`attempts` (0 to {RETRY_ATTEMPTS_MAX}," in retries
+
+
+def test_every_doc_gives_the_masters_kill_margin_as_the_code_has_it() -> None:
+    """docs/performance.md said a worker still draining is killed `shutdown_grace` + 10 s
+    after it was told to drain, and an operator sizing a pod's termination grace or a unit's
+    TimeoutStopSec on it cut drains the master would have let finish (it waits + 15 s)."""
+    from streamproxy.server.master import KILL_AFTER
+
+    root = Path(__file__).parent.parent
+    said = [(path.name, int(m[1])) for path in [root / "README.md", *(root / "docs").glob("*.md")]
+            for m in re.finditer(r"shutdown_grace`?\s+\+\s+(\d+)\b", path.read_text())]
+    assert said and all(n == KILL_AFTER for _, n in said), said
