@@ -2758,3 +2758,41 @@ def test_a_static_key_with_a_control_character_is_a_config_error(
                                           **options}}}, "f.yaml")
     assert info.value.key == f"providers.b.{field}" and "control character" in info.value.reason
     assert bad[:8] not in str(info.value)
+
+
+# -- a tool call's big integers, streamed and not ----------------------------------------------
+
+# An integer past 64 bits (an amount in wei, a 20-digit id): orjson reads it as a float.
+BIG_INPUT = ('{"wei":123456789012345678901,"low":-9223372036854775809,'
+             '"id":18446744073709551616,"n":5,"x":1.5,"s":"é"}')
+
+
+def whole_bedrock_arguments(raw_input: str) -> list[str]:
+    body = ('{"output":{"message":{"role":"assistant","content":[{"text":"Sending."},'
+            '{"toolUse":{"toolUseId":"t1","name":"send","input":' + raw_input + '}},'
+            '{"toolUse":{"toolUseId":"t2","name":"other","input":{}}}]}},'
+            '"stopReason":"tool_use","usage":{"inputTokens":3,"outputTokens":4}}')
+    completion = to_completion(body.encode(), completion_id="c", created=1, model="m")
+    return [call["function"]["arguments"]
+            for call in completion["choices"][0]["message"]["tool_calls"]]
+
+
+def test_a_whole_answers_tool_call_keeps_big_integers_as_the_stream_does() -> None:
+    # The whole answer's arguments read 1.2345678901234568e+20 where the streamed call (its
+    # fragments passed on as written) had 123456789012345678901: another number, no integer.
+    streamed = collect(sse_chunks(translate([b"".join([
+        event("messageStart", {"role": "assistant"}),
+        event("contentBlockStart", {"contentBlockIndex": 0, "start": {
+            "toolUse": {"toolUseId": "t1", "name": "send"}}}),
+        event("contentBlockDelta", {"contentBlockIndex": 0,
+                                    "delta": {"toolUse": {"input": BIG_INPUT}}}),
+        event("contentBlockStop", {"contentBlockIndex": 0}),
+        event("messageStop", {"stopReason": "tool_use"}),
+        event("metadata", {"usage": {"inputTokens": 3, "outputTokens": 4}})])])))
+    exact = json.loads(BIG_INPUT)
+    whole = whole_bedrock_arguments(BIG_INPUT)
+    assert json.loads(whole[0]) == exact == json.loads(streamed.tool_calls[0]["arguments"])
+    assert isinstance(json.loads(whole[0])["wei"], int) and whole[1] == "{}"
+    # A long digit run that is no number changes nothing.
+    assert whole_bedrock_arguments('{"q":"1234567890123456789012","n":2}')[0] == \
+        '{"q":"1234567890123456789012","n":2}'

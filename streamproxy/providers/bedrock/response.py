@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import orjson
 
-from streamproxy._json import loads_lenient
+from streamproxy._json import loads_lenient, without_lone_surrogates
 from streamproxy.errors import UpstreamProtocolError
 from streamproxy.openai_api.completion import CompletionBuilder
 from streamproxy.providers.base import WRONG_SHAPE
@@ -18,13 +20,17 @@ from streamproxy.providers.bedrock.stream import (
     service_tier,
 )
 
+# A run of 19 digits: an integer that may be past 64 bits, which orjson reads as a float
+# (123456789012345678901 → 1.2345678901234568e+20).
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
 
 def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
                   provider: str = "bedrock") -> dict[str, Any]:
     try:
         answer = loads_lenient(body)
         blocks = answer["output"]["message"]["content"]
-        out = _translate(blocks, answer)
+        out = _translate(blocks, answer, body)
     except WRONG_SHAPE:  # (orjson.JSONDecodeError is a ValueError)
         raise UpstreamProtocolError("the upstream answered with a malformed message") from None
     if answer.get("stopReason") in FAILED_REASONS:
@@ -32,18 +38,39 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
     return out.completion(completion_id=completion_id, created=created, model=model)
 
 
-def _translate(blocks: list[dict[str, Any]], answer: dict[str, Any]) -> CompletionBuilder:
+def exact_inputs(body: bytes) -> list[str] | None:
+    """The answer's toolUse inputs as JSON with every integer as the model wrote it, when the
+    body holds one orjson may not (a long digit run; else None): a call's arguments carried
+    another number than the stream's fragments (passed on as written) did. The stdlib's
+    parse keeps integers exact; once an answer, and only for one with a tool call."""
+    if _LONG_DIGITS.search(body) is None:
+        return None
+    try:
+        blocks = json.loads(without_lone_surrogates(body))["output"]["message"]["content"]
+        return [json.dumps(b["toolUse"].get("input") or {}, ensure_ascii=False,
+                           separators=(",", ":"))
+                for b in blocks if "text" not in b and "toolUse" in b]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _translate(blocks: list[dict[str, Any]], answer: dict[str, Any],
+               body: bytes) -> CompletionBuilder:
     out = CompletionBuilder()
     out.start(None)
     tools = 0
+    exact: list[str] | None = None
     for block in blocks:
         if "text" in block:
             if block["text"]:  # (as the stream, which skips empty text deltas)
                 out.content(block["text"])
         elif "toolUse" in block:
             call = block["toolUse"]
-            out.tool_call_start(tools, call["toolUseId"], call["name"],
-                                orjson.dumps(call.get("input") or {}).decode())
+            if not tools:
+                exact = exact_inputs(body)
+            args = (exact[tools] if exact is not None and tools < len(exact)
+                    else orjson.dumps(call.get("input") or {}).decode())
+            out.tool_call_start(tools, call["toolUseId"], call["name"], args)
             tools += 1
         elif "reasoningContent" in block:
             _reasoning(block["reasoningContent"], out)
