@@ -105,7 +105,12 @@ def test_vertexs_input_token_count_over_what_the_model_supports() -> None:
     "The model returned the following errors: Input is too long for requested model.",
     "The model returned the following errors: prompt is too long: 200049 tokens > 200000 "
     "maximum",
-    "Too many input tokens. Max input tokens: 8192, request input token count: 9000"])
+    "Too many input tokens. Max input tokens: 8192, request input token count: 9000",
+    # Claude's refusal of a prompt that leaves no room for its max_tokens (OpenAI's own
+    # overflow counts the completion too), and Amazon Nova's words.
+    "The model returned the following errors: input length and `max_tokens` exceed context "
+    "limit: 142422 + 64000 > 204658, decrease input length or `max_tokens` and try again",
+    "Input Tokens Exceeded: Number of input tokens exceeds maximum length"])
 def test_bedrocks_input_too_long(message: str) -> None:
     up = provider(BedrockProvider, "bedrock", region="us-east-1")
     body = orjson.dumps({"message": message})

@@ -123,9 +123,12 @@ def aws_error(kind: Any, message: Any, provider: str,
 
 
 # How a ValidationException words a prompt over the model's context: Bedrock's own ("Input is
-# too long for requested model.", "Too many input tokens. …") or the model's, quoted ("The
-# model returned the following errors: prompt is too long: …", Claude's).
-OVERFLOW = ("input is too long", "too many input tokens", "prompt is too long")
+# too long for requested model.", "Too many input tokens. …"), Amazon Nova's ("Input Tokens
+# Exceeded: …") or the model's, quoted ("The model returned the following errors: prompt is
+# too long: …", and "input length and `max_tokens` exceed context limit: …", Claude's: the
+# prompt leaves no room for the answer, which OpenAI's overflow counts too).
+OVERFLOW = ("input is too long", "too many input tokens", "prompt is too long",
+            "input tokens exceeded", "exceed context limit")
 
 
 def overflow_checked(err: UpstreamStatusError) -> UpstreamStatusError:
