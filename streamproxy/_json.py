@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -13,6 +14,9 @@ JSONDecodeError = orjson.JSONDecodeError
 # left to right, so a `\\` pair is never read as the start of an escape.
 _ESCAPES = re.compile(rb"\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
                       rb"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+# A run of 19 digits: an integer that may be past 64 bits, which orjson reads as a float
+# (123456789012345678901 → 1.2345678901234568e+20).
+_LONG_DIGITS = re.compile(rb"\d{19}")
 
 
 def dumps(obj: Any) -> bytes:
@@ -50,3 +54,21 @@ def loads_lenient(data: bytes) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return loads_repaired(data)
+
+
+def loads_exact(data: bytes) -> Any:
+    """`data` parsed with every integer as written, when it holds one orjson may not read so
+    (a long digit run); None when it holds none, or does not parse. For the values passed on
+    as written (a whole answer's tool arguments, which the stream's fragments carry exactly):
+    the stdlib's parser keeps integers exact. Once an answer, and only where it matters."""
+    if _LONG_DIGITS.search(data) is None:
+        return None
+    try:
+        return json.loads(without_lone_surrogates(data))
+    except ValueError:
+        return None
+
+
+def dumps_exact(obj: Any) -> str:
+    """JSON of a `loads_exact` value (its big integers as they were), compact as orjson's."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))

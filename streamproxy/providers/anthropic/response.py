@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Any
 
 import orjson
 
-from streamproxy._json import loads_lenient, without_lone_surrogates
+from streamproxy._json import dumps_exact, loads_exact, loads_lenient
 from streamproxy.errors import UpstreamProtocolError
 from streamproxy.openai_api.completion import CompletionBuilder
 from streamproxy.providers.anthropic.stream import finish_reason, map_usage, refusal_text
 from streamproxy.providers.base import WRONG_SHAPE
-
-# A run of 19 digits: an integer that may be past 64 bits, which orjson reads as a float
-# (123456789012345678901 → 1.2345678901234568e+20).
-_LONG_DIGITS = re.compile(rb"\d{19}")
 
 
 def to_completion(body: bytes, *, completion_id: str, created: int, model: str) -> dict[str, Any]:
@@ -33,14 +27,12 @@ def exact_inputs(body: bytes) -> list[str] | None:
     body holds one orjson may not (a long digit run; else None): a call's arguments carried
     another number than the stream's fragments (passed on as written) did. The stdlib's
     parse keeps integers exact; once an answer, and only for one with a tool call."""
-    if _LONG_DIGITS.search(body) is None:
-        return None
+    doc = loads_exact(body)
     try:
-        blocks = json.loads(without_lone_surrogates(body))["content"]
-    except (ValueError, KeyError, TypeError):
+        return None if doc is None else [dumps_exact(b.get("input") or {}) for b in doc["content"]
+                                         if isinstance(b, dict) and b.get("type") == "tool_use"]
+    except (KeyError, TypeError, AttributeError):
         return None
-    return [json.dumps(b.get("input") or {}, ensure_ascii=False, separators=(",", ":"))
-            for b in blocks if isinstance(b, dict) and b.get("type") == "tool_use"]
 
 
 def _completion(msg: dict[str, Any], completion_id: str, created: int, model: str,

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Any
 
 import orjson
 
-from streamproxy._json import loads_lenient, without_lone_surrogates
+from streamproxy._json import dumps_exact, loads_exact, loads_lenient
 from streamproxy.errors import UpstreamProtocolError
 from streamproxy.openai_api.completion import CompletionBuilder
 from streamproxy.providers.base import WRONG_SHAPE
@@ -19,10 +17,6 @@ from streamproxy.providers.bedrock.stream import (
     map_usage,
     service_tier,
 )
-
-# A run of 19 digits: an integer that may be past 64 bits, which orjson reads as a float
-# (123456789012345678901 → 1.2345678901234568e+20).
-_LONG_DIGITS = re.compile(rb"\d{19}")
 
 
 def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
@@ -43,14 +37,12 @@ def exact_inputs(body: bytes) -> list[str] | None:
     body holds one orjson may not (a long digit run; else None): a call's arguments carried
     another number than the stream's fragments (passed on as written) did. The stdlib's
     parse keeps integers exact; once an answer, and only for one with a tool call."""
-    if _LONG_DIGITS.search(body) is None:
-        return None
+    doc = loads_exact(body)
     try:
-        blocks = json.loads(without_lone_surrogates(body))["output"]["message"]["content"]
-        return [json.dumps(b["toolUse"].get("input") or {}, ensure_ascii=False,
-                           separators=(",", ":"))
-                for b in blocks if "text" not in b and "toolUse" in b]
-    except (ValueError, KeyError, TypeError, AttributeError):
+        return None if doc is None else [
+            dumps_exact(b["toolUse"].get("input") or {})
+            for b in doc["output"]["message"]["content"] if "text" not in b and "toolUse" in b]
+    except (KeyError, TypeError, AttributeError):
         return None
 
 
