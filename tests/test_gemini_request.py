@@ -255,6 +255,31 @@ def test_text_signature_goes_back_on_the_text_part() -> None:
     assert out["contents"][1]["parts"] == [{"text": "Hi", "thoughtSignature": SIG}]
 
 
+def test_a_turns_signature_without_a_text_part_goes_back_on_its_first_call() -> None:
+    # Gemini may sign a call turn on a part of its own (a trailing empty text part) rather
+    # than on the call: streamed, that is an entry without tool_call_id, and the turn has no
+    # text for it to go back on. It was dropped: Gemini 3 got the skip value (its reasoning
+    # lost), Gemini 2.5 no signature at all.
+    for model in ("gemini-3-flash-preview", "gemini-2.5-flash"):
+        turn = {**tool_turn("c9bjmkfz"),
+                "thinking_blocks": [{"type": "thought_signature", "signature": SIG}]}
+        out = translate([{"role": "user", "content": "x"}, turn,
+                         {"role": "tool", "tool_call_id": "c9bjmkfz", "content": "sunny"}],
+                        model)
+        assert out["contents"][1]["parts"] == [
+            {"functionCall": {"name": "get_weather", "args": {"city": "Paris"},
+                              "id": "c9bjmkfz"}, "thoughtSignature": SIG}]
+
+
+def test_a_calls_own_signature_wins_over_the_turns() -> None:
+    turn = {**tool_turn("c9bjmkfz"), "thinking_blocks": [
+        {"type": "thought_signature", "signature": "turn=="},
+        {"type": "thought_signature", "signature": SIG, "tool_call_id": "c9bjmkfz"}]}
+    out = translate([{"role": "user", "content": "x"}, turn,
+                     {"role": "tool", "tool_call_id": "c9bjmkfz", "content": "sunny"}])
+    assert [p["thoughtSignature"] for p in out["contents"][1]["parts"]] == [SIG]
+
+
 
 def test_claude_thinking_parts_in_an_assistant_content_are_left_out() -> None:
     # A conversation that moves on from Claude (a fallback) with its thinking sent back as

@@ -562,6 +562,7 @@ def _model_parts(m: dict[str, Any], i: int, calls: dict[str, tuple[str, str | No
     parts = _text_parts(said(m), f"messages[{i}].content")
     if parts and text_signature:
         parts[0]["thoughtSignature"] = text_signature
+        text_signature = None
     for j, call in enumerate(m.get("tool_calls") or []):
         fn = call["function"]
         call_id = call.get("id") or ""
@@ -580,6 +581,14 @@ def _model_parts(m: dict[str, Any], i: int, calls: dict[str, tuple[str, str | No
         if signature:
             part["thoughtSignature"] = signature
         parts.append(part)
+    if text_signature:
+        # A call turn Gemini signed on a part of its own (a trailing empty text part), not on
+        # a call, and with no text to put it back on: it goes on the first call, where Gemini
+        # reads a step's signature (else Gemini 3 would get SKIP_SIGNATURE_CHECK, the
+        # reasoning lost). A call that came back signed keeps its own.
+        calls = [part for part in parts if "functionCall" in part]
+        if calls and not any("thoughtSignature" in part for part in calls):
+            calls[0]["thoughtSignature"] = text_signature
     return parts
 
 
