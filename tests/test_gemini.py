@@ -1276,3 +1276,17 @@ def test_a_refused_api_key_is_a_401(status: int) -> None:
     other = body.replace(b"API_KEY_INVALID", b"SERVICE_DISABLED")  # any other reason: as sent
     assert (google_error(status, other, "gemini").status,
             google_error(status, other, "gemini").code) == (400, "INVALID_ARGUMENT")
+
+
+@pytest.mark.parametrize("separators", ["google", "compact"])
+def test_a_failed_finish_without_usage_keeps_the_latest_snapshot(separators: str) -> None:
+    # The failed finish chunk carried no usageMetadata: the snapshot of the chunk before it
+    # (parsed, or left unread on the fast path) is the answer's count, as at a normal end. It
+    # was lost: the sink got none, and the access log had a partial count for a final one.
+    failed = {"candidates": [{"finishReason": "MALFORMED_FUNCTION_CALL", "index": 0}]}
+    elements = [text_chunk("Let me", 3), text_chunk(" call it", 7), failed]
+    body = google_sse(elements) if separators == "google" else gemini_sse(elements)
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
+    c = collect(sse_chunks(relay_pieces(enc, GeminiStreamTranslator(enc, 1 << 20), [body])))
+    assert c.content == "Let me call it" and c.error is not None
+    assert enc.usage_data is not None and enc.usage_data["completion_tokens"] == 7 + 248

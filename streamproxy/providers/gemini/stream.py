@@ -43,7 +43,6 @@ fast path is cheaper.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -390,7 +389,7 @@ class GeminiStreamTranslator(SSETranslator):
                     self._cite(grounding_citations(candidate["groundingMetadata"], self._sources))
                 reason = candidate.get("finishReason")
                 if reason:
-                    self._finish(reason, candidate, usage)
+                    self._finish(reason, candidate)
             else:
                 feedback = msg.get("promptFeedback")
                 if feedback and feedback.get("blockReason"):
@@ -429,7 +428,7 @@ class GeminiStreamTranslator(SSETranslator):
         try:
             usage = self._usage if chunk is None else unread_usage(chunk)
             return map_usage(usage) if usage is not None else None
-        except (StreamDecodeError, ValueError, TypeError, AttributeError):  # malformed: none
+        except (StreamDecodeError, *WRONG_SHAPE):  # malformed: none
             return None
 
     def _parts(self, parts: Sequence[dict[str, Any]]) -> None:
@@ -492,15 +491,15 @@ class GeminiStreamTranslator(SSETranslator):
             if "thoughtSignature" in part:
                 self._signature(part["thoughtSignature"], None)
 
-    def _finish(self, reason: str, candidate: dict[str, Any], usage: Any = None) -> None:
+    def _finish(self, reason: str, candidate: dict[str, Any]) -> None:
         if reason in FAILED_REASONS:
             self.out.error(failed_finish(reason, candidate, self._provider))
+            # The latest snapshot (the finish chunk's, else an earlier chunk's, as at a normal
+            # end) is the answer's final count, not one taken before a failure (the sink has
+            # ended: no usage chunk follows), as Bedrock's failed stop hands on its metadata's.
+            usage = self.usage_so_far()  # (malformed: none)
             if usage is not None:
-                # The finish chunk's snapshot is the answer's final count, not one taken before
-                # a failure (the sink has ended: no usage chunk follows), as Bedrock's failed
-                # stop hands on its metadata's.
-                with contextlib.suppress(*WRONG_SHAPE):  # (malformed: none, as usage_so_far)
-                    self.out.usage(map_usage(usage))
+                self.out.usage(usage)
             self.done = True
             return
         mapped = FINISH_REASONS.get(reason, "stop")
