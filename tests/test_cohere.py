@@ -746,6 +746,35 @@ def test_thinking_and_tool_plan_are_one_reasoning_in_one_order_streamed_or_not()
     assert collect(sse_chunks(translate([TEXT_SSE]))).reasoning == "Hm."
 
 
+def test_an_empty_thinking_block_is_no_reasoning_streamed_or_not() -> None:
+    # A thinking block with no text (a reasoning model that thought nothing it shows): whole,
+    # it gave reasoning_content "" (streamed: none), and a tool plan after it started with a
+    # bare blank line on both paths.
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    thinking = {"type": "content-start", "index": 0,
+                "delta": {"message": {"content": {"type": "thinking", "thinking": ""}}}}
+    for plan in ("", "I will call f."):
+        tail = [{"type": "tool-plan-delta", "delta": {"message": {"tool_plan": plan}}},
+                {"type": "tool-call-start", "index": 0,
+                 "delta": {"message": {"tool_calls": call}}},
+                {"type": "tool-call-end", "index": 0}, end("TOOL_CALL")] if plan else [
+                text_delta("Hi", 1), end("COMPLETE")]
+        streamed = collect(sse_chunks(translate([events(
+            START, thinking, {"type": "content-end", "index": 0}, *tail)])))
+        message: dict[str, Any] = {"role": "assistant",
+                                   "content": [{"type": "thinking", "thinking": ""}]}
+        if plan:
+            message.update(tool_plan=plan, tool_calls=[call])
+        else:
+            message["content"].append({"type": "text", "text": "Hi"})
+        whole = to_completion(orjson.dumps({
+            "finish_reason": "TOOL_CALL" if plan else "COMPLETE", "message": message}),
+            completion_id="x", created=0, model="m", provider="cohere")["choices"][0]["message"]
+        assert (streamed.reasoning or None) == (whole.get("reasoning_content") or None) == (
+            plan or None)
+        assert ("reasoning_content" in whole) == bool(plan)
+
+
 @pytest.mark.parametrize(("effort", "max_tokens", "budget"), [
     ("max", None, 31000), ("xhigh", None, 31000), ("high", None, 16384),
     # Below the client's max, which counts thinking and answer: 1000 left for the answer,

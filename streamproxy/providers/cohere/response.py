@@ -44,9 +44,10 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
             if block.get("type") == "text":
                 if block.get("text"):
                     out.content(block["text"])
-            elif block.get("type") == "thinking":
+            elif block.get("type") == "thinking" and block.get("thinking"):
+                # (an empty block is no reasoning, as streamed: no "" reasoning_content)
                 thought = True
-                out.reasoning(block.get("thinking") or "")
+                out.reasoning(block["thinking"])
         if message.get("tool_plan"):  # after the thinking, as streamed
             out.reasoning((PLAN_BREAK if thought else "") + message["tool_plan"])
         seen: set[bytes] = set()

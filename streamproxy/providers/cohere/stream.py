@@ -113,7 +113,9 @@ class CohereStreamTranslator(SSETranslator):
         self._held: dict[int, str] = {}  # a call's first fragments while they may spell null
         self._cited: set[bytes] = set()  # the url_citations sent
         self._started = False
-        self._thought = False  # a thinking block began (a plan after it needs PLAN_BREAK)
+        # Some thinking was sent (a plan after it needs PLAN_BREAK; after an empty thinking
+        # block, none: the plan opens the reasoning)
+        self._thought = False
         self._planned = False  # some of the tool plan was sent
 
     def on_event(self, event: SSEEvent) -> None:
@@ -133,6 +135,7 @@ class CohereStreamTranslator(SSETranslator):
             if content.get("text"):
                 self.out.content(content["text"])
             elif content.get("thinking"):
+                self._thought = True
                 self.out.reasoning(content["thinking"])
         elif kind == "tool-call-delta":
             fragment = msg["delta"]["message"]["tool_calls"]["function"].get("arguments")
@@ -166,11 +169,10 @@ class CohereStreamTranslator(SSETranslator):
             # What the answer's first block is says what the role chunk holds, so it leaves
             # with this read even when the block's first delta comes in a later one.
             self.out.start(None, content.get("type", "text") == "text")
-            if content.get("type") == "thinking":
-                self._thought = True
             if content.get("text"):
                 self.out.content(content["text"])
             elif content.get("thinking"):
+                self._thought = True
                 self.out.reasoning(content["thinking"])
         elif kind == "citation-start":
             self._citations(msg)
