@@ -1,6 +1,7 @@
 """`logprobs` / `top_logprobs` for the translating providers that have them: Gemini / Vertex
-(`generationConfig.responseLogprobs` + `logprobs`; `candidates[].logprobsResult`) and Ollama
-0.12.11+ (`logprobs` / `top_logprobs`; each line's `logprobs`), mapped to OpenAI's
+(`generationConfig.responseLogprobs` + `logprobs`; `candidates[].logprobsResult`), Ollama
+0.12.11+ (`logprobs` / `top_logprobs`; each line's `logprobs`) and Cohere (`logprobs`; a text
+delta's `logprobs` item, a whole answer's list of them), mapped to OpenAI's
 `choices[].logprobs = {"content": [{token, logprob, bytes, top_logprobs}], "refusal": null}`,
 streamed (a chunk's tokens on the chunk carrying its text) and not.
 
@@ -27,6 +28,8 @@ from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
 from streamproxy.providers.anthropic.request import to_anthropic
 from streamproxy.providers.bedrock.request import to_converse
 from streamproxy.providers.cohere.request import to_cohere
+from streamproxy.providers.cohere.response import to_completion as cohere_completion
+from streamproxy.providers.cohere.stream import CohereStreamTranslator
 from streamproxy.providers.gemini.request import to_gemini
 from streamproxy.providers.gemini.response import to_completion
 from streamproxy.providers.gemini.stream import GeminiStreamTranslator, token_logprobs
@@ -35,6 +38,7 @@ from streamproxy.providers.ollama.stream import OllamaStreamTranslator, content_
 from tests.conftest import provider_config
 from tests.helpers import (
     count_spliced_reads,
+    jsonl_to_sse,
     openai_sdk,
     random_splits,
     relay_pieces,
@@ -482,3 +486,109 @@ async def test_gemini_logprobs_asked_by_a_configs_override_params(stream: bool, 
                 ("Hi", -0.5)]
     assert upstream.requests[0].json()["generationConfig"] == {"responseLogprobs": True,
                                                                "logprobs": 2}
+
+
+# -- Cohere ----------------------------------------------------------------------------------
+# Cohere v2's documented shape (its API reference, LogprobItem): a stream's `content-delta`
+# event carries `logprobs: {text, token_ids, logprobs}` beside its `delta`; a whole answer a
+# top-level `logprobs` list of such items. No top candidates.
+
+def cohere_item(text: str, logprobs: list[float]) -> dict[str, Any]:
+    return {"text": text, "token_ids": list(range(7, 7 + len(logprobs))), "logprobs": logprobs}
+
+
+def cohere_entry(text: str, logprob: float) -> dict[str, Any]:
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode()), "top_logprobs": []}
+
+
+COHERE_ITEMS = [cohere_item("Hello", [-0.25]), cohere_item(" wörld", [-0.5]),
+                cohere_item("😀", [-1.0, -0.25])]  # (one character of two tokens: their sum)
+COHERE_TOKENS = [cohere_entry("Hello", -0.25), cohere_entry(" wörld", -0.5),
+                 cohere_entry("😀", -1.25)]
+
+
+def cohere_stream(thinking: str | None = None) -> bytes:
+    events: list[dict[str, Any]] = [{"id": "x", "type": "message-start", "delta": {"message": {
+        "role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}}]
+    index = 0
+    if thinking is not None:
+        events += [{"type": "content-start", "index": 0, "delta": {"message": {"content": {
+                    "type": "thinking", "thinking": ""}}}},
+                   {"type": "content-delta", "index": 0, "delta": {"message": {"content": {
+                       "thinking": thinking}}}, "logprobs": cohere_item(thinking, [-2.0])},
+                   {"type": "content-end", "index": 0}]
+        index = 1
+    events.append({"type": "content-start", "index": index,
+                   "delta": {"message": {"content": {"type": "text", "text": ""}}}})
+    events += [{"type": "content-delta", "index": index,
+                "delta": {"message": {"content": {"text": item["text"]}}}, "logprobs": item}
+               for item in COHERE_ITEMS]
+    events += [{"type": "content-end", "index": index},
+               {"type": "message-end", "delta": {"finish_reason": "COMPLETE", "usage": {
+                   "tokens": {"input_tokens": 3, "output_tokens": 4}}}}]
+    return jsonl_to_sse(b"\n".join(orjson.dumps(e) for e in events))
+
+
+def test_cohere_request_asks_for_logprobs() -> None:
+    def sent(**params: Any) -> Any:
+        return to_cohere({"messages": USER, **params}, "command-a").get("logprobs")
+
+    assert sent(logprobs=True) is True
+    assert sent(logprobs=True, top_logprobs=3) is True  # (Cohere has no top candidates)
+    assert "top_logprobs" not in to_cohere({"messages": USER, "logprobs": True,
+                                            "top_logprobs": 3}, "command-a")
+    assert sent(logprobs=False) is None and sent() is None
+
+
+@pytest.mark.parametrize("thinking", [None, "Hm."])
+def test_cohere_stream_carries_each_deltas_logprobs_with_its_text(thinking: str | None) -> None:
+    enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    chunks = sse_chunks(relay_pieces(enc, CohereStreamTranslator(enc, 1 << 20, logprobs=True),
+                                     [cohere_stream(thinking)]))
+    got = [(c["choices"][0]["delta"].get("content"), c["choices"][0]["logprobs"]["content"])
+           for c in chunks[:-1] if c["choices"] and c["choices"][0].get("logprobs")]
+    assert got == [(item["text"], [token])
+                   for item, token in zip(COHERE_ITEMS, COHERE_TOKENS, strict=True)]
+    # Not asked: none read.
+    enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    chunks = sse_chunks(relay_pieces(enc, CohereStreamTranslator(enc, 1 << 20),
+                                     [cohere_stream(thinking)]))
+    assert chunks[-1] == "[DONE]"
+    assert not any(c["choices"][0].get("logprobs") for c in chunks[:-1] if c["choices"])
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_cohere_non_streamed_answer_has_its_contents_logprobs(thinking: bool) -> None:
+    content: list[dict[str, Any]] = [{"type": "thinking", "thinking": "Hm."}] if thinking else []
+    content.append({"type": "text", "text": "Hello wörld😀"})
+    items = ([cohere_item("Hm.", [-2.0])] if thinking else []) + COHERE_ITEMS
+    body = orjson.dumps({"id": "x", "finish_reason": "COMPLETE", "message": {
+        "role": "assistant", "content": content}, "logprobs": items})
+    answer = cohere_completion(body, completion_id="c", created=1, model="m",
+                               provider="cohere", logprobs=True)
+    # The thinking's tokens (OpenAI gives none for reasoning) are left out, as streamed.
+    assert answer["choices"][0]["logprobs"] == {"content": COHERE_TOKENS, "refusal": None}
+    plain = cohere_completion(body, completion_id="c", created=1, model="m", provider="cohere")
+    assert plain["choices"][0]["logprobs"] is None
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_openai_sdk_gets_cohere_logprobs(stream: bool, proxy: Any, upstream: Any) -> None:
+    if stream:
+        upstream.body = cohere_stream()
+    else:
+        upstream.content_type = "application/json"
+        upstream.body = orjson.dumps({"id": "x", "finish_reason": "COMPLETE", "message": {
+            "role": "assistant", "content": [{"type": "text", "text": "Hello wörld😀"}]},
+            "logprobs": COHERE_ITEMS})
+    client = openai_sdk(await proxy(provider_config("cohere", upstream.url)))
+    async with client:
+        answer = await client.chat.completions.create(
+            model="command-a", messages=USER, stream=stream, logprobs=True, top_logprobs=2)
+        if stream:
+            got = [(t.token, t.logprob) async for ch in answer for choice in ch.choices
+                   if choice.logprobs is not None for t in choice.logprobs.content or ()]
+        else:
+            got = [(t.token, t.logprob) for t in answer.choices[0].logprobs.content]
+    assert got == [(t["token"], t["logprob"]) for t in COHERE_TOKENS]
+    assert upstream.requests[0].json()["logprobs"] is True

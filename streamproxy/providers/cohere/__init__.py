@@ -44,12 +44,14 @@ class CohereProvider(Provider):
         return UpstreamRequest(f"{self.base_url}/v2/chat", orjson.dumps(body), headers)
 
     def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
-        return CohereStreamTranslator(out, self.max_event_bytes, self.name)
+        return CohereStreamTranslator(out, self.max_event_bytes, self.name,
+                                      logprobs=bool(req.body.get("logprobs")))
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
                            created: int, model: str = "") -> dict[str, Any]:
         return to_completion(body, completion_id=completion_id, created=created,
-                             model=model, provider=self.name)
+                             model=model, provider=self.name,
+                             logprobs=bool(req.body.get("logprobs")))
 
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
         return context_overflow(super().parse_error(401 if status == INVALID_TOKEN else status,

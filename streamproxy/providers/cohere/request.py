@@ -31,6 +31,7 @@ Choices (docs/providers/others.md "cohere"):
 - reasoning_effort → `thinking` ("none" → disabled, otherwise enabled with a token budget,
   31K at most and leaving the answer ANSWER_ROOM below the client's max: `_budget`);
 - Cohere-native parameters in PASSTHROUGH may come from the client (openai SDK `extra_body`);
+- `logprobs` → `logprobs` (`top_logprobs` is dropped: Cohere gives no top candidates);
 - parameters in DROPPED are dropped; `n` > 1 is rejected.
 """
 
@@ -57,7 +58,8 @@ from streamproxy.openai_api.content import (
 )
 from streamproxy.openai_api.request import in_openai_range
 
-DROPPED = OPENAI_ONLY | {"user", "parallel_tool_calls"}
+# top_logprobs too: Cohere's logprobs have no top candidates (the tokens come without them).
+DROPPED = (OPENAI_ONLY - {"logprobs"}) | {"user", "parallel_tool_calls"}
 PASSTHROUGH = ("k", "safety_mode", "documents", "citation_options", "strict_tools", "thinking")
 SAME_NAME = ("temperature", "seed")
 # Cohere refuses both in one request ("cannot specify both frequency_penalty and
@@ -81,9 +83,10 @@ def to_cohere(body: dict[str, Any], model: str) -> dict[str, Any]:
     if (body.get("n") or 1) > 1:
         raise InvalidRequest("Cohere returns one choice per request; 'n' must be 1.",
                              param="n", code="unsupported_value")
-    logprobs_asked(body)  # dropped, but a request OpenAI refuses is refused here too
     out: dict[str, Any] = {"model": model,
                            "messages": _messages(with_call_ids(body["messages"], "call_"))}
+    if logprobs_asked(body):
+        out["logprobs"] = True
     max_tokens = answer_cap(body)
     if max_tokens:
         out["max_tokens"] = max_tokens

@@ -2,8 +2,9 @@
 
 Same mapping as the stream: text → content, thinking blocks and the tool plan →
 reasoning_content, tool calls with their JSON-string arguments ("{}" when empty or "null"),
-citations of sources with a url → `message.annotations`, finish reasons, usage; ERROR/TIMEOUT
-→ an error with the same status the stream would give.
+citations of sources with a url → `message.annotations`, finish reasons, usage, the answer
+text's logprobs when asked; ERROR/TIMEOUT → an error with the same status the stream would
+give.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from streamproxy.providers.cohere.stream import (
     failure,
     finish_reason,
     map_usage,
+    token_logprobs,
     url_citations,
 )
 
 
 def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
-                  provider: str) -> dict[str, Any]:
+                  provider: str, logprobs: bool = False) -> dict[str, Any]:
     try:
         resp = loads_lenient(body)
         message = resp["message"]
@@ -48,6 +50,10 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
                 # (an empty block is no reasoning, as streamed: no "" reasoning_content)
                 thought = True
                 out.reasoning(block["thinking"])
+        if logprobs and resp.get("logprobs"):
+            tokens = _content_logprobs(resp["logprobs"], message.get("content") or ())
+            if tokens:
+                out.add_logprobs(tokens)
         if message.get("tool_plan"):  # after the thinking, as streamed
             out.reasoning((PLAN_BREAK if thought else "") + message["tool_plan"])
         seen: set[bytes] = set()
@@ -66,6 +72,20 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
     if usage:
         out.usage(usage)
     return out.completion(completion_id=completion_id, created=created, model=model)
+
+
+def _content_logprobs(items: list[dict[str, Any]], content: Any) -> list[dict[str, Any]]:
+    """The OpenAI entries of the items that spell the answer's text, as the stream gives them
+    (with text deltas, not thinking ones): the list's last items, the thinking's coming
+    first. A list that does not end in the text goes as it came."""
+    text = "".join(block.get("text") or "" for block in content if block.get("type") == "text")
+    kept, spelled = len(items), ""
+    while kept and len(spelled) < len(text):
+        kept -= 1
+        spelled = (items[kept].get("text") or "") + spelled
+    if spelled != text:
+        kept = 0
+    return [entry for item in items[kept:] for entry in token_logprobs(item, "")]
 
 
 def _arguments(arguments: str | None) -> str:

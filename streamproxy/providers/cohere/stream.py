@@ -22,6 +22,10 @@
   ERROR/TIMEOUT → an OpenAI error frame (never a fake finish). Usage: prompt =
   tokens.input_tokens, completion = tokens.output_tokens (billed_units when `tokens` is
   absent), cached = cached_tokens. EOF before message-end → StreamTruncated.
+- Logprobs (only when the client asked: `logprobs=True`): a text `content-delta`'s
+  `logprobs` item goes with its text as one content delta (`content_logprobs`), one OpenAI
+  entry per item (`token_logprobs`); a thinking delta's are dropped (OpenAI gives none for
+  reasoning).
 """
 
 from __future__ import annotations
@@ -97,6 +101,21 @@ def url_citations(citation: dict[str, Any]) -> list[dict[str, Any]]:
     return entries
 
 
+def token_logprobs(item: dict[str, Any], text: str) -> list[dict[str, Any]]:
+    """A `LogprobItem` (`text`, `token_ids`, `logprobs`: one per token) → OpenAI
+    `logprobs.content` entries: one for the item, its text the token and the sum of its tokens'
+    logprobs the logprob (the text's own; an item of several tokens, a character split over
+    two, has no text for each). Cohere gives no top candidates: `top_logprobs` is empty.
+    `text`: the item's when it names none. None for an item without logprobs."""
+    logprobs = item.get("logprobs")
+    if not logprobs:
+        return []
+    token = item.get("text")
+    token = token if isinstance(token, str) else text
+    return [{"token": token, "logprob": float(sum(logprobs)), "bytes": list(token.encode()),
+             "top_logprobs": []}]
+
+
 def failure(reason: str, message: Any, provider: str) -> UpstreamStatusError:
     text = message if isinstance(message, str) and message else \
         f"the provider ended the answer with finish_reason {reason}"
@@ -104,9 +123,12 @@ def failure(reason: str, message: Any, provider: str) -> UpstreamStatusError:
 
 
 class CohereStreamTranslator(SSETranslator):
-    def __init__(self, out: ChunkSink, max_event_bytes: int, provider: str = "cohere") -> None:
+    def __init__(self, out: ChunkSink, max_event_bytes: int, provider: str = "cohere", *,
+                 logprobs: bool = False) -> None:
         super().__init__(out, max_event_bytes)
         self._provider = provider
+        if logprobs:  # the client asked: deltas' logprobs are read (else no per-event look)
+            self._dispatch = self._dispatch_logprobs  # type: ignore[method-assign]
         self._tool_of: dict[int, int] = {}  # Cohere tool index → our ordinal
         self._calls = 0  # calls started: the next ordinal (an index seen again is a new call)
         self._args_seen: set[int] = set()  # ordinals whose arguments were sent
@@ -183,6 +205,16 @@ class CohereStreamTranslator(SSETranslator):
                                                provider=self._provider))
             self.done = True
         # content-end, citation-end and unknown types: nothing to emit.
+
+    def _dispatch_logprobs(self, msg: dict[str, Any]) -> None:
+        item = msg.get("logprobs")
+        if item and msg.get("type") == "content-delta":
+            text = msg["delta"]["message"]["content"].get("text")
+            tokens = token_logprobs(item, text) if text else None
+            if tokens:
+                self.out.content_logprobs(text, tokens)
+                return
+        CohereStreamTranslator._dispatch(self, msg)
 
     def _start(self) -> None:
         if not self._started:
