@@ -548,3 +548,39 @@ def test_a_message_without_a_role_is_a_missing_parameter(message: dict[str, Any]
     assert (caught.value.param, caught.value.code) == ("messages[0].role",
                                                        "missing_required_parameter")
     assert str(caught.value) == "Missing required parameter: 'messages[0].role'."
+
+
+@pytest.mark.parametrize(("bias", "says"), [
+    ({"hello": 5}, "Invalid key in 'logit_bias': hello. You should only be submitting "
+                   "non-negative integers."),
+    ({"-1": 5}, "Invalid key in 'logit_bias': -1."),
+    ({"50256": 150}, "Expected a value <= 100, but got 150 instead."),
+    ({"13": 2, "50256": -100.5}, "Expected a value >= -100, but got -100.5 instead."),
+])
+def test_a_logit_bias_openai_refuses_is_its_400(bias: dict[str, Any], says: str) -> None:
+    """OpenAI takes token ids (non-negative integers) to biases from -100 to 100. Unchecked,
+    every translating provider dropped such a bias and answered (a word as its key, as the
+    tokenizer-unaware send it, was ignored unnoticed); pass-through ones sent it on."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "logit_bias": bias}
+    with pytest.raises(InvalidRequest) as caught:
+        parse_chat_request(orjson.dumps(body))
+    assert (caught.value.param, caught.value.code) == ("logit_bias", "invalid_value")
+    assert says in str(caught.value)
+
+
+def test_a_logit_bias_at_openai_s_bounds_is_taken() -> None:
+    bias = {"0": -100, "50256": 100, "13": 2.5}
+    body = {"messages": [{"role": "user", "content": "hi"}], "logit_bias": bias}
+    assert parse_chat_request(orjson.dumps(body)).body["logit_bias"] == bias
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "groq"])
+async def test_a_logit_bias_out_of_range_reaches_no_upstream(proxy: Any, upstream: Any,
+                                                             kind: str) -> None:
+    client = await proxy(provider_config(kind, upstream.url, **_settings(kind)))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "hi"}],
+        "logit_bias": {"50256": 1000}})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == "logit_bias"
+    assert upstream.requests == []

@@ -234,6 +234,21 @@ def in_openai_range(value: float, low: float, high: float, param: str) -> float:
     return value
 
 
+def _check_logit_bias(bias: dict[str, Any]) -> None:
+    """OpenAI's 400 for a key that is no token id (a word, as clients unaware of tokenizers
+    send) or a bias beyond -100..100: every translator drops the field, and answered it."""
+    for key, value in bias.items():
+        if not (key.isascii() and key.isdigit()):  # ("²" is a digit to str.isdigit)
+            raise InvalidRequest(f"Invalid key in 'logit_bias': {key[:64]}. You should only "
+                                 "be submitting non-negative integers.", param="logit_bias",
+                                 code="invalid_value")
+        if not -100 <= value <= 100:
+            bound = "<= 100" if value > 100 else ">= -100"
+            raise InvalidRequest(f"Invalid value for 'logit_bias' (token {key}): Expected a "
+                                 f"value {bound}, but got {value} instead.",
+                                 param="logit_bias", code="invalid_value")
+
+
 def _type_error(param: str, expected: str) -> InvalidRequest:
     return InvalidRequest(f"Invalid type for '{param}': expected {expected}.", param=param,
                           code="invalid_type")
@@ -293,6 +308,8 @@ def _validate(body: dict[str, Any], limits: Limits) -> bool:
     for name, (low, high) in _DECIMAL_RANGE.items():
         if body.get(name) is not None:
             in_openai_range(body[name], low, high, name)
+    if body.get("logit_bias"):
+        _check_logit_bias(body["logit_bias"])
     if "messages" not in body:
         raise InvalidRequest("Missing required parameter: 'messages'.", param="messages",
                              code="missing_required_parameter")
