@@ -745,3 +745,26 @@ async def test_metadata_nested_past_the_json_depth_is_refused_and_still_logged(
                              json={"model": "fast:tokens=2", "messages": USER})
     assert resp.status == 200
     assert access_lines(caplog)[-1]["metadata"] == orjson.loads(within)
+
+
+def test_a_body_nested_past_what_orjson_writes_is_logged_as_sent() -> None:
+    # Refused (json_too_deep) but read back by orjson (1024 levels), which cannot write it
+    # (255): the line of exactly that hostile request was lost, an error in its place.
+    deep = b'{"messages": ' + b"[" * 300 + b"]" * 300 + b"}"
+    r = RequestRecord(trace_id="t-deep", status=400, error_type="invalid_request_error",
+                      error_code="json_too_deep", request_body=deep)
+    r.finished = r.started
+    lines: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("test.access.deep")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.addHandler(Capture())
+    AccessLog(logger)(r)
+    [line] = [orjson.loads(s) for s in lines]
+    assert (line["trace_id"], line["error_code"]) == ("t-deep", "json_too_deep")
+    assert line["request_body"] == deep.decode()

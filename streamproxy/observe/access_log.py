@@ -252,7 +252,10 @@ class AccessLog:
             entry = access_entry(r)
             try:
                 line = orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
-            except orjson.JSONEncodeError:  # a header with undecodable bytes (trace id)
+            except orjson.JSONEncodeError:  # a header with undecodable bytes (trace id), or
+                # a body nested deeper than orjson writes (255; it reads 1024): its text as sent
+                if r.request_body is not None:
+                    entry["request_body"] = r.request_body.decode("utf-8", "replace")
                 line = orjson.dumps({k: _scrub(v) for k, v in entry.items()},
                                     option=orjson.OPT_APPEND_NEWLINE)
         except Exception:  # an observer must never break the response it observes
