@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from streamproxy.config import load_config, parse_config
 from streamproxy.server import front
+from streamproxy.server.errors import MAX_TRACE_ID_CHARS
 from tests.helpers import header_lines
 
 BODY = orjson.dumps({"model": "mock/tokens=2", "stream": True,
@@ -614,4 +615,39 @@ async def test_junk_after_a_whole_request_is_answered_after_it(
         assert status == 200 and orjson.loads(body)["object"] in ("list", "chat.completion")
     rest = await asyncio.wait_for(reader.read(), 10)  # (the 400 closes the connection)
     assert rest.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
+    writer.close()
+
+
+@pytest.mark.parametrize("length", [2000, 8000])
+@pytest.mark.parametrize("front_kind", ["lean", "aiohttp"])
+async def test_a_trace_id_too_long_to_echo_is_refused(proxy: Any, monkeypatch: Any,
+                                                      front_kind: str, length: int,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """The trace id is echoed twice (x-portkey-trace-id, x-request-id): one near the 8 KB
+    field limit made a response head over 16 KB, which Node's HTTP client (its default
+    limit) fails to read, so the client saw a parse error, not its answer. One over
+    MAX_TRACE_ID_CHARS is refused, 400 naming the header, with a new id, as one that is not
+    UTF-8 is; one at the limit is echoed."""
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    client = await proxy(load_config(None))
+    reader, writer = await connect(client)
+    caplog.set_level("INFO", "streamproxy.access")
+    writer.write(chat_request(extra=b"x-portkey-trace-id: " + b"t" * length + b"\r\n"))
+    status, headers, body = await read_response(reader)
+    error = orjson.loads(body)["error"]
+    assert status == 400 and error["code"] == "invalid_trace_id", (status, body[:200])
+    assert error["param"] == "x-portkey-trace-id"
+    trace_id = headers["x-portkey-trace-id"]
+    assert len(trace_id) == 32 and headers["x-request-id"] == trace_id
+    line = orjson.loads(next(r.getMessage() for r in caplog.records
+                             if r.name == "streamproxy.access"))
+    assert line["trace_id"] == trace_id and line["status"] == 400
+    writer.write(b"GET /v1/models HTTP/1.1\r\nHost: t\r\nx-portkey-trace-id: " + b"t" * length
+                 + b"\r\n\r\n")  # (another route's answer is not made too long either)
+    status, headers, _ = await read_response(reader)
+    assert status == 400 and len(headers["x-portkey-trace-id"]) == 32
+    most = "t" * MAX_TRACE_ID_CHARS
+    writer.write(chat_request(extra=f"x-portkey-trace-id: {most}\r\n".encode()))
+    status, headers, _ = await read_response(reader)
+    assert status == 200 and headers["x-portkey-trace-id"] == headers["x-request-id"] == most
     writer.close()

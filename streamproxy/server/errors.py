@@ -27,6 +27,10 @@ log = logging.getLogger("streamproxy.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TRACE_HEADER = "x-portkey-trace-id"
+# The longest trace id echoed: it goes back twice (also as x-request-id), and one near the
+# 8 KB field limit made a response head over 16 KB, Node's default limit (its client failed
+# to read the answer). Ids in use (W3C traceparent 55, a UUID 36) are far shorter.
+MAX_TRACE_ID_CHARS = 1024
 # OpenAI's request id header: the SDKs expose it as `response._request_id` and
 # `APIStatusError.request_id`. It carries the trace id, the id the access log knows.
 REQUEST_ID_HEADER = "x-request-id"
@@ -60,7 +64,7 @@ def client_trace_id(request_headers: Mapping[str, str]) -> str:
     """The client's trace id, or a new one when it sent none, or one that is not UTF-8 (which
     `invalid_trace_id` refuses: aiohttp cannot write it back as it came)."""
     value = request_headers.get(TRACE_HEADER)
-    if not value or (not value.isascii() and not is_text(value)):
+    if not value or trace_id_error(value) is not None:
         return random_hex(16)
     return value
 
@@ -78,6 +82,24 @@ def is_text(value: str) -> bool:
 def invalid_trace_id() -> InvalidRequest:
     return InvalidRequest(f"The {TRACE_HEADER} header is not UTF-8 text.",
                           code="invalid_trace_id")
+
+
+def trace_id_too_long(length: int) -> InvalidRequest:
+    return InvalidRequest(f"The {TRACE_HEADER} header is {length} characters long: at most "
+                          f"{MAX_TRACE_ID_CHARS} are echoed.", param=TRACE_HEADER,
+                          code="invalid_trace_id")
+
+
+def trace_id_error(value: str | None) -> InvalidRequest | None:
+    """Why the client's trace id cannot be echoed (`invalid_trace_id`, or over
+    MAX_TRACE_ID_CHARS); None when it can, or when there is none."""
+    if value is None:
+        return None
+    if len(value) > MAX_TRACE_ID_CHARS:
+        return trace_id_too_long(len(value))
+    if value.isascii() or is_text(value):
+        return None
+    return invalid_trace_id()
 
 
 def error_headers(err: ProxyError, request_headers: Mapping[str, str]) -> dict[str, str]:

@@ -25,7 +25,12 @@ from streamproxy.routing.router import listed_model
 from streamproxy.server.admission import ADMISSION
 from streamproxy.server.auth import allowed_targets
 from streamproxy.server.drain import shutdown_error
-from streamproxy.server.errors import TRACE_HEADER, trace_headers
+from streamproxy.server.errors import (
+    MAX_TRACE_ID_CHARS,
+    TRACE_HEADER,
+    trace_headers,
+    trace_id_too_long,
+)
 from streamproxy.server.exchange import AiohttpExchange, EventWriter, Exchange, reply_error
 from streamproxy.server.observing import AUTH_KEY, CLIENT_CLOSED, read_body
 from streamproxy.server.send_timeout import CLIENT_SEND_TIMEOUT
@@ -80,7 +85,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def chat(ex: Exchange) -> None:
     state = ex.app[STATE]
     key = ex.get(AUTH_KEY)  # (noted first: every answer's log line names it, a drain's 503 too)
-    record = RequestRecord(trace_id=ex.headers.get(TRACE_HEADER) or random_hex(16),
+    trace_id = ex.headers.get(TRACE_HEADER)
+    too_long = trace_id is not None and len(trace_id) > MAX_TRACE_ID_CHARS
+    record = RequestRecord(trace_id=random_hex(16) if too_long or not trace_id else trace_id,
                            stream=None, started=ex.arrived,
                            auth_key_name=key.name if key is not None else None)
     task = asyncio.current_task()
@@ -90,6 +97,8 @@ async def chat(ex: Exchange) -> None:
         if state.drain.aborted:  # (draining, it is served: its answer closes the connection)
             await _refuse_while_draining(ex, record)
             return
+        if too_long:  # (the lean front's: aiohttp's header_limits refused it before)
+            raise trace_id_too_long(len(trace_id or ""))
         raw = await read_body(ex, record)
         try:
             req = parse_chat_request(raw, state.limits)

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from streamproxy.errors import ProxyError
-from streamproxy.server.errors import TRACE_HEADER, error_response, invalid_trace_id, is_text
+from streamproxy.server.errors import TRACE_HEADER, error_response, trace_id_error
 from streamproxy.server.observing import observe_refused_chat
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -126,8 +126,6 @@ def _unsupported_coding(request: web.Request) -> ProxyError | None:
 
 
 def _undecodable_trace_id(request: web.Request) -> ProxyError | None:
-    # (aiohttp's alone: the lean front hands every head that is not UTF-8 to it)
-    value = request.headers.get(TRACE_HEADER)
-    if value is None or value.isascii() or is_text(value):
-        return None
-    return invalid_trace_id()
+    # (aiohttp's alone: the lean front hands every head that is not UTF-8 to it, and its chat
+    # handler refuses a trace id too long)
+    return trace_id_error(request.headers.get(TRACE_HEADER))
