@@ -1350,3 +1350,21 @@ def test_a_config_api_key_that_is_not_ascii_is_refused_naming_the_field(api_key:
             parse_config(raw)
         assert info.value.param == param and "ASCII" in info.value.message
         assert "abc" not in info.value.message
+
+
+@pytest.mark.parametrize(("raw", "param", "hint"), [
+    # Portkey's first config form, which its gateway refuses too ("migrate to the latest
+    # version"): "not a config field" said neither why nor what to write
+    ({"mode": "fallback", "options": [{"provider": "a"}, {"provider": "b"}]}, "config.mode",
+     "{strategy: {mode: fallback}, targets: [...]}"),
+    ({"options": [{"provider": "a"}]}, "config.options", "targets: [...]"),
+    ({"strategy": {"mode": "fallback"}, "targets": [
+        {"mode": "loadbalance", "options": [{"provider": "a"}]}]}, "config.targets[0].mode",
+     "{strategy: {mode: loadbalance}, targets: [...]}"),
+])
+def test_portkeys_older_config_form_is_refused_saying_how_to_write_it(
+        raw: dict[str, Any], param: str, hint: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_config(raw)
+    assert (info.value.param, info.value.code) == (param, "invalid_config")
+    assert "older config form" in info.value.message and hint in info.value.message

@@ -375,6 +375,8 @@ def parse_config(raw: Any, path: str = "config", parent: ConfigNode | None = Non
                  depth: int = 0) -> ConfigNode:
     if not isinstance(raw, dict):
         raise _bad(path, "must be a JSON object")
+    if "mode" in raw or "options" in raw:
+        raise _older_form(raw, path)
     for key in raw:
         if key in _HOOK_KEYS:
             if raw[key]:
@@ -397,6 +399,19 @@ def parse_config(raw: Any, path: str = "config", parent: ConfigNode | None = Non
     # A leaf without provider or virtual_key routes like a plain request (model prefix,
     # x-portkey-provider, default provider): a config may only add cache, retry, timeouts.
     return node
+
+
+def _older_form(raw: dict[str, Any], path: str) -> InvalidRequest:
+    """Portkey's first config form (`mode` and `options` on the node), which its gateway
+    refuses too ("migrate to the latest version"): "not a config field" said neither why nor
+    what to write in its place."""
+    mode = raw.get("mode")
+    if "mode" not in raw:
+        return _bad(f"{path}.options", "is Portkey's older config form: write options: [...] "
+                    "as targets: [...], beside a strategy: {mode: fallback} (or loadbalance)")
+    shown = mode if mode in MODES else "fallback"
+    return _bad(f"{path}.mode", f"is Portkey's older config form: write {{mode: {shown}, "
+                f"options: [...]}} as {{strategy: {{mode: {shown}}}, targets: [...]}}")
 
 
 def client_made(node: ConfigNode) -> ConfigNode:
