@@ -1368,3 +1368,19 @@ def test_portkeys_older_config_form_is_refused_saying_how_to_write_it(
         parse_config(raw)
     assert (info.value.param, info.value.code) == (param, "invalid_config")
     assert "older config form" in info.value.message and hint in info.value.message
+
+
+@pytest.mark.parametrize(("raw", "param", "hint"), [
+    # scalars where Portkey's schema (and this one) takes an object: refused as there, with
+    # the object to write ("must be an object" named no field of it)
+    ({"provider": "a", "cache": "simple"}, "config.cache", "{mode: simple}"),
+    ({"provider": "a", "cache": "semantic"}, "config.cache", "no semantic cache"),
+    ({"provider": "a", "retry": 3}, "config.retry", "{attempts: 3}"),
+    ({"strategy": "fallback", "targets": [{"provider": "a"}]}, "config.strategy",
+     "{mode: fallback}"),
+])
+def test_a_scalar_for_an_object_field_is_refused_saying_what_to_write(
+        raw: dict[str, Any], param: str, hint: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_config(raw)
+    assert info.value.param == param and hint in info.value.message, info.value.message

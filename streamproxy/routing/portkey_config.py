@@ -284,8 +284,10 @@ _USE_RETRY_AFTER = ("use_retry_after_headers", "use_retry_after_header")
 
 
 def _retry(raw: Any, path: str) -> RetrySpec:
-    if not isinstance(raw, dict):
-        raise _bad(path, "must be an object")
+    if not isinstance(raw, dict):  # (a count alone: Portkey's schema refuses it too)
+        attempts = raw if type(raw) is int and 0 <= raw <= RETRY_ATTEMPTS_MAX else 3
+        raise _bad(path, f"must be an object: {{attempts: {attempts}}}, with on_status_codes "
+                   "if need be")
     for key in raw:
         if key not in (known := ("attempts", "on_status_codes", *_USE_RETRY_AFTER)):
             raise _unknown(path, key, "retry field", known)
@@ -337,8 +339,9 @@ def _breaker(raw: Any, path: str) -> BreakerSpec:
 def _cache(raw: Any, path: str) -> dict[str, Any]:
     """Checked with the config, not per request: there a bad one was a 400 only when a draw or
     a condition reached its target, and a named config with one refused every request."""
-    if not isinstance(raw, dict):
-        raise _bad(path, "must be an object")
+    if not isinstance(raw, dict):  # (a mode alone: Portkey's schema refuses it too)
+        raise _bad(path, "must be an object: {mode: simple}, with max_age in seconds if need be"
+                   + ("; this gateway has no semantic cache" if raw == "semantic" else ""))
     for key in raw:
         if key not in ("mode", "max_age"):
             raise _unknown(path, key, "cache field", ("mode", "max_age"), "mode, max_age")
@@ -546,8 +549,9 @@ def _bare(provider: str) -> str:
 
 def _strategy(node: ConfigNode, raw: dict[str, Any], path: str, depth: int) -> ConfigNode:
     strategy = raw.get("strategy")
-    if not isinstance(strategy, dict):
-        raise _bad(f"{path}.strategy", "must be an object with a mode")
+    if not isinstance(strategy, dict):  # (a mode alone: Portkey's schema refuses it too)
+        shown = strategy if strategy in MODES else "fallback"
+        raise _bad(f"{path}.strategy", f"must be an object with a mode: {{mode: {shown}}}")
     mode = strategy.get("mode")
     if mode not in MODES:
         raise _bad(f"{path}.strategy.mode", f"must be one of {', '.join(MODES)}")
