@@ -4,7 +4,8 @@
   (text and thinking blocks count there too).
 - A tool_use block that ends with no argument fragment gets the input its start gave (an
   Anthropic-compatible upstream may send it whole there, as Anthropic's SDK reads it), else
-  "{}" so the arguments parse. Fragments, when they come, are the arguments alone.
+  "{}" so the arguments parse; at its content_block_stop, or at the finish when none came.
+  Fragments, when they come, are the arguments alone.
 - Usage values are cumulative: the latest message_delta overwrites message_start, field by
   field (but for a null, or a 0 input count); prompt_tokens = input + cache read + cache
   creation.
@@ -253,6 +254,7 @@ class AnthropicStreamTranslator(SSETranslator):
             reason = delta.get("stop_reason")
             if reason and not self._finished:
                 self._finished = True
+                self._unsent_calls()
                 why = refusal_text(reason, delta.get("stop_details"))
                 if why:
                     self.out.refusal(why)
@@ -261,6 +263,7 @@ class AnthropicStreamTranslator(SSETranslator):
             self._start(None)
             if not self._finished:
                 self._finished = True
+                self._unsent_calls()
                 self.out.finish("tool_calls" if self._tool_of_block else "stop")
             if self._usage:
                 self.out.usage(map_usage(self._usage))
@@ -277,6 +280,13 @@ class AnthropicStreamTranslator(SSETranslator):
             return map_usage(self._usage) if self._usage else None
         except TypeError:  # a count that is not a number (an Anthropic-compatible upstream)
             return None
+
+    def _unsent_calls(self) -> None:
+        """The arguments of calls still open at the finish: an Anthropic-compatible server may
+        end the message without their content_block_stop, and a call must not end as ""."""
+        for index, args in self._unsent_args.items():
+            self.out.tool_call_args(self._tool_of_block[index], args)
+        self._unsent_args.clear()
 
     def _start(self, model: str | None) -> None:
         if not self._started:

@@ -1,0 +1,75 @@
+"""A tool call's arguments at a stream's edges: a call whose stream ends without the event
+that closes it (a compatible server's), or whose input came whole in its start, still ends with
+complete JSON arguments — the same string the non-streamed answer to it gives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from streamproxy.openai_api.completion import CompletionBuilder
+from streamproxy.openai_api.request import parse_chat_request
+from streamproxy.server.app import build_providers
+from tests.helpers import make_config
+
+REQ = parse_chat_request(orjson.dumps({"model": "m", "stream": True,
+                                       "messages": [{"role": "user", "content": "hi"}]}))
+
+
+def _provider(kind: str) -> Any:
+    return build_providers(make_config({"p": {"type": kind, "default_model": "m"}}))["p"]
+
+
+def streamed_calls(kind: str, stream: bytes) -> list[dict[str, Any]]:
+    out = CompletionBuilder()
+    translator = _provider(kind).stream_translator(REQ, out)
+    translator.feed(stream)
+    translator.close()
+    assert out.failure is None
+    done = out.completion(completion_id="c", created=1, model="m")
+    return done["choices"][0]["message"]["tool_calls"]
+
+
+def whole_calls(kind: str, body: bytes) -> list[dict[str, Any]]:
+    done = _provider(kind).translate_response(body, REQ, completion_id="c", created=1, model="m")
+    return done["choices"][0]["message"]["tool_calls"]
+
+
+def sse(events: list[dict[str, Any]]) -> bytes:
+    return b"".join(b"event: %s\ndata: %s\n\n" % (e["type"].encode(), orjson.dumps(e))
+                    for e in events)
+
+
+# -- Anthropic ---------------------------------------------------------------------------------
+
+MESSAGE_START = {"type": "message_start", "message": {
+    "id": "msg_1", "type": "message", "role": "assistant", "model": "claude", "content": [],
+    "usage": {"input_tokens": 3}}}
+TOOL_USE_STOP = {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+                 "usage": {"output_tokens": 4}}
+MESSAGE_STOP = {"type": "message_stop"}
+
+
+def tool_use_start(index: int, tool_input: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "content_block_start", "index": index, "content_block": {
+        "type": "tool_use", "id": f"toolu_{index}", "name": "f", "input": tool_input}}
+
+
+def anthropic_whole(*inputs: str) -> bytes:
+    blocks = ",".join(f'{{"type":"tool_use","id":"toolu_{i}","name":"f","input":{raw}}}'
+                      for i, raw in enumerate(inputs))
+    return ('{"id":"msg_1","type":"message","role":"assistant","model":"claude","content":['
+            + blocks + '],"stop_reason":"tool_use","usage":{"input_tokens":3,"output_tokens":4}}'
+            ).encode()
+
+
+def test_anthropic_calls_without_a_block_stop_end_with_their_arguments() -> None:
+    # No content_block_stop before the end (an Anthropic-compatible server's): the calls went
+    # out with arguments "" (json.loads fails) instead of "{}" / their start's input.
+    for ending in ([TOOL_USE_STOP, MESSAGE_STOP], [MESSAGE_STOP]):
+        calls = streamed_calls("anthropic", sse([MESSAGE_START, tool_use_start(0, {}),
+                                                 tool_use_start(1, {"city": "Oslo"}),
+                                                 *ending]))
+        assert calls == whole_calls("anthropic", anthropic_whole("{}", '{"city":"Oslo"}'))
+        assert [c["function"]["arguments"] for c in calls] == ["{}", '{"city":"Oslo"}']
