@@ -73,3 +73,18 @@ def test_anthropic_calls_without_a_block_stop_end_with_their_arguments() -> None
                                                  *ending]))
         assert calls == whole_calls("anthropic", anthropic_whole("{}", '{"city":"Oslo"}'))
         assert [c["function"]["arguments"] for c in calls] == ["{}", '{"city":"Oslo"}']
+
+
+def test_anthropic_input_whole_in_the_start_keeps_its_big_integers() -> None:
+    # A compatible server's tool_use with its input in content_block_start: an integer past
+    # 64 bits went out as 1.2345678901234568e+20, while the non-streamed answer (and the
+    # fragments of Anthropic's own stream) keep 123456789012345678901.
+    raw = '{"wei":123456789012345678901,"n":5,"x":1.5,"s":"é"}'
+    start = ('event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+             '"content_block":{"type":"tool_use","id":"toolu_0","name":"f","input":'
+             + raw + "}}\n\n").encode()
+    for end in ([{"type": "content_block_stop", "index": 0}, TOOL_USE_STOP, MESSAGE_STOP],
+                [TOOL_USE_STOP, MESSAGE_STOP]):
+        calls = streamed_calls("anthropic", sse([MESSAGE_START]) + start + sse(end))
+        assert calls == whole_calls("anthropic", anthropic_whole(raw))
+        assert calls[0]["function"]["arguments"] == raw

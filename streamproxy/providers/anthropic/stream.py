@@ -25,11 +25,13 @@ per event was measured too: validating each literal in Python cost what orjson's
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 import orjson
 
+from streamproxy._json import without_lone_surrogates
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage
@@ -98,6 +100,24 @@ ERROR_STATUS = {
 _TEXT_DELTA = re.compile(
     rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":' + JSON_INDEX
     + rb',"delta":\{"type":"text_delta","text":"(' + JSON_TEXT + rb')"\} *\}\n\n')
+
+
+# A run of 19 digits: an integer that may be past 64 bits, which orjson reads as a float
+# (123456789012345678901 → 1.2345678901234568e+20).
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
+
+def exact_start_input(data: bytes) -> str | None:
+    """A content_block_start event's tool input as JSON with every integer as written, when
+    the event holds a long digit run orjson may have read as a float (else None): as the
+    non-streamed answer's (response.py `exact_inputs`). Once a call, never per chunk."""
+    if _LONG_DIGITS.search(data) is None:
+        return None
+    try:
+        tool_input = json.loads(without_lone_surrogates(data))["content_block"]["input"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return json.dumps(tool_input, ensure_ascii=False, separators=(",", ":"))
 
 
 # The usage counts of the prompt side, which a message_delta's 0 does not overwrite.
@@ -190,7 +210,7 @@ class AnthropicStreamTranslator(SSETranslator):
                 if delta["type"] == "text_delta":
                     self._content(delta["text"])
                     return
-            self._dispatch(msg)
+            self._dispatch(msg, event.data)
         except WRONG_SHAPE as e:
             if "type" not in msg and isinstance(msg.get("error"), dict):
                 # An error event in the platform's own shape, with no `type` (Vertex's).
@@ -203,7 +223,7 @@ class AnthropicStreamTranslator(SSETranslator):
         """An error object that came as an event of its own, without Anthropic's envelope."""
         return stream_error(err, self._provider)
 
-    def _dispatch(self, msg: dict[str, Any]) -> None:
+    def _dispatch(self, msg: dict[str, Any], data: bytes) -> None:
         kind = msg["type"]
         if kind == "content_block_delta":  # the hot case first
             delta = msg["delta"]
@@ -228,7 +248,7 @@ class AnthropicStreamTranslator(SSETranslator):
             # citations_delta (annotations would need the content's character offsets, which
             # the spliced text path does not count) and future delta types: dropped (README).
         elif kind == "content_block_start":
-            self._block_start(msg["index"], msg["content_block"])
+            self._block_start(msg["index"], msg["content_block"], data)
         elif kind == "content_block_stop":
             index = msg["index"]
             args = self._unsent_args.pop(index, None)
@@ -293,7 +313,7 @@ class AnthropicStreamTranslator(SSETranslator):
             self._started = True
             self.out.start(model)
 
-    def _block_start(self, index: int, block: dict[str, Any]) -> None:
+    def _block_start(self, index: int, block: dict[str, Any], data: bytes) -> None:
         btype = block["type"]
         if not self._blocks_begun:
             # The answer's first block says what the role chunk holds (text or not), so it
@@ -307,7 +327,9 @@ class AnthropicStreamTranslator(SSETranslator):
             # Never serialise the placeholder `input: {}` into the arguments: it is the call's
             # input only if no fragment follows (content_block_stop).
             start_input = block.get("input")
-            self._unsent_args[index] = orjson.dumps(start_input).decode() if start_input else "{}"
+            self._unsent_args[index] = (
+                (exact_start_input(data) or orjson.dumps(start_input).decode()) if start_input
+                else "{}")
             self.out.tool_call_start(tool, block["id"], block["name"])
         elif btype == "text":
             if block.get("text"):
