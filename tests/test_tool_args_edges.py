@@ -88,3 +88,33 @@ def test_anthropic_input_whole_in_the_start_keeps_its_big_integers() -> None:
         calls = streamed_calls("anthropic", sse([MESSAGE_START]) + start + sse(end))
         assert calls == whole_calls("anthropic", anthropic_whole(raw))
         assert calls[0]["function"]["arguments"] == raw
+
+
+# -- Cohere ------------------------------------------------------------------------------------
+
+def cohere_call_start(index: int, arguments: str = "") -> dict[str, Any]:
+    return {"type": "tool-call-start", "index": index, "delta": {"message": {"tool_calls": {
+        "id": f"c{index}", "type": "function",
+        "function": {"name": "f", "arguments": arguments}}}}}
+
+
+def cohere_delta(index: int, fragment: str) -> dict[str, Any]:
+    return {"type": "tool-call-delta", "index": index, "delta": {"message": {
+        "tool_calls": {"function": {"arguments": fragment}}}}}
+
+
+def test_cohere_calls_without_a_call_end_end_with_their_arguments() -> None:
+    # message-end with no tool-call-end: an empty call's arguments were "" and a held "nu"
+    # was lost, where the non-streamed answer gives "{}" and "nu" (and "{}" for "null").
+    events = [{"type": "message-start", "delta": {"message": {"role": "assistant"}}},
+              cohere_call_start(0), cohere_call_start(1), cohere_delta(1, "nu"),
+              cohere_call_start(2), cohere_delta(2, "null"),
+              cohere_call_start(3), cohere_delta(3, '{"a":'), cohere_delta(3, "1}"),
+              {"type": "message-end", "delta": {"finish_reason": "TOOL_CALL"}}]
+    whole = {"id": "x", "finish_reason": "TOOL_CALL", "message": {"role": "assistant",
+             "tool_calls": [{"id": f"c{i}", "type": "function",
+                             "function": {"name": "f", "arguments": args}}
+                            for i, args in enumerate(["", "nu", "null", '{"a":1}'])]}}
+    calls = streamed_calls("cohere", sse(events))
+    assert calls == whole_calls("cohere", orjson.dumps(whole))
+    assert [c["function"]["arguments"] for c in calls] == ["{}", "nu", "{}", '{"a":1}']

@@ -13,7 +13,7 @@
   Cohere's index) so a gap, a shared content/tool numbering or an index used again can never
   make a client merge two calls. `tool-call-delta` → argument fragments; `tool-call-end` with
   no fragment → "{}", as for arguments that are "null" (a tool without parameters; held until
-  they cannot be).
+  they cannot be); a call still open at `message-end` ends there the same way.
 - `citation-start` (its `citations` is one object, as `tool_calls`) → `url_citation`
   annotations (`delta.annotations`), one per source with a `url`, each once; a citation of the
   tool plan or of thinking, or a source without a url, has no OpenAI place and is left out.
@@ -179,10 +179,7 @@ class CohereStreamTranslator(SSETranslator):
         elif kind == "tool-call-start":
             self._tool_start(msg)
         elif kind == "tool-call-end":
-            tool = self._tool_of[msg["index"]]
-            if tool not in self._args_seen:  # none, or held: "null" (or blank) is "{}"
-                held = self._held.pop(tool, "").strip()
-                self.out.tool_call_args(tool, held if held and held != NULL else "{}")
+            self._end_args(self._tool_of[msg["index"]])
         elif kind == "message-start":
             self._start()
         elif kind == "content-start":
@@ -247,6 +244,14 @@ class CohereStreamTranslator(SSETranslator):
             self._args_seen.add(tool)
             self.out.tool_call_args(tool, held)
 
+    def _end_args(self, tool: int) -> None:
+        """A call's arguments when it ends with none sent: none, or held: "null" (or blank) is
+        "{}", a held start of it ("nu") is what came."""
+        if tool not in self._args_seen:
+            self._args_seen.add(tool)
+            held = self._held.pop(tool, "").strip()
+            self.out.tool_call_args(tool, held if held and held != NULL else "{}")
+
     def _citations(self, msg: dict[str, Any]) -> None:
         # An annotation is an extra: an event without a citation object is no broken answer.
         citation = ((msg.get("delta") or {}).get("message") or {}).get("citations")
@@ -266,6 +271,9 @@ class CohereStreamTranslator(SSETranslator):
             self.out.error(failure(reason, delta.get("error"), self._provider))
             self.done = True
             return
+        # A server may end the message without a call's tool-call-end: its arguments are due.
+        for tool in range(self._calls):
+            self._end_args(tool)
         self.out.finish(finish_reason(reason, bool(self._tool_of)))
         self.out.end()
         self.done = True
