@@ -11,14 +11,21 @@ import orjson
 from streamproxy.openai_api.completion import CompletionBuilder
 from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.server.app import build_providers
+from tests.eventstream_frames import event
 from tests.helpers import make_config
 
 REQ = parse_chat_request(orjson.dumps({"model": "m", "stream": True,
                                        "messages": [{"role": "user", "content": "hi"}]}))
 
 
+# Bedrock's config needs a region and keys (never used: nothing is sent).
+EXTRA = {"bedrock": {"region": "us-west-2", "aws_access_key_id": "AKIDEXAMPLE",
+                     "aws_secret_access_key": "secret"}}
+
+
 def _provider(kind: str) -> Any:
-    return build_providers(make_config({"p": {"type": kind, "default_model": "m"}}))["p"]
+    return build_providers(make_config({"p": {"type": kind, "default_model": "m",
+                                              **EXTRA.get(kind, {})}}))["p"]
 
 
 def streamed_calls(kind: str, stream: bytes) -> list[dict[str, Any]]:
@@ -118,3 +125,28 @@ def test_cohere_calls_without_a_call_end_end_with_their_arguments() -> None:
     calls = streamed_calls("cohere", sse(events))
     assert calls == whole_calls("cohere", orjson.dumps(whole))
     assert [c["function"]["arguments"] for c in calls] == ["{}", "nu", "{}", '{"a":1}']
+
+
+# -- Bedrock -----------------------------------------------------------------------------------
+
+def test_bedrock_a_call_without_a_block_stop_ends_with_empty_object_arguments() -> None:
+    # messageStop with no contentBlockStop for a toolUse that got no input delta: its
+    # arguments were "", where the non-streamed answer gives "{}".
+    stream = (event("messageStart", {"role": "assistant"})
+              + event("contentBlockStart", {"contentBlockIndex": 0, "start": {
+                  "toolUse": {"toolUseId": "b0", "name": "f"}}})
+              + event("contentBlockStart", {"contentBlockIndex": 1, "start": {
+                  "toolUse": {"toolUseId": "b1", "name": "f"}}})
+              + event("contentBlockDelta", {"contentBlockIndex": 1,
+                                            "delta": {"toolUse": {"input": '{"a":1}'}}})
+              + event("messageStop", {"stopReason": "tool_use"})
+              + event("metadata", {"usage": {"inputTokens": 1, "outputTokens": 2,
+                                             "totalTokens": 3}}))
+    whole = {"output": {"message": {"role": "assistant", "content": [
+        {"toolUse": {"toolUseId": "b0", "name": "f", "input": {}}},
+        {"toolUse": {"toolUseId": "b1", "name": "f", "input": {"a": 1}}}]}},
+        "stopReason": "tool_use", "usage": {"inputTokens": 1, "outputTokens": 2,
+                                             "totalTokens": 3}}
+    calls = streamed_calls("bedrock", stream)
+    assert calls == whole_calls("bedrock", orjson.dumps(whole))
+    assert [c["function"]["arguments"] for c in calls] == ["{}", '{"a":1}']

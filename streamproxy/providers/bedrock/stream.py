@@ -3,7 +3,8 @@
 - Dispatch is on the frame headers (`:message-type`, then `:event-type` / `:exception-type`),
   never on which keys a payload happens to hold; the `"p"` padding key is ignored.
 - Tool-call `index` is the running count of toolUse blocks, not `contentBlockIndex` (a text block
-  before the tool takes index 0 there). A toolUse block with no input fragment gets "{}".
+  before the tool takes index 0 there). A toolUse block with no input fragment gets "{}" (at its
+  contentBlockStop, or at messageStop when none came).
 - Reasoning text goes to `reasoning_content`; the block's signature (Claude) is emitted with the
   whole signed text as a `thinking_blocks` entry, so the client can send it back (request.py).
 - A turn with tool calls finishes as `tool_calls` even when its stopReason says `end_turn`.
@@ -195,7 +196,7 @@ class BedrockStreamTranslator(StreamTranslator):
         self._provider = provider
         self._decoder = EventStreamDecoder(max_frame_bytes)
         self._tool_of_block: dict[int, int] = {}  # contentBlockIndex → tool ordinal
-        self._args_seen: set[int] = set()  # block indices that got a non-empty input fragment
+        self._args_seen: set[int] = set()  # block indices whose arguments went out
         self._started = False
         self._stopped = False  # messageStop seen
         self._failed = False  # a failed stop reported: only the metadata is still read
@@ -313,10 +314,7 @@ class BedrockStreamTranslator(StreamTranslator):
                 self._tool_of_block[body["contentBlockIndex"]] = ordinal
                 self.out.tool_call_start(ordinal, tool["toolUseId"], tool["name"])
         elif event == "contentBlockStop":
-            index = body["contentBlockIndex"]
-            tool = self._tool_of_block.get(index)
-            if tool is not None and index not in self._args_seen:
-                self.out.tool_call_args(tool, "{}")
+            self._end_args(body["contentBlockIndex"])
         elif event == "messageStart":
             self._start()
         elif event == "messageStop":
@@ -329,6 +327,9 @@ class BedrockStreamTranslator(StreamTranslator):
                 # Every frame now goes through _on_message (_after_failure).
                 self._delta_headers = self._delta_frame = None
                 return
+            # A server may stop without a toolUse block's contentBlockStop: its "{}" is due.
+            for index in self._tool_of_block:
+                self._end_args(index)
             self.out.finish(finish_reason(reason, bool(self._tool_of_block)))
         elif event == "metadata":
             self._start()
@@ -340,6 +341,13 @@ class BedrockStreamTranslator(StreamTranslator):
             self.out.end()
             self.done = True
         # Unknown event types (new additions to the API) carry nothing we can map.
+
+    def _end_args(self, index: int) -> None:
+        """A toolUse block's end: "{}" for its arguments when no input fragment came."""
+        tool = self._tool_of_block.get(index)
+        if tool is not None and index not in self._args_seen:
+            self._args_seen.add(index)
+            self.out.tool_call_args(tool, "{}")
 
     def _after_failure(self, kind: Any, headers: Mapping[str, HeaderValue],
                        payload: bytes) -> None:
