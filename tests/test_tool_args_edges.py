@@ -150,3 +150,30 @@ def test_bedrock_a_call_without_a_block_stop_ends_with_empty_object_arguments() 
     calls = streamed_calls("bedrock", stream)
     assert calls == whole_calls("bedrock", orjson.dumps(whole))
     assert [c["function"]["arguments"] for c in calls] == ["{}", '{"a":1}']
+
+
+# -- Gemini ------------------------------------------------------------------------------------
+
+def gemini_chunk(parts: list[dict[str, Any]], finish: str | None = None) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
+    if finish:
+        candidate["finishReason"] = finish
+    return {"candidates": [candidate], "modelVersion": "gemini-2.5-flash"}
+
+
+def test_gemini_calls_that_share_an_id_get_ids_of_their_own() -> None:
+    # Two functionCalls with one `id` in an answer went out with one tool-call id: a client
+    # pairs each result with its call by id, and OpenAI's API refuses the next turn's
+    # duplicate tool_call_id. The later call gets an id of its own, the same streamed and not.
+    first = {"functionCall": {"id": "fc_1", "name": "f", "args": {"city": "Oslo"}}}
+    second = {"functionCall": {"id": "fc_1", "name": "f", "args": {"city": "Rome"}}}
+    third = {"functionCall": {"id": "fc_1", "name": "g", "args": {}}}
+    whole = whole_calls("gemini", orjson.dumps(gemini_chunk([first, second, third], "STOP")))
+    for chunks in ([gemini_chunk([first, second, third], "STOP")],
+                   [gemini_chunk([first]), gemini_chunk([second, third], "STOP")]):
+        stream = b"".join(b"data: " + orjson.dumps(c) + b"\r\n\r\n" for c in chunks)
+        assert streamed_calls("gemini", stream) == whole
+    ids = [c["id"] for c in whole]
+    assert ids[0] == "fc_1" and len(set(ids)) == 3
+    assert [c["function"]["arguments"] for c in whole] == [
+        '{"city": "Oslo"}', '{"city": "Rome"}', "{}"]

@@ -5,8 +5,9 @@
   `[DONE]` only at EOF (`close()`), because the last usage snapshot may come after the reason.
   EOF before any reason is a truncation (StreamTruncated), never a fake `stop`.
 - `functionCall` parts arrive whole: one `tool_call_start` with the full JSON arguments. Tool
-  index = running count of calls over the whole response; Gemini's id when it gives one, else
-  a generated `call_…` (never sent back upstream).
+  index = running count of calls over the whole response; Gemini's id when it gives one (a
+  second call with the same id gets `call_<id>_<index>`), else a generated `call_…` (never
+  sent back upstream).
 - `inlineData` image parts (image models) → `images` entries, each whole, as a data: URL;
   thought images (drafts) are left out.
 - `thought: true` text parts → reasoning. A `thoughtSignature` → a `thinking_blocks` entry
@@ -289,6 +290,7 @@ class GeminiStreamTranslator(SSETranslator):
         self._started = False
         self.finished = False  # a finish reason (or a prompt block) was emitted
         self._tools = 0
+        self._call_ids: set[str] = set()  # the answer's tool-call ids so far
         self._cited: set[bytes] = set()  # the url_citations sent (a stream may repeat them)
         self._sources: list[Any] = []  # the groundingChunks so far, which supports index
         self._usage: dict[str, Any] | None = None
@@ -448,7 +450,7 @@ class GeminiStreamTranslator(SSETranslator):
                         self._content(text)
             elif "functionCall" in part:
                 call = part["functionCall"]
-                call_id = call.get("id") or new_call_id()
+                call_id = self._call_id(call.get("id"))
                 out.tool_call_start(self._tools, call_id, call["name"], dump_args(call.get("args")))
                 self._tools += 1
             elif "inlineData" in part:
@@ -458,6 +460,19 @@ class GeminiStreamTranslator(SSETranslator):
             # executableCode, codeExecutionResult: no OpenAI slot, dropped.
             if "thoughtSignature" in part:
                 self._signature(part["thoughtSignature"], call_id)
+
+    def _call_id(self, given: Any) -> str:
+        """A call's id: Gemini's, unless an earlier call of the answer had it (a client pairs
+        results by id; OpenAI refuses a turn with two calls of one id). Such a call's is made
+        from Gemini's and its place, the same streamed and not; it is ours (never sent back
+        upstream), so Gemini pairs its result by position."""
+        if not given:
+            return new_call_id()
+        call_id = str(given)
+        if call_id in self._call_ids:
+            call_id = f"{GENERATED_ID_PREFIX}{call_id}_{self._tools}"
+        self._call_ids.add(call_id)
+        return call_id
 
     def _signature(self, signature: str, call_id: str | None) -> None:
         if signature:
