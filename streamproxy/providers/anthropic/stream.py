@@ -25,13 +25,12 @@ per event was measured too: validating each literal in Python cost what orjson's
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 import orjson
 
-from streamproxy._json import without_lone_surrogates
+from streamproxy._json import dumps_exact, loads_exact
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage
@@ -102,22 +101,15 @@ _TEXT_DELTA = re.compile(
     + rb',"delta":\{"type":"text_delta","text":"(' + JSON_TEXT + rb')"\} *\}\n\n')
 
 
-# A run of 19 digits: an integer that may be past 64 bits, which orjson reads as a float
-# (123456789012345678901 → 1.2345678901234568e+20).
-_LONG_DIGITS = re.compile(rb"\d{19}")
-
-
 def exact_start_input(data: bytes) -> str | None:
     """A content_block_start event's tool input as JSON with every integer as written, when
     the event holds a long digit run orjson may have read as a float (else None): as the
     non-streamed answer's (response.py `exact_inputs`). Once a call, never per chunk."""
-    if _LONG_DIGITS.search(data) is None:
-        return None
+    doc = loads_exact(data)
     try:
-        tool_input = json.loads(without_lone_surrogates(data))["content_block"]["input"]
-    except (ValueError, KeyError, TypeError):
+        return None if doc is None else dumps_exact(doc["content_block"]["input"])
+    except (KeyError, TypeError):
         return None
-    return json.dumps(tool_input, ensure_ascii=False, separators=(",", ":"))
 
 
 # The usage counts of the prompt side, which a message_delta's 0 does not overwrite.
