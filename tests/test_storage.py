@@ -27,6 +27,7 @@ from streamproxy.providers.mock.server import mock_text
 from streamproxy.record import RequestRecord
 from streamproxy.storage.base import ListQuery, StoredCompletion
 from streamproxy.storage.config import StorageConfig, parse_storage_config
+from streamproxy.storage.objects import parse_page
 from streamproxy.storage.service import StoredCompletions, StoreTicket, credential_owner
 from streamproxy.storage.sqlite import SQLiteStore
 from tests.helpers import fixture_bytes, jsonl_to_sse, make_config, openai_sdk
@@ -1558,3 +1559,18 @@ async def test_a_damaged_database_is_a_retryable_503_with_a_clear_log(
     assert told and all(r.exc_info is None for r in told)  # said, not a traceback each
     assert str(path) in told[0].getMessage() and "malformed" in told[0].getMessage()
     await asyncio.wait_for(store.close(), 10)
+
+
+@pytest.mark.parametrize("raw", ["1_0", " 5", "5 ", "+5", "٣", "5.0", "0x5", ""])
+def test_a_list_limit_other_than_ascii_digits_is_a_400_naming_limit(raw: str) -> None:
+    """OpenAI answers 400 to `limit=1_0`; Python's int() read it (and `+5`, ` 5`, Arabic-Indic
+    digits) as a page size the client never wrote."""
+    with pytest.raises(ProxyError) as err:
+        parse_page({"limit": raw})
+    assert err.value.status == 400 and err.value.param == "limit"
+
+
+def test_a_list_limit_of_ascii_digits_is_read() -> None:
+    assert parse_page({"limit": "7"})[1] == 7
+    assert parse_page({"limit": "007"})[1] == 7
+    assert parse_page({})[1] == 20

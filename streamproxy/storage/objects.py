@@ -46,10 +46,8 @@ def parse_page(query: Mapping[str, str]) -> tuple[str | None, int, str]:
     raw_limit = query.get("limit")
     limit = PAGE_DEFAULT
     if raw_limit is not None:
-        try:
-            limit = int(raw_limit)
-        except ValueError:
-            limit = 0
+        # Plain ASCII digits, as OpenAI reads it: int() also took `1_0`, `+5`, ` 5`, `٣`.
+        limit = int(raw_limit) if raw_limit.isascii() and raw_limit.isdigit() else 0
         if not 1 <= limit <= PAGE_MAX:
             raise InvalidRequest(f"'limit' must be an integer from 1 to {PAGE_MAX}.",
                                  param="limit", code="invalid_value")
