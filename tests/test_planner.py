@@ -964,6 +964,27 @@ def test_onellm_retries_apply_when_the_primary_runs_the_default_config() -> None
     assert attempts_for(gateway, {"model": "x"}) == [("an", "x", 0), ("groq", "x", 1)]
 
 
+def test_a_targets_own_retry_attempts_0_is_not_overridden_by_onellm_retries() -> None:
+    # The operator's `retry: {attempts: 0}` says "never retry this target" (a paid provider,
+    # one that bills failed tries): a client's body `retries` gave it retries anyway, as if it
+    # set no retry. A retry object without `attempts`, or none, still takes the client's.
+    gateway = gateway_for(
+        configs={"dc": {"strategy": {"mode": "fallback"}, "targets": [
+            {"provider": "an", "retry": {"attempts": 0}},
+            {"provider": "groq", "retry": {"on_status_codes": [429]}},
+            {"provider": "oa"}]},
+            "none": {"retry": {"attempts": 0}, "strategy": {"mode": "fallback"},
+                     "targets": [{"provider": "an"}, {"provider": "oa"}]}},
+        default_config="dc", routes={"m": "none"})
+    assert attempts_for(gateway, {"model": "x", "retries": 2}) == [
+        ("an", "x", 0), ("groq", "x", 2), ("oa", "x", 2)]
+    assert attempts_for(gateway, {"model": "x", "retries": 2, "fallback_models": ["oa/y"]}) == [
+        ("an", "x", 0), ("groq", "x", 2), ("oa", "x", 2), ("oa", "y", 0)]
+    # inherited from the config's top: each of its targets is "no retries"
+    assert attempts_for(gateway, {"model": "m", "retries": 3}) == [("an", "m", 0),
+                                                                   ("oa", "m", 0)]
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"model": "@nope/x", "fallback_models": ["oa/y"]}, "model"),
     ({"model": "oa/x", "fallback_models": ["y", "@nope/y"]}, "fallback_models[1]"),

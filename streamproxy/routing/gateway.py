@@ -713,11 +713,12 @@ def _as_target(config: ConfigNode, path: str, model: str | None) -> ConfigNode:
 
 def _with_retries(node: ConfigNode, attempts: int | None) -> ConfigNode:
     """`node` with OneLLM's `retries` on each target that has none of its own, as a parent's
-    `retry` is inherited in Portkey's configs: the primary's retries when it runs a config."""
+    `retry` is inherited in Portkey's configs: the primary's retries when it runs a config.
+    A config's `attempts: 0` is its own: the operator's "no retries" wins over the body's."""
     if not attempts:
         return node
     if node.is_leaf:
-        return node if node.retry.attempts else replace(
+        return node if node.retry.attempts or node.retry.attempts_set else replace(
             node, retry=replace(node.retry, attempts=attempts))
     return replace(node, targets=tuple(_with_retries(t, attempts) for t in node.targets))
 

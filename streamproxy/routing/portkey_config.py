@@ -111,6 +111,9 @@ class RetrySpec:
     attempts: int = 0
     on_status_codes: frozenset[int] = DEFAULT_RETRY_CODES
     use_retry_after_header: bool = True  # Portkey defaults to false; honouring is kinder
+    # The config wrote `attempts` (0 included): an operator's "no retries" for a target is
+    # theirs to make; OneLLM's body `retries` go only where a config set none (gateway.py).
+    attempts_set: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +308,7 @@ def _retry(raw: Any, path: str) -> RetrySpec:
     if len({raw[k] for k in _USE_RETRY_AFTER if k in raw}) > 1:
         raise _bad(f"{path}.{_USE_RETRY_AFTER[1]}", f"contradicts {_USE_RETRY_AFTER[0]}")
     return RetrySpec(attempts, _codes(codes, f"{path}.on_status_codes") if codes is not None
-                     else DEFAULT_RETRY_CODES, use_header)
+                     else DEFAULT_RETRY_CODES, use_header, "attempts" in raw)
 
 
 def _breaker(raw: Any, path: str) -> BreakerSpec:
