@@ -429,3 +429,28 @@ async def test_a_targets_retry_waits_together_stay_within_portkeys_60_seconds(
     assert resp.status == 429
     assert slept == [25, 25] and len(answered) == 3  # a third wait: 75 s in all
     assert resp.headers["x-portkey-retry-attempt-count"] == "-1"  # the retries given up
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ({"x-ms-retry-after-ms": "2500"}, ("3", "2500")),
+    # retry-after-ms (OpenAI's, which Azure sends too) first, as Azure's SDKs read them
+    ({"retry-after-ms": "1200", "x-ms-retry-after-ms": "2500", "retry-after": "9"},
+     ("2", "1200")),
+    # before Retry-After, whole seconds only: the milliseconds are the finer word
+    ({"x-ms-retry-after-ms": "400", "retry-after": "1"}, ("1", "400")),
+    ({"x-ms-retry-after-ms": "soon", "retry-after": "2"}, ("2", "2000")),
+])
+async def test_azures_x_ms_retry_after_ms_is_the_wait(proxy: Any, upstream: Any,
+                                                      extra: dict[str, str],
+                                                      expected: tuple[str, str]) -> None:
+    # Azure's 429s (Foundry, the Azure SDKs' `x-ms-retry-after-ms`, read by azure-core and
+    # Portkey) named their wait only there: it was not read, so the proxy's retries backed
+    # off blind and the client was told no wait at all.
+    upstream.status = 429
+    upstream.content_type = "application/json"
+    upstream.body = b'{"error": {"code": "429", "message": "Rate limit is exceeded."}}'
+    upstream.extra_headers = extra
+    client = await proxy(provider_config("azure", upstream.url, api_version="2024-10-21"))
+    resp = await client.post("/v1/chat/completions", json={"messages": USER})
+    assert resp.status == 429
+    assert (resp.headers.get("retry-after"), resp.headers.get("retry-after-ms")) == expected

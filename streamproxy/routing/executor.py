@@ -104,13 +104,19 @@ def _with_signals(err: UpstreamStatusError,
     return err
 
 
+# Waits in milliseconds, in the order read (azure-core's): Azure's 429s can name theirs only
+# in `x-ms-retry-after-ms`, which was unread — a blind back-off, and no wait told the client.
+_MS_WAITS = ("retry-after-ms", "x-ms-retry-after-ms")
+
+
 def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
-    """The upstream's wait: `retry-after-ms` first, then `Retry-After` (seconds or an
-    HTTP-date), as the SDKs read them — a header in neither form is absent, so the other is
-    still read."""
-    ms = _wait(resp.headers.get("retry-after-ms"))
-    if ms is not None:
-        return ms / 1000
+    """The upstream's wait: `retry-after-ms` first, then Azure's `x-ms-retry-after-ms`, then
+    `Retry-After` (seconds or an HTTP-date), as the SDKs (Azure's too) read them — a header
+    in neither form is absent, so the next is still read."""
+    for name in _MS_WAITS:
+        ms = _wait(resp.headers.get(name))
+        if ms is not None:
+            return ms / 1000
     value = resp.headers.get("retry-after")
     if value is None:
         return None
