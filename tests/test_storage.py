@@ -1574,3 +1574,49 @@ def test_a_list_limit_of_ascii_digits_is_read() -> None:
     assert parse_page({"limit": "7"})[1] == 7
     assert parse_page({"limit": "007"})[1] == 7
     assert parse_page({})[1] == 20
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_completion_a_fallback_answered_is_listed_under_each_model(
+        proxy: Any, upstream: Any, tmp_path: Path, stream: bool) -> None:
+    # README: listed under the model the client asked for and the one that answered, each by
+    # any name a request gives it. A fallback's answer was found by its bare `claude-x` but
+    # not by `claude/claude-x`, the name the client gave it in fallback_models (under which
+    # the same answer, asked for directly, is listed).
+    api = openai_sdk(await proxy(config(tmp_path, upstream.url)), "sk-client")
+    if stream:
+        upstream.body = ANTHROPIC_TEXT
+    else:
+        upstream.content_type, upstream.body = "application/json", ANTHROPIC_MESSAGE
+    kw: dict[str, Any] = {"model": "mock/fast:status=503", "messages": USER, "store": True,
+                          "extra_body": {"fallback_models": ["claude/claude-x"]}}
+    cid = (await stream_text(api, **kw))[0] if stream else (
+        await api.chat.completions.create(**kw)).id
+    await stored(api, cid)
+    for name in ("claude/claude-x", "@claude/claude-x", "mock/fast:status=503"):
+        assert [x.id for x in (await api.chat.completions.list(model=name)).data] == [cid]
+    assert (await api.chat.completions.list(model="mock-openai/claude-x")).data == []
+
+
+async def test_a_database_made_before_answered_model_is_read_and_written(tmp_path: Path) -> None:
+    # CREATE TABLE IF NOT EXISTS keeps an older table as it was: its rows are read, and new
+    # ones (with the answering target's name) written, once the column is added.
+    path = str(tmp_path / "old.sqlite3")
+    old = sqlite3.connect(path)
+    old.executescript("""CREATE TABLE stored_completions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, owner TEXT NOT NULL, id TEXT NOT NULL,
+        created INTEGER NOT NULL, model TEXT NOT NULL, request_model TEXT,
+        metadata TEXT NOT NULL, request TEXT NOT NULL, response TEXT NOT NULL,
+        UNIQUE (owner, id));
+        INSERT INTO stored_completions (owner, id, created, model, request_model, metadata,
+            request, response) VALUES ('', 'c0', 1, 'm', 'p/m', '{}', '{}', '{"id": "c0"}');""")
+    old.close()
+    store = SQLiteStore(path)
+    new = _item("c1")
+    new.answered_model = "q/m"
+    assert store.add(new)
+    await store.flush()
+    assert (await store.get("", "c0")).answered_model is None
+    items, _ = await store.list("", ListQuery(model="q/m", model_names=("q/m",)))
+    assert [i.id for i in items] == ["c1"]
+    await store.close()

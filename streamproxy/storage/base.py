@@ -24,6 +24,9 @@ class StoredCompletion:
     metadata: dict[str, str]
     request: dict[str, Any]  # the client's body (messages, params), minus `store`
     response: dict[str, Any]  # the chat.completion object the client received
+    # `provider/model` of the target that answered (a fallback's, when one did): the list's
+    # `model` filter finds it by that name too, as the client named it in fallback_models
+    answered_model: str | None = None
 
 
 @dataclass(slots=True, frozen=True)

@@ -190,7 +190,9 @@ class StoredCompletions:
             id=answer["id"], owner=ticket.owner, created=int(answer.get("created") or 0),
             model=str(answer.get("model") or record.model or ""),
             request_model=ticket.request_model, metadata=ticket.metadata,
-            request=ticket.request, response=answer)
+            request=ticket.request, response=answer,
+            answered_model=f"{record.provider}/{record.model}"
+            if record.provider and record.model else None)
 
     # -- the endpoints -----------------------------------------------------------------------
     def add_routes(self, app: web.Application) -> None:

@@ -41,16 +41,20 @@ CREATE TABLE IF NOT EXISTS stored_completions (
     metadata TEXT NOT NULL,
     request TEXT NOT NULL,
     response TEXT NOT NULL,
+    answered_model TEXT,
     UNIQUE (owner, id)
 );
 """
-_COLUMNS = "id, owner, created, model, request_model, metadata, request, response"
+_COLUMNS = ("id, owner, created, model, request_model, metadata, request, response, "
+            "answered_model")
+# Columns added since a database could have been made without them.
+_ADDED = (("answered_model", "TEXT"),)
 _STOP = object()
 # The ids we give (routing/executor.py new_completion_id: time-ordered hex).
 _OUR_ID = re.compile(r"chatcmpl-[0-9a-f]{24}")
 _BATCH_MAX = 256
 _BATCH_WINDOW = 0.05  # seconds a write waits for company: fewer, larger transactions
-_ROWS_PER_INSERT = 100  # 8 columns each: well under SQLite's 32,766 bound parameters
+_ROWS_PER_INSERT = 100  # 9 columns each: well under SQLite's 32,766 bound parameters
 _OPEN_TRIES = 50  # x 0.1 s: another worker's write holds the lock the journal-mode switch needs
 _LOG_EVERY = 60.0  # seconds between two logs of a database that still does not open
 _FILE_CHECK_EVERY = 60.0  # seconds between two looks at whether the open file is still the path's
@@ -450,6 +454,7 @@ def _connect(path: str) -> sqlite3.Connection:
                 time.sleep(0.1)  # (the writer thread's: the loop never waits)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(SCHEMA)
+        _add_columns(conn)
     except BaseException:
         conn.close()
         raise
@@ -459,20 +464,33 @@ def _connect(path: str) -> sqlite3.Connection:
 
 @functools.lru_cache(maxsize=8)
 def _insert(rows: int) -> str:
-    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
     return f"INSERT OR REPLACE INTO stored_completions ({_COLUMNS}) VALUES {values}"
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """The columns a database made by an earlier version lacks (CREATE IF NOT EXISTS kept its
+    table as it was)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(stored_completions)")}
+    for name, kind in _ADDED:
+        if name not in have:
+            try:
+                conn.execute(f"ALTER TABLE stored_completions ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as e:  # another worker added it first
+                if "duplicate column" not in str(e):
+                    raise
 
 
 def _row(item: StoredCompletion) -> tuple[Any, ...]:
     return (item.id, item.owner, item.created, item.model, item.request_model,
             orjson.dumps(item.metadata).decode(), orjson.dumps(item.request).decode(),
-            orjson.dumps(item.response).decode())
+            orjson.dumps(item.response).decode(), item.answered_model)
 
 
 def _item(row: tuple[Any, ...]) -> StoredCompletion:
-    cid, owner, created, model, request_model, metadata, request, response = row
+    cid, owner, created, model, request_model, metadata, request, response, answered = row
     return StoredCompletion(cid, owner, created, model, request_model, orjson.loads(metadata),
-                            orjson.loads(request), orjson.loads(response))
+                            orjson.loads(request), orjson.loads(response), answered)
 
 
 def _noop(conn: sqlite3.Connection) -> None:
@@ -490,8 +508,9 @@ def _list(conn: sqlite3.Connection, owner: str,
     where, params = ["owner = ?"], [owner]
     if q.model:
         names = q.model_names or (q.model,)
-        where.append(f"(model = ? OR request_model IN ({', '.join('?' * len(names))}))")
-        params += [q.model, *names]
+        marks = ", ".join("?" * len(names))
+        where.append(f"(model = ? OR request_model IN ({marks}) OR answered_model IN ({marks}))")
+        params += [q.model, *names, *names]
     for key, value in q.metadata.items():
         where.append("EXISTS (SELECT 1 FROM json_each(stored_completions.metadata) AS m "
                      "WHERE m.key = ? AND m.value = ?)")
