@@ -135,3 +135,38 @@ def test_an_error_field_is_an_error_event() -> None:
     assert decode(b"error: " + failure + b"\n\ndata: [DONE]\n\n") == [
         SSEEvent(b'{"error":' + failure + b"}"), SSEEvent(b"[DONE]")]
     assert decode(b"error: out of memory\r\n\r\n") == [SSEEvent(b'{"error":"out of memory"}')]
+
+
+# -- the cap: an event's bytes up to its blank line (line ends counted as one byte each) ------
+
+def _capped(cap: int, pieces: list[bytes]) -> list[SSEEvent] | None:
+    """The events, or None when the decoder refused the stream (BufferOverflow)."""
+    dec = SSEDecoder(cap)
+    out: list[SSEEvent] = []
+    try:
+        for p in pieces:
+            out += dec.feed(p)
+        return out + dec.close()
+    except BufferOverflow:
+        return None
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"])
+def test_an_event_over_the_cap_is_refused_wherever_the_reads_split(eol: bytes) -> None:
+    # 67 + 67 bytes of lines: the same upstream bytes were accepted when the read that
+    # carried the second line also carried the blank line, refused when it did not.
+    body = (b"data: " + b"x" * 60 + eol + b"data: " + b"y" * 60 + eol + eol
+            + b"data: ok" + eol + eol)
+    assert _capped(100, [body]) is None
+    for cut in range(len(body) + 1):
+        assert _capped(100, [body[:cut], body[cut:]]) is None, cut
+
+
+def test_an_event_at_the_cap_is_taken_wherever_the_reads_split() -> None:
+    event = b"data: " + b"x" * 93 + b"\n"  # 100 bytes with its line end
+    body = event + b"\n" + event + b"\n"
+    expected = [SSEEvent(b"x" * 93)] * 2
+    assert _capped(100, [body]) == expected
+    for cut in range(len(body) + 1):
+        assert _capped(100, [body[:cut], body[cut:]]) == expected, cut
+    assert _capped(99, [body]) is None

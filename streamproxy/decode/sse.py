@@ -22,6 +22,12 @@ rule. A read that is one whole event of those shapes, as a provider that flushes
 sends it, is recognised the same way before the split. An incomplete block is kept as a list of
 reads and joined once, when its end arrives, so a large event costs O(size), not O(size * reads).
 
+The cap (`max_event_bytes`) is on an event's bytes up to the blank line that ends it, each line
+end counted as one byte, and holds however the reads split: an event over it is refused
+(BufferOverflow) whether it ends in the read that brings it over or later, as soon as that is
+known, and nothing over it is held meanwhile. Only a read longer than the cap has its whole
+events measured, so a read costs one length compare more.
+
 One departure from the spec: a block with an `error` field (`error: {…}`, not an SSE field, the
 line llama.cpp's server writes a failure in before its `data: [DONE]`) is an event whose data is
 `{"error": <the value>}`, the shape OpenAI-compatible servers send an error in. Ignored, as the
@@ -76,11 +82,11 @@ class SSEDecoder:
                 chunk = chunk[1:]
                 if not chunk:
                     return []
-        if not self._parts and chunk[-1] == 0x0A and 0x0D not in chunk:
-            # Perhaps one whole event. (The LF test spares a read cut mid-event, such as a large
-            # read of many events, the partitions' copies.) The shape test is `_blocks`'s, written
-            # out in both: as one shared function it cost +3 % per one-event read and +15 % per
-            # bulk read (callgrind).
+        if not self._parts and chunk[-1] == 0x0A and 0x0D not in chunk and len(chunk) <= self._max:
+            # Perhaps one whole event, within the cap (a longer read is checked below). (The LF
+            # test spares a read cut mid-event, such as a large read of many events, the
+            # partitions' copies.) The shape test is `_blocks`'s, written out in both: as one
+            # shared function it cost +3 % per one-event read and +15 % per bulk read (callgrind).
             line, _, after = chunk.partition(b"\n")
             name, _, value = line.partition(b": ")
             if name == b"event":
@@ -99,7 +105,7 @@ class SSEDecoder:
                     events = self.feed(chunk[:end])
                     events += self.feed(chunk[end:])
                     return events
-            else:
+            elif len(chunk) <= self._max:  # (each block is under the cap)
                 chunk = self._crlf_data_events(chunk, events)
                 if not chunk:
                     return events
@@ -112,10 +118,14 @@ class SSEDecoder:
                 return events
         blocks = chunk.split(b"\n\n")
         rest = blocks.pop()
+        if len(chunk) > self._max:  # only a read longer than the cap can hold a whole event over it
+            for block in blocks:
+                if len(block) >= self._max:  # (its size counts its last line's end)
+                    self._overflow()
         self._blocks(blocks, events)
         if rest:
             if len(rest) > self._max:
-                raise BufferOverflow(f"an SSE event exceeded {self._max} bytes before it ended")
+                self._overflow()
             self._parts.append(rest)
             self._size = len(rest)
         return events
@@ -174,13 +184,18 @@ class SSEDecoder:
         if end < 0:
             self._size += len(chunk)
             if self._size > self._max:
-                raise BufferOverflow(f"an SSE event exceeded {self._max} bytes before it ended")
+                self._overflow()
             parts.append(chunk)
             return None
+        if self._size + end >= self._max:  # the event ends in this read, but over the cap
+            self._overflow()
         parts.append(chunk[:end])
         self._parts, self._size = [], 0
         self._blocks([b"".join(parts)], events)
         return chunk[end + 2 :]
+
+    def _overflow(self) -> None:
+        raise BufferOverflow(f"an SSE event exceeded {self._max} bytes")
 
     def _blocks(self, blocks: list[bytes], events: list[SSEEvent]) -> None:
         """Complete event blocks: the two common shapes here, any other line by line. (One
