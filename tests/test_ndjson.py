@@ -111,6 +111,31 @@ def test_cap_counts_a_line_growing_over_many_reads() -> None:
             dec.feed(b"z")
 
 
-def test_a_long_line_in_one_read_is_fine() -> None:
+def test_a_long_line_in_one_read_is_refused_as_it_is_split() -> None:
+    # (Once taken whole: the same bytes then failed or not by where TCP split them.)
     line = b'{"x":"' + b"a" * 500 + b'"}'
-    assert decode([line + b"\n"], cap=100) == [line]
+    with pytest.raises(BufferOverflow):
+        decode([b'{"ok":1}\n' + line + b"\n"], cap=100)
+
+
+def _capped(pieces: list[bytes], cap: int) -> list[bytes] | None:
+    try:
+        return decode(pieces, cap)
+    except BufferOverflow:
+        return None
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"])
+def test_a_line_over_the_cap_is_refused_wherever_the_reads_split(eol: bytes) -> None:
+    # 60 + 60 bytes: taken when the second read carried the newline, refused when not.
+    body = b"x" * 120 + eol + b"{}" + eol
+    for cut in range(len(body) + 1):
+        assert _capped([body[:cut], body[cut:]], 100) is None, cut
+
+
+def test_a_line_at_the_cap_is_taken_wherever_the_reads_split() -> None:
+    line = b"y" * 100  # the cap counts a line's bytes before its newline
+    body = line + b"\n" + line + b"\n" + line
+    for cut in range(len(body) + 1):
+        assert _capped([body[:cut], body[cut:]], 100) == [line] * 3, cut
+        assert _capped([body[:cut], body[cut:]], 99) is None, cut

@@ -7,7 +7,12 @@ skipped, and the JSON itself is left to the caller.
 
 The carried partial line never contains a newline, so each read is searched once and bytes are
 never rescanned; it grows in a bytearray (amortised appends, no quadratic copying when one long
-line arrives in many small reads) and is capped: past `max_line_bytes` it is a BufferOverflow.
+line arrives in many small reads).
+
+The cap (`max_line_bytes`) is on a line's bytes before its newline, and holds however the reads
+split: a longer line is a BufferOverflow whether it ends in the read that brings it over or
+later, as soon as that is known, and no more than the cap is held meanwhile. Only a read longer
+than the cap has its whole lines measured, so a read costs one length compare more.
 """
 
 from __future__ import annotations
@@ -32,12 +37,17 @@ class NDJSONDecoder:
             return []
         if self._partial:
             self._partial += data[:nl]
+            self._check()  # the line it ends
             first = bytes(self._partial)
         else:
             first = data[:nl]
         rest = data[nl + 1 :].split(b"\n")
         self._partial = bytearray(rest.pop())
         self._check()
+        if len(data) > self._max:  # only a read longer than the cap can hold a whole line over it
+            for line in (first, *rest):
+                if len(line) > self._max:
+                    self._overflow()
         lines = []
         for line in (first, *rest):
             if line[-1:] == b"\r":
@@ -56,4 +66,7 @@ class NDJSONDecoder:
 
     def _check(self) -> None:
         if len(self._partial) > self._max:
-            raise BufferOverflow(f"an NDJSON line exceeded {self._max} bytes before it ended")
+            self._overflow()
+
+    def _overflow(self) -> None:
+        raise BufferOverflow(f"an NDJSON line exceeded {self._max} bytes")
