@@ -2796,3 +2796,27 @@ def test_a_whole_answers_tool_call_keeps_big_integers_as_the_stream_does() -> No
     # A long digit run that is no number changes nothing.
     assert whole_bedrock_arguments('{"q":"1234567890123456789012","n":2}')[0] == \
         '{"q":"1234567890123456789012","n":2}'
+
+
+def _capped_delta(cap: int, payload_bytes: int) -> Any:
+    """A text delta whose JSON payload is `payload_bytes` long, through a translator built with
+    `server.max_event_bytes` = cap."""
+    empty = orjson.dumps({"contentBlockIndex": 0, "delta": {"text": ""}})
+    text = "x" * (payload_bytes - len(empty))
+    body = b"".join([
+        event("messageStart", {"role": "assistant"}),
+        event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": text}}),
+        event("messageStop", {"stopReason": "end_turn"}),
+        event("metadata", {"usage": {"inputTokens": 3, "outputTokens": 2, "totalTokens": 5}}),
+    ])
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=True)
+    return collect(sse_chunks(relay_pieces(enc, BedrockStreamTranslator(enc, cap), [body]))), text
+
+
+def test_a_frame_of_max_event_bytes_of_payload_is_taken_with_its_headers() -> None:
+    # The frame cap was max_event_bytes itself, so a legal 16 MiB payload (AWS's limit, its
+    # headers and framing on top) was refused: those must not count against it.
+    c, text = _capped_delta(4096, 4096)
+    assert c.error is None and c.content == text and c.done
+    c, _ = _capped_delta(4096, 4096 + 128 * 1024 + 1)  # over even with AWS's headers allowance
+    assert c.error is not None and c.error["code"] == "upstream_protocol_error"

@@ -33,10 +33,19 @@ from typing import NamedTuple
 
 from streamproxy.errors import BufferOverflow, StreamDecodeError, StreamTruncated
 
-# AWS caps a message at 16 MiB of payload plus 128 KiB of headers (botocore allows 24 MiB).
-DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024 + 128 * 1024
 _PRELUDE = struct.Struct(">III")
 _PRELUDE_LEN = 12
+_MAX_HEADERS_BYTES = 128 * 1024  # AWS's cap on a message's headers
+
+
+def frame_cap(max_payload_bytes: int) -> int:
+    """The frame cap that takes a payload of `max_payload_bytes`: AWS caps a message's headers
+    at 128 KiB beside its payload, and the prelude and message CRC take 16 bytes more."""
+    return max_payload_bytes + _MAX_HEADERS_BYTES + _PRELUDE_LEN + 4
+
+
+# AWS caps a message at 16 MiB of payload plus 128 KiB of headers (botocore allows 24 MiB).
+DEFAULT_MAX_FRAME_BYTES = frame_cap(16 * 1024 * 1024)
 _TAIL = struct.Struct(">II")
 _U32 = struct.Struct(">I")
 _MIN_FRAME = _PRELUDE_LEN + 4  # no headers, no payload

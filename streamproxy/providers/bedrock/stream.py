@@ -42,6 +42,7 @@ from streamproxy.decode.eventstream import (
     EventStreamDecoder,
     FramePattern,
     HeaderValue,
+    frame_cap,
     frame_pattern,
 )
 from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
@@ -190,11 +191,13 @@ def _exception_error(kind: Any, payload: bytes, provider: str) -> UpstreamStatus
 
 
 class BedrockStreamTranslator(StreamTranslator):
-    def __init__(self, out: ChunkSink, max_frame_bytes: int, provider: str = "bedrock") -> None:
+    def __init__(self, out: ChunkSink, max_event_bytes: int, provider: str = "bedrock") -> None:
         self.out = out
         self.done = False
         self._provider = provider
-        self._decoder = EventStreamDecoder(max_frame_bytes)
+        # `max_event_bytes` is a payload's cap: a frame's headers and framing come on top, so
+        # the default takes AWS's largest frame.
+        self._decoder = EventStreamDecoder(frame_cap(max_event_bytes))
         self._tool_of_block: dict[int, int] = {}  # contentBlockIndex → tool ordinal
         self._args_seen: set[int] = set()  # block indices whose arguments went out
         self._started = False
