@@ -139,3 +139,19 @@ def test_a_line_at_the_cap_is_taken_wherever_the_reads_split() -> None:
     for cut in range(len(body) + 1):
         assert _capped([body[:cut], body[cut:]], 100) == [line] * 3, cut
         assert _capped([body[:cut], body[cut:]], 99) is None, cut
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(st.binary(max_size=40), min_size=1, max_size=6),
+       eol=st.sampled_from([b"\n", b"\r\n"]), terminated=st.booleans(),
+       cap=st.integers(1, 40), cuts=st.lists(st.integers(0, 300), max_size=6))
+def test_the_lines_and_the_cap_do_not_depend_on_the_read_splits(
+        lines: list[bytes], eol: bytes, terminated: bool, cap: int, cuts: list[int]) -> None:
+    lines = [line.replace(b"\r", b"").replace(b"\n", b"") for line in lines]
+    body = eol.join(lines) + (eol if terminated else b"")
+    ends = [len(eol) - 1] * (len(lines) - 1) + [len(eol) - 1 if terminated else 0]
+    over = any(len(line) + cr > cap for line, cr in zip(lines, ends, strict=True))
+    whole = _capped([body], cap)
+    assert whole == (None if over else [line for line in lines if line])
+    edges = [0, *sorted(min(c, len(body)) for c in cuts), len(body)]
+    assert _capped([body[a:b] for a, b in pairwise(edges)], cap) == whole

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -170,3 +172,28 @@ def test_an_event_at_the_cap_is_taken_wherever_the_reads_split() -> None:
     for cut in range(len(body) + 1):
         assert _capped(100, [body[:cut], body[cut:]]) == expected, cut
     assert _capped(99, [body]) is None
+
+
+def _split(body: bytes, cuts: list[int]) -> list[bytes]:
+    edges = [0, *sorted(min(c, len(body)) for c in cuts), len(body)]
+    return [body[a:b] for a, b in pairwise(edges)]
+
+
+_LINE = st.one_of(st.binary(max_size=30).map(lambda v: b"data: " + v),
+                  st.binary(max_size=8).map(lambda v: b"event: " + v),
+                  st.just(b": ping"), st.just(b"data"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=st.lists(st.lists(_LINE, min_size=1, max_size=3), max_size=5),
+       eol=st.sampled_from([b"\n", b"\r\n", b"\r"]), cap=st.integers(8, 60),
+       cuts=st.lists(st.integers(0, 400), max_size=6))
+def test_the_events_and_the_cap_do_not_depend_on_the_read_splits(
+        events: list[list[bytes]], eol: bytes, cap: int, cuts: list[int]) -> None:
+    lines = [[line.replace(b"\r", b"").replace(b"\n", b"") for line in ev] for ev in events]
+    body = b"".join(eol.join(ev) + eol + eol for ev in lines)
+    over = any(sum(len(line) + 1 for line in ev) > cap for ev in lines)
+    whole = _capped(cap, [body])
+    assert (whole is None) == over
+    assert whole == (None if over else decode(body))
+    assert _capped(cap, _split(body, cuts)) == whole
