@@ -8,6 +8,7 @@ import struct
 import uuid
 import zlib
 from datetime import UTC, datetime
+from itertools import pairwise
 
 import pytest
 from botocore.eventstream import EventStreamBuffer
@@ -207,6 +208,17 @@ def test_malformed_header_blocks_are_typed_errors(block: bytes, reason: str) -> 
         decode(encode_frame(block, b"{}"))
 
 
+def test_a_duplicate_header_is_refused_as_botocore_refuses_it() -> None:
+    # Kept strict on purpose: botocore raises DuplicateHeader rather than letting a later value
+    # win, so a frame of two `:event-type`s has no meaning an AWS SDK would give it.
+    frame = encode_frame(encode_header(":event-type", 7, "a")
+                         + encode_header(":event-type", 7, "b"), b"{}")
+    with pytest.raises(Exception, match="Duplicate header"):
+        botocore_decode(frame)
+    with pytest.raises(StreamDecodeError, match="duplicate"):
+        decode(frame)
+
+
 def test_headers_are_read_only_and_shared_between_identical_blocks() -> None:
     events = decode(RECORDINGS["converse-stream"])
     assert events[1].headers is events[2].headers  # parsed once, memoised
@@ -327,3 +339,24 @@ def test_rest_of_frame_is_what_finishes_the_held_frame() -> None:
         assert dec.rest_of_frame(frame[cut:] + frame) == len(frame) - cut
         assert dec.rest_of_frame(frame[cut:-1]) == len(frame) - cut - 1  # not finished here
         assert dec.rest_of_frame(b"") == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(payloads=st.lists(st.binary(max_size=60), max_size=5), cap=st.integers(16, 140),
+       cuts=st.lists(st.integers(0, 500), max_size=6))
+def test_the_frames_and_the_cap_do_not_depend_on_the_read_splits(
+        payloads: list[bytes], cap: int, cuts: list[int]) -> None:
+    frames = [encode_frame({":event-type": "e"}, p) for p in payloads]
+    body = b"".join(frames)
+
+    def outcome(pieces: list[bytes]) -> list[tuple[dict, bytes]] | None:
+        try:
+            return as_tuples(decode(*pieces, max_frame_bytes=cap))
+        except BufferOverflow:
+            return None
+
+    whole = outcome([body])
+    over = any(len(f) > cap for f in frames)
+    assert whole == (None if over else [({":event-type": "e"}, p) for p in payloads])
+    edges = [0, *sorted(min(c, len(body)) for c in cuts), len(body)]
+    assert outcome([body[a:b] for a, b in pairwise(edges)]) == whole
