@@ -337,6 +337,8 @@ def test_runs_of_compact_text_deltas_are_spliced(monkeypatch: pytest.MonkeyPatch
 class _Reader:
     """Records what feed_runs hands it; refuses the run that starts at `refuse_at`."""
 
+    max_event_bytes = 1 << 20
+
     def __init__(self, refuse_at: int) -> None:
         self.refuse_at = refuse_at
         self.calls: list[tuple[str, bytes]] = []

@@ -106,6 +106,7 @@ class SSETranslator(StreamTranslator):
     def __init__(self, out: ChunkSink, max_event_bytes: int) -> None:
         self.out = out
         self.done = False
+        self.max_event_bytes = max_event_bytes  # (a splice leaves a longer read to the decoder)
         self._decoder = SSEDecoder(max_event_bytes)
 
     def feed(self, data: bytes) -> None:

@@ -113,7 +113,9 @@ class PassthroughTranslator(SSETranslator):
 
     def feed(self, data: bytes) -> None:
         forward = self._raw_run
-        if forward is None or self.done:
+        # A read longer than the cap may hold a whole event over it: a run would forward it,
+        # the decoder refuses it (as it does split across reads).
+        if forward is None or self.done or len(data) > self.max_event_bytes:
             super().feed(data)
             return
         if not self._decoder.between_events:

@@ -41,6 +41,8 @@ class RunReader(Protocol):
     holds part of an event (a run can follow an `id:` line of the same block). Methods, not
     stored bound methods: those would tie the translator in a cycle, freed only by the GC."""
 
+    max_event_bytes: int  # its decoder's cap
+
     def decode_read(self, data: bytes) -> object: ...
 
     def splice_run(self, data: bytes, start: int, end: int, literals: list[bytes]) -> bool: ...
@@ -50,8 +52,10 @@ def feed_runs(reader: RunReader, data: bytes, event: re.Pattern[bytes]) -> None:
     """Feed a read: each run of `event` (one event's exact form, its text's literal as group
     1) to the reader's splice with the run's literals, the bytes between runs to its
     decoder; a run it refuses is decoded with everything after it. A read that is not valid
-    UTF-8 is decoded whole (the decoder's path reports it)."""
-    if not (data.isascii() or _decodes(data)):  # is_utf8, inline: once a read
+    UTF-8 is decoded whole (the decoder's path reports it), and so is a read longer than the
+    decoder's cap: it may hold a whole event over it, which a run would pass on and the
+    decoder refuses (as it refuses it split across reads)."""
+    if len(data) > reader.max_event_bytes or not (data.isascii() or _decodes(data)):
         reader.decode_read(data)
         return
     done = 0  # what has been handed on
