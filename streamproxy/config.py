@@ -590,6 +590,7 @@ _HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # (a tab may be in a 
 _EMBEDDED_ENV_REFERENCE = re.compile(
     r"\$\{[A-Za-z_][A-Za-z0-9_]*\}|os\.environ/[A-Za-z_][A-Za-z0-9_]*")
 _SHELL_REFERENCE = re.compile(r"\$[A-Z_][A-Z0-9_]*")  # (as _ENV_REFERENCE reads `$VAR`)
+_NOT_IN_BASE_URL = re.compile(r"[?#\s\x00-\x1f\x7f]")
 
 
 def _parse_headers(raw: Any, source: str, key: str) -> dict[str, str]:
@@ -625,6 +626,14 @@ def _check_base_url(url: str, source: str, key: str) -> None:
     after_userinfo = authority.rpartition("@")[2] + slash + path
     if ref := _EMBEDDED_ENV_REFERENCE.search(url) or _SHELL_REFERENCE.search(after_userinfo):
         raise ConfigError(source, key, f"{ref[0]} is not expanded here: write the URL itself")
+    # The provider's paths are appended to it: after a '?' they were the query, after a '#'
+    # dropped (POST /v1?...), and a space (a paste's, quoted) went as %20: the provider's 404
+    # on every request. Refused as a custom_host's are; the URL is not echoed (its user info).
+    if bad := _NOT_IN_BASE_URL.search(url):
+        what = {"?": "a query ('?')", "#": "a fragment ('#')"}.get(
+            bad[0], "a space or control character")
+        raise ConfigError(source, key, f"holds {what}: give the URL the provider's paths "
+                          "(/chat/completions, ...) are appended to")
     if not url.startswith(("http://", "https://")):
         raise ConfigError(source, key, "must start with http:// or https://")
     try:

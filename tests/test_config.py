@@ -692,3 +692,24 @@ def test_a_bedrock_static_key_that_is_not_ascii_is_a_config_error(secret: str) -
                                           "aws_secret_access_key": secret}}}, "f.yaml")
     assert info.value.key == "providers.b.aws_secret_access_key"
     assert "ASCII" in info.value.reason and "abc" not in str(info.value)
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    # Azure's "Target URI", pasted whole: the paths went after the query, every request to /v1's
+    # parent with `?api-version=…/chat/completions` (the provider's 404), check-config said OK.
+    ("https://r.openai.azure.com/openai/deployments/d/chat/completions?api-version=2024-10-21",
+     "query"),
+    ("https://api.example.com/v1?team=a", "query"),
+    ("https://api.example.com/v1#chat", "fragment"),  # (the paths dropped with it: POST /v1)
+    ("https://api.example.com/v1 ", "space"),  # a paste's, quoted: POST /v1%20/chat/completions
+    (" https://api.example.com/v1", "space"),  # (was "must start with http://")
+    ("https://api.example.com/my models/v1", "space"),
+])
+def test_a_base_url_with_a_query_fragment_or_space_is_a_config_error(
+        tmp_path: Path, url: str, reason: str) -> None:
+    """The provider's paths are appended to its base_url, as to a custom_host, which refuses
+    the same (README, Gateway controls)."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"providers: {{x: {{type: openai, base_url: '{url}'}}}}"))
+    assert info.value.key == "providers.x.base_url" and reason in info.value.reason
+    assert "api-version" not in str(info.value) and "team" not in str(info.value)  # (not echoed)
