@@ -238,6 +238,14 @@ ERRORS = [
      "FILE: default_config: {'targets': [{'provider': 'mock'}]} is not under configs"),
     ("providers: {mock: {type: mock}}\nvirtual_keys: {vk: {provider: [mock]}}\n",
      "FILE: virtual_keys.vk.provider: must name a configured provider (mock)"),
+    # A misspelt `provider` read as a missing one: "must name a configured provider (mock)",
+    # for an entry that named mock, and the typo not named.
+    ("providers: {mock: {type: mock}}\nvirtual_keys: {vk: {provder: mock, api_key: sk-1}}\n",
+     "FILE: virtual_keys.vk.provder: unknown key; did you mean provider? (known: api_key, "
+     "api_key_env, provider)"),
+    # the secret alone, where the entry goes (never echoed)
+    ("providers: {mock: {type: mock}}\nvirtual_keys: {vk: sk-1}\n",
+     "FILE: virtual_keys.vk: must be a mapping with provider, and api_key or api_key_env"),
     ("providers: {mock: {type: mock}}\nvirtual_keys: {vk: {provider: mock, api_key_env: [A]}}\n",
      "FILE: virtual_keys.vk.api_key_env: must be a string"),
     ("providers: {mock: {type: mock}}\nvirtual_keys: {vk: {provider: mock, apikey: sk-1}}\n",

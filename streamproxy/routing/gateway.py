@@ -145,7 +145,13 @@ def load_settings(config: Config) -> GatewaySettings:
         raise ConfigError(src, "virtual_keys", "must be a mapping")
     for name, raw in raw_keys.items():
         where = f"virtual_keys.{name}"
-        provider = raw.get("provider") if isinstance(raw, dict) else None
+        if not isinstance(raw, dict):  # (the secret alone, most likely: not echoed)
+            raise ConfigError(src, where, "must be a mapping with provider, and api_key or "
+                              "api_key_env")
+        # Its keys first: a misspelt `provider` read as none, "must name a configured
+        # provider" for an entry that named one, and the typo unnamed.
+        _check_virtual_fields(raw, src, where)
+        provider = raw.get("provider")
         if not isinstance(provider, str) or provider not in config.providers:
             raise ConfigError(src, f"{where}.provider",
                               f"must name a configured provider ({', '.join(config.providers)})")
@@ -236,13 +242,19 @@ def _port_ok(host: str) -> bool:
     return (port is None and not host.endswith(":")) or (port is not None and port > 0)
 
 
-def _virtual_secret(raw: dict[str, Any], src: str, where: str) -> str:
-    """A virtual key's secret, once its entry's fields are checked."""
-    for key, value in raw.items():
+def _check_virtual_fields(raw: dict[str, Any], src: str, where: str) -> None:
+    """A virtual key entry's keys: known ones (a typo named, with the key it most likely
+    misspells), each a string or null."""
+    for key in raw:
         if key not in _VIRTUAL_KEY_FIELDS:
             raise ConfigError(src, f"{where}.{key}", unknown_key(key, _VIRTUAL_KEY_FIELDS))
-        if value is not None and not isinstance(value, str):
+    for key, value in raw.items():
+        if key != "provider" and value is not None and not isinstance(value, str):
             raise ConfigError(src, f"{where}.{key}", "must be a string")
+
+
+def _virtual_secret(raw: dict[str, Any], src: str, where: str) -> str:
+    """A virtual key's secret, once its entry's fields are checked (_check_virtual_fields)."""
     # A virtual key is its secret: without one the provider's key, or the client's own, would
     # go upstream in its name.
     secret = required_secret(raw, src, where, "api_key", "api_key_env")
