@@ -16,6 +16,7 @@ from streamproxy.config import (
     ConfigError,
     ProviderConfig,
     each_problem,
+    listen_host,
     load_config,
     shown_address,
     shown_env,
@@ -70,9 +71,11 @@ def _positive(text: str) -> int:
 
 
 def _host(text: str) -> str:
-    """A listen address; an IPv6 one may come bracketed, as in a URL (`[::1]`), which the
-    socket layer would look up as a name and fail."""
-    return text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    """A listen address, as server.host takes it (config.listen_host)."""
+    try:
+        return listen_host(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _port(text: str) -> int:

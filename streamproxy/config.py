@@ -35,6 +35,22 @@ def shown_address(host: str, port: int) -> str:
     if not host:
         return f"0.0.0.0:{port} (every interface)"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+LISTEN_HOST_RULE = "must be a host name or IP address alone (a port goes in server.port, --port)"
+
+
+def listen_host(text: str) -> str:
+    """A listen address as server.host or --host gives it: an IPv6 one may come bracketed, as
+    in a URL (`[::1]`), which the socket layer would look up as a name. One with a port, a
+    scheme or a space (`localhost:8080`, `http://0.0.0.0`) resolves as no name: check-config
+    said OK and serve failed. ValueError(LISTEN_HOST_RULE) for those."""
+    host = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    if host.count(":") == 1 or any(c in "/[]" or c.isspace() for c in host):
+        raise ValueError(LISTEN_HOST_RULE)
+    return host
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_DRAIN_DELAY = 300  # seconds; a load balancer notices a failing readiness probe well before
 
@@ -511,7 +527,10 @@ def _server_value(k: str, v: Any, source: str, key: str) -> Any:
     elif k == "host":
         if not isinstance(v, str):
             raise ConfigError(source, key, "must be a string")
-        return v
+        try:
+            return listen_host(v)
+        except ValueError as e:
+            raise ConfigError(source, key, str(e)) from None
     elif k == "log_level":  # any case, as env STREAMPROXY_LOG_LEVEL
         if not isinstance(v, str) or v.lower() not in LOG_LEVELS:
             raise ConfigError(source, key, f"must be one of {', '.join(LOG_LEVELS)}")

@@ -489,6 +489,31 @@ def test_a_cli_value_that_is_not_a_number_is_said_plainly(
     assert "_port" not in err and "_positive" not in err
 
 
+def test_a_bracketed_ipv6_server_host_is_its_address_as_the_clis(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # check-config said OK ("listen: [[::1]]:9999"), then serve failed "cannot listen on
+    # [[::1]]:9999: Name or service not known", where `--host [::1]` listens.
+    code, out, err = run(tmp_path, "server: {host: '[::1]', port: 9999}\n"
+                                   "providers: {mock: {type: mock}}\n", capsys)
+    assert code == 0, err
+    assert "listen: [::1]:9999" in out.splitlines()
+
+
+@pytest.mark.parametrize("host", ["localhost:8080", "0.0.0.0:8787", "http://0.0.0.0",
+                                  "[::1]:8787", " 0.0.0.0"])
+def test_a_listen_host_with_a_port_or_scheme_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], host: str) -> None:
+    # check-config said OK ("listen: [localhost:8080]:8787"); serve then failed to resolve it.
+    code, out, err = run(tmp_path, f"server: {{host: '{host}'}}\n"
+                                   "providers: {mock: {type: mock}}\n", capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("FILE: server.host: must be a host name or IP address alone"), err
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--host", host])
+    assert exit_.value.code == 2
+    assert "argument --host: must be a host name or IP address alone" in capsys.readouterr().err
+
+
 def test_check_config_writes_an_ipv6_listen_address_bracketed(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # "listen: ::1:9999" — which colon starts the port? As the master's and workers' logs,
