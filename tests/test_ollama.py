@@ -725,3 +725,23 @@ def test_a_native_format_goes_to_ollama(fmt: Any) -> None:
     both = {**body, "response_format": {"type": "json_object"}}
     assert to_ollama(both, "llama3.2", stream=True)["format"] == fmt
     assert "format" not in to_ollama({**body, "format": None}, "llama3.2", stream=True)
+
+
+@pytest.mark.parametrize("url", ["http://localhost:11434/v1", "http://localhost:11434/v1/",
+                                 "http://localhost:11434/api", "https://ollama.example.com/V1"])
+def test_a_base_url_of_ollamas_openai_or_api_path_is_a_config_error(
+        tmp_path: Path, url: str) -> None:
+    # `http://localhost:11434/v1`, as OpenAI clients are pointed at Ollama, passed check-config;
+    # every request then went to /v1/api/chat (or /api/api/chat), Ollama's plain-text 404.
+    path = tmp_path / "streamproxy.yaml"
+    path.write_text(f"providers: {{o: {{type: ollama, base_url: '{url}'}}}}")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == "providers.o.base_url"
+    assert "/api/chat" in info.value.reason and "type: openai" in info.value.reason
+
+
+def test_a_base_url_with_a_path_of_its_own_is_ollamas_root(tmp_path: Path) -> None:
+    path = tmp_path / "streamproxy.yaml"  # (Ollama behind a reverse proxy's path)
+    path.write_text("providers: {o: {type: ollama, base_url: 'https://gw.example.com/ollama'}}")
+    assert load_config(path).providers["o"].base_url == "https://gw.example.com/ollama"

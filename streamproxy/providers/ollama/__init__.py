@@ -61,6 +61,16 @@ class OllamaProvider(Provider):
             raise ConfigError(source, f"{where}.keep_alive",
                               "must be a duration string (e.g. 5m) or a number of seconds")
 
+    @classmethod
+    def check_entry(cls, entry: dict[str, Any], source: str, where: str) -> None:
+        # Ollama's OpenAI-compatible root (`…:11434/v1`, as OpenAI clients are pointed at it)
+        # or its /api: requests went to /v1/api/chat, Ollama's plain-text 404 for every one.
+        base_url = entry.get("base_url")
+        if isinstance(base_url, str) and base_url.rstrip("/").lower().endswith(("/v1", "/api")):
+            raise ConfigError(source, f"{where}.base_url", (
+                "must be Ollama's root (e.g. http://127.0.0.1:11434), which /api/chat is "
+                "appended to: without its /v1 or /api (or type: openai for the /v1 API)"))
+
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest:
         body = to_ollama(target.apply_overrides(req.body), self.model_for(target),
                          stream=req.stream, defaults=self.cfg.options.get("options"))
