@@ -665,6 +665,17 @@ def _check_base_url(url: str, source: str, key: str) -> None:
         raise ConfigError(source, key, "names no host")
 
 
+def _check_base_url_ending(url: Any, cls: Any, source: str, key: str) -> None:
+    """A base_url that ends in (part of) the path its type appends (Provider.api_path)."""
+    if not isinstance(url, str):
+        return
+    path = url.rstrip("/").lower()
+    for ending in cls.base_url_endings:
+        if path.endswith(ending):
+            raise ConfigError(source, key, f"ends in {ending}, and type {cls.type_name} "
+                              f"appends {cls.api_path} to base_url: leave {ending} out")
+
+
 def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
     from streamproxy.providers.registry import PROVIDER_TYPES, type_for_prefix
 
@@ -687,6 +698,7 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
     options = {k: v for k, v in raw.items() if k not in COMMON_PROVIDER_KEYS}
     cls.check_options(options, source, where)
     cls.check_entry(raw, source, where)
+    _check_base_url_ending(raw.get("base_url"), cls, source, f"{where}.base_url")
     for key in ("base_url", "api_key", "api_key_env", "default_model"):
         if raw.get(key) is not None and not isinstance(raw[key], str):
             raise ConfigError(source, f"{where}.{key}", "must be a string")

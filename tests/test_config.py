@@ -713,3 +713,33 @@ def test_a_base_url_with_a_query_fragment_or_space_is_a_config_error(
         load_config(write(tmp_path, f"providers: {{x: {{type: openai, base_url: '{url}'}}}}"))
     assert info.value.key == "providers.x.base_url" and reason in info.value.reason
     assert "api-version" not in str(info.value) and "team" not in str(info.value)  # (not echoed)
+
+
+@pytest.mark.parametrize(("ptype", "url", "ending"), [
+    # (the request went to /v1/v1/messages: Anthropic's 404 on every one, check-config OK)
+    ("anthropic", "https://api.anthropic.com/v1", "/v1"),
+    ("anthropic", "https://api.anthropic.com/v1/messages/", "/v1/messages"),
+    ("cohere", "https://api.cohere.com/v2", "/v2"),
+    ("cohere", "https://api.cohere.com/v1", "/v1"),
+    ("cohere", "https://api.cohere.com/v2/chat", "/v2/chat"),
+    # the endpoint pasted whole: /v1/chat/completions/chat/completions
+    ("openai", "https://api.openai.com/v1/chat/completions", "/chat/completions"),
+    ("groq", "https://api.groq.com/openai/v1/chat/completions", "/chat/completions"),
+    ("ollama", "http://127.0.0.1:11434/api/chat", "/api/chat"),
+])
+def test_a_base_url_ending_in_the_path_its_type_appends_is_a_config_error(
+        tmp_path: Path, ptype: str, url: str, ending: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"providers: {{x: {{type: {ptype}, base_url: '{url}'}}}}"))
+    assert info.value.key == "providers.x.base_url"
+    assert f"ends in {ending}" in info.value.reason, info.value.reason
+
+
+@pytest.mark.parametrize(("ptype", "url"), [
+    ("anthropic", "https://gw.example.com/anthropic"), ("cohere", "https://api.cohere.com"),
+    ("openai", "https://api.openai.com/v1"), ("openai", "https://api.cohere.ai/compatibility/v1"),
+])
+def test_a_base_url_before_the_types_path_is_taken(tmp_path: Path, ptype: str,
+                                                   url: str) -> None:
+    config = load_config(write(tmp_path, f"providers: {{x: {{type: {ptype}, base_url: '{url}'}}}}"))
+    assert config.providers["x"].base_url == url

@@ -172,6 +172,11 @@ def event_kind(kind: Any) -> str:
 class Provider:
     type_name: ClassVar[str]
     default_base_url: ClassVar[str | None] = None
+    # The path requests append to base_url (when one is), and the endings of base_url that
+    # repeat it, refused at load: pasted with the base URL (`https://api.anthropic.com/v1`),
+    # every request went to …/v1/v1/messages, the provider's 404.
+    api_path: ClassVar[str] = ""
+    base_url_endings: ClassVar[tuple[str, ...]] = ()
     option_keys: ClassVar[frozenset[str]] = frozenset()
     # OpenAI parameters this provider cannot take and silently drops (documented in README).
     dropped_params: ClassVar[frozenset[str]] = frozenset()

@@ -490,6 +490,8 @@ OVERFLOW = ("maximum context length", "longer than the model's context length",
 
 class OpenAIProvider(Provider):
     type_name: ClassVar[str] = "openai"
+    api_path: ClassVar[str] = "/chat/completions"
+    base_url_endings: ClassVar[tuple[str, ...]] = ("/chat/completions",)
     default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"
     option_keys: ClassVar[frozenset[str]] = frozenset({"organization", "project"})
     target_options: ClassVar[dict[str, str]] = {"openai_organization": "organization",

@@ -27,6 +27,8 @@ ANTHROPIC_VERSION = "2023-06-01"
 
 class AnthropicProvider(Provider):
     type_name: ClassVar[str] = "anthropic"
+    api_path: ClassVar[str] = "/v1/messages"
+    base_url_endings: ClassVar[tuple[str, ...]] = ("/v1", "/v1/messages")
     default_base_url: ClassVar[str | None] = "https://api.anthropic.com"
     option_keys: ClassVar[frozenset[str]] = frozenset({"anthropic_version", "anthropic_beta"})
     answering_options: ClassVar[frozenset[str]] = option_keys  # (betas change answers)

@@ -33,6 +33,8 @@ OVERFLOW = ("too many tokens",)
 
 class CohereProvider(Provider):
     type_name: ClassVar[str] = "cohere"
+    api_path: ClassVar[str] = "/v2/chat"
+    base_url_endings: ClassVar[tuple[str, ...]] = ("/v1", "/v2", "/v2/chat")  # (/v1: v1's)
     default_base_url: ClassVar[str | None] = "https://api.cohere.com"
     dropped_params: ClassVar[frozenset[str]] = DROPPED
 

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 class OllamaProvider(Provider):
     type_name: ClassVar[str] = "ollama"
     default_base_url: ClassVar[str | None] = "http://127.0.0.1:11434"
+    api_path: ClassVar[str] = "/api/chat"  # (/v1 and /api: check_entry, which says more)
+    base_url_endings: ClassVar[tuple[str, ...]] = ("/api/chat",)
     # keep_alive: how long Ollama keeps the model loaded; options: default model options
     # (e.g. num_ctx) under the request's own.
     option_keys: ClassVar[frozenset[str]] = frozenset({"keep_alive", "options"})
