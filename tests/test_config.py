@@ -726,11 +726,17 @@ def test_a_base_url_with_a_query_fragment_or_space_is_a_config_error(
     ("openai", "https://api.openai.com/v1/chat/completions", "/chat/completions"),
     ("groq", "https://api.groq.com/openai/v1/chat/completions", "/chat/completions"),
     ("ollama", "http://127.0.0.1:11434/api/chat", "/api/chat"),
+    # /v1beta/v1beta/models/…; Gemini's OpenAI-compatible root, for type gemini
+    ("gemini", "https://generativelanguage.googleapis.com/v1beta", "/v1beta"),
+    ("gemini", "https://generativelanguage.googleapis.com/v1beta/openai/", "/openai"),
+    ("vertex", "https://us-central1-aiplatform.googleapis.com/v1", "/v1"),
 ])
 def test_a_base_url_ending_in_the_path_its_type_appends_is_a_config_error(
         tmp_path: Path, ptype: str, url: str, ending: str) -> None:
+    extra = ", project: p, location: us-central1" if ptype == "vertex" else ""
+    text = f"providers: {{x: {{type: {ptype}, base_url: '{url}'{extra}}}}}"
     with pytest.raises(ConfigError) as info:
-        load_config(write(tmp_path, f"providers: {{x: {{type: {ptype}, base_url: '{url}'}}}}"))
+        load_config(write(tmp_path, text))
     assert info.value.key == "providers.x.base_url"
     assert f"ends in {ending}" in info.value.reason, info.value.reason
 

@@ -76,6 +76,10 @@ UNSERVED_PREFIXES = {"meta.": "a Meta model", "mistralai.": "a Mistral model",
 class GeminiProvider(Provider):
     type_name: ClassVar[str] = "gemini"
     default_base_url: ClassVar[str | None] = "https://generativelanguage.googleapis.com"
+    api_path: ClassVar[str] = "/{api_version}/models/…"  # (model_url)
+    # (/openai: the OpenAI-compatible root, which type openai takes)
+    base_url_endings: ClassVar[tuple[str, ...]] = ("/v1", "/v1beta", "/v1alpha", "/openai",
+                                                   "/models")
     option_keys: ClassVar[frozenset[str]] = frozenset({"api_version"})
     dropped_params: ClassVar[frozenset[str]] = DROPPED
     # Image models (gemini-2.5-flash-image, gemini-3-pro-image-preview) answer with images.
@@ -149,6 +153,8 @@ class VertexProvider(GeminiProvider):
 
     type_name: ClassVar[str] = "vertex"
     default_base_url: ClassVar[str | None] = None  # derived from `location`
+    api_path: ClassVar[str] = "/{api_version}/projects/…"  # (model_url)
+    base_url_endings: ClassVar[tuple[str, ...]] = ("/v1", "/v1beta1")
     option_keys: ClassVar[frozenset[str]] = frozenset({
         "api_version", "project", "location", *TOKEN_OPTIONS, "token_refresh", "anthropic_beta"})
     target_options: ClassVar[dict[str, str]] = {"vertex_region": "location",
