@@ -749,3 +749,20 @@ def test_a_base_url_before_the_types_path_is_taken(tmp_path: Path, ptype: str,
                                                    url: str) -> None:
     config = load_config(write(tmp_path, f"providers: {{x: {{type: {ptype}, base_url: '{url}'}}}}"))
     assert config.providers["x"].base_url == url
+
+
+@pytest.mark.parametrize(("entry", "key", "ref"), [
+    # check-config said OK ("models=${DEFAULT_MODEL}"); a request naming no model went upstream
+    # with the model `${DEFAULT_MODEL}`, the provider's 404 model_not_found.
+    ("default_model: '${DEFAULT_MODEL}'", "providers.x.default_model", "${DEFAULT_MODEL}"),
+    ("default_model: $DEFAULT_MODEL", "providers.x.default_model", "$DEFAULT_MODEL"),
+    ("default_model: 'gpt-${VERSION}'", "providers.x.default_model", "${VERSION}"),
+    ("models: [gpt-4o, 'os.environ/EXTRA_MODEL']", "providers.x.models[1]",
+     "os.environ/EXTRA_MODEL"),
+])
+def test_a_model_name_written_as_a_variable_is_a_config_error(
+        tmp_path: Path, entry: str, key: str, ref: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"providers:\n  x: {{type: openai, {entry}}}\n"))
+    assert info.value.key == key
+    assert info.value.reason.startswith(f"{ref} is not expanded here"), info.value.reason
