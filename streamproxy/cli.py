@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import re
 import sys
+from collections.abc import Iterator
 
 from streamproxy.config import (
     DEFAULT_HOST,
@@ -42,8 +44,6 @@ def _load(path: str | None):
 
 def _check_environment() -> None:
     """The environment's overrides of config choices, refused as a config error would be."""
-    import os
-
     from streamproxy.server.front import FRONT_ENV, FRONTS
     from streamproxy.upstream.client import CLIENT_ENV, CLIENT_KINDS
 
@@ -151,6 +151,18 @@ def cmd_mock(args: argparse.Namespace) -> None:
         asyncio.run(run())
 
 
+@contextlib.contextmanager
+def _reader_may_leave() -> Iterator[None]:
+    """Stdout's reader may stop reading (`check-config FILE | head -1`): a BrokenPipeError's
+    traceback then, and another as the interpreter flushed stdout at exit. The exit status
+    stays the verdict on the config."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def cmd_check_config(args: argparse.Namespace) -> None:
     """Validate as `serve` would — the app is built, so every section's owner checks it — and
     print what would be served. Errors: `file: key: reason` on stderr, one line each (every
@@ -170,31 +182,33 @@ def cmd_check_config(args: argparse.Namespace) -> None:
         for problem in each_problem(e):
             print(problem, file=sys.stderr)
         sys.exit(2)
-    s = config.server
-    print(f"{config.source}: OK")
-    print(f"listen: {shown_address(s.host, s.port)}")
-    for name, p in config.providers.items():
-        default = " (default)" if name == config.default_provider else ""
-        key = providers[name].auth_summary() or _key_summary(p)
-        try:  # Bedrock, Vertex, Azure build it from other keys
-            base_url = providers[name].base_url
-        except ProxyError:  # no URL until it runs: the embedded mock
-            base_url = "in-process"
-        print(f"provider {name}{default}: type={p.type} base_url={_shown_url(base_url)} "
-              f"auth={key} models={', '.join(p.models) or p.default_model or '-'}")
-    print(f"default provider: {config.default_provider or 'none (requests must name one)'}")
-    for section, value in sorted(config.sections.items()):
-        if section not in ("auth", "logging"):
-            print(f"{section}: {_summary(value)}")
-    print(describe(auth))
-    print(f"logging: level={level} access_log={'on' if logs.access_log else 'off'} "
-          f"request_bodies={'on' if logs.log_bodies else 'off'}")
-    print(f"limits: body={s.max_body_bytes}B header_field={s.max_header_bytes}B "
-          f"headers={s.max_headers} messages={s.max_messages} tools={s.max_tools} "
-          f"json_depth={s.max_json_depth} upstream_event={s.max_event_bytes}B "
-          f"concurrent_streams={s.max_concurrent_streams}/worker "
-          f"header_timeout={s.client_header_timeout:g}s body_timeout={s.client_body_timeout:g}s")
-    print(f"shutdown: drain_delay={s.drain_delay:g}s grace={s.shutdown_grace:g}s")
+    with _reader_may_leave():
+        s = config.server
+        print(f"{config.source}: OK")
+        print(f"listen: {shown_address(s.host, s.port)}")
+        for name, p in config.providers.items():
+            default = " (default)" if name == config.default_provider else ""
+            key = providers[name].auth_summary() or _key_summary(p)
+            try:  # Bedrock, Vertex, Azure build it from other keys
+                base_url = providers[name].base_url
+            except ProxyError:  # no URL until it runs: the embedded mock
+                base_url = "in-process"
+            print(f"provider {name}{default}: type={p.type} base_url={_shown_url(base_url)} "
+                  f"auth={key} models={', '.join(p.models) or p.default_model or '-'}")
+        print(f"default provider: {config.default_provider or 'none (requests must name one)'}")
+        for section, value in sorted(config.sections.items()):
+            if section not in ("auth", "logging"):
+                print(f"{section}: {_summary(value)}")
+        print(describe(auth))
+        print(f"logging: level={level} access_log={'on' if logs.access_log else 'off'} "
+              f"request_bodies={'on' if logs.log_bodies else 'off'}")
+        print(f"limits: body={s.max_body_bytes}B header_field={s.max_header_bytes}B "
+              f"headers={s.max_headers} messages={s.max_messages} tools={s.max_tools} "
+              f"json_depth={s.max_json_depth} upstream_event={s.max_event_bytes}B "
+              f"concurrent_streams={s.max_concurrent_streams}/worker "
+              f"header_timeout={s.client_header_timeout:g}s "
+              f"body_timeout={s.client_body_timeout:g}s")
+        print(f"shutdown: drain_delay={s.drain_delay:g}s grace={s.shutdown_grace:g}s")
 
 
 # The user:password@ of a URL, or of a bare host[:port] (an allowed_custom_hosts entry):

@@ -372,6 +372,20 @@ def test_the_masters_check_finds_what_building_the_app_finds(
     assert str(checked.value) == str(built.value) and str(built.value).startswith(expected)
 
 
+def test_a_reader_that_stops_reading_gets_no_traceback(tmp_path: Path) -> None:
+    # `streamproxy check-config FILE | head -1` printed a BrokenPipeError's traceback: the
+    # summary's reader left (here: before the first line), which is no error of the config.
+    path = tmp_path / "ok.yaml"
+    path.write_text("providers: {mock: {type: mock}}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "streamproxy", "check-config", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err  # (the verdict: the config is valid)
+    assert err == ""
+
+
 def test_the_installed_command(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("providers: {mock: {type: mock}}\nauth: {keys: []}\n")
