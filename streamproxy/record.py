@@ -105,13 +105,21 @@ class RequestRecord:
         return None if self.finished is None else self.finished - self.started
 
     def note_usage(self, given: dict[str, Any] | None, translator: StreamTranslator,
-                   ended: bool = False) -> None:
+                   ended: bool = False, sent: int = 0) -> None:
         """A stream's usage, once, at its end: the count its sink was given, else (it failed,
         or its client left) what the provider had reported by then (`usage_so_far`). Partial
         unless the stream `ended` normally or the translator says the count given is final
-        (a pass-through's may be a running count: `usage_is_final`)."""
+        (a pass-through's may be a running count: `usage_is_final`). A cut stream's
+        completion tokens are at least `sent`, the encoder's estimate of what the client got
+        (`ChunkEncoder.tokens_sent`): Anthropic's snapshot still says message_start's 1 after
+        a hundred tokens went out, Bedrock's, Cohere's and Ollama's say nothing. A running
+        count (Gemini's, a pass-through's given on every chunk) that has the answer's tokens
+        is the provider's own, and kept."""
         usage = given if given is not None else translator.usage_so_far()
         final = given is not None and (ended or translator.usage_is_final())
+        runs = given is not None or translator.usage_runs
+        if not final and not ended and sent and not (runs and _completion(usage) > 0):
+            usage = _at_least(usage, sent)
         self.usage, self.usage_partial = usage, usage is not None and not final
 
     def note_upstream_error(self, err: BaseException) -> None:
@@ -128,6 +136,27 @@ class RequestRecord:
         if self.retried is None:
             self.retried = []
         self.retried.append(self.provider or "")
+
+
+def _completion(usage: dict[str, Any] | None) -> int:
+    """The usage's completion tokens; 0 when none, or not a count (a pass-through's JSON)."""
+    n = usage.get("completion_tokens") if usage is not None else None
+    return n if isinstance(n, int) and not isinstance(n, bool) else 0
+
+
+def _at_least(usage: dict[str, Any] | None, completion: int) -> dict[str, Any]:
+    """`usage` (a snapshot, perhaps none: its prompt then unknown) with at least `completion`
+    completion tokens, its total following."""
+    if usage is not None and _completion(usage) >= completion:
+        return usage
+    usage = dict(usage) if usage is not None else {"prompt_tokens": None}
+    usage["completion_tokens"] = completion
+    prompt = usage.get("prompt_tokens")
+    if isinstance(prompt, int) and not isinstance(prompt, bool):
+        usage["total_tokens"] = prompt + completion
+    else:
+        usage["total_tokens"] = None
+    return usage
 
 
 def cache_write_tokens(usage: dict[str, Any], details: Any) -> Any:

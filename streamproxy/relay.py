@@ -168,8 +168,9 @@ async def relay(stream: OpenedStream, client: SSEWriter, record: RequestRecord,
             # (an empty answer that ended on the upstream's close, which does not ask: now)
             record.first_token = time.monotonic()
         record.finish_reason = encoder.finish_reason
-        record.note_usage(encoder.usage_data, translator,
-                          ended=encoder.ended and encoder.failure is None)
+        ended = encoder.ended and encoder.failure is None
+        record.note_usage(encoder.usage_data, translator, ended=ended,
+                          sent=0 if ended else encoder.tokens_sent())
         record.upstream_reads, record.gap_max, record.gap_mean = deadline.gap_stats(
             cut=not translator.done)
         if encoder.failure is not None:

@@ -88,11 +88,14 @@ async def test_one_line_per_request_with_the_documented_fields(
 async def test_a_stream_that_fails_logs_the_tokens_the_provider_had_reported(
         proxy: Any, caplog: pytest.LogCaptureFixture, model: str) -> None:
     """Anthropic reports the prompt's tokens in message_start, and bills them whatever follows:
-    a stream that then fails still logs (and counts) them, marked as partial."""
+    a stream that then fails still logs (and counts) them, marked as partial — with the
+    completion tokens its client got, not message_start's `output_tokens: 1`."""
     caplog.set_level(logging.INFO)
     client = await proxy(mock_config())
     lbl = {"provider": "mock", "model": model, "type": "input"}
+    out_lbl = {**lbl, "type": "output"}
     before = metric_value("streamproxy_tokens_total", lbl)
+    before_out = metric_value("streamproxy_tokens_total", out_lbl)
     for m in ("fast:tokens=3", model):
         body = await (await client.post("/v1/chat/completions", json={
             "model": m, "stream": True, "messages": USER})).read()
@@ -100,10 +103,13 @@ async def test_a_stream_that_fails_logs_the_tokens_the_provider_had_reported(
     complete, failed = access_lines(caplog)
     assert failed["error_type"] is not None and failed["finish_reason"] is None
     assert failed["prompt_tokens"] == complete["prompt_tokens"] >= 1
-    assert failed["completion_tokens"] == 1  # message_start's count: no message_delta came
+    # Three one-word deltas went out, as the complete stream's three tokens (message_start
+    # said 1, and no message_delta came): the estimate, docs/operations.md
+    assert failed["completion_tokens"] == complete["completion_tokens"] == 3
     assert failed["tokens_partial"] is True
     assert (metric_value("streamproxy_tokens_total", lbl)
             == before + failed["prompt_tokens"])
+    assert metric_value("streamproxy_tokens_total", out_lbl) == before_out + 3
 
 
 async def test_tokens_are_the_answering_attempts_even_when_one_failed_before_the_commit(

@@ -33,6 +33,7 @@ _ROLE_TEXT = b'{"role":"assistant","content":"","refusal":null}'
 _ROLE_NO_TEXT = b'{"role":"assistant","content":null,"refusal":null}'
 _ROLE_WITH_CALL = b'{"role":"assistant","content":null,"tool_calls":%b,"refusal":null}'
 _NULL_LOGPROBS_LEN = len(b',"logprobs":null')  # the envelope tail's first field
+_CONTENT_WRAP = len(b'{"content":""}')  # a text delta's, the least any delta has
 
 
 class ChunkSink(Protocol):
@@ -200,6 +201,7 @@ class ChunkEncoder:
     __slots__ = (
         "_buf", "_citations", "_content_head", "_content_null", "_content_tail", "_images",
         "_literal_sep", "_prefix", "_role", "_tail", "_thinking_blocks", "_tier", "_token_after",
+        "_untold",
         "bytes_taken",
         "chunks",
         "completion_id", "created", "ended", "failure", "finish_reason", "include_usage",
@@ -234,6 +236,10 @@ class ChunkEncoder:
         self._images = 0  # image(): the next image's index
         self._citations = 0  # citations(): the next annotation's index
         self._tier = b""  # service_tier(): the usage chunk's `"service_tier":…,`
+        # Bytes of deltas that are no tokens of the answer: a thinking block repeats the
+        # reasoning sent and adds its signature, an image is its data, logprobs and citations
+        # describe the text (tokens_sent(); counted where each is built, never per text delta).
+        self._untold = 0
         self.chunks = 0
         # After a commit on the role chunk alone: the chunks that carried nothing of the answer
         # (role_only, skip_empty); the next one is its first token.
@@ -367,8 +373,9 @@ class ChunkEncoder:
         if not self._content_head:
             self._open_text()
         # The envelope's tail with its `"logprobs":null` replaced by the tokens.
-        self._buf += (self._content_head, _dumps(text), b'},"logprobs":',
-                      _dumps({"content": tokens, "refusal": None}),
+        logprobs = _dumps({"content": tokens, "refusal": None})
+        self._untold += len(logprobs)
+        self._buf += (self._content_head, _dumps(text), b'},"logprobs":', logprobs,
                       self._tail[_NULL_LOGPROBS_LEN:])
         self.chunks += 1
 
@@ -382,11 +389,15 @@ class ChunkEncoder:
     def thinking_block(self, block: dict[str, Any]) -> None:
         # Numbered like tool calls: the openai SDK's stream helper merges list deltas by
         # `index` and raises on a second entry without one.
-        self._frame(_dumps({"thinking_blocks": [{"index": self._thinking_blocks, **block}]}))
+        delta = _dumps({"thinking_blocks": [{"index": self._thinking_blocks, **block}]})
+        self._untold += len(delta)
+        self._frame(delta)
         self._thinking_blocks += 1
 
     def image(self, url: str) -> None:
-        self._frame(_dumps({"images": [image_entry(url, self._images)]}))
+        delta = _dumps({"images": [image_entry(url, self._images)]})
+        self._untold += len(delta)
+        self._frame(delta)
         self._images += 1
         self._content_null = False  # (an image answer's content is null without text)
 
@@ -396,8 +407,10 @@ class ChunkEncoder:
         # whose entries have no `index` (OpenAI's search models send theirs in one delta).
         first = self._citations
         self._citations += len(entries)
-        self._frame(_dumps({"annotations": [{"index": first + i, **entry}
-                                            for i, entry in enumerate(entries)]}))
+        delta = _dumps({"annotations": [{"index": first + i, **entry}
+                                         for i, entry in enumerate(entries)]})
+        self._untold += len(delta)
+        self._frame(delta)
 
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None:
         calls = _dumps([{"index": index, "id": call_id, "type": "function",
@@ -475,6 +488,22 @@ class ChunkEncoder:
             self.finish_reason = finish_reason
         self._buf += (b"data: ", data, b"\n\n")
         self.chunks += 1
+
+    def tokens_sent(self) -> int:
+        """An estimate of the answer's tokens the client got, for a stream cut before its
+        provider's final count (docs/operations.md, `tokens_partial`); read once, at the end,
+        from the counts take() keeps anyway. Each chunk after the role's is at least one token
+        (a delta is); with our envelope, the bytes the deltas carried beyond it — text and
+        tool calls' arguments, as JSON escapes them — are a token per four. A pass-through's
+        frames are the upstream's own, padded as it likes: counted only."""
+        deltas = self.chunks - 1 - (self.finish_reason is not None)  # less role and finish
+        if deltas <= 0 or not self._prefix:
+            return max(deltas, 0)
+        size = (self.bytes_taken - self._untold - len(_ROLE_TEXT) - _CONTENT_WRAP * deltas
+                - (len(self._prefix) + len(self._tail)) * self.chunks)
+        if self.failure is not None and not self._buf:  # (its error frame went out)
+            size -= len(error_frame(self.failure))
+        return max(deltas, size // 4)
 
     def envelope(self) -> dict[str, Any]:
         return {"id": self.completion_id, "created": self.created, "model": self.model}

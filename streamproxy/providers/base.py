@@ -79,6 +79,9 @@ class StreamTranslator:
     event; `close()` at EOF raises StreamTruncated if that never came (never a fake `stop`)."""
 
     done: bool = False
+    # Its `usage_so_far` counts every chunk translated (Gemini's usageMetadata comes with each):
+    # the provider's own count of a cut stream, kept over the relay's estimate of it.
+    usage_runs: bool = False
 
     def feed(self, data: bytes) -> None:
         raise NotImplementedError

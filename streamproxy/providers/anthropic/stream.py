@@ -260,8 +260,11 @@ class AnthropicStreamTranslator(SSETranslator):
             # and the SDK's types allow it) — keep message_start's values. So does an input
             # count of 0: Anthropic's are cumulative, never back to 0; Anthropic-compatible
             # servers (SGLang) send 0 there for "counted in message_start".
-            self._usage.update((k, v) for k, v in (msg.get("usage") or {}).items()
+            usage = msg.get("usage") or {}
+            self._usage.update((k, v) for k, v in usage.items()
                                if v is not None and (v or k not in _INPUT_COUNTS))
+            # Its counts are cumulative: the whole answer's, kept over a cut's estimate.
+            self.usage_runs = self.usage_runs or bool(usage.get("output_tokens"))
             delta = msg.get("delta") or {}
             reason = delta.get("stop_reason")
             if reason and not self._finished:

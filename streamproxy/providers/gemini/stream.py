@@ -282,6 +282,8 @@ def blocked_prompt(feedback: dict[str, Any]) -> str:
 
 
 class GeminiStreamTranslator(SSETranslator):
+    usage_runs = True  # (every chunk's usageMetadata: the count of what was sent)
+
     def __init__(self, out: ChunkSink, max_event_bytes: int, provider: str = "gemini", *,
                  logprobs: bool = False, grounded: bool = False) -> None:
         super().__init__(out, max_event_bytes)

@@ -1,0 +1,189 @@
+"""The usage a cut stream records (docs/operations.md, `tokens_partial`): a stream that ends
+before its provider's final count (its client left, a drain's grace ended, an upstream reset,
+a timeout) records the provider's latest snapshot, with at least the completion tokens the
+client got (`ChunkEncoder.tokens_sent`, computed once at the end), still marked partial."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from streamproxy.errors import UpstreamTimeout
+from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
+from streamproxy.providers.base import StreamTranslator
+from streamproxy.providers.gemini.stream import GeminiStreamTranslator
+from streamproxy.providers.ollama.stream import OllamaStreamTranslator
+from streamproxy.record import RequestRecord
+from tests.helpers import fixture_bytes, jsonl_to_sse, make_encoder
+
+
+def cut_anthropic(name: str) -> tuple[ChunkEncoder, AnthropicStreamTranslator, int]:
+    """The recorded stream fed up to its message_delta (every delta went to the client, the
+    final count never came); with the count message_delta would have given."""
+    data = fixture_bytes(name)
+    if name.endswith(".jsonl"):
+        data = jsonl_to_sse(data)
+    cut = data.index(b"event: message_delta")
+    final = orjson.loads(data[cut:].split(b"data: ", 1)[1].split(b"\n", 1)[0])
+    encoder = make_encoder()
+    translator = AnthropicStreamTranslator(encoder, 1 << 20)
+    translator.feed(data[:cut])
+    encoder.take()
+    return encoder, translator, final["usage"]["output_tokens"]
+
+
+def record_cut(encoder: ChunkEncoder, translator: StreamTranslator) -> RequestRecord:
+    """As the relay notes a stream that did not end well."""
+    record = RequestRecord("t", stream=True)
+    ended = encoder.ended and encoder.failure is None
+    record.note_usage(encoder.usage_data, translator, ended=ended,
+                      sent=0 if ended else encoder.tokens_sent())
+    return record
+
+
+def test_a_cut_anthropic_stream_records_the_text_it_sent_not_message_starts_one_token(
+        ) -> None:
+    """message_start says `output_tokens: 1`; no other count comes before message_delta. Six
+    deltas of text went out: the record says about the 30 tokens Anthropic billed."""
+    encoder, translator, final = cut_anthropic("anthropic/vercel-ai_anthropic-text.chunks.jsonl")
+    record = record_cut(encoder, translator)
+    assert record.usage_partial is True
+    assert record.usage is not None
+    assert record.usage["prompt_tokens"] == 12  # message_start's, as it was
+    assert 0.8 * final <= record.usage["completion_tokens"] <= 1.2 * final
+    assert record.usage["total_tokens"] == 12 + record.usage["completion_tokens"]
+
+
+def test_a_cut_thinking_stream_counts_its_reasoning_once_and_not_its_signature() -> None:
+    """The thinking block's entry repeats the reasoning sent and adds a long signature: those
+    bytes are no more tokens."""
+    encoder, translator, final = cut_anthropic(
+        "anthropic/llm-anthropic_test_thinking_prompt.response0.sse")
+    usage = record_cut(encoder, translator).usage
+    assert usage is not None
+    assert 0.8 * final <= usage["completion_tokens"] <= 1.3 * final
+
+
+def test_a_cut_tool_call_stream_counts_its_arguments() -> None:
+    encoder, translator, final = cut_anthropic("anthropic/sdk-python_tool_use_response.sse")
+    usage = record_cut(encoder, translator).usage
+    assert usage is not None
+    assert 0.5 * final <= usage["completion_tokens"] <= 1.5 * final
+
+
+def test_the_error_frame_of_a_failed_stream_is_no_token() -> None:
+    encoder, _, _ = cut_anthropic("anthropic/vercel-ai_anthropic-text.chunks.jsonl")
+    sent = encoder.tokens_sent()
+    encoder.error(UpstreamTimeout("the upstream went silent"))
+    assert encoder.take()  # the error frame went out
+    assert encoder.tokens_sent() == sent
+
+
+def test_a_larger_snapshot_is_kept() -> None:
+    """A snapshot that runs with the stream (Gemini's usageMetadata, a vLLM's running count)
+    may say more than the estimate: it is the provider's count, kept."""
+
+    class Running(StreamTranslator):
+        def usage_so_far(self) -> dict[str, Any] | None:
+            return {"prompt_tokens": 7, "completion_tokens": 500, "total_tokens": 507}
+
+    encoder = make_encoder()
+    encoder.start("m", True)
+    encoder.content("Hello there")
+    encoder.take()
+    record = record_cut(encoder, Running())
+    assert record.usage == {"prompt_tokens": 7, "completion_tokens": 500, "total_tokens": 507}
+    assert record.usage_partial is True
+
+
+def test_a_cut_gemini_stream_keeps_its_running_count() -> None:
+    """Gemini's usageMetadata comes with every chunk, counting all sent so far: the provider's
+    own count, kept even where the estimate (a token per four bytes) says more."""
+    text = "def f(x):\n    return {'a': [x, x]}\n"  # code: fewer bytes a token than prose
+    encoder = make_encoder()
+    translator = GeminiStreamTranslator(encoder, 1 << 20)
+    for n in (1, 2, 3):
+        translator.feed(b"data: " + orjson.dumps({
+            "candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
+                            "index": 0}],
+            "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 4 * n,
+                              "totalTokenCount": 9 + 4 * n}}) + b"\r\n\r\n")
+    encoder.take()
+    assert encoder.tokens_sent() > 12  # (what the max of the two would have logged)
+    record = record_cut(encoder, translator)
+    assert record.usage is not None and record.usage_partial is True
+    assert (record.usage["prompt_tokens"], record.usage["completion_tokens"],
+            record.usage["total_tokens"]) == (9, 12, 21)
+
+
+def test_a_cut_stream_whose_provider_reports_usage_only_at_the_end_records_what_it_sent(
+        ) -> None:
+    """Ollama (as Bedrock and Cohere) reports usage only on its last line: a cut stream had no
+    count at all, and logged none for the tokens its client got. Its prompt stays unknown."""
+    encoder = make_encoder()
+    translator = OllamaStreamTranslator(encoder, 1 << 20)
+    words = ["Hello", " there", ",", " how", " are", " you", " today", "?"]
+    translator.feed(b"".join(orjson.dumps({
+        "model": "m", "message": {"role": "assistant", "content": w}, "done": False}) + b"\n"
+        for w in words))
+    encoder.take()
+    record = record_cut(encoder, translator)
+    assert record.usage_partial is True
+    assert record.usage is not None
+    assert record.usage["prompt_tokens"] is None
+    assert record.usage["completion_tokens"] == len(words)  # a delta is at least a token
+
+
+def test_logprobs_are_no_tokens_of_the_answer() -> None:
+    encoder = make_encoder()
+    encoder.start("m", True)
+    for word in ("Hi", " there"):
+        encoder.content_logprobs(word, [{"token": word, "logprob": -0.25, "bytes": [72, 105],
+                                         "top_logprobs": [{"token": word, "logprob": -0.25,
+                                                           "bytes": [72, 105]}] * 5}])
+    encoder.take()
+    assert encoder.tokens_sent() == 2
+
+
+def test_a_pass_through_stream_counts_its_frames() -> None:
+    """An OpenAI-compatible upstream's frames are its own (with padding: OpenAI's
+    `obfuscation`), so their size says nothing; each chunk after the role's is a token."""
+    encoder = make_encoder()
+    encoder.raw(b'{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}')
+    for word in ("Hello", " there", "!"):
+        encoder.raw(orjson.dumps({"choices": [{"index": 0, "delta": {"content": word}}],
+                                  "obfuscation": "x" * 40}))
+    encoder.take()
+    assert encoder.tokens_sent() == 3
+
+
+def test_a_stream_that_ended_well_without_usage_records_none() -> None:
+    """Not cut: a provider that reported no usage reported none; nothing is estimated."""
+    encoder = make_encoder()
+    translator = OllamaStreamTranslator(encoder, 1 << 20)
+    translator.feed(orjson.dumps({"model": "m", "message": {"role": "assistant",
+                                                             "content": "Hi"},
+                                  "done": True, "done_reason": "stop"}) + b"\n")
+    encoder.take()
+    assert encoder.ended
+    record = record_cut(encoder, translator)
+    assert record.usage_partial is False
+    assert record.usage is None or record.usage["completion_tokens"] == 0  # (Ollama's zeros)
+
+
+def test_a_stream_cut_after_anthropics_message_delta_keeps_its_count() -> None:
+    """message_delta's usage is cumulative, the answer's whole count: a stream cut between it
+    and message_stop (a reset, a drain) logs that count, not the estimate (over it for a tool
+    call's arguments)."""
+    data = fixture_bytes("anthropic/sdk-python_tool_use_response.sse")
+    cut = data.index(b"event: message_stop")
+    encoder = make_encoder()
+    translator = AnthropicStreamTranslator(encoder, 1 << 20)
+    translator.feed(data[:cut])
+    encoder.take()
+    assert encoder.tokens_sent() > 65  # (what the max of the two would have logged)
+    usage = record_cut(encoder, translator).usage
+    assert usage is not None
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (377, 65)
