@@ -181,3 +181,20 @@ async def test_the_mocks_client_errors_reach_the_client_as_client_errors(
         error = (await resp.json())["error"]
         assert resp.status == 401 and error["type"] != "server_error", provider
         assert error["code"] != "api_error", provider
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("provider", ["mock", "mock-openai"])
+@pytest.mark.parametrize(("knobs", "named"), [("tokens=abc", "tokens"), ("bogus=1", "bogus"),
+                                              ("fast:tps=", "tps")])
+async def test_a_bad_knob_is_a_400_that_names_it(default_proxy: Any, provider: str, stream: bool,
+                                                 knobs: str, named: str) -> None:
+    """A mistyped knob answered a plain-text 400 the proxy could not read, so the client saw
+    only "provider 'mock' returned HTTP 400"; the error now says which option was wrong."""
+    client = await default_proxy()
+    resp = await client.post("/v1/chat/completions", json={
+        "model": f"{provider}/{knobs}", "stream": stream, "messages": USER})
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert f"mock option {named!r}" in error["message"], error
+    assert error["type"] == "invalid_request_error"

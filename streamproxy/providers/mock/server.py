@@ -43,6 +43,10 @@ WORDS = ("Hello", " from", " the", " streamproxy", " mock", ",", " token", " by"
 TOOL_ARGS = ('{"city": ', '"Paris"', ', "unit": "c"}')
 
 
+class MockOptionError(ValueError):
+    """A knob the mock cannot take: answered as the provider's 400, its message the reason."""
+
+
 @dataclass(frozen=True, slots=True)
 class MockOptions:
     tokens: int = 200
@@ -77,11 +81,11 @@ def _kv(spec: str) -> dict[str, Any]:
         key, _, value = item.partition("=")
         kind = _FIELD_TYPES.get(key)
         if kind is None:
-            raise web.HTTPBadRequest(text=f"unknown mock option {key!r}")
+            raise MockOptionError(f"unknown mock option {key!r}")
         try:
             out[key] = kind(value)
         except ValueError:
-            raise web.HTTPBadRequest(text=f"bad value for mock option {key!r}") from None
+            raise MockOptionError(f"bad value for mock option {key!r}: {value!r}") from None
     return out
 
 
@@ -277,10 +281,10 @@ class _Wire:
         return anthropic_message(opts, model, prompt) if self.name == "anthropic" else \
             openai_completion(opts, model, prompt)
 
-    def error_body(self, status: int) -> dict[str, Any]:
+    def error_body(self, status: int, msg: str = "") -> dict[str, Any]:
         """The error as the provider types it: a 401 read as a server fault (`api_error`)
         told a client testing its key handling that the provider failed."""
-        msg = f"mock error status {status}"
+        msg = msg or f"mock error status {status}"
         if self.name == "anthropic":
             kind = ANTHROPIC_ERROR_TYPES.get(status) or (
                 "invalid_request_error" if status < 500 else "api_error")
@@ -344,7 +348,10 @@ async def _serve(request: web.Request, wire: _Wire) -> web.StreamResponse:
     if not isinstance(model, str) or not isinstance(messages, list) or not messages or (
             wire is ANTHROPIC and not isinstance(body.get("max_tokens"), int)):
         return web.json_response(wire.error_body(400), status=400)
-    opts = MockOptions.parse(model, request.headers.get("x-mock-options"))
+    try:
+        opts = MockOptions.parse(model, request.headers.get("x-mock-options"))
+    except MockOptionError as e:  # in the provider's error shape, so the proxy relays why
+        return web.json_response(wire.error_body(400, str(e)), status=400)
     if opts.stall_ms:
         await asyncio.sleep(opts.stall_ms / 1000)
     if opts.status != 200:
