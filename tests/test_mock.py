@@ -198,3 +198,20 @@ async def test_a_bad_knob_is_a_400_that_names_it(default_proxy: Any, provider: s
     error = (await resp.json())["error"]
     assert f"mock option {named!r}" in error["message"], error
     assert error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("provider", ["mock", "mock-openai"])
+@pytest.mark.parametrize(("knobs", "named"), [("status=999", "status"), ("status=302", "status"),
+                                              ("tokens=-3", "tokens"),
+                                              ("tool_calls=-1", "tool_calls")])
+async def test_a_knob_out_of_range_is_a_400(default_proxy: Any, provider: str, stream: bool,
+                                            knobs: str, named: str) -> None:
+    """`status=999` was relayed to the client as an HTTP 999 (and `status=1xx` left it
+    waiting); `tokens=-3` answered a 200 with `completion_tokens: -3`."""
+    client = await default_proxy()
+    resp = await client.post("/v1/chat/completions", json={
+        "model": f"{provider}/{knobs}", "stream": stream, "messages": USER})
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert f"mock option {named!r}" in error["message"], error

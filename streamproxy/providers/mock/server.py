@@ -69,7 +69,18 @@ class MockOptions:
             if preset:
                 opts = replace(opts, **PRESETS.get(preset, {}))
             opts = replace(opts, **_kv(rest))
+        opts._check()
         return opts
+
+    def _check(self) -> None:
+        # A status outside the error range was relayed as is (an HTTP 999, a 1xx the client
+        # waited on for ever), and a negative count answered negative usage.
+        if self.status != 200 and not 400 <= self.status <= 599:
+            raise MockOptionError(f"mock option 'status' must be 200 or 400-599, not "
+                                  f"{self.status}")
+        for name in ("tokens", "tool_calls", "tps", "ttft_ms", "stall_ms"):
+            if getattr(self, name) < 0:
+                raise MockOptionError(f"mock option {name!r} must not be negative")
 
 
 _FIELD_TYPES = {f.name: (float if f.type == "float" else int) for f in fields(MockOptions)}
