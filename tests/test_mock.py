@@ -215,3 +215,27 @@ async def test_a_knob_out_of_range_is_a_400(default_proxy: Any, provider: str, s
     assert resp.status == 400
     error = (await resp.json())["error"]
     assert f"mock option {named!r}" in error["message"], error
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_the_prompt_tokens_are_the_same_on_either_wire(default_proxy: Any,
+                                                             stream: bool) -> None:
+    """On the Anthropic wire the system prompt travels as `system`, outside `messages`, and the
+    mock counted only `messages`: the same request reported 2 prompt tokens through `mock` and
+    16 through `mock-openai`."""
+    client = openai_sdk(await default_proxy())
+    messages: Any = [{"role": "system", "content": "You are a helpful assistant. " * 4},
+                     {"role": "user", "content": "Hello"}]
+    usages = []
+    for provider in ("mock", "mock-openai"):
+        model = provider + "/tokens=3"
+        if stream:
+            chunks = [c async for c in await client.chat.completions.create(
+                model=model, messages=messages, stream=True,
+                stream_options={"include_usage": True})]
+            usage = chunks[-1].usage
+        else:
+            usage = (await client.chat.completions.create(model=model, messages=messages)).usage
+        assert usage is not None
+        usages.append((usage.prompt_tokens, usage.completion_tokens))
+    assert usages[0] == usages[1] == (mock_server.prompt_tokens({"messages": messages}), 3)

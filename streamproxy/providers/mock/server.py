@@ -115,15 +115,20 @@ def has_text(opts: MockOptions) -> bool:
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:
-    """A deterministic stand-in for tokenisation: ~4 characters per token."""
-    size = 0
-    for m in body.get("messages") or []:
-        content = m.get("content") if isinstance(m, dict) else None
-        if isinstance(content, str):
-            size += len(content)
-        elif isinstance(content, list):
-            size += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+    """A deterministic stand-in for tokenisation: ~4 characters per token. Anthropic's wire
+    carries the system prompt in `system`, outside `messages`: counted too, so a request's
+    prompt tokens are the same on either wire."""
+    contents = [m.get("content") for m in body.get("messages") or [] if isinstance(m, dict)]
+    size = sum(_text_size(c) for c in (body.get("system"), *contents))
     return size // 4 + 1
+
+
+def _text_size(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+    return 0
 
 
 # -- Anthropic wire -----------------------------------------------------------------------------
