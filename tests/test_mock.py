@@ -239,3 +239,33 @@ async def test_the_prompt_tokens_are_the_same_on_either_wire(default_proxy: Any,
         assert usage is not None
         usages.append((usage.prompt_tokens, usage.completion_tokens))
     assert usages[0] == usages[1] == (mock_server.prompt_tokens({"messages": messages}), 3)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("provider", ["mock", "mock-openai"])
+@pytest.mark.parametrize("param", ["max_tokens", "max_completion_tokens"])
+async def test_max_tokens_caps_the_answer(default_proxy: Any, provider: str, stream: bool,
+                                          param: str) -> None:
+    """The mock sent all its deltas whatever the request's cap: `max_tokens: 3` on mock/fast
+    answered 200 tokens and `finish_reason: stop`, so a client's handling of a cut answer
+    could not be tried against it. Now it stops at the cap with `length`, as a provider does."""
+    client = openai_sdk(await default_proxy())
+    for model, cap in ((f"{provider}/fast", 3), (f"{provider}/tool", 12)):
+        kw: Any = {"model": model, "messages": USER, param: cap}
+        tokens = min(cap, 10)
+        if stream:  # (the SDK's stream helper raises on a cut answer: the chunks as they are)
+            chunks = [c async for c in await client.chat.completions.create(
+                **kw, stream=True, stream_options={"include_usage": True})]
+            deltas = [c.choices[0] for c in chunks if c.choices]
+            answer = ("".join(d.delta.content or "" for d in deltas),
+                      [d.delta.tool_calls for d in deltas if d.delta.tool_calls],
+                      deltas[-1].finish_reason, chunks[-1].usage)
+        else:
+            done = await client.chat.completions.create(**kw)
+            answer = (done.choices[0].message.content, done.choices[0].message.tool_calls or [],
+                      done.choices[0].finish_reason, done.usage)
+        assert answer[:3] == (mock_server.mock_text(tokens), [], "length"), model
+        assert answer[3] is not None and answer[3].completion_tokens == tokens
+    final = await client.chat.completions.create(  # room for it all: the whole answer
+        model=f"{provider}/tool", messages=USER, **{param: 20})
+    assert final.choices[0].finish_reason == "tool_calls"

@@ -373,7 +373,7 @@ async def test_a_client_that_never_reads_its_answer_is_reset_when_closed(
         await asyncio.sleep(0.05)  # mark: let it end with bytes unsent, as under the mark
         for handler in client.server.runner.server.connections:
             handler.transport.set_write_buffer_limits(high=64 * 2**20)
-    big = orjson.dumps({"model": "fast:tokens=2000000",
+    big = orjson.dumps({"model": "fast:tokens=2000000", "max_tokens": 2000000,
                         "messages": [{"role": "user", "content": "hi"}]})
     writer.write(chat_head(len(big), extra=b"Connection: close\r\n"
                            if after == "connection-close" else b"") + big)

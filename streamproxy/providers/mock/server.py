@@ -14,6 +14,8 @@ Knobs per request, from the model name (`fast`, `slow:tokens=40`, `tokens=500,tp
     reset_first     1: send 200 headers, then reset the connection before any event
     flush           1: write every event on its own, as providers flush them (no delay)
 
+A request's `max_tokens` (`max_completion_tokens`) cuts the answer there, as a provider does.
+
 Unpaced bodies are built once per distinct request shape and cached, so the mock is never the
 bottleneck of a benchmark: a 200-delta stream is one cached bytes object and one write. With
 `flush=1` the same stream is 205 writes, the shape a real provider's stream arrives in.
@@ -59,6 +61,7 @@ class MockOptions:
     stall_ms: float = 0.0
     reset_first: int = 0  # 1: send the headers, then reset before any event
     flush: int = 0  # 1: one write per event even when unpaced
+    cut: bool = False  # stopped at the request's max_tokens (not a knob)
 
     @classmethod
     def parse(cls, model: str, header: str | None) -> MockOptions:
@@ -72,6 +75,14 @@ class MockOptions:
         opts._check()
         return opts
 
+    def capped(self, limit: Any) -> MockOptions:
+        """The answer cut at the request's `max_tokens`, as a provider cuts it: the text up to
+        the cap, no tool call (each counts 10), and the stop reason of a cut answer."""
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0 or \
+                self.tokens + 10 * self.tool_calls <= limit:
+            return self
+        return replace(self, tokens=min(self.tokens, limit), tool_calls=0, cut=True)
+
     def _check(self) -> None:
         # A status outside the error range was relayed as is (an HTTP 999, a 1xx the client
         # waited on for ever), and a negative count answered negative usage.
@@ -83,7 +94,8 @@ class MockOptions:
                 raise MockOptionError(f"mock option {name!r} must not be negative")
 
 
-_FIELD_TYPES = {f.name: (float if f.type == "float" else int) for f in fields(MockOptions)}
+_FIELD_TYPES = {f.name: (float if f.type == "float" else int) for f in fields(MockOptions)
+                if f.name != "cut"}
 
 
 def _kv(spec: str) -> dict[str, Any]:
@@ -176,11 +188,19 @@ def anthropic_epilogue(opts: MockOptions) -> bytes:
         parts.append(_sse("content_block_stop", {"type": "content_block_stop", "index": idx}))
     parts.append(_sse("message_delta", {
         "type": "message_delta",
-        "delta": {"stop_reason": "tool_use" if opts.tool_calls else "end_turn",
+        "delta": {"stop_reason": anthropic_stop(opts),
                   "stop_sequence": None},
         "usage": {"output_tokens": opts.tokens + 10 * opts.tool_calls}}))
     parts.append(_sse("message_stop", {"type": "message_stop"}))
     return b"".join(parts)
+
+
+def anthropic_stop(opts: MockOptions) -> str:
+    return "tool_use" if opts.tool_calls else "max_tokens" if opts.cut else "end_turn"
+
+
+def openai_finish(opts: MockOptions) -> str:
+    return "tool_calls" if opts.tool_calls else "length" if opts.cut else "stop"
 
 
 def anthropic_message(opts: MockOptions, model: str, prompt: int) -> dict[str, Any]:
@@ -190,7 +210,7 @@ def anthropic_message(opts: MockOptions, model: str, prompt: int) -> dict[str, A
         content.append({"type": "tool_use", "id": f"toolu_mock_{k}", "name": "get_weather",
                         "input": orjson.loads("".join(TOOL_ARGS))})
     return {"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
-            "content": content, "stop_reason": "tool_use" if opts.tool_calls else "end_turn",
+            "content": content, "stop_reason": anthropic_stop(opts),
             "stop_sequence": None,
             "usage": {"input_tokens": prompt, "output_tokens": opts.tokens + 10 * opts.tool_calls,
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}
@@ -235,8 +255,7 @@ def openai_epilogue(opts: MockOptions, model: str, prompt: int, usage: bool) -> 
         for frag in TOOL_ARGS:
             parts.append(_data(_chunk(model, {"tool_calls": [{
                 "index": k, "function": {"arguments": frag}}]}, usage=usage)))
-    parts.append(_data(_chunk(model, {}, "tool_calls" if opts.tool_calls else "stop",
-                              usage=usage)))
+    parts.append(_data(_chunk(model, {}, openai_finish(opts), usage=usage)))
     if usage:
         completion = opts.tokens + 10 * opts.tool_calls
         parts.append(_data({"id": "chatcmpl-mock", "object": "chat.completion.chunk",
@@ -258,8 +277,7 @@ def openai_completion(opts: MockOptions, model: str, prompt: int) -> dict[str, A
     completion = opts.tokens + 10 * opts.tool_calls
     return {"id": "chatcmpl-mock", "object": "chat.completion", "created": 1700000000,
             "model": model, "choices": [{"index": 0, "message": message, "logprobs": None,
-                                         "finish_reason": "tool_calls" if opts.tool_calls
-                                         else "stop"}],
+                                         "finish_reason": openai_finish(opts)}],
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
                       "total_tokens": prompt + completion}}
 
@@ -374,6 +392,7 @@ async def _serve(request: web.Request, wire: _Wire) -> web.StreamResponse:
         wait = {"retry-after": "1"} if opts.status in WAIT_STATUSES else None
         return web.Response(body=orjson.dumps(wire.error_body(opts.status)), status=opts.status,
                             content_type="application/json", headers=wait)
+    opts = opts.capped(body.get("max_completion_tokens", body.get("max_tokens")))
     prompt = prompt_tokens(body)
     if not body.get("stream"):
         return await _whole(request, wire, opts, model, prompt)
