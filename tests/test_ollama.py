@@ -640,6 +640,22 @@ def test_ollama_option_names_at_the_top_level_go_into_options() -> None:
         "repeat_last_n": 128, "mirostat": 1, "num_predict": 9}
 
 
+def test_ollama_num_predict_and_other_options_at_the_top_level_go_into_options() -> None:
+    # Ollama documents every option (num_predict, mirostat, tfs_z…) under `options` only; a
+    # client's extra_body sends them at the top level, as LiteLLM's ollama_chat passes them on.
+    # A top-level num_predict was dropped: the answer ran to Ollama's default length.
+    body = {"messages": [{"role": "user", "content": "hi"}], "num_predict": 64, "mirostat": 2,
+            "mirostat_tau": 4.0, "tfs_z": 0.9, "num_keep": 5, "penalize_newline": False,
+            "options": {"num_predict": 8}}
+    assert to_ollama(body, "llama3.2", stream=True)["options"] == {
+        "num_predict": 64, "mirostat": 2, "mirostat_tau": 4.0, "tfs_z": 0.9, "num_keep": 5,
+        "penalize_newline": False}
+    # OpenAI's cap wins over Ollama's name for it, wherever that is
+    for cap in ("max_tokens", "max_completion_tokens"):
+        assert to_ollama({**body, cap: 9}, "llama3.2",
+                         stream=True)["options"]["num_predict"] == 9
+
+
 def test_truncate_and_shift_go_to_ollama() -> None:
     # Ollama's own switches for a prompt over the context: `truncate: false` asks for its 400
     # (context_length_exceeded) where it would cut the history's start in silence, `shift:

@@ -18,7 +18,8 @@ Choices (docs/providers/others.md "ollama"):
 - `response_format` json_object → `format: "json"`, json_schema → `format: <schema>`; a
   client's native `format` (extra_body: "json" or a schema) goes as it is, and wins;
 - max tokens, temperature, top_p, stop, seed and the penalties go in `options`, and so do
-  Ollama's option names sent at the top level (OPTIONS: num_ctx, min_p, ...), and
+  Ollama's option names sent at the top level (OPTIONS: num_ctx, num_predict, min_p, ...;
+  max_tokens wins over num_predict), and
   `repetition_penalty` (vLLM's name) as `repeat_penalty`; a client's native
   `options` (extra_body) and the provider's configured `options` sit underneath;
 - `reasoning_effort` → `think`: "none" → false, any other level → true, since most thinking
@@ -58,12 +59,6 @@ from streamproxy.openai_api.content import (
 )
 
 DROPPED = (OPENAI_ONLY - {"logprobs", "top_logprobs"}) | {"user", "parallel_tool_calls"}
-# Parameters that go into `options` under the same name (top_k: a common extra_body key), and
-# Ollama's own option names a client sends at the top level (extra_body, as LiteLLM's
-# ollama_chat takes them): dropped, a num_ctx left Ollama's default context, which cuts a long
-# prompt's start in silence. (num_predict is max_tokens', which wins.)
-OPTIONS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty", "top_k",
-           "num_ctx", "min_p", "typical_p", "repeat_penalty", "repeat_last_n")
 # Ollama's switches for a prompt over the context (extra_body): `truncate: false` refuses it
 # (a 400, context_length_exceeded) where Ollama cuts the history's start in silence; `shift:
 # false` ends the answer at the context's end (`length`) where it slides the context.
@@ -154,6 +149,12 @@ OPTION_TYPES = {
                      "use_mlock", "penalize_newline"), "a boolean"),
     "stop": "a list of strings",
 }
+# Parameters that go into `options` under the same name: OpenAI's sampling ones, and every one
+# of Ollama's option names a client sends at the top level (extra_body, as LiteLLM's
+# ollama_chat passes them on; Ollama documents them in `options` only): dropped, a num_ctx left
+# Ollama's default context, which cuts a long prompt's start in silence, and a num_predict its
+# default length. (`stop` is OpenAI's, a string or a list; max_tokens wins over num_predict.)
+OPTIONS = tuple(name for name in OPTION_TYPES if name != "stop")
 
 
 def option_type_error(name: str, value: Any) -> str | None:
@@ -174,12 +175,12 @@ def option_type_error(name: str, value: Any) -> str | None:
 def _options(body: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """`options` (the configured ones under the client's native ones) with the request's
     sampling and length parameters over them."""
-    max_tokens = answer_cap(body)
-    if max_tokens:
-        options["num_predict"] = max_tokens
     for key in OPTIONS:
         if body.get(key) is not None:
             options[key] = body[key]
+    max_tokens = answer_cap(body)
+    if max_tokens:
+        options["num_predict"] = max_tokens
     if body.get("repetition_penalty") is not None and body.get("repeat_penalty") is None:
         # vLLM's and OpenRouter's name for llama.cpp's multiplicative penalty (1.0: none)
         options["repeat_penalty"] = body["repetition_penalty"]
