@@ -598,6 +598,37 @@ def test_what_ollama_cannot_take_as_an_image_is_a_400_naming_it(url: str) -> Non
     assert info.value.param == "messages[0].content[1].image_url.url"
 
 
+SVG_B64 = "PHN2ZyB4bWxucz0iaHR0cDovL3d3dy53My5vcmcvMjAwMC9zdmciLz4="  # <svg xmlns=…/>
+
+
+@pytest.mark.parametrize(("url", "named"), [
+    # Neither of Ollama's image decoders reads these: the client got Ollama's decode error
+    # ("image: unknown format"), naming no part, after the model had loaded.
+    (f"data:image/svg+xml;base64,{SVG_B64}", "image/svg+xml"),
+    ("data:image/heic;base64,AAAAGGZ0eXBoZWlj", "image/heic"),
+    ("data:image/avif;base64,AAAAHGZ0eXBhdmlm", "image/avif"),
+    ("data:image/x-icon;base64,AAABAAEAEBA=", "image/x-icon"),
+])
+def test_an_image_type_ollama_cannot_decode_is_a_400_naming_the_part(url: str,
+                                                                    named: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        _images(url)
+    assert info.value.param == "messages[0].content[1].image_url.url"
+    assert named in str(info.value)
+
+
+@pytest.mark.parametrize("url", [
+    "data:image/jpeg;base64,/9j/4AAQSkZJRg==",
+    "data:image/jpg;base64,/9j/4AAQSkZJRg==",
+    "data:image/webp;base64,UklGRiQAAABXRUJQVlA4IA==",
+    "data:image/gif;base64,R0lGODlhAQABAAAAACw=",  # llama.cpp's decoder (older models) reads it
+    "data:image/bmp;base64,Qk0eAAAAAAAAABoAAAA=",
+    "data:image/tiff;base64,SUkqAAgAAAA=",
+])
+def test_an_image_type_one_of_ollamas_decoders_reads_goes_on(url: str) -> None:
+    assert _images(url) == [url.partition(",")[2]]
+
+
 def test_the_configured_options_partition_the_cache() -> None:
     # A provider's `options` (num_predict, temperature, stop, num_ctx…) change the answer, as
     # Anthropic's betas do: after an operator raised `num_predict` (a reload, or another

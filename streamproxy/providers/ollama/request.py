@@ -4,8 +4,9 @@ Choices (docs/providers/others.md "ollama"):
 - system and developer messages stay in place as `system` messages; a message's text parts
   go as one string, a line between each;
 - images: `image_url` parts must be `data:` URLs, sent as the message's base64 `images` list
-  (Ollama takes no URLs, and the proxy fetches nothing on a client's behalf); one whose label
-  is not an image type and whose bytes show no image (a PDF) is a 400;
+  (Ollama takes no URLs, and the proxy fetches nothing on a client's behalf); one of a type
+  neither of Ollama's image decoders reads (IMAGE_TYPES; the bytes' type where they show one,
+  else the label's), a PDF or an SVG, is a 400;
 - assistant tool calls go back with their arguments as objects; a tool result carries the
   function's name (`tool_name`), looked up from the assistant call it answers, and a turn's
   results go in the order of its calls (they go without call ids: see `_messages`);
@@ -45,7 +46,7 @@ from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     UNMATCHED_PLACE,
     answer_cap,
-    image_type,
+    image_media_type,
     logprobs_asked,
     lower_scheme,
     parse_data_url,
@@ -63,6 +64,12 @@ DROPPED = (OPENAI_ONLY - {"logprobs", "top_logprobs"}) | {"user", "parallel_tool
 # (a 400, context_length_exceeded) where Ollama cuts the history's start in silence; `shift:
 # false` ends the answer at the context's end (`length`) where it slides the context.
 SWITCHES = ("truncate", "shift")
+# The image types one of Ollama's two decoders reads: its own engine's (Go's image package:
+# png, jpeg, webp, bmp, tiff) or llama.cpp's, for the models that engine does not run yet
+# (stb_image: png, jpeg, gif, bmp). Which one reads a model's images is Ollama's choice, so a
+# type either reads goes on; an SVG, HEIC or AVIF neither does.
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp",
+                         "image/x-ms-bmp", "image/tiff"})
 THINK_LEVEL = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
                "high": "high", "xhigh": "high", "max": "high"}
 LEVELS_MODEL = "gpt-oss"  # models whose `think` takes a level, not only true/false
@@ -319,8 +326,11 @@ def _image(part: dict[str, Any], where: str) -> str:
                              param=where, code="invalid_value")
     mime, data = parse_data_url(url, where)
     # `images` carries bare base64, so the label goes no further: Ollama would try to decode
-    # a PDF as an image (the label may be generic, e.g. application/octet-stream, or wrong).
-    if not mime.startswith("image/") and image_type(data) is None:
-        raise InvalidRequest(f"Ollama takes images here, not {mime}.", param=where,
-                             code="unsupported_value")
+    # a PDF or an SVG as an image, and answer its decode error, naming no part. The type is
+    # the bytes' where they show one (a label may be generic, application/octet-stream, or
+    # wrong), else the label's.
+    mime = image_media_type(data, mime)
+    if mime not in IMAGE_TYPES:
+        raise InvalidRequest(f"Ollama takes png, jpeg, webp, gif, bmp or tiff images, not "
+                             f"{mime}.", param=where, code="unsupported_value")
     return data
