@@ -2820,3 +2820,68 @@ def test_a_frame_of_max_event_bytes_of_payload_is_taken_with_its_headers() -> No
     assert c.error is None and c.content == text and c.done
     c, _ = _capped_delta(4096, 4096 + 128 * 1024 + 1)  # over even with AWS's headers allowance
     assert c.error is not None and c.error["code"] == "upstream_protocol_error"
+
+
+def _server_tool_answer(client_call: bool) -> tuple[bytes, bytes]:
+    """A Nova answer that ran a system tool (nova_grounding: its toolUse block says
+    `type: server_tool_use`, and Bedrock runs it and gives its result), streamed and whole,
+    with one of the client's own calls after it or none."""
+    server = {"toolUseId": "s1", "name": "nova_grounding", "type": "server_tool_use"}
+    frames = [
+        event("messageStart", {"role": "assistant"}),
+        event("contentBlockStart", {"contentBlockIndex": 0, "start": {"toolUse": server}}),
+        event("contentBlockDelta", {"contentBlockIndex": 0,
+                                    "delta": {"toolUse": {"input": '{"query": "paris"}'}}}),
+        event("contentBlockStop", {"contentBlockIndex": 0}),
+        event("contentBlockStart", {"contentBlockIndex": 1, "start": {"toolResult": {
+            "toolUseId": "s1", "type": "nova_grounding_result"}}}),
+        event("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolResult": [
+            {"text": "18 C"}]}}),
+        event("contentBlockStop", {"contentBlockIndex": 1}),
+        event("contentBlockDelta", {"contentBlockIndex": 2, "delta": {"text": "It is 18 C."}}),
+        event("contentBlockStop", {"contentBlockIndex": 2})]
+    blocks: list[Any] = [
+        {"toolUse": {**server, "input": {"query": "paris"}}},
+        {"toolResult": {"toolUseId": "s1", "type": "nova_grounding_result",
+                        "content": [{"text": "18 C"}]}},
+        {"text": "It is 18 C."}]
+    if client_call:
+        frames += [
+            event("contentBlockStart", {"contentBlockIndex": 3, "start": {"toolUse": {
+                "toolUseId": "t1", "name": "send"}}}),
+            event("contentBlockDelta", {"contentBlockIndex": 3,
+                                        "delta": {"toolUse": {"input": BIG_INPUT}}}),
+            event("contentBlockStop", {"contentBlockIndex": 3})]
+        blocks.append({"toolUse": {"toolUseId": "t1", "name": "send", "input": "@INPUT@"}})
+    stop = "tool_use" if client_call else "end_turn"
+    frames += [event("messageStop", {"stopReason": stop}),
+               event("metadata", {"usage": {"inputTokens": 3, "outputTokens": 4}})]
+    whole = orjson.dumps({"output": {"message": {"role": "assistant", "content": blocks}},
+                          "stopReason": stop, "usage": {"inputTokens": 3, "outputTokens": 4}})
+    return b"".join(frames), whole.replace(b'"@INPUT@"', BIG_INPUT.encode())
+
+
+def test_a_system_tool_the_model_ran_is_no_tool_call_of_the_client_s() -> None:
+    # Nova's system tools (nova_grounding) run on Bedrock's side: their toolUse became a
+    # client tool call and a `tool_calls` finish, so an agent loop ran a tool it does not
+    # have (or answered "unknown tool") instead of showing the answer. As on Anthropic, they
+    # are left out, and the client's own calls keep dense indexes.
+    for client_call in (False, True):
+        stream, whole = _server_tool_answer(client_call)
+        streamed = collect(sse_chunks(translate([stream])))
+        completion = to_completion(whole, completion_id="c", created=1, model="m")
+        choice = completion["choices"][0]
+        calls = [{"id": c["id"], "name": c["function"]["name"],
+                  "arguments": c["function"]["arguments"]}
+                 for c in choice["message"].get("tool_calls") or ()]
+        assert streamed.content == choice["message"]["content"] == "It is 18 C."
+        if client_call:
+            assert [(t["id"], t["name"]) for t in streamed.tool_calls] == [("t1", "send")]
+            assert json.loads(streamed.tool_calls[0]["arguments"]) == json.loads(BIG_INPUT)
+            assert [(c["id"], c["name"]) for c in calls] == [("t1", "send")]
+            # (its big integer exact: the whole answer's exact inputs are the client's calls')
+            assert json.loads(calls[0]["arguments"]) == json.loads(BIG_INPUT)
+            assert streamed.finish_reason == choice["finish_reason"] == "tool_calls"
+        else:
+            assert streamed.tool_calls == calls == []
+            assert streamed.finish_reason == choice["finish_reason"] == "stop"

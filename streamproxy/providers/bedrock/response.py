@@ -14,6 +14,7 @@ from streamproxy.providers.bedrock.stream import (
     FAILED_REASONS,
     failed_stop,
     finish_reason,
+    is_server_tool,
     map_usage,
     service_tier,
 )
@@ -41,7 +42,8 @@ def exact_inputs(body: bytes) -> list[str] | None:
     try:
         return None if doc is None else [
             dumps_exact(b["toolUse"].get("input") or {})
-            for b in doc["output"]["message"]["content"] if "text" not in b and "toolUse" in b]
+            for b in doc["output"]["message"]["content"]
+            if "text" not in b and "toolUse" in b and not is_server_tool(b["toolUse"])]
     except (KeyError, TypeError, AttributeError):
         return None
 
@@ -58,6 +60,8 @@ def _translate(blocks: list[dict[str, Any]], answer: dict[str, Any],
                 out.content(block["text"])
         elif "toolUse" in block:
             call = block["toolUse"]
+            if is_server_tool(call):  # run by Bedrock (nova_grounding): no call of the client's
+                continue
             if not tools:
                 exact = exact_inputs(body)
             args = (exact[tools] if exact is not None and tools < len(exact)

@@ -3,8 +3,9 @@
 - Dispatch is on the frame headers (`:message-type`, then `:event-type` / `:exception-type`),
   never on which keys a payload happens to hold; the `"p"` padding key is ignored.
 - Tool-call `index` is the running count of toolUse blocks, not `contentBlockIndex` (a text block
-  before the tool takes index 0 there). A toolUse block with no input fragment gets "{}" (at its
-  contentBlockStop, or at messageStop when none came).
+  before the tool takes index 0 there). A system tool's block (`type: server_tool_use`, run by
+  Bedrock) is no client call: left out, and not counted. A toolUse block with no input
+  fragment gets "{}" (at its contentBlockStop, or at messageStop when none came).
 - Reasoning text goes to `reasoning_content`; the block's signature (Claude) is emitted with the
   whole signed text as a `thinking_blocks` entry, so the client can send it back (request.py).
 - A turn with tool calls finishes as `tool_calls` even when its stopReason says `end_turn`.
@@ -81,6 +82,13 @@ def finish_reason(reason: str, called: bool) -> str:
     if finish == "tool_calls" and not called:
         return "stop"
     return "tool_calls" if called and finish == "stop" else finish
+
+
+def is_server_tool(tool: dict[str, Any]) -> bool:
+    """Whether a toolUse block is a system tool's (Nova's nova_grounding…), which Bedrock runs
+    itself and answers in the same turn: no call of the client's, left out as on Anthropic (its
+    input deltas too, its block being no client call's)."""
+    return tool.get("type") == "server_tool_use"
 
 
 def failed_stop(reason: str, provider: str) -> UpstreamStatusError:
@@ -312,7 +320,7 @@ class BedrockStreamTranslator(StreamTranslator):
         elif event == "contentBlockStart":
             self._start()
             tool = body["start"].get("toolUse")
-            if tool is not None:
+            if tool is not None and not is_server_tool(tool):
                 ordinal = len(self._tool_of_block)
                 self._tool_of_block[body["contentBlockIndex"]] = ordinal
                 self.out.tool_call_start(ordinal, tool["toolUseId"], tool["name"])
