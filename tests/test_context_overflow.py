@@ -120,6 +120,30 @@ def test_bedrocks_input_too_long(message: str) -> None:
     assert_overflow(aws_error("validationException", message, "up"), message)  # an exception
 
 
+@pytest.mark.parametrize("original", [400, None])
+@pytest.mark.parametrize("said", [
+    "Input is too long for requested model.",
+    "prompt is too long: 200049 tokens > 200000 maximum"])
+def test_bedrocks_input_too_long_as_a_model_stream_error(original: Any, said: str) -> None:
+    # A prompt over the context refused by the model once the stream had begun comes as a
+    # modelStreamErrorException quoting the model (`originalMessage`): it kept its own code,
+    # and without a status of the model's the 500 a retry or a breaker counts, so a client
+    # (or a fallback on context_length_exceeded) could not tell it from a failed stream.
+    message = f"Model Stream Error: {said}"
+    assert_overflow(aws_error("modelStreamErrorException", message, "up", original), message)
+
+
+@pytest.mark.parametrize(("original", "said"), [
+    (None, "The model stream failed."),  # (another failure keeps its 500)
+    (429, "Too many input tokens per minute, please wait"),  # a rate limit, whatever it says
+    (500, "Input is too long for requested model."),  # (the model's own status wins)
+])
+def test_a_model_stream_error_of_another_kind_keeps_its_status_and_code(original: Any,
+                                                                         said: str) -> None:
+    err = aws_error("modelStreamErrorException", f"Model Stream Error: {said}", "up", original)
+    assert (err.status, err.code) == (original or 500, "modelStreamErrorException")
+
+
 def test_coheres_too_many_tokens() -> None:
     message = ("too many tokens: size limit exceeded by 11326 tokens. Try using shorter or "
                "fewer inputs, or setting prompt_truncation='AUTO'.")

@@ -124,10 +124,14 @@ def aws_error(kind: Any, message: Any, provider: str,
     answered with (a 429 is a rate limit), which wins when it is an error status."""
     name = kind if isinstance(kind, str) else ""
     status = ERROR_STATUS.get(name.lower(), 502)
-    if type(original) is int and 400 <= original <= 599:
-        status = original
     text = message if isinstance(message, str) and message else (
         f"provider '{provider}' reported {name or 'an error'}")
+    if type(original) is int and 400 <= original <= 599:
+        status = original
+    elif name.lower() == STREAM_ERROR and says_overflow(text):
+        # The model refused the prompt as over its context and gave no status: a client error
+        # no retry of the same prompt mends, not the 500 retries and breakers count.
+        status = 400
     return overflow_checked(UpstreamStatusError(status, text, provider=provider,
                                                 code=name or None))
 
@@ -139,12 +143,22 @@ def aws_error(kind: Any, message: Any, provider: str,
 # prompt leaves no room for the answer, which OpenAI's overflow counts too).
 OVERFLOW = ("input is too long", "too many input tokens", "prompt is too long",
             "input tokens exceeded", "exceed context limit")
+# A ModelStreamErrorException quotes the model (`originalMessage`): a prompt the model refused
+# once the stream had begun says so in the same words.
+STREAM_ERROR = "modelstreamerrorexception"
+OVERFLOW_CODES = frozenset({"validationexception", STREAM_ERROR})
+
+
+def says_overflow(message: str) -> bool:
+    lowered = message.lower()
+    return any(phrase in lowered for phrase in OVERFLOW)
 
 
 def overflow_checked(err: UpstreamStatusError) -> UpstreamStatusError:
-    """`err` as OpenAI's `context_length_exceeded` when it is a ValidationException that says
-    the prompt is over the model's context (providers/base.py `context_overflow`)."""
-    if (err.code or "").lower() != "validationexception":
+    """`err` as OpenAI's `context_length_exceeded` when it is a 400 ValidationException (or
+    ModelStreamErrorException) that says the prompt is over the model's context
+    (providers/base.py `context_overflow`)."""
+    if (err.code or "").lower() not in OVERFLOW_CODES:
         return err
     return context_overflow(err, OVERFLOW)
 
