@@ -14,9 +14,18 @@ JSONDecodeError = orjson.JSONDecodeError
 # left to right, so a `\\` pair is never read as the start of an escape.
 _ESCAPES = re.compile(rb"\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
                       rb"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-# A run of 19 digits: an integer that may be past 64 bits, which orjson reads as a float
-# (123456789012345678901 → 1.2345678901234568e+20).
-_LONG_DIGITS = re.compile(rb"\d{19}")
+# A number orjson may not read as written: 17 digits (and dots) in a run, an integer past 64
+# bits (123456789012345678901 → 1.2345678901234568e+20) or a fraction longer than a double
+# holds (0.12345678901234567 → 0.12345678901234566); or a three-digit exponent (1e400, which
+# orjson refuses; 1e-400, which it reads as 0.0).
+_INEXACT = re.compile(rb"\d[\d.]{16}|\d[eE][+-]?\d{3}")
+
+
+class _Written(str):
+    """A number other than an integer, kept as the upstream wrote it (dumps_exact writes it
+    bare): a double may not hold it."""
+
+    __slots__ = ()
 
 
 def dumps(obj: Any) -> bytes:
@@ -57,18 +66,27 @@ def loads_lenient(data: bytes) -> Any:
 
 
 def loads_exact(data: bytes) -> Any:
-    """`data` parsed with every integer as written, when it holds one orjson may not read so
-    (a long digit run); None when it holds none, or does not parse. For the values passed on
-    as written (a whole answer's tool arguments, which the stream's fragments carry exactly):
-    the stdlib's parser keeps integers exact. Once an answer, and only where it matters."""
-    if _LONG_DIGITS.search(data) is None:
+    """`data` parsed with every number as written, when it holds one orjson may not read so
+    (see _INEXACT); None when it holds none, or does not parse. For the values passed on as
+    written (a whole answer's tool arguments, which the stream's fragments carry exactly):
+    the stdlib's parser keeps integers exact, and the other numbers are kept as text. Only
+    for `dumps_exact`; once an answer, and only where it matters."""
+    if _INEXACT.search(data) is None:
         return None
     try:
-        return json.loads(without_lone_surrogates(data))
+        return json.loads(without_lone_surrogates(data), parse_float=_Written)
     except ValueError:
         return None
 
 
-def dumps_exact(obj: Any) -> str:
-    """JSON of a `loads_exact` value (its big integers as they were), compact as orjson's."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+def dumps_exact(obj: Any, separators: tuple[str, str] = (",", ":")) -> str:
+    """JSON of a `loads_exact` value (its numbers as they were), compact as orjson's."""
+    if isinstance(obj, _Written):
+        return str.__str__(obj)
+    if isinstance(obj, dict):
+        comma, colon = separators
+        return "{" + comma.join(json.dumps(k, ensure_ascii=False) + colon
+                                + dumps_exact(v, separators) for k, v in obj.items()) + "}"
+    if isinstance(obj, list):
+        return "[" + separators[0].join(dumps_exact(v, separators) for v in obj) + "]"
+    return json.dumps(obj, ensure_ascii=False)

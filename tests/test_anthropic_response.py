@@ -56,3 +56,12 @@ def test_a_long_digit_run_in_text_leaves_the_arguments_as_before() -> None:
     assert whole_arguments('{"q":"1234567890123456789012","n":2}') == \
         '{"q":"1234567890123456789012","n":2}'
     assert whole_arguments("{}") == "{}"
+
+
+def test_a_tool_calls_long_fractions_keep_the_text_claude_wrote_as_in_the_stream() -> None:
+    # More digits than a double holds: read as a float, a client parsing numbers as decimals
+    # got 0.1 (and 0.12345678901234566, another number) for what the model and the streamed
+    # call said. A short fraction, an exponent, and integers are kept as written too.
+    raw = ('{"p":0.1000000000000000055511151231257827,"q":0.12345678901234567,'
+           '"wei":123456789012345678901,"x":1.50,"e":2E5}')
+    assert whole_arguments(raw) == raw == streamed_arguments(raw)
