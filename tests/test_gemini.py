@@ -991,10 +991,10 @@ def translate_counting(pieces: list[bytes]) -> tuple[bytes, int]:
     parsed = 0
     full_parse = tr.on_message
 
-    def counting(msg: dict[str, Any]) -> None:
+    def counting(msg: dict[str, Any], raw: bytes | None = None) -> None:
         nonlocal parsed
         parsed += 1
-        full_parse(msg)
+        full_parse(msg, raw)
 
     tr.on_message = counting  # type: ignore[method-assign]
     out = relay_pieces(enc, tr, pieces)

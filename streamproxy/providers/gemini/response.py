@@ -26,7 +26,7 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
         raise UpstreamProtocolError("the upstream answered with a malformed response")
     out = CompletionBuilder()
     translator = GeminiStreamTranslator(out, 0, provider, logprobs=logprobs, grounded=True)
-    translator.on_message(msg)
+    translator.on_message(msg, body)
     if out.failure is not None:
         if isinstance(out.failure, UpstreamStatusError):  # a failed finish
             raise out.failure.with_usage(translator.usage_so_far())

@@ -52,6 +52,7 @@ from typing import Any
 
 import orjson
 
+from streamproxy._json import dumps_exact, loads_exact
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage, unseen_citations
@@ -140,6 +141,20 @@ def dump_args(args: Any) -> str:
     # Python's default separators (`{"type": "funny"}`), as the reference translation has them;
     # one call per tool call, so the stdlib's speed does not matter here.
     return json.dumps(args if args is not None else {}, ensure_ascii=False)
+
+
+def exact_args(raw: bytes) -> list[str] | None:
+    """The functionCall args of a chunk's (or whole answer's) candidate, in order, with their
+    numbers as the upstream wrote them, when it holds one orjson may not read so (an integer
+    past 64 bits read as a float: a client got 1.2345678901234568e+20 for 123456789012345678901);
+    else None. Only for a chunk with a call, once a chunk."""
+    doc = loads_exact(raw)
+    try:
+        return None if doc is None else [
+            dumps_exact(p["functionCall"].get("args") or {}, (", ", ": "))
+            for p in doc["candidates"][0]["content"]["parts"] if "functionCall" in p]
+    except WRONG_SHAPE:
+        return None
 
 
 def new_call_id() -> str:
@@ -293,6 +308,11 @@ class GeminiStreamTranslator(SSETranslator):
         self.finished = False  # a finish reason (or a prompt block) was emitted
         self._tools = 0
         self._call_ids: set[str] = set()  # the answer's tool-call ids so far
+        # The chunk being read (on the full parse only), and the exact args of the one whose
+        # calls were last read: a chunk's calls take theirs in order (exact_args).
+        self._raw: bytes | None = None
+        self._exact_of: bytes | None = None
+        self._exact: list[str] | None = None
         self._cited: set[bytes] = set()  # the url_citations sent (a stream may repeat them)
         self._sources: list[Any] = []  # the groundingChunks so far, which supports index
         self._usage: dict[str, Any] | None = None
@@ -353,13 +373,16 @@ class GeminiStreamTranslator(SSETranslator):
                             self._content(text)
                         self._usage_chunk = chunk  # its unread snapshot is now the latest
                         continue
-            self.on_message(load_event_json(chunk))
+            self.on_message(load_event_json(chunk), chunk)
 
     def on_event(self, event: SSEEvent) -> None:  # close()'s events: the full parse only
-        self.on_message(load_event_json(event.data))
+        self.on_message(load_event_json(event.data), event.data)
 
-    def on_message(self, msg: dict[str, Any]) -> None:
-        """One `GenerateContentResponse` (a stream chunk, or the whole non-streamed answer)."""
+    def on_message(self, msg: dict[str, Any], raw: bytes | None = None) -> None:
+        """One `GenerateContentResponse` (a stream chunk, or the whole non-streamed answer),
+        and its JSON (its calls' args are read again from it if orjson may have changed a
+        number)."""
+        self._raw = raw
         try:
             if "error" in msg:
                 self.out.error(error_from_object(msg["error"], 0, self._provider))
@@ -453,7 +476,7 @@ class GeminiStreamTranslator(SSETranslator):
             elif "functionCall" in part:
                 call = part["functionCall"]
                 call_id = self._call_id(call.get("id"))
-                out.tool_call_start(self._tools, call_id, call["name"], dump_args(call.get("args")))
+                out.tool_call_start(self._tools, call_id, call["name"], self._args(call))
                 self._tools += 1
             elif "inlineData" in part:
                 url = image_url(part)
@@ -475,6 +498,12 @@ class GeminiStreamTranslator(SSETranslator):
             call_id = f"{GENERATED_ID_PREFIX}{call_id}_{self._tools}"
         self._call_ids.add(call_id)
         return call_id
+
+    def _args(self, call: dict[str, Any]) -> str:
+        raw = self._raw
+        if raw is not self._exact_of:  # the chunk's first call
+            self._exact_of, self._exact = raw, exact_args(raw) if raw is not None else None
+        return self._exact.pop(0) if self._exact else dump_args(call.get("args"))
 
     def _signature(self, signature: str, call_id: str | None) -> None:
         if signature:

@@ -1,0 +1,51 @@
+"""A tool call's arguments that come whole in a parsed object (Gemini's functionCall args,
+Ollama's arguments object, an Anthropic-compatible block start's input): the client gets the
+numbers the upstream wrote, not orjson's reading of them (an integer past 64 bits is a float
+to it: 123456789012345678901 → 1.2345678901234568e+20)."""
+
+from __future__ import annotations
+
+import json
+
+from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.providers.gemini.response import to_completion as gemini_completion
+from streamproxy.providers.gemini.stream import GeminiStreamTranslator
+from tests.helpers import collect, relay_pieces, sse_chunks
+
+# What the model wrote: integers past 64 bits (an amount in wei, a 20-digit id), a fraction
+# longer than a double holds, and ordinary values beside them.
+ARGS = ('{"wei": 123456789012345678901, "low": -9223372036854775809, '
+        '"p": 0.1000000000000000055511151231257827, "n": 5, "x": 1.5, "s": "é"}')
+
+
+def gemini_chunk(args: str, finish: str = "") -> bytes:
+    reason = f', "finishReason": "{finish}"' if finish else ""
+    return ('{"candidates": [{"content": {"parts": [{"functionCall": {"name": "send", "args": '
+            + args + '}}, {"functionCall": {"name": "ping", "args": {"k": 1}}}], '
+            '"role": "model"}, "index": 0' + reason + '}], "modelVersion": "gemini-2.5-flash"}'
+            ).encode()
+
+
+def gemini_streamed(args: str) -> list[str]:
+    enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    body = (b"data: " + gemini_chunk(args) + b"\r\n\r\n" + b"data: " + gemini_chunk(args, "STOP")
+            + b"\r\n\r\n")
+    c = collect(sse_chunks(relay_pieces(enc, GeminiStreamTranslator(enc, 1 << 20), [body])))
+    return [str(t["arguments"]) for t in c.tool_calls]
+
+
+def gemini_whole(args: str) -> list[str]:
+    completion = gemini_completion(gemini_chunk(args, "STOP"), completion_id="c", created=1,
+                                   model="m")
+    return [t["function"]["arguments"] for t in completion["choices"][0]["message"]["tool_calls"]]
+
+
+def test_gemini_call_args_keep_the_numbers_written_streamed_and_whole() -> None:
+    assert gemini_streamed(ARGS) == [ARGS, '{"k": 1}', ARGS, '{"k": 1}']
+    assert gemini_whole(ARGS) == [ARGS, '{"k": 1}']
+    assert isinstance(json.loads(gemini_whole(ARGS)[0])["wei"], int)
+
+
+def test_gemini_ordinary_args_are_as_before() -> None:
+    assert gemini_whole('{"city": "Zürich", "n": [1, 2]}') == ['{"city": "Zürich", "n": [1, 2]}',
+                                                              '{"k": 1}']
