@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import json
 
+from streamproxy.config import parse_config
 from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.gemini.response import to_completion as gemini_completion
 from streamproxy.providers.gemini.stream import GeminiStreamTranslator
+from streamproxy.providers.ollama import OllamaProvider
+from streamproxy.providers.ollama.stream import OllamaStreamTranslator
 from tests.helpers import collect, relay_pieces, sse_chunks
 
 # What the model wrote: integers past 64 bits (an amount in wei, a 20-digit id), a fraction
@@ -49,3 +53,30 @@ def test_gemini_call_args_keep_the_numbers_written_streamed_and_whole() -> None:
 def test_gemini_ordinary_args_are_as_before() -> None:
     assert gemini_whole('{"city": "Zürich", "n": [1, 2]}') == ['{"city": "Zürich", "n": [1, 2]}',
                                                               '{"k": 1}']
+
+
+# Ollama (Go) writes its lines compact.
+COMPACT = ('{"wei":123456789012345678901,"low":-9223372036854775809,'
+           '"p":0.1000000000000000055511151231257827,"n":5,"x":1.5,"s":"é"}')
+
+
+def ollama_line(args: str, done: bool) -> bytes:
+    end = ',"done_reason":"stop","prompt_eval_count":3,"eval_count":4' if done else ""
+    return ('{"model":"llama3.2","created_at":"2025-01-01T00:00:00Z","message":{"role":'
+            '"assistant","content":"","tool_calls":[{"function":{"name":"send","arguments":'
+            + args + '}},{"function":{"name":"ping","arguments":{"k":1}}}]},"done":'
+            + ("true" + end if done else "false") + "}").encode()
+
+
+def test_ollama_call_arguments_keep_the_numbers_written_streamed_and_whole() -> None:
+    enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    body = ollama_line(COMPACT, False) + b"\n" + ollama_line(COMPACT, True) + b"\n"
+    c = collect(sse_chunks(relay_pieces(enc, OllamaStreamTranslator(enc, 1 << 20), [body])))
+    assert [t["arguments"] for t in c.tool_calls] == [COMPACT, '{"k":1}', COMPACT, '{"k":1}']
+    provider = OllamaProvider(parse_config({"providers": {"o": {
+        "type": "ollama", "base_url": "http://127.0.0.1:9"}}}, "<t>").providers["o"])
+    completion = provider.translate_response(ollama_line(COMPACT, True), parse_chat_request(
+        b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'),
+        completion_id="c", created=1)
+    calls = completion["choices"][0]["message"]["tool_calls"]
+    assert [t["function"]["arguments"] for t in calls] == [COMPACT, '{"k":1}']

@@ -110,7 +110,7 @@ class OllamaProvider(Provider):
         translator = OllamaStreamTranslator(builder, 0, self.name, logprobs=logprobs)
         try:
             answer = load_event_json(body)
-            translator.handle(content_logprobs_only(answer) if logprobs else answer)
+            translator.handle(content_logprobs_only(answer) if logprobs else answer, body)
         except UpstreamProtocolError:
             raise UpstreamProtocolError("the upstream answered with a malformed message") from None
         if builder.failure is not None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from streamproxy._json import dumps_exact, loads_exact
 from streamproxy.decode.ndjson import NDJSONDecoder
 from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage
@@ -47,6 +48,20 @@ def arguments_json(arguments: Any) -> str:
     if isinstance(arguments, str):  # already serialised (not Ollama's documented shape)
         return arguments or "{}"
     return orjson.dumps(arguments if arguments is not None else {}).decode()
+
+
+def exact_arguments(raw: bytes) -> list[str] | None:
+    """A line's calls' arguments objects, in order, with their numbers as the upstream wrote
+    them, when it holds one orjson may not read so (an integer past 64 bits read as a float:
+    a client got 1.2345678901234568e+20 for 123456789012345678901); else None. Only for a
+    line with a call, once a line."""
+    doc = loads_exact(raw)
+    try:
+        return None if doc is None else [
+            None if isinstance(args, str) else dumps_exact(args if args is not None else {})
+            for args in (c["function"].get("arguments") for c in doc["message"]["tool_calls"])]
+    except WRONG_SHAPE:
+        return None
 
 
 def _entry(token: dict[str, Any], top: bool) -> dict[str, Any]:
@@ -144,16 +159,17 @@ class OllamaStreamTranslator(StreamTranslator):
             raise StreamTruncated("the upstream closed the stream before it was complete")
 
     def _line(self, line: bytes) -> None:
-        self.handle(load_event_json(line))
+        self.handle(load_event_json(line), line)
 
-    def handle(self, msg: dict[str, Any]) -> None:
-        """One parsed line (also a whole non-streamed answer)."""
+    def handle(self, msg: dict[str, Any], raw: bytes | None = None) -> None:
+        """One parsed line (also a whole non-streamed answer), and its JSON (its calls'
+        arguments are read again from it if orjson may have changed a number)."""
         try:
-            self._dispatch(msg)
+            self._dispatch(msg, raw)
         except WRONG_SHAPE as e:
             raise malformed("line", e) from None
 
-    def _dispatch(self, msg: dict[str, Any]) -> None:
+    def _dispatch(self, msg: dict[str, Any], raw: bytes | None) -> None:
         if "error" in msg:
             error = msg["error"]
             text = error if isinstance(error, str) else (error or {}).get("message")
@@ -179,11 +195,15 @@ class OllamaStreamTranslator(StreamTranslator):
             self.out.content_logprobs(message["content"], [_entry(t, True) for t in tokens])
         elif message.get("content"):
             self.out.content(message["content"])
-        for call in message.get("tool_calls") or ():
-            fn = call["function"]
-            self.out.tool_call_start(self._tools, call.get("id") or new_call_id(), fn["name"],
-                                     arguments_json(fn.get("arguments")))
-            self._tools += 1
+        calls = message.get("tool_calls")
+        if calls:
+            exact = exact_arguments(raw) if raw is not None else None
+            for i, call in enumerate(calls):
+                fn = call["function"]
+                args = exact[i] if exact is not None and i < len(exact) else None
+                self.out.tool_call_start(self._tools, call.get("id") or new_call_id(),
+                                         fn["name"], args or arguments_json(fn.get("arguments")))
+                self._tools += 1
         if msg.get("done"):
             if self._tools:
                 reason = "tool_calls"
