@@ -10,6 +10,7 @@ import json
 from streamproxy.config import parse_config
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.request import parse_chat_request
+from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
 from streamproxy.providers.gemini.response import to_completion as gemini_completion
 from streamproxy.providers.gemini.stream import GeminiStreamTranslator
 from streamproxy.providers.ollama import OllamaProvider
@@ -80,3 +81,23 @@ def test_ollama_call_arguments_keep_the_numbers_written_streamed_and_whole() -> 
         completion_id="c", created=1)
     calls = completion["choices"][0]["message"]["tool_calls"]
     assert [t["function"]["arguments"] for t in calls] == [COMPACT, '{"k":1}']
+
+
+def test_an_anthropic_compatible_block_starts_input_keeps_the_numbers_written() -> None:
+    # An Anthropic-compatible server that sends a call whole in its block's start, with no
+    # input_json_delta: what a streamed fragment would have carried.
+    def sse(event: str) -> bytes:
+        return b"data: " + event.encode() + b"\n\n"
+
+    body = b"".join(sse(e) for e in (
+        '{"type":"message_start","message":{"id":"m","type":"message","role":"assistant",'
+        '"model":"claude","content":[],"usage":{"input_tokens":3}}}',
+        '{"type":"content_block_start","index":0,"content_block":{"type":"tool_use",'
+        '"id":"toolu_1","name":"send","input":' + COMPACT + '}}',
+        '{"type":"content_block_stop","index":0}',
+        '{"type":"message_delta","delta":{"stop_reason":"tool_use"},'
+        '"usage":{"output_tokens":4}}',
+        '{"type":"message_stop"}'))
+    enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    c = collect(sse_chunks(relay_pieces(enc, AnthropicStreamTranslator(enc, 1 << 20), [body])))
+    assert [t["arguments"] for t in c.tool_calls] == [COMPACT]
