@@ -19,6 +19,9 @@ _ESCAPES = re.compile(rb"\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-
 # holds (0.12345678901234567 → 0.12345678901234566); or a three-digit exponent (1e400, which
 # orjson refuses; 1e-400, which it reads as 0.0).
 _INEXACT = re.compile(rb"\d[\d.]{16}|\d[eE][+-]?\d{3}")
+# An exponent past a double's (1e400): valid JSON (RFC 8259 leaves the range to the parser),
+# which orjson refuses as an infinity.
+_HUGE_EXPONENT = re.compile(rb"\d[eE]\+?\d{3}")
 
 
 class _Written(str):
@@ -56,13 +59,34 @@ def loads_repaired(data: bytes) -> Any:
     return orjson.loads(without_lone_surrogates(data))
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads_refused(data: bytes) -> Any:
+    """JSON orjson refused, parsed again: its lone surrogate escapes read as U+FFFD, and, when
+    a number's exponent is past a double's (a tool argument of 1e400), by the stdlib, which
+    reads it as inf (loads_exact keeps its text where values are passed on). JSONDecodeError
+    if that was not why. (Call it in the `except`, off the fast path.)"""
+    repaired = without_lone_surrogates(data)
+    try:
+        return orjson.loads(repaired)
+    except orjson.JSONDecodeError as refused:
+        if _HUGE_EXPONENT.search(repaired) is None:
+            raise
+        try:
+            return json.loads(repaired, parse_constant=_not_json)
+        except (ValueError, RecursionError):
+            raise refused from None
+
+
 def loads_lenient(data: bytes) -> Any:
-    """orjson.loads, and `loads_repaired` when it refuses: for a provider's answers (each
+    """orjson.loads, and `loads_refused` when it refuses: for a provider's answers (each
     parsed once, not per streamed chunk), which a Node server may cut inside an emoji."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return loads_repaired(data)
+        return loads_refused(data)
 
 
 def loads_exact(data: bytes) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 from streamproxy.config import parse_config
+from streamproxy.errors import UpstreamProtocolError
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
@@ -16,6 +17,7 @@ from streamproxy.providers.gemini.stream import GeminiStreamTranslator
 from streamproxy.providers.ollama import OllamaProvider
 from streamproxy.providers.ollama.stream import OllamaStreamTranslator
 from tests.helpers import collect, relay_pieces, sse_chunks
+from tests.test_anthropic_response import whole_arguments as anthropic_whole
 
 # What the model wrote: integers past 64 bits (an amount in wei, a 20-digit id), a fraction
 # longer than a double holds, and ordinary values beside them.
@@ -101,3 +103,29 @@ def test_an_anthropic_compatible_block_starts_input_keeps_the_numbers_written() 
     enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
     c = collect(sse_chunks(relay_pieces(enc, AnthropicStreamTranslator(enc, 1 << 20), [body])))
     assert [t["arguments"] for t in c.tool_calls] == [COMPACT]
+
+
+def test_an_exponent_past_a_double_is_passed_on_as_written_not_a_502() -> None:
+    # orjson refuses 1e400 (an infinity as a double): a whole answer was a 502, a stream
+    # chunk an error, for valid JSON whose streamed fragments passed on as written.
+    huge = '{"x":1e400,"y":-1E+400,"z":1e-400,"n":2}'
+    assert anthropic_whole(huge) == huge
+    spaced = '{"x": 1e400, "n": 2}'
+    assert gemini_whole(spaced) == [spaced, '{"k": 1}']
+    assert gemini_streamed(spaced) == [spaced, '{"k": 1}', spaced, '{"k": 1}']
+    enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    c = collect(sse_chunks(relay_pieces(enc, OllamaStreamTranslator(enc, 1 << 20),
+                                        [ollama_line(huge, True) + b"\n"])))
+    assert [t["arguments"] for t in c.tool_calls] == [huge, '{"k":1}']
+
+
+def test_a_nan_or_an_infinity_literal_is_still_refused() -> None:
+    # (not JSON: the stdlib's reading of them is no reason to take them)
+    for literal in ("NaN", "Infinity"):
+        body = ('{"candidates": [{"content": {"parts": [{"functionCall": {"name": "f", "args": '
+                '{"x": ' + literal + ', "e": 1e400}}}]}, "finishReason": "STOP"}]}').encode()
+        try:
+            gemini_completion(body, completion_id="c", created=1, model="m")
+        except UpstreamProtocolError:
+            continue
+        raise AssertionError(f"{literal} was taken")

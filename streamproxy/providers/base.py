@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import orjson
 
-from streamproxy._json import loads_lenient, loads_repaired
+from streamproxy._json import loads_lenient, loads_refused
 from streamproxy.config import COMMON_PROVIDER_KEYS, ConfigError, ProviderConfig, unknown_key
 from streamproxy.decode.sse import SSEDecoder, SSEEvent
 from streamproxy.errors import (
@@ -139,8 +139,8 @@ def load_event_json(data: bytes) -> dict[str, Any]:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
-        try:  # (a lone surrogate escape, valid JSON orjson refuses)
-            obj = loads_repaired(data)
+        try:  # (a lone surrogate escape, or 1e400: valid JSON orjson refuses)
+            obj = loads_refused(data)
         except orjson.JSONDecodeError:
             raise StreamDecodeError("the upstream sent an event that is not valid JSON"
                                     ) from None
