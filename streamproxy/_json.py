@@ -114,3 +114,23 @@ def dumps_exact(obj: Any, separators: tuple[str, str] = (",", ":")) -> str:
     if isinstance(obj, list):
         return "[" + separators[0].join(dumps_exact(v, separators) for v in obj) + "]"
     return json.dumps(obj, ensure_ascii=False)
+
+
+def loads_fragments(text: str) -> Any:
+    """`text` parsed for orjson.dumps to write again with its numbers as written, when it
+    holds one orjson may not read so (see _INEXACT): those as orjson.Fragment; else None.
+    For a replayed tool call's arguments, which the provider's request holds as an object."""
+    doc = loads_exact(text.encode())
+    return None if doc is None else _fragments(doc)
+
+
+def _fragments(obj: Any) -> Any:
+    if isinstance(obj, _Written):
+        return orjson.Fragment(str.__str__(obj))
+    if isinstance(obj, dict):
+        return {k: _fragments(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_fragments(v) for v in obj]
+    if type(obj) is int and not -(1 << 63) <= obj < 1 << 64:  # (orjson's range)
+        return orjson.Fragment(str(obj))
+    return obj

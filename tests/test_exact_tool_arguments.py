@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import json
 
+import orjson
+
 from streamproxy.config import parse_config
 from streamproxy.errors import UpstreamProtocolError
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.request import parse_chat_request
+from streamproxy.providers.anthropic.request import to_anthropic
 from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
+from streamproxy.providers.bedrock.request import to_converse
+from streamproxy.providers.gemini.request import to_gemini
 from streamproxy.providers.gemini.response import to_completion as gemini_completion
 from streamproxy.providers.gemini.stream import GeminiStreamTranslator
 from streamproxy.providers.ollama import OllamaProvider
+from streamproxy.providers.ollama.request import to_ollama
 from streamproxy.providers.ollama.stream import OllamaStreamTranslator
 from tests.helpers import collect, relay_pieces, sse_chunks
 from tests.test_anthropic_response import whole_arguments as anthropic_whole
@@ -129,3 +135,25 @@ def test_a_nan_or_an_infinity_literal_is_still_refused() -> None:
         except UpstreamProtocolError:
             continue
         raise AssertionError(f"{literal} was taken")
+
+
+def test_a_replayed_calls_arguments_reach_the_provider_with_the_numbers_written() -> None:
+    # The client sends the call back as the model made it; parsed into the object the
+    # provider takes, 123456789012345678901 went back as 1.2345678901234568e+20 (and the long
+    # fraction as 0.1): the model read another number in its own turn than it wrote.
+    messages = [{"role": "user", "content": "pay"},
+                {"role": "assistant", "content": None, "tool_calls": [{
+                    "id": "call_1", "type": "function",
+                    "function": {"name": "send", "arguments": COMPACT}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "ok"}]
+    bodies = [to_gemini({"messages": messages}, "gemini-2.5-flash"),
+              to_anthropic({"messages": messages}, "claude-sonnet-4-5"),
+              to_ollama({"messages": messages}, "llama3.2", stream=True),
+              to_converse({"messages": messages}, "anthropic.claude-sonnet-4-5")]
+    for body in bodies:
+        assert COMPACT.encode() in orjson.dumps(body)
+    plain = '{"n":5,"x":1.5}'  # (as before: a plain object)
+    assert to_ollama({"messages": [{**messages[1], "tool_calls": [{
+        "id": "c", "type": "function", "function": {"name": "send", "arguments": plain}}]}]},
+        "llama3.2", stream=True)["messages"][0]["tool_calls"][0]["function"]["arguments"] == \
+        {"n": 5, "x": 1.5}

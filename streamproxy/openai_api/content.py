@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from streamproxy._json import loads_fragments
 from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.request import check_depth
 
@@ -316,6 +317,10 @@ def tool_call_input(arguments: Any) -> dict[str, Any]:
         return {RAW_ARGUMENTS: arguments}
     if parsed is None:
         return {}
+    if isinstance(arguments, str):  # numbers orjson read otherwise go back as written
+        exact = loads_fragments(arguments)
+        if exact is not None:
+            parsed = exact
     return parsed if isinstance(parsed, dict) else {"value": parsed}
 
 
