@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 
 from streamproxy.server.app import STATE, create_app
 from streamproxy.server.front import FRONT_ENV, make_runner
+from streamproxy.server.store_and_cache import FEATURES
 from streamproxy.server.workers import drain_and_stop
 from tests.helpers import collect, make_config, sse_chunks
 
@@ -310,3 +312,71 @@ async def test_a_503_at_the_grace_end_carries_its_log_lines_trace_id_and_provide
     assert resp.headers["x-portkey-trace-id"] == record.trace_id
     assert resp.headers["x-portkey-provider"] == "mock"
     assert resp.headers["retry-after"] == "1"
+
+
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
+async def test_a_cache_hits_replay_the_grace_ends_during_finishes_as_a_200(
+        monkeypatch: pytest.MonkeyPatch, front: str) -> None:
+    """A streamed hit's replay was no stream to the drain: at the grace's end its task was
+    cancelled while its one write waited for a slow client, and the aiohttp front wrote a
+    503's head into the 200's chunked body (the client's HTTP parser failed after [DONE]),
+    the access log saying 503. Its whole answer is written at once: it finishes."""
+    monkeypatch.setenv(FRONT_ENV, front)
+    config = make_config({"mock": {"type": "mock", "default_model": "fast"}}, default="mock",
+                         cache={"default_max_age": 60})
+    app = create_app(config)
+    records: list[Any] = []
+    app[STATE].observers.append(records.append)
+    runner = make_runner(app, handler_cancellation=True, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    body = orjson.dumps({**chat("mock/tokens=30000,tps=0"), "stream": True})
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/"
+               b"json\r\nx-portkey-config: {\"cache\": {\"mode\": \"simple\"}}\r\n"
+               b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            async with aiohttp.ClientSession() as session, session.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                    headers={"content-type": "application/json",
+                             "x-portkey-config": '{"cache": {"mode": "simple"}}'}) as miss:
+                assert miss.headers["x-portkey-cache-status"] == "MISS"
+                await miss.read()
+            await app[FEATURES].cache.drain()
+            slow = socket.socket()  # a client that reads nothing while the grace runs out
+            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            slow.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(slow, ("127.0.0.1", port))
+            reader, writer = await asyncio.open_connection(sock=slow)
+            writer.write(request)
+            # (the lean front writes it at once, with no wait: it may be over already)
+            await wait_for(lambda: len(records) == 2 or app[STATE].drain.active == 1)
+            drain = asyncio.create_task(drain_and_stop(runner, [0.3]))
+            await wait_for(lambda: app[STATE].drain.aborted)
+            answer = await reader.read()  # to the connection's end
+            writer.close()
+            await drain
+    finally:
+        await runner.cleanup()
+    head, _, chunked = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"x-portkey-cache-status: HIT" in head
+    assert chunked.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+    assert b"HTTP/1.1 503" not in chunked and b"shutting_down" not in chunked
+    assert collect(sse_chunks(_unchunked(chunked))).done
+    assert records[-1].status == 200 and records[-1].cache_status == "HIT"
+    assert records[-1].error_code is None
+
+
+def _unchunked(body: bytes) -> bytes:
+    """A chunked body's data (bounded by its length: every chunk consumes bytes)."""
+    out, at = [], 0
+    while at < len(body):
+        size_end = body.index(b"\r\n", at)
+        size = int(body[at:size_end], 16)
+        if size == 0:
+            break
+        out.append(body[size_end + 2:size_end + 2 + size])
+        at = size_end + 4 + size
+    return b"".join(out)

@@ -7,7 +7,8 @@ in: Python 3.11's `asyncio.current_task()` makes a getpid() system call each tim
 committed stream goes through that deadline (`Deadline.abort`), so the relay writes one error
 frame exactly as it does for a timeout. A request that has not committed yet is cancelled and
 answers 503, and so does a request that comes after that (before, a request that comes on a
-connection still open is served: the fronts close its connection after it, `wind_down`).
+connection still open is served: the fronts close its connection after it, `wind_down`). A
+cache hit's replay (`replaying`) is left to finish: its whole answer is one write.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import asyncio
 
 from streamproxy.errors import Overloaded
 from streamproxy.upstream.deadline import Deadline
+
+# `_requests`' mark for a cache hit's replay: nothing to end, its answer is written whole
+REPLAY = object()
 
 
 def shutdown_error() -> Overloaded:
@@ -30,7 +34,7 @@ class Drain:
         self.unready = False  # /healthz answers 503 (`server.drain_delay`: requests still served)
         self.draining = False  # ... no new connections; the open ones close after their answers
         self.aborted = False  # the grace period is over: what is left gets an error
-        self._requests: dict[asyncio.Task[object], Deadline | None] = {}
+        self._requests: dict[asyncio.Task[object], Deadline | object | None] = {}
         self._cancelled: set[asyncio.Task[object]] = set()  # aborted before their commit
         self._idle: asyncio.Event | None = None
 
@@ -44,6 +48,13 @@ class Drain:
     def committed(self, deadline: Deadline) -> None:
         """The stream carried by `deadline`'s task has committed."""
         self._requests[deadline.task] = deadline
+
+    def replaying(self, task: asyncio.Task[object]) -> None:
+        """`task` answers a cache hit: the grace's end lets it finish. Its whole stream goes to
+        the socket in one write, [DONE] included, so there is nothing to end with an error
+        frame; cancelled while the write waited for a slow client, the aiohttp front wrote a
+        503's head into the 200's chunked body."""
+        self._requests[task] = REPLAY
 
     def leave(self, task: asyncio.Task[object]) -> None:
         self._requests.pop(task, None)
@@ -82,13 +93,16 @@ class Drain:
 
     def abort_all(self) -> int:
         """End every running request now: committed streams with an error frame, the others
-        with a 503. Returns how many were running."""
+        with a 503 (cache hits' replays finish). Returns how many it ended."""
         self.aborted = True
-        running = list(self._requests.items())
-        for task, deadline in running:
-            if deadline is not None:
+        ended = 0
+        for task, deadline in list(self._requests.items()):
+            if deadline is REPLAY:
+                continue
+            ended += 1
+            if isinstance(deadline, Deadline):
                 deadline.abort(shutdown_error())
             else:
                 self._cancelled.add(task)
                 task.cancel()
-        return len(running)
+        return ended

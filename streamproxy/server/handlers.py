@@ -198,7 +198,7 @@ async def _stream(ex: Exchange, state: AppState, req: ChatRequest, plan: Plan,
     else:
         stream, client = await state.executor.open_stream(req, plan, record), None
     if isinstance(stream, bytes):
-        await _replay_cached(ex, record, stream, client)
+        await _replay_cached(ex, state, record, stream, client)
         return
     if client is None:
         try:  # the commit point: from here the client has a 200
@@ -220,10 +220,13 @@ async def _stream(ex: Exchange, state: AppState, req: ChatRequest, plan: Plan,
             record.client_disconnected = True
 
 
-async def _replay_cached(ex: Exchange, record: RequestRecord, body: bytes,
+async def _replay_cached(ex: Exchange, state: AppState, record: RequestRecord, body: bytes,
                          client: EventWriter | None) -> None:
     """A cache hit's stream (`client`: the keep-alive comments' committed one, if any): the
-    whole answer and the end, one write."""
+    whole answer and the end, one write, which a shutdown lets finish (drain.py)."""
+    task = asyncio.current_task()  # (a hit's, once: no upstream to ask)
+    assert task is not None
+    state.drain.replaying(task)
     if client is None:
         client = await ex.start_events({**SSE_HEADERS,
                                         **response_headers(record, record.provider)})
