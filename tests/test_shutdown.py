@@ -267,6 +267,36 @@ async def test_a_request_not_yet_streaming_when_the_grace_ends_gets_a_503(
 
 
 @pytest.mark.parametrize("front", ["lean", "aiohttp"])
+async def test_a_request_still_uploading_its_body_when_the_grace_ends_gets_a_503(
+        monkeypatch: pytest.MonkeyPatch, front: str) -> None:
+    """On the lean front (the default) a body still arriving was no request to the drain: its
+    connection stayed open, unanswered, until the runner's cleanup closed it (after a reload's
+    old app drained too, maybe much later), logged as a client that left (499). Now it gets
+    the 503 `shutting_down` a request waiting for its upstream gets, as on aiohttp's front."""
+    monkeypatch.setenv(FRONT_ENV, front)
+    async with asyncio.timeout(TEST_TIMEOUT), serving(make_runner) as running:
+        records: list[Any] = []
+        running.app[STATE].observers.append(records.append)
+        server: Any = running.runner.server
+        host, port = running.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        body = b'{"model": "mock/fast", "messages": [{"role": "user", "content": "hi"}]}'
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: %d\r\n\r\n%b"
+                     % (len(body), body[:20]))
+        await wait_for(lambda: running.app[STATE].drain.active == 1 if front == "aiohttp"
+                       else any(c._head is not None for c in server.connections))
+        await running.drain(grace=0.3)
+        answer = (await asyncio.wait_for(reader.read(), 2)).lower()  # before the cleanup
+        writer.close()
+    assert answer.startswith(b"http/1.1 503") and b"connection: close" in answer
+    assert b'"code":"shutting_down"' in answer and b"retry-after: 1" in answer
+    [record] = records
+    assert record.status == 503 and record.error_code == "shutting_down"
+    assert not record.client_disconnected
+
+
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
 async def test_a_stream_kept_alive_while_its_first_event_is_late_ends_with_an_error_frame(
         monkeypatch: pytest.MonkeyPatch, front: str) -> None:
     """The keep-alive comments committed a 200: when the grace ends before the first event,

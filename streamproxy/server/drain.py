@@ -14,6 +14,7 @@ cache hit's replay (`replaying`) is left to finish: its whole answer is one writ
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from streamproxy.errors import Overloaded
 from streamproxy.upstream.deadline import Deadline
@@ -28,7 +29,8 @@ def shutdown_error() -> Overloaded:
 
 
 class Drain:
-    __slots__ = ("_cancelled", "_idle", "_requests", "aborted", "draining", "unready")
+    __slots__ = ("_cancelled", "_idle", "_on_abort", "_requests", "aborted", "draining",
+                 "unready")
 
     def __init__(self) -> None:
         self.unready = False  # /healthz answers 503 (`server.drain_delay`: requests still served)
@@ -37,10 +39,16 @@ class Drain:
         self._requests: dict[asyncio.Task[object], Deadline | object | None] = {}
         self._cancelled: set[asyncio.Task[object]] = set()  # aborted before their commit
         self._idle: asyncio.Event | None = None
+        self._on_abort: list[Callable[[], None]] = []
 
     @property
     def active(self) -> int:
         return len(self._requests)
+
+    def on_abort(self, hook: Callable[[], None]) -> None:
+        """`hook` is called at the grace's end: a front's requests that are no task yet (a body
+        still arriving) are answered then."""
+        self._on_abort.append(hook)
 
     def enter(self, task: asyncio.Task[object]) -> None:
         self._requests[task] = None
@@ -105,4 +113,6 @@ class Drain:
             else:
                 self._cancelled.add(task)
                 task.cancel()
+        for hook in self._on_abort:
+            hook()
         return ended

@@ -142,9 +142,16 @@ class Front:
         self.connections: set[Connection] = set()
         self.lingering: set[Lingering] = set()  # connections closing (`close_lingering`)
         self.stopping = False  # draining: every answer from now on says `Connection: close`
+        app[STATE].drain.on_abort(self.refuse_uploads)
 
     def __call__(self) -> Connection:
         return Connection(self)
+
+    def refuse_uploads(self) -> None:
+        """The drain's grace is over: a request whose body is still arriving is answered now
+        (`Connection.refuse_upload`), not left open for the runner's cleanup to cut."""
+        for conn in list(self.connections):
+            conn.refuse_upload()
 
     def check_every(self) -> float:
         """How far ahead a connection's timer is ever set: it fires before any timeout runs
@@ -417,6 +424,18 @@ class Connection(asyncio.Protocol):
                         transport.resume_reading()
                     self._wait_for_request()
                     self._next()
+
+    def refuse_upload(self) -> None:
+        """Serve the request whose body is arriving without it, now: the chat handler, seeing
+        the drain's grace over, answers 503 `shutting_down` and closes the connection (as
+        aiohttp's front answers one whose handler is reading its body; what the client still
+        sends is discarded, `Lingering`)."""
+        head = self._head
+        if head is None or self.task is not None or self.transport is None:
+            return
+        self._head = None
+        del self._buf[:]
+        self.task = self._front.loop.create_task(self._serve(self._unanswered(head)))
 
     def _hand_off(self) -> None:
         """From now on aiohttp serves this connection, from the bytes received so far."""
