@@ -177,3 +177,31 @@ def test_gemini_calls_that_share_an_id_get_ids_of_their_own() -> None:
     assert ids[0] == "fc_1" and len(set(ids)) == 3
     assert [c["function"]["arguments"] for c in whole] == [
         '{"city": "Oslo"}', '{"city": "Rome"}', "{}"]
+
+
+# -- Ollama ------------------------------------------------------------------------------------
+
+def ollama_line(calls: list[dict[str, Any]], done: bool = False) -> dict[str, Any]:
+    line: dict[str, Any] = {"model": "m", "message": {"role": "assistant", "content": "",
+                                                      "tool_calls": calls}, "done": done}
+    if done:
+        line |= {"done_reason": "stop", "prompt_eval_count": 3, "eval_count": 4}
+    return line
+
+
+def test_ollama_calls_that_share_an_id_get_ids_of_their_own() -> None:
+    # Two tool_calls with one `id` in an answer (a server that numbers each line's calls
+    # alike) went out with one tool-call id: a client pairs each result with its call by id,
+    # and OpenAI's API refuses the next turn's duplicate tool_call_id. The later call gets an
+    # id of its own, the same streamed and not.
+    first = {"id": "call_0", "function": {"name": "f", "arguments": {"city": "Oslo"}}}
+    second = {"id": "call_0", "function": {"name": "f", "arguments": {"city": "Rome"}}}
+    third = {"id": "call_0", "function": {"name": "g", "arguments": {}}}
+    whole = whole_calls("ollama", orjson.dumps(ollama_line([first, second, third], True)))
+    for lines in ([ollama_line([first, second, third], True)],
+                  [ollama_line([first]), ollama_line([second]), ollama_line([third], True)]):
+        assert streamed_calls("ollama", b"".join(orjson.dumps(x) + b"\n" for x in lines)) == whole
+    ids = [c["id"] for c in whole]
+    assert ids[0] == "call_0" and len(set(ids)) == 3
+    assert [c["function"]["arguments"] for c in whole] == [
+        '{"city":"Oslo"}', '{"city":"Rome"}', "{}"]

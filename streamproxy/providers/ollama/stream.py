@@ -4,7 +4,8 @@
   content, `thinking` → reasoning_content.
 - A tool call arrives whole, its `arguments` a JSON object: one tool_call_start carrying the
   serialised arguments. Calls are accumulated across lines (not only the last); the index is
-  the running count; an id is generated when Ollama gives none.
+  the running count; an id is generated when Ollama gives none (a second call with the same
+  id gets `call_<id>_<index>`: calls go back to Ollama without ids, by position).
 - `done: true` ends the answer: finish `tool_calls` if any call was seen, else `length` for
   `done_reason: "length"`, else `stop`; usage = prompt_eval_count / eval_count,
   cached_tokens = prompt_eval_cached_count when the server sends it.
@@ -141,6 +142,7 @@ class OllamaStreamTranslator(StreamTranslator):
         self._provider = provider
         self._started = False
         self._tools = 0
+        self._call_ids: set[str] = set()  # the answer's tool-call ids so far
 
     def feed(self, data: bytes) -> None:
         for line in self._decoder.feed(data):
@@ -157,6 +159,18 @@ class OllamaStreamTranslator(StreamTranslator):
                     raise StreamTruncated("the upstream closed the stream mid-line") from None
         if not self.done:
             raise StreamTruncated("the upstream closed the stream before it was complete")
+
+    def _call_id(self, given: Any) -> str:
+        """A call's id: Ollama's, unless an earlier call of the answer had it (a client pairs
+        results by id; OpenAI refuses a turn with two calls of one id). Such a call's is made
+        from Ollama's and its place, the same streamed and not."""
+        if not given:
+            return new_call_id()
+        call_id = str(given)
+        if call_id in self._call_ids:
+            call_id = f"call_{call_id}_{self._tools}"
+        self._call_ids.add(call_id)
+        return call_id
 
     def _line(self, line: bytes) -> None:
         self.handle(load_event_json(line), line)
@@ -201,8 +215,8 @@ class OllamaStreamTranslator(StreamTranslator):
             for i, call in enumerate(calls):
                 fn = call["function"]
                 args = exact[i] if exact is not None and i < len(exact) else None
-                self.out.tool_call_start(self._tools, call.get("id") or new_call_id(),
-                                         fn["name"], args or arguments_json(fn.get("arguments")))
+                self.out.tool_call_start(self._tools, self._call_id(call.get("id")), fn["name"],
+                                         args or arguments_json(fn.get("arguments")))
                 self._tools += 1
         if msg.get("done"):
             if self._tools:
