@@ -129,10 +129,10 @@ def make(raw: dict[str, Any], seed: int = 0, breakers: CircuitBreakers | None = 
     ({"provider": "a", "override_params": {"fallback_config": {"max_fallbacks": 1}}},
      "config.override_params.fallback_config"),
     # an override goes on top of a checked body: a server tool's shape reached Anthropic's
-    # translator unchecked (KeyError 'function': a 500)
+    # translator unchecked (KeyError 'function': a 500); its type is OpenAI's 400
     ({"provider": "a", "override_params": {"tools": [
         {"type": "web_search_20250305", "name": "web_search"}]}},
-     "config.override_params.tools[0].function.name"),
+     "config.override_params.tools[0].type"),
     ({"strategy": {"mode": "fallback"}, "targets": [
         {"provider": "a", "override_params": {"temperature": "hot"}}]},
      "config.targets[0].override_params.temperature"),

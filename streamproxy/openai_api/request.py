@@ -294,6 +294,9 @@ _SCALARS: dict[str, tuple[Any, str]] = {
 }
 
 
+TOOL_TYPES = ("function", "custom")  # OpenAI's (a tool without a type is read as a function)
+
+
 def _validate(body: dict[str, Any], limits: Limits) -> bool:
     # Only the fields a body has (a few of the 20) are looked at; when one is wrong, the one
     # named is still the first wrong in `_SCALARS`'s order.
@@ -338,6 +341,11 @@ def _validate(body: dict[str, Any], limits: Limits) -> bool:
             if is_custom(t):
                 custom = True
                 continue
+            kind = t.get("type") if isinstance(t, dict) else None
+            if kind is not None and kind not in TOOL_TYPES:  # (translators read it as a function)
+                raise InvalidRequest(f"Invalid value: {kind!r}. Supported values are: "
+                                     "'function' and 'custom'.", param=f"tools[{i}].type",
+                                     code="invalid_value")
             fn = _named_function(t)
             if fn is None:
                 raise InvalidRequest(f"'tools[{i}].function.name' is required.",
