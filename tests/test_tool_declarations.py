@@ -32,3 +32,11 @@ def test_a_tool_of_a_type_openai_does_not_know_is_its_400_on_the_type(tool: Any)
     err = refusal([FUNCTION, tool])
     assert (err.param, err.code) == ("tools[1].type", "invalid_value")
     assert "Supported values are: 'function' and 'custom'" in err.message
+
+
+def test_a_function_tool_with_an_empty_name_is_openais_400_naming_it() -> None:
+    # It went to the provider: Claude, Gemini and Bedrock refused it in their own words (a
+    # param-less 400), Ollama answered. OpenAI refuses it, naming the name.
+    err = refusal([FUNCTION, {"type": "function", "function": {"name": ""}}])
+    assert (err.param, err.code) == ("tools[1].function.name", "empty_string")
+    assert "empty string" in err.message

@@ -351,6 +351,9 @@ def _validate(body: dict[str, Any], limits: Limits) -> bool:
                 raise InvalidRequest(f"'tools[{i}].function.name' is required.",
                                      param=f"tools[{i}].function.name",
                                      code="missing_required_parameter")
+            # (as OpenAI: Claude, Gemini and Converse refused it in their words, Ollama answered)
+            if not fn["name"]:
+                raise _empty_string(f"tools[{i}].function.name")
             _check_fields(fn, f"tools[{i}].function", _FUNCTION_FIELDS)
     fmt = body.get("response_format")
     if fmt is not None:
@@ -555,6 +558,12 @@ def _empty_array(param: str) -> InvalidRequest:
     return InvalidRequest(f"Invalid '{param}': empty array. Expected an array with minimum "
                           "length 1, but got an empty array instead.", param=param,
                           code="empty_array")
+
+
+def _empty_string(param: str) -> InvalidRequest:
+    return InvalidRequest(f"Invalid '{param}': empty string. Expected a string with minimum "
+                          "length 1, but got an empty string instead.", param=param,
+                          code="empty_string")
 
 
 def _validate_message(i: int, m: Any) -> bool:
