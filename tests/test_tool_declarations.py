@@ -11,6 +11,11 @@ import pytest
 
 from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.request import parse_chat_request
+from streamproxy.providers.anthropic.request import to_anthropic
+from streamproxy.providers.bedrock.request import to_converse
+from streamproxy.providers.cohere.request import to_cohere
+from streamproxy.providers.gemini.request import to_gemini
+from streamproxy.providers.ollama.request import to_ollama
 
 FUNCTION = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}}}}
@@ -40,3 +45,49 @@ def test_a_function_tool_with_an_empty_name_is_openais_400_naming_it() -> None:
     err = refusal([FUNCTION, {"type": "function", "function": {"name": ""}}])
     assert (err.param, err.code) == ("tools[1].function.name", "empty_string")
     assert "empty string" in err.message
+
+
+# -- the same tool declared twice ----------------------------------------------------------------
+
+def _sent_names(kind: str, body: dict[str, Any]) -> list[str]:
+    """The names of the function tools a translator sends for `body`."""
+    if kind == "anthropic":
+        return [t["name"] for t in to_anthropic(body, "claude-sonnet-4-5")["tools"]]
+    if kind == "gemini":
+        return [d["name"] for d in to_gemini(body, "gemini-2.5-flash")["tools"][0][
+            "functionDeclarations"]]
+    if kind == "bedrock":
+        return [t["toolSpec"]["name"] for t in to_converse(body, "anthropic.claude")[
+            "toolConfig"]["tools"] if "toolSpec" in t]
+    if kind == "cohere":
+        return [t["function"]["name"] for t in to_cohere(body, "command-a")["tools"]]
+    return [t["function"]["name"] for t in to_ollama(body, "llama3", stream=True)["tools"]]
+
+
+OTHER = {"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {}}}}
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "gemini", "bedrock", "cohere", "ollama"])
+@pytest.mark.parametrize("choice", [None, "required", {"type": "function",
+                                                       "function": {"name": "get_weather"}}])
+def test_a_tool_declared_twice_alike_goes_once(kind: str, choice: Any) -> None:
+    # OpenAI takes a tool list with the same tool in it twice (an agent that merged two tool
+    # sets); Claude refused it ("Tool names must be unique"), Gemini ("Duplicate function
+    # declaration found") and Converse too. The repeat is the same tool: it goes once.
+    body: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                            "tools": [FUNCTION, OTHER, orjson.loads(orjson.dumps(FUNCTION))]}
+    if choice is not None:
+        body["tool_choice"] = choice
+    parse_chat_request(orjson.dumps(body))  # (OpenAI's checks let it through)
+    names = _sent_names(kind, body)
+    assert names == (["get_weather"] if isinstance(choice, dict) and kind in ("cohere", "ollama")
+                     else ["get_weather", "get_time"])
+
+
+def test_tools_of_one_name_that_differ_all_go() -> None:
+    # Not the same tool: which one the client meant is not ours to guess (the provider judges).
+    other_weather = {"type": "function", "function": {"name": "get_weather"}}
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "tools": [FUNCTION, other_weather]}
+    assert _sent_names("anthropic", body) == ["get_weather", "get_weather"]

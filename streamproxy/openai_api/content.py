@@ -329,6 +329,22 @@ def tool_call_input(arguments: Any) -> dict[str, Any]:
 UNMATCHED_PLACE = 1 << 30
 
 
+def distinct_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The function tools without a repeat of one (the same name and definition), which OpenAI
+    takes (an agent that merged two tool sets) and Claude, Gemini and Converse refuse ("Tool
+    names must be unique"). Tools of one name that differ all go: the provider judges them."""
+    if len({t["function"]["name"] for t in tools}) == len(tools):
+        return tools  # (the usual: names alone tell, nothing compared or copied)
+    seen: dict[str, list[dict[str, Any]]] = {}
+    kept = []
+    for tool in tools:
+        alike = seen.setdefault(tool["function"]["name"], [])
+        if tool not in alike:
+            alike.append(tool)
+            kept.append(tool)
+    return kept
+
+
 def with_call_ids(msgs: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
     """`msgs` with each assistant tool call of `id: ""` named `<prefix><i>_<j>` (message i,
     call j), and each tool result of `tool_call_id: ""` after it naming the first such call of

@@ -77,6 +77,7 @@ from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     PLACEHOLDER_USER_TEXT,
     THINKING_TYPES,
+    distinct_tools,
     file_data,
     file_media_type,
     image_media_type,
@@ -356,7 +357,7 @@ def _refused_constraint(key: str, value: Any) -> bool:
 
 
 def _tools(body: dict[str, Any], out: dict[str, Any], native: _StructuredOutputs) -> None:
-    tools = body.get("tools")
+    tools = distinct_tools(body.get("tools") or [])
     if tools:
         out["tools"] = [_tool(t, bool(native)) for t in tools]
     choice = body.get("tool_choice")

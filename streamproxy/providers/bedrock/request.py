@@ -100,6 +100,7 @@ from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     PLACEHOLDER_USER_TEXT,
     base64_text,
+    distinct_tools,
     file_data,
     file_media_type,
     image_media_type,
@@ -478,7 +479,7 @@ def _text_format(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]
 
 def _tool_config(body: dict[str, Any], history_tools: list[str],
                  native: _StructuredOutputs) -> dict[str, Any] | None:
-    tools = body.get("tools") or []
+    tools = distinct_tools(body.get("tools") or [])
     choice = body.get("tool_choice")
     if choice == "none" and not history_tools:
         return None  # Converse has no "none": offering no tools is the equivalent

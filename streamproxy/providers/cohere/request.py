@@ -45,6 +45,7 @@ from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     answer_cap,
+    distinct_tools,
     image_media_type,
     logprobs_asked,
     lower_scheme,
@@ -151,7 +152,7 @@ def _response_format(body: dict[str, Any], out: dict[str, Any]) -> None:
 
 
 def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
-    tools = body.get("tools") or []
+    tools = distinct_tools(body.get("tools") or [])
     choice = body.get("tool_choice")
     if isinstance(choice, dict):
         name = choice["function"]["name"]

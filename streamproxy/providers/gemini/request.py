@@ -46,6 +46,7 @@ from streamproxy.openai_api.content import (
     UNMATCHED_PLACE,
     answer_cap,
     base64_text,
+    distinct_tools,
     file_media_type,
     loads_embedded,
     logprobs_asked,
@@ -271,7 +272,7 @@ def _thinking(body: dict[str, Any], model: str) -> dict[str, Any] | None:
 def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
     declarations = []
     search = None
-    for tool in body.get("tools") or ():
+    for tool in distinct_tools(body.get("tools") or []):
         fn = tool["function"]
         if fn["name"] in GOOGLE_SEARCH_NAMES:
             search = _google_search(fn)

@@ -46,6 +46,7 @@ from streamproxy.openai_api.content import (
     OPENAI_ONLY,
     UNMATCHED_PLACE,
     answer_cap,
+    distinct_tools,
     image_media_type,
     logprobs_asked,
     lower_scheme,
@@ -211,7 +212,7 @@ def _think(effort: str, model: str) -> bool | str:
 
 
 def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:
-    tools = body.get("tools") or []
+    tools = distinct_tools(body.get("tools") or [])
     choice = body.get("tool_choice")
     if choice == "none":
         return []
