@@ -91,3 +91,17 @@ def test_tools_of_one_name_that_differ_all_go() -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}],
             "tools": [FUNCTION, other_weather]}
     assert _sent_names("anthropic", body) == ["get_weather", "get_weather"]
+
+
+def test_a_replayed_call_with_an_empty_name_is_openais_400_naming_it() -> None:
+    # It went on as a call of no name (Claude's and Gemini's 400s in their words, Ollama's
+    # answer); OpenAI refuses it, naming the call's name.
+    call = {"id": "call_1", "type": "function", "function": {"name": "", "arguments": "{}"}}
+    body = {"model": "m", "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]}
+    with pytest.raises(InvalidRequest) as info:
+        parse_chat_request(orjson.dumps(body))
+    assert (info.value.param, info.value.code) == ("messages[1].tool_calls[0].function.name",
+                                                   "empty_string")

@@ -616,6 +616,8 @@ def _validate_message(i: int, m: Any) -> bool:
             continue
         if _named_function(c) is None:
             raise _type_error(f"{where}.tool_calls[{j}].function", "an object with a name")
+        if not c["function"]["name"]:  # (as OpenAI: it went on as a call of no tool)
+            raise _empty_string(f"{where}.tool_calls[{j}].function.name")
         if c.get("id") is None:
             # As OpenAI: the tool message that answers a call names it by this id, and a made-up
             # one would match none (Anthropic's 400 about an unknown tool_use_id).
