@@ -154,6 +154,20 @@ def load_event_json(data: bytes) -> dict[str, Any]:
 WRONG_SHAPE = (KeyError, TypeError, AttributeError, ValueError)
 
 
+def distinct_call_id(given: Any, seen: set[str], place: int) -> str | None:
+    """A call's id in its answer: the upstream's (`given`), unless an earlier call of the answer
+    had it — a client pairs results by id, and OpenAI refuses a turn with two calls of one id —
+    then `call_<id>_<place>`, the same streamed and not (the proxy's own: never sent back
+    upstream). None when the upstream gave none (the caller makes one). Notes it in `seen`."""
+    if not given:
+        return None
+    call_id = str(given)
+    if call_id in seen:
+        call_id = f"call_{call_id}_{place}"
+    seen.add(call_id)
+    return call_id
+
+
 def malformed(what: str, e: Exception) -> StreamDecodeError:
     """A translator's error for well-formed JSON of the wrong shape: `what` it was, and the
     field a KeyError names. Never Python's text for `e` ("KeyError('delta')", "'int' object

@@ -56,7 +56,13 @@ from streamproxy._json import dumps_exact, loads_exact
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage, unseen_citations
-from streamproxy.providers.base import WRONG_SHAPE, SSETranslator, load_event_json, malformed
+from streamproxy.providers.base import (
+    WRONG_SHAPE,
+    SSETranslator,
+    distinct_call_id,
+    load_event_json,
+    malformed,
+)
 from streamproxy.providers.gemini.errors import error_from_object
 from streamproxy.providers.gemini.request import GENERATED_ID_PREFIX, SIGNATURE_BLOCK
 from streamproxy.providers.splice import JSON_TEXT, feed_runs
@@ -487,17 +493,9 @@ class GeminiStreamTranslator(SSETranslator):
                 self._signature(part["thoughtSignature"], call_id)
 
     def _call_id(self, given: Any) -> str:
-        """A call's id: Gemini's, unless an earlier call of the answer had it (a client pairs
-        results by id; OpenAI refuses a turn with two calls of one id). Such a call's is made
-        from Gemini's and its place, the same streamed and not; it is ours (never sent back
-        upstream), so Gemini pairs its result by position."""
-        if not given:
-            return new_call_id()
-        call_id = str(given)
-        if call_id in self._call_ids:
-            call_id = f"{GENERATED_ID_PREFIX}{call_id}_{self._tools}"
-        self._call_ids.add(call_id)
-        return call_id
+        # (a renamed repeat starts with GENERATED_ID_PREFIX: never sent back, so Gemini pairs
+        # its result by position)
+        return distinct_call_id(given, self._call_ids, self._tools) or new_call_id()
 
     def _args(self, call: dict[str, Any]) -> str:
         raw = self._raw

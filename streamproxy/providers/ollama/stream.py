@@ -36,6 +36,7 @@ from streamproxy.providers.base import (
     WRONG_SHAPE,
     StreamTranslator,
     context_overflow,
+    distinct_call_id,
     load_event_json,
     malformed,
 )
@@ -161,16 +162,7 @@ class OllamaStreamTranslator(StreamTranslator):
             raise StreamTruncated("the upstream closed the stream before it was complete")
 
     def _call_id(self, given: Any) -> str:
-        """A call's id: Ollama's, unless an earlier call of the answer had it (a client pairs
-        results by id; OpenAI refuses a turn with two calls of one id). Such a call's is made
-        from Ollama's and its place, the same streamed and not."""
-        if not given:
-            return new_call_id()
-        call_id = str(given)
-        if call_id in self._call_ids:
-            call_id = f"call_{call_id}_{self._tools}"
-        self._call_ids.add(call_id)
-        return call_id
+        return distinct_call_id(given, self._call_ids, self._tools) or new_call_id()
 
     def _line(self, line: bytes) -> None:
         self.handle(load_event_json(line), line)
