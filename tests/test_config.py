@@ -766,3 +766,14 @@ def test_a_model_name_written_as_a_variable_is_a_config_error(
         load_config(write(tmp_path, f"providers:\n  x: {{type: openai, {entry}}}\n"))
     assert info.value.key == key
     assert info.value.reason.startswith(f"{ref} is not expanded here"), info.value.reason
+
+
+async def test_models_lists_each_model_once(proxy: Any) -> None:
+    """A model the operator wrote twice under `models:` (a merge of two lists, a default also
+    listed) is one entry: a model picker (Open WebUI, LibreChat) showed it twice, and
+    OpenAI's list never repeats an id."""
+    config = make_config({"m": {"type": "mock", "default_model": "fast",
+                                "models": ["paced", "fast", "paced"]}}, default="m")
+    client = await proxy(config)
+    ids = [m["id"] for m in (await (await client.get("/v1/models")).json())["data"]]
+    assert ids == ["m/paced", "m/fast"]  # the config's order

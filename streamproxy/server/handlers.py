@@ -353,7 +353,7 @@ def _models(request: web.Request) -> list[dict[str, object]]:
     for name, cfg in config.providers.items():
         if allowed is not None and name not in allowed:
             continue
-        models = list(cfg.models)
+        models = list(dict.fromkeys(cfg.models))  # (a model written twice is listed once)
         if cfg.default_model and cfg.default_model not in models:
             models.insert(0, cfg.default_model)
         data.extend({"id": f"{name}/{m}", "object": "model", "created": 0, "owned_by": name}
