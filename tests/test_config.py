@@ -777,3 +777,43 @@ async def test_models_lists_each_model_once(proxy: Any) -> None:
     client = await proxy(config)
     ids = [m["id"] for m in (await (await client.get("/v1/models")).json())["data"]]
     assert ids == ["m/paced", "m/fast"]  # the config's order
+
+
+async def test_a_routes_alias_is_listed_and_retrieved_as_a_chat_request_names_it(
+        proxy: Any) -> None:
+    """A `routes:` alias is a model a client sends (`model: "smart"` runs its config): it is
+    listed, and `models.retrieve("smart")` finds it (it was a 404 while the chat answered),
+    so a model picker offers it. A proxy key that may use none of the config's providers
+    sees it no more than the providers' own models."""
+    config = make_config(
+        {"m": {"type": "mock", "default_model": "fast"},
+         "o": {"type": "mock", "wire": "openai", "default_model": "fast"}},
+        default="m", configs={"res": {"strategy": {"mode": "fallback"},
+                                      "targets": [{"provider": "o"}]},
+                              "cheap": {"virtual_key": "team"}},
+        routes={"smart": "res", "cheap": "cheap"},
+        virtual_keys={"team": {"provider": "m", "api_key": "sk-team"}},
+        auth={"keys": [{"name": "all", "key": "sk-all-0123456789"},
+                       {"name": "m-only", "key": "sk-monly-0123456789",
+                        "allowed_providers": ["m"]}]})
+    client = await proxy(config)
+    everyone = {"authorization": "Bearer sk-all-0123456789"}
+    resp = await client.get("/v1/models", headers=everyone)
+    ids = [m["id"] for m in (await resp.json())["data"]]
+    assert ids == ["m/fast", "o/fast", "smart", "cheap"]
+    resp = await client.get("/v1/models/smart", headers=everyone)
+    assert resp.status == 200
+    assert await resp.json() == {"id": "smart", "object": "model", "created": 0,
+                                 "owned_by": "streamproxy"}
+    chat = await client.post("/v1/chat/completions", headers=everyone, json={
+        "model": "smart", "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status == 200
+    m_only = {"authorization": "Bearer sk-monly-0123456789"}
+    resp = await client.get("/v1/models", headers=m_only)
+    assert [m["id"] for m in (await resp.json())["data"]] == ["m/fast", "cheap"]  # (m's key)
+    resp = await client.get("/v1/models/smart", headers=m_only)
+    assert resp.status == 404
+    chat = await client.post("/v1/chat/completions", headers=m_only, json={
+        "model": "smart", "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status == 403
+    assert (await resp.json())["error"]["code"] == "model_not_found"

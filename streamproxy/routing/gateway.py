@@ -612,6 +612,23 @@ class Gateway:
                     else self.router.model_for(vkey.provider, model))  # (as resolve_leaf)
         return f"{vkey.provider}/{upstream}" if upstream else model
 
+    def route_providers(self, alias: str) -> frozenset[str]:
+        """The providers a `routes:` alias's config may send to: each target's provider, its
+        virtual key's, or (naming neither) its model prefix's or the default provider — what
+        a proxy key's `allowed_providers` is checked against."""
+        keys = self.settings.virtual_keys
+        names: set[str] = set()
+        for leaf in self.settings.configs[self.settings.routes[alias]].leaves():
+            vk = leaf.virtual_key or self._at_key(leaf.provider)
+            if vk and vk in keys:
+                names.add(keys[vk].provider)
+            elif leaf.provider:
+                names.add(leaf.provider.removeprefix("@"))
+            elif name := (self.router.prefix_provider(leaf.override_params.get("model"))
+                          or self.router.default):
+                names.add(name)
+        return frozenset(names)
+
     def _at_key(self, name: str | None) -> str | None:
         return catalog_key(name, self.router.providers, self.settings.virtual_keys)
 

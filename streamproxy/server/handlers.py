@@ -358,6 +358,12 @@ def _models(request: web.Request) -> list[dict[str, object]]:
             models.insert(0, cfg.default_model)
         data.extend({"id": f"{name}/{m}", "object": "model", "created": 0, "owned_by": name}
                     for m in models)
+    # A `routes:` alias is a model a chat request names as it is (`smart` runs its config),
+    # for a key that may use one of its providers (the chat's 403 otherwise).
+    gateway = request.app[STATE].gateway
+    data.extend({"id": alias, "object": "model", "created": 0, "owned_by": "streamproxy"}
+                for alias in gateway.settings.routes
+                if allowed is None or not allowed.isdisjoint(gateway.route_providers(alias)))
     return data
 
 
@@ -372,8 +378,9 @@ async def retrieve_model(request: web.Request) -> web.Response:
     is that provider's, not the default's."""
     model = request.match_info["model"]
     state = request.app[STATE]
-    listed = listed_model(state.config, state.gateway.routed_model(request.headers, model)
-                          or model)
+    listed = (model if model in state.gateway.settings.routes  # (an alias wins, as in chat)
+              else listed_model(state.config,
+                                state.gateway.routed_model(request.headers, model) or model))
     for item in _models(request):
         if item["id"] == listed:
             return web.json_response({**item, "id": model})
