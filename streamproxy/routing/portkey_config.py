@@ -200,6 +200,13 @@ def _bad(path: str, reason: str) -> InvalidRequest:
                           code="invalid_config")
 
 
+def _given(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config object's fields without those given as null, which say "not set": typed clients
+    write every optional field (pydantic's model_dump, a TypeScript object's undefined), and a
+    null weight, cache or retry was a 400, a null virtual_key dropped the inherited provider."""
+    return {k: v for k, v in raw.items() if v is not None}
+
+
 def _unknown(path: str, key: Any, what: str, known: Any, listed: str = "") -> InvalidRequest:
     """A field no `what` has, with the known one it most likely misspells (`stratgy`)."""
     hints = [listed] if listed else []
@@ -291,6 +298,7 @@ def _retry(raw: Any, path: str) -> RetrySpec:
         attempts = raw if type(raw) is int and 0 <= raw <= RETRY_ATTEMPTS_MAX else 3
         raise _bad(path, f"must be an object: {{attempts: {attempts}}}, with on_status_codes "
                    "if need be")
+    raw = _given(raw)
     for key in raw:
         if key not in (known := ("attempts", "on_status_codes", *_USE_RETRY_AFTER)):
             raise _unknown(path, key, "retry field", known)
@@ -314,6 +322,7 @@ def _retry(raw: Any, path: str) -> RetrySpec:
 def _breaker(raw: Any, path: str) -> BreakerSpec:
     if not isinstance(raw, dict):
         raise _bad(path, "must be an object")
+    raw = _given(raw)
     known = ("failure_threshold", "failure_threshold_percentage", "cooldown_interval",
              "failure_status_codes", "minimum_requests")
     for key in raw:
@@ -345,6 +354,7 @@ def _cache(raw: Any, path: str) -> dict[str, Any]:
     if not isinstance(raw, dict):  # (a mode alone: Portkey's schema refuses it too)
         raise _bad(path, "must be an object: {mode: simple}, with max_age in seconds if need be"
                    + ("; this gateway has no semantic cache" if raw == "semantic" else ""))
+    raw = _given(raw)
     for key in raw:
         if key not in ("mode", "max_age"):
             raise _unknown(path, key, "cache field", ("mode", "max_age"), "mode, max_age")
@@ -381,6 +391,7 @@ def parse_config(raw: Any, path: str = "config", parent: ConfigNode | None = Non
                  depth: int = 0) -> ConfigNode:
     if not isinstance(raw, dict):
         raise _bad(path, "must be a JSON object")
+    raw = _given(raw)
     if "mode" in raw or "options" in raw:
         raise _older_form(raw, path)
     for key in raw:
@@ -555,6 +566,7 @@ def _strategy(node: ConfigNode, raw: dict[str, Any], path: str, depth: int) -> C
     if not isinstance(strategy, dict):  # (a mode alone: Portkey's schema refuses it too)
         shown = strategy if strategy in MODES else "fallback"
         raise _bad(f"{path}.strategy", f"must be an object with a mode: {{mode: {shown}}}")
+    strategy = _given(strategy)
     mode = strategy.get("mode")
     if mode not in MODES:
         raise _bad(f"{path}.strategy.mode", f"must be one of {', '.join(MODES)}")

@@ -1,0 +1,76 @@
+"""Portkey configs in the forms typed clients write them (pure: parse_config alone)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from streamproxy.errors import InvalidRequest
+from streamproxy.routing.portkey_config import DEFAULT_RETRY_CODES, parse_config
+
+# Every optional field null, as pydantic's model_dump() (no exclude_none) or a TypeScript
+# object with its undefined fields serialised as null writes a target.
+_NULLS: dict[str, Any] = {
+    "name": None, "weight": None, "api_key": None, "virtual_key": None, "custom_host": None,
+    "override_params": None, "forward_headers": None, "request_timeout": None, "retry": None,
+    "cache": None, "cb_config": None, "strategy": None, "targets": None, "aws_region": None,
+    "before_request_hooks": None,
+}
+
+
+def test_null_optional_fields_are_absent() -> None:
+    root = parse_config({
+        **_NULLS, "provider": "a",
+        "strategy": {"mode": "loadbalance", "on_status_codes": None, "cb_config": None,
+                     "conditions": None, "default": None},
+        "targets": [{**_NULLS, "provider": "b", "weight": 2},
+                    {**_NULLS, "override_params": {"model": "m"}}],
+    })
+    first, second = root.targets
+    assert root.on_status_codes is None and root.breaker is None
+    assert (first.provider, first.weight) == ("b", 2.0)
+    # a null virtual_key named no key of its own: the target keeps its parent's provider
+    assert (second.provider, second.virtual_key, second.weight) == ("a", None, 1.0)
+    assert second.override_params == {"model": "m"}
+    assert second.cache is None and second.retry.attempts == 0
+    assert second.provider_options == {} and second.timeouts == {}
+
+
+def test_a_null_provider_beside_a_virtual_key_names_none() -> None:
+    root = parse_config({"provider": "a", "strategy": {"mode": "fallback"},
+                         "targets": [{"provider": None, "virtual_key": "vk"}]})
+    assert (root.targets[0].provider, root.targets[0].virtual_key) == (None, "vk")
+
+
+def test_null_fields_inside_retry_cache_and_cb_config_are_absent() -> None:
+    node = parse_config({
+        "provider": "a",
+        "retry": {"attempts": 2, "on_status_codes": None, "use_retry_after_header": None},
+        "cache": {"mode": "simple", "max_age": None},
+        "cb_config": {"failure_threshold": 3, "failure_threshold_percentage": None,
+                      "cooldown_interval": None, "failure_status_codes": None,
+                      "minimum_requests": None},
+    })
+    assert (node.retry.attempts, node.retry.on_status_codes) == (2, DEFAULT_RETRY_CODES)
+    assert node.retry.use_retry_after_header is True
+    assert node.cache == {"mode": "simple"}
+    assert node.breaker is not None
+    assert (node.breaker.failure_threshold, node.breaker.cooldown_interval,
+            node.breaker.minimum_requests) == (3, 30.0, 1)
+    # a null attempts is no operator's "no retries": OneLLM's body retries may still apply
+    assert parse_config({"provider": "a", "retry": {"attempts": None}}).retry.attempts_set is False
+
+
+@pytest.mark.parametrize(("raw", "param"), [
+    # null is "not set", not a value: what is required stays required
+    ({"provider": "a", "cache": {"mode": None}}, "config.cache.mode"),
+    ({"strategy": {"mode": None}, "targets": [{"provider": "a"}]}, "config.strategy.mode"),
+    ({"strategy": None, "targets": [{"provider": "a"}]}, "config.strategy"),
+    ({"strategy": {"mode": "fallback"}, "targets": None}, "config.targets"),
+    ({"provider": "a", "cb_config": {"failure_threshold": None}}, "config.cb_config"),
+])
+def test_a_null_required_field_is_still_missing(raw: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_config(raw)
+    assert info.value.param == param
