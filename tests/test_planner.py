@@ -99,7 +99,7 @@ def make(raw: dict[str, Any], seed: int = 0, breakers: CircuitBreakers | None = 
     ({"provider": "a", "cache": {"mode": "simple", "max_age": "60"}}, "config.cache.max_age"),
     ({"provider": "a", "cache": "simple"}, "config.cache"),
     ({"provider": "a", "cache": {"mode": "simple", "max_age": 0}}, "config.cache.max_age"),
-    ({"provider": "a", "cache": {"mode": "simple", "maxAge": 60}}, "config.cache.maxAge"),
+    ({"provider": "a", "cache": {"mode": "simple", "ttl": 60}}, "config.cache.ttl"),
     # store is consumed before routing and never forwarded: in a target it could not apply
     ({"strategy": {"mode": "fallback"}, "targets": [
         {"provider": "a", "override_params": {"store": True}}]},

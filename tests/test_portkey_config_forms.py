@@ -74,3 +74,53 @@ def test_a_null_required_field_is_still_missing(raw: dict[str, Any], param: str)
     with pytest.raises(InvalidRequest) as info:
         parse_config(raw)
     assert info.value.param == param
+
+
+def test_camel_case_fields_are_portkeys_snake_case_ones() -> None:
+    # Portkey's gateway reads its configs camelCased: a JavaScript client's keys work there
+    root = parse_config({
+        "provider": "a", "apiKey": "sk-parent", "requestTimeout": 2500,
+        "overrideParams": {"max_tokens": 5},
+        "cache": {"mode": "simple", "maxAge": 60},
+        "retry": {"attempts": 2, "onStatusCodes": [429], "useRetryAfterHeader": False},
+        "strategy": {"mode": "fallback", "onStatusCodes": [500],
+                     "cbConfig": {"failureThreshold": 2, "cooldownInterval": 5000}},
+        "targets": [{"virtualKey": "vk", "weight": 3, "forwardHeaders": ["X-Team"]},
+                    {"customHost": "https://h.example", "overrideParams": {"top_p": 1}}],
+    })
+    assert root.on_status_codes == frozenset({500})
+    assert root.breaker is not None and root.breaker.failure_threshold == 2
+    assert root.breaker.cooldown_interval == 5.0
+    vk, hosted = root.targets
+    assert (vk.virtual_key, vk.provider, vk.api_key) == ("vk", None, None)
+    assert vk.forward_headers == ("x-team",) and vk.weight == 3.0
+    assert (hosted.api_key, hosted.custom_host) == ("sk-parent", "https://h.example")
+    assert hosted.override_params == {"max_tokens": 5, "top_p": 1}
+    assert hosted.timeouts == {"request": 2.5}
+    assert hosted.retry.attempts == 2 and hosted.retry.on_status_codes == frozenset({429})
+    assert hosted.retry.use_retry_after_header is False
+    assert root.cache == {"mode": "simple", "max_age": 60}
+
+
+def test_camel_case_stops_at_what_is_not_a_config_field() -> None:
+    # an override's fields and a condition's query are the request's, never renamed
+    node = parse_config({"provider": "a", "overrideParams": {"maxTokens": 5}})
+    assert node.override_params == {"maxTokens": 5}
+    node = parse_config({"strategy": {"mode": "conditional", "conditions": [
+        {"query": {"metadata.userTier": {"$eq": "pro"}}, "then": "p"}]},
+        "targets": [{"provider": "a", "name": "p"}]})
+    assert node.conditions[0].query == {"metadata.userTier": {"$eq": "pro"}}
+
+
+@pytest.mark.parametrize(("raw", "param"), [
+    ({"provider": "a", "virtual_key": "x", "virtualKey": "y"}, "config.virtualKey"),
+    ({"provider": "a", "cache": {"mode": "simple", "max_age": 1, "maxAge": 2}},
+     "config.cache.maxAge"),
+    # a camelCase name of no field is refused as written
+    ({"provider": "a", "virtualKeys": "x"}, "config.virtualKeys"),
+])
+def test_a_field_given_twice_or_unknown_in_camel_case_is_a_400(raw: dict[str, Any],
+                                                               param: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_config(raw)
+    assert info.value.param == param

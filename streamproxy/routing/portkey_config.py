@@ -104,6 +104,8 @@ _CREDENTIALS_NOT_TAKEN = {
 # its config asks for would be worse than a 400.
 _HOOK_KEYS = {"before_request_hooks", "after_request_hooks", "input_guardrails",
               "output_guardrails", "input_mutators", "output_mutators"}
+# A node's fields in any of Portkey's forms (their camelCase names are theirs: `_given`).
+_ANY_NODE_KEY = frozenset({*_NODE_KEYS, *_IGNORED_KEYS, *_CREDENTIALS_NOT_TAKEN, *_HOOK_KEYS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,11 +202,28 @@ def _bad(path: str, reason: str) -> InvalidRequest:
                           code="invalid_config")
 
 
-def _given(raw: dict[str, Any]) -> dict[str, Any]:
-    """A config object's fields without those given as null, which say "not set": typed clients
-    write every optional field (pydantic's model_dump, a TypeScript object's undefined), and a
-    null weight, cache or retry was a 400, a null virtual_key dropped the inherited provider."""
-    return {k: v for k, v in raw.items() if v is not None}
+_UPPER = re.compile(r"[A-Z]")
+
+
+def _given(raw: dict[str, Any], path: str, known: Any) -> dict[str, Any]:
+    """A config object's fields as this module reads them, from the forms clients write:
+    - null says "not set": typed clients write every optional field (pydantic's model_dump,
+      a TypeScript object's undefined), and a null weight, cache or retry was a 400, a null
+      virtual_key dropped the inherited provider;
+    - a `known` field in camelCase (`virtualKey`, `onStatusCodes`, `maxAge`) is that field, as
+      in Portkey, whose gateway reads its configs camelCased (a JavaScript client's keys)."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if value is None:
+            continue
+        if isinstance(key, str) and _UPPER.search(key):
+            snake = _UPPER.sub(lambda m: "_" + m.group().lower(), key)
+            if snake in known:
+                if snake in raw and raw[snake] is not None:
+                    raise _bad(f"{path}.{key}", f"gives {snake} a second time")
+                key = snake
+        out[key] = value
+    return out
 
 
 def _unknown(path: str, key: Any, what: str, known: Any, listed: str = "") -> InvalidRequest:
@@ -298,9 +317,10 @@ def _retry(raw: Any, path: str) -> RetrySpec:
         attempts = raw if type(raw) is int and 0 <= raw <= RETRY_ATTEMPTS_MAX else 3
         raise _bad(path, f"must be an object: {{attempts: {attempts}}}, with on_status_codes "
                    "if need be")
-    raw = _given(raw)
+    known = ("attempts", "on_status_codes", *_USE_RETRY_AFTER)
+    raw = _given(raw, path, known)
     for key in raw:
-        if key not in (known := ("attempts", "on_status_codes", *_USE_RETRY_AFTER)):
+        if key not in known:
             raise _unknown(path, key, "retry field", known)
     attempts = raw.get("attempts", 0)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or not (
@@ -322,9 +342,9 @@ def _retry(raw: Any, path: str) -> RetrySpec:
 def _breaker(raw: Any, path: str) -> BreakerSpec:
     if not isinstance(raw, dict):
         raise _bad(path, "must be an object")
-    raw = _given(raw)
     known = ("failure_threshold", "failure_threshold_percentage", "cooldown_interval",
              "failure_status_codes", "minimum_requests")
+    raw = _given(raw, path, known)
     for key in raw:
         if key not in known:
             raise _unknown(path, key, "cb_config field", known)
@@ -354,7 +374,7 @@ def _cache(raw: Any, path: str) -> dict[str, Any]:
     if not isinstance(raw, dict):  # (a mode alone: Portkey's schema refuses it too)
         raise _bad(path, "must be an object: {mode: simple}, with max_age in seconds if need be"
                    + ("; this gateway has no semantic cache" if raw == "semantic" else ""))
-    raw = _given(raw)
+    raw = _given(raw, path, ("mode", "max_age"))
     for key in raw:
         if key not in ("mode", "max_age"):
             raise _unknown(path, key, "cache field", ("mode", "max_age"), "mode, max_age")
@@ -391,7 +411,7 @@ def parse_config(raw: Any, path: str = "config", parent: ConfigNode | None = Non
                  depth: int = 0) -> ConfigNode:
     if not isinstance(raw, dict):
         raise _bad(path, "must be a JSON object")
-    raw = _given(raw)
+    raw = _given(raw, path, _ANY_NODE_KEY)
     if "mode" in raw or "options" in raw:
         raise _older_form(raw, path)
     for key in raw:
@@ -566,13 +586,13 @@ def _strategy(node: ConfigNode, raw: dict[str, Any], path: str, depth: int) -> C
     if not isinstance(strategy, dict):  # (a mode alone: Portkey's schema refuses it too)
         shown = strategy if strategy in MODES else "fallback"
         raise _bad(f"{path}.strategy", f"must be an object with a mode: {{mode: {shown}}}")
-    strategy = _given(strategy)
+    known = ("mode", "on_status_codes", "conditions", "default", "cb_config")
+    strategy = _given(strategy, f"{path}.strategy", known)
     mode = strategy.get("mode")
     if mode not in MODES:
         raise _bad(f"{path}.strategy.mode", f"must be one of {', '.join(MODES)}")
     for key in strategy:
-        if key not in (known := ("mode", "on_status_codes", "conditions", "default",
-                                 "cb_config")):
+        if key not in known:
             raise _unknown(f"{path}.strategy", key, "strategy field", known)
     changes: dict[str, Any] = {"mode": mode}
     if "on_status_codes" in strategy:
