@@ -441,3 +441,16 @@ async def test_a_proxy_that_cannot_be_reached_is_named_with_the_upstream() -> No
     assert said.startswith(f"ConnectionRefusedError connecting to {HOST}:443 via the egress "
                            f"proxy 127.0.0.1:{port}: ")
     assert SECRET not in said and "alice" not in said
+
+
+@pytest.mark.parametrize(("no_proxy", "host"), [
+    ("internal.example.", "vllm.internal.example"),  # an entry written as a rooted FQDN
+    ("internal.example", "vllm.internal.example."),  # a base_url whose host is one
+    (".internal.example.", "internal.example."),
+])
+def test_no_proxy_ignores_a_trailing_dot_as_curl_does(no_proxy: str, host: str) -> None:
+    """`vllm.internal.example.` is the same host as without its dot: a NO_PROXY entry or an
+    upstream host written so went through the proxy (which could not reach an internal host)."""
+    e = EgressProxies.from_environment({"HTTPS_PROXY": "http://p:1", "NO_PROXY": no_proxy})
+    assert e.route("https", host, 443) is None
+    assert e.route("https", "other.example.", 443) is not None

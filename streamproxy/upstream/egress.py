@@ -75,7 +75,8 @@ def parse_proxy_url(value: str) -> ProxyRoute:
 
 class _Bypass:
     """A `NO_PROXY` list: `*`, host names (each also matching its subdomains; a leading dot
-    is allowed), IP addresses and CIDR blocks, each optionally with `:port`."""
+    is allowed), IP addresses and CIDR blocks, each optionally with `:port`. A trailing dot
+    (a rooted name, `vllm.internal.`) is ignored, in an entry and in the host, as curl does."""
 
     def __init__(self, entries: list[str]) -> None:
         self.everything = False
@@ -93,7 +94,7 @@ class _Bypass:
                 self.networks.append((ipaddress.ip_network(entry.strip("[]"), strict=False),
                                       port))
             except ValueError:
-                self.names.append((entry.lstrip("*").lstrip("."), port))
+                self.names.append((entry.lstrip("*").lstrip(".").rstrip("."), port))
 
     def covers(self, host: str, port: int) -> bool:
         if self.everything:
@@ -104,6 +105,7 @@ class _Bypass:
             address = None
         if address is not None:
             return any(address in net and p in (None, port) for net, p in self.networks)
+        host = host.rstrip(".")
         return any((host == name or host.endswith("." + name)) and p in (None, port)
                    for name, p in self.names)
 
