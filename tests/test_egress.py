@@ -81,6 +81,34 @@ def test_unsupported_proxy_urls_are_refused(bad: str) -> None:
         _server(upstream_proxy=bad)
 
 
+# Each a typo that named another proxy: `http:/proxy.corp:3128` (one slash) and
+# `http//proxy.corp:3128` were read as bare `host:port`s, a proxy at host `http` port 80; a
+# space in the host or port 0 (read as 80) passed too. Every request then failed to connect.
+@pytest.mark.parametrize("bad", ["http:/proxy.corp:3128", "http//proxy.corp:3128",
+                                 "http://proxy corp:3128", "http://proxy.corp:0",
+                                 "http://proxy%2ecorp:3128"])
+def test_a_malformed_proxy_url_is_a_config_error_not_another_proxy(bad: str,
+                                                                   monkeypatch: Any) -> None:
+    from streamproxy.server.app import create_app
+
+    with pytest.raises(ValueError):
+        parse_proxy_url(bad)
+    with pytest.raises(ConfigError, match=r"upstream_proxy\.url"):
+        _server(upstream_proxy=bad)
+    monkeypatch.setenv("HTTPS_PROXY", bad)
+    with pytest.raises(ConfigError, match=r"HTTP\(S\)_PROXY"):
+        create_app(_server())
+
+
+@pytest.mark.parametrize(("url", "host", "port"), [
+    ("proxy.corp:3128/", "proxy.corp", 3128), ("http://proxy.corp:3128/", "proxy.corp", 3128),
+    ("http://[fd00::5]:3128", "fd00::5", 3128), ("http://Proxy_1.corp", "proxy_1.corp", 80),
+    ("10.1.2.3:8080", "10.1.2.3", 8080)])
+def test_well_formed_proxy_urls_are_read(url: str, host: str, port: int) -> None:
+    route = parse_proxy_url(url)
+    assert (route.host, route.port) == (host, port)
+
+
 # A password pasted raw, not percent-encoded: urlsplit's ValueError quotes it — the part
 # between brackets (read as an IPv6 host), or the whole user:password@host when a character
 # normalises to a delimiter — and that text was the config error on stderr and in the log.

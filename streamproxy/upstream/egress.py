@@ -51,7 +51,8 @@ class ProxyRoute:
 def parse_proxy_url(value: str) -> ProxyRoute:
     """`http://[user:pass@]host[:port]` (a bare `host:port` is read as http://, like curl)."""
     text = value.strip()
-    if "://" not in text:
+    bare = "://" not in text
+    if bare:
         text = "http://" + text
     try:
         parts = urlsplit(text)
@@ -60,17 +61,37 @@ def parse_proxy_url(value: str) -> ProxyRoute:
                          "be percent-encoded)") from None
     if parts.scheme.lower() != "http":
         raise ValueError(f"only http:// egress proxies are supported, not {parts.scheme}://")
+    # A bare `host:port` with a path is a mistyped scheme (`http:/p:3128`, `http//p:3128`), not
+    # a proxy at host `http`. (Neither message quotes the URL: a raw password may be in it.)
+    if bare and parts.path not in ("", "/"):
+        raise ValueError("the proxy URL is malformed (expected http://host:port)")
     try:
-        port = parts.port or 80
+        port = parts.port
     except ValueError:
         raise ValueError("the proxy URL's port is not a number") from None
+    if port == 0:
+        raise ValueError("the proxy URL's port must be 1-65535")
     if not parts.hostname:
         raise ValueError("the proxy URL has no host")
+    if not _is_host(parts.hostname):
+        raise ValueError("the proxy URL's host is not a host name or IP address")
     authorization = None
     if parts.username is not None:
         pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
         authorization = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
-    return ProxyRoute(parts.hostname, port, authorization)
+    return ProxyRoute(parts.hostname, port or 80, authorization)
+
+
+def _is_host(host: str) -> bool:
+    """A DNS name (letters, digits, `.`, `-`, `_`; an IDN's letters) or an IP address: not one
+    with a space or a `%` escape, which no resolver would find."""
+    if all(c.isalnum() or c in "._-" for c in host):
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class _Bypass:
