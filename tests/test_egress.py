@@ -458,6 +458,32 @@ async def test_a_refused_tunnel_says_its_cause_once(status: int) -> None:
     assert SECRET not in shown and "alice" not in shown
 
 
+async def test_bytes_after_a_tunnels_200_are_named_as_the_cause() -> None:
+    # Nothing may follow the 200 (the upstream speaks only after our TLS hello): the tunnel
+    # is refused, but the operator's log said "answered 200 to CONNECT", a success.
+    with socket_listening() as port:
+        forward = ForwardProxy(("127.0.0.1", port), established=(
+            b"HTTP/1.1 200 Connection established\r\n\r\nhello"))
+        await forward.start()
+        try:
+            failure = await _native_connect_failure(forward.port)
+        finally:
+            await forward.stop()
+    assert str(failure) == (f"the egress proxy 127.0.0.1:{forward.port} sent bytes after its "
+                            f"200 answer to CONNECT {HOST}:443")
+
+
+@contextlib.contextmanager
+def socket_listening() -> Any:
+    """A port on loopback that accepts connections (and never answers)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
 async def test_a_proxy_that_cannot_be_reached_is_named_with_the_upstream() -> None:
     import socket
 

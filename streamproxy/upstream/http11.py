@@ -634,8 +634,16 @@ async def _open_tunnel(loop: asyncio.AbstractEventLoop, conn: _Connection, proxy
         status_line = answer.split(b"\n", 1)[0].rstrip(b"\r")
         parts = status_line.split(b" ", 2)
         status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-        if find_head_end(answer)[1] != len(answer) or not 200 <= status < 300:
-            reason = f"answered {status}" if status else "sent a malformed answer"
+        head_end = find_head_end(answer)
+        if head_end[1] != len(answer) or not 200 <= status < 300:
+            if not status:
+                reason = "sent a malformed answer"
+            elif not 200 <= status < 300:
+                reason = f"answered {status}"
+            elif head_end[0] >= 0:  # (a 2xx is no failure: name what is wrong with it)
+                reason = f"sent bytes after its {status} answer"
+            else:  # a head over MAX_HEAD_BYTES
+                reason = f"sent a {status} answer with an oversized head"
             raise ConnectFailed(f"the egress proxy {proxy.host}:{proxy.port} {reason} to "
                                 f"CONNECT {authority}")
         tls = await loop.start_tls(transport, conn, context, server_hostname=host)
