@@ -574,8 +574,10 @@ def _server_value(k: str, v: Any, source: str, key: str) -> Any:
 def _upstream_proxy(value: Any, source: str, key: str) -> str | dict[str, Any]:
     from streamproxy.upstream.egress import parse_proxy_url
 
-    if value in ("env", "none"):
-        return str(value)
+    # Any case, as log_level: `None` (YAML's null is `null` or `~`) read as a bare `host` named a
+    # proxy at none:80 for every upstream.
+    if isinstance(value, str) and value.strip().lower() in ("env", "none"):
+        return value.strip().lower()
     if isinstance(value, str):
         value = {"url": value}
     if not isinstance(value, dict) or set(value) - {"url", "no_proxy"} or "url" not in value:

@@ -146,6 +146,18 @@ def test_config_setting() -> None:
         _server(upstream_proxy={"url": "http://p:1", "no_proxy": 3})
 
 
+@pytest.mark.parametrize(("value", "keyword"), [("None", "none"), ("NONE", "none"),
+                                                ("Env", "env"), (" env ", "env")])
+def test_the_keywords_in_any_case_are_not_a_proxy_host(value: str, keyword: str) -> None:
+    """`upstream_proxy: None` (YAML's null is `null` or `~`: this is the string) was read as a
+    bare host: a proxy at `none:80` for every upstream, each request a 502."""
+    setting = _server(upstream_proxy=value).server.upstream_proxy
+    assert setting == keyword
+    environ = {"HTTPS_PROXY": "http://p:1"}
+    assert (egress_from_setting(setting, environ).route("https", "api.openai.com", 443)
+            == (None if keyword == "none" else parse_proxy_url("http://p:1")))
+
+
 @pytest.mark.parametrize("url", [3, 12.5, None, True, ["http://p:1"]])
 def test_a_proxy_url_that_is_no_string_is_refused(url: object) -> None:
     """Read as its text it passed check-config: `{url: 3}` a proxy at host 3, `{url: null}`
