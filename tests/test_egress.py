@@ -432,6 +432,39 @@ async def test_a_refused_tunnel_is_a_502_logged_with_the_proxy_and_its_answer_no
     assert "ConnectFailed" not in warning  # (the native client's cause, not its wrapper)
 
 
+async def test_a_proxy_refusing_an_http_upstreams_request_is_a_502_not_its_407(
+        proxy: Any, client_kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    """An http upstream's request goes to the proxy itself, whose 407 was taken for the
+    provider's answer: the client got HTTP 407 Proxy Authentication Required — from a
+    gateway it reaches directly — and the operator no warning. A refused CONNECT's 502."""
+    heads: list[bytes] = []
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                     b"Proxy-Authenticate: Basic realm=corp\r\nContent-Length: 2\r\n\r\nno")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = await proxy(_config("http://api.example.test:8080", port))
+        status, body = await _stream(client)
+        await client.close()
+    finally:
+        server.close()
+    assert heads and heads[0].startswith(b"POST http://api.example.test:8080/")
+    assert status == 502
+    error = orjson.loads(body)["error"]
+    assert error["code"] == "upstream_unreachable"
+    assert error["message"].startswith("could not reach provider 'up': ")
+    assert SECRET not in error["message"] and "127.0.0.1" not in error["message"]
+    (warning,) = _unreachable_warnings(caplog)
+    assert f"the egress proxy 127.0.0.1:{port} answered 407" in warning
+    assert SECRET not in warning and "alice" not in warning
+
+
 async def _native_connect_failure(proxy_port: int) -> BaseException:
     """The native client's ConnectFailed for a request to HOST through the egress proxy on
     `proxy_port` (with credentials: alice and SECRET)."""

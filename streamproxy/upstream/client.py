@@ -24,6 +24,7 @@ import os
 import ssl
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
@@ -210,10 +211,13 @@ class UpstreamClient:
         response and must `release()` or `close()` it."""
         if self.native is not None:
             try:
-                return await self.native.send(  # type: ignore[return-value]
+                answer = await self.native.send(
                     req.method, req.url, req.body, req.headers, connect_timeout=connect_timeout)
             except Exception as e:
                 raise map_client_error(e, provider, before_response=True) from None
+            if answer.status == 407:
+                self._refused_by_proxy(answer, req, provider)
+            return answer  # type: ignore[return-value]
         assert self.session is not None, "UpstreamClient.start() was not awaited"
         url = self._urls.get(req.url)
         if url is None:
@@ -245,6 +249,8 @@ class UpstreamClient:
             )
         except Exception as e:
             raise map_client_error(e, provider, before_response=True) from None
+        if resp.status == 407:
+            self._refused_by_proxy(resp, req, provider)
         # RFC 9112 5.1: no whitespace before a field's colon. llhttp refuses it but for the
         # names it matches for framing (Content-Length, Transfer-Encoding, Connection, Upgrade,
         # Proxy-Connection), which it takes, space and all, and frames the body by: refused
@@ -272,6 +278,22 @@ class UpstreamClient:
                 resp.content = Decoded(resp.content,  # type: ignore[assignment]
                                        body_decoder(encoding))
         return resp
+
+    def _refused_by_proxy(self, resp: Any, req: UpstreamRequest, provider: str) -> None:
+        """A 407 to an http upstream's request, which went to the egress proxy itself, is the
+        proxy's refusal, as a 407 to a CONNECT is: the upstream was not reached (a 502, a
+        fallback tried), and why is logged. Passed on, the client got 407 Proxy Authentication
+        Required from a gateway it reaches directly."""
+        parts = urlsplit(split_userinfo(req.url)[0])
+        scheme = parts.scheme.lower()
+        route = (self.egress.route(scheme, parts.hostname or "", parts.port or 80)
+                 if scheme == "http" else None)  # (an https one's CONNECT was answered 2xx)
+        if route is None:
+            return
+        resp.close()
+        raise map_client_error(
+            ConnectFailed(f"the egress proxy {route.host}:{route.port} answered 407 to "
+                          f"{req.method} {parts.netloc}"), provider, before_response=True)
 
     def _proxy_arguments(self, url: URL) -> dict[str, Any]:
         route = self.egress.route(url.scheme, url.host or "", url.port or 0)
