@@ -518,6 +518,30 @@ async def test_bytes_after_a_tunnels_200_are_named_as_the_cause() -> None:
                             f"200 answer to CONNECT {HOST}:443")
 
 
+async def test_a_tunnel_closed_after_its_200_says_so() -> None:
+    # A proxy that grants the tunnel and then drops it (its own connection to the upstream
+    # failed; a TLS-inspecting proxy's policy on the name in our hello): asyncio's TLS
+    # handshake fails with a ConnectionResetError of no text, and the operator's warning
+    # ended "… via the egress proxy p:3128: " with no cause.
+    async def grant_then_close(reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(grant_then_close, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        failure = await _native_connect_failure(port)
+    finally:
+        server.close()
+    said = str(failure)
+    assert said.startswith(f"ConnectionResetError connecting to {HOST}:443 via the egress "
+                           f"proxy 127.0.0.1:{port}: ")
+    assert said.endswith(": the connection was closed")
+
+
 @contextlib.contextmanager
 def socket_listening() -> Any:
     """A port on loopback that accepts connections (and never answers)."""

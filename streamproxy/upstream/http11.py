@@ -555,8 +555,9 @@ class Pool:
             where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             if tunnel is not None:
                 where += f" via the egress proxy {tunnel.host}:{tunnel.port}"
+            # (asyncio's TLS handshake, on a connection closed under it, raises one of no text)
             raise ConnectFailed(f"{type(e).__name__} connecting to {where}: "
-                                f"{e.strerror or e}") from e
+                                f"{e.strerror or str(e) or 'the connection was closed'}") from e
         if self._closed:  # close() ran while it opened: it would carry a request no one ends
             conn.close()
             raise ConnectFailed("the upstream client is closed")
