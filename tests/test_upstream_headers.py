@@ -349,6 +349,16 @@ async def test_a_keepalive_head_of_the_only_try_carries_its_headers(proxy: Any,
     assert b'"content":"hi"' in await resp.read()
 
 
+async def _proxy_to(proxy: Any, aiohttp_server: Any, handle: Any) -> Any:
+    """A proxy whose only provider, an OpenAI-compatible one, is answered by `handle`."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = await aiohttp_server(app)
+    return await proxy(make_config({"up": {
+        "type": "openai", "base_url": str(server.make_url("")).rstrip("/"), "api_key": "k",
+        "default_model": "m"}}, default="up"))
+
+
 @pytest.mark.parametrize("stream", [True, False])
 async def test_a_configs_retry_waits_as_each_answer_says_and_passes_on_the_last(
         proxy: Any, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch,
@@ -377,12 +387,7 @@ async def test_a_configs_retry_waits_as_each_answer_says_and_passes_on_the_last(
         return web.json_response({"error": {"message": f"slow down {len(answered)}"}},
                                  status=429, headers=heads[len(answered) - 1])
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    server = await aiohttp_server(app)
-    client = await proxy(make_config({"up": {
-        "type": "openai", "base_url": str(server.make_url("")).rstrip("/"), "api_key": "k",
-        "default_model": "m"}}, default="up"))
+    client = await _proxy_to(proxy, aiohttp_server, handle)
     resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": stream},
                              headers={"x-portkey-config": json.dumps(
                                  {"retry": {"attempts": 3, "on_status_codes": [429]}})})
@@ -417,12 +422,7 @@ async def test_a_targets_retry_waits_together_stay_within_portkeys_60_seconds(
         return web.json_response({"error": {"message": "slow down"}}, status=429,
                                  headers={"retry-after": "25"})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    server = await aiohttp_server(app)
-    client = await proxy(make_config({"up": {
-        "type": "openai", "base_url": str(server.make_url("")).rstrip("/"), "api_key": "k",
-        "default_model": "m"}}, default="up"))
+    client = await _proxy_to(proxy, aiohttp_server, handle)
     resp = await client.post("/v1/chat/completions", json={"messages": USER, "stream": True},
                              headers={"x-portkey-config": json.dumps(
                                  {"retry": {"attempts": 5, "on_status_codes": [429]}})})
