@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -102,6 +103,18 @@ def loads_exact(data: bytes) -> Any:
     except ValueError:
         return None
 
+
+def exact_values(data: bytes, pick: Callable[[Any], Iterable[Any]]) -> list[Any] | None:
+    """The values `pick` finds in `data` as `loads_exact` reads it (numbers as written, for
+    `dumps_exact`), when `data` holds a number orjson may not read so; None when it holds
+    none, or is not the shape `pick` expects (the caller's own parse stands then)."""
+    doc = loads_exact(data)
+    if doc is None:
+        return None
+    try:
+        return list(pick(doc))
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
 
 def dumps_exact(obj: Any, separators: tuple[str, str] = (",", ":")) -> str:
     """JSON of a `loads_exact` value (its numbers as they were), compact as orjson's."""

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from streamproxy._json import dumps_exact, loads_exact, loads_lenient
+from streamproxy._json import dumps_exact, exact_values, loads_lenient
 from streamproxy.errors import UpstreamProtocolError
 from streamproxy.openai_api.completion import CompletionBuilder
 from streamproxy.providers.anthropic.stream import finish_reason, map_usage, refusal_text
@@ -23,16 +23,11 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str) 
 
 
 def exact_inputs(body: bytes) -> list[str] | None:
-    """The answer's tool_use inputs as JSON with every integer as Claude wrote it, when the
-    body holds one orjson may not (a long digit run; else None): a call's arguments carried
-    another number than the stream's fragments (passed on as written) did. The stdlib's
-    parse keeps integers exact; once an answer, and only for one with a tool call."""
-    doc = loads_exact(body)
-    try:
-        return None if doc is None else [dumps_exact(b.get("input") or {}) for b in doc["content"]
-                                         if isinstance(b, dict) and b.get("type") == "tool_use"]
-    except (KeyError, TypeError, AttributeError):
-        return None
+    """The answer's tool_use inputs with every number as Claude wrote it, when orjson may have
+    read one otherwise (else None): the stream's fragments pass on as written."""
+    return exact_values(body, lambda doc: (
+        dumps_exact(b.get("input") or {}) for b in doc["content"]
+        if isinstance(b, dict) and b.get("type") == "tool_use"))
 
 
 def _completion(msg: dict[str, Any], completion_id: str, created: int, model: str,

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from streamproxy._json import dumps_exact, loads_exact, loads_lenient
+from streamproxy._json import dumps_exact, exact_values, loads_lenient
 from streamproxy.errors import UpstreamProtocolError
 from streamproxy.openai_api.completion import CompletionBuilder
 from streamproxy.providers.base import WRONG_SHAPE
@@ -34,18 +34,11 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
 
 
 def exact_inputs(body: bytes) -> list[str] | None:
-    """The answer's toolUse inputs as JSON with every integer as the model wrote it, when the
-    body holds one orjson may not (a long digit run; else None): a call's arguments carried
-    another number than the stream's fragments (passed on as written) did. The stdlib's
-    parse keeps integers exact; once an answer, and only for one with a tool call."""
-    doc = loads_exact(body)
-    try:
-        return None if doc is None else [
-            dumps_exact(b["toolUse"].get("input") or {})
-            for b in doc["output"]["message"]["content"]
-            if "text" not in b and "toolUse" in b and not is_server_tool(b["toolUse"])]
-    except (KeyError, TypeError, AttributeError):
-        return None
+    """The answer's toolUse inputs (the client's calls) with every number as the model wrote
+    it, when orjson may have read one otherwise (else None): as the stream passes them on."""
+    return exact_values(body, lambda doc: (
+        dumps_exact(b["toolUse"].get("input") or {}) for b in doc["output"]["message"]["content"]
+        if "text" not in b and "toolUse" in b and not is_server_tool(b["toolUse"])))
 
 
 def _translate(blocks: list[dict[str, Any]], answer: dict[str, Any],
