@@ -224,6 +224,23 @@ async def test_failure_finishes_become_error_frames(proxy: Any, upstream: Any, k
     assert c.finish_reason is None and not c.done and "[DONE]" not in chunks
 
 
+# Groq says why it stopped a stream early in the chunk's `x_groq.error` ("An error string
+# indicating why a stream was stopped early": its API's ChatCompletionChunk, as groq-sdk types
+# it), then ends the stream. It went out as an ordinary chunk, or was dropped with the empty
+# choices it came with, and `[DONE]` followed: the client took a cut answer for a whole one.
+@pytest.mark.parametrize("choices", [[], [choice()]])
+def test_groq_stream_stopped_early_is_an_error_frame(choices: list[Any]) -> None:
+    provider, _ = build("groq")
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=False)
+    body = sse(*HEAD, chunk(choices, x_groq={"id": "req_1", "error": "over capacity"}))
+    chunks = sse_chunks(relay_pieces(enc, provider.stream_translator(request(stream=True), enc),
+                                     random_splits(body, random.Random(7), max_piece=23)))
+    c = collect(chunks)
+    assert c.content == "Hello world" and c.finish_reason is None
+    assert c.error is not None and c.error["message"] == "over capacity"
+    assert not c.done and "[DONE]" not in chunks
+
+
 def _second(finish: str, **delta: Any) -> dict[str, Any]:
     return {**choice(finish, **delta), "index": 1}
 

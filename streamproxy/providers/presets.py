@@ -23,6 +23,8 @@ usage, finish and error chunks; every other chunk is still forwarded byte for by
 - OpenRouter's `: OPENROUTER PROCESSING` keep-alives are SSE comments (the decoder skips them);
   its mid-stream `data: {"error": …}` becomes an error frame (the pass-through does that), and
   so does a choice's own `error` beside its finish `error` (`failed_finish`).
+- Groq's `x_groq.error` (it stopped the stream early, then ends it as if complete) becomes an
+  error frame (GroqTranslator).
 - vLLM's usage chunk with `choices: null` is forwarded with `choices: []` (the pass-through).
 - xAI's usage leaves reasoning tokens out of `completion_tokens`: they are added in
   (`count_reasoning_as_completion`), streamed or not.
@@ -370,6 +372,21 @@ class CompatProvider(OpenAIProvider):
         return changed
 
 
+class GroqTranslator(CompatTranslator):
+    """Groq says why it stopped a stream early in the chunk's `x_groq.error` (its API's
+    chunk schema: "An error string indicating why a stream was stopped early") and then ends
+    the stream as a complete one: the client took the cut answer for a whole one. That chunk
+    becomes the error frame; it is parsed anyway (its `"error"` key is one the pass-through
+    looks for), so no other chunk costs more."""
+
+    def on_chunk(self, chunk: dict[str, Any], data: bytes) -> None:
+        x_groq = chunk.get("x_groq")
+        error = x_groq.get("error") if isinstance(x_groq, dict) else None
+        if error and not chunk.get("error"):
+            chunk["error"] = error
+        super().on_chunk(chunk, data)
+
+
 # Groq's reasoning models (console.groq.com/docs/reasoning): gpt-oss, Qwen 3 and the retired
 # QwQ and DeepSeek R1 distill; any other model refuses an assistant `reasoning`.
 _GROQ_REASONING = re.compile(r"gpt-oss|qwen3|qwq|deepseek-r1", re.IGNORECASE)
@@ -391,6 +408,7 @@ class GroqProvider(CompatProvider):
 
     type_name: ClassVar[str] = "groq"
     default_base_url: ClassVar[str | None] = "https://api.groq.com/openai/v1"
+    translator_type = GroqTranslator
     dropped_params: ClassVar[frozenset[str]] = frozenset({"logprobs", "logit_bias",
                                                           "top_logprobs"})
     refused_message_keys: ClassVar[dict[str, frozenset[str]]] = {
