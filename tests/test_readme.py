@@ -235,3 +235,61 @@ def test_every_doc_gives_the_masters_kill_margin_as_the_code_has_it() -> None:
     said = [(path.name, int(m[1])) for path in [root / "README.md", *(root / "docs").glob("*.md")]
             for m in re.finditer(r"shutdown_grace`?\s+\+\s+(\d+)\b", path.read_text())]
     assert said and all(n == KILL_AFTER for _, n in said), said
+
+
+def _anchors(text: str) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings (code blocks' `#` lines are none)."""
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", m[1].strip().lower()).replace(" ", "-")
+            for m in re.finditer(r"^#{1,6} +(.+?)\s*$", text, re.M)}
+
+
+def test_every_link_in_the_docs_reaches_a_file_and_heading() -> None:
+    """A section renamed or a doc moved leaves the README's links pointing at nothing: each
+    relative link names a file that exists and, after `#`, one of its headings."""
+    root = Path(__file__).parent.parent
+    broken = []
+    for path in [root / "README.md", *sorted((root / "docs").rglob("*.md"))]:
+        for link in re.findall(r"\]\(([^)\s]+)\)", path.read_text()):
+            if re.match(r"[a-z]+:", link):  # https:, mailto:
+                continue
+            target, _, anchor = link.partition("#")
+            file = (path.parent / target) if target else path
+            if not file.exists() or (anchor and file.suffix == ".md"
+                                     and anchor not in _anchors(file.read_text())):
+                broken.append(f"{path.name}: {link}")
+    assert not broken, broken
+
+
+def test_the_mock_table_lists_the_mocks_presets_and_knobs() -> None:
+    """The README's table of the mock's presets and knobs is the mock's: every knob it takes
+    (an unknown one is a 400), every preset, and each preset's delta count."""
+    from dataclasses import fields
+
+    from streamproxy.providers.mock.server import PRESETS, MockOptions
+
+    rows = README.split("### The mock's knobs")[1].split("\n\n| preset")[1].split("\n\n")[0]
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in rows.splitlines()[2:]]
+    presets = {c[0].strip("`"): c[1] for c in cells if c[0]}
+    knobs = {c[3].strip("`") for c in cells if c[3]}
+    assert knobs == {f.name for f in fields(MockOptions) if f.name != "cut"}
+    assert set(presets) == set(PRESETS)
+    for name, meaning in presets.items():
+        deltas = PRESETS[name].get("error_after", PRESETS[name]["tokens"])
+        assert re.search(rf"\b{deltas} (text )?deltas", meaning), (name, meaning)
+
+
+def test_the_portkey_sdk_provider_settings_listed_are_the_headers_read() -> None:
+    """The README lists the portkey-ai SDK's provider settings that apply to a target; each is
+    a header the SDK sends and the gateway reads, and no header the gateway reads is missing."""
+    from portkey_ai import Portkey
+
+    from streamproxy.routing.gateway import PROVIDER_OPTION_HEADERS
+
+    said = README.split("Its provider settings")[1].split("apply to")[0]
+    names = set(re.findall(r"`([a-z_]+)`", said)) - {"anthropic-version", "anthropic-beta"}
+    client = Portkey(base_url="http://127.0.0.1:1/v1", api_key="unused",
+                     **dict.fromkeys(names, "x"))
+    # (the SDK sends these two whatever it is given)
+    sent = set(client.custom_headers) - {"x-portkey-api-key", "x-portkey-strict-open-ai-compliance"}
+    assert sent == set(PROVIDER_OPTION_HEADERS.values()), (sent, names)
