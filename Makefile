@@ -67,7 +67,7 @@ redis-server-present:
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check streamproxy tests bench loadtests
 
-# The streaming benchmark (about 3 minutes; BENCH_ARGS=--quick: about one).
+# The streaming benchmark (about 4 to 5 minutes; BENCH_ARGS=--quick: about one).
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
