@@ -1571,3 +1571,36 @@ async def test_a_hit_of_an_answer_without_usage_has_the_usage_an_uncached_one_ha
     hit, replayed = await usage_of(hit_streamed, cache_header())
     assert (miss.headers[STATUS], hit.headers[STATUS]) == ("MISS", "HIT")
     assert replayed == uncached
+
+
+class SlowCache(MemoryCache):
+    """A lookup slower than the keep-alive interval (a Redis far away, or busy)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(100, 1 << 20)
+        self.delay = delay
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        await asyncio.sleep(self.delay)
+        return await super().get(key)
+
+
+async def test_a_keepalive_head_waits_for_a_single_targets_slow_lookup(
+        proxy: Any, access_log: Any) -> None:
+    # One target: its cache status is the answer's, so the first keep-alive comment's head
+    # waits for the lookup instead of going out without any x-portkey-cache-status.
+    client = await proxy(config(server={"keepalive_interval": 0.02}))
+    await client.server.app[FEATURES].cache.backend.close()
+    client.server.app[FEATURES].cache.backend = SlowCache(0.15)
+    slow = cache_header()
+    body = {"model": "mock/fast:tokens=3,stall_ms=150", "stream": True}
+    statuses, outs = [], []
+    for _ in range(2):
+        resp, out = await post(client, body, slow)
+        assert resp.status == 200 and collect(sse_chunks(out)).content == mock_text(3)
+        statuses.append(resp.headers.get(STATUS))
+        outs.append(out)
+        await drained(client)
+    assert statuses == ["MISS", "HIT"]
+    assert [line["cache_status"] for line in access_log()] == ["MISS", "HIT"]
+    assert outs[0].startswith(b": keep-alive\n\n")  # the miss's slow upstream still kept alive

@@ -277,7 +277,9 @@ async def test_a_stream_opened_after_its_client_left_during_keepalives_is_closed
         return None  # a miss: the upstream is asked
 
     monkeypatch.setattr(features.cache.backend, "get", swallowing_get)
-    config = {**leaf("fast:tokens=3"), "cache": {"mode": "simple"}}
+    # (a fallback: one target's keep-alive head would wait for its lookup, for its status)
+    config = {"strategy": {"mode": "fallback"}, "cache": {"mode": "simple"},
+              "targets": [leaf("fast:tokens=3"), leaf("fast:tokens=3")]}
     resp = await client.post("/v1/chat/completions", headers={
         "x-portkey-config": orjson.dumps(config).decode()},
         json={"model": "m", "messages": USER, "stream": True})

@@ -61,7 +61,7 @@ class TargetLookups:
     target's."""
 
     __slots__ = ("_attempts", "_cache", "_max_ages", "_namespace", "_refresh", "_req",
-                 "_request", "keys")
+                 "_request", "keys", "looking")
 
     def __init__(self, cache: ResponseCache, request: Exchange, req: ChatRequest,
                  attempts: Sequence[Attempt], max_ages: list[float | None]) -> None:
@@ -70,6 +70,8 @@ class TargetLookups:
         self._namespace = _namespace(request)
         self._refresh = request.headers.get(FORCE_REFRESH_HEADER, "").strip().lower() == "true"
         self.keys: dict[int, tuple[str, float]] = {}  # index → where its answer is written
+        # Done once the lookup under way noted its status (a keep-alive head waits for it).
+        self.looking: asyncio.Future[None] | None = None
 
     async def __call__(self, index: int, record: RequestRecord) -> bytes | None:
         """The cached answer of the attempt at `index` (a HIT, noted on the record), or None:
@@ -82,7 +84,11 @@ class TargetLookups:
         attempt = self._attempts[index]
         key = _key(self._namespace, self._req, attempt.target)
         self.keys[index] = key, max_age
-        if not self._refresh:
+        if self._refresh:
+            _note(request, record, "REFRESH")
+            return None
+        looking = self.looking = asyncio.get_running_loop().create_future()
+        try:
             entry = await self._cache.backend.get(key)
             # A cancel the lookup swallowed (redis-py's may, as its pool's wait times out) is
             # still the task's: its client left, or the worker stops. Going on would ask the
@@ -94,8 +100,10 @@ class TargetLookups:
                 answer = self._cache.replay(request, self._req, attempt, record, entry)
                 if answer is not None:
                     return answer
-        _note(request, record, "REFRESH" if self._refresh else "MISS")
-        return None
+            _note(request, record, "MISS")
+            return None
+        finally:
+            looking.set_result(None)  # (the status is noted)
 
 
 def make_backend(settings: CacheSettings) -> CacheBackend:
@@ -246,6 +254,14 @@ class ResponseCache:
     async def close(self) -> None:
         await self.drain()
         await self.backend.close()
+
+
+def lookup_under_way(record: RequestRecord) -> asyncio.Future[None] | None:
+    """Done once the request's cache lookup under way has noted its status; None when none is
+    under way."""
+    lookups = record.pending.get("cache") if record.pending else None
+    looking = lookups.looking if lookups is not None else None
+    return looking if looking is not None and not looking.done() else None
 
 
 def withhold_status(request: Exchange) -> None:

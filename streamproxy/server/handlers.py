@@ -251,7 +251,12 @@ async def _open_with_keepalives(ex: Exchange, state: AppState, req: ChatRequest,
         try:
             while not (await asyncio.wait({opening}, timeout=interval))[0]:
                 if client is None:
-                    head_before_answer(ex, plan.attempts)
+                    looking = head_before_answer(ex, plan.attempts, record)
+                    if looking is not None:  # the head carries the cache status
+                        await asyncio.wait({opening, looking},
+                                           return_when=asyncio.FIRST_COMPLETED)
+                        if opening.done():  # (a hit, or a first event no longer late)
+                            break
                     client = await ex.start_events({**SSE_HEADERS,
                                                     **_keepalive_head(record, plan)})
                     record.kept_alive = True

@@ -9,6 +9,7 @@ answered before its target is asked).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from streamproxy.cache.config import parse_cache_settings
-from streamproxy.cache.service import ResponseCache, withhold_status
+from streamproxy.cache.service import ResponseCache, lookup_under_way, withhold_status
 from streamproxy.openai_api.request import ChatRequest
 from streamproxy.record import RequestRecord
 from streamproxy.routing.planner import Attempt
@@ -56,11 +57,17 @@ def before_upstream(ex: Exchange, req: ChatRequest, attempts: Sequence[Attempt],
     features.cache.before_upstream(ex, req, attempts, record)
 
 
-def head_before_answer(ex: Exchange, attempts: Sequence[Attempt]) -> None:
+def head_before_answer(ex: Exchange, attempts: Sequence[Attempt],
+                       record: RequestRecord) -> asyncio.Future[None] | None:
     """A head about to be committed before any target answered (keep-alive comments): the
-    cache status noted so far is final only when the plan has one target."""
+    cache status noted so far is final only when the plan has one target. Then, while its
+    lookup is still under way (a slow Redis), the head must wait for the returned future: the
+    status is noted once, before the request, and no header can follow the head. The wait is
+    the lookup's own, which the backend bounds (Redis: `redis_timeout`, twice at most)."""
     if len(attempts) > 1:
         withhold_status(ex)
+        return None
+    return lookup_under_way(record)
 
 
 async def _close(app: web.Application) -> None:
