@@ -410,3 +410,68 @@ def _unchunked(body: bytes) -> bytes:
         out.append(body[size_end + 2:size_end + 2 + size])
         at = size_end + 4 + size
     return b"".join(out)
+
+
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
+@pytest.mark.parametrize("hit", [True, False])
+async def test_a_stream_the_cleanup_cuts_is_logged_as_cut_by_the_proxy(
+        monkeypatch: pytest.MonkeyPatch, front: str, hit: bool) -> None:
+    """A client that reads nothing past the grace and ABORTED_WAIT: the runner's cleanup cuts
+    its connection (a replay's, or a live stream's after its error frame). The proxy cut it:
+    the log must not say the client went away."""
+    from streamproxy.server import workers
+
+    monkeypatch.setenv(FRONT_ENV, front)
+    monkeypatch.setattr(workers, "ABORTED_WAIT", 0.2)
+    config = make_config({"mock": {"type": "mock", "default_model": "fast"}}, default="mock",
+                         cache={"default_max_age": 60})
+    app = create_app(config)
+    records: list[Any] = []
+    app[STATE].observers.append(records.append)
+    runner = make_runner(app, handler_cancellation=True, shutdown_timeout=0.3)
+    await runner.setup()
+    listener = socket.socket()  # small send buffers (inherited): the answer cannot all leave
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    site = web.SockSite(runner, listener)
+    await site.start()
+    port = listener.getsockname()[1]
+    cache = '{"cache": {"mode": "simple"}}'
+    body = orjson.dumps({**chat("mock/tokens=30000,tps=0"), "stream": True})
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/"
+               b"json\r\nx-portkey-config: %b\r\nContent-Length: %d\r\n\r\n%b"
+               % (cache.encode() if hit else b"{}", len(body), body))
+    cleaned = False
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            if hit:
+                async with aiohttp.ClientSession() as session, session.post(
+                        f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                        headers={"content-type": "application/json",
+                                 "x-portkey-config": cache}) as miss:
+                    await miss.read()
+                await app[FEATURES].cache.drain()
+            slow = socket.socket()  # a client that reads nothing until the cleanup is over
+            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            slow.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(slow, ("127.0.0.1", port))
+            reader, writer = await asyncio.open_connection(sock=slow)
+            writer.write(request)
+            await wait_for(lambda: len(records) == int(hit) + 1 or app[STATE].drain.active == 1)
+            await drain_and_stop(runner, [0.2])
+            await runner.cleanup()
+            cleaned = True
+            await wait_for(lambda: len(records) == int(hit) + 1)
+            with contextlib.suppress(ConnectionError):
+                await reader.read()
+            writer.close()
+    finally:
+        if not cleaned:
+            await runner.cleanup()
+    record = records[-1]
+    assert record.status == 200 and record.cache_status == ("HIT" if hit else "DISABLED")
+    assert not record.client_disconnected
+    if hit and front == "lean":  # its one write went to the transport at once: it ended
+        assert record.error_code is None
+    else:
+        assert (record.error_type, record.error_code) == ("api_error", "shutting_down")

@@ -29,13 +29,16 @@ def shutdown_error() -> Overloaded:
 
 
 class Drain:
-    __slots__ = ("_cancelled", "_idle", "_on_abort", "_requests", "aborted", "draining",
-                 "unready")
+    __slots__ = ("_cancelled", "_idle", "_on_abort", "_requests", "aborted", "closing",
+                 "draining", "unready")
 
     def __init__(self) -> None:
         self.unready = False  # /healthz answers 503 (`server.drain_delay`: requests still served)
         self.draining = False  # ... no new connections; the open ones close after their answers
         self.aborted = False  # the grace period is over: what is left gets an error
+        # ... and the time the aborted had to end too: the runner's cleanup closes what is
+        # still open (a client that reads nothing), so a request cancelled now is our cut
+        self.closing = False
         self._requests: dict[asyncio.Task[object], Deadline | object | None] = {}
         self._cancelled: set[asyncio.Task[object]] = set()  # aborted before their commit
         self._idle: asyncio.Event | None = None

@@ -120,6 +120,9 @@ async def chat(ex: Exchange) -> None:
             err = shutdown_error()
             _note_error(err, record)  # (its headers too: the log line's trace id, ...)
             raise err from None
+        if state.drain.closing:  # not gone: cut by the runner's cleanup, past the grace
+            _cut_at_shutdown(record)
+            raise
         _client_left(record)
         if ex.send_timed_out:  # not gone: cut by us, for taking nothing (send_timeout.py)
             record.error_code = CLIENT_SEND_TIMEOUT
@@ -157,6 +160,16 @@ def _note_refused_body(ex: Exchange, raw: bytes, record: RequestRecord) -> None:
     record.stream = isinstance(body, dict) and bool(body.get("stream"))
     with contextlib.suppress(ProxyError):  # the body's error is the one answered
         record.metadata = parse_metadata(ex.headers, ex.app[STATE].limits.max_json_depth)
+
+
+def _cut_at_shutdown(record: RequestRecord) -> None:
+    """A request still running when the worker's clean-up closed its connection: its client
+    (reading nothing since the grace ended) did not leave, we cut it. A stream's error frame
+    noted `shutting_down` already; a replay's 200 gets it."""
+    record.client_disconnected = False  # (the relay's catch of the same cancel set it)
+    if record.error_code is None:
+        err = shutdown_error()
+        record.error_type, record.error_code = err.error_type, err.code
 
 
 def _client_left(record: RequestRecord) -> None:

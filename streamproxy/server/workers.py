@@ -434,6 +434,7 @@ async def drain_and_stop(runner: web.AppRunner, grace: list[float], leaving: boo
         log.warning("worker %d: grace period over, ended %d request(s) with an error",
                     os.getpid(), ended)
         await drain.wait_idle(ABORTED_WAIT)
+    drain.closing = True  # the runner's cleanup comes next
 
 
 async def _wait_served(drain: Drain, server: Any, grace: list[float]) -> bool:
