@@ -475,3 +475,35 @@ async def test_a_stream_the_cleanup_cuts_is_logged_as_cut_by_the_proxy(
         assert record.error_code is None
     else:
         assert (record.error_type, record.error_code) == ("api_error", "shutting_down")
+
+
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
+async def test_a_head_still_arriving_when_the_grace_ends_is_no_request_yet(
+        monkeypatch: pytest.MonkeyPatch, front: str) -> None:
+    """A head in pieces at the grace's end is not answered for itself: finished before the
+    clean-up it is a request, refused 503 `shutting_down`; never finished, its connection
+    closes at the clean-up with no answer (as nginx's and Envoy's drains close theirs), and
+    no log line: nothing was asked."""
+    monkeypatch.setenv(FRONT_ENV, front)
+    body = b'{"model": "mock/fast", "messages": [{"role": "user", "content": "hi"}]}'
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            b"application/json\r\nContent-Length: %d\r\n" % len(body))
+    async with asyncio.timeout(TEST_TIMEOUT), serving(make_runner) as running:
+        records: list[Any] = []
+        running.app[STATE].observers.append(records.append)
+        host, port = running.url.removeprefix("http://").split(":")
+        finished = await asyncio.open_connection(host, int(port))
+        left = await asyncio.open_connection(host, int(port))
+        for _, writer in (finished, left):
+            writer.write(head[:30])
+        await asyncio.sleep(0.05)  # (both heads have begun to arrive)
+        await running.drain(grace=0.3)
+        finished[1].write(head[30:] + b"\r\n" + body)
+        answer = (await asyncio.wait_for(finished[0].read(), 2)).lower()
+        await running.runner.cleanup()
+        cut = await asyncio.wait_for(left[0].read(), 2)
+        for _, writer in (finished, left):
+            writer.close()
+    assert answer.startswith(b"http/1.1 503") and b'"code":"shutting_down"' in answer
+    assert cut == b""
+    assert [r.error_code for r in records] == ["shutting_down"]
