@@ -591,3 +591,36 @@ async def test_a_413_on_a_kept_alive_connection_lingers_for_the_rest_of_the_uplo
     answer = head + await asyncio.wait_for(reader.read(), 10)  # to the proxy's close
     assert orjson.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "request_too_large"
     assert lingering(client) == 0 and client.server.runner.server.open_connections() == 0
+
+
+@pytest.mark.parametrize("ending", ["abandoned", "stalled"])
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_an_unfinished_uploads_line_names_its_proxy_key(
+        proxy: Any, monkeypatch: Any, front_kind: str, ending: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The access log's `auth_key` is the name of the key a request presented: the lean front
+    authenticates once the body is in, so the 499 of an upload its client left and the 408 of
+    one that stalled were logged with `auth_key: null` (aiohttp's front, which authenticates
+    the head first, named the key): a team's failed uploads were no one's."""
+    caplog.set_level(logging.INFO)
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    client = await proxy(make_config(
+        {"mock": {"type": "mock", "default_model": "fast"}}, default="mock",
+        server={"client_header_timeout": TIMEOUT, "client_body_timeout": TIMEOUT},
+        auth={"keys": [{"name": "team-a", "key": "sk-proxy-a"}]}))
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(chat_head(len(BODY), extra=b"Authorization: Bearer sk-proxy-a\r\n") + BODY[:10])
+    await writer.drain()
+    if ending == "abandoned":
+        await asyncio.sleep(TIMEOUT / 4)
+        writer.close()
+    else:
+        assert_408((await closed_after_answer(reader))[0])
+    for _ in range(200):  # bounded: 2 s
+        if access_lines(caplog):
+            break
+        await asyncio.sleep(0.01)
+    writer.close()
+    (line,) = access_lines(caplog)
+    assert line["status"] == (499 if ending == "abandoned" else 408)
+    assert line["auth_key"] == "team-a"

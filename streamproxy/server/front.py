@@ -39,7 +39,7 @@ from multidict import CIMultiDict
 
 from streamproxy.config import ServerConfig
 from streamproxy.errors import ProxyError
-from streamproxy.server.auth import AUTH, identify_client, without_authorization
+from streamproxy.server.auth import AUTH, identify_client, presented_key, without_authorization
 from streamproxy.server.errors import internal_error
 from streamproxy.server.exchange import reply_error
 from streamproxy.server.handlers import chat
@@ -337,7 +337,7 @@ class Connection(asyncio.Protocol):
         if self.task is not None:
             self.task.cancel()  # the client went away: so does its upstream request
         elif self._head is not None:  # ... while its body was arriving
-            observe_abandoned(self._unanswered(self._head))
+            observe_abandoned(self._unanswered(self._head), self._key_name(self._head[0]))
         self._wake_drain(ConnectionResetError("the client closed the connection"))
 
     def pause_writing(self) -> None:
@@ -506,10 +506,22 @@ class Connection(asyncio.Protocol):
             err = request_timeout("head", timeouts.header)
         else:
             err = request_timeout("body", timeouts.body)
-            observe_rejection(self._unanswered(self._head), err, "request_timeout")
+            observe_rejection(self._unanswered(self._head), err, "request_timeout",
+                              self._key_name(self._head[0]))
             self._head = None  # answered: not a request its client abandoned
         self.transport.write(timeout_response(err))
         self._close_lingering()
+
+    def _key_name(self, headers: CIMultiDict[str]) -> str | None:
+        """The name of the valid proxy key an unfinished upload presented, for its log line:
+        aiohttp's front names it, having authenticated the head before the body. No rate
+        token is taken: the request is not served."""
+        auth = self._front.auth
+        if auth is None:
+            return None
+        presented = presented_key(headers)[0]
+        key = auth.identify(presented) if presented else None
+        return key.name if key is not None else None
 
     def _unanswered(self, head: tuple[CIMultiDict[str], int, int, bool, float]) -> LeanExchange:
         """The exchange of a request whose body never came whole, to be logged."""

@@ -97,12 +97,13 @@ def observe_refused_chat(request: web.Request | Exchange, err: ProxyError,
             error_code=err.code, auth_key_name=auth_key_name, bytes_out=len(err.body())))
 
 
-def observe_abandoned(request: Exchange) -> None:
+def observe_abandoned(request: Exchange, auth_key_name: str | None = None) -> None:
     """A chat request whose client went away while its body was arriving (the lean front: on
     aiohttp's the handler is running and logs it): logged and counted as any request its
     client left before an answer, 499."""
     _observe_unhandled(request, RequestRecord(trace_id="", stream=None, status=CLIENT_CLOSED,
-                                              client_disconnected=True))
+                                              client_disconnected=True,
+                                              auth_key_name=auth_key_name))
 
 
 def _observe_unhandled(request: web.Request | Exchange, record: RequestRecord) -> None:
