@@ -69,6 +69,40 @@ def test_every_exported_metric_is_documented() -> None:
             f"{name} missing from README")
 
 
+def test_the_metrics_table_gives_each_metrics_type_and_labels() -> None:
+    """Every row of docs/operations.md's metrics table names a metric the code exports, with
+    its type and label set (the test above only checks that each exported name is mentioned)."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from streamproxy.observe.metrics import metrics
+
+    exported = {m._name + ("_total" if m._type == "counter" else ""):
+                (m._type, set(m._labelnames))
+                for m in vars(metrics()).values() if isinstance(m, MetricWrapperBase)}
+    rows = {m[1]: (m[2], set(re.findall(r"`([a-z_]+)`", m[3])))
+            for m in re.finditer(r"^\| `(streamproxy_[a-z_]+)` \| (\w+) \| ([^|]*) \|",
+                                 OPERATIONS, re.M)}
+    assert rows == exported
+
+
+def test_the_access_log_table_and_example_give_every_field_the_code_writes() -> None:
+    """The access log's field table names exactly the fields a line has, and its example line
+    has the fields every line has, in the order written."""
+    import json
+
+    from streamproxy.observe.access_log import access_entry
+    from streamproxy.record import RequestRecord
+
+    section = OPERATIONS.split("## Access log")[1].split("\n## ")[0]
+    documented = {name for line in section.splitlines() if line.startswith("| `")
+                  for name in re.findall(r"`([a-z_]+)`", line.split("|")[1])}
+    every = access_entry(RequestRecord(trace_id="t", metadata={"team": "a"},
+                                       request_body=b"{}"))
+    assert documented == set(every)
+    example = json.loads(section.split("```json\n")[1].split("```")[0])
+    assert list(example) == list(access_entry(RequestRecord(trace_id="t")))
+
+
 def test_check_config_sample_shows_every_line_the_command_prints(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from streamproxy.cli import main
