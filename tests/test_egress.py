@@ -577,3 +577,15 @@ def test_no_proxy_ignores_a_trailing_dot_as_curl_does(no_proxy: str, host: str) 
     e = EgressProxies.from_environment({"HTTPS_PROXY": "http://p:1", "NO_PROXY": no_proxy})
     assert e.route("https", host, 443) is None
     assert e.route("https", "other.example.", 443) is not None
+
+
+@pytest.mark.parametrize("no_proxy", ["a.example b.example", "a.example\tb.example",
+                                      " a.example ,  b.example "])
+def test_no_proxy_entries_may_be_separated_by_whitespace_as_curl_reads_them(
+        no_proxy: str) -> None:
+    """`NO_PROXY="a.example b.example"` was one entry, `a.example b.example`, that no host
+    matched: both went through the proxy (curl reads whitespace as a separator too)."""
+    e = EgressProxies.from_environment({"HTTPS_PROXY": "http://p:1", "NO_PROXY": no_proxy})
+    assert e.route("https", "a.example", 443) is None
+    assert e.route("https", "api.b.example", 443) is None
+    assert e.route("https", "c.example", 443) is not None

@@ -97,16 +97,14 @@ def _is_host(host: str) -> bool:
 class _Bypass:
     """A `NO_PROXY` list: `*`, host names (each also matching its subdomains; a leading dot
     is allowed), IP addresses and CIDR blocks, each optionally with `:port`. A trailing dot
-    (a rooted name, `vllm.internal.`) is ignored, in an entry and in the host, as curl does."""
+    (a rooted name, `vllm.internal.`) is ignored, in an entry and in the host, as curl does.
+    Entries are separated by commas or whitespace (curl's rule: `a.com b.com` is two)."""
 
     def __init__(self, entries: list[str]) -> None:
         self.everything = False
         self.names: list[tuple[str, int | None]] = []
         self.networks: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int | None]] = []
-        for raw in entries:
-            entry = raw.strip().lower()
-            if not entry:
-                continue
+        for entry in (e.lower() for raw in entries for e in raw.split()):
             if entry == "*":
                 self.everything = True
                 continue
