@@ -589,3 +589,28 @@ def test_no_proxy_entries_may_be_separated_by_whitespace_as_curl_reads_them(
     assert e.route("https", "a.example", 443) is None
     assert e.route("https", "api.b.example", 443) is None
     assert e.route("https", "c.example", 443) is not None
+
+
+@pytest.mark.parametrize("host", ["localhost.", "LOCALHOST.", "::ffff:127.0.0.1",
+                                  "::ffff:7f00:2"])
+def test_a_rooted_localhost_and_ipv4_mapped_loopback_never_use_a_proxy(host: str) -> None:
+    """`localhost.` and `::ffff:127.0.0.1` are loopback as much as `localhost` and
+    127.0.0.1: a local vLLM so addressed was sent to the egress proxy, which cannot reach it."""
+    e = EgressProxies.from_environment({"HTTPS_PROXY": "http://p:1", "HTTP_PROXY": "http://p:1"})
+    assert e.route("https", host, 443) is None and e.route("http", host, 80) is None
+
+
+def test_an_ipv4_block_covers_the_ipv4_mapped_form_of_its_addresses() -> None:
+    e = EgressProxies.from_environment({"HTTPS_PROXY": "http://p:1",
+                                        "NO_PROXY": "10.0.0.0/8,192.0.2.7:8443"})
+    assert e.route("https", "::ffff:10.1.2.3", 443) is None
+    assert e.route("https", "::ffff:192.0.2.7", 8443) is None
+    assert e.route("https", "::ffff:192.0.2.7", 443) is not None
+    assert e.route("https", "::ffff:11.1.2.3", 443) is not None
+    # ...and an entry written in the mapped form covers both forms
+    e = EgressProxies.from_environment({"HTTPS_PROXY": "http://p:1",
+                                        "NO_PROXY": "::ffff:10.0.0.0/104,[::ffff:192.0.2.9]"})
+    assert e.route("https", "10.9.9.9", 443) is None
+    assert e.route("https", "::ffff:10.9.9.9", 443) is None
+    assert e.route("https", "192.0.2.9", 443) is None
+    assert e.route("https", "192.0.2.10", 443) is not None

@@ -110,18 +110,19 @@ class _Bypass:
                 continue
             entry, port = _split_port(entry)
             try:
-                self.networks.append((ipaddress.ip_network(entry.strip("[]"), strict=False),
-                                      port))
+                network = ipaddress.ip_network(entry.strip("[]"), strict=False)
             except ValueError:
                 self.names.append((entry.lstrip("*").lstrip(".").rstrip("."), port))
+                continue
+            mapped = network.network_address.ipv4_mapped if network.version == 6 else None
+            if mapped is not None and network.prefixlen >= 96:  # (matched as IPv4: _address)
+                network = ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+            self.networks.append((network, port))
 
     def covers(self, host: str, port: int) -> bool:
         if self.everything:
             return True
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            address = None
+        address = _address(host)
         if address is not None:
             return any(address in net and p in (None, port) for net, p in self.networks)
         host = host.rstrip(".")
@@ -140,13 +141,23 @@ def _split_port(entry: str) -> tuple[str, int | None]:
     return entry, None
 
 
-def is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """`host`'s IP address, or None for a name. An IPv4-mapped IPv6 address
+    (`::ffff:10.1.2.3`) is its IPv4 one: the same host, which IPv4 entries and 127/8 cover."""
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
-        return False
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") in _LOOPBACK_NAMES:  # (`localhost.`: the same name, rooted)
+        return True
+    address = _address(host)
+    return address is not None and address.is_loopback
 
 
 class EgressProxies:
