@@ -572,7 +572,7 @@ def _server_value(k: str, v: Any, source: str, key: str) -> Any:
 
 
 def _upstream_proxy(value: Any, source: str, key: str) -> str | dict[str, Any]:
-    from streamproxy.upstream.egress import parse_proxy_url
+    from streamproxy.upstream.egress import check_no_proxy, parse_proxy_url
 
     # Any case, as log_level: `None` (YAML's null is `null` or `~`) read as a bare `host` named a
     # proxy at none:80 for every upstream.
@@ -596,6 +596,10 @@ def _upstream_proxy(value: Any, source: str, key: str) -> str | dict[str, Any]:
     if not isinstance(no_proxy, list) or not all(isinstance(e, str) for e in no_proxy):
         raise ConfigError(source, f"{key}.no_proxy", "must be a list of hosts, domains, "
                           "addresses or CIDR blocks")
+    try:
+        check_no_proxy(no_proxy)
+    except ValueError as e:
+        raise ConfigError(source, f"{key}.no_proxy", str(e)) from None
     return {"url": value["url"], "no_proxy": no_proxy}
 
 

@@ -614,3 +614,23 @@ def test_an_ipv4_block_covers_the_ipv4_mapped_form_of_its_addresses() -> None:
     assert e.route("https", "::ffff:10.9.9.9", 443) is None
     assert e.route("https", "192.0.2.9", 443) is None
     assert e.route("https", "192.0.2.10", 443) is not None
+
+
+@pytest.mark.parametrize("entry", ["10.0.0.0/33", "::1/200", "[fd00::1/129]", "10.0.0.0/8x",
+                                   "http://internal.example", "vllm.internal:99999",
+                                   "vllm.internal:port", "a b/c"])
+def test_an_invalid_no_proxy_entry_in_the_config_is_a_config_error(entry: str) -> None:
+    """Kept as a host name no upstream host can be, it silently covered nothing: the hosts
+    the operator meant to reach directly went through the proxy."""
+    with pytest.raises(ConfigError, match=r"upstream_proxy\.no_proxy: .*not a host"):
+        _server(upstream_proxy={"url": "http://p:1", "no_proxy": [entry]})
+    with pytest.raises(ConfigError, match=r"upstream_proxy\.no_proxy"):
+        _server(upstream_proxy={"url": "http://p:1", "no_proxy": f"a.example,{entry}"})
+
+
+@pytest.mark.parametrize("entry", ["*", ".internal.example", "*.internal.example",
+                                   "internal.example.", "10.0.0.0/8", "[fd00::/8]",
+                                   "[fd00::1]:8443", "fd00::1", "vllm.internal:8000",
+                                   "192.0.2.1:80", "a.example b.example", "  "])
+def test_valid_no_proxy_entries_in_the_config_are_taken(entry: str) -> None:
+    _server(upstream_proxy={"url": "http://p:1", "no_proxy": [entry]})

@@ -153,6 +153,26 @@ def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return address
 
 
+def check_no_proxy(entries: list[str]) -> None:
+    """Raise ValueError for the first entry `_Bypass` would keep as a host name no host can
+    have (`10.0.0.0/33`, `http://h`, `h:99999`): it would silently cover nothing. (The
+    environment's are not checked: curl skips such an entry, and so does `_Bypass`.)"""
+    for raw in entries:
+        for token in raw.split():
+            if token == "*":
+                continue
+            entry, port = _split_port(token)
+            try:
+                ipaddress.ip_network(entry.strip("[]"), strict=False)
+                valid = True
+            except ValueError:
+                name = entry.lstrip("*").lstrip(".").rstrip(".")
+                valid = bool(name) and ":" not in name and _is_host(name)
+            if not valid or (port is not None and not 0 < port < 65536):
+                raise ValueError(f"{token!r} is not a host, domain, IP address or CIDR block "
+                                 "(optionally with :port)")
+
+
 def is_loopback(host: str) -> bool:
     if host.lower().rstrip(".") in _LOOPBACK_NAMES:  # (`localhost.`: the same name, rooted)
         return True
