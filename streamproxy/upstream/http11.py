@@ -614,13 +614,29 @@ class _TunnelHandshake(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buf += data
         # (its lines may end with a bare LF, as a response head's may: response_parser.py)
-        if not self.answer.done() and (find_head_end(self._buf)[0] >= 0
-                                       or len(self._buf) > MAX_HEAD_BYTES):
+        while not self.answer.done():
+            start, end = find_head_end(self._buf)
+            if start < 0:
+                if len(self._buf) > MAX_HEAD_BYTES:
+                    self.answer.set_result(self._buf)
+                return
+            # RFC 9110 15.2: interim 1xx answers (100, 102, 103) come before the final one and
+            # are skipped, as by any client; a 101 is no answer to a CONNECT (refused as one).
+            status = _status_of(self._buf)
+            if 100 <= status < 200 and status != 101:
+                self._buf = self._buf[end:]
+                continue
             self.answer.set_result(self._buf)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.answer.done():
             self.answer.set_exception(ConnectionResetError("the proxy closed the connection"))
+
+
+def _status_of(answer: bytes) -> int:
+    """The status code of the answer head at the start of `answer`; 0 when malformed."""
+    parts = answer.split(b"\n", 1)[0].rstrip(b"\r").split(b" ", 2)
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
 
 
 async def _open_tunnel(loop: asyncio.AbstractEventLoop, conn: _Connection, proxy: ProxyRoute,
@@ -632,9 +648,7 @@ async def _open_tunnel(loop: asyncio.AbstractEventLoop, conn: _Connection, proxy
         lambda: _TunnelHandshake(request), sock=await _open_socket(proxy.host, proxy.port))
     try:
         answer = await handshake.answer
-        status_line = answer.split(b"\n", 1)[0].rstrip(b"\r")
-        parts = status_line.split(b" ", 2)
-        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        status = _status_of(answer)
         head_end = find_head_end(answer)
         if head_end[1] != len(answer) or not 200 <= status < 300:
             if not status:
