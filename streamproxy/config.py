@@ -168,8 +168,8 @@ class ServerConfig:
     # The HTTP server side for POST /v1/chat/completions: the lean front (server/front.py), or
     # aiohttp's for every request (env STREAMPROXY_FRONT overrides this).
     front: str = "lean"
-    # Egress proxy for upstream requests: "env" (HTTPS_PROXY / HTTP_PROXY / NO_PROXY), "none",
-    # or {"url": ..., "no_proxy": [...]} (upstream/egress.py).
+    # Egress proxy for upstream requests: "env" (HTTPS_PROXY / HTTP_PROXY / ALL_PROXY /
+    # NO_PROXY), "none", or {"url": ..., "no_proxy": [...]} (upstream/egress.py).
     upstream_proxy: str | dict[str, Any] = "env"
 
 

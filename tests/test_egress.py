@@ -664,3 +664,30 @@ def test_an_invalid_no_proxy_entry_in_the_config_is_a_config_error(entry: str) -
                                    "192.0.2.1:80", "a.example b.example", "  "])
 def test_valid_no_proxy_entries_in_the_config_are_taken(entry: str) -> None:
     _server(upstream_proxy={"url": "http://p:1", "no_proxy": [entry]})
+
+
+def test_all_proxy_is_used_for_a_scheme_without_its_own_variable_as_curl_and_requests_do() -> None:
+    """ALL_PROXY alone (the one variable some hosts set) was not read: every upstream went
+    direct, while curl and requests on the same host went through the proxy."""
+    e = EgressProxies.from_environment({"ALL_PROXY": "http://all:1", "NO_PROXY": "in.example"})
+    assert e.route("https", "h.example", 443) == parse_proxy_url("http://all:1")
+    assert e.route("http", "h.example", 80) == parse_proxy_url("http://all:1")
+    assert e.route("https", "in.example", 443) is None
+    e = EgressProxies.from_environment({"all_proxy": "http://low:1", "ALL_PROXY": "http://up:2",
+                                        "HTTPS_PROXY": "http://tls:3"})
+    assert e.route("https", "h.example", 443) == parse_proxy_url("http://tls:3")
+    assert e.route("http", "h.example", 80) == parse_proxy_url("http://low:1")
+    # a scheme's own variable wins: an ALL_PROXY no scheme uses is not read at all
+    assert EgressProxies.from_environment({"ALL_PROXY": "socks5://s:1", "HTTP_PROXY": "http://p:1",
+                                           "HTTPS_PROXY": "http://p:1"}).https is not None
+
+
+def test_an_all_proxy_that_is_no_http_proxy_is_a_config_error_naming_it(monkeypatch: Any) -> None:
+    from streamproxy.server.app import create_app
+
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ALL_PROXY", "socks5h://s:1080")
+    with pytest.raises(ConfigError, match=r"^environment: ALL_PROXY: only http://"):
+        create_app(_server())
+    create_app(_server(upstream_proxy="none"))  # the way to leave it to other programs

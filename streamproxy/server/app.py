@@ -70,8 +70,9 @@ def build_providers(config: Config, egress: EgressProxies | None = None) -> dict
 def _egress(config: Config) -> EgressProxies:
     try:
         return egress_from_setting(config.server.upstream_proxy, os.environ)
-    except ValueError as e:  # a malformed HTTPS_PROXY / HTTP_PROXY
-        raise ConfigError("environment", "HTTP(S)_PROXY", str(e)) from None
+    except ValueError as e:  # a malformed HTTPS_PROXY / HTTP_PROXY / ALL_PROXY
+        raise ConfigError("environment", getattr(e, "variable", "HTTP(S)_PROXY"),
+                          str(e)) from None
 
 
 def check_sections(config: Config) -> None:

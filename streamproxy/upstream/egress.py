@@ -1,8 +1,9 @@
 """Which upstream requests leave through an egress (forward) proxy, and how to reach it.
 
-`server.upstream_proxy` (config.py): `env` (the default) reads `HTTPS_PROXY` / `HTTP_PROXY` /
-`NO_PROXY` (either case; the lowercase wins, as in curl), `none` never uses one, or a mapping
-`{url, no_proxy}` names one proxy for every scheme. Like Go's net/http, loopback upstreams
+`server.upstream_proxy` (config.py): `env` (the default) reads `HTTPS_PROXY` / `HTTP_PROXY`
+(`ALL_PROXY` for a scheme without its own) / `NO_PROXY` (either case; the lowercase wins, as
+in curl), `none` never uses one, or a mapping `{url, no_proxy}` names one proxy for every
+scheme. Like Go's net/http, loopback upstreams
 (`localhost`, 127.0.0.0/8, ::1: the embedded mock, a local vLLM or Ollama) never go through a
 proxy. Only `http://` proxies: an https upstream is reached through a CONNECT tunnel, an http
 one with its absolute URL as the request target.
@@ -180,6 +181,14 @@ def is_loopback(host: str) -> bool:
     return address is not None and address.is_loopback
 
 
+class ProxyVariableError(ValueError):
+    """A malformed proxy variable of the environment, and which (for the config error)."""
+
+    def __init__(self, variable: str, reason: str) -> None:
+        super().__init__(reason)
+        self.variable = variable
+
+
 class EgressProxies:
     """Per upstream (scheme, host, port): the proxy to go through, or None."""
 
@@ -194,8 +203,15 @@ class EgressProxies:
             return environ.get(name.lower()) or environ.get(name.upper()) or ""
 
         http, https = read("http_proxy"), read("https_proxy")
-        return cls(parse_proxy_url(http) if http else None,
-                   parse_proxy_url(https) if https else None,
+        # ALL_PROXY for a scheme without its own, as curl and requests read it (Go's net/http
+        # does not); one no scheme falls back to is not read (a socks5 one for other programs).
+        everything = read("all_proxy") if not (http and https) else ""
+        try:
+            fallback = parse_proxy_url(everything) if everything else None
+        except ValueError as e:
+            raise ProxyVariableError("ALL_PROXY", str(e)) from None
+        return cls(parse_proxy_url(http) if http else fallback,
+                   parse_proxy_url(https) if https else fallback,
                    read("no_proxy").split(","))
 
     def requests_proxies(self, url: str) -> dict[str, str | None]:
