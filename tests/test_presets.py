@@ -150,6 +150,23 @@ async def test_usage_is_moved_to_one_usage_chunk_before_done(proxy: Any, upstrea
     assert chunks[-2] is only  # right before [DONE]
 
 
+@pytest.mark.parametrize("kind", ["openrouter", "xai", "mistral", "groq"])
+def test_a_usage_chunk_we_build_carries_the_upstream_chunks_fields(kind: str) -> None:
+    """The usage chunk built from usage that rode on the finish chunk had only the id, created,
+    model and system_fingerprint: the `service_tier` (and OpenRouter's `provider`) every other
+    chunk carried was gone from the stream's last chunk, where OpenAI's usage chunk has it."""
+    provider, _ = build(kind)
+    fields = {"system_fingerprint": "fp_1", "service_tier": "default", "provider": "OpenAI"}
+    body = sse(chunk([choice(role="assistant", content="Hi")], **fields),
+               chunk([choice("stop")], usage=USAGE, **fields))
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=False)
+    req = request(stream=True, stream_options={"include_usage": True})
+    chunks = sse_chunks(relay_pieces(enc, provider.stream_translator(req, enc), [body]))
+    [only] = usage_chunks(chunks)
+    assert only["choices"] == [] and {k: only.get(k) for k in fields} == fields
+    assert only["usage"] == USAGE and chunks[-1] == "[DONE]"
+
+
 @pytest.mark.parametrize(("kind", "body"), [("xai", XAI), ("mistral", MISTRAL), ("groq", GROQ)])
 async def test_no_usage_chunk_when_the_client_did_not_ask(proxy: Any, upstream: Any,
                                                           kind: str, body: bytes) -> None:

@@ -64,8 +64,10 @@ from streamproxy.providers.openai_compat import (
 if TYPE_CHECKING:
     from streamproxy.openai_api.request import ChatRequest
 
-# Envelope keys copied from the upstream's chunk onto a usage chunk we build.
-_ENVELOPE = ("id", "object", "created", "model", "system_fingerprint")
+# The keys of the upstream's chunk not copied onto a usage chunk we build from its usage: every
+# other (id, model, system_fingerprint, service_tier, OpenRouter's `provider`…) is the stream's,
+# on each of its chunks, as on OpenAI's usage chunk; a client reads them from the last.
+_NOT_ENVELOPE = frozenset(("choices", "usage"))
 
 
 def failed_finish(status: int, reason: str, provider: str,
@@ -139,7 +141,7 @@ class CompatTranslator(PassthroughTranslator):
         if usage:
             changed = (self._openai_usage(usage) and kept) or changed
             self._moved_usage = usage
-            self._envelope = {k: chunk[k] for k in _ENVELOPE if k in chunk}
+            self._envelope = {k: v for k, v in chunk.items() if k not in _NOT_ENVELOPE}
             self.out.usage(usage)
         return changed
 
