@@ -126,15 +126,19 @@ async def test_a_providers_null_total_lifts_the_servers(proxy: Any) -> None:
     assert c.error is None and c.done and c.content == mock_text(4)
 
 
-async def test_a_targets_null_total_lifts_the_providers(proxy: Any) -> None:
-    # As a provider's: a config target's `total: null` was a 400 (a number was required).
+async def test_a_targets_zero_total_lifts_the_providers(proxy: Any) -> None:
+    # As a provider's `total: null`; in a client's config null is "not set" (a typed client
+    # writes every key), so `total: 0` is the way to say none.
     config = make_config({"mock": {"type": "mock", "default_model": "fast",
                                    "timeouts": {"total": 0.3}}}, default="mock")
     client = await proxy(config)
     lifted = {"provider": "mock", "override_params": {"model": "fast:tokens=4,tps=8"},
-              "timeouts": {"total": None}}
+              "timeouts": {"total": 0}}
     c = collect(sse_chunks(await (await post(client, json.dumps(lifted))).read()))
     assert c.error is None and c.done and c.content == mock_text(4)
+    lifted["timeouts"] = {"total": None}  # (not set: the provider's, not lifted, cuts it)
+    c = collect(sse_chunks(await (await post(client, json.dumps(lifted))).read()))
+    assert c.error is not None and c.error["code"] == "upstream_timeout"
     del lifted["timeouts"]  # (the provider's total, not lifted, cuts the same stream)
     c = collect(sse_chunks(await (await post(client, json.dumps(lifted))).read()))
     assert c.error is not None and c.error["code"] == "upstream_timeout"

@@ -124,3 +124,28 @@ def test_a_field_given_twice_or_unknown_in_camel_case_is_a_400(raw: dict[str, An
     with pytest.raises(InvalidRequest) as info:
         parse_config(raw)
     assert info.value.param == param
+
+
+def test_null_timeouts_are_not_set() -> None:
+    """A typed client's timeouts object writes every key: a null `connect`, `first_token` or
+    `idle` was a 400, and a null `total` lifted the total a parent or provider set."""
+    nulls = {"connect": None, "first_token": None, "idle": None, "total": None}
+    root = parse_config({"provider": "a", "timeouts": {"total": 30, "idle": 5},
+                         "strategy": {"mode": "fallback"},
+                         "targets": [{"provider": "b", "timeouts": nulls},
+                                     {"provider": "c", "timeouts": {**nulls, "connect": 2}}]})
+    first, second = root.targets
+    assert first.timeouts == {"total": 30.0, "idle": 5.0}
+    assert second.timeouts == {"total": 30.0, "idle": 5.0, "connect": 2.0}
+    assert parse_config({"provider": "a", "timeouts": nulls}).timeouts == {}
+
+
+def test_a_zero_total_lifts_the_total() -> None:
+    root = parse_config({"provider": "a", "timeouts": {"total": 30},
+                         "strategy": {"mode": "fallback"},
+                         "targets": [{"provider": "b", "timeouts": {"total": 0}}]})
+    assert root.targets[0].timeouts == {"total": None}  # (None: no total, over a provider's)
+    for key, value in [("connect", 0), ("first_token", 0), ("idle", 0), ("total", False)]:
+        with pytest.raises(InvalidRequest) as info:  # (no "none" for these: a hung upstream)
+            parse_config({"provider": "a", "timeouts": {key: value}})
+        assert info.value.param == f"config.timeouts.{key}"

@@ -394,8 +394,11 @@ def _timeouts(raw: Any, path: str) -> dict[str, float | None]:
     for key, value in raw.items():
         if key not in _TIMEOUT_KEYS:
             raise _bad(f"{path}.{key}", f"is not a timeout (known: {', '.join(_TIMEOUT_KEYS)})")
-        # `total: null` lifts a total set below, as a provider's does (a long generation)
-        out[key] = (None if key == "total" and value is None
+        if value is None:  # not set, as any config field (a typed client writes every key)
+            continue
+        # `total: 0` lifts a total set below (a parent's, the provider's: a long generation);
+        # a null one was that, and lifted the operator's cap for a client that set none.
+        out[key] = (None if key == "total" and value == 0 and value is not False
                     else _number(value, f"{path}.{key}", minimum=0.001))
     return out
 
