@@ -1604,3 +1604,58 @@ async def test_a_keepalive_head_waits_for_a_single_targets_slow_lookup(
     assert statuses == ["MISS", "HIT"]
     assert [line["cache_status"] for line in access_log()] == ["MISS", "HIT"]
     assert outs[0].startswith(b": keep-alive\n\n")  # the miss's slow upstream still kept alive
+
+
+class TTLCache(MemoryCache):
+    def __init__(self) -> None:
+        super().__init__(100, 1 << 20)
+        self.ttls: list[float] = []
+
+    async def set(self, key: str, entry: dict[str, Any], ttl: float) -> None:
+        self.ttls.append(ttl)
+        await super().set(key, entry, ttl)
+
+
+@pytest.mark.parametrize(("cache", "cache_control", "ttl"), [
+    ({}, "max-age=60", 60.0),
+    ({}, "public, Max-Age = 120", 120.0),
+    ({}, "max-age:90", 90.0),  # (as Portkey's docs write it)
+    ({"max_age": 3600}, "max-age=60", 3600.0),  # the config's own wins
+    ({}, "max-age=0", 604800.0),  # (no positive age: the default)
+    ({}, "no-cache", 604800.0),  # (not honoured: README, "The cache")
+    ({}, None, 604800.0),
+])
+async def test_a_requests_cache_control_max_age_is_the_max_age_a_config_gives_none(
+        proxy: Any, cache: dict[str, Any], cache_control: str | None, ttl: float) -> None:
+    """Portkey reads a request's `Cache-Control: max-age=N` as its cache's max age when the
+    config sets none; here it was ignored: the answer was kept (and a stored one served) for
+    the default 7 days where the client asked for N seconds."""
+    client = await proxy(config())
+    backend = TTLCache()
+    await client.server.app[FEATURES].cache.backend.close()
+    client.server.app[FEATURES].cache.backend = backend
+    headers = cache_header(**cache)
+    if cache_control is not None:
+        headers["cache-control"] = cache_control
+    resp, _ = await post(client, {"model": "mock/fast:tokens=2"}, headers)
+    await drained(client)
+    assert resp.status == 200 and resp.headers[STATUS] == "MISS"
+    assert backend.ttls == [ttl]
+
+
+async def test_a_stored_answer_older_than_the_requests_max_age_is_not_served(
+        proxy: Any) -> None:
+    client = await proxy(config())
+    body = {"model": "mock/fast:tokens=2"}
+    resp, _ = await post(client, body, cache_header())
+    await drained(client)
+    backend = client.server.app[FEATURES].cache.backend
+    [key] = list(backend._items)
+    entry = await backend.get(key)
+    await backend.set(key, {**entry, "stored_at": entry["stored_at"] - 120}, 604800)
+    statuses = []
+    for cache_control in ("max-age=600", "max-age=60"):  # (the answer is 120 s old)
+        resp, _ = await post(client, body, {**cache_header(), "cache-control": cache_control})
+        await drained(client)
+        statuses.append(resp.headers[STATUS])
+    assert statuses == ["HIT", "MISS"]

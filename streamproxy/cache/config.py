@@ -3,6 +3,7 @@
 Per request, in Portkey's form: the config's `cache: {mode: simple, max_age: <seconds>}`,
 whichever way the config came (`x-portkey-config` header JSON or name, a route, the default
 config: routing/gateway.py); the planner hands each attempt its leaf's (`Attempt.cache`).
+A request's `Cache-Control: max-age=N` is the max age of a cache that names none (Portkey's).
 
 The operator's defaults and the backend, in the `cache:` top-level YAML section:
 
@@ -21,6 +22,7 @@ The operator's defaults and the backend, in the `cache:` top-level YAML section:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,10 +102,27 @@ def _check_redis_url(url: str, source: str, key: str) -> None:
                           "options)") from None
 
 
-def max_age_for(cache: dict[str, Any] | None, settings: CacheSettings) -> float | None:
-    """Seconds an answer may be served from cache for this request; None = caching is off."""
+# A request's `Cache-Control: max-age=N` directive (Portkey's docs write `max-age:N`).
+_MAX_AGE = re.compile(r'(?:^|,)[ \t]*max-age[ \t]*[=:][ \t]*"?(\d+)"?[ \t]*(?:,|$)', re.I)
+
+
+def requested_max_age(cache_control: str) -> float | None:
+    """The positive `max-age` of a request's Cache-Control header, else None. Portkey reads it
+    as the cache's max age when the config gives none. `no-cache` / `no-store` are not read:
+    a browser's DevTools ("Disable cache") sends them on every request, and the cache is the
+    config's (x-portkey-cache-force-refresh asks for a fresh answer)."""
+    found = _MAX_AGE.search(cache_control) if cache_control else None
+    seconds = float(found.group(1)) if found else 0.0
+    return seconds or None  # (max-age=0 is no age to keep an answer for: the default's)
+
+
+def max_age_for(cache: dict[str, Any] | None, settings: CacheSettings,
+                requested: float | None = None) -> float | None:
+    """Seconds an answer may be served from cache for this request; None = caching is off.
+    `requested`: the request's own (`requested_max_age`), for a cache that names none."""
+    default = settings.default_max_age if requested is None else min(requested, MAX_AGE_CAP)
     if cache is None:
-        return settings.default_max_age if settings.mode else None
+        return default if settings.mode else None
     mode = cache.get("mode")
     if mode not in MODES:
         raise InvalidRequest(f"Unsupported cache mode {mode!r}: streamproxy supports "
@@ -111,7 +130,7 @@ def max_age_for(cache: dict[str, Any] | None, settings: CacheSettings) -> float 
                              code="unsupported_value")
     max_age = cache.get("max_age")
     if max_age is None:
-        return settings.default_max_age
+        return default
     if isinstance(max_age, bool) or not isinstance(max_age, int | float) or max_age <= 0:
         raise InvalidRequest("'cache.max_age' must be a positive number of seconds.",
                              param="cache.max_age", code="invalid_value")

@@ -31,6 +31,7 @@ from streamproxy.cache.config import (
     NAMESPACE_HEADER,
     CacheSettings,
     max_age_for,
+    requested_max_age,
 )
 from streamproxy.cache.key import cache_key
 from streamproxy.openai_api.chunks import no_usage
@@ -130,7 +131,8 @@ class ResponseCache:
             _note(request, record, "DISABLED")  # a replay carries one choice
             return
         # every target's `cache`, checked up front: a bad one is a 400 whatever answers
-        max_ages = [max_age_for(a.cache, self.settings) for a in attempts]
+        requested = requested_max_age(request.headers.get("cache-control", ""))
+        max_ages = [max_age_for(a.cache, self.settings, requested) for a in attempts]
         if max_ages.count(None) == len(max_ages):  # no target caches
             _note(request, record, "DISABLED")
             return
