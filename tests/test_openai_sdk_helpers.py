@@ -440,3 +440,27 @@ async def test_stream_helper_keeps_the_call_id_and_name_fireworks_repeats_on_eve
         ("chatcmpl-tool-aa62", "function", "City", '{"city": "Paris"}'),
         ("chatcmpl-tool-bb73", "function", "Zone", '{"zone": "CET"}')]
     assert [c.function.parsed_arguments for c in calls] == [City(city="Paris"), Zone(zone="CET")]
+
+
+async def test_tools_a_configs_override_params_adds_get_fireworks_repeated_ids_handled(
+        proxy: Any, upstream: Any) -> None:
+    """The repeated-id handling is switched on by the tools of the body sent upstream (the
+    translator reads the request as sent, `routing.executor.as_sent`), so tools that only a
+    config's `override_params` adds get it too: the call's id comes once, not on every
+    fragment."""
+    upstream.body = b"".join([
+        _sse_chunk({"role": "assistant", "content": None}),
+        _sse_chunk({"tool_calls": [_fireworks_call(0, "chatcmpl-tool-aa62", "City", "")]}),
+        _sse_chunk({"tool_calls": [_fireworks_call(0, "chatcmpl-tool-aa62", "City",
+                                                   '{"city": "Paris"}')]}),
+        _sse_chunk({}, "tool_calls"), b"data: [DONE]\n\n"])
+    client = openai_sdk(await proxy(provider_config("fireworks", upstream.url)))
+    config = {"provider": "up",
+              "override_params": {"tools": [openai.pydantic_function_tool(City)]}}
+    stream = await client.chat.completions.create(
+        model="m", messages=USER, stream=True,
+        extra_headers={"x-portkey-config": orjson.dumps(config).decode()})
+    calls = [(call.id, call.function.name if call.function else None)
+             async for chunk in stream for choice in chunk.choices
+             for call in choice.delta.tool_calls or ()]
+    assert calls == [("chatcmpl-tool-aa62", "City"), (None, None)]
