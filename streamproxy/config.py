@@ -731,6 +731,9 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
             raise ConfigError(source, f"{where}.{key}", "is empty: give it, or leave it out "
                               "(with neither api_key nor api_key_env, the client's key is "
                               "forwarded)")
+    if raw.get("api_key") is not None and raw.get("api_key_env") is not None:
+        # (one was used silently, the inline key: a rotated variable was never read)
+        raise ConfigError(source, where, "give one of `api_key` or `api_key_env`, not both")
     check_env_name(raw.get("api_key_env"), source, f"{where}.api_key_env")
     api_key = raw.get("api_key")
     if isinstance(api_key, str):  # (a paste's space, a block scalar's newline: no key has

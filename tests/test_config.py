@@ -817,3 +817,14 @@ async def test_a_routes_alias_is_listed_and_retrieved_as_a_chat_request_names_it
         "model": "smart", "messages": [{"role": "user", "content": "hi"}]})
     assert chat.status == 403
     assert (await resp.json())["error"]["code"] == "model_not_found"
+
+
+def test_a_provider_given_both_api_key_and_api_key_env_is_an_error(monkeypatch: Any) -> None:
+    """Both written (a template's two lines, one meant to replace the other): the inline key
+    was used silently and the variable an operator rotated was never read."""
+    monkeypatch.setenv("R348_KEY", "sk-from-env")
+    with pytest.raises(ConfigError) as e:
+        parse_config({"providers": {"gpt": {"type": "openai", "api_key": "sk-inline",
+                                            "api_key_env": "R348_KEY"}}}, "f.yaml")
+    assert e.value.key == "providers.gpt"
+    assert "api_key" in e.value.reason and "api_key_env" in e.value.reason
