@@ -229,14 +229,18 @@ class _ConfigLoader(yaml.SafeLoader):
     the last silently: two providers given one name would serve as one, unannounced."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen = set()
+        # Compared as the names they are read as (str): `1` and `"1"` both became provider "1".
+        seen: dict[str, Any] = {}
         for key_node, _ in node.value:  # (a `<<` merge's keys may be overridden: not these)
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
                 key = self.construct_object(key_node)
-                if key in seen:
+                if (name := str(key)) in seen:
+                    first = seen[name]
+                    also = "" if first == key else f" ({first!r} and {key!r} are one name)"
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r} in one mapping", key_node.start_mark)
-                seen.add(key)
+                        None, None, f"duplicate key {name!r} in one mapping{also}",
+                        key_node.start_mark)
+                seen[name] = key
         return super().construct_mapping(node, deep)
 
 
@@ -325,7 +329,7 @@ def parse_config(data: Any, source: str) -> Config:
         except ConfigError as e:
             errors.append(e)
     names = [str(n) for n in providers_raw]  # (a provider in error is still configured)
-    default = data.get("default_provider")
+    default = name_reference(data.get("default_provider"))
     if default is not None and (not isinstance(default, str) or default not in names):
         errors.append(ConfigError(source, "default_provider",
                                   f"{default!r} is not a configured provider "
@@ -334,6 +338,14 @@ def parse_config(data: Any, source: str) -> Config:
     sections = {k: data[k] for k in EXTRA_SECTIONS if k in data}
     return Config(server=server, providers=providers, default_provider=default, source=source,
                   sections=sections)
+
+
+def name_reference(value: Any) -> Any:
+    """A reference to a name as the name's key is read: a number as its text (`1`, as
+    `providers: {1: ...}` is provider "1"); anything else as it is, for the caller to check."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
 
 
 # `${VAR}` (compose files'), `$VAR` (the shell's), `os.environ/VAR` (LiteLLM's config files').

@@ -673,3 +673,15 @@ def test_a_variable_set_to_nothing_but_whitespace_is_said_empty_not_unset(
                                                 "token_env": "CHECK_CONFIG_BLANK"}}))["v"]
     with pytest.raises(TokenUnavailable, match="CHECK_CONFIG_BLANK is empty"):
         vertex.auth_headers(Target(vertex, "gemini-2.5-flash"))
+
+
+def test_names_written_as_numbers_are_referred_to_as_numbers(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`providers: {1: ...}` and `configs: {2: ...}` are "1" and "2": a reference written `1`
+    or `2` was refused as naming none of them (e.g. "must name a configured provider (1)")."""
+    status, out, err = run(tmp_path, "providers: {1: {type: mock}}\ndefault_provider: 1\n"
+                           "virtual_keys: {vk: {provider: 1, api_key: sk-1}}\n"
+                           "configs: {2: {provider: '1'}}\nroutes: {smart: 2}\n"
+                           "default_config: 2\n", capsys)
+    assert (status, err) == (0, "")
+    assert "provider 1 (default): type=mock" in out

@@ -828,3 +828,14 @@ def test_a_provider_given_both_api_key_and_api_key_env_is_an_error(monkeypatch: 
                                             "api_key_env": "R348_KEY"}}}, "f.yaml")
     assert e.value.key == "providers.gpt"
     assert "api_key" in e.value.reason and "api_key_env" in e.value.reason
+
+
+def test_provider_names_written_as_numbers_are_the_names_they_read_as(tmp_path: Path) -> None:
+    """A name is a string: `1` and `"1"` both became provider "1", the later silently replacing
+    the earlier, and `default_provider: 1` was refused as not "1"."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "providers:\n  1: {type: mock}\n  '1': {type: openai}\n"))
+    assert (info.value.key, info.value.reason) == (
+        "line 3", "invalid YAML: duplicate key '1' in one mapping (1 and '1' are one name)")
+    config = load_config(write(tmp_path, "providers:\n  1: {type: mock}\ndefault_provider: 1\n"))
+    assert (list(config.providers), config.default_provider) == (["1"], "1")

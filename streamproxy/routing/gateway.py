@@ -45,6 +45,7 @@ from streamproxy.config import (
     ConfigError,
     Timeouts,
     check_provider_key,
+    name_reference,
     refuse_env_reference,
     required_secret,
     unknown_key,
@@ -133,10 +134,10 @@ def load_settings(config: Config) -> GatewaySettings:
     if not isinstance(raw_routes, dict):
         raise ConfigError(src, "routes", "must map model aliases to names under configs")
     for alias, name in raw_routes.items():
-        if not _names_config(name, settings):
+        if not _names_config(name_reference(name), settings):
             raise ConfigError(src, f"routes.{alias}", f"{name!r} is not under configs")
-    settings.routes = {str(k): v for k, v in raw_routes.items()}
-    default = sections.get("default_config")
+    settings.routes = {str(k): name_reference(v) for k, v in raw_routes.items()}
+    default = name_reference(sections.get("default_config"))
     if default is not None and not _names_config(default, settings):
         raise ConfigError(src, "default_config", f"{default!r} is not under configs")
     settings.default_config = default
@@ -151,7 +152,7 @@ def load_settings(config: Config) -> GatewaySettings:
         # Its keys first: a misspelt `provider` read as none, "must name a configured
         # provider" for an entry that named one, and the typo unnamed.
         _check_virtual_fields(raw, src, where)
-        provider = raw.get("provider")
+        provider = name_reference(raw.get("provider"))
         if not isinstance(provider, str) or provider not in config.providers:
             raise ConfigError(src, f"{where}.provider",
                               f"must name a configured provider ({', '.join(config.providers)})")
