@@ -653,13 +653,13 @@ def _parse_headers(raw: Any, source: str, key: str) -> dict[str, str]:
     return {str(k).lower(): v for k, v in raw.items() if str(k).lower() != "accept-encoding"}
 
 
-def _refuse_model_reference(model: Any, source: str, key: str) -> None:
-    """A model name written as a variable (a template's `${DEFAULT_MODEL}`): nothing expands
-    it, and it went upstream as those characters, the provider's 404 for every request that
-    named no model. No model's name holds one."""
-    if isinstance(model, str) and (ref := _EMBEDDED_ENV_REFERENCE.search(model)
-                                   or _ENV_REFERENCE.fullmatch(model)):
-        raise ConfigError(source, key, f"{ref[0]} is not expanded here: write the model's name")
+def refuse_reference(value: Any, source: str, key: str, what: str = "the model's name") -> None:
+    """A name written as a variable (a template's `${DEFAULT_MODEL}`): nothing expands it, and
+    it went upstream as those characters, the provider's 404 for every request that named no
+    model. No model's (deployment's, API version's) name holds one."""
+    if isinstance(value, str) and (ref := _EMBEDDED_ENV_REFERENCE.search(value)
+                                   or _ENV_REFERENCE.fullmatch(value)):
+        raise ConfigError(source, key, f"{ref[0]} is not expanded here: write {what}")
 
 
 def _check_base_url(url: str, source: str, key: str) -> None:
@@ -735,7 +735,7 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
         raise ConfigError(source, f"{where}.models", "must be a list of model names")
     for key, model in [("default_model", raw.get("default_model")),
                        *((f"models[{i}]", m) for i, m in enumerate(models))]:
-        _refuse_model_reference(model, source, f"{where}.{key}")
+        refuse_reference(model, source, f"{where}.{key}")
     for key in ("api_key", "api_key_env"):
         if isinstance(raw.get(key), str) and not raw[key].strip():
             # (an unset template variable, most likely: read as "no key", the client's own

@@ -839,3 +839,22 @@ def test_provider_names_written_as_numbers_are_the_names_they_read_as(tmp_path: 
         "line 3", "invalid YAML: duplicate key '1' in one mapping (1 and '1' are one name)")
     config = load_config(write(tmp_path, "providers:\n  1: {type: mock}\ndefault_provider: 1\n"))
     assert (list(config.providers), config.default_provider) == (["1"], "1")
+
+
+@pytest.mark.parametrize(("entry", "key", "ref"), [
+    ("deployment: '${AZURE_DEPLOYMENT}', api_version: 2024-10-21", "deployment",
+     "${AZURE_DEPLOYMENT}"),
+    ("deployment: gpt-4o, api_version: $AZURE_API_VERSION", "api_version",
+     "$AZURE_API_VERSION"),
+    ("deployment: os.environ/DEPLOY, api_version: 2024-10-21", "deployment", "os.environ/DEPLOY"),
+])
+def test_an_azure_deployment_or_api_version_written_as_a_variable_is_a_config_error(
+        tmp_path: Path, entry: str, key: str, ref: str) -> None:
+    """Nothing expands one: it went as those characters, URL-encoded into the path
+    (/deployments/%24%7BAZURE_DEPLOYMENT%7D/...) or the api-version query, Azure's 404 or 400
+    for every request, while check-config said OK (a resource's is refused by its rule)."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"providers:\n  az: {{type: azure, resource: myres, "
+                                    f"{entry}}}\n"))
+    assert info.value.key == f"providers.az.{key}"
+    assert info.value.reason.startswith(f"{ref} is not expanded here"), info.value.reason

@@ -38,7 +38,7 @@ from urllib.parse import quote
 import orjson
 
 from streamproxy._json import loads_lenient
-from streamproxy.config import ConfigError
+from streamproxy.config import ConfigError, refuse_reference
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import InvalidRequest, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
@@ -181,6 +181,11 @@ class AzureOpenAIProvider(OpenAIProvider):
         for key in ("resource", "deployment", "api_version"):
             if key in options and (not isinstance(options[key], str) or not options[key]):
                 raise ConfigError(source, f"{where}.{key}", "must be a non-empty string")
+        # (sent as written, URL-encoded into the path or the query: a 404 for every request)
+        refuse_reference(options.get("deployment"), source, f"{where}.deployment",
+                         "the deployment's name")
+        refuse_reference(options.get("api_version"), source, f"{where}.api_version",
+                         "the API version (e.g. 2024-10-21)")
         resource = options.get("resource")
         if resource is not None and not _RESOURCE.fullmatch(resource):
             # a host or URL here built https://myres.openai.azure.com.openai.azure.com
