@@ -323,6 +323,11 @@ ERRORS = [
      "allowed_custom_hosts: [llm.example.com, 'https://llm.example.com/v1']\n",
      "FILE: allowed_custom_hosts[1]: must be host[:port], or http:// or https:// and "
      "host[:port] (no path)"),
+    # (never matched: no custom_host holds a space, which custom_host_error refuses)
+    ("providers: {mock: {type: mock}}\nallowed_custom_hosts: [llm.example.com, 'my host.example']"
+     "\n", "FILE: allowed_custom_hosts[1]: holds a space or control character"),
+    ("providers: {mock: {type: mock}}\nallowed_custom_hosts: ['llm.example.com:443 ']\n",
+     "FILE: allowed_custom_hosts[0]: holds a space or control character"),
     # the gateway's key to another tenant's Azure resource: a 400 for every request too
     ("providers: {az: {type: azure, resource: contoso, api_version: 2024-10-21, api_key: k}}\n"
      "configs: {a: {strategy: {mode: fallback},\n"

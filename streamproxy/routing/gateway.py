@@ -194,9 +194,15 @@ def catalog_key(name: str | None, providers: Mapping[str, Any],
     return name if name not in providers and name in keys else None
 
 
+_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
 def _allowed_entry(entry: str, src: str, where: str) -> str:
     """An allow-list entry as `_allowed_url` looks it up: host[:port], any HTTP scheme; or
     scheme://host[:port], that scheme alone (an entry written https:// used to match nothing)."""
+    if _SPACE_OR_CONTROL.search(entry):  # (matched no custom_host, which holds none, in silence)
+        raise ConfigError(src, where, "holds a space or control character: write host[:port] "
+                                      "alone")
     host = _host_of(entry)
     scheme = entry.split("://", 1)[0].lower() if "://" in entry else None
     written = entry.lower().rstrip("/") if scheme else entry.lower()
