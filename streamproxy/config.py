@@ -276,19 +276,22 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
 
 def _parse_text(text: str, source: str) -> Any:
     """YAML, or JSON: YAML's flow style reads most JSON, but PyYAML takes no tab before a
-    token, so a JSON file indented with tabs (jq --tab, Go's MarshalIndent) is read as JSON."""
-    json_error = None
-    if text.lstrip().startswith("{"):
+    token, so a JSON file indented with tabs (jq --tab, Go's MarshalIndent) is read as JSON.
+    A `.json` file is JSON alone: re-read as YAML, one with a trailing comma or an unquoted
+    key passed here, and failed the next tool that reads it (jq, an editor's schema)."""
+    is_json = source.lower().endswith(".json")
+    if is_json and not text.strip():
+        return None  # (the caller's "the file is empty")
+    if is_json or text.lstrip().startswith("{"):
         try:
             return json.loads(text, object_pairs_hook=lambda pairs: _json_object(pairs, source))
-        except json.JSONDecodeError as e:  # (maybe a YAML flow mapping: `{providers: ...}`)
-            json_error = e
+        except json.JSONDecodeError as e:  # (elsewhere maybe a YAML flow mapping: `{a: 1}`)
+            if is_json:
+                raise ConfigError(source, f"line {e.lineno}",
+                                  f"invalid JSON: {e.msg} (column {e.colno})") from None
     try:
         return yaml.load(text, _ConfigLoader)
     except yaml.YAMLError as e:
-        if json_error is not None and source.endswith(".json"):
-            raise ConfigError(source, f"line {json_error.lineno}",
-                              f"invalid JSON: {json_error.msg}") from None
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
         raise ConfigError(source, where, f"invalid YAML: {getattr(e, 'problem', e)}") from None

@@ -257,7 +257,14 @@ def test_a_json_config_indented_with_tabs_loads(tmp_path: Path, bom: str) -> Non
     ('{\n\t"providers": {"m": {"type": "mock"}, "m": {"type": "openai"}}\n}', "",
      "duplicate key 'm' in one mapping"),
     ('{\n\t"providers": {"m": {"type": "mock"},}\n}', "line 2",
-     "invalid JSON: Expecting property name enclosed in double quotes"),
+     "invalid JSON: Expecting property name enclosed in double quotes (column 38)"),
+    # A .json file is JSON: re-read as YAML (whose flow style takes a trailing comma, a
+    # comment, an unquoted key), one that jq, a JSON schema or another tool refuses passed.
+    ('{"providers": {"m": {"type": "mock",}}}', "line 1",
+     "invalid JSON: Expecting property name enclosed in double quotes (column 37)"),
+    ('{"providers": {m: {"type": "mock"}}}', "line 1",
+     "invalid JSON: Expecting property name enclosed in double quotes (column 16)"),
+    ('providers:\n  m: {type: mock}\n', "line 1", "invalid JSON: Expecting value (column 1)"),
 ])
 def test_a_json_config_error_names_its_line(tmp_path: Path, text: str, key: str,
                                             reason: str) -> None:
