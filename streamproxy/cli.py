@@ -246,7 +246,10 @@ def _summary(value: object) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="streamproxy")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the proxy")
+    # (description too: `help` alone is said in `streamproxy --help`, not the command's own)
+    serve = sub.add_parser("serve", help="run the proxy", description=(
+        "Run the proxy: serve the config's providers on server.host:server.port; SIGHUP "
+        "reloads the config, SIGTERM drains."))
     serve.add_argument("--config", help="YAML or JSON config file (default: the embedded default)")
     # Unset, they are the config's server.host / server.port, whose defaults these are.
     serve.add_argument("--host", type=_host, default=None,
@@ -260,12 +263,19 @@ def main(argv: list[str] | None = None) -> None:
                             "container's limit if lower; one with port 0; 1 = a single "
                             "process, no master)")
     serve.set_defaults(func=cmd_serve)
-    mock = sub.add_parser("mock", help="run the mock upstream alone (benchmarks)")
-    mock.add_argument("--host", type=_host, default="127.0.0.1")
-    mock.add_argument("--port", type=_port, default=9100)
+    mock = sub.add_parser("mock", help="run the mock upstream alone (benchmarks)",
+                          description="Run the mock upstream alone (benchmarks): it speaks "
+                                      "Anthropic's and OpenAI's wire formats, no key needed.")
+    mock.add_argument("--host", type=_host, default="127.0.0.1",
+                      help="listen address (default: 127.0.0.1)")
+    mock.add_argument("--port", type=_port, default=9100,
+                      help="port, 0 for any free one (default: 9100)")
     mock.set_defaults(func=cmd_mock)
-    check = sub.add_parser("check-config", help="validate a config and print what it serves")
-    check.add_argument("file")
+    check = sub.add_parser("check-config", help="validate a config and print what it serves",
+                           description="Validate a config as serve would and print what it "
+                                       "serves; each problem on stderr as FILE: KEY: reason, "
+                                       "exit status 2.")
+    check.add_argument("file", help="the YAML or JSON config file (*.json: strict JSON)")
     check.set_defaults(func=cmd_check_config)
     args = parser.parse_args(argv)
     args.func(args)

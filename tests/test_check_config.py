@@ -452,6 +452,27 @@ def test_serve_help_says_the_config_sets_host_and_port(
     assert "default: server.port, else 8787" in help_text
 
 
+@pytest.mark.parametrize(("command", "says"), [
+    ("serve", "run the proxy"),
+    ("mock", "run the mock upstream alone"),
+    ("check-config", "validate a config"),
+])
+def test_each_subcommands_help_says_what_it_and_each_argument_does(
+        capsys: pytest.CaptureFixture[str], command: str, says: str) -> None:
+    """`check-config --help` listed `file` with no word on it, `mock --help` its --host and
+    --port bare, and no subcommand's help said what the command does."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert says in out.split("\n\n")[1].lower()  # the description, after the usage
+    lines = [*out.splitlines(), ""]
+    arguments = [i for i, line in enumerate(lines) if re.match(r"  [-\w]", line)]
+    assert len(arguments) >= 2  # (-h and at least one more)
+    for i in arguments:  # its help beside it, or (a long name's) on the next line, indented
+        assert re.match(r"  \S.*?\S {2,}\S", lines[i]) or lines[i + 1].startswith("    "), \
+            lines[i]
+
+
 def test_credentials_in_a_base_url_are_not_printed(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """A base URL may carry user:password@ (a self-hosted server behind basic auth): the
