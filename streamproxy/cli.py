@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from streamproxy.config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
+    LOG_LEVELS,
     MAX_PORT,
     Config,
     ConfigError,
@@ -70,6 +71,12 @@ def _positive(text: str) -> int:
     return value
 
 
+def _log_level(text: str) -> str:
+    if text.lower() not in LOG_LEVELS:  # (any case, as server.log_level)
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return text.lower()
+
+
 def _host(text: str) -> str:
     """A listen address, as server.host takes it (config.listen_host)."""
     try:
@@ -100,7 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from streamproxy.observe.access_log import configure_logging
+    from streamproxy.observe.access_log import LEVEL_ENV, configure_logging
     from streamproxy.server.workers import run
 
     config = _load(args.config)
@@ -108,15 +115,18 @@ def _serve(args: argparse.Namespace) -> None:
     # ("" is every interface, as `server.host: ""` is: set, it wins over the config's host)
     host = config.server.host if args.host is None else args.host
     port = config.server.port if args.port is None else args.port  # (0: any free port)
+    workers = config.server.workers if args.workers is None else args.workers
     # Set here, a reload's change in the file would not move them, nor would a restart.
-    pinned = frozenset(k for k in ("host", "port") if getattr(args, k) is not None)
+    pinned = frozenset(k for k in ("host", "port", "workers") if getattr(args, k) is not None)
+    if args.log_level is not None:  # (the variable wins over server.log_level: this over both,
+        os.environ[LEVEL_ENV] = args.log_level  # and a master's workers inherit it)
     _install_uvloop()
     try:
         configure_logging(config)
         if args.config is not None:  # (the embedded default's are meant to be optional)
             _warn_unset_key_envs(config)
         with contextlib.suppress(KeyboardInterrupt):
-            sys.exit(run(args.config, config, host, port, args.workers, pinned))
+            sys.exit(run(args.config, config, host, port, workers, pinned))
     except ConfigError as e:  # sections validated when the app is built (auth, logging, ...)
         print(f"streamproxy: config error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -259,9 +269,12 @@ def main(argv: list[str] | None = None) -> None:
                        help=f"port, 0 for any free one (then one process; default: server.port, "
                             f"else {DEFAULT_PORT})")
     serve.add_argument("--workers", type=_positive, default=None,
-                       help="worker processes (default: one per CPU, or per CPU of the "
-                            "container's limit if lower; one with port 0; 1 = a single "
-                            "process, no master)")
+                       help="worker processes (default: server.workers, else one per CPU, "
+                            "or per CPU of the container's limit if lower; one with port 0; "
+                            "1 = a single process, no master)")
+    serve.add_argument("--log-level", type=_log_level, default=None,
+                       help=f"diagnostics' level: {', '.join(LOG_LEVELS)} (default: "
+                            "STREAMPROXY_LOG_LEVEL, else server.log_level, else info)")
     serve.set_defaults(func=cmd_serve)
     mock = sub.add_parser("mock", help="run the mock upstream alone (benchmarks)",
                           description="Run the mock upstream alone (benchmarks): it speaks "

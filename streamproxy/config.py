@@ -144,6 +144,8 @@ class ServerConfig:
     max_headers: int = 128
     timeouts: Timeouts = Timeouts()
     log_level: str = "info"
+    # Processes (cli's --workers wins); None: one per CPU (server/workers.py). Set at start.
+    workers: int | None = None
     # Seconds without a first upstream event after which SSE comments keep the client's
     # connection alive; once streaming, the time the client may get nothing (a silent pause,
     # or reads that give it nothing: pings) before a comment goes (relay.py). Off by default:
@@ -526,11 +528,13 @@ def _parse_server(raw: Any, source: str) -> ServerConfig:
     return ServerConfig(**kwargs)
 
 
-_SERVER_INTS = {"port", "max_body_bytes", "max_event_bytes", "max_messages", "max_tools",
+_SERVER_INTS = {"port", "workers", "max_body_bytes", "max_event_bytes", "max_messages", "max_tools",
                 "max_json_depth", "max_concurrent_streams", "max_header_bytes", "max_headers"}
 
 
 def _server_value(k: str, v: Any, source: str, key: str) -> Any:
+    if k == "workers" and v is None:  # (the default: one per CPU)
+        return None
     if k in _SERVER_INTS:
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ConfigError(source, key, "must be a positive integer")

@@ -711,3 +711,48 @@ def test_names_written_as_numbers_are_referred_to_as_numbers(
                            "default_config: 2\n", capsys)
     assert (status, err) == (0, "")
     assert "provider 1 (default): type=mock" in out
+
+
+@pytest.mark.parametrize(("server", "flags", "workers", "level"), [
+    ("{workers: 3, log_level: warning}", [], 3, "warning"),
+    ("{workers: 3, log_level: warning}", ["--workers", "2", "--log-level", "DEBUG"], 2, "debug"),
+    ("{}", ["--log-level", "error"], None, "error"),
+])
+def test_serve_takes_workers_and_the_log_level_from_the_file_the_flags_winning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: str, flags: list[str],
+        workers: int | None, level: str) -> None:
+    """A sidecar's settings live in its config file: `server.workers` was refused as an
+    unknown key, and the log level had no flag (only STREAMPROXY_LOG_LEVEL), where --host,
+    --port and --workers were one. The command line wins over the file (and the variable)."""
+    import streamproxy.cli as cli
+    from streamproxy.observe import access_log
+    from streamproxy.server import workers as server_workers
+
+    monkeypatch.setenv("STREAMPROXY_LOG_LEVEL", "info")  # (restored: --log-level sets it)
+    seen: dict[str, Any] = {}
+
+    def run(path: Any, config: Any, host: str, port: int, count: int | None,
+            pinned: frozenset[str]) -> int:
+        seen.update(workers=count, level=access_log.log_level(config), pinned=pinned)
+        return 0
+
+    monkeypatch.setattr(server_workers, "run", run)
+    monkeypatch.setattr(access_log, "configure_logging", lambda config: None)
+    monkeypatch.setattr(cli, "_install_uvloop", lambda: None)
+    if not flags:
+        monkeypatch.delenv("STREAMPROXY_LOG_LEVEL")
+    path = tmp_path / "proxy.yaml"
+    path.write_text(f"server: {server}\nproviders: {{mock: {{type: mock}}}}\n")
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--config", str(path), *flags])
+    assert info.value.code == 0
+    assert (seen["workers"], seen["level"]) == (workers, level)
+    assert ("workers" in seen["pinned"]) == ("--workers" in flags)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "true", "two", "1.5"])
+def test_server_workers_must_be_a_positive_whole_number(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
+    code, _, err = run(tmp_path, f"server: {{workers: {value}}}\n"
+                                 "providers: {mock: {type: mock}}\n", capsys)
+    assert (code, err.splitlines()) == (2, ["FILE: server.workers: must be a positive integer"])

@@ -1464,3 +1464,24 @@ async def test_a_worker_draining_within_its_own_worst_case_is_not_killed(
         assert await asyncio.to_thread(proc.wait, 30) == 0
         out = log.read_text()
         assert "killing it" not in out and out.count("exited (status 0)") == 2, out
+
+
+@pytest.mark.parametrize(("pinned", "warned"), [(frozenset(), True),
+                                                (frozenset({"workers"}), False)])
+def test_a_reload_says_server_workers_takes_a_restart_unless_the_flag_sets_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, pinned: frozenset[str],
+        warned: bool) -> None:
+    """The master's worker count is set at start: a reload's new one is not taken."""
+    from streamproxy.config import load_config
+    from streamproxy.server import workers
+
+    config = tmp_path / "proxy.yaml"
+    config.write_text(CONFIG.format(grace=1, models="fast"))
+    running = load_config(str(config))
+    config.write_text(CONFIG.format(grace=1, models="fast").replace(
+        "server:\n", "server:\n  workers: 3\n"))
+    with caplog.at_level("WARNING", logger="streamproxy.workers"):
+        assert workers.reloaded_config(str(config), running, pinned) is not None
+    expected = ["reload: server.workers changed; that takes a restart (the running value "
+                "stays)"] if warned else []
+    assert caplog.messages == expected

@@ -76,8 +76,8 @@ def run(config_path: str | None, config: Config, host: str, port: int,
 
         check_sections(config)  # (a ConfigError: the CLI reports it once, not once per worker)
         if port == 0:
-            print("streamproxy: --workers > 1 needs a fixed --port (each worker binds it)",
-                  file=sys.stderr)
+            print("streamproxy: --workers (server.workers) > 1 needs a fixed --port (each "
+                  "worker binds it)", file=sys.stderr)
             return 2
     if port != 0:  # (a second instance, refused here, must not clear the first's metrics)
         try:
@@ -339,7 +339,7 @@ def reloaded_config(path: str | None, running: Config, pinned: frozenset[str] = 
         log.error("reload failed: %s: %s; the running config keeps serving",
                   type(e).__name__, e)
         return None
-    fixed = [f"server.{k}" for k in ("host", "port")
+    fixed = [f"server.{k}" for k in ("host", "port", "workers")
              if k not in pinned and getattr(config.server, k) != getattr(running.server, k)]
     if log_level(config) != log_level(running):  # (STREAMPROXY_LOG_LEVEL wins over both)
         fixed.append("server.log_level")
