@@ -169,3 +169,42 @@ async def test_models_retrieve_reads_a_bare_model_as_a_virtual_key_routes_it(pro
     for headers in ({"x-portkey-virtual-key": "team"}, {"x-portkey-provider": "@team"}):
         with pytest.raises(openai.NotFoundError):  # mock's alone: a chat would ask mock-openai
             await client.models.retrieve("paced", extra_headers=headers)
+
+
+async def test_models_retrieve_reads_a_model_as_the_config_routes_it(proxy: Any) -> None:
+    """x-portkey-config (the portkey-ai SDK's `config`) and `default_config` pick the provider
+    a chat request goes to: `models.retrieve` names the model by the provider the config's
+    targets send it to, not by the default provider, with no upstream call."""
+    from tests.helpers import make_config
+    providers = {"mock": {"type": "mock", "default_model": "fast", "models": ["paced"]},
+                 "mock-openai": {"type": "mock", "wire": "openai", "default_model": "fast",
+                                 "models": ["tool"]}}
+    config = make_config(providers, default="mock",
+                         configs={"to-openai": {"provider": "mock-openai"},
+                                  "both": {"strategy": {"mode": "fallback"},
+                                           "targets": [{"provider": "mock-openai"},
+                                                       {"provider": "mock"}]}},
+                         virtual_keys={"team": {"provider": "mock-openai",
+                                                "api_key": "sk-team"}})
+    client = openai_sdk(await proxy(config), "sk-client")
+    for config_header, named, owner in (('{"provider": "mock-openai"}', "tool", "mock-openai"),
+                                        ('{"provider": "mock-openai"}', "fast", "mock-openai"),
+                                        ('{"virtual_key": "team"}', "tool", "mock-openai"),
+                                        ("to-openai", "tool", "mock-openai"),
+                                        ("both", "paced", "mock")):  # (its fallback's)
+        model = await client.models.retrieve(
+            named, extra_headers={"x-portkey-config": config_header})
+        assert (model.id, model.owned_by) == (named, owner), config_header
+    with pytest.raises(openai.NotFoundError):  # mock's alone: a chat would ask mock-openai
+        await client.models.retrieve("paced", extra_headers={"x-portkey-config": "to-openai"})
+    for bad in ({"x-portkey-config": "{bad"}, {"x-portkey-virtual-key": "nope"}):
+        with pytest.raises(openai.BadRequestError):  # the chat's 400, not the default's model
+            await client.models.retrieve("fast", extra_headers=bad)
+    default = make_config(providers, default="mock",
+                          configs={"to-openai": {"provider": "mock-openai"}},
+                          default_config="to-openai")
+    client = openai_sdk(await proxy(default), "sk-client")
+    assert (await client.models.retrieve("tool")).owned_by == "mock-openai"
+    with pytest.raises(openai.NotFoundError):  # a bare model goes to mock-openai, not mock
+        await client.models.retrieve("paced")
+    assert (await client.models.retrieve("mock/paced")).owned_by == "mock"  # (explicit)

@@ -619,6 +619,23 @@ class Gateway:
                     else self.router.model_for(vkey.provider, model))  # (as resolve_leaf)
         return f"{vkey.provider}/{upstream}" if upstream else model
 
+    def config_served(self, headers: Mapping[str, str], model: str) -> list[str] | None:
+        """Where a chat request for `model` with these headers goes when a config runs it
+        (x-portkey-config, a virtual key's target, `default_config`, a route's): each target's
+        `provider/model`, in the config's order, resolved as the chat's (no upstream call; a
+        config's error is the chat's). None on the plain path, which `routed_model` names."""
+        req = ChatRequest(body={"model": model}, raw=b"", stream=False, include_usage=False)
+        root = self.root_for(headers, req)
+        if root is None:
+            return None
+        served = []
+        for leaf in root.leaves():
+            target = self.resolve_leaf(leaf, headers, req, {})
+            upstream = target.model or target.provider.cfg.default_model
+            if upstream:
+                served.append(f"{target.provider.name}/{upstream}")
+        return served
+
     def route_providers(self, alias: str) -> frozenset[str]:
         """The providers a `routes:` alias's config may send to: each target's provider, its
         virtual key's, or (naming neither) its model prefix's or the default provider — what

@@ -19,7 +19,7 @@ from streamproxy.openai_api.request import ChatRequest, parse_chat_request
 from streamproxy.record import RequestRecord
 from streamproxy.relay import KEEPALIVE_COMMENT, relay
 from streamproxy.routing.executor import OpenedStream
-from streamproxy.routing.gateway import parse_metadata
+from streamproxy.routing.gateway import CONFIG_HEADER, parse_metadata
 from streamproxy.routing.planner import Plan
 from streamproxy.routing.router import listed_model
 from streamproxy.server.admission import ADMISSION
@@ -392,16 +392,24 @@ async def list_models(request: web.Request) -> web.Response:
 async def retrieve_model(request: web.Request) -> web.Response:
     """`GET /v1/models/{model}` (the SDKs' `models.retrieve`): one of the listed models, else
     OpenAI's 404. The SDKs percent-encode the id's `/`; aiohttp decodes it. The model is
-    named as a chat request names it: with `x-portkey-provider` or a virtual key a bare one
-    is that provider's, not the default's."""
+    named as a chat request with the same headers would be served: with `x-portkey-provider`
+    or a virtual key a bare one is that provider's, not the default's; under a config
+    (x-portkey-config, `default_config`) the first of its targets' models that is listed
+    (a fallback's included)."""
     model = request.match_info["model"]
-    state = request.app[STATE]
-    listed = (model if model in state.gateway.settings.routes  # (an alias wins, as in chat)
-              else listed_model(state.config,
-                                state.gateway.routed_model(request.headers, model) or model))
-    for item in _models(request):
-        if item["id"] == listed:
-            return web.json_response({**item, "id": model})
+    gateway = request.app[STATE].gateway
+    headers = request.headers
+    if model in gateway.settings.routes and not headers.get(CONFIG_HEADER):
+        served = [model]  # (an alias wins, as in chat, unless a config header runs instead)
+    else:
+        served = gateway.config_served(headers, model)
+        if served is None:  # the plain path
+            routed = gateway.routed_model(headers, model) or model
+            served = [listed_model(request.app[STATE].config, routed)]
+    items = {item["id"]: item for item in _models(request)}
+    for listed in served:
+        if listed in items:
+            return web.json_response({**items[listed], "id": model})
     raise NotFound(f"The model `{model}` does not exist or you do not have access to it.",
                    code="model_not_found", error_type="invalid_request_error")  # as OpenAI
 
