@@ -208,3 +208,34 @@ async def test_models_retrieve_reads_a_model_as_the_config_routes_it(proxy: Any)
     with pytest.raises(openai.NotFoundError):  # a bare model goes to mock-openai, not mock
         await client.models.retrieve("paced")
     assert (await client.models.retrieve("mock/paced")).owned_by == "mock"  # (explicit)
+
+
+async def test_models_list_narrows_to_the_provider_the_headers_route_to(proxy: Any) -> None:
+    """With x-portkey-provider, a virtual key or a config naming its providers (the portkey-ai
+    SDK's `provider`, `virtual_key`, `config`, sent on every call), a chat request goes to
+    that provider whatever the model: Portkey's list is then that provider's. Another
+    provider's `mock/paced` listed there would be sent to mock-openai as the model's name."""
+    from tests.helpers import make_config
+    config = make_config({"mock": {"type": "mock", "default_model": "fast", "models": ["paced"]},
+                          "mock-openai": {"type": "mock", "wire": "openai",
+                                          "default_model": "fast", "models": ["tool"]}},
+                         default="mock", configs={"smart": {"provider": "mock"}},
+                         routes={"smart": "smart"},
+                         virtual_keys={"team": {"provider": "mock-openai",
+                                                "api_key": "sk-team"}})
+    client = openai_sdk(await proxy(config), "sk-client")
+    everything = [m.id async for m in client.models.list()]
+    assert everything == ["mock/fast", "mock/paced", "mock-openai/fast", "mock-openai/tool",
+                          "smart"]
+    for headers in ({"x-portkey-provider": "mock-openai"}, {"x-portkey-provider": "@team"},
+                    {"x-portkey-virtual-key": "team"}):
+        listed = [m.id async for m in client.models.list(extra_headers=headers)]
+        assert listed == ["mock-openai/fast", "mock-openai/tool", "smart"], headers  # (a route
+        # alias runs its own config, whatever the headers name)
+    for config_header in ('{"provider": "mock-openai"}', '{"virtual_key": "team"}'):
+        listed = [m.id async for m in client.models.list(
+            extra_headers={"x-portkey-config": config_header})]
+        assert listed == ["mock-openai/fast", "mock-openai/tool"]  # (no alias: the config runs)
+    listed = [m.id async for m in client.models.list(  # a target naming no provider: any
+        extra_headers={"x-portkey-config": '{"retry": {"attempts": 2}}'})]
+    assert listed == everything[:-1]

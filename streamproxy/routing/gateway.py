@@ -640,18 +640,39 @@ class Gateway:
         """The providers a `routes:` alias's config may send to: each target's provider, its
         virtual key's, or (naming neither) its model prefix's or the default provider — what
         a proxy key's `allowed_providers` is checked against."""
-        keys = self.settings.virtual_keys
-        names: set[str] = set()
-        for leaf in self.settings.configs[self.settings.routes[alias]].leaves():
-            vk = leaf.virtual_key or self._at_key(leaf.provider)
-            if vk and vk in keys:
-                names.add(keys[vk].provider)
-            elif leaf.provider:
-                names.add(leaf.provider.removeprefix("@"))
-            elif name := (self.router.prefix_provider(leaf.override_params.get("model"))
-                          or self.router.default):
-                names.add(name)
+        leaves = self.settings.configs[self.settings.routes[alias]].leaves()
+        return frozenset(name for leaf in leaves
+                         if (name := self._leaf_provider(leaf) or self.router.default))
+
+    def header_providers(self, headers: Mapping[str, str]) -> frozenset[str] | None:
+        """The providers a chat request with these headers goes to whatever its model: its
+        x-portkey-config's targets', else its virtual key's or x-portkey-provider's; None when
+        the headers name none, or a config target leaves it to the model. (`GET /v1/models`
+        lists theirs alone, as Portkey's lists the provider such a signal names.)"""
+        named = self._named_by_headers(headers)
+        vk = named.get("virtual_key")
+        provider = self.settings.virtual_keys[vk].provider if vk else named.get("provider")
+        config = headers.get(CONFIG_HEADER)
+        if not config:
+            return frozenset({provider}) if provider else None
+        names = set()
+        for leaf in self._header_config(config).leaves():
+            name = self._leaf_provider(leaf) or provider
+            if name is None:
+                return None
+            names.add(name)
         return frozenset(names)
+
+    def _leaf_provider(self, leaf: ConfigNode) -> str | None:
+        """The provider a config target names: its virtual key's, its own, or its override
+        model's prefix's (None: the request decides)."""
+        keys = self.settings.virtual_keys
+        vk = leaf.virtual_key or self._at_key(leaf.provider)
+        if vk and vk in keys:
+            return keys[vk].provider
+        if leaf.provider:
+            return leaf.provider.removeprefix("@")
+        return self.router.prefix_provider(leaf.override_params.get("model"))
 
     def _at_key(self, name: str | None) -> str | None:
         return catalog_key(name, self.router.providers, self.settings.virtual_keys)

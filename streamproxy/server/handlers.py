@@ -363,13 +363,18 @@ async def _refuse_while_draining(ex: Exchange, record: RequestRecord) -> None:
 
 def _models(request: web.Request) -> list[dict[str, object]]:
     """The configured providers' models, as `provider/model`: only the providers the request's
-    proxy key may use (`allowed_providers`), like the chat endpoint."""
+    proxy key may use (`allowed_providers`), like the chat endpoint; and with headers naming
+    where every chat goes (x-portkey-provider, a virtual key, x-portkey-config), only those
+    providers' (another's `name/model` would be sent to them as the model's name)."""
     config = request.app[STATE].config
+    gateway = request.app[STATE].gateway
     key = request.get(AUTH_KEY)
     allowed = key.allowed_providers if key is not None else None
+    only = gateway.header_providers(request.headers)
     data: list[dict[str, object]] = []
     for name, cfg in config.providers.items():
-        if allowed is not None and name not in allowed:
+        if (allowed is not None and name not in allowed) or (only is not None
+                                                             and name not in only):
             continue
         models = list(dict.fromkeys(cfg.models))  # (a model written twice is listed once)
         if cfg.default_model and cfg.default_model not in models:
@@ -377,11 +382,12 @@ def _models(request: web.Request) -> list[dict[str, object]]:
         data.extend({"id": f"{name}/{m}", "object": "model", "created": 0, "owned_by": name}
                     for m in models)
     # A `routes:` alias is a model a chat request names as it is (`smart` runs its config),
-    # for a key that may use one of its providers (the chat's 403 otherwise).
-    gateway = request.app[STATE].gateway
-    data.extend({"id": alias, "object": "model", "created": 0, "owned_by": "streamproxy"}
-                for alias in gateway.settings.routes
-                if allowed is None or not allowed.isdisjoint(gateway.route_providers(alias)))
+    # for a key that may use one of its providers (the chat's 403 otherwise); not under an
+    # x-portkey-config, which runs instead.
+    if not request.headers.get(CONFIG_HEADER):
+        data.extend({"id": alias, "object": "model", "created": 0, "owned_by": "streamproxy"}
+                    for alias in gateway.settings.routes
+                    if allowed is None or not allowed.isdisjoint(gateway.route_providers(alias)))
     return data
 
 
