@@ -210,6 +210,9 @@ def call_events(start: str, fragments: list[str]) -> bytes:
     ("", ["null"], "{}"), ("", ["nu", "ll"], "{}"), ("", [" ", "null", "\n"], "{}"),
     ("null", [], "{}"), ("", [" ", '{"tz"', ': "UTC"}'], ' {"tz": "UTC"}'),
     ("", ["{}"], "{}"), ('{"tz": "UTC"}', [], '{"tz": "UTC"}'),
+    # What came, when not null nor blank: streamed, a held " nu" went trimmed ("nu"), and
+    # blank arguments were "{}" streamed but " " whole.
+    ("", [" ", "nu"], " nu"), ("", ["nu", " "], "nu "), ("", [" "], "{}"), (" ", [], "{}"),
 ])
 def test_streamed_null_arguments_are_an_empty_object_as_non_streamed(
         start: str, fragments: list[str], arguments: str) -> None:

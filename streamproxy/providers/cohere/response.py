@@ -1,7 +1,7 @@
 """Cohere v2 non-streamed chat response → OpenAI `chat.completion` (pure).
 
 Same mapping as the stream: text → content, thinking blocks and the tool plan →
-reasoning_content, tool calls with their JSON-string arguments ("{}" when empty or "null"),
+reasoning_content, tool calls with their JSON-string arguments ("{}" when blank or "null"),
 citations of sources with a url → `message.annotations`, finish reasons, usage, the answer
 text's logprobs when asked; ERROR/TIMEOUT → an error with the same status the stream would
 give.
@@ -18,8 +18,8 @@ from streamproxy.openai_api.completion import CompletionBuilder
 from streamproxy.providers.base import WRONG_SHAPE
 from streamproxy.providers.cohere.stream import (
     FAILED,
-    NULL,
     PLAN_BREAK,
+    call_arguments,
     failure,
     finish_reason,
     map_usage,
@@ -64,7 +64,7 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
         calls = message.get("tool_calls") or ()
         for i, call in enumerate(calls):
             out.tool_call_start(i, call["id"], call["function"]["name"],
-                                _arguments(call["function"].get("arguments")))
+                                call_arguments(call["function"].get("arguments")))
         usage = map_usage(resp["usage"]) if resp.get("usage") else None
     except WRONG_SHAPE:  # (orjson.JSONDecodeError is a ValueError)
         raise UpstreamProtocolError("the upstream answered with a malformed message") from None
@@ -86,10 +86,3 @@ def _content_logprobs(items: list[dict[str, Any]], content: Any) -> list[dict[st
     if spelled != text:
         kept = 0
     return [entry for item in items[kept:] for entry in token_logprobs(item, "")]
-
-
-def _arguments(arguments: str | None) -> str:
-    """A call's arguments as OpenAI's JSON object: Cohere sends "null" for a tool without
-    parameters (and may send none), which a client parsing them into keyword arguments
-    cannot take."""
-    return "{}" if not arguments or arguments.strip() == NULL else arguments

@@ -59,6 +59,14 @@ PLAN_BREAK = "\n\n"
 FAILED = {"ERROR": 502, "TIMEOUT": 504}
 
 
+def call_arguments(arguments: str | None) -> str:
+    """A call's whole arguments as OpenAI's JSON object, streamed (held) and not alike: Cohere
+    sends "null" for a tool without parameters (and may send none), which a client parsing
+    them into keyword arguments cannot take, so "null" and blank are "{}"; anything else goes
+    as it came, spaces and all (the two paths differed: " nu" vs "nu")."""
+    return arguments if arguments and arguments.strip() not in ("", NULL) else "{}"
+
+
 def finish_reason(reason: str, made_calls: bool) -> str:
     """Cohere's finish reason as OpenAI's, by the calls the answer made: OpenAI says
     tool_calls exactly when there are calls, and a client that runs `message.tool_calls` on it
@@ -249,8 +257,7 @@ class CohereStreamTranslator(SSETranslator):
         "{}", a held start of it ("nu") is what came."""
         if tool not in self._args_seen:
             self._args_seen.add(tool)
-            held = self._held.pop(tool, "").strip()
-            self.out.tool_call_args(tool, held if held and held != NULL else "{}")
+            self.out.tool_call_args(tool, call_arguments(self._held.pop(tool, "")))
 
     def _citations(self, msg: dict[str, Any]) -> None:
         # An annotation is an extra: an event without a citation object is no broken answer.
