@@ -572,6 +572,46 @@ def test_cohere_non_streamed_answer_has_its_contents_logprobs(thinking: bool) ->
     assert plain["choices"][0]["logprobs"] is None
 
 
+BAD_COHERE_ITEMS = ["x", None, [1], {"text": " wörld", "logprobs": "x"},
+                    {"text": " wörld", "logprobs": [None]}, {"text": " wörld", "logprobs": [[1]]},
+                    {"text": " wörld", "logprobs": {"a": 1}}, {"text": 5, "logprobs": "x"}]
+
+
+@pytest.mark.parametrize("bad", BAD_COHERE_ITEMS)
+def test_a_malformed_cohere_logprobs_item_loses_its_logprobs_not_the_answer(bad: Any) -> None:
+    # Logprobs are an extra: one malformed item made the whole answer a protocol error (502
+    # non-streamed, an error frame streamed). Now only that item's logprobs are left out.
+    items = [COHERE_ITEMS[0], bad, COHERE_ITEMS[2]]
+    texts = ["Hello", " wörld", "😀"]
+    body = orjson.dumps({"id": "x", "finish_reason": "COMPLETE", "message": {
+        "role": "assistant", "content": [{"type": "text", "text": "".join(texts)}]},
+        "logprobs": items})
+    answer = cohere_completion(body, completion_id="c", created=1, model="m",
+                               provider="cohere", logprobs=True)
+    assert answer["choices"][0]["message"]["content"] == "Hello wörld😀"
+    assert answer["choices"][0]["logprobs"]["content"] == [COHERE_TOKENS[0], COHERE_TOKENS[2]]
+    events: list[dict[str, Any]] = [{"type": "message-start", "delta": {"message": {
+        "role": "assistant"}}}]
+    events += [{"type": "content-delta", "index": 0, "delta": {"message": {"content": {
+        "text": text}}}, "logprobs": item} for text, item in zip(texts, items, strict=True)]
+    events.append({"type": "message-end", "delta": {"finish_reason": "COMPLETE"}})
+    enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    chunks = sse_chunks(relay_pieces(
+        enc, CohereStreamTranslator(enc, 1 << 20, logprobs=True),
+        [jsonl_to_sse(b"\n".join(orjson.dumps(e) for e in events))]))
+    assert chunks[-1] == "[DONE]"
+    deltas = [c["choices"][0] for c in chunks[:-1] if c["choices"]]
+    assert "".join(d["delta"].get("content") or "" for d in deltas) == "Hello wörld😀"
+    assert [t for d in deltas if d.get("logprobs") for t in d["logprobs"]["content"]] == [
+        COHERE_TOKENS[0], COHERE_TOKENS[2]]
+    assert deltas[-1]["finish_reason"] == "stop"
+    # A list that is no list: no logprobs, the answer still.
+    body = orjson.dumps({**orjson.loads(body), "logprobs": {"text": "Hello"}})
+    answer = cohere_completion(body, completion_id="c", created=1, model="m",
+                               provider="cohere", logprobs=True)
+    assert answer["choices"][0]["message"]["content"] == "Hello wörld😀"
+
+
 @pytest.mark.parametrize("stream", [True, False])
 async def test_openai_sdk_gets_cohere_logprobs(stream: bool, proxy: Any, upstream: Any) -> None:
     if stream:

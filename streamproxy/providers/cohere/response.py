@@ -74,15 +74,19 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
     return out.completion(completion_id=completion_id, created=created, model=model)
 
 
-def _content_logprobs(items: list[dict[str, Any]], content: Any) -> list[dict[str, Any]]:
+def _content_logprobs(items: Any, content: Any) -> list[dict[str, Any]]:
     """The OpenAI entries of the items that spell the answer's text, as the stream gives them
     (with text deltas, not thinking ones): the list's last items, the thinking's coming
-    first. A list that does not end in the text goes as it came."""
+    first. A list that does not end in the text goes as it came. A malformed item (or list)
+    has no entries, as streamed: logprobs are an extra, not worth the answer."""
+    if not isinstance(items, list):
+        return []
     text = "".join(block.get("text") or "" for block in content if block.get("type") == "text")
     kept, spelled = len(items), ""
     while kept and len(spelled) < len(text):
         kept -= 1
-        spelled = (items[kept].get("text") or "") + spelled
+        said = items[kept].get("text") if isinstance(items[kept], dict) else None
+        spelled = (said if isinstance(said, str) else "") + spelled
     if spelled != text:
         kept = 0
     return [entry for item in items[kept:] for entry in token_logprobs(item, "")]

@@ -109,18 +109,23 @@ def url_citations(citation: dict[str, Any]) -> list[dict[str, Any]]:
     return entries
 
 
-def token_logprobs(item: dict[str, Any], text: str) -> list[dict[str, Any]]:
+def token_logprobs(item: Any, text: str) -> list[dict[str, Any]]:
     """A `LogprobItem` (`text`, `token_ids`, `logprobs`: one per token) → OpenAI
     `logprobs.content` entries: one for the item, its text the token and the sum of its tokens'
     logprobs the logprob (the text's own; an item of several tokens, a character split over
     two, has no text for each). Cohere gives no top candidates: `top_logprobs` is empty.
-    `text`: the item's when it names none. None for an item without logprobs."""
-    logprobs = item.get("logprobs")
-    if not logprobs:
+    `text`: the item's when it names none. None for an item without logprobs, and for a
+    malformed one: logprobs are an extra, which must not cost the client its answer."""
+    try:
+        logprobs = item.get("logprobs")
+        if not logprobs:
+            return []
+        logprob = float(sum(logprobs))
+    except (AttributeError, TypeError, ValueError):
         return []
     token = item.get("text")
     token = token if isinstance(token, str) else text
-    return [{"token": token, "logprob": float(sum(logprobs)), "bytes": list(token.encode()),
+    return [{"token": token, "logprob": logprob, "bytes": list(token.encode()),
              "top_logprobs": []}]
 
 
