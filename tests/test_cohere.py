@@ -794,3 +794,28 @@ def test_thinking_budget_leaves_room_for_the_answer(effort: str, max_tokens: int
     if max_tokens:  # (OpenAI's current name is the same cap)
         assert to_cohere(_body(reasoning_effort=effort, max_completion_tokens=max_tokens),
                          "m")["thinking"]["token_budget"] == budget
+
+
+IMAGE_PART = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+
+
+@pytest.mark.parametrize(("content", "sent"), [
+    ("", "(empty message)"),
+    ([{"type": "text", "text": ""}], "(empty message)"),
+    ([{"type": "text"}, {"type": "text", "text": ""}], "(empty message)"),
+    ([{"type": "text", "text": ""}, {"type": "text", "text": "hi"}],
+     [{"type": "text", "text": "hi"}]),
+    ([{"type": "text", "text": ""}, IMAGE_PART], [IMAGE_PART]),
+    (" ", " "),  # (whitespace is text; no Cohere refusal of it is known)
+])
+def test_an_empty_user_message_or_text_part_is_not_sent_as_it_is(content: Any,
+                                                                 sent: Any) -> None:
+    # Cohere refuses an empty message with a 400 ("message must not be empty in a turn", its
+    # errors reference); the client sent what OpenAI takes ("" is a user turn with nothing
+    # said). Empty text parts go (they say nothing), and a user message left with nothing
+    # keeps its turn as "(empty message)", as on Anthropic, Bedrock and Gemini: left out, a
+    # request could end with the assistant turn, which Cohere refuses.
+    body = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hi."},
+                         {"role": "user", "content": content}]}
+    assert to_cohere(body, "command-a-03-2025")["messages"][2] == {"role": "user",
+                                                                   "content": sent}

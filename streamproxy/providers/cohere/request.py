@@ -2,10 +2,11 @@
 
 Choices (docs/providers/others.md "cohere"):
 - system and developer messages stay in place as `system` messages;
-- user content parts: text, and `image_url` (data: or http(s) URLs, for vision models); a
-  data: URL goes as `data:<type>;base64,<data>`, its type read from the image's first bytes
-  when they show one (else its label, lower-cased), and must be one Cohere takes
-  (IMAGE_TYPES); an http(s) URL goes as it is (Cohere fetches it);
+- user content parts: text (an empty part left out; a message with nothing said goes as
+  BLANK_USER_TEXT: Cohere refuses an empty message), and `image_url` (data: or http(s) URLs,
+  for vision models); a data: URL goes as `data:<type>;base64,<data>`, its type read from
+  the image's first bytes when they show one (else its label, lower-cased), and must be one
+  Cohere takes (IMAGE_TYPES); an http(s) URL goes as it is (Cohere fetches it);
 - an assistant turn with tool calls sends its reasoning (`reasoning_content`, where we stream
   Cohere's tool plan, or another provider's name for it: `replayed_reasoning`), or failing
   that its text, back as `tool_plan` (text beside that reasoning stays `content`), the calls
@@ -43,6 +44,7 @@ import orjson
 
 from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import (
+    BLANK_USER_TEXT,
     OPENAI_ONLY,
     answer_cap,
     distinct_tools,
@@ -235,13 +237,17 @@ def _text(content: Any, i: int) -> str:
 
 
 def _user(content: Any, i: int) -> Any:
+    """A user message's content; with nothing said ("", only empty text parts), BLANK_USER_TEXT:
+    Cohere refuses an empty message ("message must not be empty in a turn", its errors
+    reference), and left out, the turn could leave the assistant's last, which it refuses too."""
     if not isinstance(content, list):
-        return content or ""
+        return content or BLANK_USER_TEXT
     parts: list[dict[str, Any]] = []
     for j, part in enumerate(content):
         kind = part.get("type")
         if kind == "text":
-            parts.append({"type": "text", "text": part.get("text") or ""})
+            if part.get("text"):  # (an empty one says nothing)
+                parts.append({"type": "text", "text": part["text"]})
         elif kind == "image_url":
             image = part.get("image_url") or {}
             sent = {k: v for k, v in image.items() if k in ("url", "detail")}
@@ -252,7 +258,7 @@ def _user(content: Any, i: int) -> Any:
             raise InvalidRequest(f"Content part type '{kind}' is not supported by Cohere.",
                                  param=f"messages[{i}].content[{j}].type",
                                  code="unsupported_value")
-    return parts
+    return parts or BLANK_USER_TEXT
 
 
 def _image_url(url: Any, where: str) -> str:
