@@ -352,3 +352,27 @@ def test_a_streamed_error_of_another_kind_keeps_its_code() -> None:
     frame = streamed_error(up, orjson.dumps({"error": {"code": 502,
                                                        "message": "Provider returned error"}}))
     assert frame["code"] == "502" and frame["param"] is None
+
+
+def test_coheres_too_many_tokens_as_an_error_event_or_in_a_200() -> None:
+    # Cohere's refusal sent after a 200 (its error body as an SSE event, or as a stream
+    # request's one JSON body) was a 502 with no code: a client that trims its history on
+    # context_length_exceeded (and a fallback on 400s) never knew.
+    message = ("too many tokens: size limit exceeded by 11326 tokens. Try using shorter or "
+               "fewer inputs, or setting prompt_truncation='AUTO'.")
+    up = provider(CohereProvider, "cohere")
+    assert_overflow(up.answered_error(orjson.dumps({"message": message})), message)
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=False)
+    req = parse_chat_request(orjson.dumps({"model": "m", "stream": True, "messages": [
+        {"role": "user", "content": "hi"}]}))
+    out = relay_pieces(enc, up.stream_translator(req, enc), [
+        b"data: " + orjson.dumps({"message": message}) + b"\n\n"])
+    assert collect(sse_chunks(out)).error == {
+        "message": message, "type": "invalid_request_error", "param": "messages",
+        "code": "context_length_exceeded"}
+    # Another error event keeps the 502 it had.
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=False)
+    out = relay_pieces(enc, up.stream_translator(req, enc),
+                       [b'data: {"message": "internal server error"}\n\n'])
+    error = collect(sse_chunks(out)).error
+    assert error is not None and error.get("code") != "context_length_exceeded"

@@ -16,7 +16,11 @@ from streamproxy.providers.base import (
 )
 from streamproxy.providers.cohere.request import DROPPED, to_cohere
 from streamproxy.providers.cohere.response import to_completion
-from streamproxy.providers.cohere.stream import CohereStreamTranslator
+from streamproxy.providers.cohere.stream import (
+    OVERFLOW,
+    CohereStreamTranslator,
+    answered_status,
+)
 
 if TYPE_CHECKING:
     from streamproxy.openai_api.request import ChatRequest
@@ -26,9 +30,6 @@ if TYPE_CHECKING:
 # Cohere's own status for a key it refuses ("invalid token"), which no OpenAI client reads as
 # one: the openai SDK raises a bare APIStatusError for it, not an AuthenticationError.
 INVALID_TOKEN = 498
-# How Cohere's 400 words a prompt over the model's context ("too many tokens: size limit
-# exceeded by 11326 tokens. …"): OpenAI's `context_length_exceeded`.
-OVERFLOW = ("too many tokens",)
 
 
 class CohereProvider(Provider):
@@ -54,6 +55,11 @@ class CohereProvider(Provider):
         return to_completion(body, completion_id=completion_id, created=created,
                              model=model, provider=self.name,
                              logprobs=bool(req.body.get("logprobs")))
+
+    def answered_error(self, body: bytes) -> UpstreamStatusError:
+        # (a 502 unless it is the overflow, which is read as over HTTP)
+        err = self.parse_error(502, body)
+        return self.parse_error(400, body) if answered_status(err.message) == 400 else err
 
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
         return context_overflow(super().parse_error(401 if status == INVALID_TOKEN else status,

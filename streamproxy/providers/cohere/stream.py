@@ -38,6 +38,7 @@ from streamproxy.openai_api.chunks import ChunkSink, make_usage, unseen_citation
 from streamproxy.providers.base import (
     WRONG_SHAPE,
     SSETranslator,
+    context_overflow,
     event_kind,
     load_event_json,
     malformed,
@@ -57,6 +58,17 @@ NULL = "null"
 PLAN_BREAK = "\n\n"
 # Finish reasons that mean the answer failed: HTTP status of the error frame.
 FAILED = {"ERROR": 502, "TIMEOUT": 504}
+# How Cohere's 400 words a prompt over the model's context ("too many tokens: size limit
+# exceeded by 11326 tokens. …"): OpenAI's `context_length_exceeded`.
+OVERFLOW = ("too many tokens",)
+
+
+def answered_status(message: str) -> int:
+    """The status of an error body Cohere sent after its 200 (an SSE event, or a stream
+    request's one JSON body), which has none: its refusal of a prompt over the context is the
+    400 it is over HTTP (then `context_length_exceeded`, as there), anything else 502."""
+    lowered = message.lower()
+    return 400 if any(phrase in lowered for phrase in OVERFLOW) else 502
 
 
 def call_arguments(arguments: str | None) -> str:
@@ -211,8 +223,9 @@ class CohereStreamTranslator(SSETranslator):
         elif kind == "message-end":
             self._end(msg.get("delta") or {})
         elif kind is None and msg.get("message"):  # an error body sent as an event
-            self.out.error(UpstreamStatusError(502, str(msg["message"]),
-                                               provider=self._provider))
+            message = str(msg["message"])
+            self.out.error(context_overflow(UpstreamStatusError(
+                answered_status(message), message, provider=self._provider), OVERFLOW))
             self.done = True
         # content-end, citation-end and unknown types: nothing to emit.
 
