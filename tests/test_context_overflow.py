@@ -376,3 +376,16 @@ def test_coheres_too_many_tokens_as_an_error_event_or_in_a_200() -> None:
                        [b'data: {"message": "internal server error"}\n\n'])
     error = collect(sse_chunks(out)).error
     assert error is not None and error.get("code") != "context_length_exceeded"
+
+
+def test_coheres_max_tokens_over_the_output_cap_is_no_overflow() -> None:
+    # Cohere's refusal of a max_tokens over the model's output cap opens with the same "too
+    # many tokens" (its errors reference), and was context_length_exceeded: a client that
+    # trims its history on that code trimmed it and was refused again, for ever.
+    message = ("too many tokens: max tokens must be less than or equal to 4096, the maximum "
+               "output for this model - received 8192.")
+    up = provider(CohereProvider, "cohere")
+    for err in (up.parse_error(400, orjson.dumps({"message": message})),
+                up.answered_error(orjson.dumps({"message": message}))):
+        assert err.status == 400 and err.message == message
+        assert err.code != "context_length_exceeded" and err.param is None

@@ -12,14 +12,13 @@ from streamproxy.providers.base import (
     Provider,
     StreamTranslator,
     UpstreamRequest,
-    context_overflow,
 )
 from streamproxy.providers.cohere.request import DROPPED, to_cohere
 from streamproxy.providers.cohere.response import to_completion
 from streamproxy.providers.cohere.stream import (
-    OVERFLOW,
     CohereStreamTranslator,
     answered_status,
+    overflow,
 )
 
 if TYPE_CHECKING:
@@ -62,5 +61,4 @@ class CohereProvider(Provider):
         return self.parse_error(400, body) if answered_status(err.message) == 400 else err
 
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
-        return context_overflow(super().parse_error(401 if status == INVALID_TOKEN else status,
-                                                    body), OVERFLOW)
+        return overflow(super().parse_error(401 if status == INVALID_TOKEN else status, body))

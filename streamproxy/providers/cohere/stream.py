@@ -61,12 +61,21 @@ FAILED = {"ERROR": 502, "TIMEOUT": 504}
 # How Cohere's 400 words a prompt over the model's context ("too many tokens: size limit
 # exceeded by 11326 tokens. …"): OpenAI's `context_length_exceeded`.
 OVERFLOW = ("too many tokens",)
+# …except that its refusal of a max_tokens over the model's output cap opens with the same
+# words ("too many tokens: max tokens must be less than or equal to 4096, the maximum output
+# for this model - received 8192."): no prompt to shorten, which a client trims its history for.
+OUTPUT_CAP = "max tokens must be"
+
+
+def overflow(err: UpstreamStatusError) -> UpstreamStatusError:
+    """`err` as OpenAI's context overflow when it is Cohere's (providers/base.py)."""
+    return err if OUTPUT_CAP in err.message.lower() else context_overflow(err, OVERFLOW)
 
 
 def answered_status(message: str) -> int:
     """The status of an error body Cohere sent after its 200 (an SSE event, or a stream
-    request's one JSON body), which has none: its refusal of a prompt over the context is the
-    400 it is over HTTP (then `context_length_exceeded`, as there), anything else 502."""
+    request's one JSON body), which has none: its "too many tokens" refusal of the request is
+    the 400 it is over HTTP (then read as there: `overflow`), anything else 502."""
     lowered = message.lower()
     return 400 if any(phrase in lowered for phrase in OVERFLOW) else 502
 
@@ -224,8 +233,8 @@ class CohereStreamTranslator(SSETranslator):
             self._end(msg.get("delta") or {})
         elif kind is None and msg.get("message"):  # an error body sent as an event
             message = str(msg["message"])
-            self.out.error(context_overflow(UpstreamStatusError(
-                answered_status(message), message, provider=self._provider), OVERFLOW))
+            self.out.error(overflow(UpstreamStatusError(
+                answered_status(message), message, provider=self._provider)))
             self.done = True
         # content-end, citation-end and unknown types: nothing to emit.
 
