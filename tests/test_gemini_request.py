@@ -172,6 +172,22 @@ def test_signature_from_google_extra_content_and_from_a_litellm_id_suffix() -> N
     assert out["contents"][4]["parts"][0]["functionResponse"]["id"] == "g2"
 
 
+@pytest.mark.parametrize("model", ["gemini-3-flash-preview", "gemini-2.5-flash"])
+def test_portkeys_signature_on_the_calls_function_goes_back(model: str) -> None:
+    # Portkey answers a Gemini call's signature as `tool_calls[].function.thought_signature`
+    # and reads it back from there: a tool loop begun on Portkey (or a client built for it)
+    # lost it here — Gemini 3 got the skip value and went on without the reasoning it had
+    # signed, Gemini 2.5 got no signature at all. Parallel calls: only the first carries one.
+    turn = tool_turn("c1")
+    turn["tool_calls"][0]["function"]["thought_signature"] = SIG
+    turn["tool_calls"].append({"id": "c2", "type": "function", "function": {
+        "name": "get_weather", "arguments": '{"city": "Rome"}'}})
+    out = translate([{"role": "user", "content": "x"}, turn,
+                     {"role": "tool", "tool_call_id": "c1", "content": "1"},
+                     {"role": "tool", "tool_call_id": "c2", "content": "2"}], model)
+    assert [part.get("thoughtSignature") for part in out["contents"][1]["parts"]] == [SIG, None]
+
+
 @pytest.mark.parametrize("model", ["gemini-3-flash-preview", "gemini-3.1-pro-preview",
                                    "publishers/google/models/gemini-3-pro-preview"])
 def test_gemini_3_calls_replayed_without_a_signature_skip_its_check(model: str) -> None:

@@ -16,8 +16,8 @@ provider-streams.md §4.2; choices documented in docs/providers/gemini.md.
   a result that is not a JSON object is wrapped as `{"output": …}` (the key Google documents);
 - a turn's function responses go in the order of the calls they answer, whatever order the
   client sent them in (see `_contents`);
-- thought signatures come back from the client in three accepted forms (see
-  `_signatures`) and are put back on the part they were received with; for Gemini 3 a
+- thought signatures come back from the client in the accepted forms (see `_signatures`
+  and `_model_parts`) and are put back on the part they were received with; for Gemini 3 a
   function call that comes back without one gets Google's SKIP_SIGNATURE_CHECK value;
 - ids we generated for Gemini calls that had none (`call_…`) are never sent upstream;
 - penalties only to the models that take them (`_takes_penalties`), and never a 0;
@@ -570,7 +570,7 @@ def _model_parts(m: dict[str, Any], i: int, calls: dict[str, tuple[str, str | No
         base_id, signature = split_call_id(call_id)
         google = (call.get("extra_content") or {}).get("google") or {}
         signature = by_call.get(call_id) or by_call.get(base_id) or signature or \
-            google.get("thought_signature")
+            google.get("thought_signature") or fn.get("thought_signature")  # (Portkey's)
         upstream_id = _upstream_id(base_id) if base_id else None
         if call_id:
             calls[call_id] = calls[base_id] = (fn["name"], upstream_id, first + j)
