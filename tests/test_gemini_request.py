@@ -271,6 +271,18 @@ def test_text_signature_goes_back_on_the_text_part() -> None:
     assert out["contents"][1]["parts"] == [{"text": "Hi", "thoughtSignature": SIG}]
 
 
+def test_googles_message_level_signature_goes_back_on_the_text_part() -> None:
+    # Gemini's OpenAI-compatible endpoint signs a text answer on the message itself
+    # (`extra_content.google.thought_signature`, its delta's in a stream), as it signs a call
+    # on the call: a conversation begun there (an `openai` provider on its /openai root, a
+    # fallback to this one) came back with it and lost it.
+    out = translate([{"role": "user", "content": "x"},
+                     {"role": "assistant", "content": "Hi",
+                      "extra_content": {"google": {"thought_signature": SIG}}},
+                     {"role": "user", "content": "y"}])
+    assert out["contents"][1]["parts"] == [{"text": "Hi", "thoughtSignature": SIG}]
+
+
 def test_a_turns_signature_without_a_text_part_goes_back_on_its_first_call() -> None:
     # Gemini may sign a call turn on a part of its own (a trailing empty text part) rather
     # than on the call: streamed, that is an entry without tool_call_id, and the turn has no

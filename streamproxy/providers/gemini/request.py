@@ -528,10 +528,11 @@ _GEMINI_DETAILS = "google-gemini-v1"
 
 def _signatures(m: dict[str, Any]) -> tuple[dict[str, str], str | None]:
     """Signatures the client sent back with an assistant message: our `thinking_blocks`
-    entries `{"type": "thought_signature", "signature", "tool_call_id"?}`, else OpenRouter's
-    `reasoning_details` entries of a Gemini's (`reasoning.encrypted`, the signature as `data`,
-    its call's id as `id`). Returns (tool_call_id → signature, the signature of the text
-    part)."""
+    entries `{"type": "thought_signature", "signature", "tool_call_id"?}`, else the message's
+    `extra_content.google.thought_signature` (Gemini's OpenAI endpoint: the text's) and
+    OpenRouter's `reasoning_details` entries of a Gemini's (`reasoning.encrypted`, the
+    signature as `data`, its call's id as `id`). Returns (tool_call_id → signature, the
+    signature of the text part)."""
     by_call: dict[str, str] = {}
     text_signature = None
     for block in m.get("thinking_blocks") or []:
@@ -544,6 +545,12 @@ def _signatures(m: dict[str, Any]) -> tuple[dict[str, str], str | None]:
         if isinstance(call_id, str) and call_id:
             by_call[call_id] = signature
         elif text_signature is None:
+            text_signature = signature
+    if text_signature is None:  # Gemini's OpenAI endpoint signs a text answer on its message
+        google = m.get("extra_content")
+        google = google.get("google") if isinstance(google, dict) else None
+        signature = google.get("thought_signature") if isinstance(google, dict) else None
+        if isinstance(signature, str) and signature:
             text_signature = signature
     details = m.get("reasoning_details")
     for detail in details if isinstance(details, list) else ():
