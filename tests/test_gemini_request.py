@@ -1417,3 +1417,19 @@ def test_a_token_env_holding_a_key_is_not_echoed_to_the_client(
         vertex.auth_headers(Target(vertex, "gemini-2.5-flash"))
     assert key not in info.value.message and "not shown" in info.value.message
     assert key not in vertex.auth_summary()  # (check-config's line)
+
+
+@pytest.mark.parametrize("extra", [{"extra_content": "x"}, {"extra_content": {"google": "x"}},
+                                   {"extra_content": {"google": {"thought_signature": 7}}},
+                                   {"function_signature": 7}])
+def test_a_malformed_replayed_signature_field_is_no_signature(extra: dict[str, Any]) -> None:
+    # A string where Google's `extra_content` object goes raised AttributeError: a 500 for a
+    # field the client may fill with anything; a non-string signature went to Gemini, whose
+    # 400 named no field of the client's. Either is read as no signature (Gemini 3: the skip).
+    turn = tool_turn("c1", **{k: v for k, v in extra.items() if k != "function_signature"})
+    if "function_signature" in extra:
+        turn["tool_calls"][0]["function"]["thought_signature"] = extra["function_signature"]
+    out = translate([{"role": "user", "content": "x"}, turn,
+                     {"role": "tool", "tool_call_id": "c1", "content": "1"}])
+    assert out["contents"][1]["parts"][0]["thoughtSignature"] != 7
+    assert isinstance(out["contents"][1]["parts"][0]["thoughtSignature"], str)

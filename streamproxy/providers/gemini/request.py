@@ -547,11 +547,7 @@ def _signatures(m: dict[str, Any]) -> tuple[dict[str, str], str | None]:
         elif text_signature is None:
             text_signature = signature
     if text_signature is None:  # Gemini's OpenAI endpoint signs a text answer on its message
-        google = m.get("extra_content")
-        google = google.get("google") if isinstance(google, dict) else None
-        signature = google.get("thought_signature") if isinstance(google, dict) else None
-        if isinstance(signature, str) and signature:
-            text_signature = signature
+        text_signature = _text_at(m, "extra_content", "google", "thought_signature")
     details = m.get("reasoning_details")
     for detail in details if isinstance(details, list) else ():
         if (isinstance(detail, dict) and detail.get("type") == "reasoning.encrypted"
@@ -560,6 +556,14 @@ def _signatures(m: dict[str, Any]) -> tuple[dict[str, str], str | None]:
                 and detail["data"]):
             by_call.setdefault(detail["id"], detail["data"])
     return by_call, text_signature
+
+
+def _text_at(obj: Any, *keys: str) -> str | None:
+    """The non-empty string at `keys` in nested objects a client filled (any shape), else
+    None: a string where an object goes was a 500, a number went to Gemini as a signature."""
+    for key in keys:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj if isinstance(obj, str) and obj else None
 
 
 def _model_parts(m: dict[str, Any], i: int, calls: dict[str, tuple[str, str | None, int]],
@@ -575,9 +579,9 @@ def _model_parts(m: dict[str, Any], i: int, calls: dict[str, tuple[str, str | No
         fn = call["function"]
         call_id = call.get("id") or ""
         base_id, signature = split_call_id(call_id)
-        google = (call.get("extra_content") or {}).get("google") or {}
-        signature = by_call.get(call_id) or by_call.get(base_id) or signature or \
-            google.get("thought_signature") or fn.get("thought_signature")  # (Portkey's)
+        signature = (by_call.get(call_id) or by_call.get(base_id) or signature
+                     or _text_at(call, "extra_content", "google", "thought_signature")
+                     or _text_at(fn, "thought_signature"))  # (Portkey's)
         upstream_id = _upstream_id(base_id) if base_id else None
         if call_id:
             calls[call_id] = calls[base_id] = (fn["name"], upstream_id, first + j)
