@@ -649,19 +649,26 @@ class Gateway:
         x-portkey-config's targets', else its virtual key's or x-portkey-provider's; None when
         the headers name none, or a config target leaves it to the model. (`GET /v1/models`
         lists theirs alone, as Portkey's lists the provider such a signal names.)"""
-        named = self._named_by_headers(headers)
-        vk = named.get("virtual_key")
-        provider = self.settings.virtual_keys[vk].provider if vk else named.get("provider")
         config = headers.get(CONFIG_HEADER)
         if not config:
+            provider = self._headers_provider(headers)
             return frozenset({provider}) if provider else None
         names = set()
         for leaf in self._header_config(config).leaves():
-            name = self._leaf_provider(leaf) or provider
+            # (the headers only for a target naming no provider: the chat reads them for
+            # none other, so an unknown x-portkey-provider beside one is no 400)
+            name = self._leaf_provider(leaf) or self._headers_provider(headers)
             if name is None:
                 return None
             names.add(name)
         return frozenset(names)
+
+    def _headers_provider(self, headers: Mapping[str, str]) -> str | None:
+        """The provider x-portkey-virtual-key or x-portkey-provider names (the chat's 400 for
+        an unknown one); None when neither is sent."""
+        named = self._named_by_headers(headers)
+        vk = named.get("virtual_key")
+        return self.settings.virtual_keys[vk].provider if vk else named.get("provider")
 
     def _leaf_provider(self, leaf: ConfigNode) -> str | None:
         """The provider a config target names: its virtual key's, its own, or its override

@@ -1,0 +1,62 @@
+"""`/v1/models` and `/v1/models/{id}` with the portkey-ai SDK's headers: the providers and the
+model they name are the ones a chat request with the same headers is planned to (no sockets,
+no upstream call: the Gateway's answers against its plan)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import orjson
+import pytest
+
+from streamproxy.errors import ProxyError
+from streamproxy.openai_api.request import parse_chat_request
+from streamproxy.routing.breaker import CircuitBreakers
+from streamproxy.routing.gateway import Gateway, load_settings
+from streamproxy.routing.router import Router
+from streamproxy.server.app import build_providers
+from tests.helpers import make_config
+
+PROVIDERS = {"mock": {"type": "mock", "default_model": "fast", "models": ["paced"]},
+             "mock-openai": {"type": "mock", "wire": "openai", "default_model": "fast",
+                             "models": ["tool"]}}
+
+
+def gateway(**sections: Any) -> Gateway:
+    config = make_config(PROVIDERS, default="mock",
+                         virtual_keys={"team": {"provider": "mock-openai", "api_key": "sk-team"}},
+                         **sections)
+    router = Router(build_providers(config), config.default_provider, config.server.timeouts)
+    return Gateway(router, load_settings(config), CircuitBreakers(), random.Random(0))
+
+
+def chat_providers(gw: Gateway, headers: dict[str, str], model: str = "fast") -> set[str]:
+    """The providers a chat request's plan sends to (every attempt: a fallback's included)."""
+    req = parse_chat_request(orjson.dumps({"model": model,
+                                           "messages": [{"role": "user", "content": "x"}]}))
+    return {a.target.provider.name for a in gw.plan(headers, req, None).attempts}
+
+
+def config(raw: dict[str, Any]) -> str:
+    return orjson.dumps(raw).decode()
+
+
+def test_list_ignores_the_provider_header_beside_a_config_whose_targets_name_theirs() -> None:
+    """A config whose targets each name a provider runs whatever x-portkey-provider says (the
+    portkey-ai SDK sends both when a client sets provider= and config=): the list was a 400
+    for an unknown or `@` header the chat never reads."""
+    gw = gateway()
+    for header in ("nope", "@nope"):
+        headers = {"x-portkey-provider": header,
+                   "x-portkey-config": config({"provider": "mock-openai"})}
+        assert chat_providers(gw, headers) == {"mock-openai"}
+        assert gw.header_providers(headers) == {"mock-openai"}
+    headers = {"x-portkey-virtual-key": "nope", "x-portkey-config": config({"provider": "mock"})}
+    assert chat_providers(gw, headers) == gw.header_providers(headers) == {"mock"}
+    # a target naming none is sent where the header says: its 400 is the chat's
+    headers = {"x-portkey-provider": "nope", "x-portkey-config": config({"retry": {"attempts": 2}})}
+    for ask in (lambda: chat_providers(gw, headers), lambda: gw.header_providers(headers)):
+        with pytest.raises(ProxyError) as err:
+            ask()
+        assert err.value.status == 400
