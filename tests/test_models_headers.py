@@ -60,3 +60,25 @@ def test_list_ignores_the_provider_header_beside_a_config_whose_targets_name_the
         with pytest.raises(ProxyError) as err:
             ask()
         assert err.value.status == 400
+
+
+@pytest.mark.parametrize("raw", [
+    {"virtual_key": "nope"},
+    {"provider": "nope"},
+    {"provider": "mock", "virtual_key": "team"},  # (team's secret is mock-openai's)
+    {"strategy": {"mode": "fallback"}, "targets": [{"provider": "mock"},
+                                                    {"virtual_key": "nope"}]},
+])
+@pytest.mark.parametrize("beside", [{}, {"x-portkey-provider": "mock-openai"}])
+def test_list_refuses_a_config_the_chat_refuses(raw: dict[str, Any],
+                                                beside: dict[str, str]) -> None:
+    """An inline config naming an unknown virtual key or provider (or a key beside another
+    provider) is the chat's 400 for every model: the list answered the header's provider's
+    models, every provider's, or none, as if the config ran."""
+    gw = gateway()
+    headers = {**beside, "x-portkey-config": config(raw)}
+    with pytest.raises(ProxyError) as chat:
+        chat_providers(gw, headers)
+    with pytest.raises(ProxyError) as listed:
+        gw.header_providers(headers)
+    assert (listed.value.status, listed.value.code) == (chat.value.status, chat.value.code)

@@ -651,24 +651,24 @@ class Gateway:
         lists theirs alone, as Portkey's lists the provider such a signal names.)"""
         config = headers.get(CONFIG_HEADER)
         if not config:
-            provider = self._headers_provider(headers)
+            named = self._named_by_headers(headers)
+            vk = named.get("virtual_key")
+            provider = self.settings.virtual_keys[vk].provider if vk else named.get("provider")
             return frozenset({provider}) if provider else None
-        names = set()
+        names: set[str] = set()
+        by_model = False  # a target whose provider the model decides: any provider's
+        named = bool(headers.get(VIRTUAL_KEY_HEADER) or headers.get(PROVIDER_HEADER))
+        req = ChatRequest(body={}, raw=b"", stream=False, include_usage=False)
         for leaf in self._header_config(config).leaves():
-            # (the headers only for a target naming no provider: the chat reads them for
-            # none other, so an unknown x-portkey-provider beside one is no 400)
-            name = self._leaf_provider(leaf) or self._headers_provider(headers)
-            if name is None:
-                return None
-            names.add(name)
-        return frozenset(names)
-
-    def _headers_provider(self, headers: Mapping[str, str]) -> str | None:
-        """The provider x-portkey-virtual-key or x-portkey-provider names (the chat's 400 for
-        an unknown one); None when neither is sent."""
-        named = self._named_by_headers(headers)
-        vk = named.get("virtual_key")
-        return self.settings.virtual_keys[vk].provider if vk else named.get("provider")
+            if not (named or leaf.virtual_key or leaf.provider
+                    or self._prefix_target(leaf.override_params.get("model"))):
+                by_model = True
+                continue
+            # Resolved as the chat resolves every target up front, whatever the model: its 400
+            # for an unknown virtual key or provider is the list's (the headers are read only
+            # for a target naming no provider, as there).
+            names.add(self.resolve_leaf(leaf, headers, req, {}).provider.name)
+        return None if by_model else frozenset(names)
 
     def _leaf_provider(self, leaf: ConfigNode) -> str | None:
         """The provider a config target names: its virtual key's, its own, or its override
