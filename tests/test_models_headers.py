@@ -82,3 +82,21 @@ def test_list_refuses_a_config_the_chat_refuses(raw: dict[str, Any],
     with pytest.raises(ProxyError) as listed:
         gw.header_providers(headers)
     assert (listed.value.status, listed.value.code) == (chat.value.status, chat.value.code)
+
+
+def test_a_target_the_chat_never_picks_serves_no_model() -> None:
+    """A load balance's `weight: 0` target (Portkey's way to drain one) and a `single`
+    strategy's targets after the first are never planned: retrieve said their provider's model
+    exists, and the list held their provider's models, which the chat then sent elsewhere."""
+    gw = gateway()
+    for raw in ({"strategy": {"mode": "loadbalance"},
+                 "targets": [{"provider": "mock", "weight": 0}, {"provider": "mock-openai"}]},
+                {"strategy": {"mode": "loadbalance"},
+                 "targets": [{"weight": 0}, {"provider": "mock-openai", "weight": 2}]},
+                {"strategy": {"mode": "single"},
+                 "targets": [{"provider": "mock-openai"}, {"provider": "mock"}]}):
+        headers = {"x-portkey-config": config(raw)}
+        for _ in range(20):  # (the draw is random: none of them is mock)
+            assert chat_providers(gw, headers, "paced") == {"mock-openai"}
+        assert gw.config_served(headers, "paced") == ["mock-openai/paced"]
+        assert gw.header_providers(headers) == {"mock-openai"}

@@ -56,7 +56,7 @@ from streamproxy.openai_api.request import ChatRequest, check_depth
 from streamproxy.providers.base import Provider
 from streamproxy.providers.registry import PROVIDER_TYPES
 from streamproxy.routing.breaker import CircuitBreakers
-from streamproxy.routing.planner import NO_RETRY, Plan, plan, single
+from streamproxy.routing.planner import NO_RETRY, Plan, plan, reachable_leaves, single
 from streamproxy.routing.portkey_config import (
     DEFAULT_RETRY_CODES,
     PROVIDER_OPTION_KEYS,
@@ -628,9 +628,13 @@ class Gateway:
         root = self.root_for(headers, req)
         if root is None:
             return None
+        # Every target resolved, as the chat's plan does (a bad one is its 400 whatever the
+        # draw); only those a draw may pick serve the model.
+        targets = {leaf.path: self.resolve_leaf(leaf, headers, req, {})
+                   for leaf in root.leaves()}
         served = []
-        for leaf in root.leaves():
-            target = self.resolve_leaf(leaf, headers, req, {})
+        for leaf in reachable_leaves(root):
+            target = targets[leaf.path]
             upstream = target.model or target.provider.cfg.default_model
             if upstream:
                 served.append(f"{target.provider.name}/{upstream}")
@@ -659,15 +663,19 @@ class Gateway:
         by_model = False  # a target whose provider the model decides: any provider's
         named = bool(headers.get(VIRTUAL_KEY_HEADER) or headers.get(PROVIDER_HEADER))
         req = ChatRequest(body={}, raw=b"", stream=False, include_usage=False)
-        for leaf in self._header_config(config).leaves():
+        root = self._header_config(config)
+        reachable = {leaf.path for leaf in reachable_leaves(root)}  # (no weight: 0 target's)
+        for leaf in root.leaves():
             if not (named or leaf.virtual_key or leaf.provider
                     or self._prefix_target(leaf.override_params.get("model"))):
-                by_model = True
+                by_model = by_model or leaf.path in reachable
                 continue
             # Resolved as the chat resolves every target up front, whatever the model: its 400
             # for an unknown virtual key or provider is the list's (the headers are read only
             # for a target naming no provider, as there).
-            names.add(self.resolve_leaf(leaf, headers, req, {}).provider.name)
+            name = self.resolve_leaf(leaf, headers, req, {}).provider.name
+            if leaf.path in reachable:
+                names.add(name)
         return None if by_model else frozenset(names)
 
     def _leaf_provider(self, leaf: ConfigNode) -> str | None:

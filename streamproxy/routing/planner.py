@@ -152,6 +152,18 @@ def _key(target: Target) -> str:
     return Attempt(target, "").breaker_key
 
 
+def reachable_leaves(node: ConfigNode) -> list[ConfigNode]:
+    """The targets some plan of `node` may run, in its order: not a load balance's `weight: 0`
+    ones, nor a `single`'s after its first (_Walk.choose draws neither); a conditional's all
+    (the request's metadata and params decide)."""
+    if node.is_leaf:
+        return [node]
+    children = (node.targets[:1] if node.mode == "single"
+                else [c for c in node.targets if c.weight > 0] if node.mode == "loadbalance"
+                else node.targets)
+    return [leaf for child in children for leaf in reachable_leaves(child)]
+
+
 def plan(root: ConfigNode, resolve: Resolve, *, rng: random.Random,
          breakers: CircuitBreakers, metadata: dict[str, Any] | None = None,
          params: dict[str, Any] | None = None, path: str = "",
