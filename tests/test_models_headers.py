@@ -100,3 +100,93 @@ def test_a_target_the_chat_never_picks_serves_no_model() -> None:
             assert chat_providers(gw, headers, "paced") == {"mock-openai"}
         assert gw.config_served(headers, "paced") == ["mock-openai/paced"]
         assert gw.header_providers(headers) == {"mock-openai"}
+
+
+def _lb(*targets: dict[str, Any]) -> str:
+    return config({"strategy": {"mode": "loadbalance"}, "targets": list(targets)})
+
+
+def _fallback(*targets: dict[str, Any]) -> str:
+    return config({"strategy": {"mode": "fallback"}, "targets": list(targets)})
+
+
+_CONDITIONAL = config({
+    "strategy": {"mode": "conditional", "default": "free",
+                 "conditions": [{"query": {"metadata.tier": {"$eq": "pro"}}, "then": "pro"}]},
+    "targets": [{"name": "free", "provider": "mock"},
+                {"name": "pro", "provider": "mock-openai"}]})
+_PRO = {"x-portkey-metadata": '{"tier": "pro"}'}
+_BY_MODEL = config({  # (no default: a model matching nothing is the chat's 400)
+    "strategy": {"mode": "conditional",
+                 "conditions": [{"query": {"params.model": {"$eq": "tool"}}, "then": "oa"}]},
+    "targets": [{"name": "m", "provider": "mock"}, {"name": "oa", "provider": "mock-openai"}]})
+
+# (headers, model ids asked): every id through retrieve and a chat request alike
+HEADER_SETS: list[tuple[dict[str, str], tuple[str, ...]]] = [
+    ({}, ("fast", "paced", "tool", "mock/paced", "@mock/paced", "mock-openai/tool",
+          "@team/tool", "@team/paced", "nope/x")),
+    ({"x-portkey-provider": "mock-openai"}, ("fast", "tool", "paced", "mock/paced")),
+    ({"x-portkey-provider": "@team"}, ("tool", "paced", "@team/tool")),
+    ({"x-portkey-provider": "nope"}, ("fast",)),
+    ({"x-portkey-virtual-key": "team"}, ("tool", "paced", "mock-openai/tool")),
+    ({"x-portkey-virtual-key": "nope"}, ("fast",)),
+    ({"x-portkey-config": config({"provider": "mock-openai"})}, ("tool", "paced", "fast")),
+    ({"x-portkey-config": config({"provider": "@team"})}, ("tool", "paced")),
+    ({"x-portkey-config": config({"virtual_key": "team"}), "x-portkey-provider": "nope"},
+     ("tool", "paced")),
+    ({"x-portkey-config": config({"virtual_key": "nope"})}, ("fast",)),
+    ({"x-portkey-config": config({"override_params": {"model": "mock-openai/tool"}})},
+     ("anything",)),
+    ({"x-portkey-config": config({"retry": {"attempts": 2}}),
+      "x-portkey-provider": "mock-openai"}, ("tool", "paced")),
+    ({"x-portkey-config": _fallback({"provider": "mock-openai"}, {"provider": "mock"})},
+     ("tool", "paced", "fast", "nope")),
+    ({"x-portkey-config": _fallback({"provider": "mock-openai",
+                                     "override_params": {"model": "tool"}},
+                                    {"provider": "mock"})}, ("paced", "other")),
+    ({"x-portkey-config": _lb({"provider": "mock", "weight": 0}, {"provider": "mock-openai"})},
+     ("tool", "paced")),
+    ({"x-portkey-config": _lb({"provider": "mock", "weight": 0},
+                              {"virtual_key": "team", "weight": 3})}, ("tool", "paced")),
+    ({"x-portkey-config": _CONDITIONAL}, ("paced", "tool")),
+    ({"x-portkey-config": _CONDITIONAL, **_PRO}, ("paced", "tool")),
+    ({"x-portkey-config": _BY_MODEL}, ("tool", "paced")),
+    ({"x-portkey-config": _fallback({"provider": "mock-openai"},
+                                    orjson.loads(_BY_MODEL))}, ("tool", "paced", "fast")),
+]
+
+
+async def test_retrieve_names_the_model_where_the_chat_is_planned(proxy: Any) -> None:
+    """For each header set and model id, `GET /v1/models/{id}` answers what a chat request
+    with the same headers is planned to (the planner's attempts, nothing sent upstream): the
+    first of the plan's `provider/model`s the list holds, owned by its provider; a 404 when it
+    holds none; the chat's 400 when the chat's is one."""
+    from streamproxy.routing.gateway import parse_metadata
+    from streamproxy.server.state import STATE
+    cfg = make_config(PROVIDERS, default="mock",
+                      virtual_keys={"team": {"provider": "mock-openai", "api_key": "sk-team"}})
+    client = await proxy(cfg)
+    gw = client.server.app[STATE].gateway
+    for headers, models in HEADER_SETS:
+        listed = await client.get("/v1/models", headers=headers)
+        ids = ({m["id"] for m in (await listed.json())["data"]} if listed.status == 200
+               else set())
+        for model in models:
+            req = parse_chat_request(orjson.dumps(
+                {"model": model, "messages": [{"role": "user", "content": "x"}]}))
+            try:
+                attempts = gw.plan(headers, req, parse_metadata(headers, 64)).attempts
+            except ProxyError as e:
+                expected: tuple[int, str | None] = (e.status, None)
+            else:
+                served = [f"{a.target.provider.name}/"
+                          f"{a.target.model or a.target.provider.cfg.default_model}"
+                          for a in attempts if a.refusal is None]  # (a conditional's
+                # no-match, in a fallback's later place, is skipped: it serves nothing)
+                first = next((s for s in served if s in ids), None)
+                expected = (200, first.partition("/")[0]) if first else (404, None)
+            resp = await client.get(f"/v1/models/{model.replace('/', '%2F')}",
+                                    headers=headers)
+            body = await resp.json()
+            got = (resp.status, body.get("owned_by") if resp.status == 200 else None)
+            assert got == expected, (headers, model, body)

@@ -619,11 +619,13 @@ class Gateway:
                     else self.router.model_for(vkey.provider, model))  # (as resolve_leaf)
         return f"{vkey.provider}/{upstream}" if upstream else model
 
-    def config_served(self, headers: Mapping[str, str], model: str) -> list[str] | None:
+    def config_served(self, headers: Mapping[str, str], model: str,
+                      metadata: dict[str, Any] | None = None) -> list[str] | None:
         """Where a chat request for `model` with these headers goes when a config runs it
         (x-portkey-config, a virtual key's target, `default_config`, a route's): each target's
         `provider/model`, in the config's order, resolved as the chat's (no upstream call; a
-        config's error is the chat's). None on the plain path, which `routed_model` names."""
+        config's error is the chat's). None on the plain path, which `routed_model` names.
+        `metadata`: x-portkey-metadata, which a conditional's pick reads as the chat's does."""
         req = ChatRequest(body={"model": model}, raw=b"", stream=False, include_usage=False)
         root = self.root_for(headers, req)
         if root is None:
@@ -633,7 +635,7 @@ class Gateway:
         targets = {leaf.path: self.resolve_leaf(leaf, headers, req, {})
                    for leaf in root.leaves()}
         served = []
-        for leaf in reachable_leaves(root):
+        for leaf in reachable_leaves(root, metadata, req.body, CHAT_PATH):
             target = targets[leaf.path]
             upstream = target.model or target.provider.cfg.default_model
             if upstream:

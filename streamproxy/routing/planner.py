@@ -125,19 +125,7 @@ class _Walk:
         return candidates[-1]
 
     def condition(self, node: ConfigNode) -> ConfigNode:
-        by_name: dict[str, ConfigNode] = {}
-        for child in node.targets:  # a repeated name means its first target (Portkey's findIndex)
-            if child.name:
-                by_name.setdefault(child.name, child)
-        for cond in node.conditions:
-            if matches(cond.query, self.metadata, self.params, self.path,
-                       CLIENT_REGEX_TEXT_MAX if cond.client else None):
-                return by_name[cond.then]
-        if node.default is None:
-            raise InvalidRequest(f"No condition of '{node.path}' matched the request and the "
-                                 "strategy has no default.", param=f"{node.path}.strategy",
-                                 code="no_condition_matched")
-        return by_name[node.default]
+        return condition(node, self.metadata, self.params, self.path)
 
     def any_usable(self, node: ConfigNode) -> bool:
         assert self.usable is not None
@@ -152,16 +140,52 @@ def _key(target: Target) -> str:
     return Attempt(target, "").breaker_key
 
 
-def reachable_leaves(node: ConfigNode) -> list[ConfigNode]:
+def condition(node: ConfigNode, metadata: dict[str, Any], params: dict[str, Any],
+              path: str) -> ConfigNode:
+    """The target a conditional strategy picks for a request (its 400 when none matches and
+    it has no default)."""
+    by_name: dict[str, ConfigNode] = {}
+    for child in node.targets:  # a repeated name means its first target (Portkey's findIndex)
+        if child.name:
+            by_name.setdefault(child.name, child)
+    for cond in node.conditions:
+        if matches(cond.query, metadata, params, path,
+                   CLIENT_REGEX_TEXT_MAX if cond.client else None):
+            return by_name[cond.then]
+    if node.default is None:
+        raise InvalidRequest(f"No condition of '{node.path}' matched the request and the "
+                             "strategy has no default.", param=f"{node.path}.strategy",
+                             code="no_condition_matched")
+    return by_name[node.default]
+
+
+def reachable_leaves(node: ConfigNode, metadata: dict[str, Any] | None = None,
+                     params: dict[str, Any] | None = None, path: str = "") -> list[ConfigNode]:
     """The targets some plan of `node` may run, in its order: not a load balance's `weight: 0`
-    ones, nor a `single`'s after its first (_Walk.choose draws neither); a conditional's all
-    (the request's metadata and params decide)."""
-    if node.is_leaf:
-        return [node]
-    children = (node.targets[:1] if node.mode == "single"
-                else [c for c in node.targets if c.weight > 0] if node.mode == "loadbalance"
-                else node.targets)
-    return [leaf for child in children for leaf in reachable_leaves(child)]
+    ones, nor a `single`'s after its first (_Walk.choose draws neither); a conditional's pick
+    for `metadata` and `params`, all its targets without `params` (the request decides). A
+    conditional matching nothing runs nothing: its 400 when it comes first, as in `plan`."""
+
+    def walk(n: ConfigNode) -> list[ConfigNode | InvalidRequest]:
+        if n.is_leaf:
+            return [n]
+        if n.mode == "conditional" and params is not None:
+            try:
+                children = [condition(n, metadata or {}, params, path)]
+            except InvalidRequest as e:
+                return [e]
+        elif n.mode == "single":
+            children = list(n.targets[:1])
+        elif n.mode == "loadbalance":
+            children = [c for c in n.targets if c.weight > 0]
+        else:
+            children = list(n.targets)
+        return [found for child in children for found in walk(child)]
+
+    found = walk(node)
+    if found and isinstance(found[0], InvalidRequest):
+        raise found[0]
+    return [leaf for leaf in found if isinstance(leaf, ConfigNode)]
 
 
 def plan(root: ConfigNode, resolve: Resolve, *, rng: random.Random,

@@ -401,14 +401,15 @@ async def retrieve_model(request: web.Request) -> web.Response:
     named as a chat request with the same headers would be served: with `x-portkey-provider`
     or a virtual key a bare one is that provider's, not the default's; under a config
     (x-portkey-config, `default_config`) the first of its targets' models that is listed
-    (a fallback's included)."""
+    (a fallback's included; a conditional's pick for the model and x-portkey-metadata)."""
     model = request.match_info["model"]
     gateway = request.app[STATE].gateway
     headers = request.headers
     if model in gateway.settings.routes and not headers.get(CONFIG_HEADER):
         served = [model]  # (an alias wins, as in chat, unless a config header runs instead)
     else:
-        served = gateway.config_served(headers, model)
+        served = gateway.config_served(
+            headers, model, parse_metadata(headers, request.app[STATE].limits.max_json_depth))
         if served is None:  # the plain path
             routed = gateway.routed_model(headers, model) or model
             served = [listed_model(request.app[STATE].config, routed)]
