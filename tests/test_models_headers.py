@@ -66,6 +66,7 @@ def test_list_ignores_the_provider_header_beside_a_config_whose_targets_name_the
     {"virtual_key": "nope"},
     {"provider": "nope"},
     {"provider": "mock", "virtual_key": "team"},  # (team's secret is mock-openai's)
+    {"override_params": {"model": "@nope/x"}},  # (an `@name/` naming no provider nor key)
     {"strategy": {"mode": "fallback"}, "targets": [{"provider": "mock"},
                                                     {"virtual_key": "nope"}]},
 ])

@@ -668,8 +668,8 @@ class Gateway:
         root = self._header_config(config)
         reachable = {leaf.path for leaf in reachable_leaves(root)}  # (no weight: 0 target's)
         for leaf in root.leaves():
-            if not (named or leaf.virtual_key or leaf.provider
-                    or self._prefix_target(leaf.override_params.get("model"))):
+            if not (named or leaf.virtual_key or leaf.provider  # (an unknown `@name/` too)
+                    or _names_a_provider(self.router, leaf.override_params.get("model"))):
                 by_model = by_model or leaf.path in reachable
                 continue
             # Resolved as the chat resolves every target up front, whatever the model: its 400
