@@ -20,6 +20,9 @@ _ESCAPES = re.compile(rb"\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-
 # holds (0.12345678901234567 → 0.12345678901234566); or a three-digit exponent (1e400, which
 # orjson refuses; 1e-400, which it reads as 0.0).
 _INEXACT = re.compile(rb"\d[\d.]{16}|\d[eE][+-]?\d{3}")
+# What the stdlib's parser and dumps_exact raise on a value orjson takes but they cannot hold:
+# nesting past Python's recursion (orjson reads 1024 levels). The orjson path stands then.
+_UNREADABLE = (ValueError, RecursionError)
 # An exponent past a double's (1e400): valid JSON (RFC 8259 leaves the range to the parser),
 # which orjson refuses as an infinity.
 _HUGE_EXPONENT = re.compile(rb"\d[eE]\+?\d{3}")
@@ -100,7 +103,7 @@ def loads_exact(data: bytes) -> Any:
         return None
     try:
         return json.loads(without_lone_surrogates(data), parse_float=_Written)
-    except ValueError:
+    except _UNREADABLE:
         return None
 
 
@@ -113,11 +116,13 @@ def exact_values(data: bytes, pick: Callable[[Any], Iterable[Any]]) -> list[Any]
         return None
     try:
         return list(pick(doc))
-    except (KeyError, IndexError, TypeError, AttributeError):
+    except (KeyError, IndexError, TypeError, AttributeError, RecursionError):
         return None
 
+
 def dumps_exact(obj: Any, separators: tuple[str, str] = (",", ":")) -> str:
-    """JSON of a `loads_exact` value (its numbers as they were), compact as orjson's."""
+    """JSON of a `loads_exact` value (its numbers as they were), compact as orjson's.
+    RecursionError past a few hundred levels: the caller's orjson path stands then."""
     if isinstance(obj, _Written):
         return str.__str__(obj)
     if isinstance(obj, dict):

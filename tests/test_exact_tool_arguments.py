@@ -9,19 +9,20 @@ import json
 
 import orjson
 
+from streamproxy._json import dumps_exact, exact_values, loads_exact
 from streamproxy.config import parse_config
 from streamproxy.errors import UpstreamProtocolError
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.anthropic.request import to_anthropic
-from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
+from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator, exact_start_input
 from streamproxy.providers.bedrock.request import to_converse
 from streamproxy.providers.gemini.request import to_gemini
 from streamproxy.providers.gemini.response import to_completion as gemini_completion
-from streamproxy.providers.gemini.stream import GeminiStreamTranslator
+from streamproxy.providers.gemini.stream import GeminiStreamTranslator, exact_args
 from streamproxy.providers.ollama import OllamaProvider
 from streamproxy.providers.ollama.request import to_ollama
-from streamproxy.providers.ollama.stream import OllamaStreamTranslator
+from streamproxy.providers.ollama.stream import OllamaStreamTranslator, exact_arguments
 from tests.helpers import collect, relay_pieces, sse_chunks
 from tests.test_anthropic_response import whole_arguments as anthropic_whole
 
@@ -167,3 +168,27 @@ def test_a_structured_outputs_answer_is_text_and_keeps_its_numbers() -> None:
             '"finishReason": "STOP", "index": 0}]}').encode()
     completion = gemini_completion(body, completion_id="c", created=1, model="m")
     assert completion["choices"][0]["message"]["content"] == COMPACT
+
+
+def test_a_deep_input_with_a_long_number_is_read_as_one_without() -> None:
+    # 600 levels: orjson reads them (up to 1024), but the stdlib's writer (and at ~1000, its
+    # parser) ran out of Python's recursion: a RecursionError, a 500, where the same answer
+    # with a short number is the orjson path's result. Now the exact path steps aside.
+    def nested(number: str) -> str:
+        return '{"x":' + "[" * 600 + number + "]" * 600 + "}"
+
+    deep = nested("123456789012345678901")
+    assert loads_exact(("[" * 1000 + "12345678901234567890" + "]" * 1000).encode()) is None
+    assert exact_values(deep.encode(), lambda doc: [dumps_exact(doc)]) is None
+    for read in (exact_start_input, exact_args, exact_arguments):
+        block = ('{"content_block":{"input":' + deep + '},"candidates":[{"content":{"parts":'
+                 '[{"functionCall":{"args":' + deep + '}}]}}],"message":{"tool_calls":'
+                 '[{"function":{"arguments":' + deep + '}}]}}')
+        assert read(block.encode()) is None
+    try:  # (orjson writes no more than 255 levels: the plain path's 502)
+        anthropic_whole(deep)
+    except UpstreamProtocolError:
+        pass
+    else:
+        raise AssertionError("a 600-level input was written")
+    assert json.loads(gemini_whole(deep.replace(",", ", "))[0])["x"] is not None

@@ -108,7 +108,7 @@ def exact_start_input(data: bytes) -> str | None:
     doc = loads_exact(data)
     try:
         return None if doc is None else dumps_exact(doc["content_block"]["input"])
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, RecursionError):
         return None
 
 

@@ -159,7 +159,7 @@ def exact_args(raw: bytes) -> list[str] | None:
         return None if doc is None else [
             dumps_exact(p["functionCall"].get("args") or {}, (", ", ": "))
             for p in doc["candidates"][0]["content"]["parts"] if "functionCall" in p]
-    except WRONG_SHAPE:
+    except (*WRONG_SHAPE, RecursionError):  # (too deep for the stdlib: as orjson reads it)
         return None
 
 

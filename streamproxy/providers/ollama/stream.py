@@ -62,7 +62,7 @@ def exact_arguments(raw: bytes) -> list[str] | None:
         return None if doc is None else [
             None if isinstance(args, str) else dumps_exact(args if args is not None else {})
             for args in (c["function"].get("arguments") for c in doc["message"]["tool_calls"])]
-    except WRONG_SHAPE:
+    except (*WRONG_SHAPE, RecursionError):  # (too deep for the stdlib: as orjson reads it)
         return None
 
 
