@@ -819,3 +819,23 @@ def test_an_empty_user_message_or_text_part_is_not_sent_as_it_is(content: Any,
                          {"role": "user", "content": content}]}
     assert to_cohere(body, "command-a-03-2025")["messages"][2] == {"role": "user",
                                                                    "content": sent}
+
+
+def test_a_count_past_a_double_is_null_not_a_crash() -> None:
+    # A count written 1e400 (valid JSON) is read as inf, which int() refuses: an
+    # OverflowError out of the translator failed the answer (a 500, a stream's error) where
+    # another provider's count is the client's null. Now it is null here too.
+    usage = (b'"usage":{"tokens":{"input_tokens":507,"output_tokens":1e400},'
+             b'"cached_tokens":1e400}')
+    raw = (events(START, text_delta("Hi")) + b'event: message-end\ndata: {"type":"message-end",'
+           b'"delta":{"finish_reason":"COMPLETE",' + usage + b"}}\n\n")
+    c = collect(sse_chunks(translate([raw])))
+    assert c.content == "Hi" and c.error is None and c.done
+    assert c.usage == {"prompt_tokens": 507, "completion_tokens": None, "total_tokens": None,
+                       "prompt_tokens_details": {"cached_tokens": 507}}
+    body = (b'{"id":"x","finish_reason":"COMPLETE","message":{"role":"assistant","content":'
+            b'[{"type":"text","text":"Hi"}]},' + usage + b"}")
+    answer = orjson.loads(orjson.dumps(to_completion(body, completion_id="c", created=1,
+                                                     model="m", provider="cohere")))
+    assert answer["choices"][0]["message"]["content"] == "Hi"
+    assert answer["usage"] == c.usage

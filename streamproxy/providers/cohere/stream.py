@@ -30,6 +30,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from streamproxy.decode.sse import SSEEvent
@@ -100,12 +101,18 @@ def finish_reason(reason: str, made_calls: bool) -> str:
 
 def map_usage(usage: dict[str, Any]) -> dict[str, Any]:
     counts = usage.get("tokens") or usage.get("billed_units") or {}
-    prompt = int(counts.get("input_tokens") or 0)
+    prompt = _count(counts.get("input_tokens") or 0)
     cached = usage.get("cached_tokens")
     # cached_tokens counts model tokens, as `tokens` does; a prompt counted in billed_units
     # (the template left out) can be smaller: cached is part of the prompt, never more.
-    return make_usage(prompt, int(counts.get("output_tokens") or 0),
-                      cached=min(int(cached), prompt) if cached is not None else None)
+    return make_usage(prompt, _count(counts.get("output_tokens") or 0),
+                      cached=min(_count(cached), prompt) if cached is not None else None)
+
+
+def _count(n: Any) -> Any:
+    # A count written past a double (1e400) is read as inf, which int() refuses: kept, the
+    # client's null as another provider's is (the metrics and the log count only ints).
+    return n if isinstance(n, float) and not math.isfinite(n) else int(n)
 
 
 def url_citations(citation: dict[str, Any]) -> list[dict[str, Any]]:
