@@ -17,9 +17,10 @@ _ESCAPES = re.compile(rb"\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-
                       rb"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 # A number orjson may not read as written: 17 digits (and dots) in a run, an integer past 64
 # bits (123456789012345678901 → 1.2345678901234568e+20) or a fraction longer than a double
-# holds (0.12345678901234567 → 0.12345678901234566); or a three-digit exponent (1e400, which
-# orjson refuses; 1e-400, which it reads as 0.0).
-_INEXACT = re.compile(rb"\d[\d.]{16}|\d[eE][+-]?\d{3}")
+# holds (0.12345678901234567 → 0.12345678901234566); 16 of them before an exponent
+# (9007199254740993e0 → 9007199254740992.0); or a three-digit exponent (1e400, which orjson
+# refuses; 1e-400, which it reads as 0.0). (One leading \d, then a branch: as fast as one.)
+_INEXACT = re.compile(rb"\d(?:[\d.]{15}[\d.eE]|[eE][+-]?\d{3})")
 # What the stdlib's parser and dumps_exact raise on a value orjson takes but they cannot hold:
 # nesting past Python's recursion (orjson reads 1024 levels). The orjson path stands then.
 _UNREADABLE = (ValueError, RecursionError)

@@ -192,3 +192,14 @@ def test_a_deep_input_with_a_long_number_is_read_as_one_without() -> None:
     else:
         raise AssertionError("a 600-level input was written")
     assert json.loads(gemini_whole(deep.replace(",", ", "))[0])["x"] is not None
+
+
+def test_sixteen_digits_before_an_exponent_keep_their_last_digit() -> None:
+    # 9007199254740993e0 is 2**53 + 1, which a double cannot hold: with no dot, its digit run
+    # (16) was too short to be noticed, and the whole answer said 9007199254740992.0 where
+    # the streamed fragment passed on what the model wrote.
+    for written in ('{"a":9007199254740993e0}', '{"a":-1234567890123457E-3,"b":[1]}'):
+        assert anthropic_whole(written) == written
+        assert loads_exact(written.encode()) is not None
+    assert gemini_whole('{"a": 9007199254740993E+2}') == ['{"a": 9007199254740993E+2}',
+                                                          '{"k": 1}']
