@@ -103,7 +103,9 @@ def loads_exact(data: bytes) -> Any:
     if _INEXACT.search(data) is None:
         return None
     try:
-        return json.loads(without_lone_surrogates(data), parse_float=_Written)
+        # (NaN and Infinity are no JSON: the stdlib's reading of them is no reason to take them)
+        return json.loads(without_lone_surrogates(data), parse_float=_Written,
+                          parse_constant=_not_json)
     except _UNREADABLE:
         return None
 
@@ -140,7 +142,10 @@ def loads_fragments(text: str) -> Any:
     holds one orjson may not read so (see _INEXACT): those as orjson.Fragment; else None.
     For a replayed tool call's arguments, which the provider's request holds as an object."""
     doc = loads_exact(text.encode())
-    return None if doc is None else _fragments(doc)
+    try:
+        return None if doc is None else _fragments(doc)
+    except RecursionError:  # (past a few hundred levels, as dumps_exact)
+        return None
 
 
 def _fragments(obj: Any) -> Any:

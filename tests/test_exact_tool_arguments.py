@@ -203,3 +203,24 @@ def test_sixteen_digits_before_an_exponent_keep_their_last_digit() -> None:
         assert loads_exact(written.encode()) is not None
     assert gemini_whole('{"a": 9007199254740993E+2}') == ['{"a": 9007199254740993E+2}',
                                                           '{"k": 1}']
+
+
+def test_a_replayed_call_with_an_exponent_past_a_double_goes_back_as_its_object() -> None:
+    # The answer passed {"x":1e400,...} on as written (valid JSON): replayed, orjson refused
+    # it, and the provider got {"raw_arguments": "<the text>"}, as for a call cut off
+    # mid-JSON: the model read an input it never wrote.
+    huge = '{"x":1e400,"n":2,"s":"é"}'
+    messages = [{"role": "user", "content": "pay"},
+                {"role": "assistant", "content": None, "tool_calls": [{
+                    "id": "call_1", "type": "function",
+                    "function": {"name": "send", "arguments": huge}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "ok"}]
+    body = orjson.dumps(to_anthropic({"messages": messages}, "claude-sonnet-4-5"))
+    assert b'"input":' + huge.encode() in body
+    assert huge.encode() in orjson.dumps(to_converse({"messages": messages}, "anthropic.c"))
+    # (not JSON at all, or a NaN, stays the text it was)
+    for text in ('{"x":1e400', '{"x":NaN,"y":1e400}'):
+        call = {**messages[1]["tool_calls"][0], "function": {"name": "send", "arguments": text}}
+        got = to_anthropic({"messages": [messages[0], {**messages[1], "tool_calls": [call]}]},
+                           "claude-sonnet-4-5")
+        assert got["messages"][1]["content"][0]["input"] == {"raw_arguments": text}

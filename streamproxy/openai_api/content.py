@@ -314,7 +314,14 @@ def tool_call_input(arguments: Any) -> dict[str, Any]:
         parsed = loads_embedded(arguments, "The JSON of a tool call's arguments") \
             if isinstance(arguments, str) else arguments
     except orjson.JSONDecodeError:
-        return {RAW_ARGUMENTS: arguments}
+        # An exponent past a double's (1e400) is JSON orjson refuses, and an answer's call
+        # passes it on as written: it goes back as the object the model wrote, not as text.
+        parsed = loads_fragments(arguments)
+        if parsed is None:
+            return {RAW_ARGUMENTS: arguments}
+        if arguments.count("{") + arguments.count("[") > EMBEDDED_JSON_DEPTH:
+            check_depth(parsed, EMBEDDED_JSON_DEPTH, "The JSON of a tool call's arguments")
+        return parsed if isinstance(parsed, dict) else {"value": parsed}
     if parsed is None:
         return {}
     if isinstance(arguments, str):  # numbers orjson read otherwise go back as written
