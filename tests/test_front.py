@@ -49,10 +49,9 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
 
 
 @pytest.fixture
-async def lean(default_proxy: Any, monkeypatch: Any) -> Any:
-    """The embedded default (in-process mock) on the lean front; `served` counts the requests
-    the front answered itself."""
-    monkeypatch.delenv(front.FRONT_ENV, raising=False)
+def served(monkeypatch: Any) -> list[object]:
+    """The requests the lean front answered itself (the `Server` header no longer tells: both
+    fronts name the proxy alike)."""
     served: list[object] = []
     serve = front.Front.serve
 
@@ -61,6 +60,14 @@ async def lean(default_proxy: Any, monkeypatch: Any) -> Any:
         await serve(self, ex)
 
     monkeypatch.setattr(front.Front, "serve", counting)
+    return served
+
+
+@pytest.fixture
+async def lean(default_proxy: Any, monkeypatch: Any, served: list[object]) -> Any:
+    """The embedded default (in-process mock) on the lean front; `served` counts the requests
+    the front answered itself."""
+    monkeypatch.delenv(front.FRONT_ENV, raising=False)
     client = await default_proxy()
     client.served = served
     return client
@@ -146,8 +153,8 @@ async def test_other_routes_go_to_aiohttp_on_the_same_connection(lean: Any) -> N
     writer.write(chat_request())
     assert (await read_response(reader))[0] == 200
     writer.write(b"GET /v1/models HTTP/1.1\r\nHost: t\r\n\r\n")
-    status, headers, body = await read_response(reader)
-    assert status == 200 and "aiohttp" in headers.get("server", "")
+    status, _, body = await read_response(reader)
+    assert status == 200  # (aiohttp's: `lean.served` below; both fronts name themselves alike)
     assert any(m["id"].startswith("mock/") for m in orjson.loads(body)["data"])
     writer.write(chat_request())  # aiohttp owns the connection now, and serves chat too
     status, _, body = await read_response(reader)
@@ -168,9 +175,8 @@ async def test_what_the_front_does_not_serve_aiohttp_answers(lean: Any,
                                                              request_bytes: bytes) -> None:
     reader, writer = await connect(lean)
     writer.write(request_bytes)
-    status, headers, body = await read_response(reader)
+    status, _, body = await read_response(reader)
     assert status == 200, body
-    assert "aiohttp" in headers.get("server", "")
     assert lean.served == []
     writer.close()
 
@@ -228,8 +234,8 @@ async def test_a_content_length_of_thousands_of_digits_is_answered(lean: Any,
     writer.write(chat_request().replace(b"Content-Length: %d" % len(BODY),
                                         b"Content-Length: " + digits))
     if digits.startswith(b"0"):
-        status, headers, _ = await read_response(reader)
-        assert status == 200 and "aiohttp" in headers.get("server", "")
+        status = (await read_response(reader))[0]
+        assert status == 200
     else:
         head = await asyncio.wait_for(reader.read(), 10)
         assert head.startswith(b"HTTP/1.") and b" 400 " in head.split(b"\r\n", 1)[0]
@@ -296,15 +302,15 @@ async def test_a_decompression_bomb_is_413_on_its_decoded_size(proxy: Any, monke
      431, "request_header_fields_too_large"),
 ], ids=["body", "header", "header-without-a-space"])
 async def test_over_a_limit_aiohttp_answers_in_openai_shape(
-        proxy: Any, server: dict[str, int], request_bytes: bytes, status: int,
-        code: str) -> None:
+        proxy: Any, served: list[object], server: dict[str, int], request_bytes: bytes,
+        status: int, code: str) -> None:
     config = parse_config({"server": server, "default_provider": "mock",
                            "providers": {"mock": {"type": "mock"}}}, "<test>")
     client = await proxy(config)
     reader, writer = await connect(client)
     writer.write(request_bytes)
-    got, headers, body = await read_response(reader)
-    assert got == status and "aiohttp" in headers.get("server", "")
+    got, _, body = await read_response(reader)
+    assert got == status and served == []
     assert orjson.loads(body)["error"]["code"] == code
     writer.close()
 
@@ -362,14 +368,14 @@ async def test_an_idle_connection_closes_after_the_keep_alive_timeout(
     writer.close()
 
 
-async def test_the_aiohttp_front_is_still_selectable(default_proxy: Any,
-                                                     monkeypatch: Any) -> None:
+async def test_the_aiohttp_front_is_still_selectable(default_proxy: Any, monkeypatch: Any,
+                                                     served: list[object]) -> None:
     monkeypatch.setenv(front.FRONT_ENV, "aiohttp")
     client = await default_proxy()
     reader, writer = await connect(client)
     writer.write(chat_request())
-    status, headers, body = await read_response(reader)
-    assert status == 200 and "aiohttp" in headers.get("server", "")
+    status, _, body = await read_response(reader)
+    assert status == 200 and served == []
     assert body.endswith(b"data: [DONE]\n\n")
     writer.close()
     assert load_config(None).server.front == "lean"

@@ -74,6 +74,7 @@ def assert_408(answer: bytes) -> None:
     assert head.startswith((b"HTTP/1.1 408 ", b"HTTP/1.0 408 ")), answer  # (the request's)
     assert b"connection: close" in head.lower() or head.startswith(b"HTTP/1.0")
     assert b"\r\ncontent-type: application/json\r\n" in head.lower() + b"\r\n"  # (aiohttp's)
+    assert b"\r\nserver: streamproxy\r\n" in head.lower() + b"\r\n"  # (no versions)
     error = orjson.loads(body)["error"]
     assert (error["type"], error["code"]) == ("invalid_request_error", "request_timeout")
 

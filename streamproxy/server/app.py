@@ -33,6 +33,7 @@ from streamproxy.server.errors import (
     continue_after_refusals,
     error_middleware,
     expect_within_limit,
+    name_server,
     request_id_middleware,
 )
 from streamproxy.server.header_limits import backstop_limits, header_limits
@@ -128,6 +129,7 @@ def create_app(config: Config, breakers: CircuitBreakers | None = None,
                                        *([auth_middleware(auth)] if auth else []),
                                        continue_after_refusals])
     app[STATE] = state
+    app.on_response_prepare.append(name_server)
     app[ADMISSION] = Admission(server.max_concurrent_streams, admission)
     if auth is not None:
         app[AUTH] = auth

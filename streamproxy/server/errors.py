@@ -31,6 +31,9 @@ TRACE_HEADER = "x-portkey-trace-id"
 # 8 KB field limit made a response head over 16 KB, Node's default limit (its client failed
 # to read the answer). Ids in use (W3C traceparent 55, a UUID 36) are far shorter.
 MAX_TRACE_ID_CHARS = 1024
+# Every answer's `Server`, on both fronts: aiohttp's default named Python's and aiohttp's exact
+# versions (what a scanner matches against advisories), and the lean front's said nothing.
+SERVER_NAME = "streamproxy"
 # OpenAI's request id header: the SDKs expose it as `response._request_id` and
 # `APIStatusError.request_id`. It carries the trace id, the id the access log knows.
 REQUEST_ID_HEADER = "x-request-id"
@@ -174,6 +177,12 @@ def undecodable_body() -> InvalidRequest:
     it): the client's mistake, not a bug's 500."""
     return InvalidRequest("The request body could not be decoded as its Content-Encoding says.",
                           code="invalid_encoding")
+
+
+async def name_server(request: web.Request, response: web.StreamResponse) -> None:
+    """An `on_response_prepare` hook: `SERVER_NAME` over aiohttp's `Python/3.x aiohttp/3.x`
+    (the lean front writes it in its heads, and leaves this hook out)."""
+    response.headers["Server"] = SERVER_NAME
 
 
 def error_response(err: ProxyError, request: web.Request,

@@ -40,7 +40,7 @@ from multidict import CIMultiDict
 from streamproxy.config import ServerConfig
 from streamproxy.errors import ProxyError
 from streamproxy.server.auth import AUTH, identify_client, presented_key, without_authorization
-from streamproxy.server.errors import internal_error
+from streamproxy.server.errors import SERVER_NAME, internal_error, name_server
 from streamproxy.server.exchange import reply_error
 from streamproxy.server.handlers import chat
 from streamproxy.server.observing import AUTH_KEY, observe_abandoned, observe_rejection
@@ -78,6 +78,7 @@ _UNSERVED = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r[^\n]|(?<!\r)\n"
                        rb"|\r\n[^!#$%&'*+\-.^_`|~0-9A-Za-z\r]")
 # aiohttp's to handle (Content-Encoding: it decodes, and caps the decoded size at max_body_bytes)
 _REFUSED = frozenset({b"transfer-encoding", b"content-encoding", b"expect", b"upgrade"})
+_SERVER = b"server: %b\r\n" % SERVER_NAME.encode()  # (errors.SERVER_NAME, as aiohttp's answers)
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 # aiohttp's for a JSON body given as bytes (its chat route's answers, every error's): no charset
 JSON_TYPE = "application/json"
@@ -138,7 +139,8 @@ class Front:
         self.read_timeouts = ReadTimeouts(server)
         self.send_timeout = server.send_timeout
         self.auth = app.get(AUTH)
-        self.prepare_hooks = tuple(app.on_response_prepare)  # the app is frozen by now
+        # (the app is frozen by now; `name_server`'s work is in the head's constant part)
+        self.prepare_hooks = tuple(h for h in app.on_response_prepare if h is not name_server)
         self.connections: set[Connection] = set()
         self.lingering: set[Lingering] = set()  # connections closing (`close_lingering`)
         self.stopping = False  # draining: every answer from now on says `Connection: close`
@@ -662,8 +664,8 @@ class LeanExchange:
         # they are (an f-string calls the subclass's __format__ for each). Never empty: every
         # answer has a content-type.
         fields = "\r\n".join(map(": ".join, response.headers.items()))
-        return b"HTTP/1.1 %d %s\r\n%b\r\ndate: %b\r\n%b" % (
-            status, _REASONS.get(status, b"Unknown"), fields.encode(), _http_date(),
+        return b"HTTP/1.1 %d %s\r\n%b\r\ndate: %b\r\n%b%b" % (
+            status, _REASONS.get(status, b"Unknown"), fields.encode(), _http_date(), _SERVER,
             b"connection: close\r\n" if self.close else b"")
 
 

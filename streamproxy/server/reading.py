@@ -37,6 +37,7 @@ from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
 from streamproxy.config import ServerConfig
 from streamproxy.errors import ClientReadTimeout
 from streamproxy.server.errors import (
+    SERVER_NAME,
     BodyTimeout,
     error_headers,
     internal_error,
@@ -165,11 +166,12 @@ def timeout_response(err: ClientReadTimeout) -> bytes:
     body = err.body()
     fields = "".join(f"{name}: {value}\r\n" for name, value in
                      (err.response_headers or {}).items()).encode()
-    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+    return (b"HTTP/1.1 408 Request Timeout\r\nserver: %b\r\ncontent-type: application/json\r\n"
             b"%bcontent-length: %d\r\ndate: %b\r\nconnection: close\r\n\r\n%b"
-            % (fields, len(body), formatdate(usegmt=True).encode(), body))
+            % (_SERVER, fields, len(body), formatdate(usegmt=True).encode(), body))
 
 
+_SERVER = SERVER_NAME.encode()
 _FIRST = object()  # the connection's first head, read before aiohttp started waiting for one
 
 
@@ -294,6 +296,7 @@ class ReadTimedHandler(web.RequestHandler):
                                 headers=error_headers(err, request.headers))
         # Said, not only done: an HTTP/1.0 request's answer (a 500's) would close silently.
         response.headers["connection"] = "close"
+        response.headers["server"] = SERVER_NAME  # (no request here runs the app's hooks)
         response.force_close()
         return response
 
