@@ -26,6 +26,7 @@ from streamproxy.observe.access_log import (
     timestamp,
 )
 from streamproxy.record import RequestRecord
+from streamproxy.server import front
 from tests.conftest import provider_config
 from tests.helpers import collect, make_config, metric_value, sse_chunks
 
@@ -201,9 +202,35 @@ async def test_a_refused_body_still_logs_its_stream_flag_and_metadata(
     assert (refused["status"], refused["stream"]) == (400, True)
     assert refused["bytes_out"] == len(answer)  # the error's JSON body is what was sent
     assert refused["metadata"] == {"team": "blue"}
-    assert unparsed["stream"] is False
+    assert unparsed["stream"] is None  # (unknown: the test below)
     assert metric_value("streamproxy_requests_total", {
         "provider": "", "model": "", "status": "400", "stream": "true"}) == before + 1
+
+
+@pytest.mark.parametrize("body", [b"{nope", b"[]", b'"stream"', b""])
+@pytest.mark.parametrize("front_kind", front.FRONTS)
+async def test_a_body_that_is_no_json_object_logs_an_unknown_stream_flag(
+        proxy: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        front_kind: str, body: bytes) -> None:
+    """Whether its client asked to stream is unknown: it was logged `stream: false` and
+    counted stream="false" (a dashboard's non-streamed error rate took it in); null and "",
+    as for a request refused before its body was read."""
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    caplog.set_level(logging.INFO)
+    client = await proxy(mock_config())
+    labels = {"provider": "", "model": "", "status": "400"}
+
+    def counts() -> dict[str, float]:
+        return {s: metric_value("streamproxy_requests_total", {**labels, "stream": s})
+                for s in ("", "false")}
+
+    before = counts()
+    resp = await client.post("/v1/chat/completions", data=body,
+                             headers={"content-type": "application/json"})
+    assert resp.status == 400
+    (line,) = access_lines(caplog)
+    assert (line["stream"], line["provider"]) == (None, None)
+    assert counts() == {"": before[""] + 1, "false": before["false"]}
 
 
 async def test_a_chat_request_over_the_header_limits_is_logged_and_counted(

@@ -110,7 +110,7 @@ async def test_an_invalid_request_counts_with_its_status(default_proxy: Any) -> 
     client = await default_proxy()
     before = sample("streamproxy_requests_total", provider="", model="", status="400",
                     stream="false")
-    resp = await client.post("/v1/chat/completions", data=b"{nope")
+    resp = await client.post("/v1/chat/completions", json={"messages": []})
     assert resp.status == 400
     assert sample("streamproxy_requests_total", provider="", model="", status="400",
                   stream="false") == before + 1

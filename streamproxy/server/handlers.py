@@ -157,7 +157,8 @@ def _note_refused_body(ex: Exchange, raw: bytes, record: RequestRecord) -> None:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         body = None
-    record.stream = isinstance(body, dict) and bool(body.get("stream"))
+    # (not a JSON object: whether it asked is unknown, null and "" as before its body was read)
+    record.stream = bool(body.get("stream")) if isinstance(body, dict) else None
     with contextlib.suppress(ProxyError):  # the body's error is the one answered
         record.metadata = parse_metadata(ex.headers, ex.app[STATE].limits.max_json_depth)
 
