@@ -217,7 +217,8 @@ def cmd_check_config(args: argparse.Namespace) -> None:
               f"json_depth={s.max_json_depth} upstream_event={s.max_event_bytes}B "
               f"concurrent_streams={s.max_concurrent_streams}/worker "
               f"header_timeout={s.client_header_timeout:g}s "
-              f"body_timeout={s.client_body_timeout:g}s")
+              f"body_timeout={s.client_body_timeout:g}s "
+              f"send_timeout={f'{s.send_timeout:g}s' if s.send_timeout else 'off'}")
         print(f"shutdown: drain_delay={s.drain_delay:g}s grace={s.shutdown_grace:g}s")
 
 

@@ -83,6 +83,25 @@ def test_prints_what_it_would_serve(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "SECRET" not in out + err
 
 
+@pytest.mark.parametrize(("setting", "shown"), [("", "60s"), ("send_timeout: 7.5", "7.5s"),
+                                                ("send_timeout: 0", "off"),
+                                                ("send_timeout: null", "off")])
+def test_the_limits_line_shows_the_send_timeout(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str],
+                                                setting: str, shown: str) -> None:
+    """It showed the two read timeouts but not the third client timeout: an operator who
+    turned it off (or down) could not see it took."""
+    code, out, err = run(tmp_path, f"""
+server:
+  port: 9999
+  {setting}
+providers: {{mock: {{type: mock}}}}
+""", capsys)
+    assert code == 0, err
+    (line,) = [line for line in out.splitlines() if line.startswith("limits:")]
+    assert line.endswith(f"body_timeout=60s send_timeout={shown}")
+
+
 def test_a_providers_unset_api_key_env_is_named(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
