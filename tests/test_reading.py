@@ -625,3 +625,36 @@ async def test_an_unfinished_uploads_line_names_its_proxy_key(
     (line,) = access_lines(caplog)
     assert line["status"] == (499 if ending == "abandoned" else 408)
     assert line["auth_key"] == "team-a"
+
+
+@pytest.mark.parametrize("presented", [b"", b"Authorization: Bearer sk-wrong\r\n"],
+                         ids=["missing", "wrong"])
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_an_unauthenticated_upload_that_stalls_is_401(
+        proxy: Any, monkeypatch: Any, front_kind: str, presented: bytes,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """aiohttp's front authenticates the head and answers 401 before reading the body; the
+    lean front waited for the body, and a stalled one got a 408 (counted `request_timeout`,
+    not `unauthenticated`). Both answer 401, counted and logged as one, and close."""
+    caplog.set_level(logging.INFO)
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    client = await proxy(make_config(
+        {"mock": {"type": "mock", "default_model": "fast"}}, default="mock",
+        server={"client_header_timeout": TIMEOUT, "client_body_timeout": TIMEOUT},
+        auth={"keys": [{"name": "team-a", "key": "sk-proxy-a"}]}))
+    reasons = ("unauthenticated", "request_timeout")
+    before = [metric_value("streamproxy_rejected_requests_total", {"reason": r})
+              for r in reasons]
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(chat_head(len(BODY), extra=presented) + BODY[:10])
+    await writer.drain()
+    answer = (await closed_after_answer(reader))[0]
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 "), answer
+    assert b"\r\nconnection: close" in head.lower()
+    assert orjson.loads(body)["error"]["code"] == "invalid_api_key"
+    assert [metric_value("streamproxy_rejected_requests_total", {"reason": r})
+            for r in reasons] == [before[0] + 1, before[1]]
+    (line,) = access_lines(caplog)
+    assert (line["status"], line["stream"], line["auth_key"]) == (401, None, None)

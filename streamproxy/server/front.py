@@ -398,6 +398,13 @@ class Connection(asyncio.Protocol):
             # The request's timings count from its head, as on aiohttp's front, which starts
             # the handler then (its record's clock reading, taken here instead).
             head = self._head = (headers, end + 4, length, close, time.monotonic())
+            if len(buf) < end + 4 + length and self._front.auth is not None \
+                    and self._key_name(headers) is None:
+                # A missing or wrong proxy key, its body still to come: 401 now, as aiohttp's
+                # front answers before reading a body, not after an upload that may stall (a
+                # 408). (Looked at once, for a body that is not in with its head.)
+                self._answer_without_body(head)
+                return
         headers, start, length, close, arrived = head
         if len(buf) < start + length:
             return
@@ -435,6 +442,11 @@ class Connection(asyncio.Protocol):
         head = self._head
         if head is None or self.task is not None or self.transport is None:
             return
+        self._answer_without_body(head)
+
+    def _answer_without_body(self, head: tuple[CIMultiDict[str], int, int, bool, float]) -> None:
+        """Serve the request of `head` with no body, now: for an answer that needs none (its
+        connection then closes, discarding what the client still sends: `Lingering`)."""
         self._head = None
         del self._buf[:]
         self.task = self._front.loop.create_task(self._serve(self._unanswered(head)))
