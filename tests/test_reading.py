@@ -594,6 +594,17 @@ async def test_a_413_on_a_kept_alive_connection_lingers_for_the_rest_of_the_uplo
     assert lingering(client) == 0 and client.server.runner.server.open_connections() == 0
 
 
+async def _keyed_proxy(proxy: Any, monkeypatch: Any, front_kind: str,
+                       caplog: pytest.LogCaptureFixture) -> Any:
+    """A proxy on `front_kind` with one proxy key (team-a) and short read timeouts, logging."""
+    caplog.set_level(logging.INFO)
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    return await proxy(make_config(
+        {"mock": {"type": "mock", "default_model": "fast"}}, default="mock",
+        server={"client_header_timeout": TIMEOUT, "client_body_timeout": TIMEOUT},
+        auth={"keys": [{"name": "team-a", "key": "sk-proxy-a"}]}))
+
+
 @pytest.mark.parametrize("ending", ["abandoned", "stalled"])
 @pytest.mark.parametrize("front_kind", FRONTS)
 async def test_an_unfinished_uploads_line_names_its_proxy_key(
@@ -603,12 +614,7 @@ async def test_an_unfinished_uploads_line_names_its_proxy_key(
     authenticates once the body is in, so the 499 of an upload its client left and the 408 of
     one that stalled were logged with `auth_key: null` (aiohttp's front, which authenticates
     the head first, named the key): a team's failed uploads were no one's."""
-    caplog.set_level(logging.INFO)
-    monkeypatch.setenv(front.FRONT_ENV, front_kind)
-    client = await proxy(make_config(
-        {"mock": {"type": "mock", "default_model": "fast"}}, default="mock",
-        server={"client_header_timeout": TIMEOUT, "client_body_timeout": TIMEOUT},
-        auth={"keys": [{"name": "team-a", "key": "sk-proxy-a"}]}))
+    client = await _keyed_proxy(proxy, monkeypatch, front_kind, caplog)
     reader, writer = await asyncio.open_connection(client.host, client.port)
     writer.write(chat_head(len(BODY), extra=b"Authorization: Bearer sk-proxy-a\r\n") + BODY[:10])
     await writer.drain()
@@ -636,12 +642,7 @@ async def test_an_unauthenticated_upload_that_stalls_is_401(
     """aiohttp's front authenticates the head and answers 401 before reading the body; the
     lean front waited for the body, and a stalled one got a 408 (counted `request_timeout`,
     not `unauthenticated`). Both answer 401, counted and logged as one, and close."""
-    caplog.set_level(logging.INFO)
-    monkeypatch.setenv(front.FRONT_ENV, front_kind)
-    client = await proxy(make_config(
-        {"mock": {"type": "mock", "default_model": "fast"}}, default="mock",
-        server={"client_header_timeout": TIMEOUT, "client_body_timeout": TIMEOUT},
-        auth={"keys": [{"name": "team-a", "key": "sk-proxy-a"}]}))
+    client = await _keyed_proxy(proxy, monkeypatch, front_kind, caplog)
     reasons = ("unauthenticated", "request_timeout")
     before = [metric_value("streamproxy_rejected_requests_total", {"reason": r})
               for r in reasons]
