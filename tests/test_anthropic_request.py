@@ -1359,13 +1359,21 @@ def test_thinking_from_effort_keeps_sampling_claude_takes_with_it() -> None:
     assert out["thinking"]["budget_tokens"] == 1024 and out["temperature"] == 1
 
 
-@pytest.mark.parametrize("stop", ["\n", ["END", " \t"], [""]])
+@pytest.mark.parametrize("stop", ["\n", ["END", " \t"], ["", "\n"]])
 def test_a_whitespace_only_stop_sequence_is_a_400(stop: Any) -> None:
     """Anthropic: "stop_sequences: each stop sequence must contain non-whitespace"."""
     with pytest.raises(InvalidRequest) as caught:
         translate(stop=stop)
     assert caught.value.param == "stop" and caught.value.code == "unsupported_value"
     assert translate(stop=["\nEND", "x "])["stop_sequences"] == ["\nEND", "x "]
+
+
+def test_an_empty_stop_sequence_is_left_out_as_on_every_other_provider() -> None:
+    # `stop: [""]` (a settings form's empty field) cuts nothing; `stop: ""` was already not
+    # sent, and Gemini, Bedrock's other models, Cohere and Ollama answer both. It was a 400.
+    assert translate(stop=["", "END"])["stop_sequences"] == ["END"]
+    assert "stop_sequences" not in translate(stop=[""])
+    assert "stop_sequences" not in translate(stop="")
 
 
 def test_a_strict_function_is_a_strict_tool() -> None:

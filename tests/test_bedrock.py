@@ -1301,6 +1301,13 @@ def test_claude_refuses_a_whitespace_only_stop_sequence() -> None:
     assert to_converse(body, MODEL)["inferenceConfig"] == {"stopSequences": ["END", "\n"]}
 
 
+def test_claude_gets_no_empty_stop_sequence_either() -> None:
+    # "" cuts nothing: left out, as for the other models, where it was a 400 for Claude alone.
+    body = {"messages": [{"role": "user", "content": "hi"}], "stop": ["", "END"]}
+    assert to_converse(body, CLAUDE)["inferenceConfig"] == {"stopSequences": ["END"]}
+    assert "inferenceConfig" not in to_converse({**body, "stop": [""]}, CLAUDE)
+
+
 def test_other_models_get_no_empty_stop_sequence() -> None:
     # Converse refuses one (stopSequences members are 1 character at least); OpenAI takes it.
     body = {"messages": [{"role": "user", "content": "hi"}], "stop": ["END", ""]}

@@ -200,9 +200,9 @@ def to_anthropic(body: dict[str, Any], model: str,
         del out["temperature"]  # (Claude's default: the same refusal, the other way round)
     elif "top_p" in out and "temperature" in out and takes_one_sampler(model):
         del out["top_p"]  # (two real choices: the temperature, as gateways keep)
-    stop = body.get("stop")
+    stop = claude_stop_sequences(body.get("stop") or [])
     if stop:
-        out["stop_sequences"] = claude_stop_sequences(stop)
+        out["stop_sequences"] = stop
     user_id = end_user_id(body)
     if user_id:
         out["metadata"] = {"user_id": user_id}
@@ -300,13 +300,15 @@ def end_user_id(body: dict[str, Any]) -> Any:
 
 
 def claude_stop_sequences(stop: str | list[str]) -> list[str]:
-    """`stop` as a list, or a 400 for a whitespace-only sequence ("\n"), which Claude refuses
-    ("each stop sequence must contain non-whitespace"; on Bedrock too). Refused, not dropped:
-    without it the answer would run past where the client wants it cut."""
-    sequences = stop_list(stop)
+    """`stop` as a list without its empty sequences (they cut nothing, and Claude refuses
+    them: left out, as for every other provider), or a 400 for a whitespace-only one ("\n"),
+    which Claude refuses too ("each stop sequence must contain non-whitespace"; on Bedrock
+    too). That one is refused, not dropped: without it the answer would run past where the
+    client wants it cut."""
+    sequences = [sequence for sequence in stop_list(stop) if sequence]
     for sequence in sequences:
         if is_blank(sequence):
-            raise InvalidRequest(f"Claude takes no stop sequence that is empty or only whitespace "
+            raise InvalidRequest(f"Claude takes no stop sequence that is only whitespace "
                                  f"({sequence!r}); leave it out of 'stop'.", param="stop",
                                  code="unsupported_value")
     return sequences

@@ -442,14 +442,12 @@ def _inference_config(body: dict[str, Any], model: str, out: dict[str, Any]) -> 
             del config["temperature"]  # (Claude's default, refused beside topP the same way)
         elif "temperature" in config and is_claude(model) and takes_one_sampler(model):
             del config["topP"]  # (the pair's refusal: the temperature is kept, as on Anthropic)
-    stop = body.get("stop")
-    if stop and is_claude(model):
-        config["stopSequences"] = claude_stop_sequences(stop)
-    elif stop:
-        # Converse refuses an empty sequence (length 1 at least); it cuts nothing, so it goes.
-        sequences = [sequence for sequence in stop_list(stop) if sequence]
-        if sequences:
-            config["stopSequences"] = sequences
+    # Converse refuses an empty sequence (length 1 at least); it cuts nothing, so it goes.
+    stop = body.get("stop") or []
+    sequences = (claude_stop_sequences(stop) if is_claude(model)
+                 else [sequence for sequence in stop_list(stop) if sequence])
+    if sequences:
+        config["stopSequences"] = sequences
     return config
 
 
