@@ -58,11 +58,16 @@ FINISH_REASONS = {
 
 
 def finish_reason(stop_reason: str, made_calls: bool) -> str:
-    """A stop reason as OpenAI's finish reason: `tool_use` is tool_calls only when the answer
-    made a call. Claude may end a text-only answer with it, and a client that runs
-    `message.tool_calls` on tool_calls (as OpenAI's examples do) would find null."""
+    """A stop reason as OpenAI's finish reason, which says tool_calls exactly when the answer
+    made calls: `tool_use` is tool_calls only then (Claude may end a text-only answer with it,
+    and a client that runs `message.tool_calls` on tool_calls, as OpenAI's examples do, would
+    find null), and a turn with calls that names `end_turn` or `stop_sequence` (a stop
+    sequence matched after them; an Anthropic-compatible server) is tool_calls, as on Bedrock:
+    an agent loop runs the calls only on tool_calls."""
     finish = FINISH_REASONS.get(stop_reason, "stop")
-    return "stop" if finish == "tool_calls" and not made_calls else finish
+    if finish == "tool_calls" and not made_calls:
+        return "stop"
+    return "tool_calls" if made_calls and finish == "stop" else finish
 
 
 def refusal_text(stop_reason: Any, details: Any) -> str | None:
