@@ -149,3 +149,31 @@ def test_a_zero_total_lifts_the_total() -> None:
         with pytest.raises(InvalidRequest) as info:  # (no "none" for these: a hung upstream)
             parse_config({"provider": "a", "timeouts": {key: value}})
         assert info.value.param == f"config.timeouts.{key}"
+
+
+@pytest.mark.parametrize(("raw", "param"), [
+    ({"cache": {"mode": "simple", "maxAge": -1}}, "config.cache.maxAge"),
+    ({"retry": {"attempts": 1, "onStatusCodes": "x"}}, "config.retry.onStatusCodes"),
+    ({"retry": {"useRetryAfterHeader": "yes"}}, "config.retry.useRetryAfterHeader"),
+    ({"overrideParams": {"stream": True}}, "config.overrideParams.stream"),
+    ({"overrideParams": {"tools": "x"}}, "config.overrideParams.tools"),
+    ({"requestTimeout": -5}, "config.requestTimeout"),
+    ({"virtualKey": 5}, "config.virtualKey"),
+    ({"forwardHeaders": 3}, "config.forwardHeaders"),
+    ({"cbConfig": {"failureThreshold": 1, "cooldownInterval": -1}},
+     "config.cbConfig.cooldownInterval"),
+    ({"strategy": {"mode": "fallback", "cbConfig": {"failureThreshold": 0}}, "targets": [{}]},
+     "config.strategy.cbConfig.failureThreshold"),
+    ({"strategy": {"mode": "fallback"}, "targets": [{"cache": {"mode": "simple",
+                                                               "maxAge": 0}}]},
+     "config.targets[0].cache.maxAge"),
+    # (snake_case as written stays so)
+    ({"cache": {"mode": "simple", "max_age": -1}}, "config.cache.max_age"),
+])
+def test_a_400_names_a_field_as_the_client_wrote_it(raw: dict[str, Any], param: str) -> None:
+    """A camelCase field is read as Portkey's snake_case one; its 400 named the snake_case
+    one (`config.cache.max_age` for a bad `maxAge`): a field the client's config lacks."""
+    with pytest.raises(InvalidRequest) as info:
+        parse_config(raw)
+    assert info.value.param == param
+    assert f"'{param}'" in info.value.message and f"'{param}'" in str(info.value)

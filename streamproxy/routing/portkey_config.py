@@ -13,8 +13,9 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -31,6 +32,8 @@ from streamproxy.routing.conditions import (
     client_regex_costs,
     validate_query,
 )
+
+_T = TypeVar("_T")
 
 MODES = ("single", "fallback", "loadbalance", "conditional")
 # Portkey's documented defaults, with Anthropic's 529 "overloaded" (its most common transient
@@ -205,14 +208,17 @@ def _bad(path: str, reason: str) -> InvalidRequest:
 _UPPER = re.compile(r"[A-Z]")
 
 
-def _given(raw: dict[str, Any], path: str, known: Any) -> dict[str, Any]:
-    """A config object's fields as this module reads them, from the forms clients write:
+def _given(raw: dict[str, Any], path: str,
+           known: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """A config object's fields as this module reads them, from the forms clients write, and
+    the camelCase names it was given some under:
     - null says "not set": typed clients write every optional field (pydantic's model_dump,
       a TypeScript object's undefined), and a null weight, cache or retry was a 400, a null
       virtual_key dropped the inherited provider;
     - a `known` field in camelCase (`virtualKey`, `onStatusCodes`, `maxAge`) is that field, as
       in Portkey, whose gateway reads its configs camelCased (a JavaScript client's keys)."""
     out: dict[str, Any] = {}
+    written: dict[str, str] = {}
     for key, value in raw.items():
         if value is None:
             continue
@@ -221,9 +227,29 @@ def _given(raw: dict[str, Any], path: str, known: Any) -> dict[str, Any]:
             if snake in known:
                 if snake in raw and raw[snake] is not None:
                     raise _bad(f"{path}.{key}", f"gives {snake} a second time")
+                written[snake] = key
                 key = snake
         out[key] = value
-    return out
+    return out, written
+
+
+def _read(raw: dict[str, Any], path: str, known: Any,
+          read: Callable[[dict[str, Any]], _T]) -> _T:
+    """`read` of the object at `path` as `_given` gives it, its 400s naming a field as the
+    client wrote it: for `maxAge`, `config.cache.max_age` named a field the config lacks."""
+    fields, written = _given(raw, path, known)
+    try:
+        return read(fields)
+    except InvalidRequest as e:
+        param = e.param or ""
+        for snake, key in written.items():
+            old = f"{path}.{snake}"
+            if param == old or param.startswith((f"{old}.", f"{old}[")):
+                e.param = f"{path}.{key}{param[len(old):]}"
+                e.message = e.message.replace(f"'{param}'", f"'{e.param}'", 1)
+                e.args = (e.message,)
+                break
+        raise
 
 
 def _unknown(path: str, key: Any, what: str, known: Any, listed: str = "") -> InvalidRequest:
@@ -317,8 +343,14 @@ def _retry(raw: Any, path: str) -> RetrySpec:
         attempts = raw if type(raw) is int and 0 <= raw <= RETRY_ATTEMPTS_MAX else 3
         raise _bad(path, f"must be an object: {{attempts: {attempts}}}, with on_status_codes "
                    "if need be")
-    known = ("attempts", "on_status_codes", *_USE_RETRY_AFTER)
-    raw = _given(raw, path, known)
+    return _read(raw, path, _RETRY_KEYS, lambda fields: _retry_fields(fields, path))
+
+
+_RETRY_KEYS = ("attempts", "on_status_codes", *_USE_RETRY_AFTER)
+
+
+def _retry_fields(raw: dict[str, Any], path: str) -> RetrySpec:
+    known = _RETRY_KEYS
     for key in raw:
         if key not in known:
             raise _unknown(path, key, "retry field", known)
@@ -342,12 +374,17 @@ def _retry(raw: Any, path: str) -> RetrySpec:
 def _breaker(raw: Any, path: str) -> BreakerSpec:
     if not isinstance(raw, dict):
         raise _bad(path, "must be an object")
-    known = ("failure_threshold", "failure_threshold_percentage", "cooldown_interval",
-             "failure_status_codes", "minimum_requests")
-    raw = _given(raw, path, known)
+    return _read(raw, path, _BREAKER_KEYS, lambda fields: _breaker_fields(fields, path))
+
+
+_BREAKER_KEYS = ("failure_threshold", "failure_threshold_percentage", "cooldown_interval",
+                 "failure_status_codes", "minimum_requests")
+
+
+def _breaker_fields(raw: dict[str, Any], path: str) -> BreakerSpec:
     for key in raw:
-        if key not in known:
-            raise _unknown(path, key, "cb_config field", known)
+        if key not in _BREAKER_KEYS:
+            raise _unknown(path, key, "cb_config field", _BREAKER_KEYS)
     threshold = raw.get("failure_threshold")
     pct = raw.get("failure_threshold_percentage")
     if threshold is None and pct is None:
@@ -374,7 +411,10 @@ def _cache(raw: Any, path: str) -> dict[str, Any]:
     if not isinstance(raw, dict):  # (a mode alone: Portkey's schema refuses it too)
         raise _bad(path, "must be an object: {mode: simple}, with max_age in seconds if need be"
                    + ("; this gateway has no semantic cache" if raw == "semantic" else ""))
-    raw = _given(raw, path, ("mode", "max_age"))
+    return _read(raw, path, ("mode", "max_age"), lambda fields: _cache_fields(fields, path))
+
+
+def _cache_fields(raw: dict[str, Any], path: str) -> dict[str, Any]:
     for key in raw:
         if key not in ("mode", "max_age"):
             raise _unknown(path, key, "cache field", ("mode", "max_age"), "mode, max_age")
@@ -414,7 +454,12 @@ def parse_config(raw: Any, path: str = "config", parent: ConfigNode | None = Non
                  depth: int = 0) -> ConfigNode:
     if not isinstance(raw, dict):
         raise _bad(path, "must be a JSON object")
-    raw = _given(raw, path, _ANY_NODE_KEY)
+    return _read(raw, path, _ANY_NODE_KEY,
+                 lambda fields: _node(fields, path, parent, depth))
+
+
+def _node(raw: dict[str, Any], path: str, parent: ConfigNode | None,
+          depth: int) -> ConfigNode:
     if "mode" in raw or "options" in raw:
         raise _older_form(raw, path)
     for key in raw:
@@ -589,8 +634,16 @@ def _strategy(node: ConfigNode, raw: dict[str, Any], path: str, depth: int) -> C
     if not isinstance(strategy, dict):  # (a mode alone: Portkey's schema refuses it too)
         shown = strategy if strategy in MODES else "fallback"
         raise _bad(f"{path}.strategy", f"must be an object with a mode: {{mode: {shown}}}")
-    known = ("mode", "on_status_codes", "conditions", "default", "cb_config")
-    strategy = _given(strategy, f"{path}.strategy", known)
+    return _read(strategy, f"{path}.strategy", _STRATEGY_KEYS,
+                 lambda fields: _strategy_fields(node, fields, raw, path, depth))
+
+
+_STRATEGY_KEYS = ("mode", "on_status_codes", "conditions", "default", "cb_config")
+
+
+def _strategy_fields(node: ConfigNode, strategy: dict[str, Any], raw: dict[str, Any],
+                     path: str, depth: int) -> ConfigNode:
+    known = _STRATEGY_KEYS
     mode = strategy.get("mode")
     if mode not in MODES:
         raise _bad(f"{path}.strategy.mode", f"must be one of {', '.join(MODES)}")
