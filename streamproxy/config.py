@@ -108,8 +108,8 @@ class Timeouts:
     request: float | None = None
 
     def merged(self, override: dict[str, Any]) -> Timeouts:
-        # As given: a provider's `total: null` (the only null a timeout takes) lifts the
-        # server's total for its long generations, rather than being skipped.
+        # As given: a provider's `total: 0` or `null` (None: the only None a timeout takes)
+        # lifts the server's total for its long generations, rather than being skipped.
         return replace(self, **override)
 
 
@@ -510,7 +510,17 @@ def parse_timeouts(raw: Any, source: str, key: str) -> dict[str, float | None]:
         if k not in _TIMEOUT_KEYS:
             raise ConfigError(source, f"{key}.{k}", unknown_key(k, _TIMEOUT_KEYS,
                                                                 "unknown timeout"))
-        out[k] = _number(v, source, f"{key}.{k}", allow_none=(k == "total"))
+        if k != "total":
+            out[k] = positive_seconds(v, source, f"{key}.{k}")
+        elif v is None or (v == 0 and type(v) is not bool):
+            # None: no total, over the server's. 0 as in a client's config (where null is "not
+            # set": portkey_config.py), which here was an error; null kept, as configs use it.
+            out[k] = None
+        elif isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf:
+            raise ConfigError(source, f"{key}.{k}", "must be a positive, finite number of "
+                              "seconds, or 0 (or null) for none")
+        else:
+            out[k] = float(v)
     return out
 
 

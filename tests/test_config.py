@@ -865,3 +865,27 @@ def test_an_azure_deployment_or_api_version_written_as_a_variable_is_a_config_er
                                     f"{entry}}}\n"))
     assert info.value.key == f"providers.az.{key}"
     assert info.value.reason.startswith(f"{ref} is not expanded here"), info.value.reason
+
+
+@pytest.mark.parametrize("none", ["0", "0.0", "null"])
+def test_a_zero_total_is_none_as_in_a_clients_config(tmp_path: Path, none: str) -> None:
+    """A client's config lifts a total with `total: 0` (its null is "not set"); the YAML's
+    `total: 0` was an error ('must be a positive ... number'), only null lifted one there."""
+    config = load_config(write(tmp_path, f"providers: {{x: {{type: mock, timeouts: "
+                                         f"{{total: {none}}}}}}}\n"
+                                         "server: {timeouts: {total: 30}}\n"))
+    assert config.providers["x"].timeouts == {"total": None}
+    routed = Router(build_providers(config), "x", config.server.timeouts)
+    assert routed.resolve({}, None).timeouts.total is None  # (the server's 30 s lifted)
+    config = load_config(write(tmp_path, "providers: {x: {type: mock}}\n"
+                                         f"server: {{timeouts: {{total: {none}}}}}\n"))
+    assert config.server.timeouts.total is None
+
+
+@pytest.mark.parametrize("value", ["-1", "false", "true", "30s", ".inf"])
+def test_a_bad_total_says_0_is_none(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"providers: {{x: {{type: mock, timeouts: "
+                                    f"{{total: {value}}}}}}}\n"))
+    assert "providers.x.timeouts.total" in str(info.value)
+    assert "0 (or null) for none" in str(info.value)
