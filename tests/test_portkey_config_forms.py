@@ -177,3 +177,30 @@ def test_a_400_names_a_field_as_the_client_wrote_it(raw: dict[str, Any], param: 
         parse_config(raw)
     assert info.value.param == param
     assert f"'{param}'" in info.value.message and f"'{param}'" in str(info.value)
+
+
+@pytest.mark.parametrize(("timeouts", "param", "says"), [
+    ({"total": -1}, "config.timeouts.total", "number of seconds (at least 0.001), or 0 for none"),
+    ({"total": "30s"}, "config.timeouts.total", "or 0 for none"),
+    ({"total": True}, "config.timeouts.total", "or 0 for none"),
+    ({"idle": "30s"}, "config.timeouts.idle", "a number of seconds (at least 0.001)"),
+    ({"connect": -5}, "config.timeouts.connect", "a number of seconds (at least 0.001)"),
+    ({"first_token": False}, "config.timeouts.first_token", "number of seconds"),
+    ({"frist_token": 5}, "config.timeouts.frist_token", "did you mean first_token?"),
+    ({"request": 5}, "config.timeouts.request", "request_timeout"),
+    ({"firstToken": "5"}, "config.timeouts.firstToken", "number of seconds"),
+    ({"first_token": 5, "firstToken": 6}, "config.timeouts.firstToken", "a second time"),
+])
+def test_a_bad_timeout_is_a_400_saying_what_it_takes(timeouts: dict[str, Any], param: str,
+                                                     says: str) -> None:
+    """A total's error said 'must be a finite number ≥ 0.001' where 0 is its none, and none
+    said seconds (`"30s"`); a misspelt key had no hint."""
+    with pytest.raises(InvalidRequest) as info:
+        parse_config({"provider": "a", "timeouts": timeouts})
+    assert info.value.param == param
+    assert says in info.value.message
+
+
+def test_a_timeout_may_be_written_in_camel_case() -> None:
+    node = parse_config({"provider": "a", "timeouts": {"firstToken": 5, "total": None}})
+    assert node.timeouts == {"first_token": 5.0}

@@ -429,17 +429,29 @@ def _cache_fields(raw: dict[str, Any], path: str) -> dict[str, Any]:
 
 def _timeouts(raw: Any, path: str) -> dict[str, float | None]:
     if not isinstance(raw, dict):
-        raise _bad(path, "must be an object")
+        raise _bad(path, f"must be an object of seconds: {', '.join(_TIMEOUT_KEYS)} "
+                   "({total: 120})")
+    return _read(raw, path, _TIMEOUT_KEYS, lambda fields: _timeout_fields(fields, path))
+
+
+def _timeout_fields(raw: dict[str, Any], path: str) -> dict[str, float | None]:
+    # (a null one is not set, as any config field: a typed client writes every key, `_given`)
     out: dict[str, float | None] = {}
     for key, value in raw.items():
         if key not in _TIMEOUT_KEYS:
-            raise _bad(f"{path}.{key}", f"is not a timeout (known: {', '.join(_TIMEOUT_KEYS)})")
-        if value is None:  # not set, as any config field (a typed client writes every key)
-            continue
+            listed = ("Portkey's request_timeout, in ms, is a field beside timeouts"
+                      if key == "request" else ", ".join(_TIMEOUT_KEYS))
+            raise _unknown(path, key, "timeout", _TIMEOUT_KEYS, listed)
         # `total: 0` lifts a total set below (a parent's, the provider's: a long generation);
         # a null one was that, and lifted the operator's cap for a client that set none.
-        out[key] = (None if key == "total" and value == 0 and value is not False
-                    else _number(value, f"{path}.{key}", minimum=0.001))
+        if key == "total" and value == 0 and type(value) is not bool:
+            out[key] = None
+        elif isinstance(value, bool) or not isinstance(value, int | float) or not (
+                0.001 <= value < math.inf):  # (a string, "30s", is not one)
+            raise _bad(f"{path}.{key}", "must be a number of seconds (at least 0.001)"
+                       + (", or 0 for none" if key == "total" else ""))
+        else:
+            out[key] = float(value)
     return out
 
 
