@@ -4,6 +4,7 @@ on time, whichever order they are configured in, and an early timer re-arms, nev
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from streamproxy.config import Timeouts
 from streamproxy.errors import ProxyError, RequestTimeout, UpstreamTimeout
@@ -131,3 +132,52 @@ async def test_portkeys_request_timeout_expires_as_a_408_and_ours_as_a_504() -> 
     ours = await _expiry(Timeouts(first_token=0.05, request=10))
     assert isinstance(ours, UpstreamTimeout) and not isinstance(ours, RequestTimeout)
     assert ours.status == 504
+
+
+class _EarlyClock:
+    """The running loop's timers, its clock standing `early` seconds before `due`: uvloop
+    keeps milliseconds, so its timer may fire up to 1 ms before the time asked for."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, due: float, early: float) -> None:
+        self._loop, self._now = loop, due - early
+
+    def time(self) -> float:
+        return self._now
+
+    def call_at(self, when: float, callback: Any) -> asyncio.TimerHandle:
+        return self._loop.call_at(when, callback)
+
+
+async def _fired_early(timeouts: Timeouts, streaming: bool) -> ProxyError | None:
+    """What the deadline expires with when its timer fires 0.5 ms before the total is due."""
+
+    async def wait() -> ProxyError | None:
+        deadline = Deadline(timeouts, "p")
+        assert timeouts.total is not None
+        due = deadline.last_read + timeouts.total  # (its start, before any event)
+        if streaming:
+            deadline.first_event()
+        deadline.cancel()
+        deadline.loop = _EarlyClock(deadline.loop, due, 0.0005)  # type: ignore[assignment]
+        try:
+            deadline._fire()
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            return deadline.expired
+        finally:
+            deadline.cancel()
+        return None
+
+    return await asyncio.create_task(wait())
+
+
+async def test_a_total_whose_timer_fires_a_moment_early_is_the_total() -> None:
+    """Under uvloop a total that ran out was told as the first-token timeout's (600 s) in
+    about a third of cases, as Portkey's request_timeout's 408 (a 60000 ms wait, after 5 s)
+    when one was set, and mid-stream as the idle timeout's."""
+    for timeouts, streaming in [(Timeouts(first_token=600, total=0.2), False),
+                                (Timeouts(first_token=600, request=60, total=0.2), False),
+                                (Timeouts(first_token=600, idle=300, total=0.2), True)]:
+        expired = await _fired_early(timeouts, streaming)
+        assert isinstance(expired, UpstreamTimeout) and not isinstance(expired, RequestTimeout)
+        assert "the total timeout of 0.2s" in expired.message, expired.message

@@ -154,7 +154,10 @@ class Deadline:
             self._handle = self.loop.call_at(due, self._fire)
             return
         self._handle = None
-        self.expired = self._expiry(now)
+        # As of the time it was due: uvloop keeps milliseconds, and its timer fired up to 1 ms
+        # early, before the total's end, which then was told as the first-token (or
+        # request_timeout's 408, or idle) timeout that had not run out.
+        self.expired = self._expiry(max(now, due))
         self._task.cancel()
 
     def _expiry(self, now: float) -> UpstreamTimeout:
