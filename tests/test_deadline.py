@@ -181,3 +181,15 @@ async def test_a_total_whose_timer_fires_a_moment_early_is_the_total() -> None:
         expired = await _fired_early(timeouts, streaming)
         assert isinstance(expired, UpstreamTimeout) and not isinstance(expired, RequestTimeout)
         assert "the total timeout of 0.2s" in expired.message, expired.message
+
+
+async def test_request_timeout_and_total_both_apply_the_sooner_ends_it() -> None:
+    """Portkey's request_timeout (the wait for the answer to start, per try) and the total
+    (the whole target) are not one setting: neither replaces the other, whichever runs out
+    first ends the try, and at the same moment it is the total's 504."""
+    portkeys = await _expiry(Timeouts(first_token=10, request=0.05, total=10))
+    assert isinstance(portkeys, RequestTimeout) and portkeys.status == 408
+    for request in (10, 0.05):
+        total = await _expiry(Timeouts(first_token=10, request=request, total=0.05))
+        assert isinstance(total, UpstreamTimeout) and not isinstance(total, RequestTimeout)
+        assert total.status == 504 and "total timeout of 0.05s" in total.message

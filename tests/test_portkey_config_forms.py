@@ -204,3 +204,20 @@ def test_a_bad_timeout_is_a_400_saying_what_it_takes(timeouts: dict[str, Any], p
 def test_a_timeout_may_be_written_in_camel_case() -> None:
     node = parse_config({"provider": "a", "timeouts": {"firstToken": 5, "total": None}})
     assert node.timeouts == {"first_token": 5.0}
+
+
+def test_request_timeout_and_timeouts_total_are_both_kept() -> None:
+    """request_timeout (ms, Portkey's) is the wait for the answer to start; timeouts.total
+    (s) the whole target: given together, on one target or inherited, each is kept."""
+    root = parse_config({"provider": "a", "request_timeout": 5000, "timeouts": {"total": 60},
+                         "strategy": {"mode": "fallback"},
+                         "targets": [{"provider": "b"},
+                                     {"provider": "c", "request_timeout": 2000},
+                                     {"provider": "d", "timeouts": {"total": 0}},
+                                     {"provider": "e", "requestTimeout": 0}]})
+    assert root.timeouts == {"request": 5.0, "total": 60.0}
+    inherits, own_request, no_total, zero = root.targets
+    assert inherits.timeouts == {"request": 5.0, "total": 60.0}
+    assert own_request.timeouts == {"request": 2.0, "total": 60.0}
+    assert no_total.timeouts == {"request": 5.0, "total": None}
+    assert zero.timeouts == {"request": 5.0, "total": 60.0}  # (0 sets none: the parent's)
