@@ -221,3 +221,13 @@ def test_request_timeout_and_timeouts_total_are_both_kept() -> None:
     assert own_request.timeouts == {"request": 2.0, "total": 60.0}
     assert no_total.timeouts == {"request": 5.0, "total": None}
     assert zero.timeouts == {"request": 5.0, "total": 60.0}  # (0 sets none: the parent's)
+
+
+@pytest.mark.parametrize("max_age", [-1, 0, "60s", True])
+def test_a_bad_max_age_says_what_it_takes_at_once(max_age: Any) -> None:
+    """-1 was told 'must be a finite number ≥ 0', and 0, written so, 'must be a positive
+    number of seconds': a second 400 for following the first."""
+    with pytest.raises(InvalidRequest) as info:
+        parse_config({"cache": {"mode": "simple", "maxAge": max_age}})
+    assert info.value.param == "config.cache.maxAge"
+    assert "must be a positive number of seconds" in info.value.message

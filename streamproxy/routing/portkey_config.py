@@ -422,7 +422,9 @@ def _cache_fields(raw: dict[str, Any], path: str) -> dict[str, Any]:
         raise _bad(f"{path}.mode", "must be 'simple' (exact match; this gateway has no "
                                    "semantic cache)")
     max_age = raw.get("max_age")  # (absent or null: the cache section's default_max_age)
-    if max_age is not None and _number(max_age, f"{path}.max_age") == 0:
+    if max_age is not None and (isinstance(max_age, bool) or not isinstance(
+            max_age, int | float) or not 0 < max_age < math.inf):  # (one rule, not two
+        # 400s: -1 was told '≥ 0', and 0 then 'positive')
         raise _bad(f"{path}.max_age", "must be a positive number of seconds")
     return raw
 
