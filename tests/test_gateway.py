@@ -782,6 +782,22 @@ def test_a_named_config_with_a_bad_cache_fails_at_start() -> None:
         load_settings(named)
 
 
+def test_a_named_configs_null_total_still_lifts_a_total() -> None:
+    """The YAML reads `total: null` as no total (a provider's, the server's): so did a named
+    config's until a client's null became "not set" (7f6a2b6), and then an operator's
+    `configs:` entry written so kept the provider's total, silently. A client's 0 is none too."""
+    for none in (None, 0):
+        named = gateway_config(configs={"long": {
+            "provider": "mock", "timeouts": {"total": none},
+            "strategy": {"mode": "fallback"},
+            "targets": [{"provider": "mock2", "timeouts": {"connect": 2, "total": none}},
+                        {"provider": "mock", "timeouts": {"idle": 5}}]}})
+        root = load_settings(named).configs["long"]
+        assert root.timeouts == {"total": None}
+        assert [t.timeouts for t in root.targets] == [{"connect": 2.0, "total": None},
+                                                      {"total": None, "idle": 5.0}]
+
+
 async def _anthropic_body() -> bytes:
     from tests.helpers import fixture_bytes
 

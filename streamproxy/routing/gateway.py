@@ -65,6 +65,7 @@ from streamproxy.routing.portkey_config import (
     RetrySpec,
     client_made,
     custom_host_error,
+    operators_form,
     option_value_error,
     parse_config,
 )
@@ -127,7 +128,7 @@ def load_settings(config: Config) -> GatewaySettings:
         raise ConfigError(src, "configs", "must be a mapping of name → Portkey config")
     for name, raw in raw_configs.items():
         try:
-            settings.configs[str(name)] = parse_config(raw, "config")
+            settings.configs[str(name)] = parse_config(operators_form(raw), "config")
         except InvalidRequest as e:
             raise ConfigError(src, f"configs.{name}", e.message) from None
     raw_routes = unless_null(sections.get("routes"), {})

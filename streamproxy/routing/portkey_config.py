@@ -500,6 +500,22 @@ def _node(raw: dict[str, Any], path: str, parent: ConfigNode | None,
     return node
 
 
+def operators_form(raw: Any) -> Any:
+    """A named config of the gateway's YAML (`configs:`) as `parse_config` reads it: there
+    `timeouts.total: null` is no total, as the YAML's provider and server timeouts read it
+    (a client's null is "not set", `_given`; its none is 0). Before that rule an operator's
+    null lifted a total; written so, it then kept the provider's, silently."""
+    if not isinstance(raw, dict):
+        return raw
+    out = dict(raw)
+    timeouts = out.get("timeouts")
+    if isinstance(timeouts, dict) and "total" in timeouts and timeouts["total"] is None:
+        out["timeouts"] = {**timeouts, "total": 0}
+    if isinstance(targets := out.get("targets"), list):
+        out["targets"] = [operators_form(t) for t in targets]
+    return out
+
+
 def _older_form(raw: dict[str, Any], path: str) -> InvalidRequest:
     """Portkey's first config form (`mode` and `options` on the node), which its gateway
     refuses too ("migrate to the latest version"): "not a config field" said neither why nor
