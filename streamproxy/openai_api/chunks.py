@@ -34,6 +34,9 @@ _ROLE_NO_TEXT = b'{"role":"assistant","content":null,"refusal":null}'
 _ROLE_WITH_CALL = b'{"role":"assistant","content":null,"tool_calls":%b,"refusal":null}'
 _NULL_LOGPROBS_LEN = len(b',"logprobs":null')  # the envelope tail's first field
 _CONTENT_WRAP = len(b'{"content":""}')  # a text delta's, the least any delta has
+_ARGS_DELTA = b'{"tool_calls":[{"index":%d,"function":{"arguments":%b}}]}'
+# What an argument delta's wrapper has over a text delta's (a one-digit index): no tokens.
+_ARGS_WRAP = len(_ARGS_DELTA % (0, b'""')) - _CONTENT_WRAP
 
 
 class ChunkSink(Protocol):
@@ -425,8 +428,13 @@ class ChunkEncoder:
         self.chunks += 1
 
     def tool_call_args(self, index: int, fragment: str) -> None:
-        self._frame(b'{"tool_calls":[{"index":%d,"function":{"arguments":%b}}]}'
-                    % (index, _dumps(fragment)))
+        # _frame() written out: the call it saves pays for the wrapper's count (tokens_sent;
+        # some providers send a token a delta, each with ~9 tokens' worth of wrapper).
+        if not self._prefix:
+            self._open(_ROLE_NO_TEXT)
+        self._buf += (self._prefix, _ARGS_DELTA % (index, _dumps(fragment)), self._tail)
+        self.chunks += 1
+        self._untold += _ARGS_WRAP
 
     def finish(self, reason: str) -> None:
         if not self._prefix:
@@ -494,7 +502,8 @@ class ChunkEncoder:
         provider's final count (docs/operations.md, `tokens_partial`); read once, at the end,
         from the counts take() keeps anyway. Each chunk after the role's is at least one token
         (a delta is); with our envelope, the bytes the deltas carried beyond it — text and
-        tool calls' arguments, as JSON escapes them — are a token per four. A pass-through's
+        tool calls' arguments, as JSON escapes them, not an argument delta's wrapper — are a
+        token per four. A pass-through's
         frames are the upstream's own, padded as it likes: counted only."""
         deltas = self.chunks - 1 - (self.finish_reason is not None)  # less role and finish
         if deltas <= 0 or not self._prefix:
