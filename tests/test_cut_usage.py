@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
 from streamproxy.errors import UpstreamTimeout
 from streamproxy.openai_api.chunks import ChunkEncoder
@@ -15,6 +16,7 @@ from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
 from streamproxy.providers.base import StreamTranslator
 from streamproxy.providers.gemini.stream import GeminiStreamTranslator
 from streamproxy.providers.ollama.stream import OllamaStreamTranslator
+from streamproxy.providers.openai_compat import PassthroughTranslator
 from streamproxy.record import RequestRecord
 from tests.helpers import fixture_bytes, jsonl_to_sse, make_encoder
 
@@ -212,3 +214,53 @@ def test_a_tool_calls_arguments_count_the_same_however_they_are_split() -> None:
     split = estimate([args[i:i + 7] for i in range(0, len(args), 7)])
     assert len(args) // 7 + 1 == 10
     assert split - whole <= 2  # (the division's rounding; it was 9 tokens a fragment)
+
+
+def _sse_frames(data: bytes) -> list[bytes]:
+    return [event + b"\n\n" for event in data.split(b"\n\n") if event.strip()]
+
+
+# The recorded gpt-4o-mini text stream (billed 9 tokens: "The capital of the UK is London."):
+# its role chunk, then what a reasoning model sends before its first token (`content: ""`
+# chunks while it thinks), then its first six tokens; the stream is cut there.
+_TEXT_FRAMES = _sse_frames(fixture_bytes("openai/pydantic-ai_run_stream_sync.response1.sse"))
+_BLANK = _TEXT_FRAMES[0].replace(b'"role":"assistant",', b"").replace(b',"refusal":null', b"")
+
+
+def _cut_pass_through(reads: list[bytes]) -> ChunkEncoder:
+    """As the executor commits on the first read and the relay pulls the rest."""
+    encoder = make_encoder()
+    translator = PassthroughTranslator(encoder, 1 << 20, provider="o", client_wants_usage=True)
+    translator.feed(reads[0])
+    waiting = encoder.role_only(blanks=True)
+    encoder.take()
+    for read in reads[1:]:
+        translator.feed(read)
+        out = encoder.take()
+        if waiting:
+            encoder.skip_empty(out)
+            waiting = not encoder.answered()
+    return encoder
+
+
+@pytest.mark.parametrize("reads", [
+    [_TEXT_FRAMES[0], _BLANK * 3, b"".join(_TEXT_FRAMES[1:7])],  # apart
+    [_TEXT_FRAMES[0] + _BLANK * 3, b"".join(_TEXT_FRAMES[1:7])],  # with the role
+    [_TEXT_FRAMES[0], _BLANK * 3 + b"".join(_TEXT_FRAMES[1:7])],  # with the first token
+    [_TEXT_FRAMES[0] + _BLANK * 3 + b"".join(_TEXT_FRAMES[1:7])],  # all in one read
+], ids=["apart", "with-role", "with-token", "one-read"])
+def test_a_pass_through_streams_empty_chunks_before_its_first_token_are_no_tokens(
+        reads: list[bytes]) -> None:
+    """A pass-through stream counts a token a chunk after the role's: the `content: ""`
+    chunks a reasoning model sends before its first token counted one each."""
+    assert b'"content":""' in _BLANK and b'"role"' not in _BLANK
+    encoder = _cut_pass_through(reads)
+    assert encoder.tokens_sent() == 6
+
+
+def test_a_pass_through_stream_without_a_role_chunk_counts_its_first_token() -> None:
+    """Some OpenAI-compatible servers send no role chunk of its own (Ollama's puts the role on
+    every chunk with its text): the first chunk is a token, not the role's."""
+    first = _TEXT_FRAMES[1].replace(b'"delta":{', b'"delta":{"role":"assistant",')
+    encoder = _cut_pass_through([first + b"".join(_TEXT_FRAMES[2:7])])
+    assert encoder.tokens_sent() == 6

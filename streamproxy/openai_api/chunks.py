@@ -174,19 +174,20 @@ def unseen_citations(entries: list[dict[str, Any]], seen: set[bytes]) -> list[di
     return fresh
 
 
-def _carry_nothing(frames: bytes) -> bool:
-    """`frames` (`data: {…}` frames, one line each) are all chunks with nothing of the answer
-    in them: no finish reason, no usage, no delta field with a value but the role. Parsed
-    only at a commit and while the first token is due after one, never after it."""
-    start, size = 0, len(frames)
+def _blank_frames(frames: bytes) -> tuple[int, bool]:
+    """How many of `frames` (`data: {…}` frames, one line each), from the first, are chunks
+    with nothing of the answer in them (no finish reason, no usage, no delta field with a
+    value but the role), and whether that is all of them. Parsed only at a commit and while
+    the first token is due after one, never after it."""
+    start, size, blank = 0, len(frames), 0
     while start < size:  # (frame by frame, to the first with something: no split of the rest)
         end = frames.find(b"\n\n", start)
         if end < 0 or not frames.startswith(b"data: ", start):
-            return False
+            return blank, False
         try:
             chunk = orjson.loads(frames[start + 6:end])
         except orjson.JSONDecodeError:
-            return False
+            return blank, False
         start = end + 2
         choices = chunk.get("choices") if isinstance(chunk, dict) else None
         if not (choices and not chunk.get("usage") and all(
@@ -194,8 +195,9 @@ def _carry_nothing(frames: bytes) -> bool:
                 and isinstance(c.get("delta"), dict)
                 and not any(v for k, v in c["delta"].items() if k != "role")
                 for c in choices)):
-            return False
-    return True
+            return blank, False
+        blank += 1
+    return blank, True
 
 
 class ChunkEncoder:
@@ -282,7 +284,14 @@ class ChunkEncoder:
         # A pass-through upstream's role chunk (`blanks`) may come with chunks as empty in the
         # same read (`content: ""`, `{}`): the answer has not begun either. A translator's
         # chunks always carry something: more than the role's is the answer.
-        if (self.chunks != 1 and not blanks) or not _carry_nothing(b"".join(self._buf)):
+        if self.chunks != 1 and not blanks:
+            return False
+        blank, whole = _blank_frames(b"".join(self._buf))
+        if not whole:
+            # (the answer began in this read: after its blank chunks, for tokens_sent; none
+            # for an upstream that sends no role chunk of its own, only its role on the first)
+            if blanks:
+                self._token_after = blank
             return False
         self._token_after = self.chunks
         return True
@@ -292,8 +301,11 @@ class ChunkEncoder:
         what take() just returned, are chunks with nothing of the answer in them either (an
         OpenAI-compatible server's `content: ""` or `{}` before it thinks, its role again), so
         the first token is still to come (`past_role`, `answered`)."""
-        if frames and not self.ended and _carry_nothing(frames):
-            self._token_after = self.chunks
+        if frames and not self.ended:
+            blank, whole = _blank_frames(frames)
+            # (the chunks before this read were blank, the role's too: _token_after counted
+            # them; the answer began after this read's blank ones, if not all are)
+            self._token_after = self.chunks if whole else self._token_after + blank
 
     def past_role(self) -> bool:
         """After a commit on the role chunk alone: a chunk with something of the answer
@@ -505,7 +517,9 @@ class ChunkEncoder:
         tool calls' arguments, as JSON escapes them, not an argument delta's wrapper — are a
         token per four. A pass-through's
         frames are the upstream's own, padded as it likes: counted only."""
-        deltas = self.chunks - 1 - (self.finish_reason is not None)  # less role and finish
+        # Less the role chunk (and a pass-through's blank ones before the first token: see
+        # role_only) and the finish's.
+        deltas = self.chunks - self._token_after - (self.finish_reason is not None)
         if deltas <= 0 or not self._prefix:
             return max(deltas, 0)
         size = (self.bytes_taken - self._untold - len(_ROLE_TEXT) - _CONTENT_WRAP * deltas
