@@ -181,18 +181,29 @@ def test_a_stream_that_ended_well_without_usage_records_none() -> None:
 
 def test_a_stream_cut_after_anthropics_message_delta_keeps_its_count() -> None:
     """message_delta's usage is cumulative, the answer's whole count: a stream cut between it
-    and message_stop (a reset, a drain) logs that count, not the estimate (over it for a
-    thinking block's reasoning)."""
-    data = fixture_bytes("anthropic/llm-anthropic_test_thinking_prompt.response0.sse")
-    cut = data.index(b"event: message_stop")
+    and message_stop (a reset, a drain) logs that count, not the estimate (over it for
+    deeply indented code: a run of spaces is a token, four bytes of the estimate's)."""
+    line = " " * 32 + "pass\n"
+    data = b"".join(b"event: %s\ndata: %s\n\n" % (e["type"].encode(), orjson.dumps(e)) for e in [
+        {"type": "message_start", "message": {
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+            "content": [], "stop_reason": None,
+            "usage": {"input_tokens": 45, "output_tokens": 1}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text",
+                                                                     "text": ""}},
+        *({"type": "content_block_delta", "index": 0,
+           "delta": {"type": "text_delta", "text": line}} for _ in range(5)),
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+         "usage": {"output_tokens": 18}}])
     encoder = make_encoder()
     translator = AnthropicStreamTranslator(encoder, 1 << 20)
-    translator.feed(data[:cut])
+    translator.feed(data)  # (cut before message_stop)
     encoder.take()
-    assert encoder.tokens_sent() > 94  # (what the max of the two would have logged)
+    assert encoder.tokens_sent() > 18  # (what the max of the two would have logged)
     usage = record_cut(encoder, translator).usage
     assert usage is not None
-    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (45, 94)
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (45, 18)
 
 
 def test_a_tool_calls_arguments_count_the_same_however_they_are_split() -> None:
@@ -264,3 +275,25 @@ def test_a_pass_through_stream_without_a_role_chunk_counts_its_first_token() -> 
     first = _TEXT_FRAMES[1].replace(b'"delta":{', b'"delta":{"role":"assistant",')
     encoder = _cut_pass_through([first + b"".join(_TEXT_FRAMES[2:7])])
     assert encoder.tokens_sent() == 6
+
+
+def test_reasoning_counts_the_same_however_it_is_split() -> None:
+    """A reasoning delta's `{"reasoning_content":…}` is 10 bytes more than a text delta's
+    wrapper, no token either: Cohere's tool plan (a token a delta) counted 2.5 tokens a delta
+    more than it carried."""
+    plan = ("I will use the weather tool to find the weather in San Francisco and the "
+            "cityAttractions tool to find attractions in San Francisco.")
+
+    def estimate(pieces: list[str]) -> int:
+        encoder = make_encoder()
+        encoder.start("m", False)
+        for piece in pieces:
+            encoder.reasoning(piece)
+        encoder.take()
+        return encoder.tokens_sent()
+
+    whole = estimate([plan])
+    split = estimate([plan[i:i + 5] for i in range(0, len(plan), 5)])
+    assert len(plan) // 5 + 1 == 27
+    assert split == whole
+    assert abs(split - len(plan) // 4) <= 1  # (the role chunk's `content: null`, 2 bytes)

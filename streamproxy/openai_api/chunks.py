@@ -37,6 +37,7 @@ _CONTENT_WRAP = len(b'{"content":""}')  # a text delta's, the least any delta ha
 _ARGS_DELTA = b'{"tool_calls":[{"index":%d,"function":{"arguments":%b}}]}'
 # What an argument delta's wrapper has over a text delta's (a one-digit index): no tokens.
 _ARGS_WRAP = len(_ARGS_DELTA % (0, b'""')) - _CONTENT_WRAP
+_REASONING_WRAP = len(b'{"reasoning_content":""}') - _CONTENT_WRAP  # (as _ARGS_WRAP)
 
 
 class ChunkSink(Protocol):
@@ -395,7 +396,12 @@ class ChunkEncoder:
         self.chunks += 1
 
     def reasoning(self, text: str) -> None:
-        self._frame(b'{"reasoning_content":' + _dumps(text) + b"}")
+        # _frame() written out, as in tool_call_args: the call it saves pays for the count.
+        if not self._prefix:
+            self._open(_ROLE_NO_TEXT)
+        self._buf += (self._prefix, b'{"reasoning_content":' + _dumps(text) + b"}", self._tail)
+        self.chunks += 1
+        self._untold += _REASONING_WRAP
 
     def refusal(self, text: str) -> None:
         self._frame(b'{"refusal":' + _dumps(text) + b"}")
@@ -514,8 +520,8 @@ class ChunkEncoder:
         provider's final count (docs/operations.md, `tokens_partial`); read once, at the end,
         from the counts take() keeps anyway. Each chunk after the role's is at least one token
         (a delta is); with our envelope, the bytes the deltas carried beyond it — text and
-        tool calls' arguments, as JSON escapes them, not an argument delta's wrapper — are a
-        token per four. A pass-through's
+        tool calls' arguments, as JSON escapes them, not a reasoning or argument delta's
+        wrapper — are a token per four. A pass-through's
         frames are the upstream's own, padded as it likes: counted only."""
         # Less the role chunk (and a pass-through's blank ones before the first token: see
         # role_only) and the finish's.
