@@ -14,11 +14,13 @@ from streamproxy.errors import UpstreamTimeout
 from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.providers.anthropic.stream import AnthropicStreamTranslator
 from streamproxy.providers.base import StreamTranslator
+from streamproxy.providers.bedrock.stream import BedrockStreamTranslator
+from streamproxy.providers.cohere.stream import CohereStreamTranslator
 from streamproxy.providers.gemini.stream import GeminiStreamTranslator
 from streamproxy.providers.ollama.stream import OllamaStreamTranslator
 from streamproxy.providers.openai_compat import PassthroughTranslator
 from streamproxy.record import RequestRecord
-from tests.helpers import fixture_bytes, jsonl_to_sse, make_encoder
+from tests.helpers import fixture_bytes, jsonl_to_sse, make_encoder, sse_chunks
 
 
 def cut_anthropic(name: str) -> tuple[ChunkEncoder, AnthropicStreamTranslator, int]:
@@ -297,3 +299,114 @@ def test_reasoning_counts_the_same_however_it_is_split() -> None:
     assert len(plan) // 5 + 1 == 27
     assert split == whole
     assert abs(split - len(plan) // 4) <= 1  # (the role chunk's `content: null`, 2 bytes)
+
+
+# -- the estimate against the billed figure, on every recorded stream ------------------------
+
+def _events(data: bytes) -> list[bytes]:
+    """A recording's events, one a read (SSE), or its frames (AWS event stream)."""
+    if data[:1] == b"\x00":
+        frames, at = [], 0
+        while at < len(data):  # (bounded: each frame is at least its 16-byte prelude and CRC)
+            size = int.from_bytes(data[at:at + 4], "big")
+            frames.append(data[at:at + size])
+            at += size
+        return frames
+    return _sse_frames(data.replace(b"\r\n", b"\n"))
+
+
+def _passthrough(encoder: ChunkEncoder) -> PassthroughTranslator:
+    return PassthroughTranslator(encoder, 1 << 20, provider="o", client_wants_usage=True)
+
+
+# name → (translator, events, tokens billed for the whole answer, the final count's event)
+RECORDED: dict[str, tuple[Any, list[bytes], int]] = {
+    "anthropic text": (lambda e: AnthropicStreamTranslator(e, 1 << 20), _events(jsonl_to_sse(
+        fixture_bytes("anthropic/vercel-ai_anthropic-text.chunks.jsonl"))), 30),
+    "anthropic thinking": (lambda e: AnthropicStreamTranslator(e, 1 << 20), _events(
+        fixture_bytes("anthropic/llm-anthropic_test_thinking_prompt.response0.sse")), 94),
+    "anthropic tool": (lambda e: AnthropicStreamTranslator(e, 1 << 20), _events(
+        fixture_bytes("anthropic/sdk-python_tool_use_response.sse")), 65),
+    "bedrock text, tool": (lambda e: BedrockStreamTranslator(e, 1 << 20), _events(
+        fixture_bytes("bedrock/pydantic-ai_bedrock_model_iter_stream.converse-stream.bin")), 59),
+    "cohere plan, 2 tools": (lambda e: CohereStreamTranslator(e, 1 << 20), _events(jsonl_to_sse(
+        fixture_bytes("cohere/vercel-ai_cohere-tool-call.chunks.jsonl"))), 95),
+    "openai text": (_passthrough, _TEXT_FRAMES, 9),
+    "openai tool": (_passthrough, _events(
+        fixture_bytes("openai/pydantic-ai_run_stream_sync.response0.sse")), 15),
+    "gemini tool": (lambda e: GeminiStreamTranslator(e, 1 << 20), [
+        b"data: " + orjson.dumps(element) + b"\r\n\r\n" for element in orjson.loads(
+            fixture_bytes("gemini/llm-gemini_test_stream_events_tool_calls.response0.json"))],
+        267),
+}
+
+
+def _answer_bytes(sent: bytes) -> int:
+    """The bytes of the answer the client got: text, reasoning, tool calls' names and
+    arguments, as it decodes them."""
+    size = 0
+    for chunk in sse_chunks(sent):
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            size += sum(len((delta.get(k) or "").encode())
+                        for k in ("content", "reasoning_content", "refusal"))
+            for call in delta.get("tool_calls") or ():
+                function = call.get("function") or {}
+                size += len((function.get("name") or "").encode())
+                size += len((function.get("arguments") or "").encode())
+    return size
+
+
+def _cut_recorded(name: str, events: int) -> tuple[int, int]:
+    """The recorded stream cut after `events` events, read one a read as the executor commits
+    and the relay pulls: the completion tokens its record logs, and the answer's bytes the
+    client got."""
+    factory, recorded, _ = RECORDED[name]
+    encoder = make_encoder()
+    translator = factory(encoder)
+    blanks = isinstance(translator, PassthroughTranslator)
+    sent, committed, waiting = b"", False, False
+    for event in recorded[:events]:
+        translator.feed(event)
+        if not committed and encoder.pending:
+            committed, waiting = True, encoder.role_only(blanks=blanks)
+            sent += encoder.take()
+            continue
+        out = encoder.take()
+        sent += out
+        if waiting and blanks:
+            encoder.skip_empty(out)
+            waiting = not encoder.answered()
+    assert not encoder.ended
+    usage = record_cut(encoder, translator).usage
+    return (usage or {}).get("completion_tokens") or 0, _answer_bytes(sent)
+
+
+def test_a_thinking_blocks_chunk_takes_nothing_from_the_estimate() -> None:
+    """Its bytes are no tokens (the reasoning again, a signature), but neither is it less
+    than nothing: sending it took its wrapper off the text's bytes, and the recorded thinking
+    stream's estimate fell from 79 to 75 at its signature."""
+    events = RECORDED["anthropic thinking"][1]
+    signature = next(i for i, e in enumerate(events) if b"signature_delta" in e)
+    before = _cut_recorded("anthropic thinking", signature)[0]
+    assert _cut_recorded("anthropic thinking", signature + 1)[0] == before
+
+
+def test_text_with_logprobs_counts_as_text_without() -> None:
+    """A logprobs delta's `logprobs` stand where a text delta's tail says `null`: only the
+    difference is no token (all of it was taken off: a token less a delta)."""
+    text = "Hello there my friend, how are you today"
+
+    def estimate(logprobs: bool) -> int:
+        encoder = make_encoder()
+        encoder.start("m", True)
+        for _ in range(3):
+            if logprobs:
+                encoder.content_logprobs(text, [{"token": text, "logprob": -0.25,
+                                                 "bytes": [72], "top_logprobs": []}])
+            else:
+                encoder.content(text)
+        encoder.take()
+        return encoder.tokens_sent()
+
+    assert estimate(True) == estimate(False) == 30

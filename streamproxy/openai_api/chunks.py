@@ -390,7 +390,7 @@ class ChunkEncoder:
             self._open_text()
         # The envelope's tail with its `"logprobs":null` replaced by the tokens.
         logprobs = _dumps({"content": tokens, "refusal": None})
-        self._untold += len(logprobs)
+        self._untold += len(logprobs) - 4  # (in the place of the tail's `null`)
         self._buf += (self._content_head, _dumps(text), b'},"logprobs":', logprobs,
                       self._tail[_NULL_LOGPROBS_LEN:])
         self.chunks += 1
@@ -411,13 +411,13 @@ class ChunkEncoder:
         # Numbered like tool calls: the openai SDK's stream helper merges list deltas by
         # `index` and raises on a second entry without one.
         delta = _dumps({"thinking_blocks": [{"index": self._thinking_blocks, **block}]})
-        self._untold += len(delta)
+        self._untold += len(delta) - _CONTENT_WRAP  # (tokens_sent takes that off each)
         self._frame(delta)
         self._thinking_blocks += 1
 
     def image(self, url: str) -> None:
         delta = _dumps({"images": [image_entry(url, self._images)]})
-        self._untold += len(delta)
+        self._untold += len(delta) - _CONTENT_WRAP  # (tokens_sent takes that off each)
         self._frame(delta)
         self._images += 1
         self._content_null = False  # (an image answer's content is null without text)
@@ -430,7 +430,7 @@ class ChunkEncoder:
         self._citations += len(entries)
         delta = _dumps({"annotations": [{"index": first + i, **entry}
                                          for i, entry in enumerate(entries)]})
-        self._untold += len(delta)
+        self._untold += len(delta) - _CONTENT_WRAP  # (tokens_sent takes that off each)
         self._frame(delta)
 
     def tool_call_start(self, index: int, call_id: str, name: str, arguments: str = "") -> None:
