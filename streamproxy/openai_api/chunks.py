@@ -396,12 +396,8 @@ class ChunkEncoder:
         self.chunks += 1
 
     def reasoning(self, text: str) -> None:
-        # _frame() written out, as in tool_call_args: the call it saves pays for the count.
-        if not self._prefix:
-            self._open(_ROLE_NO_TEXT)
-        self._buf += (self._prefix, b'{"reasoning_content":' + _dumps(text) + b"}", self._tail)
-        self.chunks += 1
-        self._untold += _REASONING_WRAP
+        self._frame(b'{"reasoning_content":' + _dumps(text) + b"}")
+        self._untold += _REASONING_WRAP  # (no tokens: tokens_sent takes it off)
 
     def refusal(self, text: str) -> None:
         self._frame(b'{"refusal":' + _dumps(text) + b"}")
@@ -446,12 +442,9 @@ class ChunkEncoder:
         self.chunks += 1
 
     def tool_call_args(self, index: int, fragment: str) -> None:
-        # _frame() written out: the call it saves pays for the wrapper's count (tokens_sent;
-        # some providers send a token a delta, each with ~9 tokens' worth of wrapper).
-        if not self._prefix:
-            self._open(_ROLE_NO_TEXT)
-        self._buf += (self._prefix, _ARGS_DELTA % (index, _dumps(fragment)), self._tail)
-        self.chunks += 1
+        self._frame(_ARGS_DELTA % (index, _dumps(fragment)))
+        # (no tokens: some providers send a token a delta, each with ~9 tokens' worth of
+        # wrapper, which tokens_sent takes off)
         self._untold += _ARGS_WRAP
 
     def finish(self, reason: str) -> None:
