@@ -368,18 +368,9 @@ async def test_a_cache_hits_replay_the_grace_ends_during_finishes_as_a_200(
                b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
     try:
         async with asyncio.timeout(TEST_TIMEOUT):
-            async with aiohttp.ClientSession() as session, session.post(
-                    f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
-                    headers={"content-type": "application/json",
-                             "x-portkey-config": '{"cache": {"mode": "simple"}}'}) as miss:
-                assert miss.headers["x-portkey-cache-status"] == "MISS"
-                await miss.read()
-            await app[FEATURES].cache.drain()
-            slow = socket.socket()  # a client that reads nothing while the grace runs out
-            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            slow.setblocking(False)
-            await asyncio.get_running_loop().sock_connect(slow, ("127.0.0.1", port))
-            reader, writer = await asyncio.open_connection(sock=slow)
+            assert await _filled(app, port, body, '{"cache": {"mode": "simple"}}') == "MISS"
+            # a client that reads nothing while the grace runs out
+            reader, writer = await _reading_nothing(port)
             writer.write(request)
             # (the lean front writes it at once, with no wait: it may be over already)
             await wait_for(lambda: len(records) == 2 or app[STATE].drain.active == 1)
@@ -397,6 +388,26 @@ async def test_a_cache_hits_replay_the_grace_ends_during_finishes_as_a_200(
     assert collect(sse_chunks(_unchunked(chunked))).done
     assert records[-1].status == 200 and records[-1].cache_status == "HIT"
     assert records[-1].error_code is None
+
+
+async def _filled(app: Any, port: int, body: bytes, cache: str) -> str:
+    """The cache status of one request that fills the cache with `body`'s answer, written."""
+    async with aiohttp.ClientSession() as session, session.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+            headers={"content-type": "application/json", "x-portkey-config": cache}) as miss:
+        status = miss.headers["x-portkey-cache-status"]
+        await miss.read()
+    await app[FEATURES].cache.drain()
+    return status
+
+
+async def _reading_nothing(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection with a small receive buffer, for a client that reads nothing for a while."""
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(slow, ("127.0.0.1", port))
+    return await asyncio.open_connection(sock=slow)
 
 
 def _unchunked(body: bytes) -> bytes:
@@ -445,17 +456,9 @@ async def test_a_stream_the_cleanup_cuts_is_logged_as_cut_by_the_proxy(
     try:
         async with asyncio.timeout(TEST_TIMEOUT):
             if hit:
-                async with aiohttp.ClientSession() as session, session.post(
-                        f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
-                        headers={"content-type": "application/json",
-                                 "x-portkey-config": cache}) as miss:
-                    await miss.read()
-                await app[FEATURES].cache.drain()
-            slow = socket.socket()  # a client that reads nothing until the cleanup is over
-            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            slow.setblocking(False)
-            await asyncio.get_running_loop().sock_connect(slow, ("127.0.0.1", port))
-            reader, writer = await asyncio.open_connection(sock=slow)
+                await _filled(app, port, body, cache)
+            # a client that reads nothing until the cleanup is over
+            reader, writer = await _reading_nothing(port)
             writer.write(request)
             await wait_for(lambda: len(records) == int(hit) + 1 or app[STATE].drain.active == 1)
             await drain_and_stop(runner, [0.2])
