@@ -839,3 +839,17 @@ def test_a_count_past_a_double_is_null_not_a_crash() -> None:
                                                      model="m", provider="cohere")))
     assert answer["choices"][0]["message"]["content"] == "Hi"
     assert answer["usage"] == c.usage
+
+
+@pytest.mark.parametrize("content", ["", None, [], [{"type": "text", "text": ""}],
+                                     [{"type": "text"}, {"type": "text", "text": ""}]])
+@pytest.mark.parametrize("role", ["system", "developer"])
+def test_an_empty_system_message_is_left_out(role: str, content: Any) -> None:
+    # Cohere refuses an empty message ("message must not be empty in a turn", its errors
+    # reference); an instruction that says nothing has nothing to keep, in any place.
+    body = {"messages": [{"role": role, "content": content}, {"role": "user", "content": "hi"},
+                         {"role": "assistant", "content": "Hi."},
+                         {"role": role, "content": content}, {"role": "user", "content": "x"}]}
+    assert to_cohere(body, "command-a-03-2025")["messages"] == [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hi."},
+        {"role": "user", "content": "x"}]

@@ -1,7 +1,8 @@
 """OpenAI Chat Completions request → Cohere v2 `/v2/chat` request (pure).
 
 Choices (docs/providers/others.md "cohere"):
-- system and developer messages stay in place as `system` messages;
+- system and developer messages stay in place as `system` messages (an empty one is left
+  out: Cohere refuses an empty message);
 - user content parts: text (an empty part left out; a message with nothing said goes as
   BLANK_USER_TEXT: Cohere refuses an empty message), and `image_url` (data: or http(s) URLs,
   for vision models); a data: URL goes as `data:<type>;base64,<data>`, its type read from
@@ -190,7 +191,9 @@ def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for i, m in enumerate(msgs):
         role = m["role"]
         if role in ("system", "developer"):
-            out.append({"role": "system", "content": _text(m.get("content"), i)})
+            text = _text(m.get("content"), i)
+            if text:  # (Cohere refuses an empty message; an empty instruction says nothing)
+                out.append({"role": "system", "content": text})
         elif role == "user":
             out.append({"role": "user", "content": _user(m.get("content"), i)})
         elif role == "assistant":
