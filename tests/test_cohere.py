@@ -853,3 +853,16 @@ def test_an_empty_system_message_is_left_out(role: str, content: Any) -> None:
     assert to_cohere(body, "command-a-03-2025")["messages"] == [
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hi."},
         {"role": "user", "content": "x"}]
+
+
+@pytest.mark.parametrize("content", ["", None, [], [{"type": "text", "text": ""}]])
+def test_an_empty_assistant_message_without_calls_is_left_out(content: Any) -> None:
+    # Cohere refuses an empty message ("message must not be empty in a turn"); a turn that
+    # said nothing has nothing to keep. Cohere v2 takes two user messages in a row, and a
+    # last one left out leaves the request ending with the user, as Cohere needs.
+    body = {"messages": [{"role": "user", "content": "hi"},
+                         {"role": "assistant", "content": content},
+                         {"role": "user", "content": "x"},
+                         {"role": "assistant", "content": content}]}
+    assert to_cohere(body, "command-a-03-2025")["messages"] == [
+        {"role": "user", "content": "hi"}, {"role": "user", "content": "x"}]

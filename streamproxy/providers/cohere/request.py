@@ -8,6 +8,8 @@ Choices (docs/providers/others.md "cohere"):
   for vision models); a data: URL goes as `data:<type>;base64,<data>`, its type read from
   the image's first bytes when they show one (else its label, lower-cased), and must be one
   Cohere takes (IMAGE_TYPES); an http(s) URL goes as it is (Cohere fetches it);
+- an assistant turn with nothing said and no tool calls is left out (Cohere refuses an empty
+  message; it takes two user turns in a row);
 - an assistant turn with tool calls sends its reasoning (`reasoning_content`, where we stream
   Cohere's tool plan, or another provider's name for it: `replayed_reasoning`), or failing
   that its text, back as `tool_plan` (text beside that reasoning stays `content`), the calls
@@ -197,7 +199,9 @@ def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         elif role == "user":
             out.append({"role": "user", "content": _user(m.get("content"), i)})
         elif role == "assistant":
-            out.append(_assistant(m, i))
+            turn = _assistant(m, i)
+            if turn:
+                out.append(turn)
         elif role == "tool":
             out.append({"role": "tool", "tool_call_id": m["tool_call_id"],
                         "content": _text(m.get("content"), i)})
@@ -207,11 +211,13 @@ def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _assistant(m: dict[str, Any], i: int) -> dict[str, Any]:
+def _assistant(m: dict[str, Any], i: int) -> dict[str, Any] | None:
+    """The assistant turn as Cohere takes it; None for one that said nothing and made no call:
+    Cohere refuses an empty message, and takes the user turns around it in a row."""
     text = _text(said(m), i)
     calls = m.get("tool_calls") or []
     if not calls:
-        return {"role": "assistant", "content": text}
+        return {"role": "assistant", "content": text} if text else None
     msg: dict[str, Any] = {"role": "assistant", "tool_calls": [{
         "id": call.get("id") or f"call_{i}_{j}",
         "type": "function",
