@@ -866,3 +866,20 @@ def test_an_empty_assistant_message_without_calls_is_left_out(content: Any) -> N
                          {"role": "assistant", "content": content}]}
     assert to_cohere(body, "command-a-03-2025")["messages"] == [
         {"role": "user", "content": "hi"}, {"role": "user", "content": "x"}]
+
+
+@pytest.mark.parametrize(("content", "sent"), [
+    ("", "(empty)"), (None, "(empty)"), ([], "(empty)"),
+    ([{"type": "text", "text": ""}, {"type": "text"}], "(empty)"),
+    ([{"type": "text", "text": ""}, {"type": "text", "text": "17C"}], "17C"),
+])
+def test_an_empty_tool_result_is_sent_as_empty_tool_result(content: Any, sent: str) -> None:
+    # Cohere refuses an empty message ("message must not be empty in a turn"), and a call must
+    # have its result (Command A refuses a call without one): a tool that returned nothing
+    # says so, as on Bedrock.
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    body = {"messages": [{"role": "user", "content": "hi"},
+                         {"role": "assistant", "content": None, "tool_calls": [call]},
+                         {"role": "tool", "tool_call_id": "c1", "content": content}]}
+    assert to_cohere(body, "command-a-03-2025")["messages"][2] == {
+        "role": "tool", "tool_call_id": "c1", "content": sent}

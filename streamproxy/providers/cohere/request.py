@@ -14,7 +14,7 @@ Choices (docs/providers/others.md "cohere"):
   Cohere's tool plan, or another provider's name for it: `replayed_reasoning`), or failing
   that its text, back as `tool_plan` (text beside that reasoning stays `content`), the calls
   in v2 shape (arguments stay a JSON string); tool results are `tool` messages with
-  `tool_call_id` and string content;
+  `tool_call_id` and string content (EMPTY_TOOL_RESULT for one with nothing in it);
 - a function without `parameters` (OpenAI: no arguments) gets an empty object schema, as
   Cohere requires one;
 - a function's `strict: true` → `strict_tools: true` (Cohere's switch covers every tool sent);
@@ -78,6 +78,9 @@ PENALTY_MAX = 1  # Cohere's penalties go from 0 to 1; OpenAI's from -2 to 2
 # The image types Cohere's vision models take (its image-inputs docs: PNG, JPEG, WebP, GIF);
 # a data: URL goes with the type as Cohere spells it (`image_media_type`).
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
+# What a tool result that returned nothing says: Cohere refuses an empty message, and a call
+# must keep its result (Command A refuses a call without one). As on Bedrock.
+EMPTY_TOOL_RESULT = "(empty)"
 # Cohere's reasoning docs: leave at least 1K tokens of the output for the answer ("to reason
 # until the maximum limit, we recommend 31K": Command A Reasoning's output cap is 32,000).
 ANSWER_ROOM = 1000
@@ -204,7 +207,7 @@ def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 out.append(turn)
         elif role == "tool":
             out.append({"role": "tool", "tool_call_id": m["tool_call_id"],
-                        "content": _text(m.get("content"), i)})
+                        "content": _text(m.get("content"), i) or EMPTY_TOOL_RESULT})
         else:
             raise InvalidRequest("The legacy 'function' role is not supported; use 'tool'.",
                                  param=f"messages[{i}].role", code="unsupported_value")
