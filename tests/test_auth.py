@@ -459,3 +459,24 @@ async def test_a_loadbalance_draws_among_the_targets_the_key_may_use(proxy: Any,
     resp = await client.post("/v1/chat/completions", json={"messages": USER},
                              headers={**a, "x-portkey-config": only_up})
     assert resp.status == 403
+
+
+async def test_the_403_names_every_refused_provider(proxy: Any, json_upstream: Any) -> None:
+    """A fallback over two providers the key may not use was refused naming the first one
+    only: the operator fixing `allowed_providers` found the second by a second 403. Every
+    refused provider is named, once each, sorted."""
+    client = await proxy(make_config({
+        "up": {"type": "openai", "base_url": json_upstream.url, "default_model": "m"},
+        "other": {"type": "openai", "base_url": json_upstream.url, "default_model": "m"},
+        "mock": {"type": "mock", "default_model": "fast"},
+    }, default="up", auth={"keys": [{"name": "team-a", "key": KEY_A,
+                                     "allowed_providers": ["mock"]}]}))
+    fallback = orjson.dumps({"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "up"}, {"provider": "other"}, {"provider": "up"}]}).decode()
+    resp = await client.post("/v1/chat/completions", json={"messages": USER},
+                             headers={"authorization": f"Bearer {KEY_A}",
+                                      "x-portkey-config": fallback})
+    assert resp.status == 403
+    message = assert_error(await resp.json(), "permission_error", "provider_not_allowed")
+    assert message == "The proxy key 'team-a' may not use providers 'other', 'up'."
+    assert json_upstream.requests == []

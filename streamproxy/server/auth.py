@@ -305,8 +305,12 @@ def allowed_targets(request: web.Request | Exchange, targets: list[Target]) -> l
         return targets
     allowed = [t for t in targets if t.provider.name in key.allowed_providers]
     if not allowed:
-        denied = targets[0].provider.name if targets else "?"
-        raise PermissionDenied(f"The proxy key '{key.name}' may not use provider '{denied}'.",
+        # Every planned target's provider (all refused here): naming the first alone left the
+        # operator to find a fallback's others by one 403 each.
+        denied = sorted({t.provider.name for t in targets}) or ["?"]
+        named = ", ".join(f"'{name}'" for name in denied)
+        raise PermissionDenied(f"The proxy key '{key.name}' may not use "
+                               f"provider{'s' if len(denied) > 1 else ''} {named}.",
                                code="provider_not_allowed")
     return allowed
 
