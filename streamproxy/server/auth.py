@@ -38,7 +38,7 @@ from streamproxy.config import Config, ConfigError, required_secret, unknown_key
 from streamproxy.errors import AuthenticationFailed, InvalidRequest, PermissionDenied, RateLimited
 from streamproxy.routing.target import Target
 from streamproxy.server.observing import AUTH_KEY, observe_rejection
-from streamproxy.server.shared_rate import SharedBuckets, take_token
+from streamproxy.server.shared_rate import SharedBuckets, carried, take_token
 
 if TYPE_CHECKING:
     from streamproxy.server.exchange import Exchange
@@ -116,16 +116,22 @@ def share_buckets(auth: Auth, shared: SharedBuckets | None) -> None:
             key.bucket.shared = (shared, slot)
 
 
-def keep_buckets(auth: Auth, running: Auth | None) -> None:
+def keep_buckets(auth: Auth, running: Auth | None, now: float | None = None) -> None:
     """A single process reloading in place: a key whose rate_limit the new config keeps takes
     its tokens from the running app's bucket (a reload is no fresh burst, and the old app
-    still draining is no second budget), as a master's new workers do (shared_rate.py)."""
+    still draining is no second budget); one whose rate_limit it changes starts with the
+    tokens left there at `now` (at most its new burst), as a master's new workers do
+    (shared_rate.py)."""
     before = {k.name: k.bucket for k in running.keys} if running is not None else {}
     for key in auth.keys:
-        old = before.get(key.name)
-        if (key.bucket is not None and old is not None
-                and (old.per_minute, old.burst) == (key.bucket.per_minute, key.bucket.burst)):
+        old, new = before.get(key.name), key.bucket
+        if new is None or old is None:
+            continue
+        if (old.per_minute, old.burst) == (new.per_minute, new.burst):
             key.bucket = old
+        elif old.stamp is not None:  # (never used: the new one starts full)
+            new.tokens, new.stamp = carried(old.tokens, old.stamp, (old.per_minute, old.burst),
+                                            new.burst, time.monotonic() if now is None else now)
 
 
 def _digest(key: str) -> bytes:
