@@ -782,6 +782,14 @@ def test_a_named_config_with_a_bad_cache_fails_at_start() -> None:
         load_settings(named)
 
 
+def test_a_named_configs_camel_case_field_is_named_as_written() -> None:
+    # An operator's YAML in Portkey's camelCase: the start-up error named `virtual_key`.
+    named = gateway_config(configs={"c": {"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "mock"}, {"virtualKey": "nope"}]}})
+    with pytest.raises(ConfigError, match=r"configs\.c.*targets\[1\]\.virtualKey"):
+        load_settings(named)
+
+
 def test_a_named_configs_null_total_still_lifts_a_total() -> None:
     """The YAML reads `total: null` as no total (a provider's, the server's): so did a named
     config's until a client's null became "not set" (7f6a2b6), and then an operator's

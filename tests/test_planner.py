@@ -1108,6 +1108,32 @@ def test_an_unknown_virtual_key_lists_the_configured_ones(headers: dict[str, str
     assert "sk-vk" not in info.value.message
 
 
+@pytest.mark.parametrize(("config", "param"), [
+    ({"virtualKey": "claude-prd"}, "config.virtualKey"),
+    ({"strategy": {"mode": "fallback"}, "targets": [{"virtualKey": "claude-prd"}]},
+     "config.targets[0].virtualKey"),
+    # inherited: named at the target, as the client spelt it
+    ({"virtualKey": "claude-prd", "strategy": {"mode": "fallback"}, "targets": [{}]},
+     "config.targets[0].virtualKey"),
+    ({"provider": "oa", "customHost": "https://llm.example.com"}, "config.customHost"),
+    ({"provider": "an", "resourceName": "myres"}, "config.resourceName"),
+    ({"provider": "an", "awsRegion": "us-east-1"}, "config.awsRegion"),
+    # (snake_case as written stays so)
+    ({"provider": "oa", "custom_host": "https://llm.example.com"}, "config.custom_host"),
+])
+def test_a_request_time_400_names_a_field_as_the_client_wrote_it(
+        config: dict[str, Any], param: str) -> None:
+    """A camelCase field's 400 found while routing (an unknown virtual key, a host not
+    allowed, a provider setting its provider does not take) named the snake_case field
+    (`config.virtual_key`), which the client's config does not have."""
+    gateway = gateway_for(virtual_keys={"claude-prod": {"provider": "an", "api_key": "sk-vk"}})
+    with pytest.raises(InvalidRequest) as info:
+        gateway.plan({"x-portkey-config": orjson.dumps(config).decode()}, _req({"model": "m"}),
+                     None)
+    assert info.value.param == param
+    assert param in info.value.message
+
+
 def test_an_unknown_virtual_key_says_when_there_are_none() -> None:
     with pytest.raises(InvalidRequest) as info:
         gateway_for().plan({"x-portkey-virtual-key": "vk"}, _req({"model": "m"}), None)

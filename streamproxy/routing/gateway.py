@@ -283,14 +283,14 @@ def _check_leaf_static(leaf: ConfigNode, settings: GatewaySettings, config: Conf
         raise ConfigError(config.source, f"{where}: {leaf.path}.provider",
                           f"'{provider}' is not a configured provider")
     if leaf.virtual_key and leaf.virtual_key not in settings.virtual_keys:
-        raise ConfigError(config.source, f"{where}: {leaf.path}.virtual_key",
+        raise ConfigError(config.source, f"{where}: {leaf.field_path('virtual_key')}",
                           f"'{leaf.virtual_key}' is not under virtual_keys")
     # A target's own key reads no environment: a virtual key does.
-    refuse_env_reference(leaf.api_key, config.source, f"{where}: {leaf.path}.api_key",
+    refuse_env_reference(leaf.api_key, config.source, f"{where}: {leaf.field_path('api_key')}",
                          "a virtual key's api_key_env")
     if leaf.custom_host and not _allowed_url(leaf.custom_host, settings):
         # every request through this target would be refused (the 400 of Gateway._custom_host)
-        raise ConfigError(config.source, f"{where}: {leaf.path}.custom_host",
+        raise ConfigError(config.source, f"{where}: {leaf.field_path('custom_host')}",
                           f"'{_host_of(leaf.custom_host) or leaf.custom_host}' is not under "
                           "allowed_custom_hosts")
     if leaf.virtual_key and _names_other_than_key(
@@ -302,8 +302,8 @@ def _check_leaf_static(leaf: ConfigNode, settings: GatewaySettings, config: Conf
         type_name = config.providers[provider].type
         for name in leaf.provider_options:
             if PROVIDER_TYPES[type_name].target_option(name) is None:
-                raise ConfigError(config.source, f"{where}: {leaf.path}.{name}",
-                                  _option_misplaced(leaf.path, name, provider, type_name))
+                raise ConfigError(config.source, f"{where}: {leaf.field_path(name)}",
+                                  _option_misplaced(leaf.field_path(name), provider, type_name))
         _check_tenant_static(leaf, settings, config, where, provider)
 
 
@@ -322,7 +322,7 @@ def _check_tenant_static(leaf: ConfigNode, settings: GatewaySettings, config: Co
     moved = configured.with_options({cls.target_options[name]: leaf.provider_options[name]})
     url = _tenant_url(configured, moved)
     if url is not None and not _allowed_url(url, settings):
-        raise ConfigError(config.source, f"{where}: {leaf.path}.{name}",
+        raise ConfigError(config.source, f"{where}: {leaf.field_path(name)}",
                           f"'{_host_of(url)}' is not under allowed_custom_hosts (the key sent "
                           "there is the gateway's)")
 
@@ -550,7 +550,7 @@ class Gateway:
         vkey = None
         vk_name = self._leaf_key(leaf, headers, model_param, model)
         if vk_name is not None:
-            vkey = self._virtual_key(vk_name, f"{leaf.path}.virtual_key" if leaf.virtual_key
+            vkey = self._virtual_key(vk_name, leaf.field_path("virtual_key") if leaf.virtual_key
                                      else VIRTUAL_KEY_HEADER)
             if leaf.virtual_key and _names_other_than_key(
                     leaf, vkey.provider, self.router.providers, self.settings.virtual_keys):
@@ -729,7 +729,7 @@ class Gateway:
             target.provider = self._custom_host(target.provider, host, CUSTOM_HOST_HEADER)
         elif leaf is not None and leaf.custom_host:
             target.provider = self._custom_host(target.provider, leaf.custom_host,
-                                                f"{leaf.path}.custom_host")
+                                                leaf.field_path("custom_host"))
         refused = target.provider.refused_option()
         if refused is not None:
             name, reason = refused
@@ -823,9 +823,9 @@ def _with_target_options(provider: Provider, leaf: ConfigNode) -> Provider:
     for name, value in leaf.provider_options.items():
         key = provider.target_option(name)
         if key is None:
-            raise InvalidRequest(_option_misplaced(leaf.path, name, provider.name,
+            raise InvalidRequest(_option_misplaced(leaf.field_path(name), provider.name,
                                                    provider.type_name),
-                                 param=f"{leaf.path}.{name}", code="invalid_config")
+                                 param=leaf.field_path(name), code="invalid_config")
         options[key] = value
     return provider.with_options(options)
 
@@ -882,13 +882,13 @@ def _option_param(name: str, headers: Mapping[str, str], leaf: ConfigNode | None
     """Where a provider setting (Portkey's `name`) was set for the target, if anywhere: its
     config target's field, else the SDK's header (as `_header_provider_options` picks)."""
     if leaf is not None and name in leaf.provider_options:
-        return f"{leaf.path}.{name}"
+        return leaf.field_path(name)
     header = PROVIDER_OPTION_HEADERS[name]
     return header if header in headers else None
 
 
-def _option_misplaced(path: str, name: str, provider: str, type_name: str) -> str:
-    return (f"Invalid config: '{path}.{name}' does not apply to provider '{provider}' (type "
+def _option_misplaced(param: str, provider: str, type_name: str) -> str:
+    return (f"Invalid config: '{param}' does not apply to provider '{provider}' (type "
             f"{type_name}); name a provider that takes it, or set the option on a provider "
             "in the gateway's config.")
 

@@ -168,10 +168,18 @@ class ConfigNode:
     retry: RetrySpec = RetrySpec()
     breaker: BreakerSpec | None = None
     cache: dict[str, Any] | None = None
+    # The fields written in camelCase (snake → as written; `_given`), its own and those it
+    # inherits: a 400 at request time names a field as the client wrote it (`field_path`).
+    written: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def is_leaf(self) -> bool:
         return self.mode is None
+
+    def field_path(self, name: str) -> str:
+        """Where this node's field `name` is, as the client wrote it: `config.virtualKey`
+        (`config.virtual_key` named a field its config does not have)."""
+        return f"{self.path}.{self.written.get(name, name)}"
 
     def leaves(self) -> list[ConfigNode]:
         if self.is_leaf:
@@ -241,15 +249,20 @@ def _read(raw: dict[str, Any], path: str, known: Any,
     try:
         return read(fields)
     except InvalidRequest as e:
-        param = e.param or ""
-        for snake, key in written.items():
-            old = f"{path}.{snake}"
-            if param == old or param.startswith((f"{old}.", f"{old}[")):
-                e.param = f"{path}.{key}{param[len(old):]}"
-                e.message = e.message.replace(f"'{param}'", f"'{e.param}'", 1)
-                e.args = (e.message,)
-                break
+        _as_written(e, path, written)
         raise
+
+
+def _as_written(e: InvalidRequest, path: str, written: dict[str, str]) -> None:
+    """`e`, raised under the object at `path`, naming its field as the client wrote it."""
+    param = e.param or ""
+    for snake, key in written.items():
+        old = f"{path}.{snake}"
+        if param == old or param.startswith((f"{old}.", f"{old}[")):
+            e.param = f"{path}.{key}{param[len(old):]}"
+            e.message = e.message.replace(f"'{param}'", f"'{e.param}'", 1)
+            e.args = (e.message,)
+            return
 
 
 def _unknown(path: str, key: Any, what: str, known: Any, listed: str = "") -> InvalidRequest:
@@ -468,12 +481,16 @@ def parse_config(raw: Any, path: str = "config", parent: ConfigNode | None = Non
                  depth: int = 0) -> ConfigNode:
     if not isinstance(raw, dict):
         raise _bad(path, "must be a JSON object")
-    return _read(raw, path, _ANY_NODE_KEY,
-                 lambda fields: _node(fields, path, parent, depth))
+    fields, written = _given(raw, path, _ANY_NODE_KEY)
+    try:
+        return _node(fields, written, path, parent, depth)
+    except InvalidRequest as e:
+        _as_written(e, path, written)
+        raise
 
 
-def _node(raw: dict[str, Any], path: str, parent: ConfigNode | None,
-          depth: int) -> ConfigNode:
+def _node(raw: dict[str, Any], written: dict[str, str], path: str,
+          parent: ConfigNode | None, depth: int) -> ConfigNode:
     if "mode" in raw or "options" in raw:
         raise _older_form(raw, path)
     for key in raw:
@@ -490,6 +507,9 @@ def _node(raw: dict[str, Any], path: str, parent: ConfigNode | None,
         base, path=path, mode=None, targets=(), on_status_codes=None, conditions=(),
         default=None, name=_string(raw, "name", path), weight=1.0,
         provider_options={}, cache=None)
+    if written or base.written:  # (an inherited field keeps its name: none set here again)
+        node = replace(node, written={
+            **{k: v for k, v in base.written.items() if k not in raw}, **written})
     if "weight" in raw:
         node = replace(node, weight=_number(raw["weight"], f"{path}.weight"))
     node = _leaf_fields(node, raw, path)
