@@ -231,3 +231,25 @@ def test_a_bad_max_age_says_what_it_takes_at_once(max_age: Any) -> None:
         parse_config({"cache": {"mode": "simple", "maxAge": max_age}})
     assert info.value.param == "config.cache.maxAge"
     assert "must be a positive number of seconds" in info.value.message
+
+
+@pytest.mark.parametrize(("raw", "param", "says"), [
+    ({"cb_config": {"failure_threshold": 1, "cooldown_interval": 0.5}},
+     "config.cb_config.cooldown_interval", "milliseconds"),
+    ({"cbConfig": {"failureThreshold": 1, "cooldownInterval": "30s"}},
+     "config.cbConfig.cooldownInterval", "milliseconds"),
+    ({"request_timeout": -5}, "config.request_timeout", "milliseconds"),
+    ({"requestTimeout": "10s"}, "config.requestTimeout", "milliseconds"),
+    # a percentage's one rule at once: -1 was told '≥ 0', and 0 then '(0, 100]'
+    *[({"cb_config": {"failure_threshold_percentage": pct}},
+       "config.cb_config.failure_threshold_percentage", "a percentage above 0, at most 100")
+      for pct in (-1, 0, 101, "50%")],
+])
+def test_a_bad_config_number_says_its_unit(raw: dict[str, Any], param: str, says: str) -> None:
+    """cooldown_interval and request_timeout are Portkey's milliseconds (timeouts and max_age
+    are seconds): '30s' was told 'must be a finite number ≥ 1', not which unit to write it
+    in (in seconds, 30 is a 30 ms cooldown)."""
+    with pytest.raises(InvalidRequest) as info:
+        parse_config(raw)
+    assert info.value.param == param
+    assert says in info.value.message

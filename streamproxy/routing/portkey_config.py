@@ -338,12 +338,14 @@ def _codes(value: Any, path: str) -> frozenset[int]:
     return frozenset(value)
 
 
-def _number(value: Any, path: str, *, minimum: float = 0) -> float:
+def _number(value: Any, path: str, *, minimum: float = 0, unit: str = "") -> float:
+    """`unit` (" of milliseconds") is said in the 400: Portkey's request_timeout and
+    cooldown_interval are ms where this config's timeouts and max_age are seconds."""
     # Finite: YAML reads .inf and .nan (JSON has neither); a NaN weight passed every check and
     # then drew no target (an IndexError per request), an infinite one was never drawn.
     if isinstance(value, bool) or not isinstance(value, int | float) or not (
             minimum <= value < math.inf):
-        raise _bad(path, f"must be a finite number ≥ {minimum:g}")
+        raise _bad(path, f"must be a finite number{unit} ≥ {minimum:g}")
     return float(value)
 
 
@@ -405,13 +407,16 @@ def _breaker_fields(raw: dict[str, Any], path: str) -> BreakerSpec:
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int)
                                   or threshold < 1):
         raise _bad(f"{path}.failure_threshold", "must be a positive integer")
-    if pct is not None and not 0 < _number(pct, f"{path}.failure_threshold_percentage") <= 100:
-        raise _bad(f"{path}.failure_threshold_percentage", "must be in (0, 100]")
+    if pct is not None and (isinstance(pct, bool) or not isinstance(pct, int | float)
+                            or not 0 < pct <= 100):  # (one rule: -1 was told '≥ 0', then 0
+        # '(0, 100]')
+        raise _bad(f"{path}.failure_threshold_percentage",
+                   "must be a percentage above 0, at most 100")
     minimum = raw.get("minimum_requests", 1)
     if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 1:
         raise _bad(f"{path}.minimum_requests", "must be a positive integer")
     cooldown_ms = _number(raw.get("cooldown_interval", 30_000), f"{path}.cooldown_interval",
-                          minimum=1)
+                          minimum=1, unit=" of milliseconds")
     codes = raw.get("failure_status_codes")
     return BreakerSpec(threshold, pct, cooldown_ms / 1000,
                        _codes(codes, f"{path}.failure_status_codes") if codes is not None
@@ -646,7 +651,8 @@ def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode
         changes["forward_headers"] = tuple(h.lower() for h in headers)
     # Portkey: milliseconds until the answer starts (then 408); 0 sets none, as there (its
     # gateway reads 0 as unset: the parent's holds, else there is none).
-    ms = _number(raw.get("request_timeout", 0), f"{path}.request_timeout")
+    ms = _number(raw.get("request_timeout", 0), f"{path}.request_timeout",
+                 unit=" of milliseconds")
     if ms:
         changes["timeouts"] = {**node.timeouts, "request": ms / 1000}
     if "timeouts" in raw:
