@@ -170,7 +170,8 @@ class ConfigNode:
     cache: dict[str, Any] | None = None
     # The fields written in camelCase (snake → as written; `_given`), its own and those it
     # inherits: a 400 at request time names a field as the client wrote it (`field_path`).
-    written: dict[str, str] = field(default_factory=dict, compare=False)
+    # (None for none: no dict made for each node, most of them built per request)
+    written: dict[str, str] | None = field(default=None, compare=False)
 
     @property
     def is_leaf(self) -> bool:
@@ -179,7 +180,7 @@ class ConfigNode:
     def field_path(self, name: str) -> str:
         """Where this node's field `name` is, as the client wrote it: `config.virtualKey`
         (`config.virtual_key` named a field its config does not have)."""
-        return f"{self.path}.{self.written.get(name, name)}"
+        return f"{self.path}.{(self.written or {}).get(name, name)}"
 
     def leaves(self) -> list[ConfigNode]:
         if self.is_leaf:
@@ -514,7 +515,7 @@ def _node(raw: dict[str, Any], written: dict[str, str], path: str,
         provider_options={}, cache=None)
     if written or base.written:  # (an inherited field keeps its name: none set here again)
         node = replace(node, written={
-            **{k: v for k, v in base.written.items() if k not in raw}, **written})
+            **{k: v for k, v in (base.written or {}).items() if k not in raw}, **written})
     if "weight" in raw:
         node = replace(node, weight=_number(raw["weight"], f"{path}.weight"))
     node = _leaf_fields(node, raw, path)
