@@ -57,6 +57,9 @@ class RequestRecord:
     client_disconnected: bool = False
     metadata: dict[str, Any] | None = None
     completion_id: str | None = None
+    # The proxy's own `created` (wall clock when the answer's request was sent): a stored
+    # completion's when the upstream's cannot be stored (storage/service.py)
+    created: int | None = None
     cache_status: str | None = None  # HIT, MISS, REFRESH or DISABLED; None: not looked at
     # Set before routing by features that need the whole answer (store, cache fill): the
     # executor then tees the stream into `builder`; a non-streamed answer lands in `response`.

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -1620,3 +1621,22 @@ async def test_a_database_made_before_answered_model_is_read_and_written(tmp_pat
     items, _ = await store.list("", ListQuery(model="q/m", model_names=("q/m",)))
     assert [i.id for i in items] == ["c1"]
     await store.close()
+
+
+async def test_a_pass_through_answer_with_an_odd_created_is_stored_with_ours(
+        proxy: Any, upstream: Any, tmp_path: Path) -> None:
+    # `"created": 1e400` (read as inf) made `int()` raise on the store path: the client had its
+    # 200, the completion was never stored, and an error was logged. Its row takes ours.
+    upstream.content_type = "application/json"
+    upstream.body = (b'{"id":"x","object":"chat.completion","created":1e400,"model":"gpt",'
+                     b'"choices":[{"index":0,"finish_reason":"stop","message":{'
+                     b'"role":"assistant","content":"Hi"}}]}')
+    api = await _pass_through_api(proxy, upstream, tmp_path)
+    before = int(time.time())
+    whole = await api.chat.completions.create(model="gpt", messages=USER, store=True)
+    after = time.time()
+    got = await stored(api, whole.id)
+    assert got.choices[0].message.content == "Hi"
+    [(created,)] = sqlite3.connect(tmp_path / "s.sqlite3").execute(
+        "SELECT created FROM stored_completions").fetchall()
+    assert before <= created <= after  # ours: when the request was sent

@@ -412,6 +412,7 @@ class Executor:
         # their millisecond and stored completions are listed in that order — made once the
         # answer came, a slow request was listed after those that came while it waited.
         completion_id, created = record.completion_id or new_completion_id(), int(time.time())
+        record.created = created
         try:
             resp = await self._send(req, target, record)
             body = await _read_body(resp, provider.max_event_bytes)
@@ -466,9 +467,10 @@ class _StreamParts:
             return
         req, provider, record = as_sent(self._req, self._target), self._target.provider, \
             self._record
+        record.created = created = int(time.time())
         encoder = (RecordingChunkEncoder if record.capture else ChunkEncoder)(
             completion_id=record.completion_id or new_completion_id(),
-            created=int(time.time()),
+            created=created,
             model=_envelope_model(self._target),
             include_usage=req.include_usage and not provider.passthrough,
         )

@@ -187,7 +187,7 @@ class StoredCompletions:
             # (or a streamed hit) of a provider that reported none was stored without usage.
             answer = {**answer, "usage": no_usage()}
         return StoredCompletion(
-            id=answer["id"], owner=ticket.owner, created=int(answer.get("created") or 0),
+            id=answer["id"], owner=ticket.owner, created=_created(answer, record),
             model=str(answer.get("model") or record.model or ""),
             request_model=ticket.request_model, metadata=ticket.metadata,
             request=ticket.request, response=answer,
@@ -275,6 +275,19 @@ def _not_found(cid: str) -> NotFound:
 
 def _json(obj: Any) -> web.Response:
     return web.Response(body=orjson.dumps(obj), content_type="application/json")
+
+
+def _created(answer: dict[str, Any], record: RequestRecord) -> int:
+    """The row's `created`: the answer's, else (a pass-through's 1e400, "…", null, a float, or
+    an int SQLite cannot hold: `int()` raised, or the row was refused, and the completion was
+    not stored) the proxy's own. The stored answer keeps the upstream's, as the client got it."""
+    created = answer.get("created")
+    if type(created) is int and _SQLITE_MIN <= created <= _SQLITE_MAX:
+        return created
+    return record.created if record.created is not None else int(time.time())
+
+
+_SQLITE_MIN, _SQLITE_MAX = -(1 << 63), (1 << 63) - 1  # an INTEGER column's range
 
 
 def _succeeded(record: RequestRecord) -> bool:
