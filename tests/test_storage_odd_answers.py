@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from streamproxy._json import loads_lenient
@@ -14,6 +15,7 @@ from streamproxy.record import RequestRecord
 from streamproxy.storage.base import StoredCompletion
 from streamproxy.storage.config import StorageConfig
 from streamproxy.storage.service import StoredCompletions, StoreTicket
+from streamproxy.storage.sqlite import _row
 
 OURS = 1_700_000_123  # the proxy's `created`: when it sent the request
 
@@ -62,3 +64,25 @@ def test_an_odd_created_is_stored_with_ours(created: bytes) -> None:
 def test_a_valid_created_is_the_upstreams() -> None:
     item, _ = _store(_answer(created=b"1700000000"))
     assert item is not None and item.created == 1_700_000_000
+
+
+@pytest.mark.parametrize("model", [b"1e400", b"7", b'{"name":"gpt"}', b'["gpt"]', b"true",
+                                   b"null", b'""'])
+def test_an_odd_model_is_stored_under_the_routed_one(model: bytes) -> None:
+    # str() of the upstream's model made the row's `model` (which the list's `model` filter
+    # matches) "inf", "{'name': 'gpt'}" or "True": the model the request was routed to now.
+    item, answer = _store(_answer(model=model))
+    assert item is not None and item.model == "gpt"
+    assert item.response is answer
+
+
+@pytest.mark.parametrize("usage", [b"1e400", b'"many"', b"[1,2]", b"7", b"true",
+                                   b'{"prompt_tokens":1e400,"completion_tokens":"2",'
+                                   b'"total_tokens":null}',
+                                   b'{"prompt_tokens":{"n":1},"completion_tokens":[],'
+                                   b'"total_tokens":-1e400}'])
+def test_odd_usage_counts_are_stored_as_they_came(usage: bytes) -> None:
+    item, answer = _store(_answer(usage=usage))
+    assert item is not None and item.response is answer
+    assert _row(item)[7] == orjson.dumps(answer).decode()  # a row SQLite takes
+

@@ -188,7 +188,7 @@ class StoredCompletions:
             answer = {**answer, "usage": no_usage()}
         return StoredCompletion(
             id=answer["id"], owner=ticket.owner, created=_created(answer, record),
-            model=str(answer.get("model") or record.model or ""),
+            model=_text(answer.get("model")) or record.model or "",
             request_model=ticket.request_model, metadata=ticket.metadata,
             request=ticket.request, response=answer,
             answered_model=f"{record.provider}/{record.model}"
@@ -285,6 +285,12 @@ def _created(answer: dict[str, Any], record: RequestRecord) -> int:
     if type(created) is int and _SQLITE_MIN <= created <= _SQLITE_MAX:
         return created
     return record.created if record.created is not None else int(time.time())
+
+
+def _text(value: Any) -> str:
+    # (a pass-through's model of another type — 1e400, an object — was stored as its str():
+    # "inf", "{'name': …}", which no list filter names)
+    return value if isinstance(value, str) else ""
 
 
 _SQLITE_MIN, _SQLITE_MAX = -(1 << 63), (1 << 63) - 1  # an INTEGER column's range
