@@ -1640,3 +1640,20 @@ async def test_a_pass_through_answer_with_an_odd_created_is_stored_with_ours(
     [(created,)] = sqlite3.connect(tmp_path / "s.sqlite3").execute(
         "SELECT created FROM stored_completions").fetchall()
     assert before <= created <= after  # ours: when the request was sent
+
+
+async def test_a_pass_through_answer_too_deep_to_encode_is_answered_with_store(
+        proxy: Any, upstream: Any, tmp_path: Path) -> None:
+    # A field nested 300 deep (orjson reads 1024 levels, writes 254): the captured answer's
+    # re-encoding under our id raised, and `store: true` turned the upstream's 200 into a 500.
+    # The client now gets the answer as it came; it is not stored (no row could hold it).
+    upstream.content_type = "application/json"
+    upstream.body = (b'{"id":"x","object":"chat.completion","created":1,"model":"gpt",'
+                     b'"choices":[{"index":0,"finish_reason":"stop","message":{'
+                     b'"role":"assistant","content":"Hi"}}],"deep":' + b"[" * 300
+                     + b"]" * 300 + b"}")
+    api = await _pass_through_api(proxy, upstream, tmp_path)
+    whole = await api.chat.completions.with_raw_response.create(model="gpt", messages=USER,
+                                                                store=True)
+    assert whole.http_response.content == upstream.body
+    assert whole.parse().choices[0].message.content == "Hi"

@@ -441,7 +441,10 @@ class Executor:
                 # (a completion without an id gets ours too: stored without one, it was lost)
                 if parsed.get("id") or isinstance(parsed.get("choices"), list):
                     parsed = {**parsed, "id": completion_id}
-                    result = orjson.dumps(parsed)
+                    try:
+                        result = orjson.dumps(parsed)
+                    except TypeError:  # nested past orjson's 254 levels (it reads 1024): no
+                        return result  # row could hold it, and `store` must not make a 500
                 record.response = parsed
             return result
         if record.capture:
