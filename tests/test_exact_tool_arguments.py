@@ -224,3 +224,22 @@ def test_a_replayed_call_with_an_exponent_past_a_double_goes_back_as_its_object(
         got = to_anthropic({"messages": [messages[0], {**messages[1], "tool_calls": [call]}]},
                            "claude-sonnet-4-5")
         assert got["messages"][1]["content"][0]["input"] == {"raw_arguments": text}
+
+
+def test_a_huge_number_too_deep_for_the_exact_path_is_never_written_as_infinity() -> None:
+    # 1e400 beside 600 levels: the exact path steps aside (past Python's recursion) and the
+    # stdlib wrote its reading, inf, as `Infinity`: no JSON, which a client's JSON.parse of the
+    # arguments refused. Now a protocol error says why, streamed and whole.
+    args = '{"a": 1e400, "x": ' + "[" * 600 + "1" + "]" * 600 + "}"
+    enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    body = b"data: " + gemini_chunk(args, "STOP") + b"\r\n\r\n"
+    c = collect(sse_chunks(relay_pieces(enc, GeminiStreamTranslator(enc, 1 << 20), [body])))
+    assert c.tool_calls == [] and c.error is not None
+    assert c.error["code"] == "upstream_protocol_error" and "1e400" not in c.error["message"]
+    assert "number" in c.error["message"]
+    try:
+        gemini_whole(args)
+    except UpstreamProtocolError as e:
+        assert e.status == 502 and "number" in str(e)
+    else:
+        raise AssertionError("Infinity was written")

@@ -146,7 +146,15 @@ def unread_usage(chunk: bytes) -> Any:
 def dump_args(args: Any) -> str:
     # Python's default separators (`{"type": "funny"}`), as the reference translation has them;
     # one call per tool call, so the stdlib's speed does not matter here.
-    return json.dumps(args if args is not None else {}, ensure_ascii=False)
+    try:
+        return json.dumps(args if args is not None else {}, ensure_ascii=False,
+                          allow_nan=False)
+    except ValueError:
+        # A number past a double's (1e400, read as inf) where exact_args stepped aside (nesting
+        # past Python's recursion): the stdlib wrote `Infinity`, no JSON for any client.
+        raise StreamDecodeError("the upstream sent a tool call's arguments with a number "
+                                "too large to pass on, nested too deep to copy as written"
+                                ) from None
 
 
 def exact_args(raw: bytes) -> list[str] | None:
