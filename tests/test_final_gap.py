@@ -22,6 +22,18 @@ def frame(delta: dict[str, Any]) -> bytes:
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]})
 
 
+async def _streamed(proxy: Any, upstream: Any, idle: float) -> Any:
+    """The chunks a streamed request got through a proxy to `upstream` (OpenAI-compatible)
+    with a 5 s first-token timeout and an `idle` one."""
+    client = await proxy(make_config(
+        {"o": {"type": "openai", "base_url": upstream.url, "api_key": "k",
+               "default_model": "m", "timeouts": {"first_token": 5, "idle": idle}}},
+        default="o"))
+    resp = await client.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "hi"}], "stream": True})
+    return collect(sse_chunks(await resp.read()))
+
+
 @pytest.mark.parametrize("upstream_client", ["native", "aiohttp"])  # piped, pulled relay
 async def test_an_idle_timeout_logs_the_gap_that_ended_the_stream(
         upstream_client: str, proxy: Any, upstream: Any, access_log: Any,
@@ -33,13 +45,7 @@ async def test_an_idle_timeout_logs_the_gap_that_ended_the_stream(
     upstream.hold_open = True  # then silence, until the idle timeout (0.3 s)
     lbl = {"provider": "o", "model": "m"}
     before = metric_value("streamproxy_stream_max_gap_seconds_sum", lbl)
-    client = await proxy(make_config(
-        {"o": {"type": "openai", "base_url": upstream.url, "api_key": "k",
-               "default_model": "m", "timeouts": {"first_token": 5, "idle": 0.3}}},
-        default="o"))
-    resp = await client.post("/v1/chat/completions", json={
-        "messages": [{"role": "user", "content": "hi"}], "stream": True})
-    c = collect(sse_chunks(await resp.read()))
+    c = await _streamed(proxy, upstream, idle=0.3)
     assert c.content == "abc" and c.error is not None and c.error["code"] == "upstream_timeout"
     line = access_log()[-1]
     assert line["error_code"] == "upstream_timeout"
@@ -83,13 +89,7 @@ async def test_the_silence_before_the_first_token_is_no_stream_gap(
     upstream.piece_delays = [0.4, 0.01, 0.01, 0.01, 0.0]  # a 400 ms think after the role
     lbl = {"provider": "o", "model": "m"}
     before = metric_value("streamproxy_stream_max_gap_seconds_sum", lbl)
-    client = await proxy(make_config(
-        {"o": {"type": "openai", "base_url": upstream.url, "api_key": "k",
-               "default_model": "m", "timeouts": {"first_token": 5, "idle": 5}}},
-        default="o"))
-    resp = await client.post("/v1/chat/completions", json={
-        "messages": [{"role": "user", "content": "hi"}], "stream": True})
-    c = collect(sse_chunks(await resp.read()))
+    c = await _streamed(proxy, upstream, idle=5)
     assert c.content == "abc" and c.error is None
     line = access_log()[-1]
     assert line["ttft_ms"] >= 390 and line["first_chunk_ms"] < line["ttft_ms"], line
