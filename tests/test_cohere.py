@@ -883,3 +883,19 @@ def test_an_empty_tool_result_is_sent_as_empty_tool_result(content: Any, sent: s
                          {"role": "tool", "tool_call_id": "c1", "content": content}]}
     assert to_cohere(body, "command-a-03-2025")["messages"][2] == {
         "role": "tool", "tool_call_id": "c1", "content": sent}
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "system", "content": ""}],
+    [{"role": "developer", "content": [{"type": "text", "text": ""}]}],
+    [{"role": "assistant", "content": ""}],
+    [{"role": "system", "content": None}, {"role": "assistant", "content": None}],
+])
+def test_a_conversation_left_with_no_message_gets_the_placeholder_user_turn(
+        messages: list[dict[str, Any]]) -> None:
+    # Every message said nothing and was left out (Cohere refuses an empty one), and
+    # `messages: []` went, which Cohere refuses: the client, answered by OpenAI, got a 400.
+    # As on Anthropic, Gemini and Bedrock, the request has one user turn asking the model to
+    # answer (README "Choices we made").
+    assert to_cohere({"messages": messages}, "command-a-03-2025")["messages"] == [
+        {"role": "user", "content": "Begin."}]

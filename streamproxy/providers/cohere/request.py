@@ -2,7 +2,8 @@
 
 Choices (docs/providers/others.md "cohere"):
 - system and developer messages stay in place as `system` messages (an empty one is left
-  out: Cohere refuses an empty message);
+  out: Cohere refuses an empty message); a conversation left with no message at all is one
+  PLACEHOLDER_USER_TEXT user turn (Cohere refuses an empty `messages`);
 - user content parts: text (an empty part left out; a message with nothing said goes as
   BLANK_USER_TEXT: Cohere refuses an empty message), and `image_url` (data: or http(s) URLs,
   for vision models); a data: URL goes as `data:<type>;base64,<data>`, its type read from
@@ -49,6 +50,7 @@ from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.content import (
     BLANK_USER_TEXT,
     OPENAI_ONLY,
+    PLACEHOLDER_USER_TEXT,
     answer_cap,
     distinct_tools,
     image_media_type,
@@ -211,7 +213,9 @@ def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             raise InvalidRequest("The legacy 'function' role is not supported; use 'tool'.",
                                  param=f"messages[{i}].role", code="unsupported_value")
-    return out
+    # Every message said nothing and was left out: Cohere refuses `messages: []`, where
+    # OpenAI answers; one user turn asks for the answer, as on Anthropic, Gemini, Bedrock.
+    return out or [{"role": "user", "content": PLACEHOLDER_USER_TEXT}]
 
 
 def _assistant(m: dict[str, Any], i: int) -> dict[str, Any] | None:
