@@ -899,3 +899,19 @@ def test_a_conversation_left_with_no_message_gets_the_placeholder_user_turn(
     # answer (README "Choices we made").
     assert to_cohere({"messages": messages}, "command-a-03-2025")["messages"] == [
         {"role": "user", "content": "Begin."}]
+
+
+@pytest.mark.parametrize(("message", "said"), [
+    ({"detail": "invalid request: bad field"}, "invalid request: bad field"),
+    ({"code": 7}, "the provider reported an error"),
+    (["a", "b"], "the provider reported an error"),
+    (5, "the provider reported an error"),
+])
+def test_an_error_event_s_message_that_is_no_string_is_not_its_repr(message: Any,
+                                                                     said: str) -> None:
+    # An error body sent as an event whose `message` is no string went to the client as
+    # Python's str() of it ("{'code': 7}", "['a', 'b']"); now it is read as an error body
+    # over HTTP is (providers/base.py `detail_message`), or says there was an error.
+    c = collect(sse_chunks(translate([b"data: " + orjson.dumps({"message": message})
+                                      + b"\n\n"])))
+    assert c.error is not None and c.error["message"] == said and not c.done

@@ -40,6 +40,7 @@ from streamproxy.providers.base import (
     WRONG_SHAPE,
     SSETranslator,
     context_overflow,
+    detail_message,
     event_kind,
     load_event_json,
     malformed,
@@ -87,6 +88,14 @@ def call_arguments(arguments: str | None) -> str:
     them into keyword arguments cannot take, so "null" and blank are "{}"; anything else goes
     as it came, spaces and all (the two paths differed: " nu" vs "nu")."""
     return arguments if arguments and arguments.strip() not in ("", NULL) else "{}"
+
+
+def error_text(message: Any) -> str:
+    """An error event's `message` as the client's: read as an error body's over HTTP is
+    (`generic_error`), since one that is no string went out as Python's str() of it."""
+    if not isinstance(message, str):
+        message = detail_message(message)
+    return message or "the provider reported an error"
 
 
 def finish_reason(reason: str, made_calls: bool) -> str:
@@ -239,7 +248,7 @@ class CohereStreamTranslator(SSETranslator):
         elif kind == "message-end":
             self._end(msg.get("delta") or {})
         elif kind is None and msg.get("message"):  # an error body sent as an event
-            message = str(msg["message"])
+            message = error_text(msg["message"])
             self.out.error(overflow(UpstreamStatusError(
                 answered_status(message), message, provider=self._provider)))
             self.done = True
