@@ -915,3 +915,17 @@ def test_an_error_event_s_message_that_is_no_string_is_not_its_repr(message: Any
     c = collect(sse_chunks(translate([b"data: " + orjson.dumps({"message": message})
                                       + b"\n\n"])))
     assert c.error is not None and c.error["message"] == said and not c.done
+
+
+def test_a_late_system_message_and_a_final_assistant_message_go_in_place() -> None:
+    # A late system message stays where the client put it, and Cohere does not continue a final
+    # assistant message (no prefill; answered anew, as OpenAI): both go as sent, in order; no
+    # user turn is made up after the assistant's.
+    body = {"messages": [{"role": "user", "content": "hi"},
+                         {"role": "developer", "content": "Answer in French."},
+                         {"role": "user", "content": "Name a colour."},
+                         {"role": "assistant", "content": "Rouge"}]}
+    assert to_cohere(body, "command-a-03-2025")["messages"] == [
+        {"role": "user", "content": "hi"}, {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Rouge"}]
