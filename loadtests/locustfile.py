@@ -89,6 +89,15 @@ for _name in SCENARIOS:
         raise SystemExit("SP_SCENARIOS=custom needs SP_MODEL")
 
 
+def _chat_url(base_url: str) -> str:
+    """The chat endpoint under --host. Locust only appends a path to the host: one written as
+    a client's base URL (`http://127.0.0.1:8787/v1`, as the openai SDK takes it) or with a
+    trailing slash made every request a 404 on `/v1/v1/…` or `//v1/…`. A path prefix (a
+    deployment behind `/llm`) is kept."""
+    base = base_url.rstrip("/")
+    return base + (PATH.removeprefix("/v1") if base.endswith("/v1") else PATH)
+
+
 def _headers() -> dict[str, str]:
     headers = {"content-type": "application/json", "accept": "text/event-stream"}
     if os.environ.get("SP_API_KEY"):
@@ -250,6 +259,7 @@ class _StreamingUser(HttpUser):
     abstract = True
     scenario = ""
     wait_time = constant(WAIT)
+    url = PATH
 
     def on_start(self) -> None:
         self.body = json.dumps({
@@ -262,6 +272,8 @@ class _StreamingUser(HttpUser):
                 "SP_PROMPT", "Write two sentences about load testing.")}],
         })
         self.headers = _headers()
+        # HttpSession's base_url: --host without the user info it turned into basic auth.
+        self.url = _chat_url(self.client.base_url)
         if os.environ.get("SP_CA_BUNDLE"):  # HttpUser's client ignores REQUESTS_CA_BUNDLE
             self.client.verify = os.environ["SP_CA_BUNDLE"]
 
@@ -271,7 +283,7 @@ class _StreamingUser(HttpUser):
         started = time.perf_counter()
         reader = StreamReader(started)
         try:
-            with self.client.post(PATH, data=self.body, headers=self.headers, stream=True,
+            with self.client.post(self.url, data=self.body, headers=self.headers, stream=True,
                                   timeout=TIMEOUT, name=f"{name} POST (headers)",
                                   catch_response=True) as resp:
                 if resp.status_code != 200:

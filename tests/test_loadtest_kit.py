@@ -256,7 +256,7 @@ def test_an_internal_ca_for_an_https_host(monkeypatch: pytest.MonkeyPatch) -> No
     locustfile, _ = _load_locustfile(monkeypatch)
     monkeypatch.setenv("SP_CA_BUNDLE", "/etc/ssl/internal-ca.pem")
     user = locustfile.CustomUser()
-    user.client = types.SimpleNamespace(verify=True)
+    user.client = types.SimpleNamespace(verify=True, base_url="http://127.0.0.1:8787")
     user.on_start()
     assert user.client.verify == "/etc/ssl/internal-ca.pem"
 
@@ -373,7 +373,7 @@ def test_an_inline_portkey_config_object_is_sent_as_its_json(
                                                  "x-portkey-provider": "mock"}))
     locustfile, _ = _load_locustfile(monkeypatch)
     user = locustfile.CustomUser()
-    user.client = types.SimpleNamespace(verify=True)
+    user.client = types.SimpleNamespace(verify=True, base_url="http://127.0.0.1:8787")
     user.on_start()
     assert json.loads(user.headers["x-portkey-config"]) == config
     assert user.headers["x-portkey-provider"] == "mock"
@@ -385,7 +385,7 @@ def test_the_answer_cap_is_sent_as_max_completion_tokens(monkeypatch: pytest.Mon
     monkeypatch.setenv("SP_MAX_TOKENS", "64")
     locustfile, _ = _load_locustfile(monkeypatch)
     user = locustfile.PassthroughUser()
-    user.client = types.SimpleNamespace(verify=True)
+    user.client = types.SimpleNamespace(verify=True, base_url="http://127.0.0.1:8787")
     user.on_start()
     body = json.loads(user.body)
     assert body["max_completion_tokens"] == 64 and "max_tokens" not in body
@@ -588,3 +588,30 @@ def test_tokens_per_second_stay_out_of_the_aggregated_row(
     assert "s tokens/s" not in [e["name"] for e in events.fired]
     assert stats.logged == [("STREAM", "s tokens/s", pytest.approx(10))]
     assert "s inter-token" in [e["name"] for e in events.fired]  # milliseconds are aggregated
+
+
+@pytest.mark.parametrize(("host", "url"), [
+    ("http://127.0.0.1:8787", "http://127.0.0.1:8787/v1/chat/completions"),
+    ("http://127.0.0.1:8787/", "http://127.0.0.1:8787/v1/chat/completions"),
+    ("http://127.0.0.1:8787/v1", "http://127.0.0.1:8787/v1/chat/completions"),
+    ("https://proxy.internal/v1/", "https://proxy.internal/v1/chat/completions"),
+    ("https://gw.internal/llm", "https://gw.internal/llm/v1/chat/completions")])
+def test_a_host_written_as_a_clients_base_url_reaches_the_chat_endpoint(
+        monkeypatch: pytest.MonkeyPatch, host: str, url: str) -> None:
+    # README's clients use base_url="http://127.0.0.1:8787/v1"; given to --host as is (or with
+    # a trailing slash), locust appended the path: every request a 404 on /v1/v1/… or //v1/….
+    locustfile, _ = _load_locustfile(monkeypatch)
+    user = locustfile.CustomUser()
+    user.client = types.SimpleNamespace(verify=True, base_url=host)
+    user.on_start()
+    posted: list[str] = []
+
+    def post(path: str, **kw: Any) -> _Response:
+        # Locust's HttpSession: an absolute URL as it is, a path after the host as given.
+        posted.append(path if path.startswith(("http://", "https://")) else host + path)
+        return _Response(200, b"".join(_sse(_content("a"), "[DONE]")))
+
+    user.client.post = post
+    user.environment = types.SimpleNamespace(stats=_Stats())
+    user.stream()
+    assert posted == [url]
