@@ -250,6 +250,19 @@ def _what_came(content_type: str, head: bytes) -> str:
     return f"not an event stream ({content_type or 'no content-type'}): {_grouped(shown)[:200]}"
 
 
+def _how_it_failed(r: StreamReader) -> StreamFailed | None:
+    """Why a stream read to its end failed, or None."""
+    if r.error is not None:
+        return StreamFailed(f"error frame: {_grouped(r.error)}")
+    if not r.done and "event-stream" not in r.content_type:
+        return StreamFailed(_what_came(r.content_type, r.head))
+    if not r.done:
+        return StreamFailed("stream ended without [DONE]")
+    if r.first_token is None:
+        return StreamFailed("no content token")
+    return None
+
+
 def _report(name: str, ms: float, length: int = 0, exception: Exception | None = None) -> None:
     events.request.fire(request_type=STREAM_TYPE, name=name, response_time=ms,
                         response_length=length, exception=exception, context={})
@@ -299,22 +312,18 @@ class _StreamingUser(HttpUser):
                 for data in reads:
                     reader.feed(data, time.perf_counter())
         except Exception as e:  # connection reset, bad JSON, …: a stream error
-            _report(f"{name} stream", (time.perf_counter() - started) * 1000,
-                    exception=StreamFailed(_grouped(f"{type(e).__name__}: {e}")))
+            # What arrived before is reported as an error frame's is: the client saw its first
+            # token and gaps, and TTFT's count is every stream that had one.
+            self.report(name, reader, time.perf_counter(),
+                        StreamFailed(_grouped(f"{type(e).__name__}: {e}")))
             return
         self.report(name, reader, time.perf_counter())
 
-    def report(self, name: str, r: StreamReader, ended: float) -> None:
+    def report(self, name: str, r: StreamReader, ended: float,
+               cut: Exception | None = None) -> None:
+        """`cut`: the exception that ended the reading (a reset, a read timeout, bad JSON)."""
         total_ms = (ended - r.started) * 1000
-        failure = None
-        if r.error is not None:
-            failure = StreamFailed(f"error frame: {_grouped(r.error)}")
-        elif not r.done and "event-stream" not in r.content_type:
-            failure = StreamFailed(_what_came(r.content_type, r.head))
-        elif not r.done:
-            failure = StreamFailed("stream ended without [DONE]")
-        elif r.first_token is None:
-            failure = StreamFailed("no content token")
+        failure = cut or _how_it_failed(r)
         tokens = r.usage_tokens or r.chunks
         _report(f"{name} stream", total_ms, tokens, failure)
         if r.first_token is None:

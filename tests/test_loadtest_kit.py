@@ -615,3 +615,29 @@ def test_a_host_written_as_a_clients_base_url_reaches_the_chat_endpoint(
     user.environment = types.SimpleNamespace(stats=_Stats())
     user.stream()
     assert posted == [url]
+
+
+class _CutStreamResponse(_Response):
+    """Two content chunks, 0.1 s apart, then the connection reset mid-stream."""
+
+    def iter_content(self, chunk_size: int | None) -> Any:
+        import requests
+
+        yield from _sse(_content("a"), _content("b"))
+        raise requests.exceptions.ChunkedEncodingError(
+            "('Connection broken: IncompleteRead(0 bytes read, 2 more expected)')")
+
+
+def test_a_stream_cut_mid_way_reports_what_arrived_like_an_error_frame(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Cut (a load balancer's idle timeout, a restart), the stream's first token and gaps were
+    # dropped while an error frame's were kept: TTFT counted fewer streams than the client saw.
+    locustfile, events = _load_locustfile(monkeypatch)
+    clock = iter((0.0, 0.2, 0.3, 0.4))
+    monkeypatch.setattr(locustfile.time, "perf_counter", lambda: next(clock))
+    _run_one_stream(locustfile, _CutStreamResponse(200, b""))
+    rows = {e["name"]: e for e in events.fired}
+    assert "ChunkedEncodingError" in str(rows["custom stream"]["exception"])
+    assert rows["custom stream"]["response_time"] == pytest.approx(400)
+    assert rows["custom TTFT"]["response_time"] == pytest.approx(200)
+    assert rows["custom inter-token"]["response_time"] == pytest.approx(100)
