@@ -131,6 +131,7 @@ class StreamReader:
         self.usage_tokens: int | None = None
         self.reasoning_tokens = 0  # usage's completion_tokens_details.reasoning_tokens
         self.reasoning_streamed = False
+        self.finish_reason: str | None = None  # the last choice's, to say why none had content
         self.done = False
         self.error: str | None = None
         self.content_type = "text/event-stream"
@@ -164,6 +165,8 @@ class StreamReader:
             self.reasoning_tokens = (usage.get("completion_tokens_details") or {}).get(
                 "reasoning_tokens") or 0
         for choice in chunk.get("choices") or []:
+            if choice.get("finish_reason"):
+                self.finish_reason = str(choice["finish_reason"])
             delta = choice.get("delta") or {}
             if delta.get("reasoning_content") or delta.get("reasoning"):
                 self.reasoning_streamed = True
@@ -259,7 +262,12 @@ def _how_it_failed(r: StreamReader) -> StreamFailed | None:
     if not r.done:
         return StreamFailed("stream ended without [DONE]")
     if r.first_token is None:
-        return StreamFailed("no content token")
+        # A reasoning model can spend a low SP_MAX_TOKENS thinking, unseen (`length`), a
+        # filter can stop it (`content_filter`): said, so that the cause shows in the report.
+        why = [f"finish_reason {r.finish_reason}"] if r.finish_reason else []
+        if r.reasoning_tokens and not r.reasoning_streamed:
+            why.append("hidden reasoning only")
+        return StreamFailed("no content token" + (f" ({', '.join(why)})" if why else ""))
     return None
 
 

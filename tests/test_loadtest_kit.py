@@ -641,3 +641,16 @@ def test_a_stream_cut_mid_way_reports_what_arrived_like_an_error_frame(
     assert rows["custom stream"]["response_time"] == pytest.approx(400)
     assert rows["custom TTFT"]["response_time"] == pytest.approx(200)
     assert rows["custom inter-token"]["response_time"] == pytest.approx(100)
+
+
+def test_an_answer_with_no_content_says_how_it_finished(monkeypatch: pytest.MonkeyPatch) -> None:
+    # gpt-5 or an o-series model given a low SP_MAX_TOKENS can spend it all reasoning, unseen:
+    # a 200, [DONE], no text. The failure said only "no content token", every stream alike.
+    locustfile, events = _load_locustfile(monkeypatch)
+    role = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+    ended = {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}
+    stream = _sse(role, ended, _usage(256, reasoning_tokens=256), "[DONE]")
+    _run_one_stream(locustfile, _Response(200, b"".join(stream)))
+    (failed,) = [e for e in events.fired if e["name"] == "custom stream"]
+    assert str(failed["exception"]) == (
+        "no content token (finish_reason length, hidden reasoning only)")
