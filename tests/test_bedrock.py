@@ -1079,6 +1079,25 @@ def test_reasoning_effort_is_dropped_for_claudes_that_cannot_think(model: str) -
     assert "additionalModelRequestFields" not in out and "inferenceConfig" not in out
 
 
+CLAUDE_ROUTER = "arn:aws:bedrock:us-east-1:123456789012:default-prompt-router/anthropic.claude:1"
+
+
+def test_the_default_claude_prompt_router_is_read_as_the_claudes_it_routes_between() -> None:
+    # AWS's Claude prompt router routes between Claude 3 Haiku and Claude 3.5 Sonnet; its id
+    # names no Claude version, which the Claude rules read as the newest Claude: the client's
+    # temperature and top_p were left out without a word, and reasoning_effort sent adaptive
+    # thinking, which neither Claude takes (Bedrock's 400).
+    body = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0.3, "top_p": 0.5,
+            "top_k": 5}
+    out = to_converse(body, CLAUDE_ROUTER)
+    assert out["inferenceConfig"] == {"temperature": 0.3, "topP": 0.5}
+    assert out["additionalModelRequestFields"] == {"top_k": 5}
+    thinking = to_converse({**body, "reasoning_effort": "medium"}, CLAUDE_ROUTER)
+    assert "thinking" not in thinking["additionalModelRequestFields"]
+    with pytest.raises(InvalidRequest):  # (still a Claude: no whitespace-only stop sequence)
+        to_converse({**body, "stop": ["\n"]}, CLAUDE_ROUTER)
+
+
 @pytest.mark.parametrize("content", ["", " \n", None, [], [{"type": "text", "text": ""}],
                                      [{"type": "text", "text": " "}, {"type": "text", "text": ""}]])
 def test_an_empty_tool_result_is_a_placeholder_text_never_a_blank_block(content: Any) -> None:

@@ -84,6 +84,8 @@ Choices (docs/providers/bedrock.md):
 - the provider option `anthropic_beta` (Claude's betas, as the `anthropic` type sends in its
   `anthropic-beta` header) → `additionalModelRequestFields.anthropic_beta`, a list, for Claude
   models only; a client's own list there is sent as given;
+- the rules chosen by model id read the name anywhere in it (profile ids, ARNs); AWS's default
+  Claude prompt router, which names no version, as the Claudes it routes between (PROMPT_ROUTERS);
 - OpenAI parameters in DROPPED are dropped; `n` > 1 is rejected.
 """
 
@@ -218,6 +220,24 @@ _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9\s\-()\[\]]+")
 NAME_MAX = 200  # Converse's longest document name
 
 
+# AWS's default prompt routers whose ids name no model version, as their ARNs end
+# (`…:default-prompt-router/anthropic.claude:1`) → one of the models each routes between, the
+# id the rules chosen by model id read: unversioned, a Claude was the newest (adaptive thinking,
+# no sampling), where this router serves Claude 3 Haiku and 3.5 Sonnet (neither thinks; both
+# take temperature and top_p together). (Llama's and Nova's routers: no rule tells them apart.)
+PROMPT_ROUTERS = {"default-prompt-router/anthropic.claude:1":
+                  "anthropic.claude-3-5-sonnet-20240620-v1:0"}
+
+
+def routed_model(model: str) -> str:
+    """`model`, or for a default prompt router the model its rules are those of."""
+    if "default-prompt-router/" in model:
+        for router, routed in PROMPT_ROUTERS.items():
+            if model.endswith(router):
+                return routed
+    return model
+
+
 def is_claude(model: str) -> bool:
     return "anthropic.claude" in model
 
@@ -259,6 +279,7 @@ def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "aut
         raise InvalidRequest("Bedrock returns one choice per request; 'n' must be 1.",
                              param="n", code="unsupported_value")
     logprobs_asked(body)  # dropped, but a request OpenAI refuses is refused here too
+    model = routed_model(model)  # (the URL keeps the router's own id)
     system, messages, tool_names = _messages(with_call_ids(body["messages"], "tooluse_"))
     messages = drop_trailing_thinking(messages, _is_reasoning)
     if not messages or messages[0]["role"] != "user":  # Converse starts with a user turn
