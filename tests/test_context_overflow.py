@@ -110,7 +110,15 @@ def test_vertexs_input_token_count_over_what_the_model_supports() -> None:
     # overflow counts the completion too), and Amazon Nova's words.
     "The model returned the following errors: input length and `max_tokens` exceed context "
     "limit: 142422 + 64000 > 204658, decrease input length or `max_tokens` and try again",
-    "Input Tokens Exceeded: Number of input tokens exceeds maximum length"])
+    "Input Tokens Exceeded: Number of input tokens exceeds maximum length",
+    # OpenAI's words, from the models Bedrock serves behind an OpenAI-style engine (Llama 4,
+    # GLM, MiniMax): they were a plain 400 no client or fallback could tell from another.
+    "This model's maximum context length is 1048576 tokens. Please reduce the length of the "
+    "prompt.",
+    "Mantle streaming error for requestId 1f2e: \"This model's maximum context length is 202752 "
+    "tokens. However, you requested 65536 output tokens and your prompt contains at least "
+    "137217 input tokens, for a total of at least 202753 tokens. Please reduce the length of "
+    "the input prompt or the number of requested output tokens.\""])
 def test_bedrocks_input_too_long(message: str) -> None:
     up = provider(BedrockProvider, "bedrock", region="us-east-1")
     body = orjson.dumps({"message": message})

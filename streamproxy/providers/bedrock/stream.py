@@ -140,9 +140,11 @@ def aws_error(kind: Any, message: Any, provider: str,
 # too long for requested model.", "Too many input tokens. …"), Amazon Nova's ("Input Tokens
 # Exceeded: …") or the model's, quoted ("The model returned the following errors: prompt is
 # too long: …", and "input length and `max_tokens` exceed context limit: …", Claude's: the
-# prompt leaves no room for the answer, which OpenAI's overflow counts too).
+# prompt leaves no room for the answer, which OpenAI's overflow counts too), or OpenAI's own
+# ("This model's maximum context length is N tokens…"), as the models Bedrock serves behind an
+# OpenAI-style engine word it (Llama 4, GLM, MiniMax).
 OVERFLOW = ("input is too long", "too many input tokens", "prompt is too long",
-            "input tokens exceeded", "exceed context limit")
+            "input tokens exceeded", "exceed context limit", "maximum context length")
 # A ModelStreamErrorException quotes the model (`originalMessage`): a prompt the model refused
 # once the stream had begun says so in the same words.
 STREAM_ERROR = "modelstreamerrorexception"
