@@ -1261,6 +1261,25 @@ def test_the_json_schema_description_reaches_gemini(model: type[BaseModel],
     assert schema == given  # the client's body is left as it came
 
 
+def test_the_json_schema_description_beside_a_root_ref_keeps_the_ref_alone() -> None:
+    # zod-to-json-schema with a name (and pydantic 2's recursive model) write the root as a
+    # `$ref` into its definitions; Gemini refuses a `$ref` with a non-$ keyword beside it, so
+    # the format's description, put beside the root `$ref`, made a valid request a 400.
+    schema = {"$schema": "http://json-schema.org/draft-07/schema#",
+              "$ref": "#/definitions/Answer",
+              "definitions": {"Answer": {"type": "object", "properties": {
+                  "a": {"type": "string"}}, "required": ["a"]}}}
+    given = copy.deepcopy(schema)
+    out = translate([{"role": "user", "content": "x"}], response_format={
+        "type": "json_schema", "json_schema": {
+            "name": "answer", "description": "The answer", "schema": schema}})
+    assert out["generationConfig"]["responseJsonSchema"] == {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "$defs": {"Answer": given["definitions"]["Answer"]},
+        "description": "The answer", "anyOf": [{"$ref": "#/$defs/Answer"}]}
+    assert schema == given
+
+
 # Draft 7's tuple (pydantic 1's Tuple[int, str], zod-to-json-schema's z.tuple): `items` a list,
 # `additionalItems` the rest. Gemini reads 2020-12's words for it: `prefixItems`, and `items`
 # for the rest.

@@ -196,7 +196,9 @@ def _generation_config(body: dict[str, Any], model: str) -> dict[str, Any]:
             raise InvalidRequest("'response_format.json_schema.schema' must be an object.",
                                  param="response_format.json_schema.schema")
         config["responseMimeType"] = "application/json"
-        config["responseJsonSchema"] = _described(gemini_schema(schema), spec.get("description"))
+        # described first: beside a root `$ref` (zod-to-json-schema's named schema) the
+        # description must go the way gemini_schema puts any non-$ keyword there
+        config["responseJsonSchema"] = gemini_schema(_described(schema, spec.get("description")))
     modalities = _response_modalities(body)
     if modalities:
         config["responseModalities"] = modalities
@@ -215,11 +217,10 @@ def _described(schema: dict[str, Any], description: Any) -> dict[str, Any]:
     Gemini field of its own: it opens the schema's description, which Gemini reads."""
     if not isinstance(description, str) or not description:
         return schema
-    own = schema.get("description")  # (schema is gemini_schema's copy: the client's stays)
+    own = schema.get("description")
     if isinstance(own, str) and own:
         description = f"{description}\n\n{own}"
-    schema["description"] = description
-    return schema
+    return {**schema, "description": description}  # (a copy: the client's schema stays)
 
 
 def _takes_penalties(model: str) -> bool:
