@@ -10,6 +10,8 @@
   sent back upstream).
 - `inlineData` image parts (image models) → `images` entries, each whole, as a data: URL;
   thought images (drafts) are left out.
+- `executableCode` / `codeExecutionResult` parts (code execution) → fenced blocks of the
+  content (code_block).
 - `thought: true` text parts → reasoning. A `thoughtSignature` → a `thinking_blocks` entry
   `{"type": "thought_signature", "signature", "tool_call_id"?}` for the client to send back.
 - `usageMetadata` is a snapshot repeated on chunks and not monotonic: the last one wins whole.
@@ -204,6 +206,22 @@ def image_url(part: dict[str, Any]) -> str | None:
             or not data or not isinstance(data, str)):
         return None
     return f"data:{mime};base64,{data}"
+
+
+def code_block(part: dict[str, Any]) -> str:
+    """A code execution part (`executableCode`, or its run's `codeExecutionResult`) as a
+    fenced block of the answer's text, the code's language (`PYTHON`) or `output` naming it:
+    OpenAI has no slot for either, and an answer whose reasoning ran there made no sense
+    without them. On lines of their own, whatever text comes before or after."""
+    if "executableCode" in part:
+        code = part["executableCode"]
+        tag = str(code.get("language") or "").lower().replace("language_unspecified", "")
+        body = code.get("code") or ""
+    else:
+        tag, body = "output", part["codeExecutionResult"].get("output") or ""
+    if not body.endswith("\n"):
+        body += "\n"
+    return f"\n```{tag}\n{body}```\n"
 
 
 def url_citations(metadata: dict[str, Any]) -> list[dict[str, Any]]:
@@ -496,7 +514,8 @@ class GeminiStreamTranslator(SSETranslator):
                 url = image_url(part)
                 if url is not None:
                     out.image(url)
-            # executableCode, codeExecutionResult: no OpenAI slot, dropped.
+            elif "executableCode" in part or "codeExecutionResult" in part:
+                self._content(code_block(part))
             if "thoughtSignature" in part:
                 self._signature(part["thoughtSignature"], call_id)
 
