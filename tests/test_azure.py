@@ -894,3 +894,39 @@ def test_max_completion_tokens_goes_as_max_tokens_to_api_versions_before_it(
         assert body["max_tokens"] == 100 and "max_completion_tokens" not in body
     else:
         assert body["max_completion_tokens"] == 100 and "max_tokens" not in body
+
+
+# Asynchronous filter mode, as recorded from Azure: a block caught after the model's `stop` is
+# no finish, only an annotation whose verdict says `filtered: true` (then usage, `[DONE]`); an
+# annotate-only filter reports `detected: true` so. All-clear annotations stay dropped.
+BLOCKED = {"custom_blocklists": [{"filtered": True, "id": "words"}]}
+DETECTED = {**SAFE, "protected_material_code": {"detected": True, "filtered": False}}
+
+
+@pytest.mark.parametrize("verdict", [BLOCKED, DETECTED], ids=["filtered", "detected"])
+def test_an_async_filter_verdict_after_the_finish_reaches_the_client(
+        verdict: dict[str, Any]) -> None:
+    # The verdict was dropped with the all-clear annotations: the client got a clean answer
+    # ending `stop` and no sign that Azure's filter had blocked (or flagged) it.
+    report = {**ANNOTATION, "choices": [{**ANNOTATION["choices"][0],
+                                         "content_filter_results": verdict}]}
+    enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    tr = AzureTranslator(enc, 1 << 20, provider="p", client_wants_usage=True)
+    tr.feed(sse(PREAMBLE,
+                {**ENVELOPE, "choices": [choice({"content": "", "role": "assistant"})]},
+                {**ENVELOPE, "choices": [choice({"content": "Hello"})]},
+                ANNOTATION, {**ENVELOPE, "choices": [choice({}, "stop")]}, ANNOTATION, report,
+                {**ENVELOPE, "choices": [], "usage": USAGE}))
+    tr.close()
+    chunks = sse_chunks(enc.take())
+    c = collect(chunks)  # one id, finish once
+    assert (c.content, c.finish_reason, c.usage, c.ids) == ("Hello", "stop", USAGE,
+                                                           {"chatcmpl-A1"})
+    [reported] = [chunk for chunk in chunks[:-1] if chunk["choices"]
+                  and chunk["choices"][0].get("content_filter_results") == verdict]
+    assert reported["choices"][0]["delta"] == {}
+    assert reported["choices"][0]["finish_reason"] is None
+    assert (reported["object"], reported["model"]) == ("chat.completion.chunk",
+                                                      ENVELOPE["model"])
+    assert chunks.index(reported) == len(chunks) - 3  # after the finish, before the usage
+    assert sum(1 for chunk in chunks[:-1] if chunk["choices"]) == 4  # the all-clear dropped

@@ -20,9 +20,11 @@ Azure's stream differs from OpenAI's in two ways that break naive clients
 - the first chunk can be `{"id": "", "model": "", "choices": [], "prompt_filter_results": …}`:
   no delta and no usage, so the pass-through already drops it (openai_compat.py);
 - with the asynchronous content filter, chunks arrive whose choice has no `delta` (only
-  `content_filter_results` / offsets, often with an empty id and model). One without a
-  finish_reason carries nothing a client can use and is dropped; one with a finish_reason gets
-  `delta: {}` so `choices[0].delta` exists, as in every OpenAI chunk, and the stream's id,
+  `content_filter_results` / offsets, often with an empty id and model). An all-clear one
+  without a finish_reason carries nothing a client can use and is dropped; one with a
+  finish_reason or a verdict (`filtered` or `detected`, a severity above safe: a block caught
+  after the model's `stop` comes only so) gets `delta: {}` so `choices[0].delta` exists, as
+  in every OpenAI chunk, and the stream's id,
   created and model where it left them empty (the proxy's, before any delta chunk: then
   every chunk after it takes the proxy's too, so one stream has one id).
 """
@@ -69,6 +71,10 @@ _RESOURCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 # takes only as `Authorization: Bearer` (as `api-key`, a 401); Azure's keys are hex or
 # alphanumeric, never dotted. So a client's own token works without `auth: entra`.
 _JWT = re.compile(r"eyJ[\w-]*\.[\w-]+\.[\w-]*", re.ASCII)
+# An async-filter annotation that reports something: a block (`filtered`), an annotate-only
+# filter's hit (`detected`), a severity above safe. A block caught after the model's `stop`
+# comes only so, with no `content_filter` finish: dropped, the client never learnt of it.
+_VERDICT = re.compile(rb'"(?:filtered|detected)": ?true|"severity": ?"(?!safe")')
 # The envelope fields an async-filter chunk leaves empty.
 _ENVELOPE_KEYS = ("id", "created", "model")
 FILTERED = "content_filter"
@@ -138,8 +144,8 @@ class AzureTranslator(PassthroughTranslator):
                 super().on_event(event)  # the preamble, the usage chunk, an error…
             return
         choice = choices[0]
-        if not choice.get("finish_reason"):
-            return  # filter annotations only
+        if not choice.get("finish_reason") and _VERDICT.search(data) is None:
+            return  # an all-clear annotation: nothing a client can use
         choice["delta"] = {}
         # Before any delta chunk (the filter cut the answer at its start) the stream's own
         # envelope is the proxy's: Azure's here is empty, and a client saw `id: ""`.
