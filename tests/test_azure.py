@@ -930,3 +930,29 @@ def test_an_async_filter_verdict_after_the_finish_reaches_the_client(
                                                       ENVELOPE["model"])
     assert chunks.index(reported) == len(chunks) - 3  # after the finish, before the usage
     assert sum(1 for chunk in chunks[:-1] if chunk["choices"]) == 4  # the all-clear dropped
+
+
+async def test_an_answer_blocked_after_its_finish_is_not_cached(proxy: Any,
+                                                                upstream: Any) -> None:
+    # The block's verdict came after the `stop` (above): the answer was recorded as a `stop`
+    # and cached, so every identical request within max_age got the blocked answer replayed
+    # clean, with no verdict and Azure never asked. A `content_filter` finish is never kept.
+    from tests.test_cache import STATUS, cache_header, drained
+
+    report = {**ANNOTATION, "choices": [{**ANNOTATION["choices"][0],
+                                         "content_filter_results": BLOCKED}]}
+    answer = choice({"content": "Hello", "role": "assistant"})
+    upstream.body = sse(PREAMBLE, {**ENVELOPE, "choices": [answer]},
+                        {**ENVELOPE, "choices": [choice({}, "stop")]}, report,
+                        {**ENVELOPE, "choices": [], "usage": USAGE})
+    client = await proxy(azure_config(upstream.url))
+    statuses = []
+    for _ in range(2):
+        resp = await client.post("/v1/chat/completions", json=STREAM_REQ,
+                                 headers=cache_header())
+        chunks = sse_chunks(await resp.read())
+        assert any(c["choices"][0].get("content_filter_results") == BLOCKED
+                   for c in chunks[:-1] if c["choices"])
+        statuses.append(resp.headers[STATUS])
+        await drained(client)
+    assert statuses == ["MISS", "MISS"] and len(upstream.requests) == 2

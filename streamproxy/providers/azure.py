@@ -75,6 +75,7 @@ _JWT = re.compile(r"eyJ[\w-]*\.[\w-]+\.[\w-]*", re.ASCII)
 # filter's hit (`detected`), a severity above safe. A block caught after the model's `stop`
 # comes only so, with no `content_filter` finish: dropped, the client never learnt of it.
 _VERDICT = re.compile(rb'"(?:filtered|detected)": ?true|"severity": ?"(?!safe")')
+_BLOCKED = re.compile(rb'"filtered": ?true')
 # The envelope fields an async-filter chunk leaves empty.
 _ENVELOPE_KEYS = ("id", "created", "model")
 FILTERED = "content_filter"
@@ -144,8 +145,11 @@ class AzureTranslator(PassthroughTranslator):
                 super().on_event(event)  # the preamble, the usage chunk, an error…
             return
         choice = choices[0]
-        if not choice.get("finish_reason") and _VERDICT.search(data) is None:
-            return  # an all-clear annotation: nothing a client can use
+        blocked = False
+        if not choice.get("finish_reason"):
+            if _VERDICT.search(data) is None:
+                return  # an all-clear annotation: nothing a client can use
+            blocked = _BLOCKED.search(data) is not None
         choice["delta"] = {}
         # Before any delta chunk (the filter cut the answer at its start) the stream's own
         # envelope is the proxy's: Azure's here is empty, and a client saw `id: ""`.
@@ -153,20 +157,27 @@ class AzureTranslator(PassthroughTranslator):
             self._envelope = self.out.envelope()
             self._stamped = self._parse_deltas = True
         if self._stamped:
-            self._restamp(chunk)
+            self._restamp(chunk, blocked)
             return
         for key, value in self._envelope.items():
             if not chunk.get(key):
                 chunk[key] = value
-        if not chunk.get("object"):
-            chunk["object"] = "chat.completion.chunk"
-        self.on_chunk(chunk, orjson.dumps(chunk))
+        self._forward(chunk, blocked)
 
-    def _restamp(self, chunk: dict[str, Any]) -> None:
+    def _restamp(self, chunk: dict[str, Any], blocked: bool = False) -> None:
         """Forward `chunk` with the proxy's envelope, which the stream took (`_stamped`)."""
         chunk.update(self._envelope or ())
+        self._forward(chunk, blocked)
+
+    def _forward(self, chunk: dict[str, Any], blocked: bool) -> None:
         if not chunk.get("object"):
             chunk["object"] = "chat.completion.chunk"
+        if blocked:
+            # A block's verdict (no finish in it): the client's chunk says it as Azure did,
+            # while the answer's finish, for the logs and the cache (which never keeps a cut
+            # answer: a replay would give the blocked answer clean), is the filter's.
+            self.out.raw(orjson.dumps(chunk), FILTERED)
+            return
         self.on_chunk(chunk, orjson.dumps(chunk))
 
 
