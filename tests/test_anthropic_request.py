@@ -619,6 +619,40 @@ def test_system_messages_after_the_last_assistant_turn_ask_for_a_new_answer(
     assert answered["messages"][-1]["content"] == [{"type": "text", "text": "Oui?"}]
 
 
+def test_an_assistant_turn_after_a_late_system_message_is_not_merged_into_the_one_before(
+        ) -> None:
+    """An agent's late instruction ([user, assistant, system]) is answered after a `Begin.`
+    turn; its answer, sent back in the next step of the loop, was merged into the assistant
+    turn before the system message: not what Claude was sent, and with its thinking after
+    that turn's text Claude refuses the request ("a final assistant message must start with
+    a thinking block"). It is replayed as it was asked, after the same placeholder turn."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "book", "arguments": "{}"}}
+    messages = [{"role": "user", "content": "Book me a table."},
+                {"role": "assistant", "content": "Done: I booked it."},
+                {"role": "system", "content": "You did not call book. Call it now."},
+                {"role": "assistant", "content": None, "tool_calls": [call],
+                 "thinking_blocks": [{"type": "thinking", "thinking": "Call it.",
+                                      "signature": "sig"}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "booked"}]
+    tools = [{"type": "function", "function": {"name": "book"}}]
+    asked = to_anthropic({"messages": messages[:3], "tools": tools, "reasoning_effort": "low"},
+                         "claude-sonnet-4-5")
+    out = to_anthropic({"messages": messages, "tools": tools, "reasoning_effort": "low"},
+                       "claude-sonnet-4-5")
+    assert out["messages"][:3] == asked["messages"]
+    assert [m["role"] for m in out["messages"]] == ["user", "assistant", "user", "assistant",
+                                                    "user"]
+    assert [b["type"] for b in out["messages"][3]["content"]] == ["thinking", "tool_use"]
+    assert "thinking" in out
+    # Beside a user turn, or before an assistant message of thinking alone (left out), none.
+    for later in ([{"role": "user", "content": "Hm?"}, messages[3]],
+                  [{"role": "assistant", "content": None, "thinking_blocks": [
+                      {"type": "thinking", "thinking": "t", "signature": "s"}]}]):
+        out = to_anthropic({"messages": [*messages[:3], *later], "tools": tools},
+                           "claude-sonnet-4-5")
+        assert PLACEHOLDER_USER_TEXT not in str(out["messages"])
+
+
 def loop(assistant: dict[str, Any], *after: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"role": "user", "content": "Weather?"},
             {"role": "assistant", "tool_calls": [PORTKEY_CALL], **assistant},

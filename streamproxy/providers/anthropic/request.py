@@ -4,7 +4,8 @@ Choices (README "Anthropic"):
 - every system/developer message is joined, in order, into the top-level `system`; a request
   with no other message gets a PLACEHOLDER_USER_TEXT user turn (Anthropic needs one), and so
   does one whose system messages follow the final assistant turn (`ends_with_system`: it is
-  answered anew, not continued as a prefill);
+  answered anew, not continued as a prefill), and so, in a later request, does one between
+  those system messages and the assistant message that answered them (as it was asked);
 - consecutive tool results become one user message of `tool_result` blocks (a tool message's
   image and file parts as the image and document blocks a tool_result takes); consecutive
   messages of one role are merged, since Anthropic wants alternating turns;
@@ -468,10 +469,12 @@ def _messages(msgs: list[dict[str, Any]], url_images: bool
     system: list[dict[str, Any]] = []
     out: list[dict[str, Any]] = []
     blank: dict[str, Any] | None = None  # the last BLANK_USER_TEXT block put in
+    late_system = False  # a system message came after the last turn, an assistant one
     for i, m in enumerate(msgs):
         role = m["role"]
         if role in ("system", "developer"):
             system.extend(_marked(_text_blocks(m.get("content"), f"messages[{i}].content"), m))
+            late_system = late_system or (bool(out) and out[-1]["role"] == "assistant")
             continue
         if role == "user":
             blocks = _user_blocks(m.get("content"), i, url_images)
@@ -491,6 +494,14 @@ def _messages(msgs: list[dict[str, Any]], url_images: bool
             blank = {"type": "text", "text": BLANK_USER_TEXT}
             blocks = [blank]
         _marked(blocks, m)
+        if (late_system and role_out == "assistant" and out[-1]["role"] == "assistant"
+                and not all(_is_thinking(b) for b in blocks)):
+            # An assistant message after [assistant, system] answered the request that ended
+            # there, which had a PLACEHOLDER_USER_TEXT turn (ends_with_system): replayed with
+            # it, not merged into the turn before (where its thinking, not first, is a 400).
+            out.append({"role": "user", "content": [{"type": "text",
+                                                     "text": PLACEHOLDER_USER_TEXT}]})
+        late_system = False
         if out and out[-1]["role"] == role_out:
             # Tool results must lead the user turn that follows a tool_use turn.
             prev = out[-1]["content"]
