@@ -1201,6 +1201,33 @@ async def test_an_answer_that_ended_in_an_error_is_not_cached(proxy: Any, upstre
     assert statuses == ["MISS", "MISS"] and len(upstream.requests) == 2
 
 
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("reason", ["abort", "insufficient_system_resource"])
+async def test_an_answer_a_failure_ended_is_not_cached_behind_type_openai(
+        proxy: Any, upstream: Any, stream: bool, reason: str) -> None:
+    # vLLM's engine-side abort (shutdown, scale-down, sleep: vllm-project/vllm#57082) and
+    # DeepSeek's overload end a partial answer with a 200, this finish and [DONE]. Their own
+    # types make it an error; behind `type: openai` it was cached as complete and every
+    # identical request got the cut answer, HIT, for the entry's max_age.
+    cut = {"role": "assistant", "content": "Here is how"}
+    if stream:
+        upstream.body = _openai_chunks(
+            {"choices": [{"index": 0, "delta": cut}]},
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": reason}]})
+    else:
+        upstream.content_type = "application/json"
+        upstream.body = orjson.dumps({**TOOL_ANSWER, "choices": [{
+            "index": 0, "logprobs": None, "finish_reason": reason, "message": cut}]})
+    client = await proxy(config(upstream.url, kind="openai"))
+    statuses = []
+    for _ in range(2):
+        resp, out = await post(client, {"model": "up/m", "stream": stream}, cache_header())
+        assert f'"finish_reason":"{reason}"'.encode() in out
+        statuses.append(resp.headers[STATUS])
+        await drained(client)
+    assert statuses == ["MISS", "MISS"] and len(upstream.requests) == 2
+
+
 @pytest.mark.parametrize("fill_streamed", [True, False])
 async def test_reasoning_under_the_upstreams_own_name_is_never_replayed_under_another(
         proxy: Any, upstream: Any, fill_streamed: bool) -> None:

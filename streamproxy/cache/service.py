@@ -36,6 +36,7 @@ from streamproxy.cache.config import (
 from streamproxy.cache.key import cache_key
 from streamproxy.openai_api.chunks import no_usage
 from streamproxy.openai_api.request import ChatRequest
+from streamproxy.providers.presets import FAILED_FINISHES
 from streamproxy.record import RequestRecord
 from streamproxy.routing.executor import as_sent, new_completion_id
 from streamproxy.routing.planner import Attempt
@@ -46,9 +47,10 @@ from streamproxy.storage.service import proxy_key_name
 log = logging.getLogger("streamproxy.cache")
 
 STATUS_HEADER = "x-portkey-cache-status"
-# Finish reasons of answers never kept: cut by a content filter, or ended by an error once the
-# model had begun (OpenRouter's "error": a 200 with what came before it).
-NOT_KEPT = frozenset({"content_filter", "error"})
+# Finish reasons of answers never kept: cut by a content filter, or ended by a failure once the
+# model had begun, a 200 with what came before it (OpenRouter's "error", vLLM's "abort",
+# DeepSeek's overload: their presets' failures, which reach a client of `type: openai` as is).
+NOT_KEPT = frozenset({"content_filter", *FAILED_FINISHES})
 _STATUS = web.RequestKey("streamproxy_cache_status", str)  # for on_response_prepare
 
 

@@ -845,3 +845,7 @@ PRESETS: tuple[type[CompatProvider], ...] = (
     OpenRouterProvider, XAIProvider, MoonshotProvider, CerebrasProvider,
     DeepInfraProvider, VLLMProvider,
 )
+# Every finish a preset reads as a failure: behind `type: openai` (the same server, not
+# named) such an answer still reaches the client as a 200, and the cache must not keep it.
+FAILED_FINISHES: frozenset[str] = frozenset(
+    reason for preset in PRESETS for reason in preset.failed_finishes)
