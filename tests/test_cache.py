@@ -1245,6 +1245,25 @@ async def test_reasoning_under_the_upstreams_own_name_is_never_replayed_under_an
     assert statuses == (["MISS", "MISS", "MISS"] if fill_streamed else ["MISS", "MISS", "HIT"])
 
 
+async def test_a_stream_of_typed_content_parts_is_not_kept(proxy: Any,
+                                                           upstream: Any) -> None:
+    # Mistral's reasoning models (behind `type: openai`) stream content as typed parts, their
+    # thinking among them; a replay writes text deltas only, so a hit lost the thinking the
+    # miss had carried (and gave a string where the miss gave parts).
+    thinking = {"type": "thinking", "thinking": [{"type": "text", "text": "Two plus two."}]}
+    streamed = _openai_chunks(
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": [thinking]}}]},
+        {"choices": [{"index": 0, "delta": {"content": [{"type": "text", "text": "4"}]}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    whole = orjson.dumps({**TOOL_ANSWER, "choices": [{
+        "index": 0, "logprobs": None, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": [thinking, {"type": "text", "text": "4"}]}}]})
+    client = await proxy(config(upstream.url, kind="openai"))
+    statuses = await _fill_then_ask_both_ways(client, upstream, True, streamed, whole,
+                                              b'"thinking":[{"type":"text","text":"Two plus')
+    assert statuses == ["MISS", "MISS", "MISS"]
+
+
 @pytest.mark.parametrize("fill_streamed", [True, False])
 async def test_a_legacy_function_call_is_never_replayed_without_it(
         proxy: Any, upstream: Any, fill_streamed: bool) -> None:

@@ -65,7 +65,7 @@ class CompletionBuilder:
         # The answer's refusal (a pass-through's, captured, or a translator's `refusal`), and
         # whether it carried what a replay cannot give back (a refusal, logprobs, annotations,
         # audio, images, reasoning named `reasoning` or in `reasoning_details`, a custom or
-        # signed tool call, a choice beyond 0): the cache keeps no entry for it.
+        # signed tool call, typed content parts, a choice beyond 0): the cache keeps no entry.
         self.refusal_parts: list[str] = []
         self.replayable = True
         self.annotations: list[Any] = []  # a pass-through's citations (search models)
@@ -330,6 +330,8 @@ class CompletionBuilder:
     def _raw_delta(self, delta: dict[str, Any]) -> None:
         content = delta.get("content")
         if isinstance(content, list):  # typed parts (Mistral's reasoning models): their text
+            # A replay writes text deltas only: the client's parts (its thinking) would be lost.
+            self.replayable = False
             content = "".join(p["text"] for p in content if isinstance(p, dict)
                               and p.get("type") == "text" and isinstance(p.get("text"), str))
         if isinstance(content, str) and content:
