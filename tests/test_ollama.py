@@ -731,6 +731,26 @@ def test_a_configured_ollama_option_of_the_wrong_type_is_a_config_error(
     assert info.value.key == f"providers.o.options.{option}"
 
 
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"num_ctx": "8k"}, "num_ctx"), ({"repeat_penalty": "1.1"}, "repeat_penalty"),
+    ({"repetition_penalty": "1.1"}, "repetition_penalty"), ({"num_predict": True}, "num_predict"),
+    ({"use_mmap": "yes"}, "use_mmap"), ({"options": {"num_ctx": "8k"}}, "options.num_ctx"),
+    ({"options": {"stop": "<|end|>"}}, "options.stop"),
+])
+def test_a_clients_ollama_option_of_the_wrong_type_is_a_400_naming_it(
+        extra: dict[str, Any], param: str) -> None:
+    # Ollama refuses it with its 500 ("option \"num_ctx\" must be of type integer"): a server
+    # error the gateway retried and fell back on, for the client's own mistake.
+    body = {"messages": [{"role": "user", "content": "hi"}], **extra}
+    with pytest.raises(InvalidRequest) as caught:
+        to_ollama(body, "llama3.2", stream=True)
+    assert (caught.value.param, caught.value.code) == (param, "invalid_type")
+    # a number for a number, and a name Ollama does not know, still go as they are
+    ok = {"messages": body["messages"], "num_ctx": 8192.0, "options": {"new_option": "x"}}
+    assert to_ollama(ok, "llama3.2", stream=True)["options"] == {"new_option": "x",
+                                                                  "num_ctx": 8192.0}
+
+
 def test_repetition_penalty_is_ollamas_repeat_penalty() -> None:
     # vLLM's and OpenRouter's name for the same multiplicative penalty (1.0: none) was dropped;
     # Ollama's own name, sent too, wins

@@ -22,7 +22,8 @@ Choices (docs/providers/others.md "ollama"):
   Ollama's option names sent at the top level (OPTIONS: num_ctx, num_predict, min_p, ...;
   max_tokens wins over num_predict), and
   `repetition_penalty` (vLLM's name) as `repeat_penalty`; a client's native
-  `options` (extra_body) and the provider's configured `options` sit underneath;
+  `options` (extra_body) and the provider's configured `options` sit underneath; a
+  client's option of a type Ollama does not read (OPTION_TYPES) is a 400 naming it;
 - `reasoning_effort` → `think`: "none" → false, any other level → true, since most thinking
   models refuse a level ("think value … is not supported for this model"); gpt-oss models
   (the name contains "gpt-oss") take levels, so they get one ("minimal" and "none" → "low":
@@ -86,6 +87,8 @@ def to_ollama(body: dict[str, Any], model: str, *, stream: bool,
     if not isinstance(native, dict):
         raise InvalidRequest("'options' must be an object.", param="options",
                              code="invalid_type")
+    for name, value in native.items():
+        _check_option(str(name), value, f"options.{name}")
     out: dict[str, Any] = {"model": model,
                            "messages": _messages(with_call_ids(body["messages"], "call_")),
                            "stream": stream}
@@ -180,17 +183,27 @@ def option_type_error(name: str, value: Any) -> str | None:
     return None if fits else f"must be {kind}"
 
 
+def _check_option(name: str, value: Any, param: str) -> None:
+    # Ollama answers an option of the wrong type with its 500 (`option "num_ctx" must be of
+    # type integer`): a server error, retried and fallen back on, for the client's mistake.
+    problem = option_type_error(name, value)
+    if problem:
+        raise InvalidRequest(f"'{param}' {problem}.", param=param, code="invalid_type")
+
+
 def _options(body: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """`options` (the configured ones under the client's native ones) with the request's
     sampling and length parameters over them."""
     for key in OPTIONS:
         if body.get(key) is not None:
+            _check_option(key, body[key], key)
             options[key] = body[key]
     max_tokens = answer_cap(body)
     if max_tokens:
         options["num_predict"] = max_tokens
     if body.get("repetition_penalty") is not None and body.get("repeat_penalty") is None:
         # vLLM's and OpenRouter's name for llama.cpp's multiplicative penalty (1.0: none)
+        _check_option("repeat_penalty", body["repetition_penalty"], "repetition_penalty")
         options["repeat_penalty"] = body["repetition_penalty"]
     # Ollama's runner stops at once on an empty sequence (an empty answer): it cuts nothing, so
     # it goes, as on Gemini and Bedrock; a list left empty too, since `stop: []` would replace
