@@ -595,3 +595,47 @@ print("ok")
                          timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
+
+
+class MetadataServer:
+    """google-auth's transport, answering as the GCE / GKE metadata server does, and noting
+    the `proxies=` each call was sent with."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, str | None]]] = []
+
+    def __call__(self, url: str, method: str = "GET", body: Any = None, headers: Any = None,
+                 timeout: float | None = None, **kwargs: Any) -> Any:
+        self.calls.append((url, kwargs["proxies"]))
+        answer: Any = {"access_token": "ya29.from-metadata", "expires_in": 3599,
+                       "token_type": "Bearer"} if "/token" in url else \
+            {"email": EMAIL, "scopes": [CLOUD_PLATFORM], "aliases": ["default"]}
+        return type("Response", (), {"status": 200, "data": orjson.dumps(answer), "headers": {
+            "content-type": "application/json", "metadata-flavor": "Google"}})()
+
+
+@pytest.mark.parametrize("setting", [{"url": "http://proxy.corp.example:3128"}, "env"])
+def test_the_metadata_server_is_asked_directly_never_through_the_egress_proxy(
+        setting: Any) -> None:
+    """The metadata server answers this machine's (node's, pod's) own identity at a link-local
+    address: through `server.upstream_proxy` it is not reached (a 502 for every request), or a
+    proxy on Google Cloud answers with its own machine's token. Google's hosts still go
+    through the proxy."""
+    from google.auth import compute_engine
+
+    from streamproxy.providers.gemini.credentials import _TimedRequest
+    from streamproxy.upstream.egress import egress_from_setting
+
+    egress = egress_from_setting(setting, {"HTTP_PROXY": "http://proxy.corp.example:3128",
+                                           "HTTPS_PROXY": "http://proxy.corp.example:3128"})
+    metadata = MetadataServer()
+    request = _TimedRequest(metadata, 30.0, egress)
+    credentials = compute_engine.Credentials(scopes=[CLOUD_PLATFORM])
+    credentials.refresh(request)
+    assert credentials.token == "ya29.from-metadata"
+    assert metadata.calls and all(proxies["http"] is None and proxies["https"] is None
+                                  for _url, proxies in metadata.calls), metadata.calls
+    request("http://169.254.169.254/latest/api/token", "PUT")  # (AWS's, for federation)
+    assert metadata.calls[-1][1]["http"] is None
+    request("https://oauth2.googleapis.com/token", "POST")
+    assert metadata.calls[-1][1]["https"] == "http://proxy.corp.example:3128"

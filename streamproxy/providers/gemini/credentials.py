@@ -15,6 +15,7 @@ without any network call, so a missing or broken file is a config error at start
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from streamproxy.providers.gemini.auth import Fetched, TokenSource, is_sendable_token
 from streamproxy.upstream.egress import NO_PROXIES, EgressProxies
@@ -156,7 +158,8 @@ class GoogleToken(TokenSource):
 class _TimedRequest:
     """google-auth's requests transport with a bounded wait (its default is 120 s for each
     call to the token endpoint, and the first requests wait for that call), going through the
-    egress proxy the upstream requests take (requests would follow the environment's)."""
+    egress proxy the upstream requests take (requests would follow the environment's) — but
+    for the metadata server, always asked directly."""
 
     def __init__(self, request: Any, timeout: float, egress: EgressProxies) -> None:
         self._request = request
@@ -165,8 +168,22 @@ class _TimedRequest:
 
     def __call__(self, url: str, method: str = "GET", body: Any = None,
                  headers: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
-        kwargs["proxies"] = self._egress.requests_proxies(url)
+        egress = NO_PROXIES if _is_metadata_server(url, headers) else self._egress
+        kwargs["proxies"] = egress.requests_proxies(url)
         return self._request(url, method, body, headers, timeout or self._timeout, **kwargs)
+
+
+def _is_metadata_server(url: str, headers: Any) -> bool:
+    """Whether a call goes to a metadata server: GCE / GKE / Cloud Run's (google-auth sends
+    it `Metadata-Flavor: Google`, whatever its host is named), or AWS's or Azure's at their
+    link-local address (an `external_account`'s source). It answers this machine's own
+    identity: a proxy either cannot reach it or answers with the proxy's machine's."""
+    if headers and any(str(name).lower() == "metadata-flavor" for name in headers):
+        return True
+    try:
+        return ipaddress.ip_address(urlsplit(url).hostname or "").is_link_local
+    except ValueError:
+        return False
 
 
 def _where_it_looked(e: Exception) -> str:
