@@ -639,3 +639,28 @@ def test_the_metadata_server_is_asked_directly_never_through_the_egress_proxy(
     assert metadata.calls[-1][1]["http"] is None
     request("https://oauth2.googleapis.com/token", "POST")
     assert metadata.calls[-1][1]["https"] == "http://proxy.corp.example:3128"
+
+
+@pytest.mark.parametrize("indent", [None, 2])  # (one line, or pasted as a YAML block)
+def test_a_keys_json_given_for_its_path_is_refused_without_quoting_it(
+        tmp_path: Path, rsa_key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch,
+        indent: int | None) -> None:
+    """The key's JSON itself in `credentials_file` or GOOGLE_APPLICATION_CREDENTIALS (a secret
+    store's or CI's variable holding the file's content) is no path: the config error said
+    "cannot read <path>: File name too long", the path being the private key, into the
+    startup log."""
+    write_key_file(tmp_path / "sa.json", rsa_key, "http://127.0.0.1:1/token")
+    content = json.dumps(json.loads((tmp_path / "sa.json").read_text()), indent=indent)
+    private = pem(rsa_key).splitlines()[1]
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    with pytest.raises(ConfigError) as info:
+        vertex("http://127.0.0.1:1", credentials_file=content)
+    assert info.value.key == "providers.v.credentials_file"
+    assert private not in str(info.value) and "kid-1" not in str(info.value)
+    assert "not a file's path" in str(info.value), info.value
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", content)
+    with pytest.raises(ConfigError) as info:
+        vertex("http://127.0.0.1:1", credentials="adc")
+    assert info.value.key == "providers.v.credentials"
+    assert private not in str(info.value) and "kid-1" not in str(info.value)
+    assert "GOOGLE_APPLICATION_CREDENTIALS: " in str(info.value)
