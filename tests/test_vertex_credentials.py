@@ -664,3 +664,24 @@ def test_a_keys_json_given_for_its_path_is_refused_without_quoting_it(
     assert info.value.key == "providers.v.credentials"
     assert private not in str(info.value) and "kid-1" not in str(info.value)
     assert "GOOGLE_APPLICATION_CREDENTIALS: " in str(info.value)
+
+
+async def test_a_tilde_in_google_application_credentials_is_refused_as_google_auth_reads_it(
+        proxy: Any, upstream: Any, token_endpoint: TokenEndpoint, key_file: str,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """google-auth opens GOOGLE_APPLICATION_CREDENTIALS as written (`~` is a shell's to
+    expand: a systemd unit's or an env file's is not): the startup check expanded it and
+    passed, then every request was a 502 "File ~/sa.json was not found"."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "~/sa.json")
+    assert Path(key_file) == tmp_path / "sa.json"
+    with pytest.raises(ConfigError) as info:
+        vertex(upstream.url, credentials="adc")
+    assert info.value.key == "providers.v.credentials"
+    assert "GOOGLE_APPLICATION_CREDENTIALS: cannot read ~/sa.json" in str(info.value)
+    # `credentials_file` is ours to read, so its `~` is expanded, at startup and at use.
+    upstream.body = ANSWER
+    client = await proxy(vertex(upstream.url, credentials_file="~/sa.json"))
+    resp = await ask(client)
+    assert resp.status == 200, await resp.text()
+    assert bearer(upstream.requests[0]) == "Bearer ya29.token-1"

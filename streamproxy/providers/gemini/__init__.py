@@ -385,8 +385,9 @@ def _token_option_problem(options: dict[str, Any]) -> tuple[str, str] | None:
                                    "Credentials); a key file goes in credentials_file")
         # ADC is found at first use (it may ask the metadata server); its explicit file can
         # be checked now.
+        # (as google-auth opens it: a `~` there is not expanded)
         path = os.environ.get(credentials.ADC_FILE_ENV)
-        problem = credentials.check_file(path) if path else None
+        problem = credentials.check_file(path, expand=False) if path else None
         if problem:
             return "credentials", f"{credentials.ADC_FILE_ENV}: {problem}"
     return None

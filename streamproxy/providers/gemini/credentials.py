@@ -44,15 +44,16 @@ _NETWORK_TYPES = ("external_account", "external_account_authorized_user")
 _OAUTH_CODE = re.compile(r"[a-z_]{1,40}")  # RFC 6749 §5.2: invalid_grant, invalid_client, …
 
 
-def check_file(path: str) -> str | None:
+def check_file(path: str, *, expand: bool = True) -> str | None:
     """Why a credentials file cannot be used (None: it can), without any network call.
-    Never quotes the file's content: it holds a private key or a refresh token."""
+    Never quotes the file's content: it holds a private key or a refresh token. `expand`:
+    whether a `~` in it is the user's home, as GoogleToken reads `credentials_file`."""
     if path.lstrip().startswith("{"):  # the content itself, from a secret store's variable:
         # quoted as a path, it put the private key in the config error
         return ("is JSON (a credentials file's content?), not a file's path: write it to a "
                 "file and give that file's path (the value is not shown)")
     try:
-        with open(os.path.expanduser(path), encoding="utf-8") as f:
+        with open(os.path.expanduser(path) if expand else path, encoding="utf-8") as f:
             info = json.load(f)
     except OSError as e:
         return f"cannot read {path}: {e.strerror}"
