@@ -1485,3 +1485,22 @@ def test_a_reload_says_server_workers_takes_a_restart_unless_the_flag_sets_it(
     expected = ["reload: server.workers changed; that takes a restart (the running value "
                 "stays)"] if warned else []
     assert caplog.messages == expected
+
+
+def test_a_worker_killed_by_a_real_time_signal_is_replaced(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A worker's death by a signal the `signal.Signals` enum does not name (SIGRTMIN+1 to
+    SIGRTMAX-1, whose default action kills) raised ValueError in the master's loop: the
+    master died, and every worker drained with it (their parent-death signal)."""
+    from streamproxy.server import master as master_module
+
+    m = _master(tmp_path, grace=1)
+    m.booting = False
+    long_ago = time.monotonic() - 3600
+    rt = signal.SIGRTMIN + 6
+    dead = master_module.Worker(2**22, 1, 0, long_ago, None, ready=True)
+    with caplog.at_level("WARNING", logger="streamproxy.workers"):
+        m._worker_exited(dead, rt)  # (a wait status: killed by that signal)
+    assert m.stopping is None and 1 in m.restarts
+    assert caplog.messages == [f"worker {2**22} died (signal SIGRTMIN+6); restarting slot 1 "
+                               "in 0.0s"]

@@ -271,8 +271,8 @@ class Master:
             self._worker_exited(worker, status)
 
     def _worker_exited(self, w: Worker, status: int) -> None:
-        how = (f"signal {signal.Signals(-os.waitstatus_to_exitcode(status)).name}"
-               if os.WIFSIGNALED(status) else f"status {os.waitstatus_to_exitcode(status)}")
+        how = (f"signal {_signal_name(os.WTERMSIG(status))}" if os.WIFSIGNALED(status)
+               else f"status {os.waitstatus_to_exitcode(status)}")
         if w.stopping or self.stopping is not None:
             log.info("worker %d exited (%s)", w.pid, how)
             return
@@ -452,6 +452,17 @@ class Master:
             w.kill_at = time.monotonic() + w.grace + KILL_AFTER
         with contextlib.suppress(ProcessLookupError):
             os.kill(w.pid, sig)
+
+
+def _signal_name(signum: int) -> str:
+    """SIGKILL, or SIGRTMIN+6: the enum names no real-time signal between the two ends (its
+    ValueError ended the master when one killed a worker)."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        if signal.SIGRTMIN < signum < signal.SIGRTMAX:
+            return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
+        return str(signum)
 
 
 def _overdue(w: Worker, now: float) -> str | None:
