@@ -1504,3 +1504,38 @@ def test_a_worker_killed_by_a_real_time_signal_is_replaced(
     assert m.stopping is None and 1 in m.restarts
     assert caplog.messages == [f"worker {2**22} died (signal SIGRTMIN+6); restarting slot 1 "
                                "in 0.0s"]
+
+
+STOP_AS_WORKERS_FORK = """
+import os, signal, sys, time
+from streamproxy import cli
+from streamproxy.server import master
+become = master.Master._become_worker
+def late_worker(self):  # a child not run yet (a loaded machine) when its master stops
+    deadline = time.monotonic() + 30
+    while (not self._signals and signal.SIGTERM not in signal.sigpending()
+           and time.monotonic() < deadline):
+        time.sleep(0.01)
+    become(self)
+master.Master._become_worker = late_worker
+spawn = master.Master._spawn
+def spawn_then_stop(self, slot, generation, config):  # a SIGTERM as the last one is forked
+    spawn(self, slot, generation, config)
+    if slot == self.count - 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+master.Master._spawn = spawn_then_stop
+cli.main(sys.argv[1:])
+"""
+
+
+async def test_a_stop_that_reaches_a_worker_before_its_handlers_ends_it(
+        tmp_path: Path) -> None:
+    """The master's SIGTERM to a worker forked a moment before, which had not yet replaced the
+    master's signal handlers it inherits, was taken by them (a flag in a master's state the
+    worker never reads): the worker started serving as if nothing had come, and the stop
+    waited its grace + 15 s to SIGKILL it, the connections it accepted meanwhile reset."""
+    with _patched_server(tmp_path, STOP_AS_WORKERS_FORK, 2, 0.5) as (proc, log, _):
+        assert await asyncio.to_thread(proc.wait, 60) == 0
+        out = log.read_text()
+        assert "listening on" not in out and "killing it" not in out, out
+        assert out.count("exited (signal SIGTERM)") == 2, out

@@ -21,6 +21,8 @@ set flags and wake a `select()` through a self-pipe.
 - No worker is waited for forever: one that does not listen within 30 s of its start (at
   start-up, a replacement, a reload's) or is still there its grace + 15 s after it was told to
   drain (on a stop, or as an old worker after a reload) gets SIGKILL.
+- A stop signalled to a worker forked a moment before, which still has the master's handlers,
+  reaches it: SIGTERM and SIGINT are held across the fork until it has set its own.
 - A master that dies (kill -9) takes its workers with it: each gets SIGTERM from the kernel
   (Linux's parent-death signal) and drains, instead of serving on unsupervised.
 
@@ -64,6 +66,7 @@ GIVE_UP = 10  # failures in a row of every slot (~2.5 min of back-off) that end 
 KILL_AFTER = DRAIN_OVERRUN + 5.0
 PROMETHEUS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
+_HELD_AT_FORK = {signal.SIGTERM, signal.SIGINT}  # a worker's, once it set SIG_DFL for them
 
 # Called in the master with the pid of every worker that exits (e.g. metrics cleanup).
 CHILD_EXIT_HOOKS: list[Callable[[int], None]] = []
@@ -181,9 +184,13 @@ class Master:
         sys.stdout.flush()
         sys.stderr.flush()
         master = os.getpid()
+        # Held across the fork: until the child has its own handlers, the master's would take
+        # a stop signalled to it (a flag the worker never reads) and it would serve on.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_AT_FORK)
         try:
             pid = os.fork()
         except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(ready_r)
             os.close(ready_w)
             raise
@@ -192,6 +199,7 @@ class Master:
             try:
                 os.close(ready_r)
                 self._become_worker()
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # (one sent meanwhile: now)
                 _stop_with(master)
                 status = run_worker(config, self.host, self.port, reuse_port=True,
                                     ready_fd=ready_w, supervised=True)
@@ -204,6 +212,7 @@ class Master:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(status)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(ready_w)
         os.set_blocking(ready_r, False)
         self.workers[pid] = Worker(pid, slot, generation, time.monotonic(), ready_r,
