@@ -1539,3 +1539,28 @@ async def test_a_stop_that_reaches_a_worker_before_its_handlers_ends_it(
         out = log.read_text()
         assert "listening on" not in out and "killing it" not in out, out
         assert out.count("exited (signal SIGTERM)") == 2, out
+
+
+HUP_TO_A_STARTING_WORKER = """
+import os, signal, sys
+from streamproxy import cli
+from streamproxy.server import master
+become = master.Master._become_worker
+def hup_while_starting(self):  # a SIGHUP to the process group (`tini -g`, `kill -HUP -PGID`)
+    become(self)               # as the workers start
+    os.kill(os.getpid(), signal.SIGHUP)
+master.Master._become_worker = hup_while_starting
+cli.main(sys.argv[1:])
+"""
+
+
+async def test_a_sighup_to_a_worker_while_it_starts_does_not_kill_it(tmp_path: Path) -> None:
+    """A worker ignores SIGHUP (its master reloads), but one still starting took the default
+    action, death: at start-up that was a failed start, and the whole server stopped with exit
+    status 1 (a reload's new workers: a failed reload). It is held until the worker ignores
+    it, as the master holds it until it can reload."""
+    with _patched_server(tmp_path, HUP_TO_A_STARTING_WORKER, 2, 0.5) as (proc, log, port):
+        await until(lambda: proc.poll() is not None or "all 2 workers listening" in
+                    log.read_text(), "the workers")
+        assert proc.poll() is None, log.read_text()
+        assert await stream_ok(f"http://127.0.0.1:{port}")

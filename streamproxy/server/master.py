@@ -22,7 +22,8 @@ set flags and wake a `select()` through a self-pipe.
   start-up, a replacement, a reload's) or is still there its grace + 15 s after it was told to
   drain (on a stop, or as an old worker after a reload) gets SIGKILL.
 - A stop signalled to a worker forked a moment before, which still has the master's handlers,
-  reaches it: SIGTERM and SIGINT are held across the fork until it has set its own.
+  reaches it: SIGTERM and SIGINT are held across the fork until it has set its own. SIGHUP
+  stays held until the worker ignores it: one to the process group does not kill it starting.
 - A master that dies (kill -9) takes its workers with it: each gets SIGTERM from the kernel
   (Linux's parent-death signal) and drains, instead of serving on unsupervised.
 
@@ -66,7 +67,7 @@ GIVE_UP = 10  # failures in a row of every slot (~2.5 min of back-off) that end 
 KILL_AFTER = DRAIN_OVERRUN + 5.0
 PROMETHEUS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
-_HELD_AT_FORK = {signal.SIGTERM, signal.SIGINT}  # a worker's, once it set SIG_DFL for them
+_HELD_AT_FORK = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 # Called in the master with the pid of every worker that exits (e.g. metrics cleanup).
 CHILD_EXIT_HOOKS: list[Callable[[int], None]] = []
@@ -199,7 +200,9 @@ class Master:
             try:
                 os.close(ready_r)
                 self._become_worker()
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # (one sent meanwhile: now)
+                # A stop sent meanwhile ends it now; a SIGHUP (to the process group) stays
+                # held until the worker ignores it (server/workers.py), as the master's was.
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask | {signal.SIGHUP})
                 _stop_with(master)
                 status = run_worker(config, self.host, self.port, reuse_port=True,
                                     ready_fd=ready_w, supervised=True)
