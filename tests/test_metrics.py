@@ -618,6 +618,25 @@ def test_ttft_buckets_tell_the_proxy_s_own_times_and_the_slowest_first_tokens(
     assert sample(name, **lbl, le=bucket) == before + 1
 
 
+@pytest.mark.parametrize(("gap", "bucket"), [
+    (90.0, "120.0"),  # a long silence, as reasoning models keep mid-stream
+    (Timeouts().idle, "300.0"),  # the final gap of a stream the default idle timeout cut
+])
+def test_gap_buckets_reach_the_default_idle_timeout(gap: float, bucket: str) -> None:
+    """The gap buckets ended at 60 s, the idle timeout's default is 300 s: every gap from a
+    minute to the timeout fell in +Inf together, and histogram_quantile read each as 60 s."""
+    r = RequestRecord(trace_id="t", provider="gap-b", model="m", stream=True, status=200)
+    r.first_byte = r.first_token = r.started + 0.5
+    r.finished = r.first_byte + gap
+    r.gap_max, r.gap_mean = gap, gap
+    lbl = {"provider": "gap-b", "model": "m"}
+    names = ("streamproxy_stream_max_gap_seconds_bucket",
+             "streamproxy_stream_mean_gap_seconds_bucket")
+    before = [sample(name, **lbl, le=bucket) for name in names]
+    metrics().observe(r)
+    assert [sample(name, **lbl, le=bucket) for name in names] == [n + 1 for n in before]
+
+
 async def test_the_circuit_gauge_turns_half_open_when_the_cooldown_ends() -> None:
     """Open → half-open happens by time alone, with no record to report it: the gauge read 2
     (open) until a trial request closed or reopened the breaker, never 1."""

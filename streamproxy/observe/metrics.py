@@ -74,7 +74,10 @@ _SAMPLE_FILE = re.compile(r"(?:counter|histogram|summary|gauge_[a-z]+)_(?:\d+|re
 TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3,
                 5, 7.5, 10, 15, 20, 30, 60, 120, 300, 600)
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
-GAP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Up to the default idle timeout (300 s): a stream it cut has that final gap, which past
+# the last bound every quantile would read as that bound.
+GAP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
+               300)
 
 
 def bounded_label(value: str, limit: int = MAX_LABEL_CHARS) -> str:
