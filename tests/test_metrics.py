@@ -637,6 +637,15 @@ def test_gap_buckets_reach_the_default_idle_timeout(gap: float, bucket: str) -> 
     assert [sample(name, **lbl, le=bucket) for name in names] == [n + 1 for n in before]
 
 
+def test_the_ttft_help_says_first_token_not_first_chunk() -> None:
+    """The HELP line (what Prometheus' and Grafana's metric browsers show) said "to first
+    chunk sent": a stream that commits on a role chunk alone counts on to its first token,
+    which is what the histogram measures (operations.md)."""
+    help_text = metrics().ttft.describe()[0].documentation
+    assert "first token" in help_text
+    assert "first chunk" not in help_text
+
+
 async def test_the_circuit_gauge_turns_half_open_when_the_cooldown_ends() -> None:
     """Open → half-open happens by time alone, with no record to report it: the gauge read 2
     (open) until a trial request closed or reopened the breaker, never 1."""

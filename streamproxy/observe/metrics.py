@@ -108,8 +108,8 @@ class Metrics:
                                     "admission limit.", registry=r,
                                     multiprocess_mode="livesum")
         self.ttft = Histogram("streamproxy_time_to_first_token_seconds",
-                              "Streams: request received to first chunk sent (not a "
-                              "response-cache hit's).", pm,
+                              "Streams: request received to first token sent (not a "
+                              "role chunk alone; not a response-cache hit's).", pm,
                               buckets=TTFT_BUCKETS, registry=r)
         self.duration = Histogram("streamproxy_request_duration_seconds",
                                   "Request received to response complete (stream=true: the "
