@@ -1063,6 +1063,40 @@ async def test_an_inline_configs_api_key_scopes_what_it_stores(proxy: Any,
     assert credential_owner({"x-portkey-config": "{not json"}) == ""
 
 
+async def test_an_inline_configs_camel_case_api_key_scopes_what_it_stores(
+        proxy: Any, tmp_path: Path) -> None:
+    # The config reader takes Portkey's camelCase `apiKey` (a JavaScript client's) as the
+    # target's key, but the owner read only `api_key`: completions stored with an inline
+    # `apiKey` went to the anonymous scope, readable by any request without a key and by
+    # every other client whose inline key was written that way.
+    client = await proxy(config(tmp_path))
+
+    def inline(key: str) -> dict[str, str]:
+        return {"x-portkey-config": orjson.dumps({"provider": "mock-openai",
+                                                  "apiKey": key}).decode()}
+
+    resp = await client.post("/v1/chat/completions", headers=inline("sk-camel-a"), json={
+        "model": "fast:tokens=2", "messages": USER, "store": True})
+    cid = (await resp.json())["id"]
+    for _ in range(200):  # the write follows the answer (bounded wait)
+        resp = await client.get(f"/v1/chat/completions/{cid}", headers=inline("sk-camel-a"))
+        if resp.status == 200:
+            break
+        await asyncio.sleep(0.025)
+    assert resp.status == 200
+    for other in ({}, inline("sk-camel-b")):
+        assert (await client.get(f"/v1/chat/completions/{cid}", headers=other)).status == 404
+        resp = await client.get("/v1/chat/completions", headers=other)
+        assert (await resp.json())["data"] == []
+    # one key, whichever way it is written (and in a fallback's targets), is one owner
+    snake = {"x-portkey-config": orjson.dumps({"provider": "mock-openai",
+                                               "api_key": "sk-camel-a"}).decode()}
+    fallback = {"strategy": {"mode": "fallback"},
+                "targets": [{"provider": "mock-openai", "apiKey": "sk-camel-a"}]}
+    assert credential_owner(inline("sk-camel-a")) == credential_owner(snake) == \
+        credential_owner({"x-portkey-config": orjson.dumps(fallback).decode()})
+
+
 async def test_the_model_filter_knows_a_model_by_the_provider_its_header_named(
         proxy: Any, tmp_path: Path) -> None:
     # `model: "fast"` with `x-portkey-provider: mock-openai` is mock-openai's `fast`: listed

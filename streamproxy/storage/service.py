@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("streamproxy.storage")
 # Hashed with the credentials: an owner is no other digest of a key (auth's, the cache's).
 _OWNER_DOMAIN = "streamproxy stored-completions owner v1"
+_API_KEY_NAMES = ("api_key", "apiKey")  # a target's key, as portkey_config reads it
 
 
 def proxy_key_name(request: Mapping[str, Any]) -> str:
@@ -92,9 +93,9 @@ def credential_owner(headers: Mapping[str, str]) -> str:
 
 
 def inline_config_keys(header: str) -> list[str]:
-    """The `api_key`s anywhere in an inline config (its targets', nested), sorted and unique;
-    none for a named config (the operator's keys, not the client's) or one not JSON (that
-    request was a 400)."""
+    """The `api_key`s (or `apiKey`s) anywhere in an inline config (its targets', nested),
+    sorted and unique; none for a named config (the operator's keys, not the client's) or
+    one not JSON (that request was a 400)."""
     text = header.strip()
     if not text.startswith("{"):
         return []
@@ -107,8 +108,10 @@ def inline_config_keys(header: str) -> list[str]:
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
-            if isinstance(node.get("api_key"), str) and node["api_key"]:
-                keys.add(node["api_key"])
+            # (as the config reads a target's key: a JavaScript client writes `apiKey`)
+            for name in _API_KEY_NAMES:
+                if isinstance(node.get(name), str) and node[name]:
+                    keys.add(node[name])
             targets = node.get("targets")
             if isinstance(targets, list):
                 stack.extend(targets)
