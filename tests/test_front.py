@@ -55,9 +55,10 @@ def served(monkeypatch: Any) -> list[object]:
     served: list[object] = []
     serve = front.Front.serve
 
-    async def counting(self: front.Front, ex: front.LeanExchange) -> None:
+    async def counting(self: front.Front, ex: front.LeanExchange,
+                       admitted: front.Admitted = None) -> None:
         served.append(ex)
-        await serve(self, ex)
+        await serve(self, ex, admitted)
 
     monkeypatch.setattr(front.Front, "serve", counting)
     return served

@@ -659,3 +659,51 @@ async def test_an_unauthenticated_upload_that_stalls_is_401(
             for r in reasons] == [before[0] + 1, before[1]]
     (line,) = access_lines(caplog)
     assert (line["status"], line["stream"], line["auth_key"]) == (401, None, None)
+
+
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_an_upload_over_its_keys_rate_limit_that_stalls_is_429(
+        proxy: Any, monkeypatch: Any, front_kind: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """aiohttp's front takes the key's rate token as the head comes and answers 429 before
+    reading the body; the lean front took it once the body was in, so an upload over the
+    limit that stalled got a 408 a body timeout later (counted `request_timeout`), and one
+    that came whole in pieces was refused only after its client had sent it all. Both
+    answer 429 at once (with retry-after), counted and logged as one, and close; an upload
+    within the limit that comes in pieces takes one token (its head's), not two."""
+    caplog.set_level(logging.INFO)
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    client = await proxy(make_config(
+        {"mock": {"type": "mock", "default_model": "fast"}}, default="mock",
+        server={"client_header_timeout": TIMEOUT, "client_body_timeout": TIMEOUT},
+        auth={"keys": [{"name": "team-a", "key": "sk-proxy-a",
+                        "rate_limit": {"requests_per_minute": 1, "burst": 2}}]}))
+    keyed = chat_head(len(BODY), extra=b"Authorization: Bearer sk-proxy-a\r\n")
+    reasons = ("rate_limited", "request_timeout")
+    before = [metric_value("streamproxy_rejected_requests_total", {"reason": r})
+              for r in reasons]
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(keyed + BODY[:10])  # within the limit, in two pieces: its head's token
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(BODY[10:])
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    writer.close()
+    resp = await client.post("/v1/chat/completions", data=BODY, headers={
+        "authorization": "Bearer sk-proxy-a", "content-type": "application/json"})
+    assert resp.status == 200  # the burst's second token
+    await resp.read()
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(keyed + BODY[:10])  # over the limit, and stalled
+    await writer.drain()
+    answer = (await closed_after_answer(reader))[0]
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 429 "), answer  # (not the body timeout's 408)
+    assert b"\r\nretry-after: " in head.lower() and b"\r\nconnection: close" in head.lower()
+    assert orjson.loads(body)["error"]["code"] == "rate_limit_exceeded"
+    assert [metric_value("streamproxy_rejected_requests_total", {"reason": r})
+            for r in reasons] == [before[0] + 1, before[1]]
+    statuses = [(line["status"], line["auth_key"]) for line in access_lines(caplog)]
+    assert statuses == [(200, "team-a"), (200, "team-a"), (429, "team-a")]

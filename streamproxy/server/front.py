@@ -39,7 +39,7 @@ from multidict import CIMultiDict
 
 from streamproxy.config import ServerConfig
 from streamproxy.errors import ProxyError
-from streamproxy.server.auth import AUTH, identify_client, presented_key, without_authorization
+from streamproxy.server.auth import AUTH, ProxyKey, identify_client, without_authorization
 from streamproxy.server.errors import SERVER_NAME, internal_error, name_server
 from streamproxy.server.exchange import reply_error
 from streamproxy.server.handlers import chat
@@ -273,12 +273,15 @@ class Front:
             return None
         return headers, length, close
 
-    async def serve(self, ex: LeanExchange) -> None:
+    async def serve(self, ex: LeanExchange, admitted: Admitted = None) -> None:
         """The chat route with what aiohttp's middlewares do for it: auth, and errors as
-        OpenAI JSON (header limits were checked by `parse_head`)."""
+        OpenAI JSON (header limits were checked by `parse_head`). `admitted`: what its head's
+        proxy key check gave, when that came before the body (`Connection._next`)."""
         try:
             if self.auth is not None:
-                key, in_authorization = identify_client(self.auth, ex)
+                if isinstance(admitted, ProxyError):
+                    raise admitted
+                key, in_authorization = admitted or identify_client(self.auth, ex)
                 ex[AUTH_KEY] = key
                 if in_authorization:
                     ex.headers = without_authorization(ex.headers)
@@ -290,10 +293,16 @@ class Front:
             await ex.fail(internal_error())
 
 
+# A request's proxy key, checked as its head came: (the key, whether it came in
+# Authorization), or the refusal (401, 429); None when not checked yet (or auth is off).
+Admitted = tuple[ProxyKey, bool] | ProxyError | None
+
+
 class Connection(asyncio.Protocol):
     """One client connection, until it closes or is handed to aiohttp."""
 
-    __slots__ = ("_buf", "_drain", "_front", "_head", "_head_began", "_last_read", "_paused",
+    __slots__ = ("_admitted", "_buf", "_drain", "_front", "_head", "_head_began", "_last_read",
+                 "_paused",
                  "_scanned", "_send_watch", "_timer", "_writing_paused", "closing",
                  "send_timed_out", "task", "transport")
 
@@ -305,6 +314,7 @@ class Connection(asyncio.Protocol):
         self._head_began = 0.0  # when the head being read began to arrive (0: none is)
         # (headers, body start, body length, close after, arrived): a head awaiting its body
         self._head: tuple[CIMultiDict[str], int, int, bool, float] | None = None
+        self._admitted: Admitted = None  # the key of the head awaiting its body
         self.task: asyncio.Task[None] | None = None  # the request being served
         self._timer: asyncio.TimerHandle | None = None  # keep-alive and read timeouts
         self._last_read = 0.0  # when bytes last came (or the connection was last ready for them)
@@ -339,7 +349,7 @@ class Connection(asyncio.Protocol):
         if self.task is not None:
             self.task.cancel()  # the client went away: so does its upstream request
         elif self._head is not None:  # ... while its body was arriving
-            observe_abandoned(self._unanswered(self._head), self._key_name(self._head[0]))
+            observe_abandoned(self._unanswered(self._head), self._key_name())
         self._wake_drain(ConnectionResetError("the client closed the connection"))
 
     def pause_writing(self) -> None:
@@ -398,25 +408,32 @@ class Connection(asyncio.Protocol):
             # The request's timings count from its head, as on aiohttp's front, which starts
             # the handler then (its record's clock reading, taken here instead).
             head = self._head = (headers, end + 4, length, close, time.monotonic())
-            if len(buf) < end + 4 + length and self._front.auth is not None \
-                    and self._key_name(headers) is None:
-                # A missing or wrong proxy key, its body still to come: 401 now, as aiohttp's
-                # front answers before reading a body, not after an upload that may stall (a
-                # 408). (Looked at once, for a body that is not in with its head.)
-                self._answer_without_body(head)
-                return
+            auth = self._front.auth
+            if len(buf) < end + 4 + length and auth is not None:
+                # Its body still to come: the proxy key is checked now, as aiohttp's front
+                # checks it before reading a body, taking its rate token then. A missing or
+                # wrong key (401) or one over its rate (429) is answered at once, not after an
+                # upload that may stall (a 408) or that the client sends whole for nothing.
+                # (Once, for a body that is not in with its head.)
+                try:
+                    self._admitted = identify_client(auth, self._unanswered(head))
+                except ProxyError as e:  # (counted and logged as it was raised)
+                    self._admitted = e
+                    self._answer_without_body(head)
+                    return
         headers, start, length, close, arrived = head
         if len(buf) < start + length:
             return
         body = bytes(buf[start:start + length])
         del buf[:start + length]
         self._head = None
+        admitted, self._admitted = self._admitted, None
         ex = LeanExchange(self, headers, body, close, arrived)
-        self.task = self._front.loop.create_task(self._serve(ex))
+        self.task = self._front.loop.create_task(self._serve(ex, admitted))
 
-    async def _serve(self, ex: LeanExchange) -> None:
+    async def _serve(self, ex: LeanExchange, admitted: Admitted = None) -> None:
         try:
-            await self._front.serve(ex)
+            await self._front.serve(ex, admitted)
         except Exception:  # answering the error failed too: the connection closes, said once
             log.exception("could not answer POST /v1/chat/completions")
         finally:
@@ -449,7 +466,8 @@ class Connection(asyncio.Protocol):
         connection then closes, discarding what the client still sends: `Lingering`)."""
         self._head = None
         del self._buf[:]
-        self.task = self._front.loop.create_task(self._serve(self._unanswered(head)))
+        admitted, self._admitted = self._admitted, None
+        self.task = self._front.loop.create_task(self._serve(self._unanswered(head), admitted))
 
     def _hand_off(self) -> None:
         """From now on aiohttp serves this connection, from the bytes received so far."""
@@ -521,21 +539,16 @@ class Connection(asyncio.Protocol):
         else:
             err = request_timeout("body", timeouts.body)
             observe_rejection(self._unanswered(self._head), err, "request_timeout",
-                              self._key_name(self._head[0]))
+                              self._key_name())
             self._head = None  # answered: not a request its client abandoned
         self.transport.write(timeout_response(err))
         self._close_lingering()
 
-    def _key_name(self, headers: CIMultiDict[str]) -> str | None:
-        """The name of the valid proxy key an unfinished upload presented, for its log line:
-        aiohttp's front names it, having authenticated the head before the body. No rate
-        token is taken: the request is not served."""
-        auth = self._front.auth
-        if auth is None:
-            return None
-        presented = presented_key(headers)[0]
-        key = auth.identify(presented) if presented else None
-        return key.name if key is not None else None
+    def _key_name(self) -> str | None:
+        """The name of the proxy key an unfinished upload's head presented, for its log line
+        (aiohttp's front names it, having authenticated the head before the body)."""
+        admitted = self._admitted
+        return admitted[0].name if isinstance(admitted, tuple) else None
 
     def _unanswered(self, head: tuple[CIMultiDict[str], int, int, bool, float]) -> LeanExchange:
         """The exchange of a request whose body never came whole, to be logged."""
