@@ -2786,6 +2786,33 @@ def test_a_static_key_with_a_control_character_is_a_config_error(
     assert bad[:8] not in str(info.value)
 
 
+@pytest.mark.parametrize(("named", "unset"), [
+    ({"aws_access_key_id_env": "SP_TEST_AK", "aws_secret_access_key_env": "SP_TEST_SK"},
+     "aws_access_key_id_env"),
+    ({"aws_access_key_id": AKID, "aws_secret_access_key": SECRET,
+      "aws_session_token_env": "SP_TEST_ST"}, "aws_session_token_env"),
+])
+@pytest.mark.parametrize("value", [None, " "])
+def test_a_key_variable_that_is_unset_is_a_config_error_not_the_default_chain(
+        named: dict[str, str], unset: str, value: str | None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both key variables unset (a missing export) passed: the provider signed with whatever
+    the default chain found (the host's role, ~/.aws) or sent the client's key as a Bedrock
+    key, and check-config said "the AWS credential chain"; a session token's unset variable
+    left temporary keys signed without it (AWS's 403 on every request). Only one key of the
+    pair unset was refused. Now any named variable that is unset or empty is."""
+    for name in ("SP_TEST_AK", "SP_TEST_SK", "SP_TEST_ST"):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match="SP_TEST_") as info:
+        parse_config({"providers": {"b": {"type": "bedrock", "region": "us-east-1",
+                                          **named}}}, "f.yaml")
+    assert info.value.key == f"providers.b.{unset}"
+    assert ("is not set" if value is None else "is empty") in info.value.reason
+
+
 # -- a tool call's big integers, streamed and not ----------------------------------------------
 
 # An integer past 64 bits (an amount in wei, a 20-digit id): orjson reads it as a float.

@@ -41,6 +41,8 @@ from streamproxy.config import (
     check_env_name,
     check_provider_key,
     check_secret,
+    shown_env,
+    unset_or_empty,
 )
 from streamproxy.errors import AuthenticationFailed, CredentialsUnavailable
 from streamproxy.providers.threads import in_daemon_thread
@@ -81,6 +83,11 @@ def check_options(options: dict[str, Any], source: str, where: str) -> None:
         if options.get(key) and options.get(f"{key}_env"):
             raise ConfigError(source, f"{where}.{key}", f"give {key} or {key}_env, not both")
     keys = static_keys(options)
+    for key, value in zip(KEY_OPTIONS, keys, strict=True):
+        env = options.get(f"{key}_env")
+        if env and value is None:  # (a missing export: as an empty option, fail closed)
+            raise ConfigError(source, f"{where}.{key}_env",
+                              f"environment variable {shown_env(env)} {unset_or_empty(env)}")
     for key, value in zip(KEY_OPTIONS, keys, strict=True):  # (signed with: AWS's 403)
         field = f"{where}.{key if options.get(key) else f'{key}_env'}"
         # (a line break inside: in x-amz-security-token or Authorization, a 500 per request)
@@ -89,7 +96,7 @@ def check_options(options: dict[str, Any], source: str, where: str) -> None:
     if bool(keys[0]) != bool(keys[1]):
         raise ConfigError(source, f"{where}.aws_access_key_id",
                           "aws_access_key_id and aws_secret_access_key go together (set or "
-                          "named by *_env); one of them is missing or its variable is unset")
+                          "named by *_env); one of them is missing")
     if keys[0] and options.get("profile"):
         raise ConfigError(source, f"{where}.profile", "give static keys or a profile, not both")
 
