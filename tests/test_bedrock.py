@@ -1938,6 +1938,28 @@ async def test_a_hung_credential_lookup_is_a_502_after_its_deadline(
         release.set()
 
 
+async def test_a_failed_credential_lookup_is_a_502_not_the_clients_401(
+        proxy: Any, upstream: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway's own AWS credentials failing to load (a credential_process that fails,
+    STS or SSO unreachable for a renewal) answered 401 `invalid_api_key`: the client was told
+    its key was wrong, and a retry or the circuit breaker (5xx) did not act on it. It is the
+    502 `upstream_credentials_unavailable` a lookup past its deadline (and Vertex's failed
+    token fetch) gets, naming the error's type alone."""
+    hermetic_aws_env(monkeypatch)
+    aws_config = tmp_path / "aws-config"
+    aws_config.write_text("[profile dev]\ncredential_process = false\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(aws_config))
+    client = await proxy(bedrock_config(upstream.url, aws_access_key_id=None,
+                                        aws_secret_access_key=None, profile="dev"))
+    resp = await stream_request(client)
+    assert resp.status == 502, await resp.text()
+    err = (await resp.json())["error"]
+    assert err["code"] == "upstream_credentials_unavailable"
+    assert err["message"] == ("provider 'aws': AWS credentials could not be loaded "
+                              "(CredentialRetrievalError)")
+    assert not upstream.requests
+
+
 ASSUMED_ROLE = b"""<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
 <AssumeRoleResult><Credentials><AccessKeyId>AKIDROLE</AccessKeyId>
 <SecretAccessKey>role-secret</SecretAccessKey><SessionToken>role-token</SessionToken>

@@ -250,7 +250,9 @@ class BedrockAuth:
         try:
             yield
         except (BotoCoreError, ClientError) as e:  # e.g. an unknown profile, a failed renewal
-            raise AuthenticationFailed(  # the type only: botocore messages may name ARNs
+            # The gateway's credentials, not the client's key: a 502 as a lookup past its
+            # deadline, not a 401 `invalid_api_key`. The type only: botocore's may name ARNs.
+            raise CredentialsUnavailable(
                 f"provider '{self._provider}': AWS credentials could not be loaded "
                 f"({type(e).__name__})") from None
 
