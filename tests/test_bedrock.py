@@ -1826,6 +1826,7 @@ def test_an_empty_credential_option_is_an_error_not_the_default_chain(
 
 
 def test_missing_region_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    hermetic_aws_env(monkeypatch)  # (nor one in ~/.aws/config)
     monkeypatch.delenv("AWS_REGION", raising=False)
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     with pytest.raises(ConfigError, match="region") as info:
@@ -1839,6 +1840,34 @@ def test_missing_region_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("AWS_REGION", "ap-south-1")
     provider = BedrockProvider(config.providers["aws"])
     assert provider.base_url == "https://bedrock-runtime.ap-south-1.amazonaws.com"
+
+
+def test_the_region_of_the_profile_the_chain_uses(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without `region` and `profile`, the default chain signs with AWS_PROFILE's profile (or
+    `default`), but only a `profile` option's region was read: a host set up with `aws
+    configure` refused to start ("no AWS region ... or one in the profile"), where the AWS CLI
+    and boto3 use that profile's region. An explicit region still wins."""
+    hermetic_aws_env(monkeypatch)
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    aws_config = tmp_path / "aws-config"
+    aws_config.write_text("[default]\nregion = eu-north-1\n[profile dev]\nregion = AP-South-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(aws_config))
+    chain = {"aws_access_key_id": None, "aws_secret_access_key": None, "region": None}
+
+    def base_url() -> str:
+        return BedrockProvider(bedrock_config(None, **chain).providers["aws"]).base_url  # type: ignore[arg-type]
+
+    assert base_url() == "https://bedrock-runtime.eu-north-1.amazonaws.com"
+    monkeypatch.setenv("AWS_PROFILE", "dev")
+    assert base_url() == "https://bedrock-runtime.ap-south-1.amazonaws.com"
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-2")
+    assert base_url() == "https://bedrock-runtime.us-east-2.amazonaws.com"
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.setenv("AWS_PROFILE", "absent")  # (its credentials' lookup reports it)
+    with pytest.raises(ConfigError, match="no AWS region"):
+        bedrock_config(None, **chain)  # type: ignore[arg-type]
 
 
 def test_a_region_that_is_not_one_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:

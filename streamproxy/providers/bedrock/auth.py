@@ -117,13 +117,15 @@ def static_keys(options: dict[str, Any]) -> tuple[str | None, str | None, str | 
 def resolve_region(options: dict[str, Any]) -> str | None:
     region = (options.get("region") or os.environ.get("AWS_REGION")
               or os.environ.get("AWS_DEFAULT_REGION"))
-    if not region and options.get("profile"):
+    if not region:
         import botocore.session
         from botocore.exceptions import BotoCoreError
 
+        # The profile's: the option's, else AWS_PROFILE's or `default` (whose credentials the
+        # default chain signs with), as the AWS CLI and boto3 read it.
         try:
-            region = botocore.session.Session(profile=options["profile"]).get_config_variable(
-                "region")
+            region = botocore.session.Session(profile=options.get("profile")) \
+                .get_config_variable("region")
         except BotoCoreError:  # an unknown profile: reported when credentials are loaded
             region = None
     return region or None
