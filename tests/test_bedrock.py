@@ -2864,6 +2864,22 @@ def test_a_key_variable_that_is_unset_is_a_config_error_not_the_default_chain(
     assert ("is not set" if value is None else "is empty") in info.value.reason
 
 
+@pytest.mark.parametrize("field", ["aws_session_token", "aws_session_token_env"])
+@pytest.mark.parametrize("other", [{}, {"profile": "dev"}])
+def test_a_session_token_without_the_keys_is_a_config_error(
+        field: str, other: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session token given without the key pair it belongs to was dropped without a word:
+    the profile or the default chain signed with keys of its own, without that token (AWS's
+    403 "The security token included in the request is invalid", or other credentials than
+    meant)."""
+    monkeypatch.setenv("SP_TEST_ST", TOKEN)
+    with pytest.raises(ConfigError, match="goes with") as info:
+        parse_config({"providers": {"b": {
+            "type": "bedrock", "region": "us-east-1", **other,
+            field: TOKEN if field == "aws_session_token" else "SP_TEST_ST"}}}, "f.yaml")
+    assert info.value.key == f"providers.b.{field}" and TOKEN not in str(info.value)
+
+
 # -- a tool call's big integers, streamed and not ----------------------------------------------
 
 # An integer past 64 bits (an amount in wei, a 20-digit id): orjson reads it as a float.

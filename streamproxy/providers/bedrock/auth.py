@@ -97,6 +97,11 @@ def check_options(options: dict[str, Any], source: str, where: str) -> None:
         raise ConfigError(source, f"{where}.aws_access_key_id",
                           "aws_access_key_id and aws_secret_access_key go together (set or "
                           "named by *_env); one of them is missing")
+    if keys[2] and not keys[0]:  # (else dropped: the chain or profile signs without it)
+        field = "aws_session_token" if options.get("aws_session_token") else \
+            "aws_session_token_env"
+        raise ConfigError(source, f"{where}.{field}", "aws_session_token goes with "
+                          "aws_access_key_id and aws_secret_access_key, which are not given")
     if keys[0] and options.get("profile"):
         raise ConfigError(source, f"{where}.profile", "give static keys or a profile, not both")
 
