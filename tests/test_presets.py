@@ -1178,3 +1178,37 @@ def test_moonshot_fixed_sampling_models_get_no_default_sampling(model: str) -> N
 def test_moonshot_models_of_free_sampling_get_it_as_sent(model: str) -> None:
     sent = moonshot_sent(model, top_p=1, temperature=1.0)
     assert sent["top_p"] == 1 and sent["temperature"] == 1.0
+
+
+# DeepSeek counts the prompt's cache hits at the top of its usage (`prompt_cache_hit_tokens`,
+# beside `prompt_cache_miss_tokens`, the two summing to `prompt_tokens`: api-docs.deepseek.com,
+# "Context Caching"), where no OpenAI client, nor the access log or the cached-tokens metric,
+# reads them (mozilla-ai/any-llm#795, NousResearch/hermes-agent#61871).
+DEEPSEEK_USAGE = {**USAGE, "prompt_cache_hit_tokens": 8, "prompt_cache_miss_tokens": 3}
+DEEPSEEK_OPENAI_USAGE = {**DEEPSEEK_USAGE, "prompt_tokens_details": {"cached_tokens": 8}}
+
+
+@pytest.mark.parametrize("body", [
+    sse(*HEAD, chunk([choice("stop")]), chunk([], usage=DEEPSEEK_USAGE)),  # a usage chunk
+    sse(*HEAD, chunk([choice("stop")], usage=DEEPSEEK_USAGE)),  # on the finish chunk
+])
+@pytest.mark.parametrize("asked", [True, False])
+def test_deepseek_cache_hits_are_openai_s_cached_tokens(body: bytes, asked: bool) -> None:
+    provider, _ = build("deepseek")
+    enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=False)
+    req = request(stream=True, stream_options={"include_usage": asked})
+    chunks = sse_chunks(relay_pieces(enc, provider.stream_translator(req, enc), [body]))
+    assert collect(chunks).usage == (DEEPSEEK_OPENAI_USAGE if asked else None)
+    assert enc.usage_data == DEEPSEEK_OPENAI_USAGE  # what the log, metrics and store read
+
+
+def test_deepseek_non_streamed_cache_hits_are_openai_s_cached_tokens() -> None:
+    provider, _ = build("deepseek")
+    answer = orjson.loads(_answer("stop"))
+    body = orjson.dumps({**answer, "usage": DEEPSEEK_USAGE})
+    out = orjson.loads(provider.translate_response(body, request(), completion_id="c", created=1))
+    assert out == {**answer, "usage": DEEPSEEK_OPENAI_USAGE}
+    # a count already where OpenAI puts it is left as it came
+    given = {**DEEPSEEK_USAGE, "prompt_tokens_details": {"cached_tokens": 8}}
+    body = orjson.dumps({**answer, "usage": given})
+    assert provider.translate_response(body, request(), completion_id="c", created=1) == body

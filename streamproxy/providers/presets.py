@@ -28,8 +28,9 @@ usage, finish and error chunks; every other chunk is still forwarded byte for by
 - vLLM's usage chunk with `choices: null` is forwarded with `choices: []` (the pass-through).
 - xAI's usage leaves reasoning tokens out of `completion_tokens`: they are added in
   (`count_reasoning_as_completion`), streamed or not.
-- Moonshot's usage counts the prompt's cache hits at its top (`cached_tokens`): they also go
-  in `prompt_tokens_details.cached_tokens` (`nest_cached_tokens`), streamed or not.
+- Moonshot's and DeepSeek's usage count the prompt's cache hits at its top (`cached_tokens`,
+  `prompt_cache_hit_tokens`): they also go in `prompt_tokens_details.cached_tokens`
+  (`nest_cached_tokens`), streamed or not.
 
 Request quirks: Mistral (see MistralProvider: names, roles, tool-call ids). Mistral's reasoning
 models also stream `delta.content` as a list of typed chunks, which becomes OpenAI's string, and
@@ -85,11 +86,13 @@ def failed_finish(status: int, reason: str, provider: str,
 class CompatTranslator(PassthroughTranslator):
     def __init__(self, out: ChunkSink, max_event_bytes: int, *, finish_reasons: dict[str, str],
                  failed_finishes: dict[str, int], reasoning_beside_completion: bool = False,
-                 running_usage: bool = False, **passthrough: Any) -> None:
+                 running_usage: bool = False, top_cached_tokens: str | None = None,
+                 **passthrough: Any) -> None:
         super().__init__(out, max_event_bytes, **passthrough)
         self._finish_reasons = finish_reasons
         self._failed = failed_finishes
         self._count_reasoning = reasoning_beside_completion  # see count_reasoning_as_completion
+        self._top_cached = top_cached_tokens  # see nest_cached_tokens
         # The client asked for the running usage on every chunk (vLLM's and SGLang's
         # `stream_options.continuous_usage_stats`): a chunk's usage stays on it.
         self._running_usage = running_usage
@@ -148,7 +151,8 @@ class CompatTranslator(PassthroughTranslator):
     def _openai_usage(self, usage: Any) -> bool:
         """Give usage a provider counts otherwise OpenAI's counts, in place; True when it
         changed. Only usage goes through here: a chunk or two a stream."""
-        return self._count_reasoning and count_reasoning_as_completion(usage)
+        nested = self._top_cached is not None and nest_cached_tokens(usage, self._top_cached)
+        return (self._count_reasoning and count_reasoning_as_completion(usage)) or nested
 
     def on_done(self) -> None:
         if self._moved_usage and self._forward_usage and not self._usage_chunk_seen:
@@ -216,13 +220,14 @@ def count_reasoning_as_completion(usage: Any) -> bool:
     return True
 
 
-def nest_cached_tokens(usage: Any) -> bool:
-    """Usage that counts the prompt's cache hits at its top (`cached_tokens`, Moonshot's, within
-    `prompt_tokens`) gets them where OpenAI's clients read them too,
-    `prompt_tokens_details.cached_tokens`; True when it changed. A count already there wins."""
+def nest_cached_tokens(usage: Any, key: str) -> bool:
+    """Usage that counts the prompt's cache hits at its top under `key` (Moonshot's
+    `cached_tokens`, DeepSeek's `prompt_cache_hit_tokens`, within `prompt_tokens`) gets them
+    where OpenAI's clients read them too, `prompt_tokens_details.cached_tokens`; True when it
+    changed. A count already there wins."""
     if not isinstance(usage, dict):
         return False
-    cached, details = usage.get("cached_tokens"), usage.get("prompt_tokens_details")
+    cached, details = usage.get(key), usage.get("prompt_tokens_details")
     if type(cached) is not int or (isinstance(details, dict) and "cached_tokens" in details):
         return False
     usage["prompt_tokens_details"] = {**(details if isinstance(details, dict) else {}),
@@ -289,6 +294,9 @@ class CompatProvider(OpenAIProvider):
     tool_turns_carry_reasoning: ClassVar[bool] = False
     # Usage counts reasoning tokens beside completion_tokens (count_reasoning_as_completion).
     reasoning_beside_completion: ClassVar[bool] = False
+    # The key at usage's top under which the upstream counts the prompt's cache hits, which
+    # OpenAI nests (nest_cached_tokens); None: OpenAI's place.
+    top_cached_tokens: ClassVar[str | None] = None
     translator_type = CompatTranslator
 
     def adapt_body(self, body: dict[str, Any], model: str = "") -> dict[str, Any]:
@@ -335,6 +343,7 @@ class CompatProvider(OpenAIProvider):
         return {**super().translator_options(req), "finish_reasons": self.finish_reasons,
                 "failed_finishes": self.failed_finishes,
                 "reasoning_beside_completion": self.reasoning_beside_completion,
+                "top_cached_tokens": self.top_cached_tokens,
                 "running_usage": req.include_usage and isinstance(stream_options, dict)
                 and stream_options.get("continuous_usage_stats") is True}
 
@@ -342,12 +351,15 @@ class CompatProvider(OpenAIProvider):
                            created: int, model: str = "") -> bytes:
         """A non-streamed answer gets its stream's finish-reason handling: mapped, or an
         error when the reason means the answer failed (before anything reached the client,
-        so retries and fallbacks apply)."""
+        so retries and fallbacks apply); and its usage its stream's."""
         body = super().translate_response(body, req, completion_id=completion_id,
                                           created=created, model=model)
         finishes = bool(self.finish_reasons or self.failed_finishes) and b"finish_reason" in body
         usage = self.reasoning_beside_completion and b'"reasoning_tokens"' in body
-        if not (finishes or usage):
+        cached = self.top_cached_tokens
+        if cached is not None and f'"{cached}"'.encode() not in body:
+            cached = None
+        if not (finishes or usage or cached):
             return body
         try:  # (lenient: refused, a Node server's answer cut inside an emoji went unmapped)
             answer = loads_lenient(body)
@@ -356,6 +368,8 @@ class CompatProvider(OpenAIProvider):
         changed = self._map_finishes(answer)
         if usage and isinstance(answer, dict):
             changed = count_reasoning_as_completion(answer.get("usage")) or changed
+        if cached and isinstance(answer, dict):
+            changed = nest_cached_tokens(answer.get("usage"), cached) or changed
         return orjson.dumps(answer) if changed else body
 
     def _map_finishes(self, answer: Any) -> bool:
@@ -684,7 +698,8 @@ class DeepSeekProvider(CompatProvider):
     the assistant message", a 400): one without gets its reasoning under another provider's
     name (`replayed_reasoning`), else NO_REASONING — a loop begun elsewhere, or a client that
     keeps only content and calls, goes on (its guide: reasoning sent back where none is
-    needed is ignored)."""
+    needed is ignored). Its usage counts the prompt's cache hits as `prompt_cache_hit_tokens`:
+    they also go where OpenAI's are (`nest_cached_tokens`), streamed or not."""
 
     type_name: ClassVar[str] = "deepseek"
     default_base_url: ClassVar[str | None] = "https://api.deepseek.com"
@@ -692,6 +707,7 @@ class DeepSeekProvider(CompatProvider):
     renamed_params: ClassVar[dict[str, str]] = {"max_completion_tokens": "max_tokens"}
     failed_finishes: ClassVar[dict[str, int]] = {"insufficient_system_resource": 503}
     tool_turns_carry_reasoning: ClassVar[bool] = True
+    top_cached_tokens: ClassVar[str | None] = "prompt_cache_hit_tokens"
 
 
 class MoonshotTranslator(CompatTranslator):
@@ -706,9 +722,6 @@ class MoonshotTranslator(CompatTranslator):
                     if usage:
                         chunk["usage"] = usage
         return super()._take_usage(chunk) or moved
-
-    def _openai_usage(self, usage: Any) -> bool:
-        return nest_cached_tokens(usage) | super()._openai_usage(usage)
 
 
 # Kimi models whose sampling is fixed (platform.kimi.ai "Model Parameter Reference": K2.5 and
@@ -738,21 +751,7 @@ class MoonshotProvider(CompatProvider):
     default_base_url: ClassVar[str | None] = "https://api.moonshot.ai/v1"
     translator_type = MoonshotTranslator
     tool_turns_carry_reasoning: ClassVar[bool] = True
-
-    def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
-                           created: int, model: str = "") -> bytes:
-        """Its usage's cache hits also go where OpenAI's are (`nest_cached_tokens`)."""
-        body = super().translate_response(body, req, completion_id=completion_id,
-                                          created=created, model=model)
-        if b'"cached_tokens"' not in body:
-            return body
-        try:
-            answer = loads_lenient(body)  # (as CompatProvider's)
-        except orjson.JSONDecodeError:
-            return body  # the executor's parse reports it
-        if isinstance(answer, dict) and nest_cached_tokens(answer.get("usage")):
-            return orjson.dumps(answer)
-        return body
+    top_cached_tokens: ClassVar[str | None] = "cached_tokens"
 
     def adapt_body(self, body: dict[str, Any], model: str = "") -> dict[str, Any]:
         """K2.5 on refuse any sampling but their own ("invalid top_p: only 0.95 is allowed for
