@@ -1212,3 +1212,40 @@ def test_deepseek_non_streamed_cache_hits_are_openai_s_cached_tokens() -> None:
     given = {**DEEPSEEK_USAGE, "prompt_tokens_details": {"cached_tokens": 8}}
     body = orjson.dumps({**answer, "usage": given})
     assert provider.translate_response(body, request(), completion_id="c", created=1) == body
+
+
+# Groq's reasoning models take their own reasoning_effort values (console.groq.com/docs/
+# reasoning): Qwen 3 "none" or "default" ("`reasoning_effort` must be one of `none` or
+# `default`", a 400, to OpenAI's levels: earendil-works/pi#1745), gpt-oss low, medium, high.
+# OpenAI's levels from a client (the openai SDK's, a chat UI's) failed every request.
+def groq_effort_sent(model: str, effort: str) -> Any:
+    provider, _ = build("groq")
+    req = request(reasoning_effort=effort)
+    up = provider.build_request(req, Target(provider, model, api_key="k"))
+    return orjson.loads(up.body).get("reasoning_effort")
+
+
+@pytest.mark.parametrize(("effort", "sent"), [
+    ("none", "none"), ("minimal", "default"), ("low", "default"), ("medium", "default"),
+    ("high", "default"), ("xhigh", "default"), ("max", "default"), ("default", "default"),
+])
+@pytest.mark.parametrize("model", ["qwen/qwen3-32b", "qwen/qwen3.6-27b"])
+def test_groq_qwen_reasoning_effort_is_one_qwen_takes(model: str, effort: str,
+                                                      sent: str) -> None:
+    assert groq_effort_sent(model, effort) == sent
+
+
+@pytest.mark.parametrize(("effort", "sent"), [
+    ("none", "low"), ("minimal", "low"), ("low", "low"), ("medium", "medium"),
+    ("high", "high"), ("xhigh", "high"), ("max", "high"),
+])
+def test_groq_gpt_oss_reasoning_effort_is_one_gpt_oss_takes(effort: str, sent: str) -> None:
+    assert groq_effort_sent("openai/gpt-oss-120b", effort) == sent
+
+
+def test_groq_other_models_get_reasoning_effort_as_sent() -> None:
+    assert groq_effort_sent("llama-3.3-70b-versatile", "medium") == "medium"
+    provider, target = build("groq")
+    req = request(max_tokens=5)
+    assert provider.build_request(req, target).body == orjson.dumps(
+        {**req.body, "model": "some-model"})  # (no reasoning_effort: the body as it came)

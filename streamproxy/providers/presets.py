@@ -406,6 +406,18 @@ class GroqTranslator(CompatTranslator):
 # Groq's reasoning models (console.groq.com/docs/reasoning): gpt-oss, Qwen 3 and the retired
 # QwQ and DeepSeek R1 distill; any other model refuses an assistant `reasoning`.
 _GROQ_REASONING = re.compile(r"gpt-oss|qwen3|qwq|deepseek-r1", re.IGNORECASE)
+# OpenAI's reasoning_effort → the values Groq's reasoning models take (its reasoning docs):
+# Qwen 3's two, "none" or "default" (a level is a 400: "`reasoning_effort` must be one of
+# `none` or `default`"), thinking on for any level; gpt-oss's three, low to high, the nearest
+# (as on Ollama: gpt-oss cannot stop reasoning). Another value (Groq's own "default") goes
+# as it is, and Groq's 400 names it.
+_GROQ_EFFORTS = (
+    (re.compile(r"qwen3|qwq", re.IGNORECASE),
+     {"none": "none", **dict.fromkeys(("minimal", "low", "medium", "high", "xhigh", "max"),
+                                      "default")}),
+    (re.compile(r"gpt-oss", re.IGNORECASE),
+     {"none": "low", "minimal": "low", "xhigh": "high", "max": "high"}),
+)
 
 
 class GroqProvider(CompatProvider):
@@ -443,8 +455,15 @@ class GroqProvider(CompatProvider):
     def adapt_body(self, body: dict[str, Any], model: str = "") -> dict[str, Any]:
         """A reasoning model also gets, as its `reasoning`, the thinking a turn carries under
         another name (`reasoning_content`, `reasoning_details`: dropped, each a 400 here), so a
-        gpt-oss tool loop begun elsewhere keeps it."""
+        gpt-oss tool loop begun elsewhere keeps it; and a reasoning_effort it takes
+        (_GROQ_EFFORTS)."""
         out = super().adapt_body(body, model)
+        effort = body.get("reasoning_effort")
+        if isinstance(effort, str):
+            for family, efforts in _GROQ_EFFORTS:
+                if family.search(model) is not None and efforts.get(effort, effort) != effort:
+                    out = {**out, "reasoning_effort": efforts[effort]}
+                    break
         if out is body or _GROQ_REASONING.search(model) is None:
             return out  # (unchanged: no such key was dropped)
         messages = list(out["messages"])
