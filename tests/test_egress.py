@@ -623,10 +623,12 @@ def test_an_ipv4_block_covers_the_ipv4_mapped_form_of_its_addresses() -> None:
 
 @pytest.mark.parametrize("entry", ["10.0.0.0/33", "::1/200", "[fd00::1/129]", "10.0.0.0/8x",
                                    "http://internal.example", "vllm.internal:99999",
-                                   "vllm.internal:port", "a b/c"])
+                                   "vllm.internal:port", "a b/c", "vllm..internal",
+                                   ".internal..example", "*.a..b:8000"])
 def test_an_invalid_no_proxy_entry_in_the_config_is_a_config_error(entry: str) -> None:
     """Kept as a host name no upstream host can be, it silently covered nothing: the hosts
-    the operator meant to reach directly went through the proxy."""
+    the operator meant to reach directly went through the proxy. (`vllm..internal`, a typo's
+    empty label, is no host's name either.)"""
     with pytest.raises(ConfigError, match=r"upstream_proxy\.no_proxy: .*not a host"):
         _server(upstream_proxy={"url": "http://p:1", "no_proxy": [entry]})
     with pytest.raises(ConfigError, match=r"upstream_proxy\.no_proxy"):

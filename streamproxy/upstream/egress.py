@@ -156,7 +156,7 @@ def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 def check_no_proxy(entries: list[str]) -> None:
     """Raise ValueError for the first entry `_Bypass` would keep as a host name no host can
-    have (`10.0.0.0/33`, `http://h`, `h:99999`): it would silently cover nothing. (The
+    have (`10.0.0.0/33`, `http://h`, `h:99999`, `a..b`): it would silently cover nothing. (The
     environment's are not checked: curl skips such an entry, and so does `_Bypass`.)"""
     for raw in entries:
         for token in raw.split():
@@ -168,7 +168,9 @@ def check_no_proxy(entries: list[str]) -> None:
                 valid = True
             except ValueError:
                 name = entry.lstrip("*").lstrip(".").rstrip(".")
-                valid = bool(name) and ":" not in name and _is_host(name)
+                # (an empty label, `vllm..internal`: no resolvable host has one)
+                valid = (bool(name) and ":" not in name and ".." not in name
+                         and _is_host(name))
             if not valid or (port is not None and not 0 < port < 65536):
                 raise ValueError(f"{token!r} is not a host, domain, IP address or CIDR block "
                                  "(optionally with :port)")
