@@ -25,6 +25,7 @@ from streamproxy.config import (
     shown_env,
     unset_or_empty,
 )
+from streamproxy.server.cpus import default_workers
 
 
 def _install_uvloop() -> None:
@@ -196,6 +197,8 @@ def cmd_check_config(args: argparse.Namespace) -> None:
         s = config.server
         print(f"{config.source}: OK")
         print(f"listen: {shown_address(s.host, s.port)}")
+        # (as serve counts them without --workers: each worker has its own limits below)
+        print(f"workers: {s.workers or f'{default_workers()} (one per usable CPU)'}")
         for name, p in config.providers.items():
             default = " (default)" if name == config.default_provider else ""
             key = providers[name].auth_summary() or _key_summary(p)

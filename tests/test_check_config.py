@@ -83,6 +83,28 @@ def test_prints_what_it_would_serve(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "SECRET" not in out + err
 
 
+@pytest.mark.parametrize(("setting", "shown"), [
+    ("workers: 3", "workers: 3"),
+    ("workers: null", "workers: 5 (one per usable CPU)"),
+    ("", "workers: 5 (one per usable CPU)")])
+def test_the_worker_count_is_shown(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                   monkeypatch: pytest.MonkeyPatch, setting: str,
+                                   shown: str) -> None:
+    """It was not: an operator could not see how many processes serve would fork (each with
+    its own limits: concurrent_streams is per worker), nor that server.workers took."""
+    from streamproxy import cli
+
+    monkeypatch.setattr(cli, "default_workers", lambda: 5)
+    code, out, err = run(tmp_path, f"""
+server:
+  port: 9999
+  {setting}
+providers: {{mock: {{type: mock}}}}
+""", capsys)
+    assert code == 0, err
+    assert shown in out.splitlines()
+
+
 @pytest.mark.parametrize(("setting", "shown"), [("", "60s"), ("send_timeout: 7.5", "7.5s"),
                                                 ("send_timeout: 0", "off"),
                                                 ("send_timeout: null", "off")])
