@@ -223,6 +223,24 @@ def cmd_check_config(args: argparse.Namespace) -> None:
               f"body_timeout={s.client_body_timeout:g}s "
               f"send_timeout={f'{s.send_timeout:g}s' if s.send_timeout else 'off'}")
         print(f"shutdown: drain_delay={s.drain_delay:g}s grace={s.shutdown_grace:g}s")
+        print(f"egress proxy: {_egress_summary(s.upstream_proxy)}")
+
+
+def _egress_summary(setting: str | dict[str, object]) -> str:
+    """The proxies upstream requests would leave through, as serve reads them here (the
+    environment's too): their URLs without user info (ProxyRoute.url), never credentials."""
+    from streamproxy.upstream.egress import egress_from_setting
+
+    egress = egress_from_setting(setting, os.environ)  # (a malformed variable: already refused)
+    https, http = (p.url if p else "direct" for p in (egress.https, egress.http))
+    bypass = f" no_proxy={','.join(egress.no_proxy)}" if egress.no_proxy else ""
+    if setting == "none":
+        return "none"
+    if isinstance(setting, dict):  # (one proxy for both schemes)
+        return f"{https}{bypass}"
+    if egress.https is None and egress.http is None:
+        return "none (from the environment: no HTTPS_PROXY, HTTP_PROXY or ALL_PROXY)"
+    return f"https={https} http={http}{bypass} (from the environment)"
 
 
 # The user:password@ of a URL, or of a bare host[:port] (an allowed_custom_hosts entry):

@@ -105,6 +105,43 @@ providers: {{mock: {{type: mock}}}}
     assert shown in out.splitlines()
 
 
+_PROXY_VARIABLES = [f"{name}_proxy" for name in ("http", "https", "all", "no")]
+
+
+@pytest.mark.parametrize(("setting", "environ", "shown"), [
+    ("none", {"HTTPS_PROXY": "http://p:1"}, "egress proxy: none"),
+    ("env", {}, "egress proxy: none (from the environment: no HTTPS_PROXY, HTTP_PROXY or "
+                "ALL_PROXY)"),
+    ("env", {"HTTPS_PROXY": "http://user:SECRET@proxy.corp:3128", "no_proxy": "a.example,10/8"},
+     "egress proxy: https=http://proxy.corp:3128 http=direct no_proxy=a.example,10/8 "
+     "(from the environment)"),
+    ("env", {"ALL_PROXY": "http://all.corp:8080"},
+     "egress proxy: https=http://all.corp:8080 http=http://all.corp:8080 (from the "
+     "environment)"),
+    ("{url: 'http://u:SECRET@proxy.corp:3128', no_proxy: [vllm.internal, 10.0.0.0/8]}", {},
+     "egress proxy: http://proxy.corp:3128 no_proxy=vllm.internal,10.0.0.0/8"),
+    ("proxy.corp:3128", {}, "egress proxy: http://proxy.corp:3128"),
+])
+def test_the_egress_proxy_in_effect_is_shown_without_its_credentials(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        setting: str, environ: dict[str, str], shown: str) -> None:
+    """It was not: whether upstream requests would leave through a proxy (the environment's,
+    which the shell running serve may not share with the one that ran check-config) went
+    unsaid until a provider was unreachable."""
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = run(tmp_path, f"""
+server: {{upstream_proxy: {setting}}}
+providers: {{mock: {{type: mock}}}}
+""", capsys)
+    assert code == 0, err
+    assert shown in out.splitlines()
+    assert "SECRET" not in out + err
+
+
 @pytest.mark.parametrize(("setting", "shown"), [("", "60s"), ("send_timeout: 7.5", "7.5s"),
                                                 ("send_timeout: 0", "off"),
                                                 ("send_timeout: null", "off")])

@@ -197,6 +197,7 @@ class EgressProxies:
     def __init__(self, http: ProxyRoute | None = None, https: ProxyRoute | None = None,
                  no_proxy: list[str] | None = None) -> None:
         self.http, self.https = http, https
+        self.no_proxy = tuple(e.strip() for e in no_proxy or [] if e.strip())  # (as given)
         self._bypass = _Bypass(no_proxy or [])
 
     @classmethod
