@@ -480,3 +480,21 @@ async def test_the_403_names_every_refused_provider(proxy: Any, json_upstream: A
     message = assert_error(await resp.json(), "permission_error", "provider_not_allowed")
     assert message == "The proxy key 'team-a' may not use providers 'other', 'up'."
     assert json_upstream.requests == []
+
+
+@pytest.mark.parametrize("placeholder", ["None", "null", "undefined", " OPENAI_API_KEY "])
+@pytest.mark.parametrize("where", ["key", "key_env"])
+def test_a_proxy_key_that_is_a_clients_placeholder_is_a_config_error(
+        placeholder: str, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`key: None` (YAML's null is `~` or `null`: `None` is a string) or a variable a template
+    set to the text of nothing was taken as the key: a client given no key (Python's
+    f"Bearer {None}", a JS template's `undefined`) presents exactly that, and was let in."""
+    entry = {"name": "team", where: placeholder}
+    if where == "key_env":
+        monkeypatch.setenv("STREAMPROXY_TEST_PLACEHOLDER", placeholder)
+        entry["key_env"] = "STREAMPROXY_TEST_PLACEHOLDER"
+    cfg = make_config({"mock": {"type": "mock"}}, auth={"keys": [entry]})
+    with pytest.raises(ConfigError) as e:
+        parse_auth(cfg)
+    assert e.value.key == f"auth.keys[0].{where}"
+    assert "placeholder" in e.value.reason

@@ -176,6 +176,11 @@ def _parse_key(entry: Any, where: str, config: Config) -> ProxyKey:
     if not isinstance(name, str) or not name:
         raise ConfigError(src, f"{where}.name", "a non-empty string is required")
     secret = required_secret(entry, src, where, "key", "key_env")
+    if secret.lower() in PLACEHOLDER_KEYS:  # (`key: None` is YAML's string, not its null;
+        # a template's unset variable) what a client given no key sends: it would let it in
+        field = "key" if "key" in entry else "key_env"
+        raise ConfigError(src, f"{where}.{field}", f"`{secret}` is the placeholder a client "
+                          "given no key sends, not a key")
     return ProxyKey(name=name, digest=_digest(secret),
                     allowed_providers=_parse_allowed(entry.get("allowed_providers"),
                                                      f"{where}.allowed_providers", config),
