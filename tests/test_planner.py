@@ -819,6 +819,27 @@ def test_length_operator_and_url_pathname(query: dict[str, Any], expected: bool)
     assert matches(query, {}, params, "/v1/chat/completions") is expected
 
 
+@pytest.mark.parametrize(("query", "expected"), [
+    ({"params.messages.0.role": "system"}, True),
+    ({"params.messages.1.content": {"$regex": "urgent"}}, True),
+    ({"params.messages.1.content.0.text": "x"}, False),  # (a string has no parts)
+    ({"params.tools.0.function.name": {"$in": ["search", "fetch"]}}, True),
+    ({"params.messages.2.role": {"$eq": "user"}}, False),  # past the end: absent
+    ({"params.messages.2.role": {"$ne": "user"}}, True),
+    ({"params.messages.-1.role": "user"}, False),  # no index from the end, as in MongoDB
+    ({"params.messages.01.role": "user"}, False),  # (not an index's text)
+    ({"params.messages.1.role": {"$ne": "user"}}, False),
+])
+def test_a_field_path_indexes_into_arrays(query: dict[str, Any], expected: bool) -> None:
+    # `params.messages.0.role` read through objects only: an array ended the path, so a
+    # condition on a message never matched (and its `$ne` always held), silently.
+    params = {"messages": [{"role": "system", "content": "be brief"},
+                           {"role": "user", "content": "an urgent one"}],
+              "tools": [{"type": "function", "function": {"name": "search"}}]}
+    validate_query(query, "q")
+    assert matches(query, {}, params) is expected
+
+
 @pytest.mark.parametrize(("query", "param"), [
     ({"params.messages": {"$length": "2"}}, "q.params.messages.$length"),
     ({"params.messages": {"$length": {"$near": 2}}}, "q.params.messages.$length.$near"),

@@ -2,7 +2,8 @@
 
 A query is an object of `field: matcher` pairs (all must hold) plus `$and` / `$or` arrays.
 Fields are `metadata.<key>` (from `x-portkey-metadata`), `params.<key>` (the request body,
-dotted for nesting) or `url.pathname` (the request's path). A matcher is a literal (equality)
+dotted for nesting, an array's items by index: `params.messages.0.role`) or `url.pathname`
+(the request's path). A matcher is a literal (equality)
 or an object of operators: `$eq $ne $gt $gte $lt $lte $in $nin $regex $length`.
 
 As in Portkey's conditionalRouter.ts, `$gt $gte $lt $lte` compare both sides as JavaScript's
@@ -42,6 +43,9 @@ _ORDERING: dict[str, Callable[[float, float], bool]] = {
 # What parseFloat reads: leading whitespace, then the longest prefix that is a decimal number.
 _FLOAT_PREFIX = re.compile(r"\s*([+-]?(?:Infinity|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?))")
 _MISSING = object()
+# An array's item in a field path, as MongoDB's queries write it (`messages.0`): no sign, no
+# leading zero, no index from the end.
+_INDEX = re.compile(r"0|[1-9][0-9]{0,8}")
 # How deep `$and` / `$or` may nest: far beyond what a routing rule needs, and far within
 # Python's stack (330 levels, a 4 kB header, ran matching out of it: a 500).
 MAX_QUERY_DEPTH = 32
@@ -196,9 +200,12 @@ def _lookup(field: str, metadata: dict[str, Any], params: dict[str, Any], path: 
     root, _, rest = field.partition(".")
     value: Any = {"metadata": metadata, "params": params, "url": {"pathname": path}}[root]
     for part in rest.split("."):
-        if not isinstance(value, dict) or part not in value:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and _INDEX.fullmatch(part) and int(part) < len(value):
+            value = value[int(part)]  # (`params.messages.0.role`: without it, never a match)
+        else:
             return _MISSING
-        value = value[part]
     return value
 
 
