@@ -15,8 +15,10 @@ from streamproxy.cache import entry as cache_entry
 from streamproxy.errors import InvalidRequest, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
 from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
+from streamproxy.openai_api.content import tool_call_input
 from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.base import load_event_json
+from streamproxy.providers.gemini.request import _result as gemini_tool_result
 from streamproxy.providers.openai_compat import PassthroughTranslator
 from streamproxy.providers.registry import PROVIDER_TYPES
 from streamproxy.server.store_and_cache import FEATURES
@@ -314,3 +316,25 @@ def test_a_body_that_is_not_utf8_is_refused_saying_so(body: bytes, at: int) -> N
     assert (e.value.status, e.value.code) == (400, "invalid_json")
     assert e.value.message == ("We could not parse the JSON body of your request: it is not "
                                f"UTF-8 (byte {at}); JSON is sent as UTF-8 (RFC 8259 §8.1).")
+
+
+# -- a lone UTF-16 half in JSON a client sends inside a string (a tool call's arguments) --
+
+@pytest.mark.parametrize(("arguments", "sent"), [
+    # (json.dumps, as JSON.stringify, writes a string cut inside an emoji with a lone escape)
+    (json.dumps({"city": "Par\ud83d"}), b'{"city":"Par\xef\xbf\xbd"}'),
+    (json.dumps({"q": "\udc00", "n": 123456789012345678901}),
+     b'{"q":"\xef\xbf\xbd","n":123456789012345678901}'),  # (its big integer as written)
+])
+def test_arguments_with_a_lone_surrogate_escape_go_as_their_object(arguments: str,
+                                                                   sent: bytes) -> None:
+    """A replayed call's arguments are JSON text, and a JavaScript client's (or a Node
+    server's answer it replays) may hold a lone UTF-16 half's escape, valid JSON that OpenAI
+    takes. orjson refused it, and the call went to Claude, Gemini, Bedrock and Ollama as
+    `{"raw_arguments": "<the text>"}`: another input than the one the model wrote."""
+    assert orjson.dumps(tool_call_input(arguments)) == sent
+
+
+def test_a_tool_result_with_a_lone_surrogate_escape_goes_to_gemini_as_its_object() -> None:
+    assert gemini_tool_result(json.dumps({"temp": 21, "note": "cut \ud83d"}), 2) == {
+        "temp": 21, "note": "cut \ufffd"}

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from streamproxy._json import loads_fragments
+from streamproxy._json import loads_fragments, loads_repaired
 from streamproxy.errors import InvalidRequest
 from streamproxy.openai_api.request import check_depth
 
@@ -294,8 +294,13 @@ EMBEDDED_JSON_DEPTH = 200
 
 
 def loads_embedded(text: str, what: str) -> Any:
-    """orjson.loads(text), refused (json_too_deep) past EMBEDDED_JSON_DEPTH; `what` names it."""
-    parsed = orjson.loads(text)
+    """orjson.loads(text), refused (json_too_deep) past EMBEDDED_JSON_DEPTH; `what` names it.
+    A lone UTF-16 half's escape (a JavaScript client's string cut inside an emoji) is read
+    as U+FFFD, as in the body: orjson refuses it, and the JSON went on as text."""
+    try:
+        parsed = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        parsed = loads_repaired(text.encode(errors="surrogatepass"))  # (else still refused)
     # Each level opens a bracket: with no more brackets than the limit, no walk is needed.
     if text.count("{") + text.count("[") > EMBEDDED_JSON_DEPTH:
         check_depth(parsed, EMBEDDED_JSON_DEPTH, what)
