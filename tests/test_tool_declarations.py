@@ -105,3 +105,15 @@ def test_a_replayed_call_with_an_empty_name_is_openais_400_naming_it() -> None:
         parse_chat_request(orjson.dumps(body))
     assert (info.value.param, info.value.code) == ("messages[1].tool_calls[0].function.name",
                                                    "empty_string")
+
+
+@pytest.mark.parametrize("tool", [
+    {"function": {"name": "f"}},  # (the shape of `functions` entries, moved into `tools`)
+    {"type": None, "function": {"name": "f"}},
+])
+def test_a_tool_without_a_type_is_openais_400_naming_it(tool: Any) -> None:
+    # OpenAI answers "Missing required parameter: 'tools[0].type'."; it was sent as a function
+    # tool: answered by a translating provider, refused in OpenAI's words by an OpenAI-type one.
+    err = refusal([FUNCTION, tool])
+    assert (err.param, err.code) == ("tools[1].type", "missing_required_parameter")
+    assert err.message == "Missing required parameter: 'tools[1].type'."

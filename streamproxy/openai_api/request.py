@@ -294,7 +294,7 @@ _SCALARS: dict[str, tuple[Any, str]] = {
 }
 
 
-TOOL_TYPES = ("function", "custom")  # OpenAI's (a tool without a type is read as a function)
+TOOL_TYPES = ("function", "custom")  # OpenAI's
 
 
 def _validate(body: dict[str, Any], limits: Limits) -> bool:
@@ -342,6 +342,8 @@ def _validate(body: dict[str, Any], limits: Limits) -> bool:
                 custom = True
                 continue
             kind = t.get("type") if isinstance(t, dict) else None
+            if kind is None and isinstance(t, dict):  # (as OpenAI: it went on as a function)
+                raise _missing(f"tools[{i}].type")
             if kind is not None and kind not in TOOL_TYPES:  # (translators read it as a function)
                 raise InvalidRequest(f"Invalid value: {kind!r}. Supported values are: "
                                      "'function' and 'custom'.", param=f"tools[{i}].type",
