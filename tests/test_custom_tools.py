@@ -142,7 +142,7 @@ async def test_text_only_modalities_still_go_to_a_translating_provider(
 
 
 @pytest.mark.parametrize(("extra", "param"), [
-    ({"tools": [{"type": "custom", "custom": {}}]}, "tools[0].function.name"),
+    ({"tools": [{"type": "custom", "custom": {}}]}, "tools[0].custom.name"),
     ({"tool_choice": {"type": "allowed_tools"}}, "tool_choice"),
     ({"tool_choice": {"type": "custom", "custom": {"name": 5}}}, "tool_choice"),
 ])

@@ -117,3 +117,17 @@ def test_a_tool_without_a_type_is_openais_400_naming_it(tool: Any) -> None:
     err = refusal([FUNCTION, tool])
     assert (err.param, err.code) == ("tools[1].type", "missing_required_parameter")
     assert err.message == "Missing required parameter: 'tools[1].type'."
+
+
+@pytest.mark.parametrize(("tool", "code"), [
+    ({"type": "custom", "custom": {"name": ""}}, "empty_string"),  # was taken, and sent
+    ({"type": "custom", "custom": {}}, "missing_required_parameter"),  # named `function.name`
+    ({"type": "custom"}, "missing_required_parameter"),
+    ({"type": "custom", "custom": {"name": 5}}, "missing_required_parameter"),
+])
+def test_a_custom_tool_without_a_name_is_a_400_naming_its_name(tool: Any, code: str) -> None:
+    # A custom tool is named as a function tool is: none, or an empty one, names no tool a
+    # call could name (OpenAI refuses it). The 400 names the custom tool's name, which the
+    # client wrote, not a `function.name` its tool has no place for.
+    err = refusal([FUNCTION, tool])
+    assert (err.param, err.code) == ("tools[1].custom.name", code)

@@ -338,10 +338,16 @@ def _validate(body: dict[str, Any], limits: Limits) -> bool:
             raise InvalidRequest(f"'tools' has more than {limits.max_tools} entries.",
                                  param="tools", code="array_above_max_length")
         for i, t in enumerate(tools):
-            if is_custom(t):
+            kind = t.get("type") if isinstance(t, dict) else None
+            if kind == "custom":  # (named as a function tool is: a call names it)
+                if not is_custom(t):
+                    raise InvalidRequest(f"'tools[{i}].custom.name' is required.",
+                                         param=f"tools[{i}].custom.name",
+                                         code="missing_required_parameter")
+                if not t["custom"]["name"]:
+                    raise _empty_string(f"tools[{i}].custom.name")
                 custom = True
                 continue
-            kind = t.get("type") if isinstance(t, dict) else None
             if kind is None and isinstance(t, dict):  # (as OpenAI: it went on as a function)
                 raise _missing(f"tools[{i}].type")
             if kind is not None and kind not in TOOL_TYPES:  # (translators read it as a function)
