@@ -131,3 +131,23 @@ def test_a_custom_tool_without_a_name_is_a_400_naming_its_name(tool: Any, code: 
     # client wrote, not a `function.name` its tool has no place for.
     err = refusal([FUNCTION, tool])
     assert (err.param, err.code) == ("tools[1].custom.name", code)
+
+
+def choice_refusal(choice: Any) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as info:
+        parse_chat_request(orjson.dumps({"model": "m", "tools": [FUNCTION], "tool_choice": choice,
+                                         "messages": [{"role": "user", "content": "hi"}]}))
+    return info.value
+
+
+def test_a_named_tool_choice_without_a_type_is_openais_400_naming_it() -> None:
+    # OpenAI answers it so (a tool_choice's `type` is required); the translators took it as a
+    # forced call of the function, so one request was answered or refused by which target.
+    err = choice_refusal({"function": {"name": "get_weather"}})
+    assert (err.param, err.code) == ("tool_choice.type", "missing_required_parameter")
+    assert err.message == "Missing required parameter: 'tool_choice.type'."
+
+
+def test_a_named_tool_choice_of_another_type_is_a_400_on_tool_choice() -> None:
+    err = choice_refusal({"type": "tool", "function": {"name": "get_weather"}})
+    assert (err.param, err.code) == ("tool_choice", "invalid_value")

@@ -369,7 +369,9 @@ def _validate(body: dict[str, Any], limits: Limits) -> bool:
     tc = body.get("tool_choice")
     if tc is None or tc in ("auto", "none", "required"):
         return custom
-    if _named_function(tc) is not None:
+    if _named_function(tc) is not None and tc.get("type") in ("function", None):
+        if tc.get("type") is None:  # (as OpenAI: the translators read it as a forced call)
+            raise _missing("tool_choice.type")
         return custom
     if isinstance(tc, dict) and tc.get("type") == "allowed_tools" and _allowed_names(tc):
         return custom  # (functions only: the translators narrow `tools` to them)
