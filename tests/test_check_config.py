@@ -834,3 +834,22 @@ def test_server_workers_must_be_a_positive_whole_number(
     code, _, err = run(tmp_path, f"server: {{workers: {value}}}\n"
                                  "providers: {mock: {type: mock}}\n", capsys)
     assert (code, err.splitlines()) == (2, ["FILE: server.workers: must be a positive integer"])
+
+
+@pytest.mark.parametrize("custom_host", [
+    "https://bob:hunter2-SECRET@other.example.com/v1",
+    "bob:hunter2-SECRET@other.example.com",  # (scheme-less: read as https://)
+    "https://bob:hunter2-SECRET@[::1",  # (urlsplit refuses it: the value itself is shown)
+    "ftp://bob:hunter2-SECRET@llm.example.com/v1",
+])
+def test_a_refused_custom_hosts_password_is_not_printed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], custom_host: str) -> None:
+    """A named config's custom_host outside allowed_custom_hosts is named in the error, which
+    goes to terminals and CI logs: its host, never the user info it carries (Basic auth)."""
+    code, _, err = run(tmp_path, "providers: {mock: {type: mock}}\n"
+                       "allowed_custom_hosts: [llm.example.com]\n"
+                       f"configs: {{a: {{provider: mock, custom_host: '{custom_host}'}}}}\n",
+                       capsys)
+    assert code == 2
+    assert "is not under allowed_custom_hosts" in err
+    assert "SECRET" not in err and "bob" not in err

@@ -291,7 +291,7 @@ def _check_leaf_static(leaf: ConfigNode, settings: GatewaySettings, config: Conf
     if leaf.custom_host and not _allowed_url(leaf.custom_host, settings):
         # every request through this target would be refused (the 400 of Gateway._custom_host)
         raise ConfigError(config.source, f"{where}: {leaf.field_path('custom_host')}",
-                          f"'{_host_of(leaf.custom_host) or leaf.custom_host}' is not under "
+                          f"'{_shown_host(leaf.custom_host)}' is not under "
                           "allowed_custom_hosts")
     if leaf.virtual_key and _names_other_than_key(
             leaf, keys[leaf.virtual_key].provider, config.providers, keys):
@@ -323,7 +323,7 @@ def _check_tenant_static(leaf: ConfigNode, settings: GatewaySettings, config: Co
     url = _tenant_url(configured, moved)
     if url is not None and not _allowed_url(url, settings):
         raise ConfigError(config.source, f"{where}: {leaf.field_path(name)}",
-                          f"'{_host_of(url)}' is not under allowed_custom_hosts (the key sent "
+                          f"'{_shown_host(url)}' is not under allowed_custom_hosts (the key sent "
                           "there is the gateway's)")
 
 
@@ -338,6 +338,17 @@ def _host_of(url: str) -> str | None:
     if parts.scheme not in ("http", "https"):
         return None
     return (parts.netloc or "").lower()
+
+
+# A URL's or a host[:port]'s user info, to the host part's last @ (as urlsplit reads it)
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/?#]*@")
+
+
+def _shown_host(url: str) -> str:
+    """The host[:port] a custom_host names, for a message (the value itself when it names
+    none), without its user info: a Basic auth password, which config errors printed to
+    terminals and CI logs."""
+    return _USERINFO.sub(lambda m: m[1] or "", _host_of(url) or url, count=1)
 
 
 def _allowed_url(url: str, settings: GatewaySettings) -> bool:
@@ -768,8 +779,8 @@ class Gateway:
         url = _tenant_url(self.router.providers[provider.name], provider)
         if url is not None and not _allowed_url(url, self.settings):
             raise InvalidRequest(
-                f"'{_host_of(url)}' at '{param}' is not allowed by this gateway with its own key "
-                "(allowed_custom_hosts in its config); send your own key to use it.",
+                f"'{_shown_host(url)}' at '{param}' is not allowed by this gateway with its own "
+                "key (allowed_custom_hosts in its config); send your own key to use it.",
                 param=param, code="custom_host_not_allowed")
 
 
