@@ -240,6 +240,10 @@ def test_circuit_state() -> None:
     set_circuit_state("p|m|https://user:p@ss-SECRET@llm.internal/v2", "open")
     assert sample("streamproxy_circuit_breaker_state", target="p|m|https://llm.internal/v2",
                   cb_config="") == 2
+    # A '|' in the password (the key's own separator; split_userinfo sends it as Basic auth)
+    set_circuit_state("p|m|https://user:p|ss-SECRET@llm.internal/v3", "open")
+    assert sample("streamproxy_circuit_breaker_state", target="p|m|https://llm.internal/v3",
+                  cb_config="") == 2
 
 
 @pytest.mark.parametrize(("kind", "options", "host"), [

@@ -64,7 +64,10 @@ MAX_LABEL_CHARS = 100
 # configs made: one cap for both, and a client's 100 cooldowns hid the operator's breakers.
 MAX_CIRCUIT_LABELS = 100
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
-_USERINFO = re.compile(r"://[^/?#|]*@")  # (to the host part's last @, as urlsplit reads it)
+# A URL's user info, to the host part's last @ (as urlsplit reads it), '|' included: the breaker
+# key's separator may be in a password. (From a '://' in a client's model, the endpoint's '//'
+# ends a match before it crosses into the endpoint.)
+_USERINFO = re.compile(r"://[^/?#]*@")
 # prometheus-client's sample files (`counter_<pid>.db`, `gauge_livesum_<pid>.db`, …) and the
 # retired ones: what a previous run leaves, and nothing an operator may keep beside them.
 _SAMPLE_FILE = re.compile(r"(?:counter|histogram|summary|gauge_[a-z]+)_(?:\d+|retired)\.db")
