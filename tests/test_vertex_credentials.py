@@ -666,6 +666,30 @@ def test_a_keys_json_given_for_its_path_is_refused_without_quoting_it(
     assert "GOOGLE_APPLICATION_CREDENTIALS: " in str(info.value)
 
 
+@pytest.mark.parametrize("encoding", ["base64", "pem"])
+def test_a_keys_encoded_content_given_for_its_path_is_refused_without_quoting_it(
+        tmp_path: Path, rsa_key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch,
+        encoding: str) -> None:
+    """Not JSON but the key file base64-encoded (how CI and secret stores keep it in one
+    variable), or the private key's PEM pasted: no file has such a name, and the config error
+    "cannot read <path>: File name too long" (or "No such file") printed it, private key and
+    all, to the startup log."""
+    write_key_file(tmp_path / "sa.json", rsa_key, "http://127.0.0.1:1/token")
+    raw = (tmp_path / "sa.json").read_bytes()
+    content = base64.b64encode(raw).decode() if encoding == "base64" else pem(rsa_key)
+    secret = content[len(content) // 2:][:40]  # (the private key is most of either)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    with pytest.raises(ConfigError) as info:
+        vertex("http://127.0.0.1:1", credentials_file=content)
+    assert info.value.key == "providers.v.credentials_file"
+    assert secret not in str(info.value) and "not a file's path" in str(info.value), info.value
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", content)
+    with pytest.raises(ConfigError) as info:
+        vertex("http://127.0.0.1:1", credentials="adc")
+    assert info.value.key == "providers.v.credentials"
+    assert secret not in str(info.value) and "not a file's path" in str(info.value), info.value
+
+
 async def test_a_tilde_in_google_application_credentials_is_refused_as_google_auth_reads_it(
         proxy: Any, upstream: Any, token_endpoint: TokenEndpoint, key_file: str,
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,7 @@ without any network call, so a missing or broken file is a config error at start
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import logging
@@ -42,6 +43,9 @@ FETCH_DEADLINE = 30.0
 # Loading these may call Google (an STS exchange to find the project): left to first use.
 _NETWORK_TYPES = ("external_account", "external_account_authorized_user")
 _OAUTH_CODE = re.compile(r"[a-z_]{1,40}")  # RFC 6749 §5.2: invalid_grant, invalid_client, …
+# What no credentials file's path holds: a control character or a header (a PEM's), or a name
+# longer than any file system's (255 bytes).
+_NOT_A_PATH = re.compile(r"[\x00-\x1f\x7f]|-----BEGIN|[^/]{256}")
 
 
 def check_file(path: str, *, expand: bool = True) -> str | None:
@@ -51,6 +55,10 @@ def check_file(path: str, *, expand: bool = True) -> str | None:
     if path.lstrip().startswith("{"):  # the content itself, from a secret store's variable:
         # quoted as a path, it put the private key in the config error
         return ("is JSON (a credentials file's content?), not a file's path: write it to a "
+                "file and give that file's path (the value is not shown)")
+    if _NOT_A_PATH.search(path) or _is_base64_json(path):  # the content encoded (quoted, it
+        # put the private key in "cannot read <it>: File name too long")
+        return ("is not a file's path (a credentials file's content, encoded?): write it to a "
                 "file and give that file's path (the value is not shown)")
     try:
         with open(os.path.expanduser(path) if expand else path, encoding="utf-8") as f:
@@ -75,6 +83,21 @@ def check_file(path: str, *, expand: bool = True) -> str | None:
         return f"{path} is not a usable {info['type']} credentials file (its private key " \
                "cannot be read, or a field is malformed)"
     return None
+
+
+def _is_base64_json(value: str) -> bool:
+    """Whether `value` is base64 (or base64url) of a JSON object: how CI and secret stores
+    keep a key file in one variable. (A path that happens to be base64 decodes to no JSON.)"""
+    text = value.strip()
+    try:
+        decoded = base64.b64decode(text.translate(_URLSAFE) + "=" * (-len(text) % 4),
+                                   validate=True)
+        return isinstance(json.loads(decoded), dict)
+    except ValueError:  # (binascii.Error, a JSONDecodeError, not UTF-8)
+        return False
+
+
+_URLSAFE = str.maketrans("-_", "+/")
 
 
 def _quietly(load: Callable[[Any], tuple[Any, str | None]]) -> Any:
