@@ -944,6 +944,24 @@ async def test_mistral_non_streamed_thinking(proxy: Any, upstream: Any) -> None:
     assert message["content"] == "Hi!" and message["reasoning_content"] == "Hmm."
 
 
+@pytest.mark.parametrize(("calls", "content"), [(None, ""), ([{
+    "id": "abcDEF123", "type": "function", "function": {"name": "f", "arguments": "{}"}}], None)])
+def test_mistral_non_streamed_answer_of_thinking_only(calls: Any, content: str | None) -> None:
+    # A reasoning model cut by max_tokens while it thought: its list holds thinking alone. Its
+    # stream gave the client `content: ""` (the role chunk's), as OpenAI's reasoning models
+    # answer; the whole answer must say the same, not null (null only beside tool calls).
+    provider, _ = build("mistral")
+    body = orjson.dumps({"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+                         "usage": USAGE, "choices": [{
+                             "index": 0, "finish_reason": "tool_calls" if calls else "length",
+                             "message": {"role": "assistant", "tool_calls": calls,
+                                         "content": [thinking("Hmm.")]}}]})
+    answer = orjson.loads(provider.translate_response(body, request(), completion_id="c",
+                                                      created=1))
+    message = answer["choices"][0]["message"]
+    assert message["content"] == content and message["reasoning_content"] == "Hmm."
+
+
 def test_mistral_plain_answers_are_forwarded_byte_for_byte() -> None:
     provider, _ = build("mistral")
     body = orjson.dumps({"choices": [{"message": {"role": "assistant", "content": "Hi"}}]})

@@ -569,7 +569,15 @@ def _flatten_choices(obj: dict[str, Any], field: str) -> bool:
     changed = False
     for c in obj.get("choices") or ():
         if isinstance(c, dict) and isinstance(c.get(field), dict):
-            changed = flatten_mistral_content(c[field]) or changed
+            message = c[field]
+            if flatten_mistral_content(message):
+                changed = True
+                if field == "message" and message["content"] is None \
+                        and not message.get("tool_calls"):
+                    # A whole answer of thinking alone (cut by max_tokens): "", as its
+                    # stream's role chunk gave and OpenAI's reasoning models answer; a
+                    # delta's None is only "no text in this chunk".
+                    message["content"] = ""
     return changed
 
 
