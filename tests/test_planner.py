@@ -1452,3 +1452,20 @@ def test_a_scalar_for_an_object_field_is_refused_saying_what_to_write(
     with pytest.raises(InvalidRequest) as info:
         parse_config(raw)
     assert info.value.param == param and hint in info.value.message, info.value.message
+
+
+@pytest.mark.parametrize("headers", [{"x-portkey-virtual-key": "vk"},
+                                     {"x-portkey-provider": "@vk"}])
+def test_a_fallback_model_prefixed_with_the_virtual_keys_provider_keeps_the_key(
+        headers: dict[str, str]) -> None:
+    # With a virtual key in the headers, a fallback model `an/y` (its prefix naming the key's
+    # own provider) went out with the provider's key, not the key's secret: the client's
+    # fallback was billed to another account (or, with no provider key, sent its own key),
+    # where `an/y` alone with the same headers is sent with the virtual key's secret.
+    gateway = gateway_for(virtual_keys={"vk": {"provider": "an", "api_key": "sk-vk"}})
+    req = _req({"model": "an/x", "fallback_models": ["an/y", "z", "oa/w"]})
+    assert [(a.target.provider.name, a.target.model, a.target.api_key)
+            for a in gateway.plan(headers, req, None).attempts] == [
+        ("an", "x", "sk-vk"), ("an", "y", "sk-vk"), ("an", "z", "sk-vk"), ("oa", "w", "k")]
+    alone = gateway.plan(headers, _req({"model": "an/y"}), None).attempts
+    assert [(a.target.model, a.target.api_key) for a in alone] == [("y", "sk-vk")]

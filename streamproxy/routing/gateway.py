@@ -452,18 +452,22 @@ class Gateway:
     def _onellm_fallbacks(self, named: dict[str, str], req: ChatRequest,
                           primary: ConfigNode | None = None) -> ConfigNode:
         """OneLLM's `fallback_models` (and `retries`, the primary's) as a fallback config. Each
-        model goes where it would alone: to the provider the headers name, unless (for a
-        fallback model) its prefix names a configured one; else by its prefix, else to the
-        default; a model that `routes:` names runs its config, as it would alone. `primary`:
-        the x-portkey-config the primary runs instead."""
+        model goes where it would alone: to the provider (or virtual key) the headers name,
+        unless (for a fallback model) its prefix names another configured one; else by its
+        prefix, else to the default; a model that `routes:` names runs its config, as it would
+        alone. `primary`: the x-portkey-config the primary runs instead."""
         default = None if named else self.settings.default_config
         routes = self.settings.routes
+        # A prefix naming the headers' own provider keeps their target: with a virtual key, its
+        # secret (`an/y` alone is sent with it; as a fallback it went with the provider's key).
+        own = (self.settings.virtual_keys[named["virtual_key"]].provider
+               if "virtual_key" in named else named.get("provider"))
         leaves = []
         for i, model in enumerate([req.model, *req.fallback_models]):
             leaf: dict[str, Any] = {"override_params": {"model": model}} if model else {}
             if model in routes or (i == 0 and primary is not None):
                 pass  # (replaced by the route's config, or `primary`, below)
-            elif named and (i == 0 or self._prefix_target(model) is None):
+            elif named and (i == 0 or self._prefix_target(model) in (None, own)):
                 leaf.update(named)
             elif vk := self._model_key(model):
                 leaf["virtual_key"] = vk
