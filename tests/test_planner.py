@@ -1469,3 +1469,24 @@ def test_a_fallback_model_prefixed_with_the_virtual_keys_provider_keeps_the_key(
         ("an", "x", "sk-vk"), ("an", "y", "sk-vk"), ("an", "z", "sk-vk"), ("oa", "w", "k")]
     alone = gateway.plan(headers, _req({"model": "an/y"}), None).attempts
     assert [(a.target.model, a.target.api_key) for a in alone] == [("y", "sk-vk")]
+
+
+@pytest.mark.parametrize("headers", [{"x-portkey-virtual-key": "vk"},
+                                     {"x-portkey-provider": "@vk"}])
+def test_a_config_model_prefixed_with_the_virtual_keys_provider_keeps_the_key(
+        headers: dict[str, str]) -> None:
+    # The SDK's virtual_key= with a config's override model `an/y` (the key's own provider):
+    # sent with the provider's key, not the key's secret, where the request's own `an/y` with
+    # the same header is sent with the secret (a prefix naming the header's provider is
+    # stripped and the header's target kept). A prefix naming another provider still routes.
+    gateway = gateway_for(virtual_keys={"vk": {"provider": "an", "api_key": "sk-vk"}})
+
+    def sent(model: str) -> list[tuple[str, str | None, str | None]]:
+        config = orjson.dumps({"override_params": {"model": model}}).decode()
+        return [(a.target.provider.name, a.target.model, a.target.api_key) for a in
+                gateway.plan({**headers, "x-portkey-config": config}, _req({"model": "x"}),
+                             None).attempts]
+
+    assert sent("an/y") == [("an", "y", "sk-vk")]
+    assert sent("y") == [("an", "y", "sk-vk")]
+    assert sent("oa/y") == [("oa", "y", "k")]

@@ -607,17 +607,23 @@ class Gateway:
         """The virtual key a leaf's target uses: its own, or its `provider: "@name"`; for a
         leaf naming no provider, as a plain request reads it — an override model's `@name/`
         prefix, else the x-portkey-virtual-key header or x-portkey-provider `@name` (unless
-        an override model's prefix names a provider: the SDK's virtual_key= with a config's
-        model asks the key's provider for it), else the model's `@name/`."""
+        an override model's prefix names a provider other than the key's: the SDK's
+        virtual_key= with a config's model asks the key's provider for it), else the model's
+        `@name/`."""
         if leaf.virtual_key or leaf.provider:
             return leaf.virtual_key or self._at_key(leaf.provider)
         if model_param is not None and (vk := self._model_key(model_param)):
             return vk
         header = headers.get(PROVIDER_HEADER)
         if VIRTUAL_KEY_HEADER in headers or header:
-            if _names_a_provider(self.router, model_param):
+            vk = headers.get(VIRTUAL_KEY_HEADER) or self._at_key(header)
+            key = self.settings.virtual_keys.get(vk) if vk else None
+            # (a prefix naming the key's own provider keeps the key, as the request's model's
+            # does: it went with the provider's key, not the key's secret)
+            if _names_a_provider(self.router, model_param) and (
+                    key is None or self.router.prefix_provider(model_param) != key.provider):
                 return None
-            return headers.get(VIRTUAL_KEY_HEADER) or self._at_key(header)
+            return vk
         return self._model_key(model)
 
     def routed_model(self, headers: Mapping[str, str], model: str | None) -> str | None:
