@@ -23,7 +23,7 @@ from streamproxy.server.admission import ADMISSION
 from streamproxy.server.front import FRONT_ENV
 from streamproxy.upstream.client import CLIENT_ENV
 from tests.conftest import provider_config
-from tests.helpers import make_config
+from tests.helpers import FakeUpstream, make_config
 
 SMALL_BUFFER = 32 * 1024  # socket buffers at both ends we control, so the kernel holds little
 CAP = 512 * 1024 * 1024  # an unbounded proxy would drain this much in well under a minute
@@ -265,3 +265,67 @@ def test_send_timeout_validates() -> None:
     for bad in (-1, "60", float("inf"), float("nan"), True):
         with pytest.raises(ConfigError, match=r"server\.send_timeout"):
             make_config({"x": {"type": "mock"}}, server={"send_timeout": bad})
+
+
+def _buffered(client: Any) -> int:
+    """The bytes the proxy's client transports hold unsent (either front's)."""
+    server = client.server.runner.server
+    front_server = getattr(server, "aiohttp_server", server)
+    transports = [c.transport for c in getattr(server, "connections", ())]
+    transports += [h.transport for h in front_server.connections]
+    return sum(t.get_write_buffer_size() for t in transports if t is not None)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
+async def test_pipelined_requests_wait_while_the_client_takes_no_answer(
+        front: str, stream: bool, proxy: Any, upstream: FakeUpstream, monkeypatch: Any) -> None:
+    """A client that pipelines requests and reads none of the answers: the next request is
+    served once the answer before it has left (as aiohttp's front does), not at once — each
+    1 MB answer would otherwise pile up in the proxy's transport, unbounded as the client
+    sends more. Reading again gets every answer, in order."""
+    monkeypatch.setenv(FRONT_ENV, front)
+    text = "x" * (1 << 20)
+    if stream:
+        upstream.body = b"data: %b\n\ndata: [DONE]\n\n" % orjson.dumps({
+            "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": text},
+                         "finish_reason": "stop"}]})
+    else:
+        upstream.content_type = "application/json"
+        upstream.body = orjson.dumps({
+            "id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+    client = await proxy(provider_config("openai", upstream.url))
+    body = orjson.dumps({"model": "m", "stream": stream,
+                         "messages": [{"role": "user", "content": "hi"}]})
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+               b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", client.server.port))
+    try:
+        await loop.sock_sendall(sock, request * 20)
+        samples = [-2, -1]
+        for _ in range(100):  # until the upstream's count is flat for 0.3 s
+            await asyncio.sleep(0.1)
+            samples.append(len(upstream.requests))
+            if samples[-1] == samples[-2] == samples[-3] == samples[-4] > 0:
+                break
+        assert len(upstream.requests) <= 4, f"{len(upstream.requests)} requests served"
+        assert _buffered(client) < 8 << 20  # (one answer's ~1 MB, twice the kernel's)
+        got = bytearray()
+        for _ in range(100_000):  # the client reads: every answer comes
+            piece = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10)
+            assert piece
+            got += piece
+            if got.endswith(b"0\r\n\r\n" if stream else b"}") and got.count(
+                    b"HTTP/1.1 200") == 20:
+                break
+        assert len(upstream.requests) == 20
+    finally:
+        sock.close()

@@ -18,8 +18,10 @@ there: every other route, and every refusal, is exactly aiohttp's.
 As on aiohttp's side: keep-alive with a 75 s idle close, the request read timeouts of
 server/reading.py while a request arrives (a head's whole time, a gap between reads of a
 body), `Connection: close` honoured, pipelined requests served in order
-(reading pauses while more than 64 KiB waits), and a client that goes away cancels its
-request's task (aiohttp's `handler_cancellation`), which cancels the upstream request.
+(reading pauses while more than 64 KiB waits; the next is served once the client's socket
+buffer has room for its answer, not while it holds the one before), and a client that goes
+away cancels its request's task (aiohttp's `handler_cancellation`), which cancels the upstream
+request.
 """
 
 from __future__ import annotations
@@ -334,7 +336,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._last_read = self._front.loop.time()
         self._buf += data
-        if self.task is None:
+        if self.task is None and not self._writing_paused:
             self._next()
         elif len(self._buf) > PIPELINE_LIMIT and not self._paused and self.transport:
             self._paused = True
@@ -362,6 +364,8 @@ class Connection(asyncio.Protocol):
         self._writing_paused = False
         self._unwatch_send()
         self._wake_drain(None)
+        if self.task is None and self.transport is not None:
+            self._serve_next()  # (one that waited for the answer before it to leave)
 
     def _send_stalled(self) -> None:
         """The client took nothing for `server.send_timeout`: the connection ends, its
@@ -445,11 +449,21 @@ class Connection(asyncio.Protocol):
                 elif ex.close or self.closing:
                     self._close_lingering()  # (the client may have sent more)
                 else:
-                    if self._paused:
-                        self._paused = False
-                        transport.resume_reading()
                     self._wait_for_request()
-                    self._next()
+                    self._serve_next()
+
+    def _serve_next(self) -> None:
+        """After an answer: the next request, once the client is taking the answer. While
+        its buffer is full (the answer left into the transport whole) the next waits for
+        `resume_writing`, as on aiohttp's front: a client that pipelines requests and reads
+        no answer would otherwise have each one's answer piled up here, without bound."""
+        if self._writing_paused:
+            return
+        if self._paused:
+            self._paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
+        self._next()
 
     def refuse_upload(self) -> None:
         """Serve the request whose body is arriving without it, now: the chat handler, seeing
@@ -503,7 +517,8 @@ class Connection(asyncio.Protocol):
         has run out."""
         loop = self._front.loop
         now = loop.time()
-        if self.task is not None:
+        # (a request that waits for its client to take the answer before is not late)
+        if self.task is not None or (self._writing_paused and self._buf):
             self._timer = loop.call_at(now + self._front.check_every(), self._check_timeouts)
             return
         timeouts = self._front.read_timeouts
