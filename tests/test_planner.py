@@ -1490,3 +1490,34 @@ def test_a_config_model_prefixed_with_the_virtual_keys_provider_keeps_the_key(
     assert sent("an/y") == [("an", "y", "sk-vk")]
     assert sent("y") == [("an", "y", "sk-vk")]
     assert sent("oa/y") == [("oa", "y", "k")]
+
+
+@pytest.mark.parametrize(("pattern", "value", "expected"), [
+    (".*urgent", "x" * 100_000, False),  # a leading .* changes nothing a search finds
+    (".*urgent.*", "x" * 100_000 + "urgent" + "x" * 10, True),
+    ("urgent", "x" * 1_000_000 + "urgent", True),  # no backtracking: any length is read
+    ("^gpt-4o(-mini|-nano)?$", "gpt-4o-mini", True),
+    (r"\s+$", " " * 100_000 + "x", False),  # quadratic: past its cap, never a match
+    (r"\d+x", "1" * 100_000, False),
+    ("(a+)+$", "a" * 100_000 + "b", False),  # exponential
+    (r"\d+x", "123x", True),  # within the cap, as before
+    (r"(\w+) \1", "hello hello", True),  # a backreference: one comparison
+    (r"(a)\1", "x" * 100_000 + "aa", True),
+    (r"^(?:(a)|b)(?(1)a|b)$", "aa", True),
+])
+def test_an_operators_regex_cannot_stall_the_loop_on_a_clients_long_value(
+        pattern: str, value: str, expected: bool) -> None:
+    # An operator's pattern ran unbounded on whatever the request brought: `.*urgent` over
+    # a 100 kB params.user took 14 s of the event loop, every stream of the worker with it.
+    # Now the text it reads is bounded by what fits CLIENT_REGEX_BUDGET (its cost counted
+    # on that text), and a value past that never matches; a pattern that backtracks no
+    # more than a few ways per start (a literal) reads any length.
+    from streamproxy.routing.conditions import CLIENT_REGEX_BUDGET, regex_cost, regex_text_max
+    query = {"params.user": {"$regex": pattern}}
+    validate_query(query, "q")
+    text_max = regex_text_max(pattern)
+    if text_max is None:  # only what backtracks a bounded number of ways per start
+        assert regex_cost(pattern, 1 << 20, client=False) <= 16 * ((1 << 20) + 1)
+    else:
+        assert regex_cost(pattern, text_max, client=False) <= CLIENT_REGEX_BUDGET
+    assert matches(query, {}, {"user": value}) is expected

@@ -19,7 +19,11 @@ and Python's `re` backtracks: `(a+)+$` takes time exponential in its subject, `a
 stalling every stream of the worker. So its patterns must fit a backtracking budget
 (`regex_cost`, checked as the config is read) and a value longer than
 CLIENT_REGEX_TEXT_MAX characters never matches one. An operator's patterns are the
-operator's to write and are not held to it.
+operator's to write and are not refused, but the values they read are the client's: each reads
+a value only as long as its cost on it fits the same budget (`regex_text_max`; a longer one
+never matches), unless it backtracks a bounded few ways per start (a literal, `-mini$`), which
+reads any length. A leading or trailing `.*` is dropped first: it changes nothing a search
+finds, and a leading one made `.*urgent` quadratic.
 """
 
 from __future__ import annotations
@@ -55,6 +59,10 @@ MAX_QUERY_DEPTH = 32
 # not for a repeated group that can match a text in several ways (`(a+)+`, `(a|ab)*`).
 CLIENT_REGEX_TEXT_MAX = 256
 CLIENT_REGEX_BUDGET = 1 << 21
+# A pattern that backtracks at most this many ways per start, whatever the text, costs a
+# search time linear in it: it reads a value of any length (`regex_text_max`).
+_LINEAR_WAYS = 16
+_TEXT_LIMIT = 1 << 24  # longer than any request body (server.max_body_bytes: 10 MB)
 _REPEATS = (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT)
 _BEGINNINGS = (sre.AT_BEGINNING, sre.AT_BEGINNING_STRING)
 
@@ -103,33 +111,78 @@ def _validate_operators(matcher: dict[str, Any], path: str) -> None:
                 raise _bad(f"{path}.{op}", "must be a number or an object of operators")
 
 
-def regex_cost(pattern: str) -> float:
+def regex_cost(pattern: str, text_max: int = CLIENT_REGEX_TEXT_MAX,
+               client: bool = True) -> float:
     """An upper bound on the steps a search for `pattern` (a valid one) may backtrack through
-    on a text of CLIENT_REGEX_TEXT_MAX characters: one per start (one only after a leading
-    `^`) times its items' ways; a backreference's are unbounded (inf)."""
-    items = sre_parse.parse(pattern)
+    on a text of `text_max` characters: one per start (one only after a leading `^`) times its
+    items' ways; a backreference's are unbounded (inf) in a client's pattern."""
+    return _cost(sre_parse.parse(_searched(pattern)), text_max, math.inf if client else 1)
+
+
+def regex_text_max(pattern: str) -> int | None:
+    """The longest text a search for `pattern` (a valid one) reads within
+    CLIENT_REGEX_BUDGET; None when it backtracks a bounded few ways per start (linear)."""
+    items = sre_parse.parse(_searched(pattern))
+    if _ways(items, _TEXT_LIMIT, 1) <= _LINEAR_WAYS:
+        return None
+    low, high = 0, _TEXT_LIMIT  # (the cost grows with the text: the longest within budget)
+    while low < high:  # (24 halvings)
+        mid = (low + high + 1) // 2
+        if _cost(items, mid, 1) <= CLIENT_REGEX_BUDGET:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def _searched(pattern: str) -> str:
+    """`pattern` without a leading or trailing `.*` / `.*?`: each may match nothing, so a
+    search finds a match with them exactly when without, and a leading one has sre try every
+    start against the rest of the text (`.*urgent` on 100 kB: 14 s)."""
+    while True:
+        items = sre_parse.parse(pattern)
+        if len(items) and _is_dot_star(items[0]) and pattern.startswith(".*"):
+            pattern = pattern[3:] if pattern.startswith(".*?") else pattern[2:]
+        elif len(items) and _is_dot_star(items[-1]) and pattern.endswith((".*", ".*?")):
+            pattern = pattern[:-3] if pattern.endswith(".*?") else pattern[:-2]
+        else:
+            return pattern
+
+
+def _is_dot_star(item: Any) -> bool:
+    op, av = item
+    return (op in (sre.MAX_REPEAT, sre.MIN_REPEAT) and av[0] == 0 and av[1] == sre.MAXREPEAT
+            and list(av[2]) == [(sre.ANY, None)])
+
+
+def _cost(items: Any, text_max: int, ref_ways: float) -> float:
     anchored = (len(items) > 0 and items[0][0] is sre.AT and items[0][1] in _BEGINNINGS
                 and not items.state.flags & re.MULTILINE)  # ((?m)^: each line's start)
-    return (1 if anchored else CLIENT_REGEX_TEXT_MAX + 1) * _ways(items)
+    return (1 if anchored else text_max + 1) * _ways(items, text_max, ref_ways)
 
 
-def _ways(items: Any) -> float:
-    """How many ways `items` (a parsed sequence) may match from one place, at most."""
+def _ways(items: Any, text_max: int, ref_ways: float) -> float:
+    """How many ways `items` (a parsed sequence) may match from one place in a text of
+    `text_max` characters, at most, a backreference counted as `ref_ways`: a client's are
+    refused (inf), an operator's are one (the text its group took: one comparison)."""
     total = 1.0
     for op, av in items:
         if op in _REPEATS:
             low, high, body = av
-            total *= _repeat_ways(low, min(high, CLIENT_REGEX_TEXT_MAX), _ways(body))
+            total *= _repeat_ways(low, min(high, text_max), _ways(body, text_max, ref_ways))
         elif op is sre.SUBPATTERN:
-            total *= _ways(av[3])
+            total *= _ways(av[3], text_max, ref_ways)
         elif op is sre.ATOMIC_GROUP:
-            total *= _ways(av)
+            total *= _ways(av, text_max, ref_ways)
         elif op in (sre.ASSERT, sre.ASSERT_NOT):
-            total *= _ways(av[1])
+            total *= _ways(av[1], text_max, ref_ways)
         elif op is sre.BRANCH:
-            total *= sum(_ways(alt) for alt in av[1])
-        elif op in (sre.GROUPREF, sre.GROUPREF_EXISTS):
-            return math.inf
+            total *= sum(_ways(alt, text_max, ref_ways) for alt in av[1])
+        elif op is sre.GROUPREF:
+            total *= ref_ways
+        elif op is sre.GROUPREF_EXISTS:  # ((?(1)yes|no): either arm)
+            total *= ref_ways * sum(_ways(arm, text_max, ref_ways) if arm else 1
+                                    for arm in av[1:])
         if total > CLIENT_REGEX_BUDGET:
             return math.inf
     return total
@@ -141,7 +194,7 @@ def _repeat_ways(low: int, high: int, inner: float) -> float:
     if inner == 1:
         return max(high - low + 1, 1)  # (a `low` past the longest text: it never matches)
     ways, term = 0.0, 1.0
-    for count in range(high + 1):  # (high ≤ CLIENT_REGEX_TEXT_MAX)
+    for count in range(high + 1):  # (ends past the budget: `inner` ≥ 2)
         if count >= low:
             ways += term
         if ways > CLIENT_REGEX_BUDGET:
@@ -163,8 +216,9 @@ def client_regex_costs(query: dict[str, Any], path: str) -> list[tuple[str, floa
 
 
 @lru_cache(maxsize=256)
-def _regex(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+def _regex(pattern: str) -> tuple[re.Pattern[str], int | None]:
+    """`pattern` compiled as searched, and the longest text it reads (None: any)."""
+    return re.compile(_searched(pattern)), regex_text_max(pattern)
 
 
 def _parse_float(value: Any) -> float:
@@ -227,8 +281,11 @@ def _compare(op: str, value: Any, arg: Any, text_max: int | None = None) -> bool
         return not any(_equal(value, a) for a in arg)
     if op == "$regex":
         text = _js_text(value)
-        return (text is not None and (text_max is None or len(text) <= text_max)
-                and _regex(arg).search(text) is not None)
+        if text is None:
+            return False
+        regex, reads = _regex(arg)
+        return ((text_max is None or len(text) <= text_max)
+                and (reads is None or len(text) <= reads) and regex.search(text) is not None)
     if op == "$length":
         if not isinstance(value, list):
             return False
