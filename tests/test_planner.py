@@ -1521,3 +1521,27 @@ def test_an_operators_regex_cannot_stall_the_loop_on_a_clients_long_value(
     else:
         assert regex_cost(pattern, text_max, client=False) <= CLIENT_REGEX_BUDGET
     assert matches(query, {}, {"user": value}) is expected
+
+
+@pytest.mark.parametrize(("pattern", "value", "expected"), [
+    ("^(?<tier>gold|silver)$", "gold", True),  # a named group, as JavaScript writes it
+    (r"^(?<c>[a-z])\k<c>$", "zz", True),  # and its backreference
+    ("^a[^]b$", "a\nb", True),  # [^]: any character, a newline too
+    ("^a[]", "a", False),  # []: no character
+    (r"^\d+$", "\u0661\u0662", False),  # Arabic-Indic digits: not \d in JavaScript
+    (r"^\w+$", "h\u00e9", False),
+    (r"\bx", "\u00e9x", True),
+    ("^gpt-4o$", "gpt-4o\n", False),  # $ is the end of the text, not before a last \n
+    (r"^\s$", "\u00a0", True),  # but \s is Unicode's spaces in JavaScript too
+    (r"^\S$", "\u00a0", False),
+    (r"^[\s,]+$", "\u3000,", True),
+    ("(?m)^b$", "a\nb\nc", True),  # Python's inline flags still work
+])
+def test_regex_means_what_it_means_in_portkeys_javascript(
+        pattern: str, value: str, expected: bool) -> None:
+    # Portkey's gateway runs `new RegExp(arg).test(value)`: a config written for it was a 400
+    # here ((?<name>...), \k<name>, [^]), or routed differently (\d took any script's digits,
+    # $ matched before a final newline).
+    query = {"params.user": {"$regex": pattern}}
+    validate_query(query, "q")
+    assert matches(query, {}, {"user": value}) is expected

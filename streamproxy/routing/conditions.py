@@ -1,4 +1,4 @@
-"""Conditional routing queries (Portkey's `strategy.conditions[].query`), evaluated purely.
+r"""Conditional routing queries (Portkey's `strategy.conditions[].query`), evaluated purely.
 
 A query is an object of `field: matcher` pairs (all must hold) plus `$and` / `$or` arrays.
 Fields are `metadata.<key>` (from `x-portkey-metadata`), `params.<key>` (the request body,
@@ -12,7 +12,10 @@ that is not a number never matches; `$length` applies a number (equality) or an 
 object to the length of an array (anything else never matches). Equality (`$eq $ne $in $nin`,
 a literal) is JavaScript's strict one for booleans: `true` is not `1`, nor `false` `0`.
 `$regex` reads a number or a boolean as JavaScript's `RegExp.test` does, as its text (`3`,
-`1024`, `true`); an array, an object, null or an absent field never matches.
+`1024`, `true`); an array, an object, null or an absent field never matches. Its pattern means
+what `new RegExp(pattern)` does in Portkey's gateway (`_from_js`): `(?<name>…)`, `\k<name>`,
+`[^]` and `[]` are taken, `\d \w \b` are ASCII's, `\s` Unicode's spaces, and `$` the text's end
+(Python's also matched before a final newline); Python's own syntax still works.
 
 A client's inline config's `$regex` runs on the event loop against values the request brings,
 and Python's `re` backtracks: `(a+)+$` takes time exponential in its subject, `a*a*$` cubic,
@@ -63,6 +66,10 @@ CLIENT_REGEX_BUDGET = 1 << 21
 # search time linear in it: it reads a value of any length (`regex_text_max`).
 _LINEAR_WAYS = 16
 _TEXT_LIMIT = 1 << 24  # longer than any request body (server.max_body_bytes: 10 MB)
+# JavaScript's \s (ECMA-262 WhiteSpace and LineTerminator), for re.ASCII's narrower one.
+_JS_SPACES = r"\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+_JS_NAMED_GROUP = re.compile(r"\(\?<(?=[A-Za-z_])")  # (not a lookbehind's (?<= or (?<!)
+_JS_GROUP_REF = re.compile(r"\\k<(\w+)>")
 _REPEATS = (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT)
 _BEGINNINGS = (sre.AT_BEGINNING, sre.AT_BEGINNING_STRING)
 
@@ -116,13 +123,14 @@ def regex_cost(pattern: str, text_max: int = CLIENT_REGEX_TEXT_MAX,
     """An upper bound on the steps a search for `pattern` (a valid one) may backtrack through
     on a text of `text_max` characters: one per start (one only after a leading `^`) times its
     items' ways; a backreference's are unbounded (inf) in a client's pattern."""
-    return _cost(sre_parse.parse(_searched(pattern)), text_max, math.inf if client else 1)
+    return _cost(sre_parse.parse(_python(pattern), re.ASCII), text_max,
+                 math.inf if client else 1)
 
 
 def regex_text_max(pattern: str) -> int | None:
     """The longest text a search for `pattern` (a valid one) reads within
     CLIENT_REGEX_BUDGET; None when it backtracks a bounded few ways per start (linear)."""
-    items = sre_parse.parse(_searched(pattern))
+    items = sre_parse.parse(_python(pattern), re.ASCII)
     if _ways(items, _TEXT_LIMIT, 1) <= _LINEAR_WAYS:
         return None
     low, high = 0, _TEXT_LIMIT  # (the cost grows with the text: the longest within budget)
@@ -133,6 +141,54 @@ def regex_text_max(pattern: str) -> int | None:
         else:
             high = mid - 1
     return low
+
+
+def _python(pattern: str) -> str:
+    """`pattern` (JavaScript's, or Python's) as the Python pattern that is searched for."""
+    python = _from_js(pattern, dollar=True)
+    if sre_parse.parse(python, re.ASCII).state.flags & re.MULTILINE:  # ((?m): $ is a line's)
+        python = _from_js(pattern, dollar=False)
+    return _searched(python)
+
+
+def _from_js(pattern: str, dollar: bool) -> str:
+    r"""What Portkey's `new RegExp(pattern)` means, in Python's syntax (compiled re.ASCII, as
+    JavaScript's \d \w \b are): its named groups and their references, `[^]` (any character)
+    and `[]` (none), \s as Unicode's spaces, and `$` (`dollar`) as the text's end only."""
+    out: list[str] = []
+    i, in_class = 0, False
+    while i < len(pattern):
+        char = pattern[i]
+        step = 1
+        if char == "\\":
+            step = 2
+            escape = pattern[i:i + 2]
+            ref = _JS_GROUP_REF.match(pattern, i)
+            if ref:
+                char, step = f"(?P={ref.group(1)})", ref.end() - i
+            elif escape == "\\s":
+                char = _JS_SPACES if in_class else f"[{_JS_SPACES}]"
+            elif escape == "\\S" and not in_class:
+                char = f"[^{_JS_SPACES}]"
+            else:
+                char = escape
+        elif in_class:
+            in_class = char != "]"
+        elif pattern.startswith("[^]", i):
+            char, step = "[\\s\\S]", 3
+        elif pattern.startswith("[]", i):
+            char, step = "(?!)", 2
+        elif char == "[":
+            in_class = True
+            if pattern.startswith("[^", i):
+                char, step = "[^", 2
+        elif char == "$" and dollar:
+            char = "\\Z"
+        elif _JS_NAMED_GROUP.match(pattern, i):
+            char, step = "(?P<", 3
+        out.append(char)
+        i += step
+    return "".join(out)
 
 
 def _searched(pattern: str) -> str:
@@ -218,7 +274,7 @@ def client_regex_costs(query: dict[str, Any], path: str) -> list[tuple[str, floa
 @lru_cache(maxsize=256)
 def _regex(pattern: str) -> tuple[re.Pattern[str], int | None]:
     """`pattern` compiled as searched, and the longest text it reads (None: any)."""
-    return re.compile(_searched(pattern)), regex_text_max(pattern)
+    return re.compile(_python(pattern), re.ASCII), regex_text_max(pattern)
 
 
 def _parse_float(value: Any) -> float:
