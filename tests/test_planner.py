@@ -1545,3 +1545,29 @@ def test_regex_means_what_it_means_in_portkeys_javascript(
     query = {"params.user": {"$regex": pattern}}
     validate_query(query, "q")
     assert matches(query, {}, {"user": value}) is expected
+
+
+def test_two_keys_of_one_provider_have_breakers_apart() -> None:
+    """Load balancing (or falling back) across two API keys of one provider is Portkey's own
+    pattern: the targets shared one breaker (its key: provider, model, base URL), so a key
+    rate-limited or revoked (`failure_status_codes: [429]` or `[401]`) opened the other's
+    too; with both open the breakers were bypassed, and half the requests still went to the
+    failing key. Each key of the operator's (a virtual key, a target's api_key) fails apart."""
+    gateway = gateway_for(virtual_keys={"oa-1": {"provider": "oa", "api_key": "sk-one"},
+                                        "oa-2": {"provider": "oa", "api_key": "sk-two"}})
+    breaker = {"failure_threshold": 1, "cooldown_interval": 60000,
+               "failure_status_codes": [429]}
+    for leaves in ([{"virtual_key": "oa-1"}, {"virtual_key": "oa-2"}],
+                   [{"provider": "oa", "api_key": "sk-a"}, {"provider": "oa", "api_key": "sk-b"}]):
+        fallback = orjson.dumps({"strategy": {"mode": "fallback", "cb_config": breaker},
+                                 "targets": leaves}).decode()
+        first = planned(gateway, {"x-portkey-config": fallback})
+        assert first[0].breaker_key != first[1].breaker_key
+        assert "sk-" not in first[0].breaker_key  # (a metrics label: never the key)
+        gateway.breakers.record(first[0].breaker_key, first[0].breaker, 429)
+        assert [a.target.api_key for a in planned(gateway, {"x-portkey-config": fallback})
+                ] == [first[1].target.api_key]
+        lb = orjson.dumps({"strategy": {"mode": "loadbalance", "cb_config": breaker},
+                           "targets": leaves}).decode()
+        assert {planned(gateway, {"x-portkey-config": lb})[0].target.api_key
+                for _ in range(20)} == {first[1].target.api_key}

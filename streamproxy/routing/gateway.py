@@ -30,6 +30,7 @@ takes the gateway's key only when allowed.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import random
 import re
@@ -593,6 +594,9 @@ class Gateway:
         secret = leaf.api_key or (vkey.api_key if vkey else None)
         target.api_key = secret or provider.cfg.api_key or client_key(headers)
         if secret:  # (over the provider's other credentials: Bedrock's SigV4, Vertex's token)
+            # The key's name for its breaker (a metrics label: a digest, never the key)
+            target.key_id = f"@{vk_name}" if vkey and not leaf.api_key else "key-" + \
+                hashlib.blake2b(secret.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
             target.provider = provider.with_own_key()
         if leaf.provider_options:
             target.provider = _with_target_options(target.provider, leaf)

@@ -43,7 +43,10 @@ class Attempt:
     @property
     def breaker_key(self) -> str:
         t = self.target
-        return f"{t.provider.name}|{t.model or ''}|{t.provider.endpoint}"
+        key = f"{t.provider.name}|{t.model or ''}|{t.provider.endpoint}"
+        # (two keys of one provider: one rate-limited or revoked opened the other's breaker,
+        # and with both open the breakers were bypassed)
+        return f"{key}|{t.key_id}" if t.key_id else key
 
 
 @dataclass(slots=True)

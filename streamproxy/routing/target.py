@@ -22,6 +22,9 @@ class Target:
     # key's own key wins over credentials a provider holds besides a key (Bedrock's SigV4,
     # Vertex's token source) through `provider`: the gateway gives it `Provider.with_own_key()`.
     api_key: str | None = None
+    # Which of the operator's keys it is, when a config chose one (a virtual key's name, a
+    # digest of a target's api_key): its breaker's, as two keys of one provider fail apart.
+    key_id: str = ""
     override_params: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)  # extra upstream headers
     timeouts: Timeouts = field(default_factory=Timeouts)
