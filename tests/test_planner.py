@@ -464,6 +464,39 @@ def test_breaker_percentage_waits_for_minimum_requests(new_breakers: BreakersFac
     assert cb.state("k", spec) == OPEN  # 3/4 failed
 
 
+def test_breaker_counts_only_the_last_cooldown_interval(
+        new_breakers: BreakersFactory) -> None:
+    """The counts of a closed breaker never started again: five stray 5xx over a day of good
+    answers opened a `failure_threshold: 5` breaker (a healthy target skipped for a
+    cooldown), and after a long healthy run a target down for good never reached a
+    `failure_threshold_percentage` (its failures diluted by every success it had ever had).
+    Counts cover a window of one `cooldown_interval` from its first request, as Portkey
+    resets them when a cooldown ends."""
+    clock = Clock()
+    cb = new_breakers(clock)
+    spec = BreakerSpec(failure_threshold=3, cooldown_interval=30)
+    for hour in range(3):  # one stray failure an hour, among successes
+        clock.now = hour * 3600
+        cb.record("k", spec, 500)
+        cb.record("k", spec, None)
+    assert cb.state("k", spec) == CLOSED
+    for _ in range(3):  # three in one window: a target in trouble
+        clock.now += 1
+        cb.record("k", spec, 503)
+    assert cb.state("k", spec) == OPEN
+    pct = BreakerSpec(failure_threshold_percentage=50, minimum_requests=10,
+                      cooldown_interval=30)
+    for i in range(2000):  # a long healthy run
+        clock.now = 10_000 + i
+        cb.record("p", pct, None)
+    down = 0
+    while cb.state("p", pct) == CLOSED and down < 100:  # then every request fails
+        clock.now += 0.5
+        cb.record("p", pct, 500)
+        down += 1
+    assert cb.state("p", pct) == OPEN and down <= 60  # (within two windows, not 2000)
+
+
 def test_breaker_states_are_capped_least_recently_recorded_first() -> None:
     # A key names the target's model, which a client's x-portkey-config chooses.
     cb = CircuitBreakers(Clock(), max_states=3)

@@ -1,20 +1,21 @@
 """Circuit breakers per target (Portkey 2.x `cb_config`), with an injectable clock.
 
-CLOSED counts requests and failures (a request's tries of the target count once, retries
-and all: the executor records their outcome); it opens when the failures reach
-`failure_threshold`, or when their share reaches `failure_threshold_percentage` once
-`minimum_requests` were seen. OPEN targets are skipped by fallback and load balancing;
-after `cooldown_interval` the breaker lets one trial request through (HALF-OPEN, `admit`):
-its success (a stream's, when it opens) closes it and resets the counts, its failure opens
-it for another cooldown; while it is under way the others skip the target as if it were
-open. A trial whose outcome never comes (a request cancelled, refused before it was sent) is
-`release`d; one never released (a worker that died) is stale once its tries could no longer
-be running (`admit`'s `lasts`, at least a cooldown), and another request is the trial. A
-trial is named by the `Trial` `admit` returns: a stale one's late release or outcome leaves a
-newer trial under way alone (it cleared the newer one's mark, letting a third request through,
-or decided the breaker the newer one was testing). If
-every target of a plan is open, the plan ignores the breakers (as Portkey does): failing fast
-on all of them helps nobody.
+CLOSED counts requests and failures (a request's tries of the target count once, retries and
+all: the executor records their outcome) in a window of one `cooldown_interval` from the
+first it counts, then starts again (as Portkey resets its counts when a cooldown ends); it
+opens when the window's failures reach `failure_threshold`, or their share reaches
+`failure_threshold_percentage` once `minimum_requests` were seen. OPEN targets are skipped
+by fallback and load balancing; after `cooldown_interval` the breaker lets one trial request
+through (HALF-OPEN, `admit`): its success (a stream's, when it opens) closes it and resets
+the counts, its failure opens it for another cooldown; while it is under way the others skip
+the target as if it were open. A trial whose outcome never comes (a request cancelled,
+refused before it was sent) is `release`d; one never released (a worker that died) is stale
+once its tries could no longer be running (`admit`'s `lasts`, at least a cooldown), and
+another request is the trial. A trial is named by the `Trial` `admit` returns: a stale one's
+late release or outcome leaves a newer trial under way alone (it cleared the newer one's
+mark, letting a third request through, or decided the breaker the newer one was testing). If
+every target of a plan is open, the plan ignores the breakers (as Portkey does): failing
+fast on all of them helps nobody.
 
 A state is a target's under one set of rules (`BreakerSpec`): the configs that give a target
 the same cb_config share its breaker, one with other rules (a client's inline
@@ -63,6 +64,8 @@ class BreakerState:
     # When a half-open breaker's trial under way is stale: its worker died, never recording it.
     trial_until: float | None = None
     client: bool = False  # made by a client's inline config (BreakerSpec.client)
+    # When a closed one's counts began: they cover one cooldown_interval, then start again.
+    since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +156,14 @@ class CircuitBreakers:
                     st.opened_at = self._clock()
                 else:
                     st.requests = st.failures = 0
-                    st.opened_at = None
+                    st.opened_at = st.since = None
             elif before == CLOSED:
+                # (counted for good, stray failures a day apart tripped a failure_threshold,
+                # and a long healthy run diluted an outage below any percentage)
+                now = self._clock()
+                if st.since is None or now - st.since >= spec.cooldown_interval:
+                    st.requests = st.failures = 0
+                    st.since = now
                 st.requests += 1
                 st.failures += failed
                 if failed and self._trips(st, spec):

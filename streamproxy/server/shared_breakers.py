@@ -34,8 +34,8 @@ from streamproxy.server.shared_memory import SharedRegion
 
 _HASH = struct.Struct("Q")  # 0: a free slot
 # requests, failures, opened_at, trial_until (NaN: none), recorded_at (when last saved),
-# client (1: made by a client's inline config)
-_STATE = struct.Struct("qqdddq")
+# client (1: made by a client's inline config), since (when the counts began; NaN: none)
+_STATE = struct.Struct("qqdddqd")
 _SLOT = struct.Struct("Q" + _STATE.format)  # the hash and the state, read at once
 _SLOT_SIZE = _SLOT.size
 SLOTS = 4096
@@ -62,7 +62,7 @@ class SharedBreakerTable:
         reclaim, best = None, (3, math.inf)  # (rank, recorded_at): the lowest goes
         for i in range(PROBES):
             offset = ((h + i) % self.slots) * _SLOT_SIZE
-            found, _, _, opened_at, _, recorded_at, made = _SLOT.unpack_from(region, offset)
+            found, _, _, opened_at, _, recorded_at, made, _ = _SLOT.unpack_from(region, offset)
             if found == h:
                 return offset
             if found == 0:
@@ -76,7 +76,7 @@ class SharedBreakerTable:
         if not claim or reclaim is None:
             return None
         _STATE.pack_into(region, reclaim + _HASH.size, 0, 0, math.nan, math.nan, -math.inf,
-                         client)
+                         client, math.nan)
         _HASH.pack_into(region, reclaim, h)
         return reclaim
 
@@ -116,9 +116,10 @@ class SharedCircuitBreakers(CircuitBreakers):
         read = self._read(key, claim=False)
         if read is None:
             return super()._load(key)  # never recorded, or kept here (no slot free)
-        requests, failures, opened_at, trial_until, _, client = read[1]
+        requests, failures, opened_at, trial_until, _, client, since = read[1]
         return BreakerState(requests, failures, None if math.isnan(opened_at) else opened_at,
-                            None if math.isnan(trial_until) else trial_until, bool(client))
+                            None if math.isnan(trial_until) else trial_until, bool(client),
+                            None if math.isnan(since) else since)
 
     def _save(self, key: str, st: BreakerState) -> bool:
         read = self._read(key, claim=True, client=st.client)  # (record() holds the lock)
@@ -127,7 +128,7 @@ class SharedCircuitBreakers(CircuitBreakers):
         _STATE.pack_into(self._table.region.map, read[0] + _HASH.size, st.requests,
                          st.failures, math.nan if st.opened_at is None else st.opened_at,
                          math.nan if st.trial_until is None else st.trial_until,
-                         self._clock(), st.client)
+                         self._clock(), st.client, math.nan if st.since is None else st.since)
         return True
 
     def _locked(self) -> AbstractContextManager[object]:
