@@ -1136,6 +1136,40 @@ CLAUDE = "us.anthropic.claude-sonnet-4-20250514-v1:0"
 CLAUDE_4_5 = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"  # (has Converse structured outputs)
 
 
+def test_an_assistant_turn_after_a_late_system_message_is_not_merged_into_the_one_before(
+        ) -> None:
+    """As on Anthropic: an agent's late instruction ([user, assistant, system]) is answered
+    after a `Begin.` turn; its answer, sent back in the next step of the loop, was merged into
+    the assistant turn before the system message: not what the model was sent, and with its
+    reasoning after that turn's text Claude refuses the request (an assistant turn must start
+    with its reasoning). It is replayed as it was asked, after the same placeholder turn."""
+    call = {"id": "tooluse_1", "type": "function",
+            "function": {"name": "book", "arguments": "{}"}}
+    messages = [{"role": "user", "content": "Book me a table."},
+                {"role": "assistant", "content": "Done: I booked it."},
+                {"role": "system", "content": "You did not call book. Call it now."},
+                {"role": "assistant", "content": None, "tool_calls": [call],
+                 "thinking_blocks": [{"type": "thinking", "thinking": "Call it.",
+                                      "signature": "sig"}]},
+                {"role": "tool", "tool_call_id": "tooluse_1", "content": "booked"}]
+    tools = [{"type": "function", "function": {"name": "book"}}]
+    asked = to_converse({"messages": messages[:3], "tools": tools, "reasoning_effort": "low"},
+                        CLAUDE)
+    out = to_converse({"messages": messages, "tools": tools, "reasoning_effort": "low"},
+                      CLAUDE)
+    assert out["messages"][:3] == asked["messages"]
+    assert [m["role"] for m in out["messages"]] == ["user", "assistant", "user", "assistant",
+                                                    "user"]
+    assert [next(iter(b)) for b in out["messages"][3]["content"]] == ["reasoningContent",
+                                                                      "toolUse"]
+    # Beside a user turn, or before an assistant message of reasoning alone (left out), none.
+    for later in ([{"role": "user", "content": "Hm?"}, messages[3]],
+                  [{"role": "assistant", "content": None, "thinking_blocks": [
+                      {"type": "thinking", "thinking": "t", "signature": "s"}]}]):
+        out = to_converse({"messages": [*messages[:3], *later], "tools": tools}, CLAUDE)
+        assert "Begin." not in str(out["messages"])
+
+
 def test_claude_gets_no_top_p_of_one_beside_temperature() -> None:
     """As on Anthropic: newer Claude models refuse temperature with top_p, and a top_p of 1
     is no nucleus cut. Other models keep it (their default top_p may be lower)."""

@@ -4,7 +4,8 @@ Choices (docs/providers/bedrock.md):
 - system/developer messages → `system: [{text}]`, in order; a request with no other message,
   or whose conversation starts with the assistant, gets a PLACEHOLDER_USER_TEXT user turn
   first (Converse rejects a conversation that does not start with a user message), and one
-  whose system messages follow the final assistant turn gets one last, as on Anthropic;
+  whose system messages follow the final assistant turn gets one last, as on Anthropic (and,
+  in a later request, one between them and the assistant message that answered them);
 - consecutive tool results become one user message of `toolResult` blocks, placed before any
   other user content; consecutive messages of one role are merged (Converse wants alternation);
 - empty and whitespace-only text is left out in every role (Converse refuses it), and a final
@@ -541,10 +542,12 @@ def _messages(msgs: list[dict[str, Any]]
     out: list[dict[str, Any]] = []
     tool_names: list[str] = []  # tools the history uses, for a toolConfig when none is given
     blank: dict[str, Any] | None = None  # the last BLANK_USER_TEXT block put in
+    late_system = False  # a system message came after the last turn, an assistant one
     for i, m in enumerate(msgs):
         role = m["role"]
         if role in ("system", "developer"):
             system.extend(_marked(_text_blocks(m.get("content"), f"messages[{i}].content"), m))
+            late_system = late_system or (bool(out) and out[-1]["role"] == "assistant")
             continue
         if role == "user":
             blocks = _user_blocks(m.get("content"), i)
@@ -562,6 +565,13 @@ def _messages(msgs: list[dict[str, Any]]
             blocks = [blank]
         _marked(blocks, m)
         role_out = "assistant" if role == "assistant" else "user"
+        if (late_system and role_out == "assistant" and out[-1]["role"] == "assistant"
+                and not all(_is_reasoning(b) for b in blocks)):
+            # As on Anthropic: an assistant message after [assistant, system] answered the
+            # request that ended there, with a PLACEHOLDER_USER_TEXT turn (ends_with_system):
+            # replayed with it, not merged into the turn before (reasoning not first: a 400).
+            out.append({"role": "user", "content": [{"text": PLACEHOLDER_USER_TEXT}]})
+        late_system = False
         if out and out[-1]["role"] == role_out:
             prev = out[-1]["content"]
             if stood_in_for_blank(prev, blank):  # the turn has its user message now
