@@ -131,6 +131,31 @@ def test_system_messages_after_the_last_assistant_turn_ask_for_a_new_answer(
     assert out["contents"][-1] == {"role": "model", "parts": [{"text": "Hello"}]}
 
 
+@pytest.mark.parametrize("model", ["gemini-3-flash-preview", "gemma-3-27b-it"])
+def test_an_assistant_turn_after_a_late_system_message_is_not_merged_into_the_one_before(
+        model: str) -> None:
+    """As on Anthropic and Bedrock: an agent's late instruction ([user, assistant, system]) is
+    answered after a `Begin.` turn; its answer, sent back in the next step of the loop (a
+    signed call), was merged into the model turn before the system message, so Gemini read a
+    history it never had: its call and signature as part of the turn it had answered before.
+    It is replayed as it was asked, after the same placeholder turn."""
+    messages = [{"role": "user", "content": "Book me a table."},
+                {"role": "assistant", "content": "Done: I booked it."},
+                {"role": "system", "content": "You did not call book. Call it now."},
+                {**tool_turn("c1"), "thinking_blocks": [
+                    {"type": "thought_signature", "signature": SIG, "tool_call_id": "c1"}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "booked"}]
+    asked = translate(messages[:3], model=model)
+    out = translate(messages, model=model)
+    assert out["contents"][:3] == asked["contents"]
+    assert [c["role"] for c in out["contents"]] == ["user", "model", "user", "model", "user"]
+    assert out["contents"][3]["parts"][0]["thoughtSignature"] == SIG
+    # Beside a user turn, none.
+    out = translate([*messages[:3], {"role": "user", "content": "Hm?"}, *messages[3:]],
+                    model=model)
+    assert "Begin." not in str(out["contents"])
+
+
 def tool_turn(call_id: str, **extra: Any) -> dict[str, Any]:
     return {"role": "assistant", "content": None, "tool_calls": [
         {"id": call_id, "type": "function", **extra,

@@ -5,7 +5,8 @@ provider-streams.md §4.2; choices documented in docs/providers/gemini.md.
   which refuse one, they open the first user turn); a request with no other message, or whose
   conversation starts with the assistant, gets a PLACEHOLDER_USER_TEXT user turn first (Gemini
   refuses contents that open with a model turn), and one whose system messages follow the
-  final assistant turn gets one last (`_ends_with_system`: answered anew, not continued);
+  final assistant turn gets one last (`_ends_with_system`: answered anew, not continued), and
+  so, in a later request, does one between them and the assistant message that answered them;
 - a user message with no text (empty, null, only empty parts: Gemini refuses an empty text
   part) that answers a model turn is BLANK_USER_TEXT, so the request still ends with the user;
   whitespace-only text, which Gemini takes, goes as it is;
@@ -345,15 +346,22 @@ def _contents(msgs: list[dict[str, Any]],
     calls: dict[str, tuple[str, str | None, int]] = {}
     places: list[int] = []  # those places, for the responses in the last content, in order
     blank: dict[str, Any] | None = None  # the last BLANK_USER_TEXT part put in
+    late_system = False  # a system message came after the last content, a model one
     for i, m in enumerate(msgs):
         role = m["role"]
         if role in ("system", "developer"):
             system.extend(_text_parts(m.get("content"), f"messages[{i}].content"))
+            late_system = late_system or (bool(contents) and contents[-1]["role"] == "model")
             continue
+        # An assistant message after [assistant, system] answered the request that ended
+        # there, which had a PLACEHOLDER_USER_TEXT turn (_ends_with_system): replayed with it,
+        # not merged into the model turn before, as on Anthropic and Bedrock.
+        replay = late_system and role == "assistant" and contents[-1]["role"] == "model"
         if role == "user":
             parts, role_out = _user_parts(m.get("content"), i, mime_required), "user"
         elif role == "assistant":
-            parts, role_out = _model_parts(m, i, calls, _calls_joined(contents)), "model"
+            first = 0 if replay else _calls_joined(contents)  # (its turn's calls, none before)
+            parts, role_out = _model_parts(m, i, calls, first), "model"
         elif role == "tool":
             response, place = _function_response(m, i, calls)
             parts, role_out = [response], "user"
@@ -365,6 +373,9 @@ def _contents(msgs: list[dict[str, Any]],
                 continue  # nothing vanishes: a user content is there, or none yet
             blank = {"text": BLANK_USER_TEXT}  # (the turn stays, as on Anthropic)
             parts = [blank]
+        if replay:
+            contents.append({"role": "user", "parts": [{"text": PLACEHOLDER_USER_TEXT}]})
+        late_system = False
         if contents and contents[-1]["role"] == role_out \
                 and _holds_results(contents[-1]) == (role == "tool"):
             if role == "tool":
