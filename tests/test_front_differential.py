@@ -305,3 +305,28 @@ async def test_a_malformed_request_is_answered_in_http_1_1(
     assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert b"\r\nconnection: close" in head.lower()
     assert orjson.loads(body)["error"]["code"] == "malformed_request"
+
+
+@pytest.mark.parametrize("path", [b"/v1/chat/completions", b"/healthz"])
+@pytest.mark.parametrize("version", [b"2.0", b"0.9"])
+@pytest.mark.parametrize("front_kind", front.FRONTS)
+async def test_a_request_in_another_http_version_is_505(
+        proxy: Any, monkeypatch: Any, front_kind: str, version: bytes, path: bytes) -> None:
+    """aiohttp's parser takes an `HTTP/2.0` or `HTTP/0.9` request line, and the request was
+    served with an HTTP/1 answer whose status line said `HTTP/2.0 200 OK` (or `HTTP/0.9`), which
+    no client reads as HTTP/1.1. It is 505 (RFC 9110 §15.6.6), in OpenAI's shape, said in
+    HTTP/1.1 (§6.2), not worth a retry, and the connection closes (nginx answers it alike)."""
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    client = await proxy(load_config(None))
+    sent = request(JSON, path=path, version=version) + PROBE
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(sent)
+    answer = await asyncio.wait_for(reader.read(), 10)  # (all of it: the connection closes)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n")
+    fields = head.lower()
+    assert b"\r\nconnection: close" in fields and b"\r\nx-should-retry: false" in fields
+    error = orjson.loads(body)["error"]
+    assert (error["type"], error["code"]) == ("api_error", "http_version_not_supported")
+    assert b"HTTP/1.1 200" not in answer  # (the probe after it is not served)

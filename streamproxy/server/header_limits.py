@@ -7,7 +7,8 @@ OpenAI's error shape: 431, or 414 for the target (RFC 9110 §15.5.15). A head be
 gets the same answer (`beyond_backstop`), from the connection's error handler.
 It also answers a transfer coding other than chunked with 501 (RFC 9112 §6.1): aiohttp's parser
 removes only the chunked framing and hands the still-coded bytes on as the body; and CONNECT
-with 501: this is no forward proxy.
+with 501: this is no forward proxy; and a request line in an HTTP version other than 1.x with
+505 (aiohttp's parser takes `HTTP/2.0` and `HTTP/0.9`, and answered in that version).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from streamproxy.errors import ProxyError
@@ -55,6 +57,14 @@ def connect_not_supported() -> ProxyError:
     return err
 
 
+def version_not_supported(version: str) -> ProxyError:
+    """505 (RFC 9110 §15.6.6), as `unsupported_coding`: the same request gets the same."""
+    err = ProxyError(f"HTTP/{version} is not supported: send HTTP/1.1.", status=505,
+                     code="http_version_not_supported")
+    err.should_retry = False
+    return err
+
+
 def backstop_limits(max_field_bytes: int, max_headers: int) -> dict[str, int]:
     """aiohttp's parser limits (its runner's keyword arguments) for the configured ones. The
     target's is a byte over the fields': its refusal (LineTooLong) names only the limit passed,
@@ -81,6 +91,19 @@ def beyond_backstop(exc: BaseException, line_limit: int, field_limit: int,
 def header_limits(max_field_bytes: int, max_headers: int) -> Callable[..., Awaitable[object]]:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        version = request.version
+        if version.major != 1:
+            # llhttp reads `HTTP/2.0` and `HTTP/0.9` request lines (the lean front hands them
+            # here), and aiohttp answered in the request's version: `HTTP/2.0 200 OK` in
+            # HTTP/1 framing. The refusal says HTTP/1.1, this server's version (RFC 9110 §6.2),
+            # as `ReadTimedHandler.handle_error` does; what follows is not read.
+            err = version_not_supported(f"{version.major}.{version.minor}")
+            observe_refused_chat(request, err)
+            request._version = HttpVersion11  # (aiohttp's status line reads it, cached)
+            request._cache.pop("version", None)
+            response = error_response(err, request)
+            response.force_close()
+            return response
         err = (_over_limits(request, max_field_bytes, max_headers)
                or _unsupported_coding(request) or _undecodable_trace_id(request))
         if err is None and request.method == "CONNECT":
