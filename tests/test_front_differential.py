@@ -330,3 +330,27 @@ async def test_a_request_in_another_http_version_is_505(
     error = orjson.loads(body)["error"]
     assert (error["type"], error["code"]) == ("api_error", "http_version_not_supported")
     assert b"HTTP/1.1 200" not in answer  # (the probe after it is not served)
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+@pytest.mark.parametrize("front_kind", front.FRONTS)
+async def test_an_http_1_0_request_with_transfer_encoding_is_400_and_closes(
+        proxy: Any, monkeypatch: Any, front_kind: str, keep_alive: bool) -> None:
+    """HTTP/1.0 has no Transfer-Encoding: RFC 9112 §6.1 asks a server to treat such a request's
+    framing as faulty and to close the connection after it. It was served as a chunked body and,
+    with `Connection: keep-alive`, the bytes after it read as the next request — which a server
+    in front that frames HTTP/1.0 by Content-Length alone (Go's ignores the header) reads as this
+    body: request smuggling. It is a 400 `malformed_request`, as nginx answers, and the
+    connection closes, the request after it unread."""
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    client = await proxy(load_config(None))
+    sent = request(JSON, *([b"Connection: keep-alive"] if keep_alive else []),
+                   b"Transfer-Encoding: chunked", body=chunked(PLAIN), version=b"1.0")
+    got = await answers(client, sent, 1, False)
+    (status, headers, body), after = got
+    error = orjson.loads(body)["error"]
+    assert (status, error["type"], error["code"]) == (400, "invalid_request_error",
+                                                       "malformed_request")
+    assert "HTTP/1.0" in error["message"]
+    # (an HTTP/1.0 answer without `Connection: keep-alive` says the connection closes)
+    assert dict(headers).get("connection", b"close") == b"close" and after == "closed"

@@ -6,7 +6,8 @@ looser backstop (BACKSTOP times ours) and this middleware enforces the configure
 OpenAI's error shape: 431, or 414 for the target (RFC 9110 §15.5.15). A head beyond the backstop
 gets the same answer (`beyond_backstop`), from the connection's error handler.
 It also answers a transfer coding other than chunked with 501 (RFC 9112 §6.1): aiohttp's parser
-removes only the chunked framing and hands the still-coded bytes on as the body; and CONNECT
+removes only the chunked framing and hands the still-coded bytes on as the body; any in an
+HTTP/1.0 request with 400, closing the connection (§6.1: its framing is faulty); CONNECT
 with 501: this is no forward proxy; and a request line in an HTTP version other than 1.x with
 505 (aiohttp's parser takes `HTTP/2.0` and `HTTP/0.9`, and answered in that version).
 """
@@ -20,7 +21,12 @@ from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from streamproxy.errors import ProxyError
-from streamproxy.server.errors import TRACE_HEADER, error_response, trace_id_error
+from streamproxy.server.errors import (
+    TRACE_HEADER,
+    MalformedRequest,
+    error_response,
+    trace_id_error,
+)
 from streamproxy.server.observing import observe_refused_chat
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -142,6 +148,13 @@ def _unsupported_coding(request: web.Request) -> ProxyError | None:
     codings = request.headers.getall("Transfer-Encoding", ())
     if not codings:
         return None
+    if request.version < HttpVersion11:
+        # HTTP/1.0 has no transfer codings: its framing is faulty and the connection must
+        # close after it (RFC 9112 §6.1). aiohttp read it as chunked, and the bytes after it
+        # as the next request, which a server in front that ignores the header (Go's does)
+        # frames otherwise: request smuggling. A 400, as nginx's (MalformedRequest: closes).
+        return MalformedRequest("Malformed HTTP request: Transfer-Encoding in an HTTP/1.0 "
+                                "request (HTTP/1.0 has no transfer codings).")
     joined = ",".join(codings)
     if any(c.partition(";")[0].strip(" \t").lower() != "chunked" for c in joined.split(",")):
         return unsupported_coding(joined)
