@@ -82,7 +82,19 @@ class ProxyError(Exception):
 
     def body(self) -> bytes:
         """The JSON body of the error's HTTP answer."""
-        return orjson.dumps(self.to_dict())
+        try:
+            return orjson.dumps(self.to_dict())
+        except TypeError:
+            # A message quoting a header whose bytes were not UTF-8 (aiohttp keeps them as lone
+            # surrogates), which orjson refuses: the refusal became a 500. They read as U+FFFD.
+            error = self.to_dict()["error"]
+            return orjson.dumps({"error": {k: _text(v) if isinstance(v, str) else v
+                                           for k, v in error.items()}})
+
+
+def _text(value: str) -> str:
+    """`value` with its lone surrogates as U+FFFD."""
+    return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 class InvalidRequest(ProxyError):

@@ -27,6 +27,7 @@ from aiohttp.http_exceptions import (
 )
 
 from streamproxy.config import load_config, parse_config
+from streamproxy.errors import ProxyError
 from streamproxy.server import front
 from streamproxy.server.errors import SERVER_NAME, malformed_request
 
@@ -354,3 +355,36 @@ async def test_an_http_1_0_request_with_transfer_encoding_is_400_and_closes(
     assert "HTTP/1.0" in error["message"]
     # (an HTTP/1.0 answer without `Connection: keep-alive` says the connection closes)
     assert dict(headers).get("connection", b"close") == b"close" and after == "closed"
+
+
+# name: a header the gateway reads whose value is not UTF-8 (a Latin-1 é): (status, code)
+UNDECODABLE_HEADERS = {b"x-portkey-provider": (400, "unknown_provider"),
+                       b"x-portkey-config": (400, None),
+                       b"x-portkey-virtual-key": (400, None),
+                       b"x-portkey-custom-host": (400, None)}
+
+
+@pytest.mark.parametrize("name", list(UNDECODABLE_HEADERS))
+@pytest.mark.parametrize("front_kind", front.FRONTS)
+async def test_a_refusal_quoting_a_header_that_is_not_utf8_is_that_refusal(
+        proxy: Any, monkeypatch: Any, caplog: Any, front_kind: str, name: bytes) -> None:
+    """aiohttp keeps a header's bytes that are not UTF-8 as lone surrogates (the lean front
+    hands such a head to it), and the 400 that quotes the value (`Unknown provider 'caf…'`)
+    could not be serialised: the client got a 500 `internal_error` (which the SDKs retry) and
+    the log a traceback. It is the 400, the bad byte shown as U+FFFD."""
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    client = await proxy(load_config(None))
+    (status, _, body), _ = await answers(client, request(JSON, name + b": caf\xe9"), 1, False)
+    error = orjson.loads(body)["error"]
+    assert (status, error["type"]) == (400, "invalid_request_error")
+    code = UNDECODABLE_HEADERS[name][1]
+    assert code is None or error["code"] == code
+    assert "caf\ufffd" in error["message"]
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_an_errors_body_shows_lone_surrogates_as_replacement_characters() -> None:
+    err = ProxyError("Unknown provider 'caf\udce9' (\ud800)", param="x-\udce9", status=400)
+    assert orjson.loads(err.body())["error"] | {"type": None} == {
+        "message": "Unknown provider 'caf\ufffd' (\ufffd)", "type": None, "param": "x-\ufffd",
+        "code": None}
