@@ -388,3 +388,19 @@ def test_an_errors_body_shows_lone_surrogates_as_replacement_characters() -> Non
     assert orjson.loads(err.body())["error"] | {"type": None} == {
         "message": "Unknown provider 'caf\ufffd' (\ufffd)", "type": None, "param": "x-\ufffd",
         "code": None}
+
+
+@pytest.mark.parametrize("front_kind", front.FRONTS)
+async def test_a_404_names_the_path_as_sent(proxy: Any, monkeypatch: Any,
+                                           front_kind: str) -> None:
+    """A path whose slash came percent-encoded (a client that quoted its whole path) is not the
+    chat route, but the 404 named it decoded: 'Unknown path: POST /v1/chat/completions', the
+    very path the client meant, which says the route does not exist. It names the path as
+    sent (never the query, which may hold a key)."""
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    client = await proxy(load_config(None))
+    sent = request(JSON, path=b"/v1%2Fchat/completions?key=" + KEY)
+    (status, _, body), _ = await answers(client, sent, 1, False)
+    error = orjson.loads(body)["error"]
+    assert (status, error["code"]) == (404, "unknown_url")
+    assert error["message"] == "Unknown path: POST /v1%2Fchat/completions"

@@ -265,8 +265,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPRequestEntityTooLarge:  # aiohttp's exception keeps no max_size attribute
         return error_response(body_too_large(request.client_max_size), request)
     except web.HTTPNotFound:
-        return error_response(NotFound(f"Unknown path: {request.method} {request.path}",
-                                       code="unknown_url"), request)
+        # The path as sent: decoded, `/v1%2Fchat/completions` read as the chat route's own path,
+        # which the 404 then said was unknown. (Not the query: it may hold a key.)
+        return error_response(NotFound(f"Unknown path: {request.method} "
+                                       f"{request.rel_url.raw_path}", code="unknown_url"),
+                              request)
     except web.HTTPMethodNotAllowed as e:  # a 405 must list the allowed methods (RFC 9110)
         return error_response(ProxyError(f"Method {request.method} is not allowed on "
                                          f"{request.path}.", status=405,
