@@ -1774,3 +1774,35 @@ async def test_a_config_api_key_is_sent_without_the_whitespace_around_it(
     resp = await post(client, json.dumps({"provider": "e1", "api_key": "   "}), stream=False)
     assert resp.status == 400
     assert (await resp.json())["error"]["param"] == "config.api_key"
+
+
+async def test_onellm_fields_over_an_operators_configs_send_one_request_at_most_61_times(
+        proxy: Any, upstream: Any, access_log: Any) -> None:
+    # Each fallback model ran default_config (or a route's config) whole, and `retries` went
+    # on each of its targets: 50 fallbacks over a 6-target default config sent one request
+    # (one count of a rate limit) upstream 306 times; the inline config's 61 did not apply.
+    wide = {"strategy": {"mode": "fallback"}, "targets": [{"provider": "e1"}] * 6}
+    big = {"strategy": {"mode": "fallback"}, "targets": [{"provider": "e1"}] * 70}
+    client = await proxy(openai_pair(upstream, configs={"wide": wide, "big": big},
+                                     default_config="wide", routes={"alias": "wide"}))
+    upstream.status = 503
+    asks = [({}, {"fallback_models": ["m"] * 50}),  # the default config, each
+            ({"x-portkey-provider": "e2"}, {"fallback_models": ["alias"] * 50}),  # a route's
+            ({"x-portkey-config": "wide"}, {"fallback_models": ["alias"] * 50}),
+            ({}, {"retries": 10, "fallback_models": ["alias"] * 2})]  # 66 tries, then 12
+    upstream.extra_headers = {"retry-after-ms": "1"}  # (retries without backoff's waits)
+    for headers, fields in asks:
+        sent = len(upstream.requests)
+        resp = await post(client, stream=False, model="m", headers=headers, **fields)
+        assert resp.status == 503, fields
+        assert len(upstream.requests) - sent == 61, (headers, fields)
+        assert access_log()[-1]["attempts"] == 61
+    # The operator's own config is theirs: it runs whole, the client's additions cut.
+    sent = len(upstream.requests)
+    resp = await post(client, stream=False, model="m", headers={"x-portkey-config": "big"},
+                      fallback_models=["m"])
+    assert resp.status == 503 and len(upstream.requests) - sent == 70
+    # and a request that fails over within the bound still reaches its answer
+    upstream.statuses, upstream.status = [503] * 60, 200
+    resp = await post(client, stream=False, model="m", fallback_models=["m"] * 50)
+    assert resp.status == 200 and access_log()[-1]["attempts"] == 61

@@ -1604,3 +1604,27 @@ def test_two_keys_of_one_provider_have_breakers_apart() -> None:
                            "targets": leaves}).decode()
         assert {planned(gateway, {"x-portkey-config": lb})[0].target.api_key
                 for _ in range(20)} == {first[1].target.api_key}
+
+
+def test_onellm_fields_over_an_operators_config_bound_the_requests_tries() -> None:
+    # `retries: 10` went on each of a 30-target default config's targets: 330 upstream
+    # requests for one client request. The plan now carries the bound the executor keeps:
+    # an inline config's 61, or the operator's config's own most, if more.
+    from streamproxy.openai_api.request import parse_chat_request
+
+    gateway = gateway_for(configs={
+        "wide": {"strategy": {"mode": "fallback"}, "targets": [{"provider": "an"}] * 30},
+        "big": {"strategy": {"mode": "fallback"}, "targets": [{"provider": "an"}] * 70}},
+        default_config="wide")
+
+    def bound(body: dict[str, Any], headers: dict[str, str] | None = None) -> int | None:
+        req = parse_chat_request(orjson.dumps({
+            "messages": [{"role": "user", "content": "hi"}], "model": "m", **body}))
+        return gateway.plan(headers or {}, req, None).max_tries
+
+    assert bound({"retries": 10}) == 61
+    assert bound({"fallback_models": ["m"]}) == 61
+    assert bound({"retries": 1}, {"x-portkey-config": "big"}) == 70
+    # the plain path: one target, its 11 tries at most
+    assert bound({"retries": 10}, {"x-portkey-provider": "oa"}) is None
+    assert bound({}) is None  # the operator's config alone: as it asks

@@ -271,9 +271,11 @@ class Executor:
                     index = following
                     continue
             try:
-                result = await self._with_retries(req, attempt, record, once, trial or None)
+                result = await self._with_retries(req, attempt, record, once, trial or None,
+                                                  plan.max_tries)
             except ProxyError as e:
-                following = plan.next_after(index, e.status, skipped)
+                spent = plan.max_tries is not None and record.attempts >= plan.max_tries
+                following = None if spent else plan.next_after(index, e.status, skipped)
                 if following is None:
                     record.option_path = attempt.path  # the target whose error is returned
                     raise
@@ -285,17 +287,19 @@ class Executor:
             return result
 
     async def _with_retries(self, req: ChatRequest, attempt: Attempt, record: RequestRecord,
-                            once: Any, trial: Trial | None = None) -> Any:
-        """The target's tries; its breaker records their outcome once, retries and all (as
-        Portkey records a target's response after its retries): a request is the unit of
-        `failure_threshold` and of a failure percentage, so one request's retries never trip
-        a breaker by themselves, and a half-open breaker's trial is the whole request."""
+                            once: Any, trial: Trial | None = None,
+                            max_tries: int | None = None) -> Any:
+        """The target's tries (no retry once the request sent `max_tries`); its breaker
+        records their outcome once, retries and all (as Portkey records a target's response
+        after its retries): a request is the unit of `failure_threshold` and of a failure
+        percentage, so one request's retries never trip a breaker by themselves, and a
+        half-open breaker's trial is the whole request."""
         spec = attempt.breaker
         if spec is None:
-            return await self._retrying(req, attempt, record, once)
+            return await self._retrying(req, attempt, record, once, max_tries)
         key, recorded = attempt.breaker_key, False  # (the key is built per call)
         try:
-            result = await self._retrying(req, attempt, record, once)
+            result = await self._retrying(req, attempt, record, once, max_tries)
         except ProxyError as e:
             if not isinstance(e, InvalidRequest):
                 # (a 400 of the target's translation was never sent: it tells nothing of the
@@ -312,7 +316,7 @@ class Executor:
                 self.breakers.release(key, spec, trial)  # one may try
 
     async def _retrying(self, req: ChatRequest, attempt: Attempt, record: RequestRecord,
-                        once: Any) -> Any:
+                        once: Any, max_tries: int | None = None) -> Any:
         target, spec = attempt.target.served(), attempt.retry
         record.provider, record.passthrough = target.provider.name, target.provider.passthrough
         record.model = target.model or target.provider.cfg.default_model
@@ -337,7 +341,8 @@ class Executor:
                 if (e.status not in spec.on_status_codes or e.should_retry is False
                         or isinstance(e, InvalidRequest)):
                     raise
-                if retry >= spec.attempts:
+                if retry >= spec.attempts or (max_tries is not None
+                                              and record.attempts >= max_tries):
                     record.retries_exhausted = spec.attempts > 0
                     raise
                 delay = retry_delay(retry, self.rng, getattr(e, "retry_after", None),

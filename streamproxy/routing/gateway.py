@@ -60,12 +60,14 @@ from streamproxy.routing.breaker import CircuitBreakers
 from streamproxy.routing.planner import NO_RETRY, Plan, plan, reachable_leaves, single
 from streamproxy.routing.portkey_config import (
     DEFAULT_RETRY_CODES,
+    MAX_CLIENT_TRIES,
     PROVIDER_OPTION_KEYS,
     BreakerSpec,
     ConfigNode,
     RetrySpec,
     client_made,
     custom_host_error,
+    most_tries,
     operators_form,
     option_value_error,
     parse_config,
@@ -548,6 +550,8 @@ class Gateway:
                   else lambda t: t.provider.name in allowed_providers)
         planned = plan(root, resolve, rng=self.rng, breakers=self.breakers,
                        metadata=metadata, params=req.body, path=CHAT_PATH, usable=usable)
+        if (req.fallback_models or req.retries) and not _inline_config(headers):
+            planned.max_tries = self._most_tries_with(headers, req)
         if chosen:
             # A breaker key names the model: one the operator's config let the client choose
             # counts as the client's in the tables' caps and the gauge's, or a client cycling
@@ -557,6 +561,15 @@ class Gateway:
                 if a.path in chosen and a.breaker is not None:
                     a.breaker = _as_clients(a.breaker)
         return planned
+
+    def _most_tries_with(self, headers: Mapping[str, str], req: ChatRequest) -> int:
+        """The upstream requests a plan built with OneLLM's `fallback_models` / `retries` may
+        send: as many as an inline config may (MAX_CLIENT_TRIES), or as the operator's config
+        alone may make, if more. Each fallback model ran a `routes:` or default config whole,
+        its retries on each target: 50 of them over an 18-try config, ~900 upstream requests
+        for one client request. (An inline config's are counted as it is read: client_made.)"""
+        own = self.root_for(headers, replace(req, fallback_models=[], retries=None))
+        return max(MAX_CLIENT_TRIES, 1 if own is None else most_tries(own))
 
     def resolve_leaf(self, leaf: ConfigNode, headers: Mapping[str, str], req: ChatRequest,
                      request_timeouts: dict[str, float | None]) -> Target:

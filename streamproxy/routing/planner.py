@@ -52,6 +52,9 @@ class Attempt:
 @dataclass(slots=True)
 class Plan:
     attempts: list[Attempt]
+    # Upstream requests the whole plan may send, retries and fallbacks together (None: as
+    # many as its attempts ask): the executor stops there (Gateway.plan sets it).
+    max_tries: int | None = None
 
     def next_after(self, index: int, status: int,
                    skipped: frozenset[int] = frozenset()) -> int | None:

@@ -561,7 +561,7 @@ def client_made(node: ConfigNode) -> ConfigNode:
     circuit gauge (routing/breaker.py); its conditions' `$regex` held to a budget, as they
     run on the event loop (conditions.py)."""
     leaves = node.leaves()
-    if len(leaves) > MAX_CLIENT_TARGETS or _most_tries(node) > MAX_CLIENT_TRIES:
+    if len(leaves) > MAX_CLIENT_TARGETS or most_tries(node) > MAX_CLIENT_TRIES:
         raise _bad(node.path, f"may have at most {MAX_CLIENT_TARGETS} targets and send one "
                    f"request upstream at most {MAX_CLIENT_TRIES} times (each target once and "
                    "its retry.attempts more, along its longest fallback)")
@@ -569,12 +569,12 @@ def client_made(node: ConfigNode) -> ConfigNode:
     return _client_made(node)
 
 
-def _most_tries(node: ConfigNode) -> int:
+def most_tries(node: ConfigNode) -> int:
     """The most upstream requests `node` may make for one request: a fallback's targets in
     turn, one target of any other strategy."""
     if node.is_leaf:
         return 1 + node.retry.attempts
-    tries = [_most_tries(t) for t in node.targets]
+    tries = [most_tries(t) for t in node.targets]
     return sum(tries) if node.mode == "fallback" else max(tries)
 
 
