@@ -1628,3 +1628,31 @@ def test_onellm_fields_over_an_operators_config_bound_the_requests_tries() -> No
     # the plain path: one target, its 11 tries at most
     assert bound({"retries": 10}, {"x-portkey-provider": "oa"}) is None
     assert bound({}) is None  # the operator's config alone: as it asks
+
+
+def test_an_inline_configs_caps_count_the_clients_fallbacks_not_the_operators_configs() -> None:
+    # Beside a one-target inline config, 9 fallback models that run a 6-target default config
+    # were a 400 "'config' may have at most 51 targets": the operator's config, which the
+    # client cannot see, counted against the client's. Without the header they are served;
+    # now here too, the request's tries bounded as there (61).
+    from streamproxy.openai_api.request import parse_chat_request
+
+    gateway = gateway_for(configs={"dc": {"strategy": {"mode": "fallback"},
+                                          "targets": [{"provider": "an"}] * 6}},
+                          default_config="dc")
+
+    def planned(config: dict[str, Any], body: dict[str, Any]) -> Any:
+        req = parse_chat_request(orjson.dumps({
+            "messages": [{"role": "user", "content": "hi"}], "model": "x", **body}))
+        return gateway.plan({"x-portkey-config": orjson.dumps(config).decode()}, req, None)
+
+    plan = planned({"provider": "oa"}, {"fallback_models": ["y"] * 9, "retries": 2})
+    assert len(plan.attempts) == 55 and plan.max_tries == 61
+    assert [(a.target.provider.name, a.retry.attempts) for a in plan.attempts[:2]] == [
+        ("oa", 2), ("an", 0)]
+    # The client's own config and fields still count: its targets, its retries, its fallbacks.
+    wide = {"strategy": {"mode": "fallback"}, "targets": [{"provider": "oa"}] * 30}
+    for body in ({"fallback_models": ["y"] * 30}, {"retries": 2}):
+        with pytest.raises(InvalidRequest) as info:
+            planned(wide, body)
+        assert info.value.param == "config"

@@ -410,9 +410,12 @@ class Gateway:
                 return config
             # OneLLM's fields keep working beside it, as beside a route: the config is the
             # primary (they were dropped in silence); a client's is capped with their additions.
-            root = (self._onellm_fallbacks(self._named_by_headers(headers), req, config)
-                    if req.fallback_models else _with_retries(config, req.retries))
-            return client_made(root) if _inline_config(headers) else root
+            inline = _inline_config(headers)
+            if req.fallback_models:
+                return self._onellm_fallbacks(self._named_by_headers(headers), req, config,
+                                              inline)
+            root = _with_retries(config, req.retries)
+            return client_made(root) if inline else root
         model = req.model
         if model in self.settings.routes and not req.fallback_models:
             # OneLLM's retries go on its targets, as on a default config's (below)
@@ -453,12 +456,13 @@ class Gateway:
         return {"provider": name}
 
     def _onellm_fallbacks(self, named: dict[str, str], req: ChatRequest,
-                          primary: ConfigNode | None = None) -> ConfigNode:
+                          primary: ConfigNode | None = None, inline: bool = False) -> ConfigNode:
         """OneLLM's `fallback_models` (and `retries`, the primary's) as a fallback config. Each
         model goes where it would alone: to the provider (or virtual key) the headers name,
         unless (for a fallback model) its prefix names another configured one; else by its
         prefix, else to the default; a model that `routes:` names runs its config, as it would
-        alone. `primary`: the x-portkey-config the primary runs instead."""
+        alone. `primary`: the x-portkey-config the primary runs instead; `inline`: a client's,
+        held to its caps with the fallbacks' one target each."""
         default = None if named else self.settings.default_config
         routes = self.settings.routes
         # A prefix naming the headers' own provider keeps their target: with a virtual key, its
@@ -496,6 +500,11 @@ class Gateway:
                 zip(root.targets, [req.model, *req.fallback_models], strict=True)):
             if i == 0 and primary is not None:  # (its leaves take the request's model)
                 t = _with_retries(_as_target(primary, t.path, None), req.retries)
+                if inline:
+                    # The client's config and fields, each fallback model one target: the
+                    # operator's configs those run (which the client cannot see) are bounded
+                    # as without the header, by the plan's tries (Plan.max_tries), not a 400.
+                    client_made(replace(root, targets=(t, *root.targets[1:])))
             elif model in routes:
                 t = _with_retries(_as_target(self.settings.configs[routes[model]], t.path,
                                              model), None if i else req.retries)
@@ -550,8 +559,9 @@ class Gateway:
                   else lambda t: t.provider.name in allowed_providers)
         planned = plan(root, resolve, rng=self.rng, breakers=self.breakers,
                        metadata=metadata, params=req.body, path=CHAT_PATH, usable=usable)
-        if (req.fallback_models or req.retries) and not _inline_config(headers):
-            planned.max_tries = self._most_tries_with(headers, req)
+        if req.fallback_models or req.retries:
+            planned.max_tries = (MAX_CLIENT_TRIES if _inline_config(headers)
+                                 else self._most_tries_with(headers, req))
         if chosen:
             # A breaker key names the model: one the operator's config let the client choose
             # counts as the client's in the tables' caps and the gauge's, or a client cycling
