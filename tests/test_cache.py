@@ -1588,8 +1588,9 @@ UNCOUNTED = {
 async def test_a_hit_of_an_answer_without_usage_has_the_usage_an_uncached_one_has(
         proxy: Any, upstream: Any, kind: str, fill_streamed: bool, hit_streamed: bool) -> None:
     # A translated answer gets zeros (OpenAI's always has usage), a passed-through one is
-    # forwarded as it came: a hit filled by a stream with none gave a non-streamed client no
-    # `usage` (translated), or a streamed one a zero usage chunk no upstream sent (pass-through).
+    # forwarded as it came, but for the usage chunk of zeros a streamed client that asked
+    # for usage gets: a hit filled by a stream with none gave a non-streamed client no
+    # `usage` (translated), or a streamed one no usage chunk (pass-through).
     client = await proxy(config(upstream.url, kind=kind))
 
     def serve(streamed: bool) -> None:

@@ -185,14 +185,14 @@ def test_passthrough_sends_the_client_only_data_lines() -> None:
     # data, which openai-python json-parses and fails on (provider-streams.md §1.1).
     body = (b"id: 1\nevent: message\n" + _chunk_event("Hi") + b"retry: 5\n\n\n\nid: 2\n"
             + _chunk_event("!") + b"data: [DONE]\n\n")
-    out = _passthrough(body)
+    out = _passthrough(body, wants_usage=False)  # (else our usage chunk of zeros ends it)
     assert out == _chunk_event("Hi") + _chunk_event("!") + b"data: [DONE]\n\n"
 
-def _passthrough(body: bytes, tools_offered: bool = False) -> bytes:
+def _passthrough(body: bytes, tools_offered: bool = False, wants_usage: bool = True) -> bytes:
     """What the client gets from a pass-through stream, a failure after commit included."""
     # (as the executor builds it: the translator forwards the usage, the encoder adds none)
     enc = ChunkEncoder(completion_id="chatcmpl-t", created=1, model="m", include_usage=False)
-    tr = PassthroughTranslator(enc, 1 << 20, provider="p", client_wants_usage=True,
+    tr = PassthroughTranslator(enc, 1 << 20, provider="p", client_wants_usage=wants_usage,
                                tools_offered=tools_offered)
     try:
         tr.feed(body)
@@ -287,7 +287,7 @@ def test_tool_calls_with_index_are_forwarded_as_they_came() -> None:
     body = (_tool_event({"id": "call_a", "type": "function", "index": 0,
                          "function": {"name": "weather", "arguments": ""}})
             + _tool_event({"index": 0, "function": {"arguments": "{}"}}, finish="tool_calls")
-            + b"data: [DONE]\n\n")
+            + _USAGE_EVENT + b"data: [DONE]\n\n")
     assert _passthrough(body, tools_offered=True) == body
 
 

@@ -598,6 +598,9 @@ def test_a_whole_openai_body_is_forwarded_as_one_run(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(ChunkEncoder, "raw_run", counting)
     deltas = [_chunk(f"t{i}", 0) for i in range(20)]
     finish = b'data: {"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+    # (the usage chunk the client asked for: without one, it gets ours of zeros)
+    finish += (b'data: {"id":"c1","choices":[],"usage":{"prompt_tokens":1,'
+               b'"completion_tokens":20,"total_tokens":21}}\n\n')
     body = _chunk("", 0) + b"".join(deltas) + finish + b"data: [DONE]\n\n"
     factory = PASSTHROUGH_TRANSLATORS["openai"]
 

@@ -1565,6 +1565,17 @@ async def test_a_pass_through_stream_without_usage_is_stored_as_it_came(
     assert got.choices[0].message.content == "Hi" and got.usage is None
 
 
+async def test_the_zero_usage_chunk_a_pass_through_client_asked_for_is_not_stored(
+        proxy: Any, upstream: Any, tmp_path: Path) -> None:
+    # (the client's, in the stream's one id; the stored answer stays as the upstream gave it)
+    api = await _pass_through_api(proxy, upstream, tmp_path)
+    upstream.body = _pass_through_stream({"role": "assistant", "content": "Hi"})
+    cid, _ = await stream_text(api, model="oa/gpt", messages=USER, store=True,
+                               stream_options={"include_usage": True})
+    got = await stored(api, cid)
+    assert got.choices[0].message.content == "Hi" and got.usage is None
+
+
 async def test_a_damaged_database_is_a_retryable_503_with_a_clear_log(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A database whose pages are garbage (a bad disk, a copy cut short) opens — its first

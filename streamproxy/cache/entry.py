@@ -100,12 +100,6 @@ class ReplayEncoder(ChunkEncoder):
             if k in fields or k == "system_fingerprint")
 
 
-def reports_usage(entry: dict[str, Any]) -> bool:
-    """Whether the cached answer came with the upstream's usage."""
-    completion = entry.get("completion")
-    return bool((completion if completion is not None else entry).get("usage"))
-
-
 def model_of(entry: dict[str, Any]) -> str | None:
     completion = entry.get("completion")
     return completion.get("model") if completion is not None else entry.get("model")

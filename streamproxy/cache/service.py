@@ -165,11 +165,9 @@ class ResponseCache:
             encoder = finish = None
             usage: dict[str, Any] | None = None
             if req.stream:
+                # (an answer whose upstream reported no usage replays the usage chunk of zeros
+                # the client that asked got uncached, a pass-through's too: ChunkSink.zero_usage)
                 include_usage = as_sent(req, target).include_usage
-                if target.provider.passthrough and not cached.reports_usage(entry):
-                    # Forwarded as it came, as uncached: no zero usage chunk (a translated
-                    # answer's) that its upstream never sent.
-                    include_usage = False
                 encoder = cached.ReplayEncoder(cached.upstream_fields(entry),
                                                completion_id=completion_id, created=created,
                                                model=model, include_usage=include_usage)

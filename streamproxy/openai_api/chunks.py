@@ -105,6 +105,11 @@ class ChunkSink(Protocol):
         """An already-OpenAI chunk (pass-through), forwarded without re-encoding; the finish
         reason it carries, when the translator looked, is recorded for observers."""
 
+    def zero_usage(self, data: bytes) -> None:
+        """A pass-through's usage chunk of zeros, made for a client that asked for usage when
+        the upstream sent none: forwarded as `raw()` forwards, never kept as the answer's
+        usage (a stored answer is as the upstream gave it)."""
+
     def envelope(self) -> dict[str, Any]:
         """The stream's own `id`, `created` and `model`, for a pass-through chunk that comes
         before any chunk naming them (Azure's asynchronous-filter finish); rare, not per chunk."""
@@ -507,6 +512,8 @@ class ChunkEncoder:
             self.finish_reason = finish_reason
         self._buf += (b"data: ", data, b"\n\n")
         self.chunks += 1
+
+    zero_usage = raw
 
     def tokens_sent(self) -> int:
         """An estimate of the answer's tokens the client got, for a stream cut before its

@@ -246,6 +246,9 @@ class CompletionBuilder:
     def raw(self, data: bytes, finish_reason: str | None = None) -> None:
         self.raw_chunk(data, finish_reason)
 
+    def zero_usage(self, data: bytes) -> None:
+        pass  # (the client's, not the answer's: see ChunkSink.zero_usage)
+
     def envelope(self) -> dict[str, Any]:
         return {"id": self.id or "", "created": self.created or 0, "model": self.model or ""}
 
@@ -694,6 +697,9 @@ class TeeSink:
         data = self._our_id(data)
         self.encoder.raw(data, finish_reason)
         self.builder.raw_chunk(data, finish_reason)
+
+    def zero_usage(self, data: bytes) -> None:
+        self.encoder.raw(self._our_id(data))  # (the client's alone: not the builder's)
 
     def envelope(self) -> dict[str, Any]:
         return self.encoder.envelope()

@@ -31,7 +31,7 @@ from streamproxy._json import loads_lenient
 from streamproxy.config import ConfigError
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
-from streamproxy.openai_api.chunks import ChunkSink
+from streamproxy.openai_api.chunks import ChunkSink, no_usage
 from streamproxy.providers.base import (
     Provider,
     SSETranslator,
@@ -108,6 +108,8 @@ class PassthroughTranslator(SSETranslator):
         if tools_offered and self.run_stop is not None:
             self._run_stop = with_tool_calls(self.run_stop, self.tool_call_stop)
         self._tool_calls: dict[int, _ToolCalls] = {}  # by choice: see _index_tool_calls
+        self._usage_reported = False  # the upstream sent usage (a subclass's moved one too)
+        self._finish_head: dict[str, Any] | None = None  # a finish chunk's id, model, …
         # Sinks that take framed events whole (the encoders, the tee) get runs forwarded.
         self._raw_run = getattr(out, "raw_run", None) if self.run_stop is not None else None
 
@@ -188,6 +190,13 @@ class PassthroughTranslator(SSETranslator):
 
     def on_done(self) -> None:
         """The upstream's `[DONE]`, the normal end (a subclass may emit a last chunk first)."""
+        if self._forward_usage and not self._usage_reported:
+            # A client that asked for usage gets its chunk, as OpenAI always sends it (the
+            # openai SDK's final completion, LangChain read it): zeros when the upstream (a
+            # server that ignores stream_options) reported none, as translated streams give.
+            head = self._finish_head or self.out.envelope()
+            self.out.zero_usage(orjson.dumps({**head, "object": "chat.completion.chunk",
+                                              "choices": [], "usage": no_usage()}))
         self.out.end()
         self.done = True
 
@@ -206,6 +215,7 @@ class PassthroughTranslator(SSETranslator):
         usage = chunk.get("usage")
         if usage:
             self.out.usage(usage)
+            self._usage_reported = True
         choices = chunk.get("choices")
         if not choices:
             # The usage chunk (vLLM sends `choices: null`), or Azure's prompt-filter preamble.
@@ -217,6 +227,9 @@ class PassthroughTranslator(SSETranslator):
             return
         changed = self._index_tool_calls(choices)
         reason = self._note_finishes(choices)
+        if reason is not None and self._finish_head is None:
+            # (the stream's envelope, for a usage chunk of zeros: see on_done)
+            self._finish_head = {k: v for k, v in chunk.items() if k not in _NOT_HEAD}
         finish = finish_apart(chunk, choices)
         if finish is not None:
             self.out.raw(orjson.dumps(chunk))
@@ -270,6 +283,10 @@ class PassthroughTranslator(SSETranslator):
                 choice["finish_reason"] = "tool_calls"
                 changed = True
         return changed
+
+
+# A chunk's keys that are not the stream's envelope (id, object, created, model, …).
+_NOT_HEAD = frozenset(("choices", "usage", "error"))
 
 
 def finish_apart(chunk: dict[str, Any], choices: list[Any]) -> dict[str, Any] | None:

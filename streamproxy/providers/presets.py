@@ -146,6 +146,7 @@ class CompatTranslator(PassthroughTranslator):
             self._moved_usage = usage
             self._envelope = {k: v for k, v in chunk.items() if k not in _NOT_ENVELOPE}
             self.out.usage(usage)
+            self._usage_reported = True
         return changed
 
     def _openai_usage(self, usage: Any) -> bool:

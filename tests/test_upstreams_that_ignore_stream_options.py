@@ -1,0 +1,73 @@
+"""OpenAI-compatible upstreams that do not stream as asked: a server that ignores
+`stream_options` (sends no usage chunk)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from streamproxy.openai_api.chunks import ChunkEncoder
+from streamproxy.providers.openai_compat import PassthroughTranslator
+from tests.conftest import provider_config
+from tests.helpers import openai_sdk, sse_chunks
+
+USER = [{"role": "user", "content": "Hi"}]
+HEAD = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 7, "model": "m"}
+
+
+def _event(choices: list[Any], **extra: Any) -> bytes:
+    return b"data: " + orjson.dumps({**HEAD, "choices": choices, **extra}) + b"\n\n"
+
+
+NO_USAGE_STREAM = (
+    _event([{"index": 0, "delta": {"role": "assistant", "content": "Hel"},
+             "finish_reason": None}])
+    + _event([{"index": 0, "delta": {"content": "lo"}, "finish_reason": None}])
+    + _event([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+    + b"data: [DONE]\n\n")
+
+
+def _passthrough(wants_usage: bool, body: bytes) -> list[Any]:
+    # (as the executor builds a pass-through's: the usage chunk is the translator's)
+    encoder = ChunkEncoder(completion_id="chatcmpl-1", created=1, model="m",
+                           include_usage=False)
+    translator = PassthroughTranslator(encoder, 1 << 20, provider="up",
+                                       client_wants_usage=wants_usage)
+    translator.feed(body)
+    assert translator.done
+    *chunks, done = sse_chunks(encoder.take())
+    assert done == "[DONE]"
+    return chunks
+
+
+def test_a_client_that_asked_for_usage_gets_zeros_when_the_upstream_sent_none() -> None:
+    chunks = _passthrough(True, NO_USAGE_STREAM)
+    last = chunks[-1]
+    assert last["choices"] == [] and last["object"] == "chat.completion.chunk"
+    assert last["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    assert {c["id"] for c in chunks} == {"chatcmpl-up"}  # (the stream's own envelope)
+    assert last["model"] == "m" and last["created"] == 7
+
+
+def test_no_usage_chunk_is_made_for_a_client_that_did_not_ask() -> None:
+    assert all(c.get("usage") is None for c in _passthrough(False, NO_USAGE_STREAM))
+
+
+def test_the_upstreams_own_usage_is_not_doubled_by_zeros() -> None:
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    body = NO_USAGE_STREAM.replace(b"data: [DONE]", _event([], usage=usage)[:-2] + b"\n\n"
+                                   b"data: [DONE]")
+    chunks = _passthrough(True, body)
+    assert [c["usage"] for c in chunks if c.get("usage")] == [usage]
+
+
+async def test_the_sdk_final_completion_has_usage_from_an_upstream_that_sent_none(
+        proxy: Any, upstream: Any) -> None:
+    upstream.body = NO_USAGE_STREAM
+    client = openai_sdk(await proxy(provider_config("openai", upstream.url)))
+    async with client.chat.completions.stream(
+            model="m", messages=USER, stream_options={"include_usage": True}) as events:
+        final = await events.get_final_completion()
+    assert final.choices[0].message.content == "Hello"
+    assert final.usage is not None and final.usage.total_tokens == 0
