@@ -1,5 +1,5 @@
 """OpenAI-compatible upstreams that do not stream as asked: a server that ignores
-`stream_options` (sends no usage chunk)."""
+`stream_options` (sends no usage chunk), or `stream` (answers one chat.completion)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 
 from streamproxy.openai_api.chunks import ChunkEncoder
-from streamproxy.providers.openai_compat import PassthroughTranslator
+from streamproxy.providers.openai_compat import PassthroughTranslator, answer_events
 from tests.conftest import provider_config
-from tests.helpers import openai_sdk, sse_chunks
+from tests.helpers import assert_finish_last, collect, openai_sdk, read_sdk_stream, sse_chunks
 
 USER = [{"role": "user", "content": "Hi"}]
 HEAD = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 7, "model": "m"}
@@ -71,3 +71,64 @@ async def test_the_sdk_final_completion_has_usage_from_an_upstream_that_sent_non
         final = await events.get_final_completion()
     assert final.choices[0].message.content == "Hello"
     assert final.usage is not None and final.usage.total_tokens == 0
+
+
+# A stream request answered with a whole chat.completion (a server that ignores `stream`).
+WHOLE = {"id": "chatcmpl-w", "object": "chat.completion", "created": 9, "model": "m",
+         "system_fingerprint": "fp_1",
+         "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"},
+                      "logprobs": None, "finish_reason": "stop"}],
+         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+CALL = {"id": "call_1", "type": "function",
+        "function": {"name": "weather", "arguments": '{"city":"Paris"}'}}
+TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}}}}]
+
+
+def test_a_whole_answer_is_the_chunks_its_stream_would_have_been() -> None:
+    answer = {**WHOLE, "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": None, "tool_calls": [CALL]}}]}
+    body = answer_events(orjson.dumps(answer))
+    assert body is not None
+    chunks = _passthrough(True, body)
+    assert {(c["id"], c["object"], c["model"]) for c in chunks} == {
+        ("chatcmpl-w", "chat.completion.chunk", "m")}
+    got = collect(chunks)
+    assert got.finish_reason == "tool_calls" and got.usage == WHOLE["usage"]
+    assert chunks[0]["choices"][0]["delta"]["tool_calls"] == [{"index": 0, **CALL}]
+    assert_finish_last(chunks)
+    for other in (b'{"error": {"message": "x"}}', b"[]", b'{"choices": [{"delta": {}}]}',
+                  b"not json"):
+        assert answer_events(other) is None
+
+
+async def test_a_streamed_request_answered_whole_streams_it(proxy: Any, upstream: Any) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps(WHOLE)
+    client = openai_sdk(await proxy(provider_config("openai", upstream.url)))
+    async with client.chat.completions.stream(
+            model="m", messages=USER, stream_options={"include_usage": True}) as events:
+        final = await events.get_final_completion()
+    assert final.choices[0].message.content == "Hello!"
+    assert final.choices[0].finish_reason == "stop"
+    assert final.usage is not None and final.usage.total_tokens == 5
+    # (no usage asked: none forwarded, as for a stream)
+    got = await read_sdk_stream(await client.chat.completions.create(
+        model="m", messages=USER, stream=True))
+    assert got.text == "Hello!" and got.finish == "stop" and got.usage is None
+
+
+async def test_a_streamed_tool_call_answered_whole_reaches_the_stream_helper(
+        proxy: Any, upstream: Any) -> None:
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({**WHOLE, "choices": [{
+        "index": 0, "finish_reason": "tool_calls",
+        "message": {"role": "assistant", "content": None, "tool_calls": [CALL]}}]})
+    client = openai_sdk(await proxy(provider_config("openai", upstream.url)))
+    async with client.chat.completions.stream(model="m", messages=USER,
+                                              tools=TOOLS) as events:
+        final = await events.get_final_completion()
+    [call] = final.choices[0].message.tool_calls
+    assert (call.id, call.function.name, call.function.arguments) == (
+        "call_1", "weather", '{"city":"Paris"}')
+    assert final.choices[0].finish_reason == "tool_calls"

@@ -359,6 +359,12 @@ class Provider:
         with one JSON body): 502, unless the provider's errors name their status (override)."""
         return self.parse_error(502, body)
 
+    def events_of_answer(self, body: bytes) -> bytes | None:
+        """The stream a whole non-streamed answer stands for, as this provider's events, when
+        a stream request was answered with one (a server that ignores `stream`); None when
+        `body` is no answer, or the provider knows no such fallback."""
+        return None
+
 
 def path_segment(value: str, what: str = "model") -> str:
     """A request's `value` (its model, Azure's deployment) as one segment of the upstream URL's

@@ -385,6 +385,41 @@ def error_answer(body: bytes, provider: str) -> UpstreamStatusError | None:
     return error_object(error, provider) if error else None
 
 
+def answer_events(body: bytes) -> bytes | None:
+    """A whole `chat.completion` as the events of its stream, or None for any other body. Some
+    OpenAI-compatible servers answer a stream request so (vLLM and llama.cpp builds, relays
+    that drop `stream`, models that cannot stream): each choice's message as one delta (its
+    tool calls given their `index`), its finish on a chunk of its own, then the usage chunk
+    and `[DONE]`, which the stream's translator reads as it reads a stream's (the usage goes
+    to a client that asked for it). Read once, on a stream request's odd answer only."""
+    try:
+        answer = loads_lenient(body)
+    except orjson.JSONDecodeError:
+        return None
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    if not (isinstance(choices, list) and choices and all(
+            isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices)):
+        return None
+    head = {k: v for k, v in answer.items() if k not in ("choices", "usage")}
+    head["object"] = "chat.completion.chunk"
+    chunks = []
+    for number, choice in enumerate(choices):
+        index = choice.get("index", number)
+        delta = dict(choice["message"])
+        calls = delta.get("tool_calls")
+        if isinstance(calls, list):
+            delta["tool_calls"] = [{"index": i, **call} if isinstance(call, dict) else call
+                                   for i, call in enumerate(calls)]
+        chunks.append({**head, "choices": [{"index": index, "delta": delta,
+                                            "logprobs": choice.get("logprobs"),
+                                            "finish_reason": None}]})
+        chunks.append({**head, "choices": [{"index": index, "delta": {}, "logprobs": None,
+                                            "finish_reason": choice.get("finish_reason")}]})
+    if answer.get("usage"):
+        chunks.append({**head, "choices": [], "usage": answer["usage"]})
+    return b"".join(b"data: %b\n\n" % orjson.dumps(c) for c in chunks) + b"data: [DONE]\n\n"
+
+
 def error_object(error: Any, provider: str, status: int = 502) -> UpstreamStatusError:
     """An OpenAI-compatible error object (an event's, a 200's, a choice's) as our error: the
     status it names, else `status`."""
@@ -541,6 +576,9 @@ class OpenAIProvider(Provider):
     def answered_error(self, body: bytes) -> UpstreamStatusError:
         # as a non-streamed 200's error is read: the status its `code` names (OpenRouter's)
         return error_answer(body, self.name) or self.parse_error(502, body)
+
+    def events_of_answer(self, body: bytes) -> bytes | None:
+        return answer_events(body)
 
     def adapt_body(self, body: dict[str, Any], model: str = "") -> dict[str, Any]:
         """The body to send to `model`, for compatible upstreams whose parameters differ from

@@ -386,7 +386,14 @@ class Executor:
                         translator.close()
                     except ProxyError as e:
                         answer = _json_error(provider, reads) if kept <= cap else None
-                        raise answer or e from None
+                        events = None if answer or kept > cap else provider.events_of_answer(
+                            b"".join(reads))
+                        if events is None:
+                            raise answer or e from None
+                        # A whole answer for the stream asked (a server that ignores
+                        # `stream`): its stream, read by a translator the body did not feed.
+                        translator = parts.retranslate()
+                        translator.feed(events)
                     break
                 if kept <= cap:
                     reads.append(data)
@@ -464,10 +471,11 @@ class Executor:
 class _StreamParts:
     """A stream's encoder and translator: nothing in them depends on the response."""
 
-    __slots__ = ("_record", "_req", "_target", "built")
+    __slots__ = ("_record", "_req", "_sink", "_target", "built")
 
     def __init__(self, req: ChatRequest, target: Target, record: RequestRecord) -> None:
         self._req, self._target, self._record = req, target, record
+        self._sink: Any = None
         self.built: tuple[ChunkEncoder, StreamTranslator] | None = None
 
     def build(self) -> None:
@@ -486,6 +494,7 @@ class _StreamParts:
         if record.capture:
             record.builder = CompletionBuilder()
             sink = TeeSink(encoder, record.builder)
+        self._sink = sink
         self.built = encoder, provider.stream_translator(req, sink)
 
     def note_usage(self) -> None:
@@ -497,6 +506,15 @@ class _StreamParts:
         else:
             encoder, translator = self.built
             self._record.note_usage(encoder.usage_data, translator)
+
+    def retranslate(self) -> StreamTranslator:
+        """A new translator for the same encoder (and tee), in place of the built one."""
+        assert self.built is not None
+        encoder = self.built[0]
+        translator = self._target.provider.stream_translator(
+            as_sent(self._req, self._target), self._sink)
+        self.built = encoder, translator
+        return translator
 
     def take(self) -> tuple[ChunkEncoder, StreamTranslator]:
         """The parts, built now if the loop has not run `build` yet (the send did not wait)."""
