@@ -11,6 +11,7 @@ import pytest
 
 from streamproxy.errors import UpstreamStatusError
 from streamproxy.providers.anthropic.stream import stream_error
+from streamproxy.providers.bedrock.stream import aws_error
 from streamproxy.providers.registry import PROVIDER_TYPES
 from tests.conftest import provider_config
 from tests.test_context_overflow import streamed_error
@@ -163,3 +164,32 @@ async def test_a_gemini_per_day_quota_reaches_the_client_as_not_retried(proxy: A
     assert resp.status == 429 and len(upstream.requests) == 1  # not retried by the config
     assert resp.headers["x-should-retry"] == "false" and "retry-after" not in resp.headers
     assert (await resp.json())["error"]["code"] == "insufficient_quota"
+
+
+# Bedrock's daily token quota (an account's "tokens per day" for a model) comes as a 429
+# ThrottlingException like a per-minute one, but lifts only when the day turns.
+BEDROCK_PER_DAY = "Too many tokens per day, please wait before trying again."
+
+
+def test_bedrocks_tokens_per_day_is_insufficient_quota_not_a_rate_limit() -> None:
+    # The client (the openai SDK's two retries) and a config's retry sent it again with
+    # backoff, for the same 429 until the next day.
+    up = provider("bedrock", region="us-east-1")
+    http = up.error_from_response(429, orjson.dumps({"message": BEDROCK_PER_DAY}),
+                                  {"x-amzn-errortype": "ThrottlingException:http://"
+                                                       "internal.amazon.com/coral/"})
+    for err in (http, aws_error("throttlingException", BEDROCK_PER_DAY, "up")):
+        assert err.status == 429 and err.should_retry is False
+        assert err.code == err.error_type == "insufficient_quota"
+        assert err.message == BEDROCK_PER_DAY
+
+
+@pytest.mark.parametrize("message", ["Too many tokens, please wait before trying again.",
+                                     "Too many requests, please wait before trying again."])
+def test_bedrocks_per_minute_throttling_is_still_a_rate_limit(message: str) -> None:
+    up = provider("bedrock", region="us-east-1")
+    http = up.error_from_response(429, orjson.dumps({"message": message}),
+                                  {"x-amzn-errortype": "ThrottlingException"})
+    for err in (http, aws_error("throttlingException", message, "up")):
+        assert err.status == 429 and err.should_retry is None
+        assert err.code in ("ThrottlingException", "throttlingException")

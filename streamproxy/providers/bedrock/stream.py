@@ -55,6 +55,7 @@ from streamproxy.providers.base import (
     event_kind,
     load_event_json,
     malformed,
+    quota_exhausted,
 )
 from streamproxy.providers.splice import JSON_INDEX, JSON_TEXT, is_utf8
 
@@ -149,6 +150,12 @@ OVERFLOW = ("input is too long", "too many input tokens", "prompt is too long",
 # once the stream had begun says so in the same words.
 STREAM_ERROR = "modelstreamerrorexception"
 OVERFLOW_CODES = frozenset({"validationexception", STREAM_ERROR})
+# A ThrottlingException is also how Bedrock says an account's daily quota for the model is
+# used up ("Too many tokens per day, please wait before trying again."): it lifts when the day
+# turns, not after a backoff, so it is OpenAI's `insufficient_quota` (a per-minute one stays a
+# rate limit: "Too many tokens, please wait …").
+THROTTLING = "throttlingexception"
+PER_DAY = ("per day",)
 
 
 def says_overflow(message: str) -> bool:
@@ -159,8 +166,12 @@ def says_overflow(message: str) -> bool:
 def overflow_checked(err: UpstreamStatusError) -> UpstreamStatusError:
     """`err` as OpenAI's `context_length_exceeded` when it is a 400 ValidationException (or
     ModelStreamErrorException) that says the prompt is over the model's context
-    (providers/base.py `context_overflow`)."""
-    if (err.code or "").lower() not in OVERFLOW_CODES:
+    (providers/base.py `context_overflow`); as its `insufficient_quota` when it is a
+    ThrottlingException for a daily quota (`quota_exhausted`)."""
+    code = (err.code or "").lower()
+    if code == THROTTLING:
+        return quota_exhausted(err, PER_DAY)
+    if code not in OVERFLOW_CODES:
         return err
     return context_overflow(err, OVERFLOW)
 
