@@ -193,3 +193,26 @@ def test_bedrocks_per_minute_throttling_is_still_a_rate_limit(message: str) -> N
     for err in (http, aws_error("throttlingException", message, "up")):
         assert err.status == 429 and err.should_retry is None
         assert err.code in ("ThrottlingException", "throttlingException")
+
+
+# Cohere's trial key is capped at 1,000 calls a month (docs.cohere.com rate limits), besides
+# its per-minute limit; both are a 429 worded alike but for the period.
+COHERE_PER_MONTH = ("You are using a Trial key, which is limited to 1000 API calls / month. You "
+                    "can continue to use the Trial key for free or upgrade to a Production key "
+                    "with higher rate limits at 'https://dashboard.cohere.com/api-keys'.")
+
+
+def test_cohere_trial_keys_monthly_limit_is_insufficient_quota() -> None:
+    # Retried with backoff by the client and a config's retry, for the same 429 until the
+    # month turned.
+    up = provider("cohere")
+    err = up.parse_error(429, orjson.dumps({"id": "3f1c", "message": COHERE_PER_MONTH}))
+    assert err.status == 429 and err.should_retry is False
+    assert err.code == err.error_type == "insufficient_quota"
+    assert err.message == COHERE_PER_MONTH
+
+
+def test_cohere_trial_keys_per_minute_limit_is_still_a_rate_limit() -> None:
+    message = "You are using a Trial key, which is limited to 20 API calls / minute."
+    err = provider("cohere").parse_error(429, orjson.dumps({"id": "3f1c", "message": message}))
+    assert err.status == 429 and err.should_retry is None and err.code != "insufficient_quota"

@@ -12,6 +12,7 @@ from streamproxy.providers.base import (
     Provider,
     StreamTranslator,
     UpstreamRequest,
+    quota_exhausted,
 )
 from streamproxy.providers.cohere.request import DROPPED, to_cohere
 from streamproxy.providers.cohere.response import to_completion
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
 # Cohere's own status for a key it refuses ("invalid token"), which no OpenAI client reads as
 # one: the openai SDK raises a bare APIStatusError for it, not an AuthenticationError.
 INVALID_TOKEN = 498
+# A trial key's monthly cap ("…limited to 1000 API calls / month"), a 429 worded as its
+# per-minute limit is ("… / minute"): it lifts when the month turns, not after a backoff, so it
+# is OpenAI's `insufficient_quota`, not retried.
+PER_MONTH = ("calls / month",)
 
 
 class CohereProvider(Provider):
@@ -61,4 +66,5 @@ class CohereProvider(Provider):
         return self.parse_error(400, body) if answered_status(err.message) == 400 else err
 
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
-        return overflow(super().parse_error(401 if status == INVALID_TOKEN else status, body))
+        err = super().parse_error(401 if status == INVALID_TOKEN else status, body)
+        return quota_exhausted(overflow(err), PER_MONTH)
