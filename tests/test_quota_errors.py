@@ -216,3 +216,31 @@ def test_cohere_trial_keys_per_minute_limit_is_still_a_rate_limit() -> None:
     message = "You are using a Trial key, which is limited to 20 API calls / minute."
     err = provider("cohere").parse_error(429, orjson.dumps({"id": "3f1c", "message": message}))
     assert err.status == 429 and err.should_retry is None and err.code != "insufficient_quota"
+
+
+def test_a_gemini_quota_of_zero_is_insufficient_quota_not_a_wait_of_seconds() -> None:
+    # A model the key's tier has no quota for (a free-tier key asking for a paid-only model):
+    # a per-minute quota whose limit is 0 ("…, limit: 0"), with a RetryInfo of seconds. The
+    # client (and a config's retry) waited and retried, for the same 429 every time.
+    body = orjson.dumps({"error": {
+        "code": 429, "status": "RESOURCE_EXHAUSTED", "message": "You exceeded your current "
+        "quota. * Quota exceeded for metric: generativelanguage.googleapis.com/generate_content"
+        "_free_tier_input_token_count, limit: 0, model: gemini-2.5-pro",
+        "details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [
+            {"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_input"
+                            "_token_count", "quotaId": "GenerateContentInputTokensPerModelPer"
+                            "Minute-FreeTier", "quotaValue": "0",
+             "quotaDimensions": {"location": "global", "model": "gemini-2.5-pro"}}]},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "41s"}]}})
+    up = provider("gemini")
+    for err in (up.parse_error(429, body), up.answered_error(body)):
+        assert err.status == 429 and err.should_retry is False
+        assert err.code == err.error_type == "insufficient_quota"
+        assert err.retry_after is None
+
+
+def test_a_gemini_per_minute_quota_with_a_limit_is_still_a_rate_limit() -> None:
+    body = orjson.loads(gemini_429(PER_MINUTE))
+    body["error"]["details"][0]["violations"][0]["quotaValue"] = "10"
+    err = provider("gemini").parse_error(429, orjson.dumps(body))
+    assert err.status == 429 and err.should_retry is None and err.retry_after == 27.0

@@ -29,7 +29,9 @@ ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 # `violations[].quotaId`). A per-day one ("GenerateRequestsPerDayPerProjectPerModel-FreeTier",
 # "…InputTokensPerModelPerDay…") resets at midnight Pacific, yet comes with a RetryInfo of
 # seconds (the per-minute quota's listed with it): it is OpenAI's `insufficient_quota`, not
-# retried by a config or the SDKs, without that wait (a fallback still runs).
+# retried by a config or the SDKs, without that wait (a fallback still runs). So is a quota
+# whose `quotaValue` is 0 ("…, limit: 0"): the key's tier has none for the model (a free-tier
+# key and a paid-only model), and no wait brings one.
 QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
 KEY_REFUSED = "API_KEY_INVALID"
 # How a 400 INVALID_ARGUMENT (Gemini's and Vertex's) words a prompt over the model's context:
@@ -72,7 +74,7 @@ def error_from_object(err: Any, status: int, provider: str) -> UpstreamStatusErr
         status, code = 401, KEY_REFUSED
     error = UpstreamStatusError(status, message, provider=provider, code=code,
                                 retry_after=_retry_delay(details))
-    if status == 429 and _per_day_quota(details):
+    if status == 429 and _quota_used_up(details):
         return insufficient_quota(error)
     return context_overflow(error, OVERFLOW)
 
@@ -86,14 +88,19 @@ def _reason(details: Any) -> str | None:
     return None
 
 
-def _per_day_quota(details: Any) -> bool:
-    """Does a `QuotaFailure` detail name a per-day quota among those the request hit?"""
+def _quota_used_up(details: Any) -> bool:
+    """Does a `QuotaFailure` detail name a per-day quota, or one of 0, among those the request
+    hit?"""
     for detail in details if isinstance(details, list) else ():
         if isinstance(detail, dict) and detail.get("@type") == QUOTA_FAILURE:
             violations = detail.get("violations")
             for violation in violations if isinstance(violations, list) else ():
-                quota = violation.get("quotaId") if isinstance(violation, dict) else None
+                if not isinstance(violation, dict):
+                    continue
+                quota, limit = violation.get("quotaId"), violation.get("quotaValue")
                 if isinstance(quota, str) and "PerDay" in quota:
+                    return True
+                if limit in ("0", 0) and not isinstance(limit, bool):  # (False == 0)
                     return True
     return False
 
