@@ -956,3 +956,73 @@ async def test_an_answer_blocked_after_its_finish_is_not_cached(proxy: Any,
         statuses.append(resp.headers[STATUS])
         await drained(client)
     assert statuses == ["MISS", "MISS"] and len(upstream.requests) == 2
+
+
+
+
+
+@pytest.mark.parametrize("mode", ["default", "async", "async-at-start"])
+@pytest.mark.parametrize("wants", [True, False], ids=["include_usage", "no-usage-asked"])
+def test_a_filtered_stream_without_azures_usage_chunk_still_gives_the_asked_usage(
+        mode: str, wants: bool) -> None:
+    # Azure ends a `content_filter` finish straight with `[DONE]`, no usage chunk: a client
+    # that asked for `include_usage` got none (the openai SDK's `chunk.usage` never came), where
+    # every other stream gives the usage chunk, zeros when the provider reported none.
+    start = [{**ENVELOPE, "choices": [choice({"content": "", "role": "assistant"})]},
+             {**ENVELOPE, "choices": [choice({"content": "Hel"})]}]
+    if mode == "default":
+        body = [PREAMBLE, *start, {**ENVELOPE, "choices": [choice({}, "content_filter")]}]
+    else:
+        finish = {**ANNOTATION, "choices": [{**ANNOTATION["choices"][0], "finish_reason":
+                                             "content_filter", "content_filter_results":
+                                             FILTERED}]}
+        body = [PREAMBLE, *([] if mode == "async-at-start" else start), finish]
+    enc = ChunkEncoder(completion_id="chatcmpl-ours", created=7, model="gpt-4o",
+                       include_usage=False)  # (as the executor makes a pass-through's)
+    tr = AzureTranslator(enc, 1 << 20, provider="p", client_wants_usage=wants)
+    tr.feed(sse(*body))
+    tr.close()
+    chunks = sse_chunks(enc.take())
+    c = collect(chunks)  # one id, finish once, usage only on a choices:[] chunk, last
+    assert c.done and c.finish_reason == "content_filter"
+    assert c.ids == {"chatcmpl-ours" if mode == "async-at-start" else "chatcmpl-A1"}
+    if wants:
+        assert chunks[-2]["choices"] == [] and chunks[-2]["object"] == "chat.completion.chunk"
+        assert c.usage == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        assert chunks[-2]["created"] == chunks[0]["created"]
+    else:
+        assert c.usage is None and all(chunk["choices"] for chunk in chunks[:-1])
+    assert enc.usage_data is None  # (the log's: not reported)
+
+
+def test_azures_own_usage_chunk_is_not_doubled_by_zeros() -> None:
+    enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    tr = AzureTranslator(enc, 1 << 20, provider="p", client_wants_usage=True)
+    tr.feed(ASYNC_STREAM)
+    tr.close()
+    chunks = sse_chunks(enc.take())
+    assert [chunk["usage"] for chunk in chunks[:-1] if chunk.get("usage")] == [USAGE]
+
+
+@pytest.mark.parametrize(("base_url", "deployment", "version"), [
+    ("https://r.openai.azure.com/openai/deployments/gpt4o", "gpt4o", None),
+    ("https://r.openai.azure.com/openai/deployments/gpt4o/", "gpt4o", None),
+    ("https://r.openai.azure.com/openai/deployments/gpt4o/chat/completions", "gpt4o", None),
+    ("https://r.openai.azure.com/openai/deployments/gpt4o/chat/completions"
+     "?api-version=2025-01-01-preview", "gpt4o", "2025-01-01-preview"),
+    ("https://R.openai.azure.com/OpenAI/Deployments/my%20dep", "my dep", None),
+    ("https://r.openai.azure.com/openai/deployments", None, None),
+])
+def test_a_deployments_url_as_base_url_is_a_config_error_saying_what_to_write(
+        base_url: str, deployment: str | None, version: str | None) -> None:
+    # The portal's "Target URI" pasted as base_url, its /chat/completions?… cut off (as the
+    # error for those said to): accepted, every request went to
+    # …/openai/deployments/gpt4o/openai/deployments/{model}/chat/completions, Azure's 404.
+    with pytest.raises(ConfigError) as info:
+        make_config({"az": {"type": "azure", "base_url": base_url, "api_version": VERSION}})
+    assert info.value.key == "providers.az.base_url"
+    said = str(info.value)
+    assert "base_url: https://r.openai.azure.com" in said.lower()
+    assert "resource: r" in said.lower()
+    assert (f"deployment: {deployment}" if deployment else "deployment: <") in said
+    assert f"api_version: {version}" in said if version else "api_version" not in said

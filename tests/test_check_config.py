@@ -412,6 +412,14 @@ ERRORS = [
      "             targets: [{provider: az, resource_name: fabrikam}]}}\n",
      "FILE: configs.a: config.targets[0].resource_name: 'fabrikam.openai.azure.com' is not "
      "under allowed_custom_hosts"),
+    # the portal's Target URI as base_url: every request went to a doubled path, a 404
+    ("providers: {az: {type: azure, api_version: 2024-10-21, base_url: "
+     "'https://r.openai.azure.com/openai/deployments/gpt4o/chat/completions"
+     "?api-version=2025-01-01-preview'}}\n",
+     "FILE: providers.az.base_url: is a deployment's URL (the portal's Target URI), but type "
+     "azure builds /openai/deployments/{deployment}/chat/completions?api-version=... itself: "
+     "write base_url: https://r.openai.azure.com (or resource: r), deployment: gpt4o, "
+     "api_version: 2025-01-01-preview"),
 ]
 
 

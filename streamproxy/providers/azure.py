@@ -35,7 +35,7 @@ import copy
 import re
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import orjson
 
@@ -65,6 +65,9 @@ V1 = "v1"  # as LiteLLM (and Azure's docs) name that API: a path, never sent as 
 # as the body's `model`, the same keys and chunks (a base_url ending so selects it).
 MODELS_PATH = "/models"
 _DATED = re.compile(r"\d{4}-\d{2}-\d{2}")
+# A deployment's own URL (the portal's "Target URI"), which this type builds from the endpoint:
+# as a base_url, every request went to …/deployments/{d}/openai/deployments/{model}/…, a 404.
+_DEPLOYMENT_URL = re.compile(r"/openai/deployments(?:/([^/?#]+))?", re.IGNORECASE)
 # An Azure resource's name: the first label of its host, {resource}.openai.azure.com.
 _RESOURCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 # A Microsoft Entra ID token (a JWT: base64url header `{"…`, payload, signature), which Azure
@@ -103,6 +106,26 @@ def filtered_answer_error(status: int, body: bytes, provider: str) -> UpstreamSt
                 "The response was filtered by the provider's content management policy.",
                 provider=provider, code=FILTERED, fields=fields)
     return None
+
+
+def _deployment_url_said(url: str, found: re.Match[str]) -> str:
+    """What to write instead of a deployment's URL as base_url: its endpoint (no user info:
+    the error is printed), deployment and api-version (when the URL holds them)."""
+    try:
+        parts = urlsplit(url)
+        endpoint = f"{parts.scheme}://{parts.hostname or ''}" + (
+            f":{parts.port}" if parts.port else "")
+        version = parse_qs(parts.query).get("api-version", [""])[0]
+    except ValueError:  # (a bad port: _check_base_url's to say)
+        endpoint, version = "https://{resource}.openai.azure.com", ""
+    resource = endpoint.removeprefix("https://").removesuffix(".openai.azure.com")
+    name = unquote(found[1]) if found[1] else "<the deployment's name>"
+    return (
+        "is a deployment's URL (the portal's Target URI), but type azure builds "
+        "/openai/deployments/{deployment}/chat/completions?api-version=... itself: write "
+        f"base_url: {endpoint}"
+        + (f" (or resource: {resource})" if _RESOURCE.fullmatch(resource) else "")
+        + f", deployment: {name}" + (f", api_version: {version}" if version else ""))
 
 
 class AzureTranslator(PassthroughTranslator):
@@ -219,6 +242,8 @@ class AzureOpenAIProvider(OpenAIProvider):
                               "required for type azure (or a base_url for the endpoint)")
         base_url = entry.get("base_url")
         base = base_url.rstrip("/") if isinstance(base_url, str) else ""
+        if found := _DEPLOYMENT_URL.search(base):
+            raise ConfigError(source, f"{where}.base_url", _deployment_url_said(base, found))
         models = base.endswith(MODELS_PATH)
         if not entry.get("api_version") and not base.endswith(V1_PATH):
             raise ConfigError(source, f"{where}.api_version", "required for type azure (e.g. "
