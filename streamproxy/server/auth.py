@@ -36,6 +36,7 @@ from multidict import CIMultiDict
 
 from streamproxy.config import Config, ConfigError, required_secret, unknown_key
 from streamproxy.errors import AuthenticationFailed, InvalidRequest, PermissionDenied, RateLimited
+from streamproxy.routing.gateway import DEPLOYMENT_CHAT_PATH
 from streamproxy.routing.target import Target
 from streamproxy.server.observing import AUTH_KEY, observe_rejection
 from streamproxy.server.shared_rate import SharedBuckets, carried, take_token
@@ -48,6 +49,9 @@ Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 PROXY_KEY_HEADER = "x-portkey-api-key"
 OPEN_PATHS = frozenset({"/healthz"})  # load balancers probe without a key
+# Routes whose clients send their key in a header of their own: the AzureOpenAI SDK's `api-key`
+# (LiteLLM's proxy reads it there too). Read as a bearer is, so it is removed before routing.
+KEY_HEADERS = {DEPLOYMENT_CHAT_PATH: "api-key"}
 # What clients send when given no key (lower-cased): the portkey SDK's `Bearer OPENAI_API_KEY`,
 # a JS template of an unset key (`Bearer undefined`, `null`), Python's f"Bearer {None}".
 # Told as missing, not "invalid": the caller forgot the key, it did not mistype one.
@@ -276,11 +280,12 @@ def auth_middleware(auth: Auth) -> Middleware:
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if _is_open(request):
             return await handler(request)
-        key, in_authorization = identify_client(auth, request)
+        seen = _key_header_as_bearer(request)
+        key, in_authorization = identify_client(auth, seen)
         request[AUTH_KEY] = key
         if not in_authorization:
             return await handler(request)
-        clone = _without_authorization(request)
+        clone = _without_authorization(request, seen.headers)
         try:
             return await handler(clone)
         finally:
@@ -299,13 +304,33 @@ def without_authorization(headers: Mapping[str, str]) -> CIMultiDict[str]:
     return rest
 
 
-def _without_authorization(request: web.Request) -> web.Request:
-    headers = without_authorization(request.headers)
+def _without_authorization(request: web.Request,
+                           headers: Mapping[str, str] | None = None) -> web.Request:
+    """`request` with `headers` (its own by default) minus the one that carried the key."""
+    return _clone(request, without_authorization(headers or request.headers))
+
+
+def _clone(request: web.Request, headers: Mapping[str, str]) -> web.Request:
     try:
         return request.clone(headers=headers)  # type: ignore[return-value]
     except UnicodeEncodeError:  # aiohttp re-encodes headers as UTF-8 when cloning
         raise InvalidRequest("Request headers must be valid UTF-8.",
                              code="invalid_header") from None
+
+
+def _key_header_as_bearer(request: web.Request) -> web.Request:
+    """On a route whose clients send their key in a header of their own (`KEY_HEADERS`), a
+    request presenting none the usual way, with its key moved to `Authorization: Bearer`; else
+    `request`. (Unread, the AzureOpenAI SDK's `api-key` was a 401 for every request.)"""
+    resource = request.match_info.route.resource
+    name = KEY_HEADERS.get(resource.canonical) if resource is not None else None
+    key = request.headers.get(name, "").strip() if name else ""
+    if not key or presented_key(request.headers)[0]:
+        return request
+    headers = CIMultiDict(request.headers)
+    del headers[name]  # type: ignore[arg-type]
+    headers["authorization"] = f"Bearer {key}"
+    return _clone(request, headers)
 
 
 def allowed_targets(request: web.Request | Exchange, targets: list[Target]) -> list[Target]:

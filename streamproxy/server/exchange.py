@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Protocol
 
+import orjson
 from aiohttp import web
 
 from streamproxy.errors import ProxyError
@@ -154,3 +155,22 @@ class AiohttpExchange:
         await response.prepare(self.request)
         self.response = response
         return SSEWriter(self.request, response)
+
+
+class DeploymentExchange(AiohttpExchange):
+    """The AzureOpenAI SDK's request: the path's deployment is the body's model, whatever the
+    body says (as Azure serves the path's; an SDK built for one deployment sends any model)."""
+
+    __slots__ = ("model",)
+
+    def __init__(self, request: web.Request, model: str) -> None:
+        super().__init__(request)
+        self.model = model
+
+    async def read(self) -> bytes:
+        raw = await self.request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return raw  # (the chat handler's 400 says what is wrong with it)
+        return orjson.dumps({**body, "model": self.model}) if isinstance(body, dict) else raw

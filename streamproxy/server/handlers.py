@@ -31,7 +31,13 @@ from streamproxy.server.errors import (
     trace_headers,
     trace_id_too_long,
 )
-from streamproxy.server.exchange import AiohttpExchange, EventWriter, Exchange, reply_error
+from streamproxy.server.exchange import (
+    AiohttpExchange,
+    DeploymentExchange,
+    EventWriter,
+    Exchange,
+    reply_error,
+)
 from streamproxy.server.observing import AUTH_KEY, CLIENT_CLOSED, read_body
 from streamproxy.server.send_timeout import CLIENT_SEND_TIMEOUT
 from streamproxy.server.state import STATE, AppState
@@ -77,6 +83,19 @@ def _only_allowed(ex: Exchange, plan: Plan) -> None:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """The aiohttp route; its middlewares (errors, header limits, auth) have run."""
     ex = AiohttpExchange(request)
+    await chat(ex)
+    assert ex.response is not None
+    return ex.response
+
+
+async def deployment_chat_completions(request: web.Request) -> web.StreamResponse:
+    """`POST /openai/deployments/{deployment}/chat/completions?api-version=…`, where the
+    AzureOpenAI SDK (and LangChain's AzureChatOpenAI) pointed at the proxy sends a chat, as
+    LiteLLM's proxy serves it: the chat route's, the deployment as the model (routed as a
+    model is), the `api-key` header the proxy key (server/auth.py). The api-version is the
+    SDK's, not a provider's: not read. Served by aiohttp on either front (the lean one hands
+    over any other path), so /v1/chat/completions costs nothing more."""
+    ex = DeploymentExchange(request, request.match_info["deployment"])
     await chat(ex)
     assert ex.response is not None
     return ex.response

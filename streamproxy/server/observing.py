@@ -127,5 +127,6 @@ def _trace_id(request: web.Request | Exchange) -> str:
 
 def _is_chat(request: web.Request | Exchange) -> bool:
     # (the lean front's exchanges are chat requests only; aiohttp's carry method and path)
-    return (getattr(request, "method", "POST") == "POST"
-            and getattr(request, "path", CHAT_PATH) == CHAT_PATH)
+    path = getattr(request, "path", CHAT_PATH)
+    return getattr(request, "method", "POST") == "POST" and (path == CHAT_PATH or (
+        path.startswith("/openai/deployments/") and path.endswith("/chat/completions")))

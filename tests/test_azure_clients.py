@@ -1,0 +1,91 @@
+"""Azure-shaped clients: the `AzureOpenAI` SDK pointed at the proxy calls
+`POST /openai/deployments/{deployment}/chat/completions?api-version=…` with its key in
+`api-key` (as LiteLLM's proxy serves them): the deployment is the model, `api-key` the proxy
+key when auth is on (the client's provider key, forwarded as ever, when it is off)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from tests.helpers import make_config, read_sdk_stream
+
+VERSION = "2024-10-21"
+PROXY_KEY = "proxy-key-team-a-0123456789"
+USER = [{"role": "user", "content": "hi"}]
+COMPLETION = orjson.dumps({
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+STREAM = b"".join(b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in [
+    {"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
+     "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"},
+                  "finish_reason": None}]},
+    {"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
+     "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]},
+    {"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
+     "choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}},
+]) + b"data: [DONE]\n\n"
+
+
+def config(url: str, front: str, auth: bool, provider_key: bool = True) -> Any:
+    up: dict[str, Any] = {"type": "openai", "base_url": url, "default_model": "m"}
+    if provider_key:
+        up["api_key"] = "sk-upstream"
+    sections: dict[str, Any] = {"server": {"front": front}}
+    if auth:
+        sections["auth"] = {"keys": [{"name": "team-a", "key": PROXY_KEY}]}
+    return make_config({"up": up}, default="up", **sections)
+
+
+def azure_sdk(client: Any, key: str, **extra: Any) -> openai.AsyncAzureOpenAI:
+    return openai.AsyncAzureOpenAI(azure_endpoint=str(client.make_url("")).rstrip("/"),
+                                   api_key=key, api_version=VERSION, max_retries=0, **extra)
+
+
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
+@pytest.mark.parametrize("auth", [True, False], ids=["auth", "open"])
+async def test_the_azure_openai_sdk_is_served_with_its_deployment_as_the_model(
+        proxy: Any, upstream: Any, front: str, auth: bool) -> None:
+    # The SDK's path was a 404: no route, whatever the config.
+    client = await proxy(config(upstream.url, front, auth))
+    sdk = azure_sdk(client, PROXY_KEY if auth else "sk-client")
+    upstream.body = STREAM
+    got = await read_sdk_stream(await sdk.chat.completions.create(
+        model="gpt4o-prod", messages=USER, stream=True, stream_options={"include_usage": True}))
+    assert (got.text, got.finish, got.usage.total_tokens) == ("Hello", "stop", 4)
+    upstream.body, upstream.content_type = COMPLETION, "application/json"
+    # A client built for one deployment: the path names it, whatever the body's model says
+    # (Azure serves the path's).
+    fixed = azure_sdk(client, PROXY_KEY if auth else "sk-client", azure_deployment="my-dep")
+    answer = await fixed.chat.completions.create(model="gpt-4o", messages=USER)
+    assert answer.choices[0].message.content == "ok"
+    streamed, plain = upstream.requests
+    assert streamed.path == plain.path == "/chat/completions"  # (the provider's own path)
+    assert streamed.json()["model"] == "gpt4o-prod" and plain.json()["model"] == "my-dep"
+    for sent in (streamed, plain):  # the provider's key, never the client's api-key
+        assert sent.headers["Authorization"] == "Bearer sk-upstream"
+        assert "api-key" not in {k.lower() for k in sent.headers}
+
+
+async def test_a_wrong_api_key_is_the_proxys_401(proxy: Any, upstream: Any,
+                                                access_log: Any) -> None:
+    client = await proxy(config(upstream.url, "lean", auth=True))
+    with pytest.raises(openai.AuthenticationError):
+        await azure_sdk(client, "wrong").chat.completions.create(model="d", messages=USER)
+    assert upstream.requests == []
+    [line] = access_log()  # a chat request refused, logged as one
+    assert line["status"] == 401
+
+
+async def test_without_auth_the_api_key_is_the_clients_provider_key(
+        proxy: Any, upstream: Any) -> None:
+    upstream.body, upstream.content_type = COMPLETION, "application/json"
+    client = await proxy(config(upstream.url, "lean", auth=False, provider_key=False))
+    await azure_sdk(client, "sk-client").chat.completions.create(model="d", messages=USER)
+    [sent] = upstream.requests
+    assert sent.headers["Authorization"] == "Bearer sk-client"
