@@ -1564,3 +1564,31 @@ async def test_a_sighup_to_a_worker_while_it_starts_does_not_kill_it(tmp_path: P
                     log.read_text(), "the workers")
         assert proc.poll() is None, log.read_text()
         assert await stream_ok(f"http://127.0.0.1:{port}")
+
+
+FORK_REFUSED_AT_START = """
+import errno, os, sys
+from streamproxy import cli
+from streamproxy.server import master
+real, calls = os.fork, []
+def fork():  # the second worker's fork refused (a process limit)
+    calls.append(1)
+    if len(calls) == 2:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+    return real()
+master.os.fork = fork
+cli.main(sys.argv[1:])
+"""
+
+
+async def test_a_worker_that_cannot_be_forked_at_start_stops_the_server_in_one_line(
+        tmp_path: Path) -> None:
+    """A fork or pipe refused while the first workers started escaped the master: a traceback,
+    the metrics directory removed under the worker already forked (which then failed on it)."""
+    with _patched_server(tmp_path, FORK_REFUSED_AT_START, 2, 0.5) as (proc, log, _):
+        assert await asyncio.to_thread(proc.wait, 60) == 1
+        out = log.read_text()
+    assert ("cannot start a worker for slot 1: Resource temporarily unavailable; stopping"
+            in out), out
+    assert "Traceback" not in out and "config error" not in out, out
+    assert re.search(r"worker \d+ exited", out), out  # the one forked was waited for

@@ -18,6 +18,8 @@ set flags and wake a `select()` through a self-pipe.
   fail `/healthz` and serve on (SIGUSR1), and only after the delay to drain (SIGTERM); a
   second signal then ends the delay. The stop's SIGTERM is for the master alone: a worker
   sent one too drains at once (systemd: KillMode=mixed, docs/operations.md).
+- A fork or pipe refused as the first workers start: exit status 1, said in one line (later:
+  a replacement is tried again after its back-off, a reload is abandoned).
 - No worker is waited for forever: one that does not listen within 30 s of its start (at
   start-up, a replacement, a reload's) or is still there its grace + 15 s after it was told to
   drain (on a stop, or as an old worker after a reload) gets SIGKILL.
@@ -135,7 +137,15 @@ class Master:
                  self.count, shown_address(self.host, self.port), self.config.source)
         try:
             for slot in range(self.count):
-                self._spawn(slot, self.generation, self.config)
+                try:
+                    self._spawn(slot, self.generation, self.config)
+                except OSError as e:  # fork or pipe refused (process or file limits): a
+                    # failed start, said in a line; those already forked stop with the master
+                    log.error("cannot start a worker for slot %d: %s; stopping", slot,
+                              e.strerror or e)
+                    self.exit_status = 1
+                    self._stop(delay=False)
+                    break
             while self.workers or (self.stopping is None and self.restarts):
                 self._wait(wake_r)
                 self._handle_signals()
