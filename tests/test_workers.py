@@ -1592,3 +1592,24 @@ async def test_a_worker_that_cannot_be_forked_at_start_stops_the_server_in_one_l
             in out), out
     assert "Traceback" not in out and "config error" not in out, out
     assert re.search(r"worker \d+ exited", out), out  # the one forked was waited for
+
+
+async def test_sigquit_to_the_master_is_a_fast_stop(tmp_path: Path) -> None:
+    """The master did not handle SIGQUIT (a STOPSIGNAL some images and runtimes send): it
+    died of it, dumping core, its workers left to drain their whole grace through the
+    parent-death signal with nobody to wait for them. As gunicorn's and a single process's:
+    no drain delay, streams ended now, exit status 0."""
+    config = DELAYED.format(delay=20, grace=30, models="fast")
+    async with serving(tmp_path, config, 2) as t:
+        async with aiohttp.ClientSession() as s, s.post(t.url + "/v1/chat/completions", json={
+                "model": "mock/tokens=400,tps=40", "stream": True,
+                "messages": [{"role": "user", "content": "hi"}]}) as r:
+            first = await r.content.readany()
+            t.proc.send_signal(signal.SIGQUIT)
+            rest = await asyncio.wait_for(r.read(), 20)  # (grace and delay: 30 s and 20 s)
+        c = collect(sse_chunks(first + rest))
+        assert c.error is not None and c.error["code"] == "shutting_down"
+        assert await asyncio.to_thread(t.proc.wait, 20) == 0
+        out = t.output()
+    assert "stopping: SIGQUIT: the workers end their requests now" in out, out
+    assert out.count("exited (signal") + out.count("exited (status 0)") == 2, out

@@ -18,6 +18,8 @@ set flags and wake a `select()` through a self-pipe.
   fail `/healthz` and serve on (SIGUSR1), and only after the delay to drain (SIGTERM); a
   second signal then ends the delay. The stop's SIGTERM is for the master alone: a worker
   sent one too drains at once (systemd: KillMode=mixed, docs/operations.md).
+- SIGQUIT: a fast stop (gunicorn's, not nginx's): no drain delay, the workers sent SIGQUIT at
+  once (their grace skipped).
 - A fork or pipe refused as the first workers start: exit status 1, said in one line (later:
   a replacement is tried again after its back-off, a reload is abandoned).
 - No worker is waited for forever: one that does not listen within 30 s of its start (at
@@ -69,7 +71,7 @@ GIVE_UP = 10  # failures in a row of every slot (~2.5 min of back-off) that end 
 KILL_AFTER = DRAIN_OVERRUN + 5.0
 PROMETHEUS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
-_HELD_AT_FORK = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+_HELD_AT_FORK = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP}
 
 # Called in the master with the pid of every worker that exits (e.g. metrics cleanup).
 CHILD_EXIT_HOOKS: list[Callable[[int], None]] = []
@@ -126,7 +128,7 @@ class Master:
         wake_r, wake_w = self._wake = os.pipe()
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, self._on_signal)
         # The master's word to its workers (fail /healthz), whose default would kill a master
         # sent it; a worker inherits this until it listens and handles it.
@@ -183,6 +185,8 @@ class Master:
         for sig in signals:
             if sig in (signal.SIGTERM, signal.SIGINT):
                 self._stop()
+            elif sig == signal.SIGQUIT:
+                self._quit()
             elif sig == signal.SIGHUP and self.stopping is None:
                 self._start_reload()
             elif sig == signal.SIGHUP:
@@ -247,7 +251,7 @@ class Master:
 
     def _become_worker(self) -> None:
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         fds = [w.ready_fd for w in self.workers.values() if w.ready_fd is not None]
         for fd in [*fds, *(self._wake or ())]:  # the master's pipes are not the worker's
@@ -456,6 +460,16 @@ class Master:
                     os.kill(w.pid, signal.SIGUSR1)
             else:  # not serving yet: nothing to wait for
                 self._signal(w, signal.SIGTERM)
+
+    def _quit(self) -> None:
+        """SIGQUIT: a fast stop, as gunicorn's (and a single process's, and each worker's): no
+        drain delay, no grace. (nginx's graceful SIGQUIT is streamproxy's SIGTERM.)"""
+        if self.stopping is None:
+            self._stop(delay=False)
+        self.drain_at = None
+        self._say_once("stopping: SIGQUIT: the workers end their requests now")
+        for w in self.workers.values():
+            self._signal(w, signal.SIGQUIT)
 
     def _say_once(self, line: str) -> None:
         if line not in self._said:
