@@ -1613,3 +1613,28 @@ async def test_sigquit_to_the_master_is_a_fast_stop(tmp_path: Path) -> None:
         out = t.output()
     assert "stopping: SIGQUIT: the workers end their requests now" in out, out
     assert out.count("exited (signal") + out.count("exited (status 0)") == 2, out
+
+
+@pytest.mark.parametrize("case", ["stopping", "restarting"])
+def test_all_workers_listening_is_said_only_when_every_slot_listens(
+        tmp_path: Path, case: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The master said "all 1 workers listening" (of 2) when the workers left listened: during
+    a stop, the other having exited before it listened; at start-up, the other slot's worker
+    dead (after it listened) and waiting to be restarted."""
+    from streamproxy.server import master as master_module
+
+    m = _master(tmp_path, grace=1)
+    now = time.monotonic()
+    m.workers[2**22] = master_module.Worker(2**22, 0, 0, now, None, ready=True)
+    if case == "stopping":
+        m.stopping = now
+    else:
+        m.restarts[1] = now + 0.5
+    with caplog.at_level("INFO", logger="streamproxy.workers"):
+        m._check_ready()
+        assert not any("listening" in msg for msg in caplog.messages), caplog.messages
+        if case == "restarting":  # its replacement listens: now all do
+            del m.restarts[1]
+            m.workers[2**22 + 1] = master_module.Worker(2**22 + 1, 1, 0, now, None, ready=True)
+            m._check_ready()
+            assert caplog.messages == ["all 2 workers listening"] and not m.booting

@@ -268,9 +268,13 @@ class Master:
             os.close(w.ready_fd)  # a byte: listening; EOF: it exited before (reaped apart)
             w.ready_fd = None
             w.ready = bool(data)
-        if self.booting and all(w.ready for w in self.workers.values()) and self.workers:
-            self.booting = False
-            log.info("all %d workers listening", len(self.workers))
+        # The whole serving generation: not while a slot waits to be restarted, nor once a
+        # stop has begun (the workers left then, all listening, may be fewer than the count).
+        if self.booting and self.stopping is None:
+            serving = [w for w in self.workers.values() if w.generation == self.generation]
+            if len(serving) == self.count and all(w.ready for w in serving):
+                self.booting = False
+                log.info("all %d workers listening", self.count)
 
     def _reap(self) -> None:
         while True:
