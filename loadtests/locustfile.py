@@ -5,7 +5,7 @@ statistics (request type STREAM, so they sit in the same tables, CSVs and charts
 
     <scenario> TTFT            request sent → first content token (ms)
     <scenario> inter-token     gap between two content chunks (ms), one sample per chunk
-    <scenario> stream          request sent → end of the stream (ms); a failure when the
+    <scenario> stream          request sent → data: [DONE] (ms); a failure when the
                                stream is cut, ends with an error frame or without [DONE]
     <scenario> tokens/s        completion tokens per second of the stream — the "response
                                time" columns hold tokens/s here, not ms; kept out of the
@@ -319,6 +319,12 @@ class _StreamingUser(HttpUser):
                     reads = _keeping_head(reads, reader)
                 for data in reads:
                     reader.feed(data, time.perf_counter())
+                    if reader.done:
+                        # The stream's end, as the openai SDK reads it: it stops at [DONE] and
+                        # closes the response. Read on, a body held open after it (a server or
+                        # front proxy that ends it late) was in `stream`, or a timeout failure.
+                        break
+                resp.close()
         except Exception as e:  # connection reset, bad JSON, …: a stream error
             # What arrived before is reported as an error frame's is: the client saw its first
             # token and gaps, and TTFT's count is every stream that had one.

@@ -118,6 +118,9 @@ class _Response:
     def iter_content(self, chunk_size: int | None) -> list[bytes]:
         return [self.body]
 
+    def close(self) -> None:
+        pass
+
 
 class _Stats:
     """locust's RequestStats as far as the user logs to it directly: entry by entry, so that
@@ -654,3 +657,39 @@ def test_an_answer_with_no_content_says_how_it_finished(monkeypatch: pytest.Monk
     (failed,) = [e for e in events.fired if e["name"] == "custom stream"]
     assert str(failed["exception"]) == (
         "no content token (finish_reason length, hidden reasoning only)")
+
+
+class _HeldOpenServer(http.server.BaseHTTPRequestHandler):
+    """A whole stream to [DONE], then the body held open until released (bounded): a server or
+    a front proxy that ends the chunked body late, or only with the connection."""
+    protocol_version = "HTTP/1.1"
+    release = threading.Event()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for part in (*_sse(_content("a"), _content("b"), "[DONE]"), None, b""):
+            if part is None:
+                self.release.wait(10)
+                continue
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.flush()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_stream_ends_at_done_however_long_the_body_stays_open(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The openai SDK stops reading at [DONE] and closes the response. The user read on until
+    # the body ended: its `stream` time held the wait, and a body held open past SP_TIMEOUT
+    # made a whole, healthy stream a "timed out" failure.
+    monkeypatch.setenv("SP_TIMEOUT", "1")
+    locustfile, events = _load_locustfile(monkeypatch)
+    _stream_once(locustfile, _HeldOpenServer, _HeldOpenServer.release)
+    (stream,) = [e for e in events.fired if e["name"] == "custom stream"]
+    assert stream["exception"] is None
+    assert [e["name"] for e in events.fired].count("custom inter-token") == 1
