@@ -124,6 +124,7 @@ class StreamReader:
     def __init__(self, started: float) -> None:
         self.started = started
         self.buffer = b""
+        self.cr_ended = False  # the last read ended in CR: an LF starting the next is its pair
         self.first_token: float | None = None
         self.last_token: float | None = None
         self.gaps: list[float] = []
@@ -138,8 +139,13 @@ class StreamReader:
         self.head = b""  # the start of a body served as no event stream, to name its failure
 
     def feed(self, data: bytes, now: float) -> None:
-        self.buffer += data
-        *events, self.buffer = self.buffer.replace(b"\r\n", b"\n").split(b"\n\n")
+        # A line ends in CR, LF or CRLF (the SSE spec; the openai SDK reads all three): each is
+        # made one LF, the LF of a CRLF cut between two reads dropped.
+        if self.cr_ended and data[:1] == b"\n":
+            data = data[1:]
+        self.cr_ended = data[-1:] == b"\r"
+        self.buffer += data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *events, self.buffer = self.buffer.split(b"\n\n")
         for event in events:
             self.event(event, now)
 

@@ -693,3 +693,18 @@ def test_a_stream_ends_at_done_however_long_the_body_stays_open(
     (stream,) = [e for e in events.fired if e["name"] == "custom stream"]
     assert stream["exception"] is None
     assert [e["name"] for e in events.fired].count("custom inter-token") == 1
+
+
+@pytest.mark.parametrize("newline", [b"\r", b"\n", b"\r\n"])
+def test_events_split_at_any_of_the_three_line_endings(
+        monkeypatch: pytest.MonkeyPatch, newline: bytes) -> None:
+    # The SSE spec ends a line with CR, LF or CRLF, and the openai SDK reads all three: a
+    # stream whose lines end in a bare CR was one unsplit event, "ended without [DONE]".
+    locustfile, _ = _load_locustfile(monkeypatch)
+    first, second, done = (e.replace(b"\n", newline)
+                           for e in _sse(_content("a"), _content("b"), "[DONE]"))
+    reader = locustfile.StreamReader(0.0)
+    for at, byte in enumerate(first + second + done):  # a byte a read: CRLF cut in two too
+        reader.feed(bytes([byte]), at)
+    # An event is read when its blank line is: the gap is the second event's length in reads.
+    assert reader.done and reader.chunks == 2 and reader.gaps == [len(second)]
