@@ -103,9 +103,11 @@ def _headers() -> dict[str, str]:
     if os.environ.get("SP_API_KEY"):
         headers["authorization"] = f"Bearer {os.environ['SP_API_KEY']}"
     # A value that is no string is sent as its JSON text: an inline x-portkey-config object
-    # (Portkey's header is the config's JSON), a number (requests takes only strings).
+    # (Portkey's header is the config's JSON), a number (requests takes only strings). A null
+    # (a template's unset value) is no header, as requests reads None: its text "null" was
+    # sent, a config or provider of that name.
     headers.update({k: v if isinstance(v, str) else json.dumps(v)
-                    for k, v in EXTRA_HEADERS.items()})
+                    for k, v in EXTRA_HEADERS.items() if v is not None})
     return headers
 
 

@@ -708,3 +708,16 @@ def test_events_split_at_any_of_the_three_line_endings(
         reader.feed(bytes([byte]), at)
     # An event is read when its blank line is: the gap is the second event's length in reads.
     assert reader.done and reader.chunks == 2 and reader.gaps == [len(second)]
+
+
+def test_a_null_header_is_not_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A null (a template's unset value) was sent as the text "null": `x-portkey-config: null`
+    # is a config named "null", and every request a 400. Requests reads a None header as none.
+    monkeypatch.setenv("SP_HEADERS", json.dumps({"x-portkey-config": None,
+                                                 "x-portkey-provider": "mock"}))
+    locustfile, _ = _load_locustfile(monkeypatch)
+    user = locustfile.CustomUser()
+    user.client = types.SimpleNamespace(verify=True, base_url="http://127.0.0.1:8787")
+    user.on_start()
+    assert "x-portkey-config" not in user.headers
+    assert user.headers["x-portkey-provider"] == "mock"
