@@ -6,7 +6,8 @@ statistics (request type STREAM, so they sit in the same tables, CSVs and charts
     <scenario> TTFT            request sent → first content token (ms)
     <scenario> inter-token     gap between two content chunks (ms), one sample per chunk
     <scenario> stream          request sent → data: [DONE] (ms); a failure when the
-                               stream is cut, ends with an error frame or without [DONE]
+                               stream is cut, ends with an error frame or without [DONE];
+                               its "size" is the stream's completion tokens, not bytes
     <scenario> tokens/s        completion tokens per second of the stream — the "response
                                time" columns hold tokens/s here, not ms; kept out of the
                                Aggregated row (logged to its own row, not as a request)

@@ -721,3 +721,14 @@ def test_a_null_header_is_not_sent(monkeypatch: pytest.MonkeyPatch) -> None:
     user.on_start()
     assert "x-portkey-config" not in user.headers
     assert user.headers["x-portkey-provider"] == "mock"
+
+
+@pytest.mark.parametrize(("usage", "tokens"), [((_usage(7),), 7), ((), 2)])
+def test_the_stream_rows_size_is_its_completion_tokens(
+        monkeypatch: pytest.MonkeyPatch, usage: tuple[dict[str, Any], ...], tokens: int) -> None:
+    # As loadtests/README.md says: usage's completion_tokens, or the content chunks without it.
+    locustfile, events = _load_locustfile(monkeypatch)
+    _run_one_stream(locustfile, _Response(200, b"".join(
+        _sse(_content("a"), _content("b"), *usage, "[DONE]"))))
+    (stream,) = [e for e in events.fired if e["name"] == "custom stream"]
+    assert stream["response_length"] == tokens
