@@ -1477,3 +1477,25 @@ def test_a_malformed_replayed_signature_field_is_no_signature(extra: dict[str, A
                      {"role": "tool", "tool_call_id": "c1", "content": "1"}])
     assert out["contents"][1]["parts"][0]["thoughtSignature"] != 7
     assert isinstance(out["contents"][1]["parts"][0]["thoughtSignature"], str)
+
+
+# Keywords Gemini does not know are annotations: their values are data, not schemas (OpenAPI's
+# `example`, FastAPI's `json_schema_extra`, `x-…` extensions, `dependentRequired`'s names).
+SEARCH_TOOL = {"type": "object",
+               "properties": {"pattern": {"type": "string"}, "format": {"type": "string"}},
+               "dependentRequired": {"pattern": ["format"], "format": ["pattern"]},
+               "example": {"pattern": "^a", "format": "csv", "const": "x"},
+               "x-ui": {"format": "textarea", "maxLength": 3, "enum": [None, "a"]}}
+
+
+def test_annotations_reach_gemini_as_written() -> None:
+    # Their values were read as schemas: a key named format, pattern or const (a property's
+    # name, an example's field) was moved into a "Constraints: …" description or made an
+    # enum, so `dependentRequired` lost its names and the example changed.
+    out = translate([{"role": "user", "content": "x"}],
+                    response_format={"type": "json_schema",
+                                     "json_schema": {"name": "s", "schema": SEARCH_TOOL}},
+                    tools=[{"type": "function",
+                            "function": {"name": "f", "parameters": SEARCH_TOOL}}])
+    assert out["generationConfig"]["responseJsonSchema"] == SEARCH_TOOL
+    assert out["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"] == SEARCH_TOOL

@@ -23,6 +23,8 @@ So, exactly as the schema says:
 - Draft 7's tuple (pydantic 1's `Tuple[int, str]`, zod-to-json-schema's `z.tuple`): `items` a
   list, `additionalItems` the rest, is 2020-12's `prefixItems`, and `items` for the rest (a
   rest of `false` is the `maxItems` it means; one of `true` says nothing).
+Only subschemas are rewritten: a value that is data (`enum`, `default`, an annotation such as
+`example` or an `x-…` extension, `dependentRequired`'s names) goes as written.
 References are kept, never inlined: a recursive schema stays one (Gemini unrolls it a few
 levels, and takes a cycle only "within non-required properties. (Nullable properties are not
 sufficient.)"). OpenAI's strict mode lists every property as required, an optional one as
@@ -38,11 +40,16 @@ from typing import Any
 
 import orjson
 
-# Keywords whose value maps names to subschemas, and those that hold data, not a schema (a
-# discriminator's mapping maps tags, any names, to references).
+# Keywords whose value maps names to subschemas, and those whose value is a subschema or a
+# list of them. Any other keyword's value is data, never rewritten: `enum`, `const`, `default`,
+# an annotation (`examples`, OpenAPI's `example`, an `x-…` extension) or `dependentRequired`'s
+# names, where a key named `format` or `const` is no keyword.
 _SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions",
-                          "dependentSchemas"})
-_SCHEMA_DATA = frozenset({"enum", "const", "default", "examples", "discriminator"})
+                          "dependentSchemas", "dependencies"})
+_SCHEMA_KEYS = frozenset({"items", "prefixItems", "additionalItems", "additionalProperties",
+                          "anyOf", "oneOf", "allOf", "not", "if", "then", "else", "contains",
+                          "propertyNames", "unevaluatedItems", "unevaluatedProperties",
+                          "contentSchema"})
 _CONST_TYPES = {str: "string", int: "integer", float: "number"}
 _DEFS_REF = "#/$defs/"
 # Value constraints outside what Google lists those fields as reading (minimum, maximum,
@@ -75,9 +82,7 @@ def _converted(schema: Any) -> Any:
     # stay as written, and Gemini's 400 says what is wrong).
     merge = isinstance(schema.get("$defs", {}), dict)
     for key, value in schema.items():
-        if key in _SCHEMA_DATA:
-            out[key] = value
-        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
             named = {name: _converted(s) for name, s in value.items()}
             if key == "definitions" and merge:
                 out["$defs"] = {**named, **out.get("$defs", {})}
@@ -90,8 +95,10 @@ def _converted(schema: Any) -> Any:
         elif key in _UNREAD_CONSTRAINTS or (
                 key == "format" and not (isinstance(value, str) and value in _READ_FORMATS)):
             moved[key] = value
-        else:
+        elif key in _SCHEMA_KEYS:
             out[key] = _converted(value)
+        else:
+            out[key] = value
     if moved:
         said = ", ".join(f"{key} {orjson.dumps(value).decode()}" for key, value in moved.items())
         described = out.get("description")
@@ -144,7 +151,7 @@ def _unrequire(schema: Any, cyclic: Callable[[str], bool]) -> None:
             continue
         if key in _SCHEMA_MAPS and isinstance(value, dict):
             _unrequire(list(value.values()), cyclic)
-        elif key not in _SCHEMA_DATA:
+        elif key in _SCHEMA_KEYS:
             _unrequire(value, cyclic)
 
 
@@ -173,7 +180,7 @@ def _refs(schema: Any) -> set[str]:
             for key, value in node.items():
                 if key in _SCHEMA_MAPS and isinstance(value, dict):
                     todo.extend(value.values())  # (a property may be named `enum`)
-                elif key not in _SCHEMA_DATA:
+                elif key in _SCHEMA_KEYS:
                     todo.append(value)
     return found
 
