@@ -1499,3 +1499,56 @@ def test_annotations_reach_gemini_as_written() -> None:
                             "function": {"name": "f", "parameters": SEARCH_TOOL}}])
     assert out["generationConfig"]["responseJsonSchema"] == SEARCH_TOOL
     assert out["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"] == SEARCH_TOOL
+
+
+# Names OpenAI (or another provider) takes that Gemini refuses ("Invalid function name. Must
+# start with a letter or an underscore…, with a maximum length of 64"): a digit first, an MCP
+# tool's space or slash, over 64 characters.
+REFUSED_NAMES = ["1password_lookup", "-flag", "github/search issues", "mcp__" + "x" * 70]
+_GEMINI_NAME = r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}"
+
+
+def test_function_names_gemini_refuses_go_renamed_and_come_back_as_declared() -> None:
+    import re
+
+    from streamproxy.openai_api.chunks import ChunkEncoder
+    from streamproxy.openai_api.request import parse_chat_request
+    from streamproxy.routing.target import Target
+
+    names = [*REFUSED_NAMES, "_1password_lookup", "plain"]  # (a rename must not take these)
+    history = [{"role": "user", "content": "x"},
+               {"role": "assistant", "content": None, "tool_calls": [
+                   {"id": f"c{i}", "type": "function",
+                    "function": {"name": name, "arguments": "{}"}}
+                   for i, name in enumerate(names)]},
+               *({"role": "tool", "tool_call_id": f"c{i}", "content": "1"}
+                 for i in range(len(names)))]
+    body = {"model": "gemini-2.5-flash", "messages": history,
+            "tools": [{"type": "function", "function": {"name": name}} for name in names],
+            "tool_choice": {"type": "function", "function": {"name": names[0]}}}
+    gemini = provider("gemini")
+    target = Target(gemini, "gemini-2.5-flash", api_key="k")
+    req = parse_chat_request(orjson.dumps(body))
+    sent = orjson.loads(gemini.build_request(req, target).body)
+    declared = [d["name"] for d in sent["tools"][0]["functionDeclarations"]]
+    assert all(re.fullmatch(_GEMINI_NAME, name) for name in declared)
+    assert len(set(declared)) == len(names) and declared[-2:] == names[-2:]
+    called = [p["functionCall"]["name"] for p in sent["contents"][1]["parts"]]
+    answered = [p["functionResponse"]["name"] for p in sent["contents"][2]["parts"]]
+    assert called == answered == declared
+    allowed = sent["toolConfig"]["functionCallingConfig"]["allowedFunctionNames"]
+    assert allowed == declared[:1]
+    # Gemini's calls, by the names it was sent, reach the client by the names it declared.
+    answer = {"candidates": [{"content": {"role": "model", "parts": [
+        {"functionCall": {"name": name, "args": {}}} for name in declared]},
+        "finishReason": "STOP"}]}
+    done = gemini.translate_response(orjson.dumps(answer), req, completion_id="c", created=1)
+    assert [c["function"]["name"] for c in done["choices"][0]["message"]["tool_calls"]] == names
+    enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    translator = gemini.stream_translator(req, enc)
+    translator.feed(b"data: " + orjson.dumps(answer) + b"\r\n\r\n")
+    frames = [orjson.loads(line[6:]) for line in enc.take().split(b"\n")
+              if line.startswith(b"data: {")]
+    streamed = [call["function"]["name"] for frame in frames
+                for call in frame["choices"][0]["delta"].get("tool_calls") or ()]
+    assert streamed == names

@@ -36,6 +36,7 @@ from streamproxy.providers.gemini.auth import (
     is_sendable_token,
 )
 from streamproxy.providers.gemini.errors import google_error
+from streamproxy.providers.gemini.names import client_names
 from streamproxy.providers.gemini.request import DROPPED, asks_search, to_gemini
 from streamproxy.providers.gemini.response import to_completion
 from streamproxy.providers.gemini.stream import GeminiStreamTranslator
@@ -127,13 +128,15 @@ class GeminiProvider(Provider):
     def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
         return GeminiStreamTranslator(out, self.max_event_bytes, self.name,
                                       logprobs=bool(req.body.get("logprobs")),
-                                      grounded=asks_search(req.body))
+                                      grounded=asks_search(req.body),
+                                      names=client_names(req.body))
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
                            created: int, model: str = "") -> dict[str, Any]:
         return to_completion(body, completion_id=completion_id, created=created,
                              model=model, provider=self.name,
-                             logprobs=bool(req.body.get("logprobs")))
+                             logprobs=bool(req.body.get("logprobs")),
+                             names=client_names(req.body))
 
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
         return google_error(status, body, self.name)

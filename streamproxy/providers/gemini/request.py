@@ -27,6 +27,7 @@ provider-streams.md §4.2; choices documented in docs/providers/gemini.md.
 - `web_search_options`, and a function tool named `google_search` / `googleSearch`, →
   the `googleSearch` tool (LiteLLM's and Portkey's mappings): Google Search grounding;
 - JSON Schemas (`response_format`, tool parameters) in the form Gemini reads (schema.py);
+- function names Gemini refuses (a digit first, a space, over 64 characters) renamed (names.py);
 - parameters in DROPPED are dropped; `n` > 1 is rejected.
 """
 
@@ -61,6 +62,7 @@ from streamproxy.openai_api.content import (
     tool_call_input,
     with_call_ids,
 )
+from streamproxy.providers.gemini.names import declared, rename
 from streamproxy.providers.gemini.schema import gemini_schema
 
 # OpenAI parameters with no Gemini equivalent: dropped, never forwarded.
@@ -164,6 +166,7 @@ def to_gemini(body: dict[str, Any], model: str, *, mime_required: bool = False) 
     for key, native in PASSTHROUGH_TOP.items():
         if body.get(key) is not None:
             out[native] = body[key]
+    rename(out, declared(body))  # (names Gemini refuses: names.py)
     return out
 
 

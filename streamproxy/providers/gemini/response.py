@@ -17,7 +17,8 @@ from streamproxy.providers.gemini.stream import GeminiStreamTranslator
 
 
 def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
-                  provider: str = "gemini", logprobs: bool = False) -> dict[str, Any]:
+                  provider: str = "gemini", logprobs: bool = False,
+                  names: dict[str, str] | None = None) -> dict[str, Any]:
     try:
         msg = loads_lenient(body)
     except orjson.JSONDecodeError:
@@ -25,7 +26,8 @@ def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
     if not isinstance(msg, dict):
         raise UpstreamProtocolError("the upstream answered with a malformed response")
     out = CompletionBuilder()
-    translator = GeminiStreamTranslator(out, 0, provider, logprobs=logprobs, grounded=True)
+    translator = GeminiStreamTranslator(out, 0, provider, logprobs=logprobs, grounded=True,
+                                        names=names)
     translator.on_message(msg, body)
     if out.failure is not None:
         if isinstance(out.failure, UpstreamStatusError):  # a failed finish

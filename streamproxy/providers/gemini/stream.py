@@ -332,8 +332,11 @@ class GeminiStreamTranslator(SSETranslator):
     usage_runs = True  # (every chunk's usageMetadata: the count of what was sent)
 
     def __init__(self, out: ChunkSink, max_event_bytes: int, provider: str = "gemini", *,
-                 logprobs: bool = False, grounded: bool = False) -> None:
+                 logprobs: bool = False, grounded: bool = False,
+                 names: dict[str, str] | None = None) -> None:
         super().__init__(out, max_event_bytes)
+        # Gemini's name → the client's, for the functions renamed for Gemini (names.py)
+        self._names = names or {}
         self._provider = provider
         self._logprobs = logprobs  # the client asked: candidates' logprobsResult are read
         self._started = False
@@ -508,7 +511,9 @@ class GeminiStreamTranslator(SSETranslator):
             elif "functionCall" in part:
                 call = part["functionCall"]
                 call_id = self._call_id(call.get("id"))
-                out.tool_call_start(self._tools, call_id, call["name"], self._args(call))
+                name = call["name"]
+                out.tool_call_start(self._tools, call_id, self._names.get(name, name),
+                                    self._args(call))
                 self._tools += 1
             elif "inlineData" in part:
                 url = image_url(part)

@@ -1,0 +1,71 @@
+"""Function names Gemini refuses, renamed on the way there and back (pure).
+
+Gemini takes a function name that starts with a letter or an underscore, holds only letters,
+digits, `_ . : -` and is at most 64 characters long; any other is a 400 for the whole request
+("Invalid function name. Must start with a letter or an underscore…"). OpenAI takes a name that
+starts with a digit or a dash, and clients send more (MCP tools' names with spaces or slashes,
+prefixed names over 64 characters). Such a name goes to Gemini as one it takes: its other
+characters as `_`, with an `_` before a first character that is no letter, and, when that is
+over 64 characters or a declared name, its first 55 characters, `_` and 8 hex digits of the
+SHA-256 of the client's name. The rename depends only on the name and the declared names, so a
+replayed call, its result and `tool_choice` go by the same name as the declaration, and
+Gemini's calls reach the client by the names it declared (`client_names`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Collection
+from typing import Any
+
+MAX_NAME = 64
+_TAKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
+_REFUSED_CHARACTER = re.compile(r"[^A-Za-z0-9_.:-]")
+_FIRST = re.compile(r"[A-Za-z_]")
+
+
+def declared(body: dict[str, Any]) -> set[str]:
+    """The names of the request's function tools."""
+    names = set()
+    for tool in body.get("tools") or ():
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+            names.add(fn["name"])
+    return names
+
+
+def gemini_name(name: Any, taken: Collection[str]) -> Any:
+    """`name` as Gemini takes it (module docstring); `taken`: the declared names."""
+    if not isinstance(name, str) or _TAKEN.fullmatch(name):
+        return name
+    out = _REFUSED_CHARACTER.sub("_", name)
+    if not _FIRST.match(out):
+        out = "_" + out
+    if len(out) > MAX_NAME or out in taken:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        out = f"{out[:MAX_NAME - 9]}_{digest}"
+    return out
+
+
+def client_names(body: dict[str, Any]) -> dict[str, str]:
+    """Gemini's name → the client's, for each declared function Gemini would refuse (none,
+    the usual case: an empty dict)."""
+    names = declared(body)
+    return {gemini_name(name, names): name for name in names if not _TAKEN.fullmatch(name)}
+
+
+def rename(out: dict[str, Any], taken: Collection[str]) -> None:
+    """Every function name in the Gemini request `out` as Gemini takes it, in place."""
+    for tool in out.get("tools") or ():
+        for decl in tool.get("functionDeclarations") or ():
+            decl["name"] = gemini_name(decl["name"], taken)
+    for content in out["contents"]:
+        for part in content["parts"]:
+            for key in ("functionCall", "functionResponse"):
+                if key in part:
+                    part[key]["name"] = gemini_name(part[key]["name"], taken)
+    config = (out.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    if "allowedFunctionNames" in config:
+        config["allowedFunctionNames"] = [gemini_name(name, taken)
+                                          for name in config["allowedFunctionNames"]]
