@@ -1552,3 +1552,44 @@ def test_function_names_gemini_refuses_go_renamed_and_come_back_as_declared() ->
     streamed = [call["function"]["name"] for frame in frames
                 for call in frame["choices"][0]["delta"].get("tool_calls") or ()]
     assert streamed == names
+
+
+# zod's z.intersection / .and() of two objects: a multi-member allOf, which Gemini's schema
+# fields do not read (the model saw none of the members' properties).
+INTERSECTION = {"description": "A person.", "allOf": [
+    {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"],
+     "additionalProperties": False},
+    {"type": "object", "properties": {"age": {"type": "integer", "multipleOf": 1}},
+     "required": ["age"], "additionalProperties": False, "description": "Aged."}]}
+INTERSECTION_FOR_GEMINI = {
+    "description": "A person.\nAged.", "type": "object",
+    "properties": {"name": {"type": "string"},
+                   "age": {"type": "integer", "description": "Constraints: multipleOf 1."}},
+    "required": ["name", "age"], "additionalProperties": False}
+
+
+def test_an_intersection_of_objects_reaches_gemini_as_one_object() -> None:
+    given = copy.deepcopy(INTERSECTION)
+    out = translate([{"role": "user", "content": "x"}],
+                    response_format={"type": "json_schema",
+                                     "json_schema": {"name": "p", "schema": INTERSECTION}},
+                    tools=[{"type": "function",
+                            "function": {"name": "f", "parameters": INTERSECTION}}])
+    assert out["generationConfig"]["responseJsonSchema"] == INTERSECTION_FOR_GEMINI
+    tool = out["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"]
+    assert tool == INTERSECTION_FOR_GEMINI
+    assert given == INTERSECTION  # the client's body is left as it came
+
+
+@pytest.mark.parametrize("schema", [
+    {"allOf": [{"$ref": "#/$defs/A"}, {"properties": {"b": {"type": "string"}}}],
+     "$defs": {"A": {"type": "object"}}},  # (a reference is never inlined)
+    {"allOf": [{"properties": {"a": {"type": "string"}}},
+               {"properties": {"a": {"type": "integer"}}}]},  # one property, two schemas
+    {"allOf": [{"type": "object"}, {"minimum": 1}]},  # not an object's keywords alone
+    {"allOf": [{"type": "object"}, {"type": "object"}], "anyOf": [{"type": "object"}]},
+])
+def test_other_all_ofs_stay_as_written(schema: dict[str, Any]) -> None:
+    out = translate([{"role": "user", "content": "x"}], response_format={
+        "type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
+    assert out["generationConfig"]["responseJsonSchema"] == schema

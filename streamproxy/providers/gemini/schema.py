@@ -10,7 +10,10 @@ So, exactly as the schema says:
 - `definitions` becomes `$defs`, and a reference into it `#/…/$defs/…`;
 - a `$ref` with other keywords beside it goes alone into a one-member `anyOf` (a one-member
   `anyOf` means what the `$ref` did), the other keywords staying where they were;
-- a one-member `allOf` is that same one-member `anyOf`;
+- a one-member `allOf` is that same one-member `anyOf`, and one of several objects' schemas
+  with only their properties (zod's intersection, `.and()`), Gemini reading no `allOf`, is the
+  one object it means: their properties, `required` and descriptions together, closed
+  (`additionalProperties: false`) when each was;
 - a string or number `const` (pydantic's `Literal`, zod's `z.literal`: the tags of discriminated
   unions), which Gemini's fields do not read and ignore, is the one-member `enum` it reads, with
   the `type` it implies (others, and one beside an `enum` or another type, stay as written);
@@ -60,6 +63,11 @@ _UNREAD_CONSTRAINTS = frozenset({"minLength", "maxLength", "pattern", "exclusive
                                  "exclusiveMaximum", "multipleOf", "uniqueItems",
                                  "minProperties", "maxProperties"})
 _READ_FORMATS = frozenset({"date-time", "date", "time"})
+# What an `allOf` member may hold to be merged into one object (_all_of_merged), and the
+# keywords the merge writes, which its schema must not have beside the `allOf`.
+_OBJECT_KEYWORDS = frozenset({"type", "properties", "required", "additionalProperties",
+                              "title", "description"})
+_MERGED = frozenset({"properties", "required", "additionalProperties"})
 
 
 def gemini_schema(schema: Any) -> Any:
@@ -107,12 +115,53 @@ def _converted(schema: Any) -> Any:
     _const_as_enum(out)
     _null_out_of_enum(out)
     _tuple_as_prefix_items(out)
+    _all_of_merged(out)
     all_of = out.get("allOf")
     if isinstance(all_of, list) and len(all_of) == 1 and "anyOf" not in out:
         out["anyOf"] = out.pop("allOf")
     if "$ref" in out and "anyOf" not in out and any(key[:1] != "$" for key in out):
         out["anyOf"] = [{"$ref": out.pop("$ref")}]
     return out
+
+
+def _all_of_merged(out: dict[str, Any]) -> None:
+    """A multi-member `allOf` of objects' schemas with no more than their properties (zod's
+    intersection), which Gemini does not read, as the one object it means (module docstring).
+    Any other stays as written: a reference is never inlined, nor a property's two schemas
+    guessed at."""
+    members = out.get("allOf")
+    if (not isinstance(members, list) or len(members) < 2 or "anyOf" in out
+            or out.get("type", "object") != "object" or not out.keys().isdisjoint(_MERGED)):
+        return
+    properties: dict[str, Any] = {}
+    required: list[Any] = []
+    closed: list[Any] = []
+    notes = [out["description"]] if isinstance(out.get("description"), str) else []
+    for member in members:
+        if not (isinstance(member, dict) and member.keys() <= _OBJECT_KEYWORDS
+                and member.get("type", "object") == "object"
+                and isinstance(member.get("properties", {}), dict)
+                and isinstance(member.get("required", []), list)):
+            return
+        for name, schema in member.get("properties", {}).items():
+            if properties.setdefault(name, schema) != schema:
+                return
+        required.extend(p for p in member.get("required", ()) if p not in required)
+        if "additionalProperties" in member:
+            closed.append(member["additionalProperties"])
+        if isinstance(member.get("description"), str):
+            notes.append(member["description"])
+    if any(value is not False for value in closed):
+        return  # (an open or typed rest: not one object's)
+    del out["allOf"]
+    out["type"] = "object"
+    out["properties"] = properties
+    if required:
+        out["required"] = required
+    if closed and len(closed) == len(members):  # closed only if each member is
+        out["additionalProperties"] = False
+    if notes:
+        out["description"] = "\n".join(notes)
 
 
 def _cycles_not_required(defs: dict[str, Any]) -> None:
