@@ -1593,3 +1593,31 @@ def test_other_all_ofs_stay_as_written(schema: dict[str, Any]) -> None:
     out = translate([{"role": "user", "content": "x"}], response_format={
         "type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
     assert out["generationConfig"]["responseJsonSchema"] == schema
+
+
+JSON_FORMATS = [{"type": "json_object"},
+                {"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object"}}}]
+
+
+@pytest.mark.parametrize("fmt", JSON_FORMATS)
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "f"}}])
+def test_a_forced_call_leaves_the_json_format_out_where_gemini_2_refuses_both(
+        fmt: dict[str, Any], choice: Any) -> None:
+    # Gemini 2.x answers function calling beside a JSON response type with a 400 ("Function
+    # calling with a response mime type: 'application/json' is unsupported"). A call the
+    # client forces is the whole answer: no text, so no format to hold it to.
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    for model in ("gemini-2.5-flash", "gemini-2.0-flash"):
+        out = translate([{"role": "user", "content": "x"}], model, tools=tools,
+                        tool_choice=choice, response_format=fmt, temperature=0)
+        assert out["generationConfig"] == {"temperature": 0}
+        assert out["toolConfig"]["functionCallingConfig"]["mode"] == "ANY"
+    out = translate([{"role": "user", "content": "x"}], "gemini-2.5-flash", tools=tools,
+                    tool_choice=choice, response_format=fmt)
+    assert "generationConfig" not in out
+    # Gemini 3 takes both, and without a forced call a text answer may come: kept.
+    for model, kept in (("gemini-3-flash-preview", choice), ("gemini-2.5-flash", "auto"),
+                        ("gemini-2.5-flash", "none")):
+        out = translate([{"role": "user", "content": "x"}], model, tools=tools,
+                        tool_choice=kept, response_format=fmt)
+        assert out["generationConfig"]["responseMimeType"] == "application/json"

@@ -28,6 +28,8 @@ provider-streams.md §4.2; choices documented in docs/providers/gemini.md.
   the `googleSearch` tool (LiteLLM's and Portkey's mappings): Google Search grounding;
 - JSON Schemas (`response_format`, tool parameters) in the form Gemini reads (schema.py);
 - function names Gemini refuses (a digit first, a space, over 64 characters) renamed (names.py);
+- a JSON `response_format` is left out beside a forced call for Gemini 1.x and 2.x (which refuse
+  the two together);
 - parameters in DROPPED are dropped; `n` > 1 is rejected.
 """
 
@@ -116,6 +118,10 @@ NO_THINKING = re.compile(r"gemini-(?:1\.|2\.0|2\.5-flash-image)|(?:^|/)gemma-[1-
 # thinkingLevel is a 2.5 model's 400). Robotics-ER 1.6 and 2 are built on Gemini 3 Flash and
 # 3.5 Flash, and take a level as those do.
 TAKES_BUDGET = re.compile(r"gemini-(?:2|robotics-er-1\.5(?![0-9]))")
+# Gemini 1.x and 2.x answer function calling beside a JSON response type with a 400 ("Function
+# calling with a response mime type: 'application/json' is unsupported", with any mode but
+# NONE); Gemini 3 takes both (Google's structured-output docs).
+CALLS_WITHOUT_JSON = re.compile(r"gemini-[12]\.")
 # Gemma 4 and the Nano Banana 2 image models (Gemini 3.1 Flash Image, 3.1 Flash-Lite Image)
 # take a level, minimal or high alone (low and medium are their 400).
 TWO_LEVELS = re.compile(r"gemma-|gemini-3\.1-flash(?:-lite)?-image")
@@ -163,6 +169,7 @@ def to_gemini(body: dict[str, Any], model: str, *, mime_required: bool = False) 
     if config:
         out["generationConfig"] = config
     _tools(body, out)
+    _forced_call_unformatted(out, model)
     for key, native in PASSTHROUGH_TOP.items():
         if body.get(key) is not None:
             out[native] = body[key]
@@ -313,6 +320,20 @@ def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
         mode = {"mode": "ANY", "allowedFunctionNames": [choice["function"]["name"]]}
     if mode is not None and declarations:  # (it rules function calls; a search is none)
         out["toolConfig"] = {"functionCallingConfig": mode}
+
+
+def _forced_call_unformatted(out: dict[str, Any], model: str) -> None:
+    """No JSON response type beside a forced function call (mode ANY) to the models that refuse
+    the two together (CALLS_WITHOUT_JSON): the calls are the whole answer, there is no text to
+    hold to the format, so it goes unsaid rather than make the request a 400."""
+    config = out.get("generationConfig")
+    mode = out.get("toolConfig", {}).get("functionCallingConfig", {}).get("mode")
+    if config is None or mode != "ANY" or not CALLS_WITHOUT_JSON.search(model):
+        return
+    config.pop("responseMimeType", None)
+    config.pop("responseJsonSchema", None)
+    if not config:
+        del out["generationConfig"]
 
 
 def asks_search(body: dict[str, Any]) -> bool:
