@@ -677,6 +677,19 @@ def refuse_reference(value: Any, source: str, key: str, what: str = "the model's
     if isinstance(value, str) and (ref := _EMBEDDED_ENV_REFERENCE.search(value)
                                    or _ENV_REFERENCE.fullmatch(value)):
         raise ConfigError(source, key, f"{ref[0]} is not expanded here: write {what}")
+    refuse_null_word(value, source, key)
+
+
+# A null written as a word YAML reads as a string: Python's `None` (a template's rendering of
+# it) or a quoted `"null"`. No name or URL is one, so it is refused where it would go upstream.
+_NULL_WORDS = frozenset({"none", "null"})
+
+
+def refuse_null_word(value: Any, source: str, key: str) -> None:
+    if isinstance(value, str) and value.strip().lower() in _NULL_WORDS:
+        leaf = key.rpartition(".")[2]
+        raise ConfigError(source, key, f"`{value.strip()}` is a string here, not YAML's null "
+                          f"(`~` or `null`, unquoted): give a value, or leave {leaf} out")
 
 
 def _check_base_url(url: str, source: str, key: str) -> None:

@@ -889,3 +889,29 @@ def test_a_bad_total_says_0_is_none(tmp_path: Path, value: str) -> None:
                                     f"{{total: {value}}}}}}}\n"))
     assert "providers.x.timeouts.total" in str(info.value)
     assert "0 (or null) for none" in str(info.value)
+
+
+@pytest.mark.parametrize(("entry", "key", "word"), [
+    # A template that rendered Python's None (Jinja's `{{ model }}`), or a quoted null: read as
+    # the name "None", a request naming no model went upstream with the model "None" (the
+    # provider's 404 model_not_found), while check-config said OK.
+    ("default_model: None", "providers.x.default_model", "None"),
+    ("default_model: 'null'", "providers.x.default_model", "null"),
+    ("models: [gpt-4o, None]", "providers.x.models[1]", "None"),
+])
+def test_a_model_name_written_as_none_is_a_config_error(
+        tmp_path: Path, entry: str, key: str, word: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"providers:\n  x: {{type: openai, {entry}}}\n"))
+    assert info.value.key == key
+    assert info.value.reason.startswith(f"`{word}` is a string here"), info.value.reason
+    assert "~" in info.value.reason  # (YAML's null, for one meaning "not set")
+
+
+def test_an_azure_api_version_written_as_none_is_a_config_error(tmp_path: Path) -> None:
+    """Sent as `?api-version=None`: Azure's 404 for every request."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "providers:\n  az: {type: azure, resource: myres, "
+                                    "deployment: gpt4o, api_version: None}\n"))
+    assert info.value.key == "providers.az.api_version"
+    assert info.value.reason.startswith("`None` is a string here"), info.value.reason
