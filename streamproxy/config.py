@@ -752,6 +752,8 @@ def _parse_provider(name: str, raw: Any, source: str) -> ProviderConfig:
         # server, and every prompt, to the type's default: api.openai.com)
         raise ConfigError(source, f"{where}.base_url", "is empty: give the URL, or leave "
                           "base_url out for the type's default")
+    refuse_null_word(raw.get("base_url"), source, f"{where}.base_url")  # (not api_key's:
+    # `api_key: none` is a dummy a keyless local server is given)
     options = {k: v for k, v in raw.items() if k not in COMMON_PROVIDER_KEYS}
     cls.check_options(options, source, where)
     cls.check_entry(raw, source, where)

@@ -915,3 +915,21 @@ def test_an_azure_api_version_written_as_none_is_a_config_error(tmp_path: Path) 
                                     "deployment: gpt4o, api_version: None}\n"))
     assert info.value.key == "providers.az.api_version"
     assert info.value.reason.startswith("`None` is a string here"), info.value.reason
+
+
+@pytest.mark.parametrize("word", ["None", "'null'"])
+def test_a_base_url_written_as_none_says_yamls_null_is_a_tilde(tmp_path: Path, word: str) -> None:
+    """It was refused with "must start with http:// or https://" alone: no hint that the
+    `None` a template wrote is a string, nor that leaving base_url out gives the default."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"providers:\n  x: {{type: openai, base_url: {word}}}\n"))
+    assert info.value.key == "providers.x.base_url"
+    assert "not YAML's null (`~`" in info.value.reason, info.value.reason
+    assert "leave base_url out" in info.value.reason
+
+
+def test_a_keyless_servers_dummy_api_key_none_still_loads(tmp_path: Path) -> None:
+    """`api_key: none` is a dummy a local server (vLLM, llama.cpp) ignores: kept, not refused."""
+    config = load_config(write(tmp_path, "providers:\n  x: {type: openai, base_url: "
+                                         "'http://127.0.0.1:8000/v1', api_key: none}\n"))
+    assert config.providers["x"].api_key == "none"
