@@ -530,6 +530,8 @@ def _parse_server(raw: Any, source: str) -> ServerConfig:
     kwargs: dict[str, Any] = {}
     errors: list[ConfigError] = []  # each key's problem, as check-config lists them
     for k, v in raw.items():
+        if v is None and k in _NULL_IS_DEFAULT:  # (`log_level: ~`, or nothing after it)
+            continue
         try:
             kwargs[k] = _server_value(k, v, source, f"server.{k}")
         except ConfigError as e:
@@ -542,9 +544,12 @@ _SERVER_INTS = {"port", "workers", "max_body_bytes", "max_event_bytes", "max_mes
                 "max_json_depth", "max_concurrent_streams", "max_header_bytes", "max_headers"}
 
 
+# A server key given null is not set, its default served, as `server: ~` is; but send_timeout's
+# null is a value of its own (never), not its default 60 s.
+_NULL_IS_DEFAULT = set(ServerConfig.__dataclass_fields__) - {"send_timeout"}
+
+
 def _server_value(k: str, v: Any, source: str, key: str) -> Any:
-    if k == "workers" and v is None:  # (the default: one per CPU)
-        return None
     if k in _SERVER_INTS:
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ConfigError(source, key, "must be a positive integer")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from streamproxy.config import ConfigError, load_config, parse_config
+from streamproxy.config import ConfigError, ServerConfig, load_config, parse_config
 from streamproxy.errors import UnknownProvider
 from streamproxy.routing.router import Router
 from streamproxy.server.app import build_providers
@@ -933,3 +933,23 @@ def test_a_keyless_servers_dummy_api_key_none_still_loads(tmp_path: Path) -> Non
     config = load_config(write(tmp_path, "providers:\n  x: {type: openai, base_url: "
                                          "'http://127.0.0.1:8000/v1', api_key: none}\n"))
     assert config.providers["x"].api_key == "none"
+
+
+@pytest.mark.parametrize("key", ["host", "port", "log_level", "upstream_proxy", "upstream_client",
+                                 "front", "timeouts", "shutdown_grace", "drain_delay",
+                                 "client_header_timeout", "max_body_bytes"])
+@pytest.mark.parametrize("null", ["~", "null", ""])
+def test_a_server_key_given_null_is_not_set(tmp_path: Path, key: str, null: str) -> None:
+    """`log_level: ~` (or a key left with nothing after it, as a template's unset variable
+    leaves it) was an error ("must be one of ..."), while `workers: ~` meant the default, as
+    `server: ~` or a provider's `timeouts: ~` do: null is "not set", its default served."""
+    config = load_config(write(tmp_path, f"server:\n  {key}: {null}\n"
+                                         "providers: {x: {type: mock}}\n"))
+    assert config.server == ServerConfig()
+
+
+def test_a_null_send_timeout_is_still_none(tmp_path: Path) -> None:
+    """Its null is a value of its own (never cut a slow client), as documented: kept."""
+    config = load_config(write(tmp_path, "server: {send_timeout: ~}\n"
+                                         "providers: {x: {type: mock}}\n"))
+    assert config.server.send_timeout is None and ServerConfig().send_timeout == 60.0

@@ -299,9 +299,13 @@ def test_the_read_timeouts_are_configurable() -> None:
     server = parse_config({"server": {"client_header_timeout": 5, "client_body_timeout": 120},
                            "providers": mock}, "<t>").server
     assert (server.client_header_timeout, server.client_body_timeout) == (5.0, 120.0)
-    for bad in (0, -1, "60", None, True):
+    for bad in (0, -1, "60", True):
         with pytest.raises(ConfigError, match=r"server\.client_body_timeout: must be a positive"):
             parse_config({"server": {"client_body_timeout": bad}, "providers": mock}, "<t>")
+    # null is not set, as every server key's: the default holds
+    server = parse_config({"server": {"client_body_timeout": None}, "providers": mock},
+                          "<t>").server
+    assert server.client_body_timeout == 60.0
 
 
 def test_what_aiohttp_keeps_privately_is_still_there() -> None:
