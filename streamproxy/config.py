@@ -286,11 +286,12 @@ def _parse_text(text: str, source: str) -> Any:
         return None  # (the caller's "the file is empty")
     if is_json or text.lstrip().startswith("{"):
         try:
-            return json.loads(text, object_pairs_hook=lambda pairs: _json_object(pairs, source))
+            return json.loads(text, object_pairs_hook=_json_object, parse_constant=_json_constant)
+        except _NotJSON:  # (JSON, but a key twice or a NaN: an error, whatever the file's name)
+            raise _json_error(source, _json_problem(text)) from None
         except json.JSONDecodeError as e:  # (elsewhere maybe a YAML flow mapping: `{a: 1}`)
             if is_json:
-                raise ConfigError(source, f"line {e.lineno}",
-                                  f"invalid JSON: {e.msg} (column {e.colno})") from None
+                raise _json_error(source, e) from None
     try:
         return yaml.load(text, _ConfigLoader)
     except yaml.YAMLError as e:
@@ -299,13 +300,50 @@ def _parse_text(text: str, source: str) -> Any:
         raise ConfigError(source, where, f"invalid YAML: {getattr(e, 'problem', e)}") from None
 
 
-def _json_object(pairs: list[tuple[str, Any]], source: str) -> dict[str, Any]:
-    seen: set[str] = set()
-    for key, _ in pairs:  # refused as the YAML loader refuses it (its docstring)
-        if key in seen:
-            raise ConfigError(source, "", f"duplicate key {key!r} in one mapping")
-        seen.add(key)
-    return dict(pairs)
+def _json_error(source: str, e: json.JSONDecodeError) -> ConfigError:
+    return ConfigError(source, f"line {e.lineno}", f"invalid JSON: {e.msg} (column {e.colno})")
+
+
+class _NotJSON(Exception):
+    """A key written twice in one object (refused as the YAML loader refuses it: its
+    docstring), or Python's NaN / Infinity, which no JSON is: `_json_problem` says where."""
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _NotJSON
+    return obj
+
+
+def _json_constant(name: str) -> Any:
+    raise _NotJSON
+
+
+# A string (a key, with its colon), a non-finite constant, or a bracket: enough to walk JSON
+# that the decoder read up to its problem, a string's brackets and colons skipped whole.
+_JSON_TOKEN = re.compile(r'("(?:[^"\\]|\\.)*")(\s*:)?|(-?Infinity|NaN)|[{}\[\]]')
+
+
+def _json_problem(text: str) -> json.JSONDecodeError:
+    """The first duplicate key or non-finite number in `text`, as the decoder's error (its
+    line and column): the decoder's hooks are given no position. Only on that error path."""
+    keys: list[set[str] | None] = []  # per open object its keys; None for an array
+    for m in _JSON_TOKEN.finditer(text):
+        string, colon, constant = m.groups()
+        if constant:
+            return json.JSONDecodeError(f"{constant} is no JSON number", text, m.start())
+        if string is None:
+            if m[0] in "{[":
+                keys.append(set() if m[0] == "{" else None)
+            elif keys:
+                keys.pop()
+        elif colon and keys and (seen := keys[-1]) is not None:
+            if (key := json.loads(string)) in seen:
+                return json.JSONDecodeError(f"duplicate key {key!r} in one mapping", text,
+                                            m.start())
+            seen.add(key)
+    return json.JSONDecodeError("a duplicate key or NaN", text, 0)  # (not reached)
 
 
 def parse_config(data: Any, source: str) -> Config:

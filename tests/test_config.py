@@ -253,9 +253,21 @@ def test_a_json_config_indented_with_tabs_loads(tmp_path: Path, bom: str) -> Non
 
 
 @pytest.mark.parametrize(("text", "key", "reason"), [
-    # (as YAML's loader refuses one: two providers under one name would serve as one)
-    ('{\n\t"providers": {"m": {"type": "mock"}, "m": {"type": "openai"}}\n}', "",
-     "duplicate key 'm' in one mapping"),
+    # (as YAML's loader refuses one: two providers under one name would serve as one); named
+    # by its line and column, as YAML's is (it was the key alone: no place to look in the file)
+    ('{\n\t"providers": {"m": {"type": "mock"}, "m": {"type": "openai"}}\n}', "line 2",
+     "invalid JSON: duplicate key 'm' in one mapping (column 39)"),
+    ('{"providers": {"m": {"type": "mock",\n "headers": {"a": "1", "b": "2", "a": "3"}}}}',
+     "line 2", "invalid JSON: duplicate key 'a' in one mapping (column 34)"),
+    ('{"a": {"x": 1, "y": "{\\"x\\": [", "x": 2}}', "line 1",
+     "invalid JSON: duplicate key 'x' in one mapping (column 34)"),
+    # Python's json reads NaN and Infinity, which no JSON is: a tool that reads the file
+    # (jq, an editor's schema) refuses it, and `override_params: {temperature: NaN}` loaded.
+    ('{"providers": {"m": {"type": "mock"}},\n "configs": {"c": {"provider": "m",\n'
+     '  "override_params": {"temperature": NaN}}}}', "line 3",
+     "invalid JSON: NaN is no JSON number (column 38)"),
+    ('{"server": {"drain_delay": -Infinity}, "providers": {"m": {"type": "mock"}}}', "line 1",
+     "invalid JSON: -Infinity is no JSON number (column 28)"),
     ('{\n\t"providers": {"m": {"type": "mock"},}\n}', "line 2",
      "invalid JSON: Expecting property name enclosed in double quotes (column 38)"),
     # A .json file is JSON: re-read as YAML (whose flow style takes a trailing comma, a
