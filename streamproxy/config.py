@@ -549,7 +549,8 @@ def parse_timeouts(raw: Any, source: str, key: str) -> dict[str, float | None]:
             raise ConfigError(source, f"{key}.{k}", unknown_key(k, _TIMEOUT_KEYS,
                                                                 "unknown timeout"))
         if k != "total":
-            out[k] = positive_seconds(v, source, f"{key}.{k}")
+            if v is not None:  # (null: not set, the server's or default holds, as `timeouts: ~`)
+                out[k] = positive_seconds(v, source, f"{key}.{k}")
         elif v is None or (v == 0 and type(v) is not bool):
             # None: no total, over the server's. 0 as in a client's config (where null is "not
             # set": portkey_config.py), which here was an error; null kept, as configs use it.

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from streamproxy.config import ConfigError, ServerConfig, load_config, parse_config
+from streamproxy.config import ConfigError, ServerConfig, Timeouts, load_config, parse_config
 from streamproxy.errors import UnknownProvider
 from streamproxy.routing.router import Router
 from streamproxy.server.app import build_providers
@@ -965,3 +965,17 @@ def test_a_null_send_timeout_is_still_none(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "server: {send_timeout: ~}\n"
                                          "providers: {x: {type: mock}}\n"))
     assert config.server.send_timeout is None and ServerConfig().send_timeout == 60.0
+
+
+@pytest.mark.parametrize("key", ["connect", "first_token", "idle"])
+def test_a_timeout_given_null_is_not_set(tmp_path: Path, key: str) -> None:
+    """`timeouts: {idle: ~}` was an error ("must be a positive ... number") where `timeouts: ~`
+    is not set, as a client's config reads a null timeout: a provider's null now leaves the
+    server's, the server's the default. (`total: null` keeps its meaning: no total.)"""
+    config = load_config(write(tmp_path, f"server: {{timeouts: {{{key}: ~, total: 30}}}}\n"
+                                         f"providers: {{x: {{type: mock, timeouts: {{{key}: ~, "
+                                         "total: ~}}}\n"))
+    assert config.server.timeouts == Timeouts(total=30.0)
+    assert config.providers["x"].timeouts == {"total": None}
+    routed = Router(build_providers(config), "x", config.server.timeouts).resolve({}, None)
+    assert routed.timeouts == Timeouts(total=None)
