@@ -979,3 +979,18 @@ def test_a_timeout_given_null_is_not_set(tmp_path: Path, key: str) -> None:
     assert config.providers["x"].timeouts == {"total": None}
     routed = Router(build_providers(config), "x", config.server.timeouts).resolve({}, None)
     assert routed.timeouts == Timeouts(total=None)
+
+
+@pytest.mark.parametrize(("entry", "key"), [
+    # Read as the region "none": every request went to bedrock-runtime.none.amazonaws.com
+    # (or none-aiplatform.googleapis.com), a name that resolves nowhere, check-config said OK.
+    ("type: bedrock, region: None, aws_access_key_id: AKIAABCDEFGHIJKLMNOP, "
+     "aws_secret_access_key: abc", "providers.x.region"),
+    ("type: vertex, project: my-proj, location: None, token_env: T", "providers.x.location"),
+])
+def test_a_region_written_as_none_is_a_config_error(tmp_path: Path, entry: str,
+                                                     key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"providers:\n  x: {{{entry}}}\n"))
+    assert info.value.key == key
+    assert info.value.reason.startswith("`None` is a string here"), info.value.reason

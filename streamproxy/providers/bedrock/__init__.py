@@ -18,7 +18,14 @@ import orjson
 from yarl import URL
 
 from streamproxy._json import loads_lenient
-from streamproxy.config import REGION, ConfigError, ProviderConfig, shown_env, unset_or_empty
+from streamproxy.config import (
+    REGION,
+    ConfigError,
+    ProviderConfig,
+    refuse_null_word,
+    shown_env,
+    unset_or_empty,
+)
 from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.anthropic.options import beta_names, check_option_values
@@ -53,6 +60,8 @@ _SIGNED_REQUEST_QUOTE = "The Canonical String for this request"
 def checked_region(options: dict[str, Any], source: str, where: str) -> str:
     """The provider's AWS region (`auth.resolve_region`), else a ConfigError: none, or one
     that is not a region name, which makes the host (`x.s3`: an S3 bucket's)."""
+    # (`None` passed as the region "none": bedrock-runtime.none.amazonaws.com, no such host)
+    refuse_null_word(options.get("region"), source, f"{where}.region")
     region = auth.resolve_region(options)
     if not region:
         raise ConfigError(source, f"{where}.region", NO_REGION)

@@ -21,6 +21,7 @@ from streamproxy.config import (
     ProviderConfig,
     check_env_name,
     positive_seconds,
+    refuse_null_word,
     shown_env,
     unset_or_empty,
 )
@@ -181,6 +182,8 @@ class VertexProvider(GeminiProvider):
         project = options.get("project")
         if type(project) is int:  # a project number, as YAML reads it unquoted (the API takes it)
             options["project"] = str(project)
+        for key in ("project", "location"):  # (`None`: read as the region "none", a host)
+            refuse_null_word(options.get(key), source, f"{where}.{key}")
         if isinstance(options.get("location"), str):  # Vertex's regions are lower case
             options["location"] = options["location"].lower()
         express = options.get("project") is None and options.get("location") is None
