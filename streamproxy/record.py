@@ -87,6 +87,8 @@ class RequestRecord:
     upstream_errors: list[tuple[str, str]] | None = None
     # The provider of every attempt that repeated a target (a retry), for metrics.
     retried: list[str] | None = None
+    # The provider of every target a fallback left (after its failure), for metrics.
+    fell_back: list[str] | None = None
     # The last upstream answer's headers the client gets (upstream/passed_headers.py): the
     # answer's, or the returned error's.
     upstream_headers: dict[str, str] | None = None
@@ -139,6 +141,14 @@ class RequestRecord:
         if self.retried is None:
             self.retried = []
         self.retried.append(self.provider or "")
+
+    def note_fallback(self) -> None:
+        """A move to another planned target after the current one failed: counted against
+        the failed target's provider, as a retry is (not the one the move reaches)."""
+        self.fallbacks += 1
+        if self.fell_back is None:
+            self.fell_back = []
+        self.fell_back.append(self.provider or "")
 
 
 def _completion(usage: dict[str, Any] | None) -> int:

@@ -119,7 +119,7 @@ async def test_an_invalid_request_counts_with_its_status(default_proxy: Any) -> 
 def test_retries_fallbacks_errors_and_cached_tokens_from_the_record() -> None:
     m = metrics()
     r = RequestRecord(trace_id="t", provider="rec-b", model="m1", stream=True, attempts=4,
-                      fallbacks=1, target_index=1, status=200, client_disconnected=True,
+                      target_index=1, status=200, client_disconnected=True,
                       usage={"prompt_tokens": 10, "completion_tokens": 4,
                              "prompt_tokens_details": {"cached_tokens": 6}})
     r.provider = "rec-a"
@@ -128,6 +128,7 @@ def test_retries_fallbacks_errors_and_cached_tokens_from_the_record() -> None:
     r.note_upstream_error(UpstreamTimeout("late"))
     r.note_retry()
     r.note_upstream_error(ValueError("ours, not the provider's"))
+    r.note_fallback()
     r.provider = "rec-b"
     r.note_upstream_error(StreamTruncated("cut"))
     r.finished = r.started + 1.5
@@ -137,7 +138,9 @@ def test_retries_fallbacks_errors_and_cached_tokens_from_the_record() -> None:
     assert sample("streamproxy_upstream_errors_total", provider="rec-b", kind="truncated") == 1
     assert sample("streamproxy_retries_total", provider="rec-a") == 2
     assert sample("streamproxy_retries_total", provider="rec-b") == 0
-    assert sample("streamproxy_fallbacks_total", provider="rec-b") == 1
+    # (the provider left, as for retries: it was counted on the final one, rec-b)
+    assert sample("streamproxy_fallbacks_total", provider="rec-a") == 1
+    assert sample("streamproxy_fallbacks_total", provider="rec-b") == 0
     assert sample("streamproxy_client_disconnects_total", provider="rec-b") == 1
     assert sample("streamproxy_tokens_total", provider="rec-b", model="m1", type="cached") == 6
     assert sample("streamproxy_request_duration_seconds_sum", provider="rec-b", model="m1",
@@ -161,6 +164,39 @@ async def test_retries_count_against_the_retried_provider_not_the_fallback(
     assert resp.headers["x-portkey-retry-attempt-count"] == "0"  # the fallback's own
     assert sample("streamproxy_retries_total", provider="mock") == before["mock"] + 2
     assert sample("streamproxy_retries_total", provider="mock2") == before["mock2"]
+
+
+async def test_fallbacks_count_against_the_provider_left_not_the_last(
+        proxy: Any, access_log: Any) -> None:
+    """A→B→C: one fallback from A, one from B, none from C (labelled with the final provider,
+    C counted 2 and a fallback reaching a refusal counted on provider="")."""
+    names = ("mock", "mock2", "mock3")
+    client = await proxy(make_config({n: {"type": "mock", "default_model": "fast"}
+                                      for n in names}, default="mock"))
+    before = {p: sample("streamproxy_fallbacks_total", provider=p) for p in (*names, "")}
+    config = {"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "mock", "override_params": {"model": "fast:status=503"}},
+        {"provider": "mock2", "override_params": {"model": "fast:status=502"}},
+        {"provider": "mock3", "override_params": {"model": "fast:tokens=2"}}]}
+    resp = await client.post("/v1/chat/completions", headers={"x-portkey-config": json.dumps(
+        config)}, json={"messages": [{"role": "user", "content": "x"}]})
+    assert resp.status == 200
+    assert access_log()[-1]["fallbacks"] == 2
+    assert sample("streamproxy_fallbacks_total", provider="mock") == before["mock"] + 1
+    assert sample("streamproxy_fallbacks_total", provider="mock2") == before["mock2"] + 1
+    assert sample("streamproxy_fallbacks_total", provider="mock3") == before["mock3"]
+    assert sample("streamproxy_fallbacks_total", provider="") == before[""]
+    unmatched = {"strategy": {"mode": "conditional",
+                              "conditions": [{"query": {"metadata.tier": "gold"},
+                                              "then": "gold"}]},
+                 "targets": [{"name": "gold", "provider": "mock2"}]}
+    config = {"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "mock", "override_params": {"model": "fast:status=503"}}, unmatched]}
+    resp = await client.post("/v1/chat/completions", headers={"x-portkey-config": json.dumps(
+        config)}, json={"messages": [{"role": "user", "content": "x"}]})
+    assert resp.status == 400  # the conditional's refusal, reached by the fallback
+    assert sample("streamproxy_fallbacks_total", provider="mock") == before["mock"] + 2
+    assert sample("streamproxy_fallbacks_total", provider="") == before[""]
 
 
 def test_histogram_buckets_match_prometheus_clients_own_observe() -> None:

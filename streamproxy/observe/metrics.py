@@ -136,7 +136,8 @@ class Metrics:
                                "Upstream attempts that repeated a target after a failure.",
                                ["provider"], registry=r)
         self.fallbacks = Counter("streamproxy_fallbacks",
-                                 "Moves to another planned target after a failure.",
+                                 "Moves to another planned target after a failure, by the "
+                                 "failed target's provider.",
                                  ["provider"], registry=r)
         self.disconnects = Counter("streamproxy_client_disconnects",
                                    "Requests whose client went away before the end.",
@@ -257,8 +258,8 @@ class Metrics:
             c(self.upstream_errors, where, kind).inc()
         for retried in r.retried or ():  # the retried target's provider, not the last one
             c(self.retries, retried).inc()
-        if r.fallbacks > 0:
-            c(self.fallbacks, provider).inc(r.fallbacks)
+        for left in r.fell_back or ():  # the failed target's provider, as for retries
+            c(self.fallbacks, left).inc()
         if r.client_disconnected:
             c(self.disconnects, provider).inc()
         if r.cache_status is not None and r.cache_status != "DISABLED":

@@ -279,7 +279,7 @@ class Executor:
                 if following is None:
                     record.option_path = attempt.path  # the target whose error is returned
                     raise
-                record.fallbacks += 1
+                record.note_fallback()  # (record.provider: the failed target's)
                 failed, index = (index, e.status), following
                 continue
             record.target_index = index
