@@ -45,7 +45,8 @@ async def test_metrics_after_a_streamed_request(default_proxy: Any) -> None:
     before = {
         "req": sample("streamproxy_requests_total", **lbl, status="200", stream="true"),
         "ttft": sample("streamproxy_time_to_first_token_seconds_count", **lbl),
-        "dur": sample("streamproxy_request_duration_seconds_count", **lbl, stream="true"),
+        "dur": sample("streamproxy_request_duration_seconds_count", **lbl, stream="true",
+                      status="200"),
         "gap": sample("streamproxy_stream_max_gap_seconds_count", **lbl),
         "gap_sum": sample("streamproxy_stream_max_gap_seconds_sum", **lbl),
         "in": sample("streamproxy_tokens_total", **lbl, type="input"),
@@ -78,7 +79,8 @@ async def test_metrics_after_a_streamed_request(default_proxy: Any) -> None:
     assert sample("streamproxy_requests_total", **lbl, status="200", stream="true") \
         == before["req"] + 1
     assert sample("streamproxy_time_to_first_token_seconds_count", **lbl) == before["ttft"] + 1
-    assert sample("streamproxy_request_duration_seconds_count", **lbl, stream="true") \
+    assert sample("streamproxy_request_duration_seconds_count", **lbl, stream="true",
+                      status="200") \
         == before["dur"] + 1
     assert sample("streamproxy_stream_max_gap_seconds_count", **lbl) == before["gap"] + 1
     # The mock paces 50 deltas at 50/s: some gap between reads is at least a few ms.
@@ -144,7 +146,7 @@ def test_retries_fallbacks_errors_and_cached_tokens_from_the_record() -> None:
     assert sample("streamproxy_client_disconnects_total", provider="rec-b") == 1
     assert sample("streamproxy_tokens_total", provider="rec-b", model="m1", type="cached") == 6
     assert sample("streamproxy_request_duration_seconds_sum", provider="rec-b", model="m1",
-                  stream="true") == pytest.approx(1.5)
+                  stream="true", status="200") == pytest.approx(1.5)
 
 
 async def test_retries_count_against_the_retried_provider_not_the_fallback(
@@ -199,6 +201,23 @@ async def test_fallbacks_count_against_the_provider_left_not_the_last(
     assert sample("streamproxy_fallbacks_total", provider="") == before[""]
 
 
+def test_request_duration_is_apart_per_status() -> None:
+    """During an outage a provider's fast errors (a 502 in milliseconds) fell in the same
+    series as its streams, pulling the stream-duration quantiles down as if it were faster."""
+    m = metrics()
+    lbl = {"provider": "dur-status", "model": "m", "stream": "true"}
+    for status, seconds in ((200, 30.0), (502, 0.01), (502, 0.02)):
+        r = RequestRecord(trace_id="t", provider="dur-status", model="m", stream=True,
+                          status=status)
+        r.finished = r.started + seconds
+        m.observe(r)
+    name = "streamproxy_request_duration_seconds"
+    assert sample(f"{name}_count", **lbl, status="200") == 1
+    assert sample(f"{name}_sum", **lbl, status="200") == pytest.approx(30.0)
+    assert sample(f"{name}_count", **lbl, status="502") == 2
+    assert sample(f"{name}_bucket", **lbl, status="502", le="0.1") == 2
+
+
 def test_histogram_buckets_match_prometheus_clients_own_observe() -> None:
     """The observer feeds histogram values directly (bisection); every bucket, the boundaries
     included, must hold what prometheus-client's `Histogram.observe` would put there."""
@@ -216,13 +235,13 @@ def test_histogram_buckets_match_prometheus_clients_own_observe() -> None:
         reference.observe(r.duration)
     for bound in (*(str(float(b)) for b in DURATION_BUCKETS), "+Inf"):
         ours = sample("streamproxy_request_duration_seconds_bucket", provider="hist", model="h",
-                      stream="false", le=bound)
+                      stream="false", status="200", le=bound)
         theirs = reference.collect()[0].samples
         expected = next(s.value for s in theirs
                         if s.name == "ref_duration_bucket" and s.labels["le"] == bound)
         assert ours == expected, bound
     assert sample("streamproxy_request_duration_seconds_count", provider="hist", model="h",
-                  stream="false") == len(durations)
+                  stream="false", status="200") == len(durations)
 
 
 def test_odd_usage_from_a_passthrough_provider_is_ignored() -> None:
@@ -733,7 +752,8 @@ async def test_a_cache_hit_is_not_in_the_providers_latency(proxy: Any, stream: b
 
     def counts() -> tuple[float, ...]:
         return (sample("streamproxy_time_to_first_token_seconds_count", **lbl),
-                sample("streamproxy_request_duration_seconds_count", **lbl, stream=s),
+                sample("streamproxy_request_duration_seconds_count", **lbl, stream=s,
+                       status="200"),
                 sample("streamproxy_requests_total", **lbl, status="200", stream=s),
                 sample("streamproxy_cache_requests_total", status="HIT"))
 

@@ -116,8 +116,11 @@ class Metrics:
                               buckets=TTFT_BUCKETS, registry=r)
         self.duration = Histogram("streamproxy_request_duration_seconds",
                                   "Request received to response complete (stream=true: the "
-                                  "stream duration; not a response-cache hit's).",
-                                  [*pm, "stream"],
+                                  "stream duration; not a response-cache hit's), by final "
+                                  "HTTP status.",
+                                  # (status: an outage's fast errors pulled the answers'
+                                  # quantiles down, as if the provider were faster)
+                                  [*pm, "stream", "status"],
                                   buckets=DURATION_BUCKETS, registry=r)
         self.gap_max = Histogram("streamproxy_stream_max_gap_seconds",
                                  "Per stream: the longest gap between two upstream reads from "
@@ -307,7 +310,7 @@ class _Series:
     def __init__(self, m: Metrics, provider: str, model: str, status: str, stream: str) -> None:
         pm = (provider, model)
         self.requests = _inc(m._child(m.requests, *pm, status, stream))
-        self.duration = _Histogram(m._child(m.duration, *pm, stream))
+        self.duration = _Histogram(m._child(m.duration, *pm, stream, status))
         self.ttft = _Histogram(m._child(m.ttft, *pm))
         self.gap_max = _Histogram(m._child(m.gap_max, *pm))
         self.gap_mean = _Histogram(m._child(m.gap_mean, *pm))
