@@ -617,6 +617,50 @@ def test_an_open_breaker_stays_exported_after_the_worker_that_opened_it_exits(
     assert f"{gauge % 2} 2.0" in proc.stdout
 
 
+HALF_OPEN_SCRIPT = textwrap.dedent("""
+    import asyncio, os, sys
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+    from streamproxy.observe.metrics import metrics, render, retire_process, set_circuit_state
+
+    rules = {"short": "failure_threshold=1,cooldown_interval=1",
+             "long": "failure_threshold=1,cooldown_interval=600000"}
+
+    async def saw_them_open():  # and exits before its half-open timers fire (a reload)
+        for name, rule in rules.items():
+            cooldown = float(rule.rsplit("=", 1)[1]) / 1000
+            set_circuit_state(f"down-{name}", "open", cooldown, rule)
+        os._exit(0)
+
+    async def started_later():  # a reload's worker: its metrics are made with its app
+        metrics()
+        for _ in range(10):  # (the short cooldown has long ended: its timer is due now)
+            await asyncio.sleep(0.01)
+        print(render().decode())
+        os._exit(0)
+
+    for worker in (saw_them_open, started_later):
+        pid = os.fork()
+        if pid == 0:
+            asyncio.run(worker())
+        os.waitpid(pid, 0)
+        retire_process(pid)
+""")
+
+
+def test_an_open_breaker_turns_half_open_after_the_worker_that_opened_it_exits(
+        tmp_path: Path) -> None:
+    """Only the worker that saw a breaker open had the timer that shows it half-open: when it
+    exited (a reload), the gauge said open (2) for good, until a request reached the target
+    (a fallback's target, used only when its primary fails, may see none for days)."""
+    proc = subprocess.run([sys.executable, "-c", HALF_OPEN_SCRIPT, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    gauge = 'streamproxy_circuit_breaker_state{cb_config="failure_threshold=1,' \
+        'cooldown_interval=%s",target="down-%s"}'
+    assert f"{gauge % ('1', 'short')} 1.0" in proc.stdout
+    assert f"{gauge % ('600000', 'long')} 2.0" in proc.stdout  # (still cooling down)
+
+
 MODELS_SCRIPT = textwrap.dedent("""
     import os, sys
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]

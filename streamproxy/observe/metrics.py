@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -70,6 +71,8 @@ CIRCUIT_STATES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
 _USERINFO = re.compile(r"://[^/?#]*@")
 # prometheus-client's sample files (`counter_<pid>.db`, `gauge_livesum_<pid>.db`, …) and the
 # retired ones: what a previous run leaves, and nothing an operator may keep beside them.
+# The cooldown in a breaker's cb_config label (breaker.py's rules_label), in ms.
+_COOLDOWN = re.compile(r"(?:^|,)cooldown_interval=(\d+(?:\.\d+)?)(?:,|$)")
 _SAMPLE_FILE = re.compile(r"(?:counter|histogram|summary|gauge_[a-z]+)_(?:\d+|retired)\.db")
 
 # From the proxy's own sub-millisecond answers (a local model, the mock) to the default
@@ -217,6 +220,18 @@ class Metrics:
                 self._half_open_timers[breaker] = asyncio.get_running_loop().call_later(
                     half_open_after, self._half_opened, breaker)
 
+    def seed_half_open(self, opened: Iterable[tuple[tuple[str, str], float]]) -> None:
+        """Breakers other workers (live, or gone: a reload's predecessors) last reported open,
+        with when (wall clock) their cooldown ends: this worker shows them half-open then, as
+        their timer did in the worker that saw them open, which may have exited (the gauge
+        said open for good, until a request reached the target)."""
+        with contextlib.suppress(RuntimeError):  # (no loop: nothing to show it on)
+            loop = asyncio.get_running_loop()
+            for breaker, at in opened:
+                if breaker not in self._half_open_timers:
+                    self._half_open_timers[breaker] = loop.call_later(
+                        max(0.0, at - time.time()), self._half_opened, breaker)
+
     def _half_opened(self, breaker: tuple[str, str]) -> None:
         del self._half_open_timers[breaker]
         self.circuit.labels(*breaker).set(CIRCUIT_STATES["half_open"])
@@ -359,6 +374,7 @@ def metrics() -> Metrics:
         _metrics = Metrics(REGISTRY)
         if path is not None:
             _metrics.seed_models(_exported_models(path))
+            _metrics.seed_half_open(_open_breakers(path))
     return _metrics
 
 
@@ -384,6 +400,34 @@ def _exported_models(path: str) -> set[str]:
             except Exception:  # (gone, half-written, corrupt: not seeded; a start never fails)
                 continue
     return models
+
+
+def _open_breakers(path: str) -> list[tuple[tuple[str, str], float]]:
+    """The breakers whose latest state in the directory's circuit gauge files (live workers'
+    and the retired one) is open, each with when its cooldown ends (the time it was set,
+    plus its cb_config's cooldown_interval); read once, as a worker's metrics are made."""
+    latest: dict[tuple[str, str], tuple[float, float]] = {}  # (value, set at)
+    with _directory_lock(path, fcntl.LOCK_SH):  # (not half-way through a retirement)
+        for name in os.listdir(path):
+            if not (name.startswith(f"{_LATEST_GAUGES}_") and name.endswith(".db")):
+                continue
+            try:
+                for key, value, at, _ in MmapedDict.read_all_values_from_file(
+                        os.path.join(path, name)):
+                    metric, _, labels, _ = json.loads(key)
+                    if metric != "streamproxy_circuit_breaker_state":
+                        continue
+                    breaker = (str(labels["target"]), str(labels["cb_config"]))
+                    if at >= latest.get(breaker, (0.0, -1.0))[1]:
+                        latest[breaker] = (value, at)
+            except Exception:  # (gone, half-written, corrupt: not seeded; a start never fails)
+                continue
+    opened = []
+    for breaker, (value, at) in latest.items():
+        cooldown = _COOLDOWN.search(breaker[1])
+        if value == CIRCUIT_STATES["open"] and cooldown is not None:
+            opened.append((breaker, at + float(cooldown.group(1)) / 1000))
+    return opened
 
 
 def set_circuit_state(target_key: str, state: str, half_open_after: float | None = None,
