@@ -1245,11 +1245,14 @@ async def test_reasoning_under_the_upstreams_own_name_is_never_replayed_under_an
     assert statuses == (["MISS", "MISS", "MISS"] if fill_streamed else ["MISS", "MISS", "HIT"])
 
 
-async def test_a_stream_of_typed_content_parts_is_not_kept(proxy: Any,
-                                                           upstream: Any) -> None:
+@pytest.mark.parametrize("fill_streamed", [True, False])
+async def test_typed_content_parts_are_never_replayed_as_a_stream(
+        proxy: Any, upstream: Any, fill_streamed: bool) -> None:
     # Mistral's reasoning models (behind `type: openai`) stream content as typed parts, their
     # thinking among them; a replay writes text deltas only, so a hit lost the thinking the
-    # miss had carried (and gave a string where the miss gave parts).
+    # miss had carried (and gave a string where the miss gave parts). A non-streamed fill's
+    # list of parts answers non-streamed requests only: a streamed hit on it had a role chunk
+    # saying `content: null`, then the whole list as one text delta.
     thinking = {"type": "thinking", "thinking": [{"type": "text", "text": "Two plus two."}]}
     streamed = _openai_chunks(
         {"choices": [{"index": 0, "delta": {"role": "assistant", "content": [thinking]}}]},
@@ -1259,9 +1262,9 @@ async def test_a_stream_of_typed_content_parts_is_not_kept(proxy: Any,
         "index": 0, "logprobs": None, "finish_reason": "stop", "message": {
             "role": "assistant", "content": [thinking, {"type": "text", "text": "4"}]}}]})
     client = await proxy(config(upstream.url, kind="openai"))
-    statuses = await _fill_then_ask_both_ways(client, upstream, True, streamed, whole,
+    statuses = await _fill_then_ask_both_ways(client, upstream, fill_streamed, streamed, whole,
                                               b'"thinking":[{"type":"text","text":"Two plus')
-    assert statuses == ["MISS", "MISS", "MISS"]
+    assert statuses == (["MISS", "MISS", "MISS"] if fill_streamed else ["MISS", "MISS", "HIT"])
 
 
 @pytest.mark.parametrize("fill_streamed", [True, False])

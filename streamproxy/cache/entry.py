@@ -64,7 +64,8 @@ def streams_whole(entry: dict[str, Any]) -> bool:
     top-level sources (`citations`, `search_results`), refusal, logprobs, annotations, audio,
     generated images, custom tool calls, a deprecated `functions` call (`function_call`),
     reasoning under the upstream's own name (`reasoning`; a replay writes
-    `reasoning_content`) and what a thinking model's next turn sends back beside the parts
+    `reasoning_content`), content given as typed parts (Mistral's reasoning models: a replay
+    writes text deltas) and what a thinking model's next turn sends back beside the parts
     (OpenRouter's `reasoning_details`, a tool call's `extra_content`: Gemini's thought
     signature) have no delta here (a streamed request is then a miss). Streamed
     fills that had them are never kept (CompletionBuilder.replayable)."""
@@ -73,7 +74,9 @@ def streams_whole(entry: dict[str, Any]) -> bool:
         return True
     choice = (completion.get("choices") or [{}])[0]
     message = choice.get("message") or {}
+    content = message.get("content")
     return not (any(completion.get(key) for key in SOURCE_FIELDS)
+                or not (content is None or isinstance(content, str))
                 or choice.get("logprobs") or message.get("refusal") or message.get("annotations")
                 or message.get("audio") or message.get("images") or message.get("reasoning")
                 or message.get("function_call") or message.get("reasoning_details")
