@@ -958,7 +958,10 @@ def test_the_key_ignores_delivery_and_bookkeeping() -> None:
                                                              "function": {"name": "f"}}]}
     key = cache_key(namespace="", provider="p", model="m", body=body)
     for extra in ({"stream": True}, {"stream_options": {"include_usage": True}}, {"user": "u"},
-                  {"metadata": {"a": "b"}}, {"store": True}, {"model": "p/m"}):
+                  {"metadata": {"a": "b"}}, {"store": True}, {"model": "p/m"},
+                  # how long OpenAI keeps the prompt's prefix cached, not what it answers
+                  {"prompt_cache_retention": "24h"}, {"prompt_cache_key": "k"},
+                  {"safety_identifier": "s"}):
         assert cache_key(namespace="", provider="p", model="m", body={**body, **extra}) == key
     assert cache_key(namespace="", provider="p", model="m",
                      body=dict(reversed(list(body.items())))) == key  # order-free

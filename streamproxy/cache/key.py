@@ -6,10 +6,11 @@ same upstream model, same messages and same output-changing parameters (temperat
 tools, response_format, max_tokens, seed, n, …, the target's override_params and forwarded
 headers, and the provider options that change an answer: Anthropic's version and betas).
 Left out, because they do not change the answer: how it is delivered (`stream`,
-`stream_options`) and bookkeeping (`user`, `metadata`, `store`, `prompt_cache_key`,
-`safety_identifier`). The namespace — the proxy auth key's name and `x-portkey-cache-namespace`
-— partitions the cache, so one tenant's answers are never served to another; so does the
-provider key the request is sent with (a client's own key, when the provider has none).
+`stream_options`) and bookkeeping (`user`, `metadata`, `store`, `safety_identifier`, and
+the provider's own prompt caching: `prompt_cache_key`, `prompt_cache_retention`). The
+namespace — the proxy auth key's name and `x-portkey-cache-namespace` — partitions the
+cache, so one tenant's answers are never served to another; so does the provider key the
+request is sent with (a client's own key, when the provider has none).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import orjson
 
 NOT_IN_KEY = frozenset({"model", "stream", "stream_options", "user", "metadata", "store",
-                        "prompt_cache_key", "safety_identifier"})
+                        "prompt_cache_key", "prompt_cache_retention", "safety_identifier"})
 _VERSION = 4  # bump when the normalization changes: old entries then simply miss
 
 
