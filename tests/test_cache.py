@@ -1712,3 +1712,52 @@ async def test_a_stored_answer_older_than_the_requests_max_age_is_not_served(
         await drained(client)
         statuses.append(resp.headers[STATUS])
     assert statuses == ["HIT", "MISS"]
+
+
+def _tier_told_at_the_end(sink: Any) -> None:
+    """An answer whose provider tells the tier that served it after the finish (Bedrock's
+    metadata), as its translator writes it."""
+    sink.start("m")
+    for text in ("Hel", "lo"):
+        sink.content(text)
+    sink.finish("stop")
+    sink.service_tier("flex")
+    sink.usage({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5})
+    sink.end()
+
+
+def _tiers(body: bytes) -> list[Any]:
+    return [c.get("service_tier") for c in sse_chunks(body) if c != "[DONE]"]
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+@pytest.mark.parametrize("fill_streamed", [True, False])
+def test_a_tier_told_at_the_end_is_replayed_at_the_end(fill_streamed: bool,
+                                                       include_usage: bool) -> None:
+    # Uncached, such a tier is on the usage chunk only (or on none, when the client asked
+    # for no usage); a hit put it in the envelope of every chunk it replayed.
+    encoder = RecordingChunkEncoder(completion_id="c", created=1, model="m",
+                                    include_usage=include_usage)
+    builder = CompletionBuilder()
+    _tier_told_at_the_end(TeeSink(encoder, builder))
+    uncached = encoder.take()
+    if fill_streamed:
+        entry = cached.from_builder(builder)
+    else:  # a non-streamed answer, translated as bedrock/response.py builds it
+        whole = CompletionBuilder()
+        _tier_told_at_the_end(whole)
+        entry = cached.from_completion(
+            whole.completion(completion_id="c", created=1, model="m"), translated=True)
+    entry = orjson.loads(orjson.dumps(entry))  # (as a backend keeps it)
+    replayer = cached.ReplayEncoder(cached.upstream_fields(entry), completion_id="r",
+                                    created=2, model="m", include_usage=include_usage)
+    cached.replay(entry, replayer)
+    replayed = replayer.take()
+    # (a non-streamed fill replays its text as one delta: fewer chunks, the same last one)
+    last = "flex" if include_usage else None
+    for body in (uncached, replayed):
+        *before, at_end = _tiers(body)
+        assert (before, at_end) == ([None] * len(before), last)
+    assert collect(sse_chunks(replayed)).content == "Hello"
+    whole_hit = cached.completion_from(entry, completion_id="r", created=2, model="m")
+    assert whole_hit["service_tier"] == "flex"  # a non-streamed hit says it, as uncached

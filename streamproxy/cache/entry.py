@@ -9,6 +9,8 @@ Either form answers either kind of request: a streamed request that hits a non-s
 gets each message part as one delta; a non-streamed request that hits a streamed fill gets the
 completion rebuilt by replaying into a CompletionBuilder. Every hit gets a fresh id and created;
 the upstream's own `system_fingerprint` and `service_tier` (an OpenAI pass-through's) are kept.
+A translated answer's `service_tier`, which its provider told at the end (Bedrock's), is kept
+as `tier` and told at the end of a replay: on the usage chunk, as the first stream had it.
 """
 
 from __future__ import annotations
@@ -45,11 +47,17 @@ def from_builder(b: CompletionBuilder) -> dict[str, Any]:
         "finish": b.finish_reason,
         "usage": b.usage_data,
         "upstream": b.upstream_fields,
+        "tier": b.tier,
     }
 
 
-def from_completion(completion: dict[str, Any]) -> dict[str, Any]:
-    return {"format": FORMAT, "stored_at": time.time(), "completion": completion}
+def from_completion(completion: dict[str, Any], translated: bool = False) -> dict[str, Any]:
+    """`translated`: the answer is ours, made from another API's, so its `service_tier` is one
+    its provider told at the end (`tier`), not an upstream envelope's."""
+    entry = {"format": FORMAT, "stored_at": time.time(), "completion": completion}
+    if translated and isinstance(completion.get("service_tier"), str):
+        entry["tier"] = completion["service_tier"]
+    return entry
 
 
 def is_fresh(entry: dict[str, Any], max_age: float, now: float | None = None) -> bool:
@@ -89,7 +97,14 @@ def upstream_fields(entry: dict[str, Any]) -> dict[str, str]:
     translated answer: ours are null)."""
     completion = entry.get("completion")
     fields = completion if completion is not None else entry.get("upstream") or {}
-    return {k: fields[k] for k in UPSTREAM_FIELDS if isinstance(fields.get(k), str)}
+    told = _tier(entry) is not None  # (a translated answer's: told at the end)
+    return {k: fields[k] for k in UPSTREAM_FIELDS if isinstance(fields.get(k), str)
+            and not (told and k == "service_tier")}
+
+
+def _tier(entry: dict[str, Any]) -> str | None:
+    tier = entry.get("tier")
+    return tier if isinstance(tier, str) else None
 
 
 class ReplayEncoder(ChunkEncoder):
@@ -112,7 +127,7 @@ def replay(entry: dict[str, Any], sink: ChunkSink) -> None:
     """Emit the cached answer into `sink`, start to end."""
     completion = entry.get("completion")
     if completion is not None:
-        _replay_completion(completion, sink)
+        _replay_completion(completion, sink, _tier(entry))
         return
     # (an entry without `text_first`, from before it was kept, replays as it did)
     text_first = entry.get("text_first")
@@ -141,7 +156,7 @@ def replay(entry: dict[str, Any], sink: ChunkSink) -> None:
             elif kind == "a":
                 sink.tool_call_args(index, tools[index]["args"][ai[index]])
                 ai[index] += 1
-    _close(sink, entry.get("finish"), entry.get("usage"))
+    _close(sink, entry.get("finish"), entry.get("usage"), _tier(entry))
 
 
 _RUN_KINDS = frozenset("crtsSa")  # CompletionBuilder's (openai_api/completion.py)
@@ -162,7 +177,7 @@ def _runs(entry: dict[str, Any]) -> list[Any]:
     return runs  # type: ignore[no-any-return]
 
 
-def _replay_completion(completion: dict[str, Any], sink: ChunkSink) -> None:
+def _replay_completion(completion: dict[str, Any], sink: ChunkSink, tier: str | None) -> None:
     choice = (completion.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     # Its content null or not, the stream's role chunk says so (tool calls, reasoning or
@@ -178,12 +193,15 @@ def _replay_completion(completion: dict[str, Any], sink: ChunkSink) -> None:
         fn = call.get("function") or {}
         sink.tool_call_start(i, call.get("id") or "", fn.get("name") or "",
                              fn.get("arguments") or "")
-    _close(sink, choice.get("finish_reason"), completion.get("usage"))
+    _close(sink, choice.get("finish_reason"), completion.get("usage"), tier)
 
 
-def _close(sink: ChunkSink, finish: str | None, usage: dict[str, Any] | None) -> None:
+def _close(sink: ChunkSink, finish: str | None, usage: dict[str, Any] | None,
+           tier: str | None) -> None:
     if finish:
         sink.finish(finish)
+    if tier is not None:
+        sink.service_tier(tier)
     if usage:
         sink.usage(usage)
     sink.end()

@@ -222,7 +222,9 @@ class ResponseCache:
                     return
                 write = self.backend.delete(key)  # (as for an answer a replay cannot say)
             elif record.response is not None:
-                write = self.backend.set(key, cached.from_completion(record.response), max_age)
+                entry = cached.from_completion(record.response,
+                                               translated=not record.passthrough)
+                write = self.backend.set(key, entry, max_age)
             else:
                 builder = record.builder
                 if builder is None or not builder.ended or builder.failure is not None:

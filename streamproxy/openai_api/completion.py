@@ -80,6 +80,9 @@ class CompletionBuilder:
         # name and argument pieces, as `message.function_call` has them joined.
         self._function_call: tuple[str, list[str]] | None = None
         self.upstream_fields: dict[str, str] = {}  # a pass-through's UPSTREAM_FIELDS
+        # A translator's `service_tier()`: told at the end (Bedrock's metadata), not on every
+        # chunk as a pass-through's is, so a cache replay tells it at the end too.
+        self.tier: str | None = None
         self.sources: dict[str, Any] = {}  # a pass-through's SOURCE_FIELDS, the last given
         self.other_choices: dict[int, CompletionBuilder] = {}  # a pass-through's n > 1
         self._runs: list[list[Any]] = []  # closed runs; the open one is the three below
@@ -208,7 +211,7 @@ class CompletionBuilder:
         self.finish_reason = reason
 
     def service_tier(self, tier: str) -> None:
-        self.upstream_fields["service_tier"] = tier
+        self.tier = tier
 
     def usage(self, usage: dict[str, Any]) -> None:
         self.usage_data = usage
@@ -537,6 +540,8 @@ class CompletionBuilder:
         if self.usage_data is not None:
             out["usage"] = self.usage_data
         out.update(self.upstream_fields)
+        if self.tier is not None:
+            out["service_tier"] = self.tier
         out.update(self.sources)
         return out
 
