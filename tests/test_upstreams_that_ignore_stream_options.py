@@ -132,3 +132,21 @@ async def test_a_streamed_tool_call_answered_whole_reaches_the_stream_helper(
     assert (call.id, call.function.name, call.function.arguments) == (
         "call_1", "weather", '{"city":"Paris"}')
     assert final.choices[0].finish_reason == "tool_calls"
+
+
+async def test_a_failed_choice_answered_whole_is_its_error_streamed_or_not(
+        proxy: Any, upstream: Any) -> None:
+    # OpenRouter's failed answer: the choice's own `error` says what failed and its status;
+    # a stream request answered so gets the error a non-streamed one gets, not a bare 502.
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({**WHOLE, "choices": [{
+        "index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "error",
+        "native_finish_reason": "error",
+        "error": {"code": 429, "message": "Provider rate limited"}}]})
+    client = await proxy(provider_config("openrouter", upstream.url))
+    answers = []
+    for stream in (False, True):
+        response = await client.post("/v1/chat/completions", json={
+            "model": "m", "messages": USER, "stream": stream})
+        answers.append((response.status, (await response.json())["error"]["message"]))
+    assert answers == [(429, "Provider rate limited")] * 2

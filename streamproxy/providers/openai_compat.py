@@ -385,6 +385,10 @@ def error_answer(body: bytes, provider: str) -> UpstreamStatusError | None:
     return error_object(error, provider) if error else None
 
 
+# A whole answer's choice's keys that its stream's finish chunk does not repeat.
+_ANSWER_ONLY = frozenset(("index", "message", "logprobs", "finish_reason"))
+
+
 def answer_events(body: bytes) -> bytes | None:
     """A whole `chat.completion` as the events of its stream, or None for any other body. Some
     OpenAI-compatible servers answer a stream request so (vLLM and llama.cpp builds, relays
@@ -413,7 +417,12 @@ def answer_events(body: bytes) -> bytes | None:
         chunks.append({**head, "choices": [{"index": index, "delta": delta,
                                             "logprobs": choice.get("logprobs"),
                                             "finish_reason": None}]})
-        chunks.append({**head, "choices": [{"index": index, "delta": {}, "logprobs": None,
+        # The choice's other fields go on its finish chunk, where a stream carries them: a
+        # failed choice's `error` (OpenRouter's: the status and message of the failure),
+        # `native_finish_reason`, `stop_reason`, Azure's `content_filter_results`.
+        rest = {k: v for k, v in choice.items() if k not in _ANSWER_ONLY}
+        chunks.append({**head, "choices": [{**rest, "index": index, "delta": {},
+                                            "logprobs": None,
                                             "finish_reason": choice.get("finish_reason")}]})
     if answer.get("usage"):
         chunks.append({**head, "choices": [], "usage": answer["usage"]})
