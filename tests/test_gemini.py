@@ -1291,3 +1291,28 @@ def test_a_failed_finish_without_usage_keeps_the_latest_snapshot(separators: str
     c = collect(sse_chunks(relay_pieces(enc, GeminiStreamTranslator(enc, 1 << 20), [body])))
     assert c.content == "Let me call it" and c.error is not None
     assert enc.usage_data is not None and enc.usage_data["completion_tokens"] == 7 + 248
+
+
+@pytest.mark.parametrize("whole", ["array", "object"])
+async def test_a_stream_request_answered_whole_is_streamed(whole: str, proxy: Any,
+                                                           upstream: Any) -> None:
+    # A server or relay that drops `alt=sse` answers streamGenerateContent with Google's JSON
+    # array of the stream's chunks; one that ignores the stream, with the whole answer (both
+    # pretty-printed, as Google writes JSON): the chunks the stream would have been, not a
+    # 502 upstream_stream_truncated.
+    answer = MULTI if whole == "array" else MULTI[-1] | {"candidates": [{
+        "content": {"role": "model", "parts": [{"text": "Checking two cities."}]},
+        "finishReason": "STOP"}]}
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps(answer, option=orjson.OPT_INDENT_2)
+    client = await proxy(provider_config("gemini", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": True, "messages": USER,
+        "stream_options": {"include_usage": True}})
+    assert resp.status == 200
+    chunks = sse_chunks(await resp.read())
+    assert chunks[-1] == "[DONE]"
+    c = collect(chunks[:-1])
+    assert c.content == "Checking two cities." and c.error is None
+    assert c.finish_reason == ("tool_calls" if whole == "array" else "stop")
+    assert c.usage is not None and c.usage["total_tokens"] > 0

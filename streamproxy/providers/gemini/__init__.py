@@ -40,7 +40,7 @@ from streamproxy.providers.gemini.errors import google_error
 from streamproxy.providers.gemini.names import client_names
 from streamproxy.providers.gemini.request import DROPPED, asks_search, to_gemini
 from streamproxy.providers.gemini.response import to_completion
-from streamproxy.providers.gemini.stream import GeminiStreamTranslator
+from streamproxy.providers.gemini.stream import GeminiStreamTranslator, answer_events
 from streamproxy.providers.gemini.vertex_anthropic import VertexClaudeProvider, is_claude
 
 if TYPE_CHECKING:
@@ -144,6 +144,9 @@ class GeminiProvider(Provider):
 
     def answered_error(self, body: bytes) -> UpstreamStatusError:
         return google_error(0, body, self.name)  # (0: Google's numeric `code` is the status)
+
+    def events_of_answer(self, body: bytes) -> bytes | None:
+        return answer_events(body)
 
 
 class VertexProvider(GeminiProvider):

@@ -54,7 +54,7 @@ from typing import Any
 
 import orjson
 
-from streamproxy._json import dumps_exact, loads_exact
+from streamproxy._json import dumps_exact, loads_exact, loads_lenient
 from streamproxy.decode.sse import SSEEvent
 from streamproxy.errors import StreamDecodeError, StreamTruncated, UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink, make_usage, unseen_citations
@@ -583,3 +583,28 @@ class GeminiStreamTranslator(SSETranslator):
             mapped = "tool_calls"
         self.out.finish(mapped)
         self.finished = True
+
+
+def answer_events(body: bytes) -> bytes | None:
+    """A stream request's body that is no event stream but the answer whole, as the `alt=sse`
+    events its stream would have been; None for any other body. A relay that drops `alt=sse`
+    gets Google's JSON array of the stream's chunks, a server that ignores the stream the
+    whole GenerateContentResponse (both pretty-printed, one event's line each now). Numbers
+    are kept as written (a call's args). Read once, on that odd answer only."""
+    try:
+        answer = loads_lenient(body)
+    except orjson.JSONDecodeError:
+        return None
+    chunks = answer if isinstance(answer, list) else [answer]
+    if not chunks or not all(isinstance(c, dict) and _ANSWER_KEYS & c.keys() for c in chunks):
+        return None
+    exact = loads_exact(body)
+    if exact is not None:
+        lines = [dumps_exact(c).encode() for c in (exact if isinstance(exact, list) else [exact])]
+    else:
+        lines = [orjson.dumps(c) for c in chunks]
+    return b"".join(b"data: %b\r\n\r\n" % line for line in lines)
+
+
+# What every GenerateContentResponse has one of (an error object is the executor's to read).
+_ANSWER_KEYS = frozenset(("candidates", "promptFeedback", "usageMetadata"))
