@@ -1702,3 +1702,15 @@ async def test_a_pass_through_answer_too_deep_to_encode_is_answered_with_store(
                                                                 store=True)
     assert whole.http_response.content == upstream.body
     assert whole.parse().choices[0].message.content == "Hi"
+
+
+def test_an_inline_configs_api_key_is_one_owner_with_or_without_the_spaces_routing_strips(
+        ) -> None:
+    # The config sends `api_key` upstream stripped (a pasted key's space, a file's line end):
+    # the owner is that key's, as the provider sees it, not one per spelling.
+    def owner(key: str) -> str:
+        return credential_owner({"x-portkey-config": orjson.dumps(
+            {"provider": "openai", "api_key": key}).decode()})
+
+    assert owner(" sk-abc\n") == owner("sk-abc") == owner("sk-abc\t") != ""
+    assert owner("sk-abd") != owner("sk-abc")

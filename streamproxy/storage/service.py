@@ -110,8 +110,9 @@ def inline_config_keys(header: str) -> list[str]:
         if isinstance(node, dict):
             # (as the config reads a target's key: a JavaScript client writes `apiKey`)
             for name in _API_KEY_NAMES:
-                if isinstance(node.get(name), str) and node[name]:
-                    keys.add(node[name])
+                # stripped, as the config sends it upstream: one key, one owner
+                if isinstance(node.get(name), str) and (key := node[name].strip()):
+                    keys.add(key)
             targets = node.get("targets")
             if isinstance(targets, list):
                 stack.extend(targets)
