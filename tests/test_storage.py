@@ -1714,3 +1714,27 @@ def test_an_inline_configs_api_key_is_one_owner_with_or_without_the_spaces_routi
 
     assert owner(" sk-abc\n") == owner("sk-abc") == owner("sk-abc\t") != ""
     assert owner("sk-abd") != owner("sk-abc")
+
+
+def test_force_store_leaves_the_metadata_of_a_request_that_did_not_ask_to_be_stored() -> None:
+    # The operator's force_store must not change what a client that never sent `store: true`
+    # gets: its metadata (Bedrock's requestMetadata takes 17 keys' first 16, skips a number)
+    # is forwarded as without it, never a 400 for OpenAI's limits; stored only when it keeps
+    # to them.
+    service = StoredCompletions(StorageConfig(path=":memory:", force_store=True),
+                                store=_NoStore())
+    many = {f"k{i}": "v" for i in range(17)}
+    for metadata, kept in (({"n": 1}, {}), (many, {}), ({"team": "a"}, {"team": "a"})):
+        for extra in ({}, {"store": False}):
+            req = parse_chat_request(orjson.dumps(
+                {"model": "m", "messages": USER, "metadata": metadata, **extra}))
+            record = RequestRecord("t")
+            service.before_upstream(_Request(), req, record)  # type: ignore[arg-type]
+            assert req.body["metadata"] == metadata and "store" not in req.body
+            assert record.capture and record.pending is not None
+            assert record.pending["store"].metadata == kept
+    # Asked for, the metadata is the proxy's: checked, and not forwarded.
+    req = parse_chat_request(orjson.dumps({"model": "m", "messages": USER, "store": True,
+                                           "metadata": {"n": 1}}))
+    with pytest.raises(ProxyError):
+        service.before_upstream(_Request(), req, RequestRecord("t"))  # type: ignore[arg-type]

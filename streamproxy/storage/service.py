@@ -143,16 +143,19 @@ class StoredCompletions:
     def before_upstream(self, request: Exchange, req: ChatRequest,
                         record: RequestRecord) -> None:
         body = req.body
-        wanted = body.get("store") is True or self.cfg.force_store
-        if not wanted:
+        asked = body.get("store") is True
+        if not asked and not self.cfg.force_store:
             if "store" in body:  # store: false — ours to consume too
                 del body["store"]
                 req.stripped = True
             return
-        metadata = check_metadata(body.get("metadata"))
         body.pop("store", None)
         snapshot = dict(body)
-        body.pop("metadata", None)
+        if asked:  # the client's metadata for the stored completion: OpenAI's rules, ours
+            metadata = check_metadata(body.pop("metadata", None))
+        else:  # stored by the operator's force_store: the request goes on as without it (its
+            # metadata forwarded, not a 400 a provider taking it never gave), kept if it fits
+            metadata = _fitting_metadata(body.get("metadata"))
         # `raw` is not encoded again here: only a pass-through forwards it, and it encodes a
         # stripped body itself (a translating provider never reads it).
         req.stripped = True
@@ -269,6 +272,14 @@ class StoredCompletions:
 
     async def close(self) -> None:
         await self.store.close()
+
+
+def _fitting_metadata(value: Any) -> dict[str, str]:
+    """A forced store's metadata: the client's when within OpenAI's limits, else none."""
+    try:
+        return check_metadata(value)
+    except InvalidRequest:
+        return {}
 
 
 def _not_found(cid: str) -> NotFound:
