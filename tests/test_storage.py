@@ -28,7 +28,7 @@ from streamproxy.providers.mock.server import mock_text
 from streamproxy.record import RequestRecord
 from streamproxy.storage.base import ListQuery, StoredCompletion
 from streamproxy.storage.config import StorageConfig, parse_storage_config
-from streamproxy.storage.objects import parse_page
+from streamproxy.storage.objects import completion_object, parse_page
 from streamproxy.storage.service import StoredCompletions, StoreTicket, credential_owner
 from streamproxy.storage.sqlite import SQLiteStore
 from tests.helpers import fixture_bytes, jsonl_to_sse, make_config, openai_sdk
@@ -1738,3 +1738,22 @@ def test_force_store_leaves_the_metadata_of_a_request_that_did_not_ask_to_be_sto
                                            "metadata": {"n": 1}}))
     with pytest.raises(ProxyError):
         service.before_upstream(_Request(), req, RequestRecord("t"))  # type: ignore[arg-type]
+
+
+async def test_a_retrieved_completion_names_the_tier_that_served_it_not_the_one_asked(
+        proxy: Any, tmp_path: Path) -> None:
+    # `service_tier` on a chat.completion is the tier that served it: a translated answer
+    # names none (the provider told none), and retrieved it is the answer the client got.
+    api = openai_sdk(await proxy(config(tmp_path)), "sk-client")
+    done = await api.chat.completions.create(model="mock/fast:tokens=2", messages=USER,
+                                             store=True, service_tier="flex")
+    got = await stored(api, done.id)
+    assert done.service_tier is None
+    assert got.service_tier is None
+    item = StoredCompletion("c", "", 1, "m", None, {}, {"service_tier": "auto",
+                                                        "temperature": 0.5},
+                            {"id": "c", "service_tier": "default"})
+    assert completion_object(item)["service_tier"] == "default"
+    item.response = {"id": "c"}
+    out = completion_object(item)
+    assert "service_tier" not in out and out["temperature"] == 0.5

@@ -16,9 +16,11 @@ METADATA_KEY_MAX = 64
 METADATA_VALUE_MAX = 512
 PAGE_MAX = 100
 PAGE_DEFAULT = 20
-# Request parameters OpenAI echoes on a stored completion (`user` as `input_user`).
+# Request parameters OpenAI echoes on a stored completion (`user` as `input_user`). Not
+# `service_tier`: the answer's is the tier that served it, which the stored answer has when
+# the provider told it (the one asked, "auto" or a tier a provider ignored, is not that).
 _ECHOED = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "tools",
-           "tool_choice", "response_format", "service_tier")
+           "tool_choice", "response_format")
 
 
 def check_metadata(value: Any, param: str = "metadata") -> dict[str, str]:
