@@ -1757,3 +1757,46 @@ async def test_a_retrieved_completion_names_the_tier_that_served_it_not_the_one_
     item.response = {"id": "c"}
     out = completion_object(item)
     assert "service_tier" not in out and out["temperature"] == 0.5
+
+
+def _typed_parts_stream() -> bytes:
+    """A Mistral reasoning model's stream: content as typed parts, its thinking in pieces."""
+    def think(text: str) -> dict[str, Any]:
+        return {"type": "thinking", "thinking": [{"type": "text", "text": text}]}
+
+    return _pass_through_stream({"role": "assistant", "content": [think("Two plus")]},
+                                {"content": [think(" two.")]},
+                                {"content": [{"type": "text", "text": "It is "}]},
+                                {"content": [{"type": "text", "text": "4"}]})
+
+
+def test_a_typed_parts_stream_is_captured_with_its_parts_joined() -> None:
+    builder = CompletionBuilder()
+    for data in _typed_parts_stream().split(b"\n\n"):
+        if data.startswith(b"data: {"):
+            builder.raw_chunk(data[6:])
+    builder.end()
+    got = builder.completion(completion_id="c", created=1, model="m")
+    assert got["choices"][0]["message"]["content"] == [
+        {"type": "thinking", "thinking": [{"type": "text", "text": "Two plus two."}]},
+        {"type": "text", "text": "It is 4"}]
+    # A plain string among the parts continues their text, as the client joined it.
+    builder.raw_chunk(orjson.dumps({"choices": [{"index": 0, "delta": {"content": "!"}}]}))
+    assert builder.message()["content"][1] == {"type": "text", "text": "It is 4!"}
+
+
+async def test_a_streamed_answer_of_typed_parts_is_stored_with_its_thinking(
+        proxy: Any, upstream: Any, tmp_path: Path) -> None:
+    # As Mistral's whole answer has it (a list of parts, its thinking first): stored as the
+    # text alone, the thinking the client read was lost from the stored completion.
+    upstream.body = _typed_parts_stream()
+    api = await _pass_through_api(proxy, upstream, tmp_path)
+    stream = await api.chat.completions.create(model="gpt", messages=USER, store=True,
+                                               stream=True)
+    cid = ""
+    async for chunk in stream:
+        cid = chunk.id
+    got = await stored(api, cid)
+    assert got.choices[0].message.content == [
+        {"type": "thinking", "thinking": [{"type": "text", "text": "Two plus two."}]},
+        {"type": "text", "text": "It is 4"}]

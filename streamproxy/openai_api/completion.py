@@ -83,6 +83,9 @@ class CompletionBuilder:
         # A translator's `service_tier()`: told at the end (Bedrock's metadata), not on every
         # chunk as a pass-through's is, so a cache replay tells it at the end too.
         self.tier: str | None = None
+        # A pass-through's content as typed parts (Mistral's reasoning models), joined: the
+        # whole answer's `content` list, its thinking with it (None: none came).
+        self.typed_parts: list[dict[str, Any]] | None = None
         self.sources: dict[str, Any] = {}  # a pass-through's SOURCE_FIELDS, the last given
         self.other_choices: dict[int, CompletionBuilder] = {}  # a pass-through's n > 1
         self._runs: list[list[Any]] = []  # closed runs; the open one is the three below
@@ -239,7 +242,7 @@ class CompletionBuilder:
                 b._audio["transcript"] = _paired(b._audio["transcript"])
             for name in ("model", "id", "tool_calls", "annotations", "images", "logprobs",
                          "_audio", "upstream_fields", "sources", "usage_data",
-                         "reasoning_details"):
+                         "reasoning_details", "typed_parts"):
                 setattr(b, name, _whole(getattr(b, name)))
 
     def error(self, err: ProxyError) -> None:
@@ -338,8 +341,11 @@ class CompletionBuilder:
         if isinstance(content, list):  # typed parts (Mistral's reasoning models): their text
             # A replay writes text deltas only: the client's parts (its thinking) would be lost.
             self.replayable = False
+            self._raw_typed_parts(content)
             content = "".join(p["text"] for p in content if isinstance(p, dict)
                               and p.get("type") == "text" and isinstance(p.get("text"), str))
+        elif self.typed_parts is not None and isinstance(content, str) and content:
+            self._raw_typed_parts([{"type": "text", "text": content}])  # (a plain one among them)
         if isinstance(content, str) and content:
             self.content(content)
         else:
@@ -409,6 +415,35 @@ class CompletionBuilder:
                     entry[key] += value
                 elif value is not None:
                     entry[key] = value
+
+    def _raw_typed_parts(self, parts: list[Any]) -> None:
+        """Typed content parts joined as the whole answer has them: a text part continues the
+        text part before it, a thinking part the thinking before it (its texts joined, its
+        other fields the latest); any other part is kept as it came."""
+        kept = self.typed_parts
+        if kept is None:
+            kept = self.typed_parts = []
+            if self._parts:  # (text that came as a plain string before the first part)
+                kept.append({"type": "text", "text": "".join(self.content_parts)})
+        for part in parts:
+            if not isinstance(part, dict):
+                continue
+            last = kept[-1] if kept else {}
+            kind = part.get("type")
+            if kind == last.get("type") == "text" and isinstance(part.get("text"), str) \
+                    and isinstance(last.get("text"), str):
+                last["text"] += part["text"]
+            elif kind == last.get("type") == "thinking" and isinstance(part.get("thinking"), list) \
+                    and isinstance(last.get("thinking"), list):
+                for key, value in part.items():
+                    if key != "thinking":
+                        last[key] = value
+                _join_texts(last["thinking"], part["thinking"])
+            else:
+                part = dict(part)
+                if isinstance(part.get("thinking"), list):  # (a copy: later pieces join it)
+                    part["thinking"] = _join_texts([], part["thinking"])
+                kept.append(part)
 
     def _raw_tool_calls(self, calls: list[Any]) -> None:
         for tc in calls:
@@ -487,6 +522,8 @@ class CompletionBuilder:
                               else orjson.loads(b'"%b"' % b"".join(parts)))
         elif self.text_first or (not self.raw_chunks and self._empty):
             msg["content"] = ""  # as OpenAI's empty answer, and the stream's chunks, say
+        if self.typed_parts:
+            msg["content"] = self.typed_parts
         if self.reasoning_parts:
             msg[self.reasoning_key] = "".join(self.reasoning_parts)
         if self.reasoning_details:
@@ -544,6 +581,19 @@ class CompletionBuilder:
             out["service_tier"] = self.tier
         out.update(self.sources)
         return out
+
+
+def _join_texts(kept: list[Any], pieces: list[Any]) -> list[Any]:
+    """`pieces` (`{"type": "text", "text": …}` and others) added to `kept`: a text piece
+    continues a text one before it."""
+    for piece in pieces:
+        last = kept[-1] if kept and isinstance(kept[-1], dict) else {}
+        if isinstance(piece, dict) and piece.get("type") == last.get("type") == "text" \
+                and isinstance(piece.get("text"), str) and isinstance(last.get("text"), str):
+            last["text"] += piece["text"]
+        else:
+            kept.append(dict(piece) if isinstance(piece, dict) else piece)
+    return kept
 
 
 def _whole_text(text: str) -> str:
