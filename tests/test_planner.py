@@ -1528,6 +1528,8 @@ def test_a_config_model_prefixed_with_the_virtual_keys_provider_keeps_the_key(
 @pytest.mark.parametrize(("pattern", "value", "expected"), [
     (".*urgent", "x" * 100_000, False),  # a leading .* changes nothing a search finds
     (".*urgent.*", "x" * 100_000 + "urgent" + "x" * 10, True),
+    ("(?i).*urgent", "x" * 100_000 + "URGENT", True),  # after inline flags too
+    ("(?i)(?s).*urgent.*", "x\n" * 50_000 + "Urgent\n", True),
     ("urgent", "x" * 1_000_000 + "urgent", True),  # no backtracking: any length is read
     ("^gpt-4o(-mini|-nano)?$", "gpt-4o-mini", True),
     (r"\s+$", " " * 100_000 + "x", False),  # quadratic: past its cap, never a match

@@ -25,8 +25,8 @@ CLIENT_REGEX_TEXT_MAX characters never matches one. An operator's patterns are t
 operator's to write and are not refused, but the values they read are the client's: each reads
 a value only as long as its cost on it fits the same budget (`regex_text_max`; a longer one
 never matches), unless it backtracks a bounded few ways per start (a literal, `-mini$`), which
-reads any length. A leading or trailing `.*` is dropped first: it changes nothing a search
-finds, and a leading one made `.*urgent` quadratic.
+reads any length. A leading (after `(?i)`-style flags) or trailing `.*` is dropped first:
+it changes nothing a search finds, and a leading one made `.*urgent` quadratic.
 """
 
 from __future__ import annotations
@@ -70,6 +70,9 @@ _TEXT_LIMIT = 1 << 24  # longer than any request body (server.max_body_bytes: 10
 _JS_SPACES = r"\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 _JS_NAMED_GROUP = re.compile(r"\(\?<(?=[A-Za-z_])")  # (not a lookbehind's (?<= or (?<!)
 _JS_GROUP_REF = re.compile(r"\\k<(\w+)>")
+# Python's global inline flags, which must open a pattern (`(?i)`, `(?i)(?s)`): a `.*` after
+# them leads the pattern as much as one at its start.
+_GLOBAL_FLAGS = re.compile(r"(?:\(\?[aiLmsux]+\))*")
 _REPEATS = (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT)
 _BEGINNINGS = (sre.AT_BEGINNING, sre.AT_BEGINNING_STRING)
 
@@ -195,10 +198,12 @@ def _searched(pattern: str) -> str:
     """`pattern` without a leading or trailing `.*` / `.*?`: each may match nothing, so a
     search finds a match with them exactly when without, and a leading one has sre try every
     start against the rest of the text (`.*urgent` on 100 kB: 14 s)."""
+    head = _GLOBAL_FLAGS.match(pattern).end()  # (`(?i).*urgent`: after the flags)
     while True:
         items = sre_parse.parse(pattern)
-        if len(items) and _is_dot_star(items[0]) and pattern.startswith(".*"):
-            pattern = pattern[3:] if pattern.startswith(".*?") else pattern[2:]
+        if len(items) and _is_dot_star(items[0]) and pattern.startswith(".*", head):
+            cut = 3 if pattern.startswith(".*?", head) else 2
+            pattern = pattern[:head] + pattern[head + cut:]
         elif len(items) and _is_dot_star(items[-1]) and pattern.endswith((".*", ".*?")):
             pattern = pattern[:-3] if pattern.endswith(".*?") else pattern[:-2]
         else:
