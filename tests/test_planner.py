@@ -1539,6 +1539,15 @@ def test_a_config_model_prefixed_with_the_virtual_keys_provider_keeps_the_key(
     (r"(\w+) \1", "hello hello", True),  # a backreference: one comparison
     (r"(a)\1", "x" * 100_000 + "aa", True),
     (r"^(?:(a)|b)(?(1)a|b)$", "aa", True),
+    # One way, but each start walks 1,000 characters: 0.26 s on 100 kB, 1.8 s for \w{255}x
+    # on 1 MB; (?:\w{100}){100}x 2.6 s on 100 kB. Each way's walk is counted now.
+    (r"\w{1000}x", "a" * 100_000 + "x", False),
+    (r"(?:\w{100}){100}x", "a" * 100_000 + "x", False),
+    (r"\w{4}x", "a" * 100_000 + "x", True),  # a short walk: still any length
+    # A backreference compares as many characters as its group took: n³ on a run of a's.
+    (r"(a*)\1x", "a" * 1_400 + "x", False),
+    ("please escalate this conversation to a human agent", "x" * 1_000_000
+     + "please escalate this conversation to a human agent", True),  # sre's prefix search
 ])
 def test_an_operators_regex_cannot_stall_the_loop_on_a_clients_long_value(
         pattern: str, value: str, expected: bool) -> None:

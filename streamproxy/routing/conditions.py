@@ -24,9 +24,10 @@ stalling every stream of the worker. So its patterns must fit a backtracking bud
 CLIENT_REGEX_TEXT_MAX characters never matches one. An operator's patterns are the
 operator's to write and are not refused, but the values they read are the client's: each reads
 a value only as long as its cost on it fits the same budget (`regex_text_max`; a longer one
-never matches), unless it backtracks a bounded few ways per start (a literal, `-mini$`), which
-reads any length. A leading (after `(?i)`-style flags) or trailing `.*` is dropped first:
-it changes nothing a search finds, and a leading one made `.*urgent` quadratic.
+never matches), unless it takes a bounded few steps per start (a literal, `-mini$`), which
+reads any length; each way's walk counts (`\w{1000}` is one way but a thousand steps). A
+leading (after `(?i)`-style flags) or trailing `.*` is dropped first: it changes nothing a
+search finds, and a leading one made `.*urgent` quadratic.
 """
 
 from __future__ import annotations
@@ -62,9 +63,12 @@ MAX_QUERY_DEPTH = 32
 # not for a repeated group that can match a text in several ways (`(a+)+`, `(a|ab)*`).
 CLIENT_REGEX_TEXT_MAX = 256
 CLIENT_REGEX_BUDGET = 1 << 21
-# A pattern that backtracks at most this many ways per start, whatever the text, costs a
-# search time linear in it: it reads a value of any length (`regex_text_max`).
+# A pattern that backtracks at most _LINEAR_WAYS ways and takes at most _LINEAR_STEPS steps
+# per start, whatever the text, costs a search time linear in it: it reads a value of any
+# length (`regex_text_max`). Room for a literal phrase or `^gpt-4o(-mini|-nano)?$`, not for
+# `\w{255}x` (~7 ns a step: 1.8 s on 1 MB).
 _LINEAR_WAYS = 16
+_LINEAR_STEPS = 32
 _TEXT_LIMIT = 1 << 24  # longer than any request body (server.max_body_bytes: 10 MB)
 # JavaScript's \s (ECMA-262 WhiteSpace and LineTerminator), for re.ASCII's narrower one.
 _JS_SPACES = r"\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
@@ -126,20 +130,23 @@ def regex_cost(pattern: str, text_max: int = CLIENT_REGEX_TEXT_MAX,
     """An upper bound on the steps a search for `pattern` (a valid one) may backtrack through
     on a text of `text_max` characters: one per start (one only after a leading `^`) times its
     items' ways; a backreference's are unbounded (inf) in a client's pattern."""
-    return _cost(sre_parse.parse(_python(pattern), re.ASCII), text_max,
-                 math.inf if client else 1)
+    items = sre_parse.parse(_python(pattern), re.ASCII)
+    if client:
+        return _cost(items, text_max, math.inf)
+    return _starts(items, text_max) * _search_steps(items, text_max)[1]
 
 
 def regex_text_max(pattern: str) -> int | None:
     """The longest text a search for `pattern` (a valid one) reads within
-    CLIENT_REGEX_BUDGET; None when it backtracks a bounded few ways per start (linear)."""
+    CLIENT_REGEX_BUDGET steps; None when it takes a bounded few per start (linear)."""
     items = sre_parse.parse(_python(pattern), re.ASCII)
-    if _ways(items, _TEXT_LIMIT, 1) <= _LINEAR_WAYS:
+    ways, steps = _search_steps(items, _TEXT_LIMIT)
+    if ways <= _LINEAR_WAYS and steps <= _LINEAR_STEPS:
         return None
     low, high = 0, _TEXT_LIMIT  # (the cost grows with the text: the longest within budget)
     while low < high:  # (24 halvings)
         mid = (low + high + 1) // 2
-        if _cost(items, mid, 1) <= CLIENT_REGEX_BUDGET:
+        if _starts(items, mid) * _search_steps(items, mid)[1] <= CLIENT_REGEX_BUDGET:
             low = mid
         else:
             high = mid - 1
@@ -217,9 +224,64 @@ def _is_dot_star(item: Any) -> bool:
 
 
 def _cost(items: Any, text_max: int, ref_ways: float) -> float:
+    return _starts(items, text_max) * _ways(items, text_max, ref_ways)
+
+
+def _starts(items: Any, text_max: int) -> int:
     anchored = (len(items) > 0 and items[0][0] is sre.AT and items[0][1] in _BEGINNINGS
                 and not items.state.flags & re.MULTILINE)  # ((?m)^: each line's start)
-    return (1 if anchored else text_max + 1) * _ways(items, text_max, ref_ways)
+    return 1 if anchored else text_max + 1
+
+
+def _search_steps(items: Any, text_max: int) -> tuple[float, float]:
+    """`_steps` of a search: sre finds a leading literal (case-sensitive) in time linear in
+    the text, with a table of its overlaps, so it counts as one step (a phrase reads any
+    length) and only the rest is tried at each place it occurs."""
+    head = 0
+    if not items.state.flags & re.IGNORECASE:
+        while head < len(items) and items[head][0] is sre.LITERAL:
+            head += 1
+    ways, steps = _steps(sre_parse.SubPattern(items.state, items.data[head:]), text_max)
+    return ways, steps + (head > 0)
+
+
+def _steps(items: Any, text_max: int) -> tuple[float, float]:
+    r"""The ways `items` (an operator's parsed sequence) may match from one place in a text of
+    `text_max` characters, and the steps sre may take trying them all: each way of an item
+    tries the rest, and a repeat walks its iterations, so `\w{1000}` is one way but a thousand
+    steps (`_ways` counts it as one: `(?:\w{100}){100}x` stalled 2.6 s on 100 kB), and a
+    backreference compares as many characters as its group may hold."""
+    ways, steps = 1.0, 0.0
+    for op, av in items:
+        if op in _REPEATS:
+            low, high, body = av
+            high = min(high, text_max)
+            inner, walk = _steps(body, text_max)
+            if inner == 1:
+                item = (max(high - low + 1, 1), max(high, 1) * walk)
+            else:  # (every partial path tries one more iteration)
+                item = (_repeat_ways(low, high, inner), _repeat_ways(0, high, inner) * walk)
+        elif op is sre.SUBPATTERN:
+            item = _steps(av[3], text_max)
+        elif op is sre.ATOMIC_GROUP:
+            item = _steps(av, text_max)
+        elif op in (sre.ASSERT, sre.ASSERT_NOT):
+            item = _steps(av[1], text_max)
+        elif op is sre.BRANCH:
+            arms = [_steps(alt, text_max) for alt in av[1]]
+            item = (sum(w for w, _ in arms), sum(s for _, s in arms))
+        elif op is sre.GROUPREF:
+            item = (1, max(min(items.state.groupwidths[av][1], text_max), 1))
+        elif op is sre.GROUPREF_EXISTS:
+            arms = [_steps(arm, text_max) if arm else (1, 1) for arm in av[1:]]
+            item = (sum(w for w, _ in arms), 1 + sum(s for _, s in arms))
+        else:
+            item = (1, 1)
+        steps += ways * item[1]
+        ways *= item[0]
+        if steps > CLIENT_REGEX_BUDGET or ways > CLIENT_REGEX_BUDGET:
+            return math.inf, math.inf
+    return ways, steps
 
 
 def _ways(items: Any, text_max: int, ref_ways: float) -> float:
