@@ -1579,6 +1579,10 @@ def test_an_operators_regex_cannot_stall_the_loop_on_a_clients_long_value(
     (r"^\s$", "\u00a0", True),  # but \s is Unicode's spaces in JavaScript too
     (r"^\S$", "\u00a0", False),
     (r"^[\s,]+$", "\u3000,", True),
+    (r"^[^\S\r\n]+$", "\u00a0\u3000", True),  # \S in a class: JavaScript's too
+    (r"^[^\S\r\n]+$", " \n", False),
+    (r"^[\S]$", "\u00a0", False),
+    (r"^[\S]$", "a", True),
     ("(?m)^b$", "a\nb\nc", True),  # Python's inline flags still work
 ])
 def test_regex_means_what_it_means_in_portkeys_javascript(

@@ -72,6 +72,10 @@ _LINEAR_STEPS = 32
 _TEXT_LIMIT = 1 << 24  # longer than any request body (server.max_body_bytes: 10 MB)
 # JavaScript's \s (ECMA-262 WhiteSpace and LineTerminator), for re.ASCII's narrower one.
 _JS_SPACES = r"\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+# JavaScript's \S inside a class (`[^\S\r\n]`: a space but no line end), where `[^…]` cannot
+# nest: every character outside _JS_SPACES, as ranges.
+_JS_NON_SPACES = (r"\x00-\x08\x0e-\x1f\x21-\x9f\xa1-\u167f\u1681-\u1fff\u200b-\u2027"
+                  r"\u202a-\u202e\u2030-\u205e\u2060-\u2fff\u3001-\ufefe\uff00-\U0010ffff")
 _JS_NAMED_GROUP = re.compile(r"\(\?<(?=[A-Za-z_])")  # (not a lookbehind's (?<= or (?<!)
 _JS_GROUP_REF = re.compile(r"\\k<(\w+)>")
 # Python's global inline flags, which must open a pattern (`(?i)`, `(?i)(?s)`): a `.*` after
@@ -178,8 +182,8 @@ def _from_js(pattern: str, dollar: bool) -> str:
                 char, step = f"(?P={ref.group(1)})", ref.end() - i
             elif escape == "\\s":
                 char = _JS_SPACES if in_class else f"[{_JS_SPACES}]"
-            elif escape == "\\S" and not in_class:
-                char = f"[^{_JS_SPACES}]"
+            elif escape == "\\S":
+                char = _JS_NON_SPACES if in_class else f"[^{_JS_SPACES}]"
             else:
                 char = escape
         elif in_class:
