@@ -376,8 +376,7 @@ async def _refuse_while_draining(ex: Exchange, record: RequestRecord) -> None:
     """A request that came once the drain's grace period was over: 503, and the connection
     closes."""
     err = shutdown_error()
-    record.status, record.error_type, record.error_code = err.status, err.error_type, err.code
-    err.response_headers = response_headers(record, None)
+    _note_error(err, record)  # (its bytes too: the 503's JSON is the answer)
     await reply_error(ex, err, close=True)
 
 
