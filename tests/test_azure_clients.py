@@ -89,3 +89,25 @@ async def test_without_auth_the_api_key_is_the_clients_provider_key(
     await azure_sdk(client, "sk-client").chat.completions.create(model="d", messages=USER)
     [sent] = upstream.requests
     assert sent.headers["Authorization"] == "Bearer sk-client"
+
+
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
+async def test_the_log_has_the_body_the_client_sent_not_the_one_routed(
+        proxy: Any, upstream: Any, access_log: Any, front: str) -> None:
+    """The deployment replaces the body's model before routing; the access log's `bytes_in`
+    (and the request-bytes counter) and its `request_body` are the client's all the same: they
+    were the rewritten body's, re-encoded with the deployment in it."""
+    upstream.body, upstream.content_type = COMPLETION, "application/json"
+    cfg = make_config({"up": {"type": "openai", "base_url": upstream.url, "api_key": "sk-up",
+                              "default_model": "m"}}, default="up", server={"front": front},
+                      logging={"log_bodies": True})
+    sent = b'{\n  "model": "gpt-4o",\n  "messages": [{"role": "user", "content": "hi"}]\n}'
+    resp = await (await proxy(cfg)).post(
+        f"/openai/deployments/my-dep/chat/completions?api-version={VERSION}", data=sent,
+        headers={"content-type": "application/json", "api-key": "sk-client"})
+    assert resp.status == 200
+    assert upstream.requests[0].json()["model"] == "my-dep"  # (routed as the deployment)
+    [line] = access_log()
+    assert line["model"] == "my-dep"
+    assert line["bytes_in"] == len(sent)
+    assert line["request_body"] == orjson.loads(sent)

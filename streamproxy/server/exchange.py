@@ -161,14 +161,17 @@ class DeploymentExchange(AiohttpExchange):
     """The AzureOpenAI SDK's request: the path's deployment is the body's model, whatever the
     body says (as Azure serves the path's; an SDK built for one deployment sends any model)."""
 
-    __slots__ = ("model",)
+    __slots__ = ("model", "received")
 
     def __init__(self, request: web.Request, model: str) -> None:
         super().__init__(request)
         self.model = model
+        # The body as the client sent it, for the log's bytes_in and request_body
+        # (server/observing.py): `read()` gives the routed one, re-encoded.
+        self.received = b""
 
     async def read(self) -> bytes:
-        raw = await self.request.read()
+        raw = self.received = await self.request.read()
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:

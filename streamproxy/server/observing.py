@@ -67,10 +67,12 @@ async def read_body(request: Exchange, record: RequestRecord) -> bytes:
         raise e.error from None
     except RequestPayloadError as e:  # (aiohttp's decoder failed on the body)
         raise undecodable_body() from e
-    record.bytes_in = len(raw)
+    # (the client's bytes, not a body the exchange rewrote: DeploymentExchange's)
+    received = getattr(request, "received", raw)
+    record.bytes_in = len(received)
     settings = request.app.get(LOGGING)
     if settings is not None and settings.log_bodies:
-        record.request_body = raw
+        record.request_body = received
     return raw
 
 
