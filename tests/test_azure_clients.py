@@ -111,3 +111,26 @@ async def test_the_log_has_the_body_the_client_sent_not_the_one_routed(
     assert line["model"] == "my-dep"
     assert line["bytes_in"] == len(sent)
     assert line["request_body"] == orjson.loads(sent)
+
+
+@pytest.mark.parametrize("auth", [True, False], ids=["auth", "open"])
+async def test_a_deployment_naming_its_provider_is_routed_there(
+        proxy: Any, upstream: Any, access_log: Any, front: str, auth: bool) -> None:
+    # A client built for one deployment (`azure_deployment`, as LangChain's AzureChatOpenAI
+    # is) puts it in its base URL as it is: `other/gpt-4o` (the proxy's `provider/model`, an
+    # `@provider/model`) arrives with its slash (the SDK quotes only a per-call model's). The
+    # route's segment took none: a 404, or with auth a 401 "missing proxy key" (its api-key
+    # unread off the route).
+    upstream.body, upstream.content_type = COMPLETION, "application/json"
+    cfg = config(upstream.url, front, auth)
+    client = await proxy(make_config(
+        {"up": {"type": "openai", "base_url": upstream.url, "default_model": "m"},
+         "other": {"type": "openai", "base_url": upstream.url, "api_key": "sk-other",
+                   "default_model": "m"}}, default="up", **cfg.sections))
+    for deployment in ("other/gpt-4o", "@other/gpt-4o"):
+        sdk = azure_sdk(client, PROXY_KEY if auth else "sk-client", azure_deployment=deployment)
+        answer = await sdk.chat.completions.create(model="ignored", messages=USER)
+        assert answer.choices[0].message.content == "ok"
+    assert [r.json()["model"] for r in upstream.requests] == ["gpt-4o", "gpt-4o"]
+    assert {r.headers["Authorization"] for r in upstream.requests} == {"Bearer sk-other"}
+    assert [(line["provider"], line["status"]) for line in access_log()] == [("other", 200)] * 2

@@ -17,7 +17,7 @@ from streamproxy.providers.mock.server import start_mock_server
 from streamproxy.providers.registry import PROVIDER_TYPES
 from streamproxy.routing.breaker import CircuitBreakers
 from streamproxy.routing.executor import Executor
-from streamproxy.routing.gateway import DEPLOYMENT_CHAT_PATH, Gateway, load_settings
+from streamproxy.routing.gateway import DEPLOYMENT_CHAT_ROUTE, Gateway, load_settings
 from streamproxy.routing.router import Router
 from streamproxy.server import handlers
 from streamproxy.server.admission import ADMISSION, Admission
@@ -136,7 +136,7 @@ def create_app(config: Config, breakers: CircuitBreakers | None = None,
     install_observers(app, state)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions,
                         expect_handler=expect_within_limit)
-    app.router.add_post(DEPLOYMENT_CHAT_PATH, handlers.deployment_chat_completions,
+    app.router.add_post(DEPLOYMENT_CHAT_ROUTE, handlers.deployment_chat_completions,
                         expect_handler=expect_within_limit)
     install_store_and_cache(app, state)  # stored completions' routes, the cache
     app.router.add_get("/v1/models", handlers.list_models, expect_handler=expect_within_limit)
