@@ -134,3 +134,19 @@ async def test_a_deployment_naming_its_provider_is_routed_there(
     assert [r.json()["model"] for r in upstream.requests] == ["gpt-4o", "gpt-4o"]
     assert {r.headers["Authorization"] for r in upstream.requests} == {"Bearer sk-other"}
     assert [(line["provider"], line["status"]) for line in access_log()] == [("other", 200)] * 2
+
+
+async def test_the_azure_paths_not_served_are_a_404_to_the_sdk_with_its_key(
+        proxy: Any, upstream: Any) -> None:
+    # Embeddings or legacy completions through the same AzureOpenAI client: their api-key was
+    # read on the chat route alone, so with auth on they were a 401 "Missing proxy API key"
+    # and its client went looking for a key problem. A 404 says the path is not served.
+    client = await proxy(config(upstream.url, "lean", auth=True))
+    sdk = azure_sdk(client, PROXY_KEY)
+    with pytest.raises(openai.NotFoundError, match="Unknown path"):
+        await sdk.embeddings.create(model="d", input="hi")
+    with pytest.raises(openai.NotFoundError, match="Unknown path"):
+        await sdk.completions.create(model="d", prompt="hi")
+    with pytest.raises(openai.AuthenticationError):  # (a wrong key is still refused first)
+        await azure_sdk(client, "wrong").embeddings.create(model="d", input="hi")
+    assert upstream.requests == []

@@ -89,10 +89,8 @@ _UNFORWARDABLE = frozenset({"host", "content-length", "transfer-encoding", "conn
 METADATA_HEADER = "x-portkey-metadata"
 _VIRTUAL_KEY_FIELDS = frozenset({"provider", "api_key", "api_key_env"})
 CHAT_PATH = "/v1/chat/completions"  # `url.pathname` in conditions: the one route that plans
-# The AzureOpenAI SDK's path for the same (served as it, the deployment as the model).
-DEPLOYMENT_CHAT_PATH = "/openai/deployments/{deployment}/chat/completions"
-# Its route: a deployment may hold a '/' (`provider/model`, which the SDK's `azure_deployment`
-# sends unquoted). DEPLOYMENT_CHAT_PATH is its canonical form.
+# The AzureOpenAI SDK's path for the same (served as it, the deployment as the model); a
+# deployment may hold a '/' (`provider/model`, which the SDK's `azure_deployment` sends unquoted).
 DEPLOYMENT_CHAT_ROUTE = "/openai/deployments/{deployment:.+}/chat/completions"
 TIMEOUT_HEADER = "x-portkey-request-timeout"  # milliseconds until the answer starts (then 408)
 # The portkey-ai SDK's `aws_region` & co. arrive as `x-portkey-aws-region` & co.; Azure's

@@ -36,7 +36,6 @@ from multidict import CIMultiDict
 
 from streamproxy.config import Config, ConfigError, required_secret, unknown_key
 from streamproxy.errors import AuthenticationFailed, InvalidRequest, PermissionDenied, RateLimited
-from streamproxy.routing.gateway import DEPLOYMENT_CHAT_PATH
 from streamproxy.routing.target import Target
 from streamproxy.server.observing import AUTH_KEY, observe_rejection
 from streamproxy.server.shared_rate import SharedBuckets, carried, take_token
@@ -49,9 +48,11 @@ Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 PROXY_KEY_HEADER = "x-portkey-api-key"
 OPEN_PATHS = frozenset({"/healthz"})  # load balancers probe without a key
-# Routes whose clients send their key in a header of their own: the AzureOpenAI SDK's `api-key`
-# (LiteLLM's proxy reads it there too). Read as a bearer is, so it is removed before routing.
-KEY_HEADERS = {DEPLOYMENT_CHAT_PATH: "api-key"}
+# Paths whose clients send their key in a header of their own: the AzureOpenAI SDK's `api-key`
+# on Azure's `/openai/…` (LiteLLM's proxy reads it there too). Read as a bearer is, so it is
+# removed before routing. By prefix, not the chat route alone: the SDK's embeddings call must
+# reach its 404 (unread, its key was a "missing key" 401, a key problem to look for).
+KEY_HEADERS = {"/openai/": "api-key"}
 # What clients send when given no key (lower-cased): the portkey SDK's `Bearer OPENAI_API_KEY`,
 # a JS template of an unset key (`Bearer undefined`, `null`), Python's f"Bearer {None}".
 # Told as missing, not "invalid": the caller forgot the key, it did not mistype one.
@@ -319,11 +320,11 @@ def _clone(request: web.Request, headers: Mapping[str, str]) -> web.Request:
 
 
 def _key_header_as_bearer(request: web.Request) -> web.Request:
-    """On a route whose clients send their key in a header of their own (`KEY_HEADERS`), a
+    """On a path whose clients send their key in a header of their own (`KEY_HEADERS`), a
     request presenting none the usual way, with its key moved to `Authorization: Bearer`; else
     `request`. (Unread, the AzureOpenAI SDK's `api-key` was a 401 for every request.)"""
-    resource = request.match_info.route.resource
-    name = KEY_HEADERS.get(resource.canonical) if resource is not None else None
+    path = request.path
+    name = next((h for prefix, h in KEY_HEADERS.items() if path.startswith(prefix)), None)
     key = request.headers.get(name, "").strip() if name else ""
     if not key or presented_key(request.headers)[0]:
         return request
