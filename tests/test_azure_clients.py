@@ -150,3 +150,20 @@ async def test_the_azure_paths_not_served_are_a_404_to_the_sdk_with_its_key(
     with pytest.raises(openai.AuthenticationError):  # (a wrong key is still refused first)
         await azure_sdk(client, "wrong").embeddings.create(model="d", input="hi")
     assert upstream.requests == []
+
+
+@pytest.mark.parametrize("other", ["authorization", "x-portkey-api-key"])
+async def test_the_proxy_key_in_api_key_and_another_header_is_never_forwarded(
+        proxy: Any, upstream: Any, other: str) -> None:
+    # The key presented the usual way too (a client given it as api_key and in its default
+    # headers): api-key was left as the client's provider key, so the proxy key went to the
+    # provider as its Authorization bearer.
+    upstream.body, upstream.content_type = COMPLETION, "application/json"
+    client = await proxy(config(upstream.url, "lean", auth=True, provider_key=False))
+    value = f"Bearer {PROXY_KEY}" if other == "authorization" else PROXY_KEY
+    resp = await client.post(f"/openai/deployments/d/chat/completions?api-version={VERSION}",
+                             json={"messages": USER},
+                             headers={"api-key": PROXY_KEY, other: value})
+    assert resp.status == 200
+    [sent] = upstream.requests  # (with no key: the provider's to refuse)
+    assert not any(PROXY_KEY in v for v in sent.headers.values())

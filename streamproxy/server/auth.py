@@ -284,9 +284,12 @@ def auth_middleware(auth: Auth) -> Middleware:
         seen = _key_header_as_bearer(request)
         key, in_authorization = identify_client(auth, seen)
         request[AUTH_KEY] = key
-        if not in_authorization:
+        if in_authorization:
+            clone = _without_authorization(request, seen.headers)
+        elif seen is not request:  # (the proxy key in x-portkey-api-key and in api-key)
+            clone = _clone(request, seen.headers)
+        else:
             return await handler(request)
-        clone = _without_authorization(request, seen.headers)
         try:
             return await handler(clone)
         finally:
@@ -322,15 +325,19 @@ def _clone(request: web.Request, headers: Mapping[str, str]) -> web.Request:
 def _key_header_as_bearer(request: web.Request) -> web.Request:
     """On a path whose clients send their key in a header of their own (`KEY_HEADERS`), a
     request presenting none the usual way, with its key moved to `Authorization: Bearer`; else
-    `request`. (Unread, the AzureOpenAI SDK's `api-key` was a 401 for every request.)"""
+    `request`. (Unread, the AzureOpenAI SDK's `api-key` was a 401 for every request.) Holding
+    the key presented the usual way, it is removed too: left, it was the client's provider
+    key, and the proxy key went to the provider."""
     path = request.path
     name = next((h for prefix, h in KEY_HEADERS.items() if path.startswith(prefix)), None)
     key = request.headers.get(name, "").strip() if name else ""
-    if not key or presented_key(request.headers)[0]:
+    presented = presented_key(request.headers)[0] if key else None
+    if not key or (presented and presented != key):
         return request
     headers = CIMultiDict(request.headers)
     del headers[name]  # type: ignore[arg-type]
-    headers["authorization"] = f"Bearer {key}"
+    if not presented:
+        headers["authorization"] = f"Bearer {key}"
     return _clone(request, headers)
 
 
