@@ -167,3 +167,21 @@ async def test_the_proxy_key_in_api_key_and_another_header_is_never_forwarded(
     assert resp.status == 200
     [sent] = upstream.requests  # (with no key: the provider's to refuse)
     assert not any(PROXY_KEY in v for v in sent.headers.values())
+
+
+@pytest.mark.parametrize("body", [
+    b"\xef\xbb\xbf" + orjson.dumps({"model": "other-model", "messages": USER}),
+    b'{"model": "other-model", "messages": [{"role": "user", "content": "cut \\ud83d"}]}',
+], ids=["bom", "lone-surrogate"])
+async def test_a_body_read_after_repair_still_gets_the_deployment_as_its_model(
+        proxy: Any, upstream: Any, body: bytes) -> None:
+    # A body orjson refuses but the chat route reads (a leading BOM; a lone surrogate escape,
+    # a JavaScript client's text cut inside an emoji) kept its own model: the deployment the
+    # path named was ignored, the request routed by the body's model instead.
+    upstream.body, upstream.content_type = COMPLETION, "application/json"
+    client = await proxy(config(upstream.url, "lean", auth=False))
+    resp = await client.post(f"/openai/deployments/my-dep/chat/completions?api-version={VERSION}",
+                             data=body, headers={"content-type": "application/json"})
+    assert resp.status == 200
+    [sent] = upstream.requests
+    assert sent.json()["model"] == "my-dep"

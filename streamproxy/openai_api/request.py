@@ -72,7 +72,7 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
-        body, raw = _loads_refused_body(raw, e)
+        body, raw = loads_refused_body(raw, e)
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     # Each level of nesting opens a bracket (one inside a string only adds to the count): a body
@@ -144,7 +144,7 @@ def _check_model_name(name: str, param: str) -> None:
                              "name does.", param=param, code="invalid_value")
 
 
-def _loads_refused_body(raw: bytes, error: orjson.JSONDecodeError) -> tuple[Any, bytes]:
+def loads_refused_body(raw: bytes, error: orjson.JSONDecodeError) -> tuple[Any, bytes]:
     """A body orjson refused, without a leading BOM and with its lone surrogate escapes (which
     OpenAI accepts) read as U+FFFD, in the body and in the bytes forwarded. (Only a refused
     body is looked at again: one without either costs nothing more.)"""

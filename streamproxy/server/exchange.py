@@ -24,7 +24,8 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
-from streamproxy.errors import ProxyError
+from streamproxy.errors import InvalidRequest, ProxyError
+from streamproxy.openai_api.request import loads_refused_body
 from streamproxy.server.errors import error_headers
 from streamproxy.server.sse_writer import SSEWriter
 
@@ -174,6 +175,10 @@ class DeploymentExchange(AiohttpExchange):
         raw = self.received = await self.request.read()
         try:
             body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return raw  # (the chat handler's 400 says what is wrong with it)
+        except orjson.JSONDecodeError as e:
+            try:  # (a BOM, a lone surrogate escape: the chat route reads them; left, the
+                # body's own model was routed)
+                body, raw = loads_refused_body(raw, e)
+            except InvalidRequest:
+                return raw  # (the chat handler's 400 says what is wrong with it)
         return orjson.dumps({**body, "model": self.model}) if isinstance(body, dict) else raw
