@@ -113,6 +113,7 @@ async def test_the_log_has_the_body_the_client_sent_not_the_one_routed(
     assert line["request_body"] == orjson.loads(sent)
 
 
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
 @pytest.mark.parametrize("auth", [True, False], ids=["auth", "open"])
 async def test_a_deployment_naming_its_provider_is_routed_there(
         proxy: Any, upstream: Any, access_log: Any, front: str, auth: bool) -> None:
