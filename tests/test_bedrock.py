@@ -740,6 +740,53 @@ def test_full_request_translation() -> None:
     assert {"seed", "user", "logprobs"} <= DROPPED  # (parallel_tool_calls: Claude's alone)
 
 
+# Tool names clients send that Converse refuses (its ToolName: 1 to 64 of [a-zA-Z0-9_-]; any
+# other is a 400 for the whole request): an MCP tool's dot, slash or space, over 64 characters,
+# and two that read alike once their other characters are `_`.
+REFUSED_TOOL_NAMES = ["github.create_issue", "fs/read file", "mcp__" + "x" * 70, "a.b", "a/b"]
+
+
+def test_tool_names_converse_refuses_go_renamed_and_come_back_as_declared() -> None:
+    names = [*REFUSED_TOOL_NAMES, "github_create_issue", "plain"]  # (a rename takes neither)
+    history = [{"role": "user", "content": "x"},
+               {"role": "assistant", "content": None, "tool_calls": [
+                   {"id": f"c{i}", "type": "function",
+                    "function": {"name": name, "arguments": "{}"}}
+                   for i, name in enumerate(names)]},
+               *({"role": "tool", "tool_call_id": f"c{i}", "content": "1"}
+                 for i in range(len(names)))]
+    body = {"model": "m", "messages": history,
+            "tools": [{"type": "function", "function": {"name": name}} for name in names],
+            "tool_choice": {"type": "function", "function": {"name": names[0]}}}
+    provider = BedrockProvider(parse_config({"providers": {"b": {
+        "type": "bedrock", "region": "us-east-1", "api_key": "k"}}}, "<t>").providers["b"])
+    req = parse_chat_request(orjson.dumps(body))
+    sent = orjson.loads(provider.build_request(req, Target(provider, MODEL)).body)
+    declared = [t["toolSpec"]["name"] for t in sent["toolConfig"]["tools"]]
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name) for name in declared)
+    assert len(set(declared)) == len(names) and declared[-2:] == names[-2:]
+    called = [b["toolUse"]["name"] for b in sent["messages"][1]["content"]]
+    assert called == declared
+    assert sent["toolConfig"]["toolChoice"] == {"tool": {"name": declared[0]}}
+    # A history whose tools are not offered gets its name-only specs by the same names.
+    bare = to_converse({**body, "tools": None, "tool_choice": None}, MODEL)
+    assert [t["toolSpec"]["name"] for t in bare["toolConfig"]["tools"]] == declared
+    # The model's calls, by the names Converse was sent, reach the client by the client's names.
+    answer = {"output": {"message": {"role": "assistant", "content": [
+        {"toolUse": {"toolUseId": f"t{i}", "name": name, "input": {}}}
+        for i, name in enumerate(declared)]}}, "stopReason": "tool_use"}
+    done = provider.translate_response(orjson.dumps(answer), req, completion_id="c", created=1)
+    assert [c["function"]["name"] for c in done["choices"][0]["message"]["tool_calls"]] == names
+    enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    translator = provider.stream_translator(req, enc)
+    stream = b"".join([event("messageStart", {"role": "assistant"}), *(
+        event("contentBlockStart", {"contentBlockIndex": i, "start": {
+            "toolUse": {"toolUseId": f"t{i}", "name": name}}}) for i, name in enumerate(declared)),
+        event("messageStop", {"stopReason": "tool_use"})])
+    c = collect(sse_chunks(relay_pieces(enc, translator, [stream])))
+    assert [t["name"] for t in c.tool_calls] == names
+
+
 # The Converse request fields to_converse makes itself (modelId travels in the URL's path).
 BUILT_FIELDS = {"modelId", "messages", "system", "inferenceConfig", "toolConfig", "outputConfig"}
 

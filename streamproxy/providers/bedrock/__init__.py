@@ -36,6 +36,7 @@ from streamproxy.providers.base import (
     path_segment,
 )
 from streamproxy.providers.bedrock import auth
+from streamproxy.providers.bedrock.names import client_names
 from streamproxy.providers.bedrock.request import (
     DROPPED,
     STRUCTURED_OUTPUTS,
@@ -157,12 +158,13 @@ class BedrockProvider(Provider):
                                                          self.region))
 
     def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
-        return BedrockStreamTranslator(out, self.max_event_bytes, self.name)
+        return BedrockStreamTranslator(out, self.max_event_bytes, self.name,
+                                       client_names(req.body))
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
                            created: int, model: str = "") -> dict[str, Any]:
         return to_completion(body, completion_id=completion_id, created=created,
-                             model=model, provider=self.name)
+                             model=model, provider=self.name, names=client_names(req.body))
 
     def error_from_response(self, status: int, body: bytes,
                             headers: Mapping[str, str]) -> UpstreamStatusError:

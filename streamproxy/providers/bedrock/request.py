@@ -85,6 +85,8 @@ Choices (docs/providers/bedrock.md):
 - the provider option `anthropic_beta` (Claude's betas, as the `anthropic` type sends in its
   `anthropic-beta` header) → `additionalModelRequestFields.anthropic_beta`, a list, for Claude
   models only; a client's own list there is sent as given;
+- tool names Converse refuses (a dot, a space, a slash, over 64 characters) renamed, the model's
+  calls mapped back (names.py);
 - the rules chosen by model id read the name anywhere in it (profile ids, ARNs); AWS's default
   Claude prompt router, which names no version, as the Claudes it routes between (PROMPT_ROUTERS);
 - OpenAI parameters in DROPPED are dropped; `n` > 1 is rejected.
@@ -147,6 +149,7 @@ from streamproxy.providers.anthropic.thinking import (
     takes_no_sampling,
     takes_one_sampler,
 )
+from streamproxy.providers.bedrock.names import rename, renames, request_names
 
 DEFAULT_MAX_TOKENS = 4096  # the answer's allowance beside a thinking budget
 # OpenAI parameters with no Converse equivalent: dropped, never forwarded.
@@ -331,6 +334,9 @@ def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "aut
         if body.get("parallel_tool_calls") is False and is_claude(model):
             _one_call_at_a_time(out, tool_config, body.get("tool_choice"))
     _fit_cache_points(out)
+    refused = renames(request_names(body))  # (names Converse refuses: names.py)
+    if refused:
+        rename(out, refused)
     return out
 
 

@@ -21,11 +21,13 @@ from streamproxy.providers.bedrock.stream import (
 
 
 def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
-                  provider: str = "bedrock") -> dict[str, Any]:
+                  provider: str = "bedrock", names: dict[str, str] | None = None
+                  ) -> dict[str, Any]:
+    """`names`: Converse's name → the client's, for the tools renamed for Converse (names.py)."""
     try:
         answer = loads_lenient(body)
         blocks = answer["output"]["message"]["content"]
-        out = _translate(blocks, answer, body)
+        out = _translate(blocks, answer, body, names or {})
     except WRONG_SHAPE:  # (orjson.JSONDecodeError is a ValueError)
         raise UpstreamProtocolError("the upstream answered with a malformed message") from None
     if answer.get("stopReason") in FAILED_REASONS:
@@ -42,7 +44,7 @@ def exact_inputs(body: bytes) -> list[str] | None:
 
 
 def _translate(blocks: list[dict[str, Any]], answer: dict[str, Any],
-               body: bytes) -> CompletionBuilder:
+               body: bytes, names: dict[str, str]) -> CompletionBuilder:
     out = CompletionBuilder()
     out.start(None)
     tools = 0
@@ -59,7 +61,8 @@ def _translate(blocks: list[dict[str, Any]], answer: dict[str, Any],
                 exact = exact_inputs(body)
             args = (exact[tools] if exact is not None and tools < len(exact)
                     else orjson.dumps(call.get("input") or {}).decode())
-            out.tool_call_start(tools, call["toolUseId"], call["name"], args)
+            out.tool_call_start(tools, call["toolUseId"], names.get(call["name"], call["name"]),
+                                args)
             tools += 1
         elif "reasoningContent" in block:
             _reasoning(block["reasoningContent"], out)

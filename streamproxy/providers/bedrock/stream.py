@@ -226,8 +226,11 @@ def _exception_error(kind: Any, payload: bytes, provider: str) -> UpstreamStatus
 
 
 class BedrockStreamTranslator(StreamTranslator):
-    def __init__(self, out: ChunkSink, max_event_bytes: int, provider: str = "bedrock") -> None:
+    def __init__(self, out: ChunkSink, max_event_bytes: int, provider: str = "bedrock",
+                 names: dict[str, str] | None = None) -> None:
         self.out = out
+        # Converse's name → the client's, for the tools renamed for Converse (names.py)
+        self._names = names or {}
         self.done = False
         self._provider = provider
         # `max_event_bytes` is a payload's cap: a frame's headers and framing come on top, so
@@ -350,7 +353,8 @@ class BedrockStreamTranslator(StreamTranslator):
             if tool is not None and not is_server_tool(tool):
                 ordinal = len(self._tool_of_block)
                 self._tool_of_block[body["contentBlockIndex"]] = ordinal
-                self.out.tool_call_start(ordinal, tool["toolUseId"], tool["name"])
+                self.out.tool_call_start(ordinal, tool["toolUseId"],
+                                         self._names.get(tool["name"], tool["name"]))
         elif event == "contentBlockStop":
             self._end_args(body["contentBlockIndex"])
         elif event == "messageStart":
