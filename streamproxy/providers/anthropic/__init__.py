@@ -9,7 +9,7 @@ import orjson
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.anthropic.options import beta_names, check_option_values
 from streamproxy.providers.anthropic.request import DROPPED, to_anthropic
-from streamproxy.providers.anthropic.response import to_completion
+from streamproxy.providers.anthropic.response import answer_events, to_completion
 from streamproxy.providers.anthropic.stream import (
     ERROR_STATUS,
     AnthropicStreamTranslator,
@@ -73,3 +73,6 @@ class AnthropicProvider(Provider):
         err = self.parse_error(502, body)
         status = ERROR_STATUS.get(err.code or "")
         return err if status is None else self.parse_error(status, body)
+
+    def events_of_answer(self, body: bytes) -> bytes | None:
+        return answer_events(body)

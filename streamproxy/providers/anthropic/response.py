@@ -69,3 +69,63 @@ def _completion(msg: dict[str, Any], completion_id: str, created: int, model: st
     if msg.get("usage"):
         out.usage(map_usage(msg["usage"]))
     return out.completion(completion_id=completion_id, created=created, model=model)
+
+
+def answer_events(body: bytes) -> bytes | None:
+    """A whole Messages API `message` as the events its stream would have been, or None for
+    any other body. An Anthropic-compatible relay may answer a stream request so (it ignores
+    `stream: true`). message_start, then each block as Anthropic streams it (text and thinking
+    as one delta, a signature as its own, a tool_use's input as one fragment with its numbers
+    as written, any other block whole at its start), message_delta with the stop and the usage,
+    message_stop: the stream's translator reads them as a stream's. Once, on that odd answer."""
+    try:
+        msg = loads_lenient(body)
+    except orjson.JSONDecodeError:
+        return None
+    blocks = msg.get("content") if isinstance(msg, dict) else None
+    if not (isinstance(blocks, list) and (msg.get("type") == "message"
+                                          or msg.get("role") == "assistant")
+            and all(isinstance(b, dict) for b in blocks)):
+        return None
+    usage = msg.get("usage")
+    head = {k: v for k, v in msg.items() if k not in ("content", "stop_reason",
+                                                       "stop_sequence", "stop_details")}
+    events = [("message_start", {"type": "message_start", "message": {
+        **head, "content": [], "stop_reason": None, "stop_sequence": None}})]
+    exact = exact_inputs(body)
+    tools = 0
+    for index, block in enumerate(blocks):
+        kind = block.get("type")
+        deltas: list[dict[str, Any]] = []
+        if kind == "text":
+            start = {**block, "text": ""}
+            if block.get("text"):
+                deltas.append({"type": "text_delta", "text": block["text"]})
+        elif kind == "thinking":
+            start = {**block, "thinking": "", "signature": ""}
+            if block.get("thinking"):
+                deltas.append({"type": "thinking_delta", "thinking": block["thinking"]})
+            if block.get("signature"):
+                deltas.append({"type": "signature_delta", "signature": block["signature"]})
+        elif kind == "tool_use":
+            start = {**block, "input": {}}
+            args = (exact[tools] if exact is not None and tools < len(exact)
+                    else orjson.dumps(block.get("input") or {}).decode())
+            tools += 1
+            if args != "{}":
+                deltas.append({"type": "input_json_delta", "partial_json": args})
+        else:  # redacted_thinking, server tool blocks: whole at their start, as streamed
+            start = block
+        events.append(("content_block_start", {"type": "content_block_start", "index": index,
+                                               "content_block": start}))
+        events.extend(("content_block_delta", {"type": "content_block_delta", "index": index,
+                                               "delta": d}) for d in deltas)
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+    delta = {"stop_reason": msg.get("stop_reason"), "stop_sequence": msg.get("stop_sequence")}
+    if "stop_details" in msg:
+        delta["stop_details"] = msg["stop_details"]
+    events.append(("message_delta", {"type": "message_delta", "delta": delta,
+                                     "usage": usage if isinstance(usage, dict) else {}}))
+    events.append(("message_stop", {"type": "message_stop"}))
+    return b"".join(b"event: %b\ndata: %b\n\n" % (kind.encode(), orjson.dumps(data))
+                    for kind, data in events)
