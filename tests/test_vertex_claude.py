@@ -513,3 +513,25 @@ def test_an_upper_case_location_is_addressed_in_lower_case() -> None:
             assert target.provider.build_request(req, target).url.startswith(
                 f"https://{location}-aiplatform.googleapis.com/v1/projects/p/"
                 f"locations/{location}/publishers/")
+
+
+async def test_a_stream_answered_with_a_whole_message_is_streamed(proxy: Any,
+                                                                  upstream: Any) -> None:
+    # streamRawPredict answered with rawPredict's whole Message (a relay that ignores the
+    # stream): streamed as `type: anthropic` streams it, not a 502 upstream_stream_truncated.
+    upstream.content_type = "application/json"
+    upstream.body = orjson.dumps({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": CLAUDE,
+        "content": [{"type": "text", "text": "Hi!"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"n": 1}}],
+        "stop_reason": "tool_use", "usage": {"input_tokens": 3, "output_tokens": 2}})
+    client = await proxy(vertex(upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": CLAUDE, "stream": True, "stream_options": {"include_usage": True},
+        "messages": USER})
+    assert resp.status == 200
+    got = collect(sse_chunks(await resp.read()))
+    assert got.done and got.content == "Hi!" and got.finish_reason == "tool_calls"
+    assert [(t["id"], t["name"], t["arguments"]) for t in got.tool_calls] == [
+        ("toolu_1", "f", '{"n":1}')]
+    assert got.usage is not None and got.usage["total_tokens"] == 5

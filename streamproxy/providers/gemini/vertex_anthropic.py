@@ -35,7 +35,7 @@ from streamproxy.providers.anthropic.request import (
     VERTEX_WITHOUT_STRUCTURED_OUTPUTS,
     to_anthropic,
 )
-from streamproxy.providers.anthropic.response import to_completion
+from streamproxy.providers.anthropic.response import answer_events, to_completion
 from streamproxy.providers.anthropic.stream import (
     ERROR_STATUS,
     AnthropicStreamTranslator,
@@ -105,6 +105,9 @@ class VertexClaudeProvider(Provider):
 
     def rejected(self, status: int, sent: UpstreamRequest) -> None:
         self.vertex.rejected(status, sent)
+
+    def events_of_answer(self, body: bytes) -> bytes | None:
+        return answer_events(body)  # (rawPredict's whole Message for streamRawPredict)
 
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
         """Vertex's own refusals (quota, permission, an unknown model) are Google's
