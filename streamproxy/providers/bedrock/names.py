@@ -14,11 +14,12 @@ client's names (`client_names`).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
+
+from streamproxy.providers.tool_names import called_names, declared_names, shortened
 
 MAX_NAME = 64
 _TAKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -27,17 +28,7 @@ _REFUSED_CHARACTER = re.compile(r"[^A-Za-z0-9_-]")
 
 def request_names(body: dict[str, Any]) -> set[str]:
     """The tool names of an OpenAI request: its function tools' and its assistant calls'."""
-    names = set()
-    for tool in body.get("tools") or ():
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
-            names.add(fn["name"])
-    for message in body.get("messages") or ():
-        for call in (message.get("tool_calls") or ()) if isinstance(message, dict) else ():
-            fn = call.get("function") if isinstance(call, dict) else None
-            if isinstance(fn, dict) and isinstance(fn.get("name"), str):
-                names.add(fn["name"])
-    return names
+    return declared_names(body) | called_names(body)
 
 
 def renames(names: Iterable[str]) -> dict[str, str]:
@@ -52,8 +43,7 @@ def renames(names: Iterable[str]) -> dict[str, str]:
     out = {}
     for name, new in plain.items():
         if len(new) > MAX_NAME or new in names or count[new] > 1:
-            digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-            new = f"{new[:MAX_NAME - 9]}_{digest}"
+            new = shortened(new, name, MAX_NAME)
         out[name] = new
     return out
 

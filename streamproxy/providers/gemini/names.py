@@ -14,10 +14,11 @@ Gemini's calls reach the client by the names it declared (`client_names`).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Collection
 from typing import Any
+
+from streamproxy.providers.tool_names import declared_names, shortened
 
 MAX_NAME = 64
 _TAKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
@@ -25,14 +26,7 @@ _REFUSED_CHARACTER = re.compile(r"[^A-Za-z0-9_.:-]")
 _FIRST = re.compile(r"[A-Za-z_]")
 
 
-def declared(body: dict[str, Any]) -> set[str]:
-    """The names of the request's function tools."""
-    names = set()
-    for tool in body.get("tools") or ():
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
-            names.add(fn["name"])
-    return names
+declared = declared_names  # (the names a rename must not take)
 
 
 def gemini_name(name: Any, taken: Collection[str]) -> Any:
@@ -43,8 +37,7 @@ def gemini_name(name: Any, taken: Collection[str]) -> Any:
     if not _FIRST.match(out):
         out = "_" + out
     if len(out) > MAX_NAME or out in taken:
-        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-        out = f"{out[:MAX_NAME - 9]}_{digest}"
+        out = shortened(out, name, MAX_NAME)
     return out
 
 
