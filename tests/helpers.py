@@ -429,3 +429,35 @@ def every_turn_marked(mark: dict[str, Any]) -> list[dict[str, Any]]:
     turns.append({"role": "user", "content": "last", "cache_control": mark})
     return turns
 
+
+
+def late_system_loop(answer: dict[str, Any], call_id: str) -> list[dict[str, Any]]:
+    """An agent's loop around a late instruction: [user, assistant, system] (answered after a
+    placeholder user turn), then the model's `answer` to it and the tool's result."""
+    return [{"role": "user", "content": "Book me a table."},
+            {"role": "assistant", "content": "Done: I booked it."},
+            {"role": "system", "content": "You did not call book. Call it now."},
+            answer,
+            {"role": "tool", "tool_call_id": call_id, "content": "booked"}]
+
+
+def thinking_call(call_id: str) -> dict[str, Any]:
+    """An assistant message that thought, then called `book`."""
+    call = {"id": call_id, "type": "function", "function": {"name": "book", "arguments": "{}"}}
+    return {"role": "assistant", "content": None, "tool_calls": [call],
+            "thinking_blocks": [{"type": "thinking", "thinking": "Call it.", "signature": "sig"}]}
+
+
+def calls_of_every_name(names: list[str], model: str) -> dict[str, Any]:
+    """A request declaring a function of each name, replaying a call of each with its result,
+    and forcing the first: every place a tool name goes."""
+    history = [{"role": "user", "content": "x"},
+               {"role": "assistant", "content": None, "tool_calls": [
+                   {"id": f"c{i}", "type": "function",
+                    "function": {"name": name, "arguments": "{}"}}
+                   for i, name in enumerate(names)]},
+               *({"role": "tool", "tool_call_id": f"c{i}", "content": "1"}
+                 for i in range(len(names)))]
+    return {"model": model, "messages": history,
+            "tools": [{"type": "function", "function": {"name": name}} for name in names],
+            "tool_choice": {"type": "function", "function": {"name": names[0]}}}

@@ -26,9 +26,11 @@ from tests.conftest import provider_config
 from tests.helpers import (
     every_turn_marked,
     fixture_bytes,
+    late_system_loop,
     make_config,
     openai_sdk,
     read_sdk_stream,
+    thinking_call,
 )
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather",
@@ -626,14 +628,7 @@ def test_an_assistant_turn_after_a_late_system_message_is_not_merged_into_the_on
     turn before the system message: not what Claude was sent, and with its thinking after
     that turn's text Claude refuses the request ("a final assistant message must start with
     a thinking block"). It is replayed as it was asked, after the same placeholder turn."""
-    call = {"id": "call_1", "type": "function", "function": {"name": "book", "arguments": "{}"}}
-    messages = [{"role": "user", "content": "Book me a table."},
-                {"role": "assistant", "content": "Done: I booked it."},
-                {"role": "system", "content": "You did not call book. Call it now."},
-                {"role": "assistant", "content": None, "tool_calls": [call],
-                 "thinking_blocks": [{"type": "thinking", "thinking": "Call it.",
-                                      "signature": "sig"}]},
-                {"role": "tool", "tool_call_id": "call_1", "content": "booked"}]
+    messages = late_system_loop(thinking_call("call_1"), "call_1")
     tools = [{"type": "function", "function": {"name": "book"}}]
     asked = to_anthropic({"messages": messages[:3], "tools": tools, "reasoning_effort": "low"},
                          "claude-sonnet-4-5")

@@ -54,15 +54,18 @@ from tests.helpers import (
     Received,
     assert_finish_last,
     assert_splice_matches_decoding,
+    calls_of_every_name,
     collect,
     count_spliced_reads,
     every_turn_marked,
     fixture_bytes,
+    late_system_loop,
     make_config,
     openai_sdk,
     random_splits,
     relay_pieces,
     sse_chunks,
+    thinking_call,
 )
 from tests.test_egress import ForwardProxy
 
@@ -748,16 +751,7 @@ REFUSED_TOOL_NAMES = ["github.create_issue", "fs/read file", "mcp__" + "x" * 70,
 
 def test_tool_names_converse_refuses_go_renamed_and_come_back_as_declared() -> None:
     names = [*REFUSED_TOOL_NAMES, "github_create_issue", "plain"]  # (a rename takes neither)
-    history = [{"role": "user", "content": "x"},
-               {"role": "assistant", "content": None, "tool_calls": [
-                   {"id": f"c{i}", "type": "function",
-                    "function": {"name": name, "arguments": "{}"}}
-                   for i, name in enumerate(names)]},
-               *({"role": "tool", "tool_call_id": f"c{i}", "content": "1"}
-                 for i in range(len(names)))]
-    body = {"model": "m", "messages": history,
-            "tools": [{"type": "function", "function": {"name": name}} for name in names],
-            "tool_choice": {"type": "function", "function": {"name": names[0]}}}
+    body = calls_of_every_name(names, "m")
     provider = BedrockProvider(parse_config({"providers": {"b": {
         "type": "bedrock", "region": "us-east-1", "api_key": "k"}}}, "<t>").providers["b"])
     req = parse_chat_request(orjson.dumps(body))
@@ -1190,15 +1184,7 @@ def test_an_assistant_turn_after_a_late_system_message_is_not_merged_into_the_on
     the assistant turn before the system message: not what the model was sent, and with its
     reasoning after that turn's text Claude refuses the request (an assistant turn must start
     with its reasoning). It is replayed as it was asked, after the same placeholder turn."""
-    call = {"id": "tooluse_1", "type": "function",
-            "function": {"name": "book", "arguments": "{}"}}
-    messages = [{"role": "user", "content": "Book me a table."},
-                {"role": "assistant", "content": "Done: I booked it."},
-                {"role": "system", "content": "You did not call book. Call it now."},
-                {"role": "assistant", "content": None, "tool_calls": [call],
-                 "thinking_blocks": [{"type": "thinking", "thinking": "Call it.",
-                                      "signature": "sig"}]},
-                {"role": "tool", "tool_call_id": "tooluse_1", "content": "booked"}]
+    messages = late_system_loop(thinking_call("tooluse_1"), "tooluse_1")
     tools = [{"type": "function", "function": {"name": "book"}}]
     asked = to_converse({"messages": messages[:3], "tools": tools, "reasoning_effort": "low"},
                         CLAUDE)

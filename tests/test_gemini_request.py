@@ -17,7 +17,7 @@ from streamproxy.config import ConfigError
 from streamproxy.errors import InvalidRequest
 from streamproxy.providers.gemini.auth import CommandToken, Fetched, TokenSource, TokenUnavailable
 from streamproxy.providers.gemini.request import DROPPED, to_gemini
-from tests.helpers import make_config
+from tests.helpers import calls_of_every_name, late_system_loop, make_config
 
 SIG = "EosJCogJAb4+9vvm/sig=="
 
@@ -139,12 +139,8 @@ def test_an_assistant_turn_after_a_late_system_message_is_not_merged_into_the_on
     signed call), was merged into the model turn before the system message, so Gemini read a
     history it never had: its call and signature as part of the turn it had answered before.
     It is replayed as it was asked, after the same placeholder turn."""
-    messages = [{"role": "user", "content": "Book me a table."},
-                {"role": "assistant", "content": "Done: I booked it."},
-                {"role": "system", "content": "You did not call book. Call it now."},
-                {**tool_turn("c1"), "thinking_blocks": [
-                    {"type": "thought_signature", "signature": SIG, "tool_call_id": "c1"}]},
-                {"role": "tool", "tool_call_id": "c1", "content": "booked"}]
+    messages = late_system_loop({**tool_turn("c1"), "thinking_blocks": [
+        {"type": "thought_signature", "signature": SIG, "tool_call_id": "c1"}]}, "c1")
     asked = translate(messages[:3], model=model)
     out = translate(messages, model=model)
     assert out["contents"][:3] == asked["contents"]
@@ -1516,16 +1512,7 @@ def test_function_names_gemini_refuses_go_renamed_and_come_back_as_declared() ->
     from streamproxy.routing.target import Target
 
     names = [*REFUSED_NAMES, "_1password_lookup", "plain"]  # (a rename must not take these)
-    history = [{"role": "user", "content": "x"},
-               {"role": "assistant", "content": None, "tool_calls": [
-                   {"id": f"c{i}", "type": "function",
-                    "function": {"name": name, "arguments": "{}"}}
-                   for i, name in enumerate(names)]},
-               *({"role": "tool", "tool_call_id": f"c{i}", "content": "1"}
-                 for i in range(len(names)))]
-    body = {"model": "gemini-2.5-flash", "messages": history,
-            "tools": [{"type": "function", "function": {"name": name}} for name in names],
-            "tool_choice": {"type": "function", "function": {"name": names[0]}}}
+    body = calls_of_every_name(names, "gemini-2.5-flash")
     gemini = provider("gemini")
     target = Target(gemini, "gemini-2.5-flash", api_key="k")
     req = parse_chat_request(orjson.dumps(body))
