@@ -1267,3 +1267,15 @@ def test_groq_other_models_get_reasoning_effort_as_sent() -> None:
     req = request(max_tokens=5)
     assert provider.build_request(req, target).body == orjson.dumps(
         {**req.body, "model": "some-model"})  # (no reasoning_effort: the body as it came)
+
+
+# OpenRouter's own way of asking for usage (its usage-accounting docs, and the `extra_body` its
+# clients send through the openai SDK): `usage: {"include": true}`, no `stream_options`. The
+# stream's usage chunk, with its `cost`, was dropped as unasked for: the client never saw it.
+@pytest.mark.parametrize("include", [True, False])
+def test_openrouter_usage_include_asks_for_the_usage_chunk(include: bool) -> None:
+    out = _relayed("openrouter", OPENROUTER_TAIL, [OPENROUTER_TAIL], ChunkEncoder,
+                   usage={"include": include})
+    chunks = sse_chunks(out)
+    assert collect(chunks).usage == ({**USAGE, "cost": 0.0001} if include else None)
+    assert len(usage_chunks(chunks)) == include

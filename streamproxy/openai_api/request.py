@@ -114,11 +114,17 @@ def parse_chat_request(raw: bytes, limits: Limits = Limits()) -> ChatRequest:
     for option in ("include_usage", "include_obfuscation"):  # (the latter is dropped, or passed)
         if opts.get(option) is not None and not isinstance(opts[option], bool):  # (null: none)
             raise _type_error(f"stream_options.{option}", "a boolean")
+    # OpenRouter's own way to ask for the usage chunk, which its clients send instead of
+    # stream_options: without it read, the stream's usage (and its `cost`) was dropped as
+    # unasked for.
+    usage = body.get("usage")
+    asked_usage = isinstance(usage, dict) and usage.get("include") is True
+    stream = bool(body.get("stream"))
     return ChatRequest(
         body=body,
         raw=raw,
-        stream=bool(body.get("stream")),
-        include_usage=bool(opts.get("include_usage")),
+        stream=stream,
+        include_usage=bool(opts.get("include_usage")) or (stream and asked_usage),
         fallback_models=fallback,
         retries=retries,
         stripped=stripped,
