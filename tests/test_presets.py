@@ -1279,3 +1279,36 @@ def test_openrouter_usage_include_asks_for_the_usage_chunk(include: bool) -> Non
     chunks = sse_chunks(out)
     assert collect(chunks).usage == ({**USAGE, "cost": 0.0001} if include else None)
     assert len(usage_chunks(chunks)) == include
+
+
+# OpenRouter's reasoning effort has two names, `reasoning_effort` and `reasoning.effort` (or a
+# budget, `reasoning.max_tokens`, one or the other), and refuses both when they differ. A
+# config's override under one name went beside the client's under the other: every such
+# request was OpenRouter's 400, the operator's setting never applied.
+@pytest.mark.parametrize(("override", "client", "sent"), [
+    ({"reasoning_effort": "low"}, {"reasoning": {"effort": "high", "exclude": True}},
+     {"reasoning_effort": "low", "reasoning": {"exclude": True}}),
+    ({"reasoning_effort": "low"}, {"reasoning": {"max_tokens": 8000}},
+     {"reasoning_effort": "low"}),
+    ({"reasoning": {"max_tokens": 2000}}, {"reasoning_effort": "high"},
+     {"reasoning": {"max_tokens": 2000}}),
+    # (an override that sets no effort leaves the client's)
+    ({"reasoning": {"exclude": True}}, {"reasoning_effort": "high"},
+     {"reasoning": {"exclude": True}, "reasoning_effort": "high"}),
+])
+def test_an_overrides_reasoning_effort_replaces_the_requests_under_either_name(
+        override: dict[str, Any], client: dict[str, Any], sent: dict[str, Any]) -> None:
+    provider, _ = build("openrouter")
+    target = Target(provider, "anthropic/claude-sonnet-4", api_key="k",
+                    override_params=override)
+    body = orjson.loads(provider.build_request(request(**client), target).body)
+    assert {k: body[k] for k in ("reasoning_effort", "reasoning") if k in body} == sent
+
+
+def test_a_targets_reasoning_effort_replaces_its_parents_under_either_name() -> None:
+    from streamproxy.routing.portkey_config import parse_config
+    node = parse_config({"override_params": {"reasoning_effort": "high", "temperature": 0.5},
+                         "strategy": {"mode": "single"},
+                         "targets": [{"override_params": {"reasoning": {"max_tokens": 900}}}]})
+    assert node.leaves()[0].override_params == {"temperature": 0.5,
+                                                "reasoning": {"max_tokens": 900}}

@@ -32,6 +32,7 @@ from streamproxy.routing.conditions import (
     client_regex_costs,
     validate_query,
 )
+from streamproxy.routing.target import override_reasoning
 
 _T = TypeVar("_T")
 
@@ -644,7 +645,9 @@ def _leaf_fields(node: ConfigNode, raw: dict[str, Any], path: str) -> ConfigNode
             # replaces its parent's under either (both went upstream: OpenAI's 400, and the
             # translators read one of them first, maybe the parent's)
             inherited = {k: v for k, v in inherited.items() if k not in _TOKEN_CAPS}
-        changes["override_params"] = {**inherited, **params}
+        merged = {**inherited, **params}
+        override_reasoning(merged, params)  # (so has the reasoning effort: the target's wins)
+        changes["override_params"] = merged
     if "forward_headers" in raw:
         headers = raw["forward_headers"]
         if not isinstance(headers, list) or not all(isinstance(h, str) for h in headers):

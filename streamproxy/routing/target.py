@@ -12,6 +12,29 @@ if TYPE_CHECKING:
 
 
 _TOKEN_CAPS = (("max_tokens", "max_completion_tokens"), ("max_completion_tokens", "max_tokens"))
+# The keys of a `reasoning` object (OpenRouter's) that say how much to reason, as the request's
+# `reasoning_effort` does: one or the other, or its 400.
+_REASONING_AMOUNT = ("effort", "max_tokens")
+
+
+def _says_amount(reasoning: Any) -> bool:
+    return isinstance(reasoning, dict) and any(k in reasoning for k in _REASONING_AMOUNT)
+
+
+def override_reasoning(merged: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """How much to reason has two names, `reasoning_effort` and the `reasoning` object's
+    effort or budget: the override's replaces the request's under the other (OpenRouter
+    refuses the two when they differ), in place. The object's other keys (`exclude`) stay."""
+    if "reasoning_effort" in overrides and "reasoning" not in overrides:
+        reasoning = merged.get("reasoning")
+        if _says_amount(reasoning):
+            rest = {k: v for k, v in reasoning.items() if k not in _REASONING_AMOUNT}
+            if rest:
+                merged["reasoning"] = rest
+            else:
+                del merged["reasoning"]
+    elif _says_amount(overrides.get("reasoning")) and "reasoning_effort" not in overrides:
+        merged.pop("reasoning_effort", None)
 
 
 @dataclass(slots=True)
@@ -43,6 +66,7 @@ class Target:
                 # The answer's cap has two names: the override's replaces the request's under
                 # the other (both are OpenAI's 400; the translators read one of them first).
                 merged.pop(other, None)
+        override_reasoning(merged, overrides)
         if "stream_options" in overrides and merged.get("stream") is not True:
             # A config's stream_options is for the streams it serves: beside a non-streamed
             # request OpenAI refuses it (a 400), as the request's own checks do.
