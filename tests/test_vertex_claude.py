@@ -535,3 +535,15 @@ async def test_a_stream_answered_with_a_whole_message_is_streamed(proxy: Any,
     assert [(t["id"], t["name"], t["arguments"]) for t in got.tool_calls] == [
         ("toolu_1", "f", '{"n":1}')]
     assert got.usage is not None and got.usage["total_tokens"] == 5
+
+
+@pytest.mark.parametrize("answered", [False, True], ids=["http-400", "inside-a-200"])
+def test_claudes_error_quoting_a_cut_emoji_is_still_claudes(answered: bool) -> None:
+    # Claude's error whose message quotes the client's text cut inside an emoji (a lone
+    # surrogate escape, valid JSON orjson refuses) was read as Google's: its type and the
+    # context overflow it names were lost (code null), where `type: anthropic` reads it.
+    provider = build_providers(vertex("http://v"))["v"].for_model(CLAUDE)
+    body = (b'{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too '
+            b'long: 210000 tokens > 200000 maximum (\\ud83d"}}')
+    err = provider.answered_error(body) if answered else provider.parse_error(400, body)
+    assert (err.status, err.code) == (400, "context_length_exceeded")

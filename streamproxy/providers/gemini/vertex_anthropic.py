@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
+from streamproxy._json import loads_lenient
 from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
 from streamproxy.providers.anthropic.options import beta_names
@@ -139,9 +140,11 @@ class VertexClaudeStreamTranslator(AnthropicStreamTranslator):
 
 
 def _is_claudes(body: bytes) -> bool:
-    """Whether an error body is Anthropic's `{"type": "error", ...}` (else Google's)."""
+    """Whether an error body is Anthropic's `{"type": "error", ...}` (else Google's). Parsed
+    as leniently as each reader then parses it: strictly, one quoting text cut inside an emoji
+    (a lone surrogate escape) was read as Google's, its type and context overflow lost."""
     try:
-        obj = orjson.loads(body) if body else None
+        obj = loads_lenient(body) if body else None
     except orjson.JSONDecodeError:
         return False
     return isinstance(obj, dict) and obj.get("type") == "error"
