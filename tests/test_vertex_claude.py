@@ -547,3 +547,23 @@ def test_claudes_error_quoting_a_cut_emoji_is_still_claudes(answered: bool) -> N
             b'long: 210000 tokens > 200000 maximum (\\ud83d"}}')
     err = provider.answered_error(body) if answered else provider.parse_error(400, body)
     assert (err.status, err.code) == (400, "context_length_exceeded")
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"web_search_options": {}}, "web_search_options"),
+    ({"modalities": ["text", "image"]}, "modalities"),
+])
+async def test_a_refusal_for_claude_names_claude_not_the_vertex_provider(
+        proxy: Any, upstream: Any, extra: dict[str, Any], param: str) -> None:
+    # The same Vertex provider searches with Google and answers with images for its Gemini
+    # models: Claude's refusal said the provider did neither, and that web search "needs an
+    # OpenAI-type or Gemini provider", the type the client was using.
+    client = await proxy(vertex(upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": CLAUDE, "messages": USER, **extra})
+    assert resp.status == 400
+    err = (await resp.json())["error"]
+    assert (err["param"], err["code"]) == (param, "unsupported_value")
+    assert err["message"].startswith("Claude on provider 'v' does not ")
+    assert "Gemini provider" not in err["message"]
+    assert upstream.requests == []

@@ -462,29 +462,30 @@ TEXT_ONLY = frozenset({"text"})  # the answer_modalities of most translating pro
 _ANSWER_KINDS = {"audio": "audio", "image": "images"}
 
 
-def answer_changing_refusal(provider: str, body: dict[str, Any], answers: frozenset[str],
+def answer_changing_refusal(subject: str, body: dict[str, Any], answers: frozenset[str],
                             searches_web: bool = False) -> InvalidRequest | None:
     """For a provider that translates the request (as for custom tools), the OpenAI features
-    it lacks that change the answer, or None. Dropped, the client would get another answer
-    than it asked for and not know it. `answers`: the modalities the provider can answer in
-    (`Provider.answer_modalities`); `searches_web`: whether it maps `web_search_options`
-    (`Provider.searches_web`). A tool_choice that forces a call to no tool offered, and a
-    `response_format` of a type OpenAI does not know, are refused too, as OpenAI refuses
-    them; so is a `verbosity` or `service_tier` OpenAI does not know (dropped, it would go
-    unnoticed)."""
+    it lacks that change the answer, or None; `subject` names what lacks them
+    (`Provider.refusal_subject`: the provider, or its models served in another format).
+    Dropped, the client would get another answer than it asked for and not know it.
+    `answers`: the modalities the provider can answer in (`Provider.answer_modalities`);
+    `searches_web`: whether it maps `web_search_options` (`Provider.searches_web`). A
+    tool_choice that forces a call to no tool offered, and a `response_format` of a type
+    OpenAI does not know, are refused too, as OpenAI refuses them; so is a `verbosity` or
+    `service_tier` OpenAI does not know (dropped, it would go unnoticed)."""
     if body.get("functions"):  # deprecated: the model could call none of them
-        return InvalidRequest(f"provider '{provider}' does not take the deprecated 'functions' "
+        return InvalidRequest(f"{subject} does not take the deprecated 'functions' "
                               "(and 'function_call'); send them as 'tools' (and "
                               "'tool_choice').", param="functions", code="unsupported_value")
     modalities = body.get("modalities")
     for kind, noun in _ANSWER_KINDS.items():  # a spoken answer, a generated image
         if isinstance(modalities, list) and kind in modalities and kind not in answers:
-            return InvalidRequest(f"provider '{provider}' does not answer with {noun}; leave "
+            return InvalidRequest(f"{subject} does not answer with {noun}; leave "
                                   f"'{kind}' out of 'modalities'.", param="modalities",
                                   code="unsupported_value")
     if body.get("web_search_options") is not None and not searches_web:  # (a search model's)
-        return InvalidRequest(f"provider '{provider}' does not search the web; "
-                              "'web_search_options' needs an OpenAI-type or Gemini provider.",
+        return InvalidRequest(f"{subject} does not search the web; 'web_search_options' "
+                              "needs an OpenAI-type provider or a Gemini model.",
                               param="web_search_options", code="unsupported_value")
     return (_forced_call_refusal(body.get("tool_choice"), body.get("tools"))
             or _response_format_refusal(body.get("response_format"))

@@ -260,6 +260,11 @@ class Provider:
         (a custom_host's: another server); not a region, which serves the same models."""
         return self.cfg.base_url
 
+    @property
+    def refusal_subject(self) -> str:
+        """What a refusal of an OpenAI feature this provider lacks names as lacking it."""
+        return f"provider '{self.name}'"
+
     def model_for(self, target: Target) -> str:
         model = target.model or self.cfg.default_model
         if not model:

@@ -174,7 +174,7 @@ class Executor:
                 if overrides and "tools" in overrides:  # (they would go back on top of it)
                     raise custom_tools_refused(provider.name, body)
                 req = replace(req, body=narrowed_to_allowed(req.body), stripped=True)
-            refusal = answer_changing_refusal(provider.name, narrowed,
+            refusal = answer_changing_refusal(provider.refusal_subject, narrowed,
                                               provider.answer_modalities, provider.searches_web)
             if refusal is not None:
                 raise refusal

@@ -78,6 +78,11 @@ class VertexClaudeProvider(Provider):
     def base_url(self) -> str:
         return self.vertex.base_url
 
+    @property
+    def refusal_subject(self) -> str:
+        # (the provider's Gemini models search and answer with images: the refusal is Claude's)
+        return f"Claude on provider '{self.name}'"
+
     async def prepare(self, target: Target) -> None:
         await self.vertex.prepare(target)
 
