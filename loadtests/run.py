@@ -45,13 +45,13 @@ def wait_healthy(url: str, proxy: subprocess.Popen[bytes], timeout: float = 30.0
 
 
 def main() -> int:
-    users = os.environ.get("LOADTEST_USERS", "20")
+    users = str(_whole("LOADTEST_USERS", "20", 1, None, "a whole number of users (1 or more)"))
     run_time = os.environ.get("LOADTEST_TIME", "30s").strip()
     try:
         seconds = _seconds(run_time)  # before the proxy starts: locust would refuse it after
     except ValueError as e:
         raise SystemExit(f"LOADTEST_TIME: {e}") from None
-    port = int(os.environ.get("LOADTEST_PORT") or free_port())
+    port = _whole("LOADTEST_PORT", "", 1, 65535, "a port (1-65535)") or free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.NamedTemporaryFile(prefix="streamproxy-loadtest-", suffix=".log",
                                      delete=False) as log:
@@ -77,6 +77,22 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             proxy.kill()
             proxy.wait(5)
+
+
+def _whole(name: str, default: str, low: int, high: int | None, what: str) -> int:
+    """A whole-number setting, refused in one line before the proxy starts: locust refused a
+    bad user count only once the proxy was up, and int() a bad port with a traceback. Unset
+    (or empty) is `default`; an empty default is 0."""
+    spec = os.environ.get(name, "").strip() or default
+    if not spec:
+        return 0
+    try:
+        value = int(spec)
+    except ValueError:
+        value = low - 1
+    if value < low or (high is not None and value > high):
+        raise SystemExit(f"{name}: not {what}: {os.environ[name]!r}")
+    return value
 
 
 def _seconds(spec: str) -> int:

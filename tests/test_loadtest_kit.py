@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import importlib.util
 import json
+import re
 import sys
 import threading
 import types
@@ -41,6 +42,39 @@ def test_a_bad_run_time_stops_the_runner_before_the_proxy_starts(
     monkeypatch.setattr(run.subprocess, "Popen", lambda *a, **kw: pytest.fail("proxy started"))
     with pytest.raises(SystemExit, match="LOADTEST_TIME: not a run time"):
         run.main()
+
+
+# Locust refuses these only once the proxy is up (`-u abc`: an argparse error, `-u 0`: a
+# spawn rate that "must be > 0"), and int() refused a bad port with a traceback.
+@pytest.mark.parametrize(("name", "value"), [
+    ("LOADTEST_USERS", "abc"), ("LOADTEST_USERS", "0"), ("LOADTEST_USERS", "-3"),
+    ("LOADTEST_USERS", "1.5"), ("LOADTEST_PORT", "abc"), ("LOADTEST_PORT", "0"),
+    ("LOADTEST_PORT", "70000")])
+def test_a_bad_user_count_or_port_stops_the_runner_before_the_proxy_starts(
+        monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    monkeypatch.setattr(run.subprocess, "Popen", lambda *a, **kw: pytest.fail("proxy started"))
+    with pytest.raises(SystemExit, match=f"^{name}: not .*{re.escape(repr(value))}$"):
+        run.main()
+
+
+def test_a_good_user_count_and_port_reach_the_proxy_and_locust(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOADTEST_USERS", " 7 ")
+    monkeypatch.setenv("LOADTEST_PORT", "50577")
+    started: list[list[str]] = []
+
+    class Stop(Exception):
+        pass
+
+    def popen(args: list[str], **kw: Any) -> Any:
+        started.append(args)
+        raise Stop
+
+    monkeypatch.setattr(run.subprocess, "Popen", popen)
+    with pytest.raises(Stop):
+        run.main()
+    assert started[0][-2:] == ["--port", "50577"]
 
 
 def test_the_health_check_goes_direct_whatever_http_proxy_says(
