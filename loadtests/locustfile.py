@@ -157,7 +157,7 @@ class StreamReader:
                              if line.startswith(b"data:"))
         if not payload:
             return
-        if payload == b"[DONE]":
+        if payload.startswith(b"[DONE]"):  # as the openai SDK reads it: `[DONE] ` ends it too
             self.done = True
             return
         chunk = json.loads(payload)

@@ -766,3 +766,16 @@ def test_the_stream_rows_size_is_its_completion_tokens(
         _sse(_content("a"), _content("b"), *usage, "[DONE]"))))
     (stream,) = [e for e in events.fired if e["name"] == "custom stream"]
     assert stream["response_length"] == tokens
+
+
+@pytest.mark.parametrize("done", ["[DONE] ", "[DONE]\t", "[DONE]  "])
+def test_done_with_trailing_text_ends_the_stream_as_the_sdk_reads_it(
+        monkeypatch: pytest.MonkeyPatch, done: str) -> None:
+    # The openai SDK ends a stream at any data that starts with [DONE]: `data: [DONE] ` (a
+    # server's trailing space) was read as JSON, and a healthy stream a JSONDecodeError failure.
+    locustfile, events = _load_locustfile(monkeypatch)
+    body = b"".join(_sse(_content("a"), _content("b"), _usage(2)))
+    _run_one_stream(locustfile, _Response(200, body + b"data: " + done.encode() + b"\n\n"))
+    (stream,) = [e for e in events.fired if e["name"] == "custom stream"]
+    assert stream["exception"] is None
+    assert stream["response_length"] == 2
