@@ -49,6 +49,8 @@ def main() -> int:
     run_time = os.environ.get("LOADTEST_TIME", "30s").strip()
     try:
         seconds = _seconds(run_time)  # before the proxy starts: locust would refuse it after
+        if not seconds:  # locust runs on until stopped; the runner killed it, tables unprinted
+            raise ValueError(f"{run_time!r} is locust's no limit: a bounded run needs 1s or more")
     except ValueError as e:
         raise SystemExit(f"LOADTEST_TIME: {e}") from None
     port = _whole("LOADTEST_PORT", "", 1, 65535, "a port (1-65535)") or free_port()

@@ -44,6 +44,17 @@ def test_a_bad_run_time_stops_the_runner_before_the_proxy_starts(
         run.main()
 
 
+# Locust reads a run time of 0 as none: the run went on until the runner killed locust a
+# minute later ("locust did not finish in time"), without its tables.
+@pytest.mark.parametrize("spec", ["0", "0s", "0h0m"])
+def test_a_run_time_of_zero_stops_the_runner_before_the_proxy_starts(
+        monkeypatch: pytest.MonkeyPatch, spec: str) -> None:
+    monkeypatch.setenv("LOADTEST_TIME", spec)
+    monkeypatch.setattr(run.subprocess, "Popen", lambda *a, **kw: pytest.fail("proxy started"))
+    with pytest.raises(SystemExit, match=r"^LOADTEST_TIME: .*no limit"):
+        run.main()
+
+
 # Locust refuses these only once the proxy is up (`-u abc`: an argparse error, `-u 0`: a
 # spawn rate that "must be > 0"), and int() refused a bad port with a traceback.
 @pytest.mark.parametrize(("name", "value"), [
