@@ -186,3 +186,20 @@ async def test_a_body_read_after_repair_still_gets_the_deployment_as_its_model(
     assert resp.status == 200
     [sent] = upstream.requests
     assert sent.json()["model"] == "my-dep"
+
+
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
+async def test_a_missing_key_on_the_azure_paths_names_the_api_key_header(
+        proxy: Any, upstream: Any, front: str) -> None:
+    # The 401 named `Authorization` and `x-portkey-api-key` alone: an AzureOpenAI client,
+    # whose key goes in `api-key` (read there), was told to send a header its SDK never sets.
+    client = await proxy(config(upstream.url, front, auth=True))
+    for path in (f"/openai/deployments/d/chat/completions?api-version={VERSION}",
+                 f"/openai/deployments/d/embeddings?api-version={VERSION}"):
+        resp = await client.post(path, json={"messages": USER, "input": "hi"})
+        assert resp.status == 401, path
+        message = (await resp.json())["error"]["message"]
+        assert message.startswith("Missing proxy API key") and "`api-key: <key>`" in message
+    resp = await client.post("/v1/chat/completions", json={"messages": USER})
+    assert resp.status == 401 and "`api-key: <key>`" not in (await resp.json())["error"]["message"]
+    assert upstream.requests == []

@@ -57,8 +57,7 @@ KEY_HEADERS = {"/openai/": "api-key"}
 # a JS template of an unset key (`Bearer undefined`, `null`), Python's f"Bearer {None}".
 # Told as missing, not "invalid": the caller forgot the key, it did not mistype one.
 PLACEHOLDER_KEYS = frozenset({"openai_api_key", "undefined", "null", "none"})
-_MISSING = ("Missing proxy API key: send `Authorization: Bearer <key>` or "
-            "`x-portkey-api-key: <key>`.")
+_KEY_WAYS = ("`Authorization: Bearer <key>`", "`x-portkey-api-key: <key>`")
 _KEY_FIELDS = {"name", "key", "key_env", "allowed_providers", "rate_limit"}
 
 
@@ -250,7 +249,7 @@ def identify_client(auth: Auth, request: web.Request | Exchange) -> tuple[ProxyK
     presented, in_authorization = presented_key(request.headers)
     key = auth.identify(presented) if presented else None
     if key is None:
-        err = AuthenticationFailed(_refusal(presented))
+        err = AuthenticationFailed(_refusal(presented, _key_header(getattr(request, "path", ""))))
         observe_rejection(request, err, "unauthenticated")
         raise err
     if key.bucket is not None:
@@ -264,13 +263,22 @@ def identify_client(auth: Auth, request: web.Request | Exchange) -> tuple[ProxyK
     return key, in_authorization
 
 
-def _refusal(presented: str | None) -> str:
-    """The 401's message. Only a known placeholder is quoted: a wrong key may be a real one."""
+def _refusal(presented: str | None, key_header: str | None = None) -> str:
+    """The 401's message. Only a known placeholder is quoted: a wrong key may be a real one.
+    `key_header`: the path's own (`KEY_HEADERS`), named too: an AzureOpenAI client told of the
+    other two alone was sent to a header its SDK never sets."""
+    if presented and presented.lower() not in PLACEHOLDER_KEYS:
+        return "Invalid proxy API key."
+    ways = (*_KEY_WAYS, f"`{key_header}: <key>`") if key_header else _KEY_WAYS
+    missing = f"Missing proxy API key: send {', '.join(ways[:-1])} or {ways[-1]}"
     if not presented:
-        return _MISSING
-    if presented.lower() in PLACEHOLDER_KEYS:
-        return f"{_MISSING[:-1]} (`{presented}` is a placeholder a client sends when given no key)."
-    return "Invalid proxy API key."
+        return missing + "."
+    return f"{missing} (`{presented}` is a placeholder a client sends when given no key)."
+
+
+def _key_header(path: str) -> str | None:
+    """The header of its own that a client of `path` sends its key in (`KEY_HEADERS`)."""
+    return next((h for prefix, h in KEY_HEADERS.items() if path.startswith(prefix)), None)
 
 
 AUTH = web.AppKey("streamproxy_auth", Auth)  # absent when auth is off
@@ -328,8 +336,7 @@ def _key_header_as_bearer(request: web.Request) -> web.Request:
     `request`. (Unread, the AzureOpenAI SDK's `api-key` was a 401 for every request.) Holding
     the key presented the usual way, it is removed too: left, it was the client's provider
     key, and the proxy key went to the provider."""
-    path = request.path
-    name = next((h for prefix, h in KEY_HEADERS.items() if path.startswith(prefix)), None)
+    name = _key_header(request.path)
     key = request.headers.get(name, "").strip() if name else ""
     presented = presented_key(request.headers)[0] if key else None
     if not key or (presented and presented != key):
