@@ -203,3 +203,29 @@ async def test_a_missing_key_on_the_azure_paths_names_the_api_key_header(
     resp = await client.post("/v1/chat/completions", json={"messages": USER})
     assert resp.status == 401 and "`api-key: <key>`" not in (await resp.json())["error"]["message"]
     assert upstream.requests == []
+
+
+async def test_the_azure_route_is_the_chat_routes_path_to_conditions_and_no_other_call_is_served(
+        proxy: Any, upstream: Any, tmp_path: Any) -> None:
+    # Documented: a config's `url.pathname` is `/v1/chat/completions` on this route too (the
+    # same chat, so a config written for the chat route routes it alike); the SDK's stored
+    # completions and models calls are a 404 (served on /v1/... only).
+    upstream.body, upstream.content_type = COMPLETION, "application/json"
+    client = await proxy(make_config(
+        {"up": {"type": "openai", "base_url": upstream.url, "api_key": "sk-up",
+                "default_model": "m"},
+         "other": {"type": "openai", "base_url": upstream.url, "api_key": "sk-other",
+                   "default_model": "m"}}, default="up", server={"front": "lean"},
+        storage={"path": str(tmp_path / "s.sqlite3")}))
+    config = {"strategy": {"mode": "conditional", "default": "up", "conditions": [
+        {"query": {"url.pathname": "/v1/chat/completions"}, "then": "other"}]},
+        "targets": [{"name": "up", "provider": "up"}, {"name": "other", "provider": "other"}]}
+    sdk = azure_sdk(client, "sk-client",
+                    default_headers={"x-portkey-config": orjson.dumps(config).decode()})
+    answer = await sdk.chat.completions.create(model="d", messages=USER, store=True)
+    assert answer.choices[0].message.content == "ok"
+    assert [r.headers["Authorization"] for r in upstream.requests] == ["Bearer sk-other"]
+    with pytest.raises(openai.NotFoundError, match="Unknown path: GET /openai/chat/"):
+        await sdk.chat.completions.retrieve(answer.id)
+    with pytest.raises(openai.NotFoundError, match="Unknown path: GET /openai/models"):
+        await sdk.models.list()

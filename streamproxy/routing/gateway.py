@@ -88,7 +88,9 @@ _UNFORWARDABLE = frozenset({"host", "content-length", "transfer-encoding", "conn
                             "accept-encoding"})
 METADATA_HEADER = "x-portkey-metadata"
 _VIRTUAL_KEY_FIELDS = frozenset({"provider", "api_key", "api_key_env"})
-CHAT_PATH = "/v1/chat/completions"  # `url.pathname` in conditions: the one route that plans
+# `url.pathname` in conditions: the one chat that plans, the Azure-shaped route's too (a config
+# written for the chat routes it alike)
+CHAT_PATH = "/v1/chat/completions"
 # The AzureOpenAI SDK's path for the same (served as it, the deployment as the model); a
 # deployment may hold a '/' (`provider/model`, which the SDK's `azure_deployment` sends unquoted).
 DEPLOYMENT_CHAT_ROUTE = "/openai/deployments/{deployment:.+}/chat/completions"
