@@ -1892,6 +1892,26 @@ def test_an_empty_credential_option_is_an_error_not_the_default_chain(
     assert info.value.key == f"providers.b.{next(iter(options))}"
 
 
+@pytest.mark.parametrize("value", ["bedrock-api-key-1\nX-Evil: 1", "bedrock\x7fkey",
+                                   "bedrock\u200bkey", "\u201cbedrock-api-key-1\u201d"])
+def test_a_bedrock_token_variable_with_a_control_or_non_ascii_character_is_a_config_error(
+        value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS_BEARER_TOKEN_BEDROCK was only trimmed: a line break inside it failed every
+    request as its header was written (a 500), a smart quote or zero-width space went as UTF-8
+    (AWS's 403), where the same in `api_key` or a static key is refused as the config loads."""
+    hermetic_aws_env(monkeypatch)
+    monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", value)
+    config = bedrock_config("https://h", aws_access_key_id=None, aws_secret_access_key=None)
+    with pytest.raises(ConfigError) as info:
+        BedrockProvider(config.providers["aws"])
+    assert "AWS_BEARER_TOKEN_BEDROCK" in str(info.value)
+    assert "bedrock" not in str(info.value).replace("AWS_BEARER_TOKEN_BEDROCK", "").lower()
+    # Not read where it is not used: a provider with keys of its own still starts.
+    BedrockProvider(bedrock_config("https://h").providers["aws"])
+    BedrockProvider(bedrock_config("https://h", api_key="k", aws_access_key_id=None,
+                                   aws_secret_access_key=None).providers["aws"])
+
+
 def test_missing_region_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     hermetic_aws_env(monkeypatch)  # (nor one in ~/.aws/config)
     monkeypatch.delenv("AWS_REGION", raising=False)

@@ -41,6 +41,7 @@ from streamproxy.config import (
     check_env_name,
     check_provider_key,
     check_secret,
+    secret_from_env,
     shown_env,
     unset_or_empty,
 )
@@ -161,7 +162,11 @@ class BedrockAuth:
         elif not self._bearer and self._profile:
             self.summary = f"sigv4 (profile {self._profile})"
         elif not self._bearer:
-            self._bearer = (os.environ.get(BEARER_ENV) or "").strip() or None
+            # Checked as `api_key_env`'s value is (a line break: a 500 per request as the
+            # header was written; a smart quote: AWS's 403), naming the variable, not the value.
+            where = f"providers.{cfg.name} (environment variable {BEARER_ENV})"
+            self._bearer = secret_from_env(BEARER_ENV, "config", where)
+            check_provider_key(self._bearer, "config", where)
             self.summary = (f"bearer ({BEARER_ENV})" if self._bearer else
                             "sigv4 (the AWS credential chain; without credentials, the client's "
                             "key)")
