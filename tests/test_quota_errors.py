@@ -244,3 +244,27 @@ def test_a_gemini_per_minute_quota_with_a_limit_is_still_a_rate_limit() -> None:
     body["error"]["details"][0]["violations"][0]["quotaValue"] = "10"
     err = provider("gemini").parse_error(429, orjson.dumps(body))
     assert err.status == 429 and err.should_retry is None and err.retry_after == 27.0
+
+
+# AWS: "Your request exceeds the service quota for your account. You can view your quotas at
+# Viewing service quotas. You can resubmit your request later." (Converse's HTTP 400)
+BEDROCK_SERVICE_QUOTA = ("Your request exceeds the service quota for your account. You can "
+                         "view your quotas at Viewing service quotas. You can resubmit your "
+                         "request later.")
+
+
+def test_bedrocks_service_quota_exceeded_is_insufficient_quota_not_a_bad_request() -> None:
+    # An account's quota, not a mistake in the request: it went out as a 400
+    # invalid_request_error (the openai SDK's BadRequestError), which a fallback on 429
+    # (`on_status_codes: [429, ...]`) did not act on, though another account or region answers.
+    up = provider("bedrock", region="us-east-1")
+    body = orjson.dumps({"message": BEDROCK_SERVICE_QUOTA})
+    header = {"x-amzn-errortype": "ServiceQuotaExceededException:http://internal.amazon.com/"
+                                  "coral/com.amazon.bedrock/"}
+    for err in (up.error_from_response(400, body, header),
+                up.parse_error(400, orjson.dumps({"__type": "ServiceQuotaExceededException",
+                                                  "message": BEDROCK_SERVICE_QUOTA})),
+                aws_error("serviceQuotaExceededException", BEDROCK_SERVICE_QUOTA, "up")):
+        assert err.status == 429 and err.should_retry is False
+        assert err.code == err.error_type == "insufficient_quota"
+        assert err.message == BEDROCK_SERVICE_QUOTA

@@ -53,6 +53,7 @@ from streamproxy.providers.base import (
     StreamTranslator,
     context_overflow,
     event_kind,
+    insufficient_quota,
     load_event_json,
     malformed,
     quota_exhausted,
@@ -156,6 +157,11 @@ OVERFLOW_CODES = frozenset({"validationexception", STREAM_ERROR})
 # rate limit: "Too many tokens, please wait …").
 THROTTLING = "throttlingexception"
 PER_DAY = ("per day",)
+# A ServiceQuotaExceededException (AWS lists it as a 400) is an account's quota, not a mistake
+# in the request: until the quota is raised or its period turns, every try of that account and
+# region gets it again, and another target (a fallback on 429) can answer. So it is OpenAI's
+# `insufficient_quota`, as the daily quota above.
+SERVICE_QUOTA = "servicequotaexceededexception"
 
 
 def says_overflow(message: str) -> bool:
@@ -167,8 +173,11 @@ def overflow_checked(err: UpstreamStatusError) -> UpstreamStatusError:
     """`err` as OpenAI's `context_length_exceeded` when it is a 400 ValidationException (or
     ModelStreamErrorException) that says the prompt is over the model's context
     (providers/base.py `context_overflow`); as its `insufficient_quota` when it is a
-    ThrottlingException for a daily quota (`quota_exhausted`)."""
+    ThrottlingException for a daily quota (`quota_exhausted`), or a
+    ServiceQuotaExceededException (`insufficient_quota`)."""
     code = (err.code or "").lower()
+    if code == SERVICE_QUOTA:
+        return insufficient_quota(err)
     if code == THROTTLING:
         return quota_exhausted(err, PER_DAY)
     if code not in OVERFLOW_CODES:
