@@ -1671,3 +1671,27 @@ def test_an_inline_configs_caps_count_the_clients_fallbacks_not_the_operators_co
         with pytest.raises(InvalidRequest) as info:
             planned(wide, body)
         assert info.value.param == "config"
+
+
+def test_a_conditional_whose_pick_is_open_is_not_drawn_beside_a_healthy_target(
+        new_breakers: BreakersFactory) -> None:
+    # The conditional sends this request to `a`, whose breaker is open; its other target `c`
+    # (healthy) is not where it would go, so the draw must take the healthy `b`.
+    clock = Clock()
+    cb = new_breakers(clock)
+    breaker = {"failure_threshold": 1, "cooldown_interval": 60000}
+    raw = {"strategy": {"mode": "loadbalance"}, "cb_config": breaker, "targets": [
+        {"strategy": {"mode": "conditional", "default": "c", "conditions": [
+            {"query": {"metadata.tier": "pro"}, "then": "a"}]},
+         "targets": [{"name": "a", "provider": "a"}, {"name": "c", "provider": "c"}]},
+        {"provider": "b"}]}
+    pro = {"metadata": {"tier": "pro"}}
+    first = make({"provider": "a", "cb_config": breaker}, breakers=cb)
+    cb.record(first.attempts[0].breaker_key, first.attempts[0].breaker, 500)
+    assert {names(make(raw, seed=s, breakers=cb, **pro))[0] for s in range(50)} == {"b"}
+    # (the default `c`, healthy, is still drawn for a request the condition sends there)
+    assert "c" in {names(make(raw, seed=s, breakers=cb))[0] for s in range(50)}
+    # As for a proxy key's providers: a pick it may not use is not drawn beside one it may.
+    usable = {names(make(raw, seed=s, usable=lambda t: t.provider.name != "a", **pro))[0]
+              for s in range(50)}
+    assert usable == {"b"}

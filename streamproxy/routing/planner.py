@@ -135,11 +135,24 @@ class _Walk:
 
     def any_usable(self, node: ConfigNode) -> bool:
         assert self.usable is not None
-        return any(self.usable(self.targets[leaf.path]) for leaf in node.leaves())
+        return any(self.usable(self.targets[leaf.path]) for leaf in self.live_leaves(node))
 
     def all_open(self, node: ConfigNode) -> bool:
         return all(self.breakers.is_open(_key(self.targets[leaf.path]), leaf.breaker)
-                   for leaf in node.leaves())
+                   for leaf in self.live_leaves(node))
+
+    def live_leaves(self, node: ConfigNode) -> list[ConfigNode]:
+        """The leaves this request may reach under `node`: a conditional's pick's only (its
+        other targets, healthy or usable, made a draw of it look fine when its pick was
+        open or refused); all of them when it matches nothing (its 400 if drawn)."""
+        if node.is_leaf:
+            return [node]
+        if node.mode == "conditional":
+            try:
+                return self.live_leaves(self.condition(node))
+            except InvalidRequest:
+                return node.leaves()
+        return [leaf for child in node.targets for leaf in self.live_leaves(child)]
 
 
 def _key(target: Target) -> str:
