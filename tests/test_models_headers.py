@@ -103,6 +103,30 @@ def test_a_target_the_chat_never_picks_serves_no_model() -> None:
         assert gw.header_providers(headers) == {"mock-openai"}
 
 
+def test_a_load_balances_conditional_matching_nothing_does_not_refuse_its_siblings_models() -> None:
+    """A load balance draws one target: a conditional matching nothing fails only the chats
+    whose draw picks it, so its siblings still serve their models. Retrieve was the 400 when
+    that conditional came first, and served the sibling's model when it came second."""
+    gw = gateway()
+    conditional = orjson.loads(_BY_MODEL)  # (no match for "paced", no default)
+    for targets in ([conditional, {"provider": "mock-openai"}],
+                    [{"provider": "mock-openai"}, conditional]):
+        headers = {"x-portkey-config": _lb(*targets)}
+        answered = set()
+        for _ in range(40):  # (the draw is random: some chats are answered by mock-openai)
+            try:
+                answered |= chat_providers(gw, headers, "paced")
+            except ProxyError as e:
+                assert e.status == 400
+        assert answered == {"mock-openai"}
+        assert gw.config_served(headers, "paced") == ["mock-openai/paced"]
+    # Every target matching nothing: every chat's 400, and retrieve's.
+    headers = {"x-portkey-config": _lb(conditional, conditional)}
+    with pytest.raises(ProxyError) as err:
+        gw.config_served(headers, "paced")
+    assert err.value.status == 400
+
+
 def _lb(*targets: dict[str, Any]) -> str:
     return config({"strategy": {"mode": "loadbalance"}, "targets": list(targets)})
 

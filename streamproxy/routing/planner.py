@@ -183,7 +183,8 @@ def reachable_leaves(node: ConfigNode, metadata: dict[str, Any] | None = None,
     """The targets some plan of `node` may run, in its order: not a load balance's `weight: 0`
     ones, nor a `single`'s after its first (_Walk.choose draws neither); a conditional's pick
     for `metadata` and `params`, all its targets without `params` (the request decides). A
-    conditional matching nothing runs nothing: its 400 when it comes first, as in `plan`."""
+    conditional matching nothing runs nothing: its 400 when it comes first, as in `plan` (in a
+    load balance, only when every drawable target's plan starts with such a 400)."""
 
     def walk(n: ConfigNode) -> list[ConfigNode | InvalidRequest]:
         if n.is_leaf:
@@ -196,7 +197,11 @@ def reachable_leaves(node: ConfigNode, metadata: dict[str, Any] | None = None,
         elif n.mode == "single":
             children = list(n.targets[:1])
         elif n.mode == "loadbalance":
-            children = [c for c in n.targets if c.weight > 0]
+            # One child is drawn: one refusing first fails only the draws of it, so it serves
+            # nothing beside a sibling that answers (the first's 400 when every one refuses).
+            drawn = [walk(c) for c in n.targets if c.weight > 0]
+            served = [f for f in drawn if not isinstance(f[0], InvalidRequest)] or drawn[:1]
+            return [found for f in served for found in f]
         else:
             children = list(n.targets)
         return [found for child in children for found in walk(child)]
