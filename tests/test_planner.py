@@ -1695,3 +1695,23 @@ def test_a_conditional_whose_pick_is_open_is_not_drawn_beside_a_healthy_target(
     usable = {names(make(raw, seed=s, usable=lambda t: t.provider.name != "a", **pro))[0]
               for s in range(50)}
     assert usable == {"b"}
+
+
+@pytest.mark.parametrize(("targets", "said"), [
+    ([{"provider": "a"}, {"provider": "b"}], "must name a target, and no target has a name"),
+    ([{"provider": "a", "name": "b"}, {"provider": "a", "name": "a"}],
+     "must name a target (names: a, b)"),
+])
+@pytest.mark.parametrize("field", ["conditions[0].then", "default"])
+def test_a_conditional_naming_no_target_says_which_names_there_are(
+        targets: list[dict[str, Any]], said: str, field: str) -> None:
+    # (with no name at all the message ended "(names: )", which told the client nothing)
+    strategy: dict[str, Any] = {"mode": "conditional", "default": "a",
+                                "conditions": [{"query": {}, "then": "a"}]}
+    if field == "default":
+        strategy.update(default="x", conditions=[])  # (no `then` to be refused first)
+    else:
+        strategy["conditions"][0]["then"] = "x"
+    with pytest.raises(InvalidRequest) as err:
+        parse_config({"strategy": strategy, "targets": targets})
+    assert err.value.message == f"Invalid config: 'config.strategy.{field}' {said}."

@@ -750,10 +750,16 @@ def _conditions(node: ConfigNode, strategy: dict[str, Any], path: str) -> Config
         if not isinstance(cond, dict) or not isinstance(cond.get("query"), dict):
             raise _bad(f"{where}.query", "must be an object")
         if not _names_target(cond.get("then"), names):
-            raise _bad(f"{where}.then", f"must name a target (names: {', '.join(sorted(names))})")
+            raise _bad(f"{where}.then", _name_one_of(names))
         validate_query(cond["query"], f"{where}.query")
         conditions.append(Condition(cond["query"], cond["then"]))
     default = strategy.get("default")
     if default is not None and not _names_target(default, names):
-        raise _bad(f"{path}.strategy.default", "must name a target")
+        raise _bad(f"{path}.strategy.default", _name_one_of(names))
     return replace(node, conditions=tuple(conditions), default=default)
+
+
+def _name_one_of(names: set[str]) -> str:
+    if not names:  # (a list of none read "(names: )"; the targets need a `name` first)
+        return "must name a target, and no target has a name"
+    return f"must name a target (names: {', '.join(sorted(names))})"
