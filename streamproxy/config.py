@@ -417,6 +417,8 @@ def check_env_name(env: Any, source: str, key: str) -> None:
     other non-name (`api_key_env: sk-proj-...`, the key itself) without its value."""
     if not isinstance(env, str) or not env:  # (the type and emptiness are the caller's)
         return
+    # (`None`, a template's rendering of it, named a variable "None": serve warned it unset)
+    refuse_null_word(env, source, key)
     if match := _ENV_REFERENCE.fullmatch(env.strip()):
         leaf = key.rpartition(".")[2]
         raise ConfigError(source, key, f"{env.strip()} is not expanded here: write {leaf}: "

@@ -994,3 +994,21 @@ def test_a_region_written_as_none_is_a_config_error(tmp_path: Path, entry: str,
         load_config(write(tmp_path, f"providers:\n  x: {{{entry}}}\n"))
     assert info.value.key == key
     assert info.value.reason.startswith("`None` is a string here"), info.value.reason
+
+
+@pytest.mark.parametrize(("entry", "key"), [
+    # Taken as the name of a variable "None": check-config said OK, serve only warned that
+    # "environment variable None is not set", and the client's own key went upstream.
+    ("type: openai, api_key_env: None", "providers.x.api_key_env"),
+    ("type: openai, api_key_env: 'null'", "providers.x.api_key_env"),
+    ("type: vertex, project: my-proj, location: us-central1, token_env: None",
+     "providers.x.token_env"),
+    ("type: bedrock, region: us-east-1, aws_access_key_id_env: None, "
+     "aws_secret_access_key_env: AWS_SECRET", "providers.x.aws_access_key_id_env"),
+])
+def test_an_env_name_written_as_none_says_yamls_null_is_a_tilde(tmp_path: Path, entry: str,
+                                                                 key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"providers:\n  x: {{{entry}}}\n"))
+    assert info.value.key == key
+    assert "is a string here, not YAML's null (`~`" in info.value.reason, info.value.reason
