@@ -806,6 +806,30 @@ def test_a_named_configs_null_total_still_lifts_a_total() -> None:
                                                       {"total": None, "idle": 5.0}]
 
 
+@pytest.mark.parametrize(("config", "key"), [
+    # A template's rendering of Python's None, or a quoted null, in the operator's YAML: the
+    # config loaded, and every request through it went upstream with the model "None" (the
+    # provider's 404), where YAML's null (~) keeps the request's model.
+    ({"provider": "mock", "override_params": {"model": "None"}},
+     "configs.c: config.override_params.model"),
+    ({"provider": "mock", "overrideParams": {"model": "null"}},
+     "configs.c: config.overrideParams.model"),
+    ({"override_params": {"model": "None"}, "strategy": {"mode": "fallback"},
+      "targets": [{"provider": "mock"}, {"provider": "mock2"}]},
+     "configs.c: config.override_params.model"),
+    ({"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "mock", "override_params": {"model": "fast"}},
+        {"provider": "mock2", "override_params": {"model": "NULL"}}]},
+     "configs.c: config.targets[1].override_params.model"),
+])
+def test_a_named_configs_model_written_as_none_fails_at_start(config: dict[str, Any],
+                                                               key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(gateway_config(configs={"c": config}))
+    assert info.value.key == key
+    assert "is a string here, not YAML's null (`~`" in info.value.reason, info.value.reason
+
+
 async def _anthropic_body() -> bytes:
     from tests.helpers import fixture_bytes
 

@@ -48,6 +48,7 @@ from streamproxy.config import (
     check_provider_key,
     name_reference,
     refuse_env_reference,
+    refuse_null_word,
     required_secret,
     unknown_key,
     unless_null,
@@ -172,9 +173,20 @@ def load_settings(config: Config) -> GatewaySettings:
     settings.allowed_hosts = frozenset(_allowed_entry(h, src, f"allowed_custom_hosts[{i}]")
                                        for i, h in enumerate(hosts))
     for name, node in settings.configs.items():
+        _check_override_model(node, config.source, f"configs.{name}")
         for leaf in node.leaves():
             _check_leaf_static(leaf, settings, config, f"configs.{name}")
     return settings
+
+
+def _check_override_model(node: ConfigNode, src: str, where: str) -> None:
+    """An operator's `override_params.model` written `None` (a template's rendering of it) or a
+    quoted "null" went upstream as that model for every request: refused as a provider's
+    default_model is. Parents first, so the node that wrote it is named (its targets inherit it)."""
+    refuse_null_word(node.override_params.get("model"), src,
+                     f"{where}: {node.field_path('override_params')}.model")
+    for target in node.targets:
+        _check_override_model(target, src, where)
 
 
 # A virtual key's secret is for its own provider: a target naming another beside it sent that
