@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from streamproxy.observe.access_log import ACCESS_LOGGER
-from streamproxy.upstream.passed_headers import passed_headers
+from streamproxy.upstream.passed_headers import passed_headers, upstream_request_id
 from streamproxy.upstream.response_parser import ResponseHead
 from tests.conftest import provider_config
 from tests.helpers import make_config, openai_sdk
@@ -205,6 +205,19 @@ def test_long_values_and_many_headers_are_left_out() -> None:
         "x-ratelimit-limit-requests": "9" * 128}
     many = {f"x-ratelimit-n{i}": str(i) for i in range(1000)}
     assert len(passed_headers(many.items(), error=False) or {}) == 24
+
+
+def test_the_request_id_and_should_retry_pass_after_many_rate_limit_headers() -> None:
+    """The cap stopped at the 24th header: an upstream sending more rate-limit headers
+    before its request id lost it (the client's header, the log's upstream_request_id null),
+    and an error's x-should-retry after them, which the SDKs obey."""
+    many = [(f"x-ratelimit-n{i}", str(i)) for i in range(30)]
+    passed = passed_headers([*many, ("x-request-id", "req_9"), ("x-should-retry", "false")],
+                            error=True) or {}
+    assert passed["llm_provider-x-request-id"] == "req_9"
+    assert passed["x-should-retry"] == "false"
+    assert sum(name.startswith("x-ratelimit-") for name in passed) == 24
+    assert upstream_request_id(passed) == "req_9"
 
 
 @pytest.mark.parametrize(("ahead", "seconds"), [(5, {"5", "6"}), (-60, {"1"})])

@@ -23,27 +23,32 @@ REQUEST_IDS = {"x-request-id": "llm_provider-x-request-id", "request-id": "reque
 # sending more or longer ones would make the client's head one that a strict client or a
 # reverse proxy in front refuses (nginx's default buffer is 4 to 8 KB).
 MAX_VALUE = 128
-MAX_PASSED = 24
+MAX_PASSED = 24  # rate-limit headers; the few others (an id, x-should-retry) pass besides
 
 
 def passed_headers(fields: Iterable[tuple[str, str]], *, error: bool) -> dict[str, str] | None:
     """The headers to pass on from an upstream answer's (name, value) fields (`error`: its
     status is 4xx/5xx), or None; a request id under its `REQUEST_IDS` name. A value that is
     not printable ASCII, or longer than MAX_VALUE, is left out: the client's head carries it
-    as it came, and such bytes have no place in a count, a time or an id; MAX_PASSED at most."""
+    as it came, and such bytes have no place in a count, a time or an id; MAX_PASSED
+    rate-limit headers at most, counted apart: an upstream sending more of them before its
+    request id or x-should-retry must not lose those (a handful of names, so still bounded)."""
     passed: dict[str, str] | None = None
+    rate_limits = 0
     for name, value in fields:
         passed_as = name.lower()
-        if not (passed_as.startswith(RATE_LIMIT_PREFIXES)
-                or (error and passed_as == SHOULD_RETRY)):
+        rate_limit = passed_as.startswith(RATE_LIMIT_PREFIXES)
+        if not (rate_limit or (error and passed_as == SHOULD_RETRY)):
             passed_as = REQUEST_IDS.get(passed_as, "")
             if not passed_as:
                 continue
         if len(value) <= MAX_VALUE and value.isascii() and value.isprintable():
             if passed is None:
                 passed = {}
-            elif len(passed) == MAX_PASSED:
-                break
+            if rate_limit and passed_as not in passed:
+                if rate_limits == MAX_PASSED:
+                    continue
+                rate_limits += 1
             passed[passed_as] = value
     return passed
 
