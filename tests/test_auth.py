@@ -14,6 +14,7 @@ import pytest
 
 from streamproxy.config import ConfigError
 from streamproxy.errors import RateLimited
+from streamproxy.server import front
 from streamproxy.server.auth import TokenBucket, parse_auth, presented_key
 from streamproxy.server.errors import error_headers
 from streamproxy.server.state import STATE
@@ -240,6 +241,29 @@ async def test_a_refused_chat_request_answers_with_the_trace_id_it_is_logged_und
               if r.name == "streamproxy.access"]
     assert [(line["status"], line["trace_id"]) for line in logged] == sent
     assert [status for status, _ in sent] == [401, 200, 429]
+
+
+@pytest.mark.parametrize("front_kind", front.FRONTS)
+async def test_a_rate_limited_keys_line_carries_its_metadata(
+        proxy: Any, json_upstream: Any, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch, front_kind: str) -> None:
+    # A 429's line had no metadata though its key's client sent x-portkey-metadata (the docs:
+    # present whenever sent): which user or team hit the key's limit was not in the log. A
+    # 401's sender is nobody's key: its header is not parsed, nor logged.
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    caplog.set_level(logging.INFO, logger="streamproxy.access")
+    client = await proxy(config(json_upstream.url,
+                                rate_limit={"requests_per_minute": 1, "burst": 1}))
+    metadata = {"x-portkey-metadata": '{"_user": "ann"}'}
+    for headers in ({}, {"authorization": f"Bearer {KEY_A}"}, {"authorization": f"Bearer {KEY_A}"},
+                    {"authorization": f"Bearer {KEY_A}", "x-portkey-metadata": "[1]"}):
+        resp = await client.post("/v1/chat/completions", json={"messages": USER},
+                                 headers={**metadata, **headers})
+        await resp.read()
+    logged = [orjson.loads(r.getMessage()) for r in caplog.records
+              if r.name == "streamproxy.access"]
+    assert [(line["status"], line.get("metadata")) for line in logged] == [
+        (401, None), (200, {"_user": "ann"}), (429, {"_user": "ann"}), (429, None)]
 
 
 async def test_a_client_key_that_is_not_ascii_is_a_401_not_a_crash(

@@ -4,6 +4,7 @@ before the handler ran (auth, rate limit), so those are counted and logged too."
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ from streamproxy.errors import ProxyError
 from streamproxy.observe.access_log import ACCESS_LOGGER, AccessLog, LoggingSettings, parse_logging
 from streamproxy.observe.metrics import metrics, metrics_handler, set_circuit_state
 from streamproxy.record import RequestRecord
-from streamproxy.routing.gateway import CHAT_PATH
+from streamproxy.routing.gateway import CHAT_PATH, parse_metadata
 from streamproxy.server.errors import (
     BodyTimeout,
     body_too_large,
@@ -115,6 +116,11 @@ def _observe_unhandled(request: web.Request | Exchange, record: RequestRecord) -
     if state is None:
         return
     record.trace_id = record.trace_id or _trace_id(request)
+    if record.auth_key_name is not None:
+        # A known key's client (a 429, a 408): its line carries its metadata, as a served
+        # one's does; a 401's sender is no key's, its header neither parsed nor logged.
+        with contextlib.suppress(ProxyError):  # (the refusal is the answer, not the header's)
+            record.metadata = parse_metadata(request.headers, state.limits.max_json_depth)
     # A lean front's request counts from its head, as its handler's would; aiohttp's refuses
     # before the handler runs, once the head is in: now.
     record.started = getattr(request, "arrived", record.started)
