@@ -38,7 +38,8 @@ class RequestRecord:
     kept_alive: bool = False  # a 200 and keep-alive comments went out before the answer
     finished: float | None = None
     attempts: int = 0  # upstream requests sent, retries and fallbacks included
-    target_index: int | None = None  # which planned attempt served the answer
+    target_index: int | None = None  # which attempt of the request's plan served the answer
+    target_position: int | None = None  # ...its `Attempt.position`: the log's target_index
     option_path: str | None = None  # where that attempt (or the failed last) sits in the config
     # Retries of the target whose answer (or error) is returned, as Portkey counts them for
     # x-portkey-retry-attempt-count; None: no upstream target was tried for the answer.

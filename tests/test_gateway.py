@@ -346,6 +346,23 @@ async def test_an_open_circuit_is_skipped(proxy: Any, access_log: Any) -> None:
     assert resp.headers["x-portkey-last-used-option-index"] == "config.targets[1]"
 
 
+async def test_a_target_logs_the_same_index_whether_or_not_a_breaker_before_it_is_open(
+        proxy: Any, access_log: Any) -> None:
+    # The skipped target was left out of the plan, and the index counted what was left: the
+    # fallback logged target_index 1 while `down` failed, 0 once its breaker opened, with
+    # option config.targets[1] both times (a dashboard of who served read the primary).
+    client = await proxy(gateway_config())
+    config = json.dumps({
+        "strategy": {"mode": "fallback",
+                     "cb_config": {"failure_threshold": 1, "cooldown_interval": 60000}},
+        "targets": [{"provider": "down"}, leaf("fast:tokens=2", "mock2")]})
+    for _ in range(2):  # the first opens the breaker of `down`; the second skips it
+        assert (await post(client, config)).status == 200
+    assert [(line["attempts"], line["target_index"], line["option"])
+            for line in access_log()] == [(2, 1, "config.targets[1]"),
+                                          (1, 1, "config.targets[1]")]
+
+
 class HalfOpen:
     """A target that fails with a 503 once `release` is set, behind a 50 ms breaker that its
     first failure opened and that is half-open now; `arrived` counts its requests."""

@@ -199,7 +199,7 @@ def access_entry(r: RequestRecord, now: float | None = None) -> dict[str, Any]:
         "tokens_partial": r.usage_partial,  # counted before the stream failed or was left
         "finish_reason": r.finish_reason,
         "attempts": r.attempts,
-        "target_index": r.target_index,
+        "target_index": r.target_position,  # (the plan's as configured: not by breaker state)
         "option": r.option_path,  # the config target that answered
         "fallbacks": r.fallbacks,
         "client_disconnected": r.client_disconnected,

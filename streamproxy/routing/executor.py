@@ -257,6 +257,7 @@ class Executor:
             cached = None if record.lookup is None else await record.lookup(index, record)
             if cached is not None:
                 record.target_index, record.option_path = index, attempt.path
+                record.target_position = attempt.position
                 return cached
             trial = None if attempt.breaker is None else self.breakers.admit(
                 attempt.breaker_key, attempt.breaker, _longest_tries(attempt))
@@ -282,7 +283,7 @@ class Executor:
                 record.note_fallback()  # (record.provider: the failed target's)
                 failed, index = (index, e.status), following
                 continue
-            record.target_index = index
+            record.target_index, record.target_position = index, attempt.position
             record.option_path = attempt.path
             return result
 

@@ -39,6 +39,9 @@ class Attempt:
     # A conditional that matched nothing and has no default: the request fails with this 400
     # when the plan reaches it (as in Portkey), not when an earlier fallback target answers.
     refusal: InvalidRequest | None = None
+    # Its place in the plan as configured, before open breakers' targets (and a proxy key's
+    # disallowed ones) were left out: the log's target_index, the same whatever their state.
+    position: int = 0
 
     @property
     def breaker_key(self) -> str:
@@ -222,6 +225,8 @@ def plan(root: ConfigNode, resolve: Resolve, *, rng: random.Random,
     targets = {leaf.path: resolve(leaf) for leaf in root.leaves()}
     walk = _Walk(resolve, rng, breakers, metadata or {}, params or {}, path, targets, usable)
     attempts = walk.attempts(root, ())
+    for position, attempt in enumerate(attempts):
+        attempt.position = position
     closed = [a for a in attempts if a.refusal is not None or a.breaker is None
               or not breakers.is_open(a.breaker_key, a.breaker)]
     if any(a.refusal is None for a in closed):
