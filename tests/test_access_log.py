@@ -207,6 +207,24 @@ async def test_a_refused_body_still_logs_its_stream_flag_and_metadata(
         "provider": "", "model": "", "status": "400", "stream": "true"}) == before + 1
 
 
+@pytest.mark.parametrize("front_kind", front.FRONTS)
+async def test_a_body_refused_as_too_large_still_logs_its_metadata(
+        proxy: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        front_kind: str) -> None:
+    # Only a body refused by validation carried it: a 413's line (refused before the body
+    # was parsed) had none, though the docs promise it whenever the client sent it.
+    monkeypatch.setenv(front.FRONT_ENV, front_kind)
+    caplog.set_level(logging.INFO)
+    client = await proxy(mock_config(server={"max_body_bytes": 2000}))
+    resp = await client.post("/v1/chat/completions", headers={
+        "x-portkey-metadata": '{"team": "blue"}'}, json={
+        "model": "fast", "messages": [{"role": "user", "content": "x" * 5000}]})
+    assert resp.status == 413
+    await resp.read()
+    [line] = access_lines(caplog)
+    assert (line["status"], line["metadata"]) == (413, {"team": "blue"})
+
+
 @pytest.mark.parametrize("body", [b"{nope", b"[]", b'"stream"', b""])
 @pytest.mark.parametrize("front_kind", front.FRONTS)
 async def test_a_body_that_is_no_json_object_logs_an_unknown_stream_flag(

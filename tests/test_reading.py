@@ -116,6 +116,22 @@ async def test_a_body_that_stops_arriving_is_408(start: Any, front_kind: str, ki
 
 
 @pytest.mark.parametrize("front_kind", FRONTS)
+async def test_a_body_timeouts_line_carries_the_clients_metadata(
+        start: Any, front_kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    # The lean front's 408 (refused before the handler, no proxy key configured) was logged
+    # without the x-portkey-metadata aiohttp's front logged for the same request.
+    caplog.set_level(logging.INFO)
+    client = await start(front_kind)
+    reader, writer = await client.connect()
+    writer.write(chat_head(len(BODY), extra=b'x-portkey-metadata: {"team": "blue"}\r\n')
+                 + BODY[:10])
+    assert_408((await closed_after_answer(reader))[0])
+    (line,) = [orjson.loads(r.getMessage()) for r in caplog.records
+               if r.name == "streamproxy.access"]
+    assert line["metadata"] == {"team": "blue"}
+
+
+@pytest.mark.parametrize("front_kind", FRONTS)
 async def test_a_body_timeout_answers_with_the_trace_id_it_is_logged_under(
         start: Any, front_kind: str, caplog: pytest.LogCaptureFixture) -> None:
     # The lean front wrote its 408 without trace headers, though the request is logged under

@@ -122,7 +122,7 @@ async def chat(ex: Exchange) -> None:
         try:
             req = parse_chat_request(raw, state.limits)
         except ProxyError:
-            _note_refused_body(ex, raw, record)
+            _note_refused_body(raw, record)
             raise
         record.stream = req.stream
         admission = ex.app[ADMISSION]
@@ -132,9 +132,11 @@ async def chat(ex: Exchange) -> None:
         finally:
             admission.leave()
     except ProxyError as e:
+        _note_metadata(ex, record)
         _note_error(e, record)
         raise
     except asyncio.CancelledError:
+        _note_metadata(ex, record)
         if state.drain.owns():  # the shutdown grace ran out before this request committed
             err = shutdown_error()
             _note_error(err, record)  # (its headers too: the log line's trace id, ...)
@@ -168,18 +170,23 @@ def _note_error(e: ProxyError, record: RequestRecord) -> None:
     e.response_headers = response_headers(record, record.provider)
 
 
-def _note_refused_body(ex: Exchange, raw: bytes, record: RequestRecord) -> None:
+def _note_refused_body(raw: bytes, record: RequestRecord) -> None:
     """A body refused by validation: its log line and metrics still say whether the client
-    asked to stream, and carry its metadata (the error path only: a valid body is parsed
-    once)."""
+    asked to stream (the error path only: a valid body is parsed once)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         body = None
     # (not a JSON object: whether it asked is unknown, null and "" as before its body was read)
     record.stream = bool(body.get("stream")) if isinstance(body, dict) else None
-    with contextlib.suppress(ProxyError):  # the body's error is the one answered
-        record.metadata = parse_metadata(ex.headers, ex.app[STATE].limits.max_json_depth)
+
+
+def _note_metadata(ex: Exchange, record: RequestRecord) -> None:
+    """An answer before `_answer` read the client's metadata (a refused body, a 413, a
+    drain's 503, a client gone while its body arrived): its log line still carries it."""
+    if record.metadata is None:
+        with contextlib.suppress(ProxyError):  # (the answer's error is the one answered)
+            record.metadata = parse_metadata(ex.headers, ex.app[STATE].limits.max_json_depth)
 
 
 def _cut_at_shutdown(record: RequestRecord) -> None:

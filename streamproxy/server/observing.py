@@ -116,9 +116,9 @@ def _observe_unhandled(request: web.Request | Exchange, record: RequestRecord) -
     if state is None:
         return
     record.trace_id = record.trace_id or _trace_id(request)
-    if record.auth_key_name is not None:
-        # A known key's client (a 429, a 408): its line carries its metadata, as a served
-        # one's does; a 401's sender is no key's, its header neither parsed nor logged.
+    if record.status not in (401, 431):
+        # Its line carries the client's metadata, as the handler's refusals' do (a 429, a
+        # 408); not a 401's, whose sender holds no key, nor a 431's, whose head was too large.
         with contextlib.suppress(ProxyError):  # (the refusal is the answer, not the header's)
             record.metadata = parse_metadata(request.headers, state.limits.max_json_depth)
     # A lean front's request counts from its head, as its handler's would; aiohttp's refuses
