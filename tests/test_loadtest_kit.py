@@ -309,10 +309,13 @@ def test_an_internal_ca_for_an_https_host(monkeypatch: pytest.MonkeyPatch) -> No
     assert user.client.verify == "/etc/ssl/internal-ca.pem"
 
 
-class _StallingServer(http.server.BaseHTTPRequestHandler):
-    """200 and the first chunk, then nothing until released (bounded), then the end."""
+class _PausingServer(http.server.BaseHTTPRequestHandler):
+    """A chunked event stream of `parts()`, pausing at a None until released (bounded)."""
     protocol_version = "HTTP/1.1"
     release = threading.Event()
+
+    def parts(self) -> tuple[bytes | None, ...]:
+        raise NotImplementedError
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["content-length"]))
@@ -320,8 +323,7 @@ class _StallingServer(http.server.BaseHTTPRequestHandler):
         self.send_header("content-type", "text/event-stream")
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
-        first, rest = _sse(_content("a"))[0], b"".join(_sse(_content("b"), "[DONE]"))
-        for part in (first, None, rest, b""):
+        for part in self.parts():
             if part is None:
                 self.release.wait(10)
                 continue
@@ -330,6 +332,15 @@ class _StallingServer(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
+
+
+class _StallingServer(_PausingServer):
+    """200 and the first chunk, then nothing until released (bounded), then the end."""
+    release = threading.Event()
+
+    def parts(self) -> tuple[bytes | None, ...]:
+        first, rest = _sse(_content("a"))[0], b"".join(_sse(_content("b"), "[DONE]"))
+        return (first, None, rest, b"")
 
 
 class _RequestsClient:
@@ -704,27 +715,13 @@ def test_an_answer_with_no_content_says_how_it_finished(monkeypatch: pytest.Monk
         "no content token (finish_reason length, hidden reasoning only)")
 
 
-class _HeldOpenServer(http.server.BaseHTTPRequestHandler):
+class _HeldOpenServer(_PausingServer):
     """A whole stream to [DONE], then the body held open until released (bounded): a server or
     a front proxy that ends the chunked body late, or only with the connection."""
-    protocol_version = "HTTP/1.1"
     release = threading.Event()
 
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["content-length"]))
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("transfer-encoding", "chunked")
-        self.end_headers()
-        for part in (*_sse(_content("a"), _content("b"), "[DONE]"), None, b""):
-            if part is None:
-                self.release.wait(10)
-                continue
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
-            self.wfile.flush()
-
-    def log_message(self, *args: Any) -> None:
-        pass
+    def parts(self) -> tuple[bytes | None, ...]:
+        return (*_sse(_content("a"), _content("b"), "[DONE]"), None, b"")
 
 
 def test_a_stream_ends_at_done_however_long_the_body_stays_open(
