@@ -6,15 +6,17 @@ digits, `_ . : -` and is at most 64 characters long; any other is a 400 for the 
 starts with a digit or a dash, and clients send more (MCP tools' names with spaces or slashes,
 prefixed names over 64 characters). Such a name goes to Gemini as one it takes: its other
 characters as `_`, with an `_` before a first character that is no letter, and, when that is
-over 64 characters or a declared name, its first 55 characters, `_` and 8 hex digits of the
-SHA-256 of the client's name. The rename depends only on the name and the declared names, so a
-replayed call, its result and `tool_choice` go by the same name as the declaration, and
-Gemini's calls reach the client by the names it declared (`client_names`).
+over 64 characters, a declared name or the rename of another declared name too (`a/b`, `a b`),
+its first 55 characters, `_` and 8 hex digits of the SHA-256 of the client's name. The rename
+depends only on the name and the declared names, so a replayed call, its result and
+`tool_choice` go by the same name as the declaration, and Gemini's calls reach the client by
+the names it declared (`client_names`).
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Collection
 from typing import Any
 
@@ -26,16 +28,30 @@ _REFUSED_CHARACTER = re.compile(r"[^A-Za-z0-9_.:-]")
 _FIRST = re.compile(r"[A-Za-z_]")
 
 
-declared = declared_names  # (the names a rename must not take)
+def declared(body: dict[str, Any]) -> set[str]:
+    """The names a rename must not take: the declared names, and a plain rename (`_plain`)
+    that two declared names share (else both went as one name: Gemini's calls of it reached
+    the client as one of the two tools)."""
+    names = declared_names(body)
+    refused = [name for name in names if not _TAKEN.fullmatch(name)]
+    if len(refused) < 2:  # (the usual case: no second rename to share one with)
+        return names
+    shared = [new for new, count in Counter(map(_plain, refused)).items() if count > 1]
+    return names.union(shared) if shared else names
+
+
+def _plain(name: str) -> str:
+    """`name`'s refused characters as `_`, with an `_` before a first one that is no letter."""
+    out = _REFUSED_CHARACTER.sub("_", name)
+    return out if _FIRST.match(out) else "_" + out
 
 
 def gemini_name(name: Any, taken: Collection[str]) -> Any:
-    """`name` as Gemini takes it (module docstring); `taken`: the declared names."""
+    """`name` as Gemini takes it (module docstring); `taken`: the names a rename must not
+    take (`declared`)."""
     if not isinstance(name, str) or _TAKEN.fullmatch(name):
         return name
-    out = _REFUSED_CHARACTER.sub("_", name)
-    if not _FIRST.match(out):
-        out = "_" + out
+    out = _plain(name)
     if len(out) > MAX_NAME or out in taken:
         out = shortened(out, name, MAX_NAME)
     return out
@@ -44,8 +60,9 @@ def gemini_name(name: Any, taken: Collection[str]) -> Any:
 def client_names(body: dict[str, Any]) -> dict[str, str]:
     """Gemini's name → the client's, for each declared function Gemini would refuse (none,
     the usual case: an empty dict)."""
-    names = declared(body)
-    return {gemini_name(name, names): name for name in names if not _TAKEN.fullmatch(name)}
+    taken = declared(body)
+    return {gemini_name(name, taken): name for name in declared_names(body)
+            if not _TAKEN.fullmatch(name)}
 
 
 def rename(out: dict[str, Any], taken: Collection[str]) -> None:
