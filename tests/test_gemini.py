@@ -1316,3 +1316,32 @@ async def test_a_stream_request_answered_whole_is_streamed(whole: str, proxy: An
     assert c.content == "Checking two cities." and c.error is None
     assert c.finish_reason == ("tool_calls" if whole == "array" else "stop")
     assert c.usage is not None and c.usage["total_tokens"] > 0
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_call_of_a_renamed_tool_an_allowed_tools_choice_kept_maps_back(
+        stream: bool, proxy: Any, upstream: Any) -> None:
+    # An allowed_tools choice goes to Gemini as the tools it allows: `1a` (which Gemini
+    # refuses) as `_1a`, the other tool `_1a` left out. The model's call of `_1a` is the
+    # client's `1a`, not its `_1a`, a tool it did not allow (the map back was worked out from
+    # every tool the client sent, where `_1a` was taken).
+    answer = chunk([{"functionCall": {"name": "_1a", "args": {}}}], finish="STOP")
+    if stream:
+        upstream.body = gemini_sse([answer])
+    else:
+        upstream.content_type, upstream.body = "application/json", orjson.dumps(answer)
+    client = await proxy(provider_config("gemini", upstream.url))
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": stream, "messages": USER,
+        "tools": [{"type": "function", "function": {"name": name}} for name in ("1a", "_1a")],
+        "tool_choice": {"type": "allowed_tools", "allowed_tools": {
+            "mode": "required", "tools": [{"type": "function", "function": {"name": "1a"}}]}}})
+    assert resp.status == 200
+    sent = upstream.requests[0].json()
+    assert [d["name"] for d in sent["tools"][0]["functionDeclarations"]] == ["_1a"]
+    if stream:
+        names = [call["name"] for call in collect(sse_chunks(await resp.read())).tool_calls]
+    else:
+        names = [call["function"]["name"]
+                 for call in (await resp.json())["choices"][0]["message"]["tool_calls"]]
+    assert names == ["1a"]

@@ -70,7 +70,12 @@ def as_sent(req: ChatRequest, target: Target) -> ChatRequest:
     """The request as the target's upstream was asked it (its `override_params` on top), for
     the translator and the encoder: they read what the answer holds from it (logprobs, a web
     search, `n`, the usage chunk of `stream_options.include_usage`), so a field a config adds
-    is read back from the answer, not dropped."""
+    is read back from the answer, not dropped. An allowed_tools choice is narrowed as `_send`
+    narrows it: a tool name a translator renames is mapped back by the tools that went."""
+    if not target.provider.custom_tools:
+        narrowed = narrowed_to_allowed(req.body)
+        if narrowed is not req.body:
+            req = replace(req, body=narrowed)
     overrides = target.override_params
     if not overrides:
         return req
