@@ -12,7 +12,9 @@ import orjson
 import pytest
 
 from streamproxy.errors import InvalidRequest, UpstreamProtocolError
+from streamproxy.openai_api.chunks import ChunkEncoder
 from streamproxy.openai_api.content import PLACEHOLDER_USER_TEXT
+from streamproxy.openai_api.request import parse_chat_request
 from streamproxy.providers.anthropic.request import (
     VERTEX_WITHOUT_STRUCTURED_OUTPUTS,
     WITHOUT_STRUCTURED_OUTPUTS,
@@ -22,14 +24,20 @@ from streamproxy.providers.anthropic.response import to_completion
 from streamproxy.providers.bedrock.request import to_converse
 from streamproxy.providers.gemini.request import to_gemini
 from streamproxy.providers.ollama.request import to_ollama
+from streamproxy.routing.target import Target
+from streamproxy.server.app import build_providers
 from tests.conftest import provider_config
 from tests.helpers import (
+    calls_of_every_name,
+    collect,
     every_turn_marked,
     fixture_bytes,
     late_system_loop,
     make_config,
     openai_sdk,
     read_sdk_stream,
+    relay_pieces,
+    sse_chunks,
     thinking_call,
 )
 
@@ -1698,3 +1706,50 @@ def test_a_5m_cache_point_before_a_1h_one_is_sent_as_1h_on_bedrock() -> None:
                                              out["messages"][0]["content"])
               for b in blocks if "cachePoint" in b]
     assert points == [{"type": "default", "ttl": "1h"}] * 3 + [{"type": "default"}]
+
+
+# Tool names clients send that Claude refuses (it takes 1 to 128 of [a-zA-Z0-9_-]: any other is
+# a 400 for the whole request, on Anthropic and Vertex alike): an MCP tool's dot, slash or
+# space, over 128 characters, and two that read alike once their other characters are `_`.
+CLAUDE_REFUSES = ["github.create_issue", "fs/read file", "mcp__" + "x" * 130, "a.b", "a/b"]
+
+
+@pytest.mark.parametrize(("provider", "model"), [("a", CLAUDE),
+                                                 ("v", "claude-sonnet-4-5@20250929")])
+def test_tool_names_claude_refuses_go_renamed_and_come_back_as_declared(provider: str,
+                                                                         model: str) -> None:
+    # (a rename takes none of the names Claude takes: not even one over Converse's 64)
+    names = [*CLAUDE_REFUSES, "github_create_issue", "mcp__" + "y" * 100, "plain"]
+    body = calls_of_every_name(names, model)
+    providers = build_providers(make_config({
+        "a": {"type": "anthropic", "api_key": "k"},
+        "v": {"type": "vertex", "base_url": "https://vertex.test", "project": "p",
+              "location": "us-east5", "api_key": "ya29.t"}}))
+    target = Target(providers[provider], model).served()
+    req = parse_chat_request(orjson.dumps(body))
+    sent = orjson.loads(target.provider.build_request(req, target).body)
+    declared = [t["name"] for t in sent["tools"]]
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,128}", name) for name in declared)
+    assert len(set(declared)) == len(names) and declared[-3:] == names[-3:]
+    assert [b["name"] for b in sent["messages"][1]["content"]] == declared
+    assert sent["tool_choice"] == {"type": "tool", "name": declared[0]}
+    # Claude's calls, by the names it was sent, reach the client by the client's names.
+    answer = {"type": "message", "role": "assistant", "stop_reason": "tool_use", "content": [
+        {"type": "tool_use", "id": f"t{i}", "name": name, "input": {}}
+        for i, name in enumerate(declared)]}
+    done = target.provider.translate_response(orjson.dumps(answer), req, completion_id="c",
+                                              created=1)
+    assert [c["function"]["name"] for c in done["choices"][0]["message"]["tool_calls"]] == names
+    enc = ChunkEncoder(completion_id="c", created=1, model="m", include_usage=False)
+    translator = target.provider.stream_translator(req, enc)
+    stream = target.provider.events_of_answer(orjson.dumps(answer))
+    assert stream is not None
+    c = collect(sse_chunks(relay_pieces(enc, translator, [stream])))
+    assert [t["name"] for t in c.tool_calls] == names
+
+
+def test_a_request_whose_tool_names_claude_takes_goes_as_given() -> None:
+    names = ["get_weather", "mcp__" + "y" * 123, "A-1"]  # (128 characters: Claude takes it)
+    out = to_anthropic(calls_of_every_name(names, CLAUDE), CLAUDE)
+    assert [t["name"] for t in out["tools"]] == names
+    assert [b["name"] for b in out["messages"][1]["content"]] == names

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import orjson
 
 from streamproxy.openai_api.chunks import ChunkSink
+from streamproxy.providers.anthropic.names import client_names
 from streamproxy.providers.anthropic.options import beta_names, check_option_values
 from streamproxy.providers.anthropic.request import DROPPED, to_anthropic
 from streamproxy.providers.anthropic.response import answer_events, to_completion
@@ -57,12 +58,13 @@ class AnthropicProvider(Provider):
         return UpstreamRequest(f"{self.base_url}/v1/messages", orjson.dumps(body), headers)
 
     def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
-        return AnthropicStreamTranslator(out, self.max_event_bytes, self.name)
+        return AnthropicStreamTranslator(out, self.max_event_bytes, self.name,
+                                         client_names(req.body))
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
                            created: int, model: str = "") -> dict[str, Any]:
         return to_completion(body, completion_id=completion_id, created=created,
-                             model=model)
+                             model=model, names=client_names(req.body))
 
     def parse_error(self, status: int, body: bytes) -> UpstreamStatusError:
         return anthropic_error(status, body, self.name)

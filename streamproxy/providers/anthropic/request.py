@@ -14,7 +14,9 @@ Choices (README "Anthropic"):
   user message left with nothing that answers an assistant turn is BLANK_USER_TEXT, so the
   turn stays (and the request never becomes a prefill);
 - tool-call ids Anthropic cannot take (other providers', e.g. Kimi's `functions.f:0`) are
-  mapped alike in call and result (`tool_use_id`);
+  mapped alike in call and result (`tool_use_id`); tool names Claude refuses (MCP's
+  `github.create_issue`) are renamed alike in tool, tool_use and tool_choice, and Claude's
+  calls mapped back (names.py);
 - `max_tokens` defaults to DEFAULT_MAX_TOKENS (Anthropic requires one);
 - `reasoning_effort` minimal/low/medium/high/xhigh/max → a thinking budget of
   1024/1024/4096/16384/24576/27904 tokens (none: no thinking), dropped for the Claudes that cannot
@@ -97,6 +99,7 @@ from streamproxy.openai_api.content import (
     tool_use_id,
     with_call_ids,
 )
+from streamproxy.providers.anthropic.names import claude_renames, rename
 from streamproxy.providers.anthropic.thinking import (
     adaptive_effort,
     adaptive_room,
@@ -216,6 +219,9 @@ def to_anthropic(body: dict[str, Any], model: str,
     if system:
         out["system"] = system
     _tools(body, out, native)
+    refused = claude_renames(body)  # (names Claude refuses: names.py)
+    if refused:
+        rename(out, refused)
     fit_breakpoints(out)
     if body.get("stream"):
         out["stream"] = True

@@ -13,9 +13,12 @@ from streamproxy.providers.anthropic.stream import finish_reason, map_usage, ref
 from streamproxy.providers.base import WRONG_SHAPE
 
 
-def to_completion(body: bytes, *, completion_id: str, created: int, model: str) -> dict[str, Any]:
+def to_completion(body: bytes, *, completion_id: str, created: int, model: str,
+                  names: dict[str, str] | None = None) -> dict[str, Any]:
+    """`names`: Claude's name → the client's, for the tools renamed for Claude (names.py)."""
     try:
-        return _completion(loads_lenient(body), completion_id, created, model, body)
+        return _completion(loads_lenient(body), completion_id, created, model, body,
+                           names or {})
     except WRONG_SHAPE:  # (orjson.JSONDecodeError is a ValueError)
         # A 502 that retries and fallbacks act on, not a 500 (an Anthropic-compatible
         # upstream may send a block without its id or name).
@@ -31,7 +34,7 @@ def exact_inputs(body: bytes) -> list[str] | None:
 
 
 def _completion(msg: dict[str, Any], completion_id: str, created: int, model: str,
-                body: bytes) -> dict[str, Any]:
+                body: bytes, names: dict[str, str]) -> dict[str, Any]:
     blocks = msg["content"]
     out = CompletionBuilder()
     # As the stream's role chunk: `content: ""` when the first block is text, though it is
@@ -49,7 +52,8 @@ def _completion(msg: dict[str, Any], completion_id: str, created: int, model: st
                 exact = exact_inputs(body)
             args = (exact[tools] if exact is not None and tools < len(exact)
                     else orjson.dumps(block.get("input") or {}).decode())
-            out.tool_call_start(tools, block["id"], block["name"], args)
+            out.tool_call_start(tools, block["id"], names.get(block["name"], block["name"]),
+                                args)
             tools += 1
         elif kind == "thinking":
             thinking = block.get("thinking", "")

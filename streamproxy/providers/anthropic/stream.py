@@ -167,9 +167,12 @@ def stream_error(err: dict[str, Any], provider: str) -> UpstreamStatusError:
 
 
 class AnthropicStreamTranslator(SSETranslator):
-    def __init__(self, out: ChunkSink, max_event_bytes: int, provider: str = "anthropic") -> None:
+    def __init__(self, out: ChunkSink, max_event_bytes: int, provider: str = "anthropic",
+                 names: dict[str, str] | None = None) -> None:
         super().__init__(out, max_event_bytes)
         self._provider = provider
+        # Claude's name → the client's, for the tools renamed for Claude (names.py)
+        self._names = names or {}
         self._tool_of_block: dict[int, int] = {}  # block index → tool ordinal
         # A tool_use block's arguments should no fragment come: its start's input, else "{}".
         self._unsent_args: dict[int, str] = {}
@@ -330,7 +333,8 @@ class AnthropicStreamTranslator(SSETranslator):
             self._unsent_args[index] = (
                 (exact_start_input(data) or orjson.dumps(start_input).decode()) if start_input
                 else "{}")
-            self.out.tool_call_start(tool, block["id"], block["name"])
+            self.out.tool_call_start(tool, block["id"],
+                                     self._names.get(block["name"], block["name"]))
         elif btype == "text":
             if block.get("text"):
                 self.out.content(block["text"])

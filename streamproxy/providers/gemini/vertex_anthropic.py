@@ -30,6 +30,7 @@ import orjson
 from streamproxy._json import loads_lenient
 from streamproxy.errors import UpstreamStatusError
 from streamproxy.openai_api.chunks import ChunkSink
+from streamproxy.providers.anthropic.names import client_names
 from streamproxy.providers.anthropic.options import beta_names
 from streamproxy.providers.anthropic.request import (
     DROPPED,
@@ -103,11 +104,13 @@ class VertexClaudeProvider(Provider):
         return UpstreamRequest(f"{url}:{method}", orjson.dumps(body), headers)
 
     def stream_translator(self, req: ChatRequest, out: ChunkSink) -> StreamTranslator:
-        return VertexClaudeStreamTranslator(out, self.max_event_bytes, self.name)
+        return VertexClaudeStreamTranslator(out, self.max_event_bytes, self.name,
+                                            client_names(req.body))
 
     def translate_response(self, body: bytes, req: ChatRequest, *, completion_id: str,
                            created: int, model: str = "") -> dict[str, Any]:
-        return to_completion(body, completion_id=completion_id, created=created, model=model)
+        return to_completion(body, completion_id=completion_id, created=created, model=model,
+                             names=client_names(req.body))
 
     def rejected(self, status: int, sent: UpstreamRequest) -> None:
         self.vertex.rejected(status, sent)
