@@ -15,42 +15,24 @@ client's names (`client_names`).
 from __future__ import annotations
 
 import re
-from collections import Counter
-from collections.abc import Iterable
 from typing import Any
 
-from streamproxy.providers.tool_names import called_names, declared_names, shortened
+from streamproxy.providers.tool_names import renames, request_names
 
 MAX_NAME = 64
 _TAKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _REFUSED_CHARACTER = re.compile(r"[^A-Za-z0-9_-]")
 
 
-def request_names(body: dict[str, Any]) -> set[str]:
-    """The tool names of an OpenAI request: its function tools' and its assistant calls'."""
-    return declared_names(body) | called_names(body)
-
-
-def renames(names: Iterable[str]) -> dict[str, str]:
-    """The client's name → Converse's, for each of `names` Converse refuses (none, the usual
-    case: an empty dict)."""
-    names = set(names)
-    refused = [name for name in names if not _TAKEN.fullmatch(name)]
-    if not refused:
-        return {}
-    plain = {name: _REFUSED_CHARACTER.sub("_", name) for name in refused}
-    count = Counter(plain.values())  # (two refused names may read alike: a.b, a/b)
-    out = {}
-    for name, new in plain.items():
-        if len(new) > MAX_NAME or new in names or count[new] > 1:
-            new = shortened(new, name, MAX_NAME)
-        out[name] = new
-    return out
+def converse_renames(body: dict[str, Any]) -> dict[str, str]:
+    """The client's name → Converse's, for the OpenAI request's names Converse refuses
+    (usually none: an empty dict)."""
+    return renames(request_names(body), _TAKEN, _REFUSED_CHARACTER, MAX_NAME)
 
 
 def client_names(body: dict[str, Any]) -> dict[str, str]:
     """Converse's name → the client's, for the names renamed in the request (usually none)."""
-    return {new: name for name, new in renames(request_names(body)).items()}
+    return {new: name for name, new in converse_renames(body).items()}
 
 
 def rename(out: dict[str, Any], names: dict[str, str]) -> None:

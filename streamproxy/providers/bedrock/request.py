@@ -149,7 +149,7 @@ from streamproxy.providers.anthropic.thinking import (
     takes_no_sampling,
     takes_one_sampler,
 )
-from streamproxy.providers.bedrock.names import rename, renames, request_names
+from streamproxy.providers.bedrock.names import converse_renames, rename
 
 DEFAULT_MAX_TOKENS = 4096  # the answer's allowance beside a thinking budget
 # OpenAI parameters with no Converse equivalent: dropped, never forwarded.
@@ -334,7 +334,7 @@ def to_converse(body: dict[str, Any], model: str, structured_outputs: str = "aut
         if body.get("parallel_tool_calls") is False and is_claude(model):
             _one_call_at_a_time(out, tool_config, body.get("tool_choice"))
     _fit_cache_points(out)
-    refused = renames(request_names(body))  # (names Converse refuses: names.py)
+    refused = converse_renames(body)  # (names Converse refuses: names.py)
     if refused:
         rename(out, refused)
     return out
