@@ -229,3 +229,54 @@ async def test_the_azure_route_is_the_chat_routes_path_to_conditions_and_no_othe
         await sdk.chat.completions.retrieve(answer.id)
     with pytest.raises(openai.NotFoundError, match="Unknown path: GET /openai/models"):
         await sdk.models.list()
+
+
+def v1_sdk(client: Any, key: str, **extra: Any) -> openai.AsyncOpenAI:
+    """The plain openai client as Azure's v1 API is called: `base_url` `{endpoint}/openai/v1`."""
+    return openai.AsyncOpenAI(base_url=str(client.make_url("/openai/v1")), api_key=key,
+                              max_retries=0, **extra)
+
+
+@pytest.mark.parametrize("front", ["lean", "aiohttp"])
+@pytest.mark.parametrize("auth", [True, False], ids=["auth", "open"])
+async def test_azure_v1_api_clients_are_served_as_the_chat(
+        proxy: Any, upstream: Any, access_log: Any, front: str, auth: bool) -> None:
+    # A client of Azure's v1 API (the plain openai client, base_url `…/openai/v1`, the model in
+    # the body) moved to the proxy by its host alone: `POST /openai/v1/chat/completions` was
+    # a 404 `unknown_url` (with auth on, whatever key it sent).
+    client = await proxy(config(upstream.url, front, auth))
+    key = PROXY_KEY if auth else "sk-client"
+    upstream.body = STREAM
+    got = await read_sdk_stream(await v1_sdk(client, key).chat.completions.create(
+        model="gpt4o-prod", messages=USER, stream=True, stream_options={"include_usage": True}))
+    assert (got.text, got.finish, got.usage.total_tokens) == ("Hello", "stop", 4)
+    # Its key in Azure's `api-key` header (as Azure's v1 API takes it too), and the preview's
+    # `api-version=preview` query: read as on the other /openai/ paths, not at all.
+    upstream.body, upstream.content_type = COMPLETION, "application/json"
+    resp = await client.post("/openai/v1/chat/completions?api-version=preview",
+                             json={"model": "gpt-4o", "messages": USER},
+                             headers={"api-key": key})
+    assert resp.status == 200 and (await resp.json())["choices"][0]["message"]["content"] == "ok"
+    streamed, plain = upstream.requests
+    assert streamed.path == plain.path == "/chat/completions"
+    assert [streamed.json()["model"], plain.json()["model"]] == ["gpt4o-prod", "gpt-4o"]
+    for sent in (streamed, plain):  # the provider's key, never the client's
+        assert sent.headers["Authorization"] == "Bearer sk-upstream"
+        assert "api-key" not in {k.lower() for k in sent.headers}
+    assert [(line["model"], line["status"]) for line in access_log()] == [
+        ("gpt4o-prod", 200), ("gpt-4o", 200)]
+
+
+async def test_azure_v1_api_refusals_are_logged_as_the_chats(
+        proxy: Any, upstream: Any, access_log: Any) -> None:
+    # A refused chat on that path is a chat request's log line, as on the other chat routes;
+    # its missing key's 401 names `api-key`, the header Azure's clients know.
+    client = await proxy(config(upstream.url, "aiohttp", auth=True))
+    with pytest.raises(openai.AuthenticationError):
+        await v1_sdk(client, "wrong").chat.completions.create(model="d", messages=USER)
+    resp = await client.post("/openai/v1/chat/completions", json={"messages": USER})
+    assert resp.status == 401 and "`api-key: <key>`" in (await resp.json())["error"]["message"]
+    assert [line["status"] for line in access_log()] == [401, 401]
+    with pytest.raises(openai.NotFoundError, match="Unknown path: GET /openai/v1/models"):
+        await v1_sdk(client, PROXY_KEY).models.list()  # (documented: the chat alone)
+    assert upstream.requests == []

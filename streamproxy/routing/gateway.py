@@ -95,6 +95,9 @@ CHAT_PATH = "/v1/chat/completions"
 # The AzureOpenAI SDK's path for the same (served as it, the deployment as the model); a
 # deployment may hold a '/' (`provider/model`, which the SDK's `azure_deployment` sends unquoted).
 DEPLOYMENT_CHAT_ROUTE = "/openai/deployments/{deployment:.+}/chat/completions"
+# Azure's v1 API's path for the same, which the plain openai client with base_url
+# `{endpoint}/openai/v1` calls (the model in the body, as here): the chat route itself.
+AZURE_V1_CHAT_PATH = "/openai/v1/chat/completions"
 TIMEOUT_HEADER = "x-portkey-request-timeout"  # milliseconds until the answer starts (then 408)
 # The portkey-ai SDK's `aws_region` & co. arrive as `x-portkey-aws-region` & co.; Azure's
 # (`azure_resource_name` …, a config's `resource_name` …) as `x-portkey-azure-resource-name` ….

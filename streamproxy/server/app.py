@@ -17,7 +17,12 @@ from streamproxy.providers.mock.server import start_mock_server
 from streamproxy.providers.registry import PROVIDER_TYPES
 from streamproxy.routing.breaker import CircuitBreakers
 from streamproxy.routing.executor import Executor
-from streamproxy.routing.gateway import DEPLOYMENT_CHAT_ROUTE, Gateway, load_settings
+from streamproxy.routing.gateway import (
+    AZURE_V1_CHAT_PATH,
+    DEPLOYMENT_CHAT_ROUTE,
+    Gateway,
+    load_settings,
+)
 from streamproxy.routing.router import Router
 from streamproxy.server import handlers
 from streamproxy.server.admission import ADMISSION, Admission
@@ -135,6 +140,10 @@ def create_app(config: Config, breakers: CircuitBreakers | None = None,
         app[AUTH] = auth
     install_observers(app, state)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions,
+                        expect_handler=expect_within_limit)
+    # (aiohttp's on either front: the lean one hands over any other path, so neither costs
+    # /v1/chat/completions anything)
+    app.router.add_post(AZURE_V1_CHAT_PATH, handlers.chat_completions,
                         expect_handler=expect_within_limit)
     app.router.add_post(DEPLOYMENT_CHAT_ROUTE, handlers.deployment_chat_completions,
                         expect_handler=expect_within_limit)

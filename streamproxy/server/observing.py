@@ -15,7 +15,7 @@ from streamproxy.errors import ProxyError
 from streamproxy.observe.access_log import ACCESS_LOGGER, AccessLog, LoggingSettings, parse_logging
 from streamproxy.observe.metrics import metrics, metrics_handler, set_circuit_state
 from streamproxy.record import RequestRecord
-from streamproxy.routing.gateway import CHAT_PATH, parse_metadata
+from streamproxy.routing.gateway import AZURE_V1_CHAT_PATH, CHAT_PATH, parse_metadata
 from streamproxy.server.errors import (
     BodyTimeout,
     body_too_large,
@@ -136,5 +136,6 @@ def _trace_id(request: web.Request | Exchange) -> str:
 def _is_chat(request: web.Request | Exchange) -> bool:
     # (the lean front's exchanges are chat requests only; aiohttp's carry method and path)
     path = getattr(request, "path", CHAT_PATH)
-    return getattr(request, "method", "POST") == "POST" and (path == CHAT_PATH or (
+    return getattr(request, "method", "POST") == "POST" and (
+        path in (CHAT_PATH, AZURE_V1_CHAT_PATH) or (
         path.startswith("/openai/deployments/") and path.endswith("/chat/completions")))
