@@ -15,7 +15,7 @@ import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 
-from streamproxy.cache.entry import completion_from, from_builder, replay
+from streamproxy.cache.entry import completion_from, from_builder, from_completion, replay
 from streamproxy.openai_api.chunks import ChunkEncoder, RecordingChunkEncoder
 from streamproxy.openai_api.completion import CompletionBuilder, TeeSink
 from streamproxy.providers.anthropic.response import to_completion as anthropic_whole
@@ -292,6 +292,40 @@ def test_passthrough_reasoning_only_is_stored_as_its_stream_said() -> None:
         out, 1 << 20, provider="p", client_wants_usage=False), [body])
     assert got == {"content": None, "finish": "length", "calls": []}
     assert builder.completion(**ENVELOPE)["choices"][0]["message"]["content"] is None
+    # A cache hit, either kind, and from the non-streamed answer too: null, as the first
+    # client joined (a replay gave `content: ""` on its finish chunk, as a translated stream)
+    entry = from_builder(builder)
+    whole = from_completion(builder.completion(**ENVELOPE))
+    for hit in (entry, whole):
+        assert completion_from(hit, **ENVELOPE)["choices"][0]["message"]["content"] is None
+        assert replayed(hit) == got
+
+
+def replayed(entry: dict[str, Any]) -> dict[str, Any]:
+    """What the openai SDK's stream helper joins of a streamed cache hit."""
+    encoder = ChunkEncoder(include_usage=False, **ENVELOPE)
+    replay(entry, encoder)
+    state = ChatCompletionStreamState()
+    for chunk in sse_chunks(encoder.take()):
+        if chunk != "[DONE]":
+            state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    [choice] = state.current_completion_snapshot.model_dump()["choices"]
+    return answer(choice["message"], choice["finish_reason"])
+
+
+def test_a_cached_empty_answer_with_content_null_replays_null() -> None:
+    """An OpenAI-compatible server's answer with nothing in it and content null (non-streamed,
+    or streamed with no content at all): a streamed hit's role chunk says null and nothing
+    after it says "" — as the first client read it and a non-streamed hit gives it."""
+    message = {"role": "assistant", "content": None}
+    whole = {"id": "chatcmpl-n", "object": "chat.completion", "created": 1, "model": "m",
+             "choices": [{"index": 0, "message": message, "finish_reason": "length"}]}
+    builder = CompletionBuilder()
+    builder.raw(orjson.dumps({**whole, "object": "chat.completion.chunk", "choices": [
+        {"index": 0, "delta": message, "finish_reason": "length"}]}), "length")
+    for entry in (from_completion(whole), from_builder(builder)):
+        assert completion_from(entry, **ENVELOPE)["choices"][0]["message"]["content"] is None
+        assert replayed(entry) == {"content": None, "finish": "length", "calls": []}
 
 
 def test_reasoning_then_a_call_keeps_content_null() -> None:

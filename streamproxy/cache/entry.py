@@ -48,6 +48,8 @@ def from_builder(b: CompletionBuilder) -> dict[str, Any]:
         "usage": b.usage_data,
         "upstream": b.upstream_fields,
         "tier": b.tier,
+        # (a pass-through's null, which a replay would give as "" with nothing standing for it)
+        "content_null": b.content_is_null,
     }
 
 
@@ -156,6 +158,8 @@ def replay(entry: dict[str, Any], sink: ChunkSink) -> None:
             elif kind == "a":
                 sink.tool_call_args(index, tools[index]["args"][ai[index]])
                 ai[index] += 1
+    if entry.get("content_null") is True:  # (absent in entries from before it was kept)
+        sink.content_null()
     _close(sink, entry.get("finish"), entry.get("usage"), _tier(entry))
 
 
@@ -193,6 +197,8 @@ def _replay_completion(completion: dict[str, Any], sink: ChunkSink, tier: str | 
         fn = call.get("function") or {}
         sink.tool_call_start(i, call.get("id") or "", fn.get("name") or "",
                              fn.get("arguments") or "")
+    if message.get("content") is None:  # (an upstream's null stays null, calls or not)
+        sink.content_null()
     _close(sink, choice.get("finish_reason"), completion.get("usage"), tier)
 
 

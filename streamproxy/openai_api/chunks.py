@@ -85,6 +85,12 @@ class ChunkSink(Protocol):
 
     def tool_call_args(self, index: int, fragment: str) -> None: ...
 
+    def content_null(self) -> None:
+        """The answer's content stays null though no call or image stands for it: a cache
+        replay's, before its finish, of an OpenAI-compatible upstream's answer that said so
+        (DeepSeek's reasoner out of budget), where a translated stream's would end with
+        `content: ""`. No sink but a replay's is told."""
+
     def finish(self, reason: str) -> None: ...
 
     def service_tier(self, tier: str) -> None:
@@ -445,6 +451,11 @@ class ChunkEncoder:
         self._envelope()
         self._buf += (self._prefix, _ROLE_WITH_CALL % calls, self._tail)
         self.chunks += 1
+
+    def content_null(self) -> None:
+        if not self._prefix:  # (nothing came: the role chunk says null, not the finish's "")
+            self._open(_ROLE_NO_TEXT)
+        self._content_null = False
 
     def tool_call_args(self, index: int, fragment: str) -> None:
         self._frame(_ARGS_DELTA % (index, _dumps(fragment)))

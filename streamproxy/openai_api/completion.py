@@ -57,6 +57,7 @@ class CompletionBuilder:
         # stream's role chunk follows it — `content: ""` for a text block, though it may stay
         # empty; null for another block, though nothing may follow it.
         self.text_first: bool | None = None
+        self.null_told = False  # content_null(): a replay's answer has content null
         self.finish_reason: str | None = None
         self.usage_data: dict[str, Any] | None = None
         self.failure: ProxyError | None = None
@@ -520,7 +521,7 @@ class CompletionBuilder:
             parts: list[Any] = self._parts
             msg["content"] = ("".join(self.content_parts) if self._decoded
                               else orjson.loads(b'"%b"' % b"".join(parts)))
-        elif self.text_first or (not self.raw_chunks and self._empty):
+        elif self.text_first or (not (self.raw_chunks or self.null_told) and self._empty):
             msg["content"] = ""  # as OpenAI's empty answer, and the stream's chunks, say
         if self.typed_parts:
             msg["content"] = self.typed_parts
@@ -550,6 +551,15 @@ class CompletionBuilder:
                     "name": call["function"]["name"], "input": call["function"]["arguments"]}}
                 if i in self.custom_calls else call for i, call in enumerate(self.tool_calls)]
         return msg
+
+    def content_null(self) -> None:
+        self.null_told = True
+
+    @property
+    def content_is_null(self) -> bool:
+        """message()'s `content` is null (without building it)."""
+        return not (self._parts or self.typed_parts or self.text_first
+                    or (not (self.raw_chunks or self.null_told) and self._empty))
 
     @property
     def _empty(self) -> bool:
@@ -727,6 +737,10 @@ class TeeSink:
     def tool_call_args(self, index: int, fragment: str) -> None:
         self.encoder.tool_call_args(index, fragment)
         self.builder.tool_call_args(index, fragment)
+
+    def content_null(self) -> None:
+        self.encoder.content_null()
+        self.builder.content_null()
 
     def finish(self, reason: str) -> None:
         self.encoder.finish(reason)
