@@ -338,3 +338,23 @@ def test_reasoning_then_a_call_keeps_content_null() -> None:
         "usage": {"input_tokens": 5, "output_tokens": 1}}), **ENVELOPE)
     check(lambda out: AnthropicStreamTranslator(out, 1 << 20), anthropic_stream(blocks, "tool_use"),
           whole, {"content": None, "finish": "tool_calls", "calls": [("now", "{}")]})
+
+
+def test_a_cached_call_with_content_empty_replays_empty() -> None:
+    """An OpenAI-compatible server's `content: ""` beside a call (vLLM, Mistral: their streams'
+    role chunk says "" too) is the answer's content: a streamed hit joins "", as a non-streamed
+    hit gives it — not OpenAI's null, which would make the two hits disagree."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "now", "arguments": "{}"}}
+    message = {"role": "assistant", "content": "", "tool_calls": [call]}
+    whole = {"id": "chatcmpl-c", "object": "chat.completion", "created": 1, "model": "m",
+             "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]}
+    builder = CompletionBuilder()
+    for delta, finish in (({"role": "assistant", "content": ""}, None),
+                          ({"tool_calls": [{"index": 0, **call}]}, None), ({}, "tool_calls")):
+        builder.raw(orjson.dumps({**whole, "object": "chat.completion.chunk", "choices": [
+            {"index": 0, "delta": delta, "finish_reason": finish}]}), finish)
+    expected = {"content": "", "finish": "tool_calls", "calls": [("now", "{}")]}
+    for entry in (from_completion(whole), from_builder(builder)):
+        hit = completion_from(entry, **ENVELOPE)["choices"][0]
+        assert answer(hit["message"], hit["finish_reason"]) == expected
+        assert replayed(entry) == expected
