@@ -83,6 +83,19 @@ def test_prints_what_it_would_serve(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "SECRET" not in out + err
 
 
+def _shown_with_server_setting(tmp_path: Path, setting: str,
+                               capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """check-config's lines for a config whose `server` has `setting` (and a port); it is OK."""
+    code, out, err = run(tmp_path, f"""
+server:
+  port: 9999
+  {setting}
+providers: {{mock: {{type: mock}}}}
+""", capsys)
+    assert code == 0, err
+    return out.splitlines()
+
+
 @pytest.mark.parametrize(("setting", "shown"), [
     ("workers: 3", "workers: 3"),
     ("workers: null", "workers: 5 (one per usable CPU)"),
@@ -95,14 +108,7 @@ def test_the_worker_count_is_shown(tmp_path: Path, capsys: pytest.CaptureFixture
     from streamproxy import cli
 
     monkeypatch.setattr(cli, "default_workers", lambda: 5)
-    code, out, err = run(tmp_path, f"""
-server:
-  port: 9999
-  {setting}
-providers: {{mock: {{type: mock}}}}
-""", capsys)
-    assert code == 0, err
-    assert shown in out.splitlines()
+    assert shown in _shown_with_server_setting(tmp_path, setting, capsys)
 
 
 _PROXY_VARIABLES = [f"{name}_proxy" for name in ("http", "https", "all", "no")]
@@ -150,14 +156,8 @@ def test_the_limits_line_shows_the_send_timeout(tmp_path: Path,
                                                 setting: str, shown: str) -> None:
     """It showed the two read timeouts but not the third client timeout: an operator who
     turned it off (or down) could not see it took."""
-    code, out, err = run(tmp_path, f"""
-server:
-  port: 9999
-  {setting}
-providers: {{mock: {{type: mock}}}}
-""", capsys)
-    assert code == 0, err
-    (line,) = [line for line in out.splitlines() if line.startswith("limits:")]
+    lines = _shown_with_server_setting(tmp_path, setting, capsys)
+    (line,) = [line for line in lines if line.startswith("limits:")]
     assert line.endswith(f"body_timeout=60s send_timeout={shown}")
 
 
